@@ -1,0 +1,1 @@
+"""The assay_runner service: owns assays, baselines, windows, results and alerts."""

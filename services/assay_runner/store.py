@@ -1,0 +1,1 @@
+"""SQL of the assay_runner service (asyncpg, `$n` parameters only), in schema `assay_runner`."""

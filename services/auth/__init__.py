@@ -1,0 +1,1 @@
+"""The auth service: owns users, password hashes, clients, tokens, workspaces, membership and roles."""

@@ -1,0 +1,1 @@
+"""SQL of the auth service (asyncpg, `$n` parameters only), in schema `auth`."""

@@ -1,0 +1,1 @@
+"""The deployer service: owns pipelines, pipeline versions, deployments and engine configs."""

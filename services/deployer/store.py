@@ -1,0 +1,1 @@
+"""SQL of the deployer service (asyncpg, `$n` parameters only), in schema `deployer`."""

@@ -1,0 +1,1 @@
+"""The engine service: owns nothing persistent: it loads pipeline steps and runs inference."""

@@ -1,0 +1,21 @@
+"""engine: transport only. Subscribers parse their typed message and call one handler."""
+
+from __future__ import annotations
+
+from faststream.nats import NatsRouter
+
+from shared.service import Runtime, ServiceSpec
+
+NAME = "engine"
+
+
+def build_router(runtime: Runtime) -> NatsRouter:
+    """The service's command and event subscribers (health is added by the runner)."""
+    return NatsRouter()
+
+
+SPEC = ServiceSpec(
+    name=NAME,
+    build_router=build_router,
+    uses_object_store=True,
+)

@@ -1,0 +1,70 @@
+"""gateway: transport only. The HTTP server runs in the same event loop as the bus connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+import uvicorn
+from faststream.nats import NatsRouter
+
+from services.gateway.http import create_app
+from shared.errors import Unavailable
+from shared.service import Runtime, ServiceSpec
+
+NAME = "gateway"
+
+
+def build_router(runtime: Runtime) -> NatsRouter:
+    """The gateway subscribes to nothing but its health (added by the runner)."""
+    return NatsRouter()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the service runner owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            raise Unavailable(f"port {port} on {host} is already in use (gateway HTTP)") from None
+
+
+async def start_http(runtime: Runtime) -> None:
+    settings = runtime.settings.gateway
+    _check_port_free(settings.host, settings.port)
+    config = uvicorn.Config(
+        create_app(runtime),
+        host=settings.host,
+        port=settings.port,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        h11_max_incomplete_event_size=settings.max_body_bytes,
+    )
+    server = _Server(config)
+    runtime.extras["http_server"] = server
+    runtime.extras["http_task"] = asyncio.create_task(server.serve())
+    while not server.started:
+        if runtime.extras["http_task"].done():
+            runtime.extras["http_task"].result()
+            raise Unavailable(f"gateway HTTP server did not start on {settings.host}:{settings.port}")
+        await asyncio.sleep(0.02)
+
+
+async def stop_http(runtime: Runtime) -> None:
+    server = runtime.extras.get("http_server")
+    if server is not None:
+        server.should_exit = True
+        await runtime.extras["http_task"]
+
+
+SPEC = ServiceSpec(name=NAME, build_router=build_router, on_start=start_http, on_stop=stop_http)

@@ -1,0 +1,1 @@
+"""The log_store service: owns inference log segments (Parquet in object storage, index in PostgreSQL)."""

@@ -1,0 +1,1 @@
+"""SQL of the log_store service (asyncpg, `$n` parameters only), in schema `log_store`."""

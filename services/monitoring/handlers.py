@@ -1,0 +1,1 @@
+"""Business logic of the monitoring service, as plain async functions (none beyond health yet)."""

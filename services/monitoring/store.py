@@ -1,0 +1,1 @@
+"""SQL of the monitoring service (asyncpg, `$n` parameters only), in schema `monitoring`."""

@@ -1,0 +1,1 @@
+"""The registry service: owns models, model versions, external model registries and data connections."""

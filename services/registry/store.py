@@ -1,0 +1,1 @@
+"""SQL of the registry service (asyncpg, `$n` parameters only), in schema `registry`."""

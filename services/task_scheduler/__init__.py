@@ -1,0 +1,1 @@
+"""The task_scheduler service: owns orchestrations, tasks, task runs and their logs."""

@@ -1,0 +1,1 @@
+"""SQL of the task_scheduler service (asyncpg, `$n` parameters only), in schema `task_scheduler`."""

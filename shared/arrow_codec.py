@@ -1,0 +1,133 @@
+"""Arrow is the data plane: IPC stream/file codecs and pandas-records JSON <-> Arrow.
+
+Records follow the seed's rules for tensors: every row has the same columns; a column holds either
+scalars of one type or tensors of one shape and one element type. Ragged tensors, mixed element
+types and missing or extra keys are `InvalidRequest` errors naming the column. Integers mixed with
+floats in one column are read as floats (JSON does not distinguish 1 from 1.0); booleans, strings and
+numbers never mix. Tensors become (nested) fixed-size lists so their shape travels with the table.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from shared.errors import InvalidRequest
+
+ARROW_FILE_MAGIC = b"ARROW1"
+
+
+def to_ipc_stream(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def to_ipc_file(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def from_ipc(data: bytes) -> pa.Table:
+    """Read an Arrow IPC file or stream (told apart by the file magic)."""
+    try:
+        if data[:6] == ARROW_FILE_MAGIC:
+            return pa.ipc.open_file(pa.py_buffer(data)).read_all()
+        return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        raise InvalidRequest(f"body is not a valid Arrow IPC file or stream: {exc}") from None
+
+
+def _leaf_types(values: list[Any]) -> set[type]:
+    types: set[type] = set()
+    stack = list(values)
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        else:
+            types.add(type(item))
+    return types
+
+
+_ARROW_TYPES = {"float": pa.float64(), "int": pa.int64(), "bool": pa.bool_(), "str": pa.string()}
+_NUMPY_TYPES = {"float": np.float64, "int": np.int64, "bool": np.bool_, "str": np.str_}
+
+
+def _element_kind(name: str, types: set[type]) -> str:
+    if not types:
+        raise InvalidRequest(f"column {name!r}: empty tensor")
+    if type(None) in types:
+        raise InvalidRequest(f"column {name!r}: null values are not allowed in a tensor")
+    if types and types <= {int, float}:
+        return "float" if float in types else "int"
+    if types == {bool}:
+        return "bool"
+    if types == {str}:
+        return "str"
+    found = sorted({"boolean" if t is bool else "string" if t is str else "number" if t in (int, float)
+                    else t.__name__ for t in types})
+    raise InvalidRequest(f"column {name!r}: mixed data types in one tensor ({', '.join(found)})")
+
+
+def _column_array(name: str, values: list[Any]) -> pa.Array:
+    tensors = sum(isinstance(v, list) for v in values)
+    if tensors == 0:
+        kind = _element_kind(name, {type(v) for v in values})
+        return pa.array(values, type=_ARROW_TYPES[kind])
+    if tensors != len(values):
+        raise InvalidRequest(f"column {name!r}: mixes tensors and scalars")
+    kind = _element_kind(name, _leaf_types(values))
+    try:
+        arr = np.asarray(values, dtype=_NUMPY_TYPES[kind])
+    except ValueError:
+        raise InvalidRequest(f"column {name!r}: ragged tensor (rows have different shapes)") from None
+    return tensor_array(arr)
+
+
+def tensor_array(arr: np.ndarray) -> pa.Array:
+    """An (n, d1, d2, ...) array as a column of n nested fixed-size-list tensors."""
+    flat: pa.Array = pa.array(arr.reshape(-1)) if arr.dtype.kind != "U" else pa.array(arr.reshape(-1).tolist())
+    for size in reversed(arr.shape[1:]):
+        flat = pa.FixedSizeListArray.from_arrays(flat, size)
+    return flat
+
+
+def records_to_table(records: Any) -> pa.Table:
+    """pandas-records JSON (a list of row objects) to a table, validating tensors."""
+    if isinstance(records, dict):
+        records = [records]
+    if not isinstance(records, list) or not records:
+        raise InvalidRequest("expected a non-empty list of records (pandas 'records' orientation)")
+    if not all(isinstance(r, dict) for r in records):
+        raise InvalidRequest("every record must be a JSON object")
+    columns = list(records[0].keys())
+    expected = set(columns)
+    for index, row in enumerate(records):
+        if row.keys() != expected:
+            missing = sorted(expected - row.keys())
+            extra = sorted(row.keys() - expected)
+            detail = "; ".join(p for p in (f"missing {missing}" if missing else "",
+                                             f"extra {extra}" if extra else "") if p)
+            raise InvalidRequest(f"record {index} has different columns than record 0: {detail}")
+    arrays = [_column_array(c, [r[c] for r in records]) for c in columns]
+    return pa.Table.from_arrays(arrays, names=columns)
+
+
+def table_to_records(table: pa.Table) -> list[dict[str, Any]]:
+    """A table to pandas-records rows (tensors as nested lists)."""
+    return table.to_pylist()
+
+
+def records_json_to_table(body: bytes) -> pa.Table:
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("body is not valid JSON") from None
+    return records_to_table(parsed)

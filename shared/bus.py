@@ -1,0 +1,240 @@
+"""The bus: broker factory, typed commands with an error envelope, requests, streams and events.
+
+A command handler is a plain async function `handler(cmd: SomeCommand, ctx: CallContext)` that
+returns a pydantic model (or a dict). `command(router, subject, service=...)` turns it into a
+FastStream subscriber in the service's queue group which always answers with a `Reply`: invalid
+input becomes `invalid_request`, a `RailyardError` keeps its code, anything else is logged and
+answered as a bare `internal` error. `request()` is the other half: it sends a command, waits, and
+returns the reply's data or raises the error the service raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import nats.errors
+from faststream.nats import NatsBroker, NatsRouter
+from faststream.nats.annotations import NatsMessage
+from pydantic import BaseModel, ValidationError
+
+from shared import subjects
+from shared.errors import (
+    ErrorBody,
+    InvalidRequest,
+    RailyardError,
+    Unavailable,
+    UpstreamTimeout,
+    error_from_body,
+)
+from shared.messages.base import Event, Message, Reply
+from shared.settings import Settings
+
+log = logging.getLogger("railyard.bus")
+
+TOKEN_HEADER = "authorization"
+_MALFORMED = object()
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """What a handler knows about the call besides its message: the caller's token and headers."""
+
+    subject: str
+    token: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def nats_address(url: str) -> tuple[str, int]:
+    """host and port of the first server in a NATS URL list."""
+    first = url.split(",")[0].strip()
+    parsed = urlparse(first if "://" in first else f"nats://{first}")
+    return parsed.hostname or "127.0.0.1", parsed.port or 4222
+
+
+async def check_reachable(url: str, timeout: float) -> None:
+    """Raise Unavailable with a one-line reason when nothing answers at the NATS URL."""
+    host, port = nats_address(url)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timed out"
+        raise Unavailable(f"cannot reach NATS at {host}:{port} ({reason})") from None
+    writer.close()
+
+
+def make_broker(settings: Settings, name: str) -> NatsBroker:
+    """A NatsBroker for one service process; it connects only when started."""
+
+    async def quiet_error(exc: Exception) -> None:
+        log.warning("nats: %s", exc or type(exc).__name__)
+
+    return NatsBroker(
+        settings.nats.url,
+        name=f"railyard-{name}",
+        connect_timeout=settings.nats.connect_timeout,
+        error_cb=quiet_error,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        graceful_timeout=15.0,
+        logger=logging.getLogger(f"railyard.{name}.faststream"),
+        log_level=logging.DEBUG,  # per-message "Received/Processed" lines only when debugging
+    )
+
+
+def _decode_json(msg: Any) -> Any:
+    raw = msg.body
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return _MALFORMED
+
+
+def _command_model(handler: Callable[..., Any]) -> type[Message]:
+    params = list(inspect.signature(handler, eval_str=True).parameters.values())
+    model = params[0].annotation if params else None
+    if not (isinstance(model, type) and issubclass(model, Message)):
+        raise TypeError(f"{handler.__qualname__}: first parameter must be annotated with a Message model")
+    return model
+
+
+def reply_ok(result: BaseModel | dict[str, Any] | None) -> Reply:
+    if result is None:
+        data: dict[str, Any] = {}
+    elif isinstance(result, BaseModel):
+        data = result.model_dump(mode="json")
+    else:
+        data = result
+    return Reply(ok=True, data=data)
+
+
+def reply_error(exc: RailyardError) -> Reply:
+    return Reply(ok=False, error=exc.body(), status=exc.status)
+
+
+async def run_command(
+    handler: Callable[[Any, CallContext], Awaitable[Any]],
+    model: type[Message],
+    payload: Any,
+    ctx: CallContext,
+) -> Reply:
+    """Validate the payload, call the handler, and wrap whatever happens in a Reply."""
+    try:
+        if payload is _MALFORMED:
+            raise InvalidRequest("message body is not valid JSON")
+        try:
+            cmd = model.model_validate(payload)
+        except ValidationError as exc:
+            raise InvalidRequest(_validation_message(exc)) from None
+        return reply_ok(await handler(cmd, ctx))
+    except RailyardError as exc:
+        return reply_error(exc)
+    except Exception:
+        log.exception("unhandled error in %s", ctx.subject)
+        return reply_error(RailyardError("internal error"))
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def command(router: NatsRouter | NatsBroker, subject: str, *, service: str):
+    """Register `handler(cmd, ctx)` as the service's queue-group subscriber for a command subject."""
+
+    def decorate(handler: Callable[[Any, CallContext], Awaitable[Any]]):
+        model = _command_model(handler)
+
+        async def subscriber(body: Any, message: NatsMessage) -> Reply:
+            headers = dict(message.headers or {})
+            auth = headers.get(TOKEN_HEADER) or headers.get(TOKEN_HEADER.title())
+            token = auth[7:] if auth and auth.lower().startswith("bearer ") else auth
+            ctx = CallContext(subject=message.raw_message.subject, token=token, headers=headers)
+            return await run_command(handler, model, body, ctx)
+
+        subscriber.__name__ = handler.__name__
+        subscriber.__doc__ = handler.__doc__
+        router.subscriber(
+            subject,
+            queue=subjects.queue_group(service),
+            decoder=_decode_json,
+            title=f"{subject}:{model.__name__}",
+            description=(handler.__doc__ or "").strip().splitlines()[0] if handler.__doc__ else None,
+        )(subscriber)
+        return handler
+
+    return decorate
+
+
+async def request(
+    broker: NatsBroker,
+    subject: str,
+    message: BaseModel | dict[str, Any],
+    *,
+    timeout: float = 5.0,
+    token: str | None = None,
+    reply_model: type[M] | None = None,
+) -> Any:
+    """Send a command and return the reply's data (validated as reply_model when given).
+
+    Raises the RailyardError the service raised, UpstreamTimeout when nobody answered in time,
+    and Unavailable when no service listens on the subject.
+    """
+    payload = message.model_dump(mode="json") if isinstance(message, BaseModel) else message
+    headers = {TOKEN_HEADER: f"Bearer {token}"} if token else None
+    try:
+        response = await broker.request(payload, subject, headers=headers, timeout=timeout)
+    except (TimeoutError, nats.errors.TimeoutError):
+        raise UpstreamTimeout(f"{subject.split('.')[0]} did not answer within {timeout:g}s") from None
+    except nats.errors.NoRespondersError:
+        raise Unavailable(f"{subject.split('.')[0]} is not running") from None
+    try:
+        reply = Reply.model_validate_json(response.body)
+    except ValidationError:
+        raise RailyardError("malformed reply from a service") from None
+    if not reply.ok:
+        raise error_from_body(reply.error or ErrorBody(code="internal", msg="internal error"), reply.status)
+    data = reply.data or {}
+    return reply_model.model_validate(data) if reply_model is not None else data
+
+
+async def ensure_streams(broker: NatsBroker) -> None:
+    """Create (or update) the platform's JetStream streams; safe when many processes race."""
+    from nats.js.api import StorageType, StreamConfig
+    from nats.js.errors import BadRequestError
+
+    js = broker.config.connection_state.stream
+    for name, stream_subjects in subjects.STREAMS.items():
+        config = StreamConfig(
+            name=name,
+            subjects=list(stream_subjects),
+            storage=StorageType.FILE,
+            duplicate_window=120.0,
+        )
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            await js.update_stream(config)
+
+
+async def publish_event(broker: NatsBroker, subject: str, event: Event) -> None:
+    """Publish an event durably (waits for the JetStream ack); the event id de-duplicates retries."""
+    await broker.publish(
+        event,
+        subject,
+        stream=subjects.EVENTS_STREAM,
+        headers={"Nats-Msg-Id": str(event.event_id)},
+    )

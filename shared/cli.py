@@ -1,0 +1,108 @@
+"""The `railyard` command: `up`, `status` and `down` for the embedded stack."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from shared import __version__
+from shared.settings import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    if getattr(args, "data_dir", None):
+        os.environ["RAILYARD_STACK__DATA_DIR"] = args.data_dir
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic names the variable that is wrong
+        print(f"railyard: bad configuration: {str(exc).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from shared.embedded.stack import up
+
+    return up(_settings(args))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from shared.embedded.stack import pid_alive, read_state
+
+    settings = _settings(args)
+    data_dir = settings.stack.data_dir.expanduser().resolve()
+    state = read_state(data_dir)
+    if not state or not pid_alive(state.get("supervisor_pid", 0)):
+        print(f"railyard: no stack is running for {data_dir}")
+        return 1
+    print(f"stack {state['version']} (supervisor pid {state['supervisor_pid']}), data in {state['data_dir']}")
+    health: dict = {}
+    try:
+        with urllib.request.urlopen(f"{state['api_url']}/health", timeout=5) as response:  # noqa: S310
+            health = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        health = json.loads(exc.read() or b"{}")
+    except (urllib.error.URLError, OSError, ValueError):
+        health = {}
+    services = health.get("services", {})
+    all_ok = True
+    print(f"{'component':<18}{'kind':<9}{'pid':<9}{'process':<9}{'health':<10}restarts")
+    for name, info in state["components"].items():
+        running = bool(info["pid"]) and pid_alive(info["pid"])
+        if info["kind"] == "service":
+            status = services.get(name, {}).get("status", "unknown")
+        else:
+            status = "ok" if running else "down"
+        all_ok &= running and status == "ok"
+        print(f"{name:<18}{info['kind']:<9}{info['pid'] or '-':<9}{'running' if running else 'dead':<9}"
+              f"{status:<10}{info['restarts']}")
+    print(f"API {state['api_url']}  docs {state['api_url']}/docs")
+    return 0 if all_ok else 1
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from shared.embedded.stack import pid_alive, read_state
+
+    settings = _settings(args)
+    data_dir = settings.stack.data_dir.expanduser().resolve()
+    state = read_state(data_dir)
+    pid = (state or {}).get("supervisor_pid", 0)
+    if not pid or not pid_alive(pid):
+        print(f"railyard: no stack is running for {data_dir}")
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if pid_alive(pid):
+        print(f"railyard: the stack (pid {pid}) did not stop within {args.timeout:g}s", file=sys.stderr)
+        return 1
+    print("railyard: stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="railyard", description="Railyard MLOps platform")
+    parser.add_argument("--version", action="version", version=f"railyard {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, text in (
+        ("up", cmd_up, "start the embedded stack and every service (foreground; Ctrl-C stops)"),
+        ("status", cmd_status, "show every component of the running stack"),
+        ("down", cmd_down, "stop the running stack"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--data-dir", help="data directory (default RAILYARD_STACK__DATA_DIR or .railyard)")
+        cmd.set_defaults(func=func)
+        if name == "down":
+            cmd.add_argument("--timeout", type=float, default=90.0)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""PostgreSQL access: one asyncpg pool per process, each service in its own schema, numbered migrations.
+
+Migrations are files `NNN_name.sql` in a service's `migrations/` folder. They are applied in order,
+each once, inside one transaction that holds an advisory lock on the schema, so replicas starting
+at the same moment serialize and all but the first find nothing to do. A migration whose file
+changed after it was applied stops the start-up: edit by adding a new file, never an old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from shared.settings import PostgresSettings
+
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_MIGRATION_RE = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
+
+
+class MigrationError(RuntimeError):
+    """The migrations on disk disagree with what the database has applied."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered SQL file."""
+
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def check_schema_name(schema: str) -> str:
+    if not _SCHEMA_RE.match(schema):
+        raise ValueError(f"invalid schema name {schema!r}")
+    return schema
+
+
+def load_migrations(directory: Path) -> list[Migration]:
+    """Read `NNN_name.sql` files in version order; duplicate numbers are an error."""
+    found: dict[int, Migration] = {}
+    if not directory.is_dir():
+        return []
+    for path in sorted(directory.iterdir()):
+        match = _MIGRATION_RE.match(path.name)
+        if not match:
+            continue
+        version = int(match.group(1))
+        if version in found:
+            raise MigrationError(f"two migrations numbered {version} in {directory}")
+        found[version] = Migration(version, match.group(2), path.read_text())
+    return [found[v] for v in sorted(found)]
+
+
+async def apply_migrations(conn: asyncpg.Connection, schema: str, migrations: list[Migration]) -> list[int]:
+    """Apply what is missing; return the versions applied now (empty when up to date)."""
+    check_schema_name(schema)
+    applied_now: list[int] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"railyard-migrations:{schema}")
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(
+            f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations ('
+            " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        rows = await conn.fetch(f'SELECT version, checksum FROM "{schema}".schema_migrations')
+        done = {r["version"]: r["checksum"] for r in rows}
+        await conn.execute(f'SET LOCAL search_path TO "{schema}", public')
+        for migration in migrations:
+            if migration.version in done:
+                if done[migration.version] != migration.checksum:
+                    raise MigrationError(
+                        f"migration {schema}/{migration.version:03d}_{migration.name} changed after it was applied"
+                    )
+                continue
+            await conn.execute(migration.sql)
+            await conn.execute(
+                f'INSERT INTO "{schema}".schema_migrations (version, name, checksum) VALUES ($1, $2, $3)',
+                migration.version,
+                migration.name,
+                migration.checksum,
+            )
+            applied_now.append(migration.version)
+    return applied_now
+
+
+async def create_pool(settings: PostgresSettings, schema: str) -> asyncpg.Pool:
+    """A pool whose connections use the service's schema first."""
+    check_schema_name(schema)
+    return await asyncpg.create_pool(
+        settings.dsn,
+        min_size=settings.pool_min,
+        max_size=settings.pool_max,
+        server_settings={"search_path": f'"{schema}",public', "application_name": f"railyard-{schema}"},
+        command_timeout=30,
+    )
+
+
+async def ping(pool: asyncpg.Pool) -> None:
+    async with pool.acquire(timeout=2) as conn:
+        await conn.fetchval("SELECT 1")

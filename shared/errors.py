@@ -1,0 +1,128 @@
+"""The one error hierarchy, with its HTTP mapping and wire envelope.
+
+    RailyardError (500 internal)
+    ├── InvalidRequest      400 invalid_request
+    ├── Unauthorized        401 unauthorized
+    ├── Forbidden           403 forbidden
+    ├── NotFound            404 not_found
+    ├── Conflict            409 conflict
+    ├── PayloadTooLarge     413 payload_too_large
+    ├── Unavailable         503 unavailable
+    └── UpstreamTimeout     504 upstream_timeout
+
+Services reply with `ErrorBody` inside a `Reply`; the gateway turns it back into the same class and
+answers `{"code": ..., "msg": ...}` with the class's status. Messages never carry stack traces, SQL,
+object keys or internal hosts.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ErrorBody(BaseModel):
+    """A typed error as it travels on the bus and over HTTP."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str
+    msg: str
+
+
+class RailyardError(Exception):
+    """Base of every error a client may see."""
+
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, msg: str = "internal error", *, code: str | None = None) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        if code is not None:
+            self.code = code
+
+    def body(self) -> ErrorBody:
+        return ErrorBody(code=self.code, msg=self.msg)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, msg={self.msg!r})"
+
+
+class InvalidRequest(RailyardError):
+    """The request is malformed or breaks a rule; nothing was changed."""
+
+    status = 400
+    code = "invalid_request"
+
+
+class Unauthorized(RailyardError):
+    """No valid credentials were presented."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(RailyardError):
+    """The caller is known but may not do this."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(RailyardError):
+    """No such resource, or not visible to the caller."""
+
+    status = 404
+    code = "not_found"
+
+
+class Conflict(RailyardError):
+    """The request conflicts with the current state (duplicate, still in use)."""
+
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(RailyardError):
+    """The request body is above the configured limit."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class Unavailable(RailyardError):
+    """A dependency is not ready; retry later."""
+
+    status = 503
+    code = "unavailable"
+
+
+class UpstreamTimeout(RailyardError):
+    """A service did not answer in time."""
+
+    status = 504
+    code = "upstream_timeout"
+
+
+_BY_CODE: dict[str, type[RailyardError]] = {
+    cls.code: cls
+    for cls in (
+        RailyardError,
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        PayloadTooLarge,
+        Unavailable,
+        UpstreamTimeout,
+    )
+}
+
+
+def error_from_body(body: ErrorBody, status: int | None = None) -> RailyardError:
+    """Rebuild the error a service raised; unknown codes keep their code and map by status."""
+    cls = _BY_CODE.get(body.code)
+    if cls is None:
+        cls = next((c for c in _BY_CODE.values() if c.status == status), RailyardError)
+    return cls(body.msg, code=body.code)

@@ -1,0 +1,184 @@
+"""Object storage behind a small Protocol, implemented with the `minio` SDK.
+
+The SDK is blocking, so every call runs in a worker thread. Uploads stream from a file object or an
+async iterator (spooled to a temporary file, so memory stays bounded whatever the size); downloads
+stream in chunks. Content-addressed puts store bytes under `sha256/<hex>` once, however many
+callers upload them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import tempfile
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from minio import Minio
+from minio.error import S3Error
+
+from shared.errors import NotFound
+from shared.settings import S3Settings
+
+CHUNK = 1024 * 1024
+PART_SIZE = 16 * 1024 * 1024
+SPOOL_IN_MEMORY = 1024 * 1024
+
+# Buckets the platform uses; names are prefixed by settings.s3.bucket_prefix.
+BUCKET_ARTIFACTS = "artifacts"
+BUCKET_TABLES = "tables"
+BUCKET_LOGS = "logs"
+BUCKET_ORCHESTRATIONS = "orchestrations"
+BUCKET_DATASETS = "datasets"
+ALL_BUCKETS = (BUCKET_ARTIFACTS, BUCKET_TABLES, BUCKET_LOGS, BUCKET_ORCHESTRATIONS, BUCKET_DATASETS)
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """Where an object is and how big it is."""
+
+    bucket: str
+    key: str
+    size: int
+    sha256: str | None = None
+    created: bool = True
+
+
+class ObjectStore(Protocol):
+    """What services need of object storage."""
+
+    async def ensure_buckets(self, names: Iterable[str]) -> None: ...
+    async def put_stream(self, bucket: str, key: str, source: BinaryIO | AsyncIterator[bytes],
+                         length: int = -1, content_type: str = "application/octet-stream") -> StoredObject: ...
+    async def put_bytes(self, bucket: str, key: str, data: bytes,
+                        content_type: str = "application/octet-stream") -> StoredObject: ...
+    async def put_content_addressed(self, bucket: str, source: BinaryIO | AsyncIterator[bytes]) -> StoredObject: ...
+    def get_stream(self, bucket: str, key: str, chunk_size: int = CHUNK) -> AsyncIterator[bytes]: ...
+    async def get_bytes(self, bucket: str, key: str) -> bytes: ...
+    async def exists(self, bucket: str, key: str) -> bool: ...
+    async def delete(self, bucket: str, key: str) -> None: ...
+    async def ping(self) -> None: ...
+
+
+def content_key(sha256_hex: str) -> str:
+    """The key of content-addressed bytes."""
+    return f"sha256/{sha256_hex[:2]}/{sha256_hex}"
+
+
+class MinioObjectStore:
+    """ObjectStore over any S3 API (SeaweedFS, MinIO, AWS) through the minio SDK."""
+
+    def __init__(self, settings: S3Settings) -> None:
+        self._prefix = settings.bucket_prefix
+        self._client = Minio(
+            settings.endpoint,
+            access_key=settings.access_key or None,
+            secret_key=settings.secret_key or None,
+            secure=settings.secure,
+            region=settings.region,
+        )
+
+    def bucket(self, name: str) -> str:
+        """The real bucket name of one of the platform's buckets."""
+        return f"{self._prefix}-{name}"
+
+    async def ensure_buckets(self, names: Iterable[str] = ALL_BUCKETS) -> None:
+        for name in names:
+            real = self.bucket(name)
+            if not await asyncio.to_thread(self._client.bucket_exists, real):
+                try:
+                    await asyncio.to_thread(self._client.make_bucket, real)
+                except S3Error as exc:
+                    if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+
+    async def ping(self) -> None:
+        await asyncio.to_thread(self._client.bucket_exists, self.bucket(BUCKET_ARTIFACTS))
+
+    async def put_stream(self, bucket: str, key: str, source: BinaryIO | AsyncIterator[bytes],
+                         length: int = -1, content_type: str = "application/octet-stream") -> StoredObject:
+        if hasattr(source, "read"):
+            return await self._put_file(bucket, key, source, length, content_type)  # type: ignore[arg-type]
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
+            size = 0
+            async for chunk in source:  # type: ignore[union-attr]
+                await asyncio.to_thread(spool.write, chunk)
+                size += len(chunk)
+            spool.seek(0)
+            return await self._put_file(bucket, key, spool, size, content_type)
+
+    async def put_bytes(self, bucket: str, key: str, data: bytes,
+                        content_type: str = "application/octet-stream") -> StoredObject:
+        return await self._put_file(bucket, key, io.BytesIO(data), len(data), content_type)
+
+    async def _put_file(self, bucket: str, key: str, source: BinaryIO, length: int, content_type: str,
+                        sha256: str | None = None) -> StoredObject:
+        result = await asyncio.to_thread(
+            self._client.put_object,
+            self.bucket(bucket),
+            key,
+            source,
+            length,
+            content_type=content_type,
+            part_size=PART_SIZE,
+        )
+        size = length if length >= 0 else (await self._stat_size(bucket, key))
+        return StoredObject(bucket=bucket, key=result.object_name, size=size, sha256=sha256)
+
+    async def put_content_addressed(self, bucket: str, source: BinaryIO | AsyncIterator[bytes]) -> StoredObject:
+        """Store bytes under their sha256 once; a second upload of the same bytes stores nothing."""
+        digest = hashlib.sha256()
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
+            size = 0
+            if hasattr(source, "read"):
+                while chunk := await asyncio.to_thread(source.read, CHUNK):  # type: ignore[union-attr]
+                    digest.update(chunk)
+                    await asyncio.to_thread(spool.write, chunk)
+                    size += len(chunk)
+            else:
+                async for chunk in source:  # type: ignore[union-attr]
+                    digest.update(chunk)
+                    await asyncio.to_thread(spool.write, chunk)
+                    size += len(chunk)
+            sha = digest.hexdigest()
+            key = content_key(sha)
+            if await self.exists(bucket, key):
+                return StoredObject(bucket=bucket, key=key, size=size, sha256=sha, created=False)
+            spool.seek(0)
+            return await self._put_file(bucket, key, spool, size, "application/octet-stream", sha256=sha)
+
+    async def get_stream(self, bucket: str, key: str, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
+        try:
+            response = await asyncio.to_thread(self._client.get_object, self.bucket(bucket), key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchBucket"):
+                raise NotFound("object not found") from None
+            raise
+        try:
+            while chunk := await asyncio.to_thread(response.read, chunk_size):
+                yield chunk
+        finally:
+            response.close()
+            response.release_conn()
+
+    async def get_bytes(self, bucket: str, key: str) -> bytes:
+        parts = [chunk async for chunk in self.get_stream(bucket, key)]
+        return b"".join(parts)
+
+    async def _stat_size(self, bucket: str, key: str) -> int:
+        stat = await asyncio.to_thread(self._client.stat_object, self.bucket(bucket), key)
+        return int(stat.size or 0)
+
+    async def exists(self, bucket: str, key: str) -> bool:
+        try:
+            await asyncio.to_thread(self._client.stat_object, self.bucket(bucket), key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"):
+                return False
+            raise
+        return True
+
+    async def delete(self, bucket: str, key: str) -> None:
+        await asyncio.to_thread(self._client.remove_object, self.bucket(bucket), key)

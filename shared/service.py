@@ -1,0 +1,202 @@
+"""How every service process starts, serves and stops.
+
+A service describes itself with a `ServiceSpec` (its name, a router factory, its migrations, whether
+it uses object storage, start/stop hooks). `main(spec)` then:
+
+1. reads `Settings` from the environment;
+2. checks that NATS, PostgreSQL and S3 answer, ending with one clear line if one does not;
+3. builds the broker (the spec's subscribers plus `<name>.health`), connects, ensures the streams;
+4. opens the pool and applies migrations, ensures the buckets, runs the start hook;
+5. serves until SIGTERM or SIGINT, then drains subscriptions (in-flight work finishes and is
+   acknowledged), runs the stop hook and closes connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import asyncpg
+from faststream.nats import NatsBroker, NatsRouter
+
+from shared import __version__, subjects
+from shared.bus import CallContext, check_reachable, command, ensure_streams, make_broker, publish_event
+from shared.db import apply_migrations, create_pool, load_migrations, ping
+from shared.errors import RailyardError, Unavailable
+from shared.messages import CheckHealth, DependencyStatus, HealthReport, ServiceStarted
+from shared.objectstore import ALL_BUCKETS, MinioObjectStore, ObjectStore
+from shared.settings import Settings
+
+log = logging.getLogger("railyard.service")
+
+
+@dataclass
+class Runtime:
+    """What a running service holds; handlers receive what they need from it."""
+
+    name: str
+    settings: Settings
+    broker: NatsBroker | None = None
+    db: asyncpg.Pool | None = None
+    objects: ObjectStore | None = None
+    started_at: float = field(default_factory=time.monotonic)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+Hook = Callable[[Runtime], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A service's identity and wiring."""
+
+    name: str
+    build_router: Callable[[Runtime], NatsRouter]
+    migrations: Path | None = None
+    uses_object_store: bool = False
+    on_start: Hook | None = None
+    on_stop: Hook | None = None
+
+    @property
+    def schema(self) -> str:
+        return self.name
+
+
+async def check_health(runtime: Runtime) -> HealthReport:
+    """Ping every dependency the service uses and report."""
+    deps = [DependencyStatus(name="nats", ok=bool(runtime.broker and runtime.broker.config.connection_state))]
+    if runtime.db is not None:
+        deps.append(await _probe("postgres", ping(runtime.db)))
+    if runtime.objects is not None:
+        deps.append(await _probe("s3", runtime.objects.ping()))
+    return HealthReport(
+        name=runtime.name,
+        version=__version__,
+        status="ok" if all(d.ok for d in deps) else "degraded",
+        uptime_s=round(time.monotonic() - runtime.started_at, 3),
+        pid=os.getpid(),
+        dependencies=deps,
+    )
+
+
+async def _probe(name: str, probe: Awaitable[None]) -> DependencyStatus:
+    try:
+        await asyncio.wait_for(probe, 3)
+    except Exception as exc:  # a health check reports failures, it never raises them
+        return DependencyStatus(name=name, ok=False, detail=type(exc).__name__)
+    return DependencyStatus(name=name, ok=True)
+
+
+def build_broker(spec: ServiceSpec, runtime: Runtime) -> NatsBroker:
+    """The service's broker with its router and health subscriber (connects only when started)."""
+    broker = make_broker(runtime.settings, spec.name)
+    runtime.broker = broker
+    broker.include_router(spec.build_router(runtime))
+
+    @command(broker, subjects.health(spec.name), service=spec.name)
+    async def health(cmd: CheckHealth, ctx: CallContext) -> HealthReport:
+        """Report the service's health."""
+        return await check_health(runtime)
+
+    return broker
+
+
+async def check_tcp(host: str, port: int, what: str, timeout: float = 2.0) -> None:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timed out"
+        raise Unavailable(f"cannot reach {what} at {host}:{port} ({reason})") from None
+    writer.close()
+
+
+async def _preflight(spec: ServiceSpec, settings: Settings) -> None:
+    await check_reachable(settings.nats.url, settings.nats.connect_timeout)
+    if spec.migrations is not None:
+        dsn = urlparse(settings.postgres.dsn)
+        await check_tcp(dsn.hostname or "127.0.0.1", dsn.port or 5432, "PostgreSQL")
+    if spec.uses_object_store:
+        endpoint = urlparse(f"//{settings.s3.endpoint}")
+        await check_tcp(endpoint.hostname or "127.0.0.1", endpoint.port or 443, "S3")
+
+
+async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> None:
+    """Start the service, serve until `stop` is set, then shut down gracefully."""
+    await _preflight(spec, settings)
+    runtime = Runtime(name=spec.name, settings=settings)
+    broker = build_broker(spec, runtime)
+    await broker.connect()
+    try:
+        await ensure_streams(broker)
+        if spec.migrations is not None:
+            runtime.db = await create_pool(settings.postgres, spec.schema)
+            async with runtime.db.acquire() as conn:
+                applied = await apply_migrations(conn, spec.schema, load_migrations(spec.migrations))
+            if applied:
+                log.info("applied migrations %s", applied)
+        if spec.uses_object_store:
+            store = MinioObjectStore(settings.s3)
+            await store.ensure_buckets(ALL_BUCKETS)
+            runtime.objects = store
+        if spec.on_start is not None:
+            await spec.on_start(runtime)
+        await broker.start()
+        runtime.started_at = time.monotonic()
+        await publish_event(
+            broker, subjects.EVENT_SERVICE_STARTED, ServiceStarted(name=spec.name, version=__version__, pid=os.getpid())
+        )
+        log.info("%s %s serving (pid %d)", spec.name, __version__, os.getpid())
+        await stop.wait()
+        log.info("%s stopping: draining subscriptions", spec.name)
+    finally:
+        # The stop hook closes the service's own front doors (the gateway's HTTP server) first, so
+        # nothing new arrives while the bus subscriptions drain and in-flight work finishes.
+        if spec.on_stop is not None:
+            await spec.on_stop(runtime)
+        await broker.stop()
+        if runtime.db is not None:
+            await runtime.db.close()
+    log.info("%s stopped", spec.name)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+def main(spec: ServiceSpec) -> None:
+    """Entry point of `python -m services.<name>`."""
+    try:
+        settings = Settings()
+    except Exception as exc:  # pydantic's message names the bad variable
+        print(f"railyard-{spec.name}: bad configuration: {exc}".splitlines()[0], file=sys.stderr)
+        sys.exit(2)
+    configure_logging(settings.log_level)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(spec, settings, stop)
+
+    try:
+        asyncio.run(run())
+    except RailyardError as exc:
+        print(f"railyard-{spec.name}: {exc.msg}", file=sys.stderr)
+        sys.exit(2)
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"railyard-{spec.name}: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        sys.exit(2)

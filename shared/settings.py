@@ -1,0 +1,92 @@
+"""Typed settings read from the environment (`RAILYARD_` prefix, nested with `__`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "RAILYARD_"
+ENV_NESTED_DELIMITER = "__"
+
+
+class NatsSettings(BaseModel):
+    """Where the message bus is and how long a command may take."""
+
+    url: str = Field("nats://127.0.0.1:14222", description="NATS server URL (comma separated for a cluster).")
+    request_timeout: float = Field(5.0, description="Seconds a command waits for its reply.")
+    connect_timeout: float = Field(2.0, description="Seconds to wait when first connecting.")
+
+
+class PostgresSettings(BaseModel):
+    """The PostgreSQL server; each service keeps its tables in its own schema."""
+
+    dsn: str = Field("postgresql://railyard@127.0.0.1:15432/railyard", description="libpq-style URL.")
+    pool_min: int = Field(1, description="Connections kept open per process.")
+    pool_max: int = Field(5, description="Most connections per process.")
+
+
+class S3Settings(BaseModel):
+    """S3-compatible object storage (the embedded SeaweedFS gateway or MinIO)."""
+
+    endpoint: str = Field("127.0.0.1:18333", description="host:port of the S3 API.")
+    access_key: str = Field("", description="Access key; no default outside the embedded stack.")
+    secret_key: str = Field("", description="Secret key; no default outside the embedded stack.")
+    secure: bool = Field(False, description="Use TLS.")
+    region: str = Field("us-east-1", description="Region name sent in signatures.")
+    bucket_prefix: str = Field("railyard", description="Prefix of every bucket the platform creates.")
+
+
+class GatewaySettings(BaseModel):
+    """The public HTTP entry point."""
+
+    host: str = Field("127.0.0.1", description="Address the gateway binds.")
+    port: int = Field(18000, description="Port the gateway binds.")
+    max_body_bytes: int = Field(64 * 1024 * 1024, description="Largest request body accepted (413 above).")
+
+
+class StackSettings(BaseModel):
+    """The embedded stack started by `railyard up` (development and tests)."""
+
+    data_dir: Path = Field(Path(".railyard"), description="One directory for all data, logs and secrets.")
+    host: str = Field("127.0.0.1", description="Address every embedded server binds.")
+    nats_port: int = Field(14222, description="NATS client port.")
+    nats_monitor_port: int = Field(18222, description="NATS HTTP monitoring port.")
+    postgres_port: int = Field(15432, description="PostgreSQL port.")
+    s3_port: int = Field(18333, description="S3 API port of the SeaweedFS gateway.")
+    weed_master_port: int = Field(19333, description="SeaweedFS master port.")
+    weed_volume_port: int = Field(18081, description="SeaweedFS volume server port.")
+    weed_filer_port: int = Field(18888, description="SeaweedFS filer port.")
+    restart_backoff_max: float = Field(5.0, description="Longest wait before restarting a crashed service.")
+
+
+class Settings(BaseSettings):
+    """Every setting of every Railyard process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED_DELIMITER, extra="ignore"
+    )
+
+    env: Literal["development", "production"] = Field(
+        "development", description="development allows loopback URLs and dev-only conveniences."
+    )
+    log_level: str = Field("INFO", description="Python logging level.")
+    nats: NatsSettings = NatsSettings()
+    postgres: PostgresSettings = PostgresSettings()
+    s3: S3Settings = S3Settings()
+    gateway: GatewaySettings = GatewaySettings()
+    stack: StackSettings = StackSettings()
+
+
+def env_names(model: type[BaseModel] = Settings, prefix: str = ENV_PREFIX) -> set[str]:
+    """All environment variable names the settings read, e.g. RAILYARD_NATS__URL."""
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names |= env_names(annotation, f"{prefix}{name.upper()}{ENV_NESTED_DELIMITER}")
+        else:
+            names.add(f"{prefix}{name.upper()}")
+    return names
