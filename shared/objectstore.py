@@ -23,7 +23,8 @@ from shared.errors import NotFound
 from shared.settings import S3Settings
 
 CHUNK = 1024 * 1024
-PART_SIZE = 16 * 1024 * 1024
+MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest multipart part
+MAX_PARTS = 9000  # S3 allows 10,000 parts; keep a margin
 SPOOL_IN_MEMORY = 1024 * 1024
 
 # Buckets the platform uses; names are prefixed by settings.s3.bucket_prefix.
@@ -115,6 +116,9 @@ class MinioObjectStore:
 
     async def _put_file(self, bucket: str, key: str, source: BinaryIO, length: int, content_type: str,
                         sha256: str | None = None) -> StoredObject:
+        # One part in memory at a time: the SDK's parallel uploads queue every part without back-pressure,
+        # which holds the whole object in memory, so parts are sent one after another.
+        part_size = max(MIN_PART_SIZE, -(-length // MAX_PARTS)) if length > 0 else MIN_PART_SIZE
         result = await asyncio.to_thread(
             self._client.put_object,
             self.bucket(bucket),
@@ -122,7 +126,8 @@ class MinioObjectStore:
             source,
             length,
             content_type=content_type,
-            part_size=PART_SIZE,
+            part_size=part_size,
+            num_parallel_uploads=1,
         )
         size = length if length >= 0 else (await self._stat_size(bucket, key))
         return StoredObject(bucket=bucket, key=result.object_name, size=size, sha256=sha256)

@@ -8,6 +8,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException
 
 from services.gateway import handlers
 from shared import __version__
@@ -16,6 +17,8 @@ from shared.service import Runtime
 
 API = "/v1/api"
 UI_PAGE = Path(__file__).parent / "ui.html"
+HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+              405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -30,6 +33,12 @@ def create_app(runtime: Runtime) -> FastAPI:
     @app.exception_handler(RailyardError)
     async def railyard_error(_: Request, exc: RailyardError) -> JSONResponse:
         return JSONResponse({"code": exc.code, "msg": exc.msg}, status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        msg = "no such route" if exc.status_code == 404 else str(exc.detail)
+        return JSONResponse({"code": code, "msg": msg}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

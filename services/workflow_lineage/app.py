@@ -8,6 +8,7 @@ from typing import Any
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsRouter, PullSub
 from faststream.nats.annotations import NatsMessage
+from nats.js.api import ConsumerConfig
 
 from services.workflow_lineage import handlers
 from shared import subjects
@@ -27,6 +28,9 @@ def build_router(runtime: Runtime) -> NatsRouter:
         stream=JStream(subjects.EVENTS_STREAM, declare=False),
         durable=subjects.LINEAGE_EVENTS_DURABLE,
         pull_sub=PullSub(batch_size=64, timeout=1.0),
+        # Messages handed to a replica that then dies are redelivered after ack_wait: keep it short,
+        # recording is idempotent (by event id) so an early redelivery costs nothing.
+        config=ConsumerConfig(ack_wait=5.0),
         ack_policy=AckPolicy.NACK_ON_ERROR,
         title="events.>:Event",
         description="Record every domain event once, for the lineage graph.",

@@ -50,6 +50,7 @@ class Child:
     log_path: Path
     user: str | None = None
     stop_signal: int = signal.SIGTERM
+    stop_grace: float = 20.0
     proc: subprocess.Popen | None = None
     started_at: float = 0.0
     restarts: int = 0
@@ -124,12 +125,12 @@ PORT_SETTINGS = {
     ("postgres", "postgres"): "RAILYARD_STACK__POSTGRES_PORT",
     ("s3", "s3"): "RAILYARD_STACK__S3_PORT",
     ("s3", "s3-grpc"): "RAILYARD_STACK__S3_PORT",
-    ("s3", "master"): "RAILYARD_STACK__WEED_MASTER_PORT",
-    ("s3", "master-grpc"): "RAILYARD_STACK__WEED_MASTER_PORT",
-    ("s3", "volume"): "RAILYARD_STACK__WEED_VOLUME_PORT",
-    ("s3", "volume-grpc"): "RAILYARD_STACK__WEED_VOLUME_PORT",
-    ("s3", "filer"): "RAILYARD_STACK__WEED_FILER_PORT",
-    ("s3", "filer-grpc"): "RAILYARD_STACK__WEED_FILER_PORT",
+    ("seaweedfs", "master"): "RAILYARD_STACK__WEED_MASTER_PORT",
+    ("seaweedfs", "master-grpc"): "RAILYARD_STACK__WEED_MASTER_PORT",
+    ("seaweedfs", "volume"): "RAILYARD_STACK__WEED_VOLUME_PORT",
+    ("seaweedfs", "volume-grpc"): "RAILYARD_STACK__WEED_VOLUME_PORT",
+    ("seaweedfs", "filer"): "RAILYARD_STACK__WEED_FILER_PORT",
+    ("seaweedfs", "filer-grpc"): "RAILYARD_STACK__WEED_FILER_PORT",
     ("gateway", "http"): "RAILYARD_GATEWAY__PORT",
 }
 
@@ -167,6 +168,7 @@ class EmbeddedStack:
         return [
             servers.nats_server(self.cfg, self.data_dir),
             servers.postgres_server(self.cfg, self.data_dir, pg_user),
+            servers.seaweedfs_server(self.cfg, self.data_dir),
             servers.s3_server(self.cfg, self.data_dir, self.secrets),
         ]
 
@@ -215,15 +217,16 @@ class EmbeddedStack:
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("RAILYARD_")}
         for spec in specs:
             child = Child(spec.name, spec.argv, base_env, self.log_dir / f"{spec.name}.log",
-                          user=spec.user, stop_signal=spec.stop_signal)
+                          user=spec.user, stop_signal=spec.stop_signal, stop_grace=spec.stop_grace)
             child._max_backoff = self.cfg.restart_backoff_max
             child.start()
             self.infra.append(child)
-        nats, postgres, s3 = self.infra
+        nats, postgres, seaweedfs, s3 = self.infra
         servers.wait_until(lambda: servers.nats_ready(self.cfg), "NATS", 30, nats.alive)
         servers.wait_until(lambda: servers.postgres_ready(self.cfg), "PostgreSQL", 60, postgres.alive)
         servers.ensure_database(self.cfg, self.secrets)
-        servers.wait_until(lambda: servers.s3_ready(self.cfg, self.secrets), "S3 (SeaweedFS)", 60, s3.alive)
+        servers.wait_until(lambda: servers.s3_ready(self.cfg, self.secrets), "S3 (SeaweedFS)", 60,
+                           lambda: s3.alive() and seaweedfs.alive())
         env = self.service_env()
         for name in subjects.SERVICES:
             child = Child(name, [sys.executable, "-m", f"services.{name}"], env, self.log_dir / f"{name}.log")
@@ -272,13 +275,15 @@ class EmbeddedStack:
 
     def stop(self) -> None:
         self.stopping = True
-        for group, grace in ((self.services, 20.0), (list(reversed(self.infra)), 30.0)):
+        # services all at once (they drain in parallel), then the servers one by one in reverse
+        # order of start, so each stops while what it talks to is still there
+        for group in [self.services] + [[child] for child in reversed(self.infra)]:
             for child in group:
                 child.signal(child.stop_signal)
-            deadline = time.monotonic() + grace
+            deadline = time.monotonic() + max(child.stop_grace for child in group)
             for child in group:
                 if not child.wait(max(0.1, deadline - time.monotonic())):
-                    log_line(f"{child.name} did not stop in {grace:g}s; killing it")
+                    log_line(f"{child.name} did not stop in {child.stop_grace:g}s; killing it")
                     child.signal(signal.SIGKILL)
                     child.wait(5)
                 child.close()

@@ -1,0 +1,36 @@
+# Railyard: the two commands are `make run` and `make test`; each does all of its own set-up.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test lint protos bench venv clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 11) else "Railyard needs Python 3.11; $(PYTHON) is %d.%d (set PYTHON=...)" % v)'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## Start the embedded stack (NATS, PostgreSQL, S3 and every service) in the foreground.
+run: venv
+	$(BIN)/railyard up
+
+## The whole test suite against real embedded servers (started by the tests themselves).
+test: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: venv
+	$(BIN)/ruff check .
+
+## Regenerate protos/ (JSON Schema of every message, AsyncAPI of every service).
+protos: venv
+	$(BIN)/python -m shared.protos
+
+bench: venv
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .railyard

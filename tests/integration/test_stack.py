@@ -1,0 +1,102 @@
+"""The embedded stack end to end: every service healthy through the gateway and on the bus, the
+CLI's status, docs, crash recovery within 5 s, and graceful shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import nats
+import pytest
+
+from shared import subjects
+from shared.messages import HealthReport, Reply
+from tests.stack import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def test_all_ten_services_healthy_through_the_gateway(stack):
+    status, body = stack.health()
+    assert status == 200
+    assert body["status"] == "ok"
+    assert sorted(body["services"]) == sorted(subjects.SERVICES)
+    for name, report in body["services"].items():
+        assert report["status"] == "ok", (name, report)
+        assert report["version"]
+        deps = {d["name"]: d["ok"] for d in report["dependencies"]}
+        assert deps.get("nats") is True
+        assert all(deps.values()), (name, deps)
+    # services that own tables report PostgreSQL; those using artifacts report S3
+    assert {d["name"] for d in body["services"]["registry"]["dependencies"]} == {"nats", "postgres", "s3"}
+    assert {d["name"] for d in body["services"]["auth"]["dependencies"]} == {"nats", "postgres"}
+
+
+@pytest.mark.parametrize("service", subjects.SERVICES)
+async def test_request_reply_round_trip_to_every_service(stack, service):
+    nc = await nats.connect(stack.settings().nats.url)
+    try:
+        response = await nc.request(subjects.health(service), b"{}", timeout=5)
+        reply = Reply.model_validate_json(response.data)
+        assert reply.ok and reply.error is None
+        report = HealthReport.model_validate(reply.data)
+        assert report.name == service and report.pid > 0
+        # a malformed command gets a typed error reply, not silence
+        bad = Reply.model_validate_json((await nc.request(subjects.health(service), b"{nope", timeout=5)).data)
+        assert not bad.ok and bad.error.code == "invalid_request" and bad.status == 400
+        extra = Reply.model_validate_json((await nc.request(subjects.health(service), b'{"x": 1}', timeout=5)).data)
+        assert not extra.ok and extra.error.code == "invalid_request" and "x" in extra.error.msg
+    finally:
+        await nc.close()
+
+
+def test_docs_and_openapi_are_served(stack):
+    docs = httpx.get(f"{stack.api}/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    spec = httpx.get(f"{stack.api}/openapi.json").json()
+    assert "/v1/api/health" in spec["paths"]
+    ui = httpx.get(stack.api.removesuffix("/v1/api") + "/")
+    assert ui.status_code == 200 and "/v1/api/health" in ui.text
+
+
+def test_unknown_route_is_a_typed_404(stack):
+    response = httpx.get(f"{stack.api}/no/such/route")
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"
+
+
+def test_status_command_lists_every_component(stack):
+    result = subprocess.run([sys.executable, "-m", "shared.cli", "status"], cwd=REPO, env=stack.env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("nats", "postgres", "s3", *subjects.SERVICES):
+        line = next(line for line in result.stdout.splitlines() if line.startswith(f"{name} "))
+        assert "running" in line and " ok " in line, line
+
+
+def _pid_of(stack, name: str) -> int:
+    return stack.state()["components"][name]["pid"]
+
+
+@pytest.mark.parametrize("service", subjects.SERVICES)
+def test_killed_service_is_back_and_healthy_within_5s(stack, service):
+    stack.wait_healthy(30)
+    old_pid = _pid_of(stack, service)
+    os.kill(old_pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    while time.monotonic() - killed_at < 5.0:
+        status, body = stack.health()
+        report = body.get("services", {}).get(service, {})
+        if status == 200 and report.get("status") == "ok" and report.get("pid") != old_pid:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"{service} not back within 5 s: {stack.health()}")
+    elapsed = time.monotonic() - killed_at
+    assert report["pid"] == _pid_of(stack, service)
+    assert stack.state()["components"][service]["restarts"] >= 1
+    print(f"{service} back in {elapsed:.2f}s")

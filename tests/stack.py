@@ -1,0 +1,126 @@
+"""Starting the real embedded stack for tests: `railyard up` in a temporary data directory, on ports
+picked free on 127.0.0.1 so a developer's own `make run` stack is never touched."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.embedded.servers import GRPC_OFFSET
+from shared.embedded.stack import port_free
+from shared.settings import GatewaySettings, NatsSettings, PostgresSettings, S3Settings, Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+PORT_NAMES = ("NATS_PORT", "NATS_MONITOR_PORT", "POSTGRES_PORT", "S3_PORT", "WEED_MASTER_PORT",
+              "WEED_VOLUME_PORT", "WEED_FILER_PORT")
+NEEDS_GRPC = {"S3_PORT", "WEED_MASTER_PORT", "WEED_VOLUME_PORT", "WEED_FILER_PORT"}
+
+
+def free_ports(count: int, with_grpc: set[int] = frozenset()) -> list[int]:
+    """`count` distinct free ports in 20000-44999; those at indexes in with_grpc also have port+10000 free."""
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = rng.randrange(20000, 45000)
+        needed = [port] + ([port + GRPC_OFFSET] if len(chosen) in with_grpc else [])
+        taken = set(chosen) | {p + GRPC_OFFSET for p in chosen}
+        if any(p in taken for p in needed) or not all(port_free("127.0.0.1", p) for p in needed):
+            continue
+        chosen.append(port)
+    return chosen
+
+
+def stack_env(data_dir: Path) -> dict[str, str]:
+    """Environment for `railyard up` on fresh free ports."""
+    names = list(PORT_NAMES) + ["GATEWAY"]
+    ports = free_ports(len(names), {i for i, n in enumerate(names) if n in NEEDS_GRPC})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAILYARD_")}
+    env["RAILYARD_STACK__DATA_DIR"] = str(data_dir)
+    for name, port in zip(names, ports, strict=True):
+        key = "RAILYARD_GATEWAY__PORT" if name == "GATEWAY" else f"RAILYARD_STACK__{name}"
+        env[key] = str(port)
+    return env
+
+
+@dataclass
+class RunningStack:
+    """A started stack: how to reach it and its supervisor process."""
+
+    process: subprocess.Popen
+    data_dir: Path
+    env: dict[str, str]
+    output: Path
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.env['RAILYARD_GATEWAY__PORT']}/v1/api"
+
+    def state(self) -> dict:
+        return json.loads((self.data_dir / "run" / "stack.json").read_text())
+
+    def secrets(self) -> dict:
+        return json.loads((self.data_dir / "secrets.json").read_text())
+
+    def settings(self) -> Settings:
+        """Settings as the services see them (same URLs and credentials)."""
+        secrets = self.secrets()
+        env = self.env
+        return Settings(
+            nats=NatsSettings(url=f"nats://127.0.0.1:{env['RAILYARD_STACK__NATS_PORT']}"),
+            postgres=PostgresSettings(
+                dsn=f"postgresql://railyard:{secrets['postgres_password']}@127.0.0.1:"
+                f"{env['RAILYARD_STACK__POSTGRES_PORT']}/railyard"
+            ),
+            s3=S3Settings(endpoint=f"127.0.0.1:{env['RAILYARD_STACK__S3_PORT']}",
+                          access_key=secrets["s3_access_key"], secret_key=secrets["s3_secret_key"]),
+            gateway=GatewaySettings(port=int(env["RAILYARD_GATEWAY__PORT"])),
+        )
+
+    def health(self) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"{self.api}/health", timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except (urllib.error.URLError, OSError, ValueError):
+            return 0, {}
+
+    def wait_healthy(self, timeout: float = 120.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"railyard up exited with {self.process.returncode}:\n{self.output.read_text()}")
+            status, body = self.health()
+            if status == 200:
+                return body
+            time.sleep(0.2)
+        raise RuntimeError(f"stack not healthy after {timeout}s:\n{self.output.read_text()}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(90)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+
+def start_stack(data_dir: Path, env: dict[str, str] | None = None) -> RunningStack:
+    env = env or stack_env(data_dir)
+    output = data_dir.parent / f"{data_dir.name}-up.log"
+    handle = open(output, "ab")  # noqa: SIM115 - the child writes to it for its whole life
+    process = subprocess.Popen([sys.executable, "-m", "shared.cli", "up"], cwd=REPO, env=env,
+                               stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return RunningStack(process=process, data_dir=data_dir, env=env, output=output)

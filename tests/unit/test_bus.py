@@ -1,0 +1,71 @@
+"""The command wrapper and request helper, in memory with FastStream's TestNatsBroker."""
+
+from __future__ import annotations
+
+import pytest
+from faststream.nats import NatsBroker, TestNatsBroker
+
+from shared.bus import CallContext, command, request
+from shared.errors import Conflict, InvalidRequest, RailyardError
+from shared.messages.base import Command, Message
+
+
+class Greet(Command):
+    name: str
+
+
+class Greeting(Message):
+    text: str
+    token: str | None
+
+
+def make_broker() -> NatsBroker:
+    broker = NatsBroker()
+
+    @command(broker, "test.greet", service="gateway")
+    async def greet(cmd: Greet, ctx: CallContext) -> Greeting:
+        if cmd.name == "taken":
+            raise Conflict("name 'taken' is already in use")
+        if cmd.name == "boom":
+            raise ValueError("secret internal detail: SELECT * FROM users")
+        return Greeting(text=f"hello {cmd.name}", token=ctx.token)
+
+    return broker
+
+
+async def test_command_replies_with_data_and_sees_the_token():
+    broker = make_broker()
+    async with TestNatsBroker(broker) as br:
+        reply = await request(br, "test.greet", Greet(name="ada"), token="tok123", reply_model=Greeting)
+    assert reply == Greeting(text="hello ada", token="tok123")
+
+
+async def test_invalid_message_is_invalid_request_naming_the_field():
+    broker = make_broker()
+    async with TestNatsBroker(broker) as br:
+        with pytest.raises(InvalidRequest, match="name"):
+            await request(br, "test.greet", {"nam": "ada"})
+
+
+async def test_railyard_error_keeps_its_type_and_message():
+    broker = make_broker()
+    async with TestNatsBroker(broker) as br:
+        with pytest.raises(Conflict) as caught:
+            await request(br, "test.greet", Greet(name="taken"))
+    assert caught.value.status == 409 and "already in use" in caught.value.msg
+
+
+async def test_unexpected_error_is_internal_without_details():
+    broker = make_broker()
+    async with TestNatsBroker(broker) as br:
+        with pytest.raises(RailyardError) as caught:
+            await request(br, "test.greet", Greet(name="boom"))
+    assert caught.value.code == "internal" and caught.value.status == 500
+    assert "SELECT" not in caught.value.msg and "secret" not in caught.value.msg
+
+
+def test_handler_must_be_typed_by_a_message_model():
+    broker = NatsBroker()
+    with pytest.raises(TypeError, match="Message model"):
+        @command(broker, "test.untyped", service="gateway")
+        async def untyped(cmd: dict, ctx: CallContext) -> None: ...
