@@ -278,6 +278,8 @@ class EmbeddedStack:
         # services all at once (they drain in parallel), then the servers one by one in reverse
         # order of start, so each stops while what it talks to is still there
         for group in [self.services] + [[child] for child in reversed(self.infra)]:
+            if not group:
+                continue
             for child in group:
                 child.signal(child.stop_signal)
             deadline = time.monotonic() + max(child.stop_grace for child in group)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import signal
 import socket
 import subprocess
@@ -10,6 +12,7 @@ import sys
 import time
 
 import nats
+import nats.errors
 import pytest
 
 from shared import subjects
@@ -39,15 +42,9 @@ def test_port_in_use_is_one_clear_line(tmp_path):
 
 
 def _service_env(**overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in stack_env_base().items()}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAILYARD_")}
     env.update(overrides)
     return env
-
-
-def stack_env_base() -> dict[str, str]:
-    import os
-
-    return {k: v for k, v in os.environ.items() if not k.startswith("RAILYARD_")}
 
 
 def test_unreachable_nats_is_one_clear_line():
@@ -72,7 +69,7 @@ def test_invalid_setting_is_one_clear_line():
 
 def _stack_service_env(stack) -> dict[str, str]:
     settings = stack.settings()
-    env = stack_env_base()
+    env = _service_env()
     env.update({
         "RAILYARD_NATS__URL": settings.nats.url,
         "RAILYARD_POSTGRES__DSN": settings.postgres.dsn,
@@ -102,29 +99,35 @@ def test_wrong_postgres_password_is_one_clear_line(stack):
     assert "password authentication failed" in _one_line(result.stderr)
 
 
-async def test_extra_replica_joins_the_queue_group_and_drains_on_sigterm(stack, tmp_path):
+@pytest.fixture
+def deployer_replica(stack, tmp_path):
     log = tmp_path / "replica.log"
     with open(log, "wb") as handle:
         replica = subprocess.Popen([sys.executable, "-m", "services.deployer"], cwd=REPO,
                                    env=_stack_service_env(stack), stdout=handle, stderr=subprocess.STDOUT)
-    try:
-        nc = await nats.connect(stack.settings().nats.url)
-        try:
-            pids: set[int] = set()
-            deadline = time.monotonic() + 20
-            while len(pids) < 2 and time.monotonic() < deadline:
-                reply = await nc.request(subjects.health("deployer"), b"{}", timeout=5)
-                import json
+    yield replica, log
+    if replica.poll() is None:
+        replica.kill()
+        replica.wait(10)
 
-                pids.add(json.loads(reply.data)["data"]["pid"])
-                await asyncio.sleep(0.02)
-            assert replica.pid in pids and len(pids) == 2, "both replicas answer from one queue group"
-        finally:
-            await nc.close()
-        replica.send_signal(signal.SIGTERM)
-        assert replica.wait(20) == 0
+
+async def test_extra_replica_joins_the_queue_group_and_drains_on_sigterm(stack, deployer_replica):
+    replica, log = deployer_replica
+    nc = await nats.connect(stack.settings().nats.url)
+    try:
+        pids: set[int] = set()
+        deadline = time.monotonic() + 20
+        while len(pids) < 2 and time.monotonic() < deadline:
+            try:
+                reply = await nc.request(subjects.health("deployer"), b"{}", timeout=5)
+            except nats.errors.TimeoutError:
+                continue
+            pids.add(json.loads(reply.data)["data"]["pid"])
+            await asyncio.sleep(0.02)
+        assert replica.pid in pids and len(pids) == 2, "both replicas answer from one queue group"
     finally:
-        if replica.poll() is None:
-            replica.kill()
+        await nc.close()
+    replica.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(replica.wait, 20) == 0
     text = log.read_text()
     assert "draining subscriptions" in text and "deployer stopped" in text
