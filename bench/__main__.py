@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import platform
 import sys
 from datetime import UTC, datetime
@@ -14,7 +13,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 def main() -> int:
-    sections = [asyncio.run(bus_roundtrip.run()), records_codec.run()]
+    sections = [bus_roundtrip.run(), records_codec.run()]
     header = (
         "# Benchmarks\n\n"
         "Written by `make bench` (`python -m bench`); every figure is compared with a baseline measured in the same"

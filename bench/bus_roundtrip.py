@@ -61,34 +61,38 @@ def _row(name: str, samples: list[float], base_p50: float) -> str:
     return f"| {name} | {p50:.0f} | {p99:.0f} | {1 / statistics.mean(samples):,.0f} | {p50 / base_p50:.2f}x |"
 
 
-async def run() -> str:
+async def _measure(url: str, port: int) -> tuple[list[float], list[float]]:
+    await _wait_up(port)
+    raw = await nats.connect(url)
+
+    async def echo(msg):
+        await msg.respond(b'{"ok":true,"data":{"ok":true}}')
+
+    await raw.subscribe("bench.raw", queue="bench", cb=echo)
+    broker = NatsBroker(url, log_level=10)
+
+    @command(broker, "bench.typed", service="gateway")
+    async def ping(cmd: CheckHealth, ctx: CallContext) -> Pong:
+        return Pong(ok=True)
+
+    await broker.start()
+    client = NatsBroker(url, log_level=10)
+    await client.connect()
+    baseline = await _time(lambda: raw.request("bench.raw", b"{}", timeout=2), N)
+    typed = await _time(lambda: request(client, "bench.typed", CheckHealth(), reply_model=Pong), N)
+    await client.stop()
+    await broker.stop()
+    await raw.close()
+    return baseline, typed
+
+
+def run() -> str:
     port = _free_port()
     with tempfile.TemporaryDirectory() as store:
         server = subprocess.Popen([find_binary("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js",
                                    "-sd", str(Path(store))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            url = f"nats://127.0.0.1:{port}"
-            await _wait_up(port)
-            raw = await nats.connect(url)
-
-            async def echo(msg):
-                await msg.respond(b'{"ok":true,"data":{"ok":true}}')
-
-            await raw.subscribe("bench.raw", queue="bench", cb=echo)
-            broker = NatsBroker(url, log_level=10)
-
-            @command(broker, "bench.typed", service="gateway")
-            async def ping(cmd: CheckHealth, ctx: CallContext) -> Pong:
-                return Pong(ok=True)
-
-            await broker.start()
-            client = NatsBroker(url, log_level=10)
-            await client.connect()
-            baseline = await _time(lambda: raw.request("bench.raw", b"{}", timeout=2), N)
-            typed = await _time(lambda: request(client, "bench.typed", CheckHealth(), reply_model=Pong), N)
-            await client.stop()
-            await broker.stop()
-            await raw.close()
+            baseline, typed = asyncio.run(_measure(f"nats://127.0.0.1:{port}", port))
         finally:
             server.terminate()
             server.wait(10)
