@@ -86,6 +86,7 @@ class ServerSpec:
     user: str | None = None
     stop_signal: int = 15
     stop_grace: float = 30.0
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def _http_ok(url: str, timeout: float = 1.0) -> bool:
@@ -275,6 +276,7 @@ def seaweedfs_server(cfg: StackSettings, data_dir: Path) -> ServerSpec:
             f"-master.port={ports['master']}", f"-master.port.grpc={ports['master-grpc']}",
             f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume-grpc']}",
             f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer-grpc']}",
+            f"-filer.localSocket={data_dir / 'run' / 'filer.sock'}",
             "-master.telemetry=false",
             # a single master needs no raft state; resuming it costs ~12 s of leader election per start
             "-master.resumeState=false",
@@ -282,6 +284,7 @@ def seaweedfs_server(cfg: StackSettings, data_dir: Path) -> ServerSpec:
             "-volume.max=0",
             "-volume.preStopSeconds=0",
         ],
+        env={"TMPDIR": str(data_dir / "run")},  # its glog files go there instead of /tmp
         # Everything that writes to it has stopped by then; its filer still waits 15 s for its own
         # metadata stream on a graceful stop, so after a short grace it is killed (its stores are
         # crash-safe, and restarts after kill -9 are tested).
@@ -301,8 +304,10 @@ def s3_server(cfg: StackSettings, data_dir: Path, secrets: Secrets) -> ServerSpe
             f"-ip={cfg.host}", f"-ip.bind={cfg.host}",
             f"-port={ports['s3']}", f"-port.grpc={ports['s3-grpc']}",
             "-port.iceberg=0", "-port.lance=0",
+            f"-localSocket={data_dir / 'run' / 's3.sock'}",
             f"-config={config_path}",
         ],
+        env={"TMPDIR": str(data_dir / "run")},
     )
 
 

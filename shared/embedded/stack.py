@@ -216,7 +216,7 @@ class EmbeddedStack:
         specs[1].user = servers.prepare_postgres(self.cfg, self.data_dir, self.secrets)
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("RAILYARD_")}
         for spec in specs:
-            child = Child(spec.name, spec.argv, base_env, self.log_dir / f"{spec.name}.log",
+            child = Child(spec.name, spec.argv, {**base_env, **spec.env}, self.log_dir / f"{spec.name}.log",
                           user=spec.user, stop_signal=spec.stop_signal, stop_grace=spec.stop_grace)
             child._max_backoff = self.cfg.restart_backoff_max
             child.start()
