@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from shared import __version__
 from shared.settings import Settings
@@ -86,6 +87,78 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _credentials_path() -> Path:
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "railyard" / "credentials.json"
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    """Sign in and keep the tokens (mode 0600) for `railyard token`."""
+    from shared.client import RailyardAPIError, RailyardClient
+    from shared.embedded.stack import read_state
+
+    settings = _settings(args)
+    data_dir = settings.stack.data_dir.expanduser().resolve()
+    secrets_path = data_dir / "secrets.json"
+    secrets = json.loads(secrets_path.read_text()) if secrets_path.exists() else {}
+    state = read_state(data_dir) or {}
+    url = args.url or state.get("api_url") or f"http://{settings.gateway.host}:{settings.gateway.port}"
+    client_id = args.client_id or secrets.get("client_id")
+    client_secret = args.client_secret or secrets.get("client_secret")
+    username = args.username or secrets.get("admin_username")
+    password = args.password or (secrets.get("admin_password") if username == secrets.get("admin_username") else None)
+    if not (client_id and client_secret and username and password):
+        print("railyard: give --client-id, --client-secret, --username and --password (no embedded stack"
+              f" secrets found in {data_dir})", file=sys.stderr)
+        return 2
+    client = RailyardClient(url, client_id, client_secret)
+    try:
+        client.login(username, password)
+    except RailyardAPIError as exc:
+        print(f"railyard: login failed: {exc.msg or exc.code}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"railyard: cannot reach {client.base_url}: {exc}", file=sys.stderr)
+        return 1
+    _save_credentials({"url": client.base_url, "client_id": client_id, "client_secret": client_secret,
+                       "access_token": client.access_token, "refresh_token": client.refresh_token,
+                       "expires_at": client.expires_at, "username": username})
+    print(f"railyard: logged in to {client.base_url} as {username}")
+    return 0
+
+
+def _save_credentials(data: dict) -> None:
+    path = _credentials_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Print a valid access token (refreshing it when needed), e.g. `TOKEN=$(railyard token)`."""
+    from shared.client import RailyardAPIError, RailyardClient
+
+    path = _credentials_path()
+    if not path.exists():
+        print("railyard: not logged in (run `railyard login`)", file=sys.stderr)
+        return 1
+    saved = json.loads(path.read_text())
+    client = RailyardClient(saved["url"], saved["client_id"], saved["client_secret"])
+    client.access_token, client.refresh_token = saved["access_token"], saved["refresh_token"]
+    client.expires_at = saved["expires_at"]
+    try:
+        token = client.token
+    except RailyardAPIError as exc:
+        print(f"railyard: {exc.msg or exc.code}; run `railyard login` again", file=sys.stderr)
+        return 1
+    if token != saved["access_token"]:
+        _save_credentials(saved | {"access_token": token, "refresh_token": client.refresh_token,
+                                   "expires_at": client.expires_at})
+    print(token)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="railyard", description="Railyard MLOps platform")
     parser.add_argument("--version", action="version", version=f"railyard {__version__}")
@@ -94,12 +167,17 @@ def main(argv: list[str] | None = None) -> int:
         ("up", cmd_up, "start the embedded stack and every service (foreground; Ctrl-C stops)"),
         ("status", cmd_status, "show every component of the running stack"),
         ("down", cmd_down, "stop the running stack"),
+        ("login", cmd_login, "sign in (defaults: the embedded stack's admin user and client)"),
+        ("token", cmd_token, "print a valid access token for curl and scripts"),
     ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("--data-dir", help="data directory (default RAILYARD_STACK__DATA_DIR or .railyard)")
         cmd.set_defaults(func=func)
         if name == "down":
             cmd.add_argument("--timeout", type=float, default=90.0)
+        if name == "login":
+            for flag in ("--url", "--username", "--password", "--client-id", "--client-secret"):
+                cmd.add_argument(flag)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -47,6 +47,24 @@ class GatewaySettings(BaseModel):
     max_body_bytes: int = Field(64 * 1024 * 1024, description="Largest request body accepted (413 above).")
 
 
+class AuthSettings(BaseModel):
+    """Tokens, the first admin and client, and brute-force protection."""
+
+    instance_name: str = Field("Railyard", description="Name shown by features/list.")
+    issuer: str = Field("railyard", description="`iss` of every token; the gateway and services check it.")
+    audience: str = Field("railyard-api", description="`aud` of every token.")
+    access_token_ttl: int = Field(3600, description="Seconds an access token is valid (expires_in).")
+    refresh_token_ttl: int = Field(1800, description="Seconds a refresh token is valid (refresh_expires_in).")
+    bootstrap_admin_username: str = Field("admin", description="The admin user created on first start.")
+    bootstrap_admin_password: str = Field("", description="Its password; no default outside the embedded stack.")
+    bootstrap_client_id: str = Field("api-client", description="The confidential client created on first start.")
+    bootstrap_client_secret: str = Field("", description="Its secret; no default outside the embedded stack.")
+    failed_login_delay: float = Field(0.5, description="Extra seconds per recent failed login (capped at 4 s).")
+    lockout_after: int = Field(10, description="Failed logins in a row that lock an account.")
+    lockout_seconds: int = Field(900, description="How long a locked account stays locked.")
+    revocation_poll_interval: float = Field(20.0, description="Seconds between refreshes of deactivated users.")
+
+
 class StackSettings(BaseModel):
     """The embedded stack started by `railyard up` (development and tests)."""
 
@@ -77,6 +95,7 @@ class Settings(BaseSettings):
     postgres: PostgresSettings = PostgresSettings()
     s3: S3Settings = S3Settings()
     gateway: GatewaySettings = GatewaySettings()
+    auth: AuthSettings = AuthSettings()
     stack: StackSettings = StackSettings()
 
 

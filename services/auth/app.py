@@ -1,4 +1,4 @@
-"""auth: transport only. Subscribers parse their typed message and call one handler."""
+"""auth: transport only. Subscribers parse their typed message, identify the caller and call one handler."""
 
 from __future__ import annotations
 
@@ -6,18 +6,162 @@ from pathlib import Path
 
 from faststream.nats import NatsRouter
 
+from services.auth import handlers, store
+from shared import subjects
+from shared.authz import Principal, RevocationFeed, TokenVerifier
+from shared.bus import CallContext, command, publish_event
+from shared.messages.auth import (
+    ActivateUser,
+    AddWorkspaceUser,
+    AffectedRows,
+    CheckMembership,
+    CreateWorkspace,
+    DeactivateUser,
+    Empty,
+    Features,
+    GetSigningKeys,
+    InviteUser,
+    IssueToken,
+    ListFeatures,
+    ListRevocations,
+    ListWorkspaces,
+    ListWorkspaceUsers,
+    Membership,
+    QueryUsers,
+    RemoveWorkspaceUser,
+    Revocations,
+    RotateSigningKey,
+    SigningKeyRotated,
+    SigningKeys,
+    TokenIssued,
+    UpdatePassword,
+    UserInvited,
+    Users,
+    WorkspaceCreated,
+    Workspaces,
+    WorkspaceUsers,
+)
 from shared.service import Runtime, ServiceSpec
 
 NAME = "auth"
 
 
 def build_router(runtime: Runtime) -> NatsRouter:
-    """The service's command and event subscribers (health is added by the runner)."""
-    return NatsRouter()
+    router = NatsRouter()
+
+    def deps() -> handlers.AuthDeps:
+        return runtime.extras["deps"]
+
+    async def caller(ctx: CallContext) -> Principal:
+        return await runtime.extras["verifier"].verify(ctx.token)
+
+    @command(router, subjects.AUTH_TOKEN_ISSUE, service=NAME)
+    async def issue_token(cmd: IssueToken, ctx: CallContext) -> TokenIssued:
+        """Issue tokens for the password, refresh_token and client_credentials grants."""
+        return await handlers.issue_token(deps(), cmd)
+
+    @command(router, subjects.AUTH_KEYS_GET, service=NAME)
+    async def get_keys(cmd: GetSigningKeys, ctx: CallContext) -> SigningKeys:
+        """The JWKS that verifies tokens."""
+        return await handlers.signing_keys(runtime.db)
+
+    @command(router, subjects.AUTH_KEYS_ROTATE, service=NAME)
+    async def rotate_key(cmd: RotateSigningKey, ctx: CallContext) -> SigningKeyRotated:
+        """Make a new signing key active (admin)."""
+        return await handlers.rotate_signing_key(deps(), await caller(ctx))
+
+    @command(router, subjects.AUTH_REVOCATIONS_LIST, service=NAME)
+    async def list_revocations(cmd: ListRevocations, ctx: CallContext) -> Revocations:
+        """Deactivated users and the moment before which their tokens are refused."""
+        return await handlers.revocations(runtime.db)
+
+    @command(router, subjects.AUTH_USERS_QUERY, service=NAME)
+    async def query_users(cmd: QueryUsers, ctx: CallContext) -> Users:
+        """Users, by id or workspace."""
+        return await handlers.query_users(deps(), await caller(ctx), cmd)
+
+    @command(router, subjects.AUTH_USERS_INVITE, service=NAME)
+    async def invite_user(cmd: InviteUser, ctx: CallContext) -> UserInvited:
+        """Create a user (admin)."""
+        return await handlers.invite_user(deps(), await caller(ctx), cmd)
+
+    @command(router, subjects.AUTH_USERS_DEACTIVATE, service=NAME)
+    async def deactivate_user(cmd: DeactivateUser, ctx: CallContext) -> Empty:
+        """Deactivate a user (admin)."""
+        return await handlers.deactivate_user(deps(), await caller(ctx), cmd.email)
+
+    @command(router, subjects.AUTH_USERS_ACTIVATE, service=NAME)
+    async def activate_user(cmd: ActivateUser, ctx: CallContext) -> Empty:
+        """Activate a user (admin)."""
+        return await handlers.activate_user(deps(), await caller(ctx), cmd.email)
+
+    @command(router, subjects.AUTH_USERS_UPDATE_PASSWORD, service=NAME)
+    async def update_password(cmd: UpdatePassword, ctx: CallContext) -> Empty:
+        """Set the caller's own password."""
+        return await handlers.update_password(deps(), await caller(ctx), cmd.password)
+
+    @command(router, subjects.AUTH_WORKSPACES_LIST, service=NAME)
+    async def list_workspaces(cmd: ListWorkspaces, ctx: CallContext) -> Workspaces:
+        """Workspaces of a user."""
+        return await handlers.list_workspaces(deps(), await caller(ctx), cmd)
+
+    @command(router, subjects.AUTH_WORKSPACES_CREATE, service=NAME)
+    async def create_workspace(cmd: CreateWorkspace, ctx: CallContext) -> WorkspaceCreated:
+        """Create a workspace owned by the caller."""
+        return await handlers.create_workspace(deps(), await caller(ctx), cmd)
+
+    @command(router, subjects.AUTH_WORKSPACES_ADD_USER, service=NAME)
+    async def add_user(cmd: AddWorkspaceUser, ctx: CallContext) -> Empty:
+        """Add a user to a workspace (owners)."""
+        return await handlers.add_workspace_user(deps(), await caller(ctx), cmd)
+
+    @command(router, subjects.AUTH_WORKSPACES_LIST_USERS, service=NAME)
+    async def list_users(cmd: ListWorkspaceUsers, ctx: CallContext) -> WorkspaceUsers:
+        """Members of a workspace."""
+        return await handlers.list_workspace_users(deps(), await caller(ctx), cmd.workspace_id)
+
+    @command(router, subjects.AUTH_WORKSPACES_REMOVE_USER, service=NAME)
+    async def remove_user(cmd: RemoveWorkspaceUser, ctx: CallContext) -> AffectedRows:
+        """Remove a user from a workspace."""
+        return await handlers.remove_workspace_user(deps(), await caller(ctx), cmd)
+
+    @command(router, subjects.AUTH_WORKSPACES_CHECK_MEMBER, service=NAME)
+    async def check_member(cmd: CheckMembership, ctx: CallContext) -> Membership:
+        """The caller's role in a workspace (404 when not a member)."""
+        return await handlers.check_membership(deps(), await caller(ctx), cmd.workspace_id)
+
+    @command(router, subjects.AUTH_FEATURES_LIST, service=NAME)
+    async def list_features(cmd: ListFeatures, ctx: CallContext) -> Features:
+        """Enabled features of the instance."""
+        return await handlers.list_features(runtime.settings.auth, await caller(ctx))
+
+    return router
+
+
+async def start(runtime: Runtime) -> None:
+    settings = runtime.settings.auth
+
+    async def publish(subject, event) -> None:
+        await publish_event(runtime.broker, subject, event)
+
+    deps = handlers.AuthDeps(pool=runtime.db, settings=settings, publish=publish, keys={})
+    await handlers.bootstrap(deps)
+    verifier = TokenVerifier(settings, lambda: store.public_keys(runtime.db))
+    feed = RevocationFeed(verifier, lambda: store.revocations(runtime.db), settings.revocation_poll_interval)
+    await feed.start(runtime.broker.config.connection_state.connection)
+    runtime.extras.update(deps=deps, verifier=verifier, revocation_feed=feed)
+
+
+async def stop(runtime: Runtime) -> None:
+    feed = runtime.extras.get("revocation_feed")
+    if feed is not None:
+        await feed.stop()
 
 
 SPEC = ServiceSpec(
     name=NAME,
     build_router=build_router,
     migrations=Path(__file__).parent / "migrations",
+    on_start=start,
+    on_stop=stop,
 )

@@ -1,1 +1,464 @@
-"""Business logic of the auth service, as plain async functions (none beyond health yet)."""
+"""Business logic of the auth service, as plain async functions.
+
+Tokens are RS256 JWTs signed with the service's active key (kept in its schema, rotatable); the public
+keys are served as a JWKS so the gateway and services verify tokens locally. Passwords and client
+secrets are argon2 hashes, checked in a worker thread so hashing never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+from services.auth import store
+from shared import subjects
+from shared.authz import ALGORITHM, KIND_INFERENCE, KIND_USER, Principal, require_admin, require_member, require_user
+from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
+from shared.messages.auth import (
+    AddWorkspaceUser,
+    AffectedRows,
+    CreateWorkspace,
+    Empty,
+    Features,
+    InviteUser,
+    IssueToken,
+    ListWorkspaces,
+    Membership,
+    QueryUsers,
+    RemoveWorkspaceUser,
+    Revocations,
+    SigningKeyRotated,
+    SigningKeys,
+    TokenIssued,
+    UserActivated,
+    UserCreated,
+    UserDeactivated,
+    UserInvited,
+    UserRecord,
+    Users,
+    WorkspaceCreated,
+    WorkspaceMember,
+    WorkspaceMembershipChanged,
+    WorkspaceRecord,
+    Workspaces,
+    WorkspaceUsers,
+    WorkspaceWasCreated,
+)
+from shared.settings import AuthSettings
+
+log = logging.getLogger("railyard.auth")
+
+WORKSPACE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MIN_PASSWORD = 8
+_hasher = PasswordHasher()
+# verified against when a login names no user, so unknown and known users take the same time
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@dataclass
+class AuthDeps:
+    """What the auth handlers need."""
+
+    pool: asyncpg.Pool
+    settings: AuthSettings
+    publish: Any  # async (subject, Event) -> None
+    keys: dict[str, Any]  # kid -> private key object (parsed once)
+
+
+# --- passwords -----------------------------------------------------------------------------------------
+
+
+async def hash_secret(secret: str) -> str:
+    return await asyncio.to_thread(_hasher.hash, secret)
+
+
+async def secret_matches(stored_hash: str, secret: str) -> bool:
+    def check() -> bool:
+        try:
+            return _hasher.verify(stored_hash, secret)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    return await asyncio.to_thread(check)
+
+
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise InvalidRequest(f"password must be at least {MIN_PASSWORD} characters")
+
+
+# --- keys ----------------------------------------------------------------------------------------------
+
+
+def _new_key() -> tuple[str, str, dict[str, Any]]:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    kid = secrets.token_urlsafe(16)
+    jwk = RSAAlgorithm.to_jwk(private.public_key(), as_dict=True)
+    jwk.update({"kid": kid, "use": "sig", "alg": ALGORITHM})
+    return kid, pem, jwk
+
+
+async def ensure_signing_key(pool: asyncpg.Pool) -> None:
+    kid, pem, jwk = await asyncio.to_thread(_new_key)
+    if await store.ensure_first_key(pool, kid, pem, jwk):
+        log.info("created the first signing key %s", kid)
+
+
+async def rotate_signing_key(deps: AuthDeps, principal: Principal) -> SigningKeyRotated:
+    require_admin(principal, "rotate signing keys")
+    kid, pem, jwk = await asyncio.to_thread(_new_key)
+    await store.add_active_key(deps.pool, kid, pem, jwk)
+    return SigningKeyRotated(kid=kid)
+
+
+async def signing_keys(pool: asyncpg.Pool) -> SigningKeys:
+    return SigningKeys(keys=await store.public_keys(pool))
+
+
+async def _active_key(deps: AuthDeps) -> tuple[str, Any]:
+    row = await store.active_key(deps.pool)
+    if row is None:
+        raise Unauthorized("no signing key")
+    key = deps.keys.get(row["kid"])
+    if key is None:
+        key = serialization.load_pem_private_key(row["private_pem"].encode(), password=None)
+        deps.keys[row["kid"]] = key
+    return row["kid"], key
+
+
+# --- bootstrap -----------------------------------------------------------------------------------------
+
+
+async def bootstrap(deps: AuthDeps) -> None:
+    """First start: a signing key, the admin user (with a default workspace) and the confidential client."""
+    await ensure_signing_key(deps.pool)
+    settings = deps.settings
+    async with deps.pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('auth-bootstrap'))")
+        if settings.bootstrap_client_secret:
+            if await store.ensure_client(conn, settings.bootstrap_client_id,
+                                         await hash_secret(settings.bootstrap_client_secret)):
+                log.info("created the confidential client %s", settings.bootstrap_client_id)
+        if await store.count_admins(conn, enabled_only=False) == 0:
+            if not settings.bootstrap_admin_password:
+                log.warning("no admin user and no RAILYARD_AUTH__BOOTSTRAP_ADMIN_PASSWORD: nobody can log in")
+                return
+            user_id = uuid.uuid4()
+            await store.create_user(conn, user_id, settings.bootstrap_admin_username, None,
+                                    await hash_secret(settings.bootstrap_admin_password), is_admin=True)
+            await store.create_workspace(conn, f"{settings.bootstrap_admin_username} - Default Workspace", user_id)
+            log.info("created the admin user %s", settings.bootstrap_admin_username)
+
+
+# --- tokens --------------------------------------------------------------------------------------------
+
+
+async def issue_token(deps: AuthDeps, cmd: IssueToken) -> TokenIssued:
+    client = await store.client(deps.pool, cmd.client_id)
+    if client is None or not await secret_matches(client["secret_hash"], cmd.client_secret):
+        raise Unauthorized("invalid client credentials", code="invalid_client")
+    if cmd.grant_type == "password":
+        user = await _password_login(deps, cmd)
+        return await _mint(deps, user, cmd.client_id, with_refresh=True)
+    if cmd.grant_type == "refresh_token":
+        user = await _refresh_login(deps, cmd)
+        return await _mint(deps, user, cmd.client_id, with_refresh=True)
+    if cmd.grant_type == "client_credentials":
+        return await _mint_inference(deps, client)
+    raise InvalidRequest(f"unsupported grant_type {cmd.grant_type!r}", code="unsupported_grant_type")
+
+
+async def _password_login(deps: AuthDeps, cmd: IssueToken) -> asyncpg.Record:
+    if not cmd.username or cmd.password is None:
+        raise InvalidRequest("the password grant needs username and password")
+    settings = deps.settings
+    user = await store.user_by_login(deps.pool, cmd.username)
+    if user is None:
+        await secret_matches(_DUMMY_HASH, cmd.password)
+        raise Unauthorized("invalid user credentials", code="invalid_grant")
+    now = datetime.now(UTC)
+    if user["locked_until"] is not None and user["locked_until"] > now:
+        raise Unauthorized("account temporarily locked after repeated failed logins; try again later",
+                           code="account_locked")
+    recent = user["last_failed_at"] is not None and user["last_failed_at"] > now - timedelta(hours=1)
+    if recent and user["failed_logins"]:
+        await asyncio.sleep(min(4.0, settings.failed_login_delay * user["failed_logins"]))
+    if not await secret_matches(user["password_hash"], cmd.password):
+        failures = await store.record_failed_login(deps.pool, user["id"], settings.lockout_after,
+                                                   settings.lockout_seconds)
+        if failures >= settings.lockout_after:
+            raise Unauthorized("account temporarily locked after repeated failed logins; try again later",
+                               code="account_locked")
+        raise Unauthorized("invalid user credentials", code="invalid_grant")
+    if not user["enabled"]:
+        raise Unauthorized("user is deactivated", code="invalid_grant")
+    if user["failed_logins"]:
+        await store.clear_failed_logins(deps.pool, user["id"])
+    return user
+
+
+async def _refresh_login(deps: AuthDeps, cmd: IssueToken) -> asyncpg.Record:
+    if not cmd.refresh_token:
+        raise InvalidRequest("the refresh_token grant needs refresh_token")
+    keys = {k["kid"]: RSAAlgorithm.from_jwk(k) for k in await store.public_keys(deps.pool)}
+    try:
+        kid = jwt.get_unverified_header(cmd.refresh_token).get("kid")
+        claims = jwt.decode(cmd.refresh_token, keys[kid], algorithms=[ALGORITHM], audience=deps.settings.audience,
+                            issuer=deps.settings.issuer, options={"require": ["exp", "jti", "sub"]})
+    except (jwt.InvalidTokenError, KeyError):
+        raise Unauthorized("invalid refresh token", code="invalid_grant") from None
+    if claims.get("typ") != "Refresh":
+        raise Unauthorized("invalid refresh token", code="invalid_grant")
+    user_id = await store.use_refresh_token(deps.pool, uuid.UUID(claims["jti"]), cmd.client_id)
+    if user_id is None:
+        raise Unauthorized("refresh token expired, already used or issued to another client", code="invalid_grant")
+    user = await store.user_by_id(deps.pool, user_id)
+    if user is None or not user["enabled"]:
+        raise Unauthorized("user is deactivated", code="invalid_grant")
+    return user
+
+
+def _base_claims(settings: AuthSettings, subject: str, client_id: str, now: int) -> dict[str, Any]:
+    return {"iss": settings.issuer, "aud": settings.audience, "sub": subject, "iat": now,
+            "jti": str(uuid.uuid4()), "azp": client_id}
+
+
+async def _mint(deps: AuthDeps, user: asyncpg.Record, client_id: str, *, with_refresh: bool) -> TokenIssued:
+    settings = deps.settings
+    kid, key = await _active_key(deps)
+    now = int(time.time())
+    session = str(uuid.uuid4())
+    access = _base_claims(settings, str(user["id"]), client_id, now) | {
+        "exp": now + settings.access_token_ttl, "typ": "Bearer", "scope": "profile email",
+        "preferred_username": user["username"], "email": user["email"], "session_state": session,
+        "railyard_kind": KIND_USER, "railyard_admin": bool(user["is_admin"]),
+    }
+    token = jwt.encode(access, key, algorithm=ALGORITHM, headers={"kid": kid})
+    refresh = None
+    if with_refresh:
+        claims = _base_claims(settings, str(user["id"]), client_id, now) | {
+            "exp": now + settings.refresh_token_ttl, "typ": "Refresh", "session_state": session}
+        await store.save_refresh_token(deps.pool, uuid.UUID(claims["jti"]), user["id"], client_id,
+                                       datetime.fromtimestamp(claims["exp"], UTC))
+        refresh = jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid})
+    return TokenIssued(access_token=token, expires_in=settings.access_token_ttl, refresh_token=refresh,
+                       refresh_expires_in=settings.refresh_token_ttl if refresh else None, session_state=session)
+
+
+async def _mint_inference(deps: AuthDeps, client: asyncpg.Record) -> TokenIssued:
+    settings = deps.settings
+    kid, key = await _active_key(deps)
+    now = int(time.time())
+    claims = _base_claims(settings, str(client["service_account_id"]), client["client_id"], now) | {
+        "exp": now + settings.access_token_ttl, "typ": "Bearer", "scope": "profile email",
+        "preferred_username": f"service-account-{client['client_id']}", "railyard_kind": KIND_INFERENCE,
+        "clientId": client["client_id"],
+    }
+    token = jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid})
+    return TokenIssued(access_token=token, expires_in=settings.access_token_ttl)
+
+
+async def revocations(pool: asyncpg.Pool) -> Revocations:
+    return Revocations(users=await store.revocations(pool))
+
+
+# --- users ---------------------------------------------------------------------------------------------
+
+
+def _user_record(row: asyncpg.Record, viewer: Principal) -> UserRecord:
+    manage = viewer.admin
+    return UserRecord(
+        id=str(row["id"]),
+        username=row["username"],
+        email=row["email"],
+        enabled=row["enabled"],
+        createdTimestamp=int(row["created_at"].timestamp() * 1000),
+        requiredActions=["UPDATE_PASSWORD"] if row["temporary_password"] else [],
+        access={"manageGroupMembership": manage, "impersonate": False, "view": True, "manage": manage,
+                "mapRoles": manage},
+    )
+
+
+def _uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        raise InvalidRequest(f"{what} must be a user id (UUID), got {value!r}") from None
+
+
+def _membership(pool: asyncpg.Pool):
+    async def lookup(user_id: str, workspace_id: int) -> str | None:
+        return await store.role_in(pool, uuid.UUID(user_id), workspace_id)
+
+    return lookup
+
+
+async def query_users(deps: AuthDeps, principal: Principal, cmd: QueryUsers) -> Users:
+    require_user(principal)
+    ids = [_uuid(u, "user_ids") for u in cmd.user_ids] if cmd.user_ids is not None else None
+    if cmd.workspace_id is not None:
+        await require_member(_membership(deps.pool), principal, cmd.workspace_id)
+    rows = await store.list_users(deps.pool, ids=ids, workspace_id=cmd.workspace_id,
+                                  visible_to=None if principal.admin else uuid.UUID(principal.user_id))
+    return Users(users={str(r["id"]): _user_record(r, principal) for r in rows})
+
+
+async def invite_user(deps: AuthDeps, principal: Principal, cmd: InviteUser) -> UserInvited:
+    require_admin(principal, "invite users")
+    email = cmd.email.strip()
+    if not EMAIL.match(email):
+        raise InvalidRequest(f"not an email address: {cmd.email!r}")
+    temporary = cmd.password is None
+    password = secrets.token_urlsafe(12) if temporary else cmd.password
+    _check_password(password)
+    user_id = uuid.uuid4()
+    password_hash = await hash_secret(password)
+    try:
+        async with deps.pool.acquire() as conn, conn.transaction():
+            await store.create_user(conn, user_id, email, email, password_hash, temporary_password=temporary)
+            await store.create_workspace(conn, f"{email} - Default Workspace", user_id)
+    except asyncpg.UniqueViolationError:
+        raise Conflict(f"a user with email {email} already exists") from None
+    await deps.publish(subjects.EVENT_USER_CREATED, UserCreated(user_id=user_id, email=email))
+    return UserInvited(user_id=str(user_id), temporary_password=password if temporary else None)
+
+
+async def _user_by_email_or_404(pool: asyncpg.Pool, email: str) -> asyncpg.Record:
+    user = await store.user_by_email(pool, email.strip())
+    if user is None:
+        raise NotFound(f"no user with email {email}")
+    return user
+
+
+async def deactivate_user(deps: AuthDeps, principal: Principal, email: str) -> Empty:
+    require_admin(principal, "deactivate users")
+    user = await _user_by_email_or_404(deps.pool, email)
+    revoked_before = int(time.time())
+    async with deps.pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('auth-admins'))")
+        if user["is_admin"] and user["enabled"] and await store.count_admins(conn) <= 1:
+            raise Conflict("cannot deactivate the last active administrator")
+        await store.set_enabled(conn, user["id"], False, revoked_before)
+    await deps.publish(subjects.EVENT_USER_DEACTIVATED,
+                       UserDeactivated(user_id=user["id"], revoked_before=revoked_before))
+    return Empty()
+
+
+async def activate_user(deps: AuthDeps, principal: Principal, email: str) -> Empty:
+    require_admin(principal, "activate users")
+    user = await _user_by_email_or_404(deps.pool, email)
+    async with deps.pool.acquire() as conn:
+        await store.set_enabled(conn, user["id"], True, None)
+    await deps.publish(subjects.EVENT_USER_ACTIVATED, UserActivated(user_id=user["id"]))
+    return Empty()
+
+
+async def update_password(deps: AuthDeps, principal: Principal, password: str) -> Empty:
+    require_user(principal)
+    _check_password(password)
+    await store.set_password(deps.pool, uuid.UUID(principal.user_id), await hash_secret(password))
+    return Empty()
+
+
+# --- workspaces ----------------------------------------------------------------------------------------
+
+
+def _workspace_record(row: asyncpg.Record) -> WorkspaceRecord:
+    return WorkspaceRecord(id=row["id"], name=row["name"], created_at=row["created_at"].isoformat(),
+                           created_by=str(row["created_by"]), archived=row["archived"],
+                           models=list(row["models"]), pipelines=list(row["pipelines"]))
+
+
+async def list_workspaces(deps: AuthDeps, principal: Principal, cmd: ListWorkspaces) -> Workspaces:
+    require_user(principal)
+    target = principal.user_id if cmd.user_id is None else str(_uuid(cmd.user_id, "user_id"))
+    if target != principal.user_id and not principal.admin:
+        raise Forbidden("only administrators may list another user's workspaces")
+    rows = await store.workspaces_of(deps.pool, uuid.UUID(target))
+    return Workspaces(workspaces=[_workspace_record(r) for r in rows])
+
+
+async def create_workspace(deps: AuthDeps, principal: Principal, cmd: CreateWorkspace) -> WorkspaceCreated:
+    require_user(principal)
+    name = cmd.workspace_name
+    if not WORKSPACE_NAME.match(name):
+        raise InvalidRequest(
+            f"invalid workspace name {name!r}: use 1-63 lowercase ASCII letters, digits or dashes,"
+            " starting and ending with a letter or digit (DNS-compliant; '.' and '_' are not allowed)")
+    owner = uuid.UUID(principal.user_id)
+    try:
+        async with deps.pool.acquire() as conn, conn.transaction():
+            workspace_id = await store.create_workspace(conn, name, owner)
+    except asyncpg.UniqueViolationError:
+        raise Conflict(f"a workspace named {name!r} already exists") from None
+    await deps.publish(subjects.EVENT_WORKSPACE_CREATED,
+                       WorkspaceWasCreated(workspace_id=workspace_id, name=name, created_by=owner))
+    return WorkspaceCreated(workspace_id=workspace_id)
+
+
+async def add_workspace_user(deps: AuthDeps, principal: Principal, cmd: AddWorkspaceUser) -> Empty:
+    role = await require_member(_membership(deps.pool), principal, cmd.workspace_id)
+    if role != "OWNER":
+        raise Forbidden("only workspace owners may add users")
+    user = await _user_by_email_or_404(deps.pool, cmd.email)
+    if await store.add_member(deps.pool, cmd.workspace_id, user["id"], "COLLABORATOR"):
+        await deps.publish(subjects.EVENT_WORKSPACE_MEMBERSHIP_CHANGED, WorkspaceMembershipChanged(
+            workspace_id=cmd.workspace_id, user_id=user["id"], user_type="COLLABORATOR"))
+    return Empty()
+
+
+async def list_workspace_users(deps: AuthDeps, principal: Principal, workspace_id: int) -> WorkspaceUsers:
+    await require_member(_membership(deps.pool), principal, workspace_id)
+    rows = await store.members(deps.pool, workspace_id)
+    return WorkspaceUsers(users=[WorkspaceMember(user_id=str(r["user_id"]), user_type=r["user_type"]) for r in rows])
+
+
+async def remove_workspace_user(deps: AuthDeps, principal: Principal, cmd: RemoveWorkspaceUser) -> AffectedRows:
+    role = await require_member(_membership(deps.pool), principal, cmd.workspace_id)
+    if cmd.user_id is None and cmd.email is None:
+        raise InvalidRequest("give user_id or email of the user to remove")
+    if cmd.user_id is not None:
+        target = _uuid(cmd.user_id, "user_id")
+    else:
+        target = (await _user_by_email_or_404(deps.pool, cmd.email))["id"]
+    if str(target) != principal.user_id and role != "OWNER":
+        raise Forbidden("only workspace owners may remove other users")
+    async with deps.pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", cmd.workspace_id)
+        target_role = await store.role_in(conn, target, cmd.workspace_id)
+        if target_role == "OWNER" and await store.owner_count(conn, cmd.workspace_id) <= 1:
+            raise Conflict("cannot remove the last owner of a workspace")
+        affected = await store.remove_member(conn, cmd.workspace_id, target)
+    if affected:
+        await deps.publish(subjects.EVENT_WORKSPACE_MEMBERSHIP_CHANGED, WorkspaceMembershipChanged(
+            workspace_id=cmd.workspace_id, user_id=target, user_type=None))
+    return AffectedRows(affected_rows=affected)
+
+
+async def check_membership(deps: AuthDeps, principal: Principal, workspace_id: int) -> Membership:
+    role = await require_member(_membership(deps.pool), principal, workspace_id)
+    return Membership(workspace_id=workspace_id, user_type=role)
+
+
+async def list_features(settings: AuthSettings, principal: Principal) -> Features:
+    require_user(principal)
+    return Features(features={"workspaces": "true", "inference_tokens": "true"}, name=settings.instance_name,
+                    is_auth_enabled=True)

@@ -1,1 +1,228 @@
 """SQL of the auth service (asyncpg, `$n` parameters only), in schema `auth`."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+# --- signing keys ------------------------------------------------------------------------------------
+
+
+async def active_key(pool: asyncpg.Pool) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT kid, private_pem FROM signing_keys WHERE active")
+
+
+async def add_active_key(pool: asyncpg.Pool, kid: str, private_pem: str, public_jwk: dict[str, Any]) -> None:
+    """Make a new key the active one (the previous keys stay for verification)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('auth-signing-key'))")
+        await conn.execute("UPDATE signing_keys SET active = false WHERE active")
+        await conn.execute(
+            "INSERT INTO signing_keys (kid, private_pem, public_jwk, active) VALUES ($1, $2, $3::jsonb, true)",
+            kid, private_pem, json.dumps(public_jwk),
+        )
+
+
+async def ensure_first_key(pool: asyncpg.Pool, kid: str, private_pem: str, public_jwk: dict[str, Any]) -> bool:
+    """Insert a first active key unless one exists (safe when replicas start together)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('auth-signing-key'))")
+        if await conn.fetchval("SELECT 1 FROM signing_keys WHERE active"):
+            return False
+        await conn.execute(
+            "INSERT INTO signing_keys (kid, private_pem, public_jwk, active) VALUES ($1, $2, $3::jsonb, true)",
+            kid, private_pem, json.dumps(public_jwk),
+        )
+        return True
+
+
+async def public_keys(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+    rows = await pool.fetch("SELECT public_jwk FROM signing_keys ORDER BY created_at DESC")
+    return [json.loads(r["public_jwk"]) for r in rows]
+
+
+# --- users -------------------------------------------------------------------------------------------
+
+USER_COLUMNS = ("id, username, email, password_hash, enabled, is_admin, temporary_password, created_at,"
+                " revoked_before, failed_logins, last_failed_at, locked_until")
+
+
+async def user_by_login(pool: asyncpg.Pool, login: str) -> asyncpg.Record | None:
+    return await pool.fetchrow(
+        f"SELECT {USER_COLUMNS} FROM users WHERE lower(username) = lower($1) OR lower(email) = lower($1)"
+        " ORDER BY (lower(username) = lower($1)) DESC LIMIT 1",
+        login,
+    )
+
+
+async def user_by_email(pool: asyncpg.Pool, email: str) -> asyncpg.Record | None:
+    return await pool.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE lower(email) = lower($1)", email)
+
+
+async def user_by_id(pool: asyncpg.Pool, user_id: uuid.UUID) -> asyncpg.Record | None:
+    return await pool.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1", user_id)
+
+
+async def count_admins(conn: asyncpg.Connection, enabled_only: bool = True) -> int:
+    return await conn.fetchval("SELECT count(*) FROM users WHERE is_admin AND (enabled OR NOT $1)", enabled_only)
+
+
+async def create_user(
+    conn: asyncpg.Connection, user_id: uuid.UUID, username: str, email: str | None, password_hash: str,
+    *, is_admin: bool = False, temporary_password: bool = False,
+) -> None:
+    await conn.execute(
+        "INSERT INTO users (id, username, email, password_hash, is_admin, temporary_password)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        user_id, username, email, password_hash, is_admin, temporary_password,
+    )
+
+
+async def record_failed_login(pool: asyncpg.Pool, user_id: uuid.UUID, lock_after: int, lock_seconds: int) -> int:
+    """Count a failed login (the count decays after an hour without failures); lock when it reaches lock_after."""
+    return await pool.fetchval(
+        "UPDATE users SET"
+        " failed_logins = CASE WHEN last_failed_at > now() - interval '1 hour' THEN failed_logins + 1 ELSE 1 END,"
+        " last_failed_at = now(),"
+        " locked_until = CASE WHEN (CASE WHEN last_failed_at > now() - interval '1 hour'"
+        "   THEN failed_logins + 1 ELSE 1 END) >= $2 THEN now() + make_interval(secs => $3) ELSE locked_until END"
+        " WHERE id = $1 RETURNING failed_logins",
+        user_id, lock_after, float(lock_seconds),
+    )
+
+
+async def clear_failed_logins(pool: asyncpg.Pool, user_id: uuid.UUID) -> None:
+    await pool.execute("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1", user_id)
+
+
+async def set_enabled(conn: asyncpg.Connection, user_id: uuid.UUID, enabled: bool, revoked_before: int | None) -> None:
+    await conn.execute(
+        "UPDATE users SET enabled = $2, revoked_before = COALESCE($3, revoked_before) WHERE id = $1",
+        user_id, enabled, revoked_before,
+    )
+
+
+async def set_password(pool: asyncpg.Pool, user_id: uuid.UUID, password_hash: str) -> None:
+    await pool.execute("UPDATE users SET password_hash = $2, temporary_password = false WHERE id = $1",
+                       user_id, password_hash)
+
+
+async def list_users(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspace_id: int | None,
+                     visible_to: uuid.UUID | None) -> list[asyncpg.Record]:
+    """Users filtered by ids and/or workspace; `visible_to` limits to users sharing a workspace with
+    that user (and the user themself)."""
+    return await pool.fetch(
+        f"SELECT {USER_COLUMNS} FROM users u WHERE"
+        " ($1::uuid[] IS NULL OR u.id = ANY($1))"
+        " AND ($2::bigint IS NULL OR EXISTS (SELECT 1 FROM workspace_members m"
+        "      WHERE m.workspace_id = $2 AND m.user_id = u.id))"
+        " AND ($3::uuid IS NULL OR u.id = $3 OR EXISTS (SELECT 1 FROM workspace_members a"
+        "      JOIN workspace_members b ON a.workspace_id = b.workspace_id"
+        "      WHERE a.user_id = $3 AND b.user_id = u.id))"
+        " ORDER BY u.created_at, u.id",
+        ids, workspace_id, visible_to,
+    )
+
+
+async def revocations(pool: asyncpg.Pool) -> dict[str, int]:
+    rows = await pool.fetch("SELECT id, revoked_before FROM users WHERE revoked_before IS NOT NULL")
+    return {str(r["id"]): int(r["revoked_before"]) for r in rows}
+
+
+# --- clients and refresh tokens ------------------------------------------------------------------------
+
+
+async def client(pool: asyncpg.Pool, client_id: str) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT client_id, secret_hash, service_account_id FROM clients WHERE client_id = $1",
+                               client_id)
+
+
+async def ensure_client(conn: asyncpg.Connection, client_id: str, secret_hash: str) -> bool:
+    status = await conn.execute(
+        "INSERT INTO clients (client_id, secret_hash, service_account_id) VALUES ($1, $2, $3)"
+        " ON CONFLICT (client_id) DO NOTHING",
+        client_id, secret_hash, uuid.uuid4(),
+    )
+    return status.endswith(" 1")
+
+
+async def save_refresh_token(pool: asyncpg.Pool, jti: uuid.UUID, user_id: uuid.UUID, client_id: str,
+                             expires_at: datetime) -> None:
+    await pool.execute(
+        "INSERT INTO refresh_tokens (jti, user_id, client_id, expires_at) VALUES ($1, $2, $3, $4)",
+        jti, user_id, client_id, expires_at,
+    )
+
+
+async def use_refresh_token(pool: asyncpg.Pool, jti: uuid.UUID, client_id: str) -> uuid.UUID | None:
+    """Spend a refresh token once; the user it belongs to, or None if unknown, used, expired or foreign."""
+    return await pool.fetchval(
+        "UPDATE refresh_tokens SET used = true"
+        " WHERE jti = $1 AND client_id = $2 AND NOT used AND expires_at > now() RETURNING user_id",
+        jti, client_id,
+    )
+
+
+# --- workspaces ----------------------------------------------------------------------------------------
+
+
+async def create_workspace(conn: asyncpg.Connection, name: str, owner: uuid.UUID) -> int:
+    workspace_id = await conn.fetchval(
+        "INSERT INTO workspaces (name, created_by) VALUES ($1, $2) RETURNING id", name, owner)
+    await conn.execute(
+        "INSERT INTO workspace_members (workspace_id, user_id, user_type) VALUES ($1, $2, 'OWNER')",
+        workspace_id, owner,
+    )
+    return workspace_id
+
+
+async def role_in(pool: asyncpg.Pool | asyncpg.Connection, user_id: uuid.UUID, workspace_id: int) -> str | None:
+    return await pool.fetchval(
+        "SELECT m.user_type FROM workspace_members m JOIN workspaces w ON w.id = m.workspace_id"
+        " WHERE m.workspace_id = $1 AND m.user_id = $2 AND NOT w.archived",
+        workspace_id, user_id,
+    )
+
+
+async def workspaces_of(pool: asyncpg.Pool, user_id: uuid.UUID) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT w.id, w.name, w.created_at, w.created_by, w.archived,"
+        " COALESCE(array_agg(r.resource_id ORDER BY r.resource_id) FILTER (WHERE r.kind = 'model'), '{}') AS models,"
+        " COALESCE(array_agg(r.resource_id ORDER BY r.resource_id) FILTER (WHERE r.kind = 'pipeline'), '{}')"
+        "   AS pipelines"
+        " FROM workspaces w JOIN workspace_members m ON m.workspace_id = w.id AND m.user_id = $1"
+        " LEFT JOIN workspace_resources r ON r.workspace_id = w.id"
+        " GROUP BY w.id ORDER BY w.id",
+        user_id,
+    )
+
+
+async def add_member(pool: asyncpg.Pool, workspace_id: int, user_id: uuid.UUID, user_type: str) -> bool:
+    status = await pool.execute(
+        "INSERT INTO workspace_members (workspace_id, user_id, user_type) VALUES ($1, $2, $3)"
+        " ON CONFLICT DO NOTHING",
+        workspace_id, user_id, user_type,
+    )
+    return status.endswith(" 1")
+
+
+async def members(pool: asyncpg.Pool, workspace_id: int) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT user_id, user_type FROM workspace_members WHERE workspace_id = $1 ORDER BY added_at, user_id",
+        workspace_id,
+    )
+
+
+async def owner_count(conn: asyncpg.Connection, workspace_id: int) -> int:
+    return await conn.fetchval(
+        "SELECT count(*) FROM workspace_members WHERE workspace_id = $1 AND user_type = 'OWNER'", workspace_id)
+
+
+async def remove_member(conn: asyncpg.Connection, workspace_id: int, user_id: uuid.UUID) -> int:
+    status = await conn.execute(
+        "DELETE FROM workspace_members WHERE workspace_id = $1 AND user_id = $2", workspace_id, user_id)
+    return int(status.split()[-1])

@@ -9,7 +9,9 @@ import socket
 import uvicorn
 from faststream.nats import NatsRouter
 
+from services.gateway import handlers
 from services.gateway.http import create_app
+from shared.authz import RevocationFeed, TokenVerifier
 from shared.errors import Unavailable
 from shared.service import Runtime, ServiceSpec
 
@@ -41,6 +43,12 @@ def _check_port_free(host: str, port: int) -> None:
 async def start_http(runtime: Runtime) -> None:
     settings = runtime.settings.gateway
     _check_port_free(settings.host, settings.port)
+    timeout = runtime.settings.nats.request_timeout
+    verifier = TokenVerifier(runtime.settings.auth, lambda: handlers.signing_keys(runtime.broker, timeout))
+    feed = RevocationFeed(verifier, lambda: handlers.revocations(runtime.broker, timeout),
+                          runtime.settings.auth.revocation_poll_interval)
+    await feed.start(runtime.broker.config.connection_state.connection)
+    runtime.extras.update(verifier=verifier, revocation_feed=feed)
     config = uvicorn.Config(
         create_app(runtime),
         host=settings.host,
@@ -65,6 +73,9 @@ async def stop_http(runtime: Runtime) -> None:
     if server is not None:
         server.should_exit = True
         await runtime.extras["http_task"]
+    feed = runtime.extras.get("revocation_feed")
+    if feed is not None:
+        await feed.stop()
 
 
 SPEC = ServiceSpec(name=NAME, build_router=build_router, on_start=start_http, on_stop=stop_http)

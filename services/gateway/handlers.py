@@ -6,11 +6,13 @@ import asyncio
 from typing import Any
 
 from faststream.nats import NatsBroker
+from pydantic import BaseModel
 
 from shared import subjects
 from shared.bus import request
 from shared.errors import RailyardError
 from shared.messages import CheckHealth, HealthReport
+from shared.messages.auth import IssueToken, ListRevocations, Revocations, SigningKeys
 
 
 async def aggregate_health(broker: NatsBroker, timeout: float = 2.0) -> dict[str, Any]:
@@ -23,7 +25,7 @@ async def aggregate_health(broker: NatsBroker, timeout: float = 2.0) -> dict[str
             )
         except RailyardError as exc:
             return {"name": service, "status": "down", "error": exc.msg}
-        return report.model_dump(mode="json")
+        return report.model_dump(mode="json", exclude={"pid"})
 
     reports = await asyncio.gather(*(one(s) for s in subjects.SERVICES))
     healthy = sum(r["status"] == "ok" for r in reports)
@@ -33,3 +35,23 @@ async def aggregate_health(broker: NatsBroker, timeout: float = 2.0) -> dict[str
         "total": len(reports),
         "services": {r["name"]: r for r in reports},
     }
+
+
+async def forward(broker: NatsBroker, subject: str, body: BaseModel, token: str, timeout: float) -> dict[str, Any]:
+    """Send a command on the caller's behalf (their token rides along) and return the reply's data."""
+    return await request(broker, subject, body, token=token, timeout=timeout)
+
+
+async def issue_token(broker: NatsBroker, cmd: IssueToken, timeout: float) -> dict[str, Any]:
+    return await request(broker, subjects.AUTH_TOKEN_ISSUE, cmd, timeout=timeout)
+
+
+async def signing_keys(broker: NatsBroker, timeout: float) -> list[dict[str, Any]]:
+    keys = await request(broker, subjects.AUTH_KEYS_GET, {}, timeout=timeout, reply_model=SigningKeys)
+    return keys.keys
+
+
+async def revocations(broker: NatsBroker, timeout: float) -> dict[str, int]:
+    reply = await request(broker, subjects.AUTH_REVOCATIONS_LIST, ListRevocations(), timeout=timeout,
+                          reply_model=Revocations)
+    return reply.users

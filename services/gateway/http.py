@@ -1,27 +1,123 @@
-"""The gateway's FastAPI application: routes are one line each and call a handler; errors are
-translated once, here, into `{"code": ..., "msg": ...}` with the error's status."""
+"""The gateway's FastAPI application. Routes authenticate, convert and forward; errors are translated
+once, here, into `{"code": ..., "msg": ...}` with the error's status. No business rules live here: the
+service that owns a resource checks the caller's token again and applies the workspace rules."""
 
 from __future__ import annotations
 
+import base64
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from services.gateway import handlers
-from shared import __version__
-from shared.errors import InvalidRequest, RailyardError
+from shared import __version__, subjects
+from shared.authz import Principal, require_user
+from shared.errors import InvalidRequest, PayloadTooLarge, RailyardError, Unauthorized
+from shared.messages import auth as m
 from shared.service import Runtime
 
 API = "/v1/api"
+TOKEN_PATH = "/auth/realms/master/protocol/openid-connect/token"
+CERTS_PATH = "/auth/realms/master/protocol/openid-connect/certs"
 UI_PAGE = Path(__file__).parent / "ui.html"
 HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
               405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+# OAuth2 errors answered with 401 (as Keycloak does); the others with the error's own status
+OAUTH_401 = {"invalid_client", "invalid_grant", "account_locked"}
+
+
+# (path under /v1/api, command subject, request model, reply model, summary)
+AUTH_ROUTES: list[tuple[str, str, type[BaseModel], type[BaseModel], str]] = [
+    ("/users/query", subjects.AUTH_USERS_QUERY, m.QueryUsers, m.Users, "Get all users, or by id or workspace."),
+    ("/users/invite", subjects.AUTH_USERS_INVITE, m.InviteUser, m.UserInvited, "Invite a user (admin)."),
+    ("/users/deactivate", subjects.AUTH_USERS_DEACTIVATE, m.DeactivateUser, m.Empty, "Deactivate a user (admin)."),
+    ("/users/activate", subjects.AUTH_USERS_ACTIVATE, m.ActivateUser, m.Empty, "Activate a user (admin)."),
+    ("/users/update_password", subjects.AUTH_USERS_UPDATE_PASSWORD, m.UpdatePassword, m.Empty,
+     "Set your own password."),
+    ("/workspaces/list", subjects.AUTH_WORKSPACES_LIST, m.ListWorkspaces, m.Workspaces, "List workspaces."),
+    ("/workspaces/create", subjects.AUTH_WORKSPACES_CREATE, m.CreateWorkspace, m.WorkspaceCreated,
+     "Create a workspace."),
+    ("/workspaces/add_user", subjects.AUTH_WORKSPACES_ADD_USER, m.AddWorkspaceUser, m.Empty,
+     "Add a user to a workspace."),
+    ("/workspaces/list_users", subjects.AUTH_WORKSPACES_LIST_USERS, m.ListWorkspaceUsers, m.WorkspaceUsers,
+     "List the users of a workspace."),
+    ("/workspaces/remove_user", subjects.AUTH_WORKSPACES_REMOVE_USER, m.RemoveWorkspaceUser, m.AffectedRows,
+     "Remove a user from a workspace."),
+    ("/features/list", subjects.AUTH_FEATURES_LIST, m.ListFeatures, m.Features, "List enabled features."),
+]
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """413 for bodies above the limit: at once from Content-Length, or as soon as a chunked body
+    passes it, so an oversized body is never read whole."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send: Callable) -> None:
+        err = PayloadTooLarge(f"request body is larger than {self.max_bytes} bytes")
+        body = json.dumps({"code": err.code, "msg": err.msg}).encode()
+        await send({"type": "http.response.start", "status": err.status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
+    return token.strip()
 
 
 def create_app(runtime: Runtime) -> FastAPI:
+    settings = runtime.settings
+    timeout = settings.nats.request_timeout
     app = FastAPI(
         title="Railyard MLOps API",
         version=__version__,
@@ -30,9 +126,21 @@ def create_app(runtime: Runtime) -> FastAPI:
         openapi_url=f"{API}/openapi.json",
     )
 
+    def verifier():
+        return runtime.extras["verifier"]
+
+    async def caller(request: Request) -> Principal:
+        """Any valid token (user or inference)."""
+        return await verifier().verify(bearer_token(request))
+
+    async def user_caller(principal: Principal = Depends(caller)) -> Principal:
+        """A user token: inference tokens may call inference routes only."""
+        return require_user(principal)
+
     @app.exception_handler(RailyardError)
     async def railyard_error(_: Request, exc: RailyardError) -> JSONResponse:
-        return JSONResponse({"code": exc.code, "msg": exc.msg}, status_code=exc.status)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse({"code": exc.code, "msg": exc.msg}, status_code=exc.status, headers=headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
@@ -53,12 +161,93 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.get(f"{API}/health", tags=["platform"])
     async def health() -> JSONResponse:
-        """Health of every service; 200 when all are ok, 503 otherwise."""
+        """Health of every service; 200 when all are ok, 503 otherwise (no token needed)."""
         report = await handlers.aggregate_health(runtime.broker)
         return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
+
+    @app.post(TOKEN_PATH, tags=["auth"])
+    async def token(request: Request) -> JSONResponse:
+        """OAuth2 token endpoint: password, refresh_token and client_credentials grants; the confidential
+        client authenticates with HTTP Basic (or client_id/client_secret form fields)."""
+        form = await request.form()
+        try:
+            client_id, client_secret = _client_credentials(request, form)
+            cmd = m.IssueToken(
+                grant_type=str(form.get("grant_type") or ""), client_id=client_id, client_secret=client_secret,
+                username=_opt(form, "username"), password=_opt(form, "password"),
+                refresh_token=_opt(form, "refresh_token"), scope=_opt(form, "scope"))
+            if not cmd.grant_type:
+                raise InvalidRequest("grant_type is required")
+            issued = await handlers.issue_token(runtime.broker, cmd, timeout)
+        except RailyardError as exc:
+            status = 401 if exc.code in OAUTH_401 else exc.status
+            code = exc.code if exc.code in OAUTH_401 | {"unsupported_grant_type"} else (
+                "invalid_request" if status == 400 else exc.code)
+            return JSONResponse({"error": code, "error_description": exc.msg, "code": code, "msg": exc.msg},
+                                status_code=status, headers={"Cache-Control": "no-store"})
+        return JSONResponse({k: v for k, v in issued.items() if v is not None}, headers={"Cache-Control": "no-store"})
+
+    @app.get(CERTS_PATH, tags=["auth"])
+    async def certs() -> dict[str, Any]:
+        """The public keys (JWKS) that verify Railyard tokens."""
+        return {"keys": await handlers.signing_keys(runtime.broker, timeout)}
+
+    for path, subject, model, reply, summary in AUTH_ROUTES:
+        app.post(f"{API}{path}", tags=[path.split("/")[1]], summary=summary, response_model=reply,
+                 openapi_extra=_request_schema(model))(
+            _forwarding_endpoint(runtime, subject, model, user_caller, timeout))
 
     @app.get("/", include_in_schema=False)
     async def ui() -> HTMLResponse:
         return HTMLResponse(UI_PAGE.read_text())
 
-    return app
+    return BodySizeLimit(app, settings.gateway.max_body_bytes)
+
+
+def _forwarding_endpoint(runtime: Runtime, subject: str, model: type[BaseModel], who: Callable,
+                         timeout: float) -> Callable:
+    """An endpoint that forwards its body as `subject` with the caller's token. The body is read as JSON
+    whatever the Content-Type (curl's -d sends form encoding), after the token has been checked."""
+
+    async def endpoint(request: Request, principal: Principal = Depends(who)) -> Any:
+        raw = await request.body()
+        try:
+            payload = json.loads(raw) if raw.strip() else {}
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidRequest("request body is not valid JSON") from None
+        if not isinstance(payload, dict):
+            raise InvalidRequest("request body must be a JSON object")
+        try:
+            command = model.model_validate(payload)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+            raise InvalidRequest(f"{where}: {first.get('msg', 'invalid')}") from None
+        return await handlers.forward(runtime.broker, subject, command, bearer_token(request), timeout)
+
+    endpoint.__name__ = subject.replace(".", "_")
+    return endpoint
+
+
+def _request_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return {"requestBody": {"required": False, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+def _opt(form: Any, name: str) -> str | None:
+    value = form.get(name)
+    return str(value) if value not in (None, "") else None
+
+
+def _client_credentials(request: Request, form: Any) -> tuple[str, str]:
+    header = request.headers.get("authorization", "")
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            client_id, _, secret = base64.b64decode(encoded.strip()).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            raise Unauthorized("malformed Basic credentials", code="invalid_client") from None
+        return unquote(client_id), unquote(secret)
+    if form.get("client_id") and form.get("client_secret"):
+        return str(form["client_id"]), str(form["client_secret"])
+    raise Unauthorized("client authentication required (HTTP Basic with the client id and secret)",
+                       code="invalid_client")

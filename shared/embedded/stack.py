@@ -149,7 +149,7 @@ class EmbeddedStack:
         self.services: list[Child] = []
         self.stopping = False
         self.secrets: Secrets | None = None
-        self.first_start = False
+        self.new_secrets: list[str] = []
 
     # --- start ---------------------------------------------------------------------------------
 
@@ -161,7 +161,7 @@ class EmbeddedStack:
         if running and pid_alive(running.get("supervisor_pid", 0)):
             raise StackError(f"a stack is already running for {self.data_dir} (pid {running['supervisor_pid']});"
                              " `railyard down` stops it")
-        self.secrets, self.first_start = Secrets.load_or_create(self.data_dir / "secrets.json")
+        self.secrets, self.new_secrets = Secrets.load_or_create(self.data_dir / "secrets.json")
 
     def server_specs(self, pg_user: str | None) -> list[ServerSpec]:
         assert self.secrets is not None
@@ -203,6 +203,10 @@ class EmbeddedStack:
             "RAILYARD_GATEWAY__HOST": self.settings.gateway.host,
             "RAILYARD_GATEWAY__PORT": str(self.settings.gateway.port),
             "RAILYARD_STACK__DATA_DIR": str(self.data_dir),
+            "RAILYARD_AUTH__BOOTSTRAP_ADMIN_USERNAME": self.secrets.values["admin_username"],
+            "RAILYARD_AUTH__BOOTSTRAP_ADMIN_PASSWORD": self.secrets.values["admin_password"],
+            "RAILYARD_AUTH__BOOTSTRAP_CLIENT_ID": self.secrets.values["client_id"],
+            "RAILYARD_AUTH__BOOTSTRAP_CLIENT_SECRET": self.secrets.values["client_secret"],
             "PYTHONUNBUFFERED": "1",
         })
         return env
@@ -326,9 +330,21 @@ class EmbeddedStack:
             f"  UI       {base}/",
             f"  Health   {base}/v1/api/health",
             f"  Data     {self.data_dir}  (logs in {self.log_dir})",
-            f"  Secrets  {self.data_dir / 'secrets.json'}  (mode 0600; PostgreSQL and S3 credentials)",
-            "  Log in   user accounts and tokens arrive with the auth service; until then the API is open"
-            " on 127.0.0.1 only",
+            f"  Secrets  {self.data_dir / 'secrets.json'}  (mode 0600)",
+            f"  Token    {base}/auth/realms/master/protocol/openid-connect/token",
+        ]
+        values = self.secrets.values
+        if "admin_password" in self.new_secrets:
+            lines += [
+                "  Log in   first start: these are shown once (and kept in the secrets file above)",
+                f"             user {values['admin_username']}  password {values['admin_password']}",
+                f"             client {values['client_id']}  secret {values['client_secret']}",
+            ]
+        else:
+            lines.append(f"  Log in   user {values['admin_username']}, client {values['client_id']};"
+                         " password and secret in the secrets file")
+        lines += [
+            "           `railyard login` signs in with them; `railyard token` prints a bearer token.",
             "Ctrl-C here, or `railyard down`, stops everything; `railyard status` shows every component.",
         ]
         return "\n".join(lines)

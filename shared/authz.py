@@ -1,0 +1,219 @@
+"""The one authorization module: who is calling (token verification) and what they may touch.
+
+The gateway and every service that owns resources use the same `TokenVerifier`: RS256 only (`alg`
+pinned, so `none` and HS256-signed-with-the-public-key are refused), keys from the auth service's JWKS
+cached locally (no bus round trip per request; an unknown `kid` refetches, at most every few seconds),
+`exp`, `iss` and `aud` checked, and tokens of deactivated users refused (revocations arrive as events
+and are re-read periodically, so a missed event costs at most one poll interval).
+
+Workspace rules: a resource inside a workspace is visible only to the workspace's members; to anyone
+else it does not exist (404 for reads and writes alike). Admin-only operations are 403 for others.
+Inference tokens (client_credentials) may call inference routes only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import jwt
+from jwt.algorithms import RSAAlgorithm
+
+from shared.errors import Forbidden, NotFound, RailyardError, Unauthorized
+from shared.settings import AuthSettings
+
+log = logging.getLogger("railyard.authz")
+
+ALGORITHM = "RS256"
+KIND_USER = "user"
+KIND_INFERENCE = "inference"
+KEY_REFETCH_INTERVAL = 5.0
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The verified caller."""
+
+    subject: str
+    kind: Literal["user", "inference"]
+    admin: bool
+    client_id: str
+    username: str | None
+    issued_at: int
+
+    @property
+    def user_id(self) -> str:
+        return self.subject
+
+
+class TokenVerifier:
+    """Verifies access tokens locally with the auth service's public keys."""
+
+    def __init__(self, settings: AuthSettings, fetch_keys: Callable[[], Awaitable[list[dict[str, Any]]]]) -> None:
+        self._settings = settings
+        self._fetch_keys = fetch_keys
+        self._keys: dict[str, Any] = {}
+        self._fetched_at = 0.0
+        self._lock = asyncio.Lock()
+        self._revoked: dict[str, int] = {}
+
+    # --- keys and revocations ------------------------------------------------------------------
+
+    async def refresh_keys(self) -> None:
+        async with self._lock:
+            jwks = await self._fetch_keys()
+            keys = {}
+            for jwk in jwks:
+                if jwk.get("kty") == "RSA" and jwk.get("kid"):
+                    keys[jwk["kid"]] = RSAAlgorithm.from_jwk(json.dumps(jwk))
+            self._keys = keys
+            self._fetched_at = time.monotonic()
+
+    async def _key_for(self, kid: str | None) -> Any:
+        if kid in self._keys:
+            return self._keys[kid]
+        if time.monotonic() - self._fetched_at >= KEY_REFETCH_INTERVAL or not self._keys:
+            try:
+                await self.refresh_keys()
+            except RailyardError as exc:
+                log.warning("could not fetch signing keys: %s", exc.msg)
+        if kid not in self._keys:
+            raise Unauthorized("token signed with an unknown key")
+        return self._keys[kid]
+
+    def set_revocations(self, users: dict[str, int]) -> None:
+        """Merge a full list: revocation moments only ever move forward, so merging by max is safe even
+        when a poll that started before an event finishes after it."""
+        for user_id, before in users.items():
+            self.revoke(user_id, before)
+
+    def revoke(self, user_id: str, before: int) -> None:
+        self._revoked[user_id] = max(before, self._revoked.get(user_id, 0))
+
+    # --- verification --------------------------------------------------------------------------
+
+    async def verify(self, token: str | None) -> Principal:
+        """The caller behind a bearer token, or Unauthorized."""
+        if not token:
+            raise Unauthorized("missing bearer token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise Unauthorized("malformed token") from None
+        if header.get("alg") != ALGORITHM:
+            raise Unauthorized(f"token algorithm must be {ALGORITHM}")
+        key = await self._key_for(header.get("kid"))
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=self._settings.audience,
+                issuer=self._settings.issuer,
+                options={"require": ["exp", "iat", "sub", "iss", "aud"]},
+                leeway=5,
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("token expired") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthorized("token is for another audience") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthorized("token from another issuer") from None
+        except jwt.InvalidTokenError:
+            raise Unauthorized("invalid token") from None
+        if claims.get("typ") != "Bearer":
+            raise Unauthorized("not an access token")
+        subject = str(claims["sub"])
+        issued_at = int(claims["iat"])
+        if subject in self._revoked and issued_at <= self._revoked[subject]:
+            raise Unauthorized("token revoked: the user was deactivated")
+        kind = claims.get("railyard_kind", KIND_USER)
+        if kind not in (KIND_USER, KIND_INFERENCE):
+            raise Unauthorized("invalid token")
+        return Principal(
+            subject=subject,
+            kind=kind,
+            admin=bool(claims.get("railyard_admin", False)),
+            client_id=str(claims.get("azp", "")),
+            username=claims.get("preferred_username"),
+            issued_at=issued_at,
+        )
+
+
+def require_user(principal: Principal) -> Principal:
+    """Only user tokens: inference tokens may call inference routes only."""
+    if principal.kind != KIND_USER:
+        raise Forbidden("inference tokens may only call inference routes")
+    return principal
+
+
+def require_admin(principal: Principal, action: str) -> Principal:
+    require_user(principal)
+    if not principal.admin:
+        raise Forbidden(f"only administrators may {action}")
+    return principal
+
+
+MembershipLookup = Callable[[str, int], Awaitable[str | None]]
+
+
+async def require_member(lookup: MembershipLookup, principal: Principal, workspace_id: int) -> str:
+    """The caller's role in the workspace; a workspace the caller is not in does not exist (404)."""
+    require_user(principal)
+    role = await lookup(principal.user_id, workspace_id)
+    if role is None:
+        raise NotFound(f"workspace {workspace_id} not found")
+    return role
+
+
+class RevocationFeed:
+    """Keeps a verifier's revocations current: each `events.user.deactivated` applies at once, and the
+    full list is re-read every `interval` seconds in case an event was missed."""
+
+    def __init__(self, verifier: TokenVerifier, fetch: Callable[[], Awaitable[dict[str, int]]],
+                 interval: float) -> None:
+        self._verifier = verifier
+        self._fetch = fetch
+        self._interval = interval
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._subscription: Any = None
+
+    async def start(self, nats_client: Any) -> None:
+        from shared import subjects
+
+        async def on_deactivated(msg: Any) -> None:
+            try:
+                event = json.loads(msg.data)
+                self._verifier.revoke(str(event["user_id"]), int(event["revoked_before"]))
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring a malformed %s event", subjects.EVENT_USER_DEACTIVATED)
+
+        self._subscription = await nats_client.subscribe(subjects.EVENT_USER_DEACTIVATED, cb=on_deactivated)
+        await self._poll_once()
+        self._task = asyncio.create_task(self._poll_forever())
+
+    async def _poll_once(self) -> None:
+        try:
+            self._verifier.set_revocations(await self._fetch())
+        except RailyardError as exc:
+            log.warning("could not refresh revocations: %s", exc.msg)
+
+    async def _poll_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), self._interval)
+            except TimeoutError:
+                await self._poll_once()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()

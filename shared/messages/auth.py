@@ -1,0 +1,259 @@
+"""Messages of the auth service: tokens and keys, users, workspaces and membership, features.
+
+Request fields and reply shapes follow the seed's "Users", "Workspaces" and "Enablement Management"
+sections; field names are the seed's, including Keycloak's camelCase in user records.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+from pydantic import Field
+
+from shared.messages.base import Command, Event, Message
+
+# --- tokens and keys -------------------------------------------------------------------------------
+
+
+class IssueToken(Command):
+    """An OAuth2 token request (password, refresh_token or client_credentials grant)."""
+
+    grant_type: str
+    client_id: str
+    client_secret: str
+    username: str | None = None
+    password: str | None = None
+    refresh_token: str | None = None
+    scope: str | None = None
+
+
+class TokenIssued(Message):
+    """The OAuth2 token response."""
+
+    access_token: str
+    expires_in: int
+    token_type: Literal["Bearer"] = "Bearer"
+    refresh_token: str | None = None
+    refresh_expires_in: int | None = None
+    scope: str = "profile email"
+    session_state: str | None = None
+
+
+class GetSigningKeys(Command):
+    """The public keys that verify tokens (JWKS)."""
+
+
+class SigningKeys(Message):
+    """A JSON Web Key Set."""
+
+    keys: list[dict[str, Any]]
+
+
+class RotateSigningKey(Command):
+    """Make a new signing key active; older keys keep verifying until their tokens expire."""
+
+
+class SigningKeyRotated(Message):
+    """The new active key id."""
+
+    kid: str
+
+
+class ListRevocations(Command):
+    """Users whose tokens issued before a moment no longer count (deactivated users)."""
+
+
+class Revocations(Message):
+    """user id -> tokens issued at or before this epoch second are refused."""
+
+    users: dict[str, int]
+
+
+# --- users -------------------------------------------------------------------------------------------
+
+
+class QueryUsers(Command):
+    """All visible users, those with the given ids, or the members of a workspace."""
+
+    user_ids: list[str] | None = None
+    workspace_id: int | None = None
+
+
+class UserRecord(Message):
+    """A user as the seed shows it (Keycloak's representation)."""
+
+    id: str
+    username: str
+    email: str | None = None
+    emailVerified: bool = False
+    enabled: bool
+    firstName: str | None = None
+    lastName: str | None = None
+    createdTimestamp: int
+    notBefore: int = 0
+    requiredActions: list[str] = Field(default_factory=list)
+    disableableCredentialTypes: list[str] = Field(default_factory=list)
+    access: dict[str, bool]
+
+
+class Users(Message):
+    """Users keyed by id."""
+
+    users: dict[str, UserRecord]
+
+
+class InviteUser(Command):
+    """Create a user; without a password a temporary one is generated and returned once."""
+
+    email: str
+    password: str | None = None
+
+
+class UserInvited(Message):
+    """The new user's id, and the temporary password when none was given."""
+
+    user_id: str
+    temporary_password: str | None = None
+
+
+class DeactivateUser(Command):
+    """Stop a user from logging in; their tokens stop working within a minute."""
+
+    email: str
+
+
+class ActivateUser(Command):
+    """Let a deactivated user log in again."""
+
+    email: str
+
+
+class UpdatePassword(Command):
+    """Set the caller's own password (clears a temporary password)."""
+
+    password: str
+
+
+class Empty(Message):
+    """An empty reply, `{}` as the seed shows."""
+
+
+# --- workspaces --------------------------------------------------------------------------------------
+
+
+class ListWorkspaces(Command):
+    """Workspaces of the caller, or of `user_id` (admins, or the user themself)."""
+
+    user_id: str | None = None
+
+
+class WorkspaceRecord(Message):
+    """A workspace with the ids of its models and pipelines."""
+
+    id: int
+    name: str
+    created_at: str
+    created_by: str
+    archived: bool
+    models: list[int]
+    pipelines: list[int]
+
+
+class Workspaces(Message):
+    workspaces: list[WorkspaceRecord]
+
+
+class CreateWorkspace(Command):
+    """Create a workspace owned by the caller."""
+
+    workspace_name: str
+
+
+class WorkspaceCreated(Message):
+    workspace_id: int
+
+
+class AddWorkspaceUser(Command):
+    """Add an existing user (by email) to a workspace as a collaborator."""
+
+    email: str
+    workspace_id: int
+
+
+class ListWorkspaceUsers(Command):
+    workspace_id: int
+
+
+class WorkspaceMember(Message):
+    user_id: str
+    user_type: Literal["OWNER", "COLLABORATOR"]
+
+
+class WorkspaceUsers(Message):
+    users: list[WorkspaceMember]
+
+
+class RemoveWorkspaceUser(Command):
+    """Remove a user (by user_id or email) from a workspace."""
+
+    workspace_id: int
+    user_id: str | None = None
+    email: str | None = None
+
+
+class AffectedRows(Message):
+    affected_rows: int
+
+
+class CheckMembership(Command):
+    """Is the caller a member of this workspace? (for services that own workspace resources)"""
+
+    workspace_id: int
+
+
+class Membership(Message):
+    workspace_id: int
+    user_type: Literal["OWNER", "COLLABORATOR"]
+
+
+# --- features ----------------------------------------------------------------------------------------
+
+
+class ListFeatures(Command):
+    """The instance's enabled features."""
+
+
+class Features(Message):
+    features: dict[str, str]
+    name: str
+    is_auth_enabled: bool
+
+
+# --- events ------------------------------------------------------------------------------------------
+
+
+class UserCreated(Event):
+    user_id: uuid.UUID
+    email: str | None
+
+
+class UserDeactivated(Event):
+    user_id: uuid.UUID
+    revoked_before: int = Field(description="Tokens issued at or before this epoch second are refused.")
+
+
+class UserActivated(Event):
+    user_id: uuid.UUID
+
+
+class WorkspaceWasCreated(Event):
+    workspace_id: int
+    name: str
+    created_by: uuid.UUID
+
+
+class WorkspaceMembershipChanged(Event):
+    workspace_id: int
+    user_id: uuid.UUID
+    user_type: Literal["OWNER", "COLLABORATOR"] | None = Field(description="None when the user was removed.")
