@@ -17,7 +17,7 @@ from pathlib import Path
 
 from shared.embedded.servers import GRPC_OFFSET
 from shared.embedded.stack import port_free
-from shared.settings import GatewaySettings, NatsSettings, PostgresSettings, S3Settings, Settings
+from shared.settings import AuthSettings, GatewaySettings, NatsSettings, PostgresSettings, S3Settings, Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,6 +46,10 @@ def stack_env(data_dir: Path) -> dict[str, str]:
     ports = free_ports(len(names), {i for i, n in enumerate(names) if n in NEEDS_GRPC})
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAILYARD_")}
     env["RAILYARD_STACK__DATA_DIR"] = str(data_dir)
+    # brute-force protection and body limit scaled down so their tests run in seconds
+    env["RAILYARD_AUTH__FAILED_LOGIN_DELAY"] = "0.2"
+    env["RAILYARD_AUTH__LOCKOUT_AFTER"] = "5"
+    env["RAILYARD_GATEWAY__MAX_BODY_BYTES"] = str(1024 * 1024)
     for name, port in zip(names, ports, strict=True):
         key = "RAILYARD_GATEWAY__PORT" if name == "GATEWAY" else f"RAILYARD_STACK__{name}"
         env[key] = str(port)
@@ -84,7 +88,12 @@ class RunningStack:
             s3=S3Settings(endpoint=f"127.0.0.1:{env['RAILYARD_STACK__S3_PORT']}",
                           access_key=secrets["s3_access_key"], secret_key=secrets["s3_secret_key"]),
             gateway=GatewaySettings(port=int(env["RAILYARD_GATEWAY__PORT"])),
+            auth=AuthSettings(),
         )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['RAILYARD_GATEWAY__PORT']}"
 
     def health(self) -> tuple[int, dict]:
         try:

@@ -342,7 +342,8 @@ async def invite_user(deps: AuthDeps, principal: Principal, cmd: InviteUser) -> 
 
 
 async def _user_by_email_or_404(pool: asyncpg.Pool, email: str) -> asyncpg.Record:
-    user = await store.user_by_email(pool, email.strip())
+    """A user by email (or, for accounts without one such as the first admin, by username)."""
+    user = await store.user_by_login(pool, email.strip())
     if user is None:
         raise NotFound(f"no user with email {email}")
     return user

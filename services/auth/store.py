@@ -59,10 +59,6 @@ async def user_by_login(pool: asyncpg.Pool, login: str) -> asyncpg.Record | None
     )
 
 
-async def user_by_email(pool: asyncpg.Pool, email: str) -> asyncpg.Record | None:
-    return await pool.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE lower(email) = lower($1)", email)
-
-
 async def user_by_id(pool: asyncpg.Pool, user_id: uuid.UUID) -> asyncpg.Record | None:
     return await pool.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1", user_id)
 

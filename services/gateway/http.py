@@ -55,10 +55,6 @@ AUTH_ROUTES: list[tuple[str, str, type[BaseModel], type[BaseModel], str]] = [
 ]
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodySizeLimit:
     """413 for bodies above the limit: at once from Content-Length, or as soon as a chunked body
     passes it, so an oversized body is never read whole."""
@@ -76,27 +72,29 @@ class BodySizeLimit:
             await self._reject(send)
             return
         received = 0
-        started = False
+        started = rejected = False
 
         async def limited_receive() -> dict:
-            nonlocal received
+            nonlocal received, rejected
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _TooLarge
+                    # answer 413 now and tell the app the client went away; whatever it sends is dropped
+                    if not started:
+                        await self._reject(send)
+                    rejected = True
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracking_send(message: dict) -> None:
             nonlocal started
+            if rejected:
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._reject(send)
+        await self.app(scope, limited_receive, tracking_send)
 
     async def _reject(self, send: Callable) -> None:
         err = PayloadTooLarge(f"request body is larger than {self.max_bytes} bytes")

@@ -189,7 +189,8 @@ class EmbeddedStack:
     def service_env(self) -> dict[str, str]:
         assert self.secrets is not None
         cfg = self.cfg
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RAILYARD_")}
+        # the caller's own RAILYARD_* settings reach the services; connections and secrets are the stack's
+        env = dict(os.environ)
         env.update({
             "RAILYARD_ENV": self.settings.env,
             "RAILYARD_LOG_LEVEL": self.settings.log_level,

@@ -1,0 +1,66 @@
+"""Fixtures for API tests: the admin, fresh users with their own workspaces, raw HTTP calls."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from shared.client import RailyardClient
+
+PASSWORD = "Snugglebunnies-1"
+
+
+@dataclass
+class Account:
+    """A user of the test stack, logged in."""
+
+    email: str
+    user_id: str
+    client: RailyardClient
+    workspace_id: int
+
+    @property
+    def token(self) -> str:
+        return self.client.token
+
+
+def client_for(stack) -> RailyardClient:
+    secrets = stack.secrets()
+    return RailyardClient(stack.base_url, secrets["client_id"], secrets["client_secret"])
+
+
+@pytest.fixture(scope="session")
+def admin(stack) -> RailyardClient:
+    client = client_for(stack)
+    secrets = stack.secrets()
+    client.login(secrets["admin_username"], secrets["admin_password"])
+    return client
+
+
+def make_account(stack, admin: RailyardClient, prefix: str = "user") -> Account:
+    email = f"{prefix}-{uuid.uuid4().hex[:10]}@example.com"
+    invited = admin.post("users/invite", {"email": email, "password": PASSWORD})
+    client = client_for(stack)
+    client.login(email, PASSWORD)
+    name = f"ws-{uuid.uuid4().hex[:12]}"
+    workspace_id = client.post("workspaces/create", {"workspace_name": name})["workspace_id"]
+    return Account(email=email, user_id=invited["user_id"], client=client, workspace_id=workspace_id)
+
+
+@pytest.fixture
+def alice(stack, admin) -> Account:
+    return make_account(stack, admin, "alice")
+
+
+@pytest.fixture
+def bob(stack, admin) -> Account:
+    return make_account(stack, admin, "bob")
+
+
+def post(stack, path: str, token: str | None, body=None, **kwargs) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.post(f"{stack.api}/{path.lstrip('/')}", json=body if body is not None else {}, headers=headers,
+                      timeout=30, **kwargs)

@@ -1,0 +1,185 @@
+"""Tokens as the seed requests them: password, refresh_token and client_credentials grants against the
+token endpoint with HTTP Basic client authentication, the JWKS, and every way a bad token is refused."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import asyncpg
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from shared.client import RailyardClient
+from tests.integration.conftest import PASSWORD, client_for, post
+
+pytestmark = pytest.mark.integration
+
+TOKEN_PATH = "/auth/realms/master/protocol/openid-connect/token"
+
+
+def token_request(stack, data: dict, auth: tuple[str, str] | None = None) -> httpx.Response:
+    secrets = stack.secrets()
+    return httpx.post(f"{stack.base_url}{TOKEN_PATH}", data=data,
+                      auth=auth or (secrets["client_id"], secrets["client_secret"]), timeout=30)
+
+
+def test_password_grant_as_in_the_seed(stack):
+    secrets = stack.secrets()
+    response = token_request(stack, {"grant_type": "password", "username": secrets["admin_username"],
+                                     "password": secrets["admin_password"]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["token_type"] == "Bearer" and body["expires_in"] == 3600
+    assert body["refresh_token"] and body["refresh_expires_in"] > 0
+    header = jwt.get_unverified_header(body["access_token"])
+    assert header["alg"] == "RS256" and header["kid"]
+    claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+    assert claims["azp"] == secrets["client_id"] and claims["typ"] == "Bearer"
+    assert post(stack, "workspaces/list", body["access_token"]).status_code == 200
+
+
+def test_refresh_grant_gives_new_tokens_once(stack):
+    secrets = stack.secrets()
+    first = token_request(stack, {"grant_type": "password", "username": secrets["admin_username"],
+                                  "password": secrets["admin_password"]}).json()
+    refreshed = token_request(stack, {"grant_type": "refresh_token", "refresh_token": first["refresh_token"]})
+    assert refreshed.status_code == 200, refreshed.text
+    body = refreshed.json()
+    assert body["access_token"] != first["access_token"] and body["refresh_token"] != first["refresh_token"]
+    assert post(stack, "features/list", body["access_token"]).status_code == 200
+    again = token_request(stack, {"grant_type": "refresh_token", "refresh_token": first["refresh_token"]})
+    assert again.status_code == 401 and again.json()["error"] == "invalid_grant"
+    # an access token is not a refresh token
+    swapped = token_request(stack, {"grant_type": "refresh_token", "refresh_token": body["access_token"]})
+    assert swapped.status_code == 401
+
+
+def test_client_credentials_token_is_for_inference_only(stack):
+    response = token_request(stack, {"grant_type": "client_credentials"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert "refresh_token" not in body and body["expires_in"] == 3600
+    denied = post(stack, "workspaces/list", body["access_token"])
+    assert denied.status_code == 403 and denied.json()["code"] == "forbidden"
+    assert "inference" in denied.json()["msg"]
+
+
+@pytest.mark.parametrize("data, auth, status, error", [
+    ({"grant_type": "password", "username": "admin", "password": "x"}, ("api-client", "wrong"), 401,
+     "invalid_client"),
+    ({"grant_type": "password", "username": "admin", "password": "x"}, ("nobody", "x"), 401, "invalid_client"),
+    ({"grant_type": "implicit"}, None, 400, "unsupported_grant_type"),
+    ({"grant_type": "password", "username": "admin"}, None, 400, "invalid_request"),
+    ({}, None, 400, "invalid_request"),
+    ({"grant_type": "password", "username": "nobody@example.com", "password": "whatever1"}, None, 401,
+     "invalid_grant"),
+])
+def test_bad_token_requests(stack, data, auth, status, error):
+    response = token_request(stack, data, auth)
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == error and response.json()["error_description"]
+
+
+def test_no_client_authentication_is_401(stack):
+    response = httpx.post(f"{stack.base_url}{TOKEN_PATH}", data={"grant_type": "client_credentials"})
+    assert response.status_code == 401 and response.json()["error"] == "invalid_client"
+
+
+def test_jwks_has_public_keys_only(stack):
+    keys = httpx.get(f"{stack.base_url}/auth/realms/master/protocol/openid-connect/certs").json()["keys"]
+    assert keys and all(k["kty"] == "RSA" and k["kid"] and k["alg"] == "RS256" for k in keys)
+    assert not any(private in k for k in keys for private in ("d", "p", "q", "dp", "dq", "qi"))
+
+
+async def _signing_key(stack):
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        row = await conn.fetchrow("SELECT kid, private_pem FROM auth.signing_keys WHERE active")
+    finally:
+        await conn.close()
+    return row["kid"], serialization.load_pem_private_key(row["private_pem"].encode(), password=None)
+
+
+def _claims(admin_token: str, **changes) -> dict:
+    claims = jwt.decode(admin_token, options={"verify_signature": False})
+    claims.update(changes)
+    return claims
+
+
+async def test_forged_and_stale_tokens_are_401(stack, admin):
+    kid, key = await _signing_key(stack)
+    good = admin.token
+    now = int(time.time())
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    unsigned = jwt.encode(_claims(good), None, algorithm="none")
+    # HS256 "signed" with the public key (the classic algorithm-confusion attack), done by hand
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode())
+    payload = b64(json.dumps(_claims(good)).encode())
+    signature = b64(hmac.new(public_pem, f"{head}.{payload}".encode(), hashlib.sha256).digest())
+    confused = f"{head}.{payload}.{signature}"
+    forged = {
+        "alg none": unsigned,
+        "HS256 with the public key": confused,
+        "expired": jwt.encode(_claims(good, exp=now - 120, iat=now - 3720), key, "RS256", headers={"kid": kid}),
+        "wrong issuer": jwt.encode(_claims(good, iss="https://evil.example"), key, "RS256", headers={"kid": kid}),
+        "wrong audience": jwt.encode(_claims(good, aud="someone-else"), key, "RS256", headers={"kid": kid}),
+        "unknown key": jwt.encode(_claims(good), key, "RS256", headers={"kid": "not-a-key"}),
+        "tampered": good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB"),
+        "garbage": "not.a.token",
+    }
+    for name, token in forged.items():
+        response = post(stack, "workspaces/list", token)
+        assert response.status_code == 401, (name, response.text)
+        assert response.json()["code"] == "unauthorized" and response.headers["www-authenticate"] == "Bearer"
+    assert post(stack, "workspaces/list", good).status_code == 200
+
+
+def test_every_api_route_needs_a_token(stack):
+    spec = httpx.get(f"{stack.api}/openapi.json").json()
+    public = {"/v1/api/health"}
+    routes = [(path, method) for path, ops in spec["paths"].items() for method in ops
+              if path.startswith("/v1/api/") and path not in public]
+    assert len(routes) >= 11
+    for path, method in routes:
+        response = httpx.request(method.upper(), f"{stack.base_url}{path}", json={})
+        assert response.status_code == 401, (path, response.status_code)
+        assert response.json()["code"] == "unauthorized"
+
+
+def test_repeated_failed_logins_are_slowed_then_locked(stack, admin):
+    email = f"target-{uuid.uuid4().hex[:8]}@example.com"
+    admin.post("users/invite", {"email": email, "password": PASSWORD})
+    client = client_for(stack)
+    timings = []
+    for _ in range(5):  # the test stack locks after 5 (RAILYARD_AUTH__LOCKOUT_AFTER), 0.2 s per failure
+        started = time.monotonic()
+        response = token_request(stack, {"grant_type": "password", "username": email, "password": "wrong-password"})
+        timings.append(time.monotonic() - started)
+        assert response.status_code == 401
+    assert response.json()["error"] == "account_locked"
+    assert timings[4] - timings[0] >= 0.6, timings  # the 5th waited 4 x 0.2 s more than the 1st
+    with pytest.raises(Exception) as locked:
+        client.login(email, PASSWORD)
+    assert getattr(locked.value, "code", "") == "account_locked"
+
+
+def test_python_client_logs_in_and_refreshes(stack):
+    secrets = stack.secrets()
+    client = RailyardClient(stack.base_url, secrets["client_id"], secrets["client_secret"])
+    client.login(secrets["admin_username"], secrets["admin_password"])
+    first = client.token
+    client.expires_at = time.time()  # pretend it is about to expire
+    assert client.token != first
+    assert client.post("features/list")["is_auth_enabled"] is True

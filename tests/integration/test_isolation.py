@@ -1,0 +1,100 @@
+"""Workspace isolation: every route that takes a workspace's id, called by someone who is not a member
+of that workspace, answers no 2xx (404: to outsiders the workspace does not exist) and changes nothing.
+
+Later issues add their routes to WORKSPACE_ROUTES; a route in the API that is in neither list below
+fails `test_every_route_is_classified`, so no new route can skip this suite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from tests.integration.conftest import Account, post
+
+pytestmark = pytest.mark.integration
+
+# path -> body built from (victim, intruder); the body names the victim's workspace
+WORKSPACE_ROUTES: dict[str, Callable[[Account, Account], dict]] = {
+    "users/query": lambda victim, intruder: {"workspace_id": victim.workspace_id},
+    "workspaces/add_user": lambda victim, intruder: {"email": intruder.email, "workspace_id": victim.workspace_id},
+    "workspaces/list_users": lambda victim, intruder: {"workspace_id": victim.workspace_id},
+    "workspaces/remove_user": lambda victim, intruder: {"user_id": victim.user_id,
+                                                        "workspace_id": victim.workspace_id},
+}
+
+# routes that take no workspace id: scoped to the caller (or admin-only, tested in their own files)
+NOT_WORKSPACE_SCOPED = {
+    "users/invite", "users/deactivate", "users/activate", "users/update_password", "workspaces/list",
+    "workspaces/create", "features/list",
+}
+
+
+def _state(victim: Account) -> tuple:
+    members = victim.client.post("workspaces/list_users", {"workspace_id": victim.workspace_id})["users"]
+    workspaces = victim.client.post("workspaces/list", {})["workspaces"]
+    return (sorted((u["user_id"], u["user_type"]) for u in members), workspaces)
+
+
+def test_every_route_is_classified(stack):
+    spec = httpx.get(f"{stack.api}/openapi.json").json()
+    routes = {path.removeprefix("/v1/api/") for path in spec["paths"] if path.startswith("/v1/api/")}
+    routes.discard("health")
+    unclassified = routes - set(WORKSPACE_ROUTES) - NOT_WORKSPACE_SCOPED
+    assert not unclassified, f"add these routes to the isolation suite: {sorted(unclassified)}"
+
+
+@pytest.mark.parametrize("path", sorted(WORKSPACE_ROUTES))
+def test_foreign_workspace_is_not_found_and_unchanged(stack, alice, bob, path):
+    before = _state(alice)
+    response = post(stack, path, bob.token, WORKSPACE_ROUTES[path](alice, bob))
+    assert not 200 <= response.status_code < 300, response.text
+    assert response.status_code == 404 and response.json()["code"] == "not_found", response.text
+    assert _state(alice) == before
+
+
+@pytest.mark.parametrize("path", sorted(WORKSPACE_ROUTES))
+def test_inference_tokens_cannot_reach_workspace_routes(stack, alice, path):
+    secrets = stack.secrets()
+    token = httpx.post(f"{stack.base_url}/auth/realms/master/protocol/openid-connect/token",
+                       data={"grant_type": "client_credentials"},
+                       auth=(secrets["client_id"], secrets["client_secret"])).json()["access_token"]
+    response = post(stack, path, token, WORKSPACE_ROUTES[path](alice, alice))
+    assert response.status_code == 403
+
+
+def test_a_removed_member_loses_access(stack, alice, bob):
+    alice.client.post("workspaces/add_user", {"email": bob.email, "workspace_id": alice.workspace_id})
+    assert post(stack, "workspaces/list_users", bob.token, {"workspace_id": alice.workspace_id}).status_code == 200
+    alice.client.post("workspaces/remove_user", {"user_id": bob.user_id, "workspace_id": alice.workspace_id})
+    assert post(stack, "workspaces/list_users", bob.token, {"workspace_id": alice.workspace_id}).status_code == 404
+
+
+async def test_the_bus_front_door_applies_the_same_rules(stack, alice, bob):
+    """Commands published straight onto NATS are checked by the owning service, not only by the gateway."""
+    import nats
+
+    from shared import subjects
+    from shared.messages import Reply
+
+    nc = await nats.connect(stack.settings().nats.url)
+    try:
+        async def ask(subject: str, body: bytes, token: str | None) -> Reply:
+            headers = {"authorization": f"Bearer {token}"} if token else None
+            return Reply.model_validate_json((await nc.request(subject, body, timeout=5, headers=headers)).data)
+
+        payload = f'{{"workspace_id": {alice.workspace_id}}}'.encode()
+        no_token = await ask(subjects.AUTH_WORKSPACES_LIST_USERS, payload, None)
+        assert not no_token.ok and no_token.status == 401
+        forged = await ask(subjects.AUTH_WORKSPACES_LIST_USERS, payload, "eyJhbGciOiJub25lIn0.e30.")
+        assert not forged.ok and forged.status == 401
+        outsider = await ask(subjects.AUTH_WORKSPACES_LIST_USERS, payload, bob.token)
+        assert not outsider.ok and outsider.status == 404
+        member = await ask(subjects.AUTH_WORKSPACES_LIST_USERS, payload, alice.token)
+        assert member.ok and member.data["users"][0]["user_id"] == alice.user_id
+        invite = await ask(subjects.AUTH_USERS_INVITE, b'{"email": "sneaky@example.com"}', alice.token)
+        assert not invite.ok and invite.status == 403
+    finally:
+        await nc.close()

@@ -1,0 +1,122 @@
+"""Token verification in memory, with a locally generated key."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+from shared.authz import Principal, TokenVerifier, require_admin, require_member, require_user
+from shared.errors import Forbidden, NotFound, Unauthorized
+from shared.settings import AuthSettings
+
+SETTINGS = AuthSettings()
+KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def jwks(key=KEY, kid="k1"):
+    jwk = RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    jwk.update(kid=kid, alg="RS256", use="sig")
+    return [jwk]
+
+
+def make_token(key=KEY, kid="k1", **changes) -> str:
+    now = int(time.time())
+    claims = {"iss": SETTINGS.issuer, "aud": SETTINGS.audience, "sub": "u1", "iat": now, "exp": now + 60,
+              "typ": "Bearer", "azp": "api-client", "railyard_kind": "user", "railyard_admin": False}
+    claims.update(changes)
+    claims = {k: v for k, v in claims.items() if v is not None}
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
+
+
+@pytest.fixture
+def verifier():
+    fetches = []
+
+    async def fetch():
+        fetches.append(1)
+        return jwks()
+
+    v = TokenVerifier(SETTINGS, fetch)
+    v.fetches = fetches
+    return v
+
+
+async def test_valid_token_gives_the_principal(verifier):
+    principal = await verifier.verify(make_token(railyard_admin=True))
+    assert principal == Principal(subject="u1", kind="user", admin=True, client_id="api-client", username=None,
+                                  issued_at=principal.issued_at)
+
+
+@pytest.mark.parametrize("token_kwargs, message", [
+    ({"exp": int(time.time()) - 60}, "expired"),
+    ({"iss": "someone-else"}, "issuer"),
+    ({"aud": "other"}, "audience"),
+    ({"typ": "Refresh"}, "not an access token"),
+    ({"exp": None}, "invalid"),
+    ({"key": OTHER_KEY}, "invalid"),
+    ({"kid": "unknown"}, "unknown key"),
+    ({"railyard_kind": "superuser"}, "invalid"),
+])
+async def test_bad_tokens_are_unauthorized(verifier, token_kwargs, message):
+    with pytest.raises(Unauthorized, match=message):
+        await verifier.verify(make_token(**token_kwargs))
+
+
+async def test_alg_none_and_hs256_are_refused(verifier):
+    none_token = jwt.encode({"sub": "u1"}, None, algorithm="none")
+    with pytest.raises(Unauthorized, match="RS256"):
+        await verifier.verify(none_token)
+    hs = jwt.encode({"sub": "u1"}, "s" * 32, algorithm="HS256", headers={"kid": "k1"})
+    with pytest.raises(Unauthorized, match="RS256"):
+        await verifier.verify(hs)
+    with pytest.raises(Unauthorized, match="missing"):
+        await verifier.verify(None)
+    with pytest.raises(Unauthorized, match="malformed"):
+        await verifier.verify("a.b")
+
+
+async def test_keys_are_cached_and_an_unknown_kid_refetches_at_most_every_few_seconds(verifier):
+    for _ in range(5):
+        await verifier.verify(make_token())
+    assert len(verifier.fetches) == 1
+    for _ in range(3):
+        with pytest.raises(Unauthorized):
+            await verifier.verify(make_token(kid="rotated"))
+    assert len(verifier.fetches) == 1  # within the refetch interval: no storm of fetches
+
+
+async def test_revoked_users_tokens_issued_before_are_refused(verifier):
+    old = make_token(iat=int(time.time()) - 10)
+    verifier.revoke("u1", int(time.time()) - 5)
+    with pytest.raises(Unauthorized, match="deactivated"):
+        await verifier.verify(old)
+    assert (await verifier.verify(make_token())).subject == "u1"
+    verifier.set_revocations({"u1": 0})  # an older list never un-revokes
+    with pytest.raises(Unauthorized):
+        await verifier.verify(old)
+
+
+async def test_role_rules():
+    user = Principal("u1", "user", False, "c", None, 0)
+    admin = Principal("a1", "user", True, "c", None, 0)
+    machine = Principal("s1", "inference", False, "c", None, 0)
+    assert require_user(user) is user
+    with pytest.raises(Forbidden, match="inference"):
+        require_user(machine)
+    with pytest.raises(Forbidden, match="administrators"):
+        require_admin(user, "do this")
+    assert require_admin(admin, "do this") is admin
+
+    async def lookup(user_id, workspace_id):
+        return "OWNER" if (user_id, workspace_id) == ("u1", 7) else None
+
+    assert await require_member(lookup, user, 7) == "OWNER"
+    with pytest.raises(NotFound):
+        await require_member(lookup, user, 8)
+    with pytest.raises(Forbidden):
+        await require_member(lookup, machine, 7)
