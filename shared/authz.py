@@ -32,7 +32,7 @@ log = logging.getLogger("railyard.authz")
 ALGORITHM = "RS256"
 KIND_USER = "user"
 KIND_INFERENCE = "inference"
-KEY_REFETCH_INTERVAL = 5.0
+KEY_REFETCH_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Principal:
     admin: bool
     client_id: str
     username: str | None
-    issued_at: int
+    issued_at: float
 
     @property
     def user_id(self) -> str:
@@ -60,7 +60,7 @@ class TokenVerifier:
         self._keys: dict[str, Any] = {}
         self._fetched_at = 0.0
         self._lock = asyncio.Lock()
-        self._revoked: dict[str, int] = {}
+        self._revoked: dict[str, float] = {}
 
     # --- keys and revocations ------------------------------------------------------------------
 
@@ -86,13 +86,13 @@ class TokenVerifier:
             raise Unauthorized("token signed with an unknown key")
         return self._keys[kid]
 
-    def set_revocations(self, users: dict[str, int]) -> None:
+    def set_revocations(self, users: dict[str, float]) -> None:
         """Merge a full list: revocation moments only ever move forward, so merging by max is safe even
         when a poll that started before an event finishes after it."""
         for user_id, before in users.items():
             self.revoke(user_id, before)
 
-    def revoke(self, user_id: str, before: int) -> None:
+    def revoke(self, user_id: str, before: float) -> None:
         self._revoked[user_id] = max(before, self._revoked.get(user_id, 0))
 
     # --- verification --------------------------------------------------------------------------
@@ -129,7 +129,7 @@ class TokenVerifier:
         if claims.get("typ") != "Bearer":
             raise Unauthorized("not an access token")
         subject = str(claims["sub"])
-        issued_at = int(claims["iat"])
+        issued_at = float(claims["iat"])
         if subject in self._revoked and issued_at <= self._revoked[subject]:
             raise Unauthorized("token revoked: the user was deactivated")
         kind = claims.get("railyard_kind", KIND_USER)
@@ -171,18 +171,19 @@ async def require_member(lookup: MembershipLookup, principal: Principal, workspa
     return role
 
 
-class RevocationFeed:
-    """Keeps a verifier's revocations current: each `events.user.deactivated` applies at once, and the
-    full list is re-read every `interval` seconds in case an event was missed."""
+class VerifierFeed:
+    """Keeps a verifier current: `events.user.deactivated` applies at once, `events.auth.signing_key_rotated`
+    refetches the keys, and the full revocation list is re-read every `interval` seconds in case an event
+    was missed."""
 
-    def __init__(self, verifier: TokenVerifier, fetch: Callable[[], Awaitable[dict[str, int]]],
+    def __init__(self, verifier: TokenVerifier, fetch: Callable[[], Awaitable[dict[str, float]]],
                  interval: float) -> None:
         self._verifier = verifier
         self._fetch = fetch
         self._interval = interval
         self._stop = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._subscription: Any = None
+        self._subscriptions: list[Any] = []
 
     async def start(self, nats_client: Any) -> None:
         from shared import subjects
@@ -190,11 +191,20 @@ class RevocationFeed:
         async def on_deactivated(msg: Any) -> None:
             try:
                 event = json.loads(msg.data)
-                self._verifier.revoke(str(event["user_id"]), int(event["revoked_before"]))
+                self._verifier.revoke(str(event["user_id"]), float(event["revoked_before"]))
             except (ValueError, KeyError, TypeError):
                 log.warning("ignoring a malformed %s event", subjects.EVENT_USER_DEACTIVATED)
 
-        self._subscription = await nats_client.subscribe(subjects.EVENT_USER_DEACTIVATED, cb=on_deactivated)
+        async def on_key_rotated(msg: Any) -> None:
+            try:
+                await self._verifier.refresh_keys()
+            except RailyardError as exc:
+                log.warning("could not refetch signing keys: %s", exc.msg)
+
+        self._subscriptions = [
+            await nats_client.subscribe(subjects.EVENT_USER_DEACTIVATED, cb=on_deactivated),
+            await nats_client.subscribe(subjects.EVENT_SIGNING_KEY_ROTATED, cb=on_key_rotated),
+        ]
         await self._poll_once()
         self._task = asyncio.create_task(self._poll_forever())
 
@@ -215,5 +225,5 @@ class RevocationFeed:
         self._stop.set()
         if self._task is not None:
             await self._task
-        if self._subscription is not None:
-            await self._subscription.unsubscribe()
+        for subscription in self._subscriptions:
+            await subscription.unsubscribe()

@@ -8,7 +8,7 @@ from faststream.nats import NatsRouter
 
 from services.auth import handlers, store
 from shared import subjects
-from shared.authz import Principal, RevocationFeed, TokenVerifier
+from shared.authz import Principal, TokenVerifier, VerifierFeed
 from shared.bus import CallContext, command, publish_event
 from shared.messages.auth import (
     ActivateUser,
@@ -147,13 +147,13 @@ async def start(runtime: Runtime) -> None:
     deps = handlers.AuthDeps(pool=runtime.db, settings=settings, publish=publish, keys={})
     await handlers.bootstrap(deps)
     verifier = TokenVerifier(settings, lambda: store.public_keys(runtime.db))
-    feed = RevocationFeed(verifier, lambda: store.revocations(runtime.db), settings.revocation_poll_interval)
+    feed = VerifierFeed(verifier, lambda: store.revocations(runtime.db), settings.revocation_poll_interval)
     await feed.start(runtime.broker.config.connection_state.connection)
-    runtime.extras.update(deps=deps, verifier=verifier, revocation_feed=feed)
+    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed)
 
 
 async def stop(runtime: Runtime) -> None:
-    feed = runtime.extras.get("revocation_feed")
+    feed = runtime.extras.get("verifier_feed")
     if feed is not None:
         await feed.stop()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import secrets
 import time
@@ -44,6 +45,7 @@ from shared.messages.auth import (
     Revocations,
     SigningKeyRotated,
     SigningKeys,
+    SigningKeyWasRotated,
     TokenIssued,
     UserActivated,
     UserCreated,
@@ -126,6 +128,7 @@ async def rotate_signing_key(deps: AuthDeps, principal: Principal) -> SigningKey
     require_admin(principal, "rotate signing keys")
     kid, pem, jwk = await asyncio.to_thread(_new_key)
     await store.add_active_key(deps.pool, kid, pem, jwk)
+    await deps.publish(subjects.EVENT_SIGNING_KEY_ROTATED, SigningKeyWasRotated(kid=kid))
     return SigningKeyRotated(kid=kid)
 
 
@@ -236,7 +239,13 @@ async def _refresh_login(deps: AuthDeps, cmd: IssueToken) -> asyncpg.Record:
     return user
 
 
-def _base_claims(settings: AuthSettings, subject: str, client_id: str, now: int) -> dict[str, Any]:
+def _issued_at() -> float:
+    """`iat` in milliseconds (NumericDate may be fractional), rounded down so a token issued before a
+    deactivation never looks later than it; whole seconds refused tokens issued just after a re-activation."""
+    return math.floor(time.time() * 1000) / 1000
+
+
+def _base_claims(settings: AuthSettings, subject: str, client_id: str, now: float) -> dict[str, Any]:
     return {"iss": settings.issuer, "aud": settings.audience, "sub": subject, "iat": now,
             "jti": str(uuid.uuid4()), "azp": client_id}
 
@@ -244,10 +253,10 @@ def _base_claims(settings: AuthSettings, subject: str, client_id: str, now: int)
 async def _mint(deps: AuthDeps, user: asyncpg.Record, client_id: str, *, with_refresh: bool) -> TokenIssued:
     settings = deps.settings
     kid, key = await _active_key(deps)
-    now = int(time.time())
+    now = _issued_at()
     session = str(uuid.uuid4())
     access = _base_claims(settings, str(user["id"]), client_id, now) | {
-        "exp": now + settings.access_token_ttl, "typ": "Bearer", "scope": "profile email",
+        "exp": int(now) + settings.access_token_ttl, "typ": "Bearer", "scope": "profile email",
         "preferred_username": user["username"], "email": user["email"], "session_state": session,
         "railyard_kind": KIND_USER, "railyard_admin": bool(user["is_admin"]),
     }
@@ -255,7 +264,7 @@ async def _mint(deps: AuthDeps, user: asyncpg.Record, client_id: str, *, with_re
     refresh = None
     if with_refresh:
         claims = _base_claims(settings, str(user["id"]), client_id, now) | {
-            "exp": now + settings.refresh_token_ttl, "typ": "Refresh", "session_state": session}
+            "exp": int(now) + settings.refresh_token_ttl, "typ": "Refresh", "session_state": session}
         await store.save_refresh_token(deps.pool, uuid.UUID(claims["jti"]), user["id"], client_id,
                                        datetime.fromtimestamp(claims["exp"], UTC))
         refresh = jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid})
@@ -266,9 +275,9 @@ async def _mint(deps: AuthDeps, user: asyncpg.Record, client_id: str, *, with_re
 async def _mint_inference(deps: AuthDeps, client: asyncpg.Record) -> TokenIssued:
     settings = deps.settings
     kid, key = await _active_key(deps)
-    now = int(time.time())
+    now = _issued_at()
     claims = _base_claims(settings, str(client["service_account_id"]), client["client_id"], now) | {
-        "exp": now + settings.access_token_ttl, "typ": "Bearer", "scope": "profile email",
+        "exp": int(now) + settings.access_token_ttl, "typ": "Bearer", "scope": "profile email",
         "preferred_username": f"service-account-{client['client_id']}", "railyard_kind": KIND_INFERENCE,
         "clientId": client["client_id"],
     }
@@ -352,7 +361,7 @@ async def _user_by_email_or_404(pool: asyncpg.Pool, email: str) -> asyncpg.Recor
 async def deactivate_user(deps: AuthDeps, principal: Principal, email: str) -> Empty:
     require_admin(principal, "deactivate users")
     user = await _user_by_email_or_404(deps.pool, email)
-    revoked_before = int(time.time())
+    revoked_before = time.time()
     async with deps.pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('auth-admins'))")
         if user["is_admin"] and user["enabled"] and await store.count_admins(conn) <= 1:

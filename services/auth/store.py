@@ -95,7 +95,8 @@ async def clear_failed_logins(pool: asyncpg.Pool, user_id: uuid.UUID) -> None:
     await pool.execute("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1", user_id)
 
 
-async def set_enabled(conn: asyncpg.Connection, user_id: uuid.UUID, enabled: bool, revoked_before: int | None) -> None:
+async def set_enabled(conn: asyncpg.Connection, user_id: uuid.UUID, enabled: bool,
+                      revoked_before: float | None) -> None:
     await conn.execute(
         "UPDATE users SET enabled = $2, revoked_before = COALESCE($3, revoked_before) WHERE id = $1",
         user_id, enabled, revoked_before,
@@ -124,9 +125,9 @@ async def list_users(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspa
     )
 
 
-async def revocations(pool: asyncpg.Pool) -> dict[str, int]:
+async def revocations(pool: asyncpg.Pool) -> dict[str, float]:
     rows = await pool.fetch("SELECT id, revoked_before FROM users WHERE revoked_before IS NOT NULL")
-    return {str(r["id"]): int(r["revoked_before"]) for r in rows}
+    return {str(r["id"]): float(r["revoked_before"]) for r in rows}
 
 
 # --- clients and refresh tokens ------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from faststream.nats import NatsRouter
 
 from services.gateway import handlers
 from services.gateway.http import create_app
-from shared.authz import RevocationFeed, TokenVerifier
+from shared.authz import TokenVerifier, VerifierFeed
 from shared.errors import Unavailable
 from shared.service import Runtime, ServiceSpec
 
@@ -45,10 +45,10 @@ async def start_http(runtime: Runtime) -> None:
     _check_port_free(settings.host, settings.port)
     timeout = runtime.settings.nats.request_timeout
     verifier = TokenVerifier(runtime.settings.auth, lambda: handlers.signing_keys(runtime.broker, timeout))
-    feed = RevocationFeed(verifier, lambda: handlers.revocations(runtime.broker, timeout),
+    feed = VerifierFeed(verifier, lambda: handlers.revocations(runtime.broker, timeout),
                           runtime.settings.auth.revocation_poll_interval)
     await feed.start(runtime.broker.config.connection_state.connection)
-    runtime.extras.update(verifier=verifier, revocation_feed=feed)
+    runtime.extras.update(verifier=verifier, verifier_feed=feed)
     config = uvicorn.Config(
         create_app(runtime),
         host=settings.host,
@@ -73,7 +73,7 @@ async def stop_http(runtime: Runtime) -> None:
     if server is not None:
         server.should_exit = True
         await runtime.extras["http_task"]
-    feed = runtime.extras.get("revocation_feed")
+    feed = runtime.extras.get("verifier_feed")
     if feed is not None:
         await feed.stop()
 

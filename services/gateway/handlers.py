@@ -51,7 +51,7 @@ async def signing_keys(broker: NatsBroker, timeout: float) -> list[dict[str, Any
     return keys.keys
 
 
-async def revocations(broker: NatsBroker, timeout: float) -> dict[str, int]:
+async def revocations(broker: NatsBroker, timeout: float) -> dict[str, float]:
     reply = await request(broker, subjects.AUTH_REVOCATIONS_LIST, ListRevocations(), timeout=timeout,
                           reply_model=Revocations)
     return reply.users

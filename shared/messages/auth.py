@@ -65,9 +65,9 @@ class ListRevocations(Command):
 
 
 class Revocations(Message):
-    """user id -> tokens issued at or before this epoch second are refused."""
+    """user id -> tokens issued at or before this moment (epoch seconds) are refused."""
 
-    users: dict[str, int]
+    users: dict[str, float]
 
 
 # --- users -------------------------------------------------------------------------------------------
@@ -233,6 +233,12 @@ class Features(Message):
 # --- events ------------------------------------------------------------------------------------------
 
 
+class SigningKeyWasRotated(Event):
+    """A new signing key is active: verifiers refetch the JWKS."""
+
+    kid: str
+
+
 class UserCreated(Event):
     user_id: uuid.UUID
     email: str | None
@@ -240,7 +246,7 @@ class UserCreated(Event):
 
 class UserDeactivated(Event):
     user_id: uuid.UUID
-    revoked_before: int = Field(description="Tokens issued at or before this epoch second are refused.")
+    revoked_before: float = Field(description="Tokens issued at or before this moment (epoch s) are refused.")
 
 
 class UserActivated(Event):

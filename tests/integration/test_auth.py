@@ -183,3 +183,32 @@ def test_python_client_logs_in_and_refreshes(stack):
     client.expires_at = time.time()  # pretend it is about to expire
     assert client.token != first
     assert client.post("features/list")["is_auth_enabled"] is True
+
+
+async def test_signing_key_rotation_keeps_old_tokens_valid(stack, admin):
+    import nats
+
+    from shared import subjects
+    from shared.messages import Reply
+
+    old_token = admin.token
+    old_kid = jwt.get_unverified_header(old_token)["kid"]
+    nc = await nats.connect(stack.settings().nats.url)
+    try:
+        denied = Reply.model_validate_json((await nc.request(subjects.AUTH_KEYS_ROTATE, b"{}", timeout=10)).data)
+        assert not denied.ok and denied.status == 401
+        reply = Reply.model_validate_json((await nc.request(
+            subjects.AUTH_KEYS_ROTATE, b"{}", timeout=10, headers={"authorization": f"Bearer {old_token}"})).data)
+    finally:
+        await nc.close()
+    assert reply.ok and reply.data["kid"] != old_kid
+    async with httpx.AsyncClient() as http:
+        certs = await http.get(f"{stack.base_url}/auth/realms/master/protocol/openid-connect/certs")
+    kids = {k["kid"] for k in certs.json()["keys"]}
+    assert {old_kid, reply.data["kid"]} <= kids
+    secrets = stack.secrets()
+    fresh = client_for(stack)
+    fresh.login(secrets["admin_username"], secrets["admin_password"])
+    assert jwt.get_unverified_header(fresh.token)["kid"] == reply.data["kid"]
+    assert post(stack, "workspaces/list", fresh.token).status_code == 200
+    assert post(stack, "workspaces/list", old_token).status_code == 200
