@@ -212,3 +212,26 @@ async def test_signing_key_rotation_keeps_old_tokens_valid(stack, admin):
     assert jwt.get_unverified_header(fresh.token)["kid"] == reply.data["kid"]
     assert post(stack, "workspaces/list", fresh.token).status_code == 200
     assert post(stack, "workspaces/list", old_token).status_code == 200
+
+
+def test_railyard_login_and_token_commands(stack, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tests.stack import REPO
+
+    env = stack.env | {"XDG_CONFIG_HOME": str(tmp_path)}
+    login = subprocess.run([sys.executable, "-m", "shared.cli", "login"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert login.returncode == 0, login.stderr
+    saved = tmp_path / "railyard" / "credentials.json"
+    assert saved.stat().st_mode & 0o777 == 0o600
+    assert json.loads(saved.read_text())["username"] == stack.secrets()["admin_username"]
+    token = subprocess.run([sys.executable, "-m", "shared.cli", "token"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert token.returncode == 0, token.stderr
+    assert post(stack, "features/list", token.stdout.strip()).status_code == 200
+    wrong = subprocess.run([sys.executable, "-m", "shared.cli", "login", "--password", "not-it-at-all"], cwd=REPO,
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 1 and "login failed" in wrong.stderr and "Traceback" not in wrong.stderr
