@@ -162,6 +162,22 @@ def require_admin(principal: Principal, action: str) -> Principal:
 MembershipLookup = Callable[[str, int], Awaitable[str | None]]
 
 
+def bus_membership(broker: Any, token: str | None, timeout: float) -> MembershipLookup:
+    """For services other than auth: ask auth (`auth.workspaces.check_member`) on the caller's behalf."""
+    from shared import subjects
+    from shared.bus import request
+
+    async def lookup(user_id: str, workspace_id: int) -> str | None:
+        try:
+            reply = await request(broker, subjects.AUTH_WORKSPACES_CHECK_MEMBER, {"workspace_id": workspace_id},
+                                  token=token, timeout=timeout)
+        except NotFound:
+            return None
+        return reply["user_type"]
+
+    return lookup
+
+
 async def require_member(lookup: MembershipLookup, principal: Principal, workspace_id: int) -> str:
     """The caller's role in the workspace; a workspace the caller is not in does not exist (404)."""
     require_user(principal)
@@ -169,6 +185,24 @@ async def require_member(lookup: MembershipLookup, principal: Principal, workspa
     if role is None:
         raise NotFound(f"workspace {workspace_id} not found")
     return role
+
+
+def bus_verifier(broker: Any, settings: AuthSettings, timeout: float) -> tuple[TokenVerifier, VerifierFeed]:
+    """A verifier for a service other than auth, fed from auth over the bus; start the feed once connected:
+    `await feed.start(nats_client)`."""
+    from shared import subjects
+    from shared.bus import request
+    from shared.messages.auth import ListRevocations, Revocations, SigningKeys
+
+    async def keys() -> list[dict[str, Any]]:
+        return (await request(broker, subjects.AUTH_KEYS_GET, {}, timeout=timeout, reply_model=SigningKeys)).keys
+
+    async def revocations() -> dict[str, float]:
+        return (await request(broker, subjects.AUTH_REVOCATIONS_LIST, ListRevocations(), timeout=timeout,
+                              reply_model=Revocations)).users
+
+    verifier = TokenVerifier(settings, keys)
+    return verifier, VerifierFeed(verifier, revocations, settings.revocation_poll_interval)
 
 
 class VerifierFeed:

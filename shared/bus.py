@@ -112,7 +112,7 @@ def reply_ok(result: BaseModel | dict[str, Any] | None) -> Reply:
     if result is None:
         data: dict[str, Any] = {}
     elif isinstance(result, BaseModel):
-        data = result.model_dump(mode="json")
+        data = result.model_dump(mode="json", by_alias=True)
     else:
         data = result
     return Reply(ok=True, data=data)

@@ -14,6 +14,7 @@ import io
 import tempfile
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from minio import Minio
@@ -60,6 +61,8 @@ class ObjectStore(Protocol):
     async def get_bytes(self, bucket: str, key: str) -> bytes: ...
     async def exists(self, bucket: str, key: str) -> bool: ...
     async def delete(self, bucket: str, key: str) -> None: ...
+    async def copy(self, bucket: str, source_key: str, target_key: str) -> None: ...
+    async def download_to(self, bucket: str, key: str, target: Path) -> tuple[str, int]: ...
     async def ping(self) -> None: ...
 
 
@@ -187,3 +190,21 @@ class MinioObjectStore:
 
     async def delete(self, bucket: str, key: str) -> None:
         await asyncio.to_thread(self._client.remove_object, self.bucket(bucket), key)
+
+    async def copy(self, bucket: str, source_key: str, target_key: str) -> None:
+        """Server-side copy within a bucket (no bytes pass through this process)."""
+        from minio.commonconfig import CopySource
+
+        real = self.bucket(bucket)
+        await asyncio.to_thread(self._client.copy_object, real, target_key, CopySource(real, source_key))
+
+    async def download_to(self, bucket: str, key: str, target: Path) -> tuple[str, int]:
+        """Stream an object to a local file; returns its sha256 and size."""
+        digest = hashlib.sha256()
+        size = 0
+        with target.open("wb") as handle:
+            async for chunk in self.get_stream(bucket, key):
+                digest.update(chunk)
+                size += len(chunk)
+                await asyncio.to_thread(handle.write, chunk)
+        return digest.hexdigest(), size

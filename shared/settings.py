@@ -45,6 +45,7 @@ class GatewaySettings(BaseModel):
     host: str = Field("127.0.0.1", description="Address the gateway binds.")
     port: int = Field(18000, description="Port the gateway binds.")
     max_body_bytes: int = Field(64 * 1024 * 1024, description="Largest request body accepted (413 above).")
+    max_upload_bytes: int = Field(10 * 1024**3, description="Largest model upload accepted (413 above).")
 
 
 class AuthSettings(BaseModel):
@@ -63,6 +64,13 @@ class AuthSettings(BaseModel):
     lockout_after: int = Field(10, description="Failed logins in a row that lock an account.")
     lockout_seconds: int = Field(900, description="How long a locked account stays locked.")
     revocation_poll_interval: float = Field(20.0, description="Seconds between refreshes of deactivated users.")
+
+
+class RegistrySettings(BaseModel):
+    """Model uploads and conversions."""
+
+    worker_timeout: float = Field(300.0, description="Seconds a check or conversion process may run.")
+    worker_memory_mb: int = Field(4096, description="Address-space limit of a check or conversion process.")
 
 
 class StackSettings(BaseModel):
@@ -96,6 +104,7 @@ class Settings(BaseSettings):
     s3: S3Settings = S3Settings()
     gateway: GatewaySettings = GatewaySettings()
     auth: AuthSettings = AuthSettings()
+    registry: RegistrySettings = RegistrySettings()
     stack: StackSettings = StackSettings()
 
 

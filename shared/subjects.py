@@ -72,3 +72,13 @@ EVENT_USER_DEACTIVATED = "events.user.deactivated"
 EVENT_USER_ACTIVATED = "events.user.activated"
 EVENT_WORKSPACE_CREATED = "events.workspace.created"
 EVENT_WORKSPACE_MEMBERSHIP_CHANGED = "events.workspace.membership_changed"
+
+# registry
+REGISTRY_MODELS_UPLOAD = "registry.models.upload"
+REGISTRY_MODELS_LIST = "registry.models.list"
+REGISTRY_MODELS_GET_BY_ID = "registry.models.get_by_id"
+REGISTRY_MODELS_LIST_VERSIONS = "registry.models.list_versions"
+REGISTRY_MODELS_GET_CONFIG = "registry.models.get_config"
+REGISTRY_MODELS_GET = "registry.models.get"
+EVENT_MODEL_UPLOADED = "events.model.uploaded"
+EVENT_MODEL_VERSION_FINISHED = "events.model.version_finished"

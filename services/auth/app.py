@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from faststream.nats import NatsRouter
+from faststream import AckPolicy
+from faststream.nats import JStream, NatsRouter, PullSub
+from nats.js.api import ConsumerConfig
 
 from services.auth import handlers, store
 from shared import subjects
@@ -41,6 +43,7 @@ from shared.messages.auth import (
     Workspaces,
     WorkspaceUsers,
 )
+from shared.messages.registry import ModelUploaded
 from shared.service import Runtime, ServiceSpec
 
 NAME = "auth"
@@ -54,6 +57,20 @@ def build_router(runtime: Runtime) -> NatsRouter:
 
     async def caller(ctx: CallContext) -> Principal:
         return await runtime.extras["verifier"].verify(ctx.token)
+
+    @router.subscriber(
+        subjects.EVENT_MODEL_UPLOADED,
+        stream=JStream(subjects.EVENTS_STREAM, declare=False),
+        durable="auth-model-uploaded",
+        pull_sub=PullSub(batch_size=16, timeout=1.0),
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        config=ConsumerConfig(ack_wait=5.0),
+        title=f"{subjects.EVENT_MODEL_UPLOADED}:ModelUploaded",
+        description="Keep the ids of each workspace's models for workspaces/list.",
+    )
+    async def on_model_uploaded(body: dict) -> None:
+        event = ModelUploaded.model_validate(body)
+        await handlers.record_model(deps(), event.workspace_id, event.model_id)
 
     @command(router, subjects.AUTH_TOKEN_ISSUE, service=NAME)
     async def issue_token(cmd: IssueToken, ctx: CallContext) -> TokenIssued:

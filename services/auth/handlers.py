@@ -463,6 +463,11 @@ async def remove_workspace_user(deps: AuthDeps, principal: Principal, cmd: Remov
     return AffectedRows(affected_rows=affected)
 
 
+async def record_model(deps: AuthDeps, workspace_id: int, model_id: int) -> None:
+    """A model now exists in a workspace (from `events.model.uploaded`), for workspaces/list."""
+    await store.add_resource(deps.pool, workspace_id, "model", model_id)
+
+
 async def check_membership(deps: AuthDeps, principal: Principal, workspace_id: int) -> Membership:
     role = await require_member(_membership(deps.pool), principal, workspace_id)
     return Membership(workspace_id=workspace_id, user_type=role)

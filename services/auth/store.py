@@ -198,6 +198,14 @@ async def workspaces_of(pool: asyncpg.Pool, user_id: uuid.UUID) -> list[asyncpg.
     )
 
 
+async def add_resource(pool: asyncpg.Pool, workspace_id: int, kind: str, resource_id: int) -> None:
+    """Record a model or pipeline of a workspace (from the owning service's event); idempotent."""
+    await pool.execute(
+        "INSERT INTO workspace_resources (workspace_id, kind, resource_id)"
+        " SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM workspaces WHERE id = $1) ON CONFLICT DO NOTHING",
+        workspace_id, kind, resource_id)
+
+
 async def add_member(pool: asyncpg.Pool, workspace_id: int, user_id: uuid.UUID, user_type: str) -> bool:
     status = await pool.execute(
         "INSERT INTO workspace_members (workspace_id, user_id, user_type) VALUES ($1, $2, $3)"

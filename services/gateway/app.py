@@ -9,9 +9,8 @@ import socket
 import uvicorn
 from faststream.nats import NatsRouter
 
-from services.gateway import handlers
 from services.gateway.http import create_app
-from shared.authz import TokenVerifier, VerifierFeed
+from shared.authz import bus_verifier
 from shared.errors import Unavailable
 from shared.service import Runtime, ServiceSpec
 
@@ -43,10 +42,7 @@ def _check_port_free(host: str, port: int) -> None:
 async def start_http(runtime: Runtime) -> None:
     settings = runtime.settings.gateway
     _check_port_free(settings.host, settings.port)
-    timeout = runtime.settings.nats.request_timeout
-    verifier = TokenVerifier(runtime.settings.auth, lambda: handlers.signing_keys(runtime.broker, timeout))
-    feed = VerifierFeed(verifier, lambda: handlers.revocations(runtime.broker, timeout),
-                          runtime.settings.auth.revocation_poll_interval)
+    verifier, feed = bus_verifier(runtime.broker, runtime.settings.auth, runtime.settings.nats.request_timeout)
     await feed.start(runtime.broker.config.connection_state.connection)
     runtime.extras.update(verifier=verifier, verifier_feed=feed)
     config = uvicorn.Config(
@@ -78,4 +74,5 @@ async def stop_http(runtime: Runtime) -> None:
         await feed.stop()
 
 
-SPEC = ServiceSpec(name=NAME, build_router=build_router, on_start=start_http, on_stop=stop_http)
+SPEC = ServiceSpec(name=NAME, build_router=build_router, uses_object_store=True, on_start=start_http,
+                   on_stop=stop_http)

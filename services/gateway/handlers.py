@@ -12,7 +12,7 @@ from shared import subjects
 from shared.bus import request
 from shared.errors import RailyardError
 from shared.messages import CheckHealth, HealthReport
-from shared.messages.auth import IssueToken, ListRevocations, Revocations, SigningKeys
+from shared.messages.auth import IssueToken, SigningKeys
 
 
 async def aggregate_health(broker: NatsBroker, timeout: float = 2.0) -> dict[str, Any]:
@@ -49,9 +49,3 @@ async def issue_token(broker: NatsBroker, cmd: IssueToken, timeout: float) -> di
 async def signing_keys(broker: NatsBroker, timeout: float) -> list[dict[str, Any]]:
     keys = await request(broker, subjects.AUTH_KEYS_GET, {}, timeout=timeout, reply_model=SigningKeys)
     return keys.keys
-
-
-async def revocations(broker: NatsBroker, timeout: float) -> dict[str, float]:
-    reply = await request(broker, subjects.AUTH_REVOCATIONS_LIST, ListRevocations(), timeout=timeout,
-                          reply_model=Revocations)
-    return reply.users

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -22,6 +24,8 @@ from shared import __version__, subjects
 from shared.authz import Principal, require_user
 from shared.errors import InvalidRequest, PayloadTooLarge, RailyardError, Unauthorized
 from shared.messages import auth as m
+from shared.messages import registry as reg
+from shared.objectstore import BUCKET_ARTIFACTS
 from shared.service import Runtime
 
 API = "/v1/api"
@@ -34,8 +38,23 @@ HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404
 OAUTH_401 = {"invalid_client", "invalid_grant", "account_locked"}
 
 
-# (path under /v1/api, command subject, request model, reply model, summary)
-AUTH_ROUTES: list[tuple[str, str, type[BaseModel], type[BaseModel], str]] = [
+UPLOAD_PREFIX = f"{API}/models/upload"
+
+
+@dataclass(frozen=True)
+class Route:
+    """A JSON route forwarded as one command: path under /v1/api, subject, request and reply models."""
+
+    path: str
+    subject: str
+    model: type[BaseModel]
+    reply: Any
+    summary: str
+    unwrap: str | None = None  # answer with this field of the reply (the seed answers some routes with a list)
+
+
+R = Route
+JSON_ROUTES: list[Route] = [R(*spec) for spec in [
     ("/users/query", subjects.AUTH_USERS_QUERY, m.QueryUsers, m.Users, "Get all users, or by id or workspace."),
     ("/users/invite", subjects.AUTH_USERS_INVITE, m.InviteUser, m.UserInvited, "Invite a user (admin)."),
     ("/users/deactivate", subjects.AUTH_USERS_DEACTIVATE, m.DeactivateUser, m.Empty, "Deactivate a user (admin)."),
@@ -52,24 +71,35 @@ AUTH_ROUTES: list[tuple[str, str, type[BaseModel], type[BaseModel], str]] = [
     ("/workspaces/remove_user", subjects.AUTH_WORKSPACES_REMOVE_USER, m.RemoveWorkspaceUser, m.AffectedRows,
      "Remove a user from a workspace."),
     ("/features/list", subjects.AUTH_FEATURES_LIST, m.ListFeatures, m.Features, "List enabled features."),
-]
+    ("/models/list", subjects.REGISTRY_MODELS_LIST, reg.ListModels, reg.ModelList, "List the models of a workspace."),
+    ("/models/get_by_id", subjects.REGISTRY_MODELS_GET_BY_ID, reg.GetModelById, reg.ModelDetails,
+     "Get a model's details."),
+    ("/models/list_versions", subjects.REGISTRY_MODELS_LIST_VERSIONS, reg.ListModelVersions,
+     list[reg.ModelVersionRecord], "List a model's versions.", "versions"),
+    ("/models/get_config_by_id", subjects.REGISTRY_MODELS_GET_CONFIG, reg.GetModelConfig, reg.ModelConfig,
+     "Get a model's configuration."),
+    ("/models/get", subjects.REGISTRY_MODELS_GET, reg.GetModel, reg.ModelWithVersions,
+     "Get a model with its versions."),
+]]
 
 
 class BodySizeLimit:
     """413 for bodies above the limit: at once from Content-Length, or as soon as a chunked body
     passes it, so an oversized body is never read whole."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, max_upload_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_upload_bytes = max_upload_bytes
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.max_upload_bytes if scope["path"].startswith(UPLOAD_PREFIX) else self.max_bytes
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._reject(send, limit)
             return
         received = 0
         started = rejected = False
@@ -79,10 +109,10 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     # answer 413 now and tell the app the client went away; whatever it sends is dropped
                     if not started:
-                        await self._reject(send)
+                        await self._reject(send, limit)
                     rejected = True
                     return {"type": "http.disconnect"}
             return message
@@ -96,8 +126,8 @@ class BodySizeLimit:
 
         await self.app(scope, limited_receive, tracking_send)
 
-    async def _reject(self, send: Callable) -> None:
-        err = PayloadTooLarge(f"request body is larger than {self.max_bytes} bytes")
+    async def _reject(self, send: Callable, limit: int) -> None:
+        err = PayloadTooLarge(f"request body is larger than {limit} bytes")
         body = json.dumps({"code": err.code, "msg": err.msg}).encode()
         await send({"type": "http.response.start", "status": err.status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
@@ -190,20 +220,70 @@ def create_app(runtime: Runtime) -> FastAPI:
         """The public keys (JWKS) that verify Railyard tokens."""
         return {"keys": await handlers.signing_keys(runtime.broker, timeout)}
 
-    for path, subject, model, reply, summary in AUTH_ROUTES:
-        app.post(f"{API}{path}", tags=[path.split("/")[1]], summary=summary, response_model=reply,
-                 openapi_extra=_request_schema(model))(
-            _forwarding_endpoint(runtime, subject, model, user_caller, timeout))
+    for route in JSON_ROUTES:
+        app.post(f"{API}{route.path}", tags=[route.path.split("/")[1]], summary=route.summary,
+                 response_model=route.reply, openapi_extra=_request_schema(route.model))(
+            _forwarding_endpoint(runtime, route, user_caller, timeout))
 
     @app.get("/", include_in_schema=False)
     async def ui() -> HTMLResponse:
         return HTMLResponse(UI_PAGE.read_text())
 
-    return BodySizeLimit(app, settings.gateway.max_body_bytes)
+    @app.post(f"{API}/models/upload_and_convert", tags=["models"], response_model=reg.ModelInserted)
+    async def upload_and_convert(request: Request, principal: Principal = Depends(user_caller)) -> Any:
+        """Upload a model: multipart with a `metadata` JSON part (name, visibility, workspace_id, conversion)
+        and a `file` part."""
+        form = await request.form(max_files=1, max_fields=10)
+        raw = form.get("metadata")
+        if raw is None:
+            raise InvalidRequest("the multipart body needs a 'metadata' part with the model's JSON metadata")
+        try:
+            metadata = json.loads(raw if isinstance(raw, str) else await raw.read())
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidRequest("the 'metadata' part is not valid JSON") from None
+        if not isinstance(metadata, dict):
+            raise InvalidRequest("the 'metadata' part must be a JSON object")
+        return await _stage_and_register(request, form, metadata)
+
+    @app.post(f"{API}/models/upload_stream", tags=["models"], response_model=reg.ModelInserted)
+    async def upload_stream(request: Request, principal: Principal = Depends(user_caller)) -> Any:
+        """Stream a (large) ONNX model: multipart form fields name, filename, visibility, workspace_id and a
+        `file` part; the file goes to object storage as it arrives (spooled to disk, never held in memory)."""
+        form = await request.form(max_files=1, max_fields=10)
+        metadata = {key: form.get(key) for key in ("name", "visibility", "workspace_id") if form.get(key)}
+        metadata["conversion"] = {"framework": str(form.get("framework") or "onnx")}
+        if form.get("filename"):
+            metadata["file_name"] = str(form.get("filename"))
+        return await _stage_and_register(request, form, metadata)
+
+    async def _stage_and_register(request: Request, form: Any, metadata: dict[str, Any]) -> Any:
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise InvalidRequest("the multipart body needs a 'file' part with the model file")
+        objects = runtime.objects
+        staged = f"staging/{uuid.uuid4()}"
+        size = upload.size if upload.size is not None else -1
+        await objects.put_stream(BUCKET_ARTIFACTS, staged, upload.file, length=size)
+        body = {"file_name": upload.filename or str(metadata.get("name", "model")), **metadata, "staged_key": staged}
+        try:
+            command = reg.UploadModel.model_validate(body)
+        except ValidationError as exc:
+            await objects.delete(BUCKET_ARTIFACTS, staged)
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "metadata"
+            raise InvalidRequest(f"metadata {where}: {first.get('msg', 'invalid')}") from None
+        try:
+            return await handlers.forward(runtime.broker, subjects.REGISTRY_MODELS_UPLOAD, command,
+                                          bearer_token(request), settings.registry.worker_timeout + timeout)
+        except RailyardError as exc:
+            if exc.code in ("upstream_timeout", "unavailable"):  # the registry never saw it: clean up here
+                await objects.delete(BUCKET_ARTIFACTS, staged)
+            raise
+
+    return BodySizeLimit(app, settings.gateway.max_body_bytes, settings.gateway.max_upload_bytes)
 
 
-def _forwarding_endpoint(runtime: Runtime, subject: str, model: type[BaseModel], who: Callable,
-                         timeout: float) -> Callable:
+def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable, timeout: float) -> Callable:
     """An endpoint that forwards its body as `subject` with the caller's token. The body is read as JSON
     whatever the Content-Type (curl's -d sends form encoding), after the token has been checked."""
 
@@ -216,14 +296,15 @@ def _forwarding_endpoint(runtime: Runtime, subject: str, model: type[BaseModel],
         if not isinstance(payload, dict):
             raise InvalidRequest("request body must be a JSON object")
         try:
-            command = model.model_validate(payload)
+            command = route.model.model_validate(payload)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first.get("loc", ())) or "body"
             raise InvalidRequest(f"{where}: {first.get('msg', 'invalid')}") from None
-        return await handlers.forward(runtime.broker, subject, command, bearer_token(request), timeout)
+        reply = await handlers.forward(runtime.broker, route.subject, command, bearer_token(request), timeout)
+        return reply[route.unwrap] if route.unwrap else reply
 
-    endpoint.__name__ = subject.replace(".", "_")
+    endpoint.__name__ = route.subject.replace(".", "_")
     return endpoint
 
 

@@ -1,1 +1,290 @@
-"""Business logic of the registry service, as plain async functions (none beyond health yet)."""
+"""Business logic of the registry service, as plain async functions.
+
+An upload arrives as bytes the gateway streamed to `staging/<uuid>` in the artifacts bucket. The registry
+checks the caller's membership, copies the bytes to a local temporary file while hashing them, checks
+(or converts) them in a separate limited process, stores them content-addressed (`sha256/..`, once however
+many versions share them) and records the version. The staged object is always deleted, whatever happens,
+so a rejected upload leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import re
+import resource
+import sys
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pyarrow as pa
+
+from services.registry import store
+from shared import subjects
+from shared.authz import MembershipLookup, Principal, require_member, require_user
+from shared.errors import InvalidRequest, NotFound, RailyardError
+from shared.messages.base import Event
+from shared.messages.registry import (
+    ModelConfig,
+    ModelDetails,
+    ModelInserted,
+    ModelList,
+    ModelSummary,
+    ModelUploaded,
+    ModelVersionFinished,
+    ModelVersionRecord,
+    ModelVersions,
+    ModelWithVersions,
+    UploadModel,
+)
+from shared.objectstore import BUCKET_ARTIFACTS, ObjectStore, content_key
+from shared.settings import RegistrySettings
+
+log = logging.getLogger("railyard.registry")
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+STAGED_KEY = re.compile(r"^staging/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+CHECKED = {"onnx", "python", "custom"}  # frameworks checked as they are and run natively
+CONVERTED = {"sklearn"}  # frameworks converted to ONNX
+ALIASES = {"byop": "custom", "arbitrary-python": "custom", "scikit-learn": "sklearn"}
+
+
+@dataclass
+class RegistryDeps:
+    """What the registry handlers need."""
+
+    pool: asyncpg.Pool
+    objects: ObjectStore
+    settings: RegistrySettings
+    publish: Callable[[str, Event], Awaitable[None]]
+    membership: Callable[[str | None], MembershipLookup]
+    tasks: set[asyncio.Task] = field(default_factory=set)
+    conversions: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+# --- the limited worker process ---------------------------------------------------------------------
+
+
+async def run_worker(settings: RegistrySettings, *args: str) -> dict[str, Any]:
+    """Run services.registry.artifacts with memory, CPU and wall-clock limits; its JSON answer."""
+    memory = settings.worker_memory_mb * 1024 * 1024
+    cpu = int(settings.worker_timeout) + 1
+
+    def limits() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.registry.artifacts", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, preexec_fn=limits,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), settings.worker_timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        return {"ok": False, "error": f"checking the model took longer than {settings.worker_timeout:g}s"}
+    try:
+        return json.loads(stdout.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        log.warning("artifact worker exited %s: %s", process.returncode, stderr.decode()[-500:])
+        return {"ok": False, "error": "the model could not be checked within the registry's memory and CPU"
+                                      " limits"}
+
+
+# --- uploads ------------------------------------------------------------------------------------------
+
+
+def _decode_schema(value: str | None, what: str) -> bytes | None:
+    if value is None:
+        return None
+    try:
+        raw = base64.b64decode(value, validate=True)
+        pa.ipc.read_schema(pa.py_buffer(raw))
+    except (ValueError, pa.ArrowInvalid):
+        raise InvalidRequest(f"{what} must be a base64-encoded serialized Arrow schema") from None
+    return raw
+
+
+def _framework(cmd: UploadModel) -> str:
+    framework = cmd.conversion.framework.strip().lower()
+    framework = ALIASES.get(framework, framework)
+    if framework not in CHECKED | CONVERTED:
+        supported = ", ".join(sorted(CHECKED | CONVERTED))
+        raise InvalidRequest(f"framework {cmd.conversion.framework!r} is not supported (supported: {supported})")
+    return framework
+
+
+async def upload_model(deps: RegistryDeps, principal: Principal, token: str | None, cmd: UploadModel) -> ModelInserted:
+    if not STAGED_KEY.match(cmd.staged_key):
+        raise InvalidRequest("staged_key must name an upload under staging/")
+    try:
+        return await _upload(deps, principal, token, cmd)
+    finally:
+        try:
+            await deps.objects.delete(BUCKET_ARTIFACTS, cmd.staged_key)
+        except Exception:  # the upload's outcome stands; a leftover staged object is only garbage
+            log.warning("could not delete staged upload %s", cmd.staged_key)
+
+
+async def _upload(deps: RegistryDeps, principal: Principal, token: str | None, cmd: UploadModel) -> ModelInserted:
+    require_user(principal)
+    if not MODEL_NAME.match(cmd.name):
+        raise InvalidRequest(f"invalid model name {cmd.name!r}: use 1-63 ASCII letters, digits or dashes, starting"
+                             " and ending with a letter or digit (DNS-compliant; '.' and '_' are not allowed)")
+    framework = _framework(cmd)
+    await require_member(deps.membership(token), principal, cmd.workspace_id)
+    input_schema = _decode_schema(cmd.input_schema or cmd.conversion.input_schema, "input_schema")
+    output_schema = _decode_schema(cmd.output_schema or cmd.conversion.output_schema, "output_schema")
+    if cmd.visibility not in ("public", "private"):
+        raise InvalidRequest("visibility must be 'public' or 'private'")
+    with tempfile.TemporaryDirectory(prefix="railyard-upload-") as folder:
+        local = Path(folder) / "model"
+        try:
+            sha, size = await deps.objects.download_to(BUCKET_ARTIFACTS, cmd.staged_key, local)
+        except NotFound:
+            raise InvalidRequest("the uploaded file was not found (upload it through models/upload_and_convert)"
+                                 ) from None
+        if size == 0:
+            raise InvalidRequest("the uploaded file is empty")
+        runtime = None
+        if framework in CHECKED:
+            result = await run_worker(deps.settings, "inspect", framework, str(local))
+            if not result["ok"]:
+                raise InvalidRequest(f"{framework} model rejected: {result['error']}")
+            runtime = result["runtime"]
+            if "input_schema" in result:
+                input_schema = base64.b64decode(result["input_schema"])
+                output_schema = base64.b64decode(result["output_schema"])
+    key = content_key(sha)
+    if not await deps.objects.exists(BUCKET_ARTIFACTS, key):
+        await deps.objects.copy(BUCKET_ARTIFACTS, cmd.staged_key, key)
+    model_version = uuid.uuid4()
+    status = "ready" if framework in CHECKED else "converting"
+    async with deps.pool.acquire() as conn, conn.transaction():
+        model_id = await store.insert_version(
+            conn, workspace_id=cmd.workspace_id, name=cmd.name, owner=uuid.UUID(principal.user_id),
+            visibility=cmd.visibility, model_version=model_version, file_name=cmd.file_name, framework=framework,
+            runtime=runtime, status=status, sha=sha if status == "ready" else None, source_sha=sha, size=size,
+            input_schema=input_schema, output_schema=output_schema,
+            conversion=cmd.conversion.model_dump(exclude={"input_schema", "output_schema"}),
+        )
+    await deps.publish(subjects.EVENT_MODEL_UPLOADED, ModelUploaded(
+        workspace_id=cmd.workspace_id, model_id=model_id, model_version=model_version, name=cmd.name,
+        framework=framework, status=status))
+    if status == "converting":
+        deps.spawn(convert_version(deps, model_version, sha, cmd.workspace_id, model_id))
+    return ModelInserted(insert_models={"returning": [{"models": [{"id": model_id}]}]})
+
+
+async def convert_version(deps: RegistryDeps, model_version: uuid.UUID, source_sha: str, workspace_id: int,
+                          model_id: int) -> None:
+    """Convert a version's uploaded file to ONNX in the limited worker; mark it ready or error."""
+    async with deps.conversions:
+        result: dict[str, Any]
+        with tempfile.TemporaryDirectory(prefix="railyard-convert-") as folder:
+            source, target = Path(folder) / "source", Path(folder) / "model.onnx"
+            try:
+                sha, _ = await deps.objects.download_to(BUCKET_ARTIFACTS, content_key(source_sha), source)
+            except RailyardError as exc:
+                sha, result = "", {"ok": False, "error": f"the uploaded file is gone: {exc.msg}"}
+            else:
+                if sha != source_sha:
+                    result = {"ok": False, "error": "the stored upload does not match its sha256"}
+                else:
+                    result = await run_worker(deps.settings, "convert", "sklearn", str(source), str(target))
+            if result["ok"]:
+                with target.open("rb") as handle:
+                    stored = await deps.objects.put_content_addressed(BUCKET_ARTIFACTS, handle)
+                await store.finish_version(
+                    deps.pool, model_version, status="ready", error=None, sha=stored.sha256, runtime="onnx",
+                    input_schema=base64.b64decode(result["input_schema"]),
+                    output_schema=base64.b64decode(result["output_schema"]))
+            else:
+                await store.finish_version(deps.pool, model_version, status="error", error=result["error"],
+                                           sha=None, runtime=None, input_schema=None, output_schema=None)
+    log.info("conversion of %s finished: %s", model_version, "ready" if result["ok"] else result["error"])
+    await deps.publish(subjects.EVENT_MODEL_VERSION_FINISHED, ModelVersionFinished(
+        workspace_id=workspace_id, model_id=model_id, model_version=model_version,
+        status="ready" if result["ok"] else "error", error=None if result["ok"] else result["error"]))
+
+
+async def resume_conversions(deps: RegistryDeps) -> None:
+    """Conversions cut short by a restart start again."""
+    for row in await store.converting_versions(deps.pool):
+        deps.spawn(convert_version(deps, row["model_version"], row["source_sha"], row["workspace_id"],
+                                   row["model_id"]))
+
+
+# --- reading ------------------------------------------------------------------------------------------
+
+
+def _ts(value) -> str:
+    return value.isoformat()
+
+
+async def _visible_model(deps: RegistryDeps, principal: Principal, token: str | None, model_id: int):
+    row = await store.model(deps.pool, model_id)
+    if row is None:
+        raise NotFound(f"model {model_id} not found")
+    try:
+        await require_member(deps.membership(token), principal, row["workspace_id"])
+    except NotFound:
+        raise NotFound(f"model {model_id} not found") from None
+    return row
+
+
+def _version_record(row) -> ModelVersionRecord:
+    return ModelVersionRecord(
+        sha=row["sha"], models_pk_id=row["model_id"], model_version=str(row["model_version"]),
+        owner_id=str(row["owner_id"]), model_id=row["name"], id=row["model_id"], file_name=row["file_name"],
+        status=row["status"], framework=row["framework"], runtime=row["runtime"], error=row["error"])
+
+
+async def list_models(deps: RegistryDeps, principal: Principal, token: str | None, workspace_id: int) -> ModelList:
+    await require_member(deps.membership(token), principal, workspace_id)
+    rows = await store.models_in(deps.pool, workspace_id)
+    return ModelList(models=[ModelSummary(id=r["id"], name=r["name"], owner_id=str(r["owner_id"]),
+                                          created_at=_ts(r["created_at"]), updated_at=_ts(r["updated_at"]))
+                             for r in rows])
+
+
+async def get_model_by_id(deps: RegistryDeps, principal: Principal, token: str | None, model_id: int) -> ModelDetails:
+    row = await _visible_model(deps, principal, token, model_id)
+    return ModelDetails(id=row["id"], owner_id=str(row["owner_id"]), workspace_id=row["workspace_id"],
+                        name=row["name"], updated_at=_ts(row["updated_at"]), created_at=_ts(row["created_at"]),
+                        model_config=json.loads(row["model_config"]) if row["model_config"] else None)
+
+
+async def list_versions(deps: RegistryDeps, principal: Principal, token: str | None, models_pk_id: int,
+                        name: str | None) -> ModelVersions:
+    row = await _visible_model(deps, principal, token, models_pk_id)
+    if name is not None and name != row["name"]:
+        raise NotFound(f"model {models_pk_id} is not named {name!r}")
+    return ModelVersions(versions=[_version_record(v) for v in await store.versions(deps.pool, models_pk_id)])
+
+
+async def get_model_config(deps: RegistryDeps, principal: Principal, token: str | None, model_id: int) -> ModelConfig:
+    row = await _visible_model(deps, principal, token, model_id)
+    return ModelConfig(model_config=json.loads(row["model_config"]) if row["model_config"] else None)
+
+
+async def get_model(deps: RegistryDeps, principal: Principal, token: str | None, model_id: int) -> ModelWithVersions:
+    row = await _visible_model(deps, principal, token, model_id)
+    return ModelWithVersions(
+        id=row["id"], name=row["name"], owner_id=str(row["owner_id"]), created_at=_ts(row["created_at"]),
+        updated_at=_ts(row["updated_at"]),
+        models=[_version_record(v) for v in await store.versions(deps.pool, model_id)])

@@ -1,1 +1,76 @@
 """SQL of the registry service (asyncpg, `$n` parameters only), in schema `registry`."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+
+VERSION_COLUMNS = ("v.id AS version_pk, v.model_id, v.model_version, v.owner_id, v.file_name, v.framework, v.runtime,"
+                   " v.status, v.error, v.sha, v.source_sha, v.size, v.input_schema, v.output_schema, v.conversion,"
+                   " v.model_config, v.created_at, m.name, m.workspace_id")
+
+
+async def insert_version(
+    conn: asyncpg.Connection, *, workspace_id: int, name: str, owner: uuid.UUID, visibility: str,
+    model_version: uuid.UUID, file_name: str, framework: str, runtime: str | None, status: str, sha: str | None,
+    source_sha: str, size: int, input_schema: bytes | None, output_schema: bytes | None,
+    conversion: dict[str, Any],
+) -> int:
+    """Create the model (or touch the existing one of that name) and add a version; returns the model id."""
+    model_id = await conn.fetchval(
+        "INSERT INTO models (workspace_id, name, owner_id, visibility) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (workspace_id, name) DO UPDATE SET updated_at = now() RETURNING id",
+        workspace_id, name, owner, visibility,
+    )
+    await conn.execute(
+        "INSERT INTO model_versions (model_id, model_version, owner_id, file_name, framework, runtime, status, sha,"
+        " source_sha, size, input_schema, output_schema, conversion)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb)",
+        model_id, model_version, owner, file_name, framework, runtime, status, sha, source_sha, size,
+        input_schema, output_schema, json.dumps(conversion),
+    )
+    return model_id
+
+
+async def finish_version(pool: asyncpg.Pool, model_version: uuid.UUID, *, status: str, error: str | None,
+                         sha: str | None, runtime: str | None, input_schema: bytes | None,
+                         output_schema: bytes | None) -> None:
+    await pool.execute(
+        "UPDATE model_versions SET status = $2, error = $3, sha = $4, runtime = $5, input_schema = $6,"
+        " output_schema = $7 WHERE model_version = $1",
+        model_version, status, error, sha, runtime, input_schema, output_schema,
+    )
+
+
+async def converting_versions(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        f"SELECT {VERSION_COLUMNS} FROM model_versions v JOIN models m ON m.id = v.model_id"
+        " WHERE v.status = 'converting' ORDER BY v.id")
+
+
+async def models_in(pool: asyncpg.Pool, workspace_id: int) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT id, name, owner_id, workspace_id, created_at, updated_at FROM models WHERE workspace_id = $1"
+        " ORDER BY id DESC", workspace_id)
+
+
+async def model(pool: asyncpg.Pool, model_id: int) -> asyncpg.Record | None:
+    return await pool.fetchrow(
+        "SELECT m.id, m.name, m.owner_id, m.workspace_id, m.created_at, m.updated_at,"
+        " (SELECT v.model_config FROM model_versions v WHERE v.model_id = m.id ORDER BY v.id DESC LIMIT 1)"
+        "   AS model_config"
+        " FROM models m WHERE m.id = $1", model_id)
+
+
+async def versions(pool: asyncpg.Pool, model_id: int) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        f"SELECT {VERSION_COLUMNS} FROM model_versions v JOIN models m ON m.id = v.model_id"
+        " WHERE v.model_id = $1 ORDER BY v.id", model_id)
+
+
+async def version_count_with_sha(pool: asyncpg.Pool, sha: str) -> int:
+    return await pool.fetchval(
+        "SELECT count(*) FROM model_versions WHERE sha = $1 OR source_sha = $1", sha)

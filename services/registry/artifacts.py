@@ -1,0 +1,211 @@
+"""Checking and converting uploaded model files, run in a separate, time- and memory-limited process
+(`python -m services.registry.artifacts inspect|convert ...`): loading a model or unpickling a user's
+file never happens inside the registry service itself.
+
+Prints one JSON object: `{"ok": true, ...}` or `{"ok": false, "error": "<reason a user can act on>"}`.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import json
+import os
+import posixpath
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+MAX_ZIP_ENTRIES = 10_000
+MAX_ZIP_UNCOMPRESSED = 4 * 1024**3
+MAX_COMPRESSION_RATIO = 200
+MAX_SCRIPT_BYTES = 1024 * 1024
+
+
+class Rejected(Exception):
+    """The file is not acceptable; the message says why."""
+
+
+def _schema_b64(schema) -> str:
+    return base64.b64encode(schema.serialize().to_pybytes()).decode()
+
+
+_ONNX_TO_ARROW = {
+    "tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64", "tensor(int32)": "int32",
+    "tensor(int16)": "int16", "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32", "tensor(uint64)": "uint64", "tensor(bool)": "bool", "tensor(string)": "string",
+    "tensor(float16)": "float16",
+}
+
+
+def _arrow_field(name: str, onnx_type: str, shape: list) -> Any:
+    """One ONNX input/output as an Arrow column: the first dimension is the row, the others the tensor."""
+    import pyarrow as pa
+
+    if onnx_type not in _ONNX_TO_ARROW:
+        raise Rejected(f"{name}: ONNX type {onnx_type} is not supported")
+    arrow_type = pa.type_for_alias(_ONNX_TO_ARROW[onnx_type])
+    for dim in reversed(shape[1:]):
+        arrow_type = pa.list_(arrow_type, dim) if isinstance(dim, int) and dim > 0 else pa.list_(arrow_type)
+    return pa.field(name, arrow_type, metadata={"onnx_shape": json.dumps([d if isinstance(d, int) else None
+                                                                           for d in shape])})
+
+
+def inspect_onnx(path: Path) -> dict[str, Any]:
+    import onnx
+    import onnxruntime as ort
+    import pyarrow as pa
+    from google.protobuf.message import DecodeError
+
+    if path.stat().st_size == 0:
+        raise Rejected("the file is empty")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError):
+        raise Rejected("not an ONNX model (the file does not parse as an ONNX protobuf)") from None
+    if not model.graph.node:
+        raise Rejected("not an ONNX model (the graph has no nodes)")
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if onnx.external_data_helper.uses_external_data(tensor):
+            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+            normalized = posixpath.normpath(location.replace("\\", "/"))
+            if location.startswith(("/", "\\")) or normalized.startswith("..") or ":" in location:
+                raise Rejected(f"tensor {tensor.name!r} points at external data {location!r} outside the model's"
+                               " folder")
+            raise Rejected(f"tensor {tensor.name!r} keeps its data in an external file ({location!r}); upload a"
+                           " single self-contained .onnx file")
+    supported = onnx.defs.onnx_opset_version()
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > supported:
+            raise Rejected(f"opset {opset.version} is newer than the supported {supported}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented classes
+        first = str(exc).replace(str(path), path.name).strip().splitlines()[0][:300]
+        raise Rejected(f"onnxruntime cannot load the model: {first}") from None
+    inputs = pa.schema([_arrow_field(i.name, i.type, i.shape) for i in session.get_inputs()])
+    outputs = pa.schema([_arrow_field(o.name, o.type, o.shape) for o in session.get_outputs()])
+    return {"runtime": "onnx", "input_schema": _schema_b64(inputs), "output_schema": _schema_b64(outputs)}
+
+
+def inspect_python(path: Path) -> dict[str, Any]:
+    if path.stat().st_size > MAX_SCRIPT_BYTES:
+        raise Rejected(f"a Python step script may be at most {MAX_SCRIPT_BYTES} bytes")
+    try:
+        tree = ast.parse(path.read_bytes(), filename=path.name)
+    except SyntaxError as exc:
+        raise Rejected(f"Python syntax error at line {exc.lineno}: {exc.msg}") from None
+    except ValueError:
+        raise Rejected("not a Python script (it contains NUL bytes)") from None
+    names = {node.name for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
+    if "wallaroo_json" not in names:
+        raise Rejected("a Python step must define a top-level function `wallaroo_json(data)`")
+    return {"runtime": "python"}
+
+
+def _base_names(node: ast.ClassDef) -> set[str]:
+    names = set()
+    for base in node.bases:
+        if isinstance(base, ast.Name):
+            names.add(base.id)
+        elif isinstance(base, ast.Attribute):
+            names.add(base.attr)
+    return names
+
+
+def inspect_custom(path: Path) -> dict[str, Any]:
+    """Bring-your-own-predict: a zip of scripts, artifacts and requirements.txt."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError):
+        raise Rejected("not a zip archive") from None
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > MAX_ZIP_ENTRIES:
+            raise Rejected(f"the archive has {len(infos)} entries; at most {MAX_ZIP_ENTRIES} are allowed")
+        total = 0
+        for info in infos:
+            name = info.filename
+            normalized = posixpath.normpath(name.replace("\\", "/"))
+            if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or normalized.startswith(".."):
+                raise Rejected(f"archive entry {name!r} would be written outside the model's folder")
+            total += info.file_size
+            if total > MAX_ZIP_UNCOMPRESSED:
+                raise Rejected(f"the archive unpacks to more than {MAX_ZIP_UNCOMPRESSED} bytes")
+            if info.compress_size and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO:
+                raise Rejected(f"archive entry {name!r} is compressed more than {MAX_COMPRESSION_RATIO}:1")
+        files = [i for i in infos if not i.is_dir()]
+        if not any(posixpath.basename(i.filename) == "requirements.txt" for i in files):
+            raise Rejected("the archive has no requirements.txt")
+        bases: set[str] = set()
+        for info in files:
+            if info.filename.endswith(".py") and info.file_size <= MAX_SCRIPT_BYTES:
+                try:
+                    tree = ast.parse(archive.read(info), filename=info.filename)
+                except (SyntaxError, ValueError) as exc:
+                    raise Rejected(f"{info.filename}: Python syntax error: {getattr(exc, 'msg', exc)}") from None
+                for node in ast.walk(tree):
+                    if isinstance(node, ast.ClassDef):
+                        bases |= _base_names(node)
+        missing = {"Inference", "InferenceBuilder"} - bases
+        if missing:
+            raise Rejected("the archive needs classes that extend Inference and InferenceBuilder"
+                           f" (missing: {', '.join(sorted(missing))})")
+    return {"runtime": "custom"}
+
+
+def convert_sklearn(source: Path, target: Path) -> dict[str, Any]:
+    """Unpickle a scikit-learn model (in this limited process only) and convert it to ONNX."""
+    import pickle
+
+    from skl2onnx import convert_sklearn as to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
+    try:
+        with source.open("rb") as handle:
+            model = pickle.load(handle)  # noqa: S301 - this process exists to contain exactly this
+    except Exception as exc:  # any unpickling failure is the user's file
+        raise Rejected(f"cannot unpickle the model: {type(exc).__name__}: {str(exc)[:200]}") from None
+    features = getattr(model, "n_features_in_", None)
+    if not isinstance(features, int):
+        raise Rejected("not a fitted scikit-learn model (no n_features_in_)")
+    options = {id(model): {"zipmap": False}} if hasattr(model, "predict_proba") else None
+    try:
+        onx = to_onnx(model, initial_types=[("tensor", FloatTensorType([None, features]))], options=options,
+                      target_opset=17)
+    except Exception as exc:  # skl2onnx raises many kinds for unsupported estimators
+        raise Rejected(f"skl2onnx cannot convert {type(model).__name__}: {str(exc)[:200]}") from None
+    target.write_bytes(onx.SerializeToString())
+    result = inspect_onnx(target)
+    result["converted_from"] = type(model).__name__
+    return result
+
+
+INSPECTORS = {"onnx": inspect_onnx, "python": inspect_python, "custom": inspect_custom}
+
+
+def main(argv: list[str]) -> int:
+    try:
+        if argv[0] == "inspect":
+            framework, path = argv[1], Path(argv[2])
+            result = INSPECTORS[framework](path)
+        elif argv[0] == "convert":
+            result = convert_sklearn(Path(argv[2]), Path(argv[3]))
+        else:
+            raise Rejected(f"unknown command {argv[0]!r}")
+    except Rejected as exc:
+        print(json.dumps({"ok": False, "error": str(exc)}))
+        return 0
+    except MemoryError:
+        print(json.dumps({"ok": False, "error": "the model needs more memory than the registry allows"}))
+        return 0
+    print(json.dumps({"ok": True, **result}))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,146 @@
+"""Messages of the registry service: model uploads, models and their versions.
+
+Field names and reply shapes follow the seed's "Model Management" section.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pydantic import ConfigDict, Field
+
+from shared.messages.base import Command, Event, Message
+
+
+class Conversion(Message):
+    """How an uploaded file becomes something the engine runs."""
+
+    model_config = ConfigDict(extra="ignore")  # clients send extra hints (e.g. accelerator); they are not needed
+
+    framework: str
+    python_version: str | None = None
+    requirements: list[str] = Field(default_factory=list)
+    input_schema: str | None = None
+    output_schema: str | None = None
+
+
+class UploadModel(Command):
+    """Register a file already staged in object storage (the gateway streams it there) as a model version."""
+
+    workspace_id: int
+    name: str
+    visibility: str = "private"
+    conversion: Conversion
+    input_schema: str | None = None
+    output_schema: str | None = None
+    staged_key: str = Field(description="Key of the uploaded bytes in the artifacts bucket, under staging/.")
+    file_name: str
+
+
+class ModelInserted(Message):
+    """`{"insert_models": {"returning": [{"models": [{"id": N}]}]}}` as the seed answers."""
+
+    insert_models: dict[str, Any]
+
+
+class ListModels(Command):
+    workspace_id: int
+
+
+class ModelSummary(Message):
+    id: int
+    name: str
+    owner_id: str
+    created_at: str
+    updated_at: str
+
+
+class ModelList(Message):
+    models: list[ModelSummary]
+
+
+class GetModelById(Command):
+    id: int
+
+
+class ModelDetails(Message):
+    id: int
+    owner_id: str
+    workspace_id: int
+    name: str
+    updated_at: str
+    created_at: str
+    model_config_: Any = Field(None, alias="model_config", serialization_alias="model_config")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ListModelVersions(Command):
+    model_id: str | None = Field(None, description="The model's name.")
+    models_pk_id: int
+
+
+class ModelVersionRecord(Message):
+    sha: str | None
+    models_pk_id: int
+    model_version: str
+    owner_id: str
+    model_id: str
+    id: int
+    file_name: str
+    image_path: str | None = None
+    status: str
+    framework: str
+    runtime: str | None
+    error: str | None = None
+
+
+class ModelVersions(Message):
+    """The versions, oldest first (the gateway answers with the bare list, as the seed does)."""
+
+    versions: list[ModelVersionRecord]
+
+
+class GetModelConfig(Command):
+    model_id: int
+
+
+class ModelConfig(Message):
+    model_config_: Any = Field(None, alias="model_config", serialization_alias="model_config")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class GetModel(Command):
+    id: int
+
+
+class ModelWithVersions(Message):
+    id: int
+    name: str
+    owner_id: str
+    created_at: str
+    updated_at: str
+    models: list[ModelVersionRecord]
+
+
+class ModelUploaded(Event):
+    """A new model version exists (ready, or converting)."""
+
+    workspace_id: int
+    model_id: int
+    model_version: uuid.UUID
+    name: str
+    framework: str
+    status: str
+
+
+class ModelVersionFinished(Event):
+    """A conversion ended: the version is ready or in error."""
+
+    workspace_id: int
+    model_id: int
+    model_version: uuid.UUID
+    status: str
+    error: str | None = None

@@ -1,0 +1,59 @@
+"""Small real models for tests and benchmarks, made here with scikit-learn and skl2onnx (nothing is
+downloaded): a credit-card-fraud-like 29-feature regressor as ONNX, and the same as a pickle."""
+
+from __future__ import annotations
+
+import pickle
+from functools import cache
+
+import numpy as np
+
+FEATURES = 29
+
+
+@cache
+def _fitted():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(42)
+    x = rng.normal(size=(2000, FEATURES)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 3] - x[:, 7] > 0).astype(int)
+    return LogisticRegression(max_iter=500).fit(x, y), x
+
+
+def sample_rows(n: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, FEATURES)).astype(np.float32)
+
+
+@cache
+def ccfraud_onnx() -> bytes:
+    """ONNX: input `tensor` float[N,29] -> `dense_1` float[N,1] (probability of fraud)."""
+    import onnx
+    from onnx import helper
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    model, _ = _fitted()
+    onx = convert_sklearn(model, initial_types=[("tensor", FloatTensorType([None, FEATURES]))],
+                          options={id(model): {"zipmap": False}}, target_opset=17)
+    # keep only the probability of class 1, as dense_1 [N, 1]
+    graph = onx.graph
+    prob = next(o.name for o in graph.output if "prob" in o.name)
+    starts = helper.make_tensor("starts", onnx.TensorProto.INT64, [1], [1])
+    ends = helper.make_tensor("ends", onnx.TensorProto.INT64, [1], [2])
+    axes = helper.make_tensor("axes", onnx.TensorProto.INT64, [1], [1])
+    graph.initializer.extend([starts, ends, axes])
+    graph.node.append(helper.make_node("Slice", [prob, "starts", "ends", "axes"], ["dense_1"]))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("dense_1", onnx.TensorProto.FLOAT, [None, 1]))
+    return onx.SerializeToString()
+
+
+def ccfraud_pickle() -> bytes:
+    model, _ = _fitted()
+    return pickle.dumps(model)
+
+
+def sklearn_predict_proba(rows: np.ndarray) -> np.ndarray:
+    model, _ = _fitted()
+    return model.predict_proba(rows)[:, 1:2]
