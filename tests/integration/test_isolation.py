@@ -7,22 +7,42 @@ fails `test_every_route_is_classified`, so no new route can skip this suite.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import httpx
 import pytest
+import requests
 
 from tests.integration.conftest import Account, post
+from tests.models import ccfraud_onnx
 
 pytestmark = pytest.mark.integration
 
-# path -> body built from (victim, intruder); the body names the victim's workspace
-WORKSPACE_ROUTES: dict[str, Callable[[Account, Account], dict]] = {
-    "users/query": lambda victim, intruder: {"workspace_id": victim.workspace_id},
-    "workspaces/add_user": lambda victim, intruder: {"email": intruder.email, "workspace_id": victim.workspace_id},
-    "workspaces/list_users": lambda victim, intruder: {"workspace_id": victim.workspace_id},
-    "workspaces/remove_user": lambda victim, intruder: {"user_id": victim.user_id,
-                                                        "workspace_id": victim.workspace_id},
+# path -> body built from (victim, intruder, victim's model id); the body names the victim's workspace or
+# one of its resources
+WORKSPACE_ROUTES: dict[str, Callable[[Account, Account, int], dict]] = {
+    "users/query": lambda victim, intruder, model: {"workspace_id": victim.workspace_id},
+    "workspaces/add_user": lambda victim, intruder, model: {"email": intruder.email,
+                                                            "workspace_id": victim.workspace_id},
+    "workspaces/list_users": lambda victim, intruder, model: {"workspace_id": victim.workspace_id},
+    "workspaces/remove_user": lambda victim, intruder, model: {"user_id": victim.user_id,
+                                                               "workspace_id": victim.workspace_id},
+    "models/list": lambda victim, intruder, model: {"workspace_id": victim.workspace_id},
+    "models/get_by_id": lambda victim, intruder, model: {"id": model},
+    "models/list_versions": lambda victim, intruder, model: {"models_pk_id": model},
+    "models/get_config_by_id": lambda victim, intruder, model: {"model_id": model},
+    "models/get": lambda victim, intruder, model: {"id": model},
+}
+
+# multipart routes: path -> (form fields, files) naming the victim's workspace
+UPLOAD_ROUTES: dict[str, Callable[[Account], tuple[dict, dict]]] = {
+    "models/upload_and_convert": lambda victim: ({}, {
+        "metadata": (None, json.dumps({"name": "intruder-model", "visibility": "public",
+                                       "workspace_id": victim.workspace_id, "conversion": {"framework": "onnx"}})),
+        "file": ("m.onnx", ccfraud_onnx())}),
+    "models/upload_stream": lambda victim: ({"name": "intruder-model", "workspace_id": victim.workspace_id},
+                                            {"file": ("m.onnx", ccfraud_onnx())}),
 }
 
 # routes that take no workspace id: scoped to the caller (or admin-only, tested in their own files)
@@ -32,36 +52,60 @@ NOT_WORKSPACE_SCOPED = {
 }
 
 
-def _state(victim: Account) -> tuple:
+@pytest.fixture
+def victim_model(stack, alice) -> int:
+    response = requests.post(
+        f"{stack.api}/models/upload_stream", files={"file": ("m.onnx", ccfraud_onnx())},
+        data={"name": "victim-model", "workspace_id": alice.workspace_id},
+        headers={"Authorization": f"Bearer {alice.token}"}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()["insert_models"]["returning"][0]["models"][0]["id"]
+
+
+def _state(stack, victim: Account) -> tuple:
     members = victim.client.post("workspaces/list_users", {"workspace_id": victim.workspace_id})["users"]
     workspaces = victim.client.post("workspaces/list", {})["workspaces"]
-    return (sorted((u["user_id"], u["user_type"]) for u in members), workspaces)
+    models = victim.client.post("models/list", {"workspace_id": victim.workspace_id})["models"]
+    return (sorted((u["user_id"], u["user_type"]) for u in members), workspaces, models)
 
 
 def test_every_route_is_classified(stack):
     spec = httpx.get(f"{stack.api}/openapi.json").json()
     routes = {path.removeprefix("/v1/api/") for path in spec["paths"] if path.startswith("/v1/api/")}
     routes.discard("health")
-    unclassified = routes - set(WORKSPACE_ROUTES) - NOT_WORKSPACE_SCOPED
+    unclassified = routes - set(WORKSPACE_ROUTES) - set(UPLOAD_ROUTES) - NOT_WORKSPACE_SCOPED
     assert not unclassified, f"add these routes to the isolation suite: {sorted(unclassified)}"
 
 
 @pytest.mark.parametrize("path", sorted(WORKSPACE_ROUTES))
-def test_foreign_workspace_is_not_found_and_unchanged(stack, alice, bob, path):
-    before = _state(alice)
-    response = post(stack, path, bob.token, WORKSPACE_ROUTES[path](alice, bob))
+def test_foreign_workspace_is_not_found_and_unchanged(stack, alice, bob, victim_model, path):
+    before = _state(stack, alice)
+    response = post(stack, path, bob.token, WORKSPACE_ROUTES[path](alice, bob, victim_model))
     assert not 200 <= response.status_code < 300, response.text
     assert response.status_code == 404 and response.json()["code"] == "not_found", response.text
-    assert _state(alice) == before
+    assert _state(stack, alice) == before
+
+
+@pytest.mark.parametrize("path", sorted(UPLOAD_ROUTES))
+def test_uploads_into_a_foreign_workspace_are_not_found_and_leave_nothing(stack, alice, bob, path):
+    from tests.integration.test_registry import artifact_keys
+
+    before, keys = _state(stack, alice), artifact_keys(stack)
+    data, files = UPLOAD_ROUTES[path](alice)
+    response = requests.post(f"{stack.api}/{path}", data=data, files=files,
+                             headers={"Authorization": f"Bearer {bob.token}"}, timeout=60)
+    assert response.status_code == 404 and response.json()["code"] == "not_found", response.text
+    assert _state(stack, alice) == before
+    assert artifact_keys(stack) == keys
 
 
 @pytest.mark.parametrize("path", sorted(WORKSPACE_ROUTES))
-def test_inference_tokens_cannot_reach_workspace_routes(stack, alice, path):
+def test_inference_tokens_cannot_reach_workspace_routes(stack, alice, victim_model, path):
     secrets = stack.secrets()
     token = httpx.post(f"{stack.base_url}/auth/realms/master/protocol/openid-connect/token",
                        data={"grant_type": "client_credentials"},
                        auth=(secrets["client_id"], secrets["client_secret"])).json()["access_token"]
-    response = post(stack, path, token, WORKSPACE_ROUTES[path](alice, alice))
+    response = post(stack, path, token, WORKSPACE_ROUTES[path](alice, alice, victim_model))
     assert response.status_code == 403
 
 
