@@ -71,6 +71,7 @@ class RegistrySettings(BaseModel):
 
     worker_timeout: float = Field(300.0, description="Seconds a check or conversion process may run.")
     worker_memory_mb: int = Field(4096, description="Address-space limit of a check or conversion process.")
+    secrets_key: str = Field("", description="Fernet key for connection details and registry tokens at rest.")
 
 
 class StackSettings(BaseModel):

@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
@@ -51,6 +51,7 @@ class Route:
     reply: Any
     summary: str
     unwrap: str | None = None  # answer with this field of the reply (the seed answers some routes with a list)
+    status: int = 200  # 204 answers with no body, as the seed shows for deletions
 
 
 R = Route
@@ -80,6 +81,20 @@ JSON_ROUTES: list[Route] = [R(*spec) for spec in [
      "Get a model's configuration."),
     ("/models/get", subjects.REGISTRY_MODELS_GET, reg.GetModel, reg.ModelWithVersions,
      "Get a model with its versions."),
+    ("/connections/create", subjects.REGISTRY_CONNECTIONS_CREATE, reg.CreateConnection, reg.ConnectionId,
+     "Create a data connection."),
+    ("/connections/add_to_workspace", subjects.REGISTRY_CONNECTIONS_ADD_TO_WORKSPACE, reg.AddConnectionToWorkspace,
+     reg.ConnectionId, "Attach a connection to a workspace."),
+    ("/connections/list", subjects.REGISTRY_CONNECTIONS_LIST, reg.ListConnections, reg.Connections,
+     "List a workspace's connections (secret fields masked)."),
+    ("/connections/get", subjects.REGISTRY_CONNECTIONS_GET, reg.GetConnection, reg.ConnectionRecord,
+     "Get a connection by name."),
+    ("/connections/get_by_id", subjects.REGISTRY_CONNECTIONS_GET_BY_ID, reg.GetConnectionById, reg.ConnectionRecord,
+     "Get a connection by id."),
+    ("/connections/remove_from_workspace", subjects.REGISTRY_CONNECTIONS_REMOVE_FROM_WORKSPACE,
+     reg.RemoveConnectionFromWorkspace, None, "Detach a connection from a workspace (204).", None, 204),
+    ("/connections/delete", subjects.REGISTRY_CONNECTIONS_DELETE, reg.DeleteConnection, None,
+     "Delete a connection attached to no workspace (204; 409 while attached).", None, 204),
 ]]
 
 
@@ -222,7 +237,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     for route in JSON_ROUTES:
         app.post(f"{API}{route.path}", tags=[route.path.split("/")[1]], summary=route.summary,
-                 response_model=route.reply, openapi_extra=_request_schema(route.model))(
+                 response_model=route.reply, status_code=route.status, openapi_extra=_request_schema(route.model))(
             _forwarding_endpoint(runtime, route, user_caller, timeout))
 
     @app.get("/", include_in_schema=False)
@@ -302,6 +317,8 @@ def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable, timeout:
             where = ".".join(str(p) for p in first.get("loc", ())) or "body"
             raise InvalidRequest(f"{where}: {first.get('msg', 'invalid')}") from None
         reply = await handlers.forward(runtime.broker, route.subject, command, bearer_token(request), timeout)
+        if route.status == 204:
+            return Response(status_code=204)
         return reply[route.unwrap] if route.unwrap else reply
 
     endpoint.__name__ = route.subject.replace(".", "_")

@@ -8,13 +8,23 @@ from pathlib import Path
 from faststream.nats import NatsRouter
 
 from services.registry import handlers
+from services.registry.connections import ConnectionService
 from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
-from shared.bus import CallContext, command, publish_event
+from shared.bus import CallContext, command, publish_event, request
 from shared.messages.registry import (
+    AddConnectionToWorkspace,
+    ConnectionId,
+    ConnectionRecord,
+    Connections,
+    CreateConnection,
+    DeleteConnection,
+    GetConnection,
+    GetConnectionById,
     GetModel,
     GetModelById,
     GetModelConfig,
+    ListConnections,
     ListModels,
     ListModelVersions,
     ModelConfig,
@@ -23,8 +33,11 @@ from shared.messages.registry import (
     ModelList,
     ModelVersions,
     ModelWithVersions,
+    NoContent,
+    RemoveConnectionFromWorkspace,
     UploadModel,
 )
+from shared.secretbox import SecretBox
 from shared.service import Runtime, ServiceSpec
 
 NAME = "registry"
@@ -69,6 +82,45 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """A model with its versions."""
         return await handlers.get_model(deps(), await caller(ctx), ctx.token, cmd.id)
 
+    def connections() -> ConnectionService:
+        return runtime.extras["connections"]
+
+    @command(router, subjects.REGISTRY_CONNECTIONS_CREATE, service=NAME)
+    async def create_connection(cmd: CreateConnection, ctx: CallContext) -> ConnectionId:
+        """Create a data connection."""
+        return await connections().create(await caller(ctx), cmd)
+
+    @command(router, subjects.REGISTRY_CONNECTIONS_ADD_TO_WORKSPACE, service=NAME)
+    async def add_connection(cmd: AddConnectionToWorkspace, ctx: CallContext) -> ConnectionId:
+        """Attach a connection to a workspace."""
+        return await connections().add_to_workspace(await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.REGISTRY_CONNECTIONS_LIST, service=NAME)
+    async def list_connections(cmd: ListConnections, ctx: CallContext) -> Connections:
+        """Connections of a workspace (secrets masked)."""
+        return await connections().list(await caller(ctx), ctx.token, cmd.workspace_id)
+
+    @command(router, subjects.REGISTRY_CONNECTIONS_GET, service=NAME)
+    async def get_connection(cmd: GetConnection, ctx: CallContext) -> ConnectionRecord:
+        """A connection by name."""
+        return await connections().get(await caller(ctx), ctx.token, name=cmd.name)
+
+    @command(router, subjects.REGISTRY_CONNECTIONS_GET_BY_ID, service=NAME)
+    async def get_connection_by_id(cmd: GetConnectionById, ctx: CallContext) -> ConnectionRecord:
+        """A connection by id."""
+        return await connections().get(await caller(ctx), ctx.token, connection_id=cmd.id)
+
+    @command(router, subjects.REGISTRY_CONNECTIONS_REMOVE_FROM_WORKSPACE, service=NAME)
+    async def remove_connection(cmd: RemoveConnectionFromWorkspace, ctx: CallContext) -> NoContent:
+        """Detach a connection from a workspace."""
+        return await connections().remove_from_workspace(await caller(ctx), ctx.token, cmd.workspace_id,
+                                                         cmd.connection_id)
+
+    @command(router, subjects.REGISTRY_CONNECTIONS_DELETE, service=NAME)
+    async def delete_connection(cmd: DeleteConnection, ctx: CallContext) -> NoContent:
+        """Delete a connection attached to no workspace."""
+        return await connections().delete(await caller(ctx), ctx.token, cmd.name)
+
     return router
 
 
@@ -85,7 +137,13 @@ async def start(runtime: Runtime) -> None:
     deps = handlers.RegistryDeps(
         pool=runtime.db, objects=runtime.objects, settings=settings.registry, publish=publish,
         membership=lambda token: bus_membership(broker, token, timeout))
-    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed)
+    async def workspace_name(workspace_id: int, token: str | None) -> str:
+        listed = await request(broker, subjects.AUTH_WORKSPACES_LIST, {}, token=token, timeout=timeout)
+        return next((w["name"] for w in listed["workspaces"] if w["id"] == workspace_id), str(workspace_id))
+
+    service = ConnectionService(runtime.db, SecretBox(settings.registry.secrets_key), deps.membership, workspace_name,
+                                development=settings.env == "development")
+    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, connections=service)
     await handlers.resume_conversions(deps)
 
 

@@ -43,6 +43,7 @@ def find_binary(name: str) -> str:
 
 
 def _generated_secrets() -> dict[str, str]:
+    import base64
     import secrets as rnd
 
     return {
@@ -53,6 +54,7 @@ def _generated_secrets() -> dict[str, str]:
         "admin_password": rnd.token_urlsafe(12),
         "client_id": "api-client",
         "client_secret": rnd.token_urlsafe(24),
+        "secrets_key": base64.urlsafe_b64encode(rnd.token_bytes(32)).decode(),
     }
 
 

@@ -144,3 +144,61 @@ class ModelVersionFinished(Event):
     model_version: uuid.UUID
     status: str
     error: str | None = None
+
+
+# --- data connections (seed section 10) ----------------------------------------------------------------
+
+
+class CreateConnection(Command):
+    """A named connection to an external data store; `details` are kept encrypted."""
+
+    name: str
+    type: str
+    details: dict[str, Any]
+
+
+class ConnectionId(Message):
+    id: str
+
+
+class AddConnectionToWorkspace(Command):
+    workspace_id: int
+    connection_id: str
+
+
+class ListConnections(Command):
+    workspace_id: int
+
+
+class ConnectionRecord(Message):
+    id: str
+    name: str
+    type: str
+    details: dict[str, Any]
+    created_at: str
+    workspace_names: list[str]
+
+
+class Connections(Message):
+    connections: list[ConnectionRecord]
+
+
+class GetConnection(Command):
+    name: str
+
+
+class GetConnectionById(Command):
+    id: str
+
+
+class RemoveConnectionFromWorkspace(Command):
+    workspace_id: int
+    connection_id: str
+
+
+class DeleteConnection(Command):
+    name: str
+
+
+class NoContent(Message):
+    """Answered as HTTP 204."""

@@ -8,6 +8,7 @@ fails `test_every_route_is_classified`, so no new route can skip this suite.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 
 import httpx
@@ -33,6 +34,11 @@ WORKSPACE_ROUTES: dict[str, Callable[[Account, Account, int], dict]] = {
     "models/list_versions": lambda victim, intruder, model: {"models_pk_id": model},
     "models/get_config_by_id": lambda victim, intruder, model: {"model_id": model},
     "models/get": lambda victim, intruder, model: {"id": model},
+    "connections/list": lambda victim, intruder, model: {"workspace_id": victim.workspace_id},
+    "connections/add_to_workspace": lambda victim, intruder, model: {"workspace_id": victim.workspace_id,
+                                                                     "connection_id": str(uuid.uuid4())},
+    "connections/remove_from_workspace": lambda victim, intruder, model: {"workspace_id": victim.workspace_id,
+                                                                          "connection_id": str(uuid.uuid4())},
 }
 
 # multipart routes: path -> (form fields, files) naming the victim's workspace
@@ -49,6 +55,8 @@ UPLOAD_ROUTES: dict[str, Callable[[Account], tuple[dict, dict]]] = {
 NOT_WORKSPACE_SCOPED = {
     "users/invite", "users/deactivate", "users/activate", "users/update_password", "workspaces/list",
     "workspaces/create", "features/list",
+    # connections are found by name or id; their visibility rules are tested in test_connections.py
+    "connections/create", "connections/get", "connections/get_by_id", "connections/delete",
 }
 
 

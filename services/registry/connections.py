@@ -1,0 +1,166 @@
+"""Data connections: named, typed, encrypted details, attached to workspaces (seed section 10).
+
+Who sees a connection: its creator, and the members of the workspaces it is attached to; to anyone else it
+does not exist (404). Details come back whole from get/get_by_id; list responses mask secret-looking fields.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import uuid
+from typing import Any
+
+import asyncpg
+
+from shared.authz import Principal, require_member, require_user
+from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.messages.registry import (
+    AddConnectionToWorkspace,
+    ConnectionId,
+    ConnectionRecord,
+    Connections,
+    CreateConnection,
+    NoContent,
+)
+from shared.urlcheck import METADATA_HOSTS, check_outbound_url
+
+SECRET_KEY = re.compile(r"pass|secret|token|key|credential|private|auth", re.IGNORECASE)
+URL_KEYS = {"url", "uri", "endpoint"}
+MAX_DETAILS = 64 * 1024
+MASK = "********"
+
+
+def _mask(details: Any) -> Any:
+    if isinstance(details, dict):
+        return {k: (MASK if SECRET_KEY.search(str(k)) else _mask(v)) for k, v in details.items()}
+    if isinstance(details, list):
+        return [_mask(v) for v in details]
+    return details
+
+
+async def _check_details(details: dict[str, Any], development: bool) -> None:
+    if len(json.dumps(details)) > MAX_DETAILS:
+        raise InvalidRequest(f"details may be at most {MAX_DETAILS} bytes of JSON")
+    for key, value in details.items():
+        if not isinstance(value, str):
+            continue
+        if key.lower() in URL_KEYS and "://" in value:
+            await check_outbound_url(value, development=development, what=f"details.{key}")
+        if key.lower() == "host":
+            host = value.strip().lower()
+            if host in METADATA_HOSTS:
+                raise InvalidRequest("details.host: cloud metadata hosts are not allowed")
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                continue
+            if address.is_link_local:
+                raise InvalidRequest("details.host: link-local and cloud metadata addresses are not allowed")
+
+
+def _record(row: asyncpg.Record, details: dict[str, Any]) -> ConnectionRecord:
+    return ConnectionRecord(id=str(row["id"]), name=row["name"], type=row["type"], details=details,
+                            created_at=row["created_at"].isoformat(), workspace_names=list(row["workspace_names"]))
+
+
+class ConnectionService:
+    """The connection handlers, over the registry's pool, secret box and membership lookups."""
+
+    QUERY = ("SELECT c.id, c.name, c.type, c.details_encrypted, c.owner_id, c.created_at,"
+             " COALESCE(array_agg(w.workspace_name ORDER BY w.workspace_name) FILTER (WHERE w.id IS NOT NULL), '{}')"
+             "   AS workspace_names,"
+             " COALESCE(array_agg(w.workspace_id) FILTER (WHERE w.id IS NOT NULL), '{}') AS workspace_ids"
+             " FROM connections c LEFT JOIN connection_workspaces w ON w.connection_id = c.id")
+
+    def __init__(self, pool: asyncpg.Pool, box, membership, workspace_name, development: bool) -> None:
+        self.pool = pool
+        self.box = box
+        self.membership = membership  # token -> MembershipLookup
+        self.workspace_name = workspace_name  # (workspace_id, token) -> name
+        self.development = development
+
+    async def _visible(self, principal: Principal, token: str | None, where: str, value: Any) -> asyncpg.Record:
+        require_user(principal)
+        row = await self.pool.fetchrow(f"{self.QUERY} WHERE {where} GROUP BY c.id", value)
+        if row is None:
+            raise NotFound("connection not found")
+        if str(row["owner_id"]) == principal.user_id:
+            return row
+        lookup = self.membership(token)
+        for workspace_id in row["workspace_ids"]:
+            if await lookup(principal.user_id, workspace_id) is not None:
+                return row
+        raise NotFound("connection not found")
+
+    async def create(self, principal: Principal, cmd: CreateConnection) -> ConnectionId:
+        require_user(principal)
+        if not cmd.name.strip() or len(cmd.name) > 200:
+            raise InvalidRequest("name must be 1-200 characters")
+        await _check_details(cmd.details, self.development)
+        connection_id = uuid.uuid4()
+        try:
+            await self.pool.execute(
+                "INSERT INTO connections (id, name, type, details_encrypted, owner_id) VALUES ($1, $2, $3, $4, $5)",
+                connection_id, cmd.name, cmd.type, self.box.seal(cmd.details), uuid.UUID(principal.user_id))
+        except asyncpg.UniqueViolationError:
+            raise Conflict(f"a connection named {cmd.name!r} already exists") from None
+        return ConnectionId(id=str(connection_id))
+
+    async def add_to_workspace(self, principal: Principal, token: str | None,
+                               cmd: AddConnectionToWorkspace) -> ConnectionId:
+        await require_member(self.membership(token), principal, cmd.workspace_id)
+        row = await self._visible(principal, token, "c.id = $1", _uuid(cmd.connection_id))
+        name = await self.workspace_name(cmd.workspace_id, token)
+        link = await self.pool.fetchval(
+            "INSERT INTO connection_workspaces (id, connection_id, workspace_id, workspace_name)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (connection_id, workspace_id) DO UPDATE SET workspace_name ="
+            " EXCLUDED.workspace_name RETURNING id",
+            uuid.uuid4(), row["id"], cmd.workspace_id, name)
+        return ConnectionId(id=str(link))
+
+    async def list(self, principal: Principal, token: str | None, workspace_id: int) -> Connections:
+        await require_member(self.membership(token), principal, workspace_id)
+        rows = await self.pool.fetch(
+            f"{self.QUERY} WHERE c.id IN (SELECT connection_id FROM connection_workspaces WHERE workspace_id = $1)"
+            " GROUP BY c.id ORDER BY c.created_at", workspace_id)
+        return Connections(connections=[_record(r, _mask(self.box.open(r["details_encrypted"]))) for r in rows])
+
+    async def get(self, principal: Principal, token: str | None, *, name: str | None = None,
+                  connection_id: str | None = None) -> ConnectionRecord:
+        if name is not None:
+            row = await self._visible(principal, token, "c.name = $1", name)
+        else:
+            row = await self._visible(principal, token, "c.id = $1", _uuid(connection_id))
+        return _record(row, self.box.open(row["details_encrypted"]))
+
+    async def remove_from_workspace(self, principal: Principal, token: str | None, workspace_id: int,
+                                    connection_id: str) -> NoContent:
+        await require_member(self.membership(token), principal, workspace_id)
+        status = await self.pool.execute(
+            "DELETE FROM connection_workspaces WHERE connection_id = $1 AND workspace_id = $2",
+            _uuid(connection_id), workspace_id)
+        if status.endswith(" 0"):
+            raise NotFound("connection not found in that workspace")
+        return NoContent()
+
+    async def delete(self, principal: Principal, token: str | None, name: str) -> NoContent:
+        row = await self._visible(principal, token, "c.name = $1", name)
+        if str(row["owner_id"]) != principal.user_id and not principal.admin:
+            raise NotFound("connection not found")
+        if row["workspace_ids"]:
+            raise Conflict(f"connection {name!r} is still attached to {len(row['workspace_ids'])} workspace(s);"
+                           " remove it from them first")
+        try:
+            await self.pool.execute("DELETE FROM connections WHERE id = $1", row["id"])
+        except asyncpg.ForeignKeyViolationError:
+            raise Conflict(f"connection {name!r} was attached to a workspace meanwhile") from None
+        return NoContent()
+
+
+def _uuid(value: str | None) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise NotFound("connection not found") from None

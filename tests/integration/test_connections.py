@@ -1,0 +1,102 @@
+"""Data connections as in the seed's section 10: create, attach, list, get by name and id, detach, delete;
+details encrypted at rest and masked in lists; URL checks; isolation."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import pytest
+
+from tests.integration.conftest import post
+
+pytestmark = pytest.mark.integration
+
+
+def details():
+    return {"type": "service_account", "table": "housepricesaga_inputs", "dataset": "release_testing_2023_2",
+            "private_key": "-----BEGIN PRIVATE KEY-----abc", "password": "hunter22"}
+
+
+def create(stack, account, name=None, extra=None):
+    name = name or f"bigqueryhouseapiinput-{uuid.uuid4().hex[:6]}"
+    response = post(stack, "connections/create", account.token,
+                    {"name": name, "type": "BIGQUERY", "details": {**details(), **(extra or {})}})
+    return name, response
+
+
+def test_connection_life_cycle_as_in_the_seed(stack, alice):
+    name, response = create(stack, alice)
+    assert response.status_code == 200, response.text
+    connection_id = response.json()["id"]
+    assert uuid.UUID(connection_id)
+    attached = post(stack, "connections/add_to_workspace", alice.token,
+                    {"workspace_id": alice.workspace_id, "connection_id": connection_id})
+    assert attached.status_code == 200 and uuid.UUID(attached.json()["id"]) != uuid.UUID(connection_id)
+
+    listed = post(stack, "connections/list", alice.token, {"workspace_id": alice.workspace_id}).json()
+    record = next(c for c in listed["connections"] if c["id"] == connection_id)
+    assert record["name"] == name and record["type"] == "BIGQUERY" and record["workspace_names"]
+    assert record["details"]["table"] == "housepricesaga_inputs"
+    assert record["details"]["password"] == "********" and record["details"]["private_key"] == "********"
+
+    by_name = post(stack, "connections/get", alice.token, {"name": name}).json()
+    by_id = post(stack, "connections/get_by_id", alice.token, {"id": connection_id}).json()
+    assert by_name == by_id and by_name["details"] == details()
+
+    refused = post(stack, "connections/delete", alice.token, {"name": name})
+    assert refused.status_code == 409 and "remove it from them first" in refused.json()["msg"]
+    removed = post(stack, "connections/remove_from_workspace", alice.token,
+                   {"workspace_id": alice.workspace_id, "connection_id": connection_id})
+    assert removed.status_code == 204 and removed.content == b""
+    deleted = post(stack, "connections/delete", alice.token, {"name": name})
+    assert deleted.status_code == 204
+    assert post(stack, "connections/get", alice.token, {"name": name}).status_code == 404
+
+
+async def test_details_are_encrypted_at_rest(stack, alice):
+    name, response = create(stack, alice)
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        stored = await conn.fetchval("SELECT details_encrypted FROM registry.connections WHERE name = $1", name)
+    finally:
+        await conn.close()
+    assert b"hunter22" not in bytes(stored) and b"housepricesaga" not in bytes(stored)
+
+
+def test_duplicate_name_is_409(stack, alice, bob):
+    name, first = create(stack, alice)
+    assert first.status_code == 200
+    _, second = create(stack, bob, name=name)
+    assert second.status_code == 409
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"url": "ftp://files.example.com/x"}, "http or https"),
+    ({"url": "http://169.254.169.254/latest/meta-data"}, "link-local"),
+    ({"endpoint": "http://metadata.google.internal/"}, "metadata"),
+    ({"host": "169.254.169.254"}, "link-local"),
+])
+def test_unsafe_urls_are_refused(stack, alice, extra, message):
+    _, response = create(stack, alice, extra=extra)
+    assert response.status_code == 400 and message in response.json()["msg"], response.text
+
+
+def test_outsiders_cannot_see_attach_or_delete(stack, alice, bob):
+    name, response = create(stack, alice)
+    connection_id = response.json()["id"]
+    post(stack, "connections/add_to_workspace", alice.token,
+         {"workspace_id": alice.workspace_id, "connection_id": connection_id})
+    for path, body in (("connections/get", {"name": name}), ("connections/get_by_id", {"id": connection_id}),
+                       ("connections/delete", {"name": name}),
+                       ("connections/list", {"workspace_id": alice.workspace_id}),
+                       ("connections/add_to_workspace", {"workspace_id": bob.workspace_id,
+                                                         "connection_id": connection_id}),
+                       ("connections/remove_from_workspace", {"workspace_id": alice.workspace_id,
+                                                              "connection_id": connection_id})):
+        response = post(stack, path, bob.token, body)
+        assert response.status_code == 404, (path, response.text)
+    assert post(stack, "connections/get", alice.token, {"name": name}).json()["workspace_names"]
+    # a member of an attached workspace sees it
+    alice.client.post("workspaces/add_user", {"email": bob.email, "workspace_id": alice.workspace_id})
+    assert post(stack, "connections/get", bob.token, {"name": name}).status_code == 200
