@@ -6,6 +6,11 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: run test lint protos bench venv clean
 
+# A real MLflow tracking server for the registry tests, in its own environment (it is an external system to
+# Railyard, and its pins must not decide ours).
+MLFLOW_VENV  := .venv-mlflow
+MLFLOW_STAMP := $(MLFLOW_VENV)/.installed-stamp
+
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 11) else "Railyard needs Python 3.11; $(PYTHON) is %d.%d (set PYTHON=...)" % v)'
 	$(PYTHON) -m venv $(VENV)
@@ -14,13 +19,18 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+$(MLFLOW_STAMP):
+	$(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'mlflow>=3,<4' 'scikit-learn>=1.3'
+	@touch $(MLFLOW_STAMP)
+
 ## Start the embedded stack (NATS, PostgreSQL, S3 and every service) in the foreground.
 run: venv
 	$(BIN)/railyard up
 
 ## The whole test suite against real embedded servers (started by the tests themselves).
-test: venv
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+test: venv $(MLFLOW_STAMP)
+	RAILYARD_TEST_MLFLOW=$(CURDIR)/$(MLFLOW_VENV)/bin/mlflow $(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: venv
 	$(BIN)/ruff check .
@@ -33,4 +43,4 @@ bench: venv
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .railyard
+	rm -rf $(VENV) $(MLFLOW_VENV) .railyard

@@ -52,10 +52,11 @@ class Route:
     summary: str
     unwrap: str | None = None  # answer with this field of the reply (the seed answers some routes with a list)
     status: int = 200  # 204 answers with no body, as the seed shows for deletions
+    long_running: bool = False  # waits as long as a model check may take
 
 
 R = Route
-JSON_ROUTES: list[Route] = [R(*spec) for spec in [
+JSON_ROUTES: list[Route] = [spec if isinstance(spec, Route) else R(*spec) for spec in [
     ("/users/query", subjects.AUTH_USERS_QUERY, m.QueryUsers, m.Users, "Get all users, or by id or workspace."),
     ("/users/invite", subjects.AUTH_USERS_INVITE, m.InviteUser, m.UserInvited, "Invite a user (admin)."),
     ("/users/deactivate", subjects.AUTH_USERS_DEACTIVATE, m.DeactivateUser, m.Empty, "Deactivate a user (admin)."),
@@ -81,6 +82,22 @@ JSON_ROUTES: list[Route] = [R(*spec) for spec in [
      "Get a model's configuration."),
     ("/models/get", subjects.REGISTRY_MODELS_GET, reg.GetModel, reg.ModelWithVersions,
      "Get a model with its versions."),
+    ("/models/create_registry", subjects.REGISTRY_REGISTRIES_CREATE, reg.CreateRegistry, reg.RegistryInWorkspace,
+     "Connect an MLflow model registry to a workspace."),
+    ("/models/attach_registry_to_workspace", subjects.REGISTRY_REGISTRIES_ATTACH, reg.AttachRegistry,
+     reg.RegistryInWorkspace, "Attach a registry to a workspace."),
+    ("/models/remove_registry_from_workspace", subjects.REGISTRY_REGISTRIES_DETACH, reg.AttachRegistry,
+     reg.RegistryInWorkspace, "Detach a registry from a workspace."),
+    ("/models/get_registry", subjects.REGISTRY_REGISTRIES_GET, reg.GetRegistry, reg.RegistryRecord,
+     "Get a registry's details."),
+    ("/models/list_registries", subjects.REGISTRY_REGISTRIES_LIST, reg.ListRegistries, list[reg.RegistryRecord],
+     "List a workspace's registries (tokens masked).", "registries"),
+    ("/models/list_registry_models", subjects.REGISTRY_REGISTRIES_LIST_MODELS, reg.ListRegistryModels,
+     reg.RegistryModels, "List the registered models of a registry (paged with next_page_token)."),
+    ("/models/list_registry_model_version_artifacts", subjects.REGISTRY_REGISTRIES_LIST_ARTIFACTS,
+     reg.ListRegistryArtifacts, list[reg.RegistryArtifact], "List a model version's artifacts.", "artifacts"),
+    Route("/models/upload_from_registry", subjects.REGISTRY_REGISTRIES_UPLOAD, reg.UploadFromRegistry,
+          reg.UploadedFromRegistry, "Copy a registry artifact into a workspace as a model.", long_running=True),
     ("/connections/create", subjects.REGISTRY_CONNECTIONS_CREATE, reg.CreateConnection, reg.ConnectionId,
      "Create a data connection."),
     ("/connections/add_to_workspace", subjects.REGISTRY_CONNECTIONS_ADD_TO_WORKSPACE, reg.AddConnectionToWorkspace,
@@ -316,7 +333,8 @@ def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable, timeout:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first.get("loc", ())) or "body"
             raise InvalidRequest(f"{where}: {first.get('msg', 'invalid')}") from None
-        reply = await handlers.forward(runtime.broker, route.subject, command, bearer_token(request), timeout)
+        wait = timeout + (runtime.settings.registry.worker_timeout if route.long_running else 0)
+        reply = await handlers.forward(runtime.broker, route.subject, command, bearer_token(request), wait)
         if route.status == 204:
             return Response(status_code=204)
         return reply[route.unwrap] if route.unwrap else reply

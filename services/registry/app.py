@@ -9,24 +9,31 @@ from faststream.nats import NatsRouter
 
 from services.registry import handlers
 from services.registry.connections import ConnectionService
+from services.registry.registries import RegistryService, _registry_id
 from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import CallContext, command, publish_event, request
 from shared.messages.registry import (
     AddConnectionToWorkspace,
+    AttachRegistry,
     ConnectionId,
     ConnectionRecord,
     Connections,
     CreateConnection,
+    CreateRegistry,
     DeleteConnection,
     GetConnection,
     GetConnectionById,
     GetModel,
     GetModelById,
     GetModelConfig,
+    GetRegistry,
     ListConnections,
     ListModels,
     ListModelVersions,
+    ListRegistries,
+    ListRegistryArtifacts,
+    ListRegistryModels,
     ModelConfig,
     ModelDetails,
     ModelInserted,
@@ -34,7 +41,14 @@ from shared.messages.registry import (
     ModelVersions,
     ModelWithVersions,
     NoContent,
+    RegistryArtifacts,
+    RegistryInWorkspace,
+    RegistryList,
+    RegistryModels,
+    RegistryRecord,
     RemoveConnectionFromWorkspace,
+    UploadedFromRegistry,
+    UploadFromRegistry,
     UploadModel,
 )
 from shared.secretbox import SecretBox
@@ -121,6 +135,49 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """Delete a connection attached to no workspace."""
         return await connections().delete(await caller(ctx), ctx.token, cmd.name)
 
+    def registries() -> RegistryService:
+        return runtime.extras["registries"]
+
+    @command(router, subjects.REGISTRY_REGISTRIES_CREATE, service=NAME)
+    async def create_registry(cmd: CreateRegistry, ctx: CallContext) -> RegistryInWorkspace:
+        """Connect an MLflow registry to a workspace."""
+        return await registries().create(await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.REGISTRY_REGISTRIES_ATTACH, service=NAME)
+    async def attach_registry(cmd: AttachRegistry, ctx: CallContext) -> RegistryInWorkspace:
+        """Attach a registry to a workspace."""
+        return await registries().attach(await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.REGISTRY_REGISTRIES_DETACH, service=NAME)
+    async def detach_registry(cmd: AttachRegistry, ctx: CallContext) -> RegistryInWorkspace:
+        """Detach a registry from a workspace."""
+        return await registries().detach(await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.REGISTRY_REGISTRIES_GET, service=NAME)
+    async def get_registry(cmd: GetRegistry, ctx: CallContext) -> RegistryRecord:
+        """A registry's details, token included."""
+        return await registries().get(await caller(ctx), ctx.token, _registry_id(cmd.registry_id, cmd.id))
+
+    @command(router, subjects.REGISTRY_REGISTRIES_LIST, service=NAME)
+    async def list_registries(cmd: ListRegistries, ctx: CallContext) -> RegistryList:
+        """The registries of a workspace (tokens masked)."""
+        return await registries().list(await caller(ctx), ctx.token, cmd.workspace_id)
+
+    @command(router, subjects.REGISTRY_REGISTRIES_LIST_MODELS, service=NAME)
+    async def list_registry_models(cmd: ListRegistryModels, ctx: CallContext) -> RegistryModels:
+        """Registered models of a registry, paged."""
+        return await registries().list_models(await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.REGISTRY_REGISTRIES_LIST_ARTIFACTS, service=NAME)
+    async def list_registry_artifacts(cmd: ListRegistryArtifacts, ctx: CallContext) -> RegistryArtifacts:
+        """The artifacts of a model version in a registry."""
+        return await registries().list_artifacts(await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.REGISTRY_REGISTRIES_UPLOAD, service=NAME)
+    async def upload_from_registry(cmd: UploadFromRegistry, ctx: CallContext) -> UploadedFromRegistry:
+        """Copy a registry artifact into a workspace as a model version."""
+        return await registries().upload(await caller(ctx), ctx.token, cmd)
+
     return router
 
 
@@ -141,9 +198,12 @@ async def start(runtime: Runtime) -> None:
         listed = await request(broker, subjects.AUTH_WORKSPACES_LIST, {}, token=token, timeout=timeout)
         return next((w["name"] for w in listed["workspaces"] if w["id"] == workspace_id), str(workspace_id))
 
-    service = ConnectionService(runtime.db, SecretBox(settings.registry.secrets_key), deps.membership, workspace_name,
-                                development=settings.env == "development")
-    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, connections=service)
+    box = SecretBox(settings.registry.secrets_key)
+    development = settings.env == "development"
+    runtime.extras.update(
+        deps=deps, verifier=verifier, verifier_feed=feed,
+        connections=ConnectionService(runtime.db, box, deps.membership, workspace_name, development=development),
+        registries=RegistryService(deps, box, development=development))
     await handlers.resume_conversions(deps)
 
 

@@ -202,3 +202,100 @@ class DeleteConnection(Command):
 
 class NoContent(Message):
     """Answered as HTTP 204."""
+
+
+# --- external model registries (seed section 4) -----------------------------------------------------------
+
+
+class CreateRegistry(Command):
+    """Connect an MLflow registry to a workspace; the token is kept encrypted."""
+
+    workspace_id: int
+    name: str
+    url: str
+    token: str | None = None
+
+
+class RegistryInWorkspace(Message):
+    id: str | None = None
+    registry_id: str | None = None
+    workspace_id: int
+
+
+class AttachRegistry(Command):
+    """Attach (or detach) a registry to a workspace; the seed sends the id as `id` or `registry_id`."""
+
+    workspace_id: int
+    registry_id: str | None = None
+    id: str | None = None
+
+
+class GetRegistry(Command):
+    registry_id: str | None = None
+    id: str | None = None
+
+
+class RegistryRecord(Message):
+    id: str
+    name: str
+    url: str
+    token: str | None
+    created_at: str
+    updated_at: str
+
+
+class ListRegistries(Command):
+    workspace_id: int
+
+
+class RegistryList(Message):
+    """The registries (tokens masked; the gateway answers with the bare list, as the seed does)."""
+
+    registries: list[RegistryRecord]
+
+
+class ListRegistryModels(Command):
+    registry_id: str | None = None
+    id: str | None = None
+    page_token: str | None = None
+    max_results: int = Field(100, ge=1, le=1000)
+
+
+class RegistryModels(Message):
+    next_page_token: str | None
+    registered_models: list[dict[str, Any]]
+
+
+class ListRegistryArtifacts(Command):
+    registry_id: str
+    name: str
+    version: str
+
+
+class RegistryArtifact(Message):
+    file_size: int | None
+    full_path: str
+    is_dir: bool
+    modification_time: int | None
+    path: str
+
+
+class RegistryArtifacts(Message):
+    artifacts: list[RegistryArtifact]
+
+
+class UploadFromRegistry(Command):
+    """Copy an artifact (a `full_path` from the artifacts listing) into a workspace as a model version."""
+
+    registry_id: str
+    name: str
+    path: str
+    visibility: str = "private"
+    workspace_id: int
+    conversion: Conversion
+    input_schema: str | None = None
+    output_schema: str | None = None
+
+
+class UploadedFromRegistry(Message):
+    model_id: int

@@ -35,6 +35,16 @@ WORKSPACE_ROUTES: dict[str, Callable[[Account, Account, int], dict]] = {
     "models/get_config_by_id": lambda victim, intruder, model: {"model_id": model},
     "models/get": lambda victim, intruder, model: {"id": model},
     "connections/list": lambda victim, intruder, model: {"workspace_id": victim.workspace_id},
+    "models/list_registries": lambda victim, intruder, model: {"workspace_id": victim.workspace_id},
+    "models/create_registry": lambda victim, intruder, model: {"workspace_id": victim.workspace_id, "name": "x",
+                                                               "url": "https://registry.example.com", "token": "t"},
+    "models/attach_registry_to_workspace": lambda victim, intruder, model: {"workspace_id": victim.workspace_id,
+                                                                           "registry_id": str(uuid.uuid4())},
+    "models/remove_registry_from_workspace": lambda victim, intruder, model: {"workspace_id": victim.workspace_id,
+                                                                             "registry_id": str(uuid.uuid4())},
+    "models/upload_from_registry": lambda victim, intruder, model: {
+        "registry_id": str(uuid.uuid4()), "name": "x", "path": "x", "workspace_id": victim.workspace_id,
+        "conversion": {"framework": "sklearn"}},
     "connections/add_to_workspace": lambda victim, intruder, model: {"workspace_id": victim.workspace_id,
                                                                      "connection_id": str(uuid.uuid4())},
     "connections/remove_from_workspace": lambda victim, intruder, model: {"workspace_id": victim.workspace_id,
@@ -57,6 +67,8 @@ NOT_WORKSPACE_SCOPED = {
     "workspaces/create", "features/list",
     # connections are found by name or id; their visibility rules are tested in test_connections.py
     "connections/create", "connections/get", "connections/get_by_id", "connections/delete",
+    # registries are found by id; their visibility rules are tested in test_mlflow_registry.py
+    "models/get_registry", "models/list_registry_models", "models/list_registry_model_version_artifacts",
 }
 
 

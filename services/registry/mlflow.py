@@ -1,0 +1,124 @@
+"""A small client for an MLflow tracking server's REST API: registered models, model-version download URIs
+and the artifact proxy (`mlflow-artifacts`). Every request's URL is checked first (shared.urlcheck) and
+redirects are not followed, so a registry cannot steer the platform to internal addresses.
+
+MLflow 3 stores a version's `source` as `models:/m-<id>` (a logged model) and answers get-download-uri with
+an `mlflow-artifacts:/<path>` URI; both are resolved to artifact-proxy paths here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote, urlparse
+
+import httpx
+
+from shared.errors import InvalidRequest, NotFound, Unavailable
+from shared.urlcheck import check_outbound_url
+
+ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
+MAX_LISTED = 1000
+
+
+class MlflowRegistry:
+    """One MLflow server, reached with an optional bearer token."""
+
+    def __init__(self, url: str, token: str | None, *, development: bool, timeout: float = 30.0) -> None:
+        self.base = url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.development = development
+        self.timeout = timeout
+
+    async def _get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        url = await check_outbound_url(f"{self.base}{path}", development=self.development, what="registry url")
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
+                response = await client.get(url, params=params, headers=self.headers)
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"the registry did not answer: {type(exc).__name__}") from None
+        if response.status_code == 404:
+            raise NotFound("not found in the registry")
+        if response.status_code in (401, 403):
+            raise InvalidRequest("the registry refused the token")
+        if response.status_code >= 400:
+            raise Unavailable(f"the registry answered {response.status_code}")
+        try:
+            return response.json()
+        except ValueError:
+            raise Unavailable("the registry's answer is not JSON") from None
+
+    async def search_models(self, page_token: str | None, max_results: int) -> dict[str, Any]:
+        params: dict[str, Any] = {"max_results": max_results}
+        if page_token:
+            params["page_token"] = page_token
+        body = await self._get("/api/2.0/mlflow/registered-models/search", params)
+        models = []
+        for model in body.get("registered_models", []):
+            models.append({
+                "name": model.get("name"),
+                "user_id": model.get("user_id"),
+                "latest_versions": [_version(v) for v in model["latest_versions"]] if model.get("latest_versions")
+                else None,
+                "creation_timestamp": model.get("creation_timestamp"),
+                "last_updated_timestamp": model.get("last_updated_timestamp"),
+            })
+        return {"next_page_token": body.get("next_page_token") or None, "registered_models": models}
+
+    async def _artifact_root(self, name: str, version: str) -> str:
+        """The artifact-proxy path of a model version's files."""
+        uri = (await self._get("/api/2.0/mlflow/model-versions/get-download-uri",
+                               {"name": name, "version": version})).get("artifact_uri", "")
+        if uri.startswith("models:/"):
+            model_id = uri.removeprefix("models:/").split("/")[0]
+            logged = await self._get(f"/api/2.0/mlflow/logged-models/{quote(model_id)}")
+            uri = logged.get("model", {}).get("info", {}).get("artifact_uri", "")
+        if uri.startswith("mlflow-artifacts:"):
+            parsed = urlparse(uri)
+            return parsed.path.lstrip("/")
+        raise InvalidRequest(f"artifacts stored at {uri.split(':')[0] or 'an unknown place'}: are not reachable"
+                             " through the registry's artifact proxy (run `mlflow server` with artifact serving)")
+
+    async def list_artifacts(self, name: str, version: str) -> list[dict[str, Any]]:
+        root = await self._artifact_root(name, version)
+        found: list[dict[str, Any]] = []
+        folders = [root]
+        while folders and len(found) < MAX_LISTED:
+            folder = folders.pop(0)
+            listing = await self._get(ARTIFACTS_API, {"path": folder})
+            for entry in listing.get("files", []):
+                relative = f"{folder}/{entry['path'].split('/')[-1]}"
+                found.append({
+                    "file_size": entry.get("file_size"),
+                    "full_path": f"{self.base}{ARTIFACTS_API}/{quote(relative)}",
+                    "is_dir": bool(entry.get("is_dir")),
+                    "modification_time": None,
+                    "path": f"/{relative}",
+                })
+                if entry.get("is_dir"):
+                    folders.append(relative)
+        return found
+
+    async def download(self, full_path: str) -> AsyncIterator[bytes]:
+        """Stream one artifact; only paths under this registry's artifact proxy are fetched."""
+        if not full_path.startswith(f"{self.base}{ARTIFACTS_API}/"):
+            raise InvalidRequest("path must be a full_path from list_registry_model_version_artifacts of this"
+                                 " registry")
+        url = await check_outbound_url(full_path, development=self.development, what="path")
+        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
+            async with client.stream("GET", url, headers=self.headers) as response:
+                if response.status_code == 404:
+                    raise NotFound("artifact not found in the registry")
+                if response.status_code >= 400:
+                    raise Unavailable(f"the registry answered {response.status_code}")
+                async for chunk in response.aiter_bytes(1024 * 1024):
+                    yield chunk
+
+
+def _version(version: dict[str, Any]) -> dict[str, Any]:
+    keys = ("name", "description", "version", "status", "run_id", "run_link", "source", "current_stage",
+            "creation_timestamp", "last_updated_timestamp")
+    record = {key: version.get(key) for key in keys}
+    record["description"] = record["description"] or None
+    record["run_link"] = record["run_link"] or None
+    return record

@@ -1,0 +1,150 @@
+"""External model registries (MLflow), seed section 4: connect, attach to workspaces, browse, and copy a
+version's artifact into a workspace as a model.
+
+Who sees a registry: its creator and the members of the workspaces it is attached to (404 otherwise). The
+token is stored encrypted; get_registry returns it to those who may see the registry, list responses never.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import asyncpg
+
+from services.registry import handlers
+from services.registry.mlflow import MlflowRegistry
+from shared.authz import Principal, require_member, require_user
+from shared.errors import InvalidRequest, NotFound
+from shared.messages.registry import (
+    AttachRegistry,
+    CreateRegistry,
+    ListRegistryArtifacts,
+    ListRegistryModels,
+    RegistryArtifact,
+    RegistryArtifacts,
+    RegistryInWorkspace,
+    RegistryList,
+    RegistryModels,
+    RegistryRecord,
+    UploadedFromRegistry,
+    UploadFromRegistry,
+    UploadModel,
+)
+from shared.objectstore import BUCKET_ARTIFACTS
+from shared.urlcheck import check_outbound_url
+
+MASK = "********"
+
+
+def _registry_id(*candidates: str | None) -> uuid.UUID:
+    value = next((c for c in candidates if c), None)
+    if value is None:
+        raise InvalidRequest("registry_id is required")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise NotFound("registry not found") from None
+
+
+class RegistryService:
+    """The registry handlers, over the registry service's pool, secret box and membership lookups."""
+
+    QUERY = ("SELECT r.id, r.name, r.url, r.token_encrypted, r.owner_id, r.created_at, r.updated_at,"
+             " COALESCE(array_agg(w.workspace_id) FILTER (WHERE w.workspace_id IS NOT NULL), '{}') AS workspace_ids"
+             " FROM registries r LEFT JOIN registry_workspaces w ON w.registry_id = r.id")
+
+    def __init__(self, deps: handlers.RegistryDeps, box, development: bool,
+                 client: Callable[..., MlflowRegistry] = MlflowRegistry) -> None:
+        self.deps = deps
+        self.pool: asyncpg.Pool = deps.pool
+        self.box = box
+        self.development = development
+        self.client = client
+
+    def _record(self, row: asyncpg.Record, *, reveal: bool) -> RegistryRecord:
+        token = self.box.open(row["token_encrypted"]) if row["token_encrypted"] is not None else None
+        return RegistryRecord(id=str(row["id"]), name=row["name"], url=row["url"],
+                              token=token if reveal or token is None else MASK,
+                              created_at=row["created_at"].isoformat(), updated_at=row["updated_at"].isoformat())
+
+    async def _visible(self, principal: Principal, token: str | None, registry_id: uuid.UUID) -> asyncpg.Record:
+        require_user(principal)
+        row = await self.pool.fetchrow(f"{self.QUERY} WHERE r.id = $1 GROUP BY r.id", registry_id)
+        if row is None:
+            raise NotFound("registry not found")
+        if str(row["owner_id"]) == principal.user_id:
+            return row
+        lookup = self.deps.membership(token)
+        for workspace_id in row["workspace_ids"]:
+            if await lookup(principal.user_id, workspace_id) is not None:
+                return row
+        raise NotFound("registry not found")
+
+    def _mlflow(self, row: asyncpg.Record) -> MlflowRegistry:
+        token = self.box.open(row["token_encrypted"]) if row["token_encrypted"] is not None else None
+        return self.client(row["url"], token, development=self.development)
+
+    async def create(self, principal: Principal, token: str | None, cmd: CreateRegistry) -> RegistryInWorkspace:
+        await require_member(self.deps.membership(token), principal, cmd.workspace_id)
+        if not cmd.name.strip():
+            raise InvalidRequest("name is required")
+        url = await check_outbound_url(cmd.url.strip(), development=self.development)
+        registry_id = uuid.uuid4()
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO registries (id, name, url, token_encrypted, owner_id) VALUES ($1, $2, $3, $4, $5)",
+                registry_id, cmd.name, url, self.box.seal(cmd.token) if cmd.token else None,
+                uuid.UUID(principal.user_id))
+            await conn.execute("INSERT INTO registry_workspaces (registry_id, workspace_id) VALUES ($1, $2)",
+                               registry_id, cmd.workspace_id)
+        return RegistryInWorkspace(id=str(registry_id), workspace_id=cmd.workspace_id)
+
+    async def attach(self, principal: Principal, token: str | None, cmd: AttachRegistry) -> RegistryInWorkspace:
+        await require_member(self.deps.membership(token), principal, cmd.workspace_id)
+        row = await self._visible(principal, token, _registry_id(cmd.registry_id, cmd.id))
+        await self.pool.execute("INSERT INTO registry_workspaces (registry_id, workspace_id) VALUES ($1, $2)"
+                                " ON CONFLICT DO NOTHING", row["id"], cmd.workspace_id)
+        return RegistryInWorkspace(registry_id=str(row["id"]), workspace_id=cmd.workspace_id)
+
+    async def detach(self, principal: Principal, token: str | None, cmd: AttachRegistry) -> RegistryInWorkspace:
+        await require_member(self.deps.membership(token), principal, cmd.workspace_id)
+        row = await self._visible(principal, token, _registry_id(cmd.registry_id, cmd.id))
+        await self.pool.execute("DELETE FROM registry_workspaces WHERE registry_id = $1 AND workspace_id = $2",
+                                row["id"], cmd.workspace_id)
+        return RegistryInWorkspace(registry_id=str(row["id"]), workspace_id=cmd.workspace_id)
+
+    async def get(self, principal: Principal, token: str | None, registry_id: uuid.UUID) -> RegistryRecord:
+        return self._record(await self._visible(principal, token, registry_id), reveal=True)
+
+    async def list(self, principal: Principal, token: str | None, workspace_id: int) -> RegistryList:
+        await require_member(self.deps.membership(token), principal, workspace_id)
+        rows = await self.pool.fetch(
+            f"{self.QUERY} WHERE r.id IN (SELECT registry_id FROM registry_workspaces WHERE workspace_id = $1)"
+            " GROUP BY r.id ORDER BY r.created_at", workspace_id)
+        return RegistryList(registries=[self._record(r, reveal=False) for r in rows])
+
+    async def list_models(self, principal: Principal, token: str | None, cmd: ListRegistryModels) -> RegistryModels:
+        row = await self._visible(principal, token, _registry_id(cmd.registry_id, cmd.id))
+        return RegistryModels(**await self._mlflow(row).search_models(cmd.page_token, cmd.max_results))
+
+    async def list_artifacts(self, principal: Principal, token: str | None,
+                             cmd: ListRegistryArtifacts) -> RegistryArtifacts:
+        row = await self._visible(principal, token, _registry_id(cmd.registry_id))
+        found = await self._mlflow(row).list_artifacts(cmd.name, cmd.version)
+        return RegistryArtifacts(artifacts=[RegistryArtifact(**a) for a in found])
+
+    async def upload(self, principal: Principal, token: str | None, cmd: UploadFromRegistry) -> UploadedFromRegistry:
+        await require_member(self.deps.membership(token), principal, cmd.workspace_id)
+        row = await self._visible(principal, token, _registry_id(cmd.registry_id))
+        staged = f"staging/{uuid.uuid4()}"
+        try:
+            await self.deps.objects.put_stream(BUCKET_ARTIFACTS, staged, self._mlflow(row).download(cmd.path))
+        except BaseException:
+            await self.deps.objects.delete(BUCKET_ARTIFACTS, staged)
+            raise
+        inserted = await handlers.upload_model(self.deps, principal, token, UploadModel(
+            workspace_id=cmd.workspace_id, name=cmd.name, visibility=cmd.visibility, conversion=cmd.conversion,
+            input_schema=cmd.input_schema, output_schema=cmd.output_schema, staged_key=staged,
+            file_name=cmd.path.rstrip("/").split("/")[-1]))
+        return UploadedFromRegistry(model_id=inserted.insert_models["returning"][0]["models"][0]["id"])

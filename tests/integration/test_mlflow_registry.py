@@ -1,0 +1,184 @@
+"""External model registries against a real `mlflow server` on 127.0.0.1 (MLflow 3, from .venv-mlflow
+which `make test` prepares): connect, attach, browse with paging, list artifacts, upload a version."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.integration.conftest import post
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+REGISTER = textwrap.dedent("""
+    import mlflow, numpy as np, sys
+    from sklearn.linear_model import LogisticRegression
+    mlflow.set_tracking_uri(sys.argv[1])
+    x = np.random.default_rng(0).normal(size=(200, 4)); y = (x[:, 0] > 0).astype(int)
+    for name in ("wine-quality", "housing", "churn"):
+        with mlflow.start_run():
+            mlflow.sklearn.log_model(LogisticRegression().fit(x, y), name="model", registered_model_name=name,
+                                     serialization_format="pickle")
+""")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_url(tmp_path_factory):
+    binary = os.environ.get("RAILYARD_TEST_MLFLOW") or str(REPO / ".venv-mlflow" / "bin" / "mlflow")
+    if not Path(binary).exists():
+        pytest.fail(f"no MLflow at {binary}: run the suite with `make test`, which prepares .venv-mlflow")
+    folder = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(folder / "server.log", "wb")  # noqa: SIM115 - the server writes to it while it runs
+    server = subprocess.Popen([binary, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                               "--backend-store-uri", f"sqlite:///{folder}/db.sqlite",
+                               "--artifacts-destination", str(folder / "artifacts")],
+                              cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, (folder / "server.log").read_text()[-2000:]
+            time.sleep(0.3)
+        python = str(Path(binary).parent / "python")
+        subprocess.run([python, "-c", REGISTER, url], check=True, capture_output=True, timeout=180, cwd=folder)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+
+
+@pytest.fixture
+def registry(stack, alice, mlflow_url) -> str:
+    response = post(stack, "models/create_registry", alice.token,
+                    {"workspace_id": alice.workspace_id, "name": "sample registry", "url": mlflow_url,
+                     "token": "abcdefg"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["workspace_id"] == alice.workspace_id
+    return body["id"]
+
+
+def test_registry_details_and_workspaces(stack, alice, bob, registry, mlflow_url):
+    details = post(stack, "models/get_registry", alice.token, {"registry_id": registry}).json()
+    assert details["id"] == registry and details["url"] == mlflow_url and details["token"] == "abcdefg"
+    assert details["created_at"] and details["updated_at"]
+    listed = post(stack, "models/list_registries", alice.token, {"workspace_id": alice.workspace_id}).json()
+    assert isinstance(listed, list) and listed[0]["id"] == registry and listed[0]["token"] != "abcdefg"
+    assert post(stack, "models/get_registry", bob.token, {"registry_id": registry}).status_code == 404
+    other = alice.client.post("workspaces/create", {"workspace_name": f"second-{uuid.uuid4().hex[:8]}"})
+    attached = post(stack, "models/attach_registry_to_workspace", alice.token,
+                    {"id": registry, "workspace_id": other["workspace_id"]}).json()
+    assert attached == {"registry_id": registry, "workspace_id": other["workspace_id"], "id": None}
+    assert [r["id"] for r in post(stack, "models/list_registries", alice.token,
+                                  {"workspace_id": other["workspace_id"]}).json()] == [registry]
+    post(stack, "models/remove_registry_from_workspace", alice.token,
+         {"registry_id": registry, "workspace_id": other["workspace_id"]})
+    assert post(stack, "models/list_registries", alice.token, {"workspace_id": other["workspace_id"]}).json() == []
+
+
+def test_list_registry_models_pages(stack, alice, registry):
+    first = post(stack, "models/list_registry_models", alice.token,
+                 {"registry_id": registry, "max_results": 2}).json()
+    assert len(first["registered_models"]) == 2 and first["next_page_token"]
+    second = post(stack, "models/list_registry_models", alice.token,
+                  {"registry_id": registry, "max_results": 2, "page_token": first["next_page_token"]}).json()
+    names = {m["name"] for m in first["registered_models"] + second["registered_models"]}
+    assert names == {"wine-quality", "housing", "churn"} and second["next_page_token"] is None
+    wine = next(m for m in first["registered_models"] + second["registered_models"] if m["name"] == "wine-quality")
+    version = wine["latest_versions"][0]
+    assert version["version"] == "1" and version["status"] == "READY"
+    assert version["source"].startswith("models:/m-")  # MLflow 3's logged-model source
+
+
+def test_artifacts_and_upload_from_registry(stack, alice, registry, mlflow_url):
+    artifacts = post(stack, "models/list_registry_model_version_artifacts", alice.token,
+                     {"registry_id": registry, "name": "wine-quality", "version": "1"}).json()
+    by_name = {a["path"].split("/")[-1]: a for a in artifacts}
+    assert {"MLmodel", "model.pkl", "requirements.txt"} <= set(by_name)
+    pickle_artifact = by_name["model.pkl"]
+    assert pickle_artifact["full_path"].startswith(mlflow_url) and pickle_artifact["file_size"] > 0
+    assert pickle_artifact["is_dir"] is False
+    response = post(stack, "models/upload_from_registry", alice.token, {
+        "registry_id": registry, "name": "uploaded-model-name", "path": pickle_artifact["full_path"],
+        "visibility": "public", "workspace_id": alice.workspace_id,
+        "conversion": {"framework": "sklearn", "requirements": []}})
+    assert response.status_code == 200, response.text
+    model_id = response.json()["model_id"]
+    deadline = time.monotonic() + 60
+    while (version := post(stack, "models/list_versions", alice.token, {"models_pk_id": model_id}).json()[0]
+           )["status"] == "converting":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert version["status"] == "ready" and version["runtime"] == "onnx", version
+    assert version["file_name"] == "model.pkl"
+
+
+@pytest.mark.parametrize("path", ["http://127.0.0.1:1/elsewhere/model.pkl", "file:///etc/passwd"])
+def test_upload_from_a_path_outside_the_registry_is_refused(stack, alice, registry, path):
+    response = post(stack, "models/upload_from_registry", alice.token, {
+        "registry_id": registry, "name": "nope", "path": path, "workspace_id": alice.workspace_id,
+        "conversion": {"framework": "sklearn"}})
+    assert response.status_code == 400 and "full_path" in response.json()["msg"]
+
+
+@pytest.mark.parametrize("url, message", [
+    ("ftp://registry.example.com", "http or https"),
+    ("http://169.254.169.254/", "link-local"),
+    ("http://metadata.google.internal/", "metadata"),
+])
+def test_unsafe_registry_urls_are_refused(stack, alice, url, message):
+    response = post(stack, "models/create_registry", alice.token,
+                    {"workspace_id": alice.workspace_id, "name": "bad", "url": url, "token": "x"})
+    assert response.status_code == 400 and message in response.json()["msg"]
+
+
+def test_outsiders_cannot_use_a_registry(stack, bob, registry):
+    for path, body in (("models/list_registry_models", {"registry_id": registry}),
+                       ("models/list_registry_model_version_artifacts",
+                        {"registry_id": registry, "name": "wine-quality", "version": "1"}),
+                       ("models/upload_from_registry", {"registry_id": registry, "name": "x", "path": "x",
+                                                        "workspace_id": bob.workspace_id,
+                                                        "conversion": {"framework": "sklearn"}})):
+        assert post(stack, path, bob.token, body).status_code == 404, path
+
+
+def test_registry_token_is_encrypted_at_rest(stack, registry):
+    import asyncio
+
+    import asyncpg
+
+    async def stored() -> bytes:
+        conn = await asyncpg.connect(stack.settings().postgres.dsn)
+        try:
+            return bytes(await conn.fetchval("SELECT token_encrypted FROM registry.registries WHERE id = $1",
+                                             uuid.UUID(registry)))
+        finally:
+            await conn.close()
+
+    assert b"abcdefg" not in asyncio.run(stored())
+
+
+
