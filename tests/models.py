@@ -57,3 +57,30 @@ def ccfraud_pickle() -> bytes:
 def sklearn_predict_proba(rows: np.ndarray) -> np.ndarray:
     model, _ = _fitted()
     return model.predict_proba(rows)[:, 1:2]
+
+
+@cache
+def _xgb():
+    import xgboost
+
+    _, x = _fitted()
+    y = (x[:, 0] + 0.5 * x[:, 3] - x[:, 7] > 0).astype(int)
+    return xgboost.XGBClassifier(n_estimators=20, max_depth=3).fit(x, y)
+
+
+def xgboost_pickle() -> bytes:
+    return pickle.dumps(_xgb())
+
+
+def xgboost_json() -> bytes:
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.json"
+        _xgb().save_model(str(path))
+        return path.read_bytes()
+
+
+def xgboost_predict_proba(rows: np.ndarray) -> np.ndarray:
+    return _xgb().predict_proba(rows)[:, 1:2]

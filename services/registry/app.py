@@ -202,7 +202,8 @@ async def start(runtime: Runtime) -> None:
     development = settings.env == "development"
     runtime.extras.update(
         deps=deps, verifier=verifier, verifier_feed=feed,
-        connections=ConnectionService(runtime.db, box, deps.membership, workspace_name, development=development),
+        connections=ConnectionService(runtime.db, box, deps.membership, workspace_name, development=development,
+                                      publish=publish),
         registries=RegistryService(deps, box, development=development))
     await handlers.resume_conversions(deps)
 

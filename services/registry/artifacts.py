@@ -157,18 +157,54 @@ def inspect_custom(path: Path) -> dict[str, Any]:
     return {"runtime": "custom"}
 
 
-def convert_sklearn(source: Path, target: Path) -> dict[str, Any]:
-    """Unpickle a scikit-learn model (in this limited process only) and convert it to ONNX."""
+def _unpickle(source: Path) -> Any:
     import pickle
-
-    from skl2onnx import convert_sklearn as to_onnx
-    from skl2onnx.common.data_types import FloatTensorType
 
     try:
         with source.open("rb") as handle:
-            model = pickle.load(handle)  # noqa: S301 - this process exists to contain exactly this
+            return pickle.load(handle)  # noqa: S301 - this process exists to contain exactly this
     except Exception as exc:  # any unpickling failure is the user's file
         raise Rejected(f"cannot unpickle the model: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def convert_xgboost(source: Path, target: Path) -> dict[str, Any]:
+    """An XGBoost model (a pickled XGBClassifier/XGBRegressor, or XGBoost's own JSON/UBJSON model file)
+    converted to ONNX with onnxmltools (its XGBoost converter supports opset 15)."""
+    import xgboost
+    from onnxmltools.convert import convert_xgboost as to_onnx
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    head = source.read_bytes()[:2]
+    if head[:1] in (b"{", b"["):  # XGBoost's JSON or UBJSON model file
+        try:
+            model = xgboost.Booster(model_file=str(source))
+        except xgboost.core.XGBoostError as exc:
+            raise Rejected(f"not an XGBoost model file: {str(exc).splitlines()[0][:200]}") from None
+        features = model.num_features()
+    else:
+        model = _unpickle(source)
+        if not isinstance(model, xgboost.XGBModel | xgboost.Booster):
+            raise Rejected(f"not an XGBoost model (found {type(model).__name__})")
+        features = model.num_features() if isinstance(model, xgboost.Booster) else getattr(model, "n_features_in_",
+                                                                                           None)
+    if not isinstance(features, int) or features < 1:
+        raise Rejected("the XGBoost model does not say how many features it takes (is it fitted?)")
+    try:
+        onx = to_onnx(model, initial_types=[("tensor", FloatTensorType([None, features]))], target_opset=15)
+    except Exception as exc:  # onnxmltools raises many kinds for unsupported objectives
+        raise Rejected(f"onnxmltools cannot convert this XGBoost model: {str(exc)[:200]}") from None
+    target.write_bytes(onx.SerializeToString())
+    result = inspect_onnx(target)
+    result["converted_from"] = type(model).__name__
+    return result
+
+
+def convert_sklearn(source: Path, target: Path) -> dict[str, Any]:
+    """Unpickle a scikit-learn model (in this limited process only) and convert it to ONNX."""
+    from skl2onnx import convert_sklearn as to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
+    model = _unpickle(source)
     features = getattr(model, "n_features_in_", None)
     if not isinstance(features, int):
         raise Rejected("not a fitted scikit-learn model (no n_features_in_)")
@@ -185,6 +221,7 @@ def convert_sklearn(source: Path, target: Path) -> dict[str, Any]:
 
 
 INSPECTORS = {"onnx": inspect_onnx, "python": inspect_python, "custom": inspect_custom}
+CONVERTERS = {"sklearn": convert_sklearn, "xgboost": convert_xgboost}
 
 
 def main(argv: list[str]) -> int:
@@ -193,7 +230,7 @@ def main(argv: list[str]) -> int:
             framework, path = argv[1], Path(argv[2])
             result = INSPECTORS[framework](path)
         elif argv[0] == "convert":
-            result = convert_sklearn(Path(argv[2]), Path(argv[3]))
+            result = CONVERTERS[argv[1]](Path(argv[2]), Path(argv[3]))
         else:
             raise Rejected(f"unknown command {argv[0]!r}")
     except Rejected as exc:

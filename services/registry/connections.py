@@ -14,10 +14,12 @@ from typing import Any
 
 import asyncpg
 
+from shared import subjects
 from shared.authz import Principal, require_member, require_user
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.messages.registry import (
     AddConnectionToWorkspace,
+    ConnectionChanged,
     ConnectionId,
     ConnectionRecord,
     Connections,
@@ -74,7 +76,8 @@ class ConnectionService:
              " COALESCE(array_agg(w.workspace_id) FILTER (WHERE w.id IS NOT NULL), '{}') AS workspace_ids"
              " FROM connections c LEFT JOIN connection_workspaces w ON w.connection_id = c.id")
 
-    def __init__(self, pool: asyncpg.Pool, box, membership, workspace_name, development: bool) -> None:
+    def __init__(self, pool: asyncpg.Pool, box, membership, workspace_name, development: bool, publish) -> None:
+        self.publish = publish
         self.pool = pool
         self.box = box
         self.membership = membership  # token -> MembershipLookup
@@ -106,7 +109,12 @@ class ConnectionService:
                 connection_id, cmd.name, cmd.type, self.box.seal(cmd.details), uuid.UUID(principal.user_id))
         except asyncpg.UniqueViolationError:
             raise Conflict(f"a connection named {cmd.name!r} already exists") from None
+        await self._changed(connection_id, "created")
         return ConnectionId(id=str(connection_id))
+
+    async def _changed(self, connection_id: uuid.UUID, action: str, workspace_id: int | None = None) -> None:
+        await self.publish(subjects.EVENT_CONNECTION_CHANGED, ConnectionChanged(
+            connection_id=connection_id, action=action, workspace_id=workspace_id))
 
     async def add_to_workspace(self, principal: Principal, token: str | None,
                                cmd: AddConnectionToWorkspace) -> ConnectionId:
@@ -118,6 +126,7 @@ class ConnectionService:
             " VALUES ($1, $2, $3, $4) ON CONFLICT (connection_id, workspace_id) DO UPDATE SET workspace_name ="
             " EXCLUDED.workspace_name RETURNING id",
             uuid.uuid4(), row["id"], cmd.workspace_id, name)
+        await self._changed(row["id"], "attached", cmd.workspace_id)
         return ConnectionId(id=str(link))
 
     async def list(self, principal: Principal, token: str | None, workspace_id: int) -> Connections:
@@ -143,6 +152,7 @@ class ConnectionService:
             _uuid(connection_id), workspace_id)
         if status.endswith(" 0"):
             raise NotFound("connection not found in that workspace")
+        await self._changed(_uuid(connection_id), "detached", workspace_id)
         return NoContent()
 
     async def delete(self, principal: Principal, token: str | None, name: str) -> NoContent:
@@ -156,6 +166,7 @@ class ConnectionService:
             await self.pool.execute("DELETE FROM connections WHERE id = $1", row["id"])
         except asyncpg.ForeignKeyViolationError:
             raise Conflict(f"connection {name!r} was attached to a workspace meanwhile") from None
+        await self._changed(row["id"], "deleted")
         return NoContent()
 
 

@@ -52,7 +52,7 @@ log = logging.getLogger("railyard.registry")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 STAGED_KEY = re.compile(r"^staging/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 CHECKED = {"onnx", "python", "custom"}  # frameworks checked as they are and run natively
-CONVERTED = {"sklearn"}  # frameworks converted to ONNX
+CONVERTED = {"sklearn", "xgboost"}  # frameworks converted to ONNX
 ALIASES = {"byop": "custom", "arbitrary-python": "custom", "scikit-learn": "sklearn"}
 
 
@@ -186,12 +186,12 @@ async def _upload(deps: RegistryDeps, principal: Principal, token: str | None, c
         workspace_id=cmd.workspace_id, model_id=model_id, model_version=model_version, name=cmd.name,
         framework=framework, status=status))
     if status == "converting":
-        deps.spawn(convert_version(deps, model_version, sha, cmd.workspace_id, model_id))
+        deps.spawn(convert_version(deps, model_version, framework, sha, cmd.workspace_id, model_id))
     return ModelInserted(insert_models={"returning": [{"models": [{"id": model_id}]}]})
 
 
-async def convert_version(deps: RegistryDeps, model_version: uuid.UUID, source_sha: str, workspace_id: int,
-                          model_id: int) -> None:
+async def convert_version(deps: RegistryDeps, model_version: uuid.UUID, framework: str, source_sha: str,
+                          workspace_id: int, model_id: int) -> None:
     """Convert a version's uploaded file to ONNX in the limited worker; mark it ready or error."""
     async with deps.conversions:
         result: dict[str, Any]
@@ -205,7 +205,7 @@ async def convert_version(deps: RegistryDeps, model_version: uuid.UUID, source_s
                 if sha != source_sha:
                     result = {"ok": False, "error": "the stored upload does not match its sha256"}
                 else:
-                    result = await run_worker(deps.settings, "convert", "sklearn", str(source), str(target))
+                    result = await run_worker(deps.settings, "convert", framework, str(source), str(target))
             if result["ok"]:
                 with target.open("rb") as handle:
                     stored = await deps.objects.put_content_addressed(BUCKET_ARTIFACTS, handle)
@@ -225,8 +225,8 @@ async def convert_version(deps: RegistryDeps, model_version: uuid.UUID, source_s
 async def resume_conversions(deps: RegistryDeps) -> None:
     """Conversions cut short by a restart start again."""
     for row in await store.converting_versions(deps.pool):
-        deps.spawn(convert_version(deps, row["model_version"], row["source_sha"], row["workspace_id"],
-                                   row["model_id"]))
+        deps.spawn(convert_version(deps, row["model_version"], row["framework"], row["source_sha"],
+                                   row["workspace_id"], row["model_id"]))
 
 
 # --- reading ------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import asyncpg
 
 from services.registry import handlers
 from services.registry.mlflow import MlflowRegistry
+from shared import subjects
 from shared.authz import Principal, require_member, require_user
 from shared.errors import InvalidRequest, NotFound
 from shared.messages.registry import (
@@ -23,6 +24,7 @@ from shared.messages.registry import (
     ListRegistryModels,
     RegistryArtifact,
     RegistryArtifacts,
+    RegistryChanged,
     RegistryInWorkspace,
     RegistryList,
     RegistryModels,
@@ -98,13 +100,19 @@ class RegistryService:
                 uuid.UUID(principal.user_id))
             await conn.execute("INSERT INTO registry_workspaces (registry_id, workspace_id) VALUES ($1, $2)",
                                registry_id, cmd.workspace_id)
+        await self._changed(registry_id, "created", cmd.workspace_id)
         return RegistryInWorkspace(id=str(registry_id), workspace_id=cmd.workspace_id)
+
+    async def _changed(self, registry_id: uuid.UUID, action: str, workspace_id: int) -> None:
+        await self.deps.publish(subjects.EVENT_REGISTRY_CHANGED, RegistryChanged(
+            registry_id=registry_id, action=action, workspace_id=workspace_id))
 
     async def attach(self, principal: Principal, token: str | None, cmd: AttachRegistry) -> RegistryInWorkspace:
         await require_member(self.deps.membership(token), principal, cmd.workspace_id)
         row = await self._visible(principal, token, _registry_id(cmd.registry_id, cmd.id))
         await self.pool.execute("INSERT INTO registry_workspaces (registry_id, workspace_id) VALUES ($1, $2)"
                                 " ON CONFLICT DO NOTHING", row["id"], cmd.workspace_id)
+        await self._changed(row["id"], "attached", cmd.workspace_id)
         return RegistryInWorkspace(registry_id=str(row["id"]), workspace_id=cmd.workspace_id)
 
     async def detach(self, principal: Principal, token: str | None, cmd: AttachRegistry) -> RegistryInWorkspace:
@@ -112,6 +120,7 @@ class RegistryService:
         row = await self._visible(principal, token, _registry_id(cmd.registry_id, cmd.id))
         await self.pool.execute("DELETE FROM registry_workspaces WHERE registry_id = $1 AND workspace_id = $2",
                                 row["id"], cmd.workspace_id)
+        await self._changed(row["id"], "detached", cmd.workspace_id)
         return RegistryInWorkspace(registry_id=str(row["id"]), workspace_id=cmd.workspace_id)
 
     async def get(self, principal: Principal, token: str | None, registry_id: uuid.UUID) -> RegistryRecord:

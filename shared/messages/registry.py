@@ -299,3 +299,19 @@ class UploadFromRegistry(Command):
 
 class UploadedFromRegistry(Message):
     model_id: int
+
+
+class ConnectionChanged(Event):
+    """A connection was created, attached to or removed from a workspace, or deleted."""
+
+    connection_id: uuid.UUID
+    action: str
+    workspace_id: int | None = None
+
+
+class RegistryChanged(Event):
+    """An external registry was created, attached to or removed from a workspace."""
+
+    registry_id: uuid.UUID
+    action: str
+    workspace_id: int | None = None

@@ -100,3 +100,37 @@ def test_outsiders_cannot_see_attach_or_delete(stack, alice, bob):
     # a member of an attached workspace sees it
     alice.client.post("workspaces/add_user", {"email": bob.email, "workspace_id": alice.workspace_id})
     assert post(stack, "connections/get", bob.token, {"name": name}).status_code == 200
+
+
+async def test_every_change_is_an_event(stack, alice):
+    import asyncio
+
+    from faststream.nats import NatsBroker
+
+    from shared import subjects
+    from shared.bus import request
+
+    broker = NatsBroker(stack.settings().nats.url)
+    await broker.connect()
+
+    async def count() -> int:
+        reply = await request(broker, subjects.LINEAGE_EVENTS_COUNT, {"subject": subjects.EVENT_CONNECTION_CHANGED})
+        return reply["count"]
+
+    try:
+        before = await count()
+        name, response = await asyncio.to_thread(create, stack, alice)
+        connection_id = response.json()["id"]
+        for path, body in (("connections/add_to_workspace", {"workspace_id": alice.workspace_id,
+                                                             "connection_id": connection_id}),
+                           ("connections/remove_from_workspace", {"workspace_id": alice.workspace_id,
+                                                                  "connection_id": connection_id}),
+                           ("connections/delete", {"name": name})):
+            assert (await asyncio.to_thread(post, stack, path, alice.token, body)).status_code in (200, 204)
+        for _ in range(50):
+            if await count() >= before + 4:
+                break
+            await asyncio.sleep(0.2)
+        assert await count() == before + 4
+    finally:
+        await broker.stop()

@@ -18,7 +18,15 @@ from minio import Minio
 
 from shared.objectstore import content_key
 from tests.integration.conftest import Account
-from tests.models import ccfraud_onnx, ccfraud_pickle, sample_rows, sklearn_predict_proba
+from tests.models import (
+    ccfraud_onnx,
+    ccfraud_pickle,
+    sample_rows,
+    sklearn_predict_proba,
+    xgboost_json,
+    xgboost_pickle,
+    xgboost_predict_proba,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -135,6 +143,22 @@ def test_sklearn_pickle_becomes_an_onnx_version_matching_sklearn(stack, alice):
     outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"tensor": rows}), strict=True))
     probabilities = next(v for k, v in outputs.items() if "prob" in k)
     assert np.allclose(probabilities[:, 1:2], sklearn_predict_proba(rows), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["pickle", "json"])
+def test_xgboost_model_becomes_an_onnx_version_matching_xgboost(stack, alice, kind):
+    content = xgboost_pickle() if kind == "pickle" else xgboost_json()
+    model_id = model_id_of(upload(stack, alice, f"xgb-{kind}-{uuid.uuid4().hex[:6]}", content, "xgboost"))
+    deadline = time.monotonic() + 60
+    while (version := api(stack, alice, "models/list_versions", {"models_pk_id": model_id}).json()[0])["status"] \
+            == "converting":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert version["status"] == "ready" and version["runtime"] == "onnx", version
+    session = ort.InferenceSession(s3(stack).get_object("railyard-artifacts", content_key(version["sha"])).read())
+    rows = sample_rows(32, seed=4)
+    probabilities = session.run(["probabilities"], {"tensor": rows})[0]
+    assert np.allclose(probabilities[:, 1:2], xgboost_predict_proba(rows), atol=1e-5)
 
 
 def test_bad_pickle_ends_in_error_with_the_reason(stack, alice):
