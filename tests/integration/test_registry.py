@@ -186,7 +186,26 @@ def _zip_slip() -> bytes:
     return buffer.getvalue()
 
 
+def _onnx_variant(*, external: str | None = None, opset: int | None = None) -> bytes:
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [1], [2.0])
+    if external is not None:
+        weight.ClearField("float_data")
+        weight.data_location = TensorProto.EXTERNAL
+        weight.external_data.add(key="location", value=external)
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset or 17)])
+    return model.SerializeToString()
+
+
 BAD_UPLOADS = {
+    "external data leaving the folder": (dict(content=_onnx_variant(external="../../etc/passwd")),
+                                         "outside the model's folder"),
+    "external data file": (dict(content=_onnx_variant(external="weights.bin")), "external file"),
+    "opset newer than supported": (dict(content=_onnx_variant(opset=99)), "opset 99"),
     "non-ONNX bytes": (dict(content=b"\x00\x01garbage bytes"), "not an ONNX model"),
     "empty file": (dict(content=b""), "empty"),
     "bad name": (dict(content=ccfraud_onnx(), name="bad_name.v1"), "DNS"),
