@@ -46,6 +46,7 @@ class GatewaySettings(BaseModel):
     port: int = Field(18000, description="Port the gateway binds.")
     max_body_bytes: int = Field(64 * 1024 * 1024, description="Largest request body accepted (413 above).")
     max_upload_bytes: int = Field(10 * 1024**3, description="Largest model upload accepted (413 above).")
+    public_url: str = Field("", description="Base URL clients reach the gateway at (inference URLs use it).")
 
 
 class AuthSettings(BaseModel):

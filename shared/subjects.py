@@ -99,3 +99,27 @@ REGISTRY_REGISTRIES_LIST = "registry.registries.list"
 REGISTRY_REGISTRIES_LIST_MODELS = "registry.registries.list_models"
 REGISTRY_REGISTRIES_LIST_ARTIFACTS = "registry.registries.list_artifacts"
 REGISTRY_REGISTRIES_UPLOAD = "registry.registries.upload"
+REGISTRY_MODELS_RESOLVE = "registry.models.resolve"
+
+# deployer
+DEPLOYER_PIPELINES_CREATE = "deployer.pipelines.create"
+DEPLOYER_PIPELINES_COPY = "deployer.pipelines.copy"
+DEPLOYER_PIPELINES_LIST = "deployer.pipelines.list"
+DEPLOYER_PIPELINES_GET = "deployer.pipelines.get"
+DEPLOYER_PIPELINES_DEPLOY = "deployer.pipelines.deploy"
+DEPLOYER_PIPELINES_UNDEPLOY = "deployer.pipelines.undeploy"
+DEPLOYER_DEPLOYMENTS_STATUS = "deployer.deployments.status"
+DEPLOYER_DEPLOYMENTS_EXTERNAL_URL = "deployer.deployments.external_url"
+DEPLOYER_DEPLOYMENTS_RESOLVE = "deployer.deployments.resolve"
+EVENT_PIPELINE_VERSION_CREATED = "events.pipeline.version_created"
+EVENT_PIPELINE_DEPLOYED = "events.pipeline.deployed"
+EVENT_PIPELINE_UNDEPLOYED = "events.pipeline.undeployed"
+
+
+def engine_infer(deployment: str) -> str:
+    """The inference subject of a deployment (`<deploy_id>-<id>`); its replicas share a queue group."""
+    return f"engine.{deployment}.infer"
+
+
+def engine_replica_status(deployment: str, replica: int) -> str:
+    return f"engine.{deployment}.replica.{replica}.status"

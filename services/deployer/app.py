@@ -1,4 +1,4 @@
-"""deployer: transport only. Subscribers parse their typed message and call one handler."""
+"""deployer: transport only. Subscribers parse their typed message, identify the caller and call one handler."""
 
 from __future__ import annotations
 
@@ -6,18 +6,130 @@ from pathlib import Path
 
 from faststream.nats import NatsRouter
 
+from services.deployer import handlers
+from services.deployer.backend import LocalBackend
+from shared import subjects
+from shared.authz import Principal, bus_membership, bus_verifier
+from shared.bus import CallContext, command, publish_event
+from shared.messages.deployer import (
+    CopyPipeline,
+    CreatePipeline,
+    Deployed,
+    DeploymentRoute,
+    DeploymentStatus,
+    DeployPipeline,
+    ExternalUrl,
+    GetDeploymentStatus,
+    GetExternalUrl,
+    GetPipeline,
+    ListPipelines,
+    PipelineCopied,
+    PipelineCreated,
+    PipelineRecord,
+    Pipelines,
+    ResolveDeployment,
+    UndeployPipeline,
+)
 from shared.service import Runtime, ServiceSpec
 
 NAME = "deployer"
 
 
 def build_router(runtime: Runtime) -> NatsRouter:
-    """The service's command and event subscribers (health is added by the runner)."""
-    return NatsRouter()
+    router = NatsRouter()
+
+    def deps() -> handlers.DeployerDeps:
+        return runtime.extras["deps"]
+
+    async def caller(ctx: CallContext) -> Principal:
+        return await runtime.extras["verifier"].verify(ctx.token)
+
+    @command(router, subjects.DEPLOYER_PIPELINES_CREATE, service=NAME)
+    async def create_pipeline(cmd: CreatePipeline, ctx: CallContext) -> PipelineCreated:
+        """Create a pipeline or a new version of it."""
+        return await handlers.create_pipeline(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.DEPLOYER_PIPELINES_COPY, service=NAME)
+    async def copy_pipeline(cmd: CopyPipeline, ctx: CallContext) -> PipelineCopied:
+        """Copy a pipeline (optionally deploying the copy)."""
+        return await handlers.copy_pipeline(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.DEPLOYER_PIPELINES_LIST, service=NAME)
+    async def list_pipelines(cmd: ListPipelines, ctx: CallContext) -> Pipelines:
+        """Pipelines of a workspace with their versions and deployment."""
+        return await handlers.list_pipelines(deps(), await caller(ctx), ctx.token, cmd.workspace_id)
+
+    @command(router, subjects.DEPLOYER_PIPELINES_GET, service=NAME)
+    async def get_pipeline(cmd: GetPipeline, ctx: CallContext) -> PipelineRecord:
+        """A pipeline with its versions and deployment."""
+        return await handlers.get_pipeline(deps(), await caller(ctx), ctx.token, cmd.pipeline_id)
+
+    @command(router, subjects.DEPLOYER_PIPELINES_DEPLOY, service=NAME)
+    async def deploy(cmd: DeployPipeline, ctx: CallContext) -> Deployed:
+        """Deploy a pipeline version; answers once its replicas serve."""
+        return await handlers.deploy(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.DEPLOYER_PIPELINES_UNDEPLOY, service=NAME)
+    async def undeploy(cmd: UndeployPipeline, ctx: CallContext) -> dict:
+        """Stop a deployment."""
+        return await handlers.undeploy(deps(), await caller(ctx), ctx.token, cmd.pipeline_id, cmd.deployment_id)
+
+    @command(router, subjects.DEPLOYER_DEPLOYMENTS_STATUS, service=NAME)
+    async def status(cmd: GetDeploymentStatus, ctx: CallContext) -> DeploymentStatus:
+        """A deployment's status with each engine replica."""
+        return await handlers.deployment_status(deps(), await caller(ctx), ctx.token, cmd.name)
+
+    @command(router, subjects.DEPLOYER_DEPLOYMENTS_EXTERNAL_URL, service=NAME)
+    async def external_url(cmd: GetExternalUrl, ctx: CallContext) -> ExternalUrl:
+        """The inference URL of a deployed pipeline."""
+        return await handlers.external_url(deps(), await caller(ctx), ctx.token, cmd.workspace_id, cmd.pipeline_name)
+
+    @command(router, subjects.DEPLOYER_DEPLOYMENTS_RESOLVE, service=NAME)
+    async def resolve(cmd: ResolveDeployment, ctx: CallContext) -> DeploymentRoute:
+        """Where a deployment's inferences go (for the gateway)."""
+        return await handlers.resolve_deployment(deps(), await caller(ctx), cmd.name)
+
+    return router
+
+
+async def start(runtime: Runtime) -> None:
+    settings = runtime.settings
+    timeout = settings.nats.request_timeout
+    broker = runtime.broker
+    nc = broker.config.connection_state.connection
+
+    async def publish(subject, event) -> None:
+        await publish_event(broker, subject, event)
+
+    async def nats_request(subject: str, payload: bytes, wait: float) -> bytes:
+        return (await nc.request(subject, payload, timeout=wait)).data
+
+    verifier, feed = bus_verifier(broker, settings.auth, timeout)
+    await feed.start(nc)
+    work_dir = settings.stack.data_dir.expanduser().resolve() / "deployments"
+    backend = LocalBackend(work_dir, nats_request)
+    backend.start_supervising()
+    public_url = settings.gateway.public_url or f"http://{settings.gateway.host}:{settings.gateway.port}"
+    deps = handlers.DeployerDeps(pool=runtime.db, broker=broker, backend=backend, publish=publish,
+                                 membership=lambda token: bus_membership(broker, token, timeout),
+                                 public_url=public_url.rstrip("/"), timeout=timeout)
+    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed)
+    await handlers.restore_deployments(deps)
+
+
+async def stop(runtime: Runtime) -> None:
+    feed = runtime.extras.get("verifier_feed")
+    if feed is not None:
+        await feed.stop()
+    deps = runtime.extras.get("deps")
+    if deps is not None:
+        await deps.backend.close()
 
 
 SPEC = ServiceSpec(
     name=NAME,
     build_router=build_router,
     migrations=Path(__file__).parent / "migrations",
+    on_start=start,
+    on_stop=stop,
 )

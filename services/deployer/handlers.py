@@ -1,1 +1,319 @@
-"""Business logic of the deployer service, as plain async functions (none beyond health yet)."""
+"""Business logic of the deployer service, as plain async functions: pipelines and their versions,
+deployments and their engine replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from services.deployer import store
+from services.deployer.backend import LocalBackend
+from shared import subjects
+from shared.authz import MembershipLookup, Principal, require_member, require_user
+from shared.bus import request
+from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.messages.base import Event
+from shared.messages.deployer import (
+    CopyPipeline,
+    CreatePipeline,
+    Deployed,
+    DeploymentRoute,
+    DeploymentStatus,
+    DeployPipeline,
+    ExternalUrl,
+    PipelineCopied,
+    PipelineCreated,
+    PipelineDeployed,
+    PipelineRecord,
+    Pipelines,
+    PipelineUndeployed,
+    PipelineVersionCreated,
+)
+from shared.messages.registry import ResolvedModel, ResolveModel
+
+log = logging.getLogger("railyard.deployer")
+NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+STEP_KINDS = {"ModelInference"}
+
+
+@dataclass
+class DeployerDeps:
+    """What the deployer handlers need."""
+
+    pool: asyncpg.Pool
+    broker: Any
+    backend: LocalBackend
+    publish: Callable[[str, Event], Awaitable[None]]
+    membership: Callable[[str | None], MembershipLookup]
+    public_url: str
+    timeout: float
+
+
+def _check_name(name: str, what: str) -> None:
+    if not NAME.match(name):
+        raise InvalidRequest(f"invalid {what} {name!r}: use 1-63 ASCII letters, digits or dashes, starting and"
+                             " ending with a letter or digit (DNS-compliant; '.' and '_' are not allowed)")
+
+
+def _check_definition(definition: dict[str, Any]) -> None:
+    steps = definition.get("steps", [])
+    if not isinstance(steps, list):
+        raise InvalidRequest("definition.steps must be a list")
+    for index, step in enumerate(steps):
+        if not isinstance(step, dict) or len(step) != 1 or next(iter(step)) not in STEP_KINDS:
+            raise InvalidRequest(f"definition.steps[{index}] must be one of {sorted(STEP_KINDS)}")
+        models = step["ModelInference"].get("models") if isinstance(step["ModelInference"], dict) else None
+        if not isinstance(models, list) or not models or not all(isinstance(m, dict) and m.get("name")
+                                                                  for m in models):
+            raise InvalidRequest(f"definition.steps[{index}].ModelInference.models must list models by name")
+
+
+async def _pipeline_for(deps: DeployerDeps, principal: Principal, token: str | None, pipeline_id: int):
+    row = await store.pipeline(deps.pool, pipeline_id)
+    if row is None:
+        raise NotFound(f"pipeline {pipeline_id} not found")
+    try:
+        await require_member(deps.membership(token), principal, row["workspace_id"])
+    except NotFound:
+        raise NotFound(f"pipeline {pipeline_id} not found") from None
+    return row
+
+
+async def create_pipeline(deps: DeployerDeps, principal: Principal, token: str | None,
+                          cmd: CreatePipeline) -> PipelineCreated:
+    require_user(principal)
+    _check_name(cmd.pipeline_id, "pipeline name")
+    _check_definition(cmd.definition)
+    await require_member(deps.membership(token), principal, cmd.workspace_id)
+    async with deps.pool.acquire() as conn, conn.transaction():
+        pipeline_id, version_id, version, created = await store.create_pipeline_version(
+            conn, cmd.workspace_id, cmd.pipeline_id, uuid.UUID(principal.user_id), cmd.definition)
+    if created:
+        await deps.publish(subjects.EVENT_PIPELINE_VERSION_CREATED, PipelineVersionCreated(
+            pipeline_id=pipeline_id, workspace_id=cmd.workspace_id, name=cmd.pipeline_id,
+            pipeline_version=str(version)))
+    return PipelineCreated(pipeline_pk_id=pipeline_id, pipeline_variant_pk_id=version_id,
+                           pipeline_variant_version=str(version))
+
+
+async def copy_pipeline(deps: DeployerDeps, principal: Principal, token: str | None,
+                        cmd: CopyPipeline) -> PipelineCopied:
+    source = await _pipeline_for(deps, principal, token, cmd.source_pipeline)
+    if cmd.pipeline_version:
+        try:
+            version = await store.version_by_uuid(deps.pool, source["id"], uuid.UUID(cmd.pipeline_version))
+        except ValueError:
+            raise InvalidRequest("pipeline_version must be a version UUID") from None
+        if version is None:
+            raise NotFound(f"version {cmd.pipeline_version} of pipeline {source['id']} not found")
+    else:
+        version = await store.latest_version(deps.pool, source["id"])
+    definition = json.loads(version["definition"]) if version else {}
+    if await store.pipeline_by_name(deps.pool, cmd.workspace_id, cmd.name) is not None:
+        raise Conflict(f"a pipeline named {cmd.name!r} already exists in the workspace")
+    created = await create_pipeline(deps, principal, token, CreatePipeline(
+        pipeline_id=cmd.name, workspace_id=cmd.workspace_id, definition=definition))
+    deployment = None
+    if cmd.deploy:
+        deployed = await deploy(deps, principal, token, DeployPipeline(
+            deploy_id=cmd.deploy, pipeline_version_pk_id=created.pipeline_variant_pk_id,
+            pipeline_id=created.pipeline_pk_id, engine_config=cmd.engine_config))
+        deployment = {"id": deployed.id, "name": f"{cmd.deploy}-{deployed.id}"}
+    return PipelineCopied(pipeline_pk_id=created.pipeline_pk_id, pipeline_variant_pk_id=created.pipeline_variant_pk_id,
+                          pipeline_version=cmd.pipeline_version, deployment=deployment)
+
+
+async def list_pipelines(deps: DeployerDeps, principal: Principal, token: str | None, workspace_id: int) -> Pipelines:
+    await require_member(deps.membership(token), principal, workspace_id)
+    records = []
+    for row in await store.pipelines_in(deps.pool, workspace_id):
+        records.append(await _pipeline_record(deps, row))
+    return Pipelines(pipelines=records)
+
+
+async def get_pipeline(deps: DeployerDeps, principal: Principal, token: str | None, pipeline_id: int) -> PipelineRecord:
+    return await _pipeline_record(deps, await _pipeline_for(deps, principal, token, pipeline_id))
+
+
+async def _pipeline_record(deps: DeployerDeps, row) -> PipelineRecord:
+    versions = [{"id": v["id"], "version": str(v["version"]), "definition": json.loads(v["definition"]),
+                 "created_at": v["created_at"].isoformat()} for v in await store.versions_of(deps.pool, row["id"])]
+    active = await store.active_deployment(deps.pool, row["id"])
+    deployment = {"id": active["id"], "name": f"{active['deploy_id']}-{active['id']}",
+                  "pipeline_version_pk_id": active["pipeline_version_id"]} if active else None
+    return PipelineRecord(id=row["id"], name=row["name"], workspace_id=row["workspace_id"],
+                          created_at=row["created_at"].isoformat(), updated_at=row["updated_at"].isoformat(),
+                          versions=versions, deployment=deployment)
+
+
+# --- deployments -------------------------------------------------------------------------------------
+
+
+def _engine_config(config: dict[str, Any] | None) -> dict[str, Any]:
+    config = dict(config or {})
+    try:
+        cpus = float(config.get("cpus", 1))
+        replicas = int(config.get("replica_count", 1))
+    except (TypeError, ValueError):
+        raise InvalidRequest("engine_config.cpus must be a number and replica_count an integer") from None
+    autoscale = config.get("replica_autoscale_min_max")
+    if autoscale is not None:
+        try:
+            low, high = int(autoscale["minimum"]), int(autoscale["maximum"])
+        except (KeyError, TypeError, ValueError):
+            raise InvalidRequest("engine_config.replica_autoscale_min_max needs integer minimum and maximum"
+                                 ) from None
+        if not 0 <= low <= high:
+            raise InvalidRequest("engine_config.replica_autoscale_min_max: need 0 <= minimum <= maximum")
+        replicas = max(low, 1)
+    if cpus <= 0 or not 1 <= replicas <= 16:
+        raise InvalidRequest("engine_config: cpus must be positive and replica_count between 1 and 16")
+    return config | {"cpus": cpus, "replica_count": replicas}
+
+
+async def _resolve(deps: DeployerDeps, token: str | None, workspace_id: int, name: str, version: str | None,
+                   sha: str | None) -> dict[str, Any]:
+    resolved = await request(deps.broker, subjects.REGISTRY_MODELS_RESOLVE, ResolveModel(
+        workspace_id=workspace_id, name=name, version=version, sha=sha), token=token, timeout=deps.timeout,
+        reply_model=ResolvedModel)
+    return resolved.model_dump()
+
+
+async def deploy(deps: DeployerDeps, principal: Principal, token: str | None, cmd: DeployPipeline) -> Deployed:
+    pipeline = await _pipeline_for(deps, principal, token, cmd.pipeline_id)
+    _check_name(cmd.deploy_id, "deploy_id")
+    version = await store.version(deps.pool, cmd.pipeline_version_pk_id)
+    if version is None or version["pipeline_id"] != pipeline["id"]:
+        raise NotFound(f"version {cmd.pipeline_version_pk_id} of pipeline {pipeline['id']} not found")
+    config = _engine_config(cmd.engine_config)
+    definition = json.loads(version["definition"])
+    pinned = {m.name: m for m in cmd.models or []}
+    steps = []
+    for step in definition.get("steps", []):
+        models = []
+        for ref in step["ModelInference"]["models"]:
+            override = pinned.get(ref["name"])
+            models.append(await _resolve(deps, token, pipeline["workspace_id"], ref["name"],
+                                         override.version if override else ref.get("version"),
+                                         override.sha if override else ref.get("sha")))
+        steps.append({"kind": "ModelInference", "models": models})
+    if not steps and cmd.models:
+        steps = [{"kind": "ModelInference", "models": [
+            await _resolve(deps, token, pipeline["workspace_id"], m.name, m.version, m.sha) for m in cmd.models]}]
+    if not steps:
+        raise InvalidRequest("the pipeline has no steps: add models to its definition or pass `models`")
+    spec = {"deployment": {"pipeline": pipeline["name"], "pipeline_version": str(version["version"]),
+                           "workspace_id": pipeline["workspace_id"]},
+            "steps": steps, "engine_config": config}
+    async with deps.pool.acquire() as conn, conn.transaction():
+        deployment_id = await store.activate_deployment(conn, pipeline["id"], version["id"], cmd.deploy_id, config,
+                                                        spec)
+    name = f"{cmd.deploy_id}-{deployment_id}"
+    spec["deployment"] |= {"id": deployment_id, "name": name}
+    try:
+        await deps.backend.start(name, spec, config["replica_count"])
+    except (RuntimeError, TimeoutError) as exc:
+        await store.deactivate(deps.pool, deployment_id)
+        raise InvalidRequest(f"the deployment failed to start: {exc}") from None
+    await deps.publish(subjects.EVENT_PIPELINE_DEPLOYED, PipelineDeployed(
+        deployment_id=deployment_id, name=name, pipeline_id=pipeline["id"], workspace_id=pipeline["workspace_id"],
+        pipeline_version=str(version["version"])))
+    return Deployed(id=deployment_id)
+
+
+def _deployment_id(name: str) -> int:
+    _, _, tail = name.rpartition("-")
+    if not tail.isdigit():
+        raise NotFound(f"deployment {name!r} not found")
+    return int(tail)
+
+
+async def _deployment_for(deps: DeployerDeps, principal: Principal, token: str | None, name: str,
+                          check_member: bool = True):
+    row = await store.deployment(deps.pool, _deployment_id(name))
+    if row is None or f"{row['deploy_id']}-{row['id']}" != name:
+        raise NotFound(f"deployment {name!r} not found")
+    if check_member:
+        try:
+            await require_member(deps.membership(token), principal, row["workspace_id"])
+        except NotFound:
+            raise NotFound(f"deployment {name!r} not found") from None
+    return row
+
+
+async def deployment_status(deps: DeployerDeps, principal: Principal, token: str | None,
+                            name: str) -> DeploymentStatus:
+    row = await _deployment_for(deps, principal, token, name)
+    if not row["active"]:
+        return DeploymentStatus(status="Stopped", details=[], engines=[], engine_lbs=[], sidekicks=[])
+    engines = await deps.backend.status(name)
+    states = {e["status"] for e in engines}
+    status = "Running" if engines and states == {"Running"} else ("Error" if states == {"Error"} else "Starting")
+    details = [f"{e['name']}: {e['reason']}" for e in engines if e.get("reason")]
+    lbs = [{"ip": "127.0.0.1", "name": "gateway", "status": "Running", "reason": None, "details": []}]
+    return DeploymentStatus(status=status, details=details, engines=engines, engine_lbs=lbs, sidekicks=[])
+
+
+async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, pipeline_id: int,
+                   deployment_id: int) -> dict:
+    pipeline = await _pipeline_for(deps, principal, token, pipeline_id)
+    row = await store.deployment(deps.pool, deployment_id)
+    if row is None or row["pipeline_id"] != pipeline["id"]:
+        raise NotFound(f"deployment {deployment_id} of pipeline {pipeline_id} not found")
+    name = f"{row['deploy_id']}-{row['id']}"
+    await store.deactivate(deps.pool, deployment_id)
+    await deps.backend.stop(name)
+    await deps.publish(subjects.EVENT_PIPELINE_UNDEPLOYED, PipelineUndeployed(
+        deployment_id=deployment_id, name=name, pipeline_id=pipeline_id, workspace_id=pipeline["workspace_id"]))
+    return {}
+
+
+async def external_url(deps: DeployerDeps, principal: Principal, token: str | None, workspace_id: int,
+                       pipeline_name: str) -> ExternalUrl:
+    await require_member(deps.membership(token), principal, workspace_id)
+    pipeline = await store.pipeline_by_name(deps.pool, workspace_id, pipeline_name)
+    if pipeline is None:
+        raise NotFound(f"pipeline {pipeline_name!r} not found")
+    active = await store.active_deployment(deps.pool, pipeline["id"])
+    if active is None:
+        raise NotFound(f"pipeline {pipeline_name!r} is not deployed")
+    return ExternalUrl(url=f"{deps.public_url}/v1/api/pipelines/infer/{active['deploy_id']}-{active['id']}/"
+                           f"{pipeline_name}")
+
+
+async def resolve_deployment(deps: DeployerDeps, principal: Principal, name: str) -> DeploymentRoute:
+    """For the gateway: where a deployment's inferences go (membership is the gateway's check for users)."""
+    row = await _deployment_for(deps, principal, None, name, check_member=False)
+    if not row["active"]:
+        raise NotFound(f"deployment {name!r} is not deployed")
+    spec = json.loads(row["spec"])
+    engines = await deps.backend.status(name)
+    status = "Running" if engines and any(e["status"] == "Running" for e in engines) else "Starting"
+    first = spec["steps"][0]["models"][0] if spec.get("steps") else {}
+    return DeploymentRoute(deployment_id=row["id"], name=name, pipeline_name=row["pipeline_name"],
+                           workspace_id=row["workspace_id"], status=status,
+                           pipeline_version=str(row["pipeline_version"]), input_schema=first.get("input_schema"))
+
+
+async def restore_deployments(deps: DeployerDeps) -> None:
+    """After a restart of the deployer, active deployments get their replicas again."""
+    for row in await store.active_deployments(deps.pool):
+        name = f"{row['deploy_id']}-{row['id']}"
+        spec = json.loads(row["spec"])
+        spec["deployment"] |= {"id": row["id"], "name": name}
+        asyncio.create_task(_restart(deps, name, spec, json.loads(row["engine_config"]).get("replica_count", 1)))
+
+
+async def _restart(deps: DeployerDeps, name: str, spec: dict[str, Any], replicas: int) -> None:
+    try:
+        await deps.backend.start(name, spec, replicas)
+    except (RuntimeError, TimeoutError) as exc:
+        log.error("could not restore deployment %s: %s", name, exc)

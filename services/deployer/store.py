@@ -1,1 +1,103 @@
 """SQL of the deployer service (asyncpg, `$n` parameters only), in schema `deployer`."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+
+
+async def pipeline_by_name(pool: asyncpg.Pool | asyncpg.Connection, workspace_id: int,
+                           name: str) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT * FROM pipelines WHERE workspace_id = $1 AND name = $2", workspace_id, name)
+
+
+async def pipeline(pool: asyncpg.Pool, pipeline_id: int) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT * FROM pipelines WHERE id = $1", pipeline_id)
+
+
+async def latest_version(conn: asyncpg.Pool | asyncpg.Connection, pipeline_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT * FROM pipeline_versions WHERE pipeline_id = $1 ORDER BY id DESC LIMIT 1", pipeline_id)
+
+
+async def version(pool: asyncpg.Pool, version_id: int) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT * FROM pipeline_versions WHERE id = $1", version_id)
+
+
+async def version_by_uuid(pool: asyncpg.Pool, pipeline_id: int, version: uuid.UUID) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT * FROM pipeline_versions WHERE pipeline_id = $1 AND version = $2",
+                               pipeline_id, version)
+
+
+async def create_pipeline_version(conn: asyncpg.Connection, workspace_id: int, name: str, owner: uuid.UUID,
+                                  definition: dict[str, Any]) -> tuple[int, int, uuid.UUID, bool]:
+    """Create the pipeline if needed and a version if the definition differs from the latest;
+    (pipeline id, version id, version uuid, whether a version was created)."""
+    pipeline_id = await conn.fetchval(
+        "INSERT INTO pipelines (workspace_id, name, owner_id) VALUES ($1, $2, $3)"
+        " ON CONFLICT (workspace_id, name) DO UPDATE SET updated_at = now() RETURNING id",
+        workspace_id, name, owner)
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", pipeline_id)
+    latest = await latest_version(conn, pipeline_id)
+    if latest is not None and json.loads(latest["definition"]) == definition:
+        return pipeline_id, latest["id"], latest["version"], False
+    version_uuid = uuid.uuid4()
+    version_id = await conn.fetchval(
+        "INSERT INTO pipeline_versions (pipeline_id, version, definition) VALUES ($1, $2, $3::jsonb) RETURNING id",
+        pipeline_id, version_uuid, json.dumps(definition))
+    return pipeline_id, version_id, version_uuid, True
+
+
+async def pipelines_in(pool: asyncpg.Pool, workspace_id: int) -> list[asyncpg.Record]:
+    return await pool.fetch("SELECT * FROM pipelines WHERE workspace_id = $1 ORDER BY id", workspace_id)
+
+
+async def versions_of(pool: asyncpg.Pool, pipeline_id: int) -> list[asyncpg.Record]:
+    return await pool.fetch("SELECT * FROM pipeline_versions WHERE pipeline_id = $1 ORDER BY id", pipeline_id)
+
+
+async def active_deployment(pool: asyncpg.Pool | asyncpg.Connection, pipeline_id: int) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT * FROM deployments WHERE pipeline_id = $1 AND active", pipeline_id)
+
+
+async def deployment(pool: asyncpg.Pool, deployment_id: int) -> asyncpg.Record | None:
+    return await pool.fetchrow(
+        "SELECT d.*, p.name AS pipeline_name, p.workspace_id, v.version AS pipeline_version"
+        " FROM deployments d JOIN pipelines p ON p.id = d.pipeline_id"
+        " JOIN pipeline_versions v ON v.id = d.pipeline_version_id WHERE d.id = $1", deployment_id)
+
+
+async def active_deployments(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT d.*, p.name AS pipeline_name, p.workspace_id, v.version AS pipeline_version"
+        " FROM deployments d JOIN pipelines p ON p.id = d.pipeline_id"
+        " JOIN pipeline_versions v ON v.id = d.pipeline_version_id WHERE d.active ORDER BY d.id")
+
+
+async def activate_deployment(conn: asyncpg.Connection, pipeline_id: int, version_id: int, deploy_id: str,
+                              engine_config: dict[str, Any], spec: dict[str, Any]) -> int:
+    """Deploy (or redeploy) the pipeline: its deployment keeps its id, so its inference URL stays the same."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", pipeline_id)
+    existing = await conn.fetchval(
+        "SELECT id FROM deployments WHERE pipeline_id = $1 ORDER BY active DESC, id DESC LIMIT 1", pipeline_id)
+    if existing is not None:
+        await conn.execute(
+            "UPDATE deployments SET pipeline_version_id = $2, deploy_id = $3, engine_config = $4::jsonb,"
+            " spec = $5::jsonb, active = true, updated_at = now() WHERE id = $1",
+            existing, version_id, deploy_id, json.dumps(engine_config), json.dumps(spec))
+        await conn.execute("UPDATE deployments SET active = false WHERE pipeline_id = $1 AND id <> $2",
+                           pipeline_id, existing)
+        return existing
+    return await conn.fetchval(
+        "INSERT INTO deployments (pipeline_id, pipeline_version_id, deploy_id, engine_config, spec)"
+        " VALUES ($1, $2, $3, $4::jsonb, $5::jsonb) RETURNING id",
+        pipeline_id, version_id, deploy_id, json.dumps(engine_config), json.dumps(spec))
+
+
+async def deactivate(pool: asyncpg.Pool, deployment_id: int) -> bool:
+    status = await pool.execute(
+        "UPDATE deployments SET active = false, updated_at = now() WHERE id = $1 AND active", deployment_id)
+    return status.endswith(" 1")

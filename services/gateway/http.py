@@ -20,10 +20,12 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from services.gateway import handlers
+from services.gateway.inference import add_inference_routes
 from shared import __version__, subjects
 from shared.authz import Principal, require_user
 from shared.errors import InvalidRequest, PayloadTooLarge, RailyardError, Unauthorized
 from shared.messages import auth as m
+from shared.messages import deployer as dep
 from shared.messages import registry as reg
 from shared.objectstore import BUCKET_ARTIFACTS
 from shared.service import Runtime
@@ -98,6 +100,20 @@ JSON_ROUTES: list[Route] = [spec if isinstance(spec, Route) else R(*spec) for sp
      reg.ListRegistryArtifacts, list[reg.RegistryArtifact], "List a model version's artifacts.", "artifacts"),
     Route("/models/upload_from_registry", subjects.REGISTRY_REGISTRIES_UPLOAD, reg.UploadFromRegistry,
           reg.UploadedFromRegistry, "Copy a registry artifact into a workspace as a model.", long_running=True),
+    ("/pipelines/create", subjects.DEPLOYER_PIPELINES_CREATE, dep.CreatePipeline, dep.PipelineCreated,
+     "Create a pipeline (a changed definition makes a new version)."),
+    ("/pipelines/copy", subjects.DEPLOYER_PIPELINES_COPY, dep.CopyPipeline, dep.PipelineCopied, "Copy a pipeline."),
+    ("/pipelines/list", subjects.DEPLOYER_PIPELINES_LIST, dep.ListPipelines, dep.Pipelines,
+     "List a workspace's pipelines with versions and deployment."),
+    ("/pipelines/get", subjects.DEPLOYER_PIPELINES_GET, dep.GetPipeline, dep.PipelineRecord,
+     "Get a pipeline with its versions and deployment."),
+    Route("/pipelines/deploy", subjects.DEPLOYER_PIPELINES_DEPLOY, dep.DeployPipeline, dep.Deployed,
+          "Deploy a pipeline version (answers once its engine replicas serve).", long_running=True),
+    ("/pipelines/undeploy", subjects.DEPLOYER_PIPELINES_UNDEPLOY, dep.UndeployPipeline, None, "Undeploy."),
+    ("/status/get_deployment", subjects.DEPLOYER_DEPLOYMENTS_STATUS, dep.GetDeploymentStatus, dep.DeploymentStatus,
+     "A deployment's status (name is <deploy_id>-<id>)."),
+    ("/admin/get_pipeline_external_url", subjects.DEPLOYER_DEPLOYMENTS_EXTERNAL_URL, dep.GetExternalUrl,
+     dep.ExternalUrl, "The inference URL of a deployed pipeline."),
     ("/connections/create", subjects.REGISTRY_CONNECTIONS_CREATE, reg.CreateConnection, reg.ConnectionId,
      "Create a data connection."),
     ("/connections/add_to_workspace", subjects.REGISTRY_CONNECTIONS_ADD_TO_WORKSPACE, reg.AddConnectionToWorkspace,
@@ -200,6 +216,8 @@ def create_app(runtime: Runtime) -> FastAPI:
     @app.exception_handler(RailyardError)
     async def railyard_error(_: Request, exc: RailyardError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if exc.status == 503:
+            headers = {"Retry-After": "1"}
         return JSONResponse({"code": exc.code, "msg": exc.msg}, status_code=exc.status, headers=headers)
 
     @app.exception_handler(HTTPException)
@@ -256,6 +274,8 @@ def create_app(runtime: Runtime) -> FastAPI:
         app.post(f"{API}{route.path}", tags=[route.path.split("/")[1]], summary=route.summary,
                  response_model=route.reply, status_code=route.status, openapi_extra=_request_schema(route.model))(
             _forwarding_endpoint(runtime, route, user_caller, timeout))
+
+    add_inference_routes(app, runtime, caller)
 
     @app.get("/", include_in_schema=False)
     async def ui() -> HTMLResponse:

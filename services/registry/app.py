@@ -47,6 +47,8 @@ from shared.messages.registry import (
     RegistryModels,
     RegistryRecord,
     RemoveConnectionFromWorkspace,
+    ResolvedModel,
+    ResolveModel,
     UploadedFromRegistry,
     UploadFromRegistry,
     UploadModel,
@@ -90,6 +92,11 @@ def build_router(runtime: Runtime) -> NatsRouter:
     async def get_config(cmd: GetModelConfig, ctx: CallContext) -> ModelConfig:
         """A model's configuration."""
         return await handlers.get_model_config(deps(), await caller(ctx), ctx.token, cmd.model_id)
+
+    @command(router, subjects.REGISTRY_MODELS_RESOLVE, service=NAME)
+    async def resolve(cmd: ResolveModel, ctx: CallContext) -> ResolvedModel:
+        """A ready model version, for deploying it."""
+        return await handlers.resolve_model(deps(), await caller(ctx), ctx.token, cmd)
 
     @command(router, subjects.REGISTRY_MODELS_GET, service=NAME)
     async def get_model(cmd: GetModel, ctx: CallContext) -> ModelWithVersions:

@@ -42,6 +42,8 @@ from shared.messages.registry import (
     ModelVersionRecord,
     ModelVersions,
     ModelWithVersions,
+    ResolvedModel,
+    ResolveModel,
     UploadModel,
 )
 from shared.objectstore import BUCKET_ARTIFACTS, ObjectStore, content_key
@@ -280,6 +282,27 @@ async def list_versions(deps: RegistryDeps, principal: Principal, token: str | N
 async def get_model_config(deps: RegistryDeps, principal: Principal, token: str | None, model_id: int) -> ModelConfig:
     row = await _visible_model(deps, principal, token, model_id)
     return ModelConfig(model_config=json.loads(row["model_config"]) if row["model_config"] else None)
+
+
+async def resolve_model(deps: RegistryDeps, principal: Principal, token: str | None,
+                        cmd: ResolveModel) -> ResolvedModel:
+    await require_member(deps.membership(token), principal, cmd.workspace_id)
+    try:
+        version = uuid.UUID(cmd.version) if cmd.version else None
+    except ValueError:
+        raise InvalidRequest(f"version must be a model version UUID, got {cmd.version!r}") from None
+    row = await store.find_version(deps.pool, cmd.workspace_id, cmd.name, version, cmd.sha)
+    if row is None:
+        raise NotFound(f"model {cmd.name!r} (version {cmd.version or 'latest'}) not found in the workspace")
+    if row["status"] != "ready":
+        raise InvalidRequest(f"model {cmd.name!r} version {row['model_version']} is {row['status']}"
+                             + (f": {row['error']}" if row["error"] else ""))
+    b64 = base64.b64encode
+    return ResolvedModel(
+        model_id=row["model_id"], name=row["name"], model_version=str(row["model_version"]), sha=row["sha"],
+        runtime=row["runtime"], framework=row["framework"],
+        input_schema=b64(row["input_schema"]).decode() if row["input_schema"] else None,
+        output_schema=b64(row["output_schema"]).decode() if row["output_schema"] else None)
 
 
 async def get_model(deps: RegistryDeps, principal: Principal, token: str | None, model_id: int) -> ModelWithVersions:

@@ -315,3 +315,25 @@ class RegistryChanged(Event):
     registry_id: uuid.UUID
     action: str
     workspace_id: int | None = None
+
+
+class ResolveModel(Command):
+    """Find a ready model version in a workspace by name and version UUID (or sha), or its latest version."""
+
+    workspace_id: int
+    name: str
+    version: str | None = None
+    sha: str | None = None
+
+
+class ResolvedModel(Message):
+    """What an engine needs to load a model version."""
+
+    model_id: int
+    name: str
+    model_version: str
+    sha: str
+    runtime: str
+    framework: str
+    input_schema: str | None = None
+    output_schema: str | None = None

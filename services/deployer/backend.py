@@ -1,0 +1,181 @@
+"""Where engine replicas run. The local backend runs each replica as an OS process of this machine
+(`python -m services.engine.replica <spec> <replica id>`), restarts one that dies, and swaps a redeployed
+pipeline without failing requests: the new replicas join the deployment's queue group and must answer
+before the old ones are asked to drain and stop. A Kubernetes backend will implement the same methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared import subjects
+
+log = logging.getLogger("railyard.deployer.backend")
+READY_TIMEOUT = 60.0
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
+
+
+@dataclass
+class Replica:
+    """One engine process."""
+
+    replica_id: str
+    process: asyncio.subprocess.Process
+    started_at: float
+    restarts: int = 0
+    last_exit: int | None = None
+
+
+@dataclass
+class ReplicaSet:
+    """The replicas serving one deployment's current spec."""
+
+    name: str
+    spec_path: Path
+    replicas: list[Replica] = field(default_factory=list)
+    stopping: bool = False
+
+
+class LocalBackend:
+    """Engine replicas as local processes, supervised."""
+
+    def __init__(self, work_dir: Path, nats_request) -> None:
+        self.work_dir = work_dir
+        self.request = nats_request  # async (subject, payload bytes, timeout) -> bytes
+        self.sets: dict[str, ReplicaSet] = {}
+        self._supervisor: asyncio.Task | None = None
+
+    async def _spawn(self, replica_set: ReplicaSet, replica_id: str) -> Replica:
+        log_path = self.work_dir / replica_set.name / f"replica-{replica_id}.log"
+        handle = open(log_path, "ab")  # noqa: SIM115, ASYNC230 - the child writes to it for its life
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.engine.replica", str(replica_set.spec_path), replica_id,
+            stdout=handle, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+            preexec_fn=_die_with_parent, env=dict(os.environ))
+        handle.close()
+        return Replica(replica_id=replica_id, process=process, started_at=time.monotonic())
+
+    async def start(self, name: str, spec: dict[str, Any], replicas: int) -> ReplicaSet:
+        """Start a replica set for `name`; returns once every replica answers (or raises TimeoutError)."""
+        folder = self.work_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        spec_path = folder / f"spec-{uuid.uuid4().hex[:8]}.json"
+        spec_path.write_text(json.dumps(spec))
+        replica_set = ReplicaSet(name=name, spec_path=spec_path)
+        for _ in range(replicas):
+            replica_set.replicas.append(await self._spawn(replica_set, uuid.uuid4().hex[:8]))
+        previous = self.sets.get(name)
+        self.sets[name] = replica_set
+        try:
+            await self._wait_ready(replica_set)
+        except BaseException:
+            await self._stop_set(replica_set)
+            if previous is not None:
+                self.sets[name] = previous
+            else:
+                self.sets.pop(name, None)
+            raise
+        if previous is not None:
+            await self._stop_set(previous)
+        return replica_set
+
+    async def _wait_ready(self, replica_set: ReplicaSet) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            states = [await self.replica_state(replica_set, r) for r in replica_set.replicas]
+            if all(s["status"] == "Running" for s in states):
+                return
+            failed = [s for s in states if s["status"] == "Error"]
+            if failed:
+                raise RuntimeError(failed[0].get("reason") or "an engine replica failed to start")
+            await asyncio.sleep(0.05)
+        raise TimeoutError("the engine replicas did not become ready")
+
+    async def replica_state(self, replica_set: ReplicaSet, replica: Replica) -> dict[str, Any]:
+        base = {"name": f"engine-{replica_set.name}-{replica.replica_id}", "ip": "127.0.0.1", "details": [],
+                "reason": None, "pid": replica.process.pid, "restarts": replica.restarts}
+        if replica.process.returncode is not None:
+            reason = self._last_log_line(replica_set, replica)
+            return base | {"status": "Error", "reason": reason or f"exited with {replica.process.returncode}"}
+        try:
+            answer = json.loads(await self.request(
+                subjects.engine_replica_status(replica_set.name, replica.replica_id), b"{}", 0.5))
+        except Exception:  # not answering yet: still loading models
+            return base | {"status": "Starting"}
+        return base | answer
+
+    def _last_log_line(self, replica_set: ReplicaSet, replica: Replica) -> str | None:
+        path = self.work_dir / replica_set.name / f"replica-{replica.replica_id}.log"
+        try:
+            lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            return None
+        errors = [line for line in lines if "railyard-engine:" in line]
+        return (errors or lines or [None])[-1]
+
+    async def stop(self, name: str) -> None:
+        replica_set = self.sets.pop(name, None)
+        if replica_set is not None:
+            await self._stop_set(replica_set)
+
+    async def _stop_set(self, replica_set: ReplicaSet) -> None:
+        replica_set.stopping = True
+        for replica in replica_set.replicas:
+            if replica.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    replica.process.send_signal(signal.SIGTERM)
+        for replica in replica_set.replicas:
+            try:
+                await asyncio.wait_for(replica.process.wait(), 20)
+            except TimeoutError:
+                replica.process.kill()
+                await replica.process.wait()
+
+    async def status(self, name: str) -> list[dict[str, Any]]:
+        replica_set = self.sets.get(name)
+        if replica_set is None:
+            return []
+        return [await self.replica_state(replica_set, r) for r in replica_set.replicas]
+
+    def start_supervising(self) -> None:
+        self._supervisor = asyncio.create_task(self._supervise())
+
+    async def _supervise(self) -> None:
+        """Replace replicas that died (the deployment reports the loss until the new one answers)."""
+        while True:
+            await asyncio.sleep(0.2)
+            for replica_set in list(self.sets.values()):
+                if replica_set.stopping:
+                    continue
+                for index, replica in enumerate(replica_set.replicas):
+                    if replica.process.returncode is not None:
+                        log.warning("engine replica %s of %s exited with %s; replacing it", replica.replica_id,
+                                    replica_set.name, replica.process.returncode)
+                        fresh = await self._spawn(replica_set, uuid.uuid4().hex[:8])
+                        fresh.restarts = replica.restarts + 1
+                        fresh.last_exit = replica.process.returncode
+                        replica_set.replicas[index] = fresh
+
+    async def close(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        for name in list(self.sets):
+            await self.stop(name)

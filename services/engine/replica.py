@@ -1,0 +1,198 @@
+"""One engine replica: `python -m services.engine.replica <spec.json> <replica id>`.
+
+Loads the deployment's model versions from object storage into a local cache (the sha256 of every artifact
+is verified before it is loaded; a mismatch stops the replica), creates the runtimes, then serves
+`engine.<deployment>.infer` in the deployment's queue group (replicas share the load) and answers its own
+status subject for the deployer. Requests and replies are Arrow IPC streams; the reply's headers carry the
+model identity and timings, or a typed error. Each request's record (inputs, outputs, model, timings) is
+published to the INFERENCE_LOGS stream in the background: inference never waits for it, and a failed publish
+is retried, then reported in the log, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import nats
+import pyarrow as pa
+
+from services.engine.runtimes import OnnxRuntime
+from shared import subjects
+from shared.arrow_codec import from_ipc, to_ipc_stream
+from shared.errors import InvalidRequest, RailyardError
+from shared.objectstore import BUCKET_ARTIFACTS, MinioObjectStore, content_key
+from shared.settings import Settings
+
+log = logging.getLogger("railyard.engine")
+ERROR_HEADER = "Railyard-Error"
+META_HEADER = "Railyard-Meta"
+
+
+class Step:
+    """A pipeline step: one model runtime (shadow and split steps come later)."""
+
+    def __init__(self, model: dict[str, Any], runtime: OnnxRuntime) -> None:
+        self.model = model
+        self.runtime = runtime
+
+
+def _sha256_of(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def fetch_artifact(store: MinioObjectStore, sha: str, cache: Path) -> Path:
+    """The artifact's local path, downloaded once and verified by sha256 every time it is loaded."""
+    path = cache / sha
+    cached = await asyncio.to_thread(_sha256_of, path)
+    if cached is None:
+        await asyncio.to_thread(cache.mkdir, parents=True, exist_ok=True)
+        partial = cache / f"{sha}.{os.getpid()}.part"
+        digest, _ = await store.download_to(BUCKET_ARTIFACTS, content_key(sha), partial)
+        if digest != sha:
+            await asyncio.to_thread(partial.unlink, missing_ok=True)
+            raise RailyardError(f"artifact {sha[:12]} does not match its sha256; refusing to load it")
+        await asyncio.to_thread(partial.replace, path)
+    elif cached != sha:
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+        raise RailyardError(f"cached artifact {sha[:12]} does not match its sha256; refusing to load it")
+    return path
+
+
+class Replica:
+    def __init__(self, spec: dict[str, Any], replica_id: str, settings: Settings) -> None:
+        self.spec = spec
+        self.replica_id = replica_id
+        self.settings = settings
+        self.name = spec["deployment"]["name"]
+        self.steps: list[Step] = []
+        self.records: asyncio.Queue = asyncio.Queue(maxsize=100_000)
+        self.stop = asyncio.Event()
+        self.cache_dir = settings.stack.data_dir.expanduser().resolve() / "engine-cache"
+
+    async def load(self) -> None:
+        store = MinioObjectStore(self.settings.s3)
+        cache = self.cache_dir
+        threads = max(1, int(float(self.spec.get("engine_config", {}).get("cpus", 1))))
+        for step in self.spec["steps"]:
+            model = step["models"][0]
+            if model["runtime"] != "onnx":
+                raise RailyardError(f"model {model['name']}: the {model['runtime']} runtime is not served yet")
+            runtime = OnnxRuntime(await fetch_artifact(store, model["sha"], cache), threads=threads)
+            await asyncio.to_thread(runtime.load)
+            self.steps.append(Step(model, runtime))
+
+    def run(self, table: pa.Table) -> tuple[pa.Table, list[int]]:
+        elapsed = []
+        current = table
+        for step in self.steps:
+            started = time.perf_counter_ns()
+            current = step.runtime.predict(current)
+            elapsed.append(time.perf_counter_ns() - started)
+        return current, elapsed
+
+    async def serve(self) -> None:
+        nc = await nats.connect(self.settings.nats.url, name=f"railyard-engine-{self.name}-{self.replica_id}",
+                                max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+        js = nc.jetstream()
+        last = self.steps[-1].model if self.steps else None
+        last_model = json.dumps({"model_name": last["name"], "model_sha": last["sha"]}) if last else ""
+
+        async def infer(msg) -> None:
+            received = time.perf_counter_ns()
+            try:
+                table = from_ipc(msg.data)
+                output, elapsed = await asyncio.to_thread(self.run, table) if table.num_rows > 256 \
+                    else self.run(table)
+            except RailyardError as exc:
+                await nc.publish(msg.reply, b"", headers={ERROR_HEADER: json.dumps(
+                    {"code": exc.code, "msg": exc.msg, "status": exc.status})})
+                return
+            except Exception as exc:  # a model failing at run time is the deployment's error, not a crash
+                log.exception("inference failed")
+                await nc.publish(msg.reply, b"", headers={ERROR_HEADER: json.dumps(
+                    {"code": "inference_failed", "msg": f"the model failed: {type(exc).__name__}", "status": 500})})
+                return
+            meta = {"last_model": last_model, "pipeline_version": self.spec["deployment"]["pipeline_version"],
+                    "elapsed": [elapsed[0] if elapsed else 0, time.perf_counter_ns() - received]}
+            await nc.publish(msg.reply, to_ipc_stream(output), headers={META_HEADER: json.dumps(meta)})
+            try:
+                self.records.put_nowait((time.time_ns(), table, output, meta))
+            except asyncio.QueueFull:
+                log.error("inference log queue full: a record of %s was not logged", self.name)
+
+        async def status(msg) -> None:
+            await msg.respond(json.dumps({
+                "status": "Running",
+                "pipeline_statuses": {"pipelines": [{"id": self.spec["deployment"]["pipeline"],
+                                                     "status": "Running"}]},
+                "model_statuses": {"models": [{"name": s.model["name"], "version": s.model["model_version"],
+                                               "sha": s.model["sha"], "status": "Running"} for s in self.steps]},
+            }).encode())
+
+        await nc.subscribe(subjects.engine_infer(self.name), queue=f"engine-{self.name}", cb=infer)
+        await nc.subscribe(subjects.engine_replica_status(self.name, self.replica_id), cb=status)
+        publisher = asyncio.create_task(self.publish_records(js))
+        log.info("replica %s of %s serving", self.replica_id, self.name)
+        await self.stop.wait()
+        await nc.drain()  # finishes in-flight requests before closing
+        publisher.cancel()
+
+    async def publish_records(self, js) -> None:
+        """Inference records to the log stream, off the request path."""
+        subject = f"logs.inference.{self.name}"
+        while True:
+            at_ns, inputs, outputs, meta = await self.records.get()
+            record = pa.table(
+                {"time": pa.array([at_ns // 1_000_000] * inputs.num_rows, pa.int64()),
+                 **{f"in.{c}": inputs.column(c) for c in inputs.column_names},
+                 **{f"out.{c}": outputs.column(c) for c in outputs.column_names}})
+            payload = to_ipc_stream(record)
+            for attempt in range(5):
+                try:
+                    await js.publish(subject, payload, headers={"Nats-Msg-Id": str(uuid.uuid4()),
+                                                                META_HEADER: json.dumps(meta)})
+                    break
+                except Exception as exc:  # the stream may be briefly unavailable: retry, then say so
+                    if attempt == 4:
+                        log.error("could not log an inference record of %s: %s", self.name, exc)
+                    await asyncio.sleep(0.2 * (attempt + 1))
+
+
+async def main_async(spec_path: Path, replica_id: str) -> int:
+    settings = Settings()
+    replica = Replica(json.loads(await asyncio.to_thread(spec_path.read_text)), replica_id, settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, replica.stop.set)
+    try:
+        await replica.load()
+    except (RailyardError, InvalidRequest) as exc:
+        print(f"railyard-engine: {exc.msg}", file=sys.stderr, flush=True)
+        return 2
+    await replica.serve()
+    return 0
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    sys.exit(asyncio.run(main_async(Path(sys.argv[1]), sys.argv[2])))
+
+
+if __name__ == "__main__":
+    main()

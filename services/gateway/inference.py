@@ -1,0 +1,121 @@
+"""The inference API: `POST /v1/api/pipelines/infer/<deployment>/<pipeline>` with pandas-records JSON or an
+Arrow IPC file/stream, answered in the seed's shape (time, in, out, check_failures, metadata) or as Arrow when
+`Accept` asks for it. The gateway converts formats and checks who may call; the engine replicas validate the
+tensors against the model and run it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import nats.errors
+import pyarrow as pa
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import Response
+
+from shared import subjects
+from shared.arrow_codec import from_ipc, records_json_to_table, to_ipc_file, to_ipc_stream
+from shared.authz import KIND_INFERENCE, Principal, bus_membership, require_member
+from shared.bus import request
+from shared.errors import ErrorBody, InvalidRequest, NotFound, Unavailable, UpstreamTimeout, error_from_body
+from shared.messages.deployer import DeploymentRoute, ResolveDeployment
+from shared.service import Runtime
+
+ARROW_FILE = "application/vnd.apache.arrow.file"
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+JSON_RECORDS = "application/json; format=pandas-records"
+ROUTE_TTL = 2.0
+MEMBER_TTL = 30.0
+INFER_TIMEOUT = 30.0
+
+
+class RouteCache:
+    """Deployment routes and memberships, cached briefly so an inference costs no extra round trip."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, tuple[float, DeploymentRoute]] = {}
+        self.members: dict[tuple[str, int], float] = {}
+
+    async def route(self, runtime: Runtime, name: str, token: str) -> DeploymentRoute:
+        now = time.monotonic()
+        cached = self.routes.get(name)
+        if cached and now - cached[0] < ROUTE_TTL and cached[1].status == "Running":
+            return cached[1]
+        route = await request(runtime.broker, subjects.DEPLOYER_DEPLOYMENTS_RESOLVE, ResolveDeployment(name=name),
+                              token=token, timeout=runtime.settings.nats.request_timeout, reply_model=DeploymentRoute)
+        self.routes[name] = (now, route)
+        return route
+
+    async def check_member(self, runtime: Runtime, principal: Principal, token: str, workspace_id: int) -> None:
+        key = (principal.user_id, workspace_id)
+        if time.monotonic() - self.members.get(key, 0.0) < MEMBER_TTL:
+            return
+        await require_member(bus_membership(runtime.broker, token, runtime.settings.nats.request_timeout),
+                             principal, workspace_id)
+        self.members[key] = time.monotonic()
+
+
+def _read_body(content_type: str, body: bytes) -> pa.Table:
+    kind = content_type.split(";")[0].strip().lower()
+    if kind in (ARROW_FILE, ARROW_STREAM):
+        return from_ipc(body)
+    if kind in ("application/json", ""):
+        return records_json_to_table(body)
+    raise InvalidRequest(f"unsupported Content-Type {content_type!r}: send {JSON_RECORDS!r} or {ARROW_FILE!r}")
+
+
+def seed_records(inputs: pa.Table, outputs: pa.Table, meta: dict[str, Any], at_ms: int) -> list[dict[str, Any]]:
+    """One record per row: {time, in: {...}, out: {...}, check_failures: [], metadata: {...}} as the seed shows."""
+    ins = inputs.to_pydict()
+    outs = outputs.to_pydict()
+    metadata = {"last_model": meta.get("last_model", ""), "pipeline_version": meta.get("pipeline_version", ""),
+                "elapsed": meta.get("elapsed", [])}
+    return [{"time": at_ms, "in": {k: v[i] for k, v in ins.items()}, "out": {k: v[i] for k, v in outs.items()},
+             "check_failures": [], "metadata": metadata} for i in range(inputs.num_rows)]
+
+
+def add_inference_routes(app: FastAPI, runtime: Runtime, caller) -> None:
+    cache = RouteCache()
+
+    @app.post("/v1/api/pipelines/infer/{deployment}/{pipeline}", tags=["inference"])
+    async def infer(deployment: str, pipeline: str, request_: Request,
+                    principal: Principal = Depends(caller)) -> Response:
+        """Run an inference: pandas-records JSON or Arrow in; the seed's records or Arrow out."""
+        token = request_.headers["authorization"].partition(" ")[2].strip()
+        route = await cache.route(runtime, deployment, token)
+        if route.pipeline_name != pipeline:
+            raise NotFound(f"deployment {deployment!r} does not serve pipeline {pipeline!r}")
+        if principal.kind != KIND_INFERENCE:
+            await cache.check_member(runtime, principal, token, route.workspace_id)
+        if route.status != "Running":
+            raise Unavailable(f"deployment {deployment!r} is {route.status.lower()}; retry shortly")
+        table = _read_body(request_.headers.get("content-type", ""), await request_.body())
+        at_ms = int(time.time() * 1000)
+        nc = runtime.broker.config.connection_state.connection
+        try:
+            reply = await nc.request(subjects.engine_infer(deployment), to_ipc_stream(table), timeout=INFER_TIMEOUT)
+        except nats.errors.NoRespondersError:
+            raise Unavailable(f"deployment {deployment!r} has no running engine; retry shortly") from None
+        except nats.errors.TimeoutError:
+            raise UpstreamTimeout(f"the engine did not answer within {INFER_TIMEOUT:g}s") from None
+        headers = reply.headers or {}
+        if "Railyard-Error" in headers:
+            err = json.loads(headers["Railyard-Error"])
+            raise error_from_body(ErrorBody(code=err["code"], msg=err["msg"]), err.get("status"))
+        outputs = from_ipc(reply.data)
+        meta = json.loads(headers.get("Railyard-Meta", "{}"))
+        accept = request_.headers.get("accept", "")
+        if ARROW_FILE in accept or ARROW_STREAM in accept:
+            combined = pa.table({"time": pa.array([at_ms] * table.num_rows, pa.int64()),
+                                 **{f"in.{c}": table.column(c) for c in table.column_names},
+                                 **{f"out.{c}": outputs.column(c) for c in outputs.column_names},
+                                 "check_failures": pa.array([[]] * table.num_rows, pa.list_(pa.string()))})
+            encode, media = (to_ipc_stream, ARROW_STREAM) if ARROW_STREAM in accept else (to_ipc_file, ARROW_FILE)
+            return Response(encode(combined), media_type=media,
+                            headers={"Railyard-Meta": json.dumps(meta)})
+        return Response(json.dumps(seed_records(table, outputs, meta, at_ms)), media_type="application/json")
+
+
+

@@ -1,0 +1,148 @@
+"""Messages of the deployer service and the engine: pipelines, versions, deployments, inference.
+
+Request fields and reply shapes follow the seed's "Pipeline Management" section.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from shared.messages.base import Command, Event, Message
+
+
+class CreatePipeline(Command):
+    """Create a pipeline (or a new version of it when the name exists and the definition changed)."""
+
+    pipeline_id: str = Field(description="The pipeline's name.")
+    workspace_id: int
+    definition: dict[str, Any] = Field(default_factory=dict)
+
+
+class PipelineCreated(Message):
+    pipeline_pk_id: int
+    pipeline_variant_pk_id: int
+    pipeline_variant_version: str
+
+
+class CopyPipeline(Command):
+    name: str
+    workspace_id: int
+    source_pipeline: int
+    deploy: str | None = None
+    engine_config: dict[str, Any] | None = None
+    pipeline_version: str | None = None
+
+
+class PipelineCopied(Message):
+    pipeline_pk_id: int
+    pipeline_variant_pk_id: int
+    pipeline_version: str | None
+    deployment: dict[str, Any] | None
+
+
+class ListPipelines(Command):
+    workspace_id: int
+
+
+class PipelineRecord(Message):
+    id: int
+    name: str
+    workspace_id: int
+    created_at: str
+    updated_at: str
+    versions: list[dict[str, Any]]
+    deployment: dict[str, Any] | None
+
+
+class Pipelines(Message):
+    pipelines: list[PipelineRecord]
+
+
+class GetPipeline(Command):
+    pipeline_id: int
+
+
+class ModelRef(Message):
+    name: str
+    version: str | None = None
+    sha: str | None = None
+
+
+class DeployPipeline(Command):
+    deploy_id: str
+    pipeline_version_pk_id: int
+    pipeline_id: int
+    models: list[ModelRef] | None = None
+    model_ids: list[int] | None = None
+    model_configs: list[int] | None = None
+    engine_config: dict[str, Any] | None = None
+
+
+class Deployed(Message):
+    id: int
+
+
+class GetDeploymentStatus(Command):
+    name: str = Field(description="`<deploy_id>-<deployment id>`")
+
+
+class DeploymentStatus(Message):
+    status: str
+    details: list[Any]
+    engines: list[dict[str, Any]]
+    engine_lbs: list[dict[str, Any]]
+    sidekicks: list[Any]
+
+
+class UndeployPipeline(Command):
+    pipeline_id: int
+    deployment_id: int
+
+
+class GetExternalUrl(Command):
+    workspace_id: int
+    pipeline_name: str
+
+
+class ExternalUrl(Message):
+    url: str
+
+
+class ResolveDeployment(Command):
+    """Where to send an inference for `<deploy_id>-<id>`, and who may."""
+
+    name: str
+
+
+class DeploymentRoute(Message):
+    deployment_id: int
+    name: str
+    pipeline_name: str
+    workspace_id: int
+    status: str
+    pipeline_version: str
+    input_schema: str | None = Field(description="base64 Arrow schema of the first step's input")
+
+
+class PipelineDeployed(Event):
+    deployment_id: int
+    name: str
+    pipeline_id: int
+    workspace_id: int
+    pipeline_version: str
+
+
+class PipelineUndeployed(Event):
+    deployment_id: int
+    name: str
+    pipeline_id: int
+    workspace_id: int
+
+
+class PipelineVersionCreated(Event):
+    pipeline_id: int
+    workspace_id: int
+    name: str
+    pipeline_version: str
