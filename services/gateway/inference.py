@@ -29,6 +29,7 @@ JSON_RECORDS = "application/json; format=pandas-records"
 ROUTE_TTL = 2.0
 MEMBER_TTL = 30.0
 INFER_TIMEOUT = 30.0
+FIRST_ATTEMPT = 3.0
 
 
 class RouteCache:
@@ -76,6 +77,22 @@ def seed_records(inputs: pa.Table, outputs: pa.Table, meta: dict[str, Any], at_m
              "check_failures": [], "metadata": metadata} for i in range(inputs.num_rows)]
 
 
+async def _ask_engine(runtime: Runtime, deployment: str, payload: bytes):
+    """Send to the deployment's queue group. A replica killed while holding a request never answers, so a
+    request unanswered after FIRST_ATTEMPT seconds is sent once more (to a live replica)."""
+    nc = runtime.broker.config.connection_state.connection
+    subject = subjects.engine_infer(deployment)
+    for attempt, wait in enumerate((FIRST_ATTEMPT, INFER_TIMEOUT - FIRST_ATTEMPT)):
+        try:
+            return await nc.request(subject, payload, timeout=wait)
+        except nats.errors.NoRespondersError:
+            raise Unavailable(f"deployment {deployment!r} has no running engine; retry shortly") from None
+        except nats.errors.TimeoutError:
+            if attempt == 1:
+                raise UpstreamTimeout(f"the engine did not answer within {INFER_TIMEOUT:g}s") from None
+    raise AssertionError("unreachable")
+
+
 def add_inference_routes(app: FastAPI, runtime: Runtime, caller) -> None:
     cache = RouteCache()
 
@@ -93,13 +110,7 @@ def add_inference_routes(app: FastAPI, runtime: Runtime, caller) -> None:
             raise Unavailable(f"deployment {deployment!r} is {route.status.lower()}; retry shortly")
         table = _read_body(request_.headers.get("content-type", ""), await request_.body())
         at_ms = int(time.time() * 1000)
-        nc = runtime.broker.config.connection_state.connection
-        try:
-            reply = await nc.request(subjects.engine_infer(deployment), to_ipc_stream(table), timeout=INFER_TIMEOUT)
-        except nats.errors.NoRespondersError:
-            raise Unavailable(f"deployment {deployment!r} has no running engine; retry shortly") from None
-        except nats.errors.TimeoutError:
-            raise UpstreamTimeout(f"the engine did not answer within {INFER_TIMEOUT:g}s") from None
+        reply = await _ask_engine(runtime, deployment, to_ipc_stream(table))
         headers = reply.headers or {}
         if "Railyard-Error" in headers:
             err = json.loads(headers["Railyard-Error"])

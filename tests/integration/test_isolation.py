@@ -36,6 +36,11 @@ WORKSPACE_ROUTES: dict[str, Callable[[Account, Account, int], dict]] = {
     "models/get": lambda victim, intruder, model: {"id": model},
     "connections/list": lambda victim, intruder, model: {"workspace_id": victim.workspace_id},
     "models/list_registries": lambda victim, intruder, model: {"workspace_id": victim.workspace_id},
+    "pipelines/create": lambda victim, intruder, model: {"pipeline_id": "intruder", "workspace_id": victim.workspace_id,
+                                                         "definition": {}},
+    "pipelines/list": lambda victim, intruder, model: {"workspace_id": victim.workspace_id},
+    "admin/get_pipeline_external_url": lambda victim, intruder, model: {"workspace_id": victim.workspace_id,
+                                                                        "pipeline_name": "x"},
     "models/create_registry": lambda victim, intruder, model: {"workspace_id": victim.workspace_id, "name": "x",
                                                                "url": "https://registry.example.com", "token": "t"},
     "models/attach_registry_to_workspace": lambda victim, intruder, model: {"workspace_id": victim.workspace_id,
@@ -69,6 +74,9 @@ NOT_WORKSPACE_SCOPED = {
     "connections/create", "connections/get", "connections/get_by_id", "connections/delete",
     # registries are found by id; their visibility rules are tested in test_mlflow_registry.py
     "models/get_registry", "models/list_registry_models", "models/list_registry_model_version_artifacts",
+    # pipelines and deployments are found by id or name; outsiders get 404 (test_pipelines.py and below)
+    "pipelines/copy", "pipelines/get", "pipelines/deploy", "pipelines/undeploy", "status/get_deployment",
+    "pipelines/infer/{deployment}/{pipeline}",
 }
 
 
@@ -162,3 +170,33 @@ async def test_the_bus_front_door_applies_the_same_rules(stack, alice, bob):
         assert not invite.ok and invite.status == 403
     finally:
         await nc.close()
+
+
+def test_foreign_pipelines_and_deployments_are_not_found(stack, alice, bob):
+    from tests.integration.test_pipelines import create_pipeline, upload_model
+
+    version = upload_model(stack, alice, "isolated")
+    pipeline = create_pipeline(stack, alice, "isolated", version)
+    deployment = post(stack, "pipelines/deploy", alice.token, {
+        "deploy_id": "isolated", "pipeline_version_pk_id": pipeline["pipeline_variant_pk_id"],
+        "pipeline_id": pipeline["pipeline_pk_id"]}).json()["id"]
+    name = f"isolated-{deployment}"
+    try:
+        before = post(stack, "pipelines/get", alice.token, {"pipeline_id": pipeline["pipeline_pk_id"]}).json()
+        attempts = {
+            "pipelines/get": {"pipeline_id": pipeline["pipeline_pk_id"]},
+            "pipelines/copy": {"name": "stolen", "workspace_id": bob.workspace_id,
+                               "source_pipeline": pipeline["pipeline_pk_id"]},
+            "pipelines/deploy": {"deploy_id": "hijack", "pipeline_version_pk_id": pipeline["pipeline_variant_pk_id"],
+                                 "pipeline_id": pipeline["pipeline_pk_id"]},
+            "pipelines/undeploy": {"pipeline_id": pipeline["pipeline_pk_id"], "deployment_id": deployment},
+            "status/get_deployment": {"name": name},
+        }
+        for path, body in attempts.items():
+            response = post(stack, path, bob.token, body)
+            assert response.status_code == 404, (path, response.text)
+        assert post(stack, "pipelines/get", alice.token, {"pipeline_id": pipeline["pipeline_pk_id"]}).json() == before
+        assert post(stack, "status/get_deployment", alice.token, {"name": name}).json()["status"] == "Running"
+    finally:
+        post(stack, "pipelines/undeploy", alice.token, {"pipeline_id": pipeline["pipeline_pk_id"],
+                                                        "deployment_id": deployment})

@@ -1,0 +1,237 @@
+"""Pipelines, deployments and inference over HTTP as the seed does them: create, deploy, reach Running,
+infer JSON and Arrow with outputs equal to onnxruntime's own, undeploy, copy; bad inputs; failover."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pytest
+import requests
+
+from shared.arrow_codec import from_ipc, tensor_array, to_ipc_file, to_ipc_stream
+from tests.integration.conftest import Account, post
+from tests.models import ccfraud_onnx, sample_rows
+
+pytestmark = pytest.mark.integration
+
+RECORDS = "application/json; format=pandas-records"
+ARROW = "application/vnd.apache.arrow.file"
+
+
+def upload_model(stack, account: Account, name: str = "ccfraud") -> dict:
+    response = requests.post(f"{stack.api}/models/upload_stream", files={"file": (name, ccfraud_onnx())},
+                             data={"name": name, "workspace_id": account.workspace_id},
+                             headers={"Authorization": f"Bearer {account.token}"}, timeout=60)
+    model_id = response.json()["insert_models"]["returning"][0]["models"][0]["id"]
+    return post(stack, "models/list_versions", account.token, {"models_pk_id": model_id}).json()[-1]
+
+
+def create_pipeline(stack, account: Account, name: str, version: dict | None) -> dict:
+    definition = {"steps": [{"ModelInference": {"models": [
+        {"name": version["model_id"], "version": version["model_version"], "sha": version["sha"]}]}}]} \
+        if version else {}
+    response = post(stack, "pipelines/create", account.token,
+                    {"pipeline_id": name, "workspace_id": account.workspace_id, "definition": definition})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.fixture
+def deployed(stack, alice):
+    version = upload_model(stack, alice)
+    pipeline = create_pipeline(stack, alice, "pipelinemodels", version)
+    started = time.monotonic()
+    response = post(stack, "pipelines/deploy", alice.token, {
+        "deploy_id": "pipelinemodels", "pipeline_version_pk_id": pipeline["pipeline_variant_pk_id"],
+        "pipeline_id": pipeline["pipeline_pk_id"],
+        "models": [{"name": version["model_id"], "version": version["model_version"], "sha": version["sha"]}]})
+    assert response.status_code == 200, response.text
+    seconds = time.monotonic() - started
+    deployment_id = response.json()["id"]
+    url = post(stack, "admin/get_pipeline_external_url", alice.token,
+               {"workspace_id": alice.workspace_id, "pipeline_name": "pipelinemodels"}).json()["url"]
+    info = {"pipeline": pipeline, "version": version, "deployment_id": deployment_id,
+            "name": f"pipelinemodels-{deployment_id}", "url": url, "deploy_seconds": seconds}
+    yield info
+    post(stack, "pipelines/undeploy", alice.token,
+         {"pipeline_id": pipeline["pipeline_pk_id"], "deployment_id": deployment_id})
+
+
+def infer(url: str, token: str, body, content_type: str = RECORDS, accept: str | None = None):
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": content_type}
+    if accept:
+        headers["Accept"] = accept
+    data = json.dumps(body).encode() if not isinstance(body, bytes) else body
+    return requests.post(url, data=data, headers=headers, timeout=60)
+
+
+def onnx_outputs(rows: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(ccfraud_onnx()).run(None, {"tensor": rows.astype(np.float32)})[0]
+
+
+def test_create_pipelines_and_versions(stack, alice):
+    empty = create_pipeline(stack, alice, "pipelinenomodel", None)
+    assert set(empty) == {"pipeline_pk_id", "pipeline_variant_pk_id", "pipeline_variant_version"}
+    assert uuid.UUID(empty["pipeline_variant_version"])
+    again = create_pipeline(stack, alice, "pipelinenomodel", None)
+    assert again == empty  # same definition: same version
+    version = upload_model(stack, alice)
+    changed = create_pipeline(stack, alice, "pipelinenomodel", version)
+    assert changed["pipeline_pk_id"] == empty["pipeline_pk_id"]
+    assert changed["pipeline_variant_pk_id"] != empty["pipeline_variant_pk_id"]
+    listed = post(stack, "pipelines/list", alice.token, {"workspace_id": alice.workspace_id}).json()["pipelines"]
+    assert [len(p["versions"]) for p in listed if p["name"] == "pipelinenomodel"] == [2]
+
+
+def test_deploy_status_infer_undeploy(stack, alice, deployed):
+    assert deployed["deploy_seconds"] < 5.0, deployed["deploy_seconds"]
+    status = post(stack, "status/get_deployment", alice.token, {"name": deployed["name"]}).json()
+    assert status["status"] == "Running" and status["engines"] and status["engine_lbs"]
+    engine = status["engines"][0]
+    assert engine["status"] == "Running"
+    assert engine["pipeline_statuses"]["pipelines"] == [{"id": "pipelinemodels", "status": "Running"}]
+    assert engine["model_statuses"]["models"][0]["sha"] == deployed["version"]["sha"]
+    assert deployed["url"].endswith(f"/v1/api/pipelines/infer/{deployed['name']}/pipelinemodels")
+
+    rows = sample_rows(5, seed=11).astype(np.float64)
+    response = infer(deployed["url"], alice.token, [{"tensor": row.tolist()} for row in rows])
+    assert response.status_code == 200, response.text
+    records = response.json()
+    assert len(records) == 5
+    assert set(records[0]) == {"time", "in", "out", "check_failures", "metadata"}
+    assert records[0]["check_failures"] == [] and records[0]["in"]["tensor"] == rows[0].tolist()
+    assert np.allclose([r["out"]["dense_1"] for r in records], onnx_outputs(rows), atol=1e-6)
+    metadata = records[0]["metadata"]
+    assert json.loads(metadata["last_model"]) == {"model_name": "ccfraud", "model_sha": deployed["version"]["sha"]}
+    assert metadata["pipeline_version"] and len(metadata["elapsed"]) == 2
+
+    table = pa.table({"tensor": tensor_array(rows)})
+    for encode in (to_ipc_file, to_ipc_stream):
+        arrow = infer(deployed["url"], alice.token, encode(table), content_type=ARROW, accept=ARROW)
+        assert arrow.status_code == 200, arrow.text
+        result = from_ipc(arrow.content)
+        assert result.column_names == ["time", "in.tensor", "out.dense_1", "check_failures"]
+        outputs = np.array(result.column("out.dense_1").to_pylist())
+        assert np.allclose(outputs, onnx_outputs(rows), atol=1e-6)
+
+    undeployed = post(stack, "pipelines/undeploy", alice.token,
+                      {"pipeline_id": deployed["pipeline"]["pipeline_pk_id"],
+                       "deployment_id": deployed["deployment_id"]})
+    assert undeployed.status_code == 200
+    assert post(stack, "status/get_deployment", alice.token, {"name": deployed["name"]}).json()["status"] == "Stopped"
+    time.sleep(2.1)  # the gateway's route cache
+    gone = infer(deployed["url"], alice.token, [{"tensor": rows[0].tolist()}])
+    assert gone.status_code == 404, gone.text
+
+
+def test_inference_token_is_accepted_on_inference(stack, alice, deployed):
+    secrets = stack.secrets()
+    token = httpx.post(f"{stack.base_url}/auth/realms/master/protocol/openid-connect/token",
+                       data={"grant_type": "client_credentials"},
+                       auth=(secrets["client_id"], secrets["client_secret"])).json()["access_token"]
+    response = infer(deployed["url"], token, [{"tensor": sample_rows(1)[0].tolist()}])
+    assert response.status_code == 200, response.text
+
+
+def _bad_arrow_nan() -> bytes:
+    rows = sample_rows(2).astype(np.float64)
+    rows[1, 3] = np.nan
+    return to_ipc_file(pa.table({"tensor": tensor_array(rows)}))
+
+
+BAD_INFERENCES = {
+    "malformed JSON": (b"[{not json", RECORDS, "not valid JSON"),
+    "malformed Arrow": (b"ARROW1 but not really", ARROW, "Arrow IPC"),
+    "missing column": ([{"other": [1.0] * 29}], RECORDS, "missing columns"),
+    "extra column": ([{"tensor": [1.0] * 29, "extra": 1}], RECORDS, "unexpected columns"),
+    "ragged tensor": ([{"tensor": [1.0] * 29}, {"tensor": [1.0] * 28}], RECORDS, "ragged"),
+    "mixed types": ([{"tensor": [1.0] * 28 + ["x"]}], RECORDS, "mixed data types"),
+    "wrong shape": ([{"tensor": [1.0, 2.0]}], RECORDS, "shape 29"),
+    "strings": ([{"tensor": ["a"] * 29}], RECORDS, "strings"),
+    "NaN": (_bad_arrow_nan(), ARROW, "NaN"),
+    "wrong content type": (b"tensor=1", "text/csv", "unsupported Content-Type"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INFERENCES))
+def test_bad_inferences_are_400_with_the_reason(stack, alice, deployed, case):
+    body, content_type, message = BAD_INFERENCES[case]
+    response = infer(deployed["url"], alice.token, body, content_type=content_type)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "invalid_request" and message in response.json()["msg"], response.text
+
+
+def test_outsiders_and_wrong_names_get_404(stack, alice, bob, deployed):
+    assert infer(deployed["url"], bob.token, [{"tensor": [1.0] * 29}]).status_code == 404
+    wrong = deployed["url"].rsplit("/", 1)[0] + "/otherpipeline"
+    assert infer(wrong, alice.token, [{"tensor": [1.0] * 29}]).status_code == 404
+    missing = deployed["url"].replace(deployed["name"], "nothing-999999")
+    assert infer(missing, alice.token, [{"tensor": [1.0] * 29}]).status_code == 404
+
+
+def test_copy_pipeline(stack, alice, deployed):
+    copied = post(stack, "pipelines/copy", alice.token, {
+        "name": "copiedmodelpipeline", "workspace_id": alice.workspace_id,
+        "source_pipeline": deployed["pipeline"]["pipeline_pk_id"]}).json()
+    assert copied["pipeline_pk_id"] != deployed["pipeline"]["pipeline_pk_id"]
+    assert copied["pipeline_version"] is None and copied["deployment"] is None
+    record = post(stack, "pipelines/get", alice.token, {"pipeline_id": copied["pipeline_pk_id"]}).json()
+    source = post(stack, "pipelines/get", alice.token, {"pipeline_id": deployed["pipeline"]["pipeline_pk_id"]}).json()
+    assert record["versions"][-1]["definition"] == source["versions"][-1]["definition"]
+    assert post(stack, "pipelines/copy", alice.token, {
+        "name": "copiedmodelpipeline", "workspace_id": alice.workspace_id,
+        "source_pipeline": deployed["pipeline"]["pipeline_pk_id"]}).status_code == 409
+
+
+def test_killed_replica_fails_over_and_is_replaced(stack, alice):
+    version = upload_model(stack, alice)
+    pipeline = create_pipeline(stack, alice, "failover", version)
+    deployment_id = post(stack, "pipelines/deploy", alice.token, {
+        "deploy_id": "failover", "pipeline_version_pk_id": pipeline["pipeline_variant_pk_id"],
+        "pipeline_id": pipeline["pipeline_pk_id"], "engine_config": {"replica_count": 2}}).json()["id"]
+    name = f"failover-{deployment_id}"
+    url = post(stack, "admin/get_pipeline_external_url", alice.token,
+               {"workspace_id": alice.workspace_id, "pipeline_name": "failover"}).json()["url"]
+    engines = post(stack, "status/get_deployment", alice.token, {"name": name}).json()["engines"]
+    assert len(engines) == 2 and all(e["status"] == "Running" for e in engines)
+    body = [{"tensor": sample_rows(1)[0].tolist()}]
+    results: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        session = requests.Session()
+        while not stop.is_set() and len(results) < 5000:
+            results.append(session.post(url, data=json.dumps(body), timeout=60,
+                                        headers={"Authorization": f"Bearer {alice.token}",
+                                                 "Content-Type": RECORDS}).status_code)
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    time.sleep(1.0)
+    os.kill(engines[0]["pid"], signal.SIGKILL)
+    time.sleep(4.0)
+    stop.set()
+    for worker in workers:
+        worker.join(60)
+    assert results and all(code == 200 for code in results), {c: results.count(c) for c in set(results)}
+    deadline = time.monotonic() + 30
+    while True:
+        status = post(stack, "status/get_deployment", alice.token, {"name": name}).json()
+        pids = {e["pid"] for e in status["engines"]}
+        if status["status"] == "Running" and engines[0]["pid"] not in pids and len(pids) == 2:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert any(e["restarts"] >= 1 for e in status["engines"])
+    post(stack, "pipelines/undeploy", alice.token, {"pipeline_id": pipeline["pipeline_pk_id"],
+                                                    "deployment_id": deployment_id})
