@@ -87,7 +87,16 @@ def victim_model(stack, alice) -> int:
         data={"name": "victim-model", "workspace_id": alice.workspace_id},
         headers={"Authorization": f"Bearer {alice.token}"}, timeout=60)
     assert response.status_code == 200, response.text
-    return response.json()["insert_models"]["returning"][0]["models"][0]["id"]
+    model_id = response.json()["insert_models"]["returning"][0]["models"][0]["id"]
+    # workspaces/list learns of the model from an event: wait for it so before/after snapshots compare the same
+    import time
+
+    deadline = time.monotonic() + 10
+    while model_id not in next(w for w in alice.client.post("workspaces/list", {})["workspaces"]
+                               if w["id"] == alice.workspace_id)["models"]:
+        assert time.monotonic() < deadline, "the model never appeared in workspaces/list"
+        time.sleep(0.1)
+    return model_id
 
 
 def _state(stack, victim: Account) -> tuple:
