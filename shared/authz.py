@@ -162,6 +162,19 @@ def require_admin(principal: Principal, action: str) -> Principal:
 MembershipLookup = Callable[[str, int], Awaitable[str | None]]
 
 
+async def require_owner_or_member(lookup: MembershipLookup, principal: Principal, owner_id: str,
+                                  workspace_ids: list[int], what: str) -> None:
+    """A resource shared through workspaces (connections, registries): visible to its creator and to members
+    of any workspace it is attached to; to anyone else it does not exist (404)."""
+    require_user(principal)
+    if owner_id == principal.user_id:
+        return
+    for workspace_id in workspace_ids:
+        if await lookup(principal.user_id, workspace_id) is not None:
+            return
+    raise NotFound(f"{what} not found")
+
+
 def bus_membership(broker: Any, token: str | None, timeout: float) -> MembershipLookup:
     """For services other than auth: ask auth (`auth.workspaces.check_member`) on the caller's behalf."""
     from shared import subjects

@@ -167,6 +167,14 @@ def _unpickle(source: Path) -> Any:
         raise Rejected(f"cannot unpickle the model: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
+def _write_converted(onx: Any, target: Path, model: Any) -> dict[str, Any]:
+    """Write a converted model and check it exactly as an uploaded ONNX file is checked."""
+    target.write_bytes(onx.SerializeToString())
+    result = inspect_onnx(target)
+    result["converted_from"] = type(model).__name__
+    return result
+
+
 def convert_xgboost(source: Path, target: Path) -> dict[str, Any]:
     """An XGBoost model (a pickled XGBClassifier/XGBRegressor, or XGBoost's own JSON/UBJSON model file)
     converted to ONNX with onnxmltools (its XGBoost converter supports opset 15)."""
@@ -193,10 +201,7 @@ def convert_xgboost(source: Path, target: Path) -> dict[str, Any]:
         onx = to_onnx(model, initial_types=[("tensor", FloatTensorType([None, features]))], target_opset=15)
     except Exception as exc:  # onnxmltools raises many kinds for unsupported objectives
         raise Rejected(f"onnxmltools cannot convert this XGBoost model: {str(exc)[:200]}") from None
-    target.write_bytes(onx.SerializeToString())
-    result = inspect_onnx(target)
-    result["converted_from"] = type(model).__name__
-    return result
+    return _write_converted(onx, target, model)
 
 
 def convert_sklearn(source: Path, target: Path) -> dict[str, Any]:
@@ -214,10 +219,7 @@ def convert_sklearn(source: Path, target: Path) -> dict[str, Any]:
                       target_opset=17)
     except Exception as exc:  # skl2onnx raises many kinds for unsupported estimators
         raise Rejected(f"skl2onnx cannot convert {type(model).__name__}: {str(exc)[:200]}") from None
-    target.write_bytes(onx.SerializeToString())
-    result = inspect_onnx(target)
-    result["converted_from"] = type(model).__name__
-    return result
+    return _write_converted(onx, target, model)
 
 
 INSPECTORS = {"onnx": inspect_onnx, "python": inspect_python, "custom": inspect_custom}

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from shared import subjects
-from shared.authz import Principal, require_member, require_user
+from shared.authz import Principal, require_member, require_owner_or_member, require_user
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.messages.registry import (
     AddConnectionToWorkspace,
@@ -89,13 +89,9 @@ class ConnectionService:
         row = await self.pool.fetchrow(f"{self.QUERY} WHERE {where} GROUP BY c.id", value)
         if row is None:
             raise NotFound("connection not found")
-        if str(row["owner_id"]) == principal.user_id:
-            return row
-        lookup = self.membership(token)
-        for workspace_id in row["workspace_ids"]:
-            if await lookup(principal.user_id, workspace_id) is not None:
-                return row
-        raise NotFound("connection not found")
+        await require_owner_or_member(self.membership(token), principal, str(row["owner_id"]),
+                                      list(row["workspace_ids"]), "connection")
+        return row
 
     async def create(self, principal: Principal, cmd: CreateConnection) -> ConnectionId:
         require_user(principal)

@@ -15,7 +15,7 @@ import asyncpg
 from services.registry import handlers
 from services.registry.mlflow import MlflowRegistry
 from shared import subjects
-from shared.authz import Principal, require_member, require_user
+from shared.authz import Principal, require_member, require_owner_or_member, require_user
 from shared.errors import InvalidRequest, NotFound
 from shared.messages.registry import (
     AttachRegistry,
@@ -75,13 +75,9 @@ class RegistryService:
         row = await self.pool.fetchrow(f"{self.QUERY} WHERE r.id = $1 GROUP BY r.id", registry_id)
         if row is None:
             raise NotFound("registry not found")
-        if str(row["owner_id"]) == principal.user_id:
-            return row
-        lookup = self.deps.membership(token)
-        for workspace_id in row["workspace_ids"]:
-            if await lookup(principal.user_id, workspace_id) is not None:
-                return row
-        raise NotFound("registry not found")
+        await require_owner_or_member(self.deps.membership(token), principal, str(row["owner_id"]),
+                                      list(row["workspace_ids"]), "registry")
+        return row
 
     def _mlflow(self, row: asyncpg.Record) -> MlflowRegistry:
         token = self.box.open(row["token_encrypted"]) if row["token_encrypted"] is not None else None
