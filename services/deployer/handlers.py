@@ -41,7 +41,7 @@ from shared.messages.registry import ResolvedModel, ResolveModel
 
 log = logging.getLogger("railyard.deployer")
 NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-STEP_KINDS = {"ModelInference"}
+STEP_KINDS = {"ModelInference", "ShadowDeploy", "RandomSplit"}
 
 
 @dataclass
@@ -63,17 +63,38 @@ def _check_name(name: str, what: str) -> None:
                              " ending with a letter or digit (DNS-compliant; '.' and '_' are not allowed)")
 
 
+def _step_models(step_kind: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model references a step names, in order (champion first for shadow deploys)."""
+    if step_kind == "ModelInference":
+        return list(body.get("models") or [])
+    if step_kind == "ShadowDeploy":
+        return [body.get("champion")] + list(body.get("challengers") or [])
+    return list(body.get("models") or [])
+
+
 def _check_definition(definition: dict[str, Any]) -> None:
     steps = definition.get("steps", [])
     if not isinstance(steps, list):
         raise InvalidRequest("definition.steps must be a list")
     for index, step in enumerate(steps):
+        where = f"definition.steps[{index}]"
         if not isinstance(step, dict) or len(step) != 1 or next(iter(step)) not in STEP_KINDS:
-            raise InvalidRequest(f"definition.steps[{index}] must be one of {sorted(STEP_KINDS)}")
-        models = step["ModelInference"].get("models") if isinstance(step["ModelInference"], dict) else None
-        if not isinstance(models, list) or not models or not all(isinstance(m, dict) and m.get("name")
-                                                                  for m in models):
-            raise InvalidRequest(f"definition.steps[{index}].ModelInference.models must list models by name")
+            raise InvalidRequest(f"{where} must be one of {sorted(STEP_KINDS)}")
+        kind, body = next(iter(step.items()))
+        if not isinstance(body, dict):
+            raise InvalidRequest(f"{where}.{kind} must be an object")
+        models = _step_models(kind, body)
+        if not models or not all(isinstance(m, dict) and m.get("name") for m in models):
+            raise InvalidRequest(f"{where}.{kind} must name its models (each with a name)")
+        if kind == "ShadowDeploy" and not body.get("challengers"):
+            raise InvalidRequest(f"{where}.ShadowDeploy needs a champion and at least one challenger")
+        if kind == "RandomSplit":
+            weights = body.get("weights")
+            if not isinstance(weights, list) or len(weights) != len(models) or \
+                    not all(isinstance(w, int | float) and w >= 0 for w in weights) or sum(weights) <= 0:
+                raise InvalidRequest(f"{where}.RandomSplit needs one non-negative weight per model, not all zero")
+            if body.get("hash_key") is not None and not isinstance(body["hash_key"], str):
+                raise InvalidRequest(f"{where}.RandomSplit.hash_key must be a column name")
 
 
 async def _pipeline_for(deps: DeployerDeps, principal: Principal, token: str | None, pipeline_id: int):
@@ -198,13 +219,17 @@ async def deploy(deps: DeployerDeps, principal: Principal, token: str | None, cm
     pinned = {m.name: m for m in cmd.models or []}
     steps = []
     for step in definition.get("steps", []):
+        kind, body = next(iter(step.items()))
         models = []
-        for ref in step["ModelInference"]["models"]:
+        for ref in _step_models(kind, body):
             override = pinned.get(ref["name"])
             models.append(await _resolve(deps, token, pipeline["workspace_id"], ref["name"],
                                          override.version if override else ref.get("version"),
                                          override.sha if override else ref.get("sha")))
-        steps.append({"kind": "ModelInference", "models": models})
+        resolved = {"kind": kind, "models": models}
+        if kind == "RandomSplit":
+            resolved |= {"weights": body["weights"], "hash_key": body.get("hash_key")}
+        steps.append(resolved)
     if not steps and cmd.models:
         steps = [{"kind": "ModelInference", "models": [
             await _resolve(deps, token, pipeline["workspace_id"], m.name, m.version, m.sha) for m in cmd.models]}]

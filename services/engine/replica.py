@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import signal
 import sys
 import time
@@ -35,15 +36,58 @@ from shared.settings import Settings
 
 log = logging.getLogger("railyard.engine")
 ERROR_HEADER = "Railyard-Error"
+SHADOW_TIMEOUT = 10.0
 META_HEADER = "Railyard-Meta"
 
 
 class Step:
-    """A pipeline step: one model runtime (shadow and split steps come later)."""
+    """One pipeline step. `ModelInference` runs its model; `ShadowDeploy` answers with its champion and runs
+    the challengers afterwards for the logs only (so they never fail or delay the answer); `RandomSplit`
+    picks one model per request by weight, or by a hash of the `hash_key` column of the first row so the same
+    key always reaches the same model, and adds the chosen model as `_model_split`."""
 
-    def __init__(self, model: dict[str, Any], runtime: OnnxRuntime) -> None:
-        self.model = model
-        self.runtime = runtime
+    def __init__(self, spec: dict[str, Any], runtimes: list[OnnxRuntime]) -> None:
+        self.kind = spec["kind"]
+        self.models = spec["models"]
+        self.runtimes = runtimes
+        self.weights = spec.get("weights")
+        self.hash_key = spec.get("hash_key")
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.models[0]
+
+    def _choose(self, table: pa.Table) -> int:
+        total = float(sum(self.weights))
+        if self.hash_key:
+            if self.hash_key not in table.column_names:
+                raise InvalidRequest(f"the A/B split hashes column {self.hash_key!r}, which the request lacks")
+            key = str(table.column(self.hash_key)[0].as_py()).encode()
+            point = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64 * total
+        else:
+            point = random.random() * total
+        for index, weight in enumerate(self.weights):
+            point -= weight
+            if point < 0:
+                return index
+        return len(self.weights) - 1
+
+    def run(self, table: pa.Table) -> tuple[pa.Table, dict[str, Any], list[tuple[str, OnnxRuntime, pa.Table]]]:
+        """(output, the model that answered, shadow work to do after answering)."""
+        if self.kind == "RandomSplit":
+            chosen = self._choose(table)
+            model = self.models[chosen]
+            inputs = table.drop_columns([self.hash_key]) if self.hash_key in table.column_names and \
+                self.hash_key not in {n for n, _, _ in self.runtimes[chosen].inputs} else table
+            output = self.runtimes[chosen].predict(inputs)
+            split = json.dumps({"name": model["name"], "version": model["model_version"], "sha": model["sha"]})
+            output = output.append_column("_model_split", pa.array([[split]] * output.num_rows,
+                                                                   pa.list_(pa.string())))
+            return output, model, []
+        output = self.runtimes[0].predict(table)
+        shadows = [(m["name"], r, table) for m, r in zip(self.models[1:], self.runtimes[1:], strict=True)] \
+            if self.kind == "ShadowDeploy" else []
+        return output, self.model, shadows
 
 
 def _sha256_of(path: Path) -> str | None:
@@ -90,35 +134,39 @@ class Replica:
         cache = self.cache_dir
         threads = max(1, int(float(self.spec.get("engine_config", {}).get("cpus", 1))))
         for step in self.spec["steps"]:
-            model = step["models"][0]
-            if model["runtime"] != "onnx":
-                raise RailyardError(f"model {model['name']}: the {model['runtime']} runtime is not served yet")
-            runtime = OnnxRuntime(await fetch_artifact(store, model["sha"], cache), threads=threads)
-            await asyncio.to_thread(runtime.load)
-            self.steps.append(Step(model, runtime))
+            runtimes = []
+            for model in step["models"]:
+                if model["runtime"] != "onnx":
+                    raise RailyardError(f"model {model['name']}: the {model['runtime']} runtime is not served yet")
+                runtime = OnnxRuntime(await fetch_artifact(store, model["sha"], cache), threads=threads)
+                await asyncio.to_thread(runtime.load)
+                runtimes.append(runtime)
+            self.steps.append(Step(step, runtimes))
 
-    def run(self, table: pa.Table) -> tuple[pa.Table, list[int]]:
+    def run(self, table: pa.Table) -> tuple[pa.Table, list[int], dict[str, Any] | None, list]:
+        """(output, elapsed ns per step, the last model that answered, shadow work)."""
         elapsed = []
         current = table
+        last = None
+        shadows: list = []
         for step in self.steps:
             started = time.perf_counter_ns()
-            current = step.runtime.predict(current)
+            current, last, step_shadows = step.run(current)
+            shadows += step_shadows
             elapsed.append(time.perf_counter_ns() - started)
-        return current, elapsed
+        return current, elapsed, last, shadows
 
     async def serve(self) -> None:
         nc = await nats.connect(self.settings.nats.url, name=f"railyard-engine-{self.name}-{self.replica_id}",
                                 max_reconnect_attempts=-1, reconnect_time_wait=0.5)
         js = nc.jetstream()
-        last = self.steps[-1].model if self.steps else None
-        last_model = json.dumps({"model_name": last["name"], "model_sha": last["sha"]}) if last else ""
 
         async def infer(msg) -> None:
             received = time.perf_counter_ns()
             try:
                 table = from_ipc(msg.data)
-                output, elapsed = await asyncio.to_thread(self.run, table) if table.num_rows > 256 \
-                    else self.run(table)
+                output, elapsed, last, shadows = await asyncio.to_thread(self.run, table) \
+                    if table.num_rows > 256 else self.run(table)
             except RailyardError as exc:
                 await nc.publish(msg.reply, b"", headers={ERROR_HEADER: json.dumps(
                     {"code": exc.code, "msg": exc.msg, "status": exc.status})})
@@ -128,11 +176,12 @@ class Replica:
                 await nc.publish(msg.reply, b"", headers={ERROR_HEADER: json.dumps(
                     {"code": "inference_failed", "msg": f"the model failed: {type(exc).__name__}", "status": 500})})
                 return
+            last_model = json.dumps({"model_name": last["name"], "model_sha": last["sha"]}) if last else ""
             meta = {"last_model": last_model, "pipeline_version": self.spec["deployment"]["pipeline_version"],
                     "elapsed": [elapsed[0] if elapsed else 0, time.perf_counter_ns() - received]}
             await nc.publish(msg.reply, to_ipc_stream(output), headers={META_HEADER: json.dumps(meta)})
             try:
-                self.records.put_nowait((time.time_ns(), table, output, meta))
+                self.records.put_nowait((time.time_ns(), table, output, meta, shadows))
             except asyncio.QueueFull:
                 log.error("inference log queue full: a record of %s was not logged", self.name)
 
@@ -141,8 +190,8 @@ class Replica:
                 "status": "Running",
                 "pipeline_statuses": {"pipelines": [{"id": self.spec["deployment"]["pipeline"],
                                                      "status": "Running"}]},
-                "model_statuses": {"models": [{"name": s.model["name"], "version": s.model["model_version"],
-                                               "sha": s.model["sha"], "status": "Running"} for s in self.steps]},
+                "model_statuses": {"models": [{"name": m["name"], "version": m["model_version"], "sha": m["sha"],
+                                               "status": "Running"} for s in self.steps for m in s.models]},
             }).encode())
 
         await nc.subscribe(subjects.engine_infer(self.name), queue=f"engine-{self.name}", cb=infer)
@@ -157,11 +206,18 @@ class Replica:
         """Inference records to the log stream, off the request path."""
         subject = f"logs.inference.{self.name}"
         while True:
-            at_ns, inputs, outputs, meta = await self.records.get()
-            record = pa.table(
-                {"time": pa.array([at_ns // 1_000_000] * inputs.num_rows, pa.int64()),
-                 **{f"in.{c}": inputs.column(c) for c in inputs.column_names},
-                 **{f"out.{c}": outputs.column(c) for c in outputs.column_names}})
+            at_ns, inputs, outputs, meta, shadows = await self.records.get()
+            columns = {"time": pa.array([at_ns // 1_000_000] * inputs.num_rows, pa.int64()),
+                       **{f"in.{c}": inputs.column(c) for c in inputs.column_names},
+                       **{f"out.{c}": outputs.column(c) for c in outputs.column_names}}
+            for name, runtime, shadow_input in shadows:
+                try:
+                    shadow = await asyncio.wait_for(asyncio.to_thread(runtime.predict, shadow_input), SHADOW_TIMEOUT)
+                except Exception as exc:  # a failing or slow challenger only loses its own log columns
+                    log.warning("challenger %s of %s failed: %s", name, self.name, exc)
+                    continue
+                columns |= {f"out_{name}.{c}": shadow.column(c) for c in shadow.column_names}
+            record = pa.table(columns)
             payload = to_ipc_stream(record)
             for attempt in range(5):
                 try:

@@ -235,3 +235,101 @@ def test_killed_replica_fails_over_and_is_replaced(stack, alice):
     assert any(e["restarts"] >= 1 for e in status["engines"])
     post(stack, "pipelines/undeploy", alice.token, {"pipeline_id": pipeline["pipeline_pk_id"],
                                                     "deployment_id": deployment_id})
+
+
+def _upload_bytes(stack, account: Account, name: str, content: bytes) -> None:
+    response = requests.post(f"{stack.api}/models/upload_stream", files={"file": (name, content)},
+                             data={"name": name, "workspace_id": account.workspace_id},
+                             headers={"Authorization": f"Bearer {account.token}"}, timeout=60)
+    assert response.status_code == 200, response.text
+
+
+def _deploy_definition(stack, account: Account, name: str, definition: dict) -> tuple[str, str, dict]:
+    pipeline = post(stack, "pipelines/create", account.token,
+                    {"pipeline_id": name, "workspace_id": account.workspace_id, "definition": definition}).json()
+    deployed = post(stack, "pipelines/deploy", account.token, {
+        "deploy_id": name, "pipeline_version_pk_id": pipeline["pipeline_variant_pk_id"],
+        "pipeline_id": pipeline["pipeline_pk_id"]})
+    assert deployed.status_code == 200, deployed.text
+    url = post(stack, "admin/get_pipeline_external_url", account.token,
+               {"workspace_id": account.workspace_id, "pipeline_name": name}).json()["url"]
+    return f"{name}-{deployed.json()['id']}", url, pipeline
+
+
+async def _last_log_record(stack, deployment: str, wanted_columns: set[str], timeout: float = 20.0) -> pa.Table:
+    import asyncio
+
+    import nats as nats_client
+
+    nc = await nats_client.connect(stack.settings().nats.url)
+    try:
+        js = nc.jetstream()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                message = await js.get_last_msg("INFERENCE_LOGS", f"logs.inference.{deployment}")
+                table = from_ipc(message.data)
+                if wanted_columns <= set(table.column_names):
+                    return table
+            except Exception:  # nothing logged yet
+                table = None
+            assert time.monotonic() < deadline, f"no log record with {wanted_columns}: {table and table.schema}"
+            await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
+async def test_shadow_deploy_answers_with_the_champion_and_logs_challengers(stack, alice):
+    import asyncio
+
+    from tests.integration.test_registry import _onnx_variant
+
+    for name in ("champion", "challenger-one"):
+        await asyncio.to_thread(_upload_bytes, stack, alice, name, ccfraud_onnx())
+    await asyncio.to_thread(_upload_bytes, stack, alice, "challenger-bad", _onnx_variant())  # takes column x
+    definition = {"steps": [{"ShadowDeploy": {"champion": {"name": "champion"},
+                                              "challengers": [{"name": "challenger-one"},
+                                                              {"name": "challenger-bad"}]}}]}
+    deployment, url, pipeline = await asyncio.to_thread(_deploy_definition, stack, alice, "shadowed", definition)
+    rows = sample_rows(3, seed=5).astype(np.float64)
+    response = await asyncio.to_thread(infer, url, alice.token, [{"tensor": r.tolist()} for r in rows])
+    assert response.status_code == 200, response.text
+    assert np.allclose([r["out"]["dense_1"] for r in response.json()], onnx_outputs(rows), atol=1e-6)
+    assert json.loads(response.json()[0]["metadata"]["last_model"])["model_name"] == "champion"
+    record = await _last_log_record(stack, deployment, {"out.dense_1", "out_challenger-one.dense_1"})
+    assert not any(c.startswith("out_challenger-bad") for c in record.column_names)
+    assert np.allclose(record.column("out_challenger-one.dense_1").to_pylist(), onnx_outputs(rows), atol=1e-6)
+
+
+def test_ab_split_by_weight_and_sticky_by_hash_key(stack, alice):
+    for name in ("model-a", "model-b"):
+        _upload_bytes(stack, alice, name, ccfraud_onnx())
+    only_a = {"steps": [{"RandomSplit": {"weights": [1, 0], "models": [{"name": "model-a"}, {"name": "model-b"}]}}]}
+    _, url, _ = _deploy_definition(stack, alice, "abweighted", only_a)
+    body = [{"tensor": sample_rows(1)[0].tolist()}]
+    for _ in range(5):
+        split = json.loads(infer(url, alice.token, body).json()[0]["out"]["_model_split"][0])
+        assert split["name"] == "model-a" and split["sha"] and split["version"]
+    sticky = {"steps": [{"RandomSplit": {"weights": [1, 1], "hash_key": "id",
+                                         "models": [{"name": "model-a"}, {"name": "model-b"}]}}]}
+    _, url, _ = _deploy_definition(stack, alice, "absticky", sticky)
+    chosen = {}
+    for key in ("user-1", "user-2", "user-3", "user-4", "user-5", "user-6"):
+        picks = {json.loads(infer(url, alice.token, [{**body[0], "id": key}]).json()[0]["out"]["_model_split"][0]
+                            )["name"] for _ in range(4)}
+        assert len(picks) == 1, (key, picks)
+        chosen[key] = picks.pop()
+    assert set(chosen.values()) == {"model-a", "model-b"}, chosen
+    missing = infer(url, alice.token, body)
+    assert missing.status_code == 400 and "hash" in missing.json()["msg"]
+
+
+def test_bad_split_and_shadow_definitions_are_400(stack, alice):
+    for definition, message in (
+        ({"steps": [{"RandomSplit": {"weights": [1], "models": [{"name": "a"}, {"name": "b"}]}}]}, "weight"),
+        ({"steps": [{"ShadowDeploy": {"champion": {"name": "a"}, "challengers": []}}]}, "challenger"),
+        ({"steps": [{"Unknown": {}}]}, "must be one of"),
+    ):
+        response = post(stack, "pipelines/create", alice.token,
+                        {"pipeline_id": "badsteps", "workspace_id": alice.workspace_id, "definition": definition})
+        assert response.status_code == 400 and message in response.json()["msg"], response.text

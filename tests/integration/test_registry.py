@@ -197,7 +197,7 @@ def _onnx_variant(*, external: str | None = None, opset: int | None = None) -> b
     graph = helper.make_graph([helper.make_node("Mul", ["x", "w"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])], [weight])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset or 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset or 17)], ir_version=8)
     return model.SerializeToString()
 
 
