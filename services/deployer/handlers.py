@@ -323,9 +323,11 @@ async def resolve_deployment(deps: DeployerDeps, principal: Principal, name: str
     engines = await deps.backend.status(name)
     status = "Running" if engines and any(e["status"] == "Running" for e in engines) else "Starting"
     first = spec["steps"][0]["models"][0] if spec.get("steps") else {}
+    last = spec["steps"][-1]["models"][0] if spec.get("steps") else {}
     return DeploymentRoute(deployment_id=row["id"], name=name, pipeline_name=row["pipeline_name"],
                            workspace_id=row["workspace_id"], status=status,
-                           pipeline_version=str(row["pipeline_version"]), input_schema=first.get("input_schema"))
+                           pipeline_version=str(row["pipeline_version"]), input_schema=first.get("input_schema"),
+                           output_schema=last.get("output_schema"))
 
 
 async def restore_deployments(deps: DeployerDeps) -> None:

@@ -94,7 +94,10 @@ async def _ask_engine(runtime: Runtime, deployment: str, payload: bytes):
 
 
 def add_inference_routes(app: FastAPI, runtime: Runtime, caller) -> None:
+    from services.gateway.oip import add_oip_routes
+
     cache = RouteCache()
+    add_oip_routes(app, runtime, caller, cache, _ask_engine)
 
     @app.post("/v1/api/pipelines/infer/{deployment}/{pipeline}", tags=["inference"])
     async def infer(deployment: str, pipeline: str, request_: Request,

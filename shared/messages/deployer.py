@@ -124,6 +124,7 @@ class DeploymentRoute(Message):
     status: str
     pipeline_version: str
     input_schema: str | None = Field(description="base64 Arrow schema of the first step's input")
+    output_schema: str | None = Field(None, description="base64 Arrow schema of the last step's output")
 
 
 class PipelineDeployed(Event):

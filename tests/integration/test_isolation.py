@@ -78,6 +78,7 @@ NOT_WORKSPACE_SCOPED = {
     "pipelines/copy", "pipelines/get", "pipelines/deploy", "pipelines/undeploy", "status/get_deployment",
     "pipelines/infer/{deployment}/{pipeline}",
 }
+# (the /v2 Open Inference Protocol routes are outside /v1/api; test_oip.py checks their tokens)
 
 
 @pytest.fixture

@@ -1,0 +1,178 @@
+"""The Open Inference Protocol (KServe/Triton v2) over HTTP for the same deployments, with the binary tensor
+data extension, so `tritonclient[http]` works unchanged. A model is addressed by its deployment name
+(`<deploy_id>-<id>`); tokens are required as on every route (inference tokens included)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from shared.arrow_codec import from_ipc, tensor_array, to_ipc_stream
+from shared.authz import KIND_INFERENCE, Principal
+from shared.errors import InvalidRequest, RailyardError
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+DATATYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32,
+             "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+             "UINT64": np.uint64, "BOOL": np.bool_}
+NUMPY_TO_OIP = {np.dtype(v).str: k for k, v in DATATYPES.items()}
+ARROW_TO_OIP = {"float": "FP32", "double": "FP64", "halffloat": "FP16", "int64": "INT64", "int32": "INT32",
+                "int16": "INT16", "int8": "INT8", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32",
+                "uint64": "UINT64", "bool": "BOOL", "string": "BYTES"}
+
+
+def _tensor_metadata(schema_b64: str | None) -> list[dict[str, Any]]:
+    if not schema_b64:
+        return []
+    schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(schema_b64)))
+    tensors = []
+    for field in schema:
+        kind = field.type
+        dims = []
+        while pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind):
+            dims.append(kind.list_size if pa.types.is_fixed_size_list(kind) else -1)
+            kind = kind.value_type
+        tensors.append({"name": field.name, "datatype": ARROW_TO_OIP.get(str(kind), str(kind).upper()),
+                        "shape": [-1, *dims]})
+    return tensors
+
+
+def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], pa.Table]:
+    """An OIP inference request (JSON, or JSON + binary tensors) as its JSON part and an Arrow table."""
+    try:
+        split = int(header_length) if header_length else len(body)
+        request = json.loads(body[:split])
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("the request is not valid JSON") from None
+    binary = memoryview(body)[split:]
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
+        raise InvalidRequest("the request needs a non-empty `inputs` list")
+    columns, names, offset, rows = [], [], 0, None
+    for tensor in request["inputs"]:
+        try:
+            name, shape, datatype = tensor["name"], [int(d) for d in tensor["shape"]], tensor["datatype"]
+        except (KeyError, TypeError, ValueError):
+            raise InvalidRequest("every input needs name, shape and datatype") from None
+        if datatype not in DATATYPES:
+            raise InvalidRequest(f"input {name!r}: datatype {datatype} is not supported")
+        if not shape or any(d < 0 for d in shape):
+            raise InvalidRequest(f"input {name!r}: shape must be non-negative with a batch dimension first")
+        dtype = np.dtype(DATATYPES[datatype]).newbyteorder("<")
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            chunk = binary[offset:offset + int(size)]
+            offset += int(size)
+            array = np.frombuffer(chunk, dtype=dtype)
+        else:
+            data = tensor.get("data")
+            if data is None:
+                raise InvalidRequest(f"input {name!r} has no data")
+            try:
+                array = np.asarray(data, dtype=dtype).reshape(-1)
+            except (ValueError, TypeError):
+                raise InvalidRequest(f"input {name!r}: data is not {datatype}") from None
+        if array.size != int(np.prod(shape)):
+            raise InvalidRequest(f"input {name!r}: {array.size} values do not fill shape {shape}")
+        if rows is not None and shape[0] != rows:
+            raise InvalidRequest("all inputs must have the same batch size (first dimension)")
+        rows = shape[0]
+        matrix = array.reshape(shape)
+        columns.append(tensor_array(matrix) if matrix.ndim > 1 else pa.array(matrix))
+        names.append(name)
+    return request, pa.Table.from_arrays(columns, names=names)
+
+
+def encode_response(request: dict[str, Any], model: str, version: str, outputs: pa.Table) -> tuple[bytes, dict]:
+    wanted = {o["name"]: o for o in request.get("outputs") or [] if isinstance(o, dict) and "name" in o}
+    all_binary = bool((request.get("parameters") or {}).get("binary_data_output"))
+    described, blobs = [], []
+    for name in outputs.column_names:
+        if wanted and name not in wanted:
+            continue
+        column = outputs.column(name)
+        if pa.types.is_list(column.type) and pa.types.is_string(column.type.value_type):
+            continue  # split bookkeeping (_model_split) is not a tensor
+        array = _to_numpy(column)
+        entry = {"name": name, "datatype": NUMPY_TO_OIP.get(array.dtype.str, "FP32"), "shape": list(array.shape)}
+        if all_binary or (wanted.get(name, {}).get("parameters") or {}).get("binary_data"):
+            raw = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = array.reshape(-1).tolist()
+        described.append(entry)
+    header = json.dumps({"model_name": model, "model_version": version, "id": request.get("id", ""),
+                         "outputs": described}).encode()
+    if not blobs:
+        return header, {"Content-Type": "application/json"}
+    return header + b"".join(blobs), {HEADER_LENGTH: str(len(header)), "Content-Type": "application/octet-stream"}
+
+
+def _to_numpy(column: pa.ChunkedArray) -> np.ndarray:
+    array = column.combine_chunks()
+    shape = [len(array)]
+    while pa.types.is_fixed_size_list(array.type):
+        shape.append(array.type.list_size)
+        array = array.flatten()
+    return array.to_numpy(zero_copy_only=False).reshape(shape)
+
+
+def add_oip_routes(app: FastAPI, runtime, caller, cache, ask_engine) -> None:
+    async def route_for(model: str, request: Request, principal: Principal):
+        token = request.headers["authorization"].partition(" ")[2].strip()
+        route = await cache.route(runtime, model, token)
+        if principal.kind != KIND_INFERENCE:
+            await cache.check_member(runtime, principal, token, route.workspace_id)
+        return route
+
+    def oip_error(exc: RailyardError) -> JSONResponse:
+        return JSONResponse({"error": exc.msg, "code": exc.code, "msg": exc.msg}, status_code=exc.status)
+
+    @app.get("/v2/health/live", tags=["open inference protocol"])
+    async def live(principal: Principal = Depends(caller)) -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["open inference protocol"])
+    async def ready(principal: Principal = Depends(caller)) -> dict:
+        return {"ready": True}
+
+    @app.get("/v2/models/{model}", tags=["open inference protocol"])
+    async def metadata(model: str, request: Request, principal: Principal = Depends(caller)) -> Response:
+        try:
+            route = await route_for(model, request, principal)
+        except RailyardError as exc:
+            return oip_error(exc)
+        return JSONResponse({"name": model, "versions": [route.pipeline_version], "platform": "railyard",
+                             "inputs": _tensor_metadata(route.input_schema),
+                             "outputs": _tensor_metadata(route.output_schema)})
+
+    @app.get("/v2/models/{model}/ready", tags=["open inference protocol"])
+    async def model_ready(model: str, request: Request, principal: Principal = Depends(caller)) -> Response:
+        try:
+            route = await route_for(model, request, principal)
+        except RailyardError as exc:
+            return oip_error(exc)
+        running = route.status == "Running"
+        return JSONResponse({"name": model, "ready": running}, status_code=200 if running else 400)
+
+    @app.post("/v2/models/{model}/infer", tags=["open inference protocol"])
+    async def oip_infer(model: str, request: Request, principal: Principal = Depends(caller)) -> Response:
+        try:
+            route = await route_for(model, request, principal)
+            parsed, table = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
+            reply = await ask_engine(runtime, model, to_ipc_stream(table))
+            headers = reply.headers or {}
+            if "Railyard-Error" in headers:
+                err = json.loads(headers["Railyard-Error"])
+                return JSONResponse({"error": err["msg"], "code": err["code"], "msg": err["msg"]},
+                                    status_code=err.get("status", 400))
+            body, response_headers = encode_response(parsed, model, route.pipeline_version, from_ipc(reply.data))
+        except RailyardError as exc:
+            return oip_error(exc)
+        return Response(body, headers=response_headers)
