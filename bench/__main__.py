@@ -17,7 +17,7 @@ def main() -> int:
     header = (
         "# Benchmarks\n\n"
         "Written by `make bench` (`python -m bench`); every figure is compared with a baseline measured in the same"
-        " run on the same machine.\n\n"
+        " run on the same machine. `docs/performance.md` explains the figures and what holds inference back.\n\n"
         f"Last run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()},"
         f" {platform.machine()}, {_cores()} cores.\n\n"
     )

@@ -33,6 +33,7 @@ ALGORITHM = "RS256"
 KIND_USER = "user"
 KIND_INFERENCE = "inference"
 KEY_REFETCH_INTERVAL = 1.0
+VERIFIED_CACHE = 10_000
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class TokenVerifier:
         self._fetched_at = 0.0
         self._lock = asyncio.Lock()
         self._revoked: dict[str, float] = {}
+        # verified tokens -> (principal, exp); revocation and expiry are still checked on every use
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     # --- keys and revocations ------------------------------------------------------------------
 
@@ -101,6 +104,15 @@ class TokenVerifier:
         """The caller behind a bearer token, or Unauthorized."""
         if not token:
             raise Unauthorized("missing bearer token")
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, expires = cached
+            if time.time() >= expires + 5:
+                del self._verified[token]
+                raise Unauthorized("token expired")
+            if principal.subject in self._revoked and principal.issued_at <= self._revoked[principal.subject]:
+                raise Unauthorized("token revoked: the user was deactivated")
+            return principal
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -135,7 +147,7 @@ class TokenVerifier:
         kind = claims.get("railyard_kind", KIND_USER)
         if kind not in (KIND_USER, KIND_INFERENCE):
             raise Unauthorized("invalid token")
-        return Principal(
+        principal = Principal(
             subject=subject,
             kind=kind,
             admin=bool(claims.get("railyard_admin", False)),
@@ -143,6 +155,10 @@ class TokenVerifier:
             username=claims.get("preferred_username"),
             issued_at=issued_at,
         )
+        if len(self._verified) >= VERIFIED_CACHE:
+            self._verified.clear()
+        self._verified[token] = (principal, float(claims["exp"]))
+        return principal
 
 
 def require_user(principal: Principal) -> Principal:

@@ -193,10 +193,13 @@ def main(spec: ServiceSpec) -> None:
         await serve(spec, settings, stop)
 
     try:
-        asyncio.run(run())
+        import uvloop
+
+        uvloop.run(run())
     except RailyardError as exc:
         print(f"railyard-{spec.name}: {exc.msg}", file=sys.stderr)
         sys.exit(2)
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"railyard-{spec.name}: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
         sys.exit(2)
+

@@ -50,6 +50,8 @@ async def start_http(runtime: Runtime) -> None:
         host=settings.host,
         port=settings.port,
         lifespan="off",
+        http="httptools",
+        loop="none",
         log_level="warning",
         access_log=False,
         h11_max_incomplete_event_size=settings.max_body_bytes,

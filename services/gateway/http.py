@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from services.gateway import handlers
-from services.gateway.inference import add_inference_routes
+from services.gateway.inference import Inference, InferenceFastPath, add_inference_routes
 from shared import __version__, subjects
 from shared.authz import Principal, require_user
 from shared.errors import InvalidRequest, PayloadTooLarge, RailyardError, Unauthorized
@@ -275,7 +275,8 @@ def create_app(runtime: Runtime) -> FastAPI:
                  response_model=route.reply, status_code=route.status, openapi_extra=_request_schema(route.model))(
             _forwarding_endpoint(runtime, route, user_caller, timeout))
 
-    add_inference_routes(app, runtime, caller)
+    inference = Inference(runtime)
+    add_inference_routes(app, runtime, caller, inference)
 
     @app.get("/", include_in_schema=False)
     async def ui() -> HTMLResponse:
@@ -332,7 +333,8 @@ def create_app(runtime: Runtime) -> FastAPI:
                 await objects.delete(BUCKET_ARTIFACTS, staged)
             raise
 
-    return BodySizeLimit(app, settings.gateway.max_body_bytes, settings.gateway.max_upload_bytes)
+    fast = InferenceFastPath(app, inference, verifier)
+    return BodySizeLimit(fast, settings.gateway.max_body_bytes, settings.gateway.max_upload_bytes)
 
 
 def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable, timeout: float) -> Callable:

@@ -7,10 +7,12 @@ tensors against the model and run it.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
 import nats.errors
+import orjson
 import pyarrow as pa
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
@@ -19,10 +21,20 @@ from shared import subjects
 from shared.arrow_codec import from_ipc, records_json_to_table, to_ipc_file, to_ipc_stream
 from shared.authz import KIND_INFERENCE, Principal, bus_membership, require_member
 from shared.bus import request
-from shared.errors import ErrorBody, InvalidRequest, NotFound, Unavailable, UpstreamTimeout, error_from_body
+from shared.errors import (
+    ErrorBody,
+    InvalidRequest,
+    NotFound,
+    RailyardError,
+    Unauthorized,
+    Unavailable,
+    UpstreamTimeout,
+    error_from_body,
+)
 from shared.messages.deployer import DeploymentRoute, ResolveDeployment
 from shared.service import Runtime
 
+log = logging.getLogger("railyard.gateway.inference")
 ARROW_FILE = "application/vnd.apache.arrow.file"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 JSON_RECORDS = "application/json; format=pandas-records"
@@ -93,25 +105,25 @@ async def _ask_engine(runtime: Runtime, deployment: str, payload: bytes):
     raise AssertionError("unreachable")
 
 
-def add_inference_routes(app: FastAPI, runtime: Runtime, caller) -> None:
-    from services.gateway.oip import add_oip_routes
+class Inference:
+    """The inference path, shared by the FastAPI route (docs) and the raw ASGI fast path in front of it."""
 
-    cache = RouteCache()
-    add_oip_routes(app, runtime, caller, cache, _ask_engine)
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.cache = RouteCache()
 
-    @app.post("/v1/api/pipelines/infer/{deployment}/{pipeline}", tags=["inference"])
-    async def infer(deployment: str, pipeline: str, request_: Request,
-                    principal: Principal = Depends(caller)) -> Response:
-        """Run an inference: pandas-records JSON or Arrow in; the seed's records or Arrow out."""
-        token = request_.headers["authorization"].partition(" ")[2].strip()
-        route = await cache.route(runtime, deployment, token)
+    async def run(self, principal: Principal, token: str, deployment: str, pipeline: str, content_type: str,
+                  accept: str, body: bytes) -> tuple[bytes, str, dict[str, str]]:
+        """(answer body, media type, extra headers) for one inference."""
+        runtime = self.runtime
+        route = await self.cache.route(runtime, deployment, token)
         if route.pipeline_name != pipeline:
             raise NotFound(f"deployment {deployment!r} does not serve pipeline {pipeline!r}")
         if principal.kind != KIND_INFERENCE:
-            await cache.check_member(runtime, principal, token, route.workspace_id)
+            await self.cache.check_member(runtime, principal, token, route.workspace_id)
         if route.status != "Running":
             raise Unavailable(f"deployment {deployment!r} is {route.status.lower()}; retry shortly")
-        table = _read_body(request_.headers.get("content-type", ""), await request_.body())
+        table = _read_body(content_type, body)
         at_ms = int(time.time() * 1000)
         reply = await _ask_engine(runtime, deployment, to_ipc_stream(table))
         headers = reply.headers or {}
@@ -120,16 +132,85 @@ def add_inference_routes(app: FastAPI, runtime: Runtime, caller) -> None:
             raise error_from_body(ErrorBody(code=err["code"], msg=err["msg"]), err.get("status"))
         outputs = from_ipc(reply.data)
         meta = json.loads(headers.get("Railyard-Meta", "{}"))
-        accept = request_.headers.get("accept", "")
         if ARROW_FILE in accept or ARROW_STREAM in accept:
             combined = pa.table({"time": pa.array([at_ms] * table.num_rows, pa.int64()),
                                  **{f"in.{c}": table.column(c) for c in table.column_names},
                                  **{f"out.{c}": outputs.column(c) for c in outputs.column_names},
                                  "check_failures": pa.array([[]] * table.num_rows, pa.list_(pa.string()))})
             encode, media = (to_ipc_stream, ARROW_STREAM) if ARROW_STREAM in accept else (to_ipc_file, ARROW_FILE)
-            return Response(encode(combined), media_type=media,
-                            headers={"Railyard-Meta": json.dumps(meta)})
-        return Response(json.dumps(seed_records(table, outputs, meta, at_ms)), media_type="application/json")
+            return encode(combined), media, {"Railyard-Meta": json.dumps(meta)}
+        return orjson.dumps(seed_records(table, outputs, meta, at_ms)), "application/json", {}
 
 
+INFER_PREFIX = "/v1/api/pipelines/infer/"
 
+
+class InferenceFastPath:
+    """Serves `POST /v1/api/pipelines/infer/<deployment>/<pipeline>` straight from ASGI, without the web
+    framework's routing, middleware and dependency resolution (most of an inference's cost at batch 1);
+    everything else goes to the application behind it."""
+
+    def __init__(self, app: Any, inference: Inference, verifier) -> None:
+        self.app = app
+        self.inference = inference
+        self.verifier = verifier
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or scope["method"] != "POST" or not path.startswith(INFER_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        parts = path[len(INFER_PREFIX):].split("/")
+        if len(parts) != 2 or not all(parts):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        extra: dict[str, str] = {}
+        try:
+            scheme, _, token = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
+            principal = await self.verifier().verify(token.strip())
+            body, media, extra = await self.inference.run(
+                principal, token.strip(), parts[0], parts[1], headers.get("content-type", ""),
+                headers.get("accept", ""), b"".join(chunks))
+            status = 200
+        except RailyardError as exc:
+            status, media = exc.status, "application/json"
+            body = orjson.dumps({"code": exc.code, "msg": exc.msg})
+            if exc.status == 401:
+                extra = {"WWW-Authenticate": "Bearer"}
+            elif exc.status == 503:
+                extra = {"Retry-After": "1"}
+        except Exception:  # like the app's own handler: no details leave the gateway
+            log.exception("inference failed in the gateway")
+            status, media, body = 500, "application/json", b'{"code":"internal","msg":"internal error"}'
+        raw = [(b"content-type", media.encode()), (b"content-length", str(len(body)).encode())]
+        raw += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
+
+
+def add_inference_routes(app: FastAPI, runtime: Runtime, caller, inference: Inference) -> None:
+    from services.gateway.oip import add_oip_routes
+
+    add_oip_routes(app, runtime, caller, inference.cache, _ask_engine)
+
+    @app.post("/v1/api/pipelines/infer/{deployment}/{pipeline}", tags=["inference"])
+    async def infer(deployment: str, pipeline: str, request_: Request,
+                    principal: Principal = Depends(caller)) -> Response:
+        """Run an inference: pandas-records JSON or Arrow in; the seed's records or Arrow out (served by the
+        fast path in front of the application; this route documents it)."""
+        token = request_.headers["authorization"].partition(" ")[2].strip()
+        body, media, extra = await inference.run(principal, token, deployment, pipeline,
+                                                 request_.headers.get("content-type", ""),
+                                                 request_.headers.get("accept", ""), await request_.body())
+        return Response(body, media_type=media, headers=extra)
