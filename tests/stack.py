@@ -49,7 +49,7 @@ def stack_env(data_dir: Path) -> dict[str, str]:
     # brute-force protection and body limit scaled down so their tests run in seconds
     env["RAILYARD_AUTH__FAILED_LOGIN_DELAY"] = "0.2"
     env["RAILYARD_AUTH__LOCKOUT_AFTER"] = "5"
-    env["RAILYARD_GATEWAY__MAX_BODY_BYTES"] = str(1024 * 1024)
+    env["RAILYARD_GATEWAY__MAX_BODY_BYTES"] = str(16 * 1024 * 1024)
     env["RAILYARD_GATEWAY__MAX_UPLOAD_BYTES"] = str(256 * 1024 * 1024)
     for name, port in zip(names, ports, strict=True):
         key = "RAILYARD_GATEWAY__PORT" if name == "GATEWAY" else f"RAILYARD_STACK__{name}"

@@ -25,6 +25,7 @@ from shared.errors import (
     ErrorBody,
     InvalidRequest,
     NotFound,
+    PayloadTooLarge,
     RailyardError,
     Unauthorized,
     Unavailable,
@@ -99,6 +100,9 @@ async def _ask_engine(runtime: Runtime, deployment: str, payload: bytes):
             return await nc.request(subject, payload, timeout=wait)
         except nats.errors.NoRespondersError:
             raise Unavailable(f"deployment {deployment!r} has no running engine; retry shortly") from None
+        except nats.errors.MaxPayloadError:
+            raise PayloadTooLarge(f"the request's table is larger than the bus allows ({nc.max_payload} bytes as"
+                                  " Arrow); send fewer rows per request") from None
         except nats.errors.TimeoutError:
             if attempt == 1:
                 raise UpstreamTimeout(f"the engine did not answer within {INFER_TIMEOUT:g}s") from None

@@ -116,14 +116,20 @@ def _http_ok(url: str, timeout: float = 1.0) -> bool:
 
 # --- NATS -------------------------------------------------------------------------------------
 
+NATS_MAX_PAYLOAD = 8 * 1024 * 1024  # batch inferences ride the bus as Arrow; 1 MB (the default) is ~4k rows
+
+
 def nats_server(cfg: StackSettings, data_dir: Path) -> ServerSpec:
     store = data_dir / "nats"
     store.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "nats.conf"
+    config.write_text(f"max_payload: {NATS_MAX_PAYLOAD}\n")
     return ServerSpec(
         name="nats",
         ports={"client": cfg.nats_port, "monitor": cfg.nats_monitor_port},
         argv=[
             find_binary("nats-server"),
+            "--config", str(config),
             "--addr", cfg.host,
             "--port", str(cfg.nats_port),
             "--http_port", str(cfg.nats_monitor_port),

@@ -333,3 +333,14 @@ def test_bad_split_and_shadow_definitions_are_400(stack, alice):
         response = post(stack, "pipelines/create", alice.token,
                         {"pipeline_id": "badsteps", "workspace_id": alice.workspace_id, "definition": definition})
         assert response.status_code == 400 and message in response.json()["msg"], response.text
+
+
+def test_tables_above_the_bus_limit_are_413(stack, alice, deployed):
+    rows = np.random.default_rng(0).normal(size=(40_000, 29))
+    body = to_ipc_file(pa.table({"tensor": tensor_array(rows)}))
+    assert len(body) > 8 * 1024 * 1024
+    response = infer(deployed["url"], alice.token, body, content_type=ARROW)
+    assert response.status_code == 413 and "fewer rows" in response.json()["msg"], response.text
+    fits = infer(deployed["url"], alice.token, to_ipc_file(pa.table({"tensor": tensor_array(rows[:20_000])})),
+                 content_type=ARROW, accept=ARROW)
+    assert fits.status_code == 200 and from_ipc(fits.content).num_rows == 20_000

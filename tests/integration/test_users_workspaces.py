@@ -174,13 +174,13 @@ def test_malformed_bodies_are_400_and_change_nothing(stack, alice, body, message
 
 
 def test_bodies_above_the_limit_are_413_before_being_read(stack, alice):
-    big = b'{"workspace_name": "' + b"a" * (2 * 1024 * 1024) + b'"}'
+    big = b'{"workspace_name": "' + b"a" * (17 * 1024 * 1024) + b'"}'
     response = httpx.post(f"{stack.api}/workspaces/create", content=big,
                           headers={"Authorization": f"Bearer {alice.token}"})
     assert response.status_code == 413 and response.json()["code"] == "payload_too_large"
 
     def chunks():
-        for _ in range(64):
+        for _ in range(300):
             yield b"a" * 65536
 
     streamed = httpx.post(f"{stack.api}/workspaces/create", content=chunks(),
