@@ -27,7 +27,7 @@ from typing import Any
 import nats
 import pyarrow as pa
 
-from services.engine.runtimes import OnnxRuntime
+from services.engine.runtimes import OnnxRuntime, PythonStepRuntime
 from shared import subjects
 from shared.arrow_codec import from_ipc, to_ipc_stream
 from shared.errors import InvalidRequest, RailyardError
@@ -136,9 +136,13 @@ class Replica:
         for step in self.spec["steps"]:
             runtimes = []
             for model in step["models"]:
-                if model["runtime"] != "onnx":
+                path = await fetch_artifact(store, model["sha"], cache)
+                if model["runtime"] == "onnx":
+                    runtime = OnnxRuntime(path, threads=threads)
+                elif model["runtime"] == "python":
+                    runtime = PythonStepRuntime(path)
+                else:
                     raise RailyardError(f"model {model['name']}: the {model['runtime']} runtime is not served yet")
-                runtime = OnnxRuntime(await fetch_artifact(store, model["sha"], cache), threads=threads)
                 await asyncio.to_thread(runtime.load)
                 runtimes.append(runtime)
             self.steps.append(Step(step, runtimes))

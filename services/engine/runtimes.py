@@ -114,3 +114,57 @@ class OnnxRuntime:
     def unload(self) -> None:
         self.session = None
         self.ready = False
+
+
+class PythonStepRuntime:
+    """A Python step: a script whose `wallaroo_json(data: pandas.DataFrame)` returns a DataFrame, a list of
+    row objects or a dict of columns. It runs inside the engine replica process only."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entry = None
+        self.ready = False
+        self.inputs: list = []
+
+    def load(self) -> None:
+        namespace: dict = {"__name__": "railyard_python_step"}
+        code = compile(self.path.read_bytes(), f"<python step {self.path.name[:12]}>", "exec")
+        exec(code, namespace)  # noqa: S102 - running the user's step is this runtime's purpose
+        self.entry = namespace.get("wallaroo_json")
+        if not callable(self.entry):
+            raise InvalidRequest("the Python step has no callable wallaroo_json(data)")
+        self.ready = True
+
+    def predict(self, batch: pa.Table) -> pa.Table:
+        import pandas as pd
+
+        from shared.arrow_codec import records_to_table
+
+        try:
+            result = self.entry(batch.to_pandas())
+        except Exception as exc:  # the user's code failed: say how, without its internals
+            raise InvalidRequest(f"the Python step failed: {type(exc).__name__}: {str(exc)[:200]}") from None
+        if isinstance(result, pd.DataFrame):
+            records = result.to_dict(orient="records")
+        elif isinstance(result, dict):
+            records = pd.DataFrame(result).to_dict(orient="records")
+        elif isinstance(result, list):
+            records = result
+        else:
+            raise InvalidRequest(f"the Python step returned {type(result).__name__}, not a DataFrame, list or dict")
+        return records_to_table([{k: _plain(v) for k, v in row.items()} for row in records])
+
+    def unload(self) -> None:
+        self.entry = None
+        self.ready = False
+
+
+def _plain(value):
+    """numpy values (as pandas hands them back) as plain Python for JSON-like conversion."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

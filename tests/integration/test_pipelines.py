@@ -344,3 +344,34 @@ def test_tables_above_the_bus_limit_are_413(stack, alice, deployed):
     fits = infer(deployed["url"], alice.token, to_ipc_file(pa.table({"tensor": tensor_array(rows[:20_000])})),
                  content_type=ARROW, accept=ARROW)
     assert fits.status_code == 200 and from_ipc(fits.content).num_rows == 20_000
+
+
+POSTPROCESS = b"""
+import pandas as pd
+
+def wallaroo_json(data: pd.DataFrame):
+    if (data["dense_1"].map(lambda v: v[0]) > 0.999999).any():
+        raise ValueError("suspiciously certain")
+    return [{"output": [float(v[0]) * 10]} for v in data["dense_1"]]
+"""
+
+
+def test_python_step_chained_after_an_onnx_model(stack, alice):
+    for name, content, framework in (("scorer", ccfraud_onnx(), "onnx"), ("postprocess", POSTPROCESS, "python")):
+        response = requests.post(f"{stack.api}/models/upload_stream", files={"file": (name, content)},
+                                 data={"name": name, "workspace_id": alice.workspace_id, "framework": framework},
+                                 headers={"Authorization": f"Bearer {alice.token}"}, timeout=60)
+        assert response.status_code == 200, response.text
+    definition = {"steps": [{"ModelInference": {"models": [{"name": "scorer"}]}},
+                            {"ModelInference": {"models": [{"name": "postprocess"}]}}]}
+    _, url, _ = _deploy_definition(stack, alice, "chained", definition)
+    rows = sample_rows(4, seed=8).astype(np.float64)
+    response = infer(url, alice.token, [{"tensor": r.tolist()} for r in rows])
+    assert response.status_code == 200, response.text
+    outputs = [r["out"]["output"][0] for r in response.json()]
+    assert np.allclose(outputs, onnx_outputs(rows)[:, 0] * 10, atol=1e-5)
+    assert json.loads(response.json()[0]["metadata"]["last_model"])["model_name"] == "postprocess"
+    certain = np.full((1, 29), 0.0)
+    certain[0, 0], certain[0, 7] = 50.0, -50.0
+    failing = infer(url, alice.token, [{"tensor": certain[0].tolist()}])
+    assert failing.status_code == 400 and "Python step failed" in failing.json()["msg"], failing.text
