@@ -20,10 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from shared import subjects
 
 log = logging.getLogger("railyard.deployer.backend")
 READY_TIMEOUT = 60.0
+MEASURE_EVERY = 2.0
+SCALE_UP_AFTER = 3.0
+SCALE_DOWN_AFTER = 10.0
 
 
 def _die_with_parent() -> None:
@@ -40,6 +45,12 @@ class Replica:
     started_at: float
     restarts: int = 0
     last_exit: int | None = None
+    usage: psutil.Process | None = None  # kept so cpu_percent measures since the previous call
+
+    def cpu_percent(self) -> float:
+        if self.usage is None:
+            self.usage = psutil.Process(self.process.pid)
+        return self.usage.cpu_percent(interval=None)
 
 
 @dataclass
@@ -50,6 +61,10 @@ class ReplicaSet:
     spec_path: Path
     replicas: list[Replica] = field(default_factory=list)
     stopping: bool = False
+    autoscale: tuple[int, int] | None = None  # (minimum, maximum) replicas
+    cpu_target: float = 50.0  # percent of one core per replica
+    last_scaled: float = field(default_factory=time.monotonic)
+    last_measured: float = 0.0
 
 
 class LocalBackend:
@@ -71,13 +86,14 @@ class LocalBackend:
         handle.close()
         return Replica(replica_id=replica_id, process=process, started_at=time.monotonic())
 
-    async def start(self, name: str, spec: dict[str, Any], replicas: int) -> ReplicaSet:
+    async def start(self, name: str, spec: dict[str, Any], replicas: int,
+                    autoscale: tuple[int, int] | None = None, cpu_target: float = 50.0) -> ReplicaSet:
         """Start a replica set for `name`; returns once every replica answers (or raises TimeoutError)."""
         folder = self.work_dir / name
         folder.mkdir(parents=True, exist_ok=True)
         spec_path = folder / f"spec-{uuid.uuid4().hex[:8]}.json"
         spec_path.write_text(json.dumps(spec))
-        replica_set = ReplicaSet(name=name, spec_path=spec_path)
+        replica_set = ReplicaSet(name=name, spec_path=spec_path, autoscale=autoscale, cpu_target=cpu_target)
         for _ in range(replicas):
             replica_set.replicas.append(await self._spawn(replica_set, uuid.uuid4().hex[:8]))
         previous = self.sets.get(name)
@@ -156,13 +172,44 @@ class LocalBackend:
     def start_supervising(self) -> None:
         self._supervisor = asyncio.create_task(self._supervise())
 
+    async def _autoscale(self, replica_set: ReplicaSet) -> None:
+        """Between the autoscale bounds: a replica more when the replicas' average CPU is above the target,
+        one less when it stays under a third of it (each change waits for the previous one to settle)."""
+        now = time.monotonic()
+        if replica_set.autoscale is None or now - replica_set.last_measured < MEASURE_EVERY:
+            return
+        replica_set.last_measured = now
+        usage = []
+        for replica in replica_set.replicas:
+            with contextlib.suppress(psutil.Error):
+                usage.append(replica.cpu_percent())
+        if not usage:
+            return
+        average = sum(usage) / len(usage)
+        low, high = replica_set.autoscale
+        count = len(replica_set.replicas)
+        if average > replica_set.cpu_target and count < high and now - replica_set.last_scaled > SCALE_UP_AFTER:
+            replica_set.replicas.append(await self._spawn(replica_set, uuid.uuid4().hex[:8]))
+            replica_set.last_scaled = now
+            log.info("%s: CPU %.0f%% > %.0f%%: scaled up to %d replicas", replica_set.name, average,
+                     replica_set.cpu_target, count + 1)
+        elif average < replica_set.cpu_target / 3 and count > max(low, 1) and \
+                now - replica_set.last_scaled > SCALE_DOWN_AFTER:
+            retired = replica_set.replicas.pop()
+            replica_set.last_scaled = now
+            log.info("%s: CPU %.0f%%: scaled down to %d replicas", replica_set.name, average, count - 1)
+            with contextlib.suppress(ProcessLookupError):
+                retired.process.send_signal(signal.SIGTERM)  # it drains its in-flight requests first
+
     async def _supervise(self) -> None:
-        """Replace replicas that died (the deployment reports the loss until the new one answers)."""
+        """Replace replicas that died (the deployment reports the loss until the new one answers) and apply
+        autoscaling."""
         while True:
             await asyncio.sleep(0.2)
             for replica_set in list(self.sets.values()):
                 if replica_set.stopping:
                     continue
+                await self._autoscale(replica_set)
                 for index, replica in enumerate(replica_set.replicas):
                     if replica.process.returncode is not None:
                         log.warning("engine replica %s of %s exited with %s; replacing it", replica.replica_id,

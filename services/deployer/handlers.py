@@ -200,6 +200,13 @@ def _engine_config(config: dict[str, Any] | None) -> dict[str, Any]:
     return config | {"cpus": cpus, "replica_count": replicas}
 
 
+def _autoscale(config: dict[str, Any]) -> tuple[tuple[int, int] | None, float]:
+    bounds = config.get("replica_autoscale_min_max")
+    if bounds is None or config.get("disable_autoscale"):
+        return None, 50.0
+    return (int(bounds["minimum"]), int(bounds["maximum"])), float(config.get("autoscale_cpu_utilization", 50))
+
+
 async def _resolve(deps: DeployerDeps, token: str | None, workspace_id: int, name: str, version: str | None,
                    sha: str | None) -> dict[str, Any]:
     resolved = await request(deps.broker, subjects.REGISTRY_MODELS_RESOLVE, ResolveModel(
@@ -244,7 +251,7 @@ async def deploy(deps: DeployerDeps, principal: Principal, token: str | None, cm
     name = f"{cmd.deploy_id}-{deployment_id}"
     spec["deployment"] |= {"id": deployment_id, "name": name}
     try:
-        await deps.backend.start(name, spec, config["replica_count"])
+        await deps.backend.start(name, spec, config["replica_count"], *_autoscale(config))
     except (RuntimeError, TimeoutError) as exc:
         await store.deactivate(deps.pool, deployment_id)
         raise InvalidRequest(f"the deployment failed to start: {exc}") from None
@@ -336,11 +343,12 @@ async def restore_deployments(deps: DeployerDeps) -> None:
         name = f"{row['deploy_id']}-{row['id']}"
         spec = json.loads(row["spec"])
         spec["deployment"] |= {"id": row["id"], "name": name}
-        asyncio.create_task(_restart(deps, name, spec, json.loads(row["engine_config"]).get("replica_count", 1)))
+        config = json.loads(row["engine_config"])
+        asyncio.create_task(_restart(deps, name, spec, config))
 
 
-async def _restart(deps: DeployerDeps, name: str, spec: dict[str, Any], replicas: int) -> None:
+async def _restart(deps: DeployerDeps, name: str, spec: dict[str, Any], config: dict[str, Any]) -> None:
     try:
-        await deps.backend.start(name, spec, replicas)
+        await deps.backend.start(name, spec, config.get("replica_count", 1), *_autoscale(config))
     except (RuntimeError, TimeoutError) as exc:
         log.error("could not restore deployment %s: %s", name, exc)

@@ -375,3 +375,52 @@ def test_python_step_chained_after_an_onnx_model(stack, alice):
     certain[0, 0], certain[0, 7] = 50.0, -50.0
     failing = infer(url, alice.token, [{"tensor": certain[0].tolist()}])
     assert failing.status_code == 400 and "Python step failed" in failing.json()["msg"], failing.text
+
+
+def test_autoscaling_between_bounds_on_measured_load(stack, alice):
+    _upload_bytes(stack, alice, "scaled", ccfraud_onnx())
+    pipeline = post(stack, "pipelines/create", alice.token, {
+        "pipeline_id": "scaled", "workspace_id": alice.workspace_id,
+                                                             "definition": {"steps": [{"ModelInference": {
+                                                                 "models": [{"name": "scaled"}]}}]}}).json()
+    deployment_id = post(stack, "pipelines/deploy", alice.token, {
+        "deploy_id": "scaled", "pipeline_version_pk_id": pipeline["pipeline_variant_pk_id"],
+        "pipeline_id": pipeline["pipeline_pk_id"],
+        "engine_config": {"replica_autoscale_min_max": {"minimum": 1, "maximum": 2},
+                          "autoscale_cpu_utilization": 5}}).json()["id"]
+    name = f"scaled-{deployment_id}"
+    url = post(stack, "admin/get_pipeline_external_url", alice.token,
+               {"workspace_id": alice.workspace_id, "pipeline_name": "scaled"}).json()["url"]
+
+    def engines() -> int:
+        return len(post(stack, "status/get_deployment", alice.token, {"name": name}).json()["engines"])
+
+    assert engines() == 1
+    body = json.dumps([{"tensor": row} for row in sample_rows(200).tolist()])
+    stop = threading.Event()
+
+    def load() -> None:
+        session = requests.Session()
+        deadline = time.monotonic() + 30
+        while not stop.is_set() and time.monotonic() < deadline:
+            session.post(url, data=body, timeout=60, headers={"Authorization": f"Bearer {alice.token}",
+                                                              "Content-Type": RECORDS})
+
+    workers = [threading.Thread(target=load) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    try:
+        deadline = time.monotonic() + 25
+        while engines() < 2:
+            assert time.monotonic() < deadline, "never scaled up under load"
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(60)
+    deadline = time.monotonic() + 40
+    while engines() > 1:
+        assert time.monotonic() < deadline, "never scaled back down when idle"
+        time.sleep(0.5)
+    post(stack, "pipelines/undeploy", alice.token, {"pipeline_id": pipeline["pipeline_pk_id"],
+                                                    "deployment_id": deployment_id})
