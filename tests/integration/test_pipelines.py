@@ -381,8 +381,7 @@ def test_autoscaling_between_bounds_on_measured_load(stack, alice):
     _upload_bytes(stack, alice, "scaled", ccfraud_onnx())
     pipeline = post(stack, "pipelines/create", alice.token, {
         "pipeline_id": "scaled", "workspace_id": alice.workspace_id,
-                                                             "definition": {"steps": [{"ModelInference": {
-                                                                 "models": [{"name": "scaled"}]}}]}}).json()
+        "definition": {"steps": [{"ModelInference": {"models": [{"name": "scaled"}]}}]}}).json()
     deployment_id = post(stack, "pipelines/deploy", alice.token, {
         "deploy_id": "scaled", "pipeline_version_pk_id": pipeline["pipeline_variant_pk_id"],
         "pipeline_id": pipeline["pipeline_pk_id"],
