@@ -43,6 +43,7 @@ from shared.messages.auth import (
     Workspaces,
     WorkspaceUsers,
 )
+from shared.messages.deployer import PipelineVersionCreated
 from shared.messages.registry import ModelUploaded
 from shared.service import Runtime, ServiceSpec
 
@@ -58,19 +59,27 @@ def build_router(runtime: Runtime) -> NatsRouter:
     async def caller(ctx: CallContext) -> Principal:
         return await runtime.extras["verifier"].verify(ctx.token)
 
-    @router.subscriber(
-        subjects.EVENT_MODEL_UPLOADED,
-        stream=JStream(subjects.EVENTS_STREAM, declare=False),
-        durable="auth-model-uploaded",
-        pull_sub=PullSub(batch_size=16, timeout=1.0),
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        config=ConsumerConfig(ack_wait=5.0),
-        title=f"{subjects.EVENT_MODEL_UPLOADED}:ModelUploaded",
-        description="Keep the ids of each workspace's models for workspaces/list.",
-    )
+    def resources_subscriber(subject: str, durable: str, model: str):
+        return router.subscriber(
+            subject,
+            stream=JStream(subjects.EVENTS_STREAM, declare=False),
+            durable=durable,
+            pull_sub=PullSub(batch_size=16, timeout=1.0),
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            config=ConsumerConfig(ack_wait=5.0),
+            title=f"{subject}:{model}",
+            description="Keep the ids of each workspace's models and pipelines for workspaces/list.",
+        )
+
+    @resources_subscriber(subjects.EVENT_MODEL_UPLOADED, "auth-model-uploaded", "ModelUploaded")
     async def on_model_uploaded(body: dict) -> None:
         event = ModelUploaded.model_validate(body)
-        await handlers.record_model(deps(), event.workspace_id, event.model_id)
+        await handlers.record_resource(deps(), event.workspace_id, "model", event.model_id)
+
+    @resources_subscriber(subjects.EVENT_PIPELINE_VERSION_CREATED, "auth-pipeline-created", "PipelineVersionCreated")
+    async def on_pipeline_created(body: dict) -> None:
+        event = PipelineVersionCreated.model_validate(body)
+        await handlers.record_resource(deps(), event.workspace_id, "pipeline", event.pipeline_id)
 
     @command(router, subjects.AUTH_TOKEN_ISSUE, service=NAME)
     async def issue_token(cmd: IssueToken, ctx: CallContext) -> TokenIssued:

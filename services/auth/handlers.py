@@ -463,9 +463,9 @@ async def remove_workspace_user(deps: AuthDeps, principal: Principal, cmd: Remov
     return AffectedRows(affected_rows=affected)
 
 
-async def record_model(deps: AuthDeps, workspace_id: int, model_id: int) -> None:
-    """A model now exists in a workspace (from `events.model.uploaded`), for workspaces/list."""
-    await store.add_resource(deps.pool, workspace_id, "model", model_id)
+async def record_resource(deps: AuthDeps, workspace_id: int, kind: str, resource_id: int) -> None:
+    """A model or pipeline now exists in a workspace (from the owning service's event), for workspaces/list."""
+    await store.add_resource(deps.pool, workspace_id, kind, resource_id)
 
 
 async def check_membership(deps: AuthDeps, principal: Principal, workspace_id: int) -> Membership:

@@ -423,3 +423,13 @@ def test_autoscaling_between_bounds_on_measured_load(stack, alice):
         time.sleep(0.5)
     post(stack, "pipelines/undeploy", alice.token, {"pipeline_id": pipeline["pipeline_pk_id"],
                                                     "deployment_id": deployment_id})
+
+
+def test_workspaces_list_shows_pipeline_ids(stack, alice):
+    created = create_pipeline(stack, alice, "listed", None)
+    deadline = time.monotonic() + 10
+    while created["pipeline_pk_id"] not in next(
+            w for w in alice.client.post("workspaces/list", {})["workspaces"] if w["id"] == alice.workspace_id
+    )["pipelines"]:
+        assert time.monotonic() < deadline, "workspaces/list never showed the pipeline"
+        time.sleep(0.2)
