@@ -31,12 +31,14 @@ from services.engine.runtimes import OnnxRuntime, PythonStepRuntime
 from shared import subjects
 from shared.arrow_codec import from_ipc, to_ipc_stream
 from shared.errors import InvalidRequest, RailyardError
-from shared.objectstore import BUCKET_ARTIFACTS, MinioObjectStore, content_key
+from shared.objectstore import BUCKET_ARTIFACTS, BUCKET_TABLES, MinioObjectStore, content_key
 from shared.settings import Settings
 
 log = logging.getLogger("railyard.engine")
 ERROR_HEADER = "Railyard-Error"
 SHADOW_TIMEOUT = 10.0
+TABLE_REF = "Railyard-Table-Ref"
+TABLE_PREFIX = "inference/"
 META_HEADER = "Railyard-Meta"
 
 
@@ -130,7 +132,7 @@ class Replica:
         self.cache_dir = settings.stack.data_dir.expanduser().resolve() / "engine-cache"
 
     async def load(self) -> None:
-        store = MinioObjectStore(self.settings.s3)
+        store = self.store = MinioObjectStore(self.settings.s3)
         cache = self.cache_dir
         threads = max(1, int(float(self.spec.get("engine_config", {}).get("cpus", 1))))
         for step in self.spec["steps"]:
@@ -168,7 +170,13 @@ class Replica:
         async def infer(msg) -> None:
             received = time.perf_counter_ns()
             try:
-                table = from_ipc(msg.data)
+                data = msg.data
+                reference = (msg.headers or {}).get(TABLE_REF)
+                if reference:
+                    if not reference.startswith(TABLE_PREFIX):
+                        raise InvalidRequest("table reference outside the inference area")
+                    data = await self.store.get_bytes(BUCKET_TABLES, reference)
+                table = from_ipc(data)
                 output, elapsed, last, shadows = await asyncio.to_thread(self.run, table) \
                     if table.num_rows > 256 else self.run(table)
             except RailyardError as exc:
@@ -183,7 +191,13 @@ class Replica:
             last_model = json.dumps({"model_name": last["name"], "model_sha": last["sha"]}) if last else ""
             meta = {"last_model": last_model, "pipeline_version": self.spec["deployment"]["pipeline_version"],
                     "elapsed": [elapsed[0] if elapsed else 0, time.perf_counter_ns() - received]}
-            await nc.publish(msg.reply, to_ipc_stream(output), headers={META_HEADER: json.dumps(meta)})
+            body = to_ipc_stream(output)
+            headers = {META_HEADER: json.dumps(meta)}
+            if len(body) > nc.max_payload - 64 * 1024:  # too large for the bus: answer by reference
+                key = f"{TABLE_PREFIX}{uuid.uuid4()}"
+                await self.store.put_bytes(BUCKET_TABLES, key, body)
+                headers[TABLE_REF], body = key, b""
+            await nc.publish(msg.reply, body, headers=headers)
             try:
                 self.records.put_nowait((time.time_ns(), table, output, meta, shadows))
             except asyncio.QueueFull:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
@@ -25,7 +27,6 @@ from shared.errors import (
     ErrorBody,
     InvalidRequest,
     NotFound,
-    PayloadTooLarge,
     RailyardError,
     Unauthorized,
     Unavailable,
@@ -33,6 +34,7 @@ from shared.errors import (
     error_from_body,
 )
 from shared.messages.deployer import DeploymentRoute, ResolveDeployment
+from shared.objectstore import BUCKET_TABLES
 from shared.service import Runtime
 
 log = logging.getLogger("railyard.gateway.inference")
@@ -42,6 +44,9 @@ JSON_RECORDS = "application/json; format=pandas-records"
 ROUTE_TTL = 2.0
 MEMBER_TTL = 30.0
 INFER_TIMEOUT = 30.0
+TABLE_REF = "Railyard-Table-Ref"
+TABLE_PREFIX = "inference/"
+BUS_HEADROOM = 64 * 1024  # room for headers under the bus payload limit
 FIRST_ATTEMPT = 3.0
 
 
@@ -90,23 +95,46 @@ def seed_records(inputs: pa.Table, outputs: pa.Table, meta: dict[str, Any], at_m
              "check_failures": [], "metadata": metadata} for i in range(inputs.num_rows)]
 
 
-async def _ask_engine(runtime: Runtime, deployment: str, payload: bytes):
-    """Send to the deployment's queue group. A replica killed while holding a request never answers, so a
-    request unanswered after FIRST_ATTEMPT seconds is sent once more (to a live replica)."""
+@dataclass
+class EngineReply:
+    """An engine's answer with its table bytes fetched (from object storage when they were too large)."""
+
+    headers: dict[str, str]
+    data: bytes
+
+
+async def _ask_engine(runtime: Runtime, deployment: str, payload: bytes) -> EngineReply:
+    """Send to the deployment's queue group. A table above the bus payload limit goes through object storage
+    by reference (both ways), and those objects are deleted once the answer is read. A replica killed while
+    holding a request never answers, so a request unanswered after FIRST_ATTEMPT seconds is sent once more
+    (to a live replica)."""
     nc = runtime.broker.config.connection_state.connection
     subject = subjects.engine_infer(deployment)
-    for attempt, wait in enumerate((FIRST_ATTEMPT, INFER_TIMEOUT - FIRST_ATTEMPT)):
-        try:
-            return await nc.request(subject, payload, timeout=wait)
-        except nats.errors.NoRespondersError:
-            raise Unavailable(f"deployment {deployment!r} has no running engine; retry shortly") from None
-        except nats.errors.MaxPayloadError:
-            raise PayloadTooLarge(f"the request's table is larger than the bus allows ({nc.max_payload} bytes as"
-                                  " Arrow); send fewer rows per request") from None
-        except nats.errors.TimeoutError:
-            if attempt == 1:
-                raise UpstreamTimeout(f"the engine did not answer within {INFER_TIMEOUT:g}s") from None
-    raise AssertionError("unreachable")
+    headers, staged = None, None
+    if len(payload) > nc.max_payload - BUS_HEADROOM:
+        staged = f"{TABLE_PREFIX}{uuid.uuid4()}"
+        await runtime.objects.put_bytes(BUCKET_TABLES, staged, payload)
+        headers, payload = {TABLE_REF: staged}, b""
+    try:
+        for attempt, wait in enumerate((FIRST_ATTEMPT, INFER_TIMEOUT - FIRST_ATTEMPT)):
+            try:
+                reply = await nc.request(subject, payload, timeout=wait, headers=headers)
+                break
+            except nats.errors.NoRespondersError:
+                raise Unavailable(f"deployment {deployment!r} has no running engine; retry shortly") from None
+            except nats.errors.TimeoutError:
+                if attempt == 1:
+                    raise UpstreamTimeout(f"the engine did not answer within {INFER_TIMEOUT:g}s") from None
+        answer_headers = dict(reply.headers or {})
+        data = reply.data
+        reference = answer_headers.get(TABLE_REF)
+        if reference and reference.startswith(TABLE_PREFIX):
+            data = await runtime.objects.get_bytes(BUCKET_TABLES, reference)
+            await runtime.objects.delete(BUCKET_TABLES, reference)
+        return EngineReply(answer_headers, data)
+    finally:
+        if staged is not None:
+            await runtime.objects.delete(BUCKET_TABLES, staged)
 
 
 class Inference:
