@@ -183,6 +183,13 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+def first_error(errors: list[dict[str, Any]], default: str) -> str:
+    """`field.path: what is wrong` for the first of pydantic's validation errors."""
+    first = errors[0] if errors else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or default
+    return f"{where}: {first.get('msg', 'invalid')}"
+
+
 def bearer_token(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -228,9 +235,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-        err = InvalidRequest(f"{where}: {first.get('msg', 'invalid request')}")
+        err = InvalidRequest(first_error(exc.errors(), "body"))
         return JSONResponse({"code": err.code, "msg": err.msg}, status_code=err.status)
 
     @app.exception_handler(Exception)
@@ -322,9 +327,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             command = reg.UploadModel.model_validate(body)
         except ValidationError as exc:
             await objects.delete(BUCKET_ARTIFACTS, staged)
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ())) or "metadata"
-            raise InvalidRequest(f"metadata {where}: {first.get('msg', 'invalid')}") from None
+            raise InvalidRequest(f"metadata {first_error(exc.errors(), 'metadata')}") from None
         try:
             return await handlers.forward(runtime.broker, subjects.REGISTRY_MODELS_UPLOAD, command,
                                           bearer_token(request), settings.registry.worker_timeout + timeout)
@@ -352,9 +355,7 @@ def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable, timeout:
         try:
             command = route.model.model_validate(payload)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ())) or "body"
-            raise InvalidRequest(f"{where}: {first.get('msg', 'invalid')}") from None
+            raise InvalidRequest(first_error(exc.errors(), "body")) from None
         wait = timeout + (runtime.settings.registry.worker_timeout if route.long_running else 0)
         reply = await handlers.forward(runtime.broker, route.subject, command, bearer_token(request), wait)
         if route.status == 204:

@@ -78,8 +78,3 @@ async def find_version(pool: asyncpg.Pool, workspace_id: int, name: str, version
         " WHERE m.workspace_id = $1 AND m.name = $2 AND ($3::uuid IS NULL OR v.model_version = $3)"
         " AND ($4::text IS NULL OR v.sha = $4) ORDER BY v.id DESC LIMIT 1",
         workspace_id, name, version, sha)
-
-
-async def version_count_with_sha(pool: asyncpg.Pool, sha: str) -> int:
-    return await pool.fetchval(
-        "SELECT count(*) FROM model_versions WHERE sha = $1 OR source_sha = $1", sha)
