@@ -191,6 +191,24 @@ class MinioObjectStore:
     async def delete(self, bucket: str, key: str) -> None:
         await asyncio.to_thread(self._client.remove_object, self.bucket(bucket), key)
 
+    def read_range_sync(self, bucket: str, key: str, offset: int, length: int) -> bytes:
+        """`length` bytes at `offset` (blocking: for code already running in a worker thread)."""
+        response = self._client.get_object(self.bucket(bucket), key, offset=offset, length=length)
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    async def list_keys(self, bucket: str, prefix: str = "") -> list[tuple[str, float]]:
+        """(key, last modified as a UNIX time) of every object under `prefix`."""
+
+        def listing() -> list[tuple[str, float]]:
+            return [(o.object_name, o.last_modified.timestamp() if o.last_modified else 0.0)
+                    for o in self._client.list_objects(self.bucket(bucket), prefix=prefix, recursive=True)]
+
+        return await asyncio.to_thread(listing)
+
     async def copy(self, bucket: str, source_key: str, target_key: str) -> None:
         """Server-side copy within a bucket (no bytes pass through this process)."""
         from minio.commonconfig import CopySource

@@ -75,6 +75,31 @@ class RegistrySettings(BaseModel):
     secrets_key: str = Field("", description="Fernet key for connection details and registry tokens at rest.")
 
 
+class LogSettings(BaseModel):
+    """Inference logs: how the engine batches records and how the log store writes, keeps and serves them."""
+
+    max_row_bytes: int = Field(1024 * 1024, description="A logged row above this size loses columns, largest "
+                               "input first, then outputs (listed in metadata.dropped).")
+    engine_flush_ms: float = Field(5.0, description="Milliseconds an engine gathers records before publishing.")
+    engine_max_pending_rows: int = Field(1_000_000, description="Rows an engine holds unpublished before it "
+                                         "reports records it cannot log.")
+    flush_interval: float = Field(0.25, description="Seconds the log store gathers records into one segment.")
+    segment_max_bytes: int = Field(64 * 1024 * 1024, description="Bytes of records that make the log store write "
+                                   "a segment before flush_interval is up.")
+    row_group_rows: int = Field(8192, description="Rows per Parquet row group (the unit a page reads).")
+    compact_target_rows: int = Field(500_000, description="Rows a compacted segment aims for.")
+    compact_min_age: float = Field(5.0, description="Seconds a fresh segment stays before it may be compacted.")
+    maintenance_interval: float = Field(60.0, description="Seconds between compaction and retention passes.")
+    retention_days: float = Field(30.0, description="Days logs are kept unless a pipeline sets its own.")
+    superseded_grace: float = Field(120.0, description="Seconds a replaced segment's object outlives it, so "
+                                    "readers that already found it can finish.")
+    dedupe_hours: float = Field(72.0, description="Hours a committed batch id is remembered to refuse a "
+                                "re-published copy.")
+    page_max_bytes: int = Field(4 * 1024 * 1024, description="Bytes of log data one get_logs page holds at most "
+                                "(ByteLimited above it).")
+    max_page_size: int = Field(100_000, description="Largest page_size get_logs accepts.")
+
+
 class StackSettings(BaseModel):
     """The embedded stack started by `railyard up` (development and tests)."""
 
@@ -107,6 +132,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = GatewaySettings()
     auth: AuthSettings = AuthSettings()
     registry: RegistrySettings = RegistrySettings()
+    logs: LogSettings = LogSettings()
     stack: StackSettings = StackSettings()
 
 

@@ -37,6 +37,7 @@ EVENTS_STREAM = "EVENTS"
 EVENTS_SUBJECTS = ("events.>",)
 INFERENCE_LOGS_STREAM = "INFERENCE_LOGS"
 INFERENCE_LOGS_SUBJECTS = ("logs.inference.>",)
+INFERENCE_LOGS_DURABLE = "log-store"
 STREAMS: dict[str, tuple[str, ...]] = {
     EVENTS_STREAM: EVENTS_SUBJECTS,
     INFERENCE_LOGS_STREAM: INFERENCE_LOGS_SUBJECTS,
@@ -48,6 +49,11 @@ EVENT_SERVICE_STARTED = "events.service.started"
 # workflow_lineage
 LINEAGE_EVENTS_DURABLE = "workflow-lineage-events"
 LINEAGE_EVENTS_COUNT = "workflow_lineage.events.count"
+
+# log_store
+LOG_STORE_QUERY = "log_store.logs.query"  # raw: JSON GetLogs in, Arrow IPC stream out (Railyard-Page header)
+LOG_STORE_SET_RETENTION = "log_store.retention.set"
+LOG_STORE_MAINTENANCE = "log_store.maintenance.run"
 
 # auth
 AUTH_TOKEN_ISSUE = "auth.token.issue"

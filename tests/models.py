@@ -84,3 +84,23 @@ def xgboost_json() -> bytes:
 
 def xgboost_predict_proba(rows: np.ndarray) -> np.ndarray:
     return _xgb().predict_proba(rows)[:, 1:2]
+
+
+@cache
+def wide_onnx(width: int = 20_000) -> bytes:
+    """ONNX with large rows: input `image` float[N,width] -> `mean` float[N,1] and `copy` float[N,width]
+    (for the log store's oversized-row path)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["mean"], keepdims=1, axes=[1]),
+         helper.make_node("Identity", ["image"], ["copy"])],
+        "wide",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, width])],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, [None, 1]),
+         helper.make_tensor_value_info("copy", TensorProto.FLOAT, [None, width])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()

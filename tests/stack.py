@@ -51,6 +51,10 @@ def stack_env(data_dir: Path) -> dict[str, str]:
     env["RAILYARD_AUTH__LOCKOUT_AFTER"] = "5"
     env["RAILYARD_GATEWAY__MAX_BODY_BYTES"] = str(16 * 1024 * 1024)
     env["RAILYARD_GATEWAY__MAX_UPLOAD_BYTES"] = str(256 * 1024 * 1024)
+    # log rows above 64 KiB lose columns; replaced segments go after 1 s, fresh ones may be compacted at once
+    env["RAILYARD_LOGS__MAX_ROW_BYTES"] = str(64 * 1024)
+    env["RAILYARD_LOGS__SUPERSEDED_GRACE"] = "1"
+    env["RAILYARD_LOGS__COMPACT_MIN_AGE"] = "0"
     for name, port in zip(names, ports, strict=True):
         key = "RAILYARD_GATEWAY__PORT" if name == "GATEWAY" else f"RAILYARD_STACK__{name}"
         env[key] = str(port)

@@ -5,8 +5,9 @@ is verified before it is loaded; a mismatch stops the replica), creates the runt
 `engine.<deployment>.infer` in the deployment's queue group (replicas share the load) and answers its own
 status subject for the deployer. Requests and replies are Arrow IPC streams; the reply's headers carry the
 model identity and timings, or a typed error. Each request's record (inputs, outputs, model, timings) is
-published to the INFERENCE_LOGS stream in the background: inference never waits for it, and a failed publish
-is retried, then reported in the log, never dropped silently.
+gathered with those of other requests and published to the INFERENCE_LOGS stream every few milliseconds
+(shared/logrecords.py has the layout): inference never waits for it, and a failed publish is retried with the
+same batch id, then reported in the log, never dropped silently.
 """
 
 from __future__ import annotations
@@ -31,8 +32,19 @@ from services.engine.runtimes import OnnxRuntime, PythonStepRuntime
 from shared import subjects
 from shared.arrow_codec import from_ipc, to_ipc_stream
 from shared.errors import InvalidRequest, RailyardError
+from shared.logrecords import (
+    BATCH_ID,
+    LOG_HEADER,
+    MSG_ID,
+    InferenceRecord,
+    build_batch,
+    drop_oversized,
+    group_records,
+    log_header,
+    log_subject,
+)
 from shared.objectstore import BUCKET_ARTIFACTS, BUCKET_TABLES, MinioObjectStore, content_key
-from shared.settings import Settings
+from shared.settings import LogSettings, Settings
 
 log = logging.getLogger("railyard.engine")
 ERROR_HEADER = "Railyard-Error"
@@ -127,7 +139,7 @@ class Replica:
         self.settings = settings
         self.name = spec["deployment"]["name"]
         self.steps: list[Step] = []
-        self.records: asyncio.Queue = asyncio.Queue(maxsize=100_000)
+        self.shadow_queue: asyncio.Queue = asyncio.Queue(maxsize=10_000)
         self.stop = asyncio.Event()
         self.cache_dir = settings.stack.data_dir.expanduser().resolve() / "engine-cache"
 
@@ -162,13 +174,16 @@ class Replica:
             elapsed.append(time.perf_counter_ns() - started)
         return current, elapsed, last, shadows
 
-    async def serve(self) -> None:
+    async def serve(self) -> None:  # noqa: C901 - the request path is kept in one place on purpose
         nc = await nats.connect(self.settings.nats.url, name=f"railyard-engine-{self.name}-{self.replica_id}",
                                 max_reconnect_attempts=-1, reconnect_time_wait=0.5)
-        js = nc.jetstream()
+        logs_nc = await nats.connect(self.settings.nats.url, name=f"railyard-engine-{self.name}-logs",
+                                     max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+        self.batcher = LogBatcher(logs_nc.jetstream(), self.spec["deployment"], self.settings.logs, nc.max_payload)
 
         async def infer(msg) -> None:
             received = time.perf_counter_ns()
+            at_ms = time.time_ns() // 1_000_000
             try:
                 data = msg.data
                 reference = (msg.headers or {}).get(TABLE_REF)
@@ -198,10 +213,15 @@ class Replica:
                 await self.store.put_bytes(BUCKET_TABLES, key, body)
                 headers[TABLE_REF], body = key, b""
             await nc.publish(msg.reply, body, headers=headers)
+            record = InferenceRecord(at_ms, table, output, last_model, tuple(meta["elapsed"]))
+            if not shadows:
+                self.batcher.add(record)
+                return
             try:
-                self.records.put_nowait((time.time_ns(), table, output, meta, shadows))
-            except asyncio.QueueFull:
-                log.error("inference log queue full: a record of %s was not logged", self.name)
+                self.shadow_queue.put_nowait((record, shadows))
+            except asyncio.QueueFull:  # challengers cannot keep up: log the champion's part alone
+                log.warning("challengers of %s are behind: a record is logged without them", self.name)
+                self.batcher.add(record)
 
         async def status(msg) -> None:
             await msg.respond(json.dumps({
@@ -214,38 +234,99 @@ class Replica:
 
         await nc.subscribe(subjects.engine_infer(self.name), queue=f"engine-{self.name}", cb=infer)
         await nc.subscribe(subjects.engine_replica_status(self.name, self.replica_id), cb=status)
-        publisher = asyncio.create_task(self.publish_records(js))
+        publisher = asyncio.create_task(self.batcher.run())
+        shadow_worker = asyncio.create_task(self.run_shadows())
         log.info("replica %s of %s serving", self.replica_id, self.name)
         await self.stop.wait()
         await nc.drain()  # finishes in-flight requests before closing
+        shadow_worker.cancel()
         publisher.cancel()
+        await self.batcher.flush()  # records of the last requests are logged before the replica goes
+        await logs_nc.drain()
 
-    async def publish_records(self, js) -> None:
-        """Inference records to the log stream, off the request path."""
-        subject = f"logs.inference.{self.name}"
+    async def run_shadows(self) -> None:
+        """Challengers run after the champion answered, one request at a time; a failing or slow challenger
+        only loses its own columns in that request's record."""
         while True:
-            at_ns, inputs, outputs, meta, shadows = await self.records.get()
-            columns = {"time": pa.array([at_ns // 1_000_000] * inputs.num_rows, pa.int64()),
-                       **{f"in.{c}": inputs.column(c) for c in inputs.column_names},
-                       **{f"out.{c}": outputs.column(c) for c in outputs.column_names}}
+            record, shadows = await self.shadow_queue.get()
             for name, runtime, shadow_input in shadows:
                 try:
-                    shadow = await asyncio.wait_for(asyncio.to_thread(runtime.predict, shadow_input), SHADOW_TIMEOUT)
-                except Exception as exc:  # a failing or slow challenger only loses its own log columns
+                    record.shadows[name] = await asyncio.wait_for(asyncio.to_thread(runtime.predict, shadow_input),
+                                                                  SHADOW_TIMEOUT)
+                except Exception as exc:
                     log.warning("challenger %s of %s failed: %s", name, self.name, exc)
-                    continue
-                columns |= {f"out_{name}.{c}": shadow.column(c) for c in shadow.column_names}
-            record = pa.table(columns)
-            payload = to_ipc_stream(record)
-            for attempt in range(5):
-                try:
-                    await js.publish(subject, payload, headers={"Nats-Msg-Id": str(uuid.uuid4()),
-                                                                META_HEADER: json.dumps(meta)})
-                    break
-                except Exception as exc:  # the stream may be briefly unavailable: retry, then say so
-                    if attempt == 4:
-                        log.error("could not log an inference record of %s: %s", self.name, exc)
-                    await asyncio.sleep(0.2 * (attempt + 1))
+            self.batcher.add(record)
+
+
+class LogBatcher:
+    """Gathers the records of many requests and publishes them every `engine_flush_ms` as one Arrow message per
+    schema to the INFERENCE_LOGS stream, waiting for JetStream's ack. A batch keeps its id across retries, so a
+    publish that did arrive but whose ack was lost is not stored twice. Rows that cannot be held (the stream
+    unreachable for long) are counted and reported in the log, never dropped silently."""
+
+    def __init__(self, js, deployment: dict[str, Any], settings: LogSettings, max_payload: int) -> None:
+        self.js = js
+        self.subject = log_subject(deployment["name"])
+        self.header = log_header(int(deployment.get("workspace_id") or 0), deployment["pipeline"],
+                                 deployment["name"], deployment["pipeline_version"])
+        self.version = deployment["pipeline_version"]
+        self.settings = settings
+        self.max_bytes = max_payload - 64 * 1024
+        self.pending: list[InferenceRecord] = []
+        self.pending_rows = 0
+        self.lost_rows = 0
+        self.wake = asyncio.Event()
+
+    def add(self, record: InferenceRecord) -> None:
+        if self.pending_rows >= self.settings.engine_max_pending_rows:
+            self.lost_rows += record.inputs.num_rows
+            log.error("inference log backlog full: %d rows of %s could not be logged so far", self.lost_rows,
+                      self.subject)
+            return
+        self.pending.append(record)
+        self.pending_rows += record.inputs.num_rows
+
+    async def run(self) -> None:
+        interval = self.settings.engine_flush_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            if self.pending:
+                await self.flush()
+
+    async def flush(self) -> None:
+        records, rows = self.pending, self.pending_rows
+        self.pending, self.pending_rows = [], 0
+        payloads = await asyncio.to_thread(self._encode, records) if rows > 2000 else self._encode(records)
+        for payload in payloads:
+            await self._publish(payload)
+
+    def _encode(self, records: list[InferenceRecord]) -> list[bytes]:
+        payloads: list[bytes] = []
+        for group in group_records(records):
+            payloads += self._split(drop_oversized(build_batch(group, self.version), self.settings.max_row_bytes))
+        return payloads
+
+    def _split(self, table: pa.Table) -> list[bytes]:
+        payload = to_ipc_stream(table)
+        if len(payload) <= self.max_bytes or table.num_rows == 1:
+            return [payload]
+        half = table.num_rows // 2
+        return self._split(table.slice(0, half)) + self._split(table.slice(half))
+
+    async def _publish(self, payload: bytes) -> None:
+        batch_id = str(uuid.uuid4())
+        headers = {MSG_ID: batch_id, BATCH_ID: batch_id, LOG_HEADER: self.header}
+        delay = 0.1
+        for attempt in range(12):  # about a minute of retries
+            try:
+                await self.js.publish(self.subject, payload, headers=headers)
+                return
+            except Exception as exc:  # the stream may be briefly unavailable: retry with the same id
+                if attempt == 11:
+                    log.error("could not log a batch of %s after retries: %s", self.subject, exc)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 8.0)
 
 
 async def main_async(spec_path: Path, replica_id: str) -> int:

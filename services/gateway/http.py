@@ -21,11 +21,13 @@ from starlette.exceptions import HTTPException
 
 from services.gateway import handlers
 from services.gateway.inference import Inference, InferenceFastPath, add_inference_routes
+from services.gateway.logs import add_log_routes
 from shared import __version__, subjects
 from shared.authz import Principal, require_user
 from shared.errors import InvalidRequest, PayloadTooLarge, RailyardError, Unauthorized
 from shared.messages import auth as m
 from shared.messages import deployer as dep
+from shared.messages import logs as logm
 from shared.messages import registry as reg
 from shared.objectstore import BUCKET_ARTIFACTS
 from shared.service import Runtime
@@ -114,6 +116,8 @@ JSON_ROUTES: list[Route] = [spec if isinstance(spec, Route) else R(*spec) for sp
      "A deployment's status (name is <deploy_id>-<id>)."),
     ("/admin/get_pipeline_external_url", subjects.DEPLOYER_DEPLOYMENTS_EXTERNAL_URL, dep.GetExternalUrl,
      dep.ExternalUrl, "The inference URL of a deployed pipeline."),
+    ("/pipelines/set_log_retention", subjects.LOG_STORE_SET_RETENTION, logm.SetLogRetention, logm.LogRetention,
+     "Keep a pipeline's inference logs this many days (Railyard)."),
     ("/connections/create", subjects.REGISTRY_CONNECTIONS_CREATE, reg.CreateConnection, reg.ConnectionId,
      "Create a data connection."),
     ("/connections/add_to_workspace", subjects.REGISTRY_CONNECTIONS_ADD_TO_WORKSPACE, reg.AddConnectionToWorkspace,
@@ -282,6 +286,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     inference = Inference(runtime)
     add_inference_routes(app, runtime, caller, inference)
+    add_log_routes(app, runtime, user_caller, bearer_token)
 
     @app.get("/", include_in_schema=False)
     async def ui() -> HTMLResponse:

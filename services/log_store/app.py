@@ -1,19 +1,128 @@
-"""log_store: transport only. Subscribers parse their typed message and call one handler."""
+"""log_store: transport only. The durable consumer of INFERENCE_LOGS, the get_logs query (raw NATS: JSON in,
+Arrow IPC out, so a page is not re-encoded on the way), retention settings and the maintenance timer."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 from pathlib import Path
+from typing import Any
 
 from faststream.nats import NatsRouter
+from pydantic import ValidationError
 
+from services.log_store import handlers
+from services.log_store.segments import SegmentReader
+from shared import subjects
+from shared.arrow_codec import to_ipc_stream
+from shared.authz import Principal, bus_membership, bus_verifier
+from shared.bus import CallContext, _validation_message, command, request
+from shared.errors import InvalidRequest, RailyardError
+from shared.messages.deployer import ListPipelines, Pipelines
+from shared.messages.logs import GetLogs, LogMaintenanceReport, LogRetention, RunLogMaintenance, SetLogRetention
 from shared.service import Runtime, ServiceSpec
 
 NAME = "log_store"
+ERROR_HEADER = "Railyard-Error"
+PAGE_HEADER = "Railyard-Page"
+log = logging.getLogger("railyard.log_store")
 
 
 def build_router(runtime: Runtime) -> NatsRouter:
-    """The service's command and event subscribers (health is added by the runner)."""
-    return NatsRouter()
+    router = NatsRouter()
+
+    def deps() -> handlers.Deps:
+        return runtime.extras["deps"]
+
+    async def caller(ctx: CallContext) -> Principal:
+        return await runtime.extras["verifier"].verify(ctx.token)
+
+    @command(router, subjects.LOG_STORE_SET_RETENTION, service=NAME)
+    async def set_retention(cmd: SetLogRetention, ctx: CallContext) -> LogRetention:
+        """Keep a pipeline's logs a number of days (members of its workspace)."""
+        return await handlers.set_retention(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.LOG_STORE_MAINTENANCE, service=NAME)
+    async def run_maintenance(cmd: RunLogMaintenance, ctx: CallContext) -> LogMaintenanceReport:
+        """Run retention, compaction and purging now (internal; the same pass runs on a timer)."""
+        return await handlers.maintain(deps(), cmd.compact, cmd.retention, cmd.purge)
+
+    return router
+
+
+async def start(runtime: Runtime) -> None:
+    settings = runtime.settings
+    timeout = settings.nats.request_timeout
+    broker = runtime.broker
+    nc = broker.config.connection_state.connection
+    verifier, feed = bus_verifier(broker, settings.auth, timeout)
+    await feed.start(nc)
+
+    async def pipeline_exists(token: str | None, workspace_id: int, name: str) -> bool:
+        listed = await request(broker, subjects.DEPLOYER_PIPELINES_LIST, ListPipelines(workspace_id=workspace_id),
+                               token=token, timeout=timeout, reply_model=Pipelines)
+        return any(p.name == name for p in listed.pipelines)
+
+    deps = handlers.Deps(pool=runtime.db, objects=runtime.objects, settings=settings.logs,
+                         reader=SegmentReader(runtime.objects),
+                         membership=lambda token: bus_membership(broker, token, timeout),
+                         pipeline_exists=pipeline_exists)
+    ingestor = handlers.Ingestor(deps, nc.jetstream())
+    await ingestor.start()
+
+    async def query(msg: Any) -> None:
+        headers = msg.headers or {}
+        auth = headers.get("authorization") or headers.get("Authorization") or ""
+        token = auth[7:] if auth.lower().startswith("bearer ") else (auth or None)
+        try:
+            try:
+                cmd = GetLogs.model_validate_json(msg.data or b"{}")
+            except ValidationError as exc:
+                raise InvalidRequest(_validation_message(exc)) from None
+            principal = await verifier.verify(token)
+            table, page = await handlers.get_logs(deps, principal, token, cmd)
+            body = await asyncio.to_thread(to_ipc_stream, table)
+            await nc.publish(msg.reply, body, headers={PAGE_HEADER: page.model_dump_json()})
+        except RailyardError as exc:
+            await nc.publish(msg.reply, b"", headers={ERROR_HEADER: json.dumps(
+                {"code": exc.code, "msg": exc.msg, "status": exc.status})})
+        except Exception:
+            log.exception("get_logs failed")
+            await nc.publish(msg.reply, b"", headers={ERROR_HEADER: json.dumps(
+                {"code": "internal", "msg": "internal error", "status": 500})})
+
+    query_sub = await nc.subscribe(subjects.LOG_STORE_QUERY, queue=subjects.queue_group(NAME), cb=query)
+
+    async def maintenance_timer() -> None:
+        while True:
+            await asyncio.sleep(settings.logs.maintenance_interval)
+            try:
+                report = await handlers.maintain(deps)
+                if report.compacted_segments or report.expired_segments or report.purged_objects:
+                    log.info("log maintenance: %s", report.model_dump())
+            except Exception:
+                log.exception("log maintenance failed")
+
+    timer = asyncio.create_task(maintenance_timer())
+    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, ingestor=ingestor, timer=timer,
+                          query_sub=query_sub)
+
+
+async def stop(runtime: Runtime) -> None:
+    for name in ("timer",):
+        task = runtime.extras.get(name)
+        if task is not None:
+            task.cancel()
+    sub = runtime.extras.get("query_sub")
+    if sub is not None:
+        await sub.unsubscribe()
+    ingestor = runtime.extras.get("ingestor")
+    if ingestor is not None:
+        await ingestor.stop()
+    feed = runtime.extras.get("verifier_feed")
+    if feed is not None:
+        await feed.stop()
 
 
 SPEC = ServiceSpec(
@@ -21,4 +130,6 @@ SPEC = ServiceSpec(
     build_router=build_router,
     migrations=Path(__file__).parent / "migrations",
     uses_object_store=True,
+    on_start=start,
+    on_stop=stop,
 )

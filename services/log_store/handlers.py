@@ -1,1 +1,444 @@
-"""Business logic of the log_store service, as plain async functions (none beyond health yet)."""
+"""Business logic of the log_store service: ingestion, get_logs pages, and maintenance.
+
+Ingestion: a durable pull consumer on INFERENCE_LOGS. Batches gather for `flush_interval` seconds (or
+`segment_max_bytes`), are de-duplicated by batch id (within the gathering and against the ids already
+committed), grouped per pipeline and schema, written as Parquet segments to object storage, indexed in one
+transaction that also records their batch ids, and only then acknowledged. A crash anywhere before the commit
+leaves the messages unacknowledged (redelivered, and at worst an object no index row names, which
+maintenance deletes); a crash after it makes the redelivered batches known duplicates.
+
+Pages: rows are numbered per pipeline in the order they were stored; a cursor is a position, so a page
+continues exactly after the previous one however segments are compacted meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import asyncpg
+import nats.errors
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from services.log_store import store
+from services.log_store.segments import SegmentReader, empty_page, encode_segment
+from shared import subjects
+from shared.authz import MembershipLookup, Principal, require_member
+from shared.errors import InvalidRequest, NotFound
+from shared.logrecords import (
+    BATCH_ID,
+    DROPPED_WARNING,
+    LOG_HEADER,
+    META_DROPPED,
+    META_VERSION,
+    MSG_ID,
+    TIME,
+    dropped_columns,
+    schema_fingerprint,
+    select_columns,
+)
+from shared.messages.logs import GetLogs, LogMaintenanceReport, LogPage, LogRetention, SetLogRetention
+from shared.objectstore import BUCKET_LOGS, MinioObjectStore
+from shared.settings import LogSettings
+
+log = logging.getLogger("railyard.log_store")
+SEGMENTS_PER_QUERY = 16
+ORPHAN_AGE = 3600.0
+
+
+@dataclass
+class Batch:
+    msg: Any
+    batch_id: str
+    workspace_id: int
+    pipeline: str
+    table: pa.Table
+
+
+@dataclass
+class Deps:
+    pool: asyncpg.Pool
+    objects: MinioObjectStore
+    settings: LogSettings
+    reader: SegmentReader
+    membership: Callable[[str | None], MembershipLookup]
+    pipeline_exists: Callable[[str | None, int, str], Awaitable[bool]]
+    stats: dict[str, int] = field(default_factory=lambda: {"rows": 0, "batches": 0, "duplicates": 0,
+                                                           "malformed": 0, "segments": 0})
+
+
+def parse_batch(msg: Any) -> Batch | None:
+    """A stream message as a batch, or None (logged) when it cannot be one."""
+    headers = msg.headers or {}
+    try:
+        meta = json.loads(headers[LOG_HEADER])
+        table = pa.ipc.open_stream(pa.py_buffer(msg.data)).read_all()
+        if TIME not in table.column_names or table.num_rows == 0:
+            raise ValueError("no rows or no time column")
+        batch_id = headers.get(BATCH_ID) or headers.get(MSG_ID) or f"seq-{msg.metadata.sequence.stream}"
+        return Batch(msg, batch_id, int(meta["workspace_id"]),
+                     str(meta["pipeline"]), table)
+    except (KeyError, ValueError, TypeError, pa.ArrowException) as exc:
+        log.error("dropping a malformed inference log message on %s: %s", msg.subject, exc)
+        return None
+
+
+def segment_key(workspace_id: int, pipeline: str) -> str:
+    day = datetime.now(UTC).strftime("%Y/%m/%d")
+    return f"ws-{workspace_id}/{quote(pipeline, safe='')}/{day}/{uuid.uuid4().hex}.parquet"
+
+
+def _describe(table: pa.Table, key: str, size: int, workspace_id: int, pipeline: str) -> store.NewSegment:
+    times = table.column(TIME)
+    versions = pc.unique(table.column(META_VERSION)).to_pylist() if META_VERSION in table.column_names else []
+    return store.NewSegment(workspace_id=workspace_id, pipeline=pipeline, row_count=table.num_rows,
+                            min_time=int(pc.min(times).as_py()), max_time=int(pc.max(times).as_py()),
+                            schema_fp=schema_fingerprint(table.schema), versions=[str(v) for v in versions],
+                            dropped=dropped_columns(table), object_key=key, bytes=size)
+
+
+class Ingestor:
+    """The consumer loop (one task); `flush` is the unit that is durable before it is acknowledged."""
+
+    def __init__(self, deps: Deps, js: Any) -> None:
+        self.deps = deps
+        self.js = js
+        self.task: asyncio.Task | None = None
+        self.running = True
+
+    async def start(self) -> None:
+        config = ConsumerConfig(durable_name=subjects.INFERENCE_LOGS_DURABLE, ack_policy=AckPolicy.EXPLICIT,
+                                deliver_policy=DeliverPolicy.ALL, ack_wait=30.0, max_ack_pending=50_000,
+                                max_deliver=-1, filter_subject="logs.inference.>")
+        self.sub = await self.js.pull_subscribe("logs.inference.>", durable=subjects.INFERENCE_LOGS_DURABLE,
+                                                stream=subjects.INFERENCE_LOGS_STREAM, config=config)
+        self.task = asyncio.create_task(self.run())
+
+    async def stop(self) -> None:
+        """Let a flush under way finish (its messages are then acknowledged), then stop fetching."""
+        self.running = False
+        if self.task is not None:
+            try:
+                await asyncio.wait_for(self.task, 5.0)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+
+    async def run(self) -> None:
+        settings = self.deps.settings
+        pending: list[Any] = []
+        size = 0
+        opened = 0.0
+        while self.running:
+            wait = settings.flush_interval if not pending else max(0.01, opened + settings.flush_interval
+                                                                    - time.monotonic())
+            try:
+                msgs = await self.sub.fetch(batch=1024, timeout=wait)
+            except nats.errors.TimeoutError:
+                msgs = []
+            except Exception as exc:  # bus trouble: wait and fetch again (unacked messages stay in the stream)
+                log.warning("fetching inference logs failed: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            if msgs and not pending:
+                opened = time.monotonic()
+            pending += msgs
+            size += sum(len(m.data) for m in msgs)
+            if pending and (time.monotonic() - opened >= settings.flush_interval or size >= settings.segment_max_bytes
+                            or len(pending) >= 20_000):
+                await self.flush_with_retry(pending)
+                pending, size = [], 0
+
+    async def flush_with_retry(self, msgs: list[Any]) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self.flush(msgs)
+                return
+            except store.Raced:
+                continue  # another writer committed one of these batches meanwhile: filter again
+            except Exception:
+                log.exception("storing %d inference log messages failed; retrying", len(msgs))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def flush(self, msgs: list[Any]) -> None:
+        deps = self.deps
+        batches: list[Batch] = []
+        malformed = []
+        for msg in msgs:
+            batch = parse_batch(msg)
+            if batch is None:
+                malformed.append(msg)
+            else:
+                batches.append(batch)
+        seen: set[str] = set()
+        unique: list[Batch] = []
+        for batch in batches:
+            if batch.batch_id not in seen:
+                seen.add(batch.batch_id)
+                unique.append(batch)
+        committed = await store.committed_batches(deps.pool, list(seen)) if seen else set()
+        fresh = [b for b in unique if b.batch_id not in committed]
+        groups: dict[tuple[int, str, str], list[pa.Table]] = {}
+        for batch in fresh:
+            fp = schema_fingerprint(batch.table.schema)
+            groups.setdefault((batch.workspace_id, batch.pipeline, fp), []).append(batch.table)
+        written: list[store.NewSegment] = []
+        try:
+            for (workspace_id, pipeline, _), tables in groups.items():
+                table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+                data = await asyncio.to_thread(encode_segment, table, deps.settings.row_group_rows)
+                key = segment_key(workspace_id, pipeline)
+                await deps.objects.put_bytes(BUCKET_LOGS, key, data)
+                written.append(_describe(table, key, len(data), workspace_id, pipeline))
+                deps.reader.remember(key, data)
+            if fresh:
+                await store.commit_segments(deps.pool, [b.batch_id for b in fresh], written)
+        except BaseException:
+            for seg in written:  # not indexed: nobody may see these objects
+                deps.reader.forget(seg.object_key)
+                try:
+                    await deps.objects.delete(BUCKET_LOGS, seg.object_key)
+                except Exception:
+                    log.warning("could not delete unindexed segment %s (maintenance will)", seg.object_key)
+            raise
+        for msg in msgs:
+            try:
+                await msg.ack()
+            except Exception as exc:  # a lost ack means a redelivery, which is refused as a duplicate
+                log.warning("ack failed: %s", exc)
+        deps.stats["rows"] += sum(s.row_count for s in written)
+        deps.stats["batches"] += len(fresh)
+        deps.stats["duplicates"] += len(batches) - len(fresh)
+        deps.stats["malformed"] += len(malformed)
+        deps.stats["segments"] += len(written)
+
+
+# ---- get_logs ----
+
+def encode_cursor(position: int, order: str) -> str:
+    raw = json.dumps({"p": position, "o": order}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, order: str) -> int:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        position, cursor_order = int(data["p"]), data["o"]
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise InvalidRequest("cursor is not one this API returned (pass x-iteration-cursor unchanged)") from None
+    if cursor_order != order or position < 0:
+        raise InvalidRequest(f"cursor was made for order {cursor_order}; ask with the same order")
+    return position
+
+
+async def resolve_pipeline(deps: Deps, principal: Principal, token: str | None, workspace_id: int,
+                           name: str) -> asyncpg.Record | None:
+    """The pipeline's log record (None when it exists but has logged nothing yet); 404 if there is no such
+    pipeline in the workspace or the caller is not a member."""
+    await require_member(deps.membership(token), principal, workspace_id)
+    row = await store.pipeline(deps.pool, workspace_id, name)
+    if row is None and not await deps.pipeline_exists(token, workspace_id, name):
+        raise NotFound(f"pipeline {name!r} not found in workspace {workspace_id}")
+    return row
+
+
+async def get_logs(deps: Deps, principal: Principal, token: str | None, cmd: GetLogs) -> tuple[pa.Table, LogPage]:
+    """One page and what to say about it (status, cursor, warning)."""
+    if cmd.page_size > deps.settings.max_page_size:
+        raise InvalidRequest(f"page_size may be at most {deps.settings.max_page_size}")
+    position = decode_cursor(cmd.cursor, cmd.order) if cmd.cursor else None
+    row = await resolve_pipeline(deps, principal, token, cmd.workspace_id, cmd.pipeline_id)
+    if row is None:
+        return empty_page(), LogPage(status="All", rows=0)
+    page = await _scan(deps, row["id"], cmd, position)
+    return page
+
+
+async def _scan(deps: Deps, pipeline_id: int, cmd: GetLogs, position: int | None) -> tuple[pa.Table, LogPage]:
+    desc = cmd.order == "Desc"
+    pos = position if position is not None else (2**62 if desc else 0)
+    start, end = cmd.start_ms, cmd.end_ms
+    budget = deps.settings.page_max_bytes
+    pieces: list[pa.Table] = []
+    fingerprint: str | None = None
+    remaining, used = cmd.page_size, 0
+    status: str | None = None
+    while status is None:
+        if desc:
+            segments = await store.segments_before(deps.pool, pipeline_id, pos, start, end, SEGMENTS_PER_QUERY)
+        else:
+            segments = await store.segments_from(deps.pool, pipeline_id, pos, start, end, SEGMENTS_PER_QUERY)
+        if not segments:
+            status = "All"
+            break
+        for seg in segments:
+            lo = seg["first_pos"] if desc else max(seg["first_pos"], pos)
+            hi = min(seg["last_pos"] + 1, pos) if desc else seg["last_pos"] + 1
+            if hi <= lo:
+                continue
+            table, places = await asyncio.to_thread(_read_rows, deps.reader, seg, lo, hi, cmd, start, end, desc)
+            if table.num_rows == 0:
+                pos = lo if desc else hi
+                continue
+            if fingerprint is not None and seg["schema_fp"] != fingerprint:
+                status = "SchemaChange"
+                break
+            fingerprint = seg["schema_fp"]
+            take = min(table.num_rows, remaining)
+            per_row = max(1.0, table.nbytes / table.num_rows)
+            fits = int((budget - used) // per_row)
+            byte_limited = fits < take
+            if byte_limited:
+                take = max(fits, 0 if pieces else 1)
+            if take == 0:
+                status = "ByteLimited"
+                break
+            pieces.append(table.slice(0, take))
+            used += int(per_row * take)
+            remaining -= take
+            if take < table.num_rows or remaining == 0:
+                last = int(places[take - 1])
+                pos = last if desc else last + 1
+                status = "ByteLimited" if byte_limited else "RecordLimited"
+                break
+            pos = lo if desc else hi
+    page = pa.concat_tables(pieces) if pieces else empty_page()
+    dropped = dropped_columns(page)
+    warning = DROPPED_WARNING.format(columns=", ".join(dropped)) if dropped else None
+    if not _wanted(META_DROPPED, cmd) and META_DROPPED in page.column_names:
+        page = page.drop_columns([META_DROPPED])
+    cursor = None if status == "All" else encode_cursor(pos, cmd.order)
+    return page, LogPage(status=status, cursor=cursor, warning=warning, rows=page.num_rows)
+
+
+def _wanted(column: str, cmd: GetLogs) -> bool:
+    return column in select_columns([column], cmd.dataset, cmd.dataset_exclude)
+
+
+def _read_rows(reader: SegmentReader, seg: Any, lo: int, hi: int, cmd: GetLogs, start: int | None,
+               end: int | None, desc: bool) -> tuple[pa.Table, np.ndarray]:
+    """The segment's rows lo..hi-1 that fall in the time range, in page order, with their positions."""
+    names = reader.columns(seg["object_key"], seg["bytes"])
+    columns = select_columns(names, cmd.dataset, cmd.dataset_exclude)
+    if META_DROPPED in names and META_DROPPED not in columns:
+        columns.append(META_DROPPED)
+    table = reader.read(seg["object_key"], seg["bytes"], lo - seg["first_pos"], hi - seg["first_pos"], columns)
+    places = np.arange(lo, hi, dtype=np.int64)
+    if start is not None and end is not None:
+        times = table.column(TIME).to_numpy()
+        keep = (times >= start) & (times <= end)
+        if not keep.all():
+            table = table.filter(pa.array(keep))
+            places = places[keep]
+    if desc and table.num_rows > 1:
+        order = np.arange(table.num_rows - 1, -1, -1)
+        table = table.take(pa.array(order))
+        places = places[order]
+    return table, places
+
+
+async def set_retention(deps: Deps, principal: Principal, token: str | None, cmd: SetLogRetention) -> LogRetention:
+    await resolve_pipeline(deps, principal, token, cmd.workspace_id, cmd.pipeline_id)
+    await store.set_retention(deps.pool, cmd.workspace_id, cmd.pipeline_id, cmd.retention_days)
+    return LogRetention(pipeline_id=cmd.pipeline_id, workspace_id=cmd.workspace_id,
+                        retention_days=cmd.retention_days)
+
+
+# ---- maintenance ----
+
+async def maintain(deps: Deps, compact: bool = True, retention: bool = True, purge: bool = True
+                   ) -> LogMaintenanceReport:
+    """One pass of retention, compaction and purging, by one log-store process at a time."""
+    report = LogMaintenanceReport()
+    async with deps.pool.acquire() as lock_conn:
+        if not await lock_conn.fetchval("SELECT pg_try_advisory_lock(hashtext('log_store.maintenance'))"):
+            return report
+        try:
+            pipelines = await store.pipelines(deps.pool)
+            now_ms = int(time.time() * 1000)
+            if retention:
+                for row in pipelines:
+                    days = row["retention_days"] if row["retention_days"] is not None else deps.settings.retention_days
+                    report.expired_segments += await store.expire(deps.pool, row["id"], now_ms - int(days * 86_400_000))
+            if compact:
+                for row in pipelines:
+                    await _compact_pipeline(deps, row, report)
+            if purge:
+                await _purge(deps, report)
+        finally:
+            await lock_conn.execute("SELECT pg_advisory_unlock(hashtext('log_store.maintenance'))")
+    return report
+
+
+def _runs(segments: list[Any], target: int) -> list[list[Any]]:
+    """Contiguous runs (no position gap, one schema) of small segments, each at most `target` rows."""
+    runs: list[list[Any]] = []
+    current: list[Any] = []
+    rows = 0
+    for seg in segments:
+        joins = current and seg["first_pos"] == current[-1]["last_pos"] + 1 \
+            and seg["schema_fp"] == current[-1]["schema_fp"] and rows + seg["row_count"] <= target
+        if not joins:
+            if len(current) > 1:
+                runs.append(current)
+            current, rows = [], 0
+        current.append(seg)
+        rows += seg["row_count"]
+    if len(current) > 1:
+        runs.append(current)
+    return runs
+
+
+async def _compact_pipeline(deps: Deps, pipeline: Any, report: LogMaintenanceReport) -> None:
+    target = deps.settings.compact_target_rows
+    small = await store.small_segments(deps.pool, pipeline["id"], target // 2, deps.settings.compact_min_age)
+    for run in _runs(small, target):
+        tables = [await asyncio.to_thread(deps.reader.read_all, seg["object_key"], seg["bytes"]) for seg in run]
+        table = pa.concat_tables(tables)
+        data = await asyncio.to_thread(encode_segment, table, deps.settings.row_group_rows)
+        key = segment_key(pipeline["workspace_id"], pipeline["name"])
+        await deps.objects.put_bytes(BUCKET_LOGS, key, data)
+        merged = _describe(table, key, len(data), pipeline["workspace_id"], pipeline["name"])
+        merged.versions = sorted({v for seg in run for v in seg["versions"]})
+        merged.dropped = sorted({d for seg in run for d in seg["dropped"]})
+        try:
+            await store.replace_segments(deps.pool, [seg["id"] for seg in run], merged, pipeline["id"],
+                                         run[0]["first_pos"], max(seg["level"] for seg in run) + 1)
+        except store.Raced:
+            await deps.objects.delete(BUCKET_LOGS, key)
+            continue
+        deps.reader.remember(key, data)
+        report.compacted_segments += len(run)
+        report.new_segments += 1
+
+
+async def _purge(deps: Deps, report: LogMaintenanceReport) -> None:
+    for row in await store.superseded(deps.pool, deps.settings.superseded_grace):
+        deps.reader.forget(row["object_key"])
+        await deps.objects.delete(BUCKET_LOGS, row["object_key"])
+        await store.delete_segment(deps.pool, row["id"])
+        report.purged_objects += 1
+    report.batch_ids_pruned = await store.prune_batches(deps.pool, deps.settings.dedupe_hours)
+    cutoff = time.time() - ORPHAN_AGE
+    old = [key for key, modified in await deps.objects.list_keys(BUCKET_LOGS) if modified < cutoff]
+    for start in range(0, len(old), 1000):
+        chunk = old[start:start + 1000]
+        known = await store.known_keys(deps.pool, chunk)
+        for key in chunk:
+            if key not in known:
+                await deps.objects.delete(BUCKET_LOGS, key)
+                report.orphans_deleted += 1

@@ -1,1 +1,144 @@
 """SQL of the log_store service (asyncpg, `$n` parameters only), in schema `log_store`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+NO_TIME_LOW = -(2**62)
+NO_TIME_HIGH = 2**62
+SEGMENT_COLUMNS = "id, pipeline_id, first_pos, last_pos, row_count, min_time, max_time, schema_fp, object_key, bytes"
+
+
+class Raced(Exception):
+    """Someone else changed the same rows meanwhile (a batch id committed, a segment retired): retry."""
+
+
+@dataclass
+class NewSegment:
+    workspace_id: int
+    pipeline: str
+    row_count: int
+    min_time: int
+    max_time: int
+    schema_fp: str
+    versions: list[str]
+    dropped: list[str]
+    object_key: str
+    bytes: int
+
+
+async def committed_batches(pool: asyncpg.Pool, batch_ids: list[str]) -> set[str]:
+    rows = await pool.fetch("SELECT batch_id FROM batches WHERE batch_id = ANY($1::text[])", batch_ids)
+    return {r["batch_id"] for r in rows}
+
+
+async def commit_segments(pool: asyncpg.Pool, batch_ids: list[str], segments: list[NewSegment]) -> None:
+    """Remember the batches and index the segments in one transaction. Each pipeline's positions are taken
+    under its row lock, so segments become visible in the order of their positions."""
+    async with pool.acquire() as conn, conn.transaction():
+        inserted = await conn.fetch(
+            "INSERT INTO batches (batch_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING RETURNING batch_id",
+            batch_ids)
+        if len(inserted) != len(batch_ids):
+            raise Raced()
+        for seg in segments:
+            row = await conn.fetchrow(
+                "INSERT INTO pipelines (workspace_id, name, next_pos) VALUES ($1, $2, $3) "
+                "ON CONFLICT (workspace_id, name) DO UPDATE SET next_pos = pipelines.next_pos + EXCLUDED.next_pos "
+                "RETURNING id, next_pos - $3 AS first_pos", seg.workspace_id, seg.pipeline, seg.row_count)
+            await conn.execute(
+                "INSERT INTO segments (pipeline_id, first_pos, last_pos, row_count, min_time, max_time, schema_fp, "
+                "versions, dropped, object_key, bytes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                row["id"], row["first_pos"], row["first_pos"] + seg.row_count - 1, seg.row_count, seg.min_time,
+                seg.max_time, seg.schema_fp, seg.versions, seg.dropped, seg.object_key, seg.bytes)
+
+
+async def pipeline(pool: asyncpg.Pool, workspace_id: int, name: str) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT * FROM pipelines WHERE workspace_id = $1 AND name = $2", workspace_id, name)
+
+
+async def set_retention(pool: asyncpg.Pool, workspace_id: int, name: str, days: float) -> None:
+    await pool.execute(
+        "INSERT INTO pipelines (workspace_id, name, retention_days) VALUES ($1, $2, $3) "
+        "ON CONFLICT (workspace_id, name) DO UPDATE SET retention_days = EXCLUDED.retention_days",
+        workspace_id, name, days)
+
+
+async def segments_before(pool: asyncpg.Pool, pipeline_id: int, before: int, start: int | None, end: int | None,
+                          limit: int) -> list[asyncpg.Record]:
+    """Live segments with rows at positions < before, newest first, overlapping the time range."""
+    return await pool.fetch(
+        f"SELECT {SEGMENT_COLUMNS} FROM segments WHERE pipeline_id = $1 AND superseded_at IS NULL "
+        "AND first_pos < $2 AND max_time >= $3 AND min_time <= $4 ORDER BY first_pos DESC LIMIT $5",
+        pipeline_id, before, start if start is not None else NO_TIME_LOW,
+        end if end is not None else NO_TIME_HIGH, limit)
+
+
+async def segments_from(pool: asyncpg.Pool, pipeline_id: int, start_pos: int, start: int | None, end: int | None,
+                        limit: int) -> list[asyncpg.Record]:
+    """Live segments with rows at positions >= start_pos, oldest first, overlapping the time range."""
+    return await pool.fetch(
+        f"SELECT {SEGMENT_COLUMNS} FROM segments WHERE pipeline_id = $1 AND superseded_at IS NULL "
+        "AND last_pos >= $2 AND max_time >= $3 AND min_time <= $4 ORDER BY last_pos ASC LIMIT $5",
+        pipeline_id, start_pos, start if start is not None else NO_TIME_LOW,
+        end if end is not None else NO_TIME_HIGH, limit)
+
+
+async def pipelines(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    return await pool.fetch("SELECT * FROM pipelines ORDER BY id")
+
+
+async def expire(pool: asyncpg.Pool, pipeline_id: int, before_ms: int) -> int:
+    """Retire the live segments whose newest row is older than before_ms; their objects go after the grace."""
+    rows = await pool.fetch(
+        "UPDATE segments SET superseded_at = now() WHERE pipeline_id = $1 AND superseded_at IS NULL "
+        "AND max_time < $2 RETURNING id", pipeline_id, before_ms)
+    return len(rows)
+
+
+async def small_segments(pool: asyncpg.Pool, pipeline_id: int, below_rows: int, min_age: float
+                         ) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        f"SELECT {SEGMENT_COLUMNS}, level, versions, dropped FROM segments WHERE pipeline_id = $1 "
+        "AND superseded_at IS NULL AND row_count < $2 AND created_at < now() - make_interval(secs => $3) "
+        "ORDER BY first_pos", pipeline_id, below_rows, min_age)
+
+
+async def replace_segments(pool: asyncpg.Pool, old_ids: list[int], seg: NewSegment, pipeline_id: int,
+                           first_pos: int, level: int) -> bool:
+    """Swap a run of segments for their merge, atomically; False when one of them is gone meanwhile."""
+    async with pool.acquire() as conn, conn.transaction():
+        retired = await conn.fetch(
+            "UPDATE segments SET superseded_at = now() WHERE id = ANY($1::bigint[]) AND superseded_at IS NULL "
+            "RETURNING id", old_ids)
+        if len(retired) != len(old_ids):
+            raise Raced()  # rolls back: the run changed under us
+        await conn.execute(
+            "INSERT INTO segments (pipeline_id, first_pos, last_pos, row_count, min_time, max_time, schema_fp, "
+            "versions, dropped, object_key, bytes, level) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            pipeline_id, first_pos, first_pos + seg.row_count - 1, seg.row_count, seg.min_time, seg.max_time,
+            seg.schema_fp, seg.versions, seg.dropped, seg.object_key, seg.bytes, level)
+    return True
+
+
+async def superseded(pool: asyncpg.Pool, grace: float) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT id, object_key FROM segments WHERE superseded_at IS NOT NULL "
+        "AND superseded_at < now() - make_interval(secs => $1)", grace)
+
+
+async def delete_segment(pool: asyncpg.Pool, segment_id: int) -> None:
+    await pool.execute("DELETE FROM segments WHERE id = $1", segment_id)
+
+
+async def known_keys(pool: asyncpg.Pool, keys: list[str]) -> set[str]:
+    rows = await pool.fetch("SELECT object_key FROM segments WHERE object_key = ANY($1::text[])", keys)
+    return {r["object_key"] for r in rows}
+
+
+async def prune_batches(pool: asyncpg.Pool, hours: float) -> int:
+    rows = await pool.fetch(
+        "DELETE FROM batches WHERE committed_at < now() - make_interval(secs => $1) RETURNING 1", hours * 3600)
+    return len(rows)

@@ -1,0 +1,65 @@
+"""`POST /v1/api/pipelines/get_logs`: a page of a pipeline's inference log from the log store, as
+pandas-records JSON (default) or an Arrow IPC file, with the seed's `x-iteration-cursor` and
+`x-iteration-status` headers (and a `Warning` header when rows lost columns for size)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import nats.errors
+import orjson
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import Response
+
+from services.gateway.inference import ARROW_FILE, ARROW_STREAM
+from shared import subjects
+from shared.arrow_codec import from_ipc, to_ipc_file, to_ipc_stream
+from shared.authz import Principal
+from shared.errors import ErrorBody, InvalidRequest, Unavailable, UpstreamTimeout, error_from_body
+from shared.logrecords import seed_rows
+from shared.messages.logs import LogPage
+from shared.service import Runtime
+
+QUERY_TIMEOUT = 30.0
+
+
+def add_log_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token) -> None:
+    @app.post("/v1/api/pipelines/get_logs", tags=["pipelines"])
+    async def get_logs(request: Request, principal: Principal = Depends(user_caller)) -> Any:
+        """A page of a pipeline's logs: pipeline_id (name), workspace_id, cursor, order (Asc/Desc, default
+        Desc), page_size (default 1000), start_time and end_time (RFC 3339, both or neither), dataset and
+        dataset_exclude. `Accept: application/vnd.apache.arrow.file` answers with Arrow."""
+        raw = await request.body()
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidRequest("request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise InvalidRequest("request body must be a JSON object")
+        nc = runtime.broker.config.connection_state.connection
+        try:
+            reply = await nc.request(subjects.LOG_STORE_QUERY, orjson.dumps(body), timeout=QUERY_TIMEOUT,
+                                     headers={"authorization": f"Bearer {bearer_token(request)}"})
+        except nats.errors.NoRespondersError:
+            raise Unavailable("the log store is not running") from None
+        except (TimeoutError, nats.errors.TimeoutError):
+            raise UpstreamTimeout(f"the log store did not answer within {QUERY_TIMEOUT:g}s") from None
+        headers = reply.headers or {}
+        if "Railyard-Error" in headers:
+            error = json.loads(headers["Railyard-Error"])
+            raise error_from_body(ErrorBody(code=error["code"], msg=error["msg"]), int(error.get("status", 500)))
+        page = LogPage.model_validate_json(headers["Railyard-Page"])
+        table = from_ipc(reply.data)
+        out_headers = {"x-iteration-status": page.status}
+        if page.cursor:
+            out_headers["x-iteration-cursor"] = page.cursor
+        if page.warning:
+            out_headers["Warning"] = f'299 railyard "{page.warning}"'
+        accept = request.headers.get("accept", "").split(";")[0].strip().lower()
+        if accept == ARROW_FILE:
+            return Response(to_ipc_file(table), media_type=ARROW_FILE, headers=out_headers)
+        if accept == ARROW_STREAM:
+            return Response(to_ipc_stream(table), media_type=ARROW_STREAM, headers=out_headers)
+        return Response(orjson.dumps(seed_rows(table), option=orjson.OPT_SERIALIZE_NUMPY),
+                        media_type="application/json", headers=out_headers)

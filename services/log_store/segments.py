@@ -1,0 +1,158 @@
+"""Parquet segments in object storage: writing one, and reading a range of its rows without downloading
+the whole object (the footer is cached per segment; row groups are fetched with ranged GETs)."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shared.objectstore import BUCKET_LOGS, MinioObjectStore
+
+SMALL_OBJECT = 4 * 1024 * 1024  # segments up to this size are fetched whole and kept in memory
+TAIL_PREFETCH = 64 * 1024
+
+
+def encode_segment(table: pa.Table, row_group_rows: int) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, row_group_size=row_group_rows, compression="snappy", write_statistics=["time"])
+    return sink.getvalue().to_pybytes()
+
+
+class RangeFile:
+    """A read-only, seekable file over one S3 object; reads become ranged GETs (the tail is prefetched)."""
+
+    def __init__(self, objects: MinioObjectStore, key: str, size: int, prefetch_tail: bool) -> None:
+        self.objects, self.key, self.size = objects, key, size
+        self.position = 0
+        self.closed = False
+        self.blocks: list[tuple[int, bytes]] = []
+        if prefetch_tail:
+            start = max(0, size - TAIL_PREFETCH)
+            self.blocks.append((start, objects.read_range_sync(BUCKET_LOGS, key, start, size - start)))
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.position, 2: self.size}[whence]
+        self.position = base + offset
+        return self.position
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self.size - self.position
+        n = max(0, min(n, self.size - self.position))
+        if n == 0:
+            return b""
+        start = self.position
+        for block_start, block in self.blocks:
+            if block_start <= start and start + n <= block_start + len(block):
+                data = block[start - block_start:start - block_start + n]
+                break
+        else:
+            data = self.objects.read_range_sync(BUCKET_LOGS, self.key, start, n)
+        self.position += len(data)
+        return data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class SegmentReader:
+    """Reads rows of segments; thread-safe (called from worker threads)."""
+
+    def __init__(self, objects: MinioObjectStore, cache_bytes: int = 256 * 1024 * 1024) -> None:
+        self.objects = objects
+        self.cache_bytes = cache_bytes
+        self.lock = threading.Lock()
+        self.footers: OrderedDict[str, pq.FileMetaData] = OrderedDict()
+        self.small: OrderedDict[str, bytes] = OrderedDict()
+        self.small_bytes = 0
+
+    def remember(self, key: str, data: bytes) -> None:
+        """Keep a just-written segment (small ones whole, large ones' footer)."""
+        if len(data) <= SMALL_OBJECT:
+            self._keep_small(key, data)
+        else:
+            self._keep_footer(key, pq.read_metadata(pa.BufferReader(data)))
+
+    def forget(self, key: str) -> None:
+        with self.lock:
+            self.footers.pop(key, None)
+            data = self.small.pop(key, None)
+            if data is not None:
+                self.small_bytes -= len(data)
+
+    def _keep_small(self, key: str, data: bytes) -> None:
+        with self.lock:
+            if key in self.small:
+                self.small.move_to_end(key)
+                return
+            self.small[key] = data
+            self.small_bytes += len(data)
+            while self.small_bytes > self.cache_bytes and self.small:
+                _, dropped = self.small.popitem(last=False)
+                self.small_bytes -= len(dropped)
+
+    def _keep_footer(self, key: str, metadata: pq.FileMetaData) -> None:
+        with self.lock:
+            self.footers[key] = metadata
+            self.footers.move_to_end(key)
+            while len(self.footers) > 4096:
+                self.footers.popitem(last=False)
+
+    def _open(self, key: str, size: int) -> pq.ParquetFile:
+        if size <= SMALL_OBJECT:
+            with self.lock:
+                data = self.small.get(key)
+                if data is not None:
+                    self.small.move_to_end(key)
+            if data is None:
+                data = self.objects.read_range_sync(BUCKET_LOGS, key, 0, size)
+                self._keep_small(key, data)
+            return pq.ParquetFile(pa.BufferReader(data))
+        with self.lock:
+            metadata = self.footers.get(key)
+        source = RangeFile(self.objects, key, size, prefetch_tail=metadata is None)
+        parquet = pq.ParquetFile(source, metadata=metadata, pre_buffer=True)
+        if metadata is None:
+            self._keep_footer(key, parquet.metadata)
+        return parquet
+
+    def columns(self, key: str, size: int) -> list[str]:
+        return self._open(key, size).schema_arrow.names
+
+    def read(self, key: str, size: int, lo: int, hi: int, columns: list[str] | None) -> pa.Table:
+        """Rows lo .. hi-1 of the segment (positions relative to its first row)."""
+        parquet = self._open(key, size)
+        metadata = parquet.metadata
+        starts = np.concatenate([[0], np.cumsum([metadata.row_group(i).num_rows
+                                                 for i in range(metadata.num_row_groups)])])
+        groups = [i for i in range(metadata.num_row_groups) if starts[i] < hi and starts[i + 1] > lo]
+        if not groups:
+            return parquet.schema_arrow.empty_table().select(columns) if columns else \
+                parquet.schema_arrow.empty_table()
+        table = parquet.read_row_groups(groups, columns=columns)
+        first = int(starts[groups[0]])
+        return table.slice(lo - first, hi - lo)
+
+    def read_all(self, key: str, size: int) -> pa.Table:
+        parquet = self._open(key, size)
+        return parquet.read()
+
+
+def empty_page() -> pa.Table:
+    return pa.table({"time": pa.array([], pa.int64())})

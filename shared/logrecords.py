@@ -1,0 +1,220 @@
+"""Inference log records: one layout from the engine to the log store to `get_logs`.
+
+A record table has one row per inferred row and flat, dotted column names:
+`time` (int64 ms since the epoch), `in.<input>`, `out.<output>` (A/B splits add `out._model_split`),
+`out_<challenger>.<output>` for shadow challengers, and `metadata.last_model`, `metadata.pipeline_version`,
+`metadata.elapsed` (ns per step and in total) and `metadata.dropped` (columns left out for size).
+
+The engine gathers the records of many requests into one table per schema and publishes it as one Arrow IPC
+message on `logs.inference.<deployment>`. `Railyard-Batch-Id` is the batch's id, also sent as `Nats-Msg-Id`
+(JetStream refuses a re-published copy inside its two-minute window; the log store refuses any copy whose id it
+has committed), and `Railyard-Log` says whose records they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+LOG_HEADER = "Railyard-Log"
+MSG_ID = "Nats-Msg-Id"
+BATCH_ID = "Railyard-Batch-Id"
+TIME = "time"
+META_LAST_MODEL = "metadata.last_model"
+META_VERSION = "metadata.pipeline_version"
+META_ELAPSED = "metadata.elapsed"
+META_DROPPED = "metadata.dropped"
+METADATA_COLUMNS = (META_LAST_MODEL, META_VERSION, META_ELAPSED, META_DROPPED)
+DROPPED_WARNING = ("The inference log is above the allowable limit and the following columns may have been "
+                   "suppressed for various rows in the logs: {columns}. To review the dropped columns for an "
+                   "individual inferences suppressed data, include dataset=[\"metadata\"] in the log request.")
+
+
+def log_subject(deployment: str) -> str:
+    return f"logs.inference.{deployment}"
+
+
+@dataclass
+class InferenceRecord:
+    """What one request leaves for the log: its rows in and out, challengers' outputs, and who answered."""
+
+    at_ms: int
+    inputs: pa.Table
+    outputs: pa.Table
+    last_model: str
+    elapsed: tuple[int, int]
+    shadows: dict[str, pa.Table] = field(default_factory=dict)
+
+    def key(self) -> tuple:
+        return (self.inputs.schema, self.outputs.schema,
+                tuple((name, table.schema) for name, table in self.shadows.items()))
+
+
+def _list_of(values: np.ndarray, width: int, value_type: pa.DataType) -> pa.Array:
+    offsets = pa.array(np.arange(0, len(values) + 1, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(values, value_type))
+
+
+def build_batch(records: list[InferenceRecord], pipeline_version: str) -> pa.Table:
+    """The records of requests with one schema (see `InferenceRecord.key`) as one log table."""
+    counts = np.array([r.inputs.num_rows for r in records], dtype=np.int64)
+    rows = int(counts.sum())
+    columns: dict[str, Any] = {TIME: pa.array(np.repeat(np.array([r.at_ms for r in records], np.int64), counts))}
+    inputs = pa.concat_tables([r.inputs for r in records]).combine_chunks() if len(records) > 1 else records[0].inputs
+    outputs = pa.concat_tables([r.outputs for r in records]).combine_chunks() if len(records) > 1 \
+        else records[0].outputs
+    columns |= {f"in.{name}": inputs.column(name) for name in inputs.column_names}
+    columns |= {f"out.{name}": outputs.column(name) for name in outputs.column_names}
+    for challenger in records[0].shadows:
+        shadow = pa.concat_tables([r.shadows[challenger] for r in records]).combine_chunks()
+        columns |= {f"out_{challenger}.{name}": shadow.column(name) for name in shadow.column_names}
+    models = [r.last_model for r in records]
+    if len(set(models)) == 1:
+        columns[META_LAST_MODEL] = pa.array([models[0]] * rows, pa.string())
+    else:
+        columns[META_LAST_MODEL] = pa.array(np.repeat(np.array(models, dtype=object), counts), pa.string())
+    columns[META_VERSION] = pa.array([pipeline_version] * rows, pa.string())
+    elapsed = np.repeat(np.array([r.elapsed for r in records], dtype=np.int64), counts, axis=0).reshape(-1)
+    columns[META_ELAPSED] = _list_of(elapsed, 2, pa.int64())
+    columns[META_DROPPED] = pa.ListArray.from_arrays(pa.array(np.zeros(rows + 1, np.int32)), pa.array([], pa.string()))
+    return pa.table(columns)
+
+
+def group_records(records: Iterable[InferenceRecord]) -> list[list[InferenceRecord]]:
+    """Records split into runs of one schema, keeping their order within each run."""
+    groups: dict[tuple, list[InferenceRecord]] = {}
+    for record in records:
+        groups.setdefault(record.key(), []).append(record)
+    return list(groups.values())
+
+
+def row_sizes(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Bytes each row of a column takes (values only; validity bits and offsets are not counted)."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
+    n = len(array)
+    kind = array.type
+    if pa.types.is_boolean(kind):
+        return np.ones(n, np.int64)
+    if pa.types.is_fixed_size_list(kind):
+        child = row_sizes(array.flatten())
+        return child.reshape(n, kind.list_size).sum(axis=1) if n else np.zeros(0, np.int64)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        offsets = array.offsets.to_numpy()
+        child = np.concatenate([[0], np.cumsum(row_sizes(array.values))])
+        return child[offsets[1:]] - child[offsets[:-1]]
+    if pa.types.is_string(kind) or pa.types.is_binary(kind) or pa.types.is_large_string(kind) \
+            or pa.types.is_large_binary(kind):
+        return pc.fill_null(pc.binary_length(array), 0).to_numpy().astype(np.int64)
+    if pa.types.is_struct(kind):
+        total = np.zeros(n, np.int64)
+        for index in range(kind.num_fields):
+            total += row_sizes(array.field(index))
+        return total
+    try:
+        return np.full(n, kind.bit_width // 8, np.int64)
+    except ValueError:
+        return np.full(n, array.nbytes // max(n, 1), np.int64)
+
+
+def _droppable(name: str) -> int | None:
+    """0 for inputs (dropped first), 1 for outputs, None for what is always kept."""
+    if name.startswith("in."):
+        return 0
+    if name.startswith(("out.", "out_")):
+        return 1
+    return None
+
+
+def drop_oversized(table: pa.Table, max_row_bytes: int) -> pa.Table:
+    """Rows above `max_row_bytes` lose columns, largest input first, then outputs by size, until they fit;
+    `time` and metadata always stay, and each row's `metadata.dropped` lists what it lost."""
+    if table.num_rows == 0 or table.nbytes <= max_row_bytes:
+        return table
+    sizes = {name: row_sizes(table.column(name)) for name in table.column_names}
+    total = sum(sizes.values())
+    over = np.nonzero(total > max_row_bytes)[0]
+    if not len(over):
+        return table
+    candidates = [name for name in table.column_names if _droppable(name) is not None]
+    masks = {name: np.zeros(table.num_rows, bool) for name in candidates}
+    dropped: list[list[str]] = [[] for _ in range(table.num_rows)]
+    for row in over:
+        left = int(total[row])
+        for name in sorted(candidates, key=lambda c: (_droppable(c), -int(sizes[c][row]), c)):
+            if left <= max_row_bytes:
+                break
+            masks[name][row] = True
+            left -= int(sizes[name][row])
+            dropped[row].append(name)
+    for name, mask in masks.items():
+        if mask.any():
+            column = table.column(name)
+            kept = pc.if_else(pa.array(~mask), column, pa.scalar(None, column.type))
+            table = table.set_column(table.schema.get_field_index(name), name, kept)
+    index = table.schema.get_field_index(META_DROPPED)
+    existing = table.column(META_DROPPED).to_pylist() if index >= 0 else [[] for _ in dropped]
+    merged = pa.array([old + new for old, new in zip(existing, dropped, strict=True)], pa.list_(pa.string()))
+    if index >= 0:
+        return table.set_column(index, META_DROPPED, merged)
+    return table.append_column(META_DROPPED, merged)
+
+
+def schema_fingerprint(schema: pa.Schema) -> str:
+    """Names and types of the columns, without metadata: two tables with one fingerprint concatenate."""
+    text = ";".join(f"{f.name}:{f.type}" for f in schema)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def select_columns(names: list[str], dataset: list[str], exclude: list[str]) -> list[str]:
+    """The columns a get_logs `dataset` selector keeps: `*` (everything), a group (`in`, `out`, `metadata`,
+    `out_<challenger>`) or a column (`in.tensor`, `metadata.elapsed`); `time` is always kept."""
+
+    def matches(name: str, selector: str) -> bool:
+        return selector == "*" or name == selector or name.startswith(selector + ".")
+
+    kept = [n for n in names if n == TIME or any(matches(n, s) for s in dataset)]
+    return [n for n in kept if n == TIME or not any(matches(n, s) for s in exclude)]
+
+
+def seed_rows(table: pa.Table, check_failures: bool = True) -> list[dict[str, Any]]:
+    """Log rows in the seed's pandas-records shape: `time`, then `in`, `out`, `out_<challenger>` and
+    `metadata` as objects of their columns (a value dropped for size is left out of its object)."""
+    groups: dict[str, list[tuple[str, list[Any]]]] = {}
+    times = None
+    for name in table.column_names:
+        values = table.column(name).to_pylist()
+        if name == TIME:
+            times = values
+            continue
+        group, _, inner = name.partition(".")
+        groups.setdefault(group, []).append((inner, values))
+    rows: list[dict[str, Any]] = []
+    for index in range(table.num_rows):
+        row: dict[str, Any] = {TIME: times[index]} if times is not None else {}
+        for group, columns in groups.items():
+            row[group] = {inner: values[index] for inner, values in columns if values[index] is not None}
+        if check_failures and "in" in groups:
+            row["check_failures"] = []
+        rows.append(row)
+    return rows
+
+
+def dropped_columns(table: pa.Table) -> list[str]:
+    """Every column some row of the table lost for size."""
+    if META_DROPPED not in table.column_names or table.num_rows == 0:
+        return []
+    flat = pc.list_flatten(table.column(META_DROPPED))
+    return sorted(set(flat.to_pylist())) if len(flat) else []
+
+
+def log_header(workspace_id: int, pipeline: str, deployment: str, pipeline_version: str) -> str:
+    return json.dumps({"workspace_id": workspace_id, "pipeline": pipeline, "deployment": deployment,
+                       "pipeline_version": pipeline_version}, separators=(",", ":"))

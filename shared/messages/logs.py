@@ -1,0 +1,95 @@
+"""Inference log messages (log_store service)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from shared.messages.base import Command, Message
+
+
+def _utc_ms(moment: datetime) -> int:
+    """Milliseconds since the epoch; a time without an offset is read as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+class GetLogs(Command):
+    """`pipelines/get_logs`: a page of a pipeline's inference log, newest first unless order is Asc."""
+
+    pipeline_id: str = Field(min_length=1, description="The pipeline's name.")
+    workspace_id: int
+    cursor: str | None = Field(None, description="x-iteration-cursor of the previous page.")
+    order: Literal["Asc", "Desc"] = "Desc"
+    page_size: int = Field(1000, ge=1, description="Most records in the page.")
+    start_time: datetime | None = Field(None, description="RFC 3339; must come with end_time.")
+    end_time: datetime | None = Field(None, description="RFC 3339; must come with start_time.")
+    dataset: list[str] = Field(default_factory=lambda: ["*"], description="Groups or columns to return: *, time, "
+                               "in, out, metadata, out_<challenger>, or one column such as in.tensor.")
+    dataset_exclude: list[str] = Field(default_factory=list, description="Groups or columns to leave out.")
+
+    @field_validator("order", mode="before")
+    @classmethod
+    def _order(cls, value: object) -> object:
+        return value.capitalize() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _times(self) -> GetLogs:
+        if (self.start_time is None) != (self.end_time is None):
+            raise ValueError("start_time and end_time go together: give both or neither")
+        if self.start_time is not None and self.end_time is not None and self.start_ms > self.end_ms:
+            raise ValueError("start_time is after end_time")
+        if not self.dataset or any(not s.strip() for s in self.dataset + self.dataset_exclude):
+            raise ValueError("dataset needs at least one non-empty name")
+        return self
+
+    @property
+    def start_ms(self) -> int | None:
+        return _utc_ms(self.start_time) if self.start_time is not None else None
+
+    @property
+    def end_ms(self) -> int | None:
+        return _utc_ms(self.end_time) if self.end_time is not None else None
+
+
+class LogPage(Message):
+    """What comes with a page's Arrow table (in the `Railyard-Page` header)."""
+
+    status: Literal["All", "RecordLimited", "ByteLimited", "SchemaChange"]
+    cursor: str | None = None
+    warning: str | None = None
+    rows: int
+
+
+class SetLogRetention(Command):
+    """`pipelines/set_log_retention` (Railyard): keep a pipeline's logs this many days."""
+
+    pipeline_id: str = Field(min_length=1, description="The pipeline's name.")
+    workspace_id: int
+    retention_days: float = Field(gt=0, description="Days to keep; older segments are deleted.")
+
+
+class LogRetention(Message):
+    pipeline_id: str
+    workspace_id: int
+    retention_days: float
+
+
+class RunLogMaintenance(Command):
+    """Run a compaction / retention / purge pass now (the log store also runs one periodically)."""
+
+    compact: bool = True
+    retention: bool = True
+    purge: bool = True
+
+
+class LogMaintenanceReport(Message):
+    compacted_segments: int = 0
+    new_segments: int = 0
+    expired_segments: int = 0
+    purged_objects: int = 0
+    orphans_deleted: int = 0
+    batch_ids_pruned: int = 0
