@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import nats
 from faststream.nats import NatsRouter
 from pydantic import ValidationError
 
@@ -68,7 +69,10 @@ async def start(runtime: Runtime) -> None:
                          reader=SegmentReader(runtime.objects),
                          membership=lambda token: bus_membership(broker, token, timeout),
                          pipeline_exists=pipeline_exists)
-    ingestor = handlers.Ingestor(deps, nc.jetstream())
+    # ingestion has its own connection: its large fetches never hold up commands and queries
+    ingest_nc = await nats.connect(settings.nats.url, name="railyard-log_store-ingest", max_reconnect_attempts=-1,
+                                   reconnect_time_wait=0.5)
+    ingestor = handlers.Ingestor(deps, ingest_nc.jetstream())
     await ingestor.start()
 
     async def query(msg: Any) -> None:
@@ -105,7 +109,8 @@ async def start(runtime: Runtime) -> None:
                 log.exception("log maintenance failed")
 
     timer = asyncio.create_task(maintenance_timer())
-    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, ingestor=ingestor, timer=timer,
+    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, ingestor=ingestor, ingest_nc=ingest_nc,
+                          timer=timer,
                           query_sub=query_sub)
 
 
@@ -120,6 +125,7 @@ async def stop(runtime: Runtime) -> None:
     ingestor = runtime.extras.get("ingestor")
     if ingestor is not None:
         await ingestor.stop()
+        await runtime.extras["ingest_nc"].drain()
     feed = runtime.extras.get("verifier_feed")
     if feed is not None:
         await feed.stop()

@@ -56,7 +56,9 @@ from shared.settings import LogSettings
 
 log = logging.getLogger("railyard.log_store")
 SEGMENTS_PER_QUERY = 16
+MIN_WINDOW = 256  # fewest rows read from a segment at a time
 ORPHAN_AGE = 3600.0
+FETCH_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -118,6 +120,7 @@ class Ingestor:
         self.js = js
         self.task: asyncio.Task | None = None
         self.running = True
+        self.fetch_batch = 16
 
     async def start(self) -> None:
         config = ConsumerConfig(durable_name=subjects.INFERENCE_LOGS_DURABLE, ack_policy=AckPolicy.EXPLICIT,
@@ -145,13 +148,17 @@ class Ingestor:
             wait = settings.flush_interval if not pending else max(0.01, opened + settings.flush_interval
                                                                     - time.monotonic())
             try:
-                msgs = await self.sub.fetch(batch=1024, timeout=wait)
+                msgs = await self.sub.fetch(batch=self.fetch_batch, timeout=wait)
             except nats.errors.TimeoutError:
                 msgs = []
             except Exception as exc:  # bus trouble: wait and fetch again (unacked messages stay in the stream)
                 log.warning("fetching inference logs failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
+            if msgs:
+                # at most ~8 MiB per fetch: the server cuts off a client that falls far behind its socket
+                average = sum(len(m.data) for m in msgs) / len(msgs)
+                self.fetch_batch = max(1, min(1024, int(FETCH_BYTES // max(average, 1))))
             if msgs and not pending:
                 opened = time.monotonic()
             pending += msgs
@@ -288,34 +295,42 @@ async def _scan(deps: Deps, pipeline_id: int, cmd: GetLogs, position: int | None
         for seg in segments:
             lo = seg["first_pos"] if desc else max(seg["first_pos"], pos)
             hi = min(seg["last_pos"] + 1, pos) if desc else seg["last_pos"] + 1
-            if hi <= lo:
-                continue
-            table, places = await asyncio.to_thread(_read_rows, deps.reader, seg, lo, hi, cmd, start, end, desc)
-            if table.num_rows == 0:
-                pos = lo if desc else hi
-                continue
-            if fingerprint is not None and seg["schema_fp"] != fingerprint:
-                status = "SchemaChange"
+            while hi > lo and status is None:  # windows of about the rows still wanted, in page order
+                want = max(remaining, MIN_WINDOW)
+                w_lo, w_hi = (max(lo, hi - want), hi) if desc else (lo, min(hi, lo + want))
+                if desc:
+                    hi = w_lo
+                else:
+                    lo = w_hi
+                table, places = await asyncio.to_thread(_read_rows, deps.reader, seg, w_lo, w_hi, cmd, start, end,
+                                                        desc)
+                if table.num_rows == 0:
+                    pos = w_lo if desc else w_hi
+                    continue
+                if fingerprint is not None and seg["schema_fp"] != fingerprint:
+                    status = "SchemaChange"
+                    break
+                fingerprint = seg["schema_fp"]
+                take = min(table.num_rows, remaining)
+                per_row = max(1.0, table.nbytes / table.num_rows)
+                fits = int((budget - used) // per_row)
+                byte_limited = fits < take
+                if byte_limited:
+                    take = max(fits, 0 if pieces else 1)
+                if take == 0:
+                    status = "ByteLimited"
+                    break
+                pieces.append(table.slice(0, take))
+                used += int(per_row * take)
+                remaining -= take
+                if take < table.num_rows or remaining == 0:
+                    last = int(places[take - 1])
+                    pos = last if desc else last + 1
+                    status = "ByteLimited" if byte_limited else "RecordLimited"
+                    break
+                pos = w_lo if desc else w_hi
+            if status is not None:
                 break
-            fingerprint = seg["schema_fp"]
-            take = min(table.num_rows, remaining)
-            per_row = max(1.0, table.nbytes / table.num_rows)
-            fits = int((budget - used) // per_row)
-            byte_limited = fits < take
-            if byte_limited:
-                take = max(fits, 0 if pieces else 1)
-            if take == 0:
-                status = "ByteLimited"
-                break
-            pieces.append(table.slice(0, take))
-            used += int(per_row * take)
-            remaining -= take
-            if take < table.num_rows or remaining == 0:
-                last = int(places[take - 1])
-                pos = last if desc else last + 1
-                status = "ByteLimited" if byte_limited else "RecordLimited"
-                break
-            pos = lo if desc else hi
     page = pa.concat_tables(pieces) if pieces else empty_page()
     dropped = dropped_columns(page)
     warning = DROPPED_WARNING.format(columns=", ".join(dropped)) if dropped else None
