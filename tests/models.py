@@ -104,3 +104,62 @@ def wide_onnx(width: int = 20_000) -> bytes:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+BYOP_SCRIPT = '''
+import pickle
+from typing import Any, Set
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from mac.config.inference import CustomInferenceConfig
+from mac.inference import Inference
+from mac.inference.creation import InferenceBuilder
+from mac.types import InferenceData
+
+import helpers
+
+
+class FraudInference(Inference):
+    @property
+    def expected_model_types(self) -> Set[Any]:
+        return {LogisticRegression}
+
+    @Inference.model.setter
+    def model(self, model) -> None:
+        self._raise_error_if_model_is_wrong_type(model)
+        self._model = model
+
+    def _predict(self, input_data: InferenceData) -> InferenceData:
+        return {"dense_1": helpers.probability(self.model, input_data["tensor"]).astype(np.float32)}
+
+
+class FraudInferenceBuilder(InferenceBuilder):
+    @property
+    def inference(self) -> FraudInference:
+        return FraudInference()
+
+    def create(self, config: CustomInferenceConfig) -> FraudInference:
+        inference = self.inference
+        with open(config.model_path / "model.pkl", "rb") as handle:
+            inference.model = pickle.load(handle)
+        return inference
+'''
+
+
+def byop_fraud_zip(requirements: str = "numpy\\nscikit-learn>=1.0\\n") -> bytes:
+    """A bring-your-own-predict zip as the seed describes one: scripts extending mac's Inference and
+    InferenceBuilder, a pickled scikit-learn model as an artifact, a helper module and requirements.txt."""
+    import io
+    import zipfile
+
+    model, _ = _fitted()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("fraud/requirements.txt", requirements)
+        archive.writestr("fraud/model.pkl", pickle.dumps(model))
+        archive.writestr("fraud/helpers.py",
+                         "def probability(model, rows):\n    return model.predict_proba(rows)[:, 1:]\n")
+        archive.writestr("fraud/custom_inference.py", BYOP_SCRIPT)
+    return buffer.getvalue()

@@ -28,7 +28,7 @@ from typing import Any
 import nats
 import pyarrow as pa
 
-from services.engine.runtimes import OnnxRuntime, PythonStepRuntime
+from services.engine.runtimes import ByopRuntime, OnnxRuntime, PythonStepRuntime
 from shared import subjects
 from shared.arrow_codec import from_ipc, to_ipc_stream
 from shared.errors import InvalidRequest, RailyardError
@@ -155,6 +155,8 @@ class Replica:
                     runtime = OnnxRuntime(path, threads=threads)
                 elif model["runtime"] == "python":
                     runtime = PythonStepRuntime(path)
+                elif model["runtime"] == "custom":
+                    runtime = ByopRuntime(path, cache)
                 else:
                     raise RailyardError(f"model {model['name']}: the {model['runtime']} runtime is not served yet")
                 await asyncio.to_thread(runtime.load)

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Protocol
 
@@ -168,3 +170,147 @@ def _plain(value):
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
+
+
+COMPAT = Path(__file__).parent / "compat"
+
+
+def _check_requirements(path: Path) -> None:
+    """Every line of requirements.txt must already be installed in the engine's environment (nothing is
+    downloaded when a model loads); the first that is not is named."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    for line in path.read_text(errors="replace").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            raise InvalidRequest(f"requirements.txt: cannot read {line!r}") from None
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        try:
+            installed = version(requirement.name)
+        except PackageNotFoundError:
+            raise InvalidRequest(f"requirements.txt needs {requirement.name}, which is not installed where the "
+                                 "engine runs (install it in the engine's environment)") from None
+        if requirement.specifier and not requirement.specifier.contains(installed, prereleases=True):
+            raise InvalidRequest(f"requirements.txt needs {line}; the engine has {requirement.name} {installed}")
+
+
+def table_to_inference_data(batch: pa.Table) -> dict[str, np.ndarray]:
+    """Columns as numpy arrays, rows first: tensors as [N, ...] arrays (strings as object arrays)."""
+    data: dict[str, np.ndarray] = {}
+    for name in batch.column_names:
+        column = batch.column(name).combine_chunks()
+        shape: list[int] = []
+        values = column
+        while pa.types.is_fixed_size_list(values.type) or pa.types.is_list(values.type) or \
+                pa.types.is_large_list(values.type):
+            if pa.types.is_fixed_size_list(values.type):
+                shape.append(values.type.list_size)
+            else:
+                lengths = np.diff(values.offsets.to_numpy())
+                if len(lengths) and (lengths != lengths[0]).any():
+                    raise InvalidRequest(f"column {name!r}: ragged tensor (rows have different shapes)")
+                shape.append(int(lengths[0]) if len(lengths) else 0)
+            values = values.flatten()
+        data[name] = values.to_numpy(zero_copy_only=False).reshape([len(column), *shape])
+    return data
+
+
+def inference_data_to_table(data: dict[str, np.ndarray], rows: int) -> pa.Table:
+    columns, names = [], []
+    for name, value in data.items():
+        array = np.asarray(value)
+        if array.ndim == 0 or len(array) != rows:
+            raise InvalidRequest(f"the model returned {len(array) if array.ndim else 0} rows of {name!r} for {rows}"
+                                 " (equal rows rule)")
+        columns.append(tensor_array(array) if array.ndim > 1 else pa.array(array.tolist() if array.dtype == object
+                                                                            else array))
+        names.append(str(name))
+    return pa.Table.from_arrays(columns, names=names)
+
+
+class ByopRuntime:
+    """Bring your own predict: a zip of scripts, artifacts and requirements.txt whose classes extend
+    `mac.inference.Inference` and `mac.inference.creation.InferenceBuilder` (services/engine/compat has our
+    `mac`). Unpacked once next to the artifact cache, its builder creates the Inference with
+    `model_path` set to the folder holding requirements.txt; it runs inside the engine replica process only."""
+
+    def __init__(self, path: Path, work_dir: Path) -> None:
+        self.path = path
+        self.work_dir = work_dir
+        self.inference = None
+        self.ready = False
+        self.inputs: list = []
+
+    def _unpack(self) -> Path:
+        import shutil
+        import zipfile
+
+        target = self.work_dir / f"{self.path.name}.byop"
+        if not (target / ".complete").exists():
+            partial = self.work_dir / f"{self.path.name}.byop.{os.getpid()}.part"
+            shutil.rmtree(partial, ignore_errors=True)
+            with zipfile.ZipFile(self.path) as archive:
+                for info in archive.infolist():
+                    destination = (partial / info.filename).resolve()
+                    if not destination.is_relative_to(partial.resolve()):
+                        raise InvalidRequest(f"archive entry {info.filename!r} is outside the model's folder")
+                archive.extractall(partial)
+            (partial / ".complete").touch()
+            shutil.rmtree(target, ignore_errors=True)
+            partial.rename(target)
+        found = sorted(target.rglob("requirements.txt"), key=lambda p: len(p.parts))
+        if not found:
+            raise InvalidRequest("the archive has no requirements.txt")
+        return found[0].parent
+
+    def load(self) -> None:
+        import importlib.util
+        import inspect
+
+        folder = self._unpack()
+        _check_requirements(folder / "requirements.txt")
+        for extra in (str(COMPAT), str(folder)):
+            if extra not in sys.path:
+                sys.path.insert(0, extra)
+        from mac.config.inference import CustomInferenceConfig
+        from mac.inference.creation import InferenceBuilder
+
+        builders = []
+        for script in sorted(folder.rglob("*.py")):
+            module_name = f"railyard_byop_{self.path.name[:12]}_{script.stem}"
+            spec = importlib.util.spec_from_file_location(module_name, script)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception as exc:
+                raise InvalidRequest(f"{script.name} failed to load: {type(exc).__name__}: {str(exc)[:200]}") from None
+            builders += [obj for _, obj in inspect.getmembers(module, inspect.isclass)
+                         if issubclass(obj, InferenceBuilder) and obj is not InferenceBuilder
+                         and not inspect.isabstract(obj) and obj.__module__ == module_name]
+        if not builders:
+            raise InvalidRequest("no concrete class extends InferenceBuilder in the archive")
+        try:
+            self.inference = builders[0]().create(CustomInferenceConfig(model_path=folder))
+        except Exception as exc:
+            raise InvalidRequest(f"the InferenceBuilder failed: {type(exc).__name__}: {str(exc)[:200]}") from None
+        self.ready = True
+
+    def predict(self, batch: pa.Table) -> pa.Table:
+        data = table_to_inference_data(batch)
+        try:
+            output = self.inference.predict(data)
+        except Exception as exc:  # the user's code failed: say how, without its internals
+            raise InvalidRequest(f"the model failed: {type(exc).__name__}: {str(exc)[:200]}") from None
+        return inference_data_to_table(output, batch.num_rows)
+
+    def unload(self) -> None:
+        self.inference = None
+        self.ready = False

@@ -381,6 +381,46 @@ def test_python_step_chained_after_an_onnx_model(stack, alice):
     assert failing.status_code == 400 and "Python step failed" in failing.json()["msg"], failing.text
 
 
+def _upload_framework(stack, account: Account, name: str, content: bytes, framework: str) -> None:
+    response = requests.post(f"{stack.api}/models/upload_stream", files={"file": (name, content)},
+                             data={"name": name, "workspace_id": account.workspace_id, "framework": framework},
+                             headers={"Authorization": f"Bearer {account.token}"}, timeout=60)
+    assert response.status_code == 200, response.text
+
+
+def test_bring_your_own_predict_model_serves_and_chains(stack, alice):
+    from tests.models import byop_fraud_zip, sklearn_predict_proba
+
+    _upload_framework(stack, alice, "byopfraud", byop_fraud_zip(), "custom")
+    _upload_framework(stack, alice, "byoppost", POSTPROCESS, "python")
+    definition = {"steps": [{"ModelInference": {"models": [{"name": "byopfraud"}]}},
+                            {"ModelInference": {"models": [{"name": "byoppost"}]}}]}
+    _, url, _ = _deploy_definition(stack, alice, "byop", definition)
+    rows = sample_rows(5, seed=12).astype(np.float64)
+    response = infer(url, alice.token, [{"tensor": r.tolist()} for r in rows])
+    assert response.status_code == 200, response.text
+    outputs = [r["out"]["output"][0] for r in response.json()]
+    assert np.allclose(outputs, sklearn_predict_proba(rows.astype(np.float32))[:, 0] * 10, atol=1e-4)
+    table = pa.table({"tensor": tensor_array(rows)})
+    arrow = infer(url, alice.token, to_ipc_file(table), content_type=ARROW, accept=ARROW)
+    assert arrow.status_code == 200 and from_ipc(arrow.content).num_rows == 5
+    wrong = infer(url, alice.token, [{"features": r.tolist()} for r in rows])
+    assert wrong.status_code == 400 and "model failed" in wrong.json()["msg"], wrong.text
+
+
+def test_byop_with_a_requirement_the_engine_lacks_fails_to_deploy_with_the_reason(stack, alice):
+    from tests.models import byop_fraud_zip
+
+    _upload_framework(stack, alice, "byopneeds", byop_fraud_zip("numpy\nno-such-package-railyard==1.0\n"), "custom")
+    pipeline = post(stack, "pipelines/create", alice.token, {
+        "pipeline_id": "byopneeds", "workspace_id": alice.workspace_id,
+        "definition": {"steps": [{"ModelInference": {"models": [{"name": "byopneeds"}]}}]}}).json()
+    response = post(stack, "pipelines/deploy", alice.token, {
+        "deploy_id": "byopneeds", "pipeline_version_pk_id": pipeline["pipeline_variant_pk_id"],
+        "pipeline_id": pipeline["pipeline_pk_id"]})
+    assert response.status_code == 400 and "no-such-package-railyard" in response.json()["msg"], response.text
+
+
 def test_autoscaling_between_bounds_on_measured_load(stack, alice):
     _upload_bytes(stack, alice, "scaled", ccfraud_onnx())
     pipeline = post(stack, "pipelines/create", alice.token, {
