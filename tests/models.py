@@ -148,7 +148,7 @@ class FraudInferenceBuilder(InferenceBuilder):
 '''
 
 
-def byop_fraud_zip(requirements: str = "numpy\\nscikit-learn>=1.0\\n") -> bytes:
+def byop_fraud_zip(requirements: str = "numpy\nscikit-learn>=1.0\n") -> bytes:
     """A bring-your-own-predict zip as the seed describes one: scripts extending mac's Inference and
     InferenceBuilder, a pickled scikit-learn model as an artifact, a helper module and requirements.txt."""
     import io
