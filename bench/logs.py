@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from services.log_store.handlers import encode_cursor
 from shared import subjects
 from shared.arrow_codec import tensor_array, to_ipc_stream
-from shared.logrecords import BATCH_ID, LOG_HEADER, MSG_ID, log_header
+from shared.logrecords import BATCH_ID, LOG_HEADER, MSG_ID, InferenceRecord, build_batch, log_header
 from tests.models import sample_rows
 from tests.stack import start_stack
 
@@ -37,20 +37,16 @@ WINDOW = 64  # publishes in flight
 
 
 def seed_like_batch(rows: int, at_ms: int, seed: int) -> bytes:
-    """Rows like the seed's ccfraud logs: a 29-float tensor in, one float out, metadata."""
+    """Rows like the seed's ccfraud logs (a 29-float tensor in, one float out, metadata), laid out by the
+    engine's own batch builder from one-row requests."""
     features = sample_rows(rows, seed=seed)
     model = json.dumps({"model_name": "ccfraud", "model_sha": "e22a0831aafd9917f3cc87a15ed267797f80e2afa12ad7d8810"
                         "ca58f173b8cc6"})
-    table = pa.table({
-        "time": pa.array(np.full(rows, at_ms, np.int64)),
-        "in.tensor": tensor_array(features),
-        "out.dense_1": tensor_array(features[:, :1] * 0.5),
-        "metadata.last_model": pa.array([model] * rows),
-        "metadata.pipeline_version": pa.array(["6d1a7f2c-6a4e-4bd0-9f84-0d6f2b0c9a11"] * rows),
-        "metadata.elapsed": pa.array([[112967, 267146]] * rows, pa.list_(pa.int64())),
-        "metadata.dropped": pa.array([[]] * rows, pa.list_(pa.string())),
-    })
-    return to_ipc_stream(table)
+    inputs = pa.table({"tensor": tensor_array(features)})
+    outputs = pa.table({"dense_1": tensor_array(features[:, :1] * 0.5)})
+    records = [InferenceRecord(at_ms, inputs.slice(i, 1), outputs.slice(i, 1), model, (112967, 267146))
+               for i in range(rows)]
+    return to_ipc_stream(build_batch(records, "6d1a7f2c-6a4e-4bd0-9f84-0d6f2b0c9a11"))
 
 
 async def _publish_all(js, subject_of, payloads: list[bytes], count: int, header: str | None) -> float:

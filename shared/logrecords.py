@@ -75,12 +75,14 @@ def build_batch(records: list[InferenceRecord], pipeline_version: str) -> pa.Tab
     for challenger in records[0].shadows:
         shadow = pa.concat_tables([r.shadows[challenger] for r in records]).combine_chunks()
         columns |= {f"out_{challenger}.{name}": shadow.column(name) for name in shadow.column_names}
+    # model and version repeat across rows: dictionary-encoded they cost 4 bytes a row, not their length
     models = [r.last_model for r in records]
-    if len(set(models)) == 1:
-        columns[META_LAST_MODEL] = pa.array([models[0]] * rows, pa.string())
-    else:
-        columns[META_LAST_MODEL] = pa.array(np.repeat(np.array(models, dtype=object), counts), pa.string())
-    columns[META_VERSION] = pa.array([pipeline_version] * rows, pa.string())
+    names = sorted(set(models))
+    codes = {name: index for index, name in enumerate(names)}
+    columns[META_LAST_MODEL] = pa.DictionaryArray.from_arrays(
+        pa.array(np.repeat(np.array([codes[m] for m in models], np.int32), counts)), pa.array(names, pa.string()))
+    columns[META_VERSION] = pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, np.int32)),
+                                                           pa.array([pipeline_version], pa.string()))
     elapsed = np.repeat(np.array([r.elapsed for r in records], dtype=np.int64), counts, axis=0).reshape(-1)
     columns[META_ELAPSED] = _list_of(elapsed, 2, pa.int64())
     columns[META_DROPPED] = pa.ListArray.from_arrays(pa.array(np.zeros(rows + 1, np.int32)), pa.array([], pa.string()))

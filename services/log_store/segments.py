@@ -19,7 +19,8 @@ TAIL_PREFETCH = 64 * 1024
 def encode_segment(table: pa.Table, row_group_rows: int) -> bytes:
     """Parquet with dictionaries for string columns only (model names and versions repeat; trying them on
     float tensors cost ten times the whole write) and statistics for `time` only."""
-    strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+               or pa.types.is_dictionary(f.type)]
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, row_group_size=row_group_rows, compression="snappy", use_dictionary=strings,
                    write_statistics=["time"])

@@ -1,0 +1,103 @@
+"""The log record layout: batches from requests, per-row sizes, dropping columns of oversized rows, dataset
+selection, the seed's JSON rows, cursors and compaction runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from services.log_store.handlers import _runs, decode_cursor, encode_cursor
+from shared.arrow_codec import tensor_array
+from shared.errors import InvalidRequest
+from shared.logrecords import (
+    InferenceRecord,
+    build_batch,
+    drop_oversized,
+    dropped_columns,
+    group_records,
+    row_sizes,
+    schema_fingerprint,
+    seed_rows,
+    select_columns,
+)
+
+
+def record(rows: int, width: int = 4, at: int = 1000, model: str = "m", shadows: dict | None = None):
+    inputs = pa.table({"tensor": tensor_array(np.arange(rows * width, dtype=np.float32).reshape(rows, width))})
+    outputs = pa.table({"dense_1": tensor_array(np.ones((rows, 1), np.float32))})
+    return InferenceRecord(at, inputs, outputs, model, (5, 9), shadows or {})
+
+
+def test_a_batch_keeps_rows_in_order_with_per_request_time_and_model():
+    table = build_batch([record(2, at=1, model="a"), record(3, at=2, model="b")], "v7")
+    assert table.num_rows == 5
+    assert table.column("time").to_pylist() == [1, 1, 2, 2, 2]
+    assert table.column("metadata.last_model").to_pylist() == ["a", "a", "b", "b", "b"]
+    assert table.column("metadata.pipeline_version").to_pylist() == ["v7"] * 5
+    assert table.column("metadata.elapsed").to_pylist() == [[5, 9]] * 5
+    assert table.column("metadata.dropped").to_pylist() == [[]] * 5
+
+
+def test_records_of_different_schemas_are_separate_batches():
+    shadowed = record(1, shadows={"ch": pa.table({"dense_1": tensor_array(np.zeros((1, 1), np.float32))})})
+    groups = group_records([record(1), shadowed, record(2, width=3), record(1)])
+    assert [len(g) for g in groups] == [2, 1, 1]
+    assert "out_ch.dense_1" in build_batch(groups[1], "v").column_names
+
+
+def test_row_sizes_of_fixed_variable_and_string_columns():
+    assert row_sizes(tensor_array(np.zeros((3, 10), np.float32))).tolist() == [40, 40, 40]
+    assert row_sizes(pa.array([[1, 2], [], [3]], pa.list_(pa.int64()))).tolist() == [16, 0, 8]
+    assert row_sizes(pa.array(["ab", "", "abcd"])).tolist() == [2, 0, 4]
+
+
+def test_oversized_rows_lose_the_largest_input_first_then_outputs():
+    big_in = pa.table({"small": tensor_array(np.zeros((2, 10), np.float32)),
+                       "big": tensor_array(np.zeros((2, 1000), np.float32))})
+    big_out = pa.table({"copy": tensor_array(np.zeros((2, 800), np.float32)),
+                        "mean": tensor_array(np.zeros((2, 1), np.float32))})
+    table = build_batch([InferenceRecord(1, big_in, big_out, "m", (1, 2))], "v")
+    assert drop_oversized(table, 10_000_000) is table  # nothing to do
+    kept = drop_oversized(table, 3500)  # 4000 in + 3200 out: the big input goes, then that is enough
+    assert kept.column("metadata.dropped").to_pylist() == [["in.big"], ["in.big"]]
+    assert kept.column("in.big").null_count == 2 and kept.column("out.copy").null_count == 0
+    tight = drop_oversized(table, 1000)
+    assert tight.column("metadata.dropped").to_pylist()[0] == ["in.big", "in.small", "out.copy"]
+    assert tight.column("time").to_pylist() == [1, 1] and dropped_columns(tight) == ["in.big", "in.small", "out.copy"]
+    row = seed_rows(tight.slice(0, 1))[0]
+    assert row["in"] == {} and set(row["out"]) == {"mean"} and row["metadata"]["dropped"][0] == "in.big"
+
+
+def test_dataset_selection_keeps_time_and_groups_or_columns():
+    names = ["time", "in.tensor", "in.id", "out.dense_1", "out_ch.dense_1", "metadata.elapsed"]
+    assert select_columns(names, ["*"], []) == names
+    assert select_columns(names, ["in"], []) == ["time", "in.tensor", "in.id"]
+    assert select_columns(names, ["in.id", "metadata"], []) == ["time", "in.id", "metadata.elapsed"]
+    assert select_columns(names, ["*"], ["in", "out_ch"]) == ["time", "out.dense_1", "metadata.elapsed"]
+    assert select_columns(names, ["out"], []) == ["time", "out.dense_1"]  # out_<challenger> is its own group
+
+
+def test_fingerprint_ignores_values_but_not_types():
+    a, b = build_batch([record(1)], "v1"), build_batch([record(2)], "v2")
+    assert schema_fingerprint(a.schema) == schema_fingerprint(b.schema)
+    assert schema_fingerprint(a.schema) != schema_fingerprint(build_batch([record(1, width=3)], "v").schema)
+
+
+def test_cursors_round_trip_and_refuse_another_order_or_garbage():
+    assert decode_cursor(encode_cursor(12345, "Desc"), "Desc") == 12345
+    with pytest.raises(InvalidRequest, match="order"):
+        decode_cursor(encode_cursor(5, "Desc"), "Asc")
+    for bad in ("x", "eyJwIjogLTF9", "!!!"):
+        with pytest.raises(InvalidRequest):
+            decode_cursor(bad, "Desc")
+
+
+def test_compaction_runs_are_contiguous_one_schema_and_bounded():
+    def seg(first: int, rows: int, fp: str = "a") -> dict:
+        return {"first_pos": first, "last_pos": first + rows - 1, "row_count": rows, "schema_fp": fp}
+
+    segments = [seg(0, 10), seg(10, 10), seg(20, 10, "b"), seg(30, 10, "b"), seg(45, 10, "b"), seg(55, 10, "b"),
+                seg(65, 10, "b")]
+    runs = _runs(segments, target=20)
+    assert [[s["first_pos"] for s in run] for run in runs] == [[0, 10], [20, 30], [45, 55]]
