@@ -169,6 +169,31 @@ def drop_oversized(table: pa.Table, max_row_bytes: int) -> pa.Table:
     return table.append_column(META_DROPPED, merged)
 
 
+def _rank(name: str, display: bool) -> int:
+    if name == TIME:
+        return 0
+    if name.startswith("in."):
+        return 1 if display else 4
+    if name.startswith("out."):
+        return 2
+    if name.startswith("out_"):
+        return 3 if display else 2
+    return 5 if display else 3
+
+
+def storage_order(table: pa.Table) -> pa.Table:
+    """Columns as segments store them: time, outputs, metadata, then inputs (usually the largest), so reading
+    time and an output (as assays do) fetches adjacent bytes."""
+    names = sorted(table.column_names, key=lambda n: (_rank(n, False), table.column_names.index(n)))
+    return table if names == table.column_names else table.select(names)
+
+
+def display_order(table: pa.Table) -> pa.Table:
+    """Columns as the seed shows them: time, in, out, out_<challenger>, metadata."""
+    names = sorted(table.column_names, key=lambda n: (_rank(n, True), table.column_names.index(n)))
+    return table if names == table.column_names else table.select(names)
+
+
 def schema_fingerprint(schema: pa.Schema) -> str:
     """Names and types of the columns, without metadata: two tables with one fingerprint concatenate."""
     text = ";".join(f"{f.name}:{f.type}" for f in schema)

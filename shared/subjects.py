@@ -52,6 +52,7 @@ LINEAGE_EVENTS_COUNT = "workflow_lineage.events.count"
 
 # log_store
 LOG_STORE_QUERY = "log_store.logs.query"  # raw: JSON GetLogs in, Arrow IPC stream out (Railyard-Page header)
+LOG_STORE_READ_FIELD = "log_store.logs.field"  # raw: JSON ReadLogField in, Arrow IPC stream (column `value`) out
 LOG_STORE_SET_RETENTION = "log_store.retention.set"
 LOG_STORE_MAINTENANCE = "log_store.maintenance.run"
 

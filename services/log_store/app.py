@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from pathlib import Path
 from typing import Any
 
 import nats
+import pyarrow as pa
 from faststream.nats import NatsRouter
 from pydantic import ValidationError
 
@@ -21,12 +23,23 @@ from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import CallContext, _validation_message, command, request
 from shared.errors import InvalidRequest, RailyardError
 from shared.messages.deployer import ListPipelines, Pipelines
-from shared.messages.logs import GetLogs, LogMaintenanceReport, LogRetention, RunLogMaintenance, SetLogRetention
+from shared.messages.logs import (
+    GetLogs,
+    LogField,
+    LogMaintenanceReport,
+    LogRetention,
+    ReadLogField,
+    RunLogMaintenance,
+    SetLogRetention,
+)
+from shared.objectstore import BUCKET_TABLES
 from shared.service import Runtime, ServiceSpec
 
 NAME = "log_store"
 ERROR_HEADER = "Railyard-Error"
 PAGE_HEADER = "Railyard-Page"
+FIELD_HEADER = "Railyard-Field"
+TABLE_REF = "Railyard-Table-Ref"
 log = logging.getLogger("railyard.log_store")
 
 
@@ -98,6 +111,35 @@ async def start(runtime: Runtime) -> None:
 
     query_sub = await nc.subscribe(subjects.LOG_STORE_QUERY, queue=subjects.queue_group(NAME), cb=query)
 
+    async def field(msg: Any) -> None:
+        """Values of one logged field; above the bus limit they go through object storage by reference."""
+        headers = msg.headers or {}
+        auth = headers.get("authorization") or headers.get("Authorization") or ""
+        token = auth[7:] if auth.lower().startswith("bearer ") else (auth or None)
+        try:
+            try:
+                cmd = ReadLogField.model_validate_json(msg.data or b"{}")
+            except ValidationError as exc:
+                raise InvalidRequest(_validation_message(exc)) from None
+            principal = await verifier.verify(token)
+            values = await handlers.read_field(deps, principal, token, cmd)
+            body = await asyncio.to_thread(to_ipc_stream, pa.table({"value": values}))
+            out = {FIELD_HEADER: LogField(count=len(values), segments=0).model_dump_json()}
+            if len(body) > nc.max_payload - 64 * 1024:
+                key = f"fields/{uuid.uuid4()}"
+                await runtime.objects.put_bytes(BUCKET_TABLES, key, body)
+                out[TABLE_REF], body = key, b""
+            await nc.publish(msg.reply, body, headers=out)
+        except RailyardError as exc:
+            await nc.publish(msg.reply, b"", headers={ERROR_HEADER: json.dumps(
+                {"code": exc.code, "msg": exc.msg, "status": exc.status})})
+        except Exception:
+            log.exception("reading a log field failed")
+            await nc.publish(msg.reply, b"", headers={ERROR_HEADER: json.dumps(
+                {"code": "internal", "msg": "internal error", "status": 500})})
+
+    field_sub = await nc.subscribe(subjects.LOG_STORE_READ_FIELD, queue=subjects.queue_group(NAME), cb=field)
+
     async def maintenance_timer() -> None:
         while True:
             await asyncio.sleep(settings.logs.maintenance_interval)
@@ -110,7 +152,7 @@ async def start(runtime: Runtime) -> None:
 
     timer = asyncio.create_task(maintenance_timer())
     runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, ingestor=ingestor, ingest_nc=ingest_nc,
-                          timer=timer,
+                          timer=timer, field_sub=field_sub,
                           query_sub=query_sub)
 
 
@@ -119,9 +161,10 @@ async def stop(runtime: Runtime) -> None:
         task = runtime.extras.get(name)
         if task is not None:
             task.cancel()
-    sub = runtime.extras.get("query_sub")
-    if sub is not None:
-        await sub.unsubscribe()
+    for name in ("query_sub", "field_sub"):
+        sub = runtime.extras.get(name)
+        if sub is not None:
+            await sub.unsubscribe()
     ingestor = runtime.extras.get("ingestor")
     if ingestor is not None:
         await ingestor.stop()

@@ -43,14 +43,24 @@ from shared.logrecords import (
     DROPPED_WARNING,
     LOG_HEADER,
     META_DROPPED,
+    META_LAST_MODEL,
     META_VERSION,
     MSG_ID,
     TIME,
+    display_order,
     dropped_columns,
     schema_fingerprint,
     select_columns,
+    storage_order,
 )
-from shared.messages.logs import GetLogs, LogMaintenanceReport, LogPage, LogRetention, SetLogRetention
+from shared.messages.logs import (
+    GetLogs,
+    LogMaintenanceReport,
+    LogPage,
+    LogRetention,
+    ReadLogField,
+    SetLogRetention,
+)
 from shared.objectstore import BUCKET_LOGS, MinioObjectStore
 from shared.settings import LogSettings
 
@@ -87,7 +97,7 @@ def parse_batch(msg: Any) -> Batch | None:
     headers = msg.headers or {}
     try:
         meta = json.loads(headers[LOG_HEADER])
-        table = pa.ipc.open_stream(pa.py_buffer(msg.data)).read_all()
+        table = storage_order(pa.ipc.open_stream(pa.py_buffer(msg.data)).read_all())
         if TIME not in table.column_names or table.num_rows == 0:
             raise ValueError("no rows or no time column")
         batch_id = headers.get(BATCH_ID) or headers.get(MSG_ID) or f"seq-{msg.metadata.sequence.stream}"
@@ -331,7 +341,7 @@ async def _scan(deps: Deps, pipeline_id: int, cmd: GetLogs, position: int | None
                 pos = w_lo if desc else w_hi
             if status is not None:
                 break
-    page = pa.concat_tables(pieces) if pieces else empty_page()
+    page = display_order(pa.concat_tables(pieces)) if pieces else empty_page()
     dropped = dropped_columns(page)
     warning = DROPPED_WARNING.format(columns=", ".join(dropped)) if dropped else None
     if not _wanted(META_DROPPED, cmd) and META_DROPPED in page.column_names:
@@ -371,6 +381,75 @@ async def set_retention(deps: Deps, principal: Principal, token: str | None, cmd
     await store.set_retention(deps.pool, cmd.workspace_id, cmd.pipeline_id, cmd.retention_days)
     return LogRetention(pipeline_id=cmd.pipeline_id, workspace_id=cmd.workspace_id,
                         retention_days=cmd.retention_days)
+
+
+# ---- fields for assays ----
+
+async def read_field(deps: Deps, principal: Principal, token: str | None, cmd: ReadLogField) -> pa.Array:
+    """One element of one column over [start_ms, end_ms) as a numeric array, in stored order; 400 when the
+    column is not logged, is not numeric, or has no such element."""
+    if cmd.end_ms <= cmd.start_ms:
+        raise InvalidRequest("the time range is empty (end is not after start)")
+    row = await resolve_pipeline(deps, principal, token, cmd.workspace_id, cmd.pipeline)
+    if row is None:
+        return pa.array([], pa.float64())
+    segments = await store.segments_between(deps.pool, row["id"], cmd.start_ms, cmd.end_ms)
+    parts = await asyncio.gather(*[asyncio.to_thread(_segment_field, deps.reader, seg, cmd) for seg in segments])
+    found = [p for p in parts if p is not None]
+    if segments and not found:
+        known = sorted({n for seg in segments[:3] for n in deps.reader.columns(seg["object_key"], seg["bytes"])
+                        if n.startswith(("in.", "out"))})
+        raise InvalidRequest(f"{cmd.column!r} is not logged for pipeline {cmd.pipeline!r}; logged fields: "
+                             f"{', '.join(known)}")
+    if not found:
+        return pa.array([], pa.float64())
+    return pa.concat_arrays(found) if len(found) > 1 else found[0]
+
+
+def _segment_field(reader: SegmentReader, seg: Any, cmd: ReadLogField) -> pa.Array | None:
+    names = reader.columns(seg["object_key"], seg["bytes"])
+    if cmd.column not in names:
+        return None
+    columns = [TIME, cmd.column] + ([META_LAST_MODEL] if cmd.model and META_LAST_MODEL in names else [])
+    table = reader.read_columns(seg["object_key"], seg["bytes"], columns)
+    times = table.column(TIME).to_numpy()
+    keep = (times >= cmd.start_ms) & (times < cmd.end_ms)
+    if cmd.model and META_LAST_MODEL in names:
+        models = table.column(META_LAST_MODEL).combine_chunks()
+        if pa.types.is_dictionary(models.type):
+            models = models.dictionary_decode()
+        keep &= np.array([_model_name(m) == cmd.model for m in models.to_pylist()], bool) if len(models) else keep
+    column = table.column(cmd.column).combine_chunks()
+    if not keep.all():
+        column = column.filter(pa.array(keep))
+    return _element(column, cmd)
+
+
+def _model_name(last_model: str | None) -> str | None:
+    try:
+        return json.loads(last_model).get("model_name") if last_model else None
+    except (ValueError, AttributeError):
+        return None
+
+
+def _element(column: pa.Array, cmd: ReadLogField) -> pa.Array:
+    values = column
+    width = 1
+    while pa.types.is_fixed_size_list(values.type) or pa.types.is_list(values.type):
+        if pa.types.is_list(values.type):
+            if len(values) and cmd.index >= int(pc.min(pc.list_value_length(values)).as_py()):
+                raise InvalidRequest(f"{cmd.column} has no element {cmd.index} in every row")
+            return _element(pc.list_element(values, cmd.index), ReadLogField(**{**cmd.model_dump(), "index": 0}))
+        width *= values.type.list_size
+        values = values.flatten()
+    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+        raise InvalidRequest(f"{cmd.column} holds {values.type}, not numbers: an assay needs a numeric field")
+    if cmd.index >= width:
+        raise InvalidRequest(f"{cmd.column} has {width} element{'s' if width != 1 else ''} per row; "
+                             f"index {cmd.index} is out of range")
+    if width == 1:
+        return values
+    return pa.array(values.to_numpy(zero_copy_only=False).reshape(-1, width)[:, cmd.index])
 
 
 # ---- maintenance ----

@@ -14,6 +14,28 @@ from shared.objectstore import BUCKET_LOGS, MinioObjectStore
 
 SMALL_OBJECT = 4 * 1024 * 1024  # segments up to this size are fetched whole and kept in memory
 TAIL_PREFETCH = 64 * 1024
+COALESCE_GAP = 64 * 1024  # byte ranges closer than this are fetched as one
+PARALLEL_GETS = 8
+
+
+def _coalesce(ranges: list[tuple[int, int]], gap: int) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in ranges:
+        if merged and start - merged[-1][1] <= gap:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _fetch_ranges(objects: MinioObjectStore, key: str, ranges: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(span: tuple[int, int]) -> tuple[int, bytes]:
+        return span[0], objects.read_range_sync(BUCKET_LOGS, key, span[0], span[1] - span[0])
+
+    with ThreadPoolExecutor(PARALLEL_GETS) as pool:
+        return list(pool.map(one, ranges))
 
 
 def encode_segment(table: pa.Table, row_group_rows: int) -> bytes:
@@ -153,6 +175,33 @@ class SegmentReader:
         table = parquet.read_row_groups(groups, columns=columns)
         first = int(starts[groups[0]])
         return table.slice(lo - first, hi - lo)
+
+    def read_columns(self, key: str, size: int, columns: list[str], groups: list[int] | None = None) -> pa.Table:
+        """Some columns of (some row groups of) a segment. For a large segment the byte ranges of exactly those
+        column chunks are fetched first, several at a time, so the read costs a few parallel GETs, not one per
+        chunk in turn."""
+        if size <= SMALL_OBJECT:
+            parquet = self._open(key, size)
+            groups = list(range(parquet.metadata.num_row_groups)) if groups is None else groups
+            return parquet.read_row_groups(groups, columns=columns)
+        with self.lock:
+            metadata = self.footers.get(key)
+        source = RangeFile(self.objects, key, size, prefetch_tail=metadata is None)
+        if metadata is None:
+            metadata = pq.ParquetFile(source).metadata
+            self._keep_footer(key, metadata)
+        groups = list(range(metadata.num_row_groups)) if groups is None else groups
+        wanted = set(columns)
+        ranges = []
+        for index in groups:
+            group = metadata.row_group(index)
+            for c in range(group.num_columns):
+                chunk = group.column(c)
+                if chunk.path_in_schema.split(".list.")[0] in wanted or chunk.path_in_schema in wanted:
+                    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+                    ranges.append((start, start + chunk.total_compressed_size))
+        source.blocks += _fetch_ranges(self.objects, key, _coalesce(sorted(ranges), COALESCE_GAP))
+        return pq.ParquetFile(source, metadata=metadata).read_row_groups(groups, columns=columns)
 
     def read_all(self, key: str, size: int) -> pa.Table:
         parquet = self._open(key, size)

@@ -142,3 +142,10 @@ async def prune_batches(pool: asyncpg.Pool, hours: float) -> int:
     rows = await pool.fetch(
         "DELETE FROM batches WHERE committed_at < now() - make_interval(secs => $1) RETURNING 1", hours * 3600)
     return len(rows)
+
+
+async def segments_between(pool: asyncpg.Pool, pipeline_id: int, start: int, end: int) -> list[asyncpg.Record]:
+    """Live segments with rows whose time may fall in [start, end), in position order."""
+    return await pool.fetch(
+        f"SELECT {SEGMENT_COLUMNS} FROM segments WHERE pipeline_id = $1 AND superseded_at IS NULL "
+        "AND max_time >= $2 AND min_time < $3 ORDER BY first_pos", pipeline_id, start, end)

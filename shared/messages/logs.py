@@ -93,3 +93,23 @@ class LogMaintenanceReport(Message):
     purged_objects: int = 0
     orphans_deleted: int = 0
     batch_ids_pruned: int = 0
+
+
+class ReadLogField(Command):
+    """The values of one element of one logged column over a time range (for assays): `column` is a stored
+    column (`out.dense_1`, `in.tensor`), `index` the element of its tensor (0 for scalars)."""
+
+    workspace_id: int
+    pipeline: str = Field(min_length=1, description="The pipeline's name.")
+    column: str = Field(min_length=1)
+    index: int = Field(0, ge=0)
+    start_ms: int
+    end_ms: int = Field(description="Exclusive.")
+    model: str | None = Field(None, description="Only rows this model answered (by model name).")
+
+
+class LogField(Message):
+    """What comes with the values (in the `Railyard-Field` header)."""
+
+    count: int
+    segments: int

@@ -42,14 +42,16 @@ def wait_rows(stack, account: Account, pipeline: str, count: int, timeout: float
     """All rows of a pipeline's log (paged), once at least `count` are there."""
     deadline = time.monotonic() + timeout
     while True:
-        rows = all_rows(stack, account, pipeline, **extra)
-        if len(rows) >= count:
+        rows = all_rows(stack, account, pipeline, **extra, restarting_ok=True)
+        if rows is not None and len(rows) >= count:
             return rows
-        assert time.monotonic() < deadline, f"{len(rows)} of {count} rows logged"
+        assert time.monotonic() < deadline, f"{rows and len(rows)} of {count} rows logged"
         time.sleep(0.1)
 
 
-def all_rows(stack, account: Account, pipeline: str, page_size: int = 1000, **extra) -> list[dict]:
+def all_rows(stack, account: Account, pipeline: str, page_size: int = 1000, restarting_ok: bool = False,
+             **extra) -> list[dict] | None:
+    """Every row, paged; None when the log store is (re)starting and restarting_ok."""
     rows: list[dict] = []
     cursor = None
     for _ in range(10_000):
@@ -57,6 +59,8 @@ def all_rows(stack, account: Account, pipeline: str, page_size: int = 1000, **ex
         if cursor:
             body["cursor"] = cursor
         response = get_logs(stack, account, body)
+        if restarting_ok and response.status_code == 503:
+            return None
         assert response.status_code == 200, response.text
         rows += response.json()
         if response.headers["x-iteration-status"] == "All":
