@@ -100,6 +100,16 @@ class LogSettings(BaseModel):
     max_page_size: int = Field(100_000, description="Largest page_size get_logs accepts.")
 
 
+class AssaySettings(BaseModel):
+    """Drift assays."""
+
+    tick: float = Field(1.0, description="Seconds between checks for windows that have closed.")
+    max_windows: int = Field(1000, description="Most windows one run_interactive request, or one catch-up pass "
+                             "of a scheduled assay, computes.")
+    close_delay: float = Field(1.0, description="Seconds after a window closes before it is scored (records "
+                               "reach the log store within about a second).")
+
+
 class StackSettings(BaseModel):
     """The embedded stack started by `railyard up` (development and tests)."""
 
@@ -133,6 +143,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     registry: RegistrySettings = RegistrySettings()
     logs: LogSettings = LogSettings()
+    assays: AssaySettings = AssaySettings()
     stack: StackSettings = StackSettings()
 
 

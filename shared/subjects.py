@@ -56,6 +56,17 @@ LOG_STORE_READ_FIELD = "log_store.logs.field"  # raw: JSON ReadLogField in, Arro
 LOG_STORE_SET_RETENTION = "log_store.retention.set"
 LOG_STORE_MAINTENANCE = "log_store.maintenance.run"
 
+# assay_runner
+ASSAYS_CREATE = "assay_runner.assays.create"
+ASSAYS_LIST = "assay_runner.assays.list"
+ASSAYS_SET_ACTIVE = "assay_runner.assays.set_active"
+ASSAYS_RUN_BASELINE = "assay_runner.assays.run_interactive_baseline"
+ASSAYS_GET_BASELINE = "assay_runner.assays.get_baseline"
+ASSAYS_RUN_INTERACTIVE = "assay_runner.assays.run_interactive"
+ASSAYS_GET_RESULTS = "assay_runner.assays.get_results"
+EVENT_ASSAY_WARNING = "events.assay.warning"
+EVENT_ASSAY_ALERT = "events.assay.alert"
+
 # auth
 AUTH_TOKEN_ISSUE = "auth.token.issue"
 AUTH_KEYS_GET = "auth.keys.get"

@@ -1,19 +1,168 @@
-"""assay_runner: transport only. Subscribers parse their typed message and call one handler."""
+"""assay_runner: transport only. The assay commands, and the scheduler that scores closed windows."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 from pathlib import Path
+from typing import Any
 
+import nats.errors
+import numpy as np
+import pyarrow as pa
 from faststream.nats import NatsRouter
 
+from services.assay_runner import handlers
+from shared import subjects
+from shared.arrow_codec import from_ipc
+from shared.authz import Principal, bus_membership, bus_verifier
+from shared.bus import CallContext, command, publish_event, request
+from shared.errors import ErrorBody, Unavailable, UpstreamTimeout, error_from_body
+from shared.messages.assays import (
+    AssayActive,
+    AssayConfig,
+    AssayCreated,
+    AssayResults,
+    Assays,
+    BaselineRows,
+    GetAssayResults,
+    GetBaseline,
+    ListAssays,
+    SetAssayActive,
+)
+from shared.messages.deployer import GetPipeline, PipelineRecord
+from shared.messages.logs import LogPage, ReadLogField
+from shared.objectstore import BUCKET_TABLES
 from shared.service import Runtime, ServiceSpec
 
 NAME = "assay_runner"
+FIELD_TIMEOUT = 60.0
+log = logging.getLogger("railyard.assay_runner")
 
 
 def build_router(runtime: Runtime) -> NatsRouter:
-    """The service's command and event subscribers (health is added by the runner)."""
-    return NatsRouter()
+    router = NatsRouter()
+
+    def deps() -> handlers.Deps:
+        return runtime.extras["deps"]
+
+    async def caller(ctx: CallContext) -> Principal:
+        return await runtime.extras["verifier"].verify(ctx.token)
+
+    @command(router, subjects.ASSAYS_CREATE, service=NAME)
+    async def create(cmd: AssayConfig, ctx: CallContext) -> AssayCreated:
+        """Create an assay (its baseline is summarized now and kept)."""
+        return await handlers.create(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.ASSAYS_LIST, service=NAME)
+    async def list_assays(cmd: ListAssays, ctx: CallContext) -> Assays:
+        """The assays of a pipeline."""
+        return await handlers.list_assays(deps(), await caller(ctx), ctx.token, cmd.pipeline_id)
+
+    @command(router, subjects.ASSAYS_SET_ACTIVE, service=NAME)
+    async def set_active(cmd: SetAssayActive, ctx: CallContext) -> AssayActive:
+        """Activate or deactivate an assay."""
+        return await handlers.set_active(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.ASSAYS_RUN_BASELINE, service=NAME)
+    async def run_baseline(cmd: AssayConfig, ctx: CallContext) -> dict[str, Any]:
+        """Summarize a baseline (status BaselineRun)."""
+        return await handlers.run_baseline(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.ASSAYS_RUN_INTERACTIVE, service=NAME)
+    async def run_interactive(cmd: AssayConfig, ctx: CallContext) -> AssayResults:
+        """Score every window of an assay configuration now (nothing is stored)."""
+        return await handlers.run_interactive(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.ASSAYS_GET_BASELINE, service=NAME)
+    async def get_baseline(cmd: GetBaseline, ctx: CallContext) -> BaselineRows:
+        """Logged rows a baseline could be made of."""
+        return await handlers.get_baseline(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.ASSAYS_GET_RESULTS, service=NAME)
+    async def get_results(cmd: GetAssayResults, ctx: CallContext) -> AssayResults:
+        """The stored results of an assay, newest window first."""
+        return await handlers.get_results(deps(), await caller(ctx), ctx.token, cmd)
+
+    return router
+
+
+async def _raw(nc: Any, subject: str, body: dict[str, Any], token: str | None) -> Any:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    try:
+        reply = await nc.request(subject, json.dumps(body).encode(), timeout=FIELD_TIMEOUT, headers=headers)
+    except nats.errors.NoRespondersError:
+        raise Unavailable("the log store is not running") from None
+    except (TimeoutError, nats.errors.TimeoutError):
+        raise UpstreamTimeout(f"the log store did not answer within {FIELD_TIMEOUT:g}s") from None
+    error = (reply.headers or {}).get("Railyard-Error")
+    if error:
+        body = json.loads(error)
+        raise error_from_body(ErrorBody(code=body["code"], msg=body["msg"]), int(body.get("status", 500)))
+    return reply
+
+
+async def start(runtime: Runtime) -> None:
+    settings = runtime.settings
+    timeout = settings.nats.request_timeout
+    broker = runtime.broker
+    nc = broker.config.connection_state.connection
+    verifier, feed = bus_verifier(broker, settings.auth, timeout)
+    await feed.start(nc)
+
+    async def read_field(token, workspace_id, pipeline, model, column, index, start_ms, end_ms) -> np.ndarray:
+        cmd = ReadLogField(workspace_id=workspace_id, pipeline=pipeline, model=model, column=column, index=index,
+                           start_ms=start_ms, end_ms=end_ms)
+        reply = await _raw(nc, subjects.LOG_STORE_READ_FIELD, cmd.model_dump(), token)
+        data = reply.data
+        reference = (reply.headers or {}).get("Railyard-Table-Ref")
+        if reference:
+            data = await runtime.objects.get_bytes(BUCKET_TABLES, reference)
+            await runtime.objects.delete(BUCKET_TABLES, reference)
+        column_values = from_ipc(data).column("value")
+        return column_values.to_numpy().astype(np.float64, copy=False) if len(column_values) else np.zeros(0)
+
+    async def pipeline_of(token, pipeline_id: int) -> dict[str, Any]:
+        record = await request(broker, subjects.DEPLOYER_PIPELINES_GET, GetPipeline(pipeline_id=pipeline_id),
+                               token=token, timeout=timeout, reply_model=PipelineRecord)
+        return {"workspace_id": record.workspace_id, "name": record.name}
+
+    async def log_page(token, body: dict[str, Any]) -> list[dict[str, Any]]:
+        reply = await _raw(nc, subjects.LOG_STORE_QUERY, body, token)
+        LogPage.model_validate_json(reply.headers["Railyard-Page"])
+        table: pa.Table = from_ipc(reply.data)
+        for name in table.column_names:
+            if pa.types.is_dictionary(table.schema.field(name).type):
+                table = table.set_column(table.schema.get_field_index(name), name,
+                                         table.column(name).cast(pa.string()))
+        return table.to_pylist()
+
+    async def publish(subject: str, event: Any) -> None:
+        await publish_event(broker, subject, event)
+
+    deps = handlers.Deps(pool=runtime.db, settings=settings.assays,
+                         membership=lambda token: bus_membership(broker, token, timeout), read_field=read_field,
+                         pipeline_of=pipeline_of, log_page=log_page, publish=publish)
+
+    async def scheduler() -> None:
+        while True:
+            await asyncio.sleep(settings.assays.tick)
+            try:
+                await handlers.run_due(deps)
+            except Exception:
+                log.exception("the assay scheduler failed a pass")
+
+    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, scheduler=asyncio.create_task(scheduler()))
+
+
+async def stop(runtime: Runtime) -> None:
+    task = runtime.extras.get("scheduler")
+    if task is not None:
+        task.cancel()
+    feed = runtime.extras.get("verifier_feed")
+    if feed is not None:
+        await feed.stop()
 
 
 SPEC = ServiceSpec(
@@ -21,4 +170,6 @@ SPEC = ServiceSpec(
     build_router=build_router,
     migrations=Path(__file__).parent / "migrations",
     uses_object_store=True,
+    on_start=start,
+    on_stop=stop,
 )

@@ -1,1 +1,323 @@
-"""Business logic of the assay_runner service, as plain async functions (none beyond health yet)."""
+"""Business logic of the assay_runner service: creating, listing and running assays, and the scheduler that
+scores each window of an active assay once it has closed (compute.py has the arithmetic)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from services.assay_runner import compute, store
+from shared import subjects
+from shared.authz import MembershipLookup, Principal, require_member
+from shared.errors import InvalidRequest, NotFound
+from shared.messages.assays import (
+    AssayActive,
+    AssayConfig,
+    AssayCreated,
+    AssayResults,
+    Assays,
+    AssayThresholdCrossed,
+    BaselineRows,
+    GetAssayResults,
+    GetBaseline,
+    SetAssayActive,
+)
+from shared.settings import AssaySettings
+
+log = logging.getLogger("railyard.assay_runner")
+
+# read_field(token, workspace_id, pipeline, model, column, index, start_ms, end_ms) -> values
+FieldReader = Callable[[str | None, int, str, str | None, str, int, int, int], Awaitable[np.ndarray]]
+
+
+@dataclass
+class Deps:
+    pool: asyncpg.Pool
+    settings: AssaySettings
+    membership: Callable[[str | None], MembershipLookup]
+    read_field: FieldReader
+    pipeline_of: Callable[[str | None, int], Awaitable[dict[str, Any]]]
+    log_page: Callable[[str | None, dict[str, Any]], Awaitable[list[dict[str, Any]]]]
+    publish: Callable[[str, Any], Awaitable[None]]
+
+
+def _ms(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return _utc(moment).isoformat().replace("+00:00", "Z") if moment else None
+
+
+@dataclass
+class Plan:
+    """A checked assay configuration."""
+
+    config: AssayConfig
+    column: str
+    index: int
+    width: float
+    interval: float
+    summarizer: dict[str, Any]
+
+
+def plan(cfg: AssayConfig) -> Plan:
+    column, index = compute.parse_iopath(cfg.iopath)
+    summarizer = cfg.summarizer.model_dump()
+    compute.check_summarizer(summarizer)
+    width = compute.parse_duration(cfg.window.width)
+    interval = compute.parse_duration(cfg.window.interval) if cfg.window.interval else width
+    if cfg.baseline.Fixed is not None and _ms(cfg.baseline.Fixed.end_at) <= _ms(cfg.baseline.Fixed.start_at):
+        raise InvalidRequest("baseline.Fixed.end_at must be after start_at")
+    if cfg.warning_threshold is not None and cfg.warning_threshold > cfg.alert_threshold:
+        raise InvalidRequest("warning_threshold must not be above alert_threshold")
+    return Plan(cfg, column, index, width, interval, summarizer)
+
+
+async def _check_pipeline(deps: Deps, principal: Principal, token: str | None, cfg: AssayConfig) -> None:
+    await require_member(deps.membership(token), principal, cfg.workspace_id)
+    pipeline = await deps.pipeline_of(token, cfg.pipeline_id)
+    if pipeline["workspace_id"] != cfg.workspace_id:
+        raise NotFound(f"pipeline {cfg.pipeline_id} not found in workspace {cfg.workspace_id}")
+    if pipeline["name"] != cfg.pipeline_name:
+        raise InvalidRequest(f"pipeline {cfg.pipeline_id} is named {pipeline['name']!r}, not {cfg.pipeline_name!r}")
+
+
+async def _baseline(deps: Deps, token: str | None, p: Plan) -> tuple[dict[str, Any], np.ndarray, datetime | None]:
+    """(baseline summary, bin boundaries, baseline end)."""
+    cfg = p.config
+    if cfg.baseline.Static is not None:
+        values = np.asarray(cfg.baseline.Static.values, dtype=np.float64)
+        start = end = None
+    else:
+        fixed = cfg.baseline.Fixed
+        start, end = _utc(fixed.start_at), _utc(fixed.end_at)
+        values = await deps.read_field(token, cfg.workspace_id, fixed.pipeline, fixed.model, p.column, p.index,
+                                       _ms(start), _ms(end))
+        if len(values) == 0:
+            raise InvalidRequest(f"the baseline (pipeline {fixed.pipeline!r}, {_iso(start)} to {_iso(end)}) has no "
+                                 f"logged values of {cfg.iopath!r}")
+    if not np.isfinite(values).all():
+        raise InvalidRequest("the baseline has NaN or infinite values")
+    bounds = compute.boundaries(values, p.summarizer)
+    quantile_names = p.summarizer.get("provided_edges") is None and p.summarizer.get("bin_mode") == "Quantile"
+    return compute.summarize(values, bounds, p.summarizer, quantile_names, start, end), bounds, end
+
+
+def _result(p: Plan, assay_id: int | None, baseline: dict[str, Any], window: dict[str, Any], started: float,
+            status: str | None = None) -> dict[str, Any]:
+    cfg = p.config
+    weights = p.summarizer.get("bin_weights")
+    value, scores, bin_index = compute.score(baseline["aggregated_values"], window["aggregated_values"],
+                                             p.summarizer["metric"], weights)
+    shown = {k: v for k, v in p.summarizer.items() if k not in ("bin_width", "add_outlier_edges")}
+    return {"id": None, "assay_id": assay_id, "window_start": window["start"],
+            "analyzed_at": _iso(datetime.now(UTC)), "elapsed_millis": int((time.perf_counter() - started) * 1000),
+            "iopath": cfg.iopath, "pipeline_id": cfg.pipeline_id, "baseline_summary": baseline,
+            "window_summary": window, "warning_threshold": cfg.warning_threshold,
+            "alert_threshold": cfg.alert_threshold, "score": value, "scores": scores, "bin_index": bin_index,
+            "summarizer": shown, "status": status or compute.status(value, cfg.warning_threshold, cfg.alert_threshold),
+            "created_at": None}
+
+
+async def _window(deps: Deps, token: str | None, p: Plan, bounds: np.ndarray, start: datetime, end: datetime
+                  ) -> dict[str, Any] | None:
+    cfg = p.config
+    values = await deps.read_field(token, cfg.workspace_id, cfg.window.pipeline, cfg.window.model, p.column,
+                                   p.index, _ms(start), _ms(end))
+    if len(values) == 0:
+        return None
+    values = values[np.isfinite(values)]
+    return compute.summarize(values, bounds, p.summarizer, False, start, end) if len(values) else None
+
+
+# ---- routes ----
+
+async def create(deps: Deps, principal: Principal, token: str | None, cfg: AssayConfig) -> AssayCreated:
+    p = plan(cfg)
+    await _check_pipeline(deps, principal, token, cfg)
+    baseline, bounds, _ = await _baseline(deps, token, p)
+    first_start = _utc(cfg.window.start) if cfg.window.start else datetime.now(UTC)
+    stored = cfg.model_dump(mode="json")
+    stored["baseline"] = {kind: spec for kind, spec in stored["baseline"].items() if spec is not None}
+    assay_id = await store.create(
+        deps.pool, cfg.workspace_id, cfg.pipeline_id, cfg.pipeline_name, cfg.name, cfg.active, "created",
+        stored, cfg.warning_threshold, cfg.alert_threshold, p.width, p.interval,
+        _utc(cfg.run_until) if cfg.run_until else None, first_start + timedelta(seconds=p.width),
+        {**baseline, "_bounds": bounds.tolist()}, uuid.UUID(principal.user_id))
+    return AssayCreated(assay_id=assay_id)
+
+
+def _listing(row: Any) -> dict[str, Any]:
+    config = row["config"] if isinstance(row["config"], dict) else json.loads(row["config"])
+    return {"id": row["id"], "name": row["name"], "active": row["active"], "status": row["status"],
+            "warning_threshold": row["warning_threshold"], "alert_threshold": row["alert_threshold"],
+            "pipeline_id": row["pipeline_id"], "pipeline_name": row["pipeline_name"],
+            "workspace_id": row["workspace_id"], "iopath": config["iopath"], "last_run": _iso(row["last_run"]),
+            "next_run": _iso(row["next_run"]), "run_until": _iso(row["run_until"]),
+            "updated_at": _iso(row["updated_at"]), "baseline": config["baseline"], "window": config["window"],
+            "summarizer": {k: v for k, v in config["summarizer"].items() if k not in ("bin_width",
+                                                                                     "add_outlier_edges")}}
+
+
+async def list_assays(deps: Deps, principal: Principal, token: str | None, pipeline_id: int) -> Assays:
+    pipeline = await deps.pipeline_of(token, pipeline_id)
+    await require_member(deps.membership(token), principal, pipeline["workspace_id"])
+    return Assays(assays=[_listing(r) for r in await store.by_pipeline(deps.pool, pipeline_id)])
+
+
+async def _assay(deps: Deps, principal: Principal, token: str | None, assay_id: int) -> Any:
+    row = await store.get(deps.pool, assay_id)
+    if row is None:
+        raise NotFound(f"assay {assay_id} not found")
+    await require_member(deps.membership(token), principal, row["workspace_id"])
+    return row
+
+
+async def set_active(deps: Deps, principal: Principal, token: str | None, cmd: SetAssayActive) -> AssayActive:
+    await _assay(deps, principal, token, cmd.id)
+    await store.set_active(deps.pool, cmd.id, cmd.active)
+    return AssayActive(id=cmd.id, active=cmd.active)
+
+
+async def run_baseline(deps: Deps, principal: Principal, token: str | None, cfg: AssayConfig) -> dict[str, Any]:
+    started = time.perf_counter()
+    p = plan(cfg)
+    await _check_pipeline(deps, principal, token, cfg)
+    baseline, bounds, _ = await _baseline(deps, token, p)
+    edges, names = compute.edges_and_names(bounds, p.summarizer, False)
+    as_window = {**baseline, "edges": edges, "edge_names": names}
+    result = _result(p, cfg.id, baseline, as_window, started, status="BaselineRun")
+    return result
+
+
+async def run_interactive(deps: Deps, principal: Principal, token: str | None, cfg: AssayConfig) -> AssayResults:
+    """Every window from the window start (default: the end of a Fixed baseline) until now or run_until, each
+    scored against the baseline; windows without logged values are left out (400 if all are)."""
+    p = plan(cfg)
+    await _check_pipeline(deps, principal, token, cfg)
+    baseline, bounds, baseline_end = await _baseline(deps, token, p)
+    start = _utc(cfg.window.start) if cfg.window.start else baseline_end
+    if start is None:
+        raise InvalidRequest("window.start is needed with a Static baseline")
+    limit = min(datetime.now(UTC), _utc(cfg.run_until)) if cfg.run_until else datetime.now(UTC)
+    results = []
+    windows = 0
+    while start + timedelta(seconds=p.width) <= limit:
+        windows += 1
+        if windows > deps.settings.max_windows:
+            raise InvalidRequest(f"more than {deps.settings.max_windows} windows: set window.start or run_until "
+                                 "closer together, or a wider interval")
+        started = time.perf_counter()
+        end = start + timedelta(seconds=p.width)
+        window = await _window(deps, token, p, bounds, start, end)
+        if window is not None:
+            results.append(_result(p, cfg.id, baseline, window, started))
+        start += timedelta(seconds=p.interval)
+    if not results:
+        raise InvalidRequest(f"no window from {_iso(start if not windows else None) or 'the start'} until "
+                             f"{_iso(limit)} has logged values of {cfg.iopath!r} (pipeline {cfg.window.pipeline!r})")
+    return AssayResults(results=results)
+
+
+async def get_baseline(deps: Deps, principal: Principal, token: str | None, cmd: GetBaseline) -> BaselineRows:
+    """Logged rows of a pipeline (flat columns, as the seed shows), oldest first within start..end, or the newest
+    `limit` without a range."""
+    await require_member(deps.membership(token), principal, cmd.workspace_id)
+    if (cmd.start is None) != (cmd.end is None):
+        raise InvalidRequest("start and end go together: give both or neither")
+    body: dict[str, Any] = {"pipeline_id": cmd.pipeline_name, "workspace_id": cmd.workspace_id,
+                            "page_size": cmd.limit or 1000}
+    if cmd.start is not None:
+        body |= {"start_time": _iso(cmd.start), "end_time": _iso(cmd.end), "order": "Asc"}
+    rows = await deps.log_page(token, body)
+    if cmd.model_name:
+        rows = [r for r in rows if _model_of(r.get("metadata.last_model")) == cmd.model_name]
+    return BaselineRows(rows=rows)
+
+
+def _model_of(last_model: str | None) -> str | None:
+    try:
+        return json.loads(last_model).get("model_name") if last_model else None
+    except (ValueError, AttributeError):
+        return None
+
+
+async def get_results(deps: Deps, principal: Principal, token: str | None, cmd: GetAssayResults) -> AssayResults:
+    row = await _assay(deps, principal, token, cmd.assay_id)
+    if cmd.pipeline_id is not None and cmd.pipeline_id != row["pipeline_id"]:
+        raise NotFound(f"assay {cmd.assay_id} not found in pipeline {cmd.pipeline_id}")
+    rows = await store.results(deps.pool, cmd.assay_id, _utc(cmd.start) if cmd.start else None,
+                               _utc(cmd.end) if cmd.end else None, cmd.limit or 1000)
+    out = []
+    for r in rows:
+        result = r["result"] if isinstance(r["result"], dict) else json.loads(r["result"])
+        out.append({**result, "id": r["id"], "created_at": _iso(r["analyzed_at"])})
+    return AssayResults(results=out)
+
+
+# ---- the scheduler ----
+
+async def run_due(deps: Deps) -> int:
+    """Score every closed window of every active assay that is due; returns how many results were stored."""
+    now = datetime.now(UTC)
+    stored = 0
+    for row in await store.due(deps.pool, now - timedelta(seconds=deps.settings.close_delay)):
+        config = AssayConfig.model_validate(row["config"] if isinstance(row["config"], dict)
+                                            else json.loads(row["config"]))
+        try:
+            stored += await _run_assay(deps, row, config, now)
+        except Exception as exc:  # the assay's own problem (a field gone, the log store away): try next tick
+            log.warning("assay %s could not run: %s", row["id"], exc)
+    return stored
+
+
+async def _run_assay(deps: Deps, row: Any, cfg: AssayConfig, now: datetime) -> int:
+    p = plan(cfg)
+    saved = row["baseline_summary"] if isinstance(row["baseline_summary"], dict) else json.loads(
+        row["baseline_summary"])
+    bounds = np.asarray(saved.pop("_bounds"), dtype=np.float64)
+    width, interval = timedelta(seconds=row["width_seconds"]), timedelta(seconds=row["interval_seconds"])
+    run_until = row["run_until"]
+    next_run = row["next_run"]
+    results: list[dict[str, Any]] = []
+    events: list[tuple[str, AssayThresholdCrossed]] = []
+    for _ in range(deps.settings.max_windows):
+        if next_run > now - timedelta(seconds=deps.settings.close_delay) or (run_until and next_run > run_until):
+            break
+        started = time.perf_counter()
+        window = await _window(deps, None, p, bounds, next_run - width, next_run)
+        if window is not None:
+            result = _result(p, row["id"], saved, window, started)
+            result |= {"_start": next_run - width, "_end": next_run}
+            results.append(result)
+            if result["status"] in ("Warning", "Alert"):
+                subject = subjects.EVENT_ASSAY_ALERT if result["status"] == "Alert" else subjects.EVENT_ASSAY_WARNING
+                events.append((subject, AssayThresholdCrossed(
+                    assay_id=row["id"], name=row["name"], workspace_id=row["workspace_id"],
+                    pipeline_id=row["pipeline_id"], pipeline_name=row["pipeline_name"], iopath=cfg.iopath,
+                    status=result["status"], score=result["score"], warning_threshold=cfg.warning_threshold,
+                    alert_threshold=cfg.alert_threshold, window_start=_iso(next_run - width),
+                    window_end=_iso(next_run))))
+        next_run += interval
+    still_active = not (run_until and next_run > run_until)
+    status = results[-1]["status"] if results else row["status"]
+    await store.record_results(deps.pool, row["id"], results, now, next_run, still_active, status)
+    for subject, event in events:  # after the results are stored: an alert always has its result
+        await deps.publish(subject, event)
+    return len(results)

@@ -25,6 +25,7 @@ from services.gateway.logs import add_log_routes
 from shared import __version__, subjects
 from shared.authz import Principal, require_user
 from shared.errors import InvalidRequest, PayloadTooLarge, RailyardError, Unauthorized
+from shared.messages import assays as asy
 from shared.messages import auth as m
 from shared.messages import deployer as dep
 from shared.messages import logs as logm
@@ -118,6 +119,19 @@ JSON_ROUTES: list[Route] = [spec if isinstance(spec, Route) else R(*spec) for sp
      dep.ExternalUrl, "The inference URL of a deployed pipeline."),
     ("/pipelines/set_log_retention", subjects.LOG_STORE_SET_RETENTION, logm.SetLogRetention, logm.LogRetention,
      "Keep a pipeline's inference logs this many days (Railyard)."),
+    ("/assays/create", subjects.ASSAYS_CREATE, asy.AssayConfig, asy.AssayCreated,
+     "Create an assay on a pipeline's logged field (it runs by itself while active)."),
+    ("/assays/list", subjects.ASSAYS_LIST, asy.ListAssays, list[dict[str, Any]], "List a pipeline's assays.", "assays"),
+    ("/assays/set_active", subjects.ASSAYS_SET_ACTIVE, asy.SetAssayActive, asy.AssayActive,
+     "Activate or deactivate an assay."),
+    ("/assays/run_interactive_baseline", subjects.ASSAYS_RUN_BASELINE, asy.AssayConfig, dict[str, Any],
+     "Summarize an assay's baseline."),
+    ("/assays/get_baseline", subjects.ASSAYS_GET_BASELINE, asy.GetBaseline, list[dict[str, Any]],
+     "Logged rows of a pipeline to build a baseline from.", "rows"),
+    Route("/assays/run_interactive", subjects.ASSAYS_RUN_INTERACTIVE, asy.AssayConfig, list[dict[str, Any]],
+          "Score every window of an assay configuration now.", unwrap="results", long_running=True),
+    ("/assays/get_results", subjects.ASSAYS_GET_RESULTS, asy.GetAssayResults, list[dict[str, Any]],
+     "An assay's stored results, newest window first.", "results"),
     ("/connections/create", subjects.REGISTRY_CONNECTIONS_CREATE, reg.CreateConnection, reg.ConnectionId,
      "Create a data connection."),
     ("/connections/add_to_workspace", subjects.REGISTRY_CONNECTIONS_ADD_TO_WORKSPACE, reg.AddConnectionToWorkspace,

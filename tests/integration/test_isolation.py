@@ -39,6 +39,11 @@ WORKSPACE_ROUTES: dict[str, Callable[[Account, Account, int], dict]] = {
     "pipelines/create": lambda victim, intruder, model: {"pipeline_id": "intruder", "workspace_id": victim.workspace_id,
                                                          "definition": {}},
     "pipelines/list": lambda victim, intruder, model: {"workspace_id": victim.workspace_id},
+    "assays/create": lambda victim, intruder, model: assay_body(victim),
+    "assays/run_interactive_baseline": lambda victim, intruder, model: assay_body(victim),
+    "assays/run_interactive": lambda victim, intruder, model: assay_body(victim),
+    "assays/get_baseline": lambda victim, intruder, model: {"workspace_id": victim.workspace_id,
+                                                            "pipeline_name": "victimpipe"},
     "pipelines/get_logs": lambda victim, intruder, model: {"pipeline_id": "victimpipe",
                                                            "workspace_id": victim.workspace_id},
     "pipelines/set_log_retention": lambda victim, intruder, model: {"pipeline_id": "victimpipe",
@@ -61,6 +66,15 @@ WORKSPACE_ROUTES: dict[str, Callable[[Account, Account, int], dict]] = {
                                                                           "connection_id": str(uuid.uuid4())},
 }
 
+def assay_body(victim: Account) -> dict:
+    return {"name": "intruder", "pipeline_id": 1, "pipeline_name": "victimpipe", "iopath": "output dense_1 0",
+            "baseline": {"Static": {"values": [1.0, 2.0, 3.0]}},
+            "window": {"pipeline": "victimpipe", "width": "1 minute"},
+            "summarizer": {"type": "UnivariateContinuous", "bin_mode": "Quantile", "aggregation": "Density",
+                           "metric": "PSI", "num_bins": 2, "add_outlier_edges": True},
+            "alert_threshold": 0.1, "workspace_id": victim.workspace_id}
+
+
 # multipart routes: path -> (form fields, files) naming the victim's workspace
 UPLOAD_ROUTES: dict[str, Callable[[Account], tuple[dict, dict]]] = {
     "models/upload_and_convert": lambda victim: ({}, {
@@ -82,6 +96,8 @@ NOT_WORKSPACE_SCOPED = {
     # pipelines and deployments are found by id or name; outsiders get 404 (test_pipelines.py and below)
     "pipelines/copy", "pipelines/get", "pipelines/deploy", "pipelines/undeploy", "status/get_deployment",
     "pipelines/infer/{deployment}/{pipeline}",
+    # assays are found by id or pipeline id; outsiders get 404 (test_assays.py)
+    "assays/list", "assays/set_active", "assays/get_results",
 }
 # (the /v2 Open Inference Protocol routes are outside /v1/api; test_oip.py checks their tokens)
 

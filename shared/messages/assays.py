@@ -1,0 +1,141 @@
+"""Assay messages (assay_runner service), with the seed's field names (section 9)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import ConfigDict, Field, model_validator
+
+from shared.messages.base import Command, Event, Message
+
+
+class FixedBaseline(Message):
+    pipeline: str
+    model: str | None = None
+    start_at: datetime
+    end_at: datetime
+
+
+class StaticBaseline(Message):
+    """Railyard: a baseline of given values (e.g. the training data's), not of logs."""
+
+    values: list[float] = Field(min_length=1)
+
+
+class Baseline(Message):
+    Fixed: FixedBaseline | None = None
+    Static: StaticBaseline | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Baseline:
+        if (self.Fixed is None) == (self.Static is None):
+            raise ValueError("baseline needs exactly one of Fixed or Static")
+        return self
+
+
+class AssayWindow(Message):
+    pipeline: str
+    model: str | None = None
+    width: str = Field(description="e.g. '24 hours', '10 minutes'.")
+    start: datetime | None = Field(None, description="When the first window starts (default: when the assay is "
+                                   "created, or the end of a Fixed baseline for run_interactive).")
+    interval: str | None = Field(None, description="Time between window starts (default: the width).")
+
+
+class Summarizer(Message):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = "UnivariateContinuous"
+    bin_mode: str = "Quantile"
+    aggregation: str = "Density"
+    metric: str = "PSI"
+    num_bins: int = 5
+    bin_weights: list[float] | None = None
+    bin_width: float | None = None
+    provided_edges: list[float] | None = None
+    add_outlier_edges: bool = True
+
+
+class AssayConfig(Command):
+    """The body of assays/create, run_interactive_baseline and run_interactive."""
+
+    id: int | None = None
+    name: str = Field(min_length=1)
+    pipeline_id: int
+    pipeline_name: str
+    active: bool = True
+    status: str = "created"
+    iopath: str
+    baseline: Baseline
+    window: AssayWindow
+    summarizer: Summarizer
+    warning_threshold: float | None = None
+    alert_threshold: float
+    run_until: datetime | None = None
+    workspace_id: int
+    model_insights_url: str | None = None
+
+
+class AssayCreated(Message):
+    assay_id: int
+
+
+class ListAssays(Command):
+    pipeline_id: int
+
+
+class Assays(Message):
+    assays: list[dict[str, Any]]
+
+
+class SetAssayActive(Command):
+    id: int
+    active: bool
+
+
+class AssayActive(Message):
+    id: int
+    active: bool
+
+
+class GetBaseline(Command):
+    workspace_id: int
+    pipeline_name: str
+    start: datetime | None = None
+    end: datetime | None = None
+    model_name: str | None = None
+    limit: int | None = Field(None, ge=1)
+
+
+class BaselineRows(Message):
+    rows: list[dict[str, Any]]
+
+
+class AssayResults(Message):
+    results: list[dict[str, Any]]
+
+
+class GetAssayResults(Command):
+    assay_id: int
+    start: datetime | None = None
+    end: datetime | None = None
+    limit: int | None = Field(None, ge=1)
+    pipeline_id: int | None = None
+
+
+class AssayThresholdCrossed(Event):
+    """events.assay.warning / events.assay.alert: a scheduled window scored above a threshold."""
+
+    assay_id: int
+    name: str
+    workspace_id: int
+    pipeline_id: int
+    pipeline_name: str
+    iopath: str
+    status: str
+    score: float
+    warning_threshold: float | None
+    alert_threshold: float
+    window_start: str
+    window_end: str

@@ -1,0 +1,262 @@
+"""Assays over HTTP (seed section 9): every route, each bin mode, aggregation and metric checked against the
+same arithmetic on the same values, scheduled windows firing on their own with alerts as events, a kill -9 of
+the assay runner, bad inputs and outsiders. Log rows are published to the stream the way the engine does."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import nats as nats_client
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from services.assay_runner import compute
+from shared import subjects
+from shared.arrow_codec import tensor_array, to_ipc_stream
+from shared.logrecords import BATCH_ID, LOG_HEADER, MSG_ID, log_header
+from tests.integration.conftest import Account, post
+from tests.integration.test_logs import wait_rows
+
+pytestmark = pytest.mark.integration
+HOUR = 3_600_000
+
+
+async def publish_rows(stack, account: Account, pipeline: str, values: np.ndarray, at_ms: int,
+                       labels: bool = False) -> None:
+    n = len(values)
+    columns = {"time": pa.array(np.full(n, at_ms, np.int64)),
+               "in.tensor": tensor_array(np.repeat(values[:, None], 3, axis=1).astype(np.float32)),
+               "out.dense_1": tensor_array(values[:, None].astype(np.float64)),
+               "metadata.last_model": pa.array([json.dumps({"model_name": "m1", "model_sha": "x"})] * n),
+               "metadata.pipeline_version": pa.array(["v"] * n),
+               "metadata.elapsed": pa.array([[1, 2]] * n, pa.list_(pa.int64())),
+               "metadata.dropped": pa.array([[]] * n, pa.list_(pa.string()))}
+    if labels:
+        columns["out.label"] = pa.array([["a"]] * n, pa.list_(pa.string()))
+    nc = await nats_client.connect(stack.settings().nats.url)
+    try:
+        batch = str(uuid.uuid4())
+        await nc.jetstream().publish(f"logs.inference.{pipeline}-0", to_ipc_stream(pa.table(columns)), headers={
+            MSG_ID: batch, BATCH_ID: batch, LOG_HEADER: log_header(account.workspace_id, pipeline, f"{pipeline}-0",
+                                                                   "v")})
+    finally:
+        await nc.close()
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+
+
+def config(account: Account, pipeline: dict, name: str, baseline: dict, window_start: str | None, width: str,
+           summarizer: dict | None = None, **extra) -> dict:
+    return {"name": name, "pipeline_id": pipeline["pipeline_pk_id"], "pipeline_name": pipeline["name"],
+            "active": True, "status": "active", "iopath": "output dense_1 0", "baseline": baseline,
+            "window": {"pipeline": pipeline["name"], "model": "m1", "width": width, "start": window_start,
+                       "interval": None},
+            "summarizer": {"type": "UnivariateContinuous", "bin_mode": "Quantile", "aggregation": "Density",
+                           "metric": "PSI", "num_bins": 5, "bin_weights": None, "bin_width": None,
+                           "provided_edges": None, "add_outlier_edges": True, **(summarizer or {})},
+            "warning_threshold": 0.0, "alert_threshold": 0.1, "run_until": None,
+            "workspace_id": account.workspace_id, **extra}
+
+
+@pytest.fixture
+def drifted(stack, alice):
+    """A pipeline with 500 baseline rows two hours ago and 400 shifted rows one hour ago."""
+    name = f"drift{uuid.uuid4().hex[:6]}"
+    created = post(stack, "pipelines/create", alice.token, {"pipeline_id": name, "workspace_id": alice.workspace_id,
+                                                            "definition": {}}).json()
+    now = int(time.time() * 1000)
+    rng = np.random.default_rng(4)
+    base, shifted = rng.normal(0, 1, 500), rng.normal(0.6, 1.2, 400)
+    t0, t1 = now - 2 * HOUR, now - HOUR
+    asyncio.run(publish_rows(stack, alice, name, base, t0, labels=True))
+    asyncio.run(publish_rows(stack, alice, name, shifted, t1, labels=True))
+    wait_rows(stack, alice, name, 900)
+    return {"pipeline": {**created, "name": name}, "base": base, "shifted": shifted, "t0": t0, "t1": t1}
+
+
+def fixed(drifted) -> dict:
+    t0 = drifted["t0"]
+    return {"Fixed": {"pipeline": drifted["pipeline"]["name"], "model": "m1", "start_at": iso(t0 - 60_000),
+                      "end_at": iso(t0 + 60_000)}}
+
+
+def expected(base: np.ndarray, window: np.ndarray, summarizer: dict) -> tuple[float, list[float]]:
+    bounds = compute.boundaries(base, summarizer)
+    b = compute.summarize(base, bounds, summarizer, False, None, None)["aggregated_values"]
+    w = compute.summarize(window, bounds, summarizer, False, None, None)["aggregated_values"]
+    value, scores, _ = compute.score(b, w, summarizer["metric"], summarizer.get("bin_weights"))
+    return value, scores
+
+
+def test_baseline_create_list_activate_and_interactive_run(stack, alice, drifted):
+    body = config(alice, drifted["pipeline"], "drift assay", fixed(drifted), iso(drifted["t1"] - 1_800_000),
+                  "1 hours")
+    baseline = post(stack, "assays/run_interactive_baseline", alice.token, body)
+    assert baseline.status_code == 200, baseline.text
+    result = baseline.json()
+    assert result["status"] == "BaselineRun" and result["score"] == 0.0 and result["scores"] == [0.0] * 7
+    summary = result["baseline_summary"]
+    assert summary["count"] == 500 and summary["edge_names"] == ["left_outlier", "q_20", "q_40", "q_60", "q_80",
+                                                                 "q_100", "right_outlier"]
+    assert abs(summary["mean"] - drifted["base"].mean()) < 1e-9 and summary["edges"][-1] is None
+    assert summary["aggregated_values"] == pytest.approx([0, 0.2, 0.2, 0.2, 0.2, 0.2, 0])
+    assert result["window_summary"]["edge_names"][1].startswith("e_")
+
+    created = post(stack, "assays/create", alice.token, body)
+    assert created.status_code == 200, created.text
+    assay_id = created.json()["assay_id"]
+    listed = post(stack, "assays/list", alice.token, {"pipeline_id": drifted["pipeline"]["pipeline_pk_id"]}).json()
+    assert [a["id"] for a in listed] == [assay_id]
+    assert listed[0]["name"] == "drift assay" and listed[0]["next_run"] and listed[0]["iopath"] == "output dense_1 0"
+    shown = listed[0]["baseline"]["Fixed"]
+    assert set(listed[0]["baseline"]) == {"Fixed"} and shown["pipeline"] == drifted["pipeline"]["name"]
+    assert datetime.fromisoformat(shown["start_at"]) == datetime.fromisoformat(body["baseline"]["Fixed"]["start_at"])
+    assert post(stack, "assays/set_active", alice.token, {"id": assay_id, "active": False}).json() == \
+        {"id": assay_id, "active": False}
+    assert post(stack, "assays/list", alice.token, {"pipeline_id": drifted["pipeline"]["pipeline_pk_id"]}
+                ).json()[0]["active"] is False
+
+    runs = post(stack, "assays/run_interactive", alice.token, {**body, "id": assay_id})
+    assert runs.status_code == 200, runs.text
+    [window] = runs.json()  # one window holds the shifted rows; later ones reach past now
+    assert window["assay_id"] == assay_id and window["window_summary"]["count"] == 400
+    value, scores = expected(drifted["base"], drifted["shifted"], body["summarizer"])
+    assert abs(window["score"] - value) < 1e-9 and np.allclose(window["scores"], scores, atol=1e-12)
+    assert window["status"] == ("Alert" if value > 0.1 else "Warning")
+    baseline_rows = post(stack, "assays/get_baseline", alice.token, {
+        "workspace_id": alice.workspace_id, "pipeline_name": drifted["pipeline"]["name"],
+        "start": iso(drifted["t0"] - 60_000), "end": iso(drifted["t0"] + 60_000), "limit": 3}).json()
+    assert len(baseline_rows) == 3 and baseline_rows[0]["time"] == drifted["t0"]
+    assert {"time", "in.tensor", "out.dense_1", "metadata.last_model"} <= set(baseline_rows[0])
+
+
+@pytest.mark.parametrize("summarizer", [
+    {"bin_mode": "Quantile", "aggregation": "Density", "metric": "PSI"},
+    {"bin_mode": "Equal", "aggregation": "Cumulative", "metric": "SumDiff", "num_bins": 8},
+    {"bin_mode": "Equal", "aggregation": "Edges", "metric": "MaxDiff", "add_outlier_edges": False},
+    {"provided_edges": [-1.0, 0.0, 0.5, 1.0], "aggregation": "Density", "metric": "Maximum Difference of Bins"},
+    {"bin_mode": "Quantile", "aggregation": "Density", "metric": "Sum of the Difference of Bins", "num_bins": 3,
+     "bin_weights": [0, 1, 2, 1, 0]},
+])
+def test_each_bin_mode_aggregation_and_metric(stack, alice, drifted, summarizer):
+    body = config(alice, drifted["pipeline"], "modes", fixed(drifted), iso(drifted["t1"] - 1_800_000), "1 hours",
+                  summarizer)
+    response = post(stack, "assays/run_interactive", alice.token, body)
+    assert response.status_code == 200, response.text
+    [window] = response.json()
+    value, scores = expected(drifted["base"], drifted["shifted"], body["summarizer"])
+    assert abs(window["score"] - value) < 1e-9 and np.allclose(window["scores"], scores, atol=1e-12)
+    metric = compute.metric_name(summarizer["metric"])
+    assert (window["bin_index"] is not None) == (metric == "MaxDiff")
+    again = post(stack, "assays/run_interactive", alice.token, body).json()[0]
+    assert again["score"] == window["score"] and again["window_summary"] == window["window_summary"]  # deterministic
+
+
+def test_bad_assays_are_400_with_the_reason(stack, alice, drifted):
+    good = config(alice, drifted["pipeline"], "bad", fixed(drifted), iso(drifted["t1"] - 1_800_000), "1 hours")
+    far_past = {"Fixed": {**fixed(drifted)["Fixed"], "start_at": "2001-01-01T00:00:00Z",
+                          "end_at": "2001-01-02T00:00:00Z"}}
+    both = ("assays/run_interactive", "assays/create")
+    cases = [
+        ({"summarizer": {**good["summarizer"], "num_bins": 1}}, "num_bins"),
+        ({"summarizer": {**good["summarizer"], "metric": "Wasserstein"}}, "unknown metric"),
+        ({"iopath": "output nope 0"}, "not logged"),
+        ({"iopath": "output label 0"}, "not numbers"),
+        ({"iopath": "input tensor 7"}, "out of range"),
+        ({"iopath": "sideways tensor 0"}, "iopath"),
+        ({"baseline": far_past}, "no logged values"),
+        ({"window": {**good["window"], "width": "3 fortnights"}}, "duration"),
+        ({"window": {**good["window"], "start": "2001-01-01T00:00:00Z", "width": "1 hours"},
+          "run_until": "2001-01-01T05:00:00Z"}, "no window", ("assays/run_interactive",)),
+        ({"baseline": {}}, "exactly one"),
+    ]
+    for change, words, *routes in cases:
+        for route in (routes[0] if routes else both):
+            response = post(stack, route, alice.token, {**good, **change})
+            assert response.status_code == 400, (route, change, response.text)
+            assert words in response.json()["msg"], (route, change, response.json())
+    listed = post(stack, "assays/list", alice.token, {"pipeline_id": drifted["pipeline"]["pipeline_pk_id"]}).json()
+    assert listed == []  # nothing was created by the bad requests
+
+
+def test_outsiders_get_404(stack, alice, bob, drifted):
+    body = config(alice, drifted["pipeline"], "private", fixed(drifted), None, "1 hours")
+    assay_id = post(stack, "assays/create", alice.token, body).json()["assay_id"]
+    for route, payload in (("assays/list", {"pipeline_id": drifted["pipeline"]["pipeline_pk_id"]}),
+                           ("assays/set_active", {"id": assay_id, "active": False}),
+                           ("assays/get_results", {"assay_id": assay_id}),
+                           ("assays/create", {**body, "workspace_id": bob.workspace_id})):
+        response = post(stack, route, bob.token, payload)
+        assert response.status_code == 404, (route, response.text)
+    assert post(stack, "assays/list", alice.token, {"pipeline_id": drifted["pipeline"]["pipeline_pk_id"]}
+                ).json()[0]["active"] is True
+
+
+async def _count_events(nc, subject: str) -> int:
+    reply = await nc.request(subjects.LINEAGE_EVENTS_COUNT, json.dumps({"subject": subject}).encode(), timeout=10)
+    return json.loads(reply.data)["data"]["count"]
+
+
+def test_scheduled_windows_run_by_themselves_alert_and_survive_a_restart(stack, alice, drifted):
+    body = config(alice, drifted["pipeline"], "scheduled", fixed(drifted), iso(int(time.time() * 1000)),
+                  "2 seconds", alert_threshold=0.05, warning_threshold=0.01)
+    assay_id = post(stack, "assays/create", alice.token, body).json()["assay_id"]
+    name = drifted["pipeline"]["name"]
+    rng = np.random.default_rng(9)
+
+    async def feed(seconds: float) -> None:  # shifted values, a batch every 0.3 s
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            await publish_rows(stack, alice, name, rng.normal(2.0, 1.0, 40), int(time.time() * 1000))
+            await asyncio.sleep(0.3)
+
+    def results() -> list[dict]:
+        response = post(stack, "assays/get_results", alice.token, {"assay_id": assay_id})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    asyncio.run(feed(7.0))
+    deadline = time.monotonic() + 20
+    while len(results()) < 2:
+        assert time.monotonic() < deadline, "the scheduled assay did not run by itself"
+        time.sleep(0.3)
+    first = results()
+    assert all(r["status"] == "Alert" and r["assay_id"] == assay_id for r in first)
+    assert first[0]["window_start"] > first[-1]["window_start"]  # newest first
+
+    async def alerts() -> int:
+        nc = await nats_client.connect(stack.settings().nats.url)
+        try:
+            return await _count_events(nc, subjects.EVENT_ASSAY_ALERT)
+        finally:
+            await nc.close()
+
+    deadline = time.monotonic() + 10
+    while asyncio.run(alerts()) < 2:
+        assert time.monotonic() < deadline, "no events.assay.alert"
+        time.sleep(0.3)
+
+    pid = stack.state()["components"]["assay_runner"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    asyncio.run(feed(6.0))
+    deadline = time.monotonic() + 30
+    while True:
+        later = results()
+        newest = datetime.fromisoformat(later[0]["window_start"].replace("Z", "+00:00"))
+        if len(later) > len(first) + 1 and newest > datetime.now(UTC) - timedelta(seconds=8):
+            break
+        assert time.monotonic() < deadline, "the schedule did not continue after a restart"
+        time.sleep(0.3)
+    starts = [r["window_start"] for r in later]
+    assert len(starts) == len(set(starts))  # no window scored twice
+    assert stack.state()["components"]["assay_runner"]["pid"] != pid
+    post(stack, "assays/set_active", alice.token, {"id": assay_id, "active": False})
