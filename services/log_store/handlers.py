@@ -419,14 +419,20 @@ def _segment_field(reader: SegmentReader, seg: Any, cmd: ReadLogField) -> pa.Arr
     times = table.column(TIME).to_numpy()
     keep = (times >= cmd.start_ms) & (times < cmd.end_ms)
     if cmd.model and META_LAST_MODEL in names:
-        models = table.column(META_LAST_MODEL).combine_chunks()
-        if pa.types.is_dictionary(models.type):
-            models = models.dictionary_decode()
-        keep &= np.array([_model_name(m) == cmd.model for m in models.to_pylist()], bool) if len(models) else keep
+        keep &= _answered_by(table.column(META_LAST_MODEL).combine_chunks(), cmd.model)
     column = table.column(cmd.column).combine_chunks()
     if not keep.all():
         column = column.filter(pa.array(keep))
     return _element(column, cmd)
+
+
+def _answered_by(models: pa.Array, model: str) -> np.ndarray:
+    """Which rows the model answered: each distinct last_model is parsed once, not once a row."""
+    if not pa.types.is_dictionary(models.type):
+        models = pc.dictionary_encode(models)
+    matching = np.array([_model_name(v) == model for v in models.dictionary.to_pylist()] + [False], bool)
+    indices = pc.fill_null(models.indices, len(models.dictionary)).to_numpy(zero_copy_only=False)
+    return matching[indices]
 
 
 def _model_name(last_model: str | None) -> str | None:
