@@ -8,10 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import tempfile
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -19,12 +17,12 @@ import nats
 import numpy as np
 import pyarrow as pa
 
+from bench import stack_with_pipeline
 from bench.logs import BATCH_ROWS, _ingest
 from shared import subjects
 from shared.arrow_codec import tensor_array, to_ipc_stream
 from shared.logrecords import InferenceRecord, build_batch
 from tests.models import sample_rows
-from tests.stack import start_stack
 
 WINDOW_ROWS = 1_000_000
 BASELINE_ROWS = 100_000
@@ -91,21 +89,8 @@ async def _measure(stack, token: str, workspace: int, pipeline_id: int) -> dict[
 
 
 def run() -> str:
-    from shared.client import RailyardClient
-
-    with tempfile.TemporaryDirectory(prefix="railyard-bench-assays-") as folder:
-        stack = start_stack(Path(folder) / "data")
-        try:
-            stack.wait_healthy()
-            secrets = stack.secrets()
-            client = RailyardClient(stack.base_url, secrets["client_id"], secrets["client_secret"])
-            client.login(secrets["admin_username"], secrets["admin_password"])
-            workspace = client.post("workspaces/create", {"workspace_name": "assaybench"})["workspace_id"]
-            pipeline = client.post("pipelines/create", {"pipeline_id": "assaybench", "workspace_id": workspace,
-                                                        "definition": {}})
-            m = asyncio.run(_measure(stack, client.token, workspace, pipeline["pipeline_pk_id"]))
-        finally:
-            stack.stop()
+    with stack_with_pipeline("assaybench") as bench:
+        m = asyncio.run(_measure(bench.stack, bench.token, bench.workspace, bench.pipeline_id))
     lines = [
         "## Assays",
         "",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -23,12 +22,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bench import stack_with_pipeline
 from services.log_store.handlers import encode_cursor
 from shared import subjects
 from shared.arrow_codec import tensor_array, to_ipc_stream
 from shared.logrecords import BATCH_ID, LOG_HEADER, MSG_ID, InferenceRecord, build_batch, log_header
 from tests.models import sample_rows
-from tests.stack import start_stack
 
 BATCH_ROWS = 1000
 INGEST_ROWS = 2_000_000
@@ -191,21 +190,9 @@ async def _measure(stack, token: str, workspace: int) -> dict[str, float]:
 
 
 def run() -> str:
-    from shared.client import RailyardClient
-
-    with tempfile.TemporaryDirectory(prefix="railyard-bench-logs-") as folder:
-        stack = start_stack(Path(folder) / "data")
-        try:
-            stack.wait_healthy()
-            secrets = stack.secrets()
-            client = RailyardClient(stack.base_url, secrets["client_id"], secrets["client_secret"])
-            client.login(secrets["admin_username"], secrets["admin_password"])
-            workspace = client.post("workspaces/create", {"workspace_name": "logbench"})["workspace_id"]
-            client.post("pipelines/create", {"pipeline_id": "logbench", "workspace_id": workspace, "definition": {}})
-            measured = asyncio.run(_measure(stack, client.token, workspace))
-            baseline_ms = _parquet_baseline(seed_like_batch(BATCH_ROWS, 0, 0), Path(folder))
-        finally:
-            stack.stop()
+    with stack_with_pipeline("logbench") as bench:
+        measured = asyncio.run(_measure(bench.stack, bench.token, bench.workspace))
+        baseline_ms = _parquet_baseline(seed_like_batch(BATCH_ROWS, 0, 0), Path(bench.folder))
     m = measured
     lost = m["ingest_expected"] - m["ingest_stored"]
     rows = [

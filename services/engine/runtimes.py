@@ -33,10 +33,8 @@ class Runtime(Protocol):
     def unload(self) -> None: ...
 
 
-def column_to_tensor(name: str, column: pa.ChunkedArray | pa.Array, dims: list, dtype) -> np.ndarray:
-    """An Arrow column of (nested) lists or scalars as an [N, ...] numpy array of the model's dtype."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    rows = len(array)
+def tensor_parts(name: str, array: pa.Array) -> tuple[pa.Array, list[int]]:
+    """The flat element values of a column of (nested) list tensors and the shape of one row's tensor."""
     shape: list[int] = []
     values = array
     while pa.types.is_fixed_size_list(values.type) or pa.types.is_list(values.type) or \
@@ -51,6 +49,14 @@ def column_to_tensor(name: str, column: pa.ChunkedArray | pa.Array, dims: list, 
                 raise InvalidRequest(f"column {name!r}: ragged tensor (rows have different shapes)")
             shape.append(int(lengths[0]) if len(lengths) else 0)
         values = values.flatten()
+    return values, shape
+
+
+def column_to_tensor(name: str, column: pa.ChunkedArray | pa.Array, dims: list, dtype) -> np.ndarray:
+    """An Arrow column of (nested) lists or scalars as an [N, ...] numpy array of the model's dtype."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    rows = len(array)
+    values, shape = tensor_parts(name, array)
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         raise InvalidRequest(f"column {name!r}: strings where the model expects numbers")
     if values.null_count:
@@ -206,18 +212,7 @@ def table_to_inference_data(batch: pa.Table) -> dict[str, np.ndarray]:
     data: dict[str, np.ndarray] = {}
     for name in batch.column_names:
         column = batch.column(name).combine_chunks()
-        shape: list[int] = []
-        values = column
-        while pa.types.is_fixed_size_list(values.type) or pa.types.is_list(values.type) or \
-                pa.types.is_large_list(values.type):
-            if pa.types.is_fixed_size_list(values.type):
-                shape.append(values.type.list_size)
-            else:
-                lengths = np.diff(values.offsets.to_numpy())
-                if len(lengths) and (lengths != lengths[0]).any():
-                    raise InvalidRequest(f"column {name!r}: ragged tensor (rows have different shapes)")
-                shape.append(int(lengths[0]) if len(lengths) else 0)
-            values = values.flatten()
+        values, shape = tensor_parts(name, column)
         data[name] = values.to_numpy(zero_copy_only=False).reshape([len(column), *shape])
     return data
 

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,33 @@ def build_router(runtime: Runtime) -> NatsRouter:
     return router
 
 
+def _parse(model: Any, data: bytes) -> Any:
+    try:
+        return model.model_validate_json(data or b"{}")
+    except ValidationError as exc:
+        raise InvalidRequest(_validation_message(exc)) from None
+
+
+def _raw_responder(nc: Any, work: Callable[[Any, str | None], Awaitable[tuple[bytes, dict[str, str]]]]) -> Callable:
+    """A raw subscription callback: the caller's bearer token from the headers, `work`'s body and headers as
+    the reply, or a typed error in the `Railyard-Error` header (Arrow bodies are not wrapped in JSON)."""
+
+    async def respond(msg: Any) -> None:
+        headers = msg.headers or {}
+        auth = headers.get("authorization") or headers.get("Authorization") or ""
+        token = auth[7:] if auth.lower().startswith("bearer ") else (auth or None)
+        try:
+            body, out = await work(msg, token)
+        except RailyardError as exc:
+            body, out = b"", {ERROR_HEADER: json.dumps({"code": exc.code, "msg": exc.msg, "status": exc.status})}
+        except Exception:
+            log.exception("%s failed", msg.subject)
+            body, out = b"", {ERROR_HEADER: json.dumps({"code": "internal", "msg": "internal error", "status": 500})}
+        await nc.publish(msg.reply, body, headers=out)
+
+    return respond
+
+
 async def start(runtime: Runtime) -> None:
     settings = runtime.settings
     timeout = settings.nats.request_timeout
@@ -88,59 +116,30 @@ async def start(runtime: Runtime) -> None:
     ingestor = handlers.Ingestor(deps, ingest_nc.jetstream())
     await ingestor.start()
 
-    async def query(msg: Any) -> None:
-        headers = msg.headers or {}
-        auth = headers.get("authorization") or headers.get("Authorization") or ""
-        token = auth[7:] if auth.lower().startswith("bearer ") else (auth or None)
-        try:
-            try:
-                cmd = GetLogs.model_validate_json(msg.data or b"{}")
-            except ValidationError as exc:
-                raise InvalidRequest(_validation_message(exc)) from None
-            principal = await verifier.verify(token)
-            table, page = await handlers.get_logs(deps, principal, token, cmd)
-            body = await asyncio.to_thread(to_ipc_stream, table)
-            await nc.publish(msg.reply, body, headers={PAGE_HEADER: page.model_dump_json()})
-        except RailyardError as exc:
-            await nc.publish(msg.reply, b"", headers={ERROR_HEADER: json.dumps(
-                {"code": exc.code, "msg": exc.msg, "status": exc.status})})
-        except Exception:
-            log.exception("get_logs failed")
-            await nc.publish(msg.reply, b"", headers={ERROR_HEADER: json.dumps(
-                {"code": "internal", "msg": "internal error", "status": 500})})
+    async def query(msg: Any, token: str | None) -> tuple[bytes, dict[str, str]]:
+        cmd = _parse(GetLogs, msg.data)
+        table, page = await handlers.get_logs(deps, await verifier.verify(token), token, cmd)
+        return await asyncio.to_thread(to_ipc_stream, table), {PAGE_HEADER: page.model_dump_json()}
 
-    query_sub = await nc.subscribe(subjects.LOG_STORE_QUERY, queue=subjects.queue_group(NAME), cb=query)
-
-    async def field(msg: Any) -> None:
+    async def field(msg: Any, token: str | None) -> tuple[bytes, dict[str, str]]:
         """Values of one logged field; above the bus limit they go through object storage by reference."""
-        headers = msg.headers or {}
-        auth = headers.get("authorization") or headers.get("Authorization") or ""
-        token = auth[7:] if auth.lower().startswith("bearer ") else (auth or None)
-        try:
-            try:
-                cmd = ReadLogField.model_validate_json(msg.data or b"{}")
-            except ValidationError as exc:
-                raise InvalidRequest(_validation_message(exc)) from None
-            # no token: another service (the assay scheduler) asking on the bus, which is trusted like the
-            # engine's subjects; with a token the caller must be a member of the workspace
-            principal = await verifier.verify(token) if token else None
-            values = await handlers.read_field(deps, principal, token, cmd)
-            body = await asyncio.to_thread(to_ipc_stream, pa.table({"value": values}))
-            out = {FIELD_HEADER: LogField(count=len(values), segments=0).model_dump_json()}
-            if len(body) > nc.max_payload - 64 * 1024:
-                key = f"fields/{uuid.uuid4()}"
-                await runtime.objects.put_bytes(BUCKET_TABLES, key, body)
-                out[TABLE_REF], body = key, b""
-            await nc.publish(msg.reply, body, headers=out)
-        except RailyardError as exc:
-            await nc.publish(msg.reply, b"", headers={ERROR_HEADER: json.dumps(
-                {"code": exc.code, "msg": exc.msg, "status": exc.status})})
-        except Exception:
-            log.exception("reading a log field failed")
-            await nc.publish(msg.reply, b"", headers={ERROR_HEADER: json.dumps(
-                {"code": "internal", "msg": "internal error", "status": 500})})
+        cmd = _parse(ReadLogField, msg.data)
+        # no token: another service (the assay scheduler) asking on the bus, which is trusted like the
+        # engine's subjects; with a token the caller must be a member of the workspace
+        principal = await verifier.verify(token) if token else None
+        values = await handlers.read_field(deps, principal, token, cmd)
+        body = await asyncio.to_thread(to_ipc_stream, pa.table({"value": values}))
+        out = {FIELD_HEADER: LogField(count=len(values), segments=0).model_dump_json()}
+        if len(body) > nc.max_payload - 64 * 1024:
+            key = f"fields/{uuid.uuid4()}"
+            await runtime.objects.put_bytes(BUCKET_TABLES, key, body)
+            out[TABLE_REF], body = key, b""
+        return body, out
 
-    field_sub = await nc.subscribe(subjects.LOG_STORE_READ_FIELD, queue=subjects.queue_group(NAME), cb=field)
+    query_sub = await nc.subscribe(subjects.LOG_STORE_QUERY, queue=subjects.queue_group(NAME),
+                                   cb=_raw_responder(nc, query))
+    field_sub = await nc.subscribe(subjects.LOG_STORE_READ_FIELD, queue=subjects.queue_group(NAME),
+                                   cb=_raw_responder(nc, field))
 
     async def maintenance_timer() -> None:
         while True:
