@@ -414,10 +414,15 @@ def _segment_field(reader: SegmentReader, seg: Any, cmd: ReadLogField) -> pa.Arr
     names = reader.columns(seg["object_key"], seg["bytes"])
     if cmd.column not in names:
         return None
-    columns = [TIME, cmd.column] + ([META_LAST_MODEL] if cmd.model and META_LAST_MODEL in names else [])
+    inside = seg["min_time"] >= cmd.start_ms and seg["max_time"] < cmd.end_ms  # no need to read `time`
+    columns = ([] if inside else [TIME]) + [cmd.column] + (
+        [META_LAST_MODEL] if cmd.model and META_LAST_MODEL in names else [])
     table = reader.read_columns(seg["object_key"], seg["bytes"], columns)
-    times = table.column(TIME).to_numpy()
-    keep = (times >= cmd.start_ms) & (times < cmd.end_ms)
+    if inside:
+        keep = np.ones(table.num_rows, bool)
+    else:
+        times = table.column(TIME).to_numpy()
+        keep = (times >= cmd.start_ms) & (times < cmd.end_ms)
     if cmd.model and META_LAST_MODEL in names:
         keep &= _answered_by(table.column(META_LAST_MODEL).combine_chunks(), cmd.model)
     column = table.column(cmd.column).combine_chunks()
