@@ -279,6 +279,39 @@ async def test_duplicates_are_stored_once(stack, alice):
         await nc.close()
 
 
+async def test_byte_limited_and_schema_change_pages(stack, alice):
+    await asyncio.to_thread(_create, stack, alice, "shapes")
+    nc = await nats_client.connect(stack.settings().nats.url)
+    try:
+        now = int(time.time() * 1000)
+        await _publish(nc, "shapes", alice.workspace_id, [1.0, 2.0, 3.0], now)
+        # then 12 rows of 100 KB each (a wide input the engine would have trimmed; published directly)
+        wide = pa.table({"time": pa.array([now] * 12, pa.int64()),
+                         "in.tensor": tensor_array(np.full((12, 25_000), 0.5, np.float32)),
+                         "out.dense_1": tensor_array(np.arange(4, 16, dtype=np.float32)[:, None]),
+                         "metadata.dropped": pa.array([[]] * 12, pa.list_(pa.string()))})
+        batch = str(uuid.uuid4())
+        await nc.jetstream().publish("logs.inference.shapes-0", to_ipc_stream(wide), headers={
+            MSG_ID: batch, BATCH_ID: batch, LOG_HEADER: log_header(alice.workspace_id, "shapes", "shapes-0", "v")})
+        await asyncio.to_thread(wait_rows, stack, alice, "shapes", 15)
+        body = {"pipeline_id": "shapes", "workspace_id": alice.workspace_id, "order": "Asc", "page_size": 100}
+        first = await asyncio.to_thread(get_logs, stack, alice, body)
+        assert first.headers["x-iteration-status"] == "SchemaChange" and _values(first.json()) == [1.0, 2.0, 3.0]
+        pages, statuses = [], []
+        cursor = first.headers["x-iteration-cursor"]
+        while cursor:
+            page = await asyncio.to_thread(get_logs, stack, alice, {**body, "cursor": cursor})
+            pages.append(_values(page.json()))
+            statuses.append(page.headers["x-iteration-status"])
+            cursor = page.headers.get("x-iteration-cursor")
+        # 1 MiB holds at most 10 rows of 100 KB: the wide rows come in ByteLimited pages, then the rest
+        assert statuses[0] == "ByteLimited" and statuses[-1] == "All" and len(pages) >= 2
+        assert all(len(p) <= 10 for p in pages)
+        assert [v for p in pages for v in p] == [float(v) for v in range(4, 16)]
+    finally:
+        await nc.close()
+
+
 async def test_retention_drops_old_segments(stack, alice):
     await asyncio.to_thread(_create, stack, alice, "retained")
     nc = await nats_client.connect(stack.settings().nats.url)
