@@ -54,6 +54,7 @@ async def start_http(runtime: Runtime) -> None:
         loop="none",
         log_level="warning",
         access_log=False,
+        proxy_headers=False,  # no X-Forwarded-* rewriting (one middleware less per request); see public_url
         h11_max_incomplete_event_size=settings.max_body_bytes,
     )
     server = _Server(config)

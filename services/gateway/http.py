@@ -355,8 +355,9 @@ def create_app(runtime: Runtime) -> FastAPI:
                 await objects.delete(BUCKET_ARTIFACTS, staged)
             raise
 
-    fast = InferenceFastPath(app, inference, verifier)
-    return BodySizeLimit(fast, settings.gateway.max_body_bytes, settings.gateway.max_upload_bytes)
+    # the inference fast path sits outermost and limits its own body; everything else goes through the limit
+    limited = BodySizeLimit(app, settings.gateway.max_body_bytes, settings.gateway.max_upload_bytes)
+    return InferenceFastPath(limited, inference, verifier, settings.gateway.max_body_bytes)
 
 
 def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable, timeout: float) -> Callable:

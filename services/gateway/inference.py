@@ -27,6 +27,7 @@ from shared.errors import (
     ErrorBody,
     InvalidRequest,
     NotFound,
+    PayloadTooLarge,
     RailyardError,
     Unauthorized,
     Unavailable,
@@ -182,10 +183,11 @@ class InferenceFastPath:
     framework's routing, middleware and dependency resolution (most of an inference's cost at batch 1);
     everything else goes to the application behind it."""
 
-    def __init__(self, app: Any, inference: Inference, verifier) -> None:
+    def __init__(self, app: Any, inference: Inference, verifier, max_body_bytes: int) -> None:
         self.app = app
         self.inference = inference
         self.verifier = verifier
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: dict, receive, send) -> None:
         path = scope.get("path", "")
@@ -197,16 +199,24 @@ class InferenceFastPath:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        declared = headers.get("content-length", "")
+        too_large = declared.isdigit() and int(declared) > self.max_body_bytes
         chunks = []
-        while True:
+        received = 0
+        while not too_large:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
             chunks.append(message.get("body", b""))
+            received += len(chunks[-1])
+            too_large = received > self.max_body_bytes  # stop reading: the rest is never held
             if not message.get("more_body"):
                 break
         extra: dict[str, str] = {}
         try:
+            if too_large:
+                extra["Connection"] = "close"
+                raise PayloadTooLarge(f"request body is larger than {self.max_body_bytes} bytes")
             scheme, _, token = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")

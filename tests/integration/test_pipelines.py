@@ -498,3 +498,19 @@ def test_answers_above_the_bus_limit_travel_by_reference(stack, alice):
     echoed = from_ipc(response.content).column("out.same").combine_chunks().flatten().to_numpy()
     assert np.array_equal(echoed.reshape(-1, 29), rows)
     assert list(s3(stack).list_objects("railyard-tables", prefix="inference/", recursive=True)) == []
+
+
+def test_inference_bodies_above_the_limit_are_413(stack, alice, deployed):
+    headers = {"Authorization": f"Bearer {alice.token}", "Content-Type": RECORDS}
+    big = b"[" + b" " * (17 * 1024 * 1024) + b"]"
+    response = httpx.post(deployed["url"], content=big, headers=headers, timeout=60)
+    assert response.status_code == 413 and response.json()["code"] == "payload_too_large"
+
+    def chunks():
+        for _ in range(300):
+            yield b" " * 65536
+
+    streamed = httpx.post(deployed["url"], content=chunks(), headers=headers, timeout=60)
+    assert streamed.status_code == 413 and streamed.json()["code"] == "payload_too_large"
+    small = infer(deployed["url"], alice.token, [{"tensor": sample_rows(1)[0].tolist()}])
+    assert small.status_code == 200, small.text  # the gateway serves on
