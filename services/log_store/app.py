@@ -169,7 +169,7 @@ async def stop(runtime: Runtime) -> None:
     ingestor = runtime.extras.get("ingestor")
     if ingestor is not None:
         await ingestor.stop()
-        await runtime.extras["ingest_nc"].drain()
+        await runtime.extras["ingest_nc"].close()  # unacknowledged messages are simply redelivered
     feed = runtime.extras.get("verifier_feed")
     if feed is not None:
         await feed.stop()
