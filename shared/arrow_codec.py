@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 
 from shared.errors import InvalidRequest
@@ -99,8 +100,26 @@ def tensor_array(arr: np.ndarray) -> pa.Array:
     return flat
 
 
-def records_to_table(records: Any) -> pa.Table:
-    """pandas-records JSON (a list of row objects) to a table, validating tensors."""
+def _numeric_column(values: list[Any]) -> pa.Array | None:
+    """The column as a numeric tensor when numpy reads it as one (rectangular, numbers only), else None so the
+    checking path explains what is wrong. Only used when the body has no booleans or nulls at all."""
+    first = values[0]
+    while isinstance(first, list) and first:
+        first = first[0]
+    try:  # numpy converts fast when told the type; ints need its own inference (a later float makes floats)
+        arr = np.array(values, dtype=np.float64) if isinstance(first, float) else np.asarray(values)
+    except (ValueError, TypeError):
+        return None
+    if arr.dtype.kind not in "fi" or arr.size == 0:
+        return None
+    if arr.dtype.kind == "i":
+        arr = arr.astype(np.int64, copy=False)
+    return tensor_array(arr) if arr.ndim > 1 else pa.array(arr)
+
+
+def records_to_table(records: Any, numbers_only: bool = False) -> pa.Table:
+    """pandas-records JSON (a list of row objects) to a table, validating tensors. `numbers_only` says the
+    body holds no booleans or nulls, so a column numpy reads as a numeric array needs no element-wise check."""
     if isinstance(records, dict):
         records = [records]
     if not isinstance(records, list) or not records:
@@ -116,8 +135,26 @@ def records_to_table(records: Any) -> pa.Table:
             detail = "; ".join(p for p in (f"missing {missing}" if missing else "",
                                              f"extra {extra}" if extra else "") if p)
             raise InvalidRequest(f"record {index} has different columns than record 0: {detail}")
-    arrays = [_column_array(c, [r[c] for r in records]) for c in columns]
+    arrays = []
+    for column in columns:
+        values = [r[column] for r in records]
+        fast = _numeric_column(values) if numbers_only else None
+        arrays.append(fast if fast is not None else _column_array(column, values))
     return pa.Table.from_arrays(arrays, names=columns)
+
+
+def column_values(column: pa.ChunkedArray | pa.Array) -> list[Any]:
+    """A column as Python values: numeric fixed-size tensors through numpy (several times faster than Arrow's
+    to_pylist for them), anything else through Arrow."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    shape = []
+    values = array
+    while pa.types.is_fixed_size_list(values.type) and not values.null_count:
+        shape.append(values.type.list_size)
+        values = values.flatten()
+    if shape and not values.null_count and (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
+        return values.to_numpy().reshape([len(array), *shape]).tolist()
+    return array.to_pylist()
 
 
 def table_to_records(table: pa.Table) -> list[dict[str, Any]]:
@@ -127,7 +164,10 @@ def table_to_records(table: pa.Table) -> list[dict[str, Any]]:
 
 def records_json_to_table(body: bytes) -> pa.Table:
     try:
-        parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("body is not valid JSON") from None
-    return records_to_table(parsed)
+        parsed = orjson.loads(body)
+    except (orjson.JSONDecodeError, UnicodeDecodeError):
+        try:  # Python's json also reads NaN and Infinity (json.dumps writes them): the model check names them
+            parsed = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidRequest("body is not valid JSON") from None
+    return records_to_table(parsed, numbers_only=not (b"true" in body or b"false" in body or b"null" in body))

@@ -23,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from shared.arrow_codec import column_values
+
 LOG_HEADER = "Railyard-Log"
 MSG_ID = "Nats-Msg-Id"
 BATCH_ID = "Railyard-Batch-Id"
@@ -217,7 +219,7 @@ def seed_rows(table: pa.Table, check_failures: bool = True) -> list[dict[str, An
     groups: dict[str, list[tuple[str, list[Any]]]] = {}
     times = None
     for name in table.column_names:
-        values = table.column(name).to_pylist()
+        values = column_values(table.column(name))
         if name == TIME:
             times = values
             continue

@@ -14,6 +14,7 @@ it uses object storage, start/stop hooks). `main(spec)` then:
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -150,6 +151,7 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
         if spec.on_start is not None:
             await spec.on_start(runtime)
         await broker.start()
+        settle_garbage_collector()
         runtime.started_at = time.monotonic()
         await publish_event(
             broker, subjects.EVENT_SERVICE_STARTED, ServiceStarted(name=spec.name, version=__version__, pid=os.getpid())
@@ -166,6 +168,15 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
         if runtime.db is not None:
             await runtime.db.close()
     log.info("%s stopped", spec.name)
+
+
+def settle_garbage_collector() -> None:
+    """Once a process has loaded everything it serves with: move what exists to the permanent generation so
+    collections stop re-scanning the libraries' objects, and collect the young generation less often. Requests
+    that build many small containers (1,000-row JSON answers) spent most of their time in the collector."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def configure_logging(level: str) -> None:

@@ -44,6 +44,7 @@ from shared.logrecords import (
     log_subject,
 )
 from shared.objectstore import BUCKET_ARTIFACTS, BUCKET_TABLES, MinioObjectStore, content_key
+from shared.service import settle_garbage_collector
 from shared.settings import LogSettings, Settings
 
 log = logging.getLogger("railyard.engine")
@@ -339,6 +340,7 @@ async def main_async(spec_path: Path, replica_id: str) -> int:
         loop.add_signal_handler(sig, replica.stop.set)
     try:
         await replica.load()
+        settle_garbage_collector()
     except (RailyardError, InvalidRequest) as exc:
         print(f"railyard-engine: {exc.msg}", file=sys.stderr, flush=True)
         return 2

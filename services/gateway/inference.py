@@ -20,7 +20,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from shared import subjects
-from shared.arrow_codec import from_ipc, records_json_to_table, to_ipc_file, to_ipc_stream
+from shared.arrow_codec import column_values, from_ipc, records_json_to_table, to_ipc_file, to_ipc_stream
 from shared.authz import KIND_INFERENCE, Principal, bus_membership, require_member
 from shared.bus import request
 from shared.errors import (
@@ -88,12 +88,20 @@ def _read_body(content_type: str, body: bytes) -> pa.Table:
 
 def seed_records(inputs: pa.Table, outputs: pa.Table, meta: dict[str, Any], at_ms: int) -> list[dict[str, Any]]:
     """One record per row: {time, in: {...}, out: {...}, check_failures: [], metadata: {...}} as the seed shows."""
-    ins = inputs.to_pydict()
-    outs = outputs.to_pydict()
+    ins = {name: column_values(inputs.column(name)) for name in inputs.column_names}
+    outs = {name: column_values(outputs.column(name)) for name in outputs.column_names}
     metadata = {"last_model": meta.get("last_model", ""), "pipeline_version": meta.get("pipeline_version", ""),
                 "elapsed": meta.get("elapsed", [])}
-    return [{"time": at_ms, "in": {k: v[i] for k, v in ins.items()}, "out": {k: v[i] for k, v in outs.items()},
-             "check_failures": [], "metadata": metadata} for i in range(inputs.num_rows)]
+    return [{"time": at_ms, "in": i, "out": o, "check_failures": [], "metadata": metadata}
+            for i, o in zip(_row_objects(ins), _row_objects(outs), strict=True)]
+
+
+def _row_objects(columns: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    names = list(columns)
+    if len(names) == 1:
+        name = names[0]
+        return [{name: value} for value in columns[name]]
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
 
 @dataclass
