@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -47,7 +48,7 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
     """An OIP inference request (JSON, or JSON + binary tensors) as its JSON part and an Arrow table."""
     try:
         split = int(header_length) if header_length else len(body)
-        request = json.loads(body[:split])
+        request = orjson.loads(body[:split])
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("the request is not valid JSON") from None
     binary = memoryview(body)[split:]
@@ -107,8 +108,8 @@ def encode_response(request: dict[str, Any], model: str, version: str, outputs: 
         else:
             entry["data"] = array.reshape(-1).tolist()
         described.append(entry)
-    header = json.dumps({"model_name": model, "model_version": version, "id": request.get("id", ""),
-                         "outputs": described}).encode()
+    header = orjson.dumps({"model_name": model, "model_version": version, "id": request.get("id", ""),
+                           "outputs": described})
     if not blobs:
         return header, {"Content-Type": "application/json"}
     return header + b"".join(blobs), {HEADER_LENGTH: str(len(header)), "Content-Type": "application/octet-stream"}
