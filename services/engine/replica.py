@@ -288,11 +288,15 @@ class LogBatcher:
             return
         self.pending.append(record)
         self.pending_rows += record.inputs.num_rows
+        self.wake.set()
 
     async def run(self) -> None:
+        """Sleeps until a record arrives (an idle replica does not wake up), then gathers for the interval."""
         interval = self.settings.engine_flush_ms / 1000
         while True:
+            await self.wake.wait()
             await asyncio.sleep(interval)
+            self.wake.clear()
             if self.pending:
                 await self.flush()
 

@@ -50,14 +50,27 @@ def make_account(stack, admin: RailyardClient, prefix: str = "user") -> Account:
     return Account(email=email, user_id=invited["user_id"], client=client, workspace_id=workspace_id)
 
 
+def undeploy_all(stack, account: Account) -> None:
+    """Undeploy what a test left deployed: idle engine replicas of finished tests only load the machine."""
+    listed = post(stack, "pipelines/list", account.token, {"workspace_id": account.workspace_id})
+    for pipeline in listed.json().get("pipelines", []) if listed.status_code == 200 else []:
+        if pipeline.get("deployment"):
+            post(stack, "pipelines/undeploy", account.token,
+                 {"pipeline_id": pipeline["id"], "deployment_id": pipeline["deployment"]["id"]})
+
+
 @pytest.fixture
 def alice(stack, admin) -> Account:
-    return make_account(stack, admin, "alice")
+    account = make_account(stack, admin, "alice")
+    yield account
+    undeploy_all(stack, account)
 
 
 @pytest.fixture
 def bob(stack, admin) -> Account:
-    return make_account(stack, admin, "bob")
+    account = make_account(stack, admin, "bob")
+    yield account
+    undeploy_all(stack, account)
 
 
 def post(stack, path: str, token: str | None, body=None, **kwargs) -> httpx.Response:
