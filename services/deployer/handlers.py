@@ -39,6 +39,7 @@ from shared.messages.deployer import (
 )
 from shared.messages.registry import ResolvedModel, ResolveModel
 
+RESTORE_CONCURRENCY = 2
 log = logging.getLogger("railyard.deployer")
 NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 STEP_KINDS = {"ModelInference", "ShadowDeploy", "RandomSplit"}
@@ -338,17 +339,21 @@ async def resolve_deployment(deps: DeployerDeps, principal: Principal, name: str
 
 
 async def restore_deployments(deps: DeployerDeps) -> None:
-    """After a restart of the deployer, active deployments get their replicas again."""
+    """After a restart of the deployer, active deployments get their replicas again, two deployments at a time
+    (all at once, their model loading would starve every other process on a small machine)."""
+    gate = asyncio.Semaphore(RESTORE_CONCURRENCY)
     for row in await store.active_deployments(deps.pool):
         name = f"{row['deploy_id']}-{row['id']}"
         spec = json.loads(row["spec"])
         spec["deployment"] |= {"id": row["id"], "name": name}
         config = json.loads(row["engine_config"])
-        asyncio.create_task(_restart(deps, name, spec, config))
+        asyncio.create_task(_restart(deps, name, spec, config, gate))
 
 
-async def _restart(deps: DeployerDeps, name: str, spec: dict[str, Any], config: dict[str, Any]) -> None:
-    try:
-        await deps.backend.start(name, spec, config.get("replica_count", 1), *_autoscale(config))
-    except (RuntimeError, TimeoutError) as exc:
-        log.error("could not restore deployment %s: %s", name, exc)
+async def _restart(deps: DeployerDeps, name: str, spec: dict[str, Any], config: dict[str, Any],
+                   gate: asyncio.Semaphore) -> None:
+    async with gate:
+        try:
+            await deps.backend.start(name, spec, config.get("replica_count", 1), *_autoscale(config))
+        except (RuntimeError, TimeoutError) as exc:
+            log.error("could not restore deployment %s: %s", name, exc)
