@@ -514,3 +514,30 @@ def test_inference_bodies_above_the_limit_are_413(stack, alice, deployed):
     assert streamed.status_code == 413 and streamed.json()["code"] == "payload_too_large"
     small = infer(deployed["url"], alice.token, [{"tensor": sample_rows(1)[0].tolist()}])
     assert small.status_code == 200, small.text  # the gateway serves on
+
+
+def test_deployments_come_back_after_the_deployer_is_killed(stack, alice):
+    _upload_bytes(stack, alice, "restored", ccfraud_onnx())
+    names, urls = [], []
+    for index in range(3):
+        name, url, _ = _deploy_definition(stack, alice, f"restored{index}",
+                                          {"steps": [{"ModelInference": {"models": [{"name": "restored"}]}}]})
+        names.append(name)
+        urls.append(url)
+    before = {n: {e["pid"] for e in post(stack, "status/get_deployment", alice.token, {"name": n}).json()["engines"]}
+              for n in names}
+    os.kill(stack.state()["components"]["deployer"]["pid"], signal.SIGKILL)
+    body = [{"tensor": sample_rows(1)[0].tolist()}]
+    deadline = time.monotonic() + 60
+    for name, url in zip(names, urls, strict=True):
+        while True:
+            response = httpx.post(f"{stack.api}/status/get_deployment", json={"name": name},
+                                  headers={"Authorization": f"Bearer {alice.token}"}, timeout=30)
+            status = response.json() if response.status_code == 200 else {}
+            pids = {e["pid"] for e in status.get("engines", [])}
+            if status.get("status") == "Running" and pids and not pids & before[name]:
+                break  # new replicas (the old ones died with the deployer)
+            assert time.monotonic() < deadline, (name, response.status_code, status)
+            time.sleep(0.3)
+        answer = infer(url, alice.token, body)
+        assert answer.status_code == 200, answer.text
