@@ -216,6 +216,7 @@ async def run_interactive(deps: Deps, principal: Principal, token: str | None, c
     if start is None:
         raise InvalidRequest("window.start is needed with a Static baseline")
     limit = min(datetime.now(UTC), _utc(cfg.run_until)) if cfg.run_until else datetime.now(UTC)
+    first = start
     results = []
     windows = 0
     while start + timedelta(seconds=p.width) <= limit:
@@ -230,8 +231,8 @@ async def run_interactive(deps: Deps, principal: Principal, token: str | None, c
             results.append(_result(p, cfg.id, baseline, window, started))
         start += timedelta(seconds=p.interval)
     if not results:
-        raise InvalidRequest(f"no window from {_iso(start if not windows else None) or 'the start'} until "
-                             f"{_iso(limit)} has logged values of {cfg.iopath!r} (pipeline {cfg.window.pipeline!r})")
+        raise InvalidRequest(f"no window from {_iso(first)} until {_iso(limit)} has logged values of "
+                             f"{cfg.iopath!r} (pipeline {cfg.window.pipeline!r})")
     return AssayResults(results=results)
 
 
