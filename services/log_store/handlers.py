@@ -281,8 +281,7 @@ async def get_logs(deps: Deps, principal: Principal, token: str | None, cmd: Get
     row = await resolve_pipeline(deps, principal, token, cmd.workspace_id, cmd.pipeline_id)
     if row is None:
         return empty_page(), LogPage(status="All", rows=0)
-    page = await _scan(deps, row["id"], cmd, position)
-    return page
+    return await _scan(deps, row["id"], cmd, position)
 
 
 async def _scan(deps: Deps, pipeline_id: int, cmd: GetLogs, position: int | None) -> tuple[pa.Table, LogPage]:
@@ -454,7 +453,7 @@ def _element(column: pa.Array, cmd: ReadLogField) -> pa.Array:
         if pa.types.is_list(values.type):
             if len(values) and cmd.index >= int(pc.min(pc.list_value_length(values)).as_py()):
                 raise InvalidRequest(f"{cmd.column} has no element {cmd.index} in every row")
-            return _element(pc.list_element(values, cmd.index), ReadLogField(**{**cmd.model_dump(), "index": 0}))
+            return _element(pc.list_element(values, cmd.index), cmd.model_copy(update={"index": 0}))
         width *= values.type.list_size
         values = values.flatten()
     if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
