@@ -88,14 +88,19 @@ def test_killed_service_is_back_and_healthy_within_5s(stack, service):
     old_pid = _pid_of(stack, service)
     os.kill(old_pid, signal.SIGKILL)
     killed_at = time.monotonic()
-    while time.monotonic() - killed_at < 5.0:
+    # when it came back is read from its own uptime, not from when a poll saw it: a health call made just as
+    # the old process died waits out the aggregator's 2 s timeout, which says nothing about the restart
+    while time.monotonic() - killed_at < 15.0:
         status, body = stack.health()
+        seen_at = time.monotonic()
         report = body.get("services", {}).get(service, {})
-        new_process = _pid_of(stack, service) != old_pid and report.get("uptime_s", 1e9) < time.monotonic() - killed_at
+        new_process = _pid_of(stack, service) != old_pid and report.get("uptime_s", 1e9) < seen_at - killed_at
         if status == 200 and report.get("status") == "ok" and new_process:
             break
         time.sleep(0.05)
     else:
-        pytest.fail(f"{service} not back within 5 s: {stack.health()}")
+        pytest.fail(f"{service} not back within 15 s: {stack.health()}")
+    back_after = seen_at - report["uptime_s"] - killed_at
+    assert back_after < 5.0, f"{service} took {back_after:.2f}s to serve again"
     assert stack.state()["components"][service]["restarts"] >= 1
-    print(f"{service} back in {time.monotonic() - killed_at:.2f}s")
+    print(f"{service} back in {back_after:.2f}s")
