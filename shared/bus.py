@@ -238,3 +238,36 @@ async def publish_event(broker: NatsBroker, subject: str, event: Event) -> None:
         stream=subjects.EVENTS_STREAM,
         headers={"Nats-Msg-Id": str(event.event_id)},
     )
+
+
+# --- raw (non-JSON) replies: Arrow bodies, typed errors in a header -------------------------------------------
+
+ERROR_HEADER = "Railyard-Error"
+
+
+def error_headers(exc: RailyardError) -> dict[str, str]:
+    """The header a raw reply carries instead of a body when the request failed."""
+    return {ERROR_HEADER: json.dumps({"code": exc.code, "msg": exc.msg, "status": exc.status})}
+
+
+def raise_for_error_header(headers: dict[str, str] | None) -> None:
+    """Raise the typed error a raw reply carries, if any."""
+    raw = (headers or {}).get(ERROR_HEADER)
+    if raw:
+        error = json.loads(raw)
+        raise error_from_body(ErrorBody(code=error["code"], msg=error["msg"]), int(error.get("status", 500)))
+
+
+async def raw_request(nc: Any, subject: str, data: bytes, *, token: str | None, timeout: float) -> Any:
+    """A request to a raw subject (the log store's Arrow subjects) with the caller's token; the reply message,
+    or its typed error raised; Unavailable when nobody listens, UpstreamTimeout when nobody answers."""
+    service = subject.split(".")[0]
+    headers = {TOKEN_HEADER: f"Bearer {token}"} if token else {}
+    try:
+        reply = await nc.request(subject, data, timeout=timeout, headers=headers)
+    except nats.errors.NoRespondersError:
+        raise Unavailable(f"{service} is not running") from None
+    except (TimeoutError, nats.errors.TimeoutError):
+        raise UpstreamTimeout(f"{service} did not answer within {timeout:g}s") from None
+    raise_for_error_header(reply.headers)
+    return reply

@@ -244,6 +244,14 @@ def dropped_columns(table: pa.Table) -> list[str]:
     return sorted(set(flat.to_pylist())) if len(flat) else []
 
 
+def model_name_of(last_model: str | None) -> str | None:
+    """The model name inside a `metadata.last_model` value ('{"model_name": ..., "model_sha": ...}')."""
+    try:
+        return json.loads(last_model).get("model_name") if last_model else None
+    except (ValueError, AttributeError):
+        return None
+
+
 def log_header(workspace_id: int, pipeline: str, deployment: str, pipeline_version: str) -> str:
     return json.dumps({"workspace_id": workspace_id, "pipeline": pipeline, "deployment": deployment,
                        "pipeline_version": pipeline_version}, separators=(",", ":"))

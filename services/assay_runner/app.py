@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import nats.errors
 import numpy as np
 import pyarrow as pa
 from faststream.nats import NatsRouter
@@ -17,8 +16,7 @@ from services.assay_runner import handlers
 from shared import subjects
 from shared.arrow_codec import from_ipc
 from shared.authz import Principal, bus_membership, bus_verifier
-from shared.bus import CallContext, command, publish_event, request
-from shared.errors import ErrorBody, Unavailable, UpstreamTimeout, error_from_body
+from shared.bus import CallContext, command, publish_event, raw_request, request
 from shared.messages.assays import (
     AssayActive,
     AssayConfig,
@@ -89,18 +87,7 @@ def build_router(runtime: Runtime) -> NatsRouter:
 
 
 async def _raw(nc: Any, subject: str, body: dict[str, Any], token: str | None) -> Any:
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    try:
-        reply = await nc.request(subject, json.dumps(body).encode(), timeout=FIELD_TIMEOUT, headers=headers)
-    except nats.errors.NoRespondersError:
-        raise Unavailable("the log store is not running") from None
-    except (TimeoutError, nats.errors.TimeoutError):
-        raise UpstreamTimeout(f"the log store did not answer within {FIELD_TIMEOUT:g}s") from None
-    error = (reply.headers or {}).get("Railyard-Error")
-    if error:
-        body = json.loads(error)
-        raise error_from_body(ErrorBody(code=body["code"], msg=body["msg"]), int(body.get("status", 500)))
-    return reply
+    return await raw_request(nc, subject, json.dumps(body).encode(), token=token, timeout=FIELD_TIMEOUT)
 
 
 async def start(runtime: Runtime) -> None:

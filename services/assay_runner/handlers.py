@@ -19,6 +19,7 @@ from services.assay_runner import compute, store
 from shared import subjects
 from shared.authz import MembershipLookup, Principal, require_member
 from shared.errors import InvalidRequest, NotFound
+from shared.logrecords import model_name_of
 from shared.messages.assays import (
     AssayActive,
     AssayConfig,
@@ -54,6 +55,11 @@ def _ms(moment: datetime) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
+
+
+def _jsonb(value: Any) -> Any:
+    """A jsonb column as asyncpg returns it (text unless a codec is set)."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _utc(moment: datetime) -> datetime:
@@ -164,7 +170,7 @@ async def create(deps: Deps, principal: Principal, token: str | None, cfg: Assay
 
 
 def _listing(row: Any) -> dict[str, Any]:
-    config = row["config"] if isinstance(row["config"], dict) else json.loads(row["config"])
+    config = _jsonb(row["config"])
     return {"id": row["id"], "name": row["name"], "active": row["active"], "status": row["status"],
             "warning_threshold": row["warning_threshold"], "alert_threshold": row["alert_threshold"],
             "pipeline_id": row["pipeline_id"], "pipeline_name": row["pipeline_name"],
@@ -248,15 +254,8 @@ async def get_baseline(deps: Deps, principal: Principal, token: str | None, cmd:
         body |= {"start_time": _iso(cmd.start), "end_time": _iso(cmd.end), "order": "Asc"}
     rows = await deps.log_page(token, body)
     if cmd.model_name:
-        rows = [r for r in rows if _model_of(r.get("metadata.last_model")) == cmd.model_name]
+        rows = [r for r in rows if model_name_of(r.get("metadata.last_model")) == cmd.model_name]
     return BaselineRows(rows=rows)
-
-
-def _model_of(last_model: str | None) -> str | None:
-    try:
-        return json.loads(last_model).get("model_name") if last_model else None
-    except (ValueError, AttributeError):
-        return None
 
 
 async def get_results(deps: Deps, principal: Principal, token: str | None, cmd: GetAssayResults) -> AssayResults:
@@ -267,7 +266,7 @@ async def get_results(deps: Deps, principal: Principal, token: str | None, cmd: 
                                _utc(cmd.end) if cmd.end else None, cmd.limit or 1000)
     out = []
     for r in rows:
-        result = r["result"] if isinstance(r["result"], dict) else json.loads(r["result"])
+        result = _jsonb(r["result"])
         out.append({**result, "id": r["id"], "created_at": _iso(r["analyzed_at"])})
     return AssayResults(results=out)
 
@@ -279,8 +278,7 @@ async def run_due(deps: Deps) -> int:
     now = datetime.now(UTC)
     stored = 0
     for row in await store.due(deps.pool, now - timedelta(seconds=deps.settings.close_delay)):
-        config = AssayConfig.model_validate(row["config"] if isinstance(row["config"], dict)
-                                            else json.loads(row["config"]))
+        config = AssayConfig.model_validate(_jsonb(row["config"]))
         try:
             stored += await _run_assay(deps, row, config, now)
         except Exception as exc:  # the assay's own problem (a field gone, the log store away): try next tick
@@ -290,8 +288,7 @@ async def run_due(deps: Deps) -> int:
 
 async def _run_assay(deps: Deps, row: Any, cfg: AssayConfig, now: datetime) -> int:
     p = plan(cfg)
-    saved = row["baseline_summary"] if isinstance(row["baseline_summary"], dict) else json.loads(
-        row["baseline_summary"])
+    saved = _jsonb(row["baseline_summary"])
     bounds = np.asarray(saved.pop("_bounds"), dtype=np.float64)
     width, interval = timedelta(seconds=row["width_seconds"]), timedelta(seconds=row["interval_seconds"])
     run_until = row["run_until"]

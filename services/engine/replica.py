@@ -31,6 +31,7 @@ import pyarrow as pa
 from services.engine.runtimes import ByopRuntime, OnnxRuntime, PythonStepRuntime
 from shared import subjects
 from shared.arrow_codec import from_ipc, to_ipc_stream
+from shared.bus import error_headers
 from shared.errors import InvalidRequest, RailyardError
 from shared.logrecords import (
     BATCH_ID,
@@ -48,7 +49,6 @@ from shared.service import settle_garbage_collector
 from shared.settings import LogSettings, Settings
 
 log = logging.getLogger("railyard.engine")
-ERROR_HEADER = "Railyard-Error"
 SHADOW_TIMEOUT = 10.0
 TABLE_REF = "Railyard-Table-Ref"
 TABLE_PREFIX = "inference/"
@@ -198,13 +198,12 @@ class Replica:
                 output, elapsed, last, shadows = await asyncio.to_thread(self.run, table) \
                     if table.num_rows > 256 else self.run(table)
             except RailyardError as exc:
-                await nc.publish(msg.reply, b"", headers={ERROR_HEADER: json.dumps(
-                    {"code": exc.code, "msg": exc.msg, "status": exc.status})})
+                await nc.publish(msg.reply, b"", headers=error_headers(exc))
                 return
             except Exception as exc:  # a model failing at run time is the deployment's error, not a crash
                 log.exception("inference failed")
-                await nc.publish(msg.reply, b"", headers={ERROR_HEADER: json.dumps(
-                    {"code": "inference_failed", "msg": f"the model failed: {type(exc).__name__}", "status": 500})})
+                await nc.publish(msg.reply, b"", headers=error_headers(
+                    RailyardError(f"the model failed: {type(exc).__name__}", code="inference_failed")))
                 return
             last_model = json.dumps({"model_name": last["name"], "model_sha": last["sha"]}) if last else ""
             meta = {"last_model": last_model, "pipeline_version": self.spec["deployment"]["pipeline_version"],

@@ -22,9 +22,8 @@ from fastapi.responses import Response
 from shared import subjects
 from shared.arrow_codec import column_values, from_ipc, records_json_to_table, to_ipc_file, to_ipc_stream
 from shared.authz import KIND_INFERENCE, Principal, bus_membership, require_member
-from shared.bus import request
+from shared.bus import raise_for_error_header, request
 from shared.errors import (
-    ErrorBody,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
@@ -32,7 +31,6 @@ from shared.errors import (
     Unauthorized,
     Unavailable,
     UpstreamTimeout,
-    error_from_body,
 )
 from shared.messages.deployer import DeploymentRoute, ResolveDeployment
 from shared.objectstore import BUCKET_TABLES
@@ -168,9 +166,7 @@ class Inference:
         at_ms = int(time.time() * 1000)
         reply = await _ask_engine(runtime, deployment, to_ipc_stream(table))
         headers = reply.headers or {}
-        if "Railyard-Error" in headers:
-            err = json.loads(headers["Railyard-Error"])
-            raise error_from_body(ErrorBody(code=err["code"], msg=err["msg"]), err.get("status"))
+        raise_for_error_header(headers)
         outputs = from_ipc(reply.data)
         meta = json.loads(headers.get("Railyard-Meta", "{}"))
         if ARROW_FILE in accept or ARROW_STREAM in accept:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import nats.errors
 import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
@@ -16,7 +15,8 @@ from services.gateway.inference import ARROW_FILE, ARROW_STREAM
 from shared import subjects
 from shared.arrow_codec import from_ipc, to_ipc_file, to_ipc_stream
 from shared.authz import Principal
-from shared.errors import ErrorBody, InvalidRequest, Unavailable, UpstreamTimeout, error_from_body
+from shared.bus import raw_request
+from shared.errors import InvalidRequest
 from shared.logrecords import seed_rows
 from shared.messages.logs import LogPage
 from shared.service import Runtime
@@ -38,17 +38,9 @@ def add_log_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token) ->
         if not isinstance(body, dict):
             raise InvalidRequest("request body must be a JSON object")
         nc = runtime.broker.config.connection_state.connection
-        try:
-            reply = await nc.request(subjects.LOG_STORE_QUERY, orjson.dumps(body), timeout=QUERY_TIMEOUT,
-                                     headers={"authorization": f"Bearer {bearer_token(request)}"})
-        except nats.errors.NoRespondersError:
-            raise Unavailable("the log store is not running") from None
-        except (TimeoutError, nats.errors.TimeoutError):
-            raise UpstreamTimeout(f"the log store did not answer within {QUERY_TIMEOUT:g}s") from None
+        reply = await raw_request(nc, subjects.LOG_STORE_QUERY, orjson.dumps(body), token=bearer_token(request),
+                                  timeout=QUERY_TIMEOUT)
         headers = reply.headers or {}
-        if "Railyard-Error" in headers:
-            error = json.loads(headers["Railyard-Error"])
-            raise error_from_body(ErrorBody(code=error["code"], msg=error["msg"]), int(error.get("status", 500)))
         page = LogPage.model_validate_json(headers["Railyard-Page"])
         table = from_ipc(reply.data)
         out_headers = {"x-iteration-status": page.status}

@@ -4,7 +4,6 @@ Arrow IPC out, so a page is not re-encoded on the way), retention settings and t
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -21,7 +20,7 @@ from services.log_store.segments import SegmentReader
 from shared import subjects
 from shared.arrow_codec import to_ipc_stream
 from shared.authz import Principal, bus_membership, bus_verifier
-from shared.bus import CallContext, _validation_message, command, request
+from shared.bus import CallContext, _validation_message, command, error_headers, request
 from shared.errors import InvalidRequest, RailyardError
 from shared.messages.deployer import ListPipelines, Pipelines
 from shared.messages.logs import (
@@ -37,7 +36,6 @@ from shared.objectstore import BUCKET_TABLES
 from shared.service import Runtime, ServiceSpec
 
 NAME = "log_store"
-ERROR_HEADER = "Railyard-Error"
 PAGE_HEADER = "Railyard-Page"
 FIELD_HEADER = "Railyard-Field"
 TABLE_REF = "Railyard-Table-Ref"
@@ -84,10 +82,10 @@ def _raw_responder(nc: Any, work: Callable[[Any, str | None], Awaitable[tuple[by
         try:
             body, out = await work(msg, token)
         except RailyardError as exc:
-            body, out = b"", {ERROR_HEADER: json.dumps({"code": exc.code, "msg": exc.msg, "status": exc.status})}
+            body, out = b"", error_headers(exc)
         except Exception:
             log.exception("%s failed", msg.subject)
-            body, out = b"", {ERROR_HEADER: json.dumps({"code": "internal", "msg": "internal error", "status": 500})}
+            body, out = b"", error_headers(RailyardError("internal error"))
         await nc.publish(msg.reply, body, headers=out)
 
     return respond

@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -49,6 +49,7 @@ from shared.logrecords import (
     TIME,
     display_order,
     dropped_columns,
+    model_name_of,
     schema_fingerprint,
     select_columns,
     storage_order,
@@ -88,8 +89,6 @@ class Deps:
     reader: SegmentReader
     membership: Callable[[str | None], MembershipLookup]
     pipeline_exists: Callable[[str | None, int, str], Awaitable[bool]]
-    stats: dict[str, int] = field(default_factory=lambda: {"rows": 0, "batches": 0, "duplicates": 0,
-                                                           "malformed": 0, "segments": 0})
 
 
 def parse_batch(msg: Any) -> Batch | None:
@@ -237,11 +236,6 @@ class Ingestor:
                 await msg.ack()
             except Exception as exc:  # a lost ack means a redelivery, which is refused as a duplicate
                 log.warning("ack failed: %s", exc)
-        deps.stats["rows"] += sum(s.row_count for s in written)
-        deps.stats["batches"] += len(fresh)
-        deps.stats["duplicates"] += len(batches) - len(fresh)
-        deps.stats["malformed"] += len(malformed)
-        deps.stats["segments"] += len(written)
 
 
 # ---- get_logs ----
@@ -434,16 +428,9 @@ def _answered_by(models: pa.Array, model: str) -> np.ndarray:
     """Which rows the model answered: each distinct last_model is parsed once, not once a row."""
     if not pa.types.is_dictionary(models.type):
         models = pc.dictionary_encode(models)
-    matching = np.array([_model_name(v) == model for v in models.dictionary.to_pylist()] + [False], bool)
+    matching = np.array([model_name_of(v) == model for v in models.dictionary.to_pylist()] + [False], bool)
     indices = pc.fill_null(models.indices, len(models.dictionary)).to_numpy(zero_copy_only=False)
     return matching[indices]
-
-
-def _model_name(last_model: str | None) -> str | None:
-    try:
-        return json.loads(last_model).get("model_name") if last_model else None
-    except (ValueError, AttributeError):
-        return None
 
 
 def _element(column: pa.Array, cmd: ReadLogField) -> pa.Array:

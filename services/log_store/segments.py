@@ -150,7 +150,12 @@ class SegmentReader:
             if data is None:
                 data = self.objects.read_range_sync(BUCKET_LOGS, key, 0, size)
                 self._keep_small(key, data)
-            return pq.ParquetFile(pa.BufferReader(data))
+            with self.lock:
+                metadata = self.footers.get(key)
+            parquet = pq.ParquetFile(pa.BufferReader(data), metadata=metadata)
+            if metadata is None:  # a page opens a segment twice or more: parse its footer once
+                self._keep_footer(key, parquet.metadata)
+            return parquet
         with self.lock:
             metadata = self.footers.get(key)
         source = RangeFile(self.objects, key, size, prefetch_tail=metadata is None)
