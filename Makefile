@@ -14,7 +14,7 @@ MLFLOW_STAMP := $(MLFLOW_VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 11) else "Railyard needs Python 3.11; $(PYTHON) is %d.%d (set PYTHON=...)" % v)'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,embedded]'
 	@touch $(STAMP)
 
 venv: $(STAMP)

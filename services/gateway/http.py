@@ -16,6 +16,7 @@ from urllib.parse import unquote
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
@@ -219,12 +220,16 @@ def bearer_token(request: Request) -> str:
 def create_app(runtime: Runtime) -> FastAPI:
     settings = runtime.settings
     timeout = settings.nats.request_timeout
-    app = FastAPI(
+    # Swagger UI's script, styles and icon come from a packaged distribution served by the gateway itself, never
+    # from a CDN: self-hosted installs are often offline, where a CDN-backed docs page is blank.
+    app = FastAPIOffline(
         title="Railyard MLOps API",
         version=__version__,
         docs_url=f"{API}/docs",
         redoc_url=None,
         openapi_url=f"{API}/openapi.json",
+        static_url=f"{API}/docs-assets",
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from swagger.io
     )
 
     def verifier():

