@@ -8,7 +8,9 @@ and are re-read periodically, so a missed event costs at most one poll interval)
 
 Workspace rules: a resource inside a workspace is visible only to the workspace's members; to anyone
 else it does not exist (404 for reads and writes alike). Admin-only operations are 403 for others.
-Inference tokens (client_credentials) may call inference routes only.
+Inference tokens (client_credentials of a workspace's inference client) may call inference routes only, and
+only for that workspace's deployments: `require_inference_access` is the one check, and it answers a deployment
+out of reach exactly as one that does not exist.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Principal:
     client_id: str
     username: str | None
     issued_at: float
+    workspace_id: int | None = None  # inference tokens: the one workspace whose deployments they may call
 
     @property
     def user_id(self) -> str:
@@ -111,7 +114,7 @@ class TokenVerifier:
                 del self._verified[token]
                 raise Unauthorized("token expired")
             if principal.subject in self._revoked and principal.issued_at <= self._revoked[principal.subject]:
-                raise Unauthorized("token revoked: the user was deactivated")
+                raise Unauthorized("token revoked")
             return principal
         try:
             header = jwt.get_unverified_header(token)
@@ -143,10 +146,14 @@ class TokenVerifier:
         subject = str(claims["sub"])
         issued_at = float(claims["iat"])
         if subject in self._revoked and issued_at <= self._revoked[subject]:
-            raise Unauthorized("token revoked: the user was deactivated")
+            raise Unauthorized("token revoked")
         kind = claims.get("railyard_kind", KIND_USER)
         if kind not in (KIND_USER, KIND_INFERENCE):
             raise Unauthorized("invalid token")
+        workspace = claims.get("railyard_workspace")
+        if kind == KIND_INFERENCE and not isinstance(workspace, int):
+            # inference tokens minted before they were scoped to a workspace are worth nothing
+            raise Unauthorized("inference token without a workspace: get one from a workspace's inference client")
         principal = Principal(
             subject=subject,
             kind=kind,
@@ -154,6 +161,7 @@ class TokenVerifier:
             client_id=str(claims.get("azp", "")),
             username=claims.get("preferred_username"),
             issued_at=issued_at,
+            workspace_id=workspace if kind == KIND_INFERENCE else None,
         )
         if len(self._verified) >= VERIFIED_CACHE:
             self._verified.clear()
@@ -216,6 +224,24 @@ async def require_member(lookup: MembershipLookup, principal: Principal, workspa
     return role
 
 
+def deployment_not_found(name: str) -> NotFound:
+    """The one answer for a deployment that does not exist and for one the caller may not reach."""
+    return NotFound(f"deployment {name!r} not found")
+
+
+async def require_inference_access(lookup: MembershipLookup, principal: Principal, workspace_id: int,
+                                   not_found: RailyardError) -> None:
+    """May the caller run inferences on a deployment of `workspace_id`? Users: members; inference tokens: their
+    own workspace only. Anyone else gets `not_found`, the very error a deployment that does not exist gets, so
+    the answer never tells whether a deployment exists in another workspace."""
+    if principal.kind == KIND_INFERENCE:
+        if principal.workspace_id != workspace_id:
+            raise not_found
+        return
+    if await lookup(principal.user_id, workspace_id) is None:
+        raise not_found
+
+
 def bus_verifier(broker: Any, settings: AuthSettings, timeout: float) -> tuple[TokenVerifier, VerifierFeed]:
     """A verifier for a service other than auth, fed from auth over the bus; start the feed once connected:
     `await feed.start(nats_client)`."""
@@ -235,9 +261,9 @@ def bus_verifier(broker: Any, settings: AuthSettings, timeout: float) -> tuple[T
 
 
 class VerifierFeed:
-    """Keeps a verifier current: `events.user.deactivated` applies at once, `events.auth.signing_key_rotated`
-    refetches the keys, and the full revocation list is re-read every `interval` seconds in case an event
-    was missed."""
+    """Keeps a verifier current: `events.user.deactivated` and `events.auth.tokens_revoked` apply at once,
+    `events.auth.signing_key_rotated` refetches the keys, and the full revocation list is re-read every
+    `interval` seconds in case an event was missed."""
 
     def __init__(self, verifier: TokenVerifier, fetch: Callable[[], Awaitable[dict[str, float]]],
                  interval: float) -> None:
@@ -258,6 +284,13 @@ class VerifierFeed:
             except (ValueError, KeyError, TypeError):
                 log.warning("ignoring a malformed %s event", subjects.EVENT_USER_DEACTIVATED)
 
+        async def on_tokens_revoked(msg: Any) -> None:
+            try:
+                event = json.loads(msg.data)
+                self._verifier.revoke(str(event["subject"]), float(event["revoked_before"]))
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring a malformed %s event", subjects.EVENT_TOKENS_REVOKED)
+
         async def on_key_rotated(msg: Any) -> None:
             try:
                 await self._verifier.refresh_keys()
@@ -267,6 +300,7 @@ class VerifierFeed:
         self._subscriptions = [
             await nats_client.subscribe(subjects.EVENT_USER_DEACTIVATED, cb=on_deactivated),
             await nats_client.subscribe(subjects.EVENT_SIGNING_KEY_ROTATED, cb=on_key_rotated),
+            await nats_client.subscribe(subjects.EVENT_TOKENS_REVOKED, cb=on_tokens_revoked),
         ]
         await self._poll_once()
         self._task = asyncio.create_task(self._poll_forever())

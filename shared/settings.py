@@ -61,6 +61,8 @@ class AuthSettings(BaseModel):
     bootstrap_admin_password: str = Field("", description="Its password; no default outside the embedded stack.")
     bootstrap_client_id: str = Field("api-client", description="The confidential client created on first start.")
     bootstrap_client_secret: str = Field("", description="Its secret; no default outside the embedded stack.")
+    client_secret_key: str = Field("", description="Server key of the keyed hash (HMAC-SHA256) of client secrets; "
+                                   "no default outside the embedded stack.")
     failed_login_delay: float = Field(0.5, description="Extra seconds per recent failed login (capped at 4 s).")
     lockout_after: int = Field(10, description="Failed logins in a row that lock an account.")
     lockout_seconds: int = Field(900, description="How long a locked account stays locked.")

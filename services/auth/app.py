@@ -17,14 +17,18 @@ from shared.messages.auth import (
     AddWorkspaceUser,
     AffectedRows,
     CheckMembership,
+    CreateInferenceClient,
     CreateWorkspace,
     DeactivateUser,
     Empty,
     Features,
     GetSigningKeys,
+    InferenceClientCreated,
+    InferenceClients,
     InviteUser,
     IssueToken,
     ListFeatures,
+    ListInferenceClients,
     ListRevocations,
     ListWorkspaces,
     ListWorkspaceUsers,
@@ -32,6 +36,7 @@ from shared.messages.auth import (
     QueryUsers,
     RemoveWorkspaceUser,
     Revocations,
+    RevokeInferenceClient,
     RotateSigningKey,
     SigningKeyRotated,
     SigningKeys,
@@ -155,6 +160,21 @@ def build_router(runtime: Runtime) -> NatsRouter:
     async def check_member(cmd: CheckMembership, ctx: CallContext) -> Membership:
         """The caller's role in a workspace (404 when not a member)."""
         return await handlers.check_membership(deps(), await caller(ctx), cmd.workspace_id)
+
+    @command(router, subjects.AUTH_INFERENCE_CLIENTS_CREATE, service=NAME)
+    async def create_inference_client(cmd: CreateInferenceClient, ctx: CallContext) -> InferenceClientCreated:
+        """Create an inference client of a workspace (owners); its secret is shown once."""
+        return await handlers.create_inference_client(deps(), await caller(ctx), cmd)
+
+    @command(router, subjects.AUTH_INFERENCE_CLIENTS_LIST, service=NAME)
+    async def list_inference_clients(cmd: ListInferenceClients, ctx: CallContext) -> InferenceClients:
+        """The live inference clients of a workspace (members)."""
+        return await handlers.list_inference_clients(deps(), await caller(ctx), cmd.workspace_id)
+
+    @command(router, subjects.AUTH_INFERENCE_CLIENTS_REVOKE, service=NAME)
+    async def revoke_inference_client(cmd: RevokeInferenceClient, ctx: CallContext) -> Empty:
+        """Revoke an inference client (owners); its live tokens stop working."""
+        return await handlers.revoke_inference_client(deps(), await caller(ctx), cmd.workspace_id, cmd.client_id)
 
     @command(router, subjects.AUTH_FEATURES_LIST, service=NAME)
     async def list_features(cmd: ListFeatures, ctx: CallContext) -> Features:

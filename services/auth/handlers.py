@@ -1,13 +1,17 @@
 """Business logic of the auth service, as plain async functions.
 
 Tokens are RS256 JWTs signed with the service's active key (kept in its schema, rotatable); the public
-keys are served as a JWKS so the gateway and services verify tokens locally. Passwords and client
-secrets are argon2 hashes, checked in a worker thread so hashing never blocks the event loop.
+keys are served as a JWKS so the gateway and services verify tokens locally. Passwords are argon2 hashes,
+checked in a worker thread so hashing never blocks the event loop. Client secrets are random and long, so a
+guess costs nothing to refuse: they are kept as a keyed hash (HMAC-SHA256 with the server's key) and compared
+in constant time, which costs microseconds where argon2 cost 64 MiB and ~50 ms per token request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import math
 import re
@@ -29,13 +33,17 @@ from jwt.algorithms import RSAAlgorithm
 from services.auth import store
 from shared import subjects
 from shared.authz import ALGORITHM, KIND_INFERENCE, KIND_USER, Principal, require_admin, require_member, require_user
-from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
+from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized, Unavailable
 from shared.messages.auth import (
     AddWorkspaceUser,
     AffectedRows,
+    CreateInferenceClient,
     CreateWorkspace,
     Empty,
     Features,
+    InferenceClientCreated,
+    InferenceClientRecord,
+    InferenceClients,
     InviteUser,
     IssueToken,
     ListWorkspaces,
@@ -47,6 +55,7 @@ from shared.messages.auth import (
     SigningKeys,
     SigningKeyWasRotated,
     TokenIssued,
+    TokensRevoked,
     UserActivated,
     UserCreated,
     UserDeactivated,
@@ -66,6 +75,8 @@ from shared.settings import AuthSettings
 log = logging.getLogger("railyard.auth")
 
 WORKSPACE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+CLIENT_HASH_PREFIX = "hmac-sha256$"
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MIN_PASSWORD = 8
 _hasher = PasswordHasher()
@@ -98,6 +109,17 @@ async def secret_matches(stored_hash: str, secret: str) -> bool:
             return False
 
     return await asyncio.to_thread(check)
+
+
+def client_secret_hash(key: str, secret: str) -> str:
+    """The keyed hash a client secret is stored as."""
+    digest = hmac.new(key.encode(), secret.encode(), hashlib.sha256).hexdigest()
+    return CLIENT_HASH_PREFIX + digest
+
+
+def client_secret_matches(key: str, stored_hash: str, secret: str) -> bool:
+    """Constant-time comparison of a presented secret with the stored keyed hash."""
+    return hmac.compare_digest(client_secret_hash(key, secret).encode(), stored_hash.encode())
 
 
 def _check_password(password: str) -> None:
@@ -154,12 +176,21 @@ async def bootstrap(deps: AuthDeps) -> None:
     """First start: a signing key, the admin user (with a default workspace) and the confidential client."""
     await ensure_signing_key(deps.pool)
     settings = deps.settings
+    if not settings.client_secret_key:
+        raise Unavailable("RAILYARD_AUTH__CLIENT_SECRET_KEY is not set: the auth service needs a server key to hash"
+                          " client secrets (the embedded stack generates one into its secrets file)")
     async with deps.pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('auth-bootstrap'))")
         if settings.bootstrap_client_secret:
-            if await store.ensure_client(conn, settings.bootstrap_client_id,
-                                         await hash_secret(settings.bootstrap_client_secret)):
+            keyed = client_secret_hash(settings.client_secret_key, settings.bootstrap_client_secret)
+            if await store.ensure_client(conn, settings.bootstrap_client_id, keyed):
                 log.info("created the confidential client %s", settings.bootstrap_client_id)
+            else:
+                existing = await store.client(conn, settings.bootstrap_client_id)
+                # a client created before keyed hashes (argon2): re-hash it if the configured secret is its secret
+                if existing and not existing["secret_hash"].startswith(CLIENT_HASH_PREFIX) and await secret_matches(
+                        existing["secret_hash"], settings.bootstrap_client_secret):
+                    await store.set_client_secret_hash(conn, settings.bootstrap_client_id, keyed)
         if await store.count_admins(conn, enabled_only=False) == 0:
             if not settings.bootstrap_admin_password:
                 log.warning("no admin user and no RAILYARD_AUTH__BOOTSTRAP_ADMIN_PASSWORD: nobody can log in")
@@ -174,19 +205,34 @@ async def bootstrap(deps: AuthDeps) -> None:
 # --- tokens --------------------------------------------------------------------------------------------
 
 
+GRANTS = ("password", "refresh_token", "client_credentials")
+
+
 async def issue_token(deps: AuthDeps, cmd: IssueToken) -> TokenIssued:
+    """The login client (workspace-less) has the password and refresh_token grants; a workspace's inference
+    clients have client_credentials only, and their tokens infer on that workspace's deployments only."""
     client = await store.client(deps.pool, cmd.client_id)
-    if client is None or not await secret_matches(client["secret_hash"], cmd.client_secret):
+    stored = client["secret_hash"] if client is not None else CLIENT_HASH_PREFIX
+    matches = client_secret_matches(deps.settings.client_secret_key, stored, cmd.client_secret)
+    if client is None or not matches or client["revoked_at"] is not None:
         raise Unauthorized("invalid client credentials", code="invalid_client")
+    if cmd.grant_type not in GRANTS:
+        raise InvalidRequest(f"unsupported grant_type {cmd.grant_type!r}", code="unsupported_grant_type")
+    inference_client = client["workspace_id"] is not None
+    if inference_client != (cmd.grant_type == "client_credentials"):
+        if inference_client:
+            raise InvalidRequest("an inference client may use the client_credentials grant only",
+                                 code="unauthorized_client")
+        raise InvalidRequest("the login client cannot use client_credentials: a workspace owner creates an inference"
+                             " client (POST /v1/api/workspaces/create_inference_client) and its id and secret get"
+                             " inference tokens for that workspace", code="unauthorized_client")
     if cmd.grant_type == "password":
         user = await _password_login(deps, cmd)
         return await _mint(deps, user, cmd.client_id, with_refresh=True)
     if cmd.grant_type == "refresh_token":
         user = await _refresh_login(deps, cmd)
         return await _mint(deps, user, cmd.client_id, with_refresh=True)
-    if cmd.grant_type == "client_credentials":
-        return await _mint_inference(deps, client)
-    raise InvalidRequest(f"unsupported grant_type {cmd.grant_type!r}", code="unsupported_grant_type")
+    return await _mint_inference(deps, client)
 
 
 async def _password_login(deps: AuthDeps, cmd: IssueToken) -> asyncpg.Record:
@@ -279,7 +325,7 @@ async def _mint_inference(deps: AuthDeps, client: asyncpg.Record) -> TokenIssued
     claims = _base_claims(settings, str(client["service_account_id"]), client["client_id"], now) | {
         "exp": int(now) + settings.access_token_ttl, "typ": "Bearer", "scope": "profile email",
         "preferred_username": f"service-account-{client['client_id']}", "railyard_kind": KIND_INFERENCE,
-        "clientId": client["client_id"],
+        "clientId": client["client_id"], "railyard_workspace": int(client["workspace_id"]),
     }
     token = jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid})
     return TokenIssued(access_token=token, expires_in=settings.access_token_ttl)
@@ -385,6 +431,51 @@ async def update_password(deps: AuthDeps, principal: Principal, password: str) -
     require_user(principal)
     _check_password(password)
     await store.set_password(deps.pool, uuid.UUID(principal.user_id), await hash_secret(password))
+    return Empty()
+
+
+# --- inference clients ---------------------------------------------------------------------------------
+
+
+async def _require_owner(deps: AuthDeps, principal: Principal, workspace_id: int, action: str) -> None:
+    if await require_member(_membership(deps.pool), principal, workspace_id) != "OWNER":
+        raise Forbidden(f"only workspace owners may {action}")
+
+
+async def create_inference_client(deps: AuthDeps, principal: Principal,
+                                  cmd: CreateInferenceClient) -> InferenceClientCreated:
+    await _require_owner(deps, principal, cmd.workspace_id, "create inference clients")
+    if not CLIENT_NAME.match(cmd.name):
+        raise InvalidRequest(f"invalid inference client name {cmd.name!r}: use 1-63 letters, digits, '.', '_' or"
+                             " '-', starting with a letter or digit")
+    client_id = f"inference-{secrets.token_hex(8)}"
+    secret = secrets.token_urlsafe(32)
+    try:
+        await store.create_inference_client(deps.pool, client_id,
+                                            client_secret_hash(deps.settings.client_secret_key, secret),
+                                            cmd.workspace_id, cmd.name, uuid.UUID(principal.user_id))
+    except asyncpg.UniqueViolationError:
+        raise Conflict(f"the workspace already has an inference client named {cmd.name!r}") from None
+    return InferenceClientCreated(client_id=client_id, client_secret=secret, workspace_id=cmd.workspace_id,
+                                  name=cmd.name)
+
+
+async def list_inference_clients(deps: AuthDeps, principal: Principal, workspace_id: int) -> InferenceClients:
+    await require_member(_membership(deps.pool), principal, workspace_id)
+    rows = await store.inference_clients(deps.pool, workspace_id)
+    return InferenceClients(clients=[InferenceClientRecord(
+        client_id=r["client_id"], name=r["name"], workspace_id=r["workspace_id"],
+        created_at=r["created_at"].isoformat(), created_by=str(r["created_by"]) if r["created_by"] else None)
+        for r in rows])
+
+
+async def revoke_inference_client(deps: AuthDeps, principal: Principal, workspace_id: int, client_id: str) -> Empty:
+    await _require_owner(deps, principal, workspace_id, "revoke inference clients")
+    revoked_at = time.time()
+    account = await store.revoke_inference_client(deps.pool, workspace_id, client_id, revoked_at)
+    if account is None:
+        raise NotFound(f"no inference client {client_id!r} in workspace {workspace_id}")
+    await deps.publish(subjects.EVENT_TOKENS_REVOKED, TokensRevoked(subject=str(account), revoked_before=revoked_at))
     return Empty()
 
 

@@ -126,16 +126,53 @@ async def list_users(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspa
 
 
 async def revocations(pool: asyncpg.Pool) -> dict[str, float]:
-    rows = await pool.fetch("SELECT id, revoked_before FROM users WHERE revoked_before IS NOT NULL")
-    return {str(r["id"]): float(r["revoked_before"]) for r in rows}
+    """Token subjects (users, inference clients' service accounts) -> tokens issued at or before are refused."""
+    rows = await pool.fetch(
+        "SELECT id::text AS subject, revoked_before FROM users WHERE revoked_before IS NOT NULL"
+        " UNION ALL SELECT service_account_id::text, revoked_at FROM clients WHERE revoked_at IS NOT NULL")
+    return {r["subject"]: float(r["revoked_before"]) for r in rows}
 
 
 # --- clients and refresh tokens ------------------------------------------------------------------------
 
 
+CLIENT_COLUMNS = "client_id, secret_hash, service_account_id, workspace_id, name, created_by, created_at, revoked_at"
+
+
 async def client(pool: asyncpg.Pool, client_id: str) -> asyncpg.Record | None:
-    return await pool.fetchrow("SELECT client_id, secret_hash, service_account_id FROM clients WHERE client_id = $1",
-                               client_id)
+    return await pool.fetchrow(f"SELECT {CLIENT_COLUMNS} FROM clients WHERE client_id = $1", client_id)
+
+
+async def set_client_secret_hash(conn: asyncpg.Connection, client_id: str, secret_hash: str) -> None:
+    await conn.execute("UPDATE clients SET secret_hash = $2 WHERE client_id = $1", client_id, secret_hash)
+
+
+async def create_inference_client(pool: asyncpg.Pool, client_id: str, secret_hash: str, workspace_id: int,
+                                  name: str, created_by: uuid.UUID) -> None:
+    await pool.execute(
+        "INSERT INTO clients (client_id, secret_hash, service_account_id, workspace_id, name, created_by)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        client_id, secret_hash, uuid.uuid4(), workspace_id, name, created_by,
+    )
+
+
+async def inference_clients(pool: asyncpg.Pool, workspace_id: int) -> list[asyncpg.Record]:
+    """The live (unrevoked) inference clients of a workspace, oldest first."""
+    return await pool.fetch(
+        f"SELECT {CLIENT_COLUMNS} FROM clients WHERE workspace_id = $1 AND revoked_at IS NULL"
+        " ORDER BY created_at, client_id",
+        workspace_id,
+    )
+
+
+async def revoke_inference_client(pool: asyncpg.Pool, workspace_id: int, client_id: str,
+                                  revoked_at: float) -> uuid.UUID | None:
+    """Revoke a live inference client of the workspace; its service account (the `sub` of its tokens), or None."""
+    return await pool.fetchval(
+        "UPDATE clients SET revoked_at = $3 WHERE client_id = $2 AND workspace_id = $1 AND revoked_at IS NULL"
+        " RETURNING service_account_id",
+        workspace_id, client_id, revoked_at,
+    )
 
 
 async def ensure_client(conn: asyncpg.Connection, client_id: str, secret_hash: str) -> bool:

@@ -87,7 +87,7 @@ def build_router(runtime: Runtime) -> NatsRouter:
     @command(router, subjects.DEPLOYER_DEPLOYMENTS_RESOLVE, service=NAME)
     async def resolve(cmd: ResolveDeployment, ctx: CallContext) -> DeploymentRoute:
         """Where a deployment's inferences go (for the gateway)."""
-        return await handlers.resolve_deployment(deps(), await caller(ctx), cmd.name)
+        return await handlers.resolve_deployment(deps(), await caller(ctx), ctx.token, cmd.name)
 
     return router
 

@@ -17,7 +17,14 @@ import asyncpg
 from services.deployer import store
 from services.deployer.backend import LocalBackend
 from shared import subjects
-from shared.authz import MembershipLookup, Principal, require_member, require_user
+from shared.authz import (
+    MembershipLookup,
+    Principal,
+    deployment_not_found,
+    require_inference_access,
+    require_member,
+    require_user,
+)
 from shared.bus import request
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.messages.base import Event
@@ -128,6 +135,8 @@ async def create_pipeline(deps: DeployerDeps, principal: Principal, token: str |
 
 async def copy_pipeline(deps: DeployerDeps, principal: Principal, token: str | None,
                         cmd: CopyPipeline) -> PipelineCopied:
+    # the target workspace first: a non-member learns nothing of its pipeline names (409 vs 404)
+    await require_member(deps.membership(token), principal, cmd.workspace_id)
     source = await _pipeline_for(deps, principal, token, cmd.source_pipeline)
     if cmd.pipeline_version:
         try:
@@ -273,7 +282,7 @@ async def _deployment_for(deps: DeployerDeps, principal: Principal, token: str |
                           check_member: bool = True):
     row = await store.deployment(deps.pool, _deployment_id(name))
     if row is None or f"{row['deploy_id']}-{row['id']}" != name:
-        raise NotFound(f"deployment {name!r} not found")
+        raise deployment_not_found(name)
     if check_member:
         try:
             await require_member(deps.membership(token), principal, row["workspace_id"])
@@ -322,9 +331,13 @@ async def external_url(deps: DeployerDeps, principal: Principal, token: str | No
                            f"{pipeline_name}")
 
 
-async def resolve_deployment(deps: DeployerDeps, principal: Principal, name: str) -> DeploymentRoute:
-    """For the gateway: where a deployment's inferences go (membership is the gateway's check for users)."""
-    row = await _deployment_for(deps, principal, None, name, check_member=False)
+async def resolve_deployment(deps: DeployerDeps, principal: Principal, token: str | None,
+                             name: str) -> DeploymentRoute:
+    """For the gateway: where a deployment's inferences go. Members (user tokens) and the workspace's own
+    inference tokens only; anyone else gets the answer a deployment that does not exist gets."""
+    row = await _deployment_for(deps, principal, token, name, check_member=False)
+    await require_inference_access(deps.membership(token), principal, row["workspace_id"],
+                                   deployment_not_found(name))
     if not row["active"]:
         raise NotFound(f"deployment {name!r} is not deployed")
     spec = json.loads(row["spec"])

@@ -78,6 +78,12 @@ JSON_ROUTES: list[Route] = [spec if isinstance(spec, Route) else R(*spec) for sp
      "List the users of a workspace."),
     ("/workspaces/remove_user", subjects.AUTH_WORKSPACES_REMOVE_USER, m.RemoveWorkspaceUser, m.AffectedRows,
      "Remove a user from a workspace."),
+    ("/workspaces/create_inference_client", subjects.AUTH_INFERENCE_CLIENTS_CREATE, m.CreateInferenceClient,
+     m.InferenceClientCreated, "Create an inference client of a workspace (owners; the secret is shown once)."),
+    ("/workspaces/list_inference_clients", subjects.AUTH_INFERENCE_CLIENTS_LIST, m.ListInferenceClients,
+     m.InferenceClients, "List a workspace's inference clients (members; no secrets)."),
+    ("/workspaces/revoke_inference_client", subjects.AUTH_INFERENCE_CLIENTS_REVOKE, m.RevokeInferenceClient, m.Empty,
+     "Revoke an inference client (owners); its tokens stop working."),
     ("/features/list", subjects.AUTH_FEATURES_LIST, m.ListFeatures, m.Features, "List enabled features."),
     ("/models/list", subjects.REGISTRY_MODELS_LIST, reg.ListModels, reg.ModelList, "List the models of a workspace."),
     ("/models/get_by_id", subjects.REGISTRY_MODELS_GET_BY_ID, reg.GetModelById, reg.ModelDetails,
@@ -287,7 +293,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             issued = await handlers.issue_token(runtime.broker, cmd, timeout)
         except RailyardError as exc:
             status = 401 if exc.code in OAUTH_401 else exc.status
-            code = exc.code if exc.code in OAUTH_401 | {"unsupported_grant_type"} else (
+            code = exc.code if exc.code in OAUTH_401 | {"unsupported_grant_type", "unauthorized_client"} else (
                 "invalid_request" if status == 400 else exc.code)
             return JSONResponse({"error": code, "error_description": exc.msg, "code": code, "msg": exc.msg},
                                 status_code=status, headers={"Cache-Control": "no-store"})

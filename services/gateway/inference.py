@@ -21,7 +21,13 @@ from fastapi.responses import Response
 
 from shared import subjects
 from shared.arrow_codec import column_values, from_ipc, records_json_to_table, to_ipc_file, to_ipc_stream
-from shared.authz import KIND_INFERENCE, Principal, bus_membership, require_member
+from shared.authz import (
+    KIND_INFERENCE,
+    Principal,
+    bus_membership,
+    deployment_not_found,
+    require_inference_access,
+)
 from shared.bus import raise_for_error_header, request
 from shared.errors import (
     InvalidRequest,
@@ -66,13 +72,19 @@ class RouteCache:
         self.routes[name] = (now, route)
         return route
 
-    async def check_member(self, runtime: Runtime, principal: Principal, token: str, workspace_id: int) -> None:
-        key = (principal.user_id, workspace_id)
-        if time.monotonic() - self.members.get(key, 0.0) < MEMBER_TTL:
+    async def authorize(self, runtime: Runtime, principal: Principal, token: str, route: DeploymentRoute) -> None:
+        """May the caller infer on this deployment? Users: members of its workspace (cached briefly); inference
+        tokens: that workspace's own. Out of reach answers exactly as a deployment that does not exist (a
+        cached route was resolved for someone else, so this runs on every request, before anything else is
+        said about the deployment)."""
+        user = principal.kind != KIND_INFERENCE
+        key = (principal.subject, route.workspace_id)
+        if user and time.monotonic() - self.members.get(key, 0.0) < MEMBER_TTL:
             return
-        await require_member(bus_membership(runtime.broker, token, runtime.settings.nats.request_timeout),
-                             principal, workspace_id)
-        self.members[key] = time.monotonic()
+        await require_inference_access(bus_membership(runtime.broker, token, runtime.settings.nats.request_timeout),
+                                       principal, route.workspace_id, deployment_not_found(route.name))
+        if user:
+            self.members[key] = time.monotonic()
 
 
 def _read_body(content_type: str, body: bytes) -> pa.Table:
@@ -156,10 +168,9 @@ class Inference:
         """(answer body, media type, extra headers) for one inference."""
         runtime = self.runtime
         route = await self.cache.route(runtime, deployment, token)
+        await self.cache.authorize(runtime, principal, token, route)
         if route.pipeline_name != pipeline:
             raise NotFound(f"deployment {deployment!r} does not serve pipeline {pipeline!r}")
-        if principal.kind != KIND_INFERENCE:
-            await self.cache.check_member(runtime, principal, token, route.workspace_id)
         if route.status != "Running":
             raise Unavailable(f"deployment {deployment!r} is {route.status.lower()}; retry shortly")
         table = _read_body(content_type, body)

@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from shared.arrow_codec import from_ipc, tensor_array, to_ipc_stream
-from shared.authz import KIND_INFERENCE, Principal
+from shared.authz import Principal
 from shared.errors import InvalidRequest, RailyardError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -128,8 +128,7 @@ def add_oip_routes(app: FastAPI, runtime, caller, cache, ask_engine) -> None:
     async def route_for(model: str, request: Request, principal: Principal):
         token = request.headers["authorization"].partition(" ")[2].strip()
         route = await cache.route(runtime, model, token)
-        if principal.kind != KIND_INFERENCE:
-            await cache.check_member(runtime, principal, token, route.workspace_id)
+        await cache.authorize(runtime, principal, token, route)
         return route
 
     def oip_error(exc: RailyardError) -> JSONResponse:

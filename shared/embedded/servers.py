@@ -55,6 +55,7 @@ def _generated_secrets() -> dict[str, str]:
         "client_id": "api-client",
         "client_secret": rnd.token_urlsafe(24),
         "secrets_key": base64.urlsafe_b64encode(rnd.token_bytes(32)).decode(),
+        "client_secret_key": rnd.token_urlsafe(32),
     }
 
 

@@ -208,6 +208,7 @@ class EmbeddedStack:
             "RAILYARD_AUTH__BOOTSTRAP_ADMIN_PASSWORD": self.secrets.values["admin_password"],
             "RAILYARD_AUTH__BOOTSTRAP_CLIENT_ID": self.secrets.values["client_id"],
             "RAILYARD_AUTH__BOOTSTRAP_CLIENT_SECRET": self.secrets.values["client_secret"],
+            "RAILYARD_AUTH__CLIENT_SECRET_KEY": self.secrets.values["client_secret_key"],
             "RAILYARD_REGISTRY__SECRETS_KEY": self.secrets.values["secrets_key"],
             "PYTHONUNBUFFERED": "1",
         })

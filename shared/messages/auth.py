@@ -217,6 +217,53 @@ class Membership(Message):
     user_type: Literal["OWNER", "COLLABORATOR"]
 
 
+# --- inference clients -------------------------------------------------------------------------------
+
+
+class CreateInferenceClient(Command):
+    """A new inference client of a workspace (owners): its client_credentials tokens infer on that workspace's
+    deployments only."""
+
+    workspace_id: int
+    name: str = Field(description="A label unique among the workspace's live inference clients.")
+
+
+class InferenceClientCreated(Message):
+    """The new client's id and secret; the secret is shown this once and never stored in the clear."""
+
+    client_id: str
+    client_secret: str
+    workspace_id: int
+    name: str
+
+
+class ListInferenceClients(Command):
+    """The live inference clients of a workspace (members)."""
+
+    workspace_id: int
+
+
+class InferenceClientRecord(Message):
+    """An inference client, without its secret."""
+
+    client_id: str
+    name: str
+    workspace_id: int
+    created_at: str
+    created_by: str | None
+
+
+class InferenceClients(Message):
+    clients: list[InferenceClientRecord]
+
+
+class RevokeInferenceClient(Command):
+    """Revoke an inference client (owners): no new tokens, and its live tokens stop working."""
+
+    workspace_id: int
+    client_id: str
+
+
 # --- features ----------------------------------------------------------------------------------------
 
 
@@ -246,6 +293,14 @@ class UserCreated(Event):
 
 class UserDeactivated(Event):
     user_id: uuid.UUID
+    revoked_before: float = Field(description="Tokens issued at or before this moment (epoch s) are refused.")
+
+
+class TokensRevoked(Event):
+    """Tokens of a subject (a user whose password changed, a revoked inference client) issued at or before a
+    moment no longer count; verifiers apply it at once."""
+
+    subject: str
     revoked_before: float = Field(description="Tokens issued at or before this moment (epoch s) are refused.")
 
 

@@ -50,6 +50,29 @@ def make_account(stack, admin: RailyardClient, prefix: str = "user") -> Account:
     return Account(email=email, user_id=invited["user_id"], client=client, workspace_id=workspace_id)
 
 
+TOKEN_PATH = "/auth/realms/master/protocol/openid-connect/token"
+
+
+def inference_client(account: Account, name: str | None = None) -> tuple[str, str]:
+    """A new inference client of the account's workspace: (client id, secret)."""
+    created = account.client.post("workspaces/create_inference_client", {
+        "workspace_id": account.workspace_id, "name": name or f"test-{uuid.uuid4().hex[:8]}"})
+    return created["client_id"], created["client_secret"]
+
+
+def client_credentials(stack, client_id: str, secret: str) -> httpx.Response:
+    """A client_credentials token request with HTTP Basic client authentication."""
+    return httpx.post(f"{stack.base_url}{TOKEN_PATH}", data={"grant_type": "client_credentials"},
+                      auth=(client_id, secret), timeout=30)
+
+
+def inference_token(stack, account: Account) -> str:
+    """An inference token for the account's workspace, from a new inference client."""
+    response = client_credentials(stack, *inference_client(account))
+    assert response.status_code == 200, response.text
+    return response.json()["access_token"]
+
+
 def undeploy_all(stack, account: Account) -> None:
     """Undeploy what a test left deployed: idle engine replicas of finished tests only load the machine."""
     listed = post(stack, "pipelines/list", account.token, {"workspace_id": account.workspace_id})

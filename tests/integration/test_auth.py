@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from shared.client import RailyardClient
-from tests.integration.conftest import PASSWORD, client_for, post
+from tests.integration.conftest import PASSWORD, client_for, inference_client, post
 
 pytestmark = pytest.mark.integration
 
@@ -57,8 +57,10 @@ def test_refresh_grant_gives_new_tokens_once(stack):
     assert swapped.status_code == 401
 
 
-def test_client_credentials_token_is_for_inference_only(stack):
-    response = token_request(stack, {"grant_type": "client_credentials"})
+def test_client_credentials_token_is_for_inference_only(stack, alice):
+    # the login client gets none (test_inference_scope.py); a workspace's inference client does
+    client_id, secret = inference_client(alice)
+    response = token_request(stack, {"grant_type": "client_credentials"}, auth=(client_id, secret))
     assert response.status_code == 200, response.text
     body = response.json()
     assert "refresh_token" not in body and body["expires_in"] == 3600

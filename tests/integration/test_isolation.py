@@ -15,7 +15,7 @@ import httpx
 import pytest
 import requests
 
-from tests.integration.conftest import Account, post
+from tests.integration.conftest import Account, inference_token, post
 from tests.models import ccfraud_onnx
 
 pytestmark = pytest.mark.integration
@@ -24,6 +24,11 @@ pytestmark = pytest.mark.integration
 # one of its resources
 WORKSPACE_ROUTES: dict[str, Callable[[Account, Account, int], dict]] = {
     "users/query": lambda victim, intruder, model: {"workspace_id": victim.workspace_id},
+    "workspaces/create_inference_client": lambda victim, intruder, model: {"workspace_id": victim.workspace_id,
+                                                                           "name": "intruder"},
+    "workspaces/list_inference_clients": lambda victim, intruder, model: {"workspace_id": victim.workspace_id},
+    "workspaces/revoke_inference_client": lambda victim, intruder, model: {"workspace_id": victim.workspace_id,
+                                                                           "client_id": "inference-00"},
     "workspaces/add_user": lambda victim, intruder, model: {"email": intruder.email,
                                                             "workspace_id": victim.workspace_id},
     "workspaces/list_users": lambda victim, intruder, model: {"workspace_id": victim.workspace_id},
@@ -160,10 +165,7 @@ def test_uploads_into_a_foreign_workspace_are_not_found_and_leave_nothing(stack,
 
 @pytest.mark.parametrize("path", sorted(WORKSPACE_ROUTES))
 def test_inference_tokens_cannot_reach_workspace_routes(stack, alice, victim_model, path):
-    secrets = stack.secrets()
-    token = httpx.post(f"{stack.base_url}/auth/realms/master/protocol/openid-connect/token",
-                       data={"grant_type": "client_credentials"},
-                       auth=(secrets["client_id"], secrets["client_secret"])).json()["access_token"]
+    token = inference_token(stack, alice)  # of alice's own workspace: still inference only
     response = post(stack, path, token, WORKSPACE_ROUTES[path](alice, alice, victim_model))
     assert response.status_code == 403
 

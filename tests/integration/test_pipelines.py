@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from shared.arrow_codec import from_ipc, tensor_array, to_ipc_file, to_ipc_stream
-from tests.integration.conftest import Account, post
+from tests.integration.conftest import Account, inference_token, post
 from tests.models import ccfraud_onnx, sample_rows
 
 pytestmark = pytest.mark.integration
@@ -134,10 +134,7 @@ def test_deploy_status_infer_undeploy(stack, alice, deployed):
 
 
 def test_inference_token_is_accepted_on_inference(stack, alice, deployed):
-    secrets = stack.secrets()
-    token = httpx.post(f"{stack.base_url}/auth/realms/master/protocol/openid-connect/token",
-                       data={"grant_type": "client_credentials"},
-                       auth=(secrets["client_id"], secrets["client_secret"])).json()["access_token"]
+    token = inference_token(stack, alice)  # from an inference client of the deployment's workspace
     response = infer(deployed["url"], token, [{"tensor": sample_rows(1)[0].tolist()}])
     assert response.status_code == 200, response.text
 

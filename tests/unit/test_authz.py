@@ -9,7 +9,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from shared.authz import Principal, TokenVerifier, require_admin, require_member, require_user
+from shared.authz import (
+    Principal,
+    TokenVerifier,
+    deployment_not_found,
+    require_admin,
+    require_inference_access,
+    require_member,
+    require_user,
+)
 from shared.errors import Forbidden, NotFound, Unauthorized
 from shared.settings import AuthSettings
 
@@ -61,6 +69,7 @@ async def test_valid_token_gives_the_principal(verifier):
     ({"key": OTHER_KEY}, "invalid"),
     ({"kid": "unknown"}, "unknown key"),
     ({"railyard_kind": "superuser"}, "invalid"),
+    ({"railyard_kind": "inference"}, "without a workspace"),  # minted before inference tokens were scoped
 ])
 async def test_bad_tokens_are_unauthorized(verifier, token_kwargs, message):
     with pytest.raises(Unauthorized, match=message):
@@ -93,7 +102,7 @@ async def test_keys_are_cached_and_an_unknown_kid_refetches_at_most_every_few_se
 async def test_revoked_users_tokens_issued_before_are_refused(verifier):
     old = make_token(iat=int(time.time()) - 10)
     verifier.revoke("u1", int(time.time()) - 5)
-    with pytest.raises(Unauthorized, match="deactivated"):
+    with pytest.raises(Unauthorized, match="revoked"):
         await verifier.verify(old)
     assert (await verifier.verify(make_token())).subject == "u1"
     verifier.set_revocations({"u1": 0})  # an older list never un-revokes
@@ -120,3 +129,20 @@ async def test_role_rules():
         await require_member(lookup, user, 8)
     with pytest.raises(Forbidden):
         await require_member(lookup, machine, 7)
+
+
+async def test_inference_access_is_one_workspace_and_looks_like_not_found(verifier):
+    machine = await verifier.verify(make_token(railyard_kind="inference", railyard_workspace=7))
+    assert machine.kind == "inference" and machine.workspace_id == 7
+    user = Principal("u1", "user", False, "c", None, 0)
+
+    async def lookup(user_id, workspace_id):
+        return "COLLABORATOR" if (user_id, workspace_id) == ("u1", 7) else None
+
+    missing = deployment_not_found("d-1")
+    await require_inference_access(lookup, machine, 7, missing)
+    await require_inference_access(lookup, user, 7, missing)
+    for principal in (machine, user):
+        with pytest.raises(NotFound) as raised:
+            await require_inference_access(lookup, principal, 8, missing)
+        assert raised.value.msg == "deployment 'd-1' not found"
