@@ -11,10 +11,10 @@ STAMP  := $(VENV)/.installed-stamp
 MLFLOW_VENV  := .venv-mlflow
 MLFLOW_STAMP := $(MLFLOW_VENV)/.installed-stamp
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml client/VERSION
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 11) else "Railyard needs Python 3.11; $(PYTHON) is %d.%d (set PYTHON=...)" % v)'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,embedded]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ./client -e '.[dev,embedded]'
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -159,7 +159,8 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The server's commands (`python -m shared.cli ...`); `railyard` shows them through `register`."""
     parser = argparse.ArgumentParser(prog="railyard", description="Railyard MLOps platform")
     parser.add_argument("--version", action="version", version=f"railyard {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -178,8 +179,34 @@ def main(argv: list[str] | None = None) -> int:
         if name == "login":
             for flag in ("--url", "--username", "--password", "--client-id", "--client-secret"):
                 cmd.add_argument(flag)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return args.func(args)
+
+
+def register(group) -> None:
+    """Plugin of the client's `railyard` command (entry point group `railyard.commands`): adds every command of
+    `build_parser()` the client does not have itself (`up`, `status`, `down`, and any added later), each
+    forwarding its arguments, `--help` included, to this module's parser."""
+    import click
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {choice.dest: choice.help for choice in subparsers._choices_actions}
+    for name in subparsers.choices:
+        if name in group.commands:
+            continue
+
+        def forward(args: tuple[str, ...], _name: str = name) -> None:
+            raise click.exceptions.Exit(main([_name, *args]))
+
+        group.add_command(click.Command(
+            name, callback=forward, help=f"{helps.get(name) or name} (server; `railyard {name} --help`)",
+            params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)], add_help_option=False,
+            context_settings={"ignore_unknown_options": True, "allow_extra_args": True}))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,56 @@
+"""Railyard's Python SDK: `Client` and the objects it hands out (workspaces, models, pipelines, deployments,
+assays, connections), typed errors, and `in_task()` / `task_args()` for orchestration task runs.
+
+    from railyard_client import Client
+    client = Client()                      # RAILYARD_CLIENT_* variables, a task run, or `railyard login`
+    version = client.upload_model("ccfraud", "ccfraud.onnx")
+    pipeline = client.build_pipeline("fraud").add_model_step(version).deploy()
+    pipeline.infer(frame)                  # DataFrame in, DataFrame out
+    pipeline.logs(limit=100)               # the newest 100 inferences as a DataFrame
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+
+from railyard_client.assays import Assay
+from railyard_client.client import Client
+from railyard_client.connections import Connection
+from railyard_client.errors import (
+    APIError,
+    AuthenticationError,
+    ConfigurationError,
+    Conflict,
+    ConnectionFailed,
+    ConversionFailed,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    RailyardError,
+    Unavailable,
+    WaitTimeout,
+)
+from railyard_client.models import Model, ModelVersion, Registry
+from railyard_client.pipelines import Deployment, Pipeline
+from railyard_client.tasks import in_task, task_args
+from railyard_client.workspaces import User, Workspace
+
+
+def _version() -> str:
+    try:
+        return metadata.version("railyard-client")
+    except metadata.PackageNotFoundError:  # run from a source tree
+        version_file = Path(__file__).resolve().parent.parent / "VERSION"
+        return version_file.read_text().strip() if version_file.is_file() else "0+unknown"
+
+
+__version__ = _version()
+
+__all__ = [
+    "APIError", "Assay", "AuthenticationError", "Client", "ConfigurationError", "Conflict", "Connection",
+    "ConnectionFailed", "ConversionFailed", "Deployment", "InvalidRequest", "Model", "ModelVersion", "NotFound",
+    "PayloadTooLarge", "PermissionDenied", "Pipeline", "RailyardError", "Registry", "Unavailable", "User",
+    "WaitTimeout", "Workspace", "__version__", "in_task", "task_args",
+]

@@ -1,0 +1,68 @@
+"""Drift assays on a pipeline's logged inputs and outputs."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from railyard_client.errors import InvalidInput
+from railyard_client.resource import Resource
+
+if TYPE_CHECKING:
+    from railyard_client.pipelines import Pipeline
+
+
+def _time(moment: datetime | str | None) -> str | None:
+    if moment is None or isinstance(moment, str):
+        return moment
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).isoformat()
+
+
+def assay_config(name: str, pipeline: Pipeline, iopath: str, *, baseline_start: datetime | str | None = None,
+                 baseline_end: datetime | str | None = None, baseline_values: list[float] | None = None,
+                 width: str = "24 hours", interval: str | None = None, start: datetime | str | None = None,
+                 metric: str = "PSI", num_bins: int = 5, bin_mode: str = "Quantile", alert_threshold: float = 0.25,
+                 warning_threshold: float | None = None, model: str | None = None,
+                 active: bool = True) -> dict[str, Any]:
+    """The seed's assay body from keyword arguments."""
+    if baseline_values is not None:
+        baseline: dict[str, Any] = {"Static": {"values": list(baseline_values)}}
+    elif baseline_start is not None and baseline_end is not None:
+        baseline = {"Fixed": {"pipeline": pipeline.name, "model": model, "start_at": _time(baseline_start),
+                              "end_at": _time(baseline_end)}}
+    else:
+        raise InvalidInput("an assay needs baseline_start and baseline_end, or "
+                             "baseline_values")
+    window = {"pipeline": pipeline.name, "model": model, "width": width, "interval": interval, "start": _time(start)}
+    return {"name": name, "pipeline_id": pipeline.id, "pipeline_name": pipeline.name, "workspace_id":
+            pipeline.workspace_id, "active": active, "iopath": iopath, "baseline": baseline,
+            "window": {k: v for k, v in window.items() if v is not None},
+            "summarizer": {"type": "UnivariateContinuous", "bin_mode": bin_mode, "aggregation": "Density",
+                           "metric": metric, "num_bins": num_bins},
+            "warning_threshold": warning_threshold, "alert_threshold": alert_threshold}
+
+
+class Assay(Resource):
+    """A stored drift assay: scored on every closed window while active."""
+
+    @property
+    def id(self) -> int:
+        """The assay's numeric id."""
+        return int(self._record["id"])
+
+    @property
+    def name(self) -> str:
+        """The assay's name."""
+        return str(self._record.get("name", ""))
+
+    def results(self, start: datetime | str | None = None, end: datetime | str | None = None,
+                limit: int | None = None) -> list[dict[str, Any]]:
+        """The scored windows (score, status, bins) between `start` and `end`."""
+        body = {"assay_id": self.id, "start": _time(start), "end": _time(end), "limit": limit}
+        return self._session.post("assays/get_results", {k: v for k, v in body.items() if v is not None})
+
+    def set_active(self, active: bool) -> Assay:
+        """Pause (False) or resume (True) the scheduled scoring."""
+        self._session.post("assays/set_active", {"id": self.id, "active": active})
+        self._record["active"] = active
+        return self

@@ -1,0 +1,512 @@
+"""The `railyard` command: sign in, workspaces, models, pipelines, inference, logs and assays.
+
+Every command has `--help`, prints a table for people and JSON with `--json`, and exits with a code that says
+what happened (see EXIT_CODES). Installed together with the server, `railyard up|status|down` come from the
+server's `railyard.commands` entry point and appear here as well.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import click
+import pyarrow as pa
+from rich.console import Console
+from rich.table import Table
+
+from railyard_client import __version__, data
+from railyard_client.client import Client
+from railyard_client.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectionFailed,
+    InvalidInput,
+    InvalidRequest,
+    NotFound,
+    RailyardError,
+    WaitTimeout,
+)
+from railyard_client.pipelines import Pipeline
+from railyard_client.progress import wanted
+from railyard_client.session import Session, credentials_path, read_credentials, write_credentials
+
+EXIT_CODES = {
+    0: "success",
+    1: "the server refused the request or the operation failed",
+    2: "bad usage or bad input (unknown option, missing or unreadable file, invalid request)",
+    3: "not signed in, or wrong credentials",
+    4: "not found (workspace, model, pipeline, deployment, assay)",
+    5: "the server could not be reached",
+    6: "a wait timed out (deploy until Running)",
+    130: "interrupted",
+}
+PLUGIN_GROUP = "railyard.commands"
+EPILOG = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items())
+
+
+
+@click.group(name="railyard", epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
+                                                               "max_content_width": 110})
+@click.version_option(__version__, prog_name="railyard", message="%(prog)s %(version)s")
+def app() -> None:
+    """Railyard MLOps platform: the SDK's command line.
+
+    Shell completion: eval "$(_RAILYARD_COMPLETE=bash_source railyard)" (zsh_source, fish_source).
+    """
+
+
+@app.group("workspaces")
+def workspaces_app() -> None:
+    """List, create and choose workspaces."""
+
+
+@app.group("models")
+def models_app() -> None:
+    """Upload models and list their versions."""
+
+
+@app.group("pipelines")
+def pipelines_app() -> None:
+    """Create, deploy, inspect and undeploy pipelines; read their logs."""
+
+
+@app.group("assays")
+def assays_app() -> None:
+    """List drift assays and their results."""
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of a table.")
+workspace_option = click.option("--workspace", "-w", help="Workspace name or id (default: RAILYARD_CLIENT_WORKSPACE,"
+                                " the one chosen with `railyard workspaces use`, else your first).")
+progress_option = click.option("--progress/--no-progress", default=None,
+                               help="Show a progress bar (default: on a terminal).")
+
+out = Console(soft_wrap=False)
+
+
+# --- output -------------------------------------------------------------------------------------------------
+
+
+def _cell(value: Any, width: int = 48) -> str:
+    if hasattr(value, "isoformat"):
+        value = value.isoformat()
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def show(rows: list[dict[str, Any]], columns: list[str] | None, as_json: bool, payload: Any = None) -> None:
+    """JSON (`payload`, else the rows) with --json, else a table of `columns` (default: every key)."""
+    if as_json:
+        print(json.dumps(payload if payload is not None else rows, default=str, indent=1))
+        return
+    if not rows:
+        out.print("(none)")
+        return
+    columns = columns or list(dict.fromkeys(key for row in rows for key in row))
+    table = Table(*columns, show_lines=False)
+    for row in rows:
+        table.add_row(*(_cell(row.get(c, "")) for c in columns))
+    out.print(table)
+
+
+def _client(workspace: str | None = None) -> Client:
+    return Client(workspace=workspace)
+
+
+# --- sign in ------------------------------------------------------------------------------------------------
+
+
+@app.command()
+@click.option("--url", help="Server URL (default: RAILYARD_CLIENT_URL, else the embedded stack's).")
+@click.option("--username", help="User (default: RAILYARD_CLIENT_USERNAME, else the embedded stack's admin).")
+@click.option("--password", help="Password (default: RAILYARD_CLIENT_PASSWORD, else the embedded stack's).")
+@click.option("--client-id", help="OAuth2 client id (default: RAILYARD_CLIENT_ID, else the embedded stack's).")
+@click.option("--client-secret", help="OAuth2 client secret (default: RAILYARD_CLIENT_SECRET, else the stack's).")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Embedded stack data directory to take defaults"
+              " from (default: RAILYARD_STACK__DATA_DIR, else .railyard).")
+@json_option
+def login(url: str | None, username: str | None, password: str | None, client_id: str | None,
+          client_secret: str | None, data_dir: Path | None, as_json: bool) -> None:
+    """Sign in and keep the tokens in the credentials file (0600) for every other command and Client()."""
+    env = os.environ
+    folder = (data_dir or Path(env.get("RAILYARD_STACK__DATA_DIR") or ".railyard")).expanduser()
+    secrets = read_credentials(folder / "secrets.json")
+    state = read_credentials(folder / "run" / "stack.json")
+    url = url or env.get("RAILYARD_CLIENT_URL") or state.get("api_url") or "http://127.0.0.1:18000"
+    username = username or env.get("RAILYARD_CLIENT_USERNAME") or secrets.get("admin_username")
+    if password is None:
+        password = env.get("RAILYARD_CLIENT_PASSWORD") or (
+            secrets.get("admin_password") if username == secrets.get("admin_username") else None)
+    if not (username and password):
+        raise ConfigurationError(f"give --username and --password (no embedded stack secrets in {folder})")
+    session = Session(url, username=username, password=password,
+                      client_id=client_id or env.get("RAILYARD_CLIENT_ID") or secrets.get("client_id"),
+                      client_secret=client_secret or env.get("RAILYARD_CLIENT_SECRET") or secrets.get("client_secret"),
+                      credentials_file=Path(os.devnull))
+    path = write_credentials(session.credentials())
+    session.close()
+    if as_json:
+        show([], None, True, {"url": session.url, "username": username, "credentials": str(path)})
+    else:
+        out.print(f"logged in to {session.url} as {username} (tokens in {path})")
+
+
+@app.command()
+def logout() -> None:
+    """Forget the saved tokens (delete the credentials file)."""
+    path = credentials_path()
+    path.unlink(missing_ok=True)
+    out.print(f"logged out (removed {path})")
+
+
+@app.command()
+def token() -> None:
+    """Print a valid access token, refreshed when needed: TOKEN=$(railyard token)."""
+    print(Client().token)
+
+
+# --- workspaces ---------------------------------------------------------------------------------------------
+
+
+@workspaces_app.command("list")
+@json_option
+def workspaces_list(as_json: bool) -> None:
+    """The workspaces you belong to."""
+    rows = [w.to_dict() for w in _client().workspaces()]
+    show(rows, ["id", "name", "created_at", "models", "pipelines"], as_json)
+
+
+@workspaces_app.command("create")
+@click.argument("name")
+@json_option
+def workspaces_create(name: str, as_json: bool) -> None:
+    """Create a workspace you own, named NAME."""
+    workspace = _client().create_workspace(name)
+    show([workspace.to_dict()], ["id", "name", "created_at"], as_json, workspace.to_dict())
+
+
+@workspaces_app.command("use")
+@click.argument("workspace")
+@json_option
+def workspaces_use(workspace: str, as_json: bool) -> None:
+    """Make WORKSPACE (name or id) the default of every command and of Client() (kept in the credentials file)."""
+    found = _client().workspace(workspace)
+    write_credentials(read_credentials() | {"workspace": found.id})
+    show([found.to_dict()], ["id", "name"], as_json, found.to_dict())
+
+
+# --- models -------------------------------------------------------------------------------------------------
+
+
+@models_app.command("upload")
+@click.argument("name")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--framework", default="onnx", show_default=True, help="onnx, python, custom, sklearn or xgboost.")
+@workspace_option
+@progress_option
+@json_option
+def models_upload(name: str, file: Path, framework: str, workspace: str | None, progress: bool | None,
+                  as_json: bool) -> None:
+    """Upload FILE as a new version of model NAME (streamed, with a progress bar) and wait for any conversion."""
+    if not file.is_file():
+        raise InvalidInput(f"no such file: {file}")
+    version = _client(workspace).upload_model(name, file, framework=framework,
+                                              progress=wanted(progress, file.stat().st_size))
+    record = version.to_dict()
+    show([record], ["model_id", "model_version", "framework", "status", "sha"], as_json, record)
+
+
+@models_app.command("list")
+@workspace_option
+@json_option
+def models_list(workspace: str | None, as_json: bool) -> None:
+    """The models of a workspace."""
+    rows = [m.to_dict() for m in _client(workspace).current_workspace().models()]
+    show(rows, ["id", "name", "created_at", "updated_at"], as_json)
+
+
+@models_app.command("versions")
+@click.argument("name")
+@workspace_option
+@json_option
+def models_versions(name: str, workspace: str | None, as_json: bool) -> None:
+    """The versions of model NAME, oldest first."""
+    rows = [v.to_dict() for v in _client(workspace).current_workspace().model(name).versions()]
+    show(rows, ["model_version", "framework", "status", "sha", "error"], as_json)
+
+
+# --- pipelines ----------------------------------------------------------------------------------------------
+
+
+def _pipeline_row(pipeline: Pipeline) -> dict[str, Any]:
+    record = pipeline.to_dict()
+    versions = record.get("versions") or []
+    deployment = record.get("deployment") or {}
+    return {"id": record.get("id"), "name": record.get("name"), "versions": len(versions),
+            "latest_version": versions[-1]["version"] if versions else None,
+            "deployment": deployment.get("name"), "created_at": record.get("created_at")}
+
+
+@pipelines_app.command("list")
+@workspace_option
+@json_option
+def pipelines_list(workspace: str | None, as_json: bool) -> None:
+    """The pipelines of a workspace."""
+    pipelines = _client(workspace).current_workspace().pipelines()
+    show([_pipeline_row(p) for p in pipelines], None, as_json, [p.to_dict() for p in pipelines])
+
+
+@pipelines_app.command("create")
+@click.argument("name")
+@click.option("--model", "-m", "models", multiple=True, required=True,
+              help="A model step, in order: NAME (its newest version) or NAME:VERSION_UUID. Repeat for more steps.")
+@workspace_option
+@json_option
+def pipelines_create(name: str, models: tuple[str, ...], workspace: str | None, as_json: bool) -> None:
+    """Create pipeline NAME (or a new version of it) from model steps."""
+    ws = _client(workspace).current_workspace()
+    pipeline = ws.build_pipeline(name)
+    for ref in models:
+        model_name, _, version = ref.partition(":")
+        found = ws.model(model_name)
+        if version:
+            matches = [v for v in found.versions() if v.version == version]
+            if not matches:
+                raise NotFound(404, "not_found", f"model {model_name} has no version {version}")
+            pipeline.add_model_step(matches[0])
+        else:
+            pipeline.add_model_step(found)
+    pipeline.create()
+    show([_pipeline_row(pipeline)], None, as_json, pipeline.to_dict())
+
+
+@pipelines_app.command("deploy")
+@click.argument("name")
+@click.option("--replicas", type=int, help="Engine replicas (engine_config.replica_count).")
+@click.option("--cpus", type=float, help="CPUs per replica (engine_config.cpus).")
+@click.option("--deploy-id", help="Deployment name prefix (default: the pipeline's name).")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until every replica is Running.")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for Running.")
+@workspace_option
+@progress_option
+@json_option
+def pipelines_deploy(name: str, replicas: int | None, cpus: float | None, deploy_id: str | None, wait: bool,
+                     timeout: float, workspace: str | None, progress: bool | None, as_json: bool) -> None:
+    """Deploy the latest version of pipeline NAME and wait until it is Running."""
+    pipeline = _client(workspace).current_workspace().pipeline(name)
+    pipeline.clear()  # deploy the stored latest version as it is
+    pipeline.deploy(deploy_id, replicas=replicas, cpus=cpus, wait=wait, timeout=timeout,
+                    progress=wanted(progress, 1 << 62))
+    deployment = pipeline.deployment()
+    status = deployment.status()
+    row = {"pipeline": name, "deployment": deployment.name, "status": status["status"],
+           "replicas": len(status.get("engines", [])), "url": pipeline.url()}
+    show([row], None, as_json, row)
+
+
+@pipelines_app.command("status")
+@click.argument("name")
+@workspace_option
+@json_option
+def pipelines_status(name: str, workspace: str | None, as_json: bool) -> None:
+    """The deployment status of pipeline NAME and its engine replicas."""
+    status = _client(workspace).current_workspace().pipeline(name).status()
+    if as_json:
+        show([], None, True, status)
+        return
+    out.print(f"{name}: {status['status']}")
+    engines = [{"name": e.get("name"), "status": e.get("status"), "pid": e.get("pid"), "restarts": e.get("restarts")}
+               for e in status.get("engines", [])]
+    if engines:
+        show(engines, None, False)
+
+
+@pipelines_app.command("undeploy")
+@click.argument("name")
+@workspace_option
+@json_option
+def pipelines_undeploy(name: str, workspace: str | None, as_json: bool) -> None:
+    """Stop the deployment of pipeline NAME."""
+    _client(workspace).current_workspace().pipeline(name).undeploy()
+    row = {"pipeline": name, "status": "NotDeployed"}
+    show([row], None, as_json, row)
+
+
+@pipelines_app.command("logs")
+@click.argument("name")
+@click.option("--limit", type=int, default=100, show_default=True, help="The newest N rows (0 = every row).")
+@click.option("--start", type=click.DateTime(), help="From this time (UTC).")
+@click.option("--end", type=click.DateTime(), help="Until this time (UTC).")
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write the rows to a .parquet, .arrow or "
+              ".json file.")
+@workspace_option
+@json_option
+def pipelines_logs(name: str, limit: int, start: datetime | None, end: datetime | None, output: Path | None,
+                   workspace: str | None, as_json: bool) -> None:
+    """The inference logs of pipeline NAME, oldest first (paged for you)."""
+    pipeline = _client(workspace).current_workspace().pipeline(name)
+    table = pipeline.logs(start, end, limit or None, arrow=True)
+    if output:
+        data.write_table(table, output)
+        out.print(f"{table.num_rows} rows written to {output}")
+        return
+    show(data.table_to_jsonable(table), None, as_json)
+
+
+# --- inference ----------------------------------------------------------------------------------------------
+
+
+def _flatten(record: dict[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, dict) and (key in ("in", "out", "metadata") or key.startswith("out_")):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def _read_stdin(input_format: str | None) -> Any:
+    if sys.stdin.isatty():
+        raise InvalidInput("give an input file, or pipe rows into stdin")
+    raw = sys.stdin.buffer.read()
+    if not raw.strip():
+        raise InvalidInput("stdin is empty: expected JSON records, Arrow or Parquet")
+    kind = input_format or ("json" if raw.lstrip()[:1] in (b"[", b"{") else
+                            "parquet" if raw[:4] == b"PAR1" else "arrow")
+    if kind == "json":
+        return data.parse_json_records(raw)
+    try:
+        return data.read_ipc_or_parquet(raw)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InvalidInput(f"stdin is not {kind}: {exc}") from None
+
+
+@app.command()
+@click.argument("pipeline")
+@click.argument("input_file", metavar="[INPUT]", required=False)
+@click.option("--format", "input_format", type=click.Choice(["json", "arrow", "parquet"]),
+              help="Format of stdin (default: guessed).")
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write the results to a .parquet, .arrow or "
+              ".json file.")
+@workspace_option
+@json_option
+def infer(pipeline: str, input_file: str | None, input_format: str | None, output: Path | None,
+          workspace: str | None, as_json: bool) -> None:
+    """Run rows through deployed PIPELINE. INPUT is a .json (pandas-records), .arrow/.feather or .parquet file;
+    '-' or nothing reads stdin. JSON in gives the API's JSON records; Arrow or Parquet in gives Arrow columns
+    (time, in.*, out.*, check_failures)."""
+    if input_file in (None, "-"):
+        rows: Any = _read_stdin(input_format)
+    else:
+        path = Path(input_file)
+        table, kind = data.read_table(path)  # the file is checked before signing in
+        rows = data.parse_json_records(path.read_bytes()) if kind == "json" else table
+    result = _client(workspace).current_workspace().pipeline(pipeline).infer(rows)
+    if isinstance(result, pa.Table):
+        if output:
+            data.write_table(result, output)
+            out.print(f"{result.num_rows} rows written to {output}")
+            return
+        show(data.table_to_jsonable(result), None, as_json)
+        return
+    if output:
+        output.write_text(json.dumps(result))
+        out.print(f"{len(result)} rows written to {output}")
+        return
+    flat = [_flatten(r) for r in result]
+    show(flat, [c for c in flat[0] if not c.startswith("metadata.")] if flat else None, as_json, result)
+
+
+# --- assays -------------------------------------------------------------------------------------------------
+
+
+@assays_app.command("list")
+@click.argument("pipeline")
+@workspace_option
+@json_option
+def assays_list(pipeline: str, workspace: str | None, as_json: bool) -> None:
+    """The drift assays of PIPELINE."""
+    assays = [a.to_dict() for a in _client(workspace).current_workspace().pipeline(pipeline).assays()]
+    show(assays, ["id", "name", "active", "status", "iopath", "alert_threshold"], as_json, assays)
+
+
+@assays_app.command("results")
+@click.argument("pipeline")
+@click.argument("assay_id", type=int)
+@click.option("--limit", type=int, help="At most N results.")
+@workspace_option
+@json_option
+def assays_results(pipeline: str, assay_id: int, limit: int | None, workspace: str | None, as_json: bool) -> None:
+    """The scored windows of assay ASSAY_ID of PIPELINE."""
+    assays = _client(workspace).current_workspace().pipeline(pipeline).assays()
+    found = [a for a in assays if a.id == assay_id]
+    if not found:
+        raise NotFound(404, "not_found", f"pipeline {pipeline} has no assay {assay_id}")
+    show(found[0].results(limit=limit), ["window_start", "score", "status"], as_json)
+
+
+# --- entry point --------------------------------------------------------------------------------------------
+
+
+def exit_code(exc: RailyardError) -> int:
+    """The exit code for an SDK error (see EXIT_CODES)."""
+    if isinstance(exc, (AuthenticationError, ConfigurationError)):
+        return 3
+    if isinstance(exc, NotFound):
+        return 4
+    if isinstance(exc, InvalidRequest):
+        return 2
+    if isinstance(exc, ConnectionFailed):
+        return 5
+    if isinstance(exc, WaitTimeout):
+        return 6
+    return 1
+
+
+def build_command() -> click.Group:
+    """Every command: the SDK's own plus those of installed plugins (entry point group `railyard.commands`;
+    the server adds `up`, `status`, `down`)."""
+    for plugin in entry_points(group=PLUGIN_GROUP):
+        try:
+            plugin.load()(app)
+        except Exception as exc:  # a broken plugin must not take the user's commands down with it
+            print(f"railyard: plugin {plugin.name!r} not loaded: {exc}", file=sys.stderr)
+    return app
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"railyard: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns (and, as a script, exits with) the exit code."""
+    command = build_command()
+    try:
+        result = command.main(args=argv, prog_name="railyard", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        print(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        return 2
+    except click.ClickException as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if isinstance(exc, click.UsageError) and exc.ctx else ""
+        return _fail(exc.format_message() + hint, exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        return _fail("interrupted", 130)
+    except RailyardError as exc:
+        return _fail(str(exc), exit_code(exc))
+    except Exception as exc:  # no traceback for users; RAILYARD_CLIENT_DEBUG=1 shows it
+        if os.environ.get("RAILYARD_CLIENT_DEBUG"):
+            raise
+        return _fail(f"unexpected {type(exc).__name__}: {exc}", 1)
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

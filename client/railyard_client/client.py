@@ -1,0 +1,171 @@
+"""`Client`: the entry point of the SDK."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import IO, Any
+
+from railyard_client import tasks
+from railyard_client.connections import Connection
+from railyard_client.errors import ConfigurationError, NotFound
+from railyard_client.models import ModelVersion
+from railyard_client.pipelines import Deployment, Pipeline
+from railyard_client.session import ENV_WORKSPACE, Session
+from railyard_client.workspaces import User, Workspace
+
+
+class Client:
+    """A signed-in connection to one Railyard server.
+
+        client = Client("http://127.0.0.1:18000", username="admin", password="...", client_secret="...")
+        client = Client()   # from RAILYARD_CLIENT_* variables, a task run, or `railyard login`'s file
+
+    Workspace-scoped shortcuts (`upload_model`, `build_pipeline`, `pipeline`, ...) act on the current
+    workspace: `workspace=` here, else `RAILYARD_CLIENT_WORKSPACE`, else the one `railyard workspaces use`
+    saved, else the caller's first workspace.
+    """
+
+    def __init__(self, url: str | None = None, *, username: str | None = None, password: str | None = None,
+                 client_id: str | None = None, client_secret: str | None = None, token: str | None = None,
+                 workspace: str | int | None = None, credentials_file: str | Path | None = None,
+                 timeout: float = 60.0) -> None:
+        """Connect and sign in; see the module `railyard_client.session` for where each value comes from.
+        Raises ConfigurationError when nothing says where or who, AuthenticationError on wrong credentials."""
+        self._session = Session(url, username=username, password=password, client_id=client_id,
+                                client_secret=client_secret, token=token, credentials_file=credentials_file,
+                                timeout=timeout)
+        self._workspace_ref = workspace if workspace is not None else (
+            os.environ.get(ENV_WORKSPACE) or self._session.saved_workspace)
+        self._workspace: Workspace | None = None
+
+    # --- connection ---------------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        return self._session.url
+
+    @property
+    def token(self) -> str:
+        """A valid access token (refreshed when about to expire), for scripts that call the HTTP API."""
+        return self._session.token
+
+    def auth_header(self) -> dict[str, str]:
+        """`{"Authorization": "Bearer ..."}` for requests/httpx scripts written against the HTTP API."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def request(self, route: str, body: dict[str, Any] | None = None) -> Any:
+        """POST any `/v1/api/<route>` with a JSON body and return the answer's JSON (typed errors)."""
+        return self._session.post(route, body)
+
+    def health(self) -> dict[str, Any]:
+        """The platform's health: every service's status."""
+        return self._session.send("GET", "/v1/api/health").json()
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self._session.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- workspaces -----------------------------------------------------------------------------------------
+
+    def workspaces(self) -> list[Workspace]:
+        """The workspaces the caller belongs to."""
+        listed = self._session.post("workspaces/list", {})["workspaces"]
+        return [Workspace(self._session, record) for record in listed]
+
+    def workspace(self, ref: str | int | None = None) -> Workspace:
+        """A workspace by name or id; without one, the current workspace. NotFound when there is none."""
+        if ref is None:
+            return self.current_workspace()
+        for workspace in self.workspaces():
+            if str(workspace.id) == str(ref) or workspace.name == str(ref):
+                return workspace
+        raise NotFound(404, "not_found", f"workspace {ref!r} not found (or you are not a member)")
+
+    def create_workspace(self, name: str) -> Workspace:
+        """Create a workspace owned by the caller."""
+        created = self._session.post("workspaces/create", {"workspace_name": name})
+        return self.workspace(created["workspace_id"])
+
+    def set_current_workspace(self, workspace: Workspace | str | int) -> Workspace:
+        """Make a workspace the one the shortcuts act on."""
+        self._workspace = workspace if isinstance(workspace, Workspace) else self.workspace(workspace)
+        return self._workspace
+
+    def current_workspace(self) -> Workspace:
+        """The workspace the shortcuts act on (see the class description for how it is chosen)."""
+        if self._workspace is None:
+            if self._workspace_ref is not None:
+                self._workspace = self.workspace(self._workspace_ref)
+            else:
+                found = sorted(self.workspaces(), key=lambda w: w.id)
+                if not found:
+                    raise ConfigurationError("you belong to no workspace yet: create one "
+                                             "(client.create_workspace(name) or `railyard workspaces create`)")
+                self._workspace = found[0]
+        return self._workspace
+
+    # --- shortcuts on the current workspace ------------------------------------------------------------------
+
+    def upload_model(self, name: str, source: str | Path | bytes | IO[bytes], **options: Any) -> ModelVersion:
+        """Upload a model into the current workspace (see Workspace.upload_model for the options)."""
+        return self.current_workspace().upload_model(name, source, **options)
+
+    def build_pipeline(self, name: str) -> Pipeline:
+        """Start (or rebuild) a pipeline in the current workspace."""
+        return self.current_workspace().build_pipeline(name)
+
+    def pipeline(self, name: str) -> Pipeline:
+        """An existing pipeline of the current workspace by name."""
+        return self.current_workspace().pipeline(name)
+
+    def get_deployment(self, name: str) -> Deployment:
+        """A deployment by pipeline name or deployment name (`<deploy_id>-<id>`) in the current workspace."""
+        for pipeline in self.current_workspace().pipelines():
+            record = pipeline.to_dict().get("deployment")
+            if record and name in (pipeline.name, record["name"]):
+                return Deployment(self._session, record, pipeline)
+        raise NotFound(404, "not_found", f"no active deployment {name!r} in workspace {self.current_workspace().name}")
+
+    # --- users, connections ----------------------------------------------------------------------------------
+
+    def users(self) -> list[User]:
+        """Every user the caller may see."""
+        listed = self._session.post("users/query", {})["users"]
+        return [User(self._session, record) for record in listed.values()]
+
+    def invite_user(self, email: str, password: str | None = None) -> dict[str, Any]:
+        """Create a user (admins only): `user_id`, and `temporary_password` when no password was given."""
+        return self._session.post("users/invite", {"email": email, "password": password})
+
+    def update_password(self, password: str) -> None:
+        """Set the caller's own password."""
+        self._session.post("users/update_password", {"password": password})
+
+    def create_connection(self, name: str, type: str, details: dict[str, Any]) -> Connection:
+        """Create a data connection (details are kept encrypted); attach it with `add_to_workspace`."""
+        created = self._session.post("connections/create", {"name": name, "type": type, "details": details})
+        return Connection(self._session, self._session.post("connections/get_by_id", {"id": created["id"]}))
+
+    def connection(self, name: str) -> Connection:
+        """A data connection by name, with its whole details."""
+        return Connection(self._session, self._session.post("connections/get", {"name": name}))
+
+    # --- task runs -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def in_task() -> bool:
+        """True inside an orchestration task run (see `railyard_client.tasks` for the environment contract)."""
+        return tasks.in_task()
+
+    @staticmethod
+    def task_args() -> dict[str, Any]:
+        """The arguments of the current task run ({} outside one)."""
+        return tasks.task_args()

@@ -1,0 +1,124 @@
+"""The errors the SDK raises. Every answer of the server with an error status becomes one of these, carrying
+the server's typed `code` and its `message`:
+
+    RailyardError
+    ├── ConfigurationError      the client lacks a URL or credentials (nothing was sent)
+    ├── ConnectionFailed        the server could not be reached
+    ├── WaitTimeout             a wait (deploy until Running, conversion) ran out of time
+    ├── ConversionFailed        an uploaded model's conversion ended in error
+    └── APIError                the server answered with an error status
+        ├── InvalidRequest      400 (and 422)
+        │   └── InvalidInput    the SDK refused the input before sending it (missing file, bad rows)
+        ├── AuthenticationError 401 (bad credentials, expired or missing token)
+        ├── PermissionDenied    403
+        ├── NotFound            404
+        ├── Conflict            409
+        ├── PayloadTooLarge     413
+        └── Unavailable         503 (a deployment still starting, a service down)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RailyardError(Exception):
+    """Base of every error the SDK raises; `message` is one line meant for a person."""
+
+    code: str = "error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigurationError(RailyardError):
+    """The client has no server URL or no credentials; nothing was sent."""
+
+    code = "configuration"
+
+
+class ConnectionFailed(RailyardError):
+    """The server could not be reached (refused, DNS, TLS, network timeout)."""
+
+    code = "connection_failed"
+
+
+class WaitTimeout(RailyardError):
+    """A wait for a state (a deployment Running, a model version ready) ran out of time."""
+
+    code = "timeout"
+
+
+class ConversionFailed(RailyardError):
+    """An uploaded model could not be converted or checked; the message is the server's reason."""
+
+    code = "conversion_failed"
+
+
+class APIError(RailyardError):
+    """The server answered with an error status; `status`, `code` and `message` are the server's own."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message or code, code=code)
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.status} {self.code})"
+
+
+class InvalidRequest(APIError):
+    """400: the request is malformed or breaks a rule; the server changed nothing."""
+
+
+class InvalidInput(InvalidRequest):
+    """The input was refused before anything was sent (a missing or unreadable file, rows that are not a table)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, "invalid_input", message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class AuthenticationError(APIError):
+    """401: wrong credentials, or a token that is missing, expired or revoked."""
+
+
+class PermissionDenied(APIError):
+    """403: the caller is known but may not do this."""
+
+
+class NotFound(APIError):
+    """404: no such resource, or one the caller may not see."""
+
+
+class Conflict(APIError):
+    """409: the request conflicts with the current state (a duplicate, still in use)."""
+
+
+class PayloadTooLarge(APIError):
+    """413: the body is above the server's limit."""
+
+
+class Unavailable(APIError):
+    """503: a service is down or a deployment is still starting; retrying later may work."""
+
+
+_BY_STATUS: dict[int, type[APIError]] = {400: InvalidRequest, 422: InvalidRequest, 401: AuthenticationError,
+                                         403: PermissionDenied, 404: NotFound, 409: Conflict,
+                                         413: PayloadTooLarge, 503: Unavailable}
+
+
+def error_from_answer(status: int, body: Any) -> APIError:
+    """The typed error for an error answer: `{"code", "msg"}` (the API) or `{"error", "error_description"}`
+    (the OAuth2 token endpoint)."""
+    body = body if isinstance(body, dict) else {}
+    code = str(body.get("code") or body.get("error") or f"http_{status}")
+    message = str(body.get("msg") or body.get("error_description") or body.get("message") or code)
+    return _BY_STATUS.get(status, APIError)(status, code, message)

@@ -1,0 +1,371 @@
+"""Pipelines (built from steps, versioned), their deployments, inference and inference logs."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from railyard_client import data
+from railyard_client.assays import Assay, assay_config
+from railyard_client.errors import InvalidInput, NotFound, Unavailable, WaitTimeout
+from railyard_client.models import Model, ModelVersion
+from railyard_client.progress import wait_spinner
+from railyard_client.resource import Resource
+from railyard_client.session import Session
+
+ModelLike = Model | ModelVersion | str
+InferInput = pd.DataFrame | pa.Table | pa.RecordBatch | str | Path | list | dict
+LOG_PAGE = 10_000
+UNAVAILABLE_RETRY = 15.0  # seconds an inference keeps retrying a deployment that is (re)starting
+
+
+def _model_ref(model: ModelLike) -> dict[str, Any]:
+    """A step's model reference: a version pins name, version and sha; a Model pins its newest version; a name
+    means the newest ready version at deploy time."""
+    if isinstance(model, ModelVersion):
+        return model.step_ref()
+    if isinstance(model, Model):
+        return model.latest_version().step_ref()
+    if isinstance(model, str) and model:
+        return {"name": model}
+    raise InvalidInput(f"a step needs a Model, ModelVersion or model name, not {model!r}")
+
+
+def _rfc3339(moment: datetime | str) -> str:
+    if isinstance(moment, str):
+        return moment
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.isoformat()
+
+
+class Deployment(Resource):
+    """A pipeline's active deployment (`<deploy_id>-<id>`), as in `client.get_deployment(name)`."""
+
+    def __init__(self, session: Session, record: dict[str, Any], pipeline: Pipeline) -> None:
+        super().__init__(session, record)
+        self.pipeline = pipeline
+
+    @property
+    def id(self) -> int:
+        """The deployment's numeric id."""
+        return int(self._record["id"])
+
+    @property
+    def name(self) -> str:
+        """`<deploy_id>-<id>`: the name inference URLs and OIP v2 use."""
+        return str(self._record["name"])
+
+    def status(self) -> dict[str, Any]:
+        """The deployment's status: `status` (Running, Starting, Error, Stopped) and each engine replica."""
+        return self._session.post("status/get_deployment", {"name": self.name})
+
+    def wait_until_running(self, timeout: float = 300.0, progress: bool | None = None) -> Deployment:
+        """Poll the status until every replica runs; WaitTimeout (with the last reasons) if it does not."""
+        deadline = time.monotonic() + timeout
+        show = progress if progress is not None else False
+        with wait_spinner(f"deployment {self.name}", show) as say:
+            while True:
+                status = self.status()
+                say(status["status"])
+                if status["status"] == "Running":
+                    return self
+                if time.monotonic() > deadline:
+                    details = "; ".join(status.get("details") or []) or status["status"]
+                    raise WaitTimeout(f"deployment {self.name} not Running after {timeout:g}s: {details}")
+                time.sleep(0.25)
+
+    def predict(self, data_in: InferInput, **kwargs: Any) -> Any:
+        """Run an inference on this deployment (the same as `pipeline.infer`)."""
+        return self.pipeline.infer(data_in, **kwargs)
+
+    def undeploy(self) -> None:
+        """Stop this deployment's replicas."""
+        self.pipeline.undeploy()
+
+
+class Pipeline(Resource):
+    """A pipeline: build it from steps, deploy it, infer, read its logs.
+
+    `workspace.build_pipeline(name)` starts one; `add_model_step` (and the shadow/A-B steps) describe the
+    definition; `create()` stores it as a version (the same definition gives the same version); `deploy()`
+    creates the version when needed and starts replicas.
+    """
+
+    def __init__(self, session: Session, workspace_id: int, name: str, record: dict[str, Any] | None = None) -> None:
+        super().__init__(session, record or {"name": name, "workspace_id": workspace_id})
+        self.workspace_id = workspace_id
+        self._steps: list[dict[str, Any]] = []
+        if record and record.get("versions"):
+            self._steps = list(record["versions"][-1]["definition"].get("steps", []))
+
+    # --- identity -------------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The pipeline's name."""
+        return str(self._record["name"])
+
+    @property
+    def id(self) -> int | None:
+        """The pipeline's numeric id (None until created)."""
+        return self._record.get("id")
+
+    @property
+    def definition(self) -> dict[str, Any]:
+        """The definition the steps added so far make: `{"steps": [...]}`."""
+        return {"steps": list(self._steps)}
+
+    def refresh(self) -> Pipeline:
+        """Read the pipeline's record again (versions, active deployment)."""
+        if self.id is not None:
+            self._record = self._session.post("pipelines/get", {"pipeline_id": self.id})
+            return self
+        listed = self._session.post("pipelines/list", {"workspace_id": self.workspace_id})["pipelines"]
+        for record in listed:
+            if record["name"] == self.name:
+                self._record = record
+                return self
+        raise NotFound(404, "not_found", f"pipeline {self.name!r} not found in workspace {self.workspace_id}")
+
+    # --- building ---------------------------------------------------------------------------------------
+
+    def add_model_step(self, model: ModelLike) -> Pipeline:
+        """Append a step that runs one model (a ModelVersion pins that version; a Model its newest version; a
+        name the newest ready version at deploy time)."""
+        self._steps.append({"ModelInference": {"models": [_model_ref(model)]}})
+        return self
+
+    def add_shadow_deploy(self, champion: ModelLike, challengers: list[ModelLike]) -> Pipeline:
+        """Append a shadow step: the champion answers, challengers run on the same rows for the log only."""
+        self._steps.append({"ShadowDeploy": {"champion": _model_ref(champion),
+                                             "challengers": [_model_ref(c) for c in challengers]}})
+        return self
+
+    def add_random_split(self, weights: list[float], models: list[ModelLike], hash_key: str | None = None) -> Pipeline:
+        """Append an A/B step: one model per request by weight, or by a hash of the `hash_key` column."""
+        body: dict[str, Any] = {"weights": weights, "models": [_model_ref(m) for m in models]}
+        if hash_key:
+            body["hash_key"] = hash_key
+        self._steps.append({"RandomSplit": body})
+        return self
+
+    def clear(self) -> Pipeline:
+        """Remove every step (to build a new definition)."""
+        self._steps = []
+        return self
+
+    def create(self) -> Pipeline:
+        """Store the current definition as a version (a new one only when it changed)."""
+        created = self._session.post("pipelines/create", {"pipeline_id": self.name, "workspace_id": self.workspace_id,
+                                                          "definition": self.definition})
+        self._record = self._session.post("pipelines/get", {"pipeline_id": created["pipeline_pk_id"]})
+        return self
+
+    def versions(self) -> list[dict[str, Any]]:
+        """The pipeline's versions, oldest first: id, version (UUID), definition, created_at."""
+        return list(self.refresh()._record.get("versions", []))
+
+    # --- deploying --------------------------------------------------------------------------------------
+
+    def deploy(self, deploy_id: str | None = None, engine_config: dict[str, Any] | None = None, *,
+               replicas: int | None = None, cpus: float | None = None, wait: bool = True, timeout: float = 300.0,
+               progress: bool | None = None) -> Pipeline:
+        """Deploy the current definition (stored as a version first) and, with `wait`, return once every replica
+        is Running. `engine_config` is the seed's (`cpus`, `replica_count`, `replica_autoscale_min_max`, ...);
+        `replicas` and `cpus` are shortcuts for its two most used fields."""
+        if self._steps or self.id is None:
+            self.create()
+        versions = self._record.get("versions") or []
+        if not versions:
+            raise InvalidInput(f"pipeline {self.name} has no version to deploy")
+        config = dict(engine_config or {})
+        if replicas is not None:
+            config["replica_count"] = replicas
+        if cpus is not None:
+            config["cpus"] = cpus
+        body: dict[str, Any] = {"deploy_id": deploy_id or self.name, "pipeline_id": self.id,
+                                "pipeline_version_pk_id": versions[-1]["id"]}
+        if config:
+            body["engine_config"] = config
+        with wait_spinner(f"deploying {self.name}", bool(progress)) as say:
+            self._session.post("pipelines/deploy", body)
+            say("replicas started")
+        self.refresh()
+        if wait:
+            self.deployment().wait_until_running(timeout, progress)
+        return self
+
+    def deployment(self) -> Deployment:
+        """The active deployment; NotFound when the pipeline is not deployed."""
+        record = self.refresh()._record.get("deployment")
+        if not record:
+            raise NotFound(404, "not_found", f"pipeline {self.name} is not deployed")
+        return Deployment(self._session, record, self)
+
+    def status(self) -> dict[str, Any]:
+        """The deployment's status (`status`: Running, Starting, Error), or `{"status": "NotDeployed"}`."""
+        record = self.refresh()._record.get("deployment")
+        if not record:
+            return {"status": "NotDeployed", "details": [], "engines": []}
+        return Deployment(self._session, record, self).status()
+
+    def wait_until_running(self, timeout: float = 300.0, progress: bool | None = None) -> Pipeline:
+        """Wait until the active deployment runs (see Deployment.wait_until_running)."""
+        self.deployment().wait_until_running(timeout, progress)
+        return self
+
+    def undeploy(self) -> Pipeline:
+        """Stop the active deployment (nothing happens when none is active)."""
+        record = self.refresh()._record.get("deployment")
+        if record:
+            self._session.post("pipelines/undeploy", {"pipeline_id": self.id, "deployment_id": record["id"]})
+            self.refresh()
+        return self
+
+    def copy(self, name: str, *, deploy_id: str | None = None, engine_config: dict[str, Any] | None = None) -> Pipeline:
+        """A new pipeline with this one's latest definition (deployed too when `deploy_id` is given)."""
+        if self.id is None:
+            self.refresh()
+        body: dict[str, Any] = {"name": name, "workspace_id": self.workspace_id, "source_pipeline": self.id}
+        if deploy_id:
+            body["deploy"] = deploy_id
+            if engine_config:
+                body["engine_config"] = engine_config
+        copied = self._session.post("pipelines/copy", body)
+        record = self._session.post("pipelines/get", {"pipeline_id": copied["pipeline_pk_id"]})
+        return Pipeline(self._session, self.workspace_id, name, record)
+
+    def url(self) -> str:
+        """The public inference URL of the active deployment."""
+        return self._session.post("admin/get_pipeline_external_url",
+                                  {"workspace_id": self.workspace_id, "pipeline_name": self.name})["url"]
+
+    # --- inference --------------------------------------------------------------------------------------
+
+    def infer(self, data_in: InferInput, *, timeout: float = 60.0) -> Any:
+        """Run rows through the deployed pipeline. A DataFrame gives a DataFrame; an Arrow table (or record
+        batch) an Arrow table; a path to a .arrow/.feather or .parquet file an Arrow table, to a .json file a
+        DataFrame; a list of row objects (pandas-records) the seed's JSON records. Result columns are `time`,
+        `in.<input>`, `out.<output>`, `check_failures` (and `metadata` for JSON)."""
+        deployment = self.deployment()
+        path = f"/v1/api/pipelines/infer/{deployment.name}/{self.name}"
+        as_frame = isinstance(data_in, pd.DataFrame)
+        if isinstance(data_in, (str, Path)):
+            table, kind = data.read_table(data_in)
+            as_frame = kind == "json"
+        elif isinstance(data_in, pd.DataFrame):
+            table = data.dataframe_to_table(data_in)
+        elif isinstance(data_in, pa.RecordBatch):
+            table = pa.Table.from_batches([data_in])
+        elif isinstance(data_in, pa.Table):
+            table = data_in
+        elif isinstance(data_in, (list, dict)):
+            rows = [data_in] if isinstance(data_in, dict) else data_in
+            response = self._send_retrying(path, content=None, json_rows=rows, timeout=timeout)
+            return response.json()
+        else:
+            raise InvalidInput(f"cannot infer from {type(data_in).__name__}: give a "
+                                 "DataFrame, an Arrow table, a file path or a list of row objects")
+        response = self._send_retrying(path, content=data.to_ipc_file(table), timeout=timeout)
+        result = data.from_ipc(response.content)
+        return result.to_pandas() if as_frame else result
+
+    def _send_retrying(self, path: str, *, content: bytes | None, timeout: float, json_rows: Any = None) -> Any:
+        headers = {"Content-Type": data.ARROW_FILE, "Accept": data.ARROW_FILE} if content is not None \
+            else {"Content-Type": data.RECORDS}
+        deadline = time.monotonic() + UNAVAILABLE_RETRY
+        while True:
+            try:
+                if content is not None:
+                    return self._session.send("POST", path, content=content, headers=dict(headers), timeout=timeout)
+                return self._session.send("POST", path, json=json_rows, headers=dict(headers), timeout=timeout)
+            except Unavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def infer_v2(self, inputs: dict[str, Any] | pd.DataFrame, *, timeout: float = 60.0) -> dict[str, np.ndarray]:
+        """Open Inference Protocol v2 (`/v2/models/<deployment>/infer`): named arrays in (first dimension =
+        batch), named numpy arrays out."""
+        deployment = self.deployment()
+        response = self._session.send("POST", f"/v2/models/{deployment.name}/infer", json=data.oip_request(inputs),
+                                      timeout=timeout)
+        return data.oip_outputs(response.json())
+
+    # --- logs -------------------------------------------------------------------------------------------
+
+    def logs(self, start: datetime | str | None = None, end: datetime | str | None = None, limit: int | None = 100,
+             *, arrow: bool = False, dataset: list[str] | None = None,
+             dataset_exclude: list[str] | None = None) -> pd.DataFrame | pa.Table:
+        """The newest `limit` logged inferences (all of them with `limit=None`) between `start` and `end`,
+        oldest first, as a DataFrame (or an Arrow table with `arrow=True`); pages through the server's cursor.
+        Columns are `time`, `in.<input>`, `out.<output>`, `metadata.*` (and shadow/A-B columns)."""
+        if limit is not None and limit < 1:
+            raise InvalidInput("limit must be at least 1 (or None for every row)")
+        body: dict[str, Any] = {"pipeline_id": self.name, "workspace_id": self.workspace_id, "order": "Desc"}
+        if start is not None or end is not None:
+            body["start_time"] = _rfc3339(start or datetime(1970, 1, 1, tzinfo=timezone.utc))
+            body["end_time"] = _rfc3339(end or datetime.now(timezone.utc))
+        if dataset:
+            body["dataset"] = dataset
+        if dataset_exclude:
+            body["dataset_exclude"] = dataset_exclude
+        tables: list[pa.Table] = []
+        rows = 0
+        while limit is None or rows < limit:
+            body["page_size"] = LOG_PAGE if limit is None else min(LOG_PAGE, limit - rows)
+            response = self._session.send("POST", "/v1/api/pipelines/get_logs", json=body,
+                                          headers={"Accept": data.ARROW_FILE})
+            page = data.from_ipc(response.content)
+            if page.num_rows:
+                tables.append(page)
+                rows += page.num_rows
+            cursor = response.headers.get("x-iteration-cursor")
+            if response.headers.get("x-iteration-status") == "All" or not cursor:
+                break
+            body["cursor"] = cursor
+        if not tables:
+            table = pa.table({"time": pa.array([], pa.timestamp("ms", tz="timezone.utc"))})
+        else:
+            table = pa.concat_tables(tables, promote_options="permissive")
+            table = table.take(pa.array(np.arange(table.num_rows - 1, -1, -1)))  # newest-first pages: reverse
+        return table if arrow else table.to_pandas()
+
+    # --- assays -----------------------------------------------------------------------------------------
+
+    def assays(self) -> list[Assay]:
+        """The pipeline's assays."""
+        if self.id is None:
+            self.refresh()
+        return [Assay(self._session, record) for record in self._session.post("assays/list", {"pipeline_id": self.id})]
+
+    def create_assay(self, name: str, iopath: str, **config: Any) -> Assay:
+        """Create a scheduled drift assay on a logged field (`iopath` like `"output dense_1 0"`); keyword
+        arguments are those of `run_assay`."""
+        if self.id is None:
+            self.refresh()
+        body = assay_config(name, self, iopath, **config)
+        created = self._session.post("assays/create", body)
+        return Assay(self._session, {**body, "id": created["assay_id"]})
+
+    def run_assay(self, name: str, iopath: str, *, baseline_start: datetime | str | None = None,
+                  baseline_end: datetime | str | None = None, baseline_values: list[float] | None = None,
+                  width: str = "24 hours", interval: str | None = None, start: datetime | str | None = None,
+                  metric: str = "PSI", num_bins: int = 5, bin_mode: str = "Quantile", alert_threshold: float = 0.25,
+                  warning_threshold: float | None = None, model: str | None = None) -> list[dict[str, Any]]:
+        """Score windows of a logged field against a baseline now (`assays/run_interactive`), without storing
+        an assay. The baseline is the logs between `baseline_start` and `baseline_end`, or `baseline_values`."""
+        if self.id is None:
+            self.refresh()
+        body = assay_config(name, self, iopath, baseline_start=baseline_start, baseline_end=baseline_end,
+                            baseline_values=baseline_values, width=width, interval=interval, start=start,
+                            metric=metric, num_bins=num_bins, bin_mode=bin_mode, alert_threshold=alert_threshold,
+                            warning_threshold=warning_threshold, model=model)
+        return self._session.post("assays/run_interactive", body)

@@ -1,0 +1,220 @@
+"""Where the client's URL and credentials come from, the tokens it holds, and the HTTP calls it makes.
+
+Credentials are looked up in this order (the first that gives a URL and a way to authenticate wins):
+
+1. arguments to `Client(...)`;
+2. environment variables `RAILYARD_CLIENT_URL`, `RAILYARD_CLIENT_USERNAME`, `RAILYARD_CLIENT_PASSWORD`,
+   `RAILYARD_CLIENT_ID`, `RAILYARD_CLIENT_SECRET`, `RAILYARD_CLIENT_TOKEN` (a bearer token used as is, e.g. the
+   scoped token of a task run) and `RAILYARD_CLIENT_WORKSPACE`;
+3. the credentials file `railyard login` writes (`RAILYARD_CLIENT_CREDENTIALS`, default
+   `$XDG_CONFIG_HOME/railyard/credentials.json`, i.e. `~/.config/railyard/credentials.json`, mode 0600).
+
+Refresh tokens are single-use, so a session that came from the file writes the refreshed tokens back to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from railyard_client.errors import AuthenticationError, ConfigurationError, ConnectionFailed, error_from_answer
+
+TOKEN_PATH = "/auth/realms/master/protocol/openid-connect/token"
+API_PREFIX = "/v1/api"
+REFRESH_MARGIN = 30.0  # seconds before expiry at which a token is refreshed
+DEFAULT_CLIENT_ID = "api-client"  # the confidential client the embedded stack creates
+
+ENV_URL = "RAILYARD_CLIENT_URL"
+ENV_USERNAME = "RAILYARD_CLIENT_USERNAME"
+ENV_PASSWORD = "RAILYARD_CLIENT_PASSWORD"
+ENV_CLIENT_ID = "RAILYARD_CLIENT_ID"
+ENV_CLIENT_SECRET = "RAILYARD_CLIENT_SECRET"
+ENV_TOKEN = "RAILYARD_CLIENT_TOKEN"
+ENV_WORKSPACE = "RAILYARD_CLIENT_WORKSPACE"
+ENV_CREDENTIALS = "RAILYARD_CLIENT_CREDENTIALS"
+
+
+def credentials_path() -> Path:
+    """The credentials file `railyard login` writes and `Client()` reads."""
+    if os.environ.get(ENV_CREDENTIALS):
+        return Path(os.environ[ENV_CREDENTIALS]).expanduser()
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "railyard" / "credentials.json"
+
+
+def read_credentials(path: Path | None = None) -> dict[str, Any]:
+    """The saved credentials, or {} when there are none (or the file is unreadable)."""
+    path = path or credentials_path()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_credentials(data: dict[str, Any], path: Path | None = None) -> Path:
+    """Write the credentials file atomically, readable by its owner only (0600)."""
+    path = path or credentials_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".credentials-")  # mkstemp creates it 0600
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=1)
+    os.replace(temporary, path)
+    return path
+
+
+def normalize_url(url: str) -> str:
+    """`http://host:port` from any of `http://host:port[/][v1/api]`."""
+    url = url.strip().rstrip("/")
+    url = url.removesuffix(API_PREFIX)
+    if not url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"the server URL must start with http:// or https:// (got {url!r})")
+    return url
+
+
+class Session:
+    """One authenticated connection to a gateway: tokens (refreshed when needed) and typed-error HTTP calls."""
+
+    def __init__(self, url: str | None = None, *, username: str | None = None, password: str | None = None,
+                 client_id: str | None = None, client_secret: str | None = None, token: str | None = None,
+                 credentials_file: str | Path | None = None, timeout: float = 60.0) -> None:
+        env = os.environ
+        self.credentials_file = Path(credentials_file).expanduser() if credentials_file else credentials_path()
+        saved = read_credentials(self.credentials_file)
+        url = url or env.get(ENV_URL) or saved.get("url")
+        if not url:
+            raise ConfigurationError(f"no server URL: pass Client(url), set {ENV_URL} or run `railyard login`")
+        self.url = normalize_url(url)
+        same_server = bool(saved) and normalize_url(str(saved.get("url", "http://x"))) == self.url
+        saved = saved if same_server else {}
+        self.username = username or env.get(ENV_USERNAME)
+        self.password = password or env.get(ENV_PASSWORD)
+        self.client_id = client_id or env.get(ENV_CLIENT_ID) or saved.get("client_id") or DEFAULT_CLIENT_ID
+        self.client_secret = client_secret or env.get(ENV_CLIENT_SECRET) or saved.get("client_secret")
+        self.saved_workspace = saved.get("workspace")
+        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+        self.access_token: str | None = token or env.get(ENV_TOKEN)
+        self.refresh_token: str | None = None
+        self.expires_at = float("inf")  # a given token is used as is until the server refuses it
+        self.persist = False
+        if self.access_token:
+            return
+        if self.username and self.password:
+            self.login(self.username, self.password)
+        elif saved.get("access_token"):
+            self.access_token = saved["access_token"]
+            self.refresh_token = saved.get("refresh_token")
+            self.expires_at = float(saved.get("expires_at") or 0)
+            self.username = saved.get("username")
+            self.persist = True
+        else:
+            raise ConfigurationError(
+                f"not logged in to {self.url}: pass username and password, set {ENV_USERNAME} and {ENV_PASSWORD}"
+                f" (or {ENV_TOKEN}), or run `railyard login`")
+
+    # --- tokens ------------------------------------------------------------------------------------
+
+    def _grant(self, form: dict[str, str]) -> dict[str, Any]:
+        if not self.client_secret:
+            raise ConfigurationError(f"no client secret: pass client_secret or set {ENV_CLIENT_SECRET}")
+        try:
+            response = self.http.post(TOKEN_PATH, data=form, auth=(self.client_id, self.client_secret))
+        except httpx.HTTPError as exc:
+            raise ConnectionFailed(f"cannot reach {self.url}: {exc}") from None
+        body = _json_or_none(response)
+        if response.status_code != 200:
+            raise error_from_answer(response.status_code, body)
+        self.access_token = body["access_token"]
+        self.refresh_token = body.get("refresh_token")
+        self.expires_at = time.time() + float(body.get("expires_in", 300))
+        self._save()
+        return body
+
+    def login(self, username: str, password: str) -> None:
+        """Sign in with the password grant; keeps the access and refresh tokens."""
+        self.username, self.password = username, password
+        self._grant({"grant_type": "password", "username": username, "password": password})
+
+    def refresh(self) -> None:
+        """A new access token from the refresh token (or the password, when the refresh token expired)."""
+        if self.refresh_token:
+            try:
+                self._grant({"grant_type": "refresh_token", "refresh_token": self.refresh_token})
+                return
+            except AuthenticationError:
+                if not (self.username and self.password):
+                    raise AuthenticationError(401, "unauthorized",
+                                              "the session expired: run `railyard login` again") from None
+        if self.username and self.password:
+            self.login(self.username, self.password)
+            return
+        raise AuthenticationError(401, "unauthorized", "the token expired or was refused and cannot be refreshed")
+
+    def can_refresh(self) -> bool:
+        """Whether a refused token can be replaced without asking the user."""
+        return bool(self.refresh_token or (self.username and self.password))
+
+    @property
+    def token(self) -> str:
+        """A valid access token, refreshed when it is about to expire."""
+        if self.access_token is None or time.time() > self.expires_at - REFRESH_MARGIN:
+            self.refresh()
+        assert self.access_token is not None
+        return self.access_token
+
+    def _save(self) -> None:
+        if self.persist:
+            saved = read_credentials(self.credentials_file)
+            saved |= {"access_token": self.access_token, "refresh_token": self.refresh_token,
+                      "expires_at": self.expires_at}
+            write_credentials(saved, self.credentials_file)
+
+    def credentials(self) -> dict[str, Any]:
+        """What `railyard login` keeps: the URL, the client and the current tokens."""
+        return {"url": self.url, "client_id": self.client_id, "client_secret": self.client_secret,
+                "username": self.username, "access_token": self.access_token,
+                "refresh_token": self.refresh_token, "expires_at": self.expires_at}
+
+    # --- calls -------------------------------------------------------------------------------------
+
+    def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One authenticated request (path under the server root); typed errors for error answers. A token the
+        server refuses is refreshed once and the request repeated (bodies must be replayable)."""
+        for attempt in (0, 1):
+            headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {self.token}"}
+            try:
+                response = self.http.request(method, path, headers=headers, **kwargs)
+            except httpx.TimeoutException:
+                raise ConnectionFailed(f"{self.url} did not answer {path} in time") from None
+            except httpx.HTTPError as exc:
+                raise ConnectionFailed(f"cannot reach {self.url}: {exc}") from None
+            kwargs["headers"] = {k: v for k, v in headers.items() if k != "Authorization"}
+            if response.status_code == 401 and attempt == 0 and self.can_refresh() and "files" not in kwargs:
+                self.refresh()
+                continue
+            if response.status_code >= 400:
+                raise error_from_answer(response.status_code, _json_or_none(response))
+            return response
+        raise AssertionError("unreachable")
+
+    def post(self, route: str, body: dict[str, Any] | None = None) -> Any:
+        """POST /v1/api/<route> with a JSON body; the answer's JSON (None for 204)."""
+        response = self.send("POST", f"{API_PREFIX}/{route.lstrip('/')}", json=body or {})
+        return response.json() if response.content else None
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.http.close()
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None

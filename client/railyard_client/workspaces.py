@@ -1,0 +1,141 @@
+"""Workspaces (what models, pipelines and members belong to) and users."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+
+from railyard_client.connections import Connection
+from railyard_client.errors import NotFound
+from railyard_client.models import Model, ModelVersion, Registry, upload_model
+from railyard_client.pipelines import Pipeline
+from railyard_client.resource import Resource
+
+
+class User(Resource):
+    """A user of the platform."""
+
+    @property
+    def id(self) -> str:
+        """The user's UUID."""
+        return str(self._record["id"])
+
+    @property
+    def email(self) -> str:
+        """The user's email (also their username)."""
+        return str(self._record.get("email") or self._record.get("username"))
+
+    @property
+    def enabled(self) -> bool:
+        """False once deactivated."""
+        return bool(self._record.get("enabled", True))
+
+    def deactivate(self) -> None:
+        """Stop the user from logging in (admins only)."""
+        self._session.post("users/deactivate", {"email": self.email})
+        self._record["enabled"] = False
+
+    def activate(self) -> None:
+        """Let a deactivated user log in again (admins only)."""
+        self._session.post("users/activate", {"email": self.email})
+        self._record["enabled"] = True
+
+
+class Workspace(Resource):
+    """A workspace: its models, pipelines, members, connections and registries."""
+
+    @property
+    def id(self) -> int:
+        """The workspace's numeric id."""
+        return int(self._record["id"])
+
+    @property
+    def name(self) -> str:
+        """The workspace's name."""
+        return str(self._record["name"])
+
+    # --- models -----------------------------------------------------------------------------------------
+
+    def upload_model(self, name: str, source: str | Path | bytes | IO[bytes], *, framework: str = "onnx",
+                     input_schema: pa.Schema | str | None = None, output_schema: pa.Schema | str | None = None,
+                     requirements: list[str] | None = None, python_version: str | None = None,
+                     progress: bool | None = None, wait: bool = True, timeout: float = 300.0) -> ModelVersion:
+        """Upload a model from a path, bytes or an open binary file as a new version of `name` (framework
+        `onnx`, `python`, `custom`, `sklearn` or `xgboost`). Streams the file (a progress bar on a terminal
+        for files from 8 MiB, or when `progress=True`); with `wait`, returns once any conversion finished."""
+        return upload_model(self._session, self.id, name, source, framework=framework, input_schema=input_schema,
+                            output_schema=output_schema, requirements=requirements, python_version=python_version,
+                            progress=progress, wait=wait, timeout=timeout)
+
+    def models(self) -> list[Model]:
+        """The workspace's models."""
+        listed = self._session.post("models/list", {"workspace_id": self.id})["models"]
+        return [Model(self._session, record) for record in listed]
+
+    def model(self, name: str) -> Model:
+        """A model by name; NotFound when there is none."""
+        for model in self.models():
+            if model.name == name:
+                return model
+        raise NotFound(404, "not_found", f"model {name!r} not found in workspace {self.name}")
+
+    # --- pipelines --------------------------------------------------------------------------------------
+
+    def build_pipeline(self, name: str) -> Pipeline:
+        """A pipeline to add steps to: the existing one of that name (its latest definition cleared), or a new
+        one (created on `create()` or `deploy()`)."""
+        try:
+            return self.pipeline(name).clear()
+        except NotFound:
+            return Pipeline(self._session, self.id, name)
+
+    def pipelines(self) -> list[Pipeline]:
+        """The workspace's pipelines."""
+        listed = self._session.post("pipelines/list", {"workspace_id": self.id})["pipelines"]
+        return [Pipeline(self._session, self.id, record["name"], record) for record in listed]
+
+    def pipeline(self, name: str) -> Pipeline:
+        """An existing pipeline by name; NotFound when there is none."""
+        for pipeline in self.pipelines():
+            if pipeline.name == name:
+                return pipeline
+        raise NotFound(404, "not_found", f"pipeline {name!r} not found in workspace {self.name}")
+
+    # --- members ----------------------------------------------------------------------------------------
+
+    def users(self) -> list[dict[str, Any]]:
+        """The members: user_id and user_type (OWNER or COLLABORATOR)."""
+        return self._session.post("workspaces/list_users", {"workspace_id": self.id})["users"]
+
+    def add_user(self, email: str) -> None:
+        """Add an existing user as a collaborator."""
+        self._session.post("workspaces/add_user", {"workspace_id": self.id, "email": email})
+
+    def remove_user(self, email: str) -> None:
+        """Remove a member."""
+        self._session.post("workspaces/remove_user", {"workspace_id": self.id, "email": email})
+
+    # --- connections and registries ------------------------------------------------------------------------
+
+    def connections(self) -> list[Connection]:
+        """The data connections attached to this workspace (secret-looking details masked)."""
+        listed = self._session.post("connections/list", {"workspace_id": self.id})["connections"]
+        return [Connection(self._session, record) for record in listed]
+
+    def add_connection(self, connection: Connection) -> None:
+        """Attach a data connection to this workspace."""
+        connection.add_to_workspace(self.id)
+
+    def registries(self) -> list[Registry]:
+        """The MLflow registries attached to this workspace (tokens masked)."""
+        return [Registry(self._session, r) for r in self._session.post("models/list_registries",
+                                                                        {"workspace_id": self.id})]
+
+    def create_registry(self, name: str, url: str, token: str | None = None) -> Registry:
+        """Connect an MLflow registry to this workspace (the token is kept encrypted)."""
+        created = self._session.post("models/create_registry", {"workspace_id": self.id, "name": name, "url": url,
+                                                                "token": token})
+        registry_id = created.get("id") or created.get("registry_id")
+        return Registry(self._session, self._session.post("models/get_registry", {"registry_id": registry_id}))
