@@ -66,7 +66,10 @@ async def apply_migrations(conn: asyncpg.Connection, schema: str, migrations: li
     applied_now: list[int] = []
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"railyard-migrations:{schema}")
-        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        # a service's own role may not create schemas (shared.db_roles made its schema for it); CREATE SCHEMA
+        # IF NOT EXISTS checks that privilege even when the schema exists, so look first
+        if not await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema):
+            await conn.execute(f'CREATE SCHEMA "{schema}"')
         await conn.execute(
             f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations ('
             " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"

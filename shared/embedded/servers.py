@@ -46,8 +46,11 @@ def _generated_secrets() -> dict[str, str]:
     import base64
     import secrets as rnd
 
+    from shared.db_roles import DATABASE_SCHEMAS
+
     return {
-        "postgres_password": rnd.token_urlsafe(24),
+        "postgres_password": rnd.token_urlsafe(24),  # the superuser's: bootstrap only, never a service's
+        **{f"postgres_password_{schema}": rnd.token_urlsafe(24) for schema in DATABASE_SCHEMAS},
         "s3_access_key": "railyard" + rnd.token_hex(6),
         "s3_secret_key": rnd.token_urlsafe(30),
         "admin_username": "admin",

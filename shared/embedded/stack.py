@@ -119,6 +119,14 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+# secrets only one service reads: the others do not get them in their environment
+SECRET_OWNERS = {
+    "RAILYARD_AUTH__BOOTSTRAP_ADMIN_PASSWORD": "auth",
+    "RAILYARD_AUTH__BOOTSTRAP_CLIENT_SECRET": "auth",
+    "RAILYARD_AUTH__CLIENT_SECRET_KEY": "auth",
+    "RAILYARD_REGISTRY__SECRETS_KEY": "registry",
+}
+
 PORT_SETTINGS = {
     ("nats", "client"): "RAILYARD_STACK__NATS_PORT",
     ("nats", "monitor"): "RAILYARD_STACK__NATS_MONITOR_PORT",
@@ -186,7 +194,31 @@ class EmbeddedStack:
                 raise StackError(f"port {port} on {host} ({owner} {label}) is already in use"
                                  + (f"; set {hint} to another port" if hint else ""))
 
-    def service_env(self) -> dict[str, str]:
+    def superuser_dsn(self) -> str:
+        """PostgreSQL's superuser: the supervisor's, to create the services' roles; no service gets it."""
+        assert self.secrets is not None
+        return (f"postgresql://railyard:{self.secrets.postgres_password}"
+                f"@{self.cfg.host}:{self.cfg.postgres_port}/railyard")
+
+    def ensure_service_roles(self) -> None:
+        """Each service's own role owning its schema only (shared.db_roles), passwords from the secrets file."""
+        import asyncio
+
+        from shared.db_roles import DATABASE_SCHEMAS, ensure_service_roles
+
+        assert self.secrets is not None
+        passwords = {s: self.secrets.values[f"postgres_password_{s}"] for s in DATABASE_SCHEMAS}
+        try:
+            asyncio.run(ensure_service_roles(self.superuser_dsn(), passwords))
+        except Exception as exc:  # asyncpg's errors and OSError: one line, and the stack stops cleanly
+            raise StackError(f"could not create the services' database roles: {type(exc).__name__}: {exc}"
+                             .splitlines()[0]) from None
+
+    def service_env(self, name: str) -> dict[str, str]:
+        """The environment of service `name`: its own database role's DSN (none if it keeps no tables) and
+        only the secrets it uses."""
+        from shared.db_roles import DATABASE_SCHEMAS, role_dsn
+
         assert self.secrets is not None
         cfg = self.cfg
         # the caller's own RAILYARD_* settings reach the services; connections and secrets are the stack's
@@ -195,8 +227,6 @@ class EmbeddedStack:
             "RAILYARD_ENV": self.settings.env,
             "RAILYARD_LOG_LEVEL": self.settings.log_level,
             "RAILYARD_NATS__URL": f"nats://{cfg.host}:{cfg.nats_port}",
-            "RAILYARD_POSTGRES__DSN": (f"postgresql://railyard:{self.secrets.postgres_password}"
-                                       f"@{cfg.host}:{cfg.postgres_port}/railyard"),
             "RAILYARD_S3__ENDPOINT": f"{cfg.host}:{cfg.s3_port}",
             "RAILYARD_S3__ACCESS_KEY": self.secrets.s3_access_key,
             "RAILYARD_S3__SECRET_KEY": self.secrets.s3_secret_key,
@@ -212,6 +242,13 @@ class EmbeddedStack:
             "RAILYARD_REGISTRY__SECRETS_KEY": self.secrets.values["secrets_key"],
             "PYTHONUNBUFFERED": "1",
         })
+        env.pop("RAILYARD_POSTGRES__DSN", None)
+        if name in DATABASE_SCHEMAS:
+            env["RAILYARD_POSTGRES__DSN"] = role_dsn(self.superuser_dsn(), name,
+                                                     self.secrets.values[f"postgres_password_{name}"])
+        for secret, owner in SECRET_OWNERS.items():
+            if owner != name:
+                env.pop(secret, None)
         return env
 
     def start(self) -> float:
@@ -232,11 +269,12 @@ class EmbeddedStack:
         servers.wait_until(lambda: servers.nats_ready(self.cfg), "NATS", 30, nats.alive)
         servers.wait_until(lambda: servers.postgres_ready(self.cfg), "PostgreSQL", 60, postgres.alive)
         servers.ensure_database(self.cfg, self.secrets)
+        self.ensure_service_roles()
         servers.wait_until(lambda: servers.s3_ready(self.cfg, self.secrets), "S3 (SeaweedFS)", 60,
                            lambda: s3.alive() and seaweedfs.alive())
-        env = self.service_env()
         for name in subjects.SERVICES:
-            child = Child(name, [sys.executable, "-m", f"services.{name}"], env, self.log_dir / f"{name}.log")
+            child = Child(name, [sys.executable, "-m", f"services.{name}"], self.service_env(name),
+                          self.log_dir / f"{name}.log")
             child._max_backoff = self.cfg.restart_backoff_max
             child.start()
             self.services.append(child)
