@@ -21,3 +21,21 @@ def test_role_dsn_keeps_server_and_database_and_swaps_the_credentials():
                                                                       "sslmode=require")
     assert parts.username == service_role("log_store") == "railyard_log_store"
     assert "super" not in dsn and parts.password == "p%40ss%2Fw%3Ard"
+
+
+def test_compose_gives_each_service_its_own_role_and_the_superuser_to_the_bootstrap_only():
+    import yaml
+
+    compose = yaml.safe_load((SERVICES.parent / "docker-compose.yml").read_text())["services"]
+    for name in subjects.SERVICES:
+        env = compose[name.replace("_", "-")]["environment"]
+        dsn = env.get("RAILYARD_POSTGRES__DSN")
+        if name in DATABASE_SCHEMAS:
+            assert dsn and dsn.startswith(f"postgresql://{service_role(name)}:"), name
+        else:
+            assert dsn is None, f"{name} keeps no tables but gets a database DSN"
+        assert "RAILYARD_POSTGRES_PASSWORD" not in str(env), f"{name} gets the superuser's password"
+        assert "db-roles" in compose[name.replace("_", "-")]["depends_on"]
+    bootstrap = compose["db-roles"]
+    assert bootstrap["command"][-1] == "shared.db_roles"
+    assert {f"RAILYARD_DB_PASSWORD__{s.upper()}" for s in DATABASE_SCHEMAS} <= set(bootstrap["environment"])
