@@ -1,0 +1,181 @@
+"""The `railyard-ml` command: `init` a backend folder from a script, `start` it, `deploy` it.
+
+    railyard-ml init my_backend --script examples/text_classifier/text_classifier.py
+    railyard-ml start my_backend --port 9090 [--basic-auth-user u --basic-auth-pass p]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from railyard_ml.model import LabelStudioMLBase
+
+CONFIG = "railyard-ml.json"
+TEMPLATES = Path(__file__).parent / "templates"
+
+cli = typer.Typer(help="Turn a Label Studio ML backend class into a server (and run it).", no_args_is_help=True,
+                  add_completion=False)
+deploy_cli = typer.Typer(help="Deploy a backend folder somewhere.", no_args_is_help=True)
+cli.add_typer(deploy_cli, name="deploy")
+
+
+def find_model_classes(script: Path) -> list[str]:
+    """Classes in `script` that extend LabelStudioMLBase (directly or through another class of the script),
+    read from its syntax tree: nothing of the script runs."""
+    tree = ast.parse(script.read_text(), filename=str(script))
+    bases: dict[str, set[str]] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            bases[node.name] = {b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", "") for b in node.bases}
+    found: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for name, parents in bases.items():
+            if name not in found and parents & ({LabelStudioMLBase.__name__} | found):
+                found.add(name)
+                changed = True
+    return sorted(found)
+
+
+def fail(message: str) -> None:
+    typer.echo(f"railyard-ml: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@cli.command()
+def init(
+    folder: Annotated[Path, typer.Argument(help="the backend folder to create")],
+    script: Annotated[str, typer.Option("--script", "--from", help="the model script, optionally script.py:Class")],
+    force: Annotated[bool, typer.Option(help="replace the folder if it exists")] = False,
+) -> None:
+    """Create a runnable backend folder: the script, its server entry, requirements and a Dockerfile."""
+    path, _, model_class = script.partition(":") if not Path(script).exists() else (script, "", "")
+    source = Path(path)
+    if not source.is_file() or source.suffix != ".py":
+        fail(f"no Python script at {path}")
+    try:
+        classes = find_model_classes(source)
+    except SyntaxError as exc:
+        fail(f"{source} is not valid Python: {exc}")
+    if model_class and model_class not in classes:
+        fail(f"{source} has no class {model_class} extending LabelStudioMLBase (found: {', '.join(classes) or 'none'})")
+    if not model_class:
+        if len(classes) != 1:
+            fail(f"{source} has {len(classes)} classes extending LabelStudioMLBase "
+                 f"({', '.join(classes) or 'none'}): name one as {source}:ClassName")
+        model_class = classes[0]
+    if folder.exists():
+        if not force:
+            fail(f"{folder} exists: remove it or pass --force")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    shutil.copy2(source, folder / source.name)
+    requirements = ["railyard-ml"]
+    sibling = source.parent / "requirements.txt"
+    if sibling.is_file():
+        requirements += [line.strip() for line in sibling.read_text().splitlines()
+                         if line.strip() and not line.strip().startswith("#") and "railyard-ml" not in line
+                         and "label-studio-ml" not in line]
+    (folder / "requirements.txt").write_text("\n".join(requirements) + "\n")
+    (folder / "_wsgi.py").write_text((TEMPLATES / "_wsgi.py.tmpl").read_text())
+    (folder / "Dockerfile").write_text((TEMPLATES / "Dockerfile.tmpl").read_text())
+    (folder / "README.md").write_text((TEMPLATES / "README.md.tmpl").read_text().format(
+        model_class=model_class, script=source.name, image=folder.name.lower().replace("_", "-")))
+    (folder / ".dockerignore").write_text("models/\n__pycache__/\n")
+    (folder / CONFIG).write_text(json.dumps({"script": source.name, "model_class": model_class}, indent=2) + "\n")
+    typer.echo(f"created {folder}: {model_class} from {source.name}; run it with `railyard-ml start {folder}`")
+
+
+def load_model_class(folder: Path) -> type[LabelStudioMLBase]:
+    """Import the model class a backend folder names in its railyard-ml.json."""
+    config_file = folder / CONFIG
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder} is not a backend folder (no {CONFIG}): make one with `railyard-ml init`")
+    config = json.loads(config_file.read_text())
+    sys.path.insert(0, str(folder.resolve()))
+    module = importlib.import_module(Path(config["script"]).stem)
+    model_class = getattr(module, config["model_class"])
+    if not (isinstance(model_class, type) and issubclass(model_class, LabelStudioMLBase)):
+        raise TypeError(f"{config['model_class']} does not extend railyard_ml.LabelStudioMLBase: "
+                        "change its import to `from railyard_ml import LabelStudioMLBase`")
+    return model_class
+
+
+def app_for(folder: str | Path, model_dir: str | Path | None = None, basic_auth_user: str | None = None,
+            basic_auth_pass: str | None = None):  # noqa: ANN201 - a Starlette app
+    """The ASGI app of a backend folder (model state in MODEL_DIR, default <folder>/models)."""
+    from railyard_ml.api import init_app
+
+    folder = Path(folder)
+    model_dir = Path(model_dir or os.getenv("MODEL_DIR") or folder / "models")
+    os.environ.setdefault("MODEL_DIR", str(model_dir))  # 1.x examples read it for their checkpoints
+    return init_app(load_model_class(folder), basic_auth_user=basic_auth_user, basic_auth_pass=basic_auth_pass,
+                    model_dir=model_dir)
+
+
+def serve(folder: Path, host: str, port: int, basic_auth_user: str | None, basic_auth_pass: str | None,
+          model_dir: Path | None, log_level: str) -> None:
+    import uvicorn
+
+    logging.basicConfig(level=log_level.upper(), format="[%(asctime)s] [%(levelname)s] [%(name)s] %(message)s")
+    app = app_for(folder, model_dir, basic_auth_user, basic_auth_pass)
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower())
+
+
+@cli.command()
+def start(
+    folder: Annotated[Path, typer.Argument(help="a folder made by `railyard-ml init`")],
+    host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 to serve other machines)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p")] = 9090,
+    basic_auth_user: Annotated[str | None, typer.Option(envvar="ML_SERVER_BASIC_AUTH_USER")] = None,
+    basic_auth_pass: Annotated[str | None, typer.Option(envvar="ML_SERVER_BASIC_AUTH_PASS")] = None,
+    model_dir: Annotated[Path | None, typer.Option(envvar="MODEL_DIR", help="where the model's state is kept")] = None,
+    log_level: Annotated[str, typer.Option(envvar="LOG_LEVEL")] = "INFO",
+) -> None:
+    """Serve a backend folder to Label Studio."""
+    if bool(basic_auth_user) != bool(basic_auth_pass):
+        fail("basic auth needs both --basic-auth-user and --basic-auth-pass")
+    try:
+        serve(folder, host, port, basic_auth_user, basic_auth_pass, model_dir, log_level)
+    except (FileNotFoundError, TypeError, ImportError, AttributeError) as exc:
+        fail(str(exc))
+
+
+@deploy_cli.command("railyard")
+def deploy_railyard(folder: Annotated[Path, typer.Argument(help="a folder made by `railyard-ml init`")]) -> None:
+    """Register the backend with a Railyard stack as a deployment (not available yet: see docs/ml-backend.md)."""
+    load_model_class(folder)  # at least say whether the folder is a valid backend
+    fail("deploying an ML backend to Railyard is not available yet: Railyard's deployer runs ONNX, Python-step "
+         "and bring-your-own-predict pipelines, not Label Studio's protocol. Run it with `railyard-ml start` "
+         "(docs/ml-backend.md says what is planned)")
+
+
+def main_for_folder(folder: str) -> int:
+    """`python _wsgi.py [--host --port ...]` in a backend folder."""
+    parser = argparse.ArgumentParser(description="Serve this ML backend")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("-p", "--port", type=int, default=int(os.getenv("PORT", "9090")))
+    parser.add_argument("--basic-auth-user", default=os.getenv("ML_SERVER_BASIC_AUTH_USER"))
+    parser.add_argument("--basic-auth-pass", default=os.getenv("ML_SERVER_BASIC_AUTH_PASS"))
+    parser.add_argument("--model-dir", default=os.getenv("MODEL_DIR"))
+    parser.add_argument("--log-level", default=os.getenv("LOG_LEVEL", "INFO"))
+    args = parser.parse_args()
+    serve(Path(folder), args.host, args.port, args.basic_auth_user, args.basic_auth_pass,
+          Path(args.model_dir) if args.model_dir else None, args.log_level)
+    return 0
+
+
+def main() -> None:
+    cli()

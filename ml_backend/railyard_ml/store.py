@@ -1,0 +1,140 @@
+"""What a backend keeps across restarts, in one SQLite file in its model directory.
+
+- `cache`: the per-project key/value strings behind `LabelStudioMLBase.get/set` (the label config, the model
+  version, `train_output`, anything the model stores), as label_studio_ml keeps them;
+- `versions`: every training run with its outcome, so `/versions` lists what exists and a failed run is visible;
+- `tasks`: the annotated tasks received through webhooks, which `fit(annotations, ...)` receives.
+
+A training run writes through a `PendingWrites` layer: its `set` calls only reach the file when the run
+succeeded, so a `fit` that raises leaves the previous model's state as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cache (project_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+                                  PRIMARY KEY (project_id, key));
+CREATE TABLE IF NOT EXISTS versions (project_id TEXT NOT NULL, job_id TEXT NOT NULL, version TEXT,
+                                     event TEXT NOT NULL, status TEXT NOT NULL, error TEXT,
+                                     started_at REAL NOT NULL, finished_at REAL,
+                                     PRIMARY KEY (project_id, job_id));
+CREATE TABLE IF NOT EXISTS tasks (project_id TEXT NOT NULL, task_id TEXT NOT NULL, body TEXT NOT NULL,
+                                  PRIMARY KEY (project_id, task_id));
+"""
+
+
+class Store:
+    """The SQLite file of one backend (safe to share between the server's threads)."""
+
+    def __init__(self, model_dir: str | Path) -> None:
+        self.model_dir = Path(model_dir)
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.model_dir / "railyard-ml.db"
+        self._lock = threading.Lock()
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=30)
+
+    # --- key/value cache
+    def get(self, project_id: str, key: str) -> str | None:
+        with self._lock, self._connect() as db:
+            row = db.execute("SELECT value FROM cache WHERE project_id = ? AND key = ?", (project_id, key)).fetchone()
+        return row[0] if row else None
+
+    def set_many(self, project_id: str, values: dict[str, str | None]) -> None:
+        with self._lock, self._connect() as db:
+            for key, value in values.items():
+                if value is None:
+                    db.execute("DELETE FROM cache WHERE project_id = ? AND key = ?", (project_id, key))
+                else:
+                    db.execute("REPLACE INTO cache (project_id, key, value) VALUES (?, ?, ?)",
+                               (project_id, key, value))
+
+    def set(self, project_id: str, key: str, value: str | None) -> None:
+        self.set_many(project_id, {key: value})
+
+    # --- training runs
+    def start_run(self, project_id: str, job_id: str, event: str) -> None:
+        with self._lock, self._connect() as db:
+            db.execute("INSERT INTO versions (project_id, job_id, event, status, started_at) VALUES (?, ?, ?, ?, ?)",
+                       (project_id, job_id, event, "running", time.time()))
+
+    def finish_run(self, project_id: str, job_id: str, *, version: str | None, error: str | None,
+                   values: dict[str, str | None] | None = None) -> None:
+        """Record a run's end; on success its pending cache writes land in the same transaction."""
+        with self._lock, self._connect() as db:
+            for key, value in (values or {}).items():
+                if value is None:
+                    db.execute("DELETE FROM cache WHERE project_id = ? AND key = ?", (project_id, key))
+                else:
+                    db.execute("REPLACE INTO cache (project_id, key, value) VALUES (?, ?, ?)",
+                               (project_id, key, value))
+            db.execute("UPDATE versions SET status = ?, version = ?, error = ?, finished_at = ? "
+                       "WHERE project_id = ? AND job_id = ?",
+                       ("failed" if error else "ok", version, error, time.time(), project_id, job_id))
+
+    def runs(self, project_id: str) -> list[dict]:
+        with self._lock, self._connect() as db:
+            rows = db.execute("SELECT job_id, version, event, status, error, started_at, finished_at FROM versions "
+                              "WHERE project_id = ? ORDER BY started_at", (project_id,)).fetchall()
+        keys = ("job_id", "version", "event", "status", "error", "started_at", "finished_at")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    # --- annotated tasks
+    def upsert_tasks(self, project_id: str, tasks: Iterable[dict]) -> None:
+        with self._lock, self._connect() as db:
+            for task in tasks:
+                db.execute("REPLACE INTO tasks (project_id, task_id, body) VALUES (?, ?, ?)",
+                           (project_id, str(task["id"]), json.dumps(task)))
+
+    def annotated_tasks(self, project_id: str) -> list[dict]:
+        with self._lock, self._connect() as db:
+            rows = db.execute("SELECT body FROM tasks WHERE project_id = ? ORDER BY CAST(task_id AS INTEGER), task_id",
+                              (project_id,)).fetchall()
+        return [json.loads(body) for (body,) in rows]
+
+    def replace_tasks(self, project_id: str, tasks: list[dict]) -> None:
+        with self._lock, self._connect() as db:
+            db.execute("DELETE FROM tasks WHERE project_id = ?", (project_id,))
+            for task in tasks:
+                db.execute("INSERT INTO tasks (project_id, task_id, body) VALUES (?, ?, ?)",
+                           (project_id, str(task["id"]), json.dumps(task)))
+
+
+class ProjectCache:
+    """`get/set` of one project, straight to the file."""
+
+    def __init__(self, store: Store, project_id: str) -> None:
+        self.store = store
+        self.project_id = project_id
+
+    def get(self, key: str) -> str | None:
+        return self.store.get(self.project_id, key)
+
+    def set(self, key: str, value: str | None) -> None:
+        self.store.set(self.project_id, key, value)
+
+
+class PendingWrites(ProjectCache):
+    """`get/set` of one project during a training run: writes are held until the run succeeds."""
+
+    def __init__(self, store: Store, project_id: str) -> None:
+        super().__init__(store, project_id)
+        self.writes: dict[str, str | None] = {}
+
+    def get(self, key: str) -> str | None:
+        if key in self.writes:
+            return self.writes[key]
+        return super().get(key)
+
+    def set(self, key: str, value: str | None) -> None:
+        self.writes[key] = value
