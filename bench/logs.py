@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench import stack_with_pipeline
-from services.log_store.handlers import encode_cursor
+from services.log_store.pages import encode_cursor
 from shared import subjects
 from shared.arrow_codec import tensor_array, to_ipc_stream
 from shared.logrecords import BATCH_ID, LOG_HEADER, MSG_ID, InferenceRecord, build_batch, log_header
@@ -175,7 +175,7 @@ async def _measure(stack, token: str, workspace: int) -> dict[str, float]:
 
         rng = np.random.default_rng(7)
         newest = await _page_latencies(http, body, [None] * 30, None)
-        deep = [encode_cursor(int(p), "Desc") for p in rng.integers(1000, total, 60)]
+        deep = [encode_cursor(now, int(p), "Desc") for p in rng.integers(1000, total, 60)]  # all rows at `now`
         deep_json = await _page_latencies(http, body, deep, None)
         deep_arrow = await _page_latencies(http, body, deep, "application/vnd.apache.arrow.file")
         results["newest_p50_ms"] = statistics.median(newest[5:])

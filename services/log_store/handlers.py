@@ -7,15 +7,15 @@ transaction that also records their batch ids, and only then acknowledged. A cra
 leaves the messages unacknowledged (redelivered, and at worst an object no index row names, which
 maintenance deletes); a crash after it makes the redelivered batches known duplicates.
 
-Pages: rows are numbered per pipeline in the order they were stored; a cursor is a position, so a page
-continues exactly after the previous one however segments are compacted meanwhile.
+Pages (services/log_store/pages.py): rows of every schema merged by (time, position), where a row's position
+is the number it was given when stored (per pipeline) and never changes; a cursor is the last row's (time,
+position), so a page continues exactly after the previous one however segments are compacted meanwhile. Each
+segment is written with its rows sorted by (time, position).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import logging
 import time
@@ -33,25 +33,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from services.log_store import store
-from services.log_store.segments import SegmentReader, empty_page, encode_segment
+from services.log_store import pages, store
+from services.log_store.segments import POS, SegmentReader, empty_page, encode_segment
 from shared import subjects
 from shared.authz import MembershipLookup, Principal, require_member
 from shared.errors import InvalidRequest, NotFound
 from shared.logrecords import (
     BATCH_ID,
-    DROPPED_WARNING,
     LOG_HEADER,
-    META_DROPPED,
     META_LAST_MODEL,
     META_VERSION,
     MSG_ID,
     TIME,
-    display_order,
     dropped_columns,
     model_name_of,
     schema_fingerprint,
-    select_columns,
     storage_order,
 )
 from shared.messages.logs import (
@@ -66,8 +62,6 @@ from shared.objectstore import BUCKET_LOGS, MinioObjectStore
 from shared.settings import LogSettings
 
 log = logging.getLogger("railyard.log_store")
-SEGMENTS_PER_QUERY = 16
-MIN_WINDOW = 256  # fewest rows read from a segment at a time
 ORPHAN_AGE = 3600.0
 FETCH_BYTES = 8 * 1024 * 1024
 
@@ -119,6 +113,21 @@ def _describe(table: pa.Table, key: str, size: int, workspace_id: int, pipeline:
                             min_time=int(pc.min(times).as_py()), max_time=int(pc.max(times).as_py()),
                             schema_fp=schema_fingerprint(table.schema), versions=[str(v) for v in versions],
                             dropped=dropped_columns(table), object_key=key, bytes=size)
+
+
+def sort_by_time(table: pa.Table, positions: np.ndarray | None = None) -> pa.Table:
+    """Rows in (time, position) order, a stable sort (positions default to the rows' order); a segment is
+    written so, which lets a page find its first row from the footer and merge schemas by time."""
+    times = table.column(TIME).to_numpy()
+    if positions is None:
+        if len(times) < 2 or bool(np.all(times[1:] >= times[:-1])):
+            return table
+        order = np.argsort(times, kind="stable")
+    else:
+        order = np.lexsort((positions, times))
+        if bool(np.all(order == np.arange(len(order)))):
+            return table
+    return table.take(pa.array(order))
 
 
 class Ingestor:
@@ -215,7 +224,7 @@ class Ingestor:
         written: list[store.NewSegment] = []
         try:
             for (workspace_id, pipeline, _), tables in groups.items():
-                table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+                table = sort_by_time(pa.concat_tables(tables) if len(tables) > 1 else tables[0])
                 data = await asyncio.to_thread(encode_segment, table, deps.settings.row_group_rows)
                 key = segment_key(workspace_id, pipeline)
                 await deps.objects.put_bytes(BUCKET_LOGS, key, data)
@@ -240,22 +249,6 @@ class Ingestor:
 
 # ---- get_logs ----
 
-def encode_cursor(position: int, order: str) -> str:
-    raw = json.dumps({"p": position, "o": order}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, order: str) -> int:
-    try:
-        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        position, cursor_order = int(data["p"]), data["o"]
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise InvalidRequest("cursor is not one this API returned (pass x-iteration-cursor unchanged)") from None
-    if cursor_order != order or position < 0:
-        raise InvalidRequest(f"cursor was made for order {cursor_order}; ask with the same order")
-    return position
-
-
 async def resolve_pipeline(deps: Deps, principal: Principal, token: str | None, workspace_id: int,
                            name: str) -> asyncpg.Record | None:
     """The pipeline's log record (None when it exists but has logged nothing yet); 404 if there is no such
@@ -271,102 +264,11 @@ async def get_logs(deps: Deps, principal: Principal, token: str | None, cmd: Get
     """One page and what to say about it (status, cursor, warning)."""
     if cmd.page_size > deps.settings.max_page_size:
         raise InvalidRequest(f"page_size may be at most {deps.settings.max_page_size}")
-    position = decode_cursor(cmd.cursor, cmd.order) if cmd.cursor else None
+    cursor = pages.decode_cursor(cmd.cursor, cmd.order) if cmd.cursor else None
     row = await resolve_pipeline(deps, principal, token, cmd.workspace_id, cmd.pipeline_id)
     if row is None:
         return empty_page(), LogPage(status="All", rows=0)
-    return await _scan(deps, row["id"], cmd, position)
-
-
-async def _scan(deps: Deps, pipeline_id: int, cmd: GetLogs, position: int | None) -> tuple[pa.Table, LogPage]:
-    desc = cmd.order == "Desc"
-    pos = position if position is not None else (2**62 if desc else 0)
-    start, end = cmd.start_ms, cmd.end_ms
-    budget = deps.settings.page_max_bytes
-    pieces: list[pa.Table] = []
-    fingerprint: str | None = None
-    remaining, used = cmd.page_size, 0
-    status: str | None = None
-    while status is None:
-        if desc:
-            segments = await store.segments_before(deps.pool, pipeline_id, pos, start, end, SEGMENTS_PER_QUERY)
-        else:
-            segments = await store.segments_from(deps.pool, pipeline_id, pos, start, end, SEGMENTS_PER_QUERY)
-        if not segments:
-            status = "All"
-            break
-        for seg in segments:
-            lo = seg["first_pos"] if desc else max(seg["first_pos"], pos)
-            hi = min(seg["last_pos"] + 1, pos) if desc else seg["last_pos"] + 1
-            while hi > lo and status is None:  # windows of about the rows still wanted, in page order
-                want = max(remaining, MIN_WINDOW)
-                w_lo, w_hi = (max(lo, hi - want), hi) if desc else (lo, min(hi, lo + want))
-                if desc:
-                    hi = w_lo
-                else:
-                    lo = w_hi
-                table, places = await asyncio.to_thread(_read_rows, deps.reader, seg, w_lo, w_hi, cmd, start, end,
-                                                        desc)
-                if table.num_rows == 0:
-                    pos = w_lo if desc else w_hi
-                    continue
-                if fingerprint is not None and seg["schema_fp"] != fingerprint:
-                    status = "SchemaChange"
-                    break
-                fingerprint = seg["schema_fp"]
-                take = min(table.num_rows, remaining)
-                per_row = max(1.0, table.nbytes / table.num_rows)
-                fits = int((budget - used) // per_row)
-                byte_limited = fits < take
-                if byte_limited:
-                    take = max(fits, 0 if pieces else 1)
-                if take == 0:
-                    status = "ByteLimited"
-                    break
-                pieces.append(table.slice(0, take))
-                used += int(per_row * take)
-                remaining -= take
-                if take < table.num_rows or remaining == 0:
-                    last = int(places[take - 1])
-                    pos = last if desc else last + 1
-                    status = "ByteLimited" if byte_limited else "RecordLimited"
-                    break
-                pos = w_lo if desc else w_hi
-            if status is not None:
-                break
-    page = display_order(pa.concat_tables(pieces)) if pieces else empty_page()
-    dropped = dropped_columns(page)
-    warning = DROPPED_WARNING.format(columns=", ".join(dropped)) if dropped else None
-    if not _wanted(META_DROPPED, cmd) and META_DROPPED in page.column_names:
-        page = page.drop_columns([META_DROPPED])
-    cursor = None if status == "All" else encode_cursor(pos, cmd.order)
-    return page, LogPage(status=status, cursor=cursor, warning=warning, rows=page.num_rows)
-
-
-def _wanted(column: str, cmd: GetLogs) -> bool:
-    return column in select_columns([column], cmd.dataset, cmd.dataset_exclude)
-
-
-def _read_rows(reader: SegmentReader, seg: Any, lo: int, hi: int, cmd: GetLogs, start: int | None,
-               end: int | None, desc: bool) -> tuple[pa.Table, np.ndarray]:
-    """The segment's rows lo..hi-1 that fall in the time range, in page order, with their positions."""
-    names = reader.columns(seg["object_key"], seg["bytes"])
-    columns = select_columns(names, cmd.dataset, cmd.dataset_exclude)
-    if META_DROPPED in names and META_DROPPED not in columns:
-        columns.append(META_DROPPED)
-    table = reader.read(seg["object_key"], seg["bytes"], lo - seg["first_pos"], hi - seg["first_pos"], columns)
-    places = np.arange(lo, hi, dtype=np.int64)
-    if start is not None and end is not None:
-        times = table.column(TIME).to_numpy()
-        keep = (times >= start) & (times <= end)
-        if not keep.all():
-            table = table.filter(pa.array(keep))
-            places = places[keep]
-    if desc and table.num_rows > 1:
-        order = np.arange(table.num_rows - 1, -1, -1)
-        table = table.take(pa.array(order))
-        places = places[order]
-    return table, places
+    return await pages.scan(deps.pool, deps.reader, row["id"], cmd, cursor, deps.settings.page_max_bytes)
 
 
 async def set_retention(deps: Deps, principal: Principal, token: str | None, cmd: SetLogRetention) -> LogRetention:
@@ -498,13 +400,24 @@ def _runs(segments: list[Any], target: int) -> list[list[Any]]:
     return runs
 
 
+def _merge_run(run: list[Any], tables: list[pa.Table], row_group_rows: int) -> tuple[pa.Table, bytes]:
+    """Segments of a run as one, rows sorted by (time, position), each keeping its position in `_pos`."""
+    positions = np.concatenate([
+        t.column(POS).to_numpy().astype(np.int64) if POS in t.column_names
+        else np.arange(seg["first_pos"], seg["first_pos"] + t.num_rows, dtype=np.int64)
+        for seg, t in zip(run, tables, strict=True)])
+    table = pa.concat_tables([t.drop_columns([POS]) if POS in t.column_names else t for t in tables])
+    order = np.lexsort((positions, table.column(TIME).to_numpy()))
+    table, positions = table.take(pa.array(order)), positions[order]
+    return table, encode_segment(table.append_column(POS, pa.array(positions, pa.int64())), row_group_rows)
+
+
 async def _compact_pipeline(deps: Deps, pipeline: Any, report: LogMaintenanceReport) -> None:
     target = deps.settings.compact_target_rows
     small = await store.small_segments(deps.pool, pipeline["id"], target // 2, deps.settings.compact_min_age)
     for run in _runs(small, target):
         tables = [await asyncio.to_thread(deps.reader.read_all, seg["object_key"], seg["bytes"]) for seg in run]
-        table = pa.concat_tables(tables)
-        data = await asyncio.to_thread(encode_segment, table, deps.settings.row_group_rows)
+        table, data = await asyncio.to_thread(_merge_run, run, tables, deps.settings.row_group_rows)
         key = segment_key(pipeline["workspace_id"], pipeline["name"])
         await deps.objects.put_bytes(BUCKET_LOGS, key, data)
         merged = _describe(table, key, len(data), pipeline["workspace_id"], pipeline["name"])

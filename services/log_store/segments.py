@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from shared.objectstore import BUCKET_LOGS, MinioObjectStore
 
+POS = "_pos"  # a compacted segment's row positions (hidden from pages)
 SMALL_OBJECT = 4 * 1024 * 1024  # segments up to this size are fetched whole and kept in memory
 TAIL_PREFETCH = 64 * 1024
 COALESCE_GAP = 64 * 1024  # byte ranges closer than this are fetched as one
@@ -40,12 +41,13 @@ def _fetch_ranges(objects: MinioObjectStore, key: str, ranges: list[tuple[int, i
 
 def encode_segment(table: pa.Table, row_group_rows: int) -> bytes:
     """Parquet with dictionaries for string columns only (model names and versions repeat; trying them on
-    float tensors cost ten times the whole write) and statistics for `time` only."""
+    float tensors cost ten times the whole write) and statistics for `time` and `_pos` only (a page finds its
+    first row from them)."""
     strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
                or pa.types.is_dictionary(f.type)]
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, row_group_size=row_group_rows, compression="snappy", use_dictionary=strings,
-                   write_statistics=["time"])
+                   write_statistics=[c for c in ("time", POS) if c in table.column_names])
     return sink.getvalue().to_pybytes()
 
 
@@ -163,6 +165,25 @@ class SegmentReader:
         if metadata is None:
             self._keep_footer(key, parquet.metadata)
         return parquet
+
+    def group_bounds(self, key: str, size: int) -> list[tuple[int, int | None, int | None, int | None, int | None]]:
+        """Per row group: (rows, min time, max time, min _pos, max _pos), None where there is no statistic."""
+        metadata = self._open(key, size).metadata
+        names = [metadata.schema.column(i).path for i in range(metadata.num_columns)]
+        t_index = names.index("time")
+        p_index = names.index(POS) if POS in names else None
+        out = []
+        for g in range(metadata.num_row_groups):
+            group = metadata.row_group(g)
+            t_stats = group.column(t_index).statistics
+            tmin, tmax = (t_stats.min, t_stats.max) if t_stats is not None and t_stats.has_min_max else (None, None)
+            pmin = pmax = None
+            if p_index is not None:
+                p_stats = group.column(p_index).statistics
+                if p_stats is not None and p_stats.has_min_max:
+                    pmin, pmax = p_stats.min, p_stats.max
+            out.append((group.num_rows, tmin, tmax, pmin, pmax))
+        return out
 
     def columns(self, key: str, size: int) -> list[str]:
         return self._open(key, size).schema_arrow.names

@@ -8,7 +8,8 @@ import asyncpg
 
 NO_TIME_LOW = -(2**62)
 NO_TIME_HIGH = 2**62
-SEGMENT_COLUMNS = "id, pipeline_id, first_pos, last_pos, row_count, min_time, max_time, schema_fp, object_key, bytes"
+SEGMENT_COLUMNS = ("id, pipeline_id, first_pos, last_pos, row_count, min_time, max_time, schema_fp, object_key, bytes, "
+                   "sorted")
 
 
 class Raced(Exception):
@@ -50,7 +51,8 @@ async def commit_segments(pool: asyncpg.Pool, batch_ids: list[str], segments: li
                 "RETURNING id, next_pos - $3 AS first_pos", seg.workspace_id, seg.pipeline, seg.row_count)
             await conn.execute(
                 "INSERT INTO segments (pipeline_id, first_pos, last_pos, row_count, min_time, max_time, schema_fp, "
-                "versions, dropped, object_key, bytes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                "versions, dropped, object_key, bytes, sorted) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, "
+                "true)",
                 row["id"], row["first_pos"], row["first_pos"] + seg.row_count - 1, seg.row_count, seg.min_time,
                 seg.max_time, seg.schema_fp, seg.versions, seg.dropped, seg.object_key, seg.bytes)
 
@@ -86,6 +88,26 @@ async def segments_from(pool: asyncpg.Pool, pipeline_id: int, start_pos: int, st
         end if end is not None else NO_TIME_HIGH, limit)
 
 
+async def segments_by_time(pool: asyncpg.Pool, pipeline_id: int, desc: bool, bound: int, start: int | None,
+                           end: int | None, after: tuple[int, int] | None, limit: int) -> list[asyncpg.Record]:
+    """Live segments that may hold rows at or beyond the time `bound` in page order, in the order their first
+    row (in that order) can come: by min_time (Asc) or max_time descending (Desc). `after` is the (time, id) of
+    the last segment of the previous call, so a long list is walked in chunks."""
+    low = start if start is not None else NO_TIME_LOW
+    high = end if end is not None else NO_TIME_HIGH
+    if desc:
+        mark = after or (NO_TIME_HIGH, 2**62)
+        return await pool.fetch(
+            f"SELECT {SEGMENT_COLUMNS} FROM segments WHERE pipeline_id = $1 AND superseded_at IS NULL "
+            "AND min_time <= $2 AND max_time >= $3 AND (max_time, id) < ($4, $5) "
+            "ORDER BY max_time DESC, id DESC LIMIT $6", pipeline_id, min(bound, high), low, mark[0], mark[1], limit)
+    mark = after or (NO_TIME_LOW, -1)
+    return await pool.fetch(
+        f"SELECT {SEGMENT_COLUMNS} FROM segments WHERE pipeline_id = $1 AND superseded_at IS NULL "
+        "AND max_time >= $2 AND min_time <= $3 AND (min_time, id) > ($4, $5) "
+        "ORDER BY min_time, id LIMIT $6", pipeline_id, max(bound, low), high, mark[0], mark[1], limit)
+
+
 async def pipelines(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     return await pool.fetch("SELECT * FROM pipelines ORDER BY id")
 
@@ -117,7 +139,8 @@ async def replace_segments(pool: asyncpg.Pool, old_ids: list[int], seg: NewSegme
             raise Raced()  # rolls back: the run changed under us
         await conn.execute(
             "INSERT INTO segments (pipeline_id, first_pos, last_pos, row_count, min_time, max_time, schema_fp, "
-            "versions, dropped, object_key, bytes, level) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            "versions, dropped, object_key, bytes, level, sorted) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, true)",
             pipeline_id, first_pos, first_pos + seg.row_count - 1, seg.row_count, seg.min_time, seg.max_time,
             seg.schema_fp, seg.versions, seg.dropped, seg.object_key, seg.bytes, level)
     return True
@@ -149,3 +172,27 @@ async def segments_between(pool: asyncpg.Pool, pipeline_id: int, start: int, end
     return await pool.fetch(
         f"SELECT {SEGMENT_COLUMNS} FROM segments WHERE pipeline_id = $1 AND superseded_at IS NULL "
         "AND max_time >= $2 AND min_time < $3 ORDER BY first_pos", pipeline_id, start, end)
+
+
+async def quarantine(pool: asyncpg.Pool, batch_id: str, workspace_id: int | None, pipeline: str | None,
+                     subject: str, reason: str, rows: int | None, size: int, object_key: str,
+                     headers: str) -> int:
+    """Record a batch set aside (its bytes are at object_key); its id, so it is never retried again."""
+    async with pool.acquire() as conn, conn.transaction():
+        quarantine_id = await conn.fetchval(
+            "INSERT INTO quarantine (batch_id, workspace_id, pipeline, subject, reason, rows, bytes, object_key, "
+            "headers) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb) RETURNING id", batch_id, workspace_id,
+            pipeline, subject, reason, rows, size, object_key, headers)
+        await conn.execute("INSERT INTO batches (batch_id) VALUES ($1) ON CONFLICT DO NOTHING", batch_id)
+    return quarantine_id
+
+
+async def quarantined(pool: asyncpg.Pool, workspace_id: int | None, before_id: int | None, limit: int
+                      ) -> tuple[list[asyncpg.Record], int]:
+    rows = await pool.fetch(
+        "SELECT id, batch_id, workspace_id, pipeline, subject, reason, rows, bytes, quarantined_at FROM quarantine "
+        "WHERE ($1::bigint IS NULL OR workspace_id = $1) AND ($2::bigint IS NULL OR id < $2) "
+        "ORDER BY id DESC LIMIT $3", workspace_id, before_id, limit)
+    total = await pool.fetchval("SELECT count(*) FROM quarantine WHERE ($1::bigint IS NULL OR workspace_id = $1)",
+                                workspace_id)
+    return rows, int(total)
