@@ -49,6 +49,8 @@ class Principal:
     username: str | None
     issued_at: float
     workspace_id: int | None = None  # inference tokens: the one workspace whose deployments they may call
+    # task-run tokens: a user's token scoped to the run's workspace (other workspaces do not exist for it)
+    scoped_task: str | None = None
 
     @property
     def user_id(self) -> str:
@@ -161,7 +163,8 @@ class TokenVerifier:
             client_id=str(claims.get("azp", "")),
             username=claims.get("preferred_username"),
             issued_at=issued_at,
-            workspace_id=workspace if kind == KIND_INFERENCE else None,
+            workspace_id=workspace if kind == KIND_INFERENCE or claims.get("railyard_task") else None,
+            scoped_task=str(claims["railyard_task"]) if kind == KIND_USER and claims.get("railyard_task") else None,
         )
         if len(self._verified) >= VERIFIED_CACHE:
             self._verified.clear()
@@ -191,9 +194,11 @@ async def require_owner_or_member(lookup: MembershipLookup, principal: Principal
     """A resource shared through workspaces (connections, registries): visible to its creator and to members
     of any workspace it is attached to; to anyone else it does not exist (404)."""
     require_user(principal)
-    if owner_id == principal.user_id:
+    if owner_id == principal.user_id and principal.scoped_task is None:
         return
     for workspace_id in workspace_ids:
+        if out_of_scope(principal, workspace_id):
+            continue
         if await lookup(principal.user_id, workspace_id) is not None:
             return
     raise NotFound(f"{what} not found")
@@ -218,10 +223,15 @@ def bus_membership(broker: Any, token: str | None, timeout: float) -> Membership
 async def require_member(lookup: MembershipLookup, principal: Principal, workspace_id: int) -> str:
     """The caller's role in the workspace; a workspace the caller is not in does not exist (404)."""
     require_user(principal)
-    role = await lookup(principal.user_id, workspace_id)
+    role = None if out_of_scope(principal, workspace_id) else await lookup(principal.user_id, workspace_id)
     if role is None:
         raise NotFound(f"workspace {workspace_id} not found")
     return role
+
+
+def out_of_scope(principal: Principal, workspace_id: int) -> bool:
+    """A task run's token reaches its own workspace only."""
+    return principal.scoped_task is not None and principal.workspace_id != workspace_id
 
 
 def deployment_not_found(name: str) -> NotFound:
@@ -238,7 +248,7 @@ async def require_inference_access(lookup: MembershipLookup, principal: Principa
         if principal.workspace_id != workspace_id:
             raise not_found
         return
-    if await lookup(principal.user_id, workspace_id) is None:
+    if out_of_scope(principal, workspace_id) or await lookup(principal.user_id, workspace_id) is None:
         raise not_found
 
 

@@ -112,6 +112,36 @@ class AssaySettings(BaseModel):
                                "reach the log store within about a second).")
 
 
+class TaskSettings(BaseModel):
+    """Orchestrations, tasks and task runs (the task scheduler)."""
+
+    work_dir: Path | None = Field(None, description="Where runs get their working directories and requirements "
+                                  "their environments (default: <stack data_dir>/tasks).")
+    tick: float = Field(0.5, description="Seconds between the scheduler's passes (due points, queue, kills).")
+    max_zip_bytes: int = Field(100 * 1024 * 1024, description="Largest orchestration zip accepted.")
+    max_zip_files: int = Field(2000, description="Most members an orchestration zip may have.")
+    max_unpacked_bytes: int = Field(500 * 1024 * 1024, description="Most bytes an orchestration unpacks to.")
+    max_compression_ratio: float = Field(100.0, description="Highest unpacked/packed ratio of a zip member.")
+    install_timeout: float = Field(600.0, description="Seconds installing one requirements file may take.")
+    install_from_index: bool = Field(True, description="Download wheels of requirements the base environment "
+                                     "lacks from the package index (binary wheels only); false: refuse them.")
+    default_timeout: int = Field(900, description="Seconds a run may take when its task sets no timeout.")
+    max_timeout: int = Field(24 * 3600, description="Largest timeout a task may ask for.")
+    run_memory_mb: int = Field(2048, description="Address-space limit of a run.")
+    run_cpu_seconds: int = Field(3600, description="CPU seconds a run may use.")
+    max_concurrent_runs_per_workspace: int = Field(2, description="Runs of one workspace at once; more wait in "
+                                                   "order.")
+    max_runs_per_process: int = Field(4, description="Runs one scheduler process supervises at once.")
+    heartbeat_interval: float = Field(2.0, description="Seconds between a supervisor's heartbeats on its runs.")
+    supervisor_lost_after: float = Field(10.0, description="Seconds without a heartbeat after which a running "
+                                         "run's supervisor is taken as dead and the run failed.")
+    missed_run_grace: float = Field(30.0, description="Seconds late a schedule point may fire under the skip "
+                                    "policy.")
+    max_log_bytes: int = Field(16 * 1024 * 1024, description="Log bytes kept per run (a final line notes the cut).")
+    token_ttl: int = Field(900, description="Seconds the token handed to a run is valid (at most the run's "
+                           "timeout plus a minute).")
+
+
 class StackSettings(BaseModel):
     """The embedded stack started by `railyard up` (development and tests)."""
 
@@ -146,6 +176,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = RegistrySettings()
     logs: LogSettings = LogSettings()
     assays: AssaySettings = AssaySettings()
+    tasks: TaskSettings = TaskSettings()
     stack: StackSettings = StackSettings()
 
 

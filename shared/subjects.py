@@ -69,6 +69,7 @@ EVENT_ASSAY_ALERT = "events.assay.alert"
 
 # auth
 AUTH_TOKEN_ISSUE = "auth.token.issue"
+AUTH_TOKEN_ISSUE_TASK = "auth.token.issue_task"  # task_scheduler only: a run's workspace-scoped token
 AUTH_KEYS_GET = "auth.keys.get"
 AUTH_KEYS_ROTATE = "auth.keys.rotate"
 AUTH_REVOCATIONS_LIST = "auth.revocations.list"
@@ -136,6 +137,21 @@ DEPLOYER_DEPLOYMENTS_RESOLVE = "deployer.deployments.resolve"
 EVENT_PIPELINE_VERSION_CREATED = "events.pipeline.version_created"
 EVENT_PIPELINE_DEPLOYED = "events.pipeline.deployed"
 EVENT_PIPELINE_UNDEPLOYED = "events.pipeline.undeployed"
+
+# task_scheduler
+TASKS_ORCHESTRATIONS_UPLOAD = "task_scheduler.orchestrations.upload"
+TASKS_ORCHESTRATIONS_LIST = "task_scheduler.orchestrations.list"
+TASKS_RUN_ONCE = "task_scheduler.tasks.run_once"
+TASKS_RUN_SCHEDULED = "task_scheduler.tasks.run_scheduled"
+TASKS_GET = "task_scheduler.tasks.get"
+TASKS_BY_ORCH_SHA = "task_scheduler.tasks.by_orch_sha"
+TASKS_LIST = "task_scheduler.tasks.list"
+TASKS_KILL = "task_scheduler.tasks.kill"
+TASKS_LIST_RUNS = "task_scheduler.runs.list"
+TASKS_RUN_LOGS = "task_scheduler.runs.logs"
+EVENT_TASK_RUN_STARTED = "events.task_run.started"
+EVENT_TASK_RUN_SUCCEEDED = "events.task_run.succeeded"
+EVENT_TASK_RUN_FAILED = "events.task_run.failed"
 
 
 def engine_infer(deployment: str) -> str:

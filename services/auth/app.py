@@ -50,6 +50,7 @@ from shared.messages.auth import (
 )
 from shared.messages.deployer import PipelineVersionCreated
 from shared.messages.registry import ModelUploaded
+from shared.messages.tasks import IssueTaskToken, TaskTokenIssued
 from shared.service import Runtime, ServiceSpec
 
 NAME = "auth"
@@ -90,6 +91,11 @@ def build_router(runtime: Runtime) -> NatsRouter:
     async def issue_token(cmd: IssueToken, ctx: CallContext) -> TokenIssued:
         """Issue tokens for the password, refresh_token and client_credentials grants."""
         return await handlers.issue_token(deps(), cmd)
+
+    @command(router, subjects.AUTH_TOKEN_ISSUE_TASK, service=NAME)
+    async def issue_task_token(cmd: IssueTaskToken, ctx: CallContext) -> TaskTokenIssued:
+        """A task run's short-lived token, scoped to its workspace (the task scheduler's bus identity only)."""
+        return await handlers.issue_task_token(deps(), cmd)
 
     @command(router, subjects.AUTH_KEYS_GET, service=NAME)
     async def get_keys(cmd: GetSigningKeys, ctx: CallContext) -> SigningKeys:

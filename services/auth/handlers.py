@@ -70,6 +70,7 @@ from shared.messages.auth import (
     WorkspaceUsers,
     WorkspaceWasCreated,
 )
+from shared.messages.tasks import IssueTaskToken, TaskTokenIssued
 from shared.settings import AuthSettings
 
 log = logging.getLogger("railyard.auth")
@@ -329,6 +330,28 @@ async def _mint_inference(deps: AuthDeps, client: asyncpg.Record) -> TokenIssued
     }
     token = jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid})
     return TokenIssued(access_token=token, expires_in=settings.access_token_ttl)
+
+
+async def issue_task_token(deps: AuthDeps, cmd: IssueTaskToken) -> TaskTokenIssued:
+    """A task run's token: its owner's rights in the run's workspace only (never admin), short-lived. The bus
+    permissions let the task scheduler alone publish this command; the owner must still be enabled and a member."""
+    try:
+        user = await store.user_by_id(deps.pool, uuid.UUID(cmd.user_id))
+    except ValueError:
+        user = None
+    if user is None or not user["enabled"]:
+        raise Unauthorized("the task's owner is unknown or deactivated", code="invalid_grant")
+    if await store.role_in(deps.pool, user["id"], cmd.workspace_id) is None:
+        raise NotFound(f"the task's owner is no longer a member of workspace {cmd.workspace_id}")
+    kid, key = await _active_key(deps)
+    now = _issued_at()
+    claims = _base_claims(deps.settings, str(user["id"]), "task-scheduler", now) | {
+        "exp": int(now) + cmd.ttl, "typ": "Bearer", "scope": "profile email",
+        "preferred_username": user["username"], "email": user["email"], "railyard_kind": KIND_USER,
+        "railyard_admin": False, "railyard_workspace": cmd.workspace_id, "railyard_task": cmd.task_id,
+    }
+    token = jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid})
+    return TaskTokenIssued(access_token=token, expires_in=cmd.ttl)
 
 
 async def revocations(pool: asyncpg.Pool) -> Revocations:

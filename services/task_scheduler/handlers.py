@@ -1,1 +1,301 @@
-"""Business logic of the task_scheduler service, as plain async functions (none beyond health yet)."""
+"""Business logic of the task_scheduler service: orchestrations, tasks and task runs (the seed's section 11).
+
+Every command checks the caller's token and workspace membership; a task, run or orchestration of a workspace
+the caller is not in does not exist for them (404). The scheduler loop (scheduler.py) turns schedule points
+and queued runs into sandboxed processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from croniter import croniter
+
+from services.task_scheduler import packaging, store
+from shared import __version__
+from shared.authz import MembershipLookup, Principal, require_member, require_user
+from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.messages.tasks import (
+    GetRunLogs,
+    GetTasksByOrchSha,
+    LastRun,
+    ListTaskRuns,
+    OrchestrationCreated,
+    OrchestrationRecord,
+    Orchestrations,
+    RunLogs,
+    RunTaskOnce,
+    RunTaskScheduled,
+    TaskCreated,
+    TaskIds,
+    TaskRecord,
+    TaskRunRecord,
+    TaskRuns,
+    Tasks,
+    UploadOrchestration,
+)
+from shared.objectstore import BUCKET_ORCHESTRATIONS, ObjectStore, content_key
+from shared.settings import TaskSettings
+
+log = logging.getLogger("railyard.task_scheduler")
+
+MAX_ARGS_BYTES = 64 * 1024
+LAST_RUNS = 10
+STAGING_PREFIX = "staging/"
+
+
+@dataclass
+class Deps:
+    """What the handlers use."""
+
+    pool: asyncpg.Pool
+    objects: ObjectStore
+    settings: TaskSettings
+    work_root: Path
+    membership: Callable[[str | None], MembershipLookup]
+    publish: Callable[[str, Any], Awaitable[None]]
+
+
+def iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat()
+
+
+def log_line(at: datetime, stream: str, partial: bool, line: str) -> str:
+    """A log line in the seed's (CRI) format: `<RFC 3339 time> <stream> <F|P> <text>`."""
+    return f"{at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%f')}Z {stream} {'P' if partial else 'F'} {line}"
+
+
+# --- orchestrations ----------------------------------------------------------------------------------------------
+
+async def upload_orchestration(deps: Deps, principal: Principal, token: str | None,
+                               cmd: UploadOrchestration) -> OrchestrationCreated:
+    """Check the staged zip; if it passes, keep it under its sha256 and record the orchestration (ready at once
+    without requirements, packaging until its environment is installed otherwise). A refused zip leaves nothing."""
+    if not cmd.staged_key.startswith(STAGING_PREFIX) or ".." in cmd.staged_key:
+        raise InvalidRequest("staged_key must name an upload the gateway staged")
+    try:
+        await require_member(deps.membership(token), principal, cmd.workspace_id)
+        inbox = deps.work_root / "uploads"
+        inbox.mkdir(parents=True, exist_ok=True)
+        local = inbox / f"{uuid.uuid4()}.zip"
+        try:
+            sha, size = await deps.objects.download_to(BUCKET_ORCHESTRATIONS, cmd.staged_key, local)
+            checked = await asyncio.to_thread(packaging.check_zip, local, deps.settings)
+            key = content_key(sha)
+            if not await deps.objects.exists(BUCKET_ORCHESTRATIONS, key):
+                await deps.objects.copy(BUCKET_ORCHESTRATIONS, cmd.staged_key, key)
+        finally:
+            local.unlink(missing_ok=True)
+    finally:
+        await deps.objects.delete(BUCKET_ORCHESTRATIONS, cmd.staged_key)
+    orch_id = uuid.uuid4()
+    async with deps.pool.acquire() as conn, conn.transaction():
+        requirements_sha = status = None
+        if checked.requirements is not None and packaging.check_requirements(checked.requirements):
+            requirements_sha = packaging.requirements_sha(checked.requirements)
+            # a failed install is tried again by a new upload of the same file (the failure may have been the index)
+            await conn.execute("UPDATE envs SET status = 'installing', heartbeat_at = NULL, reason = NULL "
+                               "WHERE requirements_sha = $1 AND status = 'failed'", requirements_sha)
+            status = await store.ensure_env(conn, requirements_sha, checked.requirements)
+        await store.insert_orchestration(
+            conn, id=orch_id, workspace_id=cmd.workspace_id, sha=sha, name=cmd.name, file_name=cmd.file_name,
+            entrypoint=checked.entrypoint, requirements_sha=requirements_sha, owner_id=principal.user_id,
+            status="ready" if status in (None, "ready") else "packaging", reason=None)
+    log.info("orchestration %s (%s, %d bytes, entrypoint %s) uploaded to workspace %d", orch_id, sha[:12], size,
+             checked.entrypoint, cmd.workspace_id)
+    return OrchestrationCreated(id=orch_id)
+
+
+def _orchestration_record(row: asyncpg.Record) -> OrchestrationRecord:
+    return OrchestrationRecord(
+        id=row["id"], sha=row["sha"], name=row["name"], file_name=row["file_name"], task_id=row["packaging_id"],
+        owner_id=row["owner_id"], workspace_id=row["workspace_id"], status=row["status"], reason=row["reason"],
+        created_at=iso(row["created_at"]), updated_at=iso(row["updated_at"]))
+
+
+async def list_orchestrations(deps: Deps, principal: Principal, token: str | None, workspace_id: int) -> Orchestrations:
+    await require_member(deps.membership(token), principal, workspace_id)
+    rows = await store.orchestrations(deps.pool, workspace_id)
+    return Orchestrations(orchestrations=[_orchestration_record(r) for r in rows])
+
+
+# --- tasks -------------------------------------------------------------------------------------------------------
+
+def check_schedule(schedule: str) -> str:
+    """A 5-field cron expression (minute hour day-of-month month day-of-week, as Kubernetes CronJobs read it), or
+    6 fields whose last is seconds (Railyard); InvalidRequest otherwise."""
+    fields = schedule.split()
+    if len(fields) not in (5, 6):
+        raise InvalidRequest(f"schedule {schedule!r} has {len(fields)} fields; cron needs 5: minute hour "
+                             "day-of-month month day-of-week (e.g. '*/5 * * * *'), or 6 with seconds last",
+                             code="invalid_schedule")
+    if not croniter.is_valid(" ".join(fields)):
+        raise InvalidRequest(f"schedule {schedule!r} is not a valid cron expression (minute hour day-of-month "
+                             "month day-of-week)", code="invalid_schedule")
+    return " ".join(fields)
+
+
+def next_point(schedule: str, after: datetime) -> datetime:
+    """The first schedule point strictly after `after` (UTC)."""
+    return croniter(schedule, after.astimezone(UTC)).get_next(datetime)
+
+
+async def _orchestration_for_task(deps: Deps, workspace_id: int, orch_id: uuid.UUID) -> asyncpg.Record:
+    orch = await store.orchestration(deps.pool, orch_id)
+    if orch is None or orch["workspace_id"] != workspace_id:
+        raise NotFound(f"orchestration {orch_id} not found in workspace {workspace_id}")
+    if orch["status"] == "packaging":
+        raise Conflict(f"orchestration {orch_id} is still packaging (installing its requirements); "
+                       "create the task once orchestration/list shows it ready", code="orchestration_not_ready")
+    if orch["status"] != "ready":
+        raise Conflict(f"orchestration {orch_id} failed packaging and cannot run: {orch['reason'] or 'unknown'}",
+                       code="orchestration_not_ready")
+    return orch
+
+
+def _timeout(deps: Deps, timeout: int | None) -> int:
+    if timeout is None:
+        return deps.settings.default_timeout
+    if timeout > deps.settings.max_timeout:
+        raise InvalidRequest(f"timeout {timeout} s is above the {deps.settings.max_timeout} s allowed")
+    return timeout
+
+
+def _args(args: dict[str, Any]) -> dict[str, Any]:
+    if len(json.dumps(args)) > MAX_ARGS_BYTES:
+        raise InvalidRequest(f"json (the task's arguments) is larger than {MAX_ARGS_BYTES} bytes")
+    return args
+
+
+async def run_once(deps: Deps, principal: Principal, token: str | None, cmd: RunTaskOnce) -> TaskCreated:
+    """A task that runs once, now (or when its workspace has room)."""
+    await require_member(deps.membership(token), principal, cmd.workspace_id)
+    timeout, args = _timeout(deps, cmd.timeout), _args(cmd.args)
+    orch = await _orchestration_for_task(deps, cmd.workspace_id, cmd.orch_id)
+    task_id = uuid.uuid4()
+    async with deps.pool.acquire() as conn, conn.transaction():
+        await store.insert_task(conn, id=task_id, workspace_id=cmd.workspace_id, orch_id=orch["id"],
+                                orch_sha=orch["sha"], name=cmd.name, owner_id=principal.user_id, args=args,
+                                timeout_seconds=timeout, schedule=None, missed_run_policy=None, next_fire=None)
+        await store.queue_once(conn, task_id, cmd.workspace_id)
+    return TaskCreated(id=task_id)
+
+
+async def run_scheduled(deps: Deps, principal: Principal, token: str | None, cmd: RunTaskScheduled) -> TaskCreated:
+    """A task that runs at every point of its cron schedule until killed."""
+    await require_member(deps.membership(token), principal, cmd.workspace_id)
+    schedule = check_schedule(cmd.schedule)
+    timeout, args = _timeout(deps, cmd.timeout), _args(cmd.args)
+    orch = await _orchestration_for_task(deps, cmd.workspace_id, cmd.orch_id)
+    task_id = uuid.uuid4()
+    async with deps.pool.acquire() as conn:
+        now = await conn.fetchval("SELECT now()")
+        await store.insert_task(conn, id=task_id, workspace_id=cmd.workspace_id, orch_id=orch["id"],
+                                orch_sha=orch["sha"], name=cmd.name, owner_id=principal.user_id, args=args,
+                                timeout_seconds=timeout, schedule=schedule, missed_run_policy=cmd.missed_run_policy,
+                                next_fire=next_point(schedule, now))
+    return TaskCreated(id=task_id)
+
+
+def _task_status(row: asyncpg.Record, runs: list[asyncpg.Record]) -> str:
+    active = any(r["running"] for r in runs)
+    if row["killed"]:
+        return "pending_kill" if active else "killed"
+    if row["schedule"] is not None:
+        return "started" if runs else "pending"
+    if not runs or runs[0]["status"] == "queued":
+        return "pending"
+    return "failed" if runs[0]["status"] == "failure" else "started"
+
+
+def _task_record(row: asyncpg.Record, runs: list[asyncpg.Record], settings: TaskSettings) -> TaskRecord:
+    args = json.loads(row["args"]) if isinstance(row["args"], str) else row["args"]
+    scheduled = row["schedule"] is not None
+    return TaskRecord(
+        name=row["name"], id=row["id"], orch_id=row["orch_id"], image="railyard-task-local", image_tag=__version__,
+        bind_secrets=[],
+        extra_env_vars={"ORCH_OWNER_ID": row["owner_id"], "ORCH_SHA": row["orch_sha"], "TASK_ID": str(row["id"])},
+        auth_init=True, workspace_id=row["workspace_id"],
+        flavor="exec_orch_cron" if scheduled else "exec_orch_oneshot", reap_threshold_secs=row["timeout_seconds"],
+        exec_type="cron_job" if scheduled else "job", schedule=row["schedule"],
+        missed_run_policy=row["missed_run_policy"], status=_task_status(row, runs), input_data=args,
+        killed=row["killed"], created_at=iso(row["created_at"]), updated_at=iso(row["updated_at"]),
+        last_runs=[LastRun(run_id=r["id"], status=r["status"], created_at=iso(r["created_at"])) for r in runs])
+
+
+async def _records(deps: Deps, rows: list[asyncpg.Record]) -> list[TaskRecord]:
+    runs = await store.last_runs(deps.pool, [r["id"] for r in rows], LAST_RUNS)
+    return [_task_record(r, runs.get(r["id"], []), deps.settings) for r in rows]
+
+
+async def _visible_task(deps: Deps, principal: Principal, token: str | None, task_id: uuid.UUID) -> asyncpg.Record:
+    """The task, if the caller is a member of its workspace; otherwise it does not exist for them."""
+    require_user(principal)
+    row = await store.task(deps.pool, task_id)
+    if row is None or await deps.membership(token)(principal.user_id, row["workspace_id"]) is None:
+        raise NotFound(f"task {task_id} not found")
+    return row
+
+
+async def get_task(deps: Deps, principal: Principal, token: str | None, task_id: uuid.UUID) -> TaskRecord:
+    row = await _visible_task(deps, principal, token, task_id)
+    return (await _records(deps, [row]))[0]
+
+
+async def tasks_by_orch_sha(deps: Deps, principal: Principal, token: str | None, cmd: GetTasksByOrchSha) -> TaskIds:
+    """The tasks of an orchestration sha, in the caller's workspaces only."""
+    require_user(principal)
+    rows = await store.tasks_by_sha(deps.pool, cmd.sha)
+    lookup = deps.membership(token)
+    member: dict[int, bool] = {}
+    for workspace_id in {r["workspace_id"] for r in rows}:
+        member[workspace_id] = await lookup(principal.user_id, workspace_id) is not None
+    return TaskIds(ids=[r["id"] for r in rows if member[r["workspace_id"]]])
+
+
+async def list_tasks(deps: Deps, principal: Principal, token: str | None, workspace_id: int) -> Tasks:
+    await require_member(deps.membership(token), principal, workspace_id)
+    return Tasks(tasks=await _records(deps, await store.tasks_in(deps.pool, workspace_id)))
+
+
+async def kill_task(deps: Deps, principal: Principal, token: str | None, task_id: uuid.UUID) -> TaskRecord:
+    """No more runs of the task; a run in progress is stopped (by its supervisor, within a heartbeat)."""
+    await _visible_task(deps, principal, token, task_id)
+    await store.kill_task(deps.pool, task_id)
+    return await get_task(deps, principal, token, task_id)
+
+
+# --- runs --------------------------------------------------------------------------------------------------------
+
+def _run_record(row: asyncpg.Record) -> TaskRunRecord:
+    return TaskRunRecord(task=row["task_id"], run_id=row["id"], status=row["status"], exit_code=row["exit_code"],
+                         reason=row["reason"], scheduled_for=iso(row["scheduled_for"]),
+                         created_at=iso(row["created_at"]), updated_at=iso(row["updated_at"]))
+
+
+async def list_runs(deps: Deps, principal: Principal, token: str | None, cmd: ListTaskRuns) -> TaskRuns:
+    """A task's runs, most recently updated first."""
+    await _visible_task(deps, principal, token, cmd.task_id)
+    rows = await store.runs_of(deps.pool, cmd.task_id, None if cmd.status == "all" else cmd.status, cmd.limit)
+    return TaskRuns(runs=[_run_record(r) for r in rows])
+
+
+async def run_logs(deps: Deps, principal: Principal, token: str | None, cmd: GetRunLogs) -> RunLogs:
+    """A run's log lines (the last `lines` of them), while it runs and after."""
+    require_user(principal)
+    run = await store.run(deps.pool, cmd.id)
+    if run is None or await deps.membership(token)(principal.user_id, run["workspace_id"]) is None:
+        raise NotFound(f"task run {cmd.id} not found")
+    rows = await store.logs(deps.pool, cmd.id, cmd.lines)
+    return RunLogs(logs=[log_line(r["at"], r["stream"], r["partial"], r["line"]) for r in rows])

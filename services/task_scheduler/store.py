@@ -1,1 +1,232 @@
-"""SQL of the task_scheduler service (asyncpg, `$n` parameters only), in schema `task_scheduler`."""
+"""SQL of the task_scheduler service (asyncpg, `$n` parameters only), in schema `task_scheduler`.
+
+Every scheduler process works from these tables alone. The claims that make work happen once are here:
+a schedule point becomes a run through `INSERT ... ON CONFLICT (task_id, scheduled_for) DO NOTHING` inside the
+transaction that moves the task's `next_fire` (rows locked `FOR UPDATE SKIP LOCKED`, so two processes never
+handle one task at once); a queued run starts under a per-workspace advisory lock that counts the running ones;
+a running run belongs to the process whose heartbeat it carries.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+# advisory lock namespace of "start queued runs of workspace N" (any constant; 'task' in ASCII)
+WORKSPACE_LOCK = 0x7461736B
+
+
+# --- environments and orchestrations ---------------------------------------------------------------------------
+
+async def ensure_env(conn: asyncpg.Connection, requirements_sha: str, requirements: str) -> str:
+    """The env row for a requirements file (created as installing when new); its status."""
+    await conn.execute(
+        "INSERT INTO envs (requirements_sha, requirements, status) VALUES ($1, $2, 'installing') "
+        "ON CONFLICT (requirements_sha) DO NOTHING", requirements_sha, requirements)
+    return await conn.fetchval("SELECT status FROM envs WHERE requirements_sha = $1", requirements_sha)
+
+
+async def insert_orchestration(conn: asyncpg.Connection, *, id: uuid.UUID, workspace_id: int, sha: str,
+                               name: str | None, file_name: str, entrypoint: str, requirements_sha: str | None,
+                               owner_id: str, status: str, reason: str | None) -> None:
+    await conn.execute(
+        "INSERT INTO orchestrations (id, workspace_id, sha, name, file_name, entrypoint, requirements_sha, "
+        "packaging_id, owner_id, status, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        id, workspace_id, sha, name, file_name, entrypoint, requirements_sha, uuid.uuid4(), owner_id, status, reason)
+
+
+async def orchestrations(pool: asyncpg.Pool, workspace_id: int) -> list[asyncpg.Record]:
+    return await pool.fetch("SELECT * FROM orchestrations WHERE workspace_id = $1 ORDER BY created_at, id",
+                            workspace_id)
+
+
+async def orchestration(pool: asyncpg.Pool | asyncpg.Connection, orch_id: uuid.UUID) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT * FROM orchestrations WHERE id = $1", orch_id)
+
+
+async def claim_env(pool: asyncpg.Pool, worker: str, lost_after: float) -> asyncpg.Record | None:
+    """An environment waiting to be installed (or whose installer stopped beating), now this worker's."""
+    return await pool.fetchrow(
+        "UPDATE envs SET worker = $1, heartbeat_at = now() WHERE requirements_sha = ("
+        "  SELECT requirements_sha FROM envs WHERE status = 'installing' AND (heartbeat_at IS NULL OR "
+        "  heartbeat_at < now() - make_interval(secs => $2)) ORDER BY updated_at LIMIT 1 FOR UPDATE SKIP LOCKED) "
+        "RETURNING *", worker, lost_after)
+
+
+async def beat_env(pool: asyncpg.Pool, requirements_sha: str, worker: str) -> None:
+    await pool.execute("UPDATE envs SET heartbeat_at = now() WHERE requirements_sha = $1 AND worker = $2",
+                       requirements_sha, worker)
+
+
+async def finish_env(pool: asyncpg.Pool, requirements_sha: str, ok: bool, reason: str | None) -> None:
+    """The environment is ready (or failed): so are the orchestrations waiting on it."""
+    status = "ready" if ok else "failed"
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("UPDATE envs SET status = $2, reason = $3, updated_at = now() WHERE requirements_sha = $1",
+                           requirements_sha, status, reason)
+        await conn.execute("UPDATE orchestrations SET status = $2, reason = $3, updated_at = now() "
+                           "WHERE requirements_sha = $1 AND status = 'packaging'", requirements_sha, status, reason)
+
+
+async def env_status(pool: asyncpg.Pool, requirements_sha: str) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT status, reason FROM envs WHERE requirements_sha = $1", requirements_sha)
+
+
+# --- tasks -------------------------------------------------------------------------------------------------------
+
+async def insert_task(conn: asyncpg.Connection, *, id: uuid.UUID, workspace_id: int, orch_id: uuid.UUID,
+                      orch_sha: str, name: str | None, owner_id: str, args: dict[str, Any], timeout_seconds: int,
+                      schedule: str | None, missed_run_policy: str | None, next_fire: datetime | None) -> None:
+    await conn.execute(
+        "INSERT INTO tasks (id, workspace_id, orch_id, orch_sha, name, owner_id, args, timeout_seconds, schedule, "
+        "missed_run_policy, next_fire) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11)",
+        id, workspace_id, orch_id, orch_sha, name, owner_id, json.dumps(args), timeout_seconds, schedule,
+        missed_run_policy, next_fire)
+
+
+async def task(pool: asyncpg.Pool | asyncpg.Connection, task_id: uuid.UUID) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)
+
+
+async def tasks_in(pool: asyncpg.Pool, workspace_id: int) -> list[asyncpg.Record]:
+    return await pool.fetch("SELECT * FROM tasks WHERE workspace_id = $1 ORDER BY created_at, id", workspace_id)
+
+
+async def tasks_by_sha(pool: asyncpg.Pool, sha: str) -> list[asyncpg.Record]:
+    return await pool.fetch("SELECT id, workspace_id FROM tasks WHERE orch_sha = $1 ORDER BY created_at, id", sha)
+
+
+async def last_runs(pool: asyncpg.Pool, task_ids: list[uuid.UUID], per_task: int) -> dict[uuid.UUID, list]:
+    rows = await pool.fetch(
+        "SELECT task_id, id, status, created_at, running FROM (SELECT task_id, id, status, created_at, "
+        "  status IN ('queued', 'running') AS running, "
+        "  row_number() OVER (PARTITION BY task_id ORDER BY created_at DESC, id) AS n "
+        "  FROM runs WHERE task_id = ANY($1::uuid[])) r WHERE n <= $2 ORDER BY created_at DESC, id",
+        task_ids, per_task)
+    found: dict[uuid.UUID, list] = {}
+    for row in rows:
+        found.setdefault(row["task_id"], []).append(row)
+    return found
+
+
+async def kill_task(pool: asyncpg.Pool, task_id: uuid.UUID) -> None:
+    """Stop a task: no more schedule points, queued runs fail, running ones are stopped by their supervisor."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("UPDATE tasks SET killed = true, next_fire = NULL, updated_at = now() WHERE id = $1",
+                           task_id)
+        await conn.execute(
+            "UPDATE runs SET status = 'failure', reason = 'killed before it started', finished_at = now(), "
+            "updated_at = now() WHERE task_id = $1 AND status = 'queued'", task_id)
+        await conn.execute("UPDATE runs SET kill_requested = true, updated_at = now() "
+                           "WHERE task_id = $1 AND status = 'running'", task_id)
+
+
+# --- schedule points ---------------------------------------------------------------------------------------------
+
+async def due_tasks(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    """Scheduled tasks whose next point has come, locked for this transaction (others skip them)."""
+    return await conn.fetch(
+        "SELECT id, workspace_id, schedule, missed_run_policy, next_fire, now() AS now FROM tasks "
+        "WHERE schedule IS NOT NULL AND NOT killed AND next_fire <= now() "
+        "ORDER BY next_fire LIMIT $1 FOR UPDATE SKIP LOCKED", limit)
+
+
+async def fire(conn: asyncpg.Connection, task_id: uuid.UUID, workspace_id: int, point: datetime) -> bool:
+    """One run for one schedule point; False when that point already has its run."""
+    inserted = await conn.fetchval(
+        "INSERT INTO runs (id, task_id, workspace_id, scheduled_for, status) VALUES ($1, $2, $3, $4, 'queued') "
+        "ON CONFLICT (task_id, scheduled_for) DO NOTHING RETURNING id", uuid.uuid4(), task_id, workspace_id, point)
+    return inserted is not None
+
+
+async def set_next_fire(conn: asyncpg.Connection, task_id: uuid.UUID, next_fire: datetime) -> None:
+    await conn.execute("UPDATE tasks SET next_fire = $2 WHERE id = $1", task_id, next_fire)
+
+
+async def queue_once(conn: asyncpg.Connection, task_id: uuid.UUID, workspace_id: int) -> uuid.UUID:
+    run_id = uuid.uuid4()
+    await conn.execute("INSERT INTO runs (id, task_id, workspace_id, status) VALUES ($1, $2, $3, 'queued')",
+                       run_id, task_id, workspace_id)
+    return run_id
+
+
+# --- runs --------------------------------------------------------------------------------------------------------
+
+async def workspaces_waiting(pool: asyncpg.Pool) -> list[int]:
+    rows = await pool.fetch("SELECT DISTINCT workspace_id FROM runs WHERE status = 'queued'")
+    return [r["workspace_id"] for r in rows]
+
+
+async def start_queued(pool: asyncpg.Pool, workspace_id: int, limit: int, room: int,
+                       supervisor: str) -> list[asyncpg.Record]:
+    """Start the oldest queued runs of a workspace that fit under its limit (and under this process's room);
+    one process at a time per workspace (advisory lock), so the limit holds across processes."""
+    async with pool.acquire() as conn, conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, $2::int)", WORKSPACE_LOCK,
+                                   workspace_id % 2**31):
+            return []
+        running = await conn.fetchval("SELECT count(*) FROM runs WHERE workspace_id = $1 AND status = 'running'",
+                                      workspace_id)
+        free = min(limit - running, room)
+        if free <= 0:
+            return []
+        return await conn.fetch(
+            "UPDATE runs SET status = 'running', supervisor = $3, heartbeat_at = now(), started_at = now(), "
+            "updated_at = now() WHERE id IN (SELECT id FROM runs WHERE workspace_id = $1 AND status = 'queued' "
+            "ORDER BY created_at, id LIMIT $2 FOR UPDATE) RETURNING *", workspace_id, free, supervisor)
+
+
+async def beat_runs(pool: asyncpg.Pool, run_ids: list[uuid.UUID], supervisor: str) -> list[uuid.UUID]:
+    """Heartbeat this process's runs; the ids among them whose kill was requested."""
+    rows = await pool.fetch(
+        "UPDATE runs SET heartbeat_at = now() WHERE id = ANY($1::uuid[]) AND supervisor = $2 AND status = 'running' "
+        "RETURNING id, kill_requested", run_ids, supervisor)
+    return [r["id"] for r in rows if r["kill_requested"]]
+
+
+async def finish_run(pool: asyncpg.Pool, run_id: uuid.UUID, supervisor: str, status: str, exit_code: int | None,
+                     reason: str | None) -> bool:
+    """Record how a run ended; False if it was no longer this supervisor's (already declared lost)."""
+    done = await pool.fetchval(
+        "UPDATE runs SET status = $3, exit_code = $4, reason = $5, finished_at = now(), updated_at = now() "
+        "WHERE id = $1 AND supervisor = $2 AND status = 'running' RETURNING id", run_id, supervisor, status,
+        exit_code, reason)
+    return done is not None
+
+
+async def fail_lost_runs(pool: asyncpg.Pool, lost_after: float) -> list[asyncpg.Record]:
+    """Running runs whose supervisor stopped beating: failed, with the reason."""
+    return await pool.fetch(
+        "UPDATE runs SET status = 'failure', reason = 'the task scheduler process supervising the run died (no "
+        "heartbeat for ' || $1::text || ' s)', finished_at = now(), updated_at = now() "
+        "WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => $1) RETURNING *", lost_after)
+
+
+async def run(pool: asyncpg.Pool, run_id: uuid.UUID) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
+
+
+async def runs_of(pool: asyncpg.Pool, task_id: uuid.UUID, status: str | None, limit: int | None) -> list:
+    return await pool.fetch(
+        "SELECT * FROM runs WHERE task_id = $1 AND ($2::text IS NULL OR status = $2) "
+        "ORDER BY updated_at DESC, id LIMIT $3", task_id, status, limit)
+
+
+async def append_logs(pool: asyncpg.Pool, run_id: uuid.UUID, first_seq: int,
+                      lines: list[tuple[datetime, str, bool, str]]) -> None:
+    await pool.executemany(
+        "INSERT INTO run_logs (run_id, seq, at, stream, partial, line) VALUES ($1, $2, $3, $4, $5, $6)",
+        [(run_id, first_seq + i, at, stream, partial, line) for i, (at, stream, partial, line) in enumerate(lines)])
+
+
+async def logs(pool: asyncpg.Pool, run_id: uuid.UUID, last: int | None) -> list[asyncpg.Record]:
+    if last is None:
+        return await pool.fetch("SELECT at, stream, partial, line FROM run_logs WHERE run_id = $1 ORDER BY seq",
+                                run_id)
+    return await pool.fetch(
+        "SELECT at, stream, partial, line FROM (SELECT * FROM run_logs WHERE run_id = $1 ORDER BY seq DESC "
+        "LIMIT $2) t ORDER BY seq", run_id, last)

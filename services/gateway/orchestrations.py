@@ -1,0 +1,89 @@
+"""Orchestration and task routes of the gateway (the seed's section 11): the JSON route table, forwarded as
+commands like every other JSON route, and the multipart upload.
+
+An upload is staged in object storage (`staging/<uuid>` in the orchestrations bucket) and the task scheduler is
+told the key: it checks the caller and the zip, keeps it under its sha256 or refuses it, and deletes the staged
+copy either way."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from pydantic import ValidationError
+
+from services.gateway import handlers
+from shared import subjects
+from shared.authz import Principal
+from shared.errors import InvalidRequest, PayloadTooLarge, RailyardError
+from shared.messages import tasks as t
+from shared.objectstore import BUCKET_ORCHESTRATIONS
+from shared.service import Runtime
+
+UPLOAD_PATH = "/v1/api/orchestration/upload"
+
+# (path, subject, request model, reply model, summary[, unwrap]) rows for http.py's JSON route table
+JSON_ROUTE_SPECS: list[tuple[Any, ...]] = [
+    ("/orchestration/list", subjects.TASKS_ORCHESTRATIONS_LIST, t.ListOrchestrations, list[t.OrchestrationRecord],
+     "List a workspace's orchestrations (status: packaging, ready or failed with the reason).", "orchestrations"),
+    ("/task/run_once", subjects.TASKS_RUN_ONCE, t.RunTaskOnce, t.TaskCreated,
+     "Run an orchestration once (json: the run's task_args(); timeout in seconds)."),
+    ("/task/run_scheduled", subjects.TASKS_RUN_SCHEDULED, t.RunTaskScheduled, t.TaskCreated,
+     "Run an orchestration on a cron schedule (minute hour day-of-month month day-of-week) until killed."),
+    ("/task/get_by_id", subjects.TASKS_GET, t.GetTask, t.TaskRecord, "Get a task with its last runs."),
+    ("/task/get_tasks_by_orch_sha", subjects.TASKS_BY_ORCH_SHA, t.GetTasksByOrchSha, t.TaskIds,
+     "The ids of the tasks of an orchestration sha."),
+    ("/task/list", subjects.TASKS_LIST, t.ListTasks, list[t.TaskRecord], "List a workspace's tasks.", "tasks"),
+    ("/task/kill", subjects.TASKS_KILL, t.KillTask, t.TaskRecord,
+     "Kill a task: no new runs; a run in progress is stopped."),
+    ("/task/list_task_runs", subjects.TASKS_LIST_RUNS, t.ListTaskRuns, list[t.TaskRunRecord],
+     "A task's runs, most recently updated first.", "runs"),
+    ("/task/get_logs_for_run", subjects.TASKS_RUN_LOGS, t.GetRunLogs, t.RunLogs,
+     "A task run's log lines ('<RFC 3339 time> stdout F <line>'), the last `lines` of them."),
+]
+
+
+def add_orchestration_routes(app: FastAPI, runtime: Runtime, user_caller: Any, bearer_token: Any) -> None:
+    """The multipart upload route (the JSON ones come from JSON_ROUTE_SPECS)."""
+    settings = runtime.settings
+    timeout = settings.nats.request_timeout
+
+    @app.post(UPLOAD_PATH, tags=["orchestration"], response_model=t.OrchestrationCreated)
+    async def upload_orchestration(request: Request, principal: Principal = Depends(user_caller)) -> Any:
+        """Upload an orchestration: multipart with a `file` part (the zip) and a `metadata` JSON part
+        (workspace_id, optional name)."""
+        form = await request.form(max_files=2, max_fields=10)  # the seed sends metadata as a file part too
+        raw = form.get("metadata")
+        if raw is None:
+            raise InvalidRequest("the multipart body needs a 'metadata' part with {\"workspace_id\": ...}")
+        try:
+            metadata = json.loads(raw if isinstance(raw, str) else await raw.read())
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidRequest("the 'metadata' part is not valid JSON") from None
+        if not isinstance(metadata, dict):
+            raise InvalidRequest("the 'metadata' part must be a JSON object")
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise InvalidRequest("the multipart body needs a 'file' part with the orchestration zip")
+        if upload.size is not None and upload.size > settings.tasks.max_zip_bytes:
+            raise PayloadTooLarge(f"the orchestration zip is larger than {settings.tasks.max_zip_bytes} bytes")
+        try:
+            command = t.UploadOrchestration.model_validate(
+                {"file_name": upload.filename or "orchestration.zip", **metadata, "staged_key": "staging/"})
+        except ValidationError as exc:
+            first = exc.errors()[0] if exc.errors() else {}
+            where = ".".join(str(p) for p in first.get("loc", ())) or "metadata"
+            raise InvalidRequest(f"metadata {where}: {first.get('msg', 'invalid')}") from None
+        staged = f"staging/{uuid.uuid4()}"
+        size = upload.size if upload.size is not None else -1
+        await runtime.objects.put_stream(BUCKET_ORCHESTRATIONS, staged, upload.file, length=size)
+        command = command.model_copy(update={"staged_key": staged})
+        try:
+            return await handlers.forward(runtime.broker, subjects.TASKS_ORCHESTRATIONS_UPLOAD, command,
+                                          bearer_token(request), timeout + 60)
+        except RailyardError as exc:
+            if exc.code in ("upstream_timeout", "unavailable"):  # the scheduler never saw it: clean up here
+                await runtime.objects.delete(BUCKET_ORCHESTRATIONS, staged)
+            raise

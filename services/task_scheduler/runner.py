@@ -1,0 +1,216 @@
+"""One task run: `main.py` of an orchestration in the sandbox, its output captured line by line.
+
+The run's process starts through shared/sandbox.py with exactly the environment below, its own working
+directory (the zip is unpacked there, inside the sandbox), the network to the gateway only, and CPU, memory and
+wall-time limits. stdout and stderr are read in chunks and cut into lines (a line longer than MAX_LINE is stored
+in pieces tagged P, as the CRI log format does; whole lines are tagged F); lines are written to PostgreSQL in
+small batches as they come, so `get_logs_for_run` reads a run while it is going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from shared.sandbox import Limits, Network, SandboxSpec, limit_hit, spawn, stderr_excerpt
+
+log = logging.getLogger("railyard.task_scheduler.runner")
+
+MAX_LINE = 16 * 1024
+FLUSH_SECONDS = 0.2
+CHUNK = 64 * 1024
+
+# Runs inside the sandbox, in the run's working directory: unpack the orchestration, run its entrypoint as
+# __main__ with its own folder first on sys.path. argv: zip path, entrypoint path inside the zip.
+_BOOTSTRAP = r"""
+import os, runpy, sys, zipfile
+archive, entrypoint = sys.argv[1:3]
+with zipfile.ZipFile(archive) as z:
+    z.extractall(".")
+path = os.path.abspath(entrypoint)
+sys.argv = [path]
+sys.path[0] = os.path.dirname(path)
+os.chdir(os.path.dirname(path))
+runpy.run_path(path, run_name="__main__")
+"""
+
+
+@dataclass
+class RunPlan:
+    """Everything one run needs, resolved before it starts."""
+
+    run_id: str
+    workdir: Path
+    zip_path: Path
+    entrypoint: str
+    python: str
+    env_dir: Path | None
+    env: dict[str, str]
+    timeout: int
+    memory_bytes: int
+    cpu_seconds: int
+
+
+@dataclass
+class RunOutcome:
+    status: str  # success | failure
+    exit_code: int | None
+    reason: str | None
+
+
+LogSink = Callable[[list[tuple[datetime, str, bool, str]]], Awaitable[None]]
+
+
+@dataclass
+class LogWriter:
+    """Buffers captured lines and writes them every FLUSH_SECONDS; stops keeping lines past max_bytes."""
+
+    sink: LogSink
+    max_bytes: int
+    pending: list[tuple[datetime, str, bool, str]] = field(default_factory=list)
+    kept_bytes: int = 0
+    truncated: bool = False
+    stderr_tail: deque = field(default_factory=lambda: deque(maxlen=40))
+
+    def add(self, stream: str, partial: bool, line: str) -> None:
+        if stream == "stderr":
+            self.stderr_tail.append(line)
+        if self.truncated:
+            return
+        self.kept_bytes += len(line) + 1
+        if self.kept_bytes > self.max_bytes:
+            self.truncated = True
+            line, partial, stream = f"[railyard: log cut at {self.max_bytes} bytes]", False, "stderr"
+        self.pending.append((datetime.now(UTC), stream, partial, line))
+
+    async def flush(self) -> None:
+        if self.pending:
+            batch, self.pending = self.pending, []
+            await self.sink(batch)
+
+
+async def _pump(reader: asyncio.StreamReader, stream: str, writer: LogWriter) -> None:
+    buffer = b""
+    while True:
+        chunk = await reader.read(CHUNK)
+        if not chunk:
+            break
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            _emit(writer, stream, line)
+        while len(buffer) > MAX_LINE:
+            writer.add(stream, True, buffer[:MAX_LINE].decode(errors="replace"))
+            buffer = buffer[MAX_LINE:]
+    if buffer:
+        _emit(writer, stream, buffer)
+
+
+def _emit(writer: LogWriter, stream: str, line: bytes) -> None:
+    line = line.rstrip(b"\r")
+    while len(line) > MAX_LINE:
+        writer.add(stream, True, line[:MAX_LINE].decode(errors="replace"))
+        line = line[MAX_LINE:]
+    writer.add(stream, False, line.decode(errors="replace"))
+
+
+def sandbox_spec(plan: RunPlan) -> SandboxSpec:
+    readonly = (plan.zip_path,) + ((plan.env_dir,) if plan.env_dir else ())
+    return SandboxSpec(
+        argv=[plan.python, "-u", "-c", _BOOTSTRAP, str(plan.zip_path), plan.entrypoint],
+        workdir=plan.workdir,
+        env=plan.env,
+        readonly_paths=readonly,
+        limits=Limits(memory_bytes=plan.memory_bytes, cpu_seconds=plan.cpu_seconds, processes=128,
+                      open_files=1024, file_size_bytes=1 << 30, wall_seconds=plan.timeout),
+        network=Network.GATEWAY_ONLY,
+    )
+
+
+async def execute(plan: RunPlan, writer: LogWriter, kill: asyncio.Event) -> RunOutcome:
+    """Run the plan to its end (exit, a limit, the timeout, or `kill` being set); the logs go to `writer`."""
+    spec = sandbox_spec(plan)
+    process = await spawn(spec, stdin=asyncio.subprocess.DEVNULL)
+    pumps = [asyncio.create_task(_pump(process.stdout, "stdout", writer)),
+             asyncio.create_task(_pump(process.stderr, "stderr", writer))]
+
+    async def flusher() -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            await writer.flush()
+
+    flushing = asyncio.create_task(flusher())
+    waited = asyncio.create_task(process.wait())
+    killed = asyncio.create_task(kill.wait())
+    started = time.monotonic()
+    stopped_by: str | None = None
+    try:
+        done, _ = await asyncio.wait({waited, killed}, timeout=plan.timeout, return_when=asyncio.FIRST_COMPLETED)
+        if waited not in done:
+            stopped_by = "killed" if killed in done else "timeout"
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)  # the launcher kills the whole sandbox
+            try:
+                await asyncio.wait_for(asyncio.shield(waited), 5)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await waited
+        await asyncio.wait_for(asyncio.gather(*pumps, return_exceptions=True), 10)
+    finally:
+        killed.cancel()
+        flushing.cancel()
+        for pump in pumps:
+            pump.cancel()
+        with contextlib.suppress(ProcessLookupError):
+            if process.returncode is None:
+                process.kill()
+    await writer.flush()
+    code = process.returncode
+    if stopped_by == "killed":
+        return RunOutcome("failure", code, "killed (task/kill)")
+    if stopped_by == "timeout":
+        return RunOutcome("failure", code, f"timed out after {plan.timeout} s (the task's timeout)")
+    if code == 0:
+        return RunOutcome("success", 0, None)
+    hit = limit_hit(code, stderr_excerpt("\n".join(writer.stderr_tail).encode()), spec.limits)
+    if hit:
+        return RunOutcome("failure", code, f"stopped by the {hit} limit (exit status {code})")
+    elapsed = time.monotonic() - started
+    return RunOutcome("failure", code, f"main.py exited with status {code} after {elapsed:.1f} s")
+
+
+def cleanup(workdir: Path) -> None:
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_env(*, task_id: str, run_id: str, orch_sha: str, owner_id: str, workspace_id: int, gateway_url: str,
+            token: str, args: dict) -> dict[str, str]:
+    """What a run's process gets, and nothing else (see docs/orchestrations.md)."""
+    return {
+        "TASK_ID": task_id,
+        "TASK_RUN_ID": run_id,
+        "ORCH_SHA": orch_sha,
+        "ORCH_OWNER_ID": owner_id,
+        "RAILYARD_CLIENT_URL": gateway_url,
+        "RAILYARD_CLIENT_TOKEN": token,
+        "RAILYARD_CLIENT_WORKSPACE": str(workspace_id),
+        "TASK_ARGS": json.dumps(args),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONIOENCODING": "utf-8",
+    }
+
+
+def base_python() -> str:
+    return sys.executable

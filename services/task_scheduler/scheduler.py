@@ -1,0 +1,272 @@
+"""The scheduler loop of one task-scheduler process; any number of processes run it side by side.
+
+Every `tick` a process:
+
+1. fails runs whose supervisor stopped beating (a killed or crashed process): `failure`, with the reason;
+2. turns due schedule points into runs. A task's row is locked (`FOR UPDATE SKIP LOCKED`) while its `next_fire`
+   moves past now, and the run is inserted with `ON CONFLICT (task_id, scheduled_for) DO NOTHING` in the same
+   transaction: a point makes exactly one run, whichever process sees it, across kills and restarts. When
+   several points passed while no scheduler ran, only the latest is considered: `fire_once` runs it (late),
+   `skip` runs it only if it is at most `missed_run_grace` seconds old. Never several runs for one catch-up;
+3. starts queued runs, oldest first, up to the workspace's concurrent-run limit (counted under a per-workspace
+   advisory lock, so the limit holds across processes) and this process's own room;
+4. heartbeats its runs and stops those whose task was killed;
+5. installs one waiting requirements environment at a time (claimed with a heartbeat as well).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+from croniter import croniter
+
+from services.task_scheduler import packaging, runner, store
+from services.task_scheduler.handlers import Deps
+from shared import subjects
+from shared.messages.tasks import TaskRunFailed, TaskRunStarted, TaskRunSucceeded
+from shared.objectstore import BUCKET_ORCHESTRATIONS, content_key
+
+log = logging.getLogger("railyard.task_scheduler.scheduler")
+
+FIRE_BATCH = 50
+
+# mint(owner_id, workspace_id, ttl_seconds, task_id) -> a bearer token with the owner's rights in that workspace
+TokenMinter = Callable[[str, int, int, str], Awaitable[str]]
+
+
+@dataclass
+class Scheduler:
+    """One process's scheduler loop and the runs it supervises."""
+
+    deps: Deps
+    mint: TokenMinter
+    gateway_url: str
+    identity: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+    runs: dict[uuid.UUID, asyncio.Task] = field(default_factory=dict)
+    kills: dict[uuid.UUID, asyncio.Event] = field(default_factory=dict)
+    installing: asyncio.Task | None = None
+    _loop: asyncio.Task | None = None
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def start(self) -> None:
+        self._loop = asyncio.create_task(self._forever())
+
+    async def stop(self) -> None:
+        """Stop scheduling; runs in progress are stopped and recorded as failed (a restart would find them lost)."""
+        self._stop.set()
+        if self._loop is not None:
+            await self._loop
+        for event in self.kills.values():
+            event.set()
+        if self.runs:
+            await asyncio.wait(list(self.runs.values()), timeout=15)
+        if self.installing is not None:
+            self.installing.cancel()
+
+    async def _forever(self) -> None:
+        settings = self.deps.settings
+        last_beat = 0.0
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
+            try:
+                await self.fail_lost()
+                await self.fire_due()
+                await self.start_queued()
+                if loop.time() - last_beat >= settings.heartbeat_interval / 2 or any(
+                        not e.is_set() for e in self.kills.values()):
+                    await self.heartbeat()
+                    last_beat = loop.time()
+                self.install_next()
+            except (asyncpg.PostgresError, OSError) as exc:
+                log.warning("scheduler pass failed: %s", exc)
+            except Exception:
+                log.exception("scheduler pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), settings.tick)
+
+    # --- 1. lost runs -------------------------------------------------------------------------------------------
+
+    async def fail_lost(self) -> None:
+        for row in await store.fail_lost_runs(self.deps.pool, self.deps.settings.supervisor_lost_after):
+            log.warning("run %s lost its supervisor %s: marked failed", row["id"], row["supervisor"])
+            await self._event(row, "failure", None, row["reason"])
+
+    # --- 2. schedule points -------------------------------------------------------------------------------------
+
+    async def fire_due(self) -> None:
+        grace = timedelta(seconds=self.deps.settings.missed_run_grace)
+        async with self.deps.pool.acquire() as conn, conn.transaction():
+            for task in await store.due_tasks(conn, FIRE_BATCH):
+                now = task["now"]
+                points = croniter(task["schedule"], task["next_fire"] - timedelta(microseconds=1))
+                latest = points.get_next(datetime)
+                while True:  # the latest point not after now (the ones before it are missed)
+                    following = points.get_next(datetime)
+                    if following > now:
+                        break
+                    latest = following
+                missed = latest != task["next_fire"]
+                late = now - latest > grace
+                if task["missed_run_policy"] == "skip" and late:
+                    log.info("task %s: skipping schedule point %s (%.0f s late)", task["id"], latest,
+                             (now - latest).total_seconds())
+                elif await store.fire(conn, task["id"], task["workspace_id"], latest):
+                    log.info("task %s: run queued for %s%s", task["id"], latest.isoformat(),
+                             " (earlier points were missed)" if missed else "")
+                await store.set_next_fire(conn, task["id"], following)
+
+    # --- 3. starting queued runs --------------------------------------------------------------------------------
+
+    async def start_queued(self) -> None:
+        settings = self.deps.settings
+        for workspace_id in await store.workspaces_waiting(self.deps.pool):
+            room = settings.max_runs_per_process - len(self.runs)
+            if room <= 0:
+                return
+            started = await store.start_queued(self.deps.pool, workspace_id,
+                                               settings.max_concurrent_runs_per_workspace, room, self.identity)
+            for row in started:
+                self.kills[row["id"]] = asyncio.Event()
+                self.runs[row["id"]] = asyncio.create_task(self._supervise(row))
+
+    # --- 4. heartbeats and kills --------------------------------------------------------------------------------
+
+    async def heartbeat(self) -> None:
+        if not self.runs:
+            return
+        for run_id in await store.beat_runs(self.deps.pool, list(self.runs), self.identity):
+            event = self.kills.get(run_id)
+            if event is not None and not event.is_set():
+                log.info("run %s: kill requested", run_id)
+                event.set()
+
+    # --- 5. environments ----------------------------------------------------------------------------------------
+
+    def install_next(self) -> None:
+        if self.installing is None or self.installing.done():
+            self.installing = asyncio.create_task(self._install_one())
+
+    async def _install_one(self) -> None:
+        deps = self.deps
+        env = await store.claim_env(deps.pool, self.identity, deps.settings.supervisor_lost_after)
+        if env is None:
+            return
+        sha = env["requirements_sha"]
+        log.info("installing requirements %s", sha[:12])
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(deps.settings.heartbeat_interval)
+                await store.beat_env(deps.pool, sha, self.identity)
+
+        beating = asyncio.create_task(beat())
+        try:
+            ok, reason = await packaging.install_env(deps.work_root, sha, env["requirements"], deps.settings)
+        except Exception as exc:
+            log.exception("installing requirements %s failed", sha[:12])
+            ok, reason = False, f"the installer could not run: {type(exc).__name__}: {exc}"[:1500]
+        finally:
+            beating.cancel()
+        await store.finish_env(deps.pool, sha, ok, reason)
+        log.info("requirements %s: %s", sha[:12], "ready" if ok else f"failed: {reason}")
+
+    # --- a run ---------------------------------------------------------------------------------------------------
+
+    async def _supervise(self, row: asyncpg.Record) -> None:
+        run_id = row["id"]
+        try:
+            outcome = await self._run(row)
+        except Exception as exc:
+            log.exception("run %s could not be started", run_id)
+            outcome = runner.RunOutcome("failure", None, f"the run could not be started: {type(exc).__name__}")
+        finally:
+            self.runs.pop(run_id, None)
+            self.kills.pop(run_id, None)
+        if await store.finish_run(self.deps.pool, run_id, self.identity, outcome.status, outcome.exit_code,
+                                  outcome.reason):
+            await self._event(row, outcome.status, outcome.exit_code, outcome.reason)
+        log.info("run %s: %s%s", run_id, outcome.status, f" ({outcome.reason})" if outcome.reason else "")
+
+    async def _run(self, row: asyncpg.Record) -> runner.RunOutcome:
+        deps = self.deps
+        task = await store.task(deps.pool, row["task_id"])
+        orch = await store.orchestration(deps.pool, task["orch_id"])
+        zip_path = await self._local_zip(orch["sha"])
+        env_dir = None
+        python = runner.base_python()
+        if orch["requirements_sha"]:
+            requirements = await deps.pool.fetchval("SELECT requirements FROM envs WHERE requirements_sha = $1",
+                                                    orch["requirements_sha"])
+            ok, reason = await packaging.install_env(deps.work_root, orch["requirements_sha"], requirements,
+                                                     deps.settings)
+            if not ok:
+                return runner.RunOutcome("failure", None, f"the orchestration's environment is missing: {reason}")
+            env_dir = packaging.env_dir(deps.work_root, orch["requirements_sha"])
+            python = str(packaging.env_python(env_dir))
+        ttl = min(deps.settings.token_ttl, task["timeout_seconds"] + 60)
+        token = await self.mint(task["owner_id"], task["workspace_id"], ttl, str(task["id"]))
+        args = task["args"]
+        plan = runner.RunPlan(
+            run_id=str(row["id"]), workdir=deps.work_root / "runs" / str(row["id"]), zip_path=zip_path,
+            entrypoint=orch["entrypoint"], python=python, env_dir=env_dir,
+            env=runner.run_env(task_id=str(task["id"]), run_id=str(row["id"]), orch_sha=orch["sha"],
+                               owner_id=task["owner_id"], workspace_id=task["workspace_id"],
+                               gateway_url=self.gateway_url, token=token,
+                               args=args if isinstance(args, dict) else json.loads(args)),
+            timeout=task["timeout_seconds"], memory_bytes=deps.settings.run_memory_mb << 20,
+            cpu_seconds=deps.settings.run_cpu_seconds)
+        seq = 0
+
+        async def sink(lines: list[Any]) -> None:
+            nonlocal seq
+            await store.append_logs(deps.pool, row["id"], seq, lines)
+            seq += len(lines)
+
+        writer = runner.LogWriter(sink=sink, max_bytes=deps.settings.max_log_bytes)
+        await self._event(row, "running", None, None)
+        try:
+            return await runner.execute(plan, writer, self.kills[row["id"]])
+        finally:
+            await asyncio.to_thread(runner.cleanup, plan.workdir)
+
+    async def _local_zip(self, sha: str):
+        """The orchestration's zip on this machine (fetched from object storage once, checked against its sha)."""
+        folder = self.deps.work_root / "orchestrations"
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o755)
+        path = folder / f"{sha}.zip"
+        if not path.exists():
+            partial = folder / f"{sha}.{uuid.uuid4().hex}.part"
+            got, _ = await self.deps.objects.download_to(BUCKET_ORCHESTRATIONS, content_key(sha), partial)
+            if got != sha:
+                partial.unlink(missing_ok=True)
+                raise RuntimeError(f"orchestration {sha[:12]} in object storage does not match its sha256")
+            partial.chmod(0o644)
+            os.replace(partial, path)
+        return path
+
+    async def _event(self, row: asyncpg.Record, status: str, exit_code: int | None, reason: str | None) -> None:
+        task = await store.task(self.deps.pool, row["task_id"])
+        if task is None:
+            return
+        kind, subject = {"running": (TaskRunStarted, subjects.EVENT_TASK_RUN_STARTED),
+                         "success": (TaskRunSucceeded, subjects.EVENT_TASK_RUN_SUCCEEDED)}.get(
+            status, (TaskRunFailed, subjects.EVENT_TASK_RUN_FAILED))
+        event = kind(run_id=row["id"], task_id=task["id"], orch_id=task["orch_id"], orch_sha=task["orch_sha"],
+                     workspace_id=task["workspace_id"], owner_id=task["owner_id"], status=status,
+                     exit_code=exit_code, reason=reason)
+        try:
+            await self.deps.publish(subject, event)
+        except Exception as exc:  # the run's record is the truth; an event lost to a bus hiccup is logged
+            log.warning("could not publish %s for run %s: %s", subject, row["id"], exc)

@@ -1,0 +1,205 @@
+"""Orchestration, task and task-run messages (task_scheduler service), with the seed's field names (section 11,
+"ML Workload Orchestration"). Railyard additions are marked so in their descriptions."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field
+
+from shared.messages.base import Command, Event, Message
+
+RunStatus = Literal["queued", "running", "success", "failure"]
+MissedRunPolicy = Literal["fire_once", "skip"]
+
+
+class UploadOrchestration(Command):
+    """An orchestration zip the gateway has staged in object storage (multipart `file` + `metadata`)."""
+
+    workspace_id: int
+    name: str | None = Field(None, max_length=200)
+    file_name: str = Field(min_length=1, max_length=300)
+    staged_key: str = Field(min_length=1, description="Railyard: where the gateway staged the upload.")
+
+
+class OrchestrationCreated(Message):
+    """orchestration/upload's answer."""
+
+    id: uuid.UUID
+
+
+class ListOrchestrations(Command):
+    workspace_id: int
+
+
+class OrchestrationRecord(Message):
+    """One orchestration as orchestration/list shows it."""
+
+    id: uuid.UUID
+    sha: str
+    name: str | None
+    file_name: str
+    task_id: uuid.UUID = Field(description="The packaging job (unpacking and installing requirements).")
+    owner_id: str
+    workspace_id: int
+    status: Literal["packaging", "ready", "failed"] = Field(description="Railyard: packaging, then ready or failed.")
+    reason: str | None = Field(None, description="Railyard: why packaging failed (the installer's last lines).")
+    created_at: str
+    updated_at: str
+
+
+class Orchestrations(Message):
+    orchestrations: list[OrchestrationRecord]
+
+
+class RunTaskOnce(Command):
+    """task/run_once: run an orchestration's main.py once with `json` as its task_args()."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str | None = Field(None, max_length=200)
+    orch_id: uuid.UUID
+    workspace_id: int
+    args: dict[str, Any] = Field(default_factory=dict, alias="json", description="What task_args() returns.")
+    timeout: int | None = Field(None, gt=0, description="Seconds a run may take before it is stopped.")
+
+
+class RunTaskScheduled(RunTaskOnce):
+    """task/run_scheduled: run on a cron schedule until killed."""
+
+    schedule: str = Field(min_length=1, max_length=200, description="Cron: minute hour day-of-month month "
+                          "day-of-week (Railyard: an optional 6th field is seconds).")
+    missed_run_policy: MissedRunPolicy = Field(
+        "fire_once", description="Railyard: a point missed while no scheduler ran fires once late, or is skipped.")
+
+
+class TaskCreated(Message):
+    id: uuid.UUID
+
+
+class GetTask(Command):
+    id: uuid.UUID
+
+
+class KillTask(Command):
+    id: uuid.UUID
+
+
+class GetTasksByOrchSha(Command):
+    sha: str = Field(min_length=1, max_length=64)
+
+
+class TaskIds(Message):
+    ids: list[uuid.UUID]
+
+
+class ListTasks(Command):
+    workspace_id: int
+
+
+class LastRun(Message):
+    run_id: uuid.UUID
+    status: RunStatus
+    created_at: str
+
+
+class TaskRecord(Message):
+    """A task as get_by_id, list and kill show it."""
+
+    name: str | None
+    id: uuid.UUID
+    orch_id: uuid.UUID
+    image: str
+    image_tag: str
+    bind_secrets: list[str]
+    extra_env_vars: dict[str, str]
+    auth_init: bool
+    workspace_id: int
+    flavor: str
+    reap_threshold_secs: int
+    exec_type: str
+    schedule: str | None = None
+    missed_run_policy: MissedRunPolicy | None = None
+    status: str = Field(description="pending, started, pending_kill, killed (scheduled tasks), or the last run's "
+                        "outcome for one-shot tasks: success, failed.")
+    input_data: dict[str, Any]
+    killed: bool
+    created_at: str
+    updated_at: str
+    last_runs: list[LastRun]
+
+
+class Tasks(Message):
+    tasks: list[TaskRecord]
+
+
+class ListTaskRuns(Command):
+    task_id: uuid.UUID
+    status: Literal["all", "queued", "running", "failure", "success"] = "all"
+    limit: int | None = Field(None, gt=0, le=1000)
+
+
+class TaskRunRecord(Message):
+    task: uuid.UUID
+    run_id: uuid.UUID
+    status: RunStatus
+    exit_code: int | None = Field(None, description="Railyard: the process's exit code.")
+    reason: str | None = Field(None, description="Railyard: why a run failed (exit code, limit, kill).")
+    scheduled_for: str | None = Field(None, description="Railyard: the schedule point a scheduled run is for.")
+    created_at: str
+    updated_at: str
+
+
+class TaskRuns(Message):
+    runs: list[TaskRunRecord]
+
+
+class GetRunLogs(Command):
+    id: uuid.UUID
+    lines: int | None = Field(None, gt=0, le=100_000, description="The last this many lines (default: all).")
+
+
+class RunLogs(Message):
+    logs: list[str]
+
+
+class TaskRunEvent(Event):
+    """What the lineage and monitoring services learn about a run."""
+
+    run_id: uuid.UUID
+    task_id: uuid.UUID
+    orch_id: uuid.UUID
+    orch_sha: str
+    workspace_id: int
+    owner_id: str
+    status: RunStatus
+    exit_code: int | None = None
+    reason: str | None = None
+
+
+class TaskRunStarted(TaskRunEvent):
+    """events.task_run.started"""
+
+
+class TaskRunSucceeded(TaskRunEvent):
+    """events.task_run.succeeded"""
+
+
+class TaskRunFailed(TaskRunEvent):
+    """events.task_run.failed"""
+
+
+class IssueTaskToken(Command):
+    """task_scheduler -> auth: a short-lived token for a run, with its task owner's rights in one workspace only
+    (no admin rights). Only the task scheduler's bus identity may publish it."""
+
+    user_id: str
+    workspace_id: int
+    ttl: int = Field(gt=0, le=24 * 3600 + 60)
+    task_id: str
+
+
+class TaskTokenIssued(Message):
+    access_token: str
+    expires_in: int

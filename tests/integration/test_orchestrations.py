@@ -1,0 +1,434 @@
+"""Orchestrations, tasks and task runs over HTTP against the real stack (the seed's section 11): upload checks,
+the seed's flow (a task that deploys a pipeline with the SDK, infers, undeploys), kill, timeout, what a run can
+and cannot reach, workspace isolation on all ten routes, and exactly-once scheduling with two scheduler
+processes and a kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from collections import Counter
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+import requests
+
+from shared.objectstore import BUCKET_ORCHESTRATIONS, MinioObjectStore
+from tests.integration.conftest import Account, make_account, post
+from tests.integration.test_pipelines import create_pipeline, upload_model
+
+pytestmark = pytest.mark.timeout(300)
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z (stdout|stderr) [FP] ")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_zip(members: dict[str, str | bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def upload(stack, account: Account, content: bytes, workspace_id: int | None = None,
+           name: str = "orch") -> requests.Response:
+    metadata = json.dumps({"workspace_id": workspace_id or account.workspace_id, "name": name})
+    return requests.post(f"{stack.api}/orchestration/upload", headers={"Authorization": f"Bearer {account.token}"},
+                         files=[("file", ("orch.zip", content, "application/octet-stream")),
+                                ("metadata", ("metadata", metadata, "application/json"))], timeout=60)
+
+
+def orchestrations(stack, account: Account) -> list[dict]:
+    response = post(stack, "orchestration/list", account.token, {"workspace_id": account.workspace_id})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def ready_orchestration(stack, account: Account, members: dict[str, str | bytes], timeout: float = 120) -> dict:
+    response = upload(stack, account, make_zip(members))
+    assert response.status_code == 200, response.text
+    orch_id = response.json()["id"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = next(o for o in orchestrations(stack, account) if o["id"] == orch_id)
+        if found["status"] != "packaging":
+            assert found["status"] == "ready", found
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"orchestration {orch_id} still packaging after {timeout} s")
+
+
+def run_once(stack, account: Account, orch: dict, args: dict | None = None, **extra) -> str:
+    response = post(stack, "task/run_once", account.token, {"workspace_id": account.workspace_id,
+                                                             "orch_id": orch["id"], "json": args or {}, **extra})
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def runs(stack, account: Account, task_id: str) -> list[dict]:
+    response = post(stack, "task/list_task_runs", account.token, {"task_id": task_id})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_run(stack, account: Account, task_id: str, status: set[str], timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = runs(stack, account, task_id)
+        if found and found[0]["status"] in status:
+            return found[0]
+        time.sleep(0.3)
+    raise AssertionError(f"task {task_id}: no run in {status} after {timeout} s: {runs(stack, account, task_id)}")
+
+
+def logs(stack, account: Account, run_id: str, lines: int | None = None) -> list[str]:
+    body = {"id": run_id} | ({"lines": lines} if lines else {})
+    response = post(stack, "task/get_logs_for_run", account.token, body)
+    assert response.status_code == 200, response.text
+    return response.json()["logs"]
+
+
+def text_of(lines: list[str]) -> list[str]:
+    for line in lines:
+        assert LOG_LINE.match(line), line
+    return [line.split(" ", 3)[3] if line.count(" ") >= 3 else "" for line in lines]
+
+
+# --- the seed's flow -------------------------------------------------------------------------------------------
+
+FLOW_MAIN = '''
+import pandas as pd
+import railyard_client as railyard
+
+client = railyard.Client()
+if client.in_task():
+    arguments = client.task_args()
+    workspace_name = arguments["workspace_name"]
+    pipeline_name = arguments["pipeline_name"]
+else:
+    workspace_name, pipeline_name = "bigqueryworkspace", "bigquerypipeline"
+print(arguments)
+print(f"Getting the workspace {workspace_name}")
+workspace = client.workspace(workspace_name)
+print(f"Getting the pipeline {pipeline_name}")
+pipeline = workspace.pipeline(pipeline_name)
+print("Deploying the pipeline.")
+pipeline.deploy()
+print("Performing sample inference.")
+result = pipeline.infer(pd.DataFrame({"tensor": [[0.1] * 29]}))
+print(result)
+print(f"rows: {len(result)}")
+print("Undeploying the pipeline")
+pipeline.undeploy()
+'''
+
+
+def test_seed_flow_a_task_deploys_infers_and_undeploys(stack, alice):
+    version = upload_model(stack, alice)
+    create_pipeline(stack, alice, "orchpipeline", version)
+    workspace_name = post(stack, "workspaces/list", alice.token, {}).json()["workspaces"]
+    workspace_name = next(w["name"] for w in workspace_name if w["id"] == alice.workspace_id)
+    orch = ready_orchestration(stack, alice, {"main.py": FLOW_MAIN})
+    assert len(orch["sha"]) == 64 and orch["owner_id"] == alice.user_id and orch["name"] == "orch"
+    task_id = run_once(stack, alice, orch, {"workspace_name": workspace_name, "pipeline_name": "orchpipeline"},
+                       timeout=240)
+    task = post(stack, "task/get_by_id", alice.token, {"id": task_id}).json()
+    assert task["extra_env_vars"] == {"ORCH_OWNER_ID": alice.user_id, "ORCH_SHA": orch["sha"], "TASK_ID": task_id}
+    assert task["auth_init"] is True and task["workspace_id"] == alice.workspace_id
+    run = wait_run(stack, alice, task_id, {"success", "failure"}, timeout=240)
+    lines = logs(stack, alice, run["run_id"])
+    texts = text_of(lines)
+    assert run["status"] == "success", (run, texts[-30:])
+    assert texts[0] == str({"workspace_name": workspace_name, "pipeline_name": "orchpipeline"})
+    for expected in ("Getting the workspace", "Deploying the pipeline.", "Performing sample inference.",
+                     "rows: 1", "Undeploying the pipeline"):
+        assert any(t.startswith(expected) for t in texts), (expected, texts)
+    assert all(" stdout F " in line for line in lines[:3])
+    assert text_of(logs(stack, alice, run["run_id"], lines=2)) == texts[-2:]
+    listed = post(stack, "task/list", alice.token, {"workspace_id": alice.workspace_id}).json()
+    mine = next(t for t in listed if t["id"] == task_id)
+    assert mine["last_runs"][0]["run_id"] == run["run_id"] and mine["last_runs"][0]["status"] == "success"
+    assert post(stack, "task/get_tasks_by_orch_sha", alice.token, {"sha": orch["sha"]}).json()["ids"] == [task_id]
+    pipelines = post(stack, "pipelines/list", alice.token, {"workspace_id": alice.workspace_id}).json()["pipelines"]
+    assert not next(p for p in pipelines if p["name"] == "orchpipeline").get("deployment")
+
+
+# --- upload checks ---------------------------------------------------------------------------------------------
+
+def staged_keys(stack) -> list[str]:
+    async def listing() -> list[str]:
+        store = MinioObjectStore(stack.settings().s3)
+        return [key for key, _ in await store.list_keys(BUCKET_ORCHESTRATIONS, "")]
+    return asyncio.run(listing())
+
+
+BAD_ZIPS = {
+    "no main.py": {"run.py": "print(1)"},
+    "more than one requirements.txt": {"main.py": "", "requirements.txt": "", "sub/requirements.txt": ""},
+    "escapes the archive": {"main.py": "", "../../etc/evil.py": "x"},
+    "absolute path": {"main.py": "", "/etc/evil.py": "x"},
+    "compressed more than": {"main.py": "", "bomb.bin": b"\0" * (30 * 1024 * 1024)},
+}
+BAD_REQUIREMENTS = ["--index-url https://evil.example/simple", "--extra-index-url https://evil.example/simple",
+                    "-e git+https://github.com/x/y.git#egg=y", "git+https://github.com/x/y.git",
+                    "https://evil.example/pkg-1.0-py3-none-any.whl", "./vendored/pkg", "/opt/pkg"]
+
+
+def test_bad_zips_and_requirements_are_refused_and_nothing_is_stored(stack, alice):
+    before = set(staged_keys(stack))
+    for rule, members in BAD_ZIPS.items():
+        response = upload(stack, alice, make_zip(members))
+        assert response.status_code == 400, (rule, response.text)
+        assert response.json()["code"] == "invalid_orchestration" and rule in response.json()["msg"], response.text
+    symlinked = io.BytesIO()
+    with zipfile.ZipFile(symlinked, "w") as archive:
+        archive.writestr("main.py", "")
+        info = zipfile.ZipInfo("link")
+        info.external_attr = (0o120777) << 16
+        archive.writestr(info, "/etc/passwd")
+    response = upload(stack, alice, symlinked.getvalue())
+    assert response.status_code == 400 and "symbolic link" in response.json()["msg"]
+    for line in BAD_REQUIREMENTS:
+        response = upload(stack, alice, make_zip({"main.py": "", "requirements.txt": f"httpx\n{line}\n"}))
+        assert response.status_code == 400, (line, response.text)
+        assert response.json()["code"] == "invalid_requirements" and "line 2" in response.json()["msg"]
+    response = upload(stack, alice, b"not a zip at all")
+    assert response.status_code == 400 and "not a zip" in response.json()["msg"]
+    response = requests.post(f"{stack.api}/orchestration/upload", headers={"Authorization": f"Bearer {alice.token}"},
+                             files=[("file", ("orch.zip", make_zip({"main.py": ""})))], timeout=30)
+    assert response.status_code == 400 and "metadata" in response.json()["msg"]
+    assert orchestrations(stack, alice) == []
+    assert set(staged_keys(stack)) == before
+
+
+def test_task_requests_are_checked(stack, alice):
+    orch = ready_orchestration(stack, alice, {"main.py": "print('hi')"})
+    base = {"workspace_id": alice.workspace_id, "orch_id": orch["id"], "json": {}}
+    for schedule in ("* * * *", "61 * * * *", "every minute", "* * 32 * *"):
+        response = post(stack, "task/run_scheduled", alice.token, base | {"schedule": schedule})
+        assert response.status_code == 400 and response.json()["code"] == "invalid_schedule", response.text
+    response = post(stack, "task/run_once", alice.token, base | {"timeout": 10**9})
+    assert response.status_code == 400
+    response = post(stack, "task/run_once", alice.token, base | {"orch_id": "00000000-0000-0000-0000-000000000000"})
+    assert response.status_code == 404
+    assert post(stack, "task/list", alice.token, {"workspace_id": alice.workspace_id}).json() == []
+
+
+def test_requirements_are_installed_once_into_an_environment_on_the_base(stack, alice):
+    members = {"job/main.py": "import sys, httpx, railyard_client\nprint(sys.prefix)\nprint(httpx.__name__)\n",
+               "job/helper.txt": "x", "requirements.txt": "httpx\n# already in the base environment\n"}
+    first = ready_orchestration(stack, alice, members)
+    second = ready_orchestration(stack, alice, members | {"job/other.txt": "y"})
+    assert first["sha"] != second["sha"]
+    run = wait_run(stack, alice, run_once(stack, alice, second), {"success", "failure"})
+    texts = text_of(logs(stack, alice, run["run_id"]))
+    assert run["status"] == "success", texts
+    assert "/envs/" in texts[0] and texts[1] == "httpx"
+    # a requirement nobody can install: packaging fails with the installer's reason, and tasks are refused
+    response = upload(stack, alice, make_zip({"main.py": "", "requirements.txt": "railyard-no-such-package==0.0.1\n"}))
+    orch_id = response.json()["id"]
+    deadline = time.monotonic() + 120
+    while (found := next(o for o in orchestrations(stack, alice) if o["id"] == orch_id))["status"] == "packaging":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert found["status"] == "failed" and "railyard-no-such-package" in found["reason"], found
+    response = post(stack, "task/run_once", alice.token, {"workspace_id": alice.workspace_id, "orch_id": orch_id})
+    assert response.status_code == 409 and response.json()["code"] == "orchestration_not_ready", response.text
+
+
+# --- kill, timeout, exit codes ---------------------------------------------------------------------------------
+
+SLEEPER = "import time\nprint('started', flush=True)\nfor i in range(600):\n    time.sleep(0.1)\n"
+
+
+def test_kill_stops_a_running_run_and_a_schedule(stack, alice):
+    orch = ready_orchestration(stack, alice, {"main.py": SLEEPER})
+    task_id = run_once(stack, alice, orch)
+    run = wait_run(stack, alice, task_id, {"running"})
+    deadline = time.monotonic() + 30
+    while "started" not in text_of(logs(stack, alice, run["run_id"])):  # logs are readable while it runs
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    killed = post(stack, "task/kill", alice.token, {"id": task_id})
+    assert killed.status_code == 200 and killed.json()["killed"] is True
+    run = wait_run(stack, alice, task_id, {"failure"}, timeout=20)
+    assert "killed" in run["reason"]
+    assert post(stack, "task/get_by_id", alice.token, {"id": task_id}).json()["status"] == "killed"
+    scheduled = post(stack, "task/run_scheduled", alice.token, {
+        "workspace_id": alice.workspace_id, "orch_id": orch["id"], "json": {}, "schedule": "* * * * * */1"})
+    assert scheduled.status_code == 200, scheduled.text
+    wait_run(stack, alice, scheduled.json()["id"], {"running", "success", "failure"})
+    post(stack, "task/kill", alice.token, {"id": scheduled.json()["id"]})
+    time.sleep(3)
+    settled = runs(stack, alice, scheduled.json()["id"])
+    time.sleep(3)
+    assert runs(stack, alice, scheduled.json()["id"]) == settled  # nothing fires after the kill
+    assert all(r["status"] == "failure" for r in settled)
+
+
+def test_timeout_and_exit_status_fail_the_run(stack, alice):
+    orch = ready_orchestration(stack, alice, {"main.py": SLEEPER})
+    run = wait_run(stack, alice, run_once(stack, alice, orch, timeout=2), {"success", "failure"}, timeout=60)
+    assert run["status"] == "failure" and "timed out after 2 s" in run["reason"], run
+    failing = ready_orchestration(stack, alice, {"main.py": "import sys\nprint('bad', file=sys.stderr)\nsys.exit(3)"})
+    run = wait_run(stack, alice, run_once(stack, alice, failing), {"success", "failure"})
+    assert run["status"] == "failure" and run["exit_code"] == 3, run
+    assert text_of(logs(stack, alice, run["run_id"])) == ["bad"]
+    assert " stderr F bad" in logs(stack, alice, run["run_id"])[0]
+
+
+# --- what a run reaches ----------------------------------------------------------------------------------------
+
+PROBE = '''
+import json, os, socket, sys, urllib.request
+import railyard_client as railyard
+args = railyard.task_args()
+def tcp(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return "reached"
+    except OSError:
+        return "blocked"
+def readable(path):
+    try:
+        open(path, "rb").read(10)
+        return "read"
+    except OSError:
+        return "unreadable"
+result = {name: tcp(port) for name, port in args["ports"].items()}
+result["secrets"] = readable(args["secrets"])
+def environ_of(pid):
+    try:
+        return "DSN" if b"POSTGRES" in open(f"/proc/{pid}/environ", "rb").read() else "clean"
+    except OSError:
+        return "unreadable"
+result["environ"] = sorted({environ_of(p) for p in os.listdir("/proc") if p.isdigit()})
+result["env_keys"] = sorted(k for k in os.environ if k.startswith(("RAILYARD", "TASK", "ORCH")))
+url = os.environ["RAILYARD_CLIENT_URL"]
+token = os.environ["RAILYARD_CLIENT_TOKEN"]
+def call(route, body):
+    request = urllib.request.Request(f"{url}/v1/api/{route}", data=json.dumps(body).encode(),
+                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        return urllib.request.urlopen(request, timeout=10).status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+result["own_workspace"] = call("pipelines/list", {"workspace_id": args["own"]})
+result["other_workspace"] = call("pipelines/list", {"workspace_id": args["other"]})
+result["admin_route"] = call("users/invite", {"email": "x@example.com", "password": "Snugglebunnies-1"})
+print(json.dumps(result))
+'''
+
+
+def test_a_run_reaches_the_gateway_only_with_a_token_for_its_workspace(stack, alice):
+    env = stack.env
+    other = post(stack, "workspaces/create", alice.token, {"workspace_name": f"other-{alice.workspace_id}"})
+    assert other.status_code == 200
+    orch = ready_orchestration(stack, alice, {"main.py": PROBE})
+    ports = {"nats": int(env["RAILYARD_STACK__NATS_PORT"]), "postgres": int(env["RAILYARD_STACK__POSTGRES_PORT"]),
+             "s3": int(env["RAILYARD_STACK__S3_PORT"]), "gateway": int(env["RAILYARD_GATEWAY__PORT"])}
+    args = {"ports": ports, "secrets": str(stack.data_dir / "secrets.json"), "own": alice.workspace_id,
+            "other": other.json()["workspace_id"]}
+    run = wait_run(stack, alice, run_once(stack, alice, orch, args), {"success", "failure"})
+    texts = text_of(logs(stack, alice, run["run_id"]))
+    assert run["status"] == "success", texts
+    result = json.loads(texts[-1])
+    assert result["gateway"] == "reached"
+    assert result["nats"] == result["postgres"] == result["s3"] == "blocked", result
+    assert result["secrets"] == "unreadable" and "DSN" not in result["environ"], result
+    assert result["env_keys"] == ["ORCH_OWNER_ID", "ORCH_SHA", "RAILYARD_CLIENT_TOKEN", "RAILYARD_CLIENT_URL",
+                                  "RAILYARD_CLIENT_WORKSPACE", "TASK_ARGS", "TASK_ID", "TASK_RUN_ID"]
+    assert result["own_workspace"] == 200 and result["other_workspace"] == 404, result
+    assert result["admin_route"] == 403
+
+
+# --- isolation -------------------------------------------------------------------------------------------------
+
+def test_isolation_on_all_ten_routes(stack, alice, bob):
+    orch = ready_orchestration(stack, alice, {"main.py": "print('alice only')"})
+    task_id = run_once(stack, alice, orch)
+    run = wait_run(stack, alice, task_id, {"success", "failure"})
+    # bob, a member of his own workspace only, sees none of it and can do nothing with it
+    response = upload(stack, bob, make_zip({"main.py": ""}), workspace_id=alice.workspace_id)
+    assert response.status_code == 404
+    assert post(stack, "orchestration/list", bob.token, {"workspace_id": alice.workspace_id}).status_code == 404
+    for route, body in [
+        ("task/run_once", {"workspace_id": alice.workspace_id, "orch_id": orch["id"]}),
+        ("task/run_once", {"workspace_id": bob.workspace_id, "orch_id": orch["id"]}),
+        ("task/run_scheduled", {"workspace_id": bob.workspace_id, "orch_id": orch["id"], "schedule": "* * * * *"}),
+        ("task/get_by_id", {"id": task_id}),
+        ("task/list", {"workspace_id": alice.workspace_id}),
+        ("task/kill", {"id": task_id}),
+        ("task/list_task_runs", {"task_id": task_id}),
+        ("task/get_logs_for_run", {"id": run["run_id"]}),
+    ]:
+        response = post(stack, route, bob.token, body)
+        assert response.status_code == 404, (route, body, response.text)
+    assert post(stack, "task/get_tasks_by_orch_sha", bob.token, {"sha": orch["sha"]}).json() == {"ids": []}
+    assert post(stack, "task/list", bob.token, {"workspace_id": bob.workspace_id}).json() == []
+    assert post(stack, "orchestration/list", bob.token, {"workspace_id": bob.workspace_id}).json() == []
+    # no token: 401 on every route
+    for route in ("orchestration/upload", "orchestration/list", "task/run_once", "task/run_scheduled",
+                  "task/get_by_id", "task/get_tasks_by_orch_sha", "task/list", "task/kill", "task/list_task_runs",
+                  "task/get_logs_for_run"):
+        assert post(stack, route, None, {}).status_code == 401, route
+    # alice's task is untouched
+    assert post(stack, "task/get_by_id", alice.token, {"id": task_id}).json()["killed"] is False
+
+
+# --- exactly once ----------------------------------------------------------------------------------------------
+
+def scheduler_environment(stack) -> dict[str, str]:
+    """The environment the stack gave its task scheduler (its database role, S3 keys, ports)."""
+    pid = stack.state()["components"]["task_scheduler"]["pid"]
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def test_a_schedule_fires_once_per_point_with_two_schedulers_and_a_kill(stack, admin):
+    account = make_account(stack, admin, "sched")
+    orch = ready_orchestration(stack, account, {"main.py": "print('tick')"})
+    second = subprocess.Popen([sys.executable, "-m", "services.task_scheduler"], cwd=REPO,
+                              env=scheduler_environment(stack), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        time.sleep(3)  # both schedulers serving
+        response = post(stack, "task/run_scheduled", account.token, {
+            "workspace_id": account.workspace_id, "orch_id": orch["id"], "json": {}, "schedule": "* * * * * */2"})
+        assert response.status_code == 200, response.text
+        task_id = response.json()["id"]
+        created = time.time()
+        time.sleep(7)
+        os.kill(stack.state()["components"]["task_scheduler"]["pid"], signal.SIGKILL)  # the stack restarts it
+        time.sleep(9)
+        killed_at = time.time()
+        assert post(stack, "task/kill", account.token, {"id": task_id}).status_code == 200
+        deadline = time.monotonic() + 30
+        while any(r["status"] in ("queued", "running") for r in runs(stack, account, task_id)):
+            assert time.monotonic() < deadline, runs(stack, account, task_id)
+            time.sleep(0.5)
+    finally:
+        second.kill()
+        second.wait()
+    found = runs(stack, account, task_id)
+    points = Counter(r["scheduled_for"] for r in found)
+    assert all(n == 1 for n in points.values()), points
+    moments = sorted(datetime.fromisoformat(p) for p in points)
+    # every 2-second point from the first to the last has its run (the other scheduler covered the kill)
+    expected = (moments[-1] - moments[0]) / timedelta(seconds=2) + 1
+    assert len(moments) == expected, moments
+    assert len(moments) >= (killed_at - created) / 2 - 3
+    lost = [r for r in found if r["status"] == "failure"]
+    assert all("scheduler process supervising the run died" in r["reason"] or "killed" in r["reason"]
+               for r in lost), lost
+    assert sum(r["status"] == "success" for r in found) >= len(found) - 3

@@ -1,0 +1,136 @@
+"""Orchestration zips, requirements files, cron schedules and the log line format, without servers."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from services.task_scheduler import handlers, packaging
+from shared.errors import InvalidRequest
+from shared.settings import TaskSettings
+
+SETTINGS = TaskSettings(max_zip_files=10, max_unpacked_bytes=50 * 1024 * 1024)
+
+
+def make_zip(path: Path, members: dict[str, bytes | str], *, symlink: str | None = None) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+        if symlink is not None:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            archive.writestr(info, "/etc/passwd")
+    return path
+
+
+def test_entrypoint_at_root_wins(tmp_path):
+    checked = packaging.check_zip(make_zip(tmp_path / "a.zip", {"b/main.py": "", "main.py": "print(1)"}), SETTINGS)
+    assert checked.entrypoint == "main.py" and checked.requirements is None
+
+
+def test_entrypoint_first_in_a_subdirectory(tmp_path):
+    checked = packaging.check_zip(make_zip(tmp_path / "a.zip", {"z/main.py": "", "a/b/main.py": "", "c/main.py": "",
+                                                                  "requirements.txt": "httpx\n"}), SETTINGS)
+    assert checked.entrypoint == "c/main.py" and checked.requirements == "httpx\n"
+
+
+@pytest.mark.parametrize(("members", "symlink", "message"), [
+    ({"run.py": ""}, None, "no main.py"),
+    ({"main.py": "", "requirements.txt": "", "x/requirements.txt": ""}, None, "more than one requirements.txt"),
+    ({"main.py": "", "../evil.py": ""}, None, "escapes the archive"),
+    ({"main.py": "", "/etc/cron.d/x": ""}, None, "absolute path"),
+    ({"main.py": ""}, "link", "symbolic link"),
+    ({"main.py": "", **{f"f{i}": "" for i in range(10)}}, None, "more than the 10 allowed"),
+    ({"main.py": "", "bomb": b"\0" * (20 * 1024 * 1024)}, None, "compressed more than"),
+    ({"main.py": "", "requirements.txt": "--index-url https://evil.example/simple\n"}, None, "options are not"),
+])
+def test_bad_zips_are_refused(tmp_path, members, symlink, message):
+    with pytest.raises(InvalidRequest, match=message):
+        packaging.check_zip(make_zip(tmp_path / "a.zip", members, symlink=symlink), SETTINGS)
+
+
+def test_total_size_and_not_a_zip(tmp_path):
+    small = TaskSettings(max_unpacked_bytes=1000)
+    with pytest.raises(InvalidRequest, match="unpacks to more than 1000 bytes"):
+        packaging.check_zip(make_zip(tmp_path / "a.zip", {"main.py": "x" * 2000}), small)
+    (tmp_path / "b.zip").write_bytes(b"PK not really")
+    with pytest.raises(InvalidRequest, match="not a zip archive"):
+        packaging.check_zip(tmp_path / "b.zip", SETTINGS)
+
+
+@pytest.mark.parametrize("line", [
+    "--index-url https://pypi.example/simple", "--extra-index-url https://x/simple", "-i https://x/simple",
+    "-e .", "--editable git+https://github.com/x/y", "git+https://github.com/x/y.git", "https://x/y-1.0.whl",
+    "pkg @ https://x/pkg.whl", "./local_pkg", "/abs/path/pkg", "../up", "-r other.txt", "-c constraints.txt",
+    "--find-links /tmp/w", "pkg --hash=sha256:abc", "not a requirement!",
+])
+def test_source_changing_requirement_lines_are_refused(line):
+    with pytest.raises(InvalidRequest, match="line 2"):
+        packaging.check_requirements(f"httpx==0.27.0\n{line}\n")
+
+
+def test_plain_requirements_pass():
+    text = "# pinned\nhttpx==0.27.0\nnumpy>=1.26 ; python_version >= '3.9'\n\nrequests[socks]~=2.31  # comment\n"
+    assert packaging.check_requirements(text) == ["httpx==0.27.0", "numpy>=1.26 ; python_version >= '3.9'",
+                                                  "requests[socks]~=2.31"]
+
+
+@pytest.mark.parametrize("schedule", ["*/1 * * * *", "0 6 * * 0", "*/2 * * * * *", " 5  4 * * sun "])
+def test_good_schedules(schedule):
+    assert handlers.check_schedule(schedule)
+
+
+@pytest.mark.parametrize("schedule", ["* * * *", "61 * * * *", "* 25 * * *", "hourly", "* * * * * * *", "a b c d e"])
+def test_bad_schedules(schedule):
+    with pytest.raises(InvalidRequest):
+        handlers.check_schedule(schedule)
+
+
+def test_schedule_field_order_is_standard_cron():
+    # minute hour day-of-month month day-of-week: "30 6 * * *" is 06:30 every day
+    after = datetime(2026, 12, 1, 4, 0, tzinfo=UTC)
+    assert handlers.next_point("30 6 * * *", after) == datetime(2026, 12, 1, 6, 30, tzinfo=UTC)
+    # a 6th field is seconds (Railyard): every 2 seconds
+    assert handlers.next_point("* * * * * */2", after) == datetime(2026, 12, 1, 4, 0, 2, tzinfo=UTC)
+
+
+def test_log_line_format():
+    at = datetime(2023, 5, 22, 21, 9, 17, 683428, tzinfo=UTC)
+    assert handlers.log_line(at, "stdout", False, "Deploying the pipeline.") == \
+        "2023-05-22T21:09:17.683428Z stdout F Deploying the pipeline."
+    assert handlers.log_line(at, "stderr", True, "x").split()[1:3] == ["stderr", "P"]
+
+
+async def test_log_writer_cuts_long_lines_and_caps_bytes():
+    from services.task_scheduler import runner
+
+    got = []
+
+    async def sink(lines):
+        got.extend(lines)
+
+    writer = runner.LogWriter(sink=sink, max_bytes=100_000)
+    reader = asyncio.StreamReader()
+    reader.feed_data(b"one\r\ntwo\n" + b"x" * (runner.MAX_LINE + 10) + b"\nlast")
+    reader.feed_eof()
+    await runner._pump(reader, "stdout", writer)
+    await writer.flush()
+    assert [(s, p, line[:5]) for _, s, p, line in got] == [
+        ("stdout", False, "one"), ("stdout", False, "two"), ("stdout", True, "xxxxx"), ("stdout", False, "xxxxx"),
+        ("stdout", False, "last")]
+    capped = runner.LogWriter(sink=sink, max_bytes=10)
+    for _ in range(5):
+        capped.add("stdout", False, "abcdef")
+    assert len(capped.pending) == 2 and "log cut" in capped.pending[-1][3]
+
+
+def test_zip_reader_is_bounded(tmp_path):
+    # a requirements.txt larger than allowed is refused before it is read
+    big = make_zip(tmp_path / "a.zip", {"main.py": "", "requirements.txt": "a\n" * 200_000})
+    with pytest.raises(InvalidRequest, match="requirements.txt is larger"):
+        packaging.check_zip(big, TaskSettings())
