@@ -49,6 +49,41 @@ EVENT_SERVICE_STARTED = "events.service.started"
 # workflow_lineage
 LINEAGE_EVENTS_DURABLE = "workflow-lineage-events"
 LINEAGE_EVENTS_COUNT = "workflow_lineage.events.count"
+LINEAGE_PROJECTS_CREATE = "workflow_lineage.projects.create"
+LINEAGE_PROJECTS_LIST = "workflow_lineage.projects.list"
+LINEAGE_PROJECTS_GET = "workflow_lineage.projects.get"
+LINEAGE_PROJECTS_DELETE = "workflow_lineage.projects.delete"
+LINEAGE_DATASETS_CREATE = "workflow_lineage.datasets.create"
+LINEAGE_DATASETS_LIST = "workflow_lineage.datasets.list"
+LINEAGE_DATASETS_GET = "workflow_lineage.datasets.get"
+LINEAGE_DATASETS_DELETE = "workflow_lineage.datasets.delete"
+LINEAGE_DATASETS_PUT_ROWS = "workflow_lineage.datasets.put_rows"
+LINEAGE_DATASETS_ROWS = "workflow_lineage.datasets.rows"
+LINEAGE_DATASETS_ADD_FILE = "workflow_lineage.datasets.add_file"
+LINEAGE_DATASETS_LIST_FILES = "workflow_lineage.datasets.list_files"
+LINEAGE_DATASETS_GET_FILE = "workflow_lineage.datasets.get_file"
+LINEAGE_DATASETS_DELETE_FILE = "workflow_lineage.datasets.delete_file"
+LINEAGE_FILES_PUT = "workflow_lineage.files.put"
+LINEAGE_FILES_LIST = "workflow_lineage.files.list"
+LINEAGE_FILES_GET = "workflow_lineage.files.get"
+LINEAGE_FILES_DELETE = "workflow_lineage.files.delete"
+LINEAGE_VERSIONS_CREATE = "workflow_lineage.versions.create"
+LINEAGE_VERSIONS_LIST = "workflow_lineage.versions.list"
+LINEAGE_VERSIONS_RESTORE = "workflow_lineage.versions.restore"
+LINEAGE_VERSIONS_VERIFY = "workflow_lineage.versions.verify"
+LINEAGE_WORKFLOW_GRAPH = "workflow_lineage.workflow.graph"
+# the seed's input/output methods, one subject each: workflow_lineage.workflow.add_input_project, ...
+LINEAGE_WORKFLOW_LINKS = tuple(
+    f"workflow_lineage.workflow.add_{direction}_{card}"
+    for direction, cards in (("input", ("project", "dataset", "file", "folder", "task", "job")),
+                             ("output", ("project", "dataset", "file", "folder", "task", "job", "app")))
+    for card in cards)
+EVENT_PROJECT_CHANGED = "events.project.changed"
+EVENT_PROJECT_VERSION_CREATED = "events.project.version_created"
+EVENT_WORKFLOW_LINK_ADDED = "events.workflow.link_added"
+EVENT_ASSAY_CREATED = "events.assay.created"
+# Task runs (orchestrations issue): the lineage service draws them from these events (docs/lineage.md)
+EVENT_TASK_RUN_PREFIX = "events.task_run."
 
 # log_store
 LOG_STORE_QUERY = "log_store.logs.query"  # raw: JSON GetLogs in, Arrow IPC stream out (Railyard-Page header)

@@ -27,6 +27,7 @@ from shared.messages.assays import (
     AssayResults,
     Assays,
     AssayThresholdCrossed,
+    AssayWasCreated,
     BaselineRows,
     GetAssayResults,
     GetBaseline,
@@ -166,6 +167,9 @@ async def create(deps: Deps, principal: Principal, token: str | None, cfg: Assay
         stored, cfg.warning_threshold, cfg.alert_threshold, p.width, p.interval,
         _utc(cfg.run_until) if cfg.run_until else None, first_start + timedelta(seconds=p.width),
         {**baseline, "_bounds": bounds.tolist()}, uuid.UUID(principal.user_id))
+    await deps.publish(subjects.EVENT_ASSAY_CREATED, AssayWasCreated(
+        assay_id=assay_id, name=cfg.name, workspace_id=cfg.workspace_id, pipeline_id=cfg.pipeline_id,
+        pipeline_name=cfg.pipeline_name, iopath=cfg.iopath))
     return AssayCreated(assay_id=assay_id)
 
 

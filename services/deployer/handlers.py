@@ -80,6 +80,17 @@ def _step_models(step_kind: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     return list(body.get("models") or [])
 
 
+def _definition_models(definition: dict[str, Any]) -> list[dict[str, str | None]]:
+    """Every model a (checked) definition names, as {name, version}, for the lineage graph."""
+    found = []
+    for step in definition.get("steps", []):
+        kind, body = next(iter(step.items()))
+        for model in _step_models(kind, body):
+            version = model.get("version")
+            found.append({"name": str(model["name"]), "version": str(version) if version else None})
+    return found
+
+
 def _check_definition(definition: dict[str, Any]) -> None:
     steps = definition.get("steps", [])
     if not isinstance(steps, list):
@@ -128,7 +139,7 @@ async def create_pipeline(deps: DeployerDeps, principal: Principal, token: str |
     if created:
         await deps.publish(subjects.EVENT_PIPELINE_VERSION_CREATED, PipelineVersionCreated(
             pipeline_id=pipeline_id, workspace_id=cmd.workspace_id, name=cmd.pipeline_id,
-            pipeline_version=str(version)))
+            pipeline_version=str(version), models=_definition_models(cmd.definition)))
     return PipelineCreated(pipeline_pk_id=pipeline_id, pipeline_variant_pk_id=version_id,
                            pipeline_variant_version=str(version))
 

@@ -22,6 +22,8 @@ from starlette.exceptions import HTTPException
 
 from services.gateway import handlers
 from services.gateway.inference import Inference, InferenceFastPath, add_inference_routes
+from services.gateway.lineage import JSON_ROUTE_SPECS as LINEAGE_ROUTE_SPECS
+from services.gateway.lineage import add_lineage_routes
 from services.gateway.logs import add_log_routes
 from services.gateway.orchestrations import JSON_ROUTE_SPECS as ORCHESTRATION_ROUTE_SPECS
 from services.gateway.orchestrations import add_orchestration_routes
@@ -156,6 +158,7 @@ JSON_ROUTES: list[Route] = [spec if isinstance(spec, Route) else R(*spec) for sp
     ("/connections/delete", subjects.REGISTRY_CONNECTIONS_DELETE, reg.DeleteConnection, None,
      "Delete a connection attached to no workspace (204; 409 while attached).", None, 204),
 ]]
+JSON_ROUTES += [R(*spec) for spec in LINEAGE_ROUTE_SPECS]
 JSON_ROUTES += [R(*spec) for spec in ORCHESTRATION_ROUTE_SPECS]
 
 
@@ -315,6 +318,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     inference = Inference(runtime)
     add_inference_routes(app, runtime, caller, inference)
     add_log_routes(app, runtime, user_caller, bearer_token)
+    add_lineage_routes(app, runtime, user_caller, bearer_token)
     add_orchestration_routes(app, runtime, user_caller, bearer_token)
 
     @app.get("/", include_in_schema=False)

@@ -10,18 +10,26 @@ from faststream.nats import JStream, NatsRouter, PullSub
 from faststream.nats.annotations import NatsMessage
 from nats.js.api import ConsumerConfig
 
-from services.workflow_lineage import handlers
+from services.workflow_lineage import handlers, links
 from shared import subjects
-from shared.bus import CallContext, command
+from shared.authz import Principal, bus_membership, bus_verifier
+from shared.bus import CallContext, command, publish_event
 from shared.messages import CountEvents, EventCount
+from shared.messages import lineage as m
 from shared.service import Runtime, ServiceSpec
 
 NAME = "workflow_lineage"
 
 
 def build_router(runtime: Runtime) -> NatsRouter:
-    """Every domain event (durable pull consumer, acknowledged after it is stored) and the queries."""
+    """Every domain event (durable pull consumer, acknowledged after it is stored) and the commands."""
     router = NatsRouter()
+
+    def deps() -> handlers.Deps:
+        return runtime.extras["deps"]
+
+    async def caller(ctx: CallContext) -> Principal:
+        return await runtime.extras["verifier"].verify(ctx.token)
 
     @router.subscriber(
         "events.>",
@@ -33,7 +41,7 @@ def build_router(runtime: Runtime) -> NatsRouter:
         config=ConsumerConfig(ack_wait=5.0),
         ack_policy=AckPolicy.NACK_ON_ERROR,
         title="events.>:Event",
-        description="Record every domain event once, for the lineage graph.",
+        description="Record every domain event once and draw it on the lineage graph.",
     )
     async def on_event(body: dict[str, Any], message: NatsMessage) -> None:
         await handlers.record_event(runtime.db, message.raw_message.subject, body)
@@ -43,7 +51,161 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """Count the recorded domain events."""
         return await handlers.count_events(runtime.db, cmd.subject)
 
+    @command(router, subjects.LINEAGE_PROJECTS_CREATE, service=NAME)
+    async def create_project(cmd: m.CreateProject, ctx: CallContext) -> m.ProjectInfo:
+        """Create a project in a workspace."""
+        return await handlers.create_project(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.LINEAGE_PROJECTS_LIST, service=NAME)
+    async def list_projects(cmd: m.ListProjects, ctx: CallContext) -> m.Projects:
+        """The projects of a workspace."""
+        return await handlers.list_projects(deps(), await caller(ctx), ctx.token, cmd.workspace_id)
+
+    @command(router, subjects.LINEAGE_PROJECTS_GET, service=NAME)
+    async def get_project(cmd: m.ProjectRef, ctx: CallContext) -> m.ProjectInfo:
+        """A project with its datasets and content hash."""
+        return await handlers.get_project(deps(), await caller(ctx), ctx.token, cmd.project_id)
+
+    @command(router, subjects.LINEAGE_PROJECTS_DELETE, service=NAME)
+    async def delete_project(cmd: m.ProjectRef, ctx: CallContext) -> m.Deleted:
+        """Delete a project with its datasets and versions."""
+        return await handlers.delete_project(deps(), await caller(ctx), ctx.token, cmd.project_id)
+
+    @command(router, subjects.LINEAGE_DATASETS_CREATE, service=NAME)
+    async def create_dataset(cmd: m.CreateDataset, ctx: CallContext) -> m.DatasetInfo:
+        """Create a dataset in a project."""
+        return await handlers.create_dataset(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.LINEAGE_DATASETS_LIST, service=NAME)
+    async def list_datasets(cmd: m.ProjectRef, ctx: CallContext) -> m.Datasets:
+        """The datasets of a project."""
+        return await handlers.list_datasets(deps(), await caller(ctx), ctx.token, cmd.project_id)
+
+    @command(router, subjects.LINEAGE_DATASETS_GET, service=NAME)
+    async def get_dataset(cmd: m.DatasetRef, ctx: CallContext) -> m.DatasetInfo:
+        """A dataset."""
+        return await handlers.get_dataset(deps(), await caller(ctx), ctx.token, cmd.dataset_id)
+
+    @command(router, subjects.LINEAGE_DATASETS_DELETE, service=NAME)
+    async def delete_dataset(cmd: m.DatasetRef, ctx: CallContext) -> m.Deleted:
+        """Delete a dataset."""
+        return await handlers.delete_dataset(deps(), await caller(ctx), ctx.token, cmd.dataset_id)
+
+    @command(router, subjects.LINEAGE_DATASETS_PUT_ROWS, service=NAME)
+    async def put_rows(cmd: m.PutDatasetRows, ctx: CallContext) -> m.DatasetInfo:
+        """Append to or replace a tabular dataset's rows (staged Arrow IPC)."""
+        return await handlers.put_rows(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.LINEAGE_DATASETS_ROWS, service=NAME)
+    async def rows(cmd: m.DatasetRef, ctx: CallContext) -> m.DatasetRows:
+        """Where a tabular dataset's rows are (for the gateway)."""
+        return await handlers.rows(deps(), await caller(ctx), ctx.token, cmd.dataset_id)
+
+    @command(router, subjects.LINEAGE_DATASETS_ADD_FILE, service=NAME)
+    async def add_file(cmd: m.AddDatasetFile, ctx: CallContext) -> m.DatasetFile:
+        """Add a file (staged) to an images/files dataset."""
+        return await handlers.add_file(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.LINEAGE_DATASETS_LIST_FILES, service=NAME)
+    async def list_files(cmd: m.DatasetRef, ctx: CallContext) -> m.DatasetFiles:
+        """The files of a dataset."""
+        return await handlers.list_files(deps(), await caller(ctx), ctx.token, cmd.dataset_id)
+
+    @command(router, subjects.LINEAGE_DATASETS_GET_FILE, service=NAME)
+    async def get_file(cmd: m.DatasetFileRef, ctx: CallContext) -> m.DatasetFile:
+        """A dataset file's hash, size, type and labels."""
+        return await handlers.get_file(deps(), await caller(ctx), ctx.token, cmd.dataset_id, cmd.name)
+
+    @command(router, subjects.LINEAGE_DATASETS_DELETE_FILE, service=NAME)
+    async def delete_file(cmd: m.DatasetFileRef, ctx: CallContext) -> m.Deleted:
+        """Delete a dataset file."""
+        return await handlers.delete_file(deps(), await caller(ctx), ctx.token, cmd.dataset_id, cmd.name)
+
+    @command(router, subjects.LINEAGE_FILES_PUT, service=NAME)
+    async def put_workspace_file(cmd: m.PutWorkspaceFile, ctx: CallContext) -> m.WorkspaceFile:
+        """Store a (staged) file in the workspace's file space."""
+        return await handlers.put_workspace_file(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.LINEAGE_FILES_LIST, service=NAME)
+    async def list_workspace_files(cmd: m.ListWorkspaceFiles, ctx: CallContext) -> m.WorkspaceFolder:
+        """The files and folders under a folder."""
+        return await handlers.list_workspace_files(deps(), await caller(ctx), ctx.token, cmd.workspace_id,
+                                                   cmd.folder)
+
+    @command(router, subjects.LINEAGE_FILES_GET, service=NAME)
+    async def workspace_file(cmd: m.WorkspaceFileRef, ctx: CallContext) -> m.WorkspaceFile:
+        """A workspace file's hash and size."""
+        return await handlers.workspace_file(deps(), await caller(ctx), ctx.token, cmd.workspace_id, cmd.path)
+
+    @command(router, subjects.LINEAGE_FILES_DELETE, service=NAME)
+    async def delete_workspace_file(cmd: m.WorkspaceFileRef, ctx: CallContext) -> m.Deleted:
+        """Delete a workspace file."""
+        return await handlers.delete_workspace_file(deps(), await caller(ctx), ctx.token, cmd.workspace_id,
+                                                    cmd.path)
+
+    @command(router, subjects.LINEAGE_VERSIONS_CREATE, service=NAME)
+    async def create_version(cmd: m.CreateProjectVersion, ctx: CallContext) -> m.ProjectVersionInfo:
+        """Save a project version (or return the identical last one)."""
+        return await handlers.create_version(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.LINEAGE_VERSIONS_LIST, service=NAME)
+    async def list_versions(cmd: m.ListProjectVersions, ctx: CallContext) -> m.ProjectVersions:
+        """A project's versions, filtered."""
+        return await handlers.list_versions(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.LINEAGE_VERSIONS_RESTORE, service=NAME)
+    async def restore_version(cmd: m.RestoreProjectVersion, ctx: CallContext) -> m.ProjectRestored:
+        """Recreate a version as a new project."""
+        return await handlers.restore_version(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.LINEAGE_VERSIONS_VERIFY, service=NAME)
+    async def verify_version(cmd: m.VersionRef, ctx: CallContext) -> m.VersionVerification:
+        """Check a version's manifest hash and objects."""
+        return await handlers.verify_version(deps(), await caller(ctx), ctx.token, cmd.version_id)
+
+    @command(router, subjects.LINEAGE_WORKFLOW_GRAPH, service=NAME)
+    async def workflow_graph(cmd: m.GetWorkflowGraph, ctx: CallContext) -> m.WorkflowGraph:
+        """A card's ancestors and descendants, or a workspace's graph."""
+        return await links.graph_query(deps(), await caller(ctx), ctx.token, cmd)
+
+    for subject in subjects.LINEAGE_WORKFLOW_LINKS:
+        _link_subscriber(router, runtime, subject, caller)
+
     return router
+
+
+def _link_subscriber(router: NatsRouter, runtime: Runtime, subject: str, caller: Any) -> None:
+    """One seed input/output method: `add_<direction>_<card>` with the card's message model."""
+    direction, card = subject.rsplit(".", 1)[-1].removeprefix("add_").split("_", 1)
+
+    async def add_link(cmd: m.WorkflowLink, ctx: CallContext) -> m.LinkAdded:
+        return await links.add(runtime.extras["deps"], await caller(ctx), ctx.token, direction, card, cmd)
+
+    add_link.__annotations__ = {"cmd": links.MODELS[card], "ctx": CallContext, "return": m.LinkAdded}
+    add_link.__name__ = f"add_{direction}_{card}"
+    add_link.__doc__ = f"Seed add_{direction}_{card}: connect a {card} card to a task run."
+    command(router, subject, service=NAME)(add_link)
+
+
+async def start(runtime: Runtime) -> None:
+    settings = runtime.settings
+    timeout = settings.nats.request_timeout
+    broker = runtime.broker
+    verifier, feed = bus_verifier(broker, settings.auth, timeout)
+    await feed.start(broker.config.connection_state.connection)
+
+    async def publish(subject: str, event: Any) -> None:
+        await publish_event(broker, subject, event)
+
+    runtime.extras.update(verifier=verifier, feed=feed, deps=handlers.Deps(
+        pool=runtime.db, objects=runtime.objects, membership=lambda token: bus_membership(broker, token, timeout),
+        publish=publish))
+
+
+async def stop(runtime: Runtime) -> None:
+    feed = runtime.extras.get("feed")
+    if feed is not None:
+        await feed.stop()
 
 
 SPEC = ServiceSpec(
@@ -51,4 +213,6 @@ SPEC = ServiceSpec(
     build_router=build_router,
     migrations=Path(__file__).parent / "migrations",
     uses_object_store=True,
+    on_start=start,
+    on_stop=stop,
 )

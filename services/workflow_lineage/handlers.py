@@ -1,21 +1,88 @@
-"""Business logic of the workflow_lineage service, as plain async functions."""
+"""Business logic of the workflow_lineage service: projects, datasets, the workspace file space and project
+versions, as plain async functions (graph.py draws the graph, manifest.py defines what a version records).
+
+Uploads arrive staged in object storage (`staging/<uuid>`, put there by the gateway); a handler reads the staged
+object, checks it, stores it under its sha256 (once) and deletes the staged copy whatever happens, so bad input
+leaves nothing behind."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import io
+import json
 import logging
+import mimetypes
+import re
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import asyncpg
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from services.workflow_lineage import store
+from services.workflow_lineage import graph, manifest, store
+from shared import subjects
+from shared.arrow_codec import from_ipc
+from shared.authz import MembershipLookup, Principal, require_member, require_user
+from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.messages import Event, EventCount
+from shared.messages.lineage import (
+    AddDatasetFile,
+    CreateDataset,
+    CreateProject,
+    CreateProjectVersion,
+    DatasetFile,
+    DatasetFiles,
+    DatasetInfo,
+    DatasetRows,
+    Datasets,
+    Deleted,
+    ListProjectVersions,
+    ProjectChanged,
+    ProjectInfo,
+    ProjectRestored,
+    Projects,
+    ProjectVersionCreated,
+    ProjectVersionInfo,
+    ProjectVersions,
+    PutDatasetRows,
+    PutWorkspaceFile,
+    RestoreProjectVersion,
+    VersionFilter,
+    VersionVerification,
+    WorkspaceFile,
+    WorkspaceFolder,
+)
+from shared.objectstore import BUCKET_DATASETS, ObjectStore, content_key
 
 log = logging.getLogger("railyard.workflow_lineage")
 
+STAGED_KEY = re.compile(r"^staging/[0-9a-f-]{36}$")
+MAX_PATH = 1024
+
+
+@dataclass
+class Deps:
+    """What the handlers need: the pool, object storage, membership checks and event publishing."""
+
+    pool: asyncpg.Pool
+    objects: ObjectStore
+    membership: Callable[[str | None], MembershipLookup]
+    publish: Callable[[str, Event], Awaitable[None]]
+
+
+# --- the event log ---------------------------------------------------------------------------------------
+
 
 async def record_event(pool: asyncpg.Pool, subject: str, payload: dict[str, Any]) -> None:
-    """Keep a domain event once; events without an id or time are logged and skipped."""
+    """Keep a domain event once and draw what it tells on the graph; events without an id or time are logged
+    and skipped."""
     try:
         meta = Event.model_validate({k: payload[k] for k in ("event_id", "occurred_at") if k in payload})
     except ValidationError:
@@ -24,8 +91,503 @@ async def record_event(pool: asyncpg.Pool, subject: str, payload: dict[str, Any]
     if "event_id" not in payload:
         log.warning("skipping event without event_id on %s", subject)
         return
-    await store.record_event(pool, meta.event_id, subject, meta.occurred_at, payload)
+    async with pool.acquire() as conn, conn.transaction():
+        if await store.record_event(conn, meta.event_id, subject, meta.occurred_at, payload):
+            await graph.apply_event(conn, subject, payload)
 
 
 async def count_events(pool: asyncpg.Pool, subject: str | None) -> EventCount:
     return EventCount(count=await store.count_events(pool, subject))
+
+
+# --- access ----------------------------------------------------------------------------------------------
+
+
+async def _member(deps: Deps, principal: Principal, token: str | None, workspace_id: int) -> None:
+    await require_member(deps.membership(token), principal, workspace_id)
+
+
+async def _project(deps: Deps, principal: Principal, token: str | None, project_id: int) -> asyncpg.Record:
+    """The project, when the caller is a member of its workspace; otherwise it does not exist."""
+    require_user(principal)
+    row = await store.project(deps.pool, project_id)
+    if row is None:
+        raise NotFound(f"project {project_id} not found")
+    try:
+        await _member(deps, principal, token, row["workspace_id"])
+    except NotFound:
+        raise NotFound(f"project {project_id} not found") from None
+    return row
+
+
+async def _dataset(deps: Deps, principal: Principal, token: str | None, dataset_id: int) -> asyncpg.Record:
+    require_user(principal)
+    row = await store.dataset(deps.pool, dataset_id)
+    if row is None:
+        raise NotFound(f"dataset {dataset_id} not found")
+    try:
+        await _member(deps, principal, token, row["workspace_id"])
+    except NotFound:
+        raise NotFound(f"dataset {dataset_id} not found") from None
+    return row
+
+
+def _jsonb(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _dataset_info(row: Any) -> DatasetInfo:
+    return DatasetInfo(id=row["id"], project_id=row["project_id"], workspace_id=row["workspace_id"],
+                       name=row["name"], kind=row["kind"], row_count=row["row_count"], file_count=row["file_count"],
+                       rows_sha256=row["rows_sha256"], created_at=row["created_at"], updated_at=row["updated_at"])
+
+
+def _file_info(row: Any) -> DatasetFile:
+    return DatasetFile(name=row["name"], sha256=row["sha256"], size=row["size"], content_type=row["content_type"],
+                       labels=_jsonb(row["labels"]), created_at=row["created_at"])
+
+
+async def current_manifest(conn: Any, project_id: int) -> dict[str, Any]:
+    """The manifest of a project as it is now."""
+    datasets = []
+    for row in await store.datasets_of(conn, project_id):
+        files = [dict(f) | {"labels": _jsonb(f["labels"])} for f in await store.dataset_files(conn, row["id"])]
+        datasets.append({**dict(row), "files": files})
+    return manifest.build(datasets)
+
+
+async def _project_info(conn: Any, row: Any) -> ProjectInfo:
+    datasets = await store.datasets_of(conn, row["id"])
+    return ProjectInfo(id=row["id"], workspace_id=row["workspace_id"], name=row["name"],
+                       description=row["description"], created_at=row["created_at"], updated_at=row["updated_at"],
+                       restored_from_version=row["restored_from_version"],
+                       content_sha256=manifest.digest(await current_manifest(conn, row["id"])),
+                       datasets=[_dataset_info(d) for d in datasets])
+
+
+# --- staged uploads --------------------------------------------------------------------------------------
+
+
+async def _with_staged(deps: Deps, staged_key: str, use: Callable[[Path, str, int], Awaitable[Any]]) -> Any:
+    """Download a staged upload, hash it, hand it to `use(path, sha256, size)`; the staged object is deleted
+    whatever happens."""
+    if not STAGED_KEY.match(staged_key):
+        raise InvalidRequest("staged_key must name an upload under staging/ (upload through the HTTP API)")
+    try:
+        with tempfile.TemporaryDirectory(prefix="railyard-lineage-") as folder:
+            local = Path(folder) / "upload"
+            try:
+                sha, size = await deps.objects.download_to(BUCKET_DATASETS, staged_key, local)
+            except NotFound:
+                raise InvalidRequest("the uploaded file was not found (upload it through the HTTP API)") from None
+            return await use(local, sha, size)
+    finally:
+        try:
+            await deps.objects.delete(BUCKET_DATASETS, staged_key)
+        except Exception:  # the outcome stands; a leftover staged object is only garbage
+            log.warning("could not delete staged upload %s", staged_key)
+
+
+async def _keep(deps: Deps, local: Path, sha: str) -> None:
+    """Store bytes under their hash unless they are there already (the same bytes are stored once)."""
+    key = content_key(sha)
+    if not await deps.objects.exists(BUCKET_DATASETS, key):
+        with local.open("rb") as source:
+            await deps.objects.put_stream(BUCKET_DATASETS, key, source, length=local.stat().st_size)
+
+
+def _image_type(local: Path) -> str:
+    """The image's media type, or InvalidRequest when the bytes are not an image Pillow can read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(local) as image:
+            image.verify()
+            kind = image.format or ""
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise InvalidRequest("the file is not an image (images datasets take PNG, JPEG, BMP, GIF, TIFF, WebP, ...)"
+                             ) from None
+    return Image.MIME.get(kind, f"image/{kind.lower()}")
+
+
+# --- projects --------------------------------------------------------------------------------------------
+
+
+async def create_project(deps: Deps, principal: Principal, token: str | None, cmd: CreateProject) -> ProjectInfo:
+    require_user(principal)
+    await _member(deps, principal, token, cmd.workspace_id)
+    async with deps.pool.acquire() as conn, conn.transaction():
+        row = await store.insert_project(conn, cmd.workspace_id, cmd.name, cmd.description,
+                                         uuid.UUID(principal.user_id))
+        if row is None:
+            raise Conflict(f"workspace {cmd.workspace_id} already has a project named {cmd.name!r}")
+        await graph.project_node(conn, row)
+        info = await _project_info(conn, row)
+    await deps.publish(subjects.EVENT_PROJECT_CHANGED, ProjectChanged(
+        workspace_id=info.workspace_id, project_id=info.id, action="created", content_sha256=info.content_sha256))
+    return info
+
+
+async def list_projects(deps: Deps, principal: Principal, token: str | None, workspace_id: int) -> Projects:
+    require_user(principal)
+    await _member(deps, principal, token, workspace_id)
+    async with deps.pool.acquire() as conn:
+        return Projects(projects=[await _project_info(conn, r) for r in await store.projects_of(conn, workspace_id)])
+
+
+async def get_project(deps: Deps, principal: Principal, token: str | None, project_id: int) -> ProjectInfo:
+    row = await _project(deps, principal, token, project_id)
+    async with deps.pool.acquire() as conn:
+        return await _project_info(conn, row)
+
+
+async def delete_project(deps: Deps, principal: Principal, token: str | None, project_id: int) -> Deleted:
+    """Delete a project with its datasets and versions (objects stay: other projects and versions share them;
+    the graph keeps its card, since what happened to it is history)."""
+    row = await _project(deps, principal, token, project_id)
+    deleted = await store.delete_project(deps.pool, project_id)
+    await deps.publish(subjects.EVENT_PROJECT_CHANGED, ProjectChanged(
+        workspace_id=row["workspace_id"], project_id=project_id, action="deleted"))
+    return Deleted(deleted=deleted)
+
+
+async def _content_changed(deps: Deps, conn: Any, project_id: int, workspace_id: int) -> None:
+    await store.touch_project(conn, project_id)
+    sha = manifest.digest(await current_manifest(conn, project_id))
+    await deps.publish(subjects.EVENT_PROJECT_CHANGED, ProjectChanged(
+        workspace_id=workspace_id, project_id=project_id, action="content_changed", content_sha256=sha))
+
+
+# --- datasets --------------------------------------------------------------------------------------------
+
+
+async def create_dataset(deps: Deps, principal: Principal, token: str | None, cmd: CreateDataset) -> DatasetInfo:
+    project = await _project(deps, principal, token, cmd.project_id)
+    async with deps.pool.acquire() as conn, conn.transaction():
+        dataset_id = await store.insert_dataset(conn, cmd.project_id, cmd.name, cmd.kind)
+        if dataset_id is None:
+            raise Conflict(f"project {cmd.project_id} already has a dataset named {cmd.name!r}")
+        row = await store.dataset(conn, dataset_id)
+        await _content_changed(deps, conn, cmd.project_id, project["workspace_id"])
+    return _dataset_info(row)
+
+
+async def list_datasets(deps: Deps, principal: Principal, token: str | None, project_id: int) -> Datasets:
+    await _project(deps, principal, token, project_id)
+    return Datasets(datasets=[_dataset_info(r) for r in await store.datasets_of(deps.pool, project_id)])
+
+
+async def get_dataset(deps: Deps, principal: Principal, token: str | None, dataset_id: int) -> DatasetInfo:
+    return _dataset_info(await _dataset(deps, principal, token, dataset_id))
+
+
+async def delete_dataset(deps: Deps, principal: Principal, token: str | None, dataset_id: int) -> Deleted:
+    row = await _dataset(deps, principal, token, dataset_id)
+    async with deps.pool.acquire() as conn, conn.transaction():
+        deleted = await store.delete_dataset(conn, dataset_id)
+        await _content_changed(deps, conn, row["project_id"], row["workspace_id"])
+    return Deleted(deleted=deleted)
+
+
+def _parquet(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+async def put_rows(deps: Deps, principal: Principal, token: str | None, cmd: PutDatasetRows) -> DatasetInfo:
+    """Append to or replace a tabular dataset's rows; the result is stored as Parquet under its hash."""
+    row = await _dataset(deps, principal, token, cmd.dataset_id)
+
+    async def use(local: Path, _sha: str, _size: int) -> DatasetInfo:
+        if row["kind"] != "tabular":
+            raise InvalidRequest(f"dataset {cmd.dataset_id} is a {row['kind']} dataset: rows go to tabular datasets,"
+                                 " files to images/files datasets (datasets/upload_file)")
+        try:
+            table = from_ipc(local.read_bytes())
+        except Exception:
+            raise InvalidRequest("rows must be an Arrow IPC table (file or stream)") from None
+        if cmd.mode == "append" and row["rows_sha256"]:
+            existing = pq.read_table(io.BytesIO(await deps.objects.get_bytes(
+                BUCKET_DATASETS, content_key(row["rows_sha256"]))))
+            if not existing.schema.equals(table.schema):
+                raise InvalidRequest(f"appended rows must have the dataset's schema: {existing.schema.to_string()}"
+                                     .replace("\n", "; "))
+            table = pa.concat_tables([existing, table])
+        data = await asyncio.to_thread(_parquet, table)
+        stored = await deps.objects.put_content_addressed(BUCKET_DATASETS, io.BytesIO(data))
+        async with deps.pool.acquire() as conn, conn.transaction():
+            await store.set_rows(conn, cmd.dataset_id, stored.sha256 if table.num_rows or table.num_columns else None,
+                                 table.num_rows)
+            await _content_changed(deps, conn, row["project_id"], row["workspace_id"])
+            return _dataset_info(await store.dataset(conn, cmd.dataset_id))
+
+    return await _with_staged(deps, cmd.staged_key, use)
+
+
+async def rows(deps: Deps, principal: Principal, token: str | None, dataset_id: int) -> DatasetRows:
+    row = await _dataset(deps, principal, token, dataset_id)
+    if row["kind"] != "tabular":
+        raise InvalidRequest(f"dataset {dataset_id} is a {row['kind']} dataset: it has files, not rows")
+    return DatasetRows(dataset_id=dataset_id, row_count=row["row_count"], rows_sha256=row["rows_sha256"])
+
+
+async def add_file(deps: Deps, principal: Principal, token: str | None, cmd: AddDatasetFile) -> DatasetFile:
+    """Add (or replace by name) a file of an images/files dataset; images must be images."""
+    row = await _dataset(deps, principal, token, cmd.dataset_id)
+
+    async def use(local: Path, sha: str, size: int) -> DatasetFile:
+        if row["kind"] == "tabular":
+            raise InvalidRequest(f"dataset {cmd.dataset_id} is tabular: it takes rows (datasets/put_rows), not files")
+        if size == 0:
+            raise InvalidRequest("the uploaded file is empty")
+        if row["kind"] == "images":
+            content_type = await asyncio.to_thread(_image_type, local)
+        else:
+            content_type = mimetypes.guess_type(cmd.name)[0] or "application/octet-stream"
+        await _keep(deps, local, sha)
+        async with deps.pool.acquire() as conn, conn.transaction():
+            stored = await store.put_dataset_file(conn, cmd.dataset_id, cmd.name, sha, size, content_type, cmd.labels)
+            await store.touch_dataset(conn, cmd.dataset_id)
+            await _content_changed(deps, conn, row["project_id"], row["workspace_id"])
+        return _file_info(stored)
+
+    return await _with_staged(deps, cmd.staged_key, use)
+
+
+async def list_files(deps: Deps, principal: Principal, token: str | None, dataset_id: int) -> DatasetFiles:
+    await _dataset(deps, principal, token, dataset_id)
+    return DatasetFiles(files=[_file_info(r) for r in await store.dataset_files(deps.pool, dataset_id)])
+
+
+async def get_file(deps: Deps, principal: Principal, token: str | None, dataset_id: int, name: str) -> DatasetFile:
+    await _dataset(deps, principal, token, dataset_id)
+    found = await store.dataset_file(deps.pool, dataset_id, name)
+    if found is None:
+        raise NotFound(f"dataset {dataset_id} has no file {name!r}")
+    return _file_info(found)
+
+
+async def delete_file(deps: Deps, principal: Principal, token: str | None, dataset_id: int, name: str) -> Deleted:
+    row = await _dataset(deps, principal, token, dataset_id)
+    async with deps.pool.acquire() as conn, conn.transaction():
+        deleted = await store.delete_dataset_file(conn, dataset_id, name)
+        if not deleted:
+            raise NotFound(f"dataset {dataset_id} has no file {name!r}")
+        await _content_changed(deps, conn, row["project_id"], row["workspace_id"])
+    return Deleted(deleted=deleted)
+
+
+# --- the workspace file space ----------------------------------------------------------------------------
+
+
+def file_path(path: str) -> str:
+    """A normalized file path: absolute, no '.', '..' or empty segments, no trailing slash."""
+    if not path.startswith("/") or path.endswith("/") or len(path) > MAX_PATH or "\x00" in path:
+        raise InvalidRequest(f"path {path!r} must start with '/', name a file (no trailing '/') and be at most"
+                             f" {MAX_PATH} characters")
+    parts = path.split("/")[1:]
+    if any(p in ("", ".", "..") for p in parts):
+        raise InvalidRequest(f"path {path!r} has an empty, '.' or '..' segment")
+    return str(PurePosixPath(path))
+
+
+def folder_path(folder: str) -> str:
+    """A normalized folder: absolute and ending with '/'."""
+    if folder in ("", "/"):
+        return "/"
+    return file_path(folder.rstrip("/")) + "/"
+
+
+async def put_workspace_file(deps: Deps, principal: Principal, token: str | None,
+                             cmd: PutWorkspaceFile) -> WorkspaceFile:
+    require_user(principal)
+    path = file_path(cmd.path)
+    await _member(deps, principal, token, cmd.workspace_id)
+
+    async def use(local: Path, sha: str, size: int) -> WorkspaceFile:
+        await _keep(deps, local, sha)
+        stored = await store.put_workspace_file(deps.pool, cmd.workspace_id, path, sha, size)
+        return WorkspaceFile(**dict(stored))
+
+    return await _with_staged(deps, cmd.staged_key, use)
+
+
+async def workspace_file(deps: Deps, principal: Principal, token: str | None, workspace_id: int,
+                         path: str) -> WorkspaceFile:
+    require_user(principal)
+    path = file_path(path)
+    await _member(deps, principal, token, workspace_id)
+    found = await store.workspace_file(deps.pool, workspace_id, path)
+    if found is None:
+        raise NotFound(f"no file {path!r} in workspace {workspace_id}")
+    return WorkspaceFile(**dict(found))
+
+
+async def list_workspace_files(deps: Deps, principal: Principal, token: str | None, workspace_id: int,
+                               folder: str) -> WorkspaceFolder:
+    require_user(principal)
+    folder = folder_path(folder)
+    await _member(deps, principal, token, workspace_id)
+    files, folders = [], set()
+    for row in await store.workspace_files_under(deps.pool, workspace_id, folder):
+        rest = row["path"][len(folder):]
+        if "/" in rest:
+            folders.add(folder + rest.split("/")[0] + "/")
+        else:
+            files.append(WorkspaceFile(**dict(row)))
+    return WorkspaceFolder(folder=folder, files=files, folders=sorted(folders))
+
+
+async def delete_workspace_file(deps: Deps, principal: Principal, token: str | None, workspace_id: int,
+                                path: str) -> Deleted:
+    require_user(principal)
+    path = file_path(path)
+    await _member(deps, principal, token, workspace_id)
+    deleted = await store.delete_workspace_file(deps.pool, workspace_id, path)
+    if not deleted:
+        raise NotFound(f"no file {path!r} in workspace {workspace_id}")
+    return Deleted(deleted=deleted)
+
+
+# --- project versions ------------------------------------------------------------------------------------
+
+
+def _version_info(row: Any, created: bool = True) -> ProjectVersionInfo:
+    return ProjectVersionInfo(id=row["id"], project_id=row["project_id"], workspace_id=row["workspace_id"],
+                              number=row["number"], title=row["title"], description=row["description"],
+                              manifest_sha256=row["manifest_sha256"], created_by=str(row["created_by"]),
+                              created_at=row["created_at"], created=created)
+
+
+async def create_version(deps: Deps, principal: Principal, token: str | None,
+                         cmd: CreateProjectVersion) -> ProjectVersionInfo:
+    """Save the project's manifest as the next version, unless it equals the last version's (then that one)."""
+    project = await _project(deps, principal, token, cmd.project_id)
+    async with deps.pool.acquire() as conn, conn.transaction():
+        await store.lock_project(conn, cmd.project_id)
+        current = await current_manifest(conn, cmd.project_id)
+        sha = manifest.digest(current)
+        latest = await store.latest_version(conn, cmd.project_id)
+        if latest is not None and latest["manifest_sha256"] == sha:
+            return _version_info(latest, created=False)
+        row = await store.insert_version(conn, cmd.project_id, project["workspace_id"], cmd.version_title,
+                                         cmd.version_description, manifest.canonical(current), sha,
+                                         uuid.UUID(principal.user_id))
+        await graph.version_node(conn, project, row)
+    await deps.publish(subjects.EVENT_PROJECT_VERSION_CREATED, ProjectVersionCreated(
+        workspace_id=project["workspace_id"], project_id=cmd.project_id, version_id=row["id"], number=row["number"],
+        manifest_sha256=sha))
+    return _version_info(row)
+
+
+def _matches(row: Any, flt: VersionFilter) -> bool:
+    value = row[flt.field]
+    target = flt.value
+    if flt.field == "created_by":
+        value = str(value)
+    if flt.field == "created_at" and isinstance(target, str):
+        from datetime import datetime
+        try:
+            target = datetime.fromisoformat(target.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidRequest(f"filter on created_at needs an ISO 8601 time, got {target!r}") from None
+    try:
+        match flt.operator:
+            case "=":
+                return value == target
+            case "!=":
+                return value != target
+            case "<":
+                return value is not None and value < target
+            case "<=":
+                return value is not None and value <= target
+            case ">":
+                return value is not None and value > target
+            case ">=":
+                return value is not None and value >= target
+            case "in":
+                if not isinstance(target, list):
+                    raise InvalidRequest("the 'in' operator needs a list value")
+                return value in target
+            case "contains":
+                return value is not None and str(target).lower() in str(value).lower()
+    except TypeError:
+        raise InvalidRequest(f"filter value {target!r} cannot be compared with {flt.field}") from None
+    return False
+
+
+async def list_versions(deps: Deps, principal: Principal, token: str | None,
+                        cmd: ListProjectVersions) -> ProjectVersions:
+    await _project(deps, principal, token, cmd.project_id)
+    rows = await store.versions_of(deps.pool, cmd.project_id)
+    return ProjectVersions(versions=[_version_info(r) for r in rows if all(_matches(r, f) for f in cmd.filters)])
+
+
+async def _version_of(deps: Deps, project_id: int, version_id: int | None, number: int | None) -> asyncpg.Record:
+    if version_id is not None:
+        row = await store.version(deps.pool, version_id)
+        if row is None or row["project_id"] != project_id:
+            raise NotFound(f"project {project_id} has no version {version_id}")
+        return row
+    row = await store.version_by_number(deps.pool, project_id, number)
+    if row is None:
+        raise NotFound(f"project {project_id} has no version number {number}")
+    return row
+
+
+async def _missing(deps: Deps, saved: dict[str, Any]) -> list[str]:
+    missing = []
+    for entity, sha in manifest.objects(saved):
+        if not await deps.objects.exists(BUCKET_DATASETS, content_key(sha)):
+            missing.append(entity)
+    return missing
+
+
+async def restore_version(deps: Deps, principal: Principal, token: str | None,
+                          cmd: RestoreProjectVersion) -> ProjectRestored:
+    """A new project holding the version's manifest: rows name the same objects, nothing is copied."""
+    project = await _project(deps, principal, token, cmd.project_id)
+    version = await _version_of(deps, cmd.project_id, cmd.version_id, cmd.version_num)
+    saved = json.loads(version["manifest"])
+    missing = await _missing(deps, saved)
+    if missing and not cmd.skip_missed_entities:
+        raise Conflict(f"{len(missing)} object(s) of version {version['number']} are missing from storage"
+                       f" ({', '.join(missing[:5])}); restore with skip_missed_entities to leave them out")
+    restored = manifest.without(saved, set(missing))
+    name = cmd.name or f"{project['name']} (v{version['number']})"
+    async with deps.pool.acquire() as conn, conn.transaction():
+        row = await store.insert_project(conn, project["workspace_id"], name, project["description"],
+                                         uuid.UUID(principal.user_id), version["id"])
+        if row is None:
+            raise Conflict(f"workspace {project['workspace_id']} already has a project named {name!r}; give a name")
+        for dataset in restored["datasets"]:
+            dataset_id = await store.insert_dataset(conn, row["id"], dataset["name"], dataset["kind"])
+            if dataset["rows"]:
+                await store.set_rows(conn, dataset_id, dataset["rows"]["sha256"], dataset["rows"]["count"])
+            for f in dataset["files"]:
+                await store.put_dataset_file(conn, dataset_id, f["name"], f["sha256"], f["size"], f["content_type"],
+                                             f["labels"])
+        await graph.restored_node(conn, version, row)
+        info = await _project_info(conn, row)
+    await deps.publish(subjects.EVENT_PROJECT_CHANGED, ProjectChanged(
+        workspace_id=info.workspace_id, project_id=info.id, action="restored", content_sha256=info.content_sha256))
+    return ProjectRestored(project=info, version_id=version["id"], skipped=missing)
+
+
+async def verify_version(deps: Deps, principal: Principal, token: str | None, version_id: int) -> VersionVerification:
+    """Recompute a version's manifest hash and check its objects are all in storage."""
+    require_user(principal)
+    row = await store.version(deps.pool, version_id)
+    if row is None:
+        raise NotFound(f"version {version_id} not found")
+    try:
+        await _member(deps, principal, token, row["workspace_id"])
+    except NotFound:
+        raise NotFound(f"version {version_id} not found") from None
+    saved = json.loads(row["manifest"])
+    computed = hashlib.sha256(row["manifest"].encode()).hexdigest()
+    missing = await _missing(deps, saved)
+    return VersionVerification(version_id=version_id, manifest_sha256=row["manifest_sha256"],
+                               computed_sha256=computed, ok=computed == row["manifest_sha256"] and not missing,
+                               missing=missing)

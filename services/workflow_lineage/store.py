@@ -29,3 +29,233 @@ async def count_events(pool: asyncpg.Pool, subject: str | None) -> int:
     if subject is None:
         return await pool.fetchval("SELECT count(*) FROM event_log")
     return await pool.fetchval("SELECT count(*) FROM event_log WHERE subject = $1", subject)
+
+
+# --- projects and datasets -------------------------------------------------------------------------------
+
+PROJECT_COLUMNS = "id, workspace_id, name, description, restored_from_version, created_at, updated_at"
+DATASET_COLUMNS = ("d.id, d.project_id, p.workspace_id, d.name, d.kind, d.rows_sha256, d.row_count, d.created_at,"
+                   " d.updated_at, (SELECT count(*) FROM dataset_files f WHERE f.dataset_id = d.id) AS file_count")
+
+
+async def insert_project(conn: Any, workspace_id: int, name: str, description: str, created_by: uuid.UUID,
+                         restored_from_version: int | None = None) -> asyncpg.Record | None:
+    """The new project, or None when the workspace already has a project of that name."""
+    return await conn.fetchrow(
+        "INSERT INTO projects (workspace_id, name, description, created_by, restored_from_version)"
+        f" VALUES ($1, $2, $3, $4, $5) ON CONFLICT (workspace_id, name) DO NOTHING RETURNING {PROJECT_COLUMNS}",
+        workspace_id, name, description, created_by, restored_from_version)
+
+
+async def project(conn: Any, project_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"SELECT {PROJECT_COLUMNS} FROM projects WHERE id = $1", project_id)
+
+
+async def projects_of(conn: Any, workspace_id: int) -> list[asyncpg.Record]:
+    return await conn.fetch(f"SELECT {PROJECT_COLUMNS} FROM projects WHERE workspace_id = $1 ORDER BY id",
+                            workspace_id)
+
+
+async def delete_project(conn: Any, project_id: int) -> int:
+    status = await conn.execute("DELETE FROM projects WHERE id = $1", project_id)
+    return int(status.split()[-1])
+
+
+async def touch_project(conn: Any, project_id: int) -> None:
+    await conn.execute("UPDATE projects SET updated_at = now() WHERE id = $1", project_id)
+
+
+async def insert_dataset(conn: Any, project_id: int, name: str, kind: str) -> int | None:
+    return await conn.fetchval(
+        "INSERT INTO datasets (project_id, name, kind) VALUES ($1, $2, $3)"
+        " ON CONFLICT (project_id, name) DO NOTHING RETURNING id", project_id, name, kind)
+
+
+async def dataset(conn: Any, dataset_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {DATASET_COLUMNS} FROM datasets d JOIN projects p ON p.id = d.project_id WHERE d.id = $1",
+        dataset_id)
+
+
+async def datasets_of(conn: Any, project_id: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"SELECT {DATASET_COLUMNS} FROM datasets d JOIN projects p ON p.id = d.project_id WHERE d.project_id = $1"
+        " ORDER BY d.name", project_id)
+
+
+async def delete_dataset(conn: Any, dataset_id: int) -> int:
+    status = await conn.execute("DELETE FROM datasets WHERE id = $1", dataset_id)
+    return int(status.split()[-1])
+
+
+async def set_rows(conn: Any, dataset_id: int, rows_sha256: str | None, row_count: int) -> None:
+    await conn.execute("UPDATE datasets SET rows_sha256 = $2, row_count = $3, updated_at = now() WHERE id = $1",
+                       dataset_id, rows_sha256, row_count)
+
+
+async def put_dataset_file(conn: Any, dataset_id: int, name: str, sha256: str, size: int, content_type: str,
+                           labels: Any) -> asyncpg.Record:
+    return await conn.fetchrow(
+        "INSERT INTO dataset_files (dataset_id, name, sha256, size, content_type, labels)"
+        " VALUES ($1, $2, $3, $4, $5, $6::jsonb)"
+        " ON CONFLICT (dataset_id, name) DO UPDATE SET sha256 = EXCLUDED.sha256, size = EXCLUDED.size,"
+        " content_type = EXCLUDED.content_type, labels = EXCLUDED.labels, created_at = now()"
+        " RETURNING name, sha256, size, content_type, labels, created_at",
+        dataset_id, name, sha256, size, content_type, json.dumps(labels) if labels is not None else None)
+
+
+async def dataset_files(conn: Any, dataset_id: int) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT name, sha256, size, content_type, labels, created_at FROM dataset_files"
+                            " WHERE dataset_id = $1 ORDER BY name", dataset_id)
+
+
+async def dataset_file(conn: Any, dataset_id: int, name: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT name, sha256, size, content_type, labels, created_at FROM dataset_files"
+                               " WHERE dataset_id = $1 AND name = $2", dataset_id, name)
+
+
+async def delete_dataset_file(conn: Any, dataset_id: int, name: str) -> int:
+    status = await conn.execute("DELETE FROM dataset_files WHERE dataset_id = $1 AND name = $2", dataset_id, name)
+    return int(status.split()[-1])
+
+
+async def touch_dataset(conn: Any, dataset_id: int) -> None:
+    await conn.execute("UPDATE datasets SET updated_at = now() WHERE id = $1", dataset_id)
+
+
+# --- the workspace file space ----------------------------------------------------------------------------
+
+
+async def put_workspace_file(conn: Any, workspace_id: int, path: str, sha256: str, size: int) -> asyncpg.Record:
+    return await conn.fetchrow(
+        "INSERT INTO workspace_files (workspace_id, path, sha256, size) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (workspace_id, path) DO UPDATE SET sha256 = EXCLUDED.sha256, size = EXCLUDED.size,"
+        " created_at = now() RETURNING path, sha256, size, created_at", workspace_id, path, sha256, size)
+
+
+async def workspace_file(conn: Any, workspace_id: int, path: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT path, sha256, size, created_at FROM workspace_files"
+                               " WHERE workspace_id = $1 AND path = $2", workspace_id, path)
+
+
+async def workspace_files_under(conn: Any, workspace_id: int, folder: str) -> list[asyncpg.Record]:
+    """Every file whose path starts with `folder` (which ends with '/')."""
+    return await conn.fetch("SELECT path, sha256, size, created_at FROM workspace_files"
+                            " WHERE workspace_id = $1 AND starts_with(path, $2) ORDER BY path", workspace_id, folder)
+
+
+async def workspace_files_with_sha(conn: Any, workspace_id: int, sha256: str) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT path FROM workspace_files WHERE workspace_id = $1 AND sha256 = $2",
+                            workspace_id, sha256)
+
+
+async def delete_workspace_file(conn: Any, workspace_id: int, path: str) -> int:
+    status = await conn.execute("DELETE FROM workspace_files WHERE workspace_id = $1 AND path = $2",
+                                workspace_id, path)
+    return int(status.split()[-1])
+
+
+# --- project versions ------------------------------------------------------------------------------------
+
+VERSION_COLUMNS = ("id, project_id, workspace_id, number, title, description, manifest_sha256, created_by,"
+                   " created_at")
+
+
+async def lock_project(conn: Any, project_id: int) -> None:
+    """Serialize version creation per project (number and dedupe are read-then-write)."""
+    await conn.execute("SELECT 1 FROM projects WHERE id = $1 FOR UPDATE", project_id)
+
+
+async def latest_version(conn: Any, project_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"SELECT {VERSION_COLUMNS} FROM project_versions WHERE project_id = $1"
+                               " ORDER BY number DESC LIMIT 1", project_id)
+
+
+async def insert_version(conn: Any, project_id: int, workspace_id: int, title: str | None, description: str | None,
+                         manifest: str, manifest_sha256: str, created_by: uuid.UUID) -> asyncpg.Record:
+    return await conn.fetchrow(
+        "INSERT INTO project_versions (project_id, workspace_id, number, title, description, manifest,"
+        " manifest_sha256, created_by) VALUES ($1, $2, (SELECT coalesce(max(number), 0) + 1 FROM project_versions"
+        " WHERE project_id = $1), $3, $4, $5, $6, $7)"
+        f" RETURNING {VERSION_COLUMNS}", project_id, workspace_id, title, description, manifest, manifest_sha256,
+        created_by)
+
+
+async def versions_of(conn: Any, project_id: int) -> list[asyncpg.Record]:
+    return await conn.fetch(f"SELECT {VERSION_COLUMNS} FROM project_versions WHERE project_id = $1"
+                            " ORDER BY number", project_id)
+
+
+async def version(conn: Any, version_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"SELECT {VERSION_COLUMNS}, manifest FROM project_versions WHERE id = $1",
+                               version_id)
+
+
+async def version_by_number(conn: Any, project_id: int, number: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"SELECT {VERSION_COLUMNS}, manifest FROM project_versions"
+                               " WHERE project_id = $1 AND number = $2", project_id, number)
+
+
+# --- the graph -------------------------------------------------------------------------------------------
+
+NODE_COLUMNS = "id, workspace_id, kind, ref, title, settings, data, created_at, updated_at"
+EDGE_COLUMNS = "id, source, target, relation, origin, settings"
+
+
+async def upsert_node(conn: Any, workspace_id: int, kind: str, ref: str, title: str | None = None,
+                      settings: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> asyncpg.Record:
+    """A card, created when new; a given title replaces the old one, given settings and data merge into
+    the old ones (the last write wins, field by field)."""
+    return await conn.fetchrow(
+        "INSERT INTO nodes (workspace_id, kind, ref, title, settings, data)"
+        " VALUES ($1, $2, $3, coalesce($4, $2 || ' ' || $3), coalesce($5::jsonb, '{}'), coalesce($6::jsonb, '{}'))"
+        " ON CONFLICT (workspace_id, kind, ref) DO UPDATE SET title = coalesce($4, nodes.title),"
+        " settings = nodes.settings || coalesce($5::jsonb, '{}'), data = nodes.data || coalesce($6::jsonb, '{}'),"
+        f" updated_at = now() RETURNING {NODE_COLUMNS}",
+        workspace_id, kind, ref, title, json.dumps(settings) if settings else None,
+        json.dumps(data) if data else None)
+
+
+async def node(conn: Any, workspace_id: int, kind: str, ref: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"SELECT {NODE_COLUMNS} FROM nodes WHERE workspace_id = $1 AND kind = $2"
+                               " AND ref = $3", workspace_id, kind, ref)
+
+
+async def latest_node_where(conn: Any, workspace_id: int, kind: str, key: str, value: str) -> asyncpg.Record | None:
+    """The newest card of a kind whose data[key] is value (e.g. the latest deployment of a pipeline)."""
+    return await conn.fetchrow(f"SELECT {NODE_COLUMNS} FROM nodes WHERE workspace_id = $1 AND kind = $2"
+                               " AND data ->> $3 = $4 ORDER BY created_at DESC, id DESC LIMIT 1",
+                               workspace_id, kind, key, value)
+
+
+async def add_edge(conn: Any, workspace_id: int, source: int, target: int, relation: str, origin: str,
+                   settings: dict[str, Any] | None = None) -> asyncpg.Record:
+    return await conn.fetchrow(
+        "INSERT INTO edges (workspace_id, source, target, relation, origin, settings)"
+        " VALUES ($1, $2, $3, $4, $5, coalesce($6::jsonb, '{}'))"
+        " ON CONFLICT (source, target, relation) DO UPDATE SET settings = edges.settings || coalesce($6::jsonb, '{}')"
+        f" RETURNING {EDGE_COLUMNS}", workspace_id, source, target, relation, origin,
+        json.dumps(settings) if settings else None)
+
+
+async def nodes_by_id(conn: Any, ids: list[int]) -> list[asyncpg.Record]:
+    return await conn.fetch(f"SELECT {NODE_COLUMNS} FROM nodes WHERE id = ANY($1::bigint[]) ORDER BY id", ids)
+
+
+async def edges_touching(conn: Any, ids: list[int], direction: str) -> list[asyncpg.Record]:
+    """Edges into (`ancestors`) or out of (`descendants`) the given cards."""
+    column = "target" if direction == "ancestors" else "source"
+    return await conn.fetch(f"SELECT {EDGE_COLUMNS} FROM edges WHERE {column} = ANY($1::bigint[])", ids)
+
+
+async def workspace_graph(conn: Any, workspace_id: int, limit: int) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+    nodes = await conn.fetch(f"SELECT {NODE_COLUMNS} FROM nodes WHERE workspace_id = $1 ORDER BY id LIMIT $2",
+                             workspace_id, limit)
+    edges = await conn.fetch(f"SELECT {EDGE_COLUMNS} FROM edges WHERE workspace_id = $1 ORDER BY id", workspace_id)
+    return nodes, edges
+
+
+async def replace_settings(conn: Any, node_id: int, settings: dict[str, Any]) -> asyncpg.Record:
+    """A main node's settings, overwritten whole (the seed: the last write to a main node wins)."""
+    return await conn.fetchrow(f"UPDATE nodes SET settings = $2::jsonb, updated_at = now() WHERE id = $1"
+                               f" RETURNING {NODE_COLUMNS}", node_id, json.dumps(settings))

@@ -124,6 +124,17 @@ class GetAssayResults(Command):
     pipeline_id: int | None = None
 
 
+class AssayWasCreated(Event):
+    """events.assay.created: an assay now watches a pipeline's logged field."""
+
+    assay_id: int
+    name: str
+    workspace_id: int
+    pipeline_id: int
+    pipeline_name: str
+    iopath: str
+
+
 class AssayThresholdCrossed(Event):
     """events.assay.warning / events.assay.alert: a scheduled window scored above a threshold."""
 

@@ -147,3 +147,5 @@ class PipelineVersionCreated(Event):
     workspace_id: int
     name: str
     pipeline_version: str
+    models: list[dict[str, str | None]] = Field(
+        [], description="Railyard: the models the definition names ({name, version}), for the lineage graph.")

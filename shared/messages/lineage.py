@@ -1,8 +1,22 @@
-"""Messages of the workflow-lineage service."""
+"""Messages of the workflow-lineage service: projects, datasets and workspace files (the graph's data cards),
+project versions (seed 000 "data versioning"), and the workflow graph with its cards' customization
+(`WorkflowSettings` / `WorkflowMeta`, seed 000)."""
 
 from __future__ import annotations
 
-from shared.messages.base import Command, Message
+import re
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from shared.messages.base import Command, Event, Message
+
+NAME_PATTERN = r"^[^/\x00-\x1f]{1,200}$"
+HEX_COLOR = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})$")
+ICON_NAME = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+TASK_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
+DatasetKind = Literal["tabular", "images", "files"]
 
 
 class CountEvents(Command):
@@ -15,3 +29,429 @@ class EventCount(Message):
     """The number of recorded events."""
 
     count: int
+
+
+# --- projects and datasets -------------------------------------------------------------------------------
+
+
+class CreateProject(Command):
+    """A project: a container of datasets in a workspace."""
+
+    workspace_id: int
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = Field("", max_length=2000)
+
+
+class ProjectRef(Command):
+    """A project by id (get, delete, list its datasets or versions)."""
+
+    project_id: int
+
+
+class ListProjects(Command):
+    """The projects of a workspace."""
+
+    workspace_id: int
+
+
+class DatasetInfo(Message):
+    """A dataset: rows (an Arrow table) for `tabular`, files with optional labels for `images` and `files`."""
+
+    id: int
+    project_id: int
+    workspace_id: int
+    name: str
+    kind: DatasetKind
+    row_count: int
+    file_count: int
+    rows_sha256: str | None = Field(None, description="Content hash of the rows (Parquet), None when empty.")
+    created_at: datetime
+    updated_at: datetime
+
+
+class ProjectInfo(Message):
+    """A project with its datasets and its current content hash (the manifest a version would record)."""
+
+    id: int
+    workspace_id: int
+    name: str
+    description: str
+    created_at: datetime
+    updated_at: datetime
+    restored_from_version: int | None = None
+    content_sha256: str
+    datasets: list[DatasetInfo] = []
+
+
+class Projects(Message):
+    projects: list[ProjectInfo]
+
+
+class CreateDataset(Command):
+    """A dataset in a project; `kind` decides what it holds (rows, images, other files)."""
+
+    project_id: int
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: DatasetKind = "tabular"
+
+
+class DatasetRef(Command):
+    """A dataset by id."""
+
+    dataset_id: int
+
+
+class Datasets(Message):
+    datasets: list[DatasetInfo]
+
+
+class PutDatasetRows(Command):
+    """Append to or replace a tabular dataset's rows with an Arrow IPC table staged in object storage (the
+    gateway stages the upload; the service reads it, stores it content-addressed and deletes the staged copy)."""
+
+    dataset_id: int
+    staged_key: str
+    mode: Literal["append", "replace"] = "append"
+
+
+class DatasetRows(Message):
+    """Where a dataset's rows are (read by the gateway from object storage, never shown to clients)."""
+
+    dataset_id: int
+    row_count: int
+    rows_sha256: str | None
+
+
+class AddDatasetFile(Command):
+    """Add (or replace, by name) a file of an `images` or `files` dataset, staged in object storage."""
+
+    dataset_id: int
+    name: str = Field(pattern=NAME_PATTERN)
+    staged_key: str
+    labels: dict[str, Any] | list[Any] | None = None
+
+
+class DatasetFileRef(Command):
+    """A file of a dataset, by name."""
+
+    dataset_id: int
+    name: str = Field(pattern=NAME_PATTERN)
+
+
+class DatasetFile(Message):
+    name: str
+    sha256: str
+    size: int
+    content_type: str
+    labels: dict[str, Any] | list[Any] | None = None
+    created_at: datetime
+
+
+class DatasetFiles(Message):
+    files: list[DatasetFile]
+
+
+# --- the workspace file space ----------------------------------------------------------------------------
+
+
+class PutWorkspaceFile(Command):
+    """Store a file at a path of the workspace's file space (folders are path prefixes), staged upload."""
+
+    workspace_id: int
+    path: str
+    staged_key: str
+
+
+class WorkspaceFileRef(Command):
+    workspace_id: int
+    path: str
+
+
+class ListWorkspaceFiles(Command):
+    """The files and sub-folders directly under a folder of the workspace's file space."""
+
+    workspace_id: int
+    folder: str = "/"
+
+
+class WorkspaceFile(Message):
+    path: str
+    sha256: str
+    size: int
+    created_at: datetime
+
+
+class WorkspaceFolder(Message):
+    folder: str
+    files: list[WorkspaceFile]
+    folders: list[str]
+
+
+class Deleted(Message):
+    """What a delete removed."""
+
+    deleted: int
+
+
+# --- project versions (seed 000 "data versioning") -------------------------------------------------------
+
+
+class CreateProjectVersion(Command):
+    """Save a project's state; when nothing changed since the last version, that version comes back."""
+
+    project_id: int
+    version_title: str | None = Field(None, max_length=200)
+    version_description: str | None = Field(None, max_length=2000)
+
+
+class ProjectVersionInfo(Message):
+    """An immutable project version: its manifest is verifiable by `manifest_sha256`."""
+
+    id: int
+    project_id: int
+    workspace_id: int
+    number: int
+    title: str | None
+    description: str | None
+    manifest_sha256: str
+    created_by: str
+    created_at: datetime
+    created: bool = Field(True, description="False when an identical existing version was returned.")
+
+
+class VersionFilter(Message):
+    """One filter of list_versions: `field operator value`."""
+
+    field: Literal["id", "number", "title", "description", "created_at", "created_by"]
+    operator: Literal["=", "!=", "<", "<=", ">", ">=", "in", "contains"] = "="
+    value: Any
+
+
+class ListProjectVersions(Command):
+    project_id: int
+    filters: list[VersionFilter] = []
+
+
+class ProjectVersions(Message):
+    versions: list[ProjectVersionInfo]
+
+
+class RestoreProjectVersion(Command):
+    """Recreate a project version as a new project (a manifest copy: objects are shared, never copied).
+    `skip_missed_entities`: leave out files whose objects are gone instead of failing."""
+
+    project_id: int
+    version_id: int | None = None
+    version_num: int | None = None
+    skip_missed_entities: bool = False
+    name: str | None = Field(None, pattern=NAME_PATTERN)
+
+    @model_validator(mode="after")
+    def _one_version(self) -> RestoreProjectVersion:
+        if (self.version_id is None) == (self.version_num is None):
+            raise ValueError("give exactly one of version_id or version_num")
+        return self
+
+
+class ProjectRestored(Message):
+    project: ProjectInfo
+    version_id: int
+    skipped: list[str] = Field([], description="Entities left out because their objects were missing.")
+
+
+class VersionRef(Command):
+    version_id: int
+
+
+class VersionVerification(Message):
+    """A version's manifest checked against its hash, and its objects against storage."""
+
+    version_id: int
+    manifest_sha256: str
+    computed_sha256: str
+    ok: bool
+    missing: list[str]
+
+
+# --- the workflow graph ----------------------------------------------------------------------------------
+
+
+class WorkflowSettings(Message):
+    """How a card looks (seed 000): every field optional."""
+
+    title: str | None = Field(None, max_length=200)
+    description: str | None = Field(None, max_length=1000)
+    icon: str | None = Field(None, description="A Material Design icon name, without the 'zmdi-' prefix.")
+    icon_color: str | None = Field(None, description="Hexadecimal color, e.g. #2196F3.")
+    icon_bg_color: str | None = Field(None, description="Hexadecimal color, e.g. #E3F2FD.")
+    url: str | None = Field(None, max_length=2000, description="Relative to the instance: starts with '/'.")
+    url_title: str | None = Field(None, max_length=200)
+
+    @field_validator("icon")
+    @classmethod
+    def _icon(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("zmdi-") or not ICON_NAME.match(value)):
+            raise ValueError("icon must be a Material Design icon name like 'folder' (no 'zmdi-' prefix)")
+        return value
+
+    @field_validator("icon_color", "icon_bg_color")
+    @classmethod
+    def _color(cls, value: str | None) -> str | None:
+        if value is not None and not HEX_COLOR.match(value):
+            raise ValueError("colors are hexadecimal: #RGB, #RRGGBB or #RRGGBBAA")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or value.startswith("//")):
+            raise ValueError("url must start with a single '/' (relative to the instance)")
+        return value
+
+
+class WorkflowMeta(Message):
+    """Customization of the two cards an input/output call touches: the relation (the data card) and the
+    main node (the task run). The last write to a main node wins."""
+
+    relation_settings: WorkflowSettings | None = None
+    node_settings: WorkflowSettings | None = None
+
+
+class WorkflowLink(Command):
+    """Base of the seed's add_input_* / add_output_* calls: the task run (`task_id`) and the card's meta.
+    `task_id` would default to the calling task run's scoped token; until task runs exist it is required."""
+
+    workspace_id: int
+    task_id: str | None = Field(None, pattern=TASK_ID)
+    meta: WorkflowMeta | None = None
+
+
+class ProjectLink(WorkflowLink):
+    """add_input_project / add_output_project: a project, or one of its versions (by id or number)."""
+
+    project_id: int
+    version_id: int | None = None
+    version_num: int | None = None
+
+
+class DatasetLink(WorkflowLink):
+    dataset_id: int
+
+
+class FileLink(WorkflowLink):
+    """A file of the workspace's file space; `model_weight` marks model weights."""
+
+    path: str
+    model_weight: bool = False
+
+
+class FolderLink(WorkflowLink):
+    path: str
+
+
+class TaskLink(WorkflowLink):
+    """Another task run as input (`input_task_id`) or output (`output_task_id`)."""
+
+    input_task_id: str | None = Field(None, pattern=TASK_ID)
+    output_task_id: str | None = Field(None, pattern=TASK_ID)
+
+
+class JobLink(WorkflowLink):
+    """A labeling job (an external reference)."""
+
+    id: str = Field(pattern=TASK_ID)
+    url: str | None = Field(None, description="Where the job is, relative to the instance.")
+
+
+class AppLink(WorkflowLink):
+    """add_output_app: the task's application with a GUI has an offline session holding its results."""
+
+
+class WorkflowNode(Message):
+    """A card of the graph: its kind, the id of what it stands for, and how it looks."""
+
+    id: int
+    kind: str
+    ref: str
+    title: str
+    settings: WorkflowSettings
+    data: dict[str, Any] = {}
+    created_at: datetime
+    updated_at: datetime
+
+
+class WorkflowEdge(Message):
+    """An arrow of the graph: `source` feeds `target`; `origin` tells event-made from explicit."""
+
+    id: int
+    source: int
+    target: int
+    relation: str
+    origin: Literal["event", "explicit"]
+    settings: WorkflowSettings
+
+
+class LinkAdded(Message):
+    """The two cards an input/output call connected and the edge between them."""
+
+    node: WorkflowNode
+    main_node: WorkflowNode
+    edge: WorkflowEdge
+
+
+class GetWorkflowGraph(Command):
+    """Ancestors and descendants of a card to a depth, or (without kind/ref) a workspace's whole graph."""
+
+    workspace_id: int
+    kind: str | None = None
+    ref: str | None = None
+    depth: int = Field(3, ge=0, le=20)
+    direction: Literal["both", "ancestors", "descendants"] = "both"
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> GetWorkflowGraph:
+        if (self.kind is None) != (self.ref is None):
+            raise ValueError("give both kind and ref (a card), or neither (the whole workspace)")
+        return self
+
+
+class WorkflowGraph(Message):
+    """Nodes and edges, drawable as they are; `root` is the card the query started from."""
+
+    root: int | None
+    nodes: list[WorkflowNode]
+    edges: list[WorkflowEdge]
+
+
+# --- events ----------------------------------------------------------------------------------------------
+
+
+class ProjectChanged(Event):
+    """events.project.changed: a project was created, restored, deleted, or its datasets' content changed."""
+
+    workspace_id: int
+    project_id: int
+    action: Literal["created", "restored", "deleted", "content_changed"]
+    content_sha256: str | None = None
+
+
+class ProjectVersionCreated(Event):
+    """events.project.version_created: a new (never a deduplicated) project version."""
+
+    workspace_id: int
+    project_id: int
+    version_id: int
+    number: int
+    manifest_sha256: str
+
+
+class WorkflowLinkAdded(Event):
+    """events.workflow.link_added: an input/output edge was added to the graph (explicitly or from an event)."""
+
+    workspace_id: int
+    source_kind: str
+    source_ref: str
+    target_kind: str
+    target_ref: str
+    relation: str
+    origin: Literal["event", "explicit"]

@@ -134,6 +134,8 @@ class ModelUploaded(Event):
     name: str
     framework: str
     status: str
+    sha256: str | None = Field(None, description="Railyard: sha256 of the uploaded bytes (the lineage graph links"
+                               " the workspace files holding the same bytes to this version).")
 
 
 class ModelVersionFinished(Event):

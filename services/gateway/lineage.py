@@ -1,0 +1,228 @@
+"""Lineage routes of the gateway: the JSON route table (forwarded as commands like every other JSON route) and
+the routes that carry bytes (dataset rows and files, the workspace file space).
+
+Uploads are staged in object storage (`staging/<uuid>`) and the workflow-lineage service is told the key: it
+checks the caller and the bytes, keeps them under their sha256 and deletes the staged copy. Downloads ask the
+service first (which checks the caller) and then stream the content-addressed object it names."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from typing import Any
+
+import pyarrow.parquet as pq
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import ValidationError
+
+from services.gateway import handlers
+from shared import subjects
+from shared.arrow_codec import from_ipc, records_json_to_table, table_to_records, to_ipc_file, to_ipc_stream
+from shared.authz import Principal
+from shared.errors import InvalidRequest, NotFound, RailyardError
+from shared.messages import lineage as lin
+from shared.objectstore import BUCKET_DATASETS, content_key
+from shared.service import Runtime
+
+ARROW_FILE = "application/vnd.apache.arrow.file"
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+PARQUET = "application/vnd.apache.parquet"
+
+_LINK_MODELS = {"project": lin.ProjectLink, "dataset": lin.DatasetLink, "file": lin.FileLink,
+                "folder": lin.FolderLink, "task": lin.TaskLink, "job": lin.JobLink, "app": lin.AppLink}
+
+# (path, subject, request model, reply model, summary[, unwrap]) rows for http.py's JSON route table
+JSON_ROUTE_SPECS: list[tuple[Any, ...]] = [
+    ("/projects/create", subjects.LINEAGE_PROJECTS_CREATE, lin.CreateProject, lin.ProjectInfo,
+     "Create a project (a container of datasets) in a workspace."),
+    ("/projects/list", subjects.LINEAGE_PROJECTS_LIST, lin.ListProjects, lin.Projects, "List a workspace's projects."),
+    ("/projects/get", subjects.LINEAGE_PROJECTS_GET, lin.ProjectRef, lin.ProjectInfo,
+     "Get a project with its datasets and content hash."),
+    ("/projects/delete", subjects.LINEAGE_PROJECTS_DELETE, lin.ProjectRef, lin.Deleted,
+     "Delete a project, its datasets and versions."),
+    ("/projects/create_version", subjects.LINEAGE_VERSIONS_CREATE, lin.CreateProjectVersion, lin.ProjectVersionInfo,
+     "Save a project version (unchanged since the last version: that version's id comes back)."),
+    ("/projects/list_versions", subjects.LINEAGE_VERSIONS_LIST, lin.ListProjectVersions, lin.ProjectVersions,
+     "List a project's versions, with filters."),
+    ("/projects/restore_version", subjects.LINEAGE_VERSIONS_RESTORE, lin.RestoreProjectVersion, lin.ProjectRestored,
+     "Recreate a version (by id or number) as a new project (manifest copy; skip_missed_entities)."),
+    ("/projects/verify_version", subjects.LINEAGE_VERSIONS_VERIFY, lin.VersionRef, lin.VersionVerification,
+     "Check a version's manifest against its hash and its objects against storage."),
+    ("/datasets/create", subjects.LINEAGE_DATASETS_CREATE, lin.CreateDataset, lin.DatasetInfo,
+     "Create a dataset (tabular, images or files) in a project."),
+    ("/datasets/list", subjects.LINEAGE_DATASETS_LIST, lin.ProjectRef, lin.Datasets, "List a project's datasets."),
+    ("/datasets/get", subjects.LINEAGE_DATASETS_GET, lin.DatasetRef, lin.DatasetInfo, "Get a dataset."),
+    ("/datasets/delete", subjects.LINEAGE_DATASETS_DELETE, lin.DatasetRef, lin.Deleted, "Delete a dataset."),
+    ("/datasets/list_files", subjects.LINEAGE_DATASETS_LIST_FILES, lin.DatasetRef, lin.DatasetFiles,
+     "List a dataset's files with their labels."),
+    ("/datasets/get_file_info", subjects.LINEAGE_DATASETS_GET_FILE, lin.DatasetFileRef, lin.DatasetFile,
+     "A dataset file's hash, size, type and labels."),
+    ("/datasets/delete_file", subjects.LINEAGE_DATASETS_DELETE_FILE, lin.DatasetFileRef, lin.Deleted,
+     "Delete a dataset's file."),
+    ("/files/list", subjects.LINEAGE_FILES_LIST, lin.ListWorkspaceFiles, lin.WorkspaceFolder,
+     "The files and folders under a folder of the workspace's file space."),
+    ("/files/get_info", subjects.LINEAGE_FILES_GET, lin.WorkspaceFileRef, lin.WorkspaceFile,
+     "A workspace file's hash and size."),
+    ("/files/delete", subjects.LINEAGE_FILES_DELETE, lin.WorkspaceFileRef, lin.Deleted, "Delete a workspace file."),
+    ("/workflow/graph", subjects.LINEAGE_WORKFLOW_GRAPH, lin.GetWorkflowGraph, lin.WorkflowGraph,
+     "A card's ancestors and descendants to a depth (nodes and edges), or a workspace's whole graph."),
+] + [
+    (f"/workflow/{subject.rsplit('.', 1)[-1]}", subject, _LINK_MODELS[subject.rsplit("_", 1)[-1]], lin.LinkAdded,
+     f"Seed {subject.rsplit('.', 1)[-1]}: connect a card to a task run.")
+    for subject in subjects.LINEAGE_WORKFLOW_LINKS
+]
+
+
+def add_lineage_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token) -> None:
+    """The byte-carrying lineage routes."""
+    timeout = runtime.settings.nats.request_timeout
+    upload_timeout = timeout + 60.0
+
+    async def stage(data: Any, length: int = -1) -> str:
+        key = f"staging/{uuid.uuid4()}"
+        if isinstance(data, bytes):
+            await runtime.objects.put_bytes(BUCKET_DATASETS, key, data)
+        else:
+            await runtime.objects.put_stream(BUCKET_DATASETS, key, data, length=length)
+        return key
+
+    async def forward_staged(request: Request, subject: str, build: Any, key: str) -> Any:
+        try:
+            command = build(key)
+        except ValidationError as exc:
+            await runtime.objects.delete(BUCKET_DATASETS, key)
+            from services.gateway.http import first_error
+            raise InvalidRequest(first_error(exc.errors(), "body")) from None
+        try:
+            return await handlers.forward(runtime.broker, subject, command, bearer_token(request), upload_timeout)
+        except RailyardError as exc:
+            if exc.code in ("upstream_timeout", "unavailable"):  # the service never saw it: clean up here
+                await runtime.objects.delete(BUCKET_DATASETS, key)
+            raise
+
+    async def multipart(request: Request) -> tuple[Any, dict[str, str]]:
+        form = await request.form(max_files=1, max_fields=10)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise InvalidRequest("the multipart body needs a 'file' part")
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        return upload, fields
+
+    @app.post("/v1/api/datasets/upload_rows", tags=["datasets"], response_model=lin.DatasetInfo)
+    async def upload_rows(request: Request, dataset_id: int, mode: str = "append",
+                          principal: Principal = Depends(user_caller)) -> Any:
+        """Append (`mode=append`, default) or replace (`mode=replace`) a tabular dataset's rows: the body is an
+        Arrow IPC file/stream or pandas-records JSON (`?dataset_id=...&mode=...`)."""
+        body = await request.body()
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind in (ARROW_FILE, ARROW_STREAM):
+            try:
+                from_ipc(body)
+            except Exception:
+                raise InvalidRequest("the body is not an Arrow IPC table") from None
+            data = body
+        elif kind in ("application/json", ""):
+            data = to_ipc_stream(records_json_to_table(body))
+        else:
+            raise InvalidRequest(f"unsupported Content-Type {kind!r}: send {ARROW_FILE!r} or application/json")
+        key = await stage(data)
+        return await forward_staged(request, subjects.LINEAGE_DATASETS_PUT_ROWS, lambda k: lin.PutDatasetRows(
+            dataset_id=dataset_id, staged_key=k, mode=mode), key)
+
+    @app.post("/v1/api/datasets/get_rows", tags=["datasets"])
+    async def get_rows(request: Request, principal: Principal = Depends(user_caller)) -> Any:
+        """A tabular dataset's rows ({"dataset_id": ...}): pandas-records JSON, or Arrow / Parquet by `Accept`
+        (application/vnd.apache.arrow.file, ...arrow.stream, application/vnd.apache.parquet)."""
+        body = await _json_body(request)
+        cmd = _validated(lin.DatasetRef, body)
+        located = lin.DatasetRows.model_validate(await handlers.forward(
+            runtime.broker, subjects.LINEAGE_DATASETS_ROWS, cmd, bearer_token(request), timeout))
+        accept = request.headers.get("accept", "").split(";")[0].strip().lower()
+        if located.rows_sha256 is None:
+            import pyarrow as pa
+            table = pa.table({})
+            raw = None
+        else:
+            raw = await runtime.objects.get_bytes(BUCKET_DATASETS, content_key(located.rows_sha256))
+            if accept == PARQUET:
+                return Response(raw, media_type=PARQUET)
+            table = pq.read_table(io.BytesIO(raw))
+        if accept == ARROW_FILE:
+            return Response(to_ipc_file(table), media_type=ARROW_FILE)
+        if accept == ARROW_STREAM:
+            return Response(to_ipc_stream(table), media_type=ARROW_STREAM)
+        if accept == PARQUET:
+            sink = io.BytesIO()
+            pq.write_table(table, sink)
+            return Response(sink.getvalue(), media_type=PARQUET)
+        return Response(json.dumps(table_to_records(table), default=str), media_type="application/json")
+
+    @app.post("/v1/api/datasets/upload_file", tags=["datasets"], response_model=lin.DatasetFile)
+    async def upload_file(request: Request, principal: Principal = Depends(user_caller)) -> Any:
+        """Add a file to an images/files dataset: multipart with `dataset_id`, `name` (default: the file's name),
+        optional `labels` (JSON) and the `file` part."""
+        upload, fields = await multipart(request)
+        labels = None
+        if fields.get("labels"):
+            try:
+                labels = json.loads(fields["labels"])
+            except ValueError:
+                raise InvalidRequest("labels must be JSON") from None
+        key = await stage(upload.file, upload.size if upload.size is not None else -1)
+        return await forward_staged(request, subjects.LINEAGE_DATASETS_ADD_FILE, lambda k: lin.AddDatasetFile(
+            dataset_id=fields.get("dataset_id"), name=fields.get("name") or upload.filename or "",
+            staged_key=k, labels=labels), key)
+
+    @app.post("/v1/api/datasets/download_file", tags=["datasets"])
+    async def download_file(request: Request, principal: Principal = Depends(user_caller)) -> Any:
+        """A dataset file's bytes ({"dataset_id": ..., "name": ...})."""
+        cmd = _validated(lin.DatasetFileRef, await _json_body(request))
+        info = lin.DatasetFile.model_validate(await handlers.forward(
+            runtime.broker, subjects.LINEAGE_DATASETS_GET_FILE, cmd, bearer_token(request), timeout))
+        return await _stream(runtime, info.sha256, info.content_type)
+
+    @app.post("/v1/api/files/upload", tags=["files"], response_model=lin.WorkspaceFile)
+    async def upload_workspace_file(request: Request, principal: Principal = Depends(user_caller)) -> Any:
+        """Store a file in the workspace's file space: multipart with `workspace_id`, `path` (e.g.
+        /models/best.onnx; folders are path prefixes) and the `file` part."""
+        upload, fields = await multipart(request)
+        key = await stage(upload.file, upload.size if upload.size is not None else -1)
+        return await forward_staged(request, subjects.LINEAGE_FILES_PUT, lambda k: lin.PutWorkspaceFile(
+            workspace_id=fields.get("workspace_id"), path=fields.get("path") or "", staged_key=k), key)
+
+    @app.post("/v1/api/files/download", tags=["files"])
+    async def download_workspace_file(request: Request, principal: Principal = Depends(user_caller)) -> Any:
+        """A workspace file's bytes ({"workspace_id": ..., "path": ...})."""
+        cmd = _validated(lin.WorkspaceFileRef, await _json_body(request))
+        info = lin.WorkspaceFile.model_validate(await handlers.forward(
+            runtime.broker, subjects.LINEAGE_FILES_GET, cmd, bearer_token(request), timeout))
+        return await _stream(runtime, info.sha256, "application/octet-stream")
+
+
+async def _stream(runtime: Runtime, sha256: str, media_type: str) -> StreamingResponse:
+    key = content_key(sha256)
+    if not await runtime.objects.exists(BUCKET_DATASETS, key):
+        raise NotFound("the file's content is missing from storage")
+    return StreamingResponse(runtime.objects.get_stream(BUCKET_DATASETS, key), media_type=media_type)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return body
+
+
+def _validated(model: Any, body: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        raise InvalidRequest(f"{where}: {first.get('msg', 'invalid')}") from None

@@ -1,0 +1,254 @@
+"""The workflow graph: cards (nodes) and arrows (edges), drawn from domain events and from the seed's explicit
+input/output calls, and read back as ancestors/descendants of a card.
+
+Cards are keyed by (workspace, kind, ref), so an event that arrives before the card it points at makes a
+placeholder that the later event fills in: the order events arrive in does not matter.
+
+Events drawn (the contract other services keep; docs/lineage.md):
+- `events.model.uploaded` → a `model_version` card; with `sha256`, an arrow from every workspace file with the
+  same bytes (a task run's model-weight output uploaded as a model).
+- `events.pipeline.version_created` → a `pipeline_version` card; with `models` ([{name, version}]), arrows from
+  those model versions (the named version, or the newest version of that name).
+- `events.pipeline.deployed` → a `deployment` card, arrow from its pipeline version.
+- `events.assay.created` → an `assay` card, arrow from the pipeline's newest deployment (or pipeline version).
+- `events.task_run.*` → a `task_run` card (ref `run_id`, data `task_id`, `status`), an arrow from its
+  `orchestration` (`orch_id`), and arrows from its optional `inputs` and to its optional `outputs` ([{kind, ref}]).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from services.workflow_lineage import store
+from shared import subjects
+from shared.errors import InvalidRequest, NotFound
+from shared.messages.lineage import (
+    LinkAdded,
+    WorkflowEdge,
+    WorkflowGraph,
+    WorkflowLink,
+    WorkflowNode,
+    WorkflowSettings,
+)
+
+log = logging.getLogger("railyard.workflow_lineage")
+
+KINDS = ("project", "project_version", "dataset", "file", "folder", "task_run", "labeling_job", "app_session",
+         "model_version", "pipeline_version", "deployment", "assay", "orchestration")
+MAX_NODES = 2000
+DEFAULT_LOOK = {
+    "project": {"icon": "collection-image", "url_of": "/projects/{ref}"},
+    "project_version": {"icon": "time-restore", "url_of": None},
+    "dataset": {"icon": "collection-item", "url_of": "/datasets/{ref}"},
+    "file": {"icon": "file", "url_of": None},
+    "folder": {"icon": "folder", "url_of": None},
+    "task_run": {"icon": "play-circle", "url_of": "/tasks/runs/{ref}"},
+    "labeling_job": {"icon": "labels", "url_of": None},
+    "app_session": {"icon": "apps", "url_of": "/apps/sessions/{ref}"},
+    "model_version": {"icon": "memory", "url_of": None},
+    "pipeline_version": {"icon": "device-hub", "url_of": None},
+    "deployment": {"icon": "cloud-upload", "url_of": None},
+    "assay": {"icon": "chart", "url_of": None},
+}
+
+
+def _jsonb(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def node_model(row: Any) -> WorkflowNode:
+    settings = _jsonb(row["settings"]) or {}
+    look = DEFAULT_LOOK.get(row["kind"], {})
+    defaults = {"title": row["title"], "icon": look.get("icon")}
+    if look.get("url_of"):
+        defaults["url"] = look["url_of"].format(ref=row["ref"])
+    merged = {**{k: v for k, v in defaults.items() if v is not None}, **settings}
+    return WorkflowNode(id=row["id"], kind=row["kind"], ref=row["ref"], title=merged.get("title") or row["title"],
+                        settings=WorkflowSettings(**merged), data=_jsonb(row["data"]) or {},
+                        created_at=row["created_at"], updated_at=row["updated_at"])
+
+
+def edge_model(row: Any) -> WorkflowEdge:
+    return WorkflowEdge(id=row["id"], source=row["source"], target=row["target"], relation=row["relation"],
+                        origin=row["origin"], settings=WorkflowSettings(**(_jsonb(row["settings"]) or {})))
+
+
+def _settings(settings: WorkflowSettings | None) -> dict[str, Any] | None:
+    return settings.model_dump(exclude_none=True) if settings else None
+
+
+# --- cards the service's own operations draw -------------------------------------------------------------
+
+
+async def project_node(conn: Any, project: Any) -> Any:
+    return await store.upsert_node(conn, project["workspace_id"], "project", str(project["id"]), project["name"],
+                                   data={"project_id": project["id"]})
+
+
+async def version_node(conn: Any, project: Any, version: Any) -> Any:
+    """A version card with an arrow from its project."""
+    source = await project_node(conn, project)
+    title = f"{project['name']} v{version['number']}" + (f": {version['title']}" if version["title"] else "")
+    card = await store.upsert_node(conn, project["workspace_id"], "project_version", str(version["id"]), title,
+                                   data={"project_id": project["id"], "number": version["number"],
+                                         "manifest_sha256": version["manifest_sha256"]})
+    await store.add_edge(conn, project["workspace_id"], source["id"], card["id"], "version", "event")
+    return card
+
+
+async def restored_node(conn: Any, version: Any, project: Any) -> Any:
+    """A restored project's card with an arrow from the version it was restored from."""
+    source = await store.upsert_node(conn, version["workspace_id"], "project_version", str(version["id"]))
+    card = await project_node(conn, project)
+    await store.add_edge(conn, version["workspace_id"], source["id"], card["id"], "restored_as", "event")
+    return card
+
+
+# --- cards drawn from domain events ----------------------------------------------------------------------
+
+
+async def apply_event(conn: Any, subject: str, payload: dict[str, Any]) -> None:
+    """Draw what a domain event tells on the graph (unknown subjects and incomplete payloads draw nothing)."""
+    try:
+        if subject == subjects.EVENT_MODEL_UPLOADED:
+            await _model_uploaded(conn, payload)
+        elif subject == subjects.EVENT_MODEL_VERSION_FINISHED:
+            await store.upsert_node(conn, int(payload["workspace_id"]), "model_version",
+                                    str(payload["model_version"]), data={"status": payload["status"]})
+        elif subject == subjects.EVENT_PIPELINE_VERSION_CREATED:
+            await _pipeline_version_created(conn, payload)
+        elif subject == subjects.EVENT_PIPELINE_DEPLOYED:
+            await _pipeline_deployed(conn, payload)
+        elif subject == subjects.EVENT_PIPELINE_UNDEPLOYED:
+            await store.upsert_node(conn, int(payload["workspace_id"]), "deployment", str(payload["deployment_id"]),
+                                    data={"active": False})
+        elif subject == subjects.EVENT_ASSAY_CREATED:
+            await _assay_created(conn, payload)
+        elif subject.startswith(subjects.EVENT_TASK_RUN_PREFIX):
+            await _task_run(conn, subject, payload)
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("event on %s lacks what the graph needs (%s): drawn nothing", subject, exc)
+
+
+async def _model_uploaded(conn: Any, event: dict[str, Any]) -> None:
+    workspace_id = int(event["workspace_id"])
+    card = await store.upsert_node(conn, workspace_id, "model_version", str(event["model_version"]),
+                                   f"{event['name']} ({event.get('framework', '?')})",
+                                   data={"model_id": event["model_id"], "name": event["name"],
+                                         "framework": event.get("framework"), "status": event.get("status"),
+                                         "sha256": event.get("sha256")})
+    if event.get("sha256"):
+        for row in await store.workspace_files_with_sha(conn, workspace_id, event["sha256"]):
+            source = await store.upsert_node(conn, workspace_id, "file", row["path"], row["path"].rsplit("/", 1)[-1])
+            await store.add_edge(conn, workspace_id, source["id"], card["id"], "uploaded_as", "event")
+
+
+async def _pipeline_version_created(conn: Any, event: dict[str, Any]) -> None:
+    workspace_id = int(event["workspace_id"])
+    card = await store.upsert_node(conn, workspace_id, "pipeline_version", str(event["pipeline_version"]),
+                                   event["name"], data={"pipeline_id": event["pipeline_id"], "name": event["name"]})
+    for model in event.get("models") or []:
+        if model.get("version"):
+            source = await store.upsert_node(conn, workspace_id, "model_version", str(model["version"]))
+        else:
+            source = await store.latest_node_where(conn, workspace_id, "model_version", "name", model["name"])
+        if source is not None:
+            await store.add_edge(conn, workspace_id, source["id"], card["id"], "used_by", "event")
+
+
+async def _pipeline_deployed(conn: Any, event: dict[str, Any]) -> None:
+    workspace_id = int(event["workspace_id"])
+    source = await store.upsert_node(conn, workspace_id, "pipeline_version", str(event["pipeline_version"]),
+                                     data={"pipeline_id": event["pipeline_id"], "name": event["name"]})
+    card = await store.upsert_node(conn, workspace_id, "deployment", str(event["deployment_id"]),
+                                   f"{event['name']} deployment",
+                                   data={"pipeline_id": event["pipeline_id"], "active": True})
+    await store.add_edge(conn, workspace_id, source["id"], card["id"], "deployed_as", "event")
+
+
+async def _assay_created(conn: Any, event: dict[str, Any]) -> None:
+    workspace_id = int(event["workspace_id"])
+    card = await store.upsert_node(conn, workspace_id, "assay", str(event["assay_id"]), event["name"],
+                                   data={"pipeline_id": event["pipeline_id"], "iopath": event.get("iopath")})
+    pipeline = str(event["pipeline_id"])
+    source = (await store.latest_node_where(conn, workspace_id, "deployment", "pipeline_id", pipeline)
+              or await store.latest_node_where(conn, workspace_id, "pipeline_version", "pipeline_id", pipeline))
+    if source is not None:
+        await store.add_edge(conn, workspace_id, source["id"], card["id"], "monitored_by", "event")
+
+
+async def _task_run(conn: Any, subject: str, event: dict[str, Any]) -> None:
+    workspace_id = int(event["workspace_id"])
+    data = {"task_id": event.get("task_id"), "status": event.get("status") or subject.rsplit(".", 1)[-1]}
+    card = await store.upsert_node(conn, workspace_id, "task_run", str(event["run_id"]), event.get("name"),
+                                   data={k: v for k, v in data.items() if v is not None})
+    if event.get("orch_id"):
+        orchestration = await store.upsert_node(conn, workspace_id, "orchestration", str(event["orch_id"]),
+                                                data={"sha": event.get("orch_sha")})
+        await store.add_edge(conn, workspace_id, orchestration["id"], card["id"], "ran", "event")
+    for direction in ("inputs", "outputs"):
+        for item in event.get(direction) or []:
+            if item.get("kind") not in KINDS:
+                continue
+            other = await store.upsert_node(conn, workspace_id, item["kind"], str(item["ref"]))
+            source, target = (other, card) if direction == "inputs" else (card, other)
+            await store.add_edge(conn, workspace_id, source["id"], target["id"], direction[:-1], "event")
+
+
+# --- the seed's explicit input/output calls --------------------------------------------------------------
+
+
+async def link(conn: Any, direction: str, card: str, cmd: WorkflowLink, target: tuple[str, str, str | None,
+               dict[str, Any]], customizable: bool = True) -> LinkAdded:
+    """Connect a data card to the task run (`task_id`): input arrows point at the task run, output arrows
+    from it. The relation settings style the data card (not a project's, which the seed keeps as it is); the
+    node settings replace the task run card's (the last write wins, as the seed warns)."""
+    if cmd.task_id is None:
+        raise InvalidRequest("task_id is required: it defaults to the calling task run only with a task run's"
+                             " scoped token")
+    kind, ref, title, data = target
+    meta = cmd.meta
+    main = await store.upsert_node(conn, cmd.workspace_id, "task_run", cmd.task_id, None)
+    if meta is not None and meta.node_settings is not None:
+        main = await store.replace_settings(conn, main["id"], _settings(meta.node_settings) or {})
+    relation_settings = _settings(meta.relation_settings) if meta is not None and customizable else None
+    other = await store.upsert_node(conn, cmd.workspace_id, kind, ref, title, relation_settings, data)
+    source, dest = (other, main) if direction == "input" else (main, other)
+    edge = await store.add_edge(conn, cmd.workspace_id, source["id"], dest["id"], direction, "explicit")
+    return LinkAdded(node=node_model(other), main_node=node_model(main), edge=edge_model(edge))
+
+
+# --- the graph query -------------------------------------------------------------------------------------
+
+
+async def query(conn: Any, workspace_id: int, kind: str | None, ref: str | None, depth: int,
+                direction: str) -> WorkflowGraph:
+    """A card's ancestors and/or descendants to `depth` arrows away (or the whole workspace graph)."""
+    if kind is None:
+        nodes, edges = await store.workspace_graph(conn, workspace_id, MAX_NODES)
+        ids = {n["id"] for n in nodes}
+        return WorkflowGraph(root=None, nodes=[node_model(n) for n in nodes],
+                             edges=[edge_model(e) for e in edges if e["source"] in ids and e["target"] in ids])
+    root = await store.node(conn, workspace_id, kind, ref)
+    if root is None:
+        raise NotFound(f"no {kind} card {ref!r} in workspace {workspace_id}")
+    seen = {root["id"]}
+    edges: dict[int, Any] = {}
+    for way in (("ancestors", "descendants") if direction == "both" else (direction,)):
+        frontier = {root["id"]}
+        for _ in range(depth):
+            if not frontier or len(seen) >= MAX_NODES:
+                break
+            found = await store.edges_touching(conn, list(frontier), way)
+            frontier = set()
+            for edge in found:
+                edges[edge["id"]] = edge
+                other = edge["source"] if way == "ancestors" else edge["target"]
+                if other not in seen:
+                    seen.add(other)
+                    frontier.add(other)
+    nodes = await store.nodes_by_id(conn, sorted(seen))
+    return WorkflowGraph(root=root["id"], nodes=[node_model(n) for n in nodes],
+                         edges=[edge_model(e) for e in sorted(edges.values(), key=lambda e: e["id"])])

@@ -1,0 +1,98 @@
+"""The seed's explicit input/output calls and the graph query, with the workspace rules: every card an explicit
+call names must be in the caller's workspace (anything else does not exist), and the graph answers members of
+the workspace only."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Any
+
+from services.workflow_lineage import graph, store
+from services.workflow_lineage.handlers import Deps, file_path, folder_path
+from shared import subjects
+from shared.authz import Principal, require_member, require_user
+from shared.errors import InvalidRequest, NotFound
+from shared.messages import lineage as m
+
+MODELS: dict[str, type[m.WorkflowLink]] = {"project": m.ProjectLink, "dataset": m.DatasetLink, "file": m.FileLink,
+                                           "folder": m.FolderLink, "task": m.TaskLink, "job": m.JobLink,
+                                           "app": m.AppLink}
+
+
+async def _target(conn: Any, direction: str, card: str, cmd: Any) -> tuple[tuple[str, str, str | None, dict], bool]:
+    """The data card a call names, checked to be in the call's workspace; and whether it may be customized."""
+    workspace_id = cmd.workspace_id
+    if card == "project":
+        project = await store.project(conn, cmd.project_id)
+        if project is None or project["workspace_id"] != workspace_id:
+            raise NotFound(f"project {cmd.project_id} not found")
+        if cmd.version_id is None and cmd.version_num is None:
+            await graph.project_node(conn, project)
+            return ("project", str(project["id"]), project["name"], {"project_id": project["id"]}), False
+        version = (await store.version(conn, cmd.version_id) if cmd.version_id is not None
+                   else await store.version_by_number(conn, cmd.project_id, cmd.version_num))
+        if version is None or version["project_id"] != project["id"]:
+            raise NotFound(f"project {cmd.project_id} has no such version")
+        card_row = await graph.version_node(conn, project, version)
+        return ("project_version", card_row["ref"], None, {}), False
+    if card == "dataset":
+        dataset = await store.dataset(conn, cmd.dataset_id)
+        if dataset is None or dataset["workspace_id"] != workspace_id:
+            raise NotFound(f"dataset {cmd.dataset_id} not found")
+        return ("dataset", str(dataset["id"]), dataset["name"],
+                {"project_id": dataset["project_id"], "kind": dataset["kind"]}), True
+    if card == "file":
+        path = file_path(cmd.path)
+        found = await store.workspace_file(conn, workspace_id, path)
+        if found is None:
+            raise NotFound(f"no file {path!r} in workspace {workspace_id}")
+        return ("file", path, PurePosixPath(path).name,
+                {"model_weight": cmd.model_weight, "sha256": found["sha256"], "size": found["size"]}), True
+    if card == "folder":
+        folder = folder_path(cmd.path)
+        if folder != "/" and not await store.workspace_files_under(conn, workspace_id, folder):
+            raise NotFound(f"no folder {folder!r} in workspace {workspace_id}")
+        return ("folder", folder, folder, {}), True
+    if card == "task":
+        other = cmd.input_task_id if direction == "input" else cmd.output_task_id
+        if other is None:
+            raise InvalidRequest(f"{direction}_task_id is required")
+        return ("task_run", other, None, {}), True
+    if card == "job":
+        if cmd.url is not None and not cmd.url.startswith("/"):
+            raise InvalidRequest("url must start with '/' (relative to the instance)")
+        return ("labeling_job", cmd.id, f"Labeling job {cmd.id}", {"url": cmd.url} if cmd.url else {}), True
+    if card == "app":
+        if cmd.task_id is None:
+            raise InvalidRequest("task_id is required")
+        return ("app_session", cmd.task_id, f"App session {cmd.task_id}", {}), True
+    raise InvalidRequest(f"unknown card {card!r}")
+
+
+async def add(deps: Deps, principal: Principal, token: str | None, direction: str, card: str,
+              cmd: m.WorkflowLink) -> m.LinkAdded:
+    """Seed add_<direction>_<card>: connect a card to the task run `task_id`."""
+    require_user(principal)
+    await require_member(deps.membership(token), principal, cmd.workspace_id)
+    if cmd.task_id is None:
+        raise InvalidRequest("task_id is required: it defaults to the calling task run only with a task run's"
+                             " scoped token")
+    async with deps.pool.acquire() as conn, conn.transaction():
+        target, customizable = await _target(conn, direction, card, cmd)
+        added = await graph.link(conn, direction, card, cmd, target, customizable)
+    source, dest = (added.node, added.main_node) if direction == "input" else (added.main_node, added.node)
+    await deps.publish(subjects.EVENT_WORKFLOW_LINK_ADDED, m.WorkflowLinkAdded(
+        workspace_id=cmd.workspace_id, source_kind=source.kind, source_ref=source.ref, target_kind=dest.kind,
+        target_ref=dest.ref, relation=direction, origin="explicit"))
+    return added
+
+
+async def graph_query(deps: Deps, principal: Principal, token: str | None, cmd: m.GetWorkflowGraph) -> m.WorkflowGraph:
+    require_user(principal)
+    await require_member(deps.membership(token), principal, cmd.workspace_id)
+    if cmd.kind is not None and cmd.kind not in graph.KINDS:
+        raise InvalidRequest(f"kind must be one of {', '.join(graph.KINDS)}")
+    async with deps.pool.acquire() as conn:
+        return await graph.query(conn, cmd.workspace_id, cmd.kind, cmd.ref, cmd.depth, cmd.direction)
+
+

@@ -1,0 +1,118 @@
+"""Pure parts of the workflow-lineage service: the manifest and its hash, paths of the workspace file space,
+version filters, and the seed's WorkflowSettings / WorkflowMeta checks."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from services.workflow_lineage import manifest
+from services.workflow_lineage.handlers import _matches, file_path, folder_path
+from shared.errors import InvalidRequest
+from shared.messages.lineage import (
+    GetWorkflowGraph,
+    RestoreProjectVersion,
+    VersionFilter,
+    WorkflowMeta,
+    WorkflowSettings,
+)
+
+DATASETS = [
+    {"name": "train", "kind": "images", "rows_sha256": None, "row_count": 0,
+     "files": [{"name": "b.png", "sha256": "bb", "size": 2, "content_type": "image/png", "labels": {"y": 1}},
+               {"name": "a.png", "sha256": "aa", "size": 1, "content_type": "image/png", "labels": None}]},
+    {"name": "meta", "kind": "tabular", "rows_sha256": "cc", "row_count": 3, "files": []},
+]
+
+
+def test_manifest_is_order_independent_and_hashes_its_canonical_text():
+    one = manifest.build(DATASETS)
+    two = manifest.build([DATASETS[1], {**DATASETS[0], "files": list(reversed(DATASETS[0]["files"]))}])
+    assert manifest.canonical(one) == manifest.canonical(two)
+    assert manifest.digest(one) == hashlib.sha256(manifest.canonical(one).encode()).hexdigest()
+    assert [d["name"] for d in one["datasets"]] == ["meta", "train"]
+
+
+def test_manifest_changes_with_content_labels_and_rows():
+    base = manifest.digest(manifest.build(DATASETS))
+    relabeled = [{**DATASETS[0], "files": [{**DATASETS[0]["files"][0], "labels": {"y": 2}}, DATASETS[0]["files"][1]]},
+                 DATASETS[1]]
+    assert manifest.digest(manifest.build(relabeled)) != base
+    more_rows = [DATASETS[0], {**DATASETS[1], "rows_sha256": "dd", "row_count": 4}]
+    assert manifest.digest(manifest.build(more_rows)) != base
+
+
+def test_manifest_objects_and_skipping_missing_entities():
+    built = manifest.build(DATASETS)
+    assert manifest.objects(built) == [("meta#rows", "cc"), ("train/a.png", "aa"), ("train/b.png", "bb")]
+    trimmed = manifest.without(built, {"train/a.png", "meta#rows"})
+    assert manifest.objects(trimmed) == [("train/b.png", "bb")]
+    assert trimmed["datasets"][0]["rows"] is None
+
+
+@pytest.mark.parametrize("path", ["/models/best.onnx", "/a", "/a/b/c.txt"])
+def test_file_paths_accepted(path):
+    assert file_path(path) == path
+
+
+@pytest.mark.parametrize("path", ["models/x", "/a/", "/a//b", "/a/../b", "/./a", "", "/a\x00b"])
+def test_file_paths_refused(path):
+    with pytest.raises(InvalidRequest):
+        file_path(path)
+
+
+def test_folder_paths():
+    assert folder_path("/") == "/"
+    assert folder_path("") == "/"
+    assert folder_path("/models") == "/models/"
+    assert folder_path("/models/") == "/models/"
+    with pytest.raises(InvalidRequest):
+        folder_path("/models/../x")
+
+
+ROW = {"id": 7, "number": 3, "title": "After labeling", "description": None,
+       "created_at": datetime(2026, 1, 2, tzinfo=UTC), "created_by": "u1"}
+
+
+@pytest.mark.parametrize(("field", "operator", "value", "expected"), [
+    ("number", "=", 3, True), ("number", ">", 3, False), ("number", ">=", 3, True), ("number", "in", [1, 3], True),
+    ("title", "contains", "label", True), ("title", "!=", "x", True), ("description", "contains", "x", False),
+    ("created_at", "<", "2026-01-03T00:00:00Z", True), ("created_at", ">", "2026-01-03T00:00:00+00:00", False),
+])
+def test_version_filters(field, operator, value, expected):
+    assert _matches(ROW, VersionFilter(field=field, operator=operator, value=value)) is expected
+
+
+def test_version_filters_refuse_bad_values():
+    with pytest.raises(InvalidRequest):
+        _matches(ROW, VersionFilter(field="number", operator="in", value=3))
+    with pytest.raises(InvalidRequest):
+        _matches(ROW, VersionFilter(field="created_at", operator="<", value="yesterday"))
+    with pytest.raises(InvalidRequest):
+        _matches(ROW, VersionFilter(field="number", operator="<", value="three"))
+
+
+def test_workflow_settings_follow_the_seed():
+    ok = WorkflowSettings(title="Train", icon="memory", icon_color="#2196F3", icon_bg_color="#fff",
+                          url="/projects/1", url_title="open")
+    assert ok.url == "/projects/1"
+    for bad in ({"url": "https://x.example/"}, {"url": "//evil.example/x"}, {"icon": "zmdi-memory"},
+                {"icon": "Memory Card"}, {"icon_color": "blue"}, {"icon_bg_color": "#12345"}, {"tilte": "typo"}):
+        with pytest.raises(ValidationError):
+            WorkflowSettings(**bad)
+    meta = WorkflowMeta(relation_settings={"title": "in"}, node_settings={"title": "main"})
+    assert meta.node_settings.title == "main"
+
+
+def test_commands_refuse_ambiguous_requests():
+    with pytest.raises(ValidationError):
+        RestoreProjectVersion(project_id=1)
+    with pytest.raises(ValidationError):
+        RestoreProjectVersion(project_id=1, version_id=1, version_num=1)
+    with pytest.raises(ValidationError):
+        GetWorkflowGraph(workspace_id=1, kind="project")
+    with pytest.raises(ValidationError):
+        GetWorkflowGraph(workspace_id=1, kind="project", ref="1", depth=99)
