@@ -90,6 +90,8 @@ LOG_STORE_QUERY = "log_store.logs.query"  # raw: JSON GetLogs in, Arrow IPC stre
 LOG_STORE_READ_FIELD = "log_store.logs.field"  # raw: JSON ReadLogField in, Arrow IPC stream (column `value`) out
 LOG_STORE_SET_RETENTION = "log_store.retention.set"
 LOG_STORE_MAINTENANCE = "log_store.maintenance.run"
+LOG_STORE_QUARANTINE_LIST = "log_store.quarantine.list"
+EVENT_LOGS_BATCH_QUARANTINED = "events.logs.batch_quarantined"
 
 # assay_runner
 ASSAYS_CREATE = "assay_runner.assays.create"

@@ -10,15 +10,17 @@ from typing import Any
 import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
+from pydantic import ValidationError
 
 from services.gateway.inference import ARROW_FILE, ARROW_STREAM
 from shared import subjects
 from shared.arrow_codec import from_ipc, to_ipc_file, to_ipc_stream
 from shared.authz import Principal
-from shared.bus import raw_request
+from shared.bus import _validation_message, raw_request
+from shared.bus import request as bus_request
 from shared.errors import InvalidRequest
 from shared.logrecords import seed_rows
-from shared.messages.logs import LogPage
+from shared.messages.logs import ListQuarantinedLogs, LogPage, QuarantinedLogs
 from shared.service import Runtime
 
 QUERY_TIMEOUT = 30.0
@@ -55,3 +57,16 @@ def add_log_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token) ->
             return Response(to_ipc_stream(table), media_type=ARROW_STREAM, headers=out_headers)
         return Response(orjson.dumps(seed_rows(table), option=orjson.OPT_SERIALIZE_NUMPY),
                         media_type="application/json", headers=out_headers)
+
+    @app.post("/v1/api/pipelines/list_quarantined_logs", tags=["pipelines"])
+    async def list_quarantined_logs(request: Request, principal: Principal = Depends(user_caller)) -> Any:
+        """Inference log batches the log store could not store and set aside, newest first (administrators;
+        Railyard): workspace_id (optional), limit (default 100), before_id (the next page)."""
+        raw = await request.body()
+        try:
+            cmd = ListQuarantinedLogs.model_validate_json(raw if raw.strip() else b"{}")
+        except ValidationError as exc:
+            raise InvalidRequest(_validation_message(exc)) from None
+        listed = await bus_request(runtime.broker, subjects.LOG_STORE_QUARANTINE_LIST, cmd,
+                                   token=bearer_token(request), timeout=QUERY_TIMEOUT, reply_model=QuarantinedLogs)
+        return Response(listed.model_dump_json(), media_type="application/json")

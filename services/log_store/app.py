@@ -20,14 +20,17 @@ from services.log_store.segments import SegmentReader
 from shared import subjects
 from shared.arrow_codec import to_ipc_stream
 from shared.authz import Principal, bus_membership, bus_verifier
-from shared.bus import CallContext, _validation_message, command, error_headers, request
+from shared.bus import CallContext, _validation_message, command, error_headers, publish_event, request
 from shared.errors import InvalidRequest, RailyardError
 from shared.messages.deployer import ListPipelines, Pipelines
 from shared.messages.logs import (
     GetLogs,
+    ListQuarantinedLogs,
+    LogBatchQuarantined,
     LogField,
     LogMaintenanceReport,
     LogRetention,
+    QuarantinedLogs,
     ReadLogField,
     RunLogMaintenance,
     SetLogRetention,
@@ -55,6 +58,11 @@ def build_router(runtime: Runtime) -> NatsRouter:
     async def set_retention(cmd: SetLogRetention, ctx: CallContext) -> LogRetention:
         """Keep a pipeline's logs a number of days (members of its workspace)."""
         return await handlers.set_retention(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.LOG_STORE_QUARANTINE_LIST, service=NAME)
+    async def list_quarantined(cmd: ListQuarantinedLogs, ctx: CallContext) -> QuarantinedLogs:
+        """Inference log batches set aside because they could not be stored (administrators)."""
+        return await handlers.list_quarantined(deps(), await caller(ctx), cmd)
 
     @command(router, subjects.LOG_STORE_MAINTENANCE, service=NAME)
     async def run_maintenance(cmd: RunLogMaintenance, ctx: CallContext) -> LogMaintenanceReport:
@@ -111,7 +119,10 @@ async def start(runtime: Runtime) -> None:
     # ingestion has its own connection: its large fetches never hold up commands and queries
     ingest_nc = await nats.connect(settings.nats.url, name="railyard-log_store-ingest", max_reconnect_attempts=-1,
                                    reconnect_time_wait=0.5)
-    ingestor = handlers.Ingestor(deps, ingest_nc.jetstream())
+    async def quarantined(event: LogBatchQuarantined) -> None:
+        await publish_event(broker, subjects.EVENT_LOGS_BATCH_QUARANTINED, event)
+
+    ingestor = handlers.Ingestor(deps, ingest_nc.jetstream(), on_quarantine=quarantined)
     await ingestor.start()
 
     async def query(msg: Any, token: str | None) -> tuple[bytes, dict[str, str]]:

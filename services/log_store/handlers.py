@@ -34,9 +34,9 @@ import pyarrow.compute as pc
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.log_store import pages, store
-from services.log_store.segments import POS, SegmentReader, empty_page, encode_segment
+from services.log_store.segments import POS, SegmentReader, drop_unwritable, empty_page, encode_segment
 from shared import subjects
-from shared.authz import MembershipLookup, Principal, require_member
+from shared.authz import MembershipLookup, Principal, require_admin, require_member
 from shared.errors import InvalidRequest, NotFound
 from shared.logrecords import (
     BATCH_ID,
@@ -52,9 +52,13 @@ from shared.logrecords import (
 )
 from shared.messages.logs import (
     GetLogs,
+    ListQuarantinedLogs,
+    LogBatchQuarantined,
     LogMaintenanceReport,
     LogPage,
     LogRetention,
+    QuarantinedLog,
+    QuarantinedLogs,
     ReadLogField,
     SetLogRetention,
 )
@@ -63,6 +67,8 @@ from shared.settings import LogSettings
 
 log = logging.getLogger("railyard.log_store")
 ORPHAN_AGE = 3600.0
+MAX_ATTEMPTS = 3  # tries of one flush before its messages are stored one by one, then quarantined
+QUARANTINE_PREFIX = "quarantine/"
 FETCH_BYTES = 8 * 1024 * 1024
 
 
@@ -85,20 +91,34 @@ class Deps:
     pipeline_exists: Callable[[str | None, int, str], Awaitable[bool]]
 
 
-def parse_batch(msg: Any) -> Batch | None:
-    """A stream message as a batch, or None (logged) when it cannot be one."""
+class Unreadable(Exception):
+    """A stream message that is not an inference log batch (quarantined with this reason)."""
+
+
+def message_batch_id(msg: Any) -> str:
+    headers = msg.headers or {}
+    return headers.get(BATCH_ID) or headers.get(MSG_ID) or f"seq-{msg.metadata.sequence.stream}"
+
+
+def parse_batch(msg: Any, probe: bool = False) -> Batch:
+    """A stream message as a batch; input/output columns Parquet cannot store are dropped and listed in
+    `metadata.dropped` (with `probe`, any such column that fails to encode alone). Unreadable when it is not
+    a batch at all."""
     headers = msg.headers or {}
     try:
         meta = json.loads(headers[LOG_HEADER])
         table = storage_order(pa.ipc.open_stream(pa.py_buffer(msg.data)).read_all())
         if TIME not in table.column_names or table.num_rows == 0:
             raise ValueError("no rows or no time column")
-        batch_id = headers.get(BATCH_ID) or headers.get(MSG_ID) or f"seq-{msg.metadata.sequence.stream}"
-        return Batch(msg, batch_id, int(meta["workspace_id"]),
-                     str(meta["pipeline"]), table)
+        if not pa.types.is_integer(table.schema.field(TIME).type):
+            raise ValueError(f"time is {table.schema.field(TIME).type}, not milliseconds as an integer")
+        table, dropped = drop_unwritable(table, probe)
+        if dropped:
+            log.warning("%s: columns Parquet cannot store were dropped from %d rows: %s", msg.subject,
+                        table.num_rows, ", ".join(dropped))
+        return Batch(msg, message_batch_id(msg), int(meta["workspace_id"]), str(meta["pipeline"]), table)
     except (KeyError, ValueError, TypeError, pa.ArrowException) as exc:
-        log.error("dropping a malformed inference log message on %s: %s", msg.subject, exc)
-        return None
+        raise Unreadable(f"not an inference log batch: {type(exc).__name__}: {exc}"[:500]) from None
 
 
 def segment_key(workspace_id: int, pipeline: str) -> str:
@@ -133,9 +153,12 @@ def sort_by_time(table: pa.Table, positions: np.ndarray | None = None) -> pa.Tab
 class Ingestor:
     """The consumer loop (one task); `flush` is the unit that is durable before it is acknowledged."""
 
-    def __init__(self, deps: Deps, js: Any) -> None:
+    def __init__(self, deps: Deps, js: Any,
+                 on_quarantine: Callable[[LogBatchQuarantined], Awaitable[None]] | None = None) -> None:
         self.deps = deps
         self.js = js
+        self.on_quarantine = on_quarantine
+        self.quarantined = 0
         self.task: asyncio.Task | None = None
         self.running = True
         self.fetch_batch = 16
@@ -186,29 +209,97 @@ class Ingestor:
                 await self.flush_with_retry(pending)
                 pending, size = [], 0
 
-    async def flush_with_retry(self, msgs: list[Any]) -> None:
-        delay = 0.2
+    async def flush_with_retry(self, msgs: list[Any], probe: bool = False) -> None:
+        """Store the messages, retrying a few times. A group that still fails is stored one message at a time,
+        so one bad batch holds up no other; a single batch that still fails while the database and object
+        storage answer is quarantined (kept whole with the reason) and ingestion goes on. While the stores
+        themselves fail, nothing is quarantined: the flush waits and tries again."""
+        delay, attempts = 0.2, 0
         while True:
             try:
-                await self.flush(msgs)
+                await self.flush(msgs, probe)
                 return
             except store.Raced:
                 continue  # another writer committed one of these batches meanwhile: filter again
-            except Exception:
-                log.exception("storing %d inference log messages failed; retrying", len(msgs))
+            except Exception as exc:
+                attempts += 1
+                if attempts < MAX_ATTEMPTS:
+                    log.warning("storing %d inference log messages failed (attempt %d): %s", len(msgs), attempts,
+                                exc)
+                elif not await self.stores_answer():
+                    log.error("storing inference logs waits for the database or object storage: %s", exc)
+                    attempts = 0
+                elif len(msgs) > 1:
+                    log.error("storing %d inference log messages failed %d times (%s); storing them one by one",
+                              len(msgs), attempts, exc)
+                    for msg in msgs:
+                        await self.flush_with_retry([msg], probe=True)
+                    return
+                else:
+                    try:
+                        await self.quarantine(msgs[0], f"{type(exc).__name__}: {exc}")
+                        return
+                    except Exception:
+                        log.exception("quarantining an inference log batch failed; retrying")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def flush(self, msgs: list[Any]) -> None:
+    async def stores_answer(self) -> bool:
+        """Whether PostgreSQL and object storage answer now (a failing batch is then the batch's fault)."""
+        try:
+            await asyncio.wait_for(self.deps.pool.fetchval("SELECT 1"), 5.0)
+            await asyncio.wait_for(self.deps.objects.put_bytes(BUCKET_LOGS, QUARANTINE_PREFIX + "probe", b""), 5.0)
+            return True
+        except Exception:
+            return False
+
+    async def quarantine(self, msg: Any, reason: str) -> None:
+        """Keep a message that cannot be stored in object storage with its reason, tell admins, acknowledge it."""
+        deps = self.deps
+        headers = dict(msg.headers or {})
+        batch_id = message_batch_id(msg)
+        if await store.committed_batches(deps.pool, [batch_id]):
+            await _ack(msg)  # quarantined (or stored) before; this is a redelivery
+            return
+        workspace_id, pipeline, rows = None, None, None
+        try:
+            meta = json.loads(headers.get(LOG_HEADER) or "{}")
+            workspace_id = int(meta["workspace_id"]) if "workspace_id" in meta else None
+            pipeline = str(meta["pipeline"]).replace("\x00", "")[:500] if "pipeline" in meta else None
+        except (ValueError, TypeError, AttributeError):
+            pass
+        if workspace_id is not None and not -(2**63) <= workspace_id < 2**63:
+            workspace_id = None  # a header PostgreSQL cannot hold may be why the batch is here
+        try:
+            rows = pa.ipc.open_stream(pa.py_buffer(msg.data)).read_all().num_rows
+        except (pa.ArrowException, ValueError):
+            pass
+        day = datetime.now(UTC).strftime("%Y/%m/%d")
+        key = f"{QUARANTINE_PREFIX}{day}/{uuid.uuid4().hex}.arrows"
+        await deps.objects.put_bytes(BUCKET_LOGS, key, bytes(msg.data))
+        quarantine_id = await store.quarantine(deps.pool, batch_id, workspace_id, pipeline, msg.subject,
+                                               reason.replace("\x00", "")[:1000], rows, len(msg.data), key,
+                                               json.dumps(headers).replace("\\u0000", ""))
+        await _ack(msg)
+        self.quarantined += 1
+        log.error("quarantined inference log batch %s of %s/%s (%s rows): %s (%d quarantined since start)",
+                  batch_id, workspace_id, pipeline, rows, reason, self.quarantined)
+        if self.on_quarantine is not None:
+            try:
+                await self.on_quarantine(LogBatchQuarantined(
+                    quarantine_id=quarantine_id, batch_id=batch_id, workspace_id=workspace_id, pipeline=pipeline,
+                    reason=reason[:1000], rows=rows))
+            except Exception as exc:
+                log.warning("could not publish the quarantine event: %s", exc)
+
+    async def flush(self, msgs: list[Any], probe: bool = False) -> None:
         deps = self.deps
         batches: list[Batch] = []
-        malformed = []
         for msg in msgs:
-            batch = parse_batch(msg)
-            if batch is None:
-                malformed.append(msg)
-            else:
-                batches.append(batch)
+            try:
+                batches.append(parse_batch(msg, probe))
+            except Unreadable as exc:  # never storable: no retry helps
+                await self.quarantine(msg, str(exc))
         seen: set[str] = set()
         unique: list[Batch] = []
         for batch in batches:
@@ -241,10 +332,16 @@ class Ingestor:
                     log.warning("could not delete unindexed segment %s (maintenance will)", seg.object_key)
             raise
         for msg in msgs:
-            try:
-                await msg.ack()
-            except Exception as exc:  # a lost ack means a redelivery, which is refused as a duplicate
-                log.warning("ack failed: %s", exc)
+            await _ack(msg)
+
+
+async def _ack(msg: Any) -> None:
+    try:
+        await msg.ack()
+    except nats.errors.MsgAlreadyAckdError:
+        pass  # a quarantined message, acknowledged when it was set aside
+    except Exception as exc:  # a lost ack means a redelivery, which is refused as a duplicate
+        log.warning("ack failed: %s", exc)
 
 
 # ---- get_logs ----
@@ -276,6 +373,13 @@ async def set_retention(deps: Deps, principal: Principal, token: str | None, cmd
     await store.set_retention(deps.pool, cmd.workspace_id, cmd.pipeline_id, cmd.retention_days)
     return LogRetention(pipeline_id=cmd.pipeline_id, workspace_id=cmd.workspace_id,
                         retention_days=cmd.retention_days)
+
+
+async def list_quarantined(deps: Deps, principal: Principal, cmd: ListQuarantinedLogs) -> QuarantinedLogs:
+    """Quarantined batches, newest first (administrators only)."""
+    require_admin(principal, "list quarantined inference logs")
+    rows, total = await store.quarantined(deps.pool, cmd.workspace_id, cmd.before_id, cmd.limit)
+    return QuarantinedLogs(batches=[QuarantinedLog(**dict(r)) for r in rows], total=total)
 
 
 # ---- fields for assays ----
@@ -442,7 +546,8 @@ async def _purge(deps: Deps, report: LogMaintenanceReport) -> None:
         report.purged_objects += 1
     report.batch_ids_pruned = await store.prune_batches(deps.pool, deps.settings.dedupe_hours)
     cutoff = time.time() - ORPHAN_AGE
-    old = [key for key, modified in await deps.objects.list_keys(BUCKET_LOGS) if modified < cutoff]
+    old = [key for key, modified in await deps.objects.list_keys(BUCKET_LOGS)
+           if modified < cutoff and not key.startswith(QUARANTINE_PREFIX)]
     for start in range(0, len(old), 1000):
         chunk = old[start:start + 1000]
         known = await store.known_keys(deps.pool, chunk)

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from shared.logrecords import META_DROPPED
 from shared.objectstore import BUCKET_LOGS, MinioObjectStore
 
 POS = "_pos"  # a compacted segment's row positions (hidden from pages)
@@ -49,6 +50,46 @@ def encode_segment(table: pa.Table, row_group_rows: int) -> bytes:
     pq.write_table(table, sink, row_group_size=row_group_rows, compression="snappy", use_dictionary=strings,
                    write_statistics=[c for c in ("time", POS) if c in table.column_names])
     return sink.getvalue().to_pybytes()
+
+
+def _unwritable(kind: pa.DataType) -> bool:
+    """Types Parquet cannot hold: a struct with no fields (anywhere inside), unions."""
+    if pa.types.is_struct(kind):
+        return kind.num_fields == 0 or any(_unwritable(kind.field(i).type) for i in range(kind.num_fields))
+    if pa.types.is_union(kind):
+        return True
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _unwritable(kind.value_type)
+    if pa.types.is_map(kind):
+        return _unwritable(kind.key_type) or _unwritable(kind.item_type)
+    if pa.types.is_dictionary(kind):
+        return _unwritable(kind.value_type)
+    return False
+
+
+def _encodes(column: pa.ChunkedArray, name: str) -> bool:
+    try:
+        pq.write_table(pa.table({name: column.slice(0, 1)}), pa.BufferOutputStream())
+        return True
+    except (pa.ArrowException, ValueError, TypeError):
+        return False
+
+
+def drop_unwritable(table: pa.Table, probe: bool = False) -> tuple[pa.Table, list[str]]:
+    """The table without the input/output columns Parquet cannot store (an empty struct, a union; with `probe`,
+    any column that fails to encode on its own), each row's `metadata.dropped` listing them, and their names.
+    `time` and metadata are never dropped: a batch whose own columns cannot be stored is quarantined instead."""
+    bad = [name for name in table.column_names if name.startswith(("in.", "out.", "out_"))
+           and (_unwritable(table.schema.field(name).type) or (probe and not _encodes(table.column(name), name)))]
+    if not bad:
+        return table, []
+    table = table.drop_columns(bad)
+    existing = table.column(META_DROPPED).to_pylist() if META_DROPPED in table.column_names else \
+        [[] for _ in range(table.num_rows)]
+    merged = pa.array([(old or []) + bad for old in existing], pa.list_(pa.string()))
+    if META_DROPPED in table.column_names:
+        return table.set_column(table.schema.get_field_index(META_DROPPED), META_DROPPED, merged), bad
+    return table.append_column(META_DROPPED, merged), bad
 
 
 class RangeFile:

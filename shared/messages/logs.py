@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from shared.messages.base import Command, Message
+from shared.messages.base import Command, Event, Message
 
 
 def _utc_ms(moment: datetime) -> int:
@@ -113,3 +113,42 @@ class LogField(Message):
 
     count: int
     segments: int
+
+
+class ListQuarantinedLogs(Command):
+    """`pipelines/list_quarantined_logs` (Railyard, administrators): inference log batches the log store could
+    not store, newest first."""
+
+    workspace_id: int | None = Field(None, description="Only this workspace's batches.")
+    limit: int = Field(100, ge=1, le=1000, description="Most batches in the answer.")
+    before_id: int | None = Field(None, description="Only batches quarantined before this id (the next page).")
+
+
+class QuarantinedLog(Message):
+    """One quarantined batch: kept whole in object storage with why it could not be stored."""
+
+    id: int
+    batch_id: str
+    workspace_id: int | None
+    pipeline: str | None
+    subject: str
+    reason: str
+    rows: int | None
+    bytes: int
+    quarantined_at: datetime
+
+
+class QuarantinedLogs(Message):
+    batches: list[QuarantinedLog]
+    total: int = Field(description="Batches in quarantine (for the filter given).")
+
+
+class LogBatchQuarantined(Event):
+    """`events.logs.batch_quarantined`: the log store set a batch aside that it could not store, and went on."""
+
+    quarantine_id: int
+    batch_id: str
+    workspace_id: int | None
+    pipeline: str | None
+    reason: str
+    rows: int | None
