@@ -142,6 +142,23 @@ class TaskSettings(BaseModel):
                            "timeout plus a minute).")
 
 
+class SandboxSettings(BaseModel):
+    """How users' code is isolated (shared/sandbox.py) and its default limits."""
+
+    mode: Literal["auto", "require", "off-for-single-user"] = Field(
+        "auto", description="auto/require: namespaces (a dedicated OS user as root, a user namespace otherwise) "
+        "or refuse to run users' code; off-for-single-user: no isolation at all (logged loudly).")
+    user: str = Field("railyard-sandbox", description="OS user users' code runs as when Railyard runs as root "
+                      "(created if missing).")
+    memory_mb: int = Field(1024, description="Address-space limit of a sandboxed process (RLIMIT_AS).")
+    cpu_seconds: int = Field(600, description="CPU seconds a sandboxed process may use in its life (RLIMIT_CPU).")
+    processes: int = Field(64, description="Processes and threads of a sandbox (RLIMIT_NPROC).")
+    open_files: int = Field(256, description="Open files of a sandboxed process (RLIMIT_NOFILE).")
+    file_size_mb: int = Field(256, description="Largest file a sandboxed process may write; also its /tmp size.")
+    wall_seconds: float = Field(30.0, description="Seconds one inference (or one one-shot run) may take before "
+                                "the sandbox is killed.")
+
+
 class StackSettings(BaseModel):
     """The embedded stack started by `railyard up` (development and tests)."""
 
@@ -177,6 +194,7 @@ class Settings(BaseSettings):
     logs: LogSettings = LogSettings()
     assays: AssaySettings = AssaySettings()
     tasks: TaskSettings = TaskSettings()
+    sandbox: SandboxSettings = SandboxSettings()
     stack: StackSettings = StackSettings()
 
 

@@ -1,0 +1,337 @@
+"""The one way Railyard runs users' code: in a sandbox (a process in its own namespaces, under limits).
+
+Every place that runs code a user uploaded (the engine's Python-step and BYOP worker, the registry's pickle and
+XGBoost conversion and its upload checks, later task runs and ML backends) starts it through `spawn` (a
+long-lived process talking over pipes) or `run` (one shot, with a wall-time limit). What the code gets:
+
+- exactly the environment in `SandboxSpec.env` (plus a minimal PATH, LANG and HOME): nothing of `os.environ`;
+- a filesystem of its own: the system directories, the Python installation, the virtualenv and Railyard's code
+  read-only, `readonly_paths` read-only, the working directory alone writable; the stack's data directory is an
+  empty tmpfs (no secrets file, no artifacts, no engine cache); /tmp and /dev/shm are small private tmpfs;
+- its own pid namespace and /proc: no other process of the host exists for it (no /proc/<pid>/environ);
+- its own network namespace: no interface but a down loopback, so no platform port is reachable;
+- another identity: as root, the dedicated unprivileged OS user `SandboxSettings.user` (created if missing);
+  as a normal user, the same uid inside a user namespace with no capability left once the code starts;
+- rlimits on address space, CPU seconds, processes, open files and file size; `wall_seconds` kills the whole
+  pid namespace.
+
+shared/sandbox_launcher.py builds that (a bubblewrap-like setup with the standard library, so no extra package
+is needed). When a host can give none of it (not root and no user namespaces), `check_available` raises
+`SandboxUnavailable` naming RAILYARD_SANDBOX__MODE; only `off-for-single-user` runs code without a boundary
+(environment scrubbed and rlimits kept), and says so loudly in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import functools
+import json
+import logging
+import os
+import pwd
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.errors import RailyardError
+from shared.settings import SandboxSettings, Settings
+
+log = logging.getLogger("railyard.sandbox")
+LAUNCHER = Path(__file__).with_name("sandbox_launcher.py")
+SETUP_FAILED = 125  # the launcher's exit code when it could not build the sandbox
+STDERR_TAIL = 2000
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+_STREAM_LIMIT = 64 * 1024 * 1024
+
+
+class Network(enum.Enum):
+    """What the sandboxed code may reach on the network."""
+
+    NONE = "none"  # own empty network namespace: no loopback peers, nothing
+    GATEWAY_ONLY = "gateway"  # task runs: 127.0.0.1:<gateway port> inside is relayed to the gateway, nothing else
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one sandbox."""
+
+    memory_bytes: int = 1 << 30  # RLIMIT_AS
+    cpu_seconds: int = 60  # RLIMIT_CPU (SIGXCPU, then SIGKILL 2 s later)
+    processes: int = 64  # RLIMIT_NPROC: processes and threads
+    open_files: int = 256  # RLIMIT_NOFILE
+    file_size_bytes: int = 256 << 20  # RLIMIT_FSIZE; also the size of its /tmp
+    wall_seconds: float | None = None  # `run` kills the whole pid namespace after this
+
+    @classmethod
+    def from_settings(cls, settings: SandboxSettings, **overrides) -> Limits:
+        """The configured default limits, with `overrides` (field=value) applied."""
+        values = {"memory_bytes": settings.memory_mb << 20, "cpu_seconds": settings.cpu_seconds,
+                  "processes": settings.processes, "open_files": settings.open_files,
+                  "file_size_bytes": settings.file_size_mb << 20, "wall_seconds": settings.wall_seconds}
+        return cls(**(values | overrides))
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """What to run and what it may see."""
+
+    argv: list[str]  # e.g. [sys.executable, "-m", "services.engine.worker"]
+    workdir: Path  # the only writable directory (created and handed to the sandbox identity)
+    env: dict[str, str] = field(default_factory=dict)  # exactly what the code gets, plus PATH/HOME/LANG defaults
+    readonly_paths: tuple[Path, ...] = ()  # extra paths visible read-only (e.g. the artifact to convert)
+    limits: Limits = Limits()
+    network: Network = Network.NONE
+
+
+@dataclass
+class SandboxResult:
+    """How a one-shot sandboxed run ended."""
+
+    returncode: int
+    stdout: bytes
+    stderr_tail: str  # the last STDERR_TAIL characters of its stderr
+    limit_hit: str | None  # "memory" | "cpu" | "wall_time" | "file_size" | "processes" | None
+
+
+class SandboxUnavailable(RailyardError):
+    """This host cannot isolate users' code, so Railyard refuses to run it."""
+
+    status = 503
+    code = "sandbox_unavailable"
+
+
+def code_paths() -> list[Path]:
+    """What the sandboxed Python must read: its installation, the virtualenv, the packages on sys.path and
+    Railyard's own code (wherever the repository is: /work/main, a clone under /tmp, /app)."""
+    candidates = {Path(sys.base_prefix), Path(sys.prefix), Path(sys.exec_prefix),
+                  Path(sys.executable).resolve().parent.parent, Path(__file__).resolve().parent.parent}
+    candidates |= {Path(p) for p in sys.path if p and Path(p).is_dir()}
+    resolved = {p.resolve() for p in candidates if p.exists()} | {p.absolute() for p in candidates if p.exists()}
+    outermost = sorted(resolved, key=lambda p: len(p.parts))
+    kept: list[Path] = []
+    for path in outermost:
+        if path != Path("/") and not any(path.is_relative_to(k) for k in kept):
+            kept.append(path)
+    return kept
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+@functools.cache
+def _sandbox_identity(user: str) -> tuple[int, int]:
+    """uid and gid of the dedicated sandbox user, created (a system user without home or shell) if missing."""
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        created = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                                  "--user-group", user], capture_output=True, text=True, check=False)
+        if created.returncode != 0 and "already exists" not in created.stderr:
+            raise SandboxUnavailable(
+                f"running as root, Railyard runs users' code as the OS user {user!r}, which could not be "
+                f"created ({created.stderr.strip()[:200]}); create it, or name another with "
+                "RAILYARD_SANDBOX__USER") from None
+        entry = pwd.getpwnam(user)
+    if entry.pw_uid == 0:
+        raise SandboxUnavailable(f"the sandbox user {user!r} is root; set RAILYARD_SANDBOX__USER to an "
+                                 "unprivileged user")
+    return entry.pw_uid, entry.pw_gid
+
+
+def _mechanism(settings: SandboxSettings) -> str:
+    if settings.mode == "off-for-single-user":
+        return "off"
+    return "root" if os.geteuid() == 0 else "userns"
+
+
+def _launch_config(spec: SandboxSpec, settings: Settings) -> dict:
+    mechanism = _mechanism(settings.sandbox)
+    workdir = spec.workdir.absolute()
+    env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8", "HOME": str(workdir), "PYTHONDONTWRITEBYTECODE": "1"}
+    env |= spec.env
+    limits = spec.limits
+    config = {
+        "mechanism": mechanism, "argv": [str(a) for a in spec.argv], "env": env, "workdir": str(workdir),
+        "readonly": [str(p) for p in [*code_paths(), *(Path(p).absolute() for p in spec.readonly_paths)]],
+        "hidden": [str(settings.stack.data_dir.expanduser().absolute())],
+        "tmp_bytes": limits.file_size_bytes,
+        "limits": {"memory_bytes": limits.memory_bytes, "cpu_seconds": limits.cpu_seconds,
+                   "processes": limits.processes, "open_files": limits.open_files,
+                   "file_size_bytes": limits.file_size_bytes},
+    }
+    if mechanism == "root":
+        config["uid"], config["gid"] = _sandbox_identity(settings.sandbox.user)
+    return config
+
+
+def _prepare_workdir(workdir: Path, config: dict) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    if config["mechanism"] == "root":
+        os.chown(workdir, config["uid"], config["gid"])
+    workdir.chmod(0o700)
+
+
+def _launcher_argv() -> list[str]:
+    return [sys.executable, "-I", "-S", str(LAUNCHER)]
+
+
+@functools.cache
+def _probe(mechanism: str, user: str, data_dir: str) -> str | None:
+    """Why a trivial program cannot run in a sandbox on this host, or None when it can (checked once)."""
+    import tempfile
+
+    settings = _settings()
+    with tempfile.TemporaryDirectory(prefix="railyard-sandbox-probe-") as folder:
+        spec = SandboxSpec(argv=[sys.executable, "-I", "-S", "-c", "pass"], workdir=Path(folder) / "work")
+        config = _launch_config(spec, settings)
+        _prepare_workdir(spec.workdir, config)
+        Path(folder).chmod(0o755)
+        probe = subprocess.run(_launcher_argv(), env={"RAILYARD_SANDBOX_LAUNCH": json.dumps(config)},
+                               capture_output=True, text=True, timeout=30, check=False)
+    if probe.returncode == 0:
+        return None
+    return probe.stderr.strip()[-300:] or f"exit status {probe.returncode}"
+
+
+def check_available(settings: Settings | None = None) -> str:
+    """The mechanism this host isolates users' code with ("root+namespaces", "userns", or "off" when the
+    operator opted out), or SandboxUnavailable saying why not and which setting overrides."""
+    settings = settings or _settings()
+    mechanism = _mechanism(settings.sandbox)
+    if mechanism == "off":
+        log.warning("RAILYARD_SANDBOX__MODE=off-for-single-user: users' code runs WITHOUT a sandbox (same OS "
+                    "user, network and files as Railyard); only acceptable on a single-user machine")
+        return "off"
+    why = _probe(mechanism, settings.sandbox.user, str(settings.stack.data_dir))
+    if why is not None:
+        hint = ("this host allows no unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone, "
+                "user.max_user_namespaces or an AppArmor restriction)" if mechanism == "userns"
+                else "namespaces could not be created")
+        raise SandboxUnavailable(
+            f"users' code cannot be isolated here: {hint}: {why}. Run Railyard as root, allow user namespaces, "
+            "or on a single-user machine set RAILYARD_SANDBOX__MODE=off-for-single-user")
+    return "root+namespaces" if mechanism == "root" else "userns"
+
+
+async def _gateway_relay(settings: Settings) -> tuple[asyncio.AbstractServer, Path]:
+    """Network.GATEWAY_ONLY, host side: a unix socket (in a folder the sandbox sees read-only) whose every
+    connection is relayed to the gateway's host:port and nowhere else."""
+    import tempfile
+
+    host = settings.gateway.host if settings.gateway.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    port = settings.gateway.port
+    folder = Path(tempfile.mkdtemp(prefix="railyard-gateway-"))
+    folder.chmod(0o755)
+    path = folder / "gateway.sock"
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+        except (ConnectionError, OSError):
+            pass
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(host, port)
+        except OSError:
+            writer.close()
+            return
+        try:
+            await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+        finally:
+            writer.close()
+            upstream_writer.close()
+
+    server = await asyncio.start_unix_server(relay, path=str(path))
+    path.chmod(0o666)  # the sandbox's identity connects to it
+    return server, folder
+
+
+async def _close_relay(process: asyncio.subprocess.Process, server: asyncio.AbstractServer, folder: Path) -> None:
+    try:
+        await process.wait()
+    finally:
+        server.close()
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def spawn(spec: SandboxSpec, *, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, settings: Settings | None = None) -> asyncio.subprocess.Process:
+    """Start `spec.argv` in a sandbox; the process returned is its launcher (killing it kills the sandbox).
+    `spec.limits.wall_seconds` is not enforced here: the caller of a long-lived worker times its requests."""
+    settings = settings or _settings()
+    await asyncio.to_thread(check_available, settings)
+    config = _launch_config(spec, settings)
+    await asyncio.to_thread(_prepare_workdir, spec.workdir, config)
+    relay = None
+    if spec.network is Network.GATEWAY_ONLY and config["mechanism"] != "off":
+        relay = await _gateway_relay(settings)
+        config["readonly"].append(str(relay[1]))
+        config["gateway"] = {"socket": str(relay[1] / "gateway.sock"), "port": settings.gateway.port}
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *_launcher_argv(), stdin=stdin, stdout=stdout, stderr=stderr, limit=_STREAM_LIMIT,
+            env={"RAILYARD_SANDBOX_LAUNCH": json.dumps(config)}, start_new_session=True)
+    except BaseException:
+        if relay is not None:
+            relay[0].close()
+        raise
+    if relay is not None:
+        process._railyard_relay = asyncio.create_task(_close_relay(process, *relay))  # type: ignore[attr-defined]
+    return process
+
+
+def limit_hit(returncode: int, stderr_tail: str, limits: Limits) -> str | None:
+    """Which limit ended a sandboxed process, read from how it ended and the end of its stderr."""
+    if returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
+        return "cpu"
+    if returncode in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or "File too large" in stderr_tail:
+        return "file_size"
+    if "MemoryError" in stderr_tail or "Cannot allocate memory" in stderr_tail or "bad_alloc" in stderr_tail:
+        return "memory"
+    if "BlockingIOError" in stderr_tail or "Resource temporarily unavailable" in stderr_tail:
+        return "processes"
+    if returncode == -signal.SIGKILL:
+        return "memory"  # killed by the kernel: the out-of-memory killer (the CPU limit sends SIGXCPU first)
+    return None
+
+
+def stderr_excerpt(data: bytes, limit: int = STDERR_TAIL) -> str:
+    """The last `limit` characters of a sandboxed process's stderr, decoded leniently."""
+    text = data.decode(errors="replace")
+    return text[-limit:]
+
+
+async def run(spec: SandboxSpec, *, input: bytes | None = None, settings: Settings | None = None) -> SandboxResult:  # noqa: A002
+    """Run `spec.argv` to completion in a sandbox, killing it after `spec.limits.wall_seconds`."""
+    process = await spawn(spec, stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+                          settings=settings)
+    timed_out = False
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(input), spec.limits.wall_seconds)
+    except TimeoutError:
+        timed_out = True
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        stdout, stderr = await process.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise
+    tail = stderr_excerpt(stderr)
+    if process.returncode == SETUP_FAILED and "railyard-sandbox:" in tail:
+        raise SandboxUnavailable(f"the sandbox could not be set up: {tail.strip()[-300:]}")
+    hit = "wall_time" if timed_out else limit_hit(process.returncode, tail, spec.limits)
+    return SandboxResult(returncode=process.returncode, stdout=stdout, stderr_tail=tail, limit_hit=hit)

@@ -1,0 +1,315 @@
+"""The process that builds one sandbox; started by shared/sandbox.py as `python -I -S sandbox_launcher.py`.
+
+Standard library only (it runs before any site-packages are trusted) and configured by one JSON document in
+the RAILYARD_SANDBOX_LAUNCH variable, the only variable it is given. What it does, as bubblewrap does it:
+
+1. (not root) a new user namespace mapping the caller's own uid/gid onto themselves, which gives this process
+   the capabilities to build the rest inside it; (root) no user namespace: it drops to the dedicated sandbox
+   uid at the end instead;
+2. new mount, pid, network, IPC and UTS namespaces; then it forks: the child is pid 1 of the new pid namespace
+   and dies with this process (PDEATHSIG), and every process of the namespace dies with it;
+3. the child builds a new root on a tmpfs: the system directories (/usr, /etc, /lib...), the Python
+   installation, the virtualenv and the code are bound read-only at their own paths, the stack's data directory
+   is an empty tmpfs, the working directory alone is bound writable, /proc is a fresh procfs of the new pid
+   namespace (no other process of the host is visible), /dev holds null/zero/full/random/urandom only, /tmp and
+   /dev/shm are small tmpfs; then it pivots into that root and detaches the old one;
+4. it sets no_new_privs and the resource limits, drops to the sandbox uid (root) -- a non-zero uid executing a
+   program loses every capability -- and executes the target with exactly the environment it was given.
+
+This process waits for the child and exits with its status (a signal death is re-raised on itself, so the
+caller sees the same negative returncode). SIGTERM to it kills the whole sandbox.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import platform
+import resource
+import signal
+import sys
+import tempfile
+
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32, 4096
+MS_NOATIME, MS_NODIRATIME, MS_REC, MS_PRIVATE, MS_RELATIME = 1024, 2048, 16384, 1 << 18, 1 << 21
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+# statvfs flags a bind remount must keep (the kernel refuses to clear locked ones in a user namespace)
+KEPT_FLAGS = ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
+              (os.ST_NOATIME, MS_NOATIME), (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME))
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+DEVICES = ("null", "zero", "full", "random", "urandom")
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def fail(message: str) -> None:
+    """Setup failed: say so on stderr and exit 125 (the caller reports it as a sandbox failure)."""
+    os.write(2, f"railyard-sandbox: {message}\n".encode())
+    os._exit(125)
+
+
+def check(result: int, what: str) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        fail(f"{what}: {os.strerror(errno)}")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    check(libc.mount(source and source.encode(), target.encode(), fstype and fstype.encode(), ctypes.c_ulong(flags),
+                     data and data.encode()), f"mount {target}")
+
+
+def write_file(path: str, text: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(text)
+
+
+def enter_namespaces(config: dict) -> None:
+    uid, gid = os.getuid(), os.getgid()
+    if config["mechanism"] == "userns":
+        check(libc.unshare(CLONE_NEWUSER), "unshare(user)")
+        write_file("/proc/self/setgroups", "deny")
+        write_file("/proc/self/uid_map", f"{uid} {uid} 1\n")
+        write_file("/proc/self/gid_map", f"{gid} {gid} 1\n")
+    check(libc.unshare(CLONE_NEWPID), "unshare(pid)")  # the next child is pid 1 of a new pid namespace
+
+
+def make_mountpoint(path: str, like: str) -> None:
+    if os.path.isdir(like):
+        os.makedirs(path, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if not os.path.exists(path):
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+
+
+def bind(source: str, target: str, writable: bool) -> None:
+    make_mountpoint(target, source)
+    mount(source, target, None, MS_BIND | MS_REC)
+    kept = os.statvfs(source).f_flag
+    flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (0 if writable else MS_RDONLY)
+    flags |= sum(ms for st, ms in KEPT_FLAGS if kept & st)
+    mount(None, target, None, flags)
+
+
+def build_root(config: dict, root: str) -> None:
+    """The new root's tree (see the module docstring)."""
+    # its own mount namespace (the launcher's root must stay where it is), network, IPC and hostname
+    check(libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS), "unshare(mount, net, ipc, uts)")
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=16m")
+    scratch = f"mode=1777,size={config['tmp_bytes']}"
+    entries = [(p, "system") for p in SYSTEM_PATHS if os.path.lexists(p)]
+    entries += [(p, "readonly") for p in config["readonly"]]
+    entries += [(p, "hide") for p in config["hidden"]] + [("/tmp", "scratch")]
+    entries.append((config["workdir"], "writable"))
+    # parents before children; at one path a tmpfs goes before what is bound inside it
+    order = {"system": 0, "readonly": 0, "hide": 1, "scratch": 1, "writable": 2}
+    entries.sort(key=lambda e: (e[0].rstrip("/").count("/"), order[e[1]]))
+    for path, kind in entries:
+        target = root + path
+        if kind == "system" and os.path.islink(path):
+            if not os.path.lexists(target):
+                os.symlink(os.readlink(path), target)
+        elif kind == "hide":
+            if os.path.isdir(target):
+                mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+        elif kind == "scratch":
+            os.makedirs(target, exist_ok=True)
+            mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, scratch)
+        elif os.path.exists(path):
+            bind(path, target, writable=kind == "writable")
+    os.makedirs(root + "/proc", exist_ok=True)
+    mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    os.makedirs(root + "/dev", exist_ok=True)
+    mount("tmpfs", root + "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
+    for device in DEVICES:
+        bind(f"/dev/{device}", f"{root}/dev/{device}", writable=True)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"{root}/dev/{name}")
+    os.makedirs(root + "/dev/shm")
+    mount("tmpfs", root + "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, scratch)
+    mount(None, root + "/dev", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
+    os.chdir(root)
+    number = SYS_PIVOT_ROOT.get(platform.machine())
+    if number is None:
+        fail(f"pivot_root is not known on {platform.machine()}")
+    check(libc.syscall(number, b".", b"."), "pivot_root")  # the old root now sits under the new one...
+    check(libc.umount2(b".", MNT_DETACH), "detach the old root")  # ...and is detached from this namespace
+    os.chdir("/")
+    mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+
+
+def loopback_up() -> None:
+    """Bring the new network namespace's loopback up (it starts down)."""
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(probe, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(probe, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def gateway_forwarder(config: dict) -> None:
+    """Network.GATEWAY_ONLY: a process of the sandbox listens on 127.0.0.1:<gateway port> and relays every
+    connection to the unix socket the caller serves (shared/sandbox.py relays that to the gateway alone). The
+    namespace has no other interface, so the gateway is all the code can reach."""
+    import socket
+    import threading
+
+    gateway = config["gateway"]
+    loopback_up()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", int(gateway["port"])))  # before dropping privileges: the port may be < 1024
+    listener.listen(64)
+    if os.fork() != 0:
+        listener.close()
+        return
+    try:  # the forwarder: unprivileged like the code it serves; it dies with the namespace's pid 1
+        check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
+        check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+        if config["mechanism"] == "root":
+            os.setgroups([])
+            os.setresgid(config["gid"], config["gid"], config["gid"])
+            os.setresuid(config["uid"], config["uid"], config["uid"])
+
+        def pipe(source: socket.socket, target: socket.socket) -> None:
+            try:
+                while data := source.recv(65536):
+                    target.sendall(data)
+            except OSError:
+                pass
+            try:
+                target.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+        def serve(client: socket.socket) -> None:
+            with client, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as upstream:
+                try:
+                    upstream.connect(gateway["socket"])
+                except OSError:
+                    return
+                back = threading.Thread(target=pipe, args=(upstream, client), daemon=True)
+                back.start()
+                pipe(client, upstream)
+                back.join()
+
+        while True:
+            client, _ = listener.accept()
+            threading.Thread(target=serve, args=(client,), daemon=True).start()
+    finally:
+        os._exit(0)
+
+
+def set_limits(limits: dict) -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_AS, (limits["memory_bytes"], limits["memory_bytes"]))
+    resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_seconds"], limits["cpu_seconds"] + 2))
+    resource.setrlimit(resource.RLIMIT_NPROC, (limits["processes"], limits["processes"]))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"], limits["open_files"]))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["file_size_bytes"], limits["file_size_bytes"]))
+
+
+def child(config: dict, root: str | None, alive: int) -> None:
+    """pid 1 of the new namespaces: build the view, drop privileges, then run the target as its child (pid 1
+    ignores signals it has no handler for, which would turn SIGXCPU and SIGXFSZ into no-ops) and exit with its
+    status; when pid 1 exits, the kernel kills every process left in the namespace."""
+    try:
+        check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
+        if root is not None:
+            build_root(config, root)
+            if config.get("gateway"):
+                gateway_forwarder(config)
+        os.chdir(config["workdir"])
+        check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+        if config["mechanism"] == "root":
+            uid, gid = config["uid"], config["gid"]
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)  # leaving uid 0 clears every capability
+            if os.geteuid() == 0 or os.getuid() == 0:
+                fail("could not leave uid 0")
+        # armed again: a change of credentials disarms it
+        check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
+        os.set_blocking(alive, False)
+        try:
+            if os.read(alive, 1) == b"":  # the launcher died before PDEATHSIG was armed
+                os._exit(125)
+        except BlockingIOError:
+            pass
+        os.close(alive)
+        target = os.fork()
+        if target == 0:
+            set_limits(config["limits"])
+            for number in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT):
+                signal.signal(number, signal.SIG_DFL)
+            os.umask(0o077)
+            os.execve(config["argv"][0], config["argv"], config["env"])
+        os._exit(exit_code(wait_for(target)))
+    except OSError as exc:
+        fail(f"{exc.strerror or exc}: {exc.filename or ''}")
+    finally:
+        os._exit(125)
+
+
+def wait_for(pid: int) -> int:
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except InterruptedError:
+            continue
+
+
+def exit_code(status: int) -> int:
+    """A wait status as an exit code: 128 + the signal for a signal death (the shell's convention)."""
+    return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def main() -> None:
+    config = json.loads(os.environ.pop("RAILYARD_SANDBOX_LAUNCH"))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    root = None
+    if config["mechanism"] != "off":
+        enter_namespaces(config)
+        root = tempfile.mkdtemp(prefix="railyard-sandbox-")
+    alive, keep = os.pipe()  # its write end stays open in this process for as long as it lives
+    pid = os.fork()
+    if pid == 0:
+        os.close(keep)
+        child(config, root, alive)
+    os.close(alive)
+
+    def stop(signum, frame) -> None:
+        os.kill(pid, signal.SIGKILL)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    code = exit_code(wait_for(pid))
+    if root is not None:
+        try:
+            os.rmdir(root)
+        except OSError:
+            pass
+    if 128 < code < 128 + signal.NSIG:  # the target died of a signal: die of it too, for the caller to see
+        number = code - 128
+        if number not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(number, signal.SIG_DFL)
+        os.kill(os.getpid(), number)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""shared/sandbox.py on this host, with real processes and namespaces (no stack needed): each property users'
+code must not get around is tried from inside a sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from shared import sandbox
+from shared.sandbox import Limits, SandboxSpec, SandboxUnavailable, check_available, run
+from shared.settings import Settings
+
+SECRET = "sandbox-test-secret-value-7f3a"
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch) -> Settings:
+    """A data directory holding a secrets file, and a platform secret in this process's environment."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "secrets.json").write_text(json.dumps({"password": SECRET}))
+    monkeypatch.setenv("RAILYARD_AUTH__BOOTSTRAP_ADMIN_PASSWORD", SECRET)
+    return Settings(stack={"data_dir": data})
+
+
+def python(code: str, settings: Settings, *, limits: Limits = Limits(wall_seconds=30), env=None,
+           readonly=()) -> sandbox.SandboxResult:
+    import asyncio
+
+    spec = SandboxSpec(argv=[sys.executable, "-c", textwrap.dedent(code)],
+                       workdir=settings.stack.data_dir / "work" / "one", env=env or {}, limits=limits,
+                       readonly_paths=tuple(readonly))
+    return asyncio.run(run(spec, settings=settings))
+
+
+def test_a_mechanism_is_available_here(settings):
+    assert check_available(settings) in {"root+namespaces", "userns"}
+
+
+def test_environment_is_exactly_what_the_spec_gives(settings):
+    result = python("import os, json; print(json.dumps(dict(os.environ)))", settings, env={"INPUT": "given"})
+    assert result.returncode == 0, result.stderr_tail
+    env = json.loads(result.stdout)
+    assert env["INPUT"] == "given"
+    assert not [name for name in env if name.startswith("RAILYARD_")]
+    assert set(env) <= {"INPUT", "PATH", "LANG", "HOME", "PYTHONDONTWRITEBYTECODE"}
+    assert SECRET not in result.stdout.decode()
+
+
+def test_no_other_process_is_visible_and_no_environ_leaks(settings):
+    host_pid = os.getpid()
+    result = python(f"""
+        import os
+        pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())
+        print('pids', pids, 'ppid', os.getppid())
+        for pid in [1, {host_pid}, os.getppid(), *pids]:
+            try:
+                print(pid, open(f'/proc/{{pid}}/environ', 'rb').read())
+            except OSError as exc:
+                print(pid, 'unreadable', type(exc).__name__)
+    """, settings)
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr_tail
+    assert "pids [1, 2] ppid 1" in out  # itself and the sandbox's init, alone in their pid namespace
+    assert "1 unreadable PermissionError" in out  # the init is not dumpable
+    assert f"{host_pid} unreadable FileNotFoundError" in out
+    assert SECRET not in out and "RAILYARD_" not in out
+
+
+def test_cannot_connect_to_a_host_port(settings):
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.setblocking(False)
+        port = server.getsockname()[1]
+        result = python(f"""
+            import socket
+            for host in ('127.0.0.1', 'localhost', '::1'):
+                try:
+                    socket.create_connection((host, {port}), timeout=2)
+                    print('connected', host)
+                except OSError as exc:
+                    print('refused', host, type(exc).__name__)
+            import os; print(sorted(os.listdir('/sys/class/net')) if os.path.exists('/sys/class/net') else 'nosys')
+        """, settings)
+        with pytest.raises(BlockingIOError):
+            server.accept()
+    assert result.returncode == 0, result.stderr_tail
+    assert b"connected" not in result.stdout
+    assert result.stdout.count(b"refused") == 3
+
+
+def test_data_dir_is_invisible_and_only_the_workdir_is_writable(settings, tmp_path):
+    data = settings.stack.data_dir
+    repo = Path(sandbox.__file__).resolve().parent.parent
+    result = python(f"""
+        import os
+        print('data', os.listdir({str(data)!r}))
+        for path in [{str(data / 'secrets.json')!r}]:
+            try:
+                print(open(path).read())
+            except OSError as exc:
+                print('cannot read', type(exc).__name__)
+        for path in [{str(repo / 'owned.txt')!r}, '/owned.txt', '/etc/owned.txt', {str(tmp_path / 'x')!r},
+                     {str(data / 'owned.txt')!r}]:
+            try:
+                open(path, 'w').write('x')
+                print('wrote', path)
+            except OSError as exc:
+                print('cannot write', path, type(exc).__name__)
+        open('result.txt', 'w').write('from the sandbox')
+        open('/tmp/scratch', 'w').write('private')
+        import pyarrow, numpy, pandas, shared.arrow_codec  # the venv and the repo are readable
+        print('imports ok')
+    """, settings)
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr_tail
+    assert "data ['work']" in out  # an empty tmpfs but for the path to the working directory
+    assert "cannot read FileNotFoundError" in out and SECRET not in out
+    assert "wrote" not in out and out.count("cannot write") == 5
+    assert "imports ok" in out
+    assert (data / "work" / "one" / "result.txt").read_text() == "from the sandbox"
+    assert not (repo / "owned.txt").exists() and not Path("/owned.txt").exists()
+    assert not (data / "owned.txt").exists()
+
+
+def test_extra_readonly_paths_are_visible_read_only(settings, tmp_path):
+    artifact = settings.stack.data_dir / "artifacts" / "model.bin"
+    artifact.parent.mkdir()
+    artifact.write_bytes(b"weights")
+    artifact.chmod(0o644)
+    result = python(f"""
+        print(open({str(artifact)!r}, 'rb').read())
+        try:
+            open({str(artifact)!r}, 'ab').write(b'x')
+        except OSError as exc:
+            print('read-only', type(exc).__name__)
+    """, settings, readonly=[artifact])
+    assert result.returncode == 0, result.stderr_tail
+    assert b"b'weights'" in result.stdout and b"read-only" in result.stdout
+    assert artifact.read_bytes() == b"weights"
+
+
+def test_runs_as_another_identity(settings):
+    result = python("import os; print(os.getuid(), os.geteuid(), os.getgroups())", settings)
+    uid, euid = result.stdout.split()[:2]
+    if os.geteuid() == 0:
+        assert int(uid) != 0 and int(euid) != 0  # the dedicated sandbox user
+    # capabilities are gone either way
+    status = python("print(open('/proc/self/status').read())", settings).stdout.decode()
+    assert "CapEff:\t0000000000000000" in status
+
+
+def test_fork_bomb_hits_the_process_limit(settings):
+    result = python("""
+        import os, time
+        while True:
+            os.fork()
+    """, settings, limits=Limits(processes=16, wall_seconds=20))
+    assert result.returncode != 0
+    assert result.limit_hit == "processes"
+
+
+def test_huge_allocation_hits_the_memory_limit(settings):
+    result = python("x = bytearray(8 << 30)", settings, limits=Limits(memory_bytes=512 << 20, wall_seconds=20))
+    assert result.returncode != 0
+    assert result.limit_hit == "memory"
+
+
+def test_spinning_hits_the_cpu_limit(settings):
+    started = time.monotonic()
+    result = python("while True: pass", settings, limits=Limits(cpu_seconds=1, wall_seconds=20))
+    assert result.limit_hit == "cpu"
+    assert time.monotonic() - started < 10
+
+
+def test_sleeping_forever_is_killed_with_its_whole_tree(settings):
+    started = time.monotonic()
+    result = python("""
+        import os, time
+        if os.fork() == 0:
+            os.setsid()
+            time.sleep(1000 + 7)  # a grandchild that left the process group
+        time.sleep(1000)
+    """, settings, limits=Limits(wall_seconds=1.5))
+    assert result.limit_hit == "wall_time"
+    assert time.monotonic() - started < 10
+    time.sleep(0.3)
+    left = [p for p in psutil.process_iter(["cmdline"]) if "1000 + 7" in " ".join(p.info["cmdline"] or [])]
+    assert not left
+
+
+def test_writing_10_gb_hits_the_file_size_limit(settings):
+    result = python("""
+        block = b'x' * (1 << 20)
+        with open('big', 'wb') as handle:
+            for _ in range(10 * 1024):
+                handle.write(block)
+    """, settings, limits=Limits(file_size_bytes=8 << 20, wall_seconds=20))
+    assert result.limit_hit == "file_size"
+    assert (settings.stack.data_dir / "work" / "one" / "big").stat().st_size <= 8 << 20
+
+
+def test_stderr_is_a_bounded_tail(settings):
+    result = python("import sys; sys.stderr.write('e' * 100000 + 'END')", settings)
+    assert len(result.stderr_tail) == sandbox.STDERR_TAIL and result.stderr_tail.endswith("END")
+
+
+def test_refuses_with_the_override_named_when_no_boundary_is_possible(settings, monkeypatch):
+    monkeypatch.setattr(sandbox, "_probe", lambda *args: "unshare(user): Operation not permitted")
+    with pytest.raises(SandboxUnavailable) as error:
+        check_available(settings)
+    assert "RAILYARD_SANDBOX__MODE=off-for-single-user" in error.value.msg
+
+
+def test_user_namespace_mechanism(settings, monkeypatch):
+    """The path a normal user takes (here forced; as root the namespace maps root onto itself)."""
+    monkeypatch.setattr(sandbox, "_mechanism", lambda _settings: "userns")
+    result = python("""
+        import os, socket
+        print(sorted(p for p in os.listdir('/proc') if p.isdigit()), dict(os.environ).keys())
+        try:
+            socket.create_connection(('127.0.0.1', 22), timeout=1)
+        except OSError as exc:
+            print('no network', type(exc).__name__)
+        print(open('/proc/self/uid_map').read().split())
+    """, settings)
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr_tail
+    assert "['1', '2']" in out and "no network" in out and "RAILYARD" not in out
+    assert "['0', '0', '1']" in out or "4294967295" not in out  # a user namespace mapping one uid
+
+
+def test_off_for_single_user_still_scrubs_the_environment(settings, caplog):
+    off = Settings(stack={"data_dir": settings.stack.data_dir}, sandbox={"mode": "off-for-single-user"})
+    assert check_available(off) == "off"
+    assert "WITHOUT a sandbox" in caplog.text
+    result = python("import os; print(sorted(os.environ))", off)
+    assert b"RAILYARD" not in result.stdout
