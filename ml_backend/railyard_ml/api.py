@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -181,7 +182,7 @@ def init_app(model_class: type[LabelStudioMLBase], basic_auth_user: str | None =
         project_id = project_id_of(body.project.id)
         _check_config(body.project.label_config)
         data = body.model_dump(exclude={"action"})
-        backend.record_annotations(body.action, data, project_id)
+        await run_in_threadpool(backend.record_annotations, body.action, data, project_id)
         if not backend.trains:
             return JSONResponse({"status": "ok", "detail": f"{model_class.__name__} has no fit()"}, status_code=200)
         job_id = backend.submit_training(project_id, body.action, data, body.project.label_config)
@@ -195,7 +196,7 @@ def init_app(model_class: type[LabelStudioMLBase], basic_auth_user: str | None =
             raise InvalidRequest("each item of 'annotations' must be a task with its 'id' and 'annotations'")
         _check_config(body.label_config)
         project_id = project_id_of(body.project) if body.project not in (None, "") else ""
-        backend.store.replace_tasks(project_id, body.annotations)
+        await run_in_threadpool(backend.store.replace_tasks, project_id, body.annotations)
         job_id = backend.submit_training(project_id, "START_TRAINING", {"project": {"id": project_id}},
                                          body.label_config)
         return JSONResponse({"job": job_id}, status_code=201)

@@ -244,9 +244,10 @@ class Backend:
         workdir.mkdir(parents=True, exist_ok=True)
         pending = PendingWrites(self.store, project_id)
         label_config = pending.get("label_config")
-        previous = pending.get("model_version")
+        previous = self.version(project_id)
         try:
             model = self._build(project_id, label_config, pending)
+            previous = pending.get("model_version")  # building a project's first instance names its first version
             annotations = self.store.annotated_tasks(project_id)
             extras = dict(job_id=job_id, workdir=str(workdir))
             if self.convention == "event":

@@ -39,10 +39,13 @@ class Store:
         self.path = self.model_dir / "railyard-ml.db"
         self._lock = threading.Lock()
         with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a training run's write
             db.executescript(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=30)
+        db = sqlite3.connect(self.path, timeout=30)
+        db.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; a crash loses at most the last writes
+        return db
 
     # --- key/value cache
     def get(self, project_id: str, key: str) -> str | None:

@@ -1,0 +1,258 @@
+"""The Label Studio ML backend protocol, route by route, against the real server (uvicorn on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+from conftest import TEXT_CONFIG, annotation_event, serve, versions, wait_until
+from ls1_style_backend import MajorityModel
+from ls2_style_backend import KeywordModel
+from railyard_ml import LabelStudioMLBase, init_app
+
+PROJECT = "1.1764547200"  # Label Studio names projects "<id>.<created timestamp>"
+
+
+def tasks(*texts: str) -> list[dict]:
+    return [{"id": i + 1, "data": {"text": text}, "project": 1} for i, text in enumerate(texts)]
+
+
+def predict(url: str, items: list[dict], **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}/predict", json={"tasks": items, "project": PROJECT, "label_config": TEXT_CONFIG,
+                                              "params": {"login": None, "password": None, "context": None}},
+                      timeout=30, **kwargs)
+
+
+@pytest.fixture
+def keyword_backend(model_dir):
+    with serve(init_app(KeywordModel, model_dir=model_dir)) as url:
+        yield url
+
+
+def test_health_names_the_model(keyword_backend):
+    for path in ("/health", "/"):
+        answer = httpx.get(keyword_backend + path)
+        assert answer.status_code == 200
+        assert answer.json()["status"] == "UP" and answer.json()["model_class"] == "KeywordModel"
+    assert httpx.get(keyword_backend + "/metrics").json() == {}
+
+
+def test_setup_answers_the_model_version_and_keeps_extra_params(keyword_backend, model_dir):
+    answer = httpx.post(f"{keyword_backend}/setup", json={
+        "project": PROJECT, "schema": TEXT_CONFIG, "hostname": "http://127.0.0.1:8080", "access_token": "t0k",
+        "extra_params": {"threshold": 0.5}})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"model_version": "keywords-v0.0.1"}  # what the model's setup() named
+    from railyard_ml.store import Store
+
+    assert Store(model_dir).get("1", "extra_params") == '{"threshold": 0.5}'
+    assert Store(model_dir).get("1", "label_config") == TEXT_CONFIG
+    assert "t0k" not in (model_dir / "railyard-ml.db").read_bytes().decode("latin-1")  # the token stays in memory
+
+
+def test_predict_answers_one_result_per_task_in_order(keyword_backend):
+    answer = predict(keyword_backend, tasks("a", "b", "c"))
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["model_version"] == "keywords-v0.0.1"
+    assert len(body["results"]) == 3
+    for result in body["results"]:
+        assert result["model_version"] == "keywords-v0.0.1" and "score" in result
+        assert result["result"][0]["from_name"] == "sentiment" and result["result"][0]["to_name"] == "text"
+
+
+def test_webhook_trains_in_the_background_and_the_version_moves_on(keyword_backend):
+    first = httpx.post(f"{keyword_backend}/webhook", json=annotation_event(1, "sunny happy day", "Positive"))
+    assert first.status_code == 201 and first.json()["status"] == "ok" and first.json()["job_id"]
+    wait_until(lambda: versions(keyword_backend)["current_version"] != "keywords-v0.0.1")
+    second = httpx.post(f"{keyword_backend}/webhook", json=annotation_event(2, "rainy sad night", "Negative"))
+    assert second.status_code == 201
+    listed = wait_until(lambda: (lambda v: v if len(v["versions"]) == 3 else None)(versions(keyword_backend)))
+    assert listed["versions"] == ["keywords-v0.0.1", "keywords-v0.1.0", "keywords-v0.2.0"]
+    assert listed["current_version"] == "keywords-v0.2.0"
+    assert [run["status"] for run in listed["runs"]] == ["ok", "ok"]
+
+    body = predict(keyword_backend, tasks("a happy sunny morning", "a sad rainy evening")).json()
+    assert [r["result"][0]["value"]["choices"] for r in body["results"]] == [["Positive"], ["Negative"]]
+    assert {r["model_version"] for r in body["results"]} == {"keywords-v0.2.0"}
+    # Label Studio's setup (called before every "retrieve predictions") reports the trained version too
+    assert httpx.post(f"{keyword_backend}/setup", json={"project": PROJECT, "schema": TEXT_CONFIG}).json() == {
+        "model_version": "keywords-v0.2.0"}
+
+
+def test_a_fit_that_raises_leaves_the_previous_model_serving(keyword_backend):
+    httpx.post(f"{keyword_backend}/webhook", json=annotation_event(1, "sunny happy", "Positive"))
+    wait_until(lambda: versions(keyword_backend)["current_version"] == "keywords-v0.1.0")
+    before = predict(keyword_backend, tasks("sunny")).json()
+
+    answer = httpx.post(f"{keyword_backend}/webhook", json=annotation_event(2, "sunny boom", "Explode"))
+    assert answer.status_code == 201
+    listed = wait_until(lambda: (lambda v: v if len(v["runs"]) == 2 and v["runs"][1]["status"] != "running"
+                                 else None)(versions(keyword_backend)))
+    assert listed["runs"][1]["status"] == "failed" and "asked to fail" in listed["runs"][1]["error"]
+    assert listed["current_version"] == "keywords-v0.1.0" and listed["versions"][-1] == "keywords-v0.1.0"
+    assert predict(keyword_backend, tasks("sunny")).json() == before
+
+
+def test_other_webhook_events_are_acknowledged_and_ignored(keyword_backend):
+    for action in ("PROJECT_UPDATED", "TASKS_CREATED", "SOMETHING_NEW"):
+        answer = httpx.post(f"{keyword_backend}/webhook", json={"action": action, "project": {"id": 1}})
+        assert answer.status_code == 200 and answer.json() == {"status": "Unknown event"}
+    assert versions(keyword_backend)["runs"] == []
+
+
+BAD = [
+    ("/predict", b"not json", "invalid_request", "JSON"),
+    ("/predict", b"[1, 2]", "invalid_request", "object"),
+    ("/predict", b"{}", "invalid_request", "tasks"),
+    ("/predict", b'{"tasks": "x"}', "invalid_request", "tasks"),
+    ("/predict", b'{"tasks": [1, 2]}', "invalid_request", "tasks.0"),
+    ("/predict", b'{"tasks": [{"id": 1}], "label_config": "<View"}', "invalid_label_config", "XML"),
+    ("/predict", b'{"tasks": [{"id": 1}], "label_config": "<!DOCTYPE x [<!ENTITY a \\"b\\">]><View/>"}',
+     "invalid_label_config", "entities"),
+    ("/predict", b'{"tasks": [{"id": 1}], "project": "../etc"}', "invalid_request", "project"),
+    ("/setup", b'{"schema": "<View/>"}', "invalid_request", "project"),
+    ("/setup", b'{"project": "1.2", "schema": "<View><Text"}', "invalid_label_config", "XML"),
+    ("/webhook", b'{"project": {"id": 1}}', "invalid_request", "action"),
+    ("/webhook", b'{"action": "ANNOTATION_CREATED"}', "invalid_request", "project"),
+    ("/webhook", b'{"action": "START_TRAINING", "project": {"label_config": "<View/>"}}', "invalid_request",
+     "project.id"),
+    ("/train", b'{"annotations": []}', "invalid_request", "annotations"),
+    ("/train", b'{"annotations": [{"data": {}}]}', "invalid_request", "id"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "code", "mentions"), BAD)
+def test_bad_payloads_answer_400_with_a_reason_and_change_nothing(keyword_backend, path, body, code, mentions):
+    answer = httpx.post(keyword_backend + path, content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["code"] == code and mentions in answer.json()["msg"]
+    listed = versions(keyword_backend)
+    assert listed["runs"] == [] and listed["current_version"] == "0.0.1"  # not even the model was built
+
+
+def test_versions_needs_a_project(keyword_backend):
+    answer = httpx.get(f"{keyword_backend}/versions")
+    assert answer.status_code == 400 and "project" in answer.json()["msg"]
+    # Label Studio sends GET /versions with a JSON body
+    answer = httpx.request("GET", f"{keyword_backend}/versions", json={"project": PROJECT})
+    assert answer.status_code == 200 and answer.json()["versions"] == [answer.json()["current_version"]]
+
+
+def test_basic_auth_guards_every_route(model_dir):
+    with serve(init_app(KeywordModel, basic_auth_user="label", basic_auth_pass="studio", model_dir=model_dir)) as url:
+        for method, path in (("GET", "/health"), ("POST", "/predict"), ("POST", "/setup"), ("POST", "/webhook"),
+                             ("POST", "/train"), ("GET", "/versions")):
+            for auth in (None, ("label", "wrong"), ("other", "studio")):
+                answer = httpx.request(method, url + path, json={}, auth=auth)
+                assert answer.status_code == 401, (path, auth)
+                assert answer.json()["code"] == "unauthorized" and "Basic" in answer.headers["www-authenticate"]
+        assert httpx.get(f"{url}/health", auth=("label", "studio")).status_code == 200
+        assert predict(url, tasks("x"), auth=("label", "studio")).status_code == 200
+        assert httpx.get(f"{url}/health", headers={"Authorization": "Basic !!notbase64"}).status_code == 401
+
+
+class Broken(LabelStudioMLBase):
+    def predict(self, tasks, context=None, **kwargs):
+        if tasks[0]["data"]["text"] == "raise":
+            raise ValueError("cannot read this task")
+        if tasks[0]["data"]["text"] == "short":
+            return [{"result": []}]
+        return [{"score": 1.0} for _ in tasks]
+
+
+def test_model_failures_are_5xx_naming_the_problem(model_dir):
+    with serve(init_app(Broken, model_dir=model_dir)) as url:
+        answer = predict(url, tasks("raise"))
+        assert answer.status_code == 500 and answer.json() == {"code": "model_error",
+                                                               "msg": "ValueError: cannot read this task"}
+        answer = predict(url, tasks("short", "b"))
+        assert answer.status_code == 500 and answer.json()["code"] == "bad_model_output"
+        assert "1 predictions for 2 tasks" in answer.json()["msg"]
+        answer = predict(url, tasks("no result"))
+        assert answer.status_code == 500 and "'result'" in answer.json()["msg"]
+        # a model without fit(): annotations are acknowledged, no run starts
+        answer = httpx.post(f"{url}/webhook", json=annotation_event(1, "x", "Positive"))
+        assert answer.status_code == 200 and versions(url)["runs"] == []
+
+
+class Gated(LabelStudioMLBase):
+    """Counts how many of its fits run at once, per project; each fit waits for the test to open the gate."""
+
+    gate = threading.Event()
+    lock = threading.Lock()
+    running: dict[str, int] = {}
+    most: dict[str, int] = {}
+    fits: dict[str, int] = {}
+
+    def predict(self, tasks, context=None, **kwargs):
+        return [{"result": []} for _ in tasks]
+
+    def fit(self, event, data, **kwargs):
+        with Gated.lock:
+            Gated.running[self.project_id] = Gated.running.get(self.project_id, 0) + 1
+            Gated.most[self.project_id] = max(Gated.most.get(self.project_id, 0), Gated.running[self.project_id])
+            Gated.fits[self.project_id] = Gated.fits.get(self.project_id, 0) + 1
+        Gated.gate.wait(60)
+        time.sleep(0.05)
+        with Gated.lock:
+            Gated.running[self.project_id] -= 1
+
+
+def test_fits_run_one_at_a_time_per_project_and_a_burst_folds(model_dir):
+    with serve(init_app(Gated, model_dir=model_dir)) as url:
+        # every webhook is answered while the first fit is still blocked: fit never runs inside the request
+        for i in range(6):
+            answer = httpx.post(f"{url}/webhook", json=annotation_event(i, "t", "Positive", project=1), timeout=10)
+            assert answer.status_code == 201
+        for i in range(2):
+            assert httpx.post(f"{url}/webhook", json=annotation_event(i, "t", "Positive", project=2)).status_code == 201
+        wait_until(lambda: Gated.running.get("1") == 1 and Gated.running.get("2") == 1)
+        assert not Gated.gate.is_set() and Gated.fits == {"1": 1, "2": 1}
+        Gated.gate.set()
+        wait_until(lambda: all(run["status"] != "running" for p in (1, 2) for run in versions(url, p)["runs"])
+                   and Gated.fits.get("1", 0) >= 2 and Gated.fits.get("2", 0) >= 2, timeout=60)
+        assert Gated.most == {"1": 1, "2": 1}
+        # the five events that arrived during project 1's first run became one more run on the newest data
+        assert Gated.fits["1"] == 2 and len(versions(url, 1)["runs"]) == 2
+        assert versions(url, 1)["current_version"] == "0.2.0"
+
+
+def test_trained_state_survives_a_restart_and_legacy_train_works(model_dir):
+    annotated = [{"id": i, "data": {"text": f"t{i}"},
+                  "annotations": [{"id": 10 + i, "result": [{"from_name": "sentiment", "to_name": "text",
+                                                             "type": "choices", "value": {"choices": [label]}}]}]}
+                 for i, label in enumerate(["Negative", "Negative", "Positive"])]
+    with serve(init_app(MajorityModel, model_dir=model_dir)) as url:
+        assert predict(url, tasks("x")).json()["results"][0]["result"][0]["value"]["choices"] == ["Positive"]
+        answer = httpx.post(f"{url}/train", json={"annotations": annotated, "project": PROJECT,
+                                                  "label_config": TEXT_CONFIG})
+        assert answer.status_code == 201 and answer.json()["job"]
+        wait_until(lambda: versions(url)["current_version"] == "0.1.0")
+    with serve(init_app(MajorityModel, model_dir=model_dir)) as url:  # a new process would see the same
+        assert versions(url)["versions"] == ["0.0.1", "0.1.0"]
+        result = predict(url, tasks("x")).json()["results"][0]
+        assert result["result"][0]["value"]["choices"] == ["Negative"] and result["model_version"] == "0.1.0"
+        assert result["score"] == pytest.approx(2 / 3)
+
+
+def test_webhook_annotations_reach_a_1x_style_fit(model_dir):
+    with serve(init_app(MajorityModel, model_dir=model_dir)) as url:
+        for task_id, label in ((1, "Negative"), (2, "Negative"), (3, "Positive")):
+            httpx.post(f"{url}/webhook", json=annotation_event(task_id, "t", label))
+        # an update replaces the annotation it names, a deletion removes it
+        httpx.post(f"{url}/webhook", json=annotation_event(3, "t", "Negative", action="ANNOTATION_UPDATED"))
+        httpx.post(f"{url}/webhook", json={"action": "ANNOTATIONS_DELETED", "project": {"id": 1},
+                                           "annotations": [{"id": 1001}]})
+        httpx.post(f"{url}/webhook", json={"action": "START_TRAINING", "project": {"id": 1,
+                                                                                   "label_config": TEXT_CONFIG}})
+        wait_until(lambda: all(r["status"] != "running" for r in versions(url)["runs"])
+                   and predict(url, tasks("x")).json()["results"][0]["score"] == 1.0)
+        result = predict(url, tasks("x")).json()["results"][0]
+        assert result["result"][0]["value"]["choices"] == ["Negative"]
+        from railyard_ml.store import Store
+
+        kept = Store(model_dir).annotated_tasks("1")
+        assert [(t["id"], [a["id"] for a in t["annotations"]]) for t in kept] == [(2, [1002]), (3, [1003])]
