@@ -89,7 +89,8 @@ class Session:
         saved = read_credentials(self.credentials_file)
         url = url or env.get(ENV_URL) or saved.get("url")
         if not url:
-            raise ConfigurationError(f"no server URL: pass Client(url), set {ENV_URL} or run `railyard login`")
+            raise ConfigurationError(f"not logged in (no server URL): run `railyard login`, set {ENV_URL} or "
+                                     "pass Client(url)")
         self.url = normalize_url(url)
         same_server = bool(saved) and normalize_url(str(saved.get("url", "http://x"))) == self.url
         saved = saved if same_server else {}

@@ -1,0 +1,105 @@
+"""The SDK as a user gets it: railyard-client installed ALONE into a fresh virtual environment (no server
+code, no onnxruntime), driving the real stack: upload a model, build and deploy a pipeline, infer from a
+DataFrame, an Arrow table and a Parquet file, read the logs back as a DataFrame, undeploy; typed errors.
+
+The environment is cached under build/ keyed by the client's pyproject.toml (its dependencies), so only the
+first run downloads anything; the client itself is reinstalled from the working tree every run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.integration.conftest import PASSWORD
+from tests.models import ccfraud_onnx, sample_rows
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CLIENT = REPO / "client"
+PIP = ["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+
+
+def client_venv() -> Path:
+    """The python of a virtual environment holding railyard-client and its dependencies only."""
+    key = hashlib.sha256((CLIENT / "pyproject.toml").read_bytes() + sys.version.encode()).hexdigest()[:16]
+    folder = REPO / "build" / f"client-venv-{key}"
+    python = folder / "bin" / "python"
+    if not (folder / ".ready").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, timeout=120)
+        subprocess.run([str(python), *PIP, str(CLIENT)], check=True, timeout=900)
+        (folder / ".ready").touch()
+    else:
+        subprocess.run([str(python), *PIP, "--no-deps", "--force-reinstall", str(CLIENT)], check=True, timeout=300)
+    return python
+
+
+def user_env(stack, email: str, tmp_path: Path) -> dict[str, str]:
+    """A user's environment: RAILYARD_CLIENT_* only (no server settings), a private config directory."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAILYARD_", "TASK_", "ORCH_"))}
+    env |= {"RAILYARD_CLIENT_URL": stack.base_url, "RAILYARD_CLIENT_USERNAME": email,
+            "RAILYARD_CLIENT_PASSWORD": PASSWORD, "RAILYARD_CLIENT_SECRET": stack.secrets()["client_secret"],
+            "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    return env
+
+
+def test_the_sdk_alone_uploads_deploys_infers_reads_logs_and_undeploys(stack, alice, tmp_path):
+    python = client_venv()
+    model = tmp_path / "ccfraud.onnx"
+    model.write_bytes(ccfraud_onnx())
+    rows = sample_rows(4, seed=5).astype(np.float64)
+    parquet = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"tensor": pa.array(rows.tolist(), pa.list_(pa.float64()))}), parquet)
+    args = {"workspace_id": alice.workspace_id, "model_path": str(model), "rows": rows.tolist(),
+            "parquet_path": str(parquet), "url": stack.base_url, "client_secret": stack.secrets()["client_secret"],
+            "username": alice.email}
+    result = subprocess.run([str(python), str(Path(__file__).with_name("sdk_flow.py")), json.dumps(args)],
+                            env=user_env(stack, alice.email, tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+
+    from shared import __version__
+    assert seen["version"] == __version__
+    assert seen["importable"] == [], "the client environment must not hold server code or the model runtime"
+    assert seen["model"] == {"name": "ccfraud", "status": "ready", "framework": "onnx", "versions": 1}
+    assert seen["status"] == "Running" and seen["pipeline_versions"] == 1
+    expected = ort.InferenceSession(ccfraud_onnx()).run(None, {"tensor": rows.astype(np.float32)})[0]
+    assert seen["frame_type"] == "DataFrame"
+    assert {"time", "in.tensor", "out.dense_1", "check_failures"} <= set(seen["frame_columns"])
+    assert np.allclose(seen["frame_out"], expected, atol=1e-6)
+    assert seen["arrow_type"] == "Table" and np.allclose(seen["arrow_out"], expected, atol=1e-6)
+    assert seen["parquet_type"] == "Table"
+    assert np.allclose(seen["records"]["dense_1"], expected[0], atol=1e-6)
+    assert seen["logs_type"] == "DataFrame" and seen["logs_rows"] == 3 * len(rows) + 1
+    assert {"time", "in.tensor", "out.dense_1"} <= set(seen["logs_columns"])
+    assert np.allclose(seen["logs_first_in"], rows[0]), "oldest first: the DataFrame inference's first row"
+    assert seen["logs_ordered"] and seen["logs_limited"] == ["Table", 2]
+    assert seen["status_after"] == "NotDeployed"
+    assert seen["not_found"] == [404, "not_found"]
+    assert seen["wrong_password"][0] == 401
+    assert seen["in_task"] == [False, {}]
+
+
+def test_in_task_and_task_args_read_the_task_environment(tmp_path):
+    """The contract the task scheduler fulfils (railyard_client.tasks): no configuration in the task's code."""
+    args_file = tmp_path / "args.json"
+    args_file.write_text(json.dumps({"workspace_name": "ws", "pipeline_name": "p"}))
+    code = "import json, railyard_client as rc; print(json.dumps([rc.in_task(), rc.task_args()]))"
+    env = {k: v for k, v in os.environ.items() if k not in ("TASK_ID", "ORCH_SHA", "TASK_ARGS", "TASK_ARGS_FILE")}
+    outside = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(outside.stdout) == [False, {}]
+    env |= {"TASK_ID": "1cb1b550-384f-4476-8619-03e0aca71409", "ORCH_SHA": "d3b9", "TASK_ARGS_FILE": str(args_file)}
+    inside = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(inside.stdout) == [True, {"workspace_name": "ws", "pipeline_name": "p"}]
