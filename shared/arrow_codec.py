@@ -10,13 +10,15 @@ numbers never mix. Tensors become (nested) fixed-size lists so their shape trave
 from __future__ import annotations
 
 import json
+import struct
 from typing import Any
 
 import numpy as np
 import orjson
 import pyarrow as pa
 
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, PayloadTooLarge
+from shared.ipc_size import ipc_decoded_bytes
 
 ARROW_FILE_MAGIC = b"ARROW1"
 
@@ -35,8 +37,18 @@ def to_ipc_file(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def from_ipc(data: bytes) -> pa.Table:
-    """Read an Arrow IPC file or stream (told apart by the file magic)."""
+def from_ipc(data: bytes, max_decoded_bytes: int | None = None) -> pa.Table:
+    """Read an Arrow IPC file or stream (told apart by the file magic). With `max_decoded_bytes`, a body whose
+    batches would take more than that once decompressed is refused (413) before anything is decoded: a few KB
+    of zstd can claim hundreds of MB."""
+    if max_decoded_bytes is not None:
+        try:
+            decoded = ipc_decoded_bytes(data)
+        except (ValueError, IndexError, struct.error, pa.ArrowInvalid, OSError):
+            raise InvalidRequest("body is not a valid Arrow IPC file or stream") from None
+        if decoded > max_decoded_bytes:
+            raise PayloadTooLarge(f"the Arrow body decodes to {decoded} bytes, more than the {max_decoded_bytes}"
+                                  " bytes a request may hold")
     try:
         if data[:6] == ARROW_FILE_MAGIC:
             return pa.ipc.open_file(pa.py_buffer(data)).read_all()

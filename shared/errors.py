@@ -5,8 +5,10 @@
     ├── Unauthorized        401 unauthorized
     ├── Forbidden           403 forbidden
     ├── NotFound            404 not_found
+    ├── RequestTimeout      408 request_timeout
     ├── Conflict            409 conflict
     ├── PayloadTooLarge     413 payload_too_large
+    ├── TooManyRequests     429 rate_limited
     ├── Unavailable         503 unavailable
     └── UpstreamTimeout     504 upstream_timeout
 
@@ -76,6 +78,13 @@ class NotFound(RailyardError):
     code = "not_found"
 
 
+class RequestTimeout(RailyardError):
+    """The client did not send its request body in time."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class Conflict(RailyardError):
     """The request conflicts with the current state (duplicate, still in use)."""
 
@@ -88,6 +97,17 @@ class PayloadTooLarge(RailyardError):
 
     status = 413
     code = "payload_too_large"
+
+
+class TooManyRequests(RailyardError):
+    """The caller sent too many requests; retry after `retry_after` seconds."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, msg: str = "too many requests", *, retry_after: float = 1.0, code: str | None = None) -> None:
+        super().__init__(msg, code=code)
+        self.retry_after = retry_after
 
 
 class Unavailable(RailyardError):
@@ -112,8 +132,10 @@ _BY_CODE: dict[str, type[RailyardError]] = {
         Unauthorized,
         Forbidden,
         NotFound,
+        RequestTimeout,
         Conflict,
         PayloadTooLarge,
+        TooManyRequests,
         Unavailable,
         UpstreamTimeout,
     )

@@ -18,6 +18,10 @@ class NatsSettings(BaseModel):
     url: str = Field("nats://127.0.0.1:14222", description="NATS server URL (comma separated for a cluster).")
     request_timeout: float = Field(5.0, description="Seconds a command waits for its reply.")
     connect_timeout: float = Field(2.0, description="Seconds to wait when first connecting.")
+    events_max_age: float = Field(30 * 86400.0, description="Seconds the EVENTS stream keeps an event (every consumer "
+                                  "reads them within seconds; this bounds the disk).")
+    events_max_bytes: int = Field(1024**3, description="Bytes the EVENTS stream may hold; a publish beyond it is "
+                                  "refused with an error, never dropped silently.")
 
 
 class PostgresSettings(BaseModel):

@@ -19,7 +19,7 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -237,31 +237,34 @@ async def issue_token(deps: AuthDeps, cmd: IssueToken) -> TokenIssued:
 
 
 async def _password_login(deps: AuthDeps, cmd: IssueToken) -> asyncpg.Record:
+    """Failed logins are counted per user and source address: each recent failure from that source slows the next
+    attempt from it, `lockout_after` of them lock the user for that source only, so an attacker cannot lock the
+    real user out from elsewhere. Commands straight on the bus have no address (`bus`)."""
     if not cmd.username or cmd.password is None:
         raise InvalidRequest("the password grant needs username and password")
     settings = deps.settings
+    source = cmd.source or "bus"
     user = await store.user_by_login(deps.pool, cmd.username)
     if user is None:
         await secret_matches(_DUMMY_HASH, cmd.password)
         raise Unauthorized("invalid user credentials", code="invalid_grant")
-    now = datetime.now(UTC)
-    if user["locked_until"] is not None and user["locked_until"] > now:
+    failures = await store.login_failures(deps.pool, user["id"], source)
+    if failures is not None and failures["locked_until"] is not None and failures["locked_until"] > datetime.now(UTC):
         raise Unauthorized("account temporarily locked after repeated failed logins; try again later",
                            code="account_locked")
-    recent = user["last_failed_at"] is not None and user["last_failed_at"] > now - timedelta(hours=1)
-    if recent and user["failed_logins"]:
-        await asyncio.sleep(min(4.0, settings.failed_login_delay * user["failed_logins"]))
+    if failures is not None and failures["failures"]:
+        await asyncio.sleep(min(4.0, settings.failed_login_delay * failures["failures"]))
     if not await secret_matches(user["password_hash"], cmd.password):
-        failures = await store.record_failed_login(deps.pool, user["id"], settings.lockout_after,
-                                                   settings.lockout_seconds)
-        if failures >= settings.lockout_after:
+        count = await store.record_failed_login(deps.pool, user["id"], source, settings.lockout_after,
+                                                settings.lockout_seconds)
+        if count >= settings.lockout_after:
             raise Unauthorized("account temporarily locked after repeated failed logins; try again later",
                                code="account_locked")
         raise Unauthorized("invalid user credentials", code="invalid_grant")
     if not user["enabled"]:
         raise Unauthorized("user is deactivated", code="invalid_grant")
-    if user["failed_logins"]:
-        await store.clear_failed_logins(deps.pool, user["id"])
+    if failures is not None:
+        await store.clear_failed_logins(deps.pool, user["id"], source)
     return user
 
 

@@ -78,21 +78,36 @@ async def create_user(
     )
 
 
-async def record_failed_login(pool: asyncpg.Pool, user_id: uuid.UUID, lock_after: int, lock_seconds: int) -> int:
-    """Count a failed login (the count decays after an hour without failures); lock when it reaches lock_after."""
-    return await pool.fetchval(
-        "UPDATE users SET"
-        " failed_logins = CASE WHEN last_failed_at > now() - interval '1 hour' THEN failed_logins + 1 ELSE 1 END,"
-        " last_failed_at = now(),"
-        " locked_until = CASE WHEN (CASE WHEN last_failed_at > now() - interval '1 hour'"
-        "   THEN failed_logins + 1 ELSE 1 END) >= $2 THEN now() + make_interval(secs => $3) ELSE locked_until END"
-        " WHERE id = $1 RETURNING failed_logins",
-        user_id, lock_after, float(lock_seconds),
-    )
+async def login_failures(pool: asyncpg.Pool, user_id: uuid.UUID, source: str) -> asyncpg.Record | None:
+    """Recent failed logins of a user from one source: failures, last_failed_at, locked_until (None if none in
+    the last hour)."""
+    return await pool.fetchrow(
+        "SELECT failures, last_failed_at, locked_until FROM login_failures"
+        " WHERE user_id = $1 AND source = $2 AND (last_failed_at > now() - interval '1 hour' OR locked_until > now())",
+        user_id, source)
 
 
-async def clear_failed_logins(pool: asyncpg.Pool, user_id: uuid.UUID) -> None:
-    await pool.execute("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1", user_id)
+async def record_failed_login(pool: asyncpg.Pool, user_id: uuid.UUID, source: str, lock_after: int,
+                              lock_seconds: int) -> int:
+    """Count a failed login from a source (the count decays after an hour without failures); lock that user for
+    that source when it reaches lock_after. Rows idle for a day go (sources come and go)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM login_failures WHERE last_failed_at < now() - interval '1 day'"
+                           " AND (locked_until IS NULL OR locked_until < now())")
+        return await conn.fetchval(
+            "INSERT INTO login_failures AS f (user_id, source, failures, last_failed_at,"
+            "   locked_until) VALUES ($1, $2, 1, now(), CASE WHEN 1 >= $3 THEN now() + make_interval(secs => $4) END)"
+            " ON CONFLICT (user_id, source) DO UPDATE SET"
+            " failures = CASE WHEN f.last_failed_at > now() - interval '1 hour' THEN f.failures + 1 ELSE 1 END,"
+            " last_failed_at = now(),"
+            " locked_until = CASE WHEN (CASE WHEN f.last_failed_at > now() - interval '1 hour'"
+            "   THEN f.failures + 1 ELSE 1 END) >= $3 THEN now() + make_interval(secs => $4) ELSE f.locked_until END"
+            " RETURNING failures",
+            user_id, source, lock_after, float(lock_seconds))
+
+
+async def clear_failed_logins(pool: asyncpg.Pool, user_id: uuid.UUID, source: str) -> None:
+    await pool.execute("DELETE FROM login_failures WHERE user_id = $1 AND source = $2", user_id, source)
 
 
 async def set_enabled(conn: asyncpg.Connection, user_id: uuid.UUID, enabled: bool,

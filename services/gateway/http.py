@@ -21,15 +21,18 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from services.gateway import handlers
+from services.gateway.errors import error_response
 from services.gateway.inference import Inference, InferenceFastPath, add_inference_routes
+from services.gateway.limits import BodyLimits, Limits
 from services.gateway.lineage import JSON_ROUTE_SPECS as LINEAGE_ROUTE_SPECS
 from services.gateway.lineage import add_lineage_routes
 from services.gateway.logs import add_log_routes
 from services.gateway.orchestrations import JSON_ROUTE_SPECS as ORCHESTRATION_ROUTE_SPECS
 from services.gateway.orchestrations import add_orchestration_routes
+from services.gateway.ratelimit import TokenBuckets, TokenEndpointLimits
 from shared import __version__, subjects
 from shared.authz import Principal, require_user
-from shared.errors import InvalidRequest, PayloadTooLarge, RailyardError, Unauthorized
+from shared.errors import InvalidRequest, RailyardError, Unauthorized
 from shared.messages import assays as asy
 from shared.messages import auth as m
 from shared.messages import deployer as dep
@@ -44,11 +47,6 @@ CERTS_PATH = "/auth/realms/master/protocol/openid-connect/certs"
 UI_PAGE = Path(__file__).parent / "ui.html"
 HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
               405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
-# OAuth2 errors answered with 401 (as Keycloak does); the others with the error's own status
-OAUTH_401 = {"invalid_client", "invalid_grant", "account_locked"}
-
-
-UPLOAD_PREFIX = f"{API}/models/upload"
 
 
 @dataclass(frozen=True)
@@ -158,60 +156,8 @@ JSON_ROUTES: list[Route] = [spec if isinstance(spec, Route) else R(*spec) for sp
     ("/connections/delete", subjects.REGISTRY_CONNECTIONS_DELETE, reg.DeleteConnection, None,
      "Delete a connection attached to no workspace (204; 409 while attached).", None, 204),
 ]]
-JSON_ROUTES += [R(*spec) for spec in LINEAGE_ROUTE_SPECS]
 JSON_ROUTES += [R(*spec) for spec in ORCHESTRATION_ROUTE_SPECS]
-
-
-class BodySizeLimit:
-    """413 for bodies above the limit: at once from Content-Length, or as soon as a chunked body
-    passes it, so an oversized body is never read whole."""
-
-    def __init__(self, app: Any, max_bytes: int, max_upload_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.max_upload_bytes = max_upload_bytes
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.max_upload_bytes if scope["path"].startswith(UPLOAD_PREFIX) else self.max_bytes
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            await self._reject(send, limit)
-            return
-        received = 0
-        started = rejected = False
-
-        async def limited_receive() -> dict:
-            nonlocal received, rejected
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    # answer 413 now and tell the app the client went away; whatever it sends is dropped
-                    if not started:
-                        await self._reject(send, limit)
-                    rejected = True
-                    return {"type": "http.disconnect"}
-            return message
-
-        async def tracking_send(message: dict) -> None:
-            nonlocal started
-            if rejected:
-                return
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        await self.app(scope, limited_receive, tracking_send)
-
-    async def _reject(self, send: Callable, limit: int) -> None:
-        err = PayloadTooLarge(f"request body is larger than {limit} bytes")
-        body = json.dumps({"code": err.code, "msg": err.msg}).encode()
-        await send({"type": "http.response.start", "status": err.status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+JSON_ROUTES += [R(*spec) for spec in LINEAGE_ROUTE_SPECS]
 
 
 def first_error(errors: list[dict[str, Any]], default: str) -> str:
@@ -232,6 +178,9 @@ def bearer_token(request: Request) -> str:
 def create_app(runtime: Runtime) -> FastAPI:
     settings = runtime.settings
     timeout = settings.nats.request_timeout
+    token_limits = TokenEndpointLimits(
+        TokenBuckets(settings.gateway.token_rate_per_source, settings.gateway.token_burst_per_source),
+        TokenBuckets(settings.gateway.token_rate_per_client, settings.gateway.token_burst_per_client))
     # Swagger UI's script, styles and icon come from a packaged distribution served by the gateway itself, never
     # from a CDN: self-hosted installs are often offline, where a CDN-backed docs page is blank.
     app = FastAPIOffline(
@@ -256,22 +205,21 @@ def create_app(runtime: Runtime) -> FastAPI:
         return require_user(principal)
 
     @app.exception_handler(RailyardError)
-    async def railyard_error(_: Request, exc: RailyardError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        if exc.status == 503:
-            headers = {"Retry-After": "1"}
-        return JSONResponse({"code": exc.code, "msg": exc.msg}, status_code=exc.status, headers=headers)
+    async def railyard_error(_: Request, exc: RailyardError) -> Response:
+        return error_response(exc)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        code = HTTP_CODES.get(exc.status_code, "http_error")
-        msg = "no such route" if exc.status_code == 404 else str(exc.detail)
-        return JSONResponse({"code": code, "msg": msg}, status_code=exc.status_code, headers=exc.headers)
+    async def http_error(_: Request, exc: HTTPException) -> Response:
+        err = RailyardError("no such route" if exc.status_code == 404 else str(exc.detail),
+                            code=HTTP_CODES.get(exc.status_code, "http_error"))
+        err.status = exc.status_code
+        response = error_response(err)
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        err = InvalidRequest(first_error(exc.errors(), "body"))
-        return JSONResponse({"code": err.code, "msg": err.msg}, status_code=err.status)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        return error_response(InvalidRequest(first_error(exc.errors(), "body")))
 
     @app.exception_handler(Exception)
     async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
@@ -287,22 +235,21 @@ def create_app(runtime: Runtime) -> FastAPI:
     async def token(request: Request) -> JSONResponse:
         """OAuth2 token endpoint: password, refresh_token and client_credentials grants; the confidential
         client authenticates with HTTP Basic (or client_id/client_secret form fields)."""
-        form = await request.form()
+        source = request.client.host if request.client else "unknown"
         try:
+            token_limits.check_source(source)  # before the body is read
+            form = await request.form()
             client_id, client_secret = _client_credentials(request, form)
+            token_limits.check_client(client_id)
             cmd = m.IssueToken(
                 grant_type=str(form.get("grant_type") or ""), client_id=client_id, client_secret=client_secret,
                 username=_opt(form, "username"), password=_opt(form, "password"),
-                refresh_token=_opt(form, "refresh_token"), scope=_opt(form, "scope"))
+                refresh_token=_opt(form, "refresh_token"), scope=_opt(form, "scope"), source=source)
             if not cmd.grant_type:
                 raise InvalidRequest("grant_type is required")
             issued = await handlers.issue_token(runtime.broker, cmd, timeout)
         except RailyardError as exc:
-            status = 401 if exc.code in OAUTH_401 else exc.status
-            code = exc.code if exc.code in OAUTH_401 | {"unsupported_grant_type", "unauthorized_client"} else (
-                "invalid_request" if status == 400 else exc.code)
-            return JSONResponse({"error": code, "error_description": exc.msg, "code": code, "msg": exc.msg},
-                                status_code=status, headers={"Cache-Control": "no-store"})
+            return error_response(exc, "oauth")
         return JSONResponse({k: v for k, v in issued.items() if v is not None}, headers={"Cache-Control": "no-store"})
 
     @app.get(CERTS_PATH, tags=["auth"])
@@ -318,8 +265,8 @@ def create_app(runtime: Runtime) -> FastAPI:
     inference = Inference(runtime)
     add_inference_routes(app, runtime, caller, inference)
     add_log_routes(app, runtime, user_caller, bearer_token)
-    add_lineage_routes(app, runtime, user_caller, bearer_token)
     add_orchestration_routes(app, runtime, user_caller, bearer_token)
+    add_lineage_routes(app, runtime, user_caller, bearer_token)
 
     @app.get("/", include_in_schema=False)
     async def ui() -> HTMLResponse:
@@ -374,9 +321,11 @@ def create_app(runtime: Runtime) -> FastAPI:
                 await objects.delete(BUCKET_ARTIFACTS, staged)
             raise
 
-    # the inference fast path sits outermost and limits its own body; everything else goes through the limit
-    limited = BodySizeLimit(app, settings.gateway.max_body_bytes, settings.gateway.max_upload_bytes)
-    return InferenceFastPath(limited, inference, verifier, settings.gateway.max_body_bytes)
+    # the inference fast path sits outermost and limits its own body; everything else goes through the limits
+    gateway = settings.gateway
+    limited = BodyLimits(app, Limits(gateway.max_json_bytes, gateway.max_body_bytes, gateway.max_upload_bytes,
+                                     gateway.body_timeout))
+    return InferenceFastPath(limited, inference, verifier, gateway.max_body_bytes, gateway.body_timeout)
 
 
 def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable, timeout: float) -> Callable:

@@ -19,6 +19,8 @@ import pyarrow as pa
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
+from services.gateway.errors import send_error
+from services.gateway.limits import declared_length, read_body, too_large
 from shared import subjects
 from shared.arrow_codec import column_values, from_ipc, records_json_to_table, to_ipc_file, to_ipc_stream
 from shared.authz import (
@@ -32,7 +34,6 @@ from shared.bus import raise_for_error_header, request
 from shared.errors import (
     InvalidRequest,
     NotFound,
-    PayloadTooLarge,
     RailyardError,
     Unauthorized,
     Unavailable,
@@ -87,10 +88,10 @@ class RouteCache:
             self.members[key] = time.monotonic()
 
 
-def _read_body(content_type: str, body: bytes) -> pa.Table:
+def _read_body(content_type: str, body: bytes, max_bytes: int) -> pa.Table:
     kind = content_type.split(";")[0].strip().lower()
     if kind in (ARROW_FILE, ARROW_STREAM):
-        return from_ipc(body)
+        return from_ipc(body, max_decoded_bytes=max_bytes)  # a compressed body decodes within the body limit
     if kind in ("application/json", ""):
         return records_json_to_table(body)
     raise InvalidRequest(f"unsupported Content-Type {content_type!r}: send {JSON_RECORDS!r} or {ARROW_FILE!r}")
@@ -167,13 +168,14 @@ class Inference:
                   accept: str, body: bytes) -> tuple[bytes, str, dict[str, str]]:
         """(answer body, media type, extra headers) for one inference."""
         runtime = self.runtime
+        # the body first: a malformed body or an Arrow bomb (413) is refused before any bus round trip
+        table = _read_body(content_type, body, runtime.settings.gateway.max_body_bytes)
         route = await self.cache.route(runtime, deployment, token)
         await self.cache.authorize(runtime, principal, token, route)
         if route.pipeline_name != pipeline:
             raise NotFound(f"deployment {deployment!r} does not serve pipeline {pipeline!r}")
         if route.status != "Running":
             raise Unavailable(f"deployment {deployment!r} is {route.status.lower()}; retry shortly")
-        table = _read_body(content_type, body)
         at_ms = int(time.time() * 1000)
         reply = await _ask_engine(runtime, deployment, to_ipc_stream(table))
         headers = reply.headers or {}
@@ -198,11 +200,12 @@ class InferenceFastPath:
     framework's routing, middleware and dependency resolution (most of an inference's cost at batch 1);
     everything else goes to the application behind it."""
 
-    def __init__(self, app: Any, inference: Inference, verifier, max_body_bytes: int) -> None:
+    def __init__(self, app: Any, inference: Inference, verifier, max_body_bytes: int, body_timeout: float) -> None:
         self.app = app
         self.inference = inference
         self.verifier = verifier
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: dict, receive, send) -> None:
         path = scope.get("path", "")
@@ -214,46 +217,35 @@ class InferenceFastPath:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        declared = headers.get("content-length", "")
-        too_large = declared.isdigit() and int(declared) > self.max_body_bytes
-        chunks = []
-        received = 0
-        while not too_large:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            received += len(chunks[-1])
-            too_large = received > self.max_body_bytes  # stop reading: the rest is never held
-            if not message.get("more_body"):
-                break
-        extra: dict[str, str] = {}
+        read = False
         try:
-            if too_large:
-                extra["Connection"] = "close"
-                raise PayloadTooLarge(f"request body is larger than {self.max_body_bytes} bytes")
+            declared = declared_length(scope)
+            if declared is not None and declared > self.max_body_bytes:
+                raise too_large(self.max_body_bytes)
+            # the token before any body byte: an unauthenticated client gets 401 without being read
             scheme, _, token = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
             principal = await self.verifier().verify(token.strip())
-            body, media, extra = await self.inference.run(
+            body = await read_body(receive, self.max_body_bytes, self.body_timeout)
+            if body is None:
+                return
+            read = True
+            answer, media, extra = await self.inference.run(
                 principal, token.strip(), parts[0], parts[1], headers.get("content-type", ""),
-                headers.get("accept", ""), b"".join(chunks))
-            status = 200
+                headers.get("accept", ""), body)
         except RailyardError as exc:
-            status, media = exc.status, "application/json"
-            body = orjson.dumps({"code": exc.code, "msg": exc.msg})
-            if exc.status == 401:
-                extra = {"WWW-Authenticate": "Bearer"}
-            elif exc.status == 503:
-                extra = {"Retry-After": "1"}
+            # not read (whole): close the connection, the rest of the body is never parsed as a next request
+            await send_error(send, exc, close=not read)
+            return
         except Exception:  # like the app's own handler: no details leave the gateway
             log.exception("inference failed in the gateway")
-            status, media, body = 500, "application/json", b'{"code":"internal","msg":"internal error"}'
-        raw = [(b"content-type", media.encode()), (b"content-length", str(len(body)).encode())]
+            await send_error(send, RailyardError("internal error"))
+            return
+        raw = [(b"content-type", media.encode()), (b"content-length", str(len(answer)).encode())]
         raw += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
-        await send({"type": "http.response.start", "status": status, "headers": raw})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.start", "status": 200, "headers": raw})
+        await send({"type": "http.response.body", "body": answer})
 
 
 def add_inference_routes(app: FastAPI, runtime: Runtime, caller, inference: Inference) -> None:

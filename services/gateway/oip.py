@@ -5,7 +5,6 @@ data extension, so `tritonclient[http]` works unchanged. A model is addressed by
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 import numpy as np
@@ -14,8 +13,10 @@ import pyarrow as pa
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from services.gateway.errors import error_response
 from shared.arrow_codec import from_ipc, tensor_array, to_ipc_stream
 from shared.authz import Principal
+from shared.bus import raise_for_error_header
 from shared.errors import InvalidRequest, RailyardError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -131,8 +132,8 @@ def add_oip_routes(app: FastAPI, runtime, caller, cache, ask_engine) -> None:
         await cache.authorize(runtime, principal, token, route)
         return route
 
-    def oip_error(exc: RailyardError) -> JSONResponse:
-        return JSONResponse({"error": exc.msg, "code": exc.code, "msg": exc.msg}, status_code=exc.status)
+    def oip_error(exc: RailyardError) -> Response:
+        return error_response(exc, "oip")
 
     @app.get("/v2/health/live", tags=["open inference protocol"])
     async def live(principal: Principal = Depends(caller)) -> dict:
@@ -167,11 +168,7 @@ def add_oip_routes(app: FastAPI, runtime, caller, cache, ask_engine) -> None:
             route = await route_for(model, request, principal)
             parsed, table = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
             reply = await ask_engine(runtime, model, to_ipc_stream(table))
-            headers = reply.headers or {}
-            if "Railyard-Error" in headers:
-                err = json.loads(headers["Railyard-Error"])
-                return JSONResponse({"error": err["msg"], "code": err["code"], "msg": err["msg"]},
-                                    status_code=err.get("status", 400))
+            raise_for_error_header(reply.headers)
             body, response_headers = encode_response(parsed, model, route.pipeline_version, from_ipc(reply.data))
         except RailyardError as exc:
             return oip_error(exc)

@@ -26,6 +26,8 @@ class IssueToken(Command):
     password: str | None = None
     refresh_token: str | None = None
     scope: str | None = None
+    source: str | None = Field(None, description="The client's address as the gateway saw it: failed logins are "
+                               "counted and locked per user and source.")
 
 
 class TokenIssued(Message):

@@ -1,0 +1,59 @@
+"""The one place a `RailyardError` becomes an HTTP answer, for every edge of the gateway: the FastAPI routes, the
+token endpoint (OAuth2's error shape), the raw ASGI inference fast path and body limit, and the Open Inference
+Protocol (its `error` field). Status, headers (`WWW-Authenticate` on 401, `Retry-After` on 429/503) and the typed
+`{"code", "msg"}` body are decided here and nowhere else."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import orjson
+from fastapi.responses import Response
+
+from shared.errors import RailyardError, TooManyRequests
+
+Shape = Literal["api", "oauth", "oip"]
+# OAuth2 errors answered with 401 (as Keycloak does); the others keep their own status
+OAUTH_401 = {"invalid_client", "invalid_grant", "account_locked"}
+OAUTH_CODES = OAUTH_401 | {"unsupported_grant_type", "unauthorized_client", "rate_limited"}
+
+
+def error_parts(exc: RailyardError, shape: Shape = "api", *, close: bool = False) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, JSON body) of the answer to `exc`."""
+    status, code, msg = exc.status, exc.code, exc.msg
+    headers: dict[str, str] = {}
+    if shape == "oauth":
+        status = 401 if code in OAUTH_401 else status
+        code = code if code in OAUTH_CODES else ("invalid_request" if status == 400 else code)
+        body = {"error": code, "error_description": msg, "code": code, "msg": msg}
+        headers["Cache-Control"] = "no-store"
+    elif shape == "oip":
+        body = {"error": msg, "code": code, "msg": msg}
+    else:
+        body = {"code": code, "msg": msg}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    elif isinstance(exc, TooManyRequests):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    elif status == 503:
+        headers["Retry-After"] = "1"
+    if close:
+        headers["Connection"] = "close"
+    return status, headers, orjson.dumps(body)
+
+
+def error_response(exc: RailyardError, shape: Shape = "api", *, close: bool = False) -> Response:
+    """The answer to `exc` as a Starlette response."""
+    status, headers, body = error_parts(exc, shape, close=close)
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+async def send_error(send: Callable, exc: RailyardError, shape: Shape = "api", *, close: bool = False) -> None:
+    """The answer to `exc` on a raw ASGI `send` (for code that runs outside the web framework)."""
+    status, headers, body = error_parts(exc, shape, close=close)
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,168 @@
+"""The gateway under abuse: the token is checked before any body byte is read, bodies have a deadline and a
+size fitting their route, a compressed Arrow body is bounded by the request limit before it is decoded, the
+token endpoint is rate-limited per source address, and failed logins lock a user out for the attacker's address
+only. Other source addresses are other loopback addresses (127.0.0.2, 127.0.0.3): Linux routes all of 127/8."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tests.integration.conftest import PASSWORD, client_for
+
+pytestmark = pytest.mark.integration
+
+TOKEN_PATH = "/auth/realms/master/protocol/openid-connect/token"
+MiB = 1024 * 1024
+
+
+def _port(stack) -> int:
+    return int(stack.env["RAILYARD_GATEWAY__PORT"])
+
+
+def _send_headers_then_wait(stack, path: str, headers: dict[str, str], first: bytes, *, source: str = "127.0.0.1",
+                            wait: float = 10.0) -> tuple[int, float, bytes]:
+    """Send the request line, headers and only `first` body bytes; (status, seconds to answer, answer) while the
+    rest of the body is never sent."""
+    sock = socket.create_connection(("127.0.0.1", _port(stack)), timeout=wait, source_address=(source, 0))
+    try:
+        head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        sock.sendall(head.encode() + b"\r\n" + first)
+        started = time.monotonic()
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        seconds = time.monotonic() - started
+    finally:
+        sock.close()
+    status = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
+    return status, seconds, answer
+
+
+def _chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+INFER = "/v1/api/pipelines/infer/anything-1/anything"
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+@pytest.mark.parametrize("authorization", [None, "Bearer not-a-token"])
+def test_an_unauthenticated_body_is_refused_before_it_is_read(stack, framing, authorization):
+    # 60 MiB announced (chunked: no length at all), 64 KiB sent: the answer comes without the rest being read
+    headers = {"Content-Type": "application/vnd.apache.arrow.file"}
+    if authorization:
+        headers["Authorization"] = authorization
+    if framing == "chunked":
+        headers["Transfer-Encoding"] = "chunked"
+        first = _chunk(b"\0" * 65536)
+    else:
+        headers["Content-Length"] = str(8 * MiB)  # under the test stack's 16 MiB limit: only the token refuses it
+        first = b"\0" * 65536
+    status, seconds, answer = _send_headers_then_wait(stack, INFER, headers, first)
+    assert status == 401, answer
+    assert seconds < 5, seconds
+    # a declared 60 MiB is above the body limit: refused from the header alone, token or not
+    headers.pop("Transfer-Encoding", None)
+    headers["Content-Length"] = str(60 * MiB)
+    status, _, answer = _send_headers_then_wait(stack, INFER, headers, b"\0" * 65536)
+    assert status in (401, 413), answer
+
+
+def test_a_trickled_body_gets_408_after_the_deadline(stack, admin):
+    headers = {"Authorization": f"Bearer {admin.token}", "Content-Type": "application/json",
+               "Content-Length": "1000"}
+    for path in (INFER, "/v1/api/workspaces/list"):
+        status, seconds, answer = _send_headers_then_wait(stack, path, headers, b"[{", wait=20)
+        assert status == 408, answer
+        assert 4 <= seconds < 10, seconds  # the test stack's RAILYARD_GATEWAY__BODY_TIMEOUT is 5 s
+
+
+def test_json_routes_take_small_bodies_only(stack, admin):
+    big = json.dumps({"registry_id": str(uuid.uuid4()), "name": "x", "path": "x" * (3 * MiB), "workspace_id": 1,
+                      "conversion": {"framework": "sklearn"}})
+    for path in ("models/upload_from_registry", "workspaces/list"):  # the first was given the upload limit before
+        response = httpx.post(f"{stack.api}/{path}", content=big, headers={
+            "Authorization": f"Bearer {admin.token}", "Content-Type": "application/json"}, timeout=30)
+        assert response.status_code == 413 and response.json()["code"] == "payload_too_large", response.text
+
+
+def _zstd_bomb(decoded_mib: int) -> bytes:
+    table = pa.table({"tensor": pa.array(np.zeros(decoded_mib * MiB // 8, dtype=np.float64))})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_zstd_bomb_is_refused_413_without_decoding(stack, admin):
+    bomb = _zstd_bomb(256)
+    assert len(bomb) < 64 * 1024  # a few KB that decode to 256 MiB
+    gateway = stack.state()["components"]["gateway"]["pid"]
+    before = _rss_kib(gateway)
+    for _ in range(5):
+        response = httpx.post(f"{stack.base_url}{INFER}", content=bomb, timeout=30, headers={
+            "Authorization": f"Bearer {admin.token}", "Content-Type": "application/vnd.apache.arrow.file"})
+        assert response.status_code == 413 and response.json()["code"] == "payload_too_large", response.text
+        assert "decodes to" in response.json()["msg"]
+    growth_mib = (_rss_kib(gateway) - before) / 1024
+    assert growth_mib < 32, f"the gateway grew by {growth_mib:.0f} MiB"
+
+
+def test_the_token_endpoint_is_rate_limited_per_source(stack):
+    secrets = stack.secrets()
+    bad = {"grant_type": "client_credentials"}
+    statuses = []
+    with httpx.Client(base_url=stack.base_url, timeout=30,
+                      transport=httpx.HTTPTransport(local_address="127.0.0.3")) as flood:
+        for _ in range(80):  # the per-source burst is 50
+            response = flood.post(TOKEN_PATH, data=bad, auth=(f"nobody-{uuid.uuid4().hex[:6]}", "x"))
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                assert response.json()["error"] == "rate_limited" and int(response.headers["Retry-After"]) >= 1
+    assert statuses.count(429) >= 20 and statuses[0] == 401, statuses
+    # another address is not slowed by it
+    login = httpx.post(f"{stack.base_url}{TOKEN_PATH}", timeout=30,
+                       auth=(secrets["client_id"], secrets["client_secret"]),
+                       data={"grant_type": "password", "username": secrets["admin_username"],
+                             "password": secrets["admin_password"]})
+    assert login.status_code == 200, login.text
+
+
+def test_an_attacker_locks_a_user_out_from_their_own_address_only(stack, admin):
+    secrets = stack.secrets()
+    email = f"lockout-{uuid.uuid4().hex[:8]}@example.com"
+    admin.post("users/invite", {"email": email, "password": PASSWORD})
+
+    def login(source: str, password: str) -> httpx.Response:
+        with httpx.Client(base_url=stack.base_url, timeout=30,
+                          transport=httpx.HTTPTransport(local_address=source)) as http:
+            return http.post(TOKEN_PATH, auth=(secrets["client_id"], secrets["client_secret"]),
+                             data={"grant_type": "password", "username": email, "password": password})
+
+    for _ in range(5):  # the test stack locks after 5 failures
+        attempt = login("127.0.0.2", "wrong-password")
+        assert attempt.status_code == 401
+    assert attempt.json()["error"] == "account_locked"
+    assert login("127.0.0.2", PASSWORD).json()["error"] == "account_locked"  # the attacker's address is locked
+    real = login("127.0.0.1", PASSWORD)  # the real user, elsewhere, is not
+    assert real.status_code == 200, real.text
+    assert client_for(stack).login(email, PASSWORD)["access_token"]

@@ -1,0 +1,106 @@
+"""The gateway's token buckets, body limits by route, its one error mapping, and the decoded-size bound of Arrow
+IPC bodies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from services.gateway.errors import error_parts
+from services.gateway.limits import Limits
+from services.gateway.ratelimit import TokenBuckets, TokenEndpointLimits
+from shared.arrow_codec import from_ipc, to_ipc_file, to_ipc_stream
+from shared.errors import InvalidRequest, PayloadTooLarge, TooManyRequests, Unauthorized
+from shared.ipc_size import ipc_decoded_bytes
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_bucket_allows_its_burst_then_its_rate():
+    clock = Clock()
+    buckets = TokenBuckets(rate=2.0, burst=3, clock=clock)
+    assert [buckets.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert buckets.take("a") == pytest.approx(0.5)
+    assert buckets.take("b") == 0.0  # another key has its own bucket
+    clock.now = 1.0
+    assert buckets.take("a") == 0.0
+
+
+def test_the_bucket_table_is_bounded():
+    buckets = TokenBuckets(rate=1.0, burst=1, max_keys=10, clock=Clock())
+    for i in range(100):
+        buckets.take(str(i))
+    assert len(buckets._buckets) == 10
+
+
+def test_token_endpoint_limits_per_source_and_per_client():
+    clock = Clock()
+    limits = TokenEndpointLimits(TokenBuckets(1.0, 2, clock=clock), TokenBuckets(1.0, 3, clock=clock))
+    limits.check_source("10.0.0.1")
+    limits.check_source("10.0.0.1")
+    with pytest.raises(TooManyRequests, match="address"):
+        limits.check_source("10.0.0.1")
+    limits.check_source("10.0.0.2")
+    for _ in range(3):
+        limits.check_client("api-client")
+    with pytest.raises(TooManyRequests, match="client") as raised:
+        limits.check_client("api-client")
+    status, headers, _ = error_parts(raised.value, "oauth")
+    assert status == 429 and headers["Retry-After"] == "1"
+
+
+def test_one_mapping_for_every_edge():
+    status, headers, body = error_parts(Unauthorized("no"), "api")
+    assert (status, headers["WWW-Authenticate"], body) == (401, "Bearer", b'{"code":"unauthorized","msg":"no"}')
+    status, headers, body = error_parts(InvalidRequest("bad", code="invalid_grant"), "oauth")
+    assert status == 401 and b'"error":"invalid_grant"' in body and headers["Cache-Control"] == "no-store"
+    assert error_parts(PayloadTooLarge("big"), "oip", close=True)[1]["Connection"] == "close"
+    assert b'"error":"big"' in error_parts(PayloadTooLarge("big"), "oip")[2]
+
+
+def test_routes_get_the_limit_of_what_they_carry():
+    limits = Limits(max_json_bytes=1, max_body_bytes=2, max_upload_bytes=3, body_timeout=1)
+    assert limits.for_path("/v1/api/models/upload_from_registry") == (1, False)
+    assert limits.for_path("/v1/api/workspaces/list") == (1, False)
+    assert limits.for_path("/v1/api/pipelines/infer/d-1/p") == (2, False)
+    assert limits.for_path("/v2/models/d-1/infer") == (2, False)
+    assert limits.for_path("/v1/api/models/upload_stream") == (3, True)
+
+
+@pytest.mark.parametrize("compression", ["zstd", "lz4", None])
+@pytest.mark.parametrize("encode", ["file", "stream"])
+def test_decoded_size_is_read_without_decoding(compression, encode):
+    table = pa.table({"x": pa.array(np.zeros(1 << 20)), "i": pa.array(np.ones(1 << 20, dtype=np.int32))})
+    sink = pa.BufferOutputStream()
+    new = pa.ipc.new_file if encode == "file" else pa.ipc.new_stream
+    with new(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as writer:
+        writer.write_table(table)
+        writer.write_table(pa.table({"x": pa.array(np.zeros(10)), "i": pa.array(np.ones(10, dtype=np.int32))}))
+    data = sink.getvalue().to_pybytes()
+    assert abs(ipc_decoded_bytes(data) - table.nbytes) < 1024
+    with pytest.raises(PayloadTooLarge, match="decodes to"):
+        from_ipc(data, max_decoded_bytes=table.nbytes // 2)
+    assert from_ipc(data, max_decoded_bytes=table.nbytes * 2).num_rows == table.num_rows + 10
+
+
+def test_dictionary_batches_count_too():
+    table = pa.table({"s": pa.array(["x" * 1000, "y" * 1000] * 100).dictionary_encode()})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+        writer.write_table(table)
+    assert ipc_decoded_bytes(sink.getvalue().to_pybytes()) >= 2000
+
+
+def test_malformed_bodies_are_invalid_not_crashes():
+    small = pa.table({"x": [1.0, 2.0]})
+    for body in (b"ARROW1 but not really", b"\xff\xff\xff\xff\x10\x00\x00\x00garbage",
+                 to_ipc_file(small)[:-20], to_ipc_stream(small)[:30]):
+        with pytest.raises(InvalidRequest):
+            from_ipc(body, max_decoded_bytes=1 << 20)
