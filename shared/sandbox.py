@@ -156,7 +156,8 @@ def _launch_config(spec: SandboxSpec, settings: Settings) -> dict:
     env |= spec.env
     limits = spec.limits
     config = {
-        "mechanism": mechanism, "argv": [str(a) for a in spec.argv], "env": env, "workdir": str(workdir),
+        "mechanism": mechanism, "parent": os.getpid(), "argv": [str(a) for a in spec.argv], "env": env,
+        "workdir": str(workdir),
         "readonly": [str(p) for p in [*code_paths(), *(Path(p).absolute() for p in spec.readonly_paths)]],
         "hidden": [str(settings.stack.data_dir.expanduser().absolute())],
         "tmp_bytes": limits.file_size_bytes,

@@ -223,7 +223,7 @@ def set_limits(limits: dict) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits["file_size_bytes"], limits["file_size_bytes"]))
 
 
-def child(config: dict, root: str | None, alive: int) -> None:
+def child(config: dict, root: str | None, alive: int, mapping: tuple[int, int]) -> None:
     """pid 1 of the new namespaces: build the view, drop privileges, then run the target as its child (pid 1
     ignores signals it has no handler for, which would turn SIGXCPU and SIGXFSZ into no-ops) and exit with its
     status; when pid 1 exits, the kernel kills every process left in the namespace."""
@@ -238,6 +238,12 @@ def child(config: dict, root: str | None, alive: int) -> None:
         if config["mechanism"] == "root":
             uid, gid = config["uid"], config["gid"]
             os.setgroups([])
+            # a user namespace of its own (the launcher maps the sandbox uid onto itself): RLIMIT_NPROC then
+            # counts this sandbox's processes, not those of every sandbox running as the same OS user
+            check(libc.unshare(CLONE_NEWUSER), "unshare(user)")
+            os.write(mapping[1], b"u")
+            if os.read(mapping[0], 1) != b"m":
+                fail("the launcher did not map the sandbox user")
             os.setresgid(gid, gid, gid)
             os.setresuid(uid, uid, uid)  # leaving uid 0 clears every capability
             if os.geteuid() == 0 or os.getuid() == 0:
@@ -280,17 +286,27 @@ def exit_code(status: int) -> int:
 
 def main() -> None:
     config = json.loads(os.environ.pop("RAILYARD_SANDBOX_LAUNCH"))
+    check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
+    if os.getppid() != config["parent"]:  # the service that spawned it is already gone
+        os._exit(125)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     root = None
     if config["mechanism"] != "off":
         enter_namespaces(config)
         root = tempfile.mkdtemp(prefix="railyard-sandbox-")
     alive, keep = os.pipe()  # its write end stays open in this process for as long as it lives
+    asked, answered = os.pipe(), os.pipe()  # (root) the child asks for its uid map, this process answers
     pid = os.fork()
     if pid == 0:
         os.close(keep)
-        child(config, root, alive)
-    os.close(alive)
+        child(config, root, alive, (answered[0], asked[1]))
+    for end in (alive, asked[1], answered[0]):
+        os.close(end)
+    if config["mechanism"] == "root":
+        if os.read(asked[0], 1) == b"u":
+            write_file(f"/proc/{pid}/uid_map", f"{config['uid']} {config['uid']} 1\n")
+            write_file(f"/proc/{pid}/gid_map", f"{config['gid']} {config['gid']} 1\n")
+            os.write(answered[1], b"m")
 
     def stop(signum, frame) -> None:
         os.kill(pid, signal.SIGKILL)
