@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint protos bench venv clean
+.PHONY: run test lint protos docs bench venv clean
 
 # A real MLflow tracking server for the registry tests, in its own environment (it is an external system to
 # Railyard, and its pins must not decide ours).
@@ -38,6 +38,10 @@ lint: venv
 ## Regenerate protos/ (JSON Schema of every message, AsyncAPI of every service).
 protos: venv
 	$(BIN)/python -m shared.protos
+
+## Regenerate docs/sdk.md (the SDK and CLI reference) from the client's code.
+docs: venv
+	$(BIN)/python -m railyard_client._docgen docs/sdk.md
 
 bench: venv
 	$(BIN)/python -m bench

@@ -91,15 +91,3 @@ def test_the_sdk_alone_uploads_deploys_infers_reads_logs_and_undeploys(stack, al
     assert seen["wrong_password"][0] == 401
     assert seen["in_task"] == [False, {}]
 
-
-def test_in_task_and_task_args_read_the_task_environment(tmp_path):
-    """The contract the task scheduler fulfils (railyard_client.tasks): no configuration in the task's code."""
-    args_file = tmp_path / "args.json"
-    args_file.write_text(json.dumps({"workspace_name": "ws", "pipeline_name": "p"}))
-    code = "import json, railyard_client as rc; print(json.dumps([rc.in_task(), rc.task_args()]))"
-    env = {k: v for k, v in os.environ.items() if k not in ("TASK_ID", "ORCH_SHA", "TASK_ARGS", "TASK_ARGS_FILE")}
-    outside = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert json.loads(outside.stdout) == [False, {}]
-    env |= {"TASK_ID": "1cb1b550-384f-4476-8619-03e0aca71409", "ORCH_SHA": "d3b9", "TASK_ARGS_FILE": str(args_file)}
-    inside = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert json.loads(inside.stdout) == [True, {"workspace_name": "ws", "pipeline_name": "p"}]

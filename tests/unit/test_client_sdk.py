@@ -1,0 +1,111 @@
+"""The client distribution without a server: its reference page is current and complete, its version is the
+server's, errors are typed from the server's answers, files become tables, task runs are recognized, and the
+`railyard` command fails with one line and a meaningful exit code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import railyard_client
+from railyard_client import _docgen, cli, data
+from railyard_client.errors import AuthenticationError, InvalidInput, NotFound, Unavailable, error_from_answer
+
+REPO = Path(__file__).resolve().parents[2]
+PAGE = REPO / "docs" / "sdk.md"
+
+
+def test_the_reference_page_is_current():
+    assert PAGE.read_text() == _docgen.render(), "docs/sdk.md is stale: run `make docs`"
+
+
+def test_every_public_sdk_member_has_a_docstring_and_a_place_in_the_reference():
+    assert _docgen.missing_docstrings() == []
+    page = PAGE.read_text()
+    for name in _docgen.CLASSES:
+        cls = getattr(railyard_client, name)
+        for member, _ in _docgen.public_members(cls):
+            assert f"\n{_docgen.heading(name, member)}\n" in page, f"{name}.{member} is not in docs/sdk.md"
+    exported = {n for n in railyard_client.__all__ if isinstance(getattr(railyard_client, n), type)
+                and not issubclass(getattr(railyard_client, n), Exception)}
+    assert exported == set(_docgen.CLASSES), "every exported class belongs in the reference"
+
+
+def test_the_checks_catch_an_undocumented_method(monkeypatch):
+    def undocumented(self):
+        return None
+
+    monkeypatch.setattr(railyard_client.Pipeline, "brand_new", undocumented, raising=False)
+    assert "Pipeline.brand_new" in _docgen.missing_docstrings()
+    assert _docgen.render() != PAGE.read_text()
+
+
+def test_the_client_version_is_the_servers():
+    from shared import __version__
+
+    assert railyard_client.__version__ == __version__ == (REPO / "client" / "VERSION").read_text().strip()
+
+
+def test_server_answers_become_typed_errors():
+    err = error_from_answer(404, {"code": "not_found", "msg": "pipeline 'x' not found"})
+    assert isinstance(err, NotFound) and (err.status, err.code, err.message) == (404, "not_found",
+                                                                                   "pipeline 'x' not found")
+    oauth = error_from_answer(401, {"error": "invalid_grant", "error_description": "wrong password"})
+    assert isinstance(oauth, AuthenticationError) and oauth.code == "invalid_grant"
+    assert isinstance(error_from_answer(503, None), Unavailable)
+
+
+def test_files_become_tables(tmp_path):
+    rows = [{"tensor": [1.0, 2.0]}, {"tensor": [3.0, 4.0]}]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    table = pa.Table.from_pylist(rows)
+    pq.write_table(table, tmp_path / "rows.parquet")
+    (tmp_path / "rows.arrow").write_bytes(data.to_ipc_file(table))
+    for name, kind in (("rows.json", "json"), ("rows.parquet", "parquet"), ("rows.arrow", "arrow")):
+        read, found = data.read_table(tmp_path / name)
+        assert found == kind and read.column("tensor").to_pylist() == [[1.0, 2.0], [3.0, 4.0]]
+    with pytest.raises(InvalidInput, match="no such file"):
+        data.read_table(tmp_path / "missing.json")
+    (tmp_path / "rows.csv").write_text("a\n1\n")
+    with pytest.raises(InvalidInput, match="unknown file type"):
+        data.read_table(tmp_path / "rows.csv")
+    with pytest.raises(InvalidInput, match="pandas-records"):
+        data.parse_json_records(b"[1, 2]")
+
+
+def test_in_task_and_task_args_read_the_task_environment(tmp_path):
+    """The contract the task scheduler fulfils (railyard_client.tasks): no configuration in the task's code."""
+    args_file = tmp_path / "args.json"
+    args_file.write_text(json.dumps({"workspace_name": "ws", "pipeline_name": "p"}))
+    code = "import json, railyard_client as rc; print(json.dumps([rc.in_task(), rc.task_args()]))"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    outside = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(outside.stdout) == [False, {}]
+    env |= {"TASK_ID": "1cb1b550-384f-4476-8619-03e0aca71409", "ORCH_SHA": "d3b9", "TASK_ARGS_FILE": str(args_file)}
+    inside = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(inside.stdout) == [True, {"workspace_name": "ws", "pipeline_name": "p"}]
+    env.pop("TASK_ARGS_FILE")
+    env["TASK_ARGS"] = '{"n": 3}'
+    inline = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(inline.stdout) == [True, {"n": 3}]
+
+
+@pytest.mark.parametrize(("argv", "code", "text"), [
+    (["pipelinez"], 2, "No such command"),
+    (["pipelines", "deploy"], 2, "Missing argument"),
+    (["models", "list"], 3, "not logged in"),
+    (["infer", "p", "missing.parquet"], 2, "no such file: missing.parquet"),
+])
+def test_the_command_fails_with_one_line_and_an_exit_code(argv, code, text, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    for name in ("RAILYARD_CLIENT_URL", "RAILYARD_CLIENT_TOKEN", "RAILYARD_CLIENT_CREDENTIALS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == code
+    err = capsys.readouterr().err
+    assert err.startswith("railyard: error: ") and text in err and len(err.strip().splitlines()) == 1, err
