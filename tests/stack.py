@@ -57,6 +57,10 @@ def stack_env(data_dir: Path) -> dict[str, str]:
     env["RAILYARD_LOGS__SUPERSEDED_GRACE"] = "1"
     env["RAILYARD_LOGS__COMPACT_MIN_AGE"] = "0"
     env["RAILYARD_LOGS__PAGE_MAX_BYTES"] = str(1024 * 1024)  # a get_logs page holds at most 1 MiB of rows
+    # the registry's sandboxed checks and conversions: limits small enough that hostile uploads end in seconds
+    env["RAILYARD_REGISTRY__WORKER_TIMEOUT"] = "30"
+    env["RAILYARD_REGISTRY__WORKER_MEMORY_MB"] = "1024"
+    env["RAILYARD_REGISTRY__WORKER_FILE_SIZE_MB"] = "64"
     for name, port in zip(names, ports, strict=True):
         key = "RAILYARD_GATEWAY__PORT" if name == "GATEWAY" else f"RAILYARD_STACK__{name}"
         env[key] = str(port)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import ast
 import base64
+import errno
 import json
 import os
 import posixpath
+import stat
 import sys
 import zipfile
 from pathlib import Path
@@ -132,6 +134,14 @@ def inspect_custom(path: Path) -> dict[str, Any]:
             normalized = posixpath.normpath(name.replace("\\", "/"))
             if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or normalized.startswith(".."):
                 raise Rejected(f"archive entry {name!r} would be written outside the model's folder")
+            kind = info.external_attr >> 16  # the Unix mode, when the archive was made on Unix
+            if kind and stat.S_ISLNK(kind):
+                raise Rejected(f"archive entry {name!r} is a symbolic link, which could point outside the model's"
+                               " folder; archive the file it points to instead")
+            if kind and stat.S_IFMT(kind) and not (stat.S_ISREG(kind) or stat.S_ISDIR(kind)):
+                raise Rejected(f"archive entry {name!r} is neither a file nor a folder")
+            if "\0" in name or any(part == ".." for part in name.replace("\\", "/").split("/")):
+                raise Rejected(f"archive entry {name!r} would be written outside the model's folder")
             total += info.file_size
             if total > MAX_ZIP_UNCOMPRESSED:
                 raise Rejected(f"the archive unpacks to more than {MAX_ZIP_UNCOMPRESSED} bytes")
@@ -157,14 +167,52 @@ def inspect_custom(path: Path) -> dict[str, Any]:
     return {"runtime": "custom"}
 
 
-def _unpickle(source: Path) -> Any:
+SEE = "see docs/security.md#conversions"
+# libraries whose own error messages are worth showing (bounded); anything else was raised by the user's code
+_LIBRARY_MODULES = ("skl2onnx", "onnxmltools", "onnxconverter_common", "onnx", "sklearn", "xgboost")
+
+
+def _kind_of_failure(exc: BaseException) -> str:
+    """The class of an exception, named only when it is Python's or pickle's own (a class the user's code
+    defined can carry any name, and its message any text)."""
+    import builtins
+    import pickle
+
+    kind = type(exc)
+    if kind is pickle.UnpicklingError or getattr(builtins, kind.__name__, None) is kind:
+        return kind.__name__
+    return "an exception class of its own"
+
+
+def _library_message(exc: BaseException) -> str:
+    """A converter's own message (bounded), or only the class of failure when the user's code raised it."""
+    module = type(exc).__module__ or ""
+    if module.split(".")[0] in _LIBRARY_MODULES:
+        return " ".join(str(exc).split())[:200]
+    return f"the model's code raised {_kind_of_failure(exc)}"
+
+
+def _unpickle(source: Path, what: str) -> Any:
     import pickle
 
     try:
         with source.open("rb") as handle:
             return pickle.load(handle)  # noqa: S301 - this process exists to contain exactly this
-    except Exception as exc:  # any unpickling failure is the user's file
-        raise Rejected(f"cannot unpickle the model: {type(exc).__name__}: {str(exc)[:200]}") from None
+    except MemoryError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.EFBIG:  # RLIMIT_FSIZE (Python ignores SIGXFSZ, so the write fails instead)
+            raise Rejected(f"{what} could not be loaded: it wrote a file larger than the registry allows;"
+                           f" {SEE}") from None
+        raise Rejected(f"{what} could not be loaded: Python could not unpickle it ({_kind_of_failure(exc)});"
+                       f" {SEE}") from None
+    except Exception as exc:  # any unpickling failure is the user's file; its text is theirs, so not shown
+        raise Rejected(f"{what} could not be loaded: Python could not unpickle it ({_kind_of_failure(exc)});"
+                       f" {SEE}") from None
+
+
+def _type_name(model: Any) -> str:
+    return "".join(ch for ch in type(model).__name__ if ch.isalnum() or ch == "_")[:60] or "?"
 
 
 def _write_converted(onx: Any, target: Path, model: Any) -> dict[str, Any]:
@@ -190,9 +238,9 @@ def convert_xgboost(source: Path, target: Path) -> dict[str, Any]:
             raise Rejected(f"not an XGBoost model file: {str(exc).splitlines()[0][:200]}") from None
         features = model.num_features()
     else:
-        model = _unpickle(source)
+        model = _unpickle(source, "the uploaded XGBoost pickle")
         if not isinstance(model, xgboost.XGBModel | xgboost.Booster):
-            raise Rejected(f"not an XGBoost model (found {type(model).__name__})")
+            raise Rejected(f"not an XGBoost model (found {_type_name(model)})")
         features = model.num_features() if isinstance(model, xgboost.Booster) else getattr(model, "n_features_in_",
                                                                                            None)
     if not isinstance(features, int) or features < 1:
@@ -200,7 +248,7 @@ def convert_xgboost(source: Path, target: Path) -> dict[str, Any]:
     try:
         onx = to_onnx(model, initial_types=[("tensor", FloatTensorType([None, features]))], target_opset=15)
     except Exception as exc:  # onnxmltools raises many kinds for unsupported objectives
-        raise Rejected(f"onnxmltools cannot convert this XGBoost model: {str(exc)[:200]}") from None
+        raise Rejected(f"onnxmltools cannot convert this XGBoost model: {_library_message(exc)}") from None
     return _write_converted(onx, target, model)
 
 
@@ -209,8 +257,11 @@ def convert_sklearn(source: Path, target: Path) -> dict[str, Any]:
     from skl2onnx import convert_sklearn as to_onnx
     from skl2onnx.common.data_types import FloatTensorType
 
-    model = _unpickle(source)
-    features = getattr(model, "n_features_in_", None)
+    model = _unpickle(source, "the uploaded sklearn pickle")
+    try:
+        features = getattr(model, "n_features_in_", None)
+    except Exception as exc:  # a property of the user's class
+        raise Rejected(f"not a fitted scikit-learn model: {_library_message(exc)}") from None
     if not isinstance(features, int):
         raise Rejected("not a fitted scikit-learn model (no n_features_in_)")
     options = {id(model): {"zipmap": False}} if hasattr(model, "predict_proba") else None
@@ -218,7 +269,7 @@ def convert_sklearn(source: Path, target: Path) -> dict[str, Any]:
         onx = to_onnx(model, initial_types=[("tensor", FloatTensorType([None, features]))], options=options,
                       target_opset=17)
     except Exception as exc:  # skl2onnx raises many kinds for unsupported estimators
-        raise Rejected(f"skl2onnx cannot convert {type(model).__name__}: {str(exc)[:200]}") from None
+        raise Rejected(f"skl2onnx cannot convert {_type_name(model)}: {_library_message(exc)}") from None
     return _write_converted(onx, target, model)
 
 
@@ -239,7 +290,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps({"ok": False, "error": str(exc)}))
         return 0
     except MemoryError:
-        print(json.dumps({"ok": False, "error": "the model needs more memory than the registry allows"}))
+        print(json.dumps({"ok": False, "error": "the uploaded model could not be checked or converted: it needed"
+                                                f" more memory than the registry allows; {SEE}"}))
         return 0
     print(json.dumps({"ok": True, **result}))
     return 0

@@ -14,8 +14,6 @@ import base64
 import json
 import logging
 import re
-import resource
-import sys
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
@@ -27,6 +25,7 @@ import asyncpg
 import pyarrow as pa
 
 from services.registry import store
+from services.registry.worker import run_worker
 from shared import subjects
 from shared.authz import MembershipLookup, Principal, require_member, require_user
 from shared.errors import InvalidRequest, NotFound, RailyardError
@@ -76,35 +75,16 @@ class RegistryDeps:
         task.add_done_callback(self.tasks.discard)
 
 
-# --- the limited worker process ---------------------------------------------------------------------
-
-
-async def run_worker(settings: RegistrySettings, *args: str) -> dict[str, Any]:
-    """Run services.registry.artifacts with memory, CPU and wall-clock limits; its JSON answer."""
-    memory = settings.worker_memory_mb * 1024 * 1024
-    cpu = int(settings.worker_timeout) + 1
-
-    def limits() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.registry.artifacts", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, preexec_fn=limits,
-        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
-    )
+def _answer_schemas(result: dict[str, Any]) -> tuple[bytes, bytes] | None:
+    """The input and output schemas of a worker's answer, or None if they are not Arrow schemas (the worker's
+    answer is the user's code's to write once it has unpickled anything)."""
     try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), settings.worker_timeout)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        return {"ok": False, "error": f"checking the model took longer than {settings.worker_timeout:g}s"}
-    try:
-        return json.loads(stdout.decode().strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        log.warning("artifact worker exited %s: %s", process.returncode, stderr.decode()[-500:])
-        return {"ok": False, "error": "the model could not be checked within the registry's memory and CPU"
-                                      " limits"}
+        schemas = base64.b64decode(result["input_schema"]), base64.b64decode(result["output_schema"])
+        for raw in schemas:
+            pa.ipc.read_schema(pa.py_buffer(raw))
+    except (KeyError, TypeError, ValueError, pa.ArrowInvalid):
+        return None
+    return schemas
 
 
 # --- uploads ------------------------------------------------------------------------------------------
@@ -154,7 +134,9 @@ async def _upload(deps: RegistryDeps, principal: Principal, token: str | None, c
     if cmd.visibility not in ("public", "private"):
         raise InvalidRequest("visibility must be 'public' or 'private'")
     with tempfile.TemporaryDirectory(prefix="railyard-upload-") as folder:
-        local = Path(folder) / "model"
+        workdir = Path(folder) / "work"  # the sandboxed check's only writable directory
+        workdir.mkdir()
+        local = workdir / "model"
         try:
             sha, size = await deps.objects.download_to(BUCKET_ARTIFACTS, cmd.staged_key, local)
         except NotFound:
@@ -164,13 +146,15 @@ async def _upload(deps: RegistryDeps, principal: Principal, token: str | None, c
             raise InvalidRequest("the uploaded file is empty")
         runtime = None
         if framework in CHECKED:
-            result = await run_worker(deps.settings, "inspect", framework, str(local))
+            result = await run_worker(deps.settings, framework, workdir, "inspect", framework, str(local))
             if not result["ok"]:
                 raise InvalidRequest(f"{framework} model rejected: {result['error']}")
-            runtime = result["runtime"]
-            if "input_schema" in result:
-                input_schema = base64.b64decode(result["input_schema"])
-                output_schema = base64.b64decode(result["output_schema"])
+            runtime = framework  # onnx, python or custom: checked as they are, run as they are
+            if framework == "onnx":
+                schemas = _answer_schemas(result)
+                if schemas is None:
+                    raise InvalidRequest("onnx model rejected: its inputs and outputs could not be read")
+                input_schema, output_schema = schemas
     key = content_key(sha)
     if not await deps.objects.exists(BUCKET_ARTIFACTS, key):
         await deps.objects.copy(BUCKET_ARTIFACTS, cmd.staged_key, key)
@@ -192,13 +176,30 @@ async def _upload(deps: RegistryDeps, principal: Principal, token: str | None, c
     return ModelInserted(insert_models={"returning": [{"models": [{"id": model_id}]}]})
 
 
+async def _convert(settings: RegistrySettings, framework: str, workdir: Path, source: Path,
+                   target: Path) -> dict[str, Any]:
+    """Convert in the sandbox, then check what it wrote afresh, as an uploaded ONNX file is checked: the process
+    that wrote it ran the pickle's code, so its answer proves nothing."""
+    try:
+        result = await run_worker(settings, framework, workdir, "convert", framework, str(source), str(target))
+        if result["ok"]:
+            result = await run_worker(settings, "onnx", workdir, "inspect", "onnx", str(target))
+    except RailyardError as exc:  # the sandbox is unavailable on this host: said once, in the version's error
+        return {"ok": False, "error": exc.msg}
+    if result["ok"] and _answer_schemas(result) is None:
+        return {"ok": False, "error": "the converted model's inputs and outputs could not be read"}
+    return result
+
+
 async def convert_version(deps: RegistryDeps, model_version: uuid.UUID, framework: str, source_sha: str,
                           workspace_id: int, model_id: int) -> None:
     """Convert a version's uploaded file to ONNX in the limited worker; mark it ready or error."""
     async with deps.conversions:
         result: dict[str, Any]
         with tempfile.TemporaryDirectory(prefix="railyard-convert-") as folder:
-            source, target = Path(folder) / "source", Path(folder) / "model.onnx"
+            workdir = Path(folder) / "work"  # the sandboxed conversion's only writable directory
+            workdir.mkdir()
+            source, target = workdir / "source", workdir / "model.onnx"
             try:
                 sha, _ = await deps.objects.download_to(BUCKET_ARTIFACTS, content_key(source_sha), source)
             except RailyardError as exc:
@@ -207,14 +208,14 @@ async def convert_version(deps: RegistryDeps, model_version: uuid.UUID, framewor
                 if sha != source_sha:
                     result = {"ok": False, "error": "the stored upload does not match its sha256"}
                 else:
-                    result = await run_worker(deps.settings, "convert", framework, str(source), str(target))
+                    result = await _convert(deps.settings, framework, workdir, source, target)
             if result["ok"]:
+                input_schema, output_schema = _answer_schemas(result)
                 with target.open("rb") as handle:
                     stored = await deps.objects.put_content_addressed(BUCKET_ARTIFACTS, handle)
                 await store.finish_version(
                     deps.pool, model_version, status="ready", error=None, sha=stored.sha256, runtime="onnx",
-                    input_schema=base64.b64decode(result["input_schema"]),
-                    output_schema=base64.b64decode(result["output_schema"]))
+                    input_schema=input_schema, output_schema=output_schema)
             else:
                 await store.finish_version(deps.pool, model_version, status="error", error=result["error"],
                                            sha=None, runtime=None, input_schema=None, output_schema=None)
