@@ -72,6 +72,12 @@ LINEAGE_VERSIONS_LIST = "workflow_lineage.versions.list"
 LINEAGE_VERSIONS_RESTORE = "workflow_lineage.versions.restore"
 LINEAGE_VERSIONS_VERIFY = "workflow_lineage.versions.verify"
 LINEAGE_WORKFLOW_GRAPH = "workflow_lineage.workflow.graph"
+LINEAGE_BENCHMARKS_CLASSIFICATION = "workflow_lineage.benchmarks.run_classification"
+LINEAGE_BENCHMARKS_DETECTION = "workflow_lineage.benchmarks.evaluate_detections"
+LINEAGE_BENCHMARKS_GET = "workflow_lineage.benchmarks.get"
+LINEAGE_BENCHMARKS_LIST = "workflow_lineage.benchmarks.list"
+LINEAGE_BENCHMARKS_COMPARE = "workflow_lineage.benchmarks.compare"
+EVENT_BENCHMARK_COMPLETED = "events.benchmark.completed"
 # the seed's input/output methods, one subject each: workflow_lineage.workflow.add_input_project, ...
 LINEAGE_WORKFLOW_LINKS = tuple(
     f"workflow_lineage.workflow.add_{direction}_{card}"

@@ -33,7 +33,8 @@ PARQUET = "application/vnd.apache.parquet"
 _LINK_MODELS = {"project": lin.ProjectLink, "dataset": lin.DatasetLink, "file": lin.FileLink,
                 "folder": lin.FolderLink, "task": lin.TaskLink, "job": lin.JobLink, "app": lin.AppLink}
 
-# (path, subject, request model, reply model, summary[, unwrap]) rows for http.py's JSON route table
+# (path, subject, request model, reply model, summary[, unwrap, status, long_running]) rows for http.py's JSON
+# route table
 JSON_ROUTE_SPECS: list[tuple[Any, ...]] = [
     ("/projects/create", subjects.LINEAGE_PROJECTS_CREATE, lin.CreateProject, lin.ProjectInfo,
      "Create a project (a container of datasets) in a workspace."),
@@ -68,6 +69,16 @@ JSON_ROUTE_SPECS: list[tuple[Any, ...]] = [
     ("/files/delete", subjects.LINEAGE_FILES_DELETE, lin.WorkspaceFileRef, lin.Deleted, "Delete a workspace file."),
     ("/workflow/graph", subjects.LINEAGE_WORKFLOW_GRAPH, lin.GetWorkflowGraph, lin.WorkflowGraph,
      "A card's ancestors and descendants to a depth (nodes and edges), or a workspace's whole graph."),
+    ("/benchmarks/run_classification", subjects.LINEAGE_BENCHMARKS_CLASSIFICATION, lin.RunClassificationBenchmark,
+     lin.BenchmarkReport, "Run a tabular dataset through deployments: classification metrics and speed, stored.",
+     None, 200, True),
+    ("/benchmarks/evaluate_detections", subjects.LINEAGE_BENCHMARKS_DETECTION, lin.EvaluateDetections,
+     lin.BenchmarkReport, "Score detections against an images dataset's boxes (COCO mAP), stored.", None, 200, True),
+    ("/benchmarks/get", subjects.LINEAGE_BENCHMARKS_GET, lin.ReportRef, lin.BenchmarkReport, "A benchmark report."),
+    ("/benchmarks/list", subjects.LINEAGE_BENCHMARKS_LIST, lin.ListReports, lin.BenchmarkReports,
+     "A workspace's benchmark reports."),
+    ("/benchmarks/compare", subjects.LINEAGE_BENCHMARKS_COMPARE, lin.CompareReports, lin.ReportComparison,
+     "Reports' candidates side by side, each metric with its difference from the first."),
 ] + [
     (f"/workflow/{subject.rsplit('.', 1)[-1]}", subject, _LINK_MODELS[subject.rsplit("_", 1)[-1]], lin.LinkAdded,
      f"Seed {subject.rsplit('.', 1)[-1]}: connect a card to a task run.")

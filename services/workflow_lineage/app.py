@@ -10,15 +10,20 @@ from faststream.nats import JStream, NatsRouter, PullSub
 from faststream.nats.annotations import NatsMessage
 from nats.js.api import ConsumerConfig
 
-from services.workflow_lineage import handlers, links
+from services.workflow_lineage import benchmark_runs, handlers, links
 from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
-from shared.bus import CallContext, command, publish_event
+from shared.bus import CallContext, command, publish_event, raw_request, request
+from shared.errors import InvalidRequest
 from shared.messages import CountEvents, EventCount
 from shared.messages import lineage as m
+from shared.messages.deployer import DeploymentRoute, ResolveDeployment
+from shared.objectstore import BUCKET_TABLES
 from shared.service import Runtime, ServiceSpec
 
 NAME = "workflow_lineage"
+ENGINE_TIMEOUT = 30.0
+TABLE_REF = "Railyard-Table-Ref"  # the engine's answer by reference when it is above the bus limit
 
 
 def build_router(runtime: Runtime) -> NatsRouter:
@@ -168,6 +173,32 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """A card's ancestors and descendants, or a workspace's graph."""
         return await links.graph_query(deps(), await caller(ctx), ctx.token, cmd)
 
+    @command(router, subjects.LINEAGE_BENCHMARKS_CLASSIFICATION, service=NAME)
+    async def run_classification(cmd: m.RunClassificationBenchmark, ctx: CallContext) -> m.BenchmarkReport:
+        """Run a dataset through deployments and store a classification report with speed."""
+        return await benchmark_runs.run_classification(deps(), runtime.extras["infer"], runtime.extras["resolve"],
+                                                       await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.LINEAGE_BENCHMARKS_DETECTION, service=NAME)
+    async def evaluate_detections(cmd: m.EvaluateDetections, ctx: CallContext) -> m.BenchmarkReport:
+        """Score detections against an images dataset's boxes (COCO) and store the report."""
+        return await benchmark_runs.evaluate_detections(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.LINEAGE_BENCHMARKS_GET, service=NAME)
+    async def get_report(cmd: m.ReportRef, ctx: CallContext) -> m.BenchmarkReport:
+        """A stored benchmark report."""
+        return await benchmark_runs.get_report(deps(), await caller(ctx), ctx.token, cmd.report_id)
+
+    @command(router, subjects.LINEAGE_BENCHMARKS_LIST, service=NAME)
+    async def list_reports(cmd: m.ListReports, ctx: CallContext) -> m.BenchmarkReports:
+        """A workspace's benchmark reports."""
+        return await benchmark_runs.list_reports(deps(), await caller(ctx), ctx.token, cmd.workspace_id)
+
+    @command(router, subjects.LINEAGE_BENCHMARKS_COMPARE, service=NAME)
+    async def compare_reports(cmd: m.CompareReports, ctx: CallContext) -> m.ReportComparison:
+        """Reports' candidates side by side, metric by metric, with differences."""
+        return await benchmark_runs.compare_reports(deps(), await caller(ctx), ctx.token, cmd)
+
     for subject in subjects.LINEAGE_WORKFLOW_LINKS:
         _link_subscriber(router, runtime, subject, caller)
 
@@ -197,6 +228,26 @@ async def start(runtime: Runtime) -> None:
     async def publish(subject: str, event: Any) -> None:
         await publish_event(broker, subject, event)
 
+    nc = broker.config.connection_state.connection
+
+    async def infer(deployment: str, payload: bytes) -> tuple[dict[str, str], bytes]:
+        """One engine call, as the gateway makes it (answers above the bus limit come by reference)."""
+        if len(payload) > nc.max_payload - 64 * 1024:
+            raise InvalidRequest("a batch is larger than the bus allows: lower batch_size")
+        reply = await raw_request(nc, subjects.engine_infer(deployment), payload, token=None, timeout=ENGINE_TIMEOUT)
+        headers = dict(reply.headers or {})
+        data = reply.data
+        if headers.get(TABLE_REF):
+            data = await runtime.objects.get_bytes(BUCKET_TABLES, headers[TABLE_REF])
+            await runtime.objects.delete(BUCKET_TABLES, headers[TABLE_REF])
+        return headers, data
+
+    async def resolve(token: str | None, deployment: str) -> dict[str, Any]:
+        route = await request(broker, subjects.DEPLOYER_DEPLOYMENTS_RESOLVE, ResolveDeployment(name=deployment),
+                              token=token, timeout=timeout, reply_model=DeploymentRoute)
+        return route.model_dump()
+
+    runtime.extras.update(infer=infer, resolve=resolve)
     runtime.extras.update(verifier=verifier, feed=feed, deps=handlers.Deps(
         pool=runtime.db, objects=runtime.objects, membership=lambda token: bus_membership(broker, token, timeout),
         publish=publish))

@@ -36,7 +36,7 @@ from shared.messages.lineage import (
 log = logging.getLogger("railyard.workflow_lineage")
 
 KINDS = ("project", "project_version", "dataset", "file", "folder", "task_run", "labeling_job", "app_session",
-         "model_version", "pipeline_version", "deployment", "assay", "orchestration")
+         "model_version", "pipeline_version", "deployment", "assay", "orchestration", "benchmark")
 MAX_NODES = 2000
 DEFAULT_LOOK = {
     "project": {"icon": "collection-image", "url_of": "/projects/{ref}"},
@@ -51,6 +51,7 @@ DEFAULT_LOOK = {
     "pipeline_version": {"icon": "device-hub", "url_of": None},
     "deployment": {"icon": "cloud-upload", "url_of": None},
     "assay": {"icon": "chart", "url_of": None},
+    "benchmark": {"icon": "trending-up", "url_of": None},
 }
 
 
@@ -103,6 +104,25 @@ async def restored_node(conn: Any, version: Any, project: Any) -> Any:
     source = await store.upsert_node(conn, version["workspace_id"], "project_version", str(version["id"]))
     card = await project_node(conn, project)
     await store.add_edge(conn, version["workspace_id"], source["id"], card["id"], "restored_as", "event")
+    return card
+
+
+async def benchmark_node(conn: Any, report: Any, data_card: tuple[str, str, str | None], candidates: list[Any]) -> Any:
+    """A benchmark report's card, with arrows from the data it ran on and from each deployment it ran."""
+    workspace_id = report["workspace_id"]
+    card = await store.upsert_node(conn, workspace_id, "benchmark", str(report["id"]), report["name"],
+                                   data={"task": report["task"]})
+    kind, ref, title = data_card
+    source = await store.upsert_node(conn, workspace_id, kind, ref, title)
+    await store.add_edge(conn, workspace_id, source["id"], card["id"], "evaluated_on", "event")
+    for candidate in candidates:
+        if candidate.deployment:
+            deployment_id = candidate.deployment.rsplit("-", 1)[-1]
+            model = await store.upsert_node(conn, workspace_id, "deployment", deployment_id)
+            await store.add_edge(conn, workspace_id, model["id"], card["id"], "evaluated", "event")
+        elif candidate.model_version:
+            model = await store.upsert_node(conn, workspace_id, "model_version", candidate.model_version)
+            await store.add_edge(conn, workspace_id, model["id"], card["id"], "evaluated", "event")
     return card
 
 

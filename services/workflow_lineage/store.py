@@ -259,3 +259,25 @@ async def replace_settings(conn: Any, node_id: int, settings: dict[str, Any]) ->
     """A main node's settings, overwritten whole (the seed: the last write to a main node wins)."""
     return await conn.fetchrow(f"UPDATE nodes SET settings = $2::jsonb, updated_at = now() WHERE id = $1"
                                f" RETURNING {NODE_COLUMNS}", node_id, json.dumps(settings))
+
+
+# --- benchmark reports -----------------------------------------------------------------------------------
+
+REPORT_COLUMNS = "id, workspace_id, name, task, dataset, candidates, created_by, created_at"
+
+
+async def insert_report(conn: Any, workspace_id: int, name: str, task: str, dataset: dict[str, Any],
+                        candidates: list[dict[str, Any]], created_by: uuid.UUID) -> asyncpg.Record:
+    return await conn.fetchrow(
+        "INSERT INTO benchmark_reports (workspace_id, name, task, dataset, candidates, created_by)"
+        f" VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6) RETURNING {REPORT_COLUMNS}",
+        workspace_id, name, task, json.dumps(dataset), json.dumps(candidates), created_by)
+
+
+async def report(conn: Any, report_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"SELECT {REPORT_COLUMNS} FROM benchmark_reports WHERE id = $1", report_id)
+
+
+async def reports_of(conn: Any, workspace_id: int) -> list[asyncpg.Record]:
+    return await conn.fetch(f"SELECT {REPORT_COLUMNS} FROM benchmark_reports WHERE workspace_id = $1"
+                            " ORDER BY id", workspace_id)

@@ -455,3 +455,112 @@ class WorkflowLinkAdded(Event):
     target_ref: str
     relation: str
     origin: Literal["event", "explicit"]
+
+
+# --- benchmark reports (seed 002) ------------------------------------------------------------------------
+
+
+class DatasetChoice(Command):
+    """A dataset as it is now (`dataset_id`) or as a project version saved it (`version_id` + `dataset_name`)."""
+
+    workspace_id: int
+    name: str = Field(pattern=NAME_PATTERN, description="The report's name.")
+    dataset_id: int | None = None
+    version_id: int | None = None
+    dataset_name: str | None = None
+
+    @model_validator(mode="after")
+    def _one_dataset(self) -> DatasetChoice:
+        if (self.dataset_id is None) == (self.version_id is None):
+            raise ValueError("give dataset_id, or version_id with dataset_name")
+        if self.version_id is not None and not self.dataset_name:
+            raise ValueError("dataset_name is required with version_id")
+        return self
+
+
+class RunClassificationBenchmark(DatasetChoice):
+    """Run a tabular dataset's rows through each deployment's engine and score the predictions against
+    `label_column`. Output column values that are lists are class scores: the class is their argmax (named by
+    `class_names` when given, else its index)."""
+
+    label_column: str
+    output_column: str
+    deployments: list[str] = Field(min_length=1, max_length=8, description="Deployment names, <deploy_id>-<id>.")
+    class_names: list[str] | None = None
+    batch_size: int = Field(256, ge=1, le=10_000)
+
+
+class Detection(Message):
+    bbox: list[float] = Field(min_length=4, max_length=4, description="[x, y, width, height] in pixels.")
+    category: str
+    score: float = Field(1.0, ge=0, le=1)
+
+
+class DetectionCandidate(Message):
+    """One model version's detections, by image file name."""
+
+    name: str = Field(min_length=1, max_length=200)
+    model_version: str | None = None
+    detections: dict[str, list[Detection]]
+
+
+class EvaluateDetections(DatasetChoice):
+    """Score each candidate's detections against an images dataset's labels (`{"boxes": [{"bbox", "category"}]}`
+    per file) with COCO's evaluator."""
+
+    candidates: list[DetectionCandidate] = Field(min_length=1, max_length=8)
+
+
+class BenchmarkCandidate(Message):
+    name: str
+    deployment: str | None = None
+    pipeline_version: str | None = None
+    model: str | None = Field(None, description="The model that answered (the engine's last_model).")
+    model_version: str | None = None
+    metrics: dict[str, Any]
+    speed: dict[str, float] | None = None
+
+
+class BenchmarkReport(Message):
+    """A stored benchmark: the data it ran on (by content hash) and each candidate's metrics."""
+
+    id: int
+    workspace_id: int
+    name: str
+    task: Literal["classification", "detection"]
+    dataset: dict[str, Any]
+    candidates: list[BenchmarkCandidate]
+    created_by: str
+    created_at: datetime
+
+
+class ReportRef(Command):
+    report_id: int
+
+
+class ListReports(Command):
+    workspace_id: int
+
+
+class BenchmarkReports(Message):
+    reports: list[BenchmarkReport]
+
+
+class CompareReports(Command):
+    """Line up the candidates of one or more reports metric by metric."""
+
+    report_ids: list[int] = Field(min_length=1, max_length=10)
+
+
+class ReportComparison(Message):
+    candidates: list[dict[str, Any]] = Field(description="[{report_id, name}] in column order.")
+    metrics: list[dict[str, Any]] = Field(description="[{metric, values, diff}]: diff from the first column.")
+
+
+class BenchmarkCompleted(Event):
+    """events.benchmark.completed: a report was stored."""
+
+    workspace_id: int
+    report_id: int
+    task: str
+    name: str

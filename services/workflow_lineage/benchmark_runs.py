@@ -1,0 +1,215 @@
+"""Benchmark reports (seed 002): run a dataset through deployments' engines (classification: metrics and
+speed) or score submitted detections (COCO), store the report, draw it on the graph, compare reports.
+
+The rows go to the engine exactly as inference requests do (Arrow IPC on `engine.<deployment>.infer`), so the
+speed measured is the engine's, bus included; the caller must be a member of the workspace of both the data and
+every deployment (the deployer answers the deployment's workspace)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from services.workflow_lineage import benchmarks, graph, store
+from services.workflow_lineage.handlers import Deps, _jsonb
+from shared import subjects
+from shared.arrow_codec import from_ipc, to_ipc_stream
+from shared.authz import Principal, require_member, require_user
+from shared.errors import InvalidRequest, NotFound
+from shared.messages.lineage import (
+    BenchmarkCandidate,
+    BenchmarkCompleted,
+    BenchmarkReport,
+    BenchmarkReports,
+    CompareReports,
+    DatasetChoice,
+    EvaluateDetections,
+    ReportComparison,
+    RunClassificationBenchmark,
+)
+from shared.objectstore import BUCKET_DATASETS, content_key
+
+# infer(deployment, arrow ipc) -> (headers, arrow ipc); resolve(token, deployment) -> {workspace_id, ...}
+Infer = Callable[[str, bytes], Awaitable[tuple[dict[str, str], bytes]]]
+Resolve = Callable[[str | None, str], Awaitable[dict[str, Any]]]
+
+
+async def _chosen(deps: Deps, principal: Principal, token: str | None, cmd: DatasetChoice) -> dict[str, Any]:
+    """The dataset a benchmark runs on, as it is now or as a version saved it: kind, rows hash, files."""
+    require_user(principal)
+    await require_member(deps.membership(token), principal, cmd.workspace_id)
+    if cmd.dataset_id is not None:
+        row = await store.dataset(deps.pool, cmd.dataset_id)
+        if row is None or row["workspace_id"] != cmd.workspace_id:
+            raise NotFound(f"dataset {cmd.dataset_id} not found")
+        files = [dict(f) | {"labels": _jsonb(f["labels"])} for f in await store.dataset_files(deps.pool, row["id"])]
+        return {"ref": {"dataset_id": row["id"], "name": row["name"]}, "kind": row["kind"],
+                "rows_sha256": row["rows_sha256"], "files": files, "card": ("dataset", str(row["id"]), row["name"])}
+    version = await store.version(deps.pool, cmd.version_id)
+    if version is None or version["workspace_id"] != cmd.workspace_id:
+        raise NotFound(f"version {cmd.version_id} not found")
+    saved = json.loads(version["manifest"])
+    entry = next((d for d in saved["datasets"] if d["name"] == cmd.dataset_name), None)
+    if entry is None:
+        raise NotFound(f"version {cmd.version_id} has no dataset {cmd.dataset_name!r}")
+    return {"ref": {"version_id": version["id"], "project_id": version["project_id"], "number": version["number"],
+                    "name": entry["name"], "manifest_sha256": version["manifest_sha256"]},
+            "kind": entry["kind"], "rows_sha256": entry["rows"]["sha256"] if entry["rows"] else None,
+            "files": entry["files"], "card": ("project_version", str(version["id"]), None)}
+
+
+def _predicted(column: pa.ChunkedArray, class_names: list[str] | None) -> list[str]:
+    values = column.to_pylist()
+    if values and isinstance(values[0], list):
+        scores = np.asarray([np.ravel(v) for v in values], dtype=np.float64)
+        indices = scores.argmax(axis=1)
+        if class_names is not None:
+            if scores.shape[1] != len(class_names):
+                raise InvalidRequest(f"class_names has {len(class_names)} names, the output has {scores.shape[1]}"
+                                     " scores")
+            return [class_names[i] for i in indices]
+        return [str(i) for i in indices]
+    return [str(v) for v in values]
+
+
+async def run_classification(deps: Deps, infer: Infer, resolve: Resolve, principal: Principal, token: str | None,
+                             cmd: RunClassificationBenchmark) -> BenchmarkReport:
+    chosen = await _chosen(deps, principal, token, cmd)
+    if chosen["kind"] != "tabular":
+        raise InvalidRequest(f"a classification benchmark runs on a tabular dataset's rows; this one is"
+                             f" {chosen['kind']}")
+    if chosen["rows_sha256"] is None:
+        raise InvalidRequest("the dataset has no rows")
+    table = pq.read_table(io.BytesIO(await deps.objects.get_bytes(BUCKET_DATASETS, content_key(chosen["rows_sha256"]))))
+    if cmd.label_column not in table.column_names:
+        raise InvalidRequest(f"no column {cmd.label_column!r} in the dataset (columns: {', '.join(table.column_names)})")
+    truth = [str(v) for v in table.column(cmd.label_column).to_pylist()]
+    inputs = table.drop_columns([cmd.label_column])
+    routes = []
+    for name in dict.fromkeys(cmd.deployments):
+        try:
+            route = await resolve(token, name)
+        except NotFound:
+            raise NotFound(f"deployment {name!r} not found") from None
+        if route["workspace_id"] != cmd.workspace_id:
+            raise NotFound(f"deployment {name!r} not found")
+        routes.append(route)
+    candidates = []
+    for route in routes:
+        predicted: list[str] = []
+        latencies, last_model = [], None
+        started = time.perf_counter()
+        for offset in range(0, inputs.num_rows, cmd.batch_size):
+            batch = inputs.slice(offset, cmd.batch_size)
+            sent = time.perf_counter()
+            headers, data = await infer(route["name"], to_ipc_stream(batch))
+            latencies.append(time.perf_counter() - sent)
+            output = from_ipc(data)
+            if cmd.output_column not in output.column_names:
+                raise InvalidRequest(f"deployment {route['name']!r} answers no column {cmd.output_column!r}"
+                                     f" (columns: {', '.join(output.column_names)})")
+            predicted.extend(_predicted(output.column(cmd.output_column), cmd.class_names))
+            meta = json.loads(headers.get("Railyard-Meta") or "{}") if headers else {}
+            last_model = meta.get("last_model") or last_model
+        wall = time.perf_counter() - started
+        metrics = await asyncio.to_thread(benchmarks.classification_metrics, truth, predicted)
+        candidates.append(BenchmarkCandidate(
+            name=route["name"], deployment=route["name"], pipeline_version=route.get("pipeline_version"),
+            model=last_model, metrics=metrics, speed=benchmarks.speed(latencies, inputs.num_rows, wall)))
+    return await _store(deps, principal, cmd, "classification", chosen, candidates)
+
+
+async def evaluate_detections(deps: Deps, principal: Principal, token: str | None,
+                              cmd: EvaluateDetections) -> BenchmarkReport:
+    chosen = await _chosen(deps, principal, token, cmd)
+    if chosen["kind"] != "images":
+        raise InvalidRequest(f"a detection benchmark runs on an images dataset; this one is {chosen['kind']}")
+    truth = {}
+    for f in chosen["files"]:
+        labels = f.get("labels")
+        boxes = labels.get("boxes") if isinstance(labels, dict) else None
+        if not isinstance(boxes, list):
+            raise InvalidRequest(f"file {f['name']!r} has no labels.boxes ([{{bbox: [x, y, w, h], category}}])")
+        for box in boxes:
+            if not (isinstance(box, dict) and isinstance(box.get("bbox"), list) and len(box["bbox"]) == 4
+                    and "category" in box):
+                raise InvalidRequest(f"file {f['name']!r}: each box needs bbox [x, y, w, h] and category")
+        truth[f["name"]] = boxes
+    if not truth:
+        raise InvalidRequest("the dataset has no images")
+    candidates = []
+    for candidate in cmd.candidates:
+        found = {name: [d.model_dump() for d in dets] for name, dets in candidate.detections.items()}
+        try:
+            metrics = await asyncio.to_thread(benchmarks.detection_metrics, truth, found)
+        except ValueError as exc:
+            raise InvalidRequest(f"candidate {candidate.name!r}: {exc}") from None
+        candidates.append(BenchmarkCandidate(name=candidate.name, model_version=candidate.model_version,
+                                             metrics=metrics))
+    return await _store(deps, principal, cmd, "detection", chosen, candidates)
+
+
+def _report(row: Any) -> BenchmarkReport:
+    return BenchmarkReport(id=row["id"], workspace_id=row["workspace_id"], name=row["name"], task=row["task"],
+                           dataset=_jsonb(row["dataset"]), candidates=_jsonb(row["candidates"]),
+                           created_by=str(row["created_by"]), created_at=row["created_at"])
+
+
+async def _store(deps: Deps, principal: Principal, cmd: DatasetChoice, task: str, chosen: dict[str, Any],
+                 candidates: list[BenchmarkCandidate]) -> BenchmarkReport:
+    dataset = {**chosen["ref"], "kind": chosen["kind"], "rows_sha256": chosen["rows_sha256"]}
+    async with deps.pool.acquire() as conn, conn.transaction():
+        row = await store.insert_report(conn, cmd.workspace_id, cmd.name, task, dataset,
+                                        [c.model_dump(mode="json") for c in candidates], uuid.UUID(principal.user_id))
+        await graph.benchmark_node(conn, row, chosen["card"], candidates)
+    await deps.publish(subjects.EVENT_BENCHMARK_COMPLETED, BenchmarkCompleted(
+        workspace_id=cmd.workspace_id, report_id=row["id"], task=task, name=cmd.name))
+    return _report(row)
+
+
+async def _readable(deps: Deps, principal: Principal, token: str | None, report_id: int) -> Any:
+    require_user(principal)
+    row = await store.report(deps.pool, report_id)
+    if row is None:
+        raise NotFound(f"report {report_id} not found")
+    try:
+        await require_member(deps.membership(token), principal, row["workspace_id"])
+    except NotFound:
+        raise NotFound(f"report {report_id} not found") from None
+    return row
+
+
+async def get_report(deps: Deps, principal: Principal, token: str | None, report_id: int) -> BenchmarkReport:
+    return _report(await _readable(deps, principal, token, report_id))
+
+
+async def list_reports(deps: Deps, principal: Principal, token: str | None, workspace_id: int) -> BenchmarkReports:
+    require_user(principal)
+    await require_member(deps.membership(token), principal, workspace_id)
+    return BenchmarkReports(reports=[_report(r) for r in await store.reports_of(deps.pool, workspace_id)])
+
+
+async def compare_reports(deps: Deps, principal: Principal, token: str | None, cmd: CompareReports) -> ReportComparison:
+    columns, candidates = [], []
+    tasks = set()
+    for report_id in dict.fromkeys(cmd.report_ids):
+        row = await _readable(deps, principal, token, report_id)
+        tasks.add(row["task"])
+        for candidate in _jsonb(row["candidates"]):
+            columns.append({"report_id": report_id, "name": candidate["name"]})
+            candidates.append({"metrics": {**candidate["metrics"], **({"speed": candidate["speed"]}
+                                                                       if candidate.get("speed") else {})}})
+    if len(tasks) > 1:
+        raise InvalidRequest("compare reports of one task: classification and detection metrics do not line up")
+    return ReportComparison(candidates=columns, metrics=benchmarks.compare(candidates))
+
+
