@@ -117,7 +117,7 @@ def test_data_dir_is_invisible_and_only_the_workdir_is_writable(settings, tmp_pa
             except OSError as exc:
                 print('cannot write', path, type(exc).__name__)
         open('result.txt', 'w').write('from the sandbox')
-        open('/tmp/scratch', 'w').write('private')
+        open('/tmp/scratch', 'w').write('private')  # not-a-machine-path: the sandbox's own /tmp
         import pyarrow, numpy, pandas, shared.arrow_codec  # the venv and the repo are readable
         print('imports ok')
     """, settings)

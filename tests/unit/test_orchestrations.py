@@ -67,7 +67,7 @@ def test_total_size_and_not_a_zip(tmp_path):
     "--index-url https://pypi.example/simple", "--extra-index-url https://x/simple", "-i https://x/simple",
     "-e .", "--editable git+https://github.com/x/y", "git+https://github.com/x/y.git", "https://x/y-1.0.whl",
     "pkg @ https://x/pkg.whl", "./local_pkg", "/abs/path/pkg", "../up", "-r other.txt", "-c constraints.txt",
-    "--find-links /tmp/w", "pkg --hash=sha256:abc", "not a requirement!",
+    "--find-links /tmp/w", "pkg --hash=sha256:abc", "not a requirement!",  # not-a-machine-path: refused input
 ])
 def test_source_changing_requirement_lines_are_refused(line):
     with pytest.raises(InvalidRequest, match="line 2"):
