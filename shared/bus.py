@@ -211,23 +211,97 @@ async def request(
     return reply_model.model_validate(data) if reply_model is not None else data
 
 
-async def ensure_streams(broker: NatsBroker) -> None:
-    """Create (or update) the platform's JetStream streams; safe when many processes race."""
-    from nats.js.api import StorageType, StreamConfig
-    from nats.js.errors import BadRequestError
+def stream_configs(settings: Settings) -> list[Any]:
+    """The platform's JetStream streams as Railyard wants them.
 
+    INFERENCE_LOGS: interest retention (a record is removed once the log store's durable consumer acknowledged
+    it, i.e. once it is in a segment), capped in bytes and age, and `discard: new` (a publish beyond the cap is
+    refused with an error the engine counts; nothing is dropped silently). Interest rather than work-queue: a
+    stream created with limits retention can be moved to interest by an update (never to or from work-queue),
+    and a debugging consumer may read alongside. EVENTS: limits retention with an age and a byte cap: several
+    services read it with their own durable consumers (lineage reads everything), and a consumer created after
+    an event was published must still find it, which interest retention would have deleted."""
+    from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+    return [
+        StreamConfig(name=subjects.EVENTS_STREAM, subjects=list(subjects.EVENTS_SUBJECTS), storage=StorageType.FILE,
+                     retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.NEW,
+                     max_age=settings.nats.events_max_age, max_bytes=settings.nats.events_max_bytes,
+                     duplicate_window=120.0),
+        StreamConfig(name=subjects.INFERENCE_LOGS_STREAM, subjects=list(subjects.INFERENCE_LOGS_SUBJECTS),
+                     storage=StorageType.FILE, retention=RetentionPolicy.INTEREST, discard=DiscardPolicy.NEW,
+                     max_age=settings.logs.stream_max_age, max_bytes=settings.logs.stream_max_bytes,
+                     duplicate_window=120.0),
+    ]
+
+
+def log_store_consumer_config() -> Any:
+    """The log store's durable consumer of INFERENCE_LOGS. Created with the stream, so the stream has interest
+    in every record from the first one (interest retention keeps nothing nobody has asked for)."""
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    return ConsumerConfig(durable_name=subjects.INFERENCE_LOGS_DURABLE, ack_policy=AckPolicy.EXPLICIT,
+                          deliver_policy=DeliverPolicy.ALL, ack_wait=30.0, max_ack_pending=50_000, max_deliver=-1,
+                          filter_subject="logs.inference.>")
+
+
+def missing_stream_settings(current: Any, wanted: Any) -> Any | None:
+    """`current` with what it lacks of `wanted` (subjects, an age or byte cap, a duplicate window; limits
+    retention becomes interest only while the stream has no limits at all, i.e. it is Railyard's old default);
+    None when nothing is missing. An operator's own limits are never changed."""
+    import copy
+
+    from nats.js.api import RetentionPolicy
+
+    update = copy.deepcopy(current)
+    changed = False
+    missing_subjects = [s for s in wanted.subjects if s not in (update.subjects or [])]
+    if missing_subjects:
+        update.subjects = list(update.subjects or []) + missing_subjects
+        changed = True
+    unlimited = (current.max_bytes in (None, -1) and not current.max_age
+                 and current.max_msgs in (None, -1))
+    if wanted.max_bytes and current.max_bytes in (None, -1):
+        update.max_bytes, changed = wanted.max_bytes, True
+    if wanted.max_age and not current.max_age:
+        update.max_age, changed = wanted.max_age, True
+    if wanted.duplicate_window and not current.duplicate_window:
+        update.duplicate_window, changed = wanted.duplicate_window, True
+    if unlimited and current.retention == RetentionPolicy.LIMITS and wanted.retention == RetentionPolicy.INTEREST:
+        update.retention, update.discard, changed = RetentionPolicy.INTEREST, wanted.discard, True
+    return update if changed else None
+
+
+async def ensure_streams(broker: NatsBroker, settings: Settings | None = None) -> None:
+    """Create the platform's JetStream streams, or add to an existing one only what it lacks (an operator's
+    limits stay as they are); safe when many processes race."""
+    from nats.js.errors import BadRequestError, NotFoundError
+
+    settings = settings or Settings()
     js = broker.config.connection_state.stream
-    for name, stream_subjects in subjects.STREAMS.items():
-        config = StreamConfig(
-            name=name,
-            subjects=list(stream_subjects),
-            storage=StorageType.FILE,
-            duplicate_window=120.0,
-        )
+    for config in stream_configs(settings):
         try:
-            await js.add_stream(config)
-        except BadRequestError:
-            await js.update_stream(config)
+            info = await js.stream_info(config.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+            except BadRequestError:  # created meanwhile by another process
+                info = await js.stream_info(config.name)
+            else:
+                info = None
+        if info is not None:
+            update = missing_stream_settings(info.config, config)
+            if update is not None:
+                try:
+                    await js.update_stream(update)
+                    log.info("stream %s: added what it lacked of Railyard's settings", config.name)
+                except BadRequestError as exc:
+                    log.warning("stream %s keeps its configuration (%s)", config.name, exc)
+        if config.name == subjects.INFERENCE_LOGS_STREAM:
+            try:
+                await js.add_consumer(config.name, log_store_consumer_config())
+            except BadRequestError:
+                pass  # it exists (possibly tuned by an operator): leave it
 
 
 async def publish_event(broker: NatsBroker, subject: str, event: Event) -> None:

@@ -137,7 +137,7 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
     broker = build_broker(spec, runtime)
     await broker.connect()
     try:
-        await ensure_streams(broker)
+        await ensure_streams(broker, settings)
         if spec.migrations is not None:
             runtime.db = await create_pool(settings.postgres, spec.schema)
             async with runtime.db.acquire() as conn:

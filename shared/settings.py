@@ -22,6 +22,10 @@ class NatsSettings(BaseModel):
                                   "reads them within seconds; this bounds the disk).")
     events_max_bytes: int = Field(1024**3, description="Bytes the EVENTS stream may hold; a publish beyond it is "
                                   "refused with an error, never dropped silently.")
+    events_max_age: float = Field(30 * 86400.0, description="Seconds the EVENTS stream keeps an event (every consumer "
+                                  "reads them within seconds; this bounds the disk).")
+    events_max_bytes: int = Field(1024**3, description="Bytes the EVENTS stream may hold; a publish beyond it is "
+                                  "refused with an error, never dropped silently.")
 
 
 class PostgresSettings(BaseModel):
@@ -106,6 +110,13 @@ class LogSettings(BaseModel):
     page_max_bytes: int = Field(4 * 1024 * 1024, description="Bytes of log data one get_logs page holds at most "
                                 "(ByteLimited above it).")
     max_page_size: int = Field(100_000, description="Largest page_size get_logs accepts.")
+    stream_max_bytes: int = Field(8 * 1024**3, description="Bytes of not-yet-stored records INFERENCE_LOGS may hold "
+                                  "(stored ones are removed); a publish beyond it is refused with an error.")
+    stream_max_age: float = Field(7 * 86400.0, description="Seconds a record may wait in INFERENCE_LOGS for the log "
+                                  "store before the stream removes it (the log store down that long).")
+    engine_max_pending_bytes: int = Field(256 * 1024 * 1024, description="Bytes of records an engine replica holds "
+                                          "unpublished (the stream refusing or unreachable) before it counts further "
+                                          "records as lost.")
 
 
 class AssaySettings(BaseModel):
@@ -172,6 +183,9 @@ class StackSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Address every embedded server binds.")
     nats_port: int = Field(14222, description="NATS client port.")
     nats_monitor_port: int = Field(18222, description="NATS HTTP monitoring port.")
+    nats_sync_interval: str = Field("always", description="JetStream's sync_interval: `always` fsyncs every write "
+                                    "before it is acknowledged (an acknowledged record survives a host crash), or a "
+                                    "duration such as `2m` (NATS's default: faster, loses up to that much on a crash).")
     postgres_port: int = Field(15432, description="PostgreSQL port.")
     s3_port: int = Field(18333, description="S3 API port of the SeaweedFS gateway.")
     weed_master_port: int = Field(19333, description="SeaweedFS master port.")

@@ -31,12 +31,12 @@ import nats.errors
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.log_store import pages, store
 from services.log_store.segments import POS, SegmentReader, drop_unwritable, empty_page, encode_segment
 from shared import subjects
 from shared.authz import MembershipLookup, Principal, require_admin, require_member
+from shared.bus import log_store_consumer_config
 from shared.errors import InvalidRequest, NotFound
 from shared.logrecords import (
     BATCH_ID,
@@ -164,9 +164,7 @@ class Ingestor:
         self.fetch_batch = 16
 
     async def start(self) -> None:
-        config = ConsumerConfig(durable_name=subjects.INFERENCE_LOGS_DURABLE, ack_policy=AckPolicy.EXPLICIT,
-                                deliver_policy=DeliverPolicy.ALL, ack_wait=30.0, max_ack_pending=50_000,
-                                max_deliver=-1, filter_subject="logs.inference.>")
+        config = log_store_consumer_config()
         self.sub = await self.js.pull_subscribe("logs.inference.>", durable=subjects.INFERENCE_LOGS_DURABLE,
                                                 stream=subjects.INFERENCE_LOGS_STREAM, config=config)
         self.task = asyncio.create_task(self.run())

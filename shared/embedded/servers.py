@@ -127,7 +127,10 @@ def nats_server(cfg: StackSettings, data_dir: Path) -> ServerSpec:
     store = data_dir / "nats"
     store.mkdir(parents=True, exist_ok=True)
     config = data_dir / "nats.conf"
-    config.write_text(f"max_payload: {NATS_MAX_PAYLOAD}\n")
+    # sync_interval `always`: JetStream fsyncs a write before acknowledging it, so an acknowledged inference
+    # log batch or event survives a host crash (NATS's default fsyncs every 2 minutes); docs/logs.md has its cost
+    sync = cfg.nats_sync_interval if cfg.nats_sync_interval == "always" else json.dumps(cfg.nats_sync_interval)
+    config.write_text(f"max_payload: {NATS_MAX_PAYLOAD}\njetstream {{\n  sync_interval: {sync}\n}}\n")
     return ServerSpec(
         name="nats",
         ports={"client": cfg.nats_port, "monitor": cfg.nats_monitor_port},
