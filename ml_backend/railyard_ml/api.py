@@ -6,7 +6,8 @@
     POST /webhook                {action, project: {id, label_config}, task?, annotation?, ...}: training events
                                  start a background `fit` (201 {"status": "ok", "job_id"}), others are ignored (200)
     POST /train                  legacy: {annotations: [tasks with annotations], project, label_config}
-    GET  /versions               ?project=<id> (or Label Studio's JSON body) -> {"versions", "current_version"}
+    GET  /versions               ?project=<id> (or a JSON body naming it) -> {"versions", "current_version", "runs"};
+                                 without a project (what Label Studio 1.23 sends): every project's versions
     GET  /metrics                {}
 
 Label Studio sends `project` as `<id>.<created timestamp>`; Label Studio's health check waits 1 s and its webhook
@@ -209,8 +210,9 @@ def init_app(model_class: type[LabelStudioMLBase], basic_auth_user: str | None =
                 parsed = json.loads(raw) if raw else None
                 project = parsed.get("project") if isinstance(parsed, dict) else None
         if project in (None, ""):
-            raise InvalidRequest("name the project: GET /versions?project=<id> (Label Studio sends it in the body)")
-        return backend.versions(project_id_of(project))
+            # Label Studio 1.23 builds a body naming the project but sends GET /versions without it
+            return await run_in_threadpool(backend.all_versions)
+        return await run_in_threadpool(backend.versions, project_id_of(project))
 
     async def lifespan(app: Starlette):  # noqa: ANN202
         yield

@@ -248,12 +248,17 @@ class Backend:
         try:
             model = self._build(project_id, label_config, pending)
             previous = pending.get("model_version")  # building a project's first instance names its first version
+            built_with = dict(pending.writes)
             annotations = self.store.annotated_tasks(project_id)
             extras = dict(job_id=job_id, workdir=str(workdir))
             if self.convention == "event":
                 output = model.fit(event=event, data=data, **_accepts(model.fit, annotations=annotations, **extras))
             else:
                 output = model.fit(annotations, **_accepts(model.fit, event=event, project=project_id, **extras))
+            if output is None and pending.writes == built_with:
+                # nothing learned (no output, nothing stored): the current version stays, the run says so
+                self.store.finish_run(project_id, job_id, version=None, error=None, status="skipped")
+                return
             if isinstance(output, dict) and output:
                 pending.set("train_output", json.dumps(to_jsonable(output)))
             version = pending.get("model_version")
@@ -285,6 +290,18 @@ class Backend:
         trained = [run["version"] for run in runs if run["status"] == "ok"]
         first = self.store.get(project_id, INITIAL_KEY) or self.version(project_id)
         return {"versions": [first, *trained], "current_version": self.version(project_id), "runs": runs,
+                "model_dir": str(self.model_dir)}
+
+    def all_versions(self) -> dict:
+        """Versions of every project (Label Studio 1.23 asks GET /versions without naming the project)."""
+        per_project = {project_id: self.versions(project_id) for project_id in self.store.projects()}
+        merged: list[str] = []
+        for listed in per_project.values():
+            merged += [version for version in listed["versions"] if version not in merged]
+        current = [listed["current_version"] for listed in per_project.values()]
+        return {"versions": merged, "current_version": current[0] if len(current) == 1 else None,
+                "projects": {p: {"versions": v["versions"], "current_version": v["current_version"]}
+                             for p, v in per_project.items()},
                 "model_dir": str(self.model_dir)}
 
     async def wait_idle(self, timeout: float | None = None) -> None:

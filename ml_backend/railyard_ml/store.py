@@ -72,7 +72,7 @@ class Store:
                        (project_id, job_id, event, "running", time.time()))
 
     def finish_run(self, project_id: str, job_id: str, *, version: str | None, error: str | None,
-                   values: dict[str, str | None] | None = None) -> None:
+                   values: dict[str, str | None] | None = None, status: str | None = None) -> None:
         """Record a run's end; on success its pending cache writes land in the same transaction."""
         with self._lock, self._connect() as db:
             for key, value in (values or {}).items():
@@ -83,7 +83,7 @@ class Store:
                                (project_id, key, value))
             db.execute("UPDATE versions SET status = ?, version = ?, error = ?, finished_at = ? "
                        "WHERE project_id = ? AND job_id = ?",
-                       ("failed" if error else "ok", version, error, time.time(), project_id, job_id))
+                       (status or ("failed" if error else "ok"), version, error, time.time(), project_id, job_id))
 
     def runs(self, project_id: str) -> list[dict]:
         with self._lock, self._connect() as db:
@@ -91,6 +91,12 @@ class Store:
                               "WHERE project_id = ? ORDER BY started_at", (project_id,)).fetchall()
         keys = ("job_id", "version", "event", "status", "error", "started_at", "finished_at")
         return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def projects(self) -> list[str]:
+        """Every project this backend has state for."""
+        with self._lock, self._connect() as db:
+            rows = db.execute("SELECT DISTINCT project_id FROM cache ORDER BY project_id").fetchall()
+        return [project_id for (project_id,) in rows]
 
     # --- annotated tasks
     def upsert_tasks(self, project_id: str, tasks: Iterable[dict]) -> None:

@@ -133,12 +133,20 @@ def test_bad_payloads_answer_400_with_a_reason_and_change_nothing(keyword_backen
     assert listed["runs"] == [] and listed["current_version"] == "0.0.1"  # not even the model was built
 
 
-def test_versions_needs_a_project(keyword_backend):
-    answer = httpx.get(f"{keyword_backend}/versions")
-    assert answer.status_code == 400 and "project" in answer.json()["msg"]
-    # Label Studio sends GET /versions with a JSON body
-    answer = httpx.request("GET", f"{keyword_backend}/versions", json={"project": PROJECT})
-    assert answer.status_code == 200 and answer.json()["versions"] == [answer.json()["current_version"]]
+def test_versions_without_a_project_lists_every_project(keyword_backend):
+    assert httpx.get(f"{keyword_backend}/versions").json()["versions"] == []
+    predict(keyword_backend, tasks("x"))
+    httpx.post(f"{keyword_backend}/webhook", json=annotation_event(1, "sunny", "Positive", project=7))
+    wait_until(lambda: versions(keyword_backend, 7)["current_version"] == "keywords-v0.1.0")
+    # Label Studio 1.23 sends GET /versions without the project its client code names
+    listed = httpx.get(f"{keyword_backend}/versions").json()
+    assert listed["versions"] == ["keywords-v0.0.1", "keywords-v0.1.0"]
+    assert listed["projects"]["1"]["current_version"] == "keywords-v0.0.1"
+    assert listed["projects"]["7"]["current_version"] == "keywords-v0.1.0"
+    # a JSON body naming the project narrows it down
+    answer = httpx.request("GET", f"{keyword_backend}/versions", json={"project": "7.1764547200"})
+    assert answer.status_code == 200 and answer.json()["versions"] == ["keywords-v0.0.1", "keywords-v0.1.0"]
+    assert httpx.get(f"{keyword_backend}/versions", params={"project": "../x"}).status_code == 400
 
 
 def test_basic_auth_guards_every_route(model_dir):
@@ -199,6 +207,7 @@ class Gated(LabelStudioMLBase):
         time.sleep(0.05)
         with Gated.lock:
             Gated.running[self.project_id] -= 1
+        return {"fit": Gated.fits[self.project_id]}
 
 
 def test_fits_run_one_at_a_time_per_project_and_a_burst_folds(model_dir):

@@ -65,7 +65,7 @@ class TextClassifier(LabelStudioMLBase):
                 texts.append(task["data"].get(self.value) or task["data"].get(DATA_UNDEFINED_NAME))
                 labels.append(annotation["result"][0]["value"]["choices"][0])
         if len(set(labels)) < 2:
-            raise ValueError(f"need annotations of at least two labels to train, have {sorted(set(labels))}")
+            return None  # a classifier needs two labels: nothing learned yet, the current model keeps serving
         self.labels = sorted(set(labels) | set(self.info["labels"]))
         index = {label: i for i, label in enumerate(self.labels)}
         self.reset_model()
