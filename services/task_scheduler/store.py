@@ -83,7 +83,7 @@ async def insert_task(conn: asyncpg.Connection, *, id: uuid.UUID, workspace_id: 
                       schedule: str | None, missed_run_policy: str | None, next_fire: datetime | None) -> None:
     await conn.execute(
         "INSERT INTO tasks (id, workspace_id, orch_id, orch_sha, name, owner_id, args, timeout_seconds, schedule, "
-        "missed_run_policy, next_fire) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11)",
+        "missed_run_policy, next_fire) VALUES ($1, $2, $3, $4, $5, $6, $7::json, $8, $9, $10, $11)",
         id, workspace_id, orch_id, orch_sha, name, owner_id, json.dumps(args), timeout_seconds, schedule,
         missed_run_policy, next_fire)
 

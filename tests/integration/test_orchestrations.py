@@ -149,7 +149,7 @@ def test_seed_flow_a_task_deploys_infers_and_undeploys(stack, alice):
     lines = logs(stack, alice, run["run_id"])
     texts = text_of(lines)
     assert run["status"] == "success", (run, texts[-30:])
-    assert texts[0] == str({"workspace_name": workspace_name, "pipeline_name": "orchpipeline"})
+    assert texts[0] == str({"workspace_name": workspace_name, "pipeline_name": "orchpipeline"})  # in json's order
     for expected in ("Getting the workspace", "Deploying the pipeline.", "Performing sample inference.",
                      "rows: 1", "Undeploying the pipeline"):
         assert any(t.startswith(expected) for t in texts), (expected, texts)
@@ -430,5 +430,5 @@ def test_a_schedule_fires_once_per_point_with_two_schedulers_and_a_kill(stack, a
     assert len(moments) >= (killed_at - created) / 2 - 3
     lost = [r for r in found if r["status"] == "failure"]
     assert all("scheduler process supervising the run died" in r["reason"] or "killed" in r["reason"]
-               for r in lost), lost
+               for r in lost), [(r, logs(stack, account, r["run_id"])[-5:]) for r in lost]
     assert sum(r["status"] == "success" for r in found) >= len(found) - 3
