@@ -264,6 +264,9 @@ found.append(f"started {{started}}")
     _assert_nothing_left(marker)
     _assert_leaks_nothing(stack, text)
     _assert_registry_serves(stack, alice)
+    # and a normal pickle converts right after
+    version, _ = _converted(stack, alice, f"fine-{uuid.uuid4().hex[:6]}", ccfraud_pickle())
+    assert version["status"] == "ready" and version["runtime"] == "onnx", version
 
 
 def test_allocating_8_gb_fails_on_the_memory_limit(stack, alice):
@@ -313,11 +316,6 @@ found.append("wrote 10 GB")
     assert "file larger than the registry allows" in version["error"], version["error"]
     _assert_leaks_nothing(stack, text)
     _assert_registry_serves(stack, alice)
-
-
-def test_a_normal_conversion_still_works_after_hostile_ones(stack, alice):
-    version, _ = _converted(stack, alice, f"fine-{uuid.uuid4().hex[:6]}", ccfraud_pickle())
-    assert version["status"] == "ready" and version["runtime"] == "onnx", version
 
 
 # --- archives ----------------------------------------------------------------------------------------------
