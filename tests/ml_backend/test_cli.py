@@ -1,0 +1,127 @@
+"""`railyard-ml init` then `railyard-ml start` (and the folder's own `python _wsgi.py`) through the real entry
+points, as separate processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+from conftest import TEXT_CONFIG, annotation_event, free_port, versions, wait_until
+
+CLI = str(Path(sys.executable).parent / "railyard-ml")
+HERE = Path(__file__).parent
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=120)
+
+
+def up(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def serve_process(command: list[str], log: Path, port: int) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: up(url) or process.poll() is not None, timeout=120, every=0.2)
+    assert process.poll() is None, log.read_text()
+    return process, url
+
+
+def test_init_makes_a_runnable_folder_and_start_serves_it(tmp_path):
+    folder = tmp_path / "keywords"
+    made = run("init", str(folder), "--script", str(HERE / "ls2_style_backend.py"))
+    assert made.returncode == 0, made.stderr
+    assert {p.name for p in folder.iterdir()} >= {"ls2_style_backend.py", "_wsgi.py", "requirements.txt",
+                                                    "Dockerfile", "README.md", "railyard-ml.json"}
+    assert json.loads((folder / "railyard-ml.json").read_text()) == {"script": "ls2_style_backend.py",
+                                                                     "model_class": "KeywordModel"}
+    assert (folder / "requirements.txt").read_text().splitlines()[0] == "railyard-ml"
+    assert "_wsgi.py" in (folder / "Dockerfile").read_text()
+
+    port = free_port()
+    process, url = serve_process([CLI, "start", str(folder), "--port", str(port)], tmp_path / "start.log", port)
+    try:
+        assert httpx.get(f"{url}/health").json()["model_class"] == "KeywordModel"
+        answer = httpx.post(f"{url}/webhook", json=annotation_event(1, "sunny happy", "Positive"))
+        assert answer.status_code == 201
+        wait_until(lambda: versions(url)["current_version"] == "keywords-v0.1.0")
+        body = httpx.post(f"{url}/predict", json={"tasks": [{"id": 9, "data": {"text": "so sunny"}}],
+                                                  "project": "1.1", "label_config": TEXT_CONFIG}).json()
+        assert body["results"][0]["result"][0]["value"]["choices"] == ["Positive"]
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status names it
+        assert process.wait(30) in (0, -signal.SIGTERM)
+    assert (folder / "models" / "railyard-ml.db").exists()  # state lives in the folder by default
+
+    # the folder's own entry (what its Dockerfile runs) serves the same state
+    port = free_port()
+    process, url = serve_process([sys.executable, str(folder / "_wsgi.py"), "--port", str(port)],
+                                 tmp_path / "wsgi.log", port)
+    try:
+        assert versions(url)["current_version"] == "keywords-v0.1.0"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+
+
+def test_start_with_basic_auth(tmp_path):
+    folder = tmp_path / "majority"
+    assert run("init", str(folder), "--script", f"{HERE / 'ls1_style_backend.py'}:MajorityModel").returncode == 0
+    port = free_port()
+    process = subprocess.Popen([CLI, "start", str(folder), "--port", str(port), "--basic-auth-user", "ls",
+                                "--basic-auth-pass", "secret"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _status(url) == 401, timeout=120, every=0.2)
+        assert httpx.get(f"{url}/health", auth=("ls", "secret")).status_code == 200
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+
+
+def _status(url: str) -> int | None:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def test_init_and_start_refuse_with_a_reason(tmp_path):
+    two = tmp_path / "two.py"
+    two.write_text("from railyard_ml import LabelStudioMLBase\n\nclass A(LabelStudioMLBase):\n    pass\n\n"
+                   "class B(A):\n    pass\n")
+    cases = [
+        (("init", str(tmp_path / "x"), "--script", str(tmp_path / "missing.py")), "no Python script"),
+        (("init", str(tmp_path / "x"), "--script", str(two)), "2 classes extending LabelStudioMLBase (A, B)"),
+        (("init", str(tmp_path / "x"), "--script", f"{two}:C"), "no class C"),
+        (("start", str(tmp_path)), "not a backend folder"),
+        (("start", str(tmp_path), "--basic-auth-user", "u"), "both --basic-auth-user and --basic-auth-pass"),
+    ]
+    for args, reason in cases:
+        answer = run(*args)
+        assert answer.returncode == 2 and reason in answer.stderr, (args, answer.stderr)
+    assert not (tmp_path / "x").exists()
+
+    assert run("init", str(tmp_path / "x"), "--script", f"{two}:B").returncode == 0
+    again = run("init", str(tmp_path / "x"), "--script", f"{two}:A")
+    assert again.returncode == 2 and "exists" in again.stderr
+    assert run("init", str(tmp_path / "x"), "--script", f"{two}:A", "--force").returncode == 0
+    assert json.loads((tmp_path / "x" / "railyard-ml.json").read_text())["model_class"] == "A"
+
+
+def test_deploy_railyard_says_it_is_not_available_yet(tmp_path):
+    folder = tmp_path / "b"
+    assert run("init", str(folder), "--script", str(HERE / "ls2_style_backend.py")).returncode == 0
+    answer = run("deploy", "railyard", str(folder))
+    assert answer.returncode == 2 and "not available yet" in answer.stderr
