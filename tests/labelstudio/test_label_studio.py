@@ -123,7 +123,8 @@ def test_label_studio_predicts_trains_and_lists_versions(label_studio, backend):
     # annotations reached /webhook and fit ran: the version moved on; START_TRAINING moved it once more
     after_annotations, after_training = seen["versions_after_annotations"], seen["versions_after_training"]
     assert after_annotations[0] == "0.0.1" and len(after_annotations) >= 2
-    assert after_training[: len(after_annotations)] == after_annotations and len(after_training) > len(after_annotations)
+    assert after_training[: len(after_annotations)] == after_annotations
+    assert len(after_training) > len(after_annotations)
     current = after_training[-1]
     assert seen["backend_model_version_after"] == current
 
@@ -138,3 +139,19 @@ def test_label_studio_predicts_trains_and_lists_versions(label_studio, backend):
     assert mine["current_version"] == current and mine["versions"] == after_training
     events = {run["event"] for run in mine["runs"] if run["status"] == "ok"}
     assert events == {"ANNOTATION_CREATED", "START_TRAINING"}
+
+
+def test_parse_config_agrees_with_label_studio_sdk():
+    """Our stdlib parser gives what label-studio-sdk's (lxml) parse_config gives, on the same configs."""
+    from railyard_ml import parse_config
+    from test_label_config import CONFIGS
+
+    script = ("import json, sys\n"
+              "from label_studio_sdk._extensions.label_studio_tools.core.label_config import parse_config\n"
+              "print(json.dumps({k: parse_config(v) for k, v in json.load(sys.stdin).items()}))\n")
+    run = subprocess.run([LS_PYTHON, "-c", script], input=json.dumps(CONFIGS), capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    theirs = json.loads(run.stdout)
+    for name, config in CONFIGS.items():
+        assert json.loads(json.dumps(parse_config(config))) == theirs[name], name
