@@ -131,9 +131,7 @@ def check_requirements(text: str) -> list[str]:
         line = raw.split(" #", 1)[0].split("\t#", 1)[0].strip()
         if not line or line.startswith("#"):
             continue
-        shown = line[:120]
-
-        def refuse(why: str) -> InvalidRequest:
+        def refuse(why: str, number: int = number, shown: str = line[:120]) -> InvalidRequest:
             return InvalidRequest(f"requirements.txt line {number} ({shown!r}) refused: {why}; list packages by "
                                   "name and version only (e.g. 'requests==2.31.0')", code="invalid_requirements")
 
@@ -231,6 +229,12 @@ async def install_env(root: Path, sha: str, requirements: str, settings: TaskSet
         lock.close()
 
 
+def _readable_by_all(folder: Path) -> None:
+    folder.chmod(0o755)
+    for item in folder.iterdir():
+        item.chmod(0o644)
+
+
 def _lock(path: Path):
     handle = open(path, "a")  # noqa: SIM115 - held until the install ends
     fcntl.flock(handle, fcntl.LOCK_EX)
@@ -259,7 +263,7 @@ async def _pip(env: Path, scratch: Path, wheelhouse: Path | None, settings: Task
 async def _download(requirements: Path, wheelhouse: Path, settings: TaskSettings) -> tuple[bool, str]:
     """Binary wheels of the requirements (and their dependencies) from the package index, outside the sandbox:
     `--only-binary=:all:` means no package's code runs here (wheels are unpacked, never built)."""
-    wheelhouse.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(wheelhouse.mkdir, parents=True, exist_ok=True)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "pip", "download", "--no-input", "--disable-pip-version-check", "--only-binary=:all:",
         "--dest", str(wheelhouse), "-r", str(requirements),
@@ -271,7 +275,5 @@ async def _download(requirements: Path, wheelhouse: Path, settings: TaskSettings
         process.kill()
         await process.wait()
         return False, f"timed out after {settings.install_timeout:g} s"
-    wheelhouse.chmod(0o755)
-    for wheel in wheelhouse.iterdir():
-        wheel.chmod(0o644)
+    await asyncio.to_thread(_readable_by_all, wheelhouse)
     return process.returncode == 0, _tail(output.decode(errors="replace"))

@@ -263,9 +263,9 @@ class Scheduler:
         kind, subject = {"running": (TaskRunStarted, subjects.EVENT_TASK_RUN_STARTED),
                          "success": (TaskRunSucceeded, subjects.EVENT_TASK_RUN_SUCCEEDED)}.get(
             status, (TaskRunFailed, subjects.EVENT_TASK_RUN_FAILED))
-        event = kind(run_id=row["id"], task_id=task["id"], orch_id=task["orch_id"], orch_sha=task["orch_sha"],
-                     workspace_id=task["workspace_id"], owner_id=task["owner_id"], status=status,
-                     exit_code=exit_code, reason=reason)
+        event = kind(run_id=row["id"], task_id=task["id"], name=task["name"], orch_id=task["orch_id"],
+                     orch_sha=task["orch_sha"], workspace_id=task["workspace_id"], owner_id=task["owner_id"],
+                     status=status, exit_code=exit_code, reason=reason)
         try:
             await self.deps.publish(subject, event)
         except Exception as exc:  # the run's record is the truth; an event lost to a bus hiccup is logged

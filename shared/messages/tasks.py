@@ -169,6 +169,7 @@ class TaskRunEvent(Event):
 
     run_id: uuid.UUID
     task_id: uuid.UUID
+    name: str | None = Field(None, description="The task's name.")
     orch_id: uuid.UUID
     orch_sha: str
     workspace_id: int
