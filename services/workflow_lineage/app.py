@@ -41,6 +41,8 @@ def build_router(runtime: Runtime) -> NatsRouter:
         stream=JStream(subjects.EVENTS_STREAM, declare=False),
         durable=subjects.LINEAGE_EVENTS_DURABLE,
         pull_sub=PullSub(batch_size=64, timeout=1.0),
+        # the pull requests' replies come to this service's own inbox (its bus identity may read only that one)
+        inbox_prefix=f"_INBOX.{NAME}.".encode(),
         # Messages handed to a replica that then dies are redelivered after ack_wait: keep it short,
         # recording is idempotent (by event id) so an early redelivery costs nothing.
         config=ConsumerConfig(ack_wait=5.0),
