@@ -98,7 +98,7 @@ class Backend:
         if not (isinstance(model_class, type) and issubclass(model_class, LabelStudioMLBase)):
             raise TypeError("the model class must inherit from railyard_ml.LabelStudioMLBase")
         self.model_class = model_class
-        self.model_dir = Path(model_dir)
+        self.model_dir = Path(model_dir).resolve()  # run folders are named in train_output: keep them absolute
         self.store = Store(self.model_dir)
         self.init_kwargs = init_kwargs
         self.convention = fit_convention(model_class)

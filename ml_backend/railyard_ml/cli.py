@@ -154,12 +154,43 @@ def start(
 
 
 @deploy_cli.command("railyard")
-def deploy_railyard(folder: Annotated[Path, typer.Argument(help="a folder made by `railyard-ml init`")]) -> None:
-    """Register the backend with a Railyard stack as a deployment (not available yet: see docs/ml-backend.md)."""
-    load_model_class(folder)  # at least say whether the folder is a valid backend
-    fail("deploying an ML backend to Railyard is not available yet: Railyard's deployer runs ONNX, Python-step "
-         "and bring-your-own-predict pipelines, not Label Studio's protocol. Run it with `railyard-ml start` "
-         "(docs/ml-backend.md says what is planned)")
+def deploy_railyard(
+    folder: Annotated[Path, typer.Argument(help="a folder made by `railyard-ml init`")],
+    pipeline: Annotated[str | None, typer.Option(help="pipeline (and model) name; default: the folder's name")] = None,
+    project: Annotated[str | None, typer.Option(help="whose state to ship when the backend serves several")] = None,
+    label_config: Annotated[Path | None, typer.Option(help="labeling config XML, if Label Studio never set it")] = None,
+    model_dir: Annotated[Path | None, typer.Option(envvar="MODEL_DIR")] = None,
+    url: Annotated[str | None, typer.Option(envvar="RAILYARD_CLIENT_URL", help="Railyard's base URL")] = None,
+    workspace: Annotated[str | None, typer.Option(help="workspace name or id (default: the client's)")] = None,
+    username: Annotated[str | None, typer.Option(envvar="RAILYARD_CLIENT_USERNAME")] = None,
+    password: Annotated[str | None, typer.Option(envvar="RAILYARD_CLIENT_PASSWORD")] = None,
+    client_id: Annotated[str | None, typer.Option(envvar="RAILYARD_CLIENT_ID")] = None,
+    client_secret: Annotated[str | None, typer.Option(envvar="RAILYARD_CLIENT_SECRET")] = None,
+) -> None:
+    """Deploy the backend's model to Railyard as a pipeline (a bring-your-own-predict step; see docs/ml-backend.md):
+    its predictions are then served, logged and watched by Railyard. `fit` stays where the backend runs."""
+    from railyard_ml.railyard_step import package
+
+    try:
+        load_model_class(folder)
+        config_text = label_config.read_text() if label_config else None
+        archive, shipped = package(folder, project, config_text, model_dir)
+    except (FileNotFoundError, TypeError, ImportError, AttributeError, ValueError) as exc:
+        fail(str(exc))
+    try:
+        from railyard_client import Client, RailyardError
+    except ImportError:
+        fail("deploying needs the Railyard client: pip install railyard-client (client/ in a Railyard checkout)")
+    name = (pipeline or folder.resolve().name).lower().replace("_", "-")
+    try:
+        client = Client(url, username=username, password=password, client_id=client_id,
+                        client_secret=client_secret, workspace=workspace)
+        version = client.upload_model(name, archive, framework="custom")
+        deployed = client.build_pipeline(name).add_model_step(version).deploy()
+    except RailyardError as exc:
+        fail(f"could not deploy to Railyard: {exc}")
+    typer.echo(f"deployed {shipped['model_class']} (project {shipped['project'] or '-'}, model version "
+               f"{shipped['model_version'] or '-'}) as pipeline {name}: {deployed.url()}")
 
 
 def main_for_folder(folder: str) -> int:

@@ -120,8 +120,14 @@ def test_init_and_start_refuse_with_a_reason(tmp_path):
     assert json.loads((tmp_path / "x" / "railyard-ml.json").read_text())["model_class"] == "A"
 
 
-def test_deploy_railyard_says_it_is_not_available_yet(tmp_path):
+def test_deploy_railyard_refuses_with_a_reason(tmp_path):
     folder = tmp_path / "b"
     assert run("init", str(folder), "--script", str(HERE / "ls2_style_backend.py")).returncode == 0
-    answer = run("deploy", "railyard", str(folder))
-    assert answer.returncode == 2 and "not available yet" in answer.stderr
+    answer = run("deploy", "railyard", str(folder))  # never set up by Label Studio: no labeling config to ship
+    assert answer.returncode == 2 and "no labeling config" in answer.stderr and "--label-config" in answer.stderr
+    config = tmp_path / "config.xml"
+    config.write_text(TEXT_CONFIG)
+    nobody = f"http://127.0.0.1:{free_port()}"
+    answer = run("deploy", "railyard", str(folder), "--label-config", str(config), "--url", nobody,
+                 "--username", "u", "--password", "p", "--client-id", "c", "--client-secret", "s")
+    assert answer.returncode == 2 and "could not deploy to Railyard" in answer.stderr

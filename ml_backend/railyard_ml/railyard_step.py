@@ -1,0 +1,157 @@
+"""A backend folder as a Railyard bring-your-own-predict step (what `railyard-ml deploy railyard` uploads).
+
+The zip holds the backend's script, `railyard-ml.json`, `requirements.txt` (checked by Railyard's engine, not
+installed: railyard-ml and the script's packages must be installed where the engine runs), one project's state
+(`railyard_state/state.json`: its cache values, so `train_output`, the model version and whatever `set` stored;
+and the files of its latest successful training run) and `railyard_ml_step.py`, the `mac` Inference/Builder pair
+the engine loads. The step takes one column, `task` (a Label Studio task as JSON, or just its `data` object), and
+answers `prediction` (the prediction as JSON), `score` and `model_version`: inference, logs and drift assays then
+work as for any other Railyard pipeline. Paths under the backend's model directory in the state are rewritten to
+the unpacked copy; `fit` does not run in the deployment (train where the backend runs, deploy again).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from railyard_ml.backend import Backend
+from railyard_ml.label_config import parse_config
+from railyard_ml.model import LabelStudioMLBase, _constructing, _Construction
+from railyard_ml.store import ProjectCache, Store
+
+STATE = "railyard_state"
+
+STEP_SCRIPT = '''"""Railyard step of a Label Studio ML backend (written by `railyard-ml deploy railyard`)."""
+
+import numpy as np
+from mac.inference import Inference
+from mac.inference.creation import InferenceBuilder
+
+from railyard_ml.railyard_step import StepModel
+
+
+class LabelStudioBackendInference(Inference):
+    @property
+    def expected_model_types(self):
+        return {StepModel}
+
+    def _predict(self, input_data):
+        predictions, scores, versions = self.model.predict_json(list(input_data["task"]))
+        return {"prediction": np.array(predictions, dtype=object), "score": np.array(scores, dtype=np.float64),
+                "model_version": np.array(versions, dtype=object)}
+
+
+class LabelStudioBackendBuilder(InferenceBuilder):
+    @property
+    def inference(self):
+        return LabelStudioBackendInference()
+
+    def create(self, config):
+        inference = self.inference
+        inference.model = StepModel.load(config.model_path)
+        return inference
+'''
+
+
+def package(folder: str | Path, project: str | None = None, label_config: str | None = None,
+            model_dir: str | Path | None = None) -> tuple[bytes, dict]:
+    """The zip of a backend folder for Railyard, and what went in it (project, version, label config)."""
+    folder = Path(folder)
+    config = json.loads((folder / "railyard-ml.json").read_text())
+    model_dir = Path(model_dir or folder / "models")
+    store = Store(model_dir) if (model_dir / "railyard-ml.db").exists() else None
+    projects = store.projects() if store else []
+    if project is None and len(projects) > 1:
+        raise ValueError(f"the backend has state for projects {', '.join(projects)}: name one with --project")
+    project = project if project is not None else (projects[0] if projects else "")
+    values: dict[str, str] = {}
+    run_dir = None
+    if store and project in projects:
+        for key in ("label_config", "parsed_label_config", "model_version", "train_output", "extra_params",
+                    "railyard_ml.trained", "railyard_ml.initial_version"):
+            value = store.get(project, key)
+            if value is not None:
+                values[key] = value
+        with store._lock, store._connect() as db:  # every key the model stored, not only the known ones
+            values.update(dict(db.execute("SELECT key, value FROM cache WHERE project_id = ?", (project,))))
+        finished = [run for run in store.runs(project) if run["status"] == "ok"]
+        if finished:
+            run_dir = model_dir / project / finished[-1]["job_id"]
+    if label_config is not None:
+        parse_config(label_config)
+        values["label_config"] = label_config
+    if not values.get("label_config"):
+        raise ValueError("no labeling config: the backend has not been set up by Label Studio for this project "
+                         "yet, so pass --label-config FILE")
+    state = {"project_id": project, "model_dir": str(model_dir.resolve()), "values": values,
+             "run_dir": str(run_dir.resolve()) if run_dir else None}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("backend/requirements.txt", (folder / "requirements.txt").read_text())
+        archive.writestr("backend/railyard-ml.json", json.dumps(config))
+        archive.write(folder / config["script"], f"backend/{config['script']}")
+        archive.writestr("backend/railyard_ml_step.py", STEP_SCRIPT)
+        archive.writestr(f"backend/{STATE}/state.json", json.dumps(state))
+        if run_dir and run_dir.is_dir():
+            for path in sorted(run_dir.rglob("*")):
+                if path.is_file():
+                    archive.write(path, f"backend/{STATE}/run/{path.relative_to(run_dir)}")
+    return buffer.getvalue(), {"project": project, "model_version": values.get("model_version"),
+                               "model_class": config["model_class"]}
+
+
+class StepModel:
+    """The backend's model, loaded from an unpacked package, answering rows of tasks."""
+
+    def __init__(self, model: LabelStudioMLBase, project_id: str) -> None:
+        self.model = model
+        self.project_id = project_id
+
+    @classmethod
+    def load(cls, folder: str | Path) -> StepModel:
+        import importlib
+        import sys
+
+        folder = Path(folder)
+        config = json.loads((folder / "railyard-ml.json").read_text())
+        state = json.loads((folder / STATE / "state.json").read_text())
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+        model_class = getattr(importlib.import_module(Path(config["script"]).stem), config["model_class"])
+        work = Path(tempfile.mkdtemp(prefix="railyard-ml-"))
+        store = Store(work)
+        run_copy = str(folder / STATE / "run")
+        values = {}
+        for key, value in state["values"].items():
+            if state["run_dir"]:
+                value = value.replace(state["run_dir"], run_copy)
+            values[key] = value.replace(state["model_dir"], str(work))
+        project_id = state["project_id"]
+        store.set_many(project_id, values)
+        cache = ProjectCache(store, project_id)
+        token = _constructing.set(_Construction(cache=cache, model_dir=str(work)))
+        try:
+            model = model_class(project_id=project_id, label_config=values["label_config"])
+        finally:
+            _constructing.reset(token)
+        return cls(model, project_id)
+
+    def predict_json(self, rows: list[Any]) -> tuple[list[str], list[float], list[str]]:
+        """Rows of tasks (JSON text or objects; a bare `data` object is wrapped) to predictions as JSON."""
+        tasks = []
+        for index, row in enumerate(rows):
+            task = json.loads(row) if isinstance(row, str | bytes) else row
+            if not isinstance(task, dict):
+                raise ValueError(f"row {index}: 'task' must be a JSON object (a Label Studio task or its data)")
+            tasks.append(task if "data" in task else {"id": index, "data": task})
+        version = self.model.get("model_version") or self.model.INITIAL_MODEL_VERSION
+        answer = self.model.predict(tasks)
+        predictions = Backend._predictions(answer, len(tasks), version)
+        firsts = [p[0] if isinstance(p, list) and p else p for p in predictions]
+        return ([json.dumps(p) for p in predictions], [float(p.get("score") or 0.0) for p in firsts],
+                [str(p.get("model_version") or version) for p in firsts])
