@@ -293,6 +293,14 @@ async def spawn(spec: SandboxSpec, *, stdin=asyncio.subprocess.PIPE, stdout=asyn
     return process
 
 
+def kill(process: asyncio.subprocess.Process) -> None:
+    """SIGKILL a sandbox's launcher, which takes the whole sandbox with it. (Not `process.kill()`: it polls
+    first, and a poll that reaps an exited launcher leaves asyncio's child watcher reporting status 255.)"""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
+
+
 def limit_hit(returncode: int, stderr_tail: str, limits: Limits) -> str | None:
     """Which limit ended a sandboxed process, read from how it ended and the end of its stderr."""
     if returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
@@ -324,11 +332,11 @@ async def run(spec: SandboxSpec, *, input: bytes | None = None, settings: Settin
     except TimeoutError:
         timed_out = True
         with contextlib.suppress(ProcessLookupError):
-            process.kill()
+            kill(process)
         stdout, stderr = await process.communicate()
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
-            process.kill()
+            kill(process)
         await process.wait()
         raise
     tail = stderr_excerpt(stderr)

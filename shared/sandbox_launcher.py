@@ -88,11 +88,11 @@ def make_mountpoint(path: str, like: str) -> None:
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
 
 
-def bind(source: str, target: str, writable: bool) -> None:
+def bind(source: str, target: str, writable: bool, device: bool = False) -> None:
     make_mountpoint(target, source)
     mount(source, target, None, MS_BIND | MS_REC)
     kept = os.statvfs(source).f_flag
-    flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (0 if writable else MS_RDONLY)
+    flags = MS_BIND | MS_REMOUNT | MS_NOSUID | (0 if device else MS_NODEV) | (0 if writable else MS_RDONLY)
     flags |= sum(ms for st, ms in KEPT_FLAGS if kept & st)
     mount(None, target, None, flags)
 
@@ -129,7 +129,7 @@ def build_root(config: dict, root: str) -> None:
     os.makedirs(root + "/dev", exist_ok=True)
     mount("tmpfs", root + "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
     for device in DEVICES:
-        bind(f"/dev/{device}", f"{root}/dev/{device}", writable=True)
+        bind(f"/dev/{device}", f"{root}/dev/{device}", writable=True, device=True)
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                          ("stderr", "/proc/self/fd/2")):
         os.symlink(target, f"{root}/dev/{name}")

@@ -13,6 +13,7 @@ same batch id, then reported in the log, never dropped silently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,28 +29,23 @@ from typing import Any
 import nats
 import pyarrow as pa
 
-from services.engine.runtimes import ByopRuntime, OnnxRuntime, PythonStepRuntime
+from services.engine.answers import RepeatedRequests
+from services.engine.logbatcher import LogBatcher
+from services.engine.runtimes import OnnxRuntime
+from services.engine.sandboxed import SandboxedRuntime
 from shared import subjects
 from shared.arrow_codec import from_ipc, to_ipc_stream
-from shared.bus import error_headers
+from shared.bus import connect_options, error_headers
 from shared.errors import InvalidRequest, RailyardError
-from shared.logrecords import (
-    BATCH_ID,
-    LOG_HEADER,
-    MSG_ID,
-    InferenceRecord,
-    build_batch,
-    drop_oversized,
-    group_records,
-    log_header,
-    log_subject,
-)
+from shared.logrecords import InferenceRecord
 from shared.objectstore import BUCKET_ARTIFACTS, BUCKET_TABLES, MinioObjectStore, content_key
 from shared.service import settle_garbage_collector
-from shared.settings import LogSettings, Settings
+from shared.settings import Settings
 
 log = logging.getLogger("railyard.engine")
 SHADOW_TIMEOUT = 10.0
+DRAIN_SHADOWS = 10.0  # seconds a stopping replica lets queued challengers run (the deployer waits 20 s in all)
+DRAIN_LOGS = 8.0  # seconds a stopping replica has to publish the records it holds
 TABLE_REF = "Railyard-Table-Ref"
 TABLE_PREFIX = "inference/"
 META_HEADER = "Railyard-Meta"
@@ -141,8 +137,11 @@ class Replica:
         self.name = spec["deployment"]["name"]
         self.steps: list[Step] = []
         self.shadow_queue: asyncio.Queue = asyncio.Queue(maxsize=10_000)
+        self.shadow_current: tuple[InferenceRecord, list] | None = None
         self.stop = asyncio.Event()
         self.cache_dir = settings.stack.data_dir.expanduser().resolve() / "engine-cache"
+        self.work_dir = settings.stack.data_dir.expanduser().resolve() / "engine-work" / self.name
+        self.workers: list[SandboxedRuntime] = []  # users' code: each in a sandboxed worker process
 
     async def load(self) -> None:
         store = self.store = MinioObjectStore(self.settings.s3)
@@ -152,15 +151,17 @@ class Replica:
             runtimes = []
             for model in step["models"]:
                 path = await fetch_artifact(store, model["sha"], cache)
-                if model["runtime"] == "onnx":
+                if model["runtime"] == "onnx":  # data, not code: served in this process
                     runtime = OnnxRuntime(path, threads=threads)
-                elif model["runtime"] == "python":
-                    runtime = PythonStepRuntime(path)
-                elif model["runtime"] == "custom":
-                    runtime = ByopRuntime(path, cache)
+                    await asyncio.to_thread(runtime.load)
+                elif model["runtime"] in ("python", "custom"):
+                    runtime = SandboxedRuntime(model["runtime"], path, self.work_dir /
+                                               f"{self.replica_id}-{len(self.workers)}", self.settings,
+                                               model["name"])
+                    self.workers.append(runtime)
+                    await runtime.start()
                 else:
                     raise RailyardError(f"model {model['name']}: the {model['runtime']} runtime is not served yet")
-                await asyncio.to_thread(runtime.load)
                 runtimes.append(runtime)
             self.steps.append(Step(step, runtimes))
 
@@ -178,14 +179,26 @@ class Replica:
         return current, elapsed, last, shadows
 
     async def serve(self) -> None:  # noqa: C901 - the request path is kept in one place on purpose
+        identity = connect_options(self.settings.nats)  # the `engine` identity, from the deployer
         nc = await nats.connect(self.settings.nats.url, name=f"railyard-engine-{self.name}-{self.replica_id}",
-                                max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+                                max_reconnect_attempts=-1, reconnect_time_wait=0.5, **identity)
         logs_nc = await nats.connect(self.settings.nats.url, name=f"railyard-engine-{self.name}-logs",
-                                     max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+                                     max_reconnect_attempts=-1, reconnect_time_wait=0.5, **identity)
         self.batcher = LogBatcher(logs_nc.jetstream(), self.spec["deployment"], self.settings.logs, nc.max_payload)
+
+        answers = RepeatedRequests()
+
+        async def reply(msg, body: bytes, headers: dict[str, str], received: int) -> None:
+            answers.answered(msg, body, headers, (time.perf_counter_ns() - received) / 1e9)
+            await nc.publish(msg.reply, body, headers=headers)
 
         async def infer(msg) -> None:
             received = time.perf_counter_ns()
+            earlier = answers.earlier(msg)
+            if earlier is not None:  # re-sent by the gateway while this replica runs it or just ran it
+                body, headers = await earlier if isinstance(earlier, asyncio.Future) else earlier
+                await nc.publish(msg.reply, body, headers=headers)
+                return
             at_ms = time.time_ns() // 1_000_000
             try:
                 data = msg.data
@@ -195,15 +208,16 @@ class Replica:
                         raise InvalidRequest("table reference outside the inference area")
                     data = await self.store.get_bytes(BUCKET_TABLES, reference)
                 table = from_ipc(data)
+                # a worker's answer is awaited on this loop, so a request with one runs in a thread
                 output, elapsed, last, shadows = await asyncio.to_thread(self.run, table) \
-                    if table.num_rows > 256 else self.run(table)
+                    if table.num_rows > 256 or self.workers else self.run(table)
             except RailyardError as exc:
-                await nc.publish(msg.reply, b"", headers=error_headers(exc))
+                await reply(msg, b"", error_headers(exc), received)
                 return
             except Exception as exc:  # a model failing at run time is the deployment's error, not a crash
                 log.exception("inference failed")
-                await nc.publish(msg.reply, b"", headers=error_headers(
-                    RailyardError(f"the model failed: {type(exc).__name__}", code="inference_failed")))
+                await reply(msg, b"", error_headers(
+                    RailyardError(f"the model failed: {type(exc).__name__}", code="inference_failed")), received)
                 return
             last_model = json.dumps({"model_name": last["name"], "model_sha": last["sha"]}) if last else ""
             meta = {"last_model": last_model, "pipeline_version": self.spec["deployment"]["pipeline_version"],
@@ -214,8 +228,9 @@ class Replica:
                 key = f"{TABLE_PREFIX}{uuid.uuid4()}"
                 await self.store.put_bytes(BUCKET_TABLES, key, body)
                 headers[TABLE_REF], body = key, b""
-            await nc.publish(msg.reply, body, headers=headers)
-            record = InferenceRecord(at_ms, table, output, last_model, tuple(meta["elapsed"]))
+            await reply(msg, body, headers, received)
+            record = InferenceRecord(at_ms, table, output, last_model, tuple(meta["elapsed"]),
+                                     request_id=answers.store_once(msg, (time.perf_counter_ns() - received) / 1e9))
             if not shadows:
                 self.batcher.add(record)
                 return
@@ -241,98 +256,47 @@ class Replica:
         log.info("replica %s of %s serving", self.replica_id, self.name)
         await self.stop.wait()
         await nc.drain()  # finishes in-flight requests before closing
-        shadow_worker.cancel()
-        publisher.cancel()
-        await self.batcher.flush()  # records of the last requests are logged before the replica goes
+        # every answered request is logged before the replica goes: queued challengers run (for a while), then
+        # the batcher publishes what it holds (docs/logs.md, "Graceful stop")
+        await self.drain_shadows(shadow_worker, DRAIN_SHADOWS)
+        await self.batcher.close(publisher, DRAIN_LOGS)
         await logs_nc.drain()
+        await self.stop_workers()
+
+    async def stop_workers(self) -> None:
+        for worker in self.workers:
+            await worker.stop()
 
     async def run_shadows(self) -> None:
         """Challengers run after the champion answered, one request at a time; a failing or slow challenger
         only loses its own columns in that request's record."""
         while True:
-            record, shadows = await self.shadow_queue.get()
+            record, shadows = self.shadow_current = await self.shadow_queue.get()
             for name, runtime, shadow_input in shadows:
                 try:
                     record.shadows[name] = await asyncio.wait_for(asyncio.to_thread(runtime.predict, shadow_input),
                                                                   SHADOW_TIMEOUT)
                 except Exception as exc:
                     log.warning("challenger %s of %s failed: %s", name, self.name, exc)
+            self.shadow_current = None
             self.batcher.add(record)
+            self.shadow_queue.task_done()
 
-
-class LogBatcher:
-    """Gathers the records of many requests and publishes them every `engine_flush_ms` as one Arrow message per
-    schema to the INFERENCE_LOGS stream, waiting for JetStream's ack. A batch keeps its id across retries, so a
-    publish that did arrive but whose ack was lost is not stored twice. Rows that cannot be held (the stream
-    unreachable for long) are counted and reported in the log, never dropped silently."""
-
-    def __init__(self, js, deployment: dict[str, Any], settings: LogSettings, max_payload: int) -> None:
-        self.js = js
-        self.subject = log_subject(deployment["name"])
-        self.header = log_header(int(deployment.get("workspace_id") or 0), deployment["pipeline"],
-                                 deployment["name"], deployment["pipeline_version"])
-        self.version = deployment["pipeline_version"]
-        self.settings = settings
-        self.max_bytes = max_payload - 64 * 1024
-        self.pending: list[InferenceRecord] = []
-        self.pending_rows = 0
-        self.lost_rows = 0
-        self.wake = asyncio.Event()
-
-    def add(self, record: InferenceRecord) -> None:
-        if self.pending_rows >= self.settings.engine_max_pending_rows:
-            self.lost_rows += record.inputs.num_rows
-            log.error("inference log backlog full: %d rows of %s could not be logged so far", self.lost_rows,
-                      self.subject)
-            return
-        self.pending.append(record)
-        self.pending_rows += record.inputs.num_rows
-        self.wake.set()
-
-    async def run(self) -> None:
-        """Sleeps until a record arrives (an idle replica does not wake up), then gathers for the interval."""
-        interval = self.settings.engine_flush_ms / 1000
-        while True:
-            await self.wake.wait()
-            await asyncio.sleep(interval)
-            self.wake.clear()
-            if self.pending:
-                await self.flush()
-
-    async def flush(self) -> None:
-        records, rows = self.pending, self.pending_rows
-        self.pending, self.pending_rows = [], 0
-        payloads = await asyncio.to_thread(self._encode, records) if rows > 2000 else self._encode(records)
-        for payload in payloads:
-            await self._publish(payload)
-
-    def _encode(self, records: list[InferenceRecord]) -> list[bytes]:
-        payloads: list[bytes] = []
-        for group in group_records(records):
-            payloads += self._split(drop_oversized(build_batch(group, self.version), self.settings.max_row_bytes))
-        return payloads
-
-    def _split(self, table: pa.Table) -> list[bytes]:
-        payload = to_ipc_stream(table)
-        if len(payload) <= self.max_bytes or table.num_rows == 1:
-            return [payload]
-        half = table.num_rows // 2
-        return self._split(table.slice(0, half)) + self._split(table.slice(half))
-
-    async def _publish(self, payload: bytes) -> None:
-        batch_id = str(uuid.uuid4())
-        headers = {MSG_ID: batch_id, BATCH_ID: batch_id, LOG_HEADER: self.header}
-        delay = 0.1
-        for attempt in range(12):  # about a minute of retries
-            try:
-                await self.js.publish(self.subject, payload, headers=headers)
-                return
-            except Exception as exc:  # the stream may be briefly unavailable: retry with the same id
-                if attempt == 11:
-                    log.error("could not log a batch of %s after retries: %s", self.subject, exc)
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 8.0)
+    async def drain_shadows(self, worker: asyncio.Task, timeout: float) -> None:
+        """Let queued challengers run for up to `timeout` seconds; records still queued then are logged without
+        their challengers' columns (never dropped)."""
+        try:
+            await asyncio.wait_for(self.shadow_queue.join(), timeout)
+        except TimeoutError:
+            log.warning("stopping: %d records of %s are logged without their challengers", self.shadow_queue.qsize()
+                        + (self.shadow_current is not None), self.name)
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+        if self.shadow_current is not None:
+            self.batcher.add(self.shadow_current[0])
+        while not self.shadow_queue.empty():
+            self.batcher.add(self.shadow_queue.get_nowait()[0])
 
 
 async def main_async(spec_path: Path, replica_id: str) -> int:
@@ -346,6 +310,7 @@ async def main_async(spec_path: Path, replica_id: str) -> int:
         settle_garbage_collector()
     except (RailyardError, InvalidRequest) as exc:
         print(f"railyard-engine: {exc.msg}", file=sys.stderr, flush=True)
+        await replica.stop_workers()
         return 2
     await replica.serve()
     return 0

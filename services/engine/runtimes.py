@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import onnxruntime as ort
 import pyarrow as pa
 
 from shared.arrow_codec import tensor_array
@@ -81,10 +81,12 @@ class OnnxRuntime:
     def __init__(self, path: Path, threads: int = 1) -> None:
         self.path = path
         self.threads = threads
-        self.session: ort.InferenceSession | None = None
+        self.session = None
         self.ready = False
 
     def load(self) -> None:
+        import onnxruntime as ort  # here, not at the top: the sandboxed worker never loads it
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
@@ -124,9 +126,20 @@ class OnnxRuntime:
         self.ready = False
 
 
+def users_code_failed(what: str, exc: BaseException) -> InvalidRequest:
+    """The error a request gets when the user's code raised: a sentence written by Railyard naming the exception
+    type; the traceback goes to the worker's stderr, of which the replica adds a bounded excerpt."""
+    traceback.print_exception(exc, file=sys.stderr)
+    sys.stderr.flush()
+    if isinstance(exc, MemoryError):
+        return InvalidRequest(f"{what}: it exceeded its memory limit")
+    return InvalidRequest(f"{what}: it raised {type(exc).__name__}")
+
+
 class PythonStepRuntime:
     """A Python step: a script whose `wallaroo_json(data: pandas.DataFrame)` returns a DataFrame, a list of
-    row objects or a dict of columns. It runs inside the engine replica process only."""
+    row objects or a dict of columns. It runs in the engine's sandboxed worker (services/engine/worker.py),
+    never in the replica process."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -136,8 +149,11 @@ class PythonStepRuntime:
 
     def load(self) -> None:
         namespace: dict = {"__name__": "railyard_python_step"}
-        code = compile(self.path.read_bytes(), f"<python step {self.path.name[:12]}>", "exec")
-        exec(code, namespace)  # noqa: S102 - running the user's step is this runtime's purpose
+        try:
+            code = compile(self.path.read_bytes(), f"<python step {self.path.name[:12]}>", "exec")
+            exec(code, namespace)  # noqa: S102 - running the user's step is this runtime's purpose
+        except Exception as exc:
+            raise users_code_failed("the Python step failed to load", exc) from None
         self.entry = namespace.get("wallaroo_json")
         if not callable(self.entry):
             raise InvalidRequest("the Python step has no callable wallaroo_json(data)")
@@ -151,7 +167,7 @@ class PythonStepRuntime:
         try:
             result = self.entry(batch.to_pandas())
         except Exception as exc:  # the user's code failed: say how, without its internals
-            raise InvalidRequest(f"the Python step failed: {type(exc).__name__}: {str(exc)[:200]}") from None
+            raise users_code_failed("the Python step failed", exc) from None
         if isinstance(result, pd.DataFrame):
             records = result.to_dict(orient="records")
         elif isinstance(result, dict):
@@ -234,7 +250,8 @@ class ByopRuntime:
     """Bring your own predict: a zip of scripts, artifacts and requirements.txt whose classes extend
     `mac.inference.Inference` and `mac.inference.creation.InferenceBuilder` (services/engine/compat has our
     `mac`). Unpacked once next to the artifact cache, its builder creates the Inference with
-    `model_path` set to the folder holding requirements.txt; it runs inside the engine replica process only."""
+    `model_path` set to the folder holding requirements.txt; it runs in the engine's sandboxed worker
+    (services/engine/worker.py), never in the replica process."""
 
     def __init__(self, path: Path, work_dir: Path) -> None:
         self.path = path
@@ -286,7 +303,7 @@ class ByopRuntime:
             try:
                 spec.loader.exec_module(module)
             except Exception as exc:
-                raise InvalidRequest(f"{script.name} failed to load: {type(exc).__name__}: {str(exc)[:200]}") from None
+                raise users_code_failed(f"{script.name} failed to load", exc) from None
             builders += [obj for _, obj in inspect.getmembers(module, inspect.isclass)
                          if issubclass(obj, InferenceBuilder) and obj is not InferenceBuilder
                          and not inspect.isabstract(obj) and obj.__module__ == module_name]
@@ -295,7 +312,7 @@ class ByopRuntime:
         try:
             self.inference = builders[0]().create(CustomInferenceConfig(model_path=folder))
         except Exception as exc:
-            raise InvalidRequest(f"the InferenceBuilder failed: {type(exc).__name__}: {str(exc)[:200]}") from None
+            raise users_code_failed("the InferenceBuilder failed", exc) from None
         self.ready = True
 
     def predict(self, batch: pa.Table) -> pa.Table:
@@ -303,7 +320,7 @@ class ByopRuntime:
         try:
             output = self.inference.predict(data)
         except Exception as exc:  # the user's code failed: say how, without its internals
-            raise InvalidRequest(f"the model failed: {type(exc).__name__}: {str(exc)[:200]}") from None
+            raise users_code_failed("the model failed", exc) from None
         return inference_data_to_table(output, batch.num_rows)
 
     def unload(self) -> None:

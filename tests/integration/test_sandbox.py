@@ -149,6 +149,16 @@ def test_extra_readonly_paths_are_visible_read_only(settings, tmp_path):
     assert artifact.read_bytes() == b"weights"
 
 
+def test_devices_work(settings):
+    result = python("""
+        import os
+        print(len(open('/dev/urandom', 'rb').read(16)), open('/dev/null', 'rb').read(), sorted(os.listdir('/dev')))
+        open('/dev/null', 'w').write('discarded')
+    """, settings)
+    assert result.returncode == 0, result.stderr_tail
+    assert result.stdout.startswith(b"16 b'' ['fd', 'full', 'null', 'random', 'shm', 'stderr', 'stdin', 'stdout'")
+
+
 def test_runs_as_another_identity(settings):
     result = python("import os; print(os.getuid(), os.geteuid(), os.getgroups())", settings)
     uid, euid = result.stdout.split()[:2]

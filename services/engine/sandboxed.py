@@ -1,0 +1,211 @@
+"""The replica's side of a sandboxed worker: a runtime (same `predict` as the others) whose Python step or
+bring-your-own-predict model runs in services/engine/worker.py inside shared.sandbox, fed Arrow IPC frames over
+pipes.
+
+What happens when the worker misbehaves: the request it was serving fails with an error Railyard writes (the
+time limit, the memory limit, a crash; plus a bounded excerpt of the worker's stderr), the worker is killed with
+its whole sandbox and a new one is started and loaded in the background; requests that come meanwhile wait for
+it. The replica, its other steps and other deployments keep serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+
+from services.engine.worker import PREFIX, encode_frame, frame_sizes
+from shared import sandbox
+from shared.arrow_codec import from_ipc, to_ipc_stream
+from shared.errors import InvalidRequest, RailyardError, UpstreamTimeout
+from shared.sandbox import Limits, SandboxSpec
+from shared.settings import Settings
+
+log = logging.getLogger("railyard.engine.worker")
+LOAD_TIMEOUT = 50.0  # under the deployer's 60 s readiness wait, so a hanging load is reported with its reason
+STDERR_KEPT = 64 * 1024
+EXCERPT = 600
+# the worker's whole environment: one thread per library (its process limit counts threads)
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+              "NUMEXPR_MAX_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
+KIND_NAMES = {"python": "the Python step", "custom": "the model"}
+
+
+class WorkerFailed(RailyardError):
+    """The worker serving a request crashed or hit a limit (the user's code did, not the platform)."""
+
+    status = 500
+    code = "model_worker_failed"
+
+
+class SandboxedRuntime:
+    """A code runtime ("python" or "custom") served by a sandboxed worker process."""
+
+    def __init__(self, kind: str, path: Path, workdir: Path, settings: Settings, name: str) -> None:
+        self.kind = kind
+        self.path = path
+        self.workdir = workdir
+        self.settings = settings
+        self.name = name
+        self.inputs: list = []
+        self.ready = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.process: asyncio.subprocess.Process | None = None
+        self.stderr = bytearray()
+        self.stderr_task: asyncio.Task | None = None
+        self.lock = asyncio.Lock()
+        self.replacement: asyncio.Task | None = None
+        self.replaced = 0
+
+    @property
+    def limits(self) -> Limits:
+        # the CPU limit is a process's whole life: a worker serving for days must not hit it, the wall time
+        # of each request bounds a spinning step instead
+        return Limits.from_settings(self.settings.sandbox, cpu_seconds=max(self.settings.sandbox.cpu_seconds,
+                                                                           7 * 24 * 3600))
+
+    async def start(self) -> None:
+        """Start the worker and load the model in it; RailyardError with the reason if it cannot."""
+        self.loop = asyncio.get_running_loop()
+        if self.path.stat().st_mode & 0o044 != 0o044:  # the sandbox's identity reads the artifact, nothing else
+            await asyncio.to_thread(self.path.chmod, 0o644)
+        spec = SandboxSpec(argv=[sys.executable, "-m", "services.engine.worker"], workdir=self.workdir,
+                           env=dict(WORKER_ENV), readonly_paths=(self.path,), limits=self.limits)
+        self.stderr = bytearray()
+        self.process = await sandbox.spawn(spec, settings=self.settings)
+        self.stderr_task = asyncio.create_task(self._drain_stderr(self.process))
+        header, _ = await self._exchange({"op": "load", "runtime": self.kind, "path": str(self.path)}, b"",
+                                         LOAD_TIMEOUT, f"loading {KIND_NAMES[self.kind]}")
+        if "error" in header:
+            await self._stderr_settled(0)
+            await self._kill()
+            error = header["error"]
+            cls = InvalidRequest if error["code"] == "invalid_request" else RailyardError
+            raise cls(self._with_excerpt(error["msg"], 0), code=error["code"])
+        self.ready = True
+
+    async def _drain_stderr(self, process: asyncio.subprocess.Process) -> None:
+        buffer = self.stderr  # this worker's own: a replacement gets a new one
+        while chunk := await process.stderr.read(65536):
+            buffer += chunk
+            if len(buffer) > STDERR_KEPT:
+                del buffer[:-STDERR_KEPT]
+
+    def _with_excerpt(self, message: str, since: int, buffer: bytearray | None = None) -> str:
+        buffer = self.stderr if buffer is None else buffer
+        tail = bytes(buffer[since:]).decode(errors="replace").strip()
+        if not tail:
+            return message
+        lines = " | ".join(line.rstrip() for line in tail[-EXCERPT:].splitlines() if line.strip())
+        return f"{message}; its stderr ends with: {lines}"
+
+    async def _exchange(self, header: dict, body: bytes, timeout: float, doing: str) -> tuple[dict, bytes]:
+        """Send one frame and read its answer; on a hang or death, kill the worker and raise why."""
+        process, buffer, stderr_task = self.process, self.stderr, self.stderr_task
+        since = len(buffer)
+        replace = header.get("op") == "predict"  # a worker that fails to load is not retried here
+        try:
+            async with asyncio.timeout(timeout):
+                process.stdin.write(encode_frame(header, body))
+                await process.stdin.drain()
+                head_size, body_size = frame_sizes(await process.stdout.readexactly(PREFIX.size))
+                answer = json.loads(await process.stdout.readexactly(head_size))
+                return answer, await process.stdout.readexactly(body_size)
+        except TimeoutError:
+            await self._kill()
+            if replace:
+                self._replace_soon()
+            raise UpstreamTimeout(self._with_excerpt(
+                f"{KIND_NAMES[self.kind]} ({self.name}) took longer than {timeout:g} s while {doing} and was "
+                "stopped (time limit)", since, buffer), code="model_time_limit") from None
+        except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError, ValueError):
+            returncode = await self._kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(stderr_task), 2)
+            if replace:
+                self._replace_soon()
+            since = min(since, len(buffer))
+            hit = sandbox.limit_hit(returncode, bytes(buffer[since:]).decode(errors="replace"), self.limits)
+            reason = {"memory": f"exceeded its memory limit ({self.settings.sandbox.memory_mb} MB)",
+                      "cpu": "exceeded its CPU time limit",
+                      "processes": f"exceeded its process limit ({self.settings.sandbox.processes})",
+                      "file_size": f"wrote a file above its size limit ({self.settings.sandbox.file_size_mb} MB)",
+                      }.get(hit, f"crashed (exit status {returncode})")
+            raise WorkerFailed(self._with_excerpt(f"{KIND_NAMES[self.kind]} ({self.name}) {reason} while "
+                                                  f"{doing}", since, buffer)) from None
+
+    async def _kill(self) -> int | None:
+        self.ready = False
+        process = self.process
+        if process is None:
+            return None
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                sandbox.kill(process)  # the launcher: its death takes the whole sandbox with it
+        return await process.wait()
+
+    async def _replace(self) -> None:
+        self.replaced += 1
+        log.warning("worker of %s (%s) replaced (%d so far)", self.name, self.kind, self.replaced)
+        await self.start()
+
+    def _replace_soon(self) -> None:
+        """A new worker starts at once (after the failed request lets go of the lock), so the next request
+        does not wait for its startup; if that fails, the next request tries again and reports why."""
+        async def replace() -> None:
+            async with self.lock:
+                if not self.ready:
+                    with contextlib.suppress(RailyardError):
+                        await self._replace()
+
+        if self.replacement is None or self.replacement.done():
+            self.replacement = asyncio.create_task(replace())
+
+    async def _stderr_settled(self, since: int) -> None:
+        """The worker writes a traceback to stderr before its error answer: let the drain catch up."""
+        for _ in range(20):
+            if len(self.stderr) > since:
+                await asyncio.sleep(0.002)
+                return
+            await asyncio.sleep(0.005)
+
+    async def predict_async(self, batch: pa.Table) -> pa.Table:
+        async with self.lock:
+            if not self.ready:
+                try:
+                    await self._replace()
+                except RailyardError as exc:
+                    raise WorkerFailed(f"{KIND_NAMES[self.kind]} ({self.name}) could not be restarted: "
+                                       f"{exc.msg}") from None
+            body = await asyncio.to_thread(to_ipc_stream, batch) if batch.num_rows > 256 else to_ipc_stream(batch)
+            since = len(self.stderr)
+            header, output = await self._exchange({"op": "predict"}, body, self.settings.sandbox.wall_seconds,
+                                                  "serving a request")
+            if "error" in header:
+                error = header["error"]
+                await self._stderr_settled(since)
+                cls = InvalidRequest if error["code"] == "invalid_request" else RailyardError
+                raise cls(self._with_excerpt(error["msg"], since), code=error["code"])
+        return from_ipc(output)
+
+    def predict(self, batch: pa.Table) -> pa.Table:
+        """For the replica's worker threads: runs the exchange on the replica's event loop."""
+        return asyncio.run_coroutine_threadsafe(self.predict_async(batch), self.loop).result()
+
+    async def stop(self) -> None:
+        """Close the worker and its working directory."""
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(Exception):
+                self.process.stdin.close()
+            try:
+                await asyncio.wait_for(self.process.wait(), 2)
+            except TimeoutError:
+                await self._kill()
+        self.ready = False
+        await asyncio.to_thread(shutil.rmtree, self.workdir, True)

@@ -1,0 +1,93 @@
+"""The engine's sandboxed worker (services/engine/sandboxed.py + worker.py) with real processes, no stack: a
+Python step answers through it, and a worker that raises, hangs, crashes or runs out of memory fails only that
+request, with Railyard's message, and is replaced."""
+
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+import pytest
+
+from services.engine.sandboxed import SandboxedRuntime, WorkerFailed
+from shared.errors import InvalidRequest, UpstreamTimeout
+from shared.settings import Settings
+
+STEP = b"""
+import os, time
+import pandas as pd
+
+def wallaroo_json(data: pd.DataFrame):
+    action = data["action"][0]
+    if action == "raise":
+        print("about to fail")
+        raise ValueError("bad row " + "x" * 5000)
+    if action == "hang":
+        time.sleep(1000)
+    if action == "crash":
+        os._exit(3)
+    if action == "memory":
+        blocks = [bytearray(64 << 20) for _ in range(100)]
+    if action == "env":
+        return {"env": [sorted(os.environ)]}
+    return {"doubled": [v * 2 for v in data["value"]]}
+"""
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch) -> Settings:
+    monkeypatch.setenv("RAILYARD_S3__SECRET_KEY", "engine-worker-secret")
+    return Settings(stack={"data_dir": tmp_path / "data"}, sandbox={"wall_seconds": 2, "memory_mb": 768})
+
+
+def table(action: str) -> pa.Table:
+    return pa.table({"action": [action], "value": [21]})
+
+
+async def test_a_python_step_runs_in_a_worker_and_survives_each_failure(settings, tmp_path):
+    step = tmp_path / "step.py"
+    step.write_bytes(STEP)
+    runtime = SandboxedRuntime("python", step, settings.stack.data_dir / "engine-work" / "d" / "r-0", settings, "s")
+    await runtime.start()
+    try:
+        assert (await runtime.predict_async(table("ok"))).to_pylist() == [{"doubled": 42}]
+        env = (await runtime.predict_async(table("env"))).column("env")[0].as_py()
+        assert not [name for name in env if name.startswith("RAILYARD")]
+
+        with pytest.raises(InvalidRequest) as raised:
+            await runtime.predict_async(table("raise"))
+        message = raised.value.msg
+        assert message.startswith("the Python step failed: it raised ValueError")
+        assert "its stderr ends with: " in message and "x" * 100 in message  # the end of its traceback
+        assert len(message) < 800  # a bounded excerpt, not the 5000-character exception text
+
+        started = time.monotonic()
+        with pytest.raises(UpstreamTimeout) as hung:
+            await runtime.predict_async(table("hang"))
+        assert time.monotonic() - started < 5 and "time limit" in hung.value.msg
+        assert (await runtime.predict_async(table("ok"))).num_rows == 1  # replaced
+
+        with pytest.raises(WorkerFailed) as crashed:
+            await runtime.predict_async(table("crash"))
+        assert "crashed (exit status 3)" in crashed.value.msg
+        assert (await runtime.predict_async(table("ok"))).num_rows == 1
+
+        with pytest.raises((WorkerFailed, InvalidRequest)) as memory:
+            await runtime.predict_async(table("memory"))
+        assert "memory limit" in memory.value.msg
+        assert (await runtime.predict_async(table("ok"))).num_rows == 1
+        assert runtime.replaced >= 2
+    finally:
+        await runtime.stop()
+    assert not runtime.workdir.exists()
+
+
+async def test_a_step_that_fails_to_load_reports_why(settings, tmp_path):
+    step = tmp_path / "broken.py"
+    step.write_bytes(b"import no_such_module_railyard\n")
+    runtime = SandboxedRuntime("python", step, settings.stack.data_dir / "engine-work" / "d" / "r-1", settings, "b")
+    with pytest.raises(InvalidRequest) as failed:
+        await runtime.start()
+    assert "failed to load: it raised ModuleNotFoundError" in failed.value.msg
+    assert "no_such_module_railyard" in failed.value.msg
+    await runtime.stop()
