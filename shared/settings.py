@@ -172,8 +172,8 @@ class SandboxSettings(BaseModel):
     processes: int = Field(64, description="Processes and threads of a sandbox (RLIMIT_NPROC).")
     open_files: int = Field(256, description="Open files of a sandboxed process (RLIMIT_NOFILE).")
     file_size_mb: int = Field(256, description="Largest file a sandboxed process may write; also its /tmp size.")
-    wall_seconds: float = Field(30.0, description="Seconds one inference (or one one-shot run) may take before "
-                                "the sandbox is killed.")
+    wall_seconds: float = Field(25.0, description="Seconds one inference (or one one-shot run) may take before "
+                                "the sandbox is killed (under the gateway's 30 s inference timeout).")
 
 
 class StackSettings(BaseModel):
