@@ -75,8 +75,10 @@ async def add(deps: Deps, principal: Principal, token: str | None, direction: st
     require_user(principal)
     await require_member(deps.membership(token), principal, cmd.workspace_id)
     if cmd.task_id is None:
-        raise InvalidRequest("task_id is required: it defaults to the calling task run only with a task run's"
-                             " scoped token")
+        # the seed: task_id defaults to the calling task, which a task run's scoped token names
+        if principal.scoped_task is None:
+            raise InvalidRequest("task_id is required (it defaults to the calling task only with a task run's token)")
+        cmd = cmd.model_copy(update={"task_id": principal.scoped_task})
     async with deps.pool.acquire() as conn, conn.transaction():
         target, customizable = await _target(conn, direction, card, cmd)
         added = await graph.link(conn, direction, card, cmd, target, customizable)

@@ -465,3 +465,33 @@ def test_sdk_lineage_methods(stack, alice, tmp_path):
     assert {"project_version", "task_run", "file"} <= {n["kind"] for n in drawn["nodes"]}
     restored = lineage.restore_version(project["id"], version_num=1)
     assert restored["project"]["content_sha256"] == version["manifest_sha256"]
+
+
+async def test_task_id_defaults_to_the_calling_task(stack, alice, bob):
+    """A task run's scoped token (minted as the task scheduler does) names its task: add_* calls without task_id
+    land on that card; without such a token task_id is required; the scoped token reaches its workspace only."""
+    from faststream.nats import NatsBroker
+
+    from shared import subjects
+    from shared.bus import request
+    from shared.messages.tasks import IssueTaskToken, TaskTokenIssued
+
+    broker = NatsBroker(stack.settings().nats.url)
+    await broker.connect()
+    try:
+        issued = await request(broker, subjects.AUTH_TOKEN_ISSUE_TASK, IssueTaskToken(
+            user_id=alice.user_id, workspace_id=alice.workspace_id, ttl=300, task_id="task-under-test"),
+            timeout=10, reply_model=TaskTokenIssued)
+    finally:
+        await broker.stop()
+    project = ok(post(stack, "projects/create", alice.token, {"workspace_id": alice.workspace_id, "name": "scoped"}))
+    linked = ok(post(stack, "workflow/add_input_project", issued.access_token,
+                     {"workspace_id": alice.workspace_id, "project_id": project["id"]}))
+    assert (linked["main_node"]["kind"], linked["main_node"]["ref"]) == ("task_run", "task-under-test")
+    missing = post(stack, "workflow/add_input_project", alice.token,
+                   {"workspace_id": alice.workspace_id, "project_id": project["id"]})
+    assert missing.status_code == 400 and "task_id" in missing.json()["msg"]
+    # alice is in bob's workspace too, but her task's token reaches the task's workspace only
+    ok(post(stack, "workspaces/add_user", bob.token, {"workspace_id": bob.workspace_id, "email": alice.email}))
+    assert ok(post(stack, "projects/list", alice.token, {"workspace_id": bob.workspace_id}))["projects"] == []
+    assert post(stack, "projects/list", issued.access_token, {"workspace_id": bob.workspace_id}).status_code == 404
