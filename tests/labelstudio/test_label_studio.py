@@ -24,12 +24,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.ml_backend.conftest import free_port, wait_until
+
 REPO = Path(__file__).resolve().parents[2]
 LS_PYTHON = os.environ.get("RAILYARD_TEST_LABELSTUDIO")
 pytestmark = pytest.mark.skipif(not LS_PYTHON, reason="needs a Label Studio venv: run `make test-labelstudio`")
-sys.path.insert(0, str(REPO / "tests" / "ml_backend"))
-
-from conftest import free_port, wait_until  # noqa: E402
 
 
 def start(command: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
@@ -144,7 +143,8 @@ def test_label_studio_predicts_trains_and_lists_versions(label_studio, backend):
 def test_parse_config_agrees_with_label_studio_sdk():
     """Our stdlib parser gives what label-studio-sdk's (lxml) parse_config gives, on the same configs."""
     from railyard_ml import parse_config
-    from test_label_config import CONFIGS
+
+    from tests.ml_backend.test_label_config import CONFIGS
 
     script = ("import json, sys\n"
               "from label_studio_sdk._extensions.label_studio_tools.core.label_config import parse_config\n"

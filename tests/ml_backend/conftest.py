@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +14,6 @@ import pytest
 import uvicorn
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).parent))
 
 TEXT_CONFIG = """<View>
   <Text name="text" value="$text"/>

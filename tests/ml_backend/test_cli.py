@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import httpx
-from conftest import TEXT_CONFIG, annotation_event, free_port, versions, wait_until
+
+from tests.ml_backend.conftest import TEXT_CONFIG, annotation_event, free_port, versions, wait_until
 
 CLI = str(Path(sys.executable).parent / "railyard-ml")
 HERE = Path(__file__).parent

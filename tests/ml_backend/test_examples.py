@@ -12,8 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, TEXT_CONFIG, annotation_event, serve, versions, wait_until
 from railyard_ml import init_app
+
+from tests.ml_backend.conftest import REPO, TEXT_CONFIG, annotation_event, serve, versions, wait_until
 
 sys.path.insert(0, str(REPO / "examples" / "ml_backend" / "text_classifier"))
 sys.path.insert(0, str(REPO / "examples" / "ml_backend" / "image_classifier"))

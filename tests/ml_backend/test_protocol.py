@@ -7,10 +7,11 @@ import time
 
 import httpx
 import pytest
-from conftest import TEXT_CONFIG, annotation_event, serve, versions, wait_until
-from ls1_style_backend import MajorityModel
-from ls2_style_backend import KeywordModel
 from railyard_ml import LabelStudioMLBase, init_app
+
+from tests.ml_backend.conftest import TEXT_CONFIG, annotation_event, serve, versions, wait_until
+from tests.ml_backend.ls1_style_backend import MajorityModel
+from tests.ml_backend.ls2_style_backend import KeywordModel
 
 PROJECT = "1.1764547200"  # Label Studio names projects "<id>.<created timestamp>"
 
