@@ -43,6 +43,14 @@ def from_ipc(data: bytes) -> pa.Table:
         return pa.ipc.open_stream(buffer).read_all()
 
 
+def to_frame(table: pa.Table) -> pd.DataFrame:
+    """An answer or log table as a DataFrame, its `time` column (epoch milliseconds on the wire) as UTC datetimes."""
+    if "time" in table.column_names and pa.types.is_integer(table.schema.field("time").type):
+        index = table.column_names.index("time")
+        table = table.set_column(index, "time", table.column("time").cast(pa.int64()).cast(pa.timestamp("ms", "UTC")))
+    return table.to_pandas()
+
+
 def dataframe_to_table(frame: pd.DataFrame) -> pa.Table:
     """A DataFrame as an Arrow table; cells holding lists or numpy arrays become list (tensor) columns."""
     try:

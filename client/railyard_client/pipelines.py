@@ -275,7 +275,7 @@ class Pipeline(Resource):
                                  "DataFrame, an Arrow table, a file path or a list of row objects")
         response = self._send_retrying(path, content=data.to_ipc_file(table), timeout=timeout)
         result = data.from_ipc(response.content)
-        return result.to_pandas() if as_frame else result
+        return data.to_frame(result) if as_frame else result
 
     def _send_retrying(self, path: str, *, content: bytes | None, timeout: float, json_rows: Any = None) -> Any:
         headers = {"Content-Type": data.ARROW_FILE, "Accept": data.ARROW_FILE} if content is not None \
@@ -306,7 +306,8 @@ class Pipeline(Resource):
              dataset_exclude: list[str] | None = None) -> pd.DataFrame | pa.Table:
         """The newest `limit` logged inferences (all of them with `limit=None`) between `start` and `end`,
         oldest first, as a DataFrame (or an Arrow table with `arrow=True`); pages through the server's cursor.
-        Columns are `time`, `in.<input>`, `out.<output>`, `metadata.*` (and shadow/A-B columns)."""
+        Columns are `time` (UTC datetimes in a DataFrame, epoch milliseconds in Arrow), `in.<input>`,
+        `out.<output>`, `metadata.*` (and shadow/A-B columns)."""
         if limit is not None and limit < 1:
             raise InvalidInput("limit must be at least 1 (or None for every row)")
         body: dict[str, Any] = {"pipeline_id": self.name, "workspace_id": self.workspace_id, "order": "Desc"}
@@ -332,11 +333,11 @@ class Pipeline(Resource):
                 break
             body["cursor"] = cursor
         if not tables:
-            table = pa.table({"time": pa.array([], pa.timestamp("ms", tz="timezone.utc"))})
+            table = pa.table({"time": pa.array([], pa.int64())})
         else:
             table = pa.concat_tables(tables, promote_options="permissive")
             table = table.take(pa.array(np.arange(table.num_rows - 1, -1, -1)))  # newest-first pages: reverse
-        return table if arrow else table.to_pandas()
+        return table if arrow else data.to_frame(table)
 
     # --- assays -----------------------------------------------------------------------------------------
 

@@ -117,6 +117,19 @@ class Workspace(Resource):
         """Remove a member."""
         self._session.post("workspaces/remove_user", {"workspace_id": self.id, "email": email})
 
+    def create_inference_client(self, name: str) -> dict[str, Any]:
+        """An OAuth2 client whose client_credentials tokens may only run inferences on this workspace's
+        deployments (owners only): `client_id` and `client_secret`, the secret shown this once."""
+        return self._session.post("workspaces/create_inference_client", {"workspace_id": self.id, "name": name})
+
+    def inference_clients(self) -> list[dict[str, Any]]:
+        """The workspace's inference clients (no secrets)."""
+        return self._session.post("workspaces/list_inference_clients", {"workspace_id": self.id})["clients"]
+
+    def revoke_inference_client(self, client_id: str) -> None:
+        """Revoke an inference client: no new tokens, and its issued tokens stop working."""
+        self._session.post("workspaces/revoke_inference_client", {"workspace_id": self.id, "client_id": client_id})
+
     # --- connections and registries ------------------------------------------------------------------------
 
     def connections(self) -> list[Connection]:

@@ -39,6 +39,8 @@ seen["deploy_seconds"] = time.monotonic() - started
 seen["status"] = pipeline.status()["status"]
 seen["pipeline_versions"] = len(pipeline.versions())
 
+seen["logs_before"] = [len(pipeline.logs()), pipeline.logs(arrow=True).num_rows]  # nothing logged yet
+
 rows = np.asarray(args["rows"], dtype=np.float64)
 frame = pd.DataFrame({"tensor": list(rows)})
 answer = pipeline.infer(frame)
@@ -67,6 +69,7 @@ seen["logs_first_in"] = np.asarray(logs["in.tensor"].iloc[0], dtype=np.float64).
 newest = pipeline.logs(limit=2, arrow=True)
 seen["logs_limited"] = [type(newest).__name__, newest.num_rows]
 seen["logs_ordered"] = bool(logs["time"].is_monotonic_increasing)
+seen["logs_time"] = str(logs["time"].dtype)
 
 pipeline.undeploy()
 seen["status_after"] = pipeline.status()["status"]

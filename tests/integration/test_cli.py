@@ -65,17 +65,29 @@ def test_cli_flow_from_login_to_undeploy(stack, alice, tmp_path):
     assert signed["url"] == stack.base_url and signed["username"] == alice.email
     assert stat.S_IMODE(Path(signed["credentials"]).stat().st_mode) == 0o600
     assert cli.run("token").stdout.decode().count(".") == 2  # a JWT
+    # an expired access token is refreshed, and the single-use refresh token written back
+    saved = json.loads(Path(signed["credentials"]).read_text())
+    Path(signed["credentials"]).write_text(json.dumps(saved | {"expires_at": 0}))
+    refreshed = cli.run("token")
+    assert refreshed.returncode == 0, refreshed.stderr.decode()
+    again = json.loads(Path(signed["credentials"]).read_text())
+    assert again["refresh_token"] != saved["refresh_token"] and again["expires_at"] > time.time()
+    assert refreshed.stdout.decode().strip() == again["access_token"] != saved["access_token"]
     assert cli.json("workspaces", "use", str(alice.workspace_id))["id"] == alice.workspace_id
 
     (tmp_path / "ccfraud.onnx").write_bytes(ccfraud_onnx())
-    uploaded = cli.json("models", "upload", "ccfraud", "ccfraud.onnx")
+    shown = cli.run("models", "upload", "ccfraud", "ccfraud.onnx", "--progress", "--json")
+    assert shown.returncode == 0 and "uploading ccfraud.onnx" in shown.stderr.decode()  # the progress bar
+    uploaded = json.loads(shown.stdout)
     assert uploaded["status"] == "ready" and uploaded["model_id"] == "ccfraud"
     assert [m["name"] for m in cli.json("models", "list")] == ["ccfraud"]
     assert [v["model_version"] for v in cli.json("models", "versions", "ccfraud")] == [uploaded["model_version"]]
 
     created = cli.json("pipelines", "create", "clipipeline", "--model", "ccfraud")
     assert created["name"] == "clipipeline" and len(created["versions"]) == 1
-    deployed = cli.json("pipelines", "deploy", "clipipeline")
+    deploying = cli.run("pipelines", "deploy", "clipipeline", "--progress", "--json")
+    assert deploying.returncode == 0 and "deployment clipipeline-" in deploying.stderr.decode()  # the spinner
+    deployed = json.loads(deploying.stdout)
     assert deployed["status"] == "Running" and deployed["deployment"].startswith("clipipeline-")
     assert cli.json("pipelines", "status", "clipipeline")["status"] == "Running"
     table = cli.run("pipelines", "list")

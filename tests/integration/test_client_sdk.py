@@ -86,6 +86,7 @@ def test_the_sdk_alone_uploads_deploys_infers_reads_logs_and_undeploys(stack, al
     assert {"time", "in.tensor", "out.dense_1"} <= set(seen["logs_columns"])
     assert np.allclose(seen["logs_first_in"], rows[0]), "oldest first: the DataFrame inference's first row"
     assert seen["logs_ordered"] and seen["logs_limited"] == ["Table", 2]
+    assert seen["logs_before"] == [0, 0] and seen["logs_time"] == "datetime64[ms, UTC]"
     assert seen["status_after"] == "NotDeployed"
     assert seen["not_found"] == [404, "not_found"]
     assert seen["wrong_password"][0] == 401
