@@ -102,6 +102,8 @@ async def ensure_service_roles(superuser_dsn: str, passwords: dict[str, str]) ->
     """Connect as the superuser and ensure the role of every schema in `passwords`."""
     conn = await asyncpg.connect(superuser_dsn)
     try:
+        # PostgreSQL before 15 lets everyone create tables in `public`; no service role may
+        await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         for schema, password in passwords.items():
             await ensure_service_role(conn, schema, password)
     finally:

@@ -181,6 +181,15 @@ def test_conversion_cannot_read_platform_secrets(stack, alice, target, mode):
     _assert_registry_serves(stack, alice)
 
 
+def test_an_xgboost_pickle_is_converted_in_the_sandbox_too(stack, alice):
+    body = READERS["proc-parent-environ"] + READERS["secrets-json"]
+    version, text = _converted(stack, alice, f"xgb-{uuid.uuid4().hex[:6]}", _payload(stack, body, "raise"), "xgboost")
+    _assert_leaks_nothing(stack, text)
+    assert version["status"] == "error" and version["error"].startswith(
+        "the uploaded XGBoost pickle could not be loaded: Python could not unpickle it (ValueError)"), version
+    _assert_registry_serves(stack, alice)
+
+
 def _platform_ports(stack) -> dict[str, int]:
     env = stack.env
     ports = {name.lower(): int(env[f"RAILYARD_STACK__{name}"])

@@ -32,6 +32,8 @@ async def test_each_role_reads_its_own_schema_and_no_other(stack):
                         await conn.fetchval(f"SELECT count(*) FROM {other}.schema_migrations")
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.execute(f"CREATE SCHEMA s_{uuid.uuid4().hex[:8]}")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(f"CREATE TABLE public.t_{uuid.uuid4().hex[:8]} (x int)")
         finally:
             await conn.close()
 
