@@ -28,6 +28,7 @@ from shared.sandbox import Limits, Network, SandboxSpec, limit_hit, spawn, stder
 log = logging.getLogger("railyard.task_scheduler.runner")
 
 MAX_LINE = 16 * 1024
+KILLED = "killed (task/kill)"
 FLUSH_SECONDS = 0.2
 CHUNK = 64 * 1024
 
@@ -179,7 +180,7 @@ async def execute(plan: RunPlan, writer: LogWriter, kill: asyncio.Event) -> RunO
     await writer.flush()
     code = process.returncode
     if stopped_by == "killed":
-        return RunOutcome("failure", code, "killed (task/kill)")
+        return RunOutcome("failure", code, KILLED)
     if stopped_by == "timeout":
         return RunOutcome("failure", code, f"timed out after {plan.timeout} s (the task's timeout)")
     if code == 0:

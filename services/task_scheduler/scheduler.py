@@ -45,6 +45,22 @@ FIRE_BATCH = 50
 TokenMinter = Callable[[str, int, int, str], Awaitable[str]]
 
 
+def due_point(schedule: str, next_fire: datetime, now: datetime, policy: str | None,
+              grace: timedelta) -> tuple[datetime | None, datetime, int]:
+    """For a task whose `next_fire` has come: (the point to run now or None to skip, the next point after now,
+    how many points before it were missed). Only the latest due point can run: `fire_once` runs it however late,
+    `skip` only if it is at most `grace` late."""
+    points = croniter(schedule, next_fire - timedelta(microseconds=1))
+    latest = points.get_next(datetime)
+    missed = 0
+    while (following := points.get_next(datetime)) <= now:
+        latest = following
+        missed += 1
+    if policy == "skip" and now - latest > grace:
+        return None, following, missed
+    return latest, following, missed
+
+
 @dataclass
 class Scheduler:
     """One process's scheduler loop and the runs it supervises."""
@@ -108,22 +124,13 @@ class Scheduler:
         grace = timedelta(seconds=self.deps.settings.missed_run_grace)
         async with self.deps.pool.acquire() as conn, conn.transaction():
             for task in await store.due_tasks(conn, FIRE_BATCH):
-                now = task["now"]
-                points = croniter(task["schedule"], task["next_fire"] - timedelta(microseconds=1))
-                latest = points.get_next(datetime)
-                while True:  # the latest point not after now (the ones before it are missed)
-                    following = points.get_next(datetime)
-                    if following > now:
-                        break
-                    latest = following
-                missed = latest != task["next_fire"]
-                late = now - latest > grace
-                if task["missed_run_policy"] == "skip" and late:
-                    log.info("task %s: skipping schedule point %s (%.0f s late)", task["id"], latest,
-                             (now - latest).total_seconds())
-                elif await store.fire(conn, task["id"], task["workspace_id"], latest):
-                    log.info("task %s: run queued for %s%s", task["id"], latest.isoformat(),
-                             " (earlier points were missed)" if missed else "")
+                point, following, missed = due_point(task["schedule"], task["next_fire"], task["now"],
+                                                     task["missed_run_policy"], grace)
+                if point is None:
+                    log.info("task %s: skipping missed schedule points up to %s", task["id"], task["now"])
+                elif await store.fire(conn, task["id"], task["workspace_id"], point):
+                    log.info("task %s: run queued for %s%s", task["id"], point.isoformat(),
+                             f" ({missed} earlier points were missed)" if missed else "")
                 await store.set_next_fire(conn, task["id"], following)
 
     # --- 3. starting queued runs --------------------------------------------------------------------------------
@@ -193,6 +200,8 @@ class Scheduler:
         finally:
             self.runs.pop(run_id, None)
             self.kills.pop(run_id, None)
+        if self._stop.is_set() and outcome.reason == runner.KILLED:
+            outcome = runner.RunOutcome("failure", outcome.exit_code, "stopped: its task scheduler process shut down")
         if await store.finish_run(self.deps.pool, run_id, self.identity, outcome.status, outcome.exit_code,
                                   outcome.reason):
             await self._event(row, outcome.status, outcome.exit_code, outcome.reason)

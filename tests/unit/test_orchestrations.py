@@ -134,3 +134,38 @@ def test_zip_reader_is_bounded(tmp_path):
     big = make_zip(tmp_path / "a.zip", {"main.py": "", "requirements.txt": "a\n" * 200_000})
     with pytest.raises(InvalidRequest, match="requirements.txt is larger"):
         packaging.check_zip(big, TaskSettings())
+
+
+def test_due_point_policies():
+    from datetime import timedelta
+
+    from services.task_scheduler.scheduler import due_point
+
+    t0 = datetime(2026, 12, 1, 4, 0, tzinfo=UTC)
+    grace = timedelta(seconds=30)
+    # on time: the point itself, the next one after now, nothing missed
+    assert due_point("*/5 * * * *", t0, t0 + timedelta(seconds=1), "fire_once", grace) == (
+        t0, t0 + timedelta(minutes=5), 0)
+    # down for 17 minutes: only the latest point (04:15) is considered, 3 before it were missed
+    late = t0 + timedelta(minutes=17)
+    assert due_point("*/5 * * * *", t0, late, "fire_once", grace) == (
+        t0 + timedelta(minutes=15), t0 + timedelta(minutes=20), 3)
+    assert due_point("*/5 * * * *", t0, late, "skip", grace) == (None, t0 + timedelta(minutes=20), 3)
+    # skip still runs a point that is only a little late
+    assert due_point("*/5 * * * *", t0, t0 + timedelta(seconds=20), "skip", grace)[0] == t0
+    # seconds schedules
+    assert due_point("* * * * * */2", t0, t0 + timedelta(seconds=5), "fire_once", grace) == (
+        t0 + timedelta(seconds=4), t0 + timedelta(seconds=6), 2)
+
+
+def test_task_status():
+    from services.task_scheduler.handlers import _task_status
+
+    once = {"killed": False, "schedule": None}
+    assert _task_status(once, []) == "pending"
+    assert _task_status(once, [{"status": "queued", "running": True}]) == "pending"
+    assert _task_status(once, [{"status": "running", "running": True}]) == "started"
+    assert _task_status(once, [{"status": "failure", "running": False}]) == "failed"
+    cron = {"killed": True, "schedule": "* * * * *"}
+    assert _task_status(cron, [{"status": "running", "running": True}]) == "pending_kill"
+    assert _task_status(cron, [{"status": "success", "running": False}]) == "killed"
