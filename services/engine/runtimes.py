@@ -126,13 +126,23 @@ class OnnxRuntime:
         self.ready = False
 
 
+RESOURCE_LIMIT = "resource_limit"  # the code of a user's error that was a sandbox limit (its worker is replaced)
+
+
 def users_code_failed(what: str, exc: BaseException) -> InvalidRequest:
     """The error a request gets when the user's code raised: a sentence written by Railyard naming the exception
     type; the traceback goes to the worker's stderr, of which the replica adds a bounded excerpt."""
+    import errno
+
     traceback.print_exception(exc, file=sys.stderr)
     sys.stderr.flush()
     if isinstance(exc, MemoryError):
-        return InvalidRequest(f"{what}: it exceeded its memory limit")
+        return InvalidRequest(f"{what}: it exceeded its memory limit", code=RESOURCE_LIMIT)
+    if isinstance(exc, OSError) and exc.errno == errno.EAGAIN:
+        return InvalidRequest(f"{what}: it exceeded its process limit (a fork or thread failed)",
+                              code=RESOURCE_LIMIT)
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        return InvalidRequest(f"{what}: it exceeded its file size limit", code=RESOURCE_LIMIT)
     return InvalidRequest(f"{what}: it raised {type(exc).__name__}")
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from services.engine.runtimes import RESOURCE_LIMIT
 from services.engine.worker import PREFIX, encode_frame, frame_sizes
 from shared import sandbox
 from shared.arrow_codec import from_ipc, to_ipc_stream
@@ -190,7 +191,10 @@ class SandboxedRuntime:
             if "error" in header:
                 error = header["error"]
                 await self._stderr_settled(since)
-                cls = InvalidRequest if error["code"] == "invalid_request" else RailyardError
+                if error["code"] == RESOURCE_LIMIT:  # what it left behind (forked processes, a heap) goes too
+                    await self._kill()
+                    self._replace_soon()
+                cls = InvalidRequest if error["code"] in ("invalid_request", RESOURCE_LIMIT) else RailyardError
                 raise cls(self._with_excerpt(error["msg"], since), code=error["code"])
         return from_ipc(output)
 

@@ -56,12 +56,15 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
     from shared.arrow_codec import from_ipc, to_ipc_stream
     from shared.errors import RailyardError
 
+    worker = os.getpid()
     runtime = None
     while (frame := read_frame(requests)) is not None:
         header, body = frame
         output = b""
         try:
             if header.get("op") == "load":
+                if header["runtime"] == "python":
+                    import pandas  # noqa: F401 - imported once here, not during the first request
                 path = Path(header["path"])
                 runtime = PythonStepRuntime(path) if header["runtime"] == "python" else ByopRuntime(path, Path.cwd())
                 runtime.load()
@@ -76,6 +79,8 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
             print(f"railyard worker: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             answer = {"error": {"code": "invalid_request",
                                 "msg": f"the model's output could not be converted ({type(exc).__name__})"}}
+        if os.getpid() != worker:  # a process the user's code forked got here: it must not answer
+            os._exit(0)
         replies.write(encode_frame(answer, output))
         replies.flush()
 
