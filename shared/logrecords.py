@@ -26,6 +26,9 @@ import pyarrow.compute as pc
 from shared.arrow_codec import column_values
 
 LOG_HEADER = "Railyard-Log"
+REQUEST_ID = "Railyard-Request-Id"  # the gateway's id of one inference, the same on its re-sent attempt
+ATTEMPT = "Railyard-Attempt"  # "2" on the gateway's re-sent attempt
+REQUESTS_HEADER = "Railyard-Requests"  # on a log batch: {request id: [first row, rows]} of records to store once
 MSG_ID = "Nats-Msg-Id"
 BATCH_ID = "Railyard-Batch-Id"
 TIME = "time"
@@ -53,6 +56,8 @@ class InferenceRecord:
     last_model: str
     elapsed: tuple[int, int]
     shadows: dict[str, pa.Table] = field(default_factory=dict)
+    request_id: str | None = None  # set when the log store must store this record once (a slow or re-sent request)
+    held_bytes: int = 0  # what it counts for in the engine's log buffer
 
     def key(self) -> tuple:
         return (self.inputs.schema, self.outputs.schema,

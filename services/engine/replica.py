@@ -44,7 +44,7 @@ from shared.settings import Settings
 
 log = logging.getLogger("railyard.engine")
 SHADOW_TIMEOUT = 10.0
-DRAIN_SHADOWS = 10.0  # seconds a stopping replica lets queued challengers run (the deployer waits 20 s in all)
+DRAIN_SHADOWS = 2.0  # seconds a stopping replica lets queued challengers run (then: logged without them)
 DRAIN_LOGS = 8.0  # seconds a stopping replica has to publish the records it holds
 TABLE_REF = "Railyard-Table-Ref"
 TABLE_PREFIX = "inference/"

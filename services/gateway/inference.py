@@ -39,6 +39,7 @@ from shared.errors import (
     Unavailable,
     UpstreamTimeout,
 )
+from shared.logrecords import ATTEMPT, REQUEST_ID
 from shared.messages.deployer import DeploymentRoute, ResolveDeployment
 from shared.objectstore import BUCKET_TABLES
 from shared.service import Runtime
@@ -130,15 +131,18 @@ async def _ask_engine(runtime: Runtime, deployment: str, payload: bytes) -> Engi
     (to a live replica)."""
     nc = runtime.broker.config.connection_state.connection
     subject = subjects.engine_infer(deployment)
-    headers, staged = None, None
+    # one id for both attempts: a replica still running the first answers the second from it, and the log
+    # store stores a slow or re-sent request's record once (docs/logs.md, "Re-sent requests")
+    headers, staged = {REQUEST_ID: uuid.uuid4().hex}, None
     if len(payload) > nc.max_payload - BUS_HEADROOM:
         staged = f"{TABLE_PREFIX}{uuid.uuid4()}"
         await runtime.objects.put_bytes(BUCKET_TABLES, staged, payload)
-        headers, payload = {TABLE_REF: staged}, b""
+        headers[TABLE_REF], payload = staged, b""
     try:
         for attempt, wait in enumerate((FIRST_ATTEMPT, INFER_TIMEOUT - FIRST_ATTEMPT)):
             try:
-                reply = await nc.request(subject, payload, timeout=wait, headers=headers)
+                reply = await nc.request(subject, payload, timeout=wait,
+                                         headers={**headers, ATTEMPT: "2"} if attempt else headers)
                 break
             except nats.errors.NoRespondersError:
                 raise Unavailable(f"deployment {deployment!r} has no running engine; retry shortly") from None

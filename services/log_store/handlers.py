@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -44,6 +44,7 @@ from shared.logrecords import (
     META_LAST_MODEL,
     META_VERSION,
     MSG_ID,
+    REQUESTS_HEADER,
     TIME,
     dropped_columns,
     model_name_of,
@@ -62,13 +63,14 @@ from shared.messages.logs import (
     ReadLogField,
     SetLogRetention,
 )
-from shared.objectstore import BUCKET_LOGS, MinioObjectStore
+from shared.objectstore import BUCKET_LOGS, BUCKET_TABLES, MinioObjectStore
 from shared.settings import LogSettings
 
 log = logging.getLogger("railyard.log_store")
 ORPHAN_AGE = 3600.0
 MAX_ATTEMPTS = 3  # tries of one flush before its messages are stored one by one, then quarantined
 QUARANTINE_PREFIX = "quarantine/"
+TRANSIT_PREFIXES = ("inference/", "fields/")  # in BUCKET_TABLES: see _purge
 FETCH_BYTES = 8 * 1024 * 1024
 
 
@@ -79,6 +81,7 @@ class Batch:
     workspace_id: int
     pipeline: str
     table: pa.Table
+    requests: dict[str, tuple[int, int]] = field(default_factory=dict)  # rows of requests to store once
 
 
 @dataclass
@@ -116,8 +119,9 @@ def parse_batch(msg: Any, probe: bool = False) -> Batch:
         if dropped:
             log.warning("%s: columns Parquet cannot store were dropped from %d rows: %s", msg.subject,
                         table.num_rows, ", ".join(dropped))
-        return Batch(msg, message_batch_id(msg), int(meta["workspace_id"]), str(meta["pipeline"]), table)
-    except (KeyError, ValueError, TypeError, pa.ArrowException) as exc:
+        requests = {str(k): (int(v[0]), int(v[1])) for k, v in json.loads(headers.get(REQUESTS_HEADER) or "{}").items()}
+        return Batch(msg, message_batch_id(msg), int(meta["workspace_id"]), str(meta["pipeline"]), table, requests)
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError, pa.ArrowException) as exc:
         raise Unreadable(f"not an inference log batch: {type(exc).__name__}: {exc}"[:500]) from None
 
 
@@ -290,6 +294,26 @@ class Ingestor:
             except Exception as exc:
                 log.warning("could not publish the quarantine event: %s", exc)
 
+    async def store_requests_once(self, batches: list[Batch]) -> list[str]:
+        """Drop the rows of requests already stored (a re-sent request that two replicas ran); the ids of the
+        requests these batches store, to commit with them."""
+        wanted = [request_id for b in batches for request_id in b.requests]
+        if not wanted:
+            return []
+        known = await store.committed_requests(self.deps.pool, wanted)
+        taken: list[str] = []
+        for batch in batches:
+            keep = np.ones(batch.table.num_rows, bool)
+            for request_id, (start, count) in batch.requests.items():
+                if request_id in known or request_id in taken:
+                    keep[start:start + count] = False
+                    log.info("a re-sent request's record (%s) was stored before; this copy is dropped", request_id)
+                else:
+                    taken.append(request_id)
+            if not keep.all():
+                batch.table = batch.table.filter(pa.array(keep))
+        return taken
+
     async def flush(self, msgs: list[Any], probe: bool = False) -> None:
         deps = self.deps
         batches: list[Batch] = []
@@ -306,8 +330,11 @@ class Ingestor:
                 unique.append(batch)
         committed = await store.committed_batches(deps.pool, list(seen)) if seen else set()
         fresh = [b for b in unique if b.batch_id not in committed]
+        once = await self.store_requests_once(fresh)
         groups: dict[tuple[int, str, str], list[pa.Table]] = {}
         for batch in fresh:
+            if batch.table.num_rows == 0:  # every row a request stored before
+                continue
             fp = schema_fingerprint(batch.table.schema)
             groups.setdefault((batch.workspace_id, batch.pipeline, fp), []).append(batch.table)
         written: list[store.NewSegment] = []
@@ -320,7 +347,7 @@ class Ingestor:
                 written.append(_describe(table, key, len(data), workspace_id, pipeline))
                 deps.reader.remember(key, data)
             if fresh:
-                await store.commit_segments(deps.pool, [b.batch_id for b in fresh], written)
+                await store.commit_segments(deps.pool, [b.batch_id for b in fresh], written, once)
         except BaseException:
             for seg in written:  # not indexed: nobody may see these objects
                 deps.reader.forget(seg.object_key)
@@ -544,6 +571,13 @@ async def _purge(deps: Deps, report: LogMaintenanceReport) -> None:
         report.purged_objects += 1
     report.batch_ids_pruned = await store.prune_batches(deps.pool, deps.settings.dedupe_hours)
     cutoff = time.time() - ORPHAN_AGE
+    # tables that went by reference through object storage (inference requests and answers, field reads) are
+    # deleted by whoever read them; a process killed in between leaves them: swept here after an hour
+    for prefix in TRANSIT_PREFIXES:
+        for key, modified in await deps.objects.list_keys(BUCKET_TABLES, prefix):
+            if modified < cutoff:
+                await deps.objects.delete(BUCKET_TABLES, key)
+                report.orphans_deleted += 1
     old = [key for key, modified in await deps.objects.list_keys(BUCKET_LOGS)
            if modified < cutoff and not key.startswith(QUARANTINE_PREFIX)]
     for start in range(0, len(old), 1000):

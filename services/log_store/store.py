@@ -35,15 +35,28 @@ async def committed_batches(pool: asyncpg.Pool, batch_ids: list[str]) -> set[str
     return {r["batch_id"] for r in rows}
 
 
-async def commit_segments(pool: asyncpg.Pool, batch_ids: list[str], segments: list[NewSegment]) -> None:
-    """Remember the batches and index the segments in one transaction. Each pipeline's positions are taken
-    under its row lock, so segments become visible in the order of their positions."""
+async def committed_requests(pool: asyncpg.Pool, request_ids: list[str]) -> set[str]:
+    rows = await pool.fetch("SELECT request_id FROM requests WHERE request_id = ANY($1::text[])", request_ids)
+    return {r["request_id"] for r in rows}
+
+
+async def commit_segments(pool: asyncpg.Pool, batch_ids: list[str], segments: list[NewSegment],
+                          request_ids: list[str] | None = None) -> None:
+    """Remember the batches (and the requests to store once) and index the segments in one transaction. Each
+    pipeline's positions are taken under its row lock, so segments become visible in the order of their
+    positions."""
     async with pool.acquire() as conn, conn.transaction():
         inserted = await conn.fetch(
             "INSERT INTO batches (batch_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING RETURNING batch_id",
             batch_ids)
         if len(inserted) != len(batch_ids):
             raise Raced()
+        if request_ids:
+            inserted = await conn.fetch(
+                "INSERT INTO requests (request_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING "
+                "RETURNING request_id", request_ids)
+            if len(inserted) != len(request_ids):
+                raise Raced()
         for seg in segments:
             row = await conn.fetchrow(
                 "INSERT INTO pipelines (workspace_id, name, next_pos) VALUES ($1, $2, $3) "
@@ -164,6 +177,7 @@ async def known_keys(pool: asyncpg.Pool, keys: list[str]) -> set[str]:
 async def prune_batches(pool: asyncpg.Pool, hours: float) -> int:
     rows = await pool.fetch(
         "DELETE FROM batches WHERE committed_at < now() - make_interval(secs => $1) RETURNING 1", hours * 3600)
+    await pool.execute("DELETE FROM requests WHERE committed_at < now() - make_interval(secs => $1)", hours * 3600)
     return len(rows)
 
 

@@ -1,0 +1,190 @@
+"""The engine's side of inference logging: records gathered and published to INFERENCE_LOGS, with a bounded
+buffer.
+
+Records of many requests are gathered and published every `engine_flush_ms` as one Arrow message per schema
+(shared/logrecords.py has the layout), waiting for JetStream's ack. A batch keeps its id across retries, so a
+publish that did arrive but whose ack was lost is not stored twice.
+
+What the buffer holds: records not yet published and batches not yet acknowledged, at most
+`engine_max_pending_rows` rows and `engine_max_pending_bytes` bytes (Arrow sizes). While JetStream refuses
+writes (the stream at its byte cap, the server unreachable), a batch is retried with the same id, backing off to
+one try every 5 s, for as long as the replica runs; records of new requests are still gathered until the buffer
+is full. Past that, a new request's record is not logged: it is counted (`lost_rows`, `lost_records`, in the
+replica's status and in its log every 10 s while it happens), never dropped silently; inference itself goes on.
+On a graceful stop the batcher publishes what it holds for at most `close_timeout` seconds and reports what it
+could not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+import pyarrow as pa
+
+from shared.arrow_codec import to_ipc_stream
+from shared.logrecords import (
+    BATCH_ID,
+    LOG_HEADER,
+    MSG_ID,
+    REQUESTS_HEADER,
+    InferenceRecord,
+    build_batch,
+    drop_oversized,
+    group_records,
+    log_header,
+    log_subject,
+)
+from shared.settings import LogSettings
+
+log = logging.getLogger("railyard.engine")
+RETRY_MAX_DELAY = 5.0
+REPORT_EVERY = 10.0
+
+
+def _record_bytes(record: InferenceRecord) -> int:
+    return record.inputs.nbytes + record.outputs.nbytes + sum(t.nbytes for t in record.shadows.values())
+
+
+class LogBatcher:
+    """Gathers records and publishes them (see the module docstring for the bounds)."""
+
+    def __init__(self, js, deployment: dict[str, Any], settings: LogSettings, max_payload: int) -> None:
+        self.js = js
+        self.subject = log_subject(deployment["name"])
+        self.header = log_header(int(deployment.get("workspace_id") or 0), deployment["pipeline"],
+                                 deployment["name"], deployment["pipeline_version"])
+        self.version = deployment["pipeline_version"]
+        self.settings = settings
+        self.max_bytes = max_payload - 64 * 1024
+        self.pending: list[InferenceRecord] = []
+        self.pending_rows = 0
+        self.held_rows = 0  # pending plus published but not yet acknowledged
+        self.held_bytes = 0
+        self.lost_rows = 0
+        self.lost_records = 0
+        self.refused_publishes = 0
+        self.last_report = 0.0
+        self.closing = False
+        self.wake = asyncio.Event()
+
+    def stats(self) -> dict[str, int]:
+        """What the replica's status reports about its log buffer."""
+        return {"held_rows": self.held_rows, "held_bytes": self.held_bytes, "lost_rows": self.lost_rows,
+                "lost_records": self.lost_records, "refused_publishes": self.refused_publishes}
+
+    def add(self, record: InferenceRecord) -> None:
+        rows, size = record.inputs.num_rows, _record_bytes(record)
+        if self.held_rows + rows > self.settings.engine_max_pending_rows or \
+                self.held_bytes + size > self.settings.engine_max_pending_bytes:
+            self.lost_rows += rows
+            self.lost_records += 1
+            self._report()
+            return
+        record.held_bytes = size
+        self.pending.append(record)
+        self.pending_rows += rows
+        self.held_rows += rows
+        self.held_bytes += size
+        self.wake.set()
+
+    def _report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last_report >= REPORT_EVERY:
+            self.last_report = now
+            log.error("inference log buffer of %s full (%d rows, %d bytes held; the stream refused %d publishes): "
+                      "%d rows of %d requests could not be logged so far", self.subject, self.held_rows,
+                      self.held_bytes, self.refused_publishes, self.lost_rows, self.lost_records)
+
+    async def run(self) -> None:
+        """Sleeps until a record arrives (an idle replica does not wake up), then gathers for the interval."""
+        interval = self.settings.engine_flush_ms / 1000
+        while not self.closing:
+            await self.wake.wait()
+            if self.closing:
+                return
+            await asyncio.sleep(interval)
+            self.wake.clear()
+            if self.pending:
+                await self.flush()
+
+    async def close(self, task: asyncio.Task | None, timeout: float) -> None:
+        """Graceful stop: let a flush under way finish, publish what is left, within `timeout` seconds."""
+        self.closing = True
+        self.wake.set()
+        deadline = time.monotonic() + timeout
+        try:
+            if task is not None:
+                await asyncio.wait_for(asyncio.shield(task), max(0.1, deadline - time.monotonic()))
+            if self.pending:
+                await asyncio.wait_for(self.flush(), max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            if task is not None:
+                task.cancel()
+            self.lost_rows += self.held_rows
+            self._report(force=True)
+            log.error("stopping: %d rows of %s were not acknowledged by the stream in %.0f s and are not logged",
+                      self.held_rows, self.subject, timeout)
+
+    async def flush(self) -> None:
+        records = self.pending
+        self.pending, self.pending_rows = [], 0
+        rows = sum(r.inputs.num_rows for r in records)
+        size = sum(getattr(r, "held_bytes", 0) for r in records)
+        payloads = await asyncio.to_thread(self._encode, records) if rows > 2000 else self._encode(records)
+        try:
+            for payload, requests in payloads:
+                await self._publish(payload, requests)
+        finally:
+            self.held_rows -= rows
+            self.held_bytes -= size
+
+    def _encode(self, records: list[InferenceRecord]) -> list[tuple[bytes, dict[str, list[int]]]]:
+        payloads: list[tuple[bytes, dict[str, list[int]]]] = []
+        for group in group_records(records):
+            once: dict[str, list[int]] = {}
+            row = 0
+            for record in group:  # rows of records to be stored once (slow or re-sent requests)
+                if record.request_id:
+                    once[record.request_id] = [row, record.inputs.num_rows]
+                row += record.inputs.num_rows
+            table = drop_oversized(build_batch(group, self.version), self.settings.max_row_bytes)
+            payloads += self._split(table, 0, once)
+        return payloads
+
+    def _split(self, table: pa.Table, offset: int, once: dict[str, list[int]]
+               ) -> list[tuple[bytes, dict[str, list[int]]]]:
+        payload = to_ipc_stream(table)
+        if len(payload) <= self.max_bytes or table.num_rows == 1:
+            mine: dict[str, list[int]] = {}
+            for request_id, (start, count) in once.items():
+                lo, hi = max(start, offset), min(start + count, offset + table.num_rows)
+                if lo < hi:  # a request cut in two is stored once per part
+                    key = request_id if (lo, hi) == (start, start + count) else f"{request_id}/{lo - start}"
+                    mine[key] = [lo - offset, hi - lo]
+            return [(payload, mine)]
+        half = table.num_rows // 2
+        return self._split(table.slice(0, half), offset, once) + \
+            self._split(table.slice(half), offset + half, once)
+
+    async def _publish(self, payload: bytes, requests: dict[str, list[int]]) -> None:
+        batch_id = str(uuid.uuid4())
+        headers = {MSG_ID: batch_id, BATCH_ID: batch_id, LOG_HEADER: self.header}
+        if requests:
+            headers[REQUESTS_HEADER] = json.dumps(requests, separators=(",", ":"))
+        delay = 0.1
+        while True:
+            try:
+                await self.js.publish(self.subject, payload, headers=headers)
+                return
+            except Exception as exc:  # refused (stream full) or unreachable: retry with the same id
+                self.refused_publishes += 1
+                if self.refused_publishes % 10 == 1:
+                    log.error("the stream refused a log batch of %s (%d so far; retrying, %d rows held): %s",
+                              self.subject, self.refused_publishes, self.held_rows, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_DELAY)
