@@ -54,6 +54,9 @@ def add_orchestration_routes(app: FastAPI, runtime: Runtime, user_caller: Any, b
     async def upload_orchestration(request: Request, principal: Principal = Depends(user_caller)) -> Any:
         """Upload an orchestration: multipart with a `file` part (the zip) and a `metadata` JSON part
         (workspace_id, optional name)."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > settings.tasks.max_zip_bytes + 1024 * 1024:
+            raise PayloadTooLarge(f"the orchestration zip is larger than {settings.tasks.max_zip_bytes} bytes")
         form = await request.form(max_files=2, max_fields=10)  # the seed sends metadata as a file part too
         raw = form.get("metadata")
         if raw is None:
