@@ -71,14 +71,42 @@ async def check_reachable(url: str, timeout: float) -> None:
     writer.close()
 
 
+def connect_options(nats_settings: Any) -> dict[str, Any]:
+    """Credentials and reply inbox of this process's bus identity, for `nats.connect(url, **options)`: replies
+    come back under `_INBOX.<identity>.`, where no other identity may subscribe."""
+    if not nats_settings.user:
+        return {}
+    from shared.bus_identities import inbox_prefix
+
+    return {"user": nats_settings.user, "password": nats_settings.password,
+            "inbox_prefix": inbox_prefix(nats_settings.user)}
+
+
+def _with_credentials(url: str, user: str, password: str) -> list[str]:
+    """The server URLs with the identity's credentials in them (FastStream passes URLs through to nats.py)."""
+    from urllib.parse import quote
+
+    if not user:
+        return [u.strip() for u in url.split(",")]
+    servers = []
+    for server in url.split(","):
+        server = server.strip()
+        scheme, _, rest = server.rpartition("://")
+        servers.append(f"{scheme or 'nats'}://{quote(user, safe='')}:{quote(password, safe='')}@{rest}")
+    return servers
+
+
 def make_broker(settings: Settings, name: str) -> NatsBroker:
-    """A NatsBroker for one service process; it connects only when started."""
+    """A NatsBroker for one service process, connecting as the process's bus identity; it connects only when
+    started."""
 
     async def quiet_error(exc: Exception) -> None:
         log.warning("nats: %s", exc or type(exc).__name__)
 
+    options = connect_options(settings.nats)
     return NatsBroker(
-        settings.nats.url,
+        _with_credentials(settings.nats.url, settings.nats.user, settings.nats.password),
+        inbox_prefix=options.get("inbox_prefix", "_INBOX"),
         name=f"railyard-{name}",
         connect_timeout=settings.nats.connect_timeout,
         error_cb=quiet_error,

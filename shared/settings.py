@@ -16,12 +16,12 @@ class NatsSettings(BaseModel):
     """Where the message bus is and how long a command may take."""
 
     url: str = Field("nats://127.0.0.1:14222", description="NATS server URL (comma separated for a cluster).")
+    user: str = Field("", description="This process's bus identity (deploy/nats-permissions.json); empty: none.")
+    password: str = Field("", description="Its password; no default outside the embedded stack.")
+    engine_password: str = Field("", description="The deployer only: the `engine` identity's password, handed to "
+                                 "the engine replicas it starts.")
     request_timeout: float = Field(5.0, description="Seconds a command waits for its reply.")
     connect_timeout: float = Field(2.0, description="Seconds to wait when first connecting.")
-    events_max_age: float = Field(30 * 86400.0, description="Seconds the EVENTS stream keeps an event (every consumer "
-                                  "reads them within seconds; this bounds the disk).")
-    events_max_bytes: int = Field(1024**3, description="Bytes the EVENTS stream may hold; a publish beyond it is "
-                                  "refused with an error, never dropped silently.")
     events_max_age: float = Field(30 * 86400.0, description="Seconds the EVENTS stream keeps an event (every consumer "
                                   "reads them within seconds; this bounds the disk).")
     events_max_bytes: int = Field(1024**3, description="Bytes the EVENTS stream may hold; a publish beyond it is "
@@ -54,6 +54,14 @@ class GatewaySettings(BaseModel):
     port: int = Field(18000, description="Port the gateway binds.")
     max_body_bytes: int = Field(64 * 1024 * 1024, description="Largest request body accepted (413 above).")
     max_upload_bytes: int = Field(10 * 1024**3, description="Largest model upload accepted (413 above).")
+    max_json_bytes: int = Field(2 * 1024 * 1024, description="Largest body of a JSON route (every route but "
+                                "inference and the multipart uploads; 413 above).")
+    body_timeout: float = Field(60.0, description="Seconds a client has to send a request body (uploads: seconds "
+                                "without a byte); 408 after.")
+    token_rate_per_source: float = Field(10.0, description="Token requests per second from one source address.")
+    token_burst_per_source: int = Field(50, description="Token requests one source address may send at once.")
+    token_rate_per_client: float = Field(100.0, description="Token requests per second for one client id.")
+    token_burst_per_client: int = Field(500, description="Token requests for one client id at once.")
     public_url: str = Field("", description="Base URL clients reach the gateway at (inference URLs use it).")
 
 
@@ -155,8 +163,8 @@ class TaskSettings(BaseModel):
     missed_run_grace: float = Field(30.0, description="Seconds late a schedule point may fire under the skip "
                                     "policy.")
     max_log_bytes: int = Field(16 * 1024 * 1024, description="Log bytes kept per run (a final line notes the cut).")
-    token_ttl: int = Field(24 * 3600 + 60, description="Longest validity of the token handed to a run; a run's "
-                           "token is valid for its timeout plus a minute, at most this.")
+    token_ttl: int = Field(900, description="Seconds the token handed to a run is valid (at most the run's "
+                           "timeout plus a minute).")
 
 
 class SandboxSettings(BaseModel):

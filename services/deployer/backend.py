@@ -36,6 +36,17 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
 
 
+def replica_environment(environ: Any) -> dict[str, str]:
+    """An engine replica's environment: the deployer's, but connecting to the bus as `engine` (the identity that
+    may answer `engine.<deployment>.infer` and publish inference logs), never as the deployer."""
+    env = dict(environ)
+    env.pop("RAILYARD_NATS__ENGINE_PASSWORD", None)
+    if env.get("RAILYARD_NATS__USER"):
+        env["RAILYARD_NATS__USER"] = "engine"
+        env["RAILYARD_NATS__PASSWORD"] = environ.get("RAILYARD_NATS__ENGINE_PASSWORD", "")
+    return env
+
+
 @dataclass
 class Replica:
     """One engine process."""
@@ -82,7 +93,7 @@ class LocalBackend:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "services.engine.replica", str(replica_set.spec_path), replica_id,
             stdout=handle, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
-            preexec_fn=_die_with_parent, env=dict(os.environ))
+            preexec_fn=_die_with_parent, env=replica_environment(os.environ))
         handle.close()
         return Replica(replica_id=replica_id, process=process, started_at=time.monotonic())
 

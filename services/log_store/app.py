@@ -20,7 +20,15 @@ from services.log_store.segments import SegmentReader
 from shared import subjects
 from shared.arrow_codec import to_ipc_stream
 from shared.authz import Principal, bus_membership, bus_verifier
-from shared.bus import CallContext, _validation_message, command, error_headers, publish_event, request
+from shared.bus import (
+    CallContext,
+    _validation_message,
+    command,
+    connect_options,
+    error_headers,
+    publish_event,
+    request,
+)
 from shared.errors import InvalidRequest, RailyardError
 from shared.messages.deployer import ListPipelines, Pipelines
 from shared.messages.logs import (
@@ -118,7 +126,7 @@ async def start(runtime: Runtime) -> None:
                          pipeline_exists=pipeline_exists)
     # ingestion has its own connection: its large fetches never hold up commands and queries
     ingest_nc = await nats.connect(settings.nats.url, name="railyard-log_store-ingest", max_reconnect_attempts=-1,
-                                   reconnect_time_wait=0.5)
+                                   reconnect_time_wait=0.5, **connect_options(settings.nats))
     async def quarantined(event: LogBatchQuarantined) -> None:
         await publish_event(broker, subjects.EVENT_LOGS_BATCH_QUARANTINED, event)
 

@@ -20,6 +20,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared import bus_identities
 from shared.settings import StackSettings
 
 PG_SYSTEM_USER = "pgserver"  # the user pgserver itself creates when run as root
@@ -59,6 +60,7 @@ def _generated_secrets() -> dict[str, str]:
         "client_secret": rnd.token_urlsafe(24),
         "secrets_key": base64.urlsafe_b64encode(rnd.token_bytes(32)).decode(),
         "client_secret_key": rnd.token_urlsafe(32),
+        **{f"nats_password_{identity}": rnd.token_urlsafe(24) for identity in bus_identities.identities()},
     }
 
 
@@ -145,6 +147,19 @@ def nats_server(cfg: StackSettings, data_dir: Path) -> ServerSpec:
             "--server_name", "railyard-embedded",
         ],
     )
+
+
+def add_nats_authorization(data_dir: Path, secrets: Secrets) -> None:
+    """Every bus identity with its password and permissions (deploy/nats-permissions.json) into
+    `<data>/nats-auth.conf` (mode 0600), included by `nats.conf`: no anonymous connections."""
+    passwords = {identity: secrets.values[f"nats_password_{identity}"] for identity in bus_identities.identities()}
+    path = data_dir / "nats-auth.conf"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(bus_identities.render_authorization(passwords))
+    os.chmod(path, 0o600)
+    with open(data_dir / "nats.conf", "a") as config:
+        config.write('include "nats-auth.conf"\n')
 
 
 def nats_ready(cfg: StackSettings) -> bool:

@@ -173,8 +173,10 @@ class EmbeddedStack:
 
     def server_specs(self, pg_user: str | None) -> list[ServerSpec]:
         assert self.secrets is not None
+        nats = servers.nats_server(self.cfg, self.data_dir)
+        servers.add_nats_authorization(self.data_dir, self.secrets)
         return [
-            servers.nats_server(self.cfg, self.data_dir),
+            nats,
             servers.postgres_server(self.cfg, self.data_dir, pg_user),
             servers.seaweedfs_server(self.cfg, self.data_dir),
             servers.s3_server(self.cfg, self.data_dir, self.secrets),
@@ -242,6 +244,12 @@ class EmbeddedStack:
             "RAILYARD_REGISTRY__SECRETS_KEY": self.secrets.values["secrets_key"],
             "PYTHONUNBUFFERED": "1",
         })
+        # its own bus identity (deploy/nats-permissions.json); the deployer also holds the engine replicas'
+        env["RAILYARD_NATS__USER"] = name
+        env["RAILYARD_NATS__PASSWORD"] = self.secrets.values[f"nats_password_{name}"]
+        env.pop("RAILYARD_NATS__ENGINE_PASSWORD", None)
+        if name == "deployer":
+            env["RAILYARD_NATS__ENGINE_PASSWORD"] = self.secrets.values["nats_password_engine"]
         env.pop("RAILYARD_POSTGRES__DSN", None)
         if name in DATABASE_SCHEMAS:
             env["RAILYARD_POSTGRES__DSN"] = role_dsn(self.superuser_dsn(), name,

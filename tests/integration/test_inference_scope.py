@@ -74,7 +74,7 @@ def test_a_foreign_deployment_is_not_found_like_a_missing_one(stack, alice, bob,
 async def test_resolving_a_foreign_deployment_on_the_bus_is_not_found(stack, bob, deployed):  # noqa: F811
     import nats
 
-    nc = await nats.connect(stack.settings().nats.url)
+    nc = await nats.connect(stack.nats_url("client"), inbox_prefix="_INBOX.client")
     try:
         for token in _credentials_of(stack, bob).values():
             reply = await nc.request("deployer.deployments.resolve", json.dumps({"name": deployed["name"]}).encode(),

@@ -184,7 +184,7 @@ async def test_the_bus_front_door_applies_the_same_rules(stack, alice, bob):
     from shared import subjects
     from shared.messages import Reply
 
-    nc = await nats.connect(stack.settings().nats.url)
+    nc = await nats.connect(stack.nats_url("client"), inbox_prefix="_INBOX.client")  # the front door identity
     try:
         async def ask(subject: str, body: bytes, token: str | None) -> Reply:
             headers = {"authorization": f"Bearer {token}"} if token else None

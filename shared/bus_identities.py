@@ -1,0 +1,105 @@
+"""Bus identities: who may connect to NATS and which subjects each may publish and subscribe to.
+
+`deploy/nats-permissions.json` is the one source. Every service connects as itself (user = its name, password
+generated into the secrets file on first start, or from the environment in containers) with exactly its
+subjects: it answers `<name>.>`, receives replies on its own inbox `_INBOX.<name>.>` (so nobody else's replies
+reach it), publishes its own events and the commands it calls. Engine replicas connect as `engine` (the deployer
+hands them that credential). Outside callers get `client`: token-checked command subjects and their replies,
+nothing else. `ops` is the operator's.
+
+`python -m shared.bus_identities` renders `deploy/nats-auth.conf` (passwords as `$RAILYARD_NATS_PASSWORD_<NAME>`
+environment references) for docker-compose and Kubernetes; the embedded stack renders the same permissions with
+its generated passwords into `<data>/nats.conf`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from shared import subjects
+
+PERMISSIONS_FILE = Path(__file__).resolve().parent.parent / "deploy" / "nats-permissions.json"
+AUTH_CONF = PERMISSIONS_FILE.parent / "nats-auth.conf"
+ENGINE = "engine"
+CLIENT = "client"
+OPS = "ops"
+
+
+@cache
+def _document() -> dict[str, Any]:
+    return json.loads(PERMISSIONS_FILE.read_text())
+
+
+def identities() -> tuple[str, ...]:
+    """Every bus identity: the services (engine replicas share `engine`), then the client and operator ones."""
+    return (*subjects.SERVICES, *_document()["clients"])
+
+
+def inbox_prefix(identity: str) -> str:
+    """The reply-inbox prefix of an identity: its replies arrive under it and nobody else may subscribe there."""
+    return f"_INBOX.{identity}"
+
+
+def permissions(identity: str) -> dict[str, Any]:
+    """NATS permissions of an identity: {publish: {allow, deny}, subscribe: {allow}, allow_responses}."""
+    document = _document()
+    if identity in document["clients"]:
+        spec = document["clients"][identity]
+        return {"publish": {"allow": list(spec["publish"]), "deny": list(spec.get("publish_deny", []))},
+                "subscribe": {"allow": list(spec["subscribe"])},
+                "allow_responses": bool(spec.get("allow_responses", False))}
+    if identity not in document["services"]:
+        raise KeyError(f"no bus identity {identity!r} in {PERMISSIONS_FILE.name}")
+    spec, common = document["services"][identity], document["every_service"]
+    return {
+        "publish": {"allow": [*common["publish"], *spec.get("publish", [])],
+                    "deny": list(spec.get("publish_deny", []))},
+        "subscribe": {"allow": [f"{identity}.>", f"{inbox_prefix(identity)}.>", *common["subscribe"],
+                                *spec.get("subscribe", [])]},
+        "allow_responses": True,  # answer the requests it receives, on whatever inbox they name
+    }
+
+
+def consumes(identity: str) -> list[str]:
+    """Subjects a service reads through JetStream consumers (delivered to its own inbox)."""
+    return list(_document()["services"].get(identity, {}).get("consumes", []))
+
+
+def password_variable(identity: str) -> str:
+    return f"RAILYARD_NATS_PASSWORD_{identity.upper()}"
+
+
+def render_authorization(passwords: dict[str, str] | None = None) -> str:
+    """A nats-server `authorization` block for every identity. With `passwords`, they are written in (the
+    embedded stack's file is mode 0600); without, each is an environment reference `$RAILYARD_NATS_PASSWORD_X`."""
+    users = []
+    for identity in identities():
+        if passwords is None:
+            password = f"${password_variable(identity)}"
+        else:
+            password = json.dumps(passwords[identity])
+        rules = permissions(identity)
+        rendered = {"publish": rules["publish"], "subscribe": rules["subscribe"]}
+        if not rules["publish"]["deny"]:
+            del rendered["publish"]["deny"]
+        if rules["allow_responses"]:
+            rendered["allow_responses"] = True
+        users.append(f"    {{user: {json.dumps(identity)}, password: {password},\n"
+                     f"     permissions: {json.dumps(rendered)}}}")
+    return ("# Rendered from deploy/nats-permissions.json by shared/bus_identities.py; do not edit.\n"
+            "# No anonymous connections: every client names one of these identities.\n"
+            "authorization {\n  users = [\n" + ",\n".join(users) + "\n  ]\n}\n")
+
+
+def main() -> int:
+    AUTH_CONF.write_text(render_authorization())
+    print(f"wrote {AUTH_CONF}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Bus identities against the real embedded NATS: no anonymous connections; every service is connected as itself;
+the front-door `client` identity reaches token-checked commands and its own replies and nothing else (it cannot
+read every subject, answer `auth.keys.get`, read other identities' replies, or publish inference logs, events or
+engine requests); a service identity cannot stand in for another service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+
+import nats
+import nats.errors
+import pytest
+
+from shared import subjects
+from shared.messages import Reply
+
+pytestmark = pytest.mark.integration
+
+
+async def _connect(stack, identity: str, errors: list[str]):
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    return await nats.connect(stack.nats_url(identity), inbox_prefix=f"_INBOX.{identity}", error_cb=on_error,
+                              allow_reconnect=False)
+
+
+async def _settle(nc) -> None:
+    await nc.flush()
+    await asyncio.sleep(0.3)  # permission violations arrive asynchronously (-ERR)
+
+
+async def test_a_connection_without_credentials_is_refused(stack):
+    port = stack.env["RAILYARD_STACK__NATS_PORT"]
+    for url in (f"nats://127.0.0.1:{port}", f"nats://client:wrong-password@127.0.0.1:{port}"):
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=5)
+
+
+async def test_the_client_identity_reaches_token_checked_commands_only(stack, alice):
+    errors: list[str] = []
+    nc = await _connect(stack, "client", errors)
+    try:
+        # the front door works: a token-checked command and its reply
+        reply = Reply.model_validate_json((await nc.request(
+            subjects.AUTH_WORKSPACES_LIST_USERS, json.dumps({"workspace_id": alice.workspace_id}).encode(),
+            timeout=10, headers={"authorization": f"Bearer {alice.token}"})).data)
+        assert reply.ok, reply
+        assert not errors
+
+        for subject in (">", "auth.>", subjects.AUTH_KEYS_GET, "_INBOX.gateway.>", "logs.inference.>", "events.>"):
+            await nc.subscribe(subject)
+        forged = {"user_id": alice.user_id, "revoked_before": 9e9}
+        for subject, body in ((f"{subjects.INFERENCE_LOGS_SUBJECTS[0][:-1]}forged", b"{}"),
+                              (subjects.EVENT_USER_DEACTIVATED, json.dumps(forged).encode()),
+                              (subjects.EVENT_SIGNING_KEY_ROTATED, b'{"kid": "forged"}'),
+                              (subjects.engine_infer("anything-1"), b""),
+                              (subjects.AUTH_TOKEN_ISSUE, b"{}"), (subjects.AUTH_KEYS_GET, b"{}"),
+                              (subjects.LOG_STORE_READ_FIELD, b"{}"), (subjects.LOG_STORE_MAINTENANCE, b"{}"),
+                              ("$JS.API.STREAM.NAMES", b"{}")):
+            await nc.publish(subject, body)
+        await _settle(nc)
+    finally:
+        await nc.close()
+    said = "\n".join(errors).lower()  # nats.py lowercases the server's -ERR text
+    for subject in (">", "auth.>", subjects.AUTH_KEYS_GET, "_INBOX.gateway.>", "logs.inference.>", "events.>"):
+        assert f'permissions violation for subscription to "{subject.lower()}"' in said, (subject, said)
+    for subject in ("logs.inference.forged", subjects.EVENT_USER_DEACTIVATED, subjects.EVENT_SIGNING_KEY_ROTATED,
+                    subjects.engine_infer("anything-1"), subjects.AUTH_TOKEN_ISSUE, subjects.AUTH_KEYS_GET,
+                    subjects.LOG_STORE_READ_FIELD, subjects.LOG_STORE_MAINTENANCE, "$JS.API.STREAM.NAMES"):
+        assert f'permissions violation for publish to "{subject.lower()}"' in said, (subject, said)
+    # the forged deactivation reached nobody: alice's token still works
+    assert alice.client.post("workspaces/list", {})["workspaces"]
+
+
+async def test_a_service_identity_cannot_stand_in_for_another(stack):
+    errors: list[str] = []
+    nc = await _connect(stack, "engine", errors)
+    try:
+        await nc.subscribe("auth.>")
+        await nc.subscribe(subjects.LOG_STORE_QUERY)
+        await nc.publish(subjects.EVENT_USER_DEACTIVATED, b"{}")
+        await nc.publish(subjects.EVENT_PIPELINE_DEPLOYED, b"{}")
+        await nc.publish(subjects.AUTH_TOKEN_ISSUE, b"{}")
+        await _settle(nc)
+    finally:
+        await nc.close()
+    said = "\n".join(errors).lower()
+    assert 'permissions violation for subscription to "auth.>"' in said
+    assert f'permissions violation for subscription to "{subjects.LOG_STORE_QUERY}"' in said
+    for subject in (subjects.EVENT_USER_DEACTIVATED, subjects.EVENT_PIPELINE_DEPLOYED, subjects.AUTH_TOKEN_ISSUE):
+        assert f'permissions violation for publish to "{subject}"' in said, (subject, said)
+
+
+def test_every_service_is_connected_as_itself(stack):
+    port = stack.env["RAILYARD_STACK__NATS_MONITOR_PORT"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/connz?auth=true&limit=1024", timeout=10) as response:
+        connections = json.loads(response.read())["connections"]
+    users = {c.get("name", ""): c.get("authorized_user") for c in connections}
+    for service in subjects.SERVICES:
+        named = [user for name, user in users.items() if name == f"railyard-{service}"]
+        assert named and set(named) == {service}, (service, users)
+    assert all(user for user in users.values()), users  # nobody anonymous
+    engines = [user for name, user in users.items() if name.startswith("railyard-engine-")]
+    assert set(engines) <= {"engine"}, engines
