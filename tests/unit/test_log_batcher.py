@@ -1,0 +1,78 @@
+"""The engine's log buffer (services/engine/logbatcher.py): bounded in rows and bytes; while JetStream refuses
+writes a batch is retried with the same id, records are held until the buffer is full, then counted as lost (never
+dropped silently); once the stream accepts again everything held is published. Records of slow or re-sent requests
+carry their request id with their rows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pyarrow as pa
+
+from services.engine.logbatcher import LogBatcher
+from shared.arrow_codec import tensor_array
+from shared.logrecords import BATCH_ID, REQUESTS_HEADER, InferenceRecord
+from shared.settings import LogSettings
+
+DEPLOYMENT = {"name": "d-1", "pipeline": "p", "pipeline_version": "v", "workspace_id": 1}
+
+
+class RefusingStream:
+    """A JetStream stand-in that refuses every publish while `full` (as a stream at its byte cap does)."""
+
+    def __init__(self) -> None:
+        self.full = True
+        self.published: list[tuple[bytes, dict]] = []
+        self.refused = 0
+
+    async def publish(self, subject: str, payload: bytes, headers: dict) -> None:
+        if self.full:
+            self.refused += 1
+            raise RuntimeError("nats: maximum bytes exceeded")
+        self.published.append((payload, headers))
+
+
+def record(value: float, rows: int = 10, request_id: str | None = None) -> InferenceRecord:
+    data = np.full((rows, 8), value, np.float32)
+    return InferenceRecord(0, pa.table({"tensor": tensor_array(data)}), pa.table({"y": tensor_array(data[:, :1])}),
+                           "m", (1, 2), request_id=request_id)
+
+
+async def test_buffer_bounded_in_bytes_counts_what_it_cannot_hold_and_publishes_the_rest():
+    one = record(0.0)
+    size = one.inputs.nbytes + one.outputs.nbytes
+    settings = LogSettings(engine_flush_ms=1, engine_max_pending_rows=1_000_000, engine_max_pending_bytes=size * 5)
+    stream = RefusingStream()
+    batcher = LogBatcher(stream, DEPLOYMENT, settings, 8 * 1024 * 1024)
+    runner = asyncio.create_task(batcher.run())
+    for i in range(8):
+        batcher.add(record(float(i)))
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)
+    assert stream.refused >= 2 and batcher.refused_publishes == stream.refused  # retried, same batch, counted
+    assert batcher.held_rows == 50 and batcher.held_bytes <= size * 5  # five records fit in the bytes
+    assert batcher.lost_rows == 30 and batcher.lost_records == 3  # the rest are counted, not silently gone
+    stream.full = False  # the log store caught up: the stream accepts again
+    await batcher.close(runner, 10.0)
+    rows = sum(pa.ipc.open_stream(p).read_all().num_rows for p, _ in stream.published)
+    assert rows == 50 and batcher.held_rows == 0 and batcher.held_bytes == 0
+    ids = [h[BATCH_ID] for _, h in stream.published]
+    assert len(ids) == len(set(ids))
+    assert batcher.stats()["lost_rows"] == 30
+
+
+async def test_rows_of_requests_to_store_once_are_named_in_the_batch():
+    settings = LogSettings(engine_flush_ms=1)
+    stream = RefusingStream()
+    stream.full = False
+    batcher = LogBatcher(stream, DEPLOYMENT, settings, 8 * 1024 * 1024)
+    batcher.add(record(1.0, rows=3))
+    batcher.add(record(2.0, rows=2, request_id="slow-one"))
+    batcher.add(record(3.0, rows=4))
+    await batcher.flush()
+    (payload, headers), = stream.published
+    assert json.loads(headers[REQUESTS_HEADER]) == {"slow-one": [3, 2]}
+    table = pa.ipc.open_stream(payload).read_all()
+    assert table.column("in.tensor").to_pylist()[3][0] == 2.0
