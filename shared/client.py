@@ -1,6 +1,8 @@
 """A small Python client for the Railyard API: tokens from the OAuth2 endpoint (password, refresh and
 client_credentials grants, refreshed automatically) and JSON calls to `/v1/api/...`.
 
+The test suite and the benchmarks use it; users have the SDK, `railyard_client` (client/, docs/sdk.md).
+
     client = RailyardClient("http://127.0.0.1:18000", "api-client", client_secret)
     client.login("admin", password)
     client.post("workspaces/list", {})
