@@ -38,8 +38,10 @@ def _die_with_parent() -> None:
 
 def replica_environment(environ: Any) -> dict[str, str]:
     """An engine replica's environment: the deployer's, but connecting to the bus as `engine` (the identity that
-    may answer `engine.<deployment>.infer` and publish inference logs), never as the deployer."""
-    env = dict(environ)
+    may answer `engine.<deployment>.infer` and publish inference logs), never as the deployer, and without the
+    deployer's database DSN (a replica keeps no tables). Users' code gets none of this: it runs in the replica's
+    sandboxed workers, whose environment is empty but for thread counts (services/engine/sandboxed.py)."""
+    env = {name: value for name, value in environ.items() if not name.startswith("RAILYARD_POSTGRES__")}
     env.pop("RAILYARD_NATS__ENGINE_PASSWORD", None)
     if env.get("RAILYARD_NATS__USER"):
         env["RAILYARD_NATS__USER"] = "engine"
