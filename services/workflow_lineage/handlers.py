@@ -93,7 +93,11 @@ async def record_event(pool: asyncpg.Pool, subject: str, payload: dict[str, Any]
         return
     async with pool.acquire() as conn, conn.transaction():
         if await store.record_event(conn, meta.event_id, subject, meta.occurred_at, payload):
-            await graph.apply_event(conn, subject, payload)
+            try:
+                async with conn.transaction():  # a savepoint: a drawing that fails never blocks the event log
+                    await graph.apply_event(conn, subject, payload)
+            except Exception:
+                log.exception("could not draw the event on %s (recorded, not drawn)", subject)
 
 
 async def count_events(pool: asyncpg.Pool, subject: str | None) -> EventCount:
@@ -565,9 +569,7 @@ async def restore_version(deps: Deps, principal: Principal, token: str | None,
             dataset_id = await store.insert_dataset(conn, row["id"], dataset["name"], dataset["kind"])
             if dataset["rows"]:
                 await store.set_rows(conn, dataset_id, dataset["rows"]["sha256"], dataset["rows"]["count"])
-            for f in dataset["files"]:
-                await store.put_dataset_file(conn, dataset_id, f["name"], f["sha256"], f["size"], f["content_type"],
-                                             f["labels"])
+            await store.put_dataset_files(conn, dataset_id, dataset["files"])
         await graph.restored_node(conn, version, row)
         info = await _project_info(conn, row)
     await deps.publish(subjects.EVENT_PROJECT_CHANGED, ProjectChanged(

@@ -104,6 +104,15 @@ async def put_dataset_file(conn: Any, dataset_id: int, name: str, sha256: str, s
         dataset_id, name, sha256, size, content_type, json.dumps(labels) if labels is not None else None)
 
 
+async def put_dataset_files(conn: Any, dataset_id: int, files: list[dict[str, Any]]) -> None:
+    """Many files of a new dataset at once (a restore)."""
+    await conn.executemany(
+        "INSERT INTO dataset_files (dataset_id, name, sha256, size, content_type, labels)"
+        " VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
+        [(dataset_id, f["name"], f["sha256"], f["size"], f["content_type"],
+          json.dumps(f["labels"]) if f.get("labels") is not None else None) for f in files])
+
+
 async def dataset_files(conn: Any, dataset_id: int) -> list[asyncpg.Record]:
     return await conn.fetch("SELECT name, sha256, size, content_type, labels, created_at FROM dataset_files"
                             " WHERE dataset_id = $1 ORDER BY name", dataset_id)
