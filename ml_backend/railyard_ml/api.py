@@ -36,13 +36,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from railyard_ml.backend import Backend, project_id_of
-from railyard_ml.errors import InvalidRequest, MLBackendError, Unauthorized
+from railyard_ml.errors import InvalidRequest, MLBackendError, PayloadTooLarge, Unauthorized
 from railyard_ml.label_config import parse_config
 from railyard_ml.model import LabelStudioMLBase
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY = 256 * 1024 * 1024
+MAX_BODY = int(os.getenv("RAILYARD_ML_MAX_BODY", str(256 * 1024 * 1024)))
 
 
 class _Body(BaseModel):
@@ -93,11 +93,16 @@ class TrainRequest(_Body):
 
 
 async def _body(request: Request, model: type[BaseModel]) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise InvalidRequest(f"the body is larger than {MAX_BODY} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise PayloadTooLarge(f"the body is larger than {MAX_BODY} bytes")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise PayloadTooLarge(f"the body is larger than {MAX_BODY} bytes")
     try:
-        data = json.loads(raw or b"null")
+        data = json.loads(bytes(raw) or b"null")
     except ValueError:
         raise InvalidRequest("the body must be JSON") from None
     if not isinstance(data, dict):

@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from railyard_ml.errors import BadModelOutput, InvalidRequest
 from railyard_ml.model import TRAINED_KEY, LabelStudioMLBase, _constructing, _Construction, next_version
-from railyard_ml.response import ModelResponse, PredictionValue
+from railyard_ml.response import ModelResponse
 from railyard_ml.store import PendingWrites, ProjectCache, Store
 
 logger = logging.getLogger(__name__)
@@ -63,8 +63,8 @@ def fit_convention(model_class: type[LabelStudioMLBase]) -> str:
 
 def to_jsonable(value: Any) -> Any:
     """Predictions as plain JSON (numpy numbers and arrays included, without importing numpy)."""
-    if isinstance(value, PredictionValue | ModelResponse):
-        return to_jsonable(value.model_dump(exclude_none=False))
+    if hasattr(value, "model_dump"):  # ours, or another pydantic model (label-studio-sdk's PredictionValue)
+        return to_jsonable(value.model_dump())
     if isinstance(value, dict):
         return {str(key): to_jsonable(item) for key, item in value.items()}
     if isinstance(value, list | tuple):

@@ -4,6 +4,7 @@
     ├── InvalidRequest        400 invalid_request
     │   └── InvalidLabelConfig 400 invalid_label_config
     ├── Unauthorized          401 unauthorized
+    ├── PayloadTooLarge       413 payload_too_large
     └── BadModelOutput        500 bad_model_output   (the model's predict answered something Label Studio can't use)
 
 Answers are `{"code": ..., "msg": ...}`, the same envelope as Railyard's API.
@@ -41,6 +42,13 @@ class Unauthorized(MLBackendError):
 
     status = 401
     code = "unauthorized"
+
+
+class PayloadTooLarge(MLBackendError):
+    """The body is above the server's limit (RAILYARD_ML_MAX_BODY bytes)."""
+
+    status = 413
+    code = "payload_too_large"
 
 
 class BadModelOutput(MLBackendError):

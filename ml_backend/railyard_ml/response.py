@@ -23,7 +23,8 @@ class ModelResponse(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
     model_version: str | None = None
-    predictions: list[PredictionValue | list[PredictionValue] | dict | list[dict]]
+    # PredictionValue, dicts, lists of either, or any pydantic model with the same fields (label-studio-sdk's)
+    predictions: list[PredictionValue | dict | list | Any]
 
     def has_model_version(self) -> bool:
         return bool(self.model_version)
@@ -36,8 +37,9 @@ class ModelResponse(BaseModel):
     def update_predictions_version(self) -> None:
         for prediction in self.predictions:
             for one in prediction if isinstance(prediction, list) else [prediction]:
-                if isinstance(one, PredictionValue):
+                if isinstance(one, dict):
+                    if not one.get("model_version"):
+                        one["model_version"] = self.model_version
+                elif hasattr(one, "model_version"):
                     if not one.model_version:
                         one.model_version = self.model_version
-                elif isinstance(one, dict) and not one.get("model_version"):
-                    one["model_version"] = self.model_version

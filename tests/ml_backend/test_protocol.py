@@ -7,7 +7,7 @@ import time
 
 import httpx
 import pytest
-from railyard_ml import LabelStudioMLBase, init_app
+from railyard_ml import LabelStudioMLBase, ModelResponse, init_app
 
 from tests.ml_backend.conftest import TEXT_CONFIG, annotation_event, serve, versions, wait_until
 from tests.ml_backend.ls1_style_backend import MajorityModel
@@ -266,3 +266,38 @@ def test_webhook_annotations_reach_a_1x_style_fit(model_dir):
 
         kept = Store(model_dir).annotated_tasks("1")
         assert [(t["id"], [a["id"] for a in t["annotations"]]) for t in kept] == [(2, [1002]), (3, [1003])]
+
+
+class ForeignPredictions(LabelStudioMLBase):
+    """Answers with another library's pydantic prediction type (as label-studio-sdk's PredictionValue)."""
+
+    def predict(self, tasks, context=None, **kwargs):
+        from pydantic import BaseModel
+
+        class OtherPredictionValue(BaseModel):
+            model_version: str | None = None
+            score: float = 0.0
+            result: list = []
+
+        return ModelResponse(predictions=[OtherPredictionValue(score=0.25, result=[{"type": "choices"}])
+                                          for _ in tasks])
+
+
+def test_predictions_of_other_pydantic_types_and_oversized_bodies(model_dir, monkeypatch):
+    import railyard_ml.api
+
+    with serve(init_app(ForeignPredictions, model_dir=model_dir)) as url:
+        body = predict(url, tasks("a", "b")).json()
+        assert body["results"] == [{"model_version": "0.0.1", "score": 0.25, "result": [{"type": "choices"}]}] * 2
+        monkeypatch.setattr(railyard_ml.api, "MAX_BODY", 1000)
+        answer = predict(url, tasks("x" * 2000))
+        assert answer.status_code == 413 and answer.json()["code"] == "payload_too_large"
+
+        def chunks():  # no content-length: the limit holds while reading
+            yield b'{"tasks": ['
+            for _ in range(100):
+                yield b'{"id": 1, "data": {"text": "xxxxxxxxxxxxxxxxxxxx"}},'
+            yield b'{"id": 2}]}'
+
+        answer = httpx.post(f"{url}/predict", content=chunks())
+        assert answer.status_code == 413
