@@ -255,3 +255,45 @@ def test_off_for_single_user_still_scrubs_the_environment(settings, caplog):
     assert "WITHOUT a sandbox" in caplog.text
     result = python("import os; print(sorted(os.environ))", off)
     assert b"RAILYARD" not in result.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").exists() or not Path("/usr/bin/setpriv").exists(),
+                    reason="needs root to become another user, and the system Python")
+def test_a_normal_user_gets_the_same_boundary(settings, tmp_path):
+    """The user-namespace path for real: the launcher started as `nobody` (the system Python, since this
+    virtualenv may live where nobody can read), as a stack run by a normal user would start it."""
+    import subprocess
+
+    import shutil
+    import tempfile
+
+    outer = Path(tempfile.mkdtemp(prefix="railyard-nobody-"))  # pytest's tmp_path is not traversable by nobody
+    outer.chmod(0o755)
+    workdir = outer / "work"
+    workdir.mkdir()
+    os.chown(workdir, 65534, 65534)
+    code = textwrap.dedent("""
+        import os, socket
+        print('uid', os.getuid(), 'pids', sorted(p for p in os.listdir('/proc') if p.isdigit()))
+        print('env', sorted(os.environ))
+        try:
+            socket.create_connection(('127.0.0.1', 22), timeout=1)
+        except OSError as exc:
+            print('no network', exc.errno)
+        print('caps', open('/proc/self/status').read().split('CapEff:')[1].split()[0])
+        for path in (%r, '/root'):
+            print(path, os.path.exists(path) and bool(os.listdir(path)))
+    """ % str(settings.stack.data_dir))
+    config = sandbox._launch_config(SandboxSpec(argv=["/usr/bin/python3", "-I", "-c", code], workdir=workdir),
+                                    settings)
+    config |= {"mechanism": "userns", "parent": os.getpid(), "readonly": []}
+    config.pop("uid", None)
+    launched = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3",
+                               "-I", "-S", str(sandbox.LAUNCHER)], env={"RAILYARD_SANDBOX_LAUNCH": json.dumps(config)},
+                              capture_output=True, text=True, timeout=30, check=False)
+    shutil.rmtree(outer)
+    assert launched.returncode == 0, launched.stderr
+    out = launched.stdout
+    assert "uid 65534 pids ['1', '2']" in out
+    assert "RAILYARD" not in out and "no network" in out and "caps 0000000000000000" in out
+    assert f"{settings.stack.data_dir} False" in out and "/root False" in out
