@@ -37,7 +37,7 @@ CREATE TABLE tasks (
     orch_sha text NOT NULL,
     name text,
     owner_id text NOT NULL,
-    args json NOT NULL,                         -- json, not jsonb: task_args() keeps the caller's key order
+    args jsonb NOT NULL,
     timeout_seconds integer NOT NULL,
     schedule text,                              -- NULL: run once
     missed_run_policy text,
