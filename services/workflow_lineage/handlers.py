@@ -208,6 +208,8 @@ def _image_type(local: Path) -> str:
         with Image.open(local) as image:
             image.verify()
             kind = image.format or ""
+    except Image.DecompressionBombError:
+        raise InvalidRequest(f"the image has more than {2 * Image.MAX_IMAGE_PIXELS} pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise InvalidRequest("the file is not an image (images datasets take PNG, JPEG, BMP, GIF, TIFF, WebP, ...)"
                              ) from None

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import struct
 import time
 import uuid
+import zlib
 
 import httpx
 import nats as nats_client
@@ -35,6 +37,15 @@ def png(color: tuple[int, int, int], size: int = 8) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (size, size), color).save(out, format="PNG")
     return out.getvalue()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims a size (and holds no pixels): a decompression bomb for any reader that believes it."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
 def ok(response: httpx.Response, status: int = 200) -> dict:
@@ -330,6 +341,8 @@ def test_bad_input_is_4xx_and_stores_nothing(stack, alice):
 
     not_image = upload_file(stack, alice, images, "fake.png", b"this is not an image")
     assert not_image.status_code == 400 and "not an image" in not_image.json()["msg"]
+    bomb = upload_file(stack, alice, images, "bomb.png", png_header(20000, 20000))
+    assert bomb.status_code == 400 and "pixels" in bomb.json()["msg"]
     rows_to_images = upload_rows(stack, alice, images, json.dumps([{"x": 1}]).encode(), "application/json")
     assert rows_to_images.status_code == 400 and "tabular" in rows_to_images.json()["msg"]
     file_to_table = upload_file(stack, alice, table, "a.png", png((1, 1, 1)))
@@ -361,6 +374,8 @@ def test_bad_input_is_4xx_and_stores_nothing(stack, alice):
         ("workflow/add_input_dataset", {"workspace_id": alice.workspace_id, "task_id": "r", "dataset_id": images,
                                         "meta": {"node_settings": {"icon": "zmdi-memory"}}}),
         ("workflow/graph", {"workspace_id": alice.workspace_id, "kind": "spaceship", "ref": "1"}),
+        ("workflow/add_input_job", {"workspace_id": alice.workspace_id, "task_id": "r", "id": "j",
+                                    "url": "//evil.example/x"}),
         ("files/list", {"workspace_id": alice.workspace_id, "folder": "/a/../b"}),
     ]:
         response = post(stack, path, alice.token, body)
