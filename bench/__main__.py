@@ -7,13 +7,14 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import assays, bus_roundtrip, inference, logs, records_codec
+from bench import assays, bus_roundtrip, inference, logs, python_step, records_codec
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 def main() -> int:
-    sections = [inference.run(), logs.run(), assays.run(), bus_roundtrip.run(), records_codec.run()]
+    sections = [inference.run(), python_step.run(), logs.run(), assays.run(), bus_roundtrip.run(),
+                records_codec.run()]
     header = (
         "# Benchmarks\n\n"
         "Written by `make bench` (`python -m bench`); every figure is compared with a baseline measured in the same"
