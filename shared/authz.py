@@ -327,6 +327,10 @@ class VerifierFeed:
                 await asyncio.wait_for(self._stop.wait(), self._interval)
             except TimeoutError:
                 await self._poll_once()
+                try:  # retired keys leave the JWKS: drop them here too, even if no rotation event came
+                    await self._verifier.refresh_keys()
+                except RailyardError as exc:
+                    log.warning("could not refetch signing keys: %s", exc.msg)
 
     async def stop(self) -> None:
         self._stop.set()

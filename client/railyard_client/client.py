@@ -145,9 +145,10 @@ class Client:
         """Create a user (admins only): `user_id`, and `temporary_password` when no password was given."""
         return self._session.post("users/invite", {"email": email, "password": password})
 
-    def update_password(self, password: str) -> None:
-        """Set the caller's own password."""
-        self._session.post("users/update_password", {"password": password})
+    def update_password(self, password: str, current_password: str) -> None:
+        """Set the caller's own password (the current one is required); the caller's tokens stop working, so log
+        in again with the new password."""
+        self._session.post("users/update_password", {"password": password, "current_password": current_password})
 
     def create_connection(self, name: str, type: str, details: dict[str, Any]) -> Connection:
         """Create a data connection (details are kept encrypted); attach it with `add_to_workspace`."""

@@ -100,7 +100,7 @@ def build_router(runtime: Runtime) -> NatsRouter:
     @command(router, subjects.AUTH_KEYS_GET, service=NAME)
     async def get_keys(cmd: GetSigningKeys, ctx: CallContext) -> SigningKeys:
         """The JWKS that verifies tokens."""
-        return await handlers.signing_keys(runtime.db)
+        return await handlers.signing_keys(runtime.db, runtime.settings.auth)
 
     @command(router, subjects.AUTH_KEYS_ROTATE, service=NAME)
     async def rotate_key(cmd: RotateSigningKey, ctx: CallContext) -> SigningKeyRotated:
@@ -134,8 +134,8 @@ def build_router(runtime: Runtime) -> NatsRouter:
 
     @command(router, subjects.AUTH_USERS_UPDATE_PASSWORD, service=NAME)
     async def update_password(cmd: UpdatePassword, ctx: CallContext) -> Empty:
-        """Set the caller's own password."""
-        return await handlers.update_password(deps(), await caller(ctx), cmd.password)
+        """Set your own password (with the current one), or another user's (administrators)."""
+        return await handlers.update_password(deps(), await caller(ctx), cmd)
 
     @command(router, subjects.AUTH_WORKSPACES_LIST, service=NAME)
     async def list_workspaces(cmd: ListWorkspaces, ctx: CallContext) -> Workspaces:
@@ -198,7 +198,7 @@ async def start(runtime: Runtime) -> None:
 
     deps = handlers.AuthDeps(pool=runtime.db, settings=settings, publish=publish, keys={})
     await handlers.bootstrap(deps)
-    verifier = TokenVerifier(settings, lambda: store.public_keys(runtime.db))
+    verifier = TokenVerifier(settings, lambda: store.public_keys(runtime.db, handlers.key_retention(settings)))
     feed = VerifierFeed(verifier, lambda: store.revocations(runtime.db), settings.revocation_poll_interval)
     await feed.start(runtime.broker.config.connection_state.connection)
     runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed)

@@ -56,6 +56,7 @@ from shared.messages.auth import (
     SigningKeyWasRotated,
     TokenIssued,
     TokensRevoked,
+    UpdatePassword,
     UserActivated,
     UserCreated,
     UserDeactivated,
@@ -155,8 +156,14 @@ async def rotate_signing_key(deps: AuthDeps, principal: Principal) -> SigningKey
     return SigningKeyRotated(kid=kid)
 
 
-async def signing_keys(pool: asyncpg.Pool) -> SigningKeys:
-    return SigningKeys(keys=await store.public_keys(pool))
+async def signing_keys(pool: asyncpg.Pool, settings: AuthSettings) -> SigningKeys:
+    """The JWKS: the active key and the recently retired ones."""
+    return SigningKeys(keys=await store.public_keys(pool, key_retention(settings)))
+
+
+def key_retention(settings: AuthSettings) -> float:
+    """Seconds a rotated-out key keeps verifying: the longest token lifetime, plus the verifiers' leeway."""
+    return max(settings.access_token_ttl, settings.refresh_token_ttl) + 60
 
 
 async def _active_key(deps: AuthDeps) -> tuple[str, Any]:
@@ -271,7 +278,8 @@ async def _password_login(deps: AuthDeps, cmd: IssueToken) -> asyncpg.Record:
 async def _refresh_login(deps: AuthDeps, cmd: IssueToken) -> asyncpg.Record:
     if not cmd.refresh_token:
         raise InvalidRequest("the refresh_token grant needs refresh_token")
-    keys = {k["kid"]: RSAAlgorithm.from_jwk(k) for k in await store.public_keys(deps.pool)}
+    keys = {k["kid"]: RSAAlgorithm.from_jwk(k)
+            for k in await store.public_keys(deps.pool, key_retention(deps.settings))}
     try:
         kid = jwt.get_unverified_header(cmd.refresh_token).get("kid")
         claims = jwt.decode(cmd.refresh_token, keys[kid], algorithms=[ALGORITHM], audience=deps.settings.audience,
@@ -453,10 +461,42 @@ async def activate_user(deps: AuthDeps, principal: Principal, email: str) -> Emp
     return Empty()
 
 
-async def update_password(deps: AuthDeps, principal: Principal, password: str) -> Empty:
+PASSWORD_CHANGE_SOURCE = "password-change"  # wrong current passwords count like failed logins, on their own
+
+
+async def update_password(deps: AuthDeps, principal: Principal, cmd: UpdatePassword) -> Empty:
+    """Your own password with your current one, or (administrators) another user's, given by email, which then
+    must be changed at next login. Either way every token the user holds stops working (`events.auth.tokens_revoked`
+    and the revocation list), refresh tokens included: a stolen session does not outlive a password change."""
     require_user(principal)
-    _check_password(password)
-    await store.set_password(deps.pool, uuid.UUID(principal.user_id), await hash_secret(password))
+    _check_password(cmd.password)
+    settings = deps.settings
+    own = cmd.email is None
+    if own:
+        user = await store.user_by_id(deps.pool, uuid.UUID(principal.user_id))
+        if user is None:
+            raise NotFound("no such user")
+        failures = await store.login_failures(deps.pool, user["id"], PASSWORD_CHANGE_SOURCE)
+        if failures is not None and failures["locked_until"] is not None and \
+                failures["locked_until"] > datetime.now(UTC):
+            raise Forbidden("too many wrong current passwords; try again later", code="account_locked")
+        if cmd.current_password is None or not await secret_matches(user["password_hash"], cmd.current_password):
+            await store.record_failed_login(deps.pool, user["id"], PASSWORD_CHANGE_SOURCE, settings.lockout_after,
+                                            settings.lockout_seconds)
+            raise Forbidden("current_password is missing or wrong: give your current password to set a new one")
+        if failures is not None:
+            await store.clear_failed_logins(deps.pool, user["id"], PASSWORD_CHANGE_SOURCE)
+    else:
+        user = await _user_by_email_or_404(deps.pool, cmd.email)
+        if str(user["id"]) != principal.user_id:
+            require_admin(principal, "set another user's password")
+        elif cmd.current_password is None or not await secret_matches(user["password_hash"], cmd.current_password):
+            raise Forbidden("current_password is missing or wrong: give your current password to set a new one")
+    revoked_before = time.time()
+    await store.set_password(deps.pool, user["id"], await hash_secret(cmd.password),
+                             temporary=str(user["id"]) != principal.user_id, revoked_before=revoked_before)
+    await deps.publish(subjects.EVENT_TOKENS_REVOKED, TokensRevoked(subject=str(user["id"]),
+                                                                     revoked_before=revoked_before))
     return Empty()
 
 

@@ -20,7 +20,7 @@ async def add_active_key(pool: asyncpg.Pool, kid: str, private_pem: str, public_
     """Make a new key the active one (the previous keys stay for verification)."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('auth-signing-key'))")
-        await conn.execute("UPDATE signing_keys SET active = false WHERE active")
+        await conn.execute("UPDATE signing_keys SET active = false, retired_at = now() WHERE active")
         await conn.execute(
             "INSERT INTO signing_keys (kid, private_pem, public_jwk, active) VALUES ($1, $2, $3::jsonb, true)",
             kid, private_pem, json.dumps(public_jwk),
@@ -40,8 +40,11 @@ async def ensure_first_key(pool: asyncpg.Pool, kid: str, private_pem: str, publi
         return True
 
 
-async def public_keys(pool: asyncpg.Pool) -> list[dict[str, Any]]:
-    rows = await pool.fetch("SELECT public_jwk FROM signing_keys ORDER BY created_at DESC")
+async def public_keys(pool: asyncpg.Pool, keep_retired: float) -> list[dict[str, Any]]:
+    """The active key and the keys retired less than `keep_retired` seconds ago (their tokens may still be valid)."""
+    rows = await pool.fetch(
+        "SELECT public_jwk FROM signing_keys WHERE active OR retired_at > now() - make_interval(secs => $1)"
+        " ORDER BY created_at DESC", float(keep_retired))
     return [json.loads(r["public_jwk"]) for r in rows]
 
 
@@ -118,9 +121,15 @@ async def set_enabled(conn: asyncpg.Connection, user_id: uuid.UUID, enabled: boo
     )
 
 
-async def set_password(pool: asyncpg.Pool, user_id: uuid.UUID, password_hash: str) -> None:
-    await pool.execute("UPDATE users SET password_hash = $2, temporary_password = false WHERE id = $1",
-                       user_id, password_hash)
+async def set_password(pool: asyncpg.Pool, user_id: uuid.UUID, password_hash: str, *, temporary: bool,
+                       revoked_before: float) -> None:
+    """A new password; tokens issued before `revoked_before` stop counting and refresh tokens are spent."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE users SET password_hash = $2, temporary_password = $3,"
+            " revoked_before = GREATEST(COALESCE(revoked_before, 0), $4) WHERE id = $1",
+            user_id, password_hash, temporary, revoked_before)
+        await conn.execute("UPDATE refresh_tokens SET used = true WHERE user_id = $1 AND NOT used", user_id)
 
 
 async def list_users(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspace_id: int | None,

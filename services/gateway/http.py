@@ -70,7 +70,8 @@ JSON_ROUTES: list[Route] = [spec if isinstance(spec, Route) else R(*spec) for sp
     ("/users/deactivate", subjects.AUTH_USERS_DEACTIVATE, m.DeactivateUser, m.Empty, "Deactivate a user (admin)."),
     ("/users/activate", subjects.AUTH_USERS_ACTIVATE, m.ActivateUser, m.Empty, "Activate a user (admin)."),
     ("/users/update_password", subjects.AUTH_USERS_UPDATE_PASSWORD, m.UpdatePassword, m.Empty,
-     "Set your own password."),
+     "Set your own password (with current_password), or another user's (administrators, by email); the user's "
+     "tokens stop working."),
     ("/workspaces/list", subjects.AUTH_WORKSPACES_LIST, m.ListWorkspaces, m.Workspaces, "List workspaces."),
     ("/workspaces/create", subjects.AUTH_WORKSPACES_CREATE, m.CreateWorkspace, m.WorkspaceCreated,
      "Create a workspace."),

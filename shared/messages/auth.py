@@ -132,9 +132,12 @@ class ActivateUser(Command):
 
 
 class UpdatePassword(Command):
-    """Set the caller's own password (clears a temporary password)."""
+    """Set your own password (clears a temporary password), or, as an administrator, another user's (by email; it
+    becomes temporary). Every token the user holds stops working."""
 
     password: str
+    current_password: str | None = Field(None, description="Your current password (required for your own).")
+    email: str | None = Field(None, description="Administrators: the user whose password to set.")
 
 
 class Empty(Message):

@@ -3,6 +3,7 @@ token endpoint with HTTP Basic client authentication, the JWKS, and every way a 
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -238,3 +239,91 @@ def test_railyard_login_and_token_commands(stack, tmp_path):
     wrong = subprocess.run([sys.executable, "-m", "shared.cli", "login", "--password", "not-it-at-all"], cwd=REPO,
                            env=env, capture_output=True, text=True, timeout=60)
     assert wrong.returncode == 1 and "login failed" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def _login(stack, email: str, password: str) -> dict:
+    response = token_request(stack, {"grant_type": "password", "username": email, "password": password})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _refused_soon(stack, token: str) -> httpx.Response:
+    """The answer to a call with `token` once it is refused (revocations apply at once by event)."""
+    deadline = time.monotonic() + 5
+    while (response := post(stack, "workspaces/list", token)).status_code == 200:
+        assert time.monotonic() < deadline, "the token kept working after the password change"
+        time.sleep(0.1)
+    return response
+
+
+def test_changing_a_password_needs_the_current_one_and_ends_every_session(stack, admin):
+    email = f"changer-{uuid.uuid4().hex[:8]}@example.com"
+    admin.post("users/invite", {"email": email, "password": PASSWORD})
+    session = _login(stack, email, PASSWORD)
+    token = session["access_token"]
+    for body in ({"password": "a-new-password"}, {"password": "a-new-password", "current_password": "wrong-one"}):
+        denied = post(stack, "users/update_password", token, body)
+        assert denied.status_code == 403 and "current_password" in denied.json()["msg"], denied.text
+    assert _login(stack, email, PASSWORD)  # nothing changed
+    changed = post(stack, "users/update_password", token, {"password": "a-new-password",
+                                                           "current_password": PASSWORD})
+    assert changed.status_code == 200, changed.text
+    assert _refused_soon(stack, token).status_code == 401
+    refresh = token_request(stack, {"grant_type": "refresh_token", "refresh_token": session["refresh_token"]})
+    assert refresh.status_code == 401 and refresh.json()["error"] == "invalid_grant"
+    assert post(stack, "workspaces/list", _login(stack, email, "a-new-password")["access_token"]).status_code == 200
+
+
+def test_administrators_reset_other_users_passwords(stack, admin):
+    email = f"reset-{uuid.uuid4().hex[:8]}@example.com"
+    invited = admin.post("users/invite", {"email": email, "password": PASSWORD})
+    other = f"other-{uuid.uuid4().hex[:8]}@example.com"
+    admin.post("users/invite", {"email": other, "password": PASSWORD})
+    token = _login(stack, email, PASSWORD)["access_token"]
+    not_admin = post(stack, "users/update_password", _login(stack, other, PASSWORD)["access_token"],
+                     {"email": email, "password": "taken-over-1"})
+    assert not_admin.status_code == 403
+    admin.post("users/update_password", {"email": email, "password": "reset-by-admin"})
+    assert _refused_soon(stack, token).status_code == 401
+    assert _login(stack, email, "reset-by-admin")
+    record = admin.post("users/query", {"user_ids": [invited["user_id"]]})["users"][invited["user_id"]]
+    assert record["requiredActions"] == ["UPDATE_PASSWORD"]
+
+
+async def _retired_keys_with_tokens(stack, claims: dict) -> dict[str, tuple[str, str]]:
+    """Two rotated-out keys put straight in the auth schema, retired 2 days and 1 minute ago, each with a token."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwt.algorithms import RSAAlgorithm
+
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    tokens = {}
+    try:
+        for name, retired in (("old", "2 days"), ("recent", "1 minute")):
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            kid = f"test-{name}-{uuid.uuid4().hex[:8]}"
+            jwk = RSAAlgorithm.to_jwk(key.public_key(), as_dict=True) | {"kid": kid, "use": "sig", "alg": "RS256"}
+            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()).decode()
+            await conn.execute(
+                "INSERT INTO auth.signing_keys (kid, private_pem, public_jwk, active, created_at, retired_at)"
+                f" VALUES ($1, $2, $3::jsonb, false, now() - interval '3 days', now() - interval '{retired}')",
+                kid, pem, json.dumps(jwk))
+            tokens[name] = (kid, jwt.encode(claims, key, "RS256", headers={"kid": kid}))
+    finally:
+        await conn.close()
+    return tokens
+
+
+def test_rotated_out_keys_retire_after_the_longest_token_lifetime(stack, admin):
+    """Keys retired longer ago than the longest token lifetime leave the JWKS and verify nothing; recently
+    retired ones still verify the tokens they signed."""
+    import asyncio
+
+    now = int(time.time())
+    tokens = asyncio.run(_retired_keys_with_tokens(stack, _claims(admin.token, iat=now, exp=now + 300)))
+    kids = {k["kid"] for k in httpx.get(f"{stack.base_url}/auth/realms/master/protocol/openid-connect/certs")
+            .json()["keys"]}
+    assert tokens["recent"][0] in kids and tokens["old"][0] not in kids
+    time.sleep(1.1)  # the verifiers refetch for an unknown key at most once a second
+    assert post(stack, "workspaces/list", tokens["recent"][1]).status_code == 200
+    assert post(stack, "workspaces/list", tokens["old"][1]).status_code == 401

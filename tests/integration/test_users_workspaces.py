@@ -54,7 +54,8 @@ def test_invite_without_password_gives_a_temporary_one(stack, admin):
     client.login(email, invited["temporary_password"])
     record = admin.post("users/query", {"user_ids": [invited["user_id"]]})["users"][invited["user_id"]]
     assert record["requiredActions"] == ["UPDATE_PASSWORD"]
-    client.post("users/update_password", {"password": "a-new-password"})
+    client.post("users/update_password", {"password": "a-new-password",
+                                          "current_password": invited["temporary_password"]})
     client_for(stack).login(email, "a-new-password")
     record = admin.post("users/query", {"user_ids": [invited["user_id"]]})["users"][invited["user_id"]]
     assert record["requiredActions"] == []
