@@ -28,7 +28,7 @@ for module in ("shared", "services", "onnxruntime", "fastapi", "faststream"):
         pass
 
 client = Client()  # RAILYARD_CLIENT_URL / _USERNAME / _PASSWORD / _SECRET
-workspace = client.workspace(args["workspace_id"])
+workspace = client.set_current_workspace(args["workspace_id"])  # the shortcuts (get_deployment) act on it
 version = workspace.upload_model("ccfraud", args["model_path"], progress=False)
 seen["model"] = {"name": version.name, "status": version.status, "framework": version.framework,
                  "versions": len(workspace.model("ccfraud").versions())}
@@ -54,9 +54,11 @@ seen["arrow_type"] = type(arrow_answer).__name__
 seen["arrow_out"] = arrow_answer.column("out.dense_1").to_pylist()
 
 seen["parquet_type"] = type(pipeline.infer(args["parquet_path"])).__name__
+seen["oip_out"] = pipeline.infer_v2({"tensor": rows.astype(np.float32)})["dense_1"].tolist()
+seen["predict_type"] = type(client.get_deployment("sdkpipeline").predict(frame)).__name__
 seen["records"] = pipeline.infer([{"tensor": rows[0].tolist()}])[0]["out"]
 
-expected = 3 * len(rows) + 1
+expected = 5 * len(rows) + 1
 deadline = time.monotonic() + 30
 logs = pipeline.logs(limit=None)
 while len(logs) < expected and time.monotonic() < deadline:
@@ -70,6 +72,23 @@ newest = pipeline.logs(limit=2, arrow=True)
 seen["logs_limited"] = [type(newest).__name__, newest.num_rows]
 seen["logs_ordered"] = bool(logs["time"].is_monotonic_increasing)
 seen["logs_time"] = str(logs["time"].dtype)
+
+assay = pipeline.create_assay("drift", "output dense_1 0", baseline_values=[0.1, 0.2, 0.3, 0.4], width="1 hours")
+listed = pipeline.assays()
+seen["assays"] = [[a.id, a.name] for a in listed] == [[assay.id, "drift"]]
+assay.set_active(False)
+seen["assay_results"] = assay.results()
+
+copy = pipeline.copy("sdkcopy")
+seen["copy"] = [copy.name, len(copy.versions()), copy.definition == pipeline.definition]
+
+connection = client.create_connection(f"sdkconn-{args['workspace_id']}", "BIGQUERY", {"project": "railyard",
+                                                                                 "token": "s3cret"})
+workspace.add_connection(connection)
+masked = [c.details for c in workspace.connections() if c.name == connection.name]
+seen["connection"] = [client.connection(connection.name).details["token"], masked[0]["token"] != "s3cret"]
+connection.remove_from_workspace(workspace.id)
+connection.delete()
 
 pipeline.undeploy()
 seen["status_after"] = pipeline.status()["status"]

@@ -86,11 +86,15 @@ def test_the_sdk_alone_uploads_deploys_infers_reads_logs_and_undeploys(stack, al
     assert seen["arrow_type"] == "Table" and np.allclose(seen["arrow_out"], expected, atol=1e-6)
     assert seen["parquet_type"] == "Table"
     assert np.allclose(seen["records"]["dense_1"], expected[0], atol=1e-6)
-    assert seen["logs_type"] == "DataFrame" and seen["logs_rows"] == 3 * len(rows) + 1
+    assert np.allclose(seen["oip_out"], expected, atol=1e-6) and seen["predict_type"] == "DataFrame"
+    assert seen["logs_type"] == "DataFrame" and seen["logs_rows"] == 5 * len(rows) + 1
     assert {"time", "in.tensor", "out.dense_1"} <= set(seen["logs_columns"])
     assert np.allclose(seen["logs_first_in"], rows[0]), "oldest first: the DataFrame inference's first row"
     assert seen["logs_ordered"] and seen["logs_limited"] == ["Table", 2]
     assert seen["logs_before"] == [0, 0] and seen["logs_time"] == "datetime64[ms, UTC]"
+    assert seen["assays"] and seen["assay_results"] == []
+    assert seen["copy"] == ["sdkcopy", 1, True]
+    assert seen["connection"] == ["s3cret", True]
     assert seen["status_after"] == "NotDeployed"
     assert seen["not_found"] == [404, "not_found"]
     assert seen["wrong_password"][0] == 401
