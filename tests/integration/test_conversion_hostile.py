@@ -307,7 +307,7 @@ while True:
     version, text = _converted(stack, alice, f"spin-{uuid.uuid4().hex[:6]}", _payload(stack, body, "forge"))
     _assert_railyard_wrote_it(version)
     assert "did not finish within" in version["error"] or "more CPU time" in version["error"], version["error"]
-    assert time.monotonic() - began < 90
+    assert time.monotonic() - began < 120
     _assert_nothing_left(marker)
     _assert_registry_serves(stack, alice)
 
