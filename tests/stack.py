@@ -62,7 +62,7 @@ def stack_env(data_dir: Path) -> dict[str, str]:
     env["RAILYARD_SANDBOX__WALL_SECONDS"] = "5"
     env["RAILYARD_SANDBOX__FILE_SIZE_MB"] = "64"
     # the registry's sandboxed checks and conversions: limits small enough that hostile uploads end in seconds
-    env["RAILYARD_REGISTRY__WORKER_TIMEOUT"] = "45"  # a normal conversion takes 4 s idle, 20 s on a loaded 2-core machine
+    env["RAILYARD_REGISTRY__WORKER_TIMEOUT"] = "45"  # a normal conversion: 4 s idle, 20 s on a loaded machine
     env["RAILYARD_REGISTRY__WORKER_MEMORY_MB"] = "1024"
     env["RAILYARD_REGISTRY__WORKER_FILE_SIZE_MB"] = "64"
     for name, port in zip(names, ports, strict=True):
