@@ -65,6 +65,7 @@ log = logging.getLogger("railyard.workflow_lineage")
 
 STAGED_KEY = re.compile(r"^staging/[0-9a-f-]{36}$")
 MAX_PATH = 1024
+EXISTS_AT_ONCE = 16
 
 
 @dataclass
@@ -543,11 +544,16 @@ async def _version_of(deps: Deps, project_id: int, version_id: int | None, numbe
 
 
 async def _missing(deps: Deps, saved: dict[str, Any]) -> list[str]:
-    missing = []
-    for entity, sha in manifest.objects(saved):
-        if not await deps.objects.exists(BUCKET_DATASETS, content_key(sha)):
-            missing.append(entity)
-    return missing
+    """The manifest's entities whose objects are gone from storage (existence checks, EXISTS_AT_ONCE at a time)."""
+    gate = asyncio.Semaphore(EXISTS_AT_ONCE)
+
+    async def gone(sha: str) -> bool:
+        async with gate:
+            return not await deps.objects.exists(BUCKET_DATASETS, content_key(sha))
+
+    entries = manifest.objects(saved)
+    found = await asyncio.gather(*(gone(sha) for _, sha in entries))
+    return [entity for (entity, _), is_gone in zip(entries, found, strict=True) if is_gone]
 
 
 async def restore_version(deps: Deps, principal: Principal, token: str | None,
