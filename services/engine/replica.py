@@ -159,11 +159,15 @@ class Replica:
                                                f"{self.replica_id}-{len(self.workers)}", self.settings,
                                                model["name"])
                     self.workers.append(runtime)
-                    await runtime.start()
                 else:
                     raise RailyardError(f"model {model['name']}: the {model['runtime']} runtime is not served yet")
                 runtimes.append(runtime)
             self.steps.append(Step(step, runtimes))
+        # the workers start side by side (each imports its libraries and loads its model in its own sandbox)
+        started = await asyncio.gather(*(worker.start() for worker in self.workers), return_exceptions=True)
+        for failure in started:
+            if isinstance(failure, BaseException):
+                raise failure
 
     def run(self, table: pa.Table) -> tuple[pa.Table, list[int], dict[str, Any] | None, list]:
         """(output, elapsed ns per step, the last model that answered, shadow work)."""
