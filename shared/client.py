@@ -57,7 +57,8 @@ class RailyardClient:
         return self._grant({"grant_type": "password", "username": username, "password": password})
 
     def login_inference(self) -> dict[str, Any]:
-        """An inference token (client_credentials): valid on inference routes only."""
+        """An inference token (client_credentials): needs an inference client's id and secret (the login client
+        has no such grant); valid for inference on that client's workspace only."""
         return self._grant({"grant_type": "client_credentials"})
 
     def refresh(self) -> dict[str, Any]:
