@@ -10,7 +10,7 @@ from railyard_client import tasks
 from railyard_client.connections import Connection
 from railyard_client.errors import ConfigurationError, NotFound
 from railyard_client.models import ModelVersion
-from railyard_client.pipelines import Deployment, Pipeline
+from railyard_client.pipelines import Deployment, Pipeline, infer_at
 from railyard_client.session import ENV_WORKSPACE, Session
 from railyard_client.workspaces import User, Workspace
 
@@ -133,6 +133,11 @@ class Client:
             if record and name in (pipeline.name, record["name"]):
                 return Deployment(self._session, record, pipeline)
         raise NotFound(404, "not_found", f"no active deployment {name!r} in workspace {self.current_workspace().name}")
+
+    def infer(self, deployment: str, pipeline: str, data_in: Any, *, timeout: float = 60.0) -> Any:
+        """Run rows through a deployment by its names alone (`<deploy_id>-<id>` and the pipeline's name), as an
+        inference client's token may (it cannot list pipelines); types as in Pipeline.infer."""
+        return infer_at(self._session, deployment, pipeline, data_in, timeout=timeout)
 
     # --- users, connections ----------------------------------------------------------------------------------
 

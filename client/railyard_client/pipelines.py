@@ -45,6 +45,44 @@ def _rfc3339(moment: datetime | str) -> str:
     return moment.isoformat()
 
 
+def infer_at(session: Session, deployment: str, pipeline: str, data_in: InferInput, *, timeout: float = 60.0) -> Any:
+    """Send rows to `/v1/api/pipelines/infer/<deployment>/<pipeline>` (see Pipeline.infer for the types); a
+    deployment that is (re)starting is retried for a few seconds."""
+    path = f"/v1/api/pipelines/infer/{deployment}/{pipeline}"
+    as_frame = isinstance(data_in, pd.DataFrame)
+    if isinstance(data_in, (str, Path)):
+        table, kind = data.read_table(data_in)
+        as_frame = kind == "json"
+    elif isinstance(data_in, pd.DataFrame):
+        table = data.dataframe_to_table(data_in)
+    elif isinstance(data_in, pa.RecordBatch):
+        table = pa.Table.from_batches([data_in])
+    elif isinstance(data_in, pa.Table):
+        table = data_in
+    elif isinstance(data_in, (list, dict)):
+        rows = [data_in] if isinstance(data_in, dict) else data_in
+        return _send_retrying(session, path, {"json": rows, "headers": {"Content-Type": data.RECORDS}},
+                              timeout).json()
+    else:
+        raise InvalidInput(f"cannot infer from {type(data_in).__name__}: give a DataFrame, an Arrow table, a file "
+                           "path or a list of row objects")
+    response = _send_retrying(session, path, {"content": data.to_ipc_file(table), "headers": {
+        "Content-Type": data.ARROW_FILE, "Accept": data.ARROW_FILE}}, timeout)
+    result = data.from_ipc(response.content)
+    return data.to_frame(result) if as_frame else result
+
+
+def _send_retrying(session: Session, path: str, body: dict[str, Any], timeout: float) -> Any:
+    deadline = time.monotonic() + UNAVAILABLE_RETRY
+    while True:
+        try:
+            return session.send("POST", path, timeout=timeout, **{**body, "headers": dict(body["headers"])})
+        except Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 class Deployment(Resource):
     """A pipeline's active deployment (`<deploy_id>-<id>`), as in `client.get_deployment(name)`."""
 
@@ -254,42 +292,7 @@ class Pipeline(Resource):
         batch) an Arrow table; a path to a .arrow/.feather or .parquet file an Arrow table, to a .json file a
         DataFrame; a list of row objects (pandas-records) the seed's JSON records. Result columns are `time`,
         `in.<input>`, `out.<output>`, `check_failures` (and `metadata` for JSON)."""
-        deployment = self.deployment()
-        path = f"/v1/api/pipelines/infer/{deployment.name}/{self.name}"
-        as_frame = isinstance(data_in, pd.DataFrame)
-        if isinstance(data_in, (str, Path)):
-            table, kind = data.read_table(data_in)
-            as_frame = kind == "json"
-        elif isinstance(data_in, pd.DataFrame):
-            table = data.dataframe_to_table(data_in)
-        elif isinstance(data_in, pa.RecordBatch):
-            table = pa.Table.from_batches([data_in])
-        elif isinstance(data_in, pa.Table):
-            table = data_in
-        elif isinstance(data_in, (list, dict)):
-            rows = [data_in] if isinstance(data_in, dict) else data_in
-            response = self._send_retrying(path, content=None, json_rows=rows, timeout=timeout)
-            return response.json()
-        else:
-            raise InvalidInput(f"cannot infer from {type(data_in).__name__}: give a "
-                                 "DataFrame, an Arrow table, a file path or a list of row objects")
-        response = self._send_retrying(path, content=data.to_ipc_file(table), timeout=timeout)
-        result = data.from_ipc(response.content)
-        return data.to_frame(result) if as_frame else result
-
-    def _send_retrying(self, path: str, *, content: bytes | None, timeout: float, json_rows: Any = None) -> Any:
-        headers = {"Content-Type": data.ARROW_FILE, "Accept": data.ARROW_FILE} if content is not None \
-            else {"Content-Type": data.RECORDS}
-        deadline = time.monotonic() + UNAVAILABLE_RETRY
-        while True:
-            try:
-                if content is not None:
-                    return self._session.send("POST", path, content=content, headers=dict(headers), timeout=timeout)
-                return self._session.send("POST", path, json=json_rows, headers=dict(headers), timeout=timeout)
-            except Unavailable:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        return infer_at(self._session, self.deployment().name, self.name, data_in, timeout=timeout)
 
     def infer_v2(self, inputs: dict[str, Any] | pd.DataFrame, *, timeout: float = 60.0) -> dict[str, np.ndarray]:
         """Open Inference Protocol v2 (`/v2/models/<deployment>/infer`): named arrays in (first dimension =

@@ -2,12 +2,16 @@
 
 Credentials are looked up in this order (the first that gives a URL and a way to authenticate wins):
 
-1. arguments to `Client(...)`;
+1. arguments to `Client(...)` (when any of username, password, token or client_id is given, the user comes
+   from the arguments alone; the client id and secret still fall back to the environment and the file);
 2. environment variables `RAILYARD_CLIENT_URL`, `RAILYARD_CLIENT_USERNAME`, `RAILYARD_CLIENT_PASSWORD`,
    `RAILYARD_CLIENT_ID`, `RAILYARD_CLIENT_SECRET`, `RAILYARD_CLIENT_TOKEN` (a bearer token used as is, e.g. the
    scoped token of a task run) and `RAILYARD_CLIENT_WORKSPACE`;
 3. the credentials file `railyard login` writes (`RAILYARD_CLIENT_CREDENTIALS`, default
    `$XDG_CONFIG_HOME/railyard/credentials.json`, i.e. `~/.config/railyard/credentials.json`, mode 0600).
+
+With only a client id and secret (an inference client of a workspace), the client signs in with the
+client_credentials grant: its tokens may run inferences on that workspace's deployments (`Client.infer`).
 
 Refresh tokens are single-use, so a session that came from the file writes the refreshed tokens back to it.
 """
@@ -94,20 +98,28 @@ class Session:
         self.url = normalize_url(url)
         same_server = bool(saved) and normalize_url(str(saved.get("url", "http://x"))) == self.url
         saved = saved if same_server else {}
-        self.username = username or env.get(ENV_USERNAME)
-        self.password = password or env.get(ENV_PASSWORD)
+        # who signs in comes from the arguments as a whole when any is given (an inference client's id and
+        # secret must not pick up a user from the environment); the client's id and secret fall back one by one
+        from_env = not any(v is not None for v in (username, password, token, client_id))
+        self.username = username or (env.get(ENV_USERNAME) if from_env else None)
+        self.password = password or (env.get(ENV_PASSWORD) if from_env else None)
+        token = token or (env.get(ENV_TOKEN) if from_env else None)
         self.client_id = client_id or env.get(ENV_CLIENT_ID) or saved.get("client_id") or DEFAULT_CLIENT_ID
         self.client_secret = client_secret or env.get(ENV_CLIENT_SECRET) or saved.get("client_secret")
         self.saved_workspace = saved.get("workspace")
         self.http = httpx.Client(base_url=self.url, timeout=timeout)
-        self.access_token: str | None = token or env.get(ENV_TOKEN)
+        self.access_token: str | None = token
         self.refresh_token: str | None = None
         self.expires_at = float("inf")  # a given token is used as is until the server refuses it
         self.persist = False
+        self.client_only = False
         if self.access_token:
             return
+        explicit_client = bool((client_id or env.get(ENV_CLIENT_ID)) and self.client_secret)
         if self.username and self.password:
             self.login(self.username, self.password)
+        elif explicit_client and not saved.get("access_token"):
+            self.login_client()  # an inference client: client_credentials tokens, inference routes only
         elif saved.get("access_token"):
             self.access_token = saved["access_token"]
             self.refresh_token = saved.get("refresh_token")
@@ -142,8 +154,16 @@ class Session:
         self.username, self.password = username, password
         self._grant({"grant_type": "password", "username": username, "password": password})
 
+    def login_client(self) -> None:
+        """Sign in as the client itself (client_credentials grant); renewed the same way when it expires."""
+        self.client_only = True
+        self._grant({"grant_type": "client_credentials"})
+
     def refresh(self) -> None:
         """A new access token from the refresh token (or the password, when the refresh token expired)."""
+        if self.client_only:
+            self._grant({"grant_type": "client_credentials"})
+            return
         if self.refresh_token:
             try:
                 self._grant({"grant_type": "refresh_token", "refresh_token": self.refresh_token})
@@ -159,7 +179,7 @@ class Session:
 
     def can_refresh(self) -> bool:
         """Whether a refused token can be replaced without asking the user."""
-        return bool(self.refresh_token or (self.username and self.password))
+        return bool(self.refresh_token or (self.username and self.password) or self.client_only)
 
     @property
     def token(self) -> str:

@@ -73,6 +73,15 @@ seen["logs_limited"] = [type(newest).__name__, newest.num_rows]
 seen["logs_ordered"] = bool(logs["time"].is_monotonic_increasing)
 seen["logs_time"] = str(logs["time"].dtype)
 
+scoring = workspace.create_inference_client("scoring")  # an inference-only identity of this workspace
+scorer = Client(args["url"], client_id=scoring["client_id"], client_secret=scoring["client_secret"])
+scored = scorer.infer(pipeline.deployment().name, "sdkpipeline", frame)
+seen["scorer"] = [type(scored).__name__, np.stack(scored["out.dense_1"].to_numpy()).tolist()]
+try:
+    scorer.workspaces()
+except rc.APIError as exc:
+    seen["scorer_refused"] = exc.status
+
 assay = pipeline.create_assay("drift", "output dense_1 0", baseline_values=[0.1, 0.2, 0.3, 0.4], width="1 hours")
 listed = pipeline.assays()
 seen["assays"] = [[a.id, a.name] for a in listed] == [[assay.id, "drift"]]

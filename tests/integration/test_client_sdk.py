@@ -92,6 +92,8 @@ def test_the_sdk_alone_uploads_deploys_infers_reads_logs_and_undeploys(stack, al
     assert np.allclose(seen["logs_first_in"], rows[0]), "oldest first: the DataFrame inference's first row"
     assert seen["logs_ordered"] and seen["logs_limited"] == ["Table", 2]
     assert seen["logs_before"] == [0, 0] and seen["logs_time"] == "datetime64[ms, UTC]"
+    assert seen["scorer"][0] == "DataFrame" and np.allclose(seen["scorer"][1], expected, atol=1e-6)
+    assert seen["scorer_refused"] in (401, 403), "an inference token runs inferences only"
     assert seen["assays"] and seen["assay_results"] == []
     assert seen["copy"] == ["sdkcopy", 1, True]
     assert seen["connection"] == ["s3cret", True]
