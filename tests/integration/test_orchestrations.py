@@ -230,10 +230,14 @@ def test_requirements_are_installed_once_into_an_environment_on_the_base(stack, 
     first = ready_orchestration(stack, alice, members)
     second = ready_orchestration(stack, alice, members | {"job/other.txt": "y"})
     assert first["sha"] != second["sha"]
-    run = wait_run(stack, alice, run_once(stack, alice, second), {"success", "failure"})
-    texts = text_of(logs(stack, alice, run["run_id"]))
-    assert run["status"] == "success", texts
-    assert "/envs/" in texts[0] and texts[1] == "httpx"
+    prefixes = []
+    for orch in (first, second):
+        run = wait_run(stack, alice, run_once(stack, alice, orch), {"success", "failure"})
+        texts = text_of(logs(stack, alice, run["run_id"]))
+        assert run["status"] == "success", texts
+        assert "/envs/" in texts[0] and texts[1] == "httpx"
+        prefixes.append(texts[0])
+    assert prefixes[0] == prefixes[1]  # one environment for one requirements file
     # a requirement nobody can install: packaging fails with the installer's reason, and tasks are refused
     response = upload(stack, alice, make_zip({"main.py": "", "requirements.txt": "railyard-no-such-package==0.0.1\n"}))
     orch_id = response.json()["id"]
