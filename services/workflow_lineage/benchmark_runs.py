@@ -91,7 +91,8 @@ async def run_classification(deps: Deps, infer: Infer, resolve: Resolve, princip
         raise InvalidRequest("the dataset has no rows")
     table = pq.read_table(io.BytesIO(await deps.objects.get_bytes(BUCKET_DATASETS, content_key(chosen["rows_sha256"]))))
     if cmd.label_column not in table.column_names:
-        raise InvalidRequest(f"no column {cmd.label_column!r} in the dataset (columns: {', '.join(table.column_names)})")
+        raise InvalidRequest(f"no column {cmd.label_column!r} in the dataset"
+                             f" (columns: {', '.join(table.column_names)})")
     truth = [str(v) for v in table.column(cmd.label_column).to_pylist()]
     inputs = table.drop_columns([cmd.label_column])
     routes = []

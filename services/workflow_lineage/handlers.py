@@ -197,8 +197,12 @@ async def _keep(deps: Deps, local: Path, sha: str) -> None:
     """Store bytes under their hash unless they are there already (the same bytes are stored once)."""
     key = content_key(sha)
     if not await deps.objects.exists(BUCKET_DATASETS, key):
-        with local.open("rb") as source:
-            await deps.objects.put_stream(BUCKET_DATASETS, key, source, length=local.stat().st_size)
+        size = (await asyncio.to_thread(local.stat)).st_size
+        source = await asyncio.to_thread(local.open, "rb")
+        try:
+            await deps.objects.put_stream(BUCKET_DATASETS, key, source, length=size)
+        finally:
+            source.close()
 
 
 def _image_type(local: Path) -> str:
@@ -311,7 +315,7 @@ async def put_rows(deps: Deps, principal: Principal, token: str | None, cmd: Put
             raise InvalidRequest(f"dataset {cmd.dataset_id} is a {row['kind']} dataset: rows go to tabular datasets,"
                                  " files to images/files datasets (datasets/upload_file)")
         try:
-            table = from_ipc(local.read_bytes())
+            table = from_ipc(await asyncio.to_thread(local.read_bytes))
         except Exception:
             raise InvalidRequest("rows must be an Arrow IPC table (file or stream)") from None
         if cmd.mode == "append" and row["rows_sha256"]:

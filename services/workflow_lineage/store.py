@@ -257,7 +257,8 @@ async def edges_touching(conn: Any, ids: list[int], direction: str) -> list[asyn
     return await conn.fetch(f"SELECT {EDGE_COLUMNS} FROM edges WHERE {column} = ANY($1::bigint[])", ids)
 
 
-async def workspace_graph(conn: Any, workspace_id: int, limit: int) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+async def workspace_graph(conn: Any, workspace_id: int,
+                          limit: int) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
     nodes = await conn.fetch(f"SELECT {NODE_COLUMNS} FROM nodes WHERE workspace_id = $1 ORDER BY id LIMIT $2",
                              workspace_id, limit)
     edges = await conn.fetch(f"SELECT {EDGE_COLUMNS} FROM edges WHERE workspace_id = $1 ORDER BY id", workspace_id)
