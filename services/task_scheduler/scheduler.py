@@ -34,6 +34,7 @@ from croniter import croniter
 from services.task_scheduler import packaging, runner, store
 from services.task_scheduler.handlers import Deps
 from shared import subjects
+from shared.errors import RailyardError
 from shared.messages.tasks import TaskRunFailed, TaskRunStarted, TaskRunSucceeded
 from shared.objectstore import BUCKET_ORCHESTRATIONS, content_key
 
@@ -78,6 +79,19 @@ class Scheduler:
     def start(self) -> None:
         self._loop = asyncio.create_task(self._forever())
 
+    async def remove_stale_workdirs(self) -> None:
+        """Working directories left by runs that are no longer running (their process was killed)."""
+        folder = self.deps.work_root / "runs"
+        names = await asyncio.to_thread(lambda: [p.name for p in folder.iterdir()] if folder.is_dir() else [])
+        ids = []
+        for name in names:
+            with contextlib.suppress(ValueError):
+                ids.append(uuid.UUID(name))
+        running = await store.running_among(self.deps.pool, ids)
+        for run_id in ids:
+            if run_id not in running:
+                await asyncio.to_thread(runner.cleanup, folder / str(run_id))
+
     async def stop(self) -> None:
         """Stop scheduling; runs in progress are stopped and recorded as failed (a restart would find them lost)."""
         self._stop.set()
@@ -92,6 +106,10 @@ class Scheduler:
 
     async def _forever(self) -> None:
         settings = self.deps.settings
+        try:
+            await self.remove_stale_workdirs()
+        except Exception:
+            log.exception("could not remove stale run directories")
         last_beat = 0.0
         loop = asyncio.get_running_loop()
         while not self._stop.is_set():
@@ -194,6 +212,9 @@ class Scheduler:
         run_id = row["id"]
         try:
             outcome = await self._run(row)
+        except RailyardError as exc:  # e.g. the sandbox is unavailable on this host: its message says why
+            log.warning("run %s could not be started: %s", run_id, exc.msg)
+            outcome = runner.RunOutcome("failure", None, f"the run could not be started: {exc.msg}")
         except Exception as exc:
             log.exception("run %s could not be started", run_id)
             outcome = runner.RunOutcome("failure", None, f"the run could not be started: {type(exc).__name__}")

@@ -206,6 +206,11 @@ async def fail_lost_runs(pool: asyncpg.Pool, lost_after: float) -> list[asyncpg.
         "WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => $1) RETURNING *", lost_after)
 
 
+async def running_among(pool: asyncpg.Pool, run_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    rows = await pool.fetch("SELECT id FROM runs WHERE id = ANY($1::uuid[]) AND status = 'running'", run_ids)
+    return {r["id"] for r in rows}
+
+
 async def run(pool: asyncpg.Pool, run_id: uuid.UUID) -> asyncpg.Record | None:
     return await pool.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
 
