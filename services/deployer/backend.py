@@ -23,6 +23,7 @@ from typing import Any
 import psutil
 
 from shared import subjects
+from shared.messages.engine import ReplicaSpec
 
 log = logging.getLogger("railyard.deployer.backend")
 READY_TIMEOUT = 60.0
@@ -99,13 +100,13 @@ class LocalBackend:
         handle.close()
         return Replica(replica_id=replica_id, process=process, started_at=time.monotonic())
 
-    async def start(self, name: str, spec: dict[str, Any], replicas: int,
+    async def start(self, name: str, spec: ReplicaSpec, replicas: int,
                     autoscale: tuple[int, int] | None = None, cpu_target: float = 50.0) -> ReplicaSet:
         """Start a replica set for `name`; returns once every replica answers (or raises TimeoutError)."""
         folder = self.work_dir / name
         folder.mkdir(parents=True, exist_ok=True)
         spec_path = folder / f"spec-{uuid.uuid4().hex[:8]}.json"
-        spec_path.write_text(json.dumps(spec))
+        spec_path.write_text(spec.model_dump_json())
         replica_set = ReplicaSet(name=name, spec_path=spec_path, autoscale=autoscale, cpu_target=cpu_target)
         for _ in range(replicas):
             replica_set.replicas.append(await self._spawn(replica_set, uuid.uuid4().hex[:8]))

@@ -44,6 +44,7 @@ from shared.messages.deployer import (
     PipelineUndeployed,
     PipelineVersionCreated,
 )
+from shared.messages.engine import ReplicaDeployment, ReplicaSpec, ReplicaStep
 from shared.messages.registry import ResolvedModel, ResolveModel
 
 RESTORE_CONCURRENCY = 2
@@ -263,14 +264,15 @@ async def deploy(deps: DeployerDeps, principal: Principal, token: str | None, cm
             await _resolve(deps, token, pipeline["workspace_id"], m.name, m.version, m.sha) for m in cmd.models]}]
     if not steps:
         raise InvalidRequest("the pipeline has no steps: add models to its definition or pass `models`")
-    spec = {"deployment": {"pipeline": pipeline["name"], "pipeline_version": str(version["version"]),
-                           "workspace_id": pipeline["workspace_id"]},
-            "steps": steps, "engine_config": config}
+    spec = ReplicaSpec(deployment=ReplicaDeployment(pipeline=pipeline["name"],
+                                                    pipeline_version=str(version["version"]),
+                                                    workspace_id=pipeline["workspace_id"]),
+                       steps=[ReplicaStep.model_validate(step) for step in steps], engine_config=config)
     async with deps.pool.acquire() as conn, conn.transaction():
         deployment_id = await store.activate_deployment(conn, pipeline["id"], version["id"], cmd.deploy_id, config,
-                                                        spec)
+                                                        spec.model_dump(mode="json"))
     name = f"{cmd.deploy_id}-{deployment_id}"
-    spec["deployment"] |= {"id": deployment_id, "name": name}
+    spec.deployment.id, spec.deployment.name = deployment_id, name
     try:
         await deps.backend.start(name, spec, config["replica_count"], *_autoscale(config))
     except (RuntimeError, TimeoutError) as exc:
@@ -368,13 +370,13 @@ async def restore_deployments(deps: DeployerDeps) -> None:
     gate = asyncio.Semaphore(RESTORE_CONCURRENCY)
     for row in await store.active_deployments(deps.pool):
         name = f"{row['deploy_id']}-{row['id']}"
-        spec = json.loads(row["spec"])
-        spec["deployment"] |= {"id": row["id"], "name": name}
+        spec = ReplicaSpec.model_validate_json(row["spec"])
+        spec.deployment.id, spec.deployment.name = row["id"], name
         config = json.loads(row["engine_config"])
         asyncio.create_task(_restart(deps, name, spec, config, gate))
 
 
-async def _restart(deps: DeployerDeps, name: str, spec: dict[str, Any], config: dict[str, Any],
+async def _restart(deps: DeployerDeps, name: str, spec: ReplicaSpec, config: dict[str, Any],
                    gate: asyncio.Semaphore) -> None:
     async with gate:
         try:

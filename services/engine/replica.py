@@ -38,6 +38,7 @@ from shared.arrow_codec import from_ipc, to_ipc_stream
 from shared.bus import connect_options, error_headers
 from shared.errors import InvalidRequest, RailyardError
 from shared.logrecords import InferenceRecord
+from shared.messages.engine import ReplicaSpec
 from shared.objectstore import BUCKET_ARTIFACTS, BUCKET_TABLES, MinioObjectStore, content_key
 from shared.service import settle_garbage_collector
 from shared.settings import Settings
@@ -305,7 +306,9 @@ class Replica:
 
 async def main_async(spec_path: Path, replica_id: str) -> int:
     settings = Settings()
-    replica = Replica(json.loads(await asyncio.to_thread(spec_path.read_text)), replica_id, settings)
+    # typed at the boundary (the deployer wrote it); the request path reads the validated fields as a dict
+    spec = ReplicaSpec.model_validate_json(await asyncio.to_thread(spec_path.read_text))
+    replica = Replica(spec.model_dump(), replica_id, settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, replica.stop.set)

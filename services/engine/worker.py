@@ -14,7 +14,6 @@ The worker knows nothing of Railyard's settings: its environment holds only thre
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import struct
@@ -86,8 +85,8 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
 
 
 def main() -> None:
-    requests = io.open(os.dup(0), "rb")  # noqa: SIM115 - the protocol's pipes, for the worker's life
-    replies = io.open(os.dup(1), "wb")  # noqa: SIM115
+    requests = open(os.dup(0), "rb")  # noqa: SIM115 - the protocol's pipes, for the worker's life
+    replies = open(os.dup(1), "wb")  # noqa: SIM115
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     os.dup2(2, 1)  # print() in users' code lands in stderr, never in a frame
     sys.stdout = sys.stderr

@@ -262,9 +262,8 @@ def test_off_for_single_user_still_scrubs_the_environment(settings, caplog):
 def test_a_normal_user_gets_the_same_boundary(settings, tmp_path):
     """The user-namespace path for real: the launcher started as `nobody` (the system Python, since this
     virtualenv may live where nobody can read), as a stack run by a normal user would start it."""
-    import subprocess
-
     import shutil
+    import subprocess
     import tempfile
 
     outer = Path(tempfile.mkdtemp(prefix="railyard-nobody-"))  # pytest's tmp_path is not traversable by nobody
@@ -281,9 +280,9 @@ def test_a_normal_user_gets_the_same_boundary(settings, tmp_path):
         except OSError as exc:
             print('no network', exc.errno)
         print('caps', open('/proc/self/status').read().split('CapEff:')[1].split()[0])
-        for path in (%r, '/root'):
+        for path in ({data!r}, '/root'):
             print(path, os.path.exists(path) and bool(os.listdir(path)))
-    """ % str(settings.stack.data_dir))
+    """).replace("{data!r}", repr(str(settings.stack.data_dir)))
     config = sandbox._launch_config(SandboxSpec(argv=["/usr/bin/python3", "-I", "-c", code], workdir=workdir),
                                     settings)
     config |= {"mechanism": "userns", "parent": os.getpid(), "readonly": []}

@@ -14,7 +14,6 @@ import json
 import time
 import zipfile
 
-import numpy as np
 import pytest
 
 from tests.integration.conftest import make_account, post, undeploy_all
