@@ -16,6 +16,7 @@ from shared.authz import (
     require_admin,
     require_inference_access,
     require_member,
+    require_owner_or_member,
     require_user,
 )
 from shared.errors import Forbidden, NotFound, Unauthorized
@@ -146,3 +147,25 @@ async def test_inference_access_is_one_workspace_and_looks_like_not_found(verifi
         with pytest.raises(NotFound) as raised:
             await require_inference_access(lookup, principal, 8, missing)
         assert raised.value.msg == "deployment 'd-1' not found"
+
+
+async def test_a_task_run_token_reaches_its_own_workspace_only(verifier):
+    scoped = await verifier.verify(make_token(railyard_workspace=7, railyard_task="t-1"))
+    assert scoped.kind == "user" and scoped.workspace_id == 7 and scoped.scoped_task == "t-1"
+    plain = await verifier.verify(make_token(railyard_workspace=7))
+    assert plain.workspace_id is None and plain.scoped_task is None  # the claim alone scopes nothing
+    asked = []
+
+    async def lookup(user_id, workspace_id):
+        asked.append(workspace_id)
+        return "OWNER"  # the owner is a member of both workspaces
+
+    assert await require_member(lookup, scoped, 7) == "OWNER"
+    with pytest.raises(NotFound):
+        await require_member(lookup, scoped, 8)
+    assert asked == [7]
+    with pytest.raises(NotFound):
+        await require_inference_access(lookup, scoped, 8, deployment_not_found("d"))
+    with pytest.raises(NotFound):  # owning a resource does not reach past the run's workspace
+        await require_owner_or_member(lookup, scoped, "u1", [8], "connection")
+    await require_owner_or_member(lookup, scoped, "u1", [8, 7], "connection")
