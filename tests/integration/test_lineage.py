@@ -511,3 +511,47 @@ async def test_task_id_defaults_to_the_calling_task(stack, alice, bob):
     ok(post(stack, "workspaces/add_user", bob.token, {"workspace_id": bob.workspace_id, "email": alice.email}))
     assert ok(post(stack, "projects/list", alice.token, {"workspace_id": bob.workspace_id}))["projects"] == []
     assert post(stack, "projects/list", issued.access_token, {"workspace_id": bob.workspace_id}).status_code == 404
+
+
+TRAIN_MAIN = '''
+import os
+
+import railyard_client as railyard
+from railyard_client.lineage import Lineage
+
+client = railyard.Client()
+args = client.task_args()
+lineage = Lineage(client, args["workspace_id"])
+run = os.environ["TASK_RUN_ID"]
+lineage.add_input_project(args["project_id"], version_id=args["version_id"],
+                          meta={"node_settings": {"title": "Train in a task run", "icon": "play-circle"}})
+path = f"/runs/{run}/model.bin"
+lineage.put_file(path, b"weights of " + run.encode(), progress=False)
+lineage.add_output_file(path, model_weight=True, meta={"relation_settings": {"title": "Best checkpoint"}})
+print("linked", run)
+'''
+
+
+def test_a_real_task_run_declares_its_inputs_and_outputs(stack, alice):
+    """An orchestration's task run calls the SDK's add_input_project / add_output_file without a task_id: the
+    cards land on the run's card, the same one events.task_run.* draw (with the orchestration that ran it)."""
+    from tests.integration.test_orchestrations import logs, ready_orchestration, run_once, text_of, wait_run
+
+    made = make_project(stack, alice)
+    version = ok(post(stack, "projects/create_version", alice.token, {"project_id": made["project"]["id"]}))
+    orch = ready_orchestration(stack, alice, {"main.py": TRAIN_MAIN})
+    task_id = run_once(stack, alice, orch, {"workspace_id": alice.workspace_id, "project_id": made["project"]["id"],
+                                            "version_id": version["id"]}, timeout=120)
+    run = wait_run(stack, alice, task_id, {"success", "failure"}, timeout=180)
+    assert run["status"] == "success", text_of(logs(stack, alice, run["run_id"]))[-20:]
+    drawn = wait_graph(stack, alice, {"task_run", "file", "orchestration", "project_version"}, kind="task_run",
+                       ref=run["run_id"], depth=1)
+    nodes = {n["id"]: n for n in drawn["nodes"]}
+    runs_drawn = [n for n in drawn["nodes"] if n["kind"] == "task_run"]
+    assert [n["ref"] for n in runs_drawn] == [run["run_id"]]
+    card = runs_drawn[0]
+    assert card["settings"]["title"] == "Train in a task run" and card["data"]["task_id"] == task_id
+    arrows = {(nodes[e["source"]]["kind"], nodes[e["target"]]["kind"]) for e in drawn["edges"]}
+    assert {("project_version", "task_run"), ("task_run", "file"), ("orchestration", "task_run")} <= arrows, arrows
+    assert next(n for n in drawn["nodes"] if n["kind"] == "orchestration")["ref"] == orch["id"]
+    assert next(n for n in drawn["nodes"] if n["kind"] == "file")["settings"]["title"] == "Best checkpoint"
