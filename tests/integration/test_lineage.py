@@ -3,8 +3,9 @@ file space, project versions (dedupe, filters, restore as a manifest copy, skip_
 the graph drawn from domain events and from the seed's explicit input/output calls, isolation on every route,
 and bad input answered 4xx with nothing stored.
 
-Task runs: the orchestrations issue has no task runs yet, so the flow names its task run explicitly
-(`task_id`) in add_input_project / add_output_file, as a task run's own SDK call would."""
+Task runs: the "Done when" flow names its task run explicitly (`task_id`) in add_input_project / add_output_file;
+test_a_real_task_run_declares_its_inputs_and_outputs runs a real orchestration whose main.py makes the same calls
+through the SDK without a task_id."""
 
 from __future__ import annotations
 
