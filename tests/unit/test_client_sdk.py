@@ -109,3 +109,9 @@ def test_the_command_fails_with_one_line_and_an_exit_code(argv, code, text, tmp_
     assert cli.main(argv) == code
     err = capsys.readouterr().err
     assert err.startswith("railyard: error: ") and text in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_server_adds_its_stack_commands_to_the_same_command():
+    commands = cli.build_command().commands
+    assert {"up", "status", "down"} <= set(commands), "shared.cli:register (railyard.commands entry point)"
+    assert {"login", "token", "infer", "models", "pipelines", "workspaces", "assays"} <= set(commands)
