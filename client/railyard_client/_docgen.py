@@ -24,6 +24,13 @@ FUNCTIONS = ("in_task", "task_args")
 CONSTRUCTED = ("Client",)  # the other objects are handed out by the client, never built by users
 
 
+def documented_classes() -> list[str]:
+    """Every class the package exports (errors aside): the curated order first, then any others by name."""
+    exported = [n for n in railyard_client.__all__ if isinstance(getattr(railyard_client, n), type)
+                and not issubclass(getattr(railyard_client, n), Exception)]
+    return [n for n in CLASSES if n in exported] + sorted(n for n in exported if n not in CLASSES)
+
+
 def public_members(cls: type) -> Iterator[tuple[str, Any]]:
     """The documented members of a class: its constructor (for classes users build), then public methods and
     properties (inherited from Resource included), in source order."""
@@ -106,7 +113,7 @@ def render() -> str:
              "fails when this page is stale or a public method lacks a docstring. Distribution `railyard-client` "
              f"{railyard_client.__version__} (folder `client/`), package `railyard_client`.", "",
              inspect.cleandoc(railyard_client.__doc__ or ""), ""]
-    for name in CLASSES:
+    for name in documented_classes():
         cls = getattr(railyard_client, name)
         lines += [f"## {name}", "", inspect.cleandoc(cls.__doc__ or ""), ""]
         for member_name, member in public_members(cls):
@@ -143,7 +150,7 @@ def render() -> str:
 def missing_docstrings() -> list[str]:
     """Public SDK members without a docstring."""
     missing = []
-    for name in CLASSES:
+    for name in documented_classes():
         cls = getattr(railyard_client, name)
         if not (cls.__doc__ or "").strip():
             missing.append(name)
