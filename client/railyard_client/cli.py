@@ -470,6 +470,15 @@ def exit_code(exc: RailyardError) -> int:
     return 1
 
 
+def _add_lineage_commands() -> None:
+    from railyard_client.cli_lineage import datasets_app
+
+    app.add_command(datasets_app)
+
+
+_add_lineage_commands()
+
+
 def build_command() -> click.Group:
     """Every command: the SDK's own plus those of installed plugins (entry point group `railyard.commands`;
     the server adds `up`, `status`, `down`)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import struct
 import time
 import uuid
@@ -556,3 +557,45 @@ def test_a_real_task_run_declares_its_inputs_and_outputs(stack, alice):
     assert {("project_version", "task_run"), ("task_run", "file"), ("orchestration", "task_run")} <= arrows, arrows
     assert next(n for n in drawn["nodes"] if n["kind"] == "orchestration")["ref"] == orch["id"]
     assert next(n for n in drawn["nodes"] if n["kind"] == "file")["settings"]["title"] == "Best checkpoint"
+
+
+def test_cli_datasets_commands(stack, alice, tmp_path, monkeypatch, capsys):
+    """`railyard datasets ...`: create, upload rows and an image (labels), read to Parquet, version twice (same
+    id), restore."""
+    from railyard_client.cli import main
+
+    from tests.integration.conftest import PASSWORD
+
+    for key in [k for k in os.environ if k.startswith("RAILYARD_CLIENT")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("RAILYARD_CLIENT_URL", stack.base_url)
+    monkeypatch.setenv("RAILYARD_CLIENT_USERNAME", alice.email)
+    monkeypatch.setenv("RAILYARD_CLIENT_PASSWORD", PASSWORD)
+    monkeypatch.setenv("RAILYARD_CLIENT_SECRET", stack.secrets()["client_secret"])
+    monkeypatch.setenv("RAILYARD_CLIENT_WORKSPACE", str(alice.workspace_id))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+
+    def run(*args: str):
+        capsys.readouterr()
+        assert main([*args, "--json"] if args[-1] != "--no-json" else list(args[:-1])) == 0
+        return json.loads(capsys.readouterr().out)
+
+    project = run("datasets", "create-project", "cli-project")
+    table = run("datasets", "create", str(project["id"]), "rows")
+    images = run("datasets", "create", str(project["id"]), "pics", "--kind", "images")
+    rows_file = tmp_path / "rows.json"
+    rows_file.write_text(json.dumps([{"a": 1.0}, {"a": 2.0}]))
+    image_file = tmp_path / "cat.png"
+    image_file.write_bytes(png((9, 9, 9)))
+    run("datasets", "upload", str(table["id"]), str(rows_file))
+    run("datasets", "upload", str(images["id"]), str(image_file), "--labels", '{"class": "cat"}', "--no-progress")
+    assert [d["name"] for d in run("datasets", "list", str(project["id"]))] == ["pics", "rows"]
+    out = tmp_path / "out.parquet"
+    capsys.readouterr()
+    assert main(["datasets", "read", str(table["id"]), "--out", str(out)]) == 0
+    assert pq.read_table(out).to_pydict() == {"a": [1.0, 2.0]}
+    first = run("datasets", "version", str(project["id"]), "--title", "v1")
+    assert run("datasets", "version", str(project["id"]))["id"] == first["id"]
+    restored = run("datasets", "restore", str(project["id"]), "--number", "1")
+    assert restored["project"]["content_sha256"] == first["manifest_sha256"]
+    assert main(["datasets", "restore", str(project["id"])]) != 0  # neither --version-id nor --number: refused

@@ -1,0 +1,185 @@
+"""`railyard datasets ...`: projects, datasets, uploads (with progress), reads and project versions from the
+command line, over `railyard_client.lineage.Lineage`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from railyard_client.data import read_table, to_ipc_file
+from railyard_client.errors import InvalidInput
+from railyard_client.lineage import Lineage
+
+ROW_SUFFIXES = {".parquet", ".pq", ".arrow", ".feather", ".ipc", ".arrows", ".json", ".jsonl", ".ndjson"}
+
+
+def _lineage(workspace: str | None) -> Lineage:
+    from railyard_client.cli import _client
+
+    client = _client(workspace)
+    return Lineage(client, client.current_workspace().id)
+
+
+def _show(rows, columns, as_json, payload=None) -> None:
+    from railyard_client.cli import show
+
+    show(rows, columns, as_json, payload)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of a table.")
+workspace_option = click.option("--workspace", "-w", help="Workspace name or id (default: as for every command).")
+
+
+@click.group("datasets")
+def datasets_app() -> None:
+    """Projects, datasets (rows, images, files) and project versions."""
+
+
+@datasets_app.command("projects")
+@workspace_option
+@json_option
+def projects(workspace: str | None, as_json: bool) -> None:
+    """The workspace's projects."""
+    rows = _lineage(workspace).projects()
+    _show(rows, ["id", "name", "description", "content_sha256"], as_json)
+
+
+@datasets_app.command("create-project")
+@click.argument("name")
+@click.option("--description", default="", help="What the project holds.")
+@workspace_option
+@json_option
+def create_project(name: str, description: str, workspace: str | None, as_json: bool) -> None:
+    """Create project NAME."""
+    record = _lineage(workspace).create_project(name, description)
+    _show([record], ["id", "name"], as_json, record)
+
+
+@datasets_app.command("create")
+@click.argument("project_id", type=int)
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["tabular", "images", "files"]), default="tabular", show_default=True)
+@workspace_option
+@json_option
+def create(project_id: int, name: str, kind: str, workspace: str | None, as_json: bool) -> None:
+    """Create dataset NAME in project PROJECT_ID."""
+    record = _lineage(workspace).create_dataset(project_id, name, kind)
+    _show([record], ["id", "name", "kind"], as_json, record)
+
+
+@datasets_app.command("list")
+@click.argument("project_id", type=int)
+@workspace_option
+@json_option
+def list_datasets(project_id: int, workspace: str | None, as_json: bool) -> None:
+    """The datasets of project PROJECT_ID."""
+    rows = _lineage(workspace).datasets(project_id)
+    _show(rows, ["id", "name", "kind", "row_count", "file_count"], as_json)
+
+
+@datasets_app.command("upload")
+@click.argument("dataset_id", type=int)
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--labels", help="Labels of the file(s), as JSON.")
+@click.option("--replace", is_flag=True, help="Rows: replace the dataset's rows instead of appending.")
+@click.option("--progress/--no-progress", default=None, help="Show a progress bar (default: on a terminal).")
+@workspace_option
+@json_option
+def upload(dataset_id: int, files: tuple[Path, ...], labels: str | None, replace: bool, progress: bool | None,
+           workspace: str | None, as_json: bool) -> None:
+    """Upload FILES to dataset DATASET_ID: rows files (.parquet, .arrow, .json) into a tabular dataset, any other
+    file (images into an images dataset) as a file."""
+    lineage = _lineage(workspace)
+    try:
+        parsed = json.loads(labels) if labels else None
+    except ValueError:
+        raise InvalidInput("--labels must be JSON") from None
+    results = []
+    for path in files:
+        if not path.is_file():
+            raise InvalidInput(f"no such file: {path}")
+        if path.suffix.lower() in ROW_SUFFIXES and lineage._post("datasets/get", {"dataset_id": dataset_id})[
+                "kind"] == "tabular":
+            table, _ = read_table(path)
+            results.append(lineage.upload_rows(dataset_id, table, replace=replace))
+        else:
+            results.append(lineage.upload_file(dataset_id, path, labels=parsed, progress=progress))
+    _show(results, None, as_json, results)
+
+
+@datasets_app.command("read")
+@click.argument("dataset_id", type=int)
+@click.option("--out", "-o", type=click.Path(path_type=Path), help="Write the rows to a .parquet, .arrow or .csv"
+              " file instead of printing the first ones.")
+@click.option("--limit", type=int, default=20, show_default=True, help="Rows printed without --out.")
+@workspace_option
+@json_option
+def read(dataset_id: int, out: Path | None, limit: int, workspace: str | None, as_json: bool) -> None:
+    """A tabular dataset's rows."""
+    table = _lineage(workspace).read_rows(dataset_id)
+    if out is None:
+        _show(table.slice(0, limit).to_pylist(), None, as_json)
+        return
+    suffix = out.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        pq.write_table(table, out)
+    elif suffix in (".arrow", ".feather", ".ipc"):
+        out.write_bytes(to_ipc_file(table))
+    elif suffix == ".csv":
+        pacsv.write_csv(table, out)
+    else:
+        raise InvalidInput("--out must end with .parquet, .arrow or .csv")
+    print(f"{table.num_rows} rows written to {out}")
+
+
+@datasets_app.command("delete")
+@click.argument("dataset_id", type=int)
+@workspace_option
+def delete(dataset_id: int, workspace: str | None) -> None:
+    """Delete dataset DATASET_ID."""
+    _lineage(workspace).delete_dataset(dataset_id)
+
+
+@datasets_app.command("version")
+@click.argument("project_id", type=int)
+@click.option("--title", help="The version's title.")
+@click.option("--description", help="The version's description.")
+@workspace_option
+@json_option
+def version(project_id: int, title: str | None, description: str | None, workspace: str | None,
+            as_json: bool) -> None:
+    """Save project PROJECT_ID's state (nothing changed since the last version: that version is shown)."""
+    record = _lineage(workspace).create_version(project_id, title, description)
+    _show([record], ["id", "number", "title", "created", "manifest_sha256"], as_json, record)
+
+
+@datasets_app.command("versions")
+@click.argument("project_id", type=int)
+@workspace_option
+@json_option
+def versions(project_id: int, workspace: str | None, as_json: bool) -> None:
+    """The versions of project PROJECT_ID."""
+    rows = _lineage(workspace).list_versions(project_id)
+    _show(rows, ["id", "number", "title", "created_at", "manifest_sha256"], as_json)
+
+
+@datasets_app.command("restore")
+@click.argument("project_id", type=int)
+@click.option("--version-id", type=int, help="The version's id.")
+@click.option("--number", type=int, help="The version's number.")
+@click.option("--skip-missed", is_flag=True, help="Leave out files whose objects are gone instead of failing.")
+@click.option("--name", help="The new project's name (default: '<name> (v<n>)').")
+@workspace_option
+@json_option
+def restore(project_id: int, version_id: int | None, number: int | None, skip_missed: bool, name: str | None,
+            workspace: str | None, as_json: bool) -> None:
+    """Recreate a version of project PROJECT_ID as a new project."""
+    record = _lineage(workspace).restore_version(project_id, version_id, number, skip_missed_entities=skip_missed,
+                                                 name=name)
+    project = record["project"]
+    _show([{"id": project["id"], "name": project["name"], "content_sha256": project["content_sha256"],
+            "skipped": record["skipped"]}], None, as_json, record)
