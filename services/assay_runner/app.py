@@ -31,8 +31,8 @@ from shared.messages.assays import (
 )
 from shared.messages.deployer import GetPipeline, PipelineRecord
 from shared.messages.logs import LogPage, ReadLogField
-from shared.objectstore import BUCKET_TABLES
 from shared.service import Runtime, ServiceSpec
+from shared.table_transport import PAGE_HEADER, take_table
 
 NAME = "assay_runner"
 FIELD_TIMEOUT = 60.0
@@ -102,11 +102,7 @@ async def start(runtime: Runtime) -> None:
         cmd = ReadLogField(workspace_id=workspace_id, pipeline=pipeline, model=model, column=column, index=index,
                            start_ms=start_ms, end_ms=end_ms)
         reply = await _raw(nc, subjects.LOG_STORE_READ_FIELD, cmd.model_dump(), token)
-        data = reply.data
-        reference = (reply.headers or {}).get("Railyard-Table-Ref")
-        if reference:
-            data = await runtime.objects.get_bytes(BUCKET_TABLES, reference)
-            await runtime.objects.delete(BUCKET_TABLES, reference)
+        data = await take_table(runtime.objects, reply.headers, reply.data)
         column_values = from_ipc(data).column("value")
         return column_values.to_numpy().astype(np.float64, copy=False) if len(column_values) else np.zeros(0)
 
@@ -117,7 +113,7 @@ async def start(runtime: Runtime) -> None:
 
     async def log_page(token, body: dict[str, Any]) -> list[dict[str, Any]]:
         reply = await _raw(nc, subjects.LOG_STORE_QUERY, body, token)
-        LogPage.model_validate_json(reply.headers["Railyard-Page"])
+        LogPage.model_validate_json(reply.headers[PAGE_HEADER])
         table: pa.Table = from_ipc(reply.data)
         for name in table.column_names:
             if pa.types.is_dictionary(table.schema.field(name).type):

@@ -22,7 +22,6 @@ import random
 import signal
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +41,12 @@ from shared.messages.engine import ReplicaSpec
 from shared.objectstore import BUCKET_ARTIFACTS, BUCKET_TABLES, MinioObjectStore, content_key
 from shared.service import settle_garbage_collector
 from shared.settings import Settings
+from shared.table_transport import INFERENCE_PREFIX, META_HEADER, TABLE_REF, above_bus_limit, put_table
 
 log = logging.getLogger("railyard.engine")
 SHADOW_TIMEOUT = 10.0
 DRAIN_SHADOWS = 2.0  # seconds a stopping replica lets queued challengers run (then: logged without them)
 DRAIN_LOGS = 8.0  # seconds a stopping replica has to publish the records it holds
-TABLE_REF = "Railyard-Table-Ref"
-TABLE_PREFIX = "inference/"
-META_HEADER = "Railyard-Meta"
 
 
 class Step:
@@ -209,7 +206,7 @@ class Replica:
                 data = msg.data
                 reference = (msg.headers or {}).get(TABLE_REF)
                 if reference:
-                    if not reference.startswith(TABLE_PREFIX):
+                    if not reference.startswith(INFERENCE_PREFIX):
                         raise InvalidRequest("table reference outside the inference area")
                     data = await self.store.get_bytes(BUCKET_TABLES, reference)
                 table = from_ipc(data)
@@ -229,10 +226,8 @@ class Replica:
                     "elapsed": [elapsed[0] if elapsed else 0, time.perf_counter_ns() - received]}
             body = to_ipc_stream(output)
             headers = {META_HEADER: json.dumps(meta)}
-            if len(body) > nc.max_payload - 64 * 1024:  # too large for the bus: answer by reference
-                key = f"{TABLE_PREFIX}{uuid.uuid4()}"
-                await self.store.put_bytes(BUCKET_TABLES, key, body)
-                headers[TABLE_REF], body = key, b""
+            if above_bus_limit(body, nc.max_payload):  # answer by reference
+                headers[TABLE_REF], body = await put_table(self.store, INFERENCE_PREFIX, body), b""
             await reply(msg, body, headers, received)
             record = InferenceRecord(at_ms, table, output, last_model, tuple(meta["elapsed"]),
                                      request_id=answers.store_once(msg, (time.perf_counter_ns() - received) / 1e9))

@@ -43,6 +43,7 @@ from shared.logrecords import ATTEMPT, REQUEST_ID
 from shared.messages.deployer import DeploymentRoute, ResolveDeployment
 from shared.objectstore import BUCKET_TABLES
 from shared.service import Runtime
+from shared.table_transport import INFERENCE_PREFIX, META_HEADER, TABLE_REF, above_bus_limit, put_table, take_table
 
 log = logging.getLogger("railyard.gateway.inference")
 ARROW_FILE = "application/vnd.apache.arrow.file"
@@ -51,9 +52,6 @@ JSON_RECORDS = "application/json; format=pandas-records"
 ROUTE_TTL = 2.0
 MEMBER_TTL = 30.0
 INFER_TIMEOUT = 30.0
-TABLE_REF = "Railyard-Table-Ref"
-TABLE_PREFIX = "inference/"
-BUS_HEADROOM = 64 * 1024  # room for headers under the bus payload limit
 FIRST_ATTEMPT = 3.0
 
 
@@ -134,9 +132,8 @@ async def _ask_engine(runtime: Runtime, deployment: str, payload: bytes) -> Engi
     # one id for both attempts: a replica still running the first answers the second from it, and the log
     # store stores a slow or re-sent request's record once (docs/logs.md, "Re-sent requests")
     headers, staged = {REQUEST_ID: uuid.uuid4().hex}, None
-    if len(payload) > nc.max_payload - BUS_HEADROOM:
-        staged = f"{TABLE_PREFIX}{uuid.uuid4()}"
-        await runtime.objects.put_bytes(BUCKET_TABLES, staged, payload)
+    if above_bus_limit(payload, nc.max_payload):
+        staged = await put_table(runtime.objects, INFERENCE_PREFIX, payload)
         headers[TABLE_REF], payload = staged, b""
     try:
         for attempt, wait in enumerate((FIRST_ATTEMPT, INFER_TIMEOUT - FIRST_ATTEMPT)):
@@ -152,9 +149,8 @@ async def _ask_engine(runtime: Runtime, deployment: str, payload: bytes) -> Engi
         answer_headers = dict(reply.headers or {})
         data = reply.data
         reference = answer_headers.get(TABLE_REF)
-        if reference and reference.startswith(TABLE_PREFIX):
-            data = await runtime.objects.get_bytes(BUCKET_TABLES, reference)
-            await runtime.objects.delete(BUCKET_TABLES, reference)
+        if reference and reference.startswith(INFERENCE_PREFIX):
+            data = await take_table(runtime.objects, answer_headers, data)
         return EngineReply(answer_headers, data)
     finally:
         if staged is not None:
@@ -185,14 +181,14 @@ class Inference:
         headers = reply.headers or {}
         raise_for_error_header(headers)
         outputs = from_ipc(reply.data)
-        meta = json.loads(headers.get("Railyard-Meta", "{}"))
+        meta = json.loads(headers.get(META_HEADER, "{}"))
         if ARROW_FILE in accept or ARROW_STREAM in accept:
             combined = pa.table({"time": pa.array([at_ms] * table.num_rows, pa.int64()),
                                  **{f"in.{c}": table.column(c) for c in table.column_names},
                                  **{f"out.{c}": outputs.column(c) for c in outputs.column_names},
                                  "check_failures": pa.array([[]] * table.num_rows, pa.list_(pa.string()))})
             encode, media = (to_ipc_stream, ARROW_STREAM) if ARROW_STREAM in accept else (to_ipc_file, ARROW_FILE)
-            return encode(combined), media, {"Railyard-Meta": json.dumps(meta)}
+            return encode(combined), media, {META_HEADER: json.dumps(meta)}
         return orjson.dumps(seed_records(table, outputs, meta, at_ms)), "application/json", {}
 
 

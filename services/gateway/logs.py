@@ -22,6 +22,7 @@ from shared.errors import InvalidRequest
 from shared.logrecords import seed_rows
 from shared.messages.logs import ListQuarantinedLogs, LogPage, QuarantinedLogs
 from shared.service import Runtime
+from shared.table_transport import PAGE_HEADER
 
 QUERY_TIMEOUT = 30.0
 
@@ -43,7 +44,7 @@ def add_log_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token) ->
         reply = await raw_request(nc, subjects.LOG_STORE_QUERY, orjson.dumps(body), token=bearer_token(request),
                                   timeout=QUERY_TIMEOUT)
         headers = reply.headers or {}
-        page = LogPage.model_validate_json(headers["Railyard-Page"])
+        page = LogPage.model_validate_json(headers[PAGE_HEADER])
         table = from_ipc(reply.data)
         out_headers = {"x-iteration-status": page.status}
         if page.cursor:

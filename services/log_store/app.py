@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -43,13 +42,10 @@ from shared.messages.logs import (
     RunLogMaintenance,
     SetLogRetention,
 )
-from shared.objectstore import BUCKET_TABLES
 from shared.service import Runtime, ServiceSpec
+from shared.table_transport import FIELD_HEADER, FIELD_PREFIX, PAGE_HEADER, TABLE_REF, above_bus_limit, put_table
 
 NAME = "log_store"
-PAGE_HEADER = "Railyard-Page"
-FIELD_HEADER = "Railyard-Field"
-TABLE_REF = "Railyard-Table-Ref"
 log = logging.getLogger("railyard.log_store")
 
 
@@ -147,10 +143,8 @@ async def start(runtime: Runtime) -> None:
         values = await handlers.read_field(deps, principal, token, cmd)
         body = await asyncio.to_thread(to_ipc_stream, pa.table({"value": values}))
         out = {FIELD_HEADER: LogField(count=len(values), segments=0).model_dump_json()}
-        if len(body) > nc.max_payload - 64 * 1024:
-            key = f"fields/{uuid.uuid4()}"
-            await runtime.objects.put_bytes(BUCKET_TABLES, key, body)
-            out[TABLE_REF], body = key, b""
+        if above_bus_limit(body, nc.max_payload):
+            out[TABLE_REF], body = await put_table(runtime.objects, FIELD_PREFIX, body), b""
         return body, out
 
     query_sub = await nc.subscribe(subjects.LOG_STORE_QUERY, queue=subjects.queue_group(NAME),

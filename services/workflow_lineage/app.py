@@ -18,12 +18,11 @@ from shared.errors import InvalidRequest
 from shared.messages import CountEvents, EventCount
 from shared.messages import lineage as m
 from shared.messages.deployer import DeploymentRoute, ResolveDeployment
-from shared.objectstore import BUCKET_TABLES
 from shared.service import Runtime, ServiceSpec
+from shared.table_transport import take_table
 
 NAME = "workflow_lineage"
 ENGINE_TIMEOUT = 30.0
-TABLE_REF = "Railyard-Table-Ref"  # the engine's answer by reference when it is above the bus limit
 
 
 def build_router(runtime: Runtime) -> NatsRouter:
@@ -238,11 +237,7 @@ async def start(runtime: Runtime) -> None:
             raise InvalidRequest("a batch is larger than the bus allows: lower batch_size")
         reply = await raw_request(nc, subjects.engine_infer(deployment), payload, token=None, timeout=ENGINE_TIMEOUT)
         headers = dict(reply.headers or {})
-        data = reply.data
-        if headers.get(TABLE_REF):
-            data = await runtime.objects.get_bytes(BUCKET_TABLES, headers[TABLE_REF])
-            await runtime.objects.delete(BUCKET_TABLES, headers[TABLE_REF])
-        return headers, data
+        return headers, await take_table(runtime.objects, headers, reply.data)
 
     async def resolve(token: str | None, deployment: str) -> dict[str, Any]:
         route = await request(broker, subjects.DEPLOYER_DEPLOYMENTS_RESOLVE, ResolveDeployment(name=deployment),
