@@ -33,6 +33,9 @@ version = workspace.upload_model("ccfraud", args["model_path"], progress=False)
 seen["model"] = {"name": version.name, "status": version.status, "framework": version.framework,
                  "versions": len(workspace.model("ccfraud").versions())}
 
+converted = workspace.upload_model("ccfraud-sklearn", open(args["pickle_path"], "rb").read(), framework="sklearn")
+seen["converted"] = [converted.status, converted.to_dict()["runtime"]]  # bytes in, converted to ONNX, waited for
+
 started = time.monotonic()
 pipeline = workspace.build_pipeline("sdkpipeline").add_model_step(version).deploy(replicas=1, timeout=120)
 seen["deploy_seconds"] = time.monotonic() - started

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.integration.conftest import PASSWORD
-from tests.models import ccfraud_onnx, sample_rows
+from tests.models import ccfraud_onnx, ccfraud_pickle, sample_rows
 
 pytestmark = pytest.mark.integration
 
@@ -64,11 +64,12 @@ def test_the_sdk_alone_uploads_deploys_infers_reads_logs_and_undeploys(stack, al
     model = tmp_path / "ccfraud.onnx"
     model.write_bytes(ccfraud_onnx())
     rows = sample_rows(4, seed=5).astype(np.float64)
+    (tmp_path / "ccfraud.pkl").write_bytes(ccfraud_pickle())
     parquet = tmp_path / "rows.parquet"
     pq.write_table(pa.table({"tensor": pa.array(rows.tolist(), pa.list_(pa.float64()))}), parquet)
     args = {"workspace_id": alice.workspace_id, "model_path": str(model), "rows": rows.tolist(),
-            "parquet_path": str(parquet), "url": stack.base_url, "client_secret": stack.secrets()["client_secret"],
-            "username": alice.email}
+            "parquet_path": str(parquet), "pickle_path": str(tmp_path / "ccfraud.pkl"), "url": stack.base_url,
+            "client_secret": stack.secrets()["client_secret"], "username": alice.email}
     result = subprocess.run([str(python), str(Path(__file__).with_name("sdk_flow.py")), json.dumps(args)],
                             env=user_env(stack, alice.email, tmp_path), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -78,6 +79,7 @@ def test_the_sdk_alone_uploads_deploys_infers_reads_logs_and_undeploys(stack, al
     assert seen["version"] == __version__
     assert seen["importable"] == [], "the client environment must not hold server code or the model runtime"
     assert seen["model"] == {"name": "ccfraud", "status": "ready", "framework": "onnx", "versions": 1}
+    assert seen["converted"] == ["ready", "onnx"]
     assert seen["status"] == "Running" and seen["pipeline_versions"] == 1
     expected = ort.InferenceSession(ccfraud_onnx()).run(None, {"tensor": rows.astype(np.float32)})[0]
     assert seen["frame_type"] == "DataFrame"
