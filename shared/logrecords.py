@@ -201,9 +201,23 @@ def display_order(table: pa.Table) -> pa.Table:
     return table if names == table.column_names else table.select(names)
 
 
+def _type_key(kind: pa.DataType) -> str:
+    """A type as text, without the names of list items (Parquet reads `item` back as `element`)."""
+    if pa.types.is_fixed_size_list(kind):
+        return f"fixed_size_list<{_type_key(kind.value_type)}>[{kind.list_size}]"
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return f"{'large_' if pa.types.is_large_list(kind) else ''}list<{_type_key(kind.value_type)}>"
+    if pa.types.is_struct(kind):
+        return "struct<" + ",".join(f"{kind.field(i).name}:{_type_key(kind.field(i).type)}"
+                                    for i in range(kind.num_fields)) + ">"
+    return str(kind)
+
+
 def schema_fingerprint(schema: pa.Schema) -> str:
-    """Names and types of the columns, without metadata: two tables with one fingerprint concatenate."""
-    text = ";".join(f"{f.name}:{f.type}" for f in schema)
+    """Names and types of the columns, without metadata or list item names: tables with one fingerprint
+    concatenate once cast to one of them (a compacted segment read back from Parquet has the fingerprint of the
+    fresh ones it came from)."""
+    text = ";".join(f"{f.name}:{_type_key(f.type)}" for f in schema)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

@@ -139,6 +139,14 @@ def _describe(table: pa.Table, key: str, size: int, workspace_id: int, pipeline:
                             dropped=dropped_columns(table), object_key=key, bytes=size)
 
 
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """Tables of one fingerprint as one (cast to the first's schema where list items are named otherwise)."""
+    if len(tables) == 1:
+        return tables[0]
+    first = tables[0].schema
+    return pa.concat_tables([t if t.schema.equals(first) else t.cast(first) for t in tables])
+
+
 def sort_by_time(table: pa.Table, positions: np.ndarray | None = None) -> pa.Table:
     """Rows in (time, position) order, a stable sort (positions default to the rows' order); a segment is
     written so, which lets a page find its first row from the footer and merge schemas by time."""
@@ -340,7 +348,7 @@ class Ingestor:
         written: list[store.NewSegment] = []
         try:
             for (workspace_id, pipeline, _), tables in groups.items():
-                table = sort_by_time(pa.concat_tables(tables) if len(tables) > 1 else tables[0])
+                table = sort_by_time(_concat(tables))
                 data = await asyncio.to_thread(encode_segment, table, deps.settings.row_group_rows)
                 key = segment_key(workspace_id, pipeline)
                 await deps.objects.put_bytes(BUCKET_LOGS, key, data)
@@ -535,7 +543,7 @@ def _merge_run(run: list[Any], tables: list[pa.Table], row_group_rows: int) -> t
         t.column(POS).to_numpy().astype(np.int64) if POS in t.column_names
         else np.arange(seg["first_pos"], seg["first_pos"] + t.num_rows, dtype=np.int64)
         for seg, t in zip(run, tables, strict=True)])
-    table = pa.concat_tables([t.drop_columns([POS]) if POS in t.column_names else t for t in tables])
+    table = _concat([t.drop_columns([POS]) if POS in t.column_names else t for t in tables])
     order = np.lexsort((positions, table.column(TIME).to_numpy()))
     table, positions = table.take(pa.array(order)), positions[order]
     return table, encode_segment(table.append_column(POS, pa.array(positions, pa.int64())), row_group_rows)

@@ -211,14 +211,8 @@ async def scan(pool: Any, reader: SegmentReader, pipeline_id: int, cmd: GetLogs,
                page_max_bytes: int) -> tuple[pa.Table, LogPage]:
     """One page after `cursor` and what to say about it (status, cursor, warning)."""
     desc = cmd.order == "Desc"
-    sign = -1 if desc else 1
     start, end = cmd.start_ms, cmd.end_ms
-    if cursor is not None:
-        bound = cursor[0]
-    elif desc:
-        bound = end if end is not None else KEY_HIGH
-    else:
-        bound = start if start is not None else KEY_LOW
+    bound = cursor  # segments wholly on the far side of the cursor are never listed
     queue: deque[Any] = deque()
     listed_all, after = False, None
     sources: list[_Source] = []
@@ -233,11 +227,15 @@ async def scan(pool: Any, reader: SegmentReader, pipeline_id: int, cmd: GetLogs,
             queue.extend(rows)
             listed_all = len(rows) < SEGMENTS_PER_QUERY
             if rows:
-                after = (rows[-1]["max_time" if desc else "min_time"], rows[-1]["id"])
+                after = (rows[-1]["max_time"], rows[-1]["last_pos"]) if desc else \
+                    (rows[-1]["min_time"], rows[-1]["first_pos"])
         sources = [s for s in sources if s.more()]
         floors = sorted(((s.floor(), index) for index, s in enumerate(sources)))
-        upcoming = sign * (queue[0]["max_time"] if desc else queue[0]["min_time"]) if queue else None
-        if upcoming is not None and (not floors or upcoming <= floors[0][0][0]):
+        # the smallest key the next unopened segment can yield: a row's key is never below (min_time, first_pos)
+        # (Asc) nor above (max_time, last_pos) (Desc)
+        upcoming = ((-queue[0]["max_time"], -queue[0]["last_pos"]) if desc
+                    else (queue[0]["min_time"], queue[0]["first_pos"])) if queue else None
+        if upcoming is not None and (not floors or upcoming <= floors[0][0]):
             seg = queue.popleft()
             sources.append(await asyncio.to_thread(_open, reader, seg, cmd, desc, cursor))
             continue
@@ -252,7 +250,7 @@ async def scan(pool: Any, reader: SegmentReader, pipeline_id: int, cmd: GetLogs,
             status = "SchemaChange"
             break
         fingerprint = best.fp
-        limits = [f for f, _ in floors[1:]] + ([(upcoming, KEY_LOW)] if upcoming is not None else [])
+        limits = [f for f, _ in floors[1:]] + ([upcoming] if upcoming is not None else [])
         available = best.below(min(limits) if limits else None)
         take = min(available, remaining)
         per_row = max(1.0, best.table.nbytes / max(best.table.num_rows, 1))
@@ -271,6 +269,8 @@ async def scan(pool: Any, reader: SegmentReader, pipeline_id: int, cmd: GetLogs,
             status = "ByteLimited"
         elif remaining == 0:
             status = "RecordLimited"
+    # one fingerprint, but a compacted segment's lists may name their items differently: cast to the first
+    pieces = [p if p.schema.equals(pieces[0].schema) else p.cast(pieces[0].schema) for p in pieces]
     page = display_order(pa.concat_tables(pieces)) if pieces else empty_page()
     dropped = dropped_columns(page)
     warning = DROPPED_WARNING.format(columns=", ".join(dropped)) if dropped else None

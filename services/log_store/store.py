@@ -101,24 +101,30 @@ async def segments_from(pool: asyncpg.Pool, pipeline_id: int, start_pos: int, st
         end if end is not None else NO_TIME_HIGH, limit)
 
 
-async def segments_by_time(pool: asyncpg.Pool, pipeline_id: int, desc: bool, bound: int, start: int | None,
-                           end: int | None, after: tuple[int, int] | None, limit: int) -> list[asyncpg.Record]:
-    """Live segments that may hold rows at or beyond the time `bound` in page order, in the order their first
-    row (in that order) can come: by min_time (Asc) or max_time descending (Desc). `after` is the (time, id) of
-    the last segment of the previous call, so a long list is walked in chunks."""
+async def segments_by_time(pool: asyncpg.Pool, pipeline_id: int, desc: bool, bound: tuple[int, int] | None,
+                           start: int | None, end: int | None, after: tuple[int, int] | None,
+                           limit: int) -> list[asyncpg.Record]:
+    """Live segments that may hold rows beyond the (time, position) `bound` in page order, inside [start, end],
+    in the order of the smallest key each can yield: (min_time, first_pos) up for Asc, (max_time, last_pos) down
+    for Desc (a row's key is never beyond those). `after` is that key of the last segment of the previous call,
+    so a long list is walked in chunks."""
     low = start if start is not None else NO_TIME_LOW
     high = end if end is not None else NO_TIME_HIGH
     if desc:
-        mark = after or (NO_TIME_HIGH, 2**62)
+        bound = bound or (NO_TIME_HIGH, NO_TIME_HIGH)
+        mark = after or (NO_TIME_HIGH, NO_TIME_HIGH)
         return await pool.fetch(
             f"SELECT {SEGMENT_COLUMNS} FROM segments WHERE pipeline_id = $1 AND superseded_at IS NULL "
-            "AND min_time <= $2 AND max_time >= $3 AND (max_time, id) < ($4, $5) "
-            "ORDER BY max_time DESC, id DESC LIMIT $6", pipeline_id, min(bound, high), low, mark[0], mark[1], limit)
-    mark = after or (NO_TIME_LOW, -1)
+            "AND (min_time, first_pos) < ($2, $3) AND min_time <= $4 AND max_time >= $5 "
+            "AND (max_time, last_pos) < ($6, $7) ORDER BY max_time DESC, last_pos DESC LIMIT $8",
+            pipeline_id, bound[0], bound[1], high, low, mark[0], mark[1], limit)
+    bound = bound or (NO_TIME_LOW, NO_TIME_LOW)
+    mark = after or (NO_TIME_LOW, NO_TIME_LOW)
     return await pool.fetch(
         f"SELECT {SEGMENT_COLUMNS} FROM segments WHERE pipeline_id = $1 AND superseded_at IS NULL "
-        "AND max_time >= $2 AND min_time <= $3 AND (min_time, id) > ($4, $5) "
-        "ORDER BY min_time, id LIMIT $6", pipeline_id, max(bound, low), high, mark[0], mark[1], limit)
+        "AND (max_time, last_pos) > ($2, $3) AND max_time >= $4 AND min_time <= $5 "
+        "AND (min_time, first_pos) > ($6, $7) ORDER BY min_time, first_pos LIMIT $8",
+        pipeline_id, bound[0], bound[1], low, high, mark[0], mark[1], limit)
 
 
 async def pipelines(pool: asyncpg.Pool) -> list[asyncpg.Record]:

@@ -137,7 +137,8 @@ async def test_mixed_schema_history_pages_equal_the_history_sorted_by_time(stack
         ([(30, 15.0), (31, 16.0)], 3, 0.0),
         ([(4, 17.0), (40, 18.0)], 5, 0.4),
         ([(8, 19.0), (9, 20.0), (10, 21.0)], 3, 0.4),    # 10 ties with a row of the same schema stored before
-        ([(50, 22.0)], 5, 0.0),
+        ([(50, 22.0)], 5, 0.4),
+        ([(45, 24.0), (52, 25.0)], 5, 0.4),              # two segments of one schema in a row: compacted
     ]
     expected: list[tuple[int, float, int]] = []
     try:
