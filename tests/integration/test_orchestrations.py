@@ -161,6 +161,16 @@ def test_seed_flow_a_task_deploys_infers_and_undeploys(stack, alice):
     assert post(stack, "task/get_tasks_by_orch_sha", alice.token, {"sha": orch["sha"]}).json()["ids"] == [task_id]
     pipelines = post(stack, "pipelines/list", alice.token, {"workspace_id": alice.workspace_id}).json()["pipelines"]
     assert not next(p for p in pipelines if p["name"] == "orchpipeline").get("deployment")
+    # the run's events (events.task_run.started/succeeded) reached the lineage service: a card from the orchestration
+    deadline = time.monotonic() + 20
+    while True:
+        graph = post(stack, "workflow/graph", alice.token, {"workspace_id": alice.workspace_id}).json()
+        cards = {(n["kind"], n["ref"]): n for n in graph["nodes"]}
+        card = cards.get(("task_run", run["run_id"]))
+        if card and card["data"].get("status") == "success" and ("orchestration", orch["id"]) in cards:
+            break
+        assert time.monotonic() < deadline, graph
+        time.sleep(0.5)
 
 
 # --- upload checks ---------------------------------------------------------------------------------------------
