@@ -28,20 +28,19 @@ from typing import Any
 import nats
 import pyarrow as pa
 
+from services.engine import handlers
 from services.engine.answers import RepeatedRequests
 from services.engine.logbatcher import LogBatcher
 from services.engine.runtimes import OnnxRuntime
 from services.engine.sandboxed import SandboxedRuntime
 from shared import subjects
-from shared.arrow_codec import from_ipc, to_ipc_stream
-from shared.bus import connect_options, error_headers
+from shared.bus import connect_options
 from shared.errors import InvalidRequest, RailyardError
 from shared.logrecords import InferenceRecord
 from shared.messages.engine import ReplicaSpec
-from shared.objectstore import BUCKET_ARTIFACTS, BUCKET_TABLES, MinioObjectStore, content_key
+from shared.objectstore import BUCKET_ARTIFACTS, MinioObjectStore, content_key
 from shared.service import settle_garbage_collector
 from shared.settings import Settings
-from shared.table_transport import INFERENCE_PREFIX, META_HEADER, TABLE_REF, above_bus_limit, put_table
 
 log = logging.getLogger("railyard.engine")
 SHADOW_TIMEOUT = 10.0
@@ -202,35 +201,13 @@ class Replica:
                 await nc.publish(msg.reply, body, headers=headers)
                 return
             at_ms = time.time_ns() // 1_000_000
-            try:
-                data = msg.data
-                reference = (msg.headers or {}).get(TABLE_REF)
-                if reference:
-                    if not reference.startswith(INFERENCE_PREFIX):
-                        raise InvalidRequest("table reference outside the inference area")
-                    data = await self.store.get_bytes(BUCKET_TABLES, reference)
-                table = from_ipc(data)
-                # a worker's answer is awaited on this loop, so a request with one runs in a thread
-                output, elapsed, last, shadows = await asyncio.to_thread(self.run, table) \
-                    if table.num_rows > 256 or self.workers else self.run(table)
-            except RailyardError as exc:
-                await reply(msg, b"", error_headers(exc), received)
+            answer = await handlers.infer(self, msg.data, msg.headers, received, nc.max_payload)
+            await reply(msg, answer.body, answer.headers, received)
+            if answer.output is None:  # failed: nothing to log
                 return
-            except Exception as exc:  # a model failing at run time is the deployment's error, not a crash
-                log.exception("inference failed")
-                await reply(msg, b"", error_headers(
-                    RailyardError(f"the model failed: {type(exc).__name__}", code="inference_failed")), received)
-                return
-            last_model = json.dumps({"model_name": last["name"], "model_sha": last["sha"]}) if last else ""
-            meta = {"last_model": last_model, "pipeline_version": self.spec["deployment"]["pipeline_version"],
-                    "elapsed": [elapsed[0] if elapsed else 0, time.perf_counter_ns() - received]}
-            body = to_ipc_stream(output)
-            headers = {META_HEADER: json.dumps(meta)}
-            if above_bus_limit(body, nc.max_payload):  # answer by reference
-                headers[TABLE_REF], body = await put_table(self.store, INFERENCE_PREFIX, body), b""
-            await reply(msg, body, headers, received)
-            record = InferenceRecord(at_ms, table, output, last_model, tuple(meta["elapsed"]),
+            record = InferenceRecord(at_ms, answer.table, answer.output, answer.last_model, answer.elapsed,
                                      request_id=answers.store_once(msg, (time.perf_counter_ns() - received) / 1e9))
+            shadows = answer.shadows
             if not shadows:
                 self.batcher.add(record)
                 return
