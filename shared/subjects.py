@@ -197,6 +197,16 @@ EVENT_TASK_RUN_SUCCEEDED = "events.task_run.succeeded"
 EVENT_TASK_RUN_FAILED = "events.task_run.failed"
 
 
+# monitoring (seed 003's deployment management)
+MONITORING_DEPLOYMENTS_ADD_TAGS = "monitoring.deployments.add_tags"
+MONITORING_DEPLOYMENTS_GET_TAGS = "monitoring.deployments.get_tags"
+MONITORING_DEPLOYMENTS_RETRIEVE_INFORMATION = "monitoring.deployments.retrieve_information"
+MONITORING_DEPLOYMENTS_UPDATE = "monitoring.deployments.update"
+MONITORING_DEPLOYMENTS_GET_MODEL_VERSION = "monitoring.deployments.get_model_version"
+MONITORING_DEPLOYMENTS_SET_MODEL = "monitoring.deployments.set_model"
+MONITORING_DEPLOYMENTS_GET_SHADOW_MODEL = "monitoring.deployments.get_shadow_model"
+MONITORING_DEPLOYMENTS_SET_SHADOW_MODEL = "monitoring.deployments.set_shadow_model"
+
 def engine_infer(deployment: str) -> str:
     """The inference subject of a deployment (`<deploy_id>-<id>`); its replicas share a queue group."""
     return f"engine.{deployment}.infer"

@@ -27,6 +27,7 @@ from services.gateway.limits import BodyLimits, Limits
 from services.gateway.lineage import JSON_ROUTE_SPECS as LINEAGE_ROUTE_SPECS
 from services.gateway.lineage import add_lineage_routes
 from services.gateway.logs import add_log_routes
+from services.gateway.monitoring import JSON_ROUTE_SPECS as MONITORING_ROUTE_SPECS
 from services.gateway.orchestrations import JSON_ROUTE_SPECS as ORCHESTRATION_ROUTE_SPECS
 from services.gateway.orchestrations import add_orchestration_routes
 from services.gateway.ratelimit import TokenBuckets, TokenEndpointLimits
@@ -159,6 +160,7 @@ JSON_ROUTES: list[Route] = [spec if isinstance(spec, Route) else R(*spec) for sp
 ]]
 JSON_ROUTES += [R(*spec) for spec in ORCHESTRATION_ROUTE_SPECS]
 JSON_ROUTES += [R(*spec) for spec in LINEAGE_ROUTE_SPECS]
+JSON_ROUTES += [R(*spec) for spec in MONITORING_ROUTE_SPECS]
 
 
 def first_error(errors: list[dict[str, Any]], default: str) -> str:

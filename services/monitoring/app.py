@@ -1,4 +1,4 @@
-"""monitoring: transport only. Subscribers parse their typed message and call one handler."""
+"""monitoring: transport only. Subscribers parse their typed message, identify the caller and call one handler."""
 
 from __future__ import annotations
 
@@ -6,6 +6,19 @@ from pathlib import Path
 
 from faststream.nats import NatsRouter
 
+from services.monitoring import handlers
+from shared import subjects
+from shared.authz import Principal, bus_membership, bus_verifier
+from shared.bus import CallContext, command
+from shared.messages.monitoring import (
+    AddDeploymentTags,
+    DeploymentInformation,
+    DeploymentModel,
+    DeploymentQuery,
+    DeploymentTags,
+    SetDeploymentModel,
+    UpdateDeployment,
+)
 from shared.service import Runtime, ServiceSpec
 
 NAME = "monitoring"
@@ -13,12 +26,80 @@ NAME = "monitoring"
 
 def build_router(runtime: Runtime) -> NatsRouter:
     """The service's command and event subscribers (health is added by the runner)."""
-    return NatsRouter()
+    router = NatsRouter()
+
+    def deps() -> handlers.MonitoringDeps:
+        return runtime.extras["deps"]
+
+    async def caller(ctx: CallContext) -> Principal:
+        return await runtime.extras["verifier"].verify(ctx.token)
+
+    @command(router, subjects.MONITORING_DEPLOYMENTS_ADD_TAGS, service=NAME)
+    async def add_tags(cmd: AddDeploymentTags, ctx: CallContext) -> DeploymentTags:
+        """Add tags to a deployment."""
+        return await handlers.add_tags(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.MONITORING_DEPLOYMENTS_GET_TAGS, service=NAME)
+    async def get_tags(cmd: DeploymentQuery, ctx: CallContext) -> DeploymentTags:
+        """A deployment's tags."""
+        return await handlers.get_tags(deps(), await caller(ctx), ctx.token, cmd.deployment)
+
+    @command(router, subjects.MONITORING_DEPLOYMENTS_RETRIEVE_INFORMATION, service=NAME)
+    async def retrieve_information(cmd: DeploymentQuery, ctx: CallContext) -> DeploymentInformation:
+        """What is known about a deployment."""
+        return await handlers.retrieve_information(deps(), await caller(ctx), ctx.token, cmd.deployment)
+
+    @command(router, subjects.MONITORING_DEPLOYMENTS_UPDATE, service=NAME)
+    async def update(cmd: UpdateDeployment, ctx: CallContext) -> DeploymentInformation:
+        """Change a deployment's display name, target datalake or minimum threshold."""
+        return await handlers.update(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.MONITORING_DEPLOYMENTS_GET_MODEL_VERSION, service=NAME)
+    async def get_model_version(cmd: DeploymentQuery, ctx: CallContext) -> DeploymentModel:
+        """The model version a deployment serves."""
+        return await handlers.get_model_version(deps(), await caller(ctx), ctx.token, cmd.deployment)
+
+    @command(router, subjects.MONITORING_DEPLOYMENTS_SET_MODEL, service=NAME)
+    async def set_model(cmd: SetDeploymentModel, ctx: CallContext) -> DeploymentModel:
+        """Serve another model version (a new pipeline version, swapped in)."""
+        return await handlers.set_model(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.MONITORING_DEPLOYMENTS_GET_SHADOW_MODEL, service=NAME)
+    async def get_shadow_model(cmd: DeploymentQuery, ctx: CallContext) -> DeploymentModel:
+        """The shadow model version of a deployment (none without one)."""
+        return await handlers.get_shadow_model(deps(), await caller(ctx), ctx.token, cmd.deployment)
+
+    @command(router, subjects.MONITORING_DEPLOYMENTS_SET_SHADOW_MODEL, service=NAME)
+    async def set_shadow_model(cmd: SetDeploymentModel, ctx: CallContext) -> DeploymentModel:
+        """Run a model version as the deployment's shadow challenger (a new pipeline version, swapped in)."""
+        return await handlers.set_model(deps(), await caller(ctx), ctx.token, cmd, shadow=True)
+
+    return router
+
+
+async def start(runtime: Runtime) -> None:
+    settings = runtime.settings
+    timeout = settings.nats.request_timeout
+    broker = runtime.broker
+    verifier, feed = bus_verifier(broker, settings.auth, timeout)
+    await feed.start(broker.config.connection_state.connection)
+    deps = handlers.MonitoringDeps(pool=runtime.db, broker=broker,
+                                   membership=lambda token: bus_membership(broker, token, timeout),
+                                   timeout=timeout, deploy_timeout=timeout + settings.registry.worker_timeout)
+    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed)
+
+
+async def stop(runtime: Runtime) -> None:
+    feed = runtime.extras.get("verifier_feed")
+    if feed is not None:
+        await feed.stop()
 
 
 SPEC = ServiceSpec(
     name=NAME,
     build_router=build_router,
     migrations=Path(__file__).parent / "migrations",
+    on_start=start,
+    on_stop=stop,
     uses_object_store=True,
 )

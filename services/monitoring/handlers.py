@@ -1,1 +1,222 @@
-"""Business logic of the monitoring service, as plain async functions (none beyond health yet)."""
+"""Business logic of the monitoring service, as plain async functions: seed 003's deployment management.
+
+A deployment is the deployer's (`<deploy_id>-<id>`): every call first asks the deployer where it is, with the
+caller's token (a deployment of a workspace the caller is not in does not exist), then checks membership again
+here. The monitoring service keeps only what the deployer does not: tags, display name, target datalake and
+minimum threshold. Changing the model (set_model, set_shadow_model) goes through the deployer's own commands: a new
+pipeline version, then a deploy of that version under the same deploy_id, which the deployer swaps in place."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from services.monitoring import store
+from shared import subjects
+from shared.authz import MembershipLookup, Principal, require_member
+from shared.bus import request
+from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.messages.deployer import (
+    CreatePipeline,
+    Deployed,
+    DeploymentRoute,
+    DeployPipeline,
+    ListPipelines,
+    PipelineCreated,
+    Pipelines,
+    ResolveDeployment,
+)
+from shared.messages.monitoring import (
+    TAG_PATTERN,
+    AddDeploymentTags,
+    DeploymentInformation,
+    DeploymentModel,
+    DeploymentTags,
+    ModelVersionRef,
+    SetDeploymentModel,
+    UpdateDeployment,
+)
+from shared.messages.registry import ResolvedModel, ResolveModel
+
+TAG = re.compile(TAG_PATTERN)
+
+
+@dataclass
+class MonitoringDeps:
+    """What the monitoring handlers need."""
+
+    pool: asyncpg.Pool
+    broker: Any
+    membership: Callable[[str | None], MembershipLookup]
+    timeout: float
+    deploy_timeout: float
+
+
+@dataclass
+class DeploymentView:
+    """A deployment as the deployer knows it: its route, its pipeline and the definition it serves."""
+
+    route: DeploymentRoute
+    pipeline_id: int
+    deploy_id: str
+    definition: dict[str, Any]
+
+
+async def _deployment(deps: MonitoringDeps, principal: Principal, token: str | None, name: str) -> DeploymentView:
+    route = await request(deps.broker, subjects.DEPLOYER_DEPLOYMENTS_RESOLVE, ResolveDeployment(name=name),
+                          token=token, timeout=deps.timeout, reply_model=DeploymentRoute)
+    try:
+        await require_member(deps.membership(token), principal, route.workspace_id)
+    except NotFound:
+        raise NotFound(f"deployment {name!r} not found") from None
+    pipelines = await request(deps.broker, subjects.DEPLOYER_PIPELINES_LIST,
+                              ListPipelines(workspace_id=route.workspace_id), token=token, timeout=deps.timeout,
+                              reply_model=Pipelines)
+    for pipeline in pipelines.pipelines:
+        active = pipeline.deployment
+        if pipeline.name == route.pipeline_name and active and active["id"] == route.deployment_id:
+            version = next((v for v in pipeline.versions if v["id"] == active["pipeline_version_pk_id"]), None)
+            deploy_id = active["name"].rpartition("-")[0]
+            return DeploymentView(route=route, pipeline_id=pipeline.id, deploy_id=deploy_id,
+                                  definition=(version or {}).get("definition") or {})
+    raise NotFound(f"deployment {name!r} is not deployed")
+
+
+def _model_step(definition: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The step that holds the deployment's model: the first ShadowDeploy, else the first ModelInference."""
+    steps = [next(iter(step.items())) for step in definition.get("steps", [])]
+    for wanted in ("ShadowDeploy", "ModelInference"):
+        for kind, body in steps:
+            if kind == wanted:
+                return kind, body
+    return None
+
+
+def _ref(model: dict[str, Any] | None) -> ModelVersionRef | None:
+    if not model:
+        return None
+    return ModelVersionRef(name=str(model["name"]), version=model.get("version"), sha=model.get("sha"))
+
+
+def _current_model(definition: dict[str, Any]) -> ModelVersionRef | None:
+    step = _model_step(definition)
+    if step is None:
+        return None
+    kind, body = step
+    return _ref(body.get("champion") if kind == "ShadowDeploy" else (body.get("models") or [None])[0])
+
+
+def _current_shadow(definition: dict[str, Any]) -> ModelVersionRef | None:
+    step = _model_step(definition)
+    if step is None or step[0] != "ShadowDeploy":
+        return None
+    return _ref((step[1].get("challengers") or [None])[0])
+
+
+async def add_tags(deps: MonitoringDeps, principal: Principal, token: str | None,
+                   cmd: AddDeploymentTags) -> DeploymentTags:
+    """add_tags: keep the tags, in the order first added."""
+    bad = [tag for tag in cmd.tags if not TAG.match(tag)]
+    if bad:
+        raise InvalidRequest(f"invalid tag {bad[0]!r}: use 1-100 letters, digits, spaces or _ . : / -, starting "
+                             "with a letter or digit")
+    view = await _deployment(deps, principal, token, cmd.deployment)
+    await store.add_tags(deps.pool, view.route.deployment_id, list(dict.fromkeys(cmd.tags)))
+    return DeploymentTags(tags=await store.tags(deps.pool, view.route.deployment_id))
+
+
+async def get_tags(deps: MonitoringDeps, principal: Principal, token: str | None, name: str) -> DeploymentTags:
+    view = await _deployment(deps, principal, token, name)
+    return DeploymentTags(tags=await store.tags(deps.pool, view.route.deployment_id))
+
+
+async def retrieve_information(deps: MonitoringDeps, principal: Principal, token: str | None,
+                               name: str) -> DeploymentInformation:
+    view = await _deployment(deps, principal, token, name)
+    route = view.route
+    kept = await store.settings(deps.pool, route.deployment_id)
+    return DeploymentInformation(
+        deployment=route.name, id=route.deployment_id,
+        name=(kept["display_name"] if kept and kept["display_name"] else route.name),
+        pipeline_name=route.pipeline_name, pipeline_version=route.pipeline_version, workspace_id=route.workspace_id,
+        status=route.status, tags=await store.tags(deps.pool, route.deployment_id),
+        target_datalake=kept["target_datalake"] if kept else None,
+        min_threshold=kept["min_threshold"] if kept else None,
+        model_version=_current_model(view.definition), shadow_model_version=_current_shadow(view.definition),
+        updated_at=kept["updated_at"].isoformat() if kept else None)
+
+
+async def update(deps: MonitoringDeps, principal: Principal, token: str | None,
+                 cmd: UpdateDeployment) -> DeploymentInformation:
+    """update: display name, target datalake (stored only, for now) and minimum threshold."""
+    if cmd.name is None and cmd.target_datalake is None and cmd.min_threshold is None:
+        raise InvalidRequest("update needs at least one of name, target_datalake or min_threshold")
+    view = await _deployment(deps, principal, token, cmd.deployment)
+    await store.update_settings(deps.pool, view.route.deployment_id, view.route.workspace_id, cmd.name,
+                                cmd.target_datalake, cmd.min_threshold)
+    return await retrieve_information(deps, principal, token, cmd.deployment)
+
+
+async def get_model_version(deps: MonitoringDeps, principal: Principal, token: str | None,
+                            name: str) -> DeploymentModel:
+    view = await _deployment(deps, principal, token, name)
+    return DeploymentModel(model_version=_current_model(view.definition),
+                           pipeline_version=view.route.pipeline_version)
+
+
+async def get_shadow_model(deps: MonitoringDeps, principal: Principal, token: str | None,
+                           name: str) -> DeploymentModel:
+    view = await _deployment(deps, principal, token, name)
+    return DeploymentModel(model_version=_current_shadow(view.definition),
+                           pipeline_version=view.route.pipeline_version)
+
+
+def _with_model(definition: dict[str, Any], model: dict[str, Any], shadow: bool) -> dict[str, Any]:
+    """The definition with `model` as the model step's model (or as its only shadow challenger)."""
+    changed = copy.deepcopy(definition)
+    steps = changed.get("steps", [])
+    for index, step in enumerate(steps):
+        kind, body = next(iter(step.items()))
+        if kind == "ShadowDeploy":
+            if shadow:
+                body["challengers"] = [model]
+            else:
+                body["champion"] = model
+            return changed
+    for index, step in enumerate(steps):
+        kind, body = next(iter(step.items()))
+        if kind == "ModelInference":
+            if shadow:
+                steps[index] = {"ShadowDeploy": {"champion": (body.get("models") or [None])[0],
+                                                 "challengers": [model]}}
+            else:
+                body["models"] = [model] + list(body.get("models") or [])[1:]
+            return changed
+    raise Conflict("this deployment's pipeline has no model step (ModelInference or ShadowDeploy) to set")
+
+
+async def set_model(deps: MonitoringDeps, principal: Principal, token: str | None, cmd: SetDeploymentModel,
+                    shadow: bool = False) -> DeploymentModel:
+    """set_model / set_shadow_model: the model version is checked first (a model that does not resolve changes
+    nothing), then a new pipeline version is created and deployed under the same deploy_id."""
+    view = await _deployment(deps, principal, token, cmd.deployment)
+    wanted = cmd.model_version
+    resolved = await request(deps.broker, subjects.REGISTRY_MODELS_RESOLVE, ResolveModel(
+        workspace_id=view.route.workspace_id, name=wanted.name, version=wanted.version, sha=wanted.sha),
+        token=token, timeout=deps.timeout, reply_model=ResolvedModel)
+    model = {"name": resolved.name, "version": resolved.model_version, "sha": resolved.sha}
+    definition = _with_model(view.definition, model, shadow)
+    if definition == view.definition:
+        return DeploymentModel(model_version=_ref(model), pipeline_version=view.route.pipeline_version)
+    created = await request(deps.broker, subjects.DEPLOYER_PIPELINES_CREATE, CreatePipeline(
+        pipeline_id=view.route.pipeline_name, workspace_id=view.route.workspace_id, definition=definition),
+        token=token, timeout=deps.timeout, reply_model=PipelineCreated)
+    await request(deps.broker, subjects.DEPLOYER_PIPELINES_DEPLOY, DeployPipeline(
+        deploy_id=view.deploy_id, pipeline_version_pk_id=created.pipeline_variant_pk_id,
+        pipeline_id=view.pipeline_id), token=token, timeout=deps.deploy_timeout, reply_model=Deployed)
+    return DeploymentModel(model_version=_ref(model), pipeline_version=created.pipeline_variant_version)

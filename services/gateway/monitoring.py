@@ -1,0 +1,31 @@
+"""Deployment management routes of the gateway (seed 003's `Deployment` methods, under /v1/api/deployments/),
+forwarded as commands to the monitoring service like every other JSON route."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared import subjects
+from shared.messages import monitoring as mon
+
+# (path, subject, request model, reply model, summary, unwrap, status, long_running) rows for http.py's table
+JSON_ROUTE_SPECS: list[tuple[Any, ...]] = [
+    ("/deployments/add_tags", subjects.MONITORING_DEPLOYMENTS_ADD_TAGS, mon.AddDeploymentTags, mon.DeploymentTags,
+     "Add tags to a deployment (answers with all its tags)."),
+    ("/deployments/get_tags", subjects.MONITORING_DEPLOYMENTS_GET_TAGS, mon.DeploymentQuery, mon.DeploymentTags,
+     "A deployment's tags."),
+    ("/deployments/retrieve_information", subjects.MONITORING_DEPLOYMENTS_RETRIEVE_INFORMATION, mon.DeploymentQuery,
+     mon.DeploymentInformation, "What is known about a deployment: names, status, tags, settings, models."),
+    ("/deployments/update", subjects.MONITORING_DEPLOYMENTS_UPDATE, mon.UpdateDeployment, mon.DeploymentInformation,
+     "Set a deployment's display name, target datalake or minimum threshold."),
+    ("/deployments/get_model_version", subjects.MONITORING_DEPLOYMENTS_GET_MODEL_VERSION, mon.DeploymentQuery,
+     mon.DeploymentModel, "The model version a deployment serves."),
+    ("/deployments/set_model", subjects.MONITORING_DEPLOYMENTS_SET_MODEL, mon.SetDeploymentModel,
+     mon.DeploymentModel, "Serve another model version: a new pipeline version, swapped in (answers once it serves).",
+     None, 200, True),
+    ("/deployments/get_shadow_model", subjects.MONITORING_DEPLOYMENTS_GET_SHADOW_MODEL, mon.DeploymentQuery,
+     mon.DeploymentModel, "The deployment's shadow model version (null without one)."),
+    ("/deployments/set_shadow_model", subjects.MONITORING_DEPLOYMENTS_SET_SHADOW_MODEL, mon.SetDeploymentModel,
+     mon.DeploymentModel, "Run a model version as the deployment's shadow challenger (a new pipeline version).",
+     None, 200, True),
+]

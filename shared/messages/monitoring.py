@@ -1,0 +1,84 @@
+"""Deployment management messages of the monitoring service (seed 003's `Deployment` methods). A deployment is
+named `<deploy_id>-<id>` everywhere; its "model version" is the pipeline's model step (the ShadowDeploy champion
+when there is one) and its "shadow model" the ShadowDeploy step's first challenger."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.messages.base import Command, Message
+
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.:/-]{0,99}$"
+
+
+class ModelVersionRef(Message):
+    """A model version of the deployment's workspace: its name and version UUID (or sha); no version: the newest
+    ready one."""
+
+    name: str = Field(min_length=1, max_length=200)
+    version: str | None = Field(None, max_length=100)
+    sha: str | None = Field(None, max_length=100)
+
+
+class DeploymentQuery(Command):
+    """Names a deployment (`<deploy_id>-<id>`) for get_tags, retrieve_information, get_model_version and
+    get_shadow_model."""
+
+    deployment: str = Field(min_length=1, max_length=200)
+
+
+class AddDeploymentTags(Command):
+    """add_tags: tags (1-100 letters, digits, space, `_ . : / -`) added to the deployment; existing ones are kept."""
+
+    deployment: str = Field(min_length=1, max_length=200)
+    tags: list[str] = Field(min_length=1, max_length=100)
+
+
+class DeploymentTags(Message):
+    """The deployment's tags, in the order they were first added."""
+
+    tags: list[str]
+
+
+class UpdateDeployment(Command):
+    """update: a new display name, target datalake (stored only: datasets do not receive predictions yet) or
+    minimum confidence threshold in [0, 1]; fields left out keep their value."""
+
+    deployment: str = Field(min_length=1, max_length=200)
+    name: str | None = Field(None, min_length=1, max_length=200)
+    target_datalake: str | None = Field(None, min_length=1, max_length=200)
+    min_threshold: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class DeploymentInformation(Message):
+    """retrieve_information's answer."""
+
+    deployment: str = Field(description="`<deploy_id>-<id>`: the name inference URLs use (never changes).")
+    id: int
+    name: str = Field(description="The display name (`update(name=...)`); the deployment's name until set.")
+    pipeline_name: str
+    pipeline_version: str
+    workspace_id: int
+    status: str
+    tags: list[str]
+    target_datalake: str | None
+    min_threshold: float | None
+    model_version: ModelVersionRef | None
+    shadow_model_version: ModelVersionRef | None
+    updated_at: str | None
+
+
+class SetDeploymentModel(Command):
+    """set_model / set_shadow_model: a new pipeline version with this model in the model step (or as the shadow
+    challenger), deployed in place of the running one."""
+
+    deployment: str = Field(min_length=1, max_length=200)
+    model_version: ModelVersionRef
+
+
+class DeploymentModel(Message):
+    """get_model_version / get_shadow_model (and set_*'s answer): the model version, none when there is no shadow
+    model, and the pipeline version that serves it."""
+
+    model_version: ModelVersionRef | None
+    pipeline_version: str
