@@ -15,6 +15,7 @@ from railyard_client import data
 from railyard_client.assays import Assay, assay_config
 from railyard_client.errors import InvalidInput, NotFound, Unavailable, WaitTimeout
 from railyard_client.models import Model, ModelVersion
+from railyard_client.monitoring import DeploymentManagement
 from railyard_client.progress import wait_spinner
 from railyard_client.resource import Resource
 from railyard_client.session import Session
@@ -83,8 +84,9 @@ def _send_retrying(session: Session, path: str, body: dict[str, Any], timeout: f
             time.sleep(0.5)
 
 
-class Deployment(Resource):
-    """A pipeline's active deployment (`<deploy_id>-<id>`), as in `client.get_deployment(name)`."""
+class Deployment(DeploymentManagement, Resource):
+    """A pipeline's active deployment (`<deploy_id>-<id>`), as in `client.get_deployment(name)`; seed 003's
+    management methods come from `DeploymentManagement`."""
 
     def __init__(self, session: Session, record: dict[str, Any], pipeline: Pipeline) -> None:
         super().__init__(session, record)

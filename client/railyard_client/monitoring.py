@@ -1,0 +1,73 @@
+"""Seed 003's deployment management on a `Deployment`: tags, information, update, and the model and shadow model
+it serves (routes under `/v1/api/deployments/`, answered by the monitoring service)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from railyard_client.errors import InvalidInput
+from railyard_client.models import Model, ModelVersion
+from railyard_client.session import Session
+
+ModelVersionLike = ModelVersion | Model | str
+
+
+def _model_version_ref(model_version: ModelVersionLike) -> dict[str, Any]:
+    """A ModelVersion pins name, version and sha; a Model its newest version; a name the newest ready version."""
+    if isinstance(model_version, ModelVersion):
+        return model_version.step_ref()
+    if isinstance(model_version, Model):
+        return model_version.latest_version().step_ref()
+    if isinstance(model_version, str) and model_version:
+        return {"name": model_version}
+    raise InvalidInput(f"give a ModelVersion, a Model or a model name, not {model_version!r}")
+
+
+class DeploymentManagement:
+    """The seed's deployment methods, mixed into `Deployment` (which provides `_session` and `name`)."""
+
+    _session: Session
+    name: str
+
+    def _call(self, route: str, **body: Any) -> Any:
+        return self._session.post(f"deployments/{route}", {"deployment": self.name, **body})
+
+    def add_tags(self, tags: str | list[str]) -> list[str]:
+        """Add a tag or a list of tags to this deployment; returns all its tags, in the order first added."""
+        return self._call("add_tags", tags=[tags] if isinstance(tags, str) else list(tags))["tags"]
+
+    def get_tags(self) -> list[str]:
+        """The tags of this deployment."""
+        return self._call("get_tags")["tags"]
+
+    def retrieve_information(self) -> dict[str, Any]:
+        """What the platform knows about this deployment: `deployment` (its inference name), display `name`,
+        pipeline name and version, status, tags, target_datalake, min_threshold, model_version,
+        shadow_model_version."""
+        return self._call("retrieve_information")
+
+    def update(self, name: str | None = None, target_datalake: str | None = None,
+               min_threshold: float | None = None) -> dict[str, Any]:
+        """Set a new display name, target datalake (a dataset name; stored, not yet fed with predictions) or
+        minimum confidence threshold (0 to 1); returns the information afterwards. The inference name stays."""
+        body = {key: value for key, value in (("name", name), ("target_datalake", target_datalake),
+                                              ("min_threshold", min_threshold)) if value is not None}
+        return self._call("update", **body)
+
+    def get_model_version(self) -> dict[str, Any] | None:
+        """The model version this deployment serves, as {name, version, sha}."""
+        return self._call("get_model_version")["model_version"]
+
+    def set_model(self, model_version: ModelVersionLike) -> dict[str, Any]:
+        """Serve this model version: a new pipeline version is created and swapped in; returns
+        {model_version, pipeline_version} once it serves."""
+        return self._call("set_model", model_version=_model_version_ref(model_version))
+
+    def get_shadow_model(self) -> dict[str, Any] | None:
+        """The shadow model version ({name, version, sha}), None when the deployment has none."""
+        return self._call("get_shadow_model")["model_version"]
+
+    def set_shadow_model(self, shadow_model_version: ModelVersionLike) -> dict[str, Any]:
+        """Run this model version as the shadow challenger (its outputs are logged, the model's answer); returns
+        {model_version, pipeline_version} once the new pipeline version serves."""
+        return self._call("set_shadow_model", model_version=_model_version_ref(shadow_model_version))

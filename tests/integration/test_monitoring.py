@@ -1,0 +1,137 @@
+"""Seed 003's deployment management on the real stack: every method over HTTP and through the SDK's `Deployment`,
+one workspace's deployment out of another's reach, bad arguments answered 4xx with nothing changed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from railyard_client import Client
+
+from tests.integration.conftest import PASSWORD, inference_token, post
+from tests.models import ccfraud_onnx, sample_rows
+
+pytestmark = pytest.mark.integration
+
+READS = ["get_tags", "retrieve_information", "get_model_version", "get_shadow_model"]
+
+
+def sdk(stack, account) -> Client:
+    secrets = stack.secrets()
+    return Client(stack.base_url, username=account.email, password=PASSWORD, client_id=secrets["client_id"],
+                  client_secret=secrets["client_secret"], workspace=account.workspace_id)
+
+
+def call(stack, account_or_token, route: str, body: dict):
+    token = account_or_token if account_or_token is None or isinstance(account_or_token, str) else account_or_token.token
+    return post(stack, f"deployments/{route}", token, body)
+
+
+def ok(response) -> dict:
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def state(stack, account, name: str) -> dict:
+    """Everything a failed call must leave as it was."""
+    info = ok(call(stack, account, "retrieve_information", {"deployment": name}))
+    versions = ok(post(stack, "pipelines/list", account.token, {"workspace_id": account.workspace_id}))
+    return {"info": {k: v for k, v in info.items() if k != "status"},
+            "pipeline_versions": sorted(len(p["versions"]) for p in versions["pipelines"])}
+
+
+def test_deployment_management_over_http_and_the_sdk(stack, alice, bob, tmp_path):
+    client = sdk(stack, alice)
+    model = tmp_path / "ccfraud.onnx"
+    model.write_bytes(ccfraud_onnx())
+    first = client.upload_model("ccfraud", model, progress=False)
+    second = client.upload_model("ccfraud-b", model, progress=False)
+    pipeline = client.build_pipeline("monitored").add_model_step(first).deploy(replicas=1, timeout=180)
+    deployment = client.get_deployment("monitored")
+    name = deployment.name
+    rows = pd.DataFrame({"tensor": list(sample_rows(3, seed=7).astype(np.float64))})
+    baseline = np.stack(pipeline.infer(rows)["out.dense_1"].to_numpy())
+
+    # tags: HTTP then SDK, order of first addition, duplicates kept once
+    assert ok(call(stack, alice, "add_tags", {"deployment": name, "tags": ["cool", "camera 1"]}))["tags"] == [
+        "cool", "camera 1"]
+    assert deployment.add_tags("extra") == ["cool", "camera 1", "extra"]
+    assert deployment.add_tags(["cool", "night"]) == ["cool", "camera 1", "extra", "night"]
+    assert deployment.get_tags() == ok(call(stack, alice, "get_tags", {"deployment": name}))["tags"] == [
+        "cool", "camera 1", "extra", "night"]
+
+    # information and update
+    info = deployment.retrieve_information()
+    assert info["deployment"] == info["name"] == name and info["pipeline_name"] == "monitored"
+    assert info["workspace_id"] == alice.workspace_id and info["status"] == "Running"
+    assert info["model_version"] == {"name": "ccfraud", "version": first.version, "sha": first.sha}
+    assert info["shadow_model_version"] is None and info["min_threshold"] is None
+    updated = ok(call(stack, alice, "update", {"deployment": name, "name": "awesome deploy", "min_threshold": 0.4}))
+    assert (updated["name"], updated["min_threshold"], updated["target_datalake"]) == ("awesome deploy", 0.4, None)
+    updated = deployment.update(target_datalake="reviews")
+    assert (updated["name"], updated["min_threshold"], updated["target_datalake"]) == (
+        "awesome deploy", 0.4, "reviews")
+    assert ok(call(stack, alice, "retrieve_information", {"deployment": name})) | {"status": "Running"} == \
+        deployment.retrieve_information() | {"status": "Running"}
+    assert deployment.get_model_version() == ok(call(stack, alice, "get_model_version", {"deployment": name}))[
+        "model_version"] == {"name": "ccfraud", "version": first.version, "sha": first.sha}
+    assert deployment.get_shadow_model() is None
+    assert ok(call(stack, alice, "get_shadow_model", {"deployment": name}))["model_version"] is None
+
+    # bad arguments: 4xx with a typed code, nothing changed
+    before = state(stack, alice, name)
+    bad = [("add_tags", {"deployment": name, "tags": []}, 400),
+           ("add_tags", {"deployment": name, "tags": ["tab\there"]}, 400),
+           ("add_tags", {"deployment": name, "tags": ["ok"], "color": "red"}, 400),
+           ("update", {"deployment": name, "min_threshold": 1.5}, 400),
+           ("update", {"deployment": name}, 400),
+           ("update", {"deployment": name, "name": ""}, 400),
+           ("set_model", {"deployment": name, "model_version": {"name": "no-such-model"}}, 404),
+           ("set_model", {"deployment": name}, 400),
+           ("set_shadow_model", {"deployment": name, "model_version": {"name": "ccfraud", "version": "nope"}}, 400),
+           ("get_tags", {"deployment": "monitored-999999"}, 404),
+           ("get_tags", {"deployment": "no-number"}, 404)]
+    for route, body, status in bad:
+        answer = call(stack, alice, route, body)
+        assert answer.status_code in ((status,) if status != 400 else (400, 404, 422)) \
+            and answer.status_code < 500, (route, body, answer.text)
+        assert answer.json()["code"] and answer.json()["msg"], answer.text
+    assert state(stack, alice, name) == before
+
+    # isolation: bob (another workspace) finds nothing and changes nothing; an inference token manages nothing
+    for route in READS:
+        assert call(stack, bob, route, {"deployment": name}).status_code == 404
+    for route, body in [("add_tags", {"tags": ["bobs"]}), ("update", {"min_threshold": 0.9, "name": "bob"}),
+                        ("set_model", {"model_version": {"name": "ccfraud-b"}}),
+                        ("set_shadow_model", {"model_version": {"name": "ccfraud-b"}})]:
+        assert call(stack, bob, route, {"deployment": name, **body}).status_code == 404, route
+    scoring = inference_token(stack, alice)
+    assert call(stack, scoring, "add_tags", {"deployment": name, "tags": ["scorer"]}).status_code == 403
+    assert call(stack, None, "get_tags", {"deployment": name}).status_code == 401
+    assert state(stack, alice, name) == before
+
+    # set_model (SDK): a new pipeline version, deployed in place under the same name; settings and tags kept
+    answer = deployment.set_model(second)
+    assert answer["model_version"] == {"name": "ccfraud-b", "version": second.version, "sha": second.sha}
+    assert ok(call(stack, alice, "get_model_version", {"deployment": name}))["model_version"]["name"] == "ccfraud-b"
+    after = deployment.retrieve_information()
+    assert after["deployment"] == name and after["pipeline_version"] == answer["pipeline_version"]
+    assert after["pipeline_version"] != info["pipeline_version"]
+    assert after["tags"] == before["info"]["tags"] and after["min_threshold"] == 0.4
+    definition = pipeline.refresh().definition
+    assert len(pipeline.versions()) == 2
+    served = np.stack(pipeline.infer(rows)["out.dense_1"].to_numpy())
+    np.testing.assert_allclose(served, baseline, rtol=1e-5)  # the same network under another name, serving
+
+    # set_shadow_model (HTTP): the model step becomes a ShadowDeploy with the champion kept
+    shadow = ok(call(stack, alice, "set_shadow_model", {"deployment": name, "model_version": {"name": "ccfraud"}}))
+    assert shadow["model_version"] == {"name": "ccfraud", "version": first.version, "sha": first.sha}
+    assert deployment.get_shadow_model() == shadow["model_version"]
+    assert deployment.get_model_version()["name"] == "ccfraud-b"
+    steps = client.pipeline("monitored").versions()[-1]["definition"]["steps"]
+    assert list(steps[0]) == ["ShadowDeploy"] and steps[0]["ShadowDeploy"]["champion"]["name"] == "ccfraud-b"
+    assert definition != client.pipeline("monitored").definition
+    assert np.stack(pipeline.infer(rows)["out.dense_1"].to_numpy()).shape == baseline.shape
+    # setting the same shadow model again changes nothing
+    again = deployment.set_shadow_model(first)
+    assert again["pipeline_version"] == shadow["pipeline_version"] and len(pipeline.versions()) == 3
