@@ -3,6 +3,9 @@ one workspace's deployment out of another's reach, bad arguments answered 4xx wi
 
 from __future__ import annotations
 
+import threading
+
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -110,8 +113,27 @@ def test_deployment_management_over_http_and_the_sdk(stack, alice, bob, tmp_path
     assert call(stack, None, "get_tags", {"deployment": name}).status_code == 401
     assert state(stack, alice, name) == before
 
-    # set_model (SDK): a new pipeline version, deployed in place under the same name; settings and tags kept
-    answer = deployment.set_model(second)
+    # set_model (SDK): a new pipeline version, deployed in place under the same name with no failed request
+    # (raw HTTP while it swaps: the SDK's retries would hide a failure); settings and tags kept
+    statuses: list[int] = []
+    done = threading.Event()
+
+    def keep_inferring() -> None:
+        record = [{"tensor": rows["tensor"][0].tolist()}]
+        with httpx.Client(timeout=30) as http:
+            while not done.is_set():
+                statuses.append(http.post(f"{stack.api}/pipelines/infer/{name}/monitored", json=record, headers={
+                    "Authorization": f"Bearer {alice.token}",
+                    "Content-Type": "application/json; format=pandas-records"}).status_code)
+
+    worker = threading.Thread(target=keep_inferring)
+    worker.start()
+    try:
+        answer = deployment.set_model(second)
+    finally:
+        done.set()
+        worker.join()
+    assert len(statuses) > 5 and set(statuses) == {200}, statuses
     assert answer["model_version"] == {"name": "ccfraud-b", "version": second.version, "sha": second.sha}
     assert ok(call(stack, alice, "get_model_version", {"deployment": name}))["model_version"]["name"] == "ccfraud-b"
     after = deployment.retrieve_information()
