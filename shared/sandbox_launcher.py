@@ -28,6 +28,7 @@ import os
 import platform
 import resource
 import signal
+import stat
 import sys
 import tempfile
 
@@ -284,6 +285,21 @@ def exit_code(status: int) -> int:
     return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
+def mountpoint() -> str:
+    """An empty directory for the child to mount its new root on (in its own mount namespace, so every sandbox
+    can share it): one per uid under the temporary directory, kept, so a launcher killed with SIGKILL leaves
+    nothing behind. Anything odd there (a symlink, another owner) gets a fresh private directory instead."""
+    path = os.path.join(tempfile.gettempdir(), f".railyard-sandbox-root-{os.getuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not os.listdir(path):
+        return path
+    return tempfile.mkdtemp(prefix="railyard-sandbox-")
+
+
 def main() -> None:
     config = json.loads(os.environ.pop("RAILYARD_SANDBOX_LAUNCH"))
     check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
@@ -293,7 +309,7 @@ def main() -> None:
     root = None
     if config["mechanism"] != "off":
         enter_namespaces(config)
-        root = tempfile.mkdtemp(prefix="railyard-sandbox-")
+        root = mountpoint()
     alive, keep = os.pipe()  # its write end stays open in this process for as long as it lives
     asked, answered = os.pipe(), os.pipe()  # (root) the child asks for its uid map, this process answers
     pid = os.fork()
@@ -314,11 +330,6 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     code = exit_code(wait_for(pid))
-    if root is not None:
-        try:
-            os.rmdir(root)
-        except OSError:
-            pass
     if 128 < code < 128 + signal.NSIG:  # the target died of a signal: die of it too, for the caller to see
         number = code - 128
         if number not in (signal.SIGKILL, signal.SIGSTOP):
