@@ -180,7 +180,7 @@ def _with_model(definition: dict[str, Any], model: dict[str, Any], shadow: bool)
     """The definition with `model` as the model step's model (or as its only shadow challenger)."""
     changed = copy.deepcopy(definition)
     steps = changed.get("steps", [])
-    for index, step in enumerate(steps):
+    for step in steps:
         kind, body = next(iter(step.items()))
         if kind == "ShadowDeploy":
             if shadow:
