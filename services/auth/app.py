@@ -71,6 +71,8 @@ def build_router(runtime: Runtime) -> NatsRouter:
             stream=JStream(subjects.EVENTS_STREAM, declare=False),
             durable=durable,
             pull_sub=PullSub(batch_size=16, timeout=1.0),
+            # the pull requests' replies come to this service's own inbox (its bus identity may read only that one)
+            inbox_prefix=f"_INBOX.{NAME}.".encode(),
             ack_policy=AckPolicy.NACK_ON_ERROR,
             config=ConsumerConfig(ack_wait=5.0),
             title=f"{subject}:{model}",
