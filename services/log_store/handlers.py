@@ -545,7 +545,8 @@ def _merge_run(run: list[Any], tables: list[pa.Table], row_group_rows: int) -> t
         for seg, t in zip(run, tables, strict=True)])
     table = _concat([t.drop_columns([POS]) if POS in t.column_names else t for t in tables])
     order = np.lexsort((positions, table.column(TIME).to_numpy()))
-    table, positions = table.take(pa.array(order)), positions[order]
+    if not bool(np.all(order[1:] > order[:-1])):  # already in order (the usual case): no copy
+        table, positions = table.take(pa.array(order)), positions[order]
     return table, encode_segment(table.append_column(POS, pa.array(positions, pa.int64())), row_group_rows)
 
 
