@@ -7,7 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from services.log_store.handlers import _runs, decode_cursor, encode_cursor
+from services.log_store.handlers import _runs
+from services.log_store.pages import decode_cursor, encode_cursor
 from shared.arrow_codec import tensor_array
 from shared.errors import InvalidRequest
 from shared.logrecords import (
@@ -85,9 +86,9 @@ def test_fingerprint_ignores_values_but_not_types():
 
 
 def test_cursors_round_trip_and_refuse_another_order_or_garbage():
-    assert decode_cursor(encode_cursor(12345, "Desc"), "Desc") == 12345
+    assert decode_cursor(encode_cursor(1_700_000_000_000, 12345, "Desc"), "Desc") == (1_700_000_000_000, 12345)
     with pytest.raises(InvalidRequest, match="order"):
-        decode_cursor(encode_cursor(5, "Desc"), "Asc")
+        decode_cursor(encode_cursor(0, 5, "Desc"), "Asc")
     for bad in ("x", "eyJwIjogLTF9", "!!!"):
         with pytest.raises(InvalidRequest):
             decode_cursor(bad, "Desc")
