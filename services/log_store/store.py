@@ -81,26 +81,6 @@ async def set_retention(pool: asyncpg.Pool, workspace_id: int, name: str, days: 
         workspace_id, name, days)
 
 
-async def segments_before(pool: asyncpg.Pool, pipeline_id: int, before: int, start: int | None, end: int | None,
-                          limit: int) -> list[asyncpg.Record]:
-    """Live segments with rows at positions < before, newest first, overlapping the time range."""
-    return await pool.fetch(
-        f"SELECT {SEGMENT_COLUMNS} FROM segments WHERE pipeline_id = $1 AND superseded_at IS NULL "
-        "AND first_pos < $2 AND max_time >= $3 AND min_time <= $4 ORDER BY first_pos DESC LIMIT $5",
-        pipeline_id, before, start if start is not None else NO_TIME_LOW,
-        end if end is not None else NO_TIME_HIGH, limit)
-
-
-async def segments_from(pool: asyncpg.Pool, pipeline_id: int, start_pos: int, start: int | None, end: int | None,
-                        limit: int) -> list[asyncpg.Record]:
-    """Live segments with rows at positions >= start_pos, oldest first, overlapping the time range."""
-    return await pool.fetch(
-        f"SELECT {SEGMENT_COLUMNS} FROM segments WHERE pipeline_id = $1 AND superseded_at IS NULL "
-        "AND last_pos >= $2 AND max_time >= $3 AND min_time <= $4 ORDER BY last_pos ASC LIMIT $5",
-        pipeline_id, start_pos, start if start is not None else NO_TIME_LOW,
-        end if end is not None else NO_TIME_HIGH, limit)
-
-
 async def segments_by_time(pool: asyncpg.Pool, pipeline_id: int, desc: bool, bound: tuple[int, int] | None,
                            start: int | None, end: int | None, after: tuple[int, int] | None,
                            limit: int) -> list[asyncpg.Record]:
