@@ -71,7 +71,7 @@ def build_router(runtime: Runtime) -> NatsRouter:
     @command(router, subjects.LOG_STORE_MAINTENANCE, service=NAME)
     async def run_maintenance(cmd: RunLogMaintenance, ctx: CallContext) -> LogMaintenanceReport:
         """Run retention, compaction and purging now (internal; the same pass runs on a timer)."""
-        return await handlers.maintain(deps(), cmd.compact, cmd.retention, cmd.purge)
+        return await handlers.maintain(deps(), cmd.compact, cmd.retention, cmd.purge, wait=True)
 
     return router
 

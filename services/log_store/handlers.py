@@ -494,12 +494,15 @@ def _element(column: pa.Array, cmd: ReadLogField) -> pa.Array:
 
 # ---- maintenance ----
 
-async def maintain(deps: Deps, compact: bool = True, retention: bool = True, purge: bool = True
-                   ) -> LogMaintenanceReport:
-    """One pass of retention, compaction and purging, by one log-store process at a time."""
+async def maintain(deps: Deps, compact: bool = True, retention: bool = True, purge: bool = True,
+                   wait: bool = False) -> LogMaintenanceReport:
+    """One pass of retention, compaction and purging, by one log-store process at a time. The timer skips its
+    pass while another runs; asked on the bus (`wait`), a pass waits for the one under way, then runs."""
     report = LogMaintenanceReport()
     async with deps.pool.acquire() as lock_conn:
-        if not await lock_conn.fetchval("SELECT pg_try_advisory_lock(hashtext('log_store.maintenance'))"):
+        if wait:
+            await lock_conn.execute("SELECT pg_advisory_lock(hashtext('log_store.maintenance'))")
+        elif not await lock_conn.fetchval("SELECT pg_try_advisory_lock(hashtext('log_store.maintenance'))"):
             return report
         try:
             pipelines = await store.pipelines(deps.pool)
