@@ -54,6 +54,11 @@ class DeploymentManagement:
                                               ("min_threshold", min_threshold)) if value is not None}
         return self._call("update", **body)
 
+    def delete(self, force_delete: bool = False) -> None:
+        """Stop this deployment (the pipeline and its versions stay) and forget its tags and settings; without
+        `force_delete`, a deployment that has any is refused (Conflict)."""
+        self._call("delete", force_delete=force_delete)
+
     def get_model_version(self) -> dict[str, Any] | None:
         """The model version this deployment serves, as {name, version, sha}."""
         return self._call("get_model_version")["model_version"]

@@ -12,6 +12,8 @@ from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import CallContext, command
 from shared.messages.monitoring import (
     AddDeploymentTags,
+    DeleteDeployment,
+    DeploymentDeleted,
     DeploymentInformation,
     DeploymentModel,
     DeploymentQuery,
@@ -53,6 +55,11 @@ def build_router(runtime: Runtime) -> NatsRouter:
     async def update(cmd: UpdateDeployment, ctx: CallContext) -> DeploymentInformation:
         """Change a deployment's display name, target datalake or minimum threshold."""
         return await handlers.update(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.MONITORING_DEPLOYMENTS_DELETE, service=NAME)
+    async def delete(cmd: DeleteDeployment, ctx: CallContext) -> DeploymentDeleted:
+        """Stop a deployment and forget its tags and settings."""
+        return await handlers.delete(deps(), await caller(ctx), ctx.token, cmd)
 
     @command(router, subjects.MONITORING_DEPLOYMENTS_GET_MODEL_VERSION, service=NAME)
     async def get_model_version(cmd: DeploymentQuery, ctx: CallContext) -> DeploymentModel:

@@ -30,10 +30,13 @@ from shared.messages.deployer import (
     PipelineCreated,
     Pipelines,
     ResolveDeployment,
+    UndeployPipeline,
 )
 from shared.messages.monitoring import (
     TAG_PATTERN,
     AddDeploymentTags,
+    DeleteDeployment,
+    DeploymentDeleted,
     DeploymentInformation,
     DeploymentModel,
     DeploymentTags,
@@ -160,6 +163,22 @@ async def update(deps: MonitoringDeps, principal: Principal, token: str | None,
     await store.update_settings(deps.pool, view.route.deployment_id, view.route.workspace_id, cmd.name,
                                 cmd.target_datalake, cmd.min_threshold)
     return await retrieve_information(deps, principal, token, cmd.deployment)
+
+
+async def delete(deps: MonitoringDeps, principal: Principal, token: str | None,
+                 cmd: DeleteDeployment) -> DeploymentDeleted:
+    """delete: undeploy through the deployer (the pipeline and its versions stay), then forget the tags and
+    settings; without force_delete, refused while there are any."""
+    view = await _deployment(deps, principal, token, cmd.deployment)
+    deployment_id = view.route.deployment_id
+    if not cmd.force_delete and (await store.tags(deps.pool, deployment_id)
+                                 or await store.settings(deps.pool, deployment_id)):
+        raise Conflict(f"deployment {cmd.deployment!r} has tags or settings that delete would lose: "
+                       "pass force_delete=true to delete it anyway")
+    await request(deps.broker, subjects.DEPLOYER_PIPELINES_UNDEPLOY, UndeployPipeline(
+        pipeline_id=view.pipeline_id, deployment_id=deployment_id), token=token, timeout=deps.deploy_timeout)
+    await store.forget(deps.pool, deployment_id)
+    return DeploymentDeleted(deployment=cmd.deployment, deleted=True)
 
 
 async def get_model_version(deps: MonitoringDeps, principal: Principal, token: str | None,

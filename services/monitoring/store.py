@@ -18,6 +18,13 @@ async def tags(pool: asyncpg.Pool, deployment_id: int) -> list[str]:
     return [row["tag"] for row in rows]
 
 
+async def forget(pool: asyncpg.Pool, deployment_id: int) -> None:
+    """Drop the deployment's tags and settings."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM deployment_tags WHERE deployment_id = $1", deployment_id)
+        await conn.execute("DELETE FROM deployment_settings WHERE deployment_id = $1", deployment_id)
+
+
 async def settings(pool: asyncpg.Pool, deployment_id: int) -> asyncpg.Record | None:
     return await pool.fetchrow("SELECT * FROM deployment_settings WHERE deployment_id = $1", deployment_id)
 

@@ -50,6 +50,21 @@ class UpdateDeployment(Command):
     min_threshold: float | None = Field(None, ge=0.0, le=1.0)
 
 
+class DeleteDeployment(Command):
+    """delete: stop the deployment and forget what monitoring keeps for it (tags, settings). Without
+    `force_delete`, a deployment with such data is refused (409), so it is not lost by accident."""
+
+    deployment: str = Field(min_length=1, max_length=200)
+    force_delete: bool = False
+
+
+class DeploymentDeleted(Message):
+    """delete's answer."""
+
+    deployment: str
+    deleted: bool
+
+
 class DeploymentInformation(Message):
     """retrieve_information's answer."""
 

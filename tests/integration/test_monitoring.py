@@ -116,15 +116,19 @@ def test_deployment_management_over_http_and_the_sdk(stack, alice, bob, tmp_path
     # set_model (SDK): a new pipeline version, deployed in place under the same name with no failed request
     # (raw HTTP while it swaps: the SDK's retries would hide a failure); settings and tags kept
     statuses: list[int] = []
+    failures: list[str] = []
     done = threading.Event()
 
     def keep_inferring() -> None:
         record = [{"tensor": rows["tensor"][0].tolist()}]
         with httpx.Client(timeout=30) as http:
             while not done.is_set():
-                statuses.append(http.post(f"{stack.api}/pipelines/infer/{name}/monitored", json=record, headers={
+                reply = http.post(f"{stack.api}/pipelines/infer/{name}/monitored", json=record, headers={
                     "Authorization": f"Bearer {alice.token}",
-                    "Content-Type": "application/json; format=pandas-records"}).status_code)
+                    "Content-Type": "application/json; format=pandas-records"})
+                statuses.append(reply.status_code)
+                if reply.status_code != 200:
+                    failures.append(reply.text[:300])
 
     worker = threading.Thread(target=keep_inferring)
     worker.start()
@@ -133,7 +137,7 @@ def test_deployment_management_over_http_and_the_sdk(stack, alice, bob, tmp_path
     finally:
         done.set()
         worker.join()
-    assert len(statuses) > 5 and set(statuses) == {200}, statuses
+    assert len(statuses) > 5 and set(statuses) == {200}, (len(statuses), statuses.count(200), failures[:3])
     assert answer["model_version"] == {"name": "ccfraud-b", "version": second.version, "sha": second.sha}
     assert ok(call(stack, alice, "get_model_version", {"deployment": name}))["model_version"]["name"] == "ccfraud-b"
     after = deployment.retrieve_information()
@@ -157,3 +161,14 @@ def test_deployment_management_over_http_and_the_sdk(stack, alice, bob, tmp_path
     # setting the same shadow model again changes nothing
     again = deployment.set_shadow_model(first)
     assert again["pipeline_version"] == shadow["pipeline_version"] and len(pipeline.versions()) == 3
+
+    # delete: refused while tags and settings would be lost (and to bob), then forced; the pipeline stays
+    assert call(stack, bob, "delete", {"deployment": name, "force_delete": True}).status_code == 404
+    assert call(stack, alice, "delete", {"deployment": name, "force_delete": "maybe"}).status_code == 400
+    refused = call(stack, alice, "delete", {"deployment": name})
+    assert refused.status_code == 409 and refused.json()["code"] == "conflict", refused.text
+    assert deployment.get_tags() == before["info"]["tags"]
+    deployment.delete(force_delete=True)
+    assert call(stack, alice, "retrieve_information", {"deployment": name}).status_code == 404
+    assert deployment.status()["status"] == "Stopped"
+    assert len(client.pipeline("monitored").versions()) == 3
