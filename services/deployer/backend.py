@@ -111,16 +111,18 @@ class LocalBackend:
         for _ in range(replicas):
             replica_set.replicas.append(await self._spawn(replica_set, uuid.uuid4().hex[:8]))
         previous = self.sets.get(name)
-        self.sets[name] = replica_set
+        if previous is None:  # a first deploy shows its replicas while they start
+            self.sets[name] = replica_set
         try:
             await self._wait_ready(replica_set)
         except BaseException:
             await self._stop_set(replica_set)
-            if previous is not None:
-                self.sets[name] = previous
-            else:
+            if previous is None:
                 self.sets.pop(name, None)
             raise
+        # a redeploy (hot swap): the running set stays the deployment's status until the new one serves, so the
+        # gateway never sees a "starting" deployment in between (it would answer 503)
+        self.sets[name] = replica_set
         if previous is not None:
             await self._stop_set(previous)
         return replica_set
