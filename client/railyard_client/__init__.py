@@ -32,7 +32,9 @@ from railyard_client.errors import (
     Unavailable,
     WaitTimeout,
 )
+from railyard_client.lineage import Lineage
 from railyard_client.models import Model, ModelVersion, Registry
+from railyard_client.orchestrations import OrchestrationFailed, Orchestrations
 from railyard_client.pipelines import Deployment, Pipeline
 from railyard_client.tasks import in_task, task_args
 from railyard_client.workspaces import User, Workspace
@@ -50,7 +52,8 @@ __version__ = _version()
 
 __all__ = [
     "APIError", "Assay", "AuthenticationError", "Client", "ConfigurationError", "Conflict", "Connection",
-    "ConnectionFailed", "ConversionFailed", "Deployment", "InvalidRequest", "Model", "ModelVersion", "NotFound",
-    "PayloadTooLarge", "PermissionDenied", "Pipeline", "RailyardError", "Registry", "Unavailable", "User",
+    "ConnectionFailed", "ConversionFailed", "Deployment", "InvalidRequest", "Lineage", "Model", "ModelVersion",
+    "NotFound", "OrchestrationFailed", "Orchestrations", "PayloadTooLarge", "PermissionDenied", "Pipeline",
+    "RailyardError", "Registry", "Unavailable", "User",
     "WaitTimeout", "Workspace", "__version__", "in_task", "task_args",
 ]

@@ -472,8 +472,11 @@ def exit_code(exc: RailyardError) -> int:
 
 def _add_lineage_commands() -> None:
     from railyard_client.cli_lineage import datasets_app
+    from railyard_client.cli_orchestrations import orchestrations_app, tasks_app
 
     app.add_command(datasets_app)
+    app.add_command(orchestrations_app)
+    app.add_command(tasks_app)
 
 
 _add_lineage_commands()

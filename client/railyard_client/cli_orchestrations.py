@@ -1,0 +1,185 @@
+"""`railyard orchestrations ...` and `railyard tasks ...`: upload an orchestration zip (with progress), run it once
+or on a schedule, follow its runs and print their logs, over `railyard_client.orchestrations.Orchestrations`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from railyard_client.errors import InvalidInput
+from railyard_client.orchestrations import FINISHED, Orchestrations
+
+
+def _orchestrations(workspace: str | None) -> Orchestrations:
+    from railyard_client.cli import _client
+
+    client = _client(workspace)
+    return Orchestrations(client, client.current_workspace().id)
+
+
+def _show(rows, columns, as_json, payload=None) -> None:
+    from railyard_client.cli import show
+
+    show(rows, columns, as_json, payload)
+
+
+def _args(raw: str | None) -> dict:
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidInput(f"--args is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidInput("--args must be a JSON object (what the run's task_args() returns)")
+    return value
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of a table.")
+workspace_option = click.option("--workspace", "-w", help="Workspace name or id (default: as for every command).")
+ORCH_COLUMNS = ["id", "name", "status", "sha", "reason", "created_at"]
+TASK_COLUMNS = ["id", "name", "status", "schedule", "orch_id", "created_at"]
+RUN_COLUMNS = ["run_id", "status", "exit_code", "reason", "created_at", "updated_at"]
+
+
+@click.group("orchestrations")
+def orchestrations_app() -> None:
+    """Orchestrations: zips with a main.py that tasks run."""
+
+
+@orchestrations_app.command("upload")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--name", help="A name for the orchestration.")
+@click.option("--no-wait", is_flag=True, help="Return at once instead of waiting until it is ready.")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for packaging.")
+@workspace_option
+@json_option
+def upload(path: str, name: str | None, no_wait: bool, timeout: float, workspace: str | None, as_json: bool) -> None:
+    """Upload the orchestration zip at PATH (waits until its requirements are installed)."""
+    record = _orchestrations(workspace).upload(path, name, wait=not no_wait, timeout=timeout,
+                                               progress=None if not as_json else False)
+    _show([record], ORCH_COLUMNS if "status" in record else ["id"], as_json, record)
+
+
+@orchestrations_app.command("list")
+@workspace_option
+@json_option
+def list_orchestrations(workspace: str | None, as_json: bool) -> None:
+    """The workspace's orchestrations and their status."""
+    rows = _orchestrations(workspace).list()
+    _show(rows, ORCH_COLUMNS, as_json)
+
+
+@click.group("tasks")
+def tasks_app() -> None:
+    """Tasks (an orchestration run once or on a schedule) and their runs."""
+
+
+@tasks_app.command("run")
+@click.argument("orchestration_id")
+@click.option("--args", "raw_args", help="JSON object the run's task_args() returns.")
+@click.option("--name", help="A name for the task.")
+@click.option("--timeout", type=int, help="Seconds a run may take before it is stopped.")
+@click.option("--wait", is_flag=True, help="Wait for the run to finish, print its logs, exit 1 if it failed.")
+@workspace_option
+@json_option
+def run(orchestration_id: str, raw_args: str | None, name: str | None, timeout: int | None, wait: bool,
+        workspace: str | None, as_json: bool) -> int:
+    """Run ORCHESTRATION_ID once."""
+    orchestrations = _orchestrations(workspace)
+    task = orchestrations.run_once(orchestration_id, _args(raw_args), name=name, timeout=timeout)
+    if not wait:
+        _show([task], ["id"], as_json, task)
+        return 0
+    finished = orchestrations.wait_for_run(task["id"], timeout=(timeout or 600) + 60)
+    if as_json:
+        _show([], None, True, {"task": task, "run": finished, "logs": orchestrations.logs(finished["run_id"])})
+    else:
+        for line in orchestrations.logs(finished["run_id"]):
+            click.echo(line)
+        click.echo(f"run {finished['run_id']}: {finished['status']}"
+                   + (f" ({finished['reason']})" if finished.get("reason") else ""), err=True)
+    return 0 if finished["status"] == "success" else 1
+
+
+@tasks_app.command("schedule")
+@click.argument("orchestration_id")
+@click.argument("cron")
+@click.option("--args", "raw_args", help="JSON object the runs' task_args() returns.")
+@click.option("--name", help="A name for the task.")
+@click.option("--timeout", type=int, help="Seconds a run may take before it is stopped.")
+@click.option("--missed", type=click.Choice(["fire_once", "skip"]), help="What a point missed while down does.")
+@workspace_option
+@json_option
+def schedule(orchestration_id: str, cron: str, raw_args: str | None, name: str | None, timeout: int | None,
+             missed: str | None, workspace: str | None, as_json: bool) -> None:
+    """Run ORCHESTRATION_ID on CRON (minute hour day-of-month month day-of-week) until killed."""
+    task = _orchestrations(workspace).run_scheduled(orchestration_id, cron, _args(raw_args), name=name,
+                                                    timeout=timeout, missed_run_policy=missed)
+    _show([task], ["id"], as_json, task)
+
+
+@tasks_app.command("list")
+@workspace_option
+@json_option
+def list_tasks(workspace: str | None, as_json: bool) -> None:
+    """The workspace's tasks."""
+    rows = _orchestrations(workspace).tasks()
+    _show(rows, TASK_COLUMNS, as_json)
+
+
+@tasks_app.command("kill")
+@click.argument("task_id")
+@workspace_option
+@json_option
+def kill(task_id: str, workspace: str | None, as_json: bool) -> None:
+    """Stop TASK_ID (no more scheduled runs; a run in progress is stopped)."""
+    record = _orchestrations(workspace).kill(task_id)
+    _show([record], TASK_COLUMNS, as_json, record)
+
+
+@tasks_app.command("runs")
+@click.argument("task_id")
+@click.option("--status", type=click.Choice(["all", "queued", "running", "failure", "success"]), default="all")
+@click.option("--limit", type=int, help="At most this many runs.")
+@workspace_option
+@json_option
+def runs(task_id: str, status: str, limit: int | None, workspace: str | None, as_json: bool) -> None:
+    """The runs of TASK_ID, newest first."""
+    rows = _orchestrations(workspace).runs(task_id, status, limit)
+    _show(rows, RUN_COLUMNS, as_json)
+
+
+@tasks_app.command("logs")
+@click.argument("run_id")
+@click.option("--lines", "-n", type=int, help="Only the last N lines.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run has finished.")
+@click.option("--task", "task_id", help="With --follow: the run's task (to know when it has finished).")
+@workspace_option
+@json_option
+def logs(run_id: str, lines: int | None, follow: bool, task_id: str | None, workspace: str | None,
+         as_json: bool) -> None:
+    """Print the output of run RUN_ID in the seed's format."""
+    orchestrations = _orchestrations(workspace)
+    if not follow:
+        found = orchestrations.logs(run_id, lines)
+        if as_json:
+            _show([], None, True, found)
+        else:
+            sys.stdout.write("".join(f"{line}\n" for line in found))
+        return
+    if not task_id:
+        raise InvalidInput("--follow needs --task TASK_ID (the run's task)")
+    printed = 0
+    while True:
+        done = any(r["run_id"] == run_id and r["status"] in FINISHED for r in orchestrations.runs(task_id))
+        found = orchestrations.logs(run_id)
+        for line in found[printed:]:
+            click.echo(line)
+        printed = len(found)
+        if done:
+            return
+        time.sleep(1.0)

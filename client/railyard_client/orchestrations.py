@@ -1,0 +1,173 @@
+"""Orchestrations, tasks and task runs from Python (seed 001's "ML Workload Orchestration"): upload a zip with a
+`main.py`, run it once or on a cron schedule, follow its runs and read their logs.
+
+    from railyard_client import Client, Orchestrations
+
+    orchestrations = Orchestrations(Client(), workspace_id)
+    orch = orchestrations.upload("my_orchestration.zip", name="retrain")   # waits until ready
+    task = orchestrations.run_once(orch["id"], args={"pipeline": "fraud"}, timeout=600)
+    run = orchestrations.wait_for_run(task["id"])                            # the first run, finished
+    print("\\n".join(orchestrations.logs(run["run_id"])))
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from railyard_client.errors import InvalidInput, RailyardError, WaitTimeout
+from railyard_client.progress import ProgressReader, upload_bar, wanted
+
+FINISHED = ("success", "failure")
+
+
+class OrchestrationFailed(RailyardError):
+    """An orchestration's packaging (unpacking, installing its requirements) ended in `failed`."""
+
+
+class Orchestrations:
+    """The orchestrations, tasks and task runs of one workspace, over a `Client`."""
+
+    def __init__(self, client: Any, workspace_id: int) -> None:
+        self._session = client._session
+        self.workspace_id = int(workspace_id)
+
+    def _post(self, route: str, body: dict[str, Any]) -> Any:
+        return self._session.post(route, body)
+
+    # --- orchestrations ----------------------------------------------------------------------------------
+
+    def upload(self, source: str | Path | bytes | IO[bytes], name: str | None = None, *,
+               file_name: str | None = None, wait: bool = True, timeout: float = 600.0,
+               progress: bool | None = None) -> dict[str, Any]:
+        """Upload an orchestration zip (a path, bytes or an open binary file). With `wait`, returns its record
+        once packaging is done and raises `OrchestrationFailed` with the installer's reason if it failed."""
+        if isinstance(source, (str, Path)):
+            path = Path(source)
+            if not path.is_file():
+                raise InvalidInput(f"no such file: {path}")
+            handle: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed below
+            file_name, size, opened = file_name or path.name, path.stat().st_size, True
+        elif isinstance(source, (bytes, bytearray, memoryview)):
+            handle, size, opened = io.BytesIO(bytes(source)), len(source), False
+            file_name = file_name or "orchestration.zip"
+        else:
+            handle, opened = source, False
+            size = os.fstat(source.fileno()).st_size if hasattr(source, "fileno") else 0
+            file_name = file_name or os.path.basename(str(getattr(source, "name", "orchestration.zip")))
+        metadata: dict[str, Any] = {"workspace_id": self.workspace_id}
+        if name:
+            metadata["name"] = name
+        try:
+            with upload_bar(file_name, size, wanted(progress, size)) as (bar, task):
+                reader = ProgressReader(handle, size, bar, task)
+                response = self._session.send(
+                    "POST", "/v1/api/orchestration/upload",
+                    files={"file": (file_name, reader, "application/zip"),
+                           "metadata": (None, json.dumps(metadata), "application/json")})
+        finally:
+            if opened:
+                handle.close()
+        created = response.json()
+        return self.wait_ready(created["id"], timeout) if wait else created
+
+    def list(self) -> list[dict[str, Any]]:
+        """The workspace's orchestrations, each with its status (packaging, ready, failed) and reason."""
+        return self._post("orchestration/list", {"workspace_id": self.workspace_id})
+
+    def get(self, orchestration_id: str) -> dict[str, Any]:
+        """One orchestration's record, by id."""
+        for record in self.list():
+            if str(record["id"]) == str(orchestration_id):
+                return record
+        from railyard_client.errors import NotFound
+
+        raise NotFound(404, "not_found", f"no orchestration {orchestration_id} in workspace {self.workspace_id}")
+
+    def wait_ready(self, orchestration_id: str, timeout: float = 600.0) -> dict[str, Any]:
+        """Wait until packaging is done: the record when ready, `OrchestrationFailed` when it failed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.get(orchestration_id)
+            if record["status"] == "ready":
+                return record
+            if record["status"] == "failed":
+                raise OrchestrationFailed(f"orchestration {orchestration_id} failed to package: {record['reason']}")
+            if time.monotonic() > deadline:
+                raise WaitTimeout(f"orchestration {orchestration_id} still packaging after {timeout:g}s")
+            time.sleep(0.5)
+
+    # --- tasks --------------------------------------------------------------------------------------------
+
+    def run_once(self, orchestration_id: str, args: dict[str, Any] | None = None, *, name: str | None = None,
+                 timeout: int | None = None) -> dict[str, Any]:
+        """Run an orchestration once; `args` is what the run's `task_args()` returns. Returns `{"id": task}`."""
+        body: dict[str, Any] = {"orch_id": str(orchestration_id), "workspace_id": self.workspace_id,
+                                "json": args or {}}
+        if name:
+            body["name"] = name
+        if timeout is not None:
+            body["timeout"] = timeout
+        return self._post("task/run_once", body)
+
+    def run_scheduled(self, orchestration_id: str, schedule: str, args: dict[str, Any] | None = None, *,
+                      name: str | None = None, timeout: int | None = None,
+                      missed_run_policy: str | None = None) -> dict[str, Any]:
+        """Run an orchestration on a cron schedule (minute hour day-of-month month day-of-week) until killed;
+        `missed_run_policy` is `fire_once` (the default) or `skip`. Returns `{"id": task}`."""
+        body: dict[str, Any] = {"orch_id": str(orchestration_id), "workspace_id": self.workspace_id,
+                                "json": args or {}, "schedule": schedule}
+        if name:
+            body["name"] = name
+        if timeout is not None:
+            body["timeout"] = timeout
+        if missed_run_policy:
+            body["missed_run_policy"] = missed_run_policy
+        return self._post("task/run_scheduled", body)
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        """A task with its status and last runs."""
+        return self._post("task/get_by_id", {"id": str(task_id)})
+
+    def tasks(self) -> list[dict[str, Any]]:
+        """The workspace's tasks, each with its last runs."""
+        return self._post("task/list", {"workspace_id": self.workspace_id})
+
+    def tasks_by_sha(self, sha: str) -> list[str]:
+        """The ids of the tasks of an orchestration, by the sha256 of its zip."""
+        return self._post("task/get_tasks_by_orch_sha", {"sha": sha})["ids"]
+
+    def kill(self, task_id: str) -> dict[str, Any]:
+        """Stop a task: a scheduled task fires no more, a run in progress is stopped and marked so."""
+        return self._post("task/kill", {"id": str(task_id)})
+
+    # --- runs ---------------------------------------------------------------------------------------------
+
+    def runs(self, task_id: str, status: str = "all", limit: int | None = None) -> list[dict[str, Any]]:
+        """A task's runs, newest first; `status` is all, queued, running, failure or success."""
+        body: dict[str, Any] = {"task_id": str(task_id), "status": status}
+        if limit is not None:
+            body["limit"] = limit
+        return self._post("task/list_task_runs", body)
+
+    def logs(self, run_id: str, lines: int | None = None) -> list[str]:
+        """A run's output as the seed's lines (`<RFC 3339 time> stdout F <line>`); `lines`: the last this many."""
+        body: dict[str, Any] = {"id": str(run_id)}
+        if lines is not None:
+            body["lines"] = lines
+        return self._post("task/get_logs_for_run", body)["logs"]
+
+    def wait_for_run(self, task_id: str, timeout: float = 600.0) -> dict[str, Any]:
+        """Wait until the task's newest run has finished (success or failure) and return its record."""
+        deadline = time.monotonic() + timeout
+        while True:
+            runs = self.runs(task_id, limit=1)
+            if runs and runs[0]["status"] in FINISHED:
+                return runs[0]
+            if time.monotonic() > deadline:
+                raise WaitTimeout(f"task {task_id} has no finished run after {timeout:g}s")
+            time.sleep(0.5)
