@@ -30,6 +30,7 @@ if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
     pytest.skip(f"no headless browser: needs {CHROMIUM} and {CHROMEDRIVER} "
                 "(Debian: apt-get install chromium chromium-driver)", allow_module_level=True)
 
+from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
@@ -57,27 +58,41 @@ def browser():
 def shot(driver, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1280, max(900, min(int(height) + 40, 3000)))
-    driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
-    driver.set_window_size(1280, 900)
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {  # the whole page, not just the viewport
+        "width": 1280, "height": max(800, min(int(height), 3000)), "deviceScaleFactor": 1, "mobile": False})
+    try:
+        driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 def wait_text(driver, selector: str, text: str) -> None:
-    WebDriverWait(driver, WAIT).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, selector), text))
+    try:
+        WebDriverWait(driver, WAIT).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, selector), text))
+    except TimeoutException:
+        shown = driver.execute_script("return document.body.innerText")
+        raise AssertionError(f"{text!r} not in {selector} after {WAIT} s; the page shows:\n{shown}") from None
 
 
 def open_page(driver, page: str) -> None:
     """Open a page with the keyboard (Enter on its navigation button) and wait until it has rendered."""
     driver.find_element(By.CSS_SELECTOR, f'nav button[data-page="{page}"]').send_keys(Keys.ENTER)
-    WebDriverWait(driver, WAIT).until(lambda d: d.execute_script(
-        "const p = document.querySelector('#page'); return p.dataset.page === arguments[0] && "
-        "!p.textContent.startsWith('Loading')", page))
+    try:
+        WebDriverWait(driver, WAIT).until(lambda d: d.execute_script(
+            "const p = document.querySelector('#page'); return p.dataset.page === arguments[0] && "
+            "!p.textContent.startsWith('Loading')", page))
+    except TimeoutException:
+        shown = driver.execute_script("return document.body.innerText")
+        raise AssertionError(f"page {page} did not render in {WAIT} s; the page shows:\n{shown}") from None
 
 
 def sign_in(driver, stack, email: str, password: str) -> None:
     secrets = stack.secrets()
     driver.get(stack.base_url + "/")
-    WebDriverWait(driver, WAIT).until(ec.visibility_of_element_located((By.ID, "username")))
+    try:
+        WebDriverWait(driver, WAIT).until(ec.visibility_of_element_located((By.ID, "username")))
+    except TimeoutException:  # a script error leaves the form hidden: show the console
+        raise AssertionError(f"no sign-in form; browser console: {driver.get_log('browser')}") from None
     for field, value in (("username", email), ("password", password), ("client_id", secrets["client_id"]),
                          ("client_secret", secrets["client_secret"])):
         box = driver.find_element(By.ID, field)
@@ -134,7 +149,7 @@ def test_alice_sees_her_things_and_bob_none(stack, alice: Account, bob: Account,
     wait_text(browser, "#page", deployment)
     text = page_text(browser)
     assert "uipipe" in text and url in text and "Running" in text, text
-    assert f'client.infer("uipipe", "uipipe"' in text
+    assert 'client.infer("uipipe", "uipipe"' in text
     shot(browser, "04-pipelines")
 
     open_page(browser, "logs")
