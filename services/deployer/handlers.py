@@ -191,7 +191,8 @@ async def _pipeline_record(deps: DeployerDeps, row) -> PipelineRecord:
                  "created_at": v["created_at"].isoformat()} for v in await store.versions_of(deps.pool, row["id"])]
     active = await store.active_deployment(deps.pool, row["id"])
     deployment = {"id": active["id"], "name": f"{active['deploy_id']}-{active['id']}",
-                  "pipeline_version_pk_id": active["pipeline_version_id"]} if active else None
+                  "pipeline_version_pk_id": active["pipeline_version_id"],
+                  "engine_config": json.loads(active["engine_config"])} if active else None
     return PipelineRecord(id=row["id"], name=row["name"], workspace_id=row["workspace_id"],
                           created_at=row["created_at"].isoformat(), updated_at=row["updated_at"].isoformat(),
                           versions=versions, deployment=deployment)

@@ -68,6 +68,7 @@ class DeploymentView:
     pipeline_id: int
     deploy_id: str
     definition: dict[str, Any]
+    engine_config: dict[str, Any] | None
 
 
 async def _deployment(deps: MonitoringDeps, principal: Principal, token: str | None, name: str) -> DeploymentView:
@@ -86,7 +87,8 @@ async def _deployment(deps: MonitoringDeps, principal: Principal, token: str | N
             version = next((v for v in pipeline.versions if v["id"] == active["pipeline_version_pk_id"]), None)
             deploy_id = active["name"].rpartition("-")[0]
             return DeploymentView(route=route, pipeline_id=pipeline.id, deploy_id=deploy_id,
-                                  definition=(version or {}).get("definition") or {})
+                                  definition=(version or {}).get("definition") or {},
+                                  engine_config=active.get("engine_config"))
     raise NotFound(f"deployment {name!r} is not deployed")
 
 
@@ -237,5 +239,6 @@ async def set_model(deps: MonitoringDeps, principal: Principal, token: str | Non
         token=token, timeout=deps.timeout, reply_model=PipelineCreated)
     await request(deps.broker, subjects.DEPLOYER_PIPELINES_DEPLOY, DeployPipeline(
         deploy_id=view.deploy_id, pipeline_version_pk_id=created.pipeline_variant_pk_id,
-        pipeline_id=view.pipeline_id), token=token, timeout=deps.deploy_timeout, reply_model=Deployed)
+        pipeline_id=view.pipeline_id, engine_config=view.engine_config), token=token, timeout=deps.deploy_timeout,
+        reply_model=Deployed)
     return DeploymentModel(model_version=_ref(model), pipeline_version=created.pipeline_variant_version)

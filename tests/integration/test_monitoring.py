@@ -49,7 +49,7 @@ def test_deployment_management_over_http_and_the_sdk(stack, alice, bob, tmp_path
     model.write_bytes(ccfraud_onnx())
     first = client.upload_model("ccfraud", model, progress=False)
     second = client.upload_model("ccfraud-b", model, progress=False)
-    pipeline = client.build_pipeline("monitored").add_model_step(first).deploy(replicas=1, timeout=180)
+    pipeline = client.build_pipeline("monitored").add_model_step(first).deploy(replicas=1, cpus=0.5, timeout=180)
     deployment = client.get_deployment("monitored")
     name = deployment.name
     rows = pd.DataFrame({"tensor": list(sample_rows(3, seed=7).astype(np.float64))})
@@ -144,6 +144,7 @@ def test_deployment_management_over_http_and_the_sdk(stack, alice, bob, tmp_path
     assert after["deployment"] == name and after["pipeline_version"] == answer["pipeline_version"]
     assert after["pipeline_version"] != info["pipeline_version"]
     assert after["tags"] == before["info"]["tags"] and after["min_threshold"] == 0.4
+    assert pipeline.refresh().to_dict()["deployment"]["engine_config"]["cpus"] == 0.5  # the engine config is kept
     definition = pipeline.refresh().definition
     assert len(pipeline.versions()) == 2
     served = np.stack(pipeline.infer(rows)["out.dense_1"].to_numpy())
