@@ -149,7 +149,7 @@ def test_alice_sees_her_things_and_bob_none(stack, alice: Account, bob: Account,
     wait_text(browser, "#page", deployment)
     text = page_text(browser)
     assert "uipipe" in text and url in text and "Running" in text, text
-    assert 'client.infer("uipipe", "uipipe"' in text
+    assert f'client.infer("{deployment}", "uipipe"' in text  # the SDK's <deploy_id>-<id> and pipeline name
     shot(browser, "04-pipelines")
 
     open_page(browser, "logs")
