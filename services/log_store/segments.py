@@ -151,6 +151,8 @@ class SegmentReader:
         self.footers: OrderedDict[str, pq.FileMetaData] = OrderedDict()
         self.small: OrderedDict[str, bytes] = OrderedDict()
         self.small_bytes = 0
+        self.bounds: OrderedDict[str, list] = OrderedDict()  # group_bounds per segment
+        self.names: OrderedDict[str, list[str]] = OrderedDict()  # column names per segment
 
     def remember(self, key: str, data: bytes) -> None:
         """Keep a just-written segment (small ones whole, large ones' footer)."""
@@ -162,6 +164,8 @@ class SegmentReader:
     def forget(self, key: str) -> None:
         with self.lock:
             self.footers.pop(key, None)
+            self.bounds.pop(key, None)
+            self.names.pop(key, None)
             data = self.small.pop(key, None)
             if data is not None:
                 self.small_bytes -= len(data)
@@ -208,7 +212,12 @@ class SegmentReader:
         return parquet
 
     def group_bounds(self, key: str, size: int) -> list[tuple[int, int | None, int | None, int | None, int | None]]:
-        """Per row group: (rows, min time, max time, min _pos, max _pos), None where there is no statistic."""
+        """Per row group: (rows, min time, max time, min _pos, max _pos), None where there is no statistic
+        (a segment never changes: computed once and kept with its footer)."""
+        with self.lock:
+            cached = self.bounds.get(key)
+        if cached is not None:
+            return cached
         metadata = self._open(key, size).metadata
         names = [metadata.schema.column(i).path for i in range(metadata.num_columns)]
         t_index = names.index("time")
@@ -224,10 +233,22 @@ class SegmentReader:
                 if p_stats is not None and p_stats.has_min_max:
                     pmin, pmax = p_stats.min, p_stats.max
             out.append((group.num_rows, tmin, tmax, pmin, pmax))
+        with self.lock:
+            self.bounds[key] = out
+            while len(self.bounds) > 4096:
+                self.bounds.popitem(last=False)
         return out
 
     def columns(self, key: str, size: int) -> list[str]:
-        return self._open(key, size).schema_arrow.names
+        with self.lock:
+            names = self.names.get(key)
+        if names is None:
+            names = self._open(key, size).schema_arrow.names
+            with self.lock:
+                self.names[key] = names
+                while len(self.names) > 4096:
+                    self.names.popitem(last=False)
+        return list(names)
 
     def read(self, key: str, size: int, lo: int, hi: int, columns: list[str] | None) -> pa.Table:
         """Rows lo .. hi-1 of the segment (positions relative to its first row)."""
