@@ -138,6 +138,7 @@ def test_alice_sees_her_things_and_bob_none(stack, alice: Account, bob: Account,
     open_page(browser, "workspaces")
     browser.find_element(By.CSS_SELECTOR, f'button[aria-label="Members of {workspace_name}"]').send_keys(Keys.ENTER)
     wait_text(browser, "#members", "OWNER")
+    wait_text(browser, "#members", alice.email)  # members by email (users/query of the workspace)
     shot(browser, "02-workspaces")
 
     open_page(browser, "models")
