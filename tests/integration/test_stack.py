@@ -60,7 +60,7 @@ def test_docs_and_openapi_are_served(stack):
     spec = httpx.get(f"{stack.api}/openapi.json").json()
     assert "/v1/api/health" in spec["paths"]
     ui = httpx.get(stack.api.removesuffix("/v1/api") + "/")
-    assert ui.status_code == 200 and "/v1/api/health" in ui.text
+    assert ui.status_code == 200 and "/v1/api/" in ui.text and "API + 'health'" in ui.text  # the health page
 
 
 def test_unknown_route_is_a_typed_404(stack):
