@@ -103,6 +103,25 @@ NOT_WORKSPACE_SCOPED = {
     "pipelines/infer/{deployment}/{pipeline}",
     # assays are found by id or pipeline id; outsiders get 404 (test_assays.py)
     "assays/list", "assays/set_active", "assays/get_results",
+    # orchestrations, tasks and runs: every route in test_orchestrations.py::test_isolation_on_all_ten_routes
+    "orchestration/upload", "orchestration/list", "task/run_once", "task/run_scheduled", "task/get_by_id",
+    "task/get_tasks_by_orch_sha", "task/list", "task/kill", "task/list_task_runs", "task/get_logs_for_run",
+    # projects, datasets, files and the workflow graph: test_lineage.py::test_isolation_on_every_route
+    *(f"projects/{verb}" for verb in ("create", "create_version", "delete", "get", "list", "list_versions",
+                                      "restore_version", "verify_version")),
+    *(f"datasets/{verb}" for verb in ("create", "delete", "delete_file", "download_file", "get", "get_file_info",
+                                      "get_rows", "list", "list_files", "upload_file", "upload_rows")),
+    "files/delete", "files/download", "files/get_info", "files/list", "files/upload", "workflow/graph",
+    *(f"workflow/add_input_{card}" for card in ("dataset", "file", "folder", "job", "project", "task")),
+    *(f"workflow/add_output_{card}" for card in ("app", "dataset", "file", "folder", "job", "project", "task")),
+    # benchmark reports: test_lineage_benchmarks.py (bob reads, runs and compares nothing of alice's)
+    "benchmarks/compare", "benchmarks/evaluate_detections", "benchmarks/get", "benchmarks/list",
+    "benchmarks/run_classification",
+    # seed-003 deployment management: test_monitoring.py (bob 404, inference token 403, no token 401)
+    *(f"deployments/{verb}" for verb in ("add_tags", "delete", "get_model_version", "get_shadow_model", "get_tags",
+                                         "retrieve_information", "set_model", "set_shadow_model", "update")),
+    # admins only: test_log_quarantine.py (a non-admin is refused)
+    "pipelines/list_quarantined_logs",
 }
 # (the /v2 Open Inference Protocol routes are outside /v1/api; test_oip.py checks their tokens)
 
