@@ -226,8 +226,8 @@ async def _gateway_relay(settings: Settings) -> tuple[asyncio.AbstractServer, Pa
 
     host = settings.gateway.host if settings.gateway.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     port = settings.gateway.port
-    folder = Path(tempfile.mkdtemp(prefix="railyard-gateway-"))
-    folder.chmod(0o755)
+    folder = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="railyard-gateway-"))
+    await asyncio.to_thread(folder.chmod, 0o755)  # the sandbox's user must reach the socket
     path = folder / "gateway.sock"
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

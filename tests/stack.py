@@ -58,7 +58,8 @@ def stack_env(data_dir: Path) -> dict[str, str]:
     env["RAILYARD_LOGS__SUPERSEDED_GRACE"] = "1"
     env["RAILYARD_LOGS__COMPACT_MIN_AGE"] = "0"
     env["RAILYARD_LOGS__PAGE_MAX_BYTES"] = str(1024 * 1024)  # a get_logs page holds at most 1 MiB of rows
-    # users' code: a hanging step is stopped after 5 s, a file above 64 MiB refused (tests/integration/test_sandbox_hostile.py)
+    # users' code: a hanging step is stopped after 5 s, a file above 64 MiB refused
+    # (tests/integration/test_sandbox_hostile.py)
     env["RAILYARD_SANDBOX__WALL_SECONDS"] = "5"
     env["RAILYARD_SANDBOX__FILE_SIZE_MB"] = "64"
     # the registry's sandboxed checks and conversions: limits small enough that hostile uploads end in seconds
