@@ -163,8 +163,8 @@ class TaskSettings(BaseModel):
     missed_run_grace: float = Field(30.0, description="Seconds late a schedule point may fire under the skip "
                                     "policy.")
     max_log_bytes: int = Field(16 * 1024 * 1024, description="Log bytes kept per run (a final line notes the cut).")
-    token_ttl: int = Field(900, description="Seconds the token handed to a run is valid (at most the run's "
-                           "timeout plus a minute).")
+    token_ttl: int = Field(24 * 3600 + 60, description="Longest validity of the token handed to a run; a run's "
+                           "token is valid for its timeout plus a minute, at most this.")
 
 
 class SandboxSettings(BaseModel):
