@@ -106,7 +106,9 @@ def _commands(group: click.Group, prefix: str) -> Iterator[tuple[str, click.Comm
 
 def render() -> str:
     """The whole reference page."""
-    from railyard_client.cli import EXIT_CODES, app
+    from railyard_client.cli import EXIT_CODES, build_command
+
+    app = build_command()  # with the installed plugins' commands, however often this process loaded them
 
     lines = ["# Python SDK and `railyard` command reference", "",
              "Generated from the code by `make docs` (`python -m railyard_client._docgen docs/sdk.md`); a unit test "
