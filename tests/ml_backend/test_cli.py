@@ -18,8 +18,14 @@ CLI = str(Path(sys.executable).parent / "railyard-ml")
 HERE = Path(__file__).parent
 
 
+def user_env() -> dict[str, str]:
+    """The environment of a user's shell: none of what earlier in-process tests set (app_for sets MODEL_DIR for
+    the backends that read it, and a backend started here must keep its state in its own folder)."""
+    return {k: v for k, v in os.environ.items() if k != "MODEL_DIR" and not k.startswith("RAILYARD_CLIENT_")}
+
+
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=120, env=user_env())
 
 
 def up(url: str) -> bool:
@@ -30,7 +36,8 @@ def up(url: str) -> bool:
 
 
 def serve_process(command: list[str], log: Path, port: int) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+                               env=user_env())
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: up(url) or process.poll() is not None, timeout=120, every=0.2)
     assert process.poll() is None, log.read_text()
