@@ -39,7 +39,7 @@ run: venv
 
 ## The whole test suite against real embedded servers (started by the tests themselves).
 test: venv $(MLFLOW_STAMP)
-	RAILYARD_TEST_MLFLOW=$(CURDIR)/$(MLFLOW_VENV)/bin/mlflow $(BIN)/python -m pytest -q -p no:cacheprovider
+	RAILYARD_TEST_MLFLOW=$(CURDIR)/$(MLFLOW_VENV)/bin/mlflow $(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
 
 ## Label Studio 1.23.2 driving an ML backend served by railyard-ml (minutes of install and first start: own target).
 test-labelstudio: venv $(LS_STAMP)

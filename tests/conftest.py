@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from tests.stack import RunningStack, start_stack
+from tests.stack import RunningStack, stack_directory, start_stack
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory) -> RunningStack:
-    running = start_stack(tmp_path_factory.mktemp("stack") / "data")
-    try:
-        running.wait_healthy()
-        yield running
-    finally:
-        running.stop()
+def stack() -> RunningStack:
+    with stack_directory() as data_dir:
+        running = start_stack(data_dir)
+        try:
+            running.wait_healthy()
+            yield running
+        finally:
+            running.stop()

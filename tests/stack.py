@@ -3,15 +3,19 @@ picked free on 127.0.0.1 so a developer's own `make run` stack is never touched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +149,19 @@ class RunningStack:
                 self.process.kill()
                 self.process.wait(10)
         return self.process.returncode
+
+
+@contextlib.contextmanager
+def stack_directory() -> Iterator[Path]:
+    """A data directory for a test stack, outside pytest's own temporary root: pytest makes that root private
+    (mode 0700) whenever a session starts, and the embedded PostgreSQL, which runs as its own OS user when the
+    tests run as root, then loses its data directory in the middle of another session's run."""
+    folder = Path(tempfile.mkdtemp(prefix="railyard-test-stack-"))
+    folder.chmod(0o755)
+    try:
+        yield folder / "data"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def start_stack(data_dir: Path, env: dict[str, str] | None = None) -> RunningStack:

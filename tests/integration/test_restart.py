@@ -14,7 +14,7 @@ from shared import subjects
 from shared.bus import publish_event, request
 from shared.messages import CountEvents, EventCount, ServiceStarted
 from shared.objectstore import BUCKET_DATASETS, MinioObjectStore
-from tests.stack import start_stack
+from tests.stack import stack_directory, start_stack
 
 pytestmark = pytest.mark.integration
 
@@ -36,35 +36,35 @@ async def _lineage_count(url: str, subject: str, expected: int) -> int:
         await broker.stop()
 
 
-async def test_data_survives_stop_and_start(tmp_path):
-    data_dir = tmp_path / "data"
-    first = start_stack(data_dir)
-    key, payload, subject = f"keep/{uuid.uuid4()}", uuid.uuid4().bytes * 100, f"events.keep.made{uuid.uuid4().hex}"
-    try:
-        await asyncio.to_thread(first.wait_healthy)
-        settings = first.settings()
-        await MinioObjectStore(settings.s3).put_bytes(BUCKET_DATASETS, key, payload)
-        conn = await asyncpg.connect(settings.postgres.dsn)
-        await conn.execute("CREATE TABLE IF NOT EXISTS public.keepsake (v text)")
-        await conn.execute("INSERT INTO public.keepsake VALUES ($1)", key)
-        await conn.close()
-        broker = NatsBroker(settings.nats.url)
-        await broker.connect()
-        for i in range(3):
-            await publish_event(broker, subject, ServiceStarted(name="keep", version="1", pid=i))
-        await broker.stop()
-        assert await _lineage_count(settings.nats.url, subject, 3) == 3
-    finally:
-        assert await asyncio.to_thread(first.stop) == 0
+async def test_data_survives_stop_and_start():
+    with stack_directory() as data_dir:
+        first = start_stack(data_dir)
+        key, payload, subject = f"keep/{uuid.uuid4()}", uuid.uuid4().bytes * 100, f"events.keep.made{uuid.uuid4().hex}"
+        try:
+            await asyncio.to_thread(first.wait_healthy)
+            settings = first.settings()
+            await MinioObjectStore(settings.s3).put_bytes(BUCKET_DATASETS, key, payload)
+            conn = await asyncpg.connect(settings.postgres.dsn)
+            await conn.execute("CREATE TABLE IF NOT EXISTS public.keepsake (v text)")
+            await conn.execute("INSERT INTO public.keepsake VALUES ($1)", key)
+            await conn.close()
+            broker = NatsBroker(settings.nats.url)
+            await broker.connect()
+            for i in range(3):
+                await publish_event(broker, subject, ServiceStarted(name="keep", version="1", pid=i))
+            await broker.stop()
+            assert await _lineage_count(settings.nats.url, subject, 3) == 3
+        finally:
+            assert await asyncio.to_thread(first.stop) == 0
 
-    second = start_stack(data_dir, env=first.env)
-    try:
-        await asyncio.to_thread(second.wait_healthy)
-        settings = second.settings()
-        assert await MinioObjectStore(settings.s3).get_bytes(BUCKET_DATASETS, key) == payload
-        conn = await asyncpg.connect(settings.postgres.dsn)
-        assert await conn.fetchval("SELECT count(*) FROM public.keepsake WHERE v = $1", key) == 1
-        await conn.close()
-        assert await _lineage_count(settings.nats.url, subject, 3) == 3
-    finally:
-        assert await asyncio.to_thread(second.stop) == 0
+        second = start_stack(data_dir, env=first.env)
+        try:
+            await asyncio.to_thread(second.wait_healthy)
+            settings = second.settings()
+            assert await MinioObjectStore(settings.s3).get_bytes(BUCKET_DATASETS, key) == payload
+            conn = await asyncpg.connect(settings.postgres.dsn)
+            assert await conn.fetchval("SELECT count(*) FROM public.keepsake WHERE v = $1", key) == 1
+            await conn.close()
+            assert await _lineage_count(settings.nats.url, subject, 3) == 3
+        finally:
+            assert await asyncio.to_thread(second.stop) == 0
