@@ -37,6 +37,7 @@ from shared.messages.lineage import (
     RunClassificationBenchmark,
 )
 from shared.objectstore import BUCKET_DATASETS, content_key
+from shared.table_transport import META_HEADER
 
 # infer(deployment, arrow ipc) -> (headers, arrow ipc); resolve(token, deployment) -> {workspace_id, ...}
 Infer = Callable[[str, bytes], Awaitable[tuple[dict[str, str], bytes]]]
@@ -119,7 +120,7 @@ async def run_classification(deps: Deps, infer: Infer, resolve: Resolve, princip
                 raise InvalidRequest(f"deployment {route['name']!r} answers no column {cmd.output_column!r}"
                                      f" (columns: {', '.join(output.column_names)})")
             predicted.extend(_predicted(output.column(cmd.output_column), cmd.class_names))
-            meta = json.loads(headers.get("Railyard-Meta") or "{}") if headers else {}
+            meta = json.loads(headers.get(META_HEADER) or "{}") if headers else {}
             last_model = meta.get("last_model") or last_model
         wall = time.perf_counter() - started
         metrics = await asyncio.to_thread(benchmarks.classification_metrics, truth, predicted)
