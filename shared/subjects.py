@@ -208,6 +208,23 @@ MONITORING_DEPLOYMENTS_SET_MODEL = "monitoring.deployments.set_model"
 MONITORING_DEPLOYMENTS_GET_SHADOW_MODEL = "monitoring.deployments.get_shadow_model"
 MONITORING_DEPLOYMENTS_SET_SHADOW_MODEL = "monitoring.deployments.set_shadow_model"
 
+# monitoring: seed 003's feedback (reviews, feedback loop, training-data reference, get_stats)
+MONITORING_REVIEW_PREDICTION = "monitoring.deployments.review_prediction"
+MONITORING_PREDICTIONS_TO_REVIEW = "monitoring.deployments.list_predictions_to_review"
+MONITORING_PREDICTION_IMAGE = "monitoring.deployments.get_prediction_image"
+MONITORING_FEEDBACK_SETUP = "monitoring.deployments.setup_feedback_loop"
+MONITORING_FEEDBACK_ATTACH = "monitoring.deployments.attach_dataset_version_to_feedback_loop"
+MONITORING_FEEDBACK_DETACH = "monitoring.deployments.detach_dataset_version_from_feedback_loop"
+MONITORING_FEEDBACK_LIST = "monitoring.deployments.list_feedback_loop_datasets"
+MONITORING_FEEDBACK_STATUS = "monitoring.deployments.check_feedback_loop_status"
+MONITORING_FEEDBACK_DISABLE = "monitoring.deployments.disable_feedback_loop"
+MONITORING_FEEDBACK_TOGGLE = "monitoring.deployments.toggle_feedback_loop"
+MONITORING_TRAINING_SET = "monitoring.deployments.set_training_data"
+MONITORING_TRAINING_STATUS = "monitoring.deployments.check_training_data_metrics_status"
+MONITORING_TRAINING_DISABLE = "monitoring.deployments.disable_training_data_reference"
+MONITORING_GET_STATS = "monitoring.deployments.get_stats"
+EVENT_MONITORING_REVIEW_CREATED = "events.monitoring.review_created"
+
 def engine_infer(deployment: str) -> str:
     """The inference subject of a deployment (`<deploy_id>-<id>`); its replicas share a queue group."""
     return f"engine.{deployment}.infer"
