@@ -225,6 +225,11 @@ MONITORING_TRAINING_DISABLE = "monitoring.deployments.disable_training_data_refe
 MONITORING_GET_STATS = "monitoring.deployments.get_stats"
 EVENT_MONITORING_REVIEW_CREATED = "events.monitoring.review_created"
 
+# monitoring: seed 003's predictions (predict / predict_bytes, monitor / monitor_bytes)
+MONITORING_PREDICT = "monitoring.deployments.predict"
+MONITORING_MONITOR = "monitoring.deployments.monitor"
+EVENT_MONITORING_PREDICTION_CREATED = "events.monitoring.prediction_created"
+
 def engine_infer(deployment: str) -> str:
     """The inference subject of a deployment (`<deploy_id>-<id>`); its replicas share a queue group."""
     return f"engine.{deployment}.infer"
