@@ -18,6 +18,9 @@ TABLE_REF = "Railyard-Table-Ref"  # the object key of a table sent by reference
 META_HEADER = "Railyard-Meta"  # an inference answer's model identity and timings (JSON)
 PAGE_HEADER = "Railyard-Page"  # a log page's cursor and counts (LogPage JSON)
 FIELD_HEADER = "Railyard-Field"  # a log field read's counts (LogField JSON)
+SHADOWS_HEADER = "Railyard-Shadows"  # "inline" on an inference request: challengers run before the answer, which
+# carries their outputs as `out_<challenger>.<output>` columns after the champion's (the monitoring service's predict)
+SHADOWS_INLINE = "inline"
 INFERENCE_PREFIX = "inference/"  # keys of inference tables (requests and answers)
 FIELD_PREFIX = "fields/"  # keys of log field reads
 BUS_HEADROOM = 64 * 1024  # bytes kept under the bus payload limit for headers

@@ -16,10 +16,19 @@ from shared.arrow_codec import from_ipc, to_ipc_stream
 from shared.bus import error_headers
 from shared.errors import InvalidRequest, RailyardError
 from shared.objectstore import BUCKET_TABLES
-from shared.table_transport import INFERENCE_PREFIX, META_HEADER, TABLE_REF, above_bus_limit, put_table
+from shared.table_transport import (
+    INFERENCE_PREFIX,
+    META_HEADER,
+    SHADOWS_HEADER,
+    SHADOWS_INLINE,
+    TABLE_REF,
+    above_bus_limit,
+    put_table,
+)
 
 log = logging.getLogger("railyard.engine")
 INLINE_ROWS = 256  # tables up to this many rows run on the event loop when no step awaits a worker
+SHADOW_TIMEOUT = 10.0  # seconds a challenger may take (after that: its columns are left out)
 
 
 class Pipeline(Protocol):
@@ -43,6 +52,22 @@ class Answer:
     last_model: str = ""
     elapsed: tuple[int, int] = (0, 0)
     shadows: list = field(default_factory=list)
+    shadow_outputs: dict[str, pa.Table] | None = None  # challengers already run (inline): their outputs by name
+
+
+async def run_shadows_inline(shadows: list) -> tuple[dict[str, pa.Table], dict[str, int]]:
+    """Run the challengers now, one after the other: (outputs by challenger name, elapsed ns by name). A failing or
+    slow challenger is left out, as when challengers run after the answer."""
+    outputs: dict[str, pa.Table] = {}
+    elapsed: dict[str, int] = {}
+    for name, runtime, shadow_input in shadows:
+        started = time.perf_counter_ns()
+        try:
+            outputs[name] = await asyncio.wait_for(asyncio.to_thread(runtime.predict, shadow_input), SHADOW_TIMEOUT)
+            elapsed[name] = time.perf_counter_ns() - started
+        except Exception as exc:
+            log.warning("challenger %s failed: %s", name, exc)
+    return outputs, elapsed
 
 
 async def infer(pipeline: Pipeline, data: bytes, headers: dict[str, str] | None, received: int,
@@ -65,11 +90,22 @@ async def infer(pipeline: Pipeline, data: bytes, headers: dict[str, str] | None,
         return Answer(b"", error_headers(RailyardError(f"the model failed: {type(exc).__name__}",
                                                        code="inference_failed")))
     last_model = json.dumps({"model_name": last["name"], "model_sha": last["sha"]}) if last else ""
+    shadow_outputs = None
+    answered = output
+    if shadows and (headers or {}).get(SHADOWS_HEADER) == SHADOWS_INLINE:
+        # the caller wants the challengers' outputs in the answer (monitoring's predict keeps both)
+        shadow_outputs, shadow_elapsed = await run_shadows_inline(shadows)
+        shadows = []
+        for name, table in shadow_outputs.items():
+            for column in table.column_names:
+                answered = answered.append_column(f"out_{name}.{column}", table.column(column))
     timings = (elapsed[0] if elapsed else 0, time.perf_counter_ns() - received)
     meta = {"last_model": last_model, "pipeline_version": pipeline.spec["deployment"]["pipeline_version"],
             "elapsed": list(timings)}
-    body = to_ipc_stream(output)
+    if shadow_outputs is not None:
+        meta["shadow_elapsed"] = shadow_elapsed
+    body = to_ipc_stream(answered)
     answer_headers = {META_HEADER: json.dumps(meta)}
     if above_bus_limit(body, max_payload):  # answer by reference
         answer_headers[TABLE_REF], body = await put_table(pipeline.store, INFERENCE_PREFIX, body), b""
-    return Answer(body, answer_headers, table, output, last_model, timings, shadows)
+    return Answer(body, answer_headers, table, output, last_model, timings, shadows, shadow_outputs)

@@ -43,7 +43,7 @@ from shared.service import settle_garbage_collector
 from shared.settings import Settings
 
 log = logging.getLogger("railyard.engine")
-SHADOW_TIMEOUT = 10.0
+SHADOW_TIMEOUT = handlers.SHADOW_TIMEOUT
 DRAIN_SHADOWS = 2.0  # seconds a stopping replica lets queued challengers run (then: logged without them)
 DRAIN_LOGS = 8.0  # seconds a stopping replica has to publish the records it holds
 
@@ -207,6 +207,8 @@ class Replica:
                 return
             record = InferenceRecord(at_ms, answer.table, answer.output, answer.last_model, answer.elapsed,
                                      request_id=answers.store_once(msg, (time.perf_counter_ns() - received) / 1e9))
+            if answer.shadow_outputs:  # the challengers ran before the answer (inline): logged with it
+                record.shadows.update(answer.shadow_outputs)
             shadows = answer.shadows
             if not shadows:
                 self.batcher.add(record)

@@ -78,8 +78,8 @@ def test_only_auth_answers_auth_and_announces_keys_and_users():
 def test_only_engines_answer_inferences_and_publish_inference_logs():
     assert who_may("subscribe", subjects.engine_infer("d-1")) == {"engine"}
     assert who_may("publish", "logs.inference.d-1") == {"engine"}
-    # the gateway for inferences, the lineage service for benchmark runs
-    assert who_may("publish", subjects.engine_infer("d-1")) == {"gateway", "workflow_lineage"}
+    # the gateway for inferences, the lineage service for benchmark runs, monitoring for predict on images
+    assert who_may("publish", subjects.engine_infer("d-1")) == {"gateway", "workflow_lineage", "monitoring"}
 
 
 def test_only_the_log_store_answers_log_store_subjects():
