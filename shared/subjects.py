@@ -230,6 +230,19 @@ MONITORING_PREDICT = "monitoring.deployments.predict"
 MONITORING_MONITOR = "monitoring.deployments.monitor"
 EVENT_MONITORING_PREDICTION_CREATED = "events.monitoring.prediction_created"
 
+# monitoring: seed 003's continuous training and deployment, and promotion by the sequential test
+MONITORING_CT_SETUP = "monitoring.deployments.setup_continuous_training"
+MONITORING_CT_ATTACH = "monitoring.deployments.attach_dataset_version_to_continuous_training"
+MONITORING_CT_DETACH = "monitoring.deployments.detach_dataset_version_from_continuous_training"
+MONITORING_CT_TOGGLE = "monitoring.deployments.toggle_continuous_training"
+MONITORING_CD_SETUP = "monitoring.deployments.setup_continuous_deployment"
+MONITORING_CD_TOGGLE = "monitoring.deployments.toggle_continuous_deployment"
+EVENT_MONITORING_TRAINING_STARTED = "events.monitoring.training_started"
+EVENT_MONITORING_TRAINING_FINISHED = "events.monitoring.training_finished"  # lineage: run -> model version
+EVENT_MONITORING_CHALLENGER_DECIDED = "events.monitoring.challenger_decided"
+EVENT_MONITORING_MODEL_SWAPPED = "events.monitoring.model_swapped"
+
+
 def engine_infer(deployment: str) -> str:
     """The inference subject of a deployment (`<deploy_id>-<id>`); its replicas share a queue group."""
     return f"engine.{deployment}.infer"
