@@ -1,0 +1,187 @@
+"""Seed 003's continuous training and continuous deployment (monitoring service), and the events of the statistical
+promotion of a shadow challenger. A deployment is named `<deploy_id>-<id>`; a seed "dataset version" is F's
+`DatasetVersionRef` (an images dataset of a workflow-lineage project, optionally with a project version)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+from pydantic import Field
+
+from shared.messages.base import Command, Event, Message
+from shared.messages.monitoring import ModelVersionRef
+from shared.messages.monitoring_feedback import DatasetVersionRef
+
+POLICIES = ("DEPLOY_MANUAL", "DEPLOY_SHADOW", "DEPLOY_AUTO")
+"""The seed's ContinuousDeploymentPolicy values."""
+
+Policy = Literal["DEPLOY_MANUAL", "DEPLOY_SHADOW", "DEPLOY_AUTO"]
+Trigger = Literal["FEEDBACK_LOOP"]
+ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class SetupContinuousTraining(Command):
+    """setup_continuous_training: when `threshold` predictions have been reviewed since the last training, run the
+    orchestration `orchestration_id` once with the parameters (or the scan configuration: exactly one of the two)
+    and the attached dataset versions as its arguments. Setting up again replaces the configuration (attached
+    datasets stay)."""
+
+    deployment: str = Field(min_length=1, max_length=200)
+    project_id: int = Field(gt=0, description="The seed's project: the workflow-lineage project hosting the run.")
+    dataset_version: DatasetVersionRef | None = Field(None, description="Attached under the alias `train`.")
+    trigger: Trigger = "FEEDBACK_LOOP"
+    threshold: int = Field(gt=0, le=1_000_000, description="Reviewed predictions that start a training.")
+    experiment_parameters: dict[str, Any] | None = None
+    scan_config: dict[str, Any] | None = None
+    orchestration_id: uuid.UUID = Field(description="Railyard: the orchestration (the training recipe) to run.")
+    model_name: str | None = Field(None, min_length=1, max_length=63, description="Railyard: the model the run "
+                                   "registers a version of (default: the deployment's current model's name).")
+    timeout: int | None = Field(None, gt=0, description="Railyard: the run's time limit in seconds.")
+
+
+class ContinuousTrainingDataset(Command):
+    """attach_dataset_version_to_continuous_training: a dataset version under an alias (`train`, `test`, ...)."""
+
+    deployment: str = Field(min_length=1, max_length=200)
+    alias: str = Field(pattern=ALIAS_PATTERN)
+    dataset_version: DatasetVersionRef
+
+
+class DetachContinuousTrainingDataset(Command):
+    """detach_dataset_version_from_continuous_training."""
+
+    deployment: str = Field(min_length=1, max_length=200)
+    dataset_version: DatasetVersionRef
+
+
+class ToggleContinuous(Command):
+    """toggle_continuous_training / toggle_continuous_deployment."""
+
+    deployment: str = Field(min_length=1, max_length=200)
+    active: bool
+
+
+class SetupContinuousDeployment(Command):
+    """setup_continuous_deployment: what a model version a continuous training produced does. DEPLOY_MANUAL: waits
+    for a person (retrieve_information shows it pending); DEPLOY_SHADOW: runs as the shadow challenger until the
+    sequential test promotes or rolls it back; DEPLOY_AUTO: served at once."""
+
+    deployment: str = Field(min_length=1, max_length=200)
+    policy: Policy
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="Railyard: the sequential test's error rate.")
+    min_sample: int = Field(30, ge=1, le=1_000_000, description="Railyard: reviewed pairs before any decision.")
+
+
+class ContinuousTrainingState(Message):
+    """The continuous training of a deployment (None fields: not set up)."""
+
+    active: bool
+    project_id: int
+    orchestration_id: uuid.UUID
+    trigger: str
+    threshold: int
+    experiment_parameters: dict[str, Any] | None
+    scan_config: dict[str, Any] | None
+    model_name: str
+    datasets: dict[str, DatasetVersionRef]
+    reviews: int = Field(description="Predictions of the deployment reviewed so far.")
+    reviews_at_last_training: int
+
+
+class ContinuousDeploymentState(Message):
+    """The continuous deployment policy of a deployment."""
+
+    active: bool
+    policy: str
+    alpha: float
+    min_sample: int
+
+
+class TrainingRecord(Message):
+    """One training a continuous training started, and what became of its model version."""
+
+    id: uuid.UUID
+    state: str = Field(description="starting, running, succeeded (run done, model awaited), done or failed.")
+    reviews: int = Field(description="The review count that triggered it.")
+    task_id: uuid.UUID | None
+    run_id: uuid.UUID | None
+    model_version: ModelVersionRef | None
+    outcome: str | None = Field(description="pending (DEPLOY_MANUAL or no active policy: waits for a person), "
+                                "shadow, deployed, or failed.")
+    reason: str | None
+    created_at: str
+    updated_at: str
+
+
+class ChallengeRecord(Message):
+    """A shadow challenger under the sequential test: its evidence and the decision."""
+
+    id: uuid.UUID
+    champion: ModelVersionRef
+    challenger: ModelVersionRef
+    state: str = Field(description="running, promoting, rolling_back, promoted, rolled_back, superseded or failed.")
+    evidence: dict[str, Any] | None
+    started_at: str
+    decided_at: str | None
+    reason: str | None
+
+
+class ContinuousInformation(Message):
+    """What setup/toggle answer, and what retrieve_information shows under `continuous`."""
+
+    training: ContinuousTrainingState | None
+    deployment: ContinuousDeploymentState | None
+    last_training: TrainingRecord | None
+    pending_model_version: ModelVersionRef | None = Field(description="A trained model version waiting for a "
+                                                          "person (DEPLOY_MANUAL).")
+    challenge: ChallengeRecord | None = Field(description="The current or last shadow challenge.")
+
+
+class TrainingStarted(Event):
+    """events.monitoring.training_started: the review threshold started one training run."""
+
+    deployment_id: int
+    workspace_id: int
+    training_id: uuid.UUID
+    task_id: uuid.UUID
+    reviews: int
+
+
+class TrainingFinished(Event):
+    """events.monitoring.training_finished: a training's run ended; `outputs` is what lineage draws from the run
+    (`[{kind: "model_version", ref}]`)."""
+
+    deployment_id: int
+    workspace_id: int
+    training_id: uuid.UUID
+    run_id: uuid.UUID | None
+    status: Literal["done", "failed"]
+    outcome: str
+    model_version: ModelVersionRef | None
+    outputs: list[dict[str, str]] = Field(default_factory=list)
+    reason: str | None = None
+
+
+class ChallengerDecided(Event):
+    """events.monitoring.challenger_decided: the sequential test's decision and its evidence."""
+
+    deployment_id: int
+    workspace_id: int
+    challenge_id: uuid.UUID
+    decision: Literal["promote", "roll_back"]
+    champion: ModelVersionRef
+    challenger: ModelVersionRef
+    evidence: dict[str, Any]
+
+
+class ModelSwapped(Event):
+    """events.monitoring.model_swapped: continuous deployment changed what a deployment serves."""
+
+    deployment_id: int
+    workspace_id: int
+    action: Literal["shadow_set", "promoted", "rolled_back", "deployed"]
+    model_version: ModelVersionRef | None = Field(description="The model served (or shadowed) afterwards.")
+    shadow_model_version: ModelVersionRef | None
+    pipeline_version: str | None
+    reason: str
