@@ -51,6 +51,8 @@ class Principal:
     workspace_id: int | None = None  # inference tokens: the one workspace whose deployments they may call
     # task-run tokens: a user's token scoped to the run's workspace (other workspaces do not exist for it)
     scoped_task: str | None = None
+    # ...and the run it was minted for (the card the seed's input/output methods default to)
+    scoped_run: str | None = None
 
     @property
     def user_id(self) -> str:
@@ -165,6 +167,8 @@ class TokenVerifier:
             issued_at=issued_at,
             workspace_id=workspace if kind == KIND_INFERENCE or claims.get("railyard_task") else None,
             scoped_task=str(claims["railyard_task"]) if kind == KIND_USER and claims.get("railyard_task") else None,
+            scoped_run=(str(claims["railyard_task_run"]) if kind == KIND_USER and claims.get("railyard_task")
+                        and claims.get("railyard_task_run") else None),
         )
         if len(self._verified) >= VERIFIED_CACHE:
             self._verified.clear()

@@ -28,7 +28,6 @@ import pyarrow.parquet as pq
 from railyard_client.data import ARROW_FILE, dataframe_to_table, from_ipc, to_ipc_file
 from railyard_client.errors import InvalidInput
 from railyard_client.progress import ProgressReader, upload_bar, wanted
-from railyard_client.tasks import ENV_TASK_RUN_ID
 
 PARQUET = "application/vnd.apache.parquet"
 
@@ -180,7 +179,7 @@ class Lineage:
     # --- the workflow graph (seed 000) -----------------------------------------------------------------
 
     def _link(self, method: str, task_id: str | None, meta: dict[str, Any] | None, **body: Any) -> dict[str, Any]:
-        task_id = task_id or os.environ.get(ENV_TASK_RUN_ID)
+        # no task_id: the server takes the run from this task run's scoped token (the seed's default)
         return self._post(f"workflow/{method}", {"workspace_id": self.workspace_id, "task_id": task_id,
                                                  "meta": meta, **body})
 

@@ -360,7 +360,7 @@ async def issue_task_token(deps: AuthDeps, cmd: IssueTaskToken) -> TaskTokenIssu
         "exp": int(now) + cmd.ttl, "typ": "Bearer", "scope": "profile email",
         "preferred_username": user["username"], "email": user["email"], "railyard_kind": KIND_USER,
         "railyard_admin": False, "railyard_workspace": cmd.workspace_id, "railyard_task": cmd.task_id,
-    }
+    } | ({"railyard_task_run": cmd.run_id} if cmd.run_id else {})
     token = jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid})
     return TaskTokenIssued(access_token=token, expires_in=cmd.ttl)
 

@@ -121,9 +121,10 @@ async def start(runtime: Runtime) -> None:
     async def publish(subject: str, event: Any) -> None:
         await publish_event(broker, subject, event)
 
-    async def mint(owner_id: str, workspace_id: int, ttl: int, task_id: str) -> str:
+    async def mint(owner_id: str, workspace_id: int, ttl: int, task_id: str, run_id: str) -> str:
         issued = await request(broker, subjects.AUTH_TOKEN_ISSUE_TASK,
-                               IssueTaskToken(user_id=owner_id, workspace_id=workspace_id, ttl=ttl, task_id=task_id),
+                               IssueTaskToken(user_id=owner_id, workspace_id=workspace_id, ttl=ttl, task_id=task_id,
+                                              run_id=run_id),
                                timeout=timeout, reply_model=TaskTokenIssued)
         return issued.access_token
 

@@ -42,8 +42,9 @@ log = logging.getLogger("railyard.task_scheduler.scheduler")
 
 FIRE_BATCH = 50
 
-# mint(owner_id, workspace_id, ttl_seconds, task_id) -> a bearer token with the owner's rights in that workspace
-TokenMinter = Callable[[str, int, int, str], Awaitable[str]]
+# mint(owner_id, workspace_id, ttl_seconds, task_id, run_id) -> a bearer token with the owner's rights in that
+# workspace, naming the task and the run
+TokenMinter = Callable[[str, int, int, str, str], Awaitable[str]]
 
 
 def due_point(schedule: str, next_fire: datetime, now: datetime, policy: str | None,
@@ -245,7 +246,7 @@ class Scheduler:
             env_dir = packaging.env_dir(deps.work_root, orch["requirements_sha"])
             python = str(packaging.env_python(env_dir))
         ttl = min(deps.settings.token_ttl, task["timeout_seconds"] + 60)
-        token = await self.mint(task["owner_id"], task["workspace_id"], ttl, str(task["id"]))
+        token = await self.mint(task["owner_id"], task["workspace_id"], ttl, str(task["id"]), str(row["id"]))
         args = task["args"]
         plan = runner.RunPlan(
             run_id=str(row["id"]), workdir=deps.work_root / "runs" / str(row["id"]), zip_path=zip_path,

@@ -75,10 +75,11 @@ async def add(deps: Deps, principal: Principal, token: str | None, direction: st
     require_user(principal)
     await require_member(deps.membership(token), principal, cmd.workspace_id)
     if cmd.task_id is None:
-        # the seed: task_id defaults to the calling task, which a task run's scoped token names
+        # the seed: task_id defaults to the calling task, which a task run's scoped token names: its run (the
+        # card events.task_run.* draw); a scoped token minted without a run names its task
         if principal.scoped_task is None:
             raise InvalidRequest("task_id is required (it defaults to the calling task only with a task run's token)")
-        cmd = cmd.model_copy(update={"task_id": principal.scoped_task})
+        cmd = cmd.model_copy(update={"task_id": principal.scoped_run or principal.scoped_task})
     async with deps.pool.acquire() as conn, conn.transaction():
         target, customizable = await _target(conn, direction, card, cmd)
         added = await graph.link(conn, direction, card, cmd, target, customizable)

@@ -199,6 +199,8 @@ class IssueTaskToken(Command):
     workspace_id: int
     ttl: int = Field(gt=0, le=24 * 3600 + 60)
     task_id: str
+    run_id: str | None = Field(None, description="The run the token is for: what calls that default a task run"
+                                                 " (the lineage input/output methods) name.")
 
 
 class TaskTokenIssued(Message):

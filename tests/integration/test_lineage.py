@@ -5,7 +5,7 @@ and bad input answered 4xx with nothing stored.
 
 Task runs: the "Done when" flow names its task run explicitly (`task_id`) in add_input_project / add_output_file;
 test_a_real_task_run_declares_its_inputs_and_outputs runs a real orchestration whose main.py makes the same calls
-through the SDK without a task_id."""
+through the SDK without a task_id (the run's scoped token names the run)."""
 
 from __future__ import annotations
 
@@ -486,8 +486,9 @@ def test_sdk_lineage_methods(stack, alice, tmp_path):
 
 
 async def test_task_id_defaults_to_the_calling_task(stack, alice, bob):
-    """A task run's scoped token (minted as the task scheduler does) names its task: add_* calls without task_id
-    land on that card; without such a token task_id is required; the scoped token reaches its workspace only."""
+    """A task run's scoped token (minted as the task scheduler does) names its run: add_* calls without task_id
+    land on the run's card (a token minted without a run: the task's); without such a token task_id is required;
+    the scoped token reaches its workspace only."""
     from faststream.nats import NatsBroker
 
     from shared import subjects
@@ -498,12 +499,18 @@ async def test_task_id_defaults_to_the_calling_task(stack, alice, bob):
     await broker.connect()
     try:
         issued = await request(broker, subjects.AUTH_TOKEN_ISSUE_TASK, IssueTaskToken(
+            user_id=alice.user_id, workspace_id=alice.workspace_id, ttl=300, task_id="task-under-test",
+            run_id="run-under-test"), timeout=10, reply_model=TaskTokenIssued)
+        runless = await request(broker, subjects.AUTH_TOKEN_ISSUE_TASK, IssueTaskToken(
             user_id=alice.user_id, workspace_id=alice.workspace_id, ttl=300, task_id="task-under-test"),
             timeout=10, reply_model=TaskTokenIssued)
     finally:
         await broker.stop()
     project = ok(post(stack, "projects/create", alice.token, {"workspace_id": alice.workspace_id, "name": "scoped"}))
     linked = ok(post(stack, "workflow/add_input_project", issued.access_token,
+                     {"workspace_id": alice.workspace_id, "project_id": project["id"]}))
+    assert (linked["main_node"]["kind"], linked["main_node"]["ref"]) == ("task_run", "run-under-test")
+    linked = ok(post(stack, "workflow/add_input_project", runless.access_token,
                      {"workspace_id": alice.workspace_id, "project_id": project["id"]}))
     assert (linked["main_node"]["kind"], linked["main_node"]["ref"]) == ("task_run", "task-under-test")
     missing = post(stack, "workflow/add_input_project", alice.token,
@@ -535,8 +542,9 @@ print("linked", run)
 
 
 def test_a_real_task_run_declares_its_inputs_and_outputs(stack, alice):
-    """An orchestration's task run calls the SDK's add_input_project / add_output_file without a task_id: the
-    cards land on the run's card, the same one events.task_run.* draw (with the orchestration that ran it)."""
+    """An orchestration's task run calls the SDK's add_input_project / add_output_file without a task_id (the SDK
+    sends none): the server takes the run from the run's scoped token, so the cards land on the run's card, the
+    same one events.task_run.* draw (with the orchestration that ran it)."""
     from tests.integration.test_orchestrations import logs, ready_orchestration, run_once, text_of, wait_run
 
     made = make_project(stack, alice)

@@ -154,6 +154,9 @@ async def test_a_task_run_token_reaches_its_own_workspace_only(verifier):
     assert scoped.kind == "user" and scoped.workspace_id == 7 and scoped.scoped_task == "t-1"
     plain = await verifier.verify(make_token(railyard_workspace=7))
     assert plain.workspace_id is None and plain.scoped_task is None  # the claim alone scopes nothing
+    run = await verifier.verify(make_token(railyard_workspace=7, railyard_task="t-1", railyard_task_run="r-1"))
+    assert (run.scoped_task, run.scoped_run) == ("t-1", "r-1") and scoped.scoped_run is None
+    assert (await verifier.verify(make_token(railyard_task_run="r-1"))).scoped_run is None  # only with a task
     asked = []
 
     async def lookup(user_id, workspace_id):
