@@ -1,6 +1,7 @@
-"""Images of seed 003's predictions: decoding (PNG and JPEG only) and the image statistics that monitoring keeps
-for every prediction (`image_features`), which the training-data reference computes on dataset images with the same
-function and the outlying score compares.
+"""Images of seed 003's predictions: decoding (PNG and JPEG only), the image statistics that monitoring keeps for
+every prediction (`image_features`, which the training-data reference computes on dataset images with the same
+function and the outlying score compares), preprocessing by a pipeline's image configuration, the model's outputs
+as the seed's PredictionFormat, and the checks of PredictionFormats that callers send (monitor).
 
 Nothing here touches the network or the database: these are pure functions, unit-tested in memory."""
 
@@ -13,6 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from shared.errors import InvalidRequest
+from shared.messages.monitoring_predictions import ImageConfig, PredictionFormat
 
 SUPPORTED_CONTENT_TYPES = ("image/png", "image/jpeg")
 """The content types predict and monitor accept (the seed's SupportedContentType)."""
@@ -103,3 +105,155 @@ def image_features(img: Image.Image) -> dict[str, float]:
         features[f"{channel}_mean"] = float(plane.mean())
         features[f"{channel}_std"] = float(plane.std())
     return {name: round(features[name], 6) for name in FEATURE_NAMES}
+
+
+# --- preprocessing: an image into the model's input, as the pipeline's image configuration says ------------------
+
+
+def _per_channel(values: list[float] | None, channels: int, what: str, default: float) -> np.ndarray:
+    if values is None:
+        return np.full(channels, default, dtype=np.float32)
+    if len(values) not in (1, channels):
+        raise InvalidRequest(f"the image configuration's {what} has {len(values)} values: give 1 or {channels}")
+    if what == "std" and any(v == 0 for v in values):
+        raise InvalidRequest("the image configuration's std has a zero")
+    return np.asarray(values * (channels // len(values)), dtype=np.float32)
+
+
+def preprocess(img: Image.Image, config: ImageConfig) -> np.ndarray:
+    """The model input for one image: a float32 array with a batch dimension of one ([1, C, H, W], [1, H, W, C],
+    or [1, C*H*W] / [1, H*W*C] when flattened)."""
+    converted = img.convert("L" if config.channels == 1 else "RGB")
+    if config.size is not None:
+        width, height = config.size
+        if width < 1 or height < 1:
+            raise InvalidRequest("the image configuration's size must be positive [width, height]")
+        if converted.size != (width, height):
+            converted = converted.resize((width, height), Image.BILINEAR)
+    pixels = np.asarray(converted, dtype=np.float32)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    values = pixels * np.float32(config.scale)
+    values = (values - _per_channel(config.mean, config.channels, "mean", 0.0)) / \
+        _per_channel(config.std, config.channels, "std", 1.0)
+    if config.layout == "NCHW":
+        values = values.transpose(2, 0, 1)
+    batch = values[None, ...].astype(np.float32)
+    return batch.reshape(1, -1) if config.flatten else batch
+
+
+# --- outputs: the model's outputs into the seed's PredictionFormat --------------------------------------------------
+
+
+def _output(outputs: dict[str, np.ndarray], name: str | None, what: str) -> np.ndarray:
+    if name is None or name not in outputs:
+        raise InvalidRequest(f"the model has no output {name!r} for {what} (its outputs: {sorted(outputs)}): fix "
+                             "the pipeline's image configuration")
+    return np.asarray(outputs[name])
+
+
+def to_prediction(outputs: dict[str, np.ndarray], config: ImageConfig, height: int, width: int,
+                  min_threshold: float | None) -> dict[str, list]:
+    """One image's model outputs (each without its batch dimension) as a PredictionFormat dict.
+
+    Classification: the `top_k` best classes of the `scores` output (one score per label), best first.
+    Detection: every box of `boxes` with its score and class, best score first, those scoring below `min_threshold`
+    dropped; boxes become integer pixels of the original image (height x width), [top, left, bottom, right], clipped
+    to it."""
+    scores = _output(outputs, config.outputs.scores, "scores").astype(np.float64).reshape(-1)
+    if not np.isfinite(scores).all():
+        raise InvalidRequest("the model answered scores that are not finite numbers")
+    if config.kind == "classification":
+        if scores.size != len(config.labels):
+            raise InvalidRequest(f"the model answered {scores.size} scores for {len(config.labels)} labels: the "
+                                 "image configuration's labels must list one label per score")
+        best = np.argsort(-scores, kind="stable")[:config.top_k]
+        return {"detection_classes": [int(i) for i in best],
+                "detection_scores": [float(np.clip(scores[i], 0.0, 1.0)) for i in best]}
+    if config.kind == "segmentation":
+        raise InvalidRequest("predict does not turn segmentation masks into polygons yet: monitor segmentation "
+                             "predictions made elsewhere instead")
+    boxes = _output(outputs, config.outputs.boxes, "boxes").astype(np.float64)
+    if boxes.size != scores.size * 4:
+        raise InvalidRequest(f"the model answered {scores.size} scores but {boxes.size // 4} boxes")
+    boxes = boxes.reshape(-1, 4)
+    if config.outputs.classes is not None:
+        classes = _output(outputs, config.outputs.classes, "classes").reshape(-1)
+        if classes.size != scores.size:
+            raise InvalidRequest(f"the model answered {scores.size} scores but {classes.size} classes")
+        classes = np.rint(classes.astype(np.float64)).astype(np.int64)
+    else:
+        classes = np.zeros(scores.size, dtype=np.int64)
+    if config.box_format == "ltrb":
+        boxes = boxes[:, [1, 0, 3, 2]]
+    if config.box_normalized:
+        boxes = boxes * np.array([height, width, height, width], dtype=np.float64)
+    elif config.size is not None:
+        in_width, in_height = config.size
+        boxes = boxes * np.array([height / in_height, width / in_width] * 2, dtype=np.float64)
+    limits = np.array([height, width, height, width], dtype=np.float64)
+    pixels = np.clip(np.rint(boxes), 0, limits).astype(np.int64)
+    keep = [i for i in np.argsort(-scores, kind="stable")
+            if (min_threshold is None or scores[i] >= min_threshold) and 0 <= classes[i] < len(config.labels)]
+    return {"detection_classes": [int(classes[i]) for i in keep],
+            "detection_scores": [float(np.clip(scores[i], 0.0, 1.0)) for i in keep],
+            "detection_boxes": [[int(v) for v in pixels[i]] for i in keep]}
+
+
+# --- checks of PredictionFormats sent by callers (monitor) ----------------------------------------------------------
+
+
+def prediction_kind(prediction: PredictionFormat) -> str:
+    """classification, detection (boxes) or segmentation (boxes and masks)."""
+    if prediction.detection_masks is not None:
+        return "segmentation"
+    if prediction.detection_boxes is not None:
+        return "detection"
+    return "classification"
+
+
+def check_prediction(prediction: PredictionFormat, height: int, width: int, what: str = "prediction",
+                     labels: list[str] | None = None) -> str:
+    """Its kind, once every rule of the seed's PredictionFormat holds; InvalidRequest naming the first broken one:
+    lists of equal length, scores in 0..1, class ids >= 0 (and < the number of labels when known), boxes of 4
+    integers [top, left, bottom, right] inside the height x width image with top <= bottom and left <= right,
+    masks (segmentation, which needs boxes too) polygons of at least 3 points inside the image."""
+    count = len(prediction.detection_classes)
+    if len(prediction.detection_scores) != count:
+        raise InvalidRequest(f"{what}: detection_scores has {len(prediction.detection_scores)} values but "
+                             f"detection_classes {count}: give one score per class")
+    for index, score in enumerate(prediction.detection_scores):
+        if not (0.0 <= score <= 1.0):  # NaN fails too
+            raise InvalidRequest(f"{what}: detection_scores[{index}] is {score}: scores are between 0 and 1")
+    for index, cls in enumerate(prediction.detection_classes):
+        if cls < 0 or (labels is not None and cls >= len(labels)):
+            bound = f" and below {len(labels)} (the deployment's labels)" if labels is not None else ""
+            raise InvalidRequest(f"{what}: detection_classes[{index}] is {cls}: class ids are 0 or more{bound}")
+    if prediction.detection_masks is not None and prediction.detection_boxes is None:
+        raise InvalidRequest(f"{what}: detection_masks without detection_boxes: a segmentation gives both")
+    if prediction.detection_boxes is not None:
+        if len(prediction.detection_boxes) != count:
+            raise InvalidRequest(f"{what}: detection_boxes has {len(prediction.detection_boxes)} boxes but "
+                                 f"detection_classes {count}: give one box per class")
+        for index, box in enumerate(prediction.detection_boxes):
+            if len(box) != 4:
+                raise InvalidRequest(f"{what}: detection_boxes[{index}] has {len(box)} values: a box is [top, left, "
+                                     "bottom, right]")
+            top, left, bottom, right = box
+            if not (0 <= top <= bottom <= height and 0 <= left <= right <= width):
+                raise InvalidRequest(f"{what}: detection_boxes[{index}] {box} is not [top, left, bottom, right] "
+                                     f"inside the {width}x{height} image (0 <= top <= bottom <= height, "
+                                     "0 <= left <= right <= width)")
+    if prediction.detection_masks is not None:
+        if len(prediction.detection_masks) != count:
+            raise InvalidRequest(f"{what}: detection_masks has {len(prediction.detection_masks)} polygons but "
+                                 f"detection_classes {count}: give one polygon per class")
+        for index, polygon in enumerate(prediction.detection_masks):
+            if len(polygon) < 6 or len(polygon) % 2:
+                raise InvalidRequest(f"{what}: detection_masks[{index}] has {len(polygon)} values: a polygon is "
+                                     "[x1, y1, x2, y2, x3, y3, ...], at least 3 points")
+            xs, ys = polygon[0::2], polygon[1::2]
+            if min(xs) < 0 or max(xs) > width or min(ys) < 0 or max(ys) > height:
+                raise InvalidRequest(f"{what}: detection_masks[{index}] has points outside the {width}x{height} "
+                                     "image")
+    return prediction_kind(prediction)

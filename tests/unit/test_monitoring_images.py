@@ -1,0 +1,155 @@
+"""services/monitoring/images.py: decoding (PNG/JPEG only, strict), image statistics, preprocessing by a pipeline's
+image configuration, model outputs as the seed's PredictionFormat (min_threshold, [top, left, bottom, right] in the
+original image's pixels) and the checks of PredictionFormats that monitor receives."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from services.monitoring import images
+from shared.errors import InvalidRequest
+from shared.messages.monitoring_predictions import ImageConfig, PredictionFormat
+from tests.image_models import (
+    detector_image_config,
+    detector_onnx,
+    digit_pixels,
+    digit_png,
+    digits_classifier,
+    digits_image_config,
+    squares_png,
+)
+
+
+def png(img: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def test_decode_accepts_png_and_jpeg_and_says_why_it_refuses():
+    data = png(Image.new("RGB", (5, 4), (10, 20, 30)))
+    img = images.decode_image(data, "image/png; charset=binary")
+    assert img.size == (5, 4) and images.content_type_of(img) == "image/png"
+    assert images.content_type_of(images.decode_image(png(Image.new("L", (3, 3)), "JPEG"), "image/jpg")) == \
+        "image/jpeg"
+    refused = {
+        "empty": (b"", None), "signature": (b"GIF89a....", None), "truncated": (data[:40], None),
+        "declared other": (data, "image/jpeg"), "unsupported type": (data, "image/gif"),
+    }
+    messages = {}
+    for case, (raw, content_type) in refused.items():
+        with pytest.raises(InvalidRequest) as caught:
+            images.decode_image(raw, content_type)
+        messages[case] = caught.value.msg
+    assert "empty" in messages["empty"] and "neither a PNG nor a JPEG" in messages["signature"]
+    assert "does not decode" in messages["truncated"] and "bytes are a PNG" in messages["declared other"]
+    assert "unsupported content type 'image/gif'" in messages["unsupported type"]
+
+
+def test_decode_refuses_a_huge_canvas_before_decoding(monkeypatch):
+    monkeypatch.setattr(images, "MAX_PIXELS", 100)
+    with pytest.raises(InvalidRequest, match="11x10 pixels"):
+        images.decode_image(png(Image.new("L", (11, 10))))
+
+
+def test_image_features_are_the_fixed_named_statistics():
+    rgb = np.zeros((4, 6, 3), dtype=np.uint8)
+    rgb[:, :3] = (255, 0, 0)
+    features = images.image_features(Image.fromarray(rgb, "RGB"))
+    assert tuple(features) == images.FEATURE_NAMES
+    assert features["height"] == 4 and features["width"] == 6
+    assert features["red_mean"] == 127.5 and features["red_std"] == 127.5 and features["green_mean"] == 0
+    assert features["brightness_mean"] == pytest.approx(np.mean([76, 0]), abs=0.5)
+
+
+def test_preprocess_follows_size_channels_scale_normalization_and_layout():
+    img = Image.fromarray(np.arange(12, dtype=np.uint8).reshape(3, 4) * 20, "L").convert("RGB")
+    base = {"input": "x", "kind": "classification", "labels": ["a"], "outputs": {"scores": "s"}}
+    nchw = images.preprocess(img, ImageConfig(**base, scale=1.0))
+    assert nchw.shape == (1, 3, 3, 4) and nchw.dtype == np.float32 and nchw[0, 1, 2, 3] == 220
+    nhwc = images.preprocess(img, ImageConfig(**base, layout="NHWC", mean=[10, 20, 30], std=[2], scale=1.0))
+    assert nhwc.shape == (1, 3, 4, 3) and nhwc[0, 0, 1].tolist() == [5.0, 0.0, -5.0]
+    flat = images.preprocess(img, ImageConfig(**base, channels=1, size=[2, 2], flatten=True))
+    assert flat.shape == (1, 4) and 0 <= flat.min() and flat.max() <= 1
+    with pytest.raises(InvalidRequest, match="mean has 2 values"):
+        images.preprocess(img, ImageConfig(**base, mean=[1, 2]))
+
+
+def test_digits_preprocessing_gives_the_classifier_back_its_training_values():
+    config = ImageConfig(**digits_image_config())
+    model = digits_classifier()
+    for index in range(5):
+        data, label = digit_png(index, size=8)
+        values = images.preprocess(images.decode_image(data), config)
+        pixels, _ = digit_pixels(index)
+        assert np.abs(values.reshape(8, 8) - pixels).max() < 0.04  # 0-16 levels survived PNG's 0-255
+        scores = model.predict_proba(values)[0]
+        prediction = images.to_prediction({"probabilities": scores, "label": np.int64(0)}, config, 8, 8, 0.99)
+        assert prediction == {"detection_classes": [int(np.argmax(scores))],
+                              "detection_scores": [pytest.approx(float(scores.max()))]}  # no threshold on classes
+
+
+def test_detector_outputs_become_boxes_in_the_original_pixels_best_first_above_the_threshold():
+    config = ImageConfig(**detector_image_config())
+    session = ort.InferenceSession(detector_onnx())
+    data = squares_png({(1, 2): 255, (3, 0): 128, (0, 0): 40}, size=64)
+    values = images.preprocess(images.decode_image(data), config)
+    boxes, scores, classes = session.run(None, {"image": values})
+    prediction = images.to_prediction({"boxes": boxes[0], "scores": scores[0], "classes": classes[0]}, config,
+                                      64, 64, 0.3)
+    assert prediction["detection_classes"] == [1, 0]
+    assert prediction["detection_boxes"] == [[16, 32, 32, 48], [48, 0, 64, 16]]
+    assert prediction["detection_scores"][0] > 0.85 and 0.4 < prediction["detection_scores"][1] < 0.6
+    everything = images.to_prediction({"boxes": boxes[0], "scores": scores[0], "classes": classes[0]}, config,
+                                      64, 64, None)
+    assert len(everything["detection_classes"]) == 16
+    # [left, top, right, bottom] in pixels of a 32x32 input, on a 64x48 original
+    ltrb = ImageConfig(**detector_image_config() | {"box_format": "ltrb", "box_normalized": False})
+    converted = images.to_prediction({"boxes": np.array([[4.0, 8.0, 12.0, 16.0]]), "scores": np.array([0.9]),
+                                      "classes": np.array([1])}, ltrb, 48, 64, None)
+    assert converted["detection_boxes"] == [[12, 8, 24, 24]]
+
+
+def test_outputs_that_do_not_fit_the_configuration_are_refused():
+    config = ImageConfig(**digits_image_config())
+    with pytest.raises(InvalidRequest, match="no output 'probabilities'"):
+        images.to_prediction({"label": np.int64(1)}, config, 8, 8, None)
+    with pytest.raises(InvalidRequest, match="3 scores for 10 labels"):
+        images.to_prediction({"probabilities": np.ones(3)}, config, 8, 8, None)
+
+
+def fmt(**fields) -> PredictionFormat:
+    return PredictionFormat(**{"detection_classes": [1], "detection_scores": [0.5]} | fields)
+
+
+@pytest.mark.parametrize(("prediction", "message"), [
+    (fmt(detection_scores=[0.5, 0.2]), "2 values but detection_classes 1"),
+    (fmt(detection_scores=[1.5]), "between 0 and 1"),
+    (fmt(detection_scores=[float("nan")]), "between 0 and 1"),
+    (fmt(detection_classes=[-1]), "0 or more"),
+    (fmt(detection_classes=[3]), "below 3"),
+    (fmt(detection_boxes=[[0, 0, 5]]), "has 3 values"),
+    (fmt(detection_boxes=[[5, 0, 2, 4]]), "top <= bottom"),
+    (fmt(detection_boxes=[[0, 0, 11, 4]]), "inside the 20x10 image"),
+    (fmt(detection_boxes=[]), "0 boxes"),
+    (fmt(detection_masks=[[0, 0, 1, 1, 2, 2]]), "without detection_boxes"),
+    (fmt(detection_boxes=[[0, 0, 5, 5]], detection_masks=[[0, 0, 1, 1]]), "at least 3 points"),
+    (fmt(detection_boxes=[[0, 0, 5, 5]], detection_masks=[[0, 0, 1, 1, 21, 2]]), "outside"),
+])
+def test_monitored_predictions_are_checked_strictly(prediction, message):
+    with pytest.raises(InvalidRequest, match=message):
+        images.check_prediction(prediction, height=10, width=20, labels=["a", "b", "c"])
+
+
+def test_valid_predictions_have_a_kind():
+    assert images.check_prediction(fmt(), 10, 20) == "classification"
+    assert images.check_prediction(fmt(detection_boxes=[[0, 0, 10, 20]]), 10, 20) == "detection"
+    assert images.check_prediction(fmt(detection_boxes=[[0, 0, 5, 5]], detection_masks=[[0, 0, 5, 0, 5, 5]]),
+                                   10, 20) == "segmentation"
+    assert images.check_prediction(PredictionFormat(detection_classes=[], detection_scores=[]), 1, 1) == \
+        "classification"
