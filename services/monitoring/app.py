@@ -92,7 +92,8 @@ async def start(runtime: Runtime) -> None:
     await feed.start(broker.config.connection_state.connection)
     deps = handlers.MonitoringDeps(pool=runtime.db, broker=broker,
                                    membership=lambda token: bus_membership(broker, token, timeout),
-                                   timeout=timeout, deploy_timeout=timeout + settings.registry.worker_timeout)
+                                   timeout=timeout, deploy_timeout=timeout + settings.registry.worker_timeout,
+                                   objects=runtime.objects)
     runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed)
 
 

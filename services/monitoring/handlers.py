@@ -58,6 +58,7 @@ class MonitoringDeps:
     membership: Callable[[str | None], MembershipLookup]
     timeout: float
     deploy_timeout: float
+    objects: Any = None  # the object store (shared.objectstore.ObjectStore): prediction images, bucket "monitoring"
 
 
 @dataclass
