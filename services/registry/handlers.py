@@ -170,7 +170,7 @@ async def _upload(deps: RegistryDeps, principal: Principal, token: str | None, c
         )
     await deps.publish(subjects.EVENT_MODEL_UPLOADED, ModelUploaded(
         workspace_id=cmd.workspace_id, model_id=model_id, model_version=model_version, name=cmd.name,
-        framework=framework, status=status, sha256=sha))
+        framework=framework, status=status, sha256=sha, task_id=principal.scoped_task))
     if status == "converting":
         deps.spawn(convert_version(deps, model_version, framework, sha, cmd.workspace_id, model_id))
     return ModelInserted(insert_models={"returning": [{"models": [{"id": model_id}]}]})

@@ -136,6 +136,8 @@ class ModelUploaded(Event):
     status: str
     sha256: str | None = Field(None, description="Railyard: sha256 of the uploaded bytes (the lineage graph links"
                                " the workspace files holding the same bytes to this version).")
+    task_id: str | None = Field(None, description="Railyard: the task whose run uploaded it (the uploader's task-run"
+                                " token names it); continuous training finds its run's output model version by it.")
 
 
 class ModelVersionFinished(Event):
