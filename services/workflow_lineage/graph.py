@@ -13,6 +13,7 @@ Events drawn (the contract other services keep; docs/lineage.md):
 - `events.assay.created` → an `assay` card, arrow from the pipeline's newest deployment (or pipeline version).
 - `events.task_run.*` → a `task_run` card (ref `run_id`, data `task_id`, `status`), an arrow from its
   `orchestration` (`orch_id`), and arrows from its optional `inputs` and to its optional `outputs` ([{kind, ref}]).
+- `events.monitoring.training_finished` → arrows from a continuous-training run (`run_id`) to its `outputs`.
 """
 
 from __future__ import annotations
@@ -148,6 +149,8 @@ async def apply_event(conn: Any, subject: str, payload: dict[str, Any]) -> None:
             await _assay_created(conn, payload)
         elif subject.startswith(subjects.EVENT_TASK_RUN_PREFIX):
             await _task_run(conn, subject, payload)
+        elif subject == subjects.EVENT_MONITORING_TRAINING_FINISHED:
+            await _training_outputs(conn, payload)
     except (KeyError, TypeError, ValueError) as exc:
         log.warning("event on %s lacks what the graph needs (%s): drawn nothing", subject, exc)
 
@@ -215,6 +218,19 @@ async def _task_run(conn: Any, subject: str, event: dict[str, Any]) -> None:
             other = await store.upsert_node(conn, workspace_id, item["kind"], str(item["ref"]))
             source, target = (other, card) if direction == "inputs" else (card, other)
             await store.add_edge(conn, workspace_id, source["id"], target["id"], direction[:-1], "event")
+
+
+async def _training_outputs(conn: Any, event: dict[str, Any]) -> None:
+    """events.monitoring.training_finished: arrows from a continuous-training run's card to what it produced (its
+    model version), which the task scheduler's run events cannot know."""
+    if not event.get("run_id"):
+        return
+    workspace_id = int(event["workspace_id"])
+    card = await store.upsert_node(conn, workspace_id, "task_run", str(event["run_id"]))
+    for item in event.get("outputs") or []:
+        if item.get("kind") in KINDS:
+            other = await store.upsert_node(conn, workspace_id, item["kind"], str(item["ref"]))
+            await store.add_edge(conn, workspace_id, card["id"], other["id"], "output", "event")
 
 
 # --- the seed's explicit input/output calls --------------------------------------------------------------

@@ -1,0 +1,86 @@
+"use strict";
+// Assays page: a pipeline's assays (assays/list), one assay's stored results (assays/get_results) as its score
+// over time against the warning and alert thresholds, a window's bins against the baseline's, and the alerts.
+
+state.assays = {pipeline: null, assay: null, window: 0};
+
+PAGES.assays = async function assays() {
+  const ws = needWorkspace();
+  const S = state.assays;
+  const pipelines = (await api('pipelines/list', {workspace_id: ws})).pipelines;
+  const out = [el('h2', {}, 'Assays')];
+  if (!pipelines.length) { out.push(el('p', {class: 'muted'}, 'No pipelines in this workspace.')); return out; }
+  if (!pipelines.some(p => p.id === S.pipeline)) Object.assign(S, {pipeline: pipelines[0].id, assay: null, window: 0});
+  const pick = el('select', {id: 'assay-pipeline'}, pipelines.map(p => el('option', {value: p.id}, p.name)));
+  pick.value = String(S.pipeline);
+  pick.addEventListener('change', () => { Object.assign(S, {pipeline: Number(pick.value), assay: null, window: 0}); show('assays'); });
+  out.push(el('div', {class: 'row'}, el('label', {for: 'assay-pipeline'}, 'Pipeline'), pick));
+
+  const list = await api('assays/list', {pipeline_id: S.pipeline});
+  if (!list.length) { out.push(el('p', {class: 'muted'}, 'No assays on this pipeline.')); return out; }
+  if (!list.some(a => a.id === S.assay)) Object.assign(S, {assay: list[0].id, window: 0});
+  out.push(table(`${list.length} assay(s)`, ['name', 'field', 'active', 'warning', 'alert', 'last run', 'next run', ''],
+    list.map(a => [a.name, el('code', {}, a.iopath), a.active ? 'yes' : 'no', fmtNumber(a.warning_threshold),
+      fmtNumber(a.alert_threshold), a.last_run || '', a.active ? (a.next_run || '') : '',
+      el('div', {class: 'row'},
+        el('button', {class: 'btn secondary', type: 'button', 'aria-label': `Results of ${a.name}`,
+          'aria-pressed': String(a.id === S.assay), onclick: () => { Object.assign(S, {assay: a.id, window: 0}); show('assays'); }},
+          'Results'),
+        el('button', {class: 'btn secondary', type: 'button', 'aria-label': `${a.active ? 'Pause' : 'Resume'} ${a.name}`,
+          onclick: async () => {
+            try { await api('assays/set_active', {id: a.id, active: !a.active}); show('assays'); }
+            catch (e) { $('#error').textContent = e.message; }
+          }}, a.active ? 'Pause' : 'Resume'))])));
+
+  const assay = list.find(a => a.id === S.assay);
+  const results = await api('assays/get_results', {assay_id: assay.id, limit: 500});
+  const section = el('section', {id: `assay-${assay.id}`, tabindex: '-1', 'aria-label': `Assay ${assay.name}`},
+    el('h3', {}, `${assay.name}: ${assay.iopath}`),
+    el('p', {class: 'muted'}, `${assay.summarizer.metric} over ${assay.summarizer.bin_mode || 'provided'} bins ` +
+      `(${assay.summarizer.aggregation}); window ${assay.window.width}`));
+  out.push(section);
+  if (!results.length) {
+    section.append(el('p', {class: 'muted'}, 'No windows scored yet: a window is scored once it has closed and has logged values.'));
+    return out;
+  }
+  const oldest = [...results].reverse();  // the API answers newest first
+  const times = oldest.map(r => r.window_start);
+  const labels = times.map(t => t.replace('T', ' ').replace(/\.\d+/, '').replace('Z', '').replace('+00:00', ''));
+  section.append(chartFigure('assay-scores', `Score per window (${results.length} windows) against the thresholds`, {
+    type: 'line',
+    data: {labels, datasets: [
+      {label: 'score', data: oldest.map(r => r.score), borderColor: PALETTE[0], backgroundColor: PALETTE[0],
+        pointBackgroundColor: oldest.map(r => r.status === 'Alert' ? '#a1001c' : r.status === 'Warning' ? '#c27c00' : '#176f2c'),
+        pointRadius: 4, tension: 0.15},
+      thresholdLine('alert threshold', assay.alert_threshold, oldest.length, '#a1001c'),
+      ...(assay.warning_threshold != null ? [thresholdLine('warning threshold', assay.warning_threshold, oldest.length, '#c27c00')] : [])]},
+    options: {scales: {y: {beginAtZero: true, title: {display: true, text: 'score'}},
+      x: {title: {display: true, text: 'window start (UTC)'}}}},
+  }, ['window start', 'score', 'status'], oldest.map(r => [r.window_start, fmtNumber(r.score, 6), r.status])));
+
+  S.window = Math.min(S.window, results.length - 1);
+  const chosen = results[S.window];
+  const pickWindow = el('select', {id: 'assay-window'}, results.map((r, i) =>
+    el('option', {value: i}, `${r.window_start} · ${r.status} · ${fmtNumber(r.score)}`)));
+  pickWindow.value = String(S.window);
+  pickWindow.addEventListener('change', () => { S.window = Number(pickWindow.value); show('assays'); });
+  const base = chosen.baseline_summary, win = chosen.window_summary;
+  const names = base.edge_names || base.aggregated_values.map((_, i) => `bin ${i}`);
+  section.append(el('div', {class: 'row'}, el('label', {for: 'assay-window'}, 'Window'), pickWindow),
+    chartFigure('assay-bins', `Baseline vs window ${chosen.window_start}: ${base.aggregation || assay.summarizer.aggregation} per bin`, {
+      type: 'bar',
+      data: {labels: names, datasets: [
+        {label: `baseline (${base.count} values)`, data: base.aggregated_values, backgroundColor: '#8aa9c8'},
+        {label: `window (${win.count} values)`, data: win.aggregated_values, backgroundColor: '#c2410c'}]},
+      options: {scales: {y: {beginAtZero: true}}},
+    }, ['bin', 'baseline', 'window', 'score'], names.map((n, i) => [n, fmtNumber(base.aggregated_values[i]),
+      fmtNumber(win.aggregated_values[i]), fmtNumber((chosen.scores || [])[i])])));
+
+  const alerts = results.filter(r => r.status === 'Alert' || r.status === 'Warning');
+  section.append(el('h3', {}, 'Alerts'), alerts.length
+    ? table(`${alerts.length} window(s) above a threshold, newest first`, ['window start', 'status', 'score', 'threshold'],
+      alerts.map(r => [r.window_start, el('span', {class: `badge ${r.status}`}, r.status), fmtNumber(r.score, 6),
+        fmtNumber(r.status === 'Alert' ? r.alert_threshold : r.warning_threshold)]))
+    : el('p', {class: 'muted'}, 'No window crossed a threshold.'));
+  return out;
+};

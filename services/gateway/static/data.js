@@ -1,0 +1,92 @@
+"use strict";
+// Datasets page: the workspace's projects with their datasets and versions (projects/list, list_versions) and
+// Restore (projects/restore_version: a new project naming the same objects). Benchmarks page: the workspace's
+// reports (benchmarks/list) and the chosen ones compared metric by metric as charts (benchmarks/compare).
+
+state.benchmarks = {chosen: null};
+
+PAGES.datasets = async function datasets() {
+  const ws = needWorkspace();
+  const projects = (await api('projects/list', {workspace_id: ws})).projects;
+  const out = [el('h2', {}, 'Datasets and versions'), el('div', {id: 'restored', role: 'status'})];
+  if (!projects.length) { out.push(el('p', {class: 'muted'}, 'No projects in this workspace.')); return out; }
+  const versions = await Promise.all(projects.map(p => api('projects/list_versions', {project_id: p.id})));
+  projects.forEach((p, i) => {
+    const card = el('section', {class: 'card', id: `project-${p.id}`, tabindex: '-1', 'aria-label': `Project ${p.name}`},
+      el('h3', {}, p.name), el('p', {class: 'muted'}, `${p.description || 'no description'} · content `,
+        el('code', {title: p.content_sha256}, p.content_sha256.slice(0, 12)),
+        p.restored_from_version ? ` · restored from version id ${p.restored_from_version}` : ''),
+      p.datasets.length
+        ? table(`${p.datasets.length} dataset(s)`, ['dataset', 'kind', 'rows', 'files', 'rows sha256', 'updated'],
+          p.datasets.map(d => [d.name, d.kind, String(d.row_count), String(d.file_count),
+            el('code', {}, (d.rows_sha256 || '').slice(0, 12)), d.updated_at]))
+        : el('p', {class: 'muted'}, 'No datasets.'));
+    const vs = versions[i].versions;
+    card.append(vs.length
+      ? table(`${vs.length} version(s)`, ['version', 'title', 'description', 'manifest sha256', 'created', ''],
+        vs.map(v => [`v${v.number}`, v.title || '', v.description || '', el('code', {title: v.manifest_sha256}, v.manifest_sha256.slice(0, 12)),
+          v.created_at, el('button', {class: 'btn secondary', type: 'button', 'aria-label': `Restore ${p.name} v${v.number}`,
+            onclick: async () => {
+              try {
+                const restored = await api('projects/restore_version', {project_id: p.id, version_id: v.id});
+                await openAt('datasets', `project-${restored.project.id}`);
+                $('#restored').textContent = `Restored ${p.name} v${v.number} as the new project "${restored.project.name}"` +
+                  (restored.skipped.length ? ` (left out, objects missing: ${restored.skipped.join(', ')})` : '') + '.';
+              } catch (e) { $('#error').textContent = e.message; }
+            }}, 'Restore')]))
+      : el('p', {class: 'muted'}, 'No versions (create one with the SDK or `railyard datasets version`).'));
+    out.push(card);
+  });
+  return out;
+};
+
+PAGES.benchmarks = async function benchmarks() {
+  const ws = needWorkspace();
+  const B = state.benchmarks;
+  const reports = (await api('benchmarks/list', {workspace_id: ws})).reports;
+  const out = [el('h2', {}, 'Benchmark reports')];
+  if (!reports.length) { out.push(el('p', {class: 'muted'}, 'No benchmark reports in this workspace.')); return out; }
+  const ids = new Set(reports.map(r => String(r.id)));
+  if (!B.chosen || ![...B.chosen].some(id => ids.has(id))) {
+    const task = reports[0].task;  // the newest reports of one task, as compare wants
+    B.chosen = new Set(reports.filter(r => r.task === task).slice(0, 4).map(r => String(r.id)));
+  }
+  const boxes = reports.map(r => {
+    const box = el('input', {type: 'checkbox', id: `report-pick-${r.id}`, value: r.id});
+    box.checked = B.chosen.has(String(r.id));
+    return box;
+  });
+  out.push(el('fieldset', {}, el('legend', {}, 'Reports to compare (one task)'),
+    table(`${reports.length} report(s)`, ['', 'report', 'task', 'data', 'candidates', 'created'],
+      reports.map((r, i) => [boxes[i], el('label', {for: `report-pick-${r.id}`, id: `report-${r.id}`}, r.name), r.task,
+        r.dataset.dataset_name || r.dataset.name || JSON.stringify(r.dataset).slice(0, 60),
+        r.candidates.map(c => c.name).join(', '), r.created_at])),
+    el('button', {class: 'btn', type: 'button', id: 'compare', onclick: () => {
+      B.chosen = new Set(boxes.filter(b => b.checked).map(b => b.value));
+      show('benchmarks');
+    }}, 'Compare')));
+
+  const chosen = reports.filter(r => B.chosen.has(String(r.id)));
+  if (!chosen.length) { out.push(el('p', {class: 'muted'}, 'Pick at least one report.')); return out; }
+  const compared = await api('benchmarks/compare', {report_ids: chosen.map(r => r.id)});
+  const names = compared.candidates.map(c => `${c.name} (report ${c.report_id})`);
+  const bars = (id, title, metrics, axis) => chartFigure(id, title, {
+    type: 'bar',
+    data: {labels: metrics.map(m => m.metric), datasets: names.map((n, i) => ({label: n,
+      data: metrics.map(m => m.values[i]), backgroundColor: PALETTE[i % PALETTE.length]}))},
+    options: {scales: {y: {beginAtZero: true, title: {display: true, text: axis}}}},
+  }, ['metric', ...names], metrics.map(m => [m.metric, ...m.values.map(v => fmtNumber(v))]));
+  const quality = compared.metrics.filter(m => !m.metric.startsWith('speed.') && !m.metric.includes('per_class.')
+    && !/(^|\.)(rows|support|calls)$/.test(m.metric));
+  const speed = compared.metrics.filter(m => /^speed\.(p50_ms|p99_ms)$/.test(m.metric));
+  const throughput = compared.metrics.filter(m => m.metric === 'speed.rows_per_s');
+  out.push(el('section', {id: 'comparison', 'aria-label': 'Comparison'},
+    el('h3', {}, `Compared: ${names.join(' vs ')}`),
+    bars('bench-quality', 'Quality metrics per candidate', quality, 'value'),
+    speed.length ? el('div', {class: 'grid2'}, bars('bench-latency', 'Latency per call (ms)', speed, 'ms'),
+      bars('bench-throughput', 'Throughput (rows/s)', throughput, 'rows/s')) : '',
+    el('details', {}, el('summary', {}, 'Every metric with its difference from the first candidate'),
+      table('', ['metric', ...names.map(n => n), ...names.slice(1).map(n => `diff ${n}`)],
+        compared.metrics.map(m => [m.metric, ...m.values.map(v => fmtNumber(v)), ...m.diff.slice(1).map(v => fmtNumber(v))])))));
+  return out;
+};
