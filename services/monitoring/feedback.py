@@ -1,0 +1,515 @@
+"""Seed 003's feedback slice of the monitoring service: reviews of predictions, the review queue and its images, and
+the feedback loop that writes reviewed predictions into workflow-lineage datasets as new project versions.
+
+Reviews: one per prediction. A later review of the same prediction replaces the earlier one (new review id,
+`revision` + 1), so the table counts distinct reviewed predictions; `events.monitoring.review_created` is published
+after the row is committed (a wake-up only: whoever counts reviews reads the table).
+
+The feedback loop is driven by tables, never by the event alone: `feedback_exports` records, per attached dataset,
+which review revision is already in the dataset and which project version recorded it. The exporter (one task per
+service process, woken by each review and sweeping every EXPORT_SWEEP seconds) takes a Postgres advisory lock per
+(deployment, dataset), writes each pending review's image as the file `<prediction_id>.png|.jpg` with its ground truth
+as labels (`datasets.add_file` replaces a file by name, so writing it again changes nothing), records it, then asks for
+a project version (`versions.create` answers the last version unchanged when nothing changed), and records that. A
+crash anywhere repeats only idempotent steps: nothing acknowledged is lost and nothing lands twice. Batching: a round
+writes every pending review (at most EXPORT_BATCH) and then makes one version, so a burst of reviews makes one
+version, a lone review one version of its own. The writes use a short-lived token scoped to the deployment's
+workspace with the rights of the user who set the loop up (`auth.token.issue_task`), so a loop stops writing when
+its owner leaves the workspace (the error shows in check_feedback_loop_status)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from faststream.nats import NatsRouter
+
+from services.monitoring import feedback_store as fs
+from services.monitoring import handlers
+from shared import subjects
+from shared.authz import Principal, require_user
+from shared.bus import CallContext, command, publish_event, request
+from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError
+from shared.messages.lineage import (
+    AddDatasetFile,
+    CreateProjectVersion,
+    DatasetInfo,
+    DatasetRef,
+    ListProjectVersions,
+    ProjectVersionInfo,
+    ProjectVersions,
+    VersionFilter,
+)
+from shared.messages.monitoring import DeploymentQuery
+from shared.messages.monitoring_feedback import (
+    DatasetVersionRef,
+    FeedbackLoopDataset,
+    FeedbackLoopDatasetCommand,
+    FeedbackLoopDatasets,
+    FeedbackLoopStatus,
+    GroundTruth,
+    ListPredictionsToReview,
+    PredictionImage,
+    PredictionImageQuery,
+    PredictionsToReview,
+    PredictionToReview,
+    Review,
+    ReviewCreated,
+    ReviewPrediction,
+    SetupFeedbackLoop,
+    ToggleFeedbackLoop,
+)
+from shared.messages.tasks import IssueTaskToken, TaskTokenIssued
+from shared.objectstore import BUCKET_DATASETS, BUCKET_MONITORING, ObjectStore
+
+log = logging.getLogger("railyard.monitoring.feedback")
+
+EXPORT_SWEEP = 2.0
+"""Seconds between the exporter's sweeps when no review wakes it."""
+EXPORT_BATCH = 100
+"""At most this many reviews go into one project version."""
+TOKEN_TTL = 900
+"""Lifetime of the loop owner's workspace-scoped token (renewed a minute before it ends)."""
+MAX_BACKOFF = 60.0
+
+
+def image_key(sha256: str) -> str:
+    """Where a prediction's image is in the monitoring bucket."""
+    return f"images/{sha256}"
+
+
+@dataclass
+class FeedbackDeps:
+    """What the feedback slice needs besides the monitoring deps: object storage, event publishing, and a way to
+    act as a workspace member in the background."""
+
+    monitoring: handlers.MonitoringDeps
+    objects: ObjectStore
+    publish: Callable[[str, Any], Awaitable[None]]
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    wake_reference: asyncio.Event = field(default_factory=asyncio.Event)
+    tokens: dict[tuple[str, int], tuple[str, float]] = field(default_factory=dict)
+
+
+async def workspace_token(deps: FeedbackDeps, owner_id: str, workspace_id: int, purpose: str) -> str:
+    """A short-lived token with `owner_id`'s rights in `workspace_id` only (cached until a minute before expiry);
+    auth refuses an owner who is deactivated or no longer a member."""
+    cached = deps.tokens.get((owner_id, workspace_id))
+    if cached and cached[1] > time.monotonic() + 60:
+        return cached[0]
+    m = deps.monitoring
+    issued = await request(m.broker, subjects.AUTH_TOKEN_ISSUE_TASK,
+                           IssueTaskToken(user_id=owner_id, workspace_id=workspace_id, ttl=TOKEN_TTL, task_id=purpose),
+                           timeout=m.timeout, reply_model=TaskTokenIssued)
+    deps.tokens[(owner_id, workspace_id)] = (issued.access_token, time.monotonic() + issued.expires_in)
+    return issued.access_token
+
+
+# --- reviews ---------------------------------------------------------------------------------------------
+
+
+def _check_ground_truth(kind: str, truth: GroundTruth, height: int, width: int) -> dict[str, Any]:
+    """The ground truth as stored (scores default to 1.0), or InvalidRequest saying what is wrong."""
+    n = len(truth.detection_classes)
+    if any(c < 0 for c in truth.detection_classes):
+        raise InvalidRequest("ground_truth.detection_classes must be class ids (integers >= 0)")
+    scores = truth.detection_scores if truth.detection_scores is not None else [1.0] * n
+    if len(scores) != n or any(not 0.0 <= s <= 1.0 for s in scores):
+        raise InvalidRequest("ground_truth.detection_scores needs one score in [0, 1] per class")
+    out: dict[str, Any] = {"detection_classes": list(truth.detection_classes), "detection_scores": list(scores)}
+    if kind == "classification":
+        if n == 0:
+            raise InvalidRequest("a classification's ground truth needs at least one class in detection_classes")
+        if truth.detection_boxes or truth.detection_masks:
+            raise InvalidRequest("a classification's ground truth has no detection_boxes or detection_masks")
+        return out
+    boxes = truth.detection_boxes or []
+    if len(boxes) != n:
+        raise InvalidRequest(f"a {kind}'s ground truth needs one box per class in detection_boxes "
+                             f"({n} classes, {len(boxes)} boxes)")
+    for box in boxes:
+        if len(box) != 4 or not (0 <= box[0] <= box[2] <= height and 0 <= box[1] <= box[3] <= width):
+            raise InvalidRequest(f"box {box} must be [top, left, bottom, right] inside the {height}x{width} image")
+    out["detection_boxes"] = [list(b) for b in boxes]
+    if kind == "segmentation":
+        masks = truth.detection_masks or []
+        if len(masks) != n or any(len(m) < 6 or len(m) % 2 for m in masks):
+            raise InvalidRequest("a segmentation's ground truth needs one polygon per class in detection_masks, "
+                                 "each [x1, y1, x2, y2, x3, y3, ...] with at least three points")
+        out["detection_masks"] = [list(m) for m in masks]
+    elif truth.detection_masks:
+        raise InvalidRequest("a detection's ground truth has no detection_masks")
+    return out
+
+
+async def _prediction(deps: FeedbackDeps, principal: Principal, token: str | None, deployment: str,
+                      prediction_id: uuid.UUID) -> tuple[handlers.DeploymentView, dict[str, Any]]:
+    """The deployment and one of its predictions; a prediction of another deployment or workspace does not exist."""
+    require_user(principal)
+    view = await handlers._deployment(deps.monitoring, principal, token, deployment)
+    row = await fs.prediction(deps.monitoring.pool, prediction_id)
+    if row is None or row["deployment_id"] != view.route.deployment_id:
+        raise NotFound(f"prediction {prediction_id} not found in deployment {deployment!r}")
+    return view, row
+
+
+async def review_prediction(deps: FeedbackDeps, principal: Principal, token: str | None,
+                            cmd: ReviewPrediction) -> Review:
+    """Accept a prediction or correct it; replaces the prediction's earlier review."""
+    if cmd.decision == "accepted" and cmd.ground_truth is not None:
+        raise InvalidRequest("an accepted review takes no ground_truth (the prediction is the ground truth): send "
+                             "decision 'corrected' with the ground truth")
+    if cmd.decision == "corrected" and cmd.ground_truth is None:
+        raise InvalidRequest("a corrected review needs ground_truth (detection_classes, detection_scores, and boxes "
+                             "[top, left, bottom, right] for detection)")
+    view, row = await _prediction(deps, principal, token, cmd.deployment, cmd.prediction_id)
+    if cmd.ground_truth is None:
+        truth = row["prediction"]
+    else:
+        truth = _check_ground_truth(row["kind"], cmd.ground_truth, row["height"], row["width"])
+    async with deps.monitoring.pool.acquire() as conn, conn.transaction():
+        saved = await fs.save_review(conn, row, cmd.decision, truth, principal.username or principal.user_id)
+    await deps.publish(subjects.EVENT_MONITORING_REVIEW_CREATED, ReviewCreated(
+        review_id=saved["id"], prediction_id=saved["prediction_id"], deployment_id=saved["deployment_id"],
+        workspace_id=saved["workspace_id"]))
+    deps.wake.set()
+    return Review(review_id=saved["id"], prediction_id=saved["prediction_id"], deployment=view.route.name,
+                  decision=saved["decision"], ground_truth=saved["ground_truth"], reviewer=saved["reviewer"],
+                  revision=saved["revision"], created_at=saved["created_at"])
+
+
+async def predictions_to_review(deps: FeedbackDeps, principal: Principal, token: str | None,
+                                cmd: ListPredictionsToReview) -> PredictionsToReview:
+    require_user(principal)
+    view = await handlers._deployment(deps.monitoring, principal, token, cmd.deployment)
+    rows, pending = await fs.predictions_to_review(deps.monitoring.pool, view.route.deployment_id, cmd.limit,
+                                                   cmd.offset)
+    return PredictionsToReview(pending=pending, predictions=[PredictionToReview(
+        id=r["id"], predicted_at=r["predicted_at"], origin=r["origin"], source=r["source"], tags=list(r["tags"]),
+        kind=r["kind"], prediction=r["prediction"], shadow_prediction=r["shadow_prediction"], height=r["height"],
+        width=r["width"], content_type=r["content_type"]) for r in rows])
+
+
+async def prediction_image(deps: FeedbackDeps, principal: Principal, token: str | None,
+                           cmd: PredictionImageQuery) -> PredictionImage:
+    _, row = await _prediction(deps, principal, token, cmd.deployment, cmd.prediction_id)
+    return PredictionImage(image_sha256=row["image_sha256"], content_type=row["content_type"])
+
+
+# --- the feedback loop -----------------------------------------------------------------------------------
+
+
+async def _dataset(deps: FeedbackDeps, token: str | None, view: handlers.DeploymentView,
+                   ref: DatasetVersionRef) -> dict[str, Any]:
+    """The images dataset (and project version) named, seen with the caller's rights, in the deployment's
+    workspace."""
+    m = deps.monitoring
+    info = await request(m.broker, subjects.LINEAGE_DATASETS_GET, DatasetRef(dataset_id=ref.dataset_id),
+                         token=token, timeout=m.timeout, reply_model=DatasetInfo)
+    if info.workspace_id != view.route.workspace_id:
+        raise InvalidRequest(f"dataset {ref.dataset_id} is in another workspace than deployment "
+                             f"{view.route.name!r}: attach a dataset of workspace {view.route.workspace_id}")
+    if info.kind != "images":
+        raise InvalidRequest(f"dataset {ref.dataset_id} is a {info.kind} dataset: the feedback loop and the training "
+                             "reference take images datasets")
+    if ref.version_id is not None:
+        versions = await request(m.broker, subjects.LINEAGE_VERSIONS_LIST, ListProjectVersions(
+            project_id=info.project_id, filters=[VersionFilter(field="id", operator="=", value=ref.version_id)]),
+            token=token, timeout=m.timeout, reply_model=ProjectVersions)
+        if not versions.versions:
+            raise NotFound(f"project {info.project_id} of dataset {ref.dataset_id} has no version {ref.version_id}")
+    return {"id": info.id, "project_id": info.project_id, "name": info.name}
+
+
+def _loop_dataset(row: dict[str, Any]) -> FeedbackLoopDataset:
+    return FeedbackLoopDataset(
+        dataset_id=row["dataset_id"], project_id=row["project_id"], dataset_name=row["dataset_name"],
+        attached_version_id=row["attached_version_id"], last_version_id=row["last_version_id"],
+        last_version_number=row["last_version_number"], exported_reviews=row["exported_reviews"],
+        pending_reviews=row["pending_reviews"], last_error=row["last_error"], attached_at=row["attached_at"])
+
+
+async def _status(deps: FeedbackDeps, view: handlers.DeploymentView) -> FeedbackLoopStatus:
+    pool = deps.monitoring.pool
+    deployment_id = view.route.deployment_id
+    loop = await fs.feedback_loop(pool, deployment_id)
+    datasets = [_loop_dataset(r) for r in await fs.loop_datasets(pool, deployment_id)] if loop else []
+    return FeedbackLoopStatus(deployment=view.route.name, configured=loop is not None,
+                              active=bool(loop and loop["active"]), reviews=await fs.review_count(pool, deployment_id),
+                              pending_reviews=max((d.pending_reviews for d in datasets), default=0), datasets=datasets)
+
+
+async def _view(deps: FeedbackDeps, principal: Principal, token: str | None, name: str) -> handlers.DeploymentView:
+    require_user(principal)
+    return await handlers._deployment(deps.monitoring, principal, token, name)
+
+
+async def _require_loop(deps: FeedbackDeps, view: handlers.DeploymentView) -> None:
+    if await fs.feedback_loop(deps.monitoring.pool, view.route.deployment_id) is None:
+        raise Conflict(f"deployment {view.route.name!r} has no feedback loop: call setup_feedback_loop first")
+
+
+async def setup_feedback_loop(deps: FeedbackDeps, principal: Principal, token: str | None,
+                              cmd: SetupFeedbackLoop) -> FeedbackLoopStatus:
+    """Create (or re-activate) the loop, acting with the caller's rights; attach the dataset given."""
+    view = await _view(deps, principal, token, cmd.deployment)
+    dataset = await _dataset(deps, token, view, cmd.dataset_version) if cmd.dataset_version else None
+    async with deps.monitoring.pool.acquire() as conn, conn.transaction():
+        await fs.setup_feedback_loop(conn, view.route.deployment_id, view.route.workspace_id,
+                                     uuid.UUID(principal.user_id))
+        if dataset is not None:
+            await fs.attach_dataset(conn, view.route.deployment_id, dataset, cmd.dataset_version.version_id)
+    deps.wake.set()
+    return await _status(deps, view)
+
+
+async def attach_dataset(deps: FeedbackDeps, principal: Principal, token: str | None,
+                         cmd: FeedbackLoopDatasetCommand) -> FeedbackLoopStatus:
+    """Attach a dataset: every review of the deployment (earlier ones too) will be written into it."""
+    view = await _view(deps, principal, token, cmd.deployment)
+    await _require_loop(deps, view)
+    dataset = await _dataset(deps, token, view, cmd.dataset_version)
+    async with deps.monitoring.pool.acquire() as conn, conn.transaction():
+        await fs.attach_dataset(conn, view.route.deployment_id, dataset, cmd.dataset_version.version_id)
+    deps.wake.set()
+    return await _status(deps, view)
+
+
+async def detach_dataset(deps: FeedbackDeps, principal: Principal, token: str | None,
+                         cmd: FeedbackLoopDatasetCommand) -> FeedbackLoopStatus:
+    """Detach a dataset (what was written into it stays there)."""
+    view = await _view(deps, principal, token, cmd.deployment)
+    await _require_loop(deps, view)
+    async with deps.monitoring.pool.acquire() as conn, conn.transaction():
+        if not await fs.detach_dataset(conn, view.route.deployment_id, cmd.dataset_version.dataset_id):
+            raise NotFound(f"dataset {cmd.dataset_version.dataset_id} is not attached to the feedback loop of "
+                           f"{view.route.name!r}")
+    return await _status(deps, view)
+
+
+async def list_datasets(deps: FeedbackDeps, principal: Principal, token: str | None,
+                        cmd: DeploymentQuery) -> FeedbackLoopDatasets:
+    view = await _view(deps, principal, token, cmd.deployment)
+    return FeedbackLoopDatasets(dataset_versions=(await _status(deps, view)).datasets)
+
+
+async def check_status(deps: FeedbackDeps, principal: Principal, token: str | None,
+                       cmd: DeploymentQuery) -> FeedbackLoopStatus:
+    return await _status(deps, await _view(deps, principal, token, cmd.deployment))
+
+
+async def disable_feedback_loop(deps: FeedbackDeps, principal: Principal, token: str | None,
+                                cmd: DeploymentQuery) -> FeedbackLoopStatus:
+    """Forget the loop and its attachments (reviews stay; what was written into datasets stays)."""
+    view = await _view(deps, principal, token, cmd.deployment)
+    await _require_loop(deps, view)
+    async with deps.monitoring.pool.acquire() as conn, conn.transaction():
+        await fs.delete_feedback_loop(conn, view.route.deployment_id)
+    return await _status(deps, view)
+
+
+async def toggle_feedback_loop(deps: FeedbackDeps, principal: Principal, token: str | None,
+                               cmd: ToggleFeedbackLoop) -> FeedbackLoopStatus:
+    view = await _view(deps, principal, token, cmd.deployment)
+    await _require_loop(deps, view)
+    async with deps.monitoring.pool.acquire() as conn, conn.transaction():
+        await fs.toggle_feedback_loop(conn, view.route.deployment_id, cmd.active)
+    deps.wake.set()
+    return await _status(deps, view)
+
+
+# --- the exporter ----------------------------------------------------------------------------------------
+
+
+def file_labels(review: dict[str, Any]) -> dict[str, Any]:
+    """A reviewed prediction's labels in its dataset file: the ground truth as the seed's PredictionFormat, and for
+    boxes COCO-style `boxes` ([x, y, width, height] with `category`), which the lineage detection benchmark reads."""
+    truth = review["ground_truth"]
+    labels: dict[str, Any] = {"kind": review["kind"], "decision": review["decision"],
+                              "prediction_id": str(review["prediction_id"]), "ground_truth": truth}
+    if truth.get("detection_boxes") is not None:
+        labels["boxes"] = [{"bbox": [b[1], b[0], b[3] - b[1], b[2] - b[0]], "category": c}
+                           for c, b in zip(truth["detection_classes"], truth["detection_boxes"], strict=False)]
+    return labels
+
+
+def file_name(review: dict[str, Any]) -> str:
+    return f"{review['prediction_id']}.{'jpg' if review['content_type'] == 'image/jpeg' else 'png'}"
+
+
+class Exporter:
+    """Writes reviews into the attached datasets, one (deployment, dataset) at a time under an advisory lock."""
+
+    def __init__(self, deps: FeedbackDeps) -> None:
+        self.deps = deps
+        self._task: asyncio.Task | None = None
+        self._retry_at: dict[tuple[int, int], tuple[float, float]] = {}
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="feedback-exporter")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.deps.wake.wait(), timeout=EXPORT_SWEEP)
+            except TimeoutError:
+                pass
+            self.deps.wake.clear()
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("feedback exporter sweep failed (retried on the next sweep)")
+
+    async def sweep(self) -> None:
+        now = time.monotonic()
+        for pair in await fs.active_loop_datasets(self.deps.monitoring.pool):
+            key = (pair["deployment_id"], pair["dataset_id"])
+            if self._retry_at.get(key, (0.0, 0.0))[0] > now:
+                continue
+            try:
+                await self.export(pair)
+                self._retry_at.pop(key, None)
+            except Exception as exc:
+                backoff = min(MAX_BACKOFF, max(EXPORT_SWEEP, self._retry_at.get(key, (0.0, 0.0))[1] * 2))
+                self._retry_at[key] = (time.monotonic() + backoff, backoff)
+                message = exc.msg if isinstance(exc, RailyardError) else f"{type(exc).__name__}"
+                log.warning("feedback loop of deployment %s could not write to dataset %s: %s", *key, message)
+                await fs.record_error(self.deps.monitoring.pool, *key, message)
+
+    async def export(self, pair: dict[str, Any]) -> None:
+        """One round for a (deployment, dataset): write pending reviews, then make the version."""
+        pool = self.deps.monitoring.pool
+        deployment_id, dataset_id = pair["deployment_id"], pair["dataset_id"]
+        async with pool.acquire() as lock_conn:
+            locked = await lock_conn.fetchval(
+                "SELECT pg_try_advisory_lock(hashtextextended('monitoring.feedback:' || $1::text || ':' || $2::text,"
+                " 0))", deployment_id, dataset_id)
+            if not locked:
+                return  # another replica is on it
+            try:
+                await self._export_locked(pair)
+            finally:
+                await lock_conn.execute(
+                    "SELECT pg_advisory_unlock(hashtextextended('monitoring.feedback:' || $1::text || ':' || $2::text,"
+                    " 0))", deployment_id, dataset_id)
+
+    async def _export_locked(self, pair: dict[str, Any]) -> None:
+        deps, m = self.deps, self.deps.monitoring
+        deployment_id, dataset_id = pair["deployment_id"], pair["dataset_id"]
+        token = await workspace_token(deps, str(pair["owner_id"]), pair["workspace_id"],
+                                      f"feedback-loop-{deployment_id}")
+        pending = await fs.pending_reviews(m.pool, deployment_id, dataset_id, EXPORT_BATCH)
+        for review in pending:
+            data = await deps.objects.get_bytes(BUCKET_MONITORING, image_key(review["image_sha256"]))
+            staged = f"staging/{uuid.uuid4()}"
+            await deps.objects.put_bytes(BUCKET_DATASETS, staged, data, content_type=review["content_type"])
+            await request(m.broker, subjects.LINEAGE_DATASETS_ADD_FILE, AddDatasetFile(
+                dataset_id=dataset_id, name=file_name(review), staged_key=staged, labels=file_labels(review)),
+                token=token, timeout=m.timeout)
+            await fs.mark_written(m.pool, deployment_id, dataset_id, review["prediction_id"], review["revision"])
+        if await fs.unversioned(m.pool, deployment_id, dataset_id):
+            count = await fs.unversioned(m.pool, deployment_id, dataset_id)
+            version = await request(m.broker, subjects.LINEAGE_VERSIONS_CREATE, CreateProjectVersion(
+                project_id=pair["project_id"], version_title=f"feedback loop of deployment {deployment_id}",
+                version_description=f"{count} reviewed prediction(s) written to dataset {dataset_id}"),
+                token=token, timeout=m.timeout, reply_model=ProjectVersionInfo)
+            async with m.pool.acquire() as conn, conn.transaction():
+                await fs.mark_versioned(conn, deployment_id, dataset_id, version.id, version.number)
+            log.info("feedback loop of deployment %s: %d review(s) in dataset %s, project version %s", deployment_id,
+                     count, dataset_id, version.number)
+
+
+# --- wiring ----------------------------------------------------------------------------------------------
+
+
+async def start(runtime: Any) -> None:
+    """Build the slice's deps from the running service (after app.start made `deps`) and start the exporter and
+    the reference computation."""
+    from services.monitoring.reference import ReferenceComputer
+
+    async def publish(subject: str, event: Any) -> None:
+        await publish_event(runtime.broker, subject, event)
+
+    deps = FeedbackDeps(monitoring=runtime.extras["deps"], objects=runtime.objects, publish=publish)
+    exporter, computer = Exporter(deps), ReferenceComputer(deps)
+    exporter.start()
+    computer.start()
+    runtime.extras.update(feedback=deps, feedback_exporter=exporter, reference_computer=computer)
+
+
+async def stop(runtime: Any) -> None:
+    for key in ("feedback_exporter", "reference_computer"):
+        worker = runtime.extras.get(key)
+        if worker is not None:
+            await worker.stop()
+
+
+
+def register(router: NatsRouter, deps_fn: Callable[[], FeedbackDeps], caller_fn: Callable[[CallContext], Any],
+             service: str) -> None:
+    """The feedback slice's command subscribers."""
+
+    @command(router, subjects.MONITORING_REVIEW_PREDICTION, service=service)
+    async def review(cmd: ReviewPrediction, ctx: CallContext) -> Review:
+        """Review a prediction: accept it or correct its labels/boxes (a later review replaces it)."""
+        return await review_prediction(deps_fn(), await caller_fn(ctx), ctx.token, cmd)
+
+    @command(router, subjects.MONITORING_PREDICTIONS_TO_REVIEW, service=service)
+    async def to_review(cmd: ListPredictionsToReview, ctx: CallContext) -> PredictionsToReview:
+        """The deployment's predictions waiting for a review, oldest first."""
+        return await predictions_to_review(deps_fn(), await caller_fn(ctx), ctx.token, cmd)
+
+    @command(router, subjects.MONITORING_PREDICTION_IMAGE, service=service)
+    async def image(cmd: PredictionImageQuery, ctx: CallContext) -> PredictionImage:
+        """Where a prediction's image is (the gateway streams it)."""
+        return await prediction_image(deps_fn(), await caller_fn(ctx), ctx.token, cmd)
+
+    @command(router, subjects.MONITORING_FEEDBACK_SETUP, service=service)
+    async def setup(cmd: SetupFeedbackLoop, ctx: CallContext) -> FeedbackLoopStatus:
+        """Set up (or re-activate) the deployment's feedback loop."""
+        return await setup_feedback_loop(deps_fn(), await caller_fn(ctx), ctx.token, cmd)
+
+    @command(router, subjects.MONITORING_FEEDBACK_ATTACH, service=service)
+    async def attach(cmd: FeedbackLoopDatasetCommand, ctx: CallContext) -> FeedbackLoopStatus:
+        """Attach an images dataset to the feedback loop."""
+        return await attach_dataset(deps_fn(), await caller_fn(ctx), ctx.token, cmd)
+
+    @command(router, subjects.MONITORING_FEEDBACK_DETACH, service=service)
+    async def detach(cmd: FeedbackLoopDatasetCommand, ctx: CallContext) -> FeedbackLoopStatus:
+        """Detach a dataset from the feedback loop."""
+        return await detach_dataset(deps_fn(), await caller_fn(ctx), ctx.token, cmd)
+
+    @command(router, subjects.MONITORING_FEEDBACK_LIST, service=service)
+    async def datasets(cmd: DeploymentQuery, ctx: CallContext) -> FeedbackLoopDatasets:
+        """The datasets attached to the feedback loop."""
+        return await list_datasets(deps_fn(), await caller_fn(ctx), ctx.token, cmd)
+
+    @command(router, subjects.MONITORING_FEEDBACK_STATUS, service=service)
+    async def status(cmd: DeploymentQuery, ctx: CallContext) -> FeedbackLoopStatus:
+        """The feedback loop's state: active, attached datasets, reviews written and pending."""
+        return await check_status(deps_fn(), await caller_fn(ctx), ctx.token, cmd)
+
+    @command(router, subjects.MONITORING_FEEDBACK_DISABLE, service=service)
+    async def disable(cmd: DeploymentQuery, ctx: CallContext) -> FeedbackLoopStatus:
+        """Remove the feedback loop (reviews and written dataset versions stay)."""
+        return await disable_feedback_loop(deps_fn(), await caller_fn(ctx), ctx.token, cmd)
+
+    @command(router, subjects.MONITORING_FEEDBACK_TOGGLE, service=service)
+    async def toggle(cmd: ToggleFeedbackLoop, ctx: CallContext) -> FeedbackLoopStatus:
+        """(De)activate the feedback loop."""
+        return await toggle_feedback_loop(deps_fn(), await caller_fn(ctx), ctx.token, cmd)

@@ -1,0 +1,249 @@
+"""Seed 003's training-data reference and get_stats (monitoring service).
+
+set_training_data lists the images dataset's files with the caller's rights and records them with status
+`computing`; a background task (one per service process, under a Postgres advisory lock per deployment, picking up
+any reference still `computing`, so a restart resumes it) reads each image from object storage, computes
+images.image_features (the same statistics every prediction keeps) and the file's labels, and stores the reference:
+each feature's mean, standard deviation and deciles (inputs), and the label distribution (outputs). Progress is
+`images_done / images_total`. A newer set_training_data or disable_training_data_reference bumps the attempt, so a
+computation that finishes late never overwrites it.
+
+get_stats computes the asked ServiceMetrics now, from the `predictions` table (the deployment's own predictions and
+the monitored ones: seed-003 predictions are kept there, not in the inference log store) joined with `reviews`,
+and the reference when it is ready (stats.py holds the arithmetic)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from faststream.nats import NatsRouter
+
+from services.monitoring import feedback_store as fs
+from services.monitoring import stats
+from services.monitoring.feedback import FeedbackDeps, _dataset, _view
+from services.monitoring.images import image_features
+from shared import subjects
+from shared.authz import Principal
+from shared.bus import CallContext, command, request
+from shared.errors import Conflict, InvalidRequest
+from shared.messages.lineage import DatasetFiles, DatasetRef
+from shared.messages.monitoring import DeploymentQuery
+from shared.messages.monitoring_feedback import DeploymentStats, GetStats, SetTrainingData, TrainingDataStatus
+from shared.objectstore import BUCKET_DATASETS, content_key
+
+log = logging.getLogger("railyard.monitoring.reference")
+
+REFERENCE_SWEEP = 5.0
+PROGRESS_EVERY = 10
+MAX_REFERENCE_IMAGES = 20_000
+
+
+def _status(name: str, row: dict[str, Any] | None) -> TrainingDataStatus:
+    if row is None:
+        return TrainingDataStatus(deployment=name, status="none")
+    return TrainingDataStatus(deployment=name, status=row["status"], dataset_id=row["dataset_id"],
+                              version_id=row["version_id"], images_done=row["images_done"],
+                              images_total=row["images_total"], error=row["error"],
+                              requested_at=row["requested_at"], computed_at=row["computed_at"])
+
+
+async def set_training_data(deps: FeedbackDeps, principal: Principal, token: str | None,
+                            cmd: SetTrainingData) -> TrainingDataStatus:
+    """Record the dataset's images and start computing their reference in the background."""
+    view = await _view(deps, principal, token, cmd.deployment)
+    dataset = await _dataset(deps, token, view, cmd.dataset_version)
+    m = deps.monitoring
+    listed = await request(m.broker, subjects.LINEAGE_DATASETS_LIST_FILES, DatasetRef(dataset_id=dataset["id"]),
+                           token=token, timeout=m.timeout, reply_model=DatasetFiles)
+    if not listed.files:
+        raise InvalidRequest(f"dataset {dataset['id']} has no images: upload the training images first")
+    if len(listed.files) > MAX_REFERENCE_IMAGES:
+        raise InvalidRequest(f"dataset {dataset['id']} has {len(listed.files)} images: a reference takes at most "
+                             f"{MAX_REFERENCE_IMAGES}")
+    files = [{"name": f.name, "sha256": f.sha256, "labels": f.labels} for f in listed.files]
+    await fs.set_reference(m.pool, view.route.deployment_id, view.route.workspace_id, dataset["id"],
+                           cmd.dataset_version.version_id, files)
+    deps.wake_reference.set()
+    return _status(view.route.name, await fs.reference_row(m.pool, view.route.deployment_id))
+
+
+async def training_status(deps: FeedbackDeps, principal: Principal, token: str | None,
+                          cmd: DeploymentQuery) -> TrainingDataStatus:
+    view = await _view(deps, principal, token, cmd.deployment)
+    return _status(view.route.name, await fs.reference_row(deps.monitoring.pool, view.route.deployment_id))
+
+
+async def disable_reference(deps: FeedbackDeps, principal: Principal, token: str | None,
+                            cmd: DeploymentQuery) -> TrainingDataStatus:
+    """Drop the reference (stats that need it answer 409 until a new one is ready)."""
+    view = await _view(deps, principal, token, cmd.deployment)
+    if await fs.reference_row(deps.monitoring.pool, view.route.deployment_id) is None:
+        raise Conflict(f"deployment {view.route.name!r} has no training data reference: nothing to disable")
+    await fs.disable_reference(deps.monitoring.pool, view.route.deployment_id)
+    return _status(view.route.name, await fs.reference_row(deps.monitoring.pool, view.route.deployment_id))
+
+
+def _ids(values: list[str] | None, what: str) -> list[uuid.UUID] | None:
+    if values is None:
+        return None
+    try:
+        return [uuid.UUID(v) for v in values]
+    except ValueError:
+        bad = next(v for v in values if not _is_uuid(v))
+        raise InvalidRequest(f"{what} must be prediction ids (UUIDs), got {bad!r}") from None
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _time(value: float, what: str) -> datetime:
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise InvalidRequest(f"{what} must be a Unix timestamp in seconds, got {value!r}") from None
+
+
+async def get_stats(deps: FeedbackDeps, principal: Principal, token: str | None, cmd: GetStats) -> DeploymentStats:
+    """One ServiceMetrics value over the predictions (and reviews) the filters keep."""
+    service = stats.check_service(cmd.service)
+    start = _time(cmd.from_timestamp, "from_timestamp") if cmd.from_timestamp is not None else None
+    end = _time(cmd.to_timestamp, "to_timestamp") if cmd.to_timestamp is not None else None
+    if start and end and start > end:
+        raise InvalidRequest("from_timestamp is after to_timestamp: nothing can match")
+    if cmd.since is not None:
+        recent = datetime.now(UTC) - timedelta(seconds=cmd.since)
+        start = max(start, recent) if start else recent
+    includes, excludes = _ids(cmd.includes, "includes"), _ids(cmd.excludes, "excludes")
+    view = await _view(deps, principal, token, cmd.deployment)
+    pool = deps.monitoring.pool
+    model = cmd.model_version
+    rows = await fs.stats_rows(pool, view.route.deployment_id, model_name=model.name if model else None,
+                               model_version=(model.version or model.sha) if model else None, start=start, end=end,
+                               includes=includes, excludes=excludes, tags=cmd.tags)
+    kept = await fs.reference_row(pool, view.route.deployment_id)
+    reference = kept["reference"] if kept and kept["status"] == "ready" else None
+    result = await asyncio.to_thread(stats.compute, service, rows, reference)
+    return DeploymentStats(deployment=view.route.name, service=service, predictions=len(rows), stats=result)
+
+
+# --- the background computation --------------------------------------------------------------------------
+
+
+def _features_of(data: bytes) -> dict[str, float] | None:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return image_features(img)
+    except Exception:
+        return None
+
+
+class ReferenceComputer:
+    """Computes references left `computing` (new ones, and those a stopped process left)."""
+
+    def __init__(self, deps: FeedbackDeps) -> None:
+        self.deps = deps
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="training-reference")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.deps.wake_reference.wait(), timeout=REFERENCE_SWEEP)
+            except TimeoutError:
+                pass
+            self.deps.wake_reference.clear()
+            try:
+                for deployment_id, attempt in await fs.computing_references(self.deps.monitoring.pool):
+                    await self.compute(deployment_id, attempt)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("training reference sweep failed (retried on the next sweep)")
+
+    async def compute(self, deployment_id: int, attempt: int) -> None:
+        pool = self.deps.monitoring.pool
+        async with pool.acquire() as lock_conn:
+            if not await lock_conn.fetchval(
+                    "SELECT pg_try_advisory_lock(hashtextextended('monitoring.reference:' || $1::text, 0))",
+                    deployment_id):
+                return
+            try:
+                row = await fs.reference_row(pool, deployment_id)
+                if row is None or row["status"] != "computing" or row["attempt"] != attempt:
+                    return
+                try:
+                    reference, error = await self._reference(deployment_id, attempt, row["files"]), None
+                except Exception as exc:
+                    reference, error = None, str(exc) or type(exc).__name__
+                await fs.reference_finished(pool, deployment_id, attempt, reference, error)
+            finally:
+                await lock_conn.execute(
+                    "SELECT pg_advisory_unlock(hashtextextended('monitoring.reference:' || $1::text, 0))",
+                    deployment_id)
+
+    async def _reference(self, deployment_id: int, attempt: int, files: list[dict[str, Any]]) -> dict[str, Any]:
+        features, labels, skipped = [], [], []
+        for index, entry in enumerate(files, start=1):
+            data = await self.deps.objects.get_bytes(BUCKET_DATASETS, content_key(entry["sha256"]))
+            found = await asyncio.to_thread(_features_of, data)
+            if found is None:
+                skipped.append(entry["name"])
+            else:
+                features.append(found)
+                labels.append(stats.labels_of(entry.get("labels")))
+            if index % PROGRESS_EVERY == 0 or index == len(files):
+                await fs.reference_progress(self.deps.monitoring.pool, deployment_id, attempt, index)
+        if not features:
+            raise ValueError(f"none of the dataset's {len(files)} files is an image that decodes")
+        reference = await asyncio.to_thread(stats.build_reference, features, labels)
+        reference["skipped"] = skipped
+        return reference
+
+
+def register(router: NatsRouter, deps_fn: Callable[[], FeedbackDeps], caller_fn: Callable[[CallContext], Any],
+             service: str) -> None:
+    """The training-reference and get_stats subscribers."""
+
+    @command(router, subjects.MONITORING_TRAINING_SET, service=service)
+    async def set_training(cmd: SetTrainingData, ctx: CallContext) -> TrainingDataStatus:
+        """Use an images dataset as the training-data reference (computed in the background)."""
+        return await set_training_data(deps_fn(), await caller_fn(ctx), ctx.token, cmd)
+
+    @command(router, subjects.MONITORING_TRAINING_STATUS, service=service)
+    async def training(cmd: DeploymentQuery, ctx: CallContext) -> TrainingDataStatus:
+        """The training-data reference's status and progress."""
+        return await training_status(deps_fn(), await caller_fn(ctx), ctx.token, cmd)
+
+    @command(router, subjects.MONITORING_TRAINING_DISABLE, service=service)
+    async def disable_training(cmd: DeploymentQuery, ctx: CallContext) -> TrainingDataStatus:
+        """Stop using the training-data reference."""
+        return await disable_reference(deps_fn(), await caller_fn(ctx), ctx.token, cmd)
+
+    @command(router, subjects.MONITORING_GET_STATS, service=service)
+    async def deployment_stats(cmd: GetStats, ctx: CallContext) -> DeploymentStats:
+        """A ServiceMetrics value of the deployment, computed from its predictions and reviews."""
+        return await get_stats(deps_fn(), await caller_fn(ctx), ctx.token, cmd)
