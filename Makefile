@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test test-labelstudio lint protos docs bench venv clean
+.PHONY: run test test-labelstudio lint protos docs bench venv clean ui-vendor
 
 # A real MLflow tracking server for the registry tests, in its own environment (it is an external system to
 # Railyard, and its pins must not decide ours).
@@ -58,6 +58,22 @@ docs: venv
 
 bench: venv
 	$(BIN)/python -m bench
+
+## Re-fetch the web UI's vendored browser libraries (Chart.js, Cytoscape.js) at the versions pinned in
+## services/gateway/ui/package-lock.json, with their licences, into services/gateway/static/vendor/ (needs Node and
+## the npm registry; the files are committed, so `make run` never needs Node).
+UI_DIR     := services/gateway/ui
+UI_VENDOR  := services/gateway/static/vendor
+ui-vendor:
+	cd $(UI_DIR) && npm ci --ignore-scripts --no-audit --no-fund
+	mkdir -p $(UI_VENDOR)
+	sed '/^\/\/# sourceMappingURL=/d' $(UI_DIR)/node_modules/chart.js/dist/chart.umd.min.js > $(UI_VENDOR)/chart.umd.min.js
+	cp $(UI_DIR)/node_modules/chart.js/LICENSE.md $(UI_VENDOR)/chart.js.LICENSE.md
+	cp $(UI_DIR)/node_modules/@kurkle/color/LICENSE.md $(UI_VENDOR)/kurkle-color.LICENSE.md
+	sed '/^\/\/# sourceMappingURL=/d' $(UI_DIR)/node_modules/cytoscape/dist/cytoscape.min.js > $(UI_VENDOR)/cytoscape.min.js
+	cp $(UI_DIR)/node_modules/cytoscape/LICENSE $(UI_VENDOR)/cytoscape.LICENSE
+	cd $(UI_DIR) && node -e 'const l = require("./package-lock.json").packages; for (const n of ["chart.js", "@kurkle/color", "cytoscape"]) { const p = l["node_modules/" + n]; console.log(n + " " + p.version + " " + p.integrity); }' > ../static/vendor/VERSIONS
+	rm -rf $(UI_DIR)/node_modules
 
 clean:
 	rm -rf $(VENV) $(MLFLOW_VENV) $(LS_VENV) .railyard

@@ -16,6 +16,7 @@ from urllib.parse import unquote
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
@@ -46,6 +47,7 @@ API = "/v1/api"
 TOKEN_PATH = "/auth/realms/master/protocol/openid-connect/token"
 CERTS_PATH = "/auth/realms/master/protocol/openid-connect/certs"
 UI_PAGE = Path(__file__).parent / "ui.html"
+UI_STATIC = Path(__file__).parent / "static"  # the UI's scripts and vendored libraries (no CDN)
 HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
               405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 
@@ -274,6 +276,8 @@ def create_app(runtime: Runtime) -> FastAPI:
     @app.get("/", include_in_schema=False)
     async def ui() -> HTMLResponse:
         return HTMLResponse(UI_PAGE.read_text())
+
+    app.mount("/static", StaticFiles(directory=UI_STATIC), name="static")
 
     @app.post(f"{API}/models/upload_and_convert", tags=["models"], response_model=reg.ModelInserted)
     async def upload_and_convert(request: Request, principal: Principal = Depends(user_caller)) -> Any:
