@@ -29,6 +29,8 @@ from services.gateway.lineage import JSON_ROUTE_SPECS as LINEAGE_ROUTE_SPECS
 from services.gateway.lineage import add_lineage_routes
 from services.gateway.logs import add_log_routes
 from services.gateway.monitoring import JSON_ROUTE_SPECS as MONITORING_ROUTE_SPECS
+from services.gateway.monitoring_feedback import JSON_ROUTE_SPECS as FEEDBACK_ROUTE_SPECS
+from services.gateway.monitoring_feedback import add_feedback_routes
 from services.gateway.orchestrations import JSON_ROUTE_SPECS as ORCHESTRATION_ROUTE_SPECS
 from services.gateway.orchestrations import add_orchestration_routes
 from services.gateway.ratelimit import TokenBuckets, TokenEndpointLimits
@@ -163,6 +165,7 @@ JSON_ROUTES: list[Route] = [spec if isinstance(spec, Route) else R(*spec) for sp
 JSON_ROUTES += [R(*spec) for spec in ORCHESTRATION_ROUTE_SPECS]
 JSON_ROUTES += [R(*spec) for spec in LINEAGE_ROUTE_SPECS]
 JSON_ROUTES += [R(*spec) for spec in MONITORING_ROUTE_SPECS]
+JSON_ROUTES += [R(*spec) for spec in FEEDBACK_ROUTE_SPECS]
 
 
 def first_error(errors: list[dict[str, Any]], default: str) -> str:
@@ -272,6 +275,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     add_log_routes(app, runtime, user_caller, bearer_token)
     add_orchestration_routes(app, runtime, user_caller, bearer_token)
     add_lineage_routes(app, runtime, user_caller, bearer_token)
+    add_feedback_routes(app, runtime, user_caller, bearer_token)
 
     @app.get("/", include_in_schema=False)
     async def ui() -> HTMLResponse:
