@@ -10,7 +10,8 @@ sequence for p (Robbins 1970, "Statistical methods related to the law of the ite
 McAuliffe and Sekhon 2021, "Time-uniform, nonparametric, nonasymptotic confidence sequences", Ann. Statist. 49(2)).
 For any p0, the mixture likelihood ratio
 
-    M_n(p0) = integral q^W (1-q)^(D-W) Beta(q; a, b) dq / (p0^W (1-p0)^(D-W)) = B(a+W, b+D-W) / (B(a, b) p0^W (1-p0)^(D-W))
+    M_n(p0) = integral q^W (1-q)^(D-W) Beta(q; a, b) dq / (p0^W (1-p0)^(D-W))
+            = B(a+W, b+D-W) / (B(a, b) p0^W (1-p0)^(D-W))
 
 (W challenger-only wins among D discordant pairs) is a nonnegative martingale with mean 1 when p = p0, so by
 Ville's inequality P(there is an n with M_n(p0) >= 1/alpha) <= alpha. The set {p0 : M_n(p0) < 1/alpha} is therefore
@@ -109,7 +110,8 @@ def decide_arrays(wins: Any, discordant: Any, pairs: Any, alpha: float = DEFAULT
     """Vectorized decision: +1 promote, -1 roll back, 0 continue, for every element of the count arrays."""
     wins = np.asarray(wins, dtype=float)
     discordant = np.asarray(discordant, dtype=float)
-    reject = (log_mixture_ratio(wins, discordant, 0.5, prior) >= math.log(1 / alpha)) & (np.asarray(pairs) >= min_sample)
+    evident = log_mixture_ratio(wins, discordant, 0.5, prior) >= math.log(1 / alpha)
+    reject = evident & (np.asarray(pairs) >= min_sample)
     direction = np.sign(2 * wins - discordant)
     return np.where(reject, direction, 0).astype(int)
 

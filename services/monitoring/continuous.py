@@ -1,0 +1,728 @@
+"""Seed 003's continuous training and continuous deployment, and the promotion of a shadow challenger by the
+always-valid sequential test (sequential.py).
+
+How it runs (docs/monitoring.md, "Continuous training and deployment"):
+- **Trigger.** `events.monitoring.review_created` is only a wake-up: the trigger is computed from the tables. Under a
+  row lock on the deployment's `continuous_training` row, the reviews are counted; when `threshold` more predictions
+  were reviewed than at the last training (`reviews_at_last_training`) and no training is open, a `trainings` row is
+  inserted and the baseline moved in the same transaction. A restart loses nothing (the next review, or the next
+  toggle, recounts) and two wake-ups never start two trainings (the row lock, and a unique index allowing one open
+  training per deployment).
+- **The run** is an orchestration task run (`task_scheduler.tasks.run_once`) with the parameters, the aliased
+  dataset versions and the model name as its arguments, created with the rights of the user who set continuous
+  training up: monitoring asks auth for a short-lived token of that user scoped to the deployment's workspace (as
+  the task scheduler does for runs), so a user who left the workspace trains nothing.
+- **Its output.** The run registers a model version with the SDK, with its run token; the registry's
+  `events.model.uploaded` carries the uploader's task (`task_id`), which names the training. A converting upload
+  waits for `events.model.version_finished`. Once the run has succeeded and its model version is ready, the
+  training is done: `events.monitoring.training_finished` carries `outputs: [{kind: model_version, ref}]`, which
+  the lineage service draws as an arrow from the run's card to the model version's.
+- **The policy** (`continuous_deployment`): DEPLOY_MANUAL (or no active policy) leaves the version pending for a
+  person (retrieve_information shows it); DEPLOY_SHADOW sets it as the shadow challenger (the set_shadow_model path)
+  and opens a challenge; DEPLOY_AUTO serves it (the set_model path).
+- **Promotion.** While a challenge is open, every review wake-up joins the deployment's predictions answered by
+  that champion and that challenger with their reviews (ground truth), counts the paired outcomes and runs the
+  sequential test. The first non-CONTINUE decision moves the challenge to promoting / rolling_back under a
+  conditional UPDATE (one process wins), is published with its evidence, and the swap follows: promote serves the
+  challenger alone, roll back serves the champion alone (the ShadowDeploy step becomes a ModelInference step).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from faststream import AckPolicy
+from faststream.nats import JStream, NatsRouter, PullSub
+from nats.js.api import ConsumerConfig
+
+from services.monitoring import handlers, sequential
+from shared import subjects
+from shared.authz import Principal, require_user
+from shared.bus import CallContext, command, publish_event, request
+from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError
+from shared.messages.base import Event
+from shared.messages.deployer import CreatePipeline, Deployed, DeployPipeline, PipelineCreated
+from shared.messages.lineage import DatasetInfo, DatasetRef, ProjectInfo, ProjectRef
+from shared.messages.monitoring import ModelVersionRef
+from shared.messages.monitoring_continuous import (
+    ChallengerDecided,
+    ChallengeRecord,
+    ContinuousDeploymentState,
+    ContinuousInformation,
+    ContinuousTrainingDataset,
+    ContinuousTrainingState,
+    DetachContinuousTrainingDataset,
+    ModelSwapped,
+    SetupContinuousDeployment,
+    SetupContinuousTraining,
+    ToggleContinuous,
+    TrainingFinished,
+    TrainingRecord,
+    TrainingStarted,
+)
+from shared.messages.monitoring_feedback import DatasetVersionRef, ReviewCreated
+from shared.messages.registry import ModelUploaded, ModelVersionFinished
+from shared.messages.tasks import (
+    IssueTaskToken,
+    ListOrchestrations,
+    Orchestrations,
+    RunTaskOnce,
+    TaskCreated,
+    TaskRunEvent,
+    TaskTokenIssued,
+)
+
+log = logging.getLogger("railyard.monitoring.continuous")
+
+NAME = "monitoring"
+TOKEN_TTL = 900
+NO_MODEL_GRACE = 60.0  # seconds a succeeded run may take for its model upload event to arrive before it is failed
+OPEN_TRAININGS = ("starting", "running", "succeeded")
+
+
+@dataclass
+class ContinuousDeps:
+    """What continuous training and deployment use besides the deployment handlers' deps."""
+
+    base: handlers.MonitoringDeps
+    verify: Callable[[str | None], Awaitable[Principal]]
+    publish: Callable[[str, Event], Awaitable[None]]
+    locks: dict[int, asyncio.Lock] = field(default_factory=dict)
+
+    def lock(self, deployment_id: int) -> asyncio.Lock:
+        """Serializes this process's background work on one deployment (the database serializes processes)."""
+        return self.locks.setdefault(deployment_id, asyncio.Lock())
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _ref(value: Any) -> ModelVersionRef | None:
+    value = _json(value)
+    return ModelVersionRef.model_validate(value) if value else None
+
+
+def _iso(moment: Any) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+# --- acting for the user who set it up ---------------------------------------------------------------------------
+
+async def act_as(deps: ContinuousDeps, owner_id: uuid.UUID | str, workspace_id: int,
+                 purpose: str) -> tuple[Principal, str]:
+    """A short-lived token of `owner_id` scoped to `workspace_id` (auth refuses it when the user is deactivated or
+    no longer a member), and its verified principal: background work acts with that user's rights only."""
+    base = deps.base
+    issued = await request(base.broker, subjects.AUTH_TOKEN_ISSUE_TASK, IssueTaskToken(
+        user_id=str(owner_id), workspace_id=workspace_id, ttl=TOKEN_TTL, task_id=purpose),
+        timeout=base.timeout, reply_model=TaskTokenIssued)
+    return await deps.verify(issued.access_token), issued.access_token
+
+
+# --- the user-facing commands ------------------------------------------------------------------------------------
+
+async def _check_dataset(deps: ContinuousDeps, token: str | None, workspace_id: int,
+                         ref: DatasetVersionRef) -> None:
+    dataset = await request(deps.base.broker, subjects.LINEAGE_DATASETS_GET, DatasetRef(dataset_id=ref.dataset_id),
+                            token=token, timeout=deps.base.timeout, reply_model=DatasetInfo)
+    if dataset.workspace_id != workspace_id:
+        raise NotFound(f"dataset {ref.dataset_id} not found in the deployment's workspace")
+
+
+async def _review_count(conn: Any, deployment_id: int) -> int:
+    """Predictions of the deployment reviewed so far (one reviews row per reviewed prediction)."""
+    return await conn.fetchval("SELECT count(*) FROM reviews WHERE deployment_id = $1", deployment_id)
+
+
+async def setup_training(deps: ContinuousDeps, principal: Principal, token: str | None,
+                         cmd: SetupContinuousTraining) -> ContinuousInformation:
+    """setup_continuous_training: checked whole before anything is stored (400/404/409 change nothing)."""
+    if (cmd.experiment_parameters is None) == (cmd.scan_config is None):
+        raise InvalidRequest("give exactly one of experiment_parameters or scan_config (the seed: 'whether "
+                             "experiment_parameters or scan_config but not both')")
+    require_user(principal)
+    base = deps.base
+    view = await handlers._deployment(base, principal, token, cmd.deployment)
+    workspace_id = view.route.workspace_id
+    model_name = cmd.model_name
+    if model_name is None:
+        current = handlers._current_model(view.definition)
+        if current is None:
+            raise Conflict("this deployment's pipeline has no model step: give model_name")
+        model_name = current.name
+    project = await request(base.broker, subjects.LINEAGE_PROJECTS_GET, ProjectRef(project_id=cmd.project_id),
+                            token=token, timeout=base.timeout, reply_model=ProjectInfo)
+    if project.workspace_id != workspace_id:
+        raise NotFound(f"project {cmd.project_id} not found in the deployment's workspace")
+    orchestrations = await request(base.broker, subjects.TASKS_ORCHESTRATIONS_LIST,
+                                   ListOrchestrations(workspace_id=workspace_id), token=token, timeout=base.timeout,
+                                   reply_model=Orchestrations)
+    if not any(o.id == cmd.orchestration_id for o in orchestrations.orchestrations):
+        raise NotFound(f"orchestration {cmd.orchestration_id} not found in the deployment's workspace")
+    if cmd.dataset_version is not None:
+        await _check_dataset(deps, token, workspace_id, cmd.dataset_version)
+    deployment_id = view.route.deployment_id
+    async with base.pool.acquire() as conn, conn.transaction():
+        reviews = await _review_count(conn, deployment_id)
+        await conn.execute(
+            "INSERT INTO continuous_training (deployment_id, workspace_id, deployment, owner_id, project_id,"
+            " orchestration_id, trigger, threshold, experiment_parameters, scan_config, model_name, timeout, active,"
+            " reviews_at_last_training) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, true, $13)"
+            " ON CONFLICT (deployment_id) DO UPDATE SET owner_id = $4, project_id = $5, orchestration_id = $6,"
+            " trigger = $7, threshold = $8, experiment_parameters = $9, scan_config = $10, model_name = $11,"
+            " timeout = $12, active = true, updated_at = now()",
+            deployment_id, workspace_id, view.route.name, uuid.UUID(principal.user_id), cmd.project_id,
+            cmd.orchestration_id, cmd.trigger, cmd.threshold,
+            json.dumps(cmd.experiment_parameters) if cmd.experiment_parameters is not None else None,
+            json.dumps(cmd.scan_config) if cmd.scan_config is not None else None, model_name, cmd.timeout, reviews)
+        if cmd.dataset_version is not None:
+            await _attach(conn, deployment_id, "train", cmd.dataset_version)
+    await check_trigger(deps, deployment_id)
+    return await information(base.pool, deployment_id)
+
+
+async def _attach(conn: Any, deployment_id: int, alias: str, ref: DatasetVersionRef) -> None:
+    await conn.execute("DELETE FROM continuous_training_datasets WHERE deployment_id = $1 AND"
+                       " (alias = $2 OR dataset_id = $3)", deployment_id, alias, ref.dataset_id)
+    await conn.execute("INSERT INTO continuous_training_datasets (deployment_id, alias, dataset_id, version_id)"
+                       " VALUES ($1, $2, $3, $4)", deployment_id, alias, ref.dataset_id, ref.version_id)
+
+
+async def _configured(conn: Any, deployment_id: int, table: str, what: str) -> asyncpg.Record:
+    row = await conn.fetchrow(f"SELECT * FROM {table} WHERE deployment_id = $1 FOR UPDATE", deployment_id)
+    if row is None:
+        raise Conflict(f"{what} is not set up for this deployment: call setup_{what.replace(' ', '_')} first")
+    return row
+
+
+async def attach_dataset(deps: ContinuousDeps, principal: Principal, token: str | None,
+                         cmd: ContinuousTrainingDataset) -> ContinuousInformation:
+    """attach_dataset_version_to_continuous_training: an alias names one dataset version (attaching an alias or a
+    dataset again replaces it)."""
+    view = await handlers._deployment(deps.base, principal, token, cmd.deployment)
+    await _check_dataset(deps, token, view.route.workspace_id, cmd.dataset_version)
+    async with deps.base.pool.acquire() as conn, conn.transaction():
+        await _configured(conn, view.route.deployment_id, "continuous_training", "continuous training")
+        await _attach(conn, view.route.deployment_id, cmd.alias, cmd.dataset_version)
+    return await information(deps.base.pool, view.route.deployment_id)
+
+
+async def detach_dataset(deps: ContinuousDeps, principal: Principal, token: str | None,
+                         cmd: DetachContinuousTrainingDataset) -> ContinuousInformation:
+    """detach_dataset_version_from_continuous_training: 404 when that dataset is not attached."""
+    view = await handlers._deployment(deps.base, principal, token, cmd.deployment)
+    async with deps.base.pool.acquire() as conn, conn.transaction():
+        await _configured(conn, view.route.deployment_id, "continuous_training", "continuous training")
+        removed = await conn.fetchval("DELETE FROM continuous_training_datasets WHERE deployment_id = $1 AND"
+                                      " dataset_id = $2 RETURNING alias", view.route.deployment_id,
+                                      cmd.dataset_version.dataset_id)
+    if removed is None:
+        raise NotFound(f"dataset {cmd.dataset_version.dataset_id} is not attached to this continuous training")
+    return await information(deps.base.pool, view.route.deployment_id)
+
+
+async def toggle_training(deps: ContinuousDeps, principal: Principal, token: str | None,
+                          cmd: ToggleContinuous) -> ContinuousInformation:
+    """toggle_continuous_training: inactive, reviews still count; active again, the threshold is checked at once."""
+    view = await handlers._deployment(deps.base, principal, token, cmd.deployment)
+    async with deps.base.pool.acquire() as conn, conn.transaction():
+        await _configured(conn, view.route.deployment_id, "continuous_training", "continuous training")
+        await conn.execute("UPDATE continuous_training SET active = $2, updated_at = now() WHERE deployment_id = $1",
+                           view.route.deployment_id, cmd.active)
+    if cmd.active:
+        await check_trigger(deps, view.route.deployment_id)
+    return await information(deps.base.pool, view.route.deployment_id)
+
+
+async def setup_deployment(deps: ContinuousDeps, principal: Principal, token: str | None,
+                           cmd: SetupContinuousDeployment) -> ContinuousInformation:
+    """setup_continuous_deployment: the policy (and the sequential test's alpha and minimum sample)."""
+    require_user(principal)
+    view = await handlers._deployment(deps.base, principal, token, cmd.deployment)
+    await deps.base.pool.execute(
+        "INSERT INTO continuous_deployment (deployment_id, workspace_id, deployment, owner_id, policy, alpha,"
+        " min_sample, active) VALUES ($1, $2, $3, $4, $5, $6, $7, true) ON CONFLICT (deployment_id) DO UPDATE SET"
+        " owner_id = $4, policy = $5, alpha = $6, min_sample = $7, active = true, updated_at = now()",
+        view.route.deployment_id, view.route.workspace_id, view.route.name, uuid.UUID(principal.user_id),
+        cmd.policy, cmd.alpha, cmd.min_sample)
+    return await information(deps.base.pool, view.route.deployment_id)
+
+
+async def toggle_deployment(deps: ContinuousDeps, principal: Principal, token: str | None,
+                            cmd: ToggleContinuous) -> ContinuousInformation:
+    """toggle_continuous_deployment: inactive, new model versions wait for a person as under DEPLOY_MANUAL (an
+    open challenge is still decided: it was started under the policy)."""
+    view = await handlers._deployment(deps.base, principal, token, cmd.deployment)
+    async with deps.base.pool.acquire() as conn, conn.transaction():
+        await _configured(conn, view.route.deployment_id, "continuous_deployment", "continuous deployment")
+        await conn.execute("UPDATE continuous_deployment SET active = $2, updated_at = now()"
+                           " WHERE deployment_id = $1", view.route.deployment_id, cmd.active)
+    return await information(deps.base.pool, view.route.deployment_id)
+
+
+# --- what retrieve_information shows -----------------------------------------------------------------------------
+
+def _training_record(row: asyncpg.Record) -> TrainingRecord:
+    return TrainingRecord(id=row["id"], state=row["state"], reviews=row["reviews"], task_id=row["task_id"],
+                          run_id=row["run_id"], model_version=_ref(row["model_version"]), outcome=row["outcome"],
+                          reason=row["reason"], created_at=_iso(row["created_at"]),
+                          updated_at=_iso(row["updated_at"]))
+
+
+def _challenge_record(row: asyncpg.Record) -> ChallengeRecord:
+    return ChallengeRecord(id=row["id"], champion=_ref(row["champion"]), challenger=_ref(row["challenger"]),
+                           state=row["state"], evidence=_json(row["evidence"]), started_at=_iso(row["started_at"]),
+                           decided_at=_iso(row["decided_at"]), reason=row["reason"])
+
+
+async def information(pool: asyncpg.Pool, deployment_id: int) -> ContinuousInformation:
+    """The deployment's continuous training and deployment state, last training and current/last challenge."""
+    async with pool.acquire() as conn:
+        ct = await conn.fetchrow("SELECT * FROM continuous_training WHERE deployment_id = $1", deployment_id)
+        cd = await conn.fetchrow("SELECT * FROM continuous_deployment WHERE deployment_id = $1", deployment_id)
+        training = await conn.fetchrow("SELECT * FROM trainings WHERE deployment_id = $1"
+                                       " ORDER BY created_at DESC LIMIT 1", deployment_id)
+        pending = await conn.fetchrow("SELECT model_version FROM trainings WHERE deployment_id = $1 AND"
+                                      " outcome = 'pending' ORDER BY created_at DESC LIMIT 1", deployment_id)
+        challenge = await conn.fetchrow("SELECT * FROM challenges WHERE deployment_id = $1"
+                                        " ORDER BY started_at DESC LIMIT 1", deployment_id)
+        training_state = None
+        if ct is not None:
+            datasets = await conn.fetch("SELECT * FROM continuous_training_datasets WHERE deployment_id = $1"
+                                        " ORDER BY alias", deployment_id)
+            training_state = ContinuousTrainingState(
+                active=ct["active"], project_id=ct["project_id"], orchestration_id=ct["orchestration_id"],
+                trigger=ct["trigger"], threshold=ct["threshold"],
+                experiment_parameters=_json(ct["experiment_parameters"]), scan_config=_json(ct["scan_config"]),
+                model_name=ct["model_name"],
+                datasets={d["alias"]: DatasetVersionRef(dataset_id=d["dataset_id"], version_id=d["version_id"])
+                          for d in datasets},
+                reviews=await _review_count(conn, deployment_id),
+                reviews_at_last_training=ct["reviews_at_last_training"])
+    return ContinuousInformation(
+        training=training_state,
+        deployment=ContinuousDeploymentState(active=cd["active"], policy=cd["policy"], alpha=cd["alpha"],
+                                             min_sample=cd["min_sample"]) if cd is not None else None,
+        last_training=_training_record(training) if training is not None else None,
+        pending_model_version=_ref(pending["model_version"]) if pending is not None else None,
+        challenge=_challenge_record(challenge) if challenge is not None else None)
+
+
+# --- the trigger and the training run ----------------------------------------------------------------------------
+
+async def check_trigger(deps: ContinuousDeps, deployment_id: int) -> uuid.UUID | None:
+    """Start one training when the threshold is reached (computed from the tables); the training's id, or None."""
+    pool = deps.base.pool
+    async with deps.lock(deployment_id):
+        async with pool.acquire() as conn, conn.transaction():
+            ct = await conn.fetchrow("SELECT * FROM continuous_training WHERE deployment_id = $1 FOR UPDATE",
+                                     deployment_id)
+            if ct is None or not ct["active"]:
+                return None
+            # a run that succeeded but whose model version never arrived does not block training forever
+            await conn.execute(
+                "UPDATE trainings SET state = 'failed', outcome = 'failed', updated_at = now(), reason = 'the run"
+                " succeeded but registered no model version (upload one with the run''s token)' WHERE"
+                " deployment_id = $1 AND state = 'succeeded' AND model_version IS NULL AND"
+                " updated_at < now() - make_interval(secs => $2)", deployment_id, NO_MODEL_GRACE)
+            reviews = await _review_count(conn, deployment_id)
+            if reviews - ct["reviews_at_last_training"] < ct["threshold"]:
+                return None
+            if await conn.fetchval("SELECT 1 FROM trainings WHERE deployment_id = $1 AND state = ANY($2::text[])",
+                                   deployment_id, list(OPEN_TRAININGS)):
+                return None  # one training at a time; the reviews keep counting for the next one
+            training_id = uuid.uuid4()
+            await conn.execute("INSERT INTO trainings (id, deployment_id, workspace_id, state, reviews)"
+                               " VALUES ($1, $2, $3, 'starting', $4)", training_id, deployment_id,
+                               ct["workspace_id"], reviews)
+            await conn.execute("UPDATE continuous_training SET reviews_at_last_training = $2 WHERE deployment_id = $1",
+                               deployment_id, reviews)
+            datasets = await conn.fetch("SELECT * FROM continuous_training_datasets WHERE deployment_id = $1",
+                                        deployment_id)
+        await _start_run(deps, ct, datasets, training_id, reviews)
+    return training_id
+
+
+async def _start_run(deps: ContinuousDeps, ct: asyncpg.Record, datasets: list[asyncpg.Record],
+                     training_id: uuid.UUID, reviews: int) -> None:
+    base = deps.base
+    args: dict[str, Any] = {
+        "deployment": ct["deployment"], "deployment_id": ct["deployment_id"], "training_id": str(training_id),
+        "project_id": ct["project_id"], "trigger": ct["trigger"], "threshold": ct["threshold"], "reviews": reviews,
+        "model_name": ct["model_name"],
+        "datasets": {d["alias"]: {"dataset_id": d["dataset_id"], "version_id": d["version_id"]} for d in datasets},
+    }
+    if ct["experiment_parameters"] is not None:
+        args["experiment_parameters"] = _json(ct["experiment_parameters"])
+    else:
+        args["scan_config"] = _json(ct["scan_config"])
+    try:
+        _, token = await act_as(deps, ct["owner_id"], ct["workspace_id"], f"monitoring-training-{training_id}")
+        task = await request(base.broker, subjects.TASKS_RUN_ONCE, RunTaskOnce(
+            name=f"continuous training of {ct['deployment']}", orch_id=ct["orchestration_id"],
+            workspace_id=ct["workspace_id"], json=args, timeout=ct["timeout"]),
+            token=token, timeout=base.timeout, reply_model=TaskCreated)
+    except RailyardError as exc:
+        log.warning("continuous training %s of deployment %s could not start: %s", training_id,
+                    ct["deployment_id"], exc.msg)
+        await base.pool.execute("UPDATE trainings SET state = 'failed', outcome = 'failed', reason = $2,"
+                                " updated_at = now() WHERE id = $1", training_id, f"could not start: {exc.msg}")
+        return
+    await base.pool.execute("UPDATE trainings SET state = 'running', task_id = $2, updated_at = now() WHERE id = $1",
+                            training_id, task.id)
+    log.info("continuous training %s of deployment %s started task %s at %d reviews", training_id,
+             ct["deployment_id"], task.id, reviews)
+    await deps.publish(subjects.EVENT_MONITORING_TRAINING_STARTED, TrainingStarted(
+        deployment_id=ct["deployment_id"], workspace_id=ct["workspace_id"], training_id=training_id, task_id=task.id,
+        reviews=reviews))
+
+
+async def on_run_ended(deps: ContinuousDeps, event: TaskRunEvent, succeeded: bool) -> None:
+    """A task run ended: if it is a training's, record it and move the training on."""
+    row = await deps.base.pool.fetchrow("SELECT id, deployment_id FROM trainings WHERE task_id = $1", event.task_id)
+    if row is None:
+        return
+    if succeeded:
+        await deps.base.pool.execute(
+            "UPDATE trainings SET state = 'succeeded', run_id = $2, updated_at = now() WHERE id = $1 AND"
+            " state = 'running'", row["id"], event.run_id)
+    else:
+        failed = await deps.base.pool.fetchrow(
+            "UPDATE trainings SET state = 'failed', outcome = 'failed', run_id = $2, reason = $3, updated_at = now()"
+            " WHERE id = $1 AND state IN ('running', 'succeeded') RETURNING *", row["id"], event.run_id,
+            f"the training run failed: {event.reason or event.status}")
+        if failed is not None:
+            await _finished(deps, failed)
+        return
+    await advance(deps, row["deployment_id"], row["id"])
+
+
+async def on_model_uploaded(deps: ContinuousDeps, event: ModelUploaded) -> None:
+    """A model version was registered with a task run's token: if that task is a training's, it is its output."""
+    task_id = event.task_id
+    if not task_id:
+        return
+    try:
+        task_uuid = uuid.UUID(str(task_id))
+    except ValueError:
+        return
+    model = {"name": event.name, "version": str(event.model_version), "sha": event.sha256}
+    row = await deps.base.pool.fetchrow(
+        "UPDATE trainings SET model_version = $2, model_status = $3, updated_at = now() WHERE task_id = $1 AND"
+        " model_version IS NULL AND workspace_id = $4 RETURNING id, deployment_id", task_uuid, json.dumps(model),
+        event.status, event.workspace_id)
+    if row is not None:
+        await advance(deps, row["deployment_id"], row["id"])
+
+
+async def on_model_finished(deps: ContinuousDeps, event: ModelVersionFinished) -> None:
+    """A conversion ended: a training waiting for that model version moves on."""
+    row = await deps.base.pool.fetchrow(
+        "UPDATE trainings SET model_status = $2, updated_at = now() WHERE model_version->>'version' = $1 AND"
+        " state IN ('running', 'succeeded') RETURNING id, deployment_id", str(event.model_version), event.status)
+    if row is not None:
+        await advance(deps, row["deployment_id"], row["id"])
+
+
+async def advance(deps: ContinuousDeps, deployment_id: int, training_id: uuid.UUID) -> None:
+    """A training whose run succeeded and whose model version is ready is done: the policy decides what its model
+    version does (once: the state moves under a row lock)."""
+    pool = deps.base.pool
+    async with deps.lock(deployment_id):
+        async with pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow("SELECT * FROM trainings WHERE id = $1 FOR UPDATE", training_id)
+            if row is None or row["state"] != "succeeded" or row["model_version"] is None:
+                return
+            if row["model_status"] == "error":
+                done = await conn.fetchrow("UPDATE trainings SET state = 'failed', outcome = 'failed', reason ="
+                                           " 'the model version the run registered failed its conversion',"
+                                           " updated_at = now() WHERE id = $1 RETURNING *", training_id)
+                policy = None
+            elif row["model_status"] != "ready":
+                return
+            else:
+                cd = await conn.fetchrow("SELECT * FROM continuous_deployment WHERE deployment_id = $1",
+                                         deployment_id)
+                policy = cd["policy"] if cd is not None and cd["active"] else "DEPLOY_MANUAL"
+                outcome = {"DEPLOY_SHADOW": "shadow", "DEPLOY_AUTO": "deployed"}.get(policy, "pending")
+                done = await conn.fetchrow("UPDATE trainings SET state = 'done', outcome = $2, updated_at = now()"
+                                           " WHERE id = $1 RETURNING *", training_id, outcome)
+        await _finished(deps, done)
+        if done["state"] == "done" and policy in ("DEPLOY_SHADOW", "DEPLOY_AUTO"):
+            await _deliver(deps, done, policy)
+
+
+async def _finished(deps: ContinuousDeps, row: asyncpg.Record) -> None:
+    model = _ref(row["model_version"])
+    outputs = [{"kind": "model_version", "ref": model.version}] if model is not None and model.version else []
+    await deps.publish(subjects.EVENT_MONITORING_TRAINING_FINISHED, TrainingFinished(
+        deployment_id=row["deployment_id"], workspace_id=row["workspace_id"], training_id=row["id"],
+        run_id=row["run_id"], status="done" if row["state"] == "done" else "failed", outcome=row["outcome"],
+        model_version=model, outputs=outputs if row["state"] == "done" else [], reason=row["reason"]))
+
+
+# --- serving what the policy and the test decide -----------------------------------------------------------------
+
+def _serving(definition: dict[str, Any], champion: dict[str, Any], challenger: dict[str, Any] | None
+             ) -> dict[str, Any]:
+    """The definition whose model step serves `champion`, shadowed by `challenger` (None: no shadow step)."""
+    if challenger is not None:
+        return handlers._with_model(handlers._with_model(definition, champion, False), challenger, True)
+    changed = copy.deepcopy(definition)
+    for index, step in enumerate(changed.get("steps", [])):
+        kind, body = next(iter(step.items()))
+        if kind == "ShadowDeploy":
+            # the step's other settings (e.g. the image configuration of predict) stay with it
+            rest = {key: value for key, value in body.items() if key not in ("champion", "challengers")}
+            changed["steps"][index] = {"ModelInference": {"models": [champion], **rest}}
+            return changed
+    return handlers._with_model(changed, champion, False)
+
+
+async def _serve(deps: ContinuousDeps, owner_id: Any, workspace_id: int, deployment: str, champion: dict[str, Any],
+                 challenger: dict[str, Any] | None, purpose: str) -> str:
+    """Deploy a new pipeline version serving champion (shadowed by challenger) in place, as the owner; the
+    pipeline version it serves."""
+    base = deps.base
+    principal, token = await act_as(deps, owner_id, workspace_id, purpose)
+    view = await handlers._deployment(base, principal, token, deployment)
+    definition = _serving(view.definition, champion, challenger)
+    if definition == view.definition:
+        return view.route.pipeline_version
+    created = await request(base.broker, subjects.DEPLOYER_PIPELINES_CREATE, CreatePipeline(
+        pipeline_id=view.route.pipeline_name, workspace_id=workspace_id, definition=definition),
+        token=token, timeout=base.timeout, reply_model=PipelineCreated)
+    await request(base.broker, subjects.DEPLOYER_PIPELINES_DEPLOY, DeployPipeline(
+        deploy_id=view.deploy_id, pipeline_version_pk_id=created.pipeline_variant_pk_id,
+        pipeline_id=view.pipeline_id, engine_config=view.engine_config), token=token, timeout=base.deploy_timeout,
+        reply_model=Deployed)
+    return created.pipeline_variant_version
+
+
+async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str) -> None:
+    """DEPLOY_SHADOW: the new version becomes the shadow challenger (and a challenge opens); DEPLOY_AUTO: served."""
+    pool = deps.base.pool
+    deployment_id = training["deployment_id"]
+    cd = await pool.fetchrow("SELECT * FROM continuous_deployment WHERE deployment_id = $1", deployment_id)
+    new = _json(training["model_version"])
+    try:
+        principal, token = await act_as(deps, cd["owner_id"], cd["workspace_id"], f"monitoring-deploy-{deployment_id}")
+        view = await handlers._deployment(deps.base, principal, token, cd["deployment"])
+        champion = handlers._current_model(view.definition)
+        if champion is None:
+            raise Conflict("the deployment's pipeline has no model step")
+        champion_dict = champion.model_dump()
+        if policy == "DEPLOY_AUTO":
+            version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], new, None,
+                                   f"monitoring-deploy-{deployment_id}")
+            await deps.publish(subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
+                deployment_id=deployment_id, workspace_id=cd["workspace_id"], action="deployed",
+                model_version=_ref(new), shadow_model_version=None, pipeline_version=version,
+                reason=f"continuous deployment (DEPLOY_AUTO) of training {training['id']}"))
+            return
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("UPDATE challenges SET state = 'superseded', decided_at = now(), reason = 'a newer"
+                               " training replaced the challenger' WHERE deployment_id = $1 AND state = 'running'",
+                               deployment_id)
+            challenge_id = uuid.uuid4()
+            await conn.execute(
+                "INSERT INTO challenges (id, deployment_id, workspace_id, training_id, champion, challenger, alpha,"
+                " min_sample, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running')", challenge_id,
+                deployment_id, cd["workspace_id"], training["id"], json.dumps(champion_dict), json.dumps(new),
+                cd["alpha"], cd["min_sample"])
+        version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], champion_dict, new,
+                               f"monitoring-deploy-{deployment_id}")
+        await deps.publish(subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
+            deployment_id=deployment_id, workspace_id=cd["workspace_id"], action="shadow_set",
+            model_version=champion, shadow_model_version=_ref(new), pipeline_version=version,
+            reason=f"continuous deployment (DEPLOY_SHADOW) of training {training['id']}: challenger under the"
+                   " sequential test"))
+    except RailyardError as exc:
+        log.warning("continuous deployment of training %s failed: %s", training["id"], exc.msg)
+        await pool.execute("UPDATE trainings SET outcome = 'failed', reason = $2, updated_at = now() WHERE id = $1",
+                           training["id"], f"{policy} failed: {exc.msg}")
+        await pool.execute("UPDATE challenges SET state = 'failed', reason = $2, decided_at = now() WHERE"
+                           " training_id = $1 AND state = 'running'", training["id"], exc.msg)
+
+
+# --- promotion by the sequential test ----------------------------------------------------------------------------
+
+def top_class(prediction: Any) -> int | None:
+    """A classification's answer: the class with the highest score (the first class without scores)."""
+    prediction = _json(prediction) or {}
+    classes = prediction.get("detection_classes") or []
+    scores = prediction.get("detection_scores") or []
+    if not classes:
+        return None
+    if len(scores) == len(classes):
+        return int(classes[max(range(len(scores)), key=lambda i: scores[i])])
+    return int(classes[0])
+
+
+async def paired_counts(conn: Any, deployment_id: int, champion: dict[str, Any],
+                        challenger: dict[str, Any]) -> sequential.PairCounts:
+    """Reviewed classification predictions that this champion and this challenger both answered, as paired
+    outcomes (correct = the top class equals the reviewed top class)."""
+    rows = await conn.fetch(
+        "SELECT p.prediction, p.shadow_prediction, r.ground_truth FROM predictions p JOIN reviews r ON"
+        " r.prediction_id = p.id WHERE p.deployment_id = $1 AND p.kind = 'classification' AND"
+        " p.shadow_prediction IS NOT NULL AND p.model_version->>'version' = $2 AND"
+        " p.shadow_model_version->>'version' = $3", deployment_id, str(champion.get("version")),
+        str(challenger.get("version")))
+    pairs = []
+    for row in rows:
+        truth = top_class(row["ground_truth"])
+        if truth is None:
+            continue
+        pairs.append((top_class(row["prediction"]) == truth, top_class(row["shadow_prediction"]) == truth))
+    return sequential.PairCounts.from_pairs(pairs)
+
+
+async def evaluate_challenge(deps: ContinuousDeps, deployment_id: int) -> sequential.Evidence | None:
+    """Run the sequential test on the open challenge; on a decision, publish it and swap."""
+    pool = deps.base.pool
+    async with deps.lock(deployment_id):
+        async with pool.acquire() as conn, conn.transaction():
+            challenge = await conn.fetchrow("SELECT * FROM challenges WHERE deployment_id = $1 AND state = 'running'"
+                                            " FOR UPDATE", deployment_id)
+            if challenge is None:
+                return None
+            champion, challenger = _json(challenge["champion"]), _json(challenge["challenger"])
+            counts = await paired_counts(conn, deployment_id, champion, challenger)
+            evidence = sequential.evaluate(counts, challenge["alpha"], challenge["min_sample"])
+            state = {sequential.Decision.PROMOTE: "promoting", sequential.Decision.ROLL_BACK: "rolling_back"}.get(
+                evidence.decision, "running")
+            await conn.execute("UPDATE challenges SET evidence = $2, state = $3, decided_at = CASE WHEN $3 ="
+                               " 'running' THEN NULL ELSE now() END WHERE id = $1", challenge["id"],
+                               json.dumps(evidence.as_dict()), state)
+        if state == "running":
+            return evidence
+        await deps.publish(subjects.EVENT_MONITORING_CHALLENGER_DECIDED, ChallengerDecided(
+            deployment_id=deployment_id, workspace_id=challenge["workspace_id"], challenge_id=challenge["id"],
+            decision=evidence.decision.value, champion=_ref(champion), challenger=_ref(challenger),
+            evidence=evidence.as_dict()))
+        await _apply_decision(deps, challenge, state, evidence)
+    return evidence
+
+
+async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state: str,
+                          evidence: sequential.Evidence) -> None:
+    pool = deps.base.pool
+    deployment_id = challenge["deployment_id"]
+    champion, challenger = _json(challenge["champion"]), _json(challenge["challenger"])
+    cd = await pool.fetchrow("SELECT * FROM continuous_deployment WHERE deployment_id = $1", deployment_id)
+    served = challenger if state == "promoting" else champion
+    summary = (f"{evidence.decision.value}: challenger {evidence.n01} vs champion {evidence.n10} wins over"
+               f" {evidence.pairs} reviewed pairs, log evidence {evidence.log_evidence:.2f} >= log(1/alpha)"
+               f" {evidence.threshold:.2f} (alpha {evidence.alpha}, minimum sample {evidence.min_sample})")
+    try:
+        version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], served, None,
+                               f"monitoring-deploy-{deployment_id}")
+    except RailyardError as exc:
+        log.warning("challenge %s: the swap failed: %s", challenge["id"], exc.msg)
+        await pool.execute("UPDATE challenges SET state = 'failed', reason = $2 WHERE id = $1", challenge["id"],
+                           f"{evidence.decision.value} decided, but the swap failed: {exc.msg}")
+        return
+    await pool.execute("UPDATE challenges SET state = $2, reason = $3 WHERE id = $1", challenge["id"],
+                       "promoted" if state == "promoting" else "rolled_back", summary)
+    await deps.publish(subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
+        deployment_id=deployment_id, workspace_id=challenge["workspace_id"],
+        action="promoted" if state == "promoting" else "rolled_back", model_version=_ref(served),
+        shadow_model_version=None, pipeline_version=version, reason=summary))
+    log.info("challenge %s of deployment %s: %s", challenge["id"], deployment_id, summary)
+
+
+async def on_review(deps: ContinuousDeps, event: ReviewCreated) -> None:
+    """A review was committed: recount for the trigger, then re-run the open challenge's test."""
+    await check_trigger(deps, event.deployment_id)
+    await evaluate_challenge(deps, event.deployment_id)
+
+
+# --- transport ---------------------------------------------------------------------------------------------------
+
+def register(router: NatsRouter, runtime: Any) -> None:
+    """Continuous training/deployment commands and the event consumers that drive them (called from build_router)."""
+    def deps() -> ContinuousDeps:
+        extras = runtime.extras
+        if "continuous" not in extras:
+            async def publish(subject: str, event: Event) -> None:
+                await publish_event(runtime.broker, subject, event)
+            extras["continuous"] = ContinuousDeps(base=extras["deps"], verify=extras["verifier"].verify,
+                                                  publish=publish)
+        return extras["continuous"]
+
+    async def caller(ctx: CallContext) -> Principal:
+        return await runtime.extras["verifier"].verify(ctx.token)
+
+    @command(router, subjects.MONITORING_CT_SETUP, service=NAME)
+    async def setup_continuous_training(cmd: SetupContinuousTraining, ctx: CallContext) -> ContinuousInformation:
+        """Set up (or replace) continuous training: a run every `threshold` reviews."""
+        return await setup_training(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.MONITORING_CT_ATTACH, service=NAME)
+    async def attach_ct_dataset(cmd: ContinuousTrainingDataset, ctx: CallContext) -> ContinuousInformation:
+        """Attach a dataset version to continuous training under an alias."""
+        return await attach_dataset(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.MONITORING_CT_DETACH, service=NAME)
+    async def detach_ct_dataset(cmd: DetachContinuousTrainingDataset, ctx: CallContext) -> ContinuousInformation:
+        """Detach a dataset version from continuous training."""
+        return await detach_dataset(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.MONITORING_CT_TOGGLE, service=NAME)
+    async def toggle_continuous_training(cmd: ToggleContinuous, ctx: CallContext) -> ContinuousInformation:
+        """Activate or deactivate continuous training."""
+        return await toggle_training(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.MONITORING_CD_SETUP, service=NAME)
+    async def setup_continuous_deployment(cmd: SetupContinuousDeployment,
+                                          ctx: CallContext) -> ContinuousInformation:
+        """Set the continuous deployment policy."""
+        return await setup_deployment(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.MONITORING_CD_TOGGLE, service=NAME)
+    async def toggle_continuous_deployment(cmd: ToggleContinuous, ctx: CallContext) -> ContinuousInformation:
+        """Activate or deactivate continuous deployment."""
+        return await toggle_deployment(deps(), await caller(ctx), ctx.token, cmd)
+
+    def consumer(subject: str, durable: str, model: str, description: str):
+        return router.subscriber(
+            subject, stream=JStream(subjects.EVENTS_STREAM, declare=False), durable=durable,
+            pull_sub=PullSub(batch_size=16, timeout=1.0), inbox_prefix=f"_INBOX.{NAME}.".encode(),
+            ack_policy=AckPolicy.NACK_ON_ERROR, config=ConsumerConfig(ack_wait=30.0),
+            title=f"{subject}:{model}", description=description)
+
+    @consumer(subjects.EVENT_MONITORING_REVIEW_CREATED, "monitoring-continuous-reviews", "ReviewCreated",
+              "Recount reviews for the continuous-training trigger and re-run the open challenge's test.")
+    async def on_review_created(body: dict) -> None:
+        await on_review(deps(), ReviewCreated.model_validate(body))
+
+    @consumer(subjects.EVENT_MODEL_UPLOADED, "monitoring-continuous-models", "ModelUploaded",
+              "A model version a training run registered is that training's output.")
+    async def on_uploaded(body: dict) -> None:
+        await on_model_uploaded(deps(), ModelUploaded.model_validate(body))
+
+    @consumer(subjects.EVENT_MODEL_VERSION_FINISHED, "monitoring-continuous-conversions", "ModelVersionFinished",
+              "A training's converting model version became ready (or failed).")
+    async def on_finished(body: dict) -> None:
+        await on_model_finished(deps(), ModelVersionFinished.model_validate(body))
+
+    @consumer(subjects.EVENT_TASK_RUN_SUCCEEDED, "monitoring-continuous-runs-succeeded", "TaskRunSucceeded",
+              "A training run succeeded.")
+    async def on_succeeded(body: dict) -> None:
+        await on_run_ended(deps(), TaskRunEvent.model_validate(body), succeeded=True)
+
+    @consumer(subjects.EVENT_TASK_RUN_FAILED, "monitoring-continuous-runs-failed", "TaskRunFailed",
+              "A training run failed.")
+    async def on_failed(body: dict) -> None:
+        await on_run_ended(deps(), TaskRunEvent.model_validate(body), succeeded=False)
+
