@@ -7,6 +7,7 @@ from pathlib import Path
 from faststream.nats import NatsRouter
 
 from services.monitoring import handlers
+from services.monitoring import continuous
 from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import CallContext, command
@@ -81,6 +82,7 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """Run a model version as the deployment's shadow challenger (a new pipeline version, swapped in)."""
         return await handlers.set_model(deps(), await caller(ctx), ctx.token, cmd, shadow=True)
 
+    continuous.register(router, runtime)
     return router
 
 

@@ -143,6 +143,8 @@ async def get_tags(deps: MonitoringDeps, principal: Principal, token: str | None
 
 async def retrieve_information(deps: MonitoringDeps, principal: Principal, token: str | None,
                                name: str) -> DeploymentInformation:
+    from services.monitoring import continuous  # it builds on this module's deployment helpers
+
     view = await _deployment(deps, principal, token, name)
     route = view.route
     kept = await store.settings(deps.pool, route.deployment_id)
@@ -154,7 +156,8 @@ async def retrieve_information(deps: MonitoringDeps, principal: Principal, token
         target_datalake=kept["target_datalake"] if kept else None,
         min_threshold=kept["min_threshold"] if kept else None,
         model_version=_current_model(view.definition), shadow_model_version=_current_shadow(view.definition),
-        updated_at=kept["updated_at"].isoformat() if kept else None)
+        updated_at=kept["updated_at"].isoformat() if kept else None,
+        continuous=(await continuous.information(deps.pool, route.deployment_id)).model_dump(mode="json"))
 
 
 async def update(deps: MonitoringDeps, principal: Principal, token: str | None,

@@ -4,6 +4,8 @@ when there is one) and its "shadow model" the ShadowDeploy step's first challeng
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from shared.messages.base import Command, Message
@@ -81,6 +83,10 @@ class DeploymentInformation(Message):
     model_version: ModelVersionRef | None
     shadow_model_version: ModelVersionRef | None
     updated_at: str | None
+    continuous: dict[str, Any] | None = Field(None, description="Continuous training and deployment: their "
+                                              "settings, the last training, a model version pending for a person "
+                                              "(DEPLOY_MANUAL) and the current or last shadow challenge with the "
+                                              "sequential test's evidence and decision (ContinuousInformation).")
 
 
 class SetDeploymentModel(Command):
