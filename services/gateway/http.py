@@ -29,6 +29,7 @@ from services.gateway.lineage import JSON_ROUTE_SPECS as LINEAGE_ROUTE_SPECS
 from services.gateway.lineage import add_lineage_routes
 from services.gateway.logs import add_log_routes
 from services.gateway.monitoring import JSON_ROUTE_SPECS as MONITORING_ROUTE_SPECS
+from services.gateway.monitoring_continuous import JSON_ROUTE_SPECS as CONTINUOUS_ROUTE_SPECS
 from services.gateway.monitoring_feedback import JSON_ROUTE_SPECS as FEEDBACK_ROUTE_SPECS
 from services.gateway.monitoring_feedback import add_feedback_routes
 from services.gateway.orchestrations import JSON_ROUTE_SPECS as ORCHESTRATION_ROUTE_SPECS
@@ -166,6 +167,7 @@ JSON_ROUTES += [R(*spec) for spec in ORCHESTRATION_ROUTE_SPECS]
 JSON_ROUTES += [R(*spec) for spec in LINEAGE_ROUTE_SPECS]
 JSON_ROUTES += [R(*spec) for spec in MONITORING_ROUTE_SPECS]
 JSON_ROUTES += [R(*spec) for spec in FEEDBACK_ROUTE_SPECS]
+JSON_ROUTES += [R(*spec) for spec in CONTINUOUS_ROUTE_SPECS]
 
 
 def first_error(errors: list[dict[str, Any]], default: str) -> str:
