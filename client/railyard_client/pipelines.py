@@ -16,6 +16,8 @@ from railyard_client.assays import Assay, assay_config
 from railyard_client.errors import InvalidInput, NotFound, Unavailable, WaitTimeout
 from railyard_client.models import Model, ModelVersion
 from railyard_client.monitoring import DeploymentManagement
+from railyard_client.monitoring_feedback import DeploymentFeedback
+from railyard_client.monitoring_predictions import DeploymentPredictions, is_image_file
 from railyard_client.progress import wait_spinner
 from railyard_client.resource import Resource
 from railyard_client.session import Session
@@ -84,9 +86,10 @@ def _send_retrying(session: Session, path: str, body: dict[str, Any], timeout: f
             time.sleep(0.5)
 
 
-class Deployment(DeploymentManagement, Resource):
+class Deployment(DeploymentManagement, DeploymentPredictions, DeploymentFeedback, Resource):
     """A pipeline's active deployment (`<deploy_id>-<id>`), as in `client.get_deployment(name)`; seed 003's
-    management methods come from `DeploymentManagement`."""
+    management methods come from `DeploymentManagement`, its predictions on images from `DeploymentPredictions`,
+    reviews, feedback loop, training reference and stats from `DeploymentFeedback`."""
 
     def __init__(self, session: Session, record: dict[str, Any], pipeline: Pipeline) -> None:
         super().__init__(session, record)
@@ -121,8 +124,15 @@ class Deployment(DeploymentManagement, Resource):
                     raise WaitTimeout(f"deployment {self.name} not Running after {timeout:g}s: {details}")
                 time.sleep(0.25)
 
-    def predict(self, data_in: InferInput, **kwargs: Any) -> Any:
-        """Run an inference on this deployment (the same as `pipeline.infer`)."""
+    def predict(self, data_in: InferInput, tags: str | list[str] | None = None, source: str | None = None,
+                **kwargs: Any) -> Any:
+        """The path of a PNG or JPEG file: seed 003's `predict(file_path, tags, source)` (see `predict_image`: the
+        model answers the image, the prediction is kept and returned with its id). Anything else: an inference on
+        this deployment (the same as `pipeline.infer`)."""
+        if is_image_file(data_in):
+            return self.predict_image(data_in, tags=tags, source=source)
+        if tags is not None or source is not None:
+            raise InvalidInput("tags and source go with an image file (PNG or JPEG) to predict on")
         return self.pipeline.infer(data_in, **kwargs)
 
     def undeploy(self) -> None:
@@ -176,16 +186,24 @@ class Pipeline(Resource):
 
     # --- building ---------------------------------------------------------------------------------------
 
-    def add_model_step(self, model: ModelLike) -> Pipeline:
+    def add_model_step(self, model: ModelLike, image: dict[str, Any] | None = None) -> Pipeline:
         """Append a step that runs one model (a ModelVersion pins that version; a Model its newest version; a
-        name the newest ready version at deploy time)."""
-        self._steps.append({"ModelInference": {"models": [_model_ref(model)]}})
+        name the newest ready version at deploy time). `image`: the step's image configuration, for seed 003's
+        predict on images (input, kind, labels, outputs, size, channels, scale, layout...: docs/monitoring.md)."""
+        body: dict[str, Any] = {"models": [_model_ref(model)]}
+        if image is not None:
+            body["image"] = image
+        self._steps.append({"ModelInference": body})
         return self
 
-    def add_shadow_deploy(self, champion: ModelLike, challengers: list[ModelLike]) -> Pipeline:
-        """Append a shadow step: the champion answers, challengers run on the same rows for the log only."""
-        self._steps.append({"ShadowDeploy": {"champion": _model_ref(champion),
-                                             "challengers": [_model_ref(c) for c in challengers]}})
+    def add_shadow_deploy(self, champion: ModelLike, challengers: list[ModelLike],
+                          image: dict[str, Any] | None = None) -> Pipeline:
+        """Append a shadow step: the champion answers, challengers run on the same rows for the log only (and, for
+        seed 003's predict on images, into the prediction's shadow part). `image` as for `add_model_step`."""
+        body: dict[str, Any] = {"champion": _model_ref(champion), "challengers": [_model_ref(c) for c in challengers]}
+        if image is not None:
+            body["image"] = image
+        self._steps.append({"ShadowDeploy": body})
         return self
 
     def add_random_split(self, weights: list[float], models: list[ModelLike], hash_key: str | None = None) -> Pipeline:

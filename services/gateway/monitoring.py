@@ -7,6 +7,7 @@ from typing import Any
 
 from shared import subjects
 from shared.messages import monitoring as mon
+from shared.messages import monitoring_predictions as pred
 
 # (path, subject, request model, reply model, summary, unwrap, status, long_running) rows for http.py's table
 JSON_ROUTE_SPECS: list[tuple[Any, ...]] = [
@@ -31,4 +32,16 @@ JSON_ROUTE_SPECS: list[tuple[Any, ...]] = [
     ("/deployments/set_shadow_model", subjects.MONITORING_DEPLOYMENTS_SET_SHADOW_MODEL, mon.SetDeploymentModel,
      mon.DeploymentModel, "Run a model version as the deployment's shadow challenger (a new pipeline version).",
      None, 200, True),
+]
+
+# seed 003's predictions on images: the image rides base64 in the JSON body (within the JSON body limit)
+JSON_ROUTE_SPECS += [
+    ("/deployments/predict", subjects.MONITORING_PREDICT, pred.PredictImage, pred.PredictionResult,
+     "Run the deployment's model on a PNG/JPEG image (base64) and keep the prediction (SDK: predict)."),
+    ("/deployments/predict_bytes", subjects.MONITORING_PREDICT, pred.PredictImage, pred.PredictionResult,
+     "As predict (SDK: predict_bytes, the image's bytes in memory)."),
+    ("/deployments/monitor", subjects.MONITORING_MONITOR, pred.MonitorImage, pred.PredictionResult,
+     "Keep a prediction made elsewhere on an image, checked strictly, like the deployment's own (SDK: monitor)."),
+    ("/deployments/monitor_bytes", subjects.MONITORING_MONITOR, pred.MonitorImage, pred.PredictionResult,
+     "As monitor (SDK: monitor_bytes)."),
 ]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from faststream.nats import NatsRouter
 
-from services.monitoring import handlers
+from services.monitoring import feedback, handlers, predictions, reference
 from services.monitoring import continuous
 from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
@@ -82,6 +82,9 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """Run a model version as the deployment's shadow challenger (a new pipeline version, swapped in)."""
         return await handlers.set_model(deps(), await caller(ctx), ctx.token, cmd, shadow=True)
 
+    predictions.register(router, deps, caller)
+    feedback.register(router, lambda: runtime.extras["feedback"], caller, NAME)
+    reference.register(router, lambda: runtime.extras["feedback"], caller, NAME)
     continuous.register(router, runtime)
     return router
 
@@ -97,9 +100,11 @@ async def start(runtime: Runtime) -> None:
                                    timeout=timeout, deploy_timeout=timeout + settings.registry.worker_timeout,
                                    objects=runtime.objects)
     runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed)
+    await feedback.start(runtime)
 
 
 async def stop(runtime: Runtime) -> None:
+    await feedback.stop(runtime)
     feed = runtime.extras.get("verifier_feed")
     if feed is not None:
         await feed.stop()

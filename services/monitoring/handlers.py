@@ -217,8 +217,10 @@ def _with_model(definition: dict[str, Any], model: dict[str, Any], shadow: bool)
         kind, body = next(iter(step.items()))
         if kind == "ModelInference":
             if shadow:
-                steps[index] = {"ShadowDeploy": {"champion": (body.get("models") or [None])[0],
-                                                 "challengers": [model]}}
+                shadow_step = {"champion": (body.get("models") or [None])[0], "challengers": [model]}
+                if "image" in body:  # the step's image configuration (predict on images) stays with it
+                    shadow_step["image"] = body["image"]
+                steps[index] = {"ShadowDeploy": shadow_step}
             else:
                 body["models"] = [model] + list(body.get("models") or [])[1:]
             return changed

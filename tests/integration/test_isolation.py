@@ -120,6 +120,9 @@ NOT_WORKSPACE_SCOPED = {
     # seed-003 deployment management: test_monitoring.py (bob 404, inference token 403, no token 401)
     *(f"deployments/{verb}" for verb in ("add_tags", "delete", "get_model_version", "get_shadow_model", "get_tags",
                                          "retrieve_information", "set_model", "set_shadow_model", "update")),
+    # seed-003 predictions: test_monitoring_predictions.py (test_bad_images_outsiders_and_inference_tokens_...:
+    # an outsider 404 as a missing deployment, inference token 403, no token 401; no row, no image stored)
+    *(f"deployments/{verb}" for verb in ("predict", "predict_bytes", "monitor", "monitor_bytes")),
     # admins only: test_log_quarantine.py (a non-admin is refused)
     "pipelines/list_quarantined_logs",
 }

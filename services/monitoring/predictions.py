@@ -1,0 +1,316 @@
+"""Seed 003's predictions on images: `predict` / `predict_bytes` and `monitor` / `monitor_bytes`.
+
+predict: the deployment is resolved with the caller's token (another workspace's answers 404 as a missing one), the
+image decoded (PNG/JPEG), turned into the model's input by the image configuration of the pipeline's model step
+(key `image`, `ImageConfig`), and sent to the deployment's engine replicas over the bus, as the gateway sends an
+inference (it is logged like one). With a shadow challenger the request asks the engine to run it before answering
+(`Railyard-Shadows: inline`), so the answer holds both outputs. The outputs become the seed's PredictionFormat
+(min_threshold drops low-scoring boxes), the image is stored content-addressed (`images/<sha256>` in the monitoring
+bucket), then the row, then `events.monitoring.prediction_created` is published.
+
+monitor: the same without the engine: the caller's PredictionFormat is checked strictly first, and nothing (no
+image, no row) is written when anything is wrong.
+
+A failure after the image was written leaves at most an image object that other predictions may share (it is
+content-addressed); the row is written last, so a prediction id that was answered always has its image."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import nats.errors
+import numpy as np
+import pyarrow as pa
+from faststream.nats import NatsRouter
+from PIL import Image
+from pydantic import ValidationError
+
+from services.monitoring import images, store
+from services.monitoring.handlers import (
+    TAG,
+    MonitoringDeps,
+    _current_model,
+    _current_shadow,
+    _deployment,
+    _model_step,
+)
+from services.monitoring.predictions_store import PredictionRow, insert_prediction
+from shared import subjects
+from shared.arrow_codec import from_ipc, tensor_array, to_ipc_stream
+from shared.authz import Principal, require_user
+from shared.bus import CallContext, command, publish_event, raise_for_error_header
+from shared.errors import Conflict, InvalidRequest, Unavailable, UpstreamTimeout
+from shared.messages.monitoring import ModelVersionRef
+from shared.messages.monitoring_predictions import (
+    ImageConfig,
+    MonitorImage,
+    PredictImage,
+    PredictionCreated,
+    PredictionFormat,
+    PredictionResult,
+)
+from shared.objectstore import BUCKET_MONITORING
+from shared.table_transport import (
+    META_HEADER,
+    SHADOWS_HEADER,
+    SHADOWS_INLINE,
+    above_bus_limit,
+    take_table,
+)
+
+NAME = "monitoring"
+ENGINE_TIMEOUT = 30.0
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC).timestamp()  # monitor's timestamps before this are refused
+LATEST_AHEAD = 86_400.0  # seconds a monitor timestamp may be ahead of the service's clock
+
+
+def image_key(sha256: str) -> str:
+    """The object key of an image in the monitoring bucket."""
+    return f"images/{sha256}"
+
+
+def _image_bytes(encoded: str) -> bytes:
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("image is not valid base64: send the image's bytes base64-encoded") from None
+
+
+def _check_tags(tags: list[str]) -> list[str]:
+    bad = [tag for tag in tags if not TAG.match(tag)]
+    if bad:
+        raise InvalidRequest(f"invalid tag {bad[0]!r}: use 1-100 letters, digits, spaces or _ . : / -, starting with "
+                             "a letter or digit")
+    return list(dict.fromkeys(tags))
+
+
+def image_config(definition: dict[str, Any]) -> ImageConfig | None:
+    """The image configuration of the pipeline's model step (None without one); Conflict when it is malformed."""
+    step = _model_step(definition)
+    raw = step[1].get("image") if step else None
+    if raw is None:
+        return None
+    try:
+        return ImageConfig.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise Conflict(f"the pipeline's image configuration is invalid ({where}: {error['msg']}): fix the 'image' "
+                       "of its model step (docs/monitoring.md)") from None
+
+
+def _ref_dict(ref: ModelVersionRef | None) -> dict[str, Any] | None:
+    return ref.model_dump() if ref is not None else None
+
+
+async def _store_image(deps: MonitoringDeps, data: bytes, content_type: str) -> str:
+    sha = hashlib.sha256(data).hexdigest()
+    key = image_key(sha)
+    if not await deps.objects.exists(BUCKET_MONITORING, key):
+        await deps.objects.put_bytes(BUCKET_MONITORING, key, data, content_type=content_type)
+    return sha
+
+
+async def _keep(deps: MonitoringDeps, row: PredictionRow, data: bytes, deployment: str,
+                labels: list[str] | None) -> PredictionResult:
+    """Store the image, then the row, then announce it; the answer."""
+    row.image_sha256 = await _store_image(deps, data, row.content_type)
+    await insert_prediction(deps.pool, row)
+    await publish_event(deps.broker, subjects.EVENT_MONITORING_PREDICTION_CREATED, PredictionCreated(
+        prediction_id=row.id, deployment_id=row.deployment_id, workspace_id=row.workspace_id, origin=row.origin))
+    return PredictionResult(
+        id=row.id, deployment=deployment, origin=row.origin, kind=row.kind,
+        prediction=PredictionFormat.model_validate(row.prediction),
+        labels=[labels[c] for c in row.prediction["detection_classes"]] if labels else None,
+        shadow_prediction=PredictionFormat.model_validate(row.shadow_prediction) if row.shadow_prediction else None,
+        model_version=row.model_version, shadow_model_version=row.shadow_model_version,
+        pipeline_version=row.pipeline_version, latency=row.latency, shadow_latency=row.shadow_latency,
+        height=row.height, width=row.width, content_type=row.content_type, image_sha256=row.image_sha256,
+        filename=row.filename, tags=row.tags, source=row.source, predicted_at=row.predicted_at.isoformat())
+
+
+# --- predict ---------------------------------------------------------------------------------------------------------
+
+
+async def _ask_engine(deps: MonitoringDeps, deployment: str, table: pa.Table,
+                      with_shadows: bool) -> tuple[pa.Table, dict[str, Any]]:
+    """One inference on the deployment's replicas: (answer table, the answer's meta header)."""
+    nc = deps.broker.config.connection_state.connection
+    payload = to_ipc_stream(table)
+    if above_bus_limit(payload, nc.max_payload):
+        raise InvalidRequest("the preprocessed image is larger than the bus carries: configure a smaller size")
+    headers = {SHADOWS_HEADER: SHADOWS_INLINE} if with_shadows else {}
+    try:
+        reply = await nc.request(subjects.engine_infer(deployment), payload, timeout=ENGINE_TIMEOUT, headers=headers)
+    except nats.errors.NoRespondersError:
+        raise Unavailable(f"deployment {deployment!r} has no running engine; retry shortly") from None
+    except (TimeoutError, nats.errors.TimeoutError):
+        raise UpstreamTimeout(f"the engine did not answer within {ENGINE_TIMEOUT:g}s") from None
+    answer_headers = dict(reply.headers or {})
+    raise_for_error_header(answer_headers)
+    data = await take_table(deps.objects, answer_headers, reply.data)
+    return from_ipc(data), json.loads(answer_headers.get(META_HEADER) or "{}")
+
+
+def _row_outputs(table: pa.Table, prefix: str | None) -> dict[str, np.ndarray]:
+    """The first row's outputs: the champion's (prefix None: columns without `out_`), or one challenger's
+    (`out_<name>.` columns, the prefix removed)."""
+    found = {}
+    for name in table.column_names:
+        if prefix is None and not name.startswith("out_"):
+            found[name] = np.asarray(table.column(name)[0].as_py())
+        elif prefix is not None and name.startswith(prefix):
+            found[name[len(prefix):]] = np.asarray(table.column(name)[0].as_py())
+    return found
+
+
+def _answered_by(meta: dict[str, Any], champion: ModelVersionRef | None) -> dict[str, Any] | None:
+    """The model version that answered: the definition's champion, unless the replica names another (a swap was
+    under way), then that one by name and sha."""
+    try:
+        last = json.loads(meta.get("last_model") or "{}")
+    except ValueError:
+        last = {}
+    if champion is not None and (not last or last.get("model_sha") == champion.sha):
+        return _ref_dict(champion)
+    if last.get("model_name"):
+        return {"name": last["model_name"], "version": None, "sha": last.get("model_sha")}
+    return _ref_dict(champion)
+
+
+async def predict(deps: MonitoringDeps, principal: Principal, token: str | None, cmd: PredictImage) -> PredictionResult:
+    """predict / predict_bytes: the deployment's model answers the image; the prediction is kept."""
+    require_user(principal)
+    tags = _check_tags(cmd.tags)
+    data = _image_bytes(cmd.image)
+    view = await _deployment(deps, principal, token, cmd.deployment)
+    img = images.decode_image(data, cmd.content_type)
+    config = image_config(view.definition)
+    if config is None:
+        raise Conflict(f"deployment {cmd.deployment!r} has no image configuration: give its pipeline's model step an "
+                       "'image' (how images become the model's input, see docs/monitoring.md) to predict on images")
+    if view.route.status != "Running":
+        raise Unavailable(f"deployment {cmd.deployment!r} is {view.route.status.lower()}; retry shortly")
+    received = datetime.now(UTC)
+    batch = images.preprocess(img, config)
+    shadow = _current_shadow(view.definition)
+    started = time.perf_counter()
+    answer, meta = await _ask_engine(deps, view.route.name, pa.table({config.input: tensor_array(batch)}),
+                                     with_shadows=shadow is not None)
+    round_trip = time.perf_counter() - started
+    min_threshold = await _min_threshold(deps, view.route.deployment_id)
+    prediction = images.to_prediction(_row_outputs(answer, None), config, img.height, img.width, min_threshold)
+    shadow_prediction, shadow_latency = None, None
+    if shadow is not None:
+        outputs = _row_outputs(answer, f"out_{shadow.name}.")
+        if outputs:  # a challenger that failed or timed out has no columns: the prediction has no shadow part
+            shadow_prediction = images.to_prediction(outputs, config, img.height, img.width, min_threshold)
+            elapsed = (meta.get("shadow_elapsed") or {}).get(shadow.name)
+            shadow_latency = elapsed / 1e9 if isinstance(elapsed, int | float) else None
+    elapsed = meta.get("elapsed") or []
+    latency = elapsed[0] / 1e9 if elapsed and isinstance(elapsed[0], int | float) and elapsed[0] > 0 else round_trip
+    content_type = images.content_type_of(img)
+    row = PredictionRow(
+        id=uuid.uuid4(), deployment_id=view.route.deployment_id, workspace_id=view.route.workspace_id,
+        origin="predict", source=cmd.source, tags=tags,
+        model_version=_answered_by(meta, _current_model(view.definition)),
+        shadow_model_version=_ref_dict(shadow) if shadow_prediction is not None else None, kind=config.kind,
+        prediction=prediction, shadow_prediction=shadow_prediction, latency=latency, shadow_latency=shadow_latency,
+        height=img.height, width=img.width, content_type=content_type, image_sha256="",
+        features=images.image_features(img), predicted_at=received, filename=cmd.filename,
+        pipeline_version=meta.get("pipeline_version") or view.route.pipeline_version)
+    return await _keep(deps, row, data, cmd.deployment, config.labels)
+
+
+async def _min_threshold(deps: MonitoringDeps, deployment_id: int) -> float | None:
+    kept = await store.settings(deps.pool, deployment_id)
+    return kept["min_threshold"] if kept else None
+
+
+# --- monitor ---------------------------------------------------------------------------------------------------------
+
+
+def _predicted_at(timestamp: float | None) -> datetime:
+    if timestamp is None:
+        return datetime.now(UTC)
+    latest = time.time() + LATEST_AHEAD
+    if not math.isfinite(timestamp) or not EARLIEST <= timestamp <= latest:
+        raise InvalidRequest(f"timestamp {timestamp} is not a time since the epoch in seconds between 2000 and "
+                             "tomorrow: send time.time() of when the prediction was made, or leave it out")
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
+def _check_monitored(cmd: MonitorImage, img: Image.Image, config: ImageConfig | None) -> str:
+    """The prediction's kind, once the monitored prediction and its image agree with each other and with the
+    deployment; InvalidRequest otherwise."""
+    if (cmd.width, cmd.height) != img.size:
+        raise InvalidRequest(f"height and width are {cmd.height} and {cmd.width} but the image is {img.height} high "
+                             f"and {img.width} wide: send the image's own size")
+    labels = config.labels if config else None
+    kind = images.check_prediction(cmd.prediction, img.height, img.width, "prediction", labels)
+    if config is not None and kind != config.kind:
+        raise InvalidRequest(f"prediction is a {kind} but the deployment's model makes {config.kind}s: send a "
+                             f"{config.kind} PredictionFormat")
+    if cmd.shadow_prediction is not None:
+        shadow_kind = images.check_prediction(cmd.shadow_prediction, img.height, img.width, "shadow_prediction",
+                                              labels)
+        if shadow_kind != kind:
+            raise InvalidRequest(f"shadow_prediction is a {shadow_kind} but prediction a {kind}: both must be of "
+                                 "one kind")
+    elif cmd.shadow_latency is not None:
+        raise InvalidRequest("shadow_latency without shadow_prediction: send both or neither")
+    for name, value in (("latency", cmd.latency), ("shadow_latency", cmd.shadow_latency)):
+        if value is not None and not math.isfinite(value):
+            raise InvalidRequest(f"{name} must be a finite number of seconds")
+    return kind
+
+
+async def monitor(deps: MonitoringDeps, principal: Principal, token: str | None, cmd: MonitorImage) -> PredictionResult:
+    """monitor / monitor_bytes: a prediction made elsewhere, checked strictly, then kept like the deployment's own
+    (its model versions: the deployment's current ones)."""
+    require_user(principal)
+    tags = _check_tags(cmd.tags)
+    data = _image_bytes(cmd.image)
+    predicted_at = _predicted_at(cmd.timestamp)
+    view = await _deployment(deps, principal, token, cmd.deployment)
+    img = images.decode_image(data, cmd.content_type)
+    config = image_config(view.definition)
+    kind = _check_monitored(cmd, img, config)
+    shadow = _current_shadow(view.definition)
+    row = PredictionRow(
+        id=uuid.uuid4(), deployment_id=view.route.deployment_id, workspace_id=view.route.workspace_id,
+        origin="monitor", source=cmd.source, tags=tags, model_version=_ref_dict(_current_model(view.definition)),
+        shadow_model_version=_ref_dict(shadow) if cmd.shadow_prediction is not None else None, kind=kind,
+        prediction=cmd.prediction.model_dump(exclude_none=True),
+        shadow_prediction=cmd.shadow_prediction.model_dump(exclude_none=True) if cmd.shadow_prediction else None,
+        latency=cmd.latency, shadow_latency=cmd.shadow_latency, height=img.height, width=img.width,
+        content_type=images.content_type_of(img), image_sha256="", features=images.image_features(img),
+        predicted_at=predicted_at, filename=cmd.filename, pipeline_version=view.route.pipeline_version)
+    return await _keep(deps, row, data, cmd.deployment, config.labels if config else None)
+
+
+# --- subscribers -----------------------------------------------------------------------------------------------------
+
+
+def register(router: NatsRouter, deps_fn: Callable[[], MonitoringDeps],
+             caller_fn: Callable[[CallContext], Awaitable[Principal]]) -> None:
+    """The prediction commands' subscribers (called from app.build_router)."""
+
+    @command(router, subjects.MONITORING_PREDICT, service=NAME)
+    async def predict_image(cmd: PredictImage, ctx: CallContext) -> PredictionResult:
+        """Run the deployment's model on an image and keep the prediction (predict, predict_bytes)."""
+        return await predict(deps_fn(), await caller_fn(ctx), ctx.token, cmd)
+
+    @command(router, subjects.MONITORING_MONITOR, service=NAME)
+    async def monitor_image(cmd: MonitorImage, ctx: CallContext) -> PredictionResult:
+        """Keep a prediction made elsewhere (monitor, monitor_bytes)."""
+        return await monitor(deps_fn(), await caller_fn(ctx), ctx.token, cmd)

@@ -1,0 +1,280 @@
+"""Seed 003's predictions on the real stack: predict / predict_bytes run real ONNX models (a digits classifier with a
+shadow challenger, a bright-square detector) through the engine over the bus and keep each prediction (row, image,
+event); monitor / monitor_bytes keep predictions made elsewhere after strict checks; bad input, outsiders and
+inference tokens are refused with nothing stored. One classifier and one detector deployment serve the module."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import time
+import uuid
+
+import asyncpg
+import numpy as np
+import pytest
+from nats.js.api import DeliverPolicy
+from PIL import Image
+from railyard_client import Client
+
+from shared import subjects
+from shared.objectstore import BUCKET_MONITORING, MinioObjectStore
+from tests.image_models import (
+    detector_image_config,
+    detector_onnx,
+    digit_png,
+    digits_classifier,
+    digits_classifier_onnx,
+    digits_image_config,
+    squares_png,
+)
+from tests.integration.conftest import PASSWORD, inference_token, make_account, post, undeploy_all
+
+pytestmark = pytest.mark.integration
+
+WEAK = 40  # training digits of the shadow challenger
+
+
+def sdk(stack, account) -> Client:
+    secrets = stack.secrets()
+    return Client(stack.base_url, username=account.email, password=PASSWORD, client_id=secrets["client_id"],
+                  client_secret=secrets["client_secret"], workspace=account.workspace_id)
+
+
+@pytest.fixture(scope="module")
+def owner(stack, admin):
+    account = make_account(stack, admin, "pred")
+    yield account
+    undeploy_all(stack, account)
+
+
+@pytest.fixture(scope="module")
+def deployed(stack, owner) -> dict:
+    """The classifier (champion + weak shadow challenger) and the detector, deployed side by side."""
+    client = sdk(stack, owner)
+    digits = client.upload_model("digits", digits_classifier_onnx(), progress=False)
+    weak = client.upload_model("digits-weak", digits_classifier_onnx(train_size=WEAK), progress=False)
+    detector = client.upload_model("squares", detector_onnx(), progress=False)
+    classifier = client.build_pipeline("digits").add_shadow_deploy(digits, [weak], image=digits_image_config())
+    finder = client.build_pipeline("squares").add_model_step(detector, image=detector_image_config())
+    for pipeline in (classifier, finder):
+        pipeline.deploy(replicas=1, cpus=0.5, wait=False)
+    for pipeline in (classifier, finder):
+        pipeline.deployment().wait_until_running(180)
+    return {"client": client, "digits": client.get_deployment("digits"), "squares": client.get_deployment("squares"),
+            "versions": {"digits": digits, "digits-weak": weak, "squares": detector}}
+
+
+def query(stack, sql: str, *args):
+    async def run():
+        conn = await asyncpg.connect(stack.settings().postgres.dsn)
+        try:
+            return await conn.fetch(sql, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def rows_of(stack, deployment_id: int) -> int:
+    return query(stack, "SELECT count(*) AS n FROM monitoring.predictions WHERE deployment_id = $1",
+                 deployment_id)[0]["n"]
+
+
+def image_stored(stack, data: bytes) -> bytes | None:
+    import hashlib
+
+    store = MinioObjectStore(stack.settings().s3)
+    key = f"images/{hashlib.sha256(data).hexdigest()}"
+
+    async def run():
+        return await store.get_bytes(BUCKET_MONITORING, key) if await store.exists(BUCKET_MONITORING, key) else None
+
+    return asyncio.run(run())
+
+
+def created_events(stack, ids: set[str], timeout: float = 10.0) -> set[str]:
+    """Which of these prediction ids have a prediction_created event (waits until all have, or timeout)."""
+    import nats
+
+    async def run():
+        nc = await nats.connect(stack.nats_url("ops"))
+        seen: set[str] = set()
+        try:
+            sub = await nc.jetstream().subscribe(subjects.EVENT_MONITORING_PREDICTION_CREATED, ordered_consumer=True,
+                                                 deliver_policy=DeliverPolicy.ALL)
+            deadline = time.monotonic() + timeout
+            while not ids <= seen and time.monotonic() < deadline:
+                try:
+                    msg = await sub.next_msg(timeout=max(0.1, deadline - time.monotonic()))
+                except TimeoutError:
+                    break
+                seen.add(json.loads(msg.data)["prediction_id"])
+        finally:
+            await nc.close()
+        return seen & ids
+
+    return asyncio.run(run())
+
+
+def expected_scores(png: bytes, train_size: int = 1200) -> np.ndarray:
+    """The scikit-learn model's probabilities on the PNG's pixels brought back to 0-16 (computed here, not by the
+    service)."""
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float32).reshape(1, 64) * 16 / 255
+    return digits_classifier(train_size).predict_proba(pixels)[0]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_predict_on_a_classifier_with_a_shadow_challenger(stack, owner, deployed, tmp_path):
+    deployment, versions = deployed["digits"], deployed["versions"]
+    answers = []
+    for index in range(3):
+        png, _ = digit_png(index)
+        path = tmp_path / f"digit-{index}.png"
+        path.write_bytes(png)
+        answer = deployment.predict(path, tags=["camera 1", "night"], source="camera-1")  # the seed's predict
+        champion, challenger = expected_scores(png), expected_scores(png, WEAK)
+        assert answer["kind"] == "classification" and answer["origin"] == "predict"
+        assert answer["prediction"]["detection_classes"] == [int(champion.argmax())]
+        assert answer["prediction"]["detection_scores"] == pytest.approx([champion.max()], abs=1e-5)
+        assert answer["labels"] == [str(champion.argmax())]
+        assert answer["shadow_prediction"]["detection_classes"] == [int(challenger.argmax())]
+        assert answer["shadow_prediction"]["detection_scores"] == pytest.approx([challenger.max()], abs=1e-5)
+        assert answer["model_version"] == {"name": "digits", "version": versions["digits"].version,
+                                           "sha": versions["digits"].sha}
+        assert answer["shadow_model_version"]["version"] == versions["digits-weak"].version
+        assert 0 < answer["latency"] < 5 and 0 < answer["shadow_latency"] < 5
+        assert (answer["height"], answer["width"], answer["content_type"]) == (8, 8, "image/png")
+        assert image_stored(stack, png) == png
+        answers.append(answer)
+    # predict_bytes over HTTP: same model, same answer for the same image; content type from the bytes
+    png, _ = digit_png(0)
+    response = post(stack, "deployments/predict_bytes", owner.token,
+                    {"deployment": deployment.name, "image": b64(png), "filename": "frame.png"})
+    assert response.status_code == 200, response.text
+    again = response.json()
+    assert again["prediction"] == answers[0]["prediction"] and again["id"] != answers[0]["id"]
+    assert again["tags"] == [] and again["source"] is None and again["filename"] == "frame.png"
+
+    rows = {str(r["id"]): r for r in query(stack, "SELECT * FROM monitoring.predictions WHERE deployment_id = $1",
+                                           deployment.id)}
+    ids = {a["id"] for a in answers} | {again["id"]}
+    assert ids <= set(rows)
+    row = rows[answers[1]["id"]]
+    assert (row["origin"], row["kind"], row["source"], list(row["tags"])) == (
+        "predict", "classification", "camera-1", ["camera 1", "night"])
+    assert row["workspace_id"] == owner.workspace_id and row["content_type"] == "image/png"
+    assert json.loads(row["prediction"]) == answers[1]["prediction"]
+    assert json.loads(row["shadow_prediction"]) == answers[1]["shadow_prediction"]
+    assert json.loads(row["shadow_model_version"])["name"] == "digits-weak"
+    features = json.loads(row["features"])
+    assert features["height"] == 8 and features["brightness_mean"] == pytest.approx(
+        np.asarray(Image.open(io.BytesIO(digit_png(1)[0]))).mean(), abs=1e-3)
+    assert created_events(stack, ids) == ids
+
+
+def test_predict_on_a_detector_applies_min_threshold(stack, owner, deployed):
+    deployment = deployed["squares"]
+    image = squares_png({(1, 2): 255, (3, 0): 128, (0, 0): 40}, size=64, fmt="PNG")
+    deployment.update(min_threshold=0.3)
+    answer = deployment.predict_bytes("squares.png", image, tags="bench", source="synthetic")
+    assert answer["kind"] == "detection" and answer["shadow_prediction"] is None
+    assert answer["prediction"]["detection_classes"] == [1, 0] and answer["labels"] == ["white", "grey"]
+    assert answer["prediction"]["detection_boxes"] == [[16, 32, 32, 48], [48, 0, 64, 16]]  # [top, left, bottom, right]
+    scores = answer["prediction"]["detection_scores"]
+    assert scores[0] > 0.85 and 0.4 < scores[1] < 0.6
+    deployment.update(min_threshold=0.6)
+    stricter = deployment.predict_bytes("squares.png", image)
+    assert stricter["prediction"]["detection_boxes"] == [[16, 32, 32, 48]]
+    assert answer["image_sha256"] == stricter["image_sha256"]  # one object for one image
+
+
+def test_monitor_keeps_predictions_made_elsewhere(stack, owner, deployed, tmp_path):
+    squares, digits = deployed["squares"], deployed["digits"]
+    image = squares_png({(0, 1): 255}, size=40, fmt="JPEG")
+    path = tmp_path / "frame.jpg"
+    path.write_bytes(image)
+    at = time.time() - 3600
+    prediction = {"detection_classes": [1, 0], "detection_scores": [0.9, 0.35],
+                  "detection_boxes": [[0, 10, 10, 20], [20, 0, 40, 40]]}
+    answer = squares.monitor(path, latency=0.042, height=40, width=40, prediction=prediction, source="edge-7",
+                             tags=["edge"], timestamp=at)
+    assert answer["origin"] == "monitor" and answer["kind"] == "detection" and answer["content_type"] == "image/jpeg"
+    assert answer["prediction"] == prediction and answer["model_version"]["name"] == "squares"
+    digit, _ = digit_png(5)
+    shadow = {"detection_classes": [3], "detection_scores": [0.5]}
+    bytes_answer = digits.monitor_bytes(digit, "image/png", "d.png", latency=0.01, height=8, width=8,
+                                        prediction={"detection_classes": [5], "detection_scores": [0.8]},
+                                        shadow_latency=0.02, shadow_prediction=shadow)
+    assert bytes_answer["shadow_prediction"] == shadow and bytes_answer["shadow_model_version"]["name"] == "digits-weak"
+    row = query(stack, "SELECT * FROM monitoring.predictions WHERE id = $1", uuid.UUID(answer["id"]))[0]
+    assert (row["origin"], row["latency"], row["source"], list(row["tags"])) == ("monitor", 0.042, "edge-7", ["edge"])
+    assert row["predicted_at"].timestamp() == pytest.approx(at, abs=1e-3)
+    assert (row["height"], row["width"], row["image_sha256"]) == (40, 40, answer["image_sha256"])
+    assert image_stored(stack, image) == image
+    assert created_events(stack, {answer["id"], bytes_answer["id"]}) == {answer["id"], bytes_answer["id"]}
+
+
+def test_bad_monitored_predictions_are_refused_and_nothing_is_stored(stack, owner, deployed):
+    squares, digits = deployed["squares"], deployed["digits"]
+    before = rows_of(stack, squares.id), rows_of(stack, digits.id)
+    good = {"detection_classes": [1], "detection_scores": [0.9], "detection_boxes": [[0, 0, 10, 10]]}
+    cases = [
+        ("squares", {"prediction": good | {"detection_scores": [0.9, 0.1]}}, "detection_scores has 2"),
+        ("squares", {"prediction": good | {"detection_boxes": [[0, 0, 10]]}}, "a box is [top, left, bottom, right]"),
+        ("squares", {"prediction": good | {"detection_boxes": [[0, 0, 10.5, 10]]}}, "valid integer"),
+        ("squares", {"prediction": good | {"detection_scores": [1.5]}}, "between 0 and 1"),
+        ("squares", {"prediction": good | {"detection_classes": [2]}}, "below 2"),
+        ("squares", {"prediction": good | {"detection_boxes": [[0, 0, 50, 10]]}}, "inside the 40x40 image"),
+        ("squares", {"prediction": {"detection_classes": [1], "detection_scores": [0.9]}}, "is a classification"),
+        ("squares", {"prediction": good, "height": 41}, "the image is 40 high"),
+        ("squares", {"prediction": good, "timestamp": 12.0}, "between 2000 and tomorrow"),
+        ("squares", {"prediction": good, "shadow_latency": 0.1}, "shadow_latency without shadow_prediction"),
+        ("digits", {"prediction": {"detection_classes": [1], "detection_scores": [0.9]},
+                    "shadow_prediction": good}, "shadow_prediction is a detection"),
+    ]
+    for index, (which, fields, message) in enumerate(cases):
+        image = squares_png({(index % 4, index // 4): 200}, size=40)  # an image no other call sent
+        body = {"deployment": deployed[which].name, "image": b64(image), "latency": 0.1, "height": 40, "width": 40,
+                "content_type": "image/png"} | fields
+        response = post(stack, "deployments/monitor_bytes", owner.token, body)
+        assert response.status_code == 400, (message, response.text)
+        assert response.json()["code"] == "invalid_request" and message in response.json()["msg"], response.text
+        assert image_stored(stack, image) is None
+    assert (rows_of(stack, squares.id), rows_of(stack, digits.id)) == before
+
+
+def test_bad_images_outsiders_and_inference_tokens_change_nothing(stack, admin, owner, deployed):
+    squares = deployed["squares"]
+    outsider = make_account(stack, admin, "outsider")
+    before = rows_of(stack, squares.id)
+    png = squares_png({(2, 2): 255}, size=48)
+    monitor_fields = {"latency": 0.1, "height": 48, "width": 48,
+                      "prediction": {"detection_classes": [], "detection_scores": [], "detection_boxes": []}}
+    bad = [
+        ("predict_bytes", {"image": b64(b"GIF89a not an image")}, 400, "neither a PNG nor a JPEG"),
+        ("predict_bytes", {"image": b64(png[: len(png) // 2])}, 400, "does not decode"),
+        ("predict_bytes", {"image": "%%% not base64"}, 400, "not valid base64"),
+        ("predict", {"image": b64(png), "content_type": "image/gif"}, 400, "unsupported content type"),
+        ("monitor", {"image": b64(png), "content_type": "image/jpeg", **monitor_fields}, 400, "bytes are a PNG"),
+        ("predict", {"image": b64(png), "tags": ["#bad"]}, 400, "invalid tag"),
+    ]
+    for route, fields, status, message in bad:
+        response = post(stack, f"deployments/{route}", owner.token, {"deployment": squares.name} | fields)
+        assert response.status_code == status and message in response.json()["msg"], (route, response.text)
+    token = inference_token(stack, owner)
+    for route, fields in (("predict", {}), ("predict_bytes", {}), ("monitor", monitor_fields),
+                          ("monitor_bytes", monitor_fields)):
+        body = {"deployment": squares.name, "image": b64(png)} | fields
+        outside = post(stack, f"deployments/{route}", outsider.token, body)
+        assert outside.status_code == 404 and outside.json()["code"] == "not_found", outside.text
+        missing = post(stack, f"deployments/{route}", owner.token, body | {"deployment": "nothing-999999"})
+        assert missing.status_code == 404, missing.text
+        assert post(stack, f"deployments/{route}", token, body).status_code == 403
+        assert post(stack, f"deployments/{route}", None, body).status_code == 401
+    assert rows_of(stack, squares.id) == before and image_stored(stack, png) is None
