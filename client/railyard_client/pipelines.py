@@ -16,6 +16,7 @@ from railyard_client.assays import Assay, assay_config
 from railyard_client.errors import InvalidInput, NotFound, Unavailable, WaitTimeout
 from railyard_client.models import Model, ModelVersion
 from railyard_client.monitoring import DeploymentManagement
+from railyard_client.monitoring_continuous import DeploymentContinuous
 from railyard_client.monitoring_feedback import DeploymentFeedback
 from railyard_client.monitoring_predictions import DeploymentPredictions, is_image_file
 from railyard_client.progress import wait_spinner
@@ -86,7 +87,7 @@ def _send_retrying(session: Session, path: str, body: dict[str, Any], timeout: f
             time.sleep(0.5)
 
 
-class Deployment(DeploymentManagement, DeploymentPredictions, DeploymentFeedback, Resource):
+class Deployment(DeploymentManagement, DeploymentContinuous, DeploymentPredictions, DeploymentFeedback, Resource):
     """A pipeline's active deployment (`<deploy_id>-<id>`), as in `client.get_deployment(name)`; seed 003's
     management methods come from `DeploymentManagement`, its predictions on images from `DeploymentPredictions`,
     reviews, feedback loop, training reference and stats from `DeploymentFeedback`."""
