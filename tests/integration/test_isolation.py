@@ -129,6 +129,14 @@ NOT_WORKSPACE_SCOPED = {
                                          "detach_dataset_version_from_continuous_training",
                                          "toggle_continuous_training", "setup_continuous_deployment",
                                          "toggle_continuous_deployment")),
+    # seed-003 feedback: test_monitoring_feedback.py::test_outsiders_and_bad_input_change_nothing (another
+    # workspace's member gets 404 for the deployment and its predictions, inference token 403, no token 401)
+    *(f"deployments/{verb}" for verb in (
+        "review_prediction", "list_predictions_to_review", "get_prediction_image", "setup_feedback_loop",
+        "attach_dataset_version_to_feedback_loop", "detach_dataset_version_from_feedback_loop",
+        "list_feedback_loop_datasets", "check_feedback_loop_status", "disable_feedback_loop", "toggle_feedback_loop",
+        "set_training_data", "check_training_data_metrics_status", "disable_training_data_reference",
+        "get_stats")),
     # admins only: test_log_quarantine.py (a non-admin is refused)
     "pipelines/list_quarantined_logs",
 }
