@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test test-labelstudio lint protos docs bench venv clean ui-vendor
+.PHONY: run test test-labelstudio lint protos docs bench bench-peers venv clean ui-vendor
 
 # A real MLflow tracking server for the registry tests, in its own environment (it is an external system to
 # Railyard, and its pins must not decide ours).
@@ -23,6 +23,23 @@ $(MLFLOW_STAMP):
 	$(PYTHON) -m venv $(MLFLOW_VENV)
 	$(MLFLOW_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'mlflow>=3,<4' 'scikit-learn>=1.3'
 	@touch $(MLFLOW_STAMP)
+
+# The peers `make bench-peers` measures Railyard against, each in its own environment (as the MLflow server above):
+# MLServer 1.7 with onnxruntime (bench/peers/mlserver_runtime.py), and mlflow with onnx for `mlflow models serve`.
+PEER_MLSERVER_VENV  := .venv-bench-mlserver
+PEER_MLSERVER_STAMP := $(PEER_MLSERVER_VENV)/.installed-stamp
+PEER_MLFLOW_VENV    := .venv-bench-mlflow
+PEER_MLFLOW_STAMP   := $(PEER_MLFLOW_VENV)/.installed-stamp
+
+$(PEER_MLSERVER_STAMP):
+	$(PYTHON) -m venv $(PEER_MLSERVER_VENV)
+	$(PEER_MLSERVER_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'mlserver>=1.7,<1.8' 'onnxruntime>=1.17'
+	@touch $(PEER_MLSERVER_STAMP)
+
+$(PEER_MLFLOW_STAMP):
+	$(PYTHON) -m venv $(PEER_MLFLOW_VENV)
+	$(PEER_MLFLOW_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'mlflow>=3,<4' 'onnx>=1.14' 'onnxruntime>=1.17'
+	@touch $(PEER_MLFLOW_STAMP)
 
 # A real Label Studio for the ML backend SDK's test (railyard-ml), in its own environment for the same reason.
 LS_VENV  := .venv-labelstudio
@@ -59,6 +76,10 @@ docs: venv
 bench: venv
 	$(BIN)/python -m bench
 
+## Railyard side by side with MLServer, mlflow and raw onnxruntime in one run (~15 min; BENCH_QUICK=1: ~4 min).
+bench-peers: venv $(PEER_MLSERVER_STAMP) $(PEER_MLFLOW_STAMP)
+	$(BIN)/python -m bench.peers
+
 ## Re-fetch the web UI's vendored browser libraries (Chart.js, Cytoscape.js) at the versions pinned in
 ## services/gateway/ui/package-lock.json, with their licences, into services/gateway/static/vendor/ (needs Node and
 ## the npm registry; the files are committed, so `make run` never needs Node).
@@ -76,4 +97,4 @@ ui-vendor:
 	rm -rf $(UI_DIR)/node_modules
 
 clean:
-	rm -rf $(VENV) $(MLFLOW_VENV) $(LS_VENV) .railyard
+	rm -rf $(VENV) $(MLFLOW_VENV) $(LS_VENV) $(PEER_MLSERVER_VENV) $(PEER_MLFLOW_VENV) .railyard

@@ -1,0 +1,652 @@
+"""Railyard against MLServer 1.7 (`parallel_workers=0` and the default), `mlflow models serve` and raw
+onnxruntime, in one run (issue 20).
+
+Each system serves two models from the same bytes: the tiny ccfraud regressor (`tests.models.ccfraud_onnx()`:
+what a request costs around the model) and a seed-like MLP (`bench/peers/models.py`). One system is up at a
+time; the systems run in one order, then in the opposite one, and every ratio is taken within a round. For each
+system, model and format: batch-1 p50/p99 on one connection, batch-1 req/s on 8 and 32 connections, batch-1000
+rows/s on 4 connections. Every answer format is checked once against onnxruntime's own output before it is
+timed. Railyard is measured with tokens checked and every row logged (the default log policy), in three formats:
+pandas-records JSON, Arrow and OIP v2 JSON; MLServer in OIP v2 JSON; mlflow in its `dataframe_records` JSON.
+Also: RSS of an ONNX replica and of MLServer's processes, the idle embedded stack's RSS, and a Python-step
+pipeline (sandboxed worker) against the ONNX one.
+
+Environment: `BENCH_QUICK=1` (short loops, for development), `BENCH_SYSTEMS=railyard,raw,...` (a subset;
+names below), `BENCH_RAILYARD_VARIANTS=name:{json engine_config},...` (more Railyard deployments of the same
+models side by side, e.g. `nobatch:{"batch_max_delay_ms":-1}`), `BENCH_BASELINE_REF=<git ref>` (also run
+Railyard from that commit's tree, as `railyard@<ref>`: a before/after in one run), `BENCH_NO_DOCS=1`
+(print only, leave docs/benchmarks.md alone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import uvloop
+
+from bench import loadgen
+from bench.peers.models import seed_mlp_onnx
+from shared.arrow_codec import tensor_array, to_ipc_file
+from tests.models import ccfraud_onnx, sample_rows
+from tests.stack import free_ports, stack_env, start_stack
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+DOCS = REPO / "docs" / "benchmarks.md"
+MLSERVER_BIN = Path(os.environ.get("BENCH_MLSERVER", REPO / ".venv-bench-mlserver" / "bin" / "mlserver"))
+MLFLOW_BIN = Path(os.environ.get("BENCH_MLFLOW", REPO / ".venv-bench-mlflow" / "bin" / "mlflow"))
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+SINGLES = 300 if QUICK else 2000
+WARM = 50 if QUICK else 200
+CONCURRENT_S = 1.5 if QUICK else 4.0
+BATCH_S = 1.5 if QUICK else 4.0
+MODELS = {"ccfraud": ccfraud_onnx, "seed-mlp": seed_mlp_onnx}
+RECORDS = "application/json; format=pandas-records"
+ARROW = "application/vnd.apache.arrow.file"
+START_MARK = "<!-- bench-peers:start -->"
+END_MARK = "<!-- bench-peers:end -->"
+MEASURES = ("p50_ms", "p99_ms", "rps8", "rps32", "rows1000")
+
+
+@dataclass
+class Target:
+    """One (system, model, format): the two requests to send and how to read a prediction from an answer."""
+
+    url: str
+    one: bytes
+    thousand: bytes
+    first: Callable[[bytes], float]  # the answer's first prediction
+    count: Callable[[bytes], int]  # how many predictions the answer holds
+
+
+@dataclass
+class Results:
+    """Figures by round -> system label -> model -> measure, and the memory and pipeline notes."""
+
+    rounds: list[dict[str, dict[str, dict[str, float]]]] = field(default_factory=list)
+    memory: dict[str, float] = field(default_factory=dict)
+    pipeline: list[dict[str, float]] = field(default_factory=list)
+    load: list[str] = field(default_factory=list)
+
+
+def uptime() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def expected(model: str) -> tuple[float, np.ndarray]:
+    session = ort.InferenceSession(MODELS[model]())
+    return float(session.run(None, {"tensor": sample_rows(1)})[0][0, 0]), sample_rows(1000)
+
+
+# --- load -----------------------------------------------------------------------------------------------
+
+
+async def _one(url: str, request: bytes) -> bytes:
+    connection = await loadgen.Connection(url).open()
+    try:
+        status, body = await connection.send(request)
+    finally:
+        connection.close()
+    if status != 200:
+        raise RuntimeError(f"{url}: HTTP {status}: {body[:300]!r}")
+    return body
+
+
+async def measure(target: Target, model: str) -> dict[str, float]:
+    """Check the answers, then time them (see the module docstring)."""
+    want, _ = expected(model)
+    got = target.first(await _one(target.url, target.one))
+    if abs(got - want) > 1e-4:
+        raise RuntimeError(f"{target.url}: predicted {got}, onnxruntime says {want}")
+    answer = await _one(target.url, target.thousand)
+    if target.count(answer) != 1000:
+        raise RuntimeError(f"{target.url}: {target.count(answer)} predictions for 1000 rows")
+    await loadgen.sequential(target.url, target.one, WARM)
+    singles = await loadgen.sequential(target.url, target.one, SINGLES)
+    figures = {"p50_ms": statistics.median(singles) * 1e3,
+               "p99_ms": statistics.quantiles(singles, n=100)[98] * 1e3,
+               "rps8": await loadgen.concurrent(target.url, target.one, 8, CONCURRENT_S),
+               "rps32": await loadgen.concurrent(target.url, target.one, 32, CONCURRENT_S)}
+    await loadgen.sequential(target.url, target.thousand, 3)
+    figures["rows1000"] = 1000 * await loadgen.concurrent(target.url, target.thousand, 4, BATCH_S)
+    return figures
+
+
+def raw_onnxruntime(model: str) -> dict[str, float]:
+    """The model alone, in this process, one intra-op thread (as a replica with cpus=1 and the MLServer runtime)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+    session = ort.InferenceSession(MODELS[model](), options, providers=["CPUExecutionProvider"])
+    one, thousand = sample_rows(1), sample_rows(1000)
+    for _ in range(200):
+        session.run(None, {"tensor": one})
+    singles = []
+    for _ in range(SINGLES):
+        started = time.perf_counter()
+        session.run(None, {"tensor": one})
+        singles.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    count = 0
+    while time.perf_counter() - started < 1.0:
+        session.run(None, {"tensor": thousand})
+        count += 1
+    p50 = statistics.median(singles)
+    return {"p50_ms": p50 * 1e3, "p99_ms": statistics.quantiles(singles, n=100)[98] * 1e3, "rps8": 1 / p50,
+            "rps32": 1 / p50, "rows1000": 1000 * count / (time.perf_counter() - started)}
+
+
+# --- answers ----------------------------------------------------------------------------------------------
+
+
+def oip_body(rows: np.ndarray) -> bytes:
+    return json.dumps({"inputs": [{"name": "tensor", "shape": list(rows.shape), "datatype": "FP32",
+                                   "data": rows.reshape(-1).tolist()}]}).encode()
+
+
+def oip_first(body: bytes) -> float:
+    return float(json.loads(body)["outputs"][0]["data"][0])
+
+
+def oip_count(body: bytes) -> int:
+    return int(json.loads(body)["outputs"][0]["shape"][0])
+
+
+def _mlflow_predictions(body: bytes) -> list:
+    predictions = json.loads(body)["predictions"]
+    if isinstance(predictions, dict):  # {"dense_1": [[p], ...]}
+        predictions = next(iter(predictions.values()))
+    if predictions and isinstance(predictions[0], dict):  # [{"dense_1": [p]}, ...]
+        predictions = [next(iter(p.values())) for p in predictions]
+    return predictions
+
+
+def mlflow_first(body: bytes) -> float:
+    value = _mlflow_predictions(body)[0]
+    return float(value[0] if isinstance(value, list) else value)
+
+
+def records_first(body: bytes) -> float:
+    return float(json.loads(body)[0]["out"]["dense_1"][0])
+
+
+def arrow_first(body: bytes) -> float:
+    return float(pa.ipc.open_file(pa.py_buffer(body)).read_all().column("out.dense_1")[0][0].as_py())
+
+
+def arrow_count(body: bytes) -> int:
+    return pa.ipc.open_file(pa.py_buffer(body)).read_all().num_rows
+
+
+# --- processes ----------------------------------------------------------------------------------------------
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                tree.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+    return tree
+
+
+def descendants(pid: int) -> list[int]:
+    tree, found, todo = _children(), [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += tree.get(current, [])
+    return found
+
+
+def rss_mib(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+def cmdline(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    return ""
+
+
+def wait_http(url: str, timeout: float, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(urllib.error.URLError, OSError):
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def running(args: list[str], log: Path, ready: str, timeout: float = 120.0, **kwargs) -> Iterator[subprocess.Popen]:
+    """A peer server in its own process group, stopped (the whole group) on the way out."""
+    with open(log, "ab") as handle:
+        process = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, **kwargs)
+    try:
+        wait_http(ready, timeout, process, log)
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
+# --- systems --------------------------------------------------------------------------------------------------
+
+
+def mlserver(folder: Path, workers: int | None) -> Iterator[tuple[str, dict[str, Target], float]]:
+    """MLServer serving both models with the onnxruntime runtime of mlserver_runtime.py; yields (label,
+    targets by model, RSS of its processes in MiB)."""
+    root = folder / f"mlserver-{workers}"
+    http, grpc, metrics = free_ports(3)
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(HERE / "mlserver_runtime.py", root / "mlserver_runtime.py")
+    settings = {"http_port": http, "grpc_port": grpc, "metrics_port": metrics, "host": "127.0.0.1"}
+    if workers is not None:
+        settings["parallel_workers"] = workers
+    (root / "settings.json").write_text(json.dumps(settings))
+    for model, make in MODELS.items():
+        (root / model).mkdir(exist_ok=True)
+        (root / model / "model.onnx").write_bytes(make())
+        (root / model / "model-settings.json").write_text(json.dumps({
+            "name": model, "implementation": "mlserver_runtime.OnnxModel", "parameters": {"uri": "./model.onnx"}}))
+    base = f"http://127.0.0.1:{http}"
+    label = "MLServer pw=0" if workers == 0 else "MLServer default"
+    with running([str(MLSERVER_BIN), "start", str(root)], folder / f"{label}.log".replace(" ", "_"),
+                 f"{base}/v2/models/seed-mlp/ready", cwd=root) as process:
+        headers = {"Content-Type": "application/json"}
+        targets = {}
+        for model in MODELS:
+            url = f"{base}/v2/models/{model}/infer"
+            targets[model] = Target(url, loadgen.build_request(url, oip_body(sample_rows(1)), headers),
+                                    loadgen.build_request(url, oip_body(sample_rows(1000)), headers),
+                                    oip_first, oip_count)
+        yield label, targets, lambda: rss_mib(descendants(process.pid))
+
+
+def mlflow_serve(folder: Path) -> Iterator[tuple[str, dict[str, Target], float]]:
+    """`mlflow models serve --env-manager local`, one server per model (it serves one), one after another."""
+    python = MLFLOW_BIN.parent / "python"
+    for model, make in MODELS.items():
+        source, saved = folder / f"{model}.onnx", folder / f"mlflow-{model}"
+        source.write_bytes(make())
+        if not saved.exists():
+            subprocess.run([str(python), str(HERE / "mlflow_model.py"), str(source), str(saved)], check=True,
+                           capture_output=True, timeout=300)
+        port = free_ports(1)[0]
+        base = f"http://127.0.0.1:{port}"
+        # as in its activated venv: the command execs `uvicorn` from PATH
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"file://{folder}/mlruns",
+               "PATH": f"{MLFLOW_BIN.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        with running([str(MLFLOW_BIN), "models", "serve", "-m", str(saved), "--env-manager", "local", "-h",
+                      "127.0.0.1", "-p", str(port), "-w", "1"], folder / f"mlflow-{model}.log", f"{base}/ping",
+                     env=env) as process:
+            url = f"{base}/invocations"
+            headers = {"Content-Type": "application/json"}
+
+            def records(rows: np.ndarray) -> bytes:
+                return json.dumps({"dataframe_records": [{f"f{i}": float(v) for i, v in enumerate(row)}
+                                                         for row in rows.tolist()]}).encode()
+
+            target = Target(url, loadgen.build_request(url, records(sample_rows(1)), headers),
+                            loadgen.build_request(url, records(sample_rows(1000)), headers), mlflow_first,
+                            lambda body: len(_mlflow_predictions(body)))
+            yield "mlflow serve", {model: target}, lambda process=process: rss_mib(descendants(process.pid))
+
+
+PYTHON_STEP = b"""
+import numpy as np
+import pandas as pd
+
+WEIGHTS = np.random.default_rng(29).normal(size=29).astype(np.float32)
+
+def wallaroo_json(data: pd.DataFrame):
+    x = np.stack(data["tensor"].to_numpy()).astype(np.float32)
+    return pd.DataFrame({"dense_1": [[float(v)] for v in 1 / (1 + np.exp(-(x @ WEIGHTS)))]})
+"""
+
+
+class RailyardDeployer:
+    """Uploads models and deploys pipelines on a running stack, as a user would (the admin's token)."""
+
+    def __init__(self, stack) -> None:
+        from shared.client import RailyardClient
+
+        secrets = stack.secrets()
+        self.client = client = RailyardClient(stack.base_url, secrets["client_id"], secrets["client_secret"])
+        client.login(secrets["admin_username"], secrets["admin_password"])
+        self.workspace = client.post("workspaces/create", {"workspace_name": "peers"})["workspace_id"]
+        self.versions: dict[str, str] = {}
+
+    def upload(self, name: str, content: bytes, framework: str = "onnx") -> None:
+        client = self.client
+        upload = client.http.post("/v1/api/models/upload_stream", files={"file": (name, content)},
+                                  data={"name": name, "workspace_id": self.workspace, "framework": framework},
+                                  headers=client.auth_header())
+        if upload.status_code != 200:
+            raise RuntimeError(f"uploading {name}: HTTP {upload.status_code} {upload.text}")
+        model_id = upload.json()["insert_models"]["returning"][0]["models"][0]["id"]
+        self.versions[name] = client.post("models/list_versions", {"models_pk_id": model_id})[0]["model_version"]
+
+    def deploy(self, pipeline: str, models: list[str], engine_config: dict | None = None) -> str:
+        """The deployment's inference URL (records/Arrow); OIP is /v2/models/<deployment>/infer."""
+        client = self.client
+        steps = [{"ModelInference": {"models": [{"name": m, "version": self.versions[m]}]}} for m in models]
+        created = client.post("pipelines/create", {"pipeline_id": pipeline, "workspace_id": self.workspace,
+                                                   "definition": {"steps": steps}})
+        client.post("pipelines/deploy", {"deploy_id": pipeline, "pipeline_id": created["pipeline_pk_id"],
+                                         "pipeline_version_pk_id": created["pipeline_variant_pk_id"],
+                                         "engine_config": engine_config or {}})
+        return client.post("admin/get_pipeline_external_url", {"workspace_id": self.workspace,
+                                                                "pipeline_name": pipeline})["url"]
+
+    def targets(self, url: str) -> dict[str, Target]:
+        auth = {"Authorization": f"Bearer {self.client.token}"}
+        deployment = url.split("/infer/")[1].split("/")[0]
+        oip = url.split("/v1/api/")[0] + f"/v2/models/{deployment}/infer"
+
+        def records(rows: np.ndarray) -> bytes:
+            return json.dumps([{"tensor": row} for row in rows.tolist()]).encode()
+
+        def arrow(rows: np.ndarray) -> bytes:
+            return to_ipc_file(pa.table({"tensor": tensor_array(rows)}))
+
+        one, thousand = sample_rows(1), sample_rows(1000)
+        return {
+            "records": Target(url, loadgen.build_request(url, records(one), auth | {"Content-Type": RECORDS}),
+                              loadgen.build_request(url, records(thousand), auth | {"Content-Type": RECORDS}),
+                              records_first, lambda body: len(json.loads(body))),
+            "Arrow": Target(url, *(loadgen.build_request(url, arrow(rows), auth | {"Content-Type": ARROW,
+                                                                                   "Accept": ARROW})
+                                   for rows in (one, thousand)), arrow_first, arrow_count),
+            "OIP v2": Target(oip, *(loadgen.build_request(oip, oip_body(rows), auth | {
+                "Content-Type": "application/json"}) for rows in (one, thousand)), oip_first, oip_count),
+        }
+
+
+def baseline_tree(ref: str, folder: Path) -> Path:
+    """The repository's files at `ref`, extracted (git archive) into `folder`: nothing in the clone changes."""
+    tree = folder / f"tree-{ref.replace('/', '_')}"
+    tree.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", ref], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
+def railyard(folder: Path, variants: dict[str, dict], first_round: bool, results: Results, tree: Path | None = None,
+             label: str = "Railyard") -> Iterator[tuple[str, dict[str, Target], Callable[[], float] | None]]:
+    """A fresh embedded stack; every variant deploys both models. Yields one label per (variant, format)."""
+    data = Path(tempfile.mkdtemp(prefix="railyard-peers-", dir=folder)) / "data"
+    env = stack_env(data)
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
+        output = data.parent / "up.log"
+        handle = open(output, "ab")  # noqa: SIM115 - the child writes to it for its whole life
+        process = subprocess.Popen([sys.executable, "-m", "shared.cli", "up"], cwd=tree, env=env, stdout=handle,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        from tests.stack import RunningStack
+
+        stack = RunningStack(process=process, data_dir=data, env=env, output=output)
+    else:
+        stack = start_stack(data, env)
+    try:
+        stack.wait_healthy(180)
+        if first_round and tree is None:
+            time.sleep(3)  # the services settle (first imports done) before the idle figure
+            results.memory["stack_idle_mib"] = rss_mib(descendants(stack.process.pid))
+        deployer = RailyardDeployer(stack)
+        for model, make in MODELS.items():
+            deployer.upload(model, make())
+        for variant, config in variants.items():
+            urls = {model: deployer.deploy(f"{variant}-{model}", [model], config)
+                    for model in MODELS}
+            targets = {model: deployer.targets(url) for model, url in urls.items()}
+            name = label if variant == "default" else f"{label} {variant}"
+            for form in ("records", "Arrow", "OIP v2"):
+                yield f"{name} {form}", {m: t[form] for m, t in targets.items()}, None
+            if variant == "default" and first_round and tree is None:
+                replicas = [p for p in descendants(stack.process.pid) if "services.engine.replica" in cmdline(p)]
+                results.memory["replica_mib"] = max(rss_mib([p]) for p in replicas)
+                results.memory["replicas_mib"] = [rss_mib([p]) for p in replicas]
+        if first_round and tree is None:
+            results.pipeline.append(uvloop.run(python_step_pipeline(deployer)))
+    finally:
+        stack.stop()
+        shutil.rmtree(data.parent, ignore_errors=True)
+
+
+async def python_step_pipeline(deployer: RailyardDeployer) -> dict[str, float]:
+    """A Python step (sandboxed worker) against the ccfraud ONNX model, both alone in a pipeline, records JSON."""
+    deployer.upload("pystep", PYTHON_STEP, "python")
+    figures = {}
+    for name, models in (("onnx", ["ccfraud"]), ("python", ["pystep"])):
+        target = deployer.targets(deployer.deploy(f"step-{name}", models))["records"]
+        await loadgen.sequential(target.url, target.one, WARM)
+        singles = await loadgen.sequential(target.url, target.one, SINGLES // 2)
+        figures[f"{name}_p50_ms"] = statistics.median(singles) * 1e3
+        await loadgen.sequential(target.url, target.thousand, 3)
+        figures[f"{name}_rows1000"] = 1000 * await loadgen.concurrent(target.url, target.thousand, 4, BATCH_S)
+    return figures
+
+
+# --- the run ------------------------------------------------------------------------------------------------
+
+
+SYSTEMS = ("mlserver0", "mlserver", "mlflow", "railyard", "raw")
+
+
+def run_round(order: list[str], folder: Path, results: Results, variants: dict[str, dict],
+              trees: dict[str, Path]) -> dict[str, dict[str, dict[str, float]]]:
+    figures: dict[str, dict[str, dict[str, float]]] = {}
+    first = not results.rounds
+
+    def take(systems: Iterator) -> None:
+        for label, targets, rss in systems:
+            for model, target in targets.items():
+                print(f"  {label} / {model} ...", flush=True)
+                figures.setdefault(label, {})[model] = uvloop.run(measure(target, model))
+            if rss is not None and first:
+                results.memory[f"{label} rss_mib"] = rss()
+
+    for system in order:
+        print(f"{system} (load {uptime()})", flush=True)
+        if system == "raw":
+            figures["onnxruntime"] = {model: raw_onnxruntime(model) for model in MODELS}
+        elif system.startswith("mlserver"):
+            take(mlserver(folder, 0 if system == "mlserver0" else None))
+        elif system == "mlflow":
+            take(mlflow_serve(folder))
+        elif system == "railyard":
+            take(railyard(folder, variants, first, results))
+        elif system.startswith("railyard@"):
+            take(railyard(folder, {"default": {}}, first, results, trees[system], system))
+    return figures
+
+
+def main() -> int:
+    wanted = [s for s in os.environ.get("BENCH_SYSTEMS", ",".join(SYSTEMS)).split(",") if s]
+    variants = {"default": {}}
+    for spec in filter(None, os.environ.get("BENCH_RAILYARD_VARIANTS", "").split(";")):
+        name, _, config = spec.partition(":")
+        variants[name] = json.loads(config)
+    results = Results()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="railyard-bench-peers-") as tmp:
+        folder = Path(tmp)
+        trees = {}
+        if os.environ.get("BENCH_BASELINE_REF"):
+            ref = os.environ["BENCH_BASELINE_REF"]
+            trees[f"railyard@{ref}"] = baseline_tree(ref, folder)
+            wanted.append(f"railyard@{ref}")
+        for order in (wanted, wanted[::-1]):
+            results.load.append(uptime())
+            print(f"round {len(results.rounds) + 1}: {' -> '.join(order)}", flush=True)
+            results.rounds.append(run_round(order, folder, results, variants, trees))
+        results.load.append(uptime())
+    text = report(results, time.monotonic() - started)
+    print(text)
+    if os.environ.get("BENCH_NO_DOCS") != "1" and not QUICK:
+        write_docs(text)
+    return 0
+
+
+# --- the report ------------------------------------------------------------------------------------------------
+
+
+def _span(values: list[float], digits: int, suffix: str = "") -> str:
+    low, high = min(values), max(values)
+    fmt = f"{{:,.{digits}f}}"
+    return fmt.format(low) + suffix if fmt.format(low) == fmt.format(high) else \
+        f"{fmt.format(low)}-{fmt.format(high)}{suffix}"
+
+
+def _ratio(results: Results, system: str, peer: str, model: str, measure: str) -> list[float]:
+    out = []
+    for figures in results.rounds:
+        if system in figures and peer in figures and model in figures[system] and model in figures[peer]:
+            out.append(figures[system][model][measure] / figures[peer][model][measure])
+    return out
+
+
+LABELS = {"p50_ms": ("batch-1 p50, 1 connection", 3, " ms"), "p99_ms": ("batch-1 p99, 1 connection", 3, " ms"),
+          "rps8": ("batch-1 req/s, 8 connections", 0, ""), "rps32": ("batch-1 req/s, 32 connections", 0, ""),
+          "rows1000": ("batch-1000 rows/s, 4 connections", 0, "")}
+
+
+def report(results: Results, seconds: float) -> str:  # noqa: C901 - one table after another
+    systems = list(dict.fromkeys(s for figures in results.rounds for s in figures))
+    lines = [START_MARK, "## Side by side: Railyard, MLServer, mlflow (`make bench-peers`)", "",
+             f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC{' (QUICK mode: short loops)' if QUICK else ''}, "
+             f"{seconds / 60:.1f} min, Python {platform.python_version()}, {len(os.sched_getaffinity(0))} cores. "
+             f"Load average (1, 5, 15 min) before round 1, before round 2, after: {'; '.join(results.load)}. "
+             "Two rounds in opposite order, one system up at a time; each cell is the range over the rounds. "
+             "Same model bytes, same load generator (bench/loadgen.py); Railyard with tokens checked and every row "
+             "logged. MLServer 1.7 and the raw baseline run onnxruntime with one intra-op thread (as a replica "
+             "with cpus 1); mlflow with its own defaults. MLServer answers OIP v2 JSON, mlflow its "
+             "`dataframe_records` JSON; raw onnxruntime is in-process (its req/s is 1/p50).", ""]
+    for model in MODELS:
+        present = [s for s in systems if any(model in f.get(s, {}) for f in results.rounds)]
+        lines += [f"### {model}", "", "| measure | " + " | ".join(present) + " |",
+                  "|---" * (len(present) + 1) + "|"]
+        for measure, (label, digits, suffix) in LABELS.items():
+            cells = []
+            for system in present:
+                values = [f[system][model][measure] for f in results.rounds if model in f.get(system, {})]
+                cells.append(_span(values, digits, suffix) if values else "")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+        ours = [s for s in present if s.startswith("Railyard") or s.startswith("railyard@")]
+        peers = [s for s in present if s not in ours]
+        if ours and peers:
+            lines += ["Ratios, Railyard / peer (per round; latency: lower is better, throughput: higher):", "",
+                      "| Railyard | measure | " + " | ".join(peers) + " |", "|---|---" + "|---" * len(peers) + "|"]
+            for system in ours:
+                for measure, (label, _, _) in LABELS.items():
+                    cells = [_span(r, 2, "x") if (r := _ratio(results, system, peer, model, measure)) else ""
+                             for peer in peers]
+                    lines.append(f"| {system} | {label} | " + " | ".join(cells) + " |")
+            lines.append("")
+            lines += targets(results, model, ours)
+    memory = results.memory
+    if memory:
+        lines += ["### Memory (RSS, round 1)", ""]
+        if "stack_idle_mib" in memory:
+            lines.append(f"- idle embedded stack, every process: {memory['stack_idle_mib']:,.0f} MiB (target <= 1024)")
+        if "replica_mib" in memory:
+            lines.append(f"- an ONNX engine replica serving a model (after its load): {memory['replica_mib']:,.0f} MiB "
+                         f"(all: {', '.join(f'{v:.0f}' for v in memory['replicas_mib'])})")
+        for key, value in memory.items():
+            if key.endswith(" rss_mib"):
+                lines.append(f"- {key[:-8]}, its processes after the load: {value:,.0f} MiB")
+        lines.append("")
+    if results.pipeline:
+        p = results.pipeline[0]
+        lines += ["### A Python step (sandboxed worker) against the ONNX model, records JSON", "",
+                  f"- batch-1 p50: Python {p['python_p50_ms']:.2f} ms, ONNX {p['onnx_p50_ms']:.2f} ms "
+                  f"({p['python_p50_ms'] / p['onnx_p50_ms']:.2f}x)",
+                  f"- batch-1000 rows/s, 4 connections: Python {p['python_rows1000']:,.0f}, ONNX "
+                  f"{p['onnx_rows1000']:,.0f} ({p['python_rows1000'] / p['onnx_rows1000']:.2f}x)", ""]
+    lines.append(END_MARK)
+    return "\n".join(lines) + "\n"
+
+
+def targets(results: Results, model: str, ours: list[str]) -> list[str]:
+    """The issue's targets, checked on this model for the default Railyard deployment."""
+    peer = "MLServer pw=0"
+    if not any(peer in f for f in results.rounds):
+        return []
+    checks = []
+    for form in ("records", "Arrow", "OIP v2"):
+        system = f"Railyard {form}"
+        if system not in ours:
+            continue
+        p50 = _ratio(results, system, peer, model, "p50_ms")
+        tail = [f[system][model]["p99_ms"] / f[system][model]["p50_ms"] for f in results.rounds if system in f]
+        checks += [(f"{form}: batch-1 p50 <= 1.3x MLServer pw=0", p50, 1.3, False),
+                   (f"{form}: batch-1 p99 <= 2x own p50", tail, 2.0, False),
+                   (f"{form}: 8 connections >= 1.3x MLServer pw=0", _ratio(results, system, peer, model, "rps8"),
+                    1.3, True),
+                   (f"{form}: 32 connections >= 1.5x MLServer pw=0", _ratio(results, system, peer, model, "rps32"),
+                    1.5, True)]
+    checks += [("OIP v2: batch-1000 >= 1.0x MLServer pw=0", _ratio(results, "Railyard OIP v2", peer, model,
+                                                                   "rows1000"), 1.0, True),
+               ("Arrow: batch-1000 >= 2x MLServer pw=0's OIP JSON", _ratio(results, "Railyard Arrow", peer, model,
+                                                                          "rows1000"), 2.0, True),
+               ("records: batch-1000 >= 0.5x MLServer pw=0", _ratio(results, "Railyard records", peer, model,
+                                                                    "rows1000"), 0.5, True),
+               ("records: batch-1000 >= 5x mlflow serve", _ratio(results, "Railyard records", "mlflow serve", model,
+                                                                 "rows1000"), 5.0, True)]
+    lines = ["| target (issue 20) | measured | met |", "|---|---|---|"]
+    for label, values, bound, higher in checks:
+        if not values:
+            continue
+        met = all(v >= bound for v in values) if higher else all(v <= bound for v in values)
+        lines.append(f"| {label} | {_span(values, 2, 'x')} | {'yes' if met else 'no'} |")
+    return lines + [""]
+
+
+def write_docs(section: str) -> None:
+    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    if START_MARK in text and END_MARK in text:
+        head, rest = text.split(START_MARK, 1)
+        text = head + section + rest.split(END_MARK, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    DOCS.write_text(text)
