@@ -1,22 +1,33 @@
 """The web UI in a real headless Chromium (Debian's chromium + chromedriver, driven by Selenium) against the real
-stack: alice signs in and sees her workspace, model, deployment (with its inference URL) and logged inferences paged
-with the cursor; a wrong password shows the API's own message; bob sees none of alice's things. Screenshots of each
-page go to build/ui-screenshots/ (not committed)."""
+stack, through the public API only: alice signs in and sees her workspace, model, deployment (with its inference
+URL), logged inferences paged with the cursor, an assay's charts and alerts, an orchestration's task run with its
+logs, the lineage graph (a click on the model version's card leads to its deployment), her project's versions
+(restored from the page) and two benchmark reports compared as charts; a wrong password shows the API's own
+message; bob sees none of alice's things. One browser for the module; screenshots of each page go to
+build/ui-screenshots/ (not committed)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pyarrow as pa
 import pytest
+from railyard_client import Client
 
-from tests.integration.conftest import PASSWORD, TOKEN_PATH, Account
+from shared.arrow_codec import tensor_array, to_ipc_file
+from tests.integration.conftest import PASSWORD, TOKEN_PATH, Account, make_account, post, undeploy_all
+from tests.integration.test_lineage import ARROW_FILE, ok, upload_rows
 from tests.integration.test_logs import marked, wait_rows
+from tests.integration.test_orchestrations import ready_orchestration, run_once
 from tests.integration.test_pipelines import _deploy_definition, _upload_bytes, infer
-from tests.models import ccfraud_onnx
+from tests.models import ccfraud_onnx, sample_rows
 
 pytestmark = pytest.mark.integration
 
@@ -28,16 +39,18 @@ WAIT = 30
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
 if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
     pytest.skip(f"no headless browser: needs {CHROMIUM} and {CHROMEDRIVER} "
-                "(Debian: apt-get install chromium chromium-driver)", allow_module_level=True)
+                "(Debian: apt-get install chromium chromium-driver; `make test` installs them when run as root)",
+                allow_module_level=True)
 
 from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser():
     profile = tempfile.mkdtemp(prefix="railyard-ui-chromium-")
     options = webdriver.ChromeOptions()
@@ -46,6 +59,7 @@ def browser():
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--window-size=1280,900", f"--user-data-dir={profile}"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
     driver.set_page_load_timeout(WAIT)
     try:
@@ -53,6 +67,81 @@ def browser():
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def alice_ui(stack, admin):
+    account = make_account(stack, admin, "alice")
+    yield account
+    undeploy_all(stack, account)
+
+
+@pytest.fixture(scope="module")
+def bob_ui(stack, admin):
+    return make_account(stack, admin, "bob")
+
+
+def iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat()
+
+
+@pytest.fixture(scope="module")
+def world(stack, alice_ui: Account):
+    """Alice's things, made through the public API: a deployed model with 12 inferences in two batches (the second
+    from the SDK), an assay over them, a finished task run, a project with a version, two benchmark reports."""
+    alice = alice_ui
+    _upload_bytes(stack, alice, "uimodel", ccfraud_onnx())
+    definition = {"steps": [{"ModelInference": {"models": [{"name": "uimodel"}]}}]}
+    deployment, url, pipeline = _deploy_definition(stack, alice, "uipipe", definition)
+    # the benchmarks first: their rows go through the engine and are logged too, older than the marked ones
+    project = ok(post(stack, "projects/create", alice.token, {"workspace_id": alice.workspace_id,
+                                                              "name": "uiproject", "description": "card data"}))
+    dataset = ok(post(stack, "datasets/create", alice.token, {"project_id": project["id"], "name": "holdout"}))
+    x = sample_rows(20, seed=5)
+    ok(upload_rows(stack, alice, dataset["id"], to_ipc_file(pa.table({
+        "tensor": tensor_array(x), "label": pa.array(["0"] * 15 + ["1"] * 5)})), ARROW_FILE))
+    version = ok(post(stack, "projects/create_version", alice.token, {
+        "project_id": project["id"], "version_title": "first cut"}))
+    reports = [ok(post(stack, "benchmarks/run_classification", alice.token, {
+        "workspace_id": alice.workspace_id, "name": name, "version_id": version["id"], "dataset_name": "holdout",
+        "label_column": "label", "output_column": "dense_1", "deployments": [deployment], "batch_size": size}))
+        for name, size in (("bench small batches", 4), ("bench one batch", 20))]
+    started = time.time()
+    orch = ready_orchestration(stack, alice, {"main.py": "print('hello from the ui task')\nprint('second line')\n"})
+    task_id = run_once(stack, alice, orch, name="uitask")
+
+    first = time.time()
+    assert infer(url, alice.token, marked(range(6))).status_code == 200
+    time.sleep(max(0.0, first + 1.5 - time.time()))  # the second batch in a later 1-second window
+    sdk = Client(stack.base_url, token=alice.token, workspace=alice.workspace_id)
+    last = time.time()
+    assert len(sdk.infer(deployment, "uipipe", marked(range(6, 12)))) == 6  # from the SDK
+    wait_rows(stack, alice, "uipipe", 12 + 2 * 20)
+    # a baseline of values far above this model's outputs: every window is an alert
+    assay = ok(post(stack, "assays/create", alice.token, {
+        "name": "uidrift", "pipeline_id": pipeline["pipeline_pk_id"], "pipeline_name": "uipipe", "active": True,
+        "status": "active", "iopath": "output dense_1 0",
+        "baseline": {"Static": {"values": np.linspace(2.0, 3.0, 50).tolist()}},
+        "window": {"pipeline": "uipipe", "model": "uimodel", "width": "1 seconds", "start": iso(started - 1),
+                   "interval": None},
+        "summarizer": {"type": "UnivariateContinuous", "bin_mode": "Quantile", "aggregation": "Density",
+                       "metric": "PSI", "num_bins": 4, "bin_weights": None, "bin_width": None,
+                       "provided_edges": None, "add_outlier_edges": True},
+        "warning_threshold": 0.5, "alert_threshold": 1.0, "run_until": None,
+        "workspace_id": alice.workspace_id}))["assay_id"]
+
+    deadline = time.monotonic() + 30
+    while True:  # the task run has finished and the window of the last batch was scored (nothing comes after it)
+        task_runs = ok(post(stack, "task/list_task_runs", alice.token, {"task_id": task_id}))
+        results = ok(post(stack, "assays/get_results", alice.token, {"assay_id": assay}))
+        newest = datetime.fromisoformat(results[0]["window_start"]).timestamp() if results else 0
+        if task_runs and task_runs[0]["status"] == "success" and len(results) >= 2 and newest > last - 1:
+            break
+        assert time.monotonic() < deadline, (task_runs, results)
+        time.sleep(0.3)
+    return {"deployment": deployment, "url": url, "pipeline": pipeline, "assay": assay, "results": results,
+            "task_id": task_id, "run_id": task_runs[0]["run_id"], "project": project, "version": version,
+            "reports": reports}
 
 
 def shot(driver, name: str) -> None:
@@ -66,24 +155,35 @@ def shot(driver, name: str) -> None:
         driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
+def shown(driver) -> str:
+    return (f"the page shows:\n{driver.execute_script('return document.body.innerText')}\n"
+            f"console: {driver.get_log('browser')}")
+
+
 def wait_text(driver, selector: str, text: str) -> None:
     try:
         WebDriverWait(driver, WAIT).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, selector), text))
     except TimeoutException:
-        shown = driver.execute_script("return document.body.innerText")
-        raise AssertionError(f"{text!r} not in {selector} after {WAIT} s; the page shows:\n{shown}") from None
+        raise AssertionError(f"{text!r} not in {selector} after {WAIT} s; {shown(driver)}") from None
+
+
+def wait_for(driver, script: str, *args, what: str = "condition") -> None:
+    try:
+        WebDriverWait(driver, WAIT).until(lambda d: d.execute_script(script, *args))
+    except TimeoutException:
+        raise AssertionError(f"{what} not met after {WAIT} s; {shown(driver)}") from None
+
+
+def rendered(driver, page: str) -> None:
+    wait_for(driver, "const p = document.querySelector('#page'); return p.dataset.page === arguments[0] && "
+             "!p.textContent.startsWith('Loading')", page, what=f"page {page} rendered")
 
 
 def open_page(driver, page: str) -> None:
     """Open a page with the keyboard (Enter on its navigation button) and wait until it has rendered."""
+    driver.execute_script("document.querySelector('#page').dataset.page = ''")
     driver.find_element(By.CSS_SELECTOR, f'nav button[data-page="{page}"]').send_keys(Keys.ENTER)
-    try:
-        WebDriverWait(driver, WAIT).until(lambda d: d.execute_script(
-            "const p = document.querySelector('#page'); return p.dataset.page === arguments[0] && "
-            "!p.textContent.startsWith('Loading')", page))
-    except TimeoutException:
-        shown = driver.execute_script("return document.body.innerText")
-        raise AssertionError(f"page {page} did not render in {WAIT} s; the page shows:\n{shown}") from None
+    rendered(driver, page)
 
 
 def sign_in(driver, stack, email: str, password: str) -> None:
@@ -105,12 +205,22 @@ def page_text(driver) -> str:
     return driver.find_element(By.ID, "page").text
 
 
-def test_alice_sees_her_things_and_bob_none(stack, alice: Account, bob: Account, browser):
-    _upload_bytes(stack, alice, "uimodel", ccfraud_onnx())
-    definition = {"steps": [{"ModelInference": {"models": [{"name": "uimodel"}]}}]}
-    deployment, url, _ = _deploy_definition(stack, alice, "uipipe", definition)
-    assert infer(url, alice.token, marked(range(12))).status_code == 200
-    wait_rows(stack, alice, "uipipe", 12)
+def chart_drawn(driver, canvas_id: str) -> dict:
+    """The Chart.js chart on a canvas: its type and datasets (labels and values), as the library holds them."""
+    wait_for(driver, "return !!(window.Chart && Chart.getChart(arguments[0]))", canvas_id, what=f"chart {canvas_id}")
+    return driver.execute_script(
+        "const c = Chart.getChart(arguments[0]); return {type: c.config.type, labels: c.data.labels, "
+        "datasets: c.data.datasets.map(d => ({label: d.label, data: d.data})), "
+        "width: c.width, height: c.height}", canvas_id)
+
+
+def test_sign_in_workspaces_models_pipelines_logs(stack, alice_ui: Account, world, browser):
+    alice = alice_ui
+    assert browser.execute_script("return 1") == 1
+    # the vendored libraries come from the gateway itself (no CDN)
+    for path in ("/static/vendor/chart.umd.min.js", "/static/vendor/cytoscape.min.js"):
+        response = httpx.get(stack.base_url + path, timeout=30)
+        assert response.status_code == 200 and len(response.content) > 100_000, path
 
     # a wrong password shows the token endpoint's own message
     wrong = httpx.post(f"{stack.base_url}{TOKEN_PATH}", data={
@@ -129,6 +239,8 @@ def test_alice_sees_her_things_and_bob_none(stack, alice: Account, bob: Account,
     stored = browser.execute_script("return sessionStorage.getItem('railyard.session')")
     assert stored and alice.token.split(".")[0] in stored  # kept in this tab's sessionStorage
     assert browser.execute_script("return localStorage.length") == 0
+    scripts = browser.execute_script("return [...document.scripts].map(s => s.src).filter(Boolean)")
+    assert scripts and all(s.startswith(stack.base_url + "/static/") for s in scripts), scripts
 
     open_page(browser, "workspaces")
     listed = alice.client.post("workspaces/list", {})["workspaces"]
@@ -147,10 +259,10 @@ def test_alice_sees_her_things_and_bob_none(stack, alice: Account, bob: Account,
     shot(browser, "03-models")
 
     open_page(browser, "pipelines")
-    wait_text(browser, "#page", deployment)
+    wait_text(browser, "#page", world["deployment"])
     text = page_text(browser)
-    assert "uipipe" in text and url in text and "Running" in text, text
-    assert f'client.infer("{deployment}", "uipipe"' in text  # the SDK's <deploy_id>-<id> and pipeline name
+    assert "uipipe" in text and world["url"] in text and "Running" in text, text
+    assert f'client.infer("{world["deployment"]}", "uipipe"' in text  # the SDK's <deploy_id>-<id> and pipeline
     shot(browser, "04-pipelines")
 
     open_page(browser, "logs")
@@ -161,30 +273,129 @@ def test_alice_sees_her_things_and_bob_none(stack, alice: Account, bob: Account,
     assert '"tensor":[11,' in first[0].text  # newest first: the last record marked 11
     shot(browser, "05-logs")
     browser.find_element(By.ID, "log-older").send_keys(Keys.ENTER)  # the next page, through the cursor
-    wait_text(browser, "#page", "2 row(s)")
+    wait_for(browser, "return document.querySelector('#page').innerText.includes('page 2')", what="page 2")
     older = browser.find_elements(By.CSS_SELECTOR, "#log-rows tbody tr")
-    assert len(older) == 2 and '"tensor":[0,' in older[-1].text
-    assert browser.find_element(By.ID, "log-older").get_attribute("disabled")
+    assert '"tensor":[1,' in older[0].text and '"tensor":[0,' in older[1].text  # then the benchmarks' rows
     browser.find_element(By.ID, "log-newer").send_keys(Keys.ENTER)
     wait_text(browser, "#page", "10 row(s)")
 
-    # bob, in the same browser after signing out, sees none of it
+
+def test_assay_charts_and_alerts(world, browser):
+    open_page(browser, "assays")
+    wait_text(browser, "#page", "uidrift")
+    results = world["results"]
+    scores = chart_drawn(browser, "assay-scores")
+    assert scores["type"] == "line" and scores["width"] > 300 and scores["height"] > 100
+    by_label = {d["label"]: d["data"] for d in scores["datasets"]}
+    assert by_label["score"] == pytest.approx([r["score"] for r in reversed(results)])  # oldest first
+    assert set(by_label["alert threshold"]) == {1.0} and set(by_label["warning threshold"]) == {0.5}
+    bins = chart_drawn(browser, "assay-bins")
+    newest = results[0]
+    assert bins["type"] == "bar" and bins["labels"] == newest["baseline_summary"]["edge_names"]
+    assert bins["datasets"][0]["data"] == pytest.approx(newest["baseline_summary"]["aggregated_values"])
+    assert bins["datasets"][1]["data"] == pytest.approx(newest["window_summary"]["aggregated_values"])
+    alerts = browser.find_element(By.ID, "page").text.split("Alerts", 1)[1]
+    assert f"{len(results)} window(s) above a threshold" in alerts and "Alert" in alerts
+    shot(browser, "06-assays")
+
+
+def test_orchestration_task_run_and_its_logs(world, browser):
+    open_page(browser, "tasks")
+    wait_text(browser, "#page", "uitask")
+    wait_text(browser, "#run-logs", "hello from the ui task")
+    logs = browser.find_element(By.ID, "run-logs").text
+    assert "stdout F second line" in logs
+    wait_text(browser, "#run-logs-state", "success")
+    assert world["run_id"][:8] in page_text(browser)
+    shot(browser, "07-orchestrations")
+
+
+def test_lineage_graph_from_model_version_to_its_deployment(world, browser):
+    open_page(browser, "lineage")
+    wait_for(browser, "return window.railyardGraph && railyardGraph.nodes().some(n => "
+             "n.data('card').kind === 'deployment') && railyardGraph.nodes().some(n => n.data('card').kind === "
+             "'benchmark')", what="deployment and benchmark cards drawn")
+    kinds = browser.execute_script("return railyardGraph.nodes().map(n => n.data('card').kind)")
+    assert {"model_version", "pipeline_version", "deployment", "assay", "task_run", "orchestration",
+            "project_version", "benchmark"} <= set(kinds), kinds
+    # a real click on the model version's card, where Cytoscape drew it
+    x, y = browser.execute_script(
+        "const n = railyardGraph.nodes().filter(n => n.data('card').kind === 'model_version')[0];"
+        "const p = n.renderedPosition(); return [p.x, p.y]")
+    graph = browser.find_element(By.ID, "graph")
+    size = graph.size
+    ActionChains(browser).move_to_element_with_offset(graph, int(x - size["width"] / 2),
+                                                      int(y - size["height"] / 2)).click().perform()
+    wait_text(browser, "#card-panel", "model version")
+    assert "uimodel" in browser.find_element(By.ID, "card-title").text
+    shot(browser, "08-lineage")
+    downstream = browser.find_element(By.CSS_SELECTOR, "#card-panel").find_elements(
+        By.XPATH, f".//button[contains(., '{world['deployment']} deployment')]")
+    assert downstream, browser.find_element(By.ID, "card-panel").text
+    downstream[-1].send_keys(Keys.ENTER)  # the keyboard works too
+    wait_text(browser, "#card-title", f"{world['deployment']} deployment")
+    browser.find_element(By.ID, "card-open").send_keys(Keys.ENTER)  # click through to the resource
+    rendered(browser, "pipelines")
+    card = f"pipeline-{world['pipeline']['pipeline_pk_id']}"
+    wait_for(browser, "return document.activeElement && document.activeElement.id === arguments[0]", card,
+             what="the deployment's card focused")
+    focused = browser.find_element(By.ID, card)
+    assert world["deployment"] in focused.text and "target" in focused.get_attribute("class")
+
+    # collapse hides what flows out of the model version; expand brings it back
+    open_page(browser, "lineage")
+    wait_for(browser, "return window.railyardGraph && railyardGraph.nodes().length > 0", what="graph")
+    browser.execute_script("document.querySelector(`#card-list button[data-card=\"${railyardGraph.nodes().filter("
+                           "n => n.data('card').kind === 'model_version')[0].id()}\"]`).click()")
+    wait_text(browser, "#card-panel", "model version")
+    visible = "return railyardGraph.nodes(':visible').length"
+    before = browser.execute_script(visible)
+    browser.find_element(By.ID, "card-collapse").send_keys(Keys.ENTER)
+    wait_for(browser, f"{visible} < arguments[0]", before, what="collapsed")
+    browser.find_element(By.ID, "card-expand").send_keys(Keys.ENTER)
+    wait_for(browser, f"{visible} === arguments[0]", before, what="expanded")
+
+
+def test_datasets_restore_and_benchmarks_compared(world, browser):
+    open_page(browser, "datasets")
+    wait_text(browser, "#page", "uiproject")
+    assert "first cut" in page_text(browser) and "holdout" in page_text(browser)
+    browser.find_element(By.CSS_SELECTOR, 'button[aria-label="Restore uiproject v1"]').send_keys(Keys.ENTER)
+    wait_text(browser, "#restored", 'as the new project "uiproject (v1)"')
+    wait_text(browser, "#page", "uiproject (v1)")
+    shot(browser, "09-datasets")
+
+    open_page(browser, "benchmarks")
+    wait_text(browser, "#page", "bench one batch")
+    quality = chart_drawn(browser, "bench-quality")
+    assert len(quality["datasets"]) == 2 and "accuracy" in quality["labels"]
+    accuracy = quality["labels"].index("accuracy")
+    for report in world["reports"]:
+        [drawn] = [d for d in quality["datasets"] if d["label"].endswith(f"(report {report['id']})")]
+        assert drawn["data"][accuracy] == pytest.approx(report["candidates"][0]["metrics"]["accuracy"])
+    latency = chart_drawn(browser, "bench-latency")
+    assert latency["labels"] == ["speed.p50_ms", "speed.p99_ms"]
+    shot(browser, "10-benchmarks")
+
+
+def test_bob_sees_none_of_it(stack, world, alice_ui: Account, bob_ui: Account, browser):
     browser.find_element(By.ID, "signout").send_keys(Keys.ENTER)
     WebDriverWait(browser, WAIT).until(ec.visibility_of_element_located((By.ID, "username")))
     assert browser.execute_script("return sessionStorage.getItem('railyard.session')") is None
-    sign_in(browser, stack, bob.email, PASSWORD)
-    wait_text(browser, "#who", bob.email)
+    sign_in(browser, stack, bob_ui.email, PASSWORD)
+    wait_text(browser, "#who", bob_ui.email)
     open_page(browser, "workspaces")
     options = [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "workspace")).options]
-    assert str(bob.workspace_id) in options and str(alice.workspace_id) not in options
-    assert workspace_name not in page_text(browser)
+    assert str(bob_ui.workspace_id) in options and str(alice_ui.workspace_id) not in options
+    hers = ("uimodel", "uipipe", world["url"], "uidrift", "uitask", "uiproject", "bench one batch")
     for workspace in options:  # every workspace bob belongs to
         Select(browser.find_element(By.ID, "workspace")).select_by_value(workspace)
-        for page in ("models", "pipelines", "logs"):
+        for page in ("workspaces", "models", "pipelines", "logs", "assays", "tasks", "lineage", "datasets",
+                     "benchmarks"):
             open_page(browser, page)
             text = page_text(browser)
-            assert "uimodel" not in text and "uipipe" not in text and url not in text, (page, text)
-    Select(browser.find_element(By.ID, "workspace")).select_by_value(str(bob.workspace_id))
+            assert not [h for h in hers if h in text], (page, text)
+    Select(browser.find_element(By.ID, "workspace")).select_by_value(str(bob_ui.workspace_id))
     open_page(browser, "logs")
     assert "No pipelines in this workspace." in page_text(browser)
-    shot(browser, "06-bob-logs")
+    shot(browser, "11-bob-logs")
