@@ -1,0 +1,70 @@
+"""The SDK's seed-003 prediction methods (client/railyard_client/monitoring_predictions.py) build the bodies the
+routes take: the image base64, tags as a list, the content type given or guessed, PredictionFormats as dicts,
+`shadow_raw_predictions` as the old name of `shadow_prediction`; bad input is refused before anything is sent."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from railyard_client.errors import InvalidInput
+from railyard_client.monitoring_predictions import DeploymentPredictions, SupportedContentType, is_image_file
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"rest"
+
+
+class Recorder(DeploymentPredictions):
+    name = "digits-7"
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict]] = []
+        self._session = self
+
+    def post(self, route: str, body: dict) -> dict:
+        self.sent.append((route, body))
+        return {"id": "x"}
+
+
+def test_predict_bytes_and_predict_image_send_the_image_base64(tmp_path):
+    deployment = Recorder()
+    deployment.predict_bytes("frame.png", PNG, tags="cam", source="camera-1")
+    path = tmp_path / "shot.png"
+    path.write_bytes(PNG)
+    deployment.predict_image(path, tags=["a", "b"])
+    (route, first), (_, second) = deployment.sent
+    assert route == "deployments/predict_bytes" and base64.b64decode(first["image"]) == PNG
+    assert first | {"image": ""} == {"deployment": "digits-7", "image": "", "filename": "frame.png", "tags": ["cam"],
+                                     "source": "camera-1"}
+    assert second["filename"] == "shot.png" and second["tags"] == ["a", "b"] and "source" not in second
+    with pytest.raises(InvalidInput):
+        deployment.predict_bytes("empty.png", b"")
+
+
+def test_monitor_guesses_the_content_type_and_maps_the_old_shadow_name(tmp_path):
+    deployment = Recorder()
+    path = tmp_path / "shot.jpg"
+    path.write_bytes(b"\xff\xd8\xff...")
+    fmt = {"detection_classes": [1], "detection_scores": [0.5]}
+    deployment.monitor(path, 0.1, 8, 8, fmt, tags=["t"], timestamp=5.0, model_version="ignored",
+                       shadow_raw_predictions=fmt, shadow_latency=0.2)
+    route, body = deployment.sent[0]
+    assert route == "deployments/monitor_bytes" and body["content_type"] == "image/jpeg"
+    assert body["shadow_prediction"] == fmt and body["timestamp"] == 5.0 and "model_version" not in body
+    deployment.monitor_bytes(PNG, SupportedContentType.PNG, "f.png", 0.1, 8, 8, fmt)
+    assert deployment.sent[1][1]["content_type"] == "image/png" and "shadow_prediction" not in deployment.sent[1][1]
+    unknown = tmp_path / "shot.bin"
+    unknown.write_bytes(PNG)
+    with pytest.raises(InvalidInput, match="content type"):
+        deployment.monitor(unknown, 0.1, 8, 8, fmt)
+    with pytest.raises(InvalidInput, match="shadow_prediction only"):
+        deployment.monitor(path, 0.1, 8, 8, fmt, shadow_raw_predictions=fmt,
+                           shadow_prediction={"detection_classes": [2], "detection_scores": [0.5]})
+    assert len(deployment.sent) == 2
+
+
+def test_only_png_and_jpeg_files_are_images(tmp_path):
+    (tmp_path / "a.png").write_bytes(PNG)
+    (tmp_path / "b.csv").write_text("x,y\n1,2\n")
+    assert is_image_file(tmp_path / "a.png") and is_image_file(str(tmp_path / "a.png"))
+    assert not is_image_file(tmp_path / "b.csv") and not is_image_file(tmp_path / "missing.png")
+    assert not is_image_file({"rows": []}) and not is_image_file(tmp_path)
