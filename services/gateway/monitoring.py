@@ -34,14 +34,17 @@ JSON_ROUTE_SPECS: list[tuple[Any, ...]] = [
      None, 200, True),
 ]
 
-# seed 003's predictions on images: the image rides base64 in the JSON body (within the JSON body limit)
+# seed 003's predictions on images: the image rides base64 in the JSON body (within the JSON body limit); long-running
+# (the gateway waits past the bus's default 5 s: predict waits for the engine, up to 30 s, and images go to storage)
 JSON_ROUTE_SPECS += [
     ("/deployments/predict", subjects.MONITORING_PREDICT, pred.PredictImage, pred.PredictionResult,
-     "Run the deployment's model on a PNG/JPEG image (base64) and keep the prediction (SDK: predict)."),
+     "Run the deployment's model on a PNG/JPEG image (base64) and keep the prediction (SDK: predict).",
+     None, 200, True),
     ("/deployments/predict_bytes", subjects.MONITORING_PREDICT, pred.PredictImage, pred.PredictionResult,
-     "As predict (SDK: predict_bytes, the image's bytes in memory)."),
+     "As predict (SDK: predict_bytes, the image's bytes in memory).", None, 200, True),
     ("/deployments/monitor", subjects.MONITORING_MONITOR, pred.MonitorImage, pred.PredictionResult,
-     "Keep a prediction made elsewhere on an image, checked strictly, like the deployment's own (SDK: monitor)."),
+     "Keep a prediction made elsewhere on an image, checked strictly, like the deployment's own (SDK: monitor).",
+     None, 200, True),
     ("/deployments/monitor_bytes", subjects.MONITORING_MONITOR, pred.MonitorImage, pred.PredictionResult,
-     "As monitor (SDK: monitor_bytes)."),
+     "As monitor (SDK: monitor_bytes).", None, 200, True),
 ]
