@@ -184,10 +184,13 @@ class Lineage:
                                                  "meta": meta, **body})
 
     def add_input_project(self, project_id: int, version_id: int | None = None, version_num: int | None = None, *,
-                          task_id: str | None = None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A project (or one of its versions) is an input of the task run (default: this task run)."""
+                          task_id: str | None = None, meta: dict[str, Any] | None = None,
+                          evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A project (or one of its versions) is an input of the task run (default: this task run). With
+        `evaluation` ({dataset_name, label_column, output_column} or {dataset_name, image}), the version's dataset
+        is the run's evaluation set: each model version the run outputs is benchmarked on it once deployed."""
         return self._link("add_input_project", task_id, meta, project_id=project_id, version_id=version_id,
-                          version_num=version_num)
+                          version_num=version_num, **({"evaluation": evaluation} if evaluation else {}))
 
     def add_output_project(self, project_id: int, version_id: int | None = None, version_num: int | None = None, *,
                            task_id: str | None = None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -196,9 +199,11 @@ class Lineage:
                           version_num=version_num)
 
     def add_input_dataset(self, dataset_id: int, *, task_id: str | None = None,
-                          meta: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A dataset is an input of the task run."""
-        return self._link("add_input_dataset", task_id, meta, dataset_id=dataset_id)
+                          meta: dict[str, Any] | None = None, evaluation: dict[str, Any] | None = None
+                          ) -> dict[str, Any]:
+        """A dataset is an input of the task run (with `evaluation`: its evaluation set, as add_input_project)."""
+        return self._link("add_input_dataset", task_id, meta, dataset_id=dataset_id,
+                          **({"evaluation": evaluation} if evaluation else {}))
 
     def add_output_dataset(self, dataset_id: int, *, task_id: str | None = None,
                            meta: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -269,12 +274,16 @@ class Lineage:
             "version_id": version_id, "dataset_name": dataset_name, "class_names": class_names,
             "batch_size": batch_size})
 
-    def benchmark_detections(self, name: str, candidates: list[dict[str, Any]], *, dataset_id: int | None = None,
-                             version_id: int | None = None, dataset_name: str | None = None) -> dict[str, Any]:
-        """Score candidates' detections against an images dataset's boxes (COCO) and store the report."""
+    def benchmark_detections(self, name: str, candidates: list[dict[str, Any]] | None = None, *,
+                             deployments: list[str] | None = None, image: dict[str, Any] | None = None,
+                             dataset_id: int | None = None, version_id: int | None = None,
+                             dataset_name: str | None = None, batch_size: int = 16) -> dict[str, Any]:
+        """Score detections against an images dataset's boxes (COCO) and store the report: submitted `candidates`
+        and/or detection `deployments` run through their engines (`image`: the pipeline's image configuration)."""
         return self._post("benchmarks/evaluate_detections", {
-            "workspace_id": self.workspace_id, "name": name, "candidates": candidates, "dataset_id": dataset_id,
-            "version_id": version_id, "dataset_name": dataset_name})
+            "workspace_id": self.workspace_id, "name": name, "candidates": candidates or [],
+            "deployments": deployments or [], "image": image, "dataset_id": dataset_id, "version_id": version_id,
+            "dataset_name": dataset_name, "batch_size": batch_size})
 
     def reports(self) -> list[dict[str, Any]]:
         """The workspace's benchmark reports."""

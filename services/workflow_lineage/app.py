@@ -10,7 +10,7 @@ from faststream.nats import JStream, NatsRouter, PullSub
 from faststream.nats.annotations import NatsMessage
 from nats.js.api import ConsumerConfig
 
-from services.workflow_lineage import benchmark_runs, handlers, links
+from services.workflow_lineage import auto_benchmarks, benchmark_runs, handlers, links
 from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import CallContext, command, publish_event, raw_request, request
@@ -50,7 +50,8 @@ def build_router(runtime: Runtime) -> NatsRouter:
         description="Record every domain event once and draw it on the lineage graph.",
     )
     async def on_event(body: dict[str, Any], message: NatsMessage) -> None:
-        await handlers.record_event(runtime.db, message.raw_message.subject, body)
+        if await handlers.record_event(runtime.db, message.raw_message.subject, body):
+            runtime.extras["auto_benchmarks"].wake()  # set in start(), before the broker delivers
 
     @command(router, subjects.LINEAGE_EVENTS_COUNT, service=NAME)
     async def count_events(cmd: CountEvents, ctx: CallContext) -> EventCount:
@@ -182,8 +183,9 @@ def build_router(runtime: Runtime) -> NatsRouter:
 
     @command(router, subjects.LINEAGE_BENCHMARKS_DETECTION, service=NAME)
     async def evaluate_detections(cmd: m.EvaluateDetections, ctx: CallContext) -> m.BenchmarkReport:
-        """Score detections against an images dataset's boxes (COCO) and store the report."""
-        return await benchmark_runs.evaluate_detections(deps(), await caller(ctx), ctx.token, cmd)
+        """Score submitted detections, or run detection deployments, against an images dataset's boxes (COCO)."""
+        return await benchmark_runs.evaluate_detections(deps(), runtime.extras["infer"], runtime.extras["resolve"],
+                                                        await caller(ctx), ctx.token, cmd)
 
     @command(router, subjects.LINEAGE_BENCHMARKS_GET, service=NAME)
     async def get_report(cmd: m.ReportRef, ctx: CallContext) -> m.BenchmarkReport:
@@ -244,13 +246,19 @@ async def start(runtime: Runtime) -> None:
                               token=token, timeout=timeout, reply_model=DeploymentRoute)
         return route.model_dump()
 
-    runtime.extras.update(infer=infer, resolve=resolve)
-    runtime.extras.update(verifier=verifier, feed=feed, deps=handlers.Deps(
-        pool=runtime.db, objects=runtime.objects, membership=lambda token: bus_membership(broker, token, timeout),
-        publish=publish))
+    deps = handlers.Deps(pool=runtime.db, objects=runtime.objects,
+                         membership=lambda token: bus_membership(broker, token, timeout), publish=publish)
+    worker = auto_benchmarks.AutoBenchmarks(deps, infer)
+    deps.wake_benchmarks = worker.wake
+    runtime.extras.update(infer=infer, resolve=resolve, auto_benchmarks=worker)
+    runtime.extras.update(verifier=verifier, feed=feed, deps=deps)
+    worker.start()
 
 
 async def stop(runtime: Runtime) -> None:
+    worker = runtime.extras.get("auto_benchmarks")
+    if worker is not None:
+        await worker.stop()
     feed = runtime.extras.get("feed")
     if feed is not None:
         await feed.stop()

@@ -19,10 +19,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# The image decoding, preprocessing and box conversion that seed 003's predictions use (#18), so a detection
+# deployment is benchmarked on exactly what it sees when it serves. (It belongs in shared/: pure functions.)
+from services.monitoring import images as detection_images
 from services.workflow_lineage import benchmarks, graph, store
 from services.workflow_lineage.handlers import Deps, _jsonb
 from shared import subjects
-from shared.arrow_codec import from_ipc, to_ipc_stream
+from shared.arrow_codec import from_ipc, tensor_array, to_ipc_stream
 from shared.authz import Principal, require_member, require_user
 from shared.errors import InvalidRequest, NotFound
 from shared.messages.lineage import (
@@ -48,6 +51,12 @@ async def _chosen(deps: Deps, principal: Principal, token: str | None, cmd: Data
     """The dataset a benchmark runs on, as it is now or as a version saved it: kind, rows hash, files."""
     require_user(principal)
     await require_member(deps.membership(token), principal, cmd.workspace_id)
+    return await choose(deps, cmd)
+
+
+async def choose(deps: Deps, cmd: DatasetChoice) -> dict[str, Any]:
+    """The dataset (or a version's dataset) of `cmd.workspace_id` that `cmd` names; NotFound otherwise (the caller
+    is checked by whoever calls this)."""
     if cmd.dataset_id is not None:
         row = await store.dataset(deps.pool, cmd.dataset_id)
         if row is None or row["workspace_id"] != cmd.workspace_id:
@@ -85,26 +94,44 @@ def _predicted(column: pa.ChunkedArray, class_names: list[str] | None) -> list[s
 async def run_classification(deps: Deps, infer: Infer, resolve: Resolve, principal: Principal, token: str | None,
                              cmd: RunClassificationBenchmark) -> BenchmarkReport:
     chosen = await _chosen(deps, principal, token, cmd)
+    table = await classification_rows(deps, chosen, cmd.label_column)
+    routes = await _routes(resolve, token, cmd.workspace_id, cmd.deployments)
+    candidates = await classification_candidates(infer, routes, table, cmd)
+    return await _store(deps, principal, cmd, "classification", chosen, candidates)
+
+
+async def _routes(resolve: Resolve, token: str | None, workspace_id: int, names: list[str]) -> list[dict[str, Any]]:
+    """The deployments' routes, each in `workspace_id` and reachable by the caller (404 otherwise)."""
+    routes = []
+    for name in dict.fromkeys(names):
+        try:
+            route = await resolve(token, name)
+        except NotFound:
+            raise NotFound(f"deployment {name!r} not found") from None
+        if route["workspace_id"] != workspace_id:
+            raise NotFound(f"deployment {name!r} not found")
+        routes.append(route)
+    return routes
+
+
+async def classification_rows(deps: Deps, chosen: dict[str, Any], label_column: str) -> pa.Table:
     if chosen["kind"] != "tabular":
         raise InvalidRequest(f"a classification benchmark runs on a tabular dataset's rows; this one is"
                              f" {chosen['kind']}")
     if chosen["rows_sha256"] is None:
         raise InvalidRequest("the dataset has no rows")
     table = pq.read_table(io.BytesIO(await deps.objects.get_bytes(BUCKET_DATASETS, content_key(chosen["rows_sha256"]))))
-    if cmd.label_column not in table.column_names:
-        raise InvalidRequest(f"no column {cmd.label_column!r} in the dataset"
+    if label_column not in table.column_names:
+        raise InvalidRequest(f"no column {label_column!r} in the dataset"
                              f" (columns: {', '.join(table.column_names)})")
+    return table
+
+
+async def classification_candidates(infer: Infer, routes: list[dict[str, Any]], table: pa.Table,
+                                    cmd: Any) -> list[BenchmarkCandidate]:
+    """Each deployment's predictions on the rows (minus `label_column`), scored, with the engine's speed."""
     truth = [str(v) for v in table.column(cmd.label_column).to_pylist()]
     inputs = table.drop_columns([cmd.label_column])
-    routes = []
-    for name in dict.fromkeys(cmd.deployments):
-        try:
-            route = await resolve(token, name)
-        except NotFound:
-            raise NotFound(f"deployment {name!r} not found") from None
-        if route["workspace_id"] != cmd.workspace_id:
-            raise NotFound(f"deployment {name!r} not found")
-        routes.append(route)
     candidates = []
     for route in routes:
         predicted: list[str] = []
@@ -126,13 +153,94 @@ async def run_classification(deps: Deps, infer: Infer, resolve: Resolve, princip
         metrics = await asyncio.to_thread(benchmarks.classification_metrics, truth, predicted)
         candidates.append(BenchmarkCandidate(
             name=route["name"], deployment=route["name"], pipeline_version=route.get("pipeline_version"),
-            model=last_model, metrics=metrics, speed=benchmarks.speed(latencies, inputs.num_rows, wall)))
-    return await _store(deps, principal, cmd, "classification", chosen, candidates)
+            model=last_model, model_version=route.get("model_version"), metrics=metrics,
+            speed=benchmarks.speed(latencies, inputs.num_rows, wall)))
+    return candidates
 
 
-async def evaluate_detections(deps: Deps, principal: Principal, token: str | None,
+async def evaluate_detections(deps: Deps, infer: Infer, resolve: Resolve, principal: Principal, token: str | None,
                               cmd: EvaluateDetections) -> BenchmarkReport:
     chosen = await _chosen(deps, principal, token, cmd)
+    truth = detection_truth(chosen)
+    routes = await _routes(resolve, token, cmd.workspace_id, cmd.deployments)
+    candidates = []
+    for candidate in cmd.candidates:
+        found = {name: [d.model_dump() for d in dets] for name, dets in candidate.detections.items()}
+        candidates.append(BenchmarkCandidate(name=candidate.name, model_version=candidate.model_version,
+                                             metrics=await _detection_metrics(candidate.name, truth, found)))
+    candidates += await detection_candidates(deps, infer, routes, chosen, truth, cmd)
+    return await _store(deps, principal, cmd, "detection", chosen, candidates)
+
+
+async def _detection_metrics(name: str, truth: dict[str, Any], found: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return await asyncio.to_thread(benchmarks.detection_metrics, truth, found)
+    except ValueError as exc:
+        raise InvalidRequest(f"candidate {name!r}: {exc}") from None
+
+
+async def detection_candidates(deps: Deps, infer: Infer, routes: list[dict[str, Any]], chosen: dict[str, Any],
+                               truth: dict[str, Any], cmd: Any) -> list[BenchmarkCandidate]:
+    """Each deployment's detections on the dataset's images, run through its engine (`cmd.batch_size` images a
+    call, each preprocessed as `cmd.image` says), scored with COCO's evaluator, with the engine's speed."""
+    if not routes:
+        return []
+    images = await _dataset_images(deps, chosen)
+    candidates = []
+    for route in routes:
+        found, latencies, started, last_model = {}, [], time.perf_counter(), None
+        for offset in range(0, len(images), cmd.batch_size):
+            batch = images[offset:offset + cmd.batch_size]
+            inputs = pa.table({cmd.image.input: tensor_array(np.concatenate(
+                [detection_images.preprocess(image, cmd.image) for _, image in batch]))})
+            sent = time.perf_counter()
+            headers, data = await infer(route["name"], to_ipc_stream(inputs))
+            latencies.append(time.perf_counter() - sent)
+            output = from_ipc(data)
+            for row, (name, image) in enumerate(batch):
+                found[name] = _boxes_of(route["name"], output, row, cmd.image, image)
+            meta = json.loads(headers.get(META_HEADER) or "{}") if headers else {}
+            last_model = meta.get("last_model") or last_model
+        wall = time.perf_counter() - started
+        candidates.append(BenchmarkCandidate(
+            name=route["name"], deployment=route["name"], pipeline_version=route.get("pipeline_version"),
+            model=last_model, model_version=route.get("model_version"),
+            metrics=await _detection_metrics(route["name"], truth, found),
+            speed=benchmarks.speed(latencies, len(images), wall)))
+    return candidates
+
+
+async def _dataset_images(deps: Deps, chosen: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The dataset's images, decoded (PNG and JPEG, as predictions take them; 400 naming a file otherwise)."""
+    images = []
+    for f in chosen["files"]:
+        data = await deps.objects.get_bytes(BUCKET_DATASETS, content_key(f["sha256"]))
+        try:
+            images.append((f["name"], await asyncio.to_thread(detection_images.decode_image, data)))
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"file {f['name']!r}: {exc.msg}") from None
+    return images
+
+
+def _boxes_of(deployment: str, output: pa.Table, row: int, config: Any, image: Any) -> list[dict[str, Any]]:
+    """One image's detections from the engine's answer ([x, y, w, h] pixels of the original image, the class by
+    name), through the same conversion predictions use."""
+    outputs = {}
+    for name in (config.outputs.scores, config.outputs.boxes, config.outputs.classes):
+        if name is None:
+            continue
+        if name not in output.column_names:
+            raise InvalidRequest(f"deployment {deployment!r} answers no column {name!r}"
+                                 f" (columns: {', '.join(output.column_names)})")
+        outputs[name] = np.asarray(output.column(name)[row].as_py(), dtype=np.float64)
+    prediction = detection_images.to_prediction(outputs, config, image.height, image.width, None)
+    return [{"bbox": [left, top, right - left, bottom - top], "category": config.labels[cls], "score": score}
+            for (top, left, bottom, right), cls, score in zip(prediction["detection_boxes"],
+                                                              prediction["detection_classes"],
+                                                              prediction["detection_scores"], strict=True)]
+
+
+def detection_truth(chosen: dict[str, Any]) -> dict[str, Any]:
     if chosen["kind"] != "images":
         raise InvalidRequest(f"a detection benchmark runs on an images dataset; this one is {chosen['kind']}")
     truth = {}
@@ -148,16 +256,7 @@ async def evaluate_detections(deps: Deps, principal: Principal, token: str | Non
         truth[f["name"]] = boxes
     if not truth:
         raise InvalidRequest("the dataset has no images")
-    candidates = []
-    for candidate in cmd.candidates:
-        found = {name: [d.model_dump() for d in dets] for name, dets in candidate.detections.items()}
-        try:
-            metrics = await asyncio.to_thread(benchmarks.detection_metrics, truth, found)
-        except ValueError as exc:
-            raise InvalidRequest(f"candidate {candidate.name!r}: {exc}") from None
-        candidates.append(BenchmarkCandidate(name=candidate.name, model_version=candidate.model_version,
-                                             metrics=metrics))
-    return await _store(deps, principal, cmd, "detection", chosen, candidates)
+    return truth
 
 
 def _report(row: Any) -> BenchmarkReport:
@@ -168,13 +267,26 @@ def _report(row: Any) -> BenchmarkReport:
 
 async def _store(deps: Deps, principal: Principal, cmd: DatasetChoice, task: str, chosen: dict[str, Any],
                  candidates: list[BenchmarkCandidate]) -> BenchmarkReport:
-    dataset = {**chosen["ref"], "kind": chosen["kind"], "rows_sha256": chosen["rows_sha256"]}
     async with deps.pool.acquire() as conn, conn.transaction():
-        row = await store.insert_report(conn, cmd.workspace_id, cmd.name, task, dataset,
-                                        [c.model_dump(mode="json") for c in candidates], uuid.UUID(principal.user_id))
-        await graph.benchmark_node(conn, row, chosen["card"], candidates)
+        row = await insert_report(conn, cmd.workspace_id, cmd.name, task, chosen, candidates, principal.user_id)
+    return await report_completed(deps, row)
+
+
+async def insert_report(conn: Any, workspace_id: int, name: str, task: str, chosen: dict[str, Any],
+                        candidates: list[BenchmarkCandidate], created_by: str,
+                        extra: dict[str, Any] | None = None) -> Any:
+    """Store a report and draw its card (in the caller's transaction)."""
+    dataset = {**chosen["ref"], "kind": chosen["kind"], "rows_sha256": chosen["rows_sha256"], **(extra or {})}
+    row = await store.insert_report(conn, workspace_id, name, task, dataset,
+                                    [c.model_dump(mode="json") for c in candidates], uuid.UUID(created_by))
+    await graph.benchmark_node(conn, row, chosen["card"], candidates)
+    return row
+
+
+async def report_completed(deps: Deps, row: Any) -> BenchmarkReport:
+    """Publish events.benchmark.completed for a stored report (after its transaction committed)."""
     await deps.publish(subjects.EVENT_BENCHMARK_COMPLETED, BenchmarkCompleted(
-        workspace_id=cmd.workspace_id, report_id=row["id"], task=task, name=cmd.name))
+        workspace_id=row["workspace_id"], report_id=row["id"], task=row["task"], name=row["name"]))
     return _report(row)
 
 

@@ -39,6 +39,9 @@ log = logging.getLogger("railyard.workflow_lineage")
 KINDS = ("project", "project_version", "dataset", "file", "folder", "task_run", "labeling_job", "app_session",
          "model_version", "pipeline_version", "deployment", "assay", "orchestration", "benchmark")
 MAX_NODES = 2000
+# events whose drawing may complete a task run -> model version -> deployment chain (automatic benchmarks)
+COMPLETES_EVALUATIONS = (subjects.EVENT_MODEL_UPLOADED, subjects.EVENT_PIPELINE_VERSION_CREATED,
+                         subjects.EVENT_PIPELINE_DEPLOYED)
 DEFAULT_LOOK = {
     "project": {"icon": "collection-image", "url_of": "/projects/{ref}"},
     "project_version": {"icon": "time-restore", "url_of": None},
@@ -121,7 +124,7 @@ async def benchmark_node(conn: Any, report: Any, data_card: tuple[str, str, str 
             deployment_id = candidate.deployment.rsplit("-", 1)[-1]
             model = await store.upsert_node(conn, workspace_id, "deployment", deployment_id)
             await store.add_edge(conn, workspace_id, model["id"], card["id"], "evaluated", "event")
-        elif candidate.model_version:
+        if candidate.model_version:
             model = await store.upsert_node(conn, workspace_id, "model_version", candidate.model_version)
             await store.add_edge(conn, workspace_id, model["id"], card["id"], "evaluated", "event")
     return card
@@ -187,7 +190,7 @@ async def _pipeline_deployed(conn: Any, event: dict[str, Any]) -> None:
                                      data={"pipeline_id": event["pipeline_id"], "name": event["name"]})
     card = await store.upsert_node(conn, workspace_id, "deployment", str(event["deployment_id"]),
                                    f"{event['name']} deployment",
-                                   data={"pipeline_id": event["pipeline_id"], "active": True})
+                                   data={"pipeline_id": event["pipeline_id"], "active": True, "name": event["name"]})
     await store.add_edge(conn, workspace_id, source["id"], card["id"], "deployed_as", "event")
 
 

@@ -76,29 +76,34 @@ class Deps:
     objects: ObjectStore
     membership: Callable[[str | None], MembershipLookup]
     publish: Callable[[str, Event], Awaitable[None]]
+    wake_benchmarks: Callable[[], None] = lambda: None  # a claim for an automatic benchmark was made
 
 
 # --- the event log ---------------------------------------------------------------------------------------
 
 
-async def record_event(pool: asyncpg.Pool, subject: str, payload: dict[str, Any]) -> None:
+async def record_event(pool: asyncpg.Pool, subject: str, payload: dict[str, Any]) -> bool:
     """Keep a domain event once and draw what it tells on the graph; events without an id or time are logged
-    and skipped."""
+    and skipped. True when the drawing made a task run's model version ready for an automatic benchmark."""
     try:
         meta = Event.model_validate({k: payload[k] for k in ("event_id", "occurred_at") if k in payload})
     except ValidationError:
         log.warning("skipping malformed event on %s", subject)
-        return
+        return False
     if "event_id" not in payload:
         log.warning("skipping event without event_id on %s", subject)
-        return
+        return False
+    claimed = 0
     async with pool.acquire() as conn, conn.transaction():
         if await store.record_event(conn, meta.event_id, subject, meta.occurred_at, payload):
             try:
                 async with conn.transaction():  # a savepoint: a drawing that fails never blocks the event log
                     await graph.apply_event(conn, subject, payload)
+                    if subject in graph.COMPLETES_EVALUATIONS or subject.startswith(subjects.EVENT_TASK_RUN_PREFIX):
+                        claimed = await store.claim_ready_evaluations(conn, int(payload["workspace_id"]))
             except Exception:
                 log.exception("could not draw the event on %s (recorded, not drawn)", subject)
+    return claimed > 0
 
 
 async def count_events(pool: asyncpg.Pool, subject: str | None) -> EventCount:

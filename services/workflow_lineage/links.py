@@ -4,6 +4,7 @@ the workspace only."""
 
 from __future__ import annotations
 
+import json
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -69,6 +70,39 @@ async def _target(conn: Any, direction: str, card: str, cmd: Any) -> tuple[tuple
     raise InvalidRequest(f"unknown card {card!r}")
 
 
+async def _evaluation(conn: Any, direction: str, cmd: Any, principal: Principal) -> dict[str, Any] | None:
+    """What an input link's `evaluation` declares (docs/lineage.md "Automatic benchmarks"), checked now so a
+    declaration that could never run answers 400."""
+    spec: m.EvaluationSpec | None = getattr(cmd, "evaluation", None)
+    if spec is None:
+        return None
+    if direction != "input":
+        raise InvalidRequest("evaluation declares an input of the task run: use add_input_dataset / add_input_project")
+    if isinstance(cmd, m.ProjectLink):
+        version = (await store.version(conn, cmd.version_id) if cmd.version_id is not None
+                   else await store.version_by_number(conn, cmd.project_id, cmd.version_num)
+                   if cmd.version_num is not None else None)
+        if version is None:
+            raise InvalidRequest("an evaluation set of a project is one of its versions: give version_id or"
+                                 " version_num, and evaluation.dataset_name")
+        entry = next((d for d in json.loads(version["manifest"])["datasets"] if d["name"] == spec.dataset_name),
+                     None)
+        if entry is None:
+            raise InvalidRequest(f"version {version['id']} has no dataset {spec.dataset_name!r}"
+                                 " (evaluation.dataset_name)")
+        kind, data = entry["kind"], {"version_id": version["id"], "dataset_name": entry["name"]}
+    else:
+        kind, data = (await store.dataset(conn, cmd.dataset_id))["kind"], {"dataset_id": cmd.dataset_id}
+    if kind == "tabular" and spec.output_column is None:
+        raise InvalidRequest("a tabular evaluation set is a classification benchmark: give evaluation.output_column")
+    if kind == "images" and (spec.image is None or spec.image.kind != "detection"):
+        raise InvalidRequest("an images evaluation set is a detection benchmark: give evaluation.image (the"
+                             " pipeline's image configuration, kind detection)")
+    if kind == "files":
+        raise InvalidRequest("a files dataset cannot be an evaluation set: use a tabular or images dataset")
+    return {"data": data, "spec": spec.model_dump(mode="json", exclude_none=True), "declared_by": principal.user_id}
+
+
 async def add(deps: Deps, principal: Principal, token: str | None, direction: str, card: str,
               cmd: m.WorkflowLink) -> m.LinkAdded:
     """Seed add_<direction>_<card>: connect a card to the task run `task_id`."""
@@ -82,7 +116,13 @@ async def add(deps: Deps, principal: Principal, token: str | None, direction: st
         cmd = cmd.model_copy(update={"task_id": principal.scoped_run or principal.scoped_task})
     async with deps.pool.acquire() as conn, conn.transaction():
         target, customizable = await _target(conn, direction, card, cmd)
+        evaluation = await _evaluation(conn, direction, cmd, principal)
         added = await graph.link(conn, direction, card, cmd, target, customizable)
+        if evaluation is not None:
+            await store.upsert_node(conn, cmd.workspace_id, "task_run", cmd.task_id, data={"evaluation": evaluation})
+        claimed = await store.claim_ready_evaluations(conn, cmd.workspace_id)
+    if claimed:
+        deps.wake_benchmarks()
     source, dest = (added.node, added.main_node) if direction == "input" else (added.main_node, added.node)
     await deps.publish(subjects.EVENT_WORKFLOW_LINK_ADDED, m.WorkflowLinkAdded(
         workspace_id=cmd.workspace_id, source_kind=source.kind, source_ref=source.ref, target_kind=dest.kind,

@@ -291,3 +291,73 @@ async def report(conn: Any, report_id: int) -> asyncpg.Record | None:
 async def reports_of(conn: Any, workspace_id: int) -> list[asyncpg.Record]:
     return await conn.fetch(f"SELECT {REPORT_COLUMNS} FROM benchmark_reports WHERE workspace_id = $1"
                             " ORDER BY id", workspace_id)
+
+
+# --- automatic benchmarks ----------------------------------------------------------------------------------
+
+# A task run with an evaluation set -> its output (a model version, or a model-weight file uploaded as one) ->
+# a pipeline version using that model version -> an active deployment of it: newest deployment first.
+_READY_EVALUATIONS = """
+SELECT r.ref AS task_run, r.data -> 'evaluation' AS evaluation, mv.ref AS model_version,
+       d.data ->> 'name' AS deployment, pv.ref AS pipeline_version
+FROM nodes r
+JOIN edges e1 ON e1.source = r.id AND e1.relation = 'output'
+JOIN nodes o ON o.id = e1.target
+LEFT JOIN edges e2 ON e2.source = o.id AND e2.relation = 'uploaded_as'
+JOIN nodes mv ON mv.kind = 'model_version'
+     AND mv.id = CASE WHEN o.kind = 'model_version' THEN o.id ELSE e2.target END
+JOIN edges e3 ON e3.source = mv.id AND e3.relation = 'used_by'
+JOIN nodes pv ON pv.id = e3.target
+JOIN edges e4 ON e4.source = pv.id AND e4.relation = 'deployed_as'
+JOIN nodes d ON d.id = e4.target AND d.kind = 'deployment'
+WHERE r.workspace_id = $1 AND r.kind = 'task_run' AND r.data ? 'evaluation'
+  AND (o.kind = 'model_version' OR (o.kind = 'file' AND coalesce((o.data ->> 'model_weight')::boolean, false)))
+  AND coalesce((d.data ->> 'active')::boolean, true) AND d.data ? 'name'
+ORDER BY d.id DESC
+"""
+
+
+async def claim_ready_evaluations(conn: Any, workspace_id: int) -> int:
+    """A claim for every (task run, model version) that is now ready to benchmark and has none yet; how many."""
+    claimed = 0
+    seen: set[tuple[str, str]] = set()
+    for row in await conn.fetch(_READY_EVALUATIONS, workspace_id):
+        key = (row["task_run"], row["model_version"])
+        if key in seen:
+            continue
+        seen.add(key)
+        status = await conn.execute(
+            "INSERT INTO auto_benchmarks (workspace_id, task_run, model_version, deployment, pipeline_version,"
+            " evaluation) VALUES ($1, $2, $3, $4, $5, $6::jsonb)"
+            " ON CONFLICT (workspace_id, task_run, model_version) DO NOTHING",
+            workspace_id, row["task_run"], row["model_version"], row["deployment"], row["pipeline_version"],
+            row["evaluation"] if isinstance(row["evaluation"], str) else json.dumps(row["evaluation"]))
+        claimed += status.endswith(" 1")
+    return claimed
+
+
+async def take_auto_benchmark(pool: asyncpg.Pool, stale_seconds: float) -> asyncpg.Record | None:
+    """The next due claim, marked running (a running claim older than `stale_seconds` is taken again: its worker
+    died)."""
+    return await pool.fetchrow(
+        "UPDATE auto_benchmarks SET status = 'running', attempts = attempts + 1, updated_at = now()"
+        " WHERE id = (SELECT id FROM auto_benchmarks WHERE (status = 'pending' AND next_try <= now())"
+        "   OR (status = 'running' AND updated_at < now() - make_interval(secs => $1))"
+        "   ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING *", stale_seconds)
+
+
+async def finish_auto_benchmark(conn: Any, claim_id: int, attempts: int, report_id: int) -> bool:
+    """Mark a claim done with its report; False when another worker took it meanwhile (then roll back)."""
+    status = await conn.execute(
+        "UPDATE auto_benchmarks SET status = 'done', report_id = $3, error = NULL, updated_at = now()"
+        " WHERE id = $1 AND status = 'running' AND attempts = $2", claim_id, attempts, report_id)
+    return status.endswith(" 1")
+
+
+async def fail_auto_benchmark(pool: asyncpg.Pool, claim_id: int, attempts: int, error: str,
+                              retry_in: float | None) -> None:
+    """Back to pending after `retry_in` seconds, or failed for good (retry_in None)."""
+    await pool.execute(
+        "UPDATE auto_benchmarks SET status = CASE WHEN $4::float8 IS NULL THEN 'failed' ELSE 'pending' END,"
+        " error = $3, next_try = now() + make_interval(secs => coalesce($4::float8, 0)), updated_at = now()"
+        " WHERE id = $1 AND attempts = $2", claim_id, attempts, error[:2000], retry_in)

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from shared.messages.base import Command, Event, Message
+from shared.messages.monitoring_predictions import ImageConfig
 
 NAME_PATTERN = r"^[^/\x00-\x1f]{1,200}$"
 HEX_COLOR = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})$")
@@ -326,16 +327,33 @@ class WorkflowLink(Command):
     meta: WorkflowMeta | None = None
 
 
+class EvaluationSpec(Message):
+    """Declares an input of a task run as its evaluation set: each model version the run outputs is benchmarked on
+    it automatically, once, when a deployment serves that model version (a tabular dataset: classification with
+    `label_column` / `output_column`; an images dataset: detection through the engine with `image`)."""
+
+    dataset_name: str | None = Field(None, description="A project version's dataset to evaluate on (project links).")
+    label_column: str = Field("label", description="Classification: the rows' true class column.")
+    output_column: str | None = Field(None, description="Classification: the deployment's output column.")
+    class_names: list[str] | None = None
+    image: ImageConfig | None = Field(None, description="Detection: the pipeline's image configuration.")
+    batch_size: int = Field(64, ge=1, le=10_000)
+
+
 class ProjectLink(WorkflowLink):
     """add_input_project / add_output_project: a project, or one of its versions (by id or number)."""
 
     project_id: int
     version_id: int | None = None
     version_num: int | None = None
+    evaluation: EvaluationSpec | None = Field(None, description="add_input_project of a version only: evaluate the "
+                                              "run's model versions on the version's dataset `dataset_name`.")
 
 
 class DatasetLink(WorkflowLink):
     dataset_id: int
+    evaluation: EvaluationSpec | None = Field(None, description="add_input_dataset only: evaluate the run's model "
+                                              "versions on this dataset (as it is when the benchmark runs).")
 
 
 class FileLink(WorkflowLink):
@@ -505,10 +523,24 @@ class DetectionCandidate(Message):
 
 
 class EvaluateDetections(DatasetChoice):
-    """Score each candidate's detections against an images dataset's labels (`{"boxes": [{"bbox", "category"}]}`
-    per file) with COCO's evaluator."""
+    """Score detections against an images dataset's labels (`{"boxes": [{"bbox", "category"}]}` per file) with
+    COCO's evaluator: submitted ones (`candidates`) and/or those of detection deployments, which run every image
+    through their engine as `image` (the pipeline's image configuration, kind detection) says."""
 
-    candidates: list[DetectionCandidate] = Field(min_length=1, max_length=8)
+    candidates: list[DetectionCandidate] = Field(default_factory=list, max_length=8)
+    deployments: list[str] = Field(default_factory=list, max_length=8,
+                                   description="Detection deployments to run, <deploy_id>-<id>.")
+    image: ImageConfig | None = Field(None, description="With deployments: how images become the model's input and "
+                                      "its outputs boxes (kind detection).")
+    batch_size: int = Field(16, ge=1, le=1000, description="Images per engine call.")
+
+    @model_validator(mode="after")
+    def _something_to_score(self) -> EvaluateDetections:
+        if not self.candidates and not self.deployments:
+            raise ValueError("give candidates (submitted detections) or deployments (run through the engine)")
+        if self.deployments and (self.image is None or self.image.kind != "detection"):
+            raise ValueError("deployments need `image`: the pipeline's image configuration, kind detection")
+        return self
 
 
 class BenchmarkCandidate(Message):

@@ -165,3 +165,142 @@ def test_detection_benchmark_equals_cocoeval(stack, alice):
             **body})
         assert response.status_code == 400, (body, response.text)
     assert len(ok(post(stack, "benchmarks/list", alice.token, {"workspace_id": alice.workspace_id}))["reports"]) == 1
+
+
+async def test_automatic_benchmark_of_a_task_runs_model(stack, alice):
+    """A task run declares a version's tabular dataset as its evaluation set and outputs a model-weight file; the
+    same bytes uploaded as a model, built into a pipeline and deployed: a classification report appears without
+    anyone asking (metrics equal scikit-learn's), linked to the version, the deployment and the model version, with
+    events.benchmark.completed; the chain drawn again by a later event adds no second report."""
+    import asyncio
+    import json
+    import uuid
+
+    import nats as nats_client
+
+    from tests.integration.test_lineage import upload_workspace_file
+
+    digits = load_digits()
+    x, y = digits.data[1500:1560].astype(np.float32), digits.target[1500:1560]
+    content = digits_onnx(200)
+    ws = alice.workspace_id
+    project = ok(post(stack, "projects/create", alice.token, {"workspace_id": ws, "name": "auto-eval"}))
+    dataset = ok(post(stack, "datasets/create", alice.token, {"project_id": project["id"], "name": "eval",
+                                                              "kind": "tabular"}))
+    ok(upload_rows(stack, alice, dataset["id"], to_ipc_file(pa.table({
+        "tensor": tensor_array(x), "label": pa.array([str(v) for v in y])})), ARROW_FILE))
+    version = ok(post(stack, "projects/create_version", alice.token, {"project_id": project["id"]}))
+    run = f"run-{uuid.uuid4().hex[:8]}"
+    path = f"/runs/{run}/digits.onnx"
+    ok(upload_workspace_file(stack, alice, ws, path, content))
+    evaluation = {"dataset_name": "eval", "label_column": "label", "output_column": "probabilities"}
+    link = {"workspace_id": ws, "task_id": run, "project_id": project["id"], "version_id": version["id"]}
+    for route, body in [("workflow/add_output_project", {**link, "evaluation": evaluation}),
+                        ("workflow/add_input_project", {**link, "version_id": None, "evaluation": evaluation}),
+                        ("workflow/add_input_project", {**link, "evaluation": {**evaluation, "dataset_name": "x"}}),
+                        ("workflow/add_input_project", {**link, "evaluation": {"dataset_name": "eval"}})]:
+        response = post(stack, route, alice.token, body)
+        assert response.status_code == 400, (body, response.text)
+    assert post(stack, "workflow/graph", alice.token, {"workspace_id": ws, "kind": "task_run",
+                                                       "ref": run}).status_code == 404  # nothing stored
+    ok(post(stack, "workflow/add_input_project", alice.token, {**link, "evaluation": evaluation}))
+    ok(post(stack, "workflow/add_output_file", alice.token, {"workspace_id": ws, "task_id": run, "path": path,
+                                                             "model_weight": True}))
+
+    nc = await nats_client.connect(stack.settings().nats.url)
+    seen: dict[str, list[dict]] = {"events.benchmark.completed": [], "events.pipeline.deployed": []}
+    completed = asyncio.Event()
+
+    async def collect(msg) -> None:
+        seen[msg.subject].append(json.loads(msg.data))
+        if msg.subject == "events.benchmark.completed":
+            completed.set()
+
+    for subject in seen:
+        await nc.subscribe(subject, cb=collect)
+    await nc.flush()
+    try:
+        deployment = await asyncio.to_thread(deploy_onnx, stack, alice, "autodigits", content)
+
+        def automatic() -> list[dict]:
+            reports = ok(post(stack, "benchmarks/list", alice.token, {"workspace_id": ws}))["reports"]
+            return [r for r in reports if r["dataset"].get("automatic", {}).get("task_run") == run]
+
+        await asyncio.wait_for(completed.wait(), 90)
+        found = await asyncio.to_thread(automatic)
+        assert len(found) == 1, found
+        report = found[0]
+        assert report["task"] == "classification" and report["dataset"]["version_id"] == version["id"]
+        candidate = report["candidates"][0]
+        assert candidate["deployment"] == deployment and candidate["speed"]["rows"] == len(y)
+        assert candidate["metrics"]["accuracy"] == pytest.approx(
+            accuracy_score(y, expected_predictions(content, x)))
+        assert report["created_by"] == alice.user_id
+        drawn = ok(post(stack, "workflow/graph", alice.token, {"workspace_id": ws, "kind": "benchmark",
+                                                               "ref": str(report["id"]), "depth": 1}))
+        assert {n["kind"] for n in drawn["nodes"]} == {"benchmark", "project_version", "deployment", "model_version"}
+        assert next(n for n in drawn["nodes"] if n["kind"] == "model_version")["ref"] == \
+            report["dataset"]["automatic"]["model_version"]
+        assert report["id"] in {e["report_id"] for e in seen["events.benchmark.completed"]}
+
+        # the same deployment drawn again (a new event, as a second deliverer would send): the claim exists already
+        again = {**next(e for e in seen["events.pipeline.deployed"] if e["name"] == deployment),
+                 "event_id": str(uuid.uuid4())}
+        await nc.jetstream().publish("events.pipeline.deployed", json.dumps(again).encode())
+        await asyncio.sleep(2.0)  # what a duplicate claim would take to become a report (the worker wakes at once)
+        assert len(await asyncio.to_thread(automatic)) == 1
+    finally:
+        await nc.close()
+
+
+# (row, col) -> gray level of each detector cell, per image; 64x64 images, cells of 16 pixels. The detector scores
+# every cell by its brightness (class white above 0.75, else grey), so its detections are known without running it.
+DETECTION_IMAGES = {"a.png": {(0, 0): 255, (1, 2): 150}, "b.png": {(3, 3): 255, (2, 1): 255},
+                    "c.png": {(0, 1): 150}, "d.png": {(2, 2): 255}}
+
+
+def _cell_box(row: int, col: int, shift: int = 0) -> list[float]:
+    return [col * 16.0 + shift, row * 16.0, 16.0, 16.0]
+
+
+def test_detection_benchmark_through_the_engine(stack, alice):
+    """A detection model deployed as any other: the benchmark runs the images dataset through its engine (the
+    pipeline image configuration's preprocessing, boxes back in image pixels) and scores with COCO's evaluator,
+    equal to COCOeval on the detector's known answer; bad input is 400 and stores nothing."""
+    from tests.image_models import detector_image_config, detector_onnx, squares_png
+
+    truth = {name: [{"bbox": _cell_box(r, c, shift=4 if name == "d.png" else 0),
+                     "category": "white" if level > 0.75 * 255 else "grey"} for (r, c), level in cells.items()]
+             for name, cells in DETECTION_IMAGES.items()}
+    expected = {name: [{"bbox": _cell_box(r, c), "score": cells.get((r, c), 0) / 255,
+                        "category": "white" if cells.get((r, c), 0) / 255 > 0.75 else "grey"}
+                       for r in range(4) for c in range(4)] for name, cells in DETECTION_IMAGES.items()}
+    project = ok(post(stack, "projects/create", alice.token, {"workspace_id": alice.workspace_id,
+                                                              "name": "squares"}))
+    images = ok(post(stack, "datasets/create", alice.token, {"project_id": project["id"], "name": "val",
+                                                             "kind": "images"}))
+    for name, cells in DETECTION_IMAGES.items():
+        ok(upload_file(stack, alice, images["id"], name, squares_png(cells), {"boxes": truth[name]}))
+    deployment = deploy_onnx(stack, alice, "squaresdet", detector_onnx())
+    body = {"workspace_id": alice.workspace_id, "name": "squares", "dataset_id": images["id"],
+            "deployments": [deployment], "image": detector_image_config(), "batch_size": 3}
+    report = ok(post(stack, "benchmarks/evaluate_detections", alice.token, body))
+    candidate = report["candidates"][0]
+    stats = cocoeval_directly(truth, expected)
+    assert candidate["deployment"] == deployment and candidate["metrics"]["detections"] == 16 * 4
+    assert candidate["metrics"]["map_50_95"] == pytest.approx(stats[0], abs=1e-6)
+    assert candidate["metrics"]["map_50"] == pytest.approx(stats[1], abs=1e-6)
+    assert 0 < stats[0] < stats[1]  # d.png's shifted box matches at IoU 0.5, not at 0.75
+    assert candidate["speed"]["calls"] == 2 and candidate["speed"]["rows"] == 4
+
+    bmp = ok(post(stack, "datasets/create", alice.token, {"project_id": project["id"], "name": "bmp",
+                                                          "kind": "images"}))
+    ok(upload_file(stack, alice, bmp["id"], "x.bmp", squares_png({(0, 0): 255}, fmt="BMP"),
+                   {"boxes": [{"bbox": [0, 0, 16, 16], "category": "white"}]}))
+    for changed in [{"dataset_id": bmp["id"]}, {"image": None}, {"image": {**detector_image_config(), "input": "x"}},
+                    {"deployments": ["nosuch-999"]}]:
+        response = post(stack, "benchmarks/evaluate_detections", alice.token, {**body, **changed})
+        assert response.status_code in (400, 404), (changed, response.text)
+        assert response.status_code == (404 if "deployments" in changed else 400), (changed, response.text)
+    assert [r["id"] for r in ok(post(stack, "benchmarks/list", alice.token, {"workspace_id": alice.workspace_id}))[
+        "reports"] if r["name"] == "squares"] == [report["id"]]
