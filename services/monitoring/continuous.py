@@ -529,18 +529,18 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str) 
                 model_version=_ref(new), shadow_model_version=None, pipeline_version=version,
                 reason=f"continuous deployment (DEPLOY_AUTO) of training {training['id']}"))
             return
+        version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], champion_dict, new,
+                               f"monitoring-deploy-{deployment_id}")
+        # the challenge opens once the challenger serves (pairs are matched on both versions anyway)
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("UPDATE challenges SET state = 'superseded', decided_at = now(), reason = 'a newer"
                                " training replaced the challenger' WHERE deployment_id = $1 AND state = 'running'",
                                deployment_id)
-            challenge_id = uuid.uuid4()
             await conn.execute(
                 "INSERT INTO challenges (id, deployment_id, workspace_id, training_id, champion, challenger, alpha,"
-                " min_sample, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running')", challenge_id,
+                " min_sample, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running')", uuid.uuid4(),
                 deployment_id, cd["workspace_id"], training["id"], json.dumps(champion_dict), json.dumps(new),
                 cd["alpha"], cd["min_sample"])
-        version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], champion_dict, new,
-                               f"monitoring-deploy-{deployment_id}")
         await deps.publish(subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
             deployment_id=deployment_id, workspace_id=cd["workspace_id"], action="shadow_set",
             model_version=champion, shadow_model_version=_ref(new), pipeline_version=version,
