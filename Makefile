@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test test-labelstudio lint protos docs bench bench-peers venv clean ui-vendor
+.PHONY: run test test-labelstudio lint protos docs bench bench-peers venv clean ui-vendor browser
 
 # A real MLflow tracking server for the registry tests, in its own environment (it is an external system to
 # Railyard, and its pins must not decide ours).
@@ -54,9 +54,23 @@ $(LS_STAMP):
 run: venv
 	$(BIN)/railyard up
 
-## The whole test suite against real embedded servers (started by the tests themselves).
-test: venv $(MLFLOW_STAMP)
-	RAILYARD_TEST_MLFLOW=$(CURDIR)/$(MLFLOW_VENV)/bin/mlflow $(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
+## Debian's chromium and chromium-driver for the web UI's browser tests (tests/integration/test_ui.py): installed
+## when missing and this runs as root with apt-get; otherwise nothing happens and those tests skip, saying why.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's chromium and chromium-driver for the UI tests"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
+	  { apt-get update -qq >/dev/null 2>&1 && \
+	    apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1; } || \
+	  echo "could not install chromium: the UI tests will skip"; \
+	fi
+
+## The whole test suite against real embedded servers (started by the tests themselves); -rs prints why a test
+## skipped (e.g. the UI tests without a browser).
+test: venv $(MLFLOW_STAMP) browser
+	RAILYARD_TEST_MLFLOW=$(CURDIR)/$(MLFLOW_VENV)/bin/mlflow $(BIN)/python -m pytest -q -rs -p no:cacheprovider --durations=25
 
 ## Label Studio 1.23.2 driving an ML backend served by railyard-ml (minutes of install and first start: own target).
 test-labelstudio: venv $(LS_STAMP)
