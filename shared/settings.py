@@ -83,6 +83,10 @@ class AuthSettings(BaseModel):
     lockout_after: int = Field(10, description="Failed logins in a row that lock an account.")
     lockout_seconds: int = Field(900, description="How long a locked account stays locked.")
     revocation_poll_interval: float = Field(20.0, description="Seconds between refreshes of deactivated users.")
+    # argon2id's cost (argon2-cffi's defaults, RFC 9106's second recommendation); only the test stack lowers it
+    password_hash_time_cost: int = Field(3, ge=1, description="argon2id passes of a password hash.")
+    password_hash_memory_kib: int = Field(65536, ge=8, description="argon2id memory of a password hash (KiB).")
+    password_hash_parallelism: int = Field(4, ge=1, description="argon2id lanes of a password hash.")
 
 
 class RegistrySettings(BaseModel):

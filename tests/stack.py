@@ -54,6 +54,11 @@ def stack_env(data_dir: Path) -> dict[str, str]:
     # 0.5 s per failure: well above the noise of an argon2 check on a loaded machine (±0.5 s seen at load 40)
     env["RAILYARD_AUTH__FAILED_LOGIN_DELAY"] = "0.5"
     env["RAILYARD_AUTH__LOCKOUT_AFTER"] = "5"
+    # argon2id at its cheapest (still argon2id, still checked): every test creates users and logs them in, and
+    # the default cost (64 MiB, 3 passes, ~0.1 s idle, ~0.5 s loaded) per invite and per login added up to minutes
+    env["RAILYARD_AUTH__PASSWORD_HASH_TIME_COST"] = "1"
+    env["RAILYARD_AUTH__PASSWORD_HASH_MEMORY_KIB"] = "64"
+    env["RAILYARD_AUTH__PASSWORD_HASH_PARALLELISM"] = "1"
     env["RAILYARD_GATEWAY__MAX_BODY_BYTES"] = str(16 * 1024 * 1024)
     env["RAILYARD_GATEWAY__MAX_UPLOAD_BYTES"] = str(256 * 1024 * 1024)
     env["RAILYARD_GATEWAY__BODY_TIMEOUT"] = "5"  # a trickled body is refused after 5 s (test_gateway_abuse.py)

@@ -198,6 +198,7 @@ async def start(runtime: Runtime) -> None:
     async def publish(subject, event) -> None:
         await publish_event(runtime.broker, subject, event)
 
+    handlers.configure_password_hashing(settings)
     deps = handlers.AuthDeps(pool=runtime.db, settings=settings, publish=publish, keys={})
     await handlers.bootstrap(deps)
     verifier = TokenVerifier(settings, lambda: store.public_keys(runtime.db, handlers.key_retention(settings)))

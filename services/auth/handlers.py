@@ -86,6 +86,15 @@ _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 
+def configure_password_hashing(settings: AuthSettings) -> None:
+    """New hashes with the configured argon2id cost (stored hashes keep theirs: a hash names its parameters)."""
+    global _hasher, _DUMMY_HASH
+    _hasher = PasswordHasher(time_cost=settings.password_hash_time_cost,
+                             memory_cost=settings.password_hash_memory_kib,
+                             parallelism=settings.password_hash_parallelism)
+    _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
 @dataclass
 class AuthDeps:
     """What the auth handlers need."""
