@@ -387,7 +387,7 @@ class Exporter:
             except Exception as exc:
                 backoff = min(MAX_BACKOFF, max(EXPORT_SWEEP, self._retry_at.get(key, (0.0, 0.0))[1] * 2))
                 self._retry_at[key] = (time.monotonic() + backoff, backoff)
-                message = exc.msg if isinstance(exc, RailyardError) else f"{type(exc).__name__}"
+                message = exc.msg if isinstance(exc, RailyardError) else f"{type(exc).__name__}: {str(exc)[:200]}"
                 log.warning("feedback loop of deployment %s could not write to dataset %s: %s", *key, message)
                 await fs.record_error(self.deps.monitoring.pool, *key, message)
 
@@ -397,7 +397,7 @@ class Exporter:
         deployment_id, dataset_id = pair["deployment_id"], pair["dataset_id"]
         async with pool.acquire() as lock_conn:
             locked = await lock_conn.fetchval(
-                "SELECT pg_try_advisory_lock(hashtextextended('monitoring.feedback:' || $1::text || ':' || $2::text,"
+                "SELECT pg_try_advisory_lock(hashtextextended('monitoring.feedback:' || $1::int || ':' || $2::int,"
                 " 0))", deployment_id, dataset_id)
             if not locked:
                 return  # another replica is on it
@@ -405,7 +405,7 @@ class Exporter:
                 await self._export_locked(pair)
             finally:
                 await lock_conn.execute(
-                    "SELECT pg_advisory_unlock(hashtextextended('monitoring.feedback:' || $1::text || ':' || $2::text,"
+                    "SELECT pg_advisory_unlock(hashtextextended('monitoring.feedback:' || $1::int || ':' || $2::int,"
                     " 0))", deployment_id, dataset_id)
 
     async def _export_locked(self, pair: dict[str, Any]) -> None:

@@ -188,7 +188,7 @@ class ReferenceComputer:
         pool = self.deps.monitoring.pool
         async with pool.acquire() as lock_conn:
             if not await lock_conn.fetchval(
-                    "SELECT pg_try_advisory_lock(hashtextextended('monitoring.reference:' || $1::text, 0))",
+                    "SELECT pg_try_advisory_lock(hashtextextended('monitoring.reference:' || $1::int, 0))",
                     deployment_id):
                 return
             try:
@@ -202,7 +202,7 @@ class ReferenceComputer:
                 await fs.reference_finished(pool, deployment_id, attempt, reference, error)
             finally:
                 await lock_conn.execute(
-                    "SELECT pg_advisory_unlock(hashtextextended('monitoring.reference:' || $1::text, 0))",
+                    "SELECT pg_advisory_unlock(hashtextextended('monitoring.reference:' || $1::int, 0))",
                     deployment_id)
 
     async def _reference(self, deployment_id: int, attempt: int, files: list[dict[str, Any]]) -> dict[str, Any]:
