@@ -6,7 +6,8 @@ configuration that serves them (docs/monitoring.md, "Image configuration"):
 - a bright-square detector: an ONNX graph (onnx.helper) that cuts a 32x32 grayscale image into a 4x4 grid of 8x8
   cells and reports every cell as a box (normalized [top, left, bottom, right]) scored by its mean brightness, class
   1 ("white") above 0.75 else 0 ("grey"): input `image` float[N, 1, 32, 32] -> `boxes` float[N, 16, 4], `scores`
-  float[N, 16], `classes` int64[N, 16]. Deterministic, so a test knows its answer.
+  float[N, 16], `classes` int64[N, 16] (and, as `segmenter_onnx`, `masks` float[N, 16, 32, 32]: each cell's bright
+  pixels). Deterministic, so a test knows its answer.
 
 Images are PNG bytes; every builder is cached, so a test module pays for each once."""
 
@@ -90,9 +91,22 @@ def digit_png(index: int, size: int = 8) -> tuple[bytes, int]:
     return buffer.getvalue(), label
 
 
+def segmenter_image_config() -> dict:
+    """The detector's configuration read as a segmentation (with `segmenter_onnx`'s masks)."""
+    config = detector_image_config()
+    return config | {"kind": "segmentation", "outputs": config["outputs"] | {"masks": "masks"}}
+
+
 @cache
-def detector_onnx() -> bytes:
-    """The bright-square detector (see the module's docstring)."""
+def segmenter_onnx() -> bytes:
+    """The detector with one more output, `masks` float[N, 16, 32, 32]: for each cell, its pixels brighter than 0.5
+    (the rest of the image is 0), so a bright shape in a cell comes back as its outline."""
+    return detector_onnx(masks=True)
+
+
+@cache
+def detector_onnx(masks: bool = False) -> bytes:
+    """The bright-square detector (see the module's docstring); `masks`: with per-cell masks (`segmenter_onnx`)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -117,27 +131,42 @@ def detector_onnx() -> bytes:
         helper.make_node("Unsqueeze", ["ones", "last_axis"], ["ones_3d"]),
         helper.make_node("Mul", ["ones_3d", "cell_boxes"], ["boxes"]),
     ]
-    graph = helper.make_graph(
-        nodes, "bright_squares",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 1, DETECTOR_SIZE, DETECTOR_SIZE])],
-        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [None, GRID * GRID, 4]),
-         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [None, GRID * GRID]),
-         helper.make_tensor_value_info("classes", TensorProto.INT64, [None, GRID * GRID])],
-        initializer=initializers)
+    outputs = [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [None, GRID * GRID, 4]),
+               helper.make_tensor_value_info("scores", TensorProto.FLOAT, [None, GRID * GRID]),
+               helper.make_tensor_value_info("classes", TensorProto.INT64, [None, GRID * GRID])]
+    if masks:
+        cells = np.zeros((GRID * GRID, DETECTOR_SIZE, DETECTOR_SIZE), dtype=np.float32)
+        for index in range(GRID * GRID):
+            row, col = divmod(index, GRID)
+            cells[index, row * cell:(row + 1) * cell, col * cell:(col + 1) * cell] = 1
+        initializers += [numpy_helper.from_array(cells, "cell_masks"),
+                         numpy_helper.from_array(np.array(0.5, dtype=np.float32), "bright_above")]
+        nodes += [helper.make_node("Greater", ["image", "bright_above"], ["is_bright"]),
+                  helper.make_node("Cast", ["is_bright"], ["bright"], to=TensorProto.FLOAT),
+                  helper.make_node("Mul", ["bright", "cell_masks"], ["masks"])]
+        outputs.append(helper.make_tensor_value_info("masks", TensorProto.FLOAT,
+                                                     [None, GRID * GRID, DETECTOR_SIZE, DETECTOR_SIZE]))
+    graph = helper.make_graph(nodes, "bright_squares",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                             [None, 1, DETECTOR_SIZE, DETECTOR_SIZE])],
+                              outputs, initializer=initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
 
-def squares_png(cells: dict[tuple[int, int], int], size: int = 64, mode: str = "RGB", fmt: str = "PNG") -> bytes:
-    """A black `size`x`size` image whose detector cells (row, col) in `cells` are filled with that gray level."""
+def squares_png(cells: dict[tuple[int, int], int], size: int = 64, mode: str = "RGB", fmt: str = "PNG",
+                pixels: np.ndarray | None = None) -> bytes:
+    """A black `size`x`size` image whose detector cells (row, col) in `cells` are filled with that gray level (or
+    the given gray `pixels`)."""
     from PIL import Image
 
-    pixels = np.zeros((size, size), dtype=np.uint8)
-    step = size // GRID
-    for (row, col), level in cells.items():
-        pixels[row * step:(row + 1) * step, col * step:(col + 1) * step] = level
+    if pixels is None:
+        pixels = np.zeros((size, size), dtype=np.uint8)
+        step = size // GRID
+        for (row, col), level in cells.items():
+            pixels[row * step:(row + 1) * step, col * step:(col + 1) * step] = level
     img = Image.fromarray(pixels, mode="L").convert(mode)
     buffer = io.BytesIO()
     img.save(buffer, fmt)

@@ -170,9 +170,6 @@ def to_prediction(outputs: dict[str, np.ndarray], config: ImageConfig, height: i
         best = np.argsort(-scores, kind="stable")[:config.top_k]
         return {"detection_classes": [int(i) for i in best],
                 "detection_scores": [float(np.clip(scores[i], 0.0, 1.0)) for i in best]}
-    if config.kind == "segmentation":
-        raise InvalidRequest("predict does not turn segmentation masks into polygons yet: monitor segmentation "
-                             "predictions made elsewhere instead")
     boxes = _output(outputs, config.outputs.boxes, "boxes").astype(np.float64)
     if boxes.size != scores.size * 4:
         raise InvalidRequest(f"the model answered {scores.size} scores but {boxes.size // 4} boxes")
@@ -195,9 +192,68 @@ def to_prediction(outputs: dict[str, np.ndarray], config: ImageConfig, height: i
     pixels = np.clip(np.rint(boxes), 0, limits).astype(np.int64)
     keep = [i for i in np.argsort(-scores, kind="stable")
             if (min_threshold is None or scores[i] >= min_threshold) and 0 <= classes[i] < len(config.labels)]
-    return {"detection_classes": [int(classes[i]) for i in keep],
-            "detection_scores": [float(np.clip(scores[i], 0.0, 1.0)) for i in keep],
-            "detection_boxes": [[int(v) for v in pixels[i]] for i in keep]}
+    prediction = {"detection_classes": [int(classes[i]) for i in keep],
+                  "detection_scores": [float(np.clip(scores[i], 0.0, 1.0)) for i in keep],
+                  "detection_boxes": [[int(v) for v in pixels[i]] for i in keep]}
+    if config.kind == "segmentation":
+        masks = _output(outputs, config.outputs.masks, "masks")
+        if masks.ndim != 3 or masks.shape[0] != scores.size:
+            raise InvalidRequest(f"the model answered masks of shape {list(masks.shape)} for {scores.size} "
+                                 "detections: segmentation masks are [K, height, width]")
+        prediction["detection_masks"] = [
+            mask_polygon(masks[i] > config.mask_threshold, height, width) or _box_polygon(pixels[i]) for i in keep]
+    return prediction
+
+
+def _box_polygon(box: np.ndarray) -> list[int]:
+    top, left, bottom, right = (int(v) for v in box)
+    return [left, top, right, top, right, bottom, left, bottom]
+
+
+def mask_polygon(mask: np.ndarray, height: int, width: int) -> list[int]:
+    """The outline of a binary mask's largest 4-connected region as a polygon `[x1, y1, x2, y2, ...]` along pixel
+    edges (clockwise, corners only), scaled from the mask's size to height x width and rounded; [] for an empty
+    mask. Holes are not represented (a polygon is one outline)."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return []
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=range(1, count + 1))
+    region = labels == (int(np.argmax(sizes)) + 1)
+    padded = np.pad(region, 1)
+    rows, cols = np.nonzero(region)
+    # directed edges along the region's border, the region on their right (y grows downwards)
+    outgoing: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+        pr, pc = r + 1, c + 1
+        sides = ((not padded[pr - 1, pc], (c, r), (c + 1, r)), (not padded[pr, pc + 1], (c + 1, r), (c + 1, r + 1)),
+                 (not padded[pr + 1, pc], (c + 1, r + 1), (c, r + 1)), (not padded[pr, pc - 1], (c, r + 1), (c, r)))
+        for border, start, end in sides:
+            if border:
+                outgoing.setdefault(start, []).append(end)
+    start = (int(cols[rows == rows.min()].min()), int(rows.min()))  # the top-left corner: on the outer outline
+    points = [start]
+    previous, current = start, outgoing[start][0]
+    while current != start:
+        choices = outgoing[current]
+        if len(choices) > 1:  # a pinch: turn right (keeps to this pixel, so diagonal neighbours stay apart)
+            dx, dy = current[0] - previous[0], current[1] - previous[1]
+            right = (current[0] - dy, current[1] + dx)
+            following = right if right in choices else choices[0]
+        else:
+            following = choices[0]
+        choices.remove(following)
+        points.append(current)
+        previous, current = current, following
+    corners = [p for i, p in enumerate(points)
+               if (p[0] - points[i - 1][0]) * (points[(i + 1) % len(points)][1] - p[1]) !=
+               (p[1] - points[i - 1][1]) * (points[(i + 1) % len(points)][0] - p[0])]
+    scale_x, scale_y = width / mask.shape[1], height / mask.shape[0]
+    polygon: list[int] = []
+    for x, y in corners:
+        polygon += [int(np.clip(round(x * scale_x), 0, width)), int(np.clip(round(y * scale_y), 0, height))]
+    return polygon
 
 
 # --- checks of PredictionFormats sent by callers (monitor) ----------------------------------------------------------

@@ -32,11 +32,14 @@ class PredictionFormat(Message):
 
 class ImageOutputs(Message):
     """Which model outputs hold what. Classification: `scores` is one score per label (the classes reported are the
-    `top_k` best). Detection: `scores` [K], `boxes` [K, 4], `classes` [K] (left out: every box is class 0)."""
+    `top_k` best). Detection: `scores` [K], `boxes` [K, 4], `classes` [K] (left out: every box is class 0).
+    Segmentation adds `masks` [K, h, w]: one mask per detection over the whole model input (any resolution),
+    foreground above `mask_threshold`."""
 
     scores: str = Field(min_length=1, max_length=200)
     boxes: str | None = Field(None, min_length=1, max_length=200)
     classes: str | None = Field(None, min_length=1, max_length=200)
+    masks: str | None = Field(None, min_length=1, max_length=200)
 
 
 class ImageConfig(Message):
@@ -62,6 +65,7 @@ class ImageConfig(Message):
                                                 "(tlbr, as TensorFlow's detection API) or [left, top, right, bottom].")
     box_normalized: bool = Field(True, description="Detection boxes in 0..1 of the model input's height/width (else "
                                  "in its pixels); either way answered in pixels of the original image.")
+    mask_threshold: float = Field(0.5, description="Segmentation: mask values above this are the object.")
 
 
 class PredictImage(Command):

@@ -21,6 +21,8 @@ from tests.image_models import (
     digit_png,
     digits_classifier,
     digits_image_config,
+    segmenter_image_config,
+    segmenter_onnx,
     squares_png,
 )
 
@@ -153,3 +155,35 @@ def test_valid_predictions_have_a_kind():
                                    10, 20) == "segmentation"
     assert images.check_prediction(PredictionFormat(detection_classes=[], detection_scores=[]), 1, 1) == \
         "classification"
+
+
+def test_segmentation_masks_become_polygons_in_the_original_pixels():
+    config = ImageConfig(**segmenter_image_config())
+    session = ort.InferenceSession(segmenter_onnx())
+    pixels = np.zeros((64, 64), dtype=np.uint8)
+    pixels[0:16, 16:32] = 255  # cell (0, 1): a white square
+    pixels[32:48, 32:48] = 200  # cell (2, 2): an L of 200 (mean 0.59 of the cell: grey)
+    pixels[32:40, 40:48] = 0
+    values = images.preprocess(images.decode_image(squares_png({}, pixels=pixels)), config)
+    boxes, scores, classes, masks = session.run(None, {"image": values})
+    prediction = images.to_prediction({"boxes": boxes[0], "scores": scores[0], "classes": classes[0],
+                                       "masks": masks[0]}, config, 64, 64, 0.3)
+    assert prediction["detection_classes"] == [1, 0]
+    assert prediction["detection_boxes"] == [[0, 16, 16, 32], [32, 32, 48, 48]]
+    assert prediction["detection_masks"] == [[16, 0, 32, 0, 32, 16, 16, 16],
+                                             [32, 32, 40, 32, 40, 40, 48, 40, 48, 48, 32, 48]]
+    assert images.check_prediction(PredictionFormat(**prediction), 64, 64) == "segmentation"
+
+
+def test_mask_polygons_follow_the_largest_region_and_an_empty_mask_is_its_box():
+    ring = np.ones((3, 3), dtype=bool)
+    ring[1, 1] = False
+    assert images.mask_polygon(ring, 6, 6) == [0, 0, 6, 0, 6, 6, 0, 6]  # the outline (no holes)
+    two = np.zeros((4, 4), dtype=bool)
+    two[0, 0], two[2:4, 2:4] = True, True
+    assert images.mask_polygon(two, 4, 4) == [2, 2, 4, 2, 4, 4, 2, 4]
+    assert images.mask_polygon(np.zeros((3, 3), dtype=bool), 3, 3) == []
+    config = ImageConfig(**segmenter_image_config())
+    empty = images.to_prediction({"boxes": np.array([[0.0, 0.0, 0.5, 0.5]]), "scores": np.array([0.9]),
+                                  "classes": np.array([1]), "masks": np.zeros((1, 4, 4))}, config, 10, 20, None)
+    assert empty["detection_masks"] == [[0, 0, 10, 0, 10, 5, 0, 5]]
