@@ -1,0 +1,52 @@
+"""Pure parts of services/monitoring/predictions.py: where the image configuration is read, how the engine's answer
+splits into the champion's and a challenger's outputs, which model version answered, and monitor's timestamps."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from services.monitoring.predictions import _answered_by, _predicted_at, _row_outputs, image_config
+from shared.errors import Conflict, InvalidRequest
+from shared.messages.monitoring import ModelVersionRef
+from tests.image_models import digits_image_config
+
+A = {"name": "a", "version": "1", "sha": "s1"}
+B = {"name": "b", "version": "2", "sha": "s2"}
+
+
+def test_the_image_configuration_is_the_model_steps():
+    image = digits_image_config()
+    assert image_config({"steps": [{"ModelInference": {"models": [A], "image": image}}]}).input == "pixels"
+    shadowed = {"steps": [{"ModelInference": {"models": [B]}},
+                          {"ShadowDeploy": {"champion": A, "challengers": [B], "image": image}}]}
+    assert image_config(shadowed).kind == "classification"  # the ShadowDeploy step is the model step
+    assert image_config({"steps": [{"ModelInference": {"models": [A]}}]}) is None
+    with pytest.raises(Conflict, match="labels"):
+        image_config({"steps": [{"ModelInference": {"models": [A], "image": image | {"labels": []}}}]})
+
+
+def test_the_answer_splits_into_champion_and_challenger_outputs():
+    answer = pa.table({"label": [3], "probabilities": [[0.1, 0.9]], "out_b.label": [1],
+                       "out_b.probabilities": [[0.6, 0.4]]})
+    champion, challenger = _row_outputs(answer, None), _row_outputs(answer, "out_b.")
+    assert set(champion) == {"label", "probabilities"} and champion["probabilities"].tolist() == [0.1, 0.9]
+    assert set(challenger) == {"label", "probabilities"} and challenger["label"].tolist() == 1
+    assert _row_outputs(answer, "out_c.") == {}
+
+
+def test_the_model_that_answered_is_the_champion_unless_the_replica_names_another():
+    champion = ModelVersionRef(**A)
+    assert _answered_by({"last_model": json.dumps({"model_name": "a", "model_sha": "s1"})}, champion) == A
+    assert _answered_by({}, champion) == A
+    swapped = _answered_by({"last_model": json.dumps({"model_name": "a", "model_sha": "s9"})}, champion)
+    assert swapped == {"name": "a", "version": None, "sha": "s9"}
+
+
+def test_monitor_timestamps_are_seconds_since_the_epoch_in_a_sane_range():
+    assert _predicted_at(1_700_000_000.5).timestamp() == 1_700_000_000.5
+    for wrong in (12.0, 1e12, float("nan"), float("inf")):
+        with pytest.raises(InvalidRequest, match="between 2000 and tomorrow"):
+            _predicted_at(wrong)
