@@ -6,8 +6,7 @@ from pathlib import Path
 
 from faststream.nats import NatsRouter
 
-from services.monitoring import feedback, handlers, predictions, reference
-from services.monitoring import continuous
+from services.monitoring import continuous, feedback, handlers, predictions, reference
 from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import CallContext, command
