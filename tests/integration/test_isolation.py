@@ -124,7 +124,8 @@ NOT_WORKSPACE_SCOPED = {
     # an outsider 404 as a missing deployment, inference token 403, no token 401; no row, no image stored)
     *(f"deployments/{verb}" for verb in ("predict", "predict_bytes", "monitor", "monitor_bytes")),
     # seed-003 continuous training and deployment:
-    # test_monitoring_loop.py::test_continuous_settings_checked_and_isolated (an outsider 404 as a missing deployment, inference token 403, no token 401; nothing stored)
+    # test_monitoring_loop.py::test_continuous_settings_checked_and_isolated (an outsider 404 as a missing
+    # deployment, inference token 403, no token 401; nothing stored)
     *(f"deployments/{verb}" for verb in ("setup_continuous_training", "attach_dataset_version_to_continuous_training",
                                          "detach_dataset_version_from_continuous_training",
                                          "toggle_continuous_training", "setup_continuous_deployment",
