@@ -368,7 +368,7 @@ async def _start_run(deps: ContinuousDeps, ct: asyncpg.Record, datasets: list[as
     try:
         _, token = await act_as(deps, ct["owner_id"], ct["workspace_id"], f"monitoring-training-{training_id}")
         task = await request(base.broker, subjects.TASKS_RUN_ONCE, RunTaskOnce(
-            name=f"continuous training of {ct['deployment']}", orch_id=ct["orchestration_id"],
+            name=f"continuous training of {ct['deployment']} ({training_id})", orch_id=ct["orchestration_id"],
             workspace_id=ct["workspace_id"], json=args, timeout=ct["timeout"]),
             token=token, timeout=base.timeout, reply_model=TaskCreated)
     except RailyardError as exc:
@@ -377,8 +377,9 @@ async def _start_run(deps: ContinuousDeps, ct: asyncpg.Record, datasets: list[as
         await base.pool.execute("UPDATE trainings SET state = 'failed', outcome = 'failed', reason = $2,"
                                 " updated_at = now() WHERE id = $1", training_id, f"could not start: {exc.msg}")
         return
-    await base.pool.execute("UPDATE trainings SET state = 'running', task_id = $2, updated_at = now() WHERE id = $1",
-                            training_id, task.id)
+    # a run that ended at once may have been recorded already (on_run_ended finds it by the task's name)
+    await base.pool.execute("UPDATE trainings SET task_id = $2, updated_at = now(), state = CASE WHEN state ="
+                            " 'starting' THEN 'running' ELSE state END WHERE id = $1", training_id, task.id)
     log.info("continuous training %s of deployment %s started task %s at %d reviews", training_id,
              ct["deployment_id"], task.id, reviews)
     await deps.publish(subjects.EVENT_MONITORING_TRAINING_STARTED, TrainingStarted(
@@ -388,15 +389,25 @@ async def _start_run(deps: ContinuousDeps, ct: asyncpg.Record, datasets: list[as
 
 async def on_run_ended(deps: ContinuousDeps, event: TaskRunEvent, succeeded: bool) -> None:
     """A task run ended: if it is a training's, record it and move the training on."""
-    row = await deps.base.pool.fetchrow("SELECT id, deployment_id FROM trainings WHERE task_id = $1", event.task_id)
+    pool = deps.base.pool
+    row = await pool.fetchrow("SELECT id, deployment_id FROM trainings WHERE task_id = $1", event.task_id)
+    if row is None and (event.name or "").startswith("continuous training of ") and (event.name or "").endswith(")"):
+        # the run ended before run_once's answer was recorded: the task's name carries the training's id
+        try:
+            training_id = uuid.UUID(event.name.rsplit("(", 1)[-1][:-1])
+        except ValueError:
+            return
+        row = await pool.fetchrow("UPDATE trainings SET task_id = $2, state = 'running' WHERE id = $1 AND task_id IS"
+                                  " NULL AND state = 'starting' AND workspace_id = $3 RETURNING id, deployment_id",
+                                  training_id, event.task_id, event.workspace_id)
     if row is None:
         return
     if succeeded:
-        await deps.base.pool.execute(
+        await pool.execute(
             "UPDATE trainings SET state = 'succeeded', run_id = $2, updated_at = now() WHERE id = $1 AND"
             " state = 'running'", row["id"], event.run_id)
     else:
-        failed = await deps.base.pool.fetchrow(
+        failed = await pool.fetchrow(
             "UPDATE trainings SET state = 'failed', outcome = 'failed', run_id = $2, reason = $3, updated_at = now()"
             " WHERE id = $1 AND state IN ('running', 'succeeded') RETURNING *", row["id"], event.run_id,
             f"the training run failed: {event.reason or event.status}")

@@ -1,0 +1,41 @@
+"""Pure parts of continuous deployment (services/monitoring/continuous.py): what counts as a classification's answer,
+and the pipeline definitions a promotion, a roll-back and a shadow set produce."""
+
+from __future__ import annotations
+
+from services.monitoring.continuous import _serving, top_class
+from services.monitoring.sequential import PairCounts
+
+IMAGE = {"input": "pixels", "kind": "classification", "size": [8, 8]}
+CHAMPION = {"name": "digits", "version": "v1", "sha": "a"}
+CHALLENGER = {"name": "digits", "version": "v2", "sha": "b"}
+
+
+def test_the_top_class_is_the_best_scored_one():
+    assert top_class({"detection_classes": [3, 7], "detection_scores": [0.2, 0.9]}) == 7
+    assert top_class({"detection_classes": [4]}) == 4  # a ground truth without scores
+    assert top_class('{"detection_classes": [5], "detection_scores": [1.0]}') == 5  # as jsonb text
+    assert top_class({"detection_classes": [], "detection_scores": []}) is None
+    assert top_class(None) is None
+
+
+def test_promotion_and_roll_back_serve_one_model_and_keep_the_image_configuration():
+    shadowed = {"steps": [{"ShadowDeploy": {"champion": CHAMPION, "challengers": [CHALLENGER], "image": IMAGE}}]}
+    promoted = _serving(shadowed, CHALLENGER, None)
+    assert promoted == {"steps": [{"ModelInference": {"models": [CHALLENGER], "image": IMAGE}}]}
+    rolled_back = _serving(shadowed, CHAMPION, None)
+    assert rolled_back == {"steps": [{"ModelInference": {"models": [CHAMPION], "image": IMAGE}}]}
+    assert shadowed["steps"][0]["ShadowDeploy"]["challengers"] == [CHALLENGER]  # the input is left as it was
+
+
+def test_a_shadow_set_turns_the_model_step_into_a_shadow_deploy():
+    plain = {"steps": [{"ModelInference": {"models": [CHAMPION], "image": IMAGE}}]}
+    shadowed = _serving(plain, CHAMPION, CHALLENGER)
+    assert shadowed == {"steps": [{"ShadowDeploy": {"champion": CHAMPION, "challengers": [CHALLENGER],
+                                                    "image": IMAGE}}]}
+    assert _serving(shadowed, CHAMPION, CHALLENGER) == shadowed  # nothing to redeploy
+
+
+def test_pairs_are_counted_by_outcome():
+    counts = PairCounts.from_pairs([(True, True), (True, False), (False, True), (False, True), (False, False)])
+    assert (counts.n11, counts.n10, counts.n01, counts.n00, counts.pairs) == (1, 1, 2, 1, 5)
