@@ -20,6 +20,7 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import math
 import time
 import uuid
@@ -68,6 +69,7 @@ from shared.table_transport import (
 )
 
 NAME = "monitoring"
+log = logging.getLogger("railyard.monitoring.predictions")
 ENGINE_TIMEOUT = 30.0
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC).timestamp()  # monitor's timestamps before this are refused
 LATEST_AHEAD = 86_400.0  # seconds a monitor timestamp may be ahead of the service's clock
@@ -125,8 +127,12 @@ async def _keep(deps: MonitoringDeps, row: PredictionRow, data: bytes, deploymen
     """Store the image, then the row, then announce it; the answer."""
     row.image_sha256 = await _store_image(deps, data, row.content_type)
     await insert_prediction(deps.pool, row)
-    await publish_event(deps.broker, subjects.EVENT_MONITORING_PREDICTION_CREATED, PredictionCreated(
-        prediction_id=row.id, deployment_id=row.deployment_id, workspace_id=row.workspace_id, origin=row.origin))
+    try:
+        await publish_event(deps.broker, subjects.EVENT_MONITORING_PREDICTION_CREATED, PredictionCreated(
+            prediction_id=row.id, deployment_id=row.deployment_id, workspace_id=row.workspace_id, origin=row.origin))
+    except Exception as exc:  # the row is the truth (readers compute from the table; the event only wakes them):
+        # answering an error now would make the caller send the prediction again
+        log.warning("prediction %s is stored but its prediction_created event was not published: %s", row.id, exc)
     return PredictionResult(
         id=row.id, deployment=deployment, origin=row.origin, kind=row.kind,
         prediction=PredictionFormat.model_validate(row.prediction),
