@@ -11,7 +11,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageStat, UnidentifiedImageError
 
 from shared.errors import InvalidRequest
 from shared.messages.monitoring_predictions import ImageConfig, PredictionFormat
@@ -19,7 +19,7 @@ from shared.messages.monitoring_predictions import ImageConfig, PredictionFormat
 SUPPORTED_CONTENT_TYPES = ("image/png", "image/jpeg")
 """The content types predict and monitor accept (the seed's SupportedContentType)."""
 
-MAX_PIXELS = 40_000_000
+MAX_PIXELS = 16_000_000
 """Larger images are refused before decoding (a small compressed file can claim a huge canvas)."""
 
 _FORMAT_OF = {"image/png": "PNG", "image/jpeg": "JPEG"}
@@ -96,15 +96,15 @@ def image_features(img: Image.Image) -> dict[str, float]:
     """A fixed set of named image statistics (FEATURE_NAMES): height and width in pixels, and the mean and standard
     deviation of brightness (ITU-R 601 luma, PIL's "L") and of each RGB channel, on a 0-255 scale. A grayscale image
     has equal channels. The training reference computes the same on dataset images."""
-    rgb = np.asarray(img.convert("RGB"), dtype=np.float64)
-    luma = np.asarray(img.convert("L"), dtype=np.float64)
+    # from histograms (PIL's ImageStat): no float copy of a large image is made
+    rgb = ImageStat.Stat(img.convert("RGB"))
+    luma = ImageStat.Stat(img.convert("L"))
     features = {"height": float(img.height), "width": float(img.width),
-                "brightness_mean": float(luma.mean()), "brightness_std": float(luma.std())}
+                "brightness_mean": luma.mean[0], "brightness_std": luma.stddev[0]}
     for index, channel in enumerate(("red", "green", "blue")):
-        plane = rgb[:, :, index]
-        features[f"{channel}_mean"] = float(plane.mean())
-        features[f"{channel}_std"] = float(plane.std())
-    return {name: round(features[name], 6) for name in FEATURE_NAMES}
+        features[f"{channel}_mean"] = rgb.mean[index]
+        features[f"{channel}_std"] = rgb.stddev[index]
+    return {name: round(float(features[name]), 6) for name in FEATURE_NAMES}
 
 
 # --- preprocessing: an image into the model's input, as the pipeline's image configuration says ------------------

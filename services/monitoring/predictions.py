@@ -61,6 +61,7 @@ from shared.messages.monitoring_predictions import (
 )
 from shared.objectstore import BUCKET_MONITORING
 from shared.table_transport import (
+    BUS_HEADROOM,
     META_HEADER,
     SHADOWS_HEADER,
     SHADOWS_INLINE,
@@ -207,6 +208,11 @@ async def predict(deps: MonitoringDeps, principal: Principal, token: str | None,
     if view.route.status != "Running":
         raise Unavailable(f"deployment {cmd.deployment!r} is {view.route.status.lower()}; retry shortly")
     received = datetime.now(UTC)
+    width, height = config.size or img.size
+    nc = deps.broker.config.connection_state.connection
+    if width * height * config.channels * 4 > nc.max_payload - BUS_HEADROOM:  # float32 values
+        raise InvalidRequest(f"the image becomes a {width}x{height}x{config.channels} model input, more than the bus "
+                             "carries: give the pipeline's image configuration a size, or send a smaller image")
     batch = images.preprocess(img, config)
     shadow = _current_shadow(view.definition)
     started = time.perf_counter()
