@@ -77,6 +77,7 @@ LINEAGE_BENCHMARKS_DETECTION = "workflow_lineage.benchmarks.evaluate_detections"
 LINEAGE_BENCHMARKS_GET = "workflow_lineage.benchmarks.get"
 LINEAGE_BENCHMARKS_LIST = "workflow_lineage.benchmarks.list"
 LINEAGE_BENCHMARKS_COMPARE = "workflow_lineage.benchmarks.compare"
+LINEAGE_OBJECTS_COLLECT = "workflow_lineage.objects.collect"
 EVENT_BENCHMARK_COMPLETED = "events.benchmark.completed"
 # the seed's input/output methods, one subject each: workflow_lineage.workflow.add_input_project, ...
 LINEAGE_WORKFLOW_LINKS = tuple(

@@ -77,6 +77,8 @@ JSON_ROUTE_SPECS: list[tuple[Any, ...]] = [
     ("/benchmarks/get", subjects.LINEAGE_BENCHMARKS_GET, lin.ReportRef, lin.BenchmarkReport, "A benchmark report."),
     ("/benchmarks/list", subjects.LINEAGE_BENCHMARKS_LIST, lin.ListReports, lin.BenchmarkReports,
      "A workspace's benchmark reports."),
+    ("/maintenance/collect_objects", subjects.LINEAGE_OBJECTS_COLLECT, lin.CollectObjects, lin.ObjectsCollected,
+     "Delete dataset objects nothing refers to any more (administrators).", None, 200, True),
     ("/benchmarks/compare", subjects.LINEAGE_BENCHMARKS_COMPARE, lin.CompareReports, lin.ReportComparison,
      "Reports' candidates side by side, each metric with its difference from the first."),
 ] + [

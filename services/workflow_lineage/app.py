@@ -10,7 +10,7 @@ from faststream.nats import JStream, NatsRouter, PullSub
 from faststream.nats.annotations import NatsMessage
 from nats.js.api import ConsumerConfig
 
-from services.workflow_lineage import auto_benchmarks, benchmark_runs, handlers, links
+from services.workflow_lineage import auto_benchmarks, benchmark_runs, handlers, links, object_gc
 from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import CallContext, command, publish_event, raw_request, request
@@ -202,6 +202,11 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """Reports' candidates side by side, metric by metric, with differences."""
         return await benchmark_runs.compare_reports(deps(), await caller(ctx), ctx.token, cmd)
 
+    @command(router, subjects.LINEAGE_OBJECTS_COLLECT, service=NAME)
+    async def collect_objects(cmd: m.CollectObjects, ctx: CallContext) -> m.ObjectsCollected:
+        """Delete the content-addressed objects nothing refers to any more (administrators)."""
+        return await object_gc.collect_objects(deps(), await caller(ctx), cmd)
+
     for subject in subjects.LINEAGE_WORKFLOW_LINKS:
         _link_subscriber(router, runtime, subject, caller)
 
@@ -250,15 +255,17 @@ async def start(runtime: Runtime) -> None:
                          membership=lambda token: bus_membership(broker, token, timeout), publish=publish)
     worker = auto_benchmarks.AutoBenchmarks(deps, infer)
     deps.wake_benchmarks = worker.wake
-    runtime.extras.update(infer=infer, resolve=resolve, auto_benchmarks=worker)
+    collection = object_gc.PeriodicCollection(deps)
+    runtime.extras.update(infer=infer, resolve=resolve, auto_benchmarks=worker, object_collection=collection)
     runtime.extras.update(verifier=verifier, feed=feed, deps=deps)
     worker.start()
+    collection.start()
 
 
 async def stop(runtime: Runtime) -> None:
-    worker = runtime.extras.get("auto_benchmarks")
-    if worker is not None:
-        await worker.stop()
+    for worker in (runtime.extras.get("auto_benchmarks"), runtime.extras.get("object_collection")):
+        if worker is not None:
+            await worker.stop()
     feed = runtime.extras.get("feed")
     if feed is not None:
         await feed.stop()

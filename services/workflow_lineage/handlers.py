@@ -198,9 +198,12 @@ async def _with_staged(deps: Deps, staged_key: str, use: Callable[[Path, str, in
             log.warning("could not delete staged upload %s", staged_key)
 
 
-async def _keep(deps: Deps, local: Path, sha: str) -> None:
-    """Store bytes under their hash unless they are there already (the same bytes are stored once)."""
+async def _keep(deps: Deps, local: Path, sha: str) -> uuid.UUID:
+    """Store bytes under their hash unless they are there already (the same bytes are stored once). The hash is
+    held first, so the garbage collector cannot delete an object this upload found present; the hold's id, to
+    release in the transaction that stores the reference."""
     key = content_key(sha)
+    hold = await store.hold_object(deps.pool, sha)
     if not await deps.objects.exists(BUCKET_DATASETS, key):
         size = (await asyncio.to_thread(local.stat)).st_size
         source = await asyncio.to_thread(local.open, "rb")
@@ -208,6 +211,7 @@ async def _keep(deps: Deps, local: Path, sha: str) -> None:
             await deps.objects.put_stream(BUCKET_DATASETS, key, source, length=size)
         finally:
             source.close()
+    return hold
 
 
 def _image_type(local: Path) -> str:
@@ -331,10 +335,12 @@ async def put_rows(deps: Deps, principal: Principal, token: str | None, cmd: Put
                                      .replace("\n", "; "))
             table = pa.concat_tables([existing, table])
         data = await asyncio.to_thread(_parquet, table)
+        hold = await store.hold_object(deps.pool, hashlib.sha256(data).hexdigest())  # before it may find the object
         stored = await deps.objects.put_content_addressed(BUCKET_DATASETS, io.BytesIO(data))
         async with deps.pool.acquire() as conn, conn.transaction():
             await store.set_rows(conn, cmd.dataset_id, stored.sha256 if table.num_rows or table.num_columns else None,
                                  table.num_rows)
+            await store.release_object(conn, hold)  # referred to now
             await _content_changed(deps, conn, row["project_id"], row["workspace_id"])
             return _dataset_info(await store.dataset(conn, cmd.dataset_id))
 
@@ -361,9 +367,10 @@ async def add_file(deps: Deps, principal: Principal, token: str | None, cmd: Add
             content_type = await asyncio.to_thread(_image_type, local)
         else:
             content_type = mimetypes.guess_type(cmd.name)[0] or "application/octet-stream"
-        await _keep(deps, local, sha)
+        hold = await _keep(deps, local, sha)
         async with deps.pool.acquire() as conn, conn.transaction():
             stored = await store.put_dataset_file(conn, cmd.dataset_id, cmd.name, sha, size, content_type, cmd.labels)
+            await store.release_object(conn, hold)  # referred to now
             await store.touch_dataset(conn, cmd.dataset_id)
             await _content_changed(deps, conn, row["project_id"], row["workspace_id"])
         return _file_info(stored)
@@ -422,8 +429,10 @@ async def put_workspace_file(deps: Deps, principal: Principal, token: str | None
     await _member(deps, principal, token, cmd.workspace_id)
 
     async def use(local: Path, sha: str, size: int) -> WorkspaceFile:
-        await _keep(deps, local, sha)
-        stored = await store.put_workspace_file(deps.pool, cmd.workspace_id, path, sha, size)
+        hold = await _keep(deps, local, sha)
+        async with deps.pool.acquire() as conn, conn.transaction():
+            stored = await store.put_workspace_file(conn, cmd.workspace_id, path, sha, size)
+            await store.release_object(conn, hold)  # referred to now
         return WorkspaceFile(**dict(stored))
 
     return await _with_staged(deps, cmd.staged_key, use)

@@ -361,3 +361,49 @@ async def fail_auto_benchmark(pool: asyncpg.Pool, claim_id: int, attempts: int, 
         "UPDATE auto_benchmarks SET status = CASE WHEN $4::float8 IS NULL THEN 'failed' ELSE 'pending' END,"
         " error = $3, next_try = now() + make_interval(secs => coalesce($4::float8, 0)), updated_at = now()"
         " WHERE id = $1 AND attempts = $2", claim_id, attempts, error[:2000], retry_in)
+
+
+# --- garbage collection of content-addressed objects ---------------------------------------------------------
+
+
+async def lock_object(conn: Any, sha256: str) -> None:
+    """The per-hash lock uploads and the garbage collector share (for the caller's transaction)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('workflow_lineage.object:' || $1, 0))", sha256)
+
+
+async def hold_object(pool: asyncpg.Pool, sha256: str) -> uuid.UUID:
+    """Keep an object from the garbage collector while an upload comes to refer to it; the hold's id."""
+    hold = uuid.uuid4()
+    async with pool.acquire() as conn, conn.transaction():
+        await lock_object(conn, sha256)
+        await conn.execute("INSERT INTO object_holds (id, sha256) VALUES ($1, $2)", hold, sha256)
+    return hold
+
+
+async def release_object(conn: Any, hold: uuid.UUID) -> None:
+    """The upload's reference is in (this transaction): its hold is no longer needed."""
+    await conn.execute("DELETE FROM object_holds WHERE id = $1", hold)
+
+
+_REFERENCES = ("SELECT rows_sha256 AS sha256 FROM datasets WHERE rows_sha256 IS NOT NULL"
+               " UNION SELECT sha256 FROM dataset_files UNION SELECT sha256 FROM workspace_files"
+               " UNION SELECT sha256 FROM object_holds WHERE held_at > now() - make_interval(secs => $1)")
+
+
+async def referenced_objects(conn: Any, hold_seconds: float) -> tuple[set[str], list[str]]:
+    """The hashes datasets, dataset files, workspace files and recent holds refer to; and every version's
+    manifest text (the caller reads their objects)."""
+    found = {r["sha256"] for r in await conn.fetch(_REFERENCES, hold_seconds)}
+    return found, [r["manifest"] for r in await conn.fetch("SELECT manifest FROM project_versions")]
+
+
+async def object_referenced(conn: Any, sha256: str, hold_seconds: float) -> bool:
+    """Whether anything refers to the object now (a version's manifest names hashes as JSON strings)."""
+    return bool(await conn.fetchval(
+        f"SELECT EXISTS (SELECT 1 FROM ({_REFERENCES}) r WHERE r.sha256 = $2)"
+        " OR EXISTS (SELECT 1 FROM project_versions WHERE strpos(manifest, $3) > 0)",
+        hold_seconds, sha256, f'"{sha256}"'))
+
+
+async def drop_old_holds(conn: Any, hold_seconds: float) -> None:
+    await conn.execute("DELETE FROM object_holds WHERE held_at <= now() - make_interval(secs => $1)", hold_seconds)

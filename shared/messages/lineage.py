@@ -596,3 +596,25 @@ class BenchmarkCompleted(Event):
     report_id: int
     task: str
     name: str
+
+
+# --- maintenance ---------------------------------------------------------------------------------------------
+
+
+class CollectObjects(Command):
+    """Delete the content-addressed objects nothing refers to any more (administrators; docs/lineage.md)."""
+
+    grace_seconds: int = Field(3600, ge=0, le=30 * 24 * 3600,
+                               description="Keep unreferenced objects younger than this (an upload may be under way).")
+    dry_run: bool = Field(False, description="Only list what would be deleted.")
+
+
+class ObjectsCollected(Message):
+    """What a collection found and deleted (or, in a dry run, would delete)."""
+
+    objects: int = Field(description="Content-addressed objects in storage.")
+    referenced: int
+    young: int = Field(description="Unreferenced but younger than the grace period: kept.")
+    deleted: list[str] = Field(description="The sha256 of each object deleted.")
+    staged_deleted: int = Field(description="Staged uploads left behind for more than a day, deleted.")
+    dry_run: bool

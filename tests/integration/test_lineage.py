@@ -189,6 +189,45 @@ async def test_restore_with_a_missing_object(stack, alice):
     assert verified["ok"] is False and verified["missing"] == ["images/only.png"]
 
 
+async def test_unreferenced_objects_are_collected(stack, alice, admin):
+    """maintenance/collect_objects deletes an object nothing refers to any more (a deleted workspace file's) and
+    keeps one only a version refers to (its dataset file deleted since: the version still verifies and restores)
+    and one a workspace file refers to; a dry run and the grace period delete nothing; non-admins are refused."""
+    objects = MinioObjectStore(stack.settings().s3)
+    ws = alice.workspace_id
+    orphan_bytes = b"orphan " + uuid.uuid4().bytes
+    orphan = ok(upload_workspace_file(stack, alice, ws, "/gc/orphan.bin", orphan_bytes))["sha256"]
+    ok(post(stack, "files/delete", alice.token, {"workspace_id": ws, "path": "/gc/orphan.bin"}))
+    live = ok(upload_workspace_file(stack, alice, ws, "/gc/live.bin", b"live " + uuid.uuid4().bytes))["sha256"]
+    project = ok(post(stack, "projects/create", alice.token, {"workspace_id": ws, "name": "gc"}))
+    images = ok(post(stack, "datasets/create", alice.token, {"project_id": project["id"], "name": "images",
+                                                             "kind": "images"}))
+    versioned = ok(upload_file(stack, alice, images["id"], "only.png",
+                               png((uuid.uuid4().int % 250, 3, 3), size=11)))["sha256"]
+    version = ok(post(stack, "projects/create_version", alice.token, {"project_id": project["id"]}))
+    ok(post(stack, "datasets/delete_file", alice.token, {"dataset_id": images["id"], "name": "only.png"}))
+
+    route = "maintenance/collect_objects"
+    assert post(stack, route, alice.token, {"grace_seconds": 0}).status_code == 403
+    young = ok(post(stack, route, admin.token, {}))  # the default grace: an hour
+    assert orphan not in young["deleted"] and young["young"] >= 1
+    dry = ok(post(stack, route, admin.token, {"grace_seconds": 0, "dry_run": True}))
+    assert orphan in dry["deleted"] and versioned not in dry["deleted"] and live not in dry["deleted"]
+    assert await objects.exists(BUCKET_DATASETS, content_key(orphan))
+    done = ok(post(stack, route, admin.token, {"grace_seconds": 0}))
+    assert orphan in done["deleted"] and versioned not in done["deleted"] and live not in done["deleted"]
+    assert not await objects.exists(BUCKET_DATASETS, content_key(orphan))
+    assert await objects.exists(BUCKET_DATASETS, content_key(versioned))
+    assert await objects.exists(BUCKET_DATASETS, content_key(live))
+    assert ok(post(stack, "projects/verify_version", alice.token, {"version_id": version["id"]}))["ok"] is True
+    restored = ok(post(stack, "projects/restore_version", alice.token, {"project_id": project["id"],
+                                                                         "version_id": version["id"]}))
+    assert restored["skipped"] == [] and restored["project"]["content_sha256"] == version["manifest_sha256"]
+    # the same bytes uploaded again after their object was collected are stored again
+    ok(upload_workspace_file(stack, alice, ws, "/gc/orphan.bin", orphan_bytes))
+    assert await objects.exists(BUCKET_DATASETS, content_key(orphan))
+
+
 def graph(stack, account: Account, **query) -> dict:
     return ok(post(stack, "workflow/graph", account.token, {"workspace_id": account.workspace_id, **query}))
 
