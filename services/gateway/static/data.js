@@ -69,7 +69,8 @@ PAGES.benchmarks = async function benchmarks() {
   const chosen = reports.filter(r => B.chosen.has(String(r.id)));
   if (!chosen.length) { out.push(el('p', {class: 'muted'}, 'Pick at least one report.')); return out; }
   const compared = await api('benchmarks/compare', {report_ids: chosen.map(r => r.id)});
-  const names = compared.candidates.map(c => `${c.name} (report ${c.report_id})`);
+  const reportName = Object.fromEntries(reports.map(r => [r.id, r.name]));
+  const names = compared.candidates.map(c => `${reportName[c.report_id]}: ${c.name} (report ${c.report_id})`);
   const bars = (id, title, metrics, axis) => chartFigure(id, title, {
     type: 'bar',
     data: {labels: metrics.map(m => m.metric), datasets: names.map((n, i) => ({label: n,

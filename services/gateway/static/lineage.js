@@ -68,7 +68,7 @@ function drawGraph(container, graph) {
     style: [
       {selector: 'node', style: {shape: 'data(shape)', 'background-color': 'data(bg)', 'border-color': 'data(fg)',
         'border-width': 2, label: 'data(label)', 'text-wrap': 'wrap', 'text-max-width': 150, 'text-valign': 'center',
-        'font-size': 11, color: '#1b1f24', width: 170, height: 48}},
+        'font-size': 12, color: '#1b1f24', width: 180, height: 50}},
       {selector: 'node:selected', style: {'border-width': 4, 'border-color': '#f0a000'}},
       {selector: 'node.collapsed', style: {'border-style': 'double', 'border-width': 6}},
       {selector: '.hidden', style: {display: 'none'}},
