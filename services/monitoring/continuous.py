@@ -86,6 +86,7 @@ NAME = "monitoring"
 TOKEN_TTL = 900
 NO_MODEL_GRACE = 60.0  # seconds a succeeded run may take for its model upload event to arrive before it is failed
 OPEN_TRAININGS = ("starting", "running", "succeeded")
+STALE_SWAP = 300.0  # seconds after which a decided challenge whose swap did not finish is swapped again
 
 
 @dataclass
@@ -652,9 +653,24 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
     log.info("challenge %s of deployment %s: %s", challenge["id"], deployment_id, summary)
 
 
+async def resume_swap(deps: ContinuousDeps, deployment_id: int) -> None:
+    """A decision whose swap never finished (the process died mid-way) is applied again once it is clearly stale
+    (a swap takes seconds); serving what is already served makes no new pipeline version."""
+    async with deps.lock(deployment_id):
+        row = await deps.base.pool.fetchrow(
+            "UPDATE challenges SET decided_at = now() WHERE deployment_id = $1 AND state IN ('promoting',"
+            " 'rolling_back') AND decided_at < now() - make_interval(secs => $2) RETURNING *", deployment_id,
+            STALE_SWAP)
+        if row is not None:
+            evidence = sequential.Evidence(**{k: v for k, v in _json(row["evidence"]).items() if k != "decision"},
+                                           decision=sequential.Decision(_json(row["evidence"])["decision"]))
+            await _apply_decision(deps, row, row["state"], evidence)
+
+
 async def on_review(deps: ContinuousDeps, event: ReviewCreated) -> None:
     """A review was committed: recount for the trigger, then re-run the open challenge's test."""
     await check_trigger(deps, event.deployment_id)
+    await resume_swap(deps, event.deployment_id)
     await evaluate_challenge(deps, event.deployment_id)
 
 

@@ -106,3 +106,11 @@ def test_equal_models_mostly_continue():
     rng = np.random.default_rng(11)
     decisions = decide_arrays(*simulate(rng, 300, 200, champion=0.9, challenger=0.9), 0.05, 30)
     assert np.mean(decisions[:, -1] == 0) >= 0.95
+
+
+def test_evidence_round_trips_through_its_dict():
+    evidence = evaluate(PairCounts(n11=10, n01=20), min_sample=5)
+    stored = evidence.as_dict()
+    assert stored["decision"] == "promote"
+    again = type(evidence)(**{k: v for k, v in stored.items() if k != "decision"}, decision=Decision(stored["decision"]))
+    assert again == evidence
