@@ -45,10 +45,15 @@ def _read(path: str | Path) -> bytes:
         raise InvalidInput(f"cannot read image {str(path)!r}: {exc.strerror or exc}") from None
 
 
-def _tags(tags: str | list[str] | None) -> list[str]:
+def _name(value: Any) -> str:
+    """A tag or source given as a string or as an object with a `name` (the seed's Tag and DataSource)."""
+    return value if isinstance(value, str) else str(getattr(value, "name", value))
+
+
+def _tags(tags: Any) -> list[str]:
     if tags is None:
         return []
-    return [tags] if isinstance(tags, str) else [str(tag) for tag in tags]
+    return [_name(tag) for tag in (tags if isinstance(tags, list | tuple) else [tags])]
 
 
 def _content_type(value: SupportedContentType | str | None) -> str | None:
@@ -93,7 +98,7 @@ class DeploymentPredictions:
         body: dict[str, Any] = {"deployment": self.name, "image": base64.b64encode(raw_image).decode(),
                                 "filename": filename, "tags": _tags(tags)}
         if source is not None:
-            body["source"] = str(source)
+            body["source"] = _name(source)
         return self._session.post("deployments/predict_bytes", body)
 
     def monitor(self, image_path: str | Path, latency: float, height: int, width: int, prediction: Any,
@@ -133,7 +138,8 @@ class DeploymentPredictions:
             "deployment": self.name, "image": base64.b64encode(raw_image).decode(), "filename": filename,
             "content_type": _content_type(content_type), "latency": latency, "height": height, "width": width,
             "prediction": _format(prediction, "prediction"), "tags": _tags(tags)}
-        optional = {"source": source, "timestamp": timestamp, "shadow_latency": shadow_latency,
+        optional = {"source": _name(source) if source is not None else None, "timestamp": timestamp,
+                    "shadow_latency": shadow_latency,
                     "shadow_prediction": _format(shadow_prediction, "shadow_prediction")}
         body |= {key: value for key, value in optional.items() if value is not None}
         return self._session.post("deployments/monitor_bytes", body)

@@ -68,3 +68,15 @@ def test_only_png_and_jpeg_files_are_images(tmp_path):
     assert is_image_file(tmp_path / "a.png") and is_image_file(str(tmp_path / "a.png"))
     assert not is_image_file(tmp_path / "b.csv") and not is_image_file(tmp_path / "missing.png")
     assert not is_image_file({"rows": []}) and not is_image_file(tmp_path)
+
+
+def test_tags_and_sources_may_be_objects_with_a_name():
+    class Named:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    deployment = Recorder()
+    deployment.predict_bytes("f.png", PNG, tags=[Named("cool"), "raw"], source=Named("camera-2"))
+    deployment.predict_bytes("f.png", PNG, tags=Named("one"))
+    assert deployment.sent[0][1]["tags"] == ["cool", "raw"] and deployment.sent[0][1]["source"] == "camera-2"
+    assert deployment.sent[1][1]["tags"] == ["one"]
