@@ -64,6 +64,35 @@ def wait_for(condition, timeout: float = 30.0, what: str = "condition", show=lam
         time.sleep(0.2)
 
 
+def review_events(stack, ids: set[str], timeout: float = 10.0) -> set[str]:
+    """Which of these review ids have a review_created event (waits until all have, or timeout)."""
+    import json
+
+    import nats
+    from nats.js.api import DeliverPolicy
+
+    from shared import subjects
+
+    async def run():
+        nc = await nats.connect(stack.nats_url("ops"))
+        seen: set[str] = set()
+        try:
+            sub = await nc.jetstream().subscribe(subjects.EVENT_MONITORING_REVIEW_CREATED, ordered_consumer=True,
+                                                 deliver_policy=DeliverPolicy.ALL)
+            deadline = time.monotonic() + timeout
+            while not ids <= seen and time.monotonic() < deadline:
+                try:
+                    msg = await sub.next_msg(timeout=max(0.1, deadline - time.monotonic()))
+                except TimeoutError:
+                    break
+                seen.add(json.loads(msg.data)["review_id"])
+        finally:
+            await nc.close()
+        return seen & ids
+
+    return asyncio.run(run())
+
+
 @pytest.fixture(scope="module")
 def owner(stack, admin):
     account = make_account(stack, admin, "feedback")
@@ -138,8 +167,10 @@ def test_reviews_feedback_loop_reference_and_stats(stack, owner, deployed):
 
     # reviews: accept two, correct two (HTTP and SDK), then correct an accepted one again (it replaces it)
     truths = {}
+    review_ids = []
     for prediction in predicted[:2]:
         review = digits.review_prediction(prediction["id"])
+        review_ids.append(review["review_id"])
         assert (review["decision"], review["revision"]) == ("accepted", 1)
         truths[prediction["id"]] = top(prediction["prediction"])
     wrong = [(predicted[2], (top(predicted[2]["prediction"]) + 1) % 10),
@@ -148,7 +179,9 @@ def test_reviews_feedback_loop_reference_and_stats(stack, owner, deployed):
         "deployment": name, "prediction_id": wrong[0][0]["id"], "decision": "corrected",
         "ground_truth": {"detection_classes": [wrong[0][1]]}}))
     assert review["ground_truth"] == {"detection_classes": [wrong[0][1]], "detection_scores": [1.0]}
-    digits.review_prediction(wrong[1][0]["id"], {"detection_classes": [wrong[1][1]], "detection_scores": [1.0]})
+    review_ids.append(review["review_id"])
+    review_ids.append(digits.review_prediction(wrong[1][0]["id"], {"detection_classes": [wrong[1][1]],
+                                                                   "detection_scores": [1.0]})["review_id"])
     truths.update({p["id"]: t for p, t in wrong})
     assert digits.list_predictions_to_review()["pending"] == 2
 
@@ -170,6 +203,7 @@ def test_reviews_feedback_loop_reference_and_stats(stack, owner, deployed):
     # a re-review replaces the first: one more version, the file's labels replaced, still one file per prediction
     again = digits.review_prediction(predicted[0]["id"], {"detection_classes": [7], "detection_scores": [1.0]})
     assert (again["decision"], again["revision"]) == ("corrected", 2)
+    review_ids.append(again["review_id"])
     truths[predicted[0]["id"]] = 7
     wait_for(lambda: (digits.list_feedback_loop_datasets()[0]["last_version_number"] or 0) > first_version
              and digits.list_feedback_loop_datasets()[0]["pending_reviews"] == 0, what="the replacing version")
@@ -182,13 +216,26 @@ def test_reviews_feedback_loop_reference_and_stats(stack, owner, deployed):
 
     # toggle off: a new review waits; back on: it is written
     assert digits.toggle_feedback_loop(False)["active"] is False
-    digits.review_prediction(predicted[4]["id"])
+    review_ids.append(digits.review_prediction(predicted[4]["id"])["review_id"])
     truths[predicted[4]["id"]] = top(predicted[4]["prediction"])
     time.sleep(0.5)
     assert digits.check_feedback_loop_status()["datasets"][0]["pending_reviews"] == 1
     assert digits.toggle_feedback_loop(True)["active"] is True
     wait_for(lambda: digits.check_feedback_loop_status()["pending_reviews"] == 0, what="the resumed loop")
     assert len(lineage.files(deployed["reviewed"]["id"])) == 5
+
+    # a crash between the exporter's steps repeats only idempotent work: forget a recorded version and a written file
+    versions = len(lineage.list_versions(deployed["project"]["id"]))
+    query(stack, "UPDATE monitoring.feedback_exports SET version_id = NULL WHERE prediction_id = $1::uuid", ids[1])
+    query(stack, "DELETE FROM monitoring.feedback_exports WHERE prediction_id = $1::uuid", ids[2])
+    wait_for(lambda: digits.list_feedback_loop_datasets()[0]["exported_reviews"] == 5
+             and digits.list_feedback_loop_datasets()[0]["pending_reviews"] == 0, what="the repeated round")
+    assert len(lineage.list_versions(deployed["project"]["id"])) == versions
+    assert len(lineage.files(deployed["reviewed"]["id"])) == 5
+
+    # every review (the replacing one too) was announced after it was stored
+    announced = review_events(stack, set(review_ids))
+    assert announced == set(review_ids)
 
     # get_stats: classification over the five reviews, against a count made here
     stats = digits.get_stats(ServiceMetrics.REVIEWS_CLASSIFICATION_STATS)
