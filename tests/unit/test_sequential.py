@@ -112,5 +112,6 @@ def test_evidence_round_trips_through_its_dict():
     evidence = evaluate(PairCounts(n11=10, n01=20), min_sample=5)
     stored = evidence.as_dict()
     assert stored["decision"] == "promote"
-    again = type(evidence)(**{k: v for k, v in stored.items() if k != "decision"}, decision=Decision(stored["decision"]))
+    fields = {k: v for k, v in stored.items() if k != "decision"}
+    again = type(evidence)(**fields, decision=Decision(stored["decision"]))
     assert again == evidence
