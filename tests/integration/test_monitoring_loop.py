@@ -271,3 +271,36 @@ def test_a_worse_challenger_is_rolled_back(stack, owner, loop):
     assert deployment.get_model_version()["version"] == loop["good"].version
     assert deployment.get_shadow_model() is None
     assert len(training_tasks(loop)) == 2
+
+
+def test_a_failed_run_changes_nothing_manual_waits_and_automatic_serves(stack, owner, loop):
+    deployment = loop["deployment"]
+    served = deployment.get_model_version()
+    deployment.setup_continuous_deployment("DEPLOY_MANUAL")
+
+    def train(parameters: dict) -> dict:
+        before = continuous(deployment)["last_training"]["id"]
+        deployment.setup_continuous_training(loop["project"], threshold=2, orchestration=loop["orchestration"],
+                                             experiment_parameters=parameters)
+        predict_and_review(deployment, [next(loop["next_image"]) for _ in range(2)])
+        return wait_for(lambda: (t := continuous(deployment)["last_training"])["id"] != before and
+                        t["state"] in ("done", "failed") and t, 120, "the training")
+
+    failed = train({"train_size": "many"})  # the run raises: the training fails, nothing is served
+    assert failed["outcome"] == "failed" and "training run failed" in failed["reason"], failed
+    assert failed["model_version"] is None
+    pending = train({"train_size": 300, "seed": 4})  # DEPLOY_MANUAL: the version waits for a person
+    assert pending["outcome"] == "pending"
+    assert continuous(deployment)["pending_model_version"] == pending["model_version"]
+    assert deployment.get_model_version() == served and deployment.get_shadow_model() is None
+    deployment.setup_continuous_deployment("DEPLOY_AUTO")
+    deployed = train({"train_size": 300, "seed": 5})  # DEPLOY_AUTO: served at once
+    assert deployed["outcome"] == "deployed"
+    new = deployed["model_version"]["version"]
+    assert wait_for(lambda: deployment.get_model_version()["version"] == new, 60, "the automatic deployment")
+    assert deployment.get_shadow_model() is None
+    deployment.toggle_continuous_training(False)
+    deployment.toggle_continuous_deployment(False)
+    state = continuous(deployment)
+    assert not state["training"]["active"] and not state["deployment"]["active"]
+    assert len(training_tasks(loop)) == 5
