@@ -35,6 +35,7 @@ from railyard_client.errors import (
 from railyard_client.lineage import Lineage
 from railyard_client.models import Model, ModelVersion, Registry
 from railyard_client.monitoring_feedback import ServiceMetrics
+from railyard_client.monitoring_predictions import SupportedContentType
 from railyard_client.orchestrations import OrchestrationFailed, Orchestrations
 from railyard_client.pipelines import Deployment, Pipeline
 from railyard_client.tasks import in_task, task_args
@@ -55,6 +56,6 @@ __all__ = [
     "APIError", "Assay", "AuthenticationError", "Client", "ConfigurationError", "Conflict", "Connection",
     "ConnectionFailed", "ConversionFailed", "Deployment", "InvalidRequest", "Lineage", "Model", "ModelVersion",
     "NotFound", "OrchestrationFailed", "Orchestrations", "PayloadTooLarge", "PermissionDenied", "Pipeline",
-    "RailyardError", "Registry", "ServiceMetrics", "Unavailable", "User",
+    "RailyardError", "Registry", "ServiceMetrics", "SupportedContentType", "Unavailable", "User",
     "WaitTimeout", "Workspace", "__version__", "in_task", "task_args",
 ]
