@@ -245,3 +245,25 @@ async def stats_rows(pool: asyncpg.Pool, deployment_id: int, *, model_name: str 
         item["review"] = {"decision": decision, "ground_truth": truth} if decision else None
         out.append(item)
     return out
+
+
+# --- delete(force_delete) --------------------------------------------------------------------------------
+
+
+async def feedback_state(pool: asyncpg.Pool, deployment_id: int) -> list[str]:
+    """What the feedback slice keeps for a deployment that delete would lose (empty: nothing)."""
+    row = await pool.fetchrow(
+        "SELECT EXISTS (SELECT 1 FROM reviews WHERE deployment_id = $1) AS reviews,"
+        " EXISTS (SELECT 1 FROM feedback_loops WHERE deployment_id = $1) AS loop,"
+        " EXISTS (SELECT 1 FROM training_references WHERE deployment_id = $1 AND status <> 'disabled') AS reference",
+        deployment_id)
+    return [what for what, key in (("reviews", "reviews"), ("a feedback loop", "loop"),
+                                   ("a training-data reference", "reference")) if row[key]]
+
+
+async def forget_feedback(pool: asyncpg.Pool, deployment_id: int) -> None:
+    """Drop the deployment's feedback loop (with its attachments and export records) and training reference;
+    reviews go with their predictions."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM feedback_loops WHERE deployment_id = $1", deployment_id)
+        await conn.execute("DELETE FROM training_references WHERE deployment_id = $1", deployment_id)

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from services.monitoring import store
+from services.monitoring import feedback_store, store
 from shared import subjects
 from shared.authz import MembershipLookup, Principal, require_member
 from shared.bus import request
@@ -177,6 +177,10 @@ async def delete(deps: MonitoringDeps, principal: Principal, token: str | None,
     settings; without force_delete, refused while there are any."""
     view = await _deployment(deps, principal, token, cmd.deployment)
     deployment_id = view.route.deployment_id
+    feedback = await feedback_store.feedback_state(deps.pool, deployment_id)
+    if not cmd.force_delete and feedback:
+        raise Conflict(f"deployment {cmd.deployment!r} has {', '.join(feedback)} that delete would lose: "
+                       "pass force_delete=true to delete it anyway")
     if not cmd.force_delete and (await store.tags(deps.pool, deployment_id)
                                  or await store.settings(deps.pool, deployment_id)):
         raise Conflict(f"deployment {cmd.deployment!r} has tags or settings that delete would lose: "
@@ -184,6 +188,7 @@ async def delete(deps: MonitoringDeps, principal: Principal, token: str | None,
     await request(deps.broker, subjects.DEPLOYER_PIPELINES_UNDEPLOY, UndeployPipeline(
         pipeline_id=view.pipeline_id, deployment_id=deployment_id), token=token, timeout=deps.deploy_timeout)
     await store.forget(deps.pool, deployment_id)
+    await feedback_store.forget_feedback(deps.pool, deployment_id)
     return DeploymentDeleted(deployment=cmd.deployment, deleted=True)
 
 

@@ -398,3 +398,19 @@ def test_outsiders_and_bad_input_change_nothing(stack, owner, deployed, bob):
     assert not query(stack, "SELECT 1 FROM monitoring.feedback_loops l JOIN monitoring.feedback_loop_datasets d"
                             " USING (deployment_id) WHERE d.dataset_id = ANY($1::int[])",
                      [tabular["id"], foreign["id"]])
+
+
+def test_delete_refuses_to_lose_feedback_unless_forced(stack, owner, deployed):
+    digits = deployed["digits"]
+    if not digits.check_feedback_loop_status()["reviews"]:
+        digits.review_prediction(digits.monitor_bytes(
+            digit_png(1)[0], "image/png", "r.png", latency=0.01, height=8, width=8,
+            prediction={"detection_classes": [1], "detection_scores": [0.9]})["id"])
+    digits.setup_feedback_loop(deployed["reviewed"])
+    refused = call(stack, owner.token, "delete", {"deployment": digits.name})
+    assert refused.status_code == 409 and "reviews, a feedback loop" in refused.json()["msg"], refused.text
+    assert digits.check_feedback_loop_status()["configured"]
+    digits.delete(force_delete=True)
+    deployment_id = digits.id
+    assert not query(stack, "SELECT 1 FROM monitoring.feedback_loops WHERE deployment_id = $1", deployment_id)
+    assert not query(stack, "SELECT 1 FROM monitoring.training_references WHERE deployment_id = $1", deployment_id)
