@@ -93,6 +93,8 @@ class RegistrySettings(BaseModel):
     """Model uploads and conversions."""
 
     worker_timeout: float = Field(300.0, description="Seconds a check or conversion process may run.")
+    worker_cpu_seconds: int | None = Field(None, ge=1, description="CPU seconds a check or conversion process may "
+                                           "use (RLIMIT_CPU); unset: worker_timeout plus one.")
     worker_memory_mb: int = Field(4096, description="Address-space limit of a check or conversion process.")
     worker_file_size_mb: int = Field(1024, description="Largest file a check or conversion process may write.")
     worker_processes: int = Field(64, description="Processes and threads a check or conversion sandbox may have.")

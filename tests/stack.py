@@ -73,6 +73,9 @@ def stack_env(data_dir: Path) -> dict[str, str]:
     env["RAILYARD_SANDBOX__FILE_SIZE_MB"] = "64"
     # the registry's sandboxed checks and conversions: limits small enough that hostile uploads end in seconds
     env["RAILYARD_REGISTRY__WORKER_TIMEOUT"] = "45"  # a normal conversion: 4 s idle, 20 s on a loaded machine
+    # ...but ~1.5 s of CPU however loaded the machine is, so a spinning one is stopped on CPU long before 45 s
+    # (test_conversion_hostile.py)
+    env["RAILYARD_REGISTRY__WORKER_CPU_SECONDS"] = "8"
     env["RAILYARD_REGISTRY__WORKER_MEMORY_MB"] = "1024"
     env["RAILYARD_REGISTRY__WORKER_FILE_SIZE_MB"] = "64"
     for name, port in zip(names, ports, strict=True):

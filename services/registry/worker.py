@@ -68,7 +68,8 @@ def clean_text(text: str, limit: int) -> str:
 
 
 def _limit_values(settings: RegistrySettings) -> dict[str, Any]:
-    return {"memory_mb": settings.worker_memory_mb, "cpu_seconds": int(settings.worker_timeout) + 1,
+    cpu_seconds = settings.worker_cpu_seconds or int(settings.worker_timeout) + 1
+    return {"memory_mb": settings.worker_memory_mb, "cpu_seconds": cpu_seconds,
             "wall_seconds": settings.worker_timeout, "file_size_mb": settings.worker_file_size_mb,
             "processes": settings.worker_processes}
 

@@ -294,12 +294,15 @@ found.append("allocated 8 GB")
 
 def test_spinning_forever_is_stopped_with_everything_it_started(stack, alice):
     marker = _marker()
+    # the child it starts sleeps: a spinning one would also end on its own CPU limit (the test stack's is 8 s),
+    # so only the sandbox ending the whole pid namespace can end this one
     body = f"""
+import time
 MARKER = {marker!r}
 if os.fork() == 0:
     {NAME_SELF.strip().replace(chr(10), chr(10) + "    ")}
     while True:
-        pass
+        time.sleep(1)
 while True:
     pass
 """
