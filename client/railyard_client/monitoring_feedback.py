@@ -145,7 +145,9 @@ class DeploymentFeedback:
         (from/to_timestamp in epoch seconds, since = the last seconds), prediction ids (includes, excludes) and
         tags (predictions with all of them). Returns {"deployment", "service", "predictions", "stats"}."""
         body: dict[str, Any] = {"service": service.value if isinstance(service, ServiceMetrics) else str(service)}
-        if model_version is not None:
+        if isinstance(model_version, dict):
+            body["model_version"] = model_version
+        elif model_version is not None:
             from railyard_client.monitoring import _model_version_ref
             body["model_version"] = _model_version_ref(model_version)
         for key, value in (("from_timestamp", from_timestamp), ("to_timestamp", to_timestamp), ("since", since),

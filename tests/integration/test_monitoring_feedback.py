@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+import uuid
 from collections import Counter
 
 import asyncpg
@@ -253,6 +254,9 @@ def test_reviews_feedback_loop_reference_and_stats(stack, owner, deployed):
     assert aggregated["count"] == 5 and aggregated["origin"] == {"predict": 4, "monitor": 1}
     assert digits.get_stats("PREDICTIONS_DATA", to_timestamp=time.time() - 1800)["predictions"] == 1
     assert digits.get_stats("PREDICTIONS_DATA", includes=ids[:3], excludes=[ids[0]])["predictions"] == 2
+    assert digits.get_stats("PREDICTIONS_DATA", model_version="digits")["predictions"] == 6
+    assert digits.get_stats("PREDICTIONS_DATA", model_version={"name": "digits", "version": str(uuid.uuid4())}
+                            )["predictions"] == 0
     labels = digits.get_stats(ServiceMetrics.AGGREGATED_LABEL_DISTRIBUTION)["stats"]["predicted"]["counts"]
     assert labels == dict(Counter(str(top(p["prediction"])) for p in predicted))
 
