@@ -726,7 +726,7 @@ def register(router: NatsRouter, runtime: Any) -> None:
             subject, stream=JStream(subjects.EVENTS_STREAM, declare=False), durable=durable,
             pull_sub=PullSub(batch_size=16, timeout=1.0), inbox_prefix=f"_INBOX.{NAME}.".encode(),
             ack_policy=AckPolicy.NACK_ON_ERROR, config=ConsumerConfig(ack_wait=30.0),
-            title=f"{subject}:{model}", description=description)
+            title=f"{subject}:{model}:{durable}", description=description)
 
     @consumer(subjects.EVENT_MONITORING_REVIEW_CREATED, "monitoring-continuous-reviews", "ReviewCreated",
               "Recount reviews for the continuous-training trigger and re-run the open challenge's test.")
