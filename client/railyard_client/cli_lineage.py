@@ -183,3 +183,16 @@ def restore(project_id: int, version_id: int | None, number: int | None, skip_mi
     project = record["project"]
     _show([{"id": project["id"], "name": project["name"], "content_sha256": project["content_sha256"],
             "skipped": record["skipped"]}], None, as_json, record)
+
+
+@datasets_app.command("collect-objects")
+@click.option("--grace-seconds", type=int, default=3600, show_default=True,
+              help="Keep unreferenced objects younger than this (an upload may be under way).")
+@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+@json_option
+def collect_objects(grace_seconds: int, dry_run: bool, as_json: bool) -> None:
+    """Administrators: delete stored objects no dataset, file or version refers to any more."""
+    from railyard_client.cli import _client
+
+    record = Lineage(_client(None), 0).collect_objects(grace_seconds, dry_run=dry_run)
+    _show([{k: len(v) if k == "deleted" else v for k, v in record.items()}], None, as_json, record)

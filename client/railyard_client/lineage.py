@@ -285,6 +285,11 @@ class Lineage:
             "deployments": deployments or [], "image": image, "dataset_id": dataset_id, "version_id": version_id,
             "dataset_name": dataset_name, "batch_size": batch_size})
 
+    def collect_objects(self, grace_seconds: int = 3600, *, dry_run: bool = False) -> dict[str, Any]:
+        """Administrators: delete stored objects no dataset, file or version refers to any more (older than
+        `grace_seconds`); `dry_run` only lists them. Objects are shared by all workspaces, whatever this one is."""
+        return self._post("maintenance/collect_objects", {"grace_seconds": grace_seconds, "dry_run": dry_run})
+
     def reports(self) -> list[dict[str, Any]]:
         """The workspace's benchmark reports."""
         return self._post("benchmarks/list", {"workspace_id": self.workspace_id})["reports"]

@@ -189,10 +189,13 @@ async def test_restore_with_a_missing_object(stack, alice):
     assert verified["ok"] is False and verified["missing"] == ["images/only.png"]
 
 
-async def test_unreferenced_objects_are_collected(stack, alice, admin):
+async def test_unreferenced_objects_are_collected(stack, alice, admin, tmp_path, monkeypatch, capsys):
     """maintenance/collect_objects deletes an object nothing refers to any more (a deleted workspace file's) and
     keeps one only a version refers to (its dataset file deleted since: the version still verifies and restores)
-    and one a workspace file refers to; a dry run and the grace period delete nothing; non-admins are refused."""
+    and one a workspace file refers to; a dry run (the CLI's) and the grace period delete nothing; non-admins are
+    refused."""
+    from railyard_client.cli import main
+
     objects = MinioObjectStore(stack.settings().s3)
     ws = alice.workspace_id
     orphan_bytes = b"orphan " + uuid.uuid4().bytes
@@ -211,7 +214,16 @@ async def test_unreferenced_objects_are_collected(stack, alice, admin):
     assert post(stack, route, alice.token, {"grace_seconds": 0}).status_code == 403
     young = ok(post(stack, route, admin.token, {}))  # the default grace: an hour
     assert orphan not in young["deleted"] and young["young"] >= 1
-    dry = ok(post(stack, route, admin.token, {"grace_seconds": 0, "dry_run": True}))
+    for key in [k for k in os.environ if k.startswith("RAILYARD_CLIENT")]:
+        monkeypatch.delenv(key)
+    secrets = stack.secrets()
+    for key, value in [("URL", stack.base_url), ("USERNAME", secrets["admin_username"]),
+                       ("PASSWORD", secrets["admin_password"]), ("SECRET", secrets["client_secret"])]:
+        monkeypatch.setenv(f"RAILYARD_CLIENT_{key}", value)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    capsys.readouterr()
+    assert main(["datasets", "collect-objects", "--grace-seconds", "0", "--dry-run", "--json"]) == 0
+    dry = json.loads(capsys.readouterr().out)
     assert orphan in dry["deleted"] and versioned not in dry["deleted"] and live not in dry["deleted"]
     assert await objects.exists(BUCKET_DATASETS, content_key(orphan))
     done = ok(post(stack, route, admin.token, {"grace_seconds": 0}))
