@@ -270,6 +270,23 @@ async def toggle_deployment(deps: ContinuousDeps, principal: Principal, token: s
     return await information(deps.base.pool, view.route.deployment_id)
 
 
+async def kept_state(pool: asyncpg.Pool, deployment_id: int) -> list[str]:
+    """What delete would lose of continuous training and deployment (delete refuses without force_delete)."""
+    kept = []
+    for table, what in (("continuous_training", "continuous training"),
+                        ("continuous_deployment", "continuous deployment"), ("trainings", "trainings")):
+        if await pool.fetchval(f"SELECT 1 FROM {table} WHERE deployment_id = $1 LIMIT 1", deployment_id):
+            kept.append(what)
+    return kept
+
+
+async def forget(pool: asyncpg.Pool, deployment_id: int) -> None:
+    """Drop the deployment's continuous training and deployment, its trainings and challenges (delete)."""
+    async with pool.acquire() as conn, conn.transaction():
+        for table in ("challenges", "trainings", "continuous_training", "continuous_deployment"):
+            await conn.execute(f"DELETE FROM {table} WHERE deployment_id = $1", deployment_id)
+
+
 # --- what retrieve_information shows -----------------------------------------------------------------------------
 
 def _training_record(row: asyncpg.Record) -> TrainingRecord:
