@@ -177,7 +177,10 @@ async def delete(deps: MonitoringDeps, principal: Principal, token: str | None,
     settings; without force_delete, refused while there are any."""
     view = await _deployment(deps, principal, token, cmd.deployment)
     deployment_id = view.route.deployment_id
+    from services.monitoring import continuous  # it builds on this module's deployment helpers
+
     feedback = await feedback_store.feedback_state(deps.pool, deployment_id)
+    feedback += await continuous.kept_state(deps.pool, deployment_id)
     if not cmd.force_delete and feedback:
         raise Conflict(f"deployment {cmd.deployment!r} has {', '.join(feedback)} that delete would lose: "
                        "pass force_delete=true to delete it anyway")
@@ -189,6 +192,7 @@ async def delete(deps: MonitoringDeps, principal: Principal, token: str | None,
         pipeline_id=view.pipeline_id, deployment_id=deployment_id), token=token, timeout=deps.deploy_timeout)
     await store.forget(deps.pool, deployment_id)
     await feedback_store.forget_feedback(deps.pool, deployment_id)
+    await continuous.forget(deps.pool, deployment_id)
     return DeploymentDeleted(deployment=cmd.deployment, deleted=True)
 
 
