@@ -304,3 +304,5 @@ def test_a_failed_run_changes_nothing_manual_waits_and_automatic_serves(stack, o
     state = continuous(deployment)
     assert not state["training"]["active"] and not state["deployment"]["active"]
     assert len(training_tasks(loop)) == 5
+    refused = post(stack, "deployments/delete", owner.token, {"deployment": deployment.name})
+    assert refused.status_code == 409 and "continuous training" in refused.json()["msg"], refused.text
