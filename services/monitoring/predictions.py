@@ -35,7 +35,7 @@ from faststream.nats import NatsRouter
 from PIL import Image
 from pydantic import ValidationError
 
-from services.monitoring import images, store
+from services.monitoring import datalake, images, store
 from services.monitoring.handlers import (
     TAG,
     MonitoringDeps,
@@ -123,9 +123,10 @@ async def _store_image(deps: MonitoringDeps, data: bytes, content_type: str) -> 
     return sha
 
 
-async def _keep(deps: MonitoringDeps, row: PredictionRow, data: bytes, deployment: str,
-                labels: list[str] | None) -> PredictionResult:
-    """Store the image, then the row, then announce it; the answer."""
+async def _keep(deps: MonitoringDeps, token: str | None, row: PredictionRow, data: bytes, deployment: str,
+                labels: list[str] | None, target_datalake: str | None) -> PredictionResult:
+    """Store the image, then the row, then announce it, then (best effort) add it to the target datalake; the
+    answer."""
     row.image_sha256 = await _store_image(deps, data, row.content_type)
     await insert_prediction(deps.pool, row)
     try:
@@ -134,6 +135,7 @@ async def _keep(deps: MonitoringDeps, row: PredictionRow, data: bytes, deploymen
     except Exception as exc:  # the row is the truth (readers compute from the table; the event only wakes them):
         # answering an error now would make the caller send the prediction again
         log.warning("prediction %s is stored but its prediction_created event was not published: %s", row.id, exc)
+    datalake_file = await _to_datalake(deps, token, row, data, labels, target_datalake)
     return PredictionResult(
         id=row.id, deployment=deployment, origin=row.origin, kind=row.kind,
         prediction=PredictionFormat.model_validate(row.prediction),
@@ -142,7 +144,26 @@ async def _keep(deps: MonitoringDeps, row: PredictionRow, data: bytes, deploymen
         model_version=row.model_version, shadow_model_version=row.shadow_model_version,
         pipeline_version=row.pipeline_version, latency=row.latency, shadow_latency=row.shadow_latency,
         height=row.height, width=row.width, content_type=row.content_type, image_sha256=row.image_sha256,
-        filename=row.filename, tags=row.tags, source=row.source, predicted_at=row.predicted_at.isoformat())
+        filename=row.filename, tags=row.tags, source=row.source, predicted_at=row.predicted_at.isoformat(),
+        datalake_file=datalake_file)
+
+
+async def _to_datalake(deps: MonitoringDeps, token: str | None, row: PredictionRow, data: bytes,
+                       labels: list[str] | None, target: str | None) -> str | None:
+    """The prediction's file in the deployment's target datalake (None without one, or when it could not be
+    written: the prediction is kept anyway)."""
+    if not target:
+        return None
+    try:
+        dataset = await datalake.resolve(deps.broker, token, deps.timeout, row.workspace_id, target)
+        return await datalake.write(
+            deps.broker, deps.objects, token, deps.timeout, dataset, datalake.file_name(row.id, row.content_type),
+            data, row.content_type, datalake.file_labels(row.id, row.kind, row.origin, row.prediction, labels,
+                                                         row.source, row.tags))
+    except Exception as exc:
+        log.warning("prediction %s is stored but not added to target datalake %r: %s", row.id, target,
+                    getattr(exc, "msg", exc))
+        return None
 
 
 # --- predict ---------------------------------------------------------------------------------------------------------
@@ -219,7 +240,8 @@ async def predict(deps: MonitoringDeps, principal: Principal, token: str | None,
     answer, meta = await _ask_engine(deps, view.route.name, pa.table({config.input: tensor_array(batch)}),
                                      with_shadows=shadow is not None)
     round_trip = time.perf_counter() - started
-    min_threshold = await _min_threshold(deps, view.route.deployment_id)
+    kept = await store.settings(deps.pool, view.route.deployment_id)
+    min_threshold = kept["min_threshold"] if kept else None
     prediction = images.to_prediction(_row_outputs(answer, None), config, img.height, img.width, min_threshold)
     shadow_prediction, shadow_latency = None, None
     if shadow is not None:
@@ -240,12 +262,8 @@ async def predict(deps: MonitoringDeps, principal: Principal, token: str | None,
         height=img.height, width=img.width, content_type=content_type, image_sha256="",
         features=images.image_features(img), predicted_at=received, filename=cmd.filename,
         pipeline_version=meta.get("pipeline_version") or view.route.pipeline_version)
-    return await _keep(deps, row, data, cmd.deployment, config.labels)
-
-
-async def _min_threshold(deps: MonitoringDeps, deployment_id: int) -> float | None:
-    kept = await store.settings(deps.pool, deployment_id)
-    return kept["min_threshold"] if kept else None
+    return await _keep(deps, token, row, data, cmd.deployment, config.labels,
+                       kept["target_datalake"] if kept else None)
 
 
 # --- monitor ---------------------------------------------------------------------------------------------------------
@@ -307,7 +325,9 @@ async def monitor(deps: MonitoringDeps, principal: Principal, token: str | None,
         latency=cmd.latency, shadow_latency=cmd.shadow_latency, height=img.height, width=img.width,
         content_type=images.content_type_of(img), image_sha256="", features=images.image_features(img),
         predicted_at=predicted_at, filename=cmd.filename, pipeline_version=view.route.pipeline_version)
-    return await _keep(deps, row, data, cmd.deployment, config.labels if config else None)
+    kept = await store.settings(deps.pool, view.route.deployment_id)
+    return await _keep(deps, token, row, data, cmd.deployment, config.labels if config else None,
+                       kept["target_datalake"] if kept else None)
 
 
 # --- subscribers -----------------------------------------------------------------------------------------------------

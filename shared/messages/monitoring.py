@@ -43,8 +43,8 @@ class DeploymentTags(Message):
 
 
 class UpdateDeployment(Command):
-    """update: a new display name, target datalake (stored only: datasets do not receive predictions yet) or
-    minimum confidence threshold in [0, 1]; fields left out keep their value."""
+    """update: a new display name, target datalake (an images dataset of the workspace, by id or unique name, that
+    receives new predictions) or minimum confidence threshold in [0, 1]; fields left out keep their value."""
 
     deployment: str = Field(min_length=1, max_length=200)
     name: str | None = Field(None, min_length=1, max_length=200)

@@ -124,6 +124,8 @@ class PredictionResult(Message):
     tags: list[str]
     source: str | None
     predicted_at: str
+    datalake_file: str | None = Field(None, description="The prediction's file in the deployment's target datalake "
+                                      "(an images dataset), when it has one and the file was written.")
 
 
 class PredictionCreated(Event):

@@ -71,7 +71,9 @@ def test_deployment_management_over_http_and_the_sdk(stack, alice, bob, tmp_path
     assert info["shadow_model_version"] is None and info["min_threshold"] is None
     updated = ok(call(stack, alice, "update", {"deployment": name, "name": "awesome deploy", "min_threshold": 0.4}))
     assert (updated["name"], updated["min_threshold"], updated["target_datalake"]) == ("awesome deploy", 0.4, None)
-    updated = deployment.update(target_datalake="reviews")
+    project = ok(post(stack, "projects/create", alice.token, {"workspace_id": alice.workspace_id, "name": "lake"}))
+    ok(post(stack, "datasets/create", alice.token, {"project_id": project["id"], "name": "reviews", "kind": "images"}))
+    updated = deployment.update(target_datalake="reviews")  # an images dataset of the workspace, by name
     assert (updated["name"], updated["min_threshold"], updated["target_datalake"]) == (
         "awesome deploy", 0.4, "reviews")
     assert ok(call(stack, alice, "retrieve_information", {"deployment": name})) | {"status": "Running"} == \
@@ -89,6 +91,7 @@ def test_deployment_management_over_http_and_the_sdk(stack, alice, bob, tmp_path
            ("update", {"deployment": name, "min_threshold": 1.5}, 400),
            ("update", {"deployment": name}, 400),
            ("update", {"deployment": name, "name": ""}, 400),
+           ("update", {"deployment": name, "target_datalake": "no-such-dataset"}, 404),
            ("set_model", {"deployment": name, "model_version": {"name": "no-such-model"}}, 404),
            ("set_model", {"deployment": name}, 400),
            ("set_shadow_model", {"deployment": name, "model_version": {"name": "ccfraud", "version": "nope"}},

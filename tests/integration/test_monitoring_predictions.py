@@ -199,6 +199,26 @@ def test_predict_on_a_detector_applies_min_threshold(stack, owner, deployed):
     assert answer["image_sha256"] == stricter["image_sha256"]  # one object for one image
 
 
+def test_new_predictions_land_in_the_target_datalake(stack, owner, deployed):
+    digits = deployed["digits"]
+    project = post(stack, "projects/create", owner.token, {"workspace_id": owner.workspace_id, "name": "lake"}).json()
+    lake = post(stack, "datasets/create", owner.token, {"project_id": project["id"], "name": "frames",
+                                                        "kind": "images"}).json()
+    table = post(stack, "datasets/create", owner.token, {"project_id": project["id"], "name": "rows"}).json()
+    refused = post(stack, "deployments/update", owner.token, {"deployment": digits.name,
+                                                             "target_datalake": str(table["id"])})
+    assert refused.status_code == 400 and "tabular dataset" in refused.json()["msg"], refused.text
+    assert digits.update(target_datalake="frames")["target_datalake"] == "frames"  # by name
+    png, _ = digit_png(7)
+    answer = digits.predict_bytes("seven.png", png, tags=["lake"], source="camera-3")
+    assert answer["datalake_file"] == f"{answer['id']}.png"
+    files = post(stack, "datasets/list_files", owner.token, {"dataset_id": lake["id"]}).json()["files"]
+    written = next(f for f in files if f["name"] == answer["datalake_file"])
+    assert written["content_type"] == "image/png" and written["size"] == len(png)
+    assert written["labels"]["prediction"] == given(answer["prediction"]) and written["labels"]["tags"] == ["lake"]
+    assert written["labels"]["labels"] == answer["labels"] and written["labels"]["origin"] == "predict"
+
+
 def test_monitor_keeps_predictions_made_elsewhere(stack, owner, deployed, tmp_path):
     squares, digits = deployed["squares"], deployed["digits"]
     image = squares_png({(0, 1): 255}, size=40, fmt="JPEG")
@@ -216,7 +236,8 @@ def test_monitor_keeps_predictions_made_elsewhere(stack, owner, deployed, tmp_pa
     bytes_answer = digits.monitor_bytes(digit, "image/png", "d.png", latency=0.01, height=8, width=8,
                                         prediction={"detection_classes": [5], "detection_scores": [0.8]},
                                         shadow_latency=0.02, shadow_prediction=shadow)
-    assert given(bytes_answer["shadow_prediction"]) == shadow and bytes_answer["shadow_model_version"]["name"] == "digits-weak"
+    assert given(bytes_answer["shadow_prediction"]) == shadow
+    assert bytes_answer["shadow_model_version"]["name"] == "digits-weak"
     row = query(stack, "SELECT * FROM monitoring.predictions WHERE id = $1", uuid.UUID(answer["id"]))[0]
     assert (row["origin"], row["latency"], row["source"], list(row["tags"])) == ("monitor", 0.042, "edge-7", ["edge"])
     assert row["predicted_at"].timestamp() == pytest.approx(at, abs=1e-3)

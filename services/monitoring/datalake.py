@@ -1,0 +1,77 @@
+"""`target_datalake`: the images dataset (workflow lineage) that receives a deployment's new predictions.
+
+`update(target_datalake=...)` names it by id or by name (unique in the deployment's workspace) and is refused when it
+does not resolve to an images dataset of that workspace. Each new prediction (predict or monitor) then adds its image
+to it as `<prediction id>.png|jpg` with the prediction as the file's labels, with the caller's rights. Writing is
+best effort: the prediction is stored first and stays whatever happens to the dataset (a dataset deleted since is
+logged, the answer's `datalake_file` is then null)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from shared import subjects
+from shared.bus import request
+from shared.errors import InvalidRequest, NotFound
+from shared.messages.lineage import AddDatasetFile, DatasetInfo, DatasetRef, ListProjects, Projects
+from shared.objectstore import BUCKET_DATASETS
+
+
+async def resolve(broker: Any, token: str | None, timeout: float, workspace_id: int, target: str) -> DatasetInfo:
+    """The images dataset `target` names (its id, or its name when one dataset of the workspace has it), seen with
+    the caller's rights."""
+    if target.isdigit():
+        info = await request(broker, subjects.LINEAGE_DATASETS_GET, DatasetRef(dataset_id=int(target)), token=token,
+                             timeout=timeout, reply_model=DatasetInfo)
+        if info.workspace_id != workspace_id:
+            raise InvalidRequest(f"dataset {target} is in another workspace than the deployment: give a dataset of "
+                                 f"workspace {workspace_id}")
+    else:
+        projects = await request(broker, subjects.LINEAGE_PROJECTS_LIST, ListProjects(workspace_id=workspace_id),
+                                 token=token, timeout=timeout, reply_model=Projects)
+        found = [dataset for project in projects.projects for dataset in project.datasets if dataset.name == target]
+        if not found:
+            raise NotFound(f"no dataset named {target!r} in workspace {workspace_id}: create an images dataset or give "
+                           "a dataset's id")
+        if len(found) > 1:
+            raise InvalidRequest(f"{len(found)} datasets of workspace {workspace_id} are named {target!r}: give the "
+                                 "dataset's id instead")
+        info = found[0]
+    if info.kind != "images":
+        raise InvalidRequest(f"dataset {info.name!r} is a {info.kind} dataset: target_datalake takes an images dataset")
+    return info
+
+
+def file_name(prediction_id: uuid.UUID, content_type: str) -> str:
+    """The prediction's file in the dataset."""
+    return f"{prediction_id}.{'jpg' if content_type == 'image/jpeg' else 'png'}"
+
+
+def file_labels(prediction_id: uuid.UUID, kind: str, origin: str, prediction: dict[str, Any],
+                labels: list[str] | None, source: str | None, tags: list[str]) -> dict[str, Any]:
+    """The labels of a prediction's file: the prediction (the seed's PredictionFormat) and its label names, and for
+    boxes COCO-style `boxes` ([x, y, width, height] with `category`), as the feedback loop writes reviews."""
+    written: dict[str, Any] = {"kind": kind, "origin": origin, "prediction_id": str(prediction_id),
+                               "prediction": prediction, "source": source, "tags": tags}
+    if labels:
+        written["labels"] = [labels[c] for c in prediction["detection_classes"]]
+    if prediction.get("detection_boxes") is not None:
+        written["boxes"] = [{"bbox": [b[1], b[0], b[3] - b[1], b[2] - b[0]], "category": c}
+                            for c, b in zip(prediction["detection_classes"], prediction["detection_boxes"],
+                                            strict=True)]
+    return written
+
+
+async def write(broker: Any, objects: Any, token: str | None, timeout: float, dataset: DatasetInfo, name: str,
+                data: bytes, content_type: str, labels: dict[str, Any]) -> str:
+    """Add the image to the dataset (staged in object storage, which the lineage service takes over); its name."""
+    staged = f"staging/{uuid.uuid4()}"
+    await objects.put_bytes(BUCKET_DATASETS, staged, data, content_type=content_type)
+    try:
+        await request(broker, subjects.LINEAGE_DATASETS_ADD_FILE, AddDatasetFile(
+            dataset_id=dataset.id, name=name, staged_key=staged, labels=labels), token=token, timeout=timeout)
+    except Exception:
+        await objects.delete(BUCKET_DATASETS, staged)
+        raise
+    return name
