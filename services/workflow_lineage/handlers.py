@@ -99,10 +99,14 @@ async def record_event(pool: asyncpg.Pool, subject: str, payload: dict[str, Any]
             try:
                 async with conn.transaction():  # a savepoint: a drawing that fails never blocks the event log
                     await graph.apply_event(conn, subject, payload)
-                    if subject in graph.COMPLETES_EVALUATIONS or subject.startswith(subjects.EVENT_TASK_RUN_PREFIX):
-                        claimed = await store.claim_ready_evaluations(conn, int(payload["workspace_id"]))
             except Exception:
                 log.exception("could not draw the event on %s (recorded, not drawn)", subject)
+            if subject in graph.COMPLETES_EVALUATIONS or subject.startswith(subjects.EVENT_TASK_RUN_PREFIX):
+                try:
+                    async with conn.transaction():  # its own savepoint: the drawing stands whatever happens here
+                        claimed = await store.claim_ready_evaluations(conn, int(payload["workspace_id"]))
+                except Exception:
+                    log.exception("could not look for automatic benchmarks after %s", subject)
     return claimed > 0
 
 
