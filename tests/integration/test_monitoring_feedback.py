@@ -201,6 +201,20 @@ def test_reviews_feedback_loop_reference_and_stats(stack, owner, deployed):
         assert top(labels["ground_truth"]) == truth and labels["prediction_id"] == pid
         assert lineage.download_file(deployed["reviewed"]["id"], f"{pid}.png") == images[pid]
 
+    # a dataset attached later (HTTP, with the project version it starts from) receives every review so far
+    second = lineage.create_dataset(deployed["project"]["id"], "reviewed-later", kind="images")
+    attached = ok(call(stack, owner.token, "attach_dataset_version_to_feedback_loop", {
+        "deployment": name, "dataset_version": {"dataset_id": second["id"], "version_id": state["datasets"][0][
+            "last_version_id"]}}))
+    assert [d["dataset_id"] for d in attached["datasets"]] == [deployed["reviewed"]["id"], second["id"]]
+    assert attached["datasets"][1]["attached_version_id"] == state["datasets"][0]["last_version_id"]
+    wait_for(lambda: digits.list_feedback_loop_datasets()[1]["exported_reviews"] == 4, what="the later dataset",
+             show=digits.list_feedback_loop_datasets)
+    assert {f["name"] for f in lineage.files(second["id"])} == {f"{pid}.png" for pid in truths}
+    assert [d["dataset_id"] for d in digits.detach_dataset_version_from_feedback_loop(second["id"])["datasets"]] == [
+        deployed["reviewed"]["id"]]
+    first_version = digits.list_feedback_loop_datasets()[0]["last_version_number"]
+
     # a re-review replaces the first: one more version, the file's labels replaced, still one file per prediction
     again = digits.review_prediction(predicted[0]["id"], {"detection_classes": [7], "detection_scores": [1.0]})
     assert (again["decision"], again["revision"]) == ("corrected", 2)
