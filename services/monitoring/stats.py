@@ -186,16 +186,23 @@ def classification_metrics(y_true: list[Any], y_pred: list[Any]) -> dict[str, An
     if not truth:
         return {"rows": 0}
     labels = sorted({*truth, *pred})
-    precision, recall, f1, support = precision_recall_fscore_support(truth, pred, labels=labels, zero_division=0)
+    # scikit-learn on integer codes: the same numbers as on the strings, without its slow object-array paths
+    code = {label: index for index, label in enumerate(labels)}
+    truth_codes = np.fromiter((code[v] for v in truth), dtype=np.int64, count=len(truth))
+    pred_codes = np.fromiter((code[v] for v in pred), dtype=np.int64, count=len(pred))
+    codes = list(range(len(labels)))
+    precision, recall, f1, support = precision_recall_fscore_support(truth_codes, pred_codes, labels=codes,
+                                                                     zero_division=0)
     averaged = {}
     for average in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(truth, pred, labels=labels, average=average, zero_division=0)
+        p, r, f, _ = precision_recall_fscore_support(truth_codes, pred_codes, labels=codes, average=average,
+                                                     zero_division=0)
         averaged[average] = {"precision": float(p), "recall": float(r), "f1": float(f)}
-    return {"rows": len(truth), "accuracy": float(accuracy_score(truth, pred)), "labels": labels,
+    return {"rows": len(truth), "accuracy": float(accuracy_score(truth_codes, pred_codes)), "labels": labels,
             "per_class": {label: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                                   "support": int(support[i])} for i, label in enumerate(labels)},
             "macro": averaged["macro"], "weighted": averaged["weighted"],
-            "confusion_matrix": confusion_matrix(truth, pred, labels=labels).tolist()}
+            "confusion_matrix": confusion_matrix(truth_codes, pred_codes, labels=codes).tolist()}
 
 
 def detection_metrics(images: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]) -> dict[str, Any]:
