@@ -226,8 +226,10 @@ async def disable_reference(pool: asyncpg.Pool, deployment_id: int) -> bool:
 
 async def stats_rows(pool: asyncpg.Pool, deployment_id: int, *, model_name: str | None, model_version: str | None,
                      start: datetime | None, end: datetime | None, includes: list[uuid.UUID] | None,
-                     excludes: list[uuid.UUID] | None, tags: list[str] | None) -> list[dict[str, Any]]:
-    """The deployment's predictions the filters keep, newest first, each with its review (or None)."""
+                     excludes: list[uuid.UUID] | None, tags: list[str] | None,
+                     limit: int) -> list[dict[str, Any]]:
+    """The deployment's predictions the filters keep (at most `limit`), newest first, each with its review (or
+    None)."""
     rows = await pool.fetch(
         f"SELECT {PREDICTION_COLUMNS}, r.decision, r.ground_truth FROM predictions p"
         " LEFT JOIN reviews r ON r.prediction_id = p.id WHERE p.deployment_id = $1"
@@ -235,8 +237,8 @@ async def stats_rows(pool: asyncpg.Pool, deployment_id: int, *, model_name: str 
         " AND ($3::text IS NULL OR p.model_version->>'version' = $3 OR p.model_version->>'sha' = $3)"
         " AND ($4::timestamptz IS NULL OR p.predicted_at >= $4) AND ($5::timestamptz IS NULL OR p.predicted_at <= $5)"
         " AND ($6::uuid[] IS NULL OR p.id = ANY($6)) AND ($7::uuid[] IS NULL OR NOT (p.id = ANY($7)))"
-        " AND ($8::text[] IS NULL OR p.tags @> $8) ORDER BY p.predicted_at DESC, p.id",
-        deployment_id, model_name, model_version, start, end, includes, excludes, tags)
+        " AND ($8::text[] IS NULL OR p.tags @> $8) ORDER BY p.predicted_at DESC, p.id LIMIT $9",
+        deployment_id, model_name, model_version, start, end, includes, excludes, tags, limit)
     out = []
     for row in rows:
         item = loads(row)

@@ -42,6 +42,8 @@ log = logging.getLogger("railyard.monitoring.reference")
 REFERENCE_SWEEP = 5.0
 PROGRESS_EVERY = 10
 MAX_REFERENCE_IMAGES = 20_000
+MAX_STATS_ROWS = 200_000
+"""get_stats computes over at most this many predictions (more: 400 asking to narrow the filters)."""
 
 
 def _status(name: str, row: dict[str, Any] | None) -> TrainingDataStatus:
@@ -130,7 +132,10 @@ async def get_stats(deps: FeedbackDeps, principal: Principal, token: str | None,
     model = cmd.model_version
     rows = await fs.stats_rows(pool, view.route.deployment_id, model_name=model.name if model else None,
                                model_version=(model.version or model.sha) if model else None, start=start, end=end,
-                               includes=includes, excludes=excludes, tags=cmd.tags)
+                               includes=includes, excludes=excludes, tags=cmd.tags, limit=MAX_STATS_ROWS + 1)
+    if len(rows) > MAX_STATS_ROWS:
+        raise InvalidRequest(f"more than {MAX_STATS_ROWS} predictions match: narrow them with from_timestamp / "
+                             "to_timestamp, since, tags or model_version")
     kept = await fs.reference_row(pool, view.route.deployment_id)
     reference = kept["reference"] if kept and kept["status"] == "ready" else None
     result = await asyncio.to_thread(stats.compute, service, rows, reference)
