@@ -2,7 +2,8 @@
 elsewhere (monitor); reviews (accepted and corrected); the review threshold starts exactly one training task run
 (a real orchestration: a logistic regression fitted on scikit-learn's digits, registered with the SDK) whose model
 version arrives and is drawn in the lineage graph; under DEPLOY_SHADOW it runs as the shadow challenger, and as
-reviews keep arriving the always-valid sequential test promotes a better challenger, and rolls back a worse one.
+reviews keep arriving the always-valid sequential test promotes a better challenger (its evidence and get_stats
+checked against the outcomes counted here), and rolls back a worse one; a failed run, DEPLOY_MANUAL and DEPLOY_AUTO.
 Also: continuous training/deployment arguments checked (400/404/409, nothing stored) and out of outsiders' reach."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from railyard_client import Client, Lineage, Orchestrations
+from railyard_client import Client, Lineage, Orchestrations, ServiceMetrics
 from railyard_client.monitoring_continuous import ContinuousDeploymentPolicy
 
 from tests.image_models import digit_png, digits_classifier_onnx, digits_image_config
@@ -94,15 +95,19 @@ def continuous(deployment) -> dict:
     return deployment.retrieve_information()["continuous"]
 
 
-def predict_and_review(deployment, images, shadowed: tuple[str, str] | None = None) -> list[tuple[bool, bool]]:
+def predict_and_review(deployment, images, shadowed: tuple[str, str] | None = None, tag: str = "loop",
+                       seen: list | None = None) -> list[tuple[bool, bool]]:
     """Predict each held-out digit, review it (accepted when right, corrected otherwise); the paired outcomes
-    (champion right, challenger right) of the predictions that `shadowed` = (champion, challenger version) made."""
+    (champion right, challenger right) of the predictions that `shadowed` = (champion, challenger version) made.
+    `seen` collects (true class, champion's class, challenger's class or None) of every prediction."""
     pairs = []
     for index in images:
         image, label = digit_png(index)
-        result = deployment.predict_bytes(f"digit-{index}.png", image, tags=["loop", f"batch-{index // 10}"],
+        result = deployment.predict_bytes(f"digit-{index}.png", image, tags=[tag, f"batch-{index // 10}"],
                                           source="camera-1")
         answer = top(result["prediction"])
+        if seen is not None:
+            seen.append((label, answer, top(result["shadow_prediction"]) if result["shadow_prediction"] else None))
         if shadowed and result["shadow_prediction"] is not None and \
                 (result["model_version"] or {}).get("version") == shadowed[0] and \
                 (result["shadow_model_version"] or {}).get("version") == shadowed[1]:
@@ -119,13 +124,15 @@ def training_tasks(loop) -> list[dict]:
     return [t for t in loop["orchestrations"].tasks() if (t["name"] or "").startswith("continuous training of")]
 
 
-def run_until_decided(loop, deployment, wanted: str, batch: int = 8, most: int = 160) -> tuple[dict, list]:
+def run_until_decided(loop, deployment, wanted: str, batch: int = 8, most: int = 160,
+                      seen: list | None = None) -> tuple[dict, list]:
     """Reviews keep arriving (batches of predictions reviewed) until the open challenge is decided."""
     pairs: list[tuple[bool, bool]] = []
     challenge = continuous(deployment)["challenge"]
     versions = (challenge["champion"]["version"], challenge["challenger"]["version"])
     while True:
-        pairs += predict_and_review(deployment, [next(loop["next_image"]) for _ in range(batch)], versions)
+        pairs += predict_and_review(deployment, [next(loop["next_image"]) for _ in range(batch)], versions,
+                                    tag=wanted, seen=seen)
         challenge = continuous(deployment)["challenge"]
         if challenge["state"] != "running" or len(pairs) >= most:
             break
@@ -245,8 +252,16 @@ def test_threshold_trains_once_shadow_first_then_the_better_model_is_promoted(st
     deployment.toggle_continuous_training(False)
 
     # reviews keep arriving: the sequential test promotes the better challenger, which then serves alone
-    challenge, pairs = run_until_decided(loop, deployment, "promoted")
+    seen: list[tuple[int, int, int | None]] = []
+    challenge, pairs = run_until_decided(loop, deployment, "promoted", seen=seen)
     check_evidence(challenge, pairs, "promote")
+    # get_stats on the same reviews (the predictions tagged "promoted"), against the numbers counted here
+    stats = deployment.get_stats(ServiceMetrics.REVIEWS_CLASSIFICATION_STATS, tags=["promoted"])["stats"]
+    shadowed = [(label, shadow) for label, _, shadow in seen if shadow is not None]
+    assert stats["reviews"] == len(seen) and stats["accepted"] == sum(label == answer for label, answer, _ in seen)
+    assert stats["champion"]["accuracy"] == pytest.approx(np.mean([label == answer for label, answer, _ in seen]))
+    assert stats["shadow"]["rows"] == len(shadowed)
+    assert stats["shadow"]["accuracy"] == pytest.approx(np.mean([label == shadow for label, shadow in shadowed]))
     assert challenge["evidence"]["challenger_accuracy"] > challenge["evidence"]["champion_accuracy"]
     assert deployment.get_model_version()["version"] == trained["version"]
     assert deployment.get_shadow_model() is None
