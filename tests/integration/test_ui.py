@@ -8,6 +8,7 @@ build/ui-screenshots/ (not committed)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -271,6 +272,7 @@ def test_sign_in_workspaces_models_pipelines_logs(stack, alice_ui: Account, worl
     text = page_text(browser)
     assert "uipipe" in text and world["url"] in text and "Running" in text, text
     assert f'client.infer("{world["deployment"]}", "uipipe"' in text  # the SDK's <deploy_id>-<id> and pipeline
+    assert "tensor FP32 [-1,29]" in text and "dense_1 FP32 [-1,1]" in text  # its OIP metadata
     shot(browser, "04-pipelines")
 
     open_page(browser, "logs")
@@ -279,6 +281,9 @@ def test_sign_in_workspaces_models_pipelines_logs(stack, alice_ui: Account, worl
     first = browser.find_elements(By.CSS_SELECTOR, "#log-rows tbody tr")
     assert len(first) == 10
     assert '"tensor":[11,' in first[0].text  # newest first: the last record marked 11
+    headers = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#log-rows thead th")]
+    assert headers[:4] == ["time", "model", "out", "in"], headers  # the answering model by the outputs
+    assert first[0].find_elements(By.TAG_NAME, "td")[1].text == "uimodel"
     shot(browser, "05-logs")
     browser.find_element(By.ID, "log-older").send_keys(Keys.ENTER)  # the next page, through the cursor
     wait_for(browser, "return document.querySelector('#page').innerText.includes('page 2')", what="page 2")
@@ -286,6 +291,13 @@ def test_sign_in_workspaces_models_pipelines_logs(stack, alice_ui: Account, worl
     assert '"tensor":[1,' in older[0].text and '"tensor":[0,' in older[1].text  # then the benchmarks' rows
     browser.find_element(By.ID, "log-newer").send_keys(Keys.ENTER)
     wait_text(browser, "#page", "10 row(s)")
+    # a time range: one end alone is the API's own 400 message; a range before everything shows nothing
+    browser.find_element(By.ID, "log-from").send_keys("2001-01-01T00:00:00Z", Keys.ENTER)
+    wait_text(browser, "#error", "HTTP 400")
+    assert "start_time" in browser.find_element(By.ID, "error").text
+    browser.find_element(By.ID, "log-to").send_keys("2001-01-02T00:00:00Z", Keys.ENTER)
+    wait_text(browser, "#page", "No logged inferences in this time range.")
+    assert not browser.find_element(By.ID, "error").text
 
 
 def test_assay_charts_and_alerts(world, browser):
@@ -384,6 +396,25 @@ def test_datasets_restore_and_benchmarks_compared(world, browser):
     latency = chart_drawn(browser, "bench-latency")
     assert latency["labels"] == ["speed.p50_ms", "speed.p99_ms"]
     shot(browser, "10-benchmarks")
+
+
+def test_undeploy_and_deploy_from_the_page(stack, world, alice_ui: Account, browser):
+    open_page(browser, "pipelines")
+    curl = next(p.text for p in browser.find_elements(By.CSS_SELECTOR, "#page pre") if p.text.startswith("curl"))
+    sample = json.loads(curl.rsplit("-d '", 1)[1].rstrip("'"))
+    assert infer(world["url"], alice_ui.token, sample).status_code == 200  # the snippet's row is one the model takes
+    undeploy = browser.find_element(By.CSS_SELECTOR, 'button[aria-label="Undeploy uipipe"]')
+    undeploy.send_keys(Keys.ENTER)  # the first press only asks again
+    assert undeploy.text == "Press again to undeploy"
+    undeploy.send_keys(Keys.ENTER)
+    wait_text(browser, "#page", "Not deployed.")
+    assert infer(world["url"], alice_ui.token, marked(range(1))).status_code in (404, 503)
+    browser.find_element(By.CSS_SELECTOR, 'button[aria-label="Deploy uipipe"]').send_keys(Keys.ENTER)
+    wait_text(browser, "#page", "Running")  # answers once the replicas serve
+    [deployed] = [p for p in alice_ui.client.post("pipelines/list", {"workspace_id": alice_ui.workspace_id})[
+        "pipelines"] if p["name"] == "uipipe"]
+    assert deployed["deployment"]["name"] == world["deployment"]  # the deployer reuses the deployment's id
+    assert infer(world["url"], alice_ui.token, sample).status_code == 200
 
 
 def test_bob_sees_none_of_it(stack, world, alice_ui: Account, bob_ui: Account, browser):
