@@ -16,6 +16,7 @@ content-addressed); the row is written last, so a prediction id that was answere
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -221,7 +222,7 @@ async def predict(deps: MonitoringDeps, principal: Principal, token: str | None,
     tags = _check_tags(cmd.tags)
     data = _image_bytes(cmd.image)
     view = await _deployment(deps, principal, token, cmd.deployment)
-    img = images.decode_image(data, cmd.content_type)
+    img = await asyncio.to_thread(images.decode_image, data, cmd.content_type)  # CPU work off the event loop
     config = image_config(view.definition)
     if config is None:
         raise Conflict(f"deployment {cmd.deployment!r} has no image configuration: give its pipeline's model step an "
@@ -234,7 +235,7 @@ async def predict(deps: MonitoringDeps, principal: Principal, token: str | None,
     if width * height * config.channels * 4 > nc.max_payload - BUS_HEADROOM:  # float32 values
         raise InvalidRequest(f"the image becomes a {width}x{height}x{config.channels} model input, more than the bus "
                              "carries: give the pipeline's image configuration a size, or send a smaller image")
-    batch = images.preprocess(img, config)
+    batch, features = await asyncio.to_thread(lambda: (images.preprocess(img, config), images.image_features(img)))
     shadow = _current_shadow(view.definition)
     started = time.perf_counter()
     answer, meta = await _ask_engine(deps, view.route.name, pa.table({config.input: tensor_array(batch)}),
@@ -260,7 +261,7 @@ async def predict(deps: MonitoringDeps, principal: Principal, token: str | None,
         shadow_model_version=_ref_dict(shadow) if shadow_prediction is not None else None, kind=config.kind,
         prediction=prediction, shadow_prediction=shadow_prediction, latency=latency, shadow_latency=shadow_latency,
         height=img.height, width=img.width, content_type=content_type, image_sha256="",
-        features=images.image_features(img), predicted_at=received, filename=cmd.filename,
+        features=features, predicted_at=received, filename=cmd.filename,
         pipeline_version=meta.get("pipeline_version") or view.route.pipeline_version)
     return await _keep(deps, token, row, data, cmd.deployment, config.labels,
                        kept["target_datalake"] if kept else None)
@@ -312,9 +313,10 @@ async def monitor(deps: MonitoringDeps, principal: Principal, token: str | None,
     data = _image_bytes(cmd.image)
     predicted_at = _predicted_at(cmd.timestamp)
     view = await _deployment(deps, principal, token, cmd.deployment)
-    img = images.decode_image(data, cmd.content_type)
+    img = await asyncio.to_thread(images.decode_image, data, cmd.content_type)  # CPU work off the event loop
     config = image_config(view.definition)
     kind = _check_monitored(cmd, img, config)
+    features = await asyncio.to_thread(images.image_features, img)
     shadow = _current_shadow(view.definition)
     row = PredictionRow(
         id=uuid.uuid4(), deployment_id=view.route.deployment_id, workspace_id=view.route.workspace_id,
@@ -323,7 +325,7 @@ async def monitor(deps: MonitoringDeps, principal: Principal, token: str | None,
         prediction=cmd.prediction.model_dump(exclude_none=True),
         shadow_prediction=cmd.shadow_prediction.model_dump(exclude_none=True) if cmd.shadow_prediction else None,
         latency=cmd.latency, shadow_latency=cmd.shadow_latency, height=img.height, width=img.width,
-        content_type=images.content_type_of(img), image_sha256="", features=images.image_features(img),
+        content_type=images.content_type_of(img), image_sha256="", features=features,
         predicted_at=predicted_at, filename=cmd.filename, pipeline_version=view.route.pipeline_version)
     kept = await store.settings(deps.pool, view.route.deployment_id)
     return await _keep(deps, token, row, data, cmd.deployment, config.labels if config else None,
