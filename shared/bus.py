@@ -263,13 +263,13 @@ def stream_configs(settings: Settings) -> list[Any]:
     ]
 
 
-def log_store_consumer_config() -> Any:
+def log_store_consumer_config(ack_wait: float = 30.0) -> Any:
     """The log store's durable consumer of INFERENCE_LOGS. Created with the stream, so the stream has interest
     in every record from the first one (interest retention keeps nothing nobody has asked for)."""
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
     return ConsumerConfig(durable_name=subjects.INFERENCE_LOGS_DURABLE, ack_policy=AckPolicy.EXPLICIT,
-                          deliver_policy=DeliverPolicy.ALL, ack_wait=30.0, max_ack_pending=50_000, max_deliver=-1,
+                          deliver_policy=DeliverPolicy.ALL, ack_wait=ack_wait, max_ack_pending=50_000, max_deliver=-1,
                           filter_subject="logs.inference.>")
 
 
@@ -327,7 +327,7 @@ async def ensure_streams(broker: NatsBroker, settings: Settings | None = None) -
                     log.warning("stream %s keeps its configuration (%s)", config.name, exc)
         if config.name == subjects.INFERENCE_LOGS_STREAM:
             try:
-                await js.add_consumer(config.name, log_store_consumer_config())
+                await js.add_consumer(config.name, log_store_consumer_config(settings.logs.ack_wait))
             except BadRequestError:
                 pass  # it exists (possibly tuned by an operator): leave it
 

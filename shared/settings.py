@@ -110,6 +110,8 @@ class LogSettings(BaseModel):
     engine_max_pending_rows: int = Field(1_000_000, description="Rows an engine holds unpublished before it "
                                          "reports records it cannot log.")
     flush_interval: float = Field(0.25, description="Seconds the log store gathers records into one segment.")
+    ack_wait: float = Field(30.0, gt=0, description="Seconds before JetStream redelivers a record the log store "
+                            "took and did not acknowledge (it died holding it); set when its consumer is created.")
     segment_max_bytes: int = Field(64 * 1024 * 1024, description="Bytes of records that make the log store write "
                                    "a segment before flush_interval is up.")
     row_group_rows: int = Field(8192, description="Rows per Parquet row group (the unit a page reads).")

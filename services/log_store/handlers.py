@@ -176,7 +176,7 @@ class Ingestor:
         self.fetch_batch = 16
 
     async def start(self) -> None:
-        config = log_store_consumer_config()
+        config = log_store_consumer_config(self.deps.settings.ack_wait)
         self.sub = await self.js.pull_subscribe("logs.inference.>", durable=subjects.INFERENCE_LOGS_DURABLE,
                                                 stream=subjects.INFERENCE_LOGS_STREAM, config=config)
         self.task = asyncio.create_task(self.run())
