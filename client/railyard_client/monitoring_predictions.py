@@ -23,11 +23,17 @@ class SupportedContentType(str, Enum):
     JPEG = "image/jpeg"
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
 def is_image_file(value: Any) -> bool:
-    """Whether `value` is the path of an existing PNG or JPEG file (by its first bytes)."""
+    """Whether `value` is the path of an image: named .png/.jpg/.jpeg (existing or not: predict then says it is
+    missing), or an existing PNG or JPEG file by its first bytes."""
     if not isinstance(value, str | Path):
         return False
     path = Path(value)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
     try:
         if not path.is_file():
             return False

@@ -66,7 +66,11 @@ def test_only_png_and_jpeg_files_are_images(tmp_path):
     (tmp_path / "a.png").write_bytes(PNG)
     (tmp_path / "b.csv").write_text("x,y\n1,2\n")
     assert is_image_file(tmp_path / "a.png") and is_image_file(str(tmp_path / "a.png"))
-    assert not is_image_file(tmp_path / "b.csv") and not is_image_file(tmp_path / "missing.png")
+    assert not is_image_file(tmp_path / "b.csv") and is_image_file(tmp_path / "missing.PNG")
+    (tmp_path / "frame").write_bytes(b"\xff\xd8\xff rest")
+    assert is_image_file(tmp_path / "frame") and not is_image_file(tmp_path / "missing")
+    with pytest.raises(InvalidInput, match="cannot read image"):
+        Recorder().predict_image(tmp_path / "missing.png")
     assert not is_image_file({"rows": []}) and not is_image_file(tmp_path)
 
 
