@@ -352,6 +352,11 @@ async def check_trigger(deps: ContinuousDeps, deployment_id: int) -> uuid.UUID |
                 " succeeded but registered no model version (upload one with the run''s token)' WHERE"
                 " deployment_id = $1 AND state = 'succeeded' AND model_version IS NULL AND"
                 " updated_at < now() - make_interval(secs => $2)", deployment_id, NO_MODEL_GRACE)
+            # nor does one whose run was never created (the service stopped between the two steps)
+            await conn.execute(
+                "UPDATE trainings SET state = 'failed', outcome = 'failed', updated_at = now(), reason = 'the service"
+                " stopped before the training run was created' WHERE deployment_id = $1 AND state = 'starting' AND"
+                " task_id IS NULL AND updated_at < now() - make_interval(secs => $2)", deployment_id, NO_MODEL_GRACE)
             reviews = await _review_count(conn, deployment_id)
             if reviews - ct["reviews_at_last_training"] < ct["threshold"]:
                 return None
