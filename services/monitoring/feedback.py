@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from faststream.nats import NatsRouter
+from pydantic import ValidationError
 
 from services.monitoring import feedback_store as fs
-from services.monitoring import handlers
+from services.monitoring import handlers, images, predictions
 from shared import subjects
 from shared.authz import Principal, require_user
 from shared.bus import CallContext, command, publish_event, request
@@ -64,6 +65,7 @@ from shared.messages.monitoring_feedback import (
     SetupFeedbackLoop,
     ToggleFeedbackLoop,
 )
+from shared.messages.monitoring_predictions import PredictionFormat
 from shared.messages.tasks import IssueTaskToken, TaskTokenIssued
 from shared.objectstore import BUCKET_DATASETS, BUCKET_MONITORING, ObjectStore
 
@@ -147,6 +149,22 @@ def _check_ground_truth(kind: str, truth: GroundTruth, height: int, width: int) 
     return out
 
 
+def _check_format(truth: dict[str, Any], row: dict[str, Any], view: handlers.DeploymentView) -> None:
+    """The prediction slice's PredictionFormat rules on the ground truth too (integer pixel boxes, polygons inside
+    the image, class ids below the number of the deployment's labels when its image configuration names them)."""
+    try:
+        fmt = PredictionFormat.model_validate(truth)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise InvalidRequest(f"ground_truth.{where}: {error['msg']} (boxes and polygons are integer pixels)") from None
+    try:
+        config = predictions.image_config(view.definition)
+    except Conflict:
+        config = None
+    images.check_prediction(fmt, row["height"], row["width"], "ground_truth", config.labels if config else None)
+
+
 async def _prediction(deps: FeedbackDeps, principal: Principal, token: str | None, deployment: str,
                       prediction_id: uuid.UUID) -> tuple[handlers.DeploymentView, dict[str, Any]]:
     """The deployment and one of its predictions; a prediction of another deployment or workspace does not exist."""
@@ -172,6 +190,7 @@ async def review_prediction(deps: FeedbackDeps, principal: Principal, token: str
         truth = row["prediction"]
     else:
         truth = _check_ground_truth(row["kind"], cmd.ground_truth, row["height"], row["width"])
+        _check_format(truth, row, view)
     async with deps.monitoring.pool.acquire() as conn, conn.transaction():
         saved = await fs.save_review(conn, row, cmd.decision, truth, principal.username or principal.user_id)
     await deps.publish(subjects.EVENT_MONITORING_REVIEW_CREATED, ReviewCreated(

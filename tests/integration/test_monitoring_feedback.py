@@ -375,6 +375,7 @@ def test_outsiders_and_bad_input_change_nothing(stack, owner, deployed, bob):
                  {**review, "decision": "corrected", "ground_truth": {"detection_classes": [1],
                                                                       "detection_boxes": [[0, 0, 1, 1]]}},
                  {**review, "decision": "corrected", "ground_truth": {"detection_classes": [-1]}},
+                 {**review, "decision": "corrected", "ground_truth": {"detection_classes": [10]}},  # 10 labels
                  {**review, "decision": "maybe"}, {**review, "prediction_id": "not-a-uuid"}):
         response = call(stack, owner.token, "review_prediction", body)
         assert response.status_code == 400 and response.json()["code"] == "invalid_request", (body, response.text)
