@@ -30,8 +30,8 @@ class GroundTruth(Message):
 
     detection_classes: list[int] = Field(max_length=MAX_ITEMS)
     detection_scores: list[float] | None = Field(None, max_length=MAX_ITEMS)
-    detection_boxes: list[list[float]] | None = Field(None, max_length=MAX_ITEMS)
-    detection_masks: list[list[float]] | None = Field(None, max_length=MAX_ITEMS)
+    detection_boxes: list[list[int]] | None = Field(None, max_length=MAX_ITEMS)
+    detection_masks: list[list[int]] | None = Field(None, max_length=MAX_ITEMS)
 
 
 class ReviewPrediction(Command):
