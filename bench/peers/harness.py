@@ -8,8 +8,9 @@ system, model and format: batch-1 p50/p99 on one connection, batch-1 req/s on 8 
 rows/s on 4 connections. Every answer format is checked once against onnxruntime's own output before it is
 timed. Railyard is measured with tokens checked and every row logged (the default log policy), in three formats:
 pandas-records JSON, Arrow and OIP v2 JSON; MLServer in OIP v2 JSON; mlflow in its `dataframe_records` JSON.
-Also: RSS of an ONNX replica and of MLServer's processes, the idle embedded stack's RSS, and a Python-step
-pipeline (sandboxed worker) against the ONNX one.
+Also: RSS of an ONNX replica and of MLServer's processes, the idle embedded stack's RSS, a Python-step
+pipeline (sandboxed worker) against the ONNX one, and the engine options (adaptive batching on, off, with a
+delay; each log policy) on the ccfraud model, one deployment after another (round 1).
 
 Environment: `BENCH_QUICK=1` (short loops, for development), `BENCH_SYSTEMS=railyard,raw,...` (a subset;
 names below), `BENCH_RAILYARD_VARIANTS=name:{json engine_config},...` (more Railyard deployments of the same
@@ -85,6 +86,7 @@ class Results:
     rounds: list[dict[str, dict[str, dict[str, float]]]] = field(default_factory=list)
     memory: dict[str, float] = field(default_factory=dict)
     pipeline: list[dict[str, float]] = field(default_factory=list)
+    options: dict[str, dict[str, float]] = field(default_factory=dict)
     load: list[str] = field(default_factory=list)
 
 
@@ -447,9 +449,32 @@ def railyard(folder: Path, variants: dict[str, dict], first_round: bool, results
                 results.memory["replicas_mib"] = [rss_mib([p]) for p in replicas]
         if first_round and tree is None:
             results.pipeline.append(uvloop.run(python_step_pipeline(deployer)))
+            results.options = uvloop.run(engine_options(deployer))
     finally:
         stack.stop()
         shutil.rmtree(data.parent, ignore_errors=True)
+
+
+OPTIONS = {"default (batching, every row logged)": {}, "batching off": {"batch_max_delay_ms": -1},
+           "batching, 1 ms delay": {"batch_max_delay_ms": 1}, "log policy sampled 0.1": {
+               "log_policy": {"mode": "sampled", "fraction": 0.1}},
+           "log policy outputs": {"log_policy": "outputs"}, "log policy off": {"log_policy": "off"}}
+
+
+async def engine_options(deployer: RailyardDeployer) -> dict[str, dict[str, float]]:
+    """The ccfraud model under each engine option (adaptive batching, log policies), one after another."""
+    figures = {}
+    for index, (label, config) in enumerate(OPTIONS.items()):
+        targets = deployer.targets(deployer.deploy(f"option-{index}", ["ccfraud"], config))
+        records, arrow = targets["records"], targets["Arrow"]
+        await loadgen.sequential(records.url, records.one, WARM)
+        singles = await loadgen.sequential(records.url, records.one, SINGLES // 2)
+        figures[label] = {"p50_ms": statistics.median(singles) * 1e3,
+                          "rps32": await loadgen.concurrent(records.url, records.one, 32, CONCURRENT_S)}
+        await loadgen.sequential(arrow.url, arrow.thousand, 3)
+        figures[label]["arrow1000"] = 1000 * await loadgen.concurrent(arrow.url, arrow.thousand, 4, BATCH_S)
+        figures[label]["records1000"] = 1000 * await loadgen.concurrent(records.url, records.thousand, 4, BATCH_S)
+    return figures
 
 
 async def python_step_pipeline(deployer: RailyardDeployer) -> dict[str, float]:
@@ -603,6 +628,14 @@ def report(results: Results, seconds: float) -> str:  # noqa: C901 - one table a
                   f"({p['python_p50_ms'] / p['onnx_p50_ms']:.2f}x)",
                   f"- batch-1000 rows/s, 4 connections: Python {p['python_rows1000']:,.0f}, ONNX "
                   f"{p['onnx_rows1000']:,.0f} ({p['python_rows1000'] / p['onnx_rows1000']:.2f}x)", ""]
+    if results.options:
+        lines += ["### Engine options, ccfraud (round 1, one deployment after another)", "",
+                  "| engine_config | records batch-1 p50 | records batch-1 req/s, 32 connections | "
+                  "Arrow batch-1000 rows/s | records batch-1000 rows/s |", "|---|---|---|---|---|"]
+        for label, f in results.options.items():
+            lines.append(f"| {label} | {f['p50_ms']:.3f} ms | {f['rps32']:,.0f} | {f['arrow1000']:,.0f} | "
+                         f"{f['records1000']:,.0f} |")
+        lines.append("")
     lines.append(END_MARK)
     return "\n".join(lines) + "\n"
 

@@ -16,6 +16,7 @@ import asyncpg
 
 from services.deployer import store
 from services.deployer.backend import LocalBackend
+from services.engine.logpolicy import check_batching, check_log_policy
 from shared import subjects
 from shared.authz import (
     MembershipLookup,
@@ -220,6 +221,9 @@ def _engine_config(config: dict[str, Any] | None) -> dict[str, Any]:
         replicas = max(low, 1)
     if cpus <= 0 or not 1 <= replicas <= 16:
         raise InvalidRequest("engine_config: cpus must be positive and replica_count between 1 and 16")
+    check_batching(config)
+    if "log_policy" in config:  # which rows the engine logs (services/engine/logpolicy.py)
+        config["log_policy"] = check_log_policy(config["log_policy"])
     return config | {"cpus": cpus, "replica_count": replicas}
 
 
@@ -362,7 +366,15 @@ async def resolve_deployment(deps: DeployerDeps, principal: Principal, token: st
     return DeploymentRoute(deployment_id=row["id"], name=name, pipeline_name=row["pipeline_name"],
                            workspace_id=row["workspace_id"], status=status,
                            pipeline_version=str(row["pipeline_version"]), input_schema=first.get("input_schema"),
-                           output_schema=last.get("output_schema"))
+                           output_schema=last.get("output_schema"), batchable=_batchable(spec))
+
+
+def _batchable(spec: dict[str, Any]) -> bool:
+    """Rows of concurrent requests may share one engine call (services/engine/batching.py): plain ONNX steps."""
+    steps = spec.get("steps") or []
+    return bool(steps) and float(spec.get("engine_config", {}).get("batch_max_delay_ms", 0)) >= 0 and all(
+        step["kind"] == "ModelInference" and len(step["models"]) == 1 and step["models"][0].get("runtime") == "onnx"
+        for step in steps)
 
 
 async def restore_deployments(deps: DeployerDeps) -> None:

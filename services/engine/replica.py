@@ -30,7 +30,9 @@ import pyarrow as pa
 
 from services.engine import handlers
 from services.engine.answers import RepeatedRequests
+from services.engine.batching import RequestBatcher, batching_config, can_batch
 from services.engine.logbatcher import LogBatcher
+from services.engine.logpolicy import LogPolicy
 from services.engine.runtimes import OnnxRuntime
 from services.engine.sandboxed import SandboxedRuntime
 from shared import subjects
@@ -139,6 +141,7 @@ class Replica:
         self.cache_dir = settings.stack.data_dir.expanduser().resolve() / "engine-cache"
         self.work_dir = settings.stack.data_dir.expanduser().resolve() / "engine-work" / self.name
         self.workers: list[SandboxedRuntime] = []  # users' code: each in a sandboxed worker process
+        self.log_policy = LogPolicy.from_config(spec.get("engine_config", {}))
 
     async def load(self) -> None:
         store = self.store = MinioObjectStore(self.settings.s3)
@@ -193,15 +196,31 @@ class Replica:
             answers.answered(msg, body, headers, (time.perf_counter_ns() - received) / 1e9)
             await nc.publish(msg.reply, body, headers=headers)
 
+        async def resend(msg, earlier) -> None:  # re-sent by the gateway while this replica runs it or just ran it
+            body, headers = await earlier if isinstance(earlier, asyncio.Future) else earlier
+            await nc.publish(msg.reply, body, headers=headers)
+
+        def repeat(msg) -> bool:
+            earlier = answers.earlier(msg)
+            if earlier is None:
+                return False
+            asyncio.create_task(resend(msg, earlier))  # noqa: RUF006 - it ends with the answer it waits for
+            return True
+
         async def infer(msg) -> None:
             received = time.perf_counter_ns()
             earlier = answers.earlier(msg)
-            if earlier is not None:  # re-sent by the gateway while this replica runs it or just ran it
-                body, headers = await earlier if isinstance(earlier, asyncio.Future) else earlier
-                await nc.publish(msg.reply, body, headers=headers)
+            if earlier is not None:
+                await resend(msg, earlier)
                 return
-            at_ms = time.time_ns() // 1_000_000
+            await run_alone(msg, received, time.time_ns() // 1_000_000)
+
+        async def run_alone(msg, received: int, at_ms: int) -> None:
             answer = await handlers.infer(self, msg.data, msg.headers, received, nc.max_payload)
+            await deliver(msg, answer, received, at_ms)
+
+        async def deliver(msg, answer: handlers.Answer, received: int, at_ms: int) -> None:
+            """Answer, then leave the request's record for the log (as the deployment's log policy says)."""
             await reply(msg, answer.body, answer.headers, received)
             if answer.output is None:  # failed: nothing to log
                 return
@@ -211,13 +230,13 @@ class Replica:
                 record.shadows.update(answer.shadow_outputs)
             shadows = answer.shadows
             if not shadows:
-                self.batcher.add(record)
+                self.log_record(record)
                 return
             try:
                 self.shadow_queue.put_nowait((record, shadows))
             except asyncio.QueueFull:  # challengers cannot keep up: log the champion's part alone
                 log.warning("challengers of %s are behind: a record is logged without them", self.name)
-                self.batcher.add(record)
+                self.log_record(record)
 
         async def status(msg) -> None:
             await msg.respond(json.dumps({
@@ -228,12 +247,23 @@ class Replica:
                                                "status": "Running"} for s in self.steps for m in s.models]},
             }).encode())
 
-        await nc.subscribe(subjects.engine_infer(self.name), queue=f"engine-{self.name}", cb=infer)
+        batching = batching_config(self.spec.get("engine_config", {}))
+        requests = None
+        if batching is not None and can_batch(self):  # concurrent requests share a model call (batching.py)
+            requests = RequestBatcher(self, *batching, nc.max_payload, run_alone, deliver, repeat)
+            self.request_batcher = requests
+        subscription = await nc.subscribe(subjects.engine_infer(self.name), queue=f"engine-{self.name}",
+                                          cb=requests.submit if requests else infer)
         await nc.subscribe(subjects.engine_replica_status(self.name, self.replica_id), cb=status)
         publisher = asyncio.create_task(self.batcher.run())
         shadow_worker = asyncio.create_task(self.run_shadows())
+        batch_worker = asyncio.create_task(requests.run()) if requests else None
         log.info("replica %s of %s serving", self.replica_id, self.name)
         await self.stop.wait()
+        if requests is not None:  # queued requests are answered before the connection closes
+            await subscription.drain()
+            await requests.idle()
+            batch_worker.cancel()
         await nc.drain()  # finishes in-flight requests before closing
         # every answered request is logged before the replica goes: queued challengers run (for a while), then
         # the batcher publishes what it holds (docs/logs.md, "Graceful stop")
@@ -241,6 +271,12 @@ class Replica:
         await self.batcher.close(publisher, DRAIN_LOGS)
         await logs_nc.drain()
         await self.stop_workers()
+
+    def log_record(self, record: InferenceRecord) -> None:
+        """Hand a request's record to the log batcher, as the deployment's log policy says (logpolicy.py)."""
+        record = self.log_policy.apply(record)
+        if record is not None:
+            self.batcher.add(record)
 
     async def stop_workers(self) -> None:
         for worker in self.workers:
@@ -258,7 +294,7 @@ class Replica:
                 except Exception as exc:
                     log.warning("challenger %s of %s failed: %s", name, self.name, exc)
             self.shadow_current = None
-            self.batcher.add(record)
+            self.log_record(record)
             self.shadow_queue.task_done()
 
     async def drain_shadows(self, worker: asyncio.Task, timeout: float) -> None:
@@ -273,9 +309,9 @@ class Replica:
         with contextlib.suppress(asyncio.CancelledError):
             await worker
         if self.shadow_current is not None:
-            self.batcher.add(self.shadow_current[0])
+            self.log_record(self.shadow_current[0])
         while not self.shadow_queue.empty():
-            self.batcher.add(self.shadow_queue.get_nowait()[0])
+            self.log_record(self.shadow_queue.get_nowait()[0])
 
 
 async def main_async(spec_path: Path, replica_id: str) -> int:

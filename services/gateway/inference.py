@@ -6,6 +6,7 @@ tensors against the model and run it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -19,6 +20,7 @@ import pyarrow as pa
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
+from services.gateway.coalesce import Coalescer
 from services.gateway.errors import send_error
 from services.gateway.limits import declared_length, read_body, too_large
 from shared import subjects
@@ -46,31 +48,84 @@ from shared.service import Runtime
 from shared.table_transport import INFERENCE_PREFIX, META_HEADER, TABLE_REF, above_bus_limit, put_table, take_table
 
 log = logging.getLogger("railyard.gateway.inference")
+OIP_HEADER_LENGTH = "Inference-Header-Content-Length"  # services/gateway/oip.py's binary extension
 ARROW_FILE = "application/vnd.apache.arrow.file"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 JSON_RECORDS = "application/json; format=pandas-records"
 ROUTE_TTL = 2.0
+ROUTE_MAX_AGE = 20.0  # seconds a running deployment's route is used while it is refreshed in the background
 MEMBER_TTL = 30.0
 INFER_TIMEOUT = 30.0
 FIRST_ATTEMPT = 3.0
 
 
 class RouteCache:
-    """Deployment routes and memberships, cached briefly so an inference costs no extra round trip."""
+    """Deployment routes and memberships, cached briefly so an inference costs no extra round trip.
+
+    A running deployment's route older than ROUTE_TTL is still used while one request refreshes it in the
+    background (resolving asks the deployer, which asks every replica: done inline, it was a latency spike every
+    ROUTE_TTL seconds); past ROUTE_MAX_AGE, or when the deployment was not running, a request waits for a fresh
+    one. Who may call is checked on every request either way (`authorize`)."""
 
     def __init__(self) -> None:
         self.routes: dict[str, tuple[float, DeploymentRoute]] = {}
         self.members: dict[tuple[str, int], float] = {}
+        self.refreshing: dict[str, asyncio.Task] = {}
+        self.coalescer: Coalescer | None = None
+
+    async def _resolve(self, runtime: Runtime, name: str, token: str) -> DeploymentRoute:
+        started = time.monotonic()
+        route = await request(runtime.broker, subjects.DEPLOYER_DEPLOYMENTS_RESOLVE, ResolveDeployment(name=name),
+                              token=token, timeout=runtime.settings.nats.request_timeout, reply_model=DeploymentRoute)
+        self.routes[name] = (started, route)
+        return route
 
     async def route(self, runtime: Runtime, name: str, token: str) -> DeploymentRoute:
         now = time.monotonic()
         cached = self.routes.get(name)
-        if cached and now - cached[0] < ROUTE_TTL and cached[1].status == "Running":
-            return cached[1]
-        route = await request(runtime.broker, subjects.DEPLOYER_DEPLOYMENTS_RESOLVE, ResolveDeployment(name=name),
-                              token=token, timeout=runtime.settings.nats.request_timeout, reply_model=DeploymentRoute)
-        self.routes[name] = (now, route)
-        return route
+        if cached and cached[1].status == "Running":
+            age = now - cached[0]
+            if age < ROUTE_TTL:
+                return cached[1]
+            if age < ROUTE_MAX_AGE:
+                if name not in self.refreshing:
+                    task = asyncio.create_task(self._resolve(runtime, name, token))
+                    self.refreshing[name] = task
+                    task.add_done_callback(lambda done: self._refreshed(name, done))
+                return cached[1]
+        return await self._resolve(runtime, name, token)
+
+    async def ask(self, runtime: Runtime, route: DeploymentRoute, token: str, table: pa.Table
+                  ) -> tuple[dict[str, str], pa.Table]:
+        """(the engine's answer headers, the output table), or its typed error. Concurrent requests to a
+        deployment whose steps allow it travel together (services/gateway/coalesce.py). When no replica answers,
+        what the deployer says now (the cached route may be stale: undeployed is 404, starting 503)."""
+        name = route.name
+        try:
+            if route.batchable:
+                if self.coalescer is None:
+                    async def send(deployment: str, payload: bytes) -> tuple[dict[str, str], bytes]:
+                        reply = await _ask_engine(runtime, deployment, payload)
+                        return dict(reply.headers or {}), reply.data
+
+                    self.coalescer = Coalescer(send)
+                return await self.coalescer.ask(name, table)
+            reply = await _ask_engine(runtime, name, to_ipc_stream(table))
+            raise_for_error_header(reply.headers)
+            return dict(reply.headers or {}), from_ipc(reply.data)
+        except Unavailable:
+            route = await self._resolve(runtime, name, token)  # NotFound when it is gone
+            if route.status != "Running":
+                raise Unavailable(f"deployment {name!r} is {route.status.lower()}; retry shortly") from None
+            raise
+
+    def _refreshed(self, name: str, task: asyncio.Task) -> None:
+        self.refreshing.pop(name, None)
+        if not task.cancelled() and task.exception() is not None:
+            if isinstance(task.exception(), NotFound):  # gone: the next request resolves it and says so
+                self.routes.pop(name, None)
+            else:
+                log.warning("refreshing the route of %s failed: %s", name, task.exception())
 
     async def authorize(self, runtime: Runtime, principal: Principal, token: str, route: DeploymentRoute) -> None:
         """May the caller infer on this deployment? Users: members of its workspace (cached briefly); inference
@@ -177,10 +232,7 @@ class Inference:
         if route.status != "Running":
             raise Unavailable(f"deployment {deployment!r} is {route.status.lower()}; retry shortly")
         at_ms = int(time.time() * 1000)
-        reply = await _ask_engine(runtime, deployment, to_ipc_stream(table))
-        headers = reply.headers or {}
-        raise_for_error_header(headers)
-        outputs = from_ipc(reply.data)
+        headers, outputs = await self.cache.ask(runtime, route, token, table)
         meta = json.loads(headers.get(META_HEADER, "{}"))
         if ARROW_FILE in accept or ARROW_STREAM in accept:
             combined = pa.table({"time": pa.array([at_ms] * table.num_rows, pa.int64()),
@@ -192,7 +244,22 @@ class Inference:
         return orjson.dumps(seed_records(table, outputs, meta, at_ms)), "application/json", {}
 
 
+    async def run_oip(self, principal: Principal, token: str, model: str, header_length: str | None,
+                      body: bytes) -> tuple[bytes, dict[str, str]]:
+        """(answer body, headers) for one Open Inference Protocol inference (services/gateway/oip.py)."""
+        from services.gateway.oip import encode_response, parse_request
+
+        runtime = self.runtime
+        route = await self.cache.route(runtime, model, token)
+        await self.cache.authorize(runtime, principal, token, route)
+        parsed, table = parse_request(body, header_length)
+        _, outputs = await self.cache.ask(runtime, route, token, table)
+        return encode_response(parsed, model, route.pipeline_version, outputs)
+
+
 INFER_PREFIX = "/v1/api/pipelines/infer/"
+OIP_PREFIX = "/v2/models/"
+OIP_SUFFIX = "/infer"
 
 
 class InferenceFastPath:
@@ -209,15 +276,23 @@ class InferenceFastPath:
 
     async def __call__(self, scope: dict, receive, send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or scope["method"] != "POST" or not path.startswith(INFER_PREFIX):
+        if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        parts = path[len(INFER_PREFIX):].split("/")
-        if len(parts) != 2 or not all(parts):
+        if path.startswith(INFER_PREFIX):  # <deployment>/<pipeline>
+            parts = path[len(INFER_PREFIX):].split("/")
+            served = len(parts) == 2 and all(parts)
+        elif path.startswith(OIP_PREFIX) and path.endswith(OIP_SUFFIX):  # /v2/models/<model>/infer
+            parts = [path[len(OIP_PREFIX):-len(OIP_SUFFIX)]]
+            served = bool(parts[0]) and "/" not in parts[0]
+        else:
+            served = False
+        if not served:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         read = False
+        shape = "api"
         try:
             declared = declared_length(scope)
             if declared is not None and declared > self.max_body_bytes:
@@ -231,12 +306,18 @@ class InferenceFastPath:
             if body is None:
                 return
             read = True
-            answer, media, extra = await self.inference.run(
-                principal, token.strip(), parts[0], parts[1], headers.get("content-type", ""),
-                headers.get("accept", ""), body)
+            if len(parts) == 1:  # the Open Inference Protocol: its errors in its own shape
+                shape = "oip"
+                answer, extra = await self.inference.run_oip(principal, token.strip(), parts[0],
+                                                             headers.get(OIP_HEADER_LENGTH.lower()), body)
+                media = extra.pop("Content-Type")
+            else:
+                answer, media, extra = await self.inference.run(
+                    principal, token.strip(), parts[0], parts[1], headers.get("content-type", ""),
+                    headers.get("accept", ""), body)
         except RailyardError as exc:
             # not read (whole): close the connection, the rest of the body is never parsed as a next request
-            await send_error(send, exc, close=not read)
+            await send_error(send, exc, shape, close=not read)
             return
         except Exception:  # like the app's own handler: no details leave the gateway
             log.exception("inference failed in the gateway")

@@ -125,6 +125,8 @@ class DeploymentRoute(Message):
     pipeline_version: str
     input_schema: str | None = Field(description="base64 Arrow schema of the first step's input")
     output_schema: str | None = Field(None, description="base64 Arrow schema of the last step's output")
+    batchable: bool = Field(False, description="Concurrent requests may travel to the engine as one table: every "
+                            "step is a plain ONNX ModelInference and engine batching is on (gateway/coalesce.py).")
 
 
 class PipelineDeployed(Event):

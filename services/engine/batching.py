@@ -1,0 +1,164 @@
+"""Adaptive batching: concurrent requests to one replica run as one model call.
+
+The bus subscription's callback only queues a request (`submit`); one task takes every request queued at that
+moment (after waiting at most `batch_max_delay_ms` for more when only one is there, 0 by default: no wait) and
+runs requests of one schema as one table through the pipeline, then splits the output by request: every request
+gets its own answer and its own log record, as if it had run alone. Under load, requests arriving while a batch
+runs make the next batch, so the model, the pipeline's Python around it and the answers' publishing are paid per
+batch, not per request; an idle replica answers a lone request at once.
+
+A request that cannot share a call runs alone, as before: a table sent by reference, challengers asked inline,
+or a pipeline that is not served in this process alone (Python steps and BYOP models in sandboxed workers,
+A/B splits, which choose per request, and shadow deployments). When a shared call fails (one request's bad tensor
+fails the whole call), each of its requests runs alone, so the error reaches only the request that caused it.
+
+Configured per deployment in `engine_config`: `batch_max_delay_ms` (0 by default; a negative value turns batching
+off) and `batch_max_rows` (4096: a larger call is split).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pyarrow as pa
+
+from services.engine.handlers import INLINE_ROWS, Answer
+from shared.arrow_codec import from_ipc, to_ipc_stream
+from shared.errors import RailyardError
+from shared.table_transport import INFERENCE_PREFIX, META_HEADER, SHADOWS_HEADER, TABLE_REF, above_bus_limit, put_table
+
+log = logging.getLogger("railyard.engine")
+DEFAULT_MAX_ROWS = 4096
+
+
+def batching_config(engine_config: dict[str, Any]) -> tuple[float, int] | None:
+    """(max delay in seconds, max rows) from a deployment's engine_config, or None when batching is off."""
+    delay = float(engine_config.get("batch_max_delay_ms", 0))
+    if delay < 0:
+        return None
+    return delay / 1000, int(engine_config.get("batch_max_rows", DEFAULT_MAX_ROWS))
+
+
+def can_batch(pipeline: Any) -> bool:
+    """Every step is a plain ModelInference served in this process (see the module docstring)."""
+    return not pipeline.workers and all(step.kind == "ModelInference" and len(step.runtimes) == 1
+                                        for step in pipeline.steps)
+
+
+class RequestBatcher:
+    """Queues a replica's requests and runs them in shared calls.
+
+    `run_alone(msg, received_ns, at_ms)` runs one request the ordinary way; `deliver(msg, answer, received_ns,
+    at_ms)` answers a request and logs its record; `repeat(msg)` returns True when the message repeats a request
+    and has been taken care of (the replica answers it from the first attempt)."""
+
+    def __init__(self, pipeline: Any, delay: float, max_rows: int, max_payload: int,
+                 run_alone: Callable[[Any, int, int], Awaitable[None]],
+                 deliver: Callable[[Any, Answer, int, int], Awaitable[None]],
+                 repeat: Callable[[Any], bool]) -> None:
+        self.pipeline = pipeline
+        self.delay = delay
+        self.max_rows = max_rows
+        self.max_payload = max_payload
+        self.run_alone = run_alone
+        self.deliver = deliver
+        self.repeat = repeat
+        self.pending: list[tuple[Any, int, int]] = []
+        self.wake = asyncio.Event()
+        self.batches = 0
+        self.batched_requests = 0
+        self.busy = False
+
+    async def submit(self, msg: Any) -> None:
+        """The subscription's callback: queue and return, so the bus client hands over the next message."""
+        self.pending.append((msg, time.perf_counter_ns(), time.time_ns() // 1_000_000))
+        self.wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.wake.wait()
+            if self.delay and len(self.pending) == 1:
+                await asyncio.sleep(self.delay)
+            self.wake.clear()
+            queued, self.pending = self.pending, []
+            self.busy = True
+            try:
+                await self.run_queued(queued)
+            except Exception:
+                log.exception("a batch of %d requests failed", len(queued))
+            finally:
+                self.busy = False
+
+    async def idle(self, timeout: float = 30.0) -> None:
+        """Wait until every queued request has been answered (a stopping replica, its subscription drained)."""
+        deadline = time.monotonic() + timeout
+        while (self.pending or self.busy) and time.monotonic() < deadline:  # noqa: ASYNC110 - once, at stop
+            await asyncio.sleep(0.01)
+
+    async def run_queued(self, queued: list[tuple[Any, int, int]]) -> None:
+        groups: dict[pa.Schema, list[tuple[Any, int, int, pa.Table]]] = {}
+        alone: list[tuple[Any, int, int]] = []
+        for item in queued:
+            msg = item[0]
+            if self.repeat(msg):
+                continue
+            headers = msg.headers or {}
+            if headers.get(TABLE_REF) or headers.get(SHADOWS_HEADER):
+                alone.append(item)
+                continue
+            try:
+                table = from_ipc(msg.data)
+            except RailyardError:
+                alone.append(item)  # answered with its error by the ordinary path
+                continue
+            groups.setdefault(table.schema, []).append((*item, table))
+        for group in groups.values():
+            chunk: list = []
+            rows = 0
+            for entry in group:
+                if chunk and rows + entry[3].num_rows > self.max_rows:
+                    await self.run_shared(chunk)
+                    chunk, rows = [], 0
+                chunk.append(entry)
+                rows += entry[3].num_rows
+            if chunk:
+                await self.run_shared(chunk)
+        for msg, received, at_ms in alone:
+            await self.run_alone(msg, received, at_ms)
+
+    async def run_shared(self, chunk: list[tuple[Any, int, int, pa.Table]]) -> None:
+        if len(chunk) == 1:
+            msg, received, at_ms, _ = chunk[0]
+            await self.run_alone(msg, received, at_ms)
+            return
+        tables = [entry[3] for entry in chunk]
+        combined = pa.concat_tables(tables)
+        pipeline = self.pipeline
+        try:
+            output, elapsed, last, _ = await asyncio.to_thread(pipeline.run, combined) \
+                if combined.num_rows > INLINE_ROWS else pipeline.run(combined)
+        except Exception:  # someone's bad input (or a model failure): each request alone gets its own answer
+            for msg, received, at_ms, _ in chunk:
+                await self.run_alone(msg, received, at_ms)
+            return
+        self.batches += 1
+        self.batched_requests += len(chunk)
+        last_model = json.dumps({"model_name": last["name"], "model_sha": last["sha"]}) if last else ""
+        version = pipeline.spec["deployment"]["pipeline_version"]
+        step_ns = elapsed[0] if elapsed else 0
+        offset = 0
+        for msg, received, at_ms, table in chunk:
+            part = output.slice(offset, table.num_rows)
+            offset += table.num_rows
+            timings = (step_ns, time.perf_counter_ns() - received)
+            body = to_ipc_stream(part)
+            headers = {META_HEADER: json.dumps({"last_model": last_model, "pipeline_version": version,
+                                                "elapsed": list(timings)})}
+            if above_bus_limit(body, self.max_payload):  # answer by reference
+                headers[TABLE_REF], body = await put_table(pipeline.store, INFERENCE_PREFIX, body), b""
+            await self.deliver(msg, Answer(body, headers, table, part, last_model, timings), received, at_ms)

@@ -1,0 +1,98 @@
+"""Concurrent inferences to one deployment cross the gateway -> engine hop together.
+
+Requests that reach the hop in the same turn of the gateway's event loop (concurrent connections do) travel as
+one table in one bus message when their tables have the same schema, up to `MAX_ROWS` rows; the answer is split
+back by rows. So the bus and the engine pay per batch, not per request, and the engine's own batching
+(services/engine/batching.py) runs the rest together. A lone request goes on at once, as before: nothing waits
+for company. When a shared request fails (one request's bad rows fail the whole table), each of its requests is
+sent again alone, so the error reaches only the request that caused it. The engine logs the shared table's rows
+as one record: every row is still logged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from shared.arrow_codec import from_ipc, to_ipc_stream
+from shared.bus import raise_for_error_header
+
+MAX_ROWS = 4096
+
+
+@dataclass
+class Waiting:
+    table: pa.Table
+    future: asyncio.Future
+
+
+@dataclass
+class Coalescer:
+    """`send(deployment, payload) -> (headers, answer bytes)` is the hop itself (one bus request)."""
+
+    send: Callable[[str, bytes], Awaitable[tuple[dict[str, str], bytes]]]
+    queues: dict[str, list[Waiting]] = field(default_factory=dict)
+    shared_requests: int = 0
+    shared_messages: int = 0
+
+    async def ask(self, deployment: str, table: pa.Table) -> tuple[dict[str, str], pa.Table]:
+        """(the engine's answer headers, this request's output rows); a failed answer raises its typed error."""
+        loop = asyncio.get_running_loop()
+        queue = self.queues.setdefault(deployment, [])
+        waiting = Waiting(table, loop.create_future())
+        queue.append(waiting)
+        if len(queue) == 1:  # after the other requests this turn of the loop brings
+            loop.call_soon(self._go, deployment)
+        return await waiting.future
+
+    def _go(self, deployment: str) -> None:
+        queue = self.queues.pop(deployment, [])
+        groups: dict[pa.Schema, list[Waiting]] = {}
+        for waiting in queue:
+            groups.setdefault(waiting.table.schema, []).append(waiting)
+        for group in groups.values():
+            chunk: list[Waiting] = []
+            rows = 0
+            for waiting in group:
+                if chunk and rows + waiting.table.num_rows > MAX_ROWS:
+                    asyncio.create_task(self._send(deployment, chunk))  # noqa: RUF006 - it settles its futures
+                    chunk, rows = [], 0
+                chunk.append(waiting)
+                rows += waiting.table.num_rows
+            asyncio.create_task(self._send(deployment, chunk))  # noqa: RUF006 - it settles its futures
+
+    async def _alone(self, deployment: str, waiting: Waiting) -> None:
+        try:
+            headers, data = await self.send(deployment, to_ipc_stream(waiting.table))
+            raise_for_error_header(headers)
+            result = (headers, from_ipc(data))
+        except BaseException as exc:  # noqa: BLE001 - handed to the request that waits for it
+            if not waiting.future.done():
+                waiting.future.set_exception(exc)
+            return
+        if not waiting.future.done():
+            waiting.future.set_result(result)
+
+    async def _send(self, deployment: str, chunk: list[Waiting]) -> None:
+        if len(chunk) == 1:
+            await self._alone(deployment, chunk[0])
+            return
+        try:
+            headers, data = await self.send(deployment, to_ipc_stream(pa.concat_tables([w.table for w in chunk])))
+            raise_for_error_header(headers)
+            outputs = from_ipc(data)
+            if outputs.num_rows != sum(w.table.num_rows for w in chunk):
+                raise ValueError("the answer's rows do not match the requests'")
+        except BaseException:  # noqa: BLE001 - each request alone gets its own answer (or error)
+            await asyncio.gather(*(self._alone(deployment, w) for w in chunk))
+            return
+        self.shared_messages += 1
+        self.shared_requests += len(chunk)
+        offset = 0
+        for waiting in chunk:
+            if not waiting.future.done():
+                waiting.future.set_result((headers, outputs.slice(offset, waiting.table.num_rows)))
+            offset += waiting.table.num_rows
