@@ -69,7 +69,7 @@ from shared.messages.monitoring_continuous import (
     TrainingStarted,
 )
 from shared.messages.monitoring_feedback import DatasetVersionRef, ReviewCreated
-from shared.messages.registry import ModelUploaded, ModelVersionFinished
+from shared.messages.registry import ModelUploaded, ModelVersionFinished, ResolvedModel, ResolveModel
 from shared.messages.tasks import (
     IssueTaskToken,
     ListOrchestrations,
@@ -449,7 +449,9 @@ async def on_model_uploaded(deps: ContinuousDeps, event: ModelUploaded) -> None:
         task_uuid = uuid.UUID(str(task_id))
     except ValueError:
         return
-    model = {"name": event.name, "version": str(event.model_version), "sha": event.sha256}
+    # a converted upload's served sha is the converted file's: resolved when it is delivered
+    model = {"name": event.name, "version": str(event.model_version),
+             "sha": event.sha256 if event.status == "ready" else None}
     row = await deps.base.pool.fetchrow(
         "UPDATE trainings SET model_version = $2, model_status = $3, updated_at = now() WHERE task_id = $1 AND"
         " model_version IS NULL AND workspace_id = $4 RETURNING id, deployment_id", task_uuid, json.dumps(model),
@@ -555,7 +557,15 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str) 
         if champion is None:
             raise Conflict("the deployment's pipeline has no model step")
         champion_dict = champion.model_dump()
+        resolved = await request(deps.base.broker, subjects.REGISTRY_MODELS_RESOLVE, ResolveModel(
+            workspace_id=cd["workspace_id"], name=new["name"], version=new["version"]), token=token,
+            timeout=deps.base.timeout, reply_model=ResolvedModel)
+        new = {"name": resolved.name, "version": resolved.model_version, "sha": resolved.sha}
+        await pool.execute("UPDATE trainings SET model_version = $2 WHERE id = $1", training["id"], json.dumps(new))
         if policy == "DEPLOY_AUTO":
+            await pool.execute("UPDATE challenges SET state = 'superseded', decided_at = now(), reason = 'a newer"
+                               " model version was deployed (DEPLOY_AUTO)' WHERE deployment_id = $1 AND"
+                               " state = 'running'", deployment_id)
             version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], new, None,
                                    f"monitoring-deploy-{deployment_id}")
             await deps.publish(subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
