@@ -158,11 +158,16 @@ def _check_format(truth: dict[str, Any], row: dict[str, Any], view: handlers.Dep
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
         raise InvalidRequest(f"ground_truth.{where}: {error['msg']} (boxes and polygons are integer pixels)") from None
+    images.check_prediction(fmt, row["height"], row["width"], "ground_truth", _labels(view))
+
+
+def _labels(view: handlers.DeploymentView) -> list[str] | None:
+    """The deployment's labels, when its image configuration (valid) names them."""
     try:
         config = predictions.image_config(view.definition)
     except Conflict:
-        config = None
-    images.check_prediction(fmt, row["height"], row["width"], "ground_truth", config.labels if config else None)
+        return None
+    return config.labels if config else None
 
 
 async def _prediction(deps: FeedbackDeps, principal: Principal, token: str | None, deployment: str,
@@ -208,7 +213,7 @@ async def predictions_to_review(deps: FeedbackDeps, principal: Principal, token:
     view = await handlers._deployment(deps.monitoring, principal, token, cmd.deployment)
     rows, pending = await fs.predictions_to_review(deps.monitoring.pool, view.route.deployment_id, cmd.limit,
                                                    cmd.offset)
-    return PredictionsToReview(pending=pending, predictions=[PredictionToReview(
+    return PredictionsToReview(pending=pending, labels=_labels(view), predictions=[PredictionToReview(
         id=r["id"], predicted_at=r["predicted_at"], origin=r["origin"], source=r["source"], tags=list(r["tags"]),
         kind=r["kind"], prediction=r["prediction"], shadow_prediction=r["shadow_prediction"], height=r["height"],
         width=r["width"], content_type=r["content_type"]) for r in rows])

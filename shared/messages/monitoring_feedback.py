@@ -95,6 +95,8 @@ class PredictionsToReview(Message):
 
     predictions: list[PredictionToReview]
     pending: int
+    labels: list[str] | None = Field(None, description="The deployment's labels (class id i is labels[i]), when its "
+                                     "image configuration names them.")
 
 
 class PredictionImageQuery(Command):

@@ -156,6 +156,7 @@ def test_reviews_feedback_loop_reference_and_stats(stack, owner, deployed):
     # the review queue (HTTP and SDK) and its images
     queue = ok(call(stack, owner.token, "list_predictions_to_review", {"deployment": name, "limit": 100}))
     assert queue["pending"] == 6 and {p["id"] for p in queue["predictions"]} == set(ids)
+    assert queue["labels"] == [str(digit) for digit in range(10)]
     assert digits.list_predictions_to_review(limit=2)["pending"] == 6
     response = call(stack, owner.token, "get_prediction_image", {"deployment": name, "prediction_id": ids[0]})
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
