@@ -39,6 +39,7 @@ from pydantic import ValidationError
 from services.monitoring import datalake, images, store
 from services.monitoring.handlers import (
     TAG,
+    DeploymentView,
     MonitoringDeps,
     _current_model,
     _current_shadow,
@@ -49,8 +50,9 @@ from services.monitoring.predictions_store import PredictionRow, insert_predicti
 from shared import subjects
 from shared.arrow_codec import from_ipc, tensor_array, to_ipc_stream
 from shared.authz import Principal, require_user
-from shared.bus import CallContext, command, publish_event, raise_for_error_header
+from shared.bus import CallContext, command, publish_event, raise_for_error_header, request
 from shared.errors import Conflict, InvalidRequest, Unavailable, UpstreamTimeout
+from shared.messages.deployer import ListPipelines, Pipelines
 from shared.messages.monitoring import ModelVersionRef
 from shared.messages.monitoring_predictions import (
     ImageConfig,
@@ -170,14 +172,14 @@ async def _to_datalake(deps: MonitoringDeps, token: str | None, row: PredictionR
 # --- predict ---------------------------------------------------------------------------------------------------------
 
 
-async def _ask_engine(deps: MonitoringDeps, deployment: str, table: pa.Table,
-                      with_shadows: bool) -> tuple[pa.Table, dict[str, Any]]:
-    """One inference on the deployment's replicas: (answer table, the answer's meta header)."""
+async def _ask_engine(deps: MonitoringDeps, deployment: str, table: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
+    """One inference on the deployment's replicas: (answer table, the answer's meta header). Challengers, if the
+    serving version has any, run before the answer and their outputs come with it."""
     nc = deps.broker.config.connection_state.connection
     payload = to_ipc_stream(table)
     if above_bus_limit(payload, nc.max_payload):
         raise InvalidRequest("the preprocessed image is larger than the bus carries: configure a smaller size")
-    headers = {SHADOWS_HEADER: SHADOWS_INLINE} if with_shadows else {}
+    headers = {SHADOWS_HEADER: SHADOWS_INLINE}
     try:
         reply = await nc.request(subjects.engine_infer(deployment), payload, timeout=ENGINE_TIMEOUT, headers=headers)
     except nats.errors.NoRespondersError:
@@ -200,6 +202,29 @@ def _row_outputs(table: pa.Table, prefix: str | None) -> dict[str, np.ndarray]:
         elif prefix is not None and name.startswith(prefix):
             found[name[len(prefix):]] = np.asarray(table.column(name)[0].as_py())
     return found
+
+
+def served_definition(pipelines: Pipelines, pipeline_id: int, version: str) -> dict[str, Any] | None:
+    """The definition of one version of a pipeline (None when it is not listed)."""
+    for pipeline in pipelines.pipelines:
+        if pipeline.id == pipeline_id:
+            for listed in pipeline.versions:
+                if str(listed.get("version")) == version:
+                    return listed.get("definition") or {}
+    return None
+
+
+async def _served(deps: MonitoringDeps, token: str | None, view: DeploymentView,
+                  meta: dict[str, Any]) -> dict[str, Any]:
+    """The definition of the pipeline version that answered: the deployment's, unless the replica served another
+    one (a swap was under way: its challengers, not the new version's, made the shadow outputs)."""
+    served = meta.get("pipeline_version")
+    if not served or served == view.route.pipeline_version:
+        return view.definition
+    pipelines = await request(deps.broker, subjects.DEPLOYER_PIPELINES_LIST,
+                              ListPipelines(workspace_id=view.route.workspace_id), token=token, timeout=deps.timeout,
+                              reply_model=Pipelines)
+    return served_definition(pipelines, view.pipeline_id, str(served)) or view.definition
 
 
 def _answered_by(meta: dict[str, Any], champion: ModelVersionRef | None) -> dict[str, Any] | None:
@@ -236,11 +261,11 @@ async def predict(deps: MonitoringDeps, principal: Principal, token: str | None,
         raise InvalidRequest(f"the image becomes a {width}x{height}x{config.channels} model input, more than the bus "
                              "carries: give the pipeline's image configuration a size, or send a smaller image")
     batch, features = await asyncio.to_thread(lambda: (images.preprocess(img, config), images.image_features(img)))
-    shadow = _current_shadow(view.definition)
     started = time.perf_counter()
-    answer, meta = await _ask_engine(deps, view.route.name, pa.table({config.input: tensor_array(batch)}),
-                                     with_shadows=shadow is not None)
+    answer, meta = await _ask_engine(deps, view.route.name, pa.table({config.input: tensor_array(batch)}))
     round_trip = time.perf_counter() - started
+    definition = await _served(deps, token, view, meta)
+    shadow = _current_shadow(definition)
     kept = await store.settings(deps.pool, view.route.deployment_id)
     min_threshold = kept["min_threshold"] if kept else None
     prediction = images.to_prediction(_row_outputs(answer, None), config, img.height, img.width, min_threshold)
@@ -257,7 +282,7 @@ async def predict(deps: MonitoringDeps, principal: Principal, token: str | None,
     row = PredictionRow(
         id=uuid.uuid4(), deployment_id=view.route.deployment_id, workspace_id=view.route.workspace_id,
         origin="predict", source=cmd.source, tags=tags,
-        model_version=_answered_by(meta, _current_model(view.definition)),
+        model_version=_answered_by(meta, _current_model(definition)),
         shadow_model_version=_ref_dict(shadow) if shadow_prediction is not None else None, kind=config.kind,
         prediction=prediction, shadow_prediction=shadow_prediction, latency=latency, shadow_latency=shadow_latency,
         height=img.height, width=img.width, content_type=content_type, image_sha256="",

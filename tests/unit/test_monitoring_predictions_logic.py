@@ -50,3 +50,17 @@ def test_monitor_timestamps_are_seconds_since_the_epoch_in_a_sane_range():
     for wrong in (12.0, 1e12, float("nan"), float("inf")):
         with pytest.raises(InvalidRequest, match="between 2000 and tomorrow"):
             _predicted_at(wrong)
+
+
+def test_the_served_version_s_definition_is_found_among_the_pipeline_s_versions():
+    from services.monitoring.predictions import served_definition
+    from shared.messages.deployer import PipelineRecord, Pipelines
+
+    old = {"steps": [{"ShadowDeploy": {"champion": A, "challengers": [B]}}]}
+    record = PipelineRecord(id=4, name="p", workspace_id=1, created_at="", updated_at="", deployment=None,
+                            versions=[{"id": 1, "version": "v-old", "definition": old},
+                                      {"id": 2, "version": "v-new", "definition": {"steps": []}}])
+    other = record.model_copy(update={"id": 5})
+    pipelines = Pipelines(pipelines=[other, record])
+    assert served_definition(pipelines, 4, "v-old") == old
+    assert served_definition(pipelines, 4, "v-gone") is None and served_definition(pipelines, 9, "v-old") is None
