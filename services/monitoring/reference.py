@@ -39,7 +39,8 @@ from shared.objectstore import BUCKET_DATASETS, content_key
 
 log = logging.getLogger("railyard.monitoring.reference")
 
-REFERENCE_SWEEP = 5.0
+REFERENCE_SWEEP = 2.0
+"""Seconds between looks for references left `computing` (by a stopped process) when nothing wakes the task."""
 PROGRESS_EVERY = 10
 MAX_REFERENCE_IMAGES = 20_000
 MAX_STATS_ROWS = 200_000

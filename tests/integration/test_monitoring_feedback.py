@@ -300,6 +300,11 @@ def test_reviews_feedback_loop_reference_and_stats(stack, owner, deployed):
     drift = digits.get_stats("AGGREGATED_DRIFTING_PREDICTIONS")["stats"]
     assert drift["predictions"] == 6 and drift["drifting"] == sum(score(pid) > 3 for pid in ids)
     assert set(drift["features"]) == set(names)
+    # a reference left `computing` (as by a process stopped mid-way) is picked up and finished
+    query(stack, "UPDATE monitoring.training_references SET status = 'computing', images_done = 0, reference = NULL"
+                 " WHERE deployment_id = $1", digits.id)
+    assert digits.check_training_data_metrics_status() == "computing"
+    assert digits.wait_for_training_data(30)["status"] == "ready"
     assert digits.disable_training_data_reference()["status"] == "disabled"
     assert call(stack, owner.token, "get_stats", {"deployment": name, "service": "PREDICTIONS_OUTLYING_SCORE"}
                 ).status_code == 409
