@@ -198,9 +198,12 @@ async def review_prediction(deps: FeedbackDeps, principal: Principal, token: str
         _check_format(truth, row, view)
     async with deps.monitoring.pool.acquire() as conn, conn.transaction():
         saved = await fs.save_review(conn, row, cmd.decision, truth, principal.username or principal.user_id)
-    await deps.publish(subjects.EVENT_MONITORING_REVIEW_CREATED, ReviewCreated(
-        review_id=saved["id"], prediction_id=saved["prediction_id"], deployment_id=saved["deployment_id"],
-        workspace_id=saved["workspace_id"]))
+    try:
+        await deps.publish(subjects.EVENT_MONITORING_REVIEW_CREATED, ReviewCreated(
+            review_id=saved["id"], prediction_id=saved["prediction_id"], deployment_id=saved["deployment_id"],
+            workspace_id=saved["workspace_id"]))
+    except Exception:  # the review is stored: readers count from the table and catch up without the wake-up
+        log.warning("review %s stored, but its review_created event could not be published", saved["id"])
     deps.wake.set()
     return Review(review_id=saved["id"], prediction_id=saved["prediction_id"], deployment=view.route.name,
                   decision=saved["decision"], ground_truth=saved["ground_truth"], reviewer=saved["reviewer"],
