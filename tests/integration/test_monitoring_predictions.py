@@ -194,7 +194,10 @@ def test_predict_on_a_detector_applies_min_threshold(stack, owner, deployed):
     scores = answer["prediction"]["detection_scores"]
     assert scores[0] > 0.85 and 0.4 < scores[1] < 0.6
     deployment.update(min_threshold=0.6)
-    stricter = deployment.predict_bytes("squares.png", image)
+    response = post(stack, "deployments/predict", owner.token,  # the seed's predict route, over HTTP
+                    {"deployment": deployment.name, "image": b64(image), "content_type": "image/png"})
+    assert response.status_code == 200, response.text
+    stricter = response.json()
     assert stricter["prediction"]["detection_boxes"] == [[16, 32, 32, 48]]
     assert answer["image_sha256"] == stricter["image_sha256"]  # one object for one image
 
