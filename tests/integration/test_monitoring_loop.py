@@ -8,6 +8,7 @@ Also: continuous training/deployment arguments checked (400/404/409, nothing sto
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 import zipfile
@@ -15,9 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from faststream.nats import NatsBroker
 from railyard_client import Client, Lineage, Orchestrations, ServiceMetrics
 from railyard_client.monitoring_continuous import ContinuousDeploymentPolicy
 
+from shared import subjects
+from shared.bus import request
+from shared.messages import CountEvents, EventCount
 from tests.image_models import digit_png, digits_classifier_onnx, digits_image_config
 from tests.integration.conftest import PASSWORD, inference_token, make_account, post, undeploy_all
 
@@ -53,6 +58,24 @@ def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.25)
+
+
+CONTINUOUS_EVENTS = (subjects.EVENT_MONITORING_TRAINING_STARTED, subjects.EVENT_MONITORING_TRAINING_FINISHED,
+                     subjects.EVENT_MONITORING_CHALLENGER_DECIDED, subjects.EVENT_MONITORING_MODEL_SWAPPED)
+
+
+def event_counts(stack) -> dict[str, int]:
+    """How many of each continuous event the lineage service's durable consumer has recorded (all workspaces)."""
+    async def count() -> dict[str, int]:
+        broker = NatsBroker(stack.settings().nats.url)
+        await broker.connect()
+        try:
+            return {subject: (await request(broker, subjects.LINEAGE_EVENTS_COUNT, CountEvents(subject=subject),
+                                            timeout=5, reply_model=EventCount)).count for subject in CONTINUOUS_EVENTS}
+        finally:
+            await broker.stop()
+
+    return asyncio.run(count())
 
 
 def top(fmt: dict) -> int:
@@ -195,6 +218,7 @@ def test_continuous_settings_checked_and_isolated(stack, owner, bob, loop):
 
 def test_threshold_trains_once_shadow_first_then_the_better_model_is_promoted(stack, owner, loop):
     deployment = loop["deployment"]
+    events_before = event_counts(stack)
     info = deployment.setup_continuous_deployment(ContinuousDeploymentPolicy.DEPLOY_SHADOW, alpha=0.05,
                                                   min_sample=12)
     assert info["deployment"] == {"active": True, "policy": "DEPLOY_SHADOW", "alpha": 0.05, "min_sample": 12}
@@ -267,6 +291,9 @@ def test_threshold_trains_once_shadow_first_then_the_better_model_is_promoted(st
     assert deployment.get_shadow_model() is None
     assert len(training_tasks(loop)) == 1
     loop["trained"] = trained
+    # one training started and finished, one decision, two swaps (shadow set, promoted): each an event
+    wanted = dict(zip(CONTINUOUS_EVENTS, (1, 1, 1, 2), strict=True))
+    wait_for(lambda: {k: v - events_before[k] for k, v in event_counts(stack).items()} == wanted, 20, "the events")
 
 
 def test_a_worse_challenger_is_rolled_back(stack, owner, loop):
