@@ -284,6 +284,14 @@ def test_reviews_feedback_loop_reference_and_stats(stack, owner, deployed):
     done = digits.wait_for_training_data(60)
     assert done["status"] == "ready" and done["images_done"] == 12, done
     assert digits.check_training_data_metrics_status() == "ready"
+    with_reference = digits.get_stats("AGGREGATED_LABEL_DISTRIBUTION")["stats"]
+    assert with_reference["reference"]["counts"] == dict(sorted(Counter(str(digit_png(i)[1]) for i in range(20, 32)
+                                                                        ).items()))
+    expected_tv = 0.5 * sum(abs(with_reference["reference"]["proportions"].get(k, 0.0)
+                                - with_reference["predicted"]["proportions"].get(k, 0.0))
+                            for k in {*with_reference["reference"]["proportions"],
+                                      *with_reference["predicted"]["proportions"]})
+    assert with_reference["total_variation"] == pytest.approx(expected_tv)
     reference = [image_features(Image.open(io.BytesIO(digit_png(i)[0]))) for i in range(20, 32)]
     names = sorted(reference[0])
     mean = {n: np.mean([r[n] for r in reference]) for n in names}
