@@ -35,7 +35,11 @@ from railyard_client import Client, task_args
 from image_models import digits_classifier_onnx
 
 args = task_args()
-params = args["experiment_parameters"]
+if "scan_config" in args:  # a scan: one fit per training-set size; the largest is kept (a real one would validate)
+    scan = args["scan_config"]
+    params = {"train_size": max(scan["train_size"]), "seed": scan.get("seed", 0)}
+else:
+    params = args["experiment_parameters"]
 print("training", args["model_name"], "for", args["deployment"], "at", args["reviews"], "reviews;",
       "datasets", sorted(args["datasets"]), "parameters", params)
 onnx = digits_classifier_onnx(train_size=int(params["train_size"]), seed=int(params.get("seed", 0)))
@@ -322,10 +326,10 @@ def test_a_failed_run_changes_nothing_manual_waits_and_automatic_serves(stack, o
     served = deployment.get_model_version()
     deployment.setup_continuous_deployment("DEPLOY_MANUAL")
 
-    def train(parameters: dict) -> dict:
+    def train(parameters: dict | None = None, scan: dict | None = None) -> dict:
         before = continuous(deployment)["last_training"]["id"]
         deployment.setup_continuous_training(loop["project"], threshold=2, orchestration=loop["orchestration"],
-                                             experiment_parameters=parameters)
+                                             experiment_parameters=parameters, scan_config=scan)
         predict_and_review(deployment, [next(loop["next_image"]) for _ in range(2)])
         return wait_for(lambda: (t := continuous(deployment)["last_training"])["id"] != before and
                         t["state"] in ("done", "failed") and t, 120, "the training")
@@ -338,8 +342,10 @@ def test_a_failed_run_changes_nothing_manual_waits_and_automatic_serves(stack, o
     assert continuous(deployment)["pending_model_version"] == pending["model_version"]
     assert deployment.get_model_version() == served and deployment.get_shadow_model() is None
     deployment.setup_continuous_deployment("DEPLOY_AUTO")
-    deployed = train({"train_size": 300, "seed": 5})  # DEPLOY_AUTO: served at once
+    deployed = train(scan={"train_size": [100, 300], "seed": 5})  # DEPLOY_AUTO: served at once
     assert deployed["outcome"] == "deployed"
+    assert [t["input_data"].get("scan_config") for t in training_tasks(loop)].count(
+        {"train_size": [100, 300], "seed": 5}) == 1
     new = deployed["model_version"]["version"]
     assert wait_for(lambda: deployment.get_model_version()["version"] == new, 60, "the automatic deployment")
     assert deployment.get_shadow_model() is None
