@@ -19,6 +19,7 @@ from PIL import Image
 from railyard_client import Client, Lineage, ServiceMetrics
 
 from services.monitoring.images import image_features
+from shared import subjects
 from shared.messages.monitoring_feedback import SERVICE_METRICS
 from tests.image_models import (
     detector_image_config,
@@ -72,8 +73,6 @@ def review_events(stack, ids: set[str], timeout: float = 10.0) -> set[str]:
     import nats
     from nats.js.api import DeliverPolicy
 
-    from shared import subjects
-
     async def run():
         nc = await nats.connect(stack.nats_url("ops"))
         seen: set[str] = set()
@@ -92,6 +91,27 @@ def review_events(stack, ids: set[str], timeout: float = 10.0) -> set[str]:
         return seen & ids
 
     return asyncio.run(run())
+
+
+async def bus_statuses(stack, subject: str, body: dict, tokens: list[str | None]) -> list[int]:
+    """The status of the same command sent onto the bus by an outside client with each token."""
+    import json
+
+    import nats
+
+    from shared.messages import Reply
+
+    nc = await nats.connect(stack.nats_url("client"), inbox_prefix="_INBOX.client")
+    try:
+        out = []
+        for token in tokens:
+            headers = {"authorization": f"Bearer {token}"} if token else None
+            reply = Reply.model_validate_json((await nc.request(subject, json.dumps(body).encode(), timeout=10,
+                                                                headers=headers)).data)
+            out.append(reply.status)
+        return out
+    finally:
+        await nc.close()
 
 
 @pytest.fixture(scope="module")
@@ -402,6 +422,12 @@ def test_outsiders_and_bad_input_change_nothing(stack, owner, deployed, bob):
     # a prediction of another deployment of the same workspace is not this deployment's
     assert call(stack, owner.token, "review_prediction", {**review, "deployment": squares.name}).status_code == 404
     assert reviews() == before
+
+    # the bus front door (commands published straight onto NATS) applies the same rules
+    statuses = asyncio.run(bus_statuses(stack, subjects.MONITORING_REVIEW_PREDICTION, review,
+                                        [None, bob.token, owner.token]))
+    assert statuses[:2] == [401, 404] and statuses[2] == 200
+    assert reviews() == before + 1
 
     # feedback-loop and reference arguments
     for route, body, status in (
