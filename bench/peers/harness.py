@@ -13,10 +13,9 @@ pipeline (sandboxed worker) against the ONNX one, and the engine options (adapti
 delay; each log policy) on the ccfraud model, one deployment after another (round 1).
 
 Environment: `BENCH_QUICK=1` (short loops, for development), `BENCH_SYSTEMS=railyard,raw,...` (a subset;
-names below), `BENCH_RAILYARD_VARIANTS=name:{json engine_config},...` (more Railyard deployments of the same
-models side by side, e.g. `nobatch:{"batch_max_delay_ms":-1}`), `BENCH_BASELINE_REF=<git ref>` (also run
-Railyard from that commit's tree, as `railyard@<ref>`: a before/after in one run), `BENCH_NO_DOCS=1`
-(print only, leave docs/benchmarks.md alone).
+names below), `BENCH_RAILYARD_VARIANTS=name:{json engine_config};...` (more Railyard deployments of the same
+models side by side, e.g. `nobatch:{"batch_max_delay_ms":-1}`), `BENCH_NO_DOCS=1` (print only, leave
+docs/benchmarks.md alone).
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -402,35 +400,14 @@ class RailyardDeployer:
         }
 
 
-def baseline_tree(ref: str, folder: Path) -> Path:
-    """The repository's files at `ref`, extracted (git archive) into `folder`: nothing in the clone changes."""
-    tree = folder / f"tree-{ref.replace('/', '_')}"
-    tree.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", ref], check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    return tree
-
-
-def railyard(folder: Path, variants: dict[str, dict], first_round: bool, results: Results, tree: Path | None = None,
+def railyard(folder: Path, variants: dict[str, dict], first_round: bool, results: Results,
              label: str = "Railyard") -> Iterator[tuple[str, dict[str, Target], Callable[[], float] | None]]:
     """A fresh embedded stack; every variant deploys both models. Yields one label per (variant, format)."""
     data = Path(tempfile.mkdtemp(prefix="railyard-peers-", dir=folder)) / "data"
-    env = stack_env(data)
-    if tree is not None:
-        env["PYTHONPATH"] = str(tree)
-        output = data.parent / "up.log"
-        handle = open(output, "ab")  # noqa: SIM115 - the child writes to it for its whole life
-        process = subprocess.Popen([sys.executable, "-m", "shared.cli", "up"], cwd=tree, env=env, stdout=handle,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        from tests.stack import RunningStack
-
-        stack = RunningStack(process=process, data_dir=data, env=env, output=output)
-    else:
-        stack = start_stack(data, env)
+    stack = start_stack(data, stack_env(data))
     try:
         stack.wait_healthy(180)
-        if first_round and tree is None:
+        if first_round:
             time.sleep(3)  # the services settle (first imports done) before the idle figure
             results.memory["stack_idle_mib"] = rss_mib(descendants(stack.process.pid))
         deployer = RailyardDeployer(stack)
@@ -443,11 +420,11 @@ def railyard(folder: Path, variants: dict[str, dict], first_round: bool, results
             name = label if variant == "default" else f"{label} {variant}"
             for form in ("records", "Arrow", "OIP v2"):
                 yield f"{name} {form}", {m: t[form] for m, t in targets.items()}, None
-            if variant == "default" and first_round and tree is None:
+            if variant == "default" and first_round:
                 replicas = [p for p in descendants(stack.process.pid) if "services.engine.replica" in cmdline(p)]
                 results.memory["replica_mib"] = max(rss_mib([p]) for p in replicas)
                 results.memory["replicas_mib"] = [rss_mib([p]) for p in replicas]
-        if first_round and tree is None:
+        if first_round:
             results.pipeline.append(uvloop.run(python_step_pipeline(deployer)))
             results.options = uvloop.run(engine_options(deployer))
     finally:
@@ -497,8 +474,8 @@ async def python_step_pipeline(deployer: RailyardDeployer) -> dict[str, float]:
 SYSTEMS = ("mlserver0", "mlserver", "mlflow", "railyard", "raw")
 
 
-def run_round(order: list[str], folder: Path, results: Results, variants: dict[str, dict],
-              trees: dict[str, Path]) -> dict[str, dict[str, dict[str, float]]]:
+def run_round(order: list[str], folder: Path, results: Results, variants: dict[str, dict]
+              ) -> dict[str, dict[str, dict[str, float]]]:
     figures: dict[str, dict[str, dict[str, float]]] = {}
     first = not results.rounds
 
@@ -520,8 +497,6 @@ def run_round(order: list[str], folder: Path, results: Results, variants: dict[s
             take(mlflow_serve(folder))
         elif system == "railyard":
             take(railyard(folder, variants, first, results))
-        elif system.startswith("railyard@"):
-            take(railyard(folder, {"default": {}}, first, results, trees[system], system))
     return figures
 
 
@@ -535,15 +510,10 @@ def main() -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="railyard-bench-peers-") as tmp:
         folder = Path(tmp)
-        trees = {}
-        if os.environ.get("BENCH_BASELINE_REF"):
-            ref = os.environ["BENCH_BASELINE_REF"]
-            trees[f"railyard@{ref}"] = baseline_tree(ref, folder)
-            wanted.append(f"railyard@{ref}")
         for order in (wanted, wanted[::-1]):
             results.load.append(uptime())
             print(f"round {len(results.rounds) + 1}: {' -> '.join(order)}", flush=True)
-            results.rounds.append(run_round(order, folder, results, variants, trees))
+            results.rounds.append(run_round(order, folder, results, variants))
         results.load.append(uptime())
     text = report(results, time.monotonic() - started)
     print(text)
@@ -597,7 +567,7 @@ def report(results: Results, seconds: float) -> str:  # noqa: C901 - one table a
                 cells.append(_span(values, digits, suffix) if values else "")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
-        ours = [s for s in present if s.startswith("Railyard") or s.startswith("railyard@")]
+        ours = [s for s in present if s.startswith("Railyard")]
         peers = [s for s in present if s not in ours]
         if ours and peers:
             lines += ["Ratios, Railyard / peer (per round; latency: lower is better, throughput: higher):", "",
