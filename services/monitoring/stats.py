@@ -205,27 +205,45 @@ def classification_metrics(y_true: list[Any], y_pred: list[Any]) -> dict[str, An
             "confusion_matrix": confusion_matrix(truth_codes, pred_codes, labels=codes).tolist()}
 
 
-def detection_metrics(images: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]) -> dict[str, Any]:
-    """COCO box metrics with pycocotools' COCOeval over (ground-truth boxes, detections) per image, boxes as
-    {bbox: [x, y, w, h], category[, score]}: its twelve summary numbers, and precision/recall at IoU 0.5."""
+def detection_metrics(images: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]],
+                      sizes: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+    """COCO metrics with pycocotools' COCOeval over (ground truth, detections) per image: boxes as
+    {bbox: [x, y, w, h], category[, score]} (iou on boxes), or, when `sizes` gives each image's (height, width),
+    polygons as {polygon: [x1, y1, ...], category[, score]} (iou on masks). Its twelve summary numbers, and
+    precision/recall at IoU 0.5."""
+    from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
+    masks = sizes is not None
     categories = sorted({str(b["category"]) for truth, found in images for b in [*truth, *found]})
     category_ids = {name: i + 1 for i, name in enumerate(categories)}
+
+    def shape(entry: dict[str, Any], image_index: int) -> dict[str, Any]:
+        if not masks:
+            x, y, w, h = entry["bbox"]
+            return {"bbox": [x, y, w, h], "area": w * h}
+        height, width = sizes[image_index]  # type: ignore[index]
+        rle = mask_utils.merge(mask_utils.frPyObjects([[float(v) for v in entry["polygon"]]], height, width))
+        return {"segmentation": rle, "area": float(mask_utils.area(rle))}
+
     annotations, results = [], []
-    for image_id, (truth, found) in enumerate(images, start=1):
-        for box in truth:
-            x, y, w, h = box["bbox"]
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "bbox": [x, y, w, h],
-                                "area": w * h, "iscrowd": 0, "category_id": category_ids[str(box["category"])]})
-        for box in found:
-            results.append({"image_id": image_id, "category_id": category_ids[str(box["category"])],
-                            "bbox": list(box["bbox"]), "score": float(box["score"])})
+    for index, (truth, found) in enumerate(images):
+        for entry in truth:
+            annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "iscrowd": 0,
+                                "category_id": category_ids[str(entry["category"])], **shape(entry, index)})
+            if masks:
+                annotations[-1]["bbox"] = mask_utils.toBbox(annotations[-1]["segmentation"]).tolist()
+        for entry in found:
+            result = {"image_id": index + 1, "category_id": category_ids[str(entry["category"])],
+                      "score": float(entry["score"]), **shape(entry, index)}
+            result.pop("area")
+            results.append(result)
     if not annotations:
         return {"images": len(images), "ground_truth_boxes": 0, "detections": len(results)}
-    document = {"images": [{"id": i} for i in range(1, len(images) + 1)], "annotations": annotations,
-                "categories": [{"id": i, "name": n} for n, i in category_ids.items()]}
+    document = {"images": [{"id": i + 1, **({"height": sizes[i][0], "width": sizes[i][1]} if masks else {})}
+                           for i in range(len(images))],
+                "annotations": annotations, "categories": [{"id": i, "name": n} for n, i in category_ids.items()]}
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
         coco.dataset = document
@@ -236,7 +254,7 @@ def detection_metrics(images: list[tuple[list[dict[str, Any]], list[dict[str, An
             found = COCO()
             found.dataset = {"images": document["images"], "categories": document["categories"], "annotations": []}
             found.createIndex()
-        evaluation = COCOeval(coco, found, "bbox")
+        evaluation = COCOeval(coco, found, "segm" if masks else "bbox")
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
@@ -255,6 +273,20 @@ def detection_metrics(images: list[tuple[list[dict[str, Any]], list[dict[str, An
     return {**summary, "precision_50": true_positives / counted if counted else 0.0,
             "recall_50": true_positives / truths if truths else 0.0, "images": len(images),
             "ground_truth_boxes": len(annotations), "detections": len(results)}
+
+
+def _polygons(fmt: dict[str, Any] | None, with_scores: bool) -> list[dict[str, Any]]:
+    if not fmt:
+        return []
+    classes = fmt.get("detection_classes") or []
+    scores = fmt.get("detection_scores") or [1.0] * len(classes)
+    out = []
+    for index, (cls, polygon) in enumerate(zip(classes, fmt.get("detection_masks") or [], strict=False)):
+        entry = {"polygon": polygon, "category": str(cls)}
+        if with_scores:
+            entry["score"] = float(scores[index]) if index < len(scores) else 1.0
+        out.append(entry)
+    return out
 
 
 def _boxes(fmt: dict[str, Any] | None, with_scores: bool) -> list[dict[str, Any]]:
@@ -311,8 +343,14 @@ def compute(service: str, rows: list[dict[str, Any]], reference: dict[str, Any] 
                       if r["kind"] in ("detection", "segmentation")]
             shadow = [(_boxes(r["review"]["ground_truth"], False), _boxes(r["shadow_prediction"], True))
                       for r in reviewed if r["kind"] in ("detection", "segmentation") and r.get("shadow_prediction")]
-            return {"reviews": len(reviewed), "champion": detection_metrics(images),
-                    "shadow": detection_metrics(shadow) if shadow else {"images": 0}}
+            result = {"reviews": len(reviewed), "champion": detection_metrics(images),
+                      "shadow": detection_metrics(shadow) if shadow else {"images": 0}}
+            segmented = [r for r in reviewed if r["kind"] == "segmentation"]
+            if segmented:
+                result["champion_masks"] = detection_metrics(
+                    [(_polygons(r["review"]["ground_truth"], False), _polygons(r["prediction"], True))
+                     for r in segmented], [(r["height"], r["width"]) for r in segmented])
+            return result
         case "REVIEWS_LABEL_DISTRIBUTION_STATS":
             truth = Counter(c for r in reviewed for c in classes_of(r["kind"], r["review"]["ground_truth"]))
             predicted = Counter(c for r in reviewed for c in classes_of(r["kind"], r["prediction"]))

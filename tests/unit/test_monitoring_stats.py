@@ -163,3 +163,28 @@ def test_labels_of_reads_the_usual_shapes():
     assert stats.labels_of({"ground_truth": {"detection_classes": [1, 2]}}) == ["1", "2"]
     assert stats.labels_of({"boxes": [{"bbox": [0, 0, 1, 1], "category": "cat"}]}) == ["cat"]
     assert stats.labels_of({"label": 3}) == ["3"] and stats.labels_of(None) == []
+
+
+def segmentation(polygons, classes, scores=None):
+    boxes = [[min(p[1::2]), min(p[0::2]), max(p[1::2]), max(p[0::2])] for p in polygons]
+    return {"detection_classes": classes, "detection_scores": scores or [0.9] * len(classes),
+            "detection_boxes": boxes, "detection_masks": polygons}
+
+
+def test_segmentation_reviews_are_also_scored_on_masks():
+    square, other = [2, 2, 12, 2, 12, 12, 2, 12], [20, 20, 30, 20, 30, 30, 20, 30]
+    exact = row("segmentation", segmentation([square], [1]), reviewed("accepted", segmentation([square], [1])))
+    # the second image: one mask right, one of class 2 where the truth has nothing (and the truth's class-2 mask
+    # missed): class 1 AP 1, class 2 AP 0
+    truth = segmentation([square, other], [1, 2])
+    found = segmentation([square, [40, 2, 48, 2, 48, 8, 40, 8]], [1, 2], [0.9, 0.8])
+    mixed = row("segmentation", found, reviewed("corrected", truth))
+    for r in (exact, mixed):
+        r["height"], r["width"] = 50, 50
+    out = stats.compute("REVIEWS_OBJECT_DETECTION_STATS", [exact, mixed], None)
+    masks = out["champion_masks"]
+    assert masks["ground_truth_boxes"] == 3 and masks["detections"] == 3
+    assert (masks["precision_50"], masks["recall_50"]) == (pytest.approx(2 / 3), pytest.approx(2 / 3))
+    assert masks["map_50"] == pytest.approx(0.5)
+    only_exact = stats.compute("REVIEWS_OBJECT_DETECTION_STATS", [exact], None)["champion_masks"]
+    assert only_exact["map_50_95"] == pytest.approx(1.0)
