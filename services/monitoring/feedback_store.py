@@ -269,3 +269,18 @@ async def forget_feedback(pool: asyncpg.Pool, deployment_id: int) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("DELETE FROM feedback_loops WHERE deployment_id = $1", deployment_id)
         await conn.execute("DELETE FROM training_references WHERE deployment_id = $1", deployment_id)
+
+
+async def information(pool: asyncpg.Pool, deployment_id: int) -> dict[str, Any]:
+    """retrieve_information's `feedback`: the review count, the feedback loop and the training-data reference."""
+    loop = await pool.fetchrow("SELECT active FROM feedback_loops WHERE deployment_id = $1", deployment_id)
+    datasets = await pool.fetch(
+        "SELECT dataset_id, last_version_id, last_error FROM feedback_loop_datasets WHERE deployment_id = $1"
+        " ORDER BY attached_at, dataset_id", deployment_id)
+    reference = await pool.fetchrow(
+        "SELECT status, dataset_id, version_id, images_done, images_total, computed_at FROM training_references"
+        " WHERE deployment_id = $1", deployment_id)
+    return {"reviews": await review_count(pool, deployment_id),
+            "feedback_loop": {"active": loop["active"], "datasets": [dict(d) for d in datasets]} if loop else None,
+            "training_data": {**dict(reference), "computed_at": reference["computed_at"].isoformat()
+                              if reference["computed_at"] else None} if reference else None}

@@ -157,7 +157,8 @@ async def retrieve_information(deps: MonitoringDeps, principal: Principal, token
         min_threshold=kept["min_threshold"] if kept else None,
         model_version=_current_model(view.definition), shadow_model_version=_current_shadow(view.definition),
         updated_at=kept["updated_at"].isoformat() if kept else None,
-        continuous=(await continuous.information(deps.pool, route.deployment_id)).model_dump(mode="json"))
+        continuous=(await continuous.information(deps.pool, route.deployment_id)).model_dump(mode="json"),
+        feedback=await feedback_store.information(deps.pool, route.deployment_id))
 
 
 async def update(deps: MonitoringDeps, principal: Principal, token: str | None,

@@ -87,6 +87,9 @@ class DeploymentInformation(Message):
                                               "settings, the last training, a model version pending for a person "
                                               "(DEPLOY_MANUAL) and the current or last shadow challenge with the "
                                               "sequential test's evidence and decision (ContinuousInformation).")
+    feedback: dict[str, Any] | None = Field(None, description="Reviews and feedback: the review count, the feedback "
+                                            "loop (active, attached datasets with their last version and error) "
+                                            "and the training-data reference (status, dataset, progress).")
 
 
 class SetDeploymentModel(Command):

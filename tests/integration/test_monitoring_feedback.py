@@ -215,6 +215,9 @@ def test_reviews_feedback_loop_reference_and_stats(stack, owner, deployed):
     state = wait_for(written, what="the feedback loop to write 4 reviews", show=digits.check_feedback_loop_status)
     assert state["reviews"] == 4 and state["pending_reviews"] == 0 and state["datasets"][0]["last_error"] is None
     first_version = state["datasets"][0]["last_version_number"]
+    summary = digits.retrieve_information()["feedback"]
+    assert summary["reviews"] == 4 and summary["feedback_loop"]["active"] is True
+    assert summary["feedback_loop"]["datasets"][0]["last_version_id"] == state["datasets"][0]["last_version_id"]
     files = {f["name"]: f for f in lineage.files(deployed["reviewed"]["id"])}
     assert set(files) == {f"{pid}.png" for pid in truths}
     for pid, truth in truths.items():
@@ -304,6 +307,7 @@ def test_reviews_feedback_loop_reference_and_stats(stack, owner, deployed):
     done = digits.wait_for_training_data(60)
     assert done["status"] == "ready" and done["images_done"] == 12, done
     assert digits.check_training_data_metrics_status() == "ready"
+    assert digits.retrieve_information()["feedback"]["training_data"]["images_done"] == 12
     with_reference = digits.get_stats("AGGREGATED_LABEL_DISTRIBUTION")["stats"]
     assert with_reference["reference"]["counts"] == dict(sorted(Counter(str(digit_png(i)[1]) for i in range(20, 32)
                                                                         ).items()))
