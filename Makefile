@@ -25,7 +25,8 @@ $(MLFLOW_STAMP):
 	@touch $(MLFLOW_STAMP)
 
 # The peers `make bench-peers` measures Railyard against, each in its own environment (as the MLflow server above):
-# MLServer 1.7 with onnxruntime (bench/peers/mlserver_runtime.py), and mlflow with onnx for `mlflow models serve`.
+# MLServer 1.7 with onnxruntime (bench/peers/mlserver_runtime.py; uvloop < 0.22: with 0.22+ MLServer 1.7's parallel
+# workers fail to start, "no current event loop"), and mlflow with onnx for `mlflow models serve`.
 PEER_MLSERVER_VENV  := .venv-bench-mlserver
 PEER_MLSERVER_STAMP := $(PEER_MLSERVER_VENV)/.installed-stamp
 PEER_MLFLOW_VENV    := .venv-bench-mlflow
@@ -33,7 +34,7 @@ PEER_MLFLOW_STAMP   := $(PEER_MLFLOW_VENV)/.installed-stamp
 
 $(PEER_MLSERVER_STAMP):
 	$(PYTHON) -m venv $(PEER_MLSERVER_VENV)
-	$(PEER_MLSERVER_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'mlserver>=1.7,<1.8' 'onnxruntime>=1.17'
+	$(PEER_MLSERVER_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'mlserver>=1.7,<1.8' 'onnxruntime>=1.17' 'uvloop<0.22'
 	@touch $(PEER_MLSERVER_STAMP)
 
 $(PEER_MLFLOW_STAMP):
@@ -68,9 +69,12 @@ browser:
 	fi
 
 ## The whole test suite against real embedded servers (started by the tests themselves); -rs prints why a test
-## skipped (e.g. the UI tests without a browser).
+## skipped (e.g. the UI tests without a browser). TEST_WORKERS pytest-xdist workers, each with its own embedded
+## stack, a test file staying on one worker; TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: venv $(MLFLOW_STAMP) browser
-	RAILYARD_TEST_MLFLOW=$(CURDIR)/$(MLFLOW_VENV)/bin/mlflow $(BIN)/python -m pytest -q -rs -p no:cacheprovider --durations=25
+	RAILYARD_TEST_MLFLOW=$(CURDIR)/$(MLFLOW_VENV)/bin/mlflow $(BIN)/python -m pytest -q -rs -p no:cacheprovider \
+		-n $(TEST_WORKERS) --dist loadfile --durations=25
 
 ## Label Studio 1.23.2 driving an ML backend served by railyard-ml (minutes of install and first start: own target).
 test-labelstudio: venv $(LS_STAMP)

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -82,7 +83,7 @@ class Results:
     """Figures by round -> system label -> model -> measure, and the memory and pipeline notes."""
 
     rounds: list[dict[str, dict[str, dict[str, float]]]] = field(default_factory=list)
-    memory: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
     pipeline: list[dict[str, float]] = field(default_factory=list)
     options: dict[str, dict[str, float]] = field(default_factory=dict)
     load: list[str] = field(default_factory=list)
@@ -228,6 +229,27 @@ def rss_mib(pids: list[int]) -> float:
     return total / 1024
 
 
+def rollup_mib(pids: list[int], field: str) -> float:
+    """A field of /proc/<pid>/smaps_rollup summed (Pss: shared pages split between their users; Anonymous: the
+    processes' own memory, no code or mapped files)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith(f"{field}:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+def memory(pids: list[int]) -> tuple[float, float, float]:
+    """(RSS, PSS, anonymous) MiB of these processes."""
+    return rss_mib(pids), rollup_mib(pids, "Pss"), rollup_mib(pids, "Anonymous")
+
+
+def _mib(figures: tuple[float, float, float]) -> str:
+    return f"{figures[0]:,.0f} MiB RSS (PSS {figures[1]:,.0f}, anonymous {figures[2]:,.0f})"
+
+
 def cmdline(pid: int) -> str:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -297,7 +319,7 @@ def mlserver(folder: Path, workers: int | None) -> Iterator[tuple[str, dict[str,
             targets[model] = Target(url, loadgen.build_request(url, oip_body(sample_rows(1)), headers),
                                     loadgen.build_request(url, oip_body(sample_rows(1000)), headers),
                                     oip_first, oip_count)
-        yield label, targets, lambda: rss_mib(descendants(process.pid))
+        yield label, targets, lambda: memory(descendants(process.pid))
 
 
 def mlflow_serve(folder: Path) -> Iterator[tuple[str, dict[str, Target], float]]:
@@ -327,7 +349,7 @@ def mlflow_serve(folder: Path) -> Iterator[tuple[str, dict[str, Target], float]]
             target = Target(url, loadgen.build_request(url, records(sample_rows(1)), headers),
                             loadgen.build_request(url, records(sample_rows(1000)), headers), mlflow_first,
                             lambda body: len(_mlflow_predictions(body)))
-            yield "mlflow serve", {model: target}, lambda process=process: rss_mib(descendants(process.pid))
+            yield "mlflow serve", {model: target}, lambda process=process: memory(descendants(process.pid))
 
 
 PYTHON_STEP = b"""
@@ -409,7 +431,7 @@ def railyard(folder: Path, variants: dict[str, dict], first_round: bool, results
         stack.wait_healthy(180)
         if first_round:
             time.sleep(3)  # the services settle (first imports done) before the idle figure
-            results.memory["stack_idle_mib"] = rss_mib(descendants(stack.process.pid))
+            results.memory["stack_idle"] = memory(descendants(stack.process.pid))
         deployer = RailyardDeployer(stack)
         for model, make in MODELS.items():
             deployer.upload(model, make())
@@ -422,8 +444,7 @@ def railyard(folder: Path, variants: dict[str, dict], first_round: bool, results
                 yield f"{name} {form}", {m: t[form] for m, t in targets.items()}, None
             if variant == "default" and first_round:
                 replicas = [p for p in descendants(stack.process.pid) if "services.engine.replica" in cmdline(p)]
-                results.memory["replica_mib"] = max(rss_mib([p]) for p in replicas)
-                results.memory["replicas_mib"] = [rss_mib([p]) for p in replicas]
+                results.memory["replicas"] = sorted(memory([p]) for p in replicas)
         if first_round:
             results.pipeline.append(uvloop.run(python_step_pipeline(deployer)))
             results.options = uvloop.run(engine_options(deployer))
@@ -485,7 +506,7 @@ def run_round(order: list[str], folder: Path, results: Results, variants: dict[s
                 print(f"  {label} / {model} ...", flush=True)
                 figures.setdefault(label, {})[model] = uvloop.run(measure(target, model))
             if rss is not None and first:
-                results.memory[f"{label} rss_mib"] = rss()
+                results.memory[f"{label} processes"] = rss()
 
     for system in order:
         print(f"{system} (load {uptime()})", flush=True)
@@ -582,14 +603,13 @@ def report(results: Results, seconds: float) -> str:  # noqa: C901 - one table a
     memory = results.memory
     if memory:
         lines += ["### Memory (RSS, round 1)", ""]
-        if "stack_idle_mib" in memory:
-            lines.append(f"- idle embedded stack, every process: {memory['stack_idle_mib']:,.0f} MiB (target <= 1024)")
-        if "replica_mib" in memory:
-            lines.append(f"- an ONNX engine replica serving a model (after its load): {memory['replica_mib']:,.0f} MiB "
-                         f"(all: {', '.join(f'{v:.0f}' for v in memory['replicas_mib'])})")
+        if "stack_idle" in memory:
+            lines.append(f"- idle embedded stack, every process: {_mib(memory['stack_idle'])} (target: <= 1024 MiB)")
+        for index, figures in enumerate(memory.get("replicas", [])):
+            lines.append(f"- ONNX engine replica {index + 1} (one model, after its load): {_mib(figures)}")
         for key, value in memory.items():
-            if key.endswith(" rss_mib"):
-                lines.append(f"- {key[:-8]}, its processes after the load: {value:,.0f} MiB")
+            if key.endswith(" processes"):
+                lines.append(f"- {key[:-10]}, its processes after the load: {_mib(value)}")
         lines.append("")
     if results.pipeline:
         p = results.pipeline[0]
