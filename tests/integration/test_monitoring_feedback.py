@@ -358,6 +358,7 @@ def test_reviews_feedback_loop_reference_and_stats(stack, owner, deployed):
 def test_detection_reviews_are_scored_with_coco(stack, owner, deployed):
     squares = deployed["squares"]
     squares.update(min_threshold=0.5)  # only the lit cells' boxes
+    assert squares.retrieve_information()["feedback"] == {"reviews": 0, "feedback_loop": None, "training_data": None}
     found = squares.predict_bytes("squares.png", squares_png({(0, 0): 255, (2, 3): 255}), tags=["grid"])
     other = squares.predict_bytes("one.png", squares_png({(1, 1): 255}))
     first, second = len(found["prediction"]["detection_boxes"]), len(other["prediction"]["detection_boxes"])
