@@ -459,6 +459,8 @@ class Exporter:
                 await fs.mark_versioned(conn, deployment_id, dataset_id, version.id, version.number)
             log.info("feedback loop of deployment %s: %d review(s) in dataset %s, project version %s", deployment_id,
                      count, dataset_id, version.number)
+        if len(pending) == EXPORT_BATCH:
+            deps.wake.set()  # more are waiting: the next round starts at once
 
 
 # --- wiring ----------------------------------------------------------------------------------------------
