@@ -23,6 +23,7 @@ import pytest
 from railyard_client import Client
 
 from shared.arrow_codec import tensor_array, to_ipc_file
+from tests.image_models import detector_image_config, detector_onnx, squares_png
 from tests.integration.conftest import PASSWORD, TOKEN_PATH, Account, make_account, post, undeploy_all
 from tests.integration.test_lineage import ARROW_FILE, ok, upload_rows
 from tests.integration.test_logs import marked, wait_rows
@@ -100,9 +101,17 @@ def world(stack, alice_ui: Account):
     orch = ready_orchestration(stack, alice, {"main.py": "print('hello from the ui task')\nprint('second line')\n"})
     task_id = run_once(stack, alice, orch, name="uitask")
     lap("task")
+    # a square detector for the review queue, deployed while the other one is
+    sdk = Client(stack.base_url, token=alice.token, workspace=alice.workspace_id)
+    detector = sdk.upload_model("uisquares", detector_onnx(), progress=False)
+    finder = sdk.build_pipeline("uisquares").add_model_step(detector, image=detector_image_config())
+    finder.deploy(replicas=1, cpus=0.5, wait=False)
     _upload_bytes(stack, alice, "uimodel", ccfraud_onnx())
     definition = {"steps": [{"ModelInference": {"models": [{"name": "uimodel"}]}}]}
     deployment, url, pipeline = _deploy_definition(stack, alice, "uipipe", definition)
+    squares = finder.deployment().wait_until_running(120)
+    predictions = [squares.predict_bytes(f"squares{i}.png", squares_png(cells), tags=["ui"])
+                   for i, cells in enumerate(({(0, 0): 255, (2, 3): 230}, {(1, 1): 255}))]
     lap("deploy")
     # the benchmarks first: their rows go through the engine and are logged too, older than the marked ones
     project = ok(post(stack, "projects/create", alice.token, {"workspace_id": alice.workspace_id,
@@ -119,7 +128,6 @@ def world(stack, alice_ui: Account):
         for name, size in (("bench small batches", 4), ("bench one batch", 20))]
     lap("benchmarks")
 
-    sdk = Client(stack.base_url, token=alice.token, workspace=alice.workspace_id)
     assert infer(url, alice.token, marked(range(6))).status_code == 200
     boundary = time.time()  # the assay's windows: [boundary - 1, boundary) has the first batch, later ones the second
     assert len(sdk.infer(deployment, "uipipe", marked(range(6, 12)))) == 6  # from the SDK
@@ -150,7 +158,7 @@ def world(stack, alice_ui: Account):
     lap("scored")
     return {"deployment": deployment, "url": url, "pipeline": pipeline, "assay": assay, "results": results,
             "task_id": task_id, "run_id": task_runs[0]["run_id"], "project": project, "version": version,
-            "reports": reports}
+            "reports": reports, "squares": squares.name, "predictions": predictions}
 
 
 def shot(driver, name: str) -> None:
@@ -192,6 +200,16 @@ def open_page(driver, page: str) -> None:
     """Open a page with the keyboard (Enter on its navigation button) and wait until it has rendered."""
     driver.execute_script("document.querySelector('#page').dataset.page = ''")
     driver.find_element(By.CSS_SELECTOR, f'nav button[data-page="{page}"]').send_keys(Keys.ENTER)
+    rendered(driver, page)
+
+
+def choose(driver, select_id: str, value: str, page: str) -> None:
+    """Pick a value of a select that re-renders its page, and wait for the new render."""
+    select = Select(driver.find_element(By.ID, select_id))
+    if select.first_selected_option.get_attribute("value") == value:
+        return
+    driver.execute_script("document.querySelector('#page').dataset.page = ''")
+    select.select_by_value(value)
     rendered(driver, page)
 
 
@@ -276,6 +294,7 @@ def test_sign_in_workspaces_models_pipelines_logs(stack, alice_ui: Account, worl
     shot(browser, "04-pipelines")
 
     open_page(browser, "logs")
+    choose(browser, "log-pipeline", "uipipe", "logs")
     Select(browser.find_element(By.ID, "log-size")).select_by_value("10")
     wait_text(browser, "#page", "10 row(s)")
     first = browser.find_elements(By.CSS_SELECTOR, "#log-rows tbody tr")
@@ -302,6 +321,7 @@ def test_sign_in_workspaces_models_pipelines_logs(stack, alice_ui: Account, worl
 
 def test_assay_charts_and_alerts(world, browser):
     open_page(browser, "assays")
+    choose(browser, "assay-pipeline", str(world["pipeline"]["pipeline_pk_id"]), "assays")
     wait_text(browser, "#page", "uidrift")
     results = world["results"]
     scores = chart_drawn(browser, "assay-scores")
@@ -330,6 +350,10 @@ def test_orchestration_task_run_and_its_logs(world, browser):
     shot(browser, "07-orchestrations")
 
 
+UIMODEL_CARD = ("railyardGraph.nodes().filter(n => n.data('card').kind === 'model_version' && "
+                "n.data('card').title.startsWith('uimodel'))[0]")
+
+
 def test_lineage_graph_from_model_version_to_its_deployment(world, browser):
     open_page(browser, "lineage")
     wait_for(browser, "return window.railyardGraph && railyardGraph.nodes().some(n => "
@@ -339,10 +363,9 @@ def test_lineage_graph_from_model_version_to_its_deployment(world, browser):
     assert {"model_version", "pipeline_version", "deployment", "assay", "task_run", "orchestration",
             "project_version", "benchmark"} <= set(kinds), kinds
     # a real click on the model version's card, where Cytoscape drew it
-    x, y = browser.execute_script(
-        "const n = railyardGraph.nodes().filter(n => n.data('card').kind === 'model_version')[0];"
-        "const p = n.renderedPosition(); return [p.x, p.y]")
+    x, y = browser.execute_script(f"const p = {UIMODEL_CARD}.renderedPosition(); return [p.x, p.y]")
     graph = browser.find_element(By.ID, "graph")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", graph)
     size = graph.size
     ActionChains(browser).move_to_element_with_offset(graph, int(x - size["width"] / 2),
                                                       int(y - size["height"] / 2)).click().perform()
@@ -365,8 +388,8 @@ def test_lineage_graph_from_model_version_to_its_deployment(world, browser):
     # collapse hides what flows out of the model version; expand brings it back
     open_page(browser, "lineage")
     wait_for(browser, "return window.railyardGraph && railyardGraph.nodes().length > 0", what="graph")
-    browser.execute_script("document.querySelector(`#card-list button[data-card=\"${railyardGraph.nodes().filter("
-                           "n => n.data('card').kind === 'model_version')[0].id()}\"]`).click()")
+    card_id = browser.execute_script(f"return {UIMODEL_CARD}.id()")
+    browser.find_element(By.CSS_SELECTOR, f'#card-list button[data-card="{card_id}"]').send_keys(Keys.ENTER)
     wait_text(browser, "#card-panel", "model version")
     visible = "return railyardGraph.nodes(':visible').length"
     before = browser.execute_script(visible)
@@ -398,19 +421,76 @@ def test_datasets_restore_and_benchmarks_compared(world, browser):
     shot(browser, "10-benchmarks")
 
 
+def test_review_queue_then_counted_on_the_monitoring_page(stack, world, alice_ui: Account, browser):
+    first, second = world["predictions"]
+    open_page(browser, "review")
+    choose(browser, "review-deployment", world["squares"], "review")
+    wait_text(browser, "#review-pending", "2 prediction(s) waiting")
+    wait_for(browser, "return document.querySelector('#review-image').dataset.loaded === 'true'", what="image drawn")
+    canvas = browser.find_element(By.ID, "review-image")
+    assert canvas.get_attribute("data-boxes") == str(len(first["prediction"]["detection_boxes"]))
+    assert canvas.size["width"] >= 300  # the 64x64 image scaled up, the boxes over it
+    assert browser.execute_script(  # the image and a box's colour are on the canvas
+        "const g = arguments[0].getContext('2d'); return g.getImageData(0, 0, arguments[0].width, "
+        "arguments[0].height).data.some((v, i) => i % 4 === 0 && v > 200)", canvas)
+    shot(browser, "12-review-queue")
+    browser.find_element(By.ID, "review-accept").send_keys(Keys.ENTER)
+    wait_text(browser, "#review-status", "accepted (revision 1)")
+    wait_text(browser, "#review-pending", "1 prediction(s) waiting")
+    wait_for(browser, "return document.querySelector('#review-image').dataset.loaded === 'true'", what="image drawn")
+
+    # the second: every predicted box removed, one drawn with the mouse, its class set from the keyboard
+    for _ in second["prediction"]["detection_boxes"]:
+        browser.find_element(By.CSS_SELECTOR, 'button[aria-label="Remove box 1"]').send_keys(Keys.ENTER)
+    canvas = browser.find_element(By.ID, "review-image")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)  # all of it in view
+    size = canvas.size
+    (ActionChains(browser).move_to_element_with_offset(canvas, int(-size["width"] / 4), int(-size["height"] / 4))
+     .click_and_hold().move_by_offset(int(size["width"] / 4), int(size["height"] / 4)).release().perform())
+    wait_for(browser, "return document.querySelectorAll('#review-boxes tbody tr').length === 1", what="a drawn box")
+    Select(browser.find_element(By.ID, "box-0-class")).select_by_value("1")
+    drawn = [int(browser.find_element(By.ID, f"box-0-{side}").get_attribute("value"))
+             for side in ("top", "left", "bottom", "right")]
+    assert 12 <= drawn[0] <= 20 and 12 <= drawn[1] <= 20 and 28 <= drawn[2] <= 36 and 28 <= drawn[3] <= 36, drawn
+    browser.find_element(By.ID, "review-correct").send_keys(Keys.ENTER)
+    wait_text(browser, "#review-status", "corrected (revision 1)")
+    wait_text(browser, "#page", "Nothing to review.")
+    stats = ok(post(stack, "deployments/get_stats", alice_ui.token, {
+        "deployment": world["squares"], "service": "REVIEWS_LABEL_DISTRIBUTION_STATS"}))["stats"]
+    predicted_white = sum(c == 1 for c in first["prediction"]["detection_classes"])
+    assert stats["reviews"] == 2 and stats["ground_truth"]["counts"].get("1") == predicted_white + 1
+
+    open_page(browser, "monitoring")
+    choose(browser, "mon-deployment", world["squares"], "monitoring")
+    assert browser.find_element(By.ID, "mon-predictions").text == "2"
+    assert browser.find_element(By.ID, "mon-reviewed").text == "2"
+    assert browser.find_element(By.ID, "mon-pending").text == "0"
+    scores = chart_drawn(browser, "mon-review-scores")
+    detection = ok(post(stack, "deployments/get_stats", alice_ui.token, {
+        "deployment": world["squares"], "service": "REVIEWS_OBJECT_DETECTION_STATS"}))["stats"]
+    assert scores["datasets"][0]["data"][0] == pytest.approx(detection["champion"]["map_50_95"])
+    labels = chart_drawn(browser, "mon-labels")
+    assert labels["labels"] == ["grey (0)", "white (1)"] or labels["labels"] == ["white (1)"], labels
+    wait_text(browser, "#mon-view-json", '"service": "AGGREGATED_PREDICTIONS_DATA"')
+    assert "set_training_data" in browser.find_element(By.ID, "mon-drift").text  # the API says what is missing
+    shot(browser, "13-monitoring")
+
+
 def test_undeploy_and_deploy_from_the_page(stack, world, alice_ui: Account, browser):
     open_page(browser, "pipelines")
-    curl = next(p.text for p in browser.find_elements(By.CSS_SELECTOR, "#page pre") if p.text.startswith("curl"))
+    card_id = f"#pipeline-{world['pipeline']['pipeline_pk_id']}"
+    card = browser.find_element(By.CSS_SELECTOR, card_id)
+    curl = next(p.text for p in card.find_elements(By.CSS_SELECTOR, "pre") if p.text.startswith("curl"))
     sample = json.loads(curl.rsplit("-d '", 1)[1].rstrip("'"))
     assert infer(world["url"], alice_ui.token, sample).status_code == 200  # the snippet's row is one the model takes
     undeploy = browser.find_element(By.CSS_SELECTOR, 'button[aria-label="Undeploy uipipe"]')
     undeploy.send_keys(Keys.ENTER)  # the first press only asks again
     assert undeploy.text == "Press again to undeploy"
     undeploy.send_keys(Keys.ENTER)
-    wait_text(browser, "#page", "Not deployed.")
+    wait_text(browser, card_id, "Not deployed.")
     assert infer(world["url"], alice_ui.token, marked(range(1))).status_code in (404, 503)
     browser.find_element(By.CSS_SELECTOR, 'button[aria-label="Deploy uipipe"]').send_keys(Keys.ENTER)
-    wait_text(browser, "#page", "Running")  # answers once the replicas serve
+    wait_text(browser, card_id, "Running")  # answers once the replicas serve
     [deployed] = [p for p in alice_ui.client.post("pipelines/list", {"workspace_id": alice_ui.workspace_id})[
         "pipelines"] if p["name"] == "uipipe"]
     assert deployed["deployment"]["name"] == world["deployment"]  # the deployer reuses the deployment's id
@@ -427,9 +507,10 @@ def test_bob_sees_none_of_it(stack, world, alice_ui: Account, bob_ui: Account, b
     options = [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "workspace")).options]
     assert str(bob_ui.workspace_id) in options and str(alice_ui.workspace_id) not in options
     # the picker offers bob's workspaces only, and every page asks the API about the picked one
-    hers = ("uimodel", "uipipe", world["url"], "uidrift", "uitask", "uiproject", "bench one batch")
+    hers = ("uimodel", "uipipe", world["url"], "uidrift", "uitask", "uiproject", "bench one batch", "uisquares")
     Select(browser.find_element(By.ID, "workspace")).select_by_value(str(bob_ui.workspace_id))
-    for page in ("workspaces", "models", "pipelines", "logs", "assays", "tasks", "lineage", "datasets", "benchmarks"):
+    for page in ("workspaces", "models", "pipelines", "logs", "assays", "tasks", "lineage", "datasets", "benchmarks",
+                 "monitoring", "review"):
         open_page(browser, page)
         text = page_text(browser)
         assert not [h for h in hers if h in text], (page, text)
