@@ -117,25 +117,27 @@ class RequestBatcher:
                 alone.append(item)  # answered with its error by the ordinary path
                 continue
             groups.setdefault(table.schema, []).append((*item, table))
+        chunks: list[list[tuple[Any, int, int, pa.Table]]] = []
         for group in groups.values():
             chunk: list = []
             rows = 0
             for entry in group:
                 if chunk and rows + entry[3].num_rows > self.max_rows:
-                    await self.run_shared(chunk)
+                    chunks.append(chunk)
                     chunk, rows = [], 0
                 chunk.append(entry)
                 rows += entry[3].num_rows
-            if chunk:
-                await self.run_shared(chunk)
-        for msg, received, at_ms in alone:
-            await self.run_alone(msg, received, at_ms)
+            chunks.append(chunk)
+        # one failing call (a closed connection, a bug) must not leave the others unanswered
+        work = [(self.run_shared, (chunk,)) for chunk in chunks] + [(self.run_alone, item) for item in alone]
+        for call, args in work:
+            try:
+                await call(*args)
+            except Exception:
+                log.exception("requests of %s failed in the engine", self.pipeline.spec["deployment"].get("name"))
 
     async def run_shared(self, chunk: list[tuple[Any, int, int, pa.Table]]) -> None:
-        if len(chunk) == 1:
-            msg, received, at_ms, _ = chunk[0]
-            await self.run_alone(msg, received, at_ms)
-            return
+        """Requests (one alone included: its table is decoded already) as one call; answers split per request."""
         tables = [entry[3] for entry in chunk]
         combined = pa.concat_tables(tables)
         pipeline = self.pipeline
@@ -146,8 +148,9 @@ class RequestBatcher:
             for msg, received, at_ms, _ in chunk:
                 await self.run_alone(msg, received, at_ms)
             return
-        self.batches += 1
-        self.batched_requests += len(chunk)
+        if len(chunk) > 1:
+            self.batches += 1
+            self.batched_requests += len(chunk)
         last_model = json.dumps({"model_name": last["name"], "model_sha": last["sha"]}) if last else ""
         version = pipeline.spec["deployment"]["pipeline_version"]
         step_ns = elapsed[0] if elapsed else 0

@@ -1,12 +1,13 @@
 """Concurrent inferences to one deployment cross the gateway -> engine hop together.
 
-Requests that reach the hop in the same turn of the gateway's event loop (concurrent connections do) travel as
-one table in one bus message when their tables have the same schema, up to `MAX_ROWS` rows; the answer is split
-back by rows. So the bus and the engine pay per batch, not per request, and the engine's own batching
-(services/engine/batching.py) runs the rest together. A lone request goes on at once, as before: nothing waits
-for company. When a shared request fails (one request's bad rows fail the whole table), each of its requests is
-sent again alone, so the error reaches only the request that caused it. The engine logs the shared table's rows
-as one record: every row is still logged once.
+While a message to a deployment is on its way, the requests to it that reach the hop in the same turn of the
+gateway's event loop (concurrent connections do) travel as one table in one bus message when their tables have
+the same schema, up to `MAX_ROWS` rows; the answer is split back by rows. So the bus and the engine pay per
+batch, not per request, and the engine's own batching (services/engine/batching.py) runs the rest together. A
+request with nothing else on its way to the deployment goes at once, as before: nothing waits for company. When
+a shared request fails (one request's bad rows fail the whole table), each of its requests is sent again alone,
+so the error reaches only the request that caused it. The engine logs the shared table's rows as one record:
+every row is still logged once.
 """
 
 from __future__ import annotations
@@ -35,18 +36,31 @@ class Coalescer:
 
     send: Callable[[str, bytes], Awaitable[tuple[dict[str, str], bytes]]]
     queues: dict[str, list[Waiting]] = field(default_factory=dict)
+    inflight: dict[str, int] = field(default_factory=dict)  # messages on their way, by deployment
     shared_requests: int = 0
     shared_messages: int = 0
 
     async def ask(self, deployment: str, table: pa.Table) -> tuple[dict[str, str], pa.Table]:
         """(the engine's answer headers, this request's output rows); a failed answer raises its typed error."""
         loop = asyncio.get_running_loop()
+        if not self.inflight.get(deployment) and deployment not in self.queues:
+            # nothing else on its way to this deployment (a client calling one request after another): go now
+            self.inflight[deployment] = 1
+            try:
+                return await self._one(deployment, table)
+            finally:
+                self.inflight[deployment] -= 1
         queue = self.queues.setdefault(deployment, [])
         waiting = Waiting(table, loop.create_future())
         queue.append(waiting)
         if len(queue) == 1:  # after the other requests this turn of the loop brings
             loop.call_soon(self._go, deployment)
         return await waiting.future
+
+    async def _one(self, deployment: str, table: pa.Table) -> tuple[dict[str, str], pa.Table]:
+        headers, data = await self.send(deployment, to_ipc_stream(table))
+        raise_for_error_header(headers)
+        return headers, from_ipc(data)
 
     def _go(self, deployment: str) -> None:
         queue = self.queues.pop(deployment, [])
@@ -66,9 +80,7 @@ class Coalescer:
 
     async def _alone(self, deployment: str, waiting: Waiting) -> None:
         try:
-            headers, data = await self.send(deployment, to_ipc_stream(waiting.table))
-            raise_for_error_header(headers)
-            result = (headers, from_ipc(data))
+            result = await self._one(deployment, waiting.table)
         except BaseException as exc:  # noqa: BLE001 - handed to the request that waits for it
             if not waiting.future.done():
                 waiting.future.set_exception(exc)
@@ -77,6 +89,13 @@ class Coalescer:
             waiting.future.set_result(result)
 
     async def _send(self, deployment: str, chunk: list[Waiting]) -> None:
+        self.inflight[deployment] = self.inflight.get(deployment, 0) + 1
+        try:
+            await self._send_chunk(deployment, chunk)
+        finally:
+            self.inflight[deployment] -= 1
+
+    async def _send_chunk(self, deployment: str, chunk: list[Waiting]) -> None:
         if len(chunk) == 1:
             await self._alone(deployment, chunk[0])
             return
