@@ -110,6 +110,7 @@ def world(stack, alice_ui: Account):
     definition = {"steps": [{"ModelInference": {"models": [{"name": "uimodel"}]}}]}
     deployment, url, pipeline = _deploy_definition(stack, alice, "uipipe", definition)
     squares = finder.deployment().wait_until_running(120)
+    ok(post(stack, "deployments/update", alice.token, {"deployment": squares.name, "min_threshold": 0.1}))
     predictions = [squares.predict_bytes(f"squares{i}.png", squares_png(cells), tags=["ui"])
                    for i, cells in enumerate(({(0, 0): 255, (2, 3): 230}, {(1, 1): 255}))]
     lap("deploy")
@@ -151,7 +152,9 @@ def world(stack, alice_ui: Account):
         task_runs = ok(post(stack, "task/list_task_runs", alice.token, {"task_id": task_id}))
         results = ok(post(stack, "assays/get_results", alice.token, {"assay_id": assay}))
         newest = datetime.fromisoformat(results[0]["window_start"]).timestamp() if results else 0
-        if task_runs and task_runs[0]["status"] == "success" and len(results) >= 2 and newest >= boundary - 0.01:
+        logged = task_runs and task_runs[0]["status"] == "success" and ok(post(
+            stack, "task/get_logs_for_run", alice.token, {"id": task_runs[0]["run_id"]}))["logs"]
+        if logged and len(results) >= 2 and newest >= boundary - 0.01:
             break
         assert time.monotonic() < deadline, (task_runs, results)
         time.sleep(0.3)

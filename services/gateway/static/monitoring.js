@@ -276,7 +276,7 @@ PAGES.review = async function review() {
     el('h3', {}, `Prediction ${p.id.slice(0, 8)} · ${p.kind}`),
     el('p', {class: 'muted'}, `${p.predicted_at} · ${p.origin} · ${p.width}x${p.height}` +
       (p.tags.length ? ` · tags ${p.tags.join(', ')}` : '') + (p.source ? ` · ${p.source}` : '')),
-    el('div', {class: 'grid2'},
+    el('div', {class: 'review'},
       el('div', {}, canvas, detection ? el('p', {class: 'muted'}, 'Drag on the image to add a box.') : ''),
       el('div', {},
         el('p', {}, 'Predicted: ', el('strong', {id: 'review-predicted'}, predicted.join(', ') || 'nothing')),

@@ -55,6 +55,7 @@ PAGES.tasks = async function tasks() {
   section.append(el('h3', {id: `run-${run.run_id}`, tabindex: '-1'}, `Logs of run ${short(run.run_id)}`), note, logs);
 
   // live: while the run is queued or running, fetch its logs again every 1.5 s (only while this run is shown)
+  let settle = 2;  // a run that just ended may still be writing its last lines: look twice more when empty
   const follow = async () => {
     if (state.page !== 'tasks' || T.run !== run.run_id || !logs.isConnected) return;
     try {
@@ -66,7 +67,7 @@ PAGES.tasks = async function tasks() {
       if (atEnd) logs.scrollTop = logs.scrollHeight;
       const live = current.status === 'queued' || current.status === 'running';
       note.replaceChildren(badge(current.status), live ? ' following the logs live…' : ` ${lines.length} line(s)`);
-      if (live) followTimer = setTimeout(follow, 1500);
+      if (live || (!lines.length && settle-- > 0)) followTimer = setTimeout(follow, 1500);
     } catch (e) { $('#error').textContent = e.message; }
   };
   afterRender.push(follow);
