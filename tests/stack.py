@@ -30,12 +30,26 @@ PORT_NAMES = ("NATS_PORT", "NATS_MONITOR_PORT", "POSTGRES_PORT", "S3_PORT", "WEE
 NEEDS_GRPC = {"S3_PORT", "WEED_MASTER_PORT", "WEED_VOLUME_PORT", "WEED_FILER_PORT"}
 
 
+def port_range() -> range:
+    """Where a test stack's ports are picked: 20000-44999, or under pytest-xdist (`make test`) a slice of
+    20000-29999 per worker, so two workers' stacks starting at the same moment never pick the same port (their
+    gRPC ports, +10000, fall in slices of 30000-39999 no other worker picks from either)."""
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if count < 2 or not worker.startswith("gw") or not worker[2:].isdigit():
+        return range(20000, 45000)
+    width = GRPC_OFFSET // count
+    start = 20000 + int(worker[2:]) % count * width
+    return range(start, start + width)
+
+
 def free_ports(count: int, with_grpc: set[int] = frozenset()) -> list[int]:
-    """`count` distinct free ports in 20000-44999; those at indexes in with_grpc also have port+10000 free."""
+    """`count` distinct free ports of port_range(); those at indexes in with_grpc also have port+10000 free."""
     rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    ports = port_range()
     chosen: list[int] = []
     while len(chosen) < count:
-        port = rng.randrange(20000, 45000)
+        port = rng.randrange(ports.start, ports.stop)
         needed = [port] + ([port + GRPC_OFFSET] if len(chosen) in with_grpc else [])
         taken = set(chosen) | {p + GRPC_OFFSET for p in chosen}
         if any(p in taken for p in needed) or not all(port_free("127.0.0.1", p) for p in needed):
