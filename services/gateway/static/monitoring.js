@@ -154,7 +154,7 @@ PAGES.monitoring = async function monitoring() {
 
 // --- the review queue ------------------------------------------------------------------------------------
 
-const BOX_COLORS = ['#e11d48', '#2563eb', '#16a34a', '#d97706', '#7c3aed', '#0891b2'];
+const BOX_COLORS = ['#be123c', '#1d4ed8', '#15803d', '#b45309', '#7c3aed', '#0e7490'];  // white text on each: 4.5:1 or more
 
 function drawPrediction(canvas, image, boxes, shadowBoxes, labels) {
   const scale = Math.min(480 / image.width, 360 / image.height);
