@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
-import orjson
 import pyarrow as pa
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
@@ -23,6 +22,7 @@ from fastapi.responses import Response
 from services.gateway.coalesce import Coalescer
 from services.gateway.errors import send_error
 from services.gateway.limits import declared_length, read_body, too_large
+from services.gateway.records_answer import seed_records_json
 from shared import subjects
 from shared.arrow_codec import column_values, from_ipc, records_json_to_table, to_ipc_file, to_ipc_stream
 from shared.authz import (
@@ -241,7 +241,7 @@ class Inference:
                                  "check_failures": pa.array([[]] * table.num_rows, pa.list_(pa.string()))})
             encode, media = (to_ipc_stream, ARROW_STREAM) if ARROW_STREAM in accept else (to_ipc_file, ARROW_FILE)
             return encode(combined), media, {META_HEADER: json.dumps(meta)}
-        return orjson.dumps(seed_records(table, outputs, meta, at_ms)), "application/json", {}
+        return seed_records_json(table, outputs, meta, at_ms, seed_records), "application/json", {}
 
 
     async def run_oip(self, principal: Principal, token: str, model: str, header_length: str | None,

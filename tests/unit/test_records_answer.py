@@ -1,0 +1,53 @@
+"""The records answer written from numpy (services/gateway/records_answer.py) is byte for byte what the general
+path (seed_records + orjson) writes, for the column kinds it takes, and it hands the others to that path."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pytest
+
+from services.gateway.inference import seed_records
+from services.gateway.records_answer import seed_records_json
+from shared.arrow_codec import tensor_array
+
+META = {"last_model": '{"model_name": "m", "model_sha": "abc"}', "pipeline_version": "v-1", "elapsed": [12, 345]}
+RNG = np.random.default_rng(7)
+
+
+def _same(inputs: pa.Table, outputs: pa.Table) -> bytes:
+    fast = seed_records_json(inputs, outputs, META, 1_700_000_000_123, seed_records)
+    assert fast == orjson.dumps(seed_records(inputs, outputs, META, 1_700_000_000_123))
+    return fast
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_float_tensors_are_written_exactly_as_before(dtype):
+    rows = RNG.normal(size=(50, 29)).astype(dtype)
+    rows[0, :3] = [0.1, 1e-30 if dtype != np.float16 else 0.5, 3.0]
+    _same(pa.table({"tensor": tensor_array(rows)}), pa.table({"dense_1": tensor_array(rows[:, :1] * 2)}))
+
+
+def test_scalars_ints_nested_tensors_and_several_columns():
+    inputs = pa.table({"a": pa.array(RNG.integers(-5, 5, 20)), "b": pa.array(RNG.normal(size=20)),
+                       "img": tensor_array(RNG.normal(size=(20, 2, 3)).astype(np.float32)),
+                       "we\"ird": pa.array(np.arange(20, dtype=np.int32))})
+    outputs = pa.table({"y": pa.array(RNG.normal(size=20).astype(np.float32)), "z": pa.array(np.arange(20))})
+    records = orjson.loads(_same(inputs, outputs))
+    assert len(records) == 20 and len(records[0]["in"]["img"]) == 2
+
+
+def test_other_columns_take_the_general_path():
+    inputs = pa.table({"s": pa.array(["a", "b"] * 10), "x": pa.array([1.0, None] * 10)})
+    outputs = pa.table({"flag": pa.array([True, False] * 10), "split": pa.array([["x"], ["y"]] * 10)})
+    _same(inputs, outputs)
+    _same(pa.table({"x": pa.array(np.arange(20) + 0.5)}), outputs)
+    sliced = pa.table({"tensor": tensor_array(RNG.normal(size=(60, 3)))}).slice(4, 30)
+    _same(sliced, pa.table({"y": pa.array(np.arange(30))}))
+    _same(pa.table({"x": pa.array([1.5, 2.5])}), pa.table({"y": pa.array([1, 2])}))  # a few rows
+
+
+def test_nan_and_infinity_as_before():
+    values = np.array([[np.nan, np.inf, -np.inf, 1.0]] * 20)
+    _same(pa.table({"t": tensor_array(values)}), pa.table({"y": pa.array([np.nan] * 20)}))
