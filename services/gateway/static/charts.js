@@ -9,6 +9,7 @@ if (window.Chart) {
   Chart.defaults.font.family = 'system-ui, sans-serif';
   Chart.defaults.color = '#1b1f24';
   Chart.defaults.maintainAspectRatio = false;
+  Chart.defaults.datasets.bar.maxBarThickness = 64;
 }
 
 /** A figure holding one chart: `config` is a Chart.js configuration, `headers`/`rows` its data as a table. */
