@@ -55,5 +55,13 @@ def test_ui_page_loads_nothing_from_another_host(stack):
     parser = Links()
     parser.feed(page.text)
     gateway = urlparse(stack.base_url).netloc
+    scripts = []
     for url in parser.urls:
-        assert urlparse(urljoin(stack.base_url + "/", url)).netloc == gateway, f"the UI loads {url} from elsewhere"
+        absolute = urljoin(stack.base_url + "/", url)
+        assert urlparse(absolute).netloc == gateway, f"the UI loads {url} from elsewhere"
+        if absolute.endswith(".js"):
+            asset = httpx.get(absolute, timeout=10)
+            assert asset.status_code == 200 and asset.content, f"{absolute} is not served"
+            scripts.append(absolute)
+    vendored = {"/static/vendor/chart.umd.min.js", "/static/vendor/cytoscape.min.js"}  # no CDN: the gateway's own
+    assert vendored <= {urlparse(s).path for s in scripts}, scripts
