@@ -445,6 +445,8 @@ def railyard(folder: Path, variants: dict[str, dict], first_round: bool, results
             if variant == "default" and first_round:
                 replicas = [p for p in descendants(stack.process.pid) if "services.engine.replica" in cmdline(p)]
                 results.memory["replicas"] = sorted(memory([p]) for p in replicas)
+                time.sleep(5)  # the replicas hand freed heap back once their log buffer is empty (replica.py)
+                results.memory["replicas_idle"] = sorted(memory([p]) for p in replicas)
         if first_round:
             results.pipeline.append(uvloop.run(python_step_pipeline(deployer)))
             results.options = uvloop.run(engine_options(deployer))
@@ -606,7 +608,9 @@ def report(results: Results, seconds: float) -> str:  # noqa: C901 - one table a
         if "stack_idle" in memory:
             lines.append(f"- idle embedded stack, every process: {_mib(memory['stack_idle'])} (target: <= 1024 MiB)")
         for index, figures in enumerate(memory.get("replicas", [])):
-            lines.append(f"- ONNX engine replica {index + 1} (one model, after its load): {_mib(figures)}")
+            lines.append(f"- ONNX engine replica {index + 1} (one model), right after its load: {_mib(figures)}")
+        for index, figures in enumerate(memory.get("replicas_idle", [])):
+            lines.append(f"- ONNX engine replica {index + 1} (one model), 5 s later: {_mib(figures)}")
         for key, value in memory.items():
             if key.endswith(" processes"):
                 lines.append(f"- {key[:-10]}, its processes after the load: {_mib(value)}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -48,6 +49,7 @@ log = logging.getLogger("railyard.engine")
 SHADOW_TIMEOUT = handlers.SHADOW_TIMEOUT
 DRAIN_SHADOWS = 2.0  # seconds a stopping replica lets queued challengers run (then: logged without them)
 DRAIN_LOGS = 8.0  # seconds a stopping replica has to publish the records it holds
+TRIM_EVERY = 2.0  # seconds between looks at whether the heap's free pages can go back to the system
 
 
 class Step:
@@ -142,6 +144,7 @@ class Replica:
         self.work_dir = settings.stack.data_dir.expanduser().resolve() / "engine-work" / self.name
         self.workers: list[SandboxedRuntime] = []  # users' code: each in a sandboxed worker process
         self.log_policy = LogPolicy.from_config(spec.get("engine_config", {}))
+        self.served = 0  # requests answered
 
     async def load(self) -> None:
         store = self.store = MinioObjectStore(self.settings.s3)
@@ -222,6 +225,7 @@ class Replica:
         async def deliver(msg, answer: handlers.Answer, received: int, at_ms: int) -> None:
             """Answer, then leave the request's record for the log (as the deployment's log policy says)."""
             await reply(msg, answer.body, answer.headers, received)
+            self.served += 1
             if answer.output is None:  # failed: nothing to log
                 return
             record = InferenceRecord(at_ms, answer.table, answer.output, answer.last_model, answer.elapsed,
@@ -258,8 +262,10 @@ class Replica:
         publisher = asyncio.create_task(self.batcher.run())
         shadow_worker = asyncio.create_task(self.run_shadows())
         batch_worker = asyncio.create_task(requests.run()) if requests else None
+        trimmer = asyncio.create_task(self.trim_memory())
         log.info("replica %s of %s serving", self.replica_id, self.name)
         await self.stop.wait()
+        trimmer.cancel()
         if requests is not None:  # queued requests are answered before the connection closes
             await subscription.drain()
             await requests.idle()
@@ -271,6 +277,22 @@ class Replica:
         await self.batcher.close(publisher, DRAIN_LOGS)
         await logs_nc.drain()
         await self.stop_workers()
+
+    async def trim_memory(self, every: float = TRIM_EVERY) -> None:
+        """Give the heap's free pages back to the system once the log buffer is empty again. Request and answer
+        bytes and the records held for the log are many blocks of ~100 KB from the C heap: freed, they stayed in
+        the process (a replica measured 300-430 MiB after batch-1000 load, 190 MiB after a trim)."""
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            trim = libc.malloc_trim
+        except (OSError, AttributeError):  # not glibc: nothing to do
+            return
+        trimmed_at = -1
+        while True:
+            await asyncio.sleep(every)
+            if self.served != trimmed_at and self.batcher.held_rows == 0:  # served since, and nothing held
+                trimmed_at = self.served
+                await asyncio.to_thread(trim, 0)
 
     def log_record(self, record: InferenceRecord) -> None:
         """Hand a request's record to the log batcher, as the deployment's log policy says (logpolicy.py)."""
