@@ -475,6 +475,13 @@ def test_review_queue_then_counted_on_the_monitoring_page(stack, world, alice_ui
     labels = chart_drawn(browser, "mon-labels")
     assert labels["labels"] == ["grey (0)", "white (1)"] or labels["labels"] == ["white (1)"], labels
     wait_text(browser, "#mon-view-json", '"service": "AGGREGATED_PREDICTIONS_DATA"')
+    browser.find_element(By.ID, "mon-tags").send_keys("no-such-tag", Keys.ENTER)  # filters every view
+    wait_for(browser, "const e = document.querySelector('#mon-predictions'); return e && e.textContent === '0'",
+             what="no prediction has the tag")
+    browser.find_element(By.ID, "mon-tags").clear()
+    browser.find_element(By.ID, "mon-tags").send_keys("ui", Keys.ENTER)
+    wait_for(browser, "const e = document.querySelector('#mon-tags'); return e && e.value === 'ui' && "
+             "document.querySelector('#mon-predictions').textContent === '2'", what="both have the tag")
     assert "set_training_data" in browser.find_element(By.ID, "mon-drift").text  # the API says what is missing
     shot(browser, "13-monitoring")
 

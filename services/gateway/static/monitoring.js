@@ -3,7 +3,7 @@
 // against the training-data reference, any ServiceMetrics view as JSON), and the review queue: each prediction's
 // image with its boxes drawn over it, accepted as it is or corrected (classes, boxes) with review_prediction.
 
-state.monitoring = {deployment: null, view: 'AGGREGATED_PREDICTIONS_DATA'};
+state.monitoring = {deployment: null, view: 'AGGREGATED_PREDICTIONS_DATA', since: '', tags: ''};
 state.review = {deployment: null, current: null, message: ''};
 
 const SERVICE_METRICS = ['AGGREGATED_PREDICTIONS_DATA', 'PREDICTIONS_DATA', 'REVIEWS_CLASSIFICATION_STATS',
@@ -51,7 +51,20 @@ PAGES.monitoring = async function monitoring() {
   if (!deployments.some(d => d.name === M.deployment)) M.deployment = deployments[0].name;
   const dep = deployments.find(d => d.name === M.deployment);
   out.push(deploymentPicker('mon-deployment', deployments, M.deployment, (v) => { M.deployment = v; show('monitoring'); }));
-  const stats = (service) => api('deployments/get_stats', {deployment: dep.name, service})
+  // filters for every view: the last N seconds, and predictions having every one of these tags (as get_stats keeps them)
+  const filters = {};
+  if (M.since) filters.since = Number(M.since);
+  if (M.tags.trim()) filters.tags = M.tags.split(',').map(t => t.trim()).filter(Boolean);
+  const since = el('select', {id: 'mon-since'}, [['', 'all time'], ['3600', 'last hour'], ['86400', 'last 24 hours'],
+    ['604800', 'last 7 days']].map(([v, t]) => el('option', {value: v}, t)));
+  since.value = M.since;
+  const tags = el('input', {id: 'mon-tags', size: 24, value: M.tags, placeholder: 'cam-1, cam-2'});
+  const form = el('form', {class: 'row', id: 'mon-filters', 'aria-label': 'Filters'},
+    el('label', {for: 'mon-since'}, 'Predictions of'), since, el('label', {for: 'mon-tags'}, 'Tags'), tags,
+    el('button', {class: 'btn secondary', type: 'submit'}, 'Apply'));
+  form.addEventListener('submit', (ev) => { ev.preventDefault(); Object.assign(M, {since: since.value, tags: tags.value}); show('monitoring'); });
+  out.push(form);
+  const stats = (service) => api('deployments/get_stats', {deployment: dep.name, service, ...filters})
     .then(r => r.stats, e => ({error: e.message}));
   const [data, queue, classes, boxes, labels, drift] = await Promise.all([stats('AGGREGATED_PREDICTIONS_DATA'),
     api('deployments/list_predictions_to_review', {deployment: dep.name, limit: 1}).catch(e => ({error: e.message})),
@@ -142,7 +155,7 @@ PAGES.monitoring = async function monitoring() {
   const load = async () => {
     M.view = view.value;
     shown.textContent = 'Loading…';
-    try { shown.textContent = JSON.stringify(await api('deployments/get_stats', {deployment: dep.name, service: M.view}), null, 1); }
+    try { shown.textContent = JSON.stringify(await api('deployments/get_stats', {deployment: dep.name, service: M.view, ...filters}), null, 1); }
     catch (e) { shown.textContent = e.message; }
   };
   view.addEventListener('change', load);
