@@ -111,7 +111,9 @@ ui-vendor:
 	cp $(UI_DIR)/node_modules/@kurkle/color/LICENSE.md $(UI_VENDOR)/kurkle-color.LICENSE.md
 	sed '/^\/\/# sourceMappingURL=/d' $(UI_DIR)/node_modules/cytoscape/dist/cytoscape.min.js > $(UI_VENDOR)/cytoscape.min.js
 	cp $(UI_DIR)/node_modules/cytoscape/LICENSE $(UI_VENDOR)/cytoscape.LICENSE
-	cd $(UI_DIR) && node -e 'const l = require("./package-lock.json").packages; for (const n of ["chart.js", "@kurkle/color", "cytoscape"]) { const p = l["node_modules/" + n]; console.log(n + " " + p.version + " " + p.integrity); }' > ../static/vendor/VERSIONS
+	cp $(UI_DIR)/node_modules/@mdi/svg/LICENSE $(UI_VENDOR)/mdi-svg.LICENSE
+	node $(UI_DIR)/icons.js
+	cd $(UI_DIR) && node -e 'const l = require("./package-lock.json").packages; for (const n of ["chart.js", "@kurkle/color", "cytoscape", "@mdi/svg"]) { const p = l["node_modules/" + n]; console.log(n + " " + p.version + " " + p.integrity); }' > ../static/vendor/VERSIONS
 	rm -rf $(UI_DIR)/node_modules
 
 clean:

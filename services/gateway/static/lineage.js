@@ -7,6 +7,21 @@
 
 state.lineage = {selected: null, root: null};
 let cy = null;
+let ICONS = null;  // icon name -> SVG path (static/vendor/mdi-icons.json: Material Design Icons glyphs by zmdi name)
+
+async function loadIcons() {
+  if (ICONS) return ICONS;
+  try { ICONS = await (await fetch('/static/vendor/mdi-icons.json')).json(); } catch (_) { ICONS = {}; }
+  return ICONS;
+}
+
+/** A card's icon as an SVG data URL in its icon colour (null when the name has no glyph). */
+function iconUrl(name, color) {
+  const d = name && ICONS && ICONS[name];
+  if (!d) return null;
+  const svg = `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24"><path fill="${color}" d="${d}"/></svg>`;
+  return 'data:image/svg+xml;charset=utf-8,' + encodeURIComponent(svg);
+}
 
 const KIND_LOOK = {  // the default colours and shapes per kind (a card's own icon colours win)
   project: ['#e3f2fd', '#0b5cad', 'round-rectangle'], project_version: ['#e3f2fd', '#0b5cad', 'round-rectangle'],
@@ -53,8 +68,10 @@ function openResource(card) {
 function cardElements(graph) {
   const nodes = graph.nodes.map(n => {
     const [bg, fg, shape] = KIND_LOOK[n.kind] || ['#f4f6f8', '#4a5561', 'round-rectangle'];
-    return {group: 'nodes', data: {id: String(n.id), label: `${n.title}\n${kindName(n.kind)}`, card: n,
-      bg: n.settings.icon_bg_color || bg, fg: n.settings.icon_color || fg, shape}};
+    const color = n.settings.icon_color || fg;
+    const icon = iconUrl(n.settings.icon, color);
+    return {group: 'nodes', classes: icon ? 'iconic' : '', data: {id: String(n.id), label: `${n.title}\n${kindName(n.kind)}`,
+      card: n, bg: n.settings.icon_bg_color || bg, fg: color, shape, icon: icon || ''}};
   });
   const edges = graph.edges.map(e => ({group: 'edges', data: {id: `e${e.id}`, source: String(e.source),
     target: String(e.target), label: e.settings.title || e.relation, origin: e.origin}}));
@@ -69,6 +86,9 @@ function drawGraph(container, graph) {
       {selector: 'node', style: {shape: 'data(shape)', 'background-color': 'data(bg)', 'border-color': 'data(fg)',
         'border-width': 2, label: 'data(label)', 'text-wrap': 'wrap', 'text-max-width': 150, 'text-valign': 'center',
         'font-size': 12, color: '#1b1f24', width: 180, height: 50}},
+      {selector: 'node.iconic', style: {'background-image': 'data(icon)', 'background-width': 22, 'background-height': 22,
+        'background-position-x': 10, 'background-position-y': '50%', 'background-clip': 'none', 'text-margin-x': 12,
+        'text-max-width': 130}},
       {selector: 'node:selected', style: {'border-width': 4, 'border-color': '#f0a000'}},
       {selector: 'node.collapsed', style: {'border-style': 'double', 'border-width': 6}},
       {selector: '.hidden', style: {display: 'none'}},
@@ -106,7 +126,9 @@ function selectCard(id) {
   panel.replaceChildren(
     el('div', {class: 'row'},
       el('span', {class: 'icon', style: `background:${node.data('bg')};color:${node.data('fg')};border-color:${node.data('fg')}`,
-        title: s.icon ? `icon: ${s.icon}` : kindName(card.kind), 'aria-hidden': 'true'}, (s.icon || card.kind).slice(0, 2).toUpperCase()),
+        title: s.icon ? `icon: ${s.icon}` : kindName(card.kind), 'aria-hidden': 'true'},
+        node.data('icon') ? el('img', {src: node.data('icon'), alt: '', width: 22, height: 22})
+          : (s.icon || card.kind).slice(0, 2).toUpperCase()),
       el('h3', {id: 'card-title'}, card.title)),
     el('p', {class: 'muted'}, `${kindName(card.kind)} · ${card.ref}` + (s.icon ? ` · icon ${s.icon}` : '')),
     s.description ? el('p', {}, s.description) : '',
@@ -158,7 +180,8 @@ function renderCardList() {
 PAGES.lineage = async function lineage() {
   const ws = needWorkspace();
   const L = state.lineage;
-  const graph = await api('workflow/graph', L.root ? {workspace_id: ws, ...L.root, depth: 3} : {workspace_id: ws});
+  const [graph] = await Promise.all([
+    api('workflow/graph', L.root ? {workspace_id: ws, ...L.root, depth: 3} : {workspace_id: ws}), loadIcons()]);
   const out = [el('h2', {}, 'Lineage')];
   if (!graph.nodes.length) {
     out.push(el('p', {class: 'muted'}, 'Nothing drawn yet: cards appear as models are uploaded, pipelines deployed, tasks run.'));
