@@ -331,9 +331,10 @@ def seaweedfs_server(cfg: StackSettings, data_dir: Path) -> ServerSpec:
         ],
         env={"TMPDIR": str(data_dir / "run")},  # its glog files go there instead of /tmp
         # Everything that writes to it has stopped by then; its filer still waits 15 s for its own
-        # metadata stream on a graceful stop, so after a short grace it is killed (its stores are
-        # crash-safe, and restarts after kill -9 are tested).
-        stop_grace=4.0,
+        # metadata stream on a graceful stop (logging nothing else, the volume server untouched, in a 4 s
+        # grace too), so after a short grace it is killed (its stores are crash-safe, and restarts after
+        # kill -9 are tested).
+        stop_grace=1.0,
     )
 
 
