@@ -366,6 +366,8 @@ def test_lineage_graph_from_model_version_to_its_deployment(world, browser):
     assert {"model_version", "pipeline_version", "deployment", "assay", "task_run", "orchestration",
             "project_version", "benchmark"} <= set(kinds), kinds
     # a real click on the model version's card, where Cytoscape drew it
+    assert browser.execute_script(f"return {UIMODEL_CARD}.hasClass('iconic') && "  # drawn with its icon's glyph
+                                  f"{UIMODEL_CARD}.data('icon').startsWith('data:image/svg+xml')")
     x, y = browser.execute_script(f"const p = {UIMODEL_CARD}.renderedPosition(); return [p.x, p.y]")
     graph = browser.find_element(By.ID, "graph")
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", graph)
