@@ -212,7 +212,7 @@ PAGES.review = async function review() {
   if (!queue.predictions.length) { out.push(el('p', {class: 'muted'}, 'Nothing to review.')); return out; }
   if (!queue.predictions.some(p => p.id === R.current)) R.current = queue.predictions[0].id;
   const p = queue.predictions.find(x => x.id === R.current);
-  const labels = dep.labels;
+  const labels = queue.labels && queue.labels.length ? queue.labels : dep.labels;  // the API's, else the definition's
 
   out.push(el('ul', {class: 'cards', 'aria-label': 'Predictions waiting'}, queue.predictions.slice(0, 20).map(x =>
     el('li', {}, el('button', {class: 'btn secondary', type: 'button', 'aria-pressed': String(x.id === p.id),
