@@ -135,9 +135,9 @@ class LogBatcher:
         self.pending, self.pending_rows = [], 0
         rows = sum(r.inputs.num_rows for r in records)
         size = sum(getattr(r, "held_bytes", 0) for r in records)
-        # built and encoded in a thread: on the event loop it delayed the requests arriving meanwhile (a p99 spike
-        # every engine_flush_ms under load); pyarrow's work releases the GIL
-        payloads = await asyncio.to_thread(self._encode, records)
+        # on the event loop up to 2000 rows: in a thread, the GIL it holds stalled the loop more than doing it here
+        # (bench/log_flush_lag.py measured both, issue 20)
+        payloads = await asyncio.to_thread(self._encode, records) if rows > 2000 else self._encode(records)
         try:
             for payload, requests in payloads:
                 await self._publish(payload, requests)
