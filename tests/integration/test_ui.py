@@ -1,8 +1,10 @@
 """The web UI in a real headless Chromium (Debian's chromium + chromedriver, driven by Selenium) against the real
 stack, through the public API only: alice signs in and sees her workspace, model, deployment (with its inference
-URL), logged inferences paged with the cursor, an assay's charts and alerts, an orchestration's task run with its
-logs, the lineage graph (a click on the model version's card leads to its deployment), her project's versions
-(restored from the page) and two benchmark reports compared as charts; a wrong password shows the API's own
+URL and inputs), logged inferences paged with the cursor and filtered by time, an assay's charts and alerts, an
+orchestration's task run with its logs, the lineage graph (a click on the model version's card leads to its
+deployment), her project's versions (restored from the page), two benchmark reports compared as charts, a review
+queue of image predictions (boxes drawn over the image; accepted, corrected) counted on the monitoring page; she
+uploads a model, builds, deploys and undeploys a pipeline from the pages; a wrong password shows the API's own
 message; bob sees none of alice's things. One browser for the module; screenshots of each page go to
 build/ui-screenshots/ (not committed)."""
 
@@ -92,15 +94,9 @@ def world(stack, alice_ui: Account):
     """Alice's things, made through the public API: a deployed model with 12 inferences in two batches (the second
     from the SDK), an assay over them, a finished task run, a project with a version, two benchmark reports."""
     alice = alice_ui
-    clock = [time.monotonic()]
-
-    def lap(what):
-        print(f"world: {what} {time.monotonic() - clock[0]:.2f} s")
-        clock[0] = time.monotonic()
     # the task runs while the rest is made
     orch = ready_orchestration(stack, alice, {"main.py": "print('hello from the ui task')\nprint('second line')\n"})
     task_id = run_once(stack, alice, orch, name="uitask")
-    lap("task")
     # a square detector for the review queue, deployed while the other one is
     sdk = Client(stack.base_url, token=alice.token, workspace=alice.workspace_id)
     detector = sdk.upload_model("uisquares", detector_onnx(), progress=False)
@@ -113,7 +109,6 @@ def world(stack, alice_ui: Account):
     ok(post(stack, "deployments/update", alice.token, {"deployment": squares.name, "min_threshold": 0.1}))
     predictions = [squares.predict_bytes(f"squares{i}.png", squares_png(cells), tags=["ui"])
                    for i, cells in enumerate(({(0, 0): 255, (2, 3): 230}, {(1, 1): 255}))]
-    lap("deploy")
     # the benchmarks first: their rows go through the engine and are logged too, older than the marked ones
     project = ok(post(stack, "projects/create", alice.token, {"workspace_id": alice.workspace_id,
                                                               "name": "uiproject", "description": "card data"}))
@@ -127,7 +122,6 @@ def world(stack, alice_ui: Account):
         "workspace_id": alice.workspace_id, "name": name, "version_id": version["id"], "dataset_name": "holdout",
         "label_column": "label", "output_column": "dense_1", "deployments": [deployment], "batch_size": size}))
         for name, size in (("bench small batches", 4), ("bench one batch", 20))]
-    lap("benchmarks")
 
     assert infer(url, alice.token, marked(range(6))).status_code == 200
     boundary = time.time()  # the assay's windows: [boundary - 1, boundary) has the first batch, later ones the second
@@ -145,7 +139,6 @@ def world(stack, alice_ui: Account):
         "warning_threshold": 0.5, "alert_threshold": 1.0, "run_until": None,
         "workspace_id": alice.workspace_id}))["assay_id"]
     wait_rows(stack, alice, "uipipe", 12 + 2 * 20)
-    lap("inferences, assay")
 
     deadline = time.monotonic() + 30
     while True:  # the task run has finished and the window of the last batch was scored (nothing comes after it)
@@ -158,7 +151,6 @@ def world(stack, alice_ui: Account):
             break
         assert time.monotonic() < deadline, (task_runs, results)
         time.sleep(0.3)
-    lap("scored")
     return {"deployment": deployment, "url": url, "pipeline": pipeline, "assay": assay, "results": results,
             "task_id": task_id, "run_id": task_runs[0]["run_id"], "project": project, "version": version,
             "reports": reports, "squares": squares.name, "predictions": predictions}
