@@ -35,8 +35,11 @@ def _rows_json(column: pa.ChunkedArray | pa.Array) -> list[bytes] | None:
     else:
         return None
     matrix = numbers.reshape(shape)
-    if matrix.ndim == 1:
-        return [orjson.dumps(value) for value in matrix.tolist()]
+    if matrix.ndim == 1:  # one call, then cut at the commas (numbers hold none)
+        return orjson.dumps(matrix, option=NUMPY)[1:-1].split(b",") if len(matrix) else []
+    if matrix.ndim == 2 and matrix.shape[0] and matrix.shape[1]:  # one call, then cut between the rows' brackets
+        rows = orjson.dumps(matrix, option=NUMPY)[2:-2].split(b"],[")
+        return [b"[" + row + b"]" for row in rows]
     return [orjson.dumps(row, option=NUMPY) for row in matrix]
 
 
