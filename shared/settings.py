@@ -175,6 +175,13 @@ class TaskSettings(BaseModel):
                            "token is valid for its timeout plus a minute, at most this.")
 
 
+class DeployerSettings(BaseModel):
+    """Engine replicas the deployer runs."""
+
+    scale_down_after: float = Field(10.0, gt=0, description="Seconds an autoscaled deployment waits after its "
+                                    "last scaling before it retires an idle replica.")
+
+
 class SandboxSettings(BaseModel):
     """How users' code is isolated (shared/sandbox.py) and its default limits."""
 
@@ -230,6 +237,7 @@ class Settings(BaseSettings):
     logs: LogSettings = LogSettings()
     assays: AssaySettings = AssaySettings()
     tasks: TaskSettings = TaskSettings()
+    deployer: DeployerSettings = DeployerSettings()
     sandbox: SandboxSettings = SandboxSettings()
     stack: StackSettings = StackSettings()
 

@@ -84,9 +84,10 @@ class ReplicaSet:
 class LocalBackend:
     """Engine replicas as local processes, supervised."""
 
-    def __init__(self, work_dir: Path, nats_request) -> None:
+    def __init__(self, work_dir: Path, nats_request, scale_down_after: float = SCALE_DOWN_AFTER) -> None:
         self.work_dir = work_dir
         self.request = nats_request  # async (subject, payload bytes, timeout) -> bytes
+        self.scale_down_after = scale_down_after
         self.sets: dict[str, ReplicaSet] = {}
         self._supervisor: asyncio.Task | None = None
 
@@ -210,7 +211,7 @@ class LocalBackend:
             log.info("%s: CPU %.0f%% > %.0f%%: scaled up to %d replicas", replica_set.name, average,
                      replica_set.cpu_target, count + 1)
         elif average < replica_set.cpu_target / 3 and count > max(low, 1) and \
-                now - replica_set.last_scaled > SCALE_DOWN_AFTER:
+                now - replica_set.last_scaled > self.scale_down_after:
             retired = replica_set.replicas.pop()
             replica_set.last_scaled = now
             log.info("%s: CPU %.0f%%: scaled down to %d replicas", replica_set.name, average, count - 1)
