@@ -87,9 +87,9 @@ def stack_env(data_dir: Path) -> dict[str, str]:
     # users' code: a hanging step is stopped after 5 s, a file above 64 MiB refused
     # (tests/integration/test_sandbox_hostile.py)
     env["RAILYARD_SANDBOX__WALL_SECONDS"] = "5"
+    env["RAILYARD_SANDBOX__FILE_SIZE_MB"] = "64"
     # an autoscaled deployment retires an idle replica 4 s after it last scaled, not 10 (test_pipelines.py)
     env["RAILYARD_DEPLOYER__SCALE_DOWN_AFTER"] = "4"
-    env["RAILYARD_SANDBOX__FILE_SIZE_MB"] = "64"
     # the registry's sandboxed checks and conversions: limits small enough that hostile uploads end in seconds
     env["RAILYARD_REGISTRY__WORKER_TIMEOUT"] = "45"  # a normal conversion: 4 s idle, 20 s on a loaded machine
     # ...but ~1.5 s of CPU however loaded the machine is, so a spinning one is stopped on CPU long before 45 s
