@@ -31,8 +31,8 @@ from faststream.nats import NatsRouter
 from pydantic import ValidationError
 
 from services.monitoring import feedback_store as fs
-from services.monitoring import handlers, images, predictions
-from shared import subjects
+from services.monitoring import handlers, predictions
+from shared import images, subjects
 from shared.authz import Principal, require_user
 from shared.bus import CallContext, command, publish_event, request
 from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError

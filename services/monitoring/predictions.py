@@ -36,7 +36,7 @@ from faststream.nats import NatsRouter
 from PIL import Image
 from pydantic import ValidationError
 
-from services.monitoring import datalake, images, store
+from services.monitoring import datalake, store
 from services.monitoring.handlers import (
     TAG,
     DeploymentView,
@@ -47,7 +47,7 @@ from services.monitoring.handlers import (
     _model_step,
 )
 from services.monitoring.predictions_store import PredictionRow, insert_prediction
-from shared import subjects
+from shared import images, subjects
 from shared.arrow_codec import from_ipc, tensor_array, to_ipc_stream
 from shared.authz import Principal, require_user
 from shared.bus import CallContext, command, publish_event, raise_for_error_header, request

@@ -27,11 +27,11 @@ from faststream.nats import NatsRouter
 from services.monitoring import feedback_store as fs
 from services.monitoring import stats
 from services.monitoring.feedback import FeedbackDeps, _dataset, _view
-from services.monitoring.images import image_features
 from shared import subjects
 from shared.authz import Principal
 from shared.bus import CallContext, command, request
 from shared.errors import Conflict, InvalidRequest
+from shared.images import image_features
 from shared.messages.lineage import DatasetFiles, DatasetRef
 from shared.messages.monitoring import DeploymentQuery
 from shared.messages.monitoring_feedback import DeploymentStats, GetStats, SetTrainingData, TrainingDataStatus

@@ -19,11 +19,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-# The image decoding, preprocessing and box conversion that seed 003's predictions use (#18), so a detection
-# deployment is benchmarked on exactly what it sees when it serves. (It belongs in shared/: pure functions.)
-from services.monitoring import images as detection_images
 from services.workflow_lineage import benchmarks, graph, store
 from services.workflow_lineage.handlers import Deps, _jsonb
+
+# The image decoding, preprocessing and box conversion that seed 003's predictions use (#18), so a detection
+# deployment is benchmarked on exactly what it sees when it serves. (It belongs in shared/: pure functions.)
+from shared import images as detection_images
 from shared import subjects
 from shared.arrow_codec import from_ipc, tensor_array, to_ipc_stream
 from shared.authz import Principal, require_member, require_user

@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 from railyard_client import Client, Lineage, ServiceMetrics
 
-from services.monitoring.images import image_features
 from shared import subjects
+from shared.images import image_features
 from shared.messages.monitoring_feedback import SERVICE_METRICS
 from tests.image_models import (
     detector_image_config,

@@ -1,4 +1,4 @@
-"""services/monitoring/images.py: decoding (PNG/JPEG only, strict), image statistics, preprocessing by a pipeline's
+"""shared/images.py: decoding (PNG/JPEG only, strict), image statistics, preprocessing by a pipeline's
 image configuration, model outputs as the seed's PredictionFormat (min_threshold, [top, left, bottom, right] in the
 original image's pixels) and the checks of PredictionFormats that monitor receives."""
 
@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from services.monitoring import images
+from shared import images
 from shared.errors import InvalidRequest
 from shared.messages.monitoring_predictions import ImageConfig, PredictionFormat
 from tests.image_models import (
