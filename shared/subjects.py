@@ -224,6 +224,7 @@ MONITORING_TRAINING_SET = "monitoring.deployments.set_training_data"
 MONITORING_TRAINING_STATUS = "monitoring.deployments.check_training_data_metrics_status"
 MONITORING_TRAINING_DISABLE = "monitoring.deployments.disable_training_data_reference"
 MONITORING_GET_STATS = "monitoring.deployments.get_stats"
+MONITORING_REFERENCE_FEATURE = "monitoring.reference.feature"  # assay runner only: no HTTP route
 EVENT_MONITORING_REVIEW_CREATED = "events.monitoring.review_created"
 
 # monitoring: seed 003's predictions (predict / predict_bytes, monitor / monitor_bytes)

@@ -31,6 +31,7 @@ from shared.messages.assays import (
 )
 from shared.messages.deployer import GetPipeline, PipelineRecord
 from shared.messages.logs import LogPage, ReadLogField
+from shared.messages.monitoring_feedback import ReferenceFeature, ReferenceFeatureQuery
 from shared.service import Runtime, ServiceSpec
 from shared.table_transport import PAGE_HEADER, take_table
 
@@ -124,9 +125,15 @@ async def start(runtime: Runtime) -> None:
     async def publish(subject: str, event: Any) -> None:
         await publish_event(broker, subject, event)
 
+    async def reference_feature(token, body: dict[str, Any]) -> dict[str, Any]:
+        answer = await request(broker, subjects.MONITORING_REFERENCE_FEATURE, ReferenceFeatureQuery(**body),
+                               token=token, timeout=FIELD_TIMEOUT, reply_model=ReferenceFeature)
+        return answer.model_dump()
+
     deps = handlers.Deps(pool=runtime.db, settings=settings.assays,
                          membership=lambda token: bus_membership(broker, token, timeout), read_field=read_field,
-                         pipeline_of=pipeline_of, log_page=log_page, publish=publish)
+                         pipeline_of=pipeline_of, log_page=log_page, publish=publish,
+                         reference_feature=reference_feature)
 
     async def scheduler() -> None:
         while True:

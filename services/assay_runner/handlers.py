@@ -39,6 +39,11 @@ log = logging.getLogger("railyard.assay_runner")
 
 # read_field(token, workspace_id, pipeline, model, column, index, start_ms, end_ms) -> values
 FieldReader = Callable[[str | None, int, str, str | None, str, int, int, int], Awaitable[np.ndarray]]
+# reference_feature(token, query body) -> the monitoring service's ReferenceFeature as a dict
+ReferenceReader = Callable[[str | None, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+PSEUDO_SAMPLE = 1000
+"""A Training baseline is summarized on this many values of the reference's piecewise-linear quantile function."""
 
 
 @dataclass
@@ -50,6 +55,7 @@ class Deps:
     pipeline_of: Callable[[str | None, int], Awaitable[dict[str, Any]]]
     log_page: Callable[[str | None, dict[str, Any]], Awaitable[list[dict[str, Any]]]]
     publish: Callable[[str, Any], Awaitable[None]]
+    reference_feature: ReferenceReader | None = None
 
 
 def _ms(moment: datetime) -> int:
@@ -85,6 +91,9 @@ class Plan:
 
 def plan(cfg: AssayConfig) -> Plan:
     column, index = compute.parse_iopath(cfg.iopath)
+    if cfg.baseline.Training is not None and (not column.startswith("in.") or index != 0):
+        raise InvalidRequest(f"with a Training baseline the iopath names an image feature of the training reference, "
+                             f"e.g. 'input brightness_mean', not {cfg.iopath!r}")
     summarizer = cfg.summarizer.model_dump()
     compute.check_summarizer(summarizer)
     width = compute.parse_duration(cfg.window.width)
@@ -105,9 +114,61 @@ async def _check_pipeline(deps: Deps, principal: Principal, token: str | None, c
         raise InvalidRequest(f"pipeline {cfg.pipeline_id} is named {pipeline['name']!r}, not {cfg.pipeline_name!r}")
 
 
+async def _training(deps: Deps, token: str | None, p: Plan, start_ms: int | None = None,
+                    end_ms: int | None = None) -> dict[str, Any]:
+    """The Training baseline's feature from the monitoring service (and its values in a window): with a token by
+    the deployment's name, checked with the caller's rights; without one (the scheduler) by the id kept at create."""
+    cfg = p.config
+    training = cfg.baseline.Training
+    assert training is not None and deps.reference_feature is not None
+    body: dict[str, Any] = {"workspace_id": cfg.workspace_id, "feature": p.column.removeprefix("in."),
+                            "start_ms": start_ms, "end_ms": end_ms}
+    if token is not None:
+        body["deployment"] = training.deployment
+    else:
+        body["deployment_id"] = training.deployment_id
+    answer = await deps.reference_feature(token, body)
+    if token is not None and answer["pipeline_name"] != cfg.pipeline_name:
+        raise InvalidRequest(f"deployment {training.deployment!r} serves pipeline {answer['pipeline_name']!r}, not "
+                             f"{cfg.pipeline_name!r}: an assay on a training reference belongs to its pipeline")
+    training.deployment_id = answer["deployment_id"]
+    return answer
+
+
+def training_values(reference: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(quantile levels, values) of a training-reference feature: min, the inner deciles, max."""
+    levels = np.linspace(0.0, 1.0, len(reference["edges"]) + 2)
+    return levels, np.asarray([reference["min"], *reference["edges"], reference["max"]], dtype=np.float64)
+
+
+def training_baseline(reference: dict[str, Any], summarizer: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
+    """The baseline summary and bin boundaries of a training-reference feature, which keeps its deciles, not its
+    values. Quantile bins take the reference's quantiles (exact when num_bins divides 10, linear between deciles
+    otherwise); Equal bins split [min, max]. Densities are those of the piecewise-linear quantile function sampled
+    at PSEUDO_SAMPLE evenly spaced levels (exactly 1/num_bins per Quantile bin when the feature varies); count,
+    mean, std, min, max and median are the reference's own."""
+    levels, quantiles = training_values(reference)
+    pseudo = np.interp((np.arange(PSEUDO_SAMPLE) + 0.5) / PSEUDO_SAMPLE, levels, quantiles)
+    if summarizer.get("provided_edges") is None and summarizer.get("bin_mode", "Quantile") == "Quantile":
+        bounds = np.interp(np.linspace(0.0, 1.0, int(summarizer.get("num_bins", 5)) + 1), levels, quantiles)
+        quantile_names = True
+    else:
+        bounds = compute.boundaries(quantiles, summarizer)
+        quantile_names = False
+    summary = compute.summarize(pseudo, bounds, summarizer, quantile_names, None, None)
+    summary |= {"count": int(reference["count"]), "mean": float(reference["mean"]), "std": float(reference["std"]),
+                "min": float(reference["min"]), "max": float(reference["max"]),
+                "median": float(np.interp(0.5, levels, quantiles))}
+    return summary, bounds
+
+
 async def _baseline(deps: Deps, token: str | None, p: Plan) -> tuple[dict[str, Any], np.ndarray, datetime | None]:
     """(baseline summary, bin boundaries, baseline end)."""
     cfg = p.config
+    if cfg.baseline.Training is not None:
+        answer = await _training(deps, token, p)
+        summary, bounds = training_baseline(answer["reference"], p.summarizer)
+        return summary, bounds, None
     if cfg.baseline.Static is not None:
         values = np.asarray(cfg.baseline.Static.values, dtype=np.float64)
         start = end = None
@@ -145,8 +206,12 @@ def _result(p: Plan, assay_id: int | None, baseline: dict[str, Any], window: dic
 async def _window(deps: Deps, token: str | None, p: Plan, bounds: np.ndarray, start: datetime, end: datetime
                   ) -> dict[str, Any] | None:
     cfg = p.config
-    values = await deps.read_field(token, cfg.workspace_id, cfg.window.pipeline, cfg.window.model, p.column,
-                                   p.index, _ms(start), _ms(end))
+    if cfg.baseline.Training is not None:
+        answer = await _training(deps, token, p, _ms(start), _ms(end))
+        values = np.asarray(answer["values"], dtype=np.float64)
+    else:
+        values = await deps.read_field(token, cfg.workspace_id, cfg.window.pipeline, cfg.window.model, p.column,
+                                       p.index, _ms(start), _ms(end))
     if len(values) == 0:
         return None
     values = values[np.isfinite(values)]
@@ -224,7 +289,7 @@ async def run_interactive(deps: Deps, principal: Principal, token: str | None, c
     baseline, bounds, baseline_end = await _baseline(deps, token, p)
     start = _utc(cfg.window.start) if cfg.window.start else baseline_end
     if start is None:
-        raise InvalidRequest("window.start is needed with a Static baseline")
+        raise InvalidRequest("window.start is needed with a Static or Training baseline")
     limit = min(datetime.now(UTC), _utc(cfg.run_until)) if cfg.run_until else datetime.now(UTC)
     first = start
     results = []

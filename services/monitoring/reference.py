@@ -30,11 +30,18 @@ from services.monitoring.feedback import FeedbackDeps, _dataset, _view
 from shared import subjects
 from shared.authz import Principal
 from shared.bus import CallContext, command, request
-from shared.errors import Conflict, InvalidRequest
+from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.images import image_features
 from shared.messages.lineage import DatasetFiles, DatasetRef
 from shared.messages.monitoring import DeploymentQuery
-from shared.messages.monitoring_feedback import DeploymentStats, GetStats, SetTrainingData, TrainingDataStatus
+from shared.messages.monitoring_feedback import (
+    DeploymentStats,
+    GetStats,
+    ReferenceFeature,
+    ReferenceFeatureQuery,
+    SetTrainingData,
+    TrainingDataStatus,
+)
 from shared.objectstore import BUCKET_DATASETS, content_key
 
 log = logging.getLogger("railyard.monitoring.reference")
@@ -146,6 +153,56 @@ async def get_stats(deps: FeedbackDeps, principal: Principal, token: str | None,
 # --- the background computation --------------------------------------------------------------------------
 
 
+MAX_FEATURE_VALUES = 200_000
+"""A window of an assay on the training reference reads at most this many predictions (more: 400)."""
+
+
+async def reference_feature(deps: FeedbackDeps, principal: Principal | None, token: str | None,
+                            cmd: ReferenceFeatureQuery) -> ReferenceFeature:
+    """One feature of the deployment's ready training reference, and its values in the deployment's predictions
+    of [start_ms, end_ms) when a window is given (assays with a Training baseline). With a token the deployment is
+    resolved with the caller's rights; without one (the assay scheduler on the bus) it is looked up by id in its
+    workspace."""
+    pool = deps.monitoring.pool
+    if token is not None:
+        if not cmd.deployment:
+            raise InvalidRequest("name the deployment whose training reference is the baseline")
+        assert principal is not None
+        view = await _view(deps, principal, token, cmd.deployment)
+        deployment_id, workspace_id, pipeline_name = (view.route.deployment_id, view.route.workspace_id,
+                                                      view.route.pipeline_name)
+        name = view.route.name
+    else:
+        if cmd.deployment_id is None:
+            raise InvalidRequest("deployment_id is needed without a token")
+        deployment_id, workspace_id, pipeline_name, name = cmd.deployment_id, cmd.workspace_id, None, str(
+            cmd.deployment_id)
+    if workspace_id != cmd.workspace_id:
+        raise NotFound(f"deployment {cmd.deployment or cmd.deployment_id!r} not found in workspace "
+                       f"{cmd.workspace_id}")
+    kept = await fs.reference_row(pool, deployment_id)
+    if kept is None or kept["workspace_id"] != workspace_id or kept["status"] != "ready":
+        raise Conflict(f"deployment {name!r} has no ready training-data reference: call set_training_data and wait "
+                       "until check_training_data_metrics_status is `ready`")
+    features = kept["reference"]["features"]
+    if cmd.feature not in features:
+        raise InvalidRequest(f"the training reference has no feature {cmd.feature!r}: use one of "
+                             f"{', '.join(sorted(features))}")
+    values: list[float] = []
+    if cmd.start_ms is not None and cmd.end_ms is not None:
+        start = datetime.fromtimestamp(cmd.start_ms / 1000, UTC)
+        end = datetime.fromtimestamp(cmd.end_ms / 1000, UTC)
+        rows = await pool.fetch(
+            "SELECT (features ->> $4)::double precision AS v FROM predictions WHERE deployment_id = $1"
+            " AND workspace_id = $5 AND predicted_at >= $2 AND predicted_at < $3 AND features ? $4 LIMIT $6",
+            deployment_id, start, end, cmd.feature, workspace_id, MAX_FEATURE_VALUES + 1)
+        if len(rows) > MAX_FEATURE_VALUES:
+            raise InvalidRequest(f"more than {MAX_FEATURE_VALUES} predictions in one window: use a narrower width")
+        values = [float(r["v"]) for r in rows]
+    return ReferenceFeature(deployment_id=deployment_id, workspace_id=workspace_id, pipeline_name=pipeline_name,
+                            feature=cmd.feature, reference=features[cmd.feature], values=values)
+
+
 def _features_of(data: bytes) -> dict[str, float] | None:
     from PIL import Image
 
@@ -248,6 +305,13 @@ def register(router: NatsRouter, deps_fn: Callable[[], FeedbackDeps], caller_fn:
     async def disable_training(cmd: DeploymentQuery, ctx: CallContext) -> TrainingDataStatus:
         """Stop using the training-data reference."""
         return await disable_reference(deps_fn(), await caller_fn(ctx), ctx.token, cmd)
+
+    @command(router, subjects.MONITORING_REFERENCE_FEATURE, service=service)
+    async def feature(cmd: ReferenceFeatureQuery, ctx: CallContext) -> ReferenceFeature:
+        """A training-reference feature and its values in a window of predictions (the assay runner's Training
+        baseline). No HTTP route; without a token only the assay runner may publish it (nats-permissions)."""
+        principal = await caller_fn(ctx) if ctx.token is not None else None
+        return await reference_feature(deps_fn(), principal, ctx.token, cmd)
 
     @command(router, subjects.MONITORING_GET_STATS, service=service)
     async def deployment_stats(cmd: GetStats, ctx: CallContext) -> DeploymentStats:

@@ -23,14 +23,25 @@ class StaticBaseline(Message):
     values: list[float] = Field(min_length=1)
 
 
+class TrainingBaseline(Message):
+    """Railyard: the training-data reference of a seed-003 deployment (monitoring service, set_training_data) as the
+    baseline. The iopath then names one of its image features (`"input brightness_mean"`), and every window reads
+    that feature of the deployment's own and monitored predictions instead of the pipeline's logs."""
+
+    deployment: str = Field(min_length=1, max_length=200)
+    deployment_id: int | None = Field(None, description="Set by the assay runner when the assay is created (the "
+                                      "scheduler's windows read by it); a caller's value is replaced.")
+
+
 class Baseline(Message):
     Fixed: FixedBaseline | None = None
     Static: StaticBaseline | None = None
+    Training: TrainingBaseline | None = None
 
     @model_validator(mode="after")
     def _one(self) -> Baseline:
-        if (self.Fixed is None) == (self.Static is None):
-            raise ValueError("baseline needs exactly one of Fixed or Static")
+        if sum(kind is not None for kind in (self.Fixed, self.Static, self.Training)) != 1:
+            raise ValueError("baseline needs exactly one of Fixed, Static or Training")
         return self
 
 

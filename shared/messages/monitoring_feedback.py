@@ -195,6 +195,32 @@ class TrainingDataStatus(Message):
     computed_at: datetime | None = None
 
 
+class ReferenceFeatureQuery(Command):
+    """The assay runner asking for one image feature of a deployment's training-data reference and, with
+    `start_ms`/`end_ms`, that feature's values in the deployment's predictions of the window. With a token the
+    deployment is named by `deployment` and resolved with the caller's rights; without one (the assay scheduler,
+    trusted on the bus) by `deployment_id`, which must be of `workspace_id`."""
+
+    workspace_id: int
+    feature: str = Field(min_length=1, max_length=100)
+    deployment: str | None = Field(None, max_length=200)
+    deployment_id: int | None = None
+    start_ms: int | None = None
+    end_ms: int | None = None
+
+
+class ReferenceFeature(Message):
+    """The feature's reference summary (`count`, `mean`, `std`, `min`, `max`, `edges`: the inner deciles) and its
+    values in the window's predictions (empty without a window)."""
+
+    deployment_id: int
+    workspace_id: int
+    pipeline_name: str | None = None
+    feature: str
+    reference: dict[str, Any]
+    values: list[float]
+
+
 class GetStats(Command):
     """get_stats: `service` is a ServiceMetrics value; the filters narrow the predictions (and their reviews):
     `model_version` (the champion that answered), `from_timestamp` / `to_timestamp` (epoch seconds on the
