@@ -181,7 +181,9 @@ async def reference_feature(deps: FeedbackDeps, principal: Principal | None, tok
         raise NotFound(f"deployment {cmd.deployment or cmd.deployment_id!r} not found in workspace "
                        f"{cmd.workspace_id}")
     kept = await fs.reference_row(pool, deployment_id)
-    if kept is None or kept["workspace_id"] != workspace_id or kept["status"] != "ready":
+    if kept is not None and kept["workspace_id"] != workspace_id:
+        raise NotFound(f"deployment {name!r} not found in workspace {cmd.workspace_id}")
+    if kept is None or kept["status"] != "ready":
         raise Conflict(f"deployment {name!r} has no ready training-data reference: call set_training_data and wait "
                        "until check_training_data_metrics_status is `ready`")
     features = kept["reference"]["features"]

@@ -11,6 +11,7 @@ import io
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 
 import asyncpg
 import numpy as np
@@ -93,15 +94,17 @@ def review_events(stack, ids: set[str], timeout: float = 10.0) -> set[str]:
     return asyncio.run(run())
 
 
-async def bus_statuses(stack, subject: str, body: dict, tokens: list[str | None]) -> list[int]:
-    """The status of the same command sent onto the bus by an outside client with each token."""
+async def bus_statuses(stack, subject: str, body: dict, tokens: list[str | None], identity: str = "client"
+                       ) -> list[int]:
+    """The status of the same command sent onto the bus by an outside client (or a service's identity) with each
+    token."""
     import json
 
     import nats
 
     from shared.messages import Reply
 
-    nc = await nats.connect(stack.nats_url("client"), inbox_prefix="_INBOX.client")
+    nc = await nats.connect(stack.nats_url(identity), inbox_prefix=f"_INBOX.{identity}")
     try:
         out = []
         for token in tokens:
@@ -153,7 +156,89 @@ def top(fmt: dict) -> int:
     return fmt["detection_classes"][int(np.argmax(fmt["detection_scores"]))]
 
 
-def test_reviews_feedback_loop_reference_and_stats(stack, owner, deployed):
+def check_training_baseline_assay(stack, owner, bob, deployed, images: dict, predicted: list) -> None:
+    """An assay whose baseline is the deployment's training reference scores brightness_mean of its predictions
+    (interactively with the caller's token, and by the scheduler without one) against the training images."""
+    name = deployed["digits"].name
+    pipeline = next(p for p in ok(post(stack, "pipelines/list", owner.token, {"workspace_id": owner.workspace_id})
+                                  )["pipelines"] if p["name"] == "fb-digits")
+    start = time.time() - 7200
+    summarizer = {"type": "UnivariateContinuous", "bin_mode": "Quantile", "aggregation": "Density", "metric": "PSI",
+                  "num_bins": 5, "add_outlier_edges": True}
+    body = {"name": "brightness vs training", "pipeline_id": pipeline["id"], "pipeline_name": "fb-digits",
+            "iopath": "input brightness_mean", "baseline": {"Training": {"deployment": name}},
+            "window": {"pipeline": "fb-digits", "width": "1 hour",
+                       "start": datetime.fromtimestamp(start, UTC).isoformat()},
+            "summarizer": summarizer, "alert_threshold": 0.25, "workspace_id": owner.workspace_id}
+    # computed here: the training images' quantiles bin each window's predictions (the monitored one an hour ago,
+    # then the five of now)
+    train = [image_features(Image.open(io.BytesIO(digit_png(i)[0])))["brightness_mean"] for i in range(20, 32)]
+    bounds = np.quantile(train, np.linspace(0, 1, 6))
+    at = {p["id"]: p["predicted_at"] for p in predicted}
+    old = [pid for pid in images if datetime.fromisoformat(str(at[pid]).replace("Z", "+00:00")).timestamp()
+           < start + 3600]
+    assert len(old) == 1
+    windows = [old, [pid for pid in images if pid not in old]]
+    expected = []
+    for ids in windows:
+        values = np.asarray([image_features(Image.open(io.BytesIO(images[pid])))["brightness_mean"] for pid in ids])
+        inner = np.clip(np.searchsorted(bounds, values, side="right") - 1, 0, 4)
+        density = np.concatenate([[np.mean(values < bounds[0])],
+                                  [np.mean((inner == k) & (values >= bounds[0]) & (values <= bounds[-1]))
+                                   for k in range(5)], [np.mean(values > bounds[-1])]])
+        base = [0.0, 0.2, 0.2, 0.2, 0.2, 0.2, 0.0]
+        expected.append(sum(((w or 0.005) - (b or 0.005)) * np.log((w or 0.005) / (b or 0.005))
+                            for b, w in zip(base, density, strict=True)))
+    baseline = ok(post(stack, "assays/run_interactive_baseline", owner.token, body))
+    assert baseline["baseline_summary"]["count"] == 12
+    assert baseline["baseline_summary"]["edges"][:6] == pytest.approx(bounds.tolist())
+    assert baseline["baseline_summary"]["aggregated_values"] == pytest.approx([0.0, 0.2, 0.2, 0.2, 0.2, 0.2, 0.0])
+    runs = ok(post(stack, "assays/run_interactive", owner.token, body))
+    assert [r["window_summary"]["count"] for r in runs] == [1, 5]
+    assert [r["score"] for r in runs] == pytest.approx(expected)
+    # the scheduler (no user token) scores the same windows of the stored assay
+    assay_id = ok(post(stack, "assays/create", owner.token, body))["assay_id"]
+    results = lambda: ok(post(stack, "assays/get_results", owner.token, {"assay_id": assay_id}))  # noqa: E731
+    wait_for(lambda: len(results()) == 2, 15, "the scheduler's two windows", show=results)
+    assert sorted(r["score"] for r in results()) == pytest.approx(sorted(expected))
+    ok(post(stack, "assays/set_active", owner.token, {"id": assay_id, "active": False}))
+    # an unknown feature is a 400 naming the valid ones; an outsider's token does not reach the reference
+    bad = post(stack, "assays/run_interactive", owner.token, {**body, "iopath": "input loudness"})
+    assert bad.status_code == 400 and "brightness_mean" in bad.json()["msg"]
+    # the monitoring side, asked as the assay runner: the caller's token decides; without one the id must be of the
+    # workspace named; an outside client may not ask at all
+    query_body = {"workspace_id": owner.workspace_id, "deployment": name, "feature": "brightness_mean"}
+    by_id = {"workspace_id": owner.workspace_id, "deployment_id": deployed["digits"].id, "feature": "brightness_mean"}
+    feature = subjects.MONITORING_REFERENCE_FEATURE
+    assert asyncio.run(bus_statuses(stack, feature, query_body, [owner.token, bob.token], "assay_runner")) == [200, 404]
+    assert asyncio.run(bus_statuses(stack, feature, {**by_id, "workspace_id": bob.workspace_id}, [None],
+                                    "assay_runner")) == [404]
+    assert asyncio.run(bus_statuses(stack, feature, by_id, [None], "assay_runner")) == [200]
+    assert asyncio.run(client_refused(stack, feature, by_id))
+
+
+async def client_refused(stack, subject: str, body: dict) -> bool:
+    """True when the bus refuses an outside client the subject (NATS reports a publish permissions violation)."""
+    import json
+
+    import nats
+
+    refused: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def on_error(exc: Exception) -> None:
+        if "permissions violation" in str(exc).lower() and subject in str(exc) and not refused.done():
+            refused.set_result(True)
+
+    nc = await nats.connect(stack.nats_url("client"), inbox_prefix="_INBOX.client", error_cb=on_error)
+    try:
+        await nc.publish(subject, json.dumps(body).encode(), reply="_INBOX.client.refused")
+        await nc.flush()
+        return await asyncio.wait_for(refused, 5)
+    finally:
+        await nc.close()
+
+
+def test_reviews_feedback_loop_reference_and_stats(stack, owner, deployed, bob):
     digits, lineage = deployed["digits"], deployed["lineage"]
     name = digits.name
     # predictions through the prediction routes: four by the model, two made elsewhere (one an hour ago)
@@ -332,6 +417,7 @@ def test_reviews_feedback_loop_reference_and_stats(stack, owner, deployed):
     drift = digits.get_stats("AGGREGATED_DRIFTING_PREDICTIONS")["stats"]
     assert drift["predictions"] == 6 and drift["drifting"] == sum(score(pid) > 3 for pid in ids)
     assert set(drift["features"]) == set(names)
+    check_training_baseline_assay(stack, owner, bob, deployed, images, predicted)
     # a reference left `computing` (as by a process stopped mid-way) is picked up and finished
     query(stack, "UPDATE monitoring.training_references SET status = 'computing', images_done = 0, reference = NULL"
                  " WHERE deployment_id = $1", digits.id)
