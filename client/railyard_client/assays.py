@@ -23,10 +23,15 @@ def assay_config(name: str, pipeline: Pipeline, iopath: str, *, baseline_start: 
                  width: str = "24 hours", interval: str | None = None, start: datetime | str | None = None,
                  metric: str = "PSI", num_bins: int = 5, bin_mode: str = "Quantile", alert_threshold: float = 0.25,
                  warning_threshold: float | None = None, model: str | None = None,
-                 active: bool = True) -> dict[str, Any]:
-    """The seed's assay body from keyword arguments."""
-    if baseline_values is not None:
-        baseline: dict[str, Any] = {"Static": {"values": list(baseline_values)}}
+                 active: bool = True, training_reference: Any = None) -> dict[str, Any]:
+    """The seed's assay body from keyword arguments. `training_reference` (a seed-003 deployment or its name) makes
+    the deployment's training-data reference the baseline; `iopath` then names an image feature
+    (`"input brightness_mean"`) of the deployment's predictions."""
+    if training_reference is not None:
+        baseline: dict[str, Any] = {"Training": {"deployment": getattr(training_reference, "name",
+                                                                       training_reference)}}
+    elif baseline_values is not None:
+        baseline = {"Static": {"values": list(baseline_values)}}
     elif baseline_start is not None and baseline_end is not None:
         baseline = {"Fixed": {"pipeline": pipeline.name, "model": model, "start_at": _time(baseline_start),
                               "end_at": _time(baseline_end)}}

@@ -384,13 +384,17 @@ class Pipeline(Resource):
                   baseline_end: datetime | str | None = None, baseline_values: list[float] | None = None,
                   width: str = "24 hours", interval: str | None = None, start: datetime | str | None = None,
                   metric: str = "PSI", num_bins: int = 5, bin_mode: str = "Quantile", alert_threshold: float = 0.25,
-                  warning_threshold: float | None = None, model: str | None = None) -> list[dict[str, Any]]:
+                  warning_threshold: float | None = None, model: str | None = None,
+                  training_reference: Any = None) -> list[dict[str, Any]]:
         """Score windows of a logged field against a baseline now (`assays/run_interactive`), without storing
-        an assay. The baseline is the logs between `baseline_start` and `baseline_end`, or `baseline_values`."""
+        an assay. The baseline is the logs between `baseline_start` and `baseline_end`, or `baseline_values`, or
+        the training-data reference of `training_reference` (a seed-003 deployment or its name: `iopath` then
+        names an image feature of its predictions, e.g. `"input brightness_mean"`)."""
         if self.id is None:
             self.refresh()
         body = assay_config(name, self, iopath, baseline_start=baseline_start, baseline_end=baseline_end,
                             baseline_values=baseline_values, width=width, interval=interval, start=start,
                             metric=metric, num_bins=num_bins, bin_mode=bin_mode, alert_threshold=alert_threshold,
-                            warning_threshold=warning_threshold, model=model)
+                            warning_threshold=warning_threshold, model=model,
+                            training_reference=training_reference)
         return self._session.post("assays/run_interactive", body)

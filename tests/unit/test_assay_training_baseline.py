@@ -44,3 +44,17 @@ def test_training_baseline_needs_an_input_feature_iopath():
     assert plan(AssayConfig.model_validate({**body, "iopath": "input brightness_mean"})).column == "in.brightness_mean"
     with pytest.raises(ValueError, match="exactly one"):
         AssayConfig.model_validate({**body, "baseline": {"Training": {"deployment": "d"}, "Static": {"values": [1]}}})
+
+
+def test_the_sdk_names_the_training_reference_baseline():
+    from types import SimpleNamespace
+
+    from railyard_client.assays import assay_config
+
+    pipeline = SimpleNamespace(name="fb-digits", id=7, workspace_id=3)
+    body = assay_config("b", pipeline, "input brightness_mean", start="2026-01-01T00:00:00Z",
+                        training_reference=SimpleNamespace(name="fb-digits-12"))
+    assert body["baseline"] == {"Training": {"deployment": "fb-digits-12"}}
+    assert plan(AssayConfig.model_validate(body)).column == "in.brightness_mean"
+    assert assay_config("b", pipeline, "input red_mean", training_reference="d-1")["baseline"]["Training"] == {
+        "deployment": "d-1"}
