@@ -80,6 +80,9 @@ def stack_env(data_dir: Path) -> dict[str, str]:
     env["RAILYARD_LOGS__MAX_ROW_BYTES"] = str(64 * 1024)
     env["RAILYARD_LOGS__SUPERSEDED_GRACE"] = "1"
     env["RAILYARD_LOGS__COMPACT_MIN_AGE"] = "0"
+    # compaction runs when a test asks for it: with fresh segments compactable at once, the 60-s timer pass could
+    # merge a test's segments just before its own pass and leave it nothing to report (test_log_order.py)
+    env["RAILYARD_LOGS__MAINTENANCE_INTERVAL"] = "86400"
     env["RAILYARD_LOGS__PAGE_MAX_BYTES"] = str(1024 * 1024)  # a get_logs page holds at most 1 MiB of rows
     # what a killed log store held comes back after 5 s, not 30 (test_logs.py kills it); a flush takes well under
     # that even loaded, and a redelivery of a committed batch is refused as a duplicate anyway
