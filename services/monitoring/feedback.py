@@ -34,6 +34,7 @@ from services.monitoring import feedback_store as fs
 from services.monitoring import handlers, predictions
 from shared import images, subjects
 from shared.authz import Principal, require_user
+from shared.background import BackgroundTask
 from shared.bus import CallContext, command, publish_event, request
 from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError
 from shared.messages.lineage import (
@@ -369,24 +370,14 @@ def file_name(review: dict[str, Any]) -> str:
     return f"{review['prediction_id']}.{'jpg' if review['content_type'] == 'image/jpeg' else 'png'}"
 
 
-class Exporter:
+class Exporter(BackgroundTask):
     """Writes reviews into the attached datasets, one (deployment, dataset) at a time under an advisory lock."""
+
+    task_name = "feedback-exporter"
 
     def __init__(self, deps: FeedbackDeps) -> None:
         self.deps = deps
-        self._task: asyncio.Task | None = None
         self._retry_at: dict[tuple[int, int], tuple[float, float]] = {}
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="feedback-exporter")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
 
     async def _run(self) -> None:
         while True:

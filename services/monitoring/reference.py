@@ -29,6 +29,7 @@ from services.monitoring import stats
 from services.monitoring.feedback import FeedbackDeps, _dataset, _view
 from shared import subjects
 from shared.authz import Principal
+from shared.background import BackgroundTask
 from shared.bus import CallContext, command, request
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.images import image_features
@@ -216,23 +217,13 @@ def _features_of(data: bytes) -> dict[str, float] | None:
         return None
 
 
-class ReferenceComputer:
+class ReferenceComputer(BackgroundTask):
     """Computes references left `computing` (new ones, and those a stopped process left)."""
+
+    task_name = "training-reference"
 
     def __init__(self, deps: FeedbackDeps) -> None:
         self.deps = deps
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="training-reference")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
 
     async def _run(self) -> None:
         while True:

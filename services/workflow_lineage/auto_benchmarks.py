@@ -23,6 +23,7 @@ from typing import Any
 
 from services.workflow_lineage import benchmark_runs, store
 from services.workflow_lineage.benchmark_runs import Infer
+from shared.background import BackgroundTask
 from shared.errors import InvalidRequest, RailyardError
 from shared.messages.lineage import DatasetChoice, EvaluationSpec
 
@@ -34,27 +35,20 @@ MAX_ATTEMPTS = 3
 RETRY_SECONDS = 30.0
 
 
-class AutoBenchmarks:
+class AutoBenchmarks(BackgroundTask):
     """The worker: wakes when a claim is made (or every POLL_SECONDS) and runs due claims one at a time."""
+
+    task_name = "auto-benchmarks"
 
     def __init__(self, deps: Any, infer: Infer) -> None:
         self.deps = deps
         self.infer = infer
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
 
     def wake(self) -> None:
         self._wake.set()
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _loop(self) -> None:
+    async def _run(self) -> None:
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)

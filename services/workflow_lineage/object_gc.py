@@ -18,6 +18,7 @@ from typing import Any
 
 from services.workflow_lineage import manifest, store
 from shared.authz import Principal, require_admin
+from shared.background import BackgroundTask
 from shared.messages.lineage import CollectObjects, ObjectsCollected
 from shared.objectstore import BUCKET_DATASETS, content_key
 
@@ -80,22 +81,15 @@ async def collect(deps: Any, grace_seconds: float, dry_run: bool = False) -> Obj
                             young=young, deleted=deleted, staged_deleted=len(staged), dry_run=dry_run)
 
 
-class PeriodicCollection:
+class PeriodicCollection(BackgroundTask):
     """Runs `collect` every COLLECT_EVERY_SECONDS (several replicas may: the per-hash lock keeps them apart)."""
+
+    task_name = "object-gc"
 
     def __init__(self, deps: Any) -> None:
         self.deps = deps
-        self._task: asyncio.Task | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _loop(self) -> None:
+    async def _run(self) -> None:
         while True:
             await asyncio.sleep(COLLECT_EVERY_SECONDS)
             try:
