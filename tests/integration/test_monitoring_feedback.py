@@ -30,6 +30,7 @@ from tests.image_models import (
     digits_image_config,
     squares_png,
 )
+from tests.integration.bus_events import announced
 from tests.integration.conftest import PASSWORD, inference_token, make_account, post, undeploy_all
 
 pytestmark = pytest.mark.integration
@@ -69,29 +70,7 @@ def wait_for(condition, timeout: float = 30.0, what: str = "condition", show=lam
 
 def review_events(stack, ids: set[str], timeout: float = 10.0) -> set[str]:
     """Which of these review ids have a review_created event (waits until all have, or timeout)."""
-    import json
-
-    import nats
-    from nats.js.api import DeliverPolicy
-
-    async def run():
-        nc = await nats.connect(stack.nats_url("ops"))
-        seen: set[str] = set()
-        try:
-            sub = await nc.jetstream().subscribe(subjects.EVENT_MONITORING_REVIEW_CREATED, ordered_consumer=True,
-                                                 deliver_policy=DeliverPolicy.ALL)
-            deadline = time.monotonic() + timeout
-            while not ids <= seen and time.monotonic() < deadline:
-                try:
-                    msg = await sub.next_msg(timeout=max(0.1, deadline - time.monotonic()))
-                except TimeoutError:
-                    break
-                seen.add(json.loads(msg.data)["review_id"])
-        finally:
-            await nc.close()
-        return seen & ids
-
-    return asyncio.run(run())
+    return announced(stack, subjects.EVENT_MONITORING_REVIEW_CREATED, "review_id", ids, timeout)
 
 
 async def bus_statuses(stack, subject: str, body: dict, tokens: list[str | None], identity: str = "client"
@@ -358,8 +337,8 @@ def test_reviews_feedback_loop_reference_and_stats(stack, owner, deployed, bob):
     assert len(lineage.files(deployed["reviewed"]["id"])) == 5
 
     # every review (the replacing one too) was announced after it was stored
-    announced = review_events(stack, set(review_ids))
-    assert announced == set(review_ids)
+    seen = review_events(stack, set(review_ids))
+    assert seen == set(review_ids)
 
     # get_stats: classification over the five reviews, against a count made here
     stats = digits.get_stats(ServiceMetrics.REVIEWS_CLASSIFICATION_STATS)

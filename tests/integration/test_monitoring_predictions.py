@@ -15,7 +15,6 @@ import uuid
 import asyncpg
 import numpy as np
 import pytest
-from nats.js.api import DeliverPolicy
 from PIL import Image
 from railyard_client import Client
 
@@ -30,6 +29,7 @@ from tests.image_models import (
     digits_image_config,
     squares_png,
 )
+from tests.integration.bus_events import announced
 from tests.integration.conftest import PASSWORD, inference_token, make_account, post, undeploy_all
 
 pytestmark = pytest.mark.integration
@@ -97,26 +97,7 @@ def image_stored(stack, data: bytes) -> bytes | None:
 
 def created_events(stack, ids: set[str], timeout: float = 10.0) -> set[str]:
     """Which of these prediction ids have a prediction_created event (waits until all have, or timeout)."""
-    import nats
-
-    async def run():
-        nc = await nats.connect(stack.nats_url("ops"))
-        seen: set[str] = set()
-        try:
-            sub = await nc.jetstream().subscribe(subjects.EVENT_MONITORING_PREDICTION_CREATED, ordered_consumer=True,
-                                                 deliver_policy=DeliverPolicy.ALL)
-            deadline = time.monotonic() + timeout
-            while not ids <= seen and time.monotonic() < deadline:
-                try:
-                    msg = await sub.next_msg(timeout=max(0.1, deadline - time.monotonic()))
-                except TimeoutError:
-                    break
-                seen.add(json.loads(msg.data)["prediction_id"])
-        finally:
-            await nc.close()
-        return seen & ids
-
-    return asyncio.run(run())
+    return announced(stack, subjects.EVENT_MONITORING_PREDICTION_CREATED, "prediction_id", ids, timeout)
 
 
 def expected_scores(png: bytes, train_size: int = 1200) -> np.ndarray:
