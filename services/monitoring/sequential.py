@@ -34,8 +34,6 @@ from enum import StrEnum
 from typing import Any
 
 import numpy as np
-from scipy.optimize import brentq
-from scipy.special import betaln
 
 DEFAULT_ALPHA = 0.05
 DEFAULT_MIN_SAMPLE = 30
@@ -97,6 +95,8 @@ class Evidence:
 
 def log_mixture_ratio(wins: Any, discordant: Any, p0: float = 0.5, prior: tuple[float, float] = PRIOR) -> Any:
     """log M_n(p0) for arrays (or scalars) of challenger-only wins and discordant-pair counts."""
+    from scipy.special import betaln  # here, not at import: the service loads scipy (~50 MiB) only once it tests
+
     a, b = prior
     wins = np.asarray(wins, dtype=float)
     discordant = np.asarray(discordant, dtype=float)
@@ -118,6 +118,8 @@ def decide_arrays(wins: Any, discordant: Any, pairs: Any, alpha: float = DEFAULT
 
 def _bound(wins: int, discordant: int, alpha: float, prior: tuple[float, float], upper: bool) -> float:
     """One end of {p : log M_n(p) < log(1/alpha)}, found by bracketing from the estimate outwards."""
+    from scipy.optimize import brentq
+
     threshold = math.log(1 / alpha)
     # the maximum-likelihood estimate: M_n there is at most 1 < 1/alpha, so it is inside the interval
     estimate = min(max(wins / discordant if discordant else 0.5, 1e-12), 1 - 1e-12)
