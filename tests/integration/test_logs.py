@@ -318,7 +318,9 @@ async def test_retention_drops_old_segments(stack, alice):
     try:
         old = int((datetime.now(UTC) - timedelta(days=10)).timestamp() * 1000)
         await _publish(nc, "retained", alice.workspace_id, [1.0, 2.0], old)
-        await asyncio.sleep(0.4)  # a separate segment for the new rows
+        # the old rows stored before the new one is sent: a segment of their own (a fixed pause was not always enough
+        # on a loaded machine, and one segment holding both cannot expire)
+        await asyncio.to_thread(wait_rows, stack, alice, "retained", 2)
         await _publish(nc, "retained", alice.workspace_id, [3.0], int(time.time() * 1000))
         await asyncio.to_thread(wait_rows, stack, alice, "retained", 3)
         body = {"pipeline_id": "retained", "workspace_id": alice.workspace_id}
