@@ -238,7 +238,16 @@ class Backend:
             state.running = False
             state.idle.set()
 
-    def _train(self, project_id: str, event: str, data: dict, job_id: str) -> None:
+    def train_once(self, project_id: str, event: str, data: dict, fit_kwargs: dict[str, Any] | None = None) -> dict:
+        """One training run now, in this thread (what Railyard's continuous training runs in its sandbox): the
+        same dispatch, held writes and checks as a webhook's run; the run's record (`status` ok, skipped or
+        failed, `version`, `error`). `fit_kwargs` reach `fit` as keywords it accepts (all with **kwargs)."""
+        job_id = f"{time.time_ns() // 1000}"
+        self._train(project_id, event, data, job_id, fit_kwargs)
+        return next(run for run in self.store.runs(project_id) if run["job_id"] == job_id)
+
+    def _train(self, project_id: str, event: str, data: dict, job_id: str,
+               fit_kwargs: dict[str, Any] | None = None) -> None:
         self.store.start_run(project_id, job_id, event)
         workdir = self.model_dir / project_id / job_id
         workdir.mkdir(parents=True, exist_ok=True)
@@ -250,7 +259,7 @@ class Backend:
             previous = pending.get("model_version")  # building a project's first instance names its first version
             built_with = dict(pending.writes)
             annotations = self.store.annotated_tasks(project_id)
-            extras = dict(job_id=job_id, workdir=str(workdir))
+            extras = dict(fit_kwargs or {}, job_id=job_id, workdir=str(workdir))
             if self.convention == "event":
                 output = model.fit(event=event, data=data, **_accepts(model.fit, annotations=annotations, **extras))
             else:
