@@ -118,6 +118,14 @@ class Client:
         """Upload a model into the current workspace (see Workspace.upload_model for the options)."""
         return self.current_workspace().upload_model(name, source, **options)
 
+    def download_model(self, name: str, version: str | None = None) -> bytes:
+        """A ready model version's artifact (the uploaded file or package) from the current workspace; the latest
+        version of `name` without `version`."""
+        body: dict[str, Any] = {"workspace_id": self.current_workspace().id, "name": name}
+        if version is not None:
+            body["version"] = str(version)
+        return self._session.send("POST", "/v1/api/models/download", json=body).content
+
     def build_pipeline(self, name: str) -> Pipeline:
         """Start (or rebuild) a pipeline in the current workspace."""
         return self.current_workspace().build_pipeline(name)

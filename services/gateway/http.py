@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ValidationError
@@ -37,13 +37,13 @@ from services.gateway.orchestrations import add_orchestration_routes
 from services.gateway.ratelimit import TokenBuckets, TokenEndpointLimits
 from shared import __version__, subjects
 from shared.authz import Principal, require_user
-from shared.errors import InvalidRequest, RailyardError, Unauthorized
+from shared.errors import InvalidRequest, NotFound, RailyardError, Unauthorized
 from shared.messages import assays as asy
 from shared.messages import auth as m
 from shared.messages import deployer as dep
 from shared.messages import logs as logm
 from shared.messages import registry as reg
-from shared.objectstore import BUCKET_ARTIFACTS
+from shared.objectstore import BUCKET_ARTIFACTS, content_key
 from shared.service import Runtime
 
 API = "/v1/api"
@@ -311,6 +311,28 @@ def create_app(runtime: Runtime) -> FastAPI:
         if form.get("filename"):
             metadata["file_name"] = str(form.get("filename"))
         return await _stage_and_register(request, form, metadata)
+
+    @app.post(f"{API}/models/download", tags=["models"])
+    async def download_model(request: Request, principal: Principal = Depends(user_caller)) -> Any:
+        """A ready model version's artifact bytes ({"workspace_id", "name", "version"?}: the latest without a
+        version); what a task run reads to start from a model (e.g. an ML backend's package to fit further)."""
+        raw = await request.body()
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+            command = reg.ResolveModel.model_validate(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            errors = exc.errors() if isinstance(exc, ValidationError) else []
+            raise InvalidRequest(f"body {first_error(errors, 'body')}" if errors else
+                                 "the body must be JSON: {\"workspace_id\", \"name\", \"version\"?}") from None
+        resolved = reg.ResolvedModel.model_validate(await handlers.forward(
+            runtime.broker, subjects.REGISTRY_MODELS_RESOLVE, command, bearer_token(request), timeout))
+        key = content_key(resolved.sha)
+        if not await runtime.objects.exists(BUCKET_ARTIFACTS, key):
+            raise NotFound("the model version's artifact is missing from storage")
+        return StreamingResponse(runtime.objects.get_stream(BUCKET_ARTIFACTS, key),
+                                 media_type="application/octet-stream",
+                                 headers={"X-Railyard-Model-Version": resolved.model_version,
+                                          "X-Railyard-Framework": resolved.framework})
 
     async def _stage_and_register(request: Request, form: Any, metadata: dict[str, Any]) -> Any:
         upload = form.get("file")

@@ -39,6 +39,7 @@ WORKSPACE_ROUTES: dict[str, Callable[[Account, Account, int], dict]] = {
     "models/list_versions": lambda victim, intruder, model: {"models_pk_id": model},
     "models/get_config_by_id": lambda victim, intruder, model: {"model_id": model},
     "models/get": lambda victim, intruder, model: {"id": model},
+    "models/download": lambda victim, intruder, model: {"workspace_id": victim.workspace_id, "name": "victim-model"},
     "connections/list": lambda victim, intruder, model: {"workspace_id": victim.workspace_id},
     "models/list_registries": lambda victim, intruder, model: {"workspace_id": victim.workspace_id},
     "pipelines/create": lambda victim, intruder, model: {"pipeline_id": "intruder", "workspace_id": victim.workspace_id,
