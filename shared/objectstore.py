@@ -181,6 +181,10 @@ class MinioObjectStore:
         stat = await asyncio.to_thread(self._client.stat_object, self.bucket(bucket), key)
         return int(stat.size or 0)
 
+    async def size(self, bucket: str, key: str) -> int:
+        """The object's size in bytes (with read_range_sync: read a part of a large object, e.g. a zip's index)."""
+        return await self._stat_size(bucket, key)
+
     async def exists(self, bucket: str, key: str) -> bool:
         try:
             await asyncio.to_thread(self._client.stat_object, self.bucket(bucket), key)

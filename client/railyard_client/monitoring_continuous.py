@@ -51,18 +51,21 @@ class DeploymentContinuous:
     def setup_continuous_training(self, project: Any, dataset_version: DatasetVersionLike | None = None,
                                   model_version: Any = None, trigger: ContinuousTrainingTrigger | str | None = None,
                                   threshold: int | None = None, experiment_parameters: dict[str, Any] | None = None,
-                                  scan_config: dict[str, Any] | None = None, *, orchestration: Any,
+                                  scan_config: dict[str, Any] | None = None, *, orchestration: Any = None,
                                   model_name: str | None = None, timeout: int | None = None) -> dict[str, Any]:
         """Every `threshold` reviewed predictions, run `orchestration` (an orchestration id or record: Railyard's
         training recipe) once with `experiment_parameters` or `scan_config` (exactly one) and the attached dataset
         versions as its task arguments; the run registers a version of `model_name` (default: the deployment's
-        model) with the SDK. `project` is a lineage project (id or dict); `dataset_version` is attached as `train`.
-        `model_version` is deprecated in the seed and ignored."""
+        model) with the SDK. Without `orchestration`, a deployment served by an ML backend (`railyard-ml deploy
+        railyard`) is trained by the backend's own `fit` (experiment_parameters as its keywords; no scan_config).
+        `project` is a lineage project (id or dict); `dataset_version` is attached as `train`. `model_version` is
+        deprecated in the seed and ignored."""
         del model_version
         if threshold is None:
             raise InvalidInput("threshold (the number of reviewed predictions that starts a training) is required")
-        body: dict[str, Any] = {"project_id": _id_of(project, "project"), "threshold": threshold,
-                                "orchestration_id": str(_id_of(orchestration, "orchestration"))}
+        body: dict[str, Any] = {"project_id": _id_of(project, "project"), "threshold": threshold}
+        if orchestration is not None:
+            body["orchestration_id"] = str(_id_of(orchestration, "orchestration"))
         if dataset_version is not None:
             body["dataset_version"] = dataset_version_ref(dataset_version)
         if trigger is not None:

@@ -43,7 +43,7 @@ from faststream import AckPolicy
 from faststream.nats import JStream, NatsRouter, PullSub
 from nats.js.api import ConsumerConfig
 
-from services.monitoring import handlers, sequential
+from services.monitoring import handlers, ml_backend, sequential
 from shared import subjects
 from shared.authz import Principal, require_user
 from shared.bus import CallContext, command, publish_event, request
@@ -87,6 +87,7 @@ TOKEN_TTL = 900
 NO_MODEL_GRACE = 60.0  # seconds a succeeded run may take for its model upload event to arrive before it is failed
 OPEN_TRAININGS = ("starting", "running", "succeeded")
 STALE_SWAP = 300.0  # seconds after which a decided challenge whose swap did not finish is swapped again
+EXPORT_WAIT = 30.0  # seconds a training waits for the feedback loop to write the reviews that triggered it
 
 
 @dataclass
@@ -150,41 +151,59 @@ async def setup_training(deps: ContinuousDeps, principal: Principal, token: str 
     if (cmd.experiment_parameters is None) == (cmd.scan_config is None):
         raise InvalidRequest("give exactly one of experiment_parameters or scan_config (the seed: 'whether "
                              "experiment_parameters or scan_config but not both')")
+    if cmd.orchestration_id is None and cmd.scan_config is not None:
+        raise InvalidRequest("scan_config needs orchestration_id (your training recipe, which decides what a scan "
+                             "means): without one, the deployment's ML backend trains through its own fit, which "
+                             "has no scan; give experiment_parameters (passed to fit as keywords)",
+                             code="scan_config_unsupported")
     require_user(principal)
     base = deps.base
     view = await handlers._deployment(base, principal, token, cmd.deployment)
     workspace_id = view.route.workspace_id
+    current = handlers._current_model(view.definition)
     model_name = cmd.model_name
     if model_name is None:
-        current = handlers._current_model(view.definition)
         if current is None:
             raise Conflict("this deployment's pipeline has no model step: give model_name")
         model_name = current.name
+    kind = "orchestration"
+    if cmd.orchestration_id is None:
+        # no recipe given: only a deployment served by an ML backend trains without one (through its fit)
+        if current is None or current.name != model_name or not await ml_backend.is_backend(
+                base, token, workspace_id, current):
+            raise InvalidRequest("give orchestration_id (the training recipe): the deployment's model is not an ML "
+                                 "backend deployed with `railyard-ml deploy railyard`, whose fit could train it")
+        kind = "ml_backend"
     project = await request(base.broker, subjects.LINEAGE_PROJECTS_GET, ProjectRef(project_id=cmd.project_id),
                             token=token, timeout=base.timeout, reply_model=ProjectInfo)
     if project.workspace_id != workspace_id:
         raise NotFound(f"project {cmd.project_id} not found in the deployment's workspace")
-    orchestrations = await request(base.broker, subjects.TASKS_ORCHESTRATIONS_LIST,
-                                   ListOrchestrations(workspace_id=workspace_id), token=token, timeout=base.timeout,
-                                   reply_model=Orchestrations)
-    if not any(o.id == cmd.orchestration_id for o in orchestrations.orchestrations):
-        raise NotFound(f"orchestration {cmd.orchestration_id} not found in the deployment's workspace")
+    orchestration_id = cmd.orchestration_id
+    if orchestration_id is not None:
+        orchestrations = await request(base.broker, subjects.TASKS_ORCHESTRATIONS_LIST,
+                                       ListOrchestrations(workspace_id=workspace_id), token=token,
+                                       timeout=base.timeout, reply_model=Orchestrations)
+        if not any(o.id == orchestration_id for o in orchestrations.orchestrations):
+            raise NotFound(f"orchestration {orchestration_id} not found in the deployment's workspace")
     if cmd.dataset_version is not None:
         await _check_dataset(deps, token, workspace_id, cmd.dataset_version)
+    if orchestration_id is None:  # every check passed: register the built-in recipe (once per workspace)
+        orchestration_id = await ml_backend.builtin_orchestration(base, token, workspace_id)
     deployment_id = view.route.deployment_id
     async with base.pool.acquire() as conn, conn.transaction():
         reviews = await _review_count(conn, deployment_id)
         await conn.execute(
             "INSERT INTO continuous_training (deployment_id, workspace_id, deployment, owner_id, project_id,"
             " orchestration_id, trigger, threshold, experiment_parameters, scan_config, model_name, timeout, active,"
-            " reviews_at_last_training) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, true, $13)"
-            " ON CONFLICT (deployment_id) DO UPDATE SET owner_id = $4, project_id = $5, orchestration_id = $6,"
+            " reviews_at_last_training, kind) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, true, $13,"
+            " $14) ON CONFLICT (deployment_id) DO UPDATE SET owner_id = $4, project_id = $5, orchestration_id = $6,"
             " trigger = $7, threshold = $8, experiment_parameters = $9, scan_config = $10, model_name = $11,"
-            " timeout = $12, active = true, updated_at = now()",
+            " timeout = $12, active = true, kind = $14, updated_at = now()",
             deployment_id, workspace_id, view.route.name, uuid.UUID(principal.user_id), cmd.project_id,
-            cmd.orchestration_id, cmd.trigger, cmd.threshold,
+            orchestration_id, cmd.trigger, cmd.threshold,
             json.dumps(cmd.experiment_parameters) if cmd.experiment_parameters is not None else None,
-            json.dumps(cmd.scan_config) if cmd.scan_config is not None else None, model_name, cmd.timeout, reviews)
+            json.dumps(cmd.scan_config) if cmd.scan_config is not None else None, model_name, cmd.timeout, reviews,
+            kind)
         if cmd.dataset_version is not None:
             await _attach(conn, deployment_id, "train", cmd.dataset_version)
     await check_trigger(deps, deployment_id)
@@ -319,7 +338,7 @@ async def information(pool: asyncpg.Pool, deployment_id: int) -> ContinuousInfor
                                         " ORDER BY alias", deployment_id)
             training_state = ContinuousTrainingState(
                 active=ct["active"], project_id=ct["project_id"], orchestration_id=ct["orchestration_id"],
-                trigger=ct["trigger"], threshold=ct["threshold"],
+                kind=ct["kind"], trigger=ct["trigger"], threshold=ct["threshold"],
                 experiment_parameters=_json(ct["experiment_parameters"]), scan_config=_json(ct["scan_config"]),
                 model_name=ct["model_name"],
                 datasets={d["alias"]: DatasetVersionRef(dataset_id=d["dataset_id"], version_id=d["version_id"])
@@ -389,7 +408,15 @@ async def _start_run(deps: ContinuousDeps, ct: asyncpg.Record, datasets: list[as
     else:
         args["scan_config"] = _json(ct["scan_config"])
     try:
-        _, token = await act_as(deps, ct["owner_id"], ct["workspace_id"], f"monitoring-training-{training_id}")
+        principal, token = await act_as(deps, ct["owner_id"], ct["workspace_id"],
+                                        f"monitoring-training-{training_id}")
+        if ct["kind"] == "ml_backend":
+            # the backend is fitted from the version serving now (after a promotion: the promoted one)
+            view = await handlers._deployment(base, principal, token, ct["deployment"])
+            current = handlers._current_model(view.definition)
+            args["ml_backend"] = {"name": ct["model_name"], "version": current.version if current is not None
+                                  and current.name == ct["model_name"] else None}
+        await _feedback_written(base.pool, ct["deployment_id"])
         task = await request(base.broker, subjects.TASKS_RUN_ONCE, RunTaskOnce(
             name=f"continuous training of {ct['deployment']} ({training_id})", orch_id=ct["orchestration_id"],
             workspace_id=ct["workspace_id"], json=args, timeout=ct["timeout"]),
@@ -408,6 +435,24 @@ async def _start_run(deps: ContinuousDeps, ct: asyncpg.Record, datasets: list[as
     await deps.publish(subjects.EVENT_MONITORING_TRAINING_STARTED, TrainingStarted(
         deployment_id=ct["deployment_id"], workspace_id=ct["workspace_id"], training_id=training_id, task_id=task.id,
         reviews=reviews))
+
+
+async def _feedback_written(pool: asyncpg.Pool, deployment_id: int) -> None:
+    """Wait (at most EXPORT_WAIT seconds) until the active feedback loop has written every review into the datasets
+    it shares with continuous training: the run then reads the reviews that triggered it."""
+    deadline = asyncio.get_running_loop().time() + EXPORT_WAIT
+    while await pool.fetchval(
+            "SELECT 1 FROM feedback_loop_datasets d JOIN feedback_loops l USING (deployment_id)"
+            " JOIN continuous_training_datasets c ON c.deployment_id = d.deployment_id AND c.dataset_id = d.dataset_id"
+            " WHERE d.deployment_id = $1 AND l.active AND EXISTS (SELECT 1 FROM reviews r LEFT JOIN feedback_exports e"
+            "   ON e.deployment_id = d.deployment_id AND e.dataset_id = d.dataset_id AND e.prediction_id ="
+            "   r.prediction_id WHERE r.deployment_id = d.deployment_id AND (e.prediction_id IS NULL OR"
+            "   e.revision < r.revision)) LIMIT 1", deployment_id):
+        if asyncio.get_running_loop().time() > deadline:
+            log.warning("deployment %s: the feedback loop has not written every review after %.0f s; the training"
+                        " starts with what the datasets hold", deployment_id, EXPORT_WAIT)
+            return
+        await asyncio.sleep(0.25)
 
 
 async def on_run_ended(deps: ContinuousDeps, event: TaskRunEvent, succeeded: bool) -> None:

@@ -34,7 +34,9 @@ class SetupContinuousTraining(Command):
     threshold: int = Field(gt=0, le=1_000_000, description="Reviewed predictions that start a training.")
     experiment_parameters: dict[str, Any] | None = None
     scan_config: dict[str, Any] | None = None
-    orchestration_id: uuid.UUID = Field(description="Railyard: the orchestration (the training recipe) to run.")
+    orchestration_id: uuid.UUID | None = Field(None, description="Railyard: the orchestration (the training "
+                                               "recipe) to run; optional when the deployment serves an ML backend "
+                                               "(`railyard-ml deploy railyard`), whose own fit is then run.")
     model_name: str | None = Field(None, min_length=1, max_length=63, description="Railyard: the model the run "
                                    "registers a version of (default: the deployment's current model's name).")
     timeout: int | None = Field(None, gt=0, description="Railyard: the run's time limit in seconds.")
@@ -79,6 +81,9 @@ class ContinuousTrainingState(Message):
     active: bool
     project_id: int
     orchestration_id: uuid.UUID
+    kind: Literal["orchestration", "ml_backend"] = Field(
+        "orchestration", description="Railyard: what trains: the orchestration, or the ML backend's fit (through "
+        "the built-in orchestration `orchestration_id` names).")
     trigger: str
     threshold: int
     experiment_parameters: dict[str, Any] | None

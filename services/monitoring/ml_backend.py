@@ -1,0 +1,110 @@
+"""Continuous training of a deployment backed by an ML backend (a `railyard-ml deploy railyard` package): knowing
+one when set up, and the built-in orchestration that fits it.
+
+- **Knowing one.** The deployment's model version is resolved with the caller's rights (registry); a `custom`
+  version whose package holds `backend/railyard-ml.json` is an ML backend. Only the zip's index is read, by ranged
+  reads of the stored artifact (never the whole package, never its code run: this service only lists names).
+- **The built-in orchestration.** `railyard_ml.continuous_training.orchestration_zip()` (a `main.py` calling that
+  module's `main`) is registered in the workspace like any uploaded orchestration, with the rights of the user
+  setting continuous training up, once per workspace and release: an orchestration of that name and sha256 that is
+  ready is reused. Its task runs `fit` in the task scheduler's sandbox (docs/monitoring.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import uuid
+import zipfile
+from collections.abc import Callable
+
+from services.monitoring import handlers
+from shared import subjects
+from shared.bus import request
+from shared.errors import Conflict
+from shared.messages.monitoring import ModelVersionRef
+from shared.messages.registry import ResolvedModel, ResolveModel
+from shared.messages.tasks import ListOrchestrations, OrchestrationCreated, Orchestrations, UploadOrchestration
+from shared.objectstore import BUCKET_ARTIFACTS, BUCKET_ORCHESTRATIONS, content_key
+
+BACKEND_CONFIG = "backend/railyard-ml.json"  # where railyard_ml.railyard_step.package puts it
+
+
+class _RangedObject(io.RawIOBase):
+    """A stored object as a seekable file whose reads are ranged GETs (zipfile reads only the index it needs)."""
+
+    def __init__(self, read_range: Callable[[int, int], bytes], size: int) -> None:
+        self._read_range, self._size, self._position = read_range, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer) -> int:  # noqa: ANN001 - a writable buffer
+        length = min(len(buffer), self._size - self._position)
+        if length <= 0:
+            return 0
+        data = self._read_range(self._position, length)
+        buffer[:len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+
+def _holds_backend_config(read_range: Callable[[int, int], bytes], size: int) -> bool:
+    try:
+        with zipfile.ZipFile(_RangedObject(read_range, size)) as archive:
+            return BACKEND_CONFIG in archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+
+
+async def is_backend(deps: handlers.MonitoringDeps, token: str | None, workspace_id: int,
+                     model: ModelVersionRef) -> bool:
+    """Whether `model` (the deployment's) is an ML backend package."""
+    resolved = await request(deps.broker, subjects.REGISTRY_MODELS_RESOLVE, ResolveModel(
+        workspace_id=workspace_id, name=model.name, version=model.version), token=token, timeout=deps.timeout,
+        reply_model=ResolvedModel)
+    if resolved.framework != "custom" or deps.objects is None:
+        return False
+    key = content_key(resolved.sha)
+    size = await deps.objects.size(BUCKET_ARTIFACTS, key)
+    return await asyncio.to_thread(_holds_backend_config,
+                                   lambda offset, length: deps.objects.read_range_sync(BUCKET_ARTIFACTS, key, offset,
+                                                                                       length), size)
+
+
+def _orchestration() -> tuple[str, bytes]:
+    try:
+        from railyard_ml.continuous_training import ORCHESTRATION_NAME, orchestration_zip
+    except ImportError:
+        raise Conflict("continuous training of an ML backend needs railyard-ml installed where Railyard runs "
+                       "(pip install ./ml_backend), or give orchestration_id: your own training recipe") from None
+    return ORCHESTRATION_NAME, orchestration_zip()
+
+
+async def builtin_orchestration(deps: handlers.MonitoringDeps, token: str | None, workspace_id: int) -> uuid.UUID:
+    """The workspace's built-in ML-backend training orchestration, registered with the caller's rights if needed."""
+    name, archive = _orchestration()
+    sha = hashlib.sha256(archive).hexdigest()
+    listed = await request(deps.broker, subjects.TASKS_ORCHESTRATIONS_LIST, ListOrchestrations(
+        workspace_id=workspace_id), token=token, timeout=deps.timeout, reply_model=Orchestrations)
+    for orchestration in listed.orchestrations:
+        if orchestration.name == name and orchestration.sha == sha and orchestration.status == "ready":
+            return orchestration.id
+    staged = f"staging/{uuid.uuid4()}"
+    await deps.objects.put_bytes(BUCKET_ORCHESTRATIONS, staged, archive, content_type="application/zip")
+    created = await request(deps.broker, subjects.TASKS_ORCHESTRATIONS_UPLOAD, UploadOrchestration(
+        workspace_id=workspace_id, name=name, file_name="railyard-ml-continuous-training.zip", staged_key=staged),
+        token=token, timeout=deps.timeout + 60, reply_model=OrchestrationCreated)
+    return created.id

@@ -1,0 +1,124 @@
+"""Continuous training of a deployment served by an ML backend, on the real stack: examples/ml_backend's image
+classifier deployed untrained with `railyard-ml deploy railyard`; continuous training set up without an
+orchestration (the backend's own fit trains it; scan_config refused); two predictions made elsewhere, reviewed
+(corrected) into the feedback loop's dataset; the threshold starts exactly one task run of the built-in
+orchestration, which fits the backend in the sandbox on those reviews and registers a new version of the same model
+— its state learned the reviewed labels and it answers them — left pending under DEPLOY_MANUAL."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from railyard_client import Client, Lineage, Orchestrations
+
+from tests.integration.conftest import PASSWORD, make_account, post, undeploy_all
+from tests.ml_backend.test_examples import IMAGE_CONFIG, image
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CLI = str(Path(sys.executable).parent / "railyard-ml")
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.25)
+    return value
+
+
+@pytest.fixture(scope="module")
+def owner(stack, admin):
+    account = make_account(stack, admin, "mlfit")
+    yield account
+    undeploy_all(stack, account)
+
+
+def test_reviews_retrain_the_backend_through_its_fit_into_a_new_model_version(stack, owner, tmp_path):
+    secrets = stack.secrets()
+    client = Client(stack.base_url, username=owner.email, password=PASSWORD, client_id=secrets["client_id"],
+                    client_secret=secrets["client_secret"], workspace=owner.workspace_id)
+    folder = tmp_path / "colours"
+    folder.mkdir()
+    script = REPO / "examples" / "ml_backend" / "image_classifier" / "image_classifier.py"
+    (folder / script.name).write_text(script.read_text())
+    (folder / "railyard-ml.json").write_text(json.dumps({"script": script.name, "model_class": "ImageClassifier"}))
+    (folder / "requirements.txt").write_text("railyard-ml\n")
+    (tmp_path / "config.xml").write_text(IMAGE_CONFIG)
+    deployed = subprocess.run(
+        [CLI, "deploy", "railyard", str(folder), "--pipeline", "colours", "--label-config",
+         str(tmp_path / "config.xml"), "--url", stack.base_url, "--username", owner.email, "--password", PASSWORD,
+         "--client-id", secrets["client_id"], "--client-secret", secrets["client_secret"],
+         "--workspace", str(owner.workspace_id)], capture_output=True, text=True, timeout=300)
+    assert deployed.returncode == 0, deployed.stderr
+    deployment = client.get_deployment("colours")
+    served = deployment.get_model_version()
+    assert served["name"] == "colours"
+
+    lineage = Lineage(client, owner.workspace_id)
+    project = lineage.create_project("colours")
+    train = lineage.create_dataset(project["id"], "reviewed", kind="images")
+    deployment.setup_feedback_loop(train)
+
+    # a backend has no scan: 400 with a typed code, nothing stored
+    refused = post(stack, "deployments/setup_continuous_training", owner.token, {
+        "deployment": deployment.name, "project_id": project["id"], "threshold": 2, "scan_config": {"c": [1, 2]}})
+    assert refused.status_code == 400 and refused.json()["code"] == "scan_config_unsupported", refused.text
+    assert deployment.retrieve_information()["continuous"]["training"] is None
+
+    info = deployment.setup_continuous_training(project, train, threshold=2,
+                                                experiment_parameters={"note": "from reviews"})["training"]
+    assert info["kind"] == "ml_backend" and info["model_name"] == "colours"
+    builtin = [o for o in Orchestrations(client, owner.workspace_id).list() if o["id"] == info["orchestration_id"]]
+    assert [o["name"] for o in builtin] == ["railyard-ml continuous training"]
+
+    # two predictions made elsewhere (both wrong), corrected by a reviewer: red is class 0, blue class 1
+    for index, (colour, truth) in enumerate([("Red", 0), ("Blue", 1)]):
+        made = deployment.monitor_bytes(image(colour, index), "image/png", f"{colour}.png", latency=0.01,
+                                        height=24, width=24,
+                                        prediction={"detection_classes": [1 - truth], "detection_scores": [0.6]})
+        deployment.review_prediction(made["id"], {"detection_classes": [truth]})
+
+    training = wait_for(lambda: (t := deployment.retrieve_information()["continuous"]["last_training"]) and
+                        t["state"] in ("done", "failed") and t, 120, "the training")
+    tasks = [t for t in Orchestrations(client, owner.workspace_id).tasks()
+             if (t["name"] or "").startswith("continuous training of")]
+    runs = Orchestrations(client, owner.workspace_id).runs(tasks[0]["id"])
+    assert training["state"] == "done", (training, runs)
+    assert len(tasks) == 1 and [r["status"] for r in runs] == ["success"]
+    assert tasks[0]["input_data"]["ml_backend"] == {"name": "colours", "version": served["version"]}
+    assert tasks[0]["input_data"]["experiment_parameters"] == {"note": "from reviews"}
+    trained = training["model_version"]
+    assert training["outcome"] == "pending" and trained["name"] == "colours"
+    assert trained["version"] != served["version"]
+    assert deployment.retrieve_information()["continuous"]["pending_model_version"] == trained
+    assert deployment.get_model_version()["version"] == served["version"]  # DEPLOY_MANUAL: a person decides
+
+    # the new version is the backend with what fit learned from the two reviews, and it answers them
+    package = client.download_model("colours", trained["version"])
+    unpacked = tmp_path / "trained"
+    zipfile.ZipFile(io.BytesIO(package)).extractall(unpacked)
+    state = json.loads((unpacked / "backend" / "railyard_state" / "state.json").read_text())
+    output = json.loads(state["values"]["train_output"])
+    assert output["labels"] == ["Blue", "Red"] and output["trained_on"] == 2
+    assert state["values"]["model_version"] != "image-classifier-0.0.1"
+    from railyard_ml.railyard_step import StepModel
+
+    model = StepModel.load(unpacked / "backend")
+    for colour in ("Red", "Blue"):
+        (tmp_path / f"{colour}.png").write_bytes(image(colour, 50))
+    predictions, _, _ = model.predict_json([json.dumps({"image": str(tmp_path / f"{c}.png")}) for c in ("Red", "Blue")])
+    assert [json.loads(p)["result"][0]["value"]["choices"] for p in predictions] == [["Red"], ["Blue"]]
+
+    graph = post(stack, "workflow/graph", owner.token, {"workspace_id": owner.workspace_id, "kind": "model_version",
+                                                        "ref": trained["version"], "direction": "ancestors"})
+    assert graph.status_code == 200, graph.text
+    assert ("task_run", training["run_id"]) in {(n["kind"], n["ref"]) for n in graph.json()["nodes"]}
