@@ -11,10 +11,10 @@ import shutil
 import zipfile
 
 import pytest
-
 from railyard_ml.continuous_training import FitFailed, fit_package, orchestration_zip, review_task
 from railyard_ml.label_config import parse_config
 from railyard_ml.railyard_step import StepModel, package
+
 from tests.ml_backend.conftest import REPO
 from tests.ml_backend.test_examples import IMAGE_CONFIG, image
 
