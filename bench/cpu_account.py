@@ -1,0 +1,122 @@
+"""Where the CPU goes: per-process CPU time per request on a running embedded stack, for each format.
+
+    python -m bench.cpu_account [--rows 1000] [--connections 4] [--seconds 5] [--forms records,Arrow,OIP v2]
+                                [--engine-config '{"log_policy": "off"}']
+
+Starts a fresh embedded stack, deploys ccfraud, and for each request format runs the load generator while
+reading every stack process's utime+stime from /proc before and after: the answer is microseconds of CPU per
+request in the gateway, the engine replica, nats-server, the log store, SeaweedFS, PostgreSQL and the load
+generator itself (this process), plus the throughput. CPU seconds, unlike wall-clock latencies, hardly depend
+on what else the 2-core machine is doing, so this is the tool for deciding where a change should go.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import uvloop
+
+from bench import loadgen
+from bench.peers.harness import RailyardDeployer, cmdline, descendants
+from tests.models import ccfraud_onnx
+from tests.stack import stack_env, start_stack
+
+TICK = os.sysconf("SC_CLK_TCK")
+PY_SPY = os.environ.get("PY_SPY", "py-spy")  # --spy: sampled stacks of those roles to /tmp/spy-<role>-<form>.txt
+
+
+def _role(pid: int) -> str:
+    line = cmdline(pid)
+    for key, role in (("services.engine.replica", "engine replica"), ("services.gateway", "gateway"),
+                      ("nats-server", "nats"), ("services.log_store", "log store"), ("weed", "seaweedfs"),
+                      ("postgres", "postgres"), ("services.deployer", "deployer"),
+                      ("services.monitoring", "monitoring"), ("services.auth", "auth")):
+        if key in line:
+            return role
+    return "other"
+
+
+def _cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def account(root: int, run, spy: str = "", seconds: float = 5.0, label: str = ""
+            ) -> tuple[dict[str, float], float, int]:
+    pids = descendants(root)
+    before = {pid: _cpu(pid) for pid in pids}
+    profilers = [subprocess.Popen([PY_SPY, "record", "-p", str(pid), "-d", str(max(1, int(seconds) - 1)),
+                                   "-r", "250", "-f", "raw", "--nonblocking",
+                                   "-o", f"/tmp/spy-{role.replace(' ', '_')}-{label}.txt"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for pid in pids if spy and (role := _role(pid)) in spy.split(",")]
+    own = _own_cpu()
+    started = time.perf_counter()
+    count = run()
+    wall = time.perf_counter() - started
+    time.sleep(1.5)  # what the log path does after the load belongs to it
+    for profiler in profilers:
+        profiler.wait()
+    roles: dict[str, float] = {"loadgen": _own_cpu() - own}
+    for pid in pids:
+        roles[_role(pid)] = roles.get(_role(pid), 0.0) + _cpu(pid) - before[pid]
+    return roles, wall, count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1000)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--forms", default="records,Arrow,OIP v2")
+    parser.add_argument("--engine-config", default="{}")
+    parser.add_argument("--spy", default="", help="roles to profile with py-spy, e.g. 'gateway,engine replica'")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="railyard-cpu-"))
+    stack = start_stack(folder / "data", stack_env(folder / "data"))
+    try:
+        stack.wait_healthy(180)
+        deployer = RailyardDeployer(stack)
+        deployer.upload("ccfraud", ccfraud_onnx())
+        targets = deployer.targets(deployer.deploy("cpu", ["ccfraud"], json.loads(args.engine_config)))
+        for form in args.forms.split(","):
+            target = targets[form]
+            request = target.one if args.rows == 1 else target.thousand
+            uvloop.run(loadgen.concurrent(target.url, request, args.connections, 1.0))  # warm
+            time.sleep(1.0)
+
+            def run(url: str = target.url, request: bytes = request) -> int:
+                rate = uvloop.run(loadgen.concurrent(url, request, args.connections, args.seconds))
+                return round(rate * args.seconds)
+
+            roles, wall, count = account(stack.process.pid, run, args.spy, args.seconds, form.replace(' ', ''))
+            print(f"\n{form}: {args.rows} rows x {args.connections} connections: {count / wall:,.0f} req/s, "
+                  f"{count * args.rows / wall:,.0f} rows/s; CPU per request (us):")
+            total = 0.0
+            for role, seconds in sorted(roles.items(), key=lambda item: -item[1]):
+                per = seconds / max(count, 1) * 1e6
+                total += per
+                print(f"  {role:15s} {per:10,.0f}")
+            print(f"  {'total':15s} {total:10,.0f}  (2 cores allow {2e6 * wall / max(count, 1):,.0f})")
+    finally:
+        stack.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
