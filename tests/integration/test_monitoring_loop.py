@@ -189,6 +189,8 @@ def test_continuous_settings_checked_and_isolated(stack, owner, bob, loop):
     bad = [("setup_continuous_training", valid | {"scan_config": {"grid": [1, 2]}}, 400),
            ("setup_continuous_training", {k: v for k, v in valid.items() if k != "experiment_parameters"}, 400),
            ("setup_continuous_training", valid | {"threshold": 0}, 400),
+           # no orchestration: only an ML backend's deployment trains through its own fit (test_ml_backend_continuous)
+           ("setup_continuous_training", {k: v for k, v in valid.items() if k != "orchestration_id"}, 400),
            ("setup_continuous_training", valid | {"project_id": 999999}, 404),
            ("setup_continuous_training", valid | {"orchestration_id": "00000000-0000-0000-0000-000000000001"}, 404),
            ("setup_continuous_training", valid | {"dataset_version": {"dataset_id": 999999}}, 404),
