@@ -3,7 +3,8 @@ classifier deployed untrained with `railyard-ml deploy railyard`; continuous tra
 orchestration (the backend's own fit trains it; scan_config refused); two predictions made elsewhere, reviewed
 (corrected) into the feedback loop's dataset; the threshold starts exactly one task run of the built-in
 orchestration, which fits the backend in the sandbox on those reviews and registers a new version of the same model
-— its state learned the reviewed labels and it answers them — left pending under DEPLOY_MANUAL."""
+— its state learned the reviewed labels and it answers them — left pending under DEPLOY_MANUAL; then a fit that
+learns nothing fails its run and registers nothing."""
 
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ def wait_for(condition, timeout: float, what: str):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.25)
     return value
+
+
+def model_id(stack, owner) -> int:
+    listed = post(stack, "models/list", owner.token, {"workspace_id": owner.workspace_id}).json()["models"]
+    return next(m["id"] for m in listed if m["name"] == "colours")
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +123,23 @@ def test_reviews_retrain_the_backend_through_its_fit_into_a_new_model_version(st
         (tmp_path / f"{colour}.png").write_bytes(image(colour, 50))
     predictions, _, _ = model.predict_json([json.dumps({"image": str(tmp_path / f"{c}.png")}) for c in ("Red", "Blue")])
     assert [json.loads(p)["result"][0]["value"]["choices"] for p in predictions] == [["Red"], ["Blue"]]
+
+    # a fit that learns nothing (a `train` dataset holding one label only) fails its run: no new version
+    single = lineage.create_dataset(project["id"], "one-colour", kind="images")
+    lineage.upload_file(single["id"], image("Red", 7), name="red.png", labels={
+        "kind": "classification", "decision": "accepted", "prediction_id": "elsewhere-1",
+        "ground_truth": {"detection_classes": [0], "detection_scores": [1.0]}})
+    deployment.setup_continuous_training(project, single, threshold=1, experiment_parameters={})
+    made = deployment.monitor_bytes(image("Blue", 8), "image/png", "blue.png", latency=0.01, height=24, width=24,
+                                    prediction={"detection_classes": [1], "detection_scores": [0.9]})
+    deployment.review_prediction(made["id"])
+    failed = wait_for(lambda: (t := deployment.retrieve_information()["continuous"]["last_training"])["id"] !=
+                      training["id"] and t["state"] in ("done", "failed") and t, 120, "the second training")
+    assert failed["state"] == "failed" and failed["model_version"] is None, failed
+    assert "training run failed" in failed["reason"]
+    assert deployment.retrieve_information()["continuous"]["pending_model_version"] == trained
+    versions = post(stack, "models/list_versions", owner.token, {"models_pk_id": model_id(stack, owner)})
+    assert len(versions.json()) == 2, versions.text  # the deployed one and the first training's
 
     graph = post(stack, "workflow/graph", owner.token, {"workspace_id": owner.workspace_id, "kind": "model_version",
                                                         "ref": trained["version"], "direction": "ancestors"})
