@@ -29,7 +29,8 @@ from tests.models import ccfraud_onnx
 from tests.stack import stack_env, start_stack
 
 TICK = os.sysconf("SC_CLK_TCK")
-PY_SPY = os.environ.get("PY_SPY", "py-spy")  # --spy: sampled stacks of those roles to /tmp/spy-<role>-<form>.txt
+SPY_DIR = Path(__file__).resolve().parent.parent / "build" / "spy"
+PY_SPY = os.environ.get("PY_SPY", "py-spy")  # --spy: sampled stacks to build/spy/<role>-<form>.txt
 
 
 def _role(pid: int) -> str:
@@ -60,9 +61,11 @@ def account(root: int, run, spy: str = "", seconds: float = 5.0, label: str = ""
             ) -> tuple[dict[str, float], float, int]:
     pids = descendants(root)
     before = {pid: _cpu(pid) for pid in pids}
+    if spy:
+        SPY_DIR.mkdir(parents=True, exist_ok=True)
     profilers = [subprocess.Popen([PY_SPY, "record", "-p", str(pid), "-d", str(max(1, int(seconds) - 1)),
                                    "-r", "250", "-f", "raw", "--nonblocking",
-                                   "-o", f"/tmp/spy-{role.replace(' ', '_')}-{label}.txt"],
+                                   "-o", str(SPY_DIR / f"{role.replace(' ', '_')}-{label}.txt")],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for pid in pids if spy and (role := _role(pid)) in spy.split(",")]
     own = _own_cpu()

@@ -40,10 +40,91 @@ def _fetch_ranges(objects: MinioObjectStore, key: str, ranges: list[tuple[int, i
         return list(pool.map(one, ranges))
 
 
+TENSOR = b"railyard.tensor"  # field metadata of a tensor column stored packed: "<numpy dtype>:<d1>,<d2>,..."
+
+
+def _tensor_shape(kind: pa.DataType) -> tuple[list[int], pa.DataType] | None:
+    """(dims, value type) of a fixed-size list (of fixed-size lists ...) of integers or floats, else None."""
+    dims = []
+    while pa.types.is_fixed_size_list(kind):
+        dims.append(kind.list_size)
+        kind = kind.value_type
+    if dims and (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        return dims, kind
+    return None
+
+
+def _pack(field: pa.Field, column: pa.ChunkedArray) -> tuple[pa.Field, pa.Array] | None:
+    """A null-free numeric tensor column as fixed-size binary (each row's values, bytes as they lie), or None."""
+    shape = _tensor_shape(field.type)
+    if shape is None:
+        return None
+    dims, kind = shape
+    array = column.combine_chunks()
+    values = array
+    for _ in dims:
+        if values.null_count:
+            return None
+        values = values.flatten()  # honours the slice's offset
+    if values.null_count:
+        return None
+    data = np.ascontiguousarray(values.to_numpy(zero_copy_only=False))
+    width = int(np.prod(dims)) * kind.byte_width
+    packed = pa.Array.from_buffers(pa.binary(width), len(array), [None, pa.py_buffer(data)])
+    spec = f"{np.dtype(kind.to_pandas_dtype()).str}:{','.join(map(str, dims))}".encode()
+    return pa.field(field.name, packed.type, field.nullable, {**(field.metadata or {}), TENSOR: spec}), packed
+
+
+def _unpacked_type(field: pa.Field) -> tuple[np.dtype, list[int], pa.DataType] | None:
+    spec = (field.metadata or {}).get(TENSOR)
+    if spec is None or not pa.types.is_fixed_size_binary(field.type):
+        return None
+    dtype_text, _, dims_text = spec.decode().partition(":")
+    dtype, dims = np.dtype(dtype_text), [int(d) for d in dims_text.split(",")]
+    kind = pa.from_numpy_dtype(dtype)
+    for size in reversed(dims):
+        kind = pa.list_(kind, size)
+    return dtype, dims, kind
+
+
+def _unpack_chunk(chunk: pa.Array, dtype: np.dtype, dims: list[int]) -> pa.Array:
+    width = chunk.type.byte_width
+    raw = np.frombuffer(chunk.buffers()[1], np.uint8, len(chunk) * width, chunk.offset * width) if len(chunk) \
+        else np.zeros(0, np.uint8)
+    flat: pa.Array = pa.array(raw.view(dtype))
+    for size in reversed(dims):
+        flat = pa.FixedSizeListArray.from_arrays(flat, size)
+    return flat
+
+
+def unpack_tensors(table: pa.Table) -> pa.Table:
+    """A segment's table with its packed tensor columns (encode_segment) as fixed-size lists again; segments
+    written before packing pass as they are."""
+    for index, field in enumerate(table.schema):
+        found = _unpacked_type(field)
+        if found is None:
+            continue
+        dtype, dims, kind = found
+        column = pa.chunked_array([_unpack_chunk(c, dtype, dims) for c in table.column(index).chunks], kind)
+        metadata = {k: v for k, v in (field.metadata or {}).items() if k != TENSOR} or None
+        table = table.set_column(index, pa.field(field.name, kind, field.nullable, metadata), column)
+    return table
+
+
+def unpack_schema(schema: pa.Schema) -> pa.Schema:
+    return unpack_tensors(schema.empty_table()).schema
+
+
 def encode_segment(table: pa.Table, row_group_rows: int) -> bytes:
     """Parquet with dictionaries for string columns only (model names and versions repeat; trying them on
     float tensors cost ten times the whole write) and statistics for `time` and `_pos` only (a page finds its
-    first row from them)."""
+    first row from them). Numeric tensor columns without nulls are stored packed, one fixed-size binary value
+    a row (writing them as nested lists took three times as long, reading them five times; `unpack_tensors`
+    turns them back)."""
+    for index, field in enumerate(table.schema):
+        packed = _pack(field, table.column(index))
+        if packed is not None:
+            table = table.set_column(index, *packed)
     strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
                or pa.types.is_dictionary(f.type)]
     sink = pa.BufferOutputStream()
@@ -258,9 +339,9 @@ class SegmentReader:
                                                  for i in range(metadata.num_row_groups)])])
         groups = [i for i in range(metadata.num_row_groups) if starts[i] < hi and starts[i + 1] > lo]
         if not groups:
-            return parquet.schema_arrow.empty_table().select(columns) if columns else \
-                parquet.schema_arrow.empty_table()
-        table = parquet.read_row_groups(groups, columns=columns)
+            empty = unpack_schema(parquet.schema_arrow).empty_table()
+            return empty.select(columns) if columns else empty
+        table = unpack_tensors(parquet.read_row_groups(groups, columns=columns))
         first = int(starts[groups[0]])
         return table.slice(lo - first, hi - lo)
 
@@ -271,7 +352,7 @@ class SegmentReader:
         if size <= SMALL_OBJECT:
             parquet = self._open(key, size)
             groups = list(range(parquet.metadata.num_row_groups)) if groups is None else groups
-            return parquet.read_row_groups(groups, columns=columns)
+            return unpack_tensors(parquet.read_row_groups(groups, columns=columns))
         with self.lock:
             metadata = self.footers.get(key)
         source = RangeFile(self.objects, key, size, prefetch_tail=metadata is None)
@@ -289,11 +370,11 @@ class SegmentReader:
                     start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
                     ranges.append((start, start + chunk.total_compressed_size))
         source.blocks += _fetch_ranges(self.objects, key, _coalesce(sorted(ranges), COALESCE_GAP))
-        return pq.ParquetFile(source, metadata=metadata).read_row_groups(groups, columns=columns)
+        return unpack_tensors(pq.ParquetFile(source, metadata=metadata).read_row_groups(groups, columns=columns))
 
     def read_all(self, key: str, size: int) -> pa.Table:
         parquet = self._open(key, size)
-        return parquet.read()
+        return unpack_tensors(parquet.read())
 
 
 def empty_page() -> pa.Table:
