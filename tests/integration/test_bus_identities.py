@@ -1,7 +1,8 @@
 """Bus identities against the real embedded NATS: no anonymous connections; every service is connected as itself;
 the front-door `client` identity reaches token-checked commands and its own replies and nothing else (it cannot
-read every subject, answer `auth.keys.get`, read other identities' replies, or publish inference logs, events or
-engine requests); a service identity cannot stand in for another service."""
+read every subject, answer `auth.keys.get`, read other identities' replies, publish inference logs, events or
+engine requests, or call the services' internal token-less subjects); a service identity cannot stand in for
+another service."""
 
 from __future__ import annotations
 
@@ -48,20 +49,41 @@ async def test_the_client_identity_reaches_token_checked_commands_only(stack, al
             subjects.AUTH_WORKSPACES_LIST_USERS, json.dumps({"workspace_id": alice.workspace_id}).encode(),
             timeout=10, headers={"authorization": f"Bearer {alice.token}"})).data)
         assert reply.ok, reply
+        # ... on another service too (the client's list names every token-checked command one by one)
+        projects = Reply.model_validate_json((await nc.request(
+            subjects.LINEAGE_PROJECTS_LIST, json.dumps({"workspace_id": alice.workspace_id}).encode(),
+            timeout=10, headers={"authorization": f"Bearer {alice.token}"})).data)
+        assert projects.ok and "projects" in projects.data, projects
         assert not errors
 
+        answers: list[str] = []
+
+        async def answered(msg) -> None:
+            answers.append(msg.subject)
+
+        await nc.subscribe("_INBOX.client.probe.>", cb=answered)  # where answers to the publishes below would come
         for subject in (">", "auth.>", subjects.AUTH_KEYS_GET, "_INBOX.gateway.>", "logs.inference.>", "events.>"):
             await nc.subscribe(subject)
         forged = {"user_id": alice.user_id, "revoked_before": 9e9}
+        # internal service-to-service subjects of several services: they trust the caller's bus identity, not a
+        # token, so an outside caller could use them for any workspace (docs/security.md, Bus identities)
+        by_id = {"workspace_id": alice.workspace_id, "deployment_id": 1, "feature": "x"}
+        task_token = {"user_id": alice.user_id, "workspace_id": alice.workspace_id, "ttl": 60, "task_id": "t",
+                      "run_id": "r"}
         for subject, body in ((f"{subjects.INFERENCE_LOGS_SUBJECTS[0][:-1]}forged", b"{}"),
                               (subjects.EVENT_USER_DEACTIVATED, json.dumps(forged).encode()),
                               (subjects.EVENT_SIGNING_KEY_ROTATED, b'{"kid": "forged"}'),
                               (subjects.engine_infer("anything-1"), b""),
                               (subjects.AUTH_TOKEN_ISSUE, b"{}"), (subjects.AUTH_KEYS_GET, b"{}"),
+                              (subjects.AUTH_TOKEN_ISSUE_TASK, json.dumps(task_token).encode()),
+                              (subjects.AUTH_REVOCATIONS_LIST, b"{}"),
                               (subjects.LOG_STORE_READ_FIELD, b"{}"), (subjects.LOG_STORE_MAINTENANCE, b"{}"),
+                              (subjects.MONITORING_REFERENCE_FEATURE, json.dumps(by_id).encode()),
+                              (subjects.LINEAGE_EVENTS_COUNT, b"{}"), (subjects.health("registry"), b"{}"),
                               ("$JS.API.STREAM.NAMES", b"{}")):
-            await nc.publish(subject, body)
+            await nc.publish(subject, body, reply=f"_INBOX.client.probe.{subject.replace('.', '_')}")
         await _settle(nc)
+        assert not answers, answers  # nothing reached a service, nothing answered
     finally:
         await nc.close()
     said = "\n".join(errors).lower()  # nats.py lowercases the server's -ERR text
@@ -69,7 +91,9 @@ async def test_the_client_identity_reaches_token_checked_commands_only(stack, al
         assert f'permissions violation for subscription to "{subject.lower()}"' in said, (subject, said)
     for subject in ("logs.inference.forged", subjects.EVENT_USER_DEACTIVATED, subjects.EVENT_SIGNING_KEY_ROTATED,
                     subjects.engine_infer("anything-1"), subjects.AUTH_TOKEN_ISSUE, subjects.AUTH_KEYS_GET,
-                    subjects.LOG_STORE_READ_FIELD, subjects.LOG_STORE_MAINTENANCE, "$JS.API.STREAM.NAMES"):
+                    subjects.AUTH_TOKEN_ISSUE_TASK, subjects.AUTH_REVOCATIONS_LIST, subjects.LOG_STORE_READ_FIELD,
+                    subjects.LOG_STORE_MAINTENANCE, subjects.MONITORING_REFERENCE_FEATURE,
+                    subjects.LINEAGE_EVENTS_COUNT, subjects.health("registry"), "$JS.API.STREAM.NAMES"):
         assert f'permissions violation for publish to "{subject.lower()}"' in said, (subject, said)
     # the forged deactivation reached nobody: alice's token still works
     assert alice.client.post("workspaces/list", {})["workspaces"]

@@ -1,16 +1,23 @@
 """Each service's code against deploy/nats-permissions.json, and the rules of the bus: only auth answers `auth.>`
 and announces keys and users, only engines answer inferences and publish inference logs, only the log store
 answers `log_store.>`, each kind of event has one publisher, and the front-door client identity reaches nothing
-it should not. The integration twin (tests/integration/test_bus_identities.py) tries the same on a real server."""
+it should not: every subject a service subscribes to is classified by what its handler does without a token, and
+the client may publish exactly the token-checked ones. The integration twin (tests/integration/test_bus_identities.py)
+tries the same on a real server."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import re
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from shared import bus_identities, subjects
+from shared import bus, bus_identities, subjects
+from shared.bus import CallContext
 
 REPO = Path(__file__).resolve().parents[2]
 SUBJECT_FUNCTIONS = {"engine_infer": "engine.*.infer", "engine_replica_status": "engine.*.replica.*.status",
@@ -119,6 +126,141 @@ def test_replies_reach_their_own_identity_only():
 def test_the_container_config_is_rendered_from_the_permissions_file():
     assert bus_identities.AUTH_CONF.read_text() == bus_identities.render_authorization(), \
         "deploy/nats-auth.conf is stale: run `python -m shared.bus_identities`"
+
+
+# --- the front door: which subscribed subjects verify the caller's token ------------------------------------------
+
+# Subscriptions made outside `command(...)` (raw NATS callbacks, the runner's health) and whether their callback
+# verifies a token on every call. A new one fails test_every_subscription_is_classified until it is added here.
+RAW_SUBSCRIPTIONS = {
+    subjects.LOG_STORE_QUERY: True,  # services/log_store/app.py: verifier.verify(token) before anything
+    subjects.LOG_STORE_READ_FIELD: False,  # without a token: the assay scheduler, trusted by bus identity
+    "engine.*.infer": False,  # engines trust their callers (the gateway verified the token)
+    "engine.*.replica.*.status": False,  # the deployer's supervision
+    "*.health": False,  # shared/service.py, every service
+}
+
+
+_REAL_COMMAND = bus.command
+
+
+class _TokenRequired(Exception):
+    """Raised by the stand-in verifier: the handler asked for the caller's token before anything else."""
+
+
+class _Anything:
+    """A stand-in for a handler's dependencies: reading through it works, calling anything on it fails."""
+
+    def __getattr__(self, name: str) -> Any:
+        return _Anything()
+
+    def __getitem__(self, key: Any) -> Any:
+        return _Anything()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the handler used a dependency before verifying the caller")
+
+
+class _Extras(dict):
+    def __missing__(self, key: str) -> Any:
+        return _Anything()
+
+
+class _Verifier:
+    async def verify(self, token: str | None) -> Any:
+        raise _TokenRequired(token)
+
+
+@pytest.fixture(scope="module")
+def command_handlers() -> dict[str, Any]:
+    """subject -> handler of every `command(...)` subscriber every service's router registers, found by building
+    each router with `command` recording instead of subscribing (nothing connects)."""
+    from shared.service import Runtime
+
+    found: dict[str, Any] = {}
+
+    def recording(router: Any, subject: str, *, service: str) -> Any:
+        def decorate(handler: Any) -> Any:
+            assert subject not in found, f"{subject} has two handlers"
+            found[subject] = handler
+            return handler
+        return decorate
+
+    apps = [importlib.import_module(f"services.{service}.app") for service in subjects.SERVICES]
+    with pytest.MonkeyPatch.context() as patch:
+        for name, module in [("shared.bus", bus), *sys.modules.items()]:
+            if (name == "shared.bus" or name.startswith("services.")) and getattr(module, "command", None) is \
+                    _REAL_COMMAND:
+                patch.setattr(module, "command", recording)
+        for app in apps:
+            runtime = Runtime(name=app.NAME, settings=_Anything())
+            runtime.extras = _Extras(verifier=_Verifier())
+            app.SPEC.build_router(runtime)
+    return found
+
+
+async def _checks_token_first(subject: str, handler: Any) -> bool:
+    """Does the handler, called without a token, ask the verifier before it touches anything?"""
+    model = bus._command_model(handler)
+    try:
+        await asyncio.wait_for(handler(model.model_construct(), CallContext(subject=subject, token=None)), 5)
+    except _TokenRequired:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@pytest.fixture(scope="module")
+def token_checked(command_handlers) -> dict[str, bool]:
+    """Every subscribed subject -> whether its handler verifies the caller's token on every call."""
+    async def classify() -> dict[str, bool]:
+        return {s: await _checks_token_first(s, h) for s, h in command_handlers.items()}
+
+    return {**asyncio.run(classify()), **RAW_SUBSCRIPTIONS}
+
+
+def test_every_subscription_is_classified(command_handlers):
+    raw: set[str] = set()
+    for path in (REPO / "services").rglob("*.py"):
+        code = path.read_text()
+        for name in re.findall(r"\.subscribe\(\s*subjects\.([A-Za-z_]+)", code):
+            raw.add(SUBJECT_FUNCTIONS.get(name) or getattr(subjects, name))
+        for call in re.finditer(r"\.subscriber\(", code):  # FastStream subscribers besides command(...)
+            assert "stream=" in code[call.end():call.end() + 300], \
+                f"{path}: a core-NATS subscriber outside command(...): classify it in RAW_SUBSCRIPTIONS"
+    assert raw | {"*.health"} == set(RAW_SUBSCRIPTIONS), "classify every raw subscription in RAW_SUBSCRIPTIONS"
+    assert len(command_handlers) > 100 and subjects.AUTH_WORKSPACES_LIST in command_handlers
+
+
+def test_the_probe_tells_internal_handlers_from_token_checked_ones(token_checked):
+    # handlers known to trust the caller's bus identity instead of a token: the probe must see them as such
+    for subject in (subjects.AUTH_KEYS_GET, subjects.AUTH_REVOCATIONS_LIST, subjects.AUTH_TOKEN_ISSUE,
+                    subjects.AUTH_TOKEN_ISSUE_TASK, subjects.LOG_STORE_MAINTENANCE, subjects.LINEAGE_EVENTS_COUNT,
+                    subjects.MONITORING_REFERENCE_FEATURE):
+        assert token_checked[subject] is False, subject
+    for subject in (subjects.AUTH_WORKSPACES_LIST_USERS, subjects.DEPLOYER_DEPLOYMENTS_RESOLVE,
+                    subjects.LINEAGE_WORKFLOW_LINKS[0], subjects.MONITORING_CT_SETUP, subjects.ASSAYS_CREATE):
+        assert token_checked[subject] is True, subject
+
+
+def test_the_client_reaches_token_checked_subjects_only(token_checked):
+    """A subject the client may publish must verify the caller's token: a service-to-service subject reachable by
+    an outside caller is a way around the token and the workspace checks."""
+    open_internal = sorted(s for s, checked in token_checked.items()
+                           if not checked and may(bus_identities.CLIENT, "publish", s))
+    assert not open_internal, f"the client identity reaches subjects that verify no token: {open_internal}"
+
+
+def test_the_client_list_is_explicit_and_complete(token_checked):
+    """No wildcards (a new subject is closed until listed), nothing stale, every token-checked command listed."""
+    listed = bus_identities.permissions(bus_identities.CLIENT)["publish"]
+    assert not listed["deny"]
+    assert not [s for s in listed["allow"] if "*" in s or ">" in s], "the client's list names subjects one by one"
+    assert len(listed["allow"]) == len(set(listed["allow"]))
+    checked, allowed = {s for s, ok in token_checked.items() if ok}, set(listed["allow"])
+    assert not allowed - checked, f"listed but not token-checked: {sorted(allowed - checked)}"
+    assert not checked - allowed, f"token-checked commands missing from the client's list: {sorted(checked - allowed)}"
 
 
 def test_the_matcher():
