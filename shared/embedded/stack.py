@@ -133,12 +133,12 @@ PORT_SETTINGS = {
     ("postgres", "postgres"): "RAILYARD_STACK__POSTGRES_PORT",
     ("s3", "s3"): "RAILYARD_STACK__S3_PORT",
     ("s3", "s3-grpc"): "RAILYARD_STACK__S3_PORT",
-    ("seaweedfs", "master"): "RAILYARD_STACK__WEED_MASTER_PORT",
-    ("seaweedfs", "master-grpc"): "RAILYARD_STACK__WEED_MASTER_PORT",
-    ("seaweedfs", "volume"): "RAILYARD_STACK__WEED_VOLUME_PORT",
-    ("seaweedfs", "volume-grpc"): "RAILYARD_STACK__WEED_VOLUME_PORT",
-    ("seaweedfs", "filer"): "RAILYARD_STACK__WEED_FILER_PORT",
-    ("seaweedfs", "filer-grpc"): "RAILYARD_STACK__WEED_FILER_PORT",
+    ("s3", "master"): "RAILYARD_STACK__WEED_MASTER_PORT",
+    ("s3", "master-grpc"): "RAILYARD_STACK__WEED_MASTER_PORT",
+    ("s3", "volume"): "RAILYARD_STACK__WEED_VOLUME_PORT",
+    ("s3", "volume-grpc"): "RAILYARD_STACK__WEED_VOLUME_PORT",
+    ("s3", "filer"): "RAILYARD_STACK__WEED_FILER_PORT",
+    ("s3", "filer-grpc"): "RAILYARD_STACK__WEED_FILER_PORT",
     ("gateway", "http"): "RAILYARD_GATEWAY__PORT",
 }
 
@@ -178,8 +178,7 @@ class EmbeddedStack:
         return [
             nats,
             servers.postgres_server(self.cfg, self.data_dir, pg_user),
-            servers.seaweedfs_server(self.cfg, self.data_dir),
-            servers.s3_server(self.cfg, self.data_dir, self.secrets),
+            servers.seaweedfs_server(self.cfg, self.data_dir, self.secrets),  # with its S3 gateway: "s3"
         ]
 
     def check_ports(self, specs: list[ServerSpec]) -> None:
@@ -273,13 +272,13 @@ class EmbeddedStack:
             child._max_backoff = self.cfg.restart_backoff_max
             child.start()
             self.infra.append(child)
-        nats, postgres, seaweedfs, s3 = self.infra
+        nats, postgres, s3 = self.infra
         servers.wait_until(lambda: servers.nats_ready(self.cfg), "NATS", 30, nats.alive)
         servers.wait_until(lambda: servers.postgres_ready(self.cfg), "PostgreSQL", 60, postgres.alive)
         servers.ensure_database(self.cfg, self.secrets)
         self.ensure_service_roles()
         servers.wait_until(lambda: servers.s3_ready(self.cfg, self.secrets), "S3 (SeaweedFS)", 60,
-                           lambda: s3.alive() and seaweedfs.alive())
+                           s3.alive)
         for name in subjects.SERVICES:
             child = Child(name, [sys.executable, "-m", f"services.{name}"], self.service_env(name),
                           self.log_dir / f"{name}.log")
