@@ -23,9 +23,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import jwt
-from jwt.algorithms import RSAAlgorithm
-
 from shared.errors import Forbidden, NotFound, RailyardError, Unauthorized
 from shared.settings import AuthSettings
 
@@ -77,6 +74,9 @@ class TokenVerifier:
     async def refresh_keys(self) -> None:
         async with self._lock:
             jwks = await self._fetch_keys()
+            # PyJWT and cryptography (~8 MiB) load with the first token a process checks, not at its start
+            from jwt.algorithms import RSAAlgorithm
+
             keys = {}
             for jwk in jwks:
                 if jwk.get("kty") == "RSA" and jwk.get("kid"):
@@ -120,6 +120,8 @@ class TokenVerifier:
             if principal.subject in self._revoked and principal.issued_at <= self._revoked[principal.subject]:
                 raise Unauthorized("token revoked")
             return principal
+        import jwt  # (see refresh_keys)
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:

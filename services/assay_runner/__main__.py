@@ -1,7 +1,11 @@
 """Start the assay_runner service: `python -m services.assay_runner`."""
 
-from services.assay_runner.app import SPEC
-from shared.service import main
+from shared.lean_imports import decline_unused
+
+decline_unused()  # first: before anything imports nats or faststream (shared/lean_imports.py)
+
+from services.assay_runner.app import SPEC  # noqa: E402
+from shared.service import main  # noqa: E402
 
 if __name__ == "__main__":
     main(SPEC)

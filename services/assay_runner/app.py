@@ -9,12 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 from faststream.nats import NatsRouter
 
 from services.assay_runner import handlers
 from shared import subjects
-from shared.arrow_codec import from_ipc
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import CallContext, command, publish_event, raw_request, request
 from shared.messages.assays import (
@@ -104,6 +102,8 @@ async def start(runtime: Runtime) -> None:
                            start_ms=start_ms, end_ms=end_ms)
         reply = await _raw(nc, subjects.LOG_STORE_READ_FIELD, cmd.model_dump(), token)
         data = await take_table(runtime.objects, reply.headers, reply.data)
+        from shared.arrow_codec import from_ipc  # here: the idle service does without pyarrow (~25 MiB)
+
         column_values = from_ipc(data).column("value")
         return column_values.to_numpy().astype(np.float64, copy=False) if len(column_values) else np.zeros(0)
 
@@ -115,6 +115,10 @@ async def start(runtime: Runtime) -> None:
     async def log_page(token, body: dict[str, Any]) -> list[dict[str, Any]]:
         reply = await _raw(nc, subjects.LOG_STORE_QUERY, body, token)
         LogPage.model_validate_json(reply.headers[PAGE_HEADER])
+        import pyarrow as pa
+
+        from shared.arrow_codec import from_ipc
+
         table: pa.Table = from_ipc(reply.data)
         for name in table.column_names:
             if pa.types.is_dictionary(table.schema.field(name).type):

@@ -19,7 +19,6 @@ from services.assay_runner import compute, store
 from shared import subjects
 from shared.authz import MembershipLookup, Principal, require_member
 from shared.errors import InvalidRequest, NotFound
-from shared.logrecords import model_name_of
 from shared.messages.assays import (
     AssayActive,
     AssayConfig,
@@ -323,6 +322,8 @@ async def get_baseline(deps: Deps, principal: Principal, token: str | None, cmd:
         body |= {"start_time": _iso(cmd.start), "end_time": _iso(cmd.end), "order": "Asc"}
     rows = await deps.log_page(token, body)
     if cmd.model_name:
+        from shared.logrecords import model_name_of  # pyarrow's module, loaded by log_page already
+
         rows = [r for r in rows if model_name_of(r.get("metadata.last_model")) == cmd.model_name]
     return BaselineRows(rows=rows)
 

@@ -26,24 +26,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-import nats
-import pyarrow as pa
+if __name__ == "__main__":  # the replica's own process, not a test importing this module
+    from shared.lean_imports import decline_unused
 
-from services.engine import handlers
-from services.engine.answers import RepeatedRequests
-from services.engine.batching import RequestBatcher, batching_config, can_batch
-from services.engine.logbatcher import LogBatcher
-from services.engine.logpolicy import LogPolicy
-from services.engine.runtimes import OnnxRuntime
-from services.engine.sandboxed import SandboxedRuntime
-from shared import subjects
-from shared.bus import connect_options
-from shared.errors import InvalidRequest, RailyardError
-from shared.logrecords import InferenceRecord
-from shared.messages.engine import ReplicaSpec
-from shared.objectstore import BUCKET_ARTIFACTS, MinioObjectStore, content_key
-from shared.service import settle_garbage_collector
-from shared.settings import Settings
+    decline_unused()  # before nats and faststream are imported (shared/lean_imports.py)
+
+import nats  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+from services.engine import handlers  # noqa: E402
+from services.engine.answers import RepeatedRequests  # noqa: E402
+from services.engine.batching import RequestBatcher, batching_config, can_batch  # noqa: E402
+from services.engine.logbatcher import LogBatcher  # noqa: E402
+from services.engine.logpolicy import LogPolicy  # noqa: E402
+from services.engine.runtimes import OnnxRuntime  # noqa: E402
+from services.engine.sandboxed import SandboxedRuntime  # noqa: E402
+from shared import subjects  # noqa: E402
+from shared.bus import connect_options  # noqa: E402
+from shared.errors import InvalidRequest, RailyardError  # noqa: E402
+from shared.logrecords import InferenceRecord  # noqa: E402
+from shared.messages.engine import ReplicaSpec  # noqa: E402
+from shared.objectstore import BUCKET_ARTIFACTS, MinioObjectStore, content_key  # noqa: E402
+from shared.service import settle_garbage_collector  # noqa: E402
+from shared.settings import Settings  # noqa: E402
 
 log = logging.getLogger("railyard.engine")
 SHADOW_TIMEOUT = handlers.SHADOW_TIMEOUT

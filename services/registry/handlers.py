@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pyarrow as pa
 
 from services.registry import store
 from services.registry.worker import run_worker
@@ -78,6 +77,8 @@ class RegistryDeps:
 def _answer_schemas(result: dict[str, Any]) -> tuple[bytes, bytes] | None:
     """The input and output schemas of a worker's answer, or None if they are not Arrow schemas (the worker's
     answer is the user's code's to write once it has unpickled anything)."""
+    import pyarrow as pa  # here, not at import: the idle service does without pyarrow and numpy (~40 MiB)
+
     try:
         schemas = base64.b64decode(result["input_schema"]), base64.b64decode(result["output_schema"])
         for raw in schemas:
@@ -93,6 +94,8 @@ def _answer_schemas(result: dict[str, Any]) -> tuple[bytes, bytes] | None:
 def _decode_schema(value: str | None, what: str) -> bytes | None:
     if value is None:
         return None
+    import pyarrow as pa  # (see _answer_schemas)
+
     try:
         raw = base64.b64decode(value, validate=True)
         pa.ipc.read_schema(pa.py_buffer(raw))

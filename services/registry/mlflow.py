@@ -12,8 +12,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, urlparse
 
-import httpx
-
 from shared.errors import InvalidRequest, NotFound, Unavailable
 from shared.urlcheck import check_outbound_url
 
@@ -32,6 +30,8 @@ class MlflowRegistry:
 
     async def _get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         url = await check_outbound_url(f"{self.base}{path}", development=self.development, what="registry url")
+        import httpx  # here, not at import: a registry service no one asks about MLflow does without it
+
         try:
             async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
                 response = await client.get(url, params=params, headers=self.headers)
@@ -105,6 +105,8 @@ class MlflowRegistry:
             raise InvalidRequest("path must be a full_path from list_registry_model_version_artifacts of this"
                                  " registry")
         url = await check_outbound_url(full_path, development=self.development, what="path")
+        import httpx
+
         async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
             async with client.stream("GET", url, headers=self.headers) as response:
                 if response.status_code == 404:

@@ -10,7 +10,7 @@ from faststream.nats import JStream, NatsRouter, PullSub
 from faststream.nats.annotations import NatsMessage
 from nats.js.api import ConsumerConfig
 
-from services.workflow_lineage import auto_benchmarks, benchmark_runs, handlers, links, object_gc
+from services.workflow_lineage import auto_benchmarks, handlers, links, object_gc
 from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import CallContext, command, publish_event, raw_request, request
@@ -178,28 +178,39 @@ def build_router(runtime: Runtime) -> NatsRouter:
     @command(router, subjects.LINEAGE_BENCHMARKS_CLASSIFICATION, service=NAME)
     async def run_classification(cmd: m.RunClassificationBenchmark, ctx: CallContext) -> m.BenchmarkReport:
         """Run a dataset through deployments and store a classification report with speed."""
+        # here, not at the top: numpy, pyarrow and Pillow load on the first benchmark call, not in the idle service
+        from services.workflow_lineage import benchmark_runs
+
         return await benchmark_runs.run_classification(deps(), runtime.extras["infer"], runtime.extras["resolve"],
                                                        await caller(ctx), ctx.token, cmd)
 
     @command(router, subjects.LINEAGE_BENCHMARKS_DETECTION, service=NAME)
     async def evaluate_detections(cmd: m.EvaluateDetections, ctx: CallContext) -> m.BenchmarkReport:
         """Score submitted detections, or run detection deployments, against an images dataset's boxes (COCO)."""
+        from services.workflow_lineage import benchmark_runs
+
         return await benchmark_runs.evaluate_detections(deps(), runtime.extras["infer"], runtime.extras["resolve"],
                                                         await caller(ctx), ctx.token, cmd)
 
     @command(router, subjects.LINEAGE_BENCHMARKS_GET, service=NAME)
     async def get_report(cmd: m.ReportRef, ctx: CallContext) -> m.BenchmarkReport:
         """A stored benchmark report."""
+        from services.workflow_lineage import benchmark_runs
+
         return await benchmark_runs.get_report(deps(), await caller(ctx), ctx.token, cmd.report_id)
 
     @command(router, subjects.LINEAGE_BENCHMARKS_LIST, service=NAME)
     async def list_reports(cmd: m.ListReports, ctx: CallContext) -> m.BenchmarkReports:
         """A workspace's benchmark reports."""
+        from services.workflow_lineage import benchmark_runs
+
         return await benchmark_runs.list_reports(deps(), await caller(ctx), ctx.token, cmd.workspace_id)
 
     @command(router, subjects.LINEAGE_BENCHMARKS_COMPARE, service=NAME)
     async def compare_reports(cmd: m.CompareReports, ctx: CallContext) -> m.ReportComparison:
         """Reports' candidates side by side, metric by metric, with differences."""
+        from services.workflow_lineage import benchmark_runs
+
         return await benchmark_runs.compare_reports(deps(), await caller(ctx), ctx.token, cmd)
 
     @command(router, subjects.LINEAGE_OBJECTS_COLLECT, service=NAME)

@@ -19,13 +19,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from services.workflow_lineage import benchmark_runs, store
-from services.workflow_lineage.benchmark_runs import Infer
+from services.workflow_lineage import store
 from shared.background import BackgroundTask
 from shared.errors import InvalidRequest, RailyardError
 from shared.messages.lineage import DatasetChoice, EvaluationSpec
+
+if TYPE_CHECKING:
+    from services.workflow_lineage.benchmark_runs import Infer
 
 log = logging.getLogger("railyard.workflow_lineage.auto_benchmarks")
 
@@ -81,6 +83,8 @@ class AutoBenchmarks(BackgroundTask):
                                             None if final else RETRY_SECONDS * claim["attempts"])
             return True
         if row is not None:
+            from services.workflow_lineage import benchmark_runs
+
             await benchmark_runs.report_completed(self.deps, row)
         return True
 
@@ -88,6 +92,8 @@ class AutoBenchmarks(BackgroundTask):
 async def run_claim(deps: Any, infer: Infer, claim: Any) -> Any:
     """Benchmark the claim's model version on its evaluation set through its deployment; the stored report (None
     when another worker finished the claim first)."""
+    from services.workflow_lineage import benchmark_runs  # numpy, pyarrow, Pillow: loaded when a claim runs
+
     declared = json.loads(claim["evaluation"]) if isinstance(claim["evaluation"], str) else claim["evaluation"]
     spec = EvaluationSpec.model_validate(declared["spec"])
     workspace_id = claim["workspace_id"]

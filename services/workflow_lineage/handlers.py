@@ -19,16 +19,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
-import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from services.workflow_lineage import graph, manifest, store
 from shared import subjects
-from shared.arrow_codec import from_ipc
 from shared.authz import MembershipLookup, Principal, require_member, require_user
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.messages import Event, EventCount
@@ -60,6 +57,9 @@ from shared.messages.lineage import (
     WorkspaceFolder,
 )
 from shared.objectstore import BUCKET_DATASETS, ObjectStore, content_key
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger("railyard.workflow_lineage")
 
@@ -314,6 +314,8 @@ async def delete_dataset(deps: Deps, principal: Principal, token: str | None, da
 
 
 def _parquet(table: pa.Table) -> bytes:
+    import pyarrow.parquet as pq
+
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd")
     return sink.getvalue()
@@ -327,6 +329,11 @@ async def put_rows(deps: Deps, principal: Principal, token: str | None, cmd: Put
         if row["kind"] != "tabular":
             raise InvalidRequest(f"dataset {cmd.dataset_id} is a {row['kind']} dataset: rows go to tabular datasets,"
                                  " files to images/files datasets (datasets/upload_file)")
+        import pyarrow as pa  # here, not at the top: the idle service does without pyarrow (~30 MiB)
+        import pyarrow.parquet as pq
+
+        from shared.arrow_codec import from_ipc
+
         try:
             table = from_ipc(await asyncio.to_thread(local.read_bytes))
         except Exception:
