@@ -128,25 +128,27 @@ async def test_mixed_schema_history_pages_equal_the_history_sorted_by_time(stack
     await asyncio.to_thread(_create, stack, alice, "mixedorder")
     nc = await nats_client.connect(stack.settings().nats.url)
     t0 = int(time.time() * 1000) - 60_000
-    plan = [  # (rows (time offset, value), width, sleep after: a new segment)
-        ([(0, 0.0), (0, 1.0), (0, 2.0)], 3, 0.0),
-        ([(10, 3.0), (11, 4.0)], 3, 0.0),
-        ([(5, 5.0), (6, 6.0), (12, 7.0)], 5, 0.4),       # older than rows already stored, other schema
-        ([(20, 8.0), (2, 9.0), (25, 10.0), (1, 11.0)], 3, 0.4),  # unsorted inside the batch
-        ([(15, 12.0), (15, 13.0), (3, 14.0)], 5, 0.4),   # late
-        ([(30, 15.0), (31, 16.0)], 3, 0.0),
-        ([(4, 17.0), (40, 18.0)], 5, 0.4),
-        ([(8, 19.0), (9, 20.0), (10, 21.0)], 3, 0.4),    # 10 ties with a row of the same schema stored before
-        ([(50, 22.0)], 5, 0.4),
-        ([(45, 24.0), (52, 25.0)], 5, 0.4),              # two segments of one schema in a row: compacted
+    plan = [  # (rows (time offset, value), width, stored before the next batch is sent: a segment of its own)
+        ([(0, 0.0), (0, 1.0), (0, 2.0)], 3, False),
+        ([(10, 3.0), (11, 4.0)], 3, False),
+        ([(5, 5.0), (6, 6.0), (12, 7.0)], 5, True),       # older than rows already stored, other schema
+        ([(20, 8.0), (2, 9.0), (25, 10.0), (1, 11.0)], 3, True),  # unsorted inside the batch
+        ([(15, 12.0), (15, 13.0), (3, 14.0)], 5, True),   # late
+        ([(30, 15.0), (31, 16.0)], 3, False),
+        ([(4, 17.0), (40, 18.0)], 5, True),
+        ([(8, 19.0), (9, 20.0), (10, 21.0)], 3, True),    # 10 ties with a row of the same schema stored before
+        ([(50, 22.0)], 5, True),
+        ([(45, 24.0), (52, 25.0)], 5, True),              # two segments of one schema in a row: compacted
     ]
     expected: list[tuple[int, float, int]] = []
     try:
-        for seq, (rows, width, pause) in enumerate(plan):
+        for seq, (rows, width, own_segment) in enumerate(plan):
             await _publish_rows(nc, "mixedorder", alice.workspace_id, [(t0 + dt, v) for dt, v in rows], width)
             expected += [(t0 + dt, v, width, seq) for dt, v in rows]  # type: ignore[misc]
-            if pause:
-                await asyncio.sleep(pause)
+            if own_segment:
+                # rows are served only once written to a segment, so the next batch cannot join this one's
+                # (a fixed pause could be shorter than a flush on a loaded machine)
+                await asyncio.to_thread(wait_rows, stack, alice, "mixedorder", len(expected))
         ordered = [(t, v, w) for t, v, w, _ in sorted(expected, key=lambda r: (r[0], r[3]))]  # type: ignore[misc]
         await asyncio.to_thread(wait_rows, stack, alice, "mixedorder", len(ordered))
         await asyncio.to_thread(_check_history, stack, alice, "mixedorder", ordered)
