@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
 from railyard_client import __version__, data
+from railyard_client._lazy import pa
 from railyard_client.client import Client
 from railyard_client.errors import (
     AuthenticationError,

@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 import click
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
+from railyard_client._lazy import pacsv, pq
 from railyard_client.data import read_table, to_ipc_file
 from railyard_client.errors import InvalidInput
 from railyard_client.lineage import Lineage

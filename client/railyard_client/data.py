@@ -7,11 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
-
+from railyard_client._lazy import np, pa, pd, pq
 from railyard_client.errors import InvalidInput
 
 ARROW_FILE = "application/vnd.apache.arrow.file"

@@ -21,10 +21,7 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
-
+from railyard_client._lazy import pa, pd, pq
 from railyard_client.data import ARROW_FILE, dataframe_to_table, from_ipc, to_ipc_file
 from railyard_client.errors import InvalidInput
 from railyard_client.progress import ProgressReader, upload_bar, wanted

@@ -10,8 +10,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-import pyarrow as pa
-
+from railyard_client._lazy import pa
 from railyard_client.errors import ConversionFailed, InvalidInput, WaitTimeout
 from railyard_client.progress import ProgressReader, upload_bar, wanted
 from railyard_client.resource import Resource

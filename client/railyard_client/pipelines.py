@@ -7,11 +7,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
-
 from railyard_client import data
+from railyard_client._lazy import np, pa, pd
 from railyard_client.assays import Assay, assay_config
 from railyard_client.errors import InvalidInput, NotFound, Unavailable, WaitTimeout
 from railyard_client.models import Model, ModelVersion
@@ -24,7 +21,7 @@ from railyard_client.resource import Resource
 from railyard_client.session import Session
 
 ModelLike = Model | ModelVersion | str
-InferInput = pd.DataFrame | pa.Table | pa.RecordBatch | str | Path | list | dict
+InferInput = "pd.DataFrame | pa.Table | pa.RecordBatch | str | Path | list | dict"  # (annotations only)
 LOG_PAGE = 10_000
 UNAVAILABLE_RETRY = 15.0  # seconds an inference keeps retrying a deployment that is (re)starting
 

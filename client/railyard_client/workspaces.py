@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import IO, Any
 
-import pyarrow as pa
-
+from railyard_client._lazy import pa
 from railyard_client.connections import Connection
 from railyard_client.errors import NotFound
 from railyard_client.models import Model, ModelVersion, Registry, upload_model

@@ -113,3 +113,16 @@ def test_the_server_adds_its_stack_commands_to_the_same_command():
     commands = cli.build_command().commands
     assert {"up", "status", "down"} <= set(commands), "shared.cli:register (railyard.commands entry point)"
     assert {"login", "token", "infer", "models", "pipelines", "workspaces", "assays"} <= set(commands)
+
+
+def test_the_cli_and_sdk_import_without_the_table_libraries():
+    """`railyard --help` and `import railyard_client` load pandas, pyarrow and numpy only when a table is read or
+    written (railyard_client/_lazy.py): they were most of the command's start-up time."""
+    probe = ("import sys, railyard_client, railyard_client.cli; "
+             "print(sorted(m for m in ('pandas', 'pyarrow', 'numpy') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+    used = ("import sys; from railyard_client import data; "
+            "t = data.dataframe_to_table(data.pd.DataFrame({'x': [1.0]})); print(t.num_rows, 'pyarrow' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", used], capture_output=True, text=True,
+                          check=True).stdout.split() == ["1", "True"]
