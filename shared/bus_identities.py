@@ -4,8 +4,9 @@
 generated into the secrets file on first start, or from the environment in containers) with exactly its
 subjects: it answers `<name>.>`, receives replies on its own inbox `_INBOX.<name>.>` (so nobody else's replies
 reach it), publishes its own events and the commands it calls. Engine replicas connect as `engine` (the deployer
-hands them that credential). Outside callers get `client`: token-checked command subjects and their replies,
-nothing else. `ops` is the operator's.
+hands them that credential). Outside callers get `client`: the token-checked command subjects, listed one by one
+(a new subject is closed to them until listed), and their replies, nothing else; the gateway (`front_door`) may
+publish the same list. `ops` is the operator's.
 
 `python -m shared.bus_identities` renders `deploy/nats-auth.conf` (passwords as `$RAILYARD_NATS_PASSWORD_<NAME>`
 environment references) for docker-compose and Kubernetes; the embedded stack renders the same permissions with
@@ -55,8 +56,10 @@ def permissions(identity: str) -> dict[str, Any]:
     if identity not in document["services"]:
         raise KeyError(f"no bus identity {identity!r} in {PERMISSIONS_FILE.name}")
     spec, common = document["services"][identity], document["every_service"]
+    # the gateway forwards outside callers' requests: it gets the same token-checked commands as `client`
+    front_door = document["clients"][CLIENT]["publish"] if spec.get("front_door") else []
     return {
-        "publish": {"allow": [*common["publish"], *spec.get("publish", [])],
+        "publish": {"allow": [*common["publish"], *spec.get("publish", []), *front_door],
                     "deny": list(spec.get("publish_deny", []))},
         "subscribe": {"allow": [f"{identity}.>", f"{inbox_prefix(identity)}.>", *common["subscribe"],
                                 *spec.get("subscribe", [])]},

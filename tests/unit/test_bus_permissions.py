@@ -250,6 +250,10 @@ def test_the_client_reaches_token_checked_subjects_only(token_checked):
     open_internal = sorted(s for s, checked in token_checked.items()
                            if not checked and may(bus_identities.CLIENT, "publish", s))
     assert not open_internal, f"the client identity reaches subjects that verify no token: {open_internal}"
+    # the gateway forwards outside callers' requests too: besides the same list, only what it does itself
+    gateway_internal = {s for s, checked in token_checked.items() if not checked and may("gateway", "publish", s)}
+    assert gateway_internal == {subjects.AUTH_TOKEN_ISSUE, subjects.AUTH_KEYS_GET, subjects.AUTH_REVOCATIONS_LIST,
+                                "engine.*.infer", "*.health"}, gateway_internal
 
 
 def test_the_client_list_is_explicit_and_complete(token_checked):
