@@ -1,7 +1,8 @@
 """get_stats arithmetic (seed 003's ServiceMetrics), as pure functions over prediction rows (dicts with the
 `predictions` table's columns and, when reviewed, a `review` dict) and the training-data reference. Classification
-metrics come from scikit-learn, detection metrics from pycocotools' COCOeval (as the lineage benchmarks do), so the
-numbers are unit-tested against the libraries and hand computations (tests/unit/test_monitoring_stats.py).
+and detection metrics are shared/evaluation.py's (scikit-learn, pycocotools' COCOeval: the same as the lineage
+benchmarks'), so the numbers are unit-tested against the libraries and hand computations (tests/unit/test_evaluation.py,
+tests/unit/test_monitoring_stats.py).
 
 The outlying score of a prediction is the root mean square of its image features' standardized distances to the
 training reference: sqrt(mean_i(((x_i - mean_i) / std_i) ** 2)) over the features of images.image_features (a
@@ -11,8 +12,6 @@ on average) the prediction counts as outlying ("drifting")."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 from collections import Counter
 from datetime import datetime
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from shared.errors import Conflict, InvalidRequest
+from shared.evaluation import classification_metrics, coco_box, detection_metrics
 from shared.messages.monitoring_feedback import SERVICE_METRICS
 
 OUTLIER_THRESHOLD = 3.0
@@ -34,9 +34,6 @@ REFERENCE_BINS = 10
 
 MAX_LISTED = 1000
 """Per-prediction lists (PREDICTIONS_DATA, PREDICTIONS_OUTLYING_SCORE) hold at most this many, newest first."""
-
-DETECTION_SUMMARY = ("map_50_95", "map_50", "map_75", "map_small", "map_medium", "map_large",
-                     "ar_1", "ar_10", "ar_100", "ar_small", "ar_medium", "ar_large")
 
 NEEDS_REFERENCE = {"PREDICTIONS_OUTLYING_SCORE", "AGGREGATED_DRIFTING_PREDICTIONS"}
 
@@ -148,12 +145,6 @@ def classes_of(kind: str, fmt: dict[str, Any] | None) -> list[str]:
     return [str(c) for c in fmt.get("detection_classes") or []]
 
 
-def coco_box(box: list[float]) -> list[float]:
-    """[top, left, bottom, right] (the seed's order) as COCO's [x, y, width, height]."""
-    top, left, bottom, right = (float(v) for v in box[:4])
-    return [left, top, right - left, bottom - top]
-
-
 # --- the metrics -----------------------------------------------------------------------------------------
 
 
@@ -175,104 +166,6 @@ def _distribution(counts: Counter) -> dict[str, Any]:
     ordered = dict(sorted(counts.items()))
     return {"total": total, "counts": ordered,
             "proportions": {k: v / total for k, v in ordered.items()} if total else {}}
-
-
-def classification_metrics(y_true: list[Any], y_pred: list[Any]) -> dict[str, Any]:
-    """Accuracy, precision/recall/F1 per class and averaged (macro, weighted), the confusion matrix (rows true,
-    columns predicted, in `labels` order), with scikit-learn."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
-
-    truth, pred = [str(v) for v in y_true], [str(v) for v in y_pred]
-    if not truth:
-        return {"rows": 0}
-    labels = sorted({*truth, *pred})
-    # scikit-learn on integer codes: the same numbers as on the strings, without its slow object-array paths
-    code = {label: index for index, label in enumerate(labels)}
-    truth_codes = np.fromiter((code[v] for v in truth), dtype=np.int64, count=len(truth))
-    pred_codes = np.fromiter((code[v] for v in pred), dtype=np.int64, count=len(pred))
-    codes = list(range(len(labels)))
-    precision, recall, f1, support = precision_recall_fscore_support(truth_codes, pred_codes, labels=codes,
-                                                                     zero_division=0)
-    averaged = {}
-    for average in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(truth_codes, pred_codes, labels=codes, average=average,
-                                                     zero_division=0)
-        averaged[average] = {"precision": float(p), "recall": float(r), "f1": float(f)}
-    return {"rows": len(truth), "accuracy": float(accuracy_score(truth_codes, pred_codes)), "labels": labels,
-            "per_class": {label: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                                  "support": int(support[i])} for i, label in enumerate(labels)},
-            "macro": averaged["macro"], "weighted": averaged["weighted"],
-            "confusion_matrix": confusion_matrix(truth_codes, pred_codes, labels=codes).tolist()}
-
-
-def detection_metrics(images: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]],
-                      sizes: list[tuple[int, int]] | None = None) -> dict[str, Any]:
-    """COCO metrics with pycocotools' COCOeval over (ground truth, detections) per image: boxes as
-    {bbox: [x, y, w, h], category[, score]} (iou on boxes), or, when `sizes` gives each image's (height, width),
-    polygons as {polygon: [x1, y1, ...], category[, score]} (iou on masks). Its twelve summary numbers, and
-    precision/recall at IoU 0.5."""
-    from pycocotools import mask as mask_utils
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    masks = sizes is not None
-    categories = sorted({str(b["category"]) for truth, found in images for b in [*truth, *found]})
-    category_ids = {name: i + 1 for i, name in enumerate(categories)}
-
-    def shape(entry: dict[str, Any], image_index: int) -> dict[str, Any]:
-        if not masks:
-            x, y, w, h = entry["bbox"]
-            return {"bbox": [x, y, w, h], "area": w * h}
-        height, width = sizes[image_index]  # type: ignore[index]
-        rle = mask_utils.merge(mask_utils.frPyObjects([[float(v) for v in entry["polygon"]]], height, width))
-        return {"segmentation": rle, "area": float(mask_utils.area(rle))}
-
-    annotations, results = [], []
-    for index, (truth, found) in enumerate(images):
-        for entry in truth:
-            annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "iscrowd": 0,
-                                "category_id": category_ids[str(entry["category"])], **shape(entry, index)})
-            if masks:
-                annotations[-1]["bbox"] = mask_utils.toBbox(annotations[-1]["segmentation"]).tolist()
-        for entry in found:
-            result = {"image_id": index + 1, "category_id": category_ids[str(entry["category"])],
-                      "score": float(entry["score"]), **shape(entry, index)}
-            result.pop("area")
-            results.append(result)
-    if not annotations:
-        return {"images": len(images), "ground_truth_boxes": 0, "detections": len(results)}
-    document = {"images": [{"id": i + 1, **({"height": sizes[i][0], "width": sizes[i][1]} if masks else {})}
-                           for i in range(len(images))],
-                "annotations": annotations, "categories": [{"id": i, "name": n} for n, i in category_ids.items()]}
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO()
-        coco.dataset = document
-        coco.createIndex()
-        if results:
-            found = coco.loadRes(results)
-        else:
-            found = COCO()
-            found.dataset = {"images": document["images"], "categories": document["categories"], "annotations": []}
-            found.createIndex()
-        evaluation = COCOeval(coco, found, "segm" if masks else "bbox")
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
-    summary = {key: float(value) for key, value in zip(DETECTION_SUMMARY, evaluation.stats, strict=True)}
-    true_positives = counted = truths = 0
-    for image in evaluation.evalImgs:
-        if image is None or image["aRng"] != evaluation.params.areaRng[0] \
-                or image["maxDet"] != evaluation.params.maxDets[-1]:
-            continue
-        truths += int((~np.asarray(image["gtIgnore"], dtype=bool)).sum())
-        if len(image["dtIds"]):
-            ignored = np.asarray(image["dtIgnore"])[0].astype(bool)
-            matched = np.asarray(image["dtMatches"])[0] > 0
-            counted += int((~ignored).sum())
-            true_positives += int((matched & ~ignored).sum())
-    return {**summary, "precision_50": true_positives / counted if counted else 0.0,
-            "recall_50": true_positives / truths if truths else 0.0, "images": len(images),
-            "ground_truth_boxes": len(annotations), "detections": len(results)}
 
 
 def _polygons(fmt: dict[str, Any] | None, with_scores: bool) -> list[dict[str, Any]]:

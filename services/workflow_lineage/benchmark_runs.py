@@ -21,11 +21,11 @@ import pyarrow.parquet as pq
 
 from services.workflow_lineage import benchmarks, graph, store
 from services.workflow_lineage.handlers import Deps, _jsonb
+from shared import evaluation, subjects
 
 # The image decoding, preprocessing and box conversion that seed 003's predictions use (#18), so a detection
 # deployment is benchmarked on exactly what it sees when it serves. (It belongs in shared/: pure functions.)
 from shared import images as detection_images
-from shared import subjects
 from shared.arrow_codec import from_ipc, tensor_array, to_ipc_stream
 from shared.authz import Principal, require_member, require_user
 from shared.errors import InvalidRequest, NotFound
@@ -151,7 +151,7 @@ async def classification_candidates(infer: Infer, routes: list[dict[str, Any]], 
             meta = json.loads(headers.get(META_HEADER) or "{}") if headers else {}
             last_model = meta.get("last_model") or last_model
         wall = time.perf_counter() - started
-        metrics = await asyncio.to_thread(benchmarks.classification_metrics, truth, predicted)
+        metrics = await asyncio.to_thread(evaluation.classification_metrics, truth, predicted)
         candidates.append(BenchmarkCandidate(
             name=route["name"], deployment=route["name"], pipeline_version=route.get("pipeline_version"),
             model=last_model, model_version=route.get("model_version"), metrics=metrics,
@@ -235,10 +235,9 @@ def _boxes_of(deployment: str, output: pa.Table, row: int, config: Any, image: A
                                  f" (columns: {', '.join(output.column_names)})")
         outputs[name] = np.asarray(output.column(name)[row].as_py(), dtype=np.float64)
     prediction = detection_images.to_prediction(outputs, config, image.height, image.width, None)
-    return [{"bbox": [left, top, right - left, bottom - top], "category": config.labels[cls], "score": score}
-            for (top, left, bottom, right), cls, score in zip(prediction["detection_boxes"],
-                                                              prediction["detection_classes"],
-                                                              prediction["detection_scores"], strict=True)]
+    return [{"bbox": evaluation.coco_box(box), "category": config.labels[cls], "score": score}
+            for box, cls, score in zip(prediction["detection_boxes"], prediction["detection_classes"],
+                                       prediction["detection_scores"], strict=True)]
 
 
 def detection_truth(chosen: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Benchmark metrics against scikit-learn and pycocotools called directly, on fixtures made here: a small
-classifier on scikit-learn's bundled digits, and a small synthetic detection set."""
+"""Benchmark metrics against pycocotools called directly, on a small synthetic detection set made here (a dataset's
+{image: boxes}, scored through shared/evaluation.py: tests/unit/test_evaluation.py checks the scoring itself, with
+classification against scikit-learn), and the comparison of reports."""
 
 from __future__ import annotations
 
@@ -10,37 +11,9 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from sklearn.datasets import load_digits
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
 
 from services.workflow_lineage import benchmarks
-
-
-def digits_predictions():
-    digits = load_digits()
-    x, y = digits.data[:600], digits.target[:600]
-    model = LogisticRegression(max_iter=200).fit(x[:300], y[:300])
-    return y[300:], model.predict(x[300:])
-
-
-def test_classification_equals_scikit_learn():
-    truth, pred = digits_predictions()
-    got = benchmarks.classification_metrics(truth.tolist(), pred.tolist())
-    labels = [str(v) for v in range(10)]
-    assert got["labels"] == labels
-    assert got["accuracy"] == pytest.approx(accuracy_score(truth, pred))
-    assert got["macro"]["f1"] == pytest.approx(f1_score(truth, pred, average="macro"))
-    assert got["weighted"]["precision"] == pytest.approx(precision_score(truth, pred, average="weighted"))
-    per_class = recall_score(truth, pred, average=None, labels=list(range(10)))
-    assert [got["per_class"][k]["recall"] for k in labels] == pytest.approx(per_class.tolist())
-    assert got["confusion_matrix"] == confusion_matrix(truth, pred, labels=list(range(10))).tolist()
-    assert 0.8 < got["accuracy"] < 1.0  # a real classifier, not a degenerate one
-
-
-def test_classification_refuses_mismatched_lengths():
-    with pytest.raises(ValueError):
-        benchmarks.classification_metrics([1, 2], [1])
+from shared import evaluation
 
 
 def synthetic_detection(seed: int = 0, jitter: float = 3.0, miss: float = 0.2, false_positive: float = 0.3):
@@ -65,10 +38,18 @@ def synthetic_detection(seed: int = 0, jitter: float = 3.0, miss: float = 0.2, f
 
 
 def cocoeval_directly(truth, found) -> np.ndarray:
-    document, results = benchmarks.coco_documents(truth, found)
+    """COCOeval's summary on documents built here, image and category ids in order of their names."""
+    image_ids = {name: i + 1 for i, name in enumerate(sorted(truth))}
+    category_ids = {name: i + 1 for i, name in enumerate(["cat", "dog"])}
+    annotations = [{"id": n + 1, "image_id": image_ids[name], "bbox": b["bbox"], "area": b["bbox"][2] * b["bbox"][3],
+                    "iscrowd": 0, "category_id": category_ids[b["category"]]}
+                   for n, (name, b) in enumerate((name, b) for name in sorted(truth) for b in truth[name])]
+    results = [{"image_id": image_ids[name], "bbox": d["bbox"], "score": d["score"],
+                "category_id": category_ids[d["category"]]} for name, dets in found.items() for d in dets]
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
-        gt.dataset = document
+        gt.dataset = {"images": [{"id": i} for i in image_ids.values()], "annotations": annotations,
+                      "categories": [{"id": i, "name": n} for n, i in category_ids.items()]}
         gt.createIndex()
         evaluation = COCOeval(gt, gt.loadRes(results), "bbox")
         evaluation.evaluate()
@@ -81,7 +62,7 @@ def test_detection_equals_cocoeval():
     truth, found = synthetic_detection()
     got = benchmarks.detection_metrics(truth, found)
     stats = cocoeval_directly(truth, found)
-    assert got["map_50_95"] == pytest.approx(stats[0]) and got["map_50"] == pytest.approx(stats[1])
+    assert [got[k] for k in evaluation.DETECTION_SUMMARY] == pytest.approx(stats.tolist())
     assert 0.3 < got["map_50"] < 1.0
     assert 0 < got["precision_50"] < 1 and 0 < got["recall_50"] < 1 and 0.5 < got["mean_iou_50"] < 1
 
@@ -94,12 +75,14 @@ def test_perfect_detections_score_one():
     assert got["mean_iou_50"] == pytest.approx(1.0)
 
 
-def test_no_detections_and_unknown_images():
+def test_no_detections_unknown_images_and_no_truth():
     truth, _ = synthetic_detection()
     got = benchmarks.detection_metrics(truth, {})
-    assert got["map_50"] == 0.0 and got["recall_50"] == 0.0
-    with pytest.raises(ValueError):
+    assert got["map_50"] == 0.0 and got["recall_50"] == 0.0 and got["images"] == 20
+    with pytest.raises(ValueError, match="nope.png"):
         benchmarks.detection_metrics(truth, {"nope.png": [{"bbox": [0, 0, 1, 1], "category": "cat", "score": 1}]})
+    with pytest.raises(ValueError, match="no ground-truth boxes"):
+        benchmarks.detection_metrics({name: [] for name in truth}, {})
 
 
 def test_compare_lines_up_metrics_with_differences():
