@@ -55,10 +55,11 @@ class Answer:
     shadow_outputs: dict[str, pa.Table] | None = None  # challengers already run (inline): their outputs by name
 
 
-async def run_shadows_inline(shadows: list) -> tuple[dict[str, pa.Table], dict[str, int]]:
-    """Run the challengers now, one after the other: (outputs by challenger name, elapsed ns by name). A failing or
-    slow challenger is left out, as when challengers run after the answer."""
-    outputs: dict[str, pa.Table] = {}
+async def run_challengers(shadows: list, outputs: dict[str, pa.Table], deployment: str = "") -> dict[str, int]:
+    """Run the challengers of one request, one after the other, each output going into `outputs` as soon as it is
+    there (a run cancelled half-way keeps those done): the elapsed ns by challenger name. A failing or slow
+    (SHADOW_TIMEOUT) challenger is logged and left out. Both paths use it: before the answer (inline, below) and
+    after it (the replica's shadow queue)."""
     elapsed: dict[str, int] = {}
     for name, runtime, shadow_input in shadows:
         started = time.perf_counter_ns()
@@ -66,8 +67,8 @@ async def run_shadows_inline(shadows: list) -> tuple[dict[str, pa.Table], dict[s
             outputs[name] = await asyncio.wait_for(asyncio.to_thread(runtime.predict, shadow_input), SHADOW_TIMEOUT)
             elapsed[name] = time.perf_counter_ns() - started
         except Exception as exc:
-            log.warning("challenger %s failed: %s", name, exc)
-    return outputs, elapsed
+            log.warning("challenger %s of %s failed: %s", name, deployment, exc)
+    return elapsed
 
 
 async def infer(pipeline: Pipeline, data: bytes, headers: dict[str, str] | None, received: int,
@@ -94,7 +95,8 @@ async def infer(pipeline: Pipeline, data: bytes, headers: dict[str, str] | None,
     answered = output
     if shadows and (headers or {}).get(SHADOWS_HEADER) == SHADOWS_INLINE:
         # the caller wants the challengers' outputs in the answer (monitoring's predict keeps both)
-        shadow_outputs, shadow_elapsed = await run_shadows_inline(shadows)
+        shadow_outputs = {}
+        shadow_elapsed = await run_challengers(shadows, shadow_outputs, pipeline.spec["deployment"].get("name", ""))
         shadows = []
         for name, table in shadow_outputs.items():
             for column in table.column_names:

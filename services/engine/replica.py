@@ -51,7 +51,6 @@ from shared.service import settle_garbage_collector  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
 log = logging.getLogger("railyard.engine")
-SHADOW_TIMEOUT = handlers.SHADOW_TIMEOUT
 DRAIN_SHADOWS = 2.0  # seconds a stopping replica lets queued challengers run (then: logged without them)
 DRAIN_LOGS = 8.0  # seconds a stopping replica has to publish the records it holds
 TRIM_EVERY = 2.0  # seconds between looks at whether the heap's free pages can go back to the system
@@ -310,16 +309,11 @@ class Replica:
             await worker.stop()
 
     async def run_shadows(self) -> None:
-        """Challengers run after the champion answered, one request at a time; a failing or slow challenger
-        only loses its own columns in that request's record."""
+        """Challengers run after the champion answered, one request at a time (handlers.run_challengers, as on
+        the inline path); a failing or slow challenger only loses its own columns in that request's record."""
         while True:
             record, shadows = self.shadow_current = await self.shadow_queue.get()
-            for name, runtime, shadow_input in shadows:
-                try:
-                    record.shadows[name] = await asyncio.wait_for(asyncio.to_thread(runtime.predict, shadow_input),
-                                                                  SHADOW_TIMEOUT)
-                except Exception as exc:
-                    log.warning("challenger %s of %s failed: %s", name, self.name, exc)
+            await handlers.run_challengers(shadows, record.shadows, self.name)
             self.shadow_current = None
             self.log_record(record)
             self.shadow_queue.task_done()
