@@ -32,10 +32,12 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1500)
     parser.add_argument("--form", default="records", choices=["records", "Arrow", "OIP v2"])
     parser.add_argument("--variant", action="append", default=[], help="label=engine_config JSON")
+    parser.add_argument("--env", action="append", default=[], help="RAILYARD_...=value for the whole stack")
     args = parser.parse_args()
     variants = {"default": {}} | {v.split("=", 1)[0]: json.loads(v.split("=", 1)[1]) for v in args.variant}
     folder = Path(tempfile.mkdtemp(prefix="railyard-tail-"))
-    stack = start_stack(folder / "data", stack_env(folder / "data"))
+    env = stack_env(folder / "data") | dict(item.split("=", 1) for item in args.env)
+    stack = start_stack(folder / "data", env)
     try:
         stack.wait_healthy(180)
         deployer = RailyardDeployer(stack)
@@ -51,7 +53,7 @@ def main() -> None:
                 run = uvloop.run(loadgen.sequential(target.url, target.one, args.count))
                 samples[label] += run
                 rounds[label].append((float(np.percentile(run, 50)), float(np.percentile(run, 99))))
-        print(f"{args.form}, batch 1, one connection, {args.rounds} rounds x {args.count} requests")
+        print(f"{args.form}, batch 1, one connection, {args.rounds} rounds x {args.count} requests {args.env}")
         for label, values in samples.items():
             p50, p99 = np.percentile(values, 50) * 1e3, np.percentile(values, 99) * 1e3
             ratios = [b / a for a, b in rounds[label]]
