@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from ipaddress import ip_network
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, BeforeValidator, Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "RAILYARD_"
 ENV_NESTED_DELIMITER = "__"
@@ -47,6 +49,22 @@ class S3Settings(BaseModel):
     bucket_prefix: str = Field("railyard", description="Prefix of every bucket the platform creates.")
 
 
+def _cidrs(value: object) -> object:
+    """`10.0.0.0/8, 127.0.0.1` (or a JSON list) as CIDRs; an entry that is neither an address nor a CIDR is refused
+    by name, so a typo stops the gateway at start rather than trusting nothing (or the wrong hosts) silently."""
+    if isinstance(value, str):
+        value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
+    if not isinstance(value, list):
+        return value
+    cidrs = []
+    for entry in filter(None, (str(e).strip() for e in value)):
+        try:
+            cidrs.append(str(ip_network(entry, strict=False)))
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an IP address or CIDR (e.g. 10.0.0.0/8, 2001:db8::/32)") from None
+    return cidrs
+
+
 class GatewaySettings(BaseModel):
     """The public HTTP entry point."""
 
@@ -62,6 +80,10 @@ class GatewaySettings(BaseModel):
     token_burst_per_source: int = Field(50, description="Token requests one source address may send at once.")
     token_rate_per_client: float = Field(100.0, description="Token requests per second for one client id.")
     token_burst_per_client: int = Field(500, description="Token requests for one client id at once.")
+    trusted_proxies: Annotated[list[str], NoDecode, BeforeValidator(_cidrs)] = Field(
+        default_factory=list, description="Reverse proxies (addresses or CIDRs, comma separated) whose X-Forwarded-For "
+        "is believed: from them, a request's source address (per-source token limit, failed-login counts) is the "
+        "right-most address in it that is not a trusted proxy. Empty: the TCP peer, the header ignored.")
     public_url: str = Field("", description="Base URL clients reach the gateway at (inference URLs use it).")
 
 

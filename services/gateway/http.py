@@ -35,6 +35,7 @@ from services.gateway.monitoring_feedback import add_feedback_routes
 from services.gateway.orchestrations import JSON_ROUTE_SPECS as ORCHESTRATION_ROUTE_SPECS
 from services.gateway.orchestrations import add_orchestration_routes
 from services.gateway.ratelimit import TokenBuckets, TokenEndpointLimits
+from services.gateway.source_address import SourceAddress
 from shared import __version__, subjects
 from shared.authz import Principal, require_user
 from shared.errors import InvalidRequest, NotFound, RailyardError, Unauthorized
@@ -188,6 +189,7 @@ def bearer_token(request: Request) -> str:
 def create_app(runtime: Runtime) -> FastAPI:
     settings = runtime.settings
     timeout = settings.nats.request_timeout
+    source_of = SourceAddress(settings.gateway.trusted_proxies).of
     token_limits = TokenEndpointLimits(
         TokenBuckets(settings.gateway.token_rate_per_source, settings.gateway.token_burst_per_source),
         TokenBuckets(settings.gateway.token_rate_per_client, settings.gateway.token_burst_per_client))
@@ -245,7 +247,8 @@ def create_app(runtime: Runtime) -> FastAPI:
     async def token(request: Request) -> JSONResponse:
         """OAuth2 token endpoint: password, refresh_token and client_credentials grants; the confidential
         client authenticates with HTTP Basic (or client_id/client_secret form fields)."""
-        source = request.client.host if request.client else "unknown"
+        # the TCP peer, or behind a trusted proxy the client it names (services/gateway/source_address.py)
+        source = source_of(request.client.host if request.client else None, request.headers.getlist("x-forwarded-for"))
         try:
             token_limits.check_source(source)  # before the body is read
             form = await request.form()

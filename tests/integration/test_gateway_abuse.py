@@ -134,9 +134,11 @@ def test_the_token_endpoint_is_rate_limited_per_source(stack):
     sent = 150  # from one address, 16 at a time; the per-source bucket holds 50 and refills 10 a second
     with httpx.Client(base_url=stack.base_url, timeout=30, limits=httpx.Limits(max_connections=16),
                       transport=httpx.HTTPTransport(local_address="127.0.0.3")) as flood:
-        def one(_: int) -> httpx.Response:
+        def one(i: int) -> httpx.Response:
+            # a made-up X-Forwarded-For on each request: no trusted proxies (the default), so still one bucket
             return flood.post(TOKEN_PATH, data={"grant_type": "client_credentials"},
-                              auth=(f"nobody-{uuid.uuid4().hex[:6]}", "x"))
+                              auth=(f"nobody-{uuid.uuid4().hex[:6]}", "x"),
+                              headers={"X-Forwarded-For": f"198.51.100.{i % 250}"})
 
         started = time.monotonic()
         with ThreadPoolExecutor(16) as pool:
