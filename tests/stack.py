@@ -76,6 +76,8 @@ def stack_env(data_dir: Path) -> dict[str, str]:
     env["RAILYARD_GATEWAY__MAX_BODY_BYTES"] = str(16 * 1024 * 1024)
     env["RAILYARD_GATEWAY__MAX_UPLOAD_BYTES"] = str(256 * 1024 * 1024)
     env["RAILYARD_GATEWAY__BODY_TIMEOUT"] = "5"  # a trickled body is refused after 5 s (test_gateway_abuse.py)
+    # requests from 127.0.0.5 come "through a reverse proxy": X-Forwarded-For names the source (test_gateway_abuse)
+    env["RAILYARD_GATEWAY__TRUSTED_PROXIES"] = "127.0.0.5"
     # log rows above 64 KiB lose columns; replaced segments go after 1 s, fresh ones may be compacted at once
     env["RAILYARD_LOGS__MAX_ROW_BYTES"] = str(64 * 1024)
     env["RAILYARD_LOGS__SUPERSEDED_GRACE"] = "1"

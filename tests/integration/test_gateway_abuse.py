@@ -158,6 +158,27 @@ def test_the_token_endpoint_is_rate_limited_per_source(stack):
     assert login.status_code == 200, login.text
 
 
+def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket(stack):
+    from concurrent.futures import ThreadPoolExecutor
+
+    sent = 150  # through the proxy (127.0.0.5, trusted by the test stack) for one client, with made-up prefixes
+    with httpx.Client(base_url=stack.base_url, timeout=30, limits=httpx.Limits(max_connections=16),
+                      transport=httpx.HTTPTransport(local_address="127.0.0.5")) as proxy:
+        def one(i: int, forwarded: str) -> httpx.Response:
+            return proxy.post(TOKEN_PATH, data={"grant_type": "client_credentials"},
+                              auth=(f"nobody-{uuid.uuid4().hex[:6]}", "x"), headers={"X-Forwarded-For": forwarded})
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(lambda i: one(i, f"198.51.100.{i % 250}, 203.0.113.66").status_code, range(sent)))
+        elapsed = time.monotonic() - started
+        assert set(statuses) <= {401, 429}, statuses
+        # the client the proxy appended is the key, not the prefix the client sent: its one bucket ran out
+        assert statuses.count(429) >= max(1, sent - (50 + 10 * elapsed) - 1), (elapsed, statuses)
+        # another client through the same proxy is not slowed by it (the proxy's own address is not the key)
+        assert one(0, "203.0.113.77").status_code == 401
+
+
 def test_an_attacker_locks_a_user_out_from_their_own_address_only(stack, admin):
     secrets = stack.secrets()
     email = f"lockout-{uuid.uuid4().hex[:8]}@example.com"
