@@ -59,12 +59,44 @@ def permissions(identity: str) -> dict[str, Any]:
     # the gateway forwards outside callers' requests: it gets the same token-checked commands as `client`
     front_door = document["clients"][CLIENT]["publish"] if spec.get("front_door") else []
     return {
-        "publish": {"allow": [*common["publish"], *spec.get("publish", []), *front_door],
+        "publish": {"allow": [*common["publish"], *jetstream_api(identity), *spec.get("publish", []), *front_door],
                     "deny": list(spec.get("publish_deny", []))},
         "subscribe": {"allow": [f"{identity}.>", f"{inbox_prefix(identity)}.>", *common["subscribe"],
                                 *spec.get("subscribe", [])]},
         "allow_responses": True,  # answer the requests it receives, on whatever inbox they name
     }
+
+
+def durables(identity: str) -> dict[str, list[str]]:
+    """The durable JetStream consumers a service reads, by stream."""
+    return {stream: list(names) for stream, names in
+            _document()["services"].get(identity, {}).get("durables", {}).items()}
+
+
+def manages_stream(identity: str | None, stream: str) -> bool:
+    """May this identity update a stream's configuration? Without bus identities (no `user`) everyone may; the
+    operator may; among services only the one whose `manages_streams` names it."""
+    if not identity or identity in _document()["clients"]:
+        return True
+    return stream in _document()["services"].get(identity, {}).get("manages_streams", [])
+
+
+def jetstream_api(identity: str) -> list[str]:
+    """The JetStream API subjects a service may publish, instead of `$JS.API.>` (which lets any service delete,
+    purge, read or re-point any stream, create streams that capture command subjects, and pull or delete other
+    services' consumers). Every service: info and create of the platform's streams (whoever starts first creates
+    them; creating an existing stream changes nothing) and create of the log store's consumer (`ensure_streams`:
+    an interest stream keeps only what a consumer wants). Its own durable consumers: info, create, pull, ack. The
+    stream's manager: update."""
+    api = [f"$JS.API.STREAM.{verb}.{stream}" for stream in subjects.STREAMS for verb in ("INFO", "CREATE")]
+    api.append(f"$JS.API.CONSUMER.DURABLE.CREATE.{subjects.INFERENCE_LOGS_STREAM}.{subjects.INFERENCE_LOGS_DURABLE}")
+    api += [f"$JS.API.STREAM.UPDATE.{stream}" for stream in subjects.STREAMS if manages_stream(identity, stream)]
+    for stream, names in durables(identity).items():
+        for name in names:
+            api += [f"$JS.API.CONSUMER.INFO.{stream}.{name}", f"$JS.API.CONSUMER.CREATE.{stream}.{name}",
+                    f"$JS.API.CONSUMER.CREATE.{stream}.{name}.>", f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{name}",
+                    f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}", f"$JS.ACK.{stream}.{name}.>"]
+    return list(dict.fromkeys(api))
 
 
 def consumes(identity: str) -> list[str]:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 
 import nats
 import nats.errors
 import pytest
 
-from shared import subjects
+from shared import bus_identities, subjects
 from shared.messages import Reply
 
 pytestmark = pytest.mark.integration
@@ -108,14 +109,50 @@ async def test_a_service_identity_cannot_stand_in_for_another(stack):
         await nc.publish(subjects.EVENT_USER_DEACTIVATED, b"{}")
         await nc.publish(subjects.EVENT_PIPELINE_DEPLOYED, b"{}")
         await nc.publish(subjects.AUTH_TOKEN_ISSUE, b"{}")
+        # the JetStream API: no deleting, reading, re-pointing or capturing streams, no other service's consumer
+        for subject in JETSTREAM_REFUSED:
+            await nc.publish(subject, b"{}", reply="_INBOX.engine.js")
         await _settle(nc)
     finally:
         await nc.close()
     said = "\n".join(errors).lower()
     assert 'permissions violation for subscription to "auth.>"' in said
     assert f'permissions violation for subscription to "{subjects.LOG_STORE_QUERY}"' in said
-    for subject in (subjects.EVENT_USER_DEACTIVATED, subjects.EVENT_PIPELINE_DEPLOYED, subjects.AUTH_TOKEN_ISSUE):
-        assert f'permissions violation for publish to "{subject}"' in said, (subject, said)
+    for subject in (subjects.EVENT_USER_DEACTIVATED, subjects.EVENT_PIPELINE_DEPLOYED, subjects.AUTH_TOKEN_ISSUE,
+                    *JETSTREAM_REFUSED):
+        assert f'permissions violation for publish to "{subject.lower()}"' in said, (subject, said)
+
+
+JETSTREAM_REFUSED = ("$JS.API.STREAM.DELETE.EVENTS", "$JS.API.STREAM.PURGE.INFERENCE_LOGS",
+                     "$JS.API.STREAM.MSG.GET.EVENTS", "$JS.API.STREAM.CREATE.CAPTURE", "$JS.API.STREAM.UPDATE.EVENTS",
+                     f"$JS.API.CONSUMER.MSG.NEXT.EVENTS.{subjects.LINEAGE_EVENTS_DURABLE}",
+                     f"$JS.API.CONSUMER.DELETE.INFERENCE_LOGS.{subjects.INFERENCE_LOGS_DURABLE}")
+
+
+def test_each_service_creates_pulls_and_acknowledges_its_own_consumers(stack, alice):
+    """Without `$JS.API.>`, every durable consumer in deploy/nats-permissions.json exists, has a pull request
+    waiting (its service may fetch), and the lineage consumer's acknowledgements advance (its service may ack);
+    no service was refused anything on the way."""
+    wanted = {(stream, name) for service in subjects.SERVICES
+              for stream, names in bus_identities.durables(service).items() for name in names}
+    port = stack.env["RAILYARD_STACK__NATS_MONITOR_PORT"]
+    deadline = time.monotonic() + 20
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/jsz?consumers=true", timeout=10) as response:
+            report = json.loads(response.read())
+        consumers = {(stream["name"], consumer["name"]): consumer for account in report.get("account_details", [])
+                     for stream in account.get("stream_detail", []) for consumer in stream.get("consumer_detail", [])}
+        missing = wanted - set(consumers)
+        idle = {key for key in wanted & set(consumers) if not consumers[key].get("num_waiting")}
+        lineage = consumers.get((subjects.EVENTS_STREAM, subjects.LINEAGE_EVENTS_DURABLE), {})
+        acked = lineage.get("ack_floor", {}).get("consumer_seq", 0) > 0
+        if not missing and not idle and acked:
+            break
+        assert time.monotonic() < deadline, (missing, idle, lineage)
+        time.sleep(0.2)
+    refused = [line for log in (stack.data_dir / "logs").glob("*.log")
+               for line in log.read_text(errors="replace").splitlines() if "permissions violation" in line.lower()]
+    assert not refused, refused[:5]
 
 
 def test_every_service_is_connected_as_itself(stack):

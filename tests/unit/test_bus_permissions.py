@@ -172,12 +172,13 @@ class _Verifier:
 
 
 @pytest.fixture(scope="module")
-def command_handlers() -> dict[str, Any]:
-    """subject -> handler of every `command(...)` subscriber every service's router registers, found by building
-    each router with `command` recording instead of subscribing (nothing connects)."""
+def routers() -> dict[str, Any]:
+    """service -> its built router, with `found`: subject -> handler of every `command(...)` subscriber, recorded
+    instead of subscribed (nothing connects)."""
     from shared.service import Runtime
 
     found: dict[str, Any] = {}
+    built: dict[str, Any] = {}
 
     def recording(router: Any, subject: str, *, service: str) -> Any:
         def decorate(handler: Any) -> Any:
@@ -195,8 +196,14 @@ def command_handlers() -> dict[str, Any]:
         for app in apps:
             runtime = Runtime(name=app.NAME, settings=_Anything())
             runtime.extras = _Extras(verifier=_Verifier())
-            app.SPEC.build_router(runtime)
-    return found
+            built[app.NAME] = app.SPEC.build_router(runtime)
+    return {"routers": built, "commands": found}
+
+
+@pytest.fixture(scope="module")
+def command_handlers(routers) -> dict[str, Any]:
+    """subject -> handler of every `command(...)` subscriber of every service."""
+    return routers["commands"]
 
 
 async def _checks_token_first(subject: str, handler: Any) -> bool:
@@ -265,6 +272,62 @@ def test_the_client_list_is_explicit_and_complete(token_checked):
     checked, allowed = {s for s, ok in token_checked.items() if ok}, set(listed["allow"])
     assert not allowed - checked, f"listed but not token-checked: {sorted(allowed - checked)}"
     assert not checked - allowed, f"token-checked commands missing from the client's list: {sorted(checked - allowed)}"
+
+
+# --- JetStream: each service its own consumers, not `$JS.API.>` -------------------------------------------------
+
+
+def test_each_service_is_given_exactly_its_durable_consumers(routers):
+    """The durables a service's code creates (FastStream JetStream subscribers, and the log store's raw pull
+    consumer) are the ones deploy/nats-permissions.json gives it: a missing one could not be created or pulled."""
+    pulls = [path for path in (REPO / "services").rglob("*.py") if "pull_subscribe(" in path.read_text()]
+    assert [p.relative_to(REPO).as_posix() for p in pulls] == ["services/log_store/handlers.py"], \
+        "a raw JetStream consumer besides the log store's: add its durable here and in the permissions file"
+    for service in subjects.SERVICES:
+        found: dict[str, set[str]] = {}
+        for subscriber in routers["routers"][service].subscribers:
+            stream = getattr(subscriber, "stream", None)
+            if stream is not None:
+                assert subscriber.config.durable_name, f"{service}: an ephemeral consumer on {stream.name}"
+                found.setdefault(stream.name, set()).add(subscriber.config.durable_name)
+        if service == "log_store":
+            found[subjects.INFERENCE_LOGS_STREAM] = {subjects.INFERENCE_LOGS_DURABLE}
+        given = {stream: set(names) for stream, names in bus_identities.durables(service).items()}
+        assert found == given, (service, found, given)
+
+
+def test_no_service_may_delete_read_or_capture_streams_or_use_another_services_consumer():
+    for service in subjects.SERVICES:
+        rules = bus_identities.permissions(service)["publish"]["allow"]
+        assert "$JS.API.>" not in rules and "$JS.ACK.>" not in rules, service
+        for subject in ("$JS.API.STREAM.DELETE.EVENTS", "$JS.API.STREAM.PURGE.INFERENCE_LOGS",
+                        "$JS.API.STREAM.MSG.GET.EVENTS", "$JS.API.STREAM.MSG.DELETE.EVENTS",
+                        "$JS.API.DIRECT.GET.EVENTS", "$JS.API.STREAM.CREATE.CAPTURE", "$JS.API.STREAM.NAMES",
+                        "$JS.API.STREAM.LIST", "$JS.API.CONSUMER.CREATE.EVENTS", "$JS.API.CONSUMER.LIST.EVENTS",
+                        "$JS.API.CONSUMER.DELETE.EVENTS.workflow-lineage-events",
+                        "$JS.API.CONSUMER.DELETE.INFERENCE_LOGS.log-store"):
+            assert not may(service, "publish", subject), (service, subject)
+        # every service may find and create the platform's streams and the log store's consumer (ensure_streams)
+        for stream in subjects.STREAMS:
+            assert may(service, "publish", f"$JS.API.STREAM.INFO.{stream}"), (service, stream)
+            assert may(service, "publish", f"$JS.API.STREAM.CREATE.{stream}"), (service, stream)
+    assert who_may("publish", "$JS.API.STREAM.UPDATE.EVENTS") == {"workflow_lineage"}
+    assert who_may("publish", "$JS.API.STREAM.UPDATE.INFERENCE_LOGS") == {"log_store"}
+    for service in subjects.SERVICES:
+        for stream, names in bus_identities.durables(service).items():
+            for name in names:
+                for subject in (f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}", f"$JS.ACK.{stream}.{name}.1.2.3.4.5",
+                                f"$JS.API.CONSUMER.INFO.{stream}.{name}", f"$JS.API.CONSUMER.CREATE.{stream}.{name}.x"):
+                    assert who_may("publish", subject) == {service}, (subject, who_may("publish", subject))
+
+
+def test_only_a_streams_manager_updates_its_configuration():
+    assert bus_identities.manages_stream("workflow_lineage", subjects.EVENTS_STREAM)
+    assert not bus_identities.manages_stream("registry", subjects.EVENTS_STREAM)
+    assert bus_identities.manages_stream("log_store", subjects.INFERENCE_LOGS_STREAM)
+    assert not bus_identities.manages_stream("engine", subjects.INFERENCE_LOGS_STREAM)
+    assert bus_identities.manages_stream("", subjects.EVENTS_STREAM)  # no bus identities: no permissions either
+    assert bus_identities.manages_stream(bus_identities.OPS, subjects.INFERENCE_LOGS_STREAM)
 
 
 def test_the_matcher():
