@@ -34,6 +34,7 @@ from shared.errors import (
     error_from_body,
 )
 from shared.messages.base import Event, Message, Reply
+from shared.raw_bus import ERROR_HEADER, connect_options, error_headers  # noqa: F401 - defined there for FastStream-free processes
 from shared.settings import Settings
 
 log = logging.getLogger("railyard.bus")
@@ -69,17 +70,6 @@ async def check_reachable(url: str, timeout: float) -> None:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timed out"
         raise Unavailable(f"cannot reach NATS at {host}:{port} ({reason})") from None
     writer.close()
-
-
-def connect_options(nats_settings: Any) -> dict[str, Any]:
-    """Credentials and reply inbox of this process's bus identity, for `nats.connect(url, **options)`: replies
-    come back under `_INBOX.<identity>.`, where no other identity may subscribe."""
-    if not nats_settings.user:
-        return {}
-    from shared.bus_identities import inbox_prefix
-
-    return {"user": nats_settings.user, "password": nats_settings.password,
-            "inbox_prefix": inbox_prefix(nats_settings.user)}
 
 
 def _with_credentials(url: str, user: str, password: str) -> list[str]:
@@ -349,14 +339,6 @@ async def publish_event(broker: NatsBroker, subject: str, event: Event) -> None:
 
 
 # --- raw (non-JSON) replies: Arrow bodies, typed errors in a header -------------------------------------------
-
-ERROR_HEADER = "Railyard-Error"
-
-
-def error_headers(exc: RailyardError) -> dict[str, str]:
-    """The header a raw reply carries instead of a body when the request failed."""
-    return {ERROR_HEADER: json.dumps({"code": exc.code, "msg": exc.msg, "status": exc.status})}
-
 
 def raise_for_error_header(headers: dict[str, str] | None) -> None:
     """Raise the typed error a raw reply carries, if any."""

@@ -1,23 +1,42 @@
 """Optional packages a Railyard process declines, so that libraries which import them only because they are
 installed do not load them (docs/performance.md, "memory": every process of the stack pays for what it imports).
 
+- `pandas`: pyarrow imports it the first time `pa.array()` is given a numpy array (to check whether it is a
+  pandas object): ~48 MiB of RSS in every replica, the gateway and the log store after their first request, and
+  a pause of a second on that request. No service or replica uses pandas itself; Python steps and model
+  conversions, which do, run in their own sandboxed processes (services/engine/worker.py,
+  services/registry/worker.py), which do not decline it.
 - `aiohttp`: nats-py imports it when it is installed, for NATS over WebSocket, which Railyard never uses (its
-  URLs are nats://); the dev extra installs it (tritonclient[http]). ~10 MiB of RSS in every service and replica.
+  URLs are nats://); the dev extra installs it (tritonclient[http]). ~10 MiB in every service and replica.
 - `uvicorn`: FastStream imports it when it is installed, for serving a broker over ASGI, which Railyard does not
   do; only the gateway serves HTTP with it. ~3 MiB in every other process.
 
-`decline_unused()` must run before anything imports nats or faststream: first thing in a process's entry
-module. A declined name is in `sys.modules` as None, which makes `import aiohttp` raise ImportError, exactly as
-when the package is absent, the case those libraries handle.
+`decline_unused()` must run before anything imports nats, faststream or pyarrow: first thing in a process's entry
+module. Importing a declined package then raises ModuleNotFoundError, exactly as when it is not installed, the
+case those libraries handle.
 """
 
 from __future__ import annotations
 
 import sys
+from importlib.machinery import ModuleSpec
+
+
+class _Declined:
+    """A meta path finder that refuses some top-level packages (and their submodules)."""
+
+    def __init__(self, names: frozenset[str]) -> None:
+        self.names = names
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> ModuleSpec | None:
+        if fullname.partition(".")[0] in self.names:
+            raise ModuleNotFoundError(f"{fullname} is not used by this process (shared/lean_imports.py)",
+                                      name=fullname)
+        return None
 
 
 def decline_unused(serves_http: bool = False) -> None:
     """Keep this process from importing the packages above (uvicorn stays importable when `serves_http`)."""
-    names = ["aiohttp"] + ([] if serves_http else ["uvicorn"])
-    for name in names:
-        sys.modules.setdefault(name, None)
+    names = {"pandas", "aiohttp"} | (set() if serves_http else {"uvicorn"})
+    if not any(isinstance(finder, _Declined) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _Declined(frozenset(names - set(sys.modules))))

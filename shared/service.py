@@ -14,7 +14,6 @@ it uses object storage, start/stop hooks). `main(spec)` then:
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -31,6 +30,7 @@ from faststream.nats import NatsBroker, NatsRouter
 
 from shared import __version__, subjects
 from shared.bus import CallContext, check_reachable, command, ensure_streams, make_broker, publish_event
+from shared.collector import settle_garbage_collector
 from shared.db import apply_migrations, create_pool, load_migrations, ping
 from shared.errors import RailyardError, Unavailable
 from shared.messages import CheckHealth, DependencyStatus, HealthReport, ServiceStarted
@@ -168,15 +168,6 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
         if runtime.db is not None:
             await runtime.db.close()
     log.info("%s stopped", spec.name)
-
-
-def settle_garbage_collector() -> None:
-    """Once a process has loaded everything it serves with: move what exists to the permanent generation so
-    collections stop re-scanning the libraries' objects, and collect the young generation less often. Requests
-    that build many small containers (1,000-row JSON answers) spent most of their time in the collector."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
 
 
 def configure_logging(level: str) -> None:

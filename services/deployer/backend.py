@@ -44,6 +44,12 @@ def replica_environment(environ: Any) -> dict[str, str]:
     sandboxed workers, whose environment is empty but for thread counts (services/engine/sandboxed.py)."""
     env = {name: value for name, value in environ.items() if not name.startswith("RAILYARD_POSTGRES__")}
     env.pop("RAILYARD_NATS__ENGINE_PASSWORD", None)
+    # Memory (docs/performance.md, "memory"): Arrow buffers from glibc's heap instead of mimalloc, which kept the
+    # freed blocks of batch-1000 load (~75 MiB) where the replica's malloc_trim could not give them back; and two
+    # glibc arenas instead of one per thread that ever ran a model call (~65 MiB of them after load). Neither
+    # measured slower (decode + predict + encode, batch 1 and 1000). An operator's own values win.
+    env.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    env.setdefault("MALLOC_ARENA_MAX", "2")
     if env.get("RAILYARD_NATS__USER"):
         env["RAILYARD_NATS__USER"] = "engine"
         env["RAILYARD_NATS__PASSWORD"] = environ.get("RAILYARD_NATS__ENGINE_PASSWORD", "")

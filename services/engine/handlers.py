@@ -13,9 +13,9 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from shared.arrow_codec import from_ipc, to_ipc_stream
-from shared.bus import error_headers
 from shared.errors import InvalidRequest, RailyardError
 from shared.objectstore import BUCKET_TABLES
+from shared.raw_bus import error_headers
 from shared.table_transport import (
     INFERENCE_PREFIX,
     META_HEADER,

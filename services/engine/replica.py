@@ -42,12 +42,12 @@ from services.engine.logpolicy import LogPolicy  # noqa: E402
 from services.engine.runtimes import OnnxRuntime  # noqa: E402
 from services.engine.sandboxed import SandboxedRuntime  # noqa: E402
 from shared import subjects  # noqa: E402
-from shared.bus import connect_options  # noqa: E402
+from shared.collector import settle_garbage_collector  # noqa: E402
 from shared.errors import InvalidRequest, RailyardError  # noqa: E402
 from shared.logrecords import InferenceRecord  # noqa: E402
 from shared.messages.engine import ReplicaSpec  # noqa: E402
 from shared.objectstore import BUCKET_ARTIFACTS, MinioObjectStore, content_key  # noqa: E402
-from shared.service import settle_garbage_collector  # noqa: E402
+from shared.raw_bus import connect_options  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
 log = logging.getLogger("railyard.engine")
