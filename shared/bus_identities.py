@@ -3,7 +3,8 @@
 `deploy/nats-permissions.json` is the one source. Every service connects as itself (user = its name, password
 generated into the secrets file on first start, or from the environment in containers) with exactly its
 subjects: it answers `<name>.>`, receives replies on its own inbox `_INBOX.<name>.>` (so nobody else's replies
-reach it), publishes its own events and the commands it calls. Engine replicas connect as `engine` (the deployer
+reach it), publishes its own events and the commands it calls, and calls the JetStream API for the platform's
+streams and its own consumers only (`jetstream_api`). Engine replicas connect as `engine` (the deployer
 hands them that credential). Outside callers get `client`: the token-checked command subjects, listed one by one
 (a new subject is closed to them until listed), and their replies, nothing else; the gateway (`front_door`) may
 publish the same list. `ops` is the operator's.
