@@ -1,0 +1,78 @@
+"""The OIP v2 request reader (services/gateway/oip.py): flat float `data` goes through simdjson straight into
+numpy; every request must read exactly as the general (orjson) path reads it, and bad ones get its errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from services.gateway import oip
+from shared.errors import InvalidRequest
+
+
+@pytest.fixture(autouse=True)
+def _every_body_through_the_fast_reader(monkeypatch):
+    monkeypatch.setattr(oip, "FAST_BODY", 0)
+
+
+def _general(body: bytes):
+    """What the general path alone makes of a body (the fast reader switched off)."""
+    original = oip._read_json_fast
+    oip._read_json_fast = lambda body: None
+    try:
+        return oip.parse_request(body, None)
+    finally:
+        oip._read_json_fast = original
+
+
+BODIES = [
+    {"id": "r1", "inputs": [{"name": "tensor", "shape": [2, 3], "datatype": "FP32",
+                             "data": [0.1, 2, -3.5e-7, 1e30, -0.0, 7]}],
+     "outputs": [{"name": "dense_1"}], "parameters": {"binary_data_output": False}},
+    {"inputs": [{"name": "a", "shape": [2], "datatype": "FP64", "data": [1.0000000000000002, 3]},
+                {"name": "b", "shape": [2, 1], "datatype": "INT64", "data": [1, 2]}]},
+    {"inputs": [{"name": "nested", "shape": [2, 2], "datatype": "FP16", "data": [[1, 2], [3, 4]]}]},
+    {"inputs": [{"name": "flags", "shape": [2], "datatype": "BOOL", "data": [True, False]}]},
+]
+
+
+@pytest.mark.parametrize("request_body", BODIES)
+def test_the_fast_reader_reads_what_the_general_path_reads(request_body):
+    body = orjson.dumps(request_body)
+    fast_request, fast_table = oip.parse_request(body, None)
+    general_request, general_table = _general(body)
+    assert fast_table.equals(general_table)
+    assert {k: v for k, v in fast_request.items() if k != "inputs"} == \
+        {k: v for k, v in general_request.items() if k != "inputs"}
+
+
+def test_the_fast_reader_takes_flat_floats_and_leaves_the_rest():
+    flat = oip._read_json_fast(orjson.dumps(BODIES[0]))
+    assert isinstance(flat["inputs"][0]["data"], np.ndarray)
+    assert flat["inputs"][0]["data"].dtype == np.float64
+    assert flat["outputs"] == [{"name": "dense_1"}] and flat["id"] == "r1"
+    assert oip._read_json_fast(orjson.dumps(BODIES[2])) is None  # nested lists: the general path
+    ragged = b'{"inputs": [{"name": "t", "shape": [2], "datatype": "FP32", "data": [1, [2]]}]}'
+    assert oip._read_json_fast(ragged) is None  # as many values as elements, but one is a list
+    assert oip._read_json_fast(b'{"id": "[", "inputs": [{"name": "t", "shape": [1], "datatype": "FP32", '
+                               b'"data": [1]}]}') is None  # a `[` in a string: the general path, to be safe
+    mixed = oip._read_json_fast(orjson.dumps(BODIES[1]))
+    assert isinstance(mixed["inputs"][0]["data"], np.ndarray) and mixed["inputs"][1]["data"] == [1, 2]
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"inputs": [{"name": "t", "shape": [2], "datatype": "FP32", "data": [1, "a"]}]}', "data is not FP32"),
+    (b'{"inputs": [{"name": "t", "shape": [3], "datatype": "FP32", "data": [1, 2]}]}', "do not fill shape"),
+    (b'{"inputs": [{"name": "t", "shape": [2], "datatype": "FP32", "data": [1, [2]]}]}', "data is not FP32"),
+    (b'{"inputs": [{"name": "t", "shape": [1], "datatype": "FP32", "data": [1e400]}]}', ""),
+    (b'{"inputs": [{"name": "t", "shape": [1], "datatype": "FP32", "data": [1]', "not valid JSON"),
+    (b'{"inputs": []}', "non-empty `inputs`"),
+])
+def test_bad_requests_get_the_general_paths_errors(body, message):
+    with pytest.raises(InvalidRequest) as fast:
+        oip.parse_request(body, None)
+    with pytest.raises(InvalidRequest) as general:
+        _general(body)
+    assert str(fast.value) == str(general.value)
+    assert message in str(fast.value)
