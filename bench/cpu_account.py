@@ -88,10 +88,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--forms", default="records,Arrow,OIP v2")
     parser.add_argument("--engine-config", default="{}")
+    parser.add_argument("--env", action="append", default=[], help="RAILYARD_...=value for the whole stack")
     parser.add_argument("--spy", default="", help="roles to profile with py-spy, e.g. 'gateway,engine replica'")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="railyard-cpu-"))
-    stack = start_stack(folder / "data", stack_env(folder / "data"))
+    env = stack_env(folder / "data") | dict(item.split("=", 1) for item in args.env)
+    stack = start_stack(folder / "data", env)
     try:
         stack.wait_healthy(180)
         deployer = RailyardDeployer(stack)
