@@ -28,7 +28,7 @@ from shared.authz import (
 )
 from shared.bus import request
 from shared.errors import Conflict, InvalidRequest, NotFound
-from shared.messages.base import Event
+from shared.messages.base import INT64, Event
 from shared.messages.deployer import (
     CopyPipeline,
     CreatePipeline,
@@ -291,7 +291,8 @@ async def deploy(deps: DeployerDeps, principal: Principal, token: str | None, cm
 
 def _deployment_id(name: str) -> int:
     _, _, tail = name.rpartition("-")
-    if not tail.isdigit():
+    # ASCII digits only ('²'.isdigit() is true, int('²') fails) and within a bigint, or no deployment has the id
+    if not (tail.isascii() and tail.isdigit()) or int(tail) > INT64[1]:
         raise NotFound(f"deployment {name!r} not found")
     return int(tail)
 

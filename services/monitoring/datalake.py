@@ -14,6 +14,7 @@ from typing import Any
 from shared import subjects
 from shared.bus import request
 from shared.errors import InvalidRequest, NotFound
+from shared.messages.base import INT64
 from shared.messages.lineage import AddDatasetFile, DatasetInfo, DatasetRef, ListProjects, Projects
 from shared.objectstore import BUCKET_DATASETS
 
@@ -21,7 +22,7 @@ from shared.objectstore import BUCKET_DATASETS
 async def resolve(broker: Any, token: str | None, timeout: float, workspace_id: int, target: str) -> DatasetInfo:
     """The images dataset `target` names (its id, or its name when one dataset of the workspace has it), seen with
     the caller's rights."""
-    if target.isdigit():
+    if target.isascii() and target.isdigit() and int(target) <= INT64[1]:  # else a name (int('²') fails)
         info = await request(broker, subjects.LINEAGE_DATASETS_GET, DatasetRef(dataset_id=int(target)), token=token,
                              timeout=timeout, reply_model=DatasetInfo)
         if info.workspace_id != workspace_id:

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.errors import ErrorBody
 
@@ -17,8 +17,24 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+INT64 = (-(2**63), 2**63 - 1)  # what a PostgreSQL bigint (every id column) holds
+
+
 class Command(Message):
     """A request to a service to do something; answered with a Reply."""
+
+    # Every field is checked for what no service can store: an integer outside the 64-bit range (asyncpg cannot
+    # send it as a bigint) and a NUL character in a string, a key or a nested value (PostgreSQL's text and jsonb
+    # refuse it). Such a command is refused at validation, so the gateway answers 400 naming the field instead of
+    # the service failing in its SQL with a 500 (found by `make fuzz-api`, docs/testing.md). Integers inside
+    # free-form objects (a task's args, a definition) are data and keep their size.
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        problem = _unstorable(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class Event(Message):
@@ -35,3 +51,25 @@ class Reply(Message):
     data: dict[str, Any] | None = None
     error: ErrorBody | None = None
     status: int = Field(200, description="HTTP status the gateway answers with.")
+
+
+def _unstorable(value: Any) -> str | None:
+    """Why `value` cannot be stored (None when it can): a NUL in any string, an int beyond 64 bits outside
+    free-form objects. Iterative: a body nested a thousand deep must not end in a RecursionError."""
+    low, high = INT64
+    pending: list[tuple[Any, bool]] = [(value, False)]  # (value, inside a free-form object)
+    while pending:
+        item, in_object = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "must not contain NUL (\\u0000) characters"
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if not in_object and not low <= item <= high:
+                return f"must be between {low} and {high}"
+        elif isinstance(item, dict):
+            pending.extend((part, True) for pair in item.items() for part in pair)
+        elif isinstance(item, list | tuple | set | frozenset):
+            pending.extend((part, in_object) for part in item)
+        elif isinstance(item, BaseModel) and not isinstance(item, Command):  # a Command checked its own fields
+            pending.extend((part, in_object) for part in item.__dict__.values())
+    return None

@@ -1,0 +1,87 @@
+"""A bounded property-based robustness pass over the gateway's HTTP API (`make fuzz-api`; docs/testing.md).
+
+Starts its own embedded stack (tests/stack.py: a temporary data directory, free loopback ports), signs in as the
+stack's admin, creates a workspace for the generated requests to land in, and runs schemathesis (installed in its
+own environment, .venv-schemathesis, so its pins never decide ours) against the gateway's /v1/api/openapi.json
+with one worker. The check that matters is `not_a_server_error`: bad input must come back as a typed 4xx, never a
+5xx. The stack is stopped however the run ends.
+
+    .venv/bin/python -m tests.fuzz_api [--max-examples 10] [--max-time 600] [--seed N] [schemathesis options...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+
+from tests.stack import REPO, stack_directory, start_stack
+
+SCHEMATHESIS = REPO / ".venv-schemathesis" / "bin" / "schemathesis"
+# the token endpoint is form-encoded and rate-limited per source; generating passwords for it only fills the
+# lockout table (its own tests are tests/integration/test_auth.py). Everything else is fuzzed.
+EXCLUDED_PATHS = r"^/auth/"
+
+
+def admin_token(stack) -> str:
+    """The admin's access token (the password grant, as `railyard login` does)."""
+    from shared.client import RailyardClient
+
+    secrets = stack.secrets()
+    client = RailyardClient(stack.base_url, secrets["client_id"], secrets["client_secret"])
+    client.login(secrets["admin_username"], secrets["admin_password"])
+    client.post("workspaces/create", {"workspace_name": "fuzz"})
+    return client.token
+
+
+def alive(stack) -> bool:
+    """Whether the stack's supervisor still runs and every service answers its health check."""
+    status, _ = stack.health()
+    return stack.process.poll() is None and status == 200
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-examples", type=int, default=10, help="test cases per operation (default 10)")
+    parser.add_argument("--max-time", type=int, default=600, help="seconds for the whole run (default 600)")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--report-dir", default=str(REPO / ".railyard" / "fuzz-api"))
+    args, extra = parser.parse_known_args(argv)
+    if not SCHEMATHESIS.exists():
+        sys.exit(f"{SCHEMATHESIS} is missing: `make fuzz-api` creates it")
+    with stack_directory() as data_dir:
+        stack = start_stack(data_dir)
+        try:
+            stack.wait_healthy(180)
+            token = admin_token(stack)
+            spec = f"{stack.base_url}/v1/api/openapi.json"
+            with urllib.request.urlopen(spec, timeout=10) as response:
+                operations = sum(len(v) for v in json.loads(response.read())["paths"].values())
+            print(f"stack up at {stack.base_url}; {operations} operations in {spec}", flush=True)
+            command = [str(SCHEMATHESIS), "--no-color", "run", spec, "--url", stack.base_url,
+                       "-H", f"Authorization: Bearer {token}", "--workers", "1",
+                       "--checks", "not_a_server_error", "--max-examples", str(args.max_examples),
+                       "--max-time", str(args.max_time), "--request-timeout", "60",
+                       "--exclude-path-regex", EXCLUDED_PATHS, "--suppress-health-check", "all",
+                       "--generation-database", "none", "--report", "ndjson,junit", "--report-dir", args.report_dir,
+                       *extra]
+            if args.seed is not None:
+                command += ["--seed", str(args.seed)]
+            started = time.monotonic()
+            code = subprocess.call(command, cwd=REPO)
+            print(f"schemathesis exited {code} after {time.monotonic() - started:.0f} s; "
+                  f"stack {'healthy' if alive(stack) else 'NOT HEALTHY (a service crashed?)'}; "
+                  f"reports in {args.report_dir}", flush=True)
+            if not alive(stack):
+                print((data_dir.parent / f"{data_dir.name}-up.log").read_text()[-4000:])
+                code = code or 1
+            return code
+        finally:
+            stack.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

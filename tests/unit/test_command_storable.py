@@ -1,0 +1,62 @@
+"""Commands refuse what no service can store (found by the schemathesis pass, docs/testing.md): an integer beyond
+PostgreSQL's bigint and a NUL character anywhere in a string. Both used to reach the services' SQL and come back as
+500s; now they are validation errors naming the field, which the gateway answers with 400 invalid_request."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from services.deployer.handlers import _deployment_id
+from services.gateway.http import first_error
+from shared.errors import NotFound
+from shared.messages.auth import ActivateUser, ListWorkspaceUsers
+from shared.messages.base import INT64
+from shared.messages.deployer import CreatePipeline
+from shared.messages.tasks import RunTaskOnce
+
+
+def refusal(model, payload) -> str:
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate(payload)
+    return first_error(caught.value.errors(), "body")
+
+
+@pytest.mark.parametrize("value", [INT64[1] + 1, INT64[0] - 1, 2**100])
+def test_an_id_beyond_a_bigint_is_refused_naming_the_field(value):
+    assert refusal(ListWorkspaceUsers, {"workspace_id": value}) == (
+        f"workspace_id: Value error, must be between {INT64[0]} and {INT64[1]}")
+
+
+def test_the_bigint_bounds_themselves_are_accepted():
+    for value in INT64:
+        assert ListWorkspaceUsers.model_validate({"workspace_id": value}).workspace_id == value
+
+
+def test_a_nul_in_a_string_key_or_nested_value_is_refused():
+    assert refusal(ActivateUser, {"email": "a\x00@example.com"}).startswith("email: Value error, must not contain NUL")
+    for definition in ({"steps": [{"name\x00": 1}]}, {"steps": [{"ModelInference": {"models": [{"name": "\x00"}]}}]}):
+        assert refusal(CreatePipeline, {"pipeline_id": "p", "workspace_id": 1, "definition": definition}).startswith(
+            "definition: Value error, must not contain NUL")
+
+
+def test_integers_inside_free_form_objects_are_data_and_keep_their_size():
+    command = RunTaskOnce.model_validate({"orch_id": "00000000-0000-0000-0000-000000000000", "workspace_id": 1,
+                                          "json": {"n": 2**80, "nested": [2**90]}})
+    assert command.args == {"n": 2**80, "nested": [2**90]}
+
+
+def test_a_deeply_nested_body_is_walked_without_recursion_error():
+    deep: list = []
+    node = deep
+    for _ in range(20_000):
+        node.append([])
+        node = node[0]
+    node.append("\x00")
+    assert "NUL" in refusal(CreatePipeline, {"pipeline_id": "p", "workspace_id": 1, "definition": {"x": deep}})
+
+
+@pytest.mark.parametrize("name", ["model-²", "model-٣", f"model-{INT64[1] + 1}", "model-", "model"])
+def test_a_deployment_name_without_a_storable_id_is_not_found(name):
+    with pytest.raises(NotFound):
+        _deployment_id(name)
