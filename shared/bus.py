@@ -14,6 +14,7 @@ import asyncio
 import inspect
 import json
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -157,9 +158,23 @@ async def run_command(
         return reply_ok(await handler(cmd, ctx))
     except RailyardError as exc:
         return reply_error(exc)
-    except Exception:
+    except Exception as exc:
+        if _is_data_error(exc):
+            # PostgreSQL (or asyncpg encoding a parameter) refused a value of the request: the caller's input, not
+            # a fault of ours. A backstop behind the commands' own checks (shared/messages/base.py); the SQL stays
+            # out of the answer.
+            log.warning("refused data in %s: %s", ctx.subject, exc)
+            return reply_error(InvalidRequest("a value of the request cannot be stored: a number out of range or a "
+                                              "character the database refuses; check the fields' sizes"))
         log.exception("unhandled error in %s", ctx.subject)
         return reply_error(RailyardError("internal error"))
+
+
+def _is_data_error(exc: Exception) -> bool:
+    """Whether `exc` is PostgreSQL's class 22 'data exception' (or asyncpg's refusal to encode a parameter); asyncpg
+    is only looked up when the process loaded it (the gateway never does)."""
+    asyncpg = sys.modules.get("asyncpg")
+    return asyncpg is not None and isinstance(exc, asyncpg.exceptions.DataError)
 
 
 def _validation_message(exc: ValidationError) -> str:

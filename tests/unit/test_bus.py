@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 import pytest
 from faststream.nats import NatsBroker, TestNatsBroker
 
@@ -28,6 +29,8 @@ def make_broker() -> NatsBroker:
             raise Conflict("name 'taken' is already in use")
         if cmd.name == "boom":
             raise ValueError("secret internal detail: SELECT * FROM users")
+        if cmd.name == "huge":
+            raise asyncpg.exceptions.NumericValueOutOfRangeError("integer out of range in SELECT * FROM users")
         return Greeting(text=f"hello {cmd.name}", token=ctx.token)
 
     return broker
@@ -62,6 +65,14 @@ async def test_unexpected_error_is_internal_without_details():
             await request(br, "test.greet", Greet(name="boom"))
     assert caught.value.code == "internal" and caught.value.status == 500
     assert "SELECT" not in caught.value.msg and "secret" not in caught.value.msg
+
+
+async def test_a_value_the_database_refuses_is_invalid_request_without_sql():
+    broker = make_broker()
+    async with TestNatsBroker(broker) as br:
+        with pytest.raises(InvalidRequest) as caught:
+            await request(br, "test.greet", Greet(name="huge"))
+    assert caught.value.status == 400 and "out of range" in caught.value.msg and "SELECT" not in caught.value.msg
 
 
 def test_handler_must_be_typed_by_a_message_model():
