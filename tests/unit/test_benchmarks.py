@@ -40,7 +40,8 @@ def synthetic_detection(seed: int = 0, jitter: float = 3.0, miss: float = 0.2, f
 def cocoeval_directly(truth, found) -> np.ndarray:
     """COCOeval's summary on documents built here, image and category ids in order of their names."""
     image_ids = {name: i + 1 for i, name in enumerate(sorted(truth))}
-    category_ids = {name: i + 1 for i, name in enumerate(["cat", "dog"])}
+    names = {b["category"] for boxes in [*truth.values(), *found.values()] for b in boxes}
+    category_ids = {name: i + 1 for i, name in enumerate(sorted(names))}
     annotations = [{"id": n + 1, "image_id": image_ids[name], "bbox": b["bbox"], "area": b["bbox"][2] * b["bbox"][3],
                     "iscrowd": 0, "category_id": category_ids[b["category"]]}
                    for n, (name, b) in enumerate((name, b) for name in sorted(truth) for b in truth[name])]
