@@ -168,29 +168,18 @@ def _distribution(counts: Counter) -> dict[str, Any]:
             "proportions": {k: v / total for k, v in ordered.items()} if total else {}}
 
 
-def _polygons(fmt: dict[str, Any] | None, with_scores: bool) -> list[dict[str, Any]]:
+def _shapes(fmt: dict[str, Any] | None, with_scores: bool, masks: bool = False) -> list[dict[str, Any]]:
+    """A prediction format's boxes ({bbox: COCO's [x, y, w, h], category[, score]}), or its polygons
+    ({polygon, category[, score]}) with `masks`: what shared/evaluation.detection_metrics takes."""
     if not fmt:
         return []
     classes = fmt.get("detection_classes") or []
     scores = fmt.get("detection_scores") or [1.0] * len(classes)
+    shapes = fmt.get("detection_masks" if masks else "detection_boxes") or []
     out = []
-    for index, (cls, polygon) in enumerate(zip(classes, fmt.get("detection_masks") or [], strict=False)):
-        entry = {"polygon": polygon, "category": str(cls)}
-        if with_scores:
-            entry["score"] = float(scores[index]) if index < len(scores) else 1.0
-        out.append(entry)
-    return out
-
-
-def _boxes(fmt: dict[str, Any] | None, with_scores: bool) -> list[dict[str, Any]]:
-    if not fmt:
-        return []
-    classes = fmt.get("detection_classes") or []
-    boxes = fmt.get("detection_boxes") or []
-    scores = fmt.get("detection_scores") or [1.0] * len(classes)
-    out = []
-    for index, (cls, box) in enumerate(zip(classes, boxes, strict=False)):
-        entry = {"bbox": coco_box(box), "category": str(cls)}
+    for index, (cls, shape) in enumerate(zip(classes, shapes, strict=False)):
+        entry = {"polygon": shape} if masks else {"bbox": coco_box(shape)}
+        entry["category"] = str(cls)
         if with_scores:
             entry["score"] = float(scores[index]) if index < len(scores) else 1.0
         out.append(entry)
@@ -232,17 +221,18 @@ def compute(service: str, rows: list[dict[str, Any]], reference: dict[str, Any] 
                     "champion": classification_metrics([t for t, _, _ in pairs], [p for _, p, _ in pairs]),
                     "shadow": classification_metrics([t for t, _ in shadow], [p for _, p in shadow])}
         case "REVIEWS_OBJECT_DETECTION_STATS":
-            images = [(_boxes(r["review"]["ground_truth"], False), _boxes(r["prediction"], True)) for r in reviewed
+            images = [(_shapes(r["review"]["ground_truth"], False), _shapes(r["prediction"], True)) for r in reviewed
                       if r["kind"] in ("detection", "segmentation")]
-            shadow = [(_boxes(r["review"]["ground_truth"], False), _boxes(r["shadow_prediction"], True))
+            shadow = [(_shapes(r["review"]["ground_truth"], False), _shapes(r["shadow_prediction"], True))
                       for r in reviewed if r["kind"] in ("detection", "segmentation") and r.get("shadow_prediction")]
             result = {"reviews": len(reviewed), "champion": detection_metrics(images),
                       "shadow": detection_metrics(shadow) if shadow else {"images": 0}}
             segmented = [r for r in reviewed if r["kind"] == "segmentation"]
             if segmented:
                 result["champion_masks"] = detection_metrics(
-                    [(_polygons(r["review"]["ground_truth"], False), _polygons(r["prediction"], True))
-                     for r in segmented], [(r["height"], r["width"]) for r in segmented])
+                    [(_shapes(r["review"]["ground_truth"], False, masks=True),
+                      _shapes(r["prediction"], True, masks=True)) for r in segmented],
+                    [(r["height"], r["width"]) for r in segmented])
             return result
         case "REVIEWS_LABEL_DISTRIBUTION_STATS":
             truth = Counter(c for r in reviewed for c in classes_of(r["kind"], r["review"]["ground_truth"]))
