@@ -62,7 +62,8 @@ class TokenVerifier:
     def __init__(self, settings: AuthSettings, fetch_keys: Callable[[], Awaitable[list[dict[str, Any]]]]) -> None:
         self._settings = settings
         self._fetch_keys = fetch_keys
-        self._keys: dict[str, Any] = {}
+        self._keys: dict[str, dict[str, Any]] = {}  # kid -> public JWK, as the auth service lists them
+        self._parsed: dict[str, tuple[dict[str, Any], Any]] = {}  # kid -> (that JWK, its key object)
         self._fetched_at = 0.0
         self._lock = asyncio.Lock()
         self._revoked: dict[str, float] = {}
@@ -74,27 +75,28 @@ class TokenVerifier:
     async def refresh_keys(self) -> None:
         async with self._lock:
             jwks = await self._fetch_keys()
-            # PyJWT and cryptography (~8 MiB) load with the first token a process checks, not at its start
-            from jwt.algorithms import RSAAlgorithm
-
-            keys = {}
-            for jwk in jwks:
-                if jwk.get("kty") == "RSA" and jwk.get("kid"):
-                    keys[jwk["kid"]] = RSAAlgorithm.from_jwk(json.dumps(jwk))
+            keys = {jwk["kid"]: jwk for jwk in jwks if jwk.get("kty") == "RSA" and jwk.get("kid")}
             self._keys = keys
+            self._parsed = {kid: key for kid, key in self._parsed.items() if kid in keys and key[0] == keys[kid]}
             self._fetched_at = time.monotonic()
 
     async def _key_for(self, kid: str | None) -> Any:
-        if kid in self._keys:
-            return self._keys[kid]
-        if time.monotonic() - self._fetched_at >= KEY_REFETCH_INTERVAL or not self._keys:
+        if kid not in self._keys and (time.monotonic() - self._fetched_at >= KEY_REFETCH_INTERVAL or not self._keys):
             try:
                 await self.refresh_keys()
             except RailyardError as exc:
                 log.warning("could not fetch signing keys: %s", exc.msg)
         if kid not in self._keys:
             raise Unauthorized("token signed with an unknown key")
-        return self._keys[kid]
+        jwk = self._keys[kid]
+        parsed = self._parsed.get(kid)
+        if parsed is None or parsed[0] != jwk:
+            # Parsed when a token signed with it first comes, not when the JWKS is fetched (at start and on every
+            # poll): PyJWT and cryptography (~8 MiB) load only in a process that checks tokens.
+            from jwt.algorithms import RSAAlgorithm
+
+            parsed = self._parsed[kid] = (jwk, RSAAlgorithm.from_jwk(json.dumps(jwk)))
+        return parsed[1]
 
     def set_revocations(self, users: dict[str, float]) -> None:
         """Merge a full list: revocation moments only ever move forward, so merging by max is safe even

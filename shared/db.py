@@ -103,6 +103,7 @@ async def create_pool(settings: PostgresSettings, schema: str) -> asyncpg.Pool:
         settings.dsn,
         min_size=settings.pool_min,
         max_size=settings.pool_max,
+        max_inactive_connection_lifetime=settings.pool_idle_seconds,
         server_settings={"search_path": f'"{schema}",public', "application_name": f"railyard-{schema}"},
         command_timeout=30,
     )
