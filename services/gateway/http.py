@@ -5,7 +5,7 @@ service that owns a resource checks the caller's token again and applies the wor
 from __future__ import annotations
 
 import base64
-import json
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -47,6 +48,7 @@ from shared.messages import registry as reg
 from shared.objectstore import BUCKET_ARTIFACTS, content_key
 from shared.service import Runtime
 
+log = logging.getLogger("railyard.gateway")
 API = "/v1/api"
 TOKEN_PATH = "/auth/realms/master/protocol/openid-connect/token"
 CERTS_PATH = "/auth/realms/master/protocol/openid-connect/certs"
@@ -234,7 +236,8 @@ def create_app(runtime: Runtime) -> FastAPI:
         return error_response(InvalidRequest(first_error(exc.errors(), "body")))
 
     @app.exception_handler(Exception)
-    async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s", request.url.path, exc_info=exc)  # the client sees no detail; we do
         return JSONResponse({"code": "internal", "msg": "internal error"}, status_code=500)
 
     @app.get(f"{API}/health", tags=["platform"])
@@ -297,7 +300,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         if raw is None:
             raise InvalidRequest("the multipart body needs a 'metadata' part with the model's JSON metadata")
         try:
-            metadata = json.loads(raw if isinstance(raw, str) else await raw.read())
+            metadata = orjson.loads(raw if isinstance(raw, str) else await raw.read())
         except (ValueError, UnicodeDecodeError):
             raise InvalidRequest("the 'metadata' part is not valid JSON") from None
         if not isinstance(metadata, dict):
@@ -321,7 +324,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         version); what a task run reads to start from a model (e.g. an ML backend's package to fit further)."""
         raw = await request.body()
         try:
-            body = json.loads(raw) if raw.strip() else {}
+            body = orjson.loads(raw) if raw.strip() else {}
             command = reg.ResolveModel.model_validate(body)
         except (ValueError, UnicodeDecodeError) as exc:
             errors = exc.errors() if isinstance(exc, ValidationError) else []
@@ -373,7 +376,7 @@ def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable, timeout:
     async def endpoint(request: Request, principal: Principal = Depends(who)) -> Any:
         raw = await request.body()
         try:
-            payload = json.loads(raw) if raw.strip() else {}
+            payload = orjson.loads(raw) if raw.strip() else {}
         except (ValueError, UnicodeDecodeError):
             raise InvalidRequest("request body is not valid JSON") from None
         if not isinstance(payload, dict):

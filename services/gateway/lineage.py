@@ -12,6 +12,7 @@ import json
 import uuid
 from typing import Any
 
+import orjson
 import pyarrow.parquet as pq
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
@@ -180,7 +181,7 @@ def add_lineage_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token
         labels = None
         if fields.get("labels"):
             try:
-                labels = json.loads(fields["labels"])
+                labels = orjson.loads(fields["labels"])
             except ValueError:
                 raise InvalidRequest("labels must be JSON") from None
         key = await stage(upload.file, upload.size if upload.size is not None else -1)
@@ -224,7 +225,7 @@ async def _stream(runtime: Runtime, sha256: str, media_type: str) -> StreamingRe
 async def _json_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     try:
-        body = json.loads(raw) if raw.strip() else {}
+        body = orjson.loads(raw) if raw.strip() else {}
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("request body is not valid JSON") from None
     if not isinstance(body, dict):

@@ -4,7 +4,6 @@ pandas-records JSON (default) or an Arrow IPC file, with the seed's `x-iteration
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import orjson
@@ -35,7 +34,7 @@ def add_log_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token) ->
         dataset_exclude. `Accept: application/vnd.apache.arrow.file` answers with Arrow."""
         raw = await request.body()
         try:
-            body = json.loads(raw) if raw.strip() else {}
+            body = orjson.loads(raw) if raw.strip() else {}
         except (ValueError, UnicodeDecodeError):
             raise InvalidRequest("request body is not valid JSON") from None
         if not isinstance(body, dict):

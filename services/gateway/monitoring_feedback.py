@@ -4,9 +4,9 @@ prediction's image, which the monitoring service authorizes and the gateway stre
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
@@ -61,7 +61,7 @@ def add_feedback_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_toke
         """A prediction's image bytes ({"deployment": ..., "prediction_id": ...}), as image/png or image/jpeg."""
         raw = await request.body()
         try:
-            body = json.loads(raw) if raw.strip() else {}
+            body = orjson.loads(raw) if raw.strip() else {}
             cmd = fb.PredictionImageQuery.model_validate(body)
         except (ValueError, UnicodeDecodeError, ValidationError) as exc:
             detail = exc.errors()[0].get("msg", "invalid") if isinstance(exc, ValidationError) and exc.errors() \

@@ -7,10 +7,10 @@ copy either way."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
+import orjson
 from fastapi import Depends, FastAPI, Request
 from pydantic import ValidationError
 
@@ -62,7 +62,7 @@ def add_orchestration_routes(app: FastAPI, runtime: Runtime, user_caller: Any, b
         if raw is None:
             raise InvalidRequest("the multipart body needs a 'metadata' part with {\"workspace_id\": ...}")
         try:
-            metadata = json.loads(raw if isinstance(raw, str) else await raw.read())
+            metadata = orjson.loads(raw if isinstance(raw, str) else await raw.read())
         except (ValueError, UnicodeDecodeError):
             raise InvalidRequest("the 'metadata' part is not valid JSON") from None
         if not isinstance(metadata, dict):

@@ -198,3 +198,34 @@ def test_an_attacker_locks_a_user_out_from_their_own_address_only(stack, admin):
     real = login("127.0.0.1", PASSWORD)  # the real user, elsewhere, is not
     assert real.status_code == 200, real.text
     assert client_for(stack).login(email, PASSWORD)["access_token"]
+
+
+# What the schemathesis pass (`make fuzz-api`, docs/testing.md) found answered 500: each is now a typed 4xx.
+BAD_VALUES = [
+    ("workspaces/list_users", json.dumps({"workspace_id": 2**70}).encode(), 400, "workspace_id: "),  # > bigint
+    ("assays/get_results", json.dumps({"assay_id": -(2**64)}).encode(), 400, "assay_id: "),
+    ("workspaces/create", b'{"workspace_name": "fuzz-%s\\u0000"}', 400, "NUL"),  # PostgreSQL refuses it
+    ("workspaces/create", b'{"workspace_name": "fuzz-%s\\ud800"}', 400, "not valid JSON"),  # a lone surrogate
+    ("workspaces/create", b'{"workspace_name": "fuzz-%s\xed\xa0\x80"}', 400, "not valid JSON"),  # ...as raw bytes
+    ("workspaces/list", b"[" * 5000, 400, "not valid JSON"),  # nested past any parser's depth
+    ("pipelines/get_logs", b"[" * 5000, 400, "not valid JSON"),
+    ("pipelines/create", b'{"pipeline_id": "fuzz-%s", "workspace_id": 1, "definition": {"x": NaN}}', 400,
+     "not valid JSON"),  # NaN is not JSON (it was stored as null)
+    ("deployments/get_tags", '{"deployment": "fuzz-²"}'.encode(), 404, "not found"),  # '²'.isdigit(), int() fails
+]
+
+
+def test_values_no_service_can_store_get_a_typed_4xx_and_change_nothing(stack, admin):
+    mark = uuid.uuid4().hex[:8]
+    headers = {"Authorization": f"Bearer {admin.token}", "Content-Type": "application/json"}
+    for path, body, status, said in BAD_VALUES:
+        body = body.replace(b"%s", mark.encode())
+        response = httpx.post(f"{stack.api}/{path}", content=body, headers=headers, timeout=30)
+        assert response.status_code == status and said in response.json()["msg"], (path, body[:60], response.text)
+        assert response.json()["code"] == ("invalid_request" if status == 400 else "not_found")
+    for path in ("/v2/models/fuzz-%C2%B2", f"/v2/models/fuzz-{2**70}/ready"):  # deployment names the OIP route takes
+        response = httpx.get(f"{stack.base_url}{path}", headers=headers, timeout=30)
+        assert response.status_code == 404 and response.json()["code"] == "not_found", (path, response.text)
+    names = [w["name"] for w in admin.post("workspaces/list", {})["workspaces"]]
+    assert not [name for name in names if mark in name]
+    assert stack.health()[0] == 200
