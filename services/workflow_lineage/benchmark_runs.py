@@ -125,6 +125,8 @@ async def classification_rows(deps: Deps, chosen: dict[str, Any], label_column: 
     if label_column not in table.column_names:
         raise InvalidRequest(f"no column {label_column!r} in the dataset"
                              f" (columns: {', '.join(table.column_names)})")
+    if not table.num_rows:  # rows stored once, then all deleted: nothing to score (and no latency to report)
+        raise InvalidRequest("the dataset has no rows")
     return table
 
 
