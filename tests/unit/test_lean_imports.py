@@ -1,0 +1,50 @@
+"""shared/lean_imports.py: what a service process declines stays out, and what it uses still works (each case in a
+fresh interpreter: declining is for the whole process)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(code: str) -> str:
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_a_service_process_declines_pandas_aiohttp_and_uvicorn_and_pyarrow_still_works():
+    out = run("""
+        from shared.lean_imports import decline_unused
+        decline_unused()
+        import sys
+        import numpy as np
+        import pyarrow as pa
+        import nats, faststream.nats  # import aiohttp and uvicorn when they may
+        table = pa.table({"x": pa.array(np.arange(3.0))})  # pyarrow asks pandas whether this is a DataFrame
+        for name in ("pandas", "aiohttp", "uvicorn"):
+            try:
+                __import__(name)
+            except ModuleNotFoundError as exc:
+                assert "lean_imports" in str(exc), exc
+            else:
+                raise AssertionError(name + " imported")
+        print(table.column("x").to_pylist(), sorted(m for m in ("pandas", "aiohttp", "uvicorn") if m in sys.modules))
+    """)
+    assert out == "[0.0, 1.0, 2.0] []"
+
+
+def test_the_gateway_keeps_uvicorn_and_a_package_already_imported_stays():
+    out = run("""
+        import pandas
+        from shared.lean_imports import decline_unused
+        decline_unused(serves_http=True)
+        import uvicorn, pandas.api
+        print("ok")
+    """)
+    assert out == "ok"
