@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test test-labelstudio lint protos docs bench bench-peers venv clean ui-vendor browser
+.PHONY: run test test-labelstudio lint protos docs bench bench-peers venv clean ui-vendor browser fuzz-api
 
 # A real MLflow tracking server for the registry tests, in its own environment (it is an external system to
 # Railyard, and its pins must not decide ours).
@@ -50,6 +50,22 @@ $(LS_STAMP):
 	$(PYTHON) -m venv $(LS_VENV)
 	$(LS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'label-studio==1.23.2'
 	@touch $(LS_STAMP)
+
+# schemathesis for `make fuzz-api`, in its own environment (a test tool with its own pins, never part of .venv).
+FUZZ_VENV  := .venv-schemathesis
+FUZZ_STAMP := $(FUZZ_VENV)/.installed-stamp
+
+$(FUZZ_STAMP):
+	$(PYTHON) -m venv $(FUZZ_VENV)
+	$(FUZZ_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'schemathesis>=4.32,<5'
+	@touch $(FUZZ_STAMP)
+
+## A bounded property-based pass over the HTTP API (schemathesis on its own embedded stack, one worker, ~10 min;
+## not part of `make test`): every 5xx is a finding. FUZZ_ARGS passes options, e.g. FUZZ_ARGS='--max-examples 5'.
+## See docs/testing.md.
+FUZZ_ARGS ?=
+fuzz-api: venv $(FUZZ_STAMP)
+	$(BIN)/python -m tests.fuzz_api $(FUZZ_ARGS)
 
 ## Start the embedded stack (NATS, PostgreSQL, S3 and every service) in the foreground.
 run: venv
@@ -117,4 +133,4 @@ ui-vendor:
 	rm -rf $(UI_DIR)/node_modules
 
 clean:
-	rm -rf $(VENV) $(MLFLOW_VENV) $(LS_VENV) $(PEER_MLSERVER_VENV) $(PEER_MLFLOW_VENV) .railyard
+	rm -rf $(VENV) $(MLFLOW_VENV) $(LS_VENV) $(PEER_MLSERVER_VENV) $(PEER_MLFLOW_VENV) $(FUZZ_VENV) .railyard
