@@ -180,6 +180,9 @@ def records_json_to_table(body: bytes) -> pa.Table:
     except (orjson.JSONDecodeError, UnicodeDecodeError):
         try:  # Python's json also reads NaN and Infinity (json.dumps writes them): the model check names them
             parsed = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested past Python's stack
             raise InvalidRequest("body is not valid JSON") from None
-    return records_to_table(parsed, numbers_only=not (b"true" in body or b"false" in body or b"null" in body))
+    try:
+        return records_to_table(parsed, numbers_only=not (b"true" in body or b"false" in body or b"null" in body))
+    except UnicodeEncodeError:  # json.loads let a lone UTF-16 surrogate ("\ud800") through; Arrow cannot hold it
+        raise InvalidRequest("body is not valid JSON: a string holds a lone UTF-16 surrogate") from None

@@ -209,6 +209,8 @@ BAD_VALUES = [
     ("workspaces/create", b'{"workspace_name": "fuzz-%s\xed\xa0\x80"}', 400, "not valid JSON"),  # ...as raw bytes
     ("workspaces/list", b"[" * 5000, 400, "not valid JSON"),  # nested past any parser's depth
     ("pipelines/get_logs", b"[" * 5000, 400, "not valid JSON"),
+    ("pipelines/infer/fuzz-1/fuzz", b"[" * 5000, 400, "not valid JSON"),  # the inference fast path's own parser
+    ("pipelines/infer/fuzz-1/fuzz", b'[{"x": "\ud800"}]', 400, "not valid JSON"),
     ("pipelines/create", b'{"pipeline_id": "fuzz-%s", "workspace_id": 1, "definition": {"x": NaN}}', 400,
      "not valid JSON"),  # NaN is not JSON (it was stored as null)
     ("deployments/get_tags", '{"deployment": "fuzz-²"}'.encode(), 404, "not found"),  # '²'.isdigit(), int() fails
