@@ -18,16 +18,17 @@ class Message(BaseModel):
 
 
 INT64 = (-(2**63), 2**63 - 1)  # what a PostgreSQL bigint (every id column) holds
+MAX_DEPTH = 64  # levels of nesting in a field; pydantic cannot serialize past ~250 (the bus message would fail)
 
 
 class Command(Message):
     """A request to a service to do something; answered with a Reply."""
 
     # Every field is checked for what no service can store: an integer outside the 64-bit range (asyncpg cannot
-    # send it as a bigint) and a NUL character in a string, a key or a nested value (PostgreSQL's text and jsonb
-    # refuse it). Such a command is refused at validation, so the gateway answers 400 naming the field instead of
-    # the service failing in its SQL with a 500 (found by `make fuzz-api`, docs/testing.md). Integers inside
-    # free-form objects (a task's args, a definition) are data and keep their size.
+    # send it as a bigint), a NUL character in a string, a key or a nested value (PostgreSQL's text and jsonb
+    # refuse it), and nesting deeper than MAX_DEPTH. Such a command is refused at validation, so the gateway
+    # answers 400 naming the field instead of the service failing with a 500 (found by `make fuzz-api`,
+    # docs/testing.md). Integers inside free-form objects (a task's args, a definition) are data and keep their size.
     @field_validator("*", mode="after")
     @classmethod
     def _storable(cls, value: Any) -> Any:
@@ -55,21 +56,23 @@ class Reply(Message):
 
 def _unstorable(value: Any) -> str | None:
     """Why `value` cannot be stored (None when it can): a NUL in any string, an int beyond 64 bits outside
-    free-form objects. Iterative: a body nested a thousand deep must not end in a RecursionError."""
+    free-form objects, or nesting deeper than MAX_DEPTH. Iterative: a deep body must not end in a RecursionError."""
     low, high = INT64
-    pending: list[tuple[Any, bool]] = [(value, False)]  # (value, inside a free-form object)
+    pending: list[tuple[Any, bool, int]] = [(value, False, 0)]  # (value, inside a free-form object, depth)
     while pending:
-        item, in_object = pending.pop()
+        item, in_object, depth = pending.pop()
         if isinstance(item, str):
             if "\x00" in item:
                 return "must not contain NUL (\\u0000) characters"
         elif isinstance(item, int) and not isinstance(item, bool):
             if not in_object and not low <= item <= high:
                 return f"must be between {low} and {high}"
+        elif depth >= MAX_DEPTH and isinstance(item, dict | list | tuple | set | frozenset | BaseModel):
+            return f"is nested deeper than {MAX_DEPTH} levels"
         elif isinstance(item, dict):
-            pending.extend((part, True) for pair in item.items() for part in pair)
+            pending.extend((part, True, depth + 1) for pair in item.items() for part in pair)
         elif isinstance(item, list | tuple | set | frozenset):
-            pending.extend((part, in_object) for part in item)
+            pending.extend((part, in_object, depth + 1) for part in item)
         elif isinstance(item, BaseModel) and not isinstance(item, Command):  # a Command checked its own fields
-            pending.extend((part, in_object) for part in item.__dict__.values())
+            pending.extend((part, in_object, depth + 1) for part in item.__dict__.values())
     return None

@@ -213,6 +213,8 @@ BAD_VALUES = [
     ("pipelines/infer/fuzz-1/fuzz", b'[{"x": "\ud800"}]', 400, "not valid JSON"),
     ("pipelines/create", b'{"pipeline_id": "fuzz-%s", "workspace_id": 1, "definition": {"x": NaN}}', 400,
      "not valid JSON"),  # NaN is not JSON (it was stored as null)
+    ("pipelines/create", b'{"pipeline_id": "fuzz-%s", "workspace_id": 1, "definition": {"x": ' + b"[" * 300 + b"]" * 300
+     + b"}}", 400, "nested deeper"),  # valid JSON that pydantic could not serialize onto the bus
     ("deployments/get_tags", '{"deployment": "fuzz-²"}'.encode(), 404, "not found"),  # '²'.isdigit(), int() fails
 ]
 

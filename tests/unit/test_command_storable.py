@@ -11,7 +11,7 @@ from services.deployer.handlers import _deployment_id
 from services.gateway.http import first_error
 from shared.errors import NotFound
 from shared.messages.auth import ActivateUser, ListWorkspaceUsers
-from shared.messages.base import INT64
+from shared.messages.base import INT64, MAX_DEPTH
 from shared.messages.deployer import CreatePipeline
 from shared.messages.tasks import RunTaskOnce
 
@@ -53,10 +53,25 @@ def test_a_deeply_nested_body_is_walked_without_recursion_error():
         node.append([])
         node = node[0]
     node.append("\x00")
-    assert "NUL" in refusal(CreatePipeline, {"pipeline_id": "p", "workspace_id": 1, "definition": {"x": deep}})
+    body = {"pipeline_id": "p", "workspace_id": 1, "definition": {"x": deep}}
+    assert "nested deeper" in refusal(CreatePipeline, body)
 
 
 @pytest.mark.parametrize("name", ["model-²", "model-٣", f"model-{INT64[1] + 1}", "model-", "model"])
 def test_a_deployment_name_without_a_storable_id_is_not_found(name):
     with pytest.raises(NotFound):
         _deployment_id(name)
+
+
+def test_nesting_past_the_limit_is_refused_before_serialization_would_fail():
+    def nested(depth: int) -> list:
+        value: list = []
+        for _ in range(depth):
+            value = [value]
+        return value
+
+    fine = CreatePipeline.model_validate({"pipeline_id": "p", "workspace_id": 1, "definition": {"x": nested(60)}})
+    assert fine.model_dump(mode="json")  # and it still travels
+    # pydantic cannot serialize ~255 levels: the gateway answered 500 when it sent the command on
+    assert refusal(CreatePipeline, {"pipeline_id": "p", "workspace_id": 1, "definition": {"x": nested(300)}}) == (
+        f"definition: Value error, is nested deeper than {MAX_DEPTH} levels")
