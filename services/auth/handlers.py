@@ -79,6 +79,9 @@ log = logging.getLogger("railyard.auth")
 WORKSPACE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 CLIENT_HASH_PREFIX = "hmac-sha256$"
+# the web UI's public client (no secret: a browser cannot keep one); services/gateway/ui.html signs in with it
+UI_CLIENT_ID = "railyard-ui"
+PUBLIC_GRANTS = ("password", "refresh_token")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MIN_PASSWORD = 8
 _hasher = PasswordHasher()
@@ -190,7 +193,8 @@ async def _active_key(deps: AuthDeps) -> tuple[str, Any]:
 
 
 async def bootstrap(deps: AuthDeps) -> None:
-    """First start: a signing key, the admin user (with a default workspace) and the confidential client."""
+    """First start: a signing key, the admin user (with a default workspace), the confidential client and the web
+    UI's public client."""
     await ensure_signing_key(deps.pool)
     settings = deps.settings
     if not settings.client_secret_key:
@@ -208,6 +212,8 @@ async def bootstrap(deps: AuthDeps) -> None:
                 if existing and not existing["secret_hash"].startswith(CLIENT_HASH_PREFIX) and await secret_matches(
                         existing["secret_hash"], settings.bootstrap_client_secret):
                     await store.set_client_secret_hash(conn, settings.bootstrap_client_id, keyed)
+        if await store.ensure_public_client(conn, UI_CLIENT_ID):
+            log.info("created the web UI's public client %s", UI_CLIENT_ID)
         if await store.count_admins(conn, enabled_only=False) == 0:
             if not settings.bootstrap_admin_password:
                 log.warning("no admin user and no RAILYARD_AUTH__BOOTSTRAP_ADMIN_PASSWORD: nobody can log in")
@@ -227,8 +233,11 @@ GRANTS = ("password", "refresh_token", "client_credentials")
 
 async def issue_token(deps: AuthDeps, cmd: IssueToken) -> TokenIssued:
     """The login client (workspace-less) has the password and refresh_token grants; a workspace's inference
-    clients have client_credentials only, and their tokens infer on that workspace's deployments only."""
+    clients have client_credentials only, and their tokens infer on that workspace's deployments only. The web
+    UI's public client has no secret and the password and refresh_token grants only."""
     client = await store.client(deps.pool, cmd.client_id)
+    if client is not None and client["public"]:
+        return await _issue_public(deps, cmd)
     stored = client["secret_hash"] if client is not None else CLIENT_HASH_PREFIX
     matches = client_secret_matches(deps.settings.client_secret_key, stored, cmd.client_secret)
     if client is None or not matches or client["revoked_at"] is not None:
@@ -250,6 +259,23 @@ async def issue_token(deps: AuthDeps, cmd: IssueToken) -> TokenIssued:
         user = await _refresh_login(deps, cmd)
         return await _mint(deps, user, cmd.client_id, with_refresh=True)
     return await _mint_inference(deps, client)
+
+
+async def _issue_public(deps: AuthDeps, cmd: IssueToken) -> TokenIssued:
+    """A public client proves nothing about itself, so it gets nothing a user's password or refresh token does not
+    give: never client_credentials (a token without a user). A secret sent with it is refused rather than
+    ignored, so nobody believes it authenticates anything."""
+    if cmd.client_secret:
+        raise Unauthorized(f"{cmd.client_id} is a public client and has no secret: send client_id without one",
+                           code="invalid_client")
+    if cmd.grant_type not in GRANTS:
+        raise InvalidRequest(f"unsupported grant_type {cmd.grant_type!r}", code="unsupported_grant_type")
+    if cmd.grant_type not in PUBLIC_GRANTS:
+        raise InvalidRequest(f"the public client {cmd.client_id} may use the password and refresh_token grants only;"
+                             " client_credentials needs a workspace's inference client and its secret",
+                             code="unauthorized_client")
+    user = await (_password_login(deps, cmd) if cmd.grant_type == "password" else _refresh_login(deps, cmd))
+    return await _mint(deps, user, cmd.client_id, with_refresh=True)
 
 
 async def _password_login(deps: AuthDeps, cmd: IssueToken) -> asyncpg.Record:

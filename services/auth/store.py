@@ -160,7 +160,8 @@ async def revocations(pool: asyncpg.Pool) -> dict[str, float]:
 # --- clients and refresh tokens ------------------------------------------------------------------------
 
 
-CLIENT_COLUMNS = "client_id, secret_hash, service_account_id, workspace_id, name, created_by, created_at, revoked_at"
+CLIENT_COLUMNS = ("client_id, secret_hash, service_account_id, workspace_id, name, created_by, created_at, revoked_at,"
+                  " public")
 
 
 async def client(pool: asyncpg.Pool, client_id: str) -> asyncpg.Record | None:
@@ -204,6 +205,19 @@ async def ensure_client(conn: asyncpg.Connection, client_id: str, secret_hash: s
         "INSERT INTO clients (client_id, secret_hash, service_account_id) VALUES ($1, $2, $3)"
         " ON CONFLICT (client_id) DO NOTHING",
         client_id, secret_hash, uuid.uuid4(),
+    )
+    return status.endswith(" 1")
+
+
+PUBLIC_CLIENT_SECRET_HASH = "public: no secret"  # a marker, never equal to a keyed hash (hmac-sha256$...)
+
+
+async def ensure_public_client(conn: asyncpg.Connection, client_id: str) -> bool:
+    """Create the public client (no secret) unless it exists; True when created."""
+    status = await conn.execute(
+        "INSERT INTO clients (client_id, secret_hash, service_account_id, public) VALUES ($1, $2, $3, true)"
+        " ON CONFLICT (client_id) DO NOTHING",
+        client_id, PUBLIC_CLIENT_SECRET_HASH, uuid.uuid4(),
     )
     return status.endswith(" 1")
 

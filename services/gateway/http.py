@@ -248,8 +248,9 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.post(TOKEN_PATH, tags=["auth"])
     async def token(request: Request) -> JSONResponse:
-        """OAuth2 token endpoint: password, refresh_token and client_credentials grants; the confidential
-        client authenticates with HTTP Basic (or client_id/client_secret form fields)."""
+        """OAuth2 token endpoint: password, refresh_token and client_credentials grants; a confidential
+        client authenticates with HTTP Basic (or client_id/client_secret form fields), the web UI's public client
+        sends client_id alone."""
         # the TCP peer, or behind a trusted proxy the client it names (services/gateway/source_address.py)
         source = source_of(request.client.host if request.client else None, request.headers.getlist("x-forwarded-for"))
         try:
@@ -435,7 +436,7 @@ def _client_credentials(request: Request, form: Any) -> tuple[str, str]:
         except (ValueError, UnicodeDecodeError):
             raise Unauthorized("malformed Basic credentials", code="invalid_client") from None
         return unquote(client_id), unquote(secret)
-    if form.get("client_id") and form.get("client_secret"):
-        return str(form["client_id"]), str(form["client_secret"])
-    raise Unauthorized("client authentication required (HTTP Basic with the client id and secret)",
-                       code="invalid_client")
+    if form.get("client_id"):  # without client_secret: a public client (the web UI's); auth decides
+        return str(form["client_id"]), str(form.get("client_secret") or "")
+    raise Unauthorized("client authentication required (HTTP Basic with the client id and secret, or the client_id"
+                       " of a public client)", code="invalid_client")

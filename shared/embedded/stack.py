@@ -393,6 +393,7 @@ class EmbeddedStack:
                          " password and secret in the secrets file")
         lines += [
             "           `railyard login` signs in with them; `railyard token` prints a bearer token.",
+            "           The UI signs in with the user and password only (its client is public: no secret).",
             "Ctrl-C here, or `railyard down`, stops everything; `railyard status` shows every component.",
         ]
         return "\n".join(lines)

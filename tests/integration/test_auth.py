@@ -91,6 +91,48 @@ def test_no_client_authentication_is_401(stack):
     assert response.status_code == 401 and response.json()["error"] == "invalid_client"
 
 
+UI_CLIENT = "railyard-ui"
+
+
+def ui_token_request(stack, data: dict) -> httpx.Response:
+    """A token request as the web UI sends it: the public client's id in the form, no secret."""
+    return httpx.post(f"{stack.base_url}{TOKEN_PATH}", data={"client_id": UI_CLIENT} | data, timeout=30)
+
+
+def test_the_web_uis_public_client_signs_users_in_without_a_secret(stack, alice):
+    signed_in = ui_token_request(stack, {"grant_type": "password", "username": alice.email, "password": PASSWORD})
+    assert signed_in.status_code == 200, signed_in.text
+    body = signed_in.json()
+    claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+    assert claims["azp"] == UI_CLIENT and claims["sub"] == alice.user_id
+    assert claims["railyard_kind"] == "user" and claims["railyard_admin"] is False
+    # an ordinary user token with her own rights: her workspaces, and no administrator's route
+    listed = post(stack, "workspaces/list", body["access_token"])
+    assert listed.status_code == 200 and alice.workspace_id in {w["id"] for w in listed.json()["workspaces"]}
+    invite = post(stack, "users/invite", body["access_token"], {"email": f"x-{uuid.uuid4().hex[:8]}@example.com"})
+    assert invite.status_code == 403, invite.text
+    refreshed = ui_token_request(stack, {"grant_type": "refresh_token", "refresh_token": body["refresh_token"]})
+    assert refreshed.status_code == 200, refreshed.text
+    # its refresh tokens are its own: the login client cannot spend them
+    crossed = token_request(stack, {"grant_type": "refresh_token", "refresh_token": refreshed.json()["refresh_token"]})
+    assert crossed.status_code == 401 and crossed.json()["error"] == "invalid_grant"
+
+    # never a token without a user, in the form or with HTTP Basic and an empty secret
+    for refused in (ui_token_request(stack, {"grant_type": "client_credentials"}),
+                    httpx.post(f"{stack.base_url}{TOKEN_PATH}", data={"grant_type": "client_credentials"},
+                               auth=(UI_CLIENT, ""), timeout=30)):
+        assert refused.status_code == 400 and refused.json()["error"] == "unauthorized_client", refused.text
+        assert "access_token" not in refused.json()
+    # a secret sent with it is refused rather than ignored; the login client still needs its own
+    with_secret = ui_token_request(stack, {"grant_type": "password", "username": alice.email, "password": PASSWORD,
+                                           "client_secret": stack.secrets()["client_secret"]})
+    assert with_secret.status_code == 401 and with_secret.json()["error"] == "invalid_client"
+    no_secret = httpx.post(f"{stack.base_url}{TOKEN_PATH}", timeout=30, data={
+        "grant_type": "password", "username": alice.email, "password": PASSWORD,
+        "client_id": stack.secrets()["client_id"]})
+    assert no_secret.status_code == 401 and no_secret.json()["error"] == "invalid_client"
+
+
 def test_jwks_has_public_keys_only(stack):
     keys = httpx.get(f"{stack.base_url}/auth/realms/master/protocol/openid-connect/certs").json()["keys"]
     assert keys and all(k["kty"] == "RSA" and k["kid"] and k["alg"] == "RS256" for k in keys)
@@ -166,9 +208,11 @@ def test_repeated_failed_logins_are_slowed_then_locked(stack, admin):
     admin.post("users/invite", {"email": email, "password": PASSWORD})
     client = client_for(stack)
     timings = []
-    for _ in range(5):  # the test stack locks after 5 (RAILYARD_AUTH__LOCKOUT_AFTER), 0.5 s per failure
+    wrong = {"grant_type": "password", "username": email, "password": "wrong-password"}
+    for n in range(5):  # the test stack locks after 5 (RAILYARD_AUTH__LOCKOUT_AFTER), 0.5 s per failure
         started = time.monotonic()
-        response = token_request(stack, {"grant_type": "password", "username": email, "password": "wrong-password"})
+        # the login client and the web UI's public client count alike: one count per user and source
+        response = token_request(stack, wrong) if n % 2 == 0 else ui_token_request(stack, wrong)
         timings.append(time.monotonic() - started)
         assert response.status_code == 401
     assert response.json()["error"] == "account_locked"
@@ -177,6 +221,8 @@ def test_repeated_failed_logins_are_slowed_then_locked(stack, admin):
     with pytest.raises(Exception) as locked:
         client.login(email, PASSWORD)
     assert getattr(locked.value, "code", "") == "account_locked"
+    right = ui_token_request(stack, {"grant_type": "password", "username": email, "password": PASSWORD})
+    assert right.status_code == 401 and right.json()["error"] == "account_locked"
 
 
 def test_python_client_logs_in_and_refreshes(stack):

@@ -10,6 +10,7 @@ build/ui-screenshots/ (not committed)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -209,18 +210,18 @@ def choose(driver, select_id: str, value: str, page: str) -> None:
 
 
 def sign_in(driver, stack, email: str, password: str) -> None:
-    secrets = stack.secrets()
+    """Sign in with the user name and password only: the page has no client fields (its client is public)."""
     driver.get(stack.base_url + "/")
     try:
         WebDriverWait(driver, WAIT).until(ec.visibility_of_element_located((By.ID, "username")))
     except TimeoutException:  # a script error leaves the form hidden: show the console
         raise AssertionError(f"no sign-in form; browser console: {driver.get_log('browser')}") from None
-    for field, value in (("username", email), ("password", password), ("client_id", secrets["client_id"]),
-                         ("client_secret", secrets["client_secret"])):
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#signin input")) == 2  # no client id or secret to type
+    for field, value in (("username", email), ("password", password)):
         box = driver.find_element(By.ID, field)
         box.clear()
         box.send_keys(value)
-    driver.find_element(By.ID, "client_secret").send_keys(Keys.ENTER)  # submits the form from the keyboard
+    driver.find_element(By.ID, "password").send_keys(Keys.ENTER)  # submits the form from the keyboard
 
 
 def page_text(driver) -> str:
@@ -247,7 +248,7 @@ def test_sign_in_workspaces_models_pipelines_logs(stack, alice_ui: Account, worl
     # a wrong password shows the token endpoint's own message
     wrong = httpx.post(f"{stack.base_url}{TOKEN_PATH}", data={
         "grant_type": "password", "username": alice.email, "password": "not-her-password",
-        "client_id": stack.secrets()["client_id"], "client_secret": stack.secrets()["client_secret"]}, timeout=30)
+        "client_id": "railyard-ui"}, timeout=30)
     assert wrong.status_code in (400, 401), wrong.text
     api_message = wrong.json().get("error_description") or wrong.json().get("msg")
     sign_in(browser, stack, alice.email, "not-her-password")
@@ -260,6 +261,10 @@ def test_sign_in_workspaces_models_pipelines_logs(stack, alice_ui: Account, worl
     assert "token" not in browser.current_url and "access" not in browser.current_url
     stored = browser.execute_script("return sessionStorage.getItem('railyard.session')")
     assert stored and alice.token.split(".")[0] in stored  # kept in this tab's sessionStorage
+    session = json.loads(stored)
+    assert stack.secrets()["client_secret"] not in stored and "client_secret" not in session
+    claims = json.loads(base64.urlsafe_b64decode(session["access_token"].split(".")[1] + "=="))
+    assert claims["azp"] == "railyard-ui" and claims["railyard_kind"] == "user"  # her own token, public client
     assert browser.execute_script("return localStorage.length") == 0
     scripts = browser.execute_script("return [...document.scripts].map(s => s.src).filter(Boolean)")
     assert scripts and all(s.startswith(stack.base_url + "/static/") for s in scripts), scripts
