@@ -27,11 +27,10 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import numpy as np
-import pyarrow as pa
 from faststream.nats import NatsRouter
 from PIL import Image
 from pydantic import ValidationError
@@ -48,7 +47,6 @@ from services.monitoring.handlers import (
 )
 from services.monitoring.predictions_store import PredictionRow, insert_prediction
 from shared import images, subjects
-from shared.arrow_codec import from_ipc, tensor_array, to_ipc_stream
 from shared.authz import Principal, require_user
 from shared.bus import CallContext, command, publish_event, raise_for_error_header, request
 from shared.errors import Conflict, InvalidRequest, Unavailable, UpstreamTimeout
@@ -71,6 +69,9 @@ from shared.table_transport import (
     above_bus_limit,
     take_table,
 )
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 NAME = "monitoring"
 log = logging.getLogger("railyard.monitoring.predictions")
@@ -175,6 +176,8 @@ async def _to_datalake(deps: MonitoringDeps, token: str | None, row: PredictionR
 async def _ask_engine(deps: MonitoringDeps, deployment: str, table: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
     """One inference on the deployment's replicas: (answer table, the answer's meta header). Challengers, if the
     serving version has any, run before the answer and their outputs come with it."""
+    from shared.arrow_codec import from_ipc, to_ipc_stream
+
     nc = deps.broker.config.connection_state.connection
     payload = to_ipc_stream(table)
     if above_bus_limit(payload, nc.max_payload):
@@ -261,6 +264,10 @@ async def predict(deps: MonitoringDeps, principal: Principal, token: str | None,
         raise InvalidRequest(f"the image becomes a {width}x{height}x{config.channels} model input, more than the bus "
                              "carries: give the pipeline's image configuration a size, or send a smaller image")
     batch, features = await asyncio.to_thread(lambda: (images.preprocess(img, config), images.image_features(img)))
+    import pyarrow as pa  # here, not at the top: the idle service does without pyarrow (~25 MiB)
+
+    from shared.arrow_codec import tensor_array
+
     started = time.perf_counter()
     answer, meta = await _ask_engine(deps, view.route.name, pa.table({config.input: tensor_array(batch)}))
     round_trip = time.perf_counter() - started
