@@ -40,8 +40,9 @@ def add_log_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token) ->
         if not isinstance(body, dict):
             raise InvalidRequest("request body must be a JSON object")
         nc = runtime.broker.config.connection_state.connection
-        reply = await raw_request(nc, subjects.LOG_STORE_QUERY, orjson.dumps(body), token=bearer_token(request),
-                                  timeout=QUERY_TIMEOUT)
+        # the body as it came (checked above): re-encoding it failed on deep nesting (500); the log store validates
+        reply = await raw_request(nc, subjects.LOG_STORE_QUERY, raw if raw.strip() else b"{}",
+                                  token=bearer_token(request), timeout=QUERY_TIMEOUT)
         headers = reply.headers or {}
         page = LogPage.model_validate_json(headers[PAGE_HEADER])
         table = from_ipc(reply.data)

@@ -215,6 +215,8 @@ BAD_VALUES = [
      "not valid JSON"),  # NaN is not JSON (it was stored as null)
     ("pipelines/create", b'{"pipeline_id": "fuzz-%s", "workspace_id": 1, "definition": {"x": ' + b"[" * 300 + b"]" * 300
      + b"}}", 400, "nested deeper"),  # valid JSON that pydantic could not serialize onto the bus
+    ("pipelines/get_logs", b'{"pipeline_id": "x", "workspace_id": 1, "dataset": ' + b"[" * 300 + b"]" * 300 + b"}", 400,
+     "recursion limit"),  # the gateway re-encoded it for the log store, and failed
     ("deployments/get_tags", '{"deployment": "fuzz-²"}'.encode(), 404, "not found"),  # '²'.isdigit(), int() fails
 ]
 
