@@ -210,7 +210,7 @@ BAD_VALUES = [
     ("workspaces/list", b"[" * 5000, 400, "not valid JSON"),  # nested past any parser's depth
     ("pipelines/get_logs", b"[" * 5000, 400, "not valid JSON"),
     ("pipelines/infer/fuzz-1/fuzz", b"[" * 5000, 400, "not valid JSON"),  # the inference fast path's own parser
-    ("pipelines/infer/fuzz-1/fuzz", b'[{"x": "\ud800"}]', 400, "not valid JSON"),
+    ("pipelines/infer/fuzz-1/fuzz", b'[{"x": "\\ud800"}]', 400, "not valid JSON"),
     ("pipelines/create", b'{"pipeline_id": "fuzz-%s", "workspace_id": 1, "definition": {"x": NaN}}', 400,
      "not valid JSON"),  # NaN is not JSON (it was stored as null)
     ("pipelines/create", b'{"pipeline_id": "fuzz-%s", "workspace_id": 1, "definition": {"x": ' + b"[" * 300 + b"]" * 300
