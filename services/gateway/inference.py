@@ -76,6 +76,8 @@ class RouteCache:
         self.coalescer: Coalescer | None = None
 
     async def _resolve(self, runtime: Runtime, name: str, token: str) -> DeploymentRoute:
+        if "\x00" in name:  # no deployment's name holds a NUL, and no command may carry one (ValidationError: 500)
+            raise deployment_not_found(name)
         started = time.monotonic()
         route = await request(runtime.broker, subjects.DEPLOYER_DEPLOYMENTS_RESOLVE, ResolveDeployment(name=name),
                               token=token, timeout=runtime.settings.nats.request_timeout, reply_model=DeploymentRoute)

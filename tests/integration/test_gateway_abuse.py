@@ -211,6 +211,7 @@ BAD_VALUES = [
     ("pipelines/get_logs", b"[" * 5000, 400, "not valid JSON"),
     ("pipelines/infer/fuzz-1/fuzz", b"[" * 5000, 400, "not valid JSON"),  # the inference fast path's own parser
     ("pipelines/infer/fuzz-1/fuzz", b'[{"x": "\\ud800"}]', 400, "not valid JSON"),
+    ("pipelines/infer/fuzz%00-1/fuzz", b'[{"x": 1}]', 404, "not found"),  # a NUL no command may carry
     ("pipelines/create", b'{"pipeline_id": "fuzz-%s", "workspace_id": 1, "definition": {"x": NaN}}', 400,
      "not valid JSON"),  # NaN is not JSON (it was stored as null)
     ("pipelines/create", b'{"pipeline_id": "fuzz-%s", "workspace_id": 1, "definition": {"x": ' + b"[" * 300 + b"]" * 300
@@ -229,7 +230,8 @@ def test_values_no_service_can_store_get_a_typed_4xx_and_change_nothing(stack, a
         response = httpx.post(f"{stack.api}/{path}", content=body, headers=headers, timeout=30)
         assert response.status_code == status and said in response.json()["msg"], (path, body[:60], response.text)
         assert response.json()["code"] == ("invalid_request" if status == 400 else "not_found")
-    for path in ("/v2/models/fuzz-%C2%B2", f"/v2/models/fuzz-{2**70}/ready"):  # deployment names the OIP route takes
+    # deployment names the OIP and inference routes take
+    for path in ("/v2/models/fuzz-%C2%B2", f"/v2/models/fuzz-{2**70}/ready", "/v2/models/fuzz%00-1"):
         response = httpx.get(f"{stack.base_url}{path}", headers=headers, timeout=30)
         assert response.status_code == 404 and response.json()["code"] == "not_found", (path, response.text)
     names = [w["name"] for w in admin.post("workspaces/list", {})["workspaces"]]
