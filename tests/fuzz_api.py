@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-examples", type=int, default=10, help="test cases per operation (default 10)")
     parser.add_argument("--max-time", type=int, default=600, help="seconds for the whole run (default 600)")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--checks", default="not_a_server_error",
+                        help="schemathesis checks (default not_a_server_error; e.g. add response_schema_conformance)")
     parser.add_argument("--report-dir", default=str(REPO / ".railyard" / "fuzz-api"))
     args, extra = parser.parse_known_args(argv)
     if not SCHEMATHESIS.exists():
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stack up at {stack.base_url}; {operations} operations in {spec}", flush=True)
             command = [str(SCHEMATHESIS), "--no-color", "run", spec, "--url", stack.base_url,
                        "-H", f"Authorization: Bearer {token}", "--workers", "1",
-                       "--checks", "not_a_server_error", "--max-examples", str(args.max_examples),
+                       "--checks", args.checks, "--max-examples", str(args.max_examples),
                        "--max-time", str(args.max_time), "--request-timeout", "60",
                        "--exclude-path-regex", EXCLUDED_PATHS, "--suppress-health-check", "all",
                        "--generation-database", "none", "--report", "ndjson,junit", "--report-dir", args.report_dir,
