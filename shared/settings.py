@@ -132,9 +132,6 @@ class LogSettings(BaseModel):
     max_row_bytes: int = Field(1024 * 1024, description="A logged row above this size loses columns, largest "
                                "input first, then outputs (listed in metadata.dropped).")
     engine_flush_ms: float = Field(20.0, description="Milliseconds an engine gathers records before publishing.")
-    engine_flush_between_requests: bool = Field(
-        True, description="A batching replica publishes its gathered records when no request is queued or running "
-        "(at most one more engine_flush_ms later), so a request does not wait behind the encoding.")
     engine_max_pending_rows: int = Field(1_000_000, description="Rows an engine holds unpublished before it "
                                          "reports records it cannot log.")
     flush_interval: float = Field(0.25, description="Seconds the log store gathers records into one segment.")

@@ -73,13 +73,10 @@ class RequestBatcher:
         self.batches = 0
         self.batched_requests = 0
         self.busy = False
-        self.quiet = asyncio.Event()  # no request queued or running: the log batcher flushes then
-        self.quiet.set()
 
     async def submit(self, msg: Any) -> None:
         """The subscription's callback: queue and return, so the bus client hands over the next message."""
         self.pending.append((msg, time.perf_counter_ns(), time.time_ns() // 1_000_000))
-        self.quiet.clear()
         self.wake.set()
 
     async def run(self) -> None:
@@ -96,8 +93,6 @@ class RequestBatcher:
                 log.exception("a batch of %d requests failed", len(queued))
             finally:
                 self.busy = False
-                if not self.pending:
-                    self.quiet.set()
 
     async def idle(self, timeout: float = 30.0) -> None:
         """Wait until every queued request has been answered (a stopping replica, its subscription drained)."""

@@ -18,7 +18,6 @@ could not.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -72,8 +71,6 @@ class LogBatcher:
         self.last_report = 0.0
         self.closing = False
         self.wake = asyncio.Event()
-        # set while the replica has no request queued or running (RequestBatcher.quiet); None: flush on the timer
-        self.quiet: asyncio.Event | None = None
 
     def stats(self) -> dict[str, int]:
         """What the replica's status reports about its log buffer."""
@@ -111,11 +108,6 @@ class LogBatcher:
             if self.closing:
                 return
             await asyncio.sleep(interval)
-            if self.quiet is not None and not self.quiet.is_set() and not self.closing:
-                # encoding a batch holds the loop: done between requests, a request does not wait behind it
-                # (the batch-1 tail, issue 20); under steady load there is no gap, so at most one interval more
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.quiet.wait(), interval)
             self.wake.clear()
             if self.pending:
                 await self.flush()

@@ -260,8 +260,6 @@ class Replica:
         if batching is not None and can_batch(self):  # concurrent requests share a model call (batching.py)
             requests = RequestBatcher(self, *batching, nc.max_payload, run_alone, deliver, repeat)
             self.request_batcher = requests
-            if self.settings.logs.engine_flush_between_requests:
-                self.batcher.quiet = requests.quiet
         subscription = await nc.subscribe(subjects.engine_infer(self.name), queue=f"engine-{self.name}",
                                           cb=requests.submit if requests else infer)
         await nc.subscribe(subjects.engine_replica_status(self.name, self.replica_id), cb=status)

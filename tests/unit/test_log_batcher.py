@@ -76,26 +76,3 @@ async def test_rows_of_requests_to_store_once_are_named_in_the_batch():
     assert json.loads(headers[REQUESTS_HEADER]) == {"slow-one": [3, 2]}
     table = pa.ipc.open_stream(payload).read_all()
     assert table.column("in.tensor").to_pylist()[3][0] == 2.0
-
-
-async def test_records_are_published_between_requests_or_one_interval_late_at_most():
-    """With a batching replica's `quiet` event, a flush that falls due while a request is queued or running waits
-    for the gap after it (its encoding then holds no request up); if no gap comes, one interval later anyway."""
-    stream = RefusingStream()
-    stream.full = False
-    batcher = LogBatcher(stream, DEPLOYMENT, LogSettings(engine_flush_ms=200), 8 * 1024 * 1024)
-    batcher.quiet = asyncio.Event()  # a request is running
-    runner = asyncio.create_task(batcher.run())
-    batcher.add(record(1.0))
-    await asyncio.sleep(0.25)  # the interval is up, the replica still busy: nothing published yet
-    assert stream.published == []
-    batcher.quiet.set()  # the request answered, nothing queued: published in the gap
-    await asyncio.sleep(0.05)
-    assert len(stream.published) == 1
-    batcher.quiet.clear()  # busy for good (steady load): published one interval late (0.4 s after the record)
-    batcher.add(record(2.0))
-    await asyncio.sleep(0.25)
-    assert len(stream.published) == 1
-    await asyncio.sleep(0.4)
-    assert len(stream.published) == 2
-    await batcher.close(runner, 5.0)
