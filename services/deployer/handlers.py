@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -216,11 +217,21 @@ def _engine_config(config: dict[str, Any] | None) -> dict[str, Any]:
         except (KeyError, TypeError, ValueError):
             raise InvalidRequest("engine_config.replica_autoscale_min_max needs integer minimum and maximum"
                                  ) from None
-        if not 0 <= low <= high:
-            raise InvalidRequest("engine_config.replica_autoscale_min_max: need 0 <= minimum <= maximum")
+        # the same ceiling as replica_count: an autoscaler allowed a million replicas would start them under load
+        if not 0 <= low <= high <= 16:
+            raise InvalidRequest("engine_config.replica_autoscale_min_max: need 0 <= minimum <= maximum <= 16")
         replicas = max(low, 1)
-    if cpus <= 0 or not 1 <= replicas <= 16:
-        raise InvalidRequest("engine_config: cpus must be positive and replica_count between 1 and 16")
+    # cpus becomes each replica's onnxruntime thread count: a million would start a million threads; and
+    # float("nan") is neither > 0 nor <= 0
+    if not (math.isfinite(cpus) and 0 < cpus <= 64) or not 1 <= replicas <= 16:
+        raise InvalidRequest("engine_config: cpus must be a number above 0, at most 64, and replica_count between "
+                             "1 and 16")
+    try:
+        utilization = float(config.get("autoscale_cpu_utilization", 50))
+    except (TypeError, ValueError):
+        utilization = math.nan
+    if not 0 < utilization <= 100:
+        raise InvalidRequest("engine_config.autoscale_cpu_utilization must be a percentage above 0, at most 100")
     check_batching(config)
     if "log_policy" in config:  # which rows the engine logs (services/engine/logpolicy.py)
         config["log_policy"] = check_log_policy(config["log_policy"])

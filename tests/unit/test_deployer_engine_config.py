@@ -1,0 +1,33 @@
+"""The deployer's engine_config check (services/deployer/handlers.py::_engine_config): values that would start an
+unbounded number of replicas or threads, or that are not numbers at all (NaN), are refused with 400 before anything
+starts (found in the `make fuzz-api` pass's review, docs/testing.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.deployer.handlers import _engine_config
+from shared.errors import InvalidRequest
+
+
+@pytest.mark.parametrize("config, said", [
+    ({"replica_autoscale_min_max": {"minimum": 1, "maximum": 1_000_000}}, "maximum <= 16"),
+    ({"cpus": 1_000_000}, "at most 64"),
+    ({"cpus": "nan"}, "cpus must be a number above 0"),
+    ({"cpus": "inf"}, "cpus must be a number above 0"),
+    ({"cpus": 0}, "cpus must be a number above 0"),
+    ({"replica_count": 17}, "replica_count between 1 and 16"),
+    ({"autoscale_cpu_utilization": "nan"}, "percentage"),
+    ({"autoscale_cpu_utilization": 0}, "percentage"),
+    ({"autoscale_cpu_utilization": "x"}, "percentage"),
+])
+def test_unbounded_or_not_a_number_is_refused(config, said):
+    with pytest.raises(InvalidRequest, match=said):
+        _engine_config(config)
+
+
+def test_the_bounds_themselves_are_accepted():
+    config = _engine_config({"cpus": 64, "replica_autoscale_min_max": {"minimum": 0, "maximum": 16},
+                             "autoscale_cpu_utilization": 100})
+    assert config["cpus"] == 64 and config["replica_count"] == 1
+    assert _engine_config(None) == {"cpus": 1.0, "replica_count": 1}
