@@ -33,6 +33,7 @@ from services.gateway.monitoring import JSON_ROUTE_SPECS as MONITORING_ROUTE_SPE
 from services.gateway.monitoring_continuous import JSON_ROUTE_SPECS as CONTINUOUS_ROUTE_SPECS
 from services.gateway.monitoring_feedback import JSON_ROUTE_SPECS as FEEDBACK_ROUTE_SPECS
 from services.gateway.monitoring_feedback import add_feedback_routes
+from services.gateway.openapi_body import request_schema
 from services.gateway.orchestrations import JSON_ROUTE_SPECS as ORCHESTRATION_ROUTE_SPECS
 from services.gateway.orchestrations import add_orchestration_routes
 from services.gateway.ratelimit import TokenBuckets, TokenEndpointLimits
@@ -276,7 +277,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     for route in JSON_ROUTES:
         app.post(f"{API}{route.path}", tags=[route.path.split("/")[1]], summary=route.summary,
-                 response_model=route.reply, status_code=route.status, openapi_extra=_request_schema(route.model))(
+                 response_model=route.reply, status_code=route.status, openapi_extra=request_schema(route.model))(
             _forwarding_endpoint(runtime, route, user_caller, timeout))
 
     inference = Inference(runtime)
@@ -319,7 +320,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             metadata["file_name"] = str(form.get("filename"))
         return await _stage_and_register(request, form, metadata)
 
-    @app.post(f"{API}/models/download", tags=["models"])
+    @app.post(f"{API}/models/download", tags=["models"], openapi_extra=request_schema(reg.ResolveModel))
     async def download_model(request: Request, principal: Principal = Depends(user_caller)) -> Any:
         """A ready model version's artifact bytes ({"workspace_id", "name", "version"?}: the latest without a
         version); what a task run reads to start from a model (e.g. an ML backend's package to fit further)."""
@@ -394,32 +395,6 @@ def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable, timeout:
 
     endpoint.__name__ = route.subject.replace(".", "_")
     return endpoint
-
-
-def _request_schema(model: type[BaseModel]) -> dict[str, Any]:
-    schema = _inline_definitions(model.model_json_schema())
-    return {"requestBody": {"required": False, "content": {"application/json": {"schema": schema}}}}
-
-
-def _inline_definitions(schema: dict[str, Any]) -> dict[str, Any]:
-    """`schema` with its `#/$defs/...` references replaced by the definitions: pydantic puts them under the model's
-    own `$defs`, which an OpenAPI document resolves from its root, so Swagger UI and schemathesis could not read the
-    nested models (33 routes). A model nested in itself becomes any object at the second level."""
-    definitions = schema.pop("$defs", {})
-
-    def inline(node: Any, seen: frozenset[str]) -> Any:
-        if isinstance(node, list):
-            return [inline(item, seen) for item in node]
-        if not isinstance(node, dict):
-            return node
-        ref = node.get("$ref")
-        if isinstance(ref, str) and ref.startswith("#/$defs/"):
-            name = ref.removeprefix("#/$defs/")
-            rest = inline({k: v for k, v in node.items() if k != "$ref"}, seen)
-            return rest if name in seen else {**inline(definitions[name], seen | {name}), **rest}
-        return {key: inline(value, seen) for key, value in node.items()}
-
-    return inline(schema, frozenset())
 
 
 def _opt(form: Any, name: str) -> str | None:

@@ -19,6 +19,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
 from services.gateway import handlers
+from services.gateway.openapi_body import request_schema
 from shared import subjects
 from shared.arrow_codec import from_ipc, records_json_to_table, table_to_records, to_ipc_file, to_ipc_stream
 from shared.authz import Principal
@@ -145,7 +146,7 @@ def add_lineage_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token
         return await forward_staged(request, subjects.LINEAGE_DATASETS_PUT_ROWS, lambda k: lin.PutDatasetRows(
             dataset_id=dataset_id, staged_key=k, mode=mode), key)
 
-    @app.post("/v1/api/datasets/get_rows", tags=["datasets"])
+    @app.post("/v1/api/datasets/get_rows", tags=["datasets"], openapi_extra=request_schema(lin.DatasetRef))
     async def get_rows(request: Request, principal: Principal = Depends(user_caller)) -> Any:
         """A tabular dataset's rows ({"dataset_id": ...}): pandas-records JSON, or Arrow / Parquet by `Accept`
         (application/vnd.apache.arrow.file, ...arrow.stream, application/vnd.apache.parquet)."""
@@ -189,7 +190,8 @@ def add_lineage_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token
             dataset_id=fields.get("dataset_id"), name=fields.get("name") or upload.filename or "",
             staged_key=k, labels=labels), key)
 
-    @app.post("/v1/api/datasets/download_file", tags=["datasets"])
+    @app.post("/v1/api/datasets/download_file", tags=["datasets"],
+              openapi_extra=request_schema(lin.DatasetFileRef))
     async def download_file(request: Request, principal: Principal = Depends(user_caller)) -> Any:
         """A dataset file's bytes ({"dataset_id": ..., "name": ...})."""
         cmd = _validated(lin.DatasetFileRef, await _json_body(request))
@@ -206,7 +208,7 @@ def add_lineage_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token
         return await forward_staged(request, subjects.LINEAGE_FILES_PUT, lambda k: lin.PutWorkspaceFile(
             workspace_id=fields.get("workspace_id"), path=fields.get("path") or "", staged_key=k), key)
 
-    @app.post("/v1/api/files/download", tags=["files"])
+    @app.post("/v1/api/files/download", tags=["files"], openapi_extra=request_schema(lin.WorkspaceFileRef))
     async def download_workspace_file(request: Request, principal: Principal = Depends(user_caller)) -> Any:
         """A workspace file's bytes ({"workspace_id": ..., "path": ...})."""
         cmd = _validated(lin.WorkspaceFileRef, await _json_body(request))

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from services.gateway.inference import ARROW_FILE, ARROW_STREAM
+from services.gateway.openapi_body import request_schema
 from shared import subjects
 from shared.arrow_codec import from_ipc, to_ipc_file, to_ipc_stream
 from shared.authz import Principal
@@ -19,7 +20,7 @@ from shared.bus import _validation_message, raw_request
 from shared.bus import request as bus_request
 from shared.errors import InvalidRequest
 from shared.logrecords import seed_rows
-from shared.messages.logs import ListQuarantinedLogs, LogPage, QuarantinedLogs
+from shared.messages.logs import GetLogs, ListQuarantinedLogs, LogPage, QuarantinedLogs
 from shared.service import Runtime
 from shared.table_transport import PAGE_HEADER
 
@@ -27,7 +28,7 @@ QUERY_TIMEOUT = 30.0
 
 
 def add_log_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token) -> None:
-    @app.post("/v1/api/pipelines/get_logs", tags=["pipelines"])
+    @app.post("/v1/api/pipelines/get_logs", tags=["pipelines"], openapi_extra=request_schema(GetLogs))
     async def get_logs(request: Request, principal: Principal = Depends(user_caller)) -> Any:
         """A page of a pipeline's logs: pipeline_id (name), workspace_id, cursor, order (Asc/Desc, default
         Desc), page_size (default 1000), start_time and end_time (RFC 3339, both or neither), dataset and
@@ -59,7 +60,8 @@ def add_log_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token) ->
         return Response(orjson.dumps(seed_rows(table), option=orjson.OPT_SERIALIZE_NUMPY),
                         media_type="application/json", headers=out_headers)
 
-    @app.post("/v1/api/pipelines/list_quarantined_logs", tags=["pipelines"])
+    @app.post("/v1/api/pipelines/list_quarantined_logs", tags=["pipelines"],
+              openapi_extra=request_schema(ListQuarantinedLogs))
     async def list_quarantined_logs(request: Request, principal: Principal = Depends(user_caller)) -> Any:
         """Inference log batches the log store could not store and set aside, newest first (administrators;
         Railyard): workspace_id (optional), limit (default 100), before_id (the next page)."""

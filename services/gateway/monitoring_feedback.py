@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from services.gateway import handlers
+from services.gateway.openapi_body import request_schema
 from shared import subjects
 from shared.authz import Principal
 from shared.errors import InvalidRequest, NotFound
@@ -56,7 +57,8 @@ def add_feedback_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_toke
     """The prediction image route (the review queue's pictures)."""
     timeout = runtime.settings.nats.request_timeout
 
-    @app.post("/v1/api/deployments/get_prediction_image", tags=["deployments"])
+    @app.post("/v1/api/deployments/get_prediction_image", tags=["deployments"],
+              openapi_extra=request_schema(fb.PredictionImageQuery))
     async def get_prediction_image(request: Request, principal: Principal = Depends(user_caller)) -> Any:
         """A prediction's image bytes ({"deployment": ..., "prediction_id": ...}), as image/png or image/jpeg."""
         raw = await request.body()

@@ -1,0 +1,35 @@
+"""A JSON request body's description in the gateway's OpenAPI document, for routes whose endpoints read the body
+themselves (so FastAPI cannot infer it): the model's JSON Schema with its nested models inlined."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+
+def request_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` describing a JSON body of `model` (optional: an empty body is `{}`)."""
+    schema = inline_definitions(model.model_json_schema())
+    return {"requestBody": {"required": False, "content": {"application/json": {"schema": schema}}}}
+
+
+def inline_definitions(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with its `#/$defs/...` references replaced by the definitions: pydantic puts them under the model's
+    own `$defs`, which an OpenAPI document resolves from its root, so Swagger UI and schemathesis could not read the
+    nested models (33 routes). A model nested in itself becomes any object at the second level."""
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any, seen: frozenset[str]) -> Any:
+        if isinstance(node, list):
+            return [inline(item, seen) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            name = ref.removeprefix("#/$defs/")
+            rest = inline({k: v for k, v in node.items() if k != "$ref"}, seen)
+            return rest if name in seen else {**inline(definitions[name], seen | {name}), **rest}
+        return {key: inline(value, seen) for key, value in node.items()}
+
+    return inline(schema, frozenset())
