@@ -379,8 +379,8 @@ def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable, timeout:
         raw = await request.body()
         try:
             payload = orjson.loads(raw) if raw.strip() else {}
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidRequest("request body is not valid JSON") from None
+        except (ValueError, UnicodeDecodeError) as exc:  # orjson says where: "unexpected character: line 1 ..."
+            raise InvalidRequest(f"request body is not valid JSON ({exc})") from None
         if not isinstance(payload, dict):
             raise InvalidRequest("request body must be a JSON object")
         try:

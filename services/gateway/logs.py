@@ -36,8 +36,8 @@ def add_log_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token) ->
         raw = await request.body()
         try:
             body = orjson.loads(raw) if raw.strip() else {}
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidRequest("request body is not valid JSON") from None
+        except (ValueError, UnicodeDecodeError) as exc:  # orjson says where: "unexpected character: line 1 ..."
+            raise InvalidRequest(f"request body is not valid JSON ({exc})") from None
         if not isinstance(body, dict):
             raise InvalidRequest("request body must be a JSON object")
         nc = runtime.broker.config.connection_state.connection
