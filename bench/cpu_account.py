@@ -15,18 +15,14 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import uvloop
 
 from bench import loadgen
-from bench.peers.harness import RailyardDeployer, cmdline, descendants
-from tests.models import ccfraud_onnx
-from tests.stack import stack_env, start_stack
+from bench.peers.harness import ccfraud_stack, cmdline, descendants
 
 TICK = os.sysconf("SC_CLK_TCK")
 SPY_DIR = Path(__file__).resolve().parent.parent / "build" / "spy"
@@ -91,13 +87,7 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], help="RAILYARD_...=value for the whole stack")
     parser.add_argument("--spy", default="", help="roles to profile with py-spy, e.g. 'gateway,engine replica'")
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="railyard-cpu-"))
-    env = stack_env(folder / "data") | dict(item.split("=", 1) for item in args.env)
-    stack = start_stack(folder / "data", env)
-    try:
-        stack.wait_healthy(180)
-        deployer = RailyardDeployer(stack)
-        deployer.upload("ccfraud", ccfraud_onnx())
+    with ccfraud_stack("railyard-cpu-", args.env) as (stack, deployer):
         targets = deployer.targets(deployer.deploy("cpu", ["ccfraud"], json.loads(args.engine_config)))
         for form in args.forms.split(","):
             target = targets[form]
@@ -118,9 +108,6 @@ def main() -> None:
                 total += per
                 print(f"  {role:15s} {per:10,.0f}")
             print(f"  {'total':15s} {total:10,.0f}  (2 cores allow {2e6 * wall / max(count, 1):,.0f})")
-    finally:
-        stack.stop()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import uvloop
 
 from bench import loadgen
-from bench.peers.harness import RailyardDeployer
-from tests.models import ccfraud_onnx
-from tests.stack import stack_env, start_stack
+from bench.peers.harness import ccfraud_stack
 
 
 def main() -> None:
@@ -35,13 +30,7 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], help="RAILYARD_...=value for the whole stack")
     args = parser.parse_args()
     variants = {"default": {}} | {v.split("=", 1)[0]: json.loads(v.split("=", 1)[1]) for v in args.variant}
-    folder = Path(tempfile.mkdtemp(prefix="railyard-tail-"))
-    env = stack_env(folder / "data") | dict(item.split("=", 1) for item in args.env)
-    stack = start_stack(folder / "data", env)
-    try:
-        stack.wait_healthy(180)
-        deployer = RailyardDeployer(stack)
-        deployer.upload("ccfraud", ccfraud_onnx())
+    with ccfraud_stack("railyard-tail-", args.env) as (_, deployer):
         targets = {label: deployer.targets(deployer.deploy(f"tail-{index}", ["ccfraud"], config))[args.form]
                    for index, (label, config) in enumerate(variants.items())}
         for target in targets.values():
@@ -59,9 +48,6 @@ def main() -> None:
             ratios = [b / a for a, b in rounds[label]]
             print(f"  {label:24s} p50 {p50:.3f} ms  p99 {p99:.3f} ms  p99/p50 {p99 / p50:.2f} "
                   f"(per round {min(ratios):.2f}-{max(ratios):.2f}, median {statistics.median(ratios):.2f})")
-    finally:
-        stack.stop()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -422,6 +422,22 @@ class RailyardDeployer:
         }
 
 
+@contextlib.contextmanager
+def ccfraud_stack(prefix: str, settings: list[str]) -> Iterator[tuple[Any, RailyardDeployer]]:
+    """A fresh embedded stack (with `RAILYARD_...=value` settings) and a deployer that has uploaded ccfraud; the
+    stack and its folder go when the block ends (bench/cpu_account.py, bench/tail.py)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    stack = start_stack(folder / "data", stack_env(folder / "data") | dict(item.split("=", 1) for item in settings))
+    try:
+        stack.wait_healthy(180)
+        deployer = RailyardDeployer(stack)
+        deployer.upload("ccfraud", ccfraud_onnx())
+        yield stack, deployer
+    finally:
+        stack.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def railyard(folder: Path, variants: dict[str, dict], first_round: bool, results: Results,
              label: str = "Railyard") -> Iterator[tuple[str, dict[str, Target], Callable[[], float] | None]]:
     """A fresh embedded stack; every variant deploys both models. Yields one label per (variant, format)."""
