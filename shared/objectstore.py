@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import io
 import tempfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -232,3 +232,54 @@ class MinioObjectStore:
                 size += len(chunk)
                 await asyncio.to_thread(handle.write, chunk)
         return digest.hexdigest(), size
+
+
+class RangedFile:
+    """A read-only, seekable file over one stored object whose reads are ranged GETs (`read_range(offset, length)`),
+    for readers that need only part of an object: a Parquet footer and some column chunks (the log store), a zip's
+    index (monitoring). `blocks` holds ranges fetched ahead, (start, bytes); a read inside one is served from it."""
+
+    def __init__(self, read_range: Callable[[int, int], bytes], size: int, prefetch_tail: int = 0) -> None:
+        self.read_range, self.size = read_range, size
+        self.position = 0
+        self.closed = False
+        self.blocks: list[tuple[int, bytes]] = []
+        if prefetch_tail:
+            start = max(0, size - prefetch_tail)
+            self.blocks.append((start, read_range(start, size - start)))
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.position, 2: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0:
+            n = self.size - self.position
+        n = max(0, min(n, self.size - self.position))
+        if n == 0:
+            return b""
+        start = self.position
+        for block_start, block in self.blocks:
+            if block_start <= start and start + n <= block_start + len(block):
+                data = block[start - block_start:start - block_start + n]
+                break
+        else:
+            data = self.read_range(start, n)
+        self.position += len(data)
+        return data
+
+    def close(self) -> None:
+        self.closed = True

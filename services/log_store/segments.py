@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shared.logrecords import META_DROPPED
-from shared.objectstore import BUCKET_LOGS, MinioObjectStore
+from shared.objectstore import BUCKET_LOGS, MinioObjectStore, RangedFile
 
 POS = "_pos"  # a compacted segment's row positions (hidden from pages)
 SMALL_OBJECT = 4 * 1024 * 1024  # segments up to this size are fetched whole and kept in memory
@@ -173,53 +173,11 @@ def drop_unwritable(table: pa.Table, probe: bool = False) -> tuple[pa.Table, lis
     return table.append_column(META_DROPPED, merged), bad
 
 
-class RangeFile:
-    """A read-only, seekable file over one S3 object; reads become ranged GETs (the tail is prefetched)."""
-
-    def __init__(self, objects: MinioObjectStore, key: str, size: int, prefetch_tail: bool) -> None:
-        self.objects, self.key, self.size = objects, key, size
-        self.position = 0
-        self.closed = False
-        self.blocks: list[tuple[int, bytes]] = []
-        if prefetch_tail:
-            start = max(0, size - TAIL_PREFETCH)
-            self.blocks.append((start, objects.read_range_sync(BUCKET_LOGS, key, start, size - start)))
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return False
-
-    def tell(self) -> int:
-        return self.position
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self.position, 2: self.size}[whence]
-        self.position = base + offset
-        return self.position
-
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            n = self.size - self.position
-        n = max(0, min(n, self.size - self.position))
-        if n == 0:
-            return b""
-        start = self.position
-        for block_start, block in self.blocks:
-            if block_start <= start and start + n <= block_start + len(block):
-                data = block[start - block_start:start - block_start + n]
-                break
-        else:
-            data = self.objects.read_range_sync(BUCKET_LOGS, self.key, start, n)
-        self.position += len(data)
-        return data
-
-    def close(self) -> None:
-        self.closed = True
+def range_file(objects: MinioObjectStore, key: str, size: int, prefetch_tail: bool) -> RangedFile:
+    """A log segment as a file whose reads are ranged GETs (its last TAIL_PREFETCH bytes fetched at once when the
+    footer is not known yet)."""
+    return RangedFile(lambda offset, length: objects.read_range_sync(BUCKET_LOGS, key, offset, length), size,
+                      TAIL_PREFETCH if prefetch_tail else 0)
 
 
 class SegmentReader:
@@ -286,7 +244,7 @@ class SegmentReader:
             return parquet
         with self.lock:
             metadata = self.footers.get(key)
-        source = RangeFile(self.objects, key, size, prefetch_tail=metadata is None)
+        source = range_file(self.objects, key, size, prefetch_tail=metadata is None)
         parquet = pq.ParquetFile(source, metadata=metadata, pre_buffer=True)
         if metadata is None:
             self._keep_footer(key, parquet.metadata)
@@ -355,7 +313,7 @@ class SegmentReader:
             return unpack_tensors(parquet.read_row_groups(groups, columns=columns))
         with self.lock:
             metadata = self.footers.get(key)
-        source = RangeFile(self.objects, key, size, prefetch_tail=metadata is None)
+        source = range_file(self.objects, key, size, prefetch_tail=metadata is None)
         if metadata is None:
             metadata = pq.ParquetFile(source).metadata
             self._keep_footer(key, metadata)

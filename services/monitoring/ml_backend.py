@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import uuid
 import zipfile
 from collections.abc import Callable
@@ -26,44 +25,14 @@ from shared.errors import Conflict
 from shared.messages.monitoring import ModelVersionRef
 from shared.messages.registry import ResolvedModel, ResolveModel
 from shared.messages.tasks import ListOrchestrations, OrchestrationCreated, Orchestrations, UploadOrchestration
-from shared.objectstore import BUCKET_ARTIFACTS, BUCKET_ORCHESTRATIONS, content_key
+from shared.objectstore import BUCKET_ARTIFACTS, BUCKET_ORCHESTRATIONS, RangedFile, content_key
 
 BACKEND_CONFIG = "backend/railyard-ml.json"  # where railyard_ml.railyard_step.package puts it
 
 
-class _RangedObject(io.RawIOBase):
-    """A stored object as a seekable file whose reads are ranged GETs (zipfile reads only the index it needs)."""
-
-    def __init__(self, read_range: Callable[[int, int], bytes], size: int) -> None:
-        self._read_range, self._size, self._position = read_range, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
-        self._position = max(0, base + offset)
-        return self._position
-
-    def readinto(self, buffer) -> int:  # noqa: ANN001 - a writable buffer
-        length = min(len(buffer), self._size - self._position)
-        if length <= 0:
-            return 0
-        data = self._read_range(self._position, length)
-        buffer[:len(data)] = data
-        self._position += len(data)
-        return len(data)
-
-
 def _holds_backend_config(read_range: Callable[[int, int], bytes], size: int) -> bool:
     try:
-        with zipfile.ZipFile(_RangedObject(read_range, size)) as archive:
+        with zipfile.ZipFile(RangedFile(read_range, size)) as archive:
             return BACKEND_CONFIG in archive.namelist()
     except (zipfile.BadZipFile, OSError, ValueError):
         return False
