@@ -156,7 +156,8 @@ def to_prediction(outputs: dict[str, np.ndarray], config: ImageConfig, height: i
                   min_threshold: float | None) -> dict[str, list]:
     """One image's model outputs (each without its batch dimension) as a PredictionFormat dict.
 
-    Classification: the `top_k` best classes of the `scores` output (one score per label), best first.
+    Classification: the `top_k` best classes of the `scores` output (one score per label), best first, those scoring
+    below `min_threshold` dropped (when even the best does, the prediction names no class: empty lists).
     Detection: every box of `boxes` with its score and class, best score first, those scoring below `min_threshold`
     dropped; boxes become integer pixels of the original image (height x width), [top, left, bottom, right], clipped
     to it."""
@@ -167,7 +168,8 @@ def to_prediction(outputs: dict[str, np.ndarray], config: ImageConfig, height: i
         if scores.size != len(config.labels):
             raise InvalidRequest(f"the model answered {scores.size} scores for {len(config.labels)} labels: the "
                                  "image configuration's labels must list one label per score")
-        best = np.argsort(-scores, kind="stable")[:config.top_k]
+        best = [i for i in np.argsort(-scores, kind="stable")[:config.top_k]
+                if min_threshold is None or scores[i] >= min_threshold]
         return {"detection_classes": [int(i) for i in best],
                 "detection_scores": [float(np.clip(scores[i], 0.0, 1.0)) for i in best]}
     boxes = _output(outputs, config.outputs.boxes, "boxes").astype(np.float64)

@@ -1,6 +1,6 @@
 """shared/images.py: decoding (PNG/JPEG only, strict), image statistics, preprocessing by a pipeline's
-image configuration, model outputs as the seed's PredictionFormat (min_threshold, [top, left, bottom, right] in the
-original image's pixels) and the checks of PredictionFormats that monitor receives."""
+image configuration, model outputs as the seed's PredictionFormat (min_threshold on classes and boxes,
+[top, left, bottom, right] in the original image's pixels) and the checks of PredictionFormats that monitor receives."""
 
 from __future__ import annotations
 
@@ -91,9 +91,20 @@ def test_digits_preprocessing_gives_the_classifier_back_its_training_values():
         pixels, _ = digit_pixels(index)
         assert np.abs(values.reshape(8, 8) - pixels).max() < 0.04  # 0-16 levels survived PNG's 0-255
         scores = model.predict_proba(values)[0]
-        prediction = images.to_prediction({"probabilities": scores, "label": np.int64(0)}, config, 8, 8, 0.99)
+        prediction = images.to_prediction({"probabilities": scores, "label": np.int64(0)}, config, 8, 8, None)
         assert prediction == {"detection_classes": [int(np.argmax(scores))],
-                              "detection_scores": [pytest.approx(float(scores.max()))]}  # no threshold on classes
+                              "detection_scores": [pytest.approx(float(scores.max()))]}
+
+
+def test_min_threshold_drops_classes_scoring_below_it_and_may_leave_no_class():
+    config = ImageConfig(**digits_image_config() | {"top_k": 3})
+    scores = {"probabilities": np.array([0.05, 0.6, 0.0, 0.25, 0.1, 0, 0, 0, 0, 0])}
+    assert images.to_prediction(scores, config, 8, 8, None) == {
+        "detection_classes": [1, 3, 4], "detection_scores": [0.6, 0.25, 0.1]}
+    assert images.to_prediction(scores, config, 8, 8, 0.25) == {  # a score equal to the threshold stays
+        "detection_classes": [1, 3], "detection_scores": [0.6, 0.25]}
+    assert images.to_prediction(scores, config, 8, 8, 0.7) == {"detection_classes": [], "detection_scores": []}
+    assert images.to_prediction(scores, config, 8, 8, 0.0)["detection_classes"] == [1, 3, 4]  # 0: no filter
 
 
 def test_detector_outputs_become_boxes_in_the_original_pixels_best_first_above_the_threshold():
