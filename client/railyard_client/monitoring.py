@@ -49,8 +49,9 @@ class DeploymentManagement:
     def update(self, name: str | None = None, target_datalake: str | None = None,
                min_threshold: float | None = None) -> dict[str, Any]:
         """Set a new display name, target datalake (an images dataset of the workspace, by id or unique name: it
-        receives every new prediction's image) or minimum confidence threshold (0 to 1, filters detection boxes);
-        returns the information afterwards. The inference name stays."""
+        receives every new prediction's image; "" clears it) or minimum confidence threshold (0 to 1: classes and
+        detection boxes scoring below it are dropped; 0 filters nothing); None keeps a value. Returns the
+        information afterwards. The inference name stays."""
         body = {key: value for key, value in (("name", name), ("target_datalake", target_datalake),
                                               ("min_threshold", min_threshold)) if value is not None}
         return self._call("update", **body)

@@ -163,12 +163,12 @@ async def retrieve_information(deps: MonitoringDeps, principal: Principal, token
 
 async def update(deps: MonitoringDeps, principal: Principal, token: str | None,
                  cmd: UpdateDeployment) -> DeploymentInformation:
-    """update: display name, target datalake (an images dataset that receives new predictions) and minimum
-    threshold."""
+    """update: display name, target datalake (an images dataset that receives new predictions; "" clears it) and
+    minimum threshold."""
     if cmd.name is None and cmd.target_datalake is None and cmd.min_threshold is None:
         raise InvalidRequest("update needs at least one of name, target_datalake or min_threshold")
     view = await _deployment(deps, principal, token, cmd.deployment)
-    if cmd.target_datalake is not None:  # an images dataset of the deployment's workspace, by id or unique name
+    if cmd.target_datalake:  # an images dataset of the deployment's workspace, by id or unique name
         await datalake.resolve(deps.broker, token, deps.timeout, view.route.workspace_id, cmd.target_datalake)
     await store.update_settings(deps.pool, view.route.deployment_id, view.route.workspace_id, cmd.name,
                                 cmd.target_datalake, cmd.min_threshold)

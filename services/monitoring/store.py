@@ -31,11 +31,11 @@ async def settings(pool: asyncpg.Pool, deployment_id: int) -> asyncpg.Record | N
 
 async def update_settings(pool: asyncpg.Pool, deployment_id: int, workspace_id: int, name: str | None,
                           target_datalake: str | None, min_threshold: float | None) -> None:
-    """Set the given fields (None: keep)."""
+    """Set the given fields (None: keep; target_datalake "": clear)."""
     await pool.execute(
         "INSERT INTO deployment_settings (deployment_id, workspace_id, display_name, target_datalake, min_threshold)"
-        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (deployment_id) DO UPDATE SET"
+        " VALUES ($1, $2, $3, NULLIF($4, ''), $5) ON CONFLICT (deployment_id) DO UPDATE SET"
         " display_name = COALESCE($3, deployment_settings.display_name),"
-        " target_datalake = COALESCE($4, deployment_settings.target_datalake),"
+        " target_datalake = NULLIF(COALESCE($4, deployment_settings.target_datalake), ''),"
         " min_threshold = COALESCE($5, deployment_settings.min_threshold), updated_at = now()",
         deployment_id, workspace_id, name, target_datalake, min_threshold)

@@ -44,11 +44,14 @@ class DeploymentTags(Message):
 
 class UpdateDeployment(Command):
     """update: a new display name, target datalake (an images dataset of the workspace, by id or unique name, that
-    receives new predictions) or minimum confidence threshold in [0, 1]; fields left out keep their value."""
+    receives new predictions; "" clears it) or minimum confidence threshold in [0, 1] (0 filters nothing); fields
+    left out (or null) keep their value."""
 
     deployment: str = Field(min_length=1, max_length=200)
     name: str | None = Field(None, min_length=1, max_length=200)
-    target_datalake: str | None = Field(None, min_length=1, max_length=200)
+    # "" rather than null clears: the gateway forwards a validated command, where null and left out are the same
+    target_datalake: str | None = Field(None, max_length=200, description='An images dataset (id or unique name); '
+                                        '"" stops sending predictions to a datalake.')
     min_threshold: float | None = Field(None, ge=0.0, le=1.0)
 
 

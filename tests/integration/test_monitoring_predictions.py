@@ -164,7 +164,7 @@ def test_predict_on_a_classifier_with_a_shadow_challenger(stack, owner, deployed
     assert created_events(stack, ids) == ids
 
 
-def test_predict_on_a_detector_applies_min_threshold(stack, owner, deployed):
+def test_predict_applies_min_threshold_to_boxes_and_classes(stack, owner, deployed):
     deployment = deployed["squares"]
     image = squares_png({(1, 2): 255, (3, 0): 128, (0, 0): 40}, size=64, fmt="PNG")
     deployment.update(min_threshold=0.3)
@@ -181,6 +181,17 @@ def test_predict_on_a_detector_applies_min_threshold(stack, owner, deployed):
     stricter = response.json()
     assert stricter["prediction"]["detection_boxes"] == [[16, 32, 32, 48]]
     assert answer["image_sha256"] == stricter["image_sha256"]  # one object for one image
+    # a classification below the threshold names no class (kept, so a review can still say what it was)
+    digits, (png, _) = deployed["digits"], digit_png(3)
+    assert expected_scores(png).max() < 0.9  # the classifier hesitates on this one
+    digits.update(min_threshold=0.9)
+    try:
+        unsure = digits.predict_bytes("three.png", png)
+    finally:
+        digits.update(min_threshold=0)  # 0 filters nothing: the other tests see every class
+    assert unsure["prediction"]["detection_classes"] == [] and unsure["labels"] == []
+    stored = query(stack, "SELECT prediction FROM monitoring.predictions WHERE id = $1", uuid.UUID(unsure["id"]))
+    assert json.loads(stored[0]["prediction"]) == {"detection_classes": [], "detection_scores": []}
 
 
 def test_new_predictions_land_in_the_target_datalake(stack, owner, deployed):
@@ -201,6 +212,15 @@ def test_new_predictions_land_in_the_target_datalake(stack, owner, deployed):
     assert written["content_type"] == "image/png" and written["size"] == len(png)
     assert written["labels"]["prediction"] == given(answer["prediction"]) and written["labels"]["tags"] == ["lake"]
     assert written["labels"]["labels"] == answer["labels"] and written["labels"]["origin"] == "predict"
+    # null (or left out) keeps the datalake, "" clears it: the next prediction goes nowhere else
+    kept = post(stack, "deployments/update", owner.token, {"deployment": digits.name, "target_datalake": None,
+                                                           "min_threshold": 0})
+    assert kept.status_code == 200 and kept.json()["target_datalake"] == "frames", kept.text
+    assert digits.update(target_datalake="")["target_datalake"] is None
+    assert digits.retrieve_information()["target_datalake"] is None
+    assert digits.predict_bytes("seven.png", png)["datalake_file"] is None
+    after = post(stack, "datasets/list_files", owner.token, {"dataset_id": lake["id"]}).json()["files"]
+    assert [f["name"] for f in after] == [f["name"] for f in files]
 
 
 def test_monitor_keeps_predictions_made_elsewhere(stack, owner, deployed, tmp_path):
