@@ -15,6 +15,7 @@ import inspect
 import json
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -269,8 +270,9 @@ def stream_configs(settings: Settings) -> list[Any]:
 
 
 def log_store_consumer_config(ack_wait: float = 30.0) -> Any:
-    """The log store's durable consumer of INFERENCE_LOGS. Created with the stream, so the stream has interest
-    in every record from the first one (interest retention keeps nothing nobody has asked for)."""
+    """The log store's durable consumer of INFERENCE_LOGS, which the log store alone creates (and may update) when
+    it starts; from then on the stream keeps every record until the log store has stored it (interest retention
+    keeps nothing nobody has asked for)."""
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
     return ConsumerConfig(durable_name=subjects.INFERENCE_LOGS_DURABLE, ack_policy=AckPolicy.EXPLICIT,
@@ -307,10 +309,9 @@ def missing_stream_settings(current: Any, wanted: Any) -> Any | None:
 
 async def ensure_streams(broker: NatsBroker, settings: Settings | None = None) -> None:
     """Create the platform's JetStream streams, or add to an existing one only what it lacks (an operator's
-    limits stay as they are); safe when many processes race."""
+    limits stay as they are); safe when many processes race. The bootstrap step's (shared/bus_streams.py, as the
+    `bootstrap` identity) and the operator's: no service identity may create or update a stream."""
     from nats.js.errors import BadRequestError, NotFoundError
-
-    from shared.bus_identities import manages_stream
 
     settings = settings or Settings()
     js = broker.config.connection_state.stream
@@ -326,21 +327,33 @@ async def ensure_streams(broker: NatsBroker, settings: Settings | None = None) -
                 info = None
         if info is not None:
             update = missing_stream_settings(info.config, config)
-            if update is not None and not manages_stream(settings.nats.user, config.name):
-                # only the stream's manager may reconfigure it (deploy/nats-permissions.json, `manages_streams`)
-                log.info("stream %s lacks some of Railyard's settings: left to the service that manages it",
-                         config.name)
-            elif update is not None:
+            if update is not None:
                 try:
                     await js.update_stream(update)
                     log.info("stream %s: added what it lacked of Railyard's settings", config.name)
                 except BadRequestError as exc:
                     log.warning("stream %s keeps its configuration (%s)", config.name, exc)
-        if config.name == subjects.INFERENCE_LOGS_STREAM:
+
+
+async def wait_for_streams(broker: NatsBroker, timeout: float = 30.0) -> None:
+    """Wait until the platform's JetStream streams exist (a service's start: the bootstrap step creates them,
+    services may only look); Unavailable naming the step when one is still missing after `timeout` seconds."""
+    from nats.js.errors import NotFoundError
+
+    js = broker.config.connection_state.stream
+    deadline = time.monotonic() + timeout
+    for stream in subjects.STREAMS:
+        while True:
             try:
-                await js.add_consumer(config.name, log_store_consumer_config(settings.logs.ack_wait))
-            except BadRequestError:
-                pass  # it exists (possibly tuned by an operator): leave it
+                await js.stream_info(stream)
+                break
+            except (NotFoundError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                if time.monotonic() >= deadline:
+                    raise Unavailable(
+                        f"the JetStream stream {stream} does not exist: the stack's bootstrap step creates it before "
+                        "the services start (`railyard up` does; in containers run `python -m shared.bus_streams` "
+                        "as the `bootstrap` bus identity first)") from None
+                await asyncio.sleep(0.2)
 
 
 async def publish_event(broker: NatsBroker, subject: str, event: Event) -> None:

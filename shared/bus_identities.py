@@ -3,11 +3,12 @@
 `deploy/nats-permissions.json` is the one source. Every service connects as itself (user = its name, password
 generated into the secrets file on first start, or from the environment in containers) with exactly its
 subjects: it answers `<name>.>`, receives replies on its own inbox `_INBOX.<name>.>` (so nobody else's replies
-reach it), publishes its own events and the commands it calls, and calls the JetStream API for the platform's
-streams and its own consumers only (`jetstream_api`). Engine replicas connect as `engine` (the deployer
-hands them that credential). Outside callers get `client`: the token-checked command subjects, listed one by one
-(a new subject is closed to them until listed), and their replies, nothing else; the gateway (`front_door`) may
-publish the same list. `ops` is the operator's.
+reach it), publishes its own events and the commands it calls, and calls the JetStream API for the info of the
+platform's streams and its own consumers only (`jetstream_api`). Engine replicas connect as `engine` (the deployer
+hands them that credential). The platform's streams are created and updated by `bootstrap` only, the identity of
+the stack's bootstrap step (shared/bus_streams.py), which runs before any service starts. Outside callers get
+`client`: the token-checked command subjects, listed one by one (a new subject is closed to them until listed),
+and their replies, nothing else; the gateway (`front_door`) may publish the same list. `ops` is the operator's.
 
 `python -m shared.bus_identities` renders `deploy/nats-auth.conf` (passwords as `$RAILYARD_NATS_PASSWORD_<NAME>`
 environment references) for docker-compose and Kubernetes; the embedded stack renders the same permissions with
@@ -28,6 +29,7 @@ PERMISSIONS_FILE = Path(__file__).resolve().parent.parent / "deploy" / "nats-per
 AUTH_CONF = PERMISSIONS_FILE.parent / "nats-auth.conf"
 ENGINE = "engine"
 CLIENT = "client"
+BOOTSTRAP = "bootstrap"
 OPS = "ops"
 
 
@@ -74,24 +76,14 @@ def durables(identity: str) -> dict[str, list[str]]:
             _document()["services"].get(identity, {}).get("durables", {}).items()}
 
 
-def manages_stream(identity: str | None, stream: str) -> bool:
-    """May this identity update a stream's configuration? Without bus identities (no `user`) everyone may; the
-    operator may; among services only the one whose `manages_streams` names it."""
-    if not identity or identity in _document()["clients"]:
-        return True
-    return stream in _document()["services"].get(identity, {}).get("manages_streams", [])
-
-
 def jetstream_api(identity: str) -> list[str]:
     """The JetStream API subjects a service may publish, instead of `$JS.API.>` (which lets any service delete,
-    purge, read or re-point any stream, create streams that capture command subjects, and pull or delete other
-    services' consumers). Every service: info and create of the platform's streams (whoever starts first creates
-    them; creating an existing stream changes nothing) and create of the log store's consumer (`ensure_streams`:
-    an interest stream keeps only what a consumer wants). Its own durable consumers: info, create, pull, ack. The
-    stream's manager: update."""
-    api = [f"$JS.API.STREAM.{verb}.{stream}" for stream in subjects.STREAMS for verb in ("INFO", "CREATE")]
-    api.append(f"$JS.API.CONSUMER.DURABLE.CREATE.{subjects.INFERENCE_LOGS_STREAM}.{subjects.INFERENCE_LOGS_DURABLE}")
-    api += [f"$JS.API.STREAM.UPDATE.{stream}" for stream in subjects.STREAMS if manages_stream(identity, stream)]
+    purge, read or re-point any stream, create streams that capture command subjects, and pull, delete or
+    re-point other services' consumers). Every service: info of the platform's streams (it waits for them at
+    start), never their create or update (`bootstrap`'s: a service could otherwise create a stream with extra
+    subjects at the first start, or change its subjects later). Its own durable consumers: info, create (which
+    also updates), pull, ack; nobody else's."""
+    api = [f"$JS.API.STREAM.INFO.{stream}" for stream in subjects.STREAMS]
     for stream, names in durables(identity).items():
         for name in names:
             api += [f"$JS.API.CONSUMER.INFO.{stream}.{name}", f"$JS.API.CONSUMER.CREATE.{stream}.{name}",

@@ -29,7 +29,15 @@ import asyncpg
 from faststream.nats import NatsBroker, NatsRouter
 
 from shared import __version__, subjects
-from shared.bus import CallContext, check_reachable, command, ensure_streams, make_broker, publish_event
+from shared.bus import (
+    CallContext,
+    check_reachable,
+    command,
+    ensure_streams,
+    make_broker,
+    publish_event,
+    wait_for_streams,
+)
 from shared.collector import settle_garbage_collector
 from shared.db import apply_migrations, create_pool, load_migrations, ping
 from shared.errors import RailyardError, Unavailable
@@ -137,7 +145,10 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
     broker = build_broker(spec, runtime)
     await broker.connect()
     try:
-        await ensure_streams(broker, settings)
+        if settings.nats.user:  # bus identities: the bootstrap step made the streams, a service may only look
+            await wait_for_streams(broker)
+        else:  # a NATS without identities (no permissions at all): whoever starts first creates them
+            await ensure_streams(broker, settings)
         if spec.migrations is not None:
             runtime.db = await create_pool(settings.postgres, spec.schema)
             async with runtime.db.acquire() as conn:

@@ -215,6 +215,24 @@ class EmbeddedStack:
             raise StackError(f"could not create the services' database roles: {type(exc).__name__}: {exc}"
                              .splitlines()[0]) from None
 
+    def ensure_streams(self) -> None:
+        """The platform's JetStream streams (shared.bus_streams), created or completed as the `bootstrap` bus
+        identity before any service starts: services may not create or update streams."""
+        import asyncio
+
+        from shared.bus_identities import BOOTSTRAP
+        from shared.bus_streams import bootstrap_streams
+        from shared.settings import NatsSettings
+
+        assert self.secrets is not None
+        nats = NatsSettings(url=f"nats://{self.cfg.host}:{self.cfg.nats_port}", user=BOOTSTRAP,
+                            password=self.secrets.values[f"nats_password_{BOOTSTRAP}"])
+        try:
+            asyncio.run(bootstrap_streams(self.settings.model_copy(update={"nats": nats})))
+        except Exception as exc:  # nats' errors and OSError: one line, and the stack stops cleanly
+            raise StackError(f"could not create the JetStream streams: {type(exc).__name__}: {exc}"
+                             .splitlines()[0]) from None
+
     def service_env(self, name: str) -> dict[str, str]:
         """The environment of service `name`: its own database role's DSN (none if it keeps no tables) and
         only the secrets it uses."""
@@ -274,6 +292,7 @@ class EmbeddedStack:
             self.infra.append(child)
         nats, postgres, s3 = self.infra
         servers.wait_until(lambda: servers.nats_ready(self.cfg), "NATS", 30, nats.alive)
+        self.ensure_streams()
         servers.wait_until(lambda: servers.postgres_ready(self.cfg), "PostgreSQL", 60, postgres.alive)
         servers.ensure_database(self.cfg, self.secrets)
         self.ensure_service_roles()

@@ -2,7 +2,8 @@
 the front-door `client` identity reaches token-checked commands and its own replies and nothing else (it cannot
 read every subject, answer `auth.keys.get`, read other identities' replies, publish inference logs, events or
 engine requests, or call the services' internal token-less subjects); a service identity cannot stand in for
-another service."""
+another service, create or reconfigure the platform's streams (the bootstrap step's) or another service's
+consumer."""
 
 from __future__ import annotations
 
@@ -125,8 +126,65 @@ async def test_a_service_identity_cannot_stand_in_for_another(stack):
 
 JETSTREAM_REFUSED = ("$JS.API.STREAM.DELETE.EVENTS", "$JS.API.STREAM.PURGE.INFERENCE_LOGS",
                      "$JS.API.STREAM.MSG.GET.EVENTS", "$JS.API.STREAM.CREATE.CAPTURE", "$JS.API.STREAM.UPDATE.EVENTS",
+                     "$JS.API.STREAM.CREATE.EVENTS", "$JS.API.STREAM.CREATE.INFERENCE_LOGS",
+                     f"$JS.API.CONSUMER.DURABLE.CREATE.INFERENCE_LOGS.{subjects.INFERENCE_LOGS_DURABLE}",
                      f"$JS.API.CONSUMER.MSG.NEXT.EVENTS.{subjects.LINEAGE_EVENTS_DURABLE}",
                      f"$JS.API.CONSUMER.DELETE.INFERENCE_LOGS.{subjects.INFERENCE_LOGS_DURABLE}")
+
+
+async def test_no_service_makes_or_reconfigures_a_stream_or_the_log_stores_consumer(stack):
+    """The platform's streams are the bootstrap step's (`bootstrap` identity, before any service starts) and the log
+    store's consumer is the log store's: the former stream managers and the engine are refused creating or updating
+    EVENTS and INFERENCE_LOGS with a capturing subject, and the lineage service and the engine creating or
+    re-pointing the log store's consumer (a create also updates an existing consumer), through either create API;
+    afterwards both streams and the consumer are as the stack made them."""
+    from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
+
+    logs, durable = subjects.INFERENCE_LOGS_STREAM, subjects.INFERENCE_LOGS_DURABLE
+    capture = {subjects.EVENTS_STREAM: [*subjects.EVENTS_SUBJECTS, subjects.AUTH_TOKEN_ISSUE],
+               logs: [*subjects.INFERENCE_LOGS_SUBJECTS, "_INBOX.>"]}
+    elsewhere = "logs.inference.nowhere"
+
+    async def attempt(identity: str) -> tuple[list, str, list[str]]:
+        errors: list[str] = []
+        nc = await _connect(stack, identity, errors)
+        js = nc.jetstream(timeout=1.0)
+        tries, refused = [], []
+        for stream, wanted in capture.items():
+            tries += [js.add_stream(StreamConfig(name=stream, subjects=wanted)),
+                      js.update_stream(StreamConfig(name=stream, subjects=wanted))]
+            refused += [f"$JS.API.STREAM.CREATE.{stream}", f"$JS.API.STREAM.UPDATE.{stream}"]
+        if identity != "log_store":
+            tries += [js.add_consumer(logs, ConsumerConfig(durable_name=durable, filter_subject=elsewhere,
+                                                           deliver_policy=DeliverPolicy.NEW)),
+                      js.add_consumer(logs, ConsumerConfig(name=durable, durable_name=durable, filter_subject=elsewhere,
+                                                           deliver_policy=DeliverPolicy.NEW))]
+            refused += [f"$JS.API.CONSUMER.DURABLE.CREATE.{logs}.{durable}",
+                        f"$JS.API.CONSUMER.CREATE.{logs}.{durable}.{elsewhere}"]
+        try:
+            outcomes = await asyncio.gather(*tries, return_exceptions=True)
+            await _settle(nc)
+        finally:
+            await nc.close()
+        return outcomes, "\n".join(errors).lower(), refused
+
+    for identity, (outcomes, said, refused) in zip(
+            ("workflow_lineage", "log_store", "engine"),
+            await asyncio.gather(*(attempt(i) for i in ("workflow_lineage", "log_store", "engine"))), strict=True):
+        assert all(isinstance(outcome, Exception) for outcome in outcomes), (identity, outcomes)
+        for subject in refused:
+            assert f'permissions violation for publish to "{subject.lower()}"' in said, (identity, subject, said)
+
+    ops = await nats.connect(stack.nats_url("ops"), allow_reconnect=False)
+    try:
+        js = ops.jetstream()
+        for stream in subjects.STREAMS:
+            assert (await js.stream_info(stream)).config.subjects == list(subjects.STREAMS[stream]), stream
+        consumer = (await js.consumer_info(logs, durable)).config
+        assert consumer.filter_subject == subjects.INFERENCE_LOGS_SUBJECTS[0], consumer
+        assert consumer.deliver_policy == DeliverPolicy.ALL, consumer
+    finally:
+        await ops.close()
 
 
 def test_each_service_creates_pulls_and_acknowledges_its_own_consumers(stack, alice):

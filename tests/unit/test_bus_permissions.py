@@ -307,27 +307,42 @@ def test_no_service_may_delete_read_or_capture_streams_or_use_another_services_c
                         "$JS.API.CONSUMER.DELETE.EVENTS.workflow-lineage-events",
                         "$JS.API.CONSUMER.DELETE.INFERENCE_LOGS.log-store"):
             assert not may(service, "publish", subject), (service, subject)
-        # every service may find and create the platform's streams and the log store's consumer (ensure_streams)
+        # every service may look for the platform's streams (it waits for them at start), nothing more
         for stream in subjects.STREAMS:
             assert may(service, "publish", f"$JS.API.STREAM.INFO.{stream}"), (service, stream)
-            assert may(service, "publish", f"$JS.API.STREAM.CREATE.{stream}"), (service, stream)
-    assert who_may("publish", "$JS.API.STREAM.UPDATE.EVENTS") == {"workflow_lineage"}
-    assert who_may("publish", "$JS.API.STREAM.UPDATE.INFERENCE_LOGS") == {"log_store"}
     for service in subjects.SERVICES:
         for stream, names in bus_identities.durables(service).items():
             for name in names:
                 for subject in (f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}", f"$JS.ACK.{stream}.{name}.1.2.3.4.5",
-                                f"$JS.API.CONSUMER.INFO.{stream}.{name}", f"$JS.API.CONSUMER.CREATE.{stream}.{name}.x"):
+                                f"$JS.API.CONSUMER.INFO.{stream}.{name}", f"$JS.API.CONSUMER.CREATE.{stream}.{name}",
+                                f"$JS.API.CONSUMER.CREATE.{stream}.{name}.x",
+                                f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{name}"):
                     assert who_may("publish", subject) == {service}, (subject, who_may("publish", subject))
 
 
-def test_only_a_streams_manager_updates_its_configuration():
-    assert bus_identities.manages_stream("workflow_lineage", subjects.EVENTS_STREAM)
-    assert not bus_identities.manages_stream("registry", subjects.EVENTS_STREAM)
-    assert bus_identities.manages_stream("log_store", subjects.INFERENCE_LOGS_STREAM)
-    assert not bus_identities.manages_stream("engine", subjects.INFERENCE_LOGS_STREAM)
-    assert bus_identities.manages_stream("", subjects.EVENTS_STREAM)  # no bus identities: no permissions either
-    assert bus_identities.manages_stream(bus_identities.OPS, subjects.INFERENCE_LOGS_STREAM)
+def test_streams_are_created_and_updated_by_the_bootstrap_identity_only():
+    """No service creates or updates a stream: at the first start it could create one with subjects of its
+    choosing, later change them. The log store's consumer is created (and, since a create also updates, re-pointed)
+    by the log store alone. `bootstrap` (the stack's bootstrap step) may look at, create and update the platform's
+    streams and nothing else."""
+    for stream in (*subjects.STREAMS, "CAPTURE"):
+        for verb in ("CREATE", "UPDATE"):
+            assert who_may("publish", f"$JS.API.STREAM.{verb}.{stream}") == (
+                {bus_identities.BOOTSTRAP} if stream in subjects.STREAMS else set()), (verb, stream)
+    log_store = f"{subjects.INFERENCE_LOGS_STREAM}.{subjects.INFERENCE_LOGS_DURABLE}"
+    for subject in (f"$JS.API.CONSUMER.DURABLE.CREATE.{log_store}", f"$JS.API.CONSUMER.CREATE.{log_store}",
+                    f"$JS.API.CONSUMER.CREATE.{log_store}.logs.inference.>"):
+        assert who_may("publish", subject) == {"log_store"}, (subject, who_may("publish", subject))
+    boot = bus_identities.permissions(bus_identities.BOOTSTRAP)
+    assert set(boot["publish"]["allow"]) == {f"$JS.API.STREAM.{verb}.{stream}" for stream in subjects.STREAMS
+                                             for verb in ("INFO", "CREATE", "UPDATE")}
+    assert boot["subscribe"]["allow"] == [f"{bus_identities.inbox_prefix(bus_identities.BOOTSTRAP)}.>"]
+    assert not boot["allow_responses"]
+    # the code agrees: services only wait for the streams; ensure_streams (create/update) is the bootstrap's
+    service_code = (REPO / "shared" / "service.py").read_text()
+    assert "await wait_for_streams(broker)" in service_code
+    assert "add_stream" not in service_code and "update_stream" not in service_code
+    assert "add_consumer" not in (REPO / "shared" / "bus.py").read_text()
 
 
 def test_the_matcher():

@@ -1,0 +1,66 @@
+"""The platform's JetStream streams, created by the stack's bootstrap step and by nobody else.
+
+No service may create or update a stream (deploy/nats-permissions.json): at the very first start any service
+could otherwise create EVENTS or INFERENCE_LOGS with subjects of its choosing (capturing commands and their
+tokens), and a stream's updater could change its subjects later. The bootstrap step connects as the `bootstrap`
+bus identity, which may only look at, create and update these two streams, before any service starts: the
+embedded stack's supervisor (`railyard up`) runs it after NATS answers, docker-compose as the one-shot
+`bus-streams` container, Kubernetes as a Job. It is idempotent: an existing stream only gets what it lacks of
+Railyard's settings (`shared.bus.ensure_streams`), so a restarted stack finds its streams as they were. Services
+wait for the streams (`shared.bus.wait_for_streams`) and create only their own durable consumers.
+
+    python -m shared.bus_streams    # with RAILYARD_NATS__URL, RAILYARD_NATS__USER=bootstrap and
+                                    # RAILYARD_NATS__PASSWORD = the bootstrap identity's password
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+from shared.settings import Settings
+
+
+async def bootstrap_streams(settings: Settings, timeout: float = 30.0) -> None:
+    """Connect as `settings.nats` (the `bootstrap` identity) and create or complete the platform's streams,
+    retrying while JetStream is not ready yet (a server that has just started)."""
+    import nats.errors
+    from faststream.nats import NatsBroker
+
+    from shared.bus import _with_credentials, ensure_streams
+    from shared.raw_bus import connect_options
+
+    options = connect_options(settings.nats)
+    broker = NatsBroker(_with_credentials(settings.nats.url, settings.nats.user, settings.nats.password),
+                        inbox_prefix=options.get("inbox_prefix", "_INBOX"), name="railyard-bootstrap",
+                        connect_timeout=max(settings.nats.connect_timeout, 5.0), max_reconnect_attempts=0)
+    await broker.connect()
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await ensure_streams(broker, settings)
+                return
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.3)
+    finally:
+        await broker.stop()
+
+
+def main() -> int:
+    """`python -m shared.bus_streams`: the one-shot bootstrap of docker-compose / a Kubernetes Job."""
+    settings = Settings()
+    if not settings.nats.user or not settings.nats.password:
+        print("railyard-bus-streams: set RAILYARD_NATS__URL, RAILYARD_NATS__USER=bootstrap and "
+              "RAILYARD_NATS__PASSWORD (the bootstrap identity's)", file=sys.stderr)
+        return 2
+    asyncio.run(bootstrap_streams(settings))
+    print("railyard-bus-streams: the platform's streams are ready")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
