@@ -345,6 +345,24 @@ def test_streams_are_created_and_updated_by_the_bootstrap_identity_only():
     assert "add_consumer" not in (REPO / "shared" / "bus.py").read_text()
 
 
+def test_compose_runs_the_stream_bootstrap_first_and_gives_its_identity_to_it_only():
+    """docker-compose: NATS knows every identity's password; the one-shot `bus-streams` container connects as
+    `bootstrap` and every service starts after it completed; no service holds the bootstrap password."""
+    import yaml
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    assert {bus_identities.password_variable(i) for i in bus_identities.identities()} <= set(
+        compose["nats"]["environment"])
+    boot = compose["bus-streams"]
+    assert boot["command"][-1] == "shared.bus_streams"
+    assert boot["environment"]["RAILYARD_NATS__USER"] == bus_identities.BOOTSTRAP
+    assert bus_identities.password_variable(bus_identities.BOOTSTRAP) in boot["environment"]["RAILYARD_NATS__PASSWORD"]
+    for name in subjects.SERVICES:
+        service = compose[name.replace("_", "-")]
+        assert service["depends_on"]["bus-streams"] == {"condition": "service_completed_successfully"}, name
+        assert bus_identities.password_variable(bus_identities.BOOTSTRAP) not in str(service["environment"]), name
+
+
 def test_the_matcher():
     assert covers("auth.>", "auth.keys.get") and not covers("auth.>", "auth")
     assert covers("engine.*.infer", "engine.d-1.infer") and not covers("engine.*.infer", "engine.d.x.infer")
