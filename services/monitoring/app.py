@@ -100,9 +100,11 @@ async def start(runtime: Runtime) -> None:
                                    objects=runtime.objects)
     runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed)
     await feedback.start(runtime)
+    await continuous.start(runtime)
 
 
 async def stop(runtime: Runtime) -> None:
+    await continuous.stop(runtime)
     await feedback.stop(runtime)
     feed = runtime.extras.get("verifier_feed")
     if feed is not None:

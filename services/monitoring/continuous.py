@@ -8,6 +8,12 @@ How it runs (docs/monitoring.md, "Continuous training and deployment"):
   inserted and the baseline moved in the same transaction. A restart loses nothing (the next review, or the next
   toggle, recounts) and two wake-ups never start two trainings (the row lock, and a unique index allowing one open
   training per deployment).
+- **Starting the run** happens off the review path: the trigger only inserts the training `starting`; the
+  TrainingStarter (one background task per service process, woken by the trigger, sweeping the table) waits until
+  the feedback loop has written the reviews that triggered it (at most EXPORT_WAIT after the trigger), claims it with
+  a conditional UPDATE (`run_claimed_at`: one process wins, so no run starts twice) and creates the run. A trigger
+  committed by any process is started by any process's starter, also after a restart; a claimed training whose run
+  was not recorded within NO_MODEL_GRACE is failed, never started again.
 - **The run** is an orchestration task run (`task_scheduler.tasks.run_once`) with the parameters, the aliased
   dataset versions and the model name as its arguments, created with the rights of the user who set continuous
   training up: monitoring asks auth for a short-lived token of that user scoped to the deployment's workspace (as
@@ -46,6 +52,7 @@ from nats.js.api import ConsumerConfig
 from services.monitoring import handlers, ml_backend, sequential
 from shared import subjects
 from shared.authz import Principal, require_user
+from shared.background import BackgroundTask
 from shared.bus import CallContext, command, publish_event, request
 from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError
 from shared.messages.base import Event
@@ -88,6 +95,8 @@ NO_MODEL_GRACE = 60.0  # seconds a succeeded run may take for its model upload e
 OPEN_TRAININGS = ("starting", "running", "succeeded")
 STALE_SWAP = 300.0  # seconds after which a decided challenge whose swap did not finish is swapped again
 EXPORT_WAIT = 30.0  # seconds a training waits for the feedback loop to write the reviews that triggered it
+STARTER_SWEEP = 2.0  # seconds between the training starter's sweeps when no trigger wakes it
+EXPORT_POLL = 0.25  # seconds between the starter's looks while a training waits for the feedback loop
 
 
 @dataclass
@@ -98,6 +107,7 @@ class ContinuousDeps:
     verify: Callable[[str | None], Awaitable[Principal]]
     publish: Callable[[str, Event], Awaitable[None]]
     locks: dict[int, asyncio.Lock] = field(default_factory=dict)
+    wake_starter: asyncio.Event = field(default_factory=asyncio.Event)
 
     def lock(self, deployment_id: int) -> asyncio.Lock:
         """Serializes this process's background work on one deployment (the database serializes processes)."""
@@ -357,7 +367,8 @@ async def information(pool: asyncpg.Pool, deployment_id: int) -> ContinuousInfor
 # --- the trigger and the training run ----------------------------------------------------------------------------
 
 async def check_trigger(deps: ContinuousDeps, deployment_id: int) -> uuid.UUID | None:
-    """Start one training when the threshold is reached (computed from the tables); the training's id, or None."""
+    """Open one training when the threshold is reached (computed from the tables); the training's id, or None. Its
+    run is created off this path, by a TrainingStarter."""
     pool = deps.base.pool
     async with deps.lock(deployment_id):
         async with pool.acquire() as conn, conn.transaction():
@@ -371,11 +382,9 @@ async def check_trigger(deps: ContinuousDeps, deployment_id: int) -> uuid.UUID |
                 " succeeded but registered no model version (upload one with the run''s token)' WHERE"
                 " deployment_id = $1 AND state = 'succeeded' AND model_version IS NULL AND"
                 " updated_at < now() - make_interval(secs => $2)", deployment_id, NO_MODEL_GRACE)
-            # nor does one whose run was never created (the service stopped between the two steps)
-            await conn.execute(
-                "UPDATE trainings SET state = 'failed', outcome = 'failed', updated_at = now(), reason = 'the service"
-                " stopped before the training run was created' WHERE deployment_id = $1 AND state = 'starting' AND"
-                " task_id IS NULL AND updated_at < now() - make_interval(secs => $2)", deployment_id, NO_MODEL_GRACE)
+            # nor does one claimed by a starter whose run was never recorded (its process stopped in between); an
+            # unclaimed one is still started by a starter (TrainingStarter)
+            await _fail_unstarted(conn, deployment_id)
             reviews = await _review_count(conn, deployment_id)
             if reviews - ct["reviews_at_last_training"] < ct["threshold"]:
                 return None
@@ -388,10 +397,88 @@ async def check_trigger(deps: ContinuousDeps, deployment_id: int) -> uuid.UUID |
                                ct["workspace_id"], reviews)
             await conn.execute("UPDATE continuous_training SET reviews_at_last_training = $2 WHERE deployment_id = $1",
                                deployment_id, reviews)
-            datasets = await conn.fetch("SELECT * FROM continuous_training_datasets WHERE deployment_id = $1",
-                                        deployment_id)
-        await _start_run(deps, ct, datasets, training_id, reviews)
+    deps.wake_starter.set()  # the run is created off this path (TrainingStarter), once the reviews are written
     return training_id
+
+
+async def _fail_unstarted(conn: Any, deployment_id: int | None) -> None:
+    """Fail trainings claimed by a starter more than NO_MODEL_GRACE ago whose run was never recorded (None: of every
+    deployment): the claim says a run may exist, so none is started again."""
+    await conn.execute(
+        "UPDATE trainings SET state = 'failed', outcome = 'failed', updated_at = now(), reason = 'the service stopped"
+        " before the training run was created' WHERE ($1::int IS NULL OR deployment_id = $1) AND state = 'starting'"
+        " AND task_id IS NULL AND run_claimed_at < now() - make_interval(secs => $2)", deployment_id, NO_MODEL_GRACE)
+
+
+class TrainingStarter(BackgroundTask):
+    """Creates the runs of the trainings the trigger opened (`starting`, unclaimed), off the review path: each once
+    the feedback loop has written the reviews that triggered it (or EXPORT_WAIT after the trigger)."""
+
+    task_name = "training-starter"
+
+    def __init__(self, deps: ContinuousDeps) -> None:
+        self.deps = deps
+
+    async def _run(self) -> None:
+        waiting = False
+        while True:
+            try:
+                await asyncio.wait_for(self.deps.wake_starter.wait(), timeout=EXPORT_POLL if waiting else STARTER_SWEEP)
+            except TimeoutError:
+                pass
+            self.deps.wake_starter.clear()
+            try:
+                waiting = await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                waiting = False
+                log.exception("training starter sweep failed (retried on the next sweep)")
+
+    async def sweep(self) -> bool:
+        """Start every training that may start now; whether one still waits for the feedback loop."""
+        pool = self.deps.base.pool
+        await _fail_unstarted(pool, None)
+        waiting = False
+        rows = await pool.fetch(
+            "SELECT id, deployment_id, created_at < now() - make_interval(secs => $1) AS overdue FROM trainings"
+            " WHERE state = 'starting' AND task_id IS NULL AND run_claimed_at IS NULL ORDER BY created_at",
+            EXPORT_WAIT)
+        for row in rows:
+            if await _feedback_pending(pool, row["deployment_id"]):
+                if not row["overdue"]:
+                    waiting = True
+                    continue
+                late = True
+            else:
+                late = False
+            await start_training(self.deps, row["id"], late)
+        return waiting
+
+
+async def start_training(deps: ContinuousDeps, training_id: uuid.UUID, late: bool = False) -> bool:
+    """Claim a `starting` training (a conditional UPDATE: one process wins) and create its run; whether this call
+    claimed it. `late`: the feedback loop had still not written every review after EXPORT_WAIT."""
+    pool = deps.base.pool
+    async with pool.acquire() as conn, conn.transaction():
+        training = await conn.fetchrow(
+            "UPDATE trainings SET run_claimed_at = now(), updated_at = now() WHERE id = $1 AND state = 'starting' AND"
+            " task_id IS NULL AND run_claimed_at IS NULL RETURNING *", training_id)
+        if training is None:
+            return False  # another process claimed it, or it ended
+        ct = await conn.fetchrow("SELECT * FROM continuous_training WHERE deployment_id = $1",
+                                 training["deployment_id"])
+        datasets = await conn.fetch("SELECT * FROM continuous_training_datasets WHERE deployment_id = $1",
+                                    training["deployment_id"])
+    if late:
+        log.warning("deployment %s: the feedback loop has not written every review %.0f s after the trigger; the"
+                    " training starts with what the datasets hold", training["deployment_id"], EXPORT_WAIT)
+    if ct is None:  # defensive: delete drops the trainings with the settings
+        await pool.execute("UPDATE trainings SET state = 'failed', outcome = 'failed', reason = 'continuous training"
+                           " was removed', updated_at = now() WHERE id = $1", training_id)
+        return True
+    await _start_run(deps, ct, datasets, training_id, training["reviews"])
+    return True
 
 
 async def _start_run(deps: ContinuousDeps, ct: asyncpg.Record, datasets: list[asyncpg.Record],
@@ -416,7 +503,6 @@ async def _start_run(deps: ContinuousDeps, ct: asyncpg.Record, datasets: list[as
             current = handlers._current_model(view.definition)
             args["ml_backend"] = {"name": ct["model_name"], "version": current.version if current is not None
                                   and current.name == ct["model_name"] else None}
-        await _feedback_written(base.pool, ct["deployment_id"])
         task = await request(base.broker, subjects.TASKS_RUN_ONCE, RunTaskOnce(
             name=f"continuous training of {ct['deployment']} ({training_id})", orch_id=ct["orchestration_id"],
             workspace_id=ct["workspace_id"], json=args, timeout=ct["timeout"]),
@@ -437,22 +523,16 @@ async def _start_run(deps: ContinuousDeps, ct: asyncpg.Record, datasets: list[as
         reviews=reviews))
 
 
-async def _feedback_written(pool: asyncpg.Pool, deployment_id: int) -> None:
-    """Wait (at most EXPORT_WAIT seconds) until the active feedback loop has written every review into the datasets
-    it shares with continuous training: the run then reads the reviews that triggered it."""
-    deadline = asyncio.get_running_loop().time() + EXPORT_WAIT
-    while await pool.fetchval(
+async def _feedback_pending(pool: asyncpg.Pool, deployment_id: int) -> bool:
+    """Whether the active feedback loop has reviews still to write into a dataset it shares with continuous training
+    (the run should read the reviews that triggered it)."""
+    return bool(await pool.fetchval(
             "SELECT 1 FROM feedback_loop_datasets d JOIN feedback_loops l USING (deployment_id)"
             " JOIN continuous_training_datasets c ON c.deployment_id = d.deployment_id AND c.dataset_id = d.dataset_id"
             " WHERE d.deployment_id = $1 AND l.active AND EXISTS (SELECT 1 FROM reviews r LEFT JOIN feedback_exports e"
             "   ON e.deployment_id = d.deployment_id AND e.dataset_id = d.dataset_id AND e.prediction_id ="
             "   r.prediction_id WHERE r.deployment_id = d.deployment_id AND (e.prediction_id IS NULL OR"
-            "   e.revision < r.revision)) LIMIT 1", deployment_id):
-        if asyncio.get_running_loop().time() > deadline:
-            log.warning("deployment %s: the feedback loop has not written every review after %.0f s; the training"
-                        " starts with what the datasets hold", deployment_id, EXPORT_WAIT)
-            return
-        await asyncio.sleep(0.25)
+            "   e.revision < r.revision)) LIMIT 1", deployment_id))
 
 
 async def on_run_ended(deps: ContinuousDeps, event: TaskRunEvent, succeeded: bool) -> None:
@@ -753,16 +833,33 @@ async def on_review(deps: ContinuousDeps, event: ReviewCreated) -> None:
 
 # --- transport ---------------------------------------------------------------------------------------------------
 
+def _deps(runtime: Any) -> ContinuousDeps:
+    """The slice's deps, made once per process from the running service (after app.start made `deps`)."""
+    extras = runtime.extras
+    if "continuous" not in extras:
+        async def publish(subject: str, event: Event) -> None:
+            await publish_event(runtime.broker, subject, event)
+        extras["continuous"] = ContinuousDeps(base=extras["deps"], verify=extras["verifier"].verify, publish=publish)
+    return extras["continuous"]
+
+
+async def start(runtime: Any) -> None:
+    """Start the training starter (runs of trainings the trigger opened, here or in another process)."""
+    starter = TrainingStarter(_deps(runtime))
+    starter.start()
+    runtime.extras["training_starter"] = starter
+
+
+async def stop(runtime: Any) -> None:
+    starter = runtime.extras.get("training_starter")
+    if starter is not None:
+        await starter.stop()
+
+
 def register(router: NatsRouter, runtime: Any) -> None:
     """Continuous training/deployment commands and the event consumers that drive them (called from build_router)."""
     def deps() -> ContinuousDeps:
-        extras = runtime.extras
-        if "continuous" not in extras:
-            async def publish(subject: str, event: Event) -> None:
-                await publish_event(runtime.broker, subject, event)
-            extras["continuous"] = ContinuousDeps(base=extras["deps"], verify=extras["verifier"].verify,
-                                                  publish=publish)
-        return extras["continuous"]
+        return _deps(runtime)
 
     async def caller(ctx: CallContext) -> Principal:
         return await runtime.extras["verifier"].verify(ctx.token)

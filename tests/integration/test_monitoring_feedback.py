@@ -10,6 +10,7 @@ import asyncio
 import io
 import time
 import uuid
+import zipfile
 from collections import Counter
 from datetime import UTC, datetime
 
@@ -17,7 +18,7 @@ import asyncpg
 import numpy as np
 import pytest
 from PIL import Image
-from railyard_client import Client, Lineage, ServiceMetrics
+from railyard_client import Client, Lineage, Orchestrations, ServiceMetrics
 
 from shared import subjects
 from shared.images import image_features
@@ -527,6 +528,62 @@ def test_outsiders_and_bad_input_change_nothing(stack, owner, deployed, bob):
     assert not query(stack, "SELECT 1 FROM monitoring.feedback_loops l JOIN monitoring.feedback_loop_datasets d"
                             " USING (deployment_id) WHERE d.dataset_id = ANY($1::int[])",
                      [tabular["id"], foreign["id"]])
+
+
+def test_a_training_waits_for_the_feedback_loop_off_the_review_path(stack, owner, deployed):
+    """The reviews that trigger a training are in a dataset the feedback loop has not written yet: the training
+    waits for them without holding up the deployment (its commands answer at once), then exactly one run starts,
+    after the reviews were written."""
+    digits, client = deployed["digits"], deployed["client"]
+    shared = deployed["lineage"].create_dataset(deployed["project"]["id"], "written-then-trained", kind="images")
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("main.py", "raise SystemExit('this recipe trains nothing')\n")
+    orchestrations = Orchestrations(client, owner.workspace_id)
+    recipe = orchestrations.upload(archive.getvalue(), "trains-nothing", progress=False)
+    digits.setup_feedback_loop(shared)
+    wait_for(lambda: digits.check_feedback_loop_status()["pending_reviews"] == 0, what="the earlier reviews written")
+    digits.setup_continuous_training(deployed["project"], shared, threshold=2, experiment_parameters={},
+                                     orchestration=recipe)
+
+    def runs() -> list[dict]:
+        return [t for t in orchestrations.tasks() if t["orch_id"] == recipe["id"]]
+
+    # a slow export: the test holds the exporter's lock on (deployment, dataset), as a replica mid-export would
+    lock_loop = asyncio.new_event_loop()
+    conn = lock_loop.run_until_complete(asyncpg.connect(stack.settings().postgres.dsn))
+    try:
+        assert lock_loop.run_until_complete(conn.fetchval(
+            "SELECT pg_try_advisory_lock(hashtextextended('monitoring.feedback:' || $1::int || ':' || $2::int, 0))",
+            digits.id, shared["id"]))
+        for index in (2, 3):
+            png, label = digit_png(index)
+            digits.review_prediction(digits.monitor_bytes(
+                png, "image/png", f"ct-{index}.png", latency=0.01, height=8, width=8,
+                prediction={"detection_classes": [label], "detection_scores": [0.9]})["id"])
+        training = wait_for(lambda: (t := digits.retrieve_information()["continuous"]["last_training"]) and t,
+                            what="the training")
+        asked = time.monotonic()
+        toggled = digits.toggle_continuous_training(True)  # checks the trigger: it no longer waits behind the run
+        assert time.monotonic() - asked < 2.5 and toggled["last_training"]["state"] == "starting", toggled
+        time.sleep(1.0)  # the starter looks every 0.25 s while the reviews are unwritten: it must not start
+        assert not runs() and digits.check_feedback_loop_status()["pending_reviews"] == 2
+    finally:
+        lock_loop.run_until_complete(conn.close())  # the lock goes with the session: the export proceeds
+        lock_loop.close()
+    started = wait_for(runs, what="the training run")
+    assert len(started) == 1 and started[0]["input_data"]["reviews"] == training["reviews"]
+    written, claimed = query(
+        stack, "SELECT (SELECT max(exported_at) FROM monitoring.feedback_exports WHERE deployment_id = $1 AND"
+        " dataset_id = $2) AS written, (SELECT run_claimed_at FROM monitoring.trainings WHERE id = $3) AS claimed",
+        digits.id, shared["id"], uuid.UUID(training["id"]))[0]
+    assert written <= claimed  # the run was created once both reviews were in the dataset
+    ended = wait_for(lambda: (t := digits.retrieve_information()["continuous"]["last_training"])["state"] == "failed"
+                     and t, what="the run to fail")
+    assert "training run failed" in ended["reason"], ended
+    assert len(runs()) == 1
+    digits.toggle_continuous_training(False)
+    digits.disable_feedback_loop()
 
 
 def test_delete_refuses_to_lose_feedback_unless_forced(stack, owner, deployed):
