@@ -25,8 +25,9 @@ from services.gateway.coalesce import Coalescer
 from services.gateway.errors import send_error
 from services.gateway.limits import declared_length, read_body, too_large
 from services.gateway.records_answer import seed_records_json
+from services.gateway.records_parse import read_records
 from shared import subjects
-from shared.arrow_codec import column_values, from_ipc, records_json_to_table, to_ipc_file, to_ipc_stream
+from shared.arrow_codec import column_values, from_ipc, to_ipc_file, to_ipc_stream
 from shared.authz import (
     KIND_INFERENCE,
     Principal,
@@ -151,7 +152,7 @@ def _read_body(content_type: str, body: bytes, max_bytes: int) -> pa.Table:
     if kind in (ARROW_FILE, ARROW_STREAM):
         return from_ipc(body, max_decoded_bytes=max_bytes)  # a compressed body decodes within the body limit
     if kind in ("application/json", ""):
-        return records_json_to_table(body)
+        return read_records(body)
     raise InvalidRequest(f"unsupported Content-Type {content_type!r}: send {JSON_RECORDS!r} or {ARROW_FILE!r}")
 
 
