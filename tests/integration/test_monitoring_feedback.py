@@ -2,7 +2,8 @@
 digits classifier and square detector, monitor_bytes for predictions made elsewhere) are reviewed (accepted,
 corrected, re-reviewed); the feedback loop writes them into an attached images dataset as new project versions, once
 each; the training-data reference is computed in the background; get_stats answers every ServiceMetrics value, checked
-against numbers computed here. Outsiders, inference tokens and bad input are refused with nothing changed."""
+against numbers computed here; a continuous training waits for the feedback loop to write its reviews off the review
+path. Outsiders, inference tokens and bad input are refused with nothing changed."""
 
 from __future__ import annotations
 
