@@ -215,23 +215,32 @@ class EmbeddedStack:
             raise StackError(f"could not create the services' database roles: {type(exc).__name__}: {exc}"
                              .splitlines()[0]) from None
 
-    def ensure_streams(self) -> None:
+    def start_streams(self) -> subprocess.Popen:
         """The platform's JetStream streams (shared.bus_streams), created or completed as the `bootstrap` bus
-        identity before any service starts: services may not create or update streams."""
-        import asyncio
-
+        identity before any service starts: services may not create or update streams. A process of its own,
+        so the supervisor, which stays up as long as the stack, does not keep FastStream and nats-py for one
+        call at start; it runs while PostgreSQL and SeaweedFS come up (`finish_streams` waits for it)."""
         from shared.bus_identities import BOOTSTRAP
-        from shared.bus_streams import bootstrap_streams
-        from shared.settings import NatsSettings
 
         assert self.secrets is not None
-        nats = NatsSettings(url=f"nats://{self.cfg.host}:{self.cfg.nats_port}", user=BOOTSTRAP,
-                            password=self.secrets.values[f"nats_password_{BOOTSTRAP}"])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAILYARD_NATS__")}
+        env.update({"RAILYARD_NATS__URL": f"nats://{self.cfg.host}:{self.cfg.nats_port}",
+                    "RAILYARD_NATS__USER": BOOTSTRAP,
+                    "RAILYARD_NATS__PASSWORD": self.secrets.values[f"nats_password_{BOOTSTRAP}"],
+                    "PYTHONUNBUFFERED": "1"})
+        return subprocess.Popen([sys.executable, "-m", "shared.bus_streams"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    @staticmethod
+    def finish_streams(process: subprocess.Popen) -> None:
         try:
-            asyncio.run(bootstrap_streams(self.settings.model_copy(update={"nats": nats})))
-        except Exception as exc:  # nats' errors and OSError: one line, and the stack stops cleanly
-            raise StackError(f"could not create the JetStream streams: {type(exc).__name__}: {exc}"
-                             .splitlines()[0]) from None
+            output, _ = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+        if process.returncode != 0:
+            last = next((line for line in reversed(output.splitlines()) if line.strip()), "no output")
+            raise StackError(f"could not create the JetStream streams: {last}")
 
     def service_env(self, name: str) -> dict[str, str]:
         """The environment of service `name`: its own database role's DSN (none if it keeps no tables) and
@@ -292,8 +301,14 @@ class EmbeddedStack:
             self.infra.append(child)
         nats, postgres, s3 = self.infra
         servers.wait_until(lambda: servers.nats_ready(self.cfg), "NATS", 30, nats.alive)
-        self.ensure_streams()
-        servers.wait_until(lambda: servers.postgres_ready(self.cfg), "PostgreSQL", 60, postgres.alive)
+        streams = self.start_streams()
+        try:
+            servers.wait_until(lambda: servers.postgres_ready(self.cfg), "PostgreSQL", 60, postgres.alive)
+        except BaseException:
+            streams.kill()
+            streams.wait()
+            raise
+        self.finish_streams(streams)
         servers.ensure_database(self.cfg, self.secrets)
         self.ensure_service_roles()
         servers.wait_until(lambda: servers.s3_ready(self.cfg, self.secrets), "S3 (SeaweedFS)", 60,
