@@ -207,6 +207,14 @@ class DeployerSettings(BaseModel):
                                     "last scaling before it retires an idle replica.")
 
 
+class MonitoringSettings(BaseModel):
+    """Seed 003's deployment monitoring."""
+
+    max_image_bytes: int = Field(25 * 1024 * 1024, gt=0, description="Largest image predict/monitor accept as a "
+                                 "multipart upload (the gateway stages it in object storage; 413 above). Images "
+                                 "sent base64 in the JSON body stay within the JSON body limit.")
+
+
 class SandboxSettings(BaseModel):
     """How users' code is isolated (shared/sandbox.py) and its default limits."""
 
@@ -263,6 +271,7 @@ class Settings(BaseSettings):
     assays: AssaySettings = AssaySettings()
     tasks: TaskSettings = TaskSettings()
     deployer: DeployerSettings = DeployerSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     sandbox: SandboxSettings = SandboxSettings()
     stack: StackSettings = StackSettings()
 
