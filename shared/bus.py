@@ -270,9 +270,10 @@ def stream_configs(settings: Settings) -> list[Any]:
 
 
 def log_store_consumer_config(ack_wait: float = 30.0) -> Any:
-    """The log store's durable consumer of INFERENCE_LOGS, which the log store alone creates (and may update) when
-    it starts; from then on the stream keeps every record until the log store has stored it (interest retention
-    keeps nothing nobody has asked for)."""
+    """The log store's durable consumer of INFERENCE_LOGS. The bootstrap step creates it with the streams when it
+    does not exist yet (`ensure_log_store_consumer`), so the stream keeps every record from the first start on,
+    even one published before the log store ever ran (interest retention keeps nothing nobody has asked for); the
+    log store creates (and so updates) it again when it starts, no other service may."""
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
     return ConsumerConfig(durable_name=subjects.INFERENCE_LOGS_DURABLE, ack_policy=AckPolicy.EXPLICIT,
@@ -333,6 +334,24 @@ async def ensure_streams(broker: NatsBroker, settings: Settings | None = None) -
                     log.info("stream %s: added what it lacked of Railyard's settings", config.name)
                 except BadRequestError as exc:
                     log.warning("stream %s keeps its configuration (%s)", config.name, exc)
+
+
+async def ensure_log_store_consumer(broker: NatsBroker, settings: Settings | None = None) -> None:
+    """The bootstrap step's: create the log store's durable consumer if it does not exist; an existing one is left
+    as it is (it is the log store's, which re-creates it with its own settings at every start)."""
+    from nats.js.errors import BadRequestError, NotFoundError
+
+    settings = settings or Settings()
+    js = broker.config.connection_state.stream
+    try:
+        await js.consumer_info(subjects.INFERENCE_LOGS_STREAM, subjects.INFERENCE_LOGS_DURABLE)
+        return
+    except NotFoundError:
+        pass
+    try:
+        await js.add_consumer(subjects.INFERENCE_LOGS_STREAM, log_store_consumer_config(settings.logs.ack_wait))
+    except BadRequestError:  # created meanwhile by the log store
+        await js.consumer_info(subjects.INFERENCE_LOGS_STREAM, subjects.INFERENCE_LOGS_DURABLE)
 
 
 async def wait_for_streams(broker: NatsBroker, timeout: float = 30.0) -> None:

@@ -23,12 +23,13 @@ from shared.settings import Settings
 
 
 async def bootstrap_streams(settings: Settings, timeout: float = 30.0) -> None:
-    """Connect as `settings.nats` (the `bootstrap` identity) and create or complete the platform's streams,
+    """Connect as `settings.nats` (the `bootstrap` identity) and create or complete the platform's streams, and the
+    log store's consumer when it does not exist yet (so no record is dropped before the log store first runs),
     retrying while JetStream is not ready yet (a server that has just started)."""
     import nats.errors
     from faststream.nats import NatsBroker
 
-    from shared.bus import _with_credentials, ensure_streams
+    from shared.bus import _with_credentials, ensure_log_store_consumer, ensure_streams
     from shared.raw_bus import connect_options
 
     options = connect_options(settings.nats)
@@ -41,6 +42,7 @@ async def bootstrap_streams(settings: Settings, timeout: float = 30.0) -> None:
         while True:
             try:
                 await ensure_streams(broker, settings)
+                await ensure_log_store_consumer(broker, settings)
                 return
             except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
                 if time.monotonic() >= deadline:
