@@ -91,8 +91,8 @@ def seed_records_json(inputs: pa.Table, outputs: pa.Table, meta: dict[str, Any],
     metadata = orjson.dumps({"last_model": meta.get("last_model", ""),
                              "pipeline_version": meta.get("pipeline_version", ""), "elapsed": meta.get("elapsed", [])})
     constants[-1] += b',"check_failures":[],"metadata":' + metadata + b"}"
-    if not slots:  # no columns at all
-        return orjson.dumps(slow(inputs, outputs, meta, at_ms))
+    if not slots:  # no columns at all: every row is the same
+        return b"[" + b",".join([constants[0]] * rows) + b"]"
     # one row is constants[0], slots[0][i], constants[1], ..., slots[-1][i], constants[-1]; the rows' last and
     # first constants meet, joined by the comma between rows
     last = constants.pop()

@@ -51,3 +51,25 @@ def test_other_columns_take_the_general_path():
 def test_nan_and_infinity_as_before():
     values = np.array([[np.nan, np.inf, -np.inf, 1.0]] * 20)
     _same(pa.table({"t": tensor_array(values)}), pa.table({"y": pa.array([np.nan] * 20)}))
+
+
+@pytest.mark.parametrize("rows", [16, 17, 300])
+def test_several_tensor_columns_each_row_in_its_place(rows):
+    # the answer is one join of constants and every column's pieces: a piece in the wrong row or slot shows here
+    wide = pa.chunked_array([tensor_array(RNG.normal(size=(rows // 2, 7))),
+                             tensor_array(RNG.normal(size=(rows - rows // 2, 7)))])
+    inputs = pa.table({"w": wide, "n": tensor_array(RNG.integers(-9, 9, (rows, 1))), "s": pa.array(np.arange(rows))})
+    outputs = pa.table({"p": tensor_array(RNG.normal(size=(rows, 2)).astype(np.float32)),
+                        "q": pa.array(RNG.normal(size=rows))})
+    records = orjson.loads(_same(inputs, outputs))
+    assert [r["in"]["s"] for r in records] == list(range(rows))
+    assert records[-1]["in"]["w"] == inputs.column("w").to_pylist()[-1]
+    assert records[-1]["out"]["p"] == outputs.column("p").to_pylist()[-1]
+
+
+def test_tables_without_columns_still_answer_every_row():
+    inputs, empty = pa.table({"x": pa.array(np.arange(20) + 0.5)}), pa.table({"y": np.arange(20)}).drop_columns(["y"])
+    for ins, outs in ((inputs, empty), (empty, empty)):
+        records = orjson.loads(seed_records_json(ins, outs, META, 1, seed_records))
+        assert len(records) == 20 and records[0]["out"] == {} and records[-1]["time"] == 1
+        assert records[-1]["in"] == ({"x": 19.5} if ins.num_columns else {})
