@@ -97,7 +97,7 @@ async def start(runtime: Runtime) -> None:
     deps = handlers.MonitoringDeps(pool=runtime.db, broker=broker,
                                    membership=lambda token: bus_membership(broker, token, timeout),
                                    timeout=timeout, deploy_timeout=timeout + settings.registry.worker_timeout,
-                                   objects=runtime.objects)
+                                   objects=runtime.objects, max_image_bytes=settings.monitoring.max_image_bytes)
     runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed)
     await feedback.start(runtime)
     await continuous.start(runtime)

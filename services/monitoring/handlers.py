@@ -59,6 +59,7 @@ class MonitoringDeps:
     timeout: float
     deploy_timeout: float
     objects: Any = None  # the object store (shared.objectstore.ObjectStore): prediction images, bucket "monitoring"
+    max_image_bytes: int = 25 * 1024 * 1024  # the largest staged image predict/monitor read (monitoring settings)
 
 
 @dataclass

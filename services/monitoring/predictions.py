@@ -11,6 +11,13 @@ bucket), then the row, then `events.monitoring.prediction_created` is published.
 monitor: the same without the engine: the caller's PredictionFormat is checked strictly first, and nothing (no
 image, no row) is written when anything is wrong.
 
+An image comes base64 in the command (`image`, within the bus payload), or staged: the gateway put a multipart
+upload at `staged_key` (`staging/<user id>/<uuid>` in the monitoring bucket) and the command names it. A staged image
+is consumed only for the user whose id its key holds (anyone else: 403, the object untouched, it is not theirs), is
+read once (at most `monitoring.max_image_bytes`), and is deleted whatever happens next: a bad image, an unknown
+deployment, missing rights or a stored prediction alike leave no staged object (the gateway deletes it too once
+the command answered, so a service that never got the command leaves none either).
+
 A failure after the image was written leaves at most an image object that other predictions may share (it is
 content-addressed); the row is written last, so a prediction id that was answered always has its image."""
 
@@ -25,7 +32,8 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -49,10 +57,11 @@ from services.monitoring.predictions_store import PredictionRow, insert_predicti
 from shared import images, subjects
 from shared.authz import Principal, require_user
 from shared.bus import CallContext, command, publish_event, raise_for_error_header, request
-from shared.errors import Conflict, InvalidRequest, Unavailable, UpstreamTimeout
+from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, PayloadTooLarge, Unavailable, UpstreamTimeout
 from shared.messages.deployer import ListPipelines, Pipelines
 from shared.messages.monitoring import ModelVersionRef
 from shared.messages.monitoring_predictions import (
+    STAGED_IMAGE_KEY,
     ImageConfig,
     MonitorImage,
     PredictImage,
@@ -85,11 +94,50 @@ def image_key(sha256: str) -> str:
     return f"images/{sha256}"
 
 
-def _image_bytes(encoded: str) -> bytes:
+def _decoded(encoded: str) -> bytes:
     try:
         return base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidRequest("image is not valid base64: send the image's bytes base64-encoded") from None
+
+
+async def _read_staged(deps: MonitoringDeps, key: str) -> bytes:
+    try:
+        size = await deps.objects.size(BUCKET_MONITORING, key)
+    except Exception as exc:
+        if getattr(exc, "code", None) in ("NoSuchKey", "NoSuchObject", "ResourceNotFound", "not_found"):
+            raise InvalidRequest("the staged image was not found: upload the image again (it is consumed once)"
+                                 ) from None
+        raise
+    if size > deps.max_image_bytes:
+        raise PayloadTooLarge(f"the image is {size} bytes, larger than {deps.max_image_bytes} bytes "
+                              "(monitoring.max_image_bytes): send a smaller image")
+    try:
+        return await deps.objects.get_bytes(BUCKET_MONITORING, key)
+    except NotFound:
+        raise InvalidRequest("the staged image was not found: upload the image again (it is consumed once)") from None
+
+
+@asynccontextmanager
+async def _image(deps: MonitoringDeps, principal: Principal, cmd: PredictImage | MonitorImage) -> AsyncIterator[bytes]:
+    """The command's image bytes, inline or staged. A staged image must be the caller's own (its key holds their
+    user id); it is deleted when the block ends, however it ends."""
+    if cmd.staged_key is None:
+        yield _decoded(cmd.image or "")
+        return
+    match = STAGED_IMAGE_KEY.match(cmd.staged_key)
+    if match is None:
+        raise InvalidRequest("staged_key must name an image staged by the gateway (upload the image as the 'image' "
+                             "part of a multipart/form-data body)")
+    if match["owner"] != principal.user_id:  # someone else's upload: neither read nor deleted
+        raise Forbidden("the staged image was uploaded by another user")
+    try:
+        yield await _read_staged(deps, cmd.staged_key)
+    finally:
+        try:
+            await deps.objects.delete(BUCKET_MONITORING, cmd.staged_key)
+        except Exception as exc:  # the outcome stands; the gateway deletes it too
+            log.warning("could not delete staged image %s: %s", cmd.staged_key, exc)
 
 
 def _check_tags(tags: list[str]) -> list[str]:
@@ -247,8 +295,13 @@ def _answered_by(meta: dict[str, Any], champion: ModelVersionRef | None) -> dict
 async def predict(deps: MonitoringDeps, principal: Principal, token: str | None, cmd: PredictImage) -> PredictionResult:
     """predict / predict_bytes: the deployment's model answers the image; the prediction is kept."""
     require_user(principal)
+    async with _image(deps, principal, cmd) as data:
+        return await _predict(deps, principal, token, cmd, data)
+
+
+async def _predict(deps: MonitoringDeps, principal: Principal, token: str | None, cmd: PredictImage,
+                   data: bytes) -> PredictionResult:
     tags = _check_tags(cmd.tags)
-    data = _image_bytes(cmd.image)
     view = await _deployment(deps, principal, token, cmd.deployment)
     img = await asyncio.to_thread(images.decode_image, data, cmd.content_type)  # CPU work off the event loop
     config = image_config(view.definition)
@@ -341,8 +394,13 @@ async def monitor(deps: MonitoringDeps, principal: Principal, token: str | None,
     """monitor / monitor_bytes: a prediction made elsewhere, checked strictly, then kept like the deployment's own
     (its model versions: the deployment's current ones)."""
     require_user(principal)
+    async with _image(deps, principal, cmd) as data:
+        return await _monitor(deps, principal, token, cmd, data)
+
+
+async def _monitor(deps: MonitoringDeps, principal: Principal, token: str | None, cmd: MonitorImage,
+                   data: bytes) -> PredictionResult:
     tags = _check_tags(cmd.tags)
-    data = _image_bytes(cmd.image)
     predicted_at = _predicted_at(cmd.timestamp)
     view = await _deployment(deps, principal, token, cmd.deployment)
     img = await asyncio.to_thread(images.decode_image, data, cmd.content_type)  # CPU work off the event loop

@@ -5,16 +5,28 @@ become a PredictionFormat)."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from shared.messages.base import Command, Event, Message
 from shared.messages.monitoring import ModelVersionRef
 
 MAX_DETECTIONS = 1000
 MAX_IMAGE_BASE64 = 2 * 1024 * 1024  # characters: the JSON body limit of the gateway bounds it anyway
+# where the gateway stages an image uploaded as multipart: in the monitoring bucket, under the uploader's user id
+# (the monitoring service consumes it only for that user): staging/<user id>/<uuid>
+STAGED_IMAGE_PREFIX = "staging/"
+STAGED_IMAGE_KEY = re.compile(r"^staging/(?P<owner>[A-Za-z0-9_.@:-]{1,100})/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-"
+                              r"[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def staged_image_key(user_id: str) -> str:
+    """A fresh key to stage one uploaded image of this user under (in the monitoring bucket)."""
+    return f"{STAGED_IMAGE_PREFIX}{user_id}/{uuid.uuid4()}"
+
 PredictionKind = Literal["classification", "detection", "segmentation"]
 
 
@@ -68,11 +80,31 @@ class ImageConfig(Message):
     mask_threshold: float = Field(0.5, description="Segmentation: mask values above this are the object.")
 
 
-class PredictImage(Command):
+STAGED_KEY_DESCRIPTION = ("Instead of image: the key of the image the gateway staged in object storage from a "
+                          "multipart upload (set by the gateway; consumed, then deleted, by the monitoring service).")
+
+
+class _OneImage:
+    """The image comes either inline (`image`, base64) or staged (`staged_key`), never both."""
+
+    @model_validator(mode="after")
+    def _one_image(self):  # type: ignore[no-untyped-def]
+        if self.image is None and self.staged_key is None:
+            raise ValueError("image is required: send the image's bytes base64 in 'image', or upload it as the "
+                             "'image' part of a multipart/form-data body (docs/monitoring.md)")
+        if self.image is not None and self.staged_key is not None:
+            raise ValueError("the image came twice: send it base64 in 'image' or as a multipart 'image' part, "
+                             "not both")
+        return self
+
+
+class PredictImage(_OneImage, Command):
     """predict / predict_bytes: run the deployment's model on a PNG or JPEG image (base64) and keep the prediction."""
 
     deployment: str = Field(min_length=1, max_length=200)
-    image: str = Field(min_length=1, max_length=MAX_IMAGE_BASE64, description="The image's bytes, base64.")
+    image: str | None = Field(None, min_length=1, max_length=MAX_IMAGE_BASE64, description="The image's bytes, "
+                              "base64 (or staged_key).")
+    staged_key: str | None = Field(None, min_length=1, max_length=300, description=STAGED_KEY_DESCRIPTION)
     filename: str | None = Field(None, max_length=255)
     content_type: str | None = Field(None, max_length=100, description="image/png or image/jpeg; left out: from "
                                      "the bytes.")
@@ -80,12 +112,14 @@ class PredictImage(Command):
     source: str | None = Field(None, min_length=1, max_length=200)
 
 
-class MonitorImage(Command):
+class MonitorImage(_OneImage, Command):
     """monitor / monitor_bytes: a prediction made elsewhere on this image, stored like the deployment's own (its
     model versions are the deployment's current ones, as the seed says)."""
 
     deployment: str = Field(min_length=1, max_length=200)
-    image: str = Field(min_length=1, max_length=MAX_IMAGE_BASE64, description="The image's bytes, base64.")
+    image: str | None = Field(None, min_length=1, max_length=MAX_IMAGE_BASE64, description="The image's bytes, "
+                              "base64 (or staged_key).")
+    staged_key: str | None = Field(None, min_length=1, max_length=300, description=STAGED_KEY_DESCRIPTION)
     filename: str | None = Field(None, max_length=255)
     content_type: str | None = Field(None, max_length=100)
     latency: float = Field(ge=0, le=86_400, description="Seconds the model took.")
