@@ -25,11 +25,12 @@ from starlette.exceptions import HTTPException
 from services.gateway import handlers
 from services.gateway.errors import error_response
 from services.gateway.inference import Inference, InferenceFastPath, add_inference_routes
-from services.gateway.limits import BodyLimits, Limits
+from services.gateway.limits import IMAGE_UPLOAD_PATHS, BodyLimits, Limits
 from services.gateway.lineage import JSON_ROUTE_SPECS as LINEAGE_ROUTE_SPECS
 from services.gateway.lineage import add_lineage_routes
 from services.gateway.logs import add_log_routes
 from services.gateway.monitoring import JSON_ROUTE_SPECS as MONITORING_ROUTE_SPECS
+from services.gateway.monitoring import accepting_image_uploads, image_request_schema
 from services.gateway.monitoring_continuous import JSON_ROUTE_SPECS as CONTINUOUS_ROUTE_SPECS
 from services.gateway.monitoring_feedback import JSON_ROUTE_SPECS as FEEDBACK_ROUTE_SPECS
 from services.gateway.monitoring_feedback import add_feedback_routes
@@ -276,9 +277,12 @@ def create_app(runtime: Runtime) -> FastAPI:
         return {"keys": await handlers.signing_keys(runtime.broker, timeout)}
 
     for route in JSON_ROUTES:
+        endpoint, body = _forwarding_endpoint(runtime, route, user_caller, timeout), request_schema(route.model)
+        if f"{API}{route.path}" in IMAGE_UPLOAD_PATHS:  # also multipart: the image staged in object storage
+            endpoint = accepting_image_uploads(runtime, route, endpoint, user_caller, bearer_token)
+            body = image_request_schema(route.model)
         app.post(f"{API}{route.path}", tags=[route.path.split("/")[1]], summary=route.summary,
-                 response_model=route.reply, status_code=route.status, openapi_extra=request_schema(route.model))(
-            _forwarding_endpoint(runtime, route, user_caller, timeout))
+                 response_model=route.reply, status_code=route.status, openapi_extra=body)(endpoint)
 
     inference = Inference(runtime)
     add_inference_routes(app, runtime, caller, inference)
@@ -367,7 +371,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     # the inference fast path sits outermost and limits its own body; everything else goes through the limits
     gateway = settings.gateway
     limited = BodyLimits(app, Limits(gateway.max_json_bytes, gateway.max_body_bytes, gateway.max_upload_bytes,
-                                     gateway.body_timeout))
+                                     gateway.body_timeout, settings.monitoring.max_image_bytes))
     return InferenceFastPath(limited, inference, verifier, gateway.max_body_bytes, gateway.body_timeout)
 
 

@@ -1,13 +1,36 @@
 """Deployment management routes of the gateway (seed 003's `Deployment` methods, under /v1/api/deployments/),
-forwarded as commands to the monitoring service like every other JSON route."""
+forwarded as commands to the monitoring service like every other JSON route.
+
+The image routes (predict, predict_bytes, monitor, monitor_bytes) also take a multipart/form-data body: an `image`
+file part (the PNG/JPEG bytes, up to `monitoring.max_image_bytes`) and a `metadata` part holding the JSON body's other
+fields. The image is staged in the monitoring bucket under the caller's user id (`staging/<user id>/<uuid>`) and the
+command carries its key instead of the bytes; the monitoring service reads it (only for that user), checks it and
+deletes it. The gateway deletes it too once the command has answered, whatever the answer (a no-op when the service
+already did), so nothing staged outlives the request."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
+import orjson
+from fastapi import Depends, Request
+from pydantic import BaseModel, ValidationError
+
+from services.gateway import handlers
+from services.gateway.openapi_body import request_schema
 from shared import subjects
+from shared.authz import Principal
+from shared.errors import InvalidRequest, PayloadTooLarge
 from shared.messages import monitoring as mon
 from shared.messages import monitoring_predictions as pred
+from shared.objectstore import BUCKET_MONITORING
+from shared.service import Runtime
+
+log = logging.getLogger("railyard.gateway.monitoring")
+MULTIPART = "multipart/form-data"
+PNG_OR_JPEG = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 
 # (path, subject, request model, reply model, summary, unwrap, status, long_running) rows for http.py's table
 JSON_ROUTE_SPECS: list[tuple[Any, ...]] = [
@@ -48,3 +71,98 @@ JSON_ROUTE_SPECS += [
     ("/deployments/monitor_bytes", subjects.MONITORING_MONITOR, pred.MonitorImage, pred.PredictionResult,
      "As monitor (SDK: monitor_bytes).", None, 200, True),
 ]
+
+
+def image_request_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` of an image route: the JSON body, or multipart with the image as a file part."""
+    extra = request_schema(model)
+    extra["requestBody"]["content"][MULTIPART] = {"schema": {
+        "type": "object", "required": ["image", "metadata"],
+        "properties": {"image": {"type": "string", "format": "binary",
+                                 "description": "The PNG or JPEG bytes (up to monitoring.max_image_bytes)."},
+                       "metadata": {"type": "string", "description": "The JSON body's other fields, as JSON."}}}}
+    return extra
+
+
+def accepting_image_uploads(runtime: Runtime, route: Any, json_endpoint: Callable, user_caller: Callable,
+                            bearer_token: Callable) -> Callable:
+    """The endpoint of an image route: a multipart body is staged and forwarded with its key, any other body goes
+    to `json_endpoint` (the route's JSON forwarding, unchanged)."""
+    settings = runtime.settings
+    max_image = settings.monitoring.max_image_bytes
+    wait = settings.nats.request_timeout + settings.registry.worker_timeout
+
+    async def endpoint(request: Request, principal: Principal = Depends(user_caller)) -> Any:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != MULTIPART:
+            return await json_endpoint(request, principal)
+        form = await request.form(max_files=1, max_fields=4, max_part_size=settings.gateway.max_json_bytes)
+        try:
+            return await _stage_and_forward(request, principal, form)
+        finally:
+            await form.close()
+
+    async def _stage_and_forward(request: Request, principal: Principal, form: Any) -> Any:
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise InvalidRequest("the multipart body needs an 'image' file part with the PNG or JPEG bytes")
+        unknown = sorted(set(form.keys()) - {"image", "metadata"})
+        if unknown:
+            raise InvalidRequest(f"unexpected multipart part {unknown[0]!r}: send 'image' (the file) and 'metadata' "
+                                 "(the JSON body's other fields)")
+        metadata = _metadata(await _text(form.get("metadata")))
+        size = upload.size if upload.size is not None else -1
+        if size > max_image:
+            raise PayloadTooLarge(f"the image is {size} bytes, larger than {max_image} bytes "
+                                  "(monitoring.max_image_bytes): send a smaller image")
+        head = await upload.read(8)
+        if not head:
+            raise InvalidRequest("the 'image' part is empty: send the bytes of a PNG or JPEG image")
+        if not head.startswith(PNG_OR_JPEG):
+            raise InvalidRequest("the image is neither a PNG nor a JPEG (its first bytes are no PNG or JPEG "
+                                 "signature): send image/png or image/jpeg")
+        await upload.seek(0)
+        if "filename" not in metadata and upload.filename:
+            metadata["filename"] = upload.filename[:255]
+        staged = pred.staged_image_key(principal.user_id)
+        try:  # checked before anything is staged: bad metadata leaves nothing behind
+            command = route.model.model_validate({**metadata, "staged_key": staged})
+        except ValidationError as exc:
+            from services.gateway.http import first_error
+
+            raise InvalidRequest(f"metadata {first_error(exc.errors(), 'metadata')}") from None
+        try:
+            await runtime.objects.put_stream(BUCKET_MONITORING, staged, upload.file, length=size,
+                                             content_type=upload.content_type or "application/octet-stream")
+            return await handlers.forward(runtime.broker, route.subject, command, bearer_token(request), wait)
+        finally:  # the service deleted it already unless it never got the command (or failed to): no orphan
+            try:
+                await runtime.objects.delete(BUCKET_MONITORING, staged)
+            except Exception as exc:  # the answer stands; the staging sweep takes what is left
+                log.warning("could not delete staged image %s: %s", staged, exc)
+
+    return endpoint
+
+
+async def _text(part: Any) -> str:
+    if part is None:
+        return "{}"
+    if isinstance(part, str):
+        return part
+    raw = await part.read()
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise InvalidRequest("the 'metadata' part is not UTF-8 JSON") from None
+
+
+def _metadata(text: str) -> dict[str, Any]:
+    try:
+        metadata = orjson.loads(text) if text.strip() else {}
+    except ValueError as exc:
+        raise InvalidRequest(f"the 'metadata' part is not valid JSON ({exc})") from None
+    if not isinstance(metadata, dict):
+        raise InvalidRequest("the 'metadata' part must be a JSON object (the JSON body's fields but image)")
+    if "image" in metadata or "staged_key" in metadata:
+        raise InvalidRequest("the image came twice: send it as the 'image' part only, not in 'metadata'")
+    return metadata

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from services.gateway.errors import error_parts
-from services.gateway.limits import Limits
+from services.gateway.limits import Limits, is_multipart
 from services.gateway.ratelimit import TokenBuckets, TokenEndpointLimits
 from shared.arrow_codec import from_ipc, to_ipc_file, to_ipc_stream
 from shared.errors import InvalidRequest, PayloadTooLarge, TooManyRequests, Unauthorized
@@ -72,6 +72,14 @@ def test_routes_get_the_limit_of_what_they_carry():
     assert limits.for_path("/v1/api/pipelines/infer/d-1/p") == (2, False)
     assert limits.for_path("/v2/models/d-1/infer") == (2, False)
     assert limits.for_path("/v1/api/models/upload_stream") == (3, True)
+    # the image routes: a multipart body (image + JSON metadata) gets the image limit, a JSON body the JSON one
+    images = Limits(max_json_bytes=1, max_body_bytes=2, max_upload_bytes=3, body_timeout=1, max_image_bytes=10)
+    for verb in ("predict", "predict_bytes", "monitor", "monitor_bytes"):
+        assert images.for_path(f"/v1/api/deployments/{verb}", multipart=True) == (11, True)
+        assert images.for_path(f"/v1/api/deployments/{verb}") == (1, False)
+    assert images.for_path("/v1/api/deployments/update", multipart=True) == (1, False)
+    multipart = {"headers": [(b"content-type", b"multipart/form-data; boundary=x")]}
+    assert is_multipart(multipart) and not is_multipart({"headers": [(b"content-type", b"application/json")]})
 
 
 @pytest.mark.parametrize("compression", ["zstd", "lz4", None])
