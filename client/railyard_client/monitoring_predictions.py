@@ -1,10 +1,13 @@
 """Seed 003's predictions on a `Deployment`: `predict` on an image file (the `Deployment.predict` of a PNG or JPEG
-path), `predict_bytes`, `monitor` and `monitor_bytes` (routes `/v1/api/deployments/<method>`, the image base64 in
-the JSON body, answered by the monitoring service)."""
+path), `predict_bytes`, `monitor` and `monitor_bytes` (routes `/v1/api/deployments/<method>`, answered by the
+monitoring service). An image up to INLINE_IMAGE_BYTES rides base64 in the JSON body; a larger one (a camera frame,
+up to the server's `monitoring.max_image_bytes`, 25 MiB by default) is sent as multipart/form-data: the image as the
+`image` file part, the same JSON fields as the `metadata` part."""
 
 from __future__ import annotations
 
 import base64
+import json
 import mimetypes
 from enum import Enum
 from pathlib import Path
@@ -14,6 +17,9 @@ from railyard_client.errors import InvalidInput
 from railyard_client.session import Session
 
 SUPPORTED_CONTENT_TYPES = ("image/png", "image/jpeg")
+# above this, the image goes as a multipart file part (staged in object storage by the server) rather than base64
+# in the JSON body, which the server's JSON limit and its bus payload limit (about 1 MB) bound
+INLINE_IMAGE_BYTES = 512 * 1024
 
 
 class SupportedContentType(str, Enum):
@@ -87,6 +93,15 @@ class DeploymentPredictions:
     _session: Session
     name: str
 
+    def _send_image(self, route: str, body: dict[str, Any], raw_image: bytes, filename: str | None,
+                    content_type: str | None) -> dict[str, Any]:
+        """POST the image with `body`: base64 in the JSON body when small, else as a multipart file part."""
+        if len(raw_image) <= INLINE_IMAGE_BYTES:
+            return self._session.post(route, {**body, "image": base64.b64encode(raw_image).decode()})
+        files = {"image": (filename or "image", bytes(raw_image), content_type or "application/octet-stream"),
+                 "metadata": (None, json.dumps(body), "application/json")}
+        return self._session.send("POST", f"/v1/api/{route}", files=files).json()
+
     def predict_image(self, file_path: str | Path, tags: str | list[str] | None = None,
                       source: str | None = None) -> dict[str, Any]:
         """Run this deployment's model on a PNG or JPEG file and keep the prediction; `Deployment.predict` does this
@@ -101,11 +116,10 @@ class DeploymentPredictions:
         """As `predict` on an image's bytes (PNG or JPEG) held in memory; `filename` is kept for display."""
         if not isinstance(raw_image, bytes | bytearray) or not raw_image:
             raise InvalidInput("raw_image must be the non-empty bytes of a PNG or JPEG image")
-        body: dict[str, Any] = {"deployment": self.name, "image": base64.b64encode(raw_image).decode(),
-                                "filename": filename, "tags": _tags(tags)}
+        body: dict[str, Any] = {"deployment": self.name, "filename": filename, "tags": _tags(tags)}
         if source is not None:
             body["source"] = _name(source)
-        return self._session.post("deployments/predict_bytes", body)
+        return self._send_image("deployments/predict_bytes", body, raw_image, filename, None)
 
     def monitor(self, image_path: str | Path, latency: float, height: int, width: int, prediction: Any,
                 source: str | None = None, tags: list[str] | None = None, timestamp: float | None = None,
@@ -141,11 +155,11 @@ class DeploymentPredictions:
         if not isinstance(raw_image, bytes | bytearray) or not raw_image:
             raise InvalidInput("raw_image must be the non-empty bytes of a PNG or JPEG image")
         body: dict[str, Any] = {
-            "deployment": self.name, "image": base64.b64encode(raw_image).decode(), "filename": filename,
-            "content_type": _content_type(content_type), "latency": latency, "height": height, "width": width,
-            "prediction": _format(prediction, "prediction"), "tags": _tags(tags)}
+            "deployment": self.name, "filename": filename, "content_type": _content_type(content_type),
+            "latency": latency, "height": height, "width": width, "prediction": _format(prediction, "prediction"),
+            "tags": _tags(tags)}
         optional = {"source": _name(source) if source is not None else None, "timestamp": timestamp,
                     "shadow_latency": shadow_latency,
                     "shadow_prediction": _format(shadow_prediction, "shadow_prediction")}
         body |= {key: value for key, value in optional.items() if value is not None}
-        return self._session.post("deployments/monitor_bytes", body)
+        return self._send_image("deployments/monitor_bytes", body, raw_image, filename, body["content_type"])

@@ -1,14 +1,22 @@
 """The SDK's seed-003 prediction methods (client/railyard_client/monitoring_predictions.py) build the bodies the
-routes take: the image base64, tags as a list, the content type given or guessed, PredictionFormats as dicts,
-`shadow_raw_predictions` as the old name of `shadow_prediction`; bad input is refused before anything is sent."""
+routes take: the image base64 (above INLINE_IMAGE_BYTES a multipart file part), tags as a list, the content type
+given or guessed, PredictionFormats as dicts, `shadow_raw_predictions` as the old name of `shadow_prediction`; bad
+input is refused before anything is sent."""
 
 from __future__ import annotations
 
 import base64
+import json
+from types import SimpleNamespace
 
 import pytest
 from railyard_client.errors import InvalidInput
-from railyard_client.monitoring_predictions import DeploymentPredictions, SupportedContentType, is_image_file
+from railyard_client.monitoring_predictions import (
+    INLINE_IMAGE_BYTES,
+    DeploymentPredictions,
+    SupportedContentType,
+    is_image_file,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"rest"
 
@@ -84,3 +92,25 @@ def test_tags_and_sources_may_be_objects_with_a_name():
     deployment.predict_bytes("f.png", PNG, tags=Named("one"))
     assert deployment.sent[0][1]["tags"] == ["cool", "raw"] and deployment.sent[0][1]["source"] == "camera-2"
     assert deployment.sent[1][1]["tags"] == ["one"]
+
+
+def test_images_above_the_inline_size_go_as_a_multipart_file_part():
+    class Multipart(Recorder):
+        def send(self, method: str, path: str, files: dict) -> SimpleNamespace:
+            self.sent.append((path, files))
+            return SimpleNamespace(json=lambda: {"id": "y"})
+
+    deployment = Multipart()
+    big = PNG + b"\0" * INLINE_IMAGE_BYTES
+    fmt = {"detection_classes": [1], "detection_scores": [0.5]}
+    assert deployment.predict_bytes("frame.png", big, tags="cam") == {"id": "y"}
+    deployment.monitor_bytes(big, "image/png", "f.png", 0.1, 8, 8, fmt)
+    deployment.predict_bytes("small.png", big[:INLINE_IMAGE_BYTES])  # up to the threshold: base64 in the JSON body
+    (path, files), (monitor_path, monitor_files), (route, small) = deployment.sent
+    assert path == "/v1/api/deployments/predict_bytes" and files["image"] == ("frame.png", big,
+                                                                             "application/octet-stream")
+    assert json.loads(files["metadata"][1]) == {"deployment": "digits-7", "filename": "frame.png", "tags": ["cam"]}
+    assert monitor_path == "/v1/api/deployments/monitor_bytes" and monitor_files["image"][2] == "image/png"
+    metadata = json.loads(monitor_files["metadata"][1])
+    assert "image" not in metadata and metadata["prediction"] == fmt and metadata["content_type"] == "image/png"
+    assert route == "deployments/predict_bytes" and base64.b64decode(small["image"]) == big[:INLINE_IMAGE_BYTES]
