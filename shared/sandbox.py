@@ -13,7 +13,10 @@ long-lived process talking over pipes) or `run` (one shot, with a wall-time limi
 - another identity: as root, the dedicated unprivileged OS user `SandboxSettings.user` (created if missing);
   as a normal user, the same uid inside a user namespace with no capability left once the code starts;
 - rlimits on address space, CPU seconds, processes, open files and file size; `wall_seconds` kills the whole
-  pid namespace.
+  pid namespace;
+- a disk quota on its working directory (`Limits.disk_bytes` and `Limits.disk_files`, counted from what the
+  directory held at the start): the launcher measures it while the code runs and kills the whole sandbox past
+  either, which ends with `limit_hit` "disk_bytes" or "disk_files" and `describe_limit` saying so.
 
 shared/sandbox_launcher.py builds that (a bubblewrap-like setup with the standard library, so no extra package
 is needed). When a host can give none of it (not root and no user namespaces), `check_available` raises
@@ -43,6 +46,9 @@ from shared.settings import SandboxSettings, Settings
 log = logging.getLogger("railyard.sandbox")
 LAUNCHER = Path(__file__).with_name("sandbox_launcher.py")
 SETUP_FAILED = 125  # the launcher's exit code when it could not build the sandbox
+QUOTA_EXIT = 122  # the launcher's exit code when it stopped the sandbox for its disk quota (same in the launcher)
+QUOTA_MARKS = {"disk_bytes": "railyard-sandbox: disk quota exceeded",
+               "disk_files": "railyard-sandbox: file quota exceeded"}
 STDERR_TAIL = 2000
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 _STREAM_LIMIT = 64 * 1024 * 1024
@@ -65,13 +71,16 @@ class Limits:
     open_files: int = 256  # RLIMIT_NOFILE
     file_size_bytes: int = 256 << 20  # RLIMIT_FSIZE; also the size of its /tmp
     wall_seconds: float | None = None  # `run` kills the whole pid namespace after this
+    disk_bytes: int = 1 << 30  # what the working directory may grow by (bytes allocated), all processes together
+    disk_files: int = 20_000  # how many files and directories may be added to the working directory
 
     @classmethod
     def from_settings(cls, settings: SandboxSettings, **overrides) -> Limits:
         """The configured default limits, with `overrides` (field=value) applied."""
         values = {"memory_bytes": settings.memory_mb << 20, "cpu_seconds": settings.cpu_seconds,
                   "processes": settings.processes, "open_files": settings.open_files,
-                  "file_size_bytes": settings.file_size_mb << 20, "wall_seconds": settings.wall_seconds}
+                  "file_size_bytes": settings.file_size_mb << 20, "wall_seconds": settings.wall_seconds,
+                  "disk_bytes": settings.disk_mb << 20, "disk_files": settings.disk_files}
         return cls(**(values | overrides))
 
 
@@ -94,7 +103,8 @@ class SandboxResult:
     returncode: int
     stdout: bytes
     stderr_tail: str  # the last STDERR_TAIL characters of its stderr
-    limit_hit: str | None  # "memory" | "cpu" | "wall_time" | "file_size" | "processes" | None
+    limit_hit: str | None  # "memory" | "cpu" | "wall_time" | "file_size" | "processes" | "disk_bytes" |
+    # "disk_files" | None
 
 
 class SandboxUnavailable(RailyardError):
@@ -164,6 +174,7 @@ def _launch_config(spec: SandboxSpec, settings: Settings) -> dict:
         "limits": {"memory_bytes": limits.memory_bytes, "cpu_seconds": limits.cpu_seconds,
                    "processes": limits.processes, "open_files": limits.open_files,
                    "file_size_bytes": limits.file_size_bytes},
+        "quota": {"disk_bytes": limits.disk_bytes, "disk_files": limits.disk_files},
     }
     if mechanism == "root":
         config["uid"], config["gid"] = _sandbox_identity(settings.sandbox.user)
@@ -303,6 +314,10 @@ def kill(process: asyncio.subprocess.Process) -> None:
 
 def limit_hit(returncode: int, stderr_tail: str, limits: Limits) -> str | None:
     """Which limit ended a sandboxed process, read from how it ended and the end of its stderr."""
+    if returncode == QUOTA_EXIT:
+        for hit, mark in QUOTA_MARKS.items():
+            if mark in stderr_tail:
+                return hit
     if returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
         return "cpu"
     if returncode in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or "File too large" in stderr_tail:
@@ -314,6 +329,21 @@ def limit_hit(returncode: int, stderr_tail: str, limits: Limits) -> str | None:
     if returncode == -signal.SIGKILL:
         return "memory"  # killed by the kernel: the out-of-memory killer (the CPU limit sends SIGXCPU first)
     return None
+
+
+def describe_limit(hit: str, limits: Limits) -> str:
+    """A sentence for the user naming the limit `hit` (as `limit_hit` returns it) and its value."""
+    return {
+        "disk_bytes": f"the sandbox's disk quota of {limits.disk_bytes >> 20} MiB was exceeded (what its working "
+                      "directory may grow by; write less, or delete what is no longer needed)",
+        "disk_files": f"the sandbox's file quota of {limits.disk_files} files was exceeded (how many files and "
+                      "directories its working directory may gain; write fewer, larger files)",
+        "memory": f"the sandbox's memory limit of {limits.memory_bytes >> 20} MiB was exceeded",
+        "cpu": f"the sandbox's CPU time limit of {limits.cpu_seconds} s was exceeded",
+        "wall_time": f"the sandbox's time limit of {limits.wall_seconds or 0:g} s was exceeded",
+        "file_size": f"the sandbox's file size limit of {limits.file_size_bytes >> 20} MiB was exceeded",
+        "processes": f"the sandbox's limit of {limits.processes} processes and threads was exceeded",
+    }.get(hit, f"the sandbox's {hit} limit was exceeded")
 
 
 def stderr_excerpt(data: bytes, limit: int = STDERR_TAIL) -> str:

@@ -18,6 +18,13 @@ the RAILYARD_SANDBOX_LAUNCH variable, the only variable it is given. What it doe
 
 This process waits for the child and exits with its status (a signal death is re-raised on itself, so the
 caller sees the same negative returncode). SIGTERM to it kills the whole sandbox.
+
+While it waits, it holds the sandbox to its disk quota (config "quota"): every QUOTA_INTERVAL it measures what
+the working directory holds (allocated bytes and inodes, through directory descriptors, never following a link)
+plus the files the sandbox's processes hold open or mapped after deleting them, and when the growth since the
+start passes the quota it kills the whole sandbox, says why on stderr (QUOTA_MARKS) and exits QUOTA_EXIT. The
+working directory stays on the host's disk, so what the code wrote is there for the caller afterwards; the price
+is an overshoot of what the code can write within one interval (docs/security.md, "Disk quota").
 """
 
 from __future__ import annotations
@@ -27,10 +34,12 @@ import json
 import os
 import platform
 import resource
+import select
 import signal
 import stat
 import sys
 import tempfile
+import time
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
@@ -44,6 +53,12 @@ KEPT_FLAGS = ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC,
               (os.ST_NOATIME, MS_NOATIME), (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME))
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 DEVICES = ("null", "zero", "full", "random", "urandom")
+QUOTA_EXIT = 122  # this process's exit status when it stopped the sandbox for its disk quota
+QUOTA_MARKS = {"disk_bytes": "railyard-sandbox: disk quota exceeded",
+               "disk_files": "railyard-sandbox: file quota exceeded"}
+QUOTA_INTERVAL = 0.25  # seconds between two measurements (longer when measuring takes long: at most 20 % busy)
+QUOTA_INTERVAL_MIN = 0.02  # shortest, while the directory grows fast towards its quota
+MAX_DEPTH = 200  # deeper directories count as over the file quota (each level holds a descriptor while measured)
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -215,6 +230,191 @@ def gateway_forwarder(config: dict) -> None:
         os._exit(0)
 
 
+class Usage:
+    """What a working directory holds: allocated bytes and inodes (each counted once, however many links)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.files = 0
+        self.too_deep = False
+        self.seen: set[tuple[int, int]] = set()
+
+    def add(self, info: os.stat_result) -> None:
+        key = (info.st_dev, info.st_ino)
+        if key not in self.seen:
+            self.seen.add(key)
+            self.bytes += info.st_blocks * 512
+            self.files += 1
+
+
+def measure(top: str, stop_bytes: float = float("inf"), stop_files: float = float("inf")) -> Usage:
+    """The usage of the tree at `top`, walked through directory descriptors (no path grows past PATH_MAX, no
+    link is followed, another filesystem mounted inside is not entered); it stops early once `stop_bytes` or
+    `stop_files` is passed. Entries that vanish while it walks are skipped."""
+    usage = Usage()
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        top_fd = os.open(top, flags)
+    except OSError:
+        return usage
+    device = os.fstat(top_fd).st_dev
+    usage.add(os.fstat(top_fd))
+    stack = [(top_fd, os.scandir(top_fd))]
+    try:
+        while stack:
+            fd, entries = stack[-1]
+            try:
+                entry = next(entries, None)
+            except OSError:
+                entry = None
+            if entry is None:
+                stack.pop()
+                entries.close()
+                os.close(fd)
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            usage.add(info)
+            if usage.bytes > stop_bytes or usage.files > stop_files:
+                break
+            if stat.S_ISDIR(info.st_mode) and info.st_dev == device:
+                if len(stack) >= MAX_DEPTH:
+                    usage.too_deep = True
+                    break
+                try:
+                    inner = os.open(entry.name, flags, dir_fd=fd)
+                except OSError:
+                    continue
+                try:
+                    stack.append((inner, os.scandir(inner)))
+                except OSError:
+                    os.close(inner)
+    finally:
+        for fd, entries in stack:
+            entries.close()
+            os.close(fd)
+    return usage
+
+
+def sandbox_pids(child_pid: int, namespace: str | None) -> list[int]:
+    """The processes of the sandbox: those in its pid namespace (or, without namespaces, in this process's
+    process group, which `spawn` started as a session of its own), this process excepted."""
+    me, group = os.getpid(), os.getpgid(0)
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            if namespace is not None:
+                if os.readlink(f"/proc/{name}/ns/pid") == namespace:
+                    pids.append(int(name))
+            elif os.getpgid(int(name)) == group:
+                pids.append(int(name))
+        except OSError:
+            continue
+    return pids
+
+
+def add_unlinked(usage: Usage, pids: list[int], device: int) -> None:
+    """Files of the working directory's filesystem that the sandbox deleted but still holds open or mapped:
+    gone from the tree, their blocks still taken. A mapping without a descriptor counts its mapped length."""
+    number = f"{os.major(device):02x}:{os.minor(device):02x}"
+    for pid in pids:
+        try:
+            descriptors = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in descriptors:
+            path = f"/proc/{pid}/fd/{fd}"
+            try:
+                if not os.readlink(path).endswith(" (deleted)"):
+                    continue
+                info = os.stat(path)
+            except OSError:
+                continue
+            if info.st_nlink == 0 and info.st_dev == device and stat.S_ISREG(info.st_mode):
+                usage.add(info)
+        try:
+            with open(f"/proc/{pid}/maps") as maps:
+                lines = [line for line in maps if line.rstrip().endswith("(deleted)")]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split(maxsplit=5)
+            if len(fields) < 6 or fields[3] != number:
+                continue
+            key = (device, int(fields[4]))
+            if key not in usage.seen:
+                start, end = (int(value, 16) for value in fields[0].split("-"))
+                usage.seen.add(key)
+                usage.bytes += end - start
+                usage.files += 1
+
+
+def over_quota(config: dict, baseline: Usage, child_pid: int, namespace: str | None
+               ) -> tuple[Usage, tuple[str, str] | None]:
+    """The sandbox's usage now, and which quota it passed and how (None while it is within both)."""
+    quota = config["quota"]
+    stop_bytes, stop_files = baseline.bytes + quota["disk_bytes"], baseline.files + quota["disk_files"]
+    usage = measure(config["workdir"], stop_bytes, stop_files)
+    if usage.bytes <= stop_bytes and usage.files <= stop_files and not usage.too_deep:
+        add_unlinked(usage, sandbox_pids(child_pid, namespace), os.stat(config["workdir"]).st_dev)
+    if usage.bytes > stop_bytes:
+        return usage, ("disk_bytes", f"the sandbox's disk quota of {quota['disk_bytes'] >> 20} MiB was exceeded "
+                       "(what its working directory may grow by); the sandbox was stopped")
+    if usage.files > stop_files or usage.too_deep:
+        how = f"directories nested deeper than {MAX_DEPTH} levels" if usage.too_deep else "more files and directories"
+        return usage, ("disk_files", f"the sandbox's file quota of {quota['disk_files']} files was exceeded ({how} "
+                       "in its working directory); the sandbox was stopped")
+    return usage, None
+
+
+def next_interval(config: dict, baseline: Usage, before: tuple[float, Usage], now: tuple[float, Usage],
+                  spent: float) -> float:
+    """Seconds to the next measurement: QUOTA_INTERVAL, shorter when the growth seen since the last one would
+    reach a quota sooner (half the time left at that pace, at least QUOTA_INTERVAL_MIN), never under four times
+    what measuring took."""
+    quota, elapsed = config["quota"], max(now[0] - before[0], 1e-3)
+    interval = QUOTA_INTERVAL
+    for grown, left in ((now[1].bytes - before[1].bytes, baseline.bytes + quota["disk_bytes"] - now[1].bytes),
+                        (now[1].files - before[1].files, baseline.files + quota["disk_files"] - now[1].files)):
+        if grown > 0:
+            interval = min(interval, max(QUOTA_INTERVAL_MIN, left / (grown / elapsed) / 2))
+    return max(interval, 4 * spent)
+
+
+def supervise(pid: int, config: dict, baseline: Usage) -> int:
+    """Wait for the child while holding the sandbox to its disk quota (module docstring); its wait status."""
+    namespace = None
+    if config["mechanism"] != "off":
+        try:
+            namespace = os.readlink(f"/proc/{pid}/ns/pid")
+        except OSError:
+            return wait_for(pid)  # already gone
+    exited = os.pidfd_open(pid)
+    interval, last = QUOTA_INTERVAL, (time.monotonic(), baseline)
+    while not select.select([exited], [], [], interval)[0]:
+        began = time.monotonic()
+        usage, over = over_quota(config, baseline, pid, namespace)
+        if over is not None:
+            os.kill(pid, signal.SIGKILL)  # pid 1 of the namespace: the kernel kills every process in it
+            if namespace is None:
+                for other in sandbox_pids(pid, None):
+                    try:
+                        os.kill(other, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            wait_for(pid)
+            os.write(2, f"\n{QUOTA_MARKS[over[0]]}: {over[1]}\n".encode())
+            os._exit(QUOTA_EXIT)
+        interval = next_interval(config, baseline, last, (began, usage), time.monotonic() - began)
+        last = (began, usage)
+    os.close(exited)
+    return wait_for(pid)
+
+
 def set_limits(limits: dict) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_AS, (limits["memory_bytes"], limits["memory_bytes"]))
@@ -310,6 +510,7 @@ def main() -> None:
     if config["mechanism"] != "off":
         enter_namespaces(config)
         root = mountpoint()
+    baseline = measure(config["workdir"]) if config.get("quota") else None  # the quota counts growth from here
     alive, keep = os.pipe()  # its write end stays open in this process for as long as it lives
     asked, answered = os.pipe(), os.pipe()  # (root) the child asks for its uid map, this process answers
     pid = os.fork()
@@ -329,7 +530,7 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    code = exit_code(wait_for(pid))
+    code = exit_code(supervise(pid, config, baseline) if baseline is not None else wait_for(pid))
     if 128 < code < 128 + signal.NSIG:  # the target died of a signal: die of it too, for the caller to see
         number = code - 128
         if number not in (signal.SIGKILL, signal.SIGSTOP):

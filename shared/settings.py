@@ -122,6 +122,10 @@ class RegistrySettings(BaseModel):
                                            "use (RLIMIT_CPU); unset: worker_timeout plus one.")
     worker_memory_mb: int = Field(4096, description="Address-space limit of a check or conversion process.")
     worker_file_size_mb: int = Field(1024, description="Largest file a check or conversion process may write.")
+    worker_disk_mb: int = Field(2048, description="Disk quota of a check or conversion: MiB its working directory "
+                                "may grow by.")
+    worker_disk_files: int = Field(10_000, description="File quota of a check or conversion: files and directories "
+                                   "its working directory may gain.")
     worker_processes: int = Field(64, description="Processes and threads a check or conversion sandbox may have.")
     secrets_key: str = Field("", description="Fernet key for connection details and registry tokens at rest.")
 
@@ -187,6 +191,14 @@ class TaskSettings(BaseModel):
     max_timeout: int = Field(24 * 3600, description="Largest timeout a task may ask for.")
     run_memory_mb: int = Field(2048, description="Address-space limit of a run.")
     run_cpu_seconds: int = Field(3600, description="CPU seconds a run may use.")
+    run_disk_mb: int = Field(4096, description="Disk quota of a run: MiB its working directory (the unpacked zip "
+                             "included) may grow by.")
+    run_disk_files: int = Field(50_000, description="File quota of a run: files and directories its working "
+                                "directory may gain.")
+    install_disk_mb: int = Field(8192, description="Disk quota of installing one requirements file: MiB the "
+                                 "environment may grow by.")
+    install_disk_files: int = Field(200_000, description="File quota of installing one requirements file: files "
+                                    "and directories the environment may gain.")
     max_concurrent_runs_per_workspace: int = Field(2, description="Runs of one workspace at once; more wait in "
                                                    "order.")
     max_runs_per_process: int = Field(4, description="Runs one scheduler process supervises at once.")
@@ -228,6 +240,10 @@ class SandboxSettings(BaseModel):
     processes: int = Field(64, description="Processes and threads of a sandbox (RLIMIT_NPROC).")
     open_files: int = Field(256, description="Open files of a sandboxed process (RLIMIT_NOFILE).")
     file_size_mb: int = Field(256, description="Largest file a sandboxed process may write; also its /tmp size.")
+    disk_mb: int = Field(1024, description="Disk quota of a sandbox: MiB its working directory may grow by, all "
+                         "its processes together (the whole sandbox is stopped past it).")
+    disk_files: int = Field(20_000, description="File quota of a sandbox: files and directories its working "
+                            "directory may gain.")
     wall_seconds: float = Field(25.0, description="Seconds one inference (or one one-shot run) may take before "
                                 "the sandbox is killed (under the gateway's 30 s inference timeout).")
 

@@ -137,6 +137,8 @@ class SandboxedRuntime:
                       "cpu": "exceeded its CPU time limit",
                       "processes": f"exceeded its process limit ({self.settings.sandbox.processes})",
                       "file_size": f"wrote a file above its size limit ({self.settings.sandbox.file_size_mb} MB)",
+                      "disk_bytes": f"was stopped: {sandbox.describe_limit('disk_bytes', self.limits)}",
+                      "disk_files": f"was stopped: {sandbox.describe_limit('disk_files', self.limits)}",
                       }.get(hit, f"crashed (exit status {returncode})")
             raise WorkerFailed(self._with_excerpt(f"{KIND_NAMES[self.kind]} ({self.name}) {reason} while "
                                                   f"{doing}", since, buffer)) from None

@@ -47,6 +47,9 @@ LIMIT_REASONS = {
     "wall_time": "it did not finish within {wall_seconds:g} s",
     "file_size": "it wrote a file larger than the registry allows ({file_size_mb} MiB)",
     "processes": "it started more processes or threads than the registry allows ({processes})",
+    "disk_bytes": "the sandbox's disk quota of {disk_mb} MiB was exceeded (what a check or conversion may write)",
+    "disk_files": "the sandbox's file quota of {disk_files} files was exceeded (files and directories a check or "
+                  "conversion may write)",
 }
 
 
@@ -71,7 +74,8 @@ def _limit_values(settings: RegistrySettings) -> dict[str, Any]:
     cpu_seconds = settings.worker_cpu_seconds or int(settings.worker_timeout) + 1
     return {"memory_mb": settings.worker_memory_mb, "cpu_seconds": cpu_seconds,
             "wall_seconds": settings.worker_timeout, "file_size_mb": settings.worker_file_size_mb,
-            "processes": settings.worker_processes}
+            "processes": settings.worker_processes, "disk_mb": settings.worker_disk_mb,
+            "disk_files": settings.worker_disk_files}
 
 
 def answer(settings: RegistrySettings, framework: str, end: WorkerEnd, *, stderr_allowed: bool) -> dict[str, Any]:
@@ -124,7 +128,7 @@ async def run_worker(settings: RegistrySettings, framework: str, workdir: Path, 
     limits = sandbox.Limits(
         memory_bytes=values["memory_mb"] << 20, cpu_seconds=values["cpu_seconds"],
         processes=values["processes"], open_files=256, file_size_bytes=values["file_size_mb"] << 20,
-        wall_seconds=values["wall_seconds"])
+        wall_seconds=values["wall_seconds"], disk_bytes=values["disk_mb"] << 20, disk_files=values["disk_files"])
     spec = sandbox.SandboxSpec(argv=_argv(args), workdir=workdir, env=dict(WORKER_ENV), limits=limits,
                                network=sandbox.Network.NONE)
     result = await sandbox.run(spec)

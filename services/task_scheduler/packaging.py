@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 from packaging.requirements import InvalidRequirement, Requirement
 
 from shared.errors import InvalidRequest
-from shared.sandbox import Limits, Network, SandboxSpec, run
+from shared.sandbox import QUOTA_MARKS, Limits, Network, SandboxSpec, describe_limit, run
 from shared.settings import TaskSettings
 
 MAX_REQUIREMENTS_BYTES = 256 * 1024
@@ -250,11 +250,14 @@ async def _pip(env: Path, scratch: Path, wheelhouse: Path | None, settings: Task
         readonly_paths=(scratch,),
         limits=Limits(memory_bytes=settings.run_memory_mb << 20, cpu_seconds=int(settings.install_timeout),
                       processes=256, open_files=1024, file_size_bytes=1 << 30,
-                      wall_seconds=settings.install_timeout),
+                      wall_seconds=settings.install_timeout, disk_bytes=settings.install_disk_mb << 20,
+                      disk_files=settings.install_disk_files),
         network=Network.NONE,
     )
     result = await run(spec)
     output = result.stdout.decode(errors="replace") + "\n" + result.stderr_tail
+    if result.limit_hit in QUOTA_MARKS:
+        return False, f"{describe_limit(result.limit_hit, spec.limits)}\n{_tail(output)}"
     if result.limit_hit:
         return False, f"stopped by the {result.limit_hit} limit\n{_tail(output)}"
     return result.returncode == 0, _tail(output)

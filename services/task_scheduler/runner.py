@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from shared.sandbox import Limits, Network, SandboxSpec, limit_hit, spawn, stderr_excerpt
+from shared.sandbox import QUOTA_MARKS, Limits, Network, SandboxSpec, describe_limit, limit_hit, spawn, stderr_excerpt
 
 log = logging.getLogger("railyard.task_scheduler.runner")
 
@@ -61,6 +61,8 @@ class RunPlan:
     timeout: int
     memory_bytes: int
     cpu_seconds: int
+    disk_bytes: int = 4096 << 20  # the sandbox's disk quota (TaskSettings.run_disk_mb)
+    disk_files: int = 50_000  # and its file quota (TaskSettings.run_disk_files)
 
 
 @dataclass
@@ -134,7 +136,8 @@ def sandbox_spec(plan: RunPlan) -> SandboxSpec:
         env=plan.env,
         readonly_paths=readonly,
         limits=Limits(memory_bytes=plan.memory_bytes, cpu_seconds=plan.cpu_seconds, processes=128,
-                      open_files=1024, file_size_bytes=1 << 30, wall_seconds=plan.timeout),
+                      open_files=1024, file_size_bytes=1 << 30, wall_seconds=plan.timeout,
+                      disk_bytes=plan.disk_bytes, disk_files=plan.disk_files),
         network=Network.GATEWAY_ONLY,
     )
 
@@ -186,6 +189,8 @@ async def execute(plan: RunPlan, writer: LogWriter, kill: asyncio.Event) -> RunO
     if code == 0:
         return RunOutcome("success", 0, None)
     hit = limit_hit(code, stderr_excerpt("\n".join(writer.stderr_tail).encode()), spec.limits)
+    if hit in QUOTA_MARKS:
+        return RunOutcome("failure", code, describe_limit(hit, spec.limits))
     if hit:
         return RunOutcome("failure", code, f"stopped by the {hit} limit (exit status {code})")
     elapsed = time.monotonic() - started

@@ -256,7 +256,8 @@ class Scheduler:
                                gateway_url=self.gateway_url, token=token,
                                args=args if isinstance(args, dict) else json.loads(args)),
             timeout=task["timeout_seconds"], memory_bytes=deps.settings.run_memory_mb << 20,
-            cpu_seconds=deps.settings.run_cpu_seconds)
+            cpu_seconds=deps.settings.run_cpu_seconds, disk_bytes=deps.settings.run_disk_mb << 20,
+            disk_files=deps.settings.run_disk_files)
         seq = 0
 
         async def sink(lines: list[Any]) -> None:

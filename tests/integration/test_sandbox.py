@@ -219,6 +219,65 @@ def test_writing_10_gb_hits_the_file_size_limit(settings):
     assert (settings.stack.data_dir / "work" / "one" / "big").stat().st_size <= 8 << 20
 
 
+def test_many_files_under_the_file_size_limit_hit_the_disk_quota_and_what_was_written_stays(settings):
+    """Each file below RLIMIT_FSIZE, together past the quota: the launcher stops the whole sandbox (a child
+    writing too), says why, and leaves the files on disk for the caller. Overshoot: what fits in one interval."""
+    result = python("""
+        import os
+        os.fork()  # two writers, one tree
+        block = b'x' * (1 << 20)
+        for number in range(1000):
+            with open(f'part-{os.getpid()}-{number}', 'wb') as handle:
+                for _ in range(7):
+                    handle.write(block)
+    """, settings, limits=Limits(file_size_bytes=8 << 20, disk_bytes=64 << 20, wall_seconds=20))
+    assert result.limit_hit == "disk_bytes", result.stderr_tail
+    assert result.returncode == sandbox.QUOTA_EXIT
+    assert "the sandbox's disk quota of 64 MiB was exceeded" in result.stderr_tail
+    workdir = settings.stack.data_dir / "work" / "one"
+    written = sum(path.stat().st_blocks * 512 for path in workdir.iterdir())
+    assert 64 << 20 < written < 1 << 30
+    assert sandbox.describe_limit(result.limit_hit, Limits(disk_bytes=64 << 20)).startswith(
+        "the sandbox's disk quota of 64 MiB was exceeded")
+
+
+def test_many_small_files_hit_the_file_quota(settings):
+    result = python("""
+        import os
+        os.mkdir('many')
+        for number in range(1_000_000):
+            open(f'many/{number}', 'wb').close()
+    """, settings, limits=Limits(disk_files=2000, wall_seconds=20))
+    assert result.limit_hit == "disk_files", result.stderr_tail
+    assert "the sandbox's file quota of 2000 files was exceeded" in result.stderr_tail
+    assert len(os.listdir(settings.stack.data_dir / "work" / "one" / "many")) < 200_000
+
+
+def test_deleted_files_held_open_count_towards_the_quota(settings):
+    result = python("""
+        import os, time
+        kept = []
+        for number in range(64):
+            handle = open(f'hidden-{number}', 'wb')
+            handle.write(b'x' * (4 << 20))
+            handle.flush()
+            os.unlink(f'hidden-{number}')
+            kept.append(handle)
+        time.sleep(30)
+    """, settings, limits=Limits(file_size_bytes=8 << 20, disk_bytes=64 << 20, wall_seconds=20))
+    assert result.limit_hit == "disk_bytes", result.stderr_tail
+
+
+def test_the_quota_counts_growth_from_what_the_workdir_held(settings):
+    workdir = settings.stack.data_dir / "work" / "one"
+    workdir.mkdir(parents=True)
+    (workdir / "upload").write_bytes(b"u" * (48 << 20))  # the caller's input, larger than the quota
+    result = python("import time; open('out', 'wb').write(b'x' * (8 << 20)); time.sleep(1)",  # measured meanwhile
+                    settings, limits=Limits(disk_bytes=32 << 20, wall_seconds=20))
+    assert result.returncode == 0 and result.limit_hit is None, result.stderr_tail
+    assert (workdir / "out").stat().st_size == 8 << 20
+
+
 def test_stderr_is_a_bounded_tail(settings):
     result = python("import sys; sys.stderr.write('e' * 100000 + 'END')", settings)
     assert len(result.stderr_tail) == sandbox.STDERR_TAIL and result.stderr_tail.endswith("END")

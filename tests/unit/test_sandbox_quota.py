@@ -1,0 +1,72 @@
+"""The sandbox's disk quota, the parts that need no sandbox: how the launcher measures a working directory
+(shared/sandbox_launcher.py: `measure`, `add_unlinked`, `next_interval`) and how the caller reads the end it
+reports (shared/sandbox.py: `limit_hit`, `describe_limit`). tests/integration/test_sandbox.py runs the quota
+for real."""
+
+from __future__ import annotations
+
+import os
+
+from shared import sandbox, sandbox_launcher
+from shared.sandbox import QUOTA_EXIT, Limits, describe_limit, limit_hit
+from shared.sandbox_launcher import MAX_DEPTH, Usage, add_unlinked, measure, next_interval
+
+
+def test_measure_counts_blocks_and_inodes_once_and_follows_no_link(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "data").write_bytes(b"x" * (1 << 20))
+    os.link(tmp_path / "a" / "data", tmp_path / "again")  # a hard link takes no space
+    (tmp_path / "up").symlink_to("/usr")  # never followed
+    usage = measure(str(tmp_path))
+    assert usage.files == 4  # the top, a, data, up (again is data)
+    assert 1 << 20 <= usage.bytes < (1 << 20) + 64 * 1024
+    assert not usage.too_deep
+
+
+def test_measure_stops_once_past_a_budget(tmp_path):
+    for number in range(50):
+        (tmp_path / f"f{number}").touch()
+    assert measure(str(tmp_path), stop_files=10).files == 11
+
+
+def test_nesting_deeper_than_it_can_hold_descriptors_for_is_flagged(tmp_path):
+    folder = tmp_path
+    for _ in range(MAX_DEPTH + 5):
+        folder = folder / "d"
+    os.makedirs(folder)  # shorter than PATH_MAX here, but a hostile tree can be deeper than any path
+    assert measure(str(tmp_path)).too_deep
+
+
+def test_a_deleted_file_still_open_counts(tmp_path):
+    path = tmp_path / "hidden"
+    with open(path, "wb") as handle:
+        handle.write(b"x" * (4 << 20))
+        handle.flush()
+        os.unlink(path)
+        usage = measure(str(tmp_path))
+        assert usage.bytes < 1 << 20
+        add_unlinked(usage, [os.getpid()], os.stat(tmp_path).st_dev)
+        assert usage.bytes >= 4 << 20 and usage.files >= 2
+
+
+def test_measurements_come_sooner_as_the_quota_nears_at_the_pace_seen():
+    config = {"quota": {"disk_bytes": 100 << 20, "disk_files": 1000}}
+    baseline, before, now = Usage(), Usage(), Usage()
+    now.bytes = 90 << 20  # 90 MiB in one second: the last 10 MiB come in ~0.1 s
+    soon = next_interval(config, baseline, (0.0, before), (1.0, now), spent=0.001)
+    assert sandbox_launcher.QUOTA_INTERVAL_MIN <= soon < 0.1
+    idle = next_interval(config, baseline, (0.0, now), (1.0, now), spent=0.001)
+    assert idle == sandbox_launcher.QUOTA_INTERVAL
+    assert next_interval(config, baseline, (0.0, now), (1.0, now), spent=0.5) == 2.0  # measuring is at most 20 %
+
+
+def test_the_launchers_quota_end_is_read_as_a_typed_limit_with_its_value():
+    marks = sandbox_launcher.QUOTA_MARKS
+    assert marks == sandbox.QUOTA_MARKS and sandbox_launcher.QUOTA_EXIT == QUOTA_EXIT
+    limits = Limits(disk_bytes=300 << 20, disk_files=1234)
+    tail = f"...\n{marks['disk_bytes']}: the sandbox's disk quota of 300 MiB was exceeded\n"
+    assert limit_hit(QUOTA_EXIT, tail, limits) == "disk_bytes"
+    assert limit_hit(QUOTA_EXIT, marks["disk_files"], limits) == "disk_files"
+    assert limit_hit(1, tail, limits) is None  # the code printing the words is not the launcher stopping it
+    assert describe_limit("disk_bytes", limits).startswith("the sandbox's disk quota of 300 MiB was exceeded")
+    assert "file quota of 1234 files" in describe_limit("disk_files", limits)
