@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
 import json
 import time
 import uuid
+from functools import cache
 
 import asyncpg
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -308,3 +311,96 @@ def test_bad_images_outsiders_and_inference_tokens_change_nothing(stack, admin, 
         assert post(stack, f"deployments/{route}", token, body).status_code == 403
         assert post(stack, f"deployments/{route}", None, body).status_code == 401
     assert rows_of(stack, squares.id) == before and image_stored(stack, png) is None
+
+
+# --- camera frames: images above the bus payload limit, staged in object storage by the gateway ---------------------
+
+
+@cache
+def camera_frame(seed: int) -> bytes:
+    """A 2048x2048 PNG of more than 2 MB (noise in the low 6 bits, which PNG cannot squeeze) whose detector cell
+    (1, 2) is bright and the rest dark."""
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 64, size=(2048, 2048), dtype=np.uint8)
+    cells = np.zeros((2048, 2048), dtype=bool)
+    cells[512:1024, 1024:1536] = True
+    frame = squares_png({}, pixels=np.where(cells, 255 - noise, noise).astype(np.uint8))
+    assert len(frame) > 2 * 1024 * 1024
+    return frame
+
+
+def staged_keys(stack, user_id: str) -> list[str]:
+    """The staged uploads of one user left in the monitoring bucket."""
+    store = MinioObjectStore(stack.settings().s3)
+    return [key for key, _ in asyncio.run(store.list_keys(BUCKET_MONITORING, f"staging/{user_id}/"))]
+
+
+def multipart(stack, route: str, token: str | None, image: bytes, metadata: dict) -> httpx.Response:
+    return httpx.post(f"{stack.api}/deployments/{route}", headers={"Authorization": f"Bearer {token}"},
+                      files={"image": ("frame.png", image, "image/png"),
+                             "metadata": (None, json.dumps(metadata), "application/json")}, timeout=60)
+
+
+def test_camera_frames_above_the_bus_limit_are_predicted_and_monitored(stack, owner, deployed, tmp_path):
+    squares = deployed["squares"]
+    squares.update(min_threshold=0.5)
+    frame = camera_frame(1)
+    path = tmp_path / "frame.png"
+    path.write_bytes(frame)
+    answer = squares.predict(path, tags=["4k"], source="camera-9")  # the SDK: a multipart upload above 512 KiB
+    assert (answer["height"], answer["width"], answer["filename"]) == (2048, 2048, "frame.png")
+    assert answer["prediction"]["detection_boxes"] == [[512, 1024, 1024, 1536]] and answer["labels"] == ["white"]
+    assert 0.75 < answer["prediction"]["detection_scores"][0] < 0.95
+    assert answer["image_sha256"] == hashlib.sha256(frame).hexdigest() and image_stored(stack, frame) == frame
+    # raw HTTP: the seed's predict route, the image as a file part and the JSON body's other fields as metadata
+    response = multipart(stack, "predict", owner.token, frame, {"deployment": squares.name, "tags": ["raw"]})
+    assert response.status_code == 200, response.text
+    raw = response.json()
+    assert raw["prediction"] == answer["prediction"] and raw["tags"] == ["raw"] and raw["filename"] == "frame.png"
+    monitored = squares.monitor_bytes(frame, "image/png", "frame.png", latency=0.2, height=2048, width=2048,
+                                      prediction=given(answer["prediction"]))
+    assert monitored["origin"] == "monitor" and monitored["image_sha256"] == answer["image_sha256"]
+    rows = query(stack, "SELECT id, origin, height FROM monitoring.predictions WHERE id = ANY($1::uuid[])",
+                 [uuid.UUID(a["id"]) for a in (answer, raw, monitored)])
+    assert sorted((r["origin"], r["height"]) for r in rows) == [("monitor", 2048), ("predict", 2048),
+                                                               ("predict", 2048)]
+    assert staged_keys(stack, owner.user_id) == []
+
+
+def test_bad_oversize_and_foreign_staged_images_are_refused_and_leave_nothing(stack, admin, owner, deployed):
+    squares = deployed["squares"]
+    outsider = make_account(stack, admin, "stager")
+    before = rows_of(stack, squares.id)
+    limit = stack.settings().monitoring.max_image_bytes
+    body = {"deployment": squares.name}
+    bad = [
+        (owner, multipart(stack, "predict", owner.token, b"\x89PNG\r\n\x1a\n" + b"\0" * limit, body),
+         413, "payload_too_large", "larger than"),
+        (owner, multipart(stack, "predict_bytes", owner.token, b"GIF89a" + b"\0" * 600_000, body),
+         400, "invalid_request", "neither a PNG nor a JPEG"),
+        (owner, multipart(stack, "predict", owner.token, camera_frame(2)[:1_000_000], body),  # staged, then refused
+         400, "invalid_request", "does not decode"),
+        (owner, multipart(stack, "predict", owner.token, camera_frame(3), {"deployment": "nothing-999999"}),
+         404, "not_found", "nothing-999999"),
+        (owner, multipart(stack, "monitor", owner.token, camera_frame(3), body | {"latency": 0.1}),
+         400, "invalid_request", "height"),
+        (owner, multipart(stack, "predict", owner.token, camera_frame(3), body | {"image": "aGk="}),
+         400, "invalid_request", "came twice"),
+        (outsider, multipart(stack, "predict", outsider.token, camera_frame(3), body), 404, "not_found", ""),
+    ]
+    for account, response, status, code, message in bad:
+        assert response.status_code == status and response.json()["code"] == code, response.text
+        assert message in response.json()["msg"], response.text
+        assert staged_keys(stack, account.user_id) == []
+    # the bus is a front door too: a staged key is consumed only for the user it was staged for
+    store = MinioObjectStore(stack.settings().s3)
+    key = f"staging/{owner.user_id}/{uuid.uuid4()}"
+    asyncio.run(store.put_bytes(BUCKET_MONITORING, key, camera_frame(3)))
+    stolen = post(stack, "deployments/predict", outsider.token, {"deployment": squares.name, "staged_key": key})
+    assert stolen.status_code == 403 and stolen.json()["code"] == "forbidden", stolen.text
+    assert staged_keys(stack, owner.user_id) == [key]  # neither read nor deleted
+    odd = post(stack, "deployments/predict", owner.token, {"deployment": squares.name, "staged_key": "staging/x/../y"})
+    assert odd.status_code == 400 and "staged_key" in odd.json()["msg"], odd.text
+    missing = post(stack, "deployments/predict", owner.token, {"deployment": "nothing-999999", "staged_key": key})
+    assert missing.status_code == 404 and staged_keys(stack, owner.user_id) == []  # consumed on the error path
+    assert rows_of(stack, squares.id) == before and image_stored(stack, camera_frame(3)) is None
