@@ -102,6 +102,7 @@ def stack_env(data_dir: Path) -> dict[str, str]:
     env["RAILYARD_REGISTRY__WORKER_CPU_SECONDS"] = "8"
     env["RAILYARD_REGISTRY__WORKER_MEMORY_MB"] = "1024"
     env["RAILYARD_REGISTRY__WORKER_FILE_SIZE_MB"] = "64"
+    env["RAILYARD_REGISTRY__WORKER_DISK_MB"] = "256"  # many files of 60 MiB are stopped at 256 (the hostile test)
     for name, port in zip(names, ports, strict=True):
         key = "RAILYARD_GATEWAY__PORT" if name == "GATEWAY" else f"RAILYARD_STACK__{name}"
         env[key] = str(port)

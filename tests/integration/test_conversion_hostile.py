@@ -330,6 +330,24 @@ found.append("wrote 10 GB")
     _assert_registry_serves(stack, alice)
 
 
+def test_many_files_under_the_size_limit_fail_on_the_disk_quota(stack, alice):
+    """Files of 60 MiB (each under the 64 MiB file size limit) until 10 GB: the sandbox's disk quota (256 MiB
+    in the test stack) stops the whole conversion long before, whatever it forges, and the reason says so."""
+    body = """
+block = b"\\0" * (1 << 20)
+for number in range(170):
+    with open(f"filler-{number}", "wb") as handle:
+        for _ in range(60):
+            handle.write(block)
+found.append("wrote 10 GB in files of 60 MiB")
+"""
+    version, text = _converted(stack, alice, f"quota-{uuid.uuid4().hex[:6]}", _payload(stack, body, "forge"))
+    _assert_railyard_wrote_it(version)
+    assert "the sandbox's disk quota of 256 MiB was exceeded" in version["error"], version["error"]
+    _assert_leaks_nothing(stack, text)
+    _assert_registry_serves(stack, alice)
+
+
 # --- archives ----------------------------------------------------------------------------------------------
 
 
