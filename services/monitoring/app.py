@@ -6,7 +6,7 @@ from pathlib import Path
 
 from faststream.nats import NatsRouter
 
-from services.monitoring import continuous, feedback, handlers, predictions, reference
+from services.monitoring import continuous, feedback, handlers, predictions, reference, staging_sweep
 from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import CallContext, command
@@ -98,12 +98,16 @@ async def start(runtime: Runtime) -> None:
                                    membership=lambda token: bus_membership(broker, token, timeout),
                                    timeout=timeout, deploy_timeout=timeout + settings.registry.worker_timeout,
                                    objects=runtime.objects, max_image_bytes=settings.monitoring.max_image_bytes)
-    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed)
+    sweep = staging_sweep.StagedImageSweep(runtime.objects)
+    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, staging_sweep=sweep)
+    sweep.start()
     await feedback.start(runtime)
     await continuous.start(runtime)
 
 
 async def stop(runtime: Runtime) -> None:
+    if (sweep := runtime.extras.get("staging_sweep")) is not None:
+        await sweep.stop()
     await continuous.stop(runtime)
     await feedback.stop(runtime)
     feed = runtime.extras.get("verifier_feed")
