@@ -140,8 +140,11 @@ class SandboxedRuntime:
                       "disk_bytes": f"was stopped: {sandbox.describe_limit('disk_bytes', self.limits)}",
                       "disk_files": f"was stopped: {sandbox.describe_limit('disk_files', self.limits)}",
                       }.get(hit, f"crashed (exit status {returncode})")
-            raise WorkerFailed(self._with_excerpt(f"{KIND_NAMES[self.kind]} ({self.name}) {reason} while "
-                                                  f"{doing}", since, buffer)) from None
+            message = self._with_excerpt(f"{KIND_NAMES[self.kind]} ({self.name}) {reason} while {doing}", since,
+                                         buffer)
+            if hit in sandbox.QUOTA_MARKS:  # the launcher's own verdict: the user's code passed a limit, 400
+                raise InvalidRequest(message, code=RESOURCE_LIMIT) from None
+            raise WorkerFailed(message) from None
 
     async def _kill(self) -> int | None:
         self.ready = False

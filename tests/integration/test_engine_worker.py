@@ -1,6 +1,6 @@
 """The engine's sandboxed worker (services/engine/sandboxed.py + worker.py) with real processes, no stack: a
-Python step answers through it, and a worker that raises, hangs, crashes or runs out of memory fails only that
-request, with Railyard's message, and is replaced."""
+Python step answers through it, and a worker that raises, hangs, crashes, runs out of memory or passes its disk
+quota fails only that request, with Railyard's message, and is replaced."""
 
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ def wallaroo_json(data: pd.DataFrame):
         blocks = [bytearray(64 << 20) for _ in range(100)]
     if action == "env":
         return {"env": [sorted(os.environ)]}
+    if action == "disk":  # files under the 64 MiB size limit, together past the 32 MiB disk quota
+        for number in range(100):
+            with open(f"filler-{number}", "wb") as handle:
+                handle.write(b"x" * (8 << 20))
+        time.sleep(1000)
     return {"doubled": [v * 2 for v in data["value"]]}
 """
 
@@ -37,7 +42,8 @@ def wallaroo_json(data: pd.DataFrame):
 @pytest.fixture
 def settings(tmp_path, monkeypatch) -> Settings:
     monkeypatch.setenv("RAILYARD_S3__SECRET_KEY", "engine-worker-secret")
-    return Settings(stack={"data_dir": tmp_path / "data"}, sandbox={"wall_seconds": 2, "memory_mb": 768})
+    return Settings(stack={"data_dir": tmp_path / "data"},
+                    sandbox={"wall_seconds": 2, "memory_mb": 768, "disk_mb": 32})
 
 
 def table(action: str) -> pa.Table:
@@ -76,7 +82,13 @@ async def test_a_python_step_runs_in_a_worker_and_survives_each_failure(settings
             await runtime.predict_async(table("memory"))
         assert "memory limit" in memory.value.msg
         assert (await runtime.predict_async(table("ok"))).num_rows == 1
-        assert runtime.replaced >= 2
+
+        with pytest.raises(InvalidRequest) as disk:
+            await runtime.predict_async(table("disk"))
+        assert disk.value.code == "resource_limit"
+        assert "was stopped: the sandbox's disk quota of 32 MiB was exceeded" in disk.value.msg, disk.value.msg
+        assert (await runtime.predict_async(table("ok"))).num_rows == 1
+        assert runtime.replaced >= 3
     finally:
         await runtime.stop()
     assert not runtime.workdir.exists()
