@@ -122,7 +122,9 @@ NOT_WORKSPACE_SCOPED = {
     *(f"deployments/{verb}" for verb in ("add_tags", "delete", "get_model_version", "get_shadow_model", "get_tags",
                                          "retrieve_information", "set_model", "set_shadow_model", "update")),
     # seed-003 predictions: test_monitoring_predictions.py (test_bad_images_outsiders_and_inference_tokens_...:
-    # an outsider 404 as a missing deployment, inference token 403, no token 401; no row, no image stored)
+    # an outsider 404 as a missing deployment, inference token 403, no token 401; no row, no image stored;
+    # their multipart form: test_bad_oversize_and_foreign_staged_images_...: an outsider's upload 404 with nothing
+    # staged left, another user's staged key 403 and untouched)
     *(f"deployments/{verb}" for verb in ("predict", "predict_bytes", "monitor", "monitor_bytes")),
     # seed-003 continuous training and deployment:
     # test_monitoring_loop.py::test_continuous_settings_checked_and_isolated (an outsider 404 as a missing
