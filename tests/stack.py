@@ -103,6 +103,7 @@ def stack_env(data_dir: Path) -> dict[str, str]:
     env["RAILYARD_REGISTRY__WORKER_MEMORY_MB"] = "1024"
     env["RAILYARD_REGISTRY__WORKER_FILE_SIZE_MB"] = "64"
     env["RAILYARD_REGISTRY__WORKER_DISK_MB"] = "256"  # many files of 60 MiB are stopped at 256 (the hostile test)
+    env["RAILYARD_TASKS__RUN_DISK_MB"] = "128"  # a run filling its working directory (test_orchestrations.py)
     for name, port in zip(names, ports, strict=True):
         key = "RAILYARD_GATEWAY__PORT" if name == "GATEWAY" else f"RAILYARD_STACK__{name}"
         env[key] = str(port)

@@ -301,6 +301,23 @@ def test_timeout_and_exit_status_fail_the_run(stack, alice):
     assert " stderr F bad" in logs(stack, alice, run["run_id"])[0]
 
 
+def test_a_run_writing_past_its_disk_quota_fails_with_that_reason_and_the_next_run_works(stack, alice):
+    """Files of 32 MiB (each far under a run's 1 GiB file size limit) until 2 GB: the sandbox's disk quota
+    (128 MiB in the test stack) stops the run, and its reason says which quota and how large."""
+    filler = ("import os\nblock = b'x' * (1 << 20)\nfor n in range(64):\n    with open(f'filler-{n}', 'wb') as f:\n"
+              "        for _ in range(32):\n            f.write(block)\n    print('wrote', n, flush=True)\n"
+              "print('all written')\n")
+    orch = ready_orchestration(stack, alice, {"main.py": filler})
+    run = wait_run(stack, alice, run_once(stack, alice, orch), {"success", "failure"}, timeout=60)
+    assert run["status"] == "failure", run
+    assert run["reason"].startswith("the sandbox's disk quota of 128 MiB was exceeded"), run
+    lines = text_of(logs(stack, alice, run["run_id"]))
+    assert "all written" not in lines and any("disk quota exceeded" in line for line in lines), lines
+    fine = ready_orchestration(stack, alice, {"main.py": "print('fine')"})
+    run = wait_run(stack, alice, run_once(stack, alice, fine), {"success", "failure"}, timeout=60)
+    assert run["status"] == "success", run
+
+
 # --- what a run reaches ----------------------------------------------------------------------------------------
 
 PROBE = '''
