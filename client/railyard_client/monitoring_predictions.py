@@ -113,7 +113,9 @@ class DeploymentPredictions:
 
     def predict_bytes(self, filename: str, raw_image: bytes, tags: str | list[str] | None = None,
                       source: str | None = None) -> dict[str, Any]:
-        """As `predict` on an image's bytes (PNG or JPEG) held in memory; `filename` is kept for display."""
+        """As `predict` on an image's bytes (PNG or JPEG) held in memory; `filename` is kept for display. An image
+        above 512 KiB is sent as a multipart upload (up to the server's `monitoring.max_image_bytes`, 25 MiB by
+        default; PayloadTooLarge above)."""
         if not isinstance(raw_image, bytes | bytearray) or not raw_image:
             raise InvalidInput("raw_image must be the non-empty bytes of a PNG or JPEG image")
         body: dict[str, Any] = {"deployment": self.name, "filename": filename, "tags": _tags(tags)}
