@@ -18,7 +18,7 @@ from railyard_client.session import Session
 
 SUPPORTED_CONTENT_TYPES = ("image/png", "image/jpeg")
 # above this, the image goes as a multipart file part (staged in object storage by the server) rather than base64
-# in the JSON body, which the server's JSON limit and its bus payload limit (about 1 MB) bound
+# in the JSON body, which the server's JSON body limit (2 MiB: images of about 1.5 MB) bounds
 INLINE_IMAGE_BYTES = 512 * 1024
 
 

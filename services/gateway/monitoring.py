@@ -96,7 +96,8 @@ def accepting_image_uploads(runtime: Runtime, route: Any, json_endpoint: Callabl
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != MULTIPART:
             return await json_endpoint(request, principal)
-        form = await request.form(max_files=1, max_fields=4, max_part_size=settings.gateway.max_json_bytes)
+        # two files at most: curl -F metadata=@body.json sends the metadata as a file part too
+        form = await request.form(max_files=2, max_fields=4, max_part_size=settings.gateway.max_json_bytes)
         try:
             return await _stage_and_forward(request, principal, form)
         finally:
