@@ -57,11 +57,13 @@ JSON_ROUTE_SPECS: list[tuple[Any, ...]] = [
      None, 200, True),
 ]
 
-# seed 003's predictions on images: the image rides base64 in the JSON body (within the JSON body limit); long-running
+# seed 003's predictions on images: the image rides base64 in the JSON body (within the JSON body limit) or, larger,
+# as a multipart file part (accepting_image_uploads, http.py wraps these four routes with it); long-running
 # (the gateway waits past the bus's default 5 s: predict waits for the engine, up to 30 s, and images go to storage)
 JSON_ROUTE_SPECS += [
     ("/deployments/predict", subjects.MONITORING_PREDICT, pred.PredictImage, pred.PredictionResult,
-     "Run the deployment's model on a PNG/JPEG image (base64) and keep the prediction (SDK: predict).",
+     "Run the deployment's model on a PNG/JPEG image (base64, or a multipart file part up to 25 MiB) and keep the "
+     "prediction (SDK: predict).",
      None, 200, True),
     ("/deployments/predict_bytes", subjects.MONITORING_PREDICT, pred.PredictImage, pred.PredictionResult,
      "As predict (SDK: predict_bytes, the image's bytes in memory).", None, 200, True),
