@@ -373,20 +373,21 @@ def test_bad_oversize_and_foreign_staged_images_are_refused_and_leave_nothing(st
     before = rows_of(stack, squares.id)
     limit = stack.settings().monitoring.max_image_bytes
     body = {"deployment": squares.name}
+    image = squares_png({(3, 3): 99}, size=48)  # multipart takes an image of any size: a small one is enough here
     bad = [
         (owner, multipart(stack, "predict", owner.token, b"\x89PNG\r\n\x1a\n" + b"\0" * limit, body),
          413, "payload_too_large", "larger than"),
         (owner, multipart(stack, "predict_bytes", owner.token, b"GIF89a" + b"\0" * 600_000, body),
          400, "invalid_request", "neither a PNG nor a JPEG"),
-        (owner, multipart(stack, "predict", owner.token, camera_frame(2)[:1_000_000], body),  # staged, then refused
+        (owner, multipart(stack, "predict", owner.token, camera_frame(1)[:1_000_000], body),  # staged, then refused
          400, "invalid_request", "does not decode"),
-        (owner, multipart(stack, "predict", owner.token, camera_frame(3), {"deployment": "nothing-999999"}),
+        (owner, multipart(stack, "predict", owner.token, image, {"deployment": "nothing-999999"}),
          404, "not_found", "nothing-999999"),
-        (owner, multipart(stack, "monitor", owner.token, camera_frame(3), body | {"latency": 0.1}),
+        (owner, multipart(stack, "monitor", owner.token, image, body | {"latency": 0.1}),
          400, "invalid_request", "height"),
-        (owner, multipart(stack, "predict", owner.token, camera_frame(3), body | {"image": "aGk="}),
+        (owner, multipart(stack, "predict", owner.token, image, body | {"image": "aGk="}),
          400, "invalid_request", "came twice"),
-        (outsider, multipart(stack, "predict", outsider.token, camera_frame(3), body), 404, "not_found", ""),
+        (outsider, multipart(stack, "predict", outsider.token, image, body), 404, "not_found", ""),
     ]
     for account, response, status, code, message in bad:
         assert response.status_code == status and response.json()["code"] == code, response.text
@@ -395,7 +396,7 @@ def test_bad_oversize_and_foreign_staged_images_are_refused_and_leave_nothing(st
     # the bus is a front door too: a staged key is consumed only for the user it was staged for
     store = MinioObjectStore(stack.settings().s3)
     key = f"staging/{owner.user_id}/{uuid.uuid4()}"
-    asyncio.run(store.put_bytes(BUCKET_MONITORING, key, camera_frame(3)))
+    asyncio.run(store.put_bytes(BUCKET_MONITORING, key, image))
     stolen = post(stack, "deployments/predict", outsider.token, {"deployment": squares.name, "staged_key": key})
     assert stolen.status_code == 403 and stolen.json()["code"] == "forbidden", stolen.text
     assert staged_keys(stack, owner.user_id) == [key]  # neither read nor deleted
@@ -403,4 +404,4 @@ def test_bad_oversize_and_foreign_staged_images_are_refused_and_leave_nothing(st
     assert odd.status_code == 400 and "staged_key" in odd.json()["msg"], odd.text
     missing = post(stack, "deployments/predict", owner.token, {"deployment": "nothing-999999", "staged_key": key})
     assert missing.status_code == 404 and staged_keys(stack, owner.user_id) == []  # consumed on the error path
-    assert rows_of(stack, squares.id) == before and image_stored(stack, camera_frame(3)) is None
+    assert rows_of(stack, squares.id) == before and image_stored(stack, image) is None
