@@ -75,7 +75,7 @@ LEFT = {
     "ragged nested": [{"t": [[1.0], [2.0, 3.0]] if i == 7 else [[1.0, 2.0], [3.0]]} for i in range(ROWS * 5)],
     "a list in one row": [{"t": [1.0] * 20 if i != 5 else [1.0] * 19 + [[1.0]]} for i in range(ROWS)],
     "ragged": [{"t": [1.0] * (20 + (i == 9))} for i in range(ROWS)],
-    "empty tensors": [{"t": []} for _ in range(ROWS * 50)],
+    "empty tensors": [{"t": []} for _ in range(ROWS * 3)],
     "strings": [{"t": [1.0] * 20, "label": "a[b"} for _ in range(ROWS)],
     "a `[` in a key": [{"t[0]": [1.0] * 20} for _ in range(ROWS)],
     "booleans": [{"t": [1.0] * 19 + [True]} for _ in range(ROWS)],
