@@ -91,14 +91,21 @@ def _element_kind(name: str, types: set[type]) -> str:
 
 def _column_array(name: str, values: list[Any]) -> pa.Array:
     tensors = sum(isinstance(v, list) for v in values)
+    out_of_range = InvalidRequest(f"column {name!r}: an integer outside the 64-bit signed range (write it as a "
+                                  "float, e.g. 9.3e18, if that is what the model takes)")
     if tensors == 0:
         kind = _element_kind(name, {type(v) for v in values})
-        return pa.array(values, type=_ARROW_TYPES[kind])
+        try:
+            return pa.array(values, type=_ARROW_TYPES[kind])
+        except OverflowError:
+            raise out_of_range from None
     if tensors != len(values):
         raise InvalidRequest(f"column {name!r}: mixes tensors and scalars")
     kind = _element_kind(name, _leaf_types(values))
     try:
         arr = np.asarray(values, dtype=_NUMPY_TYPES[kind])
+    except OverflowError:
+        raise out_of_range from None
     except ValueError:
         raise InvalidRequest(f"column {name!r}: ragged tensor (rows have different shapes)") from None
     return tensor_array(arr)

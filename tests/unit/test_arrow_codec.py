@@ -44,6 +44,8 @@ def test_nested_tensor_keeps_its_shape():
     ([], "non-empty list"),
     ("nope", "non-empty list"),
     ([1, 2], "JSON object"),
+    ([{"t": 2**63}], "outside the 64-bit signed range"),  # was an OverflowError: a 500
+    ([{"t": 1}, {"t": -2**63 - 1}], "outside the 64-bit signed range"),
 ])
 def test_bad_records_are_rejected_with_the_reason(records, message):
     with pytest.raises(InvalidRequest, match=message.replace("[", r"\[").replace("]", r"\]")):
