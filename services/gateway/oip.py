@@ -140,6 +140,8 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
                 raise InvalidRequest(f"input {name!r} has no data")
             try:
                 array = np.asarray(data, dtype=dtype).reshape(-1)
+            except OverflowError:
+                raise InvalidRequest(f"input {name!r}: a value is outside the range of {datatype}") from None
             except (ValueError, TypeError):
                 raise InvalidRequest(f"input {name!r}: data is not {datatype}") from None
         if array.size != int(np.prod(shape)):

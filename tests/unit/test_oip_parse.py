@@ -68,6 +68,10 @@ def test_the_fast_reader_takes_flat_floats_and_leaves_the_rest():
     (b'{"inputs": [{"name": "t", "shape": [1], "datatype": "FP32", "data": [1e400]}]}', ""),
     (b'{"inputs": [{"name": "t", "shape": [1], "datatype": "FP32", "data": [1]', "not valid JSON"),
     (b'{"inputs": []}', "non-empty `inputs`"),
+    # integers outside the datatype's range were an OverflowError from numpy: a 500
+    (b'{"inputs": [{"name": "t", "shape": [1], "datatype": "INT64", "data": [9223372036854775808]}]}',
+     "outside the range of INT64"),
+    (b'{"inputs": [{"name": "t", "shape": [1], "datatype": "UINT8", "data": [300]}]}', "outside the range of UINT8"),
 ])
 def test_bad_requests_get_the_general_paths_errors(body, message):
     with pytest.raises(InvalidRequest) as fast:
