@@ -129,11 +129,17 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
         if not shape or any(d < 0 for d in shape):
             raise InvalidRequest(f"input {name!r}: shape must be non-negative with a batch dimension first")
         dtype = np.dtype(DATATYPES[datatype]).newbyteorder("<")
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        size = (tensor.get("parameters") or {}).get("binary_data_size") if isinstance(
+            tensor.get("parameters"), dict) else None
         if size is not None:
-            chunk = binary[offset:offset + int(size)]
-            offset += int(size)
-            array = np.frombuffer(chunk, dtype=dtype)
+            if type(size) is not int or size < 0 or size % dtype.itemsize:
+                raise InvalidRequest(f"input {name!r}: binary_data_size must be a whole number of {datatype} "
+                                     f"values ({dtype.itemsize} bytes each)")
+            if offset + size > len(binary):
+                raise InvalidRequest(f"input {name!r}: binary_data_size says {size} bytes, the body holds "
+                                     f"{len(binary) - offset} after the previous inputs")
+            array = np.frombuffer(binary[offset:offset + size], dtype=dtype)
+            offset += size
         else:
             data = tensor.get("data")
             if data is None:
@@ -152,12 +158,21 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
         matrix = array.reshape(shape)
         columns.append(tensor_array(matrix) if matrix.ndim > 1 else pa.array(matrix))
         names.append(name)
+    if offset != len(binary):
+        raise InvalidRequest(f"the body holds {len(binary) - offset} bytes of binary data no input's "
+                             "binary_data_size accounts for")
     return request, pa.Table.from_arrays(columns, names=names)
 
 
 def encode_response(request: dict[str, Any], model: str, version: str, outputs: pa.Table) -> tuple[bytes, dict]:
-    wanted = {o["name"]: o for o in request.get("outputs") or [] if isinstance(o, dict) and "name" in o}
-    all_binary = bool((request.get("parameters") or {}).get("binary_data_output"))
+    def parameters(entry: dict) -> dict:
+        found = entry.get("parameters")
+        return found if isinstance(found, dict) else {}
+
+    outputs_wanted = request.get("outputs")
+    wanted = {o["name"]: o for o in (outputs_wanted if isinstance(outputs_wanted, list) else [])
+              if isinstance(o, dict) and isinstance(o.get("name"), str)}
+    all_binary = bool(parameters(request).get("binary_data_output"))
     described, blobs = [], []
     for name in outputs.column_names:
         if wanted and name not in wanted:
@@ -167,7 +182,7 @@ def encode_response(request: dict[str, Any], model: str, version: str, outputs: 
             continue  # split bookkeeping (_model_split) is not a tensor
         array = _to_numpy(column)
         entry = {"name": name, "datatype": NUMPY_TO_OIP.get(array.dtype.str, "FP32"), "shape": list(array.shape)}
-        if all_binary or (wanted.get(name, {}).get("parameters") or {}).get("binary_data"):
+        if all_binary or parameters(wanted.get(name, {})).get("binary_data"):
             raw = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import orjson
+import pyarrow as pa
 import pytest
 
 from services.gateway import oip
@@ -80,3 +81,31 @@ def test_bad_requests_get_the_general_paths_errors(body, message):
         _general(body)
     assert str(fast.value) == str(general.value)
     assert message in str(fast.value)
+
+
+def _binary(size, blob: bytes, extra_parameters=None) -> tuple[bytes, str]:
+    header = orjson.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32",
+                                       "parameters": {"binary_data_size": size}}], **(extra_parameters or {})})
+    return header + blob, str(len(header))
+
+
+@pytest.mark.parametrize(("size", "blob", "message"), [
+    (3, b"abc", "whole number of FP32 values"),  # numpy's ValueError: a 500 before
+    ("4", b"abcd", "whole number of FP32 values"),  # int("x") raised ValueError: a 500 before
+    (-4, b"abcd", "whole number of FP32 values"),
+    (8, b"abcd", "says 8 bytes, the body holds 4"),  # read short, silently, before
+    (4, b"abcdabcd", "4 bytes of binary data no input's binary_data_size accounts for"),
+])
+def test_binary_tensor_data_must_match_what_the_inputs_declare(size, blob, message):
+    with pytest.raises(InvalidRequest, match=message):
+        oip.parse_request(*_binary(size, blob))
+    body, split = _binary(4, np.float32([1.5]).tobytes())
+    assert oip.parse_request(body, split)[1].column("x").to_pylist() == [1.5]
+
+
+def test_malformed_output_parameters_are_ignored_not_a_server_error():
+    outputs = pa.table({"y": pa.array([1.0, 2.0], pa.float32())})
+    for request in ({"parameters": [1]}, {"outputs": "y"}, {"outputs": [{"name": "y", "parameters": [1]}]},
+                    {"outputs": [{"name": ["y"]}]}):
+        body, headers = oip.encode_response(request, "m", "1", outputs)
+        assert orjson.loads(body)["outputs"][0]["data"] == [1.0, 2.0], request
