@@ -393,9 +393,12 @@ def supervise(pid: int, config: dict, baseline: Usage) -> int:
             namespace = os.readlink(f"/proc/{pid}/ns/pid")
         except OSError:
             return wait_for(pid)  # already gone
-    exited = os.pidfd_open(pid)
+    try:
+        exited: int | None = os.pidfd_open(pid)
+    except OSError:  # a kernel older than 5.3: poll instead
+        exited = None
     interval, last = QUOTA_INTERVAL, (time.monotonic(), baseline)
-    while not select.select([exited], [], [], interval)[0]:
+    while not ended(exited, pid, interval):
         began = time.monotonic()
         usage, over = over_quota(config, baseline, pid, namespace)
         if over is not None:
@@ -411,8 +414,17 @@ def supervise(pid: int, config: dict, baseline: Usage) -> int:
             os._exit(QUOTA_EXIT)
         interval = next_interval(config, baseline, last, (began, usage), time.monotonic() - began)
         last = (began, usage)
-    os.close(exited)
+    if exited is not None:
+        os.close(exited)
     return wait_for(pid)
+
+
+def ended(exited: int | None, pid: int, seconds: float) -> bool:
+    """Whether the child ended within `seconds` (it is left to be reaped)."""
+    if exited is not None:
+        return bool(select.select([exited], [], [], seconds)[0])
+    time.sleep(seconds)
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
 def set_limits(limits: dict) -> None:

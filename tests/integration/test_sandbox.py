@@ -355,3 +355,40 @@ def test_a_normal_user_gets_the_same_boundary(settings, tmp_path):
     assert "uid 65534 pids ['1', '2']" in out
     assert "RAILYARD" not in out and "no network" in out and "caps 0000000000000000" in out
     assert f"{settings.stack.data_dir} False" in out and "/root False" in out
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").exists() or not Path("/usr/bin/setpriv").exists(),
+                    reason="needs root to become another user, and the system Python")
+def test_a_normal_users_sandbox_is_held_to_its_disk_quota_too(settings):
+    """The launcher as `nobody` (user namespace): it still sees the sandbox's processes and the deleted files they
+    hold open, and stops them at the quota."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    outer = Path(tempfile.mkdtemp(prefix="railyard-nobody-"))
+    outer.chmod(0o755)
+    workdir = outer / "work"
+    workdir.mkdir()
+    os.chown(workdir, 65534, 65534)
+    code = textwrap.dedent("""
+        import os, time
+        kept = []
+        for number in range(40):
+            handle = open(f'hidden-{number}', 'wb')
+            handle.write(b'x' * (4 << 20))
+            handle.flush()
+            os.unlink(f'hidden-{number}')
+            kept.append(handle)
+        time.sleep(20)
+    """)
+    spec = SandboxSpec(argv=["/usr/bin/python3", "-I", "-c", code], workdir=workdir,
+                       limits=Limits(disk_bytes=64 << 20))
+    config = sandbox._launch_config(spec, settings) | {"mechanism": "userns", "parent": os.getpid(), "readonly": []}
+    config.pop("uid", None)
+    launched = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3",
+                               "-I", "-S", str(sandbox.LAUNCHER)], env={"RAILYARD_SANDBOX_LAUNCH": json.dumps(config)},
+                              capture_output=True, text=True, timeout=30, check=False)
+    shutil.rmtree(outer)
+    assert launched.returncode == sandbox.QUOTA_EXIT, launched.stderr
+    assert sandbox.limit_hit(launched.returncode, launched.stderr, spec.limits) == "disk_bytes"
