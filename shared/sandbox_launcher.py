@@ -30,6 +30,7 @@ is an overshoot of what the code can write within one interval (docs/security.md
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import platform
@@ -259,7 +260,11 @@ def measure(top: str, stop_bytes: float = float("inf"), stop_files: float = floa
         return usage
     device = os.fstat(top_fd).st_dev
     usage.add(os.fstat(top_fd))
-    stack = [(top_fd, os.scandir(top_fd))]
+    try:
+        stack = [(top_fd, os.scandir(top_fd))]
+    except OSError:
+        os.close(top_fd)
+        return usage
     try:
         while stack:
             fd, entries = stack[-1]
@@ -283,14 +288,16 @@ def measure(top: str, stop_bytes: float = float("inf"), stop_files: float = floa
                 if len(stack) >= MAX_DEPTH:
                     usage.too_deep = True
                     break
+                inner = None
                 try:
                     inner = os.open(entry.name, flags, dir_fd=fd)
-                except OSError:
-                    continue
-                try:
                     stack.append((inner, os.scandir(inner)))
-                except OSError:
-                    os.close(inner)
+                except OSError as exc:
+                    if inner is not None:
+                        os.close(inner)
+                    if exc.errno in (errno.EMFILE, errno.ENFILE):  # a subtree it cannot enter is not skipped
+                        usage.too_deep = True
+                        break
     finally:
         for fd, entries in stack:
             entries.close()
@@ -365,7 +372,8 @@ def over_quota(config: dict, baseline: Usage, child_pid: int, namespace: str | N
         return usage, ("disk_bytes", f"the sandbox's disk quota of {quota['disk_bytes'] >> 20} MiB was exceeded "
                        "(what its working directory may grow by); the sandbox was stopped")
     if usage.files > stop_files or usage.too_deep:
-        how = f"directories nested deeper than {MAX_DEPTH} levels" if usage.too_deep else "more files and directories"
+        how = (f"directories nested too deeply to measure (at most {MAX_DEPTH} levels)" if usage.too_deep
+               else "more files and directories")
         return usage, ("disk_files", f"the sandbox's file quota of {quota['disk_files']} files was exceeded ({how} "
                        "in its working directory); the sandbox was stopped")
     return usage, None
@@ -387,6 +395,10 @@ def next_interval(config: dict, baseline: Usage, before: tuple[float, Usage], no
 
 def supervise(pid: int, config: dict, baseline: Usage) -> int:
     """Wait for the child while holding the sandbox to its disk quota (module docstring); its wait status."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # a walk holds two descriptors per level
+    if soft != resource.RLIM_INFINITY and soft < 4 * MAX_DEPTH:
+        wanted = 4 * MAX_DEPTH if hard == resource.RLIM_INFINITY else min(hard, 4 * MAX_DEPTH)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
     namespace = None
     if config["mechanism"] != "off":
         try:

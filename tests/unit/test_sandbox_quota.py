@@ -70,3 +70,15 @@ def test_the_launchers_quota_end_is_read_as_a_typed_limit_with_its_value():
     assert limit_hit(1, tail, limits) is None  # the code printing the words is not the launcher stopping it
     assert describe_limit("disk_bytes", limits).startswith("the sandbox's disk quota of 300 MiB was exceeded")
     assert "file quota of 1234 files" in describe_limit("disk_files", limits)
+
+
+def test_a_walk_out_of_descriptors_counts_as_over_never_as_a_skipped_subtree(tmp_path):
+    import subprocess
+    import sys
+
+    os.makedirs(tmp_path.joinpath(*["d"] * 60))
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48)); "
+            "from shared.sandbox_launcher import measure; print(measure(sys.argv[1]).too_deep)")
+    probe = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True,
+                           cwd=os.path.dirname(os.path.dirname(sandbox.__file__)))
+    assert probe.stdout.strip() == "True"
