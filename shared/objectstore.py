@@ -1,6 +1,8 @@
 """Object storage behind a small Protocol, implemented with the `minio` SDK.
 
-The SDK is blocking, so every call runs in a worker thread. Uploads stream from a file object or an
+The SDK is blocking, so every call runs in a worker thread. It is loaded on a store's first object call: the
+bucket checks of a service's start and of its health checks go through `shared.s3_light`, so a service that
+stores nothing while idle does not hold the SDK (~7 MiB of RSS per process). Uploads stream from a file object or an
 async iterator (spooled to a temporary file, so memory stays bounded whatever the size); downloads
 stream in chunks. Content-addressed puts store bytes under `sha256/<hex>` once, however many
 callers upload them.
@@ -17,11 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from minio import Minio
-from minio.error import S3Error
+from typing import TYPE_CHECKING
 
+from shared import s3_light
 from shared.errors import NotFound
 from shared.settings import S3Settings
+
+if TYPE_CHECKING:
+    from minio import Minio
 
 CHUNK = 1024 * 1024
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest multipart part
@@ -78,13 +83,23 @@ class MinioObjectStore:
 
     def __init__(self, settings: S3Settings) -> None:
         self._prefix = settings.bucket_prefix
-        self._client = Minio(
-            settings.endpoint,
-            access_key=settings.access_key or None,
-            secret_key=settings.secret_key or None,
-            secure=settings.secure,
-            region=settings.region,
-        )
+        self._settings = settings
+        self._sdk: Minio | None = None
+
+    @property
+    def _client(self) -> Minio:
+        """The SDK's client, made (and the SDK imported) on first use."""
+        if self._sdk is None:
+            from minio import Minio
+
+            self._sdk = Minio(
+                self._settings.endpoint,
+                access_key=self._settings.access_key or None,
+                secret_key=self._settings.secret_key or None,
+                secure=self._settings.secure,
+                region=self._settings.region,
+            )
+        return self._sdk
 
     def bucket(self, name: str) -> str:
         """The real bucket name of one of the platform's buckets."""
@@ -93,7 +108,13 @@ class MinioObjectStore:
     async def ensure_buckets(self, names: Iterable[str] = ALL_BUCKETS) -> None:
         for name in names:
             real = self.bucket(name)
+            exists = await s3_light.bucket_exists(self._settings, real)
+            if exists or (exists is False and await s3_light.make_bucket(self._settings, real)):
+                continue
+            # an answer the light client does not read: the SDK asks again and raises S3's error if there is one
             if not await asyncio.to_thread(self._client.bucket_exists, real):
+                from minio.error import S3Error
+
                 try:
                     await asyncio.to_thread(self._client.make_bucket, real)
                 except S3Error as exc:
@@ -101,7 +122,8 @@ class MinioObjectStore:
                         raise
 
     async def ping(self) -> None:
-        await asyncio.to_thread(self._client.bucket_exists, self.bucket(BUCKET_ARTIFACTS))
+        if await s3_light.bucket_exists(self._settings, self.bucket(BUCKET_ARTIFACTS)) is None:
+            await asyncio.to_thread(self._client.bucket_exists, self.bucket(BUCKET_ARTIFACTS))
 
     async def put_stream(self, bucket: str, key: str, source: BinaryIO | AsyncIterator[bytes],
                          length: int = -1, content_type: str = "application/octet-stream") -> StoredObject:
@@ -160,8 +182,11 @@ class MinioObjectStore:
             return await self._put_file(bucket, key, spool, size, "application/octet-stream", sha256=sha)
 
     async def get_stream(self, bucket: str, key: str, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
+        client = self._client
+        from minio.error import S3Error
+
         try:
-            response = await asyncio.to_thread(self._client.get_object, self.bucket(bucket), key)
+            response = await asyncio.to_thread(client.get_object, self.bucket(bucket), key)
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchBucket"):
                 raise NotFound("object not found") from None
@@ -186,8 +211,11 @@ class MinioObjectStore:
         return await self._stat_size(bucket, key)
 
     async def exists(self, bucket: str, key: str) -> bool:
+        client = self._client
+        from minio.error import S3Error
+
         try:
-            await asyncio.to_thread(self._client.stat_object, self.bucket(bucket), key)
+            await asyncio.to_thread(client.stat_object, self.bucket(bucket), key)
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"):
                 return False

@@ -1,0 +1,98 @@
+"""The two S3 calls every service makes at start and on health checks (is a bucket there, create it), signed
+here with AWS Signature V4 over an asyncio connection, so that a service that stores no object while idle does
+not load the minio SDK and what it imports (urllib3, pycryptodome with cffi and pycparser, argon2-cffi: ~7 MiB
+of RSS per process, docs/performance.md "Memory"). `shared.objectstore.MinioObjectStore` loads the SDK on its
+first real object call, and falls back to it whenever an answer here is not one of the few it understands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ssl
+from datetime import UTC, datetime
+
+from shared.settings import S3Settings
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_CREATE_BODY = ('<CreateBucketConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+                "<LocationConstraint>{region}</LocationConstraint></CreateBucketConfiguration>")
+
+
+def _signing_key(secret: str, day: str, region: str) -> bytes:
+    key = f"AWS4{secret}".encode()
+    for part in (day, region, "s3", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return key
+
+
+def signed_headers(settings: S3Settings, method: str, path: str, body: bytes = b"",
+                   now: datetime | None = None) -> dict[str, str]:
+    """The headers of a path-style request to `settings.endpoint` (`path` already URL-safe: bucket names are),
+    signed with AWS Signature V4 when the settings carry credentials (anonymous otherwise, as the SDK does)."""
+    now = now or datetime.now(UTC)
+    payload = hashlib.sha256(body).hexdigest()
+    stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    headers = {"host": settings.endpoint, "x-amz-content-sha256": payload, "x-amz-date": stamp}
+    if not settings.access_key:
+        return headers
+    names = ";".join(sorted(headers))
+    canonical = "\n".join([method, path, "", *(f"{k}:{headers[k]}" for k in sorted(headers)), "", names, payload])
+    scope = f"{day}/{settings.region}/s3/aws4_request"
+    to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+    signature = hmac.new(_signing_key(settings.secret_key, day, settings.region), to_sign.encode(),
+                         hashlib.sha256).hexdigest()
+    headers["authorization"] = (f"AWS4-HMAC-SHA256 Credential={settings.access_key}/{scope}, SignedHeaders={names}, "
+                                f"Signature={signature}")
+    return headers
+
+
+async def request(settings: S3Settings, method: str, path: str, body: bytes = b"",
+                  timeout: float = 10.0) -> tuple[int, bytes]:
+    """One HTTP/1.1 request (connection closed after it); returns the status and the body (HEAD: empty)."""
+    host, _, port = settings.endpoint.rpartition(":")
+    if not host or not port.isdigit():
+        host, port = settings.endpoint, "443" if settings.secure else "80"
+    context = ssl.create_default_context() if settings.secure else None
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(host.strip("[]"), int(port), ssl=context)
+        try:
+            headers = signed_headers(settings, method, path, body) | {
+                "content-length": str(len(body)), "connection": "close"}
+            head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+            writer.write(head.encode() + body)
+            await writer.drain()
+            status_line = await reader.readline()
+            parts = status_line.split()
+            if len(parts) < 2 or not parts[1].isdigit():
+                raise OSError(f"not an HTTP answer from S3: {status_line[:80]!r}")
+            length, chunked = None, False
+            while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value.strip())
+                elif name.strip().lower() == "transfer-encoding" and "chunked" in value.lower():
+                    chunked = True
+            if method == "HEAD":
+                return int(parts[1]), b""
+            if chunked:  # small error documents only: read to the end and keep the raw text (codes are searched)
+                return int(parts[1]), await reader.read(65536)
+            return int(parts[1]), await (reader.readexactly(length) if length is not None else reader.read(65536))
+        finally:
+            writer.close()
+
+
+async def bucket_exists(settings: S3Settings, bucket: str) -> bool | None:
+    """True or False when S3 says so (200, 404); None for any other answer (the caller asks the SDK)."""
+    status, _ = await request(settings, "HEAD", f"/{bucket}")
+    return True if status == 200 else False if status == 404 else None
+
+
+async def make_bucket(settings: S3Settings, bucket: str) -> bool:
+    """Create a bucket; True when it exists now (created, or already owned as the SDK's callers accept), False
+    for any other answer (the caller asks the SDK, which raises the S3 error)."""
+    body = b"" if settings.region in ("", "us-east-1") else _CREATE_BODY.format(region=settings.region).encode()
+    status, answer = await request(settings, "PUT", f"/{bucket}", body)
+    return status == 200 or (status == 409 and (b"BucketAlreadyOwnedByYou" in answer
+                                               or b"BucketAlreadyExists" in answer))
