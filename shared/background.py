@@ -1,10 +1,13 @@
 """One background task a service owns: started with the service, cancelled and awaited when it stops.
 
-Subclasses implement `_run()` (their loop: what wakes it, what it does, how it survives a failing pass)."""
+Subclasses implement `_run()` (their loop: what wakes it, what it does, how it survives a failing pass), or, for
+the common loop "wait, sweep, survive a failing sweep", subclass `Sweeper` and implement `sweep()`."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import Any
 
 
 class BackgroundTask:
@@ -25,3 +28,43 @@ class BackgroundTask:
 
     async def _run(self) -> None:
         raise NotImplementedError
+
+
+class Sweeper(BackgroundTask):
+    """A loop that waits `every` seconds (less when `wake_event()` is set), then runs `sweep()`; a sweep that fails
+    is logged with `failure` and the next one tries again. `next_wait(result)` may shorten the following wait
+    (result is None after a failed sweep)."""
+
+    every = 60.0
+    failure = "sweep failed (retried on the next sweep)"
+    log = logging.getLogger("railyard.background")
+
+    def wake_event(self) -> asyncio.Event | None:
+        return None
+
+    def next_wait(self, result: Any) -> float:
+        return self.every
+
+    async def sweep(self) -> Any:
+        raise NotImplementedError
+
+    async def _run(self) -> None:
+        wait = self.every
+        while True:
+            wake = self.wake_event()
+            if wake is None:
+                await asyncio.sleep(wait)
+            else:
+                try:
+                    await asyncio.wait_for(wake.wait(), timeout=wait)
+                except TimeoutError:
+                    pass
+                wake.clear()
+            try:
+                result = await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception(self.failure)
+                result = None
+            wait = self.next_wait(result)

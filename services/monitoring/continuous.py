@@ -52,7 +52,7 @@ from nats.js.api import ConsumerConfig
 from services.monitoring import handlers, ml_backend, sequential
 from shared import subjects
 from shared.authz import Principal, require_user
-from shared.background import BackgroundTask
+from shared.background import Sweeper
 from shared.bus import CallContext, command, publish_event, request
 from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError
 from shared.messages.base import Event
@@ -410,30 +410,21 @@ async def _fail_unstarted(conn: Any, deployment_id: int | None) -> None:
         " AND task_id IS NULL AND run_claimed_at < now() - make_interval(secs => $2)", deployment_id, NO_MODEL_GRACE)
 
 
-class TrainingStarter(BackgroundTask):
+class TrainingStarter(Sweeper):
     """Creates the runs of the trainings the trigger opened (`starting`, unclaimed), off the review path: each once
     the feedback loop has written the reviews that triggered it (or EXPORT_WAIT after the trigger)."""
 
     task_name = "training-starter"
+    every, log, failure = STARTER_SWEEP, log, "training starter sweep failed (retried on the next sweep)"
 
     def __init__(self, deps: ContinuousDeps) -> None:
         self.deps = deps
 
-    async def _run(self) -> None:
-        waiting = False
-        while True:
-            try:
-                await asyncio.wait_for(self.deps.wake_starter.wait(), timeout=EXPORT_POLL if waiting else STARTER_SWEEP)
-            except TimeoutError:
-                pass
-            self.deps.wake_starter.clear()
-            try:
-                waiting = await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                waiting = False
-                log.exception("training starter sweep failed (retried on the next sweep)")
+    def wake_event(self) -> asyncio.Event:
+        return self.deps.wake_starter
+
+    def next_wait(self, waiting: bool | None) -> float:
+        return EXPORT_POLL if waiting else STARTER_SWEEP  # a training waits for the feedback loop: look again soon
 
     async def sweep(self) -> bool:
         """Start every training that may start now; whether one still waits for the feedback loop."""

@@ -34,7 +34,7 @@ from services.monitoring import feedback_store as fs
 from services.monitoring import handlers, predictions
 from shared import images, subjects
 from shared.authz import Principal, require_user
-from shared.background import BackgroundTask
+from shared.background import Sweeper
 from shared.bus import CallContext, command, publish_event, request
 from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError
 from shared.messages.lineage import (
@@ -370,28 +370,18 @@ def file_name(review: dict[str, Any]) -> str:
     return f"{review['prediction_id']}.{'jpg' if review['content_type'] == 'image/jpeg' else 'png'}"
 
 
-class Exporter(BackgroundTask):
+class Exporter(Sweeper):
     """Writes reviews into the attached datasets, one (deployment, dataset) at a time under an advisory lock."""
 
     task_name = "feedback-exporter"
+    every, log, failure = EXPORT_SWEEP, log, "feedback exporter sweep failed (retried on the next sweep)"
 
     def __init__(self, deps: FeedbackDeps) -> None:
         self.deps = deps
         self._retry_at: dict[tuple[int, int], tuple[float, float]] = {}
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self.deps.wake.wait(), timeout=EXPORT_SWEEP)
-            except TimeoutError:
-                pass
-            self.deps.wake.clear()
-            try:
-                await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("feedback exporter sweep failed (retried on the next sweep)")
+    def wake_event(self) -> asyncio.Event:
+        return self.deps.wake
 
     async def sweep(self) -> None:
         now = time.monotonic()

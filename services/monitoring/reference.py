@@ -29,7 +29,7 @@ from services.monitoring import stats
 from services.monitoring.feedback import FeedbackDeps, _dataset, _view
 from shared import subjects
 from shared.authz import Principal
-from shared.background import BackgroundTask
+from shared.background import Sweeper
 from shared.bus import CallContext, command, request
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.images import image_features
@@ -217,28 +217,21 @@ def _features_of(data: bytes) -> dict[str, float] | None:
         return None
 
 
-class ReferenceComputer(BackgroundTask):
+class ReferenceComputer(Sweeper):
     """Computes references left `computing` (new ones, and those a stopped process left)."""
 
     task_name = "training-reference"
+    every, log, failure = REFERENCE_SWEEP, log, "training reference sweep failed (retried on the next sweep)"
 
     def __init__(self, deps: FeedbackDeps) -> None:
         self.deps = deps
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self.deps.wake_reference.wait(), timeout=REFERENCE_SWEEP)
-            except TimeoutError:
-                pass
-            self.deps.wake_reference.clear()
-            try:
-                for deployment_id, attempt in await fs.computing_references(self.deps.monitoring.pool):
-                    await self.compute(deployment_id, attempt)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("training reference sweep failed (retried on the next sweep)")
+    def wake_event(self) -> asyncio.Event:
+        return self.deps.wake_reference
+
+    async def sweep(self) -> None:
+        for deployment_id, attempt in await fs.computing_references(self.deps.monitoring.pool):
+            await self.compute(deployment_id, attempt)
 
     async def compute(self, deployment_id: int, attempt: int) -> None:
         pool = self.deps.monitoring.pool

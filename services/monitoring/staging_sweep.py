@@ -6,12 +6,11 @@ object twice is harmless."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
 
-from shared.background import BackgroundTask
+from shared.background import Sweeper
 from shared.messages.monitoring_predictions import STAGED_IMAGE_PREFIX
 from shared.objectstore import BUCKET_MONITORING
 
@@ -33,20 +32,14 @@ async def sweep(objects: Any, grace_seconds: float = GRACE_SECONDS, now: float |
     return len(stale)
 
 
-class StagedImageSweep(BackgroundTask):
-    """Runs `sweep` every SWEEP_EVERY_SECONDS."""
+class StagedImageSweep(Sweeper):
+    """Runs `sweep` every SWEEP_EVERY_SECONDS (storage away for a moment: the next round tries again)."""
 
     task_name = "staged-image-sweep"
+    every, log, failure = SWEEP_EVERY_SECONDS, log, "staged image sweep failed"
 
     def __init__(self, objects: Any) -> None:
         self.objects = objects
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(SWEEP_EVERY_SECONDS)
-            try:
-                await sweep(self.objects)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # storage away for a moment: the next round tries again
-                log.exception("staged image sweep failed")
+    async def sweep(self) -> int:
+        return await sweep(self.objects)

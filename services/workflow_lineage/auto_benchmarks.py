@@ -22,7 +22,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from services.workflow_lineage import store
-from shared.background import BackgroundTask
+from shared.background import Sweeper
 from shared.errors import InvalidRequest, RailyardError
 from shared.messages.lineage import DatasetChoice, EvaluationSpec
 
@@ -37,10 +37,12 @@ MAX_ATTEMPTS = 3
 RETRY_SECONDS = 30.0
 
 
-class AutoBenchmarks(BackgroundTask):
-    """The worker: wakes when a claim is made (or every POLL_SECONDS) and runs due claims one at a time."""
+class AutoBenchmarks(Sweeper):
+    """The worker: wakes when a claim is made (or every POLL_SECONDS) and runs due claims one at a time (the
+    database away for a moment: the next round tries again)."""
 
     task_name = "auto-benchmarks"
+    every, log, failure = POLL_SECONDS, log, "automatic benchmarks: could not take a claim"
 
     def __init__(self, deps: Any, infer: Infer) -> None:
         self.deps = deps
@@ -50,20 +52,12 @@ class AutoBenchmarks(BackgroundTask):
     def wake(self) -> None:
         self._wake.set()
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            try:
-                while await self.run_one():
-                    pass
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the database went away for a moment: the next round tries again
-                log.exception("automatic benchmarks: could not take a claim")
+    def wake_event(self) -> asyncio.Event:
+        return self._wake
+
+    async def sweep(self) -> None:
+        while await self.run_one():
+            pass
 
     async def run_one(self) -> bool:
         """Run the next due claim; False when there is none."""

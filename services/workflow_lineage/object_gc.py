@@ -10,7 +10,6 @@ on request (`maintenance/collect_objects`, administrators) and every COLLECT_EVE
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -18,7 +17,7 @@ from typing import Any
 
 from services.workflow_lineage import manifest, store
 from shared.authz import Principal, require_admin
-from shared.background import BackgroundTask
+from shared.background import Sweeper
 from shared.messages.lineage import CollectObjects, ObjectsCollected
 from shared.objectstore import BUCKET_DATASETS, content_key
 
@@ -81,20 +80,15 @@ async def collect(deps: Any, grace_seconds: float, dry_run: bool = False) -> Obj
                             young=young, deleted=deleted, staged_deleted=len(staged), dry_run=dry_run)
 
 
-class PeriodicCollection(BackgroundTask):
+class PeriodicCollection(Sweeper):
     """Runs `collect` every COLLECT_EVERY_SECONDS (several replicas may: the per-hash lock keeps them apart)."""
 
     task_name = "object-gc"
+    # storage or database away for a moment: the next round tries again
+    every, log, failure = COLLECT_EVERY_SECONDS, log, "object collection failed"
 
     def __init__(self, deps: Any) -> None:
         self.deps = deps
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(COLLECT_EVERY_SECONDS)
-            try:
-                await collect(self.deps, DEFAULT_GRACE_SECONDS)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # storage or database away for a moment: the next round tries again
-                log.exception("object collection failed")
+    async def sweep(self) -> None:
+        await collect(self.deps, DEFAULT_GRACE_SECONDS)
