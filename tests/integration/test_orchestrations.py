@@ -485,7 +485,7 @@ def test_a_workspace_runs_two_at_a_time_and_the_rest_wait_in_order(stack, admin)
     assert all(r["status"] == "success" for r in finished), finished
     started = [logs(stack, account, r["run_id"])[0].split(" ")[0] for r in finished]
     spans = [(datetime.fromisoformat(b.replace("Z", "+00:00")), datetime.fromisoformat(r["updated_at"]))
-             for b, r in zip(started, finished)]
+             for b, r in zip(started, finished, strict=True)]
     at_once = max(sum(b <= moment < e for b, e in spans) for moment, _ in spans)
     assert at_once == 2, (at_once, spans)
     assert started[0] < started[2] and started[1] < started[2] and started[1] < started[3], started  # FIFO
