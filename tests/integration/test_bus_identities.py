@@ -226,16 +226,13 @@ def test_every_service_is_connected_as_itself(stack):
     assert set(engines) <= {"engine"}, engines
 
 
-async def test_a_record_published_before_the_log_store_ever_ran_is_kept(stack, tmp_path):
-    """On a brand-new bus the bootstrap step alone (no service has run yet) makes the streams and the log store's
-    consumer, so an engine's record published before the log store first starts waits in INFERENCE_LOGS for it:
-    with interest retention and no consumer, the acknowledged record would have been dropped. Run against a
-    second, empty nats-server with the stack's identities and permissions."""
+@pytest.fixture
+def empty_nats(stack, tmp_path):
+    """A second, empty nats-server with the stack's identities and permissions; its URL without credentials."""
     import subprocess
 
-    from shared.bus_streams import bootstrap_streams
     from shared.embedded import servers
-    from shared.settings import NatsSettings, Settings, StackSettings
+    from shared.settings import StackSettings
     from tests.stack import free_ports
 
     client, monitor = free_ports(2)
@@ -245,28 +242,37 @@ async def test_a_record_published_before_the_log_store_ever_ran_is_kept(stack, t
     process = subprocess.Popen(spec.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         servers.wait_until(lambda: servers.nats_ready(cfg), "NATS", 30, lambda: process.poll() is None)
-        url = f"nats://127.0.0.1:{client}"
-
-        def as_identity(identity: str) -> str:
-            return url.replace("nats://", f"nats://{identity}:{stack.secrets()[f'nats_password_{identity}']}@")
-
-        await bootstrap_streams(Settings().model_copy(update={"nats": NatsSettings(
-            url=url, user=bus_identities.BOOTSTRAP, password=stack.secrets()[f"nats_password_{bus_identities.BOOTSTRAP}"])}))
-        engine = await nats.connect(as_identity(bus_identities.ENGINE), inbox_prefix="_INBOX.engine",
-                                    allow_reconnect=False)
-        try:
-            ack = await engine.jetstream().publish("logs.inference.early", b"a record", timeout=5)
-            assert ack.stream == subjects.INFERENCE_LOGS_STREAM
-        finally:
-            await engine.close()
-        ops = await nats.connect(as_identity("ops"), allow_reconnect=False)
-        try:
-            js = ops.jetstream()
-            assert (await js.stream_info(subjects.INFERENCE_LOGS_STREAM)).state.messages == 1
-            consumer = await js.consumer_info(subjects.INFERENCE_LOGS_STREAM, subjects.INFERENCE_LOGS_DURABLE)
-            assert consumer.num_pending == 1, consumer
-        finally:
-            await ops.close()
+        yield f"nats://127.0.0.1:{client}"
     finally:
         process.kill()
         process.wait()
+
+
+async def test_a_record_published_before_the_log_store_ever_ran_is_kept(stack, empty_nats):
+    """On a brand-new bus the bootstrap step alone (no service has run yet) makes the streams and the log store's
+    consumer, so an engine's record published before the log store first starts waits in INFERENCE_LOGS for it:
+    with interest retention and no consumer, the acknowledged record would have been dropped."""
+    from shared.bus_streams import bootstrap_streams
+    from shared.settings import NatsSettings, Settings
+
+    def as_identity(identity: str) -> str:
+        return empty_nats.replace("nats://", f"nats://{identity}:{stack.secrets()[f'nats_password_{identity}']}@")
+
+    bootstrap = NatsSettings(url=empty_nats, user=bus_identities.BOOTSTRAP,
+                             password=stack.secrets()[f"nats_password_{bus_identities.BOOTSTRAP}"])
+    await bootstrap_streams(Settings().model_copy(update={"nats": bootstrap}))
+    engine = await nats.connect(as_identity(bus_identities.ENGINE), inbox_prefix="_INBOX.engine",
+                                allow_reconnect=False)
+    try:
+        ack = await engine.jetstream().publish("logs.inference.early", b"a record", timeout=5)
+        assert ack.stream == subjects.INFERENCE_LOGS_STREAM
+    finally:
+        await engine.close()
+    ops = await nats.connect(as_identity("ops"), allow_reconnect=False)
+    try:
+        js = ops.jetstream()
+        assert (await js.stream_info(subjects.INFERENCE_LOGS_STREAM)).state.messages == 1
+        consumer = await js.consumer_info(subjects.INFERENCE_LOGS_STREAM, subjects.INFERENCE_LOGS_DURABLE)
+        assert consumer.num_pending == 1, consumer
+    finally:
+        await ops.close()
