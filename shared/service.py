@@ -39,7 +39,7 @@ from shared.bus import (
     wait_for_streams,
 )
 from shared.collector import settle_garbage_collector
-from shared.db import apply_migrations, create_pool, load_migrations, ping
+from shared.db import create_pool, load_migrations, migrate, ping
 from shared.errors import RailyardError, Unavailable
 from shared.messages import CheckHealth, DependencyStatus, HealthReport, ServiceStarted
 from shared.objectstore import ALL_BUCKETS, MinioObjectStore, ObjectStore
@@ -84,7 +84,7 @@ async def check_health(runtime: Runtime) -> HealthReport:
     """Ping every dependency the service uses and report."""
     deps = [DependencyStatus(name="nats", ok=bool(runtime.broker and runtime.broker.config.connection_state))]
     if runtime.db is not None:
-        deps.append(await _probe("postgres", ping(runtime.db)))
+        deps.append(await _probe("postgres", ping(runtime.db, runtime.settings.postgres)))
     if runtime.objects is not None:
         deps.append(await _probe("s3", runtime.objects.ping()))
     return HealthReport(
@@ -150,9 +150,8 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
         else:  # a NATS without identities (no permissions at all): whoever starts first creates them
             await ensure_streams(broker, settings)
         if spec.migrations is not None:
+            applied = await migrate(settings.postgres, spec.schema, load_migrations(spec.migrations))
             runtime.db = await create_pool(settings.postgres, spec.schema)
-            async with runtime.db.acquire() as conn:
-                applied = await apply_migrations(conn, spec.schema, load_migrations(spec.migrations))
             if applied:
                 log.info("applied migrations %s", applied)
         if spec.uses_object_store:

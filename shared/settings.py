@@ -34,7 +34,8 @@ class PostgresSettings(BaseModel):
     """The PostgreSQL server; each service keeps its tables in its own schema."""
 
     dsn: str = Field("postgresql://railyard@127.0.0.1:15432/railyard", description="libpq-style URL.")
-    pool_min: int = Field(1, description="Connections kept open per process.")
+    pool_min: int = Field(0, description="Connections kept open per process even when unused (0: an idle "
+                          "service holds no PostgreSQL backend; the first query after a pause opens one).")
     pool_max: int = Field(5, description="Most connections per process.")
     pool_idle_seconds: float = Field(30.0, description="A connection above pool_min that has been idle this long is "
                                      "closed: a burst's connections (each an idle PostgreSQL backend of ~15-20 MiB) "
