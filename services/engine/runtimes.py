@@ -53,7 +53,15 @@ def tensor_parts(name: str, array: pa.Array) -> tuple[pa.Array, list[int]]:
 
 
 def column_to_tensor(name: str, column: pa.ChunkedArray | pa.Array, dims: list, dtype) -> np.ndarray:
-    """An Arrow column of (nested) lists or scalars as an [N, ...] numpy array of the model's dtype."""
+    """An Arrow column of (nested) lists or scalars as an [N, ...] numpy array of the model's dtype, or
+    InvalidRequest naming the column."""
+    try:
+        return _column_to_tensor(name, column, dims, dtype)
+    except (pa.ArrowException, ValueError, TypeError):  # a union (no numpy form, no concatenation), a time of day
+        raise InvalidRequest(f"column {name!r}: {column.type} values are not a tensor a model takes") from None
+
+
+def _column_to_tensor(name: str, column: pa.ChunkedArray | pa.Array, dims: list, dtype) -> np.ndarray:
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     rows = len(array)
     values, shape = tensor_parts(name, array)

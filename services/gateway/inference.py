@@ -150,7 +150,12 @@ class RouteCache:
 def _read_body(content_type: str, body: bytes, max_bytes: int) -> pa.Table:
     kind = content_type.split(";")[0].strip().lower()
     if kind in (ARROW_FILE, ARROW_STREAM):
-        return from_ipc(body, max_decoded_bytes=max_bytes)  # a compressed body decodes within the body limit
+        table = from_ipc(body, max_decoded_bytes=max_bytes, validate=True)  # a compressed body decodes within the limit
+        names = table.column_names  # records and OIP bodies cannot name a column twice; Arrow can
+        if len(set(names)) != len(names):
+            twice = sorted({name for name in names if names.count(name) > 1})
+            raise InvalidRequest(f"the Arrow body names columns {twice} more than once")
+        return table
     if kind in ("application/json", ""):
         return read_records(body)
     raise InvalidRequest(f"unsupported Content-Type {content_type!r}: send {JSON_RECORDS!r} or {ARROW_FILE!r}")

@@ -134,7 +134,7 @@ def add_lineage_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind in (ARROW_FILE, ARROW_STREAM):
             try:
-                from_ipc(body)
+                from_ipc(body, validate=True)  # every buffer: the staged rows are read again later
             except Exception:
                 raise InvalidRequest("the body is not an Arrow IPC table") from None
             data = body

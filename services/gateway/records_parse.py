@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from shared.arrow_codec import _numeric_column, records_json_to_table, tensor_array
+from shared.arrow_codec import _numeric_column, records_json_to_table, tensor_array, uint64_range
 
 # below it orjson's own path is quicker (the parser's set-up); 16 ccfraud rows are ~9.8 KB
 FAST_BODY = 4096
@@ -36,6 +36,8 @@ def _tensor_column(values: list) -> pa.Array | None:
     if len(sizes) != 1 or not (size := sizes.pop()):
         return None  # ragged or empty: the general path names the column
     matrix = np.frombuffer(b"".join(buffers), dtype).reshape(len(values), size // 8)
+    if dtype is np.float64 and uint64_range(matrix):
+        return None  # an int past int64 (simdjson's uint64, refused) or a float as large: the general path says which
     return tensor_array(matrix)
 
 
