@@ -127,6 +127,20 @@ async def migrate(settings: PostgresSettings, schema: str, migrations: list[Migr
         await conn.close()
 
 
+def close_idle(pool: asyncpg.Pool) -> int:
+    """Close the pool's connections above `pool_min` that nobody holds now, as asyncpg does once they have been
+    idle for `pool_idle_seconds` (the same call), without waiting for it: after a service's start, whose work
+    (migrations, the start hook's queries) is done. Returns how many were closed."""
+    before = pool.get_size()
+    for holder in list(getattr(pool, "_holders", ())):  # asyncpg keeps no public list; none: nothing closed
+        if pool.get_size() <= pool.get_min_size():
+            break
+        if holder.is_connected() and holder.is_idle():
+            holder._maybe_cancel_inactive_callback()
+            holder._deactivate_inactive_connection()
+    return before - pool.get_size()
+
+
 async def ping(pool: asyncpg.Pool, settings: PostgresSettings | None = None) -> None:
     """PostgreSQL answers: on one of the pool's idle connections, or, when the pool has none and `settings` are
     given, on a connection opened for the check and closed after it (a health check does not keep a backend)."""

@@ -39,7 +39,7 @@ from shared.bus import (
     wait_for_streams,
 )
 from shared.collector import settle_garbage_collector
-from shared.db import create_pool, load_migrations, migrate, ping
+from shared.db import close_idle, create_pool, load_migrations, migrate, ping
 from shared.errors import RailyardError, Unavailable
 from shared.messages import CheckHealth, DependencyStatus, HealthReport, ServiceStarted
 from shared.objectstore import ALL_BUCKETS, MinioObjectStore, ObjectStore
@@ -161,6 +161,8 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
         if spec.on_start is not None:
             await spec.on_start(runtime)
         await broker.start()
+        if runtime.db is not None:
+            close_idle(runtime.db)  # the start's queries are done: no backend waits 30 s for more (shared/db.py)
         settle_garbage_collector()
         runtime.started_at = time.monotonic()
         await publish_event(
