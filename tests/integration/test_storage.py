@@ -148,3 +148,28 @@ async def test_failing_migration_leaves_nothing_behind(conn):
     with pytest.raises(asyncpg.PostgresSyntaxError):
         await apply_migrations(conn, schema, broken)
     assert await conn.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = $1", schema) == 0
+
+
+async def test_an_idle_pool_holds_no_backend(stack):
+    """pool_min 0 (the default): migrations and health checks leave no connection open, a start's connections are
+    closed by close_idle, and the pool opens one again on the next query (docs/performance.md, "Memory")."""
+    from shared.db import close_idle, create_pool, migrate, ping
+
+    settings = stack.settings().postgres
+    schema = f"mig_{uuid.uuid4().hex[:12]}"
+    assert settings.pool_min == 0
+    assert await migrate(settings, schema, MIGRATIONS) == [1, 2]
+    pool = await create_pool(settings, schema)
+    try:
+        assert pool.get_size() == 0
+        await ping(pool, settings)  # on a connection of its own
+        assert pool.get_size() == 0
+        await asyncio.gather(*(pool.fetchval("SELECT pg_sleep(0.05)") for _ in range(3)))
+        assert pool.get_size() == 3
+        assert close_idle(pool) == 3 and pool.get_size() == 0
+        assert await pool.fetchval("SELECT count(*) FROM things") == 0
+        assert pool.get_size() == 1
+        await ping(pool, settings)  # on the idle pooled connection
+        assert pool.get_size() == 1
+    finally:
+        await pool.close()
