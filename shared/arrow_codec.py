@@ -179,6 +179,8 @@ def records_to_table(records: Any, numbers_only: bool = False) -> pa.Table:
 def column_values(column: pa.ChunkedArray | pa.Array) -> list[Any]:
     """A column as Python values: numeric fixed-size tensors through numpy (several times faster than Arrow's
     to_pylist for them), anything else through Arrow."""
+    if isinstance(column, pa.ChunkedArray) and not column.num_chunks:
+        return []  # a stream of a schema alone: combine_chunks cannot build a dictionary of nulls from nothing
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     shape = []
     values = array

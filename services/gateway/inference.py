@@ -24,7 +24,7 @@ from fastapi.responses import Response
 from services.gateway.coalesce import Coalescer
 from services.gateway.errors import send_error
 from services.gateway.limits import declared_length, read_body, too_large
-from services.gateway.records_answer import seed_records_json
+from services.gateway.records_answer import check_json_answerable, seed_records_json
 from services.gateway.records_parse import read_records
 from shared import subjects
 from shared.arrow_codec import column_values, from_ipc, to_ipc_file, to_ipc_stream
@@ -241,6 +241,9 @@ class Inference:
         runtime = self.runtime
         # the body first: a malformed body or an Arrow bomb (413) is refused before any bus round trip
         table = _read_body(content_type, body, runtime.settings.gateway.max_body_bytes)
+        arrow_answer = ARROW_FILE in accept or ARROW_STREAM in accept
+        if not arrow_answer:
+            check_json_answerable(table, ARROW_STREAM)
         route = await self.cache.route(runtime, deployment, token)
         await self.cache.authorize(runtime, principal, token, route)
         if route.pipeline_name != pipeline:
@@ -250,7 +253,7 @@ class Inference:
         at_ms = int(time.time() * 1000)
         headers, outputs = await self.cache.ask(runtime, route, token, table)
         meta = headers.get(META_HEADER, "{}")
-        if ARROW_FILE in accept or ARROW_STREAM in accept:
+        if arrow_answer:
             rows = table.num_rows
             combined = pa.Table.from_arrays(
                 [pa.array(np.full(rows, at_ms, np.int64)), *table.columns, *outputs.columns, _no_failures(rows)],

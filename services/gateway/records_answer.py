@@ -15,8 +15,37 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
+from shared.errors import InvalidRequest
+
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
 FEW_ROWS = 16
+
+
+def _json_type(kind: pa.DataType) -> bool:
+    """Does a column of this Arrow type become JSON (numbers, booleans, strings, nulls, lists and objects)?"""
+    if pa.types.is_dictionary(kind):
+        return _json_type(kind.value_type)
+    if pa.types.is_map(kind):
+        return _json_type(kind.key_type) and _json_type(kind.item_type)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind) or \
+            pa.types.is_list_view(kind) or pa.types.is_large_list_view(kind):
+        return _json_type(kind.value_type)
+    if pa.types.is_struct(kind):
+        return all(_json_type(field.type) for field in kind)
+    return (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind) or
+            pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind) or
+            pa.types.is_null(kind))
+
+
+def check_json_answerable(inputs: pa.Table, arrow_answer: str) -> None:
+    """InvalidRequest naming the first input column the records answer (which echoes the inputs) cannot write as
+    JSON: decimals, bytes, timestamps, durations, unions. Checked before the inference runs; an Arrow answer
+    carries any type."""
+    for field in inputs.schema:
+        if not _json_type(field.type):
+            raise InvalidRequest(f"column {field.name!r}: {field.type} values have no JSON form for the records "
+                                 "answer; send numbers, booleans or strings, or ask for Arrow "
+                                 f"(Accept: {arrow_answer})")
 
 
 def _between_brackets(text: bytes) -> list[memoryview]:

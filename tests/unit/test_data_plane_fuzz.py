@@ -12,6 +12,7 @@ Every case the search found is kept below as an explicit example (REGRESSIONS)."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -22,10 +23,14 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 
 from services.engine.runtimes import column_to_tensor
 from services.gateway import oip
-from services.gateway.inference import _read_body
+from services.gateway.inference import _read_body, seed_records
+from services.gateway.monitoring import _metadata, _text
+from services.gateway.records_answer import check_json_answerable, seed_records_json
 from services.gateway.records_parse import FAST_BODY, read_records, read_records_fast
 from shared.arrow_codec import records_json_to_table, to_ipc_file, to_ipc_stream
 from shared.errors import InvalidRequest, PayloadTooLarge
@@ -333,14 +338,28 @@ def arrow_bodies(draw) -> bytes:
 
 
 def _gateway_then_engine(body):
-    """The gateway's read of an Arrow body, then its re-encoding for the bus and each column as a model input
-    (ccfraud's [N, 29] float tensor and a scalar), as the engine's ONNX runtime reads it."""
+    """The gateway's read of an Arrow body, its re-encoding for the bus, the records answer echoing it (or the
+    refusal of a type without a JSON form), then each column as a model input (ccfraud's [N, 29] float tensor and
+    a scalar), as the engine's ONNX runtime reads it."""
     table = _read_body(ARROW_STREAM, body, MAX_BODY)
     to_ipc_stream(table)
+    try:
+        check_json_answerable(table, ARROW_STREAM)
+    except InvalidRequest:
+        pass
+    else:  # a Python step may pass any column: its answer echoes the inputs
+        seed_records_json(table, pa.table({"y": pa.array([0.5] * table.num_rows)}), {}, 0, seed_records)
     for index, name in enumerate(table.column_names):
         column_to_tensor(name, table.column(index), ["N", 29], np.float32)
         column_to_tensor(name, table.column(index), ["N"], np.float32)
     return table
+
+
+def _schema_alone(schema: pa.Schema) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema):
+        pass
+    return sink.getvalue().to_pybytes()
 
 
 def _last_replaced(data: bytes, old: bytes, new: bytes) -> bytes:
@@ -379,6 +398,24 @@ def test_arrow_bodies_with_odd_schemas_are_a_table_or_invalid_request(body):
     _outcome(_gateway_then_engine, body)
 
 
+def test_a_stream_of_a_schema_alone_is_answered_as_no_rows():
+    """No batches: combine_chunks cannot build a dictionary of nulls from nothing (ArrowNotImplementedError, a 500
+    when the records answer echoed the inputs)."""
+    body = _schema_alone(pa.schema([("a", pa.dictionary(pa.int32(), pa.null())), ("b", pa.float64())]))
+    table = _read_body(ARROW_STREAM, body, MAX_BODY)
+    check_json_answerable(table, ARROW_STREAM)
+    assert seed_records_json(table, pa.table({"y": pa.array([], pa.float64())}), {}, 0, seed_records) == b"[]"
+
+
+@pytest.mark.parametrize("kind", ["decimal", "binary", "timestamp", "duration", "sparse union"])
+def test_columns_without_a_json_form_are_refused_before_the_records_answer(kind):
+    """A Python step passes any column through; the records answer echoes the inputs, and orjson cannot write
+    these (TypeError, or OverflowError for a timestamp past year 9999): a 500 after the model had run."""
+    table = pa.table({"c": _arrays(2)[kind]})
+    with pytest.raises(InvalidRequest, match="no JSON form"):
+        check_json_answerable(table, ARROW_STREAM)
+
+
 @pytest.mark.parametrize("name", REGRESSIONS_ARROW)
 def test_arrow_found_cases_are_invalid_requests(name):
     assert _outcome(_gateway_then_engine, REGRESSIONS_ARROW[name])[0] == "error"
@@ -403,3 +440,79 @@ def test_arrow_random_corruption_of_a_valid_body_is_never_a_server_error():
                 mutable[rng.randrange(len(mutable))] = rng.randrange(256)
             _outcome(_gateway_then_engine, bytes(mutable))
 
+
+
+# --- multipart: the image routes' form (services/gateway/monitoring.py) --------------------------------------------
+
+def _form_request(body: bytes, content_type: bytes) -> Request:
+    sent = False
+
+    async def receive() -> dict:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "path": "/", "query_string": b"", "app": object(),
+             "headers": [(b"content-type", content_type)]}
+    return Request(scope, receive)
+
+
+async def _image_form(body: bytes, content_type: bytes) -> dict:
+    """The image routes' reading of a multipart body up to staging: Starlette's parser (400 HTTPException on a
+    malformed body, which the gateway maps to invalid_request), then the `metadata` part as monitoring reads it."""
+    form = await _form_request(body, content_type).form(max_files=2, max_fields=4, max_part_size=4096)
+    try:
+        return _metadata(await _text(form.get("metadata")))
+    finally:
+        await form.close()
+
+
+@st.composite
+def multipart_bodies(draw) -> tuple[bytes, bytes]:
+    boundary = draw(st.sampled_from([b"x", b"----b0undary", b"\xff", b""]))
+    body = b""
+    for _ in range(draw(st.integers(0, 5))):
+        name = draw(st.sampled_from([b"image", b"metadata", b"file", b"other", b"\xff\xfe", b'a"b', b""]))
+        disposition = b'form-data; name="' + name + b'"'
+        if draw(st.booleans()):
+            disposition += b'; filename="' + draw(st.sampled_from([b"i.png", b"\xff", b"../x", b""])) + b'"'
+        headers = b"Content-Disposition: " + disposition + b"\r\n"
+        if draw(st.booleans()):
+            headers += b"Content-Type: " + draw(st.sampled_from([b"text/plain; charset=bogus", b"image/png",
+                                                                 b"application/json; charset=utf-16"])) + b"\r\n"
+        data = draw(st.one_of(st.sampled_from([b"{}", b'{"deployment_id": 1}', b"[1]", b'{"image": "x"}',
+                                               b'{"a":' + b"1" * 300 + b"}", b"\x89PNG\r\n\x1a\n", b"\xff\xfe{",
+                                               b"null", b" "]), st.binary(max_size=40)))
+        body += b"--" + boundary + b"\r\n" + headers + b"\r\n" + data + b"\r\n"
+    if draw(st.booleans()):
+        body += b"--" + boundary + b"--\r\n"
+    body = draw(st.sampled_from([body, body[:len(body) // 2], body + draw(st.binary(max_size=20))]))
+    content_type = draw(st.sampled_from([b"multipart/form-data; boundary=" + boundary, b"multipart/form-data",
+                                         b"multipart/form-data; boundary=" + boundary + b"; charset=bogus"]))
+    return body, content_type
+
+
+def _form_outcome(body: bytes, content_type: bytes) -> str:
+    try:
+        asyncio.run(_image_form(body, content_type))
+    except HTTPException as exc:
+        assert exc.status_code == 400
+        return "400"
+    except InvalidRequest:
+        return "400"
+    return "read"
+
+
+@FUZZ
+@given(multipart_bodies())
+@example((b"--x\r\n\r\n", b"multipart/form-data"))
+def test_image_route_multipart_bodies_are_read_or_a_400(case):
+    _form_outcome(*case)
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_image_route_arbitrary_bytes_as_multipart_are_read_or_a_400(body):
+    _form_outcome(body, b"multipart/form-data; boundary=x")
