@@ -45,7 +45,8 @@ def from_ipc(data: bytes, max_decoded_bytes: int | None = None, validate: bool =
     if max_decoded_bytes is not None:
         try:
             decoded = ipc_decoded_bytes(data)
-        except (ValueError, IndexError, struct.error, pa.ArrowInvalid, OSError):
+        # EOFError: a file's footer naming a block past a message's end
+        except (ValueError, IndexError, struct.error, pa.ArrowException, OSError, EOFError):
             raise InvalidRequest("body is not a valid Arrow IPC file or stream") from None
         if decoded > max_decoded_bytes:
             raise PayloadTooLarge(f"the Arrow body decodes to {decoded} bytes, more than the {max_decoded_bytes}"
@@ -107,9 +108,9 @@ def _column_array(name: str, values: list[Any]) -> pa.Array:
                                   "a float (write it as a float, e.g. 9.3e18, if that is what the model takes)")
     if tensors == 0:
         kind = _element_kind(name, {type(v) for v in values})
-        try:
-            return pa.array(values, type=_ARROW_TYPES[kind])
-        except (OverflowError, pa.ArrowInvalid):  # ArrowInvalid: an int past int64 among floats
+        try:  # floats through numpy: Arrow reads an int among floats through int64 (2^63 there failed)
+            return pa.array(np.asarray(values, np.float64)) if kind == "float" else pa.array(values, _ARROW_TYPES[kind])
+        except (OverflowError, pa.ArrowInvalid):  # an int past a float's range (1e400 written out), or past int64
             raise out_of_range from None
     if tensors != len(values):
         raise InvalidRequest(f"column {name!r}: mixes tensors and scalars")

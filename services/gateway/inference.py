@@ -168,11 +168,13 @@ def seed_records(inputs: pa.Table, outputs: pa.Table, meta: dict[str, Any], at_m
     metadata = {"last_model": meta.get("last_model", ""), "pipeline_version": meta.get("pipeline_version", ""),
                 "elapsed": meta.get("elapsed", [])}
     return [{"time": at_ms, "in": i, "out": o, "check_failures": [], "metadata": metadata}
-            for i, o in zip(_row_objects(ins), _row_objects(outs), strict=True)]
+            for i, o in zip(_row_objects(ins, inputs.num_rows), _row_objects(outs, outputs.num_rows), strict=True)]
 
 
-def _row_objects(columns: dict[str, list[Any]]) -> list[dict[str, Any]]:
+def _row_objects(columns: dict[str, list[Any]], rows: int) -> list[dict[str, Any]]:
     names = list(columns)
+    if not names:  # an Arrow body may hold rows without columns
+        return [{} for _ in range(rows)]
     if len(names) == 1:
         name = names[0]
         return [{name: value} for value in columns[name]]
