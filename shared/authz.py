@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -330,10 +331,15 @@ class VerifierFeed:
             log.warning("could not refresh revocations: %s", exc.msg)
 
     async def _poll_forever(self) -> None:
+        # The first wait is between half and all of the interval, at random: the services start together, and
+        # polling in step they asked the auth service for its keys at the same moment, which then held one
+        # PostgreSQL connection per overlapping request (~15-20 MiB of RSS each; docs/performance.md, "Memory")
+        wait = self._interval * (0.5 + random.random() / 2)  # noqa: S311 - a phase, not a secret
         while not self._stop.is_set():
             try:
-                await asyncio.wait_for(self._stop.wait(), self._interval)
+                await asyncio.wait_for(self._stop.wait(), wait)
             except TimeoutError:
+                wait = self._interval
                 await self._poll_once()
                 try:  # retired keys leave the JWKS: drop them here too, even if no rotation event came
                     await self._verifier.refresh_keys()
