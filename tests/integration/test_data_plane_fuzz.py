@@ -1,6 +1,6 @@
 """The nastiest bodies tests/unit/test_data_plane_fuzz.py found, through the real gateway to a deployed ccfraud
-pipeline: records, Arrow and OIP bodies, and the multipart routes, each answered 4xx with the typed error code;
-a valid inference right after still works (no process crashed, nothing was left half-done)."""
+pipeline: records, Arrow and OIP bodies, the multipart routes and datasets/upload_rows, each answered 4xx with the
+typed error code; a valid inference right after still works (no process crashed, nothing was left half-done)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from shared.arrow_codec import tensor_array, to_ipc_stream
+from tests.integration.test_gateway_abuse import _zstd_bomb
 from tests.integration.test_pipelines import deployed, onnx_outputs  # noqa: F401 - the fixture is reused
 from tests.models import sample_rows
 from tests.unit.test_data_plane_fuzz import REGRESSIONS_ARROW, REGRESSIONS_OIP, _arrays, _last_replaced
@@ -111,6 +112,15 @@ def test_nasty_bodies_are_typed_4xx_and_the_gateway_keeps_serving(stack, alice, 
             for name, (content_type, body) in MULTIPART_BODIES.items():
                 expect_4xx(f"{route} {name}", client.post(f"{stack.api}/{route}", content=body,
                                                           headers={**token, "Content-Type": content_type}))
+        # datasets/upload_rows reads Arrow as inference does: validated in full, and no compression bomb
+        rows_url = f"{stack.api}/datasets/upload_rows"
+        expect_4xx("upload_rows a string offset past its data", client.post(
+            rows_url, params={"dataset_id": 1}, content=ARROW_BODIES["a string offset past its data"],
+            headers={**token, "Content-Type": ARROW}))
+        bomb = client.post(rows_url, params={"dataset_id": 1}, content=_zstd_bomb(80),
+                           headers={**token, "Content-Type": "application/vnd.apache.arrow.file"})
+        if bomb.status_code != 413:
+            wrong.append(f"upload_rows an Arrow bomb: {bomb.status_code} {bomb.text[:200]}")
         assert not wrong, "\n".join(wrong)
 
         rows = sample_rows(3, seed=9)
