@@ -138,6 +138,8 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
                 0 in shape[1:]:
             raise InvalidRequest(f"input {name!r}: shape must be a list of at most {MAX_DIMS} integers, the batch "
                                  "dimension first (0 or more) and the others positive")
+        if math.prod(shape[1:]) >= 2**31:  # Arrow's list sizes are int32 (and numpy's shapes must fit its sizes)
+            raise InvalidRequest(f"input {name!r}: shape {shape} puts 2^31 values or more in one row")
         dtype = np.dtype(DATATYPES[datatype]).newbyteorder("<")
         size = (tensor.get("parameters") or {}).get("binary_data_size") if isinstance(
             tensor.get("parameters"), dict) else None

@@ -257,6 +257,9 @@ REGRESSIONS_OIP = [
      b'{"name":"x","shape":[1],"datatype":"FP32","data":[2]}]}', None),  # one name twice: duplicate columns
     (b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}1234', "-4"),  # header length < 0
     (b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}', "999"),  # beyond the body
+    # no rows, so no values, but rows too wide: numpy's "array is too big", Arrow's int32 list size (a deep search)
+    (b'{"inputs":[{"name":"x","shape":[0,4611686018427387904],"datatype":"FP32","data":[]}]}', None),
+    (b'{"inputs":[{"name":"x","shape":[0,4294967296],"datatype":"FP32","parameters":{"binary_data_size":0}}]}', None),
 ]
 
 
