@@ -18,7 +18,9 @@ case those libraries handle.
 
 from __future__ import annotations
 
+import importlib
 import sys
+import types
 from importlib.machinery import ModuleSpec
 
 
@@ -40,3 +42,22 @@ def decline_unused(serves_http: bool = False) -> None:
     names = {"pandas", "aiohttp"} | (set() if serves_http else {"uvicorn"})
     if not any(isinstance(finder, _Declined) for finder in sys.meta_path):
         sys.meta_path.insert(0, _Declined(frozenset(names - set(sys.modules))))
+
+
+class LazyModule(types.ModuleType):
+    """Stands for a module until an attribute of it is first read, then imports it and takes its attributes
+    over (later reads are plain attribute reads). For a package a process may never need while idle (numpy in
+    the assay runner: ~10 MiB of RSS), used as `np = lazy_module("numpy")` where every use is inside a function;
+    a module-level `np.ndarray` would import it at once (annotations are strings: `from __future__ import
+    annotations`)."""
+
+    def __getattr__(self, attr: str) -> object:
+        module = importlib.import_module(self.__name__)
+        self.__dict__.update(module.__dict__)
+        return getattr(module, attr)
+
+
+def lazy_module(name: str) -> types.ModuleType:
+    """The module `name` if it is already imported, a LazyModule for it otherwise."""
+    return sys.modules.get(name) or LazyModule(name)
+

@@ -10,15 +10,15 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
-import numpy as np
 
 from services.assay_runner import compute, store
 from shared import subjects
 from shared.authz import MembershipLookup, Principal, require_member
 from shared.errors import InvalidRequest, NotFound
+from shared.lean_imports import lazy_module
 from shared.messages.assays import (
     AssayActive,
     AssayConfig,
@@ -34,10 +34,15 @@ from shared.messages.assays import (
 )
 from shared.settings import AssaySettings
 
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = lazy_module("numpy")  # imported by the first assay that runs, not at start (~10 MiB of RSS idle)
+
 log = logging.getLogger("railyard.assay_runner")
 
 # read_field(token, workspace_id, pipeline, model, column, index, start_ms, end_ms) -> values
-FieldReader = Callable[[str | None, int, str, str | None, str, int, int, int], Awaitable[np.ndarray]]
+FieldReader = Callable[[str | None, int, str, str | None, str, int, int, int], Awaitable["np.ndarray"]]
 # reference_feature(token, query body) -> the monitoring service's ReferenceFeature as a dict
 ReferenceReader = Callable[[str | None, dict[str, Any]], Awaitable[dict[str, Any]]]
 

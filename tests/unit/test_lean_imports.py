@@ -48,3 +48,19 @@ def test_the_gateway_keeps_uvicorn_and_a_package_already_imported_stays():
         print("ok")
     """)
     assert out == "ok"
+
+
+def test_a_lazy_module_is_imported_by_its_first_attribute_read():
+    """The assay runner starts without numpy; the first assay that runs imports it (shared.lean_imports.lazy_module)."""
+    out = run("""
+        import sys
+        from services.assay_runner import app, compute
+        assert "numpy" not in sys.modules, "numpy imported at start"
+        assert compute.np.__name__ == "numpy" and "numpy" not in sys.modules  # the name is the stand-in's own
+        values = compute.np.asarray([1.0, 2.0, 3.0])
+        assert "numpy" in sys.modules and isinstance(values, compute.np.ndarray)
+        from shared.lean_imports import lazy_module
+        assert lazy_module("numpy") is sys.modules["numpy"]
+        print(compute.np.median(values))
+    """)
+    assert out == "2.0"
