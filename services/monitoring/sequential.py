@@ -31,9 +31,15 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from shared.lean_imports import lazy_module
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    # imported by the first decision computed (~12 MiB of RSS the idle monitoring service does without)
+    np = lazy_module("numpy")
 
 DEFAULT_ALPHA = 0.05
 DEFAULT_MIN_SAMPLE = 30
