@@ -193,13 +193,23 @@ def encode_response(request: dict[str, Any], model: str, version: str, outputs: 
         if pa.types.is_list(column.type) and pa.types.is_string(column.type.value_type):
             continue  # split bookkeeping (_model_split) is not a tensor
         array = _to_numpy(column)
-        entry = {"name": name, "datatype": NUMPY_TO_OIP.get(array.dtype.str, "FP32"), "shape": list(array.shape)}
-        if all_binary or parameters(wanted.get(name, {})).get("binary_data"):
+        datatype = NUMPY_TO_OIP.get(array.dtype.newbyteorder("<").str if array.dtype.byteorder == ">"
+                                    else array.dtype.str)
+        entry = {"name": name, "datatype": datatype or "BYTES", "shape": list(array.shape)}
+        binary = all_binary or parameters(wanted.get(name, {})).get("binary_data")
+        if datatype is None:  # strings (a Python step's), or anything else OIP has no numeric type for: BYTES
+            values = [v if isinstance(v, bytes) else str(v).encode() for v in array.reshape(-1).tolist()]
+            if binary:  # the binary extension's BYTES: each element a 4-byte little-endian length, then its bytes
+                raw = b"".join(len(v).to_bytes(4, "little") + v for v in values)
+            else:
+                entry["data"] = [v.decode("utf-8", "replace") for v in values]
+        elif binary:
             raw = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            blobs.append(raw)
         else:
             entry["data"] = array.reshape(-1).tolist()
+        if binary:
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
         described.append(entry)
     header = orjson.dumps({"model_name": model, "model_version": version, "id": request.get("id", ""),
                            "outputs": described})

@@ -109,3 +109,21 @@ def test_malformed_output_parameters_are_ignored_not_a_server_error():
                     {"outputs": [{"name": ["y"]}]}):
         body, headers = oip.encode_response(request, "m", "1", outputs)
         assert orjson.loads(body)["outputs"][0]["data"] == [1.0, 2.0], request
+
+
+def test_string_outputs_are_bytes_tensors_in_json_and_in_the_binary_extension():
+    """A Python step's string output was labelled FP32 and, asked for binary, sent the bytes of a numpy object
+    array (pointers); now it is BYTES, as JSON strings or as tritonclient reads the binary extension."""
+    from tritonclient.utils import deserialize_bytes_tensor
+
+    outputs = pa.table({"label": pa.array(["cat", "dög"]), "p": pa.array([0.5, 0.25], pa.float32())})
+    described = orjson.loads(oip.encode_response({}, "m", "1", outputs)[0])["outputs"]
+    assert described[0] == {"name": "label", "datatype": "BYTES", "shape": [2], "data": ["cat", "dög"]}
+    body, headers = oip.encode_response({"parameters": {"binary_data_output": True}}, "m", "1", outputs)
+    split = int(headers[oip.HEADER_LENGTH])
+    label, p = orjson.loads(body[:split])["outputs"]
+    blob = body[split:]
+    assert label["datatype"] == "BYTES"
+    strings = deserialize_bytes_tensor(blob[:label["parameters"]["binary_data_size"]])
+    assert [s.decode() for s in strings] == ["cat", "dög"]
+    assert np.frombuffer(blob[label["parameters"]["binary_data_size"]:], "<f4").tolist() == [0.5, 0.25]
