@@ -158,6 +158,10 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
                 raise InvalidRequest(f"input {name!r} has no data")
             try:
                 array = np.asarray(data, dtype=dtype).reshape(-1)
+                if dtype.kind in "iu" and not isinstance(data, np.ndarray):  # numpy would truncate 1.5 to 1
+                    given = np.asarray(data).reshape(-1)
+                    if given.dtype.kind == "f" and not np.array_equal(given, array):
+                        raise InvalidRequest(f"input {name!r}: {datatype} data holds a number with a fraction")
             except OverflowError:
                 raise InvalidRequest(f"input {name!r}: a value is outside the range of {datatype}") from None
             except (ValueError, TypeError):

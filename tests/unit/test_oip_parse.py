@@ -73,6 +73,8 @@ def test_the_fast_reader_takes_flat_floats_and_leaves_the_rest():
     (b'{"inputs": [{"name": "t", "shape": [1], "datatype": "INT64", "data": [9223372036854775808]}]}',
      "outside the range of INT64"),
     (b'{"inputs": [{"name": "t", "shape": [1], "datatype": "UINT8", "data": [300]}]}', "outside the range of UINT8"),
+    # numpy truncated a fraction silently (1.5 -> 1)
+    (b'{"inputs": [{"name": "t", "shape": [2], "datatype": "INT32", "data": [1.0, 1.5]}]}', "with a fraction"),
 ])
 def test_bad_requests_get_the_general_paths_errors(body, message):
     with pytest.raises(InvalidRequest) as fast:
