@@ -4,8 +4,15 @@ decompressing) anything, so a compression bomb is refused before it costs memory
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
+from shared.lean_imports import lazy_module
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+else:  # imported by the first table measured (the log store's idle start does without)
+    pa = lazy_module("pyarrow")
+
 
 ARROW_FILE_MAGIC = b"ARROW1"
 # Arrow's IPC format (format/Message.fbs, format/File.fbs): a compressed body buffer starts with its uncompressed

@@ -17,13 +17,21 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
+from shared.lean_imports import lazy_module
 
-from shared.arrow_codec import column_values
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    import shared.arrow_codec as arrow_codec
+else:  # imported by a process's first log record (the log store's idle start does without)
+    np = lazy_module("numpy")
+    pa = lazy_module("pyarrow")
+    pc = lazy_module("pyarrow.compute")
+    arrow_codec = lazy_module("shared.arrow_codec")
 
 LOG_HEADER = "Railyard-Log"
 REQUEST_ID = "Railyard-Request-Id"  # the gateway's id of one inference, the same on its re-sent attempt
@@ -261,7 +269,7 @@ def seed_rows(table: pa.Table, check_failures: bool = True) -> list[dict[str, An
     groups: dict[str, list[tuple[str, list[Any]]]] = {}
     times = None
     for name in table.column_names:
-        values = column_values(table.column(name))
+        values = arrow_codec.column_values(table.column(name))
         if name == TIME:
             times = values
             continue

@@ -23,14 +23,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import asyncpg
 import nats.errors
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from services.log_store import pages, store
 from services.log_store.segments import POS, SegmentReader, drop_unwritable, empty_page, encode_segment
@@ -38,6 +35,7 @@ from shared import subjects
 from shared.authz import MembershipLookup, Principal, require_admin, require_member
 from shared.bus import log_store_consumer_config
 from shared.errors import InvalidRequest, NotFound
+from shared.lean_imports import lazy_module
 from shared.logrecords import (
     BATCH_ID,
     LOG_HEADER,
@@ -65,6 +63,15 @@ from shared.messages.logs import (
 )
 from shared.objectstore import BUCKET_LOGS, BUCKET_TABLES, MinioObjectStore
 from shared.settings import LogSettings
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+else:  # imported with the first log batch or read, not at start (~50 MiB of RSS idle)
+    np = lazy_module("numpy")
+    pa = lazy_module("pyarrow")
+    pc = lazy_module("pyarrow.compute")
 
 log = logging.getLogger("railyard.log_store")
 ORPHAN_AGE = 3600.0

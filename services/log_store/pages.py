@@ -24,16 +24,21 @@ import base64
 import binascii
 import json
 from collections import deque
-from typing import Any
-
-import numpy as np
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from services.log_store import store
 from services.log_store.segments import POS, SegmentReader, empty_page
 from shared.errors import InvalidRequest
+from shared.lean_imports import lazy_module
 from shared.logrecords import DROPPED_WARNING, META_DROPPED, TIME, display_order, dropped_columns, select_columns
 from shared.messages.logs import GetLogs, LogPage
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+else:  # imported with the first log batch or read, not at start (~50 MiB of RSS idle)
+    np = lazy_module("numpy")
+    pa = lazy_module("pyarrow")
 
 SEGMENTS_PER_QUERY = 16
 MIN_WINDOW = 256  # fewest rows read from a segment at a time

@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
+from shared.lean_imports import lazy_module
 from shared.logrecords import META_DROPPED
 from shared.objectstore import BUCKET_LOGS, MinioObjectStore, RangedFile
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+else:  # imported with the first log batch or read, not at start (~50 MiB of RSS idle)
+    np = lazy_module("numpy")
+    pa = lazy_module("pyarrow")
+    pq = lazy_module("pyarrow.parquet")
 
 POS = "_pos"  # a compacted segment's row positions (hidden from pages)
 SMALL_OBJECT = 4 * 1024 * 1024  # segments up to this size are fetched whole and kept in memory
