@@ -132,12 +132,15 @@ def close_idle(pool: asyncpg.Pool) -> int:
     idle for `pool_idle_seconds` (the same call), without waiting for it: after a service's start, whose work
     (migrations, the start hook's queries) is done. Returns how many were closed."""
     before = pool.get_size()
-    for holder in list(getattr(pool, "_holders", ())):  # asyncpg keeps no public list; none: nothing closed
-        if pool.get_size() <= pool.get_min_size():
-            break
-        if holder.is_connected() and holder.is_idle():
-            holder._maybe_cancel_inactive_callback()
-            holder._deactivate_inactive_connection()
+    try:
+        for holder in list(pool._holders):  # asyncpg keeps no public list of them
+            if pool.get_size() <= pool.get_min_size():
+                break
+            if holder.is_connected() and holder.is_idle():
+                holder._maybe_cancel_inactive_callback()
+                holder._deactivate_inactive_connection()
+    except AttributeError:  # another asyncpg: its own idle close still runs after pool_idle_seconds
+        pass
     return before - pool.get_size()
 
 
