@@ -61,6 +61,9 @@ def test_a_lazy_module_is_imported_by_its_first_attribute_read():
         assert "numpy" in sys.modules and isinstance(values, compute.np.ndarray)
         from shared.lean_imports import lazy_module
         assert lazy_module("numpy") is sys.modules["numpy"]
+        assert type(compute.np) is type(sys)  # a plain module once imported
+        import numpy.polynomial  # a submodule imported later is still found through the stand-in
+        assert compute.np.polynomial is sys.modules["numpy.polynomial"]
         print(compute.np.median(values))
     """)
     assert out == "2.0"
