@@ -253,18 +253,24 @@ def test_many_small_files_hit_the_file_quota(settings):
     assert len(os.listdir(settings.stack.data_dir / "work" / "one" / "many")) < 200_000
 
 
-def test_deleted_files_held_open_count_towards_the_quota(settings):
-    result = python("""
+def hidden_writer(files: int, sleep: int) -> str:
+    """A tenant that writes `files` files of 4 MiB, deletes each but keeps it open, then waits."""
+    return f"""
         import os, time
         kept = []
-        for number in range(64):
-            handle = open(f'hidden-{number}', 'wb')
+        for number in range({files}):
+            handle = open(f'hidden-{{number}}', 'wb')
             handle.write(b'x' * (4 << 20))
             handle.flush()
-            os.unlink(f'hidden-{number}')
+            os.unlink(f'hidden-{{number}}')
             kept.append(handle)
-        time.sleep(30)
-    """, settings, limits=Limits(file_size_bytes=8 << 20, disk_bytes=64 << 20, wall_seconds=20))
+        time.sleep({sleep})
+    """
+
+
+def test_deleted_files_held_open_count_towards_the_quota(settings):
+    result = python(hidden_writer(64, 30), settings,
+                    limits=Limits(file_size_bytes=8 << 20, disk_bytes=64 << 20, wall_seconds=20))
     assert result.limit_hit == "disk_bytes", result.stderr_tail
 
 
@@ -371,17 +377,7 @@ def test_a_normal_users_sandbox_is_held_to_its_disk_quota_too(settings):
     workdir = outer / "work"
     workdir.mkdir()
     os.chown(workdir, 65534, 65534)
-    code = textwrap.dedent("""
-        import os, time
-        kept = []
-        for number in range(40):
-            handle = open(f'hidden-{number}', 'wb')
-            handle.write(b'x' * (4 << 20))
-            handle.flush()
-            os.unlink(f'hidden-{number}')
-            kept.append(handle)
-        time.sleep(20)
-    """)
+    code = textwrap.dedent(hidden_writer(40, 20))
     spec = SandboxSpec(argv=["/usr/bin/python3", "-I", "-c", code], workdir=workdir,
                        limits=Limits(disk_bytes=64 << 20))
     config = sandbox._launch_config(spec, settings) | {"mechanism": "userns", "parent": os.getpid(), "readonly": []}
