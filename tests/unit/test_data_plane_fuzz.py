@@ -34,6 +34,7 @@ from services.gateway.records_answer import check_json_answerable, seed_records_
 from services.gateway.records_parse import FAST_BODY, read_records, read_records_fast
 from shared.arrow_codec import records_json_to_table, to_ipc_file, to_ipc_stream
 from shared.errors import InvalidRequest, PayloadTooLarge
+from tests.unit.test_oip_parse import _general
 
 # bounded: the whole file runs in a few seconds; a parse slower than 3 s is a finding too. A deeper search:
 # RAILYARD_FUZZ_EXAMPLES=5000 .venv/bin/python -m pytest tests/unit/test_data_plane_fuzz.py
@@ -225,14 +226,6 @@ def oip_bodies(draw) -> tuple[bytes, str | None]:
     return body, header
 
 
-def _general_only(body, header):
-    original = oip._read_json_fast
-    oip._read_json_fast = lambda body: None
-    try:
-        return oip.parse_request(body, header)
-    finally:
-        oip._read_json_fast = original
-
 
 def _respond(body, header):
     """parse_request, then encode_response of a model's answer for the request (outputs, parameters, id)."""
@@ -273,13 +266,13 @@ def test_oip_arbitrary_bytes_are_a_table_or_invalid_request(body, header):
 @given(oip_bodies())
 def test_oip_requests_are_a_table_or_invalid_request_and_both_readers_agree(case):
     body, header = case
-    assert _outcome(_respond, body, header) == _outcome(_general_only, body, header)
+    assert _outcome(_respond, body, header) == _outcome(_general, body, header)
 
 
 @pytest.mark.parametrize("case", REGRESSIONS_OIP, ids=range(len(REGRESSIONS_OIP)))
 def test_oip_found_cases_are_invalid_requests(case):
     assert _outcome(_respond, *case)[0] == "error"
-    assert _outcome(_general_only, *case)[0] == "error"
+    assert _outcome(_general, *case)[0] == "error"
 
 
 # --- Arrow IPC ----------------------------------------------------------------------------------------------------

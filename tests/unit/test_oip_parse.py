@@ -17,12 +17,12 @@ def _every_body_through_the_fast_reader(monkeypatch):
     monkeypatch.setattr(oip, "FAST_BODY", 0)
 
 
-def _general(body: bytes):
+def _general(body: bytes, header: str | None = None):
     """What the general path alone makes of a body (the fast reader switched off)."""
     original = oip._read_json_fast
     oip._read_json_fast = lambda body: None
     try:
-        return oip.parse_request(body, None)
+        return oip.parse_request(body, header)
     finally:
         oip._read_json_fast = original
 
