@@ -58,6 +58,9 @@ def test_measurements_come_sooner_as_the_quota_nears_at_the_pace_seen():
     idle = next_interval(config, baseline, (0.0, now), (1.0, now), spent=0.001)
     assert idle == sandbox_launcher.QUOTA_INTERVAL
     assert next_interval(config, baseline, (0.0, now), (1.0, now), spent=0.5) == 2.0  # measuring is at most 20 %
+    # from the first, short look the pause grows by a quarter while nothing grows, up to QUOTA_INTERVAL
+    first = sandbox_launcher.QUOTA_INTERVAL_MIN
+    assert next_interval(config, baseline, (0.0, now), (0.02, now), spent=0.0001, previous=first) == 1.25 * first
 
 
 def test_the_launchers_quota_end_is_read_as_a_typed_limit_with_its_value():
