@@ -353,27 +353,15 @@ def seaweedfs_server(cfg: StackSettings, data_dir: Path, secrets: Secrets) -> Se
 
 def s3_ready(cfg: StackSettings, secrets: Secrets) -> bool:
     """S3 answers a ListBuckets signed with the stack's credentials (its identities are loaded, its filer is
-    reached). Signed here (AWS Signature V4, the standard library only), so the supervisor, which stays up as long
-    as the stack, does not keep minio and what it imports (~7 MiB) for one call at start."""
-    import hashlib
-    import hmac
-    from datetime import UTC, datetime
+    reached). Signed by shared.s3_light (AWS Signature V4, the standard library only), so the supervisor, which
+    stays up as long as the stack, does not keep minio and what it imports (~7 MiB) for one call at start."""
+    from shared.s3_light import signed_headers
+    from shared.settings import S3Settings
 
-    host, region, empty = f"{cfg.host}:{cfg.s3_port}", "us-east-1", hashlib.sha256(b"").hexdigest()
-    now = datetime.now(UTC)
-    stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
-    signed = "host;x-amz-content-sha256;x-amz-date"
-    canonical = f"GET\n/\n\nhost:{host}\nx-amz-content-sha256:{empty}\nx-amz-date:{stamp}\n\n{signed}\n{empty}"
-    scope = f"{day}/{region}/s3/aws4_request"
-    to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-    key = f"AWS4{secrets.s3_secret_key}".encode()
-    for part in (day, region, "s3", "aws4_request"):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    request = urllib.request.Request(f"http://{host}/", headers={  # noqa: S310 - our own server on cfg.host
-        "x-amz-date": stamp, "x-amz-content-sha256": empty,
-        "Authorization": f"AWS4-HMAC-SHA256 Credential={secrets.s3_access_key}/{scope}, SignedHeaders={signed},"
-                         f" Signature={signature}"})
+    s3 = S3Settings(endpoint=f"{cfg.host}:{cfg.s3_port}", access_key=secrets.s3_access_key,
+                    secret_key=secrets.s3_secret_key)
+    request = urllib.request.Request(f"http://{s3.endpoint}/", headers={  # noqa: S310 - our own server on cfg.host
+        k: v for k, v in signed_headers(s3, "GET", "/").items() if k != "host"})
     try:
         with urllib.request.urlopen(request, timeout=3) as response:  # noqa: S310
             return response.status == 200 and b"ListAllMyBucketsResult" in response.read()
