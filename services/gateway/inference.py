@@ -11,6 +11,7 @@ import functools
 import logging
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from services.gateway.limits import declared_length, read_body, too_large
 from services.gateway.records_answer import check_json_answerable, seed_records_json
 from services.gateway.records_parse import read_records
 from shared import subjects
-from shared.arrow_codec import column_values, from_ipc, to_ipc_file, to_ipc_stream
+from shared.arrow_codec import check_column_count, column_values, from_ipc, to_ipc_file, to_ipc_stream
 from shared.authz import (
     KIND_INFERENCE,
     Principal,
@@ -152,8 +153,9 @@ def _read_body(content_type: str, body: bytes, max_bytes: int) -> pa.Table:
     if kind in (ARROW_FILE, ARROW_STREAM):
         table = from_ipc(body, max_decoded_bytes=max_bytes, validate=True)  # a compressed body decodes within the limit
         names = table.column_names  # records and OIP bodies cannot name a column twice; Arrow can
+        check_column_count(len(names))
         if len(set(names)) != len(names):
-            twice = sorted({name for name in names if names.count(name) > 1})
+            twice = sorted(name for name, times in Counter(names).items() if times > 1)
             raise InvalidRequest(f"the Arrow body names columns {twice} more than once")
         return table
     if kind in ("application/json", ""):

@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from services.gateway.errors import error_response
-from shared.arrow_codec import from_ipc, tensor_array, to_ipc_stream
+from shared.arrow_codec import check_column_count, from_ipc, tensor_array, to_ipc_stream
 from shared.authz import Principal
 from shared.bus import raise_for_error_header
 from shared.errors import InvalidRequest, RailyardError
@@ -122,7 +122,8 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
     binary = memoryview(body)[split:]
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise InvalidRequest("the request needs a non-empty `inputs` list")
-    columns, names, offset, rows = [], [], 0, None
+    check_column_count(len(request["inputs"]), "inputs")
+    columns, names, seen, offset, rows = [], [], set(), 0, None
     for tensor in request["inputs"]:
         try:
             name, shape, datatype = tensor["name"], tensor["shape"], tensor["datatype"]
@@ -130,8 +131,9 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
             raise InvalidRequest("every input needs name, shape and datatype") from None
         if not isinstance(name, str) or not isinstance(datatype, str) or not isinstance(shape, list):
             raise InvalidRequest("every input needs name and datatype as strings and shape as a list")
-        if name in names:
+        if name in seen:
             raise InvalidRequest(f"input {name!r} is given twice")
+        seen.add(name)
         if datatype not in DATATYPES:
             raise InvalidRequest(f"input {name!r}: datatype {datatype} is not supported")
         if not shape or len(shape) > MAX_DIMS or not all(type(d) is int and d >= 0 for d in shape) or \

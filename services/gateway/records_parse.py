@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from shared.arrow_codec import _numeric_column, records_json_to_table, tensor_array, uint64_range
+from shared.arrow_codec import MAX_COLUMNS, _numeric_column, records_json_to_table, tensor_array, uint64_range
 
 # below it orjson's own path is quicker (the parser's set-up); 16 ccfraud rows are ~9.8 KB
 FAST_BODY = 4096
@@ -55,6 +55,8 @@ def read_records_fast(body: bytes) -> pa.Table | None:
             return None
         columns = list(rows[0].keys())
         width = len(columns)
+        if width > MAX_COLUMNS:
+            return None  # the general path refuses it by name
         if len(set(columns)) != width or not all(len(row) == width for row in rows):
             return None  # a repeated key, or rows with other keys: the general path says which
         arrays, tensors = [], 0
