@@ -306,22 +306,35 @@ def measure(top: str, stop_bytes: float = float("inf"), stop_files: float = floa
 
 
 def sandbox_pids(child_pid: int, namespace: str | None) -> list[int]:
-    """The processes of the sandbox: those in its pid namespace (or, without namespaces, in this process's
-    process group, which `spawn` started as a session of its own), this process excepted."""
+    """The processes of the sandbox, this process excepted: every descendant of this process (so also those in a
+    pid namespace the tenant nested inside the sandbox's, which a namespace comparison missed, and the orphans
+    the sandbox's init adopts), and those in its pid namespace (or, without namespaces, in this process's process
+    group, which `spawn` started as a session of its own: orphans re-parented outside it)."""
     me, group = os.getpid(), os.getpgid(0)
-    pids = []
+    children: dict[int, list[int]] = {}
+    members = set()
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == me:
             continue
+        pid = int(name)
         try:
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                parent = int(handle.read().rsplit(b")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(pid)
             if namespace is not None:
                 if os.readlink(f"/proc/{name}/ns/pid") == namespace:
-                    pids.append(int(name))
-            elif os.getpgid(int(name)) == group:
-                pids.append(int(name))
-        except OSError:
+                    members.add(pid)
+            elif os.getpgid(pid) == group:
+                members.add(pid)
+        except (OSError, IndexError, ValueError):
             continue
-    return pids
+    stack, visited = list(children.get(me, [])), set()
+    while stack:
+        pid = stack.pop()
+        if pid not in visited:
+            visited.add(pid)
+            stack.extend(children.get(pid, []))
+    return sorted(members | visited)
 
 
 def add_unlinked(usage: Usage, pids: list[int], device: int) -> None:

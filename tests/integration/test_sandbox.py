@@ -253,10 +253,22 @@ def test_many_small_files_hit_the_file_quota(settings):
     assert len(os.listdir(settings.stack.data_dir / "work" / "one" / "many")) < 200_000
 
 
-def hidden_writer(files: int, sleep: int) -> str:
-    """A tenant that writes `files` files of 4 MiB, deletes each but keeps it open, then waits."""
+NESTED = """
+        import ctypes
+        if ctypes.CDLL(None, use_errno=True).unshare(0x10000000 | 0x20000000):  # a user and a pid namespace of its own
+            raise SystemExit('unshare refused')
+        if os.fork():  # the writer is pid 1 of the nested namespace; this one waits outside it
+            time.sleep(30)
+            raise SystemExit
+"""
+
+
+def hidden_writer(files: int, sleep: int, nested: bool = False) -> str:
+    """A tenant that writes `files` files of 4 MiB, deletes each but keeps it open, then waits (with `nested`, from
+    inside a pid namespace it made within the sandbox's)."""
     return f"""
         import os, time
+        {NESTED.strip() if nested else ''}
         kept = []
         for number in range({files}):
             handle = open(f'hidden-{{number}}', 'wb')
@@ -268,8 +280,11 @@ def hidden_writer(files: int, sleep: int) -> str:
     """
 
 
-def test_deleted_files_held_open_count_towards_the_quota(settings):
-    result = python(hidden_writer(64, 30), settings,
+@pytest.mark.parametrize("nested", [False, True], ids=["sandbox", "nested-namespace"])
+def test_deleted_files_held_open_count_towards_the_quota(settings, nested):
+    """Also from a pid namespace the tenant nests inside the sandbox's (its processes were not counted: a review
+    wrote 160 MiB past a 64 MiB quota that way)."""
+    result = python(hidden_writer(64, 30, nested), settings,
                     limits=Limits(file_size_bytes=8 << 20, disk_bytes=64 << 20, wall_seconds=20))
     assert result.limit_hit == "disk_bytes", result.stderr_tail
 
