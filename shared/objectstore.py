@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from minio import Minio
 
 CHUNK = 1024 * 1024
+NOT_FOUND_CODES = ("NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound")  # S3: "no such object"
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest multipart part
 MAX_PARTS = 9000  # S3 allows 10,000 parts; keep a margin
 SPOOL_IN_MEMORY = 1024 * 1024
@@ -186,7 +187,7 @@ class MinioObjectStore:
         try:
             response = await asyncio.to_thread(client.get_object, self.bucket(bucket), key)
         except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchBucket"):
+            if exc.code in NOT_FOUND_CODES:
                 raise NotFound("object not found") from None
             raise
         try:
@@ -201,7 +202,15 @@ class MinioObjectStore:
         return b"".join(parts)
 
     async def _stat_size(self, bucket: str, key: str) -> int:
-        stat = await asyncio.to_thread(self._client.stat_object, self.bucket(bucket), key)
+        client = self._client
+        from minio.error import S3Error
+
+        try:
+            stat = await asyncio.to_thread(client.stat_object, self.bucket(bucket), key)
+        except S3Error as exc:
+            if exc.code in NOT_FOUND_CODES:
+                raise NotFound("object not found") from None
+            raise
         return int(stat.size or 0)
 
     async def size(self, bucket: str, key: str) -> int:
@@ -215,7 +224,7 @@ class MinioObjectStore:
         try:
             await asyncio.to_thread(client.stat_object, self.bucket(bucket), key)
         except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"):
+            if exc.code in NOT_FOUND_CODES:
                 return False
             raise
         return True

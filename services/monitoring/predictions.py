@@ -108,11 +108,8 @@ def _decoded(encoded: str) -> bytes:
 async def _read_staged(deps: MonitoringDeps, key: str) -> bytes:
     try:
         size = await deps.objects.size(BUCKET_MONITORING, key)
-    except Exception as exc:
-        if getattr(exc, "code", None) in ("NoSuchKey", "NoSuchObject", "ResourceNotFound", "not_found"):
-            raise InvalidRequest("the staged image was not found: upload the image again (it is consumed once)"
-                                 ) from None
-        raise
+    except NotFound:
+        raise InvalidRequest("the staged image was not found: upload the image again (it is consumed once)") from None
     if size > deps.max_image_bytes:
         raise PayloadTooLarge(f"the image is {size} bytes, larger than {deps.max_image_bytes} bytes "
                               "(monitoring.max_image_bytes): send a smaller image")
