@@ -107,9 +107,12 @@ class MinioObjectStore:
     async def ensure_buckets(self, names: Iterable[str] = ALL_BUCKETS) -> None:
         for name in names:
             real = self.bucket(name)
-            exists = await s3_light.bucket_exists(self._settings, real)
-            if exists or (exists is False and await s3_light.make_bucket(self._settings, real)):
-                continue
+            try:
+                exists = await s3_light.bucket_exists(self._settings, real)
+                if exists or (exists is False and await s3_light.make_bucket(self._settings, real)):
+                    continue
+            except (OSError, TimeoutError):  # S3 not reachable yet: the SDK, which retries, tries again
+                pass
             # an answer the light client does not read: the SDK asks again and raises S3's error if there is one
             if not await asyncio.to_thread(self._client.bucket_exists, real):
                 from minio.error import S3Error
