@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from shared import s3_light
 from shared.errors import NotFound
@@ -183,16 +183,19 @@ class MinioObjectStore:
             spool.seek(0)
             return await self._put_file(bucket, key, spool, size, "application/octet-stream", sha256=sha)
 
-    async def get_stream(self, bucket: str, key: str, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
-        client = self._client
+    async def _object_call(self, call: Callable, bucket: str, key: str) -> Any:
+        """`call(real bucket, key)` of the SDK in a worker thread; S3's "no such object" answers as NotFound."""
         from minio.error import S3Error
 
         try:
-            response = await asyncio.to_thread(client.get_object, self.bucket(bucket), key)
+            return await asyncio.to_thread(call, self.bucket(bucket), key)
         except S3Error as exc:
             if exc.code in NOT_FOUND_CODES:
                 raise NotFound("object not found") from None
             raise
+
+    async def get_stream(self, bucket: str, key: str, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
+        response = await self._object_call(self._client.get_object, bucket, key)
         try:
             while chunk := await asyncio.to_thread(response.read, chunk_size):
                 yield chunk
@@ -205,15 +208,7 @@ class MinioObjectStore:
         return b"".join(parts)
 
     async def _stat_size(self, bucket: str, key: str) -> int:
-        client = self._client
-        from minio.error import S3Error
-
-        try:
-            stat = await asyncio.to_thread(client.stat_object, self.bucket(bucket), key)
-        except S3Error as exc:
-            if exc.code in NOT_FOUND_CODES:
-                raise NotFound("object not found") from None
-            raise
+        stat = await self._object_call(self._client.stat_object, bucket, key)
         return int(stat.size or 0)
 
     async def size(self, bucket: str, key: str) -> int:
@@ -221,15 +216,10 @@ class MinioObjectStore:
         return await self._stat_size(bucket, key)
 
     async def exists(self, bucket: str, key: str) -> bool:
-        client = self._client
-        from minio.error import S3Error
-
         try:
-            await asyncio.to_thread(client.stat_object, self.bucket(bucket), key)
-        except S3Error as exc:
-            if exc.code in NOT_FOUND_CODES:
-                return False
-            raise
+            await self._object_call(self._client.stat_object, bucket, key)
+        except NotFound:
+            return False
         return True
 
     async def delete(self, bucket: str, key: str) -> None:
