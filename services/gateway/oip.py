@@ -15,6 +15,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from services.gateway.errors import error_response
+from services.gateway.records_parse import brackets
 from shared.arrow_codec import check_column_count, from_ipc, tensor_array, to_ipc_stream
 from shared.authz import Principal
 from shared.bus import raise_for_error_header
@@ -99,9 +100,8 @@ def _read_json_fast(body: bytes) -> dict[str, Any] | None:
                 lists += _lists(plain["data"])
             tensors.append(plain)
         # as_buffer flattens nested lists, even ragged ones: one `[` more than counted (a nested list in `data`,
-        # or one inside a string) and the general path reads the body instead (numpy counts 5x faster than
-        # bytes.count: 0.03 against 0.14 ms for 570 KB)
-        if int(np.count_nonzero(np.frombuffer(body, np.uint8) == ord("["))) != lists:
+        # or one inside a string) and the general path reads the body instead
+        if brackets(body) != lists:
             return None
         request["inputs"] = tensors
         return request

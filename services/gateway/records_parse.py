@@ -18,6 +18,12 @@ from shared.arrow_codec import MAX_COLUMNS, _numeric_column, records_json_to_tab
 FAST_BODY = 4096
 
 
+def brackets(body: bytes) -> int:
+    """How many `[` a JSON body holds (simdjson's as_buffer flattens nested lists, so the fast readers compare this
+    with the lists they expect); numpy counts 5x faster than bytes.count (0.03 against 0.14 ms for 570 KB)."""
+    return int(np.count_nonzero(np.frombuffer(body, np.uint8) == ord("[")))
+
+
 def _tensor_column(values: list) -> pa.Array | None:
     """A column of flat numeric arrays as one fixed-size-list array: int64 when every value is an integer,
     float64 when any is a float (numpy's reading of the same lists); None when the rows differ in length or
@@ -73,9 +79,8 @@ def read_records_fast(body: bytes) -> pa.Table | None:
                 return None
             arrays.append(array)
         # as_buffer flattens nested lists, even ragged ones: a `[` more than one per tensor value (a nested
-        # list, or one inside a key) and the general path reads the body instead (numpy counts 5x faster than
-        # bytes.count)
-        if np.count_nonzero(np.frombuffer(body, np.uint8) == ord("[")) != 1 + tensors * len(rows):
+        # list, or one inside a key) and the general path reads the body instead
+        if brackets(body) != 1 + tensors * len(rows):
             return None
         return pa.Table.from_arrays(arrays, names=columns)
     except (ValueError, TypeError, KeyError, IndexError, RuntimeError):  # UnicodeDecodeError is a ValueError
