@@ -16,7 +16,9 @@ long-lived process talking over pipes) or `run` (one shot, with a wall-time limi
   pid namespace;
 - a disk quota on its working directory (`Limits.disk_bytes` and `Limits.disk_files`, counted from what the
   directory held at the start): the launcher measures it while the code runs and kills the whole sandbox past
-  either, which ends with `limit_hit` "disk_bytes" or "disk_files" and `describe_limit` saying so.
+  either, which ends with `limit_hit` "disk_bytes" or "disk_files" and `describe_limit` saying so. That verdict
+  comes from the launcher on a pipe of its own (`quota_verdict`), never from the exit status or stderr, which the
+  code chooses: code exiting with the launcher's status 122 is an ordinary exit.
 
 shared/sandbox_launcher.py builds that (a bubblewrap-like setup with the standard library, so no extra package
 is needed). When a host can give none of it (not root and no user namespaces), `check_available` raises
@@ -46,9 +48,9 @@ from shared.settings import SandboxSettings, Settings
 log = logging.getLogger("railyard.sandbox")
 LAUNCHER = Path(__file__).with_name("sandbox_launcher.py")
 SETUP_FAILED = 125  # the launcher's exit code when it could not build the sandbox
-QUOTA_EXIT = 122  # the launcher's exit code when it stopped the sandbox for its disk quota (same in the launcher)
-QUOTA_MARKS = {"disk_bytes": "railyard-sandbox: disk quota exceeded",
-               "disk_files": "railyard-sandbox: file quota exceeded"}
+QUOTA_EXIT = 122  # the launcher's exit code when it stopped the sandbox for its disk quota (same in the launcher);
+# the tenant can exit with it too, so it proves nothing: the verdict is `quota_verdict`
+QUOTA_LIMITS = frozenset({"disk_bytes", "disk_files"})  # what the launcher's verdict pipe may say
 STDERR_TAIL = 2000
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 _STREAM_LIMIT = 64 * 1024 * 1024
@@ -291,14 +293,21 @@ async def spawn(spec: SandboxSpec, *, stdin=asyncio.subprocess.PIPE, stdout=asyn
         relay = await _gateway_relay(settings)
         config["readonly"].append(str(relay[1]))
         config["gateway"] = {"socket": str(relay[1] / "gateway.sock"), "port": settings.gateway.port}
+    verdict, config["verdict_fd"] = os.pipe()  # the launcher's quota verdict, out of the tenant's reach
+    os.set_blocking(verdict, False)
     try:
         process = await asyncio.create_subprocess_exec(
             *_launcher_argv(), stdin=stdin, stdout=stdout, stderr=stderr, limit=_STREAM_LIMIT,
-            env={"RAILYARD_SANDBOX_LAUNCH": json.dumps(config)}, start_new_session=True)
+            env={"RAILYARD_SANDBOX_LAUNCH": json.dumps(config)}, start_new_session=True,
+            pass_fds=(config["verdict_fd"],))
     except BaseException:
+        os.close(verdict)
         if relay is not None:
             relay[0].close()
         raise
+    finally:
+        os.close(config["verdict_fd"])
+    process._railyard_verdict = _Verdict(verdict)  # type: ignore[attr-defined]
     if relay is not None:
         process._railyard_relay = asyncio.create_task(_close_relay(process, *relay))  # type: ignore[attr-defined]
     return process
@@ -312,12 +321,46 @@ def kill(process: asyncio.subprocess.Process) -> None:
             os.kill(process.pid, signal.SIGKILL)
 
 
-def limit_hit(returncode: int, stderr_tail: str, limits: Limits) -> str | None:
-    """Which limit ended a sandboxed process, read from how it ended and the end of its stderr."""
-    if returncode == QUOTA_EXIT:
-        for hit, mark in QUOTA_MARKS.items():
-            if mark in stderr_tail:
-                return hit
+class _Verdict:
+    """The read end of a launcher's verdict pipe: what it says once the launcher has ended (then closed)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+        self.said = b""
+
+    def read(self) -> bytes:
+        if self.fd is not None:
+            try:
+                self.said = os.read(self.fd, 64)
+            except BlockingIOError:  # nothing said (every write end is closed once the launcher has ended)
+                self.said = b""
+            finally:
+                os.close(self.fd)
+                self.fd = None
+        return self.said
+
+    def __del__(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+
+def quota_verdict(process: asyncio.subprocess.Process) -> str | None:
+    """The quota ("disk_bytes" or "disk_files") the launcher of a `spawn`ed process stopped its sandbox for, as
+    the launcher wrote it on a pipe the sandbox never holds; None while it runs, when it ended otherwise, or when
+    it was not started by `spawn`. The exit status and stderr are the user's code's to choose, so they never
+    decide it."""
+    verdict = getattr(process, "_railyard_verdict", None)
+    if verdict is None or process.returncode is None:
+        return None
+    said = verdict.read().decode(errors="replace")
+    return said if said in QUOTA_LIMITS else None
+
+
+def limit_hit(returncode: int, stderr_tail: str, limits: Limits, quota: str | None = None) -> str | None:
+    """Which limit ended a sandboxed process: `quota`, the launcher's verdict (`quota_verdict`), when it gave
+    one; otherwise read from how it ended and the end of its stderr."""
+    if quota in QUOTA_LIMITS:
+        return quota
     if returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
         return "cpu"
     if returncode in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or "File too large" in stderr_tail:
@@ -372,5 +415,5 @@ async def run(spec: SandboxSpec, *, input: bytes | None = None, settings: Settin
     tail = stderr_excerpt(stderr)
     if process.returncode == SETUP_FAILED and "railyard-sandbox:" in tail:
         raise SandboxUnavailable(f"the sandbox could not be set up: {tail.strip()[-300:]}")
-    hit = "wall_time" if timed_out else limit_hit(process.returncode, tail, spec.limits)
+    hit = "wall_time" if timed_out else limit_hit(process.returncode, tail, spec.limits, quota_verdict(process))
     return SandboxResult(returncode=process.returncode, stdout=stdout, stderr_tail=tail, limit_hit=hit)

@@ -22,7 +22,10 @@ caller sees the same negative returncode). SIGTERM to it kills the whole sandbox
 While it waits, it holds the sandbox to its disk quota (config "quota"): every QUOTA_INTERVAL it measures what
 the working directory holds (allocated bytes and inodes, through directory descriptors, never following a link)
 plus the files the sandbox's processes hold open or mapped after deleting them, and when the growth since the
-start passes the quota it kills the whole sandbox, says why on stderr (QUOTA_MARKS) and exits QUOTA_EXIT. The
+start passes the quota it kills the whole sandbox, says why on stderr (QUOTA_MARKS, for the logs) and exits
+QUOTA_EXIT. The verdict itself goes out of band: the limit's name is written on the descriptor config "verdict_fd"
+(a pipe the caller reads), which is closed in the child before anything of the sandbox runs. The exit status and
+stderr are the tenant's to choose (it can exit 122 and print the mark), so the caller believes neither. The
 working directory stays on the host's disk, so what the code wrote is there for the caller afterwards; the price
 is an overshoot of what the code can write within one interval (docs/security.md, "Disk quota").
 """
@@ -439,6 +442,8 @@ def supervise(pid: int, config: dict, baseline: Usage) -> int:
                         pass
             wait_for(pid)
             os.write(2, f"\n{QUOTA_MARKS[over[0]]}: {over[1]}\n".encode())
+            if config.get("verdict_fd") is not None:  # the verdict the caller believes (module docstring)
+                os.write(config["verdict_fd"], over[0].encode())
             os._exit(QUOTA_EXIT)
         interval = next_interval(config, baseline, last, (began, usage), time.monotonic() - began, interval)
         last = (began, usage)
@@ -543,6 +548,8 @@ def mountpoint() -> str:
 def main() -> None:
     config = json.loads(os.environ.pop("RAILYARD_SANDBOX_LAUNCH"))
     check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
+    if config.get("verdict_fd") is not None:
+        os.set_inheritable(config["verdict_fd"], False)  # the child closes it too: fork ignores close-on-exec
     if os.getppid() != config["parent"]:  # the service that spawned it is already gone
         os._exit(125)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -556,6 +563,8 @@ def main() -> None:
     pid = os.fork()
     if pid == 0:
         os.close(keep)
+        if config.get("verdict_fd") is not None:
+            os.close(config["verdict_fd"])  # only this process may give the quota verdict
         child(config, root, alive, (answered[0], asked[1]))
     for end in (alive, asked[1], answered[0]):
         os.close(end)

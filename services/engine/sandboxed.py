@@ -132,7 +132,8 @@ class SandboxedRuntime:
             if replace:
                 self._replace_soon()
             since = min(since, len(buffer))
-            hit = sandbox.limit_hit(returncode, bytes(buffer[since:]).decode(errors="replace"), self.limits)
+            hit = sandbox.limit_hit(returncode, bytes(buffer[since:]).decode(errors="replace"), self.limits,
+                                    sandbox.quota_verdict(process))
             reason = {"memory": f"exceeded its memory limit ({self.settings.sandbox.memory_mb} MB)",
                       "cpu": "exceeded its CPU time limit",
                       "processes": f"exceeded its process limit ({self.settings.sandbox.processes})",
@@ -142,7 +143,7 @@ class SandboxedRuntime:
                       }.get(hit, f"crashed (exit status {returncode})")
             message = self._with_excerpt(f"{KIND_NAMES[self.kind]} ({self.name}) {reason} while {doing}", since,
                                          buffer)
-            if hit in sandbox.QUOTA_MARKS:  # the launcher's own verdict: the user's code passed a limit, 400
+            if hit in sandbox.QUOTA_LIMITS:  # the launcher's own verdict: the user's code passed a limit, 400
                 raise InvalidRequest(message, code=RESOURCE_LIMIT) from None
             raise WorkerFailed(message) from None
 

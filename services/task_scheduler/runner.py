@@ -23,7 +23,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from shared.sandbox import QUOTA_MARKS, Limits, Network, SandboxSpec, describe_limit, limit_hit, spawn, stderr_excerpt
+from shared.sandbox import (
+    QUOTA_LIMITS,
+    Limits,
+    Network,
+    SandboxSpec,
+    describe_limit,
+    limit_hit,
+    quota_verdict,
+    spawn,
+    stderr_excerpt,
+)
 
 log = logging.getLogger("railyard.task_scheduler.runner")
 
@@ -188,8 +198,8 @@ async def execute(plan: RunPlan, writer: LogWriter, kill: asyncio.Event) -> RunO
         return RunOutcome("failure", code, f"timed out after {plan.timeout} s (the task's timeout)")
     if code == 0:
         return RunOutcome("success", 0, None)
-    hit = limit_hit(code, stderr_excerpt("\n".join(writer.stderr_tail).encode()), spec.limits)
-    if hit in QUOTA_MARKS:
+    hit = limit_hit(code, stderr_excerpt("\n".join(writer.stderr_tail).encode()), spec.limits, quota_verdict(process))
+    if hit in QUOTA_LIMITS:
         return RunOutcome("failure", code, describe_limit(hit, spec.limits))
     if hit:
         return RunOutcome("failure", code, f"stopped by the {hit} limit (exit status {code})")

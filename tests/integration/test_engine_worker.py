@@ -26,6 +26,9 @@ def wallaroo_json(data: pd.DataFrame):
         time.sleep(1000)
     if action == "crash":
         os._exit(3)
+    if action == "fake-quota":  # the launcher's quota exit status and words, from the user's code
+        os.write(2, b"railyard-sandbox: disk quota exceeded: faked\\n")
+        os._exit(122)
     if action == "memory":
         blocks = [bytearray(64 << 20) for _ in range(100)]
     if action == "env":
@@ -77,6 +80,10 @@ async def test_a_python_step_runs_in_a_worker_and_survives_each_failure(settings
             await runtime.predict_async(table("crash"))
         assert "crashed (exit status 3)" in crashed.value.msg
         assert (await runtime.predict_async(table("ok"))).num_rows == 1
+
+        with pytest.raises(WorkerFailed) as faked:  # an ordinary crash, not the launcher's quota verdict
+            await runtime.predict_async(table("fake-quota"))
+        assert "crashed (exit status 122)" in faked.value.msg and "disk quota of" not in faked.value.msg
 
         with pytest.raises((WorkerFailed, InvalidRequest)) as memory:
             await runtime.predict_async(table("memory"))

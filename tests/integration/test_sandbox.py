@@ -253,6 +253,47 @@ def test_many_small_files_hit_the_file_quota(settings):
     assert len(os.listdir(settings.stack.data_dir / "work" / "one" / "many")) < 200_000
 
 
+def test_code_exiting_with_the_launchers_quota_status_is_an_ordinary_exit(settings):
+    """Exit status 122 and the launcher's words on stderr are the user's code's to choose: only the launcher's
+    verdict pipe says a quota stopped it (a tenant faked the quota verdict for its own request that way)."""
+    result = python("""
+        import sys
+        sys.stderr.write("railyard-sandbox: disk quota exceeded: the sandbox's disk quota of 1 MiB was exceeded\\n")
+        sys.stderr.flush()
+        sys.exit(122)
+    """, settings, limits=Limits(disk_bytes=64 << 20, wall_seconds=20))
+    assert result.returncode == 122, result.stderr_tail
+    assert result.limit_hit is None, result.stderr_tail
+
+
+def test_a_task_run_exiting_with_the_quota_status_fails_as_an_ordinary_exit(settings, monkeypatch):
+    """The task scheduler's runner reads the verdict from `spawn`'s process: main.py's own exit 122 is its exit."""
+    import asyncio
+    import zipfile
+
+    from services.task_scheduler import runner
+
+    monkeypatch.setattr(sandbox, "_settings", lambda: settings)
+    archive = settings.stack.data_dir.parent / "orchestration.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("main.py", "import sys\nprint('railyard-sandbox: disk quota exceeded', file=sys.stderr)\n"
+                                   "sys.exit(122)\n")
+    plan = runner.RunPlan(run_id="r", workdir=settings.stack.data_dir / "run", zip_path=archive, entrypoint="main.py",
+                          python=sys.executable, env_dir=None, env={}, timeout=20, memory_bytes=1 << 30,
+                          cpu_seconds=20, disk_bytes=64 << 20)
+    lines = []
+
+    async def sink(batch):
+        lines.extend(batch)
+
+    async def go():
+        return await runner.execute(plan, runner.LogWriter(sink=sink, max_bytes=100_000), asyncio.Event())
+
+    outcome = asyncio.run(go())
+    assert (outcome.status, outcome.exit_code) == ("failure", 122), (outcome, lines)
+    assert outcome.reason.startswith("main.py exited with status 122"), outcome
+
+
 NESTED = """
         import ctypes
         if ctypes.CDLL(None, use_errno=True).unshare(0x10000000 | 0x20000000):  # a user and a pid namespace of its own
@@ -395,11 +436,16 @@ def test_a_normal_users_sandbox_is_held_to_its_disk_quota_too(settings):
     code = textwrap.dedent(hidden_writer(40, 20))
     spec = SandboxSpec(argv=["/usr/bin/python3", "-I", "-c", code], workdir=workdir,
                        limits=Limits(disk_bytes=64 << 20))
-    config = sandbox._launch_config(spec, settings) | {"mechanism": "userns", "parent": os.getpid(), "readonly": []}
+    verdict, told = os.pipe()
+    config = sandbox._launch_config(spec, settings) | {"mechanism": "userns", "parent": os.getpid(), "readonly": [],
+                                                       "verdict_fd": told}
     config.pop("uid", None)
     launched = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3",
                                "-I", "-S", str(sandbox.LAUNCHER)], env={"RAILYARD_SANDBOX_LAUNCH": json.dumps(config)},
-                              capture_output=True, text=True, timeout=30, check=False)
+                              capture_output=True, text=True, timeout=30, check=False, pass_fds=(told,))
+    os.close(told)
+    said = os.read(verdict, 64).decode()
+    os.close(verdict)
     shutil.rmtree(outer)
     assert launched.returncode == sandbox.QUOTA_EXIT, launched.stderr
-    assert sandbox.limit_hit(launched.returncode, launched.stderr, spec.limits) == "disk_bytes"
+    assert sandbox.limit_hit(launched.returncode, launched.stderr, spec.limits, said) == "disk_bytes"

@@ -63,14 +63,16 @@ def test_measurements_come_sooner_as_the_quota_nears_at_the_pace_seen():
     assert next_interval(config, baseline, (0.0, now), (0.02, now), spent=0.0001, previous=first) == 1.25 * first
 
 
-def test_the_launchers_quota_end_is_read_as_a_typed_limit_with_its_value():
+def test_the_launchers_quota_verdict_is_read_as_a_typed_limit_with_its_value():
     marks = sandbox_launcher.QUOTA_MARKS
-    assert marks == sandbox.QUOTA_MARKS and sandbox_launcher.QUOTA_EXIT == QUOTA_EXIT
+    assert set(marks) == sandbox.QUOTA_LIMITS and sandbox_launcher.QUOTA_EXIT == QUOTA_EXIT
     limits = Limits(disk_bytes=300 << 20, disk_files=1234)
     tail = f"...\n{marks['disk_bytes']}: the sandbox's disk quota of 300 MiB was exceeded\n"
-    assert limit_hit(QUOTA_EXIT, tail, limits) == "disk_bytes"
-    assert limit_hit(QUOTA_EXIT, marks["disk_files"], limits) == "disk_files"
-    assert limit_hit(1, tail, limits) is None  # the code printing the words is not the launcher stopping it
+    assert limit_hit(QUOTA_EXIT, tail, limits, "disk_bytes") == "disk_bytes"
+    assert limit_hit(QUOTA_EXIT, "", limits, "disk_files") == "disk_files"
+    # the launcher's exit status and its words, without its verdict, are what the user's code can fake
+    assert limit_hit(QUOTA_EXIT, tail, limits) is None
+    assert limit_hit(QUOTA_EXIT, tail, limits, "memory") is None  # the pipe says a quota or nothing
     assert describe_limit("disk_bytes", limits).startswith("the sandbox's disk quota of 300 MiB was exceeded")
     assert "file quota of 1234 files" in describe_limit("disk_files", limits)
 
