@@ -13,8 +13,10 @@ the RAILYARD_SANDBOX_LAUNCH variable, the only variable it is given. What it doe
    is an empty tmpfs, the working directory alone is bound writable, /proc is a fresh procfs of the new pid
    namespace (no other process of the host is visible), /dev holds null/zero/full/random/urandom only, /tmp and
    /dev/shm are small tmpfs; then it pivots into that root and detaches the old one;
-4. it sets no_new_privs and the resource limits, drops to the sandbox uid (root) -- a non-zero uid executing a
-   program loses every capability -- and executes the target with exactly the environment it was given.
+4. it sets no_new_privs, sets user.max_user_namespaces to 0 in the sandbox's user namespace (no namespace can be
+   nested inside: `forbid_user_namespaces`) and the resource limits, drops to the sandbox uid (root) -- a
+   non-zero uid executing a program loses every capability -- and executes the target with exactly the
+   environment it was given.
 
 This process waits for the child and exits with its status (a signal death is re-raised on itself, so the
 caller sees the same negative returncode). SIGTERM to it kills the whole sandbox.
@@ -469,6 +471,21 @@ def set_limits(limits: dict) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits["file_size_bytes"], limits["file_size_bytes"]))
 
 
+def forbid_user_namespaces() -> None:
+    """No process of the sandbox can create a user namespace (and so no other namespace, mount or sysctl of its
+    own: all of them need capabilities only a user namespace of its own would give it), as bubblewrap's
+    --disable-userns does: user.max_user_namespaces is a limit of each user namespace, checked at every level
+    above a new one, so 0 in the sandbox's own refuses every nested one at any depth. Writing it takes
+    CAP_SYS_RESOURCE in that namespace, which this process holds until it executes the target and the code never
+    gets (it runs under a uid other than the namespace's 0). Checked by trying, as bubblewrap does."""
+    try:
+        write_file("/proc/sys/user/max_user_namespaces", "0")
+    except OSError as exc:
+        fail(f"could not forbid user namespaces (user.max_user_namespaces): {exc.strerror}")
+    if libc.unshare(CLONE_NEWUSER) == 0:
+        fail("creating a user namespace inside the sandbox was not refused")
+
+
 def child(config: dict, root: str | None, alive: int, mapping: tuple[int, int]) -> None:
     """pid 1 of the new namespaces: build the view, drop privileges, then run the target as its child (pid 1
     ignores signals it has no handler for, which would turn SIGXCPU and SIGXFSZ into no-ops) and exit with its
@@ -490,6 +507,9 @@ def child(config: dict, root: str | None, alive: int, mapping: tuple[int, int]) 
             os.write(mapping[1], b"u")
             if os.read(mapping[0], 1) != b"m":
                 fail("the launcher did not map the sandbox user")
+        if root is not None:
+            forbid_user_namespaces()
+        if config["mechanism"] == "root":
             os.setresgid(gid, gid, gid)
             os.setresuid(uid, uid, uid)  # leaving uid 0 clears every capability
             if os.geteuid() == 0 or os.getuid() == 0:

@@ -6,6 +6,7 @@ for real."""
 from __future__ import annotations
 
 import os
+import time
 
 from shared import sandbox, sandbox_launcher
 from shared.sandbox import QUOTA_EXIT, Limits, describe_limit, limit_hit
@@ -47,6 +48,29 @@ def test_a_deleted_file_still_open_counts(tmp_path):
         assert usage.bytes < 1 << 20
         add_unlinked(usage, [os.getpid()], os.stat(tmp_path).st_dev)
         assert usage.bytes >= 4 << 20 and usage.files >= 2
+
+
+def test_the_sandboxs_processes_are_every_descendant_of_the_launcher():
+    """Also those in a pid namespace other than the sandbox's (a nested one hid a tenant's open deleted files from
+    the quota before user namespaces were refused inside the sandbox)."""
+    import subprocess
+    import sys
+
+    from shared.sandbox_launcher import sandbox_pids
+
+    child = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; "
+                              "subprocess.run([sys.executable, '-c', 'import time; time.sleep(30)'])"])
+    try:
+        for _ in range(200):
+            grandchildren = [p for p in sandbox_pids(child.pid, "pid:[none]") if p != child.pid]
+            if grandchildren:
+                break
+            time.sleep(0.01)
+        assert child.pid in sandbox_pids(child.pid, "pid:[none]") and grandchildren
+    finally:
+        for pid in sandbox_pids(child.pid, "pid:[none]"):
+            os.kill(pid, 9)
+        child.wait()
 
 
 def test_measurements_come_sooner_as_the_quota_nears_at_the_pace_seen():
