@@ -41,7 +41,7 @@ import nats.errors
 from faststream.nats import NatsRouter
 from pydantic import ValidationError
 
-from services.monitoring import datalake, store
+from services.monitoring import datalake, ml_backend_predictions, store
 from services.monitoring.handlers import (
     TAG,
     DeploymentView,
@@ -68,13 +68,16 @@ from shared.messages.monitoring_predictions import (
     PredictionFormat,
     PredictionResult,
 )
-from shared.objectstore import BUCKET_MONITORING
+from shared.objectstore import BUCKET_MONITORING, BUCKET_TABLES
 from shared.table_transport import (
     BUS_HEADROOM,
+    INFERENCE_PREFIX,
     META_HEADER,
     SHADOWS_HEADER,
     SHADOWS_INLINE,
+    TABLE_REF,
     above_bus_limit,
+    put_table,
     take_table,
 )
 
@@ -222,22 +225,31 @@ async def _to_datalake(deps: MonitoringDeps, token: str | None, row: PredictionR
 # --- predict ---------------------------------------------------------------------------------------------------------
 
 
-async def _ask_engine(deps: MonitoringDeps, deployment: str, table: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
+async def _ask_engine(deps: MonitoringDeps, deployment: str, table: pa.Table,
+                      by_reference: bool = False) -> tuple[pa.Table, dict[str, Any]]:
     """One inference on the deployment's replicas: (answer table, the answer's meta header). Challengers, if the
-    serving version has any, run before the answer and their outputs come with it."""
+    serving version has any, run before the answer and their outputs come with it. `by_reference`: a table above
+    the bus limit goes through object storage, as the gateway sends one (an ML backend's task holds the image)."""
     from shared.arrow_codec import from_ipc, to_ipc_stream
 
     nc = deps.broker.config.connection_state.connection
     payload = to_ipc_stream(table)
-    if above_bus_limit(payload, nc.max_payload):
-        raise InvalidRequest("the preprocessed image is larger than the bus carries: configure a smaller size")
     headers = {SHADOWS_HEADER: SHADOWS_INLINE}
+    staged = None
+    if above_bus_limit(payload, nc.max_payload):
+        if not by_reference:
+            raise InvalidRequest("the preprocessed image is larger than the bus carries: configure a smaller size")
+        staged = await put_table(deps.objects, INFERENCE_PREFIX, payload)
+        headers[TABLE_REF], payload = staged, b""
     try:
         reply = await nc.request(subjects.engine_infer(deployment), payload, timeout=ENGINE_TIMEOUT, headers=headers)
     except nats.errors.NoRespondersError:
         raise Unavailable(f"deployment {deployment!r} has no running engine; retry shortly") from None
     except (TimeoutError, nats.errors.TimeoutError):
         raise UpstreamTimeout(f"the engine did not answer within {ENGINE_TIMEOUT:g}s") from None
+    finally:
+        if staged is not None:
+            await deps.objects.delete(BUCKET_TABLES, staged)
     answer_headers = dict(reply.headers or {})
     raise_for_error_header(answer_headers)
     data = await take_table(deps.objects, answer_headers, reply.data)
@@ -306,51 +318,84 @@ async def _predict(deps: MonitoringDeps, principal: Principal, token: str | None
     view = await _deployment(deps, principal, token, cmd.deployment)
     img = await asyncio.to_thread(images.decode_image, data, cmd.content_type)  # CPU work off the event loop
     config = image_config(view.definition)
-    if config is None:
-        raise Conflict(f"deployment {cmd.deployment!r} has no image configuration: give its pipeline's model step an "
-                       "'image' (how images become the model's input, see docs/monitoring.md) to predict on images")
+    backend = None
+    if config is None:  # an ML backend needs none: its labeling config says what it answers
+        champion = _current_model(view.definition)
+        if champion is not None:
+            backend = await ml_backend_predictions.labeling(deps, token, view.route.workspace_id, champion)
+        if backend is None:
+            raise Conflict(f"deployment {cmd.deployment!r} has no image configuration: give its pipeline's model step "
+                           "an 'image' (how images become the model's input, see docs/monitoring.md) to predict on "
+                           "images, or serve an ML backend (railyard-ml deploy railyard)")
     if view.route.status != "Running":
         raise Unavailable(f"deployment {cmd.deployment!r} is {view.route.status.lower()}; retry shortly")
     received = datetime.now(UTC)
-    width, height = config.size or img.size
-    nc = deps.broker.config.connection_state.connection
-    if width * height * config.channels * 4 > nc.max_payload - BUS_HEADROOM:  # float32 values
-        raise InvalidRequest(f"the image becomes a {width}x{height}x{config.channels} model input, more than the bus "
-                             "carries: give the pipeline's image configuration a size, or send a smaller image")
-    batch, features = await asyncio.to_thread(lambda: (images.preprocess(img, config), images.image_features(img)))
+    content_type = images.content_type_of(img)
     import pyarrow as pa  # here, not at the top: the idle service does without pyarrow (~25 MiB)
 
-    from shared.arrow_codec import tensor_array
+    if backend is not None:
+        features = await asyncio.to_thread(images.image_features, img)
+        table = pa.table({ml_backend_predictions.TASK_COLUMN: pa.array(
+            [ml_backend_predictions.task_json(backend, data, content_type)], pa.string())})
+        kind, labels = backend.kind, backend.labels
+
+        def convert(answer: pa.Table, prefix: str, min_threshold: float | None) -> dict[str, Any] | None:
+            column = f"{prefix}{ml_backend_predictions.PREDICTION_COLUMN}"
+            if column not in answer.column_names:
+                if prefix:
+                    return None
+                raise ml_backend_predictions.BackendAnswerInvalid(
+                    f"the ML backend's step answered no {column!r} column")
+            return ml_backend_predictions.to_prediction(answer.column(column)[0].as_py(), backend, img.height,
+                                                        img.width, min_threshold)
+    else:
+        width, height = config.size or img.size
+        nc = deps.broker.config.connection_state.connection
+        if width * height * config.channels * 4 > nc.max_payload - BUS_HEADROOM:  # float32 values
+            raise InvalidRequest(f"the image becomes a {width}x{height}x{config.channels} model input, more than the "
+                                 "bus carries: give the pipeline's image configuration a size, or send a smaller image")
+        batch, features = await asyncio.to_thread(lambda: (images.preprocess(img, config),
+                                                           images.image_features(img)))
+        from shared.arrow_codec import tensor_array
+
+        table = pa.table({config.input: tensor_array(batch)})
+        kind, labels = config.kind, config.labels
+
+        def convert(answer: pa.Table, prefix: str, min_threshold: float | None) -> dict[str, Any] | None:
+            outputs = _row_outputs(answer, prefix or None)
+            if prefix and not outputs:
+                return None
+            return images.to_prediction(outputs, config, img.height, img.width, min_threshold)
 
     started = time.perf_counter()
-    answer, meta = await _ask_engine(deps, view.route.name, pa.table({config.input: tensor_array(batch)}))
+    answer, meta = await _ask_engine(deps, view.route.name, table, by_reference=backend is not None)
     round_trip = time.perf_counter() - started
     definition = await _served(deps, token, view, meta)
     shadow = _current_shadow(definition)
     kept = await store.settings(deps.pool, view.route.deployment_id)
     min_threshold = kept["min_threshold"] if kept else None
-    prediction = images.to_prediction(_row_outputs(answer, None), config, img.height, img.width, min_threshold)
+    prediction = convert(answer, "", min_threshold)
     shadow_prediction, shadow_latency = None, None
     if shadow is not None:
-        outputs = _row_outputs(answer, f"out_{shadow.name}.")
-        if outputs:  # a challenger that failed or timed out has no columns: the prediction has no shadow part
-            shadow_prediction = images.to_prediction(outputs, config, img.height, img.width, min_threshold)
+        try:  # a challenger that failed or timed out has no columns: the prediction has no shadow part
+            shadow_prediction = convert(answer, f"out_{shadow.name}.", min_threshold)
+        except ml_backend_predictions.BackendAnswerInvalid as exc:  # the champion's answer stands
+            log.warning("the shadow answer of %s is left out: %s", cmd.deployment, exc.msg)
+        if shadow_prediction is not None:
             elapsed = (meta.get("shadow_elapsed") or {}).get(shadow.name)
             shadow_latency = elapsed / 1e9 if isinstance(elapsed, int | float) else None
     elapsed = meta.get("elapsed") or []
     latency = elapsed[0] / 1e9 if elapsed and isinstance(elapsed[0], int | float) and elapsed[0] > 0 else round_trip
-    content_type = images.content_type_of(img)
     row = PredictionRow(
         id=uuid.uuid4(), deployment_id=view.route.deployment_id, workspace_id=view.route.workspace_id,
         origin="predict", source=cmd.source, tags=tags,
         model_version=_answered_by(meta, _current_model(definition)),
-        shadow_model_version=_ref_dict(shadow) if shadow_prediction is not None else None, kind=config.kind,
+        shadow_model_version=_ref_dict(shadow) if shadow_prediction is not None else None, kind=kind,
         prediction=prediction, shadow_prediction=shadow_prediction, latency=latency, shadow_latency=shadow_latency,
         height=img.height, width=img.width, content_type=content_type, image_sha256="",
         features=features, predicted_at=received, filename=cmd.filename,
         pipeline_version=meta.get("pipeline_version") or view.route.pipeline_version)
-    return await _keep(deps, token, row, data, cmd.deployment, config.labels,
-                       kept["target_datalake"] if kept else None)
+    return await _keep(deps, token, row, data, cmd.deployment, labels, kept["target_datalake"] if kept else None)
 
 
 # --- monitor ---------------------------------------------------------------------------------------------------------
@@ -366,17 +411,16 @@ def _predicted_at(timestamp: float | None) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
 
 
-def _check_monitored(cmd: MonitorImage, img: Image.Image, config: ImageConfig | None) -> str:
+def _check_monitored(cmd: MonitorImage, img: Image.Image, labels: list[str] | None, expected: str | None) -> str:
     """The prediction's kind, once the monitored prediction and its image agree with each other and with the
-    deployment; InvalidRequest otherwise."""
+    deployment (its model's labels and kind, when known); InvalidRequest otherwise."""
     if (cmd.width, cmd.height) != img.size:
         raise InvalidRequest(f"height and width are {cmd.height} and {cmd.width} but the image is {img.height} high "
                              f"and {img.width} wide: send the image's own size")
-    labels = config.labels if config else None
     kind = images.check_prediction(cmd.prediction, img.height, img.width, "prediction", labels)
-    if config is not None and kind != config.kind:
-        raise InvalidRequest(f"prediction is a {kind} but the deployment's model makes {config.kind}s: send a "
-                             f"{config.kind} PredictionFormat")
+    if expected is not None and kind != expected:
+        raise InvalidRequest(f"prediction is a {kind} but the deployment's model makes {expected}s: send a "
+                             f"{expected} PredictionFormat")
     if cmd.shadow_prediction is not None:
         shadow_kind = images.check_prediction(cmd.shadow_prediction, img.height, img.width, "shadow_prediction",
                                               labels)
@@ -389,6 +433,24 @@ def _check_monitored(cmd: MonitorImage, img: Image.Image, config: ImageConfig | 
         if value is not None and not math.isfinite(value):
             raise InvalidRequest(f"{name} must be a finite number of seconds")
     return kind
+
+
+async def _monitored_model(deps: MonitoringDeps, token: str | None,
+                           view: DeploymentView) -> tuple[list[str] | None, str | None]:
+    """(labels, kind) of the deployment's model for checking a monitored prediction: its image configuration's, or
+    its ML backend's labeling config's; (None, None) when neither says (any kind, class ids checked against
+    nothing)."""
+    config = image_config(view.definition)
+    if config is not None:
+        return config.labels, config.kind
+    champion = _current_model(view.definition)
+    if champion is None:
+        return None, None
+    try:
+        backend = await ml_backend_predictions.labeling(deps, token, view.route.workspace_id, champion)
+    except Conflict:  # a labeling config predict cannot use does not stop predictions made elsewhere
+        return None, None
+    return (backend.labels, backend.kind) if backend is not None else (None, None)
 
 
 async def monitor(deps: MonitoringDeps, principal: Principal, token: str | None, cmd: MonitorImage) -> PredictionResult:
@@ -405,8 +467,8 @@ async def _monitor(deps: MonitoringDeps, principal: Principal, token: str | None
     predicted_at = _predicted_at(cmd.timestamp)
     view = await _deployment(deps, principal, token, cmd.deployment)
     img = await asyncio.to_thread(images.decode_image, data, cmd.content_type)  # CPU work off the event loop
-    config = image_config(view.definition)
-    kind = _check_monitored(cmd, img, config)
+    labels, expected = await _monitored_model(deps, token, view)
+    kind = _check_monitored(cmd, img, labels, expected)
     features = await asyncio.to_thread(images.image_features, img)
     shadow = _current_shadow(view.definition)
     row = PredictionRow(
@@ -419,8 +481,7 @@ async def _monitor(deps: MonitoringDeps, principal: Principal, token: str | None
         content_type=images.content_type_of(img), image_sha256="", features=features,
         predicted_at=predicted_at, filename=cmd.filename, pipeline_version=view.route.pipeline_version)
     kept = await store.settings(deps.pool, view.route.deployment_id)
-    return await _keep(deps, token, row, data, cmd.deployment, config.labels if config else None,
-                       kept["target_datalake"] if kept else None)
+    return await _keep(deps, token, row, data, cmd.deployment, labels, kept["target_datalake"] if kept else None)
 
 
 # --- subscribers -----------------------------------------------------------------------------------------------------

@@ -1,0 +1,197 @@
+"""Seed 003's predict on deployments served by an ML backend (seed 004), on the real stack: a small backend class
+written here (it finds coloured squares and names their colour) is packaged as `railyard-ml deploy railyard` does,
+deployed, and asked through the SDK and the gateway route. Its Label Studio answers, made by its own predict in the
+engine's sandboxed worker, come back as PredictionFormats (boxes in pixels, polygons, class ids indexing its labeling
+config's labels), kept as predictions like an ONNX model's; bad input, an outsider and an answer its labeling config
+cannot hold store nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+
+import asyncpg
+import pytest
+from PIL import Image
+from railyard_client import Client
+
+from tests.integration.conftest import PASSWORD, make_account, post, undeploy_all
+
+pytestmark = pytest.mark.integration
+
+BACKEND = '''"""Finds the coloured squares of an image and names their colour (a test backend)."""
+
+import numpy as np
+from PIL import Image
+from railyard_ml import LabelStudioMLBase, ModelResponse
+from scipy import ndimage
+
+COLOURS = ("Red", "Green", "Blue")
+
+
+class Squares(LabelStudioMLBase):
+    def setup(self):
+        self.set("model_version", "squares-1")
+
+    def regions(self, path):
+        pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.int64)
+        height, width = pixels.shape[:2]
+        labels, count = ndimage.label(pixels.sum(axis=2) > 60)
+        for index, found in enumerate(ndimage.find_objects(labels)):
+            colour = COLOURS[int(np.argmax(pixels[found].reshape(-1, 3).sum(axis=0)))]
+            rows, cols = found
+            yield (colour, 100.0 * cols.start / width, 100.0 * rows.start / height,
+                   100.0 * (cols.stop - cols.start) / width, 100.0 * (rows.stop - rows.start) / height,
+                   round(0.9 - 0.1 * index, 2))
+
+    def predict(self, tasks, context=None, **kwargs):
+        name, control = next(iter(self.parsed_label_config.items()))
+        to_name, value = control["to_name"][0], control["inputs"][0]["value"]
+        predictions = []
+        for task in tasks:
+            result = []
+            for colour, x, y, w, h, score in self.regions(self.get_local_path(task["data"][value])):
+                item = {"from_name": name, "to_name": to_name, "score": score}
+                if control["type"] == "Choices":
+                    item |= {"type": "choices", "value": {"choices": [colour]}}
+                elif control["type"] == "RectangleLabels":
+                    item |= {"type": "rectanglelabels",
+                             "value": {"x": x, "y": y, "width": w, "height": h, "rectanglelabels": [colour]}}
+                else:
+                    item |= {"type": "polygonlabels", "value": {"points": [[x, y], [x + w, y], [x + w, y + h]],
+                                                                "polygonlabels": [colour]}}
+                result.append(item)
+            predictions.append({"result": result, "score": 0.5})
+        return ModelResponse(predictions=predictions)
+'''
+
+DETECTION_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <RectangleLabels name="found" toName="image">
+    <Label value="Blue"/>
+    <Label value="Red"/>
+  </RectangleLabels>
+</View>"""
+
+
+def sdk(stack, account) -> Client:
+    secrets = stack.secrets()
+    return Client(stack.base_url, username=account.email, password=PASSWORD, client_id=secrets["client_id"],
+                  client_secret=secrets["client_secret"], workspace=account.workspace_id)
+
+
+def squares(size: tuple[int, int], boxes: list[tuple[tuple[int, int, int], tuple[int, int, int, int]]]) -> bytes:
+    """A black PNG of `size` (width, height) with filled boxes: (rgb, (top, left, bottom, right))."""
+    image = Image.new("RGB", size)
+    for colour, (top, left, bottom, right) in boxes:
+        image.paste(colour, (left, top, right, bottom))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def query(stack, sql: str, *args):
+    async def run():
+        conn = await asyncpg.connect(stack.settings().postgres.dsn)
+        try:
+            return await conn.fetch(sql, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def rows_of(stack, deployment_id: int) -> int:
+    return query(stack, "SELECT count(*) AS n FROM monitoring.predictions WHERE deployment_id = $1",
+                 deployment_id)[0]["n"]
+
+
+def deploy_backend(client: Client, tmp_path, name: str, label_config: str):
+    """The test backend packaged with this labeling config (`railyard-ml deploy railyard`'s steps), deployed."""
+    from railyard_ml.railyard_step import package
+
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "squares.py").write_text(BACKEND)
+    (folder / "railyard-ml.json").write_text(json.dumps({"script": "squares.py", "model_class": "Squares"}))
+    (folder / "requirements.txt").write_text("railyard-ml\n")
+    archive, _ = package(folder, None, label_config)
+    version = client.upload_model(name, archive, framework="custom", progress=False)
+    pipeline = client.build_pipeline(name).add_model_step(version)
+    pipeline.deploy(replicas=1, cpus=0.5, wait=False)
+    return pipeline, version
+
+
+@pytest.fixture(scope="module")
+def owner(stack, admin):
+    account = make_account(stack, admin, "mlpred")
+    yield account
+    undeploy_all(stack, account)
+
+
+@pytest.fixture(scope="module")
+def detector(stack, owner, tmp_path_factory):
+    client = sdk(stack, owner)
+    pipeline, version = deploy_backend(client, tmp_path_factory.mktemp("backend"), "square-finder", DETECTION_CONFIG)
+    pipeline.deployment().wait_until_running(180)
+    return {"client": client, "deployment": client.get_deployment("square-finder"), "version": version}
+
+
+def test_predict_asks_the_ml_backend_and_keeps_its_answer_as_a_prediction(stack, owner, detector):
+    deployment = detector["deployment"]
+    png = squares((40, 20), [((200, 0, 0), (2, 4, 12, 14)), ((0, 0, 220), (10, 20, 18, 36))])
+    answer = deployment.predict_bytes("two.png", png, tags=["backend"], source="camera-1")
+    assert answer["kind"] == "detection" and answer["origin"] == "predict"
+    # class ids index the labeling config's labels (Blue, Red); Label Studio's percent back to the image's pixels
+    assert answer["prediction"]["detection_classes"] == [1, 0] and answer["labels"] == ["Red", "Blue"]
+    assert answer["prediction"]["detection_scores"] == [0.9, 0.8]
+    assert answer["prediction"]["detection_boxes"] == [[2, 4, 12, 14], [10, 20, 18, 36]]
+    assert answer["prediction"]["detection_masks"] is None
+    assert answer["model_version"]["name"] == "square-finder"
+    assert (answer["height"], answer["width"], answer["tags"], answer["source"]) == (20, 40, ["backend"], "camera-1")
+    row = query(stack, "SELECT kind, prediction, image_sha256, origin FROM monitoring.predictions WHERE id = $1",
+                answer["id"])
+    assert len(row) == 1 and row[0]["kind"] == "detection" and row[0]["origin"] == "predict"
+    assert json.loads(row[0]["prediction"])["detection_boxes"] == [[2, 4, 12, 14], [10, 20, 18, 36]]
+
+    # the gateway route, with the deployment's min_threshold filtering the backend's boxes as an ONNX model's
+    deployment.update(min_threshold=0.85)
+    try:
+        routed = post(stack, "deployments/predict", owner.token, {
+            "deployment": deployment.name, "image": base64.b64encode(png).decode()})
+        assert routed.status_code == 200, routed.text
+        assert routed.json()["prediction"]["detection_classes"] == [1]
+    finally:
+        deployment.update(min_threshold=0)
+    # a reviewer can correct it like any prediction
+    reviewed = post(stack, "deployments/review_prediction", owner.token, {
+        "deployment": deployment.name, "prediction_id": answer["id"], "decision": "corrected",
+        "ground_truth": {"detection_classes": [0], "detection_scores": [1.0], "detection_boxes": [[10, 20, 18, 36]]}})
+    assert reviewed.status_code == 200, reviewed.text
+
+
+def test_bad_input_outsiders_and_answers_outside_the_labeling_config_store_nothing(stack, admin, owner, detector):
+    deployment = detector["deployment"]
+    before = rows_of(stack, deployment.id)
+    png = squares((16, 16), [((200, 0, 0), (1, 1, 5, 5))])
+    body = {"deployment": deployment.name, "image": base64.b64encode(png).decode()}
+    bad = post(stack, "deployments/predict", owner.token, body | {"image": base64.b64encode(b"GIF89a x").decode()})
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_request", bad.text
+    outsider = make_account(stack, admin, "mlpredout")
+    outside = post(stack, "deployments/predict", outsider.token, body)
+    assert outside.status_code == 404 and outside.json()["code"] == "not_found", outside.text
+    # monitor checks a prediction made elsewhere against the backend's labeling config (2 labels, boxes)
+    monitored = {"deployment": deployment.name, "image": body["image"], "latency": 0.01, "height": 16, "width": 16}
+    for prediction, message in (
+            ({"detection_classes": [2], "detection_scores": [0.9], "detection_boxes": [[1, 1, 5, 5]]}, "labels"),
+            ({"detection_classes": [0], "detection_scores": [0.9]}, "makes detections")):
+        refused = post(stack, "deployments/monitor", owner.token, monitored | {"prediction": prediction})
+        assert refused.status_code == 400 and message in refused.json()["msg"], refused.text
+    # a green square: the backend answers "Green", which its labeling config does not have
+    green = squares((16, 16), [((0, 200, 0), (1, 1, 5, 5))])
+    wrong = post(stack, "deployments/predict", owner.token, body | {"image": base64.b64encode(green).decode()})
+    assert wrong.status_code == 500 and wrong.json()["code"] == "inference_failed", wrong.text
+    assert "'Green'" in wrong.json()["msg"]
+    assert rows_of(stack, deployment.id) == before
