@@ -176,7 +176,9 @@ def _launch_config(spec: SandboxSpec, settings: Settings) -> dict:
         "limits": {"memory_bytes": limits.memory_bytes, "cpu_seconds": limits.cpu_seconds,
                    "processes": limits.processes, "open_files": limits.open_files,
                    "file_size_bytes": limits.file_size_bytes},
-        "quota": {"disk_bytes": limits.disk_bytes, "disk_files": limits.disk_files},
+        "quota": {"disk_bytes": limits.disk_bytes, "disk_files": limits.disk_files,
+                  # the launcher says why on stderr in the words every caller uses (it imports nothing of ours)
+                  "reasons": {hit: describe_limit(hit, limits) for hit in QUOTA_LIMITS}},
     }
     if mechanism == "root":
         config["uid"], config["gid"] = _sandbox_identity(settings.sandbox.user)
@@ -374,19 +376,28 @@ def limit_hit(returncode: int, stderr_tail: str, limits: Limits, quota: str | No
     return None
 
 
-def describe_limit(hit: str, limits: Limits) -> str:
-    """A sentence for the user naming the limit `hit` (as `limit_hit` returns it) and its value."""
-    return {
-        "disk_bytes": f"the sandbox's disk quota of {limits.disk_bytes >> 20} MiB was exceeded (what its working "
-                      "directory may grow by; write less, or delete what is no longer needed)",
-        "disk_files": f"the sandbox's file quota of {limits.disk_files} files was exceeded (how many files and "
-                      "directories its working directory may gain; write fewer, larger files)",
-        "memory": f"the sandbox's memory limit of {limits.memory_bytes >> 20} MiB was exceeded",
-        "cpu": f"the sandbox's CPU time limit of {limits.cpu_seconds} s was exceeded",
-        "wall_time": f"the sandbox's time limit of {limits.wall_seconds or 0:g} s was exceeded",
-        "file_size": f"the sandbox's file size limit of {limits.file_size_bytes >> 20} MiB was exceeded",
-        "processes": f"the sandbox's limit of {limits.processes} processes and threads was exceeded",
-    }.get(hit, f"the sandbox's {hit} limit was exceeded")
+LIMIT_REASONS = {  # the one wording of each limit: the registry, the engine, task runs and the launcher use it
+    "memory": "it needed more memory than {by} allows ({memory_mib} MiB)",
+    "cpu": "it used more CPU time than {by} allows ({cpu_seconds} s)",
+    "wall_time": "it did not finish within {wall_seconds:g} s",
+    "file_size": "it wrote a file larger than {by} allows ({file_size_mib} MiB)",
+    "processes": "it started more processes or threads than {by} allows ({processes})",
+    "disk_bytes": "the sandbox's disk quota of {disk_mib} MiB was exceeded (what its working directory may grow by; "
+                  "write less, or delete what is no longer needed)",
+    "disk_files": "the sandbox's file quota of {disk_files} files was exceeded (how many files and directories its "
+                  "working directory may gain; write fewer, larger files)",
+}
+
+
+def describe_limit(hit: str, limits: Limits, *, by: str = "the sandbox") -> str:
+    """A sentence for the user naming the limit `hit` (as `limit_hit` returns it) and its value; `by` names who
+    sets it ("the registry")."""
+    if hit not in LIMIT_REASONS:
+        return f"the sandbox's {hit} limit was exceeded"
+    return LIMIT_REASONS[hit].format(
+        by=by, memory_mib=limits.memory_bytes >> 20, cpu_seconds=limits.cpu_seconds,
+        wall_seconds=limits.wall_seconds or 0, file_size_mib=limits.file_size_bytes >> 20,
+        processes=limits.processes, disk_mib=limits.disk_bytes >> 20, disk_files=limits.disk_files)
 
 
 def stderr_excerpt(data: bytes, limit: int = STDERR_TAIL) -> str:

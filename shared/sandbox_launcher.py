@@ -386,14 +386,14 @@ def over_quota(config: dict, baseline: Usage, child_pid: int, namespace: str | N
     usage = measure(config["workdir"], stop_bytes, stop_files)
     if usage.bytes <= stop_bytes and usage.files <= stop_files and not usage.too_deep:
         add_unlinked(usage, sandbox_pids(child_pid, namespace), os.stat(config["workdir"]).st_dev)
+    reasons = quota.get("reasons", {})  # shared/sandbox.py's describe_limit, handed over in the config
     if usage.bytes > stop_bytes:
-        return usage, ("disk_bytes", f"the sandbox's disk quota of {quota['disk_bytes'] >> 20} MiB was exceeded "
-                       "(what its working directory may grow by); the sandbox was stopped")
+        return usage, ("disk_bytes", reasons.get("disk_bytes", "the sandbox's disk quota was exceeded"))
     if usage.files > stop_files or usage.too_deep:
-        how = (f"directories nested too deeply to measure (at most {MAX_DEPTH} levels)" if usage.too_deep
-               else "more files and directories")
-        return usage, ("disk_files", f"the sandbox's file quota of {quota['disk_files']} files was exceeded ({how} "
-                       "in its working directory); the sandbox was stopped")
+        reason = reasons.get("disk_files", "the sandbox's file quota was exceeded")
+        if usage.too_deep:
+            reason += f" (its directories were nested too deeply to measure: at most {MAX_DEPTH} levels)"
+        return usage, ("disk_files", reason)
     return usage, None
 
 
@@ -443,7 +443,7 @@ def supervise(pid: int, config: dict, baseline: Usage) -> int:
                     except ProcessLookupError:
                         pass
             wait_for(pid)
-            os.write(2, f"\n{QUOTA_MARKS[over[0]]}: {over[1]}\n".encode())
+            os.write(2, f"\n{QUOTA_MARKS[over[0]]}: {over[1]}; the sandbox was stopped\n".encode())
             if config.get("verdict_fd") is not None:  # the verdict the caller believes (module docstring)
                 os.write(config["verdict_fd"], over[0].encode())
             os._exit(QUOTA_EXIT)

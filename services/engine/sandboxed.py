@@ -134,13 +134,8 @@ class SandboxedRuntime:
             since = min(since, len(buffer))
             hit = sandbox.limit_hit(returncode, bytes(buffer[since:]).decode(errors="replace"), self.limits,
                                     sandbox.quota_verdict(process))
-            reason = {"memory": f"exceeded its memory limit ({self.settings.sandbox.memory_mb} MB)",
-                      "cpu": "exceeded its CPU time limit",
-                      "processes": f"exceeded its process limit ({self.settings.sandbox.processes})",
-                      "file_size": f"wrote a file above its size limit ({self.settings.sandbox.file_size_mb} MB)",
-                      "disk_bytes": f"was stopped: {sandbox.describe_limit('disk_bytes', self.limits)}",
-                      "disk_files": f"was stopped: {sandbox.describe_limit('disk_files', self.limits)}",
-                      }.get(hit, f"crashed (exit status {returncode})")
+            reason = (f"was stopped: {sandbox.describe_limit(hit, self.limits)}" if hit
+                      else f"crashed (exit status {returncode})")
             message = self._with_excerpt(f"{KIND_NAMES[self.kind]} ({self.name}) {reason} while {doing}", since,
                                          buffer)
             if hit in sandbox.QUOTA_LIMITS:  # the launcher's own verdict: the user's code passed a limit, 400

@@ -15,18 +15,15 @@ secret to put in it.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-import os
-import resource
 import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared import sandbox
 from shared.settings import RegistrySettings
 
 log = logging.getLogger("railyard.registry")
@@ -40,18 +37,6 @@ SUBJECTS = {
     "sklearn": "the uploaded sklearn pickle", "xgboost": "the uploaded XGBoost model",
     "onnx": "the uploaded ONNX model", "python": "the uploaded Python step", "custom": "the uploaded BYOP archive",
 }
-
-LIMIT_REASONS = {
-    "memory": "it needed more memory than the registry allows ({memory_mb} MiB)",
-    "cpu": "it used more CPU time than the registry allows ({cpu_seconds} s)",
-    "wall_time": "it did not finish within {wall_seconds:g} s",
-    "file_size": "it wrote a file larger than the registry allows ({file_size_mb} MiB)",
-    "processes": "it started more processes or threads than the registry allows ({processes})",
-    "disk_bytes": "the sandbox's disk quota of {disk_mb} MiB was exceeded (what a check or conversion may write)",
-    "disk_files": "the sandbox's file quota of {disk_files} files was exceeded (files and directories a check or "
-                  "conversion may write)",
-}
-
 
 @dataclass(frozen=True)
 class WorkerEnd:
@@ -70,12 +55,14 @@ def clean_text(text: str, limit: int) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def _limit_values(settings: RegistrySettings) -> dict[str, Any]:
-    cpu_seconds = settings.worker_cpu_seconds or int(settings.worker_timeout) + 1
-    return {"memory_mb": settings.worker_memory_mb, "cpu_seconds": cpu_seconds,
-            "wall_seconds": settings.worker_timeout, "file_size_mb": settings.worker_file_size_mb,
-            "processes": settings.worker_processes, "disk_mb": settings.worker_disk_mb,
-            "disk_files": settings.worker_disk_files}
+def worker_limits(settings: RegistrySettings) -> sandbox.Limits:
+    """The sandbox limits of a check or conversion (RAILYARD_REGISTRY__WORKER_*)."""
+    return sandbox.Limits(
+        memory_bytes=settings.worker_memory_mb << 20,
+        cpu_seconds=settings.worker_cpu_seconds or int(settings.worker_timeout) + 1,
+        processes=settings.worker_processes, open_files=256, file_size_bytes=settings.worker_file_size_mb << 20,
+        wall_seconds=settings.worker_timeout, disk_bytes=settings.worker_disk_mb << 20,
+        disk_files=settings.worker_disk_files)
 
 
 def answer(settings: RegistrySettings, framework: str, end: WorkerEnd, *, stderr_allowed: bool) -> dict[str, Any]:
@@ -91,8 +78,8 @@ def answer(settings: RegistrySettings, framework: str, end: WorkerEnd, *, stderr
             return result
         if isinstance(result, dict) and result.get("ok") is False and isinstance(result.get("error"), str):
             return {"ok": False, "error": clean_text(result["error"], MAX_ERROR_CHARS)}
-    if end.limit_hit in LIMIT_REASONS:
-        reason = LIMIT_REASONS[end.limit_hit].format(**_limit_values(settings))
+    if end.limit_hit in sandbox.LIMIT_REASONS:
+        reason = sandbox.describe_limit(end.limit_hit, worker_limits(settings), by="the registry")
     elif end.returncode < 0:
         reason = f"its process was ended by signal {signal.Signals(-end.returncode).name}" \
             if -end.returncode in signal.valid_signals() else "its process was ended by a signal"
@@ -117,53 +104,8 @@ WORKER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THRE
 async def run_worker(settings: RegistrySettings, framework: str, workdir: Path, *args: str) -> dict[str, Any]:
     """Run `python -m services.registry.artifacts <args>` in the sandbox with `workdir` (which holds the
     uploaded file) as its only writable directory; its answer or a Railyard-written failure."""
-    try:
-        from shared import sandbox
-    except ImportError:  # a tree without the sandbox module: the limited subprocess below
-        sandbox = None
-    values = _limit_values(settings)
-    if sandbox is None:
-        end = await _run_unsandboxed(settings, workdir, args)
-        return answer(settings, framework, end, stderr_allowed=False)
-    limits = sandbox.Limits(
-        memory_bytes=values["memory_mb"] << 20, cpu_seconds=values["cpu_seconds"],
-        processes=values["processes"], open_files=256, file_size_bytes=values["file_size_mb"] << 20,
-        wall_seconds=values["wall_seconds"], disk_bytes=values["disk_mb"] << 20, disk_files=values["disk_files"])
-    spec = sandbox.SandboxSpec(argv=_argv(args), workdir=workdir, env=dict(WORKER_ENV), limits=limits,
-                               network=sandbox.Network.NONE)
+    spec = sandbox.SandboxSpec(argv=_argv(args), workdir=workdir, env=dict(WORKER_ENV),
+                               limits=worker_limits(settings), network=sandbox.Network.NONE)
     result = await sandbox.run(spec)
     end = WorkerEnd(result.returncode, result.stdout, result.stderr_tail, result.limit_hit)
     return answer(settings, framework, end, stderr_allowed=True)
-
-
-async def _run_unsandboxed(settings: RegistrySettings, workdir: Path, args: tuple[str, ...]) -> WorkerEnd:
-    """Only for a tree without shared/sandbox.py: rlimits and a scrubbed environment, no isolation; its stderr
-    is never shown (it could hold what the code read from this host)."""
-    values = _limit_values(settings)
-    memory, cpu, size = values["memory_mb"] << 20, values["cpu_seconds"], values["file_size_mb"] << 20
-
-    def limits() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
-
-    process = await asyncio.create_subprocess_exec(
-        *_argv(args), cwd=workdir, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL, preexec_fn=limits, start_new_session=True,
-        env={**WORKER_ENV, "PATH": "/usr/bin:/bin"})
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), settings.worker_timeout)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
-        return WorkerEnd(process.returncode, b"", "", "wall_time")
-    tail = stderr.decode(errors="replace")[-2000:]
-    hit = None
-    if process.returncode == -signal.SIGXCPU:
-        hit = "cpu"
-    elif process.returncode == -signal.SIGXFSZ or "File too large" in tail:
-        hit = "file_size"
-    elif "MemoryError" in tail:
-        hit = "memory"
-    return WorkerEnd(process.returncode, stdout, tail, hit)

@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 from packaging.requirements import InvalidRequirement, Requirement
 
 from shared.errors import InvalidRequest
-from shared.sandbox import QUOTA_LIMITS, Limits, Network, SandboxSpec, describe_limit, run
+from shared.sandbox import Limits, Network, SandboxSpec, describe_limit, run
 from shared.settings import TaskSettings
 
 MAX_REQUIREMENTS_BYTES = 256 * 1024
@@ -256,10 +256,8 @@ async def _pip(env: Path, scratch: Path, wheelhouse: Path | None, settings: Task
     )
     result = await run(spec)
     output = result.stdout.decode(errors="replace") + "\n" + result.stderr_tail
-    if result.limit_hit in QUOTA_LIMITS:
-        return False, f"{describe_limit(result.limit_hit, spec.limits)}\n{_tail(output)}"
     if result.limit_hit:
-        return False, f"stopped by the {result.limit_hit} limit\n{_tail(output)}"
+        return False, f"{describe_limit(result.limit_hit, spec.limits)}\n{_tail(output)}"
     return result.returncode == 0, _tail(output)
 
 

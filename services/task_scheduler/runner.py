@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from shared.sandbox import (
-    QUOTA_LIMITS,
     Limits,
     Network,
     SandboxSpec,
@@ -199,10 +198,8 @@ async def execute(plan: RunPlan, writer: LogWriter, kill: asyncio.Event) -> RunO
     if code == 0:
         return RunOutcome("success", 0, None)
     hit = limit_hit(code, stderr_excerpt("\n".join(writer.stderr_tail).encode()), spec.limits, quota_verdict(process))
-    if hit in QUOTA_LIMITS:
-        return RunOutcome("failure", code, describe_limit(hit, spec.limits))
     if hit:
-        return RunOutcome("failure", code, f"stopped by the {hit} limit (exit status {code})")
+        return RunOutcome("failure", code, describe_limit(hit, spec.limits))
     elapsed = time.monotonic() - started
     return RunOutcome("failure", code, f"main.py exited with status {code} after {elapsed:.1f} s")
 

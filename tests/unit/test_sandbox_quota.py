@@ -101,6 +101,30 @@ def test_the_launchers_quota_verdict_is_read_as_a_typed_limit_with_its_value():
     assert "file quota of 1234 files" in describe_limit("disk_files", limits)
 
 
+def test_every_caller_words_a_limit_as_describe_limit_does(tmp_path):
+    """One wording (shared/sandbox.py's LIMIT_REASONS): the launcher gets it in its config, the registry and the
+    engine name who sets the limit or prefix it, nothing more."""
+    from services.registry.worker import WorkerEnd, answer, worker_limits
+    from shared.settings import RegistrySettings, Settings
+
+    limits = Limits(disk_bytes=1 << 20, disk_files=5)
+    off = Settings(stack={"data_dir": tmp_path / "data"}, sandbox={"mode": "off-for-single-user"})
+    config = sandbox._launch_config(sandbox.SandboxSpec(argv=["true"], workdir=tmp_path, limits=limits), off)
+    (tmp_path / "big").write_bytes(b"x" * (2 << 20))
+    _, over = sandbox_launcher.over_quota(config, Usage(), os.getpid(), None)
+    assert over == ("disk_bytes", describe_limit("disk_bytes", limits))
+    for name in range(6):
+        (tmp_path / f"f{name}").touch()
+    config["quota"]["disk_bytes"] = 1 << 30
+    assert sandbox_launcher.over_quota(config, Usage(), os.getpid(), None)[1] == (
+        "disk_files", describe_limit("disk_files", limits))
+    registry = RegistrySettings(worker_disk_mb=7, worker_memory_mb=99)
+    for hit in sandbox.LIMIT_REASONS:
+        said = answer(registry, "onnx", WorkerEnd(1, b"", "", hit), stderr_allowed=False)["error"]
+        assert describe_limit(hit, worker_limits(registry), by="the registry") in said, said
+    assert "than the registry allows (99 MiB)" in describe_limit("memory", worker_limits(registry), by="the registry")
+
+
 def test_a_walk_out_of_descriptors_counts_as_over_never_as_a_skipped_subtree(tmp_path):
     import subprocess
     import sys
