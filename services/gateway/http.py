@@ -73,6 +73,11 @@ class Route:
     status: int = 200  # 204 answers with no body, as the seed shows for deletions
     long_running: bool = False  # waits as long as a model check may take
 
+    def wait(self, settings: Any) -> float:
+        """Seconds the gateway waits for this route's answer, whatever the body (JSON or a multipart upload): the
+        bus's request timeout, plus a model check's (registry.worker_timeout) on a long-running route."""
+        return settings.nats.request_timeout + (settings.registry.worker_timeout if self.long_running else 0)
+
 
 R = Route
 JSON_ROUTES: list[Route] = [spec if isinstance(spec, Route) else R(*spec) for spec in [
@@ -277,7 +282,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         return {"keys": await handlers.signing_keys(runtime.broker, timeout)}
 
     for route in JSON_ROUTES:
-        endpoint, body = _forwarding_endpoint(runtime, route, user_caller, timeout), request_schema(route.model)
+        endpoint, body = _forwarding_endpoint(runtime, route, user_caller), request_schema(route.model)
         if f"{API}{route.path}" in IMAGE_UPLOAD_PATHS:  # also multipart: the image staged in object storage
             endpoint = accepting_image_uploads(runtime, route, endpoint, user_caller, bearer_token)
             body = image_request_schema(route.model)
@@ -375,7 +380,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     return InferenceFastPath(limited, inference, verifier, gateway.max_body_bytes, gateway.body_timeout)
 
 
-def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable, timeout: float) -> Callable:
+def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable) -> Callable:
     """An endpoint that forwards its body as `subject` with the caller's token. The body is read as JSON
     whatever the Content-Type (curl's -d sends form encoding), after the token has been checked."""
 
@@ -391,8 +396,8 @@ def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable, timeout:
             command = route.model.model_validate(payload)
         except ValidationError as exc:
             raise InvalidRequest(first_error(exc.errors(), "body")) from None
-        wait = timeout + (runtime.settings.registry.worker_timeout if route.long_running else 0)
-        reply = await handlers.forward(runtime.broker, route.subject, command, bearer_token(request), wait)
+        reply = await handlers.forward(runtime.broker, route.subject, command, bearer_token(request),
+                                       route.wait(runtime.settings))
         if route.status == 204:
             return Response(status_code=204)
         return reply[route.unwrap] if route.unwrap else reply

@@ -92,11 +92,12 @@ def accepting_image_uploads(runtime: Runtime, route: Any, json_endpoint: Callabl
     to `json_endpoint` (the route's JSON forwarding, unchanged)."""
     settings = runtime.settings
     max_image = settings.monitoring.max_image_bytes
-    wait = settings.nats.request_timeout + settings.registry.worker_timeout
+    wait = route.wait(settings)  # as the JSON forwarding waits (http.py's Route.wait)
 
     async def endpoint(request: Request, principal: Principal = Depends(user_caller)) -> Any:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != MULTIPART:
+            refuse_staged_key(await request.body())  # read once: Starlette keeps it for json_endpoint
             return await json_endpoint(request, principal)
         # two files at most: curl -F metadata=@body.json sends the metadata as a file part too
         form = await request.form(max_files=2, max_fields=4, max_part_size=settings.gateway.max_json_bytes)
@@ -145,6 +146,27 @@ def accepting_image_uploads(runtime: Runtime, route: Any, json_endpoint: Callabl
                 log.warning("could not delete staged image %s: %s", staged, exc)
 
     return endpoint
+
+
+STAGED_KEY_FROM_CLIENT = "staged_key_not_accepted"
+
+
+def refuse_staged_key(raw: bytes) -> None:
+    """A JSON body naming `staged_key` gets InvalidRequest: the field is the gateway's, set from a multipart upload it
+    staged (a client's own key would only consume its own staged image, but it is not the client's to send). The
+    body is parsed only when it could name the field: spelled out, or with a \\u escape anywhere (base64 has none);
+    malformed JSON is left to the JSON forwarding's own message."""
+    if b"staged_key" not in raw and b"\\u" not in raw:
+        return
+    try:
+        payload = orjson.loads(raw)
+    except ValueError:
+        return
+    if isinstance(payload, dict) and "staged_key" in payload:
+        raise InvalidRequest(
+            "'staged_key' is set by the gateway, not by a client: send the image base64 in 'image' (up to the JSON "
+            "body limit), or a larger one as multipart/form-data with an 'image' file part and a 'metadata' part "
+            "holding the other fields", code=STAGED_KEY_FROM_CLIENT)
 
 
 async def _text(part: Any) -> str:
