@@ -367,6 +367,23 @@ def test_camera_frames_above_the_bus_limit_are_predicted_and_monitored(stack, ow
     assert staged_keys(stack, owner.user_id) == []
 
 
+def bus_predict(stack, token: str, body: dict) -> dict:
+    """monitoring.deployments.predict through the bus's front door (the `client` identity) with a user's token: the
+    service's reply envelope."""
+    import nats
+
+    async def run() -> dict:
+        nc = await nats.connect(stack.nats_url("client"), inbox_prefix="_INBOX.client")
+        try:
+            reply = await nc.request(subjects.MONITORING_PREDICT, json.dumps(body).encode(),
+                                     headers={"authorization": f"Bearer {token}"}, timeout=30)
+            return json.loads(reply.data)
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
 def test_bad_oversize_and_foreign_staged_images_are_refused_and_leave_nothing(stack, admin, owner, deployed):
     squares = deployed["squares"]
     outsider = make_account(stack, admin, "stager")
@@ -393,15 +410,19 @@ def test_bad_oversize_and_foreign_staged_images_are_refused_and_leave_nothing(st
         assert response.status_code == status and response.json()["code"] == code, response.text
         assert message in response.json()["msg"], response.text
         assert staged_keys(stack, account.user_id) == []
-    # the bus is a front door too: a staged key is consumed only for the user it was staged for
     store = MinioObjectStore(stack.settings().s3)
     key = f"staging/{owner.user_id}/{uuid.uuid4()}"
     asyncio.run(store.put_bytes(BUCKET_MONITORING, key, image))
-    stolen = post(stack, "deployments/predict", outsider.token, {"deployment": squares.name, "staged_key": key})
-    assert stolen.status_code == 403 and stolen.json()["code"] == "forbidden", stolen.text
+    # staged_key is the gateway's field: a JSON body naming it is refused before anything is forwarded
+    named = post(stack, "deployments/predict", owner.token, {"deployment": squares.name, "staged_key": key})
+    assert named.status_code == 400 and named.json()["code"] == "staged_key_not_accepted", named.text
+    assert staged_keys(stack, owner.user_id) == [key]
+    # the bus is a front door too: a staged key is consumed only for the user it was staged for
+    stolen = bus_predict(stack, outsider.token, {"deployment": squares.name, "staged_key": key})
+    assert stolen["status"] == 403 and stolen["error"]["code"] == "forbidden", stolen
     assert staged_keys(stack, owner.user_id) == [key]  # neither read nor deleted
-    odd = post(stack, "deployments/predict", owner.token, {"deployment": squares.name, "staged_key": "staging/x/../y"})
-    assert odd.status_code == 400 and "staged_key" in odd.json()["msg"], odd.text
-    missing = post(stack, "deployments/predict", owner.token, {"deployment": "nothing-999999", "staged_key": key})
-    assert missing.status_code == 404 and staged_keys(stack, owner.user_id) == []  # consumed on the error path
+    odd = bus_predict(stack, owner.token, {"deployment": squares.name, "staged_key": "staging/x/../y"})
+    assert odd["status"] == 400 and "staged_key" in odd["error"]["msg"], odd
+    missing = bus_predict(stack, owner.token, {"deployment": "nothing-999999", "staged_key": key})
+    assert missing["status"] == 404 and staged_keys(stack, owner.user_id) == []  # consumed on the error path
     assert rows_of(stack, squares.id) == before and image_stored(stack, image) is None
