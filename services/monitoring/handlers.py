@@ -176,6 +176,15 @@ async def update(deps: MonitoringDeps, principal: Principal, token: str | None,
     return await retrieve_information(deps, principal, token, cmd.deployment)
 
 
+SETTINGS = ("display_name", "target_datalake", "min_threshold")  # what `update` sets; NULL is unset or cleared
+
+
+def kept_settings(row: Any) -> list[str]:
+    """The settings a deployment's row holds, which delete would lose: none when there is no row, or when every
+    value in it was cleared (a row outlives its values: `update` with target_datalake "" clears it in place)."""
+    return [] if row is None else [name for name in SETTINGS if row[name] is not None]
+
+
 async def delete(deps: MonitoringDeps, principal: Principal, token: str | None,
                  cmd: DeleteDeployment) -> DeploymentDeleted:
     """delete: undeploy through the deployer (the pipeline and its versions stay), then forget the tags and
@@ -190,7 +199,7 @@ async def delete(deps: MonitoringDeps, principal: Principal, token: str | None,
         raise Conflict(f"deployment {cmd.deployment!r} has {', '.join(feedback)} that delete would lose: "
                        "pass force_delete=true to delete it anyway")
     if not cmd.force_delete and (await store.tags(deps.pool, deployment_id)
-                                 or await store.settings(deps.pool, deployment_id)):
+                                 or kept_settings(await store.settings(deps.pool, deployment_id))):
         raise Conflict(f"deployment {cmd.deployment!r} has tags or settings that delete would lose: "
                        "pass force_delete=true to delete it anyway")
     await request(deps.broker, subjects.DEPLOYER_PIPELINES_UNDEPLOY, UndeployPipeline(
