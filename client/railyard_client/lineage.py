@@ -128,14 +128,20 @@ class Lineage:
             fields["labels"] = json.dumps(labels)
         return self._upload("datasets/upload_file", fields, source, name, progress)
 
-    def files(self, dataset_id: int) -> list[dict[str, Any]]:
-        """A dataset's files with hashes, sizes, types and labels."""
-        return self._post("datasets/list_files", {"dataset_id": dataset_id})["files"]
+    def files(self, dataset_id: int, version_id: int | None = None) -> list[dict[str, Any]]:
+        """A dataset's files with hashes, sizes, types and labels (`version_id`: as that version of its project
+        saved them)."""
+        body: dict[str, Any] = {"dataset_id": dataset_id}
+        if version_id is not None:
+            body["version_id"] = version_id
+        return self._post("datasets/list_files", body)["files"]
 
-    def download_file(self, dataset_id: int, name: str) -> bytes:
-        """A dataset file's bytes."""
-        return self._session.send("POST", "/v1/api/datasets/download_file",
-                                  json={"dataset_id": dataset_id, "name": name}).content
+    def download_file(self, dataset_id: int, name: str, version_id: int | None = None) -> bytes:
+        """A dataset file's bytes (`version_id`: as that version of its project saved it)."""
+        body: dict[str, Any] = {"dataset_id": dataset_id, "name": name}
+        if version_id is not None:
+            body["version_id"] = version_id
+        return self._session.send("POST", "/v1/api/datasets/download_file", json=body).content
 
     # --- the workspace file space ----------------------------------------------------------------------
 

@@ -129,21 +129,23 @@ class FitFailed(Exception):
 
 def reviewed_files(client: Any, datasets: dict[str, dict[str, Any]]) -> Iterator[tuple[str, bytes, dict]]:
     """(name, bytes, labels) of the reviewed predictions in the `train` dataset (every attached dataset when none
-    is named `train`), each review once (a review written to two datasets is the same task)."""
+    is named `train`), each review once (a review written to two datasets is the same task). A dataset whose
+    `version_id` is set is read as that project version saved it."""
     from railyard_client import Lineage
 
     lineage = Lineage(client, client.current_workspace().id)
     chosen = [datasets["train"]] if "train" in datasets else list(datasets.values())
     seen: set[str] = set()
     for ref in chosen:
-        for record in lineage.files(int(ref["dataset_id"])):
+        dataset_id, version_id = int(ref["dataset_id"]), ref.get("version_id")
+        for record in lineage.files(dataset_id, version_id):
             labels = record.get("labels")
             if not isinstance(labels, dict) or "ground_truth" not in labels:
                 continue
             key = str(labels.get("prediction_id") or record["name"])
             if key not in seen:
                 seen.add(key)
-                yield record["name"], lineage.download_file(int(ref["dataset_id"]), record["name"]), labels
+                yield record["name"], lineage.download_file(dataset_id, record["name"], version_id), labels
 
 
 def fit_package(archive: bytes, work: Path, files: Iterable[tuple[str, bytes, dict]],

@@ -58,10 +58,10 @@ JSON_ROUTE_SPECS: list[tuple[Any, ...]] = [
     ("/datasets/list", subjects.LINEAGE_DATASETS_LIST, lin.ProjectRef, lin.Datasets, "List a project's datasets."),
     ("/datasets/get", subjects.LINEAGE_DATASETS_GET, lin.DatasetRef, lin.DatasetInfo, "Get a dataset."),
     ("/datasets/delete", subjects.LINEAGE_DATASETS_DELETE, lin.DatasetRef, lin.Deleted, "Delete a dataset."),
-    ("/datasets/list_files", subjects.LINEAGE_DATASETS_LIST_FILES, lin.DatasetRef, lin.DatasetFiles,
-     "List a dataset's files with their labels."),
-    ("/datasets/get_file_info", subjects.LINEAGE_DATASETS_GET_FILE, lin.DatasetFileRef, lin.DatasetFile,
-     "A dataset file's hash, size, type and labels."),
+    ("/datasets/list_files", subjects.LINEAGE_DATASETS_LIST_FILES, lin.DatasetFilesQuery, lin.DatasetFiles,
+     "List a dataset's files with their labels (now, or as a project version saved them: version_id)."),
+    ("/datasets/get_file_info", subjects.LINEAGE_DATASETS_GET_FILE, lin.DatasetFileQuery, lin.DatasetFile,
+     "A dataset file's hash, size, type and labels (now, or as a project version saved it: version_id)."),
     ("/datasets/delete_file", subjects.LINEAGE_DATASETS_DELETE_FILE, lin.DatasetFileRef, lin.Deleted,
      "Delete a dataset's file."),
     ("/files/list", subjects.LINEAGE_FILES_LIST, lin.ListWorkspaceFiles, lin.WorkspaceFolder,
@@ -190,10 +190,10 @@ def add_lineage_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token
             staged_key=k, labels=labels), key)
 
     @app.post("/v1/api/datasets/download_file", tags=["datasets"],
-              openapi_extra=request_schema(lin.DatasetFileRef))
+              openapi_extra=request_schema(lin.DatasetFileQuery))
     async def download_file(request: Request, principal: Principal = Depends(user_caller)) -> Any:
-        """A dataset file's bytes ({"dataset_id": ..., "name": ...})."""
-        cmd = _validated(lin.DatasetFileRef, await _json_body(request))
+        """A dataset file's bytes ({"dataset_id": ..., "name": ...}; "version_id": as a project version saved it)."""
+        cmd = _validated(lin.DatasetFileQuery, await _json_body(request))
         info = lin.DatasetFile.model_validate(await handlers.forward(
             runtime.broker, subjects.LINEAGE_DATASETS_GET_FILE, cmd, bearer_token(request), timeout))
         return await _stream(runtime, info.sha256, info.content_type)

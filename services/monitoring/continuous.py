@@ -57,7 +57,7 @@ from shared.bus import CallContext, command, publish_event, request
 from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError
 from shared.messages.base import Event
 from shared.messages.deployer import CreatePipeline, Deployed, DeployPipeline, PipelineCreated
-from shared.messages.lineage import DatasetInfo, DatasetRef, ProjectInfo, ProjectRef
+from shared.messages.lineage import DatasetFiles, DatasetFilesQuery, DatasetInfo, DatasetRef, ProjectInfo, ProjectRef
 from shared.messages.monitoring import ModelVersionRef
 from shared.messages.monitoring_continuous import (
     ChallengerDecided,
@@ -148,6 +148,10 @@ async def _check_dataset(deps: ContinuousDeps, token: str | None, workspace_id: 
                             token=token, timeout=deps.base.timeout, reply_model=DatasetInfo)
     if dataset.workspace_id != workspace_id:
         raise NotFound(f"dataset {ref.dataset_id} not found in the deployment's workspace")
+    if ref.version_id is not None:  # a version of the dataset's project that holds it (the lineage service: 404)
+        await request(deps.base.broker, subjects.LINEAGE_DATASETS_LIST_FILES, DatasetFilesQuery(
+            dataset_id=ref.dataset_id, version_id=ref.version_id), token=token, timeout=deps.base.timeout,
+            reply_model=DatasetFiles)
 
 
 async def _review_count(conn: Any, deployment_id: int) -> int:
@@ -472,6 +476,18 @@ async def start_training(deps: ContinuousDeps, training_id: uuid.UUID, late: boo
     return True
 
 
+async def _read_versions(pool: asyncpg.Pool, deployment_id: int, datasets: list[asyncpg.Record]) -> dict[str, Any]:
+    """The run's datasets: `{alias: {dataset_id, version_id}}`, the version the run reads (null: the dataset as it
+    is). A named version is read as named, except in a dataset the active feedback loop writes into: the loop's
+    newest version there (its versions are the named one plus the reviews, and it holds those that triggered the
+    training), else the reviews would never reach a training."""
+    fed = {r["dataset_id"]: r["last_version_id"] for r in await pool.fetch(
+        "SELECT d.dataset_id, d.last_version_id FROM feedback_loop_datasets d JOIN feedback_loops l USING"
+        " (deployment_id) WHERE d.deployment_id = $1 AND l.active AND d.last_version_id IS NOT NULL", deployment_id)}
+    return {d["alias"]: {"dataset_id": d["dataset_id"], "version_id": fed.get(d["dataset_id"], d["version_id"])
+                         if d["version_id"] is not None else None} for d in datasets}
+
+
 async def _start_run(deps: ContinuousDeps, ct: asyncpg.Record, datasets: list[asyncpg.Record],
                      training_id: uuid.UUID, reviews: int) -> None:
     base = deps.base
@@ -479,7 +495,7 @@ async def _start_run(deps: ContinuousDeps, ct: asyncpg.Record, datasets: list[as
         "deployment": ct["deployment"], "deployment_id": ct["deployment_id"], "training_id": str(training_id),
         "project_id": ct["project_id"], "trigger": ct["trigger"], "threshold": ct["threshold"], "reviews": reviews,
         "model_name": ct["model_name"],
-        "datasets": {d["alias"]: {"dataset_id": d["dataset_id"], "version_id": d["version_id"]} for d in datasets},
+        "datasets": await _read_versions(base.pool, ct["deployment_id"], datasets),
     }
     if ct["experiment_parameters"] is not None:
         args["experiment_parameters"] = _json(ct["experiment_parameters"])

@@ -40,12 +40,11 @@ from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError
 from shared.messages.lineage import (
     AddDatasetFile,
     CreateProjectVersion,
+    DatasetFiles,
+    DatasetFilesQuery,
     DatasetInfo,
     DatasetRef,
-    ListProjectVersions,
     ProjectVersionInfo,
-    ProjectVersions,
-    VersionFilter,
 )
 from shared.messages.monitoring import DeploymentQuery
 from shared.messages.monitoring_feedback import (
@@ -235,7 +234,9 @@ async def prediction_image(deps: FeedbackDeps, principal: Principal, token: str 
 async def _dataset(deps: FeedbackDeps, token: str | None, view: handlers.DeploymentView,
                    ref: DatasetVersionRef) -> dict[str, Any]:
     """The images dataset (and project version) named, seen with the caller's rights, in the deployment's
-    workspace."""
+    workspace: {id, project_id, name, files}; `files` are the dataset's files as the named version saved them
+    (None without a version). A version that is another project's (so also another workspace's), or that was saved
+    before the dataset existed, is not found (404), as the lineage service answers."""
     m = deps.monitoring
     info = await request(m.broker, subjects.LINEAGE_DATASETS_GET, DatasetRef(dataset_id=ref.dataset_id),
                          token=token, timeout=m.timeout, reply_model=DatasetInfo)
@@ -245,13 +246,12 @@ async def _dataset(deps: FeedbackDeps, token: str | None, view: handlers.Deploym
     if info.kind != "images":
         raise InvalidRequest(f"dataset {ref.dataset_id} is a {info.kind} dataset: the feedback loop and the training "
                              "reference take images datasets")
+    files = None
     if ref.version_id is not None:
-        versions = await request(m.broker, subjects.LINEAGE_VERSIONS_LIST, ListProjectVersions(
-            project_id=info.project_id, filters=[VersionFilter(field="id", operator="=", value=ref.version_id)]),
-            token=token, timeout=m.timeout, reply_model=ProjectVersions)
-        if not versions.versions:
-            raise NotFound(f"project {info.project_id} of dataset {ref.dataset_id} has no version {ref.version_id}")
-    return {"id": info.id, "project_id": info.project_id, "name": info.name}
+        files = (await request(m.broker, subjects.LINEAGE_DATASETS_LIST_FILES, DatasetFilesQuery(
+            dataset_id=info.id, version_id=ref.version_id), token=token, timeout=m.timeout,
+            reply_model=DatasetFiles)).files
+    return {"id": info.id, "project_id": info.project_id, "name": info.name, "files": files}
 
 
 def _loop_dataset(row: dict[str, Any]) -> FeedbackLoopDataset:

@@ -70,14 +70,17 @@ async def set_training_data(deps: FeedbackDeps, principal: Principal, token: str
     view = await _view(deps, principal, token, cmd.deployment)
     dataset = await _dataset(deps, token, view, cmd.dataset_version)
     m = deps.monitoring
-    listed = await request(m.broker, subjects.LINEAGE_DATASETS_LIST_FILES, DatasetRef(dataset_id=dataset["id"]),
-                           token=token, timeout=m.timeout, reply_model=DatasetFiles)
-    if not listed.files:
-        raise InvalidRequest(f"dataset {dataset['id']} has no images: upload the training images first")
-    if len(listed.files) > MAX_REFERENCE_IMAGES:
-        raise InvalidRequest(f"dataset {dataset['id']} has {len(listed.files)} images: a reference takes at most "
-                             f"{MAX_REFERENCE_IMAGES}")
-    files = [{"name": f.name, "sha256": f.sha256, "labels": f.labels} for f in listed.files]
+    listed = dataset["files"]  # the named version's files (their objects are content-addressed, kept by versions)
+    if listed is None:
+        listed = (await request(m.broker, subjects.LINEAGE_DATASETS_LIST_FILES, DatasetRef(dataset_id=dataset["id"]),
+                                token=token, timeout=m.timeout, reply_model=DatasetFiles)).files
+    where = (f"dataset {dataset['id']}" if cmd.dataset_version.version_id is None
+             else f"dataset {dataset['id']} in version {cmd.dataset_version.version_id}")
+    if not listed:
+        raise InvalidRequest(f"{where} has no images: upload the training images first (and save a version)")
+    if len(listed) > MAX_REFERENCE_IMAGES:
+        raise InvalidRequest(f"{where} has {len(listed)} images: a reference takes at most {MAX_REFERENCE_IMAGES}")
+    files = [{"name": f.name, "sha256": f.sha256, "labels": f.labels} for f in listed]
     await fs.set_reference(m.pool, view.route.deployment_id, view.route.workspace_id, dataset["id"],
                            cmd.dataset_version.version_id, files)
     deps.wake_reference.set()

@@ -120,14 +120,15 @@ def build_router(runtime: Runtime) -> NatsRouter:
         return await handlers.add_file(deps(), await caller(ctx), ctx.token, cmd)
 
     @command(router, subjects.LINEAGE_DATASETS_LIST_FILES, service=NAME)
-    async def list_files(cmd: m.DatasetRef, ctx: CallContext) -> m.DatasetFiles:
-        """The files of a dataset."""
-        return await handlers.list_files(deps(), await caller(ctx), ctx.token, cmd.dataset_id)
+    async def list_files(cmd: m.DatasetFilesQuery, ctx: CallContext) -> m.DatasetFiles:
+        """The files of a dataset (now, or as a project version saved them)."""
+        return await handlers.list_files(deps(), await caller(ctx), ctx.token, cmd.dataset_id, cmd.version_id)
 
     @command(router, subjects.LINEAGE_DATASETS_GET_FILE, service=NAME)
-    async def get_file(cmd: m.DatasetFileRef, ctx: CallContext) -> m.DatasetFile:
-        """A dataset file's hash, size, type and labels."""
-        return await handlers.get_file(deps(), await caller(ctx), ctx.token, cmd.dataset_id, cmd.name)
+    async def get_file(cmd: m.DatasetFileQuery, ctx: CallContext) -> m.DatasetFile:
+        """A dataset file's hash, size, type and labels (now, or as a project version saved it)."""
+        return await handlers.get_file(deps(), await caller(ctx), ctx.token, cmd.dataset_id, cmd.name,
+                                       cmd.version_id)
 
     @command(router, subjects.LINEAGE_DATASETS_DELETE_FILE, service=NAME)
     async def delete_file(cmd: m.DatasetFileRef, ctx: CallContext) -> m.Deleted:

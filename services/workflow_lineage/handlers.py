@@ -389,13 +389,39 @@ async def add_file(deps: Deps, principal: Principal, token: str | None, cmd: Add
     return await _with_staged(deps, cmd.staged_key, use)
 
 
-async def list_files(deps: Deps, principal: Principal, token: str | None, dataset_id: int) -> DatasetFiles:
-    await _dataset(deps, principal, token, dataset_id)
+async def _saved_files(deps: Deps, dataset: Any, version_id: int) -> list[DatasetFile]:
+    """A dataset's files as a version of its project saved them (found by the dataset's name in its manifest)."""
+    version = await store.version(deps.pool, version_id)
+    if version is None or version["project_id"] != dataset["project_id"]:  # another project's is not found either
+        raise NotFound(f"version {version_id} is not a version of project {dataset['project_id']} (dataset "
+                       f"{dataset['id']}'s): list its versions with projects/list_versions")
+    saved = json.loads(version["manifest"])
+    entry = next((d for d in saved["datasets"] if d["name"] == dataset["name"]), None)
+    if entry is None:
+        raise NotFound(f"version {version_id} (number {version['number']}) of project {dataset['project_id']} has no "
+                       f"dataset {dataset['name']!r}: it was saved before the dataset had been created")
+    return [DatasetFile(name=f["name"], sha256=f["sha256"], size=f["size"], content_type=f["content_type"],
+                        labels=f.get("labels"), created_at=version["created_at"]) for f in entry["files"]]
+
+
+async def list_files(deps: Deps, principal: Principal, token: str | None, dataset_id: int,
+                     version_id: int | None = None) -> DatasetFiles:
+    """A dataset's files: now, or as the project version `version_id` saved them."""
+    row = await _dataset(deps, principal, token, dataset_id)
+    if version_id is not None:
+        return DatasetFiles(files=await _saved_files(deps, row, version_id))
     return DatasetFiles(files=[_file_info(r) for r in await store.dataset_files(deps.pool, dataset_id)])
 
 
-async def get_file(deps: Deps, principal: Principal, token: str | None, dataset_id: int, name: str) -> DatasetFile:
-    await _dataset(deps, principal, token, dataset_id)
+async def get_file(deps: Deps, principal: Principal, token: str | None, dataset_id: int, name: str,
+                   version_id: int | None = None) -> DatasetFile:
+    """One file of a dataset: now, or as the project version `version_id` saved it."""
+    row = await _dataset(deps, principal, token, dataset_id)
+    if version_id is not None:
+        found = next((f for f in await _saved_files(deps, row, version_id) if f.name == name), None)
+        if found is None:
+            raise NotFound(f"dataset {dataset_id} had no file {name!r} in version {version_id}")
+        return found
     found = await store.dataset_file(deps.pool, dataset_id, name)
     if found is None:
         raise NotFound(f"dataset {dataset_id} has no file {name!r}")

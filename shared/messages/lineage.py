@@ -139,6 +139,23 @@ class DatasetFileRef(Command):
     name: str = Field(pattern=NAME_PATTERN)
 
 
+class DatasetFilesQuery(Command):
+    """A dataset's files: as they are now, or as a project version of its project saved them (`version_id`)."""
+
+    dataset_id: int
+    version_id: int | None = Field(None, gt=0, description="A version of the dataset's project: its files as that "
+                                   "version saved them (404 when it is another project's or has no such dataset).")
+
+
+class DatasetFileQuery(Command):
+    """A file of a dataset, by name: as it is now, or as a project version saved it (`version_id`)."""
+
+    dataset_id: int
+    name: str = Field(pattern=NAME_PATTERN)
+    version_id: int | None = Field(None, gt=0, description="A version of the dataset's project: the file as that "
+                                   "version saved it.")
+
+
 class DatasetFile(Message):
     name: str
     sha256: str

@@ -114,8 +114,8 @@ class PredictionImage(Message):
 
 
 class DatasetVersionRef(Message):
-    """A seed "dataset version": an images dataset of a workflow-lineage project, and optionally the project
-    version it was taken from (recorded, not read)."""
+    """A seed "dataset version": an images dataset of a workflow-lineage project, and optionally a version of that
+    project holding it: the dataset is then read as that version saved it (docs/monitoring.md)."""
 
     dataset_id: int = Field(gt=0)
     version_id: int | None = Field(None, gt=0)

@@ -291,13 +291,14 @@ def test_reviews_feedback_loop_reference_and_stats(stack, owner, deployed, bob):
         assert top(labels["ground_truth"]) == truth and labels["prediction_id"] == pid
         assert lineage.download_file(deployed["reviewed"]["id"], f"{pid}.png") == images[pid]
 
-    # a dataset attached later (HTTP, with the project version it starts from) receives every review so far
+    # a dataset attached later (HTTP, with the project version it starts from: one that holds it, else 404) receives
+    # every review so far
     second = lineage.create_dataset(deployed["project"]["id"], "reviewed-later", kind="images")
+    holding = lineage.create_version(deployed["project"]["id"], "with reviewed-later")
     attached = ok(call(stack, owner.token, "attach_dataset_version_to_feedback_loop", {
-        "deployment": name, "dataset_version": {"dataset_id": second["id"], "version_id": state["datasets"][0][
-            "last_version_id"]}}))
+        "deployment": name, "dataset_version": {"dataset_id": second["id"], "version_id": holding["id"]}}))
     assert [d["dataset_id"] for d in attached["datasets"]] == [deployed["reviewed"]["id"], second["id"]]
-    assert attached["datasets"][1]["attached_version_id"] == state["datasets"][0]["last_version_id"]
+    assert attached["datasets"][1]["attached_version_id"] == holding["id"]
     wait_for(lambda: digits.list_feedback_loop_datasets()[1]["exported_reviews"] == 4, what="the later dataset",
              show=digits.list_feedback_loop_datasets)
     assert {f["name"] for f in lineage.files(second["id"])} == {f"{pid}.png" for pid in truths}

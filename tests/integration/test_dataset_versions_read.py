@@ -1,0 +1,125 @@
+"""A seed "dataset version" (`{dataset_id, version_id}`) is read as the project version saved the dataset, on the real
+stack: the lineage service lists and serves a dataset's files as a version saved them (datasets/list_files,
+get_file_info, download_file with `version_id`); the training-data reference is computed from those files, not from
+the dataset as it is now; a version of another project or workspace, or one saved before the dataset existed, is a
+404 naming why, and set_training_data, the feedback loop and continuous training then change nothing."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pytest
+from railyard_client import Client, Lineage, Orchestrations
+
+from tests.image_models import digit_png, digits_classifier_onnx, digits_image_config
+from tests.integration.conftest import PASSWORD, make_account, post, undeploy_all
+
+pytestmark = pytest.mark.integration
+
+
+def sdk(stack, account) -> Client:
+    secrets = stack.secrets()
+    return Client(stack.base_url, username=account.email, password=PASSWORD, client_id=secrets["client_id"],
+                  client_secret=secrets["client_secret"], workspace=account.workspace_id)
+
+
+@pytest.fixture(scope="module")
+def owner(stack, admin):
+    account = make_account(stack, admin, "dsver")
+    yield account
+    undeploy_all(stack, account)
+
+
+@pytest.fixture(scope="module")
+def world(stack, owner) -> dict:
+    """A deployed digits classifier, and a project whose `train` dataset changed after its version `saved`: `b.png`
+    was replaced (another digit, another label) and `c.png` added. `before` is a version saved before `train`
+    existed."""
+    client = sdk(stack, owner)
+    model = client.upload_model("digits", digits_classifier_onnx(), progress=False)
+    pipeline = client.build_pipeline("digits").add_model_step(model, image=digits_image_config())
+    pipeline.deploy(replicas=1, cpus=0.5, wait=False)
+    lineage = Lineage(client, owner.workspace_id)
+    project = lineage.create_project("versioned")
+    lineage.create_dataset(project["id"], "other", kind="images")
+    before = lineage.create_version(project["id"], "before train")
+    train = lineage.create_dataset(project["id"], "train", kind="images")
+    images = {name: digit_png(index) for name, index in (("a", 0), ("b", 1), ("b2", 2), ("c", 3))}
+    for name in ("a", "b"):
+        data, label = images[name]
+        lineage.upload_file(train["id"], data, name=f"{name}.png", labels={"label": str(label)})
+    saved = lineage.create_version(project["id"], "two images")
+    lineage.upload_file(train["id"], images["b2"][0], name="b.png", labels={"label": str(images["b2"][1])})
+    lineage.upload_file(train["id"], images["c"][0], name="c.png", labels={"label": str(images["c"][1])})
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("main.py", "print('a recipe')\n")
+    recipe = Orchestrations(client, owner.workspace_id).upload(archive.getvalue(), "recipe", wait=False, progress=False)
+    pipeline.deployment().wait_until_running(180)
+    return {"client": client, "recipe": recipe, "lineage": lineage, "project": project, "train": train, "saved": saved,
+            "before": before, "images": images, "deployment": client.get_deployment("digits")}
+
+
+def test_lineage_serves_a_dataset_as_a_version_saved_it(stack, owner, world):
+    lineage, train, saved, images = world["lineage"], world["train"], world["saved"], world["images"]
+    now = {f["name"]: f["labels"] for f in lineage.files(train["id"])}
+    assert now == {"a.png": {"label": str(images["a"][1])}, "b.png": {"label": str(images["b2"][1])},
+                   "c.png": {"label": str(images["c"][1])}}
+    then = {f["name"]: f["labels"] for f in lineage.files(train["id"], saved["id"])}
+    assert then == {"a.png": {"label": str(images["a"][1])}, "b.png": {"label": str(images["b"][1])}}
+    assert lineage.download_file(train["id"], "b.png", saved["id"]) == images["b"][0]
+    assert lineage.download_file(train["id"], "b.png") == images["b2"][0]
+    missing = post(stack, "datasets/get_file_info", owner.token,
+                   {"dataset_id": train["id"], "name": "c.png", "version_id": saved["id"]})
+    assert missing.status_code == 404 and "had no file 'c.png'" in missing.json()["msg"], missing.text
+    early = post(stack, "datasets/list_files", owner.token, {"dataset_id": train["id"],
+                                                             "version_id": world["before"]["id"]})
+    assert early.status_code == 404 and "before the dataset had been created" in early.json()["msg"], early.text
+
+
+def test_the_training_reference_reads_the_named_version(stack, admin, owner, world):
+    deployment, train, saved, images = world["deployment"], world["train"], world["saved"], world["images"]
+    deployment.set_training_data({"dataset_id": train["id"], "version_id": saved["id"]})
+    ready = deployment.wait_for_training_data(60)
+    assert ready["status"] == "ready" and ready["version_id"] == saved["id"], ready
+    assert ready["images_total"] == 2  # a.png and b.png as saved, not c.png added since
+    reference = deployment.get_stats("AGGREGATED_LABEL_DISTRIBUTION")["stats"]["reference"]
+    assert reference["counts"] == {str(images["a"][1]): 1, str(images["b"][1]): 1}  # b.png's label as saved
+
+    # versions that are not this dataset's: 404 naming why, the reference unchanged
+    stranger = make_account(stack, admin, "dsverout")
+    foreign_lineage = Lineage(sdk(stack, stranger), stranger.workspace_id)
+    foreign = foreign_lineage.create_project("theirs")
+    foreign_lineage.create_dataset(foreign["id"], "train", kind="images")
+    theirs = foreign_lineage.create_version(foreign["id"])
+    for version, message in ((theirs["id"], "is not a version of project"),
+                             (world["before"]["id"], "before the dataset had been created"),
+                             (999_999, "is not a version of project")):
+        body = {"deployment": deployment.name, "dataset_version": {"dataset_id": train["id"], "version_id": version}}
+        refused = post(stack, "deployments/set_training_data", owner.token, body)
+        assert refused.status_code == 404 and message in refused.json()["msg"], refused.text
+    after = deployment.training_data_status()
+    assert (after["version_id"], after["images_total"], after["status"]) == (saved["id"], 2, "ready")
+
+
+def test_the_feedback_loop_and_continuous_training_refuse_versions_that_are_not_the_datasets(stack, owner, world):
+    deployment, train, saved = world["deployment"], world["train"], world["saved"]
+    deployment.setup_feedback_loop()
+    bad = {"dataset_id": train["id"], "version_id": world["before"]["id"]}
+    refused = post(stack, "deployments/attach_dataset_version_to_feedback_loop", owner.token,
+                   {"deployment": deployment.name, "dataset_version": bad})
+    assert refused.status_code == 404 and "before the dataset had been created" in refused.json()["msg"], refused.text
+    assert deployment.list_feedback_loop_datasets() == []
+    attached = deployment.attach_dataset_version_to_feedback_loop({"dataset_id": train["id"],
+                                                                   "version_id": saved["id"]})
+    assert [d["attached_version_id"] for d in attached["datasets"]] == [saved["id"]]
+
+    setup = {"deployment": deployment.name, "project_id": world["project"]["id"], "threshold": 2,
+             "experiment_parameters": {}, "orchestration_id": world["recipe"]["id"]}
+    refused = post(stack, "deployments/setup_continuous_training", owner.token, setup | {"dataset_version": bad})
+    assert refused.status_code == 404 and "before the dataset had been created" in refused.json()["msg"], refused.text
+    assert deployment.retrieve_information()["continuous"]["training"] is None
+    good = {"dataset_id": train["id"], "version_id": saved["id"]}
+    made = post(stack, "deployments/setup_continuous_training", owner.token, setup | {"dataset_version": good})
+    assert made.status_code == 200 and made.json()["training"]["datasets"] == {"train": good}, made.text
