@@ -209,9 +209,34 @@ def to_prediction(outputs: dict[str, np.ndarray], config: ImageConfig, height: i
         if masks.ndim != 3 or masks.shape[0] != scores.size:
             raise InvalidRequest(f"the model answered masks of shape {list(masks.shape)} for {scores.size} "
                                  "detections: segmentation masks are [K, height, width]")
-        prediction["detection_masks"] = [
-            mask_polygon(masks[i] > config.mask_threshold, height, width) or _box_polygon(pixels[i]) for i in keep]
+        return _regions(prediction, [masks[i] > config.mask_threshold for i in keep], height, width)
     return prediction
+
+
+def _regions(prediction: dict[str, list], masks: list[np.ndarray], height: int, width: int) -> dict[str, list]:
+    """A segmentation with one entry per region: each detection's mask becomes one entry per 4-connected region
+    (largest first), each with the detection's class and score and its outline as polygon. A mask of one region
+    keeps the detection's box; a mask of several gives each region its own bounding box (the detection's box
+    spans them all, so it would describe none of them); an empty mask keeps the box, as a rectangle polygon too.
+    At most MAX_DETECTIONS entries (beyond, the smallest regions of the last detections are left out)."""
+    from shared.messages.monitoring_predictions import MAX_DETECTIONS
+
+    found: dict[str, list] = {"detection_classes": [], "detection_scores": [], "detection_boxes": [],
+                              "detection_masks": []}
+    for index, mask in enumerate(masks):
+        room = MAX_DETECTIONS - len(found["detection_classes"])
+        if room <= 0:
+            break
+        box = prediction["detection_boxes"][index]
+        polygons, count = _traced(mask, height, width, room)
+        polygons = polygons or [_box_polygon(np.asarray(box))]
+        for polygon in polygons:
+            xs, ys = polygon[0::2], polygon[1::2]
+            found["detection_classes"].append(prediction["detection_classes"][index])
+            found["detection_scores"].append(prediction["detection_scores"][index])
+            found["detection_boxes"].append([min(ys), min(xs), max(ys), max(xs)] if count > 1 else box)
+            found["detection_masks"].append(polygon)
+    return found
 
 
 def _box_polygon(box: np.ndarray) -> list[int]:
@@ -220,16 +245,37 @@ def _box_polygon(box: np.ndarray) -> list[int]:
 
 
 def mask_polygon(mask: np.ndarray, height: int, width: int) -> list[int]:
-    """The outline of a binary mask's largest 4-connected region as a polygon `[x1, y1, x2, y2, ...]` along pixel
-    edges (clockwise, corners only), scaled from the mask's size to height x width and rounded; [] for an empty
-    mask. Holes are not represented (a polygon is one outline)."""
+    """The outline of a binary mask's largest 4-connected region (see `mask_polygons`); [] for an empty mask."""
+    polygons = mask_polygons(mask, height, width, limit=1)
+    return polygons[0] if polygons else []
+
+
+def mask_polygons(mask: np.ndarray, height: int, width: int, limit: int | None = None) -> list[list[int]]:
+    """The outline of each 4-connected region of a binary mask, largest first (at most `limit`), each a polygon
+    `[x1, y1, x2, y2, ...]` along pixel edges (clockwise, corners only), scaled from the mask's size to
+    height x width and rounded; [] for an empty mask. Holes are not represented (a polygon is one outline)."""
+    return _traced(mask, height, width, limit)[0]
+
+
+def _traced(mask: np.ndarray, height: int, width: int, limit: int | None) -> tuple[list[list[int]], int]:
+    """(`mask_polygons`, how many regions the mask has)."""
     from scipy import ndimage
 
     labels, count = ndimage.label(mask)
     if count == 0:
-        return []
+        return [], 0
     sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=range(1, count + 1))
-    region = labels == (int(np.argmax(sizes)) + 1)
+    order = np.argsort(-sizes, kind="stable")[:limit]
+    boxes = ndimage.find_objects(labels)  # each region traced in its own bounding box, not the whole mask
+    scale = (width / mask.shape[1], height / mask.shape[0])
+    return [_outline(labels[boxes[index]] == (int(index) + 1), (boxes[index][1].start, boxes[index][0].start),
+                     scale, height, width) for index in order], count
+
+
+def _outline(region: np.ndarray, offset: tuple[int, int], scale: tuple[float, float], height: int,
+             width: int) -> list[int]:
+    """The outline of one 4-connected region, given cropped to its bounding box at `offset` (x, y) of the mask
+    (see `mask_polygons`)."""
     padded = np.pad(region, 1)
     rows, cols = np.nonzero(region)
     # directed edges along the region's border, the region on their right (y grows downwards)
@@ -258,10 +304,10 @@ def mask_polygon(mask: np.ndarray, height: int, width: int) -> list[int]:
     corners = [p for i, p in enumerate(points)
                if (p[0] - points[i - 1][0]) * (points[(i + 1) % len(points)][1] - p[1]) !=
                (p[1] - points[i - 1][1]) * (points[(i + 1) % len(points)][0] - p[0])]
-    scale_x, scale_y = width / mask.shape[1], height / mask.shape[0]
     polygon: list[int] = []
     for x, y in corners:
-        polygon += [int(np.clip(round(x * scale_x), 0, width)), int(np.clip(round(y * scale_y), 0, height))]
+        polygon += [int(np.clip(round((x + offset[0]) * scale[0]), 0, width)),
+                    int(np.clip(round((y + offset[1]) * scale[1]), 0, height))]
     return polygon
 
 

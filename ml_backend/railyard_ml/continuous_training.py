@@ -10,7 +10,8 @@ run's short-lived token, never inside a Railyard service. The run:
    as `railyard_step.StepModel.load` does;
 2. turns the reviewed predictions of the attached datasets (the feedback loop writes each as an image file whose
    labels are `{kind, decision, prediction_id, ground_truth}`) into Label Studio tasks with one annotation each
-   (`review_task`): a classification's top class as `choices`, boxes as `rectanglelabels` in percent of the image;
+   (`review_task`): a classification's top class as `choices`, boxes as `rectanglelabels` and a segmentation's
+   polygons as `polygonlabels` (with a PolygonLabels control), in percent of the image;
    class ids index the labels of the labeling config's control, in the config's order;
 3. calls `fit` through the server's own dispatch (`Backend.train_once`: 1.x `fit(annotations, workdir)` or 2.x
    `fit(event, data)` with a `START_TRAINING` event, `set` calls held until `fit` returned and the new instance
@@ -53,11 +54,14 @@ def orchestration_zip() -> bytes:
 
 def _control(parsed: dict[str, Any], kind: str) -> tuple[str, dict[str, Any]] | None:
     """The labeling config's control for a review kind: Choices for classification, RectangleLabels (or Labels
-    over an image) for boxes; the first such control over an object with a value."""
-    wanted = ("Choices",) if kind == "classification" else ("RectangleLabels", "Labels")
-    for name, control in parsed.items():
-        if control.get("type") in wanted and control.get("to_name") and control.get("inputs"):
-            return name, control
+    over an image) for boxes, PolygonLabels for segmentation (else its boxes, as a detection's); the first such
+    control over an object with a value."""
+    preferences = {"classification": [("Choices",)], "detection": [("RectangleLabels", "Labels")],
+                   "segmentation": [("PolygonLabels",), ("RectangleLabels", "Labels")]}
+    for wanted in preferences.get(kind, preferences["detection"]):
+        for name, control in parsed.items():
+            if control.get("type") in wanted and control.get("to_name") and control.get("inputs"):
+                return name, control
     return None
 
 
@@ -66,7 +70,8 @@ def review_task(task_id: int, data_ref: str, labels: dict[str, Any], parsed_conf
     """A reviewed prediction (a feedback-loop file's labels) as a Label Studio task with one annotation, or None
     when the labeling config has no control for its kind or its classes are outside the control's labels.
     `data_ref` is what the task's data holds for the image (a local path); `size` (width, height) is needed for
-    boxes, which Label Studio keeps in percent of the image."""
+    boxes and polygons, which Label Studio keeps in percent of the image. A segmentation's polygons become
+    `polygonlabels` when the config has a PolygonLabels control (else its boxes become `rectanglelabels`)."""
     truth = labels.get("ground_truth") if isinstance(labels, dict) else None
     if not isinstance(truth, dict) or not truth.get("detection_classes"):
         return None
@@ -86,6 +91,17 @@ def review_task(task_id: int, data_ref: str, labels: dict[str, Any], parsed_conf
         top = max(range(len(classes)), key=lambda i: scores[i]) if len(scores) == len(classes) else 0
         result.append({"id": f"r{task_id}-0", "from_name": from_name, "to_name": to_name, "type": "choices",
                        "origin": "manual", "value": {"choices": [names[classes[top]]]}})
+    elif control.get("type") == "PolygonLabels":
+        if size is None or len(truth.get("detection_masks") or []) != len(classes):
+            return None
+        width, height = size
+        for index, (cls, polygon) in enumerate(zip(classes, truth["detection_masks"], strict=True)):
+            points = [[100.0 * float(x) / width, 100.0 * float(y) / height]
+                      for x, y in zip(polygon[0::2], polygon[1::2], strict=False)]
+            result.append({
+                "id": f"r{task_id}-{index}", "from_name": from_name, "to_name": to_name, "type": "polygonlabels",
+                "origin": "manual", "original_width": width, "original_height": height, "image_rotation": 0,
+                "value": {"points": points, "closed": True, "polygonlabels": [names[cls]]}})
     else:
         if size is None:
             return None

@@ -11,6 +11,8 @@ import asyncio
 import base64
 import io
 import json
+import time
+import zipfile
 
 import asyncpg
 import pytest
@@ -65,6 +67,12 @@ class Squares(LabelStudioMLBase):
                 result.append(item)
             predictions.append({"result": result, "score": 0.5})
         return ModelResponse(predictions=predictions)
+
+    def fit(self, event, data, **kwargs):
+        # keeps what the annotations held, so a test can see what reached fit
+        seen = [[r["type"], r["value"]] for task in kwargs.get("annotations") or []
+                for annotation in task.get("annotations", []) for r in annotation.get("result", [])]
+        return {"seen": seen} if seen else None
 '''
 
 DETECTION_CONFIG = """<View>
@@ -131,12 +139,31 @@ def owner(stack, admin):
     undeploy_all(stack, account)
 
 
+POLYGON_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <PolygonLabels name="outline" toName="image">
+    <Label value="Blue"/>
+    <Label value="Red"/>
+  </PolygonLabels>
+</View>"""
+
+
 @pytest.fixture(scope="module")
-def detector(stack, owner, tmp_path_factory):
+def backends(stack, owner, tmp_path_factory) -> dict:
+    """The test backend deployed twice: with a RectangleLabels config and with a PolygonLabels one."""
     client = sdk(stack, owner)
-    pipeline, version = deploy_backend(client, tmp_path_factory.mktemp("backend"), "square-finder", DETECTION_CONFIG)
-    pipeline.deployment().wait_until_running(180)
-    return {"client": client, "deployment": client.get_deployment("square-finder"), "version": version}
+    folder = tmp_path_factory.mktemp("backend")
+    pipelines = [deploy_backend(client, folder, name, config)[0]
+                 for name, config in (("square-finder", DETECTION_CONFIG), ("square-outliner", POLYGON_CONFIG))]
+    for pipeline in pipelines:
+        pipeline.deployment().wait_until_running(180)
+    return {"client": client, "finder": client.get_deployment("square-finder"),
+            "outliner": client.get_deployment("square-outliner")}
+
+
+@pytest.fixture(scope="module")
+def detector(backends) -> dict:
+    return {"client": backends["client"], "deployment": backends["finder"]}
 
 
 def test_predict_asks_the_ml_backend_and_keeps_its_answer_as_a_prediction(stack, owner, detector):
@@ -195,3 +222,36 @@ def test_bad_input_outsiders_and_answers_outside_the_labeling_config_store_nothi
     assert wrong.status_code == 500 and wrong.json()["code"] == "inference_failed", wrong.text
     assert "'Green'" in wrong.json()["msg"]
     assert rows_of(stack, deployment.id) == before
+
+
+def test_a_backends_polygons_are_predicted_and_reviewed_ones_reach_its_fit(stack, owner, backends):
+    """PolygonLabels answers become a segmentation; a corrected one, written by the feedback loop, reaches the
+    backend's fit as polygonlabels (in percent of the image) through continuous training."""
+    from railyard_client import Lineage
+
+    client, deployment = backends["client"], backends["outliner"]
+    png = squares((40, 20), [((200, 0, 0), (2, 4, 12, 14))])
+    answer = deployment.predict_bytes("red.png", png)
+    assert answer["kind"] == "segmentation" and answer["labels"] == ["Red"]
+    assert answer["prediction"]["detection_masks"] == [[4, 2, 14, 2, 14, 12]]
+    assert answer["prediction"]["detection_boxes"] == [[2, 4, 12, 14]]
+
+    lineage = Lineage(client, owner.workspace_id)
+    project = lineage.create_project("outlines")
+    train = lineage.create_dataset(project["id"], "reviewed", kind="images")
+    deployment.setup_feedback_loop(train)
+    deployment.setup_continuous_training(project, train, threshold=1, experiment_parameters={})
+    corrected = {"detection_classes": [1], "detection_scores": [1.0], "detection_boxes": [[2, 4, 12, 14]],
+                 "detection_masks": [[4, 2, 14, 2, 14, 12, 4, 12]]}
+    deployment.review_prediction(answer["id"], corrected)
+    deadline = time.monotonic() + 120
+    while not ((training := deployment.retrieve_information()["continuous"]["last_training"]) and
+               training["state"] in ("done", "failed")):
+        assert time.monotonic() < deadline, "timed out waiting for the training"
+        time.sleep(0.25)
+    assert training["state"] == "done", training
+    package = client.download_model("square-outliner", training["model_version"]["version"])
+    state = json.loads(zipfile.ZipFile(io.BytesIO(package)).read("backend/railyard_state/state.json"))
+    seen = json.loads(state["values"]["train_output"])["seen"]
+    assert seen == [["polygonlabels", {"points": [[10.0, 10.0], [35.0, 10.0], [35.0, 60.0], [10.0, 60.0]],
+                                       "closed": True, "polygonlabels": ["Red"]}]]

@@ -92,6 +92,20 @@ def test_detection_boxes_become_rectanglelabels_in_percent():
     assert review_task(7, "x", labels, parsed, size=None) is None  # percent needs the image's size
 
 
+def test_segmentation_polygons_become_polygonlabels_and_without_that_control_boxes():
+    segmented = reviewed("segmentation", [1], boxes=[[10, 20, 30, 60]])
+    segmented["ground_truth"]["detection_masks"] = [[20, 10, 60, 10, 60, 30]]  # [x1, y1, ...] pixels
+    polygons = parse_config('<View><Image name="img" value="$picture"/><RectangleLabels name="boxes" toName="img">'
+                            '<Label value="Cat"/><Label value="Dog"/></RectangleLabels><PolygonLabels name="shapes" '
+                            'toName="img"><Label value="Cat"/><Label value="Dog"/></PolygonLabels></View>')
+    [result] = review_task(2, "/data/2.png", segmented, polygons, size=(100, 50))["annotations"][0]["result"]
+    assert (result["type"], result["from_name"]) == ("polygonlabels", "shapes")
+    assert result["value"] == {"points": [[20.0, 20.0], [60.0, 20.0], [60.0, 60.0]], "closed": True,
+                               "polygonlabels": ["Dog"]}
+    [boxed] = review_task(2, "x", segmented, parse_config(BOXES_CONFIG), size=(100, 50))["annotations"][0]["result"]
+    assert boxed["type"] == "rectanglelabels" and boxed["value"]["rectanglelabels"] == ["Dog"]
+
+
 def backend_folder(tmp_path, script_text: str | None = None):
     folder = tmp_path / "backend_src"
     folder.mkdir()

@@ -186,15 +186,37 @@ def test_segmentation_masks_become_polygons_in_the_original_pixels():
     assert images.check_prediction(PredictionFormat(**prediction), 64, 64) == "segmentation"
 
 
-def test_mask_polygons_follow_the_largest_region_and_an_empty_mask_is_its_box():
+def test_mask_polygons_outline_every_region_largest_first_and_an_empty_mask_is_its_box():
     ring = np.ones((3, 3), dtype=bool)
     ring[1, 1] = False
     assert images.mask_polygon(ring, 6, 6) == [0, 0, 6, 0, 6, 6, 0, 6]  # the outline (no holes)
     two = np.zeros((4, 4), dtype=bool)
     two[0, 0], two[2:4, 2:4] = True, True
     assert images.mask_polygon(two, 4, 4) == [2, 2, 4, 2, 4, 4, 2, 4]
+    assert images.mask_polygons(two, 4, 4) == [[2, 2, 4, 2, 4, 4, 2, 4], [0, 0, 1, 0, 1, 1, 0, 1]]
     assert images.mask_polygon(np.zeros((3, 3), dtype=bool), 3, 3) == []
     config = ImageConfig(**segmenter_image_config())
     empty = images.to_prediction({"boxes": np.array([[0.0, 0.0, 0.5, 0.5]]), "scores": np.array([0.9]),
                                   "classes": np.array([1]), "masks": np.zeros((1, 4, 4))}, config, 10, 20, None)
     assert empty["detection_masks"] == [[0, 0, 10, 0, 10, 5, 0, 5]]
+
+
+def test_a_segmentation_keeps_every_region_of_a_mask_with_its_detections_class_and_score():
+    config = ImageConfig(**segmenter_image_config())
+    masks = np.zeros((2, 4, 4))
+    masks[0, 0, 0], masks[0, 2:4, 2:4] = 1.0, 1.0  # detection 0: two regions
+    masks[1, 0:2, 2:4] = 1.0  # detection 1: one region, smaller than its box
+    prediction = images.to_prediction({"boxes": np.array([[0.0, 0.0, 1.0, 1.0], [0.0, 0.5, 1.0, 1.0]]),
+                                       "scores": np.array([0.9, 0.6]), "classes": np.array([1, 0]),
+                                       "masks": masks}, config, 8, 8, None)
+    assert prediction["detection_classes"] == [1, 1, 0] and prediction["detection_scores"] == [0.9, 0.9, 0.6]
+    assert prediction["detection_masks"] == [[4, 4, 8, 4, 8, 8, 4, 8], [0, 0, 2, 0, 2, 2, 0, 2],
+                                             [4, 0, 8, 0, 8, 4, 4, 4]]
+    # several regions: each its own bounding box; one region: the detection's box
+    assert prediction["detection_boxes"] == [[4, 4, 8, 8], [0, 0, 2, 2], [0, 4, 8, 8]]
+    assert images.check_prediction(PredictionFormat(**prediction), 8, 8) == "segmentation"
+    speckled = np.zeros((1, 64, 64))
+    speckled[0, ::2, ::2] = 1.0  # 1024 regions: at most MAX_DETECTIONS entries
+    many = images.to_prediction({"boxes": np.array([[0.0, 0.0, 1.0, 1.0]]), "scores": np.array([0.5]),
+                                 "classes": np.array([0]), "masks": speckled}, config, 64, 64, None)
+    assert len(many["detection_masks"]) == 1000 == len(many["detection_boxes"])
