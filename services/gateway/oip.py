@@ -159,7 +159,12 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
             if data is None:
                 raise InvalidRequest(f"input {name!r} has no data")
             try:
-                array = np.asarray(data, dtype=dtype).reshape(-1)
+                with np.errstate(over="ignore"):
+                    array = np.asarray(data, dtype=dtype).reshape(-1)
+                # JSON has no Infinity or NaN: a non-finite FP32/FP16 value is a number beyond the type's range,
+                # which the cast turned into inf (the engine would refuse it as "infinite", not say why)
+                if dtype.kind == "f" and dtype.itemsize < 8 and not np.isfinite(array).all():
+                    raise OverflowError
                 if dtype.kind in "iu" and not isinstance(data, np.ndarray):  # numpy would truncate 1.5 to 1
                     given = np.asarray(data).reshape(-1)
                     if given.dtype.kind == "f" and not np.array_equal(given, array):

@@ -75,6 +75,10 @@ def test_the_fast_reader_takes_flat_floats_and_leaves_the_rest():
     (b'{"inputs": [{"name": "t", "shape": [1], "datatype": "UINT8", "data": [300]}]}', "outside the range of UINT8"),
     # numpy truncated a fraction silently (1.5 -> 1)
     (b'{"inputs": [{"name": "t", "shape": [2], "datatype": "INT32", "data": [1.0, 1.5]}]}', "with a fraction"),
+    # a float beyond FP32's or FP16's range became inf, which the engine then refused as "infinite"
+    (b'{"inputs": [{"name": "t", "shape": [2], "datatype": "FP32", "data": [1e39, 1.0]}]}',
+     "outside the range of FP32"),
+    (b'{"inputs": [{"name": "t", "shape": [1], "datatype": "FP16", "data": [70000.0]}]}', "outside the range of FP16"),
 ])
 def test_bad_requests_get_the_general_paths_errors(body, message):
     with pytest.raises(InvalidRequest) as fast:
