@@ -2,11 +2,13 @@
 stack: the lineage service lists and serves a dataset's files as a version saved them (datasets/list_files,
 get_file_info, download_file with `version_id`); the training-data reference is computed from those files, not from
 the dataset as it is now; a version of another project or workspace, or one saved before the dataset existed, is a
-404 naming why, and set_training_data, the feedback loop and continuous training then change nothing."""
+404 naming why, and set_training_data, the feedback loop and continuous training then change nothing; a continuous
+training run reads a dataset the feedback loop writes into at the loop's newest version."""
 
 from __future__ import annotations
 
 import io
+import time
 import zipfile
 
 import pytest
@@ -55,7 +57,7 @@ def world(stack, owner) -> dict:
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zipped:
         zipped.writestr("main.py", "print('a recipe')\n")
-    recipe = Orchestrations(client, owner.workspace_id).upload(archive.getvalue(), "recipe", wait=False, progress=False)
+    recipe = Orchestrations(client, owner.workspace_id).upload(archive.getvalue(), "recipe", progress=False)
     pipeline.deployment().wait_until_running(180)
     return {"client": client, "recipe": recipe, "lineage": lineage, "project": project, "train": train, "saved": saved,
             "before": before, "images": images, "deployment": client.get_deployment("digits")}
@@ -103,7 +105,7 @@ def test_the_training_reference_reads_the_named_version(stack, admin, owner, wor
     assert (after["version_id"], after["images_total"], after["status"]) == (saved["id"], 2, "ready")
 
 
-def test_the_feedback_loop_and_continuous_training_refuse_versions_that_are_not_the_datasets(stack, owner, world):
+def test_foreign_versions_are_refused_and_a_training_run_reads_the_loops_newest_version(stack, owner, world):
     deployment, train, saved = world["deployment"], world["train"], world["saved"]
     deployment.setup_feedback_loop()
     bad = {"dataset_id": train["id"], "version_id": world["before"]["id"]}
@@ -123,3 +125,20 @@ def test_the_feedback_loop_and_continuous_training_refuse_versions_that_are_not_
     good = {"dataset_id": train["id"], "version_id": saved["id"]}
     made = post(stack, "deployments/setup_continuous_training", owner.token, setup | {"dataset_version": good})
     assert made.status_code == 200 and made.json()["training"]["datasets"] == {"train": good}, made.text
+
+    # the loop writes two reviews into `train`: the run reads the loop's newest version there, not `saved`, which
+    # holds none of them
+    for index in (10, 11):
+        png, _ = digit_png(index)
+        deployment.review_prediction(deployment.predict_bytes(f"{index}.png", png)["id"])
+    deadline = time.monotonic() + 60
+    while not (tasks := [t for t in Orchestrations(world["client"], owner.workspace_id).tasks()
+                         if (t["name"] or "").startswith("continuous training of")]):
+        assert time.monotonic() < deadline, deployment.retrieve_information()["continuous"]
+        time.sleep(0.25)
+    [loop_dataset] = deployment.list_feedback_loop_datasets()
+    assert loop_dataset["exported_reviews"] == 2 and loop_dataset["last_version_id"] not in (None, saved["id"])
+    read = tasks[0]["input_data"]["datasets"]["train"]
+    assert read == {"dataset_id": train["id"], "version_id": loop_dataset["last_version_id"]}
+    names = {f["name"] for f in world["lineage"].files(train["id"], read["version_id"])}
+    assert len(names - {"a.png", "b.png", "c.png"}) == 2  # the dataset's three files and the two reviews
