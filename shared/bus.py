@@ -14,7 +14,6 @@ import asyncio
 import inspect
 import json
 import logging
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from faststream.nats.annotations import NatsMessage
 from pydantic import BaseModel, ValidationError
 
 from shared import subjects
+from shared.data_errors import refused_request_value
 from shared.errors import (
     ErrorBody,
     InvalidRequest,
@@ -149,6 +149,7 @@ async def run_command(
     ctx: CallContext,
 ) -> Reply:
     """Validate the payload, call the handler, and wrap whatever happens in a Reply."""
+    cmd: Message | None = None
     try:
         if payload is _MALFORMED:
             raise InvalidRequest("message body is not valid JSON")
@@ -160,22 +161,16 @@ async def run_command(
     except RailyardError as exc:
         return reply_error(exc)
     except Exception as exc:
-        if _is_data_error(exc):
-            # PostgreSQL (or asyncpg encoding a parameter) refused a value of the request: the caller's input, not
-            # a fault of ours. A backstop behind the commands' own checks (shared/messages/base.py); the SQL stays
-            # out of the answer.
-            log.warning("refused data in %s: %s", ctx.subject, exc)
-            return reply_error(InvalidRequest("a value of the request cannot be stored: a number out of range or a "
-                                              "character the database refuses; check the fields' sizes"))
+        refused = refused_request_value(exc, cmd)
+        if refused is not None:
+            # PostgreSQL (or asyncpg encoding a parameter) refused a value the caller sent: a number beyond an
+            # `integer` column, a text beyond a `varchar(n)`. A backstop behind the commands' own checks
+            # (shared/messages/base.py); the answer names the field, never the SQL. Any other data error (a
+            # division by zero, an overflow of our own arithmetic) is a fault of ours: a 500 below.
+            log.warning("refused a value of the request in %s: %s", ctx.subject, exc)
+            return reply_error(refused)
         log.exception("unhandled error in %s", ctx.subject)
         return reply_error(RailyardError("internal error"))
-
-
-def _is_data_error(exc: Exception) -> bool:
-    """Whether `exc` is PostgreSQL's class 22 'data exception' (or asyncpg's refusal to encode a parameter); asyncpg
-    is only looked up when the process loaded it (the gateway never does)."""
-    asyncpg = sys.modules.get("asyncpg")
-    return asyncpg is not None and isinstance(exc, asyncpg.exceptions.DataError)
 
 
 def _validation_message(exc: ValidationError) -> str:

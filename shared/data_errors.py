@@ -1,0 +1,92 @@
+"""Which database refusals are the caller's input, and which are our own bugs.
+
+PostgreSQL's class 22 ("data exception") covers both: a value of the request too big for its column (an
+`integer` id given 3e9, a `varchar(64)` given 100 characters) and a fault in our own SQL (a division by zero, an
+arithmetic overflow on values that were each fine, a cast of a constant). The bus answers the first with a 400
+naming the field and the second with a 500, logged with its traceback (docs/errors.md).
+
+The rule is narrow on purpose: a refusal is the caller's only when it is one of the kinds a value can cause by
+itself (a number beyond the column's type, a text longer than its column) AND a field of the command holds a value
+that does not fit that type. Anything else of the class, or a refusal no field of the command explains, is ours.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from typing import Any
+
+from pydantic import BaseModel
+
+from shared.errors import InvalidRequest
+
+# asyncpg refusing to encode a parameter (no SQLSTATE from the server: a bare DataError carrying the codec's error)
+_CLIENT_RANGE = re.compile(r"^invalid input for query argument \$\d+(?: in element #\d+ of executemany\(\) sequence)?: "
+                           r".* \(value out of (int16|int32|float32) range\)$", re.S)
+# PostgreSQL's own out-of-range (22003) messages for the types narrower than what a command already bounds
+_SERVER_RANGE = re.compile(r"^(?:(smallint|integer) out of range"
+                           r'|value ".*" is out of range for type (smallint|integer))$', re.S)
+_TOO_LONG = re.compile(r"^value too long for type (?:character varying|character|bit varying|bit)\((\d+)\)$")
+
+_INT_RANGES = {"int16": (-(2**15), 2**15 - 1), "smallint": (-(2**15), 2**15 - 1),
+               "int32": (-(2**31), 2**31 - 1), "integer": (-(2**31), 2**31 - 1)}
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """Whether `exc` is PostgreSQL's class 22 'data exception' (or asyncpg's refusal to encode a parameter); asyncpg
+    is only looked up when the process loaded it (the gateway never does)."""
+    asyncpg = sys.modules.get("asyncpg")
+    return asyncpg is not None and isinstance(exc, asyncpg.exceptions.DataError)
+
+
+def refused_request_value(exc: BaseException, cmd: BaseModel | None) -> InvalidRequest | None:
+    """The 400 to answer when the data error `exc` was caused by a value of the command `cmd`, naming its field;
+    None when it was not (then it is a fault of ours: a 500)."""
+    if cmd is None or not is_data_error(exc):
+        return None
+    message = str(exc).strip()
+    sqlstate = getattr(exc, "sqlstate", None)
+    kind: str | None = None
+    if sqlstate == "22000" and (match := _CLIENT_RANGE.match(message)):  # asyncpg's client-side encoding refusal
+        kind = match.group(1)
+    elif sqlstate == "22003" and (match := _SERVER_RANGE.match(message)):
+        kind = match.group(1) or match.group(2)
+    if kind == "float32":
+        found = _first_field(cmd, lambda v: isinstance(v, float) and math.isfinite(v) and abs(v) > _FLOAT32_MAX)
+        if found:
+            return InvalidRequest(f"{found[0]}: {found[1]!r} is out of range here: at most {_FLOAT32_MAX:g} in size")
+        return None
+    if kind is not None:
+        low, high = _INT_RANGES[kind]
+        found = _first_field(cmd, lambda v: isinstance(v, int) and not isinstance(v, bool) and not low <= v <= high)
+        if found:
+            return InvalidRequest(f"{found[0]}: {found[1]} is out of range here: must be between {low} and {high}")
+        return None
+    if sqlstate == "22001" and (match := _TOO_LONG.match(message)):
+        limit = int(match.group(1))
+        found = _first_field(cmd, lambda v: isinstance(v, str) and len(v) > limit)
+        if found:
+            return InvalidRequest(f"{found[0]}: too long ({len(found[1])} characters): at most {limit} here")
+    return None
+
+
+def _first_field(cmd: BaseModel, fits: Any) -> tuple[str, Any] | None:
+    """The dotted path and value of the first value in `cmd` (its fields, nested models, lists and dict values)
+    for which `fits(value)` is true. Iterative, in field order."""
+    pending: list[tuple[str, Any]] = [(name, value) for name, value in cmd.__dict__.items()][::-1]
+    while pending:
+        path, value = pending.pop()
+        if fits(value):
+            return path, value
+        if isinstance(value, BaseModel):
+            children = [(f"{path}.{k}", v) for k, v in value.__dict__.items()]
+        elif isinstance(value, dict):
+            children = [(f"{path}.{k}", v) for k, v in value.items()]
+        elif isinstance(value, list | tuple):
+            children = [(f"{path}.{i}", v) for i, v in enumerate(value)]
+        else:
+            continue
+        pending.extend(children[::-1])
+    return None

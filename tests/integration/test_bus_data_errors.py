@@ -1,0 +1,161 @@
+"""The bus's data-error backstop against a real PostgreSQL: a value of the request the database refuses is a 400
+naming the field; any other class 22 error (a division by zero, an overflow of our own arithmetic) is a 500
+`internal`, logged, and changes nothing. Only PostgreSQL is started (pgserver, ~1 s), not the whole stack."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import warnings
+from typing import Any
+
+import asyncpg
+import pytest
+from faststream.nats import NatsBroker, TestNatsBroker
+
+from shared.bus import CallContext, command, request
+from shared.errors import InvalidRequest, RailyardError
+from shared.messages.base import Command
+
+
+@pytest.fixture(scope="module")
+def postgres_uri():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pgserver warns about XDG_RUNTIME_DIR
+        import pgserver
+
+    with tempfile.TemporaryDirectory(prefix="railyard-data-errors-") as data_dir:
+        server = pgserver.get_server(data_dir, cleanup_mode="stop")
+        try:
+            uri = server.get_uri()
+
+            async def schema() -> None:
+                conn = await asyncpg.connect(uri)
+                await conn.execute("CREATE TABLE things (count integer, name varchar(8), ratio real, level smallint,"
+                                   " labels jsonb)")
+                await conn.close()
+
+            asyncio.run(schema())
+            yield uri
+        finally:
+            server.cleanup()
+
+
+class Inner(Command):
+    level: int = 0
+
+
+class StoreThing(Command):
+    count: int = 1
+    name: str = "ok"
+    ratio: float = 0.5
+    inner: Inner = Inner()
+    labels: dict[str, Any] = {}
+
+
+class StoreCast(Command):
+    count: int
+
+
+class Compute(Command):
+    how: str
+    value: int = 1
+
+
+def make_broker(uri: str) -> NatsBroker:
+    broker = NatsBroker()
+
+    @command(broker, "test.store", service="gateway")
+    async def store(cmd: StoreThing, ctx: CallContext) -> dict:
+        conn = await asyncpg.connect(uri)
+        try:
+            async with conn.transaction():
+                await conn.execute("INSERT INTO things (count, name, ratio, level, labels) VALUES ($1, $2, $3, $4, $5)",
+                                   cmd.count, cmd.name, cmd.ratio, cmd.inner.level, None)
+        finally:
+            await conn.close()
+        return {}
+
+    @command(broker, "test.store_cast", service="gateway")
+    async def store_cast(cmd: StoreCast, ctx: CallContext) -> dict:
+        conn = await asyncpg.connect(uri)
+        try:
+            # sent as a bigint and narrowed by PostgreSQL: its own range check answers (22003), not asyncpg's
+            await conn.execute("INSERT INTO things (count) SELECT $1::bigint", cmd.count)
+        finally:
+            await conn.close()
+        return {}
+
+    @command(broker, "test.compute", service="gateway")
+    async def compute(cmd: Compute, ctx: CallContext) -> dict:
+        conn = await asyncpg.connect(uri)
+        try:
+            async with conn.transaction():
+                await conn.execute("INSERT INTO things (name) VALUES ('computed')")
+                if cmd.how == "divide":  # our bug: a value of 0 should have been checked before the SQL
+                    await conn.fetchval("SELECT 10 / $1::int", cmd.value)
+                elif cmd.how == "multiply":  # our bug: an overflow of our own arithmetic on a value that fits
+                    await conn.fetchval("SELECT $1::int * 100000", cmd.value)
+                elif cmd.how == "our_text":  # our bug: a text of ours too long for its column
+                    await conn.execute("INSERT INTO things (name) VALUES ($1)", "computed-" * 3)
+                elif cmd.how == "our_number":  # our bug: a number we computed, beyond the column
+                    await conn.execute("INSERT INTO things (count) VALUES ($1)", cmd.value * 2**40)
+        finally:
+            await conn.close()
+        return {}
+
+    return broker
+
+
+async def _rows(uri: str) -> int:
+    conn = await asyncpg.connect(uri)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM things")
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize(("body", "said"), [
+    ({"count": 3_000_000_000}, "count: 3000000000 is out of range here: must be between -2147483648 and 2147483647"),
+    ({"count": -(2**31) - 1}, "count: -2147483649 is out of range"),
+    ({"inner": {"level": 70_000}}, "inner.level: 70000 is out of range here: must be between -32768 and 32767"),
+    ({"ratio": 1e300}, "ratio: 1e+300 is out of range here"),
+    ({"name": "x" * 20}, "name: too long (20 characters): at most 8 here"),
+])
+async def test_a_value_of_the_request_the_database_refuses_is_a_400_naming_the_field(postgres_uri, body, said):
+    before = await _rows(postgres_uri)
+    async with TestNatsBroker(make_broker(postgres_uri)) as br:
+        with pytest.raises(InvalidRequest) as caught:
+            await request(br, "test.store", body)
+    assert caught.value.status == 400 and caught.value.code == "invalid_request"
+    assert said in caught.value.msg and "INSERT" not in caught.value.msg and "varying" not in caught.value.msg
+    assert await _rows(postgres_uri) == before
+
+
+async def test_a_value_postgresql_itself_finds_out_of_range_is_a_400_naming_the_field(postgres_uri):
+    before = await _rows(postgres_uri)
+    async with TestNatsBroker(make_broker(postgres_uri)) as br:
+        with pytest.raises(InvalidRequest) as caught:
+            await request(br, "test.store_cast", {"count": 2**40})
+    assert caught.value.msg == f"count: {2**40} is out of range here: must be between -2147483648 and 2147483647"
+    assert await _rows(postgres_uri) == before
+
+
+async def test_a_value_that_fits_is_stored(postgres_uri):
+    before = await _rows(postgres_uri)
+    async with TestNatsBroker(make_broker(postgres_uri)) as br:
+        await request(br, "test.store", {"count": 2**31 - 1, "name": "x" * 8, "inner": {"level": 32767}})
+    assert await _rows(postgres_uri) == before + 1
+
+
+@pytest.mark.parametrize("how", ["divide", "multiply", "our_text", "our_number"])
+async def test_a_data_error_of_our_own_sql_is_a_500_internal_and_logged(postgres_uri, how, caplog):
+    before = await _rows(postgres_uri)
+    value = 0 if how == "divide" else 100_000
+    async with TestNatsBroker(make_broker(postgres_uri)) as br:
+        with pytest.raises(RailyardError) as caught:
+            await request(br, "test.compute", {"how": how, "value": value})
+    assert caught.value.status == 500 and caught.value.code == "internal" and caught.value.msg == "internal error"
+    assert not isinstance(caught.value, InvalidRequest)
+    assert any(r.levelname == "ERROR" and r.exc_info for r in caplog.records)  # the traceback is in the log
+    assert await _rows(postgres_uri) == before
