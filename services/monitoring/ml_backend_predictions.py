@@ -114,10 +114,13 @@ async def labeling(deps: handlers.MonitoringDeps, token: str | None, workspace_i
         return _by_sha[resolved.sha]
     key = content_key(resolved.sha)
     size = await deps.objects.size(BUCKET_ARTIFACTS, key)
-    config = await asyncio.to_thread(
-        _state_label_config, lambda offset, length: deps.objects.read_range_sync(BUCKET_ARTIFACTS, key, offset, length),
-        size)
-    found = parse_labeling(config) if config is not None else None
+
+    def read() -> BackendLabeling | None:  # ranged reads and the XML parse, off the event loop
+        config = _state_label_config(
+            lambda offset, length: deps.objects.read_range_sync(BUCKET_ARTIFACTS, key, offset, length), size)
+        return parse_labeling(config) if config is not None else None
+
+    found = await asyncio.to_thread(read)
     if len(_by_sha) >= _CACHE_SIZE:
         _by_sha.pop(next(iter(_by_sha)))
     _by_sha[resolved.sha] = found

@@ -448,8 +448,8 @@ async def _monitored_model(deps: MonitoringDeps, token: str | None,
         return None, None
     try:
         backend = await ml_backend_predictions.labeling(deps, token, view.route.workspace_id, champion)
-    except Conflict:  # a labeling config predict cannot use does not stop predictions made elsewhere
-        return None, None
+    except (Conflict, NotFound):  # a labeling config predict cannot use, or a model version no longer listed,
+        return None, None  # does not stop predictions made elsewhere
     return (backend.labels, backend.kind) if backend is not None else (None, None)
 
 

@@ -199,6 +199,23 @@ def test_predict_asks_the_ml_backend_and_keeps_its_answer_as_a_prediction(stack,
     assert reviewed.status_code == 200, reviewed.text
 
 
+def test_a_camera_frame_above_the_bus_limit_reaches_the_backend_by_reference(stack, owner, detector):
+    """A 10 MiB task (the image as a data URI) cannot ride the bus (8 MiB here): it goes through object storage."""
+    import numpy as np
+
+    from shared.embedded.servers import NATS_MAX_PAYLOAD
+
+    pixels = np.random.default_rng(0).integers(0, 21, size=(2000, 2000, 3), dtype=np.uint8)  # dark noise
+    pixels[100:300, 200:500] = (220, 0, 0)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    frame = buffer.getvalue()
+    assert len(frame) * 4 / 3 > NATS_MAX_PAYLOAD
+    answer = detector["deployment"].predict_bytes("frame.png", frame)  # the SDK sends it as multipart
+    assert answer["labels"] == ["Red"] and answer["prediction"]["detection_boxes"] == [[100, 200, 300, 500]]
+    assert (answer["height"], answer["width"]) == (2000, 2000)
+
+
 def test_bad_input_outsiders_and_answers_outside_the_labeling_config_store_nothing(stack, admin, owner, detector):
     deployment = detector["deployment"]
     before = rows_of(stack, deployment.id)
