@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -22,7 +21,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
-from services.gateway import handlers
+from services.gateway import handlers, json_body
 from services.gateway.errors import error_response
 from services.gateway.inference import Inference, InferenceFastPath, add_inference_routes
 from services.gateway.limits import IMAGE_UPLOAD_PATHS, BodyLimits, Limits
@@ -311,7 +310,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         if raw is None:
             raise InvalidRequest("the multipart body needs a 'metadata' part with the model's JSON metadata")
         try:
-            metadata = orjson.loads(raw if isinstance(raw, str) else await raw.read())
+            metadata = json_body.loads(raw if isinstance(raw, str) else await raw.read(), "metadata")
         except (ValueError, UnicodeDecodeError):
             raise InvalidRequest("the 'metadata' part is not valid JSON") from None
         if not isinstance(metadata, dict):
@@ -335,7 +334,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         version); what a task run reads to start from a model (e.g. an ML backend's package to fit further)."""
         raw = await request.body()
         try:
-            body = orjson.loads(raw) if raw.strip() else {}
+            body = json_body.loads(raw) if raw.strip() else {}
             command = reg.ResolveModel.model_validate(body)
         except (ValueError, UnicodeDecodeError) as exc:
             errors = exc.errors() if isinstance(exc, ValidationError) else []
@@ -387,7 +386,7 @@ def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable) -> Calla
     async def endpoint(request: Request, principal: Principal = Depends(who)) -> Any:
         raw = await request.body()
         try:
-            payload = orjson.loads(raw) if raw.strip() else {}
+            payload = json_body.loads(raw) if raw.strip() else {}
         except (ValueError, UnicodeDecodeError) as exc:  # orjson says where: "unexpected character: line 1 ..."
             raise InvalidRequest(f"request body is not valid JSON ({exc})") from None
         if not isinstance(payload, dict):

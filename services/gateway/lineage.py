@@ -12,13 +12,12 @@ import json
 import uuid
 from typing import Any
 
-import orjson
 import pyarrow.parquet as pq
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
-from services.gateway import handlers
+from services.gateway import handlers, json_body
 from services.gateway.openapi_body import request_schema
 from shared import subjects
 from shared.arrow_codec import from_ipc, records_json_to_table, table_to_records, to_ipc_file, to_ipc_stream
@@ -181,7 +180,7 @@ def add_lineage_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token
         labels = None
         if fields.get("labels"):
             try:
-                labels = orjson.loads(fields["labels"])
+                labels = json_body.loads(fields["labels"], "labels")
             except ValueError:
                 raise InvalidRequest("labels must be JSON") from None
         key = await stage(upload.file, upload.size if upload.size is not None else -1)
@@ -226,7 +225,7 @@ async def _stream(runtime: Runtime, sha256: str, media_type: str) -> StreamingRe
 async def _json_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     try:
-        body = orjson.loads(raw) if raw.strip() else {}
+        body = json_body.loads(raw) if raw.strip() else {}
     except (ValueError, UnicodeDecodeError) as exc:  # orjson says where: "unexpected character: line 1 ..."
         raise InvalidRequest(f"request body is not valid JSON ({exc})") from None
     if not isinstance(body, dict):

@@ -18,7 +18,7 @@ import orjson
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 
-from services.gateway import handlers
+from services.gateway import handlers, json_body
 from services.gateway.openapi_body import request_schema
 from shared import subjects
 from shared.authz import Principal
@@ -183,7 +183,7 @@ async def _text(part: Any) -> str:
 
 def _metadata(text: str) -> dict[str, Any]:
     try:
-        metadata = orjson.loads(text) if text.strip() else {}
+        metadata = json_body.loads(text, "metadata") if text.strip() else {}
     except ValueError as exc:
         raise InvalidRequest(f"the 'metadata' part is not valid JSON ({exc})") from None
     if not isinstance(metadata, dict):

@@ -10,11 +10,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import orjson
 from fastapi import Depends, FastAPI, Request
 from pydantic import ValidationError
 
-from services.gateway import handlers
+from services.gateway import handlers, json_body
 from shared import subjects
 from shared.authz import Principal
 from shared.errors import InvalidRequest, PayloadTooLarge, RailyardError
@@ -62,7 +61,7 @@ def add_orchestration_routes(app: FastAPI, runtime: Runtime, user_caller: Any, b
         if raw is None:
             raise InvalidRequest("the multipart body needs a 'metadata' part with {\"workspace_id\": ...}")
         try:
-            metadata = orjson.loads(raw if isinstance(raw, str) else await raw.read())
+            metadata = json_body.loads(raw if isinstance(raw, str) else await raw.read(), "metadata")
         except (ValueError, UnicodeDecodeError):
             raise InvalidRequest("the 'metadata' part is not valid JSON") from None
         if not isinstance(metadata, dict):

@@ -219,6 +219,9 @@ BAD_VALUES = [
     ("pipelines/get_logs", b'{"pipeline_id": "x", "workspace_id": 1, "dataset": ' + b"[" * 300 + b"]" * 300 + b"}", 400,
      "recursion limit"),  # the gateway re-encoded it for the log store, and failed
     ("deployments/get_tags", '{"deployment": "fuzz-²"}'.encode(), 404, "not found"),  # '²'.isdigit(), int() fails
+    ("pipelines/create", b'{"pipeline_id": "fuzz-%s", "workspace_id": 1, "definition": {"seed": '
+     b'123456789012345678901234567890}}', 400, "definition.seed: the integer 123456789012345678901234567890 is "
+     "beyond 64 bits"),  # orjson read it as 1.2345678901234568e+29, stored and answered so
 ]
 
 
@@ -237,3 +240,19 @@ def test_values_no_service_can_store_get_a_typed_4xx_and_change_nothing(stack, a
     names = [w["name"] for w in admin.post("workspaces/list", {})["workspaces"]]
     assert not [name for name in names if mark in name]
     assert stack.health()[0] == 200
+
+
+def test_integers_in_free_form_objects_come_back_exactly(stack, admin):
+    """Every integer a JSON body may hold (64 bits, signed or unsigned) is stored and answered as it was sent, far
+    beyond a double's 2**53; bigger ones are refused above (BAD_VALUES)."""
+    name = f"bigints-{uuid.uuid4().hex[:8]}"
+    workspace_id = admin.post("workspaces/create", {"workspace_name": name})["workspace_id"]
+    numbers = {"seed": 2**64 - 1, "low": -(2**63), "odd": 2**53 + 1, "list": [2**63, -(2**53) - 3]}
+    body = json.dumps({"pipeline_id": name, "workspace_id": workspace_id,
+                       "definition": {"steps": [], "numbers": numbers}})
+    headers = {"Authorization": f"Bearer {admin.token}", "Content-Type": "application/json"}
+    created = httpx.post(f"{stack.api}/pipelines/create", content=body, headers=headers, timeout=30)
+    assert created.status_code == 200, created.text
+    read = httpx.post(f"{stack.api}/pipelines/get", headers=headers, timeout=30,
+                      json={"pipeline_id": created.json()["pipeline_pk_id"]})
+    assert json.loads(read.text)["versions"][-1]["definition"]["numbers"] == numbers
