@@ -124,7 +124,8 @@ class MinioObjectStore:
                         raise
 
     async def ping(self) -> None:
-        if await s3_light.bucket_exists(self._settings, self.bucket(BUCKET_ARTIFACTS)) is None:
+        # one immediate retry (a dropped connection), not the SDK's six attempts: a health check answers within 3 s
+        if await s3_light.bucket_exists(self._settings, self.bucket(BUCKET_ARTIFACTS), retries=1) is None:
             await asyncio.to_thread(self._client.bucket_exists, self.bucket(BUCKET_ARTIFACTS))
 
     async def put_stream(self, bucket: str, key: str, source: BinaryIO | AsyncIterator[bytes],

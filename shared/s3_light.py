@@ -2,7 +2,8 @@
 here with AWS Signature V4 over an asyncio connection, so that a service that stores no object while idle does
 not load the minio SDK and what it imports (urllib3, pycryptodome with cffi and pycparser, argon2-cffi: ~7 MiB
 of RSS per process, docs/performance.md "Memory"). `shared.objectstore.MinioObjectStore` loads the SDK on its
-first real object call, and falls back to it whenever an answer here is not one of the few it understands.
+first real object call, and falls back to it whenever an answer here is not one of the few it understands, or
+S3 could still not be reached after the retries the SDK would have made (`request`).
 """
 
 from __future__ import annotations
@@ -48,44 +49,98 @@ def signed_headers(settings: S3Settings, method: str, path: str, body: bytes = b
     return headers
 
 
+# Retries as the minio SDK's urllib3 pool makes them (`Retry(total=5, backoff_factor=0.2, status_forcelist=[500,
+# 502, 503, 504])`): up to 5 more attempts after a connection error or one of those statuses, sleeping 0, 0.4, 0.8,
+# 1.6 and 3.2 s between them, all within the call's timeout. An answer that is not HTTP and a TLS error are not
+# retried (another attempt would meet the same), and what is still failing after the retries goes to the caller,
+# which falls back to the SDK as before.
+RETRIES = 5
+BACKOFF_FACTOR = 0.2
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+CLOSE_TIMEOUT = 1.0  # waiting for our side of the connection to close; then the socket is aborted
+
+
+class NotHttpAnswer(OSError):
+    """S3's endpoint answered something that is not HTTP: not retried."""
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to sleep before retry number `attempt` (1-based), as urllib3 computes it for the SDK."""
+    return 0.0 if attempt <= 1 else BACKOFF_FACTOR * 2 ** (attempt - 1)
+
+
 async def request(settings: S3Settings, method: str, path: str, body: bytes = b"",
-                  timeout: float = 10.0) -> tuple[int, bytes]:
-    """One HTTP/1.1 request (connection closed after it); returns the status and the body (HEAD: empty)."""
+                  timeout: float = 10.0, retries: int = RETRIES) -> tuple[int, bytes]:
+    """An HTTP/1.1 request (connection closed after it, and awaited closed); returns the status and the body (HEAD:
+    empty). Connection errors and 500/502/503/504 are retried as the SDK retries them (`retries` times, `backoff`),
+    within `timeout` overall; the last error is raised, or the last such status returned."""
+    async with asyncio.timeout(timeout):
+        attempt = 0
+        while True:
+            try:
+                status, answer = await _attempt(settings, method, path, body)
+            except (NotHttpAnswer, ssl.SSLError):
+                raise
+            except OSError:
+                if attempt >= retries:
+                    raise
+            else:
+                if status not in RETRY_STATUSES or attempt >= retries:
+                    return status, answer
+            attempt += 1
+            await asyncio.sleep(backoff(attempt))
+
+
+async def _attempt(settings: S3Settings, method: str, path: str, body: bytes) -> tuple[int, bytes]:
     host, _, port = settings.endpoint.rpartition(":")
     if not host or not port.isdigit():
         host, port = settings.endpoint, "443" if settings.secure else "80"
     context = ssl.create_default_context() if settings.secure else None
-    async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection(host.strip("[]"), int(port), ssl=context)
-        try:
-            headers = signed_headers(settings, method, path, body) | {
-                "content-length": str(len(body)), "connection": "close"}
-            head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-            writer.write(head.encode() + body)
-            await writer.drain()
-            status_line = await reader.readline()
-            parts = status_line.split()
-            if len(parts) < 2 or not parts[1].isdigit():
-                raise OSError(f"not an HTTP answer from S3: {status_line[:80]!r}")
-            length, chunked = None, False
-            while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
-                name, _, value = line.decode("latin-1").partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value.strip())
-                elif name.strip().lower() == "transfer-encoding" and "chunked" in value.lower():
-                    chunked = True
-            if method == "HEAD":
-                return int(parts[1]), b""
-            if chunked:  # small error documents only: read to the end and keep the raw text (codes are searched)
-                return int(parts[1]), await reader.read(65536)
-            return int(parts[1]), await (reader.readexactly(length) if length is not None else reader.read(65536))
-        finally:
-            writer.close()
+    reader, writer = await asyncio.open_connection(host.strip("[]"), int(port), ssl=context)
+    try:
+        headers = signed_headers(settings, method, path, body) | {
+            "content-length": str(len(body)), "connection": "close"}
+        head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        writer.write(head.encode() + body)
+        await writer.drain()
+        status_line = await reader.readline()
+        if not status_line:  # closed before answering: a connection error, as urllib3 counts it
+            raise ConnectionResetError("S3 closed the connection without answering")
+        parts = status_line.split()
+        if len(parts) < 2 or not parts[1].isdigit():
+            raise NotHttpAnswer(f"not an HTTP answer from S3: {status_line[:80]!r}")
+        length, chunked = None, False
+        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+            elif name.strip().lower() == "transfer-encoding" and "chunked" in value.lower():
+                chunked = True
+        if method == "HEAD":
+            return int(parts[1]), b""
+        if chunked:  # small error documents only: read to the end and keep the raw text (codes are searched)
+            return int(parts[1]), await reader.read(65536)
+        return int(parts[1]), await (reader.readexactly(length) if length is not None else reader.read(65536))
+    except asyncio.IncompleteReadError as exc:  # closed in the middle of the answer
+        raise ConnectionResetError("S3 closed the connection in the middle of its answer") from exc
+    finally:
+        await _close(writer)
 
 
-async def bucket_exists(settings: S3Settings, bucket: str) -> bool | None:
-    """True or False when S3 says so (200, 404); None for any other answer (the caller asks the SDK)."""
-    status, _ = await request(settings, "HEAD", f"/{bucket}")
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close the connection and wait until it is closed (the socket released), at most CLOSE_TIMEOUT: a peer that
+    stopped reading, or a TLS close that is not answered, gets the connection aborted instead."""
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), CLOSE_TIMEOUT)
+    except (OSError, TimeoutError, ssl.SSLError):  # the answer is read already: how the close ends changes nothing
+        writer.transport.abort()
+
+
+async def bucket_exists(settings: S3Settings, bucket: str, retries: int = RETRIES) -> bool | None:
+    """True or False when S3 says so (200, 404); None for any other answer (the caller asks the SDK). A health check
+    passes fewer `retries`: it reports an S3 that cannot be reached within its own short deadline."""
+    status, _ = await request(settings, "HEAD", f"/{bucket}", retries=retries)
     return True if status == 200 else False if status == 404 else None
 
 

@@ -70,3 +70,107 @@ async def test_answers_are_read() -> None:
         assert await s3_light.make_bucket(settings, "mine") is True
         assert await s3_light.make_bucket(settings, "denied") is False
     assert all(b"authorization: AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/" in head for head in seen)
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+UNAVAILABLE = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
+
+
+async def _scripted(answers: list[bytes | None]) -> tuple[asyncio.Server, S3Settings, list[int]]:
+    """A server answering its n-th connection with answers[n] (the last one from then on); None closes the
+    connection without answering. Counts the connections."""
+    seen: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(len(seen))
+        answer = answers[min(len(seen) - 1, len(answers) - 1)]
+        await reader.readuntil(b"\r\n\r\n")
+        if answer is not None:
+            writer.write(answer)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, SETTINGS.model_copy(update={"endpoint": f"127.0.0.1:{port}"}), seen
+
+
+def test_backoff_is_the_sdks() -> None:
+    # minio's pool: urllib3 Retry(total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504])
+    from urllib3.util.retry import Retry
+
+    sdk = Retry(total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504])
+    for attempt in range(1, s3_light.RETRIES + 1):
+        sdk = sdk.increment(method="HEAD", url="/b", error=ConnectionResetError())
+        assert s3_light.backoff(attempt) == pytest.approx(sdk.get_backoff_time())
+    with pytest.raises(Exception, match="Max retries"):
+        sdk.increment(method="HEAD", url="/b", error=ConnectionResetError())  # the SDK gives up after as many
+
+
+async def test_a_refused_connection_is_retried_until_s3_listens() -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on, yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = SETTINGS.model_copy(update={"endpoint": f"127.0.0.1:{port}"})
+    call = asyncio.create_task(s3_light.bucket_exists(settings, "there"))
+    await asyncio.sleep(0.2)  # the first two attempts (no sleep between them) were refused
+    assert not call.done()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(OK)
+        await writer.drain()
+        writer.close()
+
+    async with await asyncio.start_server(handle, "127.0.0.1", port):
+        assert await asyncio.wait_for(call, 5) is True  # the third attempt, 0.4 s after the second
+
+
+async def test_a_dropped_connection_and_a_503_are_retried() -> None:
+    server, settings, seen = await _scripted([None, UNAVAILABLE, OK])
+    async with server:
+        assert await s3_light.bucket_exists(settings, "there") is True
+    assert len(seen) == 3
+
+
+async def test_retries_are_bounded_then_the_caller_falls_back(monkeypatch) -> None:
+    monkeypatch.setattr(s3_light, "BACKOFF_FACTOR", 0.001)
+    server, settings, seen = await _scripted([UNAVAILABLE])
+    async with server:
+        assert await s3_light.bucket_exists(settings, "there") is None  # the SDK is asked then
+        assert len(seen) == 1 + s3_light.RETRIES
+        assert await s3_light.bucket_exists(settings, "there", retries=1) is None  # a health check's
+        assert len(seen) == 1 + s3_light.RETRIES + 2
+    server, settings, seen = await _scripted([None])
+    async with server:
+        with pytest.raises(ConnectionResetError):  # an OSError: objectstore.ensure_buckets falls back to the SDK
+            await s3_light.make_bucket(settings, "new")
+        assert len(seen) == 1 + s3_light.RETRIES
+
+
+async def test_an_answer_that_is_not_http_is_not_retried() -> None:
+    server, settings, seen = await _scripted([b"SSH-2.0-OpenSSH_9.6\r\n\r\n"])
+    async with server:
+        with pytest.raises(s3_light.NotHttpAnswer):
+            await s3_light.bucket_exists(settings, "there")
+    assert len(seen) == 1 and issubclass(s3_light.NotHttpAnswer, OSError)
+
+
+async def test_the_connection_is_closed_when_the_call_returns(monkeypatch) -> None:
+    sockets = []
+    real_open = asyncio.open_connection
+
+    async def open_connection(*args, **kwargs):
+        reader, writer = await real_open(*args, **kwargs)
+        sockets.append(writer.get_extra_info("socket"))
+        return reader, writer
+
+    monkeypatch.setattr(asyncio, "open_connection", open_connection)
+    server, settings, _ = await _scripted([OK])
+    async with server:
+        assert await s3_light.bucket_exists(settings, "there") is True
+        assert await s3_light.make_bucket(settings, "new") is True
+    # closed, not merely asked to close: the socket is released before the call returns
+    assert len(sockets) == 2 and all(sock.fileno() == -1 for sock in sockets)
