@@ -166,9 +166,11 @@ def detector(backends) -> dict:
     return {"client": backends["client"], "deployment": backends["finder"]}
 
 
-def test_predict_asks_the_ml_backend_and_keeps_its_answer_as_a_prediction(stack, owner, detector):
+def test_predict_asks_the_ml_backend_and_keeps_its_answer_as_a_prediction(stack, owner, detector, tmp_path):
     deployment = detector["deployment"]
     png = squares((40, 20), [((200, 0, 0), (2, 4, 12, 14)), ((0, 0, 220), (10, 20, 18, 36))])
+    (tmp_path / "two.png").write_bytes(png)
+    assert deployment.predict(tmp_path / "two.png")["prediction"]["detection_classes"] == [1, 0]  # the seed's predict
     answer = deployment.predict_bytes("two.png", png, tags=["backend"], source="camera-1")
     assert answer["kind"] == "detection" and answer["origin"] == "predict"
     # class ids index the labeling config's labels (Blue, Red); Label Studio's percent back to the image's pixels
