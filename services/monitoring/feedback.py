@@ -149,25 +149,26 @@ def _check_ground_truth(kind: str, truth: GroundTruth, height: int, width: int) 
     return out
 
 
-def _check_format(truth: dict[str, Any], row: dict[str, Any], view: handlers.DeploymentView) -> None:
+def _check_format(truth: dict[str, Any], row: dict[str, Any], labels: list[str] | None) -> None:
     """The prediction slice's PredictionFormat rules on the ground truth too (integer pixel boxes, polygons inside
-    the image, class ids below the number of the deployment's labels when its image configuration names them)."""
+    the image, class ids below the number of the deployment's labels when its image configuration or ML backend
+    names them)."""
     try:
         fmt = PredictionFormat.model_validate(truth)
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
         raise InvalidRequest(f"ground_truth.{where}: {error['msg']} (boxes and polygons are integer pixels)") from None
-    images.check_prediction(fmt, row["height"], row["width"], "ground_truth", _labels(view))
+    images.check_prediction(fmt, row["height"], row["width"], "ground_truth", labels)
 
 
-def _labels(view: handlers.DeploymentView) -> list[str] | None:
-    """The deployment's labels, when its image configuration (valid) names them."""
+async def _labels(deps: FeedbackDeps, token: str | None, view: handlers.DeploymentView) -> list[str] | None:
+    """The deployment's labels, when its image configuration (valid) or its ML backend's labeling config names
+    them."""
     try:
-        config = predictions.image_config(view.definition)
+        return (await predictions.model_labels(deps.monitoring, token, view))[0]
     except Conflict:
         return None
-    return config.labels if config else None
 
 
 async def _prediction(deps: FeedbackDeps, principal: Principal, token: str | None, deployment: str,
@@ -195,7 +196,7 @@ async def review_prediction(deps: FeedbackDeps, principal: Principal, token: str
         truth = row["prediction"]
     else:
         truth = _check_ground_truth(row["kind"], cmd.ground_truth, row["height"], row["width"])
-        _check_format(truth, row, view)
+        _check_format(truth, row, await _labels(deps, token, view))
     async with deps.monitoring.pool.acquire() as conn, conn.transaction():
         saved = await fs.save_review(conn, row, cmd.decision, truth, principal.username or principal.user_id)
     try:
@@ -216,7 +217,8 @@ async def predictions_to_review(deps: FeedbackDeps, principal: Principal, token:
     view = await handlers._deployment(deps.monitoring, principal, token, cmd.deployment)
     rows, pending = await fs.predictions_to_review(deps.monitoring.pool, view.route.deployment_id, cmd.limit,
                                                    cmd.offset)
-    return PredictionsToReview(pending=pending, labels=_labels(view), predictions=[PredictionToReview(
+    labels = await _labels(deps, token, view)
+    return PredictionsToReview(pending=pending, labels=labels, predictions=[PredictionToReview(
         id=r["id"], predicted_at=r["predicted_at"], origin=r["origin"], source=r["source"], tags=list(r["tags"]),
         kind=r["kind"], prediction=r["prediction"], shadow_prediction=r["shadow_prediction"], height=r["height"],
         width=r["width"], content_type=r["content_type"]) for r in rows])

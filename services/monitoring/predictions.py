@@ -435,11 +435,11 @@ def _check_monitored(cmd: MonitorImage, img: Image.Image, labels: list[str] | No
     return kind
 
 
-async def _monitored_model(deps: MonitoringDeps, token: str | None,
+async def model_labels(deps: MonitoringDeps, token: str | None,
                            view: DeploymentView) -> tuple[list[str] | None, str | None]:
-    """(labels, kind) of the deployment's model for checking a monitored prediction: its image configuration's, or
-    its ML backend's labeling config's; (None, None) when neither says (any kind, class ids checked against
-    nothing)."""
+    """(labels, kind) of the deployment's model, for checking a monitored prediction or a review: its image
+    configuration's, or its ML backend's labeling config's; (None, None) when neither says (any kind, class ids
+    checked against nothing)."""
     config = image_config(view.definition)
     if config is not None:
         return config.labels, config.kind
@@ -467,7 +467,7 @@ async def _monitor(deps: MonitoringDeps, principal: Principal, token: str | None
     predicted_at = _predicted_at(cmd.timestamp)
     view = await _deployment(deps, principal, token, cmd.deployment)
     img = await asyncio.to_thread(images.decode_image, data, cmd.content_type)  # CPU work off the event loop
-    labels, expected = await _monitored_model(deps, token, view)
+    labels, expected = await model_labels(deps, token, view)
     kind = _check_monitored(cmd, img, labels, expected)
     features = await asyncio.to_thread(images.image_features, img)
     shadow = _current_shadow(view.definition)

@@ -194,7 +194,12 @@ def test_predict_asks_the_ml_backend_and_keeps_its_answer_as_a_prediction(stack,
         assert routed.json()["prediction"]["detection_classes"] == [1]
     finally:
         deployment.update(min_threshold=0)
-    # a reviewer can correct it like any prediction
+    # a reviewer sees the backend's labels and corrects it like any prediction (class ids within those labels)
+    assert deployment.list_predictions_to_review()["labels"] == ["Blue", "Red"]
+    outside = post(stack, "deployments/review_prediction", owner.token, {
+        "deployment": deployment.name, "prediction_id": answer["id"], "decision": "corrected",
+        "ground_truth": {"detection_classes": [2], "detection_scores": [1.0], "detection_boxes": [[1, 1, 5, 5]]}})
+    assert outside.status_code == 400 and "deployment's labels" in outside.json()["msg"], outside.text
     reviewed = post(stack, "deployments/review_prediction", owner.token, {
         "deployment": deployment.name, "prediction_id": answer["id"], "decision": "corrected",
         "ground_truth": {"detection_classes": [0], "detection_scores": [1.0], "detection_boxes": [[10, 20, 18, 36]]}})
