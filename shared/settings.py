@@ -85,9 +85,15 @@ class GatewaySettings(BaseModel):
     token_rate_per_client: float = Field(100.0, description="Token requests per second for one client id.")
     token_burst_per_client: int = Field(500, description="Token requests for one client id at once.")
     trusted_proxies: Annotated[list[str], NoDecode, BeforeValidator(_cidrs)] = Field(
-        default_factory=list, description="Reverse proxies (addresses or CIDRs, comma separated) whose X-Forwarded-For "
-        "is believed: from them, a request's source address (per-source token limit, failed-login counts) is the "
-        "right-most address in it that is not a trusted proxy. Empty: the TCP peer, the header ignored.")
+        default_factory=list, description="Reverse proxies (addresses or CIDRs, comma separated) whose forwarding "
+        "header (trusted_proxy_header) is believed: from them, a request's source address (per-source token limit, "
+        "failed-login counts) is the right-most address in it that is not a trusted proxy. Empty: the TCP peer, the "
+        "header ignored.")
+    trusted_proxy_header: Annotated[Literal["x-forwarded-for", "forwarded"],
+                                    BeforeValidator(lambda v: v.strip().lower() if isinstance(v, str) else v)] = Field(
+        "x-forwarded-for", description="The header the trusted proxies write, the only one read: `x-forwarded-for`, "
+        "or `forwarded` (RFC 7239, its `for=` parameters). A proxy passes the other one through as the client sent "
+        "it, so never both.")
     public_url: str = Field("", description="Base URL clients reach the gateway at (inference URLs use it).")
 
 

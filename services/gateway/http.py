@@ -197,7 +197,7 @@ def bearer_token(request: Request) -> str:
 def create_app(runtime: Runtime) -> FastAPI:
     settings = runtime.settings
     timeout = settings.nats.request_timeout
-    source_of = SourceAddress(settings.gateway.trusted_proxies).of
+    source_address = SourceAddress(settings.gateway.trusted_proxies, settings.gateway.trusted_proxy_header)
     token_limits = TokenEndpointLimits(
         TokenBuckets(settings.gateway.token_rate_per_source, settings.gateway.token_burst_per_source),
         TokenBuckets(settings.gateway.token_rate_per_client, settings.gateway.token_burst_per_client))
@@ -258,7 +258,8 @@ def create_app(runtime: Runtime) -> FastAPI:
         client authenticates with HTTP Basic (or client_id/client_secret form fields), the web UI's public client
         sends client_id alone."""
         # the TCP peer, or behind a trusted proxy the client it names (services/gateway/source_address.py)
-        source = source_of(request.client.host if request.client else None, request.headers.getlist("x-forwarded-for"))
+        source = source_address.of(request.client.host if request.client else None,
+                                   request.headers.getlist(source_address.header))
         try:
             token_limits.check_source(source)  # before the body is read
             form = await request.form()

@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.gateway.ratelimit import TokenBuckets, TokenEndpointLimits
-from services.gateway.source_address import SourceAddress, parse_address
+from services.gateway.source_address import SourceAddress, forwarded_nodes, parse_address
 from shared.errors import TooManyRequests
 from shared.settings import GatewaySettings, Settings
 
@@ -79,3 +79,89 @@ def test_trusted_proxies_setting(monkeypatch):
     assert GatewaySettings(trusted_proxies='["127.0.0.1"]').trusted_proxies == ["127.0.0.1/32"]
     with pytest.raises(ValidationError, match="'10.0.0.300' is not an IP address or CIDR"):
         GatewaySettings(trusted_proxies="10.0.0.0/8,10.0.0.300")
+
+
+# RFC 7239 `Forwarded`, for proxies that write it (RAILYARD_GATEWAY__TRUSTED_PROXY_HEADER=forwarded)
+
+def test_forwarded_nodes_are_read_as_rfc_7239_writes_them():
+    assert forwarded_nodes("for=192.0.2.60;proto=http;by=203.0.113.43") == ["192.0.2.60"]
+    assert forwarded_nodes('For="[2001:db8:cafe::17]:4711", for=192.0.2.43') == ["[2001:db8:cafe::17]:4711",
+                                                                                 "192.0.2.43"]
+    assert forwarded_nodes('proto=https;for="192.0.2.7:443";host=example.com') == ["192.0.2.7:443"]
+    assert forwarded_nodes("for=unknown, for=_hidden") == ["unknown", "_hidden"]  # not addresses: parse_address
+    assert forwarded_nodes("for=198.51.100.1,, for=203.0.113.9;") == ["198.51.100.1", "203.0.113.9"]
+    assert forwarded_nodes("") == [] and forwarded_nodes("  ") == []
+    # an element that cannot be read is one unreadable hop; the elements after it are read
+    assert forwarded_nodes("garbage, by=10.0.0.1, for=1.1.1.1;for=2.2.2.2, for=203.0.113.9") == ["", "", "",
+                                                                                              "203.0.113.9"]
+    assert forwarded_nodes('for="a\\"b, c", for=203.0.113.9') == ['a"b, c', "203.0.113.9"]  # quoted comma
+    assert forwarded_nodes('for="203.0.113.9, for=198.51.100.1') == [""]  # an unterminated quote ends the value
+
+
+def test_behind_proxies_writing_forwarded_the_right_most_untrusted_for_is_the_source():
+    source = SourceAddress(PROXIES, "Forwarded")
+    assert source.header == "forwarded"
+    assert source.of("10.1.2.3", ["for=203.0.113.9;proto=https"]) == "203.0.113.9"
+    # spoofed elements the client sent come first; the proxies append theirs
+    chain = ['for=198.51.100.1, for="[2001:db8:ff::7]:4711";proto=https, for=192.168.1.7;by=10.9.9.9']
+    assert source.of("10.0.0.5", chain) == "2001:db8:ff::7"
+    assert source.of("10.0.0.5", ["for=198.51.100.1", "for=203.0.113.9", "for=10.9.9.9"]) == "203.0.113.9"
+    # what cannot be read falls back to the nearest trusted hop, never to text the client chose
+    assert source.of("10.0.0.5", ["for=203.0.113.9, for=unknown"]) == "10.0.0.5"
+    assert source.of("10.0.0.5", ["for=203.0.113.9, proto=https"]) == "10.0.0.5"  # an element without for=
+    assert source.of("10.0.0.5", ['for=203.0.113.9, for="_hidden", for=10.7.7.7']) == "10.7.7.7"
+    assert source.of("10.0.0.5", []) == "10.0.0.5"
+
+
+def test_only_the_header_the_proxies_write_is_read():
+    # a proxy appends to its own header and passes the other through as the client sent it
+    xff, forwarded = SourceAddress(PROXIES), SourceAddress(PROXIES, "forwarded")
+    assert xff.header == "x-forwarded-for" and xff.of("10.0.0.5", ["for=198.51.100.1"]) == "10.0.0.5"
+    assert forwarded.of("10.0.0.5", ["198.51.100.1"]) == "10.0.0.5"  # X-Forwarded-For syntax is not an element
+    # from a peer that is not a trusted proxy the header is never read, whichever it is
+    assert forwarded.of("203.0.113.9", ["for=198.51.100.1"]) == "203.0.113.9"
+    assert SourceAddress((), "forwarded").of("10.0.0.5", ["for=198.51.100.1"]) == "10.0.0.5"
+    with pytest.raises(ValueError, match="x-real-ip"):
+        SourceAddress(PROXIES, "x-real-ip")
+
+
+def test_trusted_proxy_header_setting(monkeypatch):
+    assert GatewaySettings().trusted_proxy_header == "x-forwarded-for"
+    monkeypatch.setenv("RAILYARD_GATEWAY__TRUSTED_PROXY_HEADER", "Forwarded")
+    assert Settings().gateway.trusted_proxy_header == "forwarded"
+    with pytest.raises(ValidationError):
+        GatewaySettings(trusted_proxy_header="x-real-ip")
+
+
+@pytest.mark.parametrize("header", ["forwarded", "x-forwarded-for"])
+async def test_the_token_endpoint_keys_its_limit_on_the_configured_header(header):
+    """The gateway's own token route, in process: behind a trusted proxy writing `header`, each client it names has
+    its own per-source bucket (burst 1 here), and the other header, which the proxy would pass through from the
+    client, changes nothing."""
+    from types import SimpleNamespace
+
+    import httpx
+
+    from services.gateway.http import create_app
+
+    settings = Settings(gateway=GatewaySettings(trusted_proxies=["127.0.0.5"], trusted_proxy_header=header,
+                                                token_rate_per_source=0.001, token_burst_per_source=1))
+    app = create_app(SimpleNamespace(settings=settings, extras={}, broker=None, objects=None))
+    other = "x-forwarded-for" if header == "forwarded" else "forwarded"
+
+    def names(client: str, spoofed: str) -> dict[str, str]:
+        value = f'for="{client}";proto=https' if header == "forwarded" else client
+        return {header: value, other: f"for={spoofed}" if other == "forwarded" else spoofed}
+
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.5", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as proxy:
+        async def status(headers: dict[str, str]) -> int:
+            # no grant_type: a 400 from the route once the source's bucket let it through, nothing reaches the bus
+            response = await proxy.post("/auth/realms/master/protocol/openid-connect/token", data={},
+                                        auth=("api-client", "x"), headers=headers)
+            assert response.status_code == 429 or "grant_type" in response.text, response.text
+            return response.status_code
+
+        assert await status(names("203.0.113.9", "198.51.100.1")) == 400
+        assert await status(names("203.0.113.9", "198.51.100.2")) == 429  # its bucket, whatever the other header
+        assert await status(names("203.0.113.10", "198.51.100.1")) == 400  # another client: a bucket of its own
