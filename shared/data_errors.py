@@ -75,13 +75,13 @@ def refused_request_value(exc: BaseException, cmd: BaseModel | None) -> InvalidR
 def _first_field(cmd: BaseModel, fits: Any) -> tuple[str, Any] | None:
     """The dotted path and value of the first value in `cmd` (its fields, nested models, lists and dict values)
     for which `fits(value)` is true. Iterative, in field order."""
-    pending: list[tuple[str, Any]] = [(name, value) for name, value in cmd.__dict__.items()][::-1]
+    pending: list[tuple[str, Any]] = _fields(cmd, "")[::-1]
     while pending:
         path, value = pending.pop()
         if fits(value):
             return path, value
         if isinstance(value, BaseModel):
-            children = [(f"{path}.{k}", v) for k, v in value.__dict__.items()]
+            children = _fields(value, f"{path}.")
         elif isinstance(value, dict):
             children = [(f"{path}.{k}", v) for k, v in value.items()]
         elif isinstance(value, list | tuple):
@@ -90,3 +90,10 @@ def _first_field(cmd: BaseModel, fits: Any) -> tuple[str, Any] | None:
             continue
         pending.extend(children[::-1])
     return None
+
+
+def _fields(model: BaseModel, prefix: str) -> list[tuple[str, Any]]:
+    """A model's field values, named as the caller spells them (a field's alias when it has one)."""
+    fields = type(model).model_fields
+    return [(prefix + ((fields[name].alias or name) if name in fields else name), value)
+            for name, value in model.__dict__.items()]
