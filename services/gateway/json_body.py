@@ -7,15 +7,15 @@ exactly all the way (the bus, PostgreSQL's json/jsonb and the answers carry it a
 refused with a 400 naming where it is, since the engine, Arrow and orjson elsewhere could not carry it either.
 Send such a number as a string.
 
-The check costs a regex over the body in the common case: an integer beyond 64 bits has at least 19 digits, and
-only a body with such a run of digits is read a second time (by the standard library, which keeps integers
-exact) to find one.
+The check walks the parsed values looking for what such an integer becomes: a whole float at or beyond 2**64 (or
+at or below -2**63). Only a body holding one is read a second time, by the standard library, which keeps integers
+exact, to tell an integer the client wrote from a float it wrote (`1e20` stays a float). A walk rather than a scan
+of the bytes: a 2 MB image in base64 is one string to the walk (microseconds), 2.5-26 ms to a scan for digit runs.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
@@ -23,17 +23,16 @@ import orjson
 from shared.errors import InvalidRequest
 
 LOW, HIGH = -(2**63), 2**64 - 1  # what orjson (and Arrow's int64/uint64) hold exactly
-_LONG_DIGITS = re.compile(rb"\d{19}")
+_FLOAT_LOW, _FLOAT_HIGH = float(LOW), float(2**64)  # what orjson reads an integer beyond them as, at the nearest
 
 
 def loads(raw: bytes | str, where: str = "") -> Any:
     """`orjson.loads(raw)`; raises InvalidRequest naming the place (`where` prefixes it: "metadata") of an integer
     beyond 64 bits, which orjson would have turned into a float. Invalid JSON raises orjson's ValueError."""
     value = orjson.loads(raw)
-    data = raw.encode() if isinstance(raw, str) else raw
-    if _LONG_DIGITS.search(data) is None:
+    if not _may_hold_a_lost_integer(value):
         return value
-    path = _too_big_integer(data)
+    path = _too_big_integer(raw.encode() if isinstance(raw, str) else raw)
     if path is not None:
         place, number = path
         named = ".".join(p for p in (where, place) if p) or "body"
@@ -42,6 +41,22 @@ def loads(raw: bytes | str, where: str = "") -> Any:
         raise InvalidRequest(f"{named}: the integer {shown} is beyond 64 bits: integers must be between {LOW} and "
                              f"{HIGH} to be kept exactly; send a bigger one as a string")
     return value
+
+
+def _may_hold_a_lost_integer(value: Any) -> bool:
+    """Whether a parsed value holds a whole float at or beyond 2**64 or at or below -2**63: what orjson makes of an
+    integer literal beyond 64 bits (or a float the client wrote so)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float):
+            if (item >= _FLOAT_HIGH or item <= _FLOAT_LOW) and item.is_integer():
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def _too_big_integer(data: bytes) -> tuple[str, int] | None:
