@@ -55,3 +55,14 @@ def test_invalid_json_is_orjsons_error():
     for body in (b"{", b'{"x": NaN}', b'{"x": "\\ud800"}', b"[" * 5000, b'{"x": ' + b"9" * 400 + b"}"):
         with pytest.raises(ValueError):
             json_body.loads(body)
+
+
+def test_only_a_body_with_a_lost_integer_is_read_twice(monkeypatch):
+    reads = []
+    monkeypatch.setattr(json_body.json, "loads", lambda data: reads.append(data) or json.JSONDecoder().decode(
+        data.decode()))
+    image = b'{"image": "' + b"1234567890" * 10_000 + b'", "n": 12345678901234567890, "x": 1e19}'  # all within
+    assert json_body.loads(image)["n"] == 12345678901234567890 and reads == []
+    with pytest.raises(InvalidRequest):
+        json_body.loads(b'{"n": 123456789012345678901234567890}')
+    assert len(reads) == 1
