@@ -6,8 +6,9 @@ arithmetic overflow on values that were each fine, a cast of a constant). The bu
 naming the field and the second with a 500, logged with its traceback (docs/errors.md).
 
 The rule is narrow on purpose: a refusal is the caller's only when it is one of the kinds a value can cause by
-itself (a number beyond the column's type, a text longer than its column) AND a field of the command holds a value
-that does not fit that type. Anything else of the class, or a refusal no field of the command explains, is ours.
+itself (a number beyond the column's type, a text longer than its column, a text asyncpg cannot encode as the
+parameter's type, such as `abc` for a uuid) AND a field of the command holds a value that does not fit that type.
+Anything else of the class, or a refusal no field of the command explains, is ours.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from shared.errors import InvalidRequest
 # asyncpg refusing to encode a parameter (no SQLSTATE from the server: a bare DataError carrying the codec's error)
 _CLIENT_RANGE = re.compile(r"^invalid input for query argument \$\d+(?: in element #\d+ of executemany\(\) sequence)?: "
                            r".* \(value out of (int16|int32|float32) range\)$", re.S)
+_CLIENT_REFUSAL = re.compile(r"^invalid input for query argument \$\d+"
+                             r"(?: in element #\d+ of executemany\(\) sequence)?: (.*)$", re.S)
 # PostgreSQL's own out-of-range (22003) messages for the types narrower than what a command already bounds
 _SERVER_RANGE = re.compile(r"^(?:(smallint|integer) out of range"
                            r'|value ".*" is out of range for type (smallint|integer))$', re.S)
@@ -69,7 +72,24 @@ def refused_request_value(exc: BaseException, cmd: BaseModel | None) -> InvalidR
         found = _first_field(cmd, lambda v: isinstance(v, str) and len(v) > limit)
         if found:
             return InvalidRequest(f"{found[0]}: too long ({len(found[1])} characters): at most {limit} here")
+        return None
+    cause = exc.__cause__
+    if sqlstate == "22000" and isinstance(cause, ValueError) and (match := _CLIENT_REFUSAL.match(message)):
+        # asyncpg's codec refused a text for a typed parameter (`invalid UUID 'abc': ...`): the caller's when the
+        # text is, as asyncpg prints it, one a text field of the command holds. A TypeError (a value of the wrong
+        # type: fields are typed, so our code passed it) never is.
+        reason = str(cause)
+        shown = match.group(1).removesuffix(f" ({reason})")
+        found = _first_field(cmd, lambda v: isinstance(v, str) and _asyncpg_repr(v) == shown)
+        if found and shown != match.group(1):
+            return InvalidRequest(f"{found[0]}: {reason}")
     return None
+
+
+def _asyncpg_repr(value: Any) -> str:
+    """A parameter as asyncpg's refusal shows it (prepared_stmt.pyx: repr, cut after 40 characters)."""
+    shown = repr(value)
+    return shown[:40] + "..." if len(shown) > 40 else shown
 
 
 def _first_field(cmd: BaseModel, fits: Any) -> tuple[str, Any] | None:

@@ -32,7 +32,7 @@ def postgres_uri():
             async def schema() -> None:
                 conn = await asyncpg.connect(uri)
                 await conn.execute("CREATE TABLE things (count integer, name varchar(8), ratio real, level smallint,"
-                                   " labels jsonb)")
+                                   " labels jsonb, ref uuid)")
                 await conn.close()
 
             asyncio.run(schema())
@@ -55,6 +55,11 @@ class StoreThing(Command):
 
 class StoreCast(Command):
     count: int
+
+
+class StoreRef(Command):
+    ref: str
+    name: str = "ok"
 
 
 class Compute(Command):
@@ -86,6 +91,16 @@ def make_broker(uri: str) -> NatsBroker:
             await conn.close()
         return {}
 
+    @command(broker, "test.store_ref", service="gateway")
+    async def store_ref(cmd: StoreRef, ctx: CallContext) -> dict:
+        conn = await asyncpg.connect(uri)
+        try:
+            # a text of the request the handler did not check, for a uuid parameter: asyncpg's codec refuses it
+            await conn.execute("INSERT INTO things (ref, name) VALUES ($1, $2)", cmd.ref, cmd.name)
+        finally:
+            await conn.close()
+        return {}
+
     @command(broker, "test.compute", service="gateway")
     async def compute(cmd: Compute, ctx: CallContext) -> dict:
         conn = await asyncpg.connect(uri)
@@ -100,6 +115,10 @@ def make_broker(uri: str) -> NatsBroker:
                     await conn.execute("INSERT INTO things (name) VALUES ($1)", "computed-" * 3)
                 elif cmd.how == "our_number":  # our bug: a number we computed, beyond the column
                     await conn.execute("INSERT INTO things (count) VALUES ($1)", cmd.value * 2**40)
+                elif cmd.how == "swapped":  # our bug: the arguments in the wrong order (a text for the integer)
+                    await conn.execute("INSERT INTO things (count, name) VALUES ($1, $2)", cmd.how, cmd.value)
+                elif cmd.how == "our_uuid":  # our bug: a text of ours that is not a uuid
+                    await conn.execute("INSERT INTO things (ref) VALUES ($1)", f"run-{cmd.value}")
         finally:
             await conn.close()
         return {}
@@ -141,6 +160,18 @@ async def test_a_value_postgresql_itself_finds_out_of_range_is_a_400_naming_the_
     assert await _rows(postgres_uri) == before
 
 
+async def test_a_text_of_the_request_the_parameters_type_refuses_is_a_400_naming_the_field(postgres_uri):
+    before = await _rows(postgres_uri)
+    async with TestNatsBroker(make_broker(postgres_uri)) as br:
+        with pytest.raises(InvalidRequest) as caught:
+            await request(br, "test.store_ref", {"ref": "not-a-uuid"})
+        assert caught.value.msg.startswith("ref: invalid UUID 'not-a-uuid'"), caught.value.msg
+        with pytest.raises(InvalidRequest, match=r"^ref: invalid UUID 'xxxxxxxxxx"):  # shown cut, as asyncpg does
+            await request(br, "test.store_ref", {"ref": "x" * 100})
+        await request(br, "test.store_ref", {"ref": "5f0c6a3e-8d0b-4a51-9a57-8a3f8f0f5b1e"})
+    assert await _rows(postgres_uri) == before + 1
+
+
 async def test_a_value_that_fits_is_stored(postgres_uri):
     before = await _rows(postgres_uri)
     async with TestNatsBroker(make_broker(postgres_uri)) as br:
@@ -148,7 +179,7 @@ async def test_a_value_that_fits_is_stored(postgres_uri):
     assert await _rows(postgres_uri) == before + 1
 
 
-@pytest.mark.parametrize("how", ["divide", "multiply", "our_text", "our_number"])
+@pytest.mark.parametrize("how", ["divide", "multiply", "our_text", "our_number", "swapped", "our_uuid"])
 async def test_a_data_error_of_our_own_sql_is_a_500_internal_and_logged(postgres_uri, how, caplog):
     before = await _rows(postgres_uri)
     value = 0 if how == "divide" else 100_000
