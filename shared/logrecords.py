@@ -198,6 +198,10 @@ def drop_oversized(table: pa.Table, max_row_bytes: int) -> pa.Table:
         if mask.any():
             column = table.column(name)
             kept = pc.if_else(pa.array(~mask), column, pa.scalar(None, column.type))
+            # if_else keeps the column's value buffer whole (a nulled 10 MB string still serializes as 10 MB, so
+            # the record never fit the stream and was retried until the replica stopped): take() copies only the
+            # values kept
+            kept = kept.take(pa.array(np.arange(len(kept))))
             table = table.set_column(table.schema.get_field_index(name), name, kept)
     index = table.schema.get_field_index(META_DROPPED)
     existing = table.column(META_DROPPED).to_pylist() if index >= 0 else [[] for _ in dropped]

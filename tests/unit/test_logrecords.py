@@ -70,6 +70,17 @@ def test_oversized_rows_lose_the_largest_input_first_then_outputs():
     assert row["in"] == {} and set(row["out"]) == {"mean"} and row["metadata"]["dropped"][0] == "in.big"
 
 
+def test_a_dropped_value_leaves_the_serialized_record():
+    """A row's 10 MB string input, dropped, no longer travels: the record fits the stream again."""
+    from shared.arrow_codec import to_ipc_stream
+
+    inputs = pa.table({"task": pa.array(["x" * 10_000_000, "small"])})
+    outputs = pa.table({"prediction": pa.array(["{}", "{}"])})
+    kept = drop_oversized(build_batch([InferenceRecord(1, inputs, outputs, "m", (1, 2))], "v"), 64 * 1024)
+    assert kept.column("in.task").to_pylist() == [None, "small"]
+    assert len(to_ipc_stream(kept)) < 64 * 1024
+
+
 def test_dataset_selection_keeps_time_and_groups_or_columns():
     names = ["time", "in.tensor", "in.id", "out.dense_1", "out_ch.dense_1", "metadata.elapsed"]
     assert select_columns(names, ["*"], []) == names
