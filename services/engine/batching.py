@@ -112,7 +112,7 @@ class RequestBatcher:
                 alone.append(item)
                 continue
             try:
-                table = from_ipc(msg.data)
+                table = self.pipeline.narrow(from_ipc(msg.data))
             except RailyardError:
                 alone.append(item)  # answered with its error by the ordinary path
                 continue

@@ -40,6 +40,8 @@ class Pipeline(Protocol):
 
     def run(self, table: pa.Table) -> tuple[pa.Table, list[int], dict[str, Any] | None, list]: ...
 
+    def narrow(self, table: pa.Table) -> pa.Table: ...
+
 
 @dataclass
 class Answer:
@@ -80,7 +82,7 @@ async def infer(pipeline: Pipeline, data: bytes, headers: dict[str, str] | None,
             if not reference.startswith(INFERENCE_PREFIX):
                 raise InvalidRequest("table reference outside the inference area")
             data = await pipeline.store.get_bytes(BUCKET_TABLES, reference)
-        table = from_ipc(data)
+        table = pipeline.narrow(from_ipc(data))
         # a worker's answer is awaited on this loop, so a request with one runs in a thread
         output, elapsed, last, shadows = await asyncio.to_thread(pipeline.run, table) \
             if table.num_rows > INLINE_ROWS or pipeline.workers else pipeline.run(table)

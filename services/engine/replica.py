@@ -39,7 +39,7 @@ from services.engine.answers import RepeatedRequests  # noqa: E402
 from services.engine.batching import RequestBatcher, batching_config, can_batch  # noqa: E402
 from services.engine.logbatcher import LogBatcher  # noqa: E402
 from services.engine.logpolicy import LogPolicy  # noqa: E402
-from services.engine.runtimes import OnnxRuntime  # noqa: E402
+from services.engine.runtimes import OnnxRuntime, narrow, narrowing  # noqa: E402
 from services.engine.sandboxed import SandboxedRuntime  # noqa: E402
 from shared import subjects  # noqa: E402
 from shared.collector import settle_garbage_collector  # noqa: E402
@@ -149,6 +149,7 @@ class Replica:
         self.workers: list[SandboxedRuntime] = []  # users' code: each in a sandboxed worker process
         self.log_policy = LogPolicy.from_config(spec.get("engine_config", {}))
         self.served = 0  # requests answered
+        self.narrowing: dict[str, pa.DataType] = {}
 
     async def load(self) -> None:
         store = self.store = MinioObjectStore(self.settings.s3)
@@ -175,6 +176,12 @@ class Replica:
         for failure in started:
             if isinstance(failure, BaseException):
                 raise failure
+        self.narrowing = narrowing(self.steps[0].runtimes) if self.steps else {}
+
+    def narrow(self, table: pa.Table) -> pa.Table:
+        """A request's table with its float64 columns in the types the first step's models all take (runtimes.narrow):
+        what the model call, the answer's bus message and the inference log then carry."""
+        return narrow(table, self.narrowing) if self.narrowing else table
 
     def run(self, table: pa.Table) -> tuple[pa.Table, list[int], dict[str, Any] | None, list]:
         """(output, elapsed ns per step, the last model that answered, shadow work)."""

@@ -83,6 +83,62 @@ def _column_to_tensor(name: str, column: pa.ChunkedArray | pa.Array, dims: list,
     return tensor.astype(dtype, copy=False)
 
 
+NARROW = (np.float32, np.float16)
+
+
+def narrowing(runtimes: list) -> dict[str, pa.DataType]:
+    """The float64 columns a step's models take narrower, as {column: float32 or float16}: a column every model
+    of the step (ONNX, all of them: a challenger or an A/B arm included) takes as the same narrower float type.
+    A JSON request's numbers arrive as float64 (the records typing rules) and each model call cast them anyway;
+    cast once when the request arrives, the bus, the model call and the inference log carry what the models
+    consume, at half the bytes (docs/logs.md, "Types")."""
+    if not runtimes or not all(isinstance(r, OnnxRuntime) for r in runtimes):
+        return {}
+    taken: dict[str, set] = {}
+    for runtime in runtimes:
+        for name, _, dtype in runtime.inputs:
+            taken.setdefault(name, set()).add(dtype)
+    found = {}
+    for name, dtypes in taken.items():
+        (dtype,) = dtypes if len(dtypes) == 1 else (None,)
+        if dtype in NARROW and all(name in {n for n, _, _ in r.inputs} for r in runtimes):
+            found[name] = pa.from_numpy_dtype(dtype)
+    return found
+
+
+def _narrowed_type(kind: pa.DataType, to: pa.DataType) -> pa.DataType | None:
+    if pa.types.is_float64(kind):
+        return to
+    if pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        inner = _narrowed_type(kind.value_type, to)
+        if inner is None:
+            return None
+        if pa.types.is_fixed_size_list(kind):
+            return pa.list_(pa.field(kind.value_field.name, inner), kind.list_size)
+        return (pa.large_list if pa.types.is_large_list(kind) else pa.list_)(pa.field(kind.value_field.name, inner))
+    return None
+
+
+def narrow(table: pa.Table, columns: dict[str, pa.DataType]) -> pa.Table:
+    """The table with its float64 columns (scalars or tensors) in `columns` cast to the narrower float type the
+    models take; the same rounding as numpy's cast in column_to_tensor (a value beyond the type's range becomes
+    inf there as here, and the model check refuses it alike). Anything else is left as it is."""
+    for name, to in columns.items():
+        index = table.schema.get_field_index(name)
+        if index < 0:
+            continue
+        field = table.schema.field(index)
+        kind = _narrowed_type(field.type, to)
+        if kind is None:
+            continue
+        try:
+            column = table.column(index).cast(kind)
+        except pa.ArrowException:
+            continue
+        table = table.set_column(index, pa.field(name, kind, field.nullable, field.metadata), column)
+    return table
+
+
 class OnnxRuntime:
     """An ONNX model in an onnxruntime session."""
 

@@ -90,9 +90,11 @@ def test_get_logs_shapes_json_and_arrow(stack, alice, logged):
     before = get_logs(stack, alice, {"pipeline_id": "logged", "workspace_id": alice.workspace_id})
     assert before.status_code == 200 and before.json() == [] and before.headers["x-iteration-status"] == "All"
     records = marked(range(5))
+    records[0]["tensor"][1] = 0.1  # no float32 holds it: the answer echoes the request, the log holds the model's
     started = time.monotonic()
     answer = infer(logged["url"], alice.token, records)
     assert answer.status_code == 200, answer.text
+    assert answer.json()[0]["in"]["tensor"] == records[0]["tensor"]
     rows = wait_rows(stack, alice, "logged", 5, timeout=10)
     visible_after = time.monotonic() - started
     assert visible_after < 2.0, visible_after  # readable within about a second (bench measures it)
@@ -115,6 +117,9 @@ def test_get_logs_shapes_json_and_arrow(stack, alice, logged):
     table = from_ipc(arrow.content)
     assert table.num_rows == 5 and {"time", "in.tensor", "out.dense_1", "metadata.elapsed"} <= set(table.column_names)
     assert [v[0] for v in table.column("in.tensor").to_pylist()] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    # JSON numbers are float64; the model takes float32, so the log keeps what it consumed (docs/logs.md, "Types")
+    assert table.schema.field("in.tensor").type.value_type == pa.float32()
+    assert rows[-1]["in"]["tensor"][1] == float(np.float32(0.1)) != 0.1
 
     only_meta = get_logs(stack, alice, {"pipeline_id": "logged", "workspace_id": alice.workspace_id,
                                         "dataset": ["metadata"]}).json()

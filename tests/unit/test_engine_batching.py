@@ -16,7 +16,7 @@ from services.engine import handlers
 from services.engine.batching import RequestBatcher, batching_config, can_batch
 from services.engine.logpolicy import LogPolicy, check_log_policy
 from services.engine.replica import Step
-from services.engine.runtimes import OnnxRuntime
+from services.engine.runtimes import OnnxRuntime, narrow, narrowing
 from shared.arrow_codec import from_ipc, tensor_array, to_ipc_stream
 from shared.bus import ERROR_HEADER
 from shared.errors import InvalidRequest
@@ -44,6 +44,9 @@ class Pipeline:
         runtime.load()
         self.steps = [Step({"kind": "ModelInference", "models": [{"name": "m", "sha": "abc"}]}, [runtime])]
         self.calls: list[int] = []
+
+    def narrow(self, table: pa.Table) -> pa.Table:
+        return narrow(table, narrowing(self.steps[0].runtimes))
 
     def run(self, table: pa.Table):
         self.calls.append(table.num_rows)

@@ -40,6 +40,9 @@ class FakePipeline:
     store = None
     workers: list = []
 
+    def narrow(self, table):
+        return table
+
     def run(self, table):
         output = pa.table({"y": pa.array([v + 1 for v in table.column("x").to_pylist()])})
         shadows = [("twice", Doubler(), table), ("broken", Failing(), table)]

@@ -1,0 +1,75 @@
+"""A JSON request's float64 columns are cast once, on arrival in the replica, to the float type every model of the
+first step takes (services/engine/runtimes.py: narrowing, narrow): the model call, the bus and the inference log
+then carry float32, as the model consumes it, instead of twice the bytes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from onnx import TensorProto, helper
+
+from services.engine.runtimes import OnnxRuntime, narrow, narrowing
+from shared.arrow_codec import tensor_array
+from tests.models import ccfraud_onnx
+
+
+def _identity_onnx(name: str, kind: int) -> bytes:
+    graph = helper.make_graph([helper.make_node("Identity", [name], ["y"])], "identity",
+                              [helper.make_tensor_value_info(name, kind, [None, 29])],
+                              [helper.make_tensor_value_info("y", kind, [None, 29])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+
+
+def _runtime(tmp_path, name: str, data: bytes) -> OnnxRuntime:
+    path = tmp_path / name
+    path.write_bytes(data)
+    runtime = OnnxRuntime(path)
+    runtime.load()
+    return runtime
+
+
+@pytest.fixture
+def ccfraud(tmp_path):
+    return _runtime(tmp_path, "ccfraud.onnx", ccfraud_onnx())
+
+
+def test_a_column_every_model_takes_as_float32_is_narrowed(tmp_path, ccfraud):
+    assert narrowing([ccfraud]) == {"tensor": pa.float32()}
+    twin = _runtime(tmp_path, "twin.onnx", _identity_onnx("tensor", TensorProto.FLOAT))
+    assert narrowing([ccfraud, twin]) == {"tensor": pa.float32()}  # a challenger or A/B arm of the same type
+
+
+def test_models_that_disagree_or_take_other_columns_or_run_code_narrow_nothing(tmp_path, ccfraud):
+    doubles = _runtime(tmp_path, "doubles.onnx", _identity_onnx("tensor", TensorProto.DOUBLE))
+    other = _runtime(tmp_path, "other.onnx", _identity_onnx("features", TensorProto.FLOAT))
+    assert narrowing([doubles]) == {}  # the model takes float64: nothing to cast
+    assert narrowing([ccfraud, doubles]) == {}  # a shadow taking float64 must get the request's own values
+    assert narrowing([ccfraud, other]) == {}  # an arm that does not take `tensor` at all
+    assert narrowing([object()]) == {}  # a Python step or BYOP: no declared types
+    assert narrowing([]) == {}
+
+
+def test_narrow_casts_float64_scalars_and_tensors_and_leaves_the_rest():
+    rows = np.array([[0.1, 2.5, 1e39], [3.0, -0.25, 7.0]])
+    table = pa.table({
+        "tensor": tensor_array(rows),
+        "ragged": pa.array([[0.1, 0.2], [0.3]], pa.list_(pa.float64())),
+        "scalar": pa.array([0.5, 1.5]),
+        "ints": pa.array([1, 2]),
+        "already": pa.array([1.0, 2.0], pa.float32()),
+    })
+    wanted = {name: pa.float32() for name in ("tensor", "ragged", "scalar", "ints", "already", "absent")}
+    with np.errstate(over="ignore"):
+        out = narrow(table, wanted)
+        expected = rows.astype(np.float32).ravel()
+    assert out.schema.field("tensor").type == pa.list_(pa.field("item", pa.float32()), 3)
+    assert out.schema.field("ragged").type == pa.list_(pa.float32())
+    assert out.schema.field("scalar").type == pa.float32()
+    assert out.schema.field("ints").type == pa.int64() and out.schema.field("already").type == pa.float32()
+    # numpy's rounding, as column_to_tensor's cast did; beyond float32's range is inf, which the model check refuses
+    flat = np.asarray(out.column("tensor").combine_chunks().flatten())
+    assert np.array_equal(flat, expected)
+    assert np.isinf(flat[2])
+    assert out.column("ragged").to_pylist() == pa.array([[0.1, 0.2], [0.3]], pa.list_(pa.float32())).to_pylist()
+    assert narrow(table, {}) is table
