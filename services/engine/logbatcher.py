@@ -30,6 +30,7 @@ from shared.arrow_codec import to_ipc_stream
 from shared.logrecords import (
     BATCH_ID,
     LOG_HEADER,
+    META_DROPPED,
     MSG_ID,
     REQUESTS_HEADER,
     InferenceRecord,
@@ -161,6 +162,18 @@ class LogBatcher:
     def _split(self, table: pa.Table, offset: int, once: dict[str, list[int]]
                ) -> list[tuple[bytes, dict[str, list[int]]]]:
         payload = to_ipc_stream(table)
+        if len(payload) > self.max_bytes and table.num_rows == 1 and META_DROPPED in table.column_names:
+            # a fixed-width tensor keeps its value slots when drop_oversized nulls it: a row whose tensor alone is
+            # above the bus limit stayed above it, the stream refused it, and the retries held up every later
+            # batch of the deployment. Alone, the row goes without the columns it lost (metadata.dropped names them)
+            lost = set(table.column(META_DROPPED)[0].as_py() or [])
+            table = table.drop_columns([name for name in table.column_names if name in lost])
+            payload = to_ipc_stream(table)
+            if len(payload) > self.max_bytes:  # what must stay (time, metadata) is itself too big: count it lost
+                self.lost_rows += 1
+                self.lost_records += 1
+                self._report(force=True)
+                return []
         if len(payload) <= self.max_bytes or table.num_rows == 1:
             mine: dict[str, list[int]] = {}
             for request_id, (start, count) in once.items():

@@ -76,3 +76,24 @@ async def test_rows_of_requests_to_store_once_are_named_in_the_batch():
     assert json.loads(headers[REQUESTS_HEADER]) == {"slow-one": [3, 2]}
     table = pa.ipc.open_stream(payload).read_all()
     assert table.column("in.tensor").to_pylist()[3][0] == 2.0
+
+
+async def test_a_row_whose_tensor_alone_is_above_the_bus_limit_is_logged_without_it():
+    # a fixed-width tensor keeps its value slots when nulled for size: the row stayed above the bus limit, the
+    # stream refused it forever and every later batch of the deployment waited behind it
+    settings = LogSettings(engine_flush_ms=1, max_row_bytes=256 * 1024)
+    stream = RefusingStream()
+    stream.full = False
+    batcher = LogBatcher(stream, DEPLOYMENT, settings, 1024 * 1024)
+    wide = np.ones((2, 400_000), np.float32)  # 1.6 MB a row
+    batcher.add(InferenceRecord(0, pa.table({"tensor": tensor_array(wide)}), pa.table({"y": pa.array([1.0, 2.0])}),
+                                "m", (1, 2)))
+    batcher.add(record(5.0, rows=3))
+    await asyncio.wait_for(batcher.flush(), 5)
+    assert all(len(payload) <= batcher.max_bytes for payload, _ in stream.published)
+    tables = [pa.ipc.open_stream(payload).read_all() for payload, _ in stream.published]
+    wide_rows = [t for t in tables if "in.tensor" not in t.column_names]
+    assert sum(t.num_rows for t in wide_rows) == 2 and sum(t.num_rows for t in tables) == 5
+    assert all(t.column("metadata.dropped").to_pylist() == [["in.tensor"]] for t in wide_rows)
+    assert [v for t in wide_rows for v in t.column("out.y").to_pylist()] == [1.0, 2.0]  # what fits is kept
+    assert batcher.lost_rows == 0 and batcher.held_rows == 0
