@@ -67,6 +67,44 @@ def detection_metrics(images: list[tuple[list[dict[str, Any]], list[dict[str, An
     polygons as {polygon: [x1, y1, ...], category[, score]} (IoU on masks). Categories are names. Its twelve summary
     numbers (DETECTION_SUMMARY), and the precision, recall and mean IoU of the matches at IoU 0.5 (all areas, 100
     detections per image); only the counts when the ground truth has nothing to find."""
+    evaluation, truths, detections = _evaluated(images, sizes)
+    if not truths:
+        return {"images": len(images), "ground_truth_boxes": 0, "detections": detections}
+    with contextlib.redirect_stdout(io.StringIO()):  # COCOeval prints its progress
+        evaluation.accumulate()
+        evaluation.summarize()
+    summary = {key: float(value) for key, value in zip(DETECTION_SUMMARY, evaluation.stats, strict=True)}
+    return {**summary, **_matches_at_50(evaluation), "images": len(images), "ground_truth_boxes": truths,
+            "detections": detections}
+
+
+def image_f1_50(images: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]],
+                sizes: list[tuple[int, int]] | None = None) -> list[float]:
+    """Each image's F1 at IoU 0.5 (same inputs as detection_metrics): 2 TP / (2 TP + FP + FN) over its COCOeval
+    matches at IoU 0.5 (all areas, 100 detections per image, a detection matching a box of its own category only),
+    1.0 for an image with nothing to find and nothing found. The per-image score the sequential test compares."""
+    evaluation, _, _ = _evaluated(images, sizes)
+    found = [0] * len(images)
+    truths = [0] * len(images)
+    matched = [0] * len(images)
+    for image in evaluation.evalImgs:
+        if image is None or image["aRng"] != evaluation.params.areaRng[0] \
+                or image["maxDet"] != evaluation.params.maxDets[-1]:
+            continue
+        index = image["image_id"] - 1
+        truths[index] += int((~np.asarray(image["gtIgnore"], dtype=bool)).sum())
+        if not len(image["dtIds"]):
+            continue
+        ignored = np.asarray(image["dtIgnore"])[0].astype(bool)
+        found[index] += int((~ignored).sum())
+        matched[index] += int(((np.asarray(image["dtMatches"])[0] > 0) & ~ignored).sum())
+    return [1.0 if t + f == 0 else 2 * m / (t + f) for t, f, m in zip(truths, found, matched, strict=True)]
+
+
+def _evaluated(images: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]],
+               sizes: list[tuple[int, int]] | None) -> tuple[Any, int, int]:
+    """COCOeval over the images, evaluated (per image and category; not accumulated), with the counts of
+    ground-truth boxes and detections."""
     from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -95,8 +133,6 @@ def detection_metrics(images: list[tuple[list[dict[str, Any]], list[dict[str, An
                       "score": float(entry["score"]), **shape(entry, index)}
             result.pop("area")
             results.append(result)
-    if not annotations:
-        return {"images": len(images), "ground_truth_boxes": 0, "detections": len(results)}
     document = {"images": [{"id": i + 1, **({"height": sizes[i][0], "width": sizes[i][1]} if masks else {})}
                            for i in range(len(images))],
                 "annotations": annotations, "categories": [{"id": i, "name": n} for n, i in category_ids.items()]}
@@ -104,19 +140,15 @@ def detection_metrics(images: list[tuple[list[dict[str, Any]], list[dict[str, An
         coco = COCO()
         coco.dataset = document
         coco.createIndex()
+        found = COCO()
+        found.dataset = {"images": document["images"], "categories": document["categories"], "annotations": []}
         if results:
             found = coco.loadRes(results)
         else:
-            found = COCO()
-            found.dataset = {"images": document["images"], "categories": document["categories"], "annotations": []}
             found.createIndex()
         evaluation = COCOeval(coco, found, "segm" if masks else "bbox")
         evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
-    summary = {key: float(value) for key, value in zip(DETECTION_SUMMARY, evaluation.stats, strict=True)}
-    return {**summary, **_matches_at_50(evaluation), "images": len(images), "ground_truth_boxes": len(annotations),
-            "detections": len(results)}
+    return evaluation, len(annotations), len(results)
 
 
 def _matches_at_50(evaluation: Any) -> dict[str, float]:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 import logging
 import uuid
@@ -49,7 +50,7 @@ from faststream import AckPolicy
 from faststream.nats import JStream, NatsRouter, PullSub
 from nats.js.api import ConsumerConfig
 
-from services.monitoring import handlers, ml_backend, sequential
+from services.monitoring import challenge_pairs, handlers, ml_backend, sequential
 from shared import subjects
 from shared.authz import Principal, require_user
 from shared.background import Sweeper
@@ -745,22 +746,36 @@ def top_class(prediction: Any) -> int | None:
 
 
 async def paired_counts(conn: Any, deployment_id: int, champion: dict[str, Any],
-                        challenger: dict[str, Any]) -> sequential.PairCounts:
-    """Reviewed classification predictions that this champion and this challenger both answered, as paired
-    outcomes (correct = the top class equals the reviewed top class)."""
+                        challenger: dict[str, Any]) -> challenge_pairs.Pairing:
+    """Reviewed predictions that this champion and this challenger both answered, as paired outcomes: for
+    classification whether each top class equals the reviewed one, for detection and segmentation which model has the
+    higher per-image F1 at IoU 0.5 (challenge_pairs.py)."""
     rows = await conn.fetch(
-        "SELECT p.prediction, p.shadow_prediction, r.ground_truth FROM predictions p JOIN reviews r ON"
-        " r.prediction_id = p.id WHERE p.deployment_id = $1 AND p.kind = 'classification' AND"
+        "SELECT p.kind, p.prediction, p.shadow_prediction, p.height, p.width, r.ground_truth FROM predictions p"
+        " JOIN reviews r ON r.prediction_id = p.id WHERE p.deployment_id = $1 AND"
         " p.shadow_prediction IS NOT NULL AND p.model_version->>'version' = $2 AND"
-        " p.shadow_model_version->>'version' = $3", deployment_id, str(champion.get("version")),
-        str(challenger.get("version")))
-    pairs = []
-    for row in rows:
-        truth = top_class(row["ground_truth"])
-        if truth is None:
-            continue
-        pairs.append((top_class(row["prediction"]) == truth, top_class(row["shadow_prediction"]) == truth))
-    return sequential.PairCounts.from_pairs(pairs)
+        " p.shadow_model_version->>'version' = $3 ORDER BY r.created_at, p.id", deployment_id,
+        str(champion.get("version")), str(challenger.get("version")))
+    # COCOeval over the detections runs off the event loop (a classification pairing is a loop over rows)
+    if any(row["kind"] in challenge_pairs.DETECTION_KINDS for row in rows):
+        return await asyncio.to_thread(challenge_pairs.pair_rows, [dict(row) for row in rows])
+    return challenge_pairs.pair_rows([dict(row) for row in rows])
+
+
+def challenge_evidence(pairing: challenge_pairs.Pairing, alpha: float, min_sample: int) -> sequential.Evidence:
+    """The sequential test on the pairs; for detection pairs, the accuracies are the shares of images each model got
+    entirely right and the scores the mean per-image F1."""
+    evidence = sequential.evaluate(sequential.PairCounts.from_pairs(pairing.pairs), alpha, min_sample)
+    if not pairing.champion_scores:
+        return evidence
+    n = len(pairing.champion_scores)
+    return dataclasses.replace(
+        evidence, metric=pairing.metric, champion_score=sum(pairing.champion_scores) / n,
+        challenger_score=sum(pairing.challenger_scores) / n,
+        champion_accuracy=sum(s == 1.0 for s in pairing.champion_scores) / n if pairing.metric == "f1_iou50"
+        else evidence.champion_accuracy,
+        challenger_accuracy=sum(s == 1.0 for s in pairing.challenger_scores) / n if pairing.metric == "f1_iou50"
+        else evidence.challenger_accuracy)
 
 
 async def evaluate_challenge(deps: ContinuousDeps, deployment_id: int) -> sequential.Evidence | None:
@@ -773,8 +788,8 @@ async def evaluate_challenge(deps: ContinuousDeps, deployment_id: int) -> sequen
             if challenge is None:
                 return None
             champion, challenger = _json(challenge["champion"]), _json(challenge["challenger"])
-            counts = await paired_counts(conn, deployment_id, champion, challenger)
-            evidence = sequential.evaluate(counts, challenge["alpha"], challenge["min_sample"])
+            pairing = await paired_counts(conn, deployment_id, champion, challenger)
+            evidence = challenge_evidence(pairing, challenge["alpha"], challenge["min_sample"])
             state = {sequential.Decision.PROMOTE: "promoting", sequential.Decision.ROLL_BACK: "rolling_back"}.get(
                 evidence.decision, "running")
             await conn.execute("UPDATE challenges SET evidence = $2, state = $3, decided_at = CASE WHEN $3 ="

@@ -94,6 +94,12 @@ class Evidence:
     p_upper: float
     alpha: float
     min_sample: int
+    # what a pair compares: "top1" (classification: the top class is right), "f1_iou50" (detection and
+    # segmentation: which model has the higher per-image F1 at IoU 0.5, challenge_pairs.py) or "mixed"; for
+    # detection the accuracies are the shares of images entirely right and the scores the mean per-image F1
+    metric: str = "top1"
+    champion_score: float | None = None
+    challenger_score: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"decision": self.decision.value}

@@ -173,7 +173,7 @@ def _distribution(counts: Counter) -> dict[str, Any]:
             "proportions": {k: v / total for k, v in ordered.items()} if total else {}}
 
 
-def _shapes(fmt: dict[str, Any] | None, with_scores: bool, masks: bool = False) -> list[dict[str, Any]]:
+def shapes(fmt: dict[str, Any] | None, with_scores: bool, masks: bool = False) -> list[dict[str, Any]]:
     """A prediction format's boxes ({bbox: COCO's [x, y, w, h], category[, score]}), or its polygons
     ({polygon, category[, score]}) with `masks`: what shared/evaluation.detection_metrics takes."""
     if not fmt:
@@ -226,17 +226,17 @@ def compute(service: str, rows: list[dict[str, Any]], reference: dict[str, Any] 
                     "champion": classification_metrics([t for t, _, _ in pairs], [p for _, p, _ in pairs]),
                     "shadow": classification_metrics([t for t, _ in shadow], [p for _, p in shadow])}
         case "REVIEWS_OBJECT_DETECTION_STATS":
-            images = [(_shapes(r["review"]["ground_truth"], False), _shapes(r["prediction"], True)) for r in reviewed
+            images = [(shapes(r["review"]["ground_truth"], False), shapes(r["prediction"], True)) for r in reviewed
                       if r["kind"] in ("detection", "segmentation")]
-            shadow = [(_shapes(r["review"]["ground_truth"], False), _shapes(r["shadow_prediction"], True))
+            shadow = [(shapes(r["review"]["ground_truth"], False), shapes(r["shadow_prediction"], True))
                       for r in reviewed if r["kind"] in ("detection", "segmentation") and r.get("shadow_prediction")]
             result = {"reviews": len(reviewed), "champion": detection_metrics(images),
                       "shadow": detection_metrics(shadow) if shadow else {"images": 0}}
             segmented = [r for r in reviewed if r["kind"] == "segmentation"]
             if segmented:
                 result["champion_masks"] = detection_metrics(
-                    [(_shapes(r["review"]["ground_truth"], False, masks=True),
-                      _shapes(r["prediction"], True, masks=True)) for r in segmented],
+                    [(shapes(r["review"]["ground_truth"], False, masks=True),
+                      shapes(r["prediction"], True, masks=True)) for r in segmented],
                     [(r["height"], r["width"]) for r in segmented])
             return result
         case "REVIEWS_LABEL_DISTRIBUTION_STATS":
