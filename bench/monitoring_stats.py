@@ -1,0 +1,159 @@
+"""get_stats on a deployment holding many predictions: each ServiceMetrics value through the gateway (HTTP ->
+monitoring service -> PostgreSQL), timed. Starts its own embedded stack, deploys the small digits classifier (get_stats
+needs a deployed pipeline), then writes PREDICTIONS predictions (a quarter detections, REVIEWED of them reviewed)
+straight into `monitoring.predictions` / `monitoring.reviews` with COPY, and a ready training-data reference, so the
+figures are those of the real route on real rows. `python -m bench.monitoring_stats [predictions]`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import statistics
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import httpx
+
+from shared.images import FEATURE_NAMES
+from shared.messages.monitoring_feedback import SERVICE_METRICS
+
+PREDICTIONS = 100_000
+REVIEWED = 0.2
+RUNS = 3
+
+
+def _feature_row(rng: random.Random) -> dict[str, float]:
+    return {name: (rng.choice((8.0, 16.0, 32.0)) if name in ("height", "width") else rng.gauss(120.0, 30.0))
+            for name in FEATURE_NAMES}
+
+
+def _prediction(rng: random.Random, kind: str) -> dict:
+    if kind == "classification":
+        classes = [rng.randrange(10)]
+        return {"detection_classes": classes, "detection_scores": [rng.random()]}
+    boxes = []
+    for _ in range(3):
+        top, left = rng.randrange(20), rng.randrange(20)
+        boxes.append([top, left, top + 4 + rng.randrange(8), left + 4 + rng.randrange(8)])
+    return {"detection_classes": [rng.randrange(3) for _ in boxes],
+            "detection_scores": [rng.random() for _ in boxes], "detection_boxes": boxes}
+
+
+async def fill(dsn: str, deployment_id: int, workspace_id: int, count: int, model: dict) -> None:
+    """COPY `count` predictions (and REVIEWED of them reviewed) spread over the last 30 days, and a ready
+    reference."""
+    from services.monitoring import stats
+
+    rng = random.Random(7)
+    now = datetime.now(UTC)
+    predictions, reviews = [], []
+    for index in range(count):
+        kind = "detection" if index % 4 == 3 else "classification"
+        prediction = _prediction(rng, kind)
+        pid = uuid.uuid4()
+        predictions.append((pid, deployment_id, workspace_id, rng.choice(("predict", "monitor")), None,
+                            [f"cam-{index % 5}"] + (["night"] if index % 3 == 0 else []), json.dumps(model), None,
+                            kind, json.dumps(prediction), None, rng.random() / 50, None, 32, 32, "image/png",
+                            "0" * 64, json.dumps(_feature_row(rng)),
+                            now - timedelta(seconds=rng.uniform(0, 30 * 86400))))
+        if rng.random() < REVIEWED:
+            truth = prediction if rng.random() < 0.7 else _prediction(rng, kind)
+            reviews.append((uuid.uuid4(), pid, deployment_id, workspace_id,
+                            "accepted" if truth is prediction else "corrected", json.dumps(truth)))
+    features = [_feature_row(rng) for _ in range(500)]
+    reference = stats.build_reference(features, [[str(rng.randrange(10))] for _ in features])
+    conn = await asyncpg.connect(dsn)
+    try:
+        started = time.perf_counter()
+        await conn.copy_records_to_table(
+            "predictions", schema_name="monitoring", records=predictions,
+            columns=["id", "deployment_id", "workspace_id", "origin", "source", "tags", "model_version",
+                     "shadow_model_version", "kind", "prediction", "shadow_prediction", "latency", "shadow_latency",
+                     "height", "width", "content_type", "image_sha256", "features", "predicted_at"])
+        await conn.copy_records_to_table(
+            "reviews", schema_name="monitoring", records=reviews,
+            columns=["id", "prediction_id", "deployment_id", "workspace_id", "decision", "ground_truth"])
+        await conn.execute(
+            "INSERT INTO monitoring.training_references (deployment_id, workspace_id, dataset_id, status, files,"
+            " images_total, images_done, reference, computed_at) VALUES ($1, $2, 0, 'ready', '[]', 500, 500, $3,"
+            " now()) ON CONFLICT (deployment_id) DO UPDATE SET status = 'ready', reference = $3",
+            deployment_id, workspace_id, json.dumps(reference))
+        await conn.execute("ANALYZE monitoring.predictions; ANALYZE monitoring.reviews")
+        print(f"wrote {len(predictions):,} predictions and {len(reviews):,} reviews in "
+              f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
+    finally:
+        await conn.close()
+
+
+async def measure(base_url: str, token: str, deployment: str, filters: dict | None = None) -> dict[str, dict]:
+    """Median and best seconds of each ServiceMetrics value (RUNS calls each), with the prediction count."""
+    out = {}
+    async with httpx.AsyncClient(base_url=base_url, timeout=300,
+                                 headers={"Authorization": f"Bearer {token}"}) as http:
+        for service in SERVICE_METRICS:
+            times = []
+            for _ in range(RUNS):
+                started = time.perf_counter()
+                response = await http.post("/v1/api/deployments/get_stats",
+                                           json={"deployment": deployment, "service": service, **(filters or {})})
+                times.append(time.perf_counter() - started)
+                assert response.status_code == 200, response.text
+            out[service] = {"p50": statistics.median(times), "best": min(times),
+                            "predictions": response.json()["predictions"]}
+    return out
+
+
+def run(count: int = PREDICTIONS) -> str:
+    import tempfile
+    from pathlib import Path
+
+    from railyard_client import Client
+
+    from tests.image_models import digits_classifier_onnx, digits_image_config
+    from tests.stack import start_stack
+
+    with tempfile.TemporaryDirectory(prefix="railyard-bench-stats-") as folder:
+        stack = start_stack(Path(folder) / "data")
+        try:
+            stack.wait_healthy()
+            secrets = stack.secrets()
+            client = Client(stack.base_url, username=secrets["admin_username"], password=secrets["admin_password"],
+                            client_id=secrets["client_id"], client_secret=secrets["client_secret"])
+            workspace_id = client.create_workspace("statsbench").id
+            client.set_current_workspace(workspace_id)
+            model = client.upload_model("digits", digits_classifier_onnx(train_size=200), progress=False)
+            pipeline = client.build_pipeline("statsbench").add_model_step(model, image=digits_image_config())
+            pipeline.deploy(replicas=1, cpus=0.5, wait=True)
+            name = client.get_deployment("statsbench").name
+            route = asyncio.run(_route(stack.settings().postgres.dsn))
+            asyncio.run(fill(stack.settings().postgres.dsn, route, workspace_id, count,
+                             {"name": "digits", "version": str(uuid.uuid4()), "sha": "0" * 64}))
+            results = asyncio.run(measure(stack.base_url, client.token, name))
+            week = asyncio.run(measure(stack.base_url, client.token, name,
+                                       {"since": 7 * 86400, "tags": ["night"]}))
+        finally:
+            stack.stop()
+    lines = [f"| ServiceMetrics | all {count:,} predictions: p50 (best) | last 7 days, tag `night`: p50 (best) |",
+             "|---|---|---|"]
+    for service in SERVICE_METRICS:
+        a, w = results[service], week[service]
+        lines.append(f"| {service} | {a['p50'] * 1000:,.0f} ms ({a['best'] * 1000:,.0f}) | "
+                     f"{w['p50'] * 1000:,.0f} ms ({w['best'] * 1000:,.0f}), {w['predictions']:,} predictions |")
+    return "\n".join(lines)
+
+
+async def _route(dsn: str) -> int:
+    """The one deployment's id (the bench deploys exactly one)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT id FROM deployer.deployments ORDER BY id DESC LIMIT 1"))
+    finally:
+        await conn.close()
+
+
+if __name__ == "__main__":
+    print(run(int(sys.argv[1]) if len(sys.argv) > 1 else PREDICTIONS))
