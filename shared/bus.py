@@ -181,8 +181,9 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def command(router: NatsRouter | NatsBroker, subject: str, *, service: str):
-    """Register `handler(cmd, ctx)` as the service's queue-group subscriber for a command subject."""
+def command(router: NatsRouter | NatsBroker, subject: str, *, service: str, max_workers: int = 1):
+    """Register `handler(cmd, ctx)` as the service's queue-group subscriber for a command subject; `max_workers`
+    commands at once (one by default: each handled before the next is read)."""
 
     def decorate(handler: Callable[[Any, CallContext], Awaitable[Any]]):
         model = _command_model(handler)
@@ -202,6 +203,7 @@ def command(router: NatsRouter | NatsBroker, subject: str, *, service: str):
             decoder=_decode_json,
             title=f"{subject}:{model.__name__}",
             description=(handler.__doc__ or "").strip().splitlines()[0] if handler.__doc__ else None,
+            **({"max_workers": max_workers} if max_workers > 1 else {}),
         )(subscriber)
         return handler
 

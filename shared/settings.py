@@ -82,8 +82,15 @@ class GatewaySettings(BaseModel):
                                 "without a byte); 408 after.")
     token_rate_per_source: float = Field(10.0, description="Token requests per second from one source address.")
     token_burst_per_source: int = Field(50, description="Token requests one source address may send at once.")
-    token_rate_per_client: float = Field(100.0, description="Token requests per second for one client id.")
-    token_burst_per_client: int = Field(500, description="Token requests for one client id at once.")
+    token_rate_per_client: float = Field(100.0, description="Token requests per second for one confidential client "
+                                         "id (requests carrying its secret; a public client's are counted per "
+                                         "source and account instead).")
+    token_burst_per_client: int = Field(500, description="Token requests for one confidential client id at once.")
+    token_rate_per_account: float = Field(20.0, description="Password sign-ins per second for one account name, "
+                                          "whichever client and address; keep it above token_rate_per_source so "
+                                          "that one address cannot spend it.")
+    token_burst_per_account: int = Field(100, description="Password sign-ins for one account name at once; keep it "
+                                         "above token_burst_per_source.")
     trusted_proxies: Annotated[list[str], NoDecode, BeforeValidator(_cidrs)] = Field(
         default_factory=list, description="Reverse proxies (addresses or CIDRs, comma separated) whose forwarding "
         "header (trusted_proxy_header) is believed: from them, a request's source address (per-source token limit, "
@@ -105,6 +112,8 @@ class AuthSettings(BaseModel):
     audience: str = Field("railyard-api", description="`aud` of every token.")
     access_token_ttl: int = Field(3600, description="Seconds an access token is valid (expires_in).")
     refresh_token_ttl: int = Field(1800, description="Seconds a refresh token is valid (refresh_expires_in).")
+    authorization_code_ttl: int = Field(60, description="Seconds an authorization code (the web UI's sign-in, PKCE) "
+                                        "may wait for its exchange; it works once.")
     bootstrap_admin_username: str = Field("admin", description="The admin user created on first start.")
     bootstrap_admin_password: str = Field("", description="Its password; no default outside the embedded stack.")
     bootstrap_client_id: str = Field("api-client", description="The confidential client created on first start.")

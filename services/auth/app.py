@@ -16,6 +16,8 @@ from shared.messages.auth import (
     ActivateUser,
     AddWorkspaceUser,
     AffectedRows,
+    AuthorizationCodeIssued,
+    AuthorizeUser,
     CheckMembership,
     CreateInferenceClient,
     CreateWorkspace,
@@ -54,6 +56,9 @@ from shared.messages.tasks import IssueTaskToken, TaskTokenIssued
 from shared.service import Runtime, ServiceSpec
 
 NAME = "auth"
+# token requests handled at once: each waits mostly on its failed-login delay or the database (pool_max), while
+# password hashing runs HASHING_AT_ONCE at a time (handlers.py)
+TOKEN_WORKERS = 64
 
 
 def build_router(runtime: Runtime) -> NatsRouter:
@@ -89,10 +94,17 @@ def build_router(runtime: Runtime) -> NatsRouter:
         event = PipelineVersionCreated.model_validate(body)
         await handlers.record_resource(deps(), event.workspace_id, "pipeline", event.pipeline_id)
 
-    @command(router, subjects.AUTH_TOKEN_ISSUE, service=NAME)
+    # many at once: a failed login's delay (handlers._password_login) sleeps in its handler, and one at a time those
+    # sleeps queued every other sign-in behind them, so one address guessing a password stalled everyone's (504)
+    @command(router, subjects.AUTH_TOKEN_ISSUE, service=NAME, max_workers=TOKEN_WORKERS)
     async def issue_token(cmd: IssueToken, ctx: CallContext) -> TokenIssued:
-        """Issue tokens for the password, refresh_token and client_credentials grants."""
+        """Issue tokens for the password, refresh_token, client_credentials and authorization_code grants."""
         return await handlers.issue_token(deps(), cmd)
+
+    @command(router, subjects.AUTH_AUTHORIZE, service=NAME, max_workers=TOKEN_WORKERS)
+    async def authorize(cmd: AuthorizeUser, ctx: CallContext) -> AuthorizationCodeIssued:
+        """The authorization endpoint's sign-in: a user's password for a one-time PKCE-bound code (gateway only)."""
+        return await handlers.authorize(deps(), cmd)
 
     @command(router, subjects.AUTH_TOKEN_ISSUE_TASK, service=NAME)
     async def issue_task_token(cmd: IssueTaskToken, ctx: CallContext) -> TaskTokenIssued:

@@ -10,6 +10,8 @@ in constant time, which costs microseconds where argon2 cost 64 MiB and ~50 ms p
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -18,6 +20,7 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -33,10 +36,12 @@ from jwt.algorithms import RSAAlgorithm
 from services.auth import store
 from shared import subjects
 from shared.authz import ALGORITHM, KIND_INFERENCE, KIND_USER, Principal, require_admin, require_member, require_user
-from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized, Unavailable
+from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, TooManyRequests, Unauthorized, Unavailable
 from shared.messages.auth import (
     AddWorkspaceUser,
     AffectedRows,
+    AuthorizationCodeIssued,
+    AuthorizeUser,
     CreateInferenceClient,
     CreateWorkspace,
     Empty,
@@ -81,7 +86,10 @@ CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 CLIENT_HASH_PREFIX = "hmac-sha256$"
 # the web UI's public client (no secret: a browser cannot keep one); services/gateway/ui.html signs in with it
 UI_CLIENT_ID = "railyard-ui"
-PUBLIC_GRANTS = ("password", "refresh_token")
+PUBLIC_GRANTS = ("password", "authorization_code", "refresh_token")
+# RFC 7636: a verifier is 43-128 unreserved characters; its S256 challenge, BASE64URL without padding, is 43
+CODE_VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
+CODE_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MIN_PASSWORD = 8
 _hasher = PasswordHasher()
@@ -111,8 +119,15 @@ class AuthDeps:
 # --- passwords -----------------------------------------------------------------------------------------
 
 
+# argon2 takes its memory cost (64 MiB by default) per hash and a core while it runs: token requests are handled
+# many at once (app.py), so no more hashes than this run together
+HASHING_AT_ONCE = 2
+_hashing = asyncio.Semaphore(HASHING_AT_ONCE)
+
+
 async def hash_secret(secret: str) -> str:
-    return await asyncio.to_thread(_hasher.hash, secret)
+    async with _hashing:
+        return await asyncio.to_thread(_hasher.hash, secret)
 
 
 async def secret_matches(stored_hash: str, secret: str) -> bool:
@@ -122,7 +137,8 @@ async def secret_matches(stored_hash: str, secret: str) -> bool:
         except (VerificationError, InvalidHashError):
             return False
 
-    return await asyncio.to_thread(check)
+    async with _hashing:
+        return await asyncio.to_thread(check)
 
 
 def client_secret_hash(key: str, secret: str) -> str:
@@ -228,7 +244,7 @@ async def bootstrap(deps: AuthDeps) -> None:
 # --- tokens --------------------------------------------------------------------------------------------
 
 
-GRANTS = ("password", "refresh_token", "client_credentials")
+GRANTS = ("password", "refresh_token", "client_credentials", "authorization_code")
 
 
 async def issue_token(deps: AuthDeps, cmd: IssueToken) -> TokenIssued:
@@ -244,6 +260,9 @@ async def issue_token(deps: AuthDeps, cmd: IssueToken) -> TokenIssued:
         raise Unauthorized("invalid client credentials", code="invalid_client")
     if cmd.grant_type not in GRANTS:
         raise InvalidRequest(f"unsupported grant_type {cmd.grant_type!r}", code="unsupported_grant_type")
+    if cmd.grant_type == "authorization_code":
+        raise InvalidRequest(f"the authorization_code grant is the web UI's public client's ({UI_CLIENT_ID}) only",
+                             code="unauthorized_client")
     inference_client = client["workspace_id"] is not None
     if inference_client != (cmd.grant_type == "client_credentials"):
         if inference_client:
@@ -271,11 +290,72 @@ async def _issue_public(deps: AuthDeps, cmd: IssueToken) -> TokenIssued:
     if cmd.grant_type not in GRANTS:
         raise InvalidRequest(f"unsupported grant_type {cmd.grant_type!r}", code="unsupported_grant_type")
     if cmd.grant_type not in PUBLIC_GRANTS:
-        raise InvalidRequest(f"the public client {cmd.client_id} may use the password and refresh_token grants only;"
+        raise InvalidRequest(f"the public client {cmd.client_id} may use the {', '.join(PUBLIC_GRANTS)} grants only;"
                              " client_credentials needs a workspace's inference client and its secret",
                              code="unauthorized_client")
-    user = await (_password_login(deps, cmd) if cmd.grant_type == "password" else _refresh_login(deps, cmd))
+    if cmd.grant_type == "password":
+        user = await _password_login(deps, cmd)
+    elif cmd.grant_type == "authorization_code":
+        user = await _code_login(deps, cmd)
+    else:
+        user = await _refresh_login(deps, cmd)
     return await _mint(deps, user, cmd.client_id, with_refresh=True)
+
+
+def _sha256(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
+def s256_challenge(verifier: str) -> str:
+    """RFC 7636's S256: BASE64URL(SHA-256(ASCII(code_verifier))), without padding."""
+    return base64.urlsafe_b64encode(_sha256(verifier)).rstrip(b"=").decode()
+
+
+async def authorize(deps: AuthDeps, cmd: AuthorizeUser) -> AuthorizationCodeIssued:
+    """The authorization endpoint's sign-in (authorization code flow with PKCE): the user's password is checked as
+    the password grant checks it (failed logins counted and locked per user and source), and the answer is a code
+    that works once, within `authorization_code_ttl` seconds, for this client, redirect URI and code challenge. The
+    gateway has checked the redirect URI is the client's registered one (it serves the page it names)."""
+    client = await store.client(deps.pool, cmd.client_id)
+    if client is None or not client["public"] or client["revoked_at"] is not None:
+        raise InvalidRequest(f"{cmd.client_id!r} is not a client that signs in through the authorization endpoint",
+                             code="invalid_client")
+    if not CODE_CHALLENGE.fullmatch(cmd.code_challenge):
+        raise InvalidRequest("code_challenge must be BASE64URL(SHA-256(code_verifier)) without padding (S256: 43 "
+                             "characters of A-Z a-z 0-9 - _)")
+    user = await _password_login(deps, IssueToken(
+        grant_type="password", client_id=cmd.client_id, client_secret="", username=cmd.username,
+        password=cmd.password, source=cmd.source))
+    code = secrets.token_urlsafe(32)
+    ttl = deps.settings.authorization_code_ttl
+    await store.save_authorization_code(deps.pool, _sha256(code), cmd.client_id, user["id"], cmd.redirect_uri,
+                                        cmd.code_challenge, ttl)
+    return AuthorizationCodeIssued(code=code, expires_in=ttl)
+
+
+async def _code_login(deps: AuthDeps, cmd: IssueToken) -> asyncpg.Record:
+    """Exchange a code: it is spent by this first attempt whatever follows (RFC 6749 4.1.2: once), then it must have
+    been issued to this client for this exact redirect URI, and the verifier's S256 must be its challenge."""
+    if not cmd.code or not cmd.code_verifier or not cmd.redirect_uri:
+        raise InvalidRequest("the authorization_code grant needs code, code_verifier and redirect_uri")
+    spent = await store.take_authorization_code(deps.pool, _sha256(cmd.code))
+    if spent is None:
+        raise Unauthorized("authorization code unknown or already used; sign in again", code="invalid_grant")
+    if spent["expired"]:
+        raise Unauthorized(f"authorization code expired (a code works for {deps.settings.authorization_code_ttl} s);"
+                           " sign in again", code="invalid_grant")
+    if spent["client_id"] != cmd.client_id:
+        raise Unauthorized("authorization code issued to another client", code="invalid_grant")
+    if spent["redirect_uri"] != cmd.redirect_uri:
+        raise Unauthorized("redirect_uri is not the one the authorization code was issued for", code="invalid_grant")
+    if not CODE_VERIFIER.fullmatch(cmd.code_verifier) or not hmac.compare_digest(
+            s256_challenge(cmd.code_verifier), spent["code_challenge"]):
+        raise Unauthorized("code_verifier does not match the authorization code's challenge (S256)",
+                           code="invalid_grant")
+    user = await store.user_by_id(deps.pool, spent["user_id"])
+    if user is None or not user["enabled"]:
+        raise Unauthorized("user is deactivated", code="invalid_grant")
+    return user
 
 
 async def _password_login(deps: AuthDeps, cmd: IssueToken) -> asyncpg.Record:
@@ -284,12 +364,36 @@ async def _password_login(deps: AuthDeps, cmd: IssueToken) -> asyncpg.Record:
     real user out from elsewhere. Commands straight on the bus have no address (`bus`)."""
     if not cmd.username or cmd.password is None:
         raise InvalidRequest("the password grant needs username and password")
-    settings = deps.settings
     source = cmd.source or "bus"
     user = await store.user_by_login(deps.pool, cmd.username)
     if user is None:
         await secret_matches(_DUMMY_HASH, cmd.password)
         raise Unauthorized("invalid user credentials", code="invalid_grant")
+    with _one_attempt_at_a_time((user["id"], source)):
+        return await _checked_login(deps, cmd, user, source)
+
+
+# Token requests are handled many at once (app.py). Attempts on one user from one source are not: while one is being
+# answered, another is refused at once (429) rather than queued, so a burst of guesses cannot all be checked before the
+# first failure is recorded (each attempt reads the failures before it: the delay and the lock after `lockout_after`
+# apply as one by one), and nobody's attempts wait behind an attacker's delayed ones.
+_in_progress: set[tuple[Any, str]] = set()  # (user id, source) being answered
+
+
+@contextlib.contextmanager
+def _one_attempt_at_a_time(key: tuple[Any, str]) -> Iterator[None]:
+    if key in _in_progress:
+        raise TooManyRequests("another sign-in of this user from this address is still being answered; retry after it",
+                              retry_after=1.0)
+    _in_progress.add(key)
+    try:
+        yield
+    finally:
+        _in_progress.discard(key)
+
+
+async def _checked_login(deps: AuthDeps, cmd: IssueToken, user: asyncpg.Record, source: str) -> asyncpg.Record:
+    settings = deps.settings
     failures = await store.login_failures(deps.pool, user["id"], source)
     if failures is not None and failures["locked_until"] is not None and failures["locked_until"] > datetime.now(UTC):
         raise Unauthorized("account temporarily locked after repeated failed logins; try again later",

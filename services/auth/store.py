@@ -239,6 +239,25 @@ async def use_refresh_token(pool: asyncpg.Pool, jti: uuid.UUID, client_id: str) 
     )
 
 
+async def save_authorization_code(pool: asyncpg.Pool, code_hash: bytes, client_id: str, user_id: uuid.UUID,
+                                  redirect_uri: str, code_challenge: str, ttl: float) -> None:
+    """Keep a new code's hash and what it is bound to for `ttl` seconds; codes past their time go at the same time."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM authorization_codes WHERE expires_at < now()")
+        await conn.execute(
+            "INSERT INTO authorization_codes (code_hash, client_id, user_id, redirect_uri, code_challenge, expires_at)"
+            " VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
+            code_hash, client_id, user_id, redirect_uri, code_challenge, float(ttl))
+
+
+async def take_authorization_code(pool: asyncpg.Pool, code_hash: bytes) -> asyncpg.Record | None:
+    """Spend a code: it is gone after this, whatever the caller then finds wrong with it. Its row (with `expired`),
+    or None when it is unknown or already spent."""
+    return await pool.fetchrow(
+        "DELETE FROM authorization_codes WHERE code_hash = $1"
+        " RETURNING client_id, user_id, redirect_uri, code_challenge, expires_at <= now() AS expired", code_hash)
+
+
 # --- workspaces ----------------------------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from services.gateway import handlers, json_body
+from services.gateway.authorize import add_authorize_routes
 from services.gateway.errors import error_response
 from services.gateway.inference import Inference, InferenceFastPath, add_inference_routes
 from services.gateway.limits import IMAGE_UPLOAD_PATHS, BodyLimits, Limits
@@ -200,7 +201,8 @@ def create_app(runtime: Runtime) -> FastAPI:
     source_address = SourceAddress(settings.gateway.trusted_proxies, settings.gateway.trusted_proxy_header)
     token_limits = TokenEndpointLimits(
         TokenBuckets(settings.gateway.token_rate_per_source, settings.gateway.token_burst_per_source),
-        TokenBuckets(settings.gateway.token_rate_per_client, settings.gateway.token_burst_per_client))
+        TokenBuckets(settings.gateway.token_rate_per_client, settings.gateway.token_burst_per_client),
+        TokenBuckets(settings.gateway.token_rate_per_account, settings.gateway.token_burst_per_account))
     # Swagger UI's script, styles and icon come from a packaged distribution served by the gateway itself, never
     # from a CDN: self-hosted installs are often offline, where a CDN-backed docs page is blank.
     app = FastAPIOffline(
@@ -254,9 +256,9 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.post(TOKEN_PATH, tags=["auth"])
     async def token(request: Request) -> JSONResponse:
-        """OAuth2 token endpoint: password, refresh_token and client_credentials grants; a confidential
-        client authenticates with HTTP Basic (or client_id/client_secret form fields), the web UI's public client
-        sends client_id alone."""
+        """OAuth2 token endpoint: password, refresh_token, client_credentials and authorization_code (PKCE) grants; a
+        confidential client authenticates with HTTP Basic (or client_id/client_secret form fields), the web UI's
+        public client sends client_id alone."""
         # the TCP peer, or behind a trusted proxy the client it names (services/gateway/source_address.py)
         source = source_address.of(request.client.host if request.client else None,
                                    request.headers.getlist(source_address.header))
@@ -264,17 +266,24 @@ def create_app(runtime: Runtime) -> FastAPI:
             token_limits.check_source(source)  # before the body is read
             form = await request.form()
             client_id, client_secret = _client_credentials(request, form)
-            token_limits.check_client(client_id)
+            if client_secret:  # a confidential client's shared bucket; a public one proves nothing (ratelimit.py)
+                token_limits.check_client(client_id)
+            if form.get("grant_type") == "password" and form.get("username"):
+                token_limits.check_account(str(form["username"]))
             cmd = m.IssueToken(
                 grant_type=str(form.get("grant_type") or ""), client_id=client_id, client_secret=client_secret,
                 username=_opt(form, "username"), password=_opt(form, "password"),
-                refresh_token=_opt(form, "refresh_token"), scope=_opt(form, "scope"), source=source)
+                refresh_token=_opt(form, "refresh_token"), scope=_opt(form, "scope"), source=source,
+                code=_opt(form, "code"), code_verifier=_opt(form, "code_verifier"),
+                redirect_uri=_opt(form, "redirect_uri"))
             if not cmd.grant_type:
                 raise InvalidRequest("grant_type is required")
             issued = await handlers.issue_token(runtime.broker, cmd, timeout)
         except RailyardError as exc:
             return error_response(exc, "oauth")
         return JSONResponse({k: v for k, v in issued.items() if v is not None}, headers={"Cache-Control": "no-store"})
+
+    add_authorize_routes(app, runtime, source_address, token_limits)  # the web UI's sign-in (PKCE)
 
     @app.get(CERTS_PATH, tags=["auth"])
     async def certs() -> dict[str, Any]:

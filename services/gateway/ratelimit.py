@@ -1,9 +1,17 @@
-"""Token buckets for the token endpoint, per source address and per client id, in the gateway's memory.
+"""Token buckets for the token endpoint, per source address, per confidential client id and per account name, in the
+gateway's memory.
 
 Why not a library: the limits here are two in-process buckets checked once per token request, with no shared
 store (each gateway replica limits what it sees; the auth service's per-source lockout is the durable part). A
 token bucket is a dozen lines; `limits`/`slowapi` would bring storage backends and decorators we would not use.
 The table is bounded (least recently used keys go first) so a flood of source addresses cannot grow it.
+
+Who shares a bucket: a client id is only a shared bucket when the request proves it is that client (it carries a
+secret; the auth service checks it). A public client (the web UI's `railyard-ui`) proves nothing, so anyone can name
+it: one bucket for it would let one attacker with a few addresses spend every user's sign-ins (a denial of service
+of the UI). Its requests are counted per source address and, for the password grant (any client), per account name
+instead. The account's allowance is larger than a source's (docs/auth.md), so no single address can spend it: a
+flood from one address slows that address only.
 """
 
 from __future__ import annotations
@@ -41,11 +49,14 @@ class TokenBuckets:
 
 
 class TokenEndpointLimits:
-    """The token endpoint's two limits: per source address (checked before the body is read) and per client."""
+    """The token endpoint's limits: per source address (checked before the body is read), per confidential client
+    (a request carrying a secret) and per account name (password sign-ins, whichever client)."""
 
-    def __init__(self, per_source: TokenBuckets, per_client: TokenBuckets) -> None:
+    def __init__(self, per_source: TokenBuckets, per_client: TokenBuckets,
+                 per_account: TokenBuckets | None = None) -> None:
         self.per_source = per_source
         self.per_client = per_client
+        self.per_account = per_account
 
     def check_source(self, source: str) -> None:
         if wait := self.per_source.take(source):
@@ -54,3 +65,8 @@ class TokenEndpointLimits:
     def check_client(self, client_id: str) -> None:
         if wait := self.per_client.take(client_id):
             raise TooManyRequests("too many token requests for this client; slow down", retry_after=wait)
+
+    def check_account(self, username: str) -> None:
+        """One password sign-in for this account name (as typed: user name or email, case folded)."""
+        if self.per_account is not None and (wait := self.per_account.take(username.strip().casefold())):
+            raise TooManyRequests("too many sign-ins for this account; slow down", retry_after=wait)

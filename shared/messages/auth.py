@@ -17,7 +17,7 @@ from shared.messages.base import Command, Event, Message
 
 
 class IssueToken(Command):
-    """An OAuth2 token request (password, refresh_token or client_credentials grant)."""
+    """An OAuth2 token request (password, refresh_token, client_credentials or authorization_code grant)."""
 
     grant_type: str
     client_id: str
@@ -28,6 +28,32 @@ class IssueToken(Command):
     scope: str | None = None
     source: str | None = Field(None, description="The client's address as the gateway saw it: failed logins are "
                                "counted and locked per user and source.")
+    code: str | None = Field(None, description="authorization_code grant: the code the authorization endpoint "
+                             "issued.")
+    code_verifier: str | None = Field(None, description="authorization_code grant: the PKCE verifier whose S256 "
+                                      "hash is the code's challenge (RFC 7636).")
+    redirect_uri: str | None = Field(None, description="authorization_code grant: the redirect URI the code was "
+                                     "issued for, exactly.")
+
+
+class AuthorizeUser(Command):
+    """The authorization endpoint's sign-in (authorization code flow with PKCE, RFC 7636): a user's password checked
+    as the password grant checks it, for a public client, answered with a one-time code."""
+
+    client_id: str
+    redirect_uri: str = Field(description="Where the code goes; the gateway has checked it is the client's "
+                              "registered URI.")
+    code_challenge: str = Field(description="BASE64URL(SHA-256(code_verifier)), 43 characters (S256 only).")
+    username: str
+    password: str
+    source: str | None = Field(None, description="The client's address as the gateway saw it (failed logins).")
+
+
+class AuthorizationCodeIssued(Message):
+    """A one-time authorization code, bound to the client, redirect URI and code challenge."""
+
+    code: str
+    expires_in: int
 
 
 class TokenIssued(Message):

@@ -180,7 +180,7 @@ def routers() -> dict[str, Any]:
     found: dict[str, Any] = {}
     built: dict[str, Any] = {}
 
-    def recording(router: Any, subject: str, *, service: str) -> Any:
+    def recording(router: Any, subject: str, *, service: str, max_workers: int = 1) -> Any:
         def decorate(handler: Any) -> Any:
             assert subject not in found, f"{subject} has two handlers"
             found[subject] = handler
@@ -259,8 +259,8 @@ def test_the_client_reaches_token_checked_subjects_only(token_checked):
     assert not open_internal, f"the client identity reaches subjects that verify no token: {open_internal}"
     # the gateway forwards outside callers' requests too: besides the same list, only what it does itself
     gateway_internal = {s for s, checked in token_checked.items() if not checked and may("gateway", "publish", s)}
-    assert gateway_internal == {subjects.AUTH_TOKEN_ISSUE, subjects.AUTH_KEYS_GET, subjects.AUTH_REVOCATIONS_LIST,
-                                "engine.*.infer", "*.health"}, gateway_internal
+    assert gateway_internal == {subjects.AUTH_TOKEN_ISSUE, subjects.AUTH_AUTHORIZE, subjects.AUTH_KEYS_GET,
+                                subjects.AUTH_REVOCATIONS_LIST, "engine.*.infer", "*.health"}, gateway_internal
 
 
 def test_the_client_list_is_explicit_and_complete(token_checked):

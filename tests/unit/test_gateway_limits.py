@@ -112,3 +112,43 @@ def test_malformed_bodies_are_invalid_not_crashes():
                  to_ipc_file(small)[:-20], to_ipc_stream(small)[:30]):
         with pytest.raises(InvalidRequest):
             from_ipc(body, max_decoded_bytes=1 << 20)
+
+
+def test_account_names_have_buckets_of_their_own_whatever_their_case():
+    clock = Clock()
+    limits = TokenEndpointLimits(TokenBuckets(1.0, 100, clock=clock), TokenBuckets(1.0, 100, clock=clock),
+                                 TokenBuckets(1.0, 2, clock=clock))
+    limits.check_account("Alice@example.com")
+    limits.check_account(" alice@example.com")
+    with pytest.raises(TooManyRequests, match="account"):
+        limits.check_account("ALICE@EXAMPLE.COM")
+    limits.check_account("bob@example.com")
+
+
+async def test_the_public_client_spends_no_shared_bucket():
+    """The gateway's token route in process: requests naming the web UI's public client (no secret) never spend a
+    bucket of that client id, so they cannot use up every user's sign-ins; a confidential client's requests (with
+    a secret) still share theirs. Nothing reaches the bus: each request stops at the route (no grant_type)."""
+    from types import SimpleNamespace
+
+    import httpx
+
+    from services.gateway.http import create_app
+    from shared.settings import GatewaySettings, Settings
+
+    settings = Settings(gateway=GatewaySettings(trusted_proxies=["127.0.0.5"], token_rate_per_client=0.001,
+                                                token_burst_per_client=2))
+    app = create_app(SimpleNamespace(settings=settings, extras={}, broker=None, objects=None))
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.5", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as proxy:
+        async def error(source: str, **client) -> str:
+            response = await proxy.post("/auth/realms/master/protocol/openid-connect/token", headers={
+                "X-Forwarded-For": source}, **client)
+            return response.json()["error"]
+
+        for i in range(10):
+            assert await error(f"203.0.113.{i}", data={"client_id": "railyard-ui"}) == "invalid_request"
+        assert await error("203.0.113.1", auth=("api-client", "x")) == "invalid_request"
+        assert await error("203.0.113.2", auth=("api-client", "x")) == "invalid_request"
+        assert await error("203.0.113.3", auth=("api-client", "x")) == "rate_limited"  # its shared bucket
+        assert await error("203.0.113.3", data={"client_id": "railyard-ui"}) == "invalid_request"
