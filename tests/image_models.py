@@ -105,8 +105,10 @@ def segmenter_onnx() -> bytes:
 
 
 @cache
-def detector_onnx(masks: bool = False) -> bytes:
-    """The bright-square detector (see the module's docstring); `masks`: with per-cell masks (`segmenter_onnx`)."""
+def detector_onnx(masks: bool = False, white_above: float = 0.75) -> bytes:
+    """The bright-square detector (see the module's docstring); `masks`: with per-cell masks (`segmenter_onnx`);
+    `white_above`: the mean brightness above which a cell is "white" (a lower one, e.g. 0.3, makes a worse detector
+    that calls grey squares white, for challengers)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -116,7 +118,7 @@ def detector_onnx(masks: bool = False) -> bytes:
     initializers = [
         numpy_helper.from_array(np.array([-1, GRID * GRID], dtype=np.int64), "flat_shape"),
         numpy_helper.from_array(boxes, "cell_boxes"),
-        numpy_helper.from_array(np.array(0.75, dtype=np.float32), "white_above"),
+        numpy_helper.from_array(np.array(white_above, dtype=np.float32), "white_above"),
         numpy_helper.from_array(np.array([2], dtype=np.int64), "last_axis"),
         numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
         numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
