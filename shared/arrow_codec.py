@@ -153,6 +153,57 @@ def _numeric_column(values: list[Any]) -> pa.Array | None:
 
 # columns (OIP inputs) an inference body may carry: each costs ~10-25 us of the gateway's event loop, so a 64 MiB
 # body of a million one-value columns would hold every other request for half a minute
+# A request table narrowed by the gateway for a pipeline version carries that version in its schema metadata: a
+# replica of another version (a model swap under way) refuses it as `stale_route` and the gateway resends it as sent
+NARROWED_FOR = b"railyard.narrowed_for"
+STALE_ROUTE = "stale_route"
+
+
+def float_narrowing(schema: pa.Schema) -> dict[str, pa.DataType]:
+    """{column: float32 or float16} for a model input schema's columns of those float types (scalars or tensors)."""
+    found = {}
+    for field in schema:
+        kind = field.type
+        while pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind):
+            kind = kind.value_type
+        if pa.types.is_float32(kind) or pa.types.is_float16(kind):
+            found[field.name] = kind
+    return found
+
+
+def _narrowed_type(kind: pa.DataType, to: pa.DataType) -> pa.DataType | None:
+    if pa.types.is_float64(kind):
+        return to
+    if pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        inner = _narrowed_type(kind.value_type, to)
+        if inner is None:
+            return None
+        if pa.types.is_fixed_size_list(kind):
+            return pa.list_(pa.field(kind.value_field.name, inner), kind.list_size)
+        return (pa.large_list if pa.types.is_large_list(kind) else pa.list_)(pa.field(kind.value_field.name, inner))
+    return None
+
+
+def narrow(table: pa.Table, columns: dict[str, pa.DataType]) -> pa.Table:
+    """The table with its float64 columns (scalars or tensors) in `columns` cast to the narrower float type the
+    models take; the same rounding as numpy's cast in column_to_tensor (a value beyond the type's range becomes
+    inf there as here, and the model check refuses it alike). Anything else is left as it is."""
+    for name, to in columns.items():
+        index = table.schema.get_field_index(name)
+        if index < 0:
+            continue
+        field = table.schema.field(index)
+        kind = _narrowed_type(field.type, to)
+        if kind is None:
+            continue
+        try:
+            column = table.column(index).cast(kind)
+        except pa.ArrowException:
+            continue
+        table = table.set_column(index, pa.field(name, kind, field.nullable, field.metadata), column)
+    return table
+
+
 MAX_COLUMNS = 10_000
 
 

@@ -39,11 +39,12 @@ from services.engine.answers import RepeatedRequests  # noqa: E402
 from services.engine.batching import RequestBatcher, batching_config, can_batch  # noqa: E402
 from services.engine.logbatcher import LogBatcher  # noqa: E402
 from services.engine.logpolicy import LogPolicy  # noqa: E402
-from services.engine.runtimes import OnnxRuntime, narrow, narrowing  # noqa: E402
+from services.engine.runtimes import OnnxRuntime, narrowing  # noqa: E402
 from services.engine.sandboxed import SandboxedRuntime  # noqa: E402
 from shared import subjects  # noqa: E402
+from shared.arrow_codec import NARROWED_FOR, STALE_ROUTE, narrow  # noqa: E402
 from shared.collector import settle_garbage_collector  # noqa: E402
-from shared.errors import InvalidRequest, RailyardError  # noqa: E402
+from shared.errors import Conflict, InvalidRequest, RailyardError  # noqa: E402
 from shared.logrecords import InferenceRecord  # noqa: E402
 from shared.messages.engine import ReplicaSpec  # noqa: E402
 from shared.objectstore import BUCKET_ARTIFACTS, MinioObjectStore, content_key  # noqa: E402
@@ -179,8 +180,17 @@ class Replica:
         self.narrowing = narrowing(self.steps[0].runtimes) if self.steps else {}
 
     def narrow(self, table: pa.Table) -> pa.Table:
-        """A request's table with its float64 columns in the types the first step's models all take (runtimes.narrow):
-        what the model call, the answer's bus message and the inference log then carry."""
+        """A request's table with its float64 columns in the types the first step's models all take (arrow_codec.
+        narrow): what the model call, the answer's bus message and the inference log then carry. The gateway
+        narrows a plain ONNX pipeline's requests itself, for the version its route names (NARROWED_FOR): a
+        replica of another version refuses them (`stale_route`, a model swap under way) and the gateway resends
+        them as they were sent."""
+        metadata = table.schema.metadata
+        if metadata and NARROWED_FOR in metadata:
+            if metadata[NARROWED_FOR].decode(errors="replace") != str(self.spec["deployment"]["pipeline_version"]):
+                raise Conflict("the request was typed for another version of this pipeline; resend it",
+                               code=STALE_ROUTE)
+            table = table.replace_schema_metadata({k: v for k, v in metadata.items() if k != NARROWED_FOR} or None)
         return narrow(table, self.narrowing) if self.narrowing else table
 
     def run(self, table: pa.Table) -> tuple[pa.Table, list[int], dict[str, Any] | None, list]:

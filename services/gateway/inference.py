@@ -7,6 +7,7 @@ tensors against the model and run it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import logging
 import time
@@ -28,7 +29,17 @@ from services.gateway.limits import declared_length, read_body, too_large
 from services.gateway.records_answer import check_json_answerable, seed_records_json
 from services.gateway.records_parse import read_records
 from shared import subjects
-from shared.arrow_codec import check_column_count, column_values, from_ipc, to_ipc_file, to_ipc_stream
+from shared.arrow_codec import (
+    NARROWED_FOR,
+    STALE_ROUTE,
+    check_column_count,
+    column_values,
+    float_narrowing,
+    from_ipc,
+    narrow,
+    to_ipc_file,
+    to_ipc_stream,
+)
 from shared.authz import (
     KIND_INFERENCE,
     Principal,
@@ -38,6 +49,7 @@ from shared.authz import (
 )
 from shared.bus import raise_for_error_header, request
 from shared.errors import (
+    Conflict,
     InvalidRequest,
     NotFound,
     RailyardError,
@@ -76,6 +88,7 @@ class RouteCache:
         self.members: dict[tuple[str, int], float] = {}
         self.refreshing: dict[str, asyncio.Task] = {}
         self.coalescer: Coalescer | None = None
+        self.narrowing: dict[tuple[str, str, str], dict[str, pa.DataType]] = {}
 
     async def _resolve(self, runtime: Runtime, name: str, token: str) -> DeploymentRoute:
         if "\x00" in name:  # no deployment's name holds a NUL, and no command may carry one (ValidationError: 500)
@@ -115,7 +128,14 @@ class RouteCache:
                         return dict(reply.headers or {}), reply.data
 
                     self.coalescer = Coalescer(send)
-                return await self.coalescer.ask(name, table)
+                sent = self.narrowed(route, table)
+                try:
+                    return await self.coalescer.ask(name, sent)
+                except Conflict as exc:  # a replica of another version: the route is stale, resend as sent
+                    if exc.code != STALE_ROUTE or sent is table:
+                        raise
+                    self.routes.pop(name, None)
+                    return await self.coalescer.ask(name, table)
             reply = await _ask_engine(runtime, name, to_ipc_stream(table))
             raise_for_error_header(reply.headers)
             return dict(reply.headers or {}), from_ipc(reply.data)
@@ -124,6 +144,26 @@ class RouteCache:
             if route.status != "Running":
                 raise Unavailable(f"deployment {name!r} is {route.status.lower()}; retry shortly") from None
             raise
+
+    def narrowed(self, route: DeploymentRoute, table: pa.Table) -> pa.Table:
+        """The request's float64 columns cast to the float32 (or float16) the route's model takes (a JSON body's
+        numbers are float64; the model casts them anyway), marked with the pipeline version it was typed for, or the
+        table itself. The bus and the engine then carry half the bytes; the answer's echo stays the request as
+        sent (docs/logs.md, "Types")."""
+        if not route.input_schema:
+            return table
+        key = (route.name, route.pipeline_version, route.input_schema)
+        columns = self.narrowing.get(key)
+        if columns is None:
+            schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(route.input_schema)))
+            columns = self.narrowing[key] = float_narrowing(schema)
+            if len(self.narrowing) > 1024:  # routes come and go: keep the newest
+                self.narrowing.pop(next(iter(self.narrowing)))
+        narrowed = narrow(table, columns) if columns else table
+        if narrowed is table:
+            return table
+        return narrowed.replace_schema_metadata({**(narrowed.schema.metadata or {}),
+                                                 NARROWED_FOR: route.pipeline_version.encode()})
 
     def _refreshed(self, name: str, task: asyncio.Task) -> None:
         self.refreshing.pop(name, None)

@@ -16,8 +16,8 @@ from services.engine import handlers
 from services.engine.batching import RequestBatcher, batching_config, can_batch
 from services.engine.logpolicy import LogPolicy, check_log_policy
 from services.engine.replica import Step
-from services.engine.runtimes import OnnxRuntime, narrow, narrowing
-from shared.arrow_codec import from_ipc, tensor_array, to_ipc_stream
+from services.engine.runtimes import OnnxRuntime, narrowing
+from shared.arrow_codec import from_ipc, narrow, tensor_array, to_ipc_stream
 from shared.bus import ERROR_HEADER
 from shared.errors import InvalidRequest
 from shared.logrecords import InferenceRecord

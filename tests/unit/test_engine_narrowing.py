@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 from onnx import TensorProto, helper
 
-from services.engine.runtimes import OnnxRuntime, narrow, narrowing
-from shared.arrow_codec import tensor_array
+from services.engine.runtimes import OnnxRuntime, narrowing
+from shared.arrow_codec import narrow, tensor_array
 from tests.models import ccfraud_onnx
 
 
@@ -73,3 +73,76 @@ def test_narrow_casts_float64_scalars_and_tensors_and_leaves_the_rest():
     assert np.isinf(flat[2])
     assert out.column("ragged").to_pylist() == pa.array([[0.1, 0.2], [0.3]], pa.list_(pa.float32())).to_pylist()
     assert narrow(table, {}) is table
+
+
+def _route(input_schema: pa.Schema | None, version: str = "v1"):
+    import base64
+
+    from shared.messages.deployer import DeploymentRoute
+
+    encoded = base64.b64encode(input_schema.serialize().to_pybytes()).decode() if input_schema else None
+    return DeploymentRoute(deployment_id=1, name="d", pipeline_name="p", workspace_id=1, status="Running",
+                           pipeline_version=version, input_schema=encoded, batchable=True)
+
+
+def test_the_gateway_narrows_for_its_routes_model_and_marks_the_version():
+    from services.gateway.inference import RouteCache
+    from shared.arrow_codec import NARROWED_FOR
+
+    cache = RouteCache()
+    model = pa.schema([pa.field("tensor", pa.list_(pa.float32(), 3))])
+    sent = pa.table({"tensor": tensor_array(np.array([[0.1, 0.2, 0.3]]))})
+    narrowed = cache.narrowed(_route(model), sent)
+    assert narrowed.schema.field("tensor").type.value_type == pa.float32()
+    assert narrowed.schema.metadata[NARROWED_FOR] == b"v1"
+    assert sent.schema.field("tensor").type.value_type == pa.float64()  # the echo's table is untouched
+    float32 = pa.table({"tensor": tensor_array(np.array([[0.1, 0.2, 0.3]], np.float32))})
+    assert cache.narrowed(_route(model), float32) is float32  # nothing to cast: sent as it is, unmarked
+    assert cache.narrowed(_route(None), sent) is sent  # no schema known (a Python step first)
+    doubles = pa.schema([pa.field("tensor", pa.list_(pa.float64(), 3))])
+    assert cache.narrowed(_route(doubles), sent) is sent
+
+
+async def test_a_request_typed_for_a_stale_route_is_resent_as_sent():
+    from services.gateway.coalesce import Coalescer
+    from services.gateway.inference import RouteCache
+    from shared.arrow_codec import NARROWED_FOR, STALE_ROUTE, from_ipc, to_ipc_stream
+    from shared.bus import ERROR_HEADER
+
+    payloads: list[pa.Table] = []
+
+    async def send(deployment: str, payload: bytes):  # a replica of the new version: float64 model, "v2"
+        table = from_ipc(payload)
+        payloads.append(table)
+        if NARROWED_FOR in (table.schema.metadata or {}):
+            import json
+            return {ERROR_HEADER: json.dumps({"code": STALE_ROUTE, "msg": "resend", "status": 409})}, b""
+        return {}, to_ipc_stream(pa.table({"y": pa.array([1.0])}))
+
+    cache = RouteCache()
+    cache.coalescer = Coalescer(send)
+    cache.routes["d"] = (0.0, None)
+    sent = pa.table({"tensor": tensor_array(np.array([[0.1, 0.2, 0.3]]))})
+    model = pa.schema([pa.field("tensor", pa.list_(pa.float32(), 3))])
+    _, outputs = await cache.ask(None, _route(model), "token", sent)
+    assert outputs.column("y").to_pylist() == [1.0]
+    assert [t.schema.field("tensor").type.value_type for t in payloads] == [pa.float32(), pa.float64()]
+    assert payloads[1].column("tensor").to_pylist() == [[0.1, 0.2, 0.3]]  # the request's own values
+    assert "d" not in cache.routes  # the next request asks the deployer for the new version's route
+
+
+def test_the_replica_refuses_a_table_typed_for_another_version_and_strips_the_mark():
+    from types import SimpleNamespace
+
+    from services.engine.replica import Replica
+    from shared.arrow_codec import NARROWED_FOR, STALE_ROUTE
+    from shared.errors import Conflict
+
+    replica = SimpleNamespace(spec={"deployment": {"pipeline_version": "v2"}}, narrowing={"tensor": pa.float32()})
+    marked = pa.table({"tensor": tensor_array(np.array([[0.5, 1.5]], np.float32))}).replace_schema_metadata(
+        {NARROWED_FOR: b"v1", b"other": b"kept"})
+    with pytest.raises(Conflict) as refused:
+        Replica.narrow(replica, marked)
+    assert refused.value.code == STALE_ROUTE
+    ours = Replica.narrow(replica, marked.replace_schema_metadata({NARROWED_FOR: b"v2", b"other": b"kept"}))
+    assert ours.schema.metadata == {b"other": b"kept"}  # the log keeps no transport mark
