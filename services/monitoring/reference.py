@@ -10,7 +10,8 @@ computation that finishes late never overwrites it.
 
 get_stats computes the asked ServiceMetrics now, from the `predictions` table (the deployment's own predictions and
 the monitored ones: seed-003 predictions are kept there, not in the inference log store) joined with `reviews`,
-and the reference when it is ready (stats.py holds the arithmetic)."""
+and the reference when it is ready (stats.py holds the arithmetic); AGGREGATED_LABEL_DISTRIBUTION reads the hourly
+pre-aggregation instead (aggregates.py)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from typing import Any
 
 from faststream.nats import NatsRouter
 
+from services.monitoring import aggregates, stats
 from services.monitoring import feedback_store as fs
-from services.monitoring import stats
 from services.monitoring.feedback import FeedbackDeps, _dataset, _view
 from shared import subjects
 from shared.authz import Principal
@@ -142,6 +143,14 @@ async def get_stats(deps: FeedbackDeps, principal: Principal, token: str | None,
     view = await _view(deps, principal, token, cmd.deployment)
     pool = deps.monitoring.pool
     model = cmd.model_version
+    if service in aggregates.AGGREGATED and includes is None and excludes is None:
+        total, counts = await aggregates.label_counts(
+            pool, view.route.deployment_id, model_name=model.name if model else None,
+            model_version=(model.version or model.sha) if model else None, start=start, end=end, tags=cmd.tags)
+        kept = await fs.reference_row(pool, view.route.deployment_id)
+        reference = kept["reference"] if kept and kept["status"] == "ready" else None
+        return DeploymentStats(deployment=view.route.name, service=service, predictions=total,
+                               stats=aggregates.compute(service, total, counts, reference))
     rows = await fs.stats_rows(pool, view.route.deployment_id, model_name=model.name if model else None,
                                model_version=(model.version or model.sha) if model else None, start=start, end=end,
                                includes=includes, excludes=excludes, tags=cmd.tags, limit=MAX_STATS_ROWS + 1)

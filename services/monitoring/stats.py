@@ -191,6 +191,21 @@ def shapes(fmt: dict[str, Any] | None, with_scores: bool, masks: bool = False) -
     return out
 
 
+def label_distribution(predictions: int, counts: Counter, reference: dict[str, Any] | None) -> dict[str, Any]:
+    """AGGREGATED_LABEL_DISTRIBUTION from the number of predictions and their labels' counts (from the rows, or
+    from the pre-aggregated hours: aggregates.py)."""
+    result = {"predictions": predictions, "predicted": _distribution(counts)}
+    if reference is not None and reference["labels"]["proportions"]:
+        expected = reference["labels"]["proportions"]
+        actual = result["predicted"]["proportions"]
+        keys = sorted({*expected, *actual})
+        result["reference"] = reference["labels"]
+        result["total_variation"] = 0.5 * sum(abs(expected.get(k, 0.0) - actual.get(k, 0.0)) for k in keys)
+        result["psi"] = psi([expected.get(k, 0.0) for k in keys], [actual.get(k, 0.0) for k in keys]) \
+            if actual else None
+    return result
+
+
 def compute(service: str, rows: list[dict[str, Any]], reference: dict[str, Any] | None) -> dict[str, Any]:
     """The statistics of one ServiceMetrics value over the filtered prediction rows (newest first)."""
     if service in NEEDS_REFERENCE and reference is None:
@@ -247,17 +262,9 @@ def compute(service: str, rows: list[dict[str, Any]], reference: dict[str, Any] 
                     "difference": {k: predicted.get(k, 0) - truth.get(k, 0)
                                    for k in sorted({*truth, *predicted})}}
         case "AGGREGATED_LABEL_DISTRIBUTION":
-            counts = Counter(c for r in rows for c in classes_of(r["kind"], r["prediction"]))
-            result = {"predictions": len(rows), "predicted": _distribution(counts)}
-            if reference is not None and reference["labels"]["proportions"]:
-                expected = reference["labels"]["proportions"]
-                actual = result["predicted"]["proportions"]
-                keys = sorted({*expected, *actual})
-                result["reference"] = reference["labels"]
-                result["total_variation"] = 0.5 * sum(abs(expected.get(k, 0.0) - actual.get(k, 0.0)) for k in keys)
-                result["psi"] = psi([expected.get(k, 0.0) for k in keys], [actual.get(k, 0.0) for k in keys]) \
-                    if actual else None
-            return result
+            return label_distribution(len(rows), Counter(c for r in rows for c in classes_of(r["kind"],
+                                                                                              r["prediction"])),
+                                      reference)
         case "AGGREGATED_OBJECT_DETECTION_STATS":
             detected = [r for r in rows if r["kind"] in ("detection", "segmentation")]
             per_image = [len(r["prediction"].get("detection_classes") or []) for r in detected]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import time
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -203,3 +204,20 @@ def test_a_worse_detector_is_rolled_back(stack, owner, loop):
     assert challenge["evidence"]["challenger_score"] < challenge["evidence"]["champion_score"]
     assert deployment.get_model_version()["version"] == loop["better"]["version"]
     assert deployment.get_shadow_model() is None
+
+
+def test_the_pre_aggregated_label_distribution_is_the_recomputed_one(loop):
+    """AGGREGATED_LABEL_DISTRIBUTION through the route reads the hourly aggregate; any `excludes` makes get_stats
+    compute from the rows: both answer the same under each filter (test_monitoring_stats_aggregates.py varies them on
+    the database)."""
+    deployment = loop["deployment"]
+    worse = loop["worse"]
+    kept = 0
+    for filters in ({}, {"tags": ["detloop"]}, {"since": 3600}, {"model_version": {"name": "squares",
+                                                                                  "version": worse.version}},
+                    {"from_timestamp": time.time() - 20, "to_timestamp": time.time()}):
+        aggregated = deployment.get_stats("AGGREGATED_LABEL_DISTRIBUTION", **filters)
+        recomputed = deployment.get_stats("AGGREGATED_LABEL_DISTRIBUTION", excludes=[str(uuid.uuid4())], **filters)
+        assert aggregated == recomputed, filters
+        kept += aggregated["predictions"]
+    assert kept > 0

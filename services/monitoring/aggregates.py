@@ -1,0 +1,87 @@
+"""get_stats' pre-aggregation: the predicted labels of a deployment counted per UTC hour, champion model version and tag
+set (`prediction_hours`, kept by triggers in migrations/008_prediction_hours.sql in the same transaction as each
+prediction row, so it never lags and never needs a sweep). AGGREGATED_LABEL_DISTRIBUTION reads it instead of every
+prediction: the hours entirely inside the asked window come from the table, the partial hours at its two ends from
+the predictions themselves (a few rows), so the answer is exactly the recomputed one, for any `since` /
+`from_timestamp` / `to_timestamp`, `model_version` and `tags`. `includes` / `excludes` (prediction ids) cannot use
+it: get_stats computes from the rows then, as every other ServiceMetrics does (docs/monitoring.md,
+"Pre-aggregation", says why the others are not aggregated)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from services.monitoring import stats
+from services.monitoring.feedback_store import loads
+
+AGGREGATED = {"AGGREGATED_LABEL_DISTRIBUTION"}
+"""The ServiceMetrics values answered from prediction_hours."""
+
+_FILTERS = (" AND ($2::text IS NULL OR {t}model_version->>'name' = $2)"
+            " AND ($3::text IS NULL OR {t}model_version->>'version' = $3 OR {t}model_version->>'sha' = $3)"
+            " AND ($4::text[] IS NULL OR {t}tags @> $4)")
+
+
+def _floor_hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _ceil_hour(moment: datetime) -> datetime:
+    floor = _floor_hour(moment)
+    return floor if floor == moment else floor + timedelta(hours=1)
+
+
+def hour_plan(start: datetime | None, end: datetime | None
+              ) -> tuple[tuple[datetime | None, datetime | None] | None, list[tuple[datetime | None, datetime, bool]]]:
+    """How a window [start, end] (either end open) splits: the whole hours [lo, hi) read from the table (None: none),
+    and the raw ranges (from, to, to included?) read from the predictions."""
+    lo = _ceil_hour(start) if start is not None else None
+    hi = _floor_hour(end) if end is not None else None
+    if lo is not None and hi is not None and lo >= hi:
+        return None, [(start, end, True)]  # inside one or two partial hours: all raw
+    raw: list[tuple[datetime | None, datetime, bool]] = []
+    if start is not None and start < lo:  # type: ignore[operator]
+        raw.append((start, lo, False))  # type: ignore[arg-type]
+    if end is not None:
+        raw.append((hi, end, True))
+    return (lo, hi), raw
+
+
+async def label_counts(pool: asyncpg.Pool, deployment_id: int, *, model_name: str | None, model_version: str | None,
+                       start: datetime | None, end: datetime | None, tags: list[str] | None) -> tuple[int, Counter]:
+    """The number of predictions the filters keep and the labels they predicted (stats.classes_of), as get_stats'
+    filters select them (predicted_at within [start, end])."""
+    hours, raw = hour_plan(start, end)
+    total, counts = 0, Counter()
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        # one snapshot: a prediction committed meanwhile is in both the table and its hour, or in neither
+        if hours is not None:
+            rows = await conn.fetch(
+                "SELECT predictions, labels FROM prediction_hours WHERE deployment_id = $1" + _FILTERS.format(t="")
+                + " AND ($5::timestamptz IS NULL OR hour >= $5) AND ($6::timestamptz IS NULL OR hour < $6)",
+                deployment_id, model_name, model_version, tags, hours[0], hours[1])
+            for row in rows:
+                total += row["predictions"]
+                labels = row["labels"]
+                counts.update(json.loads(labels) if isinstance(labels, str) else labels)
+        for first, last, last_included in raw:
+            rows = await conn.fetch(
+                "SELECT p.kind, p.prediction FROM predictions p WHERE p.deployment_id = $1" + _FILTERS.format(t="p.")
+                + " AND ($5::timestamptz IS NULL OR p.predicted_at >= $5) AND (p.predicted_at < $6 OR"
+                " ($7 AND p.predicted_at = $6))", deployment_id, model_name, model_version, tags, first, last,
+                last_included)
+            for row in rows:
+                total += 1
+                counts.update(stats.classes_of(row["kind"], loads(row)["prediction"]))
+    return total, +counts  # labels counted down to nothing (deleted predictions) are not labels
+
+
+def compute(service: str, total: int, counts: Counter, reference: dict[str, Any] | None) -> dict[str, Any]:
+    """The ServiceMetrics value from the counts (the same arithmetic stats.compute applies to rows)."""
+    assert service == "AGGREGATED_LABEL_DISTRIBUTION"
+    return stats.label_distribution(total, counts, reference)

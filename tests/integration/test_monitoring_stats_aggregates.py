@@ -1,0 +1,115 @@
+"""get_stats' pre-aggregation (services/monitoring/aggregates.py, migrations/008_prediction_hours.sql) on the real
+PostgreSQL of the test stack: predictions written (and some deleted) straight into `monitoring.predictions` for
+deployments no test uses, then AGGREGATED_LABEL_DISTRIBUTION from the hourly aggregate is compared with the same
+statistic recomputed from every row (the path get_stats takes for the other metrics) under time windows that cut hours
+or fall inside one, open at either end, on hour boundaries and on a prediction's own timestamp, model versions by name,
+version and sha, and tag sets. The route's answer is compared the same way in test_monitoring_loop_detection.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.monitoring import aggregates, stats
+from services.monitoring import feedback_store as fs
+from shared.db import create_pool
+
+pytestmark = pytest.mark.integration
+
+FORMATS = [
+    ("classification", {"detection_classes": [3], "detection_scores": [0.4]}),
+    ("classification", {"detection_classes": [3, 5], "detection_scores": [0.4, 0.9]}),
+    ("classification", {"detection_classes": [2, 5], "detection_scores": [0.9, 0.9]}),  # a tie: the first
+    ("classification", {"detection_classes": [7]}),  # no scores: the first class
+    ("classification", {"detection_classes": [], "detection_scores": []}),  # below min_threshold: no label
+    ("detection", {"detection_classes": [1, 1, 0], "detection_scores": [0.1, 0.2, 0.3],
+                   "detection_boxes": [[0, 0, 4, 4]] * 3}),
+    ("segmentation", {"detection_classes": [0], "detection_scores": [0.8], "detection_boxes": [[0, 0, 4, 4]],
+                      "detection_masks": [[0, 0, 4, 0, 4, 4]]}),
+]
+MODELS = [None, {"name": "squares", "version": "v1", "sha": "a" * 64}, {"name": "squares", "version": "v2",
+                                                                        "sha": "b" * 64}]
+TAGS = [[], ["cam-1"], ["cam-1", "night"], ["night"]]
+
+
+def test_the_hourly_aggregate_answers_exactly_what_the_rows_give(stack):
+    asyncio.run(_compare(stack))
+
+
+async def _compare(stack) -> None:
+    deployment = 1_000_000 + random.randrange(1_000_000)  # no deployer id comes near
+    pool = await create_pool(stack.settings().postgres, "monitoring")
+    rng = random.Random(5)
+    base = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=6)
+    moments = [base + timedelta(seconds=rng.uniform(0, 6 * 3600)) for _ in range(400)]
+    moments += [base + timedelta(hours=h) for h in range(7)]  # on the hour boundaries themselves
+    rows = []
+    for moment in moments:
+        kind, prediction = rng.choice(FORMATS)
+        model = rng.choice(MODELS)
+        rows.append((uuid.uuid4(), deployment, 1, "monitor", kind, json.dumps(prediction),
+                     json.dumps(model) if model else None, rng.choice(TAGS), moment))
+    other = [(uuid.uuid4(), deployment + 1, 1, "monitor", *FORMATS[0][:1], json.dumps(FORMATS[0][1]), None, [],
+              base + timedelta(hours=1))]  # another deployment's prediction counts for nothing here
+    try:
+        async with pool.acquire() as conn:
+            await conn.executemany(
+                "INSERT INTO predictions (id, deployment_id, workspace_id, origin, kind, prediction, model_version,"
+                " tags, predicted_at, height, width, content_type, image_sha256, features) VALUES ($1, $2, $3, $4,"
+                " $5, $6, $7, $8, $9, 32, 32, 'image/png', '0', '{}')", rows + other)
+            deleted = [r[0] for r in rows[::9]]  # a deleted prediction leaves the hours too
+            await conn.execute("DELETE FROM predictions WHERE id = ANY($1::uuid[])", deleted)
+        reference = {"labels": {"counts": {"1": 3, "3": 1}, "proportions": {"1": 0.75, "3": 0.25}}}
+        some = moments[17]
+        windows = [(None, None), (base + timedelta(minutes=30), None), (None, base + timedelta(hours=4, minutes=5)),
+                   (base + timedelta(minutes=90), base + timedelta(hours=4, minutes=20)),
+                   (base + timedelta(hours=1), base + timedelta(hours=3)),  # on the hours
+                   (base + timedelta(hours=2, minutes=10), base + timedelta(hours=2, minutes=50)),  # inside one
+                   (base + timedelta(hours=2, minutes=10), base + timedelta(hours=3, minutes=50)),  # two partial
+                   (some, some), (some, None), (None, some), (base + timedelta(hours=9), None)]
+        models = [(None, None), ("squares", None), ("squares", "v1"), (None, "b" * 64), ("other", None)]
+        checked = 0
+        for start, end in windows:
+            for name, version in models:
+                for tags in (None, ["cam-1"], ["cam-1", "night"], ["nobody"]):
+                    filters = {"model_name": name, "model_version": version, "start": start, "end": end,
+                               "tags": tags}
+                    recomputed = await fs.stats_rows(pool, deployment, includes=None, excludes=None, limit=10_000,
+                                                     **filters)
+                    total, counts = await aggregates.label_counts(pool, deployment, **filters)
+                    for ref in (None, reference):
+                        expected = stats.compute("AGGREGATED_LABEL_DISTRIBUTION", recomputed, ref)
+                        assert aggregates.compute("AGGREGATED_LABEL_DISTRIBUTION", total, counts, ref) == expected, \
+                            filters
+                    checked += bool(recomputed)
+        assert checked > 100  # most combinations keep predictions: the comparison is not of empty answers
+        full = await fs.stats_rows(pool, deployment, model_name=None, model_version=None, start=None, end=None,
+                                   includes=None, excludes=None, tags=None, limit=10_000)
+        assert len(full) == len(rows) - len(deleted)
+    finally:
+        async with pool.acquire() as conn:
+            await conn.execute("DELETE FROM predictions WHERE deployment_id = ANY($1::int[])",
+                               [deployment, deployment + 1])
+            leftover = await conn.fetch("SELECT labels FROM prediction_hours WHERE deployment_id = $1 AND"
+                                        " predictions <> 0", deployment)
+        await pool.close()
+    assert leftover == []  # every prediction deleted: nothing counted
+
+
+def test_the_hour_plan_splits_a_window_into_whole_and_partial_hours():
+    at = datetime(2026, 12, 1, 10, tzinfo=UTC)
+    assert aggregates.hour_plan(None, None) == ((None, None), [])
+    assert aggregates.hour_plan(at + timedelta(minutes=5), at + timedelta(hours=3, minutes=1)) == (
+        (at + timedelta(hours=1), at + timedelta(hours=3)),
+        [(at + timedelta(minutes=5), at + timedelta(hours=1), False),
+         (at + timedelta(hours=3), at + timedelta(hours=3, minutes=1), True)])
+    assert aggregates.hour_plan(at, at + timedelta(hours=2)) == ((at, at + timedelta(hours=2)),
+                                                                 [(at + timedelta(hours=2), at + timedelta(hours=2),
+                                                                   True)])
+    inside = (at + timedelta(minutes=5), at + timedelta(minutes=55))
+    assert aggregates.hour_plan(*inside) == (None, [(*inside, True)])
