@@ -86,7 +86,9 @@ CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 CLIENT_HASH_PREFIX = "hmac-sha256$"
 # the web UI's public client (no secret: a browser cannot keep one); services/gateway/ui.html signs in with it
 UI_CLIENT_ID = "railyard-ui"
-PUBLIC_GRANTS = ("password", "authorization_code", "refresh_token")
+# the password grant is for the SDK and CLI (api-client): a page that takes the password itself is what the
+# authorization endpoint replaces (OAuth 2.1 drops the password grant; browsers use the code flow with PKCE)
+PUBLIC_GRANTS = ("authorization_code", "refresh_token")
 # RFC 7636: a verifier is 43-128 unreserved characters; its S256 challenge, BASE64URL without padding, is 43
 CODE_VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
 CODE_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
@@ -289,16 +291,15 @@ async def _issue_public(deps: AuthDeps, cmd: IssueToken) -> TokenIssued:
                            code="invalid_client")
     if cmd.grant_type not in GRANTS:
         raise InvalidRequest(f"unsupported grant_type {cmd.grant_type!r}", code="unsupported_grant_type")
-    if cmd.grant_type not in PUBLIC_GRANTS:
-        raise InvalidRequest(f"the public client {cmd.client_id} may use the {', '.join(PUBLIC_GRANTS)} grants only;"
-                             " client_credentials needs a workspace's inference client and its secret",
-                             code="unauthorized_client")
     if cmd.grant_type == "password":
-        user = await _password_login(deps, cmd)
-    elif cmd.grant_type == "authorization_code":
-        user = await _code_login(deps, cmd)
-    else:
-        user = await _refresh_login(deps, cmd)
+        raise InvalidRequest(f"the public client {cmd.client_id} signs in through the authorization endpoint "
+                             "(authorization code flow with PKCE, S256); the password grant is the SDK's and CLI's "
+                             "(the login client and its secret)", code="unauthorized_client")
+    if cmd.grant_type not in PUBLIC_GRANTS:
+        raise InvalidRequest(f"the public client {cmd.client_id} may use the authorization_code and refresh_token "
+                             "grants only; client_credentials needs a workspace's inference client and its secret",
+                             code="unauthorized_client")
+    user = await (_code_login(deps, cmd) if cmd.grant_type == "authorization_code" else _refresh_login(deps, cmd))
     return await _mint(deps, user, cmd.client_id, with_refresh=True)
 
 

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from shared.client import RailyardClient
 from tests.integration.conftest import PASSWORD, client_for, inference_client, post
+from tests.integration.pkce import error_code, ui_tab, ui_tokens
 
 pytestmark = pytest.mark.integration
 
@@ -100,9 +101,8 @@ def ui_token_request(stack, data: dict) -> httpx.Response:
 
 
 def test_the_web_uis_public_client_signs_users_in_without_a_secret(stack, alice):
-    signed_in = ui_token_request(stack, {"grant_type": "password", "username": alice.email, "password": PASSWORD})
-    assert signed_in.status_code == 200, signed_in.text
-    body = signed_in.json()
+    # its sign-in is the authorization code flow with PKCE (tests/integration/test_ui_sign_in.py)
+    body = ui_tokens(stack, alice.email, PASSWORD)
     claims = jwt.decode(body["access_token"], options={"verify_signature": False})
     assert claims["azp"] == UI_CLIENT and claims["sub"] == alice.user_id
     assert claims["railyard_kind"] == "user" and claims["railyard_admin"] is False
@@ -209,20 +209,24 @@ def test_repeated_failed_logins_are_slowed_then_locked(stack, admin):
     client = client_for(stack)
     timings = []
     wrong = {"grant_type": "password", "username": email, "password": "wrong-password"}
+    ui = httpx.Client(base_url=stack.base_url, timeout=30)
+    tab = ui_tab(ui, stack.base_url)
+    assert tab.open_form().status_code == 200
     for n in range(5):  # the test stack locks after 5 (RAILYARD_AUTH__LOCKOUT_AFTER), 0.5 s per failure
         started = time.monotonic()
-        # the login client and the web UI's public client count alike: one count per user and source
-        response = token_request(stack, wrong) if n % 2 == 0 else ui_token_request(stack, wrong)
+        # the login client and the web UI's sign-in page count alike: one count per user and source
+        response = token_request(stack, wrong) if n % 2 == 0 else tab.submit(email, "wrong-password")
         timings.append(time.monotonic() - started)
         assert response.status_code == 401
-    assert response.json()["error"] == "account_locked"
+    assert error_code(response) == "account_locked"
     # the n-th attempt waited (n-1) x 0.5 s before its check; a lower bound, so a loaded machine cannot fail it
     assert all(took >= n * 0.5 for n, took in enumerate(timings)), timings
     with pytest.raises(Exception) as locked:
         client.login(email, PASSWORD)
     assert getattr(locked.value, "code", "") == "account_locked"
-    right = ui_token_request(stack, {"grant_type": "password", "username": email, "password": PASSWORD})
-    assert right.status_code == 401 and right.json()["error"] == "account_locked"
+    right = tab.submit(email, PASSWORD)
+    assert right.status_code == 401 and error_code(right) == "account_locked" and "location" not in right.headers
+    ui.close()
 
 
 def test_python_client_logs_in_and_refreshes(stack):

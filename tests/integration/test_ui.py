@@ -210,13 +210,17 @@ def choose(driver, select_id: str, value: str, page: str) -> None:
 
 
 def sign_in(driver, stack, email: str, password: str) -> None:
-    """Sign in with the user name and password only: the page has no client fields (its client is public)."""
+    """Sign in with the user name and password only, on the gateway's sign-in page, where the UI sends the browser
+    (authorization code flow with PKCE): no client fields (its client is public)."""
     driver.get(stack.base_url + "/")
     try:
         WebDriverWait(driver, WAIT).until(ec.visibility_of_element_located((By.ID, "username")))
     except TimeoutException:  # a script error leaves the form hidden: show the console
         raise AssertionError(f"no sign-in form; browser console: {driver.get_log('browser')}") from None
-    assert len(driver.find_elements(By.CSS_SELECTOR, "#signin input")) == 2  # no client id or secret to type
+    assert driver.current_url.startswith(stack.base_url + "/auth/realms/master/protocol/openid-connect/auth?")
+    assert "code_challenge_method=S256" in driver.current_url and "code_challenge=" in driver.current_url
+    # no client id or secret to type
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#signin input:not([type=hidden])")) == 2
     for field, value in (("username", email), ("password", password)):
         box = driver.find_element(By.ID, field)
         box.clear()
@@ -245,10 +249,11 @@ def test_sign_in_workspaces_models_pipelines_logs(stack, alice_ui: Account, worl
         response = httpx.get(stack.base_url + path, timeout=30)
         assert response.status_code == 200 and len(response.content) > 100_000, path
 
-    # a wrong password shows the token endpoint's own message
+    # a wrong password shows the auth service's own message (the one the token endpoint gives)
+    secrets = stack.secrets()
     wrong = httpx.post(f"{stack.base_url}{TOKEN_PATH}", data={
-        "grant_type": "password", "username": alice.email, "password": "not-her-password",
-        "client_id": "railyard-ui"}, timeout=30)
+        "grant_type": "password", "username": alice.email, "password": "not-her-password"},
+        auth=(secrets["client_id"], secrets["client_secret"]), timeout=30)
     assert wrong.status_code in (400, 401), wrong.text
     api_message = wrong.json().get("error_description") or wrong.json().get("msg")
     sign_in(browser, stack, alice.email, "not-her-password")
@@ -258,7 +263,9 @@ def test_sign_in_workspaces_models_pipelines_logs(stack, alice_ui: Account, worl
 
     sign_in(browser, stack, alice.email, PASSWORD)
     wait_text(browser, "#who", alice.email)
-    assert "token" not in browser.current_url and "access" not in browser.current_url
+    # back on the UI's page, the one-time code already gone from the address bar
+    assert browser.current_url == stack.base_url + "/", browser.current_url
+    assert browser.execute_script("return sessionStorage.getItem('railyard.pkce')") is None  # the verifier spent
     stored = browser.execute_script("return sessionStorage.getItem('railyard.session')")
     assert stored and alice.token.split(".")[0] in stored  # kept in this tab's sessionStorage
     session = json.loads(stored)

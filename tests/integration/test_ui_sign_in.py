@@ -1,29 +1,26 @@
-"""The web UI's sign-in allowance, through the real gateway: its public client (`railyard-ui`) has no shared bucket,
-so failed sign-ins from some addresses never stop a sign-in from another (docs/auth.md, "Brute force")."""
+"""The web UI's sign-in, through the real gateway: the authorization code flow with PKCE (S256) of its public client
+(`railyard-ui`), and its allowance, which is per source address and per account name, never one bucket shared by
+every user, so failed sign-ins from some addresses never stop a sign-in from another (docs/auth.md)."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import asyncpg
 import httpx
+import jwt
 
 from tests.integration.conftest import PASSWORD, TOKEN_PATH
+from tests.integration.pkce import UI_CLIENT, UiSignIn, error_code, ui_tab
 
-UI_CLIENT = "railyard-ui"
 PROXY = "127.0.0.5"  # the test stack's trusted proxy (tests/stack.py): X-Forwarded-For names the source
 # the gateway's defaults (shared/settings.py GatewaySettings)
 CLIENT_BURST, CLIENT_RATE = 500, 100.0
-SOURCE_BURST, SOURCE_RATE = 50, 10.0
 ACCOUNT_BURST, ACCOUNT_RATE = 100, 20.0
-
-
-def ui_sign_in(http: httpx.Client, username: str, password: str, forwarded_for: str | None = None) -> httpx.Response:
-    """A password sign-in as the UI sends it: the public client's id, no secret."""
-    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
-    return http.post(TOKEN_PATH, headers=headers, data={
-        "grant_type": "password", "client_id": UI_CLIENT, "username": username, "password": password})
 
 
 def http_from(stack, address: str, connections: int = 1) -> httpx.Client:
@@ -31,15 +28,33 @@ def http_from(stack, address: str, connections: int = 1) -> httpx.Client:
                         transport=httpx.HTTPTransport(local_address=address))
 
 
+def tab_from(http: httpx.Client, stack, forwarded_for: str | None = None) -> UiSignIn:
+    """A tab with its sign-in form open (its CSRF cookie and token)."""
+    tab = ui_tab(http, stack.base_url)
+    assert tab.open_form(headers={"X-Forwarded-For": forwarded_for} if forwarded_for else None).status_code == 200
+    return tab
+
+
+def signs_in(tab: UiSignIn, username: str, forwarded_for: str | None = None) -> dict:
+    """The whole sign-in of one tab with the right password: its tokens."""
+    submitted = tab.submit(username, PASSWORD, headers={"X-Forwarded-For": forwarded_for} if forwarded_for else None)
+    exchanged = tab.exchange(tab.code(submitted))
+    assert exchanged.status_code == 200, exchanged.text
+    return exchanged.json()
+
+
 def test_failed_ui_sign_ins_from_many_addresses_do_not_stop_another_addresss(stack, alice):
-    """One attacker with many addresses (here named by the trusted proxy) fails UI sign-ins faster than the shared
-    `railyard-ui` bucket (100/s, burst 500) allowed before; alice, from another address, still signs in."""
+    """One attacker with many addresses (here named by the trusted proxy) fails UI sign-ins faster than one shared
+    bucket of the UI's client (100/s, burst 500, as its password grant had) would allow; alice, from another address,
+    still signs in."""
     attackers = [f"198.51.100.{i}" for i in range(1, 41)]  # each address's own bucket is never spent here
     sent, statuses, started = 0, [], time.monotonic()
     with http_from(stack, PROXY, 16) as proxy, ThreadPoolExecutor(16) as pool:
+        tab = tab_from(proxy, stack, attackers[0])
+
         def one(i: int) -> int:
             name = f"nobody-{uuid.uuid4().hex[:8]}"
-            return ui_sign_in(proxy, name, "wrong", attackers[i % len(attackers)]).status_code
+            return tab.submit(name, "wrong", headers={"X-Forwarded-For": attackers[i % len(attackers)]}).status_code
 
         # until the flood outran what one shared bucket would have let through in that time
         while sent < 4000 and sent <= CLIENT_BURST + CLIENT_RATE * (time.monotonic() - started) + 50:
@@ -49,9 +64,7 @@ def test_failed_ui_sign_ins_from_many_addresses_do_not_stop_another_addresss(sta
     assert sent > CLIENT_BURST + CLIENT_RATE * elapsed, (sent, elapsed)  # a shared bucket would be empty now
     assert set(statuses) == {401}, {s: statuses.count(s) for s in set(statuses)}  # failed, never rate limited
     with http_from(stack, PROXY) as proxy:
-        signed_in = ui_sign_in(proxy, alice.email, PASSWORD, "203.0.113.40")
-    assert signed_in.status_code == 200, signed_in.text
-    assert signed_in.json()["access_token"]
+        assert signs_in(tab_from(proxy, stack, "203.0.113.40"), alice.email, "203.0.113.40")["access_token"]
 
 
 def test_one_address_failing_alices_sign_in_does_not_stop_alice_elsewhere(stack, alice, bob):
@@ -60,23 +73,24 @@ def test_one_address_failing_alices_sign_in_does_not_stop_alice_elsewhere(stack,
     time: alice and bob sign in from elsewhere while it runs. (Handled one by one at the auth service, its delayed
     attempts queued every sign-in behind them: 504s.)"""
     with http_from(stack, "127.0.0.21", 16) as attacker, ThreadPoolExecutor(16) as pool:
-        flood = [pool.submit(ui_sign_in, attacker, alice.email, "wrong-password") for _ in range(80)]
+        tab = tab_from(attacker, stack)
+        flood = [pool.submit(tab.submit, alice.email, "wrong-password") for _ in range(80)]
         while sum(f.done() for f in flood) < 8:
             time.sleep(0.02)
         with http_from(stack, "127.0.0.22") as elsewhere:
             started = time.monotonic()
-            others = [ui_sign_in(elsewhere, account.email, PASSWORD) for account in (alice, bob)]
+            for account in (alice, bob):
+                signs_in(tab_from(elsewhere, stack), account.email)
             waited = time.monotonic() - started
         responses = [f.result() for f in flood]
-    for signed_in in others:
-        assert signed_in.status_code == 200, signed_in.text
     assert waited < 4, waited
-    errors = [(r.status_code, r.json()["error"]) for r in responses]
+    errors = [(r.status_code, error_code(r)) for r in responses]
     assert set(errors) <= {(401, "account_locked"), (401, "invalid_grant"), (429, "rate_limited")}, errors
     # checked one at a time: at most lockout_after - 1 (the test stack's 5) guesses fail before the lock
     assert errors.count((401, "invalid_grant")) <= 4, errors
-    said = {r.json()["error_description"] for r in responses if r.status_code == 429}
-    assert said and all("address" in text for text in said), said  # never alice's account's allowance
+    limited = [r for r in responses if r.status_code == 429]
+    assert limited and all("address" in r.text and "account;" not in r.text for r in limited)
+    assert all("location" not in r.headers for r in responses)  # no code anywhere
 
 
 def test_many_addresses_guessing_one_account_are_slowed_for_that_account_only(stack, alice, bob):
@@ -86,8 +100,11 @@ def test_many_addresses_guessing_one_account_are_slowed_for_that_account_only(st
     attackers = [f"198.51.100.{i}" for i in range(101, 141)]
     sent, statuses, started = 0, [], time.monotonic()
     with http_from(stack, PROXY, 16) as proxy, ThreadPoolExecutor(16) as pool:
+        tab = tab_from(proxy, stack, attackers[0])
+
         def one(i: int) -> httpx.Response:
-            return ui_sign_in(proxy, target.upper() if i % 2 else target, "wrong", attackers[i % len(attackers)])
+            return tab.submit(target.upper() if i % 2 else target, "wrong",
+                              headers={"X-Forwarded-For": attackers[i % len(attackers)]})
 
         while sent < 2000 and statuses.count(429) < 10:
             statuses += [r.status_code for r in pool.map(one, range(sent, sent + 80))]
@@ -97,8 +114,120 @@ def test_many_addresses_guessing_one_account_are_slowed_for_that_account_only(st
         # at most the account's burst and rate got through (the name's case does not make another bucket)
         assert statuses.count(401) <= ACCOUNT_BURST + ACCOUNT_RATE * elapsed + 1, (statuses.count(401), elapsed)
         limited = one(0)
-        assert limited.status_code == 429 and limited.json()["error"] == "rate_limited", limited.text
-        assert "account" in limited.json()["error_description"] and int(limited.headers["Retry-After"]) >= 1
-        assert "access_token" not in limited.json()
-        other = ui_sign_in(proxy, bob.email, PASSWORD, attackers[0])
-    assert other.status_code == 200, other.text
+        assert limited.status_code == 429 and error_code(limited) == "rate_limited", limited.text
+        assert "for this account" in limited.text and int(limited.headers["Retry-After"]) >= 1
+        assert "location" not in limited.headers
+        assert signs_in(tab_from(proxy, stack, attackers[0]), bob.email, attackers[0])["access_token"]
+
+
+async def _codes_of(stack, user_id: str) -> int:
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM auth.authorization_codes WHERE user_id = $1",
+                                   uuid.UUID(user_id))
+    finally:
+        await conn.close()
+
+
+async def _age(stack, code: str) -> None:
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        await conn.execute("UPDATE auth.authorization_codes SET expires_at = now() - interval '1 second'"
+                           " WHERE code_hash = $1", hashlib.sha256(code.encode()).digest())
+    finally:
+        await conn.close()
+
+
+def refused(response: httpx.Response, status: int, error: str, said: str = "") -> None:
+    """A typed refusal that issued nothing."""
+    assert response.status_code == status and error_code(response) == error, (response.status_code, response.text)
+    assert said in response.text, response.text
+    assert "access_token" not in response.text and "location" not in response.headers
+
+
+def test_the_ui_signs_in_with_a_one_time_pkce_code(stack, alice):
+    with httpx.Client(base_url=stack.base_url, timeout=30) as http:
+        tab = ui_tab(http, stack.base_url)
+        form = tab.open_form()
+        assert form.status_code == 200 and 'id="username"' in form.text and 'type="password"' in form.text
+        assert "frame-ancestors 'none'" in form.headers["content-security-policy"]
+        assert form.headers["cache-control"] == "no-store" and "<script" not in form.text
+        cookie = form.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie
+        # the whole flow: a 303 to the UI's page with a code and the tab's state, exchanged with the verifier
+        code = tab.code(tab.submit(alice.email, PASSWORD))
+        exchanged = tab.exchange(code)
+        assert exchanged.status_code == 200, exchanged.text
+        tokens = exchanged.json()
+        claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+        assert claims["azp"] == UI_CLIENT and claims["sub"] == alice.user_id and claims["railyard_kind"] == "user"
+        assert http.post(f"{stack.api}/workspaces/list", json={}, headers={
+            "Authorization": f"Bearer {tokens['access_token']}"}).status_code == 200
+        refreshed = http.post(TOKEN_PATH, data={"grant_type": "refresh_token", "client_id": UI_CLIENT,
+                                                "refresh_token": tokens["refresh_token"]})
+        assert refreshed.status_code == 200, refreshed.text
+
+        # a code works once
+        refused(tab.exchange(code), 401, "invalid_grant", "already used")
+        # a wrong verifier: refused, and the code is spent (the right verifier cannot use it after)
+        code = tab.code(tab.submit(alice.email, PASSWORD))
+        other = UiSignIn(http, tab.redirect_uri)
+        refused(tab.exchange(code, code_verifier=other.verifier), 401, "invalid_grant", "code_verifier")
+        refused(tab.exchange(code), 401, "invalid_grant", "already used")
+        refused(tab.exchange(tab.code(tab.submit(alice.email, PASSWORD)), code_verifier="short"), 401,
+                "invalid_grant", "code_verifier")
+        # bound to its redirect URI and its client
+        refused(tab.exchange(tab.code(tab.submit(alice.email, PASSWORD)), redirect_uri="http://evil.example/"),
+                401, "invalid_grant", "redirect_uri")
+        secrets = stack.secrets()
+        stolen = tab.code(tab.submit(alice.email, PASSWORD))
+        refused(http.post(TOKEN_PATH, auth=(secrets["client_id"], secrets["client_secret"]), data={
+            "grant_type": "authorization_code", "code": stolen, "code_verifier": tab.verifier,
+            "redirect_uri": tab.redirect_uri}), 400, "unauthorized_client")
+        assert tab.exchange(stolen).status_code == 200  # not spent by that: its own client still exchanges it
+        # expired (a minute; aged here in the database)
+        code = tab.code(tab.submit(alice.email, PASSWORD))
+        asyncio.run(_age(stack, code))
+        refused(tab.exchange(code), 401, "invalid_grant", "expired")
+        # the UI's client no longer takes a password itself; the SDK's and CLI's login client still does
+        refused(http.post(TOKEN_PATH, data={"grant_type": "password", "client_id": UI_CLIENT, "username": alice.email,
+                                            "password": PASSWORD}), 400, "unauthorized_client", "authorization")
+        assert http.post(TOKEN_PATH, auth=(secrets["client_id"], secrets["client_secret"]), data={
+            "grant_type": "password", "username": alice.email, "password": PASSWORD}).status_code == 200
+    assert asyncio.run(_codes_of(stack, alice.user_id)) == 0  # every code spent
+
+
+def test_the_authorization_endpoint_refuses_bad_requests_and_issues_nothing(stack, alice):
+    with httpx.Client(base_url=stack.base_url, timeout=30) as http:
+        tab = ui_tab(http, stack.base_url)
+        for override, error, said in (
+                ({"redirect_uri": "http://evil.example/"}, "invalid_request", "redirect_uri"),
+                ({"redirect_uri": stack.base_url + "/?next=x"}, "invalid_request", "redirect_uri"),
+                ({"client_id": "api-client"}, "invalid_client", "client_id"),
+                ({"code_challenge_method": "plain", "code_challenge": tab.verifier}, "invalid_request", "S256"),
+                ({"code_challenge": "too-short"}, "invalid_request", "code_challenge"),
+                ({"response_type": "token"}, "unsupported_response_type", "response_type"),
+                ({"state": ""}, "invalid_request", "state")):
+            shown = tab.open_form(**override)
+            refused(shown, 401 if error == "invalid_client" else 400, error, said)
+            assert 'name="password"' not in shown.text  # an error page, no form
+        assert tab.open_form().status_code == 200  # a good form: its CSRF token and cookie
+        # the right password with a foreign redirect URI: shown an error, sent nowhere
+        refused(tab.submit(alice.email, PASSWORD, redirect_uri="http://evil.example/"), 400, "invalid_request",
+                "redirect_uri")
+        refused(tab.submit(alice.email, PASSWORD, code_challenge_method="plain"), 400, "invalid_request", "S256")
+        # CSRF: another site's page cannot post the form (no cookie, another token, or its Origin)
+        with httpx.Client(base_url=stack.base_url, timeout=30) as elsewhere:
+            foreign = UiSignIn(elsewhere, tab.redirect_uri, csrf=tab.csrf)
+            refused(foreign.submit(alice.email, PASSWORD), 403, "forbidden", "did not come from this page")
+        good = tab.csrf
+        tab.csrf = "x" * 43
+        refused(tab.submit(alice.email, PASSWORD), 403, "forbidden", "did not come from this page")
+        tab.csrf = good
+        refused(tab.submit(alice.email, PASSWORD, headers={"Origin": "http://evil.example"}), 403, "forbidden",
+                "another site")
+        # a wrong password: the form again, with the auth service's message and the name kept
+        wrong = tab.submit(alice.email, "not-her-password")
+        refused(wrong, 401, "invalid_grant", "invalid user credentials")
+        assert 'name="password"' in wrong.text and f'value="{alice.email}"' in wrong.text
+    assert asyncio.run(_codes_of(stack, alice.user_id)) == 0
