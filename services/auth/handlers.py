@@ -252,7 +252,8 @@ GRANTS = ("password", "refresh_token", "client_credentials", "authorization_code
 async def issue_token(deps: AuthDeps, cmd: IssueToken) -> TokenIssued:
     """The login client (workspace-less) has the password and refresh_token grants; a workspace's inference
     clients have client_credentials only, and their tokens infer on that workspace's deployments only. The web
-    UI's public client has no secret and the password and refresh_token grants only."""
+    UI's public client has no secret and the authorization_code (PKCE, from the authorization endpoint) and
+    refresh_token grants only."""
     client = await store.client(deps.pool, cmd.client_id)
     if client is not None and client["public"]:
         return await _issue_public(deps, cmd)
