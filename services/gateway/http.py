@@ -267,7 +267,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             form = await request.form()
             client_id, client_secret = _client_credentials(request, form)
             if client_secret:  # a confidential client's shared bucket; a public one proves nothing (ratelimit.py)
-                token_limits.check_client(client_id)
+                token_limits.check_client(client_id, client_secret)
             if form.get("grant_type") == "password" and form.get("username"):
                 token_limits.check_account(str(form["username"]))
             cmd = m.IssueToken(

@@ -6,16 +6,18 @@ store (each gateway replica limits what it sees; the auth service's per-source l
 token bucket is a dozen lines; `limits`/`slowapi` would bring storage backends and decorators we would not use.
 The table is bounded (least recently used keys go first) so a flood of source addresses cannot grow it.
 
-Who shares a bucket: a client id is only a shared bucket when the request proves it is that client (it carries a
-secret; the auth service checks it). A public client (the web UI's `railyard-ui`) proves nothing, so anyone can name
-it: one bucket for it would let one attacker with a few addresses spend every user's sign-ins (a denial of service
-of the UI). Its requests are counted per source address and, for the password grant (any client), per account name
-instead. The account's allowance is larger than a source's (docs/auth.md), so no single address can spend it: a
-flood from one address slows that address only.
+Who shares a bucket: a client id is only a shared bucket when the request carries that client's secret (its
+digest is part of the key: a request with a made-up secret gets a bucket of its own, so it cannot spend the real
+callers'; the auth service then refuses it). A public client (the web UI's `railyard-ui`) proves nothing, so anyone
+can name it: one bucket for it would let one attacker with a few addresses spend every user's sign-ins (a denial of
+service of the UI). Its requests are counted per source address and, for password sign-ins (any client, and the UI's
+sign-in page), per account name instead. The account's allowance is larger than a source's (docs/auth.md), so no
+single address can spend it: a flood from one address slows that address only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import OrderedDict
 
@@ -62,8 +64,12 @@ class TokenEndpointLimits:
         if wait := self.per_source.take(source):
             raise TooManyRequests("too many token requests from this address; slow down", retry_after=wait)
 
-    def check_client(self, client_id: str) -> None:
-        if wait := self.per_client.take(client_id):
+    def check_client(self, client_id: str, secret: str) -> None:
+        """One request of a confidential client, keyed by the id and the secret it presents (its digest): only
+        callers who know the secret share the client's bucket, so made-up secrets cannot spend it (the auth service
+        refuses them, at microseconds each, and the source's bucket bounds each address)."""
+        key = f"{client_id}:{hashlib.sha256(secret.encode()).hexdigest()[:32]}"
+        if wait := self.per_client.take(key):
             raise TooManyRequests("too many token requests for this client; slow down", retry_after=wait)
 
     def check_account(self, username: str) -> None:

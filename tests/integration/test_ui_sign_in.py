@@ -67,6 +67,30 @@ def test_failed_ui_sign_ins_from_many_addresses_do_not_stop_another_addresss(sta
         assert signs_in(tab_from(proxy, stack, "203.0.113.40"), alice.email, "203.0.113.40")["access_token"]
 
 
+def test_made_up_secrets_do_not_spend_the_login_clients_allowance(stack, alice):
+    """The CLI's and SDK's counterpart: requests naming `api-client` with made-up secrets, from many addresses and
+    faster than its bucket (100/s, burst 500) allows, never slow a login that has its secret."""
+    secrets = stack.secrets()
+    attackers = [f"198.51.100.{i}" for i in range(41, 81)]
+    sent, statuses, started = 0, [], time.monotonic()
+    with http_from(stack, PROXY, 16) as proxy, ThreadPoolExecutor(16) as pool:
+        def one(i: int) -> int:
+            return proxy.post(TOKEN_PATH, auth=(secrets["client_id"], uuid.uuid4().hex), headers={
+                "X-Forwarded-For": attackers[i % len(attackers)]}, data={
+                "grant_type": "password", "username": f"nobody-{i}", "password": "x"}).status_code
+
+        while sent < 4000 and sent <= CLIENT_BURST + CLIENT_RATE * (time.monotonic() - started) + 50:
+            statuses += pool.map(one, range(sent, sent + 160))
+            sent += 160
+        elapsed = time.monotonic() - started
+        assert sent > CLIENT_BURST + CLIENT_RATE * elapsed, (sent, elapsed)
+        assert set(statuses) == {401}, {s: statuses.count(s) for s in set(statuses)}  # invalid_client, never 429
+        login = proxy.post(TOKEN_PATH, auth=(secrets["client_id"], secrets["client_secret"]), headers={
+            "X-Forwarded-For": "203.0.113.41"}, data={"grant_type": "password", "username": alice.email,
+                                                      "password": PASSWORD})
+    assert login.status_code == 200, login.text
+
+
 def test_one_address_failing_alices_sign_in_does_not_stop_alice_elsewhere(stack, alice, bob):
     """An address guessing alice's password, 16 at a time, is refused fast (its own bucket, and one attempt at a time
     for alice from there) but spends neither alice's account allowance (larger than one address's) nor anyone's

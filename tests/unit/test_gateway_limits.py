@@ -49,9 +49,10 @@ def test_token_endpoint_limits_per_source_and_per_client():
         limits.check_source("10.0.0.1")
     limits.check_source("10.0.0.2")
     for _ in range(3):
-        limits.check_client("api-client")
+        limits.check_client("api-client", "its-secret")
+    limits.check_client("api-client", "made-up")  # another secret: not the real callers' bucket
     with pytest.raises(TooManyRequests, match="client") as raised:
-        limits.check_client("api-client")
+        limits.check_client("api-client", "its-secret")
     status, headers, _ = error_parts(raised.value, "oauth")
     assert status == 429 and headers["Retry-After"] == "1"
 
@@ -151,4 +152,6 @@ async def test_the_public_client_spends_no_shared_bucket():
         assert await error("203.0.113.1", auth=("api-client", "x")) == "invalid_request"
         assert await error("203.0.113.2", auth=("api-client", "x")) == "invalid_request"
         assert await error("203.0.113.3", auth=("api-client", "x")) == "rate_limited"  # its shared bucket
+        # made-up secrets get buckets of their own: they cannot spend the real callers'
+        assert await error("203.0.113.4", auth=("api-client", "y")) == "invalid_request"
         assert await error("203.0.113.3", data={"client_id": "railyard-ui"}) == "invalid_request"
