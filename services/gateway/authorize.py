@@ -97,7 +97,7 @@ def page(params: dict[str, str] | None, csrf: str, *, username: str = "", error:
     form = ""
     if params is not None:
         hidden = "".join(f'<input type="hidden" name="{name}" value="{esc(value)}">' for name, value in params.items())
-        form = f"""<form class="signin" id="signin" method="post" action="{AUTH_PATH}">
+        form = f"""<form class="signin" id="signin" method="post" action="{AUTH_PATH}" aria-labelledby="signin-title">
  <input type="hidden" name="csrf" value="{esc(csrf)}">{hidden}
  <label for="username">Email or user name</label>
  <input id="username" name="username" autocomplete="username" required autofocus value="{esc(username)}">
@@ -106,8 +106,8 @@ def page(params: dict[str, str] | None, csrf: str, *, username: str = "", error:
  {message}
  <button type="submit">Sign in</button>
 </form>"""
-    else:
-        form = message
+    else:  # a request that cannot be answered with a form: start again from the UI, which makes a good one
+        form = f'{message}<p><a href="/">Open the web UI</a> to sign in again.</p>'
     body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Sign in - Railyard</title>
@@ -125,8 +125,7 @@ button:focus,input:focus{{outline:3px solid #f0b400;outline-offset:1px}}
 <main><h2 id="signin-title">Sign in</h2>
 {form}
 </main></body></html>"""
-    response = HTMLResponse(body, status_code=status, headers={**HEADERS, **(headers or {})})
-    return response
+    return HTMLResponse(body, status_code=status, headers={**HEADERS, **(headers or {})})
 
 
 def add_authorize_routes(app: FastAPI, runtime: Runtime, source_address: SourceAddress,
