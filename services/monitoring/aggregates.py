@@ -61,14 +61,17 @@ async def label_counts(pool: asyncpg.Pool, deployment_id: int, *, model_name: st
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         # one snapshot: a prediction committed meanwhile is in both the table and its hour, or in neither
         if hours is not None:
-            rows = await conn.fetch(
-                "SELECT predictions, labels FROM prediction_hours WHERE deployment_id = $1" + _FILTERS.format(t="")
-                + " AND ($5::timestamptz IS NULL OR hour >= $5) AND ($6::timestamptz IS NULL OR hour < $6)",
+            # summed in the database: one row per label comes back, not one per hour
+            row = await conn.fetchrow(
+                "WITH hours AS (SELECT predictions, labels FROM prediction_hours WHERE deployment_id = $1"
+                + _FILTERS.format(t="") + " AND ($5::timestamptz IS NULL OR hour >= $5) AND ($6::timestamptz IS NULL"
+                " OR hour < $6)) SELECT (SELECT coalesce(sum(predictions), 0) FROM hours) AS predictions,"
+                " (SELECT coalesce(jsonb_object_agg(key, n), '{}') FROM (SELECT key, sum(value::bigint) AS n FROM"
+                " hours, jsonb_each_text(labels) GROUP BY key) summed) AS labels",
                 deployment_id, model_name, model_version, tags, hours[0], hours[1])
-            for row in rows:
-                total += row["predictions"]
-                labels = row["labels"]
-                counts.update(json.loads(labels) if isinstance(labels, str) else labels)
+            total += int(row["predictions"])
+            labels = row["labels"]
+            counts.update(json.loads(labels) if isinstance(labels, str) else labels)
         for first, last, last_included in raw:
             rows = await conn.fetch(
                 "SELECT p.kind, p.prediction FROM predictions p WHERE p.deployment_id = $1" + _FILTERS.format(t="p.")
