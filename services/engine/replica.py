@@ -107,6 +107,15 @@ class Step:
         return output, self.model, shadows
 
 
+def first_step_narrowing(steps: list[Step]) -> dict[str, pa.DataType]:
+    """What a request's table is narrowed to on arrival: the first step's models' common float types, but for an
+    A/B split's hash key (runtimes.narrowing)."""
+    if not steps:
+        return {}
+    first = steps[0]
+    return narrowing(first.runtimes, frozenset([first.hash_key] if first.hash_key else []))
+
+
 def _sha256_of(path: Path) -> str | None:
     if not path.exists():
         return None
@@ -177,7 +186,7 @@ class Replica:
         for failure in started:
             if isinstance(failure, BaseException):
                 raise failure
-        self.narrowing = narrowing(self.steps[0].runtimes) if self.steps else {}
+        self.narrowing = first_step_narrowing(self.steps)
 
     def narrow(self, table: pa.Table) -> pa.Table:
         """A request's table with its float64 columns in the types the first step's models all take (arrow_codec.

@@ -86,12 +86,13 @@ def _column_to_tensor(name: str, column: pa.ChunkedArray | pa.Array, dims: list,
 NARROW = (np.float32, np.float16)
 
 
-def narrowing(runtimes: list) -> dict[str, pa.DataType]:
+def narrowing(runtimes: list, keep: frozenset[str] = frozenset()) -> dict[str, pa.DataType]:
     """The float64 columns a step's models take narrower, as {column: float32 or float16}: a column every model
     of the step (ONNX, all of them: a challenger or an A/B arm included) takes as the same narrower float type.
     A JSON request's numbers arrive as float64 (the records typing rules) and each model call cast them anyway;
     cast once when the request arrives, the bus, the model call and the inference log carry what the models
-    consume, at half the bytes (docs/logs.md, "Types")."""
+    consume, at half the bytes (docs/logs.md, "Types"). Columns in `keep` stay as sent: an A/B split's hash key,
+    whose value as sent picks the arm (0.11 narrowed prints as 0.10999999940395355 and would move the request)."""
     if not runtimes or not all(isinstance(r, OnnxRuntime) for r in runtimes):
         return {}
     taken: dict[str, set] = {}
@@ -101,7 +102,7 @@ def narrowing(runtimes: list) -> dict[str, pa.DataType]:
     found = {}
     for name, dtypes in taken.items():
         (dtype,) = dtypes if len(dtypes) == 1 else (None,)
-        if dtype in NARROW and all(name in {n for n, _, _ in r.inputs} for r in runtimes):
+        if name not in keep and dtype in NARROW and all(name in {n for n, _, _ in r.inputs} for r in runtimes):
             found[name] = pa.from_numpy_dtype(dtype)
     return found
 

@@ -47,6 +47,7 @@ def test_models_that_disagree_or_take_other_columns_or_run_code_narrow_nothing(t
     assert narrowing([ccfraud, doubles]) == {}  # a shadow taking float64 must get the request's own values
     assert narrowing([ccfraud, other]) == {}  # an arm that does not take `tensor` at all
     assert narrowing([object()]) == {}  # a Python step or BYOP: no declared types
+    assert narrowing([ccfraud], keep=frozenset(["tensor"])) == {}  # an A/B split's hash key picks the arm as sent
     assert narrowing([]) == {}
 
 
@@ -146,3 +147,14 @@ def test_the_replica_refuses_a_table_typed_for_another_version_and_strips_the_ma
     assert refused.value.code == STALE_ROUTE
     ours = Replica.narrow(replica, marked.replace_schema_metadata({NARROWED_FOR: b"v2", b"other": b"kept"}))
     assert ours.schema.metadata == {b"other": b"kept"}  # the log keeps no transport mark
+
+
+def test_an_ab_splits_hash_key_is_not_narrowed(tmp_path, ccfraud):
+    from services.engine.replica import Step, first_step_narrowing
+
+    models = [{"name": "a", "sha": "1"}, {"name": "b", "sha": "2"}]
+    plain = Step({"kind": "RandomSplit", "models": models, "weights": [1, 1]}, [ccfraud, ccfraud])
+    keyed = Step({"kind": "RandomSplit", "models": models, "weights": [1, 1], "hash_key": "tensor"}, [ccfraud, ccfraud])
+    assert first_step_narrowing([plain]) == {"tensor": pa.float32()}
+    assert first_step_narrowing([keyed]) == {}  # the key's value as sent picks the arm
+    assert first_step_narrowing([]) == {}
