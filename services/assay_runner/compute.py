@@ -42,14 +42,22 @@ def metric_name(metric: str) -> str:
     return METRICS[key]
 
 
-def parse_duration(text: str) -> float:
-    """'24 hours', '1 minute', '30 seconds', '2 days' -> seconds."""
+MAX_DURATION_DAYS = 3650
+"""A window's width or interval is at most this long (about ten years): a longer one overflowed the date
+arithmetic of the window plan (`99999999999 days`: a 500, found by hand after `make fuzz-api`)."""
+
+
+def parse_duration(text: str, what: str = "duration") -> float:
+    """'24 hours', '1 minute', '30 seconds', '2 days' -> seconds; `what` names the field in the 400."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]+?)s?\s*", text or "")
     if not match or match.group(2).lower() not in UNITS:
-        raise InvalidRequest(f"cannot read the duration {text!r}: write e.g. '24 hours', '10 minutes', '30 seconds'")
+        raise InvalidRequest(f"{what}: cannot read the duration {text!r}: write e.g. '24 hours', '10 minutes', "
+                             "'30 seconds'")
     seconds = float(match.group(1)) * UNITS[match.group(2).lower()]
     if seconds <= 0:
-        raise InvalidRequest(f"the duration {text!r} must be positive")
+        raise InvalidRequest(f"{what}: the duration {text!r} must be positive")
+    if seconds > MAX_DURATION_DAYS * 86400:
+        raise InvalidRequest(f"{what}: the duration {text!r} is too long: at most {MAX_DURATION_DAYS} days")
     return seconds
 
 

@@ -100,8 +100,14 @@ def plan(cfg: AssayConfig) -> Plan:
                              f"e.g. 'input brightness_mean', not {cfg.iopath!r}")
     summarizer = cfg.summarizer.model_dump()
     compute.check_summarizer(summarizer)
-    width = compute.parse_duration(cfg.window.width)
-    interval = compute.parse_duration(cfg.window.interval) if cfg.window.interval else width
+    width = compute.parse_duration(cfg.window.width, "window.width")
+    interval = compute.parse_duration(cfg.window.interval, "window.interval") if cfg.window.interval else width
+    for what, moment in (("window.start", cfg.window.start),
+                         ("baseline.Fixed.end_at", cfg.baseline.Fixed.end_at if cfg.baseline.Fixed else None)):
+        if moment is not None and _utc(moment) > datetime.max.replace(tzinfo=UTC) - timedelta(seconds=width):
+            # the first window (from here, one width long) would end past year 9999: OverflowError, a 500
+            raise InvalidRequest(f"{what}: {moment.isoformat()} is too late: its first window of {cfg.window.width!r} "
+                                 "would end after 9999-12-31")
     if cfg.baseline.Fixed is not None and _ms(cfg.baseline.Fixed.end_at) <= _ms(cfg.baseline.Fixed.start_at):
         raise InvalidRequest("baseline.Fixed.end_at must be after start_at")
     if cfg.warning_threshold is not None and cfg.warning_threshold > cfg.alert_threshold:

@@ -54,6 +54,12 @@ class AssayWindow(Message):
     interval: str | None = Field(None, description="Time between window starts (default: the width).")
 
 
+MAX_BINS = 100
+"""Regular bins of an assay's summary at most (the seed recommends 5 to 14). More were stored and summarized as
+asked: a million bins made a reply bigger than the bus carries, so the caller waited for a 504 after the assay was
+already created (found by hand after `make fuzz-api`)."""
+
+
 class Summarizer(Message):
     model_config = ConfigDict(extra="forbid")
 
@@ -61,10 +67,10 @@ class Summarizer(Message):
     bin_mode: str = "Quantile"
     aggregation: str = "Density"
     metric: str = "PSI"
-    num_bins: int = 5
-    bin_weights: list[float] | None = None
+    num_bins: int = Field(5, le=MAX_BINS, description="The seed recommends 5 to 14; at least 2.")
+    bin_weights: list[float] | None = Field(None, max_length=MAX_BINS + 2)
     bin_width: float | None = None
-    provided_edges: list[float] | None = None
+    provided_edges: list[float] | None = Field(None, max_length=MAX_BINS + 1)
     add_outlier_edges: bool = True
 
 

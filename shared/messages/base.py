@@ -32,7 +32,7 @@ class Command(Message):
     @field_validator("*", mode="after")
     @classmethod
     def _storable(cls, value: Any) -> Any:
-        problem = _unstorable(value)
+        problem = _unstorable(value) or _time_without_utc(value, "")
         if problem:
             raise ValueError(problem)
         return value
@@ -75,4 +75,32 @@ def _unstorable(value: Any) -> str | None:
             pending.extend((part, in_object, depth + 1) for part in item)
         elif isinstance(item, BaseModel) and not isinstance(item, Command):  # a Command checked its own fields
             pending.extend((part, in_object, depth + 1) for part in item.__dict__.values())
+    return None
+
+
+def _time_without_utc(value: Any, path: str) -> str | None:
+    """Why a datetime in `value` (a field's value: a datetime, or one inside nested models and lists) has no UTC form
+    (None when every one has). `0001-01-01T00:00+05:00` has none: the services compare and store times in UTC, and
+    the conversion raised OverflowError, a 500 (found by hand after `make fuzz-api`). Called after `_unstorable`, so
+    the nesting is at most MAX_DEPTH deep; free-form objects hold no datetimes (JSON has none)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            try:
+                value.astimezone(UTC)
+            except OverflowError:
+                where = f"{path}: " if path else ""
+                return (f"{where}{value.isoformat()} is out of range once in UTC: a time from 0001-01-01 to "
+                        "9999-12-31 (UTC)")
+        return None
+    if isinstance(value, BaseModel) and not isinstance(value, Command):
+        fields = type(value).model_fields
+        items = [((fields[k].alias or k) if k in fields else k, v) for k, v in value.__dict__.items()]
+    elif isinstance(value, list | tuple):
+        items = [(str(i), v) for i, v in enumerate(value) if isinstance(v, datetime | BaseModel | list | tuple)]
+    else:
+        return None
+    for key, item in items:
+        problem = _time_without_utc(item, f"{path}.{key}" if path else key)
+        if problem:
+            return problem
     return None

@@ -195,6 +195,13 @@ class TrainingDataStatus(Message):
     computed_at: datetime | None = None
 
 
+MAX_SINCE = 3_155_760_000
+"""get_stats' `since` at most (seconds: 100 years). A bigger one overflowed the date arithmetic: a 500, found by
+hand after `make fuzz-api`."""
+MIN_EPOCH_MS, MAX_EPOCH_MS = -62_135_596_800_000, 253_402_300_799_999
+"""Epoch milliseconds of 0001-01-01 and 9999-12-31T23:59:59.999 UTC: the times a window bound can be."""
+
+
 class ReferenceFeatureQuery(Command):
     """The assay runner asking for one image feature of a deployment's training-data reference and, with
     `start_ms`/`end_ms`, that feature's values in the deployment's predictions of the window. With a token the
@@ -205,8 +212,8 @@ class ReferenceFeatureQuery(Command):
     feature: str = Field(min_length=1, max_length=100)
     deployment: str | None = Field(None, max_length=200)
     deployment_id: int | None = None
-    start_ms: int | None = None
-    end_ms: int | None = None
+    start_ms: int | None = Field(None, ge=MIN_EPOCH_MS, le=MAX_EPOCH_MS)
+    end_ms: int | None = Field(None, ge=MIN_EPOCH_MS, le=MAX_EPOCH_MS)
 
 
 class ReferenceFeature(Message):
@@ -232,7 +239,7 @@ class GetStats(Command):
     model_version: ModelVersionRef | None = None
     from_timestamp: float | None = None
     to_timestamp: float | None = None
-    since: int | None = Field(None, gt=0)
+    since: int | None = Field(None, gt=0, le=MAX_SINCE, description="Seconds back from now; at most 100 years.")
     includes: list[str] | None = Field(None, max_length=MAX_ITEMS)
     excludes: list[str] | None = Field(None, max_length=MAX_ITEMS)
     tags: list[str] | None = Field(None, max_length=100)

@@ -101,6 +101,11 @@ def test_iopath_and_durations():
     for bad in ("soon", "5 fortnights", "0 hours", ""):
         with pytest.raises(InvalidRequest):
             compute.parse_duration(bad)
+    assert compute.parse_duration("3650 days") == 3650 * 86400
+    # longer overflowed the window plan's date arithmetic: a 500 (found by hand after `make fuzz-api`)
+    for too_long in ("3651 days", "99999999999 days", "9" * 400 + " weeks"):
+        with pytest.raises(InvalidRequest, match=r"^window.width: the duration .* is too long: at most 3650 days"):
+            compute.parse_duration(too_long, "window.width")
 
 
 @pytest.mark.parametrize(("summarizer", "words"), [

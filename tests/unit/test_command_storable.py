@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from services.deployer.handlers import _deployment_id
 from services.gateway.http import first_error
 from shared.errors import NotFound
+from shared.messages.assays import AssayConfig, GetBaseline
 from shared.messages.auth import ActivateUser, ListWorkspaceUsers
 from shared.messages.base import INT64, MAX_DEPTH
 from shared.messages.deployer import CreatePipeline
@@ -75,3 +76,30 @@ def test_nesting_past_the_limit_is_refused_before_serialization_would_fail():
     # pydantic cannot serialize ~255 levels: the gateway answered 500 when it sent the command on
     assert refusal(CreatePipeline, {"pipeline_id": "p", "workspace_id": 1, "definition": {"x": nested(300)}}) == (
         f"definition: Value error, is nested deeper than {MAX_DEPTH} levels")
+
+
+@pytest.mark.parametrize(("payload", "said"), [
+    ({"start": "0001-01-01T00:00:00+05:00"}, "start: Value error, 0001-01-01T00:00:00+05:00 is out of range once in UTC"),
+    ({"end": "9999-12-31T23:00:00-05:00"}, "end: Value error, 9999-12-31T23:00:00-05:00 is out of range once in UTC"),
+])
+def test_a_time_without_a_utc_form_is_refused_naming_the_field(payload, said):
+    """Found by hand after a clean `make fuzz-api` (December 2026): the services convert every time to UTC, and
+    `astimezone` raised OverflowError, a 500."""
+    assert refusal(GetBaseline, {"workspace_id": 1, "pipeline_name": "p", **payload}).startswith(said)
+
+
+def test_a_time_without_a_utc_form_in_a_nested_model_is_named_by_its_path():
+    window = {"pipeline": "p", "width": "1 hour", "start": "0001-01-01T00:00:00+01:00"}
+    body = {"name": "a", "pipeline_id": 1, "pipeline_name": "p", "iopath": "output x 0", "workspace_id": 1,
+            "baseline": {"Static": {"values": [1.0]}}, "window": window, "summarizer": {}, "alert_threshold": 1.0}
+    assert refusal(AssayConfig, body).startswith("window: Value error, start: 0001-01-01T00:00:00+01:00 is out of range")
+    body["window"]["start"] = None
+    body["baseline"] = {"Fixed": {"pipeline": "p", "start_at": "2020-01-01T00:00:00Z",
+                                  "end_at": "9999-12-31T23:59:59-00:01"}}
+    assert refusal(AssayConfig, body).startswith("baseline: Value error, Fixed.end_at: 9999-12-31T23:59:59-00:01 is")
+
+
+def test_the_earliest_and_latest_utc_times_and_naive_times_are_accepted():
+    for start in ("0001-01-01T00:00:00Z", "0001-01-01T05:00:00+05:00", "9999-12-31T23:59:59Z",
+                  "9999-12-31T18:59:59-05:00", "0001-01-01T00:00:00"):
+        assert GetBaseline.model_validate({"workspace_id": 1, "pipeline_name": "p", "start": start}).start
