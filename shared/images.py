@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from shared.errors import InvalidRequest
 from shared.lean_imports import lazy_module
-from shared.messages.monitoring_predictions import ImageConfig, PredictionFormat
+from shared.messages.monitoring_predictions import MAX_DETECTIONS, ImageConfig, PredictionFormat
 
 if TYPE_CHECKING:
     import numpy as np
@@ -166,8 +166,8 @@ def to_prediction(outputs: dict[str, np.ndarray], config: ImageConfig, height: i
     Classification: the `top_k` best classes of the `scores` output (one score per label), best first, those scoring
     below `min_threshold` dropped (when even the best does, the prediction names no class: empty lists).
     Detection: every box of `boxes` with its score and class, best score first, those scoring below `min_threshold`
-    dropped; boxes become integer pixels of the original image (height x width), [top, left, bottom, right], clipped
-    to it."""
+    dropped, at most MAX_DETECTIONS (the best scoring); boxes become integer pixels of the original image (height x
+    width), [top, left, bottom, right], clipped to it."""
     scores = _output(outputs, config.outputs.scores, "scores").astype(np.float64).reshape(-1)
     if not np.isfinite(scores).all():
         raise InvalidRequest("the model answered scores that are not finite numbers")
@@ -201,6 +201,7 @@ def to_prediction(outputs: dict[str, np.ndarray], config: ImageConfig, height: i
     pixels = np.clip(np.rint(boxes), 0, limits).astype(np.int64)
     keep = [i for i in np.argsort(-scores, kind="stable")
             if (min_threshold is None or scores[i] >= min_threshold) and 0 <= classes[i] < len(config.labels)]
+    keep = keep[:MAX_DETECTIONS]  # the best ones: a PredictionFormat holds no more
     prediction = {"detection_classes": [int(classes[i]) for i in keep],
                   "detection_scores": [float(np.clip(scores[i], 0.0, 1.0)) for i in keep],
                   "detection_boxes": [[int(v) for v in pixels[i]] for i in keep]}
@@ -219,8 +220,6 @@ def _regions(prediction: dict[str, list], masks: list[np.ndarray], height: int, 
     keeps the detection's box; a mask of several gives each region its own bounding box (the detection's box
     spans them all, so it would describe none of them); an empty mask keeps the box, as a rectangle polygon too.
     At most MAX_DETECTIONS entries (beyond, the smallest regions of the last detections are left out)."""
-    from shared.messages.monitoring_predictions import MAX_DETECTIONS
-
     found: dict[str, list] = {"detection_classes": [], "detection_scores": [], "detection_boxes": [],
                               "detection_masks": []}
     for index, mask in enumerate(masks):

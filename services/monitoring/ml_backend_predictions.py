@@ -16,7 +16,8 @@ answers, and this module is the translation on both sides of the engine. The bac
   without a network (the sandbox has none).
 - **The answer** (`to_prediction`): `choices` become classes (best first), `rectanglelabels` boxes and
   `polygonlabels` polygons with their bounding boxes, from Label Studio's percent of the image to integer pixels;
-  a result's own `score`, else the prediction's, clipped to 0..1; `min_threshold` filters as for ONNX models.
+  a result's own `score`, else the prediction's, clipped to 0..1; `min_threshold` filters as for ONNX models; at
+  most MAX_DETECTIONS (1,000) entries, the best scoring (a PredictionFormat holds no more).
   Results of other controls are ignored; a label the control does not have is the backend's error
   (`inference_failed`, nothing stored), as any failure of the model is.
 """
@@ -38,6 +39,7 @@ from shared import subjects
 from shared.bus import request
 from shared.errors import Conflict, RailyardError
 from shared.messages.monitoring import ModelVersionRef
+from shared.messages.monitoring_predictions import MAX_DETECTIONS
 from shared.messages.registry import ResolvedModel, ResolveModel
 from shared.objectstore import BUCKET_ARTIFACTS, RangedFile, content_key
 
@@ -220,6 +222,7 @@ def to_prediction(answer: str, labeling_: BackendLabeling, height: int, width: i
         for one in kept:
             best.setdefault(one[1], one)
         kept = list(best.values())
+    kept = kept[:MAX_DETECTIONS]  # the best ones: a PredictionFormat holds no more
     formatted: dict[str, Any] = {"detection_classes": [one[1] for one in kept],
                                  "detection_scores": [one[0] for one in kept]}
     if labeling_.kind != "classification":

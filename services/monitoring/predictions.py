@@ -5,8 +5,10 @@ image decoded (PNG/JPEG), turned into the model's input by the image configurati
 (key `image`, `ImageConfig`), and sent to the deployment's engine replicas over the bus, as the gateway sends an
 inference (it is logged like one). With a shadow challenger the request asks the engine to run it before answering
 (`Railyard-Shadows: inline`), so the answer holds both outputs. The outputs become the seed's PredictionFormat
-(min_threshold drops low-scoring boxes), the image is stored content-addressed (`images/<sha256>` in the monitoring
-bucket), then the row, then `events.monitoring.prediction_created` is published.
+(min_threshold drops low-scoring boxes; at most MAX_DETECTIONS entries, the best scoring), checked as one before
+anything is written (an answer that is not one is the model's `inference_failed`, nothing stored), then the image is
+stored content-addressed (`images/<sha256>` in the monitoring bucket), then the row, then
+`events.monitoring.prediction_created` is published.
 
 monitor: the same without the engine: the caller's PredictionFormat is checked strictly first, and nothing (no
 image, no row) is written when anything is wrong.
@@ -55,7 +57,16 @@ from services.monitoring.predictions_store import PredictionRow, insert_predicti
 from shared import images, subjects
 from shared.authz import Principal, require_user
 from shared.bus import CallContext, command, publish_event, raise_for_error_header, request
-from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, PayloadTooLarge, Unavailable, UpstreamTimeout
+from shared.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    RailyardError,
+    Unavailable,
+    UpstreamTimeout,
+)
 from shared.lean_imports import lazy_module
 from shared.messages.deployer import ListPipelines, Pipelines
 from shared.messages.monitoring import ModelVersionRef
@@ -179,10 +190,37 @@ async def _store_image(deps: MonitoringDeps, data: bytes, content_type: str) -> 
     return sha
 
 
+class ModelAnswerInvalid(RailyardError):
+    """The model's answer, converted, is not a PredictionFormat (the model's error, not the caller's)."""
+
+    code = "inference_failed"
+
+
+def _formatted(row: PredictionRow) -> tuple[PredictionFormat, PredictionFormat | None]:
+    """The row's prediction and shadow prediction as PredictionFormats, checked before anything is written: an
+    answer that is not one fails with nothing stored (a shadow's is left out, as a failed challenger's)."""
+    try:
+        prediction = PredictionFormat.model_validate(row.prediction)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise ModelAnswerInvalid(f"the model's answer is not a PredictionFormat ({where}: {error['msg']}); nothing "
+                                 "was stored") from None
+    if row.shadow_prediction is None:
+        return prediction, None
+    try:
+        return prediction, PredictionFormat.model_validate(row.shadow_prediction)
+    except ValidationError as exc:
+        log.warning("the shadow answer of deployment %s is left out: %s", row.deployment_id, exc.errors()[0]["msg"])
+        row.shadow_prediction = row.shadow_model_version = row.shadow_latency = None
+        return prediction, None
+
+
 async def _keep(deps: MonitoringDeps, token: str | None, row: PredictionRow, data: bytes, deployment: str,
                 labels: list[str] | None, target_datalake: str | None) -> PredictionResult:
-    """Store the image, then the row, then announce it, then (best effort) add it to the target datalake; the
-    answer."""
+    """Check the prediction is a PredictionFormat (else nothing is written), store the image, then the row, then
+    announce it, then (best effort) add it to the target datalake; the answer."""
+    prediction, shadow_prediction = _formatted(row)
     row.image_sha256 = await _store_image(deps, data, row.content_type)
     await insert_prediction(deps.pool, row)
     try:
@@ -194,9 +232,8 @@ async def _keep(deps: MonitoringDeps, token: str | None, row: PredictionRow, dat
     datalake_file = await _to_datalake(deps, token, row, data, labels, target_datalake)
     return PredictionResult(
         id=row.id, deployment=deployment, origin=row.origin, kind=row.kind,
-        prediction=PredictionFormat.model_validate(row.prediction),
-        labels=[labels[c] for c in row.prediction["detection_classes"]] if labels else None,
-        shadow_prediction=PredictionFormat.model_validate(row.shadow_prediction) if row.shadow_prediction else None,
+        prediction=prediction, labels=[labels[c] for c in prediction.detection_classes] if labels else None,
+        shadow_prediction=shadow_prediction,
         model_version=row.model_version, shadow_model_version=row.shadow_model_version,
         pipeline_version=row.pipeline_version, latency=row.latency, shadow_latency=row.shadow_latency,
         height=row.height, width=row.width, content_type=row.content_type, image_sha256=row.image_sha256,

@@ -110,3 +110,26 @@ def test_the_labeling_config_is_read_from_a_deploy_package(tmp_path):
     assert _state_label_config(lambda o, n: other.getvalue()[o:o + n], len(other.getvalue())) is None
     task = json.loads(task_json(parse_labeling(config), b"\x89PNG", "image/png"))
     assert task == {"id": 0, "data": {"img": "data:image/png;base64,iVBORw=="}}
+
+
+@pytest.mark.parametrize("labeling, result_type, value", [
+    (BOXES, "rectanglelabels", {"x": 10, "y": 10, "width": 20, "height": 20}),
+    (POLYGONS, "polygonlabels", {"points": [[10, 10], [90, 20], [50, 120]]}),
+])
+def test_more_regions_than_a_prediction_holds_keep_the_best_scoring(labeling, result_type, value):
+    from shared.messages.monitoring_predictions import PredictionFormat
+
+    regions = [{"from_name": labeling.control, "type": result_type, "score": (i + 1) / 1001,
+                "value": value | {result_type: [labeling.labels[0]]}} for i in range(1001)]  # the worst first
+    made = to_prediction(answer(*regions), labeling, 50, 100, None)
+    assert len(made["detection_scores"]) == 1000 == len(made["detection_boxes"])
+    assert made["detection_scores"][0] == 1.0 and min(made["detection_scores"]) == 2 / 1001
+    PredictionFormat.model_validate(made)  # it fits: predict stores it
+
+
+def test_more_classes_than_a_prediction_holds_keep_the_best_scoring():
+    many = BackendLabeling(control="colour", kind="classification", labels=[f"c{i}" for i in range(1001)],
+                           value="image")
+    made = to_prediction(answer(*({"from_name": "colour", "type": "choices", "score": (i + 1) / 1001,
+                                   "value": {"choices": [f"c{i}"]}} for i in range(1001))), many, 10, 10, None)
+    assert len(made["detection_classes"]) == 1000 and 0 not in made["detection_classes"]

@@ -220,3 +220,16 @@ def test_a_segmentation_keeps_every_region_of_a_mask_with_its_detections_class_a
     many = images.to_prediction({"boxes": np.array([[0.0, 0.0, 1.0, 1.0]]), "scores": np.array([0.5]),
                                  "classes": np.array([0]), "masks": speckled}, config, 64, 64, None)
     assert len(many["detection_masks"]) == 1000 == len(many["detection_boxes"])
+
+
+def test_a_detector_answering_more_boxes_than_a_prediction_holds_keeps_the_best_scoring():
+    config = ImageConfig(**detector_image_config())
+    count = 1001
+    scores = np.linspace(0.0, 1.0, count)[::-1].copy()
+    scores[0], scores[-1] = 0.0, 1.0  # the best comes last, the worst first: kept by score, not position
+    boxes = np.tile([0.0, 0.0, 0.5, 0.5], (count, 1))
+    prediction = images.to_prediction({"boxes": boxes, "scores": scores, "classes": np.zeros(count)}, config,
+                                      8, 8, None)
+    assert len(prediction["detection_scores"]) == 1000 == len(prediction["detection_boxes"])
+    assert prediction["detection_scores"][0] == 1.0 and 0.0 not in prediction["detection_scores"]
+    PredictionFormat(**prediction)  # it fits

@@ -64,3 +64,44 @@ def test_the_served_version_s_definition_is_found_among_the_pipeline_s_versions(
     pipelines = Pipelines(pipelines=[other, record])
     assert served_definition(pipelines, 4, "v-old") == old
     assert served_definition(pipelines, 4, "v-gone") is None and served_definition(pipelines, 9, "v-old") is None
+
+
+class _Untouchable:
+    """A store, pool or bus that fails the test when anything reaches it."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"{name} was reached: something was written")
+
+
+def _row(prediction, shadow=None):
+    import uuid
+    from datetime import UTC, datetime
+
+    from services.monitoring.predictions_store import PredictionRow
+
+    return PredictionRow(
+        id=uuid.uuid4(), deployment_id=1, workspace_id=1, origin="predict", source=None, tags=[], model_version=A,
+        shadow_model_version=B if shadow else None, kind="detection", prediction=prediction,
+        shadow_prediction=shadow, latency=0.1, shadow_latency=0.2 if shadow else None, height=8, width=8,
+        content_type="image/png", image_sha256="", features={}, predicted_at=datetime.now(UTC), filename=None,
+        pipeline_version="1")
+
+
+def test_an_answer_that_is_not_a_prediction_format_writes_nothing():
+    import asyncio
+    from types import SimpleNamespace
+
+    from services.monitoring.predictions import _formatted, _keep
+
+    untouchable = _Untouchable()
+    deps = SimpleNamespace(objects=untouchable, pool=untouchable, broker=untouchable, timeout=1.0)
+    too_many = {"detection_classes": [0] * 1001, "detection_scores": [0.5] * 1001,
+                "detection_boxes": [[0, 0, 1, 1]] * 1001}
+    with pytest.raises(Exception) as raised:
+        asyncio.run(_keep(deps, None, _row(too_many), b"png", "dep", ["a"], "lake"))
+    assert raised.value.code == "inference_failed" and "nothing was stored" in raised.value.msg
+    fits = {"detection_classes": [0], "detection_scores": [0.5], "detection_boxes": [[0, 0, 1, 1]]}
+    row = _row(fits, shadow=too_many)  # a challenger's answer that does not fit is left out, as a failed one's
+    prediction, shadow = _formatted(row)
+    assert prediction.detection_classes == [0] and shadow is None
+    assert row.shadow_prediction is None and row.shadow_model_version is None and row.shadow_latency is None
