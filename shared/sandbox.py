@@ -18,7 +18,9 @@ long-lived process talking over pipes) or `run` (one shot, with a wall-time limi
   directory held at the start): the launcher measures it while the code runs and kills the whole sandbox past
   either, which ends with `limit_hit` "disk_bytes" or "disk_files" and `describe_limit` saying so. That verdict
   comes from the launcher on a pipe of its own (`quota_verdict`), never from the exit status or stderr, which the
-  code chooses: code exiting with the launcher's status 122 is an ordinary exit.
+  code chooses: code exiting with the launcher's status 122 is an ordinary exit. Likewise a sandbox the launcher
+  could not build (`run` raises `SandboxUnavailable`) is known by its verdict "setup_failed" (`setup_failed`), not by
+  the status 125 and "railyard-sandbox:" on stderr, which code can print and exit with too.
 
 shared/sandbox_launcher.py builds that (a bubblewrap-like setup with the standard library, so no extra package
 is needed). When a host can give none of it (not root and no user namespaces), `check_available` raises
@@ -47,7 +49,9 @@ from shared.settings import SandboxSettings, Settings
 
 log = logging.getLogger("railyard.sandbox")
 LAUNCHER = Path(__file__).with_name("sandbox_launcher.py")
-SETUP_FAILED = 125  # the launcher's exit code when it could not build the sandbox
+SETUP_FAILED = 125  # the launcher's exit code when it could not build the sandbox; the tenant can exit with it
+# and print the launcher's words too, so only the verdict SETUP_VERDICT says it (`setup_failed`)
+SETUP_VERDICT = "setup_failed"  # the launcher's verdict when it could not build the sandbox (same in the launcher)
 QUOTA_EXIT = 122  # the launcher's exit code when it stopped the sandbox for its disk quota (same in the launcher);
 # the tenant can exit with it too, so it proves nothing: the verdict is `quota_verdict`
 QUOTA_LIMITS = frozenset({"disk_bytes", "disk_files"})  # what the launcher's verdict pipe may say
@@ -295,7 +299,7 @@ async def spawn(spec: SandboxSpec, *, stdin=asyncio.subprocess.PIPE, stdout=asyn
         relay = await _gateway_relay(settings)
         config["readonly"].append(str(relay[1]))
         config["gateway"] = {"socket": str(relay[1] / "gateway.sock"), "port": settings.gateway.port}
-    verdict, config["verdict_fd"] = os.pipe()  # the launcher's quota verdict, out of the tenant's reach
+    verdict, config["verdict_fd"] = os.pipe()  # the launcher's verdict (quota, setup), out of the tenant's reach
     os.set_blocking(verdict, False)
     try:
         process = await asyncio.create_subprocess_exec(
@@ -357,6 +361,16 @@ def quota_verdict(process: asyncio.subprocess.Process) -> str | None:
         return None
     said = verdict.read().decode(errors="replace")
     return said if said in QUOTA_LIMITS else None
+
+
+def setup_failed(process: asyncio.subprocess.Process) -> bool:
+    """Whether the launcher of a `spawn`ed process (ended) says it could not build the sandbox, on the verdict pipe
+    the sandbox never holds. Exit status 125 and "railyard-sandbox:" on stderr are the code's to choose as well (a
+    pickle under conversion could print them), so they never decide it."""
+    verdict = getattr(process, "_railyard_verdict", None)
+    if verdict is None or process.returncode is None:
+        return False
+    return verdict.read().decode(errors="replace") == SETUP_VERDICT
 
 
 def limit_hit(returncode: int, stderr_tail: str, limits: Limits, quota: str | None = None) -> str | None:
@@ -425,7 +439,7 @@ async def run(spec: SandboxSpec, *, input: bytes | None = None, settings: Settin
         await process.wait()
         raise
     tail = stderr_excerpt(stderr)
-    if process.returncode == SETUP_FAILED and "railyard-sandbox:" in tail:
+    if setup_failed(process):  # the launcher's verdict, never the status or stderr
         raise SandboxUnavailable(f"the sandbox could not be set up: {tail.strip()[-300:]}")
     hit = "wall_time" if timed_out else limit_hit(process.returncode, tail, spec.limits, quota_verdict(process))
     return SandboxResult(returncode=process.returncode, stdout=stdout, stderr_tail=tail, limit_hit=hit)

@@ -27,7 +27,10 @@ plus the files the sandbox's processes hold open or mapped after deleting them, 
 start passes the quota it kills the whole sandbox, says why on stderr (QUOTA_MARKS, for the logs) and exits
 QUOTA_EXIT. The verdict itself goes out of band: the limit's name is written on the descriptor config "verdict_fd"
 (a pipe the caller reads), which is closed in the child before anything of the sandbox runs. The exit status and
-stderr are the tenant's to choose (it can exit 122 and print the mark), so the caller believes neither. The
+stderr are the tenant's to choose (it can exit 122 and print the mark), so the caller believes neither. A setup
+failure goes the same way: `fail` (status 125, "railyard-sandbox: ..." on stderr, both of which the tenant can fake)
+also writes "setup_failed" on the verdict pipe in this process, and in the child on a close-on-exec pipe to this
+process (closed before the target runs), which this process turns into that verdict once the child has ended. The
 working directory stays on the host's disk, so what the code wrote is there for the caller afterwards; the price
 is an overshoot of what the code can write within one interval (docs/security.md, "Disk quota").
 """
@@ -69,9 +72,20 @@ MAX_DEPTH = 200  # deeper directories count as over the file quota (each level h
 libc = ctypes.CDLL(None, use_errno=True)
 
 
+SETUP_FAILED = b"setup_failed"  # the verdict of a sandbox that could not be built (shared/sandbox.py)
+REPORT_FD: int | None = None  # where `fail` reports out of band: the verdict pipe in this process, the setup pipe
+# (to this process) in the child until the target's execve closes it; None where nobody listens
+
+
 def fail(message: str) -> None:
-    """Setup failed: say so on stderr and exit 125 (the caller reports it as a sandbox failure)."""
+    """Setup failed: say so on stderr, report it on REPORT_FD and exit 125. Only that report makes the caller call
+    it a sandbox failure: the status and stderr are the tenant's to choose too (it can exit 125 and print this)."""
     os.write(2, f"railyard-sandbox: {message}\n".encode())
+    if REPORT_FD is not None:
+        try:
+            os.write(REPORT_FD, SETUP_FAILED)
+        except OSError:
+            pass
     os._exit(125)
 
 
@@ -199,6 +213,10 @@ def gateway_forwarder(config: dict) -> None:
     if os.fork() != 0:
         listener.close()
         return
+    global REPORT_FD
+    if REPORT_FD is not None:  # a side process: its own failure is no setup failure, and it runs beside the code
+        os.close(REPORT_FD)
+        REPORT_FD = None
     try:  # the forwarder: unprivileged like the code it serves; it dies with the namespace's pid 1
         check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
         check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
@@ -489,7 +507,9 @@ def forbid_user_namespaces() -> None:
 def child(config: dict, root: str | None, alive: int, mapping: tuple[int, int]) -> None:
     """pid 1 of the new namespaces: build the view, drop privileges, then run the target as its child (pid 1
     ignores signals it has no handler for, which would turn SIGXCPU and SIGXFSZ into no-ops) and exit with its
-    status; when pid 1 exits, the kernel kills every process left in the namespace."""
+    status; when pid 1 exits, the kernel kills every process left in the namespace. Its setup failures (`fail`)
+    are reported to the launcher on REPORT_FD, which the target's execve closes."""
+    global REPORT_FD
     try:
         check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
         if root is not None:
@@ -525,16 +545,31 @@ def child(config: dict, root: str | None, alive: int, mapping: tuple[int, int]) 
         os.close(alive)
         target = os.fork()
         if target == 0:
-            set_limits(config["limits"])
-            for number in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT):
-                signal.signal(number, signal.SIG_DFL)
-            os.umask(0o077)
-            os.execve(config["argv"][0], config["argv"], config["env"])
+            try:
+                set_limits(config["limits"])
+                for number in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT):
+                    signal.signal(number, signal.SIG_DFL)
+                os.umask(0o077)
+            except (OSError, ValueError) as exc:
+                fail(f"could not set the limits: {exc}")
+            os.execve(config["argv"][0], config["argv"], config["env"])  # closes REPORT_FD (close-on-exec)
+        if REPORT_FD is not None:  # the target's setup is its own now: nothing of the sandbox can report any more
+            os.close(REPORT_FD)
+            REPORT_FD = None
         os._exit(exit_code(wait_for(target)))
     except OSError as exc:
         fail(f"{exc.strerror or exc}: {exc.filename or ''}")
     finally:
         os._exit(125)
+
+
+def setup_failed(setup_read: int) -> bool:
+    """Whether the child reported a setup failure on the setup pipe (read once it has ended: every write end is
+    closed by then, the target's by its execve)."""
+    try:
+        return os.read(setup_read, len(SETUP_FAILED)) == SETUP_FAILED
+    except BlockingIOError:
+        return False
 
 
 def wait_for(pid: int) -> int:
@@ -567,9 +602,11 @@ def mountpoint() -> str:
 
 def main() -> None:
     config = json.loads(os.environ.pop("RAILYARD_SANDBOX_LAUNCH"))
-    check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
+    global REPORT_FD
     if config.get("verdict_fd") is not None:
         os.set_inheritable(config["verdict_fd"], False)  # the child closes it too: fork ignores close-on-exec
+        REPORT_FD = config["verdict_fd"]  # this process's own setup failures: the verdict itself
+    check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
     if os.getppid() != config["parent"]:  # the service that spawned it is already gone
         os._exit(125)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -580,13 +617,17 @@ def main() -> None:
     baseline = measure(config["workdir"]) if config.get("quota") else None  # the quota counts growth from here
     alive, keep = os.pipe()  # its write end stays open in this process for as long as it lives
     asked, answered = os.pipe(), os.pipe()  # (root) the child asks for its uid map, this process answers
+    # the child's setup failures, reported to this process; close-on-exec, so the tenant's code never holds it
+    setup_read, setup_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     pid = os.fork()
     if pid == 0:
         os.close(keep)
+        os.close(setup_read)
         if config.get("verdict_fd") is not None:
-            os.close(config["verdict_fd"])  # only this process may give the quota verdict
+            os.close(config["verdict_fd"])  # only this process may give a verdict
+        REPORT_FD = setup_write
         child(config, root, alive, (answered[0], asked[1]))
-    for end in (alive, asked[1], answered[0]):
+    for end in (alive, asked[1], answered[0], setup_write):
         os.close(end)
     if config["mechanism"] == "root":
         if os.read(asked[0], 1) == b"u":
@@ -600,6 +641,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     code = exit_code(supervise(pid, config, baseline) if baseline is not None else wait_for(pid))
+    if setup_failed(setup_read) and REPORT_FD is not None:
+        os.write(REPORT_FD, SETUP_FAILED)  # the verdict the caller believes, not the status 125 or stderr
     if 128 < code < 128 + signal.NSIG:  # the target died of a signal: die of it too, for the caller to see
         number = code - 128
         if number not in (signal.SIGKILL, signal.SIGSTOP):

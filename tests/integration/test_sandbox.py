@@ -488,3 +488,36 @@ def test_a_normal_users_sandbox_is_held_to_its_disk_quota_too(settings):
     shutil.rmtree(outer)
     assert launched.returncode == sandbox.QUOTA_EXIT, launched.stderr
     assert sandbox.limit_hit(launched.returncode, launched.stderr, spec.limits, said) == "disk_bytes"
+
+
+def test_code_exiting_with_the_launchers_setup_failure_status_is_an_ordinary_exit(settings):
+    """Exit status 125 and "railyard-sandbox: ..." on stderr are the user's code's to choose too: a pickle under
+    conversion or a pip build printing them turned its own failure into the platform's `sandbox_unavailable`.
+    Only the launcher's verdict says the sandbox could not be built."""
+    result = python("""
+        import sys
+        sys.stderr.write("railyard-sandbox: mount /usr: Operation not permitted\\n")
+        sys.stderr.flush()
+        sys.exit(125)
+    """, settings)
+    assert result.returncode == 125 and result.limit_hit is None, result.stderr_tail
+    assert "railyard-sandbox: mount /usr" in result.stderr_tail
+
+
+def test_a_real_setup_failure_is_still_sandbox_unavailable(settings, monkeypatch):
+    """The launcher's own failures still are: in the namespace's first process (its working directory is gone)
+    and in the target's process before its code runs (the program cannot be executed)."""
+    import asyncio
+
+    check_available(settings)  # (its probe is left alone)
+    launch_config = sandbox._launch_config
+    missing = str(settings.stack.data_dir / "work" / "missing")
+    monkeypatch.setattr(sandbox, "_launch_config", lambda spec, s: launch_config(spec, s) | {"workdir": missing})
+    spec = SandboxSpec(argv=[sys.executable, "-c", "pass"], workdir=settings.stack.data_dir / "work" / "one")
+    with pytest.raises(SandboxUnavailable, match="the sandbox could not be set up: railyard-sandbox: "):
+        asyncio.run(run(spec, settings=settings))
+    monkeypatch.undo()
+    spec = SandboxSpec(argv=[str(settings.stack.data_dir / "no-such-program")],
+                       workdir=settings.stack.data_dir / "work" / "one")
+    with pytest.raises(SandboxUnavailable, match="no-such-program"):
+        asyncio.run(run(spec, settings=settings))
