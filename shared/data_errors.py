@@ -7,7 +7,12 @@ naming the field and the second with a 500, logged with its traceback (docs/erro
 
 The rule is narrow on purpose: a refusal is the caller's only when it is one of the kinds a value can cause by
 itself (a number beyond the column's type, a text longer than its column, a text asyncpg cannot encode as the
-parameter's type, such as `abc` for a uuid) AND a field of the command holds a value that does not fit that type.
+parameter's type, such as `abc` for a uuid) AND a field of the command holds the very value refused. asyncpg's own
+refusal of a parameter prints the value (`invalid input for query argument $2: 50000000000 (value out of int32
+range)`), so a number is blamed on a field only when the field holds that number: a value our code computed from a
+field (`count * 10**10`) is ours even when another field (`start_ms: 1733000000000`) is beyond an integer too.
+PostgreSQL's own "integer out of range" carries no value (an overflow of its arithmetic or of a cast in our SQL):
+ours, always; the commands bound the fields that land in `integer` columns, so such a value is a 400 before any SQL.
 Anything else of the class, or a refusal no field of the command explains, is ours.
 """
 
@@ -24,12 +29,12 @@ from shared.errors import InvalidRequest
 
 # asyncpg refusing to encode a parameter (no SQLSTATE from the server: a bare DataError carrying the codec's error)
 _CLIENT_RANGE = re.compile(r"^invalid input for query argument \$\d+(?: in element #\d+ of executemany\(\) sequence)?: "
-                           r".* \(value out of (int16|int32|float32) range\)$", re.S)
+                           r"(.*) \(value out of (int16|int32|float32) range\)$", re.S)
 _CLIENT_REFUSAL = re.compile(r"^invalid input for query argument \$\d+"
                              r"(?: in element #\d+ of executemany\(\) sequence)?: (.*)$", re.S)
-# PostgreSQL's own out-of-range (22003) messages for the types narrower than what a command already bounds
-_SERVER_RANGE = re.compile(r"^(?:(smallint|integer) out of range"
-                           r'|value ".*" is out of range for type (smallint|integer))$', re.S)
+# PostgreSQL's own out-of-range (22003) message when it reads a text as a number (a cast of a text parameter); its
+# "integer out of range" carries no value and is never the caller's
+_SERVER_RANGE = re.compile(r'^value "(.*)" is out of range for type (smallint|integer)$', re.S)
 _TOO_LONG = re.compile(r"^value too long for type (?:character varying|character|bit varying|bit)\((\d+)\)$")
 
 _INT_RANGES = {"int16": (-(2**15), 2**15 - 1), "smallint": (-(2**15), 2**15 - 1),
@@ -52,18 +57,21 @@ def refused_request_value(exc: BaseException, cmd: BaseModel | None) -> InvalidR
     message = str(exc).strip()
     sqlstate = getattr(exc, "sqlstate", None)
     kind: str | None = None
+    shown, printed = "", str  # the refused value as the message prints it, and how it prints a field's value
     if sqlstate == "22000" and (match := _CLIENT_RANGE.match(message)):  # asyncpg's client-side encoding refusal
-        kind = match.group(1)
+        shown, kind, printed = match.group(1), match.group(2), _asyncpg_repr
     elif sqlstate == "22003" and (match := _SERVER_RANGE.match(message)):
-        kind = match.group(1) or match.group(2)
+        shown, kind = match.group(1), match.group(2)
     if kind == "float32":
-        found = _first_field(cmd, lambda v: isinstance(v, float) and math.isfinite(v) and abs(v) > _FLOAT32_MAX)
+        found = _first_field(cmd, lambda v: isinstance(v, float) and math.isfinite(v) and abs(v) > _FLOAT32_MAX
+                             and printed(v) == shown)
         if found:
             return InvalidRequest(f"{found[0]}: {found[1]!r} is out of range here: at most {_FLOAT32_MAX:g} in size")
         return None
     if kind is not None:
         low, high = _INT_RANGES[kind]
-        found = _first_field(cmd, lambda v: isinstance(v, int) and not isinstance(v, bool) and not low <= v <= high)
+        found = _first_field(cmd, lambda v: isinstance(v, int | str) and not isinstance(v, bool)
+                             and printed(v) == shown and not low <= _as_int(v) <= high)
         if found:
             return InvalidRequest(f"{found[0]}: {found[1]} is out of range here: must be between {low} and {high}")
         return None
@@ -84,6 +92,14 @@ def refused_request_value(exc: BaseException, cmd: BaseModel | None) -> InvalidR
         if found and shown != match.group(1):
             return InvalidRequest(f"{found[0]}: {reason}")
     return None
+
+
+def _as_int(value: int | str) -> int:
+    """A field's number (a text PostgreSQL read as one was printed as it is: digits, perhaps signed)."""
+    try:
+        return int(value)
+    except ValueError:
+        return 0
 
 
 def _asyncpg_repr(value: Any) -> str:

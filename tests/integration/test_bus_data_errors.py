@@ -67,6 +67,12 @@ class Compute(Command):
     value: int = 1
 
 
+class ReadWindow(Command):
+    start_ms: int
+    count: int
+    limit: str = "10"
+
+
 def make_broker(uri: str) -> NatsBroker:
     broker = NatsBroker()
 
@@ -97,6 +103,21 @@ def make_broker(uri: str) -> NatsBroker:
         try:
             # a text of the request the handler did not check, for a uuid parameter: asyncpg's codec refuses it
             await conn.execute("INSERT INTO things (ref, name) VALUES ($1, $2)", cmd.ref, cmd.name)
+        finally:
+            await conn.close()
+        return {}
+
+    @command(broker, "test.window", service="gateway")
+    async def window(cmd: ReadWindow, ctx: CallContext) -> dict:
+        conn = await asyncpg.connect(uri)
+        try:
+            async with conn.transaction():
+                await conn.execute("INSERT INTO things (name) VALUES ('window')")
+                if cmd.count > 100:  # the caller's own count, sent as it is to an integer parameter
+                    await conn.execute("INSERT INTO things (count) VALUES ($1)", cmd.count)
+                else:  # our bug: a number computed from the count; start_ms is beyond an integer too, and innocent
+                    await conn.execute("INSERT INTO things (count) VALUES ($1)", cmd.count * 10**10)
+                await conn.execute("INSERT INTO things (count) SELECT $1::text::integer", cmd.limit)
         finally:
             await conn.close()
         return {}
@@ -151,12 +172,34 @@ async def test_a_value_of_the_request_the_database_refuses_is_a_400_naming_the_f
     assert await _rows(postgres_uri) == before
 
 
-async def test_a_value_postgresql_itself_finds_out_of_range_is_a_400_naming_the_field(postgres_uri):
+async def test_postgresqls_own_integer_out_of_range_names_no_value_and_is_ours(postgres_uri, caplog):
+    # "integer out of range" says nothing of the value: an overflow of our SQL's arithmetic or cast, never blamed on
+    # a field (the commands bound what lands in an integer column: a 400 before any SQL)
     before = await _rows(postgres_uri)
     async with TestNatsBroker(make_broker(postgres_uri)) as br:
-        with pytest.raises(InvalidRequest) as caught:
+        with pytest.raises(RailyardError) as caught:
             await request(br, "test.store_cast", {"count": 2**40})
-    assert caught.value.msg == f"count: {2**40} is out of range here: must be between -2147483648 and 2147483647"
+    assert caught.value.status == 500 and caught.value.code == "internal"
+    assert any(r.levelname == "ERROR" and r.exc_info for r in caplog.records)
+    assert await _rows(postgres_uri) == before
+
+
+async def test_only_the_field_holding_the_refused_value_is_blamed(postgres_uri, caplog):
+    before = await _rows(postgres_uri)
+    async with TestNatsBroker(make_broker(postgres_uri)) as br:
+        # our code sent count * 10**10 to an integer: no field holds 50000000000, so it is ours, not start_ms's
+        with pytest.raises(RailyardError) as caught:
+            await request(br, "test.window", {"start_ms": 1_733_000_000_000, "count": 5})
+        assert caught.value.status == 500 and caught.value.code == "internal", caught.value.msg
+        assert any(r.levelname == "ERROR" and r.exc_info for r in caplog.records)
+        # the caller's own count refused as it was sent: the 400 names count, not the earlier start_ms
+        with pytest.raises(InvalidRequest) as caught:
+            await request(br, "test.window", {"start_ms": 1_733_000_000_000, "count": 3_000_000_000})
+        assert caught.value.msg == "count: 3000000000 is out of range here: must be between -2147483648 and 2147483647"
+        # PostgreSQL reading a text field as an integer prints the text: the field holding it is named
+        with pytest.raises(InvalidRequest) as caught:
+            await request(br, "test.window", {"start_ms": 1_733_000_000_000, "count": 0, "limit": "99999999999"})
+        assert caught.value.msg == "limit: 99999999999 is out of range here: must be between -2147483648 and 2147483647"
     assert await _rows(postgres_uri) == before
 
 

@@ -7,12 +7,18 @@ import pytest
 from faststream.nats import NatsBroker, TestNatsBroker
 
 from shared.bus import CallContext, command, request
+from shared.data_errors import refused_request_value
 from shared.errors import Conflict, InvalidRequest, RailyardError
 from shared.messages.base import Command, Message
 
 
 class Greet(Command):
     name: str
+
+
+class Window(Command):
+    start_ms: int
+    count: int
 
 
 class Greeting(Message):
@@ -75,6 +81,18 @@ async def test_a_data_error_no_field_of_the_request_explains_is_internal_without
         with pytest.raises(RailyardError) as caught:
             await request(br, "test.greet", Greet(name="huge"))
     assert caught.value.status == 500 and caught.value.code == "internal" and "SELECT" not in caught.value.msg
+
+
+def test_a_refused_number_is_blamed_only_on_the_field_holding_it():
+    cmd = Window(start_ms=1_733_000_000_000, count=5)
+    computed = asyncpg.exceptions.DataError(
+        "invalid input for query argument $2: 50000000000 (value out of int32 range)")
+    assert refused_request_value(computed, cmd) is None  # our count * 10**10: no field holds it, start_ms is innocent
+    sent = asyncpg.exceptions.DataError(
+        "invalid input for query argument $1: 1733000000000 (value out of int32 range)")
+    assert refused_request_value(sent, cmd).msg == (
+        "start_ms: 1733000000000 is out of range here: must be between -2147483648 and 2147483647")
+    assert refused_request_value(asyncpg.exceptions.NumericValueOutOfRangeError("integer out of range"), cmd) is None
 
 
 def test_handler_must_be_typed_by_a_message_model():
