@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +20,7 @@ class Message(BaseModel):
 
 
 INT64 = (-(2**63), 2**63 - 1)  # what a PostgreSQL bigint (every id column) holds
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # in a Python str only unpaired: a pair decodes to one character
 MAX_DEPTH = 64  # levels of nesting in a field; pydantic cannot serialize past ~250 (the bus message would fail)
 
 
@@ -26,9 +29,11 @@ class Command(Message):
 
     # Every field is checked for what no service can store: an integer outside the 64-bit range (asyncpg cannot
     # send it as a bigint), a NUL character in a string, a key or a nested value (PostgreSQL's text and jsonb
-    # refuse it), and nesting deeper than MAX_DEPTH. Such a command is refused at validation, so the gateway
-    # answers 400 naming the field instead of the service failing with a 500 (found by `make fuzz-api`,
-    # docs/testing.md). Integers inside free-form objects (a task's args, a definition) are data and keep their size.
+    # refuse it), a lone surrogate ("\ud800": not UTF-8, so not text anywhere) and a NaN or infinite float (jsonb
+    # refuses them; the bus's JSON decoder accepts both, the gateway's never does), and nesting deeper than
+    # MAX_DEPTH. Such a command is refused at validation, so the gateway answers 400 naming the field instead of the
+    # service failing with a 500 (found by `make fuzz-api`, docs/testing.md). Integers inside free-form objects (a
+    # task's args, a definition) are data and keep their size.
     @field_validator("*", mode="after")
     @classmethod
     def _storable(cls, value: Any) -> Any:
@@ -55,8 +60,9 @@ class Reply(Message):
 
 
 def _unstorable(value: Any) -> str | None:
-    """Why `value` cannot be stored (None when it can): a NUL in any string, an int beyond 64 bits outside
-    free-form objects, or nesting deeper than MAX_DEPTH. Iterative: a deep body must not end in a RecursionError."""
+    """Why `value` cannot be stored (None when it can): a NUL or a lone surrogate in any string, a NaN or infinite
+    float, an int beyond 64 bits outside free-form objects, or nesting deeper than MAX_DEPTH. Iterative: a deep body
+    must not end in a RecursionError."""
     low, high = INT64
     pending: list[tuple[Any, bool, int]] = [(value, False, 0)]  # (value, inside a free-form object, depth)
     while pending:
@@ -64,6 +70,11 @@ def _unstorable(value: Any) -> str | None:
         if isinstance(item, str):
             if "\x00" in item:
                 return "must not contain NUL (\\u0000) characters"
+            if not item.isascii() and _LONE_SURROGATE.search(item):
+                return "must not contain a lone surrogate (\\ud800 to \\udfff): it is not a character"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return f"must be a finite number: {item} cannot be stored"
         elif isinstance(item, int) and not isinstance(item, bool):
             if not in_object and not low <= item <= high:
                 return f"must be between {low} and {high}"

@@ -5,6 +5,7 @@ naming the field; any other class 22 error (a division by zero, an overflow of o
 from __future__ import annotations
 
 import asyncio
+import json
 import tempfile
 import warnings
 from typing import Any
@@ -83,6 +84,15 @@ def make_broker(uri: str) -> NatsBroker:
             async with conn.transaction():
                 await conn.execute("INSERT INTO things (count, name, ratio, level, labels) VALUES ($1, $2, $3, $4, $5)",
                                    cmd.count, cmd.name, cmd.ratio, cmd.inner.level, None)
+        finally:
+            await conn.close()
+        return {}
+
+    @command(broker, "test.store_labels", service="gateway")
+    async def store_labels(cmd: StoreThing, ctx: CallContext) -> dict:
+        conn = await asyncpg.connect(uri)
+        try:
+            await conn.execute("INSERT INTO things (labels) VALUES ($1::jsonb)", json.dumps(cmd.labels))
         finally:
             await conn.close()
         return {}
@@ -212,6 +222,29 @@ async def test_a_text_of_the_request_the_parameters_type_refuses_is_a_400_naming
         with pytest.raises(InvalidRequest, match=r"^ref: invalid UUID 'xxxxxxxxxx"):  # shown cut, as asyncpg does
             await request(br, "test.store_ref", {"ref": "x" * 100})
         await request(br, "test.store_ref", {"ref": "5f0c6a3e-8d0b-4a51-9a57-8a3f8f0f5b1e"})
+    assert await _rows(postgres_uri) == before + 1
+
+
+async def test_what_jsonb_refuses_is_a_400_naming_the_field_before_any_sql(postgres_uri):
+    # json.dumps writes NaN bare and "\ud800" escaped; the bus's decoder reads both back; jsonb refuses both (22P02,
+    # "Token NaN is invalid" / "Unicode low surrogate must follow a high surrogate"), which was a 500
+    conn = await asyncpg.connect(postgres_uri)
+    try:
+        for labels in ({"score": float("nan")}, {"note": "\ud800"}):
+            with pytest.raises(asyncpg.exceptions.InvalidTextRepresentationError):
+                await conn.execute("INSERT INTO things (labels) VALUES ($1::jsonb)", json.dumps(labels))
+    finally:
+        await conn.close()
+    before = await _rows(postgres_uri)
+    async with TestNatsBroker(make_broker(postgres_uri)) as br:
+        for labels, said in (({"score": float("nan")}, "labels: Value error, must be a finite number: nan"),
+                             ({"score": float("-inf")}, "labels: Value error, must be a finite number: -inf"),
+                             ({"note": "\ud800"}, "labels: Value error, must not contain a lone surrogate")):
+            with pytest.raises(InvalidRequest) as caught:
+                await request(br, "test.store_labels", json.dumps({"labels": labels}).encode())  # type: ignore[arg-type]
+            assert caught.value.msg.startswith(said), caught.value.msg
+        # an escaped pair is one character (U+1F600) once decoded: stored
+        await request(br, "test.store_labels", b'{"labels": {"score": 0.5, "note": "\\ud83d\\ude00"}}')  # type: ignore[arg-type]
     assert await _rows(postgres_uri) == before + 1
 
 

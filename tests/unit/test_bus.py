@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import asyncpg
 import pytest
 from faststream.nats import NatsBroker, TestNatsBroker
@@ -14,6 +17,10 @@ from shared.messages.base import Command, Message
 
 class Greet(Command):
     name: str
+
+
+class Label(Command):
+    labels: dict[str, Any] = {}
 
 
 class Window(Command):
@@ -38,6 +45,10 @@ def make_broker() -> NatsBroker:
         if cmd.name == "huge":
             raise asyncpg.exceptions.NumericValueOutOfRangeError("integer out of range in SELECT * FROM users")
         return Greeting(text=f"hello {cmd.name}", token=ctx.token)
+
+    @command(broker, "test.label", service="gateway")
+    async def label(cmd: Label, ctx: CallContext) -> dict:
+        raise AssertionError("a command the boundary refuses never reaches its handler")
 
     return broker
 
@@ -81,6 +92,23 @@ async def test_a_data_error_no_field_of_the_request_explains_is_internal_without
         with pytest.raises(RailyardError) as caught:
             await request(br, "test.greet", Greet(name="huge"))
     assert caught.value.status == 500 and caught.value.code == "internal" and "SELECT" not in caught.value.msg
+
+
+@pytest.mark.parametrize(("labels", "said"), [
+    ({"score": float("nan")}, "must be a finite number: nan"),
+    ({"score": [float("inf")]}, "must be a finite number: inf"),
+    ({"note": "\ud800"}, "must not contain a lone surrogate"),
+    ({"\udfff": 1}, "must not contain a lone surrogate"),
+])
+async def test_what_the_bus_decodes_but_no_database_stores_is_refused_before_the_handler(labels, said):
+    # the bus's JSON decoder (the standard library) reads NaN, Infinity and "\ud800"; jsonb and text refuse them,
+    # which came back as a 500 from the service's SQL (tests/integration/test_bus_data_errors.py: the real jsonb)
+    broker = make_broker()
+    async with TestNatsBroker(broker) as br:
+        with pytest.raises(InvalidRequest) as caught:
+            # bytes as another process's json.dumps writes them ("\ud800" escaped, NaN bare)
+            await request(br, "test.label", json.dumps({"labels": labels}).encode())  # type: ignore[arg-type]
+    assert caught.value.status == 400 and caught.value.msg.startswith("labels: ") and said in caught.value.msg
 
 
 def test_a_refused_number_is_blamed_only_on_the_field_holding_it():

@@ -14,6 +14,8 @@ from shared.messages.assays import AssayConfig, GetBaseline
 from shared.messages.auth import ActivateUser, ListWorkspaceUsers
 from shared.messages.base import INT64, MAX_DEPTH
 from shared.messages.deployer import CreatePipeline
+from shared.messages.lineage import AddDatasetFile
+from shared.messages.logs import SetLogRetention
 from shared.messages.tasks import RunTaskOnce
 
 
@@ -103,3 +105,28 @@ def test_the_earliest_and_latest_utc_times_and_naive_times_are_accepted():
     for start in ("0001-01-01T00:00:00Z", "0001-01-01T05:00:00+05:00", "9999-12-31T23:59:59Z",
                   "9999-12-31T18:59:59-05:00", "0001-01-01T00:00:00"):
         assert GetBaseline.model_validate({"workspace_id": 1, "pipeline_name": "p", "start": start}).start
+
+
+@pytest.mark.parametrize(("labels", "said"), [
+    ({"score": float("nan")}, "must be a finite number: nan cannot be stored"),
+    ({"boxes": [[0, float("inf")]]}, "must be a finite number: inf cannot be stored"),
+    ({"note": "a\ud800b"}, "must not contain a lone surrogate"),
+    ({"\udc00": 1}, "must not contain a lone surrogate"),
+])
+def test_what_jsonb_refuses_in_a_free_form_value_is_refused_naming_the_field(labels, said):
+    # the bus's JSON decoder (the standard library) reads NaN, Infinity and "\ud800"; jsonb refuses them (22P02), which
+    # a service answered with a 500 (tests/integration/test_bus_data_errors.py has the real jsonb)
+    body = {"dataset_id": 1, "name": "a.png", "staged_key": "k", "labels": labels}
+    assert refusal(AddDatasetFile, body).startswith(f"labels: Value error, {said}")
+
+
+def test_a_lone_surrogate_or_a_non_finite_number_is_refused_in_typed_fields_too():
+    assert "lone surrogate" in refusal(ActivateUser, {"email": "\ud800@example.com"})
+    assert refusal(SetLogRetention, {"pipeline_id": "p", "workspace_id": 1, "retention_days": float("inf")}) == (
+        "retention_days: Value error, must be a finite number: inf cannot be stored")
+
+
+def test_text_beyond_the_basic_plane_and_finite_numbers_are_kept():
+    labels = {"note": "\U0001F600 é", "score": 1.5e300, "n": -0.0}
+    assert AddDatasetFile.model_validate({"dataset_id": 1, "name": "a.png", "staged_key": "k",
+                                          "labels": labels}).labels == labels
