@@ -20,6 +20,7 @@ class Message(BaseModel):
 
 
 INT64 = (-(2**63), 2**63 - 1)  # what a PostgreSQL bigint (every id column) holds
+INT32 = (-(2**31), 2**31 - 1)  # what a PostgreSQL integer holds: a field stored in one is bounded by it (a 400 first)
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # in a Python str only unpaired: a pair decodes to one character
 MAX_DEPTH = 64  # levels of nesting in a field; pydantic cannot serialize past ~250 (the bus message would fail)
 

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from shared.messages.base import Command, Event, Message
+from shared.messages.base import INT32, Command, Event, Message
 from shared.messages.monitoring_predictions import ImageConfig
 
 NAME_PATTERN = r"^[^/\x00-\x1f]{1,200}$"
@@ -362,7 +362,7 @@ class ProjectLink(WorkflowLink):
 
     project_id: int
     version_id: int | None = None
-    version_num: int | None = None
+    version_num: int | None = Field(None, ge=INT32[0], le=INT32[1])  # project_versions.number is an `integer`
     evaluation: EvaluationSpec | None = Field(None, description="add_input_project of a version only: evaluate the "
                                               "run's model versions on the version's dataset `dataset_name`.")
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from shared.messages.base import Command, Event, Message
+from shared.messages.base import INT32, Command, Event, Message
 from shared.messages.monitoring import ModelVersionRef
 from shared.messages.monitoring_feedback import DatasetVersionRef
 
@@ -28,7 +28,8 @@ class SetupContinuousTraining(Command):
     datasets stay)."""
 
     deployment: str = Field(min_length=1, max_length=200)
-    project_id: int = Field(gt=0, description="The seed's project: the workflow-lineage project hosting the run.")
+    project_id: int = Field(gt=0, le=INT32[1], description="The seed's project: the workflow-lineage project hosting "
+                            "the run.")
     dataset_version: DatasetVersionRef | None = Field(None, description="Attached under the alias `train`.")
     trigger: Trigger = "FEEDBACK_LOOP"
     threshold: int = Field(gt=0, le=1_000_000, description="Reviewed predictions that start a training.")
@@ -39,7 +40,7 @@ class SetupContinuousTraining(Command):
                                                "(`railyard-ml deploy railyard`), whose own fit is then run.")
     model_name: str | None = Field(None, min_length=1, max_length=63, description="Railyard: the model the run "
                                    "registers a version of (default: the deployment's current model's name).")
-    timeout: int | None = Field(None, gt=0, description="Railyard: the run's time limit in seconds.")
+    timeout: int | None = Field(None, gt=0, le=INT32[1], description="Railyard: the run's time limit in seconds.")
 
 
 class ContinuousTrainingDataset(Command):

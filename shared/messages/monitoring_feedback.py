@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from shared.messages.base import Command, Event, Message
+from shared.messages.base import INT32, Command, Event, Message
 from shared.messages.monitoring import ModelVersionRef
 
 SERVICE_METRICS = ("PREDICTIONS_OUTLYING_SCORE", "PREDICTIONS_DATA", "REVIEWS_OBJECT_DETECTION_STATS",
@@ -117,8 +117,8 @@ class DatasetVersionRef(Message):
     """A seed "dataset version": an images dataset of a workflow-lineage project, and optionally a version of that
     project holding it: the dataset is then read as that version saved it (docs/monitoring.md)."""
 
-    dataset_id: int = Field(gt=0)
-    version_id: int | None = Field(None, gt=0)
+    dataset_id: int = Field(gt=0, le=INT32[1])  # monitoring keeps both in `integer` columns
+    version_id: int | None = Field(None, gt=0, le=INT32[1])
 
 
 class SetupFeedbackLoop(Command):
@@ -211,7 +211,7 @@ class ReferenceFeatureQuery(Command):
     workspace_id: int
     feature: str = Field(min_length=1, max_length=100)
     deployment: str | None = Field(None, max_length=200)
-    deployment_id: int | None = None
+    deployment_id: int | None = Field(None, ge=INT32[0], le=INT32[1])
     start_ms: int | None = Field(None, ge=MIN_EPOCH_MS, le=MAX_EPOCH_MS)
     end_ms: int | None = Field(None, ge=MIN_EPOCH_MS, le=MAX_EPOCH_MS)
 

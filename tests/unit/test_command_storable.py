@@ -12,10 +12,12 @@ from services.gateway.http import first_error
 from shared.errors import NotFound
 from shared.messages.assays import AssayConfig, GetBaseline
 from shared.messages.auth import ActivateUser, ListWorkspaceUsers
-from shared.messages.base import INT64, MAX_DEPTH
+from shared.messages.base import INT32, INT64, MAX_DEPTH
 from shared.messages.deployer import CreatePipeline
-from shared.messages.lineage import AddDatasetFile
+from shared.messages.lineage import AddDatasetFile, ProjectLink
 from shared.messages.logs import SetLogRetention
+from shared.messages.monitoring_continuous import ContinuousTrainingDataset, SetupContinuousTraining
+from shared.messages.monitoring_feedback import ReferenceFeatureQuery
 from shared.messages.tasks import RunTaskOnce
 
 
@@ -130,3 +132,32 @@ def test_text_beyond_the_basic_plane_and_finite_numbers_are_kept():
     labels = {"note": "\U0001F600 é", "score": 1.5e300, "n": -0.0}
     assert AddDatasetFile.model_validate({"dataset_id": 1, "name": "a.png", "staged_key": "k",
                                           "labels": labels}).labels == labels
+
+
+INT32_FIELDS = [  # a command field monitoring or lineage keeps in (or compares with) an `integer` column
+    (SetupContinuousTraining, {"deployment": "d", "threshold": 1}, "project_id"),
+    (SetupContinuousTraining, {"deployment": "d", "threshold": 1, "project_id": 1}, "timeout"),
+    (ContinuousTrainingDataset, {"deployment": "d", "alias": "train"}, "dataset_version.dataset_id"),
+    (ContinuousTrainingDataset, {"deployment": "d", "alias": "train"}, "dataset_version.version_id"),
+    (ReferenceFeatureQuery, {"workspace_id": 1, "feature": "brightness"}, "deployment_id"),
+    (ProjectLink, {"workspace_id": 1, "project_id": 1}, "version_num"),
+]
+
+
+def _with(body: dict, path: str, value: int) -> dict:
+    body = {**body}
+    head, _, rest = path.partition(".")
+    if rest:
+        body[head] = _with({"dataset_id": 1} if head == "dataset_version" else {}, rest, value)
+    else:
+        body[head] = value
+    return body
+
+
+@pytest.mark.parametrize(("model", "body", "path"), INT32_FIELDS)
+def test_a_field_stored_in_an_integer_column_is_bounded_by_it(model, body, path):
+    # beyond 2**31 - 1 asyncpg (or PostgreSQL) refused it in the service's SQL; data_errors only names a field whose
+    # value it sees refused, and PostgreSQL's own "integer out of range" names none: a 400 before any SQL
+    assert refusal(model, _with(body, path, INT32[1] + 1)).startswith(
+        f"{path}: Input should be less than or equal to {INT32[1]}")
+    assert model.model_validate(_with(body, path, INT32[1]))
