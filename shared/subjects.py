@@ -62,6 +62,7 @@ LINEAGE_DATASETS_ROWS = "workflow_lineage.datasets.rows"
 LINEAGE_DATASETS_ADD_FILE = "workflow_lineage.datasets.add_file"
 LINEAGE_DATASETS_LIST_FILES = "workflow_lineage.datasets.list_files"
 LINEAGE_DATASETS_GET_FILE = "workflow_lineage.datasets.get_file"
+LINEAGE_DATASETS_SAVED = "workflow_lineage.datasets.saved"  # a version holds the dataset (small answer)
 LINEAGE_DATASETS_DELETE_FILE = "workflow_lineage.datasets.delete_file"
 LINEAGE_FILES_PUT = "workflow_lineage.files.put"
 LINEAGE_FILES_LIST = "workflow_lineage.files.list"

@@ -58,7 +58,14 @@ from shared.bus import CallContext, command, publish_event, request
 from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError
 from shared.messages.base import Event
 from shared.messages.deployer import CreatePipeline, Deployed, DeployPipeline, PipelineCreated
-from shared.messages.lineage import DatasetFiles, DatasetFilesQuery, DatasetInfo, DatasetRef, ProjectInfo, ProjectRef
+from shared.messages.lineage import (
+    DatasetInfo,
+    DatasetRef,
+    ProjectInfo,
+    ProjectRef,
+    SavedDatasetInfo,
+    SavedDatasetQuery,
+)
 from shared.messages.monitoring import ModelVersionRef
 from shared.messages.monitoring_continuous import (
     ChallengerDecided,
@@ -149,10 +156,11 @@ async def _check_dataset(deps: ContinuousDeps, token: str | None, workspace_id: 
                             token=token, timeout=deps.base.timeout, reply_model=DatasetInfo)
     if dataset.workspace_id != workspace_id:
         raise NotFound(f"dataset {ref.dataset_id} not found in the deployment's workspace")
-    if ref.version_id is not None:  # a version of the dataset's project that holds it (the lineage service: 404)
-        await request(deps.base.broker, subjects.LINEAGE_DATASETS_LIST_FILES, DatasetFilesQuery(
+    if ref.version_id is not None:  # a version of the dataset's project that holds it (the lineage service: 404);
+        # a small answer, not the version's file list (which grows with the dataset, beyond the bus payload)
+        await request(deps.base.broker, subjects.LINEAGE_DATASETS_SAVED, SavedDatasetQuery(
             dataset_id=ref.dataset_id, version_id=ref.version_id), token=token, timeout=deps.base.timeout,
-            reply_model=DatasetFiles)
+            reply_model=SavedDatasetInfo)
 
 
 async def _review_count(conn: Any, deployment_id: int) -> int:

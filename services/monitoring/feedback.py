@@ -45,6 +45,8 @@ from shared.messages.lineage import (
     DatasetInfo,
     DatasetRef,
     ProjectVersionInfo,
+    SavedDatasetInfo,
+    SavedDatasetQuery,
 )
 from shared.messages.monitoring import DeploymentQuery
 from shared.messages.monitoring_feedback import (
@@ -234,11 +236,13 @@ async def prediction_image(deps: FeedbackDeps, principal: Principal, token: str 
 
 
 async def _dataset(deps: FeedbackDeps, token: str | None, view: handlers.DeploymentView,
-                   ref: DatasetVersionRef) -> dict[str, Any]:
+                   ref: DatasetVersionRef, with_files: bool = False) -> dict[str, Any]:
     """The images dataset (and project version) named, seen with the caller's rights, in the deployment's
-    workspace: {id, project_id, name, files}; `files` are the dataset's files as the named version saved them
-    (None without a version). A version that is another project's (so also another workspace's), or that was saved
-    before the dataset existed, is not found (404), as the lineage service answers."""
+    workspace: {id, project_id, name, files}; with `with_files`, `files` are the dataset's files as the named
+    version saved them (None without a version or without `with_files`: the version is then checked by the lineage
+    service's small datasets.saved answer, whose size does not grow with the dataset's). A version that is another
+    project's (so also another workspace's), or that was saved before the dataset existed, is not found (404), as
+    the lineage service answers."""
     m = deps.monitoring
     info = await request(m.broker, subjects.LINEAGE_DATASETS_GET, DatasetRef(dataset_id=ref.dataset_id),
                          token=token, timeout=m.timeout, reply_model=DatasetInfo)
@@ -249,10 +253,14 @@ async def _dataset(deps: FeedbackDeps, token: str | None, view: handlers.Deploym
         raise InvalidRequest(f"dataset {ref.dataset_id} is a {info.kind} dataset: the feedback loop and the training "
                              "reference take images datasets")
     files = None
-    if ref.version_id is not None:
+    if ref.version_id is not None and with_files:
         files = (await request(m.broker, subjects.LINEAGE_DATASETS_LIST_FILES, DatasetFilesQuery(
             dataset_id=info.id, version_id=ref.version_id), token=token, timeout=m.timeout,
             reply_model=DatasetFiles)).files
+    elif ref.version_id is not None:
+        await request(m.broker, subjects.LINEAGE_DATASETS_SAVED, SavedDatasetQuery(
+            dataset_id=info.id, version_id=ref.version_id), token=token, timeout=m.timeout,
+            reply_model=SavedDatasetInfo)
     return {"id": info.id, "project_id": info.project_id, "name": info.name, "files": files}
 
 

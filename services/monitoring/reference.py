@@ -69,7 +69,7 @@ async def set_training_data(deps: FeedbackDeps, principal: Principal, token: str
                             cmd: SetTrainingData) -> TrainingDataStatus:
     """Record the dataset's images and start computing their reference in the background."""
     view = await _view(deps, principal, token, cmd.deployment)
-    dataset = await _dataset(deps, token, view, cmd.dataset_version)
+    dataset = await _dataset(deps, token, view, cmd.dataset_version, with_files=True)
     m = deps.monitoring
     listed = dataset["files"]  # the named version's files (their objects are content-addressed, kept by versions)
     if listed is None:

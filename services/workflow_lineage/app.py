@@ -130,6 +130,11 @@ def build_router(runtime: Runtime) -> NatsRouter:
         return await handlers.get_file(deps(), await caller(ctx), ctx.token, cmd.dataset_id, cmd.name,
                                        cmd.version_id)
 
+    @command(router, subjects.LINEAGE_DATASETS_SAVED, service=NAME)
+    async def saved_dataset(cmd: m.SavedDatasetQuery, ctx: CallContext) -> m.SavedDatasetInfo:
+        """That a project version holds the dataset, with its file and row counts (not the files)."""
+        return await handlers.saved_dataset(deps(), await caller(ctx), ctx.token, cmd.dataset_id, cmd.version_id)
+
     @command(router, subjects.LINEAGE_DATASETS_DELETE_FILE, service=NAME)
     async def delete_file(cmd: m.DatasetFileRef, ctx: CallContext) -> m.Deleted:
         """Delete a dataset file."""

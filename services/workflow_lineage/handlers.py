@@ -17,7 +17,7 @@ import re
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ import asyncpg
 from pydantic import ValidationError
 
 from services.workflow_lineage import graph, manifest, store
+from services.workflow_lineage.saved_files import SavedDataset, SavedFilesCache
 from shared import subjects
 from shared.authz import MembershipLookup, Principal, require_member, require_user
 from shared.errors import Conflict, InvalidRequest, NotFound
@@ -51,6 +52,7 @@ from shared.messages.lineage import (
     PutDatasetRows,
     PutWorkspaceFile,
     RestoreProjectVersion,
+    SavedDatasetInfo,
     VersionFilter,
     VersionVerification,
     WorkspaceFile,
@@ -77,6 +79,7 @@ class Deps:
     membership: Callable[[str | None], MembershipLookup]
     publish: Callable[[str, Event], Awaitable[None]]
     wake_benchmarks: Callable[[], None] = lambda: None  # a claim for an automatic benchmark was made
+    saved_files: SavedFilesCache = field(default_factory=SavedFilesCache)  # datasets as versions saved them
 
 
 # --- the event log ---------------------------------------------------------------------------------------
@@ -389,19 +392,36 @@ async def add_file(deps: Deps, principal: Principal, token: str | None, cmd: Add
     return await _with_staged(deps, cmd.staged_key, use)
 
 
-async def _saved_files(deps: Deps, dataset: Any, version_id: int) -> list[DatasetFile]:
-    """A dataset's files as a version of its project saved them (found by the dataset's name in its manifest)."""
-    version = await store.version(deps.pool, version_id)
+async def _saved(deps: Deps, dataset: Any, version_id: int) -> tuple[Any, SavedDataset]:
+    """(the version, the dataset as that version of its project saved it). The manifest names datasets, not ids: a
+    version saved before this dataset was created is refused even when it holds an older dataset of the same name
+    (deleted since), whose files are not this one's. Parsed once per version and dataset (deps.saved_files)."""
+    version = await store.version_head(deps.pool, version_id)
     if version is None or version["project_id"] != dataset["project_id"]:  # another project's is not found either
         raise NotFound(f"version {version_id} is not a version of project {dataset['project_id']} (dataset "
                        f"{dataset['id']}'s): list its versions with projects/list_versions")
-    saved = json.loads(version["manifest"])
-    entry = next((d for d in saved["datasets"] if d["name"] == dataset["name"]), None)
-    if entry is None:
-        raise NotFound(f"version {version_id} (number {version['number']}) of project {dataset['project_id']} has no "
-                       f"dataset {dataset['name']!r}: it was saved before the dataset had been created")
-    return [DatasetFile(name=f["name"], sha256=f["sha256"], size=f["size"], content_type=f["content_type"],
-                        labels=f.get("labels"), created_at=version["created_at"]) for f in entry["files"]]
+    early = NotFound(f"version {version_id} (number {version['number']}) of project {dataset['project_id']} has no "
+                     f"dataset {dataset['name']!r}: it was saved before the dataset had been created")
+    if version["created_at"] < dataset["created_at"]:
+        raise early
+
+    async def manifest_text() -> str:
+        return await store.version_manifest(deps.pool, version_id) or '{"datasets": []}'
+
+    found = await deps.saved_files.get(version_id, dataset["name"], version["created_at"], manifest_text)
+    if found is None:
+        raise early
+    return version, found
+
+
+async def saved_dataset(deps: Deps, principal: Principal, token: str | None, dataset_id: int,
+                        version_id: int) -> SavedDatasetInfo:
+    """That a version of the dataset's project holds the dataset, and how many files and rows it saved (a small
+    answer whatever the dataset's size, for checking a dataset version someone names)."""
+    row = await _dataset(deps, principal, token, dataset_id)
+    version, found = await _saved(deps, row, version_id)
+    return SavedDatasetInfo(dataset_id=dataset_id, version_id=version_id, number=version["number"],
+                            file_count=len(found.files), row_count=found.row_count, saved_at=version["created_at"])
 
 
 async def list_files(deps: Deps, principal: Principal, token: str | None, dataset_id: int,
@@ -409,7 +429,7 @@ async def list_files(deps: Deps, principal: Principal, token: str | None, datase
     """A dataset's files: now, or as the project version `version_id` saved them."""
     row = await _dataset(deps, principal, token, dataset_id)
     if version_id is not None:
-        return DatasetFiles(files=await _saved_files(deps, row, version_id))
+        return DatasetFiles(files=list((await _saved(deps, row, version_id))[1].files.values()))
     return DatasetFiles(files=[_file_info(r) for r in await store.dataset_files(deps.pool, dataset_id)])
 
 
@@ -418,7 +438,7 @@ async def get_file(deps: Deps, principal: Principal, token: str | None, dataset_
     """One file of a dataset: now, or as the project version `version_id` saved it."""
     row = await _dataset(deps, principal, token, dataset_id)
     if version_id is not None:
-        found = next((f for f in await _saved_files(deps, row, version_id) if f.name == name), None)
+        found = (await _saved(deps, row, version_id))[1].files.get(name)
         if found is None:
             raise NotFound(f"dataset {dataset_id} had no file {name!r} in version {version_id}")
         return found

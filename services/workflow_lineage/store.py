@@ -200,6 +200,15 @@ async def version(conn: Any, version_id: int) -> asyncpg.Record | None:
                                version_id)
 
 
+async def version_head(conn: Any, version_id: int) -> asyncpg.Record | None:
+    """A version without its manifest (which may be megabytes)."""
+    return await conn.fetchrow(f"SELECT {VERSION_COLUMNS} FROM project_versions WHERE id = $1", version_id)
+
+
+async def version_manifest(conn: Any, version_id: int) -> str | None:
+    return await conn.fetchval("SELECT manifest FROM project_versions WHERE id = $1", version_id)
+
+
 async def version_by_number(conn: Any, project_id: int, number: int) -> asyncpg.Record | None:
     return await conn.fetchrow(f"SELECT {VERSION_COLUMNS}, manifest FROM project_versions"
                                " WHERE project_id = $1 AND number = $2", project_id, number)

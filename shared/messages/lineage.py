@@ -169,6 +169,25 @@ class DatasetFiles(Message):
     files: list[DatasetFile]
 
 
+class SavedDatasetQuery(Command):
+    """Does a version of the dataset's project hold the dataset? (a small answer whatever the dataset's size)"""
+
+    dataset_id: int
+    version_id: int = Field(gt=0, description="A version of the dataset's project (404 when it is another "
+                            "project's or was saved before the dataset existed).")
+
+
+class SavedDatasetInfo(Message):
+    """A dataset as a project version saved it: how many files and rows, not the files themselves."""
+
+    dataset_id: int
+    version_id: int
+    number: int
+    file_count: int
+    row_count: int
+    saved_at: datetime
+
+
 # --- the workspace file space ----------------------------------------------------------------------------
 
 

@@ -142,3 +142,24 @@ def test_foreign_versions_are_refused_and_a_training_run_reads_the_loops_newest_
     assert read == {"dataset_id": train["id"], "version_id": loop_dataset["last_version_id"]}
     names = {f["name"] for f in world["lineage"].files(train["id"], read["version_id"])}
     assert len(names - {"a.png", "b.png", "c.png"}) == 2  # the dataset's three files and the two reviews
+
+
+def test_a_dataset_created_again_under_a_saved_name_is_not_found_in_the_older_version(stack, owner, world):
+    # the manifest names datasets, not ids: "again" saved in `kept`, deleted, created anew; `kept` holds the old
+    # dataset's file, which the new one never had
+    lineage, project = world["lineage"], world["project"]
+    old = lineage.create_dataset(project["id"], "again", kind="images")
+    png, _ = digit_png(4)
+    lineage.upload_file(old["id"], png, name="old.png")
+    kept = lineage.create_version(project["id"], "with the first 'again'")
+    lineage.delete_dataset(old["id"])
+    new = lineage.create_dataset(project["id"], "again", kind="images")
+    for route, body in (("datasets/list_files", {}), ("datasets/get_file_info", {"name": "old.png"})):
+        refused = post(stack, route, owner.token, {"dataset_id": new["id"], "version_id": kept["id"]} | body)
+        assert refused.status_code == 404 and "before the dataset had been created" in refused.json()["msg"], \
+            refused.text
+    refused = post(stack, "deployments/attach_dataset_version_to_feedback_loop", owner.token, {
+        "deployment": world["deployment"].name, "dataset_version": {"dataset_id": new["id"], "version_id": kept["id"]}})
+    assert refused.status_code == 404 and "before the dataset had been created" in refused.json()["msg"], refused.text
+    later = lineage.create_version(project["id"], "with the second 'again'")
+    assert lineage.files(new["id"], later["id"]) == []  # a version saved since holds the new one (empty)
