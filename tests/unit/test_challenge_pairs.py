@@ -96,3 +96,15 @@ def test_a_better_detector_is_promoted_and_the_evidence_reports_image_scores():
     classified = challenge_evidence(pair_rows([row({"detection_classes": [1]}, {"detection_classes": [1]},
                                                    {"detection_classes": [2]}, kind="classification")] * 3), 0.05, 1)
     assert classified.metric == "top1" and classified.champion_score is None and classified.champion_accuracy == 1.0
+
+
+def test_image_f1_counts_every_false_positive_not_cocos_first_100():
+    truth = [box(0, 0, 10, 10, "a")]
+    flood = [box(0, 0, 10, 10, "a", 0.99)] + [box(100 + 20 * i, 100, 10, 10, "a", 0.5) for i in range(400)]
+    [score] = image_f1_50([(truth, flood)])
+    assert score == pytest.approx(2 / (1 + 401))  # 0.005; COCO's 100 detections gave 2 / (1 + 100) = 0.0198
+    square = [0, 0, 10, 0, 10, 10, 0, 10]
+    masks = [{"polygon": square, "category": "a", "score": 0.99}] + [
+        {"polygon": [x, 20, x + 2, 20, x + 2, 22, x, 22], "category": "a", "score": 0.5} for x in range(0, 600, 3)]
+    [on_masks] = image_f1_50([([{"polygon": square, "category": "a"}], masks)], [(40, 640)])
+    assert on_masks == pytest.approx(2 / (1 + 201))
