@@ -50,6 +50,7 @@ from shared.logrecords import (
     storage_order,
 )
 from shared.messages.logs import (
+    MAX_RETENTION_DAYS,
     GetLogs,
     ListQuarantinedLogs,
     LogBatchQuarantined,
@@ -517,6 +518,7 @@ async def maintain(deps: Deps, compact: bool = True, retention: bool = True, pur
             if retention:
                 for row in pipelines:
                     days = row["retention_days"] if row["retention_days"] is not None else deps.settings.retention_days
+                    days = min(days, MAX_RETENTION_DAYS)  # one stored before the bound must not stop every pass
                     report.expired_segments += await store.expire(deps.pool, row["id"], now_ms - int(days * 86_400_000))
             if compact:
                 for row in pipelines:

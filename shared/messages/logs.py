@@ -64,12 +64,19 @@ class LogPage(Message):
     rows: int
 
 
+MAX_RETENTION_DAYS = 36_525
+"""A pipeline's log retention at most (100 years). A bigger one (1e308, or 1e12 days) was stored, then every log
+maintenance pass failed computing its cut-off (OverflowError): retention, compaction and purging stopped for every
+pipeline of every workspace (found by hand after `make fuzz-api`)."""
+
+
 class SetLogRetention(Command):
     """`pipelines/set_log_retention` (Railyard): keep a pipeline's logs this many days."""
 
     pipeline_id: str = Field(min_length=1, description="The pipeline's name.")
     workspace_id: int
-    retention_days: float = Field(gt=0, description="Days to keep; older segments are deleted.")
+    retention_days: float = Field(gt=0, le=MAX_RETENTION_DAYS, description="Days to keep (at most 100 years); older "
+                                  "segments are deleted.")
 
 
 class LogRetention(Message):

@@ -311,4 +311,9 @@ def test_times_and_sizes_a_handler_computes_with_get_a_400_naming_the_field_and_
         "deployment": "fuzz-1", "service": "PREDICTIONS_DATA", "since": 10**11})
     assert response.status_code == 400, response.text
     assert response.json()["msg"] == "since: Input should be less than or equal to 3155760000"
+    # a log retention of 1e12 days was stored, then every log maintenance pass (every pipeline's) failed on its cut-off
+    response = httpx.post(f"{stack.api}/pipelines/set_log_retention", headers=headers, timeout=30, json={
+        "pipeline_id": name, "workspace_id": workspace_id, "retention_days": 1e12})
+    assert response.status_code == 400, response.text
+    assert response.json()["msg"] == "retention_days: Input should be less than or equal to 36525"
     assert stack.health()[0] == 200
