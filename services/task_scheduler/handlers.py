@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from services.task_scheduler import packaging, store
 from shared import __version__
@@ -143,6 +143,11 @@ def check_schedule(schedule: str) -> str:
     if not croniter.is_valid(" ".join(fields)):
         raise InvalidRequest(f"schedule {schedule!r} is not a valid cron expression (minute hour day-of-month "
                              "month day-of-week)", code="invalid_schedule")
+    try:  # valid fields may name no date at all ('0 0 31 2 *'): croniter raised when the task was stored, a 500
+        next_point(" ".join(fields), datetime.now(UTC))
+    except CroniterBadDateError:
+        raise InvalidRequest(f"schedule {schedule!r} never fires: no date matches it (e.g. 31 February)",
+                             code="invalid_schedule") from None
     return " ".join(fields)
 
 

@@ -224,7 +224,7 @@ def test_bad_zips_and_requirements_are_refused_and_nothing_is_stored(stack, alic
 def test_task_requests_are_checked(stack, alice):
     orch = ready_orchestration(stack, alice, {"main.py": "print('hi')"})
     base = {"workspace_id": alice.workspace_id, "orch_id": orch["id"], "json": {}}
-    for schedule in ("* * * *", "61 * * * *", "every minute", "* * 32 * *"):
+    for schedule in ("* * * *", "61 * * * *", "every minute", "* * 32 * *", "0 0 31 2 *"):  # 31 Feb: was a 500
         response = post(stack, "task/run_scheduled", alice.token, base | {"schedule": schedule})
         assert response.status_code == 400 and response.json()["code"] == "invalid_schedule", response.text
     response = post(stack, "task/run_once", alice.token, base | {"timeout": 10**9})
