@@ -15,9 +15,8 @@ from shared.messages.auth import ActivateUser, ListWorkspaceUsers
 from shared.messages.base import INT32, INT64, MAX_DEPTH
 from shared.messages.deployer import CreatePipeline
 from shared.messages.lineage import AddDatasetFile, ProjectLink
-from shared.messages.logs import SetLogRetention
 from shared.messages.monitoring_continuous import ContinuousTrainingDataset, SetupContinuousTraining
-from shared.messages.monitoring_feedback import ReferenceFeatureQuery
+from shared.messages.monitoring_feedback import GetStats, ReferenceFeatureQuery
 from shared.messages.tasks import RunTaskOnce
 
 
@@ -124,8 +123,8 @@ def test_what_jsonb_refuses_in_a_free_form_value_is_refused_naming_the_field(lab
 
 def test_a_lone_surrogate_or_a_non_finite_number_is_refused_in_typed_fields_too():
     assert "lone surrogate" in refusal(ActivateUser, {"email": "\ud800@example.com"})
-    assert refusal(SetLogRetention, {"pipeline_id": "p", "workspace_id": 1, "retention_days": float("inf")}) == (
-        "retention_days: Value error, must be a finite number: inf cannot be stored")
+    assert refusal(GetStats, {"deployment": "d", "service": "ACCURACY", "from_timestamp": float("nan")}) == (
+        "from_timestamp: Value error, must be a finite number: nan cannot be stored")
 
 
 def test_text_beyond_the_basic_plane_and_finite_numbers_are_kept():
