@@ -2,7 +2,8 @@
 monitoring service -> PostgreSQL), timed. Starts its own embedded stack, deploys the small digits classifier (get_stats
 needs a deployed pipeline), then writes PREDICTIONS predictions (a quarter detections, REVIEWED of them reviewed)
 straight into `monitoring.predictions` / `monitoring.reviews` with COPY, and a ready training-data reference, so the
-figures are those of the real route on real rows. `python -m bench.monitoring_stats [predictions]`."""
+figures are those of the real route on real rows.
+`python -m bench.monitoring_stats [predictions [SERVICE,SERVICE...]]`."""
 
 from __future__ import annotations
 
@@ -89,12 +90,29 @@ async def fill(dsn: str, deployment_id: int, workspace_id: int, count: int, mode
         await conn.close()
 
 
-async def measure(base_url: str, token: str, deployment: str, filters: dict | None = None) -> dict[str, dict]:
-    """Median and best seconds of each ServiceMetrics value (RUNS calls each), with the prediction count."""
+async def measure(base_url: str, token: str, deployment: str, filters: dict | None = None,
+                  services: tuple[str, ...] = SERVICE_METRICS) -> dict[str, dict]:
+    """Median and best seconds of each ServiceMetrics value (RUNS calls each), with the prediction count. A value
+    get_stats pre-aggregates is also asked with `excludes` (which makes get_stats compute from the rows): the two
+    answers must be equal, and the recomputation's time is reported as `<service> recomputed`."""
+    from services.monitoring.aggregates import AGGREGATED
+
     out = {}
     async with httpx.AsyncClient(base_url=base_url, timeout=300,
                                  headers={"Authorization": f"Bearer {token}"}) as http:
-        for service in SERVICE_METRICS:
+        for service in services:
+            if service in AGGREGATED:
+                answers = []
+                for extra in ({}, {"excludes": [str(uuid.uuid4())]}):
+                    started = time.perf_counter()
+                    response = await http.post("/v1/api/deployments/get_stats", json={
+                        "deployment": deployment, "service": service, **(filters or {}), **extra})
+                    elapsed = time.perf_counter() - started
+                    assert response.status_code == 200, response.text
+                    answers.append(response.json())
+                assert answers[0] == answers[1], "the pre-aggregated answer differs from the recomputed one"
+                out[f"{service} recomputed"] = {"p50": elapsed, "best": elapsed,
+                                                "predictions": answers[1]["predictions"]}
             times = []
             for _ in range(RUNS):
                 started = time.perf_counter()
@@ -107,7 +125,7 @@ async def measure(base_url: str, token: str, deployment: str, filters: dict | No
     return out
 
 
-def run(count: int = PREDICTIONS) -> str:
+def run(count: int = PREDICTIONS, services: tuple[str, ...] = SERVICE_METRICS) -> str:
     import tempfile
     from pathlib import Path
 
@@ -132,18 +150,32 @@ def run(count: int = PREDICTIONS) -> str:
             route = asyncio.run(_route(stack.settings().postgres.dsn))
             asyncio.run(fill(stack.settings().postgres.dsn, route, workspace_id, count,
                              {"name": "digits", "version": str(uuid.uuid4()), "sha": "0" * 64}))
-            results = asyncio.run(measure(stack.base_url, client.token, name))
-            week = asyncio.run(measure(stack.base_url, client.token, name,
-                                       {"since": 7 * 86400, "tags": ["night"]}))
+            from services.monitoring.aggregates import AGGREGATED
+
+            fresh = asyncio.run(measure(stack.base_url, client.token, name,
+                                        services=tuple(v for v in services if v in AGGREGATED)))
+            asyncio.run(_vacuum(stack.settings().postgres.dsn))  # what autovacuum does after the bulk write
+            results = asyncio.run(measure(stack.base_url, client.token, name, services=services))
+            results |= {f"{k}, before VACUUM": v for k, v in fresh.items() if "recomputed" not in k}
+            week = asyncio.run(measure(stack.base_url, client.token, name, {"since": 7 * 86400, "tags": ["night"]},
+                                       services=services))
         finally:
             stack.stop()
     lines = [f"| ServiceMetrics | all {count:,} predictions: p50 (best) | last 7 days, tag `night`: p50 (best) |",
              "|---|---|---|"]
-    for service in SERVICE_METRICS:
-        a, w = results[service], week[service]
-        lines.append(f"| {service} | {a['p50'] * 1000:,.0f} ms ({a['best'] * 1000:,.0f}) | "
-                     f"{w['p50'] * 1000:,.0f} ms ({w['best'] * 1000:,.0f}), {w['predictions']:,} predictions |")
+    for service in results:
+        a, w = results[service], week.get(service)
+        lines.append(f"| {service} | {a['p50'] * 1000:,.0f} ms ({a['best'] * 1000:,.0f}) | " + (
+            f"{w['p50'] * 1000:,.0f} ms ({w['best'] * 1000:,.0f}), {w['predictions']:,} predictions |" if w else "- |"))
     return "\n".join(lines)
+
+
+async def _vacuum(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("VACUUM ANALYZE monitoring.prediction_hours")
+    finally:
+        await conn.close()
 
 
 async def _route(dsn: str) -> int:
@@ -156,4 +188,5 @@ async def _route(dsn: str) -> int:
 
 
 if __name__ == "__main__":
-    print(run(int(sys.argv[1]) if len(sys.argv) > 1 else PREDICTIONS))
+    print(run(int(sys.argv[1]) if len(sys.argv) > 1 else PREDICTIONS,
+              tuple(sys.argv[2].split(",")) if len(sys.argv) > 2 else SERVICE_METRICS))
