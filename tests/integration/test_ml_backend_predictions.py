@@ -248,6 +248,19 @@ def test_bad_input_outsiders_and_answers_outside_the_labeling_config_store_nothi
     assert rows_of(stack, deployment.id) == before
 
 
+def test_a_backend_answering_more_boxes_than_a_prediction_holds_keeps_the_best_1000(stack, owner, detector):
+    """1,024 red squares: the backend answers 1,024 rectanglelabels; predict keeps the 1,000 best scoring (it stored
+    them all, then answered 500, so a retry stored them again)."""
+    deployment = detector["deployment"]
+    before = rows_of(stack, deployment.id)
+    grid = [((200, 0, 0), (3 * row, 3 * col, 3 * row + 2, 3 * col + 2)) for row in range(32) for col in range(32)]
+    answer = deployment.predict_bytes("crowd.png", squares((96, 96), grid))
+    prediction = answer["prediction"]
+    assert len(prediction["detection_boxes"]) == 1000 == len(answer["labels"])
+    assert prediction["detection_scores"][:2] == [0.9, 0.8]  # the backend's best first
+    assert rows_of(stack, deployment.id) == before + 1
+
+
 def test_a_backends_polygons_are_predicted_and_reviewed_ones_reach_its_fit(stack, owner, backends):
     """PolygonLabels answers become a segmentation; a corrected one, written by the feedback loop, reaches the
     backend's fit as polygonlabels (in percent of the image) through continuous training."""
