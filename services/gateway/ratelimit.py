@@ -1,18 +1,23 @@
-"""Token buckets for the token endpoint, per source address, per confidential client id and per account name, in the
-gateway's memory.
+"""Token buckets for the token endpoint, per source address and per confidential client id, in the gateway's
+memory.
 
 Why not a library: the limits here are two in-process buckets checked once per token request, with no shared
 store (each gateway replica limits what it sees; the auth service's per-source lockout is the durable part). A
 token bucket is a dozen lines; `limits`/`slowapi` would bring storage backends and decorators we would not use.
 The table is bounded (least recently used keys go first) so a flood of source addresses cannot grow it.
 
-Who shares a bucket: a client id is only a shared bucket when the request carries that client's secret (its
-digest is part of the key: a request with a made-up secret gets a bucket of its own, so it cannot spend the real
-callers'; the auth service then refuses it). A public client (the web UI's `railyard-ui`) proves nothing, so anyone
-can name it: one bucket for it would let one attacker with a few addresses spend every user's sign-ins (a denial of
-service of the UI). Its requests are counted per source address and, for password sign-ins (any client, and the UI's
-sign-in page), per account name instead. The account's allowance is larger than a source's (docs/auth.md), so no
-single address can spend it: a flood from one address slows that address only.
+Who shares a bucket: a source is counted as `source_address.counted_as` keys it (an IPv6 client by its /64: the
+addresses inside one are free to whoever has it). A client id is only a shared bucket when the request carries that
+client's secret (its digest is part of the key: a request with a made-up secret gets a bucket of its own, so it
+cannot spend the real callers'; the auth service then refuses it). A public client (the web UI's `railyard-ui`)
+proves nothing, so anyone can name it: one bucket for it would let one attacker with a few addresses spend every
+user's sign-ins (a denial of service of the UI). Its requests are counted per source address only.
+
+Decision: no bucket per account name. One counted every password sign-in of a name before the password was checked,
+from any address, so two or three addresses spent it and the real user got 429 from their own address (anyone could
+block a named user's sign-in). Guessing one account from many addresses is bounded by each source's bucket and the
+auth service's failed-login delay and lock per (user, source) instead, which never touch another source's attempts
+(docs/auth.md, "Brute force").
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import hashlib
 import time
 from collections import OrderedDict
 
+from services.gateway.source_address import counted_as
 from shared.errors import TooManyRequests
 
 
@@ -51,17 +57,16 @@ class TokenBuckets:
 
 
 class TokenEndpointLimits:
-    """The token endpoint's limits: per source address (checked before the body is read), per confidential client
-    (a request carrying a secret) and per account name (password sign-ins, whichever client)."""
+    """The token endpoint's limits: per source address (checked before the body is read; an IPv6 source by its /64)
+    and per confidential client (a request carrying a secret)."""
 
-    def __init__(self, per_source: TokenBuckets, per_client: TokenBuckets,
-                 per_account: TokenBuckets | None = None) -> None:
+    def __init__(self, per_source: TokenBuckets, per_client: TokenBuckets) -> None:
         self.per_source = per_source
         self.per_client = per_client
-        self.per_account = per_account
 
     def check_source(self, source: str) -> None:
-        if wait := self.per_source.take(source):
+        """One request from `source` (as `SourceAddress.of` gives it), counted under `counted_as(source)`."""
+        if wait := self.per_source.take(counted_as(source)):
             raise TooManyRequests("too many token requests from this address; slow down", retry_after=wait)
 
     def check_client(self, client_id: str, secret: str) -> None:
@@ -71,8 +76,3 @@ class TokenEndpointLimits:
         key = f"{client_id}:{hashlib.sha256(secret.encode()).hexdigest()[:32]}"
         if wait := self.per_client.take(key):
             raise TooManyRequests("too many token requests for this client; slow down", retry_after=wait)
-
-    def check_account(self, username: str) -> None:
-        """One password sign-in for this account name (as typed: user name or email, case folded)."""
-        if self.per_account is not None and (wait := self.per_account.take(username.strip().casefold())):
-            raise TooManyRequests("too many sign-ins for this account; slow down", retry_after=wait)

@@ -92,6 +92,21 @@ def _next_comma(value: str, at: int) -> int:
     return len(value)
 
 
+def counted_as(source: str) -> str:
+    """The key a source (as `SourceAddress.of` gives it) is counted under, by the token endpoint's per-source bucket
+    and the auth service's failed logins: an IPv6 address's /64 (`2001:db8:1:2::/64`), an IPv4 address as it is.
+    Why the /64: it is the smallest network an IPv6 client is usually given (one LAN or subscriber, RFC 6177), and
+    every address inside it is free to whoever has it, so keyed by full address one client could take a bucket and
+    a failed-login count per request. The price: clients sharing a /64 share a bucket and a lock, as clients behind
+    one IPv4 NAT do."""
+    address = parse_address(source)
+    if address is None:
+        return source  # "unknown"
+    if isinstance(address, IPv6Address):
+        return str(ip_network(f"{address}/64", strict=False))
+    return str(address)  # an IPv4-mapped IPv6 address as its IPv4 address
+
+
 class SourceAddress:
     """A request's source address from its TCP peer and the forwarding header the trusted proxies write
     (X-Forwarded-For, or RFC 7239 `Forwarded`), believing it from `proxies` only (addresses or CIDRs, as

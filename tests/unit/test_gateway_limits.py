@@ -115,15 +115,19 @@ def test_malformed_bodies_are_invalid_not_crashes():
             from_ipc(body, max_decoded_bytes=1 << 20)
 
 
-def test_account_names_have_buckets_of_their_own_whatever_their_case():
+def test_an_ipv6_source_is_counted_by_its_64():
+    """Every address of a /64 is free to whoever holds it: one bucket for them all (an IPv4 address keeps its own)."""
     clock = Clock()
-    limits = TokenEndpointLimits(TokenBuckets(1.0, 100, clock=clock), TokenBuckets(1.0, 100, clock=clock),
-                                 TokenBuckets(1.0, 2, clock=clock))
-    limits.check_account("Alice@example.com")
-    limits.check_account(" alice@example.com")
-    with pytest.raises(TooManyRequests, match="account"):
-        limits.check_account("ALICE@EXAMPLE.COM")
-    limits.check_account("bob@example.com")
+    limits = TokenEndpointLimits(TokenBuckets(1.0, 2, clock=clock), TokenBuckets(1.0, 100, clock=clock))
+    limits.check_source("2001:db8:1:2::1")
+    limits.check_source("2001:db8:1:2:ffff:ffff:ffff:fffe")
+    with pytest.raises(TooManyRequests, match="address"):
+        limits.check_source("2001:db8:1:2:abcd::9")
+    limits.check_source("2001:db8:1:3::1")  # the next /64
+    limits.check_source("192.0.2.1")
+    limits.check_source("::ffff:192.0.2.1")  # the same IPv4 address, mapped
+    with pytest.raises(TooManyRequests):
+        limits.check_source("192.0.2.1")
 
 
 async def test_the_public_client_spends_no_shared_bucket():

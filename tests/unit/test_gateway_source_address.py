@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.gateway.ratelimit import TokenBuckets, TokenEndpointLimits
-from services.gateway.source_address import SourceAddress, forwarded_nodes, parse_address
+from services.gateway.source_address import SourceAddress, counted_as, forwarded_nodes, parse_address
 from shared.errors import TooManyRequests
 from shared.settings import GatewaySettings, Settings
 
@@ -70,6 +70,15 @@ def test_clients_behind_one_proxy_get_buckets_of_their_own():
     limits.check_source(source.of("10.0.0.1", ["203.0.113.10"]))  # another client through the same proxy
     with pytest.raises(TooManyRequests):
         limits.check_source(source.of("10.0.0.1", ["198.51.100.1, 203.0.113.9"]))  # a spoofed prefix changes nothing
+
+
+def test_an_ipv6_source_is_counted_as_its_64():
+    """The key of the per-source bucket and of the auth service's failed logins (the gateway sends it as the source)."""
+    assert counted_as("2001:db8:1:2:3:4:5:6") == counted_as("2001:db8:1:2::1") == "2001:db8:1:2::/64"
+    assert counted_as("2001:db8:1:3::1") == "2001:db8:1:3::/64"
+    assert counted_as(counted_as("2001:db8:1:2::1")) == "2001:db8:1:2::/64"  # counting twice changes nothing
+    assert counted_as("203.0.113.9") == counted_as("::ffff:203.0.113.9") == "203.0.113.9"
+    assert counted_as("unknown") == "unknown"
 
 
 def test_trusted_proxies_setting(monkeypatch):
