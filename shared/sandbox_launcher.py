@@ -543,8 +543,10 @@ def child(config: dict, root: str | None, alive: int, mapping: tuple[int, int]) 
         except BlockingIOError:
             pass
         os.close(alive)
+        go, ready = os.pipe()  # the target executes the code only once this process holds no REPORT_FD
         target = os.fork()
         if target == 0:
+            os.close(ready)
             try:
                 set_limits(config["limits"])
                 for number in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT):
@@ -552,10 +554,16 @@ def child(config: dict, root: str | None, alive: int, mapping: tuple[int, int]) 
                 os.umask(0o077)
             except (OSError, ValueError) as exc:
                 fail(f"could not set the limits: {exc}")
+            if os.read(go, 1) != b"g":
+                os._exit(125)  # pid 1 is gone, and the namespace with it
+            os.close(go)
             os.execve(config["argv"][0], config["argv"], config["env"])  # closes REPORT_FD (close-on-exec)
-        if REPORT_FD is not None:  # the target's setup is its own now: nothing of the sandbox can report any more
+        os.close(go)
+        if REPORT_FD is not None:  # the target reports its own setup; the code it executes never holds the pipe
             os.close(REPORT_FD)
             REPORT_FD = None
+        os.write(ready, b"g")
+        os.close(ready)
         os._exit(exit_code(wait_for(target)))
     except OSError as exc:
         fail(f"{exc.strerror or exc}: {exc.filename or ''}")

@@ -490,25 +490,33 @@ def test_a_normal_users_sandbox_is_held_to_its_disk_quota_too(settings):
     assert sandbox.limit_hit(launched.returncode, launched.stderr, spec.limits, said) == "disk_bytes"
 
 
-def test_code_exiting_with_the_launchers_setup_failure_status_is_an_ordinary_exit(settings):
+@pytest.mark.parametrize("mechanism", ["this host's", "userns"])
+def test_code_exiting_with_the_launchers_setup_failure_status_is_an_ordinary_exit(settings, monkeypatch, mechanism):
     """Exit status 125 and "railyard-sandbox: ..." on stderr are the user's code's to choose too: a pickle under
     conversion or a pip build printing them turned its own failure into the platform's `sandbox_unavailable`.
     Only the launcher's verdict says the sandbox could not be built."""
+    if mechanism == "userns":
+        monkeypatch.setattr(sandbox, "_mechanism", lambda _settings: "userns")
     result = python("""
-        import sys
+        import os, sys
+        print(sorted(int(fd) for fd in os.listdir('/proc/self/fd')))  # no descriptor of the launcher's pipes
         sys.stderr.write("railyard-sandbox: mount /usr: Operation not permitted\\n")
         sys.stderr.flush()
         sys.exit(125)
     """, settings)
     assert result.returncode == 125 and result.limit_hit is None, result.stderr_tail
     assert "railyard-sandbox: mount /usr" in result.stderr_tail
+    assert result.stdout.decode().split() == ["[0,", "1,", "2,", "3]"]  # 3: the listing's own
 
 
-def test_a_real_setup_failure_is_still_sandbox_unavailable(settings, monkeypatch):
+@pytest.mark.parametrize("mechanism", ["this host's", "userns"])
+def test_a_real_setup_failure_is_still_sandbox_unavailable(settings, monkeypatch, mechanism):
     """The launcher's own failures still are: in the namespace's first process (its working directory is gone)
     and in the target's process before its code runs (the program cannot be executed)."""
     import asyncio
 
+    if mechanism == "userns":
+        monkeypatch.setattr(sandbox, "_mechanism", lambda _settings: "userns")
     check_available(settings)  # (its probe is left alone)
     launch_config = sandbox._launch_config
     missing = str(settings.stack.data_dir / "work" / "missing")
@@ -516,7 +524,7 @@ def test_a_real_setup_failure_is_still_sandbox_unavailable(settings, monkeypatch
     spec = SandboxSpec(argv=[sys.executable, "-c", "pass"], workdir=settings.stack.data_dir / "work" / "one")
     with pytest.raises(SandboxUnavailable, match="the sandbox could not be set up: railyard-sandbox: "):
         asyncio.run(run(spec, settings=settings))
-    monkeypatch.undo()
+    monkeypatch.setattr(sandbox, "_launch_config", launch_config)
     spec = SandboxSpec(argv=[str(settings.stack.data_dir / "no-such-program")],
                        workdir=settings.stack.data_dir / "work" / "one")
     with pytest.raises(SandboxUnavailable, match="no-such-program"):
