@@ -224,6 +224,24 @@ async def disable_reference(pool: asyncpg.Pool, deployment_id: int) -> bool:
 # --- stats -----------------------------------------------------------------------------------------------
 
 
+STATS_FILTERS = (
+    "p.deployment_id = $1 AND ($2::text IS NULL OR p.model_version->>'name' = $2)"
+    " AND ($3::text IS NULL OR p.model_version->>'version' = $3 OR p.model_version->>'sha' = $3)"
+    " AND ($4::timestamptz IS NULL OR p.predicted_at >= $4) AND ($5::timestamptz IS NULL OR p.predicted_at <= $5)"
+    " AND ($6::uuid[] IS NULL OR p.id = ANY($6)) AND ($7::uuid[] IS NULL OR NOT (p.id = ANY($7)))"
+    " AND ($8::text[] IS NULL OR p.tags @> $8)")
+"""get_stats' filters on `predictions p` ($1 deployment, $2 model name, $3 version or sha, $4/$5 the time window,
+$6 includes, $7 excludes, $8 tags)."""
+
+
+async def stats_count(pool: asyncpg.Pool, deployment_id: int, *, model_name: str | None, model_version: str | None,
+                      start: datetime | None, end: datetime | None, includes: list[uuid.UUID] | None,
+                      excludes: list[uuid.UUID] | None, tags: list[str] | None) -> int:
+    """How many predictions the filters keep (what stats_rows would return without a limit)."""
+    return int(await pool.fetchval(f"SELECT count(*) FROM predictions p WHERE {STATS_FILTERS}", deployment_id,
+                                   model_name, model_version, start, end, includes, excludes, tags))
+
+
 async def stats_rows(pool: asyncpg.Pool, deployment_id: int, *, model_name: str | None, model_version: str | None,
                      start: datetime | None, end: datetime | None, includes: list[uuid.UUID] | None,
                      excludes: list[uuid.UUID] | None, tags: list[str] | None,
@@ -232,13 +250,8 @@ async def stats_rows(pool: asyncpg.Pool, deployment_id: int, *, model_name: str 
     None)."""
     rows = await pool.fetch(
         f"SELECT {PREDICTION_COLUMNS}, r.decision, r.ground_truth FROM predictions p"
-        " LEFT JOIN reviews r ON r.prediction_id = p.id WHERE p.deployment_id = $1"
-        " AND ($2::text IS NULL OR p.model_version->>'name' = $2)"
-        " AND ($3::text IS NULL OR p.model_version->>'version' = $3 OR p.model_version->>'sha' = $3)"
-        " AND ($4::timestamptz IS NULL OR p.predicted_at >= $4) AND ($5::timestamptz IS NULL OR p.predicted_at <= $5)"
-        " AND ($6::uuid[] IS NULL OR p.id = ANY($6)) AND ($7::uuid[] IS NULL OR NOT (p.id = ANY($7)))"
-        " AND ($8::text[] IS NULL OR p.tags @> $8) ORDER BY p.predicted_at DESC, p.id LIMIT $9",
-        deployment_id, model_name, model_version, start, end, includes, excludes, tags, limit)
+        f" LEFT JOIN reviews r ON r.prediction_id = p.id WHERE {STATS_FILTERS} ORDER BY p.predicted_at DESC, p.id"
+        " LIMIT $9", deployment_id, model_name, model_version, start, end, includes, excludes, tags, limit)
     out = []
     for row in rows:
         item = loads(row)

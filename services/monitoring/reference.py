@@ -129,6 +129,16 @@ def _time(value: float, what: str) -> datetime:
         raise InvalidRequest(f"{what} must be a Unix timestamp in seconds, got {value!r}") from None
 
 
+async def predictions_data(pool: Any, deployment_id: int, **filters: Any) -> tuple[int, dict[str, Any]]:
+    """PREDICTIONS_DATA (and the number of predictions the filters keep) from a count and the newest
+    stats.MAX_LISTED rows, which are all the answer lists: two queries in one snapshot instead of every row, so no
+    row limit either. Equal to stats.compute over every row (tests/integration/test_monitoring_stats_aggregates.py)."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        total = await fs.stats_count(conn, deployment_id, **filters)
+        newest = await fs.stats_rows(conn, deployment_id, limit=stats.MAX_LISTED, **filters)
+    return total, stats.compute("PREDICTIONS_DATA", newest, None) | {"count": total}
+
+
 async def get_stats(deps: FeedbackDeps, principal: Principal, token: str | None, cmd: GetStats) -> DeploymentStats:
     """One ServiceMetrics value over the predictions (and reviews) the filters keep."""
     service = stats.check_service(cmd.service)
@@ -151,6 +161,12 @@ async def get_stats(deps: FeedbackDeps, principal: Principal, token: str | None,
         reference = kept["reference"] if kept and kept["status"] == "ready" else None
         return DeploymentStats(deployment=view.route.name, service=service, predictions=total,
                                stats=aggregates.compute(service, total, counts, reference))
+    if service == "PREDICTIONS_DATA":
+        total, result = await predictions_data(
+            pool, view.route.deployment_id, model_name=model.name if model else None,
+            model_version=(model.version or model.sha) if model else None, start=start, end=end, includes=includes,
+            excludes=excludes, tags=cmd.tags)
+        return DeploymentStats(deployment=view.route.name, service=service, predictions=total, stats=result)
     rows = await fs.stats_rows(pool, view.route.deployment_id, model_name=model.name if model else None,
                                model_version=(model.version or model.sha) if model else None, start=start, end=end,
                                includes=includes, excludes=excludes, tags=cmd.tags, limit=MAX_STATS_ROWS + 1)

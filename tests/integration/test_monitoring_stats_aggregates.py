@@ -3,7 +3,8 @@ PostgreSQL of the test stack: predictions written (and some deleted) straight in
 deployments no test uses, then AGGREGATED_LABEL_DISTRIBUTION from the hourly aggregate is compared with the same
 statistic recomputed from every row (the path get_stats takes for the other metrics) under time windows that cut hours
 or fall inside one, open at either end, on hour boundaries and on a prediction's own timestamp, model versions by name,
-version and sha, and tag sets. The route's answer is compared the same way in test_monitoring_loop_detection.py."""
+version and sha, and tag sets; and PREDICTIONS_DATA from a count and the newest rows against the same from every
+row. The route's answer is compared the same way in test_monitoring_loop_detection.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.monitoring import aggregates, stats
+from services.monitoring import aggregates, reference, stats
 from services.monitoring import feedback_store as fs
 from shared.db import create_pool
 
@@ -37,7 +38,8 @@ MODELS = [None, {"name": "squares", "version": "v1", "sha": "a" * 64}, {"name": 
 TAGS = [[], ["cam-1"], ["cam-1", "night"], ["night"]]
 
 
-def test_the_hourly_aggregate_answers_exactly_what_the_rows_give(stack):
+def test_the_hourly_aggregate_answers_exactly_what_the_rows_give(stack, monkeypatch):
+    monkeypatch.setattr(stats, "MAX_LISTED", 40)  # PREDICTIONS_DATA's list cut short of the rows kept
     asyncio.run(_compare(stack))
 
 
@@ -64,7 +66,7 @@ async def _compare(stack) -> None:
                 " $5, $6, $7, $8, $9, 32, 32, 'image/png', '0', '{}')", rows + other)
             deleted = [r[0] for r in rows[::9]]  # a deleted prediction leaves the hours too
             await conn.execute("DELETE FROM predictions WHERE id = ANY($1::uuid[])", deleted)
-        reference = {"labels": {"counts": {"1": 3, "3": 1}, "proportions": {"1": 0.75, "3": 0.25}}}
+        training = {"labels": {"counts": {"1": 3, "3": 1}, "proportions": {"1": 0.75, "3": 0.25}}}
         some = moments[17]
         windows = [(None, None), (base + timedelta(minutes=30), None), (None, base + timedelta(hours=4, minutes=5)),
                    (base + timedelta(minutes=90), base + timedelta(hours=4, minutes=20)),
@@ -82,11 +84,23 @@ async def _compare(stack) -> None:
                     recomputed = await fs.stats_rows(pool, deployment, includes=None, excludes=None, limit=10_000,
                                                      **filters)
                     total, counts = await aggregates.label_counts(pool, deployment, **filters)
-                    for ref in (None, reference):
+                    for ref in (None, training):
                         expected = stats.compute("AGGREGATED_LABEL_DISTRIBUTION", recomputed, ref)
                         assert aggregates.compute("AGGREGATED_LABEL_DISTRIBUTION", total, counts, ref) == expected, \
                             filters
                     checked += bool(recomputed)
+                    if tags != ["cam-1", "night"]:
+                        continue
+                    # PREDICTIONS_DATA from a count and the newest rows, also with prediction ids
+                    for ids in ({}, {"excludes": [rows[1][0], rows[2][0]]},
+                                {"includes": [r[0] for r in rows[::3]], "excludes": [rows[3][0]]}):
+                        every = await fs.stats_rows(pool, deployment, limit=10_000, **({"includes": None,
+                                                                                         "excludes": None} | ids),
+                                                    **filters)
+                        assert await reference.predictions_data(pool, deployment, **({"includes": None,
+                                                                                      "excludes": None} | ids),
+                                                                **filters) == \
+                            (len(every), stats.compute("PREDICTIONS_DATA", every, None)), (filters, ids)
         assert checked > 100  # most combinations keep predictions: the comparison is not of empty answers
         full = await fs.stats_rows(pool, deployment, model_name=None, model_version=None, start=None, end=None,
                                    includes=None, excludes=None, tags=None, limit=10_000)
