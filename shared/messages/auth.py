@@ -26,8 +26,9 @@ class IssueToken(Command):
     password: str | None = None
     refresh_token: str | None = None
     scope: str | None = None
-    source: str | None = Field(None, description="The client's address as the gateway saw it: failed logins are "
-                               "counted and locked per user and source.")
+    source: str | None = Field(None, description="The client's source as the gateway counts it (services/gateway/"
+                               "source_address.py counted_as): an IPv4 address as it is, an IPv6 address's /64 "
+                               "(2001:db8:1:2::/64). Failed logins are counted and locked per user and source.")
     code: str | None = Field(None, description="authorization_code grant: the code the authorization endpoint "
                              "issued.")
     code_verifier: str | None = Field(None, description="authorization_code grant: the PKCE verifier whose S256 "
@@ -46,7 +47,8 @@ class AuthorizeUser(Command):
     code_challenge: str = Field(description="BASE64URL(SHA-256(code_verifier)), 43 characters (S256 only).")
     username: str
     password: str
-    source: str | None = Field(None, description="The client's address as the gateway saw it (failed logins).")
+    source: str | None = Field(None, description="The client's source as the gateway counts it (an IPv4 address, "
+                               "an IPv6 address's /64), for failed logins, as IssueToken.source.")
 
 
 class AuthorizationCodeIssued(Message):

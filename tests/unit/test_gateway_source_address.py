@@ -81,6 +81,16 @@ def test_an_ipv6_source_is_counted_as_its_64():
     assert counted_as("unknown") == "unknown"
 
 
+def test_the_auth_commands_describe_the_source_the_gateway_sends():
+    """IssueToken.source and AuthorizeUser.source are what counted_as gives (an IPv6 client's /64), not the client's
+    address as the gateway saw it: the contract (protos/) tells a bus caller what the auth service counts by."""
+    from shared.messages.auth import AuthorizeUser, IssueToken
+
+    for command in (IssueToken, AuthorizeUser):
+        described = command.model_fields["source"].description
+        assert "/64" in described and "as the gateway saw it" not in described, (command.__name__, described)
+
+
 def test_trusted_proxies_setting(monkeypatch):
     assert GatewaySettings().trusted_proxies == []
     monkeypatch.setenv("RAILYARD_GATEWAY__TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.7 ,2001:db8::/32")
