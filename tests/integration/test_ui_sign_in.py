@@ -95,8 +95,8 @@ def test_made_up_secrets_do_not_spend_the_login_clients_allowance(stack, alice):
 
 def test_one_address_failing_alices_sign_in_does_not_stop_alice_elsewhere(stack, alice, bob):
     """An address guessing alice's password, 16 at a time, is refused fast (its own bucket, and one attempt at a time
-    for alice from there) but spends nobody's time: alice and bob sign in from elsewhere while it runs. (Handled one by one at the auth service, its delayed
-    attempts queued every sign-in behind them: 504s.)"""
+    for alice from there) but spends nobody's time: alice and bob sign in from elsewhere while it runs. (Handled one
+    by one at the auth service, its delayed attempts queued every sign-in behind them: 504s.)"""
     with http_from(stack, "127.0.0.21", 16) as attacker, ThreadPoolExecutor(16) as pool:
         tab = tab_from(attacker, stack)
         flood = [pool.submit(tab.submit, alice.email, "wrong-password") for _ in range(80)]
