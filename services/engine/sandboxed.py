@@ -129,9 +129,12 @@ class SandboxedRuntime:
             returncode = await self._kill()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(stderr_task), 2)
+            since = min(since, len(buffer))
+            if sandbox.setup_failed(process):  # the launcher's verdict; status 125 and its words are the code's too
+                said = bytes(buffer[since:]).decode(errors="replace").strip()[-300:]
+                raise sandbox.SandboxUnavailable(f"the sandbox could not be set up: {said}") from None
             if replace:
                 self._replace_soon()
-            since = min(since, len(buffer))
             hit = sandbox.limit_hit(returncode, bytes(buffer[since:]).decode(errors="replace"), self.limits,
                                     sandbox.quota_verdict(process))
             reason = (f"was stopped: {sandbox.describe_limit(hit, self.limits)}" if hit
@@ -183,8 +186,9 @@ class SandboxedRuntime:
                 try:
                     await self._replace()
                 except RailyardError as exc:
-                    raise WorkerFailed(f"{KIND_NAMES[self.kind]} ({self.name}) could not be restarted: "
-                                       f"{exc.msg}") from None
+                    # the platform's failure (the host cannot build a sandbox) stays the platform's: 503
+                    failed = sandbox.SandboxUnavailable if isinstance(exc, sandbox.SandboxUnavailable) else WorkerFailed
+                    raise failed(f"{KIND_NAMES[self.kind]} ({self.name}) could not be restarted: {exc.msg}") from None
             body = await asyncio.to_thread(to_ipc_stream, batch) if batch.num_rows > 256 else to_ipc_stream(batch)
             since = len(self.stderr)
             header, output = await self._exchange({"op": "predict"}, body, self.settings.sandbox.wall_seconds,

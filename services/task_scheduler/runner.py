@@ -27,9 +27,11 @@ from shared.sandbox import (
     Limits,
     Network,
     SandboxSpec,
+    SandboxUnavailable,
     describe_limit,
     limit_hit,
     quota_verdict,
+    setup_failed,
     spawn,
     stderr_excerpt,
 )
@@ -152,7 +154,8 @@ def sandbox_spec(plan: RunPlan) -> SandboxSpec:
 
 
 async def execute(plan: RunPlan, writer: LogWriter, kill: asyncio.Event) -> RunOutcome:
-    """Run the plan to its end (exit, a limit, the timeout, or `kill` being set); the logs go to `writer`."""
+    """Run the plan to its end (exit, a limit, the timeout, or `kill` being set); the logs go to `writer`.
+    SandboxUnavailable when the launcher says it could not build the sandbox: main.py never ran."""
     spec = sandbox_spec(plan)
     process = await spawn(spec, stdin=asyncio.subprocess.DEVNULL)
     pumps = [asyncio.create_task(_pump(process.stdout, "stdout", writer)),
@@ -191,6 +194,9 @@ async def execute(plan: RunPlan, writer: LogWriter, kill: asyncio.Event) -> RunO
                 process.kill()
     await writer.flush()
     code = process.returncode
+    if setup_failed(process):  # the launcher's verdict; status 125 and its words on stderr are main.py's to use too
+        said = stderr_excerpt("\n".join(writer.stderr_tail).encode()).strip()[-300:]
+        raise SandboxUnavailable(f"the sandbox could not be set up: {said}")
     if stopped_by == "killed":
         return RunOutcome("failure", code, KILLED)
     if stopped_by == "timeout":

@@ -11,6 +11,7 @@ import pytest
 
 from services.engine.sandboxed import SandboxedRuntime, WorkerFailed
 from shared.errors import InvalidRequest, UpstreamTimeout
+from shared.sandbox import SandboxUnavailable
 from shared.settings import Settings
 
 STEP = b"""
@@ -110,3 +111,40 @@ async def test_a_step_that_fails_to_load_reports_why(settings, tmp_path):
     assert "failed to load: it raised ModuleNotFoundError" in failed.value.msg
     assert "no_such_module_railyard" in failed.value.msg
     await runtime.stop()
+
+
+async def test_only_the_launchers_verdict_makes_a_worker_sandbox_unavailable(settings, tmp_path, monkeypatch):
+    """A step exiting 125 after printing the launcher's words crashed (the code chose them); a sandbox the launcher
+    could not build (its verdict, shared.sandbox.setup_failed) is the platform's 503 sandbox_unavailable with the
+    launcher's words, at the first start and when a crashed worker cannot be replaced."""
+    from shared import sandbox
+
+    faker = tmp_path / "faker.py"
+    faker.write_bytes(b"import os\nos.write(2, b'railyard-sandbox: mount /usr: Operation not permitted\\n')\n"
+                      b"os._exit(125)\n")
+    runtime = SandboxedRuntime("python", faker, settings.stack.data_dir / "engine-work" / "d" / "r-2", settings, "f")
+    with pytest.raises(WorkerFailed) as crashed:
+        await runtime.start()
+    assert "crashed (exit status 125) while loading" in crashed.value.msg, crashed.value.msg
+    await runtime.stop()
+
+    step = tmp_path / "step.py"
+    step.write_bytes(STEP)
+    working = SandboxedRuntime("python", step, settings.stack.data_dir / "engine-work" / "d" / "r-3", settings, "s")
+    await working.start()
+    launch_config = sandbox._launch_config
+    missing = str(settings.stack.data_dir / "engine-work" / "missing")  # the launcher cannot enter it
+    monkeypatch.setattr(sandbox, "_launch_config", lambda spec, s: launch_config(spec, s) | {"workdir": missing})
+    try:
+        with pytest.raises(WorkerFailed):
+            await working.predict_async(table("crash"))
+        with pytest.raises(SandboxUnavailable) as restarting:  # its replacement cannot be built
+            await working.predict_async(table("ok"))
+        assert restarting.value.code == "sandbox_unavailable" and restarting.value.status == 503
+        assert "could not be restarted: the sandbox could not be set up: railyard-sandbox: " in restarting.value.msg
+    finally:
+        await working.stop()
+    fresh = SandboxedRuntime("python", step, settings.stack.data_dir / "engine-work" / "d" / "r-4", settings, "s")
+    with pytest.raises(SandboxUnavailable, match="^the sandbox could not be set up: railyard-sandbox: "):
+        await fresh.start()
+    await fresh.stop()

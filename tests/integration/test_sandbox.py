@@ -294,6 +294,40 @@ def test_a_task_run_exiting_with_the_quota_status_fails_as_an_ordinary_exit(sett
     assert outcome.reason.startswith("main.py exited with status 122"), outcome
 
 
+def test_a_task_run_tells_a_real_setup_failure_from_main_py_exiting_125(settings, monkeypatch):
+    """The runner reads the launcher's verdict (setup_failed), not the status: main.py exiting 125 after printing
+    the launcher's words is its own exit; a sandbox the launcher could not build is SandboxUnavailable with its
+    words (the scheduler records 'the run could not be started: the sandbox could not be set up: ...')."""
+    import asyncio
+    import zipfile
+
+    from services.task_scheduler import runner
+
+    monkeypatch.setattr(sandbox, "_settings", lambda: settings)
+    archive = settings.stack.data_dir.parent / "orchestration.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("main.py", "import sys\nprint('railyard-sandbox: mount /usr: Operation not permitted', "
+                                   "file=sys.stderr)\nsys.exit(125)\n")
+    plan = runner.RunPlan(run_id="r", workdir=settings.stack.data_dir / "run", zip_path=archive, entrypoint="main.py",
+                          python=sys.executable, env_dir=None, env={}, timeout=20, memory_bytes=1 << 30,
+                          cpu_seconds=20, disk_bytes=64 << 20)
+
+    async def sink(batch):
+        pass
+
+    def execute():
+        return asyncio.run(runner.execute(plan, runner.LogWriter(sink=sink, max_bytes=100_000), asyncio.Event()))
+
+    outcome = execute()
+    assert (outcome.status, outcome.exit_code) == ("failure", 125), outcome
+    assert outcome.reason.startswith("main.py exited with status 125"), outcome
+    launch_config = sandbox._launch_config
+    missing = str(settings.stack.data_dir / "work" / "missing")  # the launcher cannot enter it
+    monkeypatch.setattr(sandbox, "_launch_config", lambda spec, s: launch_config(spec, s) | {"workdir": missing})
+    with pytest.raises(SandboxUnavailable, match="^the sandbox could not be set up: railyard-sandbox: .*missing"):
+        execute()
+
+
 USERNS_PROBE = """
     import ctypes, errno, subprocess
     libc = ctypes.CDLL(None, use_errno=True)
