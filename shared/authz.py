@@ -51,6 +51,7 @@ class Principal:
     scoped_task: str | None = None
     # ...and the run it was minted for (the card the seed's input/output methods default to)
     scoped_run: str | None = None
+    session: str | None = None  # the token's session_state: a revoked session's tokens are all refused
 
     @property
     def user_id(self) -> str:
@@ -68,6 +69,7 @@ class TokenVerifier:
         self._fetched_at = 0.0
         self._lock = asyncio.Lock()
         self._revoked: dict[str, float] = {}
+        self._revoked_sessions: dict[str, float] = {}  # session -> when it was revoked (epoch s)
         # verified tokens -> (principal, exp); revocation and expiry are still checked on every use
         self._verified: dict[str, tuple[Principal, float]] = {}
 
@@ -99,14 +101,30 @@ class TokenVerifier:
             parsed = self._parsed[kid] = (jwk, RSAAlgorithm.from_jwk(json.dumps(jwk)))
         return parsed[1]
 
-    def set_revocations(self, users: dict[str, float]) -> None:
+    def set_revocations(self, users: dict[str, float], sessions: dict[str, float] | None = None) -> None:
         """Merge a full list: revocation moments only ever move forward, so merging by max is safe even
         when a poll that started before an event finishes after it."""
         for user_id, before in users.items():
             self.revoke(user_id, before)
+        for session, revoked_at in (sessions or {}).items():
+            self.revoke_session(session, revoked_at)
 
     def revoke(self, user_id: str, before: float) -> None:
         self._revoked[user_id] = max(before, self._revoked.get(user_id, 0))
+
+    def revoke_session(self, session: str, revoked_at: float) -> None:
+        """Refuse every token of a session, whenever issued (a reused authorization code's). Kept while an access
+        token of it could be valid (issued by the revocation, give or take a moment, plus its lifetime)."""
+        forget_before = time.time() - self._settings.access_token_ttl - 60
+        for old in [s for s, at in self._revoked_sessions.items() if at < forget_before]:
+            del self._revoked_sessions[old]
+        if revoked_at >= forget_before:
+            self._revoked_sessions[session] = revoked_at
+
+    def _is_revoked(self, principal: Principal) -> bool:
+        if principal.session is not None and principal.session in self._revoked_sessions:
+            return True
+        return principal.subject in self._revoked and principal.issued_at <= self._revoked[principal.subject]
 
     # --- verification --------------------------------------------------------------------------
 
@@ -120,7 +138,7 @@ class TokenVerifier:
             if time.time() >= expires + 5:
                 del self._verified[token]
                 raise Unauthorized("token expired")
-            if principal.subject in self._revoked and principal.issued_at <= self._revoked[principal.subject]:
+            if self._is_revoked(principal):
                 raise Unauthorized("token revoked")
             return principal
         import jwt  # (see refresh_keys)
@@ -154,8 +172,6 @@ class TokenVerifier:
             raise Unauthorized("not an access token")
         subject = str(claims["sub"])
         issued_at = float(claims["iat"])
-        if subject in self._revoked and issued_at <= self._revoked[subject]:
-            raise Unauthorized("token revoked")
         kind = claims.get("railyard_kind", KIND_USER)
         if kind not in (KIND_USER, KIND_INFERENCE):
             raise Unauthorized("invalid token")
@@ -174,7 +190,10 @@ class TokenVerifier:
             scoped_task=str(claims["railyard_task"]) if kind == KIND_USER and claims.get("railyard_task") else None,
             scoped_run=(str(claims["railyard_task_run"]) if kind == KIND_USER and claims.get("railyard_task")
                         and claims.get("railyard_task_run") else None),
+            session=str(claims["session_state"]) if claims.get("session_state") else None,
         )
+        if self._is_revoked(principal):
+            raise Unauthorized("token revoked")
         if len(self._verified) >= VERIFIED_CACHE:
             self._verified.clear()
         self._verified[token] = (principal, float(claims["exp"]))
@@ -271,9 +290,9 @@ def bus_verifier(broker: Any, settings: AuthSettings, timeout: float) -> tuple[T
     async def keys() -> list[dict[str, Any]]:
         return (await request(broker, subjects.AUTH_KEYS_GET, {}, timeout=timeout, reply_model=SigningKeys)).keys
 
-    async def revocations() -> dict[str, float]:
-        return (await request(broker, subjects.AUTH_REVOCATIONS_LIST, ListRevocations(), timeout=timeout,
-                              reply_model=Revocations)).users
+    async def revocations() -> Revocations:
+        return await request(broker, subjects.AUTH_REVOCATIONS_LIST, ListRevocations(), timeout=timeout,
+                             reply_model=Revocations)
 
     verifier = TokenVerifier(settings, keys)
     return verifier, VerifierFeed(verifier, revocations, settings.revocation_poll_interval)
@@ -284,8 +303,8 @@ class VerifierFeed:
     `events.auth.signing_key_rotated` refetches the keys, and the full revocation list is re-read every
     `interval` seconds in case an event was missed."""
 
-    def __init__(self, verifier: TokenVerifier, fetch: Callable[[], Awaitable[dict[str, float]]],
-                 interval: float) -> None:
+    def __init__(self, verifier: TokenVerifier, fetch: Callable[[], Awaitable[Any]], interval: float) -> None:
+        """`fetch` answers the full list as `shared.messages.auth.Revocations` (users, sessions)."""
         self._verifier = verifier
         self._fetch = fetch
         self._interval = interval
@@ -306,7 +325,10 @@ class VerifierFeed:
         async def on_tokens_revoked(msg: Any) -> None:
             try:
                 event = json.loads(msg.data)
-                self._verifier.revoke(str(event["subject"]), float(event["revoked_before"]))
+                if event.get("session"):  # one session of the subject, every token of it
+                    self._verifier.revoke_session(str(event["session"]), float(event["revoked_before"]))
+                else:
+                    self._verifier.revoke(str(event["subject"]), float(event["revoked_before"]))
             except (ValueError, KeyError, TypeError):
                 log.warning("ignoring a malformed %s event", subjects.EVENT_TOKENS_REVOKED)
 
@@ -326,7 +348,8 @@ class VerifierFeed:
 
     async def _poll_once(self) -> None:
         try:
-            self._verifier.set_revocations(await self._fetch())
+            revocations = await self._fetch()
+            self._verifier.set_revocations(revocations.users, revocations.sessions)
         except RailyardError as exc:
             log.warning("could not refresh revocations: %s", exc.msg)
 

@@ -123,8 +123,8 @@ def build_router(runtime: Runtime) -> NatsRouter:
 
     @command(router, subjects.AUTH_REVOCATIONS_LIST, service=NAME)
     async def list_revocations(cmd: ListRevocations, ctx: CallContext) -> Revocations:
-        """Deactivated users and the moment before which their tokens are refused."""
-        return await handlers.revocations(runtime.db)
+        """Deactivated users and the moment before which their tokens are refused; revoked sessions."""
+        return await handlers.revocations(runtime.db, runtime.settings.auth)
 
     @command(router, subjects.AUTH_USERS_QUERY, service=NAME)
     async def query_users(cmd: QueryUsers, ctx: CallContext) -> Users:
@@ -214,7 +214,7 @@ async def start(runtime: Runtime) -> None:
     deps = handlers.AuthDeps(pool=runtime.db, settings=settings, publish=publish, keys={})
     await handlers.bootstrap(deps)
     verifier = TokenVerifier(settings, lambda: store.public_keys(runtime.db, handlers.key_retention(settings)))
-    feed = VerifierFeed(verifier, lambda: store.revocations(runtime.db), settings.revocation_poll_interval)
+    feed = VerifierFeed(verifier, lambda: handlers.revocations(runtime.db, settings), settings.revocation_poll_interval)
     await feed.start(runtime.broker.config.connection_state.connection)
     runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed)
 

@@ -278,8 +278,8 @@ async def issue_token(deps: AuthDeps, cmd: IssueToken) -> TokenIssued:
         user = await _password_login(deps, cmd)
         return await _mint(deps, user, cmd.client_id, with_refresh=True)
     if cmd.grant_type == "refresh_token":
-        user = await _refresh_login(deps, cmd)
-        return await _mint(deps, user, cmd.client_id, with_refresh=True)
+        user, session = await _refresh_login(deps, cmd)
+        return await _mint(deps, user, cmd.client_id, with_refresh=True, session=session)
     return await _mint_inference(deps, client)
 
 
@@ -300,8 +300,12 @@ async def _issue_public(deps: AuthDeps, cmd: IssueToken) -> TokenIssued:
         raise InvalidRequest(f"the public client {cmd.client_id} may use the authorization_code and refresh_token "
                              "grants only; client_credentials needs a workspace's inference client and its secret",
                              code="unauthorized_client")
-    user = await (_code_login(deps, cmd) if cmd.grant_type == "authorization_code" else _refresh_login(deps, cmd))
-    return await _mint(deps, user, cmd.client_id, with_refresh=True)
+    if cmd.grant_type == "authorization_code":
+        session = uuid.uuid4()
+        user = await _code_login(deps, cmd, session)
+    else:
+        user, session = await _refresh_login(deps, cmd)
+    return await _mint(deps, user, cmd.client_id, with_refresh=True, session=session)
 
 
 def _sha256(text: str) -> bytes:
@@ -331,17 +335,23 @@ async def authorize(deps: AuthDeps, cmd: AuthorizeUser) -> AuthorizationCodeIssu
     code = secrets.token_urlsafe(32)
     ttl = deps.settings.authorization_code_ttl
     await store.save_authorization_code(deps.pool, _sha256(code), cmd.client_id, user["id"], cmd.redirect_uri,
-                                        cmd.code_challenge, ttl)
+                                        cmd.code_challenge, ttl, keep=key_retention(deps.settings))
     return AuthorizationCodeIssued(code=code, expires_in=ttl)
 
 
-async def _code_login(deps: AuthDeps, cmd: IssueToken) -> asyncpg.Record:
+async def _code_login(deps: AuthDeps, cmd: IssueToken, session: uuid.UUID) -> asyncpg.Record:
     """Exchange a code: it is spent by this first attempt whatever follows (RFC 6749 4.1.2: once), then it must have
-    been issued to this client for this exact redirect URI, and the verifier's S256 must be its challenge."""
+    been issued to this client for this exact redirect URI, and the verifier's S256 must be its challenge. The
+    tokens will be minted in `session`, recorded with the code as it is spent (before they exist, so a reuse racing
+    this exchange still reaches them); a spent code presented again revokes that session."""
     if not cmd.code or not cmd.code_verifier or not cmd.redirect_uri:
         raise InvalidRequest("the authorization_code grant needs code, code_verifier and redirect_uri")
-    spent = await store.take_authorization_code(deps.pool, _sha256(cmd.code))
+    code_hash = _sha256(cmd.code)
+    spent = await store.take_authorization_code(deps.pool, code_hash, session)
     if spent is None:
+        if await _revoke_reused_code(deps, code_hash):
+            raise Unauthorized("authorization code already used: a code works once, so this one may have leaked and "
+                               "the tokens issued for it are revoked; sign in again", code="invalid_grant")
         raise Unauthorized("authorization code unknown or already used; sign in again", code="invalid_grant")
     if spent["expired"]:
         raise Unauthorized(f"authorization code expired (a code works for {deps.settings.authorization_code_ttl} s);"
@@ -358,6 +368,21 @@ async def _code_login(deps: AuthDeps, cmd: IssueToken) -> asyncpg.Record:
     if user is None or not user["enabled"]:
         raise Unauthorized("user is deactivated", code="invalid_grant")
     return user
+
+
+async def _revoke_reused_code(deps: AuthDeps, code_hash: bytes) -> bool:
+    """RFC 6749 4.1.2: a code used twice leaked, so the tokens its exchange issued are revoked (SHOULD): the session
+    they were minted in, with every refresh since (its refresh tokens spent at once, its access tokens refused by
+    every verifier on `events.auth.tokens_revoked` and through the revocation list). False if the code is unknown
+    (never issued, or spent longer ago than its tokens could live)."""
+    revoked = await store.revoke_spent_code_session(deps.pool, code_hash, time.time(), key_retention(deps.settings))
+    if revoked is None:
+        return False
+    log.warning("an authorization code of user %s was presented again: its session %s is revoked",
+                revoked["user_id"], revoked["session"])
+    await deps.publish(subjects.EVENT_TOKENS_REVOKED, TokensRevoked(
+        subject=str(revoked["user_id"]), revoked_before=revoked["revoked_at"], session=str(revoked["session"])))
+    return True
 
 
 async def _password_login(deps: AuthDeps, cmd: IssueToken) -> asyncpg.Record:
@@ -416,7 +441,9 @@ async def _checked_login(deps: AuthDeps, cmd: IssueToken, user: asyncpg.Record, 
     return user
 
 
-async def _refresh_login(deps: AuthDeps, cmd: IssueToken) -> asyncpg.Record:
+async def _refresh_login(deps: AuthDeps, cmd: IssueToken) -> tuple[asyncpg.Record, uuid.UUID]:
+    """The refresh token's user and session (the new pair stays in it, so revoking a session reaches every refresh
+    of it)."""
     if not cmd.refresh_token:
         raise InvalidRequest("the refresh_token grant needs refresh_token")
     keys = {k["kid"]: RSAAlgorithm.from_jwk(k)
@@ -429,13 +456,14 @@ async def _refresh_login(deps: AuthDeps, cmd: IssueToken) -> asyncpg.Record:
         raise Unauthorized("invalid refresh token", code="invalid_grant") from None
     if claims.get("typ") != "Refresh":
         raise Unauthorized("invalid refresh token", code="invalid_grant")
-    user_id = await store.use_refresh_token(deps.pool, uuid.UUID(claims["jti"]), cmd.client_id)
-    if user_id is None:
-        raise Unauthorized("refresh token expired, already used or issued to another client", code="invalid_grant")
-    user = await store.user_by_id(deps.pool, user_id)
+    spent = await store.use_refresh_token(deps.pool, uuid.UUID(claims["jti"]), cmd.client_id)
+    if spent is None:
+        raise Unauthorized("refresh token expired, already used, revoked or issued to another client",
+                           code="invalid_grant")
+    user = await store.user_by_id(deps.pool, spent["user_id"])
     if user is None or not user["enabled"]:
         raise Unauthorized("user is deactivated", code="invalid_grant")
-    return user
+    return user, spent["session"] or uuid.uuid4()  # (refresh tokens saved before sessions were kept have none)
 
 
 def _issued_at() -> float:
@@ -449,11 +477,13 @@ def _base_claims(settings: AuthSettings, subject: str, client_id: str, now: floa
             "jti": str(uuid.uuid4()), "azp": client_id}
 
 
-async def _mint(deps: AuthDeps, user: asyncpg.Record, client_id: str, *, with_refresh: bool) -> TokenIssued:
+async def _mint(deps: AuthDeps, user: asyncpg.Record, client_id: str, *, with_refresh: bool,
+                session: uuid.UUID | None = None) -> TokenIssued:
+    """An access token (and refresh token) in `session` (a new one when None): its `session_state`."""
     settings = deps.settings
     kid, key = await _active_key(deps)
     now = _issued_at()
-    session = str(uuid.uuid4())
+    session = str(session or uuid.uuid4())
     access = _base_claims(settings, str(user["id"]), client_id, now) | {
         "exp": int(now) + settings.access_token_ttl, "typ": "Bearer", "scope": "profile email",
         "preferred_username": user["username"], "email": user["email"], "session_state": session,
@@ -465,7 +495,7 @@ async def _mint(deps: AuthDeps, user: asyncpg.Record, client_id: str, *, with_re
         claims = _base_claims(settings, str(user["id"]), client_id, now) | {
             "exp": int(now) + settings.refresh_token_ttl, "typ": "Refresh", "session_state": session}
         await store.save_refresh_token(deps.pool, uuid.UUID(claims["jti"]), user["id"], client_id,
-                                       datetime.fromtimestamp(claims["exp"], UTC))
+                                       datetime.fromtimestamp(claims["exp"], UTC), uuid.UUID(session))
         refresh = jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid})
     return TokenIssued(access_token=token, expires_in=settings.access_token_ttl, refresh_token=refresh,
                        refresh_expires_in=settings.refresh_token_ttl if refresh else None, session_state=session)
@@ -506,8 +536,11 @@ async def issue_task_token(deps: AuthDeps, cmd: IssueTaskToken) -> TaskTokenIssu
     return TaskTokenIssued(access_token=token, expires_in=cmd.ttl)
 
 
-async def revocations(pool: asyncpg.Pool) -> Revocations:
-    return Revocations(users=await store.revocations(pool))
+async def revocations(pool: asyncpg.Pool, settings: AuthSettings) -> Revocations:
+    """Subjects' revocation moments, and the sessions revoked recently enough that an access token of theirs could
+    still be valid."""
+    return Revocations(users=await store.revocations(pool),
+                       sessions=await store.revoked_sessions(pool, time.time() - settings.access_token_ttl - 60))
 
 
 # --- users ---------------------------------------------------------------------------------------------

@@ -223,39 +223,70 @@ async def ensure_public_client(conn: asyncpg.Connection, client_id: str) -> bool
 
 
 async def save_refresh_token(pool: asyncpg.Pool, jti: uuid.UUID, user_id: uuid.UUID, client_id: str,
-                             expires_at: datetime) -> None:
+                             expires_at: datetime, session: uuid.UUID) -> None:
     await pool.execute(
-        "INSERT INTO refresh_tokens (jti, user_id, client_id, expires_at) VALUES ($1, $2, $3, $4)",
-        jti, user_id, client_id, expires_at,
+        "INSERT INTO refresh_tokens (jti, user_id, client_id, expires_at, session) VALUES ($1, $2, $3, $4, $5)",
+        jti, user_id, client_id, expires_at, session,
     )
 
 
-async def use_refresh_token(pool: asyncpg.Pool, jti: uuid.UUID, client_id: str) -> uuid.UUID | None:
-    """Spend a refresh token once; the user it belongs to, or None if unknown, used, expired or foreign."""
-    return await pool.fetchval(
-        "UPDATE refresh_tokens SET used = true"
-        " WHERE jti = $1 AND client_id = $2 AND NOT used AND expires_at > now() RETURNING user_id",
+async def use_refresh_token(pool: asyncpg.Pool, jti: uuid.UUID, client_id: str) -> asyncpg.Record | None:
+    """Spend a refresh token once; its user_id and session, or None if unknown, used, expired, foreign or of a
+    revoked session (one minted while its session was being revoked is refused here too)."""
+    return await pool.fetchrow(
+        "UPDATE refresh_tokens t SET used = true"
+        " WHERE jti = $1 AND client_id = $2 AND NOT used AND expires_at > now()"
+        " AND NOT EXISTS (SELECT 1 FROM revoked_sessions r WHERE r.session = t.session) RETURNING user_id, session",
         jti, client_id,
     )
 
 
 async def save_authorization_code(pool: asyncpg.Pool, code_hash: bytes, client_id: str, user_id: uuid.UUID,
-                                  redirect_uri: str, code_challenge: str, ttl: float) -> None:
-    """Keep a new code's hash and what it is bound to for `ttl` seconds; codes past their time go at the same time."""
+                                  redirect_uri: str, code_challenge: str, ttl: float, keep: float) -> None:
+    """Keep a new code's hash and what it is bound to, valid for `ttl` seconds; codes expired more than `keep`
+    seconds ago go at the same time (a spent code is kept that long so a reuse can revoke what it issued)."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("DELETE FROM authorization_codes WHERE expires_at < now()")
+        await conn.execute("DELETE FROM authorization_codes WHERE expires_at < now() - make_interval(secs => $1)",
+                           float(keep))
         await conn.execute(
             "INSERT INTO authorization_codes (code_hash, client_id, user_id, redirect_uri, code_challenge, expires_at)"
             " VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
             code_hash, client_id, user_id, redirect_uri, code_challenge, float(ttl))
 
 
-async def take_authorization_code(pool: asyncpg.Pool, code_hash: bytes) -> asyncpg.Record | None:
-    """Spend a code: it is gone after this, whatever the caller then finds wrong with it. Its row (with `expired`),
-    or None when it is unknown or already spent."""
+async def take_authorization_code(pool: asyncpg.Pool, code_hash: bytes, session: uuid.UUID) -> asyncpg.Record | None:
+    """Spend a code, naming the session its tokens will be minted in: it works no more after this, whatever the
+    caller then finds wrong with it. Its row (with `expired`), or None when it is unknown or already spent."""
     return await pool.fetchrow(
-        "DELETE FROM authorization_codes WHERE code_hash = $1"
-        " RETURNING client_id, user_id, redirect_uri, code_challenge, expires_at <= now() AS expired", code_hash)
+        "UPDATE authorization_codes SET spent_at = now(), session = $2 WHERE code_hash = $1 AND spent_at IS NULL"
+        " RETURNING client_id, user_id, redirect_uri, code_challenge, expires_at <= now() AS expired",
+        code_hash, session)
+
+
+async def revoke_spent_code_session(pool: asyncpg.Pool, code_hash: bytes, revoked_at: float,
+                                    keep: float) -> dict[str, Any] | None:
+    """A spent code presented again: revoke the session its exchange minted tokens in (every refresh token of it is
+    spent; verifiers refuse its access tokens through the revocation list). Its session, user_id and revoked_at
+    (the first revocation's, when it was reused before), or None when the code is unknown. Revocations older than
+    `keep` seconds go at the same time."""
+    async with pool.acquire() as conn, conn.transaction():
+        spent = await conn.fetchrow("SELECT session, user_id FROM authorization_codes"
+                                    " WHERE code_hash = $1 AND spent_at IS NOT NULL", code_hash)
+        if spent is None:
+            return None
+        await conn.execute("DELETE FROM revoked_sessions WHERE revoked_at < $1", revoked_at - keep)
+        first = await conn.fetchval(
+            "INSERT INTO revoked_sessions (session, user_id, revoked_at) VALUES ($1, $2, $3)"
+            " ON CONFLICT (session) DO UPDATE SET revoked_at = revoked_sessions.revoked_at RETURNING revoked_at",
+            spent["session"], spent["user_id"], revoked_at)
+        await conn.execute("UPDATE refresh_tokens SET used = true WHERE session = $1 AND NOT used", spent["session"])
+        return {"session": spent["session"], "user_id": spent["user_id"], "revoked_at": first}
+
+
+async def revoked_sessions(pool: asyncpg.Pool, since: float) -> dict[str, float]:
+    """Sessions revoked at or after `since` (epoch s) -> when."""
+    rows = await pool.fetch("SELECT session::text, revoked_at FROM revoked_sessions WHERE revoked_at >= $1", since)
+    return {r["session"]: float(r["revoked_at"]) for r in rows}
 
 
 # --- workspaces ----------------------------------------------------------------------------------------

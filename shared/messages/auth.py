@@ -91,13 +91,16 @@ class SigningKeyRotated(Message):
 
 
 class ListRevocations(Command):
-    """Users whose tokens issued before a moment no longer count (deactivated users)."""
+    """Users whose tokens issued before a moment no longer count (deactivated users), and revoked sessions."""
 
 
 class Revocations(Message):
-    """user id -> tokens issued at or before this moment (epoch seconds) are refused."""
+    """user id -> tokens issued at or before this moment (epoch seconds) are refused; and revoked sessions."""
 
     users: dict[str, float]
+    sessions: dict[str, float] = Field(default_factory=dict, description="session (a token's session_state) -> "
+                                       "when it was revoked (epoch s): every token of it is refused, whenever issued. "
+                                       "Listed while an access token of it could still be valid.")
 
 
 # --- users -------------------------------------------------------------------------------------------
@@ -331,10 +334,14 @@ class UserDeactivated(Event):
 
 class TokensRevoked(Event):
     """Tokens of a subject (a user whose password changed, a revoked inference client) issued at or before a
-    moment no longer count; verifiers apply it at once."""
+    moment no longer count, or those of one session of it (a reused authorization code's); verifiers apply it at
+    once."""
 
     subject: str
     revoked_before: float = Field(description="Tokens issued at or before this moment (epoch s) are refused.")
+    session: str | None = Field(None, description="When set, only this session of the subject (its tokens' "
+                                "session_state) is revoked, and every token of it, whenever issued (a reused "
+                                "authorization code's); revoked_before is then the moment it was revoked.")
 
 
 class UserActivated(Event):

@@ -190,10 +190,11 @@ async def _failure_sources(stack, user_id: str) -> set[str]:
 
 
 async def _codes_of(stack, user_id: str) -> int:
+    """The user's codes not spent yet."""
     conn = await asyncpg.connect(stack.settings().postgres.dsn)
     try:
-        return await conn.fetchval("SELECT count(*) FROM auth.authorization_codes WHERE user_id = $1",
-                                   uuid.UUID(user_id))
+        return await conn.fetchval("SELECT count(*) FROM auth.authorization_codes WHERE user_id = $1"
+                                   " AND spent_at IS NULL", uuid.UUID(user_id))  # spent ones stay (reuse revokes)
     finally:
         await conn.close()
 
@@ -264,6 +265,47 @@ def test_the_ui_signs_in_with_a_one_time_pkce_code(stack, alice):
         assert http.post(TOKEN_PATH, auth=(secrets["client_id"], secrets["client_secret"]), data={
             "grant_type": "password", "username": alice.email, "password": PASSWORD}).status_code == 200
     assert asyncio.run(_codes_of(stack, alice.user_id)) == 0  # every code spent
+
+
+def test_a_reused_code_revokes_the_tokens_it_issued(stack, alice):
+    """RFC 6749 4.1.2: a code presented twice has leaked, so the second exchange is refused AND what the first issued
+    stops working: its access token, its refresh token, and the pair a refresh of it gave (the same session), at
+    the gateway within the revocation's propagation time (events.auth.tokens_revoked at once; the revocation list
+    every revocation_poll_interval seconds otherwise, docs/auth.md). Another sign-in of the same user is untouched."""
+    def works(http: httpx.Client, token: str) -> bool:
+        answer = http.post(f"{stack.api}/workspaces/list", json={}, headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code in (200, 401), answer.text
+        return answer.status_code == 200
+
+    def refresh(http: httpx.Client, token: str) -> httpx.Response:
+        return http.post(TOKEN_PATH, data={"grant_type": "refresh_token", "client_id": UI_CLIENT,
+                                           "refresh_token": token})
+
+    with httpx.Client(base_url=stack.base_url, timeout=30) as http:
+        tab = ui_tab(http, stack.base_url)
+        assert tab.open_form().status_code == 200
+        code = tab.code(tab.submit(alice.email, PASSWORD))
+        first = tab.exchange(code).json()
+        refreshed = refresh(http, first["refresh_token"]).json()  # the session goes on after a refresh
+        other_tab = ui_tab(http, stack.base_url)
+        assert other_tab.open_form().status_code == 200
+        other = signs_in(other_tab, alice.email)  # alice's other sign-in: another session
+        assert works(http, first["access_token"]) and works(http, refreshed["access_token"])
+
+        refused(tab.exchange(code), 401, "invalid_grant", "already used")
+        deadline = time.monotonic() + stack.settings().auth.revocation_poll_interval + 5
+        while works(http, first["access_token"]) or works(http, refreshed["access_token"]):
+            assert time.monotonic() < deadline, "a reused code's tokens still work after the revocation's propagation"
+            time.sleep(0.1)
+        revoked = http.post(f"{stack.api}/workspaces/list", json={}, headers={
+            "Authorization": f"Bearer {first['access_token']}"})
+        assert revoked.status_code == 401 and "revoked" in revoked.text, revoked.text
+        refused(refresh(http, refreshed["refresh_token"]), 401, "invalid_grant", "revoked")
+        refused(refresh(http, first["refresh_token"]), 401, "invalid_grant")
+        refused(tab.exchange(code), 401, "invalid_grant", "already used")  # and again: still refused
+
+        assert works(http, other["access_token"])  # only what the reused code issued
+        assert refresh(http, other["refresh_token"]).status_code == 200
 
 
 def test_the_authorization_endpoint_refuses_bad_requests_and_issues_nothing(stack, alice):

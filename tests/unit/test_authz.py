@@ -111,6 +111,26 @@ async def test_revoked_users_tokens_issued_before_are_refused(verifier):
         await verifier.verify(old)
 
 
+async def test_a_revoked_sessions_tokens_are_all_refused_and_no_other(verifier):
+    """A reused authorization code's session: every token of it, whenever issued (one minted while the session was
+    being revoked too), from the event or the revocation list; the user's other sessions keep working."""
+    cached = make_token(session_state="s1")
+    await verifier.verify(cached)  # a verified token is cached: revocation is checked on every use all the same
+    later = make_token(session_state="s1", iat=time.time() + 1)
+    verifier.revoke_session("s1", time.time())
+    for token in (cached, later):
+        with pytest.raises(Unauthorized, match="revoked"):
+            await verifier.verify(token)
+    assert (await verifier.verify(make_token(session_state="s2"))).session == "s2"
+    assert (await verifier.verify(make_token())).session is None
+    verifier.set_revocations({}, {"s2": time.time()})  # from the list (a missed event)
+    with pytest.raises(Unauthorized, match="revoked"):
+        await verifier.verify(make_token(session_state="s2"))
+    # forgotten once no access token of it can be valid any more
+    verifier.revoke_session("s3", time.time() - SETTINGS.access_token_ttl - 61)
+    assert "s3" not in verifier._revoked_sessions and "s1" in verifier._revoked_sessions
+
+
 async def test_role_rules():
     user = Principal("u1", "user", False, "c", None, 0)
     admin = Principal("a1", "user", True, "c", None, 0)
