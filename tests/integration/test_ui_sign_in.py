@@ -306,6 +306,22 @@ def test_a_reused_code_revokes_the_tokens_it_issued(stack, alice):
 
         assert works(http, other["access_token"])  # only what the reused code issued
         assert refresh(http, other["refresh_token"]).status_code == 200
+    # what a verifier that missed the event reads at its next poll: the session, not alice's other one
+    listed = asyncio.run(_revocation_list(stack)).sessions
+    session = jwt.decode(first["access_token"], options={"verify_signature": False})["session_state"]
+    assert session == jwt.decode(refreshed["access_token"], options={"verify_signature": False})["session_state"]
+    assert session in listed and other["session_state"] not in listed
+
+
+async def _revocation_list(stack):
+    """auth.revocations.list's answer, from the auth service's own handler on its schema."""
+    from services.auth import handlers
+
+    conn = await asyncpg.connect(stack.settings().postgres.dsn, server_settings={"search_path": "auth"})
+    try:
+        return await handlers.revocations(conn, stack.settings().auth)
+    finally:
+        await conn.close()
 
 
 def test_the_authorization_endpoint_refuses_bad_requests_and_issues_nothing(stack, alice):
