@@ -112,9 +112,12 @@ def _check_definition(definition: dict[str, Any]) -> None:
             raise InvalidRequest(f"{where}.ShadowDeploy needs a champion and at least one challenger")
         if kind == "RandomSplit":
             weights = body.get("weights")
+            # finite, and a finite sum: [1e308, 1e308] add up to inf, and every request then went to the last model
             if not isinstance(weights, list) or len(weights) != len(models) or \
-                    not all(isinstance(w, int | float) and w >= 0 for w in weights) or sum(weights) <= 0:
-                raise InvalidRequest(f"{where}.RandomSplit needs one non-negative weight per model, not all zero")
+                    not all(isinstance(w, int | float) and 0 <= w < math.inf for w in weights) or \
+                    not 0 < sum(weights) < math.inf:
+                raise InvalidRequest(f"{where}.RandomSplit needs one non-negative, finite weight per model, not all "
+                                     "zero, whose sum is finite")
             if body.get("hash_key") is not None and not isinstance(body["hash_key"], str):
                 raise InvalidRequest(f"{where}.RandomSplit.hash_key must be a column name")
 

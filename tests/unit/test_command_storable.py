@@ -82,7 +82,8 @@ def test_nesting_past_the_limit_is_refused_before_serialization_would_fail():
 
 
 @pytest.mark.parametrize(("payload", "said"), [
-    ({"start": "0001-01-01T00:00:00+05:00"}, "start: Value error, 0001-01-01T00:00:00+05:00 is out of range once in UTC"),
+    ({"start": "0001-01-01T00:00:00+05:00"},
+     "start: Value error, 0001-01-01T00:00:00+05:00 is out of range once in UTC"),
     ({"end": "9999-12-31T23:00:00-05:00"}, "end: Value error, 9999-12-31T23:00:00-05:00 is out of range once in UTC"),
 ])
 def test_a_time_without_a_utc_form_is_refused_naming_the_field(payload, said):
@@ -95,7 +96,8 @@ def test_a_time_without_a_utc_form_in_a_nested_model_is_named_by_its_path():
     window = {"pipeline": "p", "width": "1 hour", "start": "0001-01-01T00:00:00+01:00"}
     body = {"name": "a", "pipeline_id": 1, "pipeline_name": "p", "iopath": "output x 0", "workspace_id": 1,
             "baseline": {"Static": {"values": [1.0]}}, "window": window, "summarizer": {}, "alert_threshold": 1.0}
-    assert refusal(AssayConfig, body).startswith("window: Value error, start: 0001-01-01T00:00:00+01:00 is out of range")
+    said = "window: Value error, start: 0001-01-01T00:00:00+01:00 is out of range"
+    assert refusal(AssayConfig, body).startswith(said)
     body["window"]["start"] = None
     body["baseline"] = {"Fixed": {"pipeline": "p", "start_at": "2020-01-01T00:00:00Z",
                                   "end_at": "9999-12-31T23:59:59-00:01"}}
