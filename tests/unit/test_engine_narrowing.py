@@ -87,17 +87,19 @@ def _route(input_schema: pa.Schema | None, version: str = "v1"):
 
 
 def test_the_gateway_narrows_for_its_routes_model_and_marks_the_version():
-    from services.gateway.inference import RouteCache
+    from services.gateway.inference import NARROW_MIN_ROWS, RouteCache
     from shared.arrow_codec import NARROWED_FOR
 
     cache = RouteCache()
     model = pa.schema([pa.field("tensor", pa.list_(pa.float32(), 3))])
-    sent = pa.table({"tensor": tensor_array(np.array([[0.1, 0.2, 0.3]]))})
+    one = pa.table({"tensor": tensor_array(np.array([[0.1, 0.2, 0.3]]))})
+    assert cache.narrowed(_route(model), one) is one  # a small request: the replica narrows it, the bytes are few
+    sent = pa.table({"tensor": tensor_array(np.tile([0.1, 0.2, 0.3], (NARROW_MIN_ROWS, 1)))})
     narrowed = cache.narrowed(_route(model), sent)
     assert narrowed.schema.field("tensor").type.value_type == pa.float32()
     assert narrowed.schema.metadata[NARROWED_FOR] == b"v1"
     assert sent.schema.field("tensor").type.value_type == pa.float64()  # the echo's table is untouched
-    float32 = pa.table({"tensor": tensor_array(np.array([[0.1, 0.2, 0.3]], np.float32))})
+    float32 = pa.table({"tensor": tensor_array(np.tile([0.1, 0.2, 0.3], (NARROW_MIN_ROWS, 1)).astype(np.float32))})
     assert cache.narrowed(_route(model), float32) is float32  # nothing to cast: sent as it is, unmarked
     assert cache.narrowed(_route(None), sent) is sent  # no schema known (a Python step first)
     doubles = pa.schema([pa.field("tensor", pa.list_(pa.float64(), 3))])
@@ -106,7 +108,7 @@ def test_the_gateway_narrows_for_its_routes_model_and_marks_the_version():
 
 async def test_a_request_typed_for_a_stale_route_is_resent_as_sent():
     from services.gateway.coalesce import Coalescer
-    from services.gateway.inference import RouteCache
+    from services.gateway.inference import NARROW_MIN_ROWS, RouteCache
     from shared.arrow_codec import NARROWED_FOR, STALE_ROUTE, from_ipc, to_ipc_stream
     from shared.bus import ERROR_HEADER
 
@@ -118,17 +120,17 @@ async def test_a_request_typed_for_a_stale_route_is_resent_as_sent():
         if NARROWED_FOR in (table.schema.metadata or {}):
             import json
             return {ERROR_HEADER: json.dumps({"code": STALE_ROUTE, "msg": "resend", "status": 409})}, b""
-        return {}, to_ipc_stream(pa.table({"y": pa.array([1.0])}))
+        return {}, to_ipc_stream(pa.table({"y": pa.array(np.ones(table.num_rows))}))
 
     cache = RouteCache()
     cache.coalescer = Coalescer(send)
     cache.routes["d"] = (0.0, None)
-    sent = pa.table({"tensor": tensor_array(np.array([[0.1, 0.2, 0.3]]))})
+    sent = pa.table({"tensor": tensor_array(np.tile([0.1, 0.2, 0.3], (NARROW_MIN_ROWS, 1)))})
     model = pa.schema([pa.field("tensor", pa.list_(pa.float32(), 3))])
     _, outputs = await cache.ask(None, _route(model), "token", sent)
-    assert outputs.column("y").to_pylist() == [1.0]
+    assert outputs.num_rows == NARROW_MIN_ROWS
     assert [t.schema.field("tensor").type.value_type for t in payloads] == [pa.float32(), pa.float64()]
-    assert payloads[1].column("tensor").to_pylist() == [[0.1, 0.2, 0.3]]  # the request's own values
+    assert payloads[1].column("tensor").to_pylist()[0] == [0.1, 0.2, 0.3]  # the request's own values
     assert "d" not in cache.routes  # the next request asks the deployer for the new version's route
 
 
