@@ -73,6 +73,15 @@ def inference_token(stack, account: Account) -> str:
     return response.json()["access_token"]
 
 
+def sdk_client(stack, account: Account):
+    """The Python SDK's client signed in as `account`, in its workspace (the CLI's client credentials)."""
+    from railyard_client import Client
+
+    secrets = stack.secrets()
+    return Client(stack.base_url, username=account.email, password=PASSWORD, client_id=secrets["client_id"],
+                  client_secret=secrets["client_secret"], workspace=account.workspace_id)
+
+
 def undeploy_all(stack, account: Account) -> None:
     """Undeploy what a test left deployed: idle engine replicas of finished tests only load the machine."""
     listed = post(stack, "pipelines/list", account.token, {"workspace_id": account.workspace_id})

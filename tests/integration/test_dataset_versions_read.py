@@ -12,18 +12,13 @@ import time
 import zipfile
 
 import pytest
-from railyard_client import Client, Lineage, Orchestrations
+from railyard_client import Lineage, Orchestrations
 
 from tests.image_models import digit_png, digits_classifier_onnx, digits_image_config
-from tests.integration.conftest import PASSWORD, make_account, post, undeploy_all
+from tests.integration.conftest import make_account, post, undeploy_all
+from tests.integration.conftest import sdk_client as sdk
 
 pytestmark = pytest.mark.integration
-
-
-def sdk(stack, account) -> Client:
-    secrets = stack.secrets()
-    return Client(stack.base_url, username=account.email, password=PASSWORD, client_id=secrets["client_id"],
-                  client_secret=secrets["client_secret"], workspace=account.workspace_id)
 
 
 @pytest.fixture(scope="module")

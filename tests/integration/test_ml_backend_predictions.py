@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 from railyard_client import Client
 
-from tests.integration.conftest import PASSWORD, make_account, post, undeploy_all
+from tests.integration.conftest import make_account, post, undeploy_all
+from tests.integration.conftest import sdk_client as sdk
 
 pytestmark = pytest.mark.integration
 
@@ -82,12 +83,6 @@ DETECTION_CONFIG = """<View>
     <Label value="Red"/>
   </RectangleLabels>
 </View>"""
-
-
-def sdk(stack, account) -> Client:
-    secrets = stack.secrets()
-    return Client(stack.base_url, username=account.email, password=PASSWORD, client_id=secrets["client_id"],
-                  client_secret=secrets["client_secret"], workspace=account.workspace_id)
 
 
 def squares(size: tuple[int, int], boxes: list[tuple[tuple[int, int, int], tuple[int, int, int, int]]]) -> bytes:

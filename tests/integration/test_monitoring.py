@@ -9,20 +9,14 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from railyard_client import Client
 
-from tests.integration.conftest import PASSWORD, inference_token, post
+from tests.integration.conftest import inference_token, post
+from tests.integration.conftest import sdk_client as sdk
 from tests.models import ccfraud_onnx, sample_rows
 
 pytestmark = pytest.mark.integration
 
 READS = ["get_tags", "retrieve_information", "get_model_version", "get_shadow_model"]
-
-
-def sdk(stack, account) -> Client:
-    secrets = stack.secrets()
-    return Client(stack.base_url, username=account.email, password=PASSWORD, client_id=secrets["client_id"],
-                  client_secret=secrets["client_secret"], workspace=account.workspace_id)
 
 
 def call(stack, account_or_token, route: str, body: dict):

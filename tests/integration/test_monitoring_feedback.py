@@ -19,7 +19,7 @@ import asyncpg
 import numpy as np
 import pytest
 from PIL import Image
-from railyard_client import Client, Lineage, Orchestrations, ServiceMetrics
+from railyard_client import Lineage, Orchestrations, ServiceMetrics
 
 from shared import subjects
 from shared.images import image_features
@@ -33,15 +33,10 @@ from tests.image_models import (
     squares_png,
 )
 from tests.integration.bus_events import announced
-from tests.integration.conftest import PASSWORD, inference_token, make_account, post, undeploy_all
+from tests.integration.conftest import inference_token, make_account, post, undeploy_all
+from tests.integration.conftest import sdk_client as sdk
 
 pytestmark = pytest.mark.integration
-
-
-def sdk(stack, account) -> Client:
-    secrets = stack.secrets()
-    return Client(stack.base_url, username=account.email, password=PASSWORD, client_id=secrets["client_id"],
-                  client_secret=secrets["client_secret"], workspace=account.workspace_id)
 
 
 def query(stack, sql: str, *args):

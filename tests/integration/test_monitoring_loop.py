@@ -17,14 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from faststream.nats import NatsBroker
-from railyard_client import Client, Lineage, Orchestrations, ServiceMetrics
+from railyard_client import Lineage, Orchestrations, ServiceMetrics
 from railyard_client.monitoring_continuous import ContinuousDeploymentPolicy
 
 from shared import subjects
 from shared.bus import request
 from shared.messages import CountEvents, EventCount
 from tests.image_models import digit_png, digits_classifier_onnx, digits_image_config
-from tests.integration.conftest import PASSWORD, inference_token, make_account, post, undeploy_all
+from tests.integration.conftest import inference_token, make_account, post, undeploy_all
+from tests.integration.conftest import sdk_client as sdk
 
 pytestmark = pytest.mark.integration
 
@@ -46,12 +47,6 @@ onnx = digits_classifier_onnx(train_size=int(params["train_size"]), seed=int(par
 version = Client().upload_model(args["model_name"], onnx, progress=False)
 print("registered", version.version)
 '''
-
-
-def sdk(stack, account) -> Client:
-    secrets = stack.secrets()
-    return Client(stack.base_url, username=account.email, password=PASSWORD, client_id=secrets["client_id"],
-                  client_secret=secrets["client_secret"], workspace=account.workspace_id)
 
 
 def wait_for(condition, timeout: float = 60.0, what: str = "condition"):

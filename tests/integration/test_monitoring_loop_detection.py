@@ -15,10 +15,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from railyard_client import Client, Lineage, Orchestrations
+from railyard_client import Lineage, Orchestrations
 
 from tests.image_models import GRID, detector_image_config, detector_onnx, squares_png
-from tests.integration.conftest import PASSWORD, make_account, undeploy_all
+from tests.integration.conftest import make_account, undeploy_all
+from tests.integration.conftest import sdk_client as sdk
 
 pytestmark = pytest.mark.integration
 
@@ -37,12 +38,6 @@ print("registered", version.version, "white above", threshold)
 SIZE = 64
 CELL = SIZE // GRID
 WHITE, GREY = 255, 150  # mean brightness 1.0 and 0.59: "white" for every detector here, "grey" for the right one
-
-
-def sdk(stack, account) -> Client:
-    secrets = stack.secrets()
-    return Client(stack.base_url, username=account.email, password=PASSWORD, client_id=secrets["client_id"],
-                  client_secret=secrets["client_secret"], workspace=account.workspace_id)
 
 
 def wait_for(condition, timeout: float = 60.0, what: str = "condition"):

@@ -19,7 +19,6 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from railyard_client import Client
 
 from shared import subjects
 from shared.objectstore import BUCKET_MONITORING, MinioObjectStore
@@ -33,17 +32,12 @@ from tests.image_models import (
     squares_png,
 )
 from tests.integration.bus_events import announced
-from tests.integration.conftest import PASSWORD, inference_token, make_account, post, undeploy_all
+from tests.integration.conftest import inference_token, make_account, post, undeploy_all
+from tests.integration.conftest import sdk_client as sdk
 
 pytestmark = pytest.mark.integration
 
 WEAK = 40  # training digits of the shadow challenger
-
-
-def sdk(stack, account) -> Client:
-    secrets = stack.secrets()
-    return Client(stack.base_url, username=account.email, password=PASSWORD, client_id=secrets["client_id"],
-                  client_secret=secrets["client_secret"], workspace=account.workspace_id)
 
 
 @pytest.fixture(scope="module")
