@@ -6,7 +6,7 @@ for real."""
 from __future__ import annotations
 
 import os
-import time
+import textwrap
 
 from shared import sandbox, sandbox_launcher
 from shared.sandbox import QUOTA_EXIT, Limits, describe_limit, limit_hit
@@ -52,25 +52,34 @@ def test_a_deleted_file_still_open_counts(tmp_path):
 
 def test_the_sandboxs_processes_are_every_descendant_of_the_launcher():
     """Also those in a pid namespace other than the sandbox's (a nested one hid a tenant's open deleted files from
-    the quota before user namespaces were refused inside the sandbox)."""
+    the quota before user namespaces were refused inside the sandbox). Run in a process of its own, as the launcher
+    is: every descendant of the process that asks is in the sandbox, so asked from the test worker it named (and
+    this test killed) the worker's whole embedded stack, and every later test of that worker failed."""
     import subprocess
     import sys
+    from pathlib import Path
 
-    from shared.sandbox_launcher import sandbox_pids
-
-    child = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; "
-                              "subprocess.run([sys.executable, '-c', 'import time; time.sleep(30)'])"])
-    try:
-        for _ in range(200):
-            grandchildren = [p for p in sandbox_pids(child.pid, "pid:[none]") if p != child.pid]
-            if grandchildren:
-                break
-            time.sleep(0.01)
-        assert child.pid in sandbox_pids(child.pid, "pid:[none]") and grandchildren
-    finally:
-        for pid in sandbox_pids(child.pid, "pid:[none]"):
-            os.kill(pid, 9)
-        child.wait()
+    launcher = textwrap.dedent("""
+        import os, subprocess, sys, time
+        from shared.sandbox_launcher import sandbox_pids
+        child = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; "
+                                  "subprocess.run([sys.executable, '-c', 'import time; time.sleep(30)'])"])
+        try:
+            for _ in range(200):
+                grandchildren = [p for p in sandbox_pids(child.pid, "pid:[none]") if p != child.pid]
+                if grandchildren:
+                    break
+                time.sleep(0.01)
+            print(child.pid in sandbox_pids(child.pid, "pid:[none]") and bool(grandchildren))
+        finally:
+            for pid in sandbox_pids(child.pid, "pid:[none]"):
+                os.kill(pid, 9)
+            child.wait()
+    """)
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True, timeout=60, cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
 
 
 def test_measurements_come_sooner_as_the_quota_nears_at_the_pace_seen():
