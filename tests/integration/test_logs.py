@@ -132,6 +132,36 @@ def test_get_logs_shapes_json_and_arrow(stack, alice, logged):
     assert from_ipc(one_column.content).column_names == ["time", "metadata.elapsed"]
 
 
+def test_a_request_the_gateway_narrows_answers_and_logs_as_one_the_replica_narrows(stack, alice, logged):
+    """From NARROW_MIN_ROWS rows the gateway casts a JSON request to the model's float32 before the bus (marked with
+    the pipeline version; docs/logs.md, "Types"): the answer echoes the request as sent, the outputs are the model's
+    on float32 inputs, and the log holds float32 like a small request's."""
+    from services.gateway.inference import NARROW_MIN_ROWS
+
+    records = marked(range(1000, 1000 + NARROW_MIN_ROWS + 6))
+    records[0]["tensor"][1] = 0.1
+    answer = infer(logged["url"], alice.token, records)
+    assert answer.status_code == 200, answer.text
+    rows = answer.json()
+    assert [r["in"]["tensor"] for r in rows] == [r["tensor"] for r in records]  # the echo is the request
+    expected = onnx_outputs(np.array([r["tensor"] for r in records], dtype=np.float32))
+    assert np.allclose([r["out"]["dense_1"] for r in rows], expected, atol=1e-6)
+    deadline = time.monotonic() + 10
+    while True:
+        arrow = get_logs(stack, alice, {"pipeline_id": "logged", "workspace_id": alice.workspace_id,
+                                        "page_size": 10_000}, accept=ARROW)
+        assert arrow.status_code == 200, arrow.text
+        table = from_ipc(arrow.content)
+        tensors = table.column("in.tensor").to_pylist() if "in.tensor" in table.column_names else []
+        ours = [row for row in tensors if row[0] >= 1000.0]
+        if len(ours) >= len(records):
+            break
+        assert time.monotonic() < deadline, f"{len(ours)} of {len(records)} narrowed rows logged"
+        time.sleep(0.1)
+    assert table.schema.field("in.tensor").type.value_type == pa.float32()
+    assert float(np.float32(0.1)) in [row[1] for row in ours]
+
+
 def test_paging_orders_and_time_ranges(stack, alice, logged):
     for start in range(0, 50, 10):
         assert infer(logged["url"], alice.token, marked(range(start, start + 10))).status_code == 200
