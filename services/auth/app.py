@@ -8,7 +8,7 @@ from faststream import AckPolicy
 from faststream.nats import JStream, NatsRouter, PullSub
 from nats.js.api import ConsumerConfig
 
-from services.auth import handlers, store
+from services.auth import handlers, store, token_sweep
 from shared import subjects
 from shared.authz import Principal, TokenVerifier, VerifierFeed
 from shared.bus import CallContext, command, publish_event
@@ -216,10 +216,14 @@ async def start(runtime: Runtime) -> None:
     verifier = TokenVerifier(settings, lambda: store.public_keys(runtime.db, handlers.key_retention(settings)))
     feed = VerifierFeed(verifier, lambda: handlers.revocations(runtime.db, settings), settings.revocation_poll_interval)
     await feed.start(runtime.broker.config.connection_state.connection)
-    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed)
+    sweep = token_sweep.RefreshTokenSweep(runtime.db)
+    sweep.start()
+    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, token_sweep=sweep)
 
 
 async def stop(runtime: Runtime) -> None:
+    if (sweep := runtime.extras.get("token_sweep")) is not None:
+        await sweep.stop()
     feed = runtime.extras.get("verifier_feed")
     if feed is not None:
         await feed.stop()

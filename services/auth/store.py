@@ -241,6 +241,16 @@ async def use_refresh_token(pool: asyncpg.Pool, jti: uuid.UUID, client_id: str) 
     )
 
 
+async def delete_dead_refresh_tokens(pool: asyncpg.Pool, batch: int) -> int:
+    """Delete up to `batch` refresh tokens that can never be spent again (used, revoked or expired); how many went.
+    Rows a refresh holds right now are skipped, not waited for (the next batch or sweep takes them)."""
+    status = await pool.execute(
+        "DELETE FROM refresh_tokens WHERE jti IN (SELECT jti FROM refresh_tokens WHERE used OR expires_at <= now()"
+        " LIMIT $1 FOR UPDATE SKIP LOCKED)",
+        batch)
+    return int(status.split()[-1])
+
+
 async def save_authorization_code(pool: asyncpg.Pool, code_hash: bytes, client_id: str, user_id: uuid.UUID,
                                   redirect_uri: str, code_challenge: str, ttl: float, keep: float) -> None:
     """Keep a new code's hash and what it is bound to, valid for `ttl` seconds; codes expired more than `keep`

@@ -377,3 +377,29 @@ def test_rotated_out_keys_retire_after_the_longest_token_lifetime(stack, admin):
     time.sleep(1.1)  # the verifiers refetch for an unknown key at most once a second
     assert post(stack, "workspaces/list", tokens["recent"][1]).status_code == 200
     assert post(stack, "workspaces/list", tokens["old"][1]).status_code == 401
+
+
+async def test_the_sweep_deletes_dead_refresh_tokens_and_keeps_live_ones(stack):
+    """services/auth/token_sweep.py: an expired and a spent refresh token's rows go, in batches of one here; a live
+    token's row stays and still refreshes."""
+    from services.auth import token_sweep
+    from shared.db import create_pool
+
+    secrets = stack.secrets()
+    login = {"grant_type": "password", "username": secrets["admin_username"], "password": secrets["admin_password"]}
+    expired, spent, live = (token_request(stack, login).json()["refresh_token"] for _ in range(3))
+    renewed = token_request(stack, {"grant_type": "refresh_token", "refresh_token": spent})
+    assert renewed.status_code == 200, renewed.text
+    jti = {name: uuid.UUID(jwt.decode(token, options={"verify_signature": False})["jti"]) for name, token in
+           (("expired", expired), ("spent", spent), ("live", live), ("renewed", renewed.json()["refresh_token"]))}
+    pool = await create_pool(stack.settings().postgres, "auth")
+    try:
+        await pool.execute("UPDATE refresh_tokens SET expires_at = now() - interval '1 second' WHERE jti = $1",
+                           jti["expired"])
+        assert await token_sweep.sweep(pool, batch=1) >= 2
+        left = {r["jti"] for r in await pool.fetch("SELECT jti FROM refresh_tokens WHERE jti = ANY($1)",
+                                                   list(jti.values()))}
+    finally:
+        await pool.close()
+    assert left == {jti["live"], jti["renewed"]}
+    assert token_request(stack, {"grant_type": "refresh_token", "refresh_token": live}).status_code == 200
