@@ -4,8 +4,10 @@ A command handler is a plain async function `handler(cmd: SomeCommand, ctx: Call
 returns a pydantic model (or a dict). `command(router, subject, service=...)` turns it into a
 FastStream subscriber in the service's queue group which always answers with a `Reply`: invalid
 input becomes `invalid_request`, a `RailyardError` keeps its code, anything else is logged and
-answered as a bare `internal` error. `request()` is the other half: it sends a command, waits, and
-returns the reply's data or raises the error the service raised.
+answered as a bare `internal` error; a reply that would not fit the bus's payload limit is answered
+`reply_too_large` (422) at once, where publishing it would fail and leave the caller waiting for its timeout.
+`request()` is the other half: it sends a command, waits, and returns the reply's data or raises the error the
+service raised.
 """
 
 from __future__ import annotations
@@ -21,16 +23,19 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import nats.errors
-from faststream.nats import NatsBroker, NatsRouter
-from faststream.nats.annotations import NatsMessage
+import pydantic_core
+from faststream.nats import NatsBroker, NatsResponse, NatsRouter
+from faststream.nats.annotations import Client, NatsMessage
 from pydantic import BaseModel, ValidationError
 
 from shared import subjects
+from shared.bus_workers import default_command_workers
 from shared.data_errors import refused_request_value
 from shared.errors import (
     ErrorBody,
     InvalidRequest,
     RailyardError,
+    ReplyTooLarge,
     Unavailable,
     UpstreamTimeout,
     error_from_body,
@@ -43,6 +48,9 @@ log = logging.getLogger("railyard.bus")
 
 TOKEN_HEADER = "authorization"
 _MALFORMED = object()
+REPLY_HEADROOM = 4 * 1024
+"""Bytes of the bus payload limit kept for a reply's headers (NATS counts them in the limit)."""
+JSON_HEADERS = {"content-type": "application/json"}
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -173,6 +181,30 @@ async def run_command(
         return reply_error(RailyardError("internal error"))
 
 
+def encode_reply(reply: Reply, max_payload: int | None, subject: str, too_large_hint: str | None = None) -> bytes:
+    """The reply's JSON bytes, or a `reply_too_large` error's when they would not fit a bus whose payload limit is
+    `max_payload` (less REPLY_HEADROOM for headers; None: no known limit, as in FastStream's in-memory broker). NATS refuses a larger message, so publishing it would only be
+    logged and the caller would wait for its timeout (a 504 telling nobody what to change). The error names the
+    sizes and what to ask instead: `too_large_hint` (the command's paging or filters), or a generic line."""
+    try:
+        body = pydantic_core.to_json(reply)
+    except pydantic_core.PydanticSerializationError:
+        log.exception("the reply to %s cannot be encoded as JSON", subject)
+        return pydantic_core.to_json(reply_error(RailyardError("internal error")))
+    if max_payload is None or len(body) <= (limit := max_payload - REPLY_HEADROOM):
+        return body
+    log.warning("the reply to %s is %d bytes, above the bus limit (%d): answered reply_too_large", subject,
+                len(body), limit)
+    hint = too_large_hint or "ask for less: a page (limit and cursor where the command has them) or narrower filters"
+    error = ReplyTooLarge(f"the answer would be {_size(len(body))}, above the {_size(limit)} a reply may carry on "
+                          f"the bus: {hint}")
+    return pydantic_core.to_json(reply_error(error))
+
+
+def _size(count: int) -> str:
+    return f"{count / 1024**2:.1f} MiB" if count >= 1024**2 else f"{count / 1024:.1f} KiB"
+
+
 def _validation_message(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
@@ -181,19 +213,26 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def command(router: NatsRouter | NatsBroker, subject: str, *, service: str, max_workers: int = 1):
+def command(router: NatsRouter | NatsBroker, subject: str, *, service: str, max_workers: int | None = None,
+            too_large_hint: str | None = None):
     """Register `handler(cmd, ctx)` as the service's queue-group subscriber for a command subject; `max_workers`
-    commands at once (one by default: each handled before the next is read)."""
+    commands at once (None: the process's `nats.command_workers`, shared/bus_workers.py; 1: each handled before
+    the next is read, for a handler that must see one at a time, which says why). `too_large_hint` tells a caller
+    whose answer is above the bus limit how to ask for less (`encode_reply`)."""
 
     def decorate(handler: Callable[[Any, CallContext], Awaitable[Any]]):
         model = _command_model(handler)
+        workers = default_command_workers() if max_workers is None else max_workers
 
-        async def subscriber(body: Any, message: NatsMessage) -> Reply:
+        async def subscriber(body: Any, message: NatsMessage, nc: Client) -> NatsResponse:
             headers = dict(message.headers or {})
             auth = headers.get(TOKEN_HEADER) or headers.get(TOKEN_HEADER.title())
             token = auth[7:] if auth and auth.lower().startswith("bearer ") else auth
             ctx = CallContext(subject=message.raw_message.subject, token=token, headers=headers)
-            return await run_command(handler, model, body, ctx)
+            reply = await run_command(handler, model, body, ctx)
+            limit = getattr(nc, "max_payload", None)  # the server's, learnt when connecting
+            encoded = encode_reply(reply, limit if isinstance(limit, int) else None, ctx.subject, too_large_hint)
+            return NatsResponse(encoded, headers=JSON_HEADERS)
 
         subscriber.__name__ = handler.__name__
         subscriber.__doc__ = handler.__doc__
@@ -203,7 +242,7 @@ def command(router: NatsRouter | NatsBroker, subject: str, *, service: str, max_
             decoder=_decode_json,
             title=f"{subject}:{model.__name__}",
             description=(handler.__doc__ or "").strip().splitlines()[0] if handler.__doc__ else None,
-            **({"max_workers": max_workers} if max_workers > 1 else {}),
+            **({"max_workers": workers} if workers > 1 else {}),
         )(subscriber)
         return handler
 

@@ -8,6 +8,7 @@
     ├── RequestTimeout      408 request_timeout
     ├── Conflict            409 conflict
     ├── PayloadTooLarge     413 payload_too_large
+    ├── ReplyTooLarge       422 reply_too_large
     ├── TooManyRequests     429 rate_limited
     ├── Unavailable         503 unavailable
     └── UpstreamTimeout     504 upstream_timeout
@@ -99,6 +100,15 @@ class PayloadTooLarge(RailyardError):
     code = "payload_too_large"
 
 
+class ReplyTooLarge(RailyardError):
+    """The request is valid but its answer is above the bus payload limit; ask for less (a page, filters).
+
+    422, not 413 (the request itself is small) nor 5xx (the caller can fix it by narrowing the query)."""
+
+    status = 422
+    code = "reply_too_large"
+
+
 class TooManyRequests(RailyardError):
     """The caller sent too many requests; retry after `retry_after` seconds."""
 
@@ -135,6 +145,7 @@ _BY_CODE: dict[str, type[RailyardError]] = {
         RequestTimeout,
         Conflict,
         PayloadTooLarge,
+        ReplyTooLarge,
         TooManyRequests,
         Unavailable,
         UpstreamTimeout,

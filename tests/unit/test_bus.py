@@ -128,3 +128,26 @@ def test_handler_must_be_typed_by_a_message_model():
     with pytest.raises(TypeError, match="Message model"):
         @command(broker, "test.untyped", service="gateway")
         async def untyped(cmd: dict, ctx: CallContext) -> None: ...
+
+
+def test_a_reply_above_the_bus_limit_becomes_a_typed_reply_too_large():
+    # NATS refuses a message above its max_payload: published as it is, the reply was only logged and the caller
+    # waited for a 504 (tests/integration/test_dataset_versions_read.py sends one through the real stack)
+    from shared.bus import REPLY_HEADROOM, encode_reply, reply_ok
+    from shared.errors import ReplyTooLarge
+    from shared.messages.base import Reply
+
+    reply = reply_ok({"files": ["x" * 100] * 1000})  # ~104 KB of JSON
+    assert encode_reply(reply, None, "test.list") == encode_reply(reply, 1024**2, "test.list")
+    assert Reply.model_validate_json(encode_reply(reply, 1024**2, "test.list")) == reply
+    size = len(encode_reply(reply, None, "test.list"))
+    assert Reply.model_validate_json(encode_reply(reply, size + REPLY_HEADROOM, "test.list")).ok  # exactly fits
+    refused = Reply.model_validate_json(encode_reply(reply, size + REPLY_HEADROOM - 1, "test.list",
+                                                     "pass limit and follow next_cursor"))
+    assert not refused.ok and (refused.status, refused.error.code) == (ReplyTooLarge.status, "reply_too_large") == (
+        422, "reply_too_large")
+    assert refused.error.msg == ("the answer would be 100.6 KiB, above the 100.6 KiB a reply may carry on the bus: "
+                                 "pass limit and follow next_cursor")
+    generic = Reply.model_validate_json(encode_reply(reply, 64 * 1024, "test.list"))
+    assert generic.error.msg.endswith("above the 60.0 KiB a reply may carry on the bus: ask for less: a page (limit "
+                                      "and cursor where the command has them) or narrower filters")
