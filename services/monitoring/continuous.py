@@ -114,6 +114,8 @@ class ContinuousDeps:
     base: handlers.MonitoringDeps
     verify: Callable[[str | None], Awaitable[Principal]]
     publish: Callable[[str, Event], Awaitable[None]]
+    max_task_timeout: int  # the task scheduler's own limit (settings.tasks.max_timeout): a run's timeout above it
+    # would be refused only when the training starts, in the background, so setup refuses it at once
     locks: dict[int, asyncio.Lock] = field(default_factory=dict)
     wake_starter: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -179,6 +181,10 @@ async def setup_training(deps: ContinuousDeps, principal: Principal, token: str 
                              "means): without one, the deployment's ML backend trains through its own fit, which "
                              "has no scan; give experiment_parameters (passed to fit as keywords)",
                              code="scan_config_unsupported")
+    if cmd.timeout is not None and cmd.timeout > deps.max_task_timeout:
+        raise InvalidRequest(f"timeout {cmd.timeout} s is above the {deps.max_task_timeout} s the task scheduler "
+                             "allows a run (tasks.max_timeout): give a timeout of at most that, or none for the "
+                             "scheduler's default", code="timeout_too_long")
     require_user(principal)
     base = deps.base
     view = await handlers._deployment(base, principal, token, cmd.deployment)
@@ -869,7 +875,8 @@ def _deps(runtime: Any) -> ContinuousDeps:
     if "continuous" not in extras:
         async def publish(subject: str, event: Event) -> None:
             await publish_event(runtime.broker, subject, event)
-        extras["continuous"] = ContinuousDeps(base=extras["deps"], verify=extras["verifier"].verify, publish=publish)
+        extras["continuous"] = ContinuousDeps(base=extras["deps"], verify=extras["verifier"].verify, publish=publish,
+                                              max_task_timeout=runtime.settings.tasks.max_timeout)
     return extras["continuous"]
 
 

@@ -179,6 +179,7 @@ def check_evidence(challenge: dict, pairs: list[tuple[bool, bool]], decision: st
 def test_continuous_settings_checked_and_isolated(stack, owner, bob, loop):
     deployment = loop["deployment"]
     name = deployment.name
+    longest_run = stack.settings().tasks.max_timeout
     valid = {"deployment": name, "project_id": loop["project"]["id"], "threshold": 5,
              "orchestration_id": loop["orchestration"]["id"], "experiment_parameters": {"train_size": 100}}
     bad = [("setup_continuous_training", valid | {"scan_config": {"grid": [1, 2]}}, 400),
@@ -190,6 +191,8 @@ def test_continuous_settings_checked_and_isolated(stack, owner, bob, loop):
            ("setup_continuous_training", valid | {"orchestration_id": "00000000-0000-0000-0000-000000000001"}, 404),
            ("setup_continuous_training", valid | {"dataset_version": {"dataset_id": 999999}}, 404),
            ("setup_continuous_training", valid | {"trigger": "EVERY_TUESDAY"}, 400),
+           # a timeout the task scheduler would refuse when the training starts, in the background
+           ("setup_continuous_training", valid | {"timeout": longest_run + 1}, 400),
            ("toggle_continuous_training", {"deployment": name, "active": True}, 409),
            ("attach_dataset_version_to_continuous_training",
             {"deployment": name, "alias": "train", "dataset_version": {"dataset_id": loop["train"]["id"]}}, 409),
@@ -200,6 +203,8 @@ def test_continuous_settings_checked_and_isolated(stack, owner, bob, loop):
         answer = post(stack, f"deployments/{route}", owner.token, body)
         assert answer.status_code == status, (route, body, answer.text)
         assert answer.json()["code"] and answer.json()["msg"], answer.text
+    too_long = post(stack, "deployments/setup_continuous_training", owner.token, valid | {"timeout": longest_run + 1})
+    assert too_long.json()["code"] == "timeout_too_long" and f"{longest_run} s" in too_long.json()["msg"]
     scoring = inference_token(stack, owner)
     outsider = bob
     for route, body in [("setup_continuous_training", valid), ("setup_continuous_deployment",
