@@ -183,9 +183,10 @@ async def run_command(
 
 def encode_reply(reply: Reply, max_payload: int | None, subject: str, too_large_hint: str | None = None) -> bytes:
     """The reply's JSON bytes, or a `reply_too_large` error's when they would not fit a bus whose payload limit is
-    `max_payload` (less REPLY_HEADROOM for headers; None: no known limit, as in FastStream's in-memory broker). NATS refuses a larger message, so publishing it would only be
-    logged and the caller would wait for its timeout (a 504 telling nobody what to change). The error names the
-    sizes and what to ask instead: `too_large_hint` (the command's paging or filters), or a generic line."""
+    `max_payload` (less REPLY_HEADROOM for headers; None: no known limit, as in FastStream's in-memory broker).
+    NATS refuses a larger message, so publishing it would only be logged and the caller would wait for its timeout
+    (a 504 telling nobody what to change). The error names the sizes and what to ask instead: `too_large_hint` (the
+    command's paging or filters), or a generic line."""
     try:
         body = pydantic_core.to_json(reply)
     except pydantic_core.PydanticSerializationError:
