@@ -13,6 +13,9 @@ range)`), so a number is blamed on a field only when the field holds that number
 field (`count * 10**10`) is ours even when another field (`start_ms: 1733000000000`) is beyond an integer too.
 PostgreSQL's own "integer out of range" carries no value (an overflow of its arithmetic or of a cast in our SQL):
 ours, always; the commands bound the fields that land in `integer` columns, so such a value is a 400 before any SQL.
+PostgreSQL's "value too long for type character varying(n)" names neither the value nor the column: a field is
+named only when it is the one text of the command longer than n; with several, the 400 says the database did not
+say which and lists them, blaming none (the first one used to be blamed).
 Anything else of the class, or a refusal no field of the command explains, is ours.
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel
@@ -76,11 +80,7 @@ def refused_request_value(exc: BaseException, cmd: BaseModel | None) -> InvalidR
             return InvalidRequest(f"{found[0]}: {found[1]} is out of range here: must be between {low} and {high}")
         return None
     if sqlstate == "22001" and (match := _TOO_LONG.match(message)):
-        limit = int(match.group(1))
-        found = _first_field(cmd, lambda v: isinstance(v, str) and len(v) > limit)
-        if found:
-            return InvalidRequest(f"{found[0]}: too long ({len(found[1])} characters): at most {limit} here")
-        return None
+        return _too_long(cmd, int(match.group(1)))
     cause = exc.__cause__
     if sqlstate == "22000" and isinstance(cause, ValueError) and (match := _CLIENT_REFUSAL.match(message)):
         # asyncpg's codec refused a text for a typed parameter (`invalid UUID 'abc': ...`): the caller's when the
@@ -92,6 +92,26 @@ def refused_request_value(exc: BaseException, cmd: BaseModel | None) -> InvalidR
         if found and shown != match.group(1):
             return InvalidRequest(f"{found[0]}: {reason}")
     return None
+
+
+def _too_long(cmd: BaseModel, limit: int) -> InvalidRequest | None:
+    """PostgreSQL's "value too long for type character varying(n)" names neither the value nor the column, so the
+    field is known only when it is the one text of the command longer than n; with several, the answer says so
+    and lists them as the candidates, blaming none of them; with none, the text was ours."""
+    longer = list(_fields_where(cmd, lambda v: isinstance(v, str) and len(v) > limit))
+    if not longer:
+        return None
+    if len(longer) == 1:
+        path, value = longer[0]
+        return InvalidRequest(f"{path}: too long ({len(value)} characters): at most {limit} here")
+    listed = ", ".join(f"{path} ({len(value)} characters)" for path, value in longer[:_MOST_LISTED])
+    more = f" and {len(longer) - _MOST_LISTED} more" if len(longer) > _MOST_LISTED else ""
+    return InvalidRequest(f"a text of this request is longer than the {limit} characters allowed where it is stored; "
+                          f"the database does not say which, and {len(longer)} fields are longer than that: "
+                          f"{listed}{more}")
+
+
+_MOST_LISTED = 5
 
 
 def _as_int(value: int | str) -> int:
@@ -110,12 +130,19 @@ def _asyncpg_repr(value: Any) -> str:
 
 def _first_field(cmd: BaseModel, fits: Any) -> tuple[str, Any] | None:
     """The dotted path and value of the first value in `cmd` (its fields, nested models, lists and dict values)
-    for which `fits(value)` is true. Iterative, in field order."""
+    for which `fits(value)` is true."""
+    return next(_fields_where(cmd, fits), None)
+
+
+def _fields_where(cmd: BaseModel, fits: Any) -> Iterator[tuple[str, Any]]:
+    """The dotted path and value of every value in `cmd` (its fields, nested models, lists and dict values) for
+    which `fits(value)` is true (not looked into further). Iterative, in field order."""
     pending: list[tuple[str, Any]] = _fields(cmd, "")[::-1]
     while pending:
         path, value = pending.pop()
         if fits(value):
-            return path, value
+            yield path, value
+            continue
         if isinstance(value, BaseModel):
             children = _fields(value, f"{path}.")
         elif isinstance(value, dict):

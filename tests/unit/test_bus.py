@@ -123,6 +123,29 @@ def test_a_refused_number_is_blamed_only_on_the_field_holding_it():
     assert refused_request_value(asyncpg.exceptions.NumericValueOutOfRangeError("integer out of range"), cmd) is None
 
 
+class Titled(Command):
+    name: str
+    title: str
+    tags: list[str] = []
+
+
+def test_a_text_too_long_is_blamed_on_a_field_only_when_no_other_is_as_long():
+    # PostgreSQL's 22001 names neither the value nor the column
+    too_long = asyncpg.exceptions.StringDataRightTruncationError("value too long for type character varying(8)")
+    assert refused_request_value(too_long, Titled(name="short", title="t" * 9)).msg == (
+        "title: too long (9 characters): at most 8 here")
+    assert refused_request_value(too_long, Titled(name="short", title="t", tags=["ok", "x" * 20])).msg == (
+        "tags.1: too long (20 characters): at most 8 here")
+    several = refused_request_value(too_long, Titled(name="n" * 12, title="t" * 9)).msg
+    assert several == ("a text of this request is longer than the 8 characters allowed where it is stored; the"
+                       " database does not say which, and 2 fields are longer than that: name (12 characters),"
+                       " title (9 characters)")
+    assert not several.startswith("name:")  # the first long text is not blamed
+    many = refused_request_value(too_long, Titled(name="n" * 9, title="t" * 9, tags=["x" * 9] * 5)).msg
+    assert many.endswith("tags.2 (9 characters) and 2 more") and "7 fields" in many
+    assert refused_request_value(too_long, Titled(name="short", title="t")) is None  # a text of ours
+
+
 def test_handler_must_be_typed_by_a_message_model():
     broker = NatsBroker()
     with pytest.raises(TypeError, match="Message model"):
