@@ -119,10 +119,12 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """Add a file (staged) to an images/files dataset."""
         return await handlers.add_file(deps(), await caller(ctx), ctx.token, cmd)
 
-    @command(router, subjects.LINEAGE_DATASETS_LIST_FILES, service=NAME)
+    @command(router, subjects.LINEAGE_DATASETS_LIST_FILES, service=NAME,
+             too_large_hint="ask for pages: pass limit (e.g. 1000) and follow next_cursor")
     async def list_files(cmd: m.DatasetFilesQuery, ctx: CallContext) -> m.DatasetFiles:
         """The files of a dataset (now, or as a project version saved them)."""
-        return await handlers.list_files(deps(), await caller(ctx), ctx.token, cmd.dataset_id, cmd.version_id)
+        return await handlers.list_files(deps(), await caller(ctx), ctx.token, cmd.dataset_id, cmd.version_id,
+                                         limit=cmd.limit, cursor=cmd.cursor)
 
     @command(router, subjects.LINEAGE_DATASETS_GET_FILE, service=NAME)
     async def get_file(cmd: m.DatasetFileQuery, ctx: CallContext) -> m.DatasetFile:
@@ -275,7 +277,8 @@ async def start(runtime: Runtime) -> None:
         return route.model_dump()
 
     deps = handlers.Deps(pool=runtime.db, objects=runtime.objects,
-                         membership=lambda token: bus_membership(broker, token, timeout), publish=publish)
+                         membership=lambda token: bus_membership(broker, token, timeout), publish=publish,
+                         page_bytes=nc.max_payload // 2)
     worker = auto_benchmarks.AutoBenchmarks(deps, infer)
     deps.wake_benchmarks = worker.wake
     collection = object_gc.PeriodicCollection(deps)

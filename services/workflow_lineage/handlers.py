@@ -8,6 +8,7 @@ leaves nothing behind."""
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import io
 import json
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from pydantic import ValidationError
 
-from services.workflow_lineage import graph, manifest, store
+from services.workflow_lineage import file_pages, graph, manifest, store
 from services.workflow_lineage.saved_files import SavedDataset, SavedFilesCache
 from shared import subjects
 from shared.authz import MembershipLookup, Principal, require_member, require_user
@@ -80,6 +81,7 @@ class Deps:
     publish: Callable[[str, Event], Awaitable[None]]
     wake_benchmarks: Callable[[], None] = lambda: None  # a claim for an automatic benchmark was made
     saved_files: SavedFilesCache = field(default_factory=SavedFilesCache)  # datasets as versions saved them
+    page_bytes: int = 4 * 1024 * 1024  # a list_files page's most bytes of files: half the bus payload limit (app.py)
 
 
 # --- the event log ---------------------------------------------------------------------------------------
@@ -425,12 +427,23 @@ async def saved_dataset(deps: Deps, principal: Principal, token: str | None, dat
 
 
 async def list_files(deps: Deps, principal: Principal, token: str | None, dataset_id: int,
-                     version_id: int | None = None) -> DatasetFiles:
-    """A dataset's files: now, or as the project version `version_id` saved them."""
+                     version_id: int | None = None, *, limit: int | None = None,
+                     cursor: str | None = None) -> DatasetFiles:
+    """A dataset's files in name order: now, or as the project version `version_id` saved them; all of them, or
+    the page of at most `limit` after `cursor` (file_pages.py)."""
     row = await _dataset(deps, principal, token, dataset_id)
+    after = file_pages.name_of(cursor)
+    wanted = limit + 1 if limit is not None else None  # one more than the page: whether another follows
     if version_id is not None:
-        return DatasetFiles(files=list((await _saved(deps, row, version_id))[1].files.values()))
-    return DatasetFiles(files=[_file_info(r) for r in await store.dataset_files(deps.pool, dataset_id)])
+        saved = (await _saved(deps, row, version_id))[1].files
+        if after is None and limit is None:
+            return DatasetFiles(files=list(saved.values()))
+        names = sorted(saved)  # the manifest's order already: a linear pass
+        start = bisect.bisect_right(names, after) if after is not None else 0
+        candidates = [saved[n] for n in names[start:start + wanted if wanted else None]]
+    else:
+        candidates = [_file_info(r) for r in await store.dataset_files_page(deps.pool, dataset_id, after, wanted)]
+    return file_pages.page(candidates, limit, deps.page_bytes)
 
 
 async def get_file(deps: Deps, principal: Principal, token: str | None, dataset_id: int, name: str,

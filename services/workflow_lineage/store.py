@@ -118,6 +118,15 @@ async def dataset_files(conn: Any, dataset_id: int) -> list[asyncpg.Record]:
                             " WHERE dataset_id = $1 ORDER BY name", dataset_id)
 
 
+async def dataset_files_page(conn: Any, dataset_id: int, after: str | None, limit: int | None) -> list[asyncpg.Record]:
+    """A dataset's files in name order after the name `after` (None: from the first), at most `limit` (None: all)."""
+    columns = "SELECT name, sha256, size, content_type, labels, created_at FROM dataset_files"
+    if after is None:
+        return await conn.fetch(f"{columns} WHERE dataset_id = $1 ORDER BY name LIMIT $2", dataset_id, limit)
+    return await conn.fetch(f"{columns} WHERE dataset_id = $1 AND name > $2 ORDER BY name LIMIT $3", dataset_id,
+                            after, limit)
+
+
 async def dataset_file(conn: Any, dataset_id: int, name: str) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT name, sha256, size, content_type, labels, created_at FROM dataset_files"
                                " WHERE dataset_id = $1 AND name = $2", dataset_id, name)

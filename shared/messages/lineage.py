@@ -139,12 +139,23 @@ class DatasetFileRef(Command):
     name: str = Field(pattern=NAME_PATTERN)
 
 
+MAX_FILES_PAGE = 10_000
+"""The most files one list_files page asks for (`limit`)."""
+
+
 class DatasetFilesQuery(Command):
-    """A dataset's files: as they are now, or as a project version of its project saved them (`version_id`)."""
+    """A dataset's files, in name order: as they are now, or as a project version of its project saved them
+    (`version_id`); all of them, or a page (`limit`, then `cursor`)."""
 
     dataset_id: int
     version_id: int | None = Field(None, gt=0, description="A version of the dataset's project: its files as that "
                                    "version saved them (404 when it is another project's or has no such dataset).")
+    limit: int | None = Field(None, ge=1, le=MAX_FILES_PAGE, description="A page of at most this many files "
+                              "(fewer when their answer would pass half the bus payload limit), with `next_cursor` "
+                              "when more follow. Without it every file comes in one answer, as before paging: a "
+                              "dataset whose list passes the bus limit then answers 422 reply_too_large.")
+    cursor: str | None = Field(None, min_length=1, max_length=400, description="`next_cursor` of the previous page: "
+                               "the files after it (pass it as it came, with the same dataset_id and version_id).")
 
 
 class DatasetFileQuery(Command):
@@ -166,7 +177,11 @@ class DatasetFile(Message):
 
 
 class DatasetFiles(Message):
+    """A dataset's files (a page of them when `next_cursor` is set)."""
+
     files: list[DatasetFile]
+    next_cursor: str | None = Field(None, description="Set when more files follow this page: pass it as `cursor` "
+                                    "(with the same `limit`, or another) for the next page.")
 
 
 class SavedDatasetQuery(Command):
