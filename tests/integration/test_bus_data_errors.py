@@ -171,6 +171,9 @@ async def _rows(uri: str) -> int:
     ({"inner": {"level": 70_000}}, "inner.level: 70000 is out of range here: must be between -32768 and 32767"),
     ({"ratio": 1e300}, "ratio: 1e+300 is out of range here"),
     ({"name": "x" * 20}, "name: too long (20 characters): at most 8 here"),
+    # PostgreSQL does not say which text was too long: both candidates listed, neither blamed
+    ({"labels": {"note": "y" * 30}, "name": "x" * 20},
+     "the database does not say which, and 2 fields are longer than that: name (20 characters), labels.note (30"),
 ])
 async def test_a_value_of_the_request_the_database_refuses_is_a_400_naming_the_field(postgres_uri, body, said):
     before = await _rows(postgres_uri)
