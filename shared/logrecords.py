@@ -267,13 +267,49 @@ def select_columns(names: list[str], dataset: list[str], exclude: list[str]) -> 
     return [n for n in kept if n == TIME or not any(matches(n, s) for s in exclude)]
 
 
+def _leaf_type(data_type: pa.DataType) -> pa.DataType:
+    while pa.types.is_list(data_type) or pa.types.is_large_list(data_type) or pa.types.is_fixed_size_list(data_type):
+        data_type = data_type.value_type
+    return data_type
+
+
+def _narrow_scalars(value: Any, dtype: np.dtype) -> Any:
+    """A to_pylist value (nested lists, None) with its floats as numpy scalars of `dtype`."""
+    if isinstance(value, list):
+        return [_narrow_scalars(item, dtype) for item in value]
+    return dtype.type(value) if isinstance(value, float) else value
+
+
+def page_values(column: pa.ChunkedArray | pa.Array) -> list[Any]:
+    """A column as a JSON log page's values: `arrow_codec.column_values`, except that float32 and float16 values
+    stay numpy (a row's tensor an ndarray view, a scalar a numpy scalar), which orjson's OPT_SERIALIZE_NUMPY prints
+    in the type's own shortest form: a logged float32 `0.1` reads `0.1`, not float64's exact
+    `0.10000000149011612` (docs/logs.md "Types"). Inference answers keep `column_values`."""
+    if isinstance(column, pa.ChunkedArray) and not column.num_chunks:
+        return []
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    leaf = _leaf_type(array.type)
+    if not (pa.types.is_float32(leaf) or pa.types.is_float16(leaf)):
+        return arrow_codec.column_values(array)
+    shape = []
+    values = array
+    while pa.types.is_fixed_size_list(values.type) and not values.null_count:
+        shape.append(values.type.list_size)
+        values = values.flatten()
+    if not pa.types.is_nested(values.type) and not values.null_count:
+        flat = values.to_numpy()
+        return list(flat.reshape([len(array), *shape]) if shape else flat)
+    return _narrow_scalars(array.to_pylist(), np.dtype(leaf.to_pandas_dtype()))  # nulls, variable lists: rare
+
+
 def seed_rows(table: pa.Table, check_failures: bool = True) -> list[dict[str, Any]]:
     """Log rows in the seed's pandas-records shape: `time`, then `in`, `out`, `out_<challenger>` and
-    `metadata` as objects of their columns (a value dropped for size is left out of its object)."""
+    `metadata` as objects of their columns (a value dropped for size is left out of its object). float32 and
+    float16 values are numpy's (`page_values`): serialize with orjson's OPT_SERIALIZE_NUMPY."""
     groups: dict[str, list[tuple[str, list[Any]]]] = {}
     times = None
     for name in table.column_names:
-        values = arrow_codec.column_values(table.column(name))
+        values = page_values(table.column(name))
         if name == TIME:
             times = values
             continue

@@ -119,7 +119,15 @@ def test_get_logs_shapes_json_and_arrow(stack, alice, logged):
     assert [v[0] for v in table.column("in.tensor").to_pylist()] == [0.0, 1.0, 2.0, 3.0, 4.0]
     # JSON numbers are float64; the model takes float32, so the log keeps what it consumed (docs/logs.md, "Types")
     assert table.schema.field("in.tensor").type.value_type == pa.float32()
-    assert rows[-1]["in"]["tensor"][1] == float(np.float32(0.1)) != 0.1
+    assert table.column("in.tensor").to_pylist()[0][1] == float(np.float32(0.1)) != 0.1
+    # ... and the JSON page prints that float32 in its shortest form, as numpy does: 0.1, not 0.10000000149011612
+    assert rows[-1]["in"]["tensor"][1] == 0.1
+    page = get_logs(stack, alice, {"pipeline_id": "logged", "workspace_id": alice.workspace_id}).content
+    assert b"0.10000000149011612" not in page
+    logged_out = np.array([r["out"]["dense_1"] for r in rows[::-1]], np.float32)
+    assert np.array_equal(logged_out, np.array([r["out"]["dense_1"] for r in answer.json()], np.float32))
+    # the answer is unchanged: its float32 outputs are still printed as exact doubles
+    assert all(repr(float(np.float32(r["out"]["dense_1"][0]))).encode() in answer.content for r in answer.json())
 
     only_meta = get_logs(stack, alice, {"pipeline_id": "logged", "workspace_id": alice.workspace_id,
                                         "dataset": ["metadata"]}).json()

@@ -113,3 +113,35 @@ def test_compaction_runs_are_contiguous_one_schema_and_bounded():
                 seg(65, 10, "b")]
     runs = _runs(segments, target=20)
     assert [[s["first_pos"] for s in run] for run in runs] == [[0, 10], [20, 30], [45, 55]]
+
+
+def test_a_json_log_page_prints_float32_in_its_shortest_form_and_answers_keep_theirs():
+    """docs/logs.md "Types": a logged float32 `0.1` reads `0.1` on a JSON log page (orjson prints numpy float32 in
+    its shortest round-tripping form), float64 stays float64's, nulls and variable lists too; the inference answer's
+    values (`column_values`) keep the exact doubles they always had."""
+    import orjson
+
+    from shared.arrow_codec import column_values
+    from shared.logrecords import page_values
+
+    def page(column) -> bytes:
+        return orjson.dumps(page_values(column), option=orjson.OPT_SERIALIZE_NUMPY)
+
+    tensor = tensor_array(np.array([[0.1, 1 / 3], [16777217.0, -2.5e-38]], np.float32))
+    assert page(tensor) == b"[[0.1,0.33333334],[16777216.0,-2.5e-38]]"
+    assert page(pa.chunked_array([tensor.slice(1), tensor.slice(0, 1)])) == b"[[16777216.0,-2.5e-38],[0.1,0.33333334]]"
+    assert page(pa.array([0.1, None, float("nan")], pa.float32())) == b"[0.1,null,null]"
+    assert page(pa.array([[0.1], None], pa.list_(pa.float32(), 1))) == b"[[0.1],null]"
+    assert page(pa.array([[0.1, None], [0.2]], pa.list_(pa.float32()))) == b"[[0.1,null],[0.2]]"
+    assert page(pa.array([0.1], pa.float64())) == b"[0.1]" and page(pa.array([1 / 3])) == b"[0.3333333333333333]"
+    assert page(pa.array([2**62], pa.int64())) == b"[4611686018427387904]"
+    # every printed value reads back as the very float32 that was logged
+    values = np.random.default_rng(3).standard_normal(2000).astype(np.float32)
+    assert np.array_equal(np.array(orjson.loads(page(pa.array(values))), np.float32), values)
+
+    assert orjson.dumps(column_values(tensor)) == (
+        b"[[0.10000000149011612,0.3333333432674408],[16777216.0,-2.4999999777439474e-38]]")
+    outputs = pa.table({"y": pa.array([0.1, 0.2], pa.float32())})
+    table = build_batch([InferenceRecord(1, pa.table({"tensor": tensor}), outputs, "m", (1, 2))], "v")
+    text = orjson.dumps(seed_rows(table), option=orjson.OPT_SERIALIZE_NUMPY)
+    assert b'"in":{"tensor":[0.1,0.33333334]},"out":{"y":0.1}' in text and b"0.1000000014" not in text
