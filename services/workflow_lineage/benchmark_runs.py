@@ -36,6 +36,7 @@ from shared.messages.lineage import (
     BenchmarkReports,
     CompareReports,
     DatasetChoice,
+    DatasetFile,
     EvaluateDetections,
     ReportComparison,
     RunClassificationBenchmark,
@@ -49,7 +50,8 @@ Resolve = Callable[[str | None, str], Awaitable[dict[str, Any]]]
 
 
 async def _chosen(deps: Deps, principal: Principal, token: str | None, cmd: DatasetChoice) -> dict[str, Any]:
-    """The dataset a benchmark runs on, as it is now or as a version saved it: kind, rows hash, files."""
+    """The dataset a benchmark runs on, as it is now or as a version saved it: kind, rows hash, files
+    (DatasetFile)."""
     require_user(principal)
     await require_member(deps.membership(token), principal, cmd.workspace_id)
     return await choose(deps, cmd)
@@ -62,20 +64,25 @@ async def choose(deps: Deps, cmd: DatasetChoice) -> dict[str, Any]:
         row = await store.dataset(deps.pool, cmd.dataset_id)
         if row is None or row["workspace_id"] != cmd.workspace_id:
             raise NotFound(f"dataset {cmd.dataset_id} not found")
-        files = [dict(f) | {"labels": _jsonb(f["labels"])} for f in await store.dataset_files(deps.pool, row["id"])]
+        files = [DatasetFile.model_construct(**(dict(f) | {"labels": _jsonb(f["labels"])}))  # rows we wrote
+                 for f in await store.dataset_files(deps.pool, row["id"])]
         return {"ref": {"dataset_id": row["id"], "name": row["name"]}, "kind": row["kind"],
                 "rows_sha256": row["rows_sha256"], "files": files, "card": ("dataset", str(row["id"]), row["name"])}
-    version = await store.version(deps.pool, cmd.version_id)
+    version = await store.version_head(deps.pool, cmd.version_id)
     if version is None or version["workspace_id"] != cmd.workspace_id:
         raise NotFound(f"version {cmd.version_id} not found")
-    saved = json.loads(version["manifest"])
-    entry = next((d for d in saved["datasets"] if d["name"] == cmd.dataset_name), None)
+
+    async def manifest_text() -> str:
+        return await store.version_manifest(deps.pool, version["id"]) or '{"datasets": []}'
+
+    # parsed once per version and dataset (a version never changes): deps.saved_files
+    entry = await deps.saved_files.get(version["id"], cmd.dataset_name, version["created_at"], manifest_text)
     if entry is None:
         raise NotFound(f"version {cmd.version_id} has no dataset {cmd.dataset_name!r}")
     return {"ref": {"version_id": version["id"], "project_id": version["project_id"], "number": version["number"],
-                    "name": entry["name"], "manifest_sha256": version["manifest_sha256"]},
-            "kind": entry["kind"], "rows_sha256": entry["rows"]["sha256"] if entry["rows"] else None,
-            "files": entry["files"], "card": ("project_version", str(version["id"]), None)}
+                    "name": cmd.dataset_name, "manifest_sha256": version["manifest_sha256"]},
+            "kind": entry.kind, "rows_sha256": entry.rows_sha256, "files": list(entry.files.values()),
+            "card": ("project_version", str(version["id"]), None)}
 
 
 def _predicted(column: pa.ChunkedArray, class_names: list[str] | None) -> list[str]:
@@ -217,11 +224,11 @@ async def _dataset_images(deps: Deps, chosen: dict[str, Any]) -> list[tuple[str,
     """The dataset's images, decoded (PNG and JPEG, as predictions take them; 400 naming a file otherwise)."""
     images = []
     for f in chosen["files"]:
-        data = await deps.objects.get_bytes(BUCKET_DATASETS, content_key(f["sha256"]))
+        data = await deps.objects.get_bytes(BUCKET_DATASETS, content_key(f.sha256))
         try:
-            images.append((f["name"], await asyncio.to_thread(detection_images.decode_image, data)))
+            images.append((f.name, await asyncio.to_thread(detection_images.decode_image, data)))
         except InvalidRequest as exc:
-            raise InvalidRequest(f"file {f['name']!r}: {exc.msg}") from None
+            raise InvalidRequest(f"file {f.name!r}: {exc.msg}") from None
     return images
 
 
@@ -247,15 +254,15 @@ def detection_truth(chosen: dict[str, Any]) -> dict[str, Any]:
         raise InvalidRequest(f"a detection benchmark runs on an images dataset; this one is {chosen['kind']}")
     truth = {}
     for f in chosen["files"]:
-        labels = f.get("labels")
+        labels = f.labels
         boxes = labels.get("boxes") if isinstance(labels, dict) else None
         if not isinstance(boxes, list):
-            raise InvalidRequest(f"file {f['name']!r} has no labels.boxes ([{{bbox: [x, y, w, h], category}}])")
+            raise InvalidRequest(f"file {f.name!r} has no labels.boxes ([{{bbox: [x, y, w, h], category}}])")
         for box in boxes:
             if not (isinstance(box, dict) and isinstance(box.get("bbox"), list) and len(box["bbox"]) == 4
                     and "category" in box):
-                raise InvalidRequest(f"file {f['name']!r}: each box needs bbox [x, y, w, h] and category")
-        truth[f["name"]] = boxes
+                raise InvalidRequest(f"file {f.name!r}: each box needs bbox [x, y, w, h] and category")
+        truth[f.name] = boxes
     if not truth:
         raise InvalidRequest("the dataset has no images")
     return truth

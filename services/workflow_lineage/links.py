@@ -4,7 +4,6 @@ the workspace only."""
 
 from __future__ import annotations
 
-import json
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -30,8 +29,8 @@ async def _target(conn: Any, direction: str, card: str, cmd: Any) -> tuple[tuple
         if cmd.version_id is None and cmd.version_num is None:
             await graph.project_node(conn, project)
             return ("project", str(project["id"]), project["name"], {"project_id": project["id"]}), False
-        version = (await store.version(conn, cmd.version_id) if cmd.version_id is not None
-                   else await store.version_by_number(conn, cmd.project_id, cmd.version_num))
+        version = (await store.version_head(conn, cmd.version_id) if cmd.version_id is not None
+                   else await store.version_head_by_number(conn, cmd.project_id, cmd.version_num))
         if version is None or version["project_id"] != project["id"]:
             raise NotFound(f"project {cmd.project_id} has no such version")
         card_row = await graph.version_node(conn, project, version)
@@ -70,27 +69,33 @@ async def _target(conn: Any, direction: str, card: str, cmd: Any) -> tuple[tuple
     raise InvalidRequest(f"unknown card {card!r}")
 
 
-async def _evaluation(conn: Any, direction: str, cmd: Any, principal: Principal) -> dict[str, Any] | None:
+async def _evaluation(deps: Deps, conn: Any, direction: str, cmd: Any,
+                      principal: Principal) -> dict[str, Any] | None:
     """What an input link's `evaluation` declares (docs/lineage.md "Automatic benchmarks"), checked now so a
-    declaration that could never run answers 400."""
+    declaration that could never run answers 400. A version's dataset is parsed from its manifest once per version
+    and dataset (deps.saved_files: a version never changes)."""
     spec: m.EvaluationSpec | None = getattr(cmd, "evaluation", None)
     if spec is None:
         return None
     if direction != "input":
         raise InvalidRequest("evaluation declares an input of the task run: use add_input_dataset / add_input_project")
     if isinstance(cmd, m.ProjectLink):
-        version = (await store.version(conn, cmd.version_id) if cmd.version_id is not None
-                   else await store.version_by_number(conn, cmd.project_id, cmd.version_num)
+        version = (await store.version_head(conn, cmd.version_id) if cmd.version_id is not None
+                   else await store.version_head_by_number(conn, cmd.project_id, cmd.version_num)
                    if cmd.version_num is not None else None)
         if version is None:
             raise InvalidRequest("an evaluation set of a project is one of its versions: give version_id or"
                                  " version_num, and evaluation.dataset_name")
-        entry = next((d for d in json.loads(version["manifest"])["datasets"] if d["name"] == spec.dataset_name),
-                     None)
+
+        async def manifest_text() -> str:
+            return await store.version_manifest(conn, version["id"]) or '{"datasets": []}'
+
+        entry = (await deps.saved_files.get(version["id"], spec.dataset_name, version["created_at"], manifest_text)
+                 if spec.dataset_name is not None else None)
         if entry is None:
             raise InvalidRequest(f"version {version['id']} has no dataset {spec.dataset_name!r}"
                                  " (evaluation.dataset_name)")
-        kind, data = entry["kind"], {"version_id": version["id"], "dataset_name": entry["name"]}
+        kind, data = entry.kind, {"version_id": version["id"], "dataset_name": spec.dataset_name}
     else:
         kind, data = (await store.dataset(conn, cmd.dataset_id))["kind"], {"dataset_id": cmd.dataset_id}
     if kind == "tabular" and spec.output_column is None:
@@ -116,7 +121,7 @@ async def add(deps: Deps, principal: Principal, token: str | None, direction: st
         cmd = cmd.model_copy(update={"task_id": principal.scoped_run or principal.scoped_task})
     async with deps.pool.acquire() as conn, conn.transaction():
         target, customizable = await _target(conn, direction, card, cmd)
-        evaluation = await _evaluation(conn, direction, cmd, principal)
+        evaluation = await _evaluation(deps, conn, direction, cmd, principal)
         added = await graph.link(conn, direction, card, cmd, target, customizable)
         if evaluation is not None:
             await store.upsert_node(conn, cmd.workspace_id, "task_run", cmd.task_id, data={"evaluation": evaluation})

@@ -27,10 +27,13 @@ MAX_ENTRIES = 64
 
 @dataclass(frozen=True)
 class SavedDataset:
-    """One dataset as a version saved it: its files by name (in the manifest's order) and its row count."""
+    """One dataset as a version saved it: its files by name (in the manifest's order), its row count, its kind and
+    its rows' hash."""
 
     files: dict[str, DatasetFile]
     row_count: int
+    kind: str = ""
+    rows_sha256: str | None = None
 
 
 def parse(manifest_text: str, dataset_name: str, saved_at: datetime) -> SavedDataset | None:
@@ -42,7 +45,9 @@ def parse(manifest_text: str, dataset_name: str, saved_at: datetime) -> SavedDat
     files = {f["name"]: DatasetFile(name=f["name"], sha256=f["sha256"], size=f["size"],
                                     content_type=f["content_type"], labels=f.get("labels"), created_at=saved_at)
              for f in entry["files"]}
-    return SavedDataset(files=files, row_count=int((entry.get("rows") or {}).get("count") or 0))
+    rows = entry.get("rows") or {}
+    return SavedDataset(files=files, row_count=int(rows.get("count") or 0), kind=entry["kind"],
+                        rows_sha256=rows.get("sha256"))
 
 
 class SavedFilesCache:

@@ -218,6 +218,12 @@ async def version_manifest(conn: Any, version_id: int) -> str | None:
     return await conn.fetchval("SELECT manifest FROM project_versions WHERE id = $1", version_id)
 
 
+async def version_head_by_number(conn: Any, project_id: int, number: int) -> asyncpg.Record | None:
+    """A version by its number, without its manifest."""
+    return await conn.fetchrow(f"SELECT {VERSION_COLUMNS} FROM project_versions WHERE project_id = $1 AND number = $2",
+                               project_id, number)
+
+
 async def version_by_number(conn: Any, project_id: int, number: int) -> asyncpg.Record | None:
     return await conn.fetchrow(f"SELECT {VERSION_COLUMNS}, manifest FROM project_versions"
                                " WHERE project_id = $1 AND number = $2", project_id, number)

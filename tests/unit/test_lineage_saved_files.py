@@ -1,7 +1,8 @@
 """Reading a dataset as a project version saved it (services/workflow_lineage/saved_files.py and the handlers that
-use it), with the SQL stood in for: a version's manifest is fetched and parsed once per version and dataset, however
-many files are read from it; the check that a version holds a dataset answers a few numbers whatever the dataset's
-size; a version saved before the dataset was created is not found even when it holds a dataset of the same name."""
+use it: files, benchmarks, evaluation links), with the SQL stood in for: a version's manifest is fetched and parsed
+once per version and dataset, however many files are read from it or benchmarks and links name it; the check that
+a version holds a dataset answers a few numbers whatever the dataset's size; a version saved before the dataset was
+created is not found even when it holds a dataset of the same name."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from services.workflow_lineage import handlers, manifest
+from services.workflow_lineage import benchmark_runs, handlers, links, manifest
 from services.workflow_lineage.saved_files import SavedFilesCache
-from shared.errors import NotFound
+from shared.errors import InvalidRequest, NotFound
+from shared.messages import lineage as m
 
 FILES = 10_000
 SAVED_AT = datetime(2026, 12, 1, 12, tzinfo=UTC)
@@ -111,3 +113,41 @@ def test_the_cache_is_bounded_by_files_and_keeps_the_newest_entry_whatever_its_s
 
     asyncio.run(run())
     assert cache.parses == 5
+
+
+class _Heads(_Pool):
+    """_Pool with the columns a benchmark and a link read from the version's row."""
+
+    async def fetchrow(self, sql: str, *args: Any) -> dict[str, Any] | None:
+        row = await super().fetchrow(sql, args[0])
+        return row and row | {"workspace_id": 1, "manifest_sha256": "f" * 64}
+
+
+class _Caller:
+    user_id = "00000000-0000-0000-0000-000000000001"
+
+
+def test_benchmarks_and_evaluation_links_parse_a_versions_manifest_once():
+    deps = handlers.Deps(pool=_Heads(_manifest(200)), objects=None, membership=None, publish=None)
+    images = m.DatasetChoice(workspace_id=1, name="r", version_id=9, dataset_name="imgs")
+    tabular = m.ProjectLink(workspace_id=1, project_id=1, version_id=9, evaluation=m.EvaluationSpec(
+        dataset_name="other", output_column="y"))
+
+    async def run() -> None:
+        for _ in range(3):
+            chosen = await benchmark_runs.choose(deps, images)
+            assert chosen["kind"] == "images" and chosen["rows_sha256"] is None and len(chosen["files"]) == 200
+            with pytest.raises(InvalidRequest, match="file '00000.png' has no labels.boxes"):
+                benchmark_runs.detection_truth(chosen)  # the saved labels reach the benchmark
+            declared = await links._evaluation(deps, deps.pool, "input", tabular, _Caller())
+            assert declared["data"] == {"version_id": 9, "dataset_name": "other"}
+        tab = await benchmark_runs.choose(deps, images.model_copy(update={"dataset_name": "other"}))
+        assert (tab["kind"], tab["rows_sha256"], tab["files"]) == ("tabular", "ab" * 32, [])
+        with pytest.raises(NotFound, match="has no dataset 'nope'"):
+            await benchmark_runs.choose(deps, images.model_copy(update={"dataset_name": "nope"}))
+        with pytest.raises(InvalidRequest, match="has no dataset 'nope'"):
+            await links._evaluation(deps, deps.pool, "input", tabular.model_copy(update={"evaluation": m.EvaluationSpec(
+                dataset_name="nope", output_column="y")}), _Caller())
+
+    asyncio.run(run())
+    assert deps.pool.manifest_reads == deps.saved_files.parses == 3  # imgs, other, nope: once each
