@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -128,13 +129,25 @@ class Lineage:
             fields["labels"] = json.dumps(labels)
         return self._upload("datasets/upload_file", fields, source, name, progress)
 
-    def files(self, dataset_id: int, version_id: int | None = None) -> list[dict[str, Any]]:
-        """A dataset's files with hashes, sizes, types and labels (`version_id`: as that version of its project
-        saved them)."""
-        body: dict[str, Any] = {"dataset_id": dataset_id}
+    def files(self, dataset_id: int, version_id: int | None = None, *, page_size: int = 1000) -> list[dict[str, Any]]:
+        """A dataset's files with hashes, sizes, types and labels, in name order (`version_id`: as that version of
+        its project saved them), read page by page (`page_size` files at most per request): one answer holding a
+        large dataset's list would pass the server's bus limit."""
+        return [file for page in self.file_pages(dataset_id, version_id, page_size=page_size) for file in page]
+
+    def file_pages(self, dataset_id: int, version_id: int | None = None, *,
+                   page_size: int = 1000) -> Iterator[list[dict[str, Any]]]:
+        """A dataset's files page by page, in name order: each page at most `page_size` files (fewer when their
+        labels are large), the next one asked for only when the loop reaches it."""
+        body: dict[str, Any] = {"dataset_id": dataset_id, "limit": page_size}
         if version_id is not None:
             body["version_id"] = version_id
-        return self._post("datasets/list_files", body)["files"]
+        while True:
+            page = self._post("datasets/list_files", body)
+            yield page["files"]
+            if not page.get("next_cursor"):
+                return
+            body["cursor"] = page["next_cursor"]
 
     def download_file(self, dataset_id: int, name: str, version_id: int | None = None) -> bytes:
         """A dataset file's bytes (`version_id`: as that version of its project saved it)."""

@@ -40,6 +40,7 @@ from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError
 from shared.messages.lineage import (
     AddDatasetFile,
     CreateProjectVersion,
+    DatasetFile,
     DatasetFiles,
     DatasetFilesQuery,
     DatasetInfo,
@@ -236,13 +237,12 @@ async def prediction_image(deps: FeedbackDeps, principal: Principal, token: str 
 
 
 async def _dataset(deps: FeedbackDeps, token: str | None, view: handlers.DeploymentView,
-                   ref: DatasetVersionRef, with_files: bool = False) -> dict[str, Any]:
+                   ref: DatasetVersionRef) -> dict[str, Any]:
     """The images dataset (and project version) named, seen with the caller's rights, in the deployment's
-    workspace: {id, project_id, name, files}; with `with_files`, `files` are the dataset's files as the named
-    version saved them (None without a version or without `with_files`: the version is then checked by the lineage
-    service's small datasets.saved answer, whose size does not grow with the dataset's). A version that is another
-    project's (so also another workspace's), or that was saved before the dataset existed, is not found (404), as
-    the lineage service answers."""
+    workspace: {id, project_id, name, file_count}, `file_count` as the named version saved the dataset (the lineage
+    service's small datasets.saved answer, whose size does not grow with the dataset's), or as it is now without a
+    version. A version that is another project's (so also another workspace's), or that was saved before the
+    dataset existed, is not found (404), as the lineage service answers. `dataset_files` reads the files."""
     m = deps.monitoring
     info = await request(m.broker, subjects.LINEAGE_DATASETS_GET, DatasetRef(dataset_id=ref.dataset_id),
                          token=token, timeout=m.timeout, reply_model=DatasetInfo)
@@ -252,16 +252,38 @@ async def _dataset(deps: FeedbackDeps, token: str | None, view: handlers.Deploym
     if info.kind != "images":
         raise InvalidRequest(f"dataset {ref.dataset_id} is a {info.kind} dataset: the feedback loop and the training "
                              "reference take images datasets")
-    files = None
-    if ref.version_id is not None and with_files:
-        files = (await request(m.broker, subjects.LINEAGE_DATASETS_LIST_FILES, DatasetFilesQuery(
+    file_count = info.file_count
+    if ref.version_id is not None:
+        file_count = (await request(m.broker, subjects.LINEAGE_DATASETS_SAVED, SavedDatasetQuery(
             dataset_id=info.id, version_id=ref.version_id), token=token, timeout=m.timeout,
-            reply_model=DatasetFiles)).files
-    elif ref.version_id is not None:
-        await request(m.broker, subjects.LINEAGE_DATASETS_SAVED, SavedDatasetQuery(
-            dataset_id=info.id, version_id=ref.version_id), token=token, timeout=m.timeout,
-            reply_model=SavedDatasetInfo)
-    return {"id": info.id, "project_id": info.project_id, "name": info.name, "files": files}
+            reply_model=SavedDatasetInfo)).file_count
+    return {"id": info.id, "project_id": info.project_id, "name": info.name, "file_count": file_count}
+
+
+FILES_PAGE = 1000
+"""Files per datasets/list_files page that dataset_files asks for (the lineage service also stops a page before
+half the bus payload limit, so labels of any size fit)."""
+
+
+async def dataset_files(deps: FeedbackDeps, token: str | None, dataset_id: int, version_id: int | None,
+                        max_files: int) -> list[DatasetFile]:
+    """A dataset's files (as the version saved them, or now), read page by page with the caller's rights: one
+    answer would pass the bus payload limit for a large dataset or large labels. InvalidRequest as soon as there
+    are more than `max_files` (the dataset grew since its count was read)."""
+    m = deps.monitoring
+    files: list[DatasetFile] = []
+    cursor = None
+    while True:
+        page = await request(m.broker, subjects.LINEAGE_DATASETS_LIST_FILES, DatasetFilesQuery(
+            dataset_id=dataset_id, version_id=version_id, limit=FILES_PAGE, cursor=cursor), token=token,
+            timeout=m.timeout, reply_model=DatasetFiles)
+        files.extend(page.files)
+        if len(files) > max_files:
+            raise InvalidRequest(f"dataset {dataset_id} has more than {max_files} files: at most {max_files} are "
+                                 "read here")
+        if page.next_cursor is None:
+            return files
+        cursor = page.next_cursor
 
 
 def _loop_dataset(row: dict[str, Any]) -> FeedbackLoopDataset:

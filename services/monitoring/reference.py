@@ -27,14 +27,13 @@ from faststream.nats import NatsRouter
 
 from services.monitoring import aggregates, stats
 from services.monitoring import feedback_store as fs
-from services.monitoring.feedback import FeedbackDeps, _dataset, _view
+from services.monitoring.feedback import FeedbackDeps, _dataset, _view, dataset_files
 from shared import subjects
 from shared.authz import Principal
 from shared.background import Sweeper
-from shared.bus import CallContext, command, request
+from shared.bus import CallContext, command
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.images import image_features
-from shared.messages.lineage import DatasetFiles, DatasetRef
 from shared.messages.monitoring import DeploymentQuery
 from shared.messages.monitoring_feedback import (
     DeploymentStats,
@@ -69,18 +68,20 @@ async def set_training_data(deps: FeedbackDeps, principal: Principal, token: str
                             cmd: SetTrainingData) -> TrainingDataStatus:
     """Record the dataset's images and start computing their reference in the background."""
     view = await _view(deps, principal, token, cmd.deployment)
-    dataset = await _dataset(deps, token, view, cmd.dataset_version, with_files=True)
+    version_id = cmd.dataset_version.version_id
+    dataset = await _dataset(deps, token, view, cmd.dataset_version)  # with its file count: nothing listed yet
     m = deps.monitoring
-    listed = dataset["files"]  # the named version's files (their objects are content-addressed, kept by versions)
-    if listed is None:
-        listed = (await request(m.broker, subjects.LINEAGE_DATASETS_LIST_FILES, DatasetRef(dataset_id=dataset["id"]),
-                                token=token, timeout=m.timeout, reply_model=DatasetFiles)).files
-    where = (f"dataset {dataset['id']}" if cmd.dataset_version.version_id is None
-             else f"dataset {dataset['id']} in version {cmd.dataset_version.version_id}")
-    if not listed:
+    where = f"dataset {dataset['id']}" if version_id is None else f"dataset {dataset['id']} in version {version_id}"
+    if not dataset["file_count"]:
         raise InvalidRequest(f"{where} has no images: upload the training images first (and save a version)")
-    if len(listed) > MAX_REFERENCE_IMAGES:
-        raise InvalidRequest(f"{where} has {len(listed)} images: a reference takes at most {MAX_REFERENCE_IMAGES}")
+    if dataset["file_count"] > MAX_REFERENCE_IMAGES:
+        raise InvalidRequest(f"{where} has {dataset['file_count']} images: a reference takes at most "
+                             f"{MAX_REFERENCE_IMAGES}")
+    # page by page: one list of a large dataset (or of large labels) would not fit the bus. A version's files are
+    # content-addressed objects the version keeps.
+    listed = await dataset_files(deps, token, dataset["id"], version_id, MAX_REFERENCE_IMAGES)
+    if not listed:  # emptied since it was counted
+        raise InvalidRequest(f"{where} has no images: upload the training images first (and save a version)")
     files = [{"name": f.name, "sha256": f.sha256, "labels": f.labels} for f in listed]
     await fs.set_reference(m.pool, view.route.deployment_id, view.route.workspace_id, dataset["id"],
                            cmd.dataset_version.version_id, files)

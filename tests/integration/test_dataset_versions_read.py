@@ -158,3 +158,38 @@ def test_a_dataset_created_again_under_a_saved_name_is_not_found_in_the_older_ve
     assert refused.status_code == 404 and "before the dataset had been created" in refused.json()["msg"], refused.text
     later = lineage.create_version(project["id"], "with the second 'again'")
     assert lineage.files(new["id"], later["id"]) == []  # a version saved since holds the new one (empty)
+
+
+def test_a_file_list_past_the_bus_limit_is_paged_and_set_training_data_reads_it_in_pages(stack, owner, world):
+    # nine files with ~1 MB labels each (a mask's polygons): their list, ~9 MB, passes the bus's 8 MiB. Before, the
+    # lineage service's reply was only logged, list_files and set_training_data answered 504 after the 5-s timeout
+    lineage, deployment = world["lineage"], world["deployment"]
+    project = lineage.create_project("large labels")
+    large = lineage.create_dataset(project["id"], "masks", kind="images")
+    for index in range(9):
+        png, digit = digit_png(index)
+        lineage.upload_file(large["id"], png, name=f"{index}.png",
+                            labels={"label": str(digit), "polygon": "7" * 1_000_000})
+    version = lineage.create_version(project["id"], "large labels")
+
+    for body in ({"dataset_id": large["id"]}, {"dataset_id": large["id"], "version_id": version["id"]}):
+        started = time.monotonic()
+        whole = post(stack, "datasets/list_files", owner.token, body)  # no limit: every file in one answer
+        assert whole.status_code == 422 and whole.json()["code"] == "reply_too_large", whole.text
+        assert "MiB a reply may carry on the bus: ask for pages: pass limit" in whole.json()["msg"], whole.text
+        assert time.monotonic() - started < 3  # at once, not after the bus timeout
+        first = post(stack, "datasets/list_files", owner.token, body | {"limit": 1000}).json()
+        assert [f["name"] for f in first["files"]] == ["0.png", "1.png", "2.png", "3.png"]  # at most 4 MiB a page
+        second = post(stack, "datasets/list_files", owner.token, body | {"limit": 2, "cursor": first["next_cursor"]})
+        assert [f["name"] for f in second.json()["files"]] == ["4.png", "5.png"], second.text
+        pages = list(lineage.file_pages(large["id"], body.get("version_id")))
+        assert [[f["name"] for f in page] for page in pages] == [[f"{i}.png" for i in range(start, min(start + 4, 9))]
+                                                                 for start in (0, 4, 8)]
+        assert pages[2][0]["labels"] == {"label": str(digit_png(8)[1]), "polygon": "7" * 1_000_000}
+    refused = post(stack, "datasets/list_files", owner.token, {"dataset_id": large["id"], "limit": 2, "cursor": "%"})
+    assert refused.status_code == 400 and "cursor: not a next_cursor" in refused.json()["msg"], refused.text
+
+    started = deployment.set_training_data({"dataset_id": large["id"], "version_id": version["id"]})
+    assert (started["status"], started["images_total"]) == ("computing", 9), started
+    ready = deployment.wait_for_training_data(60)
+    assert (ready["status"], ready["images_done"]) == ("ready", 9), ready
