@@ -7,8 +7,9 @@ it uses object storage, start/stop hooks). `main(spec)` then:
 2. checks that NATS, PostgreSQL and S3 answer, ending with one clear line if one does not;
 3. builds the broker (the spec's subscribers plus `<name>.health`), connects, ensures the streams;
 4. opens the pool and applies migrations, ensures the buckets, runs the start hook;
-5. serves until SIGTERM or SIGINT, then drains subscriptions (in-flight work finishes and is
-   acknowledged), runs the stop hook and closes connections.
+5. serves until SIGTERM or SIGINT, then drains the command subscriptions (every command taken is
+   answered), runs the stop hook, stops the event consumers (in-flight work finishes and is
+   acknowledged) and closes connections.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from shared.bus import (
     publish_event,
     wait_for_streams,
 )
+from shared.bus_workers import command_workers, drain_commands
 from shared.collector import settle_garbage_collector
 from shared.db import close_idle, create_pool, load_migrations, migrate, ping
 from shared.errors import RailyardError, Unavailable
@@ -109,7 +111,8 @@ def build_broker(spec: ServiceSpec, runtime: Runtime) -> NatsBroker:
     """The service's broker with its router and health subscriber (connects only when started)."""
     broker = make_broker(runtime.settings, spec.name)
     runtime.broker = broker
-    broker.include_router(spec.build_router(runtime))
+    with command_workers(runtime.settings.nats.command_workers):
+        broker.include_router(spec.build_router(runtime))
 
     @command(broker, subjects.health(spec.name), service=spec.name)
     async def health(cmd: CheckHealth, ctx: CallContext) -> HealthReport:
@@ -172,8 +175,11 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
         await stop.wait()
         log.info("%s stopping: draining subscriptions", spec.name)
     finally:
-        # The stop hook closes the service's own front doors (the gateway's HTTP server) first, so
-        # nothing new arrives while the bus subscriptions drain and in-flight work finishes.
+        # Commands first: the server stops routing them here and every one already taken is answered, while
+        # what the handlers use is still open (shared/bus_workers.py). Then the stop hook closes the service's
+        # own front doors (the gateway's HTTP server) and FastStream stops the event consumers.
+        if broker.running:
+            await drain_commands(broker, broker.config.graceful_timeout or 15.0)
         if spec.on_stop is not None:
             await spec.on_stop(runtime)
         await broker.stop()

@@ -24,6 +24,9 @@ class NatsSettings(BaseModel):
                                  "the engine replicas it starts.")
     request_timeout: float = Field(5.0, description="Seconds a command waits for its reply.")
     connect_timeout: float = Field(2.0, description="Seconds to wait when first connecting.")
+    command_workers: int = Field(8, ge=1, le=1024, description="Commands of one subject a service process handles "
+                                 "at once (a subscriber that must see one at a time says so in its code); the "
+                                 "database pool (postgres.pool_max) still bounds how many hold a connection.")
     events_max_age: float = Field(30 * 86400.0, description="Seconds the EVENTS stream keeps an event (every consumer "
                                   "reads them within seconds; this bounds the disk).")
     events_max_bytes: int = Field(1024**3, description="Bytes the EVENTS stream may hold; a publish beyond it is "

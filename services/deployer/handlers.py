@@ -9,8 +9,9 @@ import logging
 import math
 import re
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -66,6 +67,17 @@ class DeployerDeps:
     membership: Callable[[str | None], MembershipLookup]
     public_url: str
     timeout: float
+    changing: weakref.WeakValueDictionary[int, asyncio.Lock] = field(default_factory=weakref.WeakValueDictionary)
+
+    def pipeline_lock(self, pipeline_id: int) -> asyncio.Lock:
+        """One deploy or undeploy of a pipeline at a time in this process. Commands are handled several at once
+        (nats.command_workers), and the replica sets live in this process's memory (LocalBackend.sets): two deploys
+        of one pipeline interleaved could leave the older version's replicas serving, or orphan the newer ones,
+        while the database names the other. The advisory lock in store.py covers only the rows."""
+        lock = self.changing.get(pipeline_id)
+        if lock is None:
+            lock = self.changing[pipeline_id] = asyncio.Lock()
+        return lock
 
 
 def _check_name(name: str, what: str) -> None:
@@ -287,16 +299,17 @@ async def deploy(deps: DeployerDeps, principal: Principal, token: str | None, cm
                                                     pipeline_version=str(version["version"]),
                                                     workspace_id=pipeline["workspace_id"]),
                        steps=[ReplicaStep.model_validate(step) for step in steps], engine_config=config)
-    async with deps.pool.acquire() as conn, conn.transaction():
-        deployment_id = await store.activate_deployment(conn, pipeline["id"], version["id"], cmd.deploy_id, config,
-                                                        spec.model_dump(mode="json"))
-    name = f"{cmd.deploy_id}-{deployment_id}"
-    spec.deployment.id, spec.deployment.name = deployment_id, name
-    try:
-        await deps.backend.start(name, spec, config["replica_count"], *_autoscale(config))
-    except (RuntimeError, TimeoutError) as exc:
-        await store.deactivate(deps.pool, deployment_id)
-        raise InvalidRequest(f"the deployment failed to start: {exc}") from None
+    async with deps.pipeline_lock(pipeline["id"]):
+        async with deps.pool.acquire() as conn, conn.transaction():
+            deployment_id = await store.activate_deployment(conn, pipeline["id"], version["id"], cmd.deploy_id,
+                                                            config, spec.model_dump(mode="json"))
+        name = f"{cmd.deploy_id}-{deployment_id}"
+        spec.deployment.id, spec.deployment.name = deployment_id, name
+        try:
+            await deps.backend.start(name, spec, config["replica_count"], *_autoscale(config))
+        except (RuntimeError, TimeoutError) as exc:
+            await store.deactivate(deps.pool, deployment_id)
+            raise InvalidRequest(f"the deployment failed to start: {exc}") from None
     await deps.publish(subjects.EVENT_PIPELINE_DEPLOYED, PipelineDeployed(
         deployment_id=deployment_id, name=name, pipeline_id=pipeline["id"], workspace_id=pipeline["workspace_id"],
         pipeline_version=str(version["version"])))
@@ -344,8 +357,9 @@ async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, 
     if row is None or row["pipeline_id"] != pipeline["id"]:
         raise NotFound(f"deployment {deployment_id} of pipeline {pipeline_id} not found")
     name = f"{row['deploy_id']}-{row['id']}"
-    await store.deactivate(deps.pool, deployment_id)
-    await deps.backend.stop(name)
+    async with deps.pipeline_lock(pipeline["id"]):
+        await store.deactivate(deps.pool, deployment_id)
+        await deps.backend.stop(name)
     await deps.publish(subjects.EVENT_PIPELINE_UNDEPLOYED, PipelineUndeployed(
         deployment_id=deployment_id, name=name, pipeline_id=pipeline_id, workspace_id=pipeline["workspace_id"]))
     return {}

@@ -56,6 +56,9 @@ CONVERTED = {"sklearn", "xgboost"}  # frameworks converted to ONNX
 ALIASES = {"byop": "custom", "arbitrary-python": "custom", "scikit-learn": "sklearn"}
 
 
+CHECKS_AT_ONCE = 2
+
+
 @dataclass
 class RegistryDeps:
     """What the registry handlers need."""
@@ -67,6 +70,9 @@ class RegistryDeps:
     membership: Callable[[str | None], MembershipLookup]
     tasks: set[asyncio.Task] = field(default_factory=set)
     conversions: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
+    # uploads are handled several at once (nats.command_workers); each sandboxed check is a process of up to
+    # worker_memory_mb, so at most CHECKS_AT_ONCE run together (the rest of an upload does not wait for them)
+    checks: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CHECKS_AT_ONCE))
 
     def spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -149,7 +155,8 @@ async def _upload(deps: RegistryDeps, principal: Principal, token: str | None, c
             raise InvalidRequest("the uploaded file is empty")
         runtime = None
         if framework in CHECKED:
-            result = await run_worker(deps.settings, framework, workdir, "inspect", framework, str(local))
+            async with deps.checks:
+                result = await run_worker(deps.settings, framework, workdir, "inspect", framework, str(local))
             if not result["ok"]:
                 raise InvalidRequest(f"{framework} model rejected: {result['error']}")
             runtime = framework  # onnx, python or custom: checked as they are, run as they are

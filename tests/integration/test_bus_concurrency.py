@@ -1,0 +1,129 @@
+"""Command subscribers answer several commands of one subject at once (`RAILYARD_NATS__COMMAND_WORKERS`), and a
+service's stop still answers every command it took (docs/operations.md "Commands at once").
+
+The slow command is a real one: `pipelines/create` of an existing pipeline waits for the pipeline's advisory lock
+(services/deployer/store.py), which the test holds from its own PostgreSQL connection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import asyncpg
+import nats
+import nats.errors
+
+from shared.bus import CallContext, command, make_broker
+from shared.bus_workers import drain_commands
+from shared.messages.base import Command
+from tests.integration.conftest import post
+
+
+async def _wait_for_lock_waiter(conn: asyncpg.Connection, key: int, timeout: float = 30.0) -> None:
+    """Until a backend waits for the advisory lock `key` (a bigint key: its low 32 bits are the objid)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                               " AND objid = $1 AND objsubid = 1", key & 0xFFFFFFFF):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"nobody waited for advisory lock {key} within {timeout}s")
+
+
+def test_a_slow_command_does_not_hold_up_the_next_one_of_its_subject(stack, alice):
+    """While one pipelines/create waits on its pipeline's lock, another pipelines/create (another pipeline) is
+    answered; the held one is answered once the lock is released. One at a time, the second waited behind the
+    first until the gateway gave up (504 after the 5 s request timeout)."""
+    slow = f"slow-{uuid.uuid4().hex[:8]}"
+    created = post(stack, "pipelines/create", alice.token,
+                   {"pipeline_id": slow, "workspace_id": alice.workspace_id, "definition": {}})
+    assert created.status_code == 200, created.text
+    pipeline_id = created.json()["pipeline_pk_id"]
+
+    async def scenario() -> tuple[float, object, object]:
+        conn = await asyncpg.connect(stack.settings().postgres.dsn)
+        pool = ThreadPoolExecutor(2)
+        loop = asyncio.get_running_loop()
+        try:
+            await conn.execute("SELECT pg_advisory_lock($1)", pipeline_id)
+            held = loop.run_in_executor(pool, lambda: post(
+                stack, "pipelines/create", alice.token,
+                {"pipeline_id": slow, "workspace_id": alice.workspace_id, "definition": {"description": "v2"}}))
+            await _wait_for_lock_waiter(conn, pipeline_id)
+            started = time.monotonic()
+            fast = await loop.run_in_executor(pool, lambda: post(
+                stack, "pipelines/create", alice.token,
+                {"pipeline_id": f"fast-{uuid.uuid4().hex[:8]}", "workspace_id": alice.workspace_id}))
+            fast_s = time.monotonic() - started
+            held_answered_first = held.done()
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock_all()")
+            await conn.close()
+        answered = await held
+        pool.shutdown()
+        return fast_s, fast, answered, held_answered_first
+
+    fast_s, fast, held, held_answered_first = asyncio.run(scenario())
+    assert fast.status_code == 200, f"{fast.status_code} after {fast_s:.1f}s: {fast.text}"
+    assert fast_s < 3.0, fast_s
+    assert not held_answered_first, held.text
+    assert held.status_code == 200, held.text
+    assert held.json()["pipeline_pk_id"] == pipeline_id
+    assert held.json()["pipeline_variant_pk_id"] != created.json()["pipeline_variant_pk_id"]
+
+
+class Hold(Command):
+    """A test command its handler holds until the test lets it go."""
+
+    n: int
+
+
+def test_a_stopping_service_answers_every_command_it_took(stack):
+    """The stop of shared/service.py on the real bus: once it starts, the subject gets no more commands (no
+    responders, at once), and each of the five already sent (two being handled, three waiting) is answered.
+    FastStream's stop alone answered the two and dropped the three (their callers waited for their timeout)."""
+
+    async def scenario() -> None:
+        broker = make_broker(stack.settings(), "gateway")  # the operator's identity; the name labels the connection
+        subject = f"test.drain.{uuid.uuid4().hex[:8]}"
+        gate, two_inside, handled = asyncio.Event(), asyncio.Event(), []
+
+        @command(broker, subject, service="gateway", max_workers=2)
+        async def hold(cmd: Hold, ctx: CallContext) -> dict:
+            handled.append(cmd.n)
+            if len(handled) == 2:
+                two_inside.set()
+            await gate.wait()
+            return {"n": cmd.n}
+
+        await broker.start()
+        nc = await nats.connect(stack.nats_url("ops"))
+        try:
+            calls = [asyncio.create_task(nc.request(subject, json.dumps({"n": n}).encode(), timeout=20))
+                     for n in range(5)]
+            await asyncio.wait_for(two_inside.wait(), 10)
+            assert len(handled) == 2, handled  # two workers: the other three wait
+            deadline = time.monotonic() + 10
+
+            stopping = asyncio.create_task(drain_commands(broker, 15.0))
+            while True:  # a probe the server still routed here is handled (and answered) after the gate opens
+                try:
+                    await nc.request(subject, json.dumps({"n": 100}).encode(), timeout=0.3)
+                except nats.errors.NoRespondersError:
+                    break
+                except nats.errors.TimeoutError:
+                    assert time.monotonic() < deadline, "the subject is still routed to the stopping service"
+            assert not stopping.done()
+            gate.set()
+            replies = await asyncio.gather(*calls)
+            await stopping
+            await broker.stop()
+        finally:
+            await nc.close()
+        assert [json.loads(r.data)["data"]["n"] for r in replies] == list(range(5))
+        assert sorted(n for n in handled if n < 100) == list(range(5))
+
+    asyncio.run(scenario())
