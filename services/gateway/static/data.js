@@ -59,7 +59,7 @@ PAGES.benchmarks = async function benchmarks() {
   out.push(el('fieldset', {}, el('legend', {}, 'Reports to compare (one task)'),
     table(`${reports.length} report(s)`, ['', 'report', 'task', 'data', 'candidates', 'created'],
       reports.map((r, i) => [boxes[i], el('label', {for: `report-pick-${r.id}`, id: `report-${r.id}`}, r.name), r.task,
-        r.dataset.dataset_name || r.dataset.name || JSON.stringify(r.dataset).slice(0, 60),
+        r.dataset.dataset_name || r.dataset.name || showJSON(r.dataset).slice(0, 60),
         r.candidates.map(c => c.name).join(', '), r.created_at])),
     el('button', {class: 'btn', type: 'button', id: 'compare', onclick: () => {
       B.chosen = new Set(boxes.filter(b => b.checked).map(b => b.value));

@@ -143,7 +143,7 @@ function selectCard(id) {
     el('h4', {}, `Downstream (${downstream.length})`), listOf(downstream.filter(n => n.data('card').kind === 'deployment')
       .union(downstream).slice(0, 30)),
     Object.keys(card.data || {}).length ? el('details', {}, el('summary', {}, 'Details'),
-      el('pre', {}, JSON.stringify(card.data, null, 1))) : '');
+      el('pre', {}, showJSON(card.data, 1))) : '');
 }
 
 function collapse(node) {

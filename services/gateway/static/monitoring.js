@@ -155,7 +155,7 @@ PAGES.monitoring = async function monitoring() {
   const load = async () => {
     M.view = view.value;
     shown.textContent = 'Loading…';
-    try { shown.textContent = JSON.stringify(await api('deployments/get_stats', {deployment: dep.name, service: M.view, ...filters}), null, 1); }
+    try { shown.textContent = showJSON(await api('deployments/get_stats', {deployment: dep.name, service: M.view, ...filters}), 1); }
     catch (e) { shown.textContent = e.message; }
   };
   view.addEventListener('change', load);
