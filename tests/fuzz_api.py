@@ -1,10 +1,12 @@
 """A bounded property-based robustness pass over the gateway's HTTP API (`make fuzz-api`; docs/testing.md).
 
 Starts its own embedded stack (tests/stack.py: a temporary data directory, free loopback ports), signs in as the
-stack's admin, creates a workspace for the generated requests to land in, and runs schemathesis (installed in its
-own environment, .venv-schemathesis, so its pins never decide ours) against the gateway's /v1/api/openapi.json
-with one worker. The check that matters is `not_a_server_error`: bad input must come back as a typed 4xx, never a
-5xx. The stack is stopped however the run ends.
+stack's admin, creates a workspace for the generated requests to land in and one of each thing the API names in it
+(tests/fuzz_api_seed.py: a deployed pipeline, an orchestration, a project, ...), and runs schemathesis (installed
+in its own environment, .venv-schemathesis, so its pins never decide ours) against the gateway's
+/v1/api/openapi.json with one worker. Half of the requests are aimed at those real ids (tests/fuzz_api_hooks.py),
+so they reach the handlers instead of stopping at a 404. The check that matters is `not_a_server_error`: bad
+input must come back as a typed 4xx, never a 5xx. The stack is stopped however the run ends.
 
     .venv/bin/python -m tests.fuzz_api [--max-examples 10] [--max-time 600] [--seed N] [schemathesis options...]
 """
@@ -13,28 +15,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
+from tests.fuzz_api_seed import seed
 from tests.stack import REPO, stack_directory, start_stack
 
 SCHEMATHESIS = REPO / ".venv-schemathesis" / "bin" / "schemathesis"
+HOOKS = REPO / "tests" / "fuzz_api_hooks.py"
 # the token endpoint is form-encoded and rate-limited per source; generating passwords for it only fills the
 # lockout table (its own tests are tests/integration/test_auth.py). Everything else is fuzzed.
 EXCLUDED_PATHS = r"^/auth/"
 
 
-def admin_token(stack) -> str:
-    """The admin's access token (the password grant, as `railyard login` does)."""
+def admin_client(stack):
+    """The admin signed in (the password grant, as `railyard login` does) and the fuzz workspace's id."""
     from shared.client import RailyardClient
 
     secrets = stack.secrets()
     client = RailyardClient(stack.base_url, secrets["client_id"], secrets["client_secret"])
     client.login(secrets["admin_username"], secrets["admin_password"])
-    client.post("workspaces/create", {"workspace_name": "fuzz"})
-    return client.token
+    return client, client.post("workspaces/create", {"workspace_name": "fuzz"})["workspace_id"]
 
 
 def alive(stack) -> bool:
@@ -51,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checks", default="not_a_server_error",
                         help="schemathesis checks (default not_a_server_error; e.g. add response_schema_conformance)")
     parser.add_argument("--report-dir", default=str(REPO / ".railyard" / "fuzz-api"))
+    parser.add_argument("--seed-share", type=float, default=0.5,
+                        help="share of requests aimed at real ids (tests/fuzz_api_hooks.py; 0 turns it off)")
     args, extra = parser.parse_known_args(argv)
     if not SCHEMATHESIS.exists():
         sys.exit(f"{SCHEMATHESIS} is missing: `make fuzz-api` creates it")
@@ -58,7 +65,17 @@ def main(argv: list[str] | None = None) -> int:
         stack = start_stack(data_dir)
         try:
             stack.wait_healthy(180)
-            token = admin_token(stack)
+            admin, workspace_id = admin_client(stack)
+            started = time.monotonic()
+            seeds = seed(stack, admin, workspace_id)
+            seeds_file = Path(args.report_dir) / "seeds.json"
+            seeds_file.parent.mkdir(parents=True, exist_ok=True)
+            seeds_file.write_text(json.dumps(seeds, indent=1))
+            print(f"seeded in {time.monotonic() - started:.0f} s: {seeds_file}", flush=True)
+            admin.login(stack.secrets()["admin_username"], stack.secrets()["admin_password"])  # a fresh token
+            token = admin.token
+            environment = {**os.environ, "SCHEMATHESIS_HOOKS": str(HOOKS), "RAILYARD_FUZZ_SEEDS": str(seeds_file),
+                           "RAILYARD_FUZZ_SEED_SHARE": str(args.seed_share)}
             spec = f"{stack.base_url}/v1/api/openapi.json"
             with urllib.request.urlopen(spec, timeout=10) as response:
                 operations = sum(len(v) for v in json.loads(response.read())["paths"].values())
@@ -73,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.seed is not None:
                 command += ["--seed", str(args.seed)]
             started = time.monotonic()
-            code = subprocess.call(command, cwd=REPO)
+            code = subprocess.call(command, cwd=REPO, env=environment)
             print(f"schemathesis exited {code} after {time.monotonic() - started:.0f} s; "
                   f"stack {'healthy' if alive(stack) else 'NOT HEALTHY (a service crashed?)'}; "
                   f"reports in {args.report_dir}", flush=True)
