@@ -90,12 +90,35 @@ async def fill(dsn: str, deployment_id: int, workspace_id: int, count: int, mode
         await conn.close()
 
 
+async def recompute(dsn: str, deployment_id: int, service: str, filters: dict) -> tuple[float, dict]:
+    """The seconds and answer of the path every value took before stats_columns.py: every matching row read
+    (feedback_store.stats_rows) and stats.compute over them, in this process."""
+    from services.monitoring import feedback_store as fs
+    from services.monitoring import stats
+
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1, server_settings={"search_path": "monitoring"})
+    try:
+        started = time.perf_counter()
+        start = datetime.fromtimestamp(filters["from_timestamp"], UTC) if "from_timestamp" in filters else None
+        rows = await fs.stats_rows(pool, deployment_id, model_name=None, model_version=None, start=start, end=None,
+                                   includes=None, excludes=None, tags=filters.get("tags"), limit=1_000_000)
+        kept = await fs.reference_row(pool, deployment_id)
+        answer = stats.compute(service, rows, kept["reference"] if kept and kept["status"] == "ready" else None)
+        return time.perf_counter() - started, {"predictions": len(rows), "stats": answer}
+    finally:
+        await pool.close()
+
+
 async def measure(base_url: str, token: str, deployment: str, filters: dict | None = None,
-                  services: tuple[str, ...] = SERVICE_METRICS) -> dict[str, dict]:
+                  services: tuple[str, ...] = SERVICE_METRICS, old_path: tuple[str, int] | None = None
+                  ) -> dict[str, dict]:
     """Median and best seconds of each ServiceMetrics value (RUNS calls each), with the prediction count. A value
     get_stats pre-aggregates is also asked with `excludes` (which makes get_stats compute from the rows): the two
-    answers must be equal, and the recomputation's time is reported as `<service> recomputed`."""
+    answers must be equal, and the recomputation's time is reported as `<service> recomputed`. With `old_path`
+    (dsn, deployment id) every value computed from its columns (stats_columns.py) is also computed the old way
+    (recompute), timed as `<service> recomputed`; the route's answer must equal it."""
     from services.monitoring.aggregates import AGGREGATED
+    from services.monitoring.stats_columns import COLUMNAR
 
     out = {}
     async with httpx.AsyncClient(base_url=base_url, timeout=300,
@@ -122,6 +145,12 @@ async def measure(base_url: str, token: str, deployment: str, filters: dict | No
                 assert response.status_code == 200, response.text
             out[service] = {"p50": statistics.median(times), "best": min(times),
                             "predictions": response.json()["predictions"]}
+            if old_path is not None and service in COLUMNAR:
+                elapsed, answer = await recompute(*old_path, service, filters or {})
+                got = response.json()
+                assert {"predictions": got["predictions"], "stats": got["stats"]} == json.loads(json.dumps(answer)), \
+                    f"{service}: the answer from the columns differs from the recomputed one"
+                out[f"{service} recomputed"] = {"p50": elapsed, "best": elapsed, "predictions": answer["predictions"]}
     return out
 
 
@@ -155,10 +184,13 @@ def run(count: int = PREDICTIONS, services: tuple[str, ...] = SERVICE_METRICS) -
             fresh = asyncio.run(measure(stack.base_url, client.token, name,
                                         services=tuple(v for v in services if v in AGGREGATED)))
             asyncio.run(_vacuum(stack.settings().postgres.dsn))  # what autovacuum does after the bulk write
-            results = asyncio.run(measure(stack.base_url, client.token, name, services=services))
+            old_path = (stack.settings().postgres.dsn, route)
+            results = asyncio.run(measure(stack.base_url, client.token, name, services=services, old_path=old_path))
             results |= {f"{k}, before VACUUM": v for k, v in fresh.items() if "recomputed" not in k}
-            week = asyncio.run(measure(stack.base_url, client.token, name, {"since": 7 * 86400, "tags": ["night"]},
-                                       services=services))
+            week_start = time.time() - 7 * 86400  # a fixed start (not `since`): the recomputation reads the same rows
+            week = asyncio.run(measure(stack.base_url, client.token, name,
+                                       {"from_timestamp": week_start, "tags": ["night"]}, services=services,
+                                       old_path=old_path))
         finally:
             stack.stop()
     lines = [f"| ServiceMetrics | all {count:,} predictions: p50 (best) | last 7 days, tag `night`: p50 (best) |",

@@ -10,8 +10,9 @@ computation that finishes late never overwrites it.
 
 get_stats computes the asked ServiceMetrics now, from the `predictions` table (the deployment's own predictions and
 the monitored ones: seed-003 predictions are kept there, not in the inference log store) joined with `reviews`,
-and the reference when it is ready (stats.py holds the arithmetic); AGGREGATED_LABEL_DISTRIBUTION reads the hourly
-pre-aggregation instead (aggregates.py)."""
+and the reference when it is ready (stats.py holds the arithmetic): AGGREGATED_LABEL_DISTRIBUTION reads the hourly
+pre-aggregation (aggregates.py), PREDICTIONS_DATA a count and the newest rows, every other value only the columns and
+rows it needs (stats_columns.py); all equal stats.compute over every matching row."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from typing import Any
 
 from faststream.nats import NatsRouter
 
-from services.monitoring import aggregates, stats
+from services.monitoring import aggregates, stats, stats_columns
 from services.monitoring import feedback_store as fs
 from services.monitoring.feedback import FeedbackDeps, _dataset, _view, dataset_files
 from shared import subjects
@@ -165,6 +166,14 @@ async def get_stats(deps: FeedbackDeps, principal: Principal, token: str | None,
     if service == "PREDICTIONS_DATA":
         total, result = await predictions_data(
             pool, view.route.deployment_id, model_name=model.name if model else None,
+            model_version=(model.version or model.sha) if model else None, start=start, end=end, includes=includes,
+            excludes=excludes, tags=cmd.tags)
+        return DeploymentStats(deployment=view.route.name, service=service, predictions=total, stats=result)
+    if service in stats_columns.COLUMNAR:
+        kept = await fs.reference_row(pool, view.route.deployment_id)
+        total, result = await stats_columns.compute(
+            pool, service, view.route.deployment_id, kept["reference"] if kept and kept["status"] == "ready" else None,
+            max_rows=MAX_STATS_ROWS, model_name=model.name if model else None,
             model_version=(model.version or model.sha) if model else None, start=start, end=end, includes=includes,
             excludes=excludes, tags=cmd.tags)
         return DeploymentStats(deployment=view.route.name, service=service, predictions=total, stats=result)

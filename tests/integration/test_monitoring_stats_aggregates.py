@@ -127,3 +127,106 @@ def test_the_hour_plan_splits_a_window_into_whole_and_partial_hours():
                                                                    True)])
     inside = (at + timedelta(minutes=5), at + timedelta(minutes=55))
     assert aggregates.hour_plan(*inside) == (None, [(*inside, True)])
+
+
+def _features(rng: random.Random) -> dict[str, float]:
+    features = {"brightness_mean": rng.gauss(120, 30), "red_mean": rng.gauss(100, 40), "flat": 7.0,
+                "height": float(rng.choice((8, 16, 32)))}
+    if rng.random() < 0.2:
+        del features["red_mean"]  # a feature a prediction lacks: not in its score, not in that feature's drift
+    if rng.random() < 0.1:
+        features["extra"] = rng.random()  # one the reference lacks
+    return features
+
+
+def _detection(rng: random.Random, kind: str) -> dict:
+    boxes = []
+    for _ in range(rng.randrange(4)):
+        top, left = rng.uniform(0, 20), rng.randrange(20)
+        boxes.append([top, left, top + 1 + rng.randrange(8), left + 1.5 + rng.randrange(8)])
+    fmt = {"detection_classes": [rng.randrange(3) for _ in boxes],
+           "detection_scores": [round(rng.random(), 2) for _ in boxes], "detection_boxes": boxes}
+    if kind == "segmentation":
+        fmt["detection_masks"] = [[b[1], b[0], b[3], b[0], b[3], b[2]] for b in boxes]
+    return fmt
+
+
+def test_each_metric_from_its_columns_is_the_recomputation_from_every_row(stack):
+    asyncio.run(_compare_columns(stack))
+
+
+async def _compare_columns(stack) -> None:
+    """stats_columns against stats.compute over fs.stats_rows (the path every value took before), byte for byte."""
+    from services.monitoring import stats_columns
+    from shared.errors import Conflict, InvalidRequest
+
+    deployment = 3_000_000 + random.randrange(1_000_000)
+    pool = await create_pool(stack.settings().postgres, "monitoring")
+    rng = random.Random(11)
+    base = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=5)
+    rows, reviews = [], []
+    for index in range(300):
+        kind = rng.choice(("classification", "classification", "detection", "segmentation"))
+        prediction = (rng.choice(FORMATS[:5])[1] if kind == "classification" else _detection(rng, kind))
+        shadow = (rng.choice(FORMATS[:5])[1] if kind == "classification" else _detection(rng, kind)) \
+            if rng.random() < 0.4 else None
+        model = rng.choice(MODELS)
+        moment = base + timedelta(seconds=rng.uniform(0, 5 * 3600)) if index % 50 else base  # some at one moment
+        rows.append((uuid.uuid4(), deployment, 1, rng.choice(("predict", "monitor")), kind, json.dumps(prediction),
+                     json.dumps(shadow) if shadow else None, json.dumps(model) if model else None, rng.choice(TAGS),
+                     moment, rng.random() / 30 if rng.random() < 0.9 else None,
+                     rng.random() / 10 if shadow else None, rng.choice((16, 32)), 32, json.dumps(_features(rng))))
+        if rng.random() < 0.5:
+            truth = prediction if rng.random() < 0.6 else (
+                rng.choice(FORMATS[:4])[1] if kind == "classification" else _detection(rng, kind))
+            reviews.append((uuid.uuid4(), rows[-1][0], deployment, 1, "accepted" if truth is prediction
+                            else "corrected", json.dumps(truth)))
+    try:
+        async with pool.acquire() as conn:
+            await conn.executemany(
+                "INSERT INTO predictions (id, deployment_id, workspace_id, origin, kind, prediction, shadow_prediction,"
+                " model_version, tags, predicted_at, latency, shadow_latency, height, width, features, content_type,"
+                " image_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
+                " 'image/png', '0')", rows)
+            await conn.executemany(
+                "INSERT INTO reviews (id, prediction_id, deployment_id, workspace_id, decision, ground_truth) VALUES"
+                " ($1, $2, $3, $4, $5, $6)", reviews)
+            # a replaced review counts as its replacement; a deleted prediction takes its review along
+            await conn.execute("UPDATE reviews SET decision = 'corrected', ground_truth = $2, revision = 2"
+                               " WHERE prediction_id = $1", reviews[0][1], json.dumps(FORMATS[3][1]))
+            await conn.execute("DELETE FROM predictions WHERE id = ANY($1::uuid[])", [r[0] for r in rows[::13]])
+        reference_features = [_features(rng) for _ in range(60)]
+        ready = stats.build_reference(reference_features, [[str(rng.randrange(3))] for _ in reference_features])
+        ready["features"]["red_mean"]["mean"] = 400.0  # the predictions drift from it: some score above 3
+        ids = [r[0] for r in rows]
+        window = (base + timedelta(minutes=40), base + timedelta(hours=3, minutes=10))
+        filter_sets = [{}, {"start": window[0], "end": window[1]}, {"model_name": "squares"},
+                       {"model_version": "b" * 64, "tags": ["cam-1"]}, {"tags": ["night"], "excludes": ids[1:30]},
+                       {"includes": ids[::3], "start": window[0]}, {"tags": ["nobody"]}]
+        none = {"model_name": None, "model_version": None, "start": None, "end": None, "includes": None,
+                "excludes": None, "tags": None}
+        for service in sorted(stats_columns.COLUMNAR):
+            for extra in filter_sets:
+                filters = none | extra
+                every = await fs.stats_rows(pool, deployment, limit=10_000, **filters)
+                for ref in (None, ready):
+                    if ref is None and service in stats.NEEDS_REFERENCE:
+                        with pytest.raises(Conflict):
+                            await stats_columns.compute(pool, service, deployment, ref, max_rows=10_000, **filters)
+                        continue
+                    expected = stats.compute(service, every, ref)
+                    total, result = await stats_columns.compute(pool, service, deployment, ref, max_rows=10_000,
+                                                                **filters)
+                    assert total == len(every), (service, extra)
+                    assert json.dumps(result) == json.dumps(expected), (service, extra)  # key order and bits too
+        every = await fs.stats_rows(pool, deployment, limit=10_000, **none)
+        drift = stats.compute("AGGREGATED_DRIFTING_PREDICTIONS", every, ready)
+        assert 0 < drift["drifting"] < len(every)  # the scores compared are not all on one side of the threshold
+        assert stats.compute("REVIEWS_OBJECT_DETECTION_STATS", every, None)["champion_masks"]["images"] > 10
+        with pytest.raises(InvalidRequest, match="more than 100 predictions match"):
+            await stats_columns.compute(pool, "REVIEWS_LABEL_DISTRIBUTION_STATS", deployment, None, max_rows=100,
+                                        **none)
+    finally:
+        async with pool.acquire() as conn:
+            await conn.execute("DELETE FROM predictions WHERE deployment_id = $1", deployment)
+        await pool.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -188,3 +189,22 @@ def test_segmentation_reviews_are_also_scored_on_masks():
     assert masks["map_50"] == pytest.approx(0.5)
     only_exact = stats.compute("REVIEWS_OBJECT_DETECTION_STATS", [exact], None)["champion_masks"]
     assert only_exact["map_50_95"] == pytest.approx(1.0)
+
+
+def test_every_outlying_score_at_once_has_the_bits_of_one_at_a_time():
+    """stats_columns.outlying_scores (numpy over columns, get_stats' path) equals stats.outlying_score per row exactly,
+    with features missing from some rows and a feature that did not vary; numpy's own square would not."""
+    from services.monitoring import stats_columns
+
+    rng = random.Random(3)
+    reference = stats.build_reference([{"a": rng.gauss(0, 5), "b": rng.gauss(100, 30), "c": 3.0} for _ in range(50)],
+                                      [[]])
+    rows = [{k: v for k, v in {"a": rng.gauss(0, 5), "b": rng.gauss(100, 30), "c": rng.choice((3.0, 4.0))}.items()
+             if rng.random() < 0.9} for _ in range(20_000)]
+    columns = [[row.get(name) for row in rows] for name in reference["features"]]
+    scores = stats_columns.outlying_scores(columns, reference, len(rows)).tolist()
+    assert scores == [stats.outlying_score(row, reference) for row in rows]
+    standardized = (np.array(columns[0], dtype=np.float64) - reference["features"]["a"]["mean"]) \
+        / reference["features"]["a"]["std"]
+    finite = standardized[~np.isnan(standardized)]
+    assert (finite ** 2 != np.array([v ** 2 for v in finite.tolist()])).any()  # why the square goes through pow

@@ -1,0 +1,206 @@
+"""get_stats from the columns each ServiceMetrics value needs, instead of every column of every matching prediction.
+
+stats.compute is the definition: it takes whole rows (newest first, each with its review) and was the only path. Most
+of its time went to reading and decoding those rows: four jsonb columns each, the reviews joined to all of them, and
+Python loops over 100,000 dicts, for values that use a few numbers per prediction. Here each value asks PostgreSQL
+for exactly its inputs, in stats.compute's order (predicted_at newest first, then id), and does stats.compute's
+arithmetic on them, so every answer is the recomputed one to the last bit (tested on the real database against
+stats.compute over the rows, tests/integration/test_monitoring_stats_aggregates.py):
+
+- the REVIEWS_* values read only the reviewed predictions (an inner join), and hand them to stats.compute itself;
+- AGGREGATED_OBJECT_DETECTION_STATS reads only the detection and segmentation predictions' boxes, and hands them to
+  stats.compute itself;
+- AGGREGATED_PREDICTIONS_DATA reads each number as one array per column (array_agg over one sort: PostgreSQL 16 sorts
+  once for aggregates sharing an ORDER BY), the origins and kinds likewise, and counts the hours in SQL; stats._numbers
+  gets the same values in the same order (a mean is a sum, whose bits depend on the order);
+- PREDICTIONS_OUTLYING_SCORE and AGGREGATED_DRIFTING_PREDICTIONS read each reference feature as one array and compute
+  every prediction's outlying score with numpy, operation for operation as stats.outlying_score does: the same IEEE
+  subtractions, divisions, left-to-right additions and square root, and the square through Python's own `** 2`
+  (libm's pow, which differs from x * x in about one value in a thousand, so numpy's square would not be exact).
+
+The matching predictions are counted first, in the same snapshot: `predictions` in the answer, and the same
+MAX_STATS_ROWS refusal as before."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+from collections import Counter
+from datetime import datetime
+from itertools import repeat
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from services.monitoring import stats
+from services.monitoring.feedback_store import STATS_FILTERS, loads
+from shared.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from shared.lean_imports import lazy_module
+
+    np = lazy_module("numpy")
+
+COLUMNAR = {"PREDICTIONS_OUTLYING_SCORE", "REVIEWS_CLASSIFICATION_STATS", "REVIEWS_OBJECT_DETECTION_STATS",
+            "REVIEWS_LABEL_DISTRIBUTION_STATS", "AGGREGATED_OBJECT_DETECTION_STATS", "AGGREGATED_PREDICTIONS_DATA",
+            "AGGREGATED_DRIFTING_PREDICTIONS"}
+"""The ServiceMetrics values computed here."""
+
+_ORDER = "p.predicted_at DESC, p.id"
+"""stats.compute's row order (feedback_store.stats_rows')."""
+
+
+async def compute(pool: asyncpg.Pool, service: str, deployment_id: int, reference: dict[str, Any] | None, *,
+                  max_rows: int, **filters: Any) -> tuple[int, dict[str, Any]]:
+    """The number of predictions the filters keep and the value of `service` (one of COLUMNAR) over them, equal to
+    stats.compute over their rows; InvalidRequest above `max_rows` predictions, Conflict without a needed
+    reference."""
+    assert service in COLUMNAR
+    if service in stats.NEEDS_REFERENCE and reference is None:
+        stats.compute(service, [], None)  # raises its Conflict
+    args = (deployment_id, filters["model_name"], filters["model_version"], filters["start"], filters["end"],
+            filters["includes"], filters["excludes"], filters["tags"])
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        total = int(await conn.fetchval(f"SELECT count(*) FROM predictions p WHERE {STATS_FILTERS}", *args))
+        if total > max_rows:
+            raise InvalidRequest(f"more than {max_rows} predictions match: narrow them with from_timestamp / "
+                                 "to_timestamp, since, tags or model_version")
+        if service.startswith("REVIEWS_"):
+            rows = await _reviewed_rows(conn, args)
+            # every REVIEWS_* value reads the reviewed rows only (stats.compute filters the others out first)
+            return total, await asyncio.to_thread(stats.compute, service, rows, None)
+        if service == "AGGREGATED_OBJECT_DETECTION_STATS":
+            rows = await conn.fetch(
+                f"SELECT p.kind, p.prediction, p.height, p.width FROM predictions p WHERE {STATS_FILTERS}"
+                f" AND p.kind IN ('detection', 'segmentation') ORDER BY {_ORDER}", *args)
+            return total, await asyncio.to_thread(stats.compute, service, [loads(r) for r in rows], None)
+        if service == "AGGREGATED_PREDICTIONS_DATA":
+            return total, await _predictions_data(conn, args, total)
+        assert reference is not None
+        names = list(reference["features"])
+        columns = await _feature_columns(conn, args, names)
+        if service == "AGGREGATED_DRIFTING_PREDICTIONS":
+            return total, await asyncio.to_thread(_drifting, columns, reference, total)
+        listed = await conn.fetch(f"SELECT p.id, p.predicted_at FROM predictions p WHERE {STATS_FILTERS}"
+                                  f" ORDER BY {_ORDER} LIMIT {int(stats.MAX_LISTED)}", *args)
+        return total, await asyncio.to_thread(_outlying, columns, reference, listed, total)
+
+
+# --- the reviewed predictions ----------------------------------------------------------------------------
+
+
+async def _reviewed_rows(conn: asyncpg.Connection, args: tuple) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT p.kind, p.prediction, p.shadow_prediction, p.height, p.width, r.decision, r.ground_truth"
+        f" FROM predictions p JOIN reviews r ON r.prediction_id = p.id WHERE {STATS_FILTERS} ORDER BY {_ORDER}",
+        *args)
+    out = []
+    for row in rows:
+        item = loads(row)
+        assert item is not None
+        item["review"] = {"decision": item.pop("decision"), "ground_truth": item.pop("ground_truth")}
+        out.append(item)
+    return out
+
+
+# --- AGGREGATED_PREDICTIONS_DATA -------------------------------------------------------------------------
+
+
+async def _predictions_data(conn: asyncpg.Connection, args: tuple, total: int) -> dict[str, Any]:
+    where = f"FROM predictions p WHERE {STATS_FILTERS}"
+    keys = await conn.fetch(f"SELECT DISTINCT jsonb_object_keys(p.features) AS name {where}", *args)
+    names = sorted(k["name"] for k in keys)  # sorted here: Python's order, not a collation's
+    features = "".join(f", array_agg((p.features ->> ${9 + i})::float8 ORDER BY {_ORDER}) AS f{i}"
+                       for i in range(len(names)))
+    row = await conn.fetchrow(
+        f"SELECT array_agg(p.origin ORDER BY {_ORDER}) AS origin, array_agg(p.kind ORDER BY {_ORDER}) AS kind,"
+        f" array_agg(p.latency ORDER BY {_ORDER}) AS latency,"
+        f" array_agg(p.shadow_latency ORDER BY {_ORDER}) AS shadow_latency,"
+        f" array_agg(p.height ORDER BY {_ORDER}) AS height, array_agg(p.width ORDER BY {_ORDER}) AS width,"
+        " min(p.predicted_at) AS first, max(p.predicted_at) AS last,"
+        " count(*) FILTER (WHERE EXISTS (SELECT 1 FROM reviews r WHERE r.prediction_id = p.id)) AS reviewed"
+        f"{features} {where}", *args, *names)
+    hours = await conn.fetch(f"SELECT date_trunc('hour', p.predicted_at, 'UTC') AS hour, count(*) AS n {where}"
+                             " GROUP BY 1", *args)
+    return await asyncio.to_thread(_predictions_data_values, row, names, hours, total)
+
+
+def _predictions_data_values(row: asyncpg.Record, names: list[str], hours: list[asyncpg.Record],
+                             total: int) -> dict[str, Any]:
+    """stats.compute's AGGREGATED_PREDICTIONS_DATA from the columns."""
+    if not total:
+        return stats.compute("AGGREGATED_PREDICTIONS_DATA", [], None)
+    per_hour = Counter({h["hour"].isoformat(): h["n"] for h in hours if isinstance(h["hour"], datetime)})
+    return {"count": total, "reviewed": row["reviewed"], "origin": dict(Counter(row["origin"])),
+            "kind": dict(Counter(row["kind"])), "latency": stats._numbers(row["latency"]),
+            "shadow_latency": stats._numbers(row["shadow_latency"]), "height": stats._numbers(row["height"]),
+            "width": stats._numbers(row["width"]),
+            "features": {name: stats._numbers(row[f"f{i}"]) for i, name in enumerate(names)},
+            "first": stats._stamp(row["first"]), "last": stats._stamp(row["last"]),
+            "per_hour": dict(sorted(per_hour.items()))}
+
+
+# --- the outlying score and drift ------------------------------------------------------------------------
+
+
+async def _feature_columns(conn: asyncpg.Connection, args: tuple, names: list[str]) -> list[list[float | None]]:
+    """Each named feature's value in every matching prediction (None where it has none), in stats.compute's order."""
+    if not names:
+        return []
+    row = await conn.fetchrow(
+        "SELECT " + ", ".join(f"array_agg((p.features ->> ${9 + i})::float8 ORDER BY {_ORDER}) AS f{i}"
+                              for i in range(len(names)))
+        + f" FROM predictions p WHERE {STATS_FILTERS}", *args, *names)
+    return [row[f"f{i}"] or [] for i in range(len(names))]
+
+
+def outlying_scores(columns: list[list[float | None]], reference: dict[str, Any], count: int) -> Any:
+    """stats.outlying_score of every prediction at once (columns: the reference's features in its order), with the
+    same floating-point operations in the same order (module docstring)."""
+    summed = np.zeros(count, dtype=np.float64)
+    terms = np.zeros(count, dtype=np.int64)
+    for values, summary in zip(columns, reference["features"].values(), strict=True):
+        column = np.array(values, dtype=np.float64) if values else np.full(count, np.nan)
+        present = ~np.isnan(column)
+        scale = summary["std"] if summary["std"] > 1e-9 else 1.0
+        standardized = (column[present] - summary["mean"]) / scale
+        squared = np.fromiter(map(operator.pow, standardized.tolist(), repeat(2)), dtype=np.float64,
+                              count=standardized.size)
+        summed[present] = summed[present] + squared
+        terms[present] += 1
+    scores = np.zeros(count, dtype=np.float64)
+    some = terms > 0
+    scores[some] = np.sqrt(summed[some] / terms[some])
+    return scores
+
+
+def _outlying(columns: list[list[float | None]], reference: dict[str, Any], listed: list[asyncpg.Record],
+              count: int) -> dict[str, Any]:
+    scores = outlying_scores(columns, reference, count)
+    listed_scores = scores[:len(listed)].tolist()
+    return {"threshold": stats.OUTLIER_THRESHOLD, "count": count,
+            "mean": float(np.mean(scores)) if count else None, "max": float(np.max(scores)) if count else None,
+            "outlying": int((scores > stats.OUTLIER_THRESHOLD).sum()),
+            "scores": [{"prediction_id": str(r["id"]), "predicted_at": stats._stamp(r["predicted_at"]), "score": s,
+                        "outlying": s > stats.OUTLIER_THRESHOLD} for r, s in zip(listed, listed_scores, strict=True)]}
+
+
+def _drifting(columns: list[list[float | None]], reference: dict[str, Any], total: int) -> dict[str, Any]:
+    scores = outlying_scores(columns, reference, total)
+    drifting = int((scores > stats.OUTLIER_THRESHOLD).sum())
+    features = {}
+    for values, (name, summary) in zip(columns, reference["features"].items(), strict=True):
+        present = [v for v in values if v is not None]
+        if not present:
+            continue
+        scale = summary["std"] if summary["std"] > 1e-9 else 1.0
+        mean = float(np.mean(present))
+        features[name] = {"psi": stats.psi(summary["proportions"], stats.bin_proportions(summary["edges"], present)),
+                          "mean": mean, "reference_mean": summary["mean"],
+                          "mean_shift": (mean - summary["mean"]) / scale}
+    worst = max((f["psi"] for f in features.values()), default=0.0)
+    return {"predictions": total, "threshold": stats.OUTLIER_THRESHOLD, "drifting": drifting,
+            "drifting_ratio": drifting / total if total else 0.0, "features": features, "max_psi": worst,
+            "drift": "significant" if worst > 0.25 else "moderate" if worst > 0.1 else "none"}
