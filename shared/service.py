@@ -114,7 +114,7 @@ def build_broker(spec: ServiceSpec, runtime: Runtime) -> NatsBroker:
     with command_workers(runtime.settings.nats.command_workers):
         broker.include_router(spec.build_router(runtime))
 
-    @command(broker, subjects.health(spec.name), service=spec.name)
+    @command(broker, subjects.health(spec.name), service=spec.name, max_workers=runtime.settings.nats.command_workers)
     async def health(cmd: CheckHealth, ctx: CallContext) -> HealthReport:
         """Report the service's health."""
         return await check_health(runtime)
