@@ -34,6 +34,7 @@ from shared.data_errors import refused_request_value
 from shared.errors import (
     ErrorBody,
     InvalidRequest,
+    PayloadTooLarge,
     RailyardError,
     ReplyTooLarge,
     Unavailable,
@@ -262,7 +263,8 @@ async def request(
     """Send a command and return the reply's data (validated as reply_model when given).
 
     Raises the RailyardError the service raised, UpstreamTimeout when nobody answered in time,
-    and Unavailable when no service listens on the subject.
+    Unavailable when no service listens on the subject, and PayloadTooLarge when the command itself is above the
+    bus payload limit (NATS refuses to send it).
     """
     payload = message.model_dump(mode="json") if isinstance(message, BaseModel) else message
     headers = {TOKEN_HEADER: f"Bearer {token}"} if token else None
@@ -272,6 +274,9 @@ async def request(
         raise UpstreamTimeout(f"{subject.split('.')[0]} did not answer within {timeout:g}s") from None
     except nats.errors.NoRespondersError:
         raise Unavailable(f"{subject.split('.')[0]} is not running") from None
+    except nats.errors.MaxPayloadError:  # refused before sending: nobody would ever answer it
+        raise PayloadTooLarge(f"the command to {subject.split('.')[0]} is above the bus payload limit: send less at "
+                              "once") from None
     try:
         reply = Reply.model_validate_json(response.body)
     except ValidationError:

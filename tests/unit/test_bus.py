@@ -174,3 +174,17 @@ def test_a_reply_above_the_bus_limit_becomes_a_typed_reply_too_large():
     generic = Reply.model_validate_json(encode_reply(reply, 64 * 1024, "test.list"))
     assert generic.error.msg.endswith("above the 60.0 KiB a reply may carry on the bus: ask for less: a page (limit "
                                       "and cursor where the command has them) or narrower filters")
+
+
+async def test_a_command_above_the_bus_limit_is_a_413_not_a_500():
+    # nats-py refuses to publish a message above the server's max_payload (MaxPayloadError) before sending it
+    import nats.errors
+
+    from shared.errors import PayloadTooLarge
+
+    class RefusingBroker:
+        async def request(self, *args: Any, **kwargs: Any) -> Any:
+            raise nats.errors.MaxPayloadError
+
+    with pytest.raises(PayloadTooLarge, match="the command to registry is above the bus payload limit"):
+        await request(RefusingBroker(), "registry.models.list", {"workspace_id": 1})  # type: ignore[arg-type]
