@@ -15,6 +15,7 @@ it uses object storage, start/stop hooks). `main(spec)` then:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -45,6 +46,7 @@ from shared.db import close_idle, create_pool, load_migrations, migrate, ping
 from shared.errors import RailyardError, Unavailable
 from shared.messages import CheckHealth, DependencyStatus, HealthReport, ServiceStarted
 from shared.objectstore import ALL_BUCKETS, MinioObjectStore, ObjectStore
+from shared.probe_files import keep_probe_files
 from shared.settings import Settings
 
 log = logging.getLogger("railyard.service")
@@ -107,6 +109,10 @@ async def _probe(name: str, probe: Awaitable[None]) -> DependencyStatus:
     return DependencyStatus(name=name, ok=True)
 
 
+async def _is_ok(report: Awaitable[HealthReport]) -> bool:
+    return (await report).status == "ok"
+
+
 def build_broker(spec: ServiceSpec, runtime: Runtime) -> NatsBroker:
     """The service's broker with its router and health subscriber (connects only when started)."""
     broker = make_broker(runtime.settings, spec.name)
@@ -146,6 +152,7 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
     await _preflight(spec, settings)
     runtime = Runtime(name=spec.name, settings=settings)
     broker = build_broker(spec, runtime)
+    probes: asyncio.Task | None = None
     await broker.connect()
     try:
         if settings.nats.user:  # bus identities: the bootstrap step made the streams, a service may only look
@@ -172,9 +179,16 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
             broker, subjects.EVENT_SERVICE_STARTED, ServiceStarted(name=spec.name, version=__version__, pid=os.getpid())
         )
         log.info("%s %s serving (pid %d)", spec.name, __version__, os.getpid())
+        if settings.probe_dir is not None:  # container probes read these files (shared/probe_files.py)
+            probes = asyncio.create_task(keep_probe_files(
+                settings.probe_dir, lambda: _is_ok(check_health(runtime))))
         await stop.wait()
         log.info("%s stopping: draining subscriptions", spec.name)
     finally:
+        if probes is not None:  # not ready from the first moment of the drain
+            probes.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probes
         # Commands first: the server stops routing them here and every one already taken is answered, while
         # what the handlers use is still open (shared/bus_workers.py). Then the stop hook closes the service's
         # own front doors (the gateway's HTTP server) and FastStream stops the event consumers.

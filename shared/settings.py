@@ -292,6 +292,9 @@ class Settings(BaseSettings):
         "development", description="development allows loopback URLs and dev-only conveniences."
     )
     log_level: str = Field("INFO", description="Python logging level.")
+    probe_dir: Path | None = Field(None, description="When set, a serving service keeps `live` (rewritten every 5 s) "
+                                   "and `ready` (while its health check is ok) in this folder, for container probes "
+                                   "(shared/probe_files.py; the Kubernetes manifests set it).")
     nats: NatsSettings = NatsSettings()
     postgres: PostgresSettings = PostgresSettings()
     s3: S3Settings = S3Settings()
