@@ -180,7 +180,7 @@ def routers() -> dict[str, Any]:
     found: dict[str, Any] = {}
     built: dict[str, Any] = {}
 
-    def recording(router: Any, subject: str, *, service: str, max_workers: int = 1) -> Any:
+    def recording(router: Any, subject: str, *, service: str, **options: Any) -> Any:
         def decorate(handler: Any) -> Any:
             assert subject not in found, f"{subject} has two handlers"
             found[subject] = handler
