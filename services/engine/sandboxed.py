@@ -81,8 +81,12 @@ class SandboxedRuntime:
         self.stderr = bytearray()
         self.process = await sandbox.spawn(spec, settings=self.settings)
         self.stderr_task = asyncio.create_task(self._drain_stderr(self.process))
-        header, _ = await self._exchange({"op": "load", "runtime": self.kind, "path": str(self.path)}, b"",
-                                         LOAD_TIMEOUT, f"loading {KIND_NAMES[self.kind]}")
+        try:
+            header, _ = await self._exchange({"op": "load", "runtime": self.kind, "path": str(self.path)}, b"",
+                                             LOAD_TIMEOUT, f"loading {KIND_NAMES[self.kind]}")
+        except asyncio.CancelledError:  # a start cancelled mid-load (stop() during a replacement) leaves no worker
+            await self._kill()
+            raise
         if "error" in header:
             await self._stderr_settled(0)
             await self._kill()
@@ -208,7 +212,13 @@ class SandboxedRuntime:
         return asyncio.run_coroutine_threadsafe(self.predict_async(batch), self.loop).result()
 
     async def stop(self) -> None:
-        """Close the worker and its working directory."""
+        """Close the worker and its working directory. A replacement under way is cancelled first: it would start
+        a worker after this returned, which nobody stops (its launcher is in a session of its own), and whose
+        process outlives the event loop."""
+        if self.replacement is not None:
+            self.replacement.cancel()
+            await asyncio.gather(self.replacement, return_exceptions=True)
+            self.replacement = None
         if self.process is not None and self.process.returncode is None:
             with contextlib.suppress(Exception):
                 self.process.stdin.close()

@@ -4,12 +4,14 @@ quota fails only that request, with Railyard's message, and is replaced."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pyarrow as pa
 import pytest
 
 from services.engine.sandboxed import SandboxedRuntime, WorkerFailed
+from shared import sandbox
 from shared.errors import InvalidRequest, UpstreamTimeout
 from shared.sandbox import SandboxUnavailable
 from shared.settings import Settings
@@ -117,7 +119,6 @@ async def test_only_the_launchers_verdict_makes_a_worker_sandbox_unavailable(set
     """A step exiting 125 after printing the launcher's words crashed (the code chose them); a sandbox the launcher
     could not build (its verdict, shared.sandbox.setup_failed) is the platform's 503 sandbox_unavailable with the
     launcher's words, at the first start and when a crashed worker cannot be replaced."""
-    from shared import sandbox
 
     faker = tmp_path / "faker.py"
     faker.write_bytes(b"import os\nos.write(2, b'railyard-sandbox: mount /usr: Operation not permitted\\n')\n"
@@ -148,3 +149,27 @@ async def test_only_the_launchers_verdict_makes_a_worker_sandbox_unavailable(set
     with pytest.raises(SandboxUnavailable, match="^the sandbox could not be set up: railyard-sandbox: "):
         await fresh.start()
     await fresh.stop()
+
+
+async def test_stopping_during_a_replacement_leaves_no_worker_running(settings, tmp_path):
+    """A crash starts a replacement in the background; stop() right after cancels it (killing a worker it had
+    spawned) rather than returning while it goes on to start a worker nobody stops: that worker outlived the test's
+    event loop ("Event loop is closed" from its transport's finalizer, once in the middle of an AST compile)."""
+    step = tmp_path / "step.py"
+    step.write_bytes(STEP)
+    runtime = SandboxedRuntime("python", step, settings.stack.data_dir / "engine-work" / "d" / "r-5", settings, "s")
+    await runtime.start()
+    with pytest.raises(WorkerFailed):
+        await runtime.predict_async(table("crash"))
+    replacement = runtime.replacement
+    assert replacement is not None and not replacement.done()
+    await runtime.stop()
+    try:
+        await asyncio.wait({replacement}, timeout=30)  # without the cancel it goes on and starts a worker
+        assert replacement.cancelled()
+        assert runtime.process.returncode is not None and not runtime.ready
+        assert not runtime.workdir.exists()
+    finally:
+        if runtime.process.returncode is None:  # what a failure left behind goes with the test
+            sandbox.kill(runtime.process)
+            await runtime.process.wait()
