@@ -303,11 +303,11 @@ def stream_configs(settings: Settings) -> list[Any]:
         StreamConfig(name=subjects.EVENTS_STREAM, subjects=list(subjects.EVENTS_SUBJECTS), storage=StorageType.FILE,
                      retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.NEW,
                      max_age=settings.nats.events_max_age, max_bytes=settings.nats.events_max_bytes,
-                     duplicate_window=120.0),
+                     duplicate_window=120.0, num_replicas=settings.nats.stream_replicas),
         StreamConfig(name=subjects.INFERENCE_LOGS_STREAM, subjects=list(subjects.INFERENCE_LOGS_SUBJECTS),
                      storage=StorageType.FILE, retention=RetentionPolicy.INTEREST, discard=DiscardPolicy.NEW,
                      max_age=settings.logs.stream_max_age, max_bytes=settings.logs.stream_max_bytes,
-                     duplicate_window=120.0),
+                     duplicate_window=120.0, num_replicas=settings.nats.stream_replicas),
     ]
 
 

@@ -31,6 +31,9 @@ class NatsSettings(BaseModel):
                                   "reads them within seconds; this bounds the disk).")
     events_max_bytes: int = Field(1024**3, description="Bytes the EVENTS stream may hold; a publish beyond it is "
                                   "refused with an error, never dropped silently.")
+    stream_replicas: int = Field(1, ge=1, le=5, description="Nodes of a NATS cluster that keep a copy of each platform "
+                                 "stream, set when the bootstrap step creates it (3 in the Kubernetes manifests' "
+                                 "3-node cluster; 1 for a single server).")
 
 
 class PostgresSettings(BaseModel):
