@@ -40,10 +40,12 @@ def _die_with_parent() -> None:
 def replica_environment(environ: Any) -> dict[str, str]:
     """An engine replica's environment: the deployer's, but connecting to the bus as `engine` (the identity that
     may answer `engine.<deployment>.infer` and publish inference logs), never as the deployer, and without the
-    deployer's database DSN (a replica keeps no tables). Users' code gets none of this: it runs in the replica's
-    sandboxed workers, whose environment is empty but for thread counts (services/engine/sandboxed.py)."""
-    env = {name: value for name, value in environ.items() if not name.startswith("RAILYARD_POSTGRES__")}
+    deployer's database DSN or password (a replica keeps no tables). Users' code gets none of this: it runs in the
+    replica's sandboxed workers, whose environment is empty but for thread counts (services/engine/sandboxed.py)."""
+    env = {name: value for name, value in environ.items()
+           if not name.startswith(("RAILYARD_POSTGRES__", "RAILYARD_DB_PASSWORD__"))}
     env.pop("RAILYARD_NATS__ENGINE_PASSWORD", None)
+    env.pop("RAILYARD_PROBE_DIR", None)  # the deployer pod's probe files are the deployer's own (shared/probe_files.py)
     # Memory (docs/performance.md, "memory"): Arrow buffers from glibc's heap instead of mimalloc, which kept the
     # freed blocks of batch-1000 load (~75 MiB) where the replica's malloc_trim could not give them back; and two
     # glibc arenas instead of one per thread that ever ran a model call (~65 MiB of them after load). Neither

@@ -48,6 +48,7 @@ from shared.errors import Conflict, InvalidRequest, RailyardError  # noqa: E402
 from shared.logrecords import InferenceRecord  # noqa: E402
 from shared.messages.engine import ReplicaSpec  # noqa: E402
 from shared.objectstore import BUCKET_ARTIFACTS, MinioObjectStore, content_key  # noqa: E402
+from shared.probe_files import keep_probe_files  # noqa: E402
 from shared.raw_bus import connect_options  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
@@ -376,8 +377,22 @@ async def main_async(spec_path: Path, replica_id: str) -> int:
         print(f"railyard-engine: {exc.msg}", file=sys.stderr, flush=True)
         await replica.stop_workers()
         return 2
-    await replica.serve()
+    probes = None
+    if settings.probe_dir is not None:  # a replica pod's probes (services/deployer/kubernetes.py): ready once it
+        # has its models and its bus connections (serve() subscribes right after), not ready from the stop on
+        probes = asyncio.create_task(keep_probe_files(settings.probe_dir, lambda: _serving(replica)))
+    try:
+        await replica.serve()
+    finally:
+        if probes is not None:
+            probes.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probes
     return 0
+
+
+async def _serving(replica: Replica) -> bool:
+    return getattr(replica, "batcher", None) is not None and not replica.stop.is_set()
 
 
 def main() -> None:
