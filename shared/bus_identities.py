@@ -11,8 +11,8 @@ the stack's bootstrap step (shared/bus_streams.py), which runs before any servic
 and their replies, nothing else; the gateway (`front_door`) may publish the same list. `ops` is the operator's.
 
 `python -m shared.bus_identities` renders `deploy/nats-auth.conf` (passwords as `$RAILYARD_NATS_PASSWORD_<NAME>`
-environment references) for docker-compose and Kubernetes; the embedded stack renders the same permissions with
-its generated passwords into `<data>/nats.conf`.
+environment references) for docker-compose, and its copy `deploy/kubernetes/nats/nats-auth.conf` for Kubernetes;
+the embedded stack renders the same permissions with its generated passwords into `<data>/nats.conf`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from shared import subjects
 
 PERMISSIONS_FILE = Path(__file__).resolve().parent.parent / "deploy" / "nats-permissions.json"
 AUTH_CONF = PERMISSIONS_FILE.parent / "nats-auth.conf"
+# the same file where kustomize may read it (a kustomization reads files below its own folder only)
+KUBERNETES_AUTH_CONF = PERMISSIONS_FILE.parent / "kubernetes" / "nats" / "nats-auth.conf"
 ENGINE = "engine"
 CLIENT = "client"
 BOOTSTRAP = "bootstrap"
@@ -124,8 +126,9 @@ def render_authorization(passwords: dict[str, str] | None = None) -> str:
 
 
 def main() -> int:
-    AUTH_CONF.write_text(render_authorization())
-    print(f"wrote {AUTH_CONF}")
+    for path in (AUTH_CONF, KUBERNETES_AUTH_CONF):
+        path.write_text(render_authorization())
+        print(f"wrote {path}")
     return 0
 
 
