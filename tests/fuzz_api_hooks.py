@@ -125,7 +125,7 @@ def _aim(route: str, value: Any, salt: int, in_model_ref: bool = False) -> Any:
 
 NOWHERE_ID = 2_000_000_001
 NOWHERE_UUID = "00000000-0000-4000-8000-00000000dead"
-SEEDED = {value for key, value in SEEDS.items() if key != "workspace_id" and isinstance(value, (int, str))
+SEEDED = {value for value in SEEDS.values() if isinstance(value, (int, str))
           and not isinstance(value, bool)} | {value for value in SEEDS.get("dataset_ids", [])}
 
 
