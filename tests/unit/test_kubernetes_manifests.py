@@ -263,6 +263,10 @@ def test_every_container_has_requests_limits_probes_and_no_privilege():
         assert unconfined == runs_users_code, obj["metadata"]["name"]
         if unconfined:
             assert spec["hostUsers"] is False
+    # the Pod Security "baseline" level refuses those relaxations: the namespace must not enforce it (it warns)
+    labels = _one("Namespace", "railyard")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
+    assert labels["pod-security.kubernetes.io/warn"] == "baseline"
     sandboxing = {o["metadata"]["name"] for o in _service_deployments().values()
                   if o["spec"]["template"]["metadata"]["labels"].get("railyard.io/runs-users-code") == "true"}
     assert sandboxing == {"registry", "deployer", "task-scheduler"}
