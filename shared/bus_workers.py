@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -89,3 +89,45 @@ async def drain_commands(broker: Any, timeout: float) -> None:
         log.warning("commands still running after %.0f s of draining: %s", timeout, ", ".join(busy) or "none")
     else:
         log.debug("drained %d command subscriptions in %.2f s", len(subs), time.monotonic() - started)
+
+
+class ConcurrentCallback:
+    """A raw nats-py subscription callback (the log store's Arrow subjects) that handles up to `at_once` messages at
+    once, as `command()` subscribers do; nats-py awaits a callback before it hands over the next message, so a plain
+    one takes one at a time. Subscribe with `cb=callback.take` (nats-py wants a coroutine function). When `at_once`
+    are running, the subscription waits (its pending queue holds the rest). At stop: `drain_raw`."""
+
+    def __init__(self, handle: Callable[[Any], Awaitable[None]], at_once: int) -> None:
+        self._handle = handle
+        self._gate = asyncio.Semaphore(max(1, at_once))
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def take(self, msg: Any) -> None:
+        """The subscription's callback: start handling `msg`, once fewer than `at_once` are running."""
+        await self._gate.acquire()
+        task = asyncio.create_task(self._run(msg))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run(self, msg: Any) -> None:
+        try:
+            await self._handle(msg)
+        finally:
+            self._gate.release()
+
+    async def wait(self, timeout: float) -> None:
+        """Until every message taken is handled (at most `timeout` seconds; the rest is logged)."""
+        if not self._running:
+            return
+        _, pending = await asyncio.wait(set(self._running), timeout=timeout)
+        if pending:
+            log.warning("%d raw commands still running after %.0f s", len(pending), timeout)
+
+
+async def drain_raw(subscription: Any, callback: ConcurrentCallback, timeout: float) -> None:
+    """Stop a raw subscription taking messages and answer every one it took (see `drain_commands`)."""
+    try:
+        await asyncio.wait_for(subscription.drain(), timeout)
+    except (nats.errors.Error, TimeoutError):
+        pass
+    await callback.wait(timeout)

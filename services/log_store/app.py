@@ -26,6 +26,7 @@ from shared.bus import (
     publish_event,
     request,
 )
+from shared.bus_workers import ConcurrentCallback, drain_raw
 from shared.errors import InvalidRequest, RailyardError
 from shared.lean_imports import lazy_module
 from shared.messages.deployer import ListPipelines, Pipelines
@@ -154,10 +155,12 @@ async def start(runtime: Runtime) -> None:
             out[TABLE_REF], body = await put_table(runtime.objects, FIELD_PREFIX, body), b""
         return body, out
 
-    query_sub = await nc.subscribe(subjects.LOG_STORE_QUERY, queue=subjects.queue_group(NAME),
-                                   cb=_raw_responder(nc, query))
-    field_sub = await nc.subscribe(subjects.LOG_STORE_READ_FIELD, queue=subjects.queue_group(NAME),
-                                   cb=_raw_responder(nc, field))
+    # several at once, as the command subscribers (shared/bus_workers.py): a large page must not hold up the others
+    at_once = settings.nats.command_workers
+    query_cb = ConcurrentCallback(_raw_responder(nc, query), at_once)
+    field_cb = ConcurrentCallback(_raw_responder(nc, field), at_once)
+    query_sub = await nc.subscribe(subjects.LOG_STORE_QUERY, queue=subjects.queue_group(NAME), cb=query_cb.take)
+    field_sub = await nc.subscribe(subjects.LOG_STORE_READ_FIELD, queue=subjects.queue_group(NAME), cb=field_cb.take)
 
     async def maintenance_timer() -> None:
         while True:
@@ -171,8 +174,8 @@ async def start(runtime: Runtime) -> None:
 
     timer = asyncio.create_task(maintenance_timer())
     runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, ingestor=ingestor, ingest_nc=ingest_nc,
-                          timer=timer, field_sub=field_sub,
-                          query_sub=query_sub)
+                          timer=timer, field_sub=field_sub, field_cb=field_cb,
+                          query_sub=query_sub, query_cb=query_cb)
 
 
 async def stop(runtime: Runtime) -> None:
@@ -180,10 +183,10 @@ async def stop(runtime: Runtime) -> None:
         task = runtime.extras.get(name)
         if task is not None:
             task.cancel()
-    for name in ("query_sub", "field_sub"):
-        sub = runtime.extras.get(name)
+    for name in ("query", "field"):  # every query taken is answered first, while what it reads is still open
+        sub = runtime.extras.get(f"{name}_sub")
         if sub is not None:
-            await sub.unsubscribe()
+            await drain_raw(sub, runtime.extras[f"{name}_cb"], runtime.broker.config.graceful_timeout or 15.0)
     ingestor = runtime.extras.get("ingestor")
     if ingestor is not None:
         await ingestor.stop()

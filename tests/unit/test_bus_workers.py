@@ -3,6 +3,7 @@ command taken is tested on the real bus (tests/integration/test_bus_concurrency.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 
 from faststream.nats import NatsBroker
@@ -10,7 +11,7 @@ from faststream.nats.subscriber.usecases.core_subscriber import ConcurrentCoreSu
 
 from shared import subjects
 from shared.bus import CallContext, command
-from shared.bus_workers import command_workers
+from shared.bus_workers import ConcurrentCallback, command_workers
 from shared.messages.base import Command
 from shared.service import Runtime
 from shared.settings import Settings
@@ -55,3 +56,30 @@ def test_every_service_command_is_handled_several_at_once_but_the_ones_that_say_
                 (serial if _workers(sub) == 1 else concurrent).add(sub.subject.template)
     assert serial == SERIAL
     assert subjects.DEPLOYER_PIPELINES_DEPLOY in concurrent and subjects.MONITORING_GET_STATS in concurrent
+
+
+def test_a_raw_callback_takes_the_next_message_while_one_waits_and_no_more_than_its_bound():
+    async def scenario() -> None:
+        gate, fast_done, done = asyncio.Event(), asyncio.Event(), []
+
+        async def handle(msg: str) -> None:
+            if msg.startswith("slow"):
+                await gate.wait()
+            done.append(msg)
+            if msg == "fast":
+                fast_done.set()
+
+        callback = ConcurrentCallback(handle, 2)
+        await callback.take("slow-1")
+        await callback.take("fast")
+        await asyncio.wait_for(fast_done.wait(), 5)
+        await callback.take("slow-2")
+        third = asyncio.create_task(callback.take("slow-3"))  # two are running: nats-py's reader waits here
+        await asyncio.sleep(0.05)
+        assert not third.done()
+        gate.set()
+        await third
+        await callback.wait(5)
+        assert done[0] == "fast" and sorted(done[1:]) == ["slow-1", "slow-2", "slow-3"]
+
+    asyncio.run(scenario())
