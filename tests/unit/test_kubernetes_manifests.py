@@ -239,6 +239,13 @@ def test_every_platform_container_runs_the_image_of_the_dockerfile_as_its_user()
             assert data_dir in mounts and "/tmp" in mounts  # the root filesystem is read-only
 
 
+def test_nats_postgres_and_minio_run_the_versions_docker_compose_pins():
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    for kind, name in (("StatefulSet", "nats"), ("StatefulSet", "postgres"), ("StatefulSet", "minio")):
+        (container,) = _pod_spec(_one(kind, name))["containers"]
+        assert container["image"] == compose[name]["image"], f"{name}: the same pinned version as docker-compose"
+
+
 def test_every_container_has_requests_limits_probes_and_no_privilege():
     for obj in OBJECTS:
         if obj["kind"] not in WORKLOADS:

@@ -17,7 +17,7 @@ from services.task_scheduler import runner
 from services.task_scheduler.kubernetes import run_objects
 from shared.messages.engine import ReplicaDeployment, ReplicaSpec, ReplicaStep
 from shared.messages.registry import ResolvedModel
-from shared.settings import Settings
+from shared.settings import Settings, env_names
 
 VERSIONS = ("1.30", kubernetes_validate.latest_version())
 SECRET_VALUES = ("s3cr3t-bus", "s3cr3t-engine", "s3cr3t-db", "s3cr3t-key", "s3cr3t-s3", "eyJhbGciOi.token")
@@ -102,6 +102,8 @@ def test_a_replica_set_renders_valid_objects_with_no_secret_value(monkeypatch):
     assert replica.sandbox.memory_mb == 2048 and replica.logs.engine_flush_ms == 15
     assert replica.s3.endpoint == "minio:9000" and replica.env == "production"
     assert str(replica.probe_dir) == "/tmp/railyard-probes"
+    railyard = {e["name"] for e in container["env"] if e["name"].startswith("RAILYARD_")}
+    assert railyard <= env_names(), "a rendered variable no setting reads"
 
 
 def test_a_redeploy_is_a_rolling_update_to_a_new_spec_and_autoscaling_an_hpa():

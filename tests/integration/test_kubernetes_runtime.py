@@ -1,8 +1,11 @@
-"""The probe files of a real service process (shared/probe_files.py, wired in shared/service.py) against the
-embedded stack: what the Kubernetes manifests' probes read (deploy/kubernetes/services.yaml)."""
+"""Kubernetes pieces that need real servers, against the embedded stack: the probe files of a real service process
+(shared/probe_files.py, wired in shared/service.py; what deploy/kubernetes/services.yaml's probes read) and the
+fetch step of a rendered task-run pod (services/task_scheduler/fetch_orchestration.py) against the S3 server."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
 import signal
 import subprocess
@@ -10,6 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from services.task_scheduler.fetch_orchestration import fetch
+from shared.objectstore import BUCKET_ORCHESTRATIONS, MinioObjectStore, content_key
 from shared.probe_files import LIVE, READY
 
 
@@ -45,3 +52,22 @@ def test_a_serving_service_is_live_and_ready_then_not_ready_from_its_drain(stack
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+def test_the_fetch_step_downloads_an_orchestration_and_refuses_one_that_does_not_match_its_sha(stack, tmp_path):
+    settings = stack.settings()
+    data = os.urandom(4096)
+    sha = hashlib.sha256(data).hexdigest()
+    wrong = hashlib.sha256(b"another zip").hexdigest()
+    store = MinioObjectStore(settings.s3)
+    asyncio.run(store.put_bytes(BUCKET_ORCHESTRATIONS, content_key(sha), data))
+    asyncio.run(store.put_bytes(BUCKET_ORCHESTRATIONS, content_key(wrong), data))  # stored under another's sha
+    try:
+        assert asyncio.run(fetch(settings, sha, tmp_path / "orchestration.zip")) == len(data)
+        assert (tmp_path / "orchestration.zip").read_bytes() == data
+        with pytest.raises(RuntimeError, match="does not match"):
+            asyncio.run(fetch(settings, wrong, tmp_path / "other.zip"))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["orchestration.zip"]  # no partial file left
+    finally:
+        for key in (sha, wrong):
+            asyncio.run(store.delete(BUCKET_ORCHESTRATIONS, content_key(key)))
