@@ -39,7 +39,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     data_dir = settings.stack.data_dir.expanduser().resolve()
     state = read_state(data_dir)
     if not state or not pid_alive(state.get("supervisor_pid", 0)):
-        print(f"railyard: no stack is running for {data_dir}")
+        print(f"railyard: no stack is running for {data_dir} (`railyard up` starts one; --data-dir names"
+              " another data directory)")
         return 1
     print(f"stack {state['version']} (supervisor pid {state['supervisor_pid']}), data in {state['data_dir']}")
     health: dict = {}
@@ -165,17 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"railyard {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, text in (
-        ("up", cmd_up, "start the embedded stack and every service (foreground; Ctrl-C stops)"),
-        ("status", cmd_status, "show every component of the running stack"),
-        ("down", cmd_down, "stop the running stack"),
-        ("login", cmd_login, "sign in (defaults: the embedded stack's admin user and client)"),
-        ("token", cmd_token, "print a valid access token for curl and scripts"),
+        ("up", cmd_up, "Start the embedded stack and every service (foreground; Ctrl-C or `railyard down` stops)"),
+        ("status", cmd_status, "Show every component of the running stack (exit 1 if any is not ok)"),
+        ("down", cmd_down, "Stop the running stack"),
+        ("login", cmd_login, "Sign in (defaults: the embedded stack's admin user and client)"),
+        ("token", cmd_token, "Print a valid access token for curl and scripts"),
     ):
-        cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("--data-dir", help="data directory (default RAILYARD_STACK__DATA_DIR or .railyard)")
+        cmd = sub.add_parser(name, help=text, description=f"{text}.")
+        cmd.add_argument("--data-dir", metavar="DIR",
+                         help="data directory (default RAILYARD_STACK__DATA_DIR, else .railyard)")
         cmd.set_defaults(func=func)
         if name == "down":
-            cmd.add_argument("--timeout", type=float, default=90.0)
+            cmd.add_argument("--timeout", type=float, default=90.0, metavar="SECONDS",
+                             help="how long to wait for every process to stop (default 90)")
         if name == "login":
             for flag in ("--url", "--username", "--password", "--client-id", "--client-secret"):
                 cmd.add_argument(flag)
@@ -196,15 +199,21 @@ def register(group) -> None:
     parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {choice.dest: choice.help for choice in subparsers._choices_actions}
-    for name in subparsers.choices:
+    for name, subparser in subparsers.choices.items():
         if name in group.commands:
             continue
+        options = [f"- `{', '.join(a.option_strings)} {a.metavar or a.dest.upper()}`: {a.help}"
+                   for a in subparser._actions if a.option_strings and a.help != argparse.SUPPRESS
+                   and "-h" not in a.option_strings]
+        text = f"{helps.get(name) or name} (a server command: `railyard {name} --help`)."
+        if options:  # for docs/sdk.md; `railyard NAME --help` itself is argparse's
+            text += "\n\n" + "\n".join(options)
 
         def forward(args: tuple[str, ...], _name: str = name) -> None:
             raise click.exceptions.Exit(main([_name, *args]))
 
         group.add_command(click.Command(
-            name, callback=forward, help=f"{helps.get(name) or name} (server; `railyard {name} --help`)",
+            name, callback=forward, help=text,
             params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)], add_help_option=False,
             context_settings={"ignore_unknown_options": True, "allow_extra_args": True}))
 

@@ -115,6 +115,23 @@ def test_the_server_adds_its_stack_commands_to_the_same_command():
     assert {"login", "token", "infer", "models", "pipelines", "workspaces", "assays"} <= set(commands)
 
 
+def test_the_stack_commands_document_their_options(tmp_path, capsys, monkeypatch):
+    """`railyard down --help` had no description and an undocumented --timeout; docs/sdk.md listed no option of
+    up/status/down. A status with no stack says how to start one or name another data directory."""
+    from shared import cli as server_cli
+
+    commands = cli.build_command().commands
+    for name in ("up", "status", "down"):
+        assert "- `--data-dir DIR`: data directory" in commands[name].help, name
+        with pytest.raises(SystemExit):
+            server_cli.main([name, "--help"])
+        assert "--data-dir DIR" in capsys.readouterr().out
+    assert "- `--timeout SECONDS`: how long to wait" in commands["down"].help
+    monkeypatch.setenv("RAILYARD_STACK__DATA_DIR", str(tmp_path))  # --data-dir sets it; restored after the test
+    assert server_cli.main(["status", "--data-dir", str(tmp_path)]) == 1
+    assert "`railyard up` starts one; --data-dir names another" in capsys.readouterr().out
+
+
 def test_the_cli_and_sdk_import_without_the_table_libraries():
     """`railyard --help` and `import railyard_client` load pandas, pyarrow and numpy only when a table is read or
     written (railyard_client/_lazy.py): they were most of the command's start-up time."""
