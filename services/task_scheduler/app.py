@@ -106,9 +106,14 @@ def build_router(runtime: Runtime) -> NatsRouter:
 
 
 def gateway_url(runtime: Runtime) -> str:
-    gateway = runtime.settings.gateway
-    host = "127.0.0.1" if gateway.host in ("0.0.0.0", "::", "") else gateway.host
-    return f"http://{host}:{gateway.port}"
+    """The gateway's URL as a run sees it. In the sandbox (GATEWAY_ONLY) the only way out is the relay listening on
+    127.0.0.1:<gateway port> inside it, whatever host the scheduler itself reaches the gateway at (`gateway` in
+    docker-compose and Kubernetes, a name the sandbox could not resolve); without isolation, the real address."""
+    settings = runtime.settings
+    gateway = settings.gateway
+    if settings.sandbox.mode != "off-for-single-user" or gateway.host in ("0.0.0.0", "::", ""):
+        return f"http://127.0.0.1:{gateway.port}"
+    return f"http://{gateway.host}:{gateway.port}"
 
 
 async def start(runtime: Runtime) -> None:

@@ -174,3 +174,20 @@ def test_the_fetch_step_refuses_what_is_not_a_sha256():
 
     assert main(["../../etc/passwd", "/tmp/x.zip"]) == 2
     assert main([SHA]) == 2
+
+
+def test_a_sandboxed_run_is_handed_the_relay_not_a_host_name_it_cannot_resolve(monkeypatch):
+    """docker-compose and Kubernetes set RAILYARD_GATEWAY__HOST=gateway for the scheduler's relay; a run in the
+    sandbox has loopback only, where the relay listens on the gateway's port."""
+    from services.task_scheduler.app import gateway_url
+    from shared.service import Runtime
+
+    for name in [n for n in os.environ if n.startswith("RAILYARD_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("RAILYARD_GATEWAY__HOST", "gateway")
+    monkeypatch.setenv("RAILYARD_GATEWAY__PORT", "18000")
+    assert gateway_url(Runtime(name="task_scheduler", settings=Settings())) == "http://127.0.0.1:18000"
+    monkeypatch.setenv("RAILYARD_SANDBOX__MODE", "off-for-single-user")  # no sandbox: the real address
+    assert gateway_url(Runtime(name="task_scheduler", settings=Settings())) == "http://gateway:18000"
+    monkeypatch.setenv("RAILYARD_GATEWAY__HOST", "0.0.0.0")
+    assert gateway_url(Runtime(name="task_scheduler", settings=Settings())) == "http://127.0.0.1:18000"
