@@ -144,7 +144,8 @@ def login(url: str | None, username: str | None, password: str | None, client_id
         password = env.get("RAILYARD_CLIENT_PASSWORD") or (
             secrets.get("admin_password") if username == secrets.get("admin_username") else None)
     if not (username and password):
-        raise ConfigurationError(f"give --username and --password (no embedded stack secrets in {folder})")
+        raise ConfigurationError(f"no embedded stack secrets in {folder}: give --data-dir (the folder `railyard up`"
+                                 " used) or --username and --password")
     session = Session(url, username=username, password=password,
                       client_id=client_id or env.get("RAILYARD_CLIENT_ID") or secrets.get("client_id"),
                       client_secret=client_secret or env.get("RAILYARD_CLIENT_SECRET") or secrets.get("client_secret"),

@@ -98,10 +98,12 @@ def test_in_task_and_task_args_read_the_task_environment(tmp_path):
     (["pipelines", "deploy"], 2, "Missing argument"),
     (["models", "list"], 3, "not logged in"),
     (["infer", "p", "missing.parquet"], 2, "no such file: missing.parquet"),
+    (["login"], 3, "no embedded stack secrets in .railyard: give --data-dir (the folder `railyard up` used)"),
 ])
 def test_the_command_fails_with_one_line_and_an_exit_code(argv, code, text, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
-    for name in ("RAILYARD_CLIENT_URL", "RAILYARD_CLIENT_TOKEN", "RAILYARD_CLIENT_CREDENTIALS"):
+    for name in ("RAILYARD_CLIENT_URL", "RAILYARD_CLIENT_TOKEN", "RAILYARD_CLIENT_CREDENTIALS",
+                 "RAILYARD_CLIENT_USERNAME", "RAILYARD_CLIENT_PASSWORD", "RAILYARD_STACK__DATA_DIR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     assert cli.main(argv) == code
