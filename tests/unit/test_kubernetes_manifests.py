@@ -277,6 +277,10 @@ def test_every_container_has_requests_limits_probes_and_no_privilege():
     sandboxing = {o["metadata"]["name"] for o in _service_deployments().values()
                   if o["spec"]["template"]["metadata"]["labels"].get("railyard.io/runs-users-code") == "true"}
     assert sandboxing == {"registry", "deployer", "task-scheduler"}
+    # docker-compose lifts the same for the same services (its security_opt)
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    assert {name for name, entry in compose.items() if "seccomp=unconfined" in entry.get("security_opt", [])} == \
+        sandboxing
 
 
 def test_the_service_probes_read_the_files_the_services_write():
