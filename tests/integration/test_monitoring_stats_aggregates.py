@@ -19,6 +19,7 @@ import pytest
 from services.monitoring import aggregates, reference, stats
 from services.monitoring import feedback_store as fs
 from shared.db import create_pool
+from shared.images import FEATURE_NAMES
 
 pytestmark = pytest.mark.integration
 
@@ -130,6 +131,8 @@ def test_the_hour_plan_splits_a_window_into_whole_and_partial_hours():
 
 
 def _features(rng: random.Random) -> dict[str, float]:
+    if rng.random() < 0.5:  # what image_features writes: every stored feature (feature_values, migration 009)
+        return {name: rng.gauss(120, 30) if name != "red_mean" else rng.gauss(100, 40) for name in FEATURE_NAMES}
     features = {"brightness_mean": rng.gauss(120, 30), "red_mean": rng.gauss(100, 40), "flat": 7.0,
                 "height": float(rng.choice((8, 16, 32)))}
     if rng.random() < 0.2:
