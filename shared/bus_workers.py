@@ -56,15 +56,28 @@ def _idle(sub: Any) -> bool:
     return limiter.value == sub.max_workers and sub.receive_stream.statistics().current_buffer_used == 0
 
 
+async def _drain_subscription(subscription: Any) -> None:
+    """nats-py's drain: UNSUB at the server, then every message already delivered passed to the callback."""
+    try:
+        with contextlib.suppress(nats.errors.Error):
+            await subscription.drain()
+    except asyncio.CancelledError:
+        # out of time: end it as an unsubscribe would (nats-py 2.x; the UNSUB is already sent), or the connection's
+        # own drain at the broker's stop would wait for it another 30 s
+        subscription._stop_processing()
+        subscription._conn._remove_sub(subscription._id)
+        raise
+
+
 async def _drain(sub: Any) -> None:
     subscription = sub.subscription
     if subscription is not None:
+        # ours to end from here, even when the drain times out: FastStream's own stop must not unsubscribe it again
+        # (nats-py raises on a drained subscription, and the broker's stop would fail)
+        sub.subscription = None
         # UNSUB at the server, then wait until every message already delivered was passed to the subscriber's
         # callback (for a one-at-a-time subscriber that is handling it; a concurrent one buffers it)
-        with contextlib.suppress(nats.errors.Error):
-            await subscription.drain()
-        # drained: FastStream's own stop must not unsubscribe it again (nats-py raises on a closed subscription)
-        sub.subscription = None
+        await _drain_subscription(subscription)
     # a concurrent subscriber: what it buffered is started within a turn of the loop, so idle twice in a row
     # (a loop turn apart) means nothing is left
     while True:
@@ -126,8 +139,6 @@ class ConcurrentCallback:
 
 async def drain_raw(subscription: Any, callback: ConcurrentCallback, timeout: float) -> None:
     """Stop a raw subscription taking messages and answer every one it took (see `drain_commands`)."""
-    try:
-        await asyncio.wait_for(subscription.drain(), timeout)
-    except (nats.errors.Error, TimeoutError):
-        pass
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(_drain_subscription(subscription), timeout)
     await callback.wait(timeout)
