@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import uuid
 
 import click
 
@@ -38,6 +39,25 @@ def _args(raw: str | None) -> dict:
     return value
 
 
+class _Id(click.ParamType):
+    """An orchestration, task or run id: a UUID, refused before anything is sent with where to find one (the
+    server's answer named its own field, `id: Input should be a valid UUID`, not the argument)."""
+
+    name = "uuid"
+
+    def __init__(self, lister: str) -> None:
+        self.lister = lister
+
+    def convert(self, value, param, ctx):
+        try:
+            return str(uuid.UUID(str(value)))
+        except ValueError:
+            self.fail(f"{value!r} is not an id (a UUID; {self.lister} lists them)", param, ctx)
+
+
+ORCHESTRATION_ID = _Id("`railyard orchestrations list`")
+TASK_ID = _Id("`railyard tasks list`")
+RUN_ID = _Id("`railyard tasks runs TASK_ID`")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of a table.")
 workspace_option = click.option("--workspace", "-w", help="Workspace name or id (default: as for every command).")
 ORCH_COLUMNS = ["id", "name", "status", "sha", "reason", "created_at"]
@@ -79,7 +99,7 @@ def tasks_app() -> None:
 
 
 @tasks_app.command("run")
-@click.argument("orchestration_id")
+@click.argument("orchestration_id", type=ORCHESTRATION_ID)
 @click.option("--args", "raw_args", help="JSON object the run's task_args() returns.")
 @click.option("--name", help="A name for the task.")
 @click.option("--timeout", type=int, help="Seconds a run may take before it is stopped.")
@@ -106,7 +126,7 @@ def run(orchestration_id: str, raw_args: str | None, name: str | None, timeout: 
 
 
 @tasks_app.command("schedule")
-@click.argument("orchestration_id")
+@click.argument("orchestration_id", type=ORCHESTRATION_ID)
 @click.argument("cron")
 @click.option("--args", "raw_args", help="JSON object the runs' task_args() returns.")
 @click.option("--name", help="A name for the task.")
@@ -132,7 +152,7 @@ def list_tasks(workspace: str | None, as_json: bool) -> None:
 
 
 @tasks_app.command("kill")
-@click.argument("task_id")
+@click.argument("task_id", type=TASK_ID)
 @workspace_option
 @json_option
 def kill(task_id: str, workspace: str | None, as_json: bool) -> None:
@@ -142,7 +162,7 @@ def kill(task_id: str, workspace: str | None, as_json: bool) -> None:
 
 
 @tasks_app.command("runs")
-@click.argument("task_id")
+@click.argument("task_id", type=TASK_ID)
 @click.option("--status", type=click.Choice(["all", "queued", "running", "failure", "success"]), default="all")
 @click.option("--limit", type=int, help="At most this many runs.")
 @workspace_option
@@ -154,10 +174,10 @@ def runs(task_id: str, status: str, limit: int | None, workspace: str | None, as
 
 
 @tasks_app.command("logs")
-@click.argument("run_id")
+@click.argument("run_id", type=RUN_ID)
 @click.option("--lines", "-n", type=int, help="Only the last N lines.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run has finished.")
-@click.option("--task", "task_id", help="With --follow: the run's task (to know when it has finished).")
+@click.option("--task", "task_id", type=TASK_ID, help="With --follow: the run's task (to know when it has finished).")
 @workspace_option
 @json_option
 def logs(run_id: str, lines: int | None, follow: bool, task_id: str | None, workspace: str | None,

@@ -99,6 +99,7 @@ def test_in_task_and_task_args_read_the_task_environment(tmp_path):
     (["models", "list"], 3, "not logged in"),
     (["infer", "p", "missing.parquet"], 2, "no such file: missing.parquet"),
     (["login"], 3, "no embedded stack secrets in .railyard: give --data-dir (the folder `railyard up` used)"),
+    (["tasks", "logs", "999"], 2, "'RUN_ID': '999' is not an id (a UUID; `railyard tasks runs TASK_ID` lists them)"),
 ])
 def test_the_command_fails_with_one_line_and_an_exit_code(argv, code, text, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
