@@ -20,7 +20,7 @@ from shared.settings import Settings
 
 IMAGE = "railyard"  # the image of deploy/Dockerfile; kustomization.yaml's `images:` maps it to a registry's
 DATA_DIR = "/var/lib/railyard"
-PROBE_DIR = "/tmp/railyard-probes"
+PROBE_DIR = "/var/lib/railyard/probes"
 SERVICE_UID = 10001  # the image's `railyard` user (deploy/Dockerfile)
 SECRET_NATS = "railyard-nats"  # one key per bus identity (deploy/nats-permissions.json)
 SECRET_S3 = "railyard-s3"  # access-key, secret-key

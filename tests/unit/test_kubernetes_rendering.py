@@ -50,7 +50,7 @@ def _deployer_environ() -> dict[str, str]:
             "RAILYARD_NATS__ENGINE_PASSWORD": SECRET_VALUES[1], "RAILYARD_DB_PASSWORD__DEPLOYER": SECRET_VALUES[2],
             "RAILYARD_POSTGRES__DSN": f"postgresql://railyard_deployer:{SECRET_VALUES[2]}@postgres:5432/railyard",
             "RAILYARD_AUTH__CLIENT_SECRET_KEY": SECRET_VALUES[3], "RAILYARD_S3__SECRET_KEY": SECRET_VALUES[4],
-            "RAILYARD_S3__ENDPOINT": "minio:9000", "RAILYARD_PROBE_DIR": "/tmp/railyard-probes",
+            "RAILYARD_S3__ENDPOINT": "minio:9000", "RAILYARD_PROBE_DIR": "/var/lib/railyard/probes",
             "RAILYARD_SANDBOX__MEMORY_MB": "2048", "RAILYARD_LOGS__ENGINE_FLUSH_MS": "15"}
 
 
@@ -101,7 +101,7 @@ def test_a_replica_set_renders_valid_objects_with_no_secret_value(monkeypatch):
     assert not [e for e in container["env"] if e["name"].startswith(("RAILYARD_POSTGRES", "RAILYARD_DB_PASSWORD"))]
     assert replica.sandbox.memory_mb == 2048 and replica.logs.engine_flush_ms == 15
     assert replica.s3.endpoint == "minio:9000" and replica.env == "production"
-    assert str(replica.probe_dir) == "/tmp/railyard-probes"
+    assert str(replica.probe_dir) == "/var/lib/railyard/probes"
     railyard = {e["name"] for e in container["env"] if e["name"].startswith("RAILYARD_")}
     assert railyard <= env_names(), "a rendered variable no setting reads"
 
@@ -172,7 +172,7 @@ def test_a_run_with_its_own_requirements_is_not_rendered():
 def test_the_fetch_step_refuses_what_is_not_a_sha256():
     from services.task_scheduler.fetch_orchestration import main
 
-    assert main(["../../etc/passwd", "/tmp/x.zip"]) == 2
+    assert main(["../../etc/passwd", "x.zip"]) == 2
     assert main([SHA]) == 2
 
 

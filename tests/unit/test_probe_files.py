@@ -57,5 +57,5 @@ async def test_a_check_that_raises_is_not_ready_and_does_not_stop_liveness(tmp_p
 def test_the_probe_folder_is_off_unless_set(monkeypatch):
     monkeypatch.delenv("RAILYARD_PROBE_DIR", raising=False)
     assert Settings().probe_dir is None
-    monkeypatch.setenv("RAILYARD_PROBE_DIR", "/tmp/railyard-probes")
-    assert str(Settings().probe_dir) == "/tmp/railyard-probes"
+    monkeypatch.setenv("RAILYARD_PROBE_DIR", "/var/lib/railyard/probes")
+    assert str(Settings().probe_dir) == "/var/lib/railyard/probes"
