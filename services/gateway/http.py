@@ -230,9 +230,14 @@ def create_app(runtime: Runtime) -> FastAPI:
         return error_response(exc)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> Response:
-        err = RailyardError("no such route" if exc.status_code == 404 else str(exc.detail),
-                            code=HTTP_CODES.get(exc.status_code, "http_error"))
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        message = str(exc.detail)
+        if exc.status_code == 404:  # a mistyped path or method: say where the routes are listed
+            message = f"no such route: {request.method} {request.url.path} (the routes are listed at {API}/docs)"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow") or "another method"
+            message = f"{request.method} is not allowed on {request.url.path}: use {allowed} (routes: {API}/docs)"
+        err = RailyardError(message, code=HTTP_CODES.get(exc.status_code, "http_error"))
         err.status = exc.status_code
         response = error_response(err)
         response.headers.update(exc.headers or {})

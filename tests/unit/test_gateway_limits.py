@@ -159,3 +159,23 @@ async def test_the_public_client_spends_no_shared_bucket():
         # made-up secrets get buckets of their own: they cannot spend the real callers'
         assert await error("203.0.113.4", auth=("api-client", "y")) == "invalid_request"
         assert await error("203.0.113.3", data={"client_id": "railyard-ui"}) == "invalid_request"
+
+
+def test_a_mistyped_path_or_method_says_what_to_do():
+    """A GET on a POST route (curl without -d) answered a bare "Method Not Allowed", an unknown path (the printed
+    API base URL itself) "no such route": both now say what was asked, what to use, and where routes are listed."""
+    from types import SimpleNamespace
+
+    from starlette.testclient import TestClient
+
+    from services.gateway.http import create_app
+    from shared.settings import Settings
+
+    client = TestClient(create_app(SimpleNamespace(settings=Settings(), extras={}, broker=None, objects=None)))
+    answer = client.get("/v1/api/pipelines/list")
+    assert answer.status_code == 405 and answer.headers["allow"] == "POST"
+    assert answer.json() == {"code": "method_not_allowed",
+                             "msg": "GET is not allowed on /v1/api/pipelines/list: use POST (routes: /v1/api/docs)"}
+    answer = client.get("/v1/api")
+    assert answer.status_code == 404 and answer.json() == {
+        "code": "not_found", "msg": "no such route: GET /v1/api (the routes are listed at /v1/api/docs)"}
