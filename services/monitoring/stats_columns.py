@@ -138,9 +138,9 @@ async def _predictions_data(conn: asyncpg.Connection, args: tuple, total: int) -
         f" array_agg(p.latency ORDER BY {_ORDER}) AS latency,"
         f" array_agg(p.shadow_latency ORDER BY {_ORDER}) AS shadow_latency,"
         f" array_agg(p.height ORDER BY {_ORDER}) AS height, array_agg(p.width ORDER BY {_ORDER}) AS width,"
-        " min(p.predicted_at) AS first, max(p.predicted_at) AS last,"
-        " count(*) FILTER (WHERE EXISTS (SELECT 1 FROM reviews r WHERE r.prediction_id = p.id)) AS reviewed"
-        f"{features} {where}", *args, *params)
+        " min(p.predicted_at) AS first, max(p.predicted_at) AS last, count(r.prediction_id) AS reviewed"
+        f"{features} FROM predictions p LEFT JOIN reviews r ON r.prediction_id = p.id WHERE {STATS_FILTERS}",
+        *args, *params)
     return await asyncio.to_thread(_predictions_data_values, row, names, hours, total)
 
 
