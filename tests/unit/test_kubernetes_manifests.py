@@ -359,7 +359,7 @@ def test_every_bus_identity_has_a_credential_wired_and_only_its_holder_reads_it(
     assert holders == expected  # `client` and `ops` are for people and other systems, no pod holds them
 
 
-def test_the_nats_config_is_the_permissions_file_and_a_valid_three_node_cluster(tmp_path):
+def test_the_nats_config_is_the_permissions_file_and_a_valid_three_node_cluster(tmp_path, monkeypatch):
     config_map = _one("ConfigMap", "nats-config")
     assert config_map["data"]["nats-auth.conf"] == bus_identities.render_authorization() == \
         bus_identities.AUTH_CONF.read_text(), "run `python -m shared.bus_identities`"
@@ -370,8 +370,14 @@ def test_the_nats_config_is_the_permissions_file_and_a_valid_three_node_cluster(
     routes = re.findall(r"nats://(nats-\d)\.(\S+):6222", conf)
     assert routes == [(f"nats-{i}", headless) for i in range(nats["spec"]["replicas"])] and len(routes) == 3
     assert "sync_interval: always" in conf and "max_payload: 8388608" in conf
+
+    # the bootstrap Job creates the platform's streams on every node of the cluster
+    from shared.bus import stream_configs
+
     streams = _pod_spec(_one("Job", "bus-streams"))["containers"][0]
-    assert _resolved_env(streams)["RAILYARD_NATS__STREAM_REPLICAS"] == "3"
+    bootstrap = _settings_of(streams, monkeypatch)
+    assert bootstrap.nats.user == "bootstrap" and streams["command"] == ["python", "-m", "shared.bus_streams"]
+    assert [c.num_replicas for c in stream_configs(bootstrap)] == [nats["spec"]["replicas"]] * 2
     # the real server parses it, with every password variable set (and refuses it when one is missing)
     binary = Path(sys.executable).with_name("nats-server")
     if not binary.exists():
