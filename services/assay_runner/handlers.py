@@ -315,6 +315,10 @@ async def run_interactive(deps: Deps, principal: Principal, token: str | None, c
         if window is not None:
             results.append(_result(p, cfg.id, baseline, window, started))
         start += timedelta(seconds=p.interval)
+    if not windows:  # a window is scored once it has ended: say when the first one does
+        raise InvalidRequest(f"no window has ended yet: the first ({cfg.window.width}) runs from {_iso(first)} to "
+                             f"{_iso(first + timedelta(seconds=p.width))}, after {_iso(limit)}; give an earlier "
+                             "window.start or a narrower window.width")
     if not results:
         raise InvalidRequest(f"no window from {_iso(first)} until {_iso(limit)} has logged values of "
                              f"{cfg.iopath!r} (pipeline {cfg.window.pipeline!r})")

@@ -177,6 +177,8 @@ def test_bad_assays_are_400_with_the_reason(stack, alice, drifted):
         ({"window": {**good["window"], "width": "3 fortnights"}}, "duration"),
         ({"window": {**good["window"], "start": "2001-01-01T00:00:00Z", "width": "1 hours"},
           "run_until": "2001-01-01T05:00:00Z"}, "no window", ("assays/run_interactive",)),
+        ({"window": {**good["window"], "start": iso(int(time.time() * 1000)), "width": "1 hours"}},
+         "no window has ended yet: the first (1 hours) runs from", ("assays/run_interactive",)),
         ({"baseline": {}}, "exactly one"),
     ]
     for change, words, *routes in cases:
