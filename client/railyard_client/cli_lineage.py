@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from railyard_client._lazy import pacsv, pq
+from railyard_client._lazy import pa, pacsv, pq
 from railyard_client.data import read_table, to_ipc_file
 from railyard_client.errors import InvalidInput
 from railyard_client.lineage import Lineage
@@ -129,6 +129,10 @@ def read(dataset_id: int, out: Path | None, limit: int, workspace: str | None, a
     elif suffix in (".arrow", ".feather", ".ipc"):
         out.write_bytes(to_ipc_file(table))
     elif suffix == ".csv":
+        nested = [f"{field.name} ({field.type})" for field in table.schema if pa.types.is_nested(field.type)]
+        if nested:  # pyarrow's own error ("unexpected ArrowInvalid: Unsupported Type") named neither
+            raise InvalidInput(f"CSV cannot hold the list or struct columns {', '.join(nested)}: write a .parquet or"
+                               " .arrow file instead")
         pacsv.write_csv(table, out)
     else:
         raise InvalidInput("--out must end with .parquet, .arrow or .csv")

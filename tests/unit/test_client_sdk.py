@@ -146,3 +146,21 @@ def test_the_cli_and_sdk_import_without_the_table_libraries():
             "t = data.dataframe_to_table(data.pd.DataFrame({'x': [1.0]})); print(t.num_rows, 'pyarrow' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", used], capture_output=True, text=True,
                           check=True).stdout.split() == ["1", "True"]
+
+
+def test_datasets_read_to_csv_refuses_list_columns_by_name(tmp_path, monkeypatch, capsys):
+    """A tensor column written with -o rows.csv failed as 'unexpected ArrowInvalid: Unsupported Type' (exit 1) and
+    left an empty file; it is now bad input naming the column and the formats that hold it, and writes nothing."""
+    from types import SimpleNamespace
+
+    from railyard_client import cli_lineage
+
+    table = pa.table({"tensor": [[0.1, 0.2]], "label": ["a"]})
+    monkeypatch.setattr(cli_lineage, "_lineage", lambda workspace: SimpleNamespace(read_rows=lambda _id: table))
+    out = tmp_path / "rows.csv"
+    assert cli.main(["datasets", "read", "1", "-o", str(out)]) == 2
+    assert "CSV cannot hold the list or struct columns tensor (list<item: double>): write a .parquet or .arrow" \
+        in capsys.readouterr().err
+    assert not out.exists()
+    assert cli.main(["datasets", "read", "1", "-o", str(tmp_path / "rows.parquet")]) == 0
+    assert pq.read_table(tmp_path / "rows.parquet").equals(table)
