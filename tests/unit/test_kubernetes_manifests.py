@@ -1,12 +1,14 @@
 """deploy/kubernetes/: the manifests parse, validate against the Kubernetes OpenAPI schemas (offline, through
 kubernetes-validate), agree with the code (services, settings, bus identities, database roles, image, ports) and
 keep the trust boundary on the network. No cluster: the kustomization is applied here as kustomize would for what
-it uses (namespace, labels on objects and pod templates, the ConfigMap generator, the image)."""
+it uses (namespace, labels on objects and pod templates, the ConfigMap generator, the image), and compared with the
+real kustomize's build where `kubectl` is installed."""
 
 from __future__ import annotations
 
 import importlib
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +55,8 @@ def _build() -> list[dict[str, Any]]:
         if obj["kind"] in WORKLOADS:
             template = obj["spec"]["template"]
             template["metadata"]["labels"] = {**template["metadata"]["labels"], **labels}
+            for claim in obj["spec"].get("volumeClaimTemplates", []):
+                claim["metadata"]["labels"] = {**claim["metadata"].get("labels", {}), **labels}
             for container in _containers(obj):
                 container["image"] = images.get(container["image"], container["image"])
     return objects
@@ -135,6 +139,21 @@ def test_every_object_validates_against_the_kubernetes_schemas(version):
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
             pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} at {'.'.join(map(str, exc.path))}: {exc.message}")
+
+
+def test_kustomize_builds_the_same_objects():
+    """The real kustomize (`kubectl kustomize`, Debian's kubectl on this project's machines) builds what the tests
+    above check, but for the generated ConfigMap's name hash and the references kustomize rewrites to it."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    built = subprocess.run([kubectl, "kustomize", str(KUBE)], capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stderr
+    text = built.stdout
+    for generator in _kustomization()["configMapGenerator"]:
+        text = re.sub(rf"\b{generator['name']}-[a-z0-9]{{10}}\b", generator["name"], text)
+    real = {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(text) if o}
+    assert real == {(o["kind"], o["metadata"]["name"]): o for o in OBJECTS}
 
 
 def test_the_validator_refuses_a_broken_object():
