@@ -1,5 +1,5 @@
 """Command subscribers answer several commands of one subject at once (`RAILYARD_NATS__COMMAND_WORKERS`), and a
-service's stop still answers every command it took (docs/operations.md "Commands at once").
+service's stop still answers every command it took (docs/architecture.md "Commands at once").
 
 The slow command is a real one: `pipelines/create` of an existing pipeline waits for the pipeline's advisory lock
 (services/deployer/store.py), which the test holds from its own PostgreSQL connection."""
