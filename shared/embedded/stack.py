@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -159,6 +160,14 @@ class EmbeddedStack:
         self.secrets: Secrets | None = None
         self.new_secrets: list[str] = []
 
+    def command(self, name: str) -> str:
+        """`railyard NAME` as a user should type it for this stack: with --data-dir unless the data directory is
+        .railyard in the current directory, which the command finds by itself (`railyard up --data-dir` sets
+        RAILYARD_STACK__DATA_DIR in this process only, not in the user's shell)."""
+        if self.data_dir == Path(".railyard").resolve():
+            return f"railyard {name}"
+        return f"railyard {name} --data-dir {shlex.quote(str(self.data_dir))}"
+
     # --- start ---------------------------------------------------------------------------------
 
     def prepare(self) -> None:
@@ -168,7 +177,7 @@ class EmbeddedStack:
         running = read_state(self.data_dir)
         if running and pid_alive(running.get("supervisor_pid", 0)):
             raise StackError(f"a stack is already running for {self.data_dir} (pid {running['supervisor_pid']});"
-                             " `railyard down` stops it")
+                             f" `{self.command('down')}` stops it")
         self.secrets, self.new_secrets = Secrets.load_or_create(self.data_dir / "secrets.json")
 
     def server_specs(self, pg_user: str | None) -> list[ServerSpec]:
@@ -426,9 +435,10 @@ class EmbeddedStack:
             lines.append(f"  Log in   user {values['admin_username']}, client {values['client_id']};"
                          " password and secret in the secrets file")
         lines += [
-            "           `railyard login` signs in with them; `railyard token` prints a bearer token.",
+            f"           `{self.command('login')}` signs in with them; `railyard token` prints a bearer token.",
             "           The UI signs in with the user and password only (its client is public: no secret).",
-            "Ctrl-C here, or `railyard down`, stops everything; `railyard status` shows every component.",
+            f"Ctrl-C here, or `{self.command('down')}`, stops everything; `{self.command('status')}` shows every"
+            " component.",
         ]
         return "\n".join(lines)
 

@@ -164,3 +164,21 @@ def test_datasets_read_to_csv_refuses_list_columns_by_name(tmp_path, monkeypatch
     assert not out.exists()
     assert cli.main(["datasets", "read", "1", "-o", str(tmp_path / "rows.parquet")]) == 0
     assert pq.read_table(tmp_path / "rows.parquet").equals(table)
+
+
+def test_the_start_banner_names_the_data_dir_the_commands_need(tmp_path, monkeypatch):
+    """`railyard up --data-dir D` printed "`railyard login` signs in with them", but `railyard login` alone reads
+    ./.railyard and failed; the banner now prints each command as it must be typed for that stack."""
+    from shared.embedded.servers import Secrets
+    from shared.embedded.stack import EmbeddedStack
+    from shared.settings import Settings
+
+    monkeypatch.chdir(tmp_path)
+    for folder, expected in ((tmp_path / "elsewhere", f"railyard login --data-dir {tmp_path / 'elsewhere'}"),
+                             (tmp_path / ".railyard", "railyard login")):
+        monkeypatch.setenv("RAILYARD_STACK__DATA_DIR", str(folder))
+        stack = EmbeddedStack(Settings())
+        stack.secrets, stack.new_secrets = Secrets.load_or_create(tmp_path / f"{folder.name}.json")
+        banner = stack.banner(1.0)
+        assert f"`{expected}` signs in with them" in banner
+        assert f"`{expected.replace('login', 'down')}`, stops everything" in banner
