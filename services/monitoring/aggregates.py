@@ -1,15 +1,18 @@
 """get_stats' pre-aggregation: the predicted labels of a deployment counted per UTC hour, champion model version and tag
-set (`prediction_hours`, kept by triggers in migrations/008_prediction_hours.sql in the same transaction as each
-prediction row, so it never lags and never needs a sweep). AGGREGATED_LABEL_DISTRIBUTION reads it instead of every
-prediction: the hours entirely inside the asked window come from the table, the partial hours at its two ends from
-the predictions themselves (a few rows), so the answer is exactly the recomputed one, for any `since` /
+set, kept by triggers in the same transaction as each prediction row (migrations/008_prediction_hours.sql,
+010_prediction_hour_deltas.sql), so it never lags: each statement writing or deleting predictions adds its counts to
+`prediction_hour_deltas` (insert-only: concurrent writers never wait for each other), HourFold moves them into
+`prediction_hours` every minute, and a read sums both in one snapshot. AGGREGATED_LABEL_DISTRIBUTION reads them
+instead of every prediction: the hours entirely inside the asked window come from the tables, the partial hours at its
+two ends from the predictions themselves (a few rows), so the answer is exactly the recomputed one, for any `since` /
 `from_timestamp` / `to_timestamp`, `model_version` and `tags`. `includes` / `excludes` (prediction ids) cannot use
-it: get_stats computes from the rows then, as every other ServiceMetrics does (docs/monitoring.md,
-"Pre-aggregation", says why the others are not aggregated)."""
+it: get_stats computes from the rows then (docs/monitoring.md, "Pre-aggregation", says why the other values are read
+from their columns, stats_columns.py, rather than aggregated)."""
 
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +21,12 @@ import asyncpg
 
 from services.monitoring import stats
 from services.monitoring.feedback_store import loads
+from shared.background import Sweeper
+
+log = logging.getLogger("railyard.monitoring.aggregates")
+
+FOLD_EVERY_SECONDS = 60.0
+"""How often HourFold moves the deltas into prediction_hours (a read sums what is not folded yet: slower, as exact)."""
 
 AGGREGATED = {"AGGREGATED_LABEL_DISTRIBUTION"}
 """The ServiceMetrics values answered from prediction_hours."""
@@ -63,7 +72,9 @@ async def label_counts(pool: asyncpg.Pool, deployment_id: int, *, model_name: st
         if hours is not None:
             # summed in the database: one row per label comes back, not one per hour
             row = await conn.fetchrow(
-                "WITH hours AS (SELECT predictions, labels FROM prediction_hours WHERE deployment_id = $1"
+                "WITH hours AS (SELECT predictions, labels FROM (SELECT deployment_id, hour, model_version, tags,"
+                " predictions, labels FROM prediction_hours UNION ALL SELECT deployment_id, hour, model_version, tags,"
+                " predictions, labels FROM prediction_hour_deltas) kept WHERE deployment_id = $1"
                 + _FILTERS.format(t="") + " AND ($5::timestamptz IS NULL OR hour >= $5) AND ($6::timestamptz IS NULL"
                 " OR hour < $6)) SELECT (SELECT coalesce(sum(predictions), 0) FROM hours) AS predictions,"
                 " (SELECT coalesce(jsonb_object_agg(key, n), '{}') FROM (SELECT key, sum(value::bigint) AS n FROM"
@@ -88,3 +99,21 @@ def compute(service: str, total: int, counts: Counter, reference: dict[str, Any]
     """The ServiceMetrics value from the counts (the same arithmetic stats.compute applies to rows)."""
     assert service == "AGGREGATED_LABEL_DISTRIBUTION"
     return stats.label_distribution(total, counts, reference)
+
+
+async def fold(pool: asyncpg.Pool) -> int:
+    """Move every delta into prediction_hours (fold_prediction_hours: one fold at a time); the hour rows written."""
+    return int(await pool.fetchval("SELECT fold_prediction_hours()"))
+
+
+class HourFold(Sweeper):
+    """Runs `fold` every FOLD_EVERY_SECONDS (a failed fold leaves the deltas, which reads still count)."""
+
+    task_name = "prediction-hour-fold"
+    every, log, failure = FOLD_EVERY_SECONDS, log, "folding the prediction hour deltas failed"
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def sweep(self) -> int:
+        return await fold(self.pool)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from faststream.nats import NatsRouter
 
-from services.monitoring import continuous, feedback, handlers, predictions, reference, staging_sweep
+from services.monitoring import aggregates, continuous, feedback, handlers, predictions, reference, staging_sweep
 from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import CallContext, command
@@ -99,8 +99,10 @@ async def start(runtime: Runtime) -> None:
                                    timeout=timeout, deploy_timeout=timeout + settings.registry.worker_timeout,
                                    objects=runtime.objects, max_image_bytes=settings.monitoring.max_image_bytes)
     sweep = staging_sweep.StagedImageSweep(runtime.objects)
-    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, staging_sweep=sweep)
+    fold = aggregates.HourFold(runtime.db)
+    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, staging_sweep=sweep, hour_fold=fold)
     sweep.start()
+    fold.start()
     await feedback.start(runtime)
     await continuous.start(runtime)
 
@@ -108,6 +110,8 @@ async def start(runtime: Runtime) -> None:
 async def stop(runtime: Runtime) -> None:
     if (sweep := runtime.extras.get("staging_sweep")) is not None:
         await sweep.stop()
+    if (fold := runtime.extras.get("hour_fold")) is not None:
+        await fold.stop()
     await continuous.stop(runtime)
     await feedback.stop(runtime)
     feed = runtime.extras.get("verifier_feed")

@@ -64,8 +64,15 @@ async def _compare(stack) -> None:
             await conn.executemany(
                 "INSERT INTO predictions (id, deployment_id, workspace_id, origin, kind, prediction, model_version,"
                 " tags, predicted_at, height, width, content_type, image_sha256, features) VALUES ($1, $2, $3, $4,"
-                " $5, $6, $7, $8, $9, 32, 32, 'image/png', '0', '{}')", rows + other)
-            deleted = [r[0] for r in rows[::9]]  # a deleted prediction leaves the hours too
+                " $5, $6, $7, $8, $9, 32, 32, 'image/png', '0', '{}')", rows[:300] + other)
+            # many rows in one statement: one delta per key for all of them (migration 010)
+            await conn.copy_records_to_table(
+                "predictions", schema_name="monitoring",
+                records=[(*r, 32, 32, "image/png", "0", "{}") for r in rows[300:]],
+                columns=["id", "deployment_id", "workspace_id", "origin", "kind", "prediction", "model_version", "tags",
+                         "predicted_at", "height", "width", "content_type", "image_sha256", "features"])
+            assert await aggregates.fold(pool) > 0  # what is counted so far moves into prediction_hours
+            deleted = [r[0] for r in rows[::9]]  # a deleted prediction leaves the hours too (a delta not yet folded)
             await conn.execute("DELETE FROM predictions WHERE id = ANY($1::uuid[])", deleted)
         training = {"labels": {"counts": {"1": 3, "3": 1}, "proportions": {"1": 0.75, "3": 0.25}}}
         some = moments[17]
@@ -110,10 +117,12 @@ async def _compare(stack) -> None:
         async with pool.acquire() as conn:
             await conn.execute("DELETE FROM predictions WHERE deployment_id = ANY($1::int[])",
                                [deployment, deployment + 1])
+            await aggregates.fold(pool)
             leftover = await conn.fetch("SELECT labels FROM prediction_hours WHERE deployment_id = $1 AND"
-                                        " predictions <> 0", deployment)
+                                        " predictions <> 0 UNION ALL SELECT labels FROM prediction_hour_deltas"
+                                        " WHERE deployment_id = $1", deployment)
         await pool.close()
-    assert leftover == []  # every prediction deleted: nothing counted
+    assert leftover == []  # every prediction deleted and folded: nothing counted, no delta left
 
 
 def test_the_hour_plan_splits_a_window_into_whole_and_partial_hours():
