@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -30,6 +31,10 @@ HOOKS = REPO / "tests" / "fuzz_api_hooks.py"
 # the token endpoint is form-encoded and rate-limited per source; generating passwords for it only fills the
 # lockout table (its own tests are tests/integration/test_auth.py). Everything else is fuzzed.
 EXCLUDED_PATHS = r"^/auth/"
+# what services log for an error nobody handled: the bus and the gateway (shared/bus.py, services/gateway/http.py),
+# and asyncio for a background task's or callback's
+UNHANDLED = ("unhandled error", "Task exception was never retrieved", "Exception in callback")
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d[ T]\d\d:")  # a service log line's start (shared/service.py's format)
 
 
 def admin_client(stack):
@@ -46,6 +51,30 @@ def alive(stack) -> bool:
     """Whether the stack's supervisor still runs and every service answers its health check."""
     status, _ = stack.health()
     return stack.process.poll() is None and status == 200
+
+
+def unhandled_errors(data_dir: Path, report_dir: Path) -> int:
+    """Errors the services logged as unhandled while the run went on (a handler that failed after answering, a
+    background task): each is a finding even when no answer was a 5xx. Prints each distinct one with where it was
+    raised, copies the logs that hold them to the report directory, and returns how many there were."""
+    found: dict[tuple[str, str], int] = {}
+    for log in sorted((data_dir / "logs").glob("*.log")):
+        text = log.read_text(errors="replace")
+        blocks = [block for marker in UNHANDLED for block in text.split(marker)[1:]]
+        if not blocks:
+            continue
+        (report_dir / f"unhandled-{log.name}").write_text(text)
+        for block in blocks:
+            lines = block.splitlines()[1:]
+            end = next((i for i, line in enumerate(lines) if LOG_LINE.match(line)), len(lines))
+            trace = [line for line in lines[:end] if line.strip()]
+            raised = next((line.strip() for line in reversed(trace) if line.startswith("  File ")), "?")
+            last = next((line for line in reversed(trace) if not line.startswith(" ")), block.splitlines()[0])
+            key = (log.stem, f"{raised} -> {last[:300]}")
+            found[key] = found.get(key, 0) + 1
+    for (service, what), count in sorted(found.items()):
+        print(f"UNHANDLED in {service} ({count}x): {what}", flush=True)
+    return sum(found.values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"reports in {args.report_dir}", flush=True)
             if not alive(stack):
                 print((data_dir.parent / f"{data_dir.name}-up.log").read_text()[-4000:])
+                code = code or 1
+            if unhandled_errors(data_dir, Path(args.report_dir)):
                 code = code or 1
             return code
         finally:

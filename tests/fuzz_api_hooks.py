@@ -45,7 +45,9 @@ FIELDS = {
     "orch_id": "orchestration_id", "orchestration_id": "orchestration_id", "task_id": "task_id",
     "input_task_id": "task_id", "output_task_id": "task_id", "project_id": "project_id",
     "version_id": "version_id", "connection_id": "connection_id", "registry_id": "registry_id",
+    "report_id": "report_id", "prediction_id": "prediction_id",
 }
+LISTS = {"user_ids": "user_id", "report_ids": "report_id"}  # a list of the one seeded id
 # `id` and `name` mean what the route is about
 IDS = [(re.compile(r"/models/get(_by_id)?$"), "model_pk"), (re.compile(r"/models/\w*registr"), "registry_id"),
        (re.compile(r"/assays/"), "assay_id"), (re.compile(r"/connections/"), "connection_id"),
@@ -95,8 +97,8 @@ def _field(route: str, key: str, current: Any, in_model_ref: bool, salt: int) ->
         return "dataset_ids"
     if key == "sha":
         return "orchestration_sha" if route.startswith("/task/") else "model_sha"
-    if key == "user_ids":
-        return "user_ids"
+    if key in LISTS:
+        return key
     if key == "id":
         return next((seed for pattern, seed in IDS if pattern.search(route)), None)
     if key == "name":
@@ -111,8 +113,8 @@ def _aim(route: str, value: Any, salt: int, in_model_ref: bool = False) -> Any:
         out = {}
         for key, item in value.items():
             seed = _field(route, key, item, in_model_ref, salt)
-            if seed == "user_ids":
-                out[key] = [SEEDS["user_id"]]
+            if seed in LISTS:
+                out[key] = [SEEDS[LISTS[seed]]]
             elif seed is not None and SEEDS.get(seed) is not None:
                 out[key] = _pick(seed, salt)
             else:

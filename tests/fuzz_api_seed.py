@@ -2,22 +2,27 @@
 
 Generated ids name nothing, so nearly every generated request stopped at a 404 before reaching a handler. `seed`
 creates one of each thing the API names, in the fuzz workspace, through the Python SDK as the stack's admin (the
-fuzzer's identity): a model, a deployed pipeline, an orchestration and a task of it, a project with a version and
-two datasets, an assay, a connection, a registry, an inference client. It returns their ids and names as plain
-JSON, which tests/fuzz_api_hooks.py (loaded into schemathesis's own environment) substitutes into a share of the
-generated requests.
+fuzzer's identity): a model, a deployed pipeline with a logged inference and a monitored prediction, an
+orchestration and a task of it, a project with a version and two datasets, a benchmark report, an assay, a
+connection, a registry, an inference client. It returns their ids and names as plain JSON, which
+tests/fuzz_api_hooks.py (loaded into schemathesis's own environment) substitutes into a share of the generated
+requests.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import zipfile
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 
+from shared.arrow_codec import tensor_array
 from shared.client import RailyardClient
-from tests.models import ccfraud_onnx
+from tests.image_models import squares_png
+from tests.models import ccfraud_onnx, sample_rows
 
 ORCHESTRATION_MAIN = "print('fuzz seed task')\n"
 
@@ -53,9 +58,18 @@ def seed(stack, admin: RailyardClient, workspace_id: int) -> dict[str, Any]:
     lineage = Lineage(sdk, workspace_id)
     project = lineage.create_project("fuzzproject")
     tabular = lineage.create_dataset(project["id"], "fuzzrows")
-    lineage.upload_rows(tabular["id"], pa.table({"x": [1, 2, 3]}))
+    rows = sample_rows(8, seed=2)
+    lineage.upload_rows(tabular["id"], pa.table({"tensor": tensor_array(rows), "label": ["0"] * 6 + ["1"] * 2}))
     images = lineage.create_dataset(project["id"], "fuzzimages", kind="images")
     version = lineage.create_version(project["id"], version_title="fuzz")
+    report = lineage.benchmark_classification("fuzzbench", [deployment.name], "label", "dense_1",
+                                              dataset_id=tabular["id"])
+    pipeline.infer(pd.DataFrame({"tensor": list(rows)}))  # a log to page through
+    image = base64.b64encode(squares_png({(0, 1): 255}, size=40)).decode()
+    prediction = admin.post("deployments/monitor", {
+        "deployment": deployment.name, "image": image, "content_type": "image/png", "filename": "fuzz.png",
+        "latency": 0.01, "height": 40, "width": 40,
+        "prediction": {"detection_classes": [1], "detection_scores": [0.9]}})
 
     connection = sdk.create_connection("fuzzconn", "HTTP", {"url": "http://127.0.0.1:9/"})
     registry = workspace.create_registry("fuzzregistry", "http://127.0.0.1:9/")
@@ -78,4 +92,5 @@ def seed(stack, admin: RailyardClient, workspace_id: int) -> dict[str, Any]:
         "version_id": version.get("id") or version.get("version_id"),
         "connection_id": connection.id, "connection_name": connection.name,
         "registry_id": registry.id,
+        "report_id": report["id"], "prediction_id": prediction["id"],
     }

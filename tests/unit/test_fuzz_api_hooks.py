@@ -21,7 +21,8 @@ SEEDS = {"workspace_id": 2, "user_id": "0f0f0f0f-1d87-4955-8157-24cf711aa824", "
          "task_id": "69c4f4ba-9d35-420d-8ec6-36a3a9003224", "run_id": "28566664-0394-4119-851b-89b5b726465f",
          "project_id": 9, "dataset_ids": [10, 11], "version_id": 12,
          "connection_id": "dfb66f51-1d9a-4e25-85bd-feb112c7a113", "connection_name": "fuzzconn",
-         "registry_id": "ebea822e-9b1f-4adb-bf90-eb7a534992e1"}
+         "registry_id": "ebea822e-9b1f-4adb-bf90-eb7a534992e1", "report_id": 13,
+         "prediction_id": "b3d2a083-8c5d-483b-bc67-0af75b9cd86c"}
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +72,9 @@ def test_the_fields_that_name_things_get_the_seeded_ones(hooks):
     infer = call(hooks, "/v1/api/pipelines/infer/{deployment}/{pipeline}", None, {"deployment": "", "pipeline": ""})
     assert infer.path_parameters == {"deployment": "fuzzpipe-7", "pipeline": "fuzzpipe"}
     assert call(hooks, "/v1/api/datasets/upload_rows", None, None, {"dataset_id": 0}).query["dataset_id"] in (10, 11)
+    assert call(hooks, "/v1/api/benchmarks/compare", {"report_ids": [1, 2, 3]}).body == {"report_ids": [13]}
+    review = call(hooks, "/v1/api/deployments/review_prediction", {"deployment": "", "prediction_id": "x"}).body
+    assert review == {"deployment": "fuzzpipe-7", "prediction_id": SEEDS["prediction_id"]}
     assert call(hooks, "/v1/api/pipelines/get", [1, {"pipeline_id": 0}]).body == [1, {"pipeline_id": 5}]
     assert call(hooks, "/v1/api/pipelines/get", "not json").body == "not json"
 
