@@ -105,7 +105,11 @@ class Session:
         self.password = password or (env.get(ENV_PASSWORD) if from_env else None)
         token = token or (env.get(ENV_TOKEN) if from_env else None)
         self.client_id = client_id or env.get(ENV_CLIENT_ID) or saved.get("client_id") or DEFAULT_CLIENT_ID
-        self.client_secret = client_secret or env.get(ENV_CLIENT_SECRET) or saved.get("client_secret")
+        # the saved tokens and secret belong to the saved client: another client (an inference client's id, given
+        # or in the environment) must not run as the saved user, nor borrow its secret
+        same_client = self.client_id == (saved.get("client_id") or DEFAULT_CLIENT_ID)
+        self.client_secret = client_secret or env.get(ENV_CLIENT_SECRET) or (
+            saved.get("client_secret") if same_client else None)
         self.saved_workspace = saved.get("workspace")
         self.http = httpx.Client(base_url=self.url, timeout=timeout)
         self.access_token: str | None = token
@@ -118,9 +122,9 @@ class Session:
         explicit_client = bool((client_id or env.get(ENV_CLIENT_ID)) and self.client_secret)
         if self.username and self.password:
             self.login(self.username, self.password)
-        elif explicit_client and not saved.get("access_token"):
+        elif explicit_client and not (same_client and saved.get("access_token")):
             self.login_client()  # an inference client: client_credentials tokens, inference routes only
-        elif saved.get("access_token"):
+        elif same_client and saved.get("access_token"):
             self.access_token = saved["access_token"]
             self.refresh_token = saved.get("refresh_token")
             self.expires_at = float(saved.get("expires_at") or 0)

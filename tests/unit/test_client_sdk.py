@@ -182,3 +182,39 @@ def test_the_start_banner_names_the_data_dir_the_commands_need(tmp_path, monkeyp
         banner = stack.banner(1.0)
         assert f"`{expected}` signs in with them" in banner
         assert f"`{expected.replace('login', 'down')}`, stops everything" in banner
+
+
+def test_an_inference_clients_id_and_secret_never_run_as_the_saved_user(tmp_path, monkeypatch):
+    """Client(url, client_id=<inference client>, client_secret=...) on a machine where `railyard login` had saved a
+    user's tokens ran as that user (the saved admin's token, all of its rights) instead of signing in as the
+    inference client; the same with RAILYARD_CLIENT_ID/SECRET. The saved tokens and secret belong to the saved
+    client only."""
+    from railyard_client.errors import ConfigurationError
+    from railyard_client.session import Session
+
+    for name in ("RAILYARD_CLIENT_URL", "RAILYARD_CLIENT_TOKEN", "RAILYARD_CLIENT_ID", "RAILYARD_CLIENT_SECRET",
+                 "RAILYARD_CLIENT_USERNAME", "RAILYARD_CLIENT_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    saved = tmp_path / "credentials.json"
+    saved.write_text(json.dumps({"url": "http://h:1", "client_id": "api-client", "client_secret": "api-secret",
+                                 "username": "admin", "access_token": "admin-token", "refresh_token": "r",
+                                 "expires_at": 9e99}))
+    grants = []
+
+    def grant(session, form):
+        grants.append((session.client_id, session.client_secret, form["grant_type"]))
+        session.access_token = f"{session.client_id}-token"
+
+    monkeypatch.setattr(Session, "_grant", grant)
+    given = Session("http://h:1", client_id="inference-1", client_secret="i-secret", credentials_file=saved)
+    assert (given.access_token, given.username, grants) == (
+        "inference-1-token", None, [("inference-1", "i-secret", "client_credentials")])
+    monkeypatch.setenv("RAILYARD_CLIENT_ID", "inference-2")
+    monkeypatch.setenv("RAILYARD_CLIENT_SECRET", "i2-secret")
+    assert Session(credentials_file=saved).access_token == "inference-2-token"
+    monkeypatch.delenv("RAILYARD_CLIENT_SECRET")
+    with pytest.raises(ConfigurationError):  # the saved secret is api-client's, not inference-2's
+        Session(credentials_file=saved)
+    monkeypatch.delenv("RAILYARD_CLIENT_ID")
+    assert Session(credentials_file=saved).access_token == "admin-token"  # the saved user, as before
+    assert len(grants) == 2
