@@ -21,7 +21,7 @@ from railyard_client import errors, session, tasks
 CLASSES = ("Client", "Workspace", "Model", "ModelVersion", "Registry", "Pipeline", "Deployment", "Assay",
            "Connection", "User")
 FUNCTIONS = ("in_task", "task_args")
-CONSTRUCTED = ("Client",)  # the other objects are handed out by the client, never built by users
+CONSTRUCTED = ("Client", "Lineage", "Orchestrations")  # the other objects are handed out by the client
 
 
 def documented_classes() -> list[str]:

@@ -49,6 +49,8 @@ class Lineage:
     """The lineage API of one workspace, over a `Client` (or anything with the client's session)."""
 
     def __init__(self, client: Any, workspace_id: int) -> None:
+        """`Lineage(client, client.current_workspace().id)`: the lineage API of that workspace, signed in as the
+        client is."""
         self._session = client._session
         self.workspace_id = int(workspace_id)
 

@@ -33,6 +33,8 @@ class Orchestrations:
     """The orchestrations, tasks and task runs of one workspace, over a `Client`."""
 
     def __init__(self, client: Any, workspace_id: int) -> None:
+        """`Orchestrations(client, client.current_workspace().id)`: the orchestrations, tasks and runs of that
+        workspace, signed in as the client is."""
         self._session = client._session
         self.workspace_id = int(workspace_id)
 
