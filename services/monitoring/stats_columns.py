@@ -7,7 +7,10 @@ for exactly its inputs, in stats.compute's order (predicted_at newest first, the
 arithmetic on them, so every answer is the recomputed one to the last bit (tested on the real database against
 stats.compute over the rows, tests/integration/test_monitoring_stats_aggregates.py):
 
-- the REVIEWS_* values read only the reviewed predictions (an inner join), and hand them to stats.compute itself;
+- REVIEWS_LABEL_DISTRIBUTION_STATS and REVIEWS_CLASSIFICATION_STATS count the labels and (true, predicted) top-class
+  pairs of the reviewed predictions in SQL, from labels stored with each prediction and review when it is written
+  (migrations/011_prediction_labels.sql: prediction_labels, stats.classes_of in SQL from migration 008), and
+  REVIEWS_OBJECT_DETECTION_STATS reads only the reviewed predictions (an inner join) for stats.compute itself;
 - AGGREGATED_OBJECT_DETECTION_STATS reads only the detection and segmentation predictions' boxes, and hands them to
   stats.compute itself;
 - AGGREGATED_PREDICTIONS_DATA reads each number as one array per column (array_agg over one sort: PostgreSQL 16 sorts
@@ -26,6 +29,7 @@ MAX_STATS_ROWS refusal as before."""
 from __future__ import annotations
 
 import asyncio
+import json
 import operator
 from collections import Counter
 from datetime import datetime
@@ -37,6 +41,7 @@ import asyncpg
 from services.monitoring import stats
 from services.monitoring.feedback_store import STATS_FILTERS, loads
 from shared.errors import InvalidRequest
+from shared.evaluation import classification_metrics
 
 if TYPE_CHECKING:
     import numpy as np
@@ -79,6 +84,10 @@ async def compute(pool: asyncpg.Pool, service: str, deployment_id: int, referenc
         if total > max_rows:
             raise InvalidRequest(f"more than {max_rows} predictions match: narrow them with from_timestamp / "
                                  "to_timestamp, since, tags or model_version")
+        if service == "REVIEWS_LABEL_DISTRIBUTION_STATS":
+            return total, await _review_labels(conn, args)
+        if service == "REVIEWS_CLASSIFICATION_STATS":
+            return total, await _review_classes(conn, args)
         if service.startswith("REVIEWS_"):
             rows = await _reviewed_rows(conn, args)
             # every REVIEWS_* value reads the reviewed rows only (stats.compute filters the others out first)
@@ -115,6 +124,58 @@ async def _reviewed_rows(conn: asyncpg.Connection, args: tuple) -> list[dict[str
         item["review"] = {"decision": item.pop("decision"), "ground_truth": item.pop("ground_truth")}
         out.append(item)
     return out
+
+
+_REVIEWED = ("WITH reviewed AS MATERIALIZED (SELECT p.kind, p.labels, p.shadow_labels, r.decision, r.truth_labels"
+             f" FROM predictions p JOIN reviews r ON r.prediction_id = p.id WHERE {STATS_FILTERS})")
+"""The reviewed predictions the filters keep with their stored labels (migration 011), for the values counted in
+SQL."""
+
+
+def _counts(value: Any) -> dict[str, int]:
+    return json.loads(value) if isinstance(value, str) else dict(value or {})
+
+
+async def _review_labels(conn: asyncpg.Connection, args: tuple) -> dict[str, Any]:
+    """REVIEWS_LABEL_DISTRIBUTION_STATS from the stored labels (stats.classes_of of the ground truth and of the
+    prediction) counted in SQL."""
+    row = await conn.fetchrow(
+        f"{_REVIEWED} SELECT (SELECT count(*) FROM reviewed) AS reviews,"
+        " (SELECT coalesce(jsonb_object_agg(label, n), '{}') FROM (SELECT label, count(*) AS n FROM reviewed,"
+        " unnest(truth_labels) AS label GROUP BY label) t) AS truth,"
+        " (SELECT coalesce(jsonb_object_agg(label, n), '{}') FROM (SELECT label, count(*) AS n FROM reviewed,"
+        " unnest(labels) AS label GROUP BY label) t) AS predicted", *args)
+    truth, predicted = Counter(_counts(row["truth"])), Counter(_counts(row["predicted"]))
+    return {"reviews": row["reviews"], "ground_truth": stats._distribution(truth),
+            "predicted": stats._distribution(predicted),
+            "difference": {k: predicted.get(k, 0) - truth.get(k, 0) for k in sorted({*truth, *predicted})}}
+
+
+async def _review_classes(conn: asyncpg.Connection, args: tuple) -> dict[str, Any]:
+    """REVIEWS_CLASSIFICATION_STATS from (true, predicted, shadow) top-class pair counts made in SQL: scikit-learn's
+    metrics depend on the pairs, not on their order, so the pairs expanded from the counts give the same numbers."""
+    decisions = await conn.fetchrow(
+        f"{_REVIEWED} SELECT count(*) AS reviews, count(*) FILTER (WHERE decision = 'accepted') AS accepted,"
+        " count(*) FILTER (WHERE decision = 'corrected') AS corrected FROM reviewed", *args)
+    pairs = await conn.fetch(
+        f"{_REVIEWED}, classes AS (SELECT truth_labels[1] AS truth, labels[1] AS champion, shadow_labels[1] AS shadow"
+        " FROM reviewed WHERE kind = 'classification')"
+        " SELECT truth, champion, shadow, count(*) AS n FROM classes WHERE truth IS NOT NULL AND champion IS NOT NULL"
+        " GROUP BY 1, 2, 3", *args)
+    return await asyncio.to_thread(_classification, decisions, pairs)
+
+
+def _classification(decisions: asyncpg.Record, pairs: list[asyncpg.Record]) -> dict[str, Any]:
+    truth, champion, shadow_truth, shadow = [], [], [], []
+    for pair in sorted(pairs, key=lambda p: (p["truth"], p["champion"], p["shadow"] or "")):
+        truth += [pair["truth"]] * pair["n"]
+        champion += [pair["champion"]] * pair["n"]
+        if pair["shadow"] is not None:
+            shadow_truth += [pair["truth"]] * pair["n"]
+            shadow += [pair["shadow"]] * pair["n"]
+    return {"reviews": decisions["reviews"], "accepted": decisions["accepted"], "corrected": decisions["corrected"],
+            "champion": classification_metrics(truth, champion),
+            "shadow": classification_metrics(shadow_truth, shadow)}
 
 
 # --- AGGREGATED_PREDICTIONS_DATA -------------------------------------------------------------------------
