@@ -144,12 +144,18 @@ def login(url: str | None, username: str | None, password: str | None, client_id
         password = env.get("RAILYARD_CLIENT_PASSWORD") or (
             secrets.get("admin_password") if username == secrets.get("admin_username") else None)
     if not (username and password):
+        if secrets and username:  # the stack's secrets hold its admin's password only
+            raise ConfigurationError(f"give --password for {username} (the secrets in {folder} hold only"
+                                     f" {secrets.get('admin_username')}'s)")
         raise ConfigurationError(f"no embedded stack secrets in {folder}: give --data-dir (the folder `railyard up`"
                                  " used) or --username and --password")
+    client_secret = client_secret or env.get("RAILYARD_CLIENT_SECRET") or secrets.get("client_secret")
+    if not client_secret:  # the SDK's own message names Client()'s argument, not the option
+        raise ConfigurationError(f"no client secret: give --client-secret or set RAILYARD_CLIENT_SECRET (no embedded"
+                                 f" stack secrets in {folder}; --data-dir names the folder `railyard up` used)")
     session = Session(url, username=username, password=password,
                       client_id=client_id or env.get("RAILYARD_CLIENT_ID") or secrets.get("client_id"),
-                      client_secret=client_secret or env.get("RAILYARD_CLIENT_SECRET") or secrets.get("client_secret"),
-                      credentials_file=Path(os.devnull))
+                      client_secret=client_secret, credentials_file=Path(os.devnull))
     path = write_credentials(session.credentials())
     session.close()
     if as_json:

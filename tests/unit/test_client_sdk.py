@@ -99,6 +99,7 @@ def test_in_task_and_task_args_read_the_task_environment(tmp_path):
     (["models", "list"], 3, "not logged in"),
     (["infer", "p", "missing.parquet"], 2, "no such file: missing.parquet"),
     (["login"], 3, "no embedded stack secrets in .railyard: give --data-dir (the folder `railyard up` used)"),
+    (["login", "--username", "u", "--password", "p"], 3, "no client secret: give --client-secret or set"),
     (["tasks", "logs", "999"], 2, "'RUN_ID': '999' is not an id (a UUID; `railyard tasks runs TASK_ID` lists them)"),
 ])
 def test_the_command_fails_with_one_line_and_an_exit_code(argv, code, text, tmp_path, monkeypatch, capsys):
@@ -218,3 +219,15 @@ def test_an_inference_clients_id_and_secret_never_run_as_the_saved_user(tmp_path
     monkeypatch.delenv("RAILYARD_CLIENT_ID")
     assert Session(credentials_file=saved).access_token == "admin-token"  # the saved user, as before
     assert len(grants) == 2
+
+
+def test_login_as_another_user_of_the_stack_asks_for_that_users_password(tmp_path, monkeypatch, capsys):
+    """`railyard login --username bob` next to a stack said its secrets were missing (they hold the admin's)."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    for name in ("RAILYARD_CLIENT_PASSWORD", "RAILYARD_CLIENT_USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "secrets.json").write_text(json.dumps(
+        {"admin_username": "admin", "admin_password": "a", "client_id": "api-client", "client_secret": "s"}))
+    assert cli.main(["login", "--data-dir", str(tmp_path / "data"), "--username", "bob"]) == 3
+    assert f"give --password for bob (the secrets in {tmp_path / 'data'} hold only admin's)" in capsys.readouterr().err
