@@ -160,6 +160,12 @@ class EmbeddedStack:
         self.secrets: Secrets | None = None
         self.new_secrets: list[str] = []
 
+    @property
+    def unshown_marker(self) -> Path:
+        """Present from the creation of the admin's password until a start printed it: a first start that
+        failed (a port in use) must not leave the next one to say only "in the secrets file"."""
+        return self.data_dir / "credentials-not-shown"
+
     def command(self, name: str) -> str:
         """`railyard NAME` as a user should type it for this stack: with --data-dir unless the data directory is
         .railyard in the current directory, which the command finds by itself (`railyard up --data-dir` sets
@@ -179,6 +185,8 @@ class EmbeddedStack:
             raise StackError(f"a stack is already running for {self.data_dir} (pid {running['supervisor_pid']});"
                              f" `{self.command('down')}` stops it")
         self.secrets, self.new_secrets = Secrets.load_or_create(self.data_dir / "secrets.json")
+        if "admin_password" in self.new_secrets:  # shown by the first start that comes up, not the first attempt
+            self.unshown_marker.touch(mode=0o600)
 
     def server_specs(self, pg_user: str | None) -> list[ServerSpec]:
         assert self.secrets is not None
@@ -425,7 +433,7 @@ class EmbeddedStack:
             f"  Token    {base}/auth/realms/master/protocol/openid-connect/token",
         ]
         values = self.secrets.values
-        if "admin_password" in self.new_secrets:
+        if "admin_password" in self.new_secrets or self.unshown_marker.exists():
             lines += [
                 "  Log in   first start: these are shown once (and kept in the secrets file above)",
                 f"             user {values['admin_username']}  password {values['admin_password']}",
@@ -496,6 +504,7 @@ def up(settings: Settings) -> int:
         stack.stop()
         return 0
     print(stack.banner(seconds), flush=True)
+    stack.unshown_marker.unlink(missing_ok=True)
     stack.run_forever()
     log_line("stopping")
     stack.stop()

@@ -169,7 +169,8 @@ def test_datasets_read_to_csv_refuses_list_columns_by_name(tmp_path, monkeypatch
 
 def test_the_start_banner_names_the_data_dir_the_commands_need(tmp_path, monkeypatch):
     """`railyard up --data-dir D` printed "`railyard login` signs in with them", but `railyard login` alone reads
-    ./.railyard and failed; the banner now prints each command as it must be typed for that stack."""
+    ./.railyard and failed; the banner now prints each command as it must be typed for that stack. A first start
+    that failed left the next one to print only "in the secrets file": it shows them until a start printed them."""
     from shared.embedded.servers import Secrets
     from shared.embedded.stack import EmbeddedStack
     from shared.settings import Settings
@@ -183,6 +184,12 @@ def test_the_start_banner_names_the_data_dir_the_commands_need(tmp_path, monkeyp
         banner = stack.banner(1.0)
         assert f"`{expected}` signs in with them" in banner
         assert f"`{expected.replace('login', 'down')}`, stops everything" in banner
+    # a first start that failed (a port in use) created the secrets; the next start still shows them, once
+    stack.new_secrets = []
+    assert stack.secrets.values["admin_password"] not in stack.banner(1.0)
+    stack.unshown_marker.parent.mkdir(parents=True, exist_ok=True)
+    stack.unshown_marker.touch()
+    assert f"password {stack.secrets.values['admin_password']}" in stack.banner(1.0)
 
 
 def test_an_inference_clients_id_and_secret_never_run_as_the_saved_user(tmp_path, monkeypatch):
