@@ -392,8 +392,11 @@ class EmbeddedStack:
                     child.signal(signal.SIGKILL)
                     child.wait(5)
                 child.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.state_path.unlink()
+        # only this supervisor's state: a start refused because a stack already runs for this data directory
+        # deleted that stack's state, and `railyard down`/`status` then said no stack was running
+        if (read_state(self.data_dir) or {}).get("supervisor_pid") == os.getpid():
+            with contextlib.suppress(FileNotFoundError):
+                self.state_path.unlink()
 
     # --- state ---------------------------------------------------------------------------------
 

@@ -238,3 +238,23 @@ def test_login_as_another_user_of_the_stack_asks_for_that_users_password(tmp_pat
         {"admin_username": "admin", "admin_password": "a", "client_id": "api-client", "client_secret": "s"}))
     assert cli.main(["login", "--data-dir", str(tmp_path / "data"), "--username", "bob"]) == 3
     assert f"give --password for bob (the secrets in {tmp_path / 'data'} hold only admin's)" in capsys.readouterr().err
+
+
+def test_a_refused_second_start_keeps_the_running_stacks_state(tmp_path, monkeypatch, capsys):
+    """`railyard up` on the data directory of a running stack said "already running", then deleted that stack's
+    run/stack.json on its way out: `railyard down` and `status` answered "no stack is running" and the stack was
+    left running with nothing to stop it."""
+    import os
+    import signal
+
+    from shared.embedded import stack as embedded
+    from shared.settings import Settings
+
+    state = tmp_path / "run" / "stack.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"supervisor_pid": os.getppid(), "components": {}}))  # a live process
+    monkeypatch.setenv("RAILYARD_STACK__DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # up() installs its handlers; not in pytest
+    assert embedded.up(Settings()) == 2
+    assert "a stack is already running" in capsys.readouterr().err
+    assert json.loads(state.read_text())["supervisor_pid"] == os.getppid()
