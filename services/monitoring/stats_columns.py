@@ -101,11 +101,13 @@ async def compute(pool: asyncpg.Pool, service: str, deployment_id: int, referenc
             return total, await _predictions_data(conn, args, total)
         assert reference is not None
         names = list(reference["features"])
-        columns = await _feature_columns(conn, args, names)
         if service == "AGGREGATED_DRIFTING_PREDICTIONS":
+            columns = await _feature_columns(conn, args, names)
             return total, await asyncio.to_thread(_drifting, columns, reference, total)
+        # the newest first, before _feature_columns turns the index scan off for the rest of the transaction
         listed = await conn.fetch(f"SELECT p.id, p.predicted_at FROM predictions p WHERE {STATS_FILTERS}"
                                   f" ORDER BY {_ORDER} LIMIT {int(stats.MAX_LISTED)}", *args)
+        columns = await _feature_columns(conn, args, names)
         return total, await asyncio.to_thread(_outlying, columns, reference, listed, total)
 
 
