@@ -783,7 +783,9 @@ async def remove_workspace_user(deps: AuthDeps, principal: Principal, cmd: Remov
     if str(target) != principal.user_id and role != "OWNER":
         raise Forbidden("only workspace owners may remove other users")
     async with deps.pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", cmd.workspace_id)
+        # the workspace's lock in a key space of its own (the deployer locks pipelines by id in the same database)
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('auth.workspace:' || $1::bigint, 0))",
+                           cmd.workspace_id)
         target_role = await store.role_in(conn, target, cmd.workspace_id)
         if target_role == "OWNER" and await store.owner_count(conn, cmd.workspace_id) <= 1:
             raise Conflict("cannot remove the last owner of a workspace")

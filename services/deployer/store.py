@@ -8,6 +8,10 @@ from typing import Any
 
 import asyncpg
 
+# a pipeline's advisory lock, in a key space of its own: every service shares the database, and auth locks its
+# workspaces by id too (a bare pg_advisory_xact_lock(id) made pipeline 7 and workspace 7 wait on each other)
+PIPELINE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('deployer.pipeline:' || $1::bigint, 0))"
+
 
 async def pipeline_by_name(pool: asyncpg.Pool | asyncpg.Connection, workspace_id: int,
                            name: str) -> asyncpg.Record | None:
@@ -40,7 +44,7 @@ async def create_pipeline_version(conn: asyncpg.Connection, workspace_id: int, n
         "INSERT INTO pipelines (workspace_id, name, owner_id) VALUES ($1, $2, $3)"
         " ON CONFLICT (workspace_id, name) DO UPDATE SET updated_at = now() RETURNING id",
         workspace_id, name, owner)
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", pipeline_id)
+    await conn.execute(PIPELINE_LOCK, pipeline_id)
     latest = await latest_version(conn, pipeline_id)
     if latest is not None and json.loads(latest["definition"]) == definition:
         return pipeline_id, latest["id"], latest["version"], False
@@ -80,7 +84,7 @@ async def active_deployments(pool: asyncpg.Pool) -> list[asyncpg.Record]:
 async def activate_deployment(conn: asyncpg.Connection, pipeline_id: int, version_id: int, deploy_id: str,
                               engine_config: dict[str, Any], spec: dict[str, Any]) -> int:
     """Deploy (or redeploy) the pipeline: its deployment keeps its id, so its inference URL stays the same."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", pipeline_id)
+    await conn.execute(PIPELINE_LOCK, pipeline_id)
     existing = await conn.fetchval(
         "SELECT id FROM deployments WHERE pipeline_id = $1 ORDER BY active DESC, id DESC LIMIT 1", pipeline_id)
     if existing is not None:

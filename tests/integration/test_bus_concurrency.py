@@ -48,11 +48,12 @@ def test_a_slow_command_does_not_hold_up_the_next_one_of_its_subject(stack, alic
         pool = ThreadPoolExecutor(2)
         loop = asyncio.get_running_loop()
         try:
-            await conn.execute("SELECT pg_advisory_lock($1)", pipeline_id)
+            key = await conn.fetchval("SELECT hashtextextended('deployer.pipeline:' || $1::bigint, 0)", pipeline_id)
+            await conn.execute("SELECT pg_advisory_lock($1)", key)
             held = loop.run_in_executor(pool, lambda: post(
                 stack, "pipelines/create", alice.token,
                 {"pipeline_id": slow, "workspace_id": alice.workspace_id, "definition": {"description": "v2"}}))
-            await _wait_for_lock_waiter(conn, pipeline_id)
+            await _wait_for_lock_waiter(conn, key)
             started = time.monotonic()
             fast = await loop.run_in_executor(pool, lambda: post(
                 stack, "pipelines/create", alice.token,
