@@ -301,8 +301,8 @@ async def deploy(deps: DeployerDeps, principal: Principal, token: str | None, cm
                        steps=[ReplicaStep.model_validate(step) for step in steps], engine_config=config)
     async with deps.pipeline_lock(pipeline["id"]):
         async with deps.pool.acquire() as conn, conn.transaction():
-            deployment_id = await store.activate_deployment(conn, pipeline["id"], version["id"], cmd.deploy_id,
-                                                            config, spec.model_dump(mode="json"))
+            deployment_id, _ = await store.activate_deployment(conn, pipeline["id"], version["id"], cmd.deploy_id,
+                                                               config, spec.model_dump(mode="json"))
         name = f"{cmd.deploy_id}-{deployment_id}"
         spec.deployment.id, spec.deployment.name = deployment_id, name
         try:
@@ -353,11 +353,13 @@ async def deployment_status(deps: DeployerDeps, principal: Principal, token: str
 async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, pipeline_id: int,
                    deployment_id: int) -> dict:
     pipeline = await _pipeline_for(deps, principal, token, pipeline_id)
-    row = await store.deployment(deps.pool, deployment_id)
-    if row is None or row["pipeline_id"] != pipeline["id"]:
-        raise NotFound(f"deployment {deployment_id} of pipeline {pipeline_id} not found")
-    name = f"{row['deploy_id']}-{row['id']}"
     async with deps.pipeline_lock(pipeline["id"]):
+        # the row inside the lock: a redeploy that ran while this waited may have renamed the deployment (a new
+        # deploy_id), and the name read before it would stop replicas that no longer exist, leaving the new ones
+        row = await store.deployment(deps.pool, deployment_id)
+        if row is None or row["pipeline_id"] != pipeline["id"]:
+            raise NotFound(f"deployment {deployment_id} of pipeline {pipeline_id} not found")
+        name = f"{row['deploy_id']}-{row['id']}"
         await store.deactivate(deps.pool, deployment_id)
         await deps.backend.stop(name)
     await deps.publish(subjects.EVENT_PIPELINE_UNDEPLOYED, PipelineUndeployed(

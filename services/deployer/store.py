@@ -82,23 +82,25 @@ async def active_deployments(pool: asyncpg.Pool) -> list[asyncpg.Record]:
 
 
 async def activate_deployment(conn: asyncpg.Connection, pipeline_id: int, version_id: int, deploy_id: str,
-                              engine_config: dict[str, Any], spec: dict[str, Any]) -> int:
-    """Deploy (or redeploy) the pipeline: its deployment keeps its id, so its inference URL stays the same."""
+                              engine_config: dict[str, Any], spec: dict[str, Any]) -> tuple[int, str | None]:
+    """Deploy (or redeploy) the pipeline: its deployment keeps its id, so its inference URL stays the same.
+    (deployment id, the deploy_id it had before: a redeploy may rename it, and the old name's replicas must go)."""
     await conn.execute(PIPELINE_LOCK, pipeline_id)
-    existing = await conn.fetchval(
-        "SELECT id FROM deployments WHERE pipeline_id = $1 ORDER BY active DESC, id DESC LIMIT 1", pipeline_id)
+    existing = await conn.fetchrow(
+        "SELECT id, deploy_id FROM deployments WHERE pipeline_id = $1 ORDER BY active DESC, id DESC LIMIT 1",
+        pipeline_id)
     if existing is not None:
         await conn.execute(
             "UPDATE deployments SET pipeline_version_id = $2, deploy_id = $3, engine_config = $4::jsonb,"
             " spec = $5::jsonb, active = true, updated_at = now() WHERE id = $1",
-            existing, version_id, deploy_id, json.dumps(engine_config), json.dumps(spec))
+            existing["id"], version_id, deploy_id, json.dumps(engine_config), json.dumps(spec))
         await conn.execute("UPDATE deployments SET active = false WHERE pipeline_id = $1 AND id <> $2",
-                           pipeline_id, existing)
-        return existing
+                           pipeline_id, existing["id"])
+        return existing["id"], existing["deploy_id"]
     return await conn.fetchval(
         "INSERT INTO deployments (pipeline_id, pipeline_version_id, deploy_id, engine_config, spec)"
         " VALUES ($1, $2, $3, $4::jsonb, $5::jsonb) RETURNING id",
-        pipeline_id, version_id, deploy_id, json.dumps(engine_config), json.dumps(spec))
+        pipeline_id, version_id, deploy_id, json.dumps(engine_config), json.dumps(spec)), None
 
 
 async def deactivate(pool: asyncpg.Pool, deployment_id: int) -> bool:

@@ -1,0 +1,173 @@
+"""Deploy, undeploy and the restore after a restart of one pipeline at once (services/deployer/handlers.py,
+docs/architecture.md "Commands at once"): the handlers run against an in-memory store and the real LocalBackend's
+replica-set bookkeeping, whose replicas are stand-ins the test declares ready (or failed) when it chooses.
+The invariant every test ends on: each replica set started is either the one the backend tracks under its name or
+stopped; none runs untracked."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from services.deployer import handlers
+from services.deployer.backend import LocalBackend, Replica, ReplicaSet
+from shared.authz import Principal
+from shared.errors import Conflict
+from shared.messages.deployer import DeployPipeline
+
+PIPELINE, VERSION, WORKSPACE = 1, 10, 7
+ALICE = Principal(subject=str(uuid.uuid4()), kind="user", admin=False, client_id="sdk", username="alice",
+                  issued_at=0.0)
+
+
+class MemoryStore:
+    """The deployer's store functions the handlers call, over dicts."""
+
+    def __init__(self) -> None:
+        self.pipelines = {PIPELINE: {"id": PIPELINE, "workspace_id": WORKSPACE, "name": "p"}}
+        self.versions = {VERSION: {"id": VERSION, "pipeline_id": PIPELINE, "version": uuid.uuid4(),
+                                   "definition": json.dumps({"steps": [{"ModelInference": {"models": [
+                                       {"name": "m"}]}}]})}}
+        self.deployments: dict[int, dict[str, Any]] = {}
+
+    async def pipeline(self, pool, pipeline_id):
+        return self.pipelines.get(pipeline_id)
+
+    async def version(self, pool, version_id):
+        return self.versions.get(version_id)
+
+    async def deployment(self, pool, deployment_id):
+        row = self.deployments.get(deployment_id)
+        return None if row is None else dict(row)
+
+    async def active_deployments(self, pool):
+        return [dict(row) for row in self.deployments.values() if row["active"]]
+
+    async def deactivate(self, pool, deployment_id):
+        self.deployments[deployment_id]["active"] = False
+        return True
+
+    async def activate_deployment(self, conn, pipeline_id, version_id, deploy_id, engine_config, spec):
+        row = next(iter(self.deployments.values()), None)
+        before = row["deploy_id"] if row else None
+        if row is None:
+            row = self.deployments[5] = {"id": 5, "pipeline_id": pipeline_id, "pipeline_name": "p",
+                                         "workspace_id": WORKSPACE, "pipeline_version": "v"}
+        row.update(pipeline_version_id=version_id, deploy_id=deploy_id, active=True,
+                   engine_config=json.dumps(engine_config), spec=json.dumps(spec))
+        return row["id"], before
+
+
+class MemoryPool:
+    @contextlib.asynccontextmanager
+    async def acquire(self):
+        yield SimpleNamespace(transaction=contextlib.nullcontext)
+
+
+class HeldBackend(LocalBackend):
+    """LocalBackend's own start/stop/sets, with stand-in replicas: each start waits in `waiting` until the test
+    answers it (None: ready; an exception: failed), unless `hold` is off."""
+
+    def __init__(self, work_dir: Path) -> None:
+        super().__init__(work_dir, nats_request=None)
+        self.hold = True
+        self.waiting: list[tuple[ReplicaSet, asyncio.Future]] = []
+        self.started: list[ReplicaSet] = []
+
+    async def _spawn(self, replica_set: ReplicaSet, replica_id: str) -> Replica:
+        if replica_set not in self.started:
+            self.started.append(replica_set)
+        return Replica(replica_id=replica_id, process=SimpleNamespace(returncode=None, pid=0), started_at=0.0)
+
+    async def _wait_ready(self, replica_set: ReplicaSet) -> None:
+        if self.hold:
+            answer = asyncio.get_running_loop().create_future()
+            self.waiting.append((replica_set, answer))
+            await answer
+
+    async def _stop_set(self, replica_set: ReplicaSet) -> None:
+        replica_set.stopping = True
+
+    def untracked(self) -> list[str]:
+        """Names of replica sets running that the backend no longer knows of."""
+        return [s.name for s in self.started if not s.stopping and self.sets.get(s.name) is not s]
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    store = MemoryStore()
+    monkeypatch.setattr(handlers, "store", store)
+
+    async def resolve(deps, token, workspace_id, name, version, sha):
+        return {"model_id": 1, "name": name, "model_version": "v1", "sha": "0" * 64, "runtime": "onnx",
+                "framework": "onnx"}
+
+    monkeypatch.setattr(handlers, "_resolve", resolve)
+
+    async def member(user_id, workspace_id):
+        return "owner"
+
+    async def publish(subject, event):
+        pass
+
+    backend = HeldBackend(tmp_path)
+    deps = handlers.DeployerDeps(pool=MemoryPool(), broker=None, backend=backend, publish=publish,
+                                 membership=lambda token: member, public_url="http://x", timeout=5.0)
+    return SimpleNamespace(store=store, backend=backend, deps=deps)
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"never: {what}")
+
+
+def _lock_waiters(deps: handlers.DeployerDeps) -> int:
+    return len(deps.pipeline_lock(PIPELINE)._waiters or ())
+
+
+def _deploy(world, deploy_id: str) -> asyncio.Task:
+    return asyncio.create_task(handlers.deploy(world.deps, ALICE, "t", DeployPipeline(
+        deploy_id=deploy_id, pipeline_version_pk_id=VERSION, pipeline_id=PIPELINE)))
+
+
+async def _deployed_as(world, deploy_id: str) -> None:
+    """Deployment 5 of the pipeline, running as `<deploy_id>-5`."""
+    world.backend.hold = False
+    await _deploy(world, deploy_id)
+    world.backend.hold = True
+
+
+def test_an_undeploy_waiting_behind_a_redeploy_stops_the_name_the_redeploy_gave(world):
+    """Deployment 5 runs as a-5; a redeploy as b and an undeploy arrive together. The undeploy read the row (a)
+    before it waited for the lock, then stopped a-5 while b-5 kept running, with the deployment inactive."""
+
+    async def scenario(world) -> None:
+        await _deployed_as(world, "a")
+        lock = world.deps.pipeline_lock(PIPELINE)
+        await lock.acquire()  # both arrive while something else of the pipeline holds its lock
+        redeploy = _deploy(world, "b")
+        await _until(lambda: _lock_waiters(world.deps) == 1, "the redeploy waits for the lock")
+        undeploy = asyncio.create_task(handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5))
+        await _until(lambda: _lock_waiters(world.deps) == 2, "the undeploy waits for the lock")
+        lock.release()
+        await _until(lambda: world.backend.waiting, "the redeploy starts its replicas")
+        world.backend.waiting.pop()[1].set_result(None)
+        await redeploy
+        await undeploy
+        assert not world.store.deployments[5]["active"]
+        assert "b-5" not in world.backend.sets, world.backend.sets
+        assert world.backend.untracked() == []
+
+    asyncio.run(scenario(world))
+
