@@ -301,15 +301,23 @@ async def deploy(deps: DeployerDeps, principal: Principal, token: str | None, cm
                        steps=[ReplicaStep.model_validate(step) for step in steps], engine_config=config)
     async with deps.pipeline_lock(pipeline["id"]):
         async with deps.pool.acquire() as conn, conn.transaction():
-            deployment_id, _ = await store.activate_deployment(conn, pipeline["id"], version["id"], cmd.deploy_id,
-                                                               config, spec.model_dump(mode="json"))
+            deployment_id, before = await store.activate_deployment(
+                conn, pipeline["id"], version["id"], cmd.deploy_id, config, spec.model_dump(mode="json"))
         name = f"{cmd.deploy_id}-{deployment_id}"
+        # a redeploy under another deploy_id renames the deployment: the backend swaps replica sets of one name only,
+        # so the old name's set is stopped here, once the new one serves (or, the deployment being deactivated,
+        # once it failed: nothing would ever stop it)
+        renamed = f"{before}-{deployment_id}" if before is not None and before != cmd.deploy_id else None
         spec.deployment.id, spec.deployment.name = deployment_id, name
         try:
             await deps.backend.start(name, spec, config["replica_count"], *_autoscale(config))
         except (RuntimeError, TimeoutError) as exc:
             await store.deactivate(deps.pool, deployment_id)
+            if renamed is not None:
+                await deps.backend.stop(renamed)
             raise InvalidRequest(f"the deployment failed to start: {exc}") from None
+        if renamed is not None:
+            await deps.backend.stop(renamed)
     await deps.publish(subjects.EVENT_PIPELINE_DEPLOYED, PipelineDeployed(
         deployment_id=deployment_id, name=name, pipeline_id=pipeline["id"], workspace_id=pipeline["workspace_id"],
         pipeline_version=str(version["version"])))
@@ -413,16 +421,23 @@ async def restore_deployments(deps: DeployerDeps) -> None:
     (all at once, their model loading would starve every other process on a small machine)."""
     gate = asyncio.Semaphore(RESTORE_CONCURRENCY)
     for row in await store.active_deployments(deps.pool):
+        asyncio.create_task(_restart(deps, row["pipeline_id"], row["id"], gate))
+
+
+async def _restart(deps: DeployerDeps, pipeline_id: int, deployment_id: int, gate: asyncio.Semaphore) -> None:
+    async with gate, deps.pipeline_lock(pipeline_id):
+        # under the pipeline's lock, as deploy and undeploy: a deploy of the same name during the restore had its
+        # live set removed from the backend by the restore's failure cleanup, its replicas running untracked. The
+        # row again, inside the lock: a deploy or undeploy that ran while this waited decides what runs now.
+        row = await store.deployment(deps.pool, deployment_id)
+        if row is None or not row["active"]:
+            return
         name = f"{row['deploy_id']}-{row['id']}"
+        if name in deps.backend.sets:  # a deploy while this waited started it
+            return
         spec = ReplicaSpec.model_validate_json(row["spec"])
         spec.deployment.id, spec.deployment.name = row["id"], name
         config = json.loads(row["engine_config"])
-        asyncio.create_task(_restart(deps, name, spec, config, gate))
-
-
-async def _restart(deps: DeployerDeps, name: str, spec: ReplicaSpec, config: dict[str, Any],
-                   gate: asyncio.Semaphore) -> None:
-    async with gate:
         try:
             await deps.backend.start(name, spec, config.get("replica_count", 1), *_autoscale(config))
         except (RuntimeError, TimeoutError) as exc:

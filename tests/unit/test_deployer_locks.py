@@ -166,8 +166,60 @@ def test_an_undeploy_waiting_behind_a_redeploy_stops_the_name_the_redeploy_gave(
         await redeploy
         await undeploy
         assert not world.store.deployments[5]["active"]
-        assert "b-5" not in world.backend.sets, world.backend.sets
+        assert world.backend.sets == {}, world.backend.sets
         assert world.backend.untracked() == []
 
     asyncio.run(scenario(world))
 
+
+
+@pytest.mark.parametrize("ready", [True, False])
+def test_a_redeploy_under_another_deploy_id_stops_the_old_names_replicas(world, ready):
+    """The backend swaps replica sets of one name; a redeploy as b never stopped a-5. It stops once b-5 serves (a-5
+    serves meanwhile), or once b-5 failed (the deployment is then inactive, and nothing else would stop a-5)."""
+
+    async def scenario(world) -> None:
+        await _deployed_as(world, "a")
+        old = world.backend.sets["a-5"]
+        redeploy = _deploy(world, "b")
+        await _until(lambda: world.backend.waiting, "the redeploy starts its replicas")
+        assert not old.stopping
+        world.backend.waiting.pop()[1].set_result(None) if ready else \
+            world.backend.waiting.pop()[1].set_exception(TimeoutError("not ready"))
+        with contextlib.suppress(Exception) if not ready else contextlib.nullcontext():
+            await redeploy
+        assert old.stopping
+        assert list(world.backend.sets) == (["b-5"] if ready else [])
+        assert world.backend.untracked() == []
+
+    asyncio.run(scenario(world))
+
+
+def test_a_deploy_during_the_restore_after_a_restart_keeps_its_replicas_tracked(world):
+    """The restore after a deployer restart took no lock: a deploy of the same name (a-5) swapped its set in while
+    the restore's replicas loaded, and the restore's failure cleanup (LocalBackend.start's `sets.pop`) then
+    removed the deploy's live set from the backend, its replicas running with nothing to stop them."""
+
+    async def scenario(world) -> None:
+        await _deployed_as(world, "a")
+        world.backend.sets.clear(), world.backend.started.clear()  # restarted: the row is active, nothing runs
+        await handlers.restore_deployments(world.deps)
+        restores = asyncio.all_tasks() - {asyncio.current_task()}
+        await _until(lambda: world.backend.waiting, "the restore starts its replicas")
+        restoring = world.backend.waiting.pop(0)
+        deploy = _deploy(world, "a")
+        await _until(lambda: world.backend.waiting or _lock_waiters(world.deps), "the deploy starts or waits")
+        if world.backend.waiting:  # no lock: the deploy's set serves first, then the restore fails
+            world.backend.waiting.pop(0)[1].set_result(None)
+            await deploy
+            restoring[1].set_exception(TimeoutError("not ready"))
+        else:
+            restoring[1].set_exception(TimeoutError("not ready"))
+            await _until(lambda: world.backend.waiting, "the deploy starts its replicas")
+            world.backend.waiting.pop(0)[1].set_result(None)
+            await deploy
+        await asyncio.gather(*restores)
+        assert list(world.backend.sets) == ["a-5"] and world.backend.sets["a-5"] is world.backend.started[-1]
+        assert world.backend.untracked() == []
+
+    asyncio.run(scenario(world))
