@@ -120,8 +120,16 @@ class Session:
         if self.access_token:
             return
         explicit_client = bool((client_id or env.get(ENV_CLIENT_ID)) and self.client_secret)
+        # the saved tokens are the saved user's: a username given (or in the environment) without its password must
+        # not run as someone else
+        same_user = not self.username or self.username == saved.get("username")
         if self.username and self.password:
             self.login(self.username, self.password)
+        elif not same_user:
+            raise ConfigurationError(
+                f"no password for {self.username!r}: pass password (or set {ENV_PASSWORD}), or run `railyard login "
+                f"--username {self.username}`" + (f" (the saved tokens are {saved['username']!r}'s)"
+                                                   if saved.get("username") else ""))
         elif explicit_client and not (same_client and saved.get("access_token")):
             self.login_client()  # an inference client: client_credentials tokens, inference routes only
         elif same_client and saved.get("access_token"):

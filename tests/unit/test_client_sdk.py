@@ -258,3 +258,40 @@ def test_a_refused_second_start_keeps_the_running_stacks_state(tmp_path, monkeyp
     assert embedded.up(Settings()) == 2
     assert "a stack is already running" in capsys.readouterr().err
     assert json.loads(state.read_text())["supervisor_pid"] == os.getppid()
+
+
+def test_a_username_without_its_password_never_runs_as_the_saved_user(tmp_path, monkeypatch):
+    """Session(url, username="bob") with no password, on a machine where `railyard login` had saved admin's tokens,
+    ran as admin (the saved tokens, all of admin's rights); the same with RAILYARD_CLIENT_USERNAME=bob. The saved
+    tokens are used only when no username is given or it is the saved one; otherwise the password is asked for."""
+    from railyard_client.errors import ConfigurationError
+    from railyard_client.session import Session
+
+    for name in ("RAILYARD_CLIENT_URL", "RAILYARD_CLIENT_TOKEN", "RAILYARD_CLIENT_ID", "RAILYARD_CLIENT_SECRET",
+                 "RAILYARD_CLIENT_USERNAME", "RAILYARD_CLIENT_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    saved = tmp_path / "credentials.json"
+    saved.write_text(json.dumps({"url": "http://h:1", "client_id": "api-client", "client_secret": "api-secret",
+                                 "username": "admin", "access_token": "admin-token", "refresh_token": "r",
+                                 "expires_at": 9e99}))
+    grants = []
+
+    def grant(session, form):
+        grants.append((form["grant_type"], form.get("username")))
+        session.access_token = f"{form.get('username')}-token"
+
+    monkeypatch.setattr(Session, "_grant", grant)
+    with pytest.raises(ConfigurationError, match=r"no password for 'bob': pass password .* --username bob"):
+        Session("http://h:1", username="bob", credentials_file=saved)
+    monkeypatch.setenv("RAILYARD_CLIENT_USERNAME", "bob")
+    with pytest.raises(ConfigurationError, match="no password for 'bob'"):
+        Session(credentials_file=saved)
+    monkeypatch.setenv("RAILYARD_CLIENT_PASSWORD", "bobs-password")
+    assert Session(credentials_file=saved).access_token == "bob-token"  # bob's password: bob signs in
+    monkeypatch.delenv("RAILYARD_CLIENT_USERNAME")
+    monkeypatch.delenv("RAILYARD_CLIENT_PASSWORD")
+    assert grants == [("password", "bob")]
+    for same in ({}, {"username": "admin"}):  # no username, or the saved one: the saved tokens, as before
+        session = Session("http://h:1", credentials_file=saved, **same)
+        assert (session.access_token, session.username) == ("admin-token", "admin")
+    assert len(grants) == 1
