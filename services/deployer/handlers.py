@@ -51,6 +51,7 @@ from shared.messages.engine import ReplicaDeployment, ReplicaSpec, ReplicaStep
 from shared.messages.registry import ResolvedModel, ResolveModel
 
 RESTORE_CONCURRENCY = 2
+UNDEPLOY_LOCK_WAIT = 0.5  # of the request timeout: an undeploy waits this long for a deploy of its pipeline, then 409
 log = logging.getLogger("railyard.deployer")
 NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 STEP_KINDS = {"ModelInference", "ShadowDeploy", "RandomSplit"}
@@ -361,7 +362,15 @@ async def deployment_status(deps: DeployerDeps, principal: Principal, token: str
 async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, pipeline_id: int,
                    deployment_id: int) -> dict:
     pipeline = await _pipeline_for(deps, principal, token, pipeline_id)
-    async with deps.pipeline_lock(pipeline["id"]):
+    lock = deps.pipeline_lock(pipeline["id"])
+    # a deploy holds the lock until its replicas serve (up to a minute), far past the caller's request timeout:
+    # rather than being done later, after the caller got a 504, the undeploy is refused, and changes nothing
+    try:
+        await asyncio.wait_for(lock.acquire(), deps.timeout * UNDEPLOY_LOCK_WAIT)
+    except TimeoutError:
+        raise Conflict(f"a deploy of pipeline {pipeline_id} is in progress: retry the undeploy when it finishes",
+                       code="deploy_in_progress") from None
+    try:
         # the row inside the lock: a redeploy that ran while this waited may have renamed the deployment (a new
         # deploy_id), and the name read before it would stop replicas that no longer exist, leaving the new ones
         row = await store.deployment(deps.pool, deployment_id)
@@ -370,6 +379,8 @@ async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, 
         name = f"{row['deploy_id']}-{row['id']}"
         await store.deactivate(deps.pool, deployment_id)
         await deps.backend.stop(name)
+    finally:
+        lock.release()
     await deps.publish(subjects.EVENT_PIPELINE_UNDEPLOYED, PipelineUndeployed(
         deployment_id=deployment_id, name=name, pipeline_id=pipeline_id, workspace_id=pipeline["workspace_id"]))
     return {}

@@ -223,3 +223,25 @@ def test_a_deploy_during_the_restore_after_a_restart_keeps_its_replicas_tracked(
         assert world.backend.untracked() == []
 
     asyncio.run(scenario(world))
+
+
+def test_an_undeploy_behind_a_running_deploy_is_a_409_that_changes_nothing(world):
+    """A deploy holds the pipeline's lock until its replicas serve (up to READY_TIMEOUT, 60 s); an undeploy waited
+    for it past the gateway's request timeout (504) and was done later anyway. It now waits at most half the
+    request timeout, then answers 409 deploy_in_progress."""
+
+    async def scenario(world) -> None:
+        await _deployed_as(world, "a")
+        world.deps.timeout = 0.2
+        redeploy = _deploy(world, "b")
+        await _until(lambda: world.backend.waiting, "the redeploy starts its replicas")
+        with pytest.raises(Conflict) as refused:
+            await asyncio.wait_for(handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5), 2)
+        assert refused.value.code == "deploy_in_progress" and "retry the undeploy" in refused.value.msg
+        world.backend.waiting.pop()[1].set_result(None)
+        await redeploy
+        assert world.store.deployments[5]["active"] and list(world.backend.sets) == ["b-5"]
+        await handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5)  # once it finished
+        assert not world.store.deployments[5]["active"] and world.backend.sets == {}
+
+    asyncio.run(scenario(world))
