@@ -11,6 +11,12 @@ else it does not exist (404 for reads and writes alike). Admin-only operations a
 Inference tokens (client_credentials of a workspace's inference client) may call inference routes only, and
 only for that workspace's deployments: `require_inference_access` is the one check, and it answers a deployment
 out of reach exactly as one that does not exist.
+
+Task-run tokens (`railyard_task` + `railyard_workspace`, minted by auth for the task scheduler) carry their user's
+rights in the run's workspace only: every membership check here (`require_member`, `require_owner_or_member`,
+`require_inference_access`, and auth's `auth.workspaces.check_member` that the other services' lookups ask) treats
+any other workspace as one the caller is not in (`out_of_scope`); lists of "my workspaces" narrow to it
+(`scoped_workspace`); actions beyond a workspace are 403 (`require_unscoped`). docs/security.md, "Task-run tokens".
 """
 
 from __future__ import annotations
@@ -260,6 +266,18 @@ async def require_member(lookup: MembershipLookup, principal: Principal, workspa
 def out_of_scope(principal: Principal, workspace_id: int) -> bool:
     """A task run's token reaches its own workspace only."""
     return principal.scoped_task is not None and principal.workspace_id != workspace_id
+
+
+def scoped_workspace(principal: Principal) -> int | None:
+    """The one workspace a task run's token reaches (what its "all my workspaces" lists narrow to), else None."""
+    return principal.workspace_id if principal.scoped_task is not None else None
+
+
+def require_unscoped(principal: Principal, action: str) -> None:
+    """Actions that reach beyond any one workspace (creating a workspace, changing the user's password) are refused
+    to a task run's token (403 `out_of_scope`): it acts for its user inside the run's workspace only."""
+    if principal.scoped_task is not None:
+        raise Forbidden(f"a task run's token reaches its own workspace only: it may not {action}", code="out_of_scope")
 
 
 def deployment_not_found(name: str) -> NotFound:

@@ -35,7 +35,18 @@ from jwt.algorithms import RSAAlgorithm
 
 from services.auth import store
 from shared import subjects
-from shared.authz import ALGORITHM, KIND_INFERENCE, KIND_USER, Principal, require_admin, require_member, require_user
+from shared.authz import (
+    ALGORITHM,
+    KIND_INFERENCE,
+    KIND_USER,
+    Principal,
+    out_of_scope,
+    require_admin,
+    require_member,
+    require_unscoped,
+    require_user,
+    scoped_workspace,
+)
 from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, TooManyRequests, Unauthorized, Unavailable
 from shared.messages.auth import (
     AddWorkspaceUser,
@@ -577,9 +588,11 @@ def _membership(pool: asyncpg.Pool):
 async def query_users(deps: AuthDeps, principal: Principal, cmd: QueryUsers) -> Users:
     require_user(principal)
     ids = [_uuid(u, "user_ids") for u in cmd.user_ids] if cmd.user_ids is not None else None
-    if cmd.workspace_id is not None:
-        await require_member(_membership(deps.pool), principal, cmd.workspace_id)
-    rows = await store.list_users(deps.pool, ids=ids, workspace_id=cmd.workspace_id,
+    # a task run's token sees the users of its own workspace, not everyone its user shares a workspace with
+    workspace_id = cmd.workspace_id if cmd.workspace_id is not None else scoped_workspace(principal)
+    if workspace_id is not None:
+        await require_member(_membership(deps.pool), principal, workspace_id)
+    rows = await store.list_users(deps.pool, ids=ids, workspace_id=workspace_id,
                                   visible_to=None if principal.admin else uuid.UUID(principal.user_id))
     return Users(users={str(r["id"]): _user_record(r, principal) for r in rows})
 
@@ -643,6 +656,7 @@ async def update_password(deps: AuthDeps, principal: Principal, cmd: UpdatePassw
     must be changed at next login. Either way every token the user holds stops working (`events.auth.tokens_revoked`
     and the revocation list), refresh tokens included: a stolen session does not outlive a password change."""
     require_user(principal)
+    require_unscoped(principal, "change passwords")
     _check_password(cmd.password)
     settings = deps.settings
     own = cmd.email is None
@@ -734,11 +748,12 @@ async def list_workspaces(deps: AuthDeps, principal: Principal, cmd: ListWorkspa
     if target != principal.user_id and not principal.admin:
         raise Forbidden("only administrators may list another user's workspaces")
     rows = await store.workspaces_of(deps.pool, uuid.UUID(target))
-    return Workspaces(workspaces=[_workspace_record(r) for r in rows])
+    return Workspaces(workspaces=[_workspace_record(r) for r in rows if not out_of_scope(principal, r["id"])])
 
 
 async def create_workspace(deps: AuthDeps, principal: Principal, cmd: CreateWorkspace) -> WorkspaceCreated:
     require_user(principal)
+    require_unscoped(principal, "create workspaces")
     name = cmd.workspace_name
     if not WORKSPACE_NAME.match(name):
         raise InvalidRequest(

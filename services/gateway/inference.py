@@ -45,6 +45,7 @@ from shared.authz import (
     Principal,
     bus_membership,
     deployment_not_found,
+    out_of_scope,
     require_inference_access,
 )
 from shared.bus import raise_for_error_header, request
@@ -180,7 +181,9 @@ class RouteCache:
         said about the deployment)."""
         user = principal.kind != KIND_INFERENCE
         key = (principal.subject, route.workspace_id)
-        if user and time.monotonic() - self.members.get(key, 0.0) < MEMBER_TTL:
+        # the cache is the user's: a task run's token of theirs scoped to another workspace must not ride on it
+        if user and not out_of_scope(principal, route.workspace_id) and \
+                time.monotonic() - self.members.get(key, 0.0) < MEMBER_TTL:
             return
         await require_inference_access(bus_membership(runtime.broker, token, runtime.settings.nats.request_timeout),
                                        principal, route.workspace_id, deployment_not_found(route.name))

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import requests
 
-from tests.integration.conftest import Account, inference_token, post
+from tests.integration.conftest import PASSWORD, Account, inference_token, post
 from tests.models import ccfraud_onnx
 
 pytestmark = pytest.mark.integration
@@ -248,8 +248,12 @@ async def test_the_bus_front_door_applies_the_same_rules(stack, alice, bob):
 
 
 def test_foreign_pipelines_and_deployments_are_not_found(stack, alice, bob):
-    from tests.integration.test_pipelines import create_pipeline, upload_model
+    """bob (an outsider) and a task run's token of alice's own, scoped to another workspace of hers, get 404 for her
+    pipeline and deployment, inference included: even right after alice's own inference, whose membership the
+    gateway caches for her (that cache once let her scoped token through)."""
+    from tests.integration.test_pipelines import create_pipeline, infer, upload_model
 
+    scoped = task_token(stack, alice.user_id, second_workspace(alice))
     version = upload_model(stack, alice, "isolated")
     pipeline = create_pipeline(stack, alice, "isolated", version)
     deployment = post(stack, "pipelines/deploy", alice.token, {
@@ -266,12 +270,122 @@ def test_foreign_pipelines_and_deployments_are_not_found(stack, alice, bob):
                                  "pipeline_id": pipeline["pipeline_pk_id"]},
             "pipelines/undeploy": {"pipeline_id": pipeline["pipeline_pk_id"], "deployment_id": deployment},
             "status/get_deployment": {"name": name},
+            "deployments/get_tags": {"deployment": name},
         }
-        for path, body in attempts.items():
-            response = post(stack, path, bob.token, body)
-            assert response.status_code == 404, (path, response.text)
+        assert post(stack, "deployments/get_tags", alice.token, {"deployment": name}).status_code == 200
+        for token in (bob.token, scoped):
+            for path, body in attempts.items():
+                response = post(stack, path, token, body)
+                assert response.status_code == 404, (path, response.text)
+        url = f"{stack.api}/pipelines/infer/{name}/isolated"
+        assert infer(url, alice.token, [{"tensor": [1.0] * 29}]).status_code == 200
+        for token in (bob.token, scoped):
+            response = infer(url, token, [{"tensor": [1.0] * 29}])
+            assert response.status_code == 404 and response.json()["code"] == "not_found", response.text
         assert post(stack, "pipelines/get", alice.token, {"pipeline_id": pipeline["pipeline_pk_id"]}).json() == before
         assert post(stack, "status/get_deployment", alice.token, {"name": name}).json()["status"] == "Running"
     finally:
         post(stack, "pipelines/undeploy", alice.token, {"pipeline_id": pipeline["pipeline_pk_id"],
                                                         "deployment_id": deployment})
+
+
+# --- task-run tokens ---------------------------------------------------------------------------------------------
+
+def task_token(stack, user_id: str, workspace_id: int) -> str:
+    """A task run's token for `user_id` in `workspace_id`, minted as the task scheduler mints one (auth.token.
+    issue_task; the test stack's bus identity may publish it)."""
+    import asyncio
+
+    from faststream.nats import NatsBroker
+
+    from shared import subjects
+    from shared.bus import request
+    from shared.messages.tasks import IssueTaskToken, TaskTokenIssued
+
+    async def mint() -> str:
+        broker = NatsBroker(stack.settings().nats.url)
+        await broker.connect()
+        try:
+            issued = await request(broker, subjects.AUTH_TOKEN_ISSUE_TASK, IssueTaskToken(
+                user_id=user_id, workspace_id=workspace_id, ttl=300, task_id=str(uuid.uuid4()),
+                run_id=str(uuid.uuid4())), timeout=10, reply_model=TaskTokenIssued)
+        finally:
+            await broker.stop()
+        return issued.access_token
+
+    return asyncio.run(mint())
+
+
+def second_workspace(account: Account) -> int:
+    """A new workspace of the account's (its owner), beside its home workspace."""
+    return account.client.post("workspaces/create", {"workspace_name": f"task-{uuid.uuid4().hex[:10]}"})[
+        "workspace_id"]
+
+
+def test_a_task_runs_token_reaches_its_own_workspace_only(stack, alice, bob, victim_model):
+    """ARCHITECTURE.md, "Trust boundary": a task run reaches the gateway "with a short-lived token scoped to their
+    workspace". alice's task runs in a second workspace of hers; her home workspace (with a model, a project, a
+    member bob) is out of its token's reach on every workspace route as it is for an outsider, workspaces/list and
+    users/query answer the task's workspace only, and what reaches beyond a workspace is 403 out_of_scope. Nothing
+    of alice's changes."""
+    task_workspace = second_workspace(alice)
+    alice.client.post("workspaces/add_user", {"email": bob.email, "workspace_id": alice.workspace_id})
+    project = alice.client.post("projects/create", {"workspace_id": alice.workspace_id, "name": "home"})
+    token = task_token(stack, alice.user_id, task_workspace)
+    before = _state(stack, alice)
+    assert {alice.workspace_id, task_workspace} <= {w["id"] for w in before[1]}  # and her default workspace
+
+    listed = post(stack, "workspaces/list", token, {})
+    assert [w["id"] for w in listed.json()["workspaces"]] == [task_workspace], listed.text
+    assert bob.user_id in alice.client.post("users/query", {})["users"]  # unscoped: everyone sharing a workspace
+    assert list(post(stack, "users/query", token, {}).json()["users"]) == [alice.user_id]
+    assert post(stack, "models/list", token, {"workspace_id": task_workspace}).status_code == 200  # its own: fine
+
+    home_routes = {path: build(alice, alice, victim_model) for path, build in WORKSPACE_ROUTES.items()} | {
+        "projects/list": {"workspace_id": alice.workspace_id},
+        "datasets/list": {"project_id": project["id"]},
+        "orchestration/list": {"workspace_id": alice.workspace_id},
+        "task/list": {"workspace_id": alice.workspace_id},
+    }
+    for path, body in home_routes.items():
+        response = post(stack, path, token, body)
+        assert response.status_code == 404 and response.json()["code"] == "not_found", (path, response.text)
+    for path, build in UPLOAD_ROUTES.items():
+        data, files = build(alice)
+        response = requests.post(f"{stack.api}/{path}", data=data, files=files,
+                                 headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        assert response.status_code == 404, (path, response.text)
+    for path, body in (("workspaces/create", {"workspace_name": f"escape-{uuid.uuid4().hex[:8]}"}),
+                       ("users/update_password", {"password": "Another-passw0rd!", "current_password": PASSWORD})):
+        response = post(stack, path, token, body)
+        assert response.status_code == 403 and response.json()["code"] == "out_of_scope", (path, response.text)
+    assert _state(stack, alice) == before  # alice's token still works: her password was not changed
+
+
+async def test_a_task_runs_token_on_the_bus_front_door(stack, alice):
+    """The same scope when the token's commands are published straight onto NATS (the front door identity)."""
+    import asyncio
+
+    import nats
+
+    from shared import subjects
+    from shared.messages import Reply
+
+    task_workspace = second_workspace(alice)
+    token = await asyncio.to_thread(task_token, stack, alice.user_id, task_workspace)
+    nc = await nats.connect(stack.nats_url("client"), inbox_prefix="_INBOX.client")
+    try:
+        async def ask(subject: str, body: dict) -> Reply:
+            message = await nc.request(subject, json.dumps(body).encode(), timeout=5,
+                                       headers={"authorization": f"Bearer {token}"})
+            return Reply.model_validate_json(message.data)
+
+        listed = await ask(subjects.AUTH_WORKSPACES_LIST, {})
+        assert listed.ok and [w["id"] for w in listed.data["workspaces"]] == [task_workspace]
+        home = await ask(subjects.REGISTRY_MODELS_LIST, {"workspace_id": alice.workspace_id})
+        assert not home.ok and home.status == 404
+        assert (await ask(subjects.REGISTRY_MODELS_LIST, {"workspace_id": task_workspace})).ok
+        created = await ask(subjects.AUTH_WORKSPACES_CREATE, {"workspace_name": f"escape-{uuid.uuid4().hex[:8]}"})
+        assert not created.ok and created.status == 403
+    finally:
+        await nc.close()

@@ -17,7 +17,9 @@ from shared.authz import (
     require_inference_access,
     require_member,
     require_owner_or_member,
+    require_unscoped,
     require_user,
+    scoped_workspace,
 )
 from shared.errors import Forbidden, NotFound, Unauthorized
 from shared.settings import AuthSettings
@@ -192,3 +194,9 @@ async def test_a_task_run_token_reaches_its_own_workspace_only(verifier):
     with pytest.raises(NotFound):  # owning a resource does not reach past the run's workspace
         await require_owner_or_member(lookup, scoped, "u1", [8], "connection")
     await require_owner_or_member(lookup, scoped, "u1", [8, 7], "connection")
+    # "my workspaces" narrow to the run's; what reaches beyond a workspace is 403 out_of_scope
+    assert (scoped_workspace(scoped), scoped_workspace(plain)) == (7, None)
+    require_unscoped(plain, "create workspaces")
+    with pytest.raises(Forbidden) as refused:
+        require_unscoped(scoped, "create workspaces")
+    assert refused.value.code == "out_of_scope" and "create workspaces" in refused.value.msg
