@@ -13,7 +13,8 @@ from pydantic import Field, field_validator, model_validator
 from shared.messages.base import INT32, Command, Event, Message
 from shared.messages.monitoring_predictions import ImageConfig
 
-NAME_PATTERN = r"^[^/\x00-\x1f]{1,200}$"
+NAME_MAX_CHARS = 200
+NAME_PATTERN = rf"^[^/\x00-\x1f]{{1,{NAME_MAX_CHARS}}}$"
 HEX_COLOR = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})$")
 ICON_NAME = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 TASK_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
@@ -141,6 +142,9 @@ class DatasetFileRef(Command):
 
 MAX_FILES_PAGE = 10_000
 """The most files one list_files page asks for (`limit`)."""
+MAX_FILES_CURSOR = -(-4 * 4 * NAME_MAX_CHARS // 3)
+"""The longest list_files cursor: the longest name's UTF-8 (4 bytes a character at most) in unpadded base64url
+(4 characters for every 3 bytes, services/workflow_lineage/file_pages.py): 1,067 characters."""
 
 
 class DatasetFilesQuery(Command):
@@ -154,8 +158,9 @@ class DatasetFilesQuery(Command):
                               "(fewer when their answer would pass half the bus payload limit), with `next_cursor` "
                               "when more follow. Without it every file comes in one answer, as before paging: a "
                               "dataset whose list passes the bus limit then answers 422 reply_too_large.")
-    cursor: str | None = Field(None, min_length=1, max_length=400, description="`next_cursor` of the previous page: "
-                               "the files after it (pass it as it came, with the same dataset_id and version_id).")
+    cursor: str | None = Field(None, min_length=1, max_length=MAX_FILES_CURSOR, description="`next_cursor` of the "
+                               "previous page: the files after it (pass it as it came, with the same dataset_id and "
+                               "version_id).")
 
 
 class DatasetFileQuery(Command):

@@ -188,6 +188,17 @@ def test_a_file_list_past_the_bus_limit_is_paged_and_set_training_data_reads_it_
         assert pages[2][0]["labels"] == {"label": str(digit_png(8)[1]), "polygon": "7" * 1_000_000}
     refused = post(stack, "datasets/list_files", owner.token, {"dataset_id": large["id"], "limit": 2, "cursor": "%"})
     assert refused.status_code == 400 and "cursor: not a next_cursor" in refused.json()["msg"], refused.text
+    # names of 200 characters, 199 of 4 UTF-8 bytes (a 1,063-character cursor): a page ending on one gave a next_cursor
+    # longer than the 400 the next call took, and paging stopped there (400)
+    longest = lineage.create_dataset(project["id"], "longest names", kind="files")
+    names = [chr(0x1F600) * 199 + last for last in "abc"]
+    for name in names:
+        lineage.upload_file(longest["id"], b"x", name=name)
+    saved_longest = lineage.create_version(project["id"], "longest names")
+    for version_id in (None, saved_longest["id"]):
+        assert list(lineage.file_pages(longest["id"], version_id, page_size=1)) == [
+            [file] for file in lineage.files(longest["id"], version_id)]
+        assert [f["name"] for f in lineage.files(longest["id"], version_id, page_size=2)] == names
 
     started = deployment.set_training_data({"dataset_id": large["id"], "version_id": version["id"]})
     assert (started["status"], started["images_total"]) == ("computing", 9), started

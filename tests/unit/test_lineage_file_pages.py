@@ -6,6 +6,7 @@ tests/integration/test_dataset_versions_read.py)."""
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from services.workflow_lineage import file_pages, handlers, manifest
 from shared.errors import InvalidRequest
-from shared.messages.lineage import DatasetFile
+from shared.messages.lineage import MAX_FILES_CURSOR, NAME_MAX_CHARS, NAME_PATTERN, DatasetFile, DatasetFilesQuery
 
 SAVED_AT = datetime(2026, 12, 1, 12, tzinfo=UTC)
 NAMES = [f"{i:03d}.png" for i in range(250)] + ["é.png"]  # a non-ASCII name, last in name order
@@ -91,3 +92,16 @@ def test_a_cursor_no_page_gave_is_refused():
     for bad in ("%%%", "A", "_-8", "+/8"):
         with pytest.raises(InvalidRequest, match="cursor: not a next_cursor"):
             file_pages.name_of(bad)
+
+
+def test_a_page_ending_on_the_longest_name_gives_a_cursor_the_next_page_takes():
+    """A name may be 200 characters of any non-control, non-'/' character: up to 800 UTF-8 bytes, a 1,067-character
+    cursor. The cursor's limit was 400, so a page ending on a name as short as "图" * 120 + ".png" (486) gave a
+    next_cursor the next call refused (400) and paging stopped there (the SDK's Lineage.files, set_training_data)."""
+    longest = chr(0x1F600) * NAME_MAX_CHARS
+    assert re.fullmatch(NAME_PATTERN, longest)
+    assert len(file_pages.cursor_of(longest)) == MAX_FILES_CURSOR
+    for name in (longest, "图" * 120 + ".png"):
+        page = file_pages.page([_file(name), _file("zz.png")], 1, max_bytes=1 << 20)
+        query = DatasetFilesQuery(dataset_id=1, limit=1, cursor=page.next_cursor)
+        assert file_pages.name_of(query.cursor) == name
