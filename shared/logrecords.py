@@ -256,6 +256,45 @@ def schema_fingerprint(schema: pa.Schema) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+DATASET_GROUPS = ("time", "in", "out", "metadata")
+METADATA_FIELDS = tuple(column.removeprefix("metadata.") for column in METADATA_COLUMNS)
+UNKNOWN_LOG_DATASET = "unknown_log_dataset"
+
+
+def unknown_dataset_names(selectors: Iterable[str]) -> list[str]:
+    """The get_logs `dataset` / `dataset_exclude` names that can name nothing a log holds: not `*`, a group
+    (`time`, `in`, `out`, `metadata`, `out_<challenger>`) or a column of one (`in.<input>`, `out.<output>`,
+    `out_<challenger>.<output>`, `metadata.<one of METADATA_FIELDS>`). Inputs and outputs are the model's own, so any
+    name of theirs may be logged by some version and is not refused."""
+    unknown = []
+    for selector in selectors:
+        group, dot, column = selector.partition(".")
+        if selector in ("*", *DATASET_GROUPS):
+            continue
+        if (group in ("in", "out") or (group.startswith("out_") and len(group) > len("out_"))) and (not dot or column):
+            continue
+        if group == "metadata" and column in METADATA_FIELDS:
+            continue
+        unknown.append(selector)
+    return unknown
+
+
+def check_dataset_names(dataset: list[str], exclude: list[str]) -> None:
+    """InvalidRequest (`unknown_log_dataset`) naming the names that select nothing, and the valid ones: such a name
+    used to answer only `time`, as if the logs were empty."""
+    from shared.errors import InvalidRequest
+
+    wrong = {field: unknown_dataset_names(names) for field, names in (("dataset", dataset),
+                                                                       ("dataset_exclude", exclude))}
+    if any(wrong.values()):
+        named = "; ".join(f"{field} {names}" for field, names in wrong.items() if names)
+        raise InvalidRequest(
+            f"unknown log dataset names: {named}. Valid: '*', the groups {list(DATASET_GROUPS)} and "
+            "'out_<challenger>' (a shadow challenger's outputs), or one column of a group: 'in.<input>', "
+            f"'out.<output>', 'out_<challenger>.<output>' or one of {['metadata.' + f for f in METADATA_FIELDS]}",
+            code=UNKNOWN_LOG_DATASET)
+
+
 def select_columns(names: list[str], dataset: list[str], exclude: list[str]) -> list[str]:
     """The columns a get_logs `dataset` selector keeps: `*` (everything), a group (`in`, `out`, `metadata`,
     `out_<challenger>`) or a column (`in.tensor`, `metadata.elapsed`); `time` is always kept."""

@@ -44,6 +44,7 @@ from shared.logrecords import (
     MSG_ID,
     REQUESTS_HEADER,
     TIME,
+    check_dataset_names,
     dropped_columns,
     model_name_of,
     schema_fingerprint,
@@ -400,6 +401,7 @@ async def resolve_pipeline(deps: Deps, principal: Principal, token: str | None, 
 
 async def get_logs(deps: Deps, principal: Principal, token: str | None, cmd: GetLogs) -> tuple[pa.Table, LogPage]:
     """One page and what to say about it (status, cursor, warning)."""
+    check_dataset_names(cmd.dataset, cmd.dataset_exclude)
     if cmd.page_size > deps.settings.max_page_size:
         raise InvalidRequest(f"page_size may be at most {deps.settings.max_page_size}")
     cursor = pages.decode_cursor(cmd.cursor, cmd.order) if cmd.cursor else None

@@ -211,13 +211,24 @@ def test_bad_get_logs_requests(stack, alice, logged):
         ({**base, "cursor": "not-a-cursor"}, 400, "cursor"),
         ({**base, "cursor": cursor, "order": "Asc"}, 400, "order"),
         ({**base, "dataset": []}, 400, "dataset"),
+        ({**base, "dataset": ["inputs", "in.tensor"]}, 400, "dataset ['inputs']"),  # once: 200 with time only
+        ({**base, "dataset": ["time", "metadata.nope"]}, 400, "'metadata.elapsed'"),
+        ({**base, "dataset_exclude": ["anomaly"]}, 400, "dataset_exclude ['anomaly']"),
         ({"workspace_id": alice.workspace_id}, 400, "pipeline_id"),
         ({**base, "pipeline_id": "no-such-pipeline"}, 404, "no-such-pipeline"),
     ):
         response = get_logs(stack, alice, body)
         assert response.status_code == status, (body, response.text)
         assert response.json()["code"] and words in response.json()["msg"], (body, response.json())
+        if "dataset" in body and body["dataset"] or "dataset_exclude" in body:
+            assert response.json()["code"] == "unknown_log_dataset", response.json()
     assert get_logs(stack, alice, {**base, "cursor": cursor}).status_code == 200
+    # every name the seed and docs/logs.md give still selects what it names
+    allowed = get_logs(stack, alice, {**base, "dataset": ["time", "in.tensor", "out", "metadata.elapsed", "out_x"],
+                                      "dataset_exclude": ["metadata.dropped", "out.dense_1"]})
+    assert allowed.status_code == 200, allowed.text
+    row = allowed.json()[0]
+    assert {"time", "in", "metadata"} <= set(row) and "out" not in row and "elapsed" in row["metadata"], row
     unauthenticated = httpx.post(f"{stack.api}/pipelines/get_logs", json=base, timeout=10)
     assert unauthenticated.status_code == 401
 

@@ -14,6 +14,7 @@ from shared.errors import InvalidRequest
 from shared.logrecords import (
     InferenceRecord,
     build_batch,
+    check_dataset_names,
     drop_oversized,
     dropped_columns,
     group_records,
@@ -21,6 +22,7 @@ from shared.logrecords import (
     schema_fingerprint,
     seed_rows,
     select_columns,
+    unknown_dataset_names,
 )
 
 
@@ -88,6 +90,19 @@ def test_dataset_selection_keeps_time_and_groups_or_columns():
     assert select_columns(names, ["in.id", "metadata"], []) == ["time", "in.id", "metadata.elapsed"]
     assert select_columns(names, ["*"], ["in", "out_ch"]) == ["time", "out.dense_1", "metadata.elapsed"]
     assert select_columns(names, ["out"], []) == ["time", "out.dense_1"]  # out_<challenger> is its own group
+
+
+def test_dataset_names_that_select_nothing_are_refused_with_the_valid_ones():
+    valid = ["*", "time", "in", "out", "metadata", "out_ch", "in.tensor", "out._model_split", "out_ch.dense_1",
+             "metadata.elapsed", "metadata.dropped", "metadata.last_model", "metadata.pipeline_version"]
+    assert unknown_dataset_names(valid) == []
+    wrong = ["anomaly", "inputs", "in.", "out_", "time.x", "metadata.nope", "", "IN", "**"]
+    assert unknown_dataset_names(wrong) == wrong
+    check_dataset_names(valid, valid)
+    with pytest.raises(InvalidRequest) as refused:
+        check_dataset_names(["in", "outs"], ["anomaly"])
+    assert refused.value.code == "unknown_log_dataset"
+    assert "dataset ['outs']; dataset_exclude ['anomaly']" in refused.value.msg and "'in.<input>'" in refused.value.msg
 
 
 def test_fingerprint_ignores_values_but_not_types():
