@@ -15,7 +15,7 @@ from shared import subjects
 from shared.bus import request
 from shared.errors import InvalidRequest, NotFound
 from shared.messages.base import INT64
-from shared.messages.lineage import AddDatasetFile, DatasetInfo, DatasetRef, ListProjects, Projects
+from shared.messages.lineage import AddDatasetFile, DatasetInfo, DatasetRef, ListProjects, Projects, a_dataset_of_kind
 from shared.objectstore import BUCKET_DATASETS
 
 
@@ -40,7 +40,8 @@ async def resolve(broker: Any, token: str | None, timeout: float, workspace_id: 
                                  "dataset's id instead")
         info = found[0]
     if info.kind != "images":
-        raise InvalidRequest(f"dataset {info.name!r} is a {info.kind} dataset: target_datalake takes an images dataset")
+        raise InvalidRequest(f"dataset {info.name!r} is {a_dataset_of_kind(info.kind)}: target_datalake takes an"
+                             " images dataset")
     return info
 
 

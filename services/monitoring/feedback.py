@@ -48,6 +48,7 @@ from shared.messages.lineage import (
     ProjectVersionInfo,
     SavedDatasetInfo,
     SavedDatasetQuery,
+    a_dataset_of_kind,
 )
 from shared.messages.monitoring import DeploymentQuery
 from shared.messages.monitoring_feedback import (
@@ -250,8 +251,8 @@ async def _dataset(deps: FeedbackDeps, token: str | None, view: handlers.Deploym
         raise InvalidRequest(f"dataset {ref.dataset_id} is in another workspace than deployment "
                              f"{view.route.name!r}: attach a dataset of workspace {view.route.workspace_id}")
     if info.kind != "images":
-        raise InvalidRequest(f"dataset {ref.dataset_id} is a {info.kind} dataset: the feedback loop and the training "
-                             "reference take images datasets")
+        raise InvalidRequest(f"dataset {ref.dataset_id} is {a_dataset_of_kind(info.kind)}: the feedback loop and the"
+                             " training reference take images datasets")
     file_count = info.file_count
     if ref.version_id is not None:
         file_count = (await request(m.broker, subjects.LINEAGE_DATASETS_SAVED, SavedDatasetQuery(

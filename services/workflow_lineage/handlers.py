@@ -58,6 +58,7 @@ from shared.messages.lineage import (
     VersionVerification,
     WorkspaceFile,
     WorkspaceFolder,
+    a_dataset_of_kind,
 )
 from shared.objectstore import BUCKET_DATASETS, ObjectStore, content_key
 
@@ -332,8 +333,8 @@ async def put_rows(deps: Deps, principal: Principal, token: str | None, cmd: Put
 
     async def use(local: Path, _sha: str, _size: int) -> DatasetInfo:
         if row["kind"] != "tabular":
-            raise InvalidRequest(f"dataset {cmd.dataset_id} is a {row['kind']} dataset: rows go to tabular datasets,"
-                                 " files to images/files datasets (datasets/upload_file)")
+            raise InvalidRequest(f"dataset {cmd.dataset_id} is {a_dataset_of_kind(row['kind'])}: rows go to tabular"
+                                 " datasets, files to images/files datasets (datasets/upload_file)")
         import pyarrow as pa  # here, not at the top: the idle service does without pyarrow (~30 MiB)
         import pyarrow.parquet as pq
 
@@ -366,7 +367,7 @@ async def put_rows(deps: Deps, principal: Principal, token: str | None, cmd: Put
 async def rows(deps: Deps, principal: Principal, token: str | None, dataset_id: int) -> DatasetRows:
     row = await _dataset(deps, principal, token, dataset_id)
     if row["kind"] != "tabular":
-        raise InvalidRequest(f"dataset {dataset_id} is a {row['kind']} dataset: it has files, not rows")
+        raise InvalidRequest(f"dataset {dataset_id} is {a_dataset_of_kind(row['kind'])}: it has files, not rows")
     return DatasetRows(dataset_id=dataset_id, row_count=row["row_count"], rows_sha256=row["rows_sha256"])
 
 

@@ -21,6 +21,11 @@ TASK_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
 DatasetKind = Literal["tabular", "images", "files"]
 
 
+def a_dataset_of_kind(kind: str) -> str:
+    """"a tabular dataset", "an images dataset", "a files dataset": how error messages name a dataset's kind."""
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind} dataset"
+
+
 class CountEvents(Command):
     """How many domain events the lineage service has recorded (optionally for one subject)."""
 

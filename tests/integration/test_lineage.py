@@ -399,6 +399,9 @@ def test_bad_input_is_4xx_and_stores_nothing(stack, alice):
     assert bomb.status_code == 400 and "pixels" in bomb.json()["msg"]
     rows_to_images = upload_rows(stack, alice, images, json.dumps([{"x": 1}]).encode(), "application/json")
     assert rows_to_images.status_code == 400 and "tabular" in rows_to_images.json()["msg"]
+    assert f"dataset {images} is an images dataset:" in rows_to_images.json()["msg"]  # not "a images"
+    rows_of_images = post(stack, "datasets/get_rows", alice.token, {"dataset_id": images})
+    assert rows_of_images.status_code == 400 and "is an images dataset: it has files" in rows_of_images.json()["msg"]
     file_to_table = upload_file(stack, alice, table, "a.png", png((1, 1, 1)))
     assert file_to_table.status_code == 400
     wrong_schema = upload_rows(stack, alice, table, json.dumps([{"other": 1}]).encode(), "application/json")
