@@ -177,7 +177,8 @@ def runs(task_id: str, status: str, limit: int | None, workspace: str | None, as
 @click.argument("run_id", type=RUN_ID)
 @click.option("--lines", "-n", type=int, help="Only the last N lines.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run has finished.")
-@click.option("--task", "task_id", type=TASK_ID, help="With --follow: the run's task (to know when it has finished).")
+@click.option("--task", "task_id", type=TASK_ID,
+              help="The run's task, checked if given (not needed: the run's logs name their task).")
 @workspace_option
 @json_option
 def logs(run_id: str, lines: int | None, follow: bool, task_id: str | None, workspace: str | None,
@@ -191,15 +192,15 @@ def logs(run_id: str, lines: int | None, follow: bool, task_id: str | None, work
         else:
             sys.stdout.write("".join(f"{line}\n" for line in found))
         return
-    if not task_id:
-        raise InvalidInput("--follow needs --task TASK_ID (the run's task)")
     printed = 0
     while True:
-        done = any(r["run_id"] == run_id and r["status"] in FINISHED for r in orchestrations.runs(task_id))
-        found = orchestrations.logs(run_id)
+        answer = orchestrations.run_logs(run_id)  # its status is read before its lines: finished means complete
+        if task_id and str(answer.get("task")) != str(task_id):
+            raise InvalidInput(f"run {run_id} is a run of task {answer.get('task')}, not of {task_id}")
+        found = answer["logs"]
         for line in found[printed:]:
             click.echo(line)
         printed = len(found)
-        if done:
+        if answer.get("status") in FINISHED:
             return
         time.sleep(1.0)

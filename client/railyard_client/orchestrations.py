@@ -158,10 +158,14 @@ class Orchestrations:
 
     def logs(self, run_id: str, lines: int | None = None) -> list[str]:
         """A run's output as the seed's lines (`<RFC 3339 time> stdout F <line>`); `lines`: the last this many."""
+        return self.run_logs(run_id, lines)["logs"]
+
+    def run_logs(self, run_id: str, lines: int | None = None) -> dict[str, Any]:
+        """`logs` with the run's `task` and `status` (read before the lines: a finished run's come complete)."""
         body: dict[str, Any] = {"id": str(run_id)}
         if lines is not None:
             body["lines"] = lines
-        return self._post("task/get_logs_for_run", body)["logs"]
+        return self._post("task/get_logs_for_run", body)
 
     def wait_for_run(self, task_id: str, timeout: float = 600.0) -> dict[str, Any]:
         """Wait until the task's newest run has finished (success or failure) and return its record."""

@@ -303,4 +303,5 @@ async def run_logs(deps: Deps, principal: Principal, token: str | None, cmd: Get
     if run is None or await deps.membership(token)(principal.user_id, run["workspace_id"]) is None:
         raise NotFound(f"task run {cmd.id} not found")
     rows = await store.logs(deps.pool, cmd.id, cmd.lines)
-    return RunLogs(logs=[log_line(r["at"], r["stream"], r["partial"], r["line"]) for r in rows])
+    return RunLogs(logs=[log_line(r["at"], r["stream"], r["partial"], r["line"]) for r in rows],
+                   task=run["task_id"], status=run["status"])

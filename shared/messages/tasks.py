@@ -161,7 +161,12 @@ class GetRunLogs(Command):
 
 
 class RunLogs(Message):
+    """The seed's `logs`, with the run's task and status (Railyard): a follower knows when the run has finished
+    without being told its task. The status is read before the lines: a finished one comes with every line."""
+
     logs: list[str]
+    task: uuid.UUID | None = Field(None, description="The run's task (Railyard).")
+    status: RunStatus | None = Field(None, description="The run's status when its lines were read (Railyard).")
 
 
 class TaskRunEvent(Event):

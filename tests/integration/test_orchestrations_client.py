@@ -40,6 +40,8 @@ def test_sdk_uploads_runs_waits_and_reads_logs(stack, alice, bob, tmp_path):
     assert all(LOG_LINE.match(line) for line in lines)
     assert "in task True hi there" in text_of(lines)
     assert orchestrations.logs(run["run_id"], lines=1) == lines[-1:]
+    answer = orchestrations.run_logs(run["run_id"])  # the run's task and status come with its lines
+    assert (answer["logs"], answer["task"], answer["status"]) == (lines, str(task["id"]), "success")
     assert str(task["id"]) in [str(t) for t in orchestrations.tasks_by_sha(orch["sha"])]
     assert orchestrations.task(task["id"])["last_runs"][0]["status"] == "success"
 
@@ -75,6 +77,10 @@ def test_cli_uploads_runs_and_prints_logs(stack, alice, tmp_path):
     assert run["status"] == "success"
     printed = cli.run("tasks", "logs", run["run_id"], "-n", "1").stdout.decode().splitlines()
     assert len(printed) == 1 and LOG_LINE.match(printed[0])
+    followed = cli.run("tasks", "logs", run["run_id"], "--follow")  # no --task: the run's logs name it
+    assert followed.returncode == 0 and "in task True from the cli" in followed.stdout.decode(), followed.stderr
+    assert "not of" in cli.fails(2, "tasks", "logs", run["run_id"], "--follow", "--task",
+                                 "00000000-0000-0000-0000-000000000000")
 
     failing = make_zip({"main.py": "raise SystemExit(3)\n"})
     (tmp_path / "fails.zip").write_bytes(failing)
