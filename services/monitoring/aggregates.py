@@ -107,13 +107,28 @@ async def fold(pool: asyncpg.Pool) -> int:
 
 
 class HourFold(Sweeper):
-    """Runs `fold` every FOLD_EVERY_SECONDS (a failed fold leaves the deltas, which reads still count)."""
+    """Runs `fold` every FOLD_EVERY_SECONDS when this process wrote predictions since its last fold (`note_written`;
+    at start too, for what an earlier run left), so an idle service opens no connection to fold nothing. A failed
+    fold leaves the deltas, which reads still count, and is tried again."""
 
     task_name = "prediction-hour-fold"
     every, log, failure = FOLD_EVERY_SECONDS, log, "folding the prediction hour deltas failed"
+    pending = True
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
     async def sweep(self) -> int:
-        return await fold(self.pool)
+        if not HourFold.pending:
+            return 0
+        HourFold.pending = False
+        try:
+            return await fold(self.pool)
+        except BaseException:
+            HourFold.pending = True
+            raise
+
+
+def note_written() -> None:
+    """Predictions were written: the next HourFold pass folds their deltas."""
+    HourFold.pending = True

@@ -10,6 +10,8 @@ from typing import Any
 
 import asyncpg
 
+from services.monitoring import aggregates
+
 
 @dataclass
 class PredictionRow:
@@ -53,6 +55,7 @@ async def insert_prediction(pool: asyncpg.Pool, row: PredictionRow) -> None:
         _json(row.shadow_model_version), row.kind, _json(row.prediction), _json(row.shadow_prediction), row.latency,
         row.shadow_latency, row.height, row.width, row.content_type, row.image_sha256, _json(row.features),
         row.predicted_at, row.filename, row.pipeline_version)
+    aggregates.note_written()  # its hour's count waits in prediction_hour_deltas for the next fold
 
 
 async def count_for(pool: asyncpg.Pool, deployment_id: int) -> int:

@@ -208,3 +208,35 @@ def test_every_outlying_score_at_once_has_the_bits_of_one_at_a_time():
         / reference["features"]["a"]["std"]
     finite = standardized[~np.isnan(standardized)]
     assert (finite ** 2 != np.array([v ** 2 for v in finite.tolist()])).any()  # why the square goes through pow
+
+
+def test_the_hour_fold_folds_only_after_predictions_were_written():
+    """An idle monitoring service opens no PostgreSQL connection to fold nothing; a written prediction (or a fold that
+    failed) makes the next pass fold."""
+    import asyncio
+
+    from services.monitoring import aggregates
+
+    class Pool:
+        folds = 0
+        fail = False
+
+        async def fetchval(self, query: str) -> int:
+            assert query == "SELECT fold_prediction_hours()"
+            self.folds += 1
+            if self.fail:
+                raise OSError("database away")
+            return 3
+
+    pool = Pool()
+    fold = aggregates.HourFold(pool)
+    aggregates.HourFold.pending = True  # as a process starts (the class default): what an earlier run left
+    assert asyncio.run(fold.sweep()) == 3
+    assert asyncio.run(fold.sweep()) == 0 and pool.folds == 1
+    aggregates.note_written()
+    pool.fail = True
+    with pytest.raises(OSError):
+        asyncio.run(fold.sweep())
+    pool.fail = False
+    assert asyncio.run(fold.sweep()) == 3 and pool.folds == 3  # the failed fold is tried again
+    assert asyncio.run(fold.sweep()) == 0 and pool.folds == 3
