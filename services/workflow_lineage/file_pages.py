@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 
 import pydantic_core
 
 from shared.errors import InvalidRequest
-from shared.messages.lineage import DatasetFile, DatasetFiles
+from shared.messages.lineage import NAME_PATTERN, DatasetFile, DatasetFiles
 
 
 def cursor_of(name: str) -> str:
@@ -32,7 +33,9 @@ def name_of(cursor: str | None) -> str | None:
         name = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
     except (binascii.Error, ValueError):
         name = ""
-    if not name:
+    # a page's cursor is always a file's name: anything else (a NUL, which PostgreSQL refuses in a text, a control
+    # character, a '/') is no position in the list
+    if not re.fullmatch(NAME_PATTERN, name):
         raise InvalidRequest("cursor: not a next_cursor of datasets/list_files: pass it as the previous page "
                              "answered it")
     return name

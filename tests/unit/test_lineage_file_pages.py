@@ -89,7 +89,10 @@ def test_a_page_stops_before_its_bytes_pass_the_budget_but_never_comes_back_empt
 
 def test_a_cursor_no_page_gave_is_refused():
     assert file_pages.name_of(file_pages.cursor_of("é ü.png")) == "é ü.png"
-    for bad in ("%%%", "A", "_-8", "+/8"):
+    # "AA" decodes to a NUL, which PostgreSQL refuses in a text (22021: a 500); a '/' or a control character is no
+    # file's name either
+    for bad in ("%%%", "A", "_-8", "+/8", "AA", file_pages.cursor_of("a\x00b"), file_pages.cursor_of("a/b"),
+                file_pages.cursor_of("a\tb")):
         with pytest.raises(InvalidRequest, match="cursor: not a next_cursor"):
             file_pages.name_of(bad)
 
