@@ -206,7 +206,8 @@ class TaskSettings(BaseModel):
     install_from_index: bool = Field(True, description="Download wheels of requirements the base environment "
                                      "lacks from the package index (binary wheels only); false: refuse them.")
     default_timeout: int = Field(900, description="Seconds a run may take when its task sets no timeout.")
-    max_timeout: int = Field(24 * 3600, description="Largest timeout a task may ask for.")
+    max_timeout: int = Field(24 * 3600, description="Largest timeout a task may ask for; monitoring reads it too "
+                             "(setup_continuous_training): give both services the same value.")
     run_memory_mb: int = Field(2048, description="Address-space limit of a run.")
     run_cpu_seconds: int = Field(3600, description="CPU seconds a run may use.")
     run_disk_mb: int = Field(4096, description="Disk quota of a run: MiB its working directory (the unpacked zip "

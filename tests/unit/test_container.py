@@ -68,3 +68,11 @@ def test_services_run_as_a_non_root_user_that_owns_every_directory_they_write():
     # the deployer's replicas write work directories and the model cache: kept on a volume at that directory
     mounts = COMPOSE["services"]["deployer"].get("volumes", [])
     assert any(str(m).split(":")[1] == data_dir for m in mounts), "the deployer's work directory needs a volume"
+
+
+def test_services_that_read_a_shared_setting_get_the_same_value():
+    """RAILYARD_TASKS__MAX_TIMEOUT: the task scheduler's largest run timeout, which monitoring's
+    setup_continuous_training checks a timeout against at once: set once for both (the services' common env)."""
+    values = {name: COMPOSE["services"][name]["environment"].get("RAILYARD_TASKS__MAX_TIMEOUT")
+              for name in ("task-scheduler", "monitoring")}
+    assert None not in values.values() and len(set(values.values())) == 1, values

@@ -476,3 +476,15 @@ def test_task_runs_reach_the_gateway_and_engine_replicas_the_bus_and_object_stor
     for block in egress_ip_blocks(POLICIES, pods["registry"]):
         if block["cidr"] == "0.0.0.0/0":
             assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"} <= set(block["except"])
+
+
+SHARED_SETTINGS = {"RAILYARD_TASKS__MAX_TIMEOUT": ("task-scheduler", "monitoring")}
+"""Settings more than one service reads, which must agree: the task scheduler's largest run timeout, which
+monitoring's setup_continuous_training checks a timeout against at once (services/monitoring/continuous.py)."""
+
+
+def test_services_that_read_a_shared_setting_get_the_same_value():
+    deployments = _service_deployments()
+    for name, services in SHARED_SETTINGS.items():
+        values = {s: _resolved_env(_pod_spec(deployments[s])["containers"][0]).get(name) for s in services}
+        assert None not in values.values() and len(set(values.values())) == 1, f"{name} differs: {values}"
