@@ -49,10 +49,7 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """Create a pipeline or a new version of it."""
         return await handlers.create_pipeline(deps(), await caller(ctx), ctx.token, cmd)
 
-    # one at a time: a copy checks that its name is free, then creates the pipeline with the upsert pipelines/create
-    # uses (a new version of an existing name is how create works), so two copies to one name at once would both
-    # pass the check and both answer "copied" where one must be a 409
-    @command(router, subjects.DEPLOYER_PIPELINES_COPY, service=NAME, max_workers=1)
+    @command(router, subjects.DEPLOYER_PIPELINES_COPY, service=NAME)
     async def copy_pipeline(cmd: CopyPipeline, ctx: CallContext) -> PipelineCopied:
         """Copy a pipeline (optionally deploying the copy)."""
         return await handlers.copy_pipeline(deps(), await caller(ctx), ctx.token, cmd)

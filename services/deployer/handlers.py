@@ -152,13 +152,23 @@ async def create_pipeline(deps: DeployerDeps, principal: Principal, token: str |
     _check_name(cmd.pipeline_id, "pipeline name")
     _check_definition(cmd.definition)
     await require_member(deps.membership(token), principal, cmd.workspace_id)
+    return await _create_version(deps, principal, cmd.workspace_id, cmd.pipeline_id, cmd.definition)
+
+
+async def _create_version(deps: DeployerDeps, principal: Principal, workspace_id: int, name: str,
+                          definition: dict[str, Any], *, new_name: bool = False) -> PipelineCreated:
+    """The workspace's pipeline `name` with `definition` as its latest version, under the name's advisory lock
+    (store.PIPELINE_NAME_LOCK): a name taken is a new version, or with `new_name` (a copy) a 409."""
     async with deps.pool.acquire() as conn, conn.transaction():
+        await store.lock_pipeline_name(conn, workspace_id, name)
+        if new_name and await store.pipeline_by_name(conn, workspace_id, name) is not None:
+            raise Conflict(f"a pipeline named {name!r} already exists in the workspace")
         pipeline_id, version_id, version, created = await store.create_pipeline_version(
-            conn, cmd.workspace_id, cmd.pipeline_id, uuid.UUID(principal.user_id), cmd.definition)
+            conn, workspace_id, name, uuid.UUID(principal.user_id), definition)
     if created:
         await deps.publish(subjects.EVENT_PIPELINE_VERSION_CREATED, PipelineVersionCreated(
-            pipeline_id=pipeline_id, workspace_id=cmd.workspace_id, name=cmd.pipeline_id,
-            pipeline_version=str(version), models=_definition_models(cmd.definition)))
+            pipeline_id=pipeline_id, workspace_id=workspace_id, name=name,
+            pipeline_version=str(version), models=_definition_models(definition)))
     return PipelineCreated(pipeline_pk_id=pipeline_id, pipeline_variant_pk_id=version_id,
                            pipeline_variant_version=str(version))
 
@@ -178,10 +188,11 @@ async def copy_pipeline(deps: DeployerDeps, principal: Principal, token: str | N
     else:
         version = await store.latest_version(deps.pool, source["id"])
     definition = json.loads(version["definition"]) if version else {}
-    if await store.pipeline_by_name(deps.pool, cmd.workspace_id, cmd.name) is not None:
-        raise Conflict(f"a pipeline named {cmd.name!r} already exists in the workspace")
-    created = await create_pipeline(deps, principal, token, CreatePipeline(
-        pipeline_id=cmd.name, workspace_id=cmd.workspace_id, definition=definition))
+    _check_name(cmd.name, "pipeline name")
+    _check_definition(definition)
+    # the name check and the create in one transaction under the name's lock: two copies to one name, or a copy
+    # and a pipelines/create of it, at once, both passed the check (copies were one at a time for this)
+    created = await _create_version(deps, principal, cmd.workspace_id, cmd.name, definition, new_name=True)
     deployment = None
     if cmd.deploy:
         deployed = await deploy(deps, principal, token, DeployPipeline(

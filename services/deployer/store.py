@@ -11,6 +11,15 @@ import asyncpg
 # a pipeline's advisory lock, in a key space of its own: every service shares the database, and auth locks its
 # workspaces by id too (a bare pg_advisory_xact_lock(id) made pipeline 7 and workspace 7 wait on each other)
 PIPELINE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('deployer.pipeline:' || $1::bigint, 0))"
+# a pipeline name of a workspace, before the pipeline exists: a copy's "name is free" check and its create are one
+# step under it, and pipelines/create takes it too (its upsert would otherwise slip between them)
+PIPELINE_NAME_LOCK = ("SELECT pg_advisory_xact_lock(hashtextextended("
+                      "'deployer.pipeline_name:' || $1::bigint || ':' || $2::text, 0))")
+
+
+async def lock_pipeline_name(conn: asyncpg.Connection, workspace_id: int, name: str) -> None:
+    """Hold the workspace's pipeline name until the transaction ends."""
+    await conn.execute(PIPELINE_NAME_LOCK, workspace_id, name)
 
 
 async def pipeline_by_name(pool: asyncpg.Pool | asyncpg.Connection, workspace_id: int,

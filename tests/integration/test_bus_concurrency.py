@@ -22,15 +22,15 @@ from shared.messages.base import Command
 from tests.integration.conftest import post
 
 
-async def _wait_for_lock_waiter(conn: asyncpg.Connection, key: int, timeout: float = 30.0) -> None:
-    """Until a backend waits for the advisory lock `key` (a bigint key: its low 32 bits are the objid)."""
+async def _wait_for_lock_waiter(conn: asyncpg.Connection, key: int, timeout: float = 30.0, waiters: int = 1) -> None:
+    """Until `waiters` backends wait for the advisory lock `key` (a bigint key: its low 32 bits are the objid)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                               " AND objid = $1 AND objsubid = 1", key & 0xFFFFFFFF):
+                               " AND objid = $1 AND objsubid = 1", key & 0xFFFFFFFF) >= waiters:
             return
         await asyncio.sleep(0.02)
-    raise AssertionError(f"nobody waited for advisory lock {key} within {timeout}s")
+    raise AssertionError(f"fewer than {waiters} waited for advisory lock {key} within {timeout}s")
 
 
 def test_a_slow_command_does_not_hold_up_the_next_one_of_its_subject(stack, alice):
@@ -74,6 +74,49 @@ def test_a_slow_command_does_not_hold_up_the_next_one_of_its_subject(stack, alic
     assert held.status_code == 200, held.text
     assert held.json()["pipeline_pk_id"] == pipeline_id
     assert held.json()["pipeline_variant_pk_id"] != created.json()["pipeline_variant_pk_id"]
+
+
+def test_copies_and_a_create_of_one_name_wait_for_the_names_lock_and_only_one_copy_makes_it(stack, alice):
+    """pipelines/copy checks that its name is free and creates it in one transaction under the (workspace, name)
+    advisory lock, which pipelines/create takes too. The test holds that lock: two copies to one name and a create
+    of it all wait for it (copies are no longer one at a time); released, one copy makes the pipeline, the other is
+    a 409, and the create is a version of the copy's pipeline. Without the lock copies ran one at a time, and a
+    create of the name slipped between a copy's check and its create."""
+    source = post(stack, "pipelines/create", alice.token,
+                  {"pipeline_id": f"src-{uuid.uuid4().hex[:8]}", "workspace_id": alice.workspace_id,
+                   "definition": {}})
+    assert source.status_code == 200, source.text
+    name = f"copy-{uuid.uuid4().hex[:8]}"
+    copy = {"name": name, "workspace_id": alice.workspace_id, "source_pipeline": source.json()["pipeline_pk_id"]}
+
+    async def scenario() -> tuple[list, object]:
+        conn = await asyncpg.connect(stack.settings().postgres.dsn)
+        pool = ThreadPoolExecutor(3)
+        loop = asyncio.get_running_loop()
+        try:
+            key = await conn.fetchval("SELECT hashtextextended('deployer.pipeline_name:' || $1::bigint || ':' || $2,"
+                                      " 0)", alice.workspace_id, name)
+            await conn.execute("SELECT pg_advisory_lock($1)", key)
+            copies = [loop.run_in_executor(pool, lambda: post(stack, "pipelines/copy", alice.token, copy))
+                      for _ in range(2)]
+            await _wait_for_lock_waiter(conn, key, waiters=2)
+            create = loop.run_in_executor(pool, lambda: post(stack, "pipelines/create", alice.token, {
+                "pipeline_id": name, "workspace_id": alice.workspace_id, "definition": {}}))
+            await _wait_for_lock_waiter(conn, key, waiters=3)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock_all()")
+            await conn.close()
+        answered = await asyncio.gather(*copies), await create
+        pool.shutdown()
+        return answered
+
+    copies, create = asyncio.run(scenario())
+    assert sorted(c.status_code for c in copies) == [200, 409], [c.text for c in copies]
+    made = next(c for c in copies if c.status_code == 200).json()
+    refused = next(c for c in copies if c.status_code == 409).json()
+    assert refused["code"] == "conflict" and name in refused["msg"]
+    assert create.status_code == 200, create.text
+    assert create.json()["pipeline_pk_id"] == made["pipeline_pk_id"]
 
 
 class Hold(Command):
