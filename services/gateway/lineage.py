@@ -192,8 +192,8 @@ def add_lineage_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token
               openapi_extra=request_schema(lin.DatasetFileQuery))
     async def download_file(request: Request, principal: Principal = Depends(user_caller)) -> Any:
         """A dataset file's bytes ({"dataset_id": ..., "name": ...}; "version_id": as a project version saved it)."""
-        cmd = _validated(lin.DatasetFileQuery, await _json_body(request))
-        info = lin.DatasetFile.model_validate(await handlers.forward(
+        cmd = _validated(lin.DatasetFileQuery, await _json_body(request)).model_copy(update={"labels": False})
+        info = lin.DatasetFile.model_validate(await handlers.forward(  # the hash only: any labels' size downloads
             runtime.broker, subjects.LINEAGE_DATASETS_GET_FILE, cmd, bearer_token(request), timeout))
         return await _stream(runtime, info.sha256, info.content_type)
 

@@ -14,7 +14,7 @@ from nats.js.api import ConsumerConfig
 from services.workflow_lineage import auto_benchmarks, handlers, links, object_gc
 from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
-from shared.bus import CallContext, command, publish_event, raw_request, request
+from shared.bus import REPLY_HEADROOM, CallContext, command, publish_event, raw_request, request
 from shared.errors import InvalidRequest
 from shared.messages import CountEvents, EventCount
 from shared.messages import lineage as m
@@ -126,11 +126,13 @@ def build_router(runtime: Runtime) -> NatsRouter:
         return await handlers.list_files(deps(), await caller(ctx), ctx.token, cmd.dataset_id, cmd.version_id,
                                          limit=cmd.limit, cursor=cmd.cursor)
 
-    @command(router, subjects.LINEAGE_DATASETS_GET_FILE, service=NAME)
+    @command(router, subjects.LINEAGE_DATASETS_GET_FILE, service=NAME,
+             too_large_hint="the file's labels are larger than a reply may carry, so they cannot be read through "
+             "the API; its content can (datasets/download_file). Upload it again with smaller labels, or delete it")
     async def get_file(cmd: m.DatasetFileQuery, ctx: CallContext) -> m.DatasetFile:
         """A dataset file's hash, size, type and labels (now, or as a project version saved it)."""
         return await handlers.get_file(deps(), await caller(ctx), ctx.token, cmd.dataset_id, cmd.name,
-                                       cmd.version_id)
+                                       cmd.version_id, labels=cmd.labels)
 
     @command(router, subjects.LINEAGE_DATASETS_SAVED, service=NAME)
     async def saved_dataset(cmd: m.SavedDatasetQuery, ctx: CallContext) -> m.SavedDatasetInfo:
@@ -278,7 +280,7 @@ async def start(runtime: Runtime) -> None:
 
     deps = handlers.Deps(pool=runtime.db, objects=runtime.objects,
                          membership=lambda token: bus_membership(broker, token, timeout), publish=publish,
-                         page_bytes=nc.max_payload // 2)
+                         page_bytes=nc.max_payload // 2, reply_bytes=nc.max_payload - REPLY_HEADROOM)
     worker = auto_benchmarks.AutoBenchmarks(deps, infer)
     deps.wake_benchmarks = worker.wake
     collection = object_gc.PeriodicCollection(deps)

@@ -16,7 +16,7 @@ import re
 
 import pydantic_core
 
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, ReplyTooLarge
 from shared.messages.lineage import NAME_PATTERN, DatasetFile, DatasetFiles
 
 
@@ -41,10 +41,12 @@ def name_of(cursor: str | None) -> str | None:
     return name
 
 
-def page(candidates: list[DatasetFile], limit: int | None, max_bytes: int) -> DatasetFiles:
+def page(candidates: list[DatasetFile], limit: int | None, max_bytes: int,
+         reply_bytes: int | None = None) -> DatasetFiles:
     """The page of `candidates` (the files after the cursor in name order, up to `limit` + 1 of them, the extra
     one telling that more follow): the first `limit` files, fewer when their JSON passes `max_bytes` (never none,
-    so paging always advances); `next_cursor` when any file is left out. Without a limit, every candidate."""
+    so paging always advances); `next_cursor` when any file is left out. Without a limit, every candidate. A file
+    that alone passes `reply_bytes` (what a reply may carry on the bus) fits no page: 422 naming it (too_large)."""
     if limit is None:
         return DatasetFiles(files=candidates)
     files: list[DatasetFile] = []
@@ -55,4 +57,27 @@ def page(candidates: list[DatasetFile], limit: int | None, max_bytes: int) -> Da
             break
         files.append(file)
     more = len(files) < len(candidates)
-    return DatasetFiles(files=files, next_cursor=cursor_of(files[-1].name) if more else None)
+    cursor = cursor_of(files[-1].name) if more else None
+    if reply_bytes is not None and len(files) == 1 and size > max_bytes:
+        alone = size + len(cursor or "") + REPLY_ENVELOPE
+        if alone > reply_bytes:
+            raise too_large(files[0].name, alone, reply_bytes)
+    return DatasetFiles(files=files, next_cursor=cursor)
+
+
+REPLY_ENVELOPE = 256
+"""Bytes a page's reply adds around its files and cursor (the envelope's fields, `next_cursor`'s key)."""
+
+
+def too_large(name: str, size: int, reply_bytes: int) -> ReplyTooLarge:
+    """The 422 for a file whose labels make it too large for any reply: which file, and what can be done."""
+    return ReplyTooLarge(
+        f"the file {name!r} alone is {_mib(size)} with its labels, above the {_mib(reply_bytes)} a reply may carry on "
+        "the bus, so no page can list it, whatever the limit (nor datasets/get_file_info answer it): its labels "
+        "cannot be read through the API. Its content can: datasets/download_file. The files after it: pass cursor "
+        f"{cursor_of(name)!r}. To list it again, upload it under the same name with smaller labels, or delete it "
+        "(datasets/delete_file)")
+
+
+def _mib(count: int) -> str:
+    return f"{count / 1024**2:.1f} MiB"

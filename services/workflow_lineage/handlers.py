@@ -83,6 +83,7 @@ class Deps:
     wake_benchmarks: Callable[[], None] = lambda: None  # a claim for an automatic benchmark was made
     saved_files: SavedFilesCache = field(default_factory=SavedFilesCache)  # datasets as versions saved them
     page_bytes: int = 4 * 1024 * 1024  # a list_files page's most bytes of files: half the bus payload limit (app.py)
+    reply_bytes: int = 8 * 1024 * 1024 - 4 * 1024  # the most a reply carries: the bus limit less headers (app.py)
 
 
 # --- the event log ---------------------------------------------------------------------------------------
@@ -444,22 +445,24 @@ async def list_files(deps: Deps, principal: Principal, token: str | None, datase
         candidates = [saved[n] for n in names[start:start + wanted if wanted else None]]
     else:
         candidates = [_file_info(r) for r in await store.dataset_files_page(deps.pool, dataset_id, after, wanted)]
-    return file_pages.page(candidates, limit, deps.page_bytes)
+    return file_pages.page(candidates, limit, deps.page_bytes, deps.reply_bytes)
 
 
 async def get_file(deps: Deps, principal: Principal, token: str | None, dataset_id: int, name: str,
-                   version_id: int | None = None) -> DatasetFile:
-    """One file of a dataset: now, or as the project version `version_id` saved it."""
+                   version_id: int | None = None, *, labels: bool = True) -> DatasetFile:
+    """One file of a dataset: now, or as the project version `version_id` saved it; without its labels when
+    `labels` is false (download_file: a file whose labels pass the bus limit still downloads)."""
     row = await _dataset(deps, principal, token, dataset_id)
     if version_id is not None:
         found = (await _saved(deps, row, version_id))[1].files.get(name)
         if found is None:
             raise NotFound(f"dataset {dataset_id} had no file {name!r} in version {version_id}")
-        return found
-    found = await store.dataset_file(deps.pool, dataset_id, name)
-    if found is None:
-        raise NotFound(f"dataset {dataset_id} has no file {name!r}")
-    return _file_info(found)
+    else:
+        stored = await store.dataset_file(deps.pool, dataset_id, name)
+        if stored is None:
+            raise NotFound(f"dataset {dataset_id} has no file {name!r}")
+        found = _file_info(stored)
+    return found if labels else found.model_copy(update={"labels": None})
 
 
 async def delete_file(deps: Deps, principal: Principal, token: str | None, dataset_id: int, name: str) -> Deleted:

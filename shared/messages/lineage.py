@@ -175,6 +175,8 @@ class DatasetFileQuery(Command):
     name: str = Field(pattern=NAME_PATTERN)
     version_id: int | None = Field(None, gt=0, description="A version of the dataset's project: the file as that "
                                    "version saved it.")
+    labels: bool = Field(True, description="False: without its labels (`labels` null): what download_file asks, "
+                         "which needs only the hash, so a file whose labels pass the bus limit still downloads.")
 
 
 class DatasetFile(Message):

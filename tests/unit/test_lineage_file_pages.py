@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from services.workflow_lineage import file_pages, handlers, manifest
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, ReplyTooLarge
 from shared.messages.lineage import MAX_FILES_CURSOR, NAME_MAX_CHARS, NAME_PATTERN, DatasetFile, DatasetFilesQuery
 
 SAVED_AT = datetime(2026, 12, 1, 12, tzinfo=UTC)
@@ -108,3 +108,28 @@ def test_a_page_ending_on_the_longest_name_gives_a_cursor_the_next_page_takes():
         page = file_pages.page([_file(name), _file("zz.png")], 1, max_bytes=1 << 20)
         query = DatasetFilesQuery(dataset_id=1, limit=1, cursor=page.next_cursor)
         assert file_pages.name_of(query.cursor) == name
+
+
+def test_a_file_too_large_for_any_reply_is_named_with_what_can_be_done(monkeypatch):
+    """A file whose labels alone are near the bus limit fits no page: a list_files with `limit` answered the bus's
+    reply_too_large "ask for pages: pass limit", which the caller had passed. The page names the file, the cursor
+    past it, and how its content is read: download_file, which asks get_file for the file without its labels."""
+    big, after = _file("mask.png", {"polygon": "7" * 3000}), _file("next.png")
+    with pytest.raises(ReplyTooLarge, match=r"the file 'mask.png' alone is .* so no page can list it, whatever the "
+                       r"limit .* datasets/download_file") as refused:
+        file_pages.page([big, after], 10, max_bytes=1000, reply_bytes=3000)
+    assert f"pass cursor {file_pages.cursor_of('mask.png')!r}" in str(refused.value)
+    alone = file_pages.page([big, after], 10, max_bytes=1000, reply_bytes=8000)  # above a page's budget: alone
+    assert [f.name for f in alone.files] == ["mask.png"] and file_pages.name_of(alone.next_cursor) == "mask.png"
+
+    deps = _deps(monkeypatch)
+
+    async def stored(pool, dataset_id, name):
+        return {"name": name, "sha256": "ab" * 32, "size": 10, "content_type": "image/png",
+                "labels": '{"polygon": "7"}', "created_at": SAVED_AT}
+
+    monkeypatch.setattr(handlers.store, "dataset_file", stored)
+    with_labels = asyncio.run(handlers.get_file(deps, None, None, 5, "mask.png"))
+    without = asyncio.run(handlers.get_file(deps, None, None, 5, "mask.png", labels=False))
+    assert with_labels.labels == {"polygon": "7"} and without.labels is None
+    assert without.model_dump(exclude={"labels"}) == with_labels.model_dump(exclude={"labels"})
