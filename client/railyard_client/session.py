@@ -13,6 +13,10 @@ Credentials are looked up in this order (the first that gives a URL and a way to
 With only a client id and secret (an inference client of a workspace), the client signs in with the
 client_credentials grant: its tokens may run inferences on that workspace's deployments (`Client.infer`).
 
+The file's tokens are used only for the user and client they were issued to: a username (given or in the
+environment) without its password that is not the saved user's is a ConfigurationError asking for the password,
+and another client id signs in as that client; neither runs as the saved user.
+
 Refresh tokens are single-use, so a session that came from the file writes the refreshed tokens back to it.
 """
 
