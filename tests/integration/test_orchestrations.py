@@ -347,16 +347,19 @@ result["environ"] = sorted({environ_of(p) for p in os.listdir("/proc") if p.isdi
 result["env_keys"] = sorted(k for k in os.environ if k.startswith(("RAILYARD", "TASK", "ORCH")))
 url = os.environ["RAILYARD_CLIENT_URL"]
 token = os.environ["RAILYARD_CLIENT_TOKEN"]
-def call(route, body):
+def call(route, body, answer=False):
     request = urllib.request.Request(f"{url}/v1/api/{route}", data=json.dumps(body).encode(),
                                      headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     try:
-        return urllib.request.urlopen(request, timeout=10).status
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read()) if answer else response.status
     except urllib.error.HTTPError as exc:
         return exc.code
 result["own_workspace"] = call("pipelines/list", {"workspace_id": args["own"]})
 result["other_workspace"] = call("pipelines/list", {"workspace_id": args["other"]})
 result["admin_route"] = call("users/invite", {"email": "x@example.com", "password": "Snugglebunnies-1"})
+result["workspaces"] = [w["id"] for w in call("workspaces/list", {}, answer=True)["workspaces"]]
+result["create_workspace"] = call("workspaces/create", {"workspace_name": "escaped-" + os.environ["TASK_RUN_ID"]})
 print(json.dumps(result))
 '''
 
@@ -381,6 +384,8 @@ def test_a_run_reaches_the_gateway_only_with_a_token_for_its_workspace(stack, al
                                   "RAILYARD_CLIENT_WORKSPACE", "TASK_ARGS", "TASK_ID", "TASK_RUN_ID"]
     assert result["own_workspace"] == 200 and result["other_workspace"] == 404, result
     assert result["admin_route"] == 403
+    # the token lists its own workspace only and cannot make another (docs/security.md, "Task-run tokens")
+    assert result["workspaces"] == [alice.workspace_id] and result["create_workspace"] == 403, result
 
 
 # --- isolation -------------------------------------------------------------------------------------------------
