@@ -10,7 +10,8 @@ stats.compute over the rows, tests/integration/test_monitoring_stats_aggregates.
 - REVIEWS_LABEL_DISTRIBUTION_STATS and REVIEWS_CLASSIFICATION_STATS count the labels and (true, predicted) top-class
   pairs of the reviewed predictions in SQL, from labels stored with each prediction and review when it is written
   (migrations/011_prediction_labels.sql: prediction_labels, stats.classes_of in SQL from migration 008), and
-  REVIEWS_OBJECT_DETECTION_STATS reads only the reviewed predictions (an inner join) for stats.compute itself;
+  REVIEWS_OBJECT_DETECTION_STATS reads only the reviewed detections and segmentations (an inner join) for
+  stats.compute itself, and counts the other reviews;
 - AGGREGATED_OBJECT_DETECTION_STATS reads only the detection and segmentation predictions' boxes, and hands them to
   stats.compute itself;
 - AGGREGATED_PREDICTIONS_DATA reads each number as one array per column (array_agg over one sort: PostgreSQL 16 sorts
@@ -88,10 +89,13 @@ async def compute(pool: asyncpg.Pool, service: str, deployment_id: int, referenc
             return total, await _review_labels(conn, args)
         if service == "REVIEWS_CLASSIFICATION_STATS":
             return total, await _review_classes(conn, args)
-        if service.startswith("REVIEWS_"):
+        if service == "REVIEWS_OBJECT_DETECTION_STATS":
+            # the reviewed detections and segmentations only: of the others, the answer needs only their number
             rows = await _reviewed_rows(conn, args)
-            # every REVIEWS_* value reads the reviewed rows only (stats.compute filters the others out first)
-            return total, await asyncio.to_thread(stats.compute, service, rows, None)
+            reviews = await conn.fetchval(f"SELECT count(*) FROM predictions p JOIN reviews r ON r.prediction_id = p.id"
+                                          f" WHERE {STATS_FILTERS}", *args)
+            result = await asyncio.to_thread(stats.compute, service, rows, None)
+            return total, result | {"reviews": reviews}
         if service == "AGGREGATED_OBJECT_DETECTION_STATS":
             rows = await conn.fetch(
                 f"SELECT p.kind, p.prediction, p.height, p.width FROM predictions p WHERE {STATS_FILTERS}"
@@ -115,10 +119,11 @@ async def compute(pool: asyncpg.Pool, service: str, deployment_id: int, referenc
 
 
 async def _reviewed_rows(conn: asyncpg.Connection, args: tuple) -> list[dict[str, Any]]:
+    """The reviewed detections and segmentations the filters keep, as stats.compute takes them."""
     rows = await conn.fetch(
         "SELECT p.kind, p.prediction, p.shadow_prediction, p.height, p.width, r.decision, r.ground_truth"
-        f" FROM predictions p JOIN reviews r ON r.prediction_id = p.id WHERE {STATS_FILTERS} ORDER BY {_ORDER}",
-        *args)
+        f" FROM predictions p JOIN reviews r ON r.prediction_id = p.id WHERE {STATS_FILTERS}"
+        f" AND p.kind IN ('detection', 'segmentation') ORDER BY {_ORDER}", *args)
     out = []
     for row in rows:
         item = loads(row)
