@@ -192,6 +192,18 @@ def test_the_start_banner_names_the_data_dir_the_commands_need(tmp_path, monkeyp
     assert f"password {stack.secrets.values['admin_password']}" in stack.banner(1.0)
 
 
+def _saved_admin(tmp_path, monkeypatch):
+    """A credentials file as `railyard login` saves it for admin (api-client), and no RAILYARD_CLIENT_* set."""
+    for name in ("RAILYARD_CLIENT_URL", "RAILYARD_CLIENT_TOKEN", "RAILYARD_CLIENT_ID", "RAILYARD_CLIENT_SECRET",
+                 "RAILYARD_CLIENT_USERNAME", "RAILYARD_CLIENT_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    saved = tmp_path / "credentials.json"
+    saved.write_text(json.dumps({"url": "http://h:1", "client_id": "api-client", "client_secret": "api-secret",
+                                 "username": "admin", "access_token": "admin-token", "refresh_token": "r",
+                                 "expires_at": 9e99}))
+    return saved
+
+
 def test_an_inference_clients_id_and_secret_never_run_as_the_saved_user(tmp_path, monkeypatch):
     """Client(url, client_id=<inference client>, client_secret=...) on a machine where `railyard login` had saved a
     user's tokens ran as that user (the saved admin's token, all of its rights) instead of signing in as the
@@ -200,13 +212,7 @@ def test_an_inference_clients_id_and_secret_never_run_as_the_saved_user(tmp_path
     from railyard_client.errors import ConfigurationError
     from railyard_client.session import Session
 
-    for name in ("RAILYARD_CLIENT_URL", "RAILYARD_CLIENT_TOKEN", "RAILYARD_CLIENT_ID", "RAILYARD_CLIENT_SECRET",
-                 "RAILYARD_CLIENT_USERNAME", "RAILYARD_CLIENT_PASSWORD"):
-        monkeypatch.delenv(name, raising=False)
-    saved = tmp_path / "credentials.json"
-    saved.write_text(json.dumps({"url": "http://h:1", "client_id": "api-client", "client_secret": "api-secret",
-                                 "username": "admin", "access_token": "admin-token", "refresh_token": "r",
-                                 "expires_at": 9e99}))
+    saved = _saved_admin(tmp_path, monkeypatch)
     grants = []
 
     def grant(session, form):
@@ -267,13 +273,7 @@ def test_a_username_without_its_password_never_runs_as_the_saved_user(tmp_path, 
     from railyard_client.errors import ConfigurationError
     from railyard_client.session import Session
 
-    for name in ("RAILYARD_CLIENT_URL", "RAILYARD_CLIENT_TOKEN", "RAILYARD_CLIENT_ID", "RAILYARD_CLIENT_SECRET",
-                 "RAILYARD_CLIENT_USERNAME", "RAILYARD_CLIENT_PASSWORD"):
-        monkeypatch.delenv(name, raising=False)
-    saved = tmp_path / "credentials.json"
-    saved.write_text(json.dumps({"url": "http://h:1", "client_id": "api-client", "client_secret": "api-secret",
-                                 "username": "admin", "access_token": "admin-token", "refresh_token": "r",
-                                 "expires_at": 9e99}))
+    saved = _saved_admin(tmp_path, monkeypatch)
     grants = []
 
     def grant(session, form):
