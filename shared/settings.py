@@ -244,6 +244,10 @@ class MonitoringSettings(BaseModel):
     max_image_bytes: int = Field(25 * 1024 * 1024, gt=0, description="Largest image predict/monitor accept as a "
                                  "multipart upload (the gateway stages it in object storage; 413 above). Images "
                                  "sent base64 in the JSON body stay within the JSON body limit.")
+    images_at_once: int = Field(2, ge=1, description="Images predict/monitor decode and measure at once (about "
+                                "130 MiB each at the 16-megapixel limit); the others wait for a turn.")
+    stats_at_once: int = Field(2, ge=1, description="get_stats computations over stored predictions at once (each "
+                               "reads up to 200,000 predictions into memory); the others wait for a turn.")
 
 
 class SandboxSettings(BaseModel):

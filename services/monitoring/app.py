@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from faststream.nats import NatsRouter
@@ -97,7 +98,9 @@ async def start(runtime: Runtime) -> None:
     deps = handlers.MonitoringDeps(pool=runtime.db, broker=broker,
                                    membership=lambda token: bus_membership(broker, token, timeout),
                                    timeout=timeout, deploy_timeout=timeout + settings.registry.worker_timeout,
-                                   objects=runtime.objects, max_image_bytes=settings.monitoring.max_image_bytes)
+                                   objects=runtime.objects, max_image_bytes=settings.monitoring.max_image_bytes,
+                                   image_slots=asyncio.Semaphore(settings.monitoring.images_at_once),
+                                   stats_slots=asyncio.Semaphore(settings.monitoring.stats_at_once))
     sweep = staging_sweep.StagedImageSweep(runtime.objects)
     fold = aggregates.HourFold(runtime.db)
     runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, staging_sweep=sweep, hour_fold=fold)

@@ -8,10 +8,11 @@ pipeline version, then a deploy of that version under the same deploy_id, which 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -60,6 +61,11 @@ class MonitoringDeps:
     deploy_timeout: float
     objects: Any = None  # the object store (shared.objectstore.ObjectStore): prediction images, bucket "monitoring"
     max_image_bytes: int = 25 * 1024 * 1024  # the largest staged image predict/monitor read (monitoring settings)
+    # Commands run several at once (nats.command_workers, 8 a subject): these bound the memory-heavy parts, an
+    # image's decode and measures (~130 MiB at 16 MP) and a get_stats over up to 200,000 stored predictions
+    # (monitoring.images_at_once, stats_at_once); 8 of each at once took a gigabyte or more
+    image_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    stats_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
 
 
 @dataclass

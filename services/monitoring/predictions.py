@@ -36,6 +36,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -353,7 +354,32 @@ async def _predict(deps: MonitoringDeps, principal: Principal, token: str | None
                    data: bytes) -> PredictionResult:
     tags = _check_tags(cmd.tags)
     view = await _deployment(deps, principal, token, cmd.deployment)
+    received = datetime.now(UTC)
+    async with deps.image_slots:  # the decoded image and its copies, until only its measures are left
+        prepared = await _prepare_predict(deps, token, cmd, view, data)
+    return await _predict_prepared(deps, token, cmd, view, data, tags, received, prepared)
+
+
+@dataclass
+class _PreparedImage:
+    """An image ready for the engine, without the decoded image itself (it may be a hundred MiB)."""
+
+    table: Any  # the engine's input (pyarrow.Table)
+    convert: Callable[[Any, str, float | None], dict[str, Any] | None]  # (answer, column prefix, min threshold)
+    kind: str
+    labels: list[str] | None
+    height: int
+    width: int
+    content_type: str
+    features: dict[str, float]
+    by_reference: bool  # the table goes to the engine through object storage (an ML backend's base64 task)
+
+
+async def _prepare_predict(deps: MonitoringDeps, token: str | None, cmd: PredictImage, view: DeploymentView,
+                           data: bytes) -> _PreparedImage:
+    """The image decoded and checked against the deployment, turned into the engine's input and measured."""
     img = await asyncio.to_thread(images.decode_image, data, cmd.content_type)  # CPU work off the event loop
+    height, width = img.height, img.width
     config = image_config(view.definition)
     backend = None
     if config is None:  # an ML backend needs none: its labeling config says what it answers
@@ -366,7 +392,6 @@ async def _predict(deps: MonitoringDeps, principal: Principal, token: str | None
                            "images, or serve an ML backend (railyard-ml deploy railyard)")
     if view.route.status != "Running":
         raise Unavailable(f"deployment {cmd.deployment!r} is {view.route.status.lower()}; retry shortly")
-    received = datetime.now(UTC)
     content_type = images.content_type_of(img)
     import pyarrow as pa  # here, not at the top: the idle service does without pyarrow (~25 MiB)
 
@@ -383,14 +408,15 @@ async def _predict(deps: MonitoringDeps, principal: Principal, token: str | None
                     return None
                 raise ml_backend_predictions.BackendAnswerInvalid(
                     f"the ML backend's step answered no {column!r} column")
-            return ml_backend_predictions.to_prediction(answer.column(column)[0].as_py(), backend, img.height,
-                                                        img.width, min_threshold)
+            return ml_backend_predictions.to_prediction(answer.column(column)[0].as_py(), backend, height, width,
+                                                        min_threshold)
     else:
-        width, height = config.size or img.size
+        input_width, input_height = config.size or img.size
         nc = deps.broker.config.connection_state.connection
-        if width * height * config.channels * 4 > nc.max_payload - BUS_HEADROOM:  # float32 values
-            raise InvalidRequest(f"the image becomes a {width}x{height}x{config.channels} model input, more than the "
-                                 "bus carries: give the pipeline's image configuration a size, or send a smaller image")
+        if input_width * input_height * config.channels * 4 > nc.max_payload - BUS_HEADROOM:  # float32 values
+            raise InvalidRequest(f"the image becomes a {input_width}x{input_height}x{config.channels} model input, "
+                                 "more than the bus carries: give the pipeline's image configuration a size, or send "
+                                 "a smaller image")
         batch, features = await asyncio.to_thread(lambda: (images.preprocess(img, config),
                                                            images.image_features(img)))
         from shared.arrow_codec import tensor_array
@@ -402,10 +428,18 @@ async def _predict(deps: MonitoringDeps, principal: Principal, token: str | None
             outputs = _row_outputs(answer, prefix or None)
             if prefix and not outputs:
                 return None
-            return images.to_prediction(outputs, config, img.height, img.width, min_threshold)
+            return images.to_prediction(outputs, config, height, width, min_threshold)
 
+    return _PreparedImage(table=table, convert=convert, kind=kind, labels=labels, height=height, width=width,
+                          content_type=content_type, features=features, by_reference=backend is not None)
+
+
+async def _predict_prepared(deps: MonitoringDeps, token: str | None, cmd: PredictImage, view: DeploymentView,
+                            data: bytes, tags: list[str], received: datetime,
+                            image: _PreparedImage) -> PredictionResult:
+    convert = image.convert
     started = time.perf_counter()
-    answer, meta = await _ask_engine(deps, view.route.name, table, by_reference=backend is not None)
+    answer, meta = await _ask_engine(deps, view.route.name, image.table, by_reference=image.by_reference)
     round_trip = time.perf_counter() - started
     definition = await _served(deps, token, view, meta)
     shadow = _current_shadow(definition)
@@ -427,12 +461,13 @@ async def _predict(deps: MonitoringDeps, principal: Principal, token: str | None
         id=uuid.uuid4(), deployment_id=view.route.deployment_id, workspace_id=view.route.workspace_id,
         origin="predict", source=cmd.source, tags=tags,
         model_version=_answered_by(meta, _current_model(definition)),
-        shadow_model_version=_ref_dict(shadow) if shadow_prediction is not None else None, kind=kind,
+        shadow_model_version=_ref_dict(shadow) if shadow_prediction is not None else None, kind=image.kind,
         prediction=prediction, shadow_prediction=shadow_prediction, latency=latency, shadow_latency=shadow_latency,
-        height=img.height, width=img.width, content_type=content_type, image_sha256="",
-        features=features, predicted_at=received, filename=cmd.filename,
+        height=image.height, width=image.width, content_type=image.content_type, image_sha256="",
+        features=image.features, predicted_at=received, filename=cmd.filename,
         pipeline_version=meta.get("pipeline_version") or view.route.pipeline_version)
-    return await _keep(deps, token, row, data, cmd.deployment, labels, kept["target_datalake"] if kept else None)
+    return await _keep(deps, token, row, data, cmd.deployment, image.labels,
+                       kept["target_datalake"] if kept else None)
 
 
 # --- monitor ---------------------------------------------------------------------------------------------------------
@@ -503,10 +538,13 @@ async def _monitor(deps: MonitoringDeps, principal: Principal, token: str | None
     tags = _check_tags(cmd.tags)
     predicted_at = _predicted_at(cmd.timestamp)
     view = await _deployment(deps, principal, token, cmd.deployment)
-    img = await asyncio.to_thread(images.decode_image, data, cmd.content_type)  # CPU work off the event loop
-    labels, expected = await model_labels(deps, token, view)
-    kind = _check_monitored(cmd, img, labels, expected)
-    features = await asyncio.to_thread(images.image_features, img)
+    async with deps.image_slots:  # the decoded image and its copies, until only its measures are left
+        img = await asyncio.to_thread(images.decode_image, data, cmd.content_type)  # CPU work off the event loop
+        labels, expected = await model_labels(deps, token, view)
+        kind = _check_monitored(cmd, img, labels, expected)
+        features = await asyncio.to_thread(images.image_features, img)
+        height, width, content_type = img.height, img.width, images.content_type_of(img)
+        del img
     shadow = _current_shadow(view.definition)
     row = PredictionRow(
         id=uuid.uuid4(), deployment_id=view.route.deployment_id, workspace_id=view.route.workspace_id,
@@ -514,8 +552,8 @@ async def _monitor(deps: MonitoringDeps, principal: Principal, token: str | None
         shadow_model_version=_ref_dict(shadow) if cmd.shadow_prediction is not None else None, kind=kind,
         prediction=cmd.prediction.model_dump(exclude_none=True),
         shadow_prediction=cmd.shadow_prediction.model_dump(exclude_none=True) if cmd.shadow_prediction else None,
-        latency=cmd.latency, shadow_latency=cmd.shadow_latency, height=img.height, width=img.width,
-        content_type=images.content_type_of(img), image_sha256="", features=features,
+        latency=cmd.latency, shadow_latency=cmd.shadow_latency, height=height, width=width,
+        content_type=content_type, image_sha256="", features=features,
         predicted_at=predicted_at, filename=cmd.filename, pipeline_version=view.route.pipeline_version)
     kept = await store.settings(deps.pool, view.route.deployment_id)
     return await _keep(deps, token, row, data, cmd.deployment, labels, kept["target_datalake"] if kept else None)

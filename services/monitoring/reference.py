@@ -169,24 +169,27 @@ async def get_stats(deps: FeedbackDeps, principal: Principal, token: str | None,
             model_version=(model.version or model.sha) if model else None, start=start, end=end, includes=includes,
             excludes=excludes, tags=cmd.tags)
         return DeploymentStats(deployment=view.route.name, service=service, predictions=total, stats=result)
-    if service in stats_columns.COLUMNAR:
+    # what follows reads up to MAX_STATS_ROWS predictions into memory: a few at once (monitoring.stats_at_once)
+    async with deps.monitoring.stats_slots:
+        if service in stats_columns.COLUMNAR:
+            kept = await fs.reference_row(pool, view.route.deployment_id)
+            total, result = await stats_columns.compute(
+                pool, service, view.route.deployment_id,
+                kept["reference"] if kept and kept["status"] == "ready" else None, max_rows=MAX_STATS_ROWS,
+                model_name=model.name if model else None, model_version=(model.version or model.sha) if model else None,
+                start=start, end=end, includes=includes, excludes=excludes, tags=cmd.tags)
+            return DeploymentStats(deployment=view.route.name, service=service, predictions=total, stats=result)
+        rows = await fs.stats_rows(pool, view.route.deployment_id, model_name=model.name if model else None,
+                                   model_version=(model.version or model.sha) if model else None, start=start,
+                                   end=end, includes=includes, excludes=excludes, tags=cmd.tags,
+                                   limit=MAX_STATS_ROWS + 1)
+        if len(rows) > MAX_STATS_ROWS:
+            raise InvalidRequest(f"more than {MAX_STATS_ROWS} predictions match: narrow them with from_timestamp / "
+                                 "to_timestamp, since, tags or model_version")
         kept = await fs.reference_row(pool, view.route.deployment_id)
-        total, result = await stats_columns.compute(
-            pool, service, view.route.deployment_id, kept["reference"] if kept and kept["status"] == "ready" else None,
-            max_rows=MAX_STATS_ROWS, model_name=model.name if model else None,
-            model_version=(model.version or model.sha) if model else None, start=start, end=end, includes=includes,
-            excludes=excludes, tags=cmd.tags)
-        return DeploymentStats(deployment=view.route.name, service=service, predictions=total, stats=result)
-    rows = await fs.stats_rows(pool, view.route.deployment_id, model_name=model.name if model else None,
-                               model_version=(model.version or model.sha) if model else None, start=start, end=end,
-                               includes=includes, excludes=excludes, tags=cmd.tags, limit=MAX_STATS_ROWS + 1)
-    if len(rows) > MAX_STATS_ROWS:
-        raise InvalidRequest(f"more than {MAX_STATS_ROWS} predictions match: narrow them with from_timestamp / "
-                             "to_timestamp, since, tags or model_version")
-    kept = await fs.reference_row(pool, view.route.deployment_id)
-    reference = kept["reference"] if kept and kept["status"] == "ready" else None
-    result = await asyncio.to_thread(stats.compute, service, rows, reference)
-    return DeploymentStats(deployment=view.route.name, service=service, predictions=len(rows), stats=result)
+        reference = kept["reference"] if kept and kept["status"] == "ready" else None
+        result = await asyncio.to_thread(stats.compute, service, rows, reference)
+        return DeploymentStats(deployment=view.route.name, service=service, predictions=len(rows), stats=result)
 
 
 # --- the background computation --------------------------------------------------------------------------
