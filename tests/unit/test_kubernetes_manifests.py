@@ -31,6 +31,7 @@ VERSIONS = ("1.30", kubernetes_validate.latest_version())
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
 SECRETISH = re.compile(r"PASSWORD|SECRET|_KEY$|ACCESS_KEY|DSN|TOKEN")
 PLACEHOLDER = "0123456789abcdef" * 2  # what a Secret key holds in these tests: hex, as docs/deployment.md says
+CLUSTER_PASSWORD = "RAILYARD_NATS_CLUSTER_PASSWORD"  # the NATS cluster port's credential, read by nats.conf
 
 
 def _kustomization() -> dict[str, Any]:
@@ -184,7 +185,7 @@ def test_every_service_process_has_a_deployment_running_it():
 
 def test_every_railyard_variable_is_a_setting_or_a_bootstrap_password():
     known = env_names() | {f"{PASSWORD_ENV_PREFIX}{s.upper()}" for s in DATABASE_SCHEMAS} \
-        | {bus_identities.password_variable(i) for i in bus_identities.identities()}
+        | {bus_identities.password_variable(i) for i in bus_identities.identities()} | {CLUSTER_PASSWORD}
     for obj in OBJECTS:
         if obj["kind"] not in WORKLOADS:
             continue
@@ -386,8 +387,22 @@ def test_the_nats_config_is_the_permissions_file_and_a_valid_three_node_cluster(
     nats = _one("StatefulSet", "nats")
     headless = nats["spec"]["serviceName"]
     assert _one("Service", headless)["spec"]["clusterIP"] == "None"
-    routes = re.findall(r"nats://(nats-\d)\.(\S+):6222", conf)
-    assert routes == [(f"nats-{i}", headless) for i in range(nats["spec"]["replicas"])] and len(routes) == 3
+    # the cluster port asks every route for a credential (without one, any process reaching 6222 joined as a route
+    # and got every subject past the bus permissions) and each route URL presents it; the URLs are composed in the
+    # pod's environment, the password's variable first (Kubernetes expands $(VAR) of earlier entries only)
+    (server,) = _pod_spec(nats)["containers"]
+    cluster = re.search(r"^cluster \{(.*?)^\}", conf, re.S | re.M).group(1)
+    authorization = re.search(r"authorization \{(.*?)\}", cluster, re.S)
+    assert authorization, "the cluster port takes routes without a credential"
+    assert re.findall(r"^\s*(user|password): (\S+)$", authorization.group(1), re.M) == [
+        ("user", "route"), ("password", f"${CLUSTER_PASSWORD}")]
+    assert _secret_refs(server)[CLUSTER_PASSWORD] == ("railyard-nats", "cluster")
+    route_variables = re.findall(r"^\s*\$(NATS_ROUTE_\d)$", cluster, re.M)
+    pod_env = [e["name"] for e in server["env"]]
+    routes = {e["name"]: e["value"] for e in server["env"] if e["name"] in route_variables}
+    assert [routes[name] for name in route_variables] == [
+        f"nats://route:$({CLUSTER_PASSWORD})@nats-{i}.{headless}:6222" for i in range(nats["spec"]["replicas"])]
+    assert len(routes) == 3 and all(pod_env.index(CLUSTER_PASSWORD) < pod_env.index(n) for n in routes)
     assert "sync_interval: always" in conf and "max_payload: 8388608" in conf
 
     # the bootstrap Job creates the platform's streams on every node of the cluster
@@ -404,13 +419,18 @@ def test_the_nats_config_is_the_permissions_file_and_a_valid_three_node_cluster(
     for name, text in config_map["data"].items():
         (tmp_path / name).write_text(text)
     env = {bus_identities.password_variable(i): PLACEHOLDER for i in bus_identities.identities()}
-    env["POD_NAME"] = "nats-0"
-    checked = subprocess.run([str(binary), "-t", "-c", str(tmp_path / "nats.conf")], env=env, capture_output=True,
-                             text=True, timeout=30)
+    env |= {"POD_NAME": "nats-0", CLUSTER_PASSWORD: PLACEHOLDER}
+    env |= {name: url.replace(f"$({CLUSTER_PASSWORD})", PLACEHOLDER) for name, url in routes.items()}
+
+    def check(env: dict[str, str]) -> subprocess.CompletedProcess:
+        return subprocess.run([str(binary), "-t", "-c", str(tmp_path / "nats.conf")], env=env, capture_output=True,
+                              text=True, timeout=30)
+
+    checked = check(env)
     assert checked.returncode == 0, checked.stderr + checked.stdout
-    env.pop(bus_identities.password_variable("ops"))
-    assert subprocess.run([str(binary), "-t", "-c", str(tmp_path / "nats.conf")], env=env, capture_output=True,
-                          timeout=30).returncode != 0
+    assert check({k: v for k, v in env.items() if k != bus_identities.password_variable("ops")}).returncode != 0
+    refused = check({k: v for k, v in env.items() if k != CLUSTER_PASSWORD})
+    assert refused.returncode != 0 and CLUSTER_PASSWORD in refused.stderr + refused.stdout
 
 
 # --- the trust boundary on the network -----------------------------------------------------------------------------
