@@ -9,27 +9,35 @@ container starts after it has exited and reads the zip read-only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import sys
 from pathlib import Path
 
-from shared.objectstore import BUCKET_ORCHESTRATIONS, MinioObjectStore, content_key
+from shared.objectstore import BUCKET_ORCHESTRATIONS, MinioObjectStore, ObjectStore, content_key
 from shared.settings import Settings
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-async def fetch(settings: Settings, sha: str, target: Path) -> int:
-    """Download orchestration `sha` to `target` (through a partial file renamed once it matches); its size."""
-    partial = target.with_name(f".{target.name}.partial")
-    got, size = await MinioObjectStore(settings.s3).download_to(BUCKET_ORCHESTRATIONS, content_key(sha), partial)
+async def download_verified(objects: ObjectStore, sha: str, partial: Path, target: Path, mode: int) -> int:
+    """Orchestration `sha` from object storage into `target` through `partial`, renamed (with `mode`) only once its
+    bytes match the sha256; its size. The scheduler's own runs (`Scheduler._local_zip`) and a pod's fetch step."""
+    got, size = await objects.download_to(BUCKET_ORCHESTRATIONS, content_key(sha), partial)
     if got != sha:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
         raise RuntimeError(f"orchestration {sha[:12]} in object storage does not match its sha256")
-    partial.chmod(0o444)
+    os.chmod(partial, mode)
     os.replace(partial, target)
     return size
+
+
+async def fetch(settings: Settings, sha: str, target: Path) -> int:
+    """Download orchestration `sha` to `target` (through a partial file renamed once it matches); its size."""
+    return await download_verified(MinioObjectStore(settings.s3), sha, target.with_name(f".{target.name}.partial"),
+                                   target, 0o444)
 
 
 def main(argv: list[str]) -> int:

@@ -32,11 +32,11 @@ import asyncpg
 from croniter import croniter
 
 from services.task_scheduler import packaging, runner, store
+from services.task_scheduler.fetch_orchestration import download_verified
 from services.task_scheduler.handlers import Deps
 from shared import subjects
 from shared.errors import RailyardError
 from shared.messages.tasks import TaskRunFailed, TaskRunStarted, TaskRunSucceeded
-from shared.objectstore import BUCKET_ORCHESTRATIONS, content_key
 
 log = logging.getLogger("railyard.task_scheduler.scheduler")
 
@@ -279,13 +279,7 @@ class Scheduler:
         folder.chmod(0o755)
         path = folder / f"{sha}.zip"
         if not path.exists():
-            partial = folder / f"{sha}.{uuid.uuid4().hex}.part"
-            got, _ = await self.deps.objects.download_to(BUCKET_ORCHESTRATIONS, content_key(sha), partial)
-            if got != sha:
-                partial.unlink(missing_ok=True)
-                raise RuntimeError(f"orchestration {sha[:12]} in object storage does not match its sha256")
-            partial.chmod(0o644)
-            os.replace(partial, path)
+            await download_verified(self.deps.objects, sha, folder / f"{sha}.{uuid.uuid4().hex}.part", path, 0o644)
         return path
 
     async def _event(self, row: asyncpg.Record, status: str, exit_code: int | None, reason: str | None) -> None:
