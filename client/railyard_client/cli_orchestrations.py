@@ -185,8 +185,15 @@ def logs(run_id: str, lines: int | None, follow: bool, task_id: str | None, work
          as_json: bool) -> None:
     """Print the output of run RUN_ID in the seed's format."""
     orchestrations = _orchestrations(workspace)
+
+    def read(last: int | None) -> dict:
+        answer = orchestrations.run_logs(run_id, last)  # its status is read before its lines: finished = complete
+        if task_id and str(answer.get("task")) != str(task_id):  # checked with or without --follow
+            raise InvalidInput(f"run {run_id} is a run of task {answer.get('task')}, not of {task_id}")
+        return answer
+
     if not follow:
-        found = orchestrations.logs(run_id, lines)
+        found = read(lines)["logs"]
         if as_json:
             _show([], None, True, found)
         else:
@@ -194,9 +201,7 @@ def logs(run_id: str, lines: int | None, follow: bool, task_id: str | None, work
         return
     printed = 0
     while True:
-        answer = orchestrations.run_logs(run_id)  # its status is read before its lines: finished means complete
-        if task_id and str(answer.get("task")) != str(task_id):
-            raise InvalidInput(f"run {run_id} is a run of task {answer.get('task')}, not of {task_id}")
+        answer = read(None)
         found = answer["logs"]
         for line in found[printed:]:
             click.echo(line)

@@ -295,3 +295,26 @@ def test_a_username_without_its_password_never_runs_as_the_saved_user(tmp_path, 
         session = Session("http://h:1", credentials_file=saved, **same)
         assert (session.access_token, session.username) == ("admin-token", "admin")
     assert len(grants) == 1
+
+
+def test_tasks_logs_checks_the_given_task_with_or_without_follow(monkeypatch, capsys):
+    """`railyard tasks logs --task` says "checked if given": it was checked with --follow only."""
+    from railyard_client import cli_orchestrations
+
+    run_id, task_id, other = "5f0c8a3e-0000-4000-8000-000000000001", "5f0c8a3e-0000-4000-8000-000000000002", \
+        "5f0c8a3e-0000-4000-8000-000000000003"
+
+    class Runs:  # the run's answer as task/get_logs_for_run gives it
+        def run_logs(self, run_id_: str, lines: int | None = None) -> dict:
+            assert run_id_ == run_id
+            return {"task": task_id, "status": "success", "logs": ["2026-12-01T00:00:00Z stdout F hi"]}
+
+        def logs(self, run_id_: str, lines: int | None = None) -> list[str]:
+            return self.run_logs(run_id_, lines)["logs"]
+
+    monkeypatch.setattr(cli_orchestrations, "_orchestrations", lambda workspace: Runs())
+    for follow in ([], ["--follow"]):
+        assert cli.main(["tasks", "logs", run_id, "--task", other, *follow]) == 2
+        assert f"is a run of task {task_id}, not of {other}" in capsys.readouterr().err
+        assert cli.main(["tasks", "logs", run_id, "--task", task_id, "-n", "1", *follow]) == 0
+        assert capsys.readouterr().out == "2026-12-01T00:00:00Z stdout F hi\n"
