@@ -39,6 +39,7 @@ from shared.messages.deployer import (
     DeploymentStatus,
     DeployPipeline,
     ExternalUrl,
+    ModelRef,
     PipelineCopied,
     PipelineCreated,
     PipelineDeployed,
@@ -190,14 +191,25 @@ async def copy_pipeline(deps: DeployerDeps, principal: Principal, token: str | N
     definition = json.loads(version["definition"]) if version else {}
     _check_name(cmd.name, "pipeline name")
     _check_definition(definition)
+    # with `deploy`, everything a deploy checks (deploy_id, engine_config, steps, every model resolved in the target
+    # workspace) before the copy exists: a copy refused with a 400 was created all the same, and its retry a 409
+    plan = None
+    if cmd.deploy:
+        plan = await _plan_deployment(deps, token, cmd.workspace_id, definition, cmd.deploy, cmd.engine_config, None)
     # the name check and the create in one transaction under the name's lock: two copies to one name, or a copy
     # and a pipelines/create of it, at once, both passed the check (copies were one at a time for this)
     created = await _create_version(deps, principal, cmd.workspace_id, cmd.name, definition, new_name=True)
     deployment = None
-    if cmd.deploy:
-        deployed = await deploy(deps, principal, token, DeployPipeline(
-            deploy_id=cmd.deploy, pipeline_version_pk_id=created.pipeline_variant_pk_id,
-            pipeline_id=created.pipeline_pk_id, engine_config=cmd.engine_config))
+    if plan is not None:
+        pipeline = await store.pipeline(deps.pool, created.pipeline_pk_id)
+        version = await store.version(deps.pool, created.pipeline_variant_pk_id)
+        try:
+            deployed = await _start_deployment(deps, pipeline, version, cmd.deploy, *plan)
+        except InvalidRequest as exc:
+            # replicas that fail to start cannot be checked before: as with pipelines/deploy, the (new) version
+            # stays and nothing runs; the copy is kept, and the answer says where to deploy it again
+            raise InvalidRequest(f"{exc} (the copy was created: pipeline {created.pipeline_pk_id}, version "
+                                 f"{created.pipeline_variant_pk_id}; deploy it with pipelines/deploy)") from None
         deployment = {"id": deployed.id, "name": f"{cmd.deploy}-{deployed.id}"}
     return PipelineCopied(pipeline_pk_id=created.pipeline_pk_id, pipeline_variant_pk_id=created.pipeline_variant_pk_id,
                           pipeline_version=cmd.pipeline_version, deployment=deployment)
@@ -280,46 +292,63 @@ async def _resolve(deps: DeployerDeps, token: str | None, workspace_id: int, nam
     return resolved.model_dump()
 
 
+async def _plan_deployment(deps: DeployerDeps, token: str | None, workspace_id: int, definition: dict[str, Any],
+                           deploy_id: str, engine_config: dict[str, Any] | None,
+                           models: list[ModelRef] | None) -> tuple[dict[str, Any], list[ReplicaStep]]:
+    """Everything a deploy checks before it changes anything: the deploy_id, the engine config, and every model
+    resolved through the registry (ready versions only). The checked config and the steps to start."""
+    _check_name(deploy_id, "deploy_id")
+    config = _engine_config(engine_config)
+    pinned = {m.name: m for m in models or []}
+    steps = []
+    for step in definition.get("steps", []):
+        kind, body = next(iter(step.items()))
+        resolved_models = []
+        for ref in _step_models(kind, body):
+            override = pinned.get(ref["name"])
+            resolved_models.append(await _resolve(deps, token, workspace_id, ref["name"],
+                                                  override.version if override else ref.get("version"),
+                                                  override.sha if override else ref.get("sha")))
+        resolved = {"kind": kind, "models": resolved_models}
+        if kind == "RandomSplit":
+            resolved |= {"weights": body["weights"], "hash_key": body.get("hash_key")}
+        steps.append(resolved)
+    if not steps and models:
+        steps = [{"kind": "ModelInference", "models": [
+            await _resolve(deps, token, workspace_id, m.name, m.version, m.sha) for m in models]}]
+    if not steps:
+        raise InvalidRequest("the pipeline has no steps: add models to its definition or pass `models`")
+    return config, [ReplicaStep.model_validate(step) for step in steps]
+
+
 async def deploy(deps: DeployerDeps, principal: Principal, token: str | None, cmd: DeployPipeline) -> Deployed:
     pipeline = await _pipeline_for(deps, principal, token, cmd.pipeline_id)
     _check_name(cmd.deploy_id, "deploy_id")
     version = await store.version(deps.pool, cmd.pipeline_version_pk_id)
     if version is None or version["pipeline_id"] != pipeline["id"]:
         raise NotFound(f"version {cmd.pipeline_version_pk_id} of pipeline {pipeline['id']} not found")
-    config = _engine_config(cmd.engine_config)
-    definition = json.loads(version["definition"])
-    pinned = {m.name: m for m in cmd.models or []}
-    steps = []
-    for step in definition.get("steps", []):
-        kind, body = next(iter(step.items()))
-        models = []
-        for ref in _step_models(kind, body):
-            override = pinned.get(ref["name"])
-            models.append(await _resolve(deps, token, pipeline["workspace_id"], ref["name"],
-                                         override.version if override else ref.get("version"),
-                                         override.sha if override else ref.get("sha")))
-        resolved = {"kind": kind, "models": models}
-        if kind == "RandomSplit":
-            resolved |= {"weights": body["weights"], "hash_key": body.get("hash_key")}
-        steps.append(resolved)
-    if not steps and cmd.models:
-        steps = [{"kind": "ModelInference", "models": [
-            await _resolve(deps, token, pipeline["workspace_id"], m.name, m.version, m.sha) for m in cmd.models]}]
-    if not steps:
-        raise InvalidRequest("the pipeline has no steps: add models to its definition or pass `models`")
+    config, steps = await _plan_deployment(deps, token, pipeline["workspace_id"], json.loads(version["definition"]),
+                                           cmd.deploy_id, cmd.engine_config, cmd.models)
+    return await _start_deployment(deps, pipeline, version, cmd.deploy_id, config, steps)
+
+
+async def _start_deployment(deps: DeployerDeps, pipeline, version, deploy_id: str, config: dict[str, Any],
+                            steps: list[ReplicaStep]) -> Deployed:
+    """Activates the deployment of a (planned) version and starts its replicas; replicas that fail to start
+    deactivate it again (a 400 with their reason), leaving nothing running."""
     spec = ReplicaSpec(deployment=ReplicaDeployment(pipeline=pipeline["name"],
                                                     pipeline_version=str(version["version"]),
                                                     workspace_id=pipeline["workspace_id"]),
-                       steps=[ReplicaStep.model_validate(step) for step in steps], engine_config=config)
+                       steps=steps, engine_config=config)
     async with deps.pipeline_lock(pipeline["id"]):
         async with deps.pool.acquire() as conn, conn.transaction():
             deployment_id, before = await store.activate_deployment(
-                conn, pipeline["id"], version["id"], cmd.deploy_id, config, spec.model_dump(mode="json"))
-        name = f"{cmd.deploy_id}-{deployment_id}"
+                conn, pipeline["id"], version["id"], deploy_id, config, spec.model_dump(mode="json"))
+        name = f"{deploy_id}-{deployment_id}"
         # a redeploy under another deploy_id renames the deployment: the backend swaps replica sets of one name only,
         # so the old name's set is stopped here, once the new one serves (or, the deployment being deactivated,
         # once it failed: nothing would ever stop it)
-        renamed = f"{before}-{deployment_id}" if before is not None and before != cmd.deploy_id else None
+        renamed = f"{before}-{deployment_id}" if before is not None and before != deploy_id else None
         spec.deployment.id, spec.deployment.name = deployment_id, name
         try:
             await deps.backend.start(name, spec, config["replica_count"], *_autoscale(config))

@@ -187,6 +187,25 @@ def test_copy_pipeline(stack, alice, deployed):
     assert post(stack, "pipelines/copy", alice.token, {
         "name": "copiedmodelpipeline", "workspace_id": alice.workspace_id,
         "source_pipeline": deployed["pipeline"]["pipeline_pk_id"]}).status_code == 409
+    # a copy with `deploy` refused (400) creates nothing: its retry was a 409 (the deployed fixture is reused)
+    empty = create_pipeline(stack, alice, "copyemptysource", None)["pipeline_pk_id"]
+    source_pk = deployed["pipeline"]["pipeline_pk_id"]
+    for bad, from_pk, says in [({"deploy": "bad_id"}, source_pk, "invalid deploy_id"),
+                               ({"deploy": "copied", "engine_config": {"cpus": 0}}, source_pk, "engine_config"),
+                               ({"deploy": "copied"}, empty, "no steps")]:
+        response = post(stack, "pipelines/copy", alice.token, {
+            "name": "copybaddeploy", "workspace_id": alice.workspace_id, "source_pipeline": from_pk} | bad)
+        assert response.status_code == 400 and says in response.text, response.text
+    names = {p["name"] for p in post(stack, "pipelines/list", alice.token,
+                                     {"workspace_id": alice.workspace_id}).json()["pipelines"]}
+    assert "copybaddeploy" not in names
+    response = post(stack, "pipelines/copy", alice.token, {
+        "name": "copybaddeploy", "workspace_id": alice.workspace_id, "source_pipeline": source_pk, "deploy": "copied"})
+    assert response.status_code == 200, response.text
+    copied = response.json()
+    assert copied["deployment"]["name"] == f"copied-{copied['deployment']['id']}"
+    post(stack, "pipelines/undeploy", alice.token,
+         {"pipeline_id": copied["pipeline_pk_id"], "deployment_id": copied["deployment"]["id"]})
 
 
 def test_killed_replica_fails_over_and_is_replaced(stack, alice):
