@@ -16,7 +16,8 @@ Task-run tokens (`railyard_task` + `railyard_workspace`, minted by auth for the 
 rights in the run's workspace only: every membership check here (`require_member`, `require_owner_or_member`,
 `require_inference_access`, and auth's `auth.workspaces.check_member` that the other services' lookups ask) treats
 any other workspace as one the caller is not in (`out_of_scope`); lists of "my workspaces" narrow to it
-(`scoped_workspace`); actions beyond a workspace are 403 (`require_unscoped`). docs/security.md, "Task-run tokens".
+(`scoped_workspace`); actions beyond a workspace, or granting access or credentials, are 403
+(`require_unscoped`). docs/security.md, "Task-run tokens".
 """
 
 from __future__ import annotations
@@ -274,8 +275,11 @@ def scoped_workspace(principal: Principal) -> int | None:
 
 
 def require_unscoped(principal: Principal, action: str) -> None:
-    """Actions that reach beyond any one workspace (creating a workspace, changing the user's password) are refused
-    to a task run's token (403 `out_of_scope`): it acts for its user inside the run's workspace only."""
+    """Actions that reach beyond any one workspace (creating a workspace, changing the user's password), and those
+    that change who may reach one or what credentials it holds (members, inference clients, connections, model
+    registries), are refused to a task run's token (403 `out_of_scope`): it acts for its user inside the run's
+    workspace only, and its code is untrusted, so it must not hand an outside account lasting access. Call it after
+    the membership check, so that another workspace stays a 404."""
     if principal.scoped_task is not None:
         raise Forbidden(f"a task run's token reaches its own workspace only: it may not {action}", code="out_of_scope")
 

@@ -692,7 +692,10 @@ async def update_password(deps: AuthDeps, principal: Principal, cmd: UpdatePassw
 
 
 async def _require_owner(deps: AuthDeps, principal: Principal, workspace_id: int, action: str) -> None:
-    if await require_member(_membership(deps.pool), principal, workspace_id) != "OWNER":
+    role = await require_member(_membership(deps.pool), principal, workspace_id)
+    # a run's untrusted code must not hand anyone lasting access (a non-expiring client secret)
+    require_unscoped(principal, action)
+    if role != "OWNER":
         raise Forbidden(f"only workspace owners may {action}")
 
 
@@ -772,6 +775,8 @@ async def create_workspace(deps: AuthDeps, principal: Principal, cmd: CreateWork
 
 async def add_workspace_user(deps: AuthDeps, principal: Principal, cmd: AddWorkspaceUser) -> Empty:
     role = await require_member(_membership(deps.pool), principal, cmd.workspace_id)
+    # membership is granted by people, not by a run's code (it could let an outside account in)
+    require_unscoped(principal, "add users to workspaces")
     if role != "OWNER":
         raise Forbidden("only workspace owners may add users")
     user = await _user_by_email_or_404(deps.pool, cmd.email)
@@ -789,6 +794,7 @@ async def list_workspace_users(deps: AuthDeps, principal: Principal, workspace_i
 
 async def remove_workspace_user(deps: AuthDeps, principal: Principal, cmd: RemoveWorkspaceUser) -> AffectedRows:
     role = await require_member(_membership(deps.pool), principal, cmd.workspace_id)
+    require_unscoped(principal, "remove users from workspaces")
     if cmd.user_id is None and cmd.email is None:
         raise InvalidRequest("give user_id or email of the user to remove")
     if cmd.user_id is not None:

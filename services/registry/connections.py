@@ -2,6 +2,8 @@
 
 Who sees a connection: its creator, and the members of the workspaces it is attached to; to anyone else it
 does not exist (404). Details come back whole from get/get_by_id; list responses mask secret-looking fields.
+A task run's token may read the connections of its workspace but not create, attach, detach or delete any (403
+`out_of_scope`): stored secrets and who reaches them are changed by people, not by a run's code.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from shared import subjects
-from shared.authz import Principal, require_member, require_owner_or_member, require_user
+from shared.authz import Principal, require_member, require_owner_or_member, require_unscoped, require_user
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.messages.registry import (
     AddConnectionToWorkspace,
@@ -95,6 +97,7 @@ class ConnectionService:
 
     async def create(self, principal: Principal, cmd: CreateConnection) -> ConnectionId:
         require_user(principal)
+        require_unscoped(principal, "create connections")
         if not cmd.name.strip() or len(cmd.name) > 200:
             raise InvalidRequest("name must be 1-200 characters")
         await _check_details(cmd.details, self.development)
@@ -115,6 +118,7 @@ class ConnectionService:
     async def add_to_workspace(self, principal: Principal, token: str | None,
                                cmd: AddConnectionToWorkspace) -> ConnectionId:
         await require_member(self.membership(token), principal, cmd.workspace_id)
+        require_unscoped(principal, "attach connections to workspaces")
         row = await self._visible(principal, token, "c.id = $1", _uuid(cmd.connection_id))
         name = await self.workspace_name(cmd.workspace_id, token)
         link = await self.pool.fetchval(
@@ -143,6 +147,7 @@ class ConnectionService:
     async def remove_from_workspace(self, principal: Principal, token: str | None, workspace_id: int,
                                     connection_id: str) -> NoContent:
         await require_member(self.membership(token), principal, workspace_id)
+        require_unscoped(principal, "remove connections from workspaces")
         status = await self.pool.execute(
             "DELETE FROM connection_workspaces WHERE connection_id = $1 AND workspace_id = $2",
             _uuid(connection_id), workspace_id)
@@ -152,6 +157,7 @@ class ConnectionService:
         return NoContent()
 
     async def delete(self, principal: Principal, token: str | None, name: str) -> NoContent:
+        require_unscoped(principal, "delete connections")
         row = await self._visible(principal, token, "c.name = $1", name)
         if str(row["owner_id"]) != principal.user_id and not principal.admin:
             raise NotFound("connection not found")

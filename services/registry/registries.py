@@ -3,6 +3,8 @@ version's artifact into a workspace as a model.
 
 Who sees a registry: its creator and the members of the workspaces it is attached to (404 otherwise). The
 token is stored encrypted; get_registry returns it to those who may see the registry, list responses never.
+A task run's token may browse and copy from its workspace's registries but not create, attach or detach any (403
+`out_of_scope`): stored credentials and who reaches them are changed by people, not by a run's code.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import asyncpg
 from services.registry import handlers
 from services.registry.mlflow import MlflowRegistry
 from shared import subjects
-from shared.authz import Principal, require_member, require_owner_or_member, require_user
+from shared.authz import Principal, require_member, require_owner_or_member, require_unscoped, require_user
 from shared.errors import InvalidRequest, NotFound
 from shared.messages.registry import (
     AttachRegistry,
@@ -85,6 +87,7 @@ class RegistryService:
 
     async def create(self, principal: Principal, token: str | None, cmd: CreateRegistry) -> RegistryInWorkspace:
         await require_member(self.deps.membership(token), principal, cmd.workspace_id)
+        require_unscoped(principal, "create registries")
         if not cmd.name.strip():
             raise InvalidRequest("name is required")
         url = await check_outbound_url(cmd.url.strip(), development=self.development)
@@ -105,6 +108,7 @@ class RegistryService:
 
     async def attach(self, principal: Principal, token: str | None, cmd: AttachRegistry) -> RegistryInWorkspace:
         await require_member(self.deps.membership(token), principal, cmd.workspace_id)
+        require_unscoped(principal, "attach registries to workspaces")
         row = await self._visible(principal, token, _registry_id(cmd.registry_id, cmd.id))
         await self.pool.execute("INSERT INTO registry_workspaces (registry_id, workspace_id) VALUES ($1, $2)"
                                 " ON CONFLICT DO NOTHING", row["id"], cmd.workspace_id)
@@ -113,6 +117,7 @@ class RegistryService:
 
     async def detach(self, principal: Principal, token: str | None, cmd: AttachRegistry) -> RegistryInWorkspace:
         await require_member(self.deps.membership(token), principal, cmd.workspace_id)
+        require_unscoped(principal, "remove registries from workspaces")
         row = await self._visible(principal, token, _registry_id(cmd.registry_id, cmd.id))
         await self.pool.execute("DELETE FROM registry_workspaces WHERE registry_id = $1 AND workspace_id = $2",
                                 row["id"], cmd.workspace_id)

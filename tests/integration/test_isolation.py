@@ -326,8 +326,9 @@ def test_a_task_runs_token_reaches_its_own_workspace_only(stack, alice, bob, vic
     """ARCHITECTURE.md, "Trust boundary": a task run reaches the gateway "with a short-lived token scoped to their
     workspace". alice's task runs in a second workspace of hers; her home workspace (with a model, a project, a
     member bob) is out of its token's reach on every workspace route as it is for an outsider, workspaces/list and
-    users/query answer the task's workspace only, and what reaches beyond a workspace is 403 out_of_scope. Nothing
-    of alice's changes."""
+    users/query answer the task's workspace only, and what reaches beyond a workspace or hands out access or
+    credentials (members, inference clients, connections, registries: its code is untrusted) is 403 out_of_scope,
+    in its own workspace too. Nothing of alice's changes."""
     task_workspace = second_workspace(alice)
     alice.client.post("workspaces/add_user", {"email": bob.email, "workspace_id": alice.workspace_id})
     project = alice.client.post("projects/create", {"workspace_id": alice.workspace_id, "name": "home"})
@@ -355,11 +356,28 @@ def test_a_task_runs_token_reaches_its_own_workspace_only(stack, alice, bob, vic
         response = requests.post(f"{stack.api}/{path}", data=data, files=files,
                                  headers={"Authorization": f"Bearer {token}"}, timeout=60)
         assert response.status_code == 404, (path, response.text)
+    # beyond a workspace, or handing anyone access or credentials, even in its own (its code is untrusted): 403
+    own = {"workspace_id": task_workspace}
     for path, body in (("workspaces/create", {"workspace_name": f"escape-{uuid.uuid4().hex[:8]}"}),
-                       ("users/update_password", {"password": "Another-passw0rd!", "current_password": PASSWORD})):
+                       ("users/update_password", {"password": "Another-passw0rd!", "current_password": PASSWORD}),
+                       ("workspaces/add_user", own | {"email": bob.email}),
+                       ("workspaces/remove_user", own | {"user_id": bob.user_id}),
+                       ("workspaces/create_inference_client", own | {"name": "escape"}),
+                       ("workspaces/revoke_inference_client", own | {"client_id": "inference-00"}),
+                       ("connections/create", {"name": f"escape-{uuid.uuid4().hex[:8]}", "type": "HTTP",
+                                               "details": {"token": "t"}}),
+                       ("connections/add_to_workspace", own | {"connection_id": str(uuid.uuid4())}),
+                       ("connections/remove_from_workspace", own | {"connection_id": str(uuid.uuid4())}),
+                       ("connections/delete", {"name": "escape"}),
+                       ("models/create_registry", own | {"name": "escape", "url": "https://registry.example.com",
+                                                         "token": "t"}),
+                       ("models/attach_registry_to_workspace", own | {"registry_id": str(uuid.uuid4())}),
+                       ("models/remove_registry_from_workspace", own | {"registry_id": str(uuid.uuid4())})):
         response = post(stack, path, token, body)
         assert response.status_code == 403 and response.json()["code"] == "out_of_scope", (path, response.text)
     assert _state(stack, alice) == before  # alice's token still works: her password was not changed
+    assert [u["user_id"] for u in alice.client.post("workspaces/list_users", own)["users"]] == [alice.user_id]
+    assert alice.client.post("workspaces/list_inference_clients", own)["clients"] == []
 
 
 async def test_a_task_runs_token_on_the_bus_front_door(stack, alice):
