@@ -355,8 +355,11 @@ async def _predict(deps: MonitoringDeps, principal: Principal, token: str | None
     tags = _check_tags(cmd.tags)
     view = await _deployment(deps, principal, token, cmd.deployment)
     received = datetime.now(UTC)
+    # before the slot: the ML backend's labeling asks the registry and reads the artifact, which the image's decode
+    # does not need; inside the slot, a slow registry held every image predict and monitor waiting
+    backend = await _ml_backend(deps, token, view)
     async with deps.image_slots:  # the decoded image and its copies, until only its measures are left
-        prepared = await _prepare_predict(deps, token, cmd, view, data)
+        prepared = await _prepare_predict(deps, cmd, view, data, backend)
     return await _predict_prepared(deps, token, cmd, view, data, tags, received, prepared)
 
 
@@ -375,17 +378,26 @@ class _PreparedImage:
     by_reference: bool  # the table goes to the engine through object storage (an ML backend's base64 task)
 
 
-async def _prepare_predict(deps: MonitoringDeps, token: str | None, cmd: PredictImage, view: DeploymentView,
-                           data: bytes) -> _PreparedImage:
-    """The image decoded and checked against the deployment, turned into the engine's input and measured."""
+async def _ml_backend(deps: MonitoringDeps, token: str | None,
+                      view: DeploymentView) -> ml_backend_predictions.BackendLabeling | None:
+    """The labeling of the deployment's ML backend, when its model step has no image configuration (an ML backend
+    needs none: its labeling config says what it answers) and its model is one; None otherwise."""
+    if image_config(view.definition) is not None:
+        return None
+    champion = _current_model(view.definition)
+    if champion is None:
+        return None
+    return await ml_backend_predictions.labeling(deps, token, view.route.workspace_id, champion)
+
+
+async def _prepare_predict(deps: MonitoringDeps, cmd: PredictImage, view: DeploymentView, data: bytes,
+                           backend: ml_backend_predictions.BackendLabeling | None) -> _PreparedImage:
+    """The image decoded and checked against the deployment (and its ML backend's labeling, from _ml_backend),
+    turned into the engine's input and measured."""
     img = await asyncio.to_thread(images.decode_image, data, cmd.content_type)  # CPU work off the event loop
     height, width = img.height, img.width
     config = image_config(view.definition)
-    backend = None
-    if config is None:  # an ML backend needs none: its labeling config says what it answers
-        champion = _current_model(view.definition)
-        if champion is not None:
-            backend = await ml_backend_predictions.labeling(deps, token, view.route.workspace_id, champion)
+    if config is None:
         if backend is None:
             raise Conflict(f"deployment {cmd.deployment!r} has no image configuration: give its pipeline's model step "
                            "an 'image' (how images become the model's input, see docs/monitoring.md) to predict on "
@@ -538,9 +550,9 @@ async def _monitor(deps: MonitoringDeps, principal: Principal, token: str | None
     tags = _check_tags(cmd.tags)
     predicted_at = _predicted_at(cmd.timestamp)
     view = await _deployment(deps, principal, token, cmd.deployment)
+    labels, expected = await model_labels(deps, token, view)  # before the slot: it may ask the registry (_predict)
     async with deps.image_slots:  # the decoded image and its copies, until only its measures are left
         img = await asyncio.to_thread(images.decode_image, data, cmd.content_type)  # CPU work off the event loop
-        labels, expected = await model_labels(deps, token, view)
         kind = _check_monitored(cmd, img, labels, expected)
         features = await asyncio.to_thread(images.image_features, img)
         height, width, content_type = img.height, img.width, images.content_type_of(img)

@@ -120,3 +120,62 @@ def test_get_stats_computes_two_at_once(monkeypatch):
     answers = asyncio.run(scenario())
     assert [a.stats for a in answers] == [{"n": 1}] * CALLS
     assert overlap.most == 2, overlap.most
+
+
+def test_no_image_slot_is_held_while_the_ml_backend_is_resolved(monkeypatch):
+    """The ML backend's labeling (a registry request, artifact range reads) is resolved before an image slot is
+    taken, by predict and monitor alike: with a registry that does not answer, every call reaches it, the slots free;
+    before, two calls held both slots waiting for it and the others waited for them."""
+    registry_answers, all_waiting = asyncio.Event(), asyncio.Event()
+    waiting = []
+    backend = SimpleNamespace(kind="classification", labels=["cat"])
+
+    async def labeling(deps, token, workspace_id, champion):
+        waiting.append(champion.name)
+        if len(waiting) == CALLS:
+            all_waiting.set()
+        await registry_answers.wait()
+        return backend
+
+    monkeypatch.setattr(predictions.ml_backend_predictions, "labeling", labeling)
+    monkeypatch.setattr(predictions.ml_backend_predictions, "task_json", lambda backend, data, content_type: "{}")
+    monkeypatch.setattr(predictions, "images", SimpleNamespace(
+        decode_image=lambda data, content_type: SimpleNamespace(height=8, width=8),
+        image_features=lambda img: {"height": 8.0}, content_type_of=lambda img: "image/png"))
+    route = SimpleNamespace(deployment_id=1, workspace_id=1, pipeline_version="1", name="d-1", status="Running")
+    definition = {"steps": [{"ModelInference": {"models": [{"name": "backend", "version": "1"}]}}]}
+
+    async def view(deps, principal, token, name):
+        return SimpleNamespace(route=route, definition=definition)
+
+    async def settings(pool, deployment_id):
+        return None
+
+    async def keep(deps, token, row, data, deployment, labels, datalake):
+        return row.kind, labels
+
+    async def predicted(deps, token, cmd, view, data, tags, received, prepared):
+        return prepared.kind, prepared.labels
+
+    monkeypatch.setattr(predictions, "_deployment", view)
+    monkeypatch.setattr(predictions, "_check_monitored", lambda cmd, img, labels, expected: expected)
+    monkeypatch.setattr(predictions, "store", SimpleNamespace(settings=settings))
+    monkeypatch.setattr(predictions, "_keep", keep)
+    monkeypatch.setattr(predictions, "_predict_prepared", predicted)
+    monitored = SimpleNamespace(tags=[], timestamp=None, deployment="d-1", content_type="image/png", source=None,
+                                prediction=SimpleNamespace(model_dump=lambda **kw: {}), shadow_prediction=None,
+                                latency=None, shadow_latency=None, filename=None)
+    asked = SimpleNamespace(tags=[], deployment="d-1", content_type="image/png")
+
+    async def scenario() -> tuple[list, int]:
+        deps = _deps()
+        calls = [asyncio.create_task(predictions._monitor(deps, None, None, monitored, b"png")) for _ in range(3)] + \
+            [asyncio.create_task(predictions._predict(deps, None, None, asked, b"png")) for _ in range(3)]
+        await asyncio.wait_for(all_waiting.wait(), 2)  # with the slots held around it, only two ever got here
+        free = deps.image_slots._value
+        registry_answers.set()
+        return await asyncio.gather(*calls), free
+
+    answers, free = asyncio.run(scenario())
+    assert free == 2
+    assert answers == [("classification", ["cat"])] * CALLS
