@@ -20,8 +20,8 @@ import pytest
 from services.deployer import handlers
 from services.deployer.backend import LocalBackend, Replica, ReplicaSet
 from shared.authz import Principal
-from shared.errors import Conflict
-from shared.messages.deployer import DeployPipeline
+from shared.errors import Conflict, InvalidRequest
+from shared.messages.deployer import CopyPipeline, DeployPipeline
 
 PIPELINE, VERSION, WORKSPACE = 1, 10, 7
 ALICE = Principal(subject=str(uuid.uuid4()), kind="user", admin=False, client_id="sdk", username="alice",
@@ -54,6 +54,23 @@ class MemoryStore:
     async def deactivate(self, pool, deployment_id):
         self.deployments[deployment_id]["active"] = False
         return True
+
+    async def latest_version(self, pool, pipeline_id):
+        return max((v for v in self.versions.values() if v["pipeline_id"] == pipeline_id), key=lambda v: v["id"])
+
+    async def lock_pipeline_name(self, conn, workspace_id, name):
+        pass
+
+    async def pipeline_by_name(self, conn, workspace_id, name):
+        return next((p for p in self.pipelines.values() if (p["workspace_id"], p["name"]) == (workspace_id, name)),
+                    None)
+
+    async def create_pipeline_version(self, conn, workspace_id, name, created_by, definition):
+        pipeline_id, version_id = len(self.pipelines) + 1, len(self.versions) + 100
+        self.pipelines[pipeline_id] = {"id": pipeline_id, "workspace_id": workspace_id, "name": name}
+        self.versions[version_id] = {"id": version_id, "pipeline_id": pipeline_id, "version": uuid.uuid4(),
+                                     "definition": json.dumps(definition)}
+        return pipeline_id, version_id, self.versions[version_id]["version"], True
 
     async def activate_deployment(self, conn, pipeline_id, version_id, deploy_id, engine_config, spec):
         row = next(iter(self.deployments.values()), None)
@@ -243,5 +260,25 @@ def test_an_undeploy_behind_a_running_deploy_is_a_409_that_changes_nothing(world
         assert world.store.deployments[5]["active"] and list(world.backend.sets) == ["b-5"]
         await handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5)  # once it finished
         assert not world.store.deployments[5]["active"] and world.backend.sets == {}
+
+    asyncio.run(scenario(world))
+
+
+def test_a_copy_whose_replicas_fail_to_start_is_kept_undeployed_as_a_deploy_leaves_its_version(world):
+    """What a copy with `deploy` cannot check before it creates the copy (the integration test checks the rest):
+    replicas that fail to start. As pipelines/deploy: a 400 with their reason, nothing runs, the deployment
+    inactive; the copy stays, and the answer names it (a retry of the copy would be a 409)."""
+
+    async def scenario(world) -> None:
+        copy = asyncio.create_task(handlers.copy_pipeline(world.deps, ALICE, "t", CopyPipeline(
+            name="copied", workspace_id=WORKSPACE, source_pipeline=PIPELINE, deploy="c")))
+        await _until(lambda: world.backend.waiting, "the copy starts its replicas")
+        world.backend.waiting.pop()[1].set_exception(RuntimeError("the model did not load"))
+        with pytest.raises(InvalidRequest) as refused:
+            await copy
+        assert "the model did not load" in refused.value.msg and "pipeline 2" in refused.value.msg
+        assert world.store.pipelines[2]["name"] == "copied"
+        assert not world.store.deployments[5]["active"] and world.backend.sets == {}
+        assert world.backend.untracked() == []
 
     asyncio.run(scenario(world))
