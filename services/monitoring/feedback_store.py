@@ -184,13 +184,23 @@ async def set_reference(pool: asyncpg.Pool, deployment_id: int, workspace_id: in
         deployment_id, workspace_id, dataset_id, version_id, json.dumps(files), len(files)))
 
 
-async def reference_row(pool: asyncpg.Pool, deployment_id: int) -> dict[str, Any] | None:
-    row = await pool.fetchrow("SELECT * FROM training_references WHERE deployment_id = $1", deployment_id)
+REFERENCE_STATUS_COLUMNS = ("deployment_id, workspace_id, dataset_id, version_id, status, images_done, images_total,"
+                            " error, attempt, requested_at, computed_at")
+"""training_references' small columns: everything but the file list and the computed reference."""
+
+
+async def reference_row(pool: asyncpg.Pool, deployment_id: int, *, reference: bool = True,
+                        files: bool = False) -> dict[str, Any] | None:
+    """The deployment's training reference (None without one): its status columns, the computed `reference` unless
+    reference=False, and the dataset's `files` only with files=True (the background computation's: up to
+    MAX_REFERENCE_IMAGES names with their labels, megabytes with large labels, which a status call does not read)."""
+    columns = REFERENCE_STATUS_COLUMNS + (", reference" if reference else "") + (", files" if files else "")
+    row = await pool.fetchrow(f"SELECT {columns} FROM training_references WHERE deployment_id = $1", deployment_id)
     if row is None:
         return None
     out = dict(row)
     for key in ("files", "reference"):
-        if isinstance(out[key], str):
+        if isinstance(out.get(key), str):
             out[key] = json.loads(out[key])
     return out
 

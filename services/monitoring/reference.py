@@ -87,23 +87,25 @@ async def set_training_data(deps: FeedbackDeps, principal: Principal, token: str
     await fs.set_reference(m.pool, view.route.deployment_id, view.route.workspace_id, dataset["id"],
                            cmd.dataset_version.version_id, files)
     deps.wake_reference.set()
-    return _status(view.route.name, await fs.reference_row(m.pool, view.route.deployment_id))
+    return _status(view.route.name, await fs.reference_row(m.pool, view.route.deployment_id, reference=False))
 
 
 async def training_status(deps: FeedbackDeps, principal: Principal, token: str | None,
                           cmd: DeploymentQuery) -> TrainingDataStatus:
     view = await _view(deps, principal, token, cmd.deployment)
-    return _status(view.route.name, await fs.reference_row(deps.monitoring.pool, view.route.deployment_id))
+    return _status(view.route.name, await fs.reference_row(deps.monitoring.pool, view.route.deployment_id,
+                                                        reference=False))
 
 
 async def disable_reference(deps: FeedbackDeps, principal: Principal, token: str | None,
                             cmd: DeploymentQuery) -> TrainingDataStatus:
     """Drop the reference (stats that need it answer 409 until a new one is ready)."""
     view = await _view(deps, principal, token, cmd.deployment)
-    if await fs.reference_row(deps.monitoring.pool, view.route.deployment_id) is None:
+    if await fs.reference_row(deps.monitoring.pool, view.route.deployment_id, reference=False) is None:
         raise Conflict(f"deployment {view.route.name!r} has no training data reference: nothing to disable")
     await fs.disable_reference(deps.monitoring.pool, view.route.deployment_id)
-    return _status(view.route.name, await fs.reference_row(deps.monitoring.pool, view.route.deployment_id))
+    return _status(view.route.name, await fs.reference_row(deps.monitoring.pool, view.route.deployment_id,
+                                                        reference=False))
 
 
 def _ids(values: list[str] | None, what: str) -> list[uuid.UUID] | None:
@@ -282,7 +284,7 @@ class ReferenceComputer(Sweeper):
                     deployment_id):
                 return
             try:
-                row = await fs.reference_row(pool, deployment_id)
+                row = await fs.reference_row(pool, deployment_id, reference=False, files=True)
                 if row is None or row["status"] != "computing" or row["attempt"] != attempt:
                     return
                 try:
