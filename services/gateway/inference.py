@@ -89,7 +89,8 @@ class RouteCache:
     A running deployment's route older than ROUTE_TTL is still used while one request refreshes it in the
     background (resolving asks the deployer, which asks every replica: done inline, it was a latency spike every
     ROUTE_TTL seconds); past ROUTE_MAX_AGE, or when the deployment was not running, a request waits for a fresh
-    one. Who may call is checked on every request either way (`authorize`)."""
+    one. Who may call is checked on every request either way (`authorize`), and only a caller who passed it
+    starts the refresh (`reach`): an outsider's token resolves to NotFound, which drops the route."""
 
     def __init__(self) -> None:
         self.routes: dict[str, tuple[float, DeploymentRoute]] = {}
@@ -106,20 +107,29 @@ class RouteCache:
         self.routes[name] = (started, route)
         return route
 
+    async def reach(self, runtime: Runtime, principal: Principal, token: str, name: str) -> DeploymentRoute:
+        """The route of deployment `name` for a caller who may infer on it (else the not-found error), its
+        background refresh started when it is due. Only an authorized caller's token refreshes a route: an
+        outsider's resolve answers NotFound, and `_refreshed` would drop the route for every member."""
+        route = await self.route(runtime, name, token)
+        await self.authorize(runtime, principal, token, route)
+        self._refresh_if_due(runtime, name, token)
+        return route
+
     async def route(self, runtime: Runtime, name: str, token: str) -> DeploymentRoute:
-        now = time.monotonic()
+        """The cached route (running, younger than ROUTE_MAX_AGE) or a fresh one. Not yet authorized (`reach`)."""
         cached = self.routes.get(name)
-        if cached and cached[1].status == "Running":
-            age = now - cached[0]
-            if age < ROUTE_TTL:
-                return cached[1]
-            if age < ROUTE_MAX_AGE:
-                if name not in self.refreshing:
-                    task = asyncio.create_task(self._resolve(runtime, name, token))
-                    self.refreshing[name] = task
-                    task.add_done_callback(lambda done: self._refreshed(name, done))
-                return cached[1]
+        if cached and cached[1].status == "Running" and time.monotonic() - cached[0] < ROUTE_MAX_AGE:
+            return cached[1]
         return await self._resolve(runtime, name, token)
+
+    def _refresh_if_due(self, runtime: Runtime, name: str, token: str) -> None:
+        cached = self.routes.get(name)
+        if cached and cached[1].status == "Running" and time.monotonic() - cached[0] >= ROUTE_TTL \
+                and name not in self.refreshing:
+            task = asyncio.create_task(self._resolve(runtime, name, token))
+            self.refreshing[name] = task
+            task.add_done_callback(lambda done: self._refreshed(name, done))
 
     async def ask(self, runtime: Runtime, route: DeploymentRoute, token: str, table: pa.Table
                   ) -> tuple[dict[str, str], pa.Table]:
@@ -291,8 +301,7 @@ class Inference:
         arrow_answer = ARROW_FILE in accept or ARROW_STREAM in accept
         if not arrow_answer:
             check_json_answerable(table, ARROW_STREAM)
-        route = await self.cache.route(runtime, deployment, token)
-        await self.cache.authorize(runtime, principal, token, route)
+        route = await self.cache.reach(runtime, principal, token, deployment)
         if route.pipeline_name != pipeline:
             raise NotFound(f"deployment {deployment!r} does not serve pipeline {pipeline!r}")
         if route.status != "Running":
@@ -317,8 +326,7 @@ class Inference:
         from services.gateway.oip import encode_response, parse_request
 
         runtime = self.runtime
-        route = await self.cache.route(runtime, model, token)
-        await self.cache.authorize(runtime, principal, token, route)
+        route = await self.cache.reach(runtime, principal, token, model)
         parsed, table = parse_request(body, header_length)
         _, outputs = await self.cache.ask(runtime, route, token, table)
         return encode_response(parsed, model, route.pipeline_version, outputs)

@@ -241,9 +241,7 @@ def _to_numpy(column: pa.ChunkedArray) -> np.ndarray:
 def add_oip_routes(app: FastAPI, runtime, caller, cache, ask_engine) -> None:
     async def route_for(model: str, request: Request, principal: Principal):
         token = request.headers["authorization"].partition(" ")[2].strip()
-        route = await cache.route(runtime, model, token)
-        await cache.authorize(runtime, principal, token, route)
-        return route
+        return await cache.reach(runtime, principal, token, model)
 
     def oip_error(exc: RailyardError) -> Response:
         return error_response(exc, "oip")
