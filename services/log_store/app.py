@@ -19,6 +19,7 @@ from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import (
     CallContext,
+    _size,
     _validation_message,
     command,
     connect_options,
@@ -27,7 +28,7 @@ from shared.bus import (
     request,
 )
 from shared.bus_workers import ConcurrentCallback, drain_raw
-from shared.errors import InvalidRequest, RailyardError
+from shared.errors import InvalidRequest, RailyardError, ReplyTooLarge
 from shared.lean_imports import lazy_module
 from shared.messages.deployer import ListPipelines, Pipelines
 from shared.messages.logs import (
@@ -55,6 +56,8 @@ else:  # imported with the first log batch or read, not at start (~50 MiB of RSS
 
 NAME = "log_store"
 log = logging.getLogger("railyard.log_store")
+PAGE_TOO_LARGE = "ask for fewer records: lower page_size and follow the cursor (x-iteration-cursor)"
+"""What a log page above the bus limit advises (pages are also capped in bytes: logs.page_max_bytes)."""
 
 
 def build_router(runtime: Runtime) -> NatsRouter:
@@ -91,9 +94,20 @@ def _parse(model: Any, data: bytes) -> Any:
         raise InvalidRequest(_validation_message(exc)) from None
 
 
-def _raw_responder(nc: Any, work: Callable[[Any, str | None], Awaitable[tuple[bytes, dict[str, str]]]]) -> Callable:
+def reply_size(body: bytes, headers: dict[str, str]) -> int:
+    """The bytes NATS counts against max_payload: the body and the headers block (`NATS/1.0\\r\\n`, one
+    `key: value\\r\\n` each, `\\r\\n`)."""
+    if not headers:
+        return len(body)
+    return len(body) + 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
+
+
+def _raw_responder(nc: Any, work: Callable[[Any, str | None], Awaitable[tuple[bytes, dict[str, str]]]],
+                   too_large_hint: str) -> Callable:
     """A raw subscription callback: the caller's bearer token from the headers, `work`'s body and headers as
-    the reply, or a typed error in the `Railyard-Error` header (Arrow bodies are not wrapped in JSON)."""
+    the reply, or a typed error in the `Railyard-Error` header (Arrow bodies are not wrapped in JSON). A reply above
+    the connection's max_payload is the typed 422 reply_too_large naming the sizes and `too_large_hint` (what to ask
+    instead): NATS refuses to publish it, and the caller waited for its timeout (504)."""
 
     async def respond(msg: Any) -> None:
         headers = msg.headers or {}
@@ -106,6 +120,12 @@ def _raw_responder(nc: Any, work: Callable[[Any, str | None], Awaitable[tuple[by
         except Exception:
             log.exception("%s failed", msg.subject)
             body, out = b"", error_headers(RailyardError("internal error"))
+        if (size := reply_size(body, out)) > nc.max_payload:
+            log.warning("the reply to %s is %d bytes, above the bus limit (%d): answered reply_too_large",
+                        msg.subject, size, nc.max_payload)
+            body, out = b"", error_headers(ReplyTooLarge(
+                f"the answer would be {_size(size)}, above the {_size(nc.max_payload)} a reply may carry on the "
+                f"bus: {too_large_hint}"))
         await nc.publish(msg.reply, body, headers=out)
 
     return respond
@@ -157,8 +177,9 @@ async def start(runtime: Runtime) -> None:
 
     # several at once, as the command subscribers (shared/bus_workers.py): a large page must not hold up the others
     at_once = settings.nats.command_workers
-    query_cb = ConcurrentCallback(_raw_responder(nc, query), at_once)
-    field_cb = ConcurrentCallback(_raw_responder(nc, field), at_once)
+    query_cb = ConcurrentCallback(_raw_responder(nc, query, PAGE_TOO_LARGE), at_once)
+    field_cb = ConcurrentCallback(_raw_responder(nc, field, "ask for a narrower window (start_ms, end_ms)"),
+                                  at_once)
     query_sub = await nc.subscribe(subjects.LOG_STORE_QUERY, queue=subjects.queue_group(NAME), cb=query_cb.take)
     field_sub = await nc.subscribe(subjects.LOG_STORE_READ_FIELD, queue=subjects.queue_group(NAME), cb=field_cb.take)
 
