@@ -1,15 +1,15 @@
 """Lineage routes of the gateway: the JSON route table (forwarded as commands like every other JSON route) and
 the routes that carry bytes (dataset rows and files, the workspace file space).
 
-Uploads are staged in object storage (`staging/<uuid>`) and the workflow-lineage service is told the key: it
-checks the caller and the bytes, keeps them under their sha256 and deletes the staged copy. Downloads ask the
+Uploads are staged in object storage (`staging/<user id>/<uuid>`, shared/staging.py) and the workflow-lineage
+service is told the key: it takes it from that user only, checks the caller and the bytes, keeps them under their
+sha256 and deletes the staged copy. Downloads ask the
 service first (which checks the caller) and then stream the content-addressed object it names."""
 
 from __future__ import annotations
 
 import io
 import json
-import uuid
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -26,6 +26,7 @@ from shared.errors import InvalidRequest, NotFound, RailyardError
 from shared.messages import lineage as lin
 from shared.objectstore import BUCKET_DATASETS, content_key
 from shared.service import Runtime
+from shared.staging import staged_key
 
 ARROW_FILE = "application/vnd.apache.arrow.file"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
@@ -94,8 +95,8 @@ def add_lineage_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token
     timeout = runtime.settings.nats.request_timeout
     upload_timeout = timeout + 60.0
 
-    async def stage(data: Any, length: int = -1) -> str:
-        key = f"staging/{uuid.uuid4()}"
+    async def stage(principal: Principal, data: Any, length: int = -1) -> str:
+        key = staged_key(principal.user_id)  # the lineage service takes it from this user only
         if isinstance(data, bytes):
             await runtime.objects.put_bytes(BUCKET_DATASETS, key, data)
         else:
@@ -140,7 +141,7 @@ def add_lineage_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token
             data = to_ipc_stream(records_json_to_table(body))
         else:
             raise InvalidRequest(f"unsupported Content-Type {kind!r}: send {ARROW_FILE!r} or application/json")
-        key = await stage(data)
+        key = await stage(principal, data)
         return await forward_staged(request, subjects.LINEAGE_DATASETS_PUT_ROWS, lambda k: lin.PutDatasetRows(
             dataset_id=dataset_id, staged_key=k, mode=mode), key)
 
@@ -183,7 +184,7 @@ def add_lineage_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token
                 labels = json_body.loads(fields["labels"], "labels")
             except ValueError:
                 raise InvalidRequest("labels must be JSON") from None
-        key = await stage(upload.file, upload.size if upload.size is not None else -1)
+        key = await stage(principal, upload.file, upload.size if upload.size is not None else -1)
         return await forward_staged(request, subjects.LINEAGE_DATASETS_ADD_FILE, lambda k: lin.AddDatasetFile(
             dataset_id=fields.get("dataset_id"), name=fields.get("name") or upload.filename or "",
             staged_key=k, labels=labels), key)
@@ -202,7 +203,7 @@ def add_lineage_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token
         """Store a file in the workspace's file space: multipart with `workspace_id`, `path` (e.g.
         /models/best.onnx; folders are path prefixes) and the `file` part."""
         upload, fields = await multipart(request)
-        key = await stage(upload.file, upload.size if upload.size is not None else -1)
+        key = await stage(principal, upload.file, upload.size if upload.size is not None else -1)
         return await forward_staged(request, subjects.LINEAGE_FILES_PUT, lambda k: lin.PutWorkspaceFile(
             workspace_id=fields.get("workspace_id"), path=fields.get("path") or "", staged_key=k), key)
 

@@ -1,13 +1,12 @@
 """Orchestration and task routes of the gateway (the seed's section 11): the JSON route table, forwarded as
 commands like every other JSON route, and the multipart upload.
 
-An upload is staged in object storage (`staging/<uuid>` in the orchestrations bucket) and the task scheduler is
-told the key: it checks the caller and the zip, keeps it under its sha256 or refuses it, and deletes the staged
-copy either way."""
+An upload is staged in object storage (`staging/<user id>/<uuid>` in the orchestrations bucket, shared/staging.py)
+and the task scheduler is told the key: it takes it from that user only, checks the caller and the zip, keeps it
+under its sha256 or refuses it, and deletes the staged copy either way."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -20,6 +19,7 @@ from shared.errors import InvalidRequest, PayloadTooLarge, RailyardError
 from shared.messages import tasks as t
 from shared.objectstore import BUCKET_ORCHESTRATIONS
 from shared.service import Runtime
+from shared.staging import staged_key
 
 UPLOAD_PATH = "/v1/api/orchestration/upload"
 
@@ -78,7 +78,7 @@ def add_orchestration_routes(app: FastAPI, runtime: Runtime, user_caller: Any, b
             first = exc.errors()[0] if exc.errors() else {}
             where = ".".join(str(p) for p in first.get("loc", ())) or "metadata"
             raise InvalidRequest(f"metadata {where}: {first.get('msg', 'invalid')}") from None
-        staged = f"staging/{uuid.uuid4()}"
+        staged = staged_key(principal.user_id)  # the task scheduler takes it from this user only
         size = upload.size if upload.size is not None else -1
         await runtime.objects.put_stream(BUCKET_ORCHESTRATIONS, staged, upload.file, length=size)
         command = command.model_copy(update={"staged_key": staged})

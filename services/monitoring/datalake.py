@@ -17,6 +17,7 @@ from shared.errors import InvalidRequest, NotFound
 from shared.messages.base import INT64
 from shared.messages.lineage import AddDatasetFile, DatasetInfo, DatasetRef, ListProjects, Projects, a_dataset_of_kind
 from shared.objectstore import BUCKET_DATASETS
+from shared.staging import staged_key
 
 
 async def resolve(broker: Any, token: str | None, timeout: float, workspace_id: int, target: str) -> DatasetInfo:
@@ -66,9 +67,10 @@ def file_labels(prediction_id: uuid.UUID, kind: str, origin: str, prediction: di
 
 
 async def write(broker: Any, objects: Any, token: str | None, timeout: float, dataset: DatasetInfo, name: str,
-                data: bytes, content_type: str, labels: dict[str, Any]) -> str:
-    """Add the image to the dataset (staged in object storage, which the lineage service takes over); its name."""
-    staged = f"staging/{uuid.uuid4()}"
+                data: bytes, content_type: str, labels: dict[str, Any], owner: str) -> str:
+    """Add the image to the dataset (staged in object storage, which the lineage service takes over); its name.
+    `owner`: the user id `token` acts for (the lineage service takes a staged upload from its stager only)."""
+    staged = staged_key(owner)
     await objects.put_bytes(BUCKET_DATASETS, staged, data, content_type=content_type)
     try:
         await request(broker, subjects.LINEAGE_DATASETS_ADD_FILE, AddDatasetFile(

@@ -26,6 +26,7 @@ from shared.messages.monitoring import ModelVersionRef
 from shared.messages.registry import ResolvedModel, ResolveModel
 from shared.messages.tasks import ListOrchestrations, OrchestrationCreated, Orchestrations, UploadOrchestration
 from shared.objectstore import BUCKET_ARTIFACTS, BUCKET_ORCHESTRATIONS, RangedFile, content_key
+from shared.staging import staged_key
 
 BACKEND_CONFIG = "backend/railyard-ml.json"  # where railyard_ml.railyard_step.package puts it
 
@@ -62,8 +63,10 @@ def _orchestration() -> tuple[str, bytes]:
     return ORCHESTRATION_NAME, orchestration_zip()
 
 
-async def builtin_orchestration(deps: handlers.MonitoringDeps, token: str | None, workspace_id: int) -> uuid.UUID:
-    """The workspace's built-in ML-backend training orchestration, registered with the caller's rights if needed."""
+async def builtin_orchestration(deps: handlers.MonitoringDeps, token: str | None, workspace_id: int,
+                                owner: str) -> uuid.UUID:
+    """The workspace's built-in ML-backend training orchestration, registered with the caller's rights if needed
+    (`owner`: the caller's user id, whose staged upload the task scheduler takes)."""
     name, archive = _orchestration()
     sha = hashlib.sha256(archive).hexdigest()
     listed = await request(deps.broker, subjects.TASKS_ORCHESTRATIONS_LIST, ListOrchestrations(
@@ -71,7 +74,7 @@ async def builtin_orchestration(deps: handlers.MonitoringDeps, token: str | None
     for orchestration in listed.orchestrations:
         if orchestration.name == name and orchestration.sha == sha and orchestration.status == "ready":
             return orchestration.id
-    staged = f"staging/{uuid.uuid4()}"
+    staged = staged_key(owner)
     await deps.objects.put_bytes(BUCKET_ORCHESTRATIONS, staged, archive, content_type="application/zip")
     created = await request(deps.broker, subjects.TASKS_ORCHESTRATIONS_UPLOAD, UploadOrchestration(
         workspace_id=workspace_id, name=name, file_name="railyard-ml-continuous-training.zip", staged_key=staged),

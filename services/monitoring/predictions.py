@@ -218,7 +218,7 @@ def _formatted(row: PredictionRow) -> tuple[PredictionFormat, PredictionFormat |
 
 
 async def _keep(deps: MonitoringDeps, token: str | None, row: PredictionRow, data: bytes, deployment: str,
-                labels: list[str] | None, target_datalake: str | None) -> PredictionResult:
+                labels: list[str] | None, target_datalake: str | None, *, owner: str) -> PredictionResult:
     """Check the prediction is a PredictionFormat (else nothing is written), store the image, then the row, then
     announce it, then (best effort) add it to the target datalake; the answer."""
     prediction, shadow_prediction = _formatted(row)
@@ -230,7 +230,7 @@ async def _keep(deps: MonitoringDeps, token: str | None, row: PredictionRow, dat
     except Exception as exc:  # the row is the truth (readers compute from the table; the event only wakes them):
         # answering an error now would make the caller send the prediction again
         log.warning("prediction %s is stored but its prediction_created event was not published: %s", row.id, exc)
-    datalake_file = await _to_datalake(deps, token, row, data, labels, target_datalake)
+    datalake_file = await _to_datalake(deps, token, row, data, labels, target_datalake, owner)
     return PredictionResult(
         id=row.id, deployment=deployment, origin=row.origin, kind=row.kind,
         prediction=prediction, labels=[labels[c] for c in prediction.detection_classes] if labels else None,
@@ -243,7 +243,7 @@ async def _keep(deps: MonitoringDeps, token: str | None, row: PredictionRow, dat
 
 
 async def _to_datalake(deps: MonitoringDeps, token: str | None, row: PredictionRow, data: bytes,
-                       labels: list[str] | None, target: str | None) -> str | None:
+                       labels: list[str] | None, target: str | None, owner: str) -> str | None:
     """The prediction's file in the deployment's target datalake (None without one, or when it could not be
     written: the prediction is kept anyway)."""
     if not target:
@@ -253,7 +253,7 @@ async def _to_datalake(deps: MonitoringDeps, token: str | None, row: PredictionR
         return await datalake.write(
             deps.broker, deps.objects, token, deps.timeout, dataset, datalake.file_name(row.id, row.content_type),
             data, row.content_type, datalake.file_labels(row.id, row.kind, row.origin, row.prediction, labels,
-                                                         row.source, row.tags))
+                                                         row.source, row.tags), owner)
     except Exception as exc:
         log.warning("prediction %s is stored but not added to target datalake %r: %s", row.id, target,
                     getattr(exc, "msg", exc))
@@ -360,7 +360,7 @@ async def _predict(deps: MonitoringDeps, principal: Principal, token: str | None
     backend = await _ml_backend(deps, token, view)
     async with deps.image_slots:  # the decoded image and its copies, until only its measures are left
         prepared = await _prepare_predict(deps, cmd, view, data, backend)
-    return await _predict_prepared(deps, token, cmd, view, data, tags, received, prepared)
+    return await _predict_prepared(deps, token, cmd, view, data, tags, received, prepared, owner=principal.user_id)
 
 
 @dataclass
@@ -448,7 +448,7 @@ async def _prepare_predict(deps: MonitoringDeps, cmd: PredictImage, view: Deploy
 
 async def _predict_prepared(deps: MonitoringDeps, token: str | None, cmd: PredictImage, view: DeploymentView,
                             data: bytes, tags: list[str], received: datetime,
-                            image: _PreparedImage) -> PredictionResult:
+                            image: _PreparedImage, *, owner: str) -> PredictionResult:
     convert = image.convert
     started = time.perf_counter()
     answer, meta = await _ask_engine(deps, view.route.name, image.table, by_reference=image.by_reference)
@@ -479,7 +479,7 @@ async def _predict_prepared(deps: MonitoringDeps, token: str | None, cmd: Predic
         features=image.features, predicted_at=received, filename=cmd.filename,
         pipeline_version=meta.get("pipeline_version") or view.route.pipeline_version)
     return await _keep(deps, token, row, data, cmd.deployment, image.labels,
-                       kept["target_datalake"] if kept else None)
+                       kept["target_datalake"] if kept else None, owner=owner)
 
 
 # --- monitor ---------------------------------------------------------------------------------------------------------
@@ -568,7 +568,8 @@ async def _monitor(deps: MonitoringDeps, principal: Principal, token: str | None
         content_type=content_type, image_sha256="", features=features,
         predicted_at=predicted_at, filename=cmd.filename, pipeline_version=view.route.pipeline_version)
     kept = await store.settings(deps.pool, view.route.deployment_id)
-    return await _keep(deps, token, row, data, cmd.deployment, labels, kept["target_datalake"] if kept else None)
+    return await _keep(deps, token, row, data, cmd.deployment, labels, kept["target_datalake"] if kept else None,
+                       owner=principal.user_id)
 
 
 # --- subscribers -----------------------------------------------------------------------------------------------------

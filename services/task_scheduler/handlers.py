@@ -45,12 +45,12 @@ from shared.messages.tasks import (
 )
 from shared.objectstore import BUCKET_ORCHESTRATIONS, ObjectStore, content_key
 from shared.settings import TaskSettings
+from shared.staging import check_staged
 
 log = logging.getLogger("railyard.task_scheduler")
 
 MAX_ARGS_BYTES = 64 * 1024
 LAST_RUNS = 10
-STAGING_PREFIX = "staging/"
 
 
 @dataclass
@@ -81,9 +81,10 @@ def log_line(at: datetime, stream: str, partial: bool, line: str) -> str:
 async def upload_orchestration(deps: Deps, principal: Principal, token: str | None,
                                cmd: UploadOrchestration) -> OrchestrationCreated:
     """Check the staged zip; if it passes, keep it under its sha256 and record the orchestration (ready at once
-    without requirements, packaging until its environment is installed otherwise). A refused zip leaves nothing."""
-    if not cmd.staged_key.startswith(STAGING_PREFIX) or ".." in cmd.staged_key:
-        raise InvalidRequest("staged_key must name an upload the gateway staged")
+    without requirements, packaging until its environment is installed otherwise). A refused zip leaves nothing.
+    Only the uploader may consume their staged zip (shared/staging.py): another user's is refused (403) before
+    anything is checked or deleted, so a failed membership check deletes the caller's own upload only."""
+    check_staged(cmd.staged_key, principal)
     try:
         await require_member(deps.membership(token), principal, cmd.workspace_id)
         inbox = deps.work_root / "uploads"

@@ -1,9 +1,10 @@
 """Business logic of the workflow_lineage service: projects, datasets, the workspace file space and project
 versions, as plain async functions (graph.py draws the graph, manifest.py defines what a version records).
 
-Uploads arrive staged in object storage (`staging/<uuid>`, put there by the gateway); a handler reads the staged
-object, checks it, stores it under its sha256 (once) and deletes the staged copy whatever happens, so bad input
-leaves nothing behind."""
+Uploads arrive staged in object storage (`staging/<user id>/<uuid>`, put there by the gateway or the monitoring
+service for that user, shared/staging.py); a handler takes one only from its uploader (anyone else: 403, the object
+untouched), reads it, checks it, stores it under its sha256 (once) and deletes the staged copy whatever happens, so
+bad input leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import io
 import json
 import logging
 import mimetypes
-import re
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
@@ -61,13 +61,13 @@ from shared.messages.lineage import (
     a_dataset_of_kind,
 )
 from shared.objectstore import BUCKET_DATASETS, ObjectStore, content_key
+from shared.staging import check_staged
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 log = logging.getLogger("railyard.workflow_lineage")
 
-STAGED_KEY = re.compile(r"^staging/[0-9a-f-]{36}$")
 MAX_PATH = 1024
 EXISTS_AT_ONCE = 16
 
@@ -189,11 +189,11 @@ async def _project_info(conn: Any, row: Any) -> ProjectInfo:
 # --- staged uploads --------------------------------------------------------------------------------------
 
 
-async def _with_staged(deps: Deps, staged_key: str, use: Callable[[Path, str, int], Awaitable[Any]]) -> Any:
-    """Download a staged upload, hash it, hand it to `use(path, sha256, size)`; the staged object is deleted
-    whatever happens."""
-    if not STAGED_KEY.match(staged_key):
-        raise InvalidRequest("staged_key must name an upload under staging/ (upload through the HTTP API)")
+async def _with_staged(deps: Deps, principal: Principal, staged_key: str,
+                       use: Callable[[Path, str, int], Awaitable[Any]]) -> Any:
+    """Download the caller's staged upload, hash it, hand it to `use(path, sha256, size)`; the staged object is
+    deleted whatever happens then. Another user's upload is refused (403) and left untouched (shared/staging.py)."""
+    check_staged(staged_key, principal)
     try:
         with tempfile.TemporaryDirectory(prefix="railyard-lineage-") as folder:
             local = Path(folder) / "upload"
@@ -362,7 +362,7 @@ async def put_rows(deps: Deps, principal: Principal, token: str | None, cmd: Put
             await _content_changed(deps, conn, row["project_id"], row["workspace_id"])
             return _dataset_info(await store.dataset(conn, cmd.dataset_id))
 
-    return await _with_staged(deps, cmd.staged_key, use)
+    return await _with_staged(deps, principal, cmd.staged_key, use)
 
 
 async def rows(deps: Deps, principal: Principal, token: str | None, dataset_id: int) -> DatasetRows:
@@ -393,7 +393,7 @@ async def add_file(deps: Deps, principal: Principal, token: str | None, cmd: Add
             await _content_changed(deps, conn, row["project_id"], row["workspace_id"])
         return _file_info(stored)
 
-    return await _with_staged(deps, cmd.staged_key, use)
+    return await _with_staged(deps, principal, cmd.staged_key, use)
 
 
 async def _saved(deps: Deps, dataset: Any, version_id: int) -> tuple[Any, SavedDataset]:
@@ -509,7 +509,7 @@ async def put_workspace_file(deps: Deps, principal: Principal, token: str | None
             await store.release_object(conn, hold)  # referred to now
         return WorkspaceFile(**dict(stored))
 
-    return await _with_staged(deps, cmd.staged_key, use)
+    return await _with_staged(deps, principal, cmd.staged_key, use)
 
 
 async def workspace_file(deps: Deps, principal: Principal, token: str | None, workspace_id: int,

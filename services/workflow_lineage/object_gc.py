@@ -1,6 +1,6 @@
 """Garbage collection of the `datasets` bucket: content-addressed objects (`sha256/<hex>`) that no dataset's rows,
 dataset file, workspace file or project version's manifest refers to any more are deleted, and so are staged
-uploads (`staging/<uuid>`) left behind for longer than STAGING_GRACE_SECONDS.
+uploads (`staging/<user id>/<uuid>`) left behind for longer than STAGING_GRACE_SECONDS.
 
 What is never deleted: an object something refers to (checked twice: once for all objects, then again for each
 candidate under the per-hash lock uploads take, right before the delete); an object younger than the grace period

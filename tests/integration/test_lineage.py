@@ -447,6 +447,34 @@ def test_bad_input_is_4xx_and_stores_nothing(stack, alice):
     assert "dataset" not in {n["kind"] for n in graph(stack, alice)["nodes"]}
 
 
+async def test_a_staged_upload_is_consumed_by_its_uploader_only(stack, alice, bob):
+    """A staged upload's key holds its uploader's id (`staging/<user id>/<uuid>`, shared/staging.py) and the
+    lineage service takes it from that user only: bob, naming alice's key on the bus, gets 403 and the object is
+    neither stored in his workspace nor deleted; alice's own command then stores it."""
+    objects = MinioObjectStore(stack.settings().s3)
+    key, data = f"staging/{alice.user_id}/{uuid.uuid4()}", b"alice's " + uuid.uuid4().bytes
+    await objects.put_bytes(BUCKET_DATASETS, key, data)
+    nc = await nats_client.connect(stack.nats_url("client"), inbox_prefix="_INBOX.client")
+
+    async def put(account: Account) -> dict:
+        command = {"workspace_id": account.workspace_id, "path": "/staged/a.bin", "staged_key": key}
+        reply = await nc.request("workflow_lineage.files.put", json.dumps(command).encode(),
+                                 headers={"authorization": f"Bearer {account.token}"}, timeout=30)
+        return json.loads(reply.data)
+
+    try:
+        refused = await put(bob)
+        assert not refused["ok"] and refused["status"] == 403, refused
+        assert refused["error"]["msg"] == "the staged upload was made by another user"
+        assert await objects.get_bytes(BUCKET_DATASETS, key) == data  # untouched
+        assert post(stack, "files/list", bob.token, {"workspace_id": bob.workspace_id}).json()["files"] == []
+        stored = await put(alice)
+        assert stored["ok"], stored
+        assert [k for k, _ in await objects.list_keys(BUCKET_DATASETS, key)] == []  # consumed
+    finally:
+        await nc.close()
+
+
 def test_isolation_on_every_route(stack, alice, bob):
     made = make_project(stack, alice)
     project_id, images, table = made["project"]["id"], made["images"]["id"], made["table"]["id"]

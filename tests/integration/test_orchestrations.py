@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 import zipfile
 from collections import Counter
 from datetime import datetime, timedelta
@@ -389,6 +390,35 @@ def test_a_run_reaches_the_gateway_only_with_a_token_for_its_workspace(stack, al
 
 
 # --- isolation -------------------------------------------------------------------------------------------------
+
+async def test_a_staged_zip_is_consumed_by_its_uploader_only(stack, alice, bob):
+    """A staged zip's key holds its uploader's id (shared/staging.py): bob, naming alice's key on the bus, gets 403
+    whichever workspace he names (his own, or alice's, which he is no member of: that failed check used to delete
+    her upload) and the object stays; alice's own command then consumes it."""
+    import nats
+
+    store = MinioObjectStore(stack.settings().s3)
+    key = f"staging/{alice.user_id}/{uuid.uuid4()}"
+    await store.put_bytes(BUCKET_ORCHESTRATIONS, key, make_zip({"main.py": "print('staged')"}))
+    nc = await nats.connect(stack.nats_url("client"), inbox_prefix="_INBOX.client")
+
+    async def upload_staged(account: Account, workspace_id: int) -> dict:
+        command = {"workspace_id": workspace_id, "name": "staged", "file_name": "o.zip", "staged_key": key}
+        reply = await nc.request("task_scheduler.orchestrations.upload", json.dumps(command).encode(),
+                                 headers={"authorization": f"Bearer {account.token}"}, timeout=60)
+        return json.loads(reply.data)
+
+    try:
+        for workspace_id in (alice.workspace_id, bob.workspace_id):
+            refused = await upload_staged(bob, workspace_id)
+            assert not refused["ok"] and refused["status"] == 403, refused
+            assert await store.exists(BUCKET_ORCHESTRATIONS, key)  # neither consumed nor deleted
+        created = await upload_staged(alice, alice.workspace_id)
+        assert created["ok"], created
+        assert not await store.exists(BUCKET_ORCHESTRATIONS, key)
+    finally:
+        await nc.close()
+
 
 def test_isolation_on_all_ten_routes(stack, alice, bob):
     orch = ready_orchestration(stack, alice, {"main.py": "print('alice only')"})

@@ -16,6 +16,7 @@ from shared.messages.monitoring_feedback import GetStats
 from shared.settings import Settings
 
 CALLS = 6
+USER = SimpleNamespace(user_id="u")  # the caller: a datalake file it writes is staged under its id
 
 
 class Overlap:
@@ -70,7 +71,7 @@ def test_monitor_decodes_and_measures_two_images_at_once(monkeypatch):
     async def settings(pool, deployment_id):
         return None
 
-    async def keep(deps, token, row, data, deployment, labels, datalake):
+    async def keep(deps, token, row, data, deployment, labels, datalake, *, owner):
         return row
 
     monkeypatch.setattr(predictions, "_deployment", view)
@@ -84,7 +85,7 @@ def test_monitor_decodes_and_measures_two_images_at_once(monkeypatch):
 
     async def scenario() -> list:
         deps = _deps()
-        return await asyncio.gather(*(predictions._monitor(deps, None, None, cmd, b"png") for _ in range(CALLS)))
+        return await asyncio.gather(*(predictions._monitor(deps, USER, None, cmd, b"png") for _ in range(CALLS)))
 
     rows = asyncio.run(scenario())
     assert len(rows) == CALLS and all(row.height == 8 and row.content_type == "image/png" for row in rows)
@@ -151,10 +152,10 @@ def test_no_image_slot_is_held_while_the_ml_backend_is_resolved(monkeypatch):
     async def settings(pool, deployment_id):
         return None
 
-    async def keep(deps, token, row, data, deployment, labels, datalake):
+    async def keep(deps, token, row, data, deployment, labels, datalake, *, owner):
         return row.kind, labels
 
-    async def predicted(deps, token, cmd, view, data, tags, received, prepared):
+    async def predicted(deps, token, cmd, view, data, tags, received, prepared, *, owner):
         return prepared.kind, prepared.labels
 
     monkeypatch.setattr(predictions, "_deployment", view)
@@ -169,8 +170,8 @@ def test_no_image_slot_is_held_while_the_ml_backend_is_resolved(monkeypatch):
 
     async def scenario() -> tuple[list, int]:
         deps = _deps()
-        calls = [asyncio.create_task(predictions._monitor(deps, None, None, monitored, b"png")) for _ in range(3)] + \
-            [asyncio.create_task(predictions._predict(deps, None, None, asked, b"png")) for _ in range(3)]
+        calls = [asyncio.create_task(predictions._monitor(deps, USER, None, monitored, b"png")) for _ in range(3)] + \
+            [asyncio.create_task(predictions._predict(deps, USER, None, asked, b"png")) for _ in range(3)]
         await asyncio.wait_for(all_waiting.wait(), 2)  # with the slots held around it, only two ever got here
         free = deps.image_slots._value
         registry_answers.set()

@@ -98,7 +98,7 @@ def test_an_answer_that_is_not_a_prediction_format_writes_nothing():
     too_many = {"detection_classes": [0] * 1001, "detection_scores": [0.5] * 1001,
                 "detection_boxes": [[0, 0, 1, 1]] * 1001}
     with pytest.raises(Exception) as raised:
-        asyncio.run(_keep(deps, None, _row(too_many), b"png", "dep", ["a"], "lake"))
+        asyncio.run(_keep(deps, None, _row(too_many), b"png", "dep", ["a"], "lake", owner="u"))
     assert raised.value.code == "inference_failed" and "nothing was stored" in raised.value.msg
     fits = {"detection_classes": [0], "detection_scores": [0.5], "detection_boxes": [[0, 0, 1, 1]]}
     row = _row(fits, shadow=too_many)  # a challenger's answer that does not fit is left out, as a failed one's
