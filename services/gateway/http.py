@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +48,7 @@ from shared.messages import logs as logm
 from shared.messages import registry as reg
 from shared.objectstore import BUCKET_ARTIFACTS, content_key
 from shared.service import Runtime
+from shared.staging import staged_key
 
 log = logging.getLogger("railyard.gateway")
 API = "/v1/api"
@@ -328,7 +328,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             raise InvalidRequest("the 'metadata' part is not valid JSON") from None
         if not isinstance(metadata, dict):
             raise InvalidRequest("the 'metadata' part must be a JSON object")
-        return await _stage_and_register(request, form, metadata)
+        return await _stage_and_register(request, principal, form, metadata)
 
     @app.post(f"{API}/models/upload_stream", tags=["models"], response_model=reg.ModelInserted)
     async def upload_stream(request: Request, principal: Principal = Depends(user_caller)) -> Any:
@@ -339,7 +339,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         metadata["conversion"] = {"framework": str(form.get("framework") or "onnx")}
         if form.get("filename"):
             metadata["file_name"] = str(form.get("filename"))
-        return await _stage_and_register(request, form, metadata)
+        return await _stage_and_register(request, principal, form, metadata)
 
     @app.post(f"{API}/models/download", tags=["models"], openapi_extra=request_schema(reg.ResolveModel))
     async def download_model(request: Request, principal: Principal = Depends(user_caller)) -> Any:
@@ -363,12 +363,13 @@ def create_app(runtime: Runtime) -> FastAPI:
                                  headers={"X-Railyard-Model-Version": resolved.model_version,
                                           "X-Railyard-Framework": resolved.framework})
 
-    async def _stage_and_register(request: Request, form: Any, metadata: dict[str, Any]) -> Any:
+    async def _stage_and_register(request: Request, principal: Principal, form: Any,
+                                  metadata: dict[str, Any]) -> Any:
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise InvalidRequest("the multipart body needs a 'file' part with the model file")
         objects = runtime.objects
-        staged = f"staging/{uuid.uuid4()}"
+        staged = staged_key(principal.user_id)  # the registry takes it from this user only
         size = upload.size if upload.size is not None else -1
         await objects.put_stream(BUCKET_ARTIFACTS, staged, upload.file, length=size)
         body = {"file_name": upload.filename or str(metadata.get("name", "model")), **metadata, "staged_key": staged}

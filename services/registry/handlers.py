@@ -1,10 +1,11 @@
 """Business logic of the registry service, as plain async functions.
 
-An upload arrives as bytes the gateway streamed to `staging/<uuid>` in the artifacts bucket. The registry
-checks the caller's membership, copies the bytes to a local temporary file while hashing them, checks
+An upload arrives as bytes the gateway streamed to `staging/<user id>/<uuid>` in the artifacts bucket
+(shared/staging.py). The registry takes it only from that user's command (anyone else: 403, the object neither read
+nor deleted), checks the caller's membership, copies the bytes to a local temporary file while hashing them, checks
 (or converts) them in a separate limited process, stores them content-addressed (`sha256/..`, once however
-many versions share them) and records the version. The staged object is always deleted, whatever happens,
-so a rejected upload leaves nothing behind.
+many versions share them) and records the version. The caller's staged object is always deleted, whatever
+happens then, so a rejected upload leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -46,11 +47,11 @@ from shared.messages.registry import (
 )
 from shared.objectstore import BUCKET_ARTIFACTS, ObjectStore, content_key
 from shared.settings import RegistrySettings
+from shared.staging import check_staged
 
 log = logging.getLogger("railyard.registry")
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-STAGED_KEY = re.compile(r"^staging/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 CHECKED = {"onnx", "python", "custom"}  # frameworks checked as they are and run natively
 CONVERTED = {"sklearn", "xgboost"}  # frameworks converted to ONNX
 ALIASES = {"byop": "custom", "arbitrary-python": "custom", "scikit-learn": "sklearn"}
@@ -120,8 +121,10 @@ def _framework(cmd: UploadModel) -> str:
 
 
 async def upload_model(deps: RegistryDeps, principal: Principal, token: str | None, cmd: UploadModel) -> ModelInserted:
-    if not STAGED_KEY.match(cmd.staged_key):
-        raise InvalidRequest("staged_key must name an upload under staging/")
+    """Check and record the caller's staged model file as a new version of `cmd.name`. Only the uploader may
+    consume their staged file: a malformed key is 400 and another user's 403, before anything is read or deleted,
+    so a failed membership (or any other) check deletes the caller's own upload only."""
+    check_staged(cmd.staged_key, principal)
     try:
         return await _upload(deps, principal, token, cmd)
     finally:

@@ -34,7 +34,8 @@ class UploadModel(Command):
     conversion: Conversion
     input_schema: str | None = None
     output_schema: str | None = None
-    staged_key: str = Field(description="Key of the uploaded bytes in the artifacts bucket, under staging/.")
+    staged_key: str = Field(description="Key of the uploaded bytes in the artifacts bucket, staging/<user id>/<uuid>: "
+                            "staged for the caller by the HTTP upload (another user's key: 403).")
     file_name: str
 
 

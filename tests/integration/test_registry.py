@@ -257,6 +257,40 @@ def test_missing_metadata_fields_are_400_and_leave_nothing(stack, alice):
     assert artifact_keys(stack) == before_keys
 
 
+async def test_a_staged_model_is_consumed_by_its_uploader_only(stack, alice, bob):
+    """A staged model file's key holds its uploader's id (`staging/<user id>/<uuid>`, shared/staging.py) and the
+    registry takes it from that user only: bob, naming alice's key on the bus, gets 403 whichever workspace he names
+    (his own, or alice's, which he is no member of: that failed check used to delete her upload) and the object
+    stays; an unbound key is 400; alice's own command then consumes it."""
+    import nats
+
+    key, data = f"staging/{alice.user_id}/{uuid.uuid4()}", ccfraud_onnx()
+    s3(stack).put_object("railyard-artifacts", key, io.BytesIO(data), len(data))
+    nc = await nats.connect(stack.nats_url("client"), inbox_prefix="_INBOX.client")
+
+    async def register(account: Account, workspace_id: int, staged_key: str = key) -> dict:
+        command = {"workspace_id": workspace_id, "name": "staged", "file_name": "m.onnx", "staged_key": staged_key,
+                   "conversion": {"framework": "onnx"}}
+        reply = await nc.request("registry.models.upload", json.dumps(command).encode(),
+                                 headers={"authorization": f"Bearer {account.token}"}, timeout=60)
+        return json.loads(reply.data)
+
+    try:
+        for workspace_id in (alice.workspace_id, bob.workspace_id):
+            refused = await register(bob, workspace_id)
+            assert not refused["ok"] and refused["status"] == 403, refused
+            assert refused["error"]["msg"] == "the staged upload was made by another user"
+            assert s3(stack).get_object("railyard-artifacts", key).read() == data  # neither consumed nor deleted
+        unbound = await register(alice, alice.workspace_id, f"staging/{uuid.uuid4()}")
+        assert not unbound["ok"] and unbound["status"] == 400, unbound
+        assert api(stack, bob, "models/list", {"workspace_id": bob.workspace_id}).json()["models"] == []
+        created = await register(alice, alice.workspace_id)
+        assert created["ok"], created
+        assert key not in artifact_keys(stack)  # consumed
+    finally:
+        await nc.close()
+
+
 def test_oversized_upload_is_413(stack, alice):
     limit = int(stack.env["RAILYARD_GATEWAY__MAX_UPLOAD_BYTES"])
     before_keys = artifact_keys(stack)
