@@ -7,7 +7,7 @@ from pathlib import Path
 
 from faststream.nats import NatsRouter
 
-from services.registry import handlers
+from services.registry import handlers, staging_sweep
 from services.registry.connections import ConnectionService
 from services.registry.registries import RegistryService, _registry_id
 from shared import subjects
@@ -212,10 +212,15 @@ async def start(runtime: Runtime) -> None:
         connections=ConnectionService(runtime.db, box, deps.membership, workspace_name, development=development,
                                       publish=publish),
         registries=RegistryService(deps, box, development=development))
+    sweep = staging_sweep.StagedUploadSweep(runtime.objects)
+    runtime.extras["staging_sweep"] = sweep
+    sweep.start()
     await handlers.resume_conversions(deps)
 
 
 async def stop(runtime: Runtime) -> None:
+    if (sweep := runtime.extras.get("staging_sweep")) is not None:
+        await sweep.stop()
     feed = runtime.extras.get("verifier_feed")
     if feed is not None:
         await feed.stop()
