@@ -30,7 +30,7 @@ import json
 import math
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from services.monitoring import handlers
@@ -139,6 +139,19 @@ class BackendAnswerInvalid(RailyardError):
     """The ML backend answered something its own labeling config cannot hold (the model's error, not the caller's)."""
 
     code = "inference_failed"
+
+
+def for_challenger(champion: BackendLabeling, challenger: BackendLabeling | None) -> BackendLabeling:
+    """How a challenger's answer is read: the results of the challenger's own control (its labeling config may name
+    it otherwise than the champion's), as the champion's kind and class ids (its labels, matched by name), so both
+    parts of a prediction mean the same classes. A challenger that is no ML backend package is read as the champion.
+    BackendAnswerInvalid when it answers another kind (the prediction then has no shadow part)."""
+    if challenger is None:
+        return champion
+    if challenger.kind != champion.kind:
+        raise BackendAnswerInvalid(f"the challenger answers a {challenger.kind} ({challenger.control!r}), the champion "
+                                   f"a {champion.kind}")
+    return replace(champion, control=challenger.control)
 
 
 def _score(value: Any, fallback: float) -> float:

@@ -368,7 +368,7 @@ class _PreparedImage:
     """An image ready for the engine, without the decoded image itself (it may be a hundred MiB)."""
 
     table: Any  # the engine's input (pyarrow.Table)
-    convert: Callable[[Any, str, float | None], dict[str, Any] | None]  # (answer, column prefix, min threshold)
+    convert: Callable[..., dict[str, Any] | None]  # (answer, column prefix, min threshold[, a backend's reading])
     kind: str
     labels: list[str] | None
     height: int
@@ -376,6 +376,7 @@ class _PreparedImage:
     content_type: str
     features: dict[str, float]
     by_reference: bool  # the table goes to the engine through object storage (an ML backend's base64 task)
+    backend: ml_backend_predictions.BackendLabeling | None = None  # the champion's, when it is an ML backend
 
 
 async def _ml_backend(deps: MonitoringDeps, token: str | None,
@@ -413,15 +414,16 @@ async def _prepare_predict(deps: MonitoringDeps, cmd: PredictImage, view: Deploy
             [ml_backend_predictions.task_json(backend, data, content_type)], pa.string())})
         kind, labels = backend.kind, backend.labels
 
-        def convert(answer: pa.Table, prefix: str, min_threshold: float | None) -> dict[str, Any] | None:
+        def convert(answer: pa.Table, prefix: str, min_threshold: float | None,
+                    reading: ml_backend_predictions.BackendLabeling | None = None) -> dict[str, Any] | None:
             column = f"{prefix}{ml_backend_predictions.PREDICTION_COLUMN}"
             if column not in answer.column_names:
                 if prefix:
                     return None
                 raise ml_backend_predictions.BackendAnswerInvalid(
                     f"the ML backend's step answered no {column!r} column")
-            return ml_backend_predictions.to_prediction(answer.column(column)[0].as_py(), backend, height, width,
-                                                        min_threshold)
+            return ml_backend_predictions.to_prediction(answer.column(column)[0].as_py(), reading or backend, height,
+                                                        width, min_threshold)
     else:
         input_width, input_height = config.size or img.size
         nc = deps.broker.config.connection_state.connection
@@ -443,7 +445,8 @@ async def _prepare_predict(deps: MonitoringDeps, cmd: PredictImage, view: Deploy
             return images.to_prediction(outputs, config, height, width, min_threshold)
 
     return _PreparedImage(table=table, convert=convert, kind=kind, labels=labels, height=height, width=width,
-                          content_type=content_type, features=features, by_reference=backend is not None)
+                          content_type=content_type, features=features, by_reference=backend is not None,
+                          backend=backend)
 
 
 async def _predict_prepared(deps: MonitoringDeps, token: str | None, cmd: PredictImage, view: DeploymentView,
@@ -460,9 +463,16 @@ async def _predict_prepared(deps: MonitoringDeps, token: str | None, cmd: Predic
     prediction = convert(answer, "", min_threshold)
     shadow_prediction, shadow_latency = None, None
     if shadow is not None:
+        prefix = f"out_{shadow.name}."
         try:  # a challenger that failed or timed out has no columns: the prediction has no shadow part
-            shadow_prediction = convert(answer, f"out_{shadow.name}.", min_threshold)
-        except ml_backend_predictions.BackendAnswerInvalid as exc:  # the champion's answer stands
+            if image.backend is None:
+                shadow_prediction = convert(answer, prefix, min_threshold)
+            elif f"{prefix}{ml_backend_predictions.PREDICTION_COLUMN}" in answer.column_names:
+                # an ML backend challenger's results are those of its own labeling config's control
+                reading = ml_backend_predictions.for_challenger(image.backend, await ml_backend_predictions.labeling(
+                    deps, token, view.route.workspace_id, shadow))
+                shadow_prediction = convert(answer, prefix, min_threshold, reading)
+        except (ml_backend_predictions.BackendAnswerInvalid, Conflict, NotFound) as exc:  # the champion's answer stands
             log.warning("the shadow answer of %s is left out: %s", cmd.deployment, exc.msg)
         if shadow_prediction is not None:
             elapsed = (meta.get("shadow_elapsed") or {}).get(shadow.name)
