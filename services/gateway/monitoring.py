@@ -3,10 +3,11 @@ forwarded as commands to the monitoring service like every other JSON route.
 
 The image routes (predict, predict_bytes, monitor, monitor_bytes) also take a multipart/form-data body: an `image`
 file part (the PNG/JPEG bytes, up to `monitoring.max_image_bytes`) and a `metadata` part holding the JSON body's other
-fields. The image is staged in the monitoring bucket under the caller's user id (`staging/<user id>/<uuid>`) and the
-command carries its key instead of the bytes; the monitoring service reads it (only for that user), checks it and
-deletes it. The gateway deletes it too once the command has answered, whatever the answer (a no-op when the service
-already did), so nothing staged outlives the request."""
+fields. The image is staged in the monitoring bucket under the caller's user id (`staging/<user id>/<uuid>`; a task
+run's token also binds its workspace: `staging/<user id>/ws-<id>/<uuid>`) and the command carries its key instead of
+the bytes; the monitoring service reads it (only for that user and token scope), checks it and deletes it. The
+gateway deletes it too once the command has answered, whatever the answer (a no-op when the service already did), so
+nothing staged outlives the request."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from services.gateway import handlers, json_body
 from services.gateway.openapi_body import request_schema
 from shared import subjects
-from shared.authz import Principal
+from shared.authz import Principal, scoped_workspace
 from shared.errors import InvalidRequest, PayloadTooLarge
 from shared.messages import monitoring as mon
 from shared.messages import monitoring_predictions as pred
@@ -128,7 +129,7 @@ def accepting_image_uploads(runtime: Runtime, route: Any, json_endpoint: Callabl
         await upload.seek(0)
         if "filename" not in metadata and upload.filename:
             metadata["filename"] = upload.filename[:255]
-        staged = pred.staged_image_key(principal.user_id)
+        staged = pred.staged_image_key(principal.user_id, scoped_workspace(principal))
         try:  # checked before anything is staged: bad metadata leaves nothing behind
             command = route.model.model_validate({**metadata, "staged_key": staged})
         except ValidationError as exc:

@@ -14,8 +14,10 @@ monitor: the same without the engine: the caller's PredictionFormat is checked s
 image, no row) is written when anything is wrong.
 
 An image comes base64 in the command (`image`, within the bus payload), or staged: the gateway put a multipart
-upload at `staged_key` (`staging/<user id>/<uuid>` in the monitoring bucket) and the command names it. A staged image
-is consumed only for the user whose id its key holds (anyone else: 403, the object untouched, it is not theirs), is
+upload at `staged_key` (`staging/<user id>/<uuid>` in the monitoring bucket, `staging/<user id>/ws-<id>/<uuid>` from
+a task run's token) and the command names it. A staged image is consumed only for the user whose id its key holds
+(anyone else: 403, the object untouched, it is not theirs) and only by a token of the same workspace scope (a task
+run's token may not take its owner's image staged from a normal session, nor the reverse: 403 `out_of_scope`), is
 read once (at most `monitoring.max_image_bytes`), and is deleted whatever happens next: a bad image, an unknown
 deployment, missing rights or a stored prediction alike leave no staged object (the gateway deletes it too once
 the command answered, so a service that never got the command leaves none either).
@@ -56,7 +58,7 @@ from services.monitoring.handlers import (
 )
 from services.monitoring.predictions_store import PredictionRow, insert_prediction
 from shared import images, subjects
-from shared.authz import Principal, require_user
+from shared.authz import Principal, require_user, scoped_workspace
 from shared.bus import CallContext, command, publish_event, raise_for_error_header, request
 from shared.errors import (
     Conflict,
@@ -137,7 +139,9 @@ async def _read_staged(deps: MonitoringDeps, key: str) -> bytes:
 @asynccontextmanager
 async def _image(deps: MonitoringDeps, principal: Principal, cmd: PredictImage | MonitorImage) -> AsyncIterator[bytes]:
     """The command's image bytes, inline or staged. A staged image must be the caller's own (its key holds their
-    user id); it is deleted when the block ends, however it ends."""
+    user id) and staged with the caller's workspace scope (a task run's token reaches its run's workspace only, so
+    it may not take an image its owner staged from a session that reaches every workspace of theirs); it is deleted
+    when the block ends, however it ends."""
     if cmd.staged_key is None:
         yield _decoded(cmd.image or "")
         return
@@ -147,6 +151,10 @@ async def _image(deps: MonitoringDeps, principal: Principal, cmd: PredictImage |
                              "part of a multipart/form-data body)")
     if match["owner"] != principal.user_id:  # someone else's upload: neither read nor deleted
         raise Forbidden("the staged image was uploaded by another user")
+    staged_scope = int(match["workspace"]) if match["workspace"] else None
+    if staged_scope != scoped_workspace(principal):  # staged with another scope: neither read nor deleted
+        raise Forbidden("the staged image was uploaded with a token of another workspace scope (a task run's token "
+                        "takes only images staged with it): upload the image with this token", code="out_of_scope")
     try:
         yield await _read_staged(deps, cmd.staged_key)
     finally:

@@ -34,6 +34,7 @@ from tests.image_models import (
 from tests.integration.bus_events import announced
 from tests.integration.conftest import inference_token, make_account, post, undeploy_all
 from tests.integration.conftest import sdk_client as sdk
+from tests.integration.test_isolation import task_token
 
 pytestmark = pytest.mark.integration
 
@@ -415,8 +416,17 @@ def test_bad_oversize_and_foreign_staged_images_are_refused_and_leave_nothing(st
     stolen = bus_predict(stack, outsider.token, {"deployment": squares.name, "staged_key": key})
     assert stolen["status"] == 403 and stolen["error"]["code"] == "forbidden", stolen
     assert staged_keys(stack, owner.user_id) == [key]  # neither read nor deleted
+    # nor by a task run's token of that user (scoped to the deployment's own workspace): the key was staged from a
+    # session reaching all the owner's workspaces (docs/security.md, "Task-run tokens")
+    run = task_token(stack, owner.user_id, owner.workspace_id)
+    scoped = bus_predict(stack, run, {"deployment": squares.name, "staged_key": key})
+    assert scoped["status"] == 403 and scoped["error"]["code"] == "out_of_scope", scoped
+    assert staged_keys(stack, owner.user_id) == [key]
     odd = bus_predict(stack, owner.token, {"deployment": squares.name, "staged_key": "staging/x/../y"})
     assert odd["status"] == 400 and "staged_key" in odd["error"]["msg"], odd
     missing = bus_predict(stack, owner.token, {"deployment": "nothing-999999", "staged_key": key})
     assert missing["status"] == 404 and staged_keys(stack, owner.user_id) == []  # consumed on the error path
     assert rows_of(stack, squares.id) == before and image_stored(stack, image) is None
+    # the run's own multipart upload is staged with its scope and consumed with it
+    answered = multipart(stack, "predict", run, image, body)
+    assert answered.status_code == 200 and staged_keys(stack, owner.user_id) == [], answered.text

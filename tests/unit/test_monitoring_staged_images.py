@@ -80,11 +80,45 @@ def test_a_staged_image_is_read_once_by_its_uploader_and_deleted_however_it_ends
             asyncio.run(read(objects, user(alice), bad))
 
 
+def run_token(subject: str, workspace_id: int) -> Principal:
+    """A task run's token: the user's, scoped to the run's workspace (shared/authz.py)."""
+    return Principal(subject=subject, kind="user", admin=False, client_id="c", username="u", issued_at=0.0,
+                     workspace_id=workspace_id, scoped_task="task", scoped_run="run")
+
+
+def test_a_staged_image_is_consumed_only_with_the_workspace_scope_it_was_staged_with():
+    """A task run's token (alice's, scoped to workspace 2) may not take an image alice staged from a normal session
+    (which may be another workspace's), nor one staged by a run of another workspace; a normal session may not take
+    a run's either. Refused 403 out_of_scope, the object neither read nor deleted; the matching scope consumes it."""
+    objects, alice = Objects(), str(uuid.uuid4())
+    session_key, run_key, other_run_key = (staged_image_key(alice), staged_image_key(alice, 2),
+                                           staged_image_key(alice, 3))
+    assert run_key.startswith(f"staging/{alice}/ws-2/")
+    for key in (session_key, run_key, other_run_key):
+        objects.kept[BUCKET_MONITORING, key] = (PNG, 0.0)
+    for principal, key in ((run_token(alice, 2), session_key), (run_token(alice, 2), other_run_key),
+                           (user(alice), run_key)):
+        with pytest.raises(Forbidden) as refused:
+            asyncio.run(read(objects, principal, key))
+        assert refused.value.code == "out_of_scope"
+        assert (BUCKET_MONITORING, key) in objects.kept
+    assert asyncio.run(read(objects, run_token(alice, 2), run_key)) == PNG
+    assert asyncio.run(read(objects, user(alice), session_key)) == PNG
+    assert set(objects.kept) == {(BUCKET_MONITORING, other_run_key)}
+    with pytest.raises(Forbidden):  # another user's run key stays another user's
+        asyncio.run(read(objects, run_token(str(uuid.uuid4()), 3), other_run_key))
+    for bad in (f"staging/{alice}/ws-0/{uuid.uuid4()}", f"staging/{alice}/ws-x/{uuid.uuid4()}",
+                f"staging/{alice}/ws-2/ws-2/{uuid.uuid4()}"):
+        with pytest.raises(InvalidRequest, match="staged_key"):
+            asyncio.run(read(objects, run_token(alice, 2), bad))
+
+
 def test_the_sweep_deletes_staged_images_left_behind_and_nothing_else():
     objects = Objects()
-    old, young = staged_image_key("u1"), staged_image_key("u2")
+    old, young, old_of_a_run = staged_image_key("u1"), staged_image_key("u2"), staged_image_key("u1", 7)
     objects.kept[BUCKET_MONITORING, old] = (PNG, 1000.0)
     objects.kept[BUCKET_MONITORING, young] = (PNG, 5000.0)
+    objects.kept[BUCKET_MONITORING, old_of_a_run] = (PNG, 1000.0)
     objects.kept[BUCKET_MONITORING, "images/abc"] = (PNG, 0.0)
-    assert asyncio.run(staging_sweep.sweep(objects, grace_seconds=3600, now=5000.0)) == 1
+    assert asyncio.run(staging_sweep.sweep(objects, grace_seconds=3600, now=5000.0)) == 2
     assert set(key for _, key in objects.kept) == {young, "images/abc"}
