@@ -5,17 +5,32 @@ names them to, which keeps them under their sha256 and deletes the staged copy.
 A staged key is `staging/<uploader's user id>/<uuid>`. The consumer takes it only from that user's command
 (`check_staged`): anyone else who learns the key gets 403 and neither reads nor deletes the object, so a command
 that fails its other checks (membership, the bytes) deletes only the caller's own upload. The same shape as the
-monitoring service's staged images (shared/messages/monitoring_predictions.py, STAGED_IMAGE_KEY)."""
+monitoring service's staged images (shared/messages/monitoring_predictions.py, STAGED_IMAGE_KEY).
+
+A staged upload no command ever consumed (the stager died or its bus request failed after the upload, a client
+staged and never sent the command, the consumer's final delete failed) is deleted by its consumer's
+`StagedUploadSweep` once older than STAGED_GRACE_SECONDS: the registry sweeps the artifacts bucket, the task
+scheduler the orchestrations bucket (the lineage service's object GC the datasets bucket, the monitoring service
+its staged images, each with its own rules)."""
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 import uuid
+from typing import Any
 
 from shared.authz import Principal
+from shared.background import Sweeper
 from shared.errors import Forbidden, InvalidRequest
 
+log = logging.getLogger("railyard.staging")
+
 STAGING_PREFIX = "staging/"
+SWEEP_EVERY_SECONDS = 3600.0
+# The datasets bucket's rule (services/workflow_lineage/object_gc.py): far longer than any upload and its command.
+STAGED_GRACE_SECONDS = 24 * 3600.0
 STAGED_KEY = re.compile(r"^staging/(?P<owner>[A-Za-z0-9_.@:-]{1,100})/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-"
                         r"[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -33,3 +48,31 @@ def check_staged(key: str, principal: Principal) -> None:
         raise InvalidRequest("staged_key must name an upload staged by the HTTP API (upload the file through it)")
     if match["owner"] != principal.user_id:
         raise Forbidden("the staged upload was made by another user")
+
+
+async def sweep_staged(objects: Any, bucket: str, grace_seconds: float = STAGED_GRACE_SECONDS,
+                       now: float | None = None) -> int:
+    """Delete `bucket`'s staged uploads (under STAGING_PREFIX) older than `grace_seconds`; how many were deleted.
+    Other keys of the bucket and other buckets are left alone; deleting an object twice is harmless, so several
+    replicas may sweep at once."""
+    cutoff = (time.time() if now is None else now) - grace_seconds
+    stale = [key for key, modified in await objects.list_keys(bucket, STAGING_PREFIX) if modified <= cutoff]
+    for key in stale:
+        await objects.delete(bucket, key)
+    if stale:
+        log.info("deleted %d staged upload(s) left behind in the %s bucket", len(stale), bucket)
+    return len(stale)
+
+
+class StagedUploadSweep(Sweeper):
+    """Runs `sweep_staged` on one bucket every SWEEP_EVERY_SECONDS (storage away for a moment: the next round tries
+    again). The service that consumes the bucket's staged uploads starts it with its lifespan and stops it."""
+
+    task_name = "staged-upload-sweep"
+    every, log, failure = SWEEP_EVERY_SECONDS, log, "staged upload sweep failed"
+
+    def __init__(self, objects: Any, bucket: str) -> None:
+        self.objects, self.bucket = objects, bucket
+
+    async def sweep(self) -> int:
+        return await sweep_staged(self.objects, self.bucket)

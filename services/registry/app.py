@@ -7,7 +7,7 @@ from pathlib import Path
 
 from faststream.nats import NatsRouter
 
-from services.registry import handlers, staging_sweep
+from services.registry import handlers
 from services.registry.connections import ConnectionService
 from services.registry.registries import RegistryService, _registry_id
 from shared import subjects
@@ -53,8 +53,10 @@ from shared.messages.registry import (
     UploadFromRegistry,
     UploadModel,
 )
+from shared.objectstore import BUCKET_ARTIFACTS
 from shared.secretbox import SecretBox
 from shared.service import Runtime, ServiceSpec
+from shared.staging import StagedUploadSweep
 
 NAME = "registry"
 
@@ -212,7 +214,7 @@ async def start(runtime: Runtime) -> None:
         connections=ConnectionService(runtime.db, box, deps.membership, workspace_name, development=development,
                                       publish=publish),
         registries=RegistryService(deps, box, development=development))
-    sweep = staging_sweep.StagedUploadSweep(runtime.objects)
+    sweep = StagedUploadSweep(runtime.objects, BUCKET_ARTIFACTS)  # the staged model uploads it consumes
     runtime.extras["staging_sweep"] = sweep
     sweep.start()
     await handlers.resume_conversions(deps)

@@ -36,7 +36,9 @@ from shared.messages.tasks import (
     TaskTokenIssued,
     UploadOrchestration,
 )
+from shared.objectstore import BUCKET_ORCHESTRATIONS
 from shared.service import Runtime, ServiceSpec
+from shared.staging import StagedUploadSweep
 
 NAME = "task_scheduler"
 log = logging.getLogger("railyard.task_scheduler")
@@ -140,11 +142,16 @@ async def start(runtime: Runtime) -> None:
                          membership=lambda token: bus_membership(broker, token, timeout), publish=publish)
     scheduler = Scheduler(deps=deps, mint=mint, gateway_url=gateway_url(runtime))
     scheduler.start()
-    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, scheduler=scheduler)
+    # staged zips no tasks.orchestrations.upload consumed (shared/staging.py): deleted after a day
+    sweep = StagedUploadSweep(runtime.objects, BUCKET_ORCHESTRATIONS)
+    sweep.start()
+    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, scheduler=scheduler, staging_sweep=sweep)
     log.info("task scheduler %s: work directory %s", scheduler.identity, work_root)
 
 
 async def stop(runtime: Runtime) -> None:
+    if (sweep := runtime.extras.get("staging_sweep")) is not None:
+        await sweep.stop()
     scheduler = runtime.extras.get("scheduler")
     if scheduler is not None:
         await scheduler.stop()
