@@ -2,9 +2,12 @@
 upload, the monitoring service for a file it writes on a user's behalf) and consumed by the service a command
 names them to, which keeps them under their sha256 and deletes the staged copy.
 
-A staged key is `staging/<uploader's user id>/<uuid>`. The consumer takes it only from that user's command
-(`check_staged`): anyone else who learns the key gets 403 and neither reads nor deletes the object, so a command
-that fails its other checks (membership, the bytes) deletes only the caller's own upload. The same shape as the
+A staged key is `staging/<uploader's user id>/<uuid>`, or `staging/<user id>/ws-<workspace id>/<uuid>` when the
+uploader's token is scoped to one workspace (a task run's). The consumer takes it only from that user's command
+with the same token scope (`check_staged`): anyone else who learns the key gets 403, and so does the same user with
+another scope (`out_of_scope`: a run's token may not take what its owner staged from a session reaching all their
+workspaces, nor a session what a run staged); either way the object is neither read nor deleted, so a command that
+fails its other checks (membership, the bytes) deletes only the caller's own upload. The same shape as the
 monitoring service's staged images (shared/messages/monitoring_predictions.py, STAGED_IMAGE_KEY).
 
 A staged upload no command ever consumed (the stager died or its bus request failed after the upload, a client
@@ -21,7 +24,7 @@ import time
 import uuid
 from typing import Any
 
-from shared.authz import Principal
+from shared.authz import Principal, scoped_workspace
 from shared.background import Sweeper
 from shared.errors import Forbidden, InvalidRequest
 
@@ -31,23 +34,37 @@ STAGING_PREFIX = "staging/"
 SWEEP_EVERY_SECONDS = 3600.0
 # The datasets bucket's rule (services/workflow_lineage/object_gc.py): far longer than any upload and its command.
 STAGED_GRACE_SECONDS = 24 * 3600.0
-STAGED_KEY = re.compile(r"^staging/(?P<owner>[A-Za-z0-9_.@:-]{1,100})/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-"
-                        r"[0-9a-f]{4}-[0-9a-f]{12}$")
+STAGED_KEY = re.compile(r"^staging/(?P<owner>[A-Za-z0-9_.@:-]{1,100})/(?:ws-(?P<workspace>[1-9][0-9]{0,18})/)?"
+                        r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-def staged_key(user_id: str) -> str:
-    """A fresh key to stage one upload of this user under."""
-    return f"{STAGING_PREFIX}{user_id}/{uuid.uuid4()}"
+def staged_key_for(user_id: str, workspace_scope: int | None) -> str:
+    """A fresh key to stage one upload under for a token of `user_id` scoped to `workspace_scope` (None: unscoped).
+    For a stager that holds such a token but not its principal (a token it minted); otherwise use `staged_key`."""
+    scope = "" if workspace_scope is None else f"ws-{workspace_scope}/"
+    return f"{STAGING_PREFIX}{user_id}/{scope}{uuid.uuid4()}"
+
+
+def staged_key(principal: Principal) -> str:
+    """A fresh key to stage one upload under for this caller: their user id and, for a token scoped to one workspace
+    (a task run's), that workspace; the consumer takes it only from a token of the same user and scope."""
+    return staged_key_for(principal.user_id, scoped_workspace(principal))
 
 
 def check_staged(key: str, principal: Principal) -> None:
     """May this caller consume the staged upload at `key`? InvalidRequest for a key the stager did not make,
-    Forbidden for another user's upload (which the caller must then neither read nor delete)."""
+    Forbidden for another user's upload, and Forbidden `out_of_scope` for one the same user staged with a token of
+    another workspace scope (in both cases the caller must then neither read nor delete it)."""
     match = STAGED_KEY.match(key)
     if match is None:
         raise InvalidRequest("staged_key must name an upload staged by the HTTP API (upload the file through it)")
     if match["owner"] != principal.user_id:
         raise Forbidden("the staged upload was made by another user")
+    staged_scope = int(match["workspace"]) if match["workspace"] else None
+    if staged_scope != scoped_workspace(principal):
+        raise Forbidden("the staged upload was made with a token of another workspace scope (a task run's token "
+                        "takes only uploads staged with it, a session only its own): upload the file with this token",
+                        code="out_of_scope")
 
 
 async def sweep_staged(objects: Any, bucket: str, grace_seconds: float = STAGED_GRACE_SECONDS,

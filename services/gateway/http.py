@@ -369,7 +369,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         if upload is None or isinstance(upload, str):
             raise InvalidRequest("the multipart body needs a 'file' part with the model file")
         objects = runtime.objects
-        staged = staged_key(principal.user_id)  # the registry takes it from this user only
+        staged = staged_key(principal)  # the registry takes it from this user and token scope only
         size = upload.size if upload.size is not None else -1
         await objects.put_stream(BUCKET_ARTIFACTS, staged, upload.file, length=size)
         body = {"file_name": upload.filename or str(metadata.get("name", "model")), **metadata, "staged_key": staged}

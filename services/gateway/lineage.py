@@ -96,7 +96,7 @@ def add_lineage_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token
     upload_timeout = timeout + 60.0
 
     async def stage(principal: Principal, data: Any, length: int = -1) -> str:
-        key = staged_key(principal.user_id)  # the lineage service takes it from this user only
+        key = staged_key(principal)  # the lineage service takes it from this user and token scope only
         if isinstance(data, bytes):
             await runtime.objects.put_bytes(BUCKET_DATASETS, key, data)
         else:

@@ -78,7 +78,7 @@ def add_orchestration_routes(app: FastAPI, runtime: Runtime, user_caller: Any, b
             first = exc.errors()[0] if exc.errors() else {}
             where = ".".join(str(p) for p in first.get("loc", ())) or "metadata"
             raise InvalidRequest(f"metadata {where}: {first.get('msg', 'invalid')}") from None
-        staged = staged_key(principal.user_id)  # the task scheduler takes it from this user only
+        staged = staged_key(principal)  # the task scheduler takes it from this user and token scope only
         size = upload.size if upload.size is not None else -1
         await runtime.objects.put_stream(BUCKET_ORCHESTRATIONS, staged, upload.file, length=size)
         command = command.model_copy(update={"staged_key": staged})

@@ -217,7 +217,7 @@ async def setup_training(deps: ContinuousDeps, principal: Principal, token: str 
     if cmd.dataset_version is not None:
         await _check_dataset(deps, token, workspace_id, cmd.dataset_version)
     if orchestration_id is None:  # every check passed: register the built-in recipe (once per workspace)
-        orchestration_id = await ml_backend.builtin_orchestration(base, token, workspace_id, principal.user_id)
+        orchestration_id = await ml_backend.builtin_orchestration(base, token, workspace_id, principal)
     deployment_id = view.route.deployment_id
     async with base.pool.acquire() as conn, conn.transaction():
         reviews = await _review_count(conn, deployment_id)

@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 from shared import subjects
+from shared.authz import Principal
 from shared.bus import request
 from shared.errors import InvalidRequest, NotFound
 from shared.messages.base import INT64
@@ -67,9 +68,10 @@ def file_labels(prediction_id: uuid.UUID, kind: str, origin: str, prediction: di
 
 
 async def write(broker: Any, objects: Any, token: str | None, timeout: float, dataset: DatasetInfo, name: str,
-                data: bytes, content_type: str, labels: dict[str, Any], owner: str) -> str:
+                data: bytes, content_type: str, labels: dict[str, Any], owner: Principal) -> str:
     """Add the image to the dataset (staged in object storage, which the lineage service takes over); its name.
-    `owner`: the user id `token` acts for (the lineage service takes a staged upload from its stager only)."""
+    `owner`: the principal `token` verified as (the lineage service takes a staged upload from its stager's user and
+    token scope only)."""
     staged = staged_key(owner)
     await objects.put_bytes(BUCKET_DATASETS, staged, data, content_type=content_type)
     try:

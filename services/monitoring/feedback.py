@@ -72,7 +72,7 @@ from shared.messages.monitoring_feedback import (
 from shared.messages.monitoring_predictions import PredictionFormat
 from shared.messages.tasks import IssueTaskToken, TaskTokenIssued
 from shared.objectstore import BUCKET_DATASETS, BUCKET_MONITORING, ObjectStore
-from shared.staging import staged_key
+from shared.staging import staged_key_for
 
 log = logging.getLogger("railyard.monitoring.feedback")
 
@@ -458,7 +458,8 @@ class Exporter(Sweeper):
         pending = await fs.pending_reviews(m.pool, deployment_id, dataset_id, EXPORT_BATCH)
         for review in pending:
             data = await deps.objects.get_bytes(BUCKET_MONITORING, image_key(review["image_sha256"]))
-            staged = staged_key(str(pair["owner_id"]))  # the token acts for the owner: lineage takes it from them
+            # the token acts for the owner in the pair's workspace only: lineage takes it with that scope
+            staged = staged_key_for(str(pair["owner_id"]), pair["workspace_id"])
             await deps.objects.put_bytes(BUCKET_DATASETS, staged, data, content_type=review["content_type"])
             await request(m.broker, subjects.LINEAGE_DATASETS_ADD_FILE, AddDatasetFile(
                 dataset_id=dataset_id, name=file_name(review), staged_key=staged, labels=file_labels(review)),

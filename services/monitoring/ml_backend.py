@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from services.monitoring import handlers
 from shared import subjects
+from shared.authz import Principal
 from shared.bus import request
 from shared.errors import Conflict
 from shared.messages.monitoring import ModelVersionRef
@@ -64,9 +65,9 @@ def _orchestration() -> tuple[str, bytes]:
 
 
 async def builtin_orchestration(deps: handlers.MonitoringDeps, token: str | None, workspace_id: int,
-                                owner: str) -> uuid.UUID:
+                                owner: Principal) -> uuid.UUID:
     """The workspace's built-in ML-backend training orchestration, registered with the caller's rights if needed
-    (`owner`: the caller's user id, whose staged upload the task scheduler takes)."""
+    (`owner`: the caller, whose user and token scope the task scheduler takes the staged upload from)."""
     name, archive = _orchestration()
     sha = hashlib.sha256(archive).hexdigest()
     listed = await request(deps.broker, subjects.TASKS_ORCHESTRATIONS_LIST, ListOrchestrations(

@@ -226,7 +226,7 @@ def _formatted(row: PredictionRow) -> tuple[PredictionFormat, PredictionFormat |
 
 
 async def _keep(deps: MonitoringDeps, token: str | None, row: PredictionRow, data: bytes, deployment: str,
-                labels: list[str] | None, target_datalake: str | None, *, owner: str) -> PredictionResult:
+                labels: list[str] | None, target_datalake: str | None, *, owner: Principal) -> PredictionResult:
     """Check the prediction is a PredictionFormat (else nothing is written), store the image, then the row, then
     announce it, then (best effort) add it to the target datalake; the answer."""
     prediction, shadow_prediction = _formatted(row)
@@ -251,7 +251,7 @@ async def _keep(deps: MonitoringDeps, token: str | None, row: PredictionRow, dat
 
 
 async def _to_datalake(deps: MonitoringDeps, token: str | None, row: PredictionRow, data: bytes,
-                       labels: list[str] | None, target: str | None, owner: str) -> str | None:
+                       labels: list[str] | None, target: str | None, owner: Principal) -> str | None:
     """The prediction's file in the deployment's target datalake (None without one, or when it could not be
     written: the prediction is kept anyway)."""
     if not target:
@@ -368,7 +368,7 @@ async def _predict(deps: MonitoringDeps, principal: Principal, token: str | None
     backend = await _ml_backend(deps, token, view)
     async with deps.image_slots:  # the decoded image and its copies, until only its measures are left
         prepared = await _prepare_predict(deps, cmd, view, data, backend)
-    return await _predict_prepared(deps, token, cmd, view, data, tags, received, prepared, owner=principal.user_id)
+    return await _predict_prepared(deps, token, cmd, view, data, tags, received, prepared, owner=principal)
 
 
 @dataclass
@@ -459,7 +459,7 @@ async def _prepare_predict(deps: MonitoringDeps, cmd: PredictImage, view: Deploy
 
 async def _predict_prepared(deps: MonitoringDeps, token: str | None, cmd: PredictImage, view: DeploymentView,
                             data: bytes, tags: list[str], received: datetime,
-                            image: _PreparedImage, *, owner: str) -> PredictionResult:
+                            image: _PreparedImage, *, owner: Principal) -> PredictionResult:
     convert = image.convert
     started = time.perf_counter()
     answer, meta = await _ask_engine(deps, view.route.name, image.table, by_reference=image.by_reference)
@@ -587,7 +587,7 @@ async def _monitor(deps: MonitoringDeps, principal: Principal, token: str | None
         predicted_at=predicted_at, filename=cmd.filename, pipeline_version=view.route.pipeline_version)
     kept = await store.settings(deps.pool, view.route.deployment_id)
     return await _keep(deps, token, row, data, cmd.deployment, labels, kept["target_datalake"] if kept else None,
-                       owner=principal.user_id)
+                       owner=principal)
 
 
 # --- subscribers -----------------------------------------------------------------------------------------------------

@@ -148,7 +148,7 @@ class RegistryService:
     async def upload(self, principal: Principal, token: str | None, cmd: UploadFromRegistry) -> UploadedFromRegistry:
         await require_member(self.deps.membership(token), principal, cmd.workspace_id)
         row = await self._visible(principal, token, _registry_id(cmd.registry_id))
-        staged = staged_key(principal.user_id)  # upload_model takes it from this user only
+        staged = staged_key(principal)  # upload_model takes it from this user and token scope only
         try:
             await self.deps.objects.put_stream(BUCKET_ARTIFACTS, staged, self._mlflow(row).download(cmd.path))
         except BaseException:

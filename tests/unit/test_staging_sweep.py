@@ -15,7 +15,7 @@ from services.task_scheduler import app as scheduler_app
 from shared.objectstore import BUCKET_ARTIFACTS, BUCKET_DATASETS, BUCKET_ORCHESTRATIONS, content_key
 from shared.service import Runtime
 from shared.settings import Settings
-from shared.staging import StagedUploadSweep, staged_key, sweep_staged
+from shared.staging import StagedUploadSweep, staged_key_for, sweep_staged
 
 DAY = 24 * 3600.0
 
@@ -36,14 +36,14 @@ class Objects:
 @pytest.mark.parametrize("bucket", [BUCKET_ARTIFACTS, BUCKET_ORCHESTRATIONS])
 def test_staged_uploads_older_than_a_day_are_deleted_from_the_swept_bucket_and_nothing_else(bucket):
     objects, now = Objects(), 10 * DAY
-    old, young = staged_key("alice"), staged_key("bob")
+    old, young = staged_key_for("alice", None), staged_key_for("bob", 7)
     stored = content_key("ab" * 32)
     other = BUCKET_ORCHESTRATIONS if bucket == BUCKET_ARTIFACTS else BUCKET_ARTIFACTS
     objects.kept[bucket, old] = now - DAY - 1
     objects.kept[bucket, young] = now - DAY + 60  # a day less a minute: its command may still come
     objects.kept[bucket, stored] = 0.0  # a stored model or zip: never the sweep's
-    objects.kept[other, staged_key("alice")] = 0.0  # the other consumer's
-    objects.kept[BUCKET_DATASETS, staged_key("alice")] = 0.0  # the lineage service's GC
+    objects.kept[other, staged_key_for("alice", None)] = 0.0  # the other consumer's
+    objects.kept[BUCKET_DATASETS, staged_key_for("alice", None)] = 0.0  # the lineage service's GC
     assert asyncio.run(sweep_staged(objects, bucket, now=now)) == 1
     assert (bucket, old) not in objects.kept
     assert {(bucket, young), (bucket, stored)} <= set(objects.kept) and len(objects.kept) == 4
