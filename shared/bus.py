@@ -197,10 +197,15 @@ def encode_reply(reply: Reply, max_payload: int | None, subject: str, too_large_
         return body
     log.warning("the reply to %s is %d bytes, above the bus limit (%d): answered reply_too_large", subject,
                 len(body), limit)
-    hint = too_large_hint or "ask for less: a page (limit and cursor where the command has them) or narrower filters"
-    error = ReplyTooLarge(f"the answer would be {_size(len(body))}, above the {_size(limit)} a reply may carry on "
-                          f"the bus: {hint}")
-    return pydantic_core.to_json(reply_error(error))
+    return pydantic_core.to_json(reply_error(reply_too_large(len(body), limit, too_large_hint)))
+
+
+def reply_too_large(size: int, limit: int, hint: str | None = None) -> ReplyTooLarge:
+    """The typed 422 for an answer of `size` bytes that a bus carrying at most `limit` cannot take: the sizes, and
+    `hint` (what to ask instead) or a generic line. Commands (encode_reply) and the log store's raw replies."""
+    hint = hint or "ask for less: a page (limit and cursor where the command has them) or narrower filters"
+    return ReplyTooLarge(f"the answer would be {_size(size)}, above the {_size(limit)} a reply may carry on the bus: "
+                         f"{hint}")
 
 
 def _size(count: int) -> str:

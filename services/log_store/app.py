@@ -19,16 +19,16 @@ from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import (
     CallContext,
-    _size,
     _validation_message,
     command,
     connect_options,
     error_headers,
     publish_event,
+    reply_too_large,
     request,
 )
 from shared.bus_workers import ConcurrentCallback, drain_raw
-from shared.errors import InvalidRequest, RailyardError, ReplyTooLarge
+from shared.errors import InvalidRequest, RailyardError
 from shared.lean_imports import lazy_module
 from shared.messages.deployer import ListPipelines, Pipelines
 from shared.messages.logs import (
@@ -123,9 +123,7 @@ def _raw_responder(nc: Any, work: Callable[[Any, str | None], Awaitable[tuple[by
         if (size := reply_size(body, out)) > nc.max_payload:
             log.warning("the reply to %s is %d bytes, above the bus limit (%d): answered reply_too_large",
                         msg.subject, size, nc.max_payload)
-            body, out = b"", error_headers(ReplyTooLarge(
-                f"the answer would be {_size(size)}, above the {_size(nc.max_payload)} a reply may carry on the "
-                f"bus: {too_large_hint}"))
+            body, out = b"", error_headers(reply_too_large(size, nc.max_payload, too_large_hint))
         await nc.publish(msg.reply, body, headers=out)
 
     return respond
