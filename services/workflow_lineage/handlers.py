@@ -437,10 +437,10 @@ async def list_files(deps: Deps, principal: Principal, token: str | None, datase
     after = file_pages.name_of(cursor)
     wanted = limit + 1 if limit is not None else None  # one more than the page: whether another follows
     if version_id is not None:
-        saved = (await _saved(deps, row, version_id))[1].files
+        found = (await _saved(deps, row, version_id))[1]
+        saved, names = found.files, found.names  # names: sorted once when the version was parsed (cached)
         if after is None and limit is None:
             return DatasetFiles(files=list(saved.values()))
-        names = sorted(saved)  # the manifest's order already: a linear pass
         start = bisect.bisect_right(names, after) if after is not None else 0
         candidates = [saved[n] for n in names[start:start + wanted if wanted else None]]
     else:
