@@ -7,8 +7,9 @@ uploader's token is scoped to one workspace (a task run's). The consumer takes i
 with the same token scope (`check_staged`): anyone else who learns the key gets 403, and so does the same user with
 another scope (`out_of_scope`: a run's token may not take what its owner staged from a session reaching all their
 workspaces, nor a session what a run staged); either way the object is neither read nor deleted, so a command that
-fails its other checks (membership, the bytes) deletes only the caller's own upload. The same shape as the
-monitoring service's staged images (shared/messages/monitoring_predictions.py, STAGED_IMAGE_KEY).
+fails its other checks (membership, the bytes) deletes only the caller's own upload. The monitoring service's staged
+images have the same keys (shared/messages/monitoring_predictions.py names these under its own names) and the same
+check, worded for images (`StagedWording`).
 
 A staged upload no command ever consumed (the stager died or its bus request failed after the upload, a client
 staged and never sent the command, the consumer's final delete failed) is deleted by its consumer's
@@ -22,6 +23,7 @@ import logging
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from shared.authz import Principal, scoped_workspace
@@ -38,7 +40,7 @@ STAGED_KEY = re.compile(r"^staging/(?P<owner>[A-Za-z0-9_.@:-]{1,100})/(?:ws-(?P<
                         r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-def staged_key_for(user_id: str, workspace_scope: int | None) -> str:
+def staged_key_for(user_id: str, workspace_scope: int | None = None) -> str:
     """A fresh key to stage one upload under for a token of `user_id` scoped to `workspace_scope` (None: unscoped).
     For a stager that holds such a token but not its principal (a token it minted); otherwise use `staged_key`."""
     scope = "" if workspace_scope is None else f"ws-{workspace_scope}/"
@@ -51,20 +53,37 @@ def staged_key(principal: Principal) -> str:
     return staged_key_for(principal.user_id, scoped_workspace(principal))
 
 
-def check_staged(key: str, principal: Principal) -> None:
+@dataclass(frozen=True)
+class StagedWording:
+    """The messages `check_staged` refuses a key with: a key the stager did not make (400), another user's upload
+    (403), one staged with another workspace scope (403 out_of_scope). UPLOAD_WORDING unless a consumer words its
+    uploads otherwise (the monitoring service's staged images)."""
+
+    malformed: str
+    other_user: str
+    other_scope: str
+
+
+UPLOAD_WORDING = StagedWording(
+    malformed="staged_key must name an upload staged by the HTTP API (upload the file through it)",
+    other_user="the staged upload was made by another user",
+    other_scope="the staged upload was made with a token of another workspace scope (a task run's token takes only "
+                "uploads staged with it, a session only its own): upload the file with this token")
+
+
+def check_staged(key: str, principal: Principal, wording: StagedWording = UPLOAD_WORDING) -> None:
     """May this caller consume the staged upload at `key`? InvalidRequest for a key the stager did not make,
     Forbidden for another user's upload, and Forbidden `out_of_scope` for one the same user staged with a token of
-    another workspace scope (in both cases the caller must then neither read nor delete it)."""
+    another workspace scope (in both cases the caller must then neither read nor delete it); messages from
+    `wording`."""
     match = STAGED_KEY.match(key)
     if match is None:
-        raise InvalidRequest("staged_key must name an upload staged by the HTTP API (upload the file through it)")
+        raise InvalidRequest(wording.malformed)
     if match["owner"] != principal.user_id:
-        raise Forbidden("the staged upload was made by another user")
+        raise Forbidden(wording.other_user)
     staged_scope = int(match["workspace"]) if match["workspace"] else None
     if staged_scope != scoped_workspace(principal):
-        raise Forbidden("the staged upload was made with a token of another workspace scope (a task run's token "
-                        "takes only uploads staged with it, a session only its own): upload the file with this token",
-                        code="out_of_scope")
+        raise Forbidden(wording.other_scope, code="out_of_scope")
 
 
 async def sweep_staged(objects: Any, bucket: str, grace_seconds: float = STAGED_GRACE_SECONDS,

@@ -58,11 +58,10 @@ from services.monitoring.handlers import (
 )
 from services.monitoring.predictions_store import PredictionRow, insert_prediction
 from shared import images, subjects
-from shared.authz import Principal, require_user, scoped_workspace
+from shared.authz import Principal, require_user
 from shared.bus import CallContext, command, publish_event, raise_for_error_header, request
 from shared.errors import (
     Conflict,
-    Forbidden,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
@@ -74,7 +73,6 @@ from shared.lean_imports import lazy_module
 from shared.messages.deployer import ListPipelines, Pipelines
 from shared.messages.monitoring import ModelVersionRef
 from shared.messages.monitoring_predictions import (
-    STAGED_IMAGE_KEY,
     ImageConfig,
     MonitorImage,
     PredictImage,
@@ -83,6 +81,7 @@ from shared.messages.monitoring_predictions import (
     PredictionResult,
 )
 from shared.objectstore import BUCKET_MONITORING, BUCKET_TABLES
+from shared.staging import StagedWording, check_staged
 from shared.table_transport import (
     BUS_HEADROOM,
     INFERENCE_PREFIX,
@@ -108,6 +107,13 @@ log = logging.getLogger("railyard.monitoring.predictions")
 ENGINE_TIMEOUT = 30.0
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC).timestamp()  # monitor's timestamps before this are refused
 LATEST_AHEAD = 86_400.0  # seconds a monitor timestamp may be ahead of the service's clock
+# how `_image` refuses a staged key (shared/staging.py check_staged): worded for the images the gateway stages
+IMAGE_WORDING = StagedWording(
+    malformed="staged_key must name an image staged by the gateway (upload the image as the 'image' part of a "
+              "multipart/form-data body)",
+    other_user="the staged image was uploaded by another user",
+    other_scope="the staged image was uploaded with a token of another workspace scope (a task run's token takes only "
+                "images staged with it): upload the image with this token")
 
 
 def image_key(sha256: str) -> str:
@@ -145,16 +151,7 @@ async def _image(deps: MonitoringDeps, principal: Principal, cmd: PredictImage |
     if cmd.staged_key is None:
         yield _decoded(cmd.image or "")
         return
-    match = STAGED_IMAGE_KEY.match(cmd.staged_key)
-    if match is None:
-        raise InvalidRequest("staged_key must name an image staged by the gateway (upload the image as the 'image' "
-                             "part of a multipart/form-data body)")
-    if match["owner"] != principal.user_id:  # someone else's upload: neither read nor deleted
-        raise Forbidden("the staged image was uploaded by another user")
-    staged_scope = int(match["workspace"]) if match["workspace"] else None
-    if staged_scope != scoped_workspace(principal):  # staged with another scope: neither read nor deleted
-        raise Forbidden("the staged image was uploaded with a token of another workspace scope (a task run's token "
-                        "takes only images staged with it): upload the image with this token", code="out_of_scope")
+    check_staged(cmd.staged_key, principal, IMAGE_WORDING)  # refused: neither read nor deleted
     try:
         yield await _read_staged(deps, cmd.staged_key)
     finally:

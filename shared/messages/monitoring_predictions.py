@@ -5,7 +5,6 @@ become a PredictionFormat)."""
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Literal
 
@@ -13,22 +12,17 @@ from pydantic import Field, model_validator
 
 from shared.messages.base import Command, Event, Message
 from shared.messages.monitoring import ModelVersionRef
+from shared.staging import STAGED_KEY, STAGING_PREFIX, staged_key_for
 
 MAX_DETECTIONS = 1000
 MAX_IMAGE_BASE64 = 2 * 1024 * 1024  # characters: the JSON body limit of the gateway bounds it anyway
 # where the gateway stages an image uploaded as multipart: in the monitoring bucket, under the uploader's user id and,
 # for a task run's token, the one workspace it reaches (the monitoring service consumes it only for that user with
-# that same scope): staging/<user id>/<uuid>, or staging/<user id>/ws-<workspace id>/<uuid>
-STAGED_IMAGE_PREFIX = "staging/"
-STAGED_IMAGE_KEY = re.compile(r"^staging/(?P<owner>[A-Za-z0-9_.@:-]{1,100})/(?:ws-(?P<workspace>[1-9][0-9]{0,18})/)?"
-                              r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-
-def staged_image_key(user_id: str, scoped_workspace: int | None = None) -> str:
-    """A fresh key to stage one uploaded image of this user under (in the monitoring bucket); `scoped_workspace`: the
-    workspace the uploader's token is scoped to (a task run's), None for an unscoped token."""
-    scope = "" if scoped_workspace is None else f"ws-{scoped_workspace}/"
-    return f"{STAGED_IMAGE_PREFIX}{user_id}/{scope}{uuid.uuid4()}"
+# that same scope): staging/<user id>/<uuid>, or staging/<user id>/ws-<workspace id>/<uuid>. The keys of every staged
+# upload (shared/staging.py), under the names the monitoring code has used.
+STAGED_IMAGE_PREFIX = STAGING_PREFIX
+STAGED_IMAGE_KEY = STAGED_KEY
+staged_image_key = staged_key_for  # (user id, the workspace the uploader's token is scoped to or None)
 
 PredictionKind = Literal["classification", "detection", "segmentation"]
 
