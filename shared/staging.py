@@ -13,9 +13,10 @@ check, worded for images (`StagedWording`).
 
 A staged upload no command ever consumed (the stager died or its bus request failed after the upload, a client
 staged and never sent the command, the consumer's final delete failed) is deleted by its consumer's
-`StagedUploadSweep` once older than STAGED_GRACE_SECONDS: the registry sweeps the artifacts bucket, the task
-scheduler the orchestrations bucket (the lineage service's object GC the datasets bucket, the monitoring service
-its staged images, each with its own rules)."""
+`StagedUploadSweep` once older than its grace (STAGED_GRACE_SECONDS unless given): the registry sweeps the artifacts
+bucket, the task scheduler the orchestrations bucket, the monitoring service the monitoring bucket (its staged images,
+with an hour's grace every ten minutes: they live for one request); the lineage service's object GC deletes the
+datasets bucket's with its own rules, under the same STAGING_PREFIX and STAGED_GRACE_SECONDS."""
 
 from __future__ import annotations
 
@@ -101,14 +102,16 @@ async def sweep_staged(objects: Any, bucket: str, grace_seconds: float = STAGED_
 
 
 class StagedUploadSweep(Sweeper):
-    """Runs `sweep_staged` on one bucket every SWEEP_EVERY_SECONDS (storage away for a moment: the next round tries
-    again). The service that consumes the bucket's staged uploads starts it with its lifespan and stops it."""
+    """Runs `sweep_staged` on one bucket with `grace_seconds` every `every` seconds (storage away for a moment: the
+    next round tries again). The service that consumes the bucket's staged uploads starts it with its lifespan and
+    stops it."""
 
     task_name = "staged-upload-sweep"
-    every, log, failure = SWEEP_EVERY_SECONDS, log, "staged upload sweep failed"
+    log, failure = log, "staged upload sweep failed"
 
-    def __init__(self, objects: Any, bucket: str) -> None:
-        self.objects, self.bucket = objects, bucket
+    def __init__(self, objects: Any, bucket: str, grace_seconds: float = STAGED_GRACE_SECONDS,
+                 every: float = SWEEP_EVERY_SECONDS) -> None:
+        self.objects, self.bucket, self.grace_seconds, self.every = objects, bucket, grace_seconds, every
 
     async def sweep(self) -> int:
-        return await sweep_staged(self.objects, self.bucket)
+        return await sweep_staged(self.objects, self.bucket, self.grace_seconds)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from faststream.nats import NatsRouter
 
-from services.monitoring import aggregates, continuous, feedback, handlers, predictions, reference, staging_sweep
+from services.monitoring import aggregates, continuous, feedback, handlers, predictions, reference
 from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import CallContext, command
@@ -22,9 +22,16 @@ from shared.messages.monitoring import (
     SetDeploymentModel,
     UpdateDeployment,
 )
+from shared.objectstore import BUCKET_MONITORING
 from shared.service import Runtime, ServiceSpec
+from shared.staging import StagedUploadSweep
 
 NAME = "monitoring"
+# An image the gateway stages for predict/monitor is deleted by this service once read and by the gateway once the
+# command answered, so one is left behind only when a process died in between: the sweep deletes staged images older
+# than an hour (far longer than any request may take), every ten minutes.
+STAGED_IMAGE_GRACE_SECONDS = 3600.0
+STAGED_IMAGE_SWEEP_EVERY_SECONDS = 600.0
 
 
 def build_router(runtime: Runtime) -> NatsRouter:
@@ -101,7 +108,8 @@ async def start(runtime: Runtime) -> None:
                                    objects=runtime.objects, max_image_bytes=settings.monitoring.max_image_bytes,
                                    image_slots=asyncio.Semaphore(settings.monitoring.images_at_once),
                                    stats_slots=asyncio.Semaphore(settings.monitoring.stats_at_once))
-    sweep = staging_sweep.StagedImageSweep(runtime.objects)
+    sweep = StagedUploadSweep(runtime.objects, BUCKET_MONITORING, grace_seconds=STAGED_IMAGE_GRACE_SECONDS,
+                              every=STAGED_IMAGE_SWEEP_EVERY_SECONDS)
     fold = aggregates.HourFold(runtime.db)
     runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, staging_sweep=sweep, hour_fold=fold)
     sweep.start()

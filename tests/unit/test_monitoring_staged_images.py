@@ -1,6 +1,7 @@
-"""Staged images (services/monitoring/predictions.py `_image`, services/monitoring/staging_sweep.py): a staged image
-is read only for the user whose id its key holds (anyone else's key is neither read nor deleted), at most
-max_image_bytes, and deleted however the command ends; the sweep deletes staged images left behind, old ones only."""
+"""Staged images (services/monitoring/predictions.py `_image`, shared/staging.py `sweep_staged` on the monitoring
+bucket): a staged image is read only for the user whose id its key holds (anyone else's key is neither read nor
+deleted), at most max_image_bytes, and deleted however the command ends; the sweep deletes staged images left behind,
+old ones only."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ import uuid
 
 import pytest
 
-from services.monitoring import staging_sweep
 from services.monitoring.handlers import MonitoringDeps
 from services.monitoring.predictions import _image
 from shared.authz import Principal
 from shared.errors import Forbidden, InvalidRequest, NotFound, PayloadTooLarge
 from shared.messages.monitoring_predictions import PredictImage, staged_image_key
 from shared.objectstore import BUCKET_MONITORING
+from shared.staging import sweep_staged
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"x" * 100
 
@@ -120,5 +121,5 @@ def test_the_sweep_deletes_staged_images_left_behind_and_nothing_else():
     objects.kept[BUCKET_MONITORING, young] = (PNG, 5000.0)
     objects.kept[BUCKET_MONITORING, old_of_a_run] = (PNG, 1000.0)
     objects.kept[BUCKET_MONITORING, "images/abc"] = (PNG, 0.0)
-    assert asyncio.run(staging_sweep.sweep(objects, grace_seconds=3600, now=5000.0)) == 2
+    assert asyncio.run(sweep_staged(objects, BUCKET_MONITORING, grace_seconds=3600, now=5000.0)) == 2
     assert set(key for _, key in objects.kept) == {young, "images/abc"}
