@@ -1,6 +1,6 @@
 """Garbage collection of the `datasets` bucket: content-addressed objects (`sha256/<hex>`) that no dataset's rows,
 dataset file, workspace file or project version's manifest refers to any more are deleted, and so are staged
-uploads (`staging/<user id>/<uuid>`) left behind for longer than STAGING_GRACE_SECONDS.
+uploads (`staging/<user id>/<uuid>`, shared/staging.py) left behind for longer than STAGED_GRACE_SECONDS.
 
 What is never deleted: an object something refers to (checked twice: once for all objects, then again for each
 candidate under the per-hash lock uploads take, right before the delete); an object younger than the grace period
@@ -20,13 +20,12 @@ from shared.authz import Principal, require_admin
 from shared.background import Sweeper
 from shared.messages.lineage import CollectObjects, ObjectsCollected
 from shared.objectstore import BUCKET_DATASETS, content_key
+from shared.staging import STAGED_GRACE_SECONDS, STAGING_PREFIX
 
 log = logging.getLogger("railyard.workflow_lineage.object_gc")
 
 CONTENT_PREFIX = "sha256/"
-STAGING_PREFIX = "staging/"
 HOLD_SECONDS = 3600.0
-STAGING_GRACE_SECONDS = 24 * 3600.0
 DEFAULT_GRACE_SECONDS = 3600.0
 COLLECT_EVERY_SECONDS = 6 * 3600.0
 
@@ -67,7 +66,7 @@ async def collect(deps: Any, grace_seconds: float, dry_run: bool = False) -> Obj
                 await deps.objects.delete(BUCKET_DATASETS, content_key(sha))
         deleted.append(sha)
     staged = [key for key, modified in await deps.objects.list_keys(BUCKET_DATASETS, STAGING_PREFIX)
-              if modified <= time.time() - max(grace_seconds, STAGING_GRACE_SECONDS)]
+              if modified <= time.time() - max(grace_seconds, STAGED_GRACE_SECONDS)]
     if not dry_run:
         for key in staged:
             await deps.objects.delete(BUCKET_DATASETS, key)
