@@ -156,3 +156,16 @@ async def ping(pool: asyncpg.Pool, settings: PostgresSettings | None = None) -> 
         return
     async with pool.acquire(timeout=2) as conn:
         await conn.fetchval("SELECT 1")
+
+
+def lock_text(space: str, *key: object) -> str:
+    """The text an advisory lock of `space` and `key` is hashed from: "<space>:<key parts joined by ':'>", the same
+    text the SQL concatenation `'<space>:' || $1::bigint || ':' || $2::text` gives for ints and strings."""
+    return f"{space}:{':'.join(map(str, key))}"
+
+
+async def xact_lock(conn: asyncpg.Connection, space: str, *key: object) -> None:
+    """Hold the advisory lock of `space` and `key` until the transaction ends (pg_advisory_xact_lock on the 64-bit
+    hash of `lock_text(space, *key)`): a key space of its own per kind of thing, as every service shares the
+    database (a bare pg_advisory_xact_lock(id) made pipeline 7 and workspace 7 wait on each other)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))", lock_text(space, *key))

@@ -47,6 +47,7 @@ from shared.authz import (
     require_user,
     scoped_workspace,
 )
+from shared.db import xact_lock
 from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, TooManyRequests, Unauthorized, Unavailable
 from shared.messages.auth import (
     AddWorkspaceUser,
@@ -805,8 +806,7 @@ async def remove_workspace_user(deps: AuthDeps, principal: Principal, cmd: Remov
         raise Forbidden("only workspace owners may remove other users")
     async with deps.pool.acquire() as conn, conn.transaction():
         # the workspace's lock in a key space of its own (the deployer locks pipelines by id in the same database)
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('auth.workspace:' || $1::bigint, 0))",
-                           cmd.workspace_id)
+        await xact_lock(conn, "auth.workspace", int(cmd.workspace_id))
         target_role = await store.role_in(conn, target, cmd.workspace_id)
         if target_role == "OWNER" and await store.owner_count(conn, cmd.workspace_id) <= 1:
             raise Conflict("cannot remove the last owner of a workspace")

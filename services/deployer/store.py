@@ -8,18 +8,19 @@ from typing import Any
 
 import asyncpg
 
+from shared.db import xact_lock
+
 # a pipeline's advisory lock, in a key space of its own: every service shares the database, and auth locks its
 # workspaces by id too (a bare pg_advisory_xact_lock(id) made pipeline 7 and workspace 7 wait on each other)
-PIPELINE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('deployer.pipeline:' || $1::bigint, 0))"
+PIPELINE_LOCK = "deployer.pipeline"  # xact_lock(conn, PIPELINE_LOCK, pipeline id)
 # a pipeline name of a workspace, before the pipeline exists: a copy's "name is free" check and its create are one
 # step under it, and pipelines/create takes it too (its upsert would otherwise slip between them)
-PIPELINE_NAME_LOCK = ("SELECT pg_advisory_xact_lock(hashtextextended("
-                      "'deployer.pipeline_name:' || $1::bigint || ':' || $2::text, 0))")
+PIPELINE_NAME_LOCK = "deployer.pipeline_name"  # xact_lock(conn, PIPELINE_NAME_LOCK, workspace id, name)
 
 
 async def lock_pipeline_name(conn: asyncpg.Connection, workspace_id: int, name: str) -> None:
     """Hold the workspace's pipeline name until the transaction ends."""
-    await conn.execute(PIPELINE_NAME_LOCK, workspace_id, name)
+    await xact_lock(conn, PIPELINE_NAME_LOCK, int(workspace_id), name)
 
 
 async def pipeline_by_name(pool: asyncpg.Pool | asyncpg.Connection, workspace_id: int,
@@ -53,7 +54,7 @@ async def create_pipeline_version(conn: asyncpg.Connection, workspace_id: int, n
         "INSERT INTO pipelines (workspace_id, name, owner_id) VALUES ($1, $2, $3)"
         " ON CONFLICT (workspace_id, name) DO UPDATE SET updated_at = now() RETURNING id",
         workspace_id, name, owner)
-    await conn.execute(PIPELINE_LOCK, pipeline_id)
+    await xact_lock(conn, PIPELINE_LOCK, int(pipeline_id))
     latest = await latest_version(conn, pipeline_id)
     if latest is not None and json.loads(latest["definition"]) == definition:
         return pipeline_id, latest["id"], latest["version"], False
@@ -94,7 +95,7 @@ async def activate_deployment(conn: asyncpg.Connection, pipeline_id: int, versio
                               engine_config: dict[str, Any], spec: dict[str, Any]) -> tuple[int, str | None]:
     """Deploy (or redeploy) the pipeline: its deployment keeps its id, so its inference URL stays the same.
     (deployment id, the deploy_id it had before: a redeploy may rename it, and the old name's replicas must go)."""
-    await conn.execute(PIPELINE_LOCK, pipeline_id)
+    await xact_lock(conn, PIPELINE_LOCK, int(pipeline_id))
     existing = await conn.fetchrow(
         "SELECT id, deploy_id FROM deployments WHERE pipeline_id = $1 ORDER BY active DESC, id DESC LIMIT 1",
         pipeline_id)
