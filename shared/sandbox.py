@@ -351,15 +351,21 @@ class _Verdict:
                 os.close(self.fd)
 
 
+def _launcher_verdict(process: asyncio.subprocess.Process) -> str | None:
+    """What the launcher of a `spawn`ed process wrote on its verdict pipe (the sandbox never holds it), "" for
+    nothing; None while the process runs or when it was not started by `spawn`."""
+    verdict = getattr(process, "_railyard_verdict", None)
+    if verdict is None or process.returncode is None:
+        return None
+    return verdict.read().decode(errors="replace")
+
+
 def quota_verdict(process: asyncio.subprocess.Process) -> str | None:
     """The quota ("disk_bytes" or "disk_files") the launcher of a `spawn`ed process stopped its sandbox for, as
     the launcher wrote it on a pipe the sandbox never holds; None while it runs, when it ended otherwise, or when
     it was not started by `spawn`. The exit status and stderr are the user's code's to choose, so they never
     decide it."""
-    verdict = getattr(process, "_railyard_verdict", None)
-    if verdict is None or process.returncode is None:
-        return None
-    said = verdict.read().decode(errors="replace")
+    said = _launcher_verdict(process)
     return said if said in QUOTA_LIMITS else None
 
 
@@ -367,10 +373,16 @@ def setup_failed(process: asyncio.subprocess.Process) -> bool:
     """Whether the launcher of a `spawn`ed process (ended) says it could not build the sandbox, on the verdict pipe
     the sandbox never holds. Exit status 125 and "railyard-sandbox:" on stderr are the code's to choose as well (a
     pickle under conversion could print them), so they never decide it."""
-    verdict = getattr(process, "_railyard_verdict", None)
-    if verdict is None or process.returncode is None:
-        return False
-    return verdict.read().decode(errors="replace") == SETUP_VERDICT
+    return _launcher_verdict(process) == SETUP_VERDICT
+
+
+def setup_failure(process: asyncio.subprocess.Process, stderr: str) -> SandboxUnavailable | None:
+    """The error to raise when the launcher of a `spawn`ed process (ended) could not build the sandbox
+    (`setup_failed`), naming the end of `stderr`, where the launcher said why; None otherwise. Returned, not
+    raised, so a caller inside an `except` chooses the chain (`raise failure from None`)."""
+    if not setup_failed(process):
+        return None
+    return SandboxUnavailable(f"the sandbox could not be set up: {stderr.strip()[-300:]}")
 
 
 def limit_hit(returncode: int, stderr_tail: str, limits: Limits, quota: str | None = None) -> str | None:
@@ -439,7 +451,7 @@ async def run(spec: SandboxSpec, *, input: bytes | None = None, settings: Settin
         await process.wait()
         raise
     tail = stderr_excerpt(stderr)
-    if setup_failed(process):  # the launcher's verdict, never the status or stderr
-        raise SandboxUnavailable(f"the sandbox could not be set up: {tail.strip()[-300:]}")
+    if failure := setup_failure(process, tail):  # the launcher's verdict, never the status or stderr
+        raise failure
     hit = "wall_time" if timed_out else limit_hit(process.returncode, tail, spec.limits, quota_verdict(process))
     return SandboxResult(returncode=process.returncode, stdout=stdout, stderr_tail=tail, limit_hit=hit)

@@ -134,13 +134,13 @@ class SandboxedRuntime:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(stderr_task), 2)
             since = min(since, len(buffer))
-            if sandbox.setup_failed(process):  # the launcher's verdict; status 125 and its words are the code's too
-                said = bytes(buffer[since:]).decode(errors="replace").strip()[-300:]
-                raise sandbox.SandboxUnavailable(f"the sandbox could not be set up: {said}") from None
+            said = bytes(buffer[since:]).decode(errors="replace")
+            # the launcher's verdict; status 125 and its words are the code's too
+            if failure := sandbox.setup_failure(process, said):
+                raise failure from None
             if replace:
                 self._replace_soon()
-            hit = sandbox.limit_hit(returncode, bytes(buffer[since:]).decode(errors="replace"), self.limits,
-                                    sandbox.quota_verdict(process))
+            hit = sandbox.limit_hit(returncode, said, self.limits, sandbox.quota_verdict(process))
             reason = (f"was stopped: {sandbox.describe_limit(hit, self.limits)}" if hit
                       else f"crashed (exit status {returncode})")
             message = self._with_excerpt(f"{KIND_NAMES[self.kind]} ({self.name}) {reason} while {doing}", since,

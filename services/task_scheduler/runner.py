@@ -27,11 +27,10 @@ from shared.sandbox import (
     Limits,
     Network,
     SandboxSpec,
-    SandboxUnavailable,
     describe_limit,
     limit_hit,
     quota_verdict,
-    setup_failed,
+    setup_failure,
     spawn,
     stderr_excerpt,
 )
@@ -194,16 +193,16 @@ async def execute(plan: RunPlan, writer: LogWriter, kill: asyncio.Event) -> RunO
                 process.kill()
     await writer.flush()
     code = process.returncode
-    if setup_failed(process):  # the launcher's verdict; status 125 and its words on stderr are main.py's to use too
-        said = stderr_excerpt("\n".join(writer.stderr_tail).encode()).strip()[-300:]
-        raise SandboxUnavailable(f"the sandbox could not be set up: {said}")
+    said = stderr_excerpt("\n".join(writer.stderr_tail).encode())
+    if failure := setup_failure(process, said):  # the launcher's verdict; status 125 and its words are main.py's too
+        raise failure
     if stopped_by == "killed":
         return RunOutcome("failure", code, KILLED)
     if stopped_by == "timeout":
         return RunOutcome("failure", code, f"timed out after {plan.timeout} s (the task's timeout)")
     if code == 0:
         return RunOutcome("success", 0, None)
-    hit = limit_hit(code, stderr_excerpt("\n".join(writer.stderr_tail).encode()), spec.limits, quota_verdict(process))
+    hit = limit_hit(code, said, spec.limits, quota_verdict(process))
     if hit:
         return RunOutcome("failure", code, describe_limit(hit, spec.limits))
     elapsed = time.monotonic() - started
