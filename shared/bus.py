@@ -204,11 +204,12 @@ def reply_too_large(size: int, limit: int, hint: str | None = None) -> ReplyTooL
     """The typed 422 for an answer of `size` bytes that a bus carrying at most `limit` cannot take: the sizes, and
     `hint` (what to ask instead) or a generic line. Commands (encode_reply) and the log store's raw replies."""
     hint = hint or "ask for less: a page (limit and cursor where the command has them) or narrower filters"
-    return ReplyTooLarge(f"the answer would be {_size(size)}, above the {_size(limit)} a reply may carry on the bus: "
-                         f"{hint}")
+    return ReplyTooLarge(f"the answer would be {byte_size(size)}, above the {byte_size(limit)} a reply may carry on "
+                         f"the bus: {hint}")
 
 
-def _size(count: int) -> str:
+def byte_size(count: int) -> str:
+    """`count` bytes for a message: "8.0 MiB" from 1 MiB, "100.6 KiB" below."""
     return f"{count / 1024**2:.1f} MiB" if count >= 1024**2 else f"{count / 1024:.1f} KiB"
 
 

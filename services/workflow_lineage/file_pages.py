@@ -16,6 +16,7 @@ import re
 
 import pydantic_core
 
+from shared.bus import byte_size
 from shared.errors import InvalidRequest, ReplyTooLarge
 from shared.messages.lineage import NAME_PATTERN, DatasetFile, DatasetFiles
 
@@ -72,12 +73,8 @@ REPLY_ENVELOPE = 256
 def too_large(name: str, size: int, reply_bytes: int) -> ReplyTooLarge:
     """The 422 for a file whose labels make it too large for any reply: which file, and what can be done."""
     return ReplyTooLarge(
-        f"the file {name!r} alone is {_mib(size)} with its labels, above the {_mib(reply_bytes)} a reply may carry on "
-        "the bus, so no page can list it, whatever the limit (nor datasets/get_file_info answer it): its labels "
-        "cannot be read through the API. Its content can: datasets/download_file. The files after it: pass cursor "
-        f"{cursor_of(name)!r}. To list it again, upload it under the same name with smaller labels, or delete it "
-        "(datasets/delete_file)")
-
-
-def _mib(count: int) -> str:
-    return f"{count / 1024**2:.1f} MiB"
+        f"the file {name!r} alone is {byte_size(size)} with its labels, above the {byte_size(reply_bytes)} a reply "
+        "may carry on the bus, so no page can list it, whatever the limit (nor datasets/get_file_info answer it): "
+        "its labels cannot be read through the API. Its content can: datasets/download_file. The files after it: "
+        f"pass cursor {cursor_of(name)!r}. To list it again, upload it under the same name with smaller labels, or "
+        "delete it (datasets/delete_file)")
