@@ -203,15 +203,16 @@ async def start(runtime: Runtime) -> None:
     deps = handlers.RegistryDeps(
         pool=runtime.db, objects=runtime.objects, settings=settings.registry, publish=publish,
         membership=lambda token: bus_membership(broker, token, timeout))
-    async def workspace_name(workspace_id: int, token: str | None) -> str:
+    async def my_workspaces(token: str | None) -> dict[int, str]:
+        """The caller's workspaces, id -> name (a task run's token: its own only)."""
         listed = await request(broker, subjects.AUTH_WORKSPACES_LIST, {}, token=token, timeout=timeout)
-        return next((w["name"] for w in listed["workspaces"] if w["id"] == workspace_id), str(workspace_id))
+        return {w["id"]: w["name"] for w in listed["workspaces"]}
 
     box = SecretBox(settings.registry.secrets_key)
     development = settings.env == "development"
     runtime.extras.update(
         deps=deps, verifier=verifier, verifier_feed=feed,
-        connections=ConnectionService(runtime.db, box, deps.membership, workspace_name, development=development,
+        connections=ConnectionService(runtime.db, box, deps.membership, my_workspaces, development=development,
                                       publish=publish),
         registries=RegistryService(deps, box, development=development))
     sweep = StagedUploadSweep(runtime.objects, BUCKET_ARTIFACTS)  # the staged model uploads it consumes

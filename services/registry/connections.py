@@ -2,6 +2,8 @@
 
 Who sees a connection: its creator, and the members of the workspaces it is attached to; to anyone else it
 does not exist (404). Details come back whole from get/get_by_id; list responses mask secret-looking fields.
+`workspace_names` lists only the attached workspaces the caller is a member of (a task run's token: its workspace
+only; administrators: all): a connection shared with workspace B must not tell A's members that B exists.
 A task run's token may read the connections of its workspace but not create, attach, detach or delete any (403
 `out_of_scope`): stored secrets and who reaches them are changed by people, not by a run's code.
 """
@@ -17,7 +19,14 @@ from typing import Any
 import asyncpg
 
 from shared import subjects
-from shared.authz import Principal, require_member, require_owner_or_member, require_unscoped, require_user
+from shared.authz import (
+    Principal,
+    require_member,
+    require_owner_or_member,
+    require_unscoped,
+    require_user,
+    scoped_workspace,
+)
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.messages.registry import (
     AddConnectionToWorkspace,
@@ -64,27 +73,41 @@ async def _check_details(details: dict[str, Any], development: bool) -> None:
                 raise InvalidRequest("details.host: link-local and cloud metadata addresses are not allowed")
 
 
-def _record(row: asyncpg.Record, details: dict[str, Any]) -> ConnectionRecord:
+def _record(row: asyncpg.Record, details: dict[str, Any], seen: set[int] | None) -> ConnectionRecord:
+    """`seen`: the workspaces whose names the caller may read (None: all)."""
+    names = [name for name, workspace_id in zip(row["workspace_names"], row["workspace_ids"], strict=True)
+             if seen is None or workspace_id in seen]
     return ConnectionRecord(id=str(row["id"]), name=row["name"], type=row["type"], details=details,
-                            created_at=row["created_at"].isoformat(), workspace_names=list(row["workspace_names"]))
+                            created_at=row["created_at"].isoformat(), workspace_names=names)
 
 
 class ConnectionService:
     """The connection handlers, over the registry's pool, secret box and membership lookups."""
 
+    # names and ids in the same order, so that _record can drop the names of workspaces the caller is not in
     QUERY = ("SELECT c.id, c.name, c.type, c.details_encrypted, c.owner_id, c.created_at,"
-             " COALESCE(array_agg(w.workspace_name ORDER BY w.workspace_name) FILTER (WHERE w.id IS NOT NULL), '{}')"
-             "   AS workspace_names,"
-             " COALESCE(array_agg(w.workspace_id) FILTER (WHERE w.id IS NOT NULL), '{}') AS workspace_ids"
+             " COALESCE(array_agg(w.workspace_name ORDER BY w.workspace_name, w.workspace_id)"
+             "   FILTER (WHERE w.id IS NOT NULL), '{}') AS workspace_names,"
+             " COALESCE(array_agg(w.workspace_id ORDER BY w.workspace_name, w.workspace_id)"
+             "   FILTER (WHERE w.id IS NOT NULL), '{}') AS workspace_ids"
              " FROM connections c LEFT JOIN connection_workspaces w ON w.connection_id = c.id")
 
-    def __init__(self, pool: asyncpg.Pool, box, membership, workspace_name, development: bool, publish) -> None:
+    def __init__(self, pool: asyncpg.Pool, box, membership, my_workspaces, development: bool, publish) -> None:
         self.publish = publish
         self.pool = pool
         self.box = box
         self.membership = membership  # token -> MembershipLookup
-        self.workspace_name = workspace_name  # (workspace_id, token) -> name
+        # token -> {workspace id: name} of the caller's workspaces (auth's workspaces/list: a run's token, its own)
+        self.my_workspaces = my_workspaces
         self.development = development
+
+    async def _seen(self, principal: Principal, token: str | None) -> set[int] | None:
+        """The workspaces whose names the caller may read in `workspace_names`: the caller's own (a task run's
+        token: its workspace only), or None (all) for an administrator's unscoped token, who may list any user's
+        workspaces anyway (workspaces/list with a user_id)."""
+        if principal.admin and scoped_workspace(principal) is None:
+            return None
+        return set(await self.my_workspaces(token))
 
     async def _visible(self, principal: Principal, token: str | None, where: str, value: Any) -> asyncpg.Record:
         require_user(principal)
@@ -120,7 +143,7 @@ class ConnectionService:
         await require_member(self.membership(token), principal, cmd.workspace_id)
         require_unscoped(principal, "attach connections to workspaces")
         row = await self._visible(principal, token, "c.id = $1", _uuid(cmd.connection_id))
-        name = await self.workspace_name(cmd.workspace_id, token)
+        name = (await self.my_workspaces(token)).get(cmd.workspace_id, str(cmd.workspace_id))
         link = await self.pool.fetchval(
             "INSERT INTO connection_workspaces (id, connection_id, workspace_id, workspace_name)"
             " VALUES ($1, $2, $3, $4) ON CONFLICT (connection_id, workspace_id) DO UPDATE SET workspace_name ="
@@ -134,7 +157,8 @@ class ConnectionService:
         rows = await self.pool.fetch(
             f"{self.QUERY} WHERE c.id IN (SELECT connection_id FROM connection_workspaces WHERE workspace_id = $1)"
             " GROUP BY c.id ORDER BY c.created_at", workspace_id)
-        return Connections(connections=[_record(r, _mask(self.box.open(r["details_encrypted"]))) for r in rows])
+        seen = await self._seen(principal, token)
+        return Connections(connections=[_record(r, _mask(self.box.open(r["details_encrypted"])), seen) for r in rows])
 
     async def get(self, principal: Principal, token: str | None, *, name: str | None = None,
                   connection_id: str | None = None) -> ConnectionRecord:
@@ -142,7 +166,7 @@ class ConnectionService:
             row = await self._visible(principal, token, "c.name = $1", name)
         else:
             row = await self._visible(principal, token, "c.id = $1", _uuid(connection_id))
-        return _record(row, self.box.open(row["details_encrypted"]))
+        return _record(row, self.box.open(row["details_encrypted"]), await self._seen(principal, token))
 
     async def remove_from_workspace(self, principal: Principal, token: str | None, workspace_id: int,
                                     connection_id: str) -> NoContent:

@@ -134,3 +134,31 @@ async def test_every_change_is_an_event(stack, alice):
         assert await count() == before + 4
     finally:
         await broker.stop()
+
+
+def test_workspace_names_list_only_the_callers_workspaces(stack, alice, bob):
+    """A connection attached to A (alice's) and B (bob's, who is also in A): alice learns A's name only, never B's
+    name or that B exists; bob, in both, sees both."""
+    def workspace_name(account):
+        listed = post(stack, "workspaces/list", account.token, {}).json()["workspaces"]
+        return next(w["name"] for w in listed if w["id"] == account.workspace_id)
+
+    name, response = create(stack, alice)
+    connection_id = response.json()["id"]
+    post(stack, "connections/add_to_workspace", alice.token,
+         {"workspace_id": alice.workspace_id, "connection_id": connection_id})
+    alice.client.post("workspaces/add_user", {"email": bob.email, "workspace_id": alice.workspace_id})
+    attached = post(stack, "connections/add_to_workspace", bob.token,
+                    {"workspace_id": bob.workspace_id, "connection_id": connection_id})
+    assert attached.status_code == 200, attached.text
+    a, b = workspace_name(alice), workspace_name(bob)
+
+    listed = post(stack, "connections/list", alice.token, {"workspace_id": alice.workspace_id}).json()
+    answers = [next(c for c in listed["connections"] if c["id"] == connection_id),
+               post(stack, "connections/get", alice.token, {"name": name}).json(),
+               post(stack, "connections/get_by_id", alice.token, {"id": connection_id}).json()]
+    for answer in answers:
+        assert answer["workspace_names"] == [a], answer
+    listed = post(stack, "connections/list", bob.token, {"workspace_id": bob.workspace_id}).json()
+    assert next(c for c in listed["connections"] if c["id"] == connection_id)["workspace_names"] == sorted([a, b])
+    assert post(stack, "connections/get", bob.token, {"name": name}).json()["workspace_names"] == sorted([a, b])
