@@ -334,8 +334,9 @@ async def deploy(deps: DeployerDeps, principal: Principal, token: str | None, cm
 
 async def _start_deployment(deps: DeployerDeps, pipeline, version, deploy_id: str, config: dict[str, Any],
                             steps: list[ReplicaStep]) -> Deployed:
-    """Activates the deployment of a (planned) version and starts its replicas; replicas that fail to start
-    deactivate it again (a 400 with their reason), leaving nothing running."""
+    """Activates the deployment of a (planned) version and starts its replicas. Replicas that fail to start are a
+    400 with their reason that changes nothing: a redeploy of a deployment that serves leaves it serving as before
+    (version, deploy_id, config, active); otherwise the deployment is inactive and nothing runs."""
     spec = ReplicaSpec(deployment=ReplicaDeployment(pipeline=pipeline["name"],
                                                     pipeline_version=str(version["version"]),
                                                     workspace_id=pipeline["workspace_id"]),
@@ -345,14 +346,20 @@ async def _start_deployment(deps: DeployerDeps, pipeline, version, deploy_id: st
             deployment_id, before = await store.activate_deployment(
                 conn, pipeline["id"], version["id"], deploy_id, config, spec.model_dump(mode="json"))
         name = f"{deploy_id}-{deployment_id}"
+        old = f"{before['deploy_id']}-{deployment_id}" if before is not None else None
         # a redeploy under another deploy_id renames the deployment: the backend swaps replica sets of one name only,
-        # so the old name's set is stopped here, once the new one serves (or, the deployment being deactivated,
-        # once it failed: nothing would ever stop it)
-        renamed = f"{before}-{deployment_id}" if before is not None and before != deploy_id else None
+        # so the old name's set is stopped here, once the new one serves
+        renamed = old if old is not None and old != name else None
         spec.deployment.id, spec.deployment.name = deployment_id, name
         try:
             await deps.backend.start(name, spec, config["replica_count"], *_autoscale(config))
         except (RuntimeError, TimeoutError) as exc:
+            if before is not None and before["active"] and old in deps.backend.sets:
+                # the previous set still serves (the backend swaps only once the new one is ready): the deployment
+                # stays what it was, rather than "inactive" with the old replicas running (docs/inference.md)
+                await store.restore_deployment(deps.pool, deployment_id, before)
+                raise InvalidRequest(f"the deployment failed to start: {exc} (nothing changed: {old} still serves "
+                                     "the previous version)") from None
             await store.deactivate(deps.pool, deployment_id)
             if renamed is not None:
                 await deps.backend.stop(renamed)

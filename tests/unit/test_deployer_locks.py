@@ -74,13 +74,17 @@ class MemoryStore:
 
     async def activate_deployment(self, conn, pipeline_id, version_id, deploy_id, engine_config, spec):
         row = next(iter(self.deployments.values()), None)
-        before = row["deploy_id"] if row else None
+        before = {key: row[key] for key in ("pipeline_version_id", "deploy_id", "engine_config", "spec", "active")} \
+            if row else None
         if row is None:
             row = self.deployments[5] = {"id": 5, "pipeline_id": pipeline_id, "pipeline_name": "p",
                                          "workspace_id": WORKSPACE, "pipeline_version": "v"}
         row.update(pipeline_version_id=version_id, deploy_id=deploy_id, active=True,
                    engine_config=json.dumps(engine_config), spec=json.dumps(spec))
         return row["id"], before
+
+    async def restore_deployment(self, pool, deployment_id, before):
+        self.deployments[deployment_id].update(before)
 
 
 class MemoryPool:
@@ -191,9 +195,10 @@ def test_an_undeploy_waiting_behind_a_redeploy_stops_the_name_the_redeploy_gave(
 
 
 @pytest.mark.parametrize("ready", [True, False])
-def test_a_redeploy_under_another_deploy_id_stops_the_old_names_replicas(world, ready):
+def test_a_redeploy_under_another_deploy_id_stops_the_old_names_replicas_once_the_new_serve(world, ready):
     """The backend swaps replica sets of one name; a redeploy as b never stopped a-5. It stops once b-5 serves (a-5
-    serves meanwhile), or once b-5 failed (the deployment is then inactive, and nothing else would stop a-5)."""
+    serves meanwhile). When b-5 fails, nothing changes: a-5 keeps serving and the deployment is a-5 again, active
+    (it used to stop a-5 too, an outage nobody asked for)."""
 
     async def scenario(world) -> None:
         await _deployed_as(world, "a")
@@ -203,10 +208,48 @@ def test_a_redeploy_under_another_deploy_id_stops_the_old_names_replicas(world, 
         assert not old.stopping
         world.backend.waiting.pop()[1].set_result(None) if ready else \
             world.backend.waiting.pop()[1].set_exception(TimeoutError("not ready"))
-        with contextlib.suppress(Exception) if not ready else contextlib.nullcontext():
+        if ready:
             await redeploy
-        assert old.stopping
-        assert list(world.backend.sets) == (["b-5"] if ready else [])
+        else:
+            with pytest.raises(InvalidRequest) as refused:
+                await redeploy
+            assert "not ready" in refused.value.msg and "a-5 still serves" in refused.value.msg
+        assert old.stopping == ready
+        assert list(world.backend.sets) == (["b-5"] if ready else ["a-5"])
+        row = world.store.deployments[5]
+        assert row["active"] and row["deploy_id"] == ("b" if ready else "a")
+        assert world.backend.untracked() == []
+
+    asyncio.run(scenario(world))
+
+
+@pytest.mark.parametrize("serving", [True, False])
+def test_a_failed_redeploy_under_the_same_deploy_id_leaves_the_deployment_as_it_was(world, serving):
+    """A redeploy as a-5 whose replicas fail: the old set kept running (the backend swaps only once the new one
+    serves) while the deployment was marked inactive. Now the row is put back (version, config, active) when the
+    old set serves; when it did not (undeployed before), the deployment stays inactive with nothing running."""
+
+    async def scenario(world) -> None:
+        await _deployed_as(world, "a")
+        old = world.backend.sets["a-5"]
+        if not serving:
+            await handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5)
+        before = dict(world.store.deployments[5])
+        world.store.versions[VERSION + 1] = dict(world.store.versions[VERSION], id=VERSION + 1)
+        redeploy = asyncio.create_task(handlers.deploy(world.deps, ALICE, "t", DeployPipeline(
+            deploy_id="a", pipeline_version_pk_id=VERSION + 1, pipeline_id=PIPELINE,
+            engine_config={"replica_count": 2})))
+        await _until(lambda: world.backend.waiting, "the redeploy starts its replicas")
+        world.backend.waiting.pop()[1].set_exception(RuntimeError("the model did not load"))
+        with pytest.raises(InvalidRequest) as refused:
+            await redeploy
+        assert "the model did not load" in refused.value.msg
+        row = world.store.deployments[5]
+        if serving:
+            assert row == before and row["active"] and world.backend.sets == {"a-5": old} and not old.stopping
+            assert "a-5 still serves the previous version" in refused.value.msg
+        else:
+            assert not row["active"] and world.backend.sets == {}
         assert world.backend.untracked() == []
 
     asyncio.run(scenario(world))

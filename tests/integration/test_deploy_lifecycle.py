@@ -1,0 +1,99 @@
+"""The deploy/undeploy lifecycle's edges over HTTP on the real stack (docs/inference.md, "Deployments"): a redeploy
+whose replicas fail to start changes nothing, and the engine replica processes that run are always exactly the
+active deployment's (none orphaned)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from tests.integration.conftest import Account, post
+from tests.models import byop_fraud_zip, ccfraud_onnx, sample_rows
+
+pytestmark = pytest.mark.integration
+
+RECORDS = "application/json; format=pandas-records"
+
+
+def _upload(stack, account: Account, name: str, content: bytes, framework: str | None = None) -> None:
+    response = requests.post(f"{stack.api}/models/upload_stream", files={"file": (name, content)},
+                             data={"name": name, "workspace_id": account.workspace_id}
+                             | ({"framework": framework} if framework else {}),
+                             headers={"Authorization": f"Bearer {account.token}"}, timeout=60)
+    assert response.status_code == 200, response.text
+
+
+def _version(stack, account: Account, pipeline: str, models: list[str]) -> dict:
+    """A version of `pipeline` with one ModelInference step per model."""
+    response = post(stack, "pipelines/create", account.token, {
+        "pipeline_id": pipeline, "workspace_id": account.workspace_id,
+        "definition": {"steps": [{"ModelInference": {"models": [{"name": m}]}} for m in models]}})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _deploy(stack, account: Account, version: dict, deploy_id: str, replicas: int = 1):
+    return post(stack, "pipelines/deploy", account.token, {
+        "deploy_id": deploy_id, "pipeline_version_pk_id": version["pipeline_variant_pk_id"],
+        "pipeline_id": version["pipeline_pk_id"], "engine_config": {"replica_count": replicas}})
+
+
+def _infer(url: str, token: str) -> requests.Response:
+    return requests.post(url, data=json.dumps([{"tensor": sample_rows(1)[0].tolist()}]), timeout=60,
+                         headers={"Authorization": f"Bearer {token}", "Content-Type": RECORDS})
+
+
+def _replica_pids(stack, deployment_id: int) -> dict[str, set[int]]:
+    """The engine replica processes of deployment `deployment_id` running on this machine, by deployment name
+    (each replica's spec file is under <data dir>/deployments/<name>/)."""
+    folder = (stack.data_dir / "deployments").resolve()
+    found: dict[str, set[int]] = {}
+    for process in psutil.process_iter(["cmdline", "status"]):
+        cmdline = process.info["cmdline"] or []
+        if "services.engine.replica" not in cmdline or process.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        spec = Path(cmdline[cmdline.index("services.engine.replica") + 1])
+        if spec.parent.parent == folder and spec.parent.name.endswith(f"-{deployment_id}"):
+            found.setdefault(spec.parent.name, set()).add(process.pid)
+    return found
+
+
+def test_a_redeploy_whose_replicas_fail_to_start_leaves_the_deployment_serving_as_it_was(stack, alice):
+    """A redeploy under the same deploy_id whose new version's replicas fail used to mark the deployment inactive
+    while its old replicas kept running and answering; under another deploy_id, it stopped both. Now both are a
+    400 with the reason that changes nothing: same version, same name and URL, same replica processes, serving."""
+    _upload(stack, alice, "lifeonnx", ccfraud_onnx())
+    _upload(stack, alice, "lifebroken", byop_fraud_zip("numpy\nno-such-package-railyard==1.0\n"), "custom")
+    working = _version(stack, alice, "life", ["lifeonnx"])
+    deployed = _deploy(stack, alice, working, "life")
+    assert deployed.status_code == 200, deployed.text
+    deployment_id = deployed.json()["id"]
+    name = f"life-{deployment_id}"
+    url = post(stack, "admin/get_pipeline_external_url", alice.token,
+               {"workspace_id": alice.workspace_id, "pipeline_name": "life"}).json()["url"]
+    assert _infer(url, alice.token).status_code == 200
+    serving = _replica_pids(stack, deployment_id)
+    assert list(serving) == [name] and len(serving[name]) == 1
+
+    broken = _version(stack, alice, "life", ["lifebroken"])
+    for deploy_id in ("life", "liferenamed"):
+        refused = _deploy(stack, alice, broken, deploy_id)
+        assert refused.status_code == 400, refused.text
+        assert "no-such-package-railyard" in refused.json()["msg"] and f"{name} still serves" in refused.json()["msg"]
+        record = post(stack, "pipelines/get", alice.token, {"pipeline_id": working["pipeline_pk_id"]}).json()
+        assert record["deployment"]["name"] == name
+        assert record["deployment"]["pipeline_version_pk_id"] == working["pipeline_variant_pk_id"]
+        status = post(stack, "status/get_deployment", alice.token, {"name": name}).json()
+        assert status["status"] == "Running", status
+        assert _replica_pids(stack, deployment_id) == serving  # the failed set is gone, the old one untouched
+        assert _infer(url, alice.token).status_code == 200
+
+    undeployed = post(stack, "pipelines/undeploy", alice.token,
+                      {"pipeline_id": working["pipeline_pk_id"], "deployment_id": deployment_id})
+    assert undeployed.status_code == 200, undeployed.text
+    assert _replica_pids(stack, deployment_id) == {}
+    assert _infer(url, alice.token).status_code == 404
