@@ -114,13 +114,16 @@ async def start(runtime: Runtime) -> None:
                                  membership=lambda token: bus_membership(broker, token, timeout),
                                  public_url=public_url.rstrip("/"), timeout=timeout)
     runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed)
-    await handlers.restore_deployments(deps)
+    runtime.extras["restore"] = await handlers.restore_deployments(deps)
 
 
 async def stop(runtime: Runtime) -> None:
     feed = runtime.extras.get("verifier_feed")
     if feed is not None:
         await feed.stop()
+    restore = runtime.extras.get("restore")
+    if restore is not None:  # restarts still loading are cancelled (their replicas stopped) before the backend closes
+        await restore.stop()
     deps = runtime.extras.get("deps")
     if deps is not None:
         await deps.backend.close()

@@ -28,6 +28,7 @@ from shared.authz import (
     require_member,
     require_user,
 )
+from shared.background import BackgroundTask
 from shared.bus import request
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.messages.base import INT64, Event
@@ -474,12 +475,33 @@ def _batchable(spec: dict[str, Any]) -> bool:
         for step in steps)
 
 
-async def restore_deployments(deps: DeployerDeps) -> None:
+class DeploymentRestore(BackgroundTask):
     """After a restart of the deployer, active deployments get their replicas again, two deployments at a time
-    (all at once, their model loading would starve every other process on a small machine)."""
-    gate = asyncio.Semaphore(RESTORE_CONCURRENCY)
-    for row in await store.active_deployments(deps.pool):
-        asyncio.create_task(_restart(deps, row["pipeline_id"], row["id"], gate))
+    (all at once, their model loading would starve every other process on a small machine). One task owns the
+    restarts: the event loop keeps only weak references to tasks, so restarts created and forgotten could be
+    garbage-collected mid-flight (the asyncio docs' warning), and a stopping deployer had no way to cancel them."""
+
+    task_name = "deployer.restore"
+
+    def __init__(self, deps: DeployerDeps, rows: list[Any]) -> None:
+        self.deps = deps
+        self.rows = rows
+
+    async def _run(self) -> None:
+        gate = asyncio.Semaphore(RESTORE_CONCURRENCY)
+        # gather owns the restarts: cancelling this task (stop()) cancels each, and their replicas are stopped
+        outcomes = await asyncio.gather(*(_restart(self.deps, row["pipeline_id"], row["id"], gate)
+                                          for row in self.rows), return_exceptions=True)
+        for row, outcome in zip(self.rows, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                log.error("could not restore deployment %s", row["id"], exc_info=outcome)
+
+
+async def restore_deployments(deps: DeployerDeps) -> DeploymentRestore:
+    """Start restoring the active deployments (in the background); stop() of the answer cancels what is left."""
+    restore = DeploymentRestore(deps, await store.active_deployments(deps.pool))
+    restore.start()
+    return restore
 
 
 async def _restart(deps: DeployerDeps, pipeline_id: int, deployment_id: int, gate: asyncio.Semaphore) -> None:

@@ -325,3 +325,31 @@ def test_a_copy_whose_replicas_fail_to_start_is_kept_undeployed_as_a_deploy_leav
         assert world.backend.untracked() == []
 
     asyncio.run(scenario(world))
+
+
+def test_the_deployers_stop_cancels_and_awaits_the_restore_and_stops_its_replicas(world):
+    """restore_deployments created its restarts with asyncio.create_task and kept no reference: the loop holds
+    tasks weakly (they could be garbage-collected mid-flight), and the deployer's stop could neither cancel nor await
+    them, so a restart still loading models outlived stop(), its replicas started after the backend closed. Now one
+    task owns them (handlers.DeploymentRestore) and app.stop cancels it first: nothing is left running or tracked."""
+    from services.deployer import app
+
+    async def scenario(world) -> None:
+        world.backend.hold = False
+        for deploy_id, pipeline in (("a", PIPELINE), ("b", 2)):
+            world.store.pipelines[pipeline] = dict(world.store.pipelines[PIPELINE], id=pipeline)
+            world.store.deployments[pipeline + 4] = {"id": pipeline + 4, "pipeline_id": pipeline, "active": True,
+                                                     "deploy_id": deploy_id, "engine_config": "{}", "spec": json.dumps(
+                                                         {"deployment": {"pipeline": "p", "pipeline_version": "v",
+                                                                         "workspace_id": WORKSPACE}, "steps": []})}
+        world.backend.hold = True
+        runtime = SimpleNamespace(extras={"deps": world.deps})
+        runtime.extras["restore"] = await handlers.restore_deployments(world.deps)
+        await _until(lambda: len(world.backend.waiting) == 2, "both restarts load their replicas")
+        loading = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        await asyncio.wait_for(app.stop(runtime), 5)
+        assert all(task.done() for task in loading), loading
+        assert world.backend.sets == {} and all(s.stopping for s in world.backend.started)
+        assert world.backend.untracked() == []
+
+    asyncio.run(scenario(world))
