@@ -146,6 +146,10 @@ class RegistrySettings(BaseModel):
                                    "its working directory may gain.")
     worker_processes: int = Field(64, description="Processes and threads a check or conversion sandbox may have.")
     secrets_key: str = Field("", description="Fernet key for connection details and registry tokens at rest.")
+    private_urls: bool | None = Field(None, description="May tenants' URLs (model registries, connection details) "
+                                      "point at loopback and private addresses? Unset: in development mode only. "
+                                      "The platform's own endpoints and cloud metadata are refused either way "
+                                      "(shared/urlcheck.py).")
 
 
 class LogSettings(BaseModel):

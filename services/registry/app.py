@@ -57,6 +57,7 @@ from shared.objectstore import BUCKET_ARTIFACTS
 from shared.secretbox import SecretBox
 from shared.service import Runtime, ServiceSpec
 from shared.staging import StagedUploadSweep
+from shared.urlcheck import OutboundRules
 
 NAME = "registry"
 
@@ -209,12 +210,12 @@ async def start(runtime: Runtime) -> None:
         return {w["id"]: w["name"] for w in listed["workspaces"]}
 
     box = SecretBox(settings.registry.secrets_key)
-    development = settings.env == "development"
+    rules = OutboundRules.from_settings(settings)  # what tenants' URLs may reach
     runtime.extras.update(
         deps=deps, verifier=verifier, verifier_feed=feed,
-        connections=ConnectionService(runtime.db, box, deps.membership, my_workspaces, development=development,
+        connections=ConnectionService(runtime.db, box, deps.membership, my_workspaces, rules,
                                       publish=publish),
-        registries=RegistryService(deps, box, development=development))
+        registries=RegistryService(deps, box, rules))
     sweep = StagedUploadSweep(runtime.objects, BUCKET_ARTIFACTS)  # the staged model uploads it consumes
     runtime.extras["staging_sweep"] = sweep
     sweep.start()

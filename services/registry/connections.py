@@ -10,7 +10,6 @@ A task run's token may read the connections of its workspace but not create, att
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import uuid
@@ -37,7 +36,7 @@ from shared.messages.registry import (
     CreateConnection,
     NoContent,
 )
-from shared.urlcheck import METADATA_HOSTS, check_outbound_url
+from shared.urlcheck import OutboundRules
 
 SECRET_KEY = re.compile(r"pass|secret|token|key|credential|private|auth", re.IGNORECASE)
 URL_KEYS = {"url", "uri", "endpoint"}
@@ -53,24 +52,27 @@ def _mask(details: Any) -> Any:
     return details
 
 
-async def _check_details(details: dict[str, Any], development: bool) -> None:
+def _port(details: dict[str, Any]) -> int | None:
+    value = next((v for k, v in details.items() if k.lower() == "port"), None)
+    try:
+        return int(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        return None
+
+
+async def _check_details(details: dict[str, Any], rules: OutboundRules) -> None:
+    """URLs in the details follow the outbound rules (shared/urlcheck.py); a `host` (with its `port`) may not name
+    cloud metadata, a link-local address or one of the platform's own servers. Stored for the tenant's code, never
+    fetched here, but refused the same way as a registry's URL, so that no tenant record points inside the platform."""
     if len(json.dumps(details)) > MAX_DETAILS:
         raise InvalidRequest(f"details may be at most {MAX_DETAILS} bytes of JSON")
     for key, value in details.items():
         if not isinstance(value, str):
             continue
         if key.lower() in URL_KEYS and "://" in value:
-            await check_outbound_url(value, development=development, what=f"details.{key}")
+            await rules.check(value, what=f"details.{key}")
         if key.lower() == "host":
-            host = value.strip().lower()
-            if host in METADATA_HOSTS:
-                raise InvalidRequest("details.host: cloud metadata hosts are not allowed")
-            try:
-                address = ipaddress.ip_address(host)
-            except ValueError:
-                continue
-            if address.is_link_local:
-                raise InvalidRequest("details.host: link-local and cloud metadata addresses are not allowed")
+            await rules.check_host(value, _port(details), what="details.host")
 
 
 def _record(row: asyncpg.Record, details: dict[str, Any], seen: set[int] | None) -> ConnectionRecord:
@@ -92,14 +94,14 @@ class ConnectionService:
              "   FILTER (WHERE w.id IS NOT NULL), '{}') AS workspace_ids"
              " FROM connections c LEFT JOIN connection_workspaces w ON w.connection_id = c.id")
 
-    def __init__(self, pool: asyncpg.Pool, box, membership, my_workspaces, development: bool, publish) -> None:
+    def __init__(self, pool: asyncpg.Pool, box, membership, my_workspaces, rules: OutboundRules, publish) -> None:
         self.publish = publish
         self.pool = pool
         self.box = box
         self.membership = membership  # token -> MembershipLookup
         # token -> {workspace id: name} of the caller's workspaces (auth's workspaces/list: a run's token, its own)
         self.my_workspaces = my_workspaces
-        self.development = development
+        self.rules = rules
 
     async def _seen(self, principal: Principal, token: str | None) -> set[int] | None:
         """The workspaces whose names the caller may read in `workspace_names`: the caller's own (a task run's
@@ -123,7 +125,7 @@ class ConnectionService:
         require_unscoped(principal, "create connections")
         if not cmd.name.strip() or len(cmd.name) > 200:
             raise InvalidRequest("name must be 1-200 characters")
-        await _check_details(cmd.details, self.development)
+        await _check_details(cmd.details, self.rules)
         connection_id = uuid.uuid4()
         try:
             await self.pool.execute(

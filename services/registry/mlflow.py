@@ -1,6 +1,7 @@
 """A small client for an MLflow tracking server's REST API: registered models, model-version download URIs
-and the artifact proxy (`mlflow-artifacts`). Every request's URL is checked first (shared.urlcheck) and
-redirects are not followed, so a registry cannot steer the platform to internal addresses.
+and the artifact proxy (`mlflow-artifacts`). Every request's URL is checked first (shared.urlcheck), the request
+goes to the very address that was checked (a name re-resolved to an internal address meanwhile gains nothing) and
+redirects are not followed, so a registry cannot steer the platform to its own servers or internal addresses.
 
 MLflow 3 stores a version's `source` as `models:/m-<id>` (a logged model) and answers get-download-uri with
 an `mlflow-artifacts:/<path>` URI; both are resolved to artifact-proxy paths here.
@@ -13,7 +14,7 @@ from typing import Any
 from urllib.parse import quote, urlparse
 
 from shared.errors import InvalidRequest, NotFound, Unavailable
-from shared.urlcheck import check_outbound_url
+from shared.urlcheck import OutboundRules
 
 ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
 MAX_LISTED = 1000
@@ -22,19 +23,21 @@ MAX_LISTED = 1000
 class MlflowRegistry:
     """One MLflow server, reached with an optional bearer token."""
 
-    def __init__(self, url: str, token: str | None, *, development: bool, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, token: str | None, *, rules: OutboundRules, timeout: float = 30.0) -> None:
         self.base = url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.development = development
+        self.rules = rules
         self.timeout = timeout
 
     async def _get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        url = await check_outbound_url(f"{self.base}{path}", development=self.development, what="registry url")
+        checked = await self.rules.check(f"{self.base}{path}", what="registry url")
+        url, host, extensions = checked.pinned()
         import httpx  # here, not at import: a registry service no one asks about MLflow does without it
 
         try:
             async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
-                response = await client.get(url, params=params, headers=self.headers)
+                response = await client.get(url, params=params, headers={**self.headers, **host},
+                                            extensions=extensions)
         except httpx.HTTPError as exc:
             raise Unavailable(f"the registry did not answer: {type(exc).__name__}") from None
         if response.status_code == 404:
@@ -104,11 +107,11 @@ class MlflowRegistry:
         if not full_path.startswith(f"{self.base}{ARTIFACTS_API}/"):
             raise InvalidRequest("path must be a full_path from list_registry_model_version_artifacts of this"
                                  " registry")
-        url = await check_outbound_url(full_path, development=self.development, what="path")
+        url, host, extensions = (await self.rules.check(full_path, what="path")).pinned()
         import httpx
 
         async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
-            async with client.stream("GET", url, headers=self.headers) as response:
+            async with client.stream("GET", url, headers={**self.headers, **host}, extensions=extensions) as response:
                 if response.status_code == 404:
                     raise NotFound("artifact not found in the registry")
                 if response.status_code >= 400:

@@ -37,7 +37,7 @@ from shared.messages.registry import (
 )
 from shared.objectstore import BUCKET_ARTIFACTS
 from shared.staging import staged_key
-from shared.urlcheck import check_outbound_url
+from shared.urlcheck import OutboundRules
 
 MASK = "********"
 
@@ -59,12 +59,12 @@ class RegistryService:
              " COALESCE(array_agg(w.workspace_id) FILTER (WHERE w.workspace_id IS NOT NULL), '{}') AS workspace_ids"
              " FROM registries r LEFT JOIN registry_workspaces w ON w.registry_id = r.id")
 
-    def __init__(self, deps: handlers.RegistryDeps, box, development: bool,
+    def __init__(self, deps: handlers.RegistryDeps, box, rules: OutboundRules,
                  client: Callable[..., MlflowRegistry] = MlflowRegistry) -> None:
         self.deps = deps
         self.pool: asyncpg.Pool = deps.pool
         self.box = box
-        self.development = development
+        self.rules = rules  # what a registry's URL may reach (checked at creation and before every request)
         self.client = client
 
     def _record(self, row: asyncpg.Record, *, reveal: bool) -> RegistryRecord:
@@ -84,14 +84,14 @@ class RegistryService:
 
     def _mlflow(self, row: asyncpg.Record) -> MlflowRegistry:
         token = self.box.open(row["token_encrypted"]) if row["token_encrypted"] is not None else None
-        return self.client(row["url"], token, development=self.development)
+        return self.client(row["url"], token, rules=self.rules)
 
     async def create(self, principal: Principal, token: str | None, cmd: CreateRegistry) -> RegistryInWorkspace:
         await require_member(self.deps.membership(token), principal, cmd.workspace_id)
         require_unscoped(principal, "create registries")
         if not cmd.name.strip():
             raise InvalidRequest("name is required")
-        url = await check_outbound_url(cmd.url.strip(), development=self.development)
+        url = (await self.rules.check(cmd.url.strip())).url
         registry_id = uuid.uuid4()
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(

@@ -82,6 +82,20 @@ def test_unsafe_urls_are_refused(stack, alice, extra, message):
     assert response.status_code == 400 and message in response.json()["msg"], response.text
 
 
+def test_a_connection_to_the_platforms_own_servers_is_refused(stack, alice):
+    """Loopback is allowed in the development stack, but not the stack's own NATS, PostgreSQL and S3 ports, by URL
+    or by host and port; nothing is stored."""
+    env = stack.env
+    for extra in ({"url": f"http://127.0.0.1:{env['RAILYARD_STACK__NATS_PORT']}/"},
+                  {"endpoint": f"http://localhost:{env['RAILYARD_STACK__S3_PORT']}/railyard-artifacts"},
+                  {"host": "127.0.0.1", "port": int(env["RAILYARD_STACK__POSTGRES_PORT"])},
+                  {"host": "localhost", "port": env["RAILYARD_STACK__NATS_PORT"]}):
+        name, response = create(stack, alice, extra=extra)
+        assert response.status_code == 400 and response.json()["code"] == "url_not_allowed", (extra, response.text)
+        assert "own servers" in response.json()["msg"]
+        assert post(stack, "connections/get", alice.token, {"name": name}).status_code == 404
+
+
 def test_outsiders_cannot_see_attach_or_delete(stack, alice, bob):
     name, response = create(stack, alice)
     connection_id = response.json()["id"]

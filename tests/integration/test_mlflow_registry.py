@@ -155,6 +155,19 @@ def test_unsafe_registry_urls_are_refused(stack, alice, url, message):
     assert response.status_code == 400 and message in response.json()["msg"]
 
 
+@pytest.mark.parametrize("server", ["NATS_PORT", "POSTGRES_PORT", "S3_PORT", "WEED_FILER_PORT"])
+def test_a_registry_at_the_platforms_own_servers_is_refused(stack, alice, server):
+    """The stack runs in development mode, where loopback URLs are allowed (the MLflow server above is on
+    127.0.0.1): its own NATS, PostgreSQL and S3/filer ports are refused all the same, and nothing is stored."""
+    before = post(stack, "models/list_registries", alice.token, {"workspace_id": alice.workspace_id}).json()
+    response = post(stack, "models/create_registry", alice.token, {
+        "workspace_id": alice.workspace_id, "name": "inside", "token": "x",
+        "url": f"http://localhost:{stack.env[f'RAILYARD_STACK__{server}']}/"})
+    assert response.status_code == 400 and response.json()["code"] == "url_not_allowed", response.text
+    assert "own servers" in response.json()["msg"]
+    assert post(stack, "models/list_registries", alice.token, {"workspace_id": alice.workspace_id}).json() == before
+
+
 def test_outsiders_cannot_use_a_registry(stack, bob, registry):
     for path, body in (("models/list_registry_models", {"registry_id": registry}),
                        ("models/list_registry_model_version_artifacts",

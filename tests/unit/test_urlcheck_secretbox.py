@@ -1,10 +1,22 @@
 from __future__ import annotations
 
+import asyncio
+import socket
+
 import pytest
 
+from services.registry.mlflow import MlflowRegistry
 from shared.errors import InvalidRequest, RailyardError, Unavailable
 from shared.secretbox import SecretBox
-from shared.urlcheck import check_outbound_url
+from shared.settings import Settings
+from shared.urlcheck import OutboundRules
+
+
+def rules(development: bool = True, **registry) -> OutboundRules:
+    """The rules of a deployment with the default endpoints (NATS 14222, PostgreSQL 15432, S3 18333, gateway 18000,
+    SeaweedFS 19333/18081/18888 and their gRPC ports, all on 127.0.0.1)."""
+    return OutboundRules.from_settings(Settings(env="development" if development else "production",
+                                                registry=registry))
 
 
 @pytest.mark.parametrize("url, development, message", [
@@ -12,18 +24,81 @@ from shared.urlcheck import check_outbound_url
     ("http:///nohost", True, "no host"),
     ("http://169.254.169.254/latest", True, "link-local"),
     ("http://[fe80::1]/", True, "link-local"),
+    ("http://[fd00:ec2::254]/latest", True, "metadata"),  # AWS's IPv6 metadata: a private (ULA) address
+    ("http://[::ffff:169.254.169.254]/", True, "link-local"),  # IPv4 wrapped in IPv6
+    ("http://[64:ff9b::a9fe:a9fe]/", True, "link-local"),  # ... and through NAT64
     ("http://metadata.google.internal/", True, "metadata"),
-    ("http://127.0.0.1:5000/", False, "development"),
-    ("http://10.1.2.3/", False, "development"),
+    ("http://127.0.0.1:5000/", False, "not allowed on this platform"),
+    ("http://10.1.2.3/", False, "PRIVATE_URLS"),
     ("http://0.0.0.0/", True, "cannot be used"),
 ])
 async def test_unsafe_urls(url, development, message):
-    with pytest.raises(InvalidRequest, match=message):
-        await check_outbound_url(url, development=development)
+    with pytest.raises(InvalidRequest, match=message) as refused:
+        await rules(development).check(url)
+    assert refused.value.code == "url_not_allowed" and refused.value.status == 400
 
 
-async def test_loopback_is_fine_in_development():
-    assert await check_outbound_url("http://127.0.0.1:5000/api", development=True) == "http://127.0.0.1:5000/api"
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:14222/", "http://127.0.0.1:18222/varz", "http://127.0.0.1:15432/",  # NATS, its monitor, PG
+    "http://127.0.0.1:18333/railyard-artifacts", "http://127.0.0.1:18888/buckets/", "http://127.0.0.1:28888/",
+    "http://127.0.0.1:18081/", "http://127.0.0.1:19333/", "http://127.0.0.1:18000/v1/api",  # volume, master, gateway
+    "http://localhost:18888/", "http://127.0.0.2:14222/", "http://[::1]:15432/", "http://[::ffff:127.0.0.1]:18333/",
+])
+async def test_the_platforms_own_servers_are_refused_even_in_development(url):
+    with pytest.raises(InvalidRequest, match="this platform's own servers") as refused:
+        await rules().check(url)
+    assert refused.value.code == "url_not_allowed"
+
+
+async def test_loopback_is_fine_in_development_and_private_urls_can_be_refused():
+    assert (await rules().check("http://127.0.0.1:5000/api")).url == "http://127.0.0.1:5000/api"
+    with pytest.raises(InvalidRequest, match="PRIVATE_URLS"):
+        await rules(private_urls=False).check("http://127.0.0.1:5000/api")
+    assert (await rules(False, private_urls=True).check("http://10.1.2.3:5000/")).url
+
+
+async def test_a_connection_host_naming_a_platform_server_is_refused():
+    await rules().check_host("127.0.0.1", 5432)  # a PostgreSQL of the tenant's own on the default port
+    await rules().check_host("db.invalid", 15432)  # a name that does not resolve here is stored as it is
+    for host, port in (("127.0.0.1", 15432), ("localhost", 14222), ("169.254.169.254", None)):
+        with pytest.raises(InvalidRequest) as refused:
+            await rules().check_host(host, port)
+        assert refused.value.code == "url_not_allowed"
+
+
+async def test_the_request_goes_to_the_address_that_was_checked(monkeypatch):
+    """DNS rebinding: the name resolves to an allowed address when checked, elsewhere afterwards (here 127.0.0.3,
+    where nothing listens); the request must go to the checked address, not resolve the name again, while still
+    naming the host."""
+    seen: list[bytes] = []
+
+    async def answer(reader, writer):
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}')
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    real = loop.getaddrinfo
+
+    answers = iter(["127.0.0.1"])
+
+    async def resolve(host, *args, **kwargs):
+        if host == "registry.invalid":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers, "127.0.0.3"), port))]
+        return await real(host, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "getaddrinfo", resolve)
+    async with server:
+        registry = MlflowRegistry(f"http://registry.invalid:{port}", "t", rules=rules())
+        assert await registry._get("/api/2.0/mlflow/registered-models/search") == {}
+    assert seen and f"host: registry.invalid:{port}".encode() in seen[0].lower()
+    answers = iter(["127.0.0.1"])
+    checked = await rules().check(f"https://registry.invalid:{port}/x")
+    url, headers, extensions = checked.pinned()
+    assert url == f"https://127.0.0.1:{port}/x" and extensions == {"sni_hostname": "registry.invalid"}
 
 
 def test_secret_box_round_trip_and_wrong_key():
