@@ -10,8 +10,9 @@ How it runs (docs/monitoring.md, "Continuous training and deployment"):
   training per deployment).
 - **Starting the run** happens off the review path: the trigger only inserts the training `starting`; the
   TrainingStarter (one background task per service process, woken by the trigger, sweeping the table) waits until
-  the feedback loop has written the reviews that triggered it (at most EXPORT_WAIT after the trigger), claims it with
-  a conditional UPDATE (`run_claimed_at`: one process wins, so no run starts twice) and creates the run. A trigger
+  the feedback loop has written the reviews that triggered it into a project version (at most EXPORT_WAIT after the
+  trigger), claims it with a conditional UPDATE (`run_claimed_at`: one process wins, so no run starts twice) and
+  creates the run. A trigger
   committed by any process is started by any process's starter, also after a restart; a claimed training whose run
   was not recorded within NO_MODEL_GRACE is failed, never started again.
 - **The run** is an orchestration task run (`task_scheduler.tasks.run_once`) with the parameters, the aliased
@@ -51,6 +52,7 @@ from faststream.nats import JStream, NatsRouter, PullSub
 from nats.js.api import ConsumerConfig
 
 from services.monitoring import challenge_pairs, handlers, ml_backend, sequential
+from services.monitoring import feedback_store as fs
 from shared import subjects
 from shared.authz import Principal, require_user
 from shared.background import Sweeper
@@ -546,15 +548,15 @@ async def _start_run(deps: ContinuousDeps, ct: asyncpg.Record, datasets: list[as
 
 
 async def _feedback_pending(pool: asyncpg.Pool, deployment_id: int) -> bool:
-    """Whether the active feedback loop has reviews still to write into a dataset it shares with continuous training
-    (the run should read the reviews that triggered it)."""
+    """Whether the active feedback loop has reviews that are not yet in a project version of a dataset it shares
+    with continuous training: the run reads the loop's newest version there (_read_versions), which must hold the
+    reviews that triggered it. Written files whose version is still being made count as pending: the run would
+    read the version before them."""
     return bool(await pool.fetchval(
             "SELECT 1 FROM feedback_loop_datasets d JOIN feedback_loops l USING (deployment_id)"
             " JOIN continuous_training_datasets c ON c.deployment_id = d.deployment_id AND c.dataset_id = d.dataset_id"
-            " WHERE d.deployment_id = $1 AND l.active AND EXISTS (SELECT 1 FROM reviews r LEFT JOIN feedback_exports e"
-            "   ON e.deployment_id = d.deployment_id AND e.dataset_id = d.dataset_id AND e.prediction_id ="
-            "   r.prediction_id WHERE r.deployment_id = d.deployment_id AND (e.prediction_id IS NULL OR"
-            "   e.revision < r.revision)) LIMIT 1", deployment_id))
+            f" WHERE d.deployment_id = $1 AND l.active AND EXISTS (SELECT 1 FROM {fs.REVIEWS_NOT_IN_A_VERSION})"
+            " LIMIT 1", deployment_id))
 
 
 async def on_run_ended(deps: ContinuousDeps, event: TaskRunEvent, succeeded: bool) -> None:

@@ -67,6 +67,16 @@ async def review_count(pool: asyncpg.Pool, deployment_id: int) -> int:
 # --- the feedback loop -----------------------------------------------------------------------------------
 
 
+REVIEWS_NOT_IN_A_VERSION = (
+    "reviews r LEFT JOIN feedback_exports e ON e.deployment_id = d.deployment_id AND e.dataset_id = d.dataset_id"
+    " AND e.prediction_id = r.prediction_id WHERE r.deployment_id = d.deployment_id"
+    " AND (e.prediction_id IS NULL OR e.revision < r.revision OR e.version_id IS NULL)")
+"""FROM/WHERE of the reviews of `d`'s deployment (`d`: a feedback_loop_datasets row) that no project version holds
+yet in `d`'s dataset in their current revision: not written, written in an older revision, or written with the
+version still to make. One definition, so the exporter's work list, the pending count and a training's wait for the
+loop (continuous._feedback_pending) agree: a training that waited for "written" only read the version before."""
+
+
 async def feedback_loop(conn: Any, deployment_id: int) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM feedback_loops WHERE deployment_id = $1", deployment_id)
 
@@ -108,10 +118,7 @@ async def loop_datasets(conn: Any, deployment_id: int) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         "SELECT d.*, (SELECT count(*) FROM feedback_exports e WHERE e.deployment_id = d.deployment_id"
         "   AND e.dataset_id = d.dataset_id AND e.version_id IS NOT NULL) AS exported_reviews,"
-        " (SELECT count(*) FROM reviews r LEFT JOIN feedback_exports e ON e.deployment_id = d.deployment_id"
-        "   AND e.dataset_id = d.dataset_id AND e.prediction_id = r.prediction_id WHERE r.deployment_id ="
-        "   d.deployment_id AND (e.prediction_id IS NULL OR e.revision < r.revision OR e.version_id IS NULL))"
-        "   AS pending_reviews"
+        f" (SELECT count(*) FROM {REVIEWS_NOT_IN_A_VERSION}) AS pending_reviews"
         " FROM feedback_loop_datasets d WHERE d.deployment_id = $1 ORDER BY d.attached_at, d.dataset_id",
         deployment_id)
     return [dict(r) for r in rows]
@@ -122,9 +129,7 @@ async def active_loop_datasets(pool: asyncpg.Pool) -> list[dict[str, Any]]:
     rows = await pool.fetch(
         "SELECT d.deployment_id, d.dataset_id, d.project_id, l.workspace_id, l.owner_id"
         " FROM feedback_loop_datasets d JOIN feedback_loops l USING (deployment_id) WHERE l.active AND EXISTS"
-        " (SELECT 1 FROM reviews r LEFT JOIN feedback_exports e ON e.deployment_id = d.deployment_id"
-        "   AND e.dataset_id = d.dataset_id AND e.prediction_id = r.prediction_id WHERE r.deployment_id ="
-        "   d.deployment_id AND (e.prediction_id IS NULL OR e.revision < r.revision OR e.version_id IS NULL))")
+        f" (SELECT 1 FROM {REVIEWS_NOT_IN_A_VERSION})")
     return [dict(r) for r in rows]
 
 

@@ -7,10 +7,12 @@ training run reads a dataset the feedback loop writes into at the loop's newest 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 import zipfile
 
+import asyncpg
 import pytest
 from railyard_client import Lineage, Orchestrations
 
@@ -19,6 +21,24 @@ from tests.integration.conftest import make_account, post, undeploy_all
 from tests.integration.conftest import sdk_client as sdk
 
 pytestmark = pytest.mark.integration
+
+
+class HeldLocks:
+    """One database session of the test's, on its own event loop, holding locks a service waits for."""
+
+    def __init__(self, stack) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.conn = self.loop.run_until_complete(asyncpg.connect(stack.settings().postgres.dsn))
+
+    def hold(self, sql: str) -> None:
+        self.loop.run_until_complete(self.conn.execute(sql))
+
+    def value(self, sql: str, *args):
+        return self.loop.run_until_complete(self.conn.fetchval(sql, *args))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.conn.close())
+        self.loop.close()
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +142,33 @@ def test_foreign_versions_are_refused_and_a_training_run_reads_the_loops_newest_
     assert made.status_code == 200 and made.json()["training"]["datasets"] == {"train": good}, made.text
 
     # the loop writes two reviews into `train`: the run reads the loop's newest version there, not `saved`, which
-    # holds none of them
-    for index in (10, 11):
-        png, _ = digit_png(index)
-        deployment.review_prediction(deployment.predict_bytes(f"{index}.png", png)["id"])
+    # holds none of them. The test opens the window where a run could read a stale version: it holds the
+    # exporter's lock while both reviews arrive (so one round writes both), then keeps new project versions out,
+    # so the loop's version of them waits while their files are in the dataset.
+    held = HeldLocks(stack)
+    try:
+        assert held.value(f"SELECT pg_try_advisory_lock(hashtextextended('monitoring.feedback:{deployment.id}:"
+                          f"{train['id']}', 0))")
+        held.hold("BEGIN")
+        held.hold("LOCK TABLE workflow_lineage.project_versions IN SHARE MODE")  # no new version, reads go on
+        for index in (10, 11):
+            png, _ = digit_png(index)
+            deployment.review_prediction(deployment.predict_bytes(f"{index}.png", png)["id"])
+        held.hold(f"SELECT pg_advisory_unlock(hashtextextended('monitoring.feedback:{deployment.id}:{train['id']}',"
+                  " 0))")
+        deadline = time.monotonic() + 30
+        while held.value(
+                "SELECT (SELECT count(*) FROM monitoring.feedback_exports WHERE deployment_id = $1 AND dataset_id = $2"
+                " AND version_id IS NULL) <> 2 OR NOT EXISTS (SELECT 1 FROM monitoring.trainings WHERE deployment_id"
+                " = $1)", deployment.id, train["id"]):
+            assert time.monotonic() < deadline, deployment.check_feedback_loop_status()
+            time.sleep(0.1)
+        time.sleep(1.0)  # the starter looks every 0.25 s while the version is unmade: it must not start the run
+        claimed = held.value("SELECT count(*) FROM monitoring.trainings WHERE deployment_id = $1 AND"
+                             " run_claimed_at IS NOT NULL", deployment.id)
+        assert not claimed, "a training run started before the loop's version of the reviews that triggered it"
+    finally:
+        held.close()  # the table lock goes with the session: the loop makes its version, then the run starts
     deadline = time.monotonic() + 60
     while not (tasks := [t for t in Orchestrations(world["client"], owner.workspace_id).tasks()
                          if (t["name"] or "").startswith("continuous training of")]):
