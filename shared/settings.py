@@ -240,6 +240,11 @@ class DeployerSettings(BaseModel):
 
     scale_down_after: float = Field(10.0, gt=0, description="Seconds an autoscaled deployment waits after its "
                                     "last scaling before it retires an idle replica.")
+    ready_timeout: float = Field(60.0, gt=0, description="Seconds a deployment's new replicas have to answer "
+                                 "before the deploy fails (the gateway waits this long for a deploy or a copy).")
+    stop_timeout: float = Field(20.0, gt=0, description="Seconds a stopping replica has to drain before it is "
+                                "killed; a set's replicas drain at once (the gateway waits this long for an "
+                                "undeploy).")
 
 
 class MonitoringSettings(BaseModel):

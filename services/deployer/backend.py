@@ -26,7 +26,8 @@ from shared import subjects
 from shared.messages.engine import ReplicaSpec
 
 log = logging.getLogger("railyard.deployer.backend")
-READY_TIMEOUT = 60.0
+READY_TIMEOUT = 60.0  # defaults of settings.deployer.ready_timeout and stop_timeout
+STOP_TIMEOUT = 20.0
 MEASURE_EVERY = 2.0
 SCALE_UP_AFTER = 3.0
 SCALE_DOWN_AFTER = 10.0
@@ -92,10 +93,13 @@ class ReplicaSet:
 class LocalBackend:
     """Engine replicas as local processes, supervised."""
 
-    def __init__(self, work_dir: Path, nats_request, scale_down_after: float = SCALE_DOWN_AFTER) -> None:
+    def __init__(self, work_dir: Path, nats_request, scale_down_after: float = SCALE_DOWN_AFTER,
+                 ready_timeout: float = READY_TIMEOUT, stop_timeout: float = STOP_TIMEOUT) -> None:
         self.work_dir = work_dir
         self.request = nats_request  # async (subject, payload bytes, timeout) -> bytes
         self.scale_down_after = scale_down_after
+        self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout
         self.sets: dict[str, ReplicaSet] = {}
         self._supervisor: asyncio.Task | None = None
 
@@ -137,7 +141,7 @@ class LocalBackend:
         return replica_set
 
     async def _wait_ready(self, replica_set: ReplicaSet) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             states = [await self.replica_state(replica_set, r) for r in replica_set.replicas]
             if all(s["status"] == "Running" for s in states):
@@ -176,17 +180,23 @@ class LocalBackend:
             await self._stop_set(replica_set)
 
     async def _stop_set(self, replica_set: ReplicaSet) -> None:
+        """Every replica drains at once (SIGTERM: it answers what it took and publishes its logs) and is killed if
+        it has not exited within stop_timeout: a set stops in at most stop_timeout, whatever its size. The waits
+        used to run one after another, each with its own 20 s, so N replicas that hung took N x 20 s."""
         replica_set.stopping = True
-        for replica in replica_set.replicas:
-            if replica.process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    replica.process.send_signal(signal.SIGTERM)
-        for replica in replica_set.replicas:
-            try:
-                await asyncio.wait_for(replica.process.wait(), 20)
-            except TimeoutError:
+        await asyncio.gather(*(self._stop_replica(replica) for replica in replica_set.replicas))
+
+    async def _stop_replica(self, replica: Replica) -> None:
+        if replica.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                replica.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(replica.process.wait(), self.stop_timeout)
+        except TimeoutError:
+            log.warning("engine replica %s did not stop within %g s; killed", replica.replica_id, self.stop_timeout)
+            with contextlib.suppress(ProcessLookupError):
                 replica.process.kill()
-                await replica.process.wait()
+            await replica.process.wait()
 
     async def status(self, name: str) -> list[dict[str, Any]]:
         replica_set = self.sets.get(name)

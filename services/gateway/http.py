@@ -72,11 +72,25 @@ class Route:
     unwrap: str | None = None  # answer with this field of the reply (the seed answers some routes with a list)
     status: int = 200  # 204 answers with no body, as the seed shows for deletions
     long_running: bool = False  # waits as long as a model check may take
+    waits: Callable[[Any], float] | None = None  # seconds more this route may take, from the settings
 
     def wait(self, settings: Any) -> float:
         """Seconds the gateway waits for this route's answer, whatever the body (JSON or a multipart upload): the
-        bus's request timeout, plus a model check's (registry.worker_timeout) on a long-running route."""
-        return settings.nats.request_timeout + (settings.registry.worker_timeout if self.long_running else 0)
+        bus's request timeout, plus a model check's (registry.worker_timeout) on a long-running route, or what
+        `waits` says the command may take beyond it."""
+        more = settings.registry.worker_timeout if self.long_running else 0.0
+        return settings.nats.request_timeout + max(more, self.waits(settings) if self.waits else 0.0)
+
+
+def replicas_start(settings: Any) -> float:
+    """A copy with `deploy` answers once the copy's replicas serve (deployer.ready_timeout), after it resolved its
+    models (a request each): it got a 504 after the request timeout while the deploy carried on."""
+    return settings.deployer.ready_timeout + settings.nats.request_timeout
+
+
+def replicas_stop(settings: Any) -> float:
+    """An undeploy answers once its replicas drained (at most deployer.stop_timeout, all at once)."""
+    return settings.deployer.stop_timeout
 
 
 R = Route
@@ -131,14 +145,16 @@ JSON_ROUTES: list[Route] = [spec if isinstance(spec, Route) else R(*spec) for sp
           reg.UploadedFromRegistry, "Copy a registry artifact into a workspace as a model.", long_running=True),
     ("/pipelines/create", subjects.DEPLOYER_PIPELINES_CREATE, dep.CreatePipeline, dep.PipelineCreated,
      "Create a pipeline (a changed definition makes a new version)."),
-    ("/pipelines/copy", subjects.DEPLOYER_PIPELINES_COPY, dep.CopyPipeline, dep.PipelineCopied, "Copy a pipeline."),
+    Route("/pipelines/copy", subjects.DEPLOYER_PIPELINES_COPY, dep.CopyPipeline, dep.PipelineCopied,
+          "Copy a pipeline.", waits=replicas_start),
     ("/pipelines/list", subjects.DEPLOYER_PIPELINES_LIST, dep.ListPipelines, dep.Pipelines,
      "List a workspace's pipelines with versions and deployment."),
     ("/pipelines/get", subjects.DEPLOYER_PIPELINES_GET, dep.GetPipeline, dep.PipelineRecord,
      "Get a pipeline with its versions and deployment."),
     Route("/pipelines/deploy", subjects.DEPLOYER_PIPELINES_DEPLOY, dep.DeployPipeline, dep.Deployed,
           "Deploy a pipeline version (answers once its engine replicas serve).", long_running=True),
-    ("/pipelines/undeploy", subjects.DEPLOYER_PIPELINES_UNDEPLOY, dep.UndeployPipeline, None, "Undeploy."),
+    Route("/pipelines/undeploy", subjects.DEPLOYER_PIPELINES_UNDEPLOY, dep.UndeployPipeline, None, "Undeploy.",
+          waits=replicas_stop),
     ("/status/get_deployment", subjects.DEPLOYER_DEPLOYMENTS_STATUS, dep.GetDeploymentStatus, dep.DeploymentStatus,
      "A deployment's status (name is <deploy_id>-<id>)."),
     ("/admin/get_pipeline_external_url", subjects.DEPLOYER_DEPLOYMENTS_EXTERNAL_URL, dep.GetExternalUrl,

@@ -4,7 +4,10 @@ active deployment's (none orphaned)."""
 
 from __future__ import annotations
 
+import io
 import json
+import time
+import zipfile
 from pathlib import Path
 
 import psutil
@@ -97,3 +100,41 @@ def test_a_redeploy_whose_replicas_fail_to_start_leaves_the_deployment_serving_a
     assert undeployed.status_code == 200, undeployed.text
     assert _replica_pids(stack, deployment_id) == {}
     assert _infer(url, alice.token).status_code == 404
+
+
+def _slow_loading_byop(seconds: float) -> bytes:
+    """The test BYOP model, whose InferenceBuilder.create (run when a replica loads it, not by the upload's check)
+    sleeps `seconds` first."""
+    source = zipfile.ZipFile(io.BytesIO(byop_fraud_zip()))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for item in source.infolist():
+            content = source.read(item)
+            if item.filename.endswith("custom_inference.py"):
+                content = content.replace(b"        inference = self.inference\n",
+                                          f"        import time; time.sleep({seconds})\n"
+                                          "        inference = self.inference\n".encode())
+                assert b"time.sleep" in content
+            archive.writestr(item, content)
+    return buffer.getvalue()
+
+
+def test_a_copy_with_deploy_whose_replicas_load_past_the_request_timeout_answers_once_they_serve(stack, alice):
+    """The gateway waited the bus's request timeout (5 s) for pipelines/copy: a copy with `deploy` whose replicas
+    took longer got a 504 while the deploy carried on. It now waits as long as a deploy may take
+    (deployer.ready_timeout) and answers 200 with the deployment, Running."""
+    _upload(stack, alice, "slowload", _slow_loading_byop(5.5), "custom")
+    source = _version(stack, alice, "slowsource", ["slowload"])
+    started = time.monotonic()
+    copied = post(stack, "pipelines/copy", alice.token, {
+        "name": "slowcopy", "workspace_id": alice.workspace_id, "source_pipeline": source["pipeline_pk_id"],
+        "deploy": "slowcopy"})
+    seconds = time.monotonic() - started
+    assert copied.status_code == 200, (copied.text, seconds)
+    assert seconds > stack.settings().nats.request_timeout  # it did take longer than a plain command may
+    deployment = copied.json()["deployment"]
+    status = post(stack, "status/get_deployment", alice.token, {"name": deployment["name"]}).json()
+    assert status["status"] == "Running", status
+    undeployed = post(stack, "pipelines/undeploy", alice.token,
+                      {"pipeline_id": copied.json()["pipeline_pk_id"], "deployment_id": deployment["id"]})
+    assert undeployed.status_code == 200 and _replica_pids(stack, deployment["id"]) == {}
