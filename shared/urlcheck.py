@@ -110,9 +110,10 @@ class CheckedUrl:
         """(url, headers, httpx extensions) that reach the checked address while speaking to the named host: the
         URL names the address, `Host` the name, and TLS sends and verifies the name (httpcore's `sni_hostname`)."""
         parsed = urlparse(self.url)
+        userinfo, _, named = parsed.netloc.rpartition("@")
         literal = f"[{self.address}]" if self.address.version == 6 else str(self.address)
-        netloc = f"{literal}:{parsed.port}" if parsed.port else literal
-        headers = {"Host": parsed.netloc.rsplit("@", 1)[-1]}
+        netloc = (f"{userinfo}@" if userinfo else "") + (f"{literal}:{parsed.port}" if parsed.port else literal)
+        headers = {"Host": named}
         extensions = {"sni_hostname": self.host} if parsed.scheme == "https" else {}
         return urlunparse(parsed._replace(netloc=netloc)), headers, extensions
 

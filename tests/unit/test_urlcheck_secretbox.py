@@ -109,3 +109,66 @@ def test_secret_box_round_trip_and_wrong_key():
         SecretBox(SecretBox.new_key()).open(sealed)
     with pytest.raises(Unavailable, match="SECRETS_KEY"):
         SecretBox("").seal("x")
+
+
+def _certificate(tmp_path, name: str):
+    """A self-signed certificate for `name`: (its file, its key's file)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    return tmp_path / "cert.pem", tmp_path / "key.pem"
+
+
+async def test_a_pinned_https_request_still_verifies_the_hosts_certificate(tmp_path, monkeypatch):
+    """The URL names the checked address; TLS still sends and verifies the host's name (a certificate for another
+    name is refused), so pinning costs no verification."""
+    import ssl
+
+    import httpx
+
+    cert, key = _certificate(tmp_path, "registry.invalid")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+
+    async def answer(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_tls)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    real = loop.getaddrinfo
+
+    async def resolve(host, *args, **kwargs):
+        if host.endswith(".invalid"):
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        return await real(host, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "getaddrinfo", resolve)
+    client_tls = ssl.create_default_context(cafile=str(cert))
+    async with server, httpx.AsyncClient(verify=client_tls) as client:
+        url, headers, extensions = (await rules().check(f"https://registry.invalid:{port}/")).pinned()
+        assert url.startswith("https://127.0.0.1:")
+        assert (await client.get(url, headers=headers, extensions=extensions)).text == "ok"
+        url, headers, extensions = (await rules().check(f"https://other.invalid:{port}/")).pinned()
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED|match"):
+            await client.get(url, headers=headers, extensions=extensions)
