@@ -34,8 +34,10 @@ class UploadModel(Command):
     conversion: Conversion
     input_schema: str | None = None
     output_schema: str | None = None
-    staged_key: str = Field(description="Key of the uploaded bytes in the artifacts bucket, staging/<user id>/<uuid>: "
-                            "staged for the caller by the HTTP upload (another user's key: 403).")
+    staged_key: str = Field(description="Key of the uploaded bytes in the artifacts bucket, staging/<user id>/<uuid> "
+                            "(staging/<user id>/ws-<workspace id>/<uuid> for a task run's token): staged for the "
+                            "caller by the HTTP upload (another user's key: 403; one staged with another token "
+                            "scope: 403 out_of_scope).")
     file_name: str
 
 
