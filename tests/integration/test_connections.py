@@ -176,3 +176,19 @@ def test_workspace_names_list_only_the_callers_workspaces(stack, alice, bob):
     listed = post(stack, "connections/list", bob.token, {"workspace_id": bob.workspace_id}).json()
     assert next(c for c in listed["connections"] if c["id"] == connection_id)["workspace_names"] == sorted([a, b])
     assert post(stack, "connections/get", bob.token, {"name": name}).json()["workspace_names"] == sorted([a, b])
+
+
+def test_an_administrator_sees_every_workspace_name(stack, admin, alice):
+    """Administrators may list any user's workspaces, so a connection tells them every workspace it is in."""
+    admins = f"adm-{uuid.uuid4().hex[:10]}"
+    workspace_id = admin.post("workspaces/create", {"workspace_name": admins})["workspace_id"]
+    name, response = create(stack, alice)
+    connection_id = response.json()["id"]
+    post(stack, "connections/add_to_workspace", alice.token,
+         {"workspace_id": alice.workspace_id, "connection_id": connection_id})
+    admin.post("workspaces/add_user", {"email": alice.email, "workspace_id": workspace_id})
+    post(stack, "connections/add_to_workspace", alice.token, {"workspace_id": workspace_id,
+                                                               "connection_id": connection_id})
+    admin.post("workspaces/remove_user", {"email": alice.email, "workspace_id": workspace_id})
+    assert len(post(stack, "connections/get", admin.token, {"name": name}).json()["workspace_names"]) == 2
+    assert admins not in post(stack, "connections/get", alice.token, {"name": name}).json()["workspace_names"]
