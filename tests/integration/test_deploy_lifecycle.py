@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -138,3 +139,50 @@ def test_a_copy_with_deploy_whose_replicas_load_past_the_request_timeout_answers
     undeployed = post(stack, "pipelines/undeploy", alice.token,
                       {"pipeline_id": copied.json()["pipeline_pk_id"], "deployment_id": deployment["id"]})
     assert undeployed.status_code == 200 and _replica_pids(stack, deployment["id"]) == {}
+
+
+def test_two_deploys_of_one_pipeline_at_once_end_with_one_set_of_the_last_ones_version(stack, alice):
+    """Two deploys of one pipeline sent together (two versions, two deploy_ids, 1 and 2 replicas): commands run
+    several at once, and the pipeline's lock in the deployer orders them. The end state is the one that answered
+    last: its name, version and replica count, Running, and exactly its replica processes (none of the other's
+    left); an undeploy then leaves none."""
+    _upload(stack, alice, "overlapone", ccfraud_onnx())
+    _upload(stack, alice, "overlaptwo", ccfraud_onnx())
+    versions = {"one": _version(stack, alice, "overlap", ["overlapone"]),
+                "two": _version(stack, alice, "overlap", ["overlaptwo"])}
+    replicas = {"one": 1, "two": 2}
+    together = threading.Barrier(2)
+    answers: dict[str, tuple] = {}
+
+    def deploy(key: str) -> None:
+        together.wait()
+        sent = time.monotonic()
+        response = _deploy(stack, alice, versions[key], f"overlap{key}", replicas[key])
+        answers[key] = (response, time.monotonic(), sent)
+
+    threads = [threading.Thread(target=deploy, args=(key,)) for key in versions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert all(answer[0].status_code == 200 for answer in answers.values()), answers
+    assert max(a[2] for a in answers.values()) < min(a[1] for a in answers.values())  # both were in flight at once
+    assert answers["one"][0].json()["id"] == answers["two"][0].json()["id"]  # one deployment, redeployed
+    last = max(answers, key=lambda key: answers[key][1])
+    deployment_id = answers[last][0].json()["id"]
+    name = f"overlap{last}-{deployment_id}"
+
+    record = post(stack, "pipelines/get", alice.token, {"pipeline_id": versions[last]["pipeline_pk_id"]}).json()
+    assert record["deployment"]["name"] == name
+    assert record["deployment"]["pipeline_version_pk_id"] == versions[last]["pipeline_variant_pk_id"]
+    status = post(stack, "status/get_deployment", alice.token, {"name": name}).json()
+    assert status["status"] == "Running" and len(status["engines"]) == replicas[last], status
+    assert _replica_pids(stack, deployment_id) == {name: {engine["pid"] for engine in status["engines"]}}
+    url = post(stack, "admin/get_pipeline_external_url", alice.token,
+               {"workspace_id": alice.workspace_id, "pipeline_name": "overlap"}).json()["url"]
+    assert url.endswith(f"/{name}/overlap") and _infer(url, alice.token).status_code == 200
+
+    undeployed = post(stack, "pipelines/undeploy", alice.token,
+                      {"pipeline_id": versions[last]["pipeline_pk_id"], "deployment_id": deployment_id})
+    assert undeployed.status_code == 200, undeployed.text
+    assert _replica_pids(stack, deployment_id) == {}
