@@ -262,6 +262,7 @@ class Usage:
         self.files = 0
         self.too_deep = False
         self.seen: set[tuple[int, int]] = set()
+        self.device: int | None = None  # the filesystem measured; None when the directory could not be opened
 
     def add(self, info: os.stat_result) -> None:
         key = (info.st_dev, info.st_ino)
@@ -281,7 +282,7 @@ def measure(top: str, stop_bytes: float = float("inf"), stop_files: float = floa
         top_fd = os.open(top, flags)
     except OSError:
         return usage
-    device = os.fstat(top_fd).st_dev
+    device = usage.device = os.fstat(top_fd).st_dev
     usage.add(os.fstat(top_fd))
     try:
         stack = [(top_fd, os.scandir(top_fd))]
@@ -402,8 +403,11 @@ def over_quota(config: dict, baseline: Usage, child_pid: int, namespace: str | N
     quota = config["quota"]
     stop_bytes, stop_files = baseline.bytes + quota["disk_bytes"], baseline.files + quota["disk_files"]
     usage = measure(config["workdir"], stop_bytes, stop_files)
-    if usage.bytes <= stop_bytes and usage.files <= stop_files and not usage.too_deep:
-        add_unlinked(usage, sandbox_pids(child_pid, namespace), os.stat(config["workdir"]).st_dev)
+    # the device the walk measured, not the path's again: a working directory that is not there (the child failing
+    # to set it up, or removed meanwhile) is measured as empty, and must not end this process before the child's
+    # setup-failure verdict
+    if usage.bytes <= stop_bytes and usage.files <= stop_files and not usage.too_deep and usage.device is not None:
+        add_unlinked(usage, sandbox_pids(child_pid, namespace), usage.device)
     reasons = quota.get("reasons", {})  # shared/sandbox.py's describe_limit, handed over in the config
     if usage.bytes > stop_bytes:
         return usage, ("disk_bytes", reasons.get("disk_bytes", "the sandbox's disk quota was exceeded"))

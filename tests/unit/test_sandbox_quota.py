@@ -38,6 +38,15 @@ def test_nesting_deeper_than_it_can_hold_descriptors_for_is_flagged(tmp_path):
     assert measure(str(tmp_path)).too_deep
 
 
+def test_a_working_directory_that_is_not_there_measures_as_empty_and_over_no_quota(tmp_path):
+    """The launcher looks at the quota while its child still sets the sandbox up; when that setup fails because
+    the working directory is missing (a slow child: the first look comes after QUOTA_INTERVAL_MIN), the look must
+    not end the launcher, or the setup failure's verdict is never given (a traceback and exit 1 instead)."""
+    config = {"workdir": str(tmp_path / "missing"), "quota": {"disk_bytes": 1 << 20, "disk_files": 10}}
+    usage, over = sandbox_launcher.over_quota(config, Usage(), os.getpid(), None)
+    assert (usage.bytes, usage.files, usage.device, over) == (0, 0, None, None)
+
+
 def test_a_deleted_file_still_open_counts(tmp_path):
     path = tmp_path / "hidden"
     with open(path, "wb") as handle:
