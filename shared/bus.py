@@ -41,6 +41,7 @@ from shared.errors import (
     UpstreamTimeout,
     error_from_body,
 )
+from shared.faststream_logs import PULL_TIMEOUT_RETRIES
 from shared.messages.base import Event, Message, Reply
 from shared.raw_bus import ERROR_HEADER, connect_options, error_headers  # noqa: F401 - defined there for FastStream-free processes
 from shared.settings import Settings
@@ -105,6 +106,8 @@ def make_broker(settings: Settings, name: str) -> NatsBroker:
         log.warning("nats: %s", exc or type(exc).__name__)
 
     options = connect_options(settings.nats)
+    logger = logging.getLogger(f"railyard.{name}.faststream")
+    logger.addFilter(PULL_TIMEOUT_RETRIES)  # a pull consumer's fetch timeout is no error (shared/faststream_logs.py)
     return NatsBroker(
         _with_credentials(settings.nats.url, settings.nats.user, settings.nats.password),
         inbox_prefix=options.get("inbox_prefix", "_INBOX"),
@@ -114,7 +117,7 @@ def make_broker(settings: Settings, name: str) -> NatsBroker:
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         graceful_timeout=15.0,
-        logger=logging.getLogger(f"railyard.{name}.faststream"),
+        logger=logger,
         log_level=logging.DEBUG,  # per-message "Received/Processed" lines only when debugging
     )
 
