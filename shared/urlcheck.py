@@ -100,18 +100,28 @@ def platform_endpoints(settings: Any) -> frozenset[tuple[str, int]]:
 
 @dataclass(frozen=True)
 class CheckedUrl:
-    """A URL that passed the rules, with the address it must be fetched from (the one that was checked)."""
+    """A URL that passed the rules, with the addresses it may be fetched from (the ones that were checked, in the
+    resolver's order of preference)."""
 
     url: str
     host: str
-    address: Address
+    addresses: tuple[Address, ...]
 
-    def pinned(self) -> tuple[str, dict[str, str], dict[str, Any]]:
-        """(url, headers, httpx extensions) that reach the checked address while speaking to the named host: the
-        URL names the address, `Host` the name, and TLS sends and verifies the name (httpcore's `sni_hostname`)."""
+    @property
+    def address(self) -> Address:
+        """The preferred checked address."""
+        return self.addresses[0]
+
+    def pinned(self, address: Address | None = None) -> tuple[str, dict[str, str], dict[str, Any]]:
+        """(url, headers, httpx extensions) that reach a checked address (`address`, one of `addresses`; default the
+        preferred one) while speaking to the named host: the URL names the address, `Host` the name, and TLS sends
+        and verifies the name (httpcore's `sni_hostname`)."""
+        address = self.address if address is None else address
+        if address not in self.addresses:
+            raise ValueError("not a checked address")
         parsed = urlparse(self.url)
         userinfo, _, named = parsed.netloc.rpartition("@")
-        literal = f"[{self.address}]" if self.address.version == 6 else str(self.address)
+        literal = f"[{address}]" if address.version == 6 else str(address)
         netloc = (f"{userinfo}@" if userinfo else "") + (f"{literal}:{parsed.port}" if parsed.port else literal)
         headers = {"Host": named}
         extensions = {"sni_hostname": self.host} if parsed.scheme == "https" else {}
@@ -181,10 +191,10 @@ class OutboundRules:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError):
             raise refused(f"{what}: the host {host!r} does not resolve") from None
-        addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+        addresses = tuple(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
         for address in addresses:
             await self._check_address(address, port, f"{what} ({host})")
-        return CheckedUrl(url=url, host=host, address=addresses[0])
+        return CheckedUrl(url=url, host=host, addresses=addresses)
 
     async def _check_address(self, address: Address, port: int, what: str) -> None:
         for candidate in dict.fromkeys((_unwrapped(address), address)):  # the carried IPv4 first

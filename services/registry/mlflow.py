@@ -10,6 +10,7 @@ an `mlflow-artifacts:/<path>` URI; both are resolved to artifact-proxy paths her
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote, urlparse
 
@@ -29,15 +30,37 @@ class MlflowRegistry:
         self.rules = rules
         self.timeout = timeout
 
-    async def _get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        checked = await self.rules.check(f"{self.base}{path}", what="registry url")
-        url, host, extensions = checked.pinned()
+    @asynccontextmanager
+    async def _response(self, url: str, what: str, params: dict[str, Any] | None = None) -> AsyncIterator[Any]:
+        """A streamed GET of `url`, checked now and sent to an address that was checked: the preferred one, the
+        next on a connection failure (a name with an unreachable IPv6 address still works, as it did when httpx
+        resolved the name itself)."""
+        checked = await self.rules.check(url, what=what)
         import httpx  # here, not at import: a registry service no one asks about MLflow does without it
 
+        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
+            for address in checked.addresses:
+                target, host, extensions = checked.pinned(address)
+                request = client.build_request("GET", target, params=params, headers={**self.headers, **host},
+                                               extensions=extensions)
+                try:
+                    response = await client.send(request, stream=True)
+                except httpx.ConnectError:
+                    if address == checked.addresses[-1]:
+                        raise
+                    continue
+                try:
+                    yield response
+                finally:
+                    await response.aclose()
+                return
+
+    async def _get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        import httpx
+
         try:
-            async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
-                response = await client.get(url, params=params, headers={**self.headers, **host},
-                                            extensions=extensions)
+            async with self._response(f"{self.base}{path}", "registry url", params) as response:
+                await response.aread()
         except httpx.HTTPError as exc:
             raise Unavailable(f"the registry did not answer: {type(exc).__name__}") from None
         if response.status_code == 404:
@@ -107,17 +130,13 @@ class MlflowRegistry:
         if not full_path.startswith(f"{self.base}{ARTIFACTS_API}/"):
             raise InvalidRequest("path must be a full_path from list_registry_model_version_artifacts of this"
                                  " registry")
-        url, host, extensions = (await self.rules.check(full_path, what="path")).pinned()
-        import httpx
-
-        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
-            async with client.stream("GET", url, headers={**self.headers, **host}, extensions=extensions) as response:
-                if response.status_code == 404:
-                    raise NotFound("artifact not found in the registry")
-                if response.status_code >= 400:
-                    raise Unavailable(f"the registry answered {response.status_code}")
-                async for chunk in response.aiter_bytes(1024 * 1024):
-                    yield chunk
+        async with self._response(full_path, "path") as response:
+            if response.status_code == 404:
+                raise NotFound("artifact not found in the registry")
+            if response.status_code >= 400:
+                raise Unavailable(f"the registry answered {response.status_code}")
+            async for chunk in response.aiter_bytes(1024 * 1024):
+                yield chunk
 
 
 def _version(version: dict[str, Any]) -> dict[str, Any]:

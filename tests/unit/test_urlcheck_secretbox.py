@@ -172,3 +172,30 @@ async def test_a_pinned_https_request_still_verifies_the_hosts_certificate(tmp_p
         url, headers, extensions = (await rules().check(f"https://other.invalid:{port}/")).pinned()
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED|match"):
             await client.get(url, headers=headers, extensions=extensions)
+
+
+async def test_the_next_checked_address_is_tried_when_one_does_not_connect(monkeypatch):
+    """A name with two addresses, the preferred one unreachable (here 127.0.0.3, where nothing listens): the request
+    goes to the other checked address, as it did when httpx resolved the name itself."""
+    async def answer(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        body = b'{"ok": true}'
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    real = loop.getaddrinfo
+
+    async def resolve(host, *args, **kwargs):
+        if host == "registry.invalid":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in ("127.0.0.3", "127.0.0.1")]
+        return await real(host, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "getaddrinfo", resolve)
+    async with server:
+        registry = MlflowRegistry(f"http://registry.invalid:{port}", None, rules=rules())
+        assert await registry._get("/api/2.0/mlflow/registered-models/search") == {"ok": True}
