@@ -47,6 +47,14 @@ ENV_TOKEN = "RAILYARD_CLIENT_TOKEN"
 ENV_WORKSPACE = "RAILYARD_CLIENT_WORKSPACE"
 ENV_CREDENTIALS = "RAILYARD_CLIENT_CREDENTIALS"
 
+# Seconds the gateway may take to answer the deployer's long commands with its default settings
+# (services/gateway/http.py, Route.wait; docs/inference.md "How long the gateway waits"): a deploy 5 + 300 s, a copy
+# with `deploy` 5 + 60 + 5 s (its replicas' ready timeout), an undeploy 5 + 20 s (their stop timeout); plus a margin,
+# so that the gateway's own answer (a 400 with the reason, or its 504) comes back before the client gives up. With the
+# client's 60 s for these too, a slow deploy was a ConnectionFailed while the platform carried on deploying. Every
+# other route waits Client(timeout); a larger Client(timeout) wins here too.
+ROUTE_TIMEOUTS = {"pipelines/deploy": 315.0, "pipelines/copy": 80.0, "pipelines/undeploy": 35.0}
+
 
 def credentials_path() -> Path:
     """The credentials file `railyard login` writes and `Client()` reads."""
@@ -115,6 +123,7 @@ class Session:
         self.client_secret = client_secret or env.get(ENV_CLIENT_SECRET) or (
             saved.get("client_secret") if same_client else None)
         self.saved_workspace = saved.get("workspace")
+        self.timeout = timeout
         self.http = httpx.Client(base_url=self.url, timeout=timeout)
         self.access_token: str | None = token
         self.refresh_token: str | None = None
@@ -241,8 +250,11 @@ class Session:
         raise AssertionError("unreachable")
 
     def post(self, route: str, body: dict[str, Any] | None = None) -> Any:
-        """POST /v1/api/<route> with a JSON body; the answer's JSON (None for 204)."""
-        response = self.send("POST", f"{API_PREFIX}/{route.lstrip('/')}", json=body or {})
+        """POST /v1/api/<route> with a JSON body; the answer's JSON (None for 204). A route the gateway may take
+        longer on (ROUTE_TIMEOUTS) is waited for that long."""
+        route = route.strip("/")
+        wait = max(ROUTE_TIMEOUTS.get(route, 0.0), self.timeout)
+        response = self.send("POST", f"{API_PREFIX}/{route}", json=body or {}, timeout=wait)
         return response.json() if response.content else None
 
     def close(self) -> None:

@@ -1,0 +1,71 @@
+"""The SDK waits for the deployer's long commands as long as the gateway does (railyard_client.session's
+ROUTE_TIMEOUTS): a deploy, a copy with `deploy` and an undeploy used the client's 60 s, so a deploy whose replicas took
+longer was a ConnectionFailed in the SDK and the CLI while the platform carried on. Other calls keep Client(timeout)."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from railyard_client.errors import ConnectionFailed
+from railyard_client.session import ROUTE_TIMEOUTS, Session
+
+from services.gateway.http import JSON_ROUTES
+from shared.settings import Settings
+
+SLOW = 0.3  # seconds the stand-in gateway takes on every answer
+
+
+class SlowGateway(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        time.sleep(SLOW)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "9")
+        self.end_headers()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client that gave up
+            self.wfile.write(b'{"id": 5}')
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def gateway() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowGateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_deploy_copy_and_undeploy_wait_past_the_clients_timeout_and_other_calls_do_not(gateway, tmp_path):
+    session = Session(gateway, token="t", timeout=SLOW / 3, credentials_file=tmp_path / "none.json")
+    sent: list[tuple[str, float]] = []
+    session.http.event_hooks["request"].append(
+        lambda request: sent.append((request.url.path, request.extensions["timeout"]["read"])))
+    for route in ("pipelines/deploy", "/pipelines/copy", "pipelines/undeploy"):
+        assert session.post(route, {"pipeline_id": 1}) == {"id": 5}, route
+    with pytest.raises(ConnectionFailed, match="did not answer"):
+        session.post("pipelines/list", {"workspace_id": 1})
+    assert sent == [("/v1/api/pipelines/deploy", 315.0), ("/v1/api/pipelines/copy", 80.0),
+                    ("/v1/api/pipelines/undeploy", 35.0), ("/v1/api/pipelines/list", SLOW / 3)]
+    session.timeout = 900.0  # a larger Client(timeout) wins everywhere
+    session.post("pipelines/undeploy", {})
+    assert sent[-1] == ("/v1/api/pipelines/undeploy", 900.0)
+
+
+def test_the_client_waits_longer_than_the_gateway_on_every_long_route():
+    """The gateway answers (its 400 or its 504) before the client gives up, with the gateway's default settings."""
+    settings = Settings()
+    waits = {route.path.strip("/"): route.wait(settings) for route in JSON_ROUTES
+             if route.path.strip("/") in ROUTE_TIMEOUTS}
+    assert set(waits) == set(ROUTE_TIMEOUTS), waits
+    for route, gateway_wait in waits.items():
+        assert gateway_wait + 5 <= ROUTE_TIMEOUTS[route], (route, gateway_wait)
