@@ -362,9 +362,10 @@ async def _predict(deps: MonitoringDeps, principal: Principal, token: str | None
     received = datetime.now(UTC)
     # before the slot: the ML backend's labeling asks the registry and reads the artifact, which the image's decode
     # does not need; inside the slot, a slow registry held every image predict and monitor waiting
-    backend = await _ml_backend(deps, token, view)
+    backend, challenger = await _ml_backend(deps, token, view)
     async with deps.image_slots:  # the decoded image and its copies, until only its measures are left
         prepared = await _prepare_predict(deps, cmd, view, data, backend)
+    prepared.challenger = challenger
     return await _predict_prepared(deps, token, cmd, view, data, tags, received, prepared, owner=principal)
 
 
@@ -382,18 +383,57 @@ class _PreparedImage:
     features: dict[str, float]
     by_reference: bool  # the table goes to the engine through object storage (an ML backend's base64 task)
     backend: ml_backend_predictions.BackendLabeling | None = None  # the champion's, when it is an ML backend
+    challenger: _ChallengerLabeling | None = None  # the shadow's, asked for alongside the champion's
 
 
-async def _ml_backend(deps: MonitoringDeps, token: str | None,
-                      view: DeploymentView) -> ml_backend_predictions.BackendLabeling | None:
+@dataclass
+class _ChallengerLabeling:
+    """The labeling of the deployment's shadow challenger, asked for alongside the champion's: what the lookup
+    returned or raised, kept until the engine's answer shows whether the challenger answered at all."""
+
+    model: ModelVersionRef
+    outcome: ml_backend_predictions.BackendLabeling | None | Exception
+
+
+async def _ml_backend(deps: MonitoringDeps, token: str | None, view: DeploymentView,
+                      ) -> tuple[ml_backend_predictions.BackendLabeling | None, _ChallengerLabeling | None]:
     """The labeling of the deployment's ML backend, when its model step has no image configuration (an ML backend
-    needs none: its labeling config says what it answers) and its model is one; None otherwise."""
+    needs none: its labeling config says what it answers) and its model is one; None otherwise. With it, the
+    labeling of its shadow challenger, looked up at the same time (one registry round trip, not two in series)."""
     if image_config(view.definition) is not None:
-        return None
+        return None, None
     champion = _current_model(view.definition)
     if champion is None:
-        return None
-    return await ml_backend_predictions.labeling(deps, token, view.route.workspace_id, champion)
+        return None, None
+    workspace_id = view.route.workspace_id
+    shadow = _current_shadow(view.definition)
+    if shadow is None:
+        return await ml_backend_predictions.labeling(deps, token, workspace_id, champion), None
+
+    async def settled() -> ml_backend_predictions.BackendLabeling | None | Exception:
+        try:  # raised again where it was used before (_predict_prepared): only when the challenger answered
+            return await ml_backend_predictions.labeling(deps, token, workspace_id, shadow)
+        except Exception as exc:  # kept, not swallowed
+            return exc
+
+    challenger = asyncio.ensure_future(settled())
+    try:
+        backend = await ml_backend_predictions.labeling(deps, token, workspace_id, champion)
+    except BaseException:
+        challenger.cancel()
+        raise
+    return backend, _ChallengerLabeling(shadow, await challenger) if backend is not None else None
+
+
+async def _challenger_labeling(deps: MonitoringDeps, token: str | None, view: DeploymentView, shadow: ModelVersionRef,
+                               asked: _ChallengerLabeling | None) -> ml_backend_predictions.BackendLabeling | None:
+    """The labeling of the challenger that answered: the one asked for alongside the champion's, unless the replica
+    served another pipeline version (a swap) whose challenger differs; then asked for now."""
+    if asked is None or asked.model != shadow:
+        return await ml_backend_predictions.labeling(deps, token, view.route.workspace_id, shadow)
+    if isinstance(asked.outcome, Exception):
+        raise asked.outcome
+    return asked.outcome
 
 
 async def _prepare_predict(deps: MonitoringDeps, cmd: PredictImage, view: DeploymentView, data: bytes,
@@ -474,8 +514,8 @@ async def _predict_prepared(deps: MonitoringDeps, token: str | None, cmd: Predic
                 shadow_prediction = convert(answer, prefix, min_threshold)
             elif f"{prefix}{ml_backend_predictions.PREDICTION_COLUMN}" in answer.column_names:
                 # an ML backend challenger's results are those of its own labeling config's control
-                reading = ml_backend_predictions.for_challenger(image.backend, await ml_backend_predictions.labeling(
-                    deps, token, view.route.workspace_id, shadow))
+                reading = ml_backend_predictions.for_challenger(image.backend, await _challenger_labeling(
+                    deps, token, view, shadow, image.challenger))
                 shadow_prediction = convert(answer, prefix, min_threshold, reading)
         except (ml_backend_predictions.BackendAnswerInvalid, Conflict, NotFound) as exc:  # the champion's answer stands
             log.warning("the shadow answer of %s is left out: %s", cmd.deployment, exc.msg)
