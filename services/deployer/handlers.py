@@ -30,7 +30,7 @@ from shared.authz import (
 )
 from shared.background import BackgroundTask
 from shared.bus import request
-from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from shared.messages.base import INT64, Event
 from shared.messages.deployer import (
     CopyPipeline,
@@ -53,6 +53,7 @@ from shared.messages.engine import ReplicaDeployment, ReplicaSpec, ReplicaStep
 from shared.messages.registry import ResolvedModel, ResolveModel
 
 RESTORE_CONCURRENCY = 2
+DEPLOYMENT_FAILED = "deployment_failed"  # the 503's code for a deployment whose restore failed
 UNDEPLOY_LOCK_WAIT = 0.5  # of the request timeout: an undeploy waits this long for a deploy of its pipeline, then 409
 log = logging.getLogger("railyard.deployer")
 NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -71,6 +72,9 @@ class DeployerDeps:
     public_url: str
     timeout: float
     changing: weakref.WeakValueDictionary[int, asyncio.Lock] = field(default_factory=weakref.WeakValueDictionary)
+    # active deployments whose restore after a restart failed (name -> reason): nothing runs for them until a deploy
+    # or an undeploy (docs/inference.md); kept in memory, as the replica sets are, so a later restart tries again
+    failed_restores: dict[str, str] = field(default_factory=dict)
 
     def pipeline_lock(self, pipeline_id: int) -> asyncio.Lock:
         """One deploy or undeploy of a pipeline at a time in this process. Commands are handled several at once
@@ -351,6 +355,8 @@ async def _start_deployment(deps: DeployerDeps, pipeline, version, deploy_id: st
         # a redeploy under another deploy_id renames the deployment: the backend swaps replica sets of one name only,
         # so the old name's set is stopped here, once the new one serves
         renamed = old if old is not None and old != name else None
+        for failed in (name, old):  # a restore that failed is over: this deploy decides what runs
+            deps.failed_restores.pop(failed, None)
         spec.deployment.id, spec.deployment.name = deployment_id, name
         try:
             await deps.backend.start(name, spec, config["replica_count"], *_autoscale(config))
@@ -399,6 +405,9 @@ async def deployment_status(deps: DeployerDeps, principal: Principal, token: str
     row = await _deployment_for(deps, principal, token, name)
     if not row["active"]:
         return DeploymentStatus(status="Stopped", details=[], engines=[], engine_lbs=[], sidekicks=[])
+    failure = _restore_failure(deps, name)
+    if failure is not None:
+        return DeploymentStatus(status="Error", details=[failure], engines=[], engine_lbs=[], sidekicks=[])
     engines = await deps.backend.status(name)
     states = {e["status"] for e in engines}
     status = "Running" if engines and states == {"Running"} else ("Error" if states == {"Error"} else "Starting")
@@ -426,6 +435,7 @@ async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, 
             raise NotFound(f"deployment {deployment_id} of pipeline {pipeline_id} not found")
         name = f"{row['deploy_id']}-{row['id']}"
         await store.deactivate(deps.pool, deployment_id)
+        deps.failed_restores.pop(name, None)
         await deps.backend.stop(name)
     finally:
         lock.release()
@@ -456,6 +466,9 @@ async def resolve_deployment(deps: DeployerDeps, principal: Principal, token: st
                                    deployment_not_found(name))
     if not row["active"]:
         raise NotFound(f"deployment {name!r} is not deployed")
+    failure = _restore_failure(deps, name)
+    if failure is not None:
+        raise Unavailable(failure, code=DEPLOYMENT_FAILED)
     spec = json.loads(row["spec"])
     engines = await deps.backend.status(name)
     status = "Running" if engines and any(e["status"] == "Running" for e in engines) else "Starting"
@@ -465,6 +478,16 @@ async def resolve_deployment(deps: DeployerDeps, principal: Principal, token: st
                            workspace_id=row["workspace_id"], status=status,
                            pipeline_version=str(row["pipeline_version"]), input_schema=first.get("input_schema"),
                            output_schema=last.get("output_schema"), batchable=_batchable(spec))
+
+
+def _restore_failure(deps: DeployerDeps, name: str) -> str | None:
+    """What to tell about an active deployment whose restore after a deployer restart failed (nothing of it runs,
+    and nothing will until it is deployed again), or None."""
+    reason = deps.failed_restores.get(name)
+    if reason is None or name in deps.backend.sets:
+        return None
+    return (f"deployment {name!r} failed to restore after the deployer restarted: {reason}; nothing runs for it: "
+            "redeploy it (pipelines/deploy) or undeploy it")
 
 
 def _batchable(spec: dict[str, Any]) -> bool:
@@ -515,10 +538,17 @@ async def _restart(deps: DeployerDeps, pipeline_id: int, deployment_id: int, gat
         name = f"{row['deploy_id']}-{row['id']}"
         if name in deps.backend.sets:  # a deploy while this waited started it
             return
-        spec = ReplicaSpec.model_validate_json(row["spec"])
-        spec.deployment.id, spec.deployment.name = row["id"], name
-        config = json.loads(row["engine_config"])
+        deps.failed_restores.pop(name, None)
         try:
+            spec = ReplicaSpec.model_validate_json(row["spec"])
+            spec.deployment.id, spec.deployment.name = row["id"], name
+            config = json.loads(row["engine_config"])
             await deps.backend.start(name, spec, config.get("replica_count", 1), *_autoscale(config))
         except (RuntimeError, TimeoutError) as exc:
+            # the deployment stays active (a later restart tries again) but says it failed, rather than "Starting"
+            # forever with nothing running (docs/inference.md)
+            deps.failed_restores[name] = str(exc) or "its engine replicas did not start"
             log.error("could not restore deployment %s: %s", name, exc)
+        except Exception:
+            deps.failed_restores[name] = "the deployer could not start its replicas (see the deployer's log)"
+            raise
