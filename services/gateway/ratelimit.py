@@ -26,7 +26,6 @@ import hashlib
 import time
 from collections import OrderedDict
 
-from services.gateway.source_address import counted_as
 from shared.errors import TooManyRequests
 
 
@@ -65,8 +64,9 @@ class TokenEndpointLimits:
         self.per_client = per_client
 
     def check_source(self, source: str) -> None:
-        """One request from `source` (as `SourceAddress.of` gives it), counted under `counted_as(source)`."""
-        if wait := self.per_source.take(counted_as(source)):
+        """One request from `source`, the key `counted_as` gives (an IPv6 client's /64): the routes count the source
+        once, as they also send it to the auth service."""
+        if wait := self.per_source.take(source):
             raise TooManyRequests("too many token requests from this address; slow down", retry_after=wait)
 
     def check_client(self, client_id: str, secret: str) -> None:

@@ -115,19 +115,34 @@ def test_malformed_bodies_are_invalid_not_crashes():
             from_ipc(body, max_decoded_bytes=1 << 20)
 
 
-def test_an_ipv6_source_is_counted_by_its_64():
-    """Every address of a /64 is free to whoever holds it: one bucket for them all (an IPv4 address keeps its own)."""
-    clock = Clock()
-    limits = TokenEndpointLimits(TokenBuckets(1.0, 2, clock=clock), TokenBuckets(1.0, 100, clock=clock))
-    limits.check_source("2001:db8:1:2::1")
-    limits.check_source("2001:db8:1:2:ffff:ffff:ffff:fffe")
-    with pytest.raises(TooManyRequests, match="address"):
-        limits.check_source("2001:db8:1:2:abcd::9")
-    limits.check_source("2001:db8:1:3::1")  # the next /64
-    limits.check_source("192.0.2.1")
-    limits.check_source("::ffff:192.0.2.1")  # the same IPv4 address, mapped
-    with pytest.raises(TooManyRequests):
-        limits.check_source("192.0.2.1")
+async def test_an_ipv6_source_is_counted_by_its_64():
+    """The gateway's token route in process: every address of a /64 is free to whoever holds it, so they share one
+    bucket (an IPv4 address keeps its own, mapped or not). The route counts the source (counted_as) once, for the
+    bucket and the auth service alike. Nothing reaches the bus: each request stops at the route (no grant_type)."""
+    from types import SimpleNamespace
+
+    import httpx
+
+    from services.gateway.http import create_app
+    from shared.settings import GatewaySettings, Settings
+
+    settings = Settings(gateway=GatewaySettings(trusted_proxies=["127.0.0.5"], token_rate_per_source=0.001,
+                                                token_burst_per_source=2))
+    app = create_app(SimpleNamespace(settings=settings, extras={}, broker=None, objects=None))
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.5", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as proxy:
+        async def error(source: str) -> str:
+            response = await proxy.post("/auth/realms/master/protocol/openid-connect/token",
+                                        headers={"X-Forwarded-For": source}, data={"client_id": "railyard-ui"})
+            return response.json()["error"]
+
+        assert await error("2001:db8:1:2::1") == "invalid_request"
+        assert await error("2001:db8:1:2:ffff:ffff:ffff:fffe") == "invalid_request"
+        assert await error("2001:db8:1:2:abcd::9") == "rate_limited"
+        assert await error("2001:db8:1:3::1") == "invalid_request"  # the next /64
+        assert await error("192.0.2.1") == "invalid_request"
+        assert await error("::ffff:192.0.2.1") == "invalid_request"  # the same IPv4 address, mapped
+        assert await error("192.0.2.1") == "rate_limited"
 
 
 async def test_the_public_client_spends_no_shared_bucket():
