@@ -15,8 +15,9 @@ A staged upload no command ever consumed (the stager died or its bus request fai
 staged and never sent the command, the consumer's final delete failed) is deleted by its consumer's
 `StagedUploadSweep` once older than its grace (STAGED_GRACE_SECONDS unless given): the registry sweeps the artifacts
 bucket, the task scheduler the orchestrations bucket, the monitoring service the monitoring bucket (its staged images,
-with an hour's grace every ten minutes: they live for one request); the lineage service's object GC deletes the
-datasets bucket's with its own rules, under the same STAGING_PREFIX and STAGED_GRACE_SECONDS."""
+with an hour's grace every ten minutes: they live for one request); the lineage service's object GC runs the same
+`sweep_staged` on the datasets bucket as part of each collection (with the collection's grace, never less than
+STAGED_GRACE_SECONDS; a dry run only counts them)."""
 
 from __future__ import annotations
 
@@ -88,12 +89,14 @@ def check_staged(key: str, principal: Principal, wording: StagedWording = UPLOAD
 
 
 async def sweep_staged(objects: Any, bucket: str, grace_seconds: float = STAGED_GRACE_SECONDS,
-                       now: float | None = None) -> int:
-    """Delete `bucket`'s staged uploads (under STAGING_PREFIX) older than `grace_seconds`; how many were deleted.
-    Other keys of the bucket and other buckets are left alone; deleting an object twice is harmless, so several
-    replicas may sweep at once."""
+                       now: float | None = None, *, dry_run: bool = False) -> int:
+    """Delete `bucket`'s staged uploads (under STAGING_PREFIX) older than `grace_seconds`; how many were deleted
+    (with `dry_run`, how many would be, none deleted). Other keys of the bucket and other buckets are left alone;
+    deleting an object twice is harmless, so several replicas may sweep at once."""
     cutoff = (time.time() if now is None else now) - grace_seconds
     stale = [key for key, modified in await objects.list_keys(bucket, STAGING_PREFIX) if modified <= cutoff]
+    if dry_run:
+        return len(stale)
     for key in stale:
         await objects.delete(bucket, key)
     if stale:

@@ -20,7 +20,7 @@ from shared.authz import Principal, require_admin
 from shared.background import Sweeper
 from shared.messages.lineage import CollectObjects, ObjectsCollected
 from shared.objectstore import BUCKET_DATASETS, content_key
-from shared.staging import STAGED_GRACE_SECONDS, STAGING_PREFIX
+from shared.staging import STAGED_GRACE_SECONDS, sweep_staged
 
 log = logging.getLogger("railyard.workflow_lineage.object_gc")
 
@@ -65,18 +65,17 @@ async def collect(deps: Any, grace_seconds: float, dry_run: bool = False) -> Obj
             if not dry_run:
                 await deps.objects.delete(BUCKET_DATASETS, content_key(sha))
         deleted.append(sha)
-    staged = [key for key, modified in await deps.objects.list_keys(BUCKET_DATASETS, STAGING_PREFIX)
-              if modified <= time.time() - max(grace_seconds, STAGED_GRACE_SECONDS)]
+    # the shared sweep of staged uploads, never with less than their own grace (a collection's may be an hour)
+    staged = await sweep_staged(deps.objects, BUCKET_DATASETS, max(grace_seconds, STAGED_GRACE_SECONDS),
+                                dry_run=dry_run)
     if not dry_run:
-        for key in staged:
-            await deps.objects.delete(BUCKET_DATASETS, key)
         async with deps.pool.acquire() as conn:
             await store.drop_old_holds(conn, HOLD_SECONDS)
     if deleted or staged:
         log.info("object collection%s: %d unreferenced object(s), %d staged upload(s)",
-                 " (dry run)" if dry_run else "", len(deleted), len(staged))
+                 " (dry run)" if dry_run else "", len(deleted), staged)
     return ObjectsCollected(objects=len(listed), referenced=len(listed) - len(candidates) - young,
-                            young=young, deleted=deleted, staged_deleted=len(staged), dry_run=dry_run)
+                            young=young, deleted=deleted, staged_deleted=staged, dry_run=dry_run)
 
 
 class PeriodicCollection(Sweeper):

@@ -50,6 +50,20 @@ def test_staged_uploads_older_than_a_day_are_deleted_from_the_swept_bucket_and_n
     assert asyncio.run(sweep_staged(objects, bucket, now=now)) == 0
 
 
+def test_a_dry_run_counts_the_stale_staged_uploads_and_deletes_nothing():
+    """The lineage service's object GC sweeps the datasets bucket with sweep_staged; its dry run (the CLI's
+    --dry-run) reports how many it would delete."""
+    objects, now = Objects(), 10 * DAY
+    objects.kept[BUCKET_DATASETS, staged_key_for("alice", None)] = now - DAY - 1
+    objects.kept[BUCKET_DATASETS, staged_key_for("alice", 3)] = now - 2 * DAY
+    objects.kept[BUCKET_DATASETS, staged_key_for("bob", None)] = now - 60
+    before = dict(objects.kept)
+    assert asyncio.run(sweep_staged(objects, BUCKET_DATASETS, now=now, dry_run=True)) == 2
+    assert objects.kept == before
+    assert asyncio.run(sweep_staged(objects, BUCKET_DATASETS, now=now)) == 2
+    assert len(objects.kept) == 1
+
+
 class Feed:
     async def start(self, connection) -> None: ...
     async def stop(self) -> None: ...
