@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,11 @@ class LocalBackend:
         return Replica(replica_id=replica_id, process=process, started_at=time.monotonic())
 
     async def start(self, name: str, spec: ReplicaSpec, replicas: int,
-                    autoscale: tuple[int, int] | None = None, cpu_target: float = 50.0) -> ReplicaSet:
-        """Start a replica set for `name`; returns once every replica answers (or raises TimeoutError)."""
+                    autoscale: tuple[int, int] | None = None, cpu_target: float = 50.0,
+                    serving: Callable[[], Awaitable[None]] | None = None) -> ReplicaSet:
+        """Start a replica set for `name`; returns once every replica answers (or raises TimeoutError). `serving` is
+        awaited once they answer, before they replace the running set (a redeploy records its new version then, not
+        while the old set still serves alone); when it raises, the new set is stopped and the running one kept."""
         folder = self.work_dir / name
         folder.mkdir(parents=True, exist_ok=True)
         spec_path = folder / f"spec-{uuid.uuid4().hex[:8]}.json"
@@ -128,6 +132,8 @@ class LocalBackend:
             self.sets[name] = replica_set
         try:
             await self._wait_ready(replica_set)
+            if serving is not None:
+                await serving()
         except BaseException:
             await self._stop_set(replica_set)
             if previous is None:

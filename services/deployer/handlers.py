@@ -346,25 +346,35 @@ async def _start_deployment(deps: DeployerDeps, pipeline, version, deploy_id: st
                                                     pipeline_version=str(version["version"]),
                                                     workspace_id=pipeline["workspace_id"]),
                        steps=steps, engine_config=config)
+    row = (pipeline["id"], version["id"], deploy_id, config, spec.model_dump(mode="json"))
     async with deps.pipeline_lock(pipeline["id"]):
         async with deps.pool.acquire() as conn, conn.transaction():
-            deployment_id, before = await store.activate_deployment(
-                conn, pipeline["id"], version["id"], deploy_id, config, spec.model_dump(mode="json"))
+            before = await store.pipeline_deployment(conn, pipeline["id"])
+            old = f"{before['deploy_id']}-{before['id']}" if before is not None else None
+            # a deployment that serves keeps its row, which tells what serves (version, schemas, name), until the
+            # new set serves too (`record`): written at once, pipelines/get and the gateway's routes showed the new
+            # version while only the old replicas answered, and a failed redeploy's for a moment after it
+            serving = before is not None and before["active"] and old in deps.backend.sets
+            deployment_id = before["id"] if serving else (await store.activate_deployment(conn, *row))[0]
         name = f"{deploy_id}-{deployment_id}"
-        old = f"{before['deploy_id']}-{deployment_id}" if before is not None else None
         # a redeploy under another deploy_id renames the deployment: the backend swaps replica sets of one name only,
         # so the old name's set is stopped here, once the new one serves
         renamed = old if old is not None and old != name else None
         for failed in (name, old):  # a restore that failed is over: this deploy decides what runs
             deps.failed_restores.pop(failed, None)
         spec.deployment.id, spec.deployment.name = deployment_id, name
+
+        async def record() -> None:
+            async with deps.pool.acquire() as conn, conn.transaction():
+                await store.activate_deployment(conn, *row)
+
         try:
-            await deps.backend.start(name, spec, config["replica_count"], *_autoscale(config))
+            await deps.backend.start(name, spec, config["replica_count"], *_autoscale(config),
+                                     serving=record if serving else None)
         except (RuntimeError, TimeoutError) as exc:
-            if before is not None and before["active"] and old in deps.backend.sets:
-                # the previous set still serves (the backend swaps only once the new one is ready): the deployment
-                # stays what it was, rather than "inactive" with the old replicas running (docs/inference.md)
-                await store.restore_deployment(deps.pool, deployment_id, before)
+            if serving:
+                # the previous set still serves (the backend swaps only once the new one is ready) and the row still
+                # says so: the deployment stays what it was (docs/inference.md)
                 raise InvalidRequest(f"the deployment failed to start: {exc} (nothing changed: {old} still serves "
                                      "the previous version)") from None
             await store.deactivate(deps.pool, deployment_id)

@@ -91,15 +91,22 @@ async def active_deployments(pool: asyncpg.Pool) -> list[asyncpg.Record]:
         " JOIN pipeline_versions v ON v.id = d.pipeline_version_id WHERE d.active ORDER BY d.id")
 
 
+async def pipeline_deployment(conn: asyncpg.Connection, pipeline_id: int) -> dict[str, Any] | None:
+    """The pipeline's deployment (the active one, else its newest; None before its first deploy), the pipeline's
+    advisory lock held until the transaction ends."""
+    await xact_lock(conn, PIPELINE_LOCK, int(pipeline_id))
+    row = await conn.fetchrow(
+        "SELECT id, pipeline_version_id, deploy_id, engine_config, spec, active FROM deployments"
+        " WHERE pipeline_id = $1 ORDER BY active DESC, id DESC LIMIT 1", pipeline_id)
+    return None if row is None else dict(row)
+
+
 async def activate_deployment(conn: asyncpg.Connection, pipeline_id: int, version_id: int, deploy_id: str,
                               engine_config: dict[str, Any], spec: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
     """Deploy (or redeploy) the pipeline: its deployment keeps its id, so its inference URL stays the same.
     (deployment id, the row as it was before, or None for a first deploy: a redeploy may rename it, and the old
-    name's replicas must go; a redeploy whose replicas fail to start puts it back with `restore_deployment`)."""
-    await xact_lock(conn, PIPELINE_LOCK, int(pipeline_id))
-    existing = await conn.fetchrow(
-        "SELECT id, pipeline_version_id, deploy_id, engine_config, spec, active FROM deployments"
-        " WHERE pipeline_id = $1 ORDER BY active DESC, id DESC LIMIT 1", pipeline_id)
+    name's replicas must go)."""
+    existing = await pipeline_deployment(conn, pipeline_id)
     if existing is not None:
         await conn.execute(
             "UPDATE deployments SET pipeline_version_id = $2, deploy_id = $3, engine_config = $4::jsonb,"
@@ -107,21 +114,11 @@ async def activate_deployment(conn: asyncpg.Connection, pipeline_id: int, versio
             existing["id"], version_id, deploy_id, json.dumps(engine_config), json.dumps(spec))
         await conn.execute("UPDATE deployments SET active = false WHERE pipeline_id = $1 AND id <> $2",
                            pipeline_id, existing["id"])
-        return existing["id"], dict(existing)
+        return existing["id"], existing
     return await conn.fetchval(
         "INSERT INTO deployments (pipeline_id, pipeline_version_id, deploy_id, engine_config, spec)"
         " VALUES ($1, $2, $3, $4::jsonb, $5::jsonb) RETURNING id",
         pipeline_id, version_id, deploy_id, json.dumps(engine_config), json.dumps(spec)), None
-
-
-async def restore_deployment(pool: asyncpg.Pool, deployment_id: int, before: dict[str, Any]) -> None:
-    """Put the deployment back as `activate_deployment` found it (`before`): version, deploy_id, config, spec and
-    whether it was active."""
-    await pool.execute(
-        "UPDATE deployments SET pipeline_version_id = $2, deploy_id = $3, engine_config = $4::jsonb,"
-        " spec = $5::jsonb, active = $6, updated_at = now() WHERE id = $1",
-        deployment_id, before["pipeline_version_id"], before["deploy_id"], before["engine_config"], before["spec"],
-        before["active"])
 
 
 async def deactivate(pool: asyncpg.Pool, deployment_id: int) -> bool:

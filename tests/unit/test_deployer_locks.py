@@ -72,19 +72,20 @@ class MemoryStore:
                                      "definition": json.dumps(definition)}
         return pipeline_id, version_id, self.versions[version_id]["version"], True
 
+    async def pipeline_deployment(self, conn, pipeline_id):
+        row = next(iter(self.deployments.values()), None)
+        return {key: row[key] for key in ("id", "pipeline_version_id", "deploy_id", "engine_config", "spec",
+                                          "active")} if row else None
+
     async def activate_deployment(self, conn, pipeline_id, version_id, deploy_id, engine_config, spec):
         row = next(iter(self.deployments.values()), None)
-        before = {key: row[key] for key in ("pipeline_version_id", "deploy_id", "engine_config", "spec", "active")} \
-            if row else None
+        before = await self.pipeline_deployment(conn, pipeline_id)
         if row is None:
             row = self.deployments[5] = {"id": 5, "pipeline_id": pipeline_id, "pipeline_name": "p",
                                          "workspace_id": WORKSPACE, "pipeline_version": "v"}
         row.update(pipeline_version_id=version_id, deploy_id=deploy_id, active=True,
                    engine_config=json.dumps(engine_config), spec=json.dumps(spec))
         return row["id"], before
-
-    async def restore_deployment(self, pool, deployment_id, before):
-        self.deployments[deployment_id].update(before)
 
 
 class MemoryPool:
