@@ -129,6 +129,13 @@ class RunningStack:
     def secrets(self) -> dict:
         return json.loads((self.data_dir / "secrets.json").read_text())
 
+    @property
+    def weed_ports(self) -> dict[str, int]:
+        """SeaweedFS's own ports (`master`, `volume`, `filer`, and each with `-grpc`), the S3 gateway's aside."""
+        ports = {name: int(self.env[f"RAILYARD_STACK__WEED_{name.upper()}_PORT"])
+                 for name in ("master", "volume", "filer")}
+        return {**ports, **{f"{name}-grpc": port + GRPC_OFFSET for name, port in ports.items()}}
+
     def settings(self) -> Settings:
         """Settings as the services see them (same URLs and credentials)."""
         secrets = self.secrets()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared import bus_identities
+from shared.embedded import weed_security
 from shared.settings import StackSettings
 
 PG_SYSTEM_USER = "pgserver"  # the user pgserver itself creates when run as root
@@ -61,6 +62,7 @@ def _generated_secrets() -> dict[str, str]:
         "secrets_key": base64.urlsafe_b64encode(rnd.token_bytes(32)).decode(),
         "client_secret_key": rnd.token_urlsafe(32),
         **{f"nats_password_{identity}": rnd.token_urlsafe(24) for identity in bus_identities.identities()},
+        **weed_security.generated_keys(),  # SeaweedFS's JWT signing keys (weed_security)
     }
 
 
@@ -307,10 +309,17 @@ def _s3_identities(data_dir: Path, secrets: Secrets) -> Path:
 def seaweedfs_server(cfg: StackSettings, data_dir: Path, secrets: Secrets) -> ServerSpec:
     """SeaweedFS's master, volume server, filer and S3 gateway in one process (`weed server -filer -s3`): one Go
     runtime and one copy of the 150 MB binary's pages instead of two (a separate `weed s3` was ~105 MiB RSS of
-    its own)."""
+    its own).
+
+    Its `security.toml` (weed_security) makes the volume server and the filer take only signed requests and
+    every gRPC port only clients holding the stack's certificate; `-disableHttp` turns off the master's and the
+    filer's HTTP APIs (the master's hands out volume tokens to anyone), which nothing of ours uses: the S3
+    gateway speaks gRPC to them and signed HTTP to the volume server."""
     store = data_dir / "s3"
     store.mkdir(parents=True, exist_ok=True)
     config_path = _s3_identities(data_dir, secrets)
+    config_dir = weed_security.write_security_config(
+        data_dir / "weed", {name: secrets.values[name] for name in weed_security.JWT_KEYS}, cfg.host)
     ports = {
         "s3": cfg.s3_port, "s3-grpc": cfg.s3_port + GRPC_OFFSET,
         "master": cfg.weed_master_port, "master-grpc": cfg.weed_master_port + GRPC_OFFSET,
@@ -321,8 +330,9 @@ def seaweedfs_server(cfg: StackSettings, data_dir: Path, secrets: Secrets) -> Se
         name="s3",
         ports=ports,
         argv=[
-            find_binary("weed"), "server",
+            find_binary("weed"), f"-config_dir={config_dir}", "server",
             "-filer",
+            "-disableHttp",
             f"-dir={store}",
             f"-ip={cfg.host}", f"-ip.bind={cfg.host}",
             f"-master.port={ports['master']}", f"-master.port.grpc={ports['master-grpc']}",
@@ -343,7 +353,8 @@ def seaweedfs_server(cfg: StackSettings, data_dir: Path, secrets: Secrets) -> Se
         ],
         # its glog files go into the data directory instead of /tmp; the Go collector runs at half the default
         # heap growth (idle heap 32 -> 23 MiB measured; the heap is small, so the extra collections cost little)
-        env={"TMPDIR": str(data_dir / "run"), "GOGC": "50"},
+        # HOME: it looks for its *.toml files in ~/.seaweedfs too, and must not read the user's
+        env={"TMPDIR": str(data_dir / "run"), "GOGC": "50", "HOME": str(config_dir)},
         # Everything that writes to it has stopped by then; its filer waits 15 s for its own metadata stream on
         # a graceful stop (logging nothing else, the volume server untouched, in a 4 s grace too), so after a
         # short grace it is killed (its stores are crash-safe, and restarts after kill -9 are tested).
