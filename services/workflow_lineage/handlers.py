@@ -283,6 +283,11 @@ async def delete_project(deps: Deps, principal: Principal, token: str | None, pr
 
 
 async def _content_changed(deps: Deps, conn: Any, project_id: int, workspace_id: int) -> None:
+    """Publish the project's new content hash, in the transaction that changed it. The project row's lock
+    (touch_project) comes first: a concurrent change of the same project waits for it until this one commits and
+    then reads a manifest with both changes (read committed: each statement sees what was committed before it), so
+    the last hash published is the final state's (tests/integration/test_lineage_events.py). Reading the manifest
+    before the lock, two overlapping adds each published a hash without the other's file."""
     await store.touch_project(conn, project_id)
     sha = manifest.digest(await current_manifest(conn, project_id))
     await deps.publish(subjects.EVENT_PROJECT_CHANGED, ProjectChanged(

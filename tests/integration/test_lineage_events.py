@@ -1,0 +1,76 @@
+"""events.project.changed under concurrent changes: a change of a project's content that overlaps another one
+(commands run concurrently, RAILYARD_NATS__COMMAND_WORKERS) publishes a content hash that includes the other's
+change, so the last hash published is the project's final state's. What orders them: `_content_changed` takes the
+project row's lock (touch_project) before it reads the manifest, so the read waits for the other change's commit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import asyncpg
+import httpx
+import nats as nats_client
+import pytest
+
+from tests.integration.conftest import post
+
+pytestmark = pytest.mark.integration
+
+
+def ok(response: httpx.Response) -> dict:
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_a_change_that_waited_on_another_publishes_the_hash_with_both(stack, alice):
+    project = ok(post(stack, "projects/create", alice.token, {"workspace_id": alice.workspace_id,
+                                                               "name": "overlapping-adds"}))
+    first, second = (ok(post(stack, "datasets/create", alice.token, {"project_id": project["id"], "name": name,
+                                                                     "kind": "files"}))["id"] for name in ("a", "b"))
+    nc = await nats_client.connect(stack.settings().nats.url)
+    published: list[str] = []
+    arrived = asyncio.Event()
+
+    async def collect(msg) -> None:
+        event = json.loads(msg.data)
+        if event["project_id"] == project["id"] and event["action"] == "content_changed":
+            published.append(event["content_sha256"])
+            arrived.set()
+
+    await nc.subscribe("events.project.changed", cb=collect)
+    await nc.flush()  # the subscription is on the server before the upload
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    threads = ThreadPoolExecutor(1)
+    try:
+        # the test's transaction stands for one add_file in the middle of _content_changed: its file is in, the
+        # project row locked, not committed yet
+        async with conn.transaction():
+            await conn.execute("INSERT INTO workflow_lineage.dataset_files (dataset_id, name, sha256, size,"
+                               " content_type) VALUES ($1, 'first.txt', $2, 5, 'text/plain')", first, "ab" * 32)
+            await conn.execute("UPDATE workflow_lineage.projects SET updated_at = now() WHERE id = $1", project["id"])
+            mine = await conn.fetchval("SELECT transactionid::text FROM pg_locks WHERE locktype = 'transactionid'"
+                                       " AND pid = pg_backend_pid() AND granted")
+            # another add_file, to the other dataset, through the API: it waits for the project row
+            added = asyncio.get_running_loop().run_in_executor(threads, lambda: httpx.post(
+                f"{stack.api}/datasets/upload_file", data={"dataset_id": str(second), "name": "second.txt"},
+                files={"file": ("second.txt", b"second")}, headers={"Authorization": f"Bearer {alice.token}"},
+                timeout=60))
+            deadline = time.monotonic() + 30
+            while not await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid'"
+                                          " AND NOT granted AND transactionid::text = $1", mine):
+                assert time.monotonic() < deadline, "the upload never waited for the project row"
+                assert not added.done(), (await added).text
+                await asyncio.sleep(0.02)
+        ok(await added)
+        await asyncio.wait_for(arrived.wait(), 10)
+    finally:
+        await conn.close()
+        await nc.close()
+        threads.shutdown()
+    final = ok(post(stack, "projects/get", alice.token, {"project_id": project["id"]}))
+    files = {d["name"]: d["file_count"] for d in final["datasets"]}
+    assert files == {"a": 1, "b": 1}, final["datasets"]
+    assert published == [final["content_sha256"]]  # read before the lock, it was the hash without first.txt
