@@ -24,6 +24,7 @@ from railyard_client.errors import (
     Conflict,
     ConnectionFailed,
     ConversionFailed,
+    DeploymentFailed,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
@@ -54,7 +55,7 @@ __version__ = _version()
 
 __all__ = [
     "APIError", "Assay", "AuthenticationError", "Client", "ConfigurationError", "Conflict", "Connection",
-    "ConnectionFailed", "ConversionFailed", "Deployment", "InvalidRequest", "Lineage", "Model", "ModelVersion",
+    "ConnectionFailed", "ConversionFailed", "Deployment", "DeploymentFailed", "InvalidRequest", "Lineage", "Model", "ModelVersion",
     "NotFound", "OrchestrationFailed", "Orchestrations", "PayloadTooLarge", "PermissionDenied", "Pipeline",
     "RailyardError", "Registry", "ServiceMetrics", "SupportedContentType", "Unavailable", "User",
     "WaitTimeout", "Workspace", "__version__", "in_task", "task_args",

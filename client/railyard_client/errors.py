@@ -5,6 +5,7 @@ the server's typed `code` and its `message`:
     ├── ConfigurationError      the client lacks a URL or credentials (nothing was sent)
     ├── ConnectionFailed        the server could not be reached
     ├── WaitTimeout             a wait (deploy until Running, conversion) ran out of time
+    ├── DeploymentFailed        a deployment waited on reports Error (replicas exited, a failed restore)
     ├── ConversionFailed        an uploaded model's conversion ended in error
     └── APIError                the server answered with an error status
         ├── InvalidRequest      400 (and 422)
@@ -53,6 +54,13 @@ class WaitTimeout(RailyardError):
     """A wait for a state (a deployment Running, a model version ready) ran out of time."""
 
     code = "timeout"
+
+
+class DeploymentFailed(RailyardError):
+    """A deployment being waited on reports `Error` and keeps reporting it (every replica exited, or its restore
+    after a deployer restart failed): waiting longer cannot help; the message carries the server's reasons."""
+
+    code = "deployment_failed"
 
 
 class ConversionFailed(RailyardError):

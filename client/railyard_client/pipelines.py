@@ -10,7 +10,7 @@ from typing import Any
 from railyard_client import data
 from railyard_client._lazy import np, pa, pd
 from railyard_client.assays import Assay, assay_config
-from railyard_client.errors import InvalidInput, NotFound, Unavailable, WaitTimeout
+from railyard_client.errors import DeploymentFailed, InvalidInput, NotFound, Unavailable, WaitTimeout
 from railyard_client.models import Model, ModelVersion
 from railyard_client.monitoring import DeploymentManagement
 from railyard_client.monitoring_continuous import DeploymentContinuous
@@ -19,6 +19,8 @@ from railyard_client.monitoring_predictions import DeploymentPredictions, is_ima
 from railyard_client.progress import wait_spinner
 from railyard_client.resource import Resource
 from railyard_client.session import Session
+
+ERROR_SETTLE = 3.0  # seconds of `Error` in a row after which a wait gives up (a replica restart passes sooner)
 
 ModelLike = Model | ModelVersion | str
 InferInput = "pd.DataFrame | pa.Table | pa.RecordBatch | str | Path | list | dict"  # (annotations only)
@@ -108,16 +110,24 @@ class Deployment(DeploymentManagement, DeploymentContinuous, DeploymentPredictio
         return self._session.post("status/get_deployment", {"name": self.name})
 
     def wait_until_running(self, timeout: float = 300.0, progress: bool | None = None) -> Deployment:
-        """Poll the status until every replica runs; WaitTimeout (with the last reasons) if it does not."""
+        """Poll the status until every replica runs; WaitTimeout (with the last reasons) if it does not, and
+        DeploymentFailed as soon as the status has said `Error` for ERROR_SETTLE seconds in a row (every replica
+        exited and none came back, or the restore after a deployer restart failed): no wait fixes that."""
         deadline = time.monotonic() + timeout
         show = progress if progress is not None else False
+        error_since: float | None = None
         with wait_spinner(f"deployment {self.name}", show) as say:
             while True:
                 status = self.status()
                 say(status["status"])
                 if status["status"] == "Running":
                     return self
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                error_since = (error_since or now) if status["status"] == "Error" else None
+                if error_since is not None and now - error_since >= ERROR_SETTLE:
+                    details = "; ".join(status.get("details") or []) or "its replicas failed"
+                    raise DeploymentFailed(f"deployment {self.name} reports Error: {details}")
+                if now > deadline:
                     details = "; ".join(status.get("details") or []) or status["status"]
                     raise WaitTimeout(f"deployment {self.name} not Running after {timeout:g}s: {details}")
                 time.sleep(0.25)

@@ -1,6 +1,6 @@
 """The one place a `RailyardError` becomes an HTTP answer, for every edge of the gateway: the FastAPI routes, the
 token endpoint (OAuth2's error shape), the raw ASGI inference fast path and body limit, and the Open Inference
-Protocol (its `error` field). Status, headers (`WWW-Authenticate` on 401, `Retry-After` on 429/503) and the typed
+Protocol (its `error` field). Status, headers (`WWW-Authenticate` on 401, `Retry-After` on 429 and retryable 503s) and the typed
 `{"code", "msg"}` body are decided here and nowhere else."""
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ Shape = Literal["api", "oauth", "oip"]
 # OAuth2 errors answered with 401 (as Keycloak does); the others keep their own status
 OAUTH_401 = {"invalid_client", "invalid_grant", "account_locked"}
 OAUTH_CODES = OAUTH_401 | {"unsupported_grant_type", "unauthorized_client", "rate_limited"}
+# 503s that a retry cannot mend (the deployer's code for a deployment whose restore failed: it needs a redeploy),
+# answered without the `Retry-After` that invites clients and proxies to try again
+NOT_RETRYABLE_503 = {"deployment_failed"}
 
 
 def error_parts(exc: RailyardError, shape: Shape = "api", *, close: bool = False) -> tuple[int, dict[str, str], bytes]:
@@ -37,7 +40,7 @@ def error_parts(exc: RailyardError, shape: Shape = "api", *, close: bool = False
         headers["WWW-Authenticate"] = "Bearer"
     elif isinstance(exc, TooManyRequests):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    elif status == 503:
+    elif status == 503 and code not in NOT_RETRYABLE_503:
         headers["Retry-After"] = "1"
     if close:
         headers["Connection"] = "close"

@@ -11,7 +11,7 @@ from services.gateway.errors import error_parts
 from services.gateway.limits import Limits, is_multipart
 from services.gateway.ratelimit import TokenBuckets, TokenEndpointLimits
 from shared.arrow_codec import from_ipc, to_ipc_file, to_ipc_stream
-from shared.errors import InvalidRequest, PayloadTooLarge, TooManyRequests, Unauthorized
+from shared.errors import InvalidRequest, PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable
 from shared.ipc_size import ipc_decoded_bytes
 
 
@@ -64,6 +64,9 @@ def test_one_mapping_for_every_edge():
     assert status == 401 and b'"error":"invalid_grant"' in body and headers["Cache-Control"] == "no-store"
     assert error_parts(PayloadTooLarge("big"), "oip", close=True)[1]["Connection"] == "close"
     assert b'"error":"big"' in error_parts(PayloadTooLarge("big"), "oip")[2]
+    assert error_parts(Unavailable("starting"), "api")[1]["Retry-After"] == "1"
+    # a deployment whose restore failed needs a redeploy: no Retry-After inviting retries that cannot help
+    assert "Retry-After" not in error_parts(Unavailable("failed", code="deployment_failed"), "oip")[1]
 
 
 def test_routes_get_the_limit_of_what_they_carry():
