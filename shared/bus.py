@@ -40,6 +40,7 @@ from shared.errors import (
     Unavailable,
     UpstreamTimeout,
     error_from_body,
+    validation_message,
 )
 from shared.faststream_logs import PULL_TIMEOUT_RETRIES
 from shared.messages.base import Event, Message, Reply
@@ -217,11 +218,8 @@ def byte_size(count: int) -> str:
 
 
 def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts)
+    """The 400's message for a command that does not validate: its first five errors (shared.errors)."""
+    return validation_message(exc.errors(), limit=5)
 
 
 def command(router: NatsRouter | NatsBroker, subject: str, *, service: str, max_workers: int | None = None,

@@ -20,6 +20,9 @@ object keys or internal hosts.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -159,3 +162,36 @@ def error_from_body(body: ErrorBody, status: int | None = None) -> RailyardError
     if cls is None:
         cls = next((c for c in _BY_CODE.values() if c.status == status), RailyardError)
     return cls(body.msg, code=body.code)
+
+
+# pydantic puts these before the sentence a validator raised ("Value error, must be a finite number: nan"): noise
+# to a caller, who reads the sentence we wrote
+_VALIDATOR_PREFIXES = {"value_error": "Value error, ", "assertion_error": "Assertion failed, "}
+
+
+def validation_detail(error: Mapping[str, Any]) -> str:
+    """What one of pydantic's validation errors (an item of `ValidationError.errors()`) says is wrong: pydantic's
+    own words ("Field required"), or a validator's sentence without the "Value error, " pydantic puts before it."""
+    msg = str(error.get("msg") or "invalid")
+    prefix = _VALIDATOR_PREFIXES.get(str(error.get("type")))
+    return msg[len(prefix):] if prefix and msg.startswith(prefix) else msg
+
+
+def validation_message(errors: Sequence[Mapping[str, Any]], where: str = "body", limit: int = 1) -> str:
+    """The message of the 400 for pydantic's validation errors: the first `limit`, joined by "; ", each as
+    `field.path: what is wrong` (`validation_detail`; a leading "body" of FastAPI's locations left out). An error
+    about the whole of it reads as the validator's sentence alone; pydantic's own words about it ("Input should be a
+    valid dictionary") are prefixed with `where` ("body", "metadata"), which says what they are about."""
+    parts = []
+    for error in list(errors)[:limit]:
+        loc = list(error.get("loc") or ())
+        if loc[:1] == ["body"]:
+            loc = loc[1:]
+        detail = validation_detail(error)
+        if loc:
+            parts.append(f"{'.'.join(str(part) for part in loc)}: {detail}")
+        elif str(error.get("type")) in _VALIDATOR_PREFIXES:
+            parts.append(detail)
+        else:
+            parts.append(f"{where}: {detail}")
+    return "; ".join(parts) or f"{where}: invalid"

@@ -40,7 +40,7 @@ from services.gateway.ratelimit import TokenBuckets, TokenEndpointLimits
 from services.gateway.source_address import SourceAddress, counted_as
 from shared import __version__, subjects
 from shared.authz import Principal, require_user
-from shared.errors import InvalidRequest, NotFound, RailyardError, Unauthorized
+from shared.errors import InvalidRequest, NotFound, RailyardError, Unauthorized, validation_message
 from shared.messages import assays as asy
 from shared.messages import auth as m
 from shared.messages import deployer as dep
@@ -196,13 +196,6 @@ JSON_ROUTES += [R(*spec) for spec in FEEDBACK_ROUTE_SPECS]
 JSON_ROUTES += [R(*spec) for spec in CONTINUOUS_ROUTE_SPECS]
 
 
-def first_error(errors: list[dict[str, Any]], default: str) -> str:
-    """`field.path: what is wrong` for the first of pydantic's validation errors."""
-    first = errors[0] if errors else {}
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or default
-    return f"{where}: {first.get('msg', 'invalid')}"
-
-
 def bearer_token(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -261,7 +254,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:
-        return error_response(InvalidRequest(first_error(exc.errors(), "body")))
+        return error_response(InvalidRequest(validation_message(exc.errors())))
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -367,7 +360,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             command = reg.ResolveModel.model_validate(body)
         except (ValueError, UnicodeDecodeError) as exc:
             errors = exc.errors() if isinstance(exc, ValidationError) else []
-            raise InvalidRequest(f"body {first_error(errors, 'body')}" if errors else
+            raise InvalidRequest(validation_message(errors) if errors else
                                  "the body must be JSON: {\"workspace_id\", \"name\", \"version\"?}") from None
         resolved = reg.ResolvedModel.model_validate(await handlers.forward(
             runtime.broker, subjects.REGISTRY_MODELS_RESOLVE, command, bearer_token(request), timeout))
@@ -393,7 +386,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             command = reg.UploadModel.model_validate(body)
         except ValidationError as exc:
             await objects.delete(BUCKET_ARTIFACTS, staged)
-            raise InvalidRequest(f"metadata {first_error(exc.errors(), 'metadata')}") from None
+            raise InvalidRequest(f"metadata {validation_message(exc.errors(), 'metadata')}") from None
         try:
             return await handlers.forward(runtime.broker, subjects.REGISTRY_MODELS_UPLOAD, command,
                                           bearer_token(request), settings.registry.worker_timeout + timeout)
@@ -424,7 +417,7 @@ def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable) -> Calla
         try:
             command = route.model.model_validate(payload)
         except ValidationError as exc:
-            raise InvalidRequest(first_error(exc.errors(), "body")) from None
+            raise InvalidRequest(validation_message(exc.errors())) from None
         reply = await handlers.forward(runtime.broker, route.subject, command, bearer_token(request),
                                        route.wait(runtime.settings))
         if route.status == 204:

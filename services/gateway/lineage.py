@@ -22,7 +22,7 @@ from services.gateway.openapi_body import request_schema
 from shared import subjects
 from shared.arrow_codec import from_ipc, records_json_to_table, table_to_records, to_ipc_file, to_ipc_stream
 from shared.authz import Principal
-from shared.errors import InvalidRequest, NotFound, RailyardError
+from shared.errors import InvalidRequest, NotFound, RailyardError, validation_message
 from shared.messages import lineage as lin
 from shared.objectstore import BUCKET_DATASETS, content_key
 from shared.service import Runtime
@@ -108,8 +108,7 @@ def add_lineage_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token
             command = build(key)
         except ValidationError as exc:
             await runtime.objects.delete(BUCKET_DATASETS, key)
-            from services.gateway.http import first_error
-            raise InvalidRequest(first_error(exc.errors(), "body")) from None
+            raise InvalidRequest(validation_message(exc.errors())) from None
         try:
             return await handlers.forward(runtime.broker, subject, command, bearer_token(request), upload_timeout)
         except RailyardError as exc:
@@ -238,6 +237,4 @@ def _validated(model: Any, body: dict[str, Any]) -> Any:
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
-        raise InvalidRequest(f"{where}: {first.get('msg', 'invalid')}") from None
+        raise InvalidRequest(validation_message(exc.errors())) from None

@@ -23,7 +23,7 @@ from services.gateway import handlers, json_body
 from services.gateway.openapi_body import request_schema
 from shared import subjects
 from shared.authz import Principal, scoped_workspace
-from shared.errors import InvalidRequest, PayloadTooLarge
+from shared.errors import InvalidRequest, PayloadTooLarge, validation_message
 from shared.messages import monitoring as mon
 from shared.messages import monitoring_predictions as pred
 from shared.objectstore import BUCKET_MONITORING
@@ -133,9 +133,7 @@ def accepting_image_uploads(runtime: Runtime, route: Any, json_endpoint: Callabl
         try:  # checked before anything is staged: bad metadata leaves nothing behind
             command = route.model.model_validate({**metadata, "staged_key": staged})
         except ValidationError as exc:
-            from services.gateway.http import first_error
-
-            raise InvalidRequest(f"metadata {first_error(exc.errors(), 'metadata')}") from None
+            raise InvalidRequest(f"metadata {validation_message(exc.errors(), 'metadata')}") from None
         try:
             await runtime.objects.put_stream(BUCKET_MONITORING, staged, upload.file, length=size,
                                              content_type=upload.content_type or "application/octet-stream")

@@ -15,7 +15,7 @@ from services.gateway import handlers
 from services.gateway.openapi_body import request_schema
 from shared import subjects
 from shared.authz import Principal
-from shared.errors import InvalidRequest, NotFound
+from shared.errors import InvalidRequest, NotFound, validation_detail
 from shared.messages import monitoring as mon
 from shared.messages import monitoring_feedback as fb
 from shared.objectstore import BUCKET_MONITORING
@@ -66,7 +66,7 @@ def add_feedback_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_toke
             body = orjson.loads(raw) if raw.strip() else {}
             cmd = fb.PredictionImageQuery.model_validate(body)
         except (ValueError, UnicodeDecodeError, ValidationError) as exc:
-            detail = exc.errors()[0].get("msg", "invalid") if isinstance(exc, ValidationError) and exc.errors() \
+            detail = validation_detail(exc.errors()[0]) if isinstance(exc, ValidationError) and exc.errors() \
                 else "request body must be a JSON object"
             raise InvalidRequest(f"get_prediction_image takes {{deployment, prediction_id}}: {detail}") from None
         found = fb.PredictionImage.model_validate(await handlers.forward(

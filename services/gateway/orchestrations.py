@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from services.gateway import handlers, json_body
 from shared import subjects
 from shared.authz import Principal
-from shared.errors import InvalidRequest, PayloadTooLarge, RailyardError
+from shared.errors import InvalidRequest, PayloadTooLarge, RailyardError, validation_message
 from shared.messages import tasks as t
 from shared.objectstore import BUCKET_ORCHESTRATIONS
 from shared.service import Runtime
@@ -75,9 +75,7 @@ def add_orchestration_routes(app: FastAPI, runtime: Runtime, user_caller: Any, b
             command = t.UploadOrchestration.model_validate(
                 {"file_name": upload.filename or "orchestration.zip", **metadata, "staged_key": "staging/"})
         except ValidationError as exc:
-            first = exc.errors()[0] if exc.errors() else {}
-            where = ".".join(str(p) for p in first.get("loc", ())) or "metadata"
-            raise InvalidRequest(f"metadata {where}: {first.get('msg', 'invalid')}") from None
+            raise InvalidRequest(f"metadata {validation_message(exc.errors(), 'metadata')}") from None
         staged = staged_key(principal)  # the task scheduler takes it from this user and token scope only
         size = upload.size if upload.size is not None else -1
         await runtime.objects.put_stream(BUCKET_ORCHESTRATIONS, staged, upload.file, length=size)

@@ -36,7 +36,7 @@ from shared import images, subjects
 from shared.authz import Principal, require_user
 from shared.background import Sweeper
 from shared.bus import CallContext, command, publish_event, request
-from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError
+from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError, validation_detail
 from shared.messages.lineage import (
     AddDatasetFile,
     CreateProjectVersion,
@@ -163,7 +163,8 @@ def _check_format(truth: dict[str, Any], row: dict[str, Any], labels: list[str] 
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
-        raise InvalidRequest(f"ground_truth.{where}: {error['msg']} (boxes and polygons are integer pixels)") from None
+        raise InvalidRequest(f"ground_truth.{where}: {validation_detail(error)} (boxes and polygons are integer "
+                             "pixels)") from None
     images.check_prediction(fmt, row["height"], row["width"], "ground_truth", labels)
 
 

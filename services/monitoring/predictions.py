@@ -68,6 +68,7 @@ from shared.errors import (
     RailyardError,
     Unavailable,
     UpstreamTimeout,
+    validation_detail,
 )
 from shared.lean_imports import lazy_module
 from shared.messages.deployer import ListPipelines, Pipelines
@@ -180,8 +181,8 @@ def image_config(definition: dict[str, Any]) -> ImageConfig | None:
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
-        raise Conflict(f"the pipeline's image configuration is invalid ({where}: {error['msg']}): fix the 'image' "
-                       "of its model step (docs/monitoring.md)") from None
+        raise Conflict(f"the pipeline's image configuration is invalid ({where}: {validation_detail(error)}): fix the "
+                       "'image' of its model step (docs/monitoring.md)") from None
 
 
 def _ref_dict(ref: ModelVersionRef | None) -> dict[str, Any] | None:
@@ -210,14 +211,15 @@ def _formatted(row: PredictionRow) -> tuple[PredictionFormat, PredictionFormat |
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
-        raise ModelAnswerInvalid(f"the model's answer is not a PredictionFormat ({where}: {error['msg']}); nothing "
-                                 "was stored") from None
+        raise ModelAnswerInvalid(f"the model's answer is not a PredictionFormat ({where}: {validation_detail(error)}); "
+                                 "nothing was stored") from None
     if row.shadow_prediction is None:
         return prediction, None
     try:
         return prediction, PredictionFormat.model_validate(row.shadow_prediction)
     except ValidationError as exc:
-        log.warning("the shadow answer of deployment %s is left out: %s", row.deployment_id, exc.errors()[0]["msg"])
+        log.warning("the shadow answer of deployment %s is left out: %s", row.deployment_id,
+                    validation_detail(exc.errors()[0]))
         row.shadow_prediction = row.shadow_model_version = row.shadow_latency = None
         return prediction, None
 

@@ -8,8 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.deployer.handlers import _deployment_id
-from services.gateway.http import first_error
-from shared.errors import NotFound
+from shared.errors import NotFound, validation_message
 from shared.messages.assays import AssayConfig, GetBaseline
 from shared.messages.auth import ActivateUser, ListWorkspaceUsers
 from shared.messages.base import INT32, INT64, MAX_DEPTH
@@ -23,13 +22,13 @@ from shared.messages.tasks import RunTaskOnce
 def refusal(model, payload) -> str:
     with pytest.raises(ValidationError) as caught:
         model.model_validate(payload)
-    return first_error(caught.value.errors(), "body")
+    return validation_message(caught.value.errors())
 
 
 @pytest.mark.parametrize("value", [INT64[1] + 1, INT64[0] - 1, 2**100])
 def test_an_id_beyond_a_bigint_is_refused_naming_the_field(value):
     assert refusal(ListWorkspaceUsers, {"workspace_id": value}) == (
-        f"workspace_id: Value error, must be between {INT64[0]} and {INT64[1]}")
+        f"workspace_id: must be between {INT64[0]} and {INT64[1]}")
 
 
 def test_the_bigint_bounds_themselves_are_accepted():
@@ -38,10 +37,10 @@ def test_the_bigint_bounds_themselves_are_accepted():
 
 
 def test_a_nul_in_a_string_key_or_nested_value_is_refused():
-    assert refusal(ActivateUser, {"email": "a\x00@example.com"}).startswith("email: Value error, must not contain NUL")
+    assert refusal(ActivateUser, {"email": "a\x00@example.com"}).startswith("email: must not contain NUL")
     for definition in ({"steps": [{"name\x00": 1}]}, {"steps": [{"ModelInference": {"models": [{"name": "\x00"}]}}]}):
         assert refusal(CreatePipeline, {"pipeline_id": "p", "workspace_id": 1, "definition": definition}).startswith(
-            "definition: Value error, must not contain NUL")
+            "definition: must not contain NUL")
 
 
 def test_integers_inside_free_form_objects_are_data_and_keep_their_size():
@@ -78,13 +77,13 @@ def test_nesting_past_the_limit_is_refused_before_serialization_would_fail():
     assert fine.model_dump(mode="json")  # and it still travels
     # pydantic cannot serialize ~255 levels: the gateway answered 500 when it sent the command on
     assert refusal(CreatePipeline, {"pipeline_id": "p", "workspace_id": 1, "definition": {"x": nested(300)}}) == (
-        f"definition: Value error, is nested deeper than {MAX_DEPTH} levels")
+        f"definition: is nested deeper than {MAX_DEPTH} levels")
 
 
 @pytest.mark.parametrize(("payload", "said"), [
     ({"start": "0001-01-01T00:00:00+05:00"},
-     "start: Value error, 0001-01-01T00:00:00+05:00 is out of range once in UTC"),
-    ({"end": "9999-12-31T23:00:00-05:00"}, "end: Value error, 9999-12-31T23:00:00-05:00 is out of range once in UTC"),
+     "start: 0001-01-01T00:00:00+05:00 is out of range once in UTC"),
+    ({"end": "9999-12-31T23:00:00-05:00"}, "end: 9999-12-31T23:00:00-05:00 is out of range once in UTC"),
 ])
 def test_a_time_without_a_utc_form_is_refused_naming_the_field(payload, said):
     """Found by hand after a clean `make fuzz-api` (December 2026): the services convert every time to UTC, and
@@ -96,12 +95,12 @@ def test_a_time_without_a_utc_form_in_a_nested_model_is_named_by_its_path():
     window = {"pipeline": "p", "width": "1 hour", "start": "0001-01-01T00:00:00+01:00"}
     body = {"name": "a", "pipeline_id": 1, "pipeline_name": "p", "iopath": "output x 0", "workspace_id": 1,
             "baseline": {"Static": {"values": [1.0]}}, "window": window, "summarizer": {}, "alert_threshold": 1.0}
-    said = "window: Value error, start: 0001-01-01T00:00:00+01:00 is out of range"
+    said = "window: start: 0001-01-01T00:00:00+01:00 is out of range"
     assert refusal(AssayConfig, body).startswith(said)
     body["window"]["start"] = None
     body["baseline"] = {"Fixed": {"pipeline": "p", "start_at": "2020-01-01T00:00:00Z",
                                   "end_at": "9999-12-31T23:59:59-00:01"}}
-    assert refusal(AssayConfig, body).startswith("baseline: Value error, Fixed.end_at: 9999-12-31T23:59:59-00:01 is")
+    assert refusal(AssayConfig, body).startswith("baseline: Fixed.end_at: 9999-12-31T23:59:59-00:01 is")
 
 
 def test_the_earliest_and_latest_utc_times_and_naive_times_are_accepted():
@@ -120,13 +119,13 @@ def test_what_jsonb_refuses_in_a_free_form_value_is_refused_naming_the_field(lab
     # the bus's JSON decoder (the standard library) reads NaN, Infinity and "\ud800"; jsonb refuses them (22P02), which
     # a service answered with a 500 (tests/integration/test_bus_data_errors.py has the real jsonb)
     body = {"dataset_id": 1, "name": "a.png", "staged_key": "k", "labels": labels}
-    assert refusal(AddDatasetFile, body).startswith(f"labels: Value error, {said}")
+    assert refusal(AddDatasetFile, body).startswith(f"labels: {said}")
 
 
 def test_a_lone_surrogate_or_a_non_finite_number_is_refused_in_typed_fields_too():
     assert "lone surrogate" in refusal(ActivateUser, {"email": "\ud800@example.com"})
     assert refusal(GetStats, {"deployment": "d", "service": "ACCURACY", "from_timestamp": float("nan")}) == (
-        "from_timestamp: Value error, must be a finite number: nan cannot be stored")
+        "from_timestamp: must be a finite number: nan cannot be stored")
 
 
 def test_text_beyond_the_basic_plane_and_finite_numbers_are_kept():
