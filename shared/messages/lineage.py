@@ -112,12 +112,18 @@ class Datasets(Message):
     datasets: list[DatasetInfo]
 
 
+STAGED_UPLOAD_DESCRIPTION = (
+    "Key of the uploaded bytes in the datasets bucket, staging/<user id>/<uuid> (staging/<user id>/ws-<workspace id>/"
+    "<uuid> for a task run's token): staged for the caller by the HTTP upload (another user's key: 403; one staged "
+    "with another token scope: 403 out_of_scope).")
+
+
 class PutDatasetRows(Command):
     """Append to or replace a tabular dataset's rows with an Arrow IPC table staged in object storage (the
     gateway stages the upload; the service reads it, stores it content-addressed and deletes the staged copy)."""
 
     dataset_id: int
-    staged_key: str
+    staged_key: str = Field(description=STAGED_UPLOAD_DESCRIPTION)
     mode: Literal["append", "replace"] = "append"
 
 
@@ -134,7 +140,7 @@ class AddDatasetFile(Command):
 
     dataset_id: int
     name: str = Field(pattern=NAME_PATTERN)
-    staged_key: str
+    staged_key: str = Field(description=STAGED_UPLOAD_DESCRIPTION)
     labels: dict[str, Any] | list[Any] | None = None
 
 
@@ -223,7 +229,7 @@ class PutWorkspaceFile(Command):
 
     workspace_id: int
     path: str
-    staged_key: str
+    staged_key: str = Field(description=STAGED_UPLOAD_DESCRIPTION)
 
 
 class WorkspaceFileRef(Command):

@@ -20,7 +20,10 @@ class UploadOrchestration(Command):
     workspace_id: int
     name: str | None = Field(None, max_length=200)
     file_name: str = Field(min_length=1, max_length=300)
-    staged_key: str = Field(min_length=1, description="Railyard: where the gateway staged the upload.")
+    staged_key: str = Field(min_length=1, description=(
+        "Railyard: key of the uploaded zip in the orchestrations bucket, staging/<user id>/<uuid> "
+        "(staging/<user id>/ws-<workspace id>/<uuid> for a task run's token): staged for the caller by the HTTP "
+        "upload (another user's key: 403; one staged with another token scope: 403 out_of_scope)."))
 
 
 class OrchestrationCreated(Message):
