@@ -1,13 +1,18 @@
 """Where the CPU goes: per-process CPU time per request on a running embedded stack, for each format.
 
     python -m bench.cpu_account [--rows 1000] [--connections 4] [--seconds 5] [--forms records,Arrow,OIP v2]
-                                [--engine-config '{"log_policy": "off"}']
+                                [--engine-config '{"log_policy": "off"}'] [--spy 'log store'] [--pprof-nats]
+                                [--perf nats]
 
 Starts a fresh embedded stack, deploys ccfraud, and for each request format runs the load generator while
 reading every stack process's utime+stime from /proc before and after: the answer is microseconds of CPU per
 request in the gateway, the engine replica, nats-server, the log store, SeaweedFS, PostgreSQL and the load
 generator itself (this process), plus the throughput. CPU seconds, unlike wall-clock latencies, hardly depend
 on what else the 2-core machine is doing, so this is the tool for deciding where a change should go.
+`--pprof-nats` turns on nats-server's profiler (`RAILYARD_STACK__NATS_PROF_PORT`) and writes its CPU profile
+during each form's load to build/spy/nats-<form>.pprof, with `go tool pprof -top` of it beside (.txt);
+`--perf nats` records a role with `perf record -g` (build/spy/<role>-<form>.perf), which also sees the kernel's
+share (`perf report -i ... --no-children`).
 """
 from __future__ import annotations
 
@@ -15,8 +20,11 @@ import argparse
 import json
 import os
 import resource
+import socket
 import subprocess
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import uvloop
@@ -53,24 +61,53 @@ def _own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def account(root: int, run, spy: str = "", seconds: float = 5.0, label: str = ""
-            ) -> tuple[dict[str, float], float, int]:
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _nats_profile(url: str, seconds: int, label: str) -> threading.Thread:
+    def fetch() -> None:
+        out = SPY_DIR / f"nats-{label}.pprof"
+        out.write_bytes(urllib.request.urlopen(f"{url}profile?seconds={seconds}", timeout=seconds + 30).read())
+        top = subprocess.run(["go", "tool", "pprof", "-top", "-nodecount=60", str(out)], capture_output=True,
+                             text=True)
+        cum = subprocess.run(["go", "tool", "pprof", "-top", "-cum", "-nodecount=60", str(out)],
+                             capture_output=True, text=True)
+        (SPY_DIR / f"nats-{label}.txt").write_text(top.stdout + top.stderr + "\n\n" + cum.stdout)
+
+    thread = threading.Thread(target=fetch)
+    thread.start()
+    return thread
+
+
+def account(root: int, run, spy: str = "", seconds: float = 5.0, label: str = "", pprof: str = "",
+            perf: str = "") -> tuple[dict[str, float], float, int]:
     pids = descendants(root)
     before = {pid: _cpu(pid) for pid in pids}
-    if spy:
+    if spy or perf:
         SPY_DIR.mkdir(parents=True, exist_ok=True)
     profilers = [subprocess.Popen([PY_SPY, "record", "-p", str(pid), "-d", str(max(1, int(seconds) - 1)),
                                    "-r", "250", "-f", "raw", "--nonblocking",
                                    "-o", str(SPY_DIR / f"{role.replace(' ', '_')}-{label}.txt")],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for pid in pids if spy and (role := _role(pid)) in spy.split(",")]
+    profilers += [subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-g", "-q", "-p", str(pid),
+                                    "-o", str(SPY_DIR / f"{role.replace(' ', '_')}-{label}.perf"),
+                                    "--", "sleep", str(max(1, int(seconds) - 1))],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                  for pid in pids if perf and (role := _role(pid)) in perf.split(",")]
+    if pprof:
+        SPY_DIR.mkdir(parents=True, exist_ok=True)
+        profilers.append(_nats_profile(pprof, max(1, int(seconds) - 1), label))
     own = _own_cpu()
     started = time.perf_counter()
     count = run()
     wall = time.perf_counter() - started
     time.sleep(1.5)  # what the log path does after the load belongs to it
     for profiler in profilers:
-        profiler.wait()
+        profiler.join() if isinstance(profiler, threading.Thread) else profiler.wait()
     roles: dict[str, float] = {"loadgen": _own_cpu() - own}
     for pid in pids:
         roles[_role(pid)] = roles.get(_role(pid), 0.0) + _cpu(pid) - before[pid]
@@ -86,7 +123,15 @@ def main() -> None:
     parser.add_argument("--engine-config", default="{}")
     parser.add_argument("--env", action="append", default=[], help="RAILYARD_...=value for the whole stack")
     parser.add_argument("--spy", default="", help="roles to profile with py-spy, e.g. 'gateway,engine replica'")
+    parser.add_argument("--pprof-nats", action="store_true", help="nats-server's own CPU profile per form")
+    parser.add_argument("--perf", default="", help="roles to record with `perf record -g` (kernel time too), "
+                                                   "e.g. 'nats'")
     args = parser.parse_args()
+    pprof = ""
+    if args.pprof_nats:
+        port = free_port()
+        args.env.append(f"RAILYARD_STACK__NATS_PROF_PORT={port}")
+        pprof = f"http://127.0.0.1:{port}/debug/pprof/"
     with ccfraud_stack("railyard-cpu-", args.env) as (stack, deployer):
         targets = deployer.targets(deployer.deploy("cpu", ["ccfraud"], json.loads(args.engine_config)))
         for form in args.forms.split(","):
@@ -99,7 +144,8 @@ def main() -> None:
                 rate = uvloop.run(loadgen.concurrent(url, request, args.connections, args.seconds))
                 return round(rate * args.seconds)
 
-            roles, wall, count = account(stack.process.pid, run, args.spy, args.seconds, form.replace(' ', ''))
+            roles, wall, count = account(stack.process.pid, run, args.spy, args.seconds, form.replace(' ', ''),
+                                         pprof, args.perf)
             print(f"\n{form}: {args.rows} rows x {args.connections} connections: {count / wall:,.0f} req/s, "
                   f"{count * args.rows / wall:,.0f} rows/s; CPU per request (us):")
             total = 0.0

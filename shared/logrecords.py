@@ -104,6 +104,68 @@ def build_batch(records: list[InferenceRecord], pipeline_version: str) -> pa.Tab
     return pa.table(columns)
 
 
+RUN_COLUMNS = (TIME, META_LAST_MODEL, META_VERSION, META_ELAPSED)  # one value for all the rows of a record
+MIN_RUN_ROWS = 64
+
+
+def encode_runs(table: pa.Table, counts: Iterable[int]) -> pa.Table:
+    """The bus form of a log table whose consecutive records had `counts` rows each: the columns that hold one
+    value per record (RUN_COLUMNS) as run-end encoded arrays, a value per record instead of one per row, and
+    `metadata.dropped` as one run when no row lost a column. For ccfraud's log rows that is 40 of a row's 160
+    bytes (time, the two dictionary indices, the elapsed list and the two lists' offsets), which nats-server
+    would otherwise read, copy, checksum, write to its file store and deliver for every row (docs/performance.md,
+    item 19). Records shorter than MIN_RUN_ROWS rows on average (batch-1 traffic) stay as they are: there the
+    runs' own buffers cost about what they save. `expand_runs` turns them back."""
+    lengths = np.fromiter(counts, np.int64)
+    lengths = lengths[lengths > 0]
+    if len(lengths) == 0 or int(lengths.sum()) != table.num_rows or table.num_rows < MIN_RUN_ROWS * len(lengths):
+        return table
+    ends = np.cumsum(lengths)
+    run_ends, starts = pa.array(ends.astype(np.int32)), pa.array(ends - lengths)
+    for name in RUN_COLUMNS:
+        index = table.schema.get_field_index(name)
+        if index >= 0:
+            encoded = pa.RunEndEncodedArray.from_arrays(run_ends, table.column(index).combine_chunks().take(starts))
+            table = _set_encoded(table, index, encoded)
+    index = table.schema.get_field_index(META_DROPPED)
+    if index >= 0:  # no row lost a column (the usual case): one run of the empty list
+        dropped = table.column(index).combine_chunks()
+        if not dropped.null_count and len(dropped.flatten()) == 0:
+            table = _set_encoded(table, index, pa.RunEndEncodedArray.from_arrays(
+                pa.array([table.num_rows], pa.int32()), dropped.slice(0, 1)))
+    return table
+
+
+def _set_encoded(table: pa.Table, index: int, column: pa.Array) -> pa.Table:
+    field_ = table.schema.field(index)
+    return table.set_column(index, pa.field(field_.name, column.type, field_.nullable, field_.metadata), column)
+
+
+def expand_runs(table: pa.Table) -> pa.Table:
+    """A log table as it came off the bus with every run-end encoded column (`encode_runs`) dense again, of its
+    values' type; a table without any passes as it is."""
+    decoded: dict[int, tuple[tuple[int, int], pa.Array, pa.Array]] = {}  # chunk -> (slice, run ends, positions)
+    for index, field_ in enumerate(table.schema):
+        if not pa.types.is_run_end_encoded(field_.type):
+            continue
+        chunks = []
+        for number, chunk in enumerate(table.column(index).chunks):
+            known = decoded.get(number)
+            if known is not None and known[0] == (chunk.offset, len(chunk)) and known[1].equals(chunk.run_ends):
+                rows = known[2]  # the columns of one record batch share their runs: decoded once
+            else:
+                # which value each row takes, by decoding runs of value positions (any value type, dictionaries
+                # included, and a sliced array)
+                runs = pa.RunEndEncodedArray.from_arrays(chunk.run_ends, pa.array(np.arange(len(chunk.values),
+                                                                                           dtype=np.int32)))
+                rows = pc.run_end_decode(runs.slice(chunk.offset, len(chunk)))
+                decoded[number] = ((chunk.offset, len(chunk)), chunk.run_ends, rows)
+            chunks.append(chunk.values.take(rows))
+        kind = field_.type.value_type
+        table = _set_encoded(table, index, pa.chunked_array(chunks, kind))
+    return table
+
+
 def group_records(records: Iterable[InferenceRecord]) -> list[list[InferenceRecord]]:
     """Records split into runs of one schema, keeping their order within each run."""
     groups: dict[tuple, list[InferenceRecord]] = {}

@@ -290,6 +290,8 @@ class StackSettings(BaseModel):
     nats_sync_interval: str = Field("always", description="JetStream's sync_interval: `always` fsyncs every write "
                                     "before it is acknowledged (an acknowledged record survives a host crash), or a "
                                     "duration such as `2m` (NATS's default: faster, loses up to that much on a crash).")
+    nats_prof_port: int = Field(0, description="nats-server's profiler (pprof over HTTP, `prof_port`) on this port, "
+                                "for profiling (bench/cpu_account.py --pprof-nats); 0: off.")
     postgres_port: int = Field(15432, description="PostgreSQL port.")
     s3_port: int = Field(18333, description="S3 API port of the SeaweedFS gateway.")
     weed_master_port: int = Field(19333, description="SeaweedFS master port.")

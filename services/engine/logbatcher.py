@@ -36,6 +36,7 @@ from shared.logrecords import (
     InferenceRecord,
     build_batch,
     drop_oversized,
+    encode_runs,
     group_records,
     log_header,
     log_subject,
@@ -156,6 +157,7 @@ class LogBatcher:
                     once[record.request_id] = [row, record.inputs.num_rows]
                 row += record.inputs.num_rows
             table = drop_oversized(build_batch(group, self.version), self.settings.max_row_bytes)
+            table = encode_runs(table, (record.inputs.num_rows for record in group))  # a value per record
             payloads += self._split(table, 0, once)
         return payloads
 

@@ -46,6 +46,7 @@ from shared.logrecords import (
     TIME,
     check_dataset_names,
     dropped_columns,
+    expand_runs,
     model_name_of,
     schema_fingerprint,
     storage_order,
@@ -119,7 +120,7 @@ def parse_batch(msg: Any, probe: bool = False) -> Batch:
     headers = msg.headers or {}
     try:
         meta = json.loads(headers[LOG_HEADER])
-        table = storage_order(pa.ipc.open_stream(pa.py_buffer(msg.data)).read_all())
+        table = storage_order(expand_runs(pa.ipc.open_stream(pa.py_buffer(msg.data)).read_all()))
         if TIME not in table.column_names or table.num_rows == 0:
             raise ValueError("no rows or no time column")
         if not pa.types.is_integer(table.schema.field(TIME).type):

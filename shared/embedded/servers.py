@@ -134,7 +134,8 @@ def nats_server(cfg: StackSettings, data_dir: Path) -> ServerSpec:
     # sync_interval `always`: JetStream fsyncs a write before acknowledging it, so an acknowledged inference
     # log batch or event survives a host crash (NATS's default fsyncs every 2 minutes); docs/logs.md has its cost
     sync = cfg.nats_sync_interval if cfg.nats_sync_interval == "always" else json.dumps(cfg.nats_sync_interval)
-    config.write_text(f"max_payload: {NATS_MAX_PAYLOAD}\njetstream {{\n  sync_interval: {sync}\n}}\n")
+    profiler = f"prof_port: {cfg.nats_prof_port}\n" if cfg.nats_prof_port else ""
+    config.write_text(f"max_payload: {NATS_MAX_PAYLOAD}\n{profiler}jetstream {{\n  sync_interval: {sync}\n}}\n")
     return ServerSpec(
         name="nats",
         ports={"client": cfg.nats_port, "monitor": cfg.nats_monitor_port},

@@ -160,3 +160,45 @@ def test_a_json_log_page_prints_float32_in_its_shortest_form_and_answers_keep_th
     table = build_batch([InferenceRecord(1, pa.table({"tensor": tensor}), outputs, "m", (1, 2))], "v")
     text = orjson.dumps(seed_rows(table), option=orjson.OPT_SERIALIZE_NUMPY)
     assert b'"in":{"tensor":[0.1,0.33333334]},"out":{"y":0.1}' in text and b"0.1000000014" not in text
+
+
+def test_per_record_columns_travel_as_runs_and_come_back_as_they_were():
+    """docs/performance.md item 19: the engine sends time and the metadata a value per record (run-end encoded),
+    the log store's parse_batch turns them back: the same table as build_batch made, through IPC, sliced (the
+    batcher halves a batch above the bus limit), with dictionaries, a row that lost a column, and batch-1
+    records (left dense: the runs would not pay)."""
+    from types import SimpleNamespace
+
+    from services.log_store.handlers import parse_batch
+    from shared.arrow_codec import to_ipc_stream
+    from shared.logrecords import LOG_HEADER, encode_runs, expand_runs, log_header
+
+    def records(sizes: list[int]) -> list[InferenceRecord]:
+        rng = np.random.default_rng(len(sizes))
+        return [InferenceRecord(1_000 + i, pa.table({"tensor": tensor_array(rng.random((n, 3), np.float32))}),
+                                pa.table({"y": tensor_array(rng.random((n, 1), np.float32))}), f"m{i % 2}",
+                                (10 + i, 20 + i)) for i, n in enumerate(sizes)]
+
+    sizes = [1000, 0, 300, 1000]
+    table = build_batch(records(sizes), "v1")
+    sent = encode_runs(table, sizes)
+    encoded = [f.name for f in sent.schema if pa.types.is_run_end_encoded(f.type)]
+    assert encoded == ["time", "metadata.last_model", "metadata.pipeline_version", "metadata.elapsed",
+                       "metadata.dropped"]
+    assert len(to_ipc_stream(sent)) < 0.85 * len(to_ipc_stream(table))
+    for start, length in ((0, table.num_rows), (999, 302), (1299, 1), (700, 1600)):
+        payload = to_ipc_stream(sent.slice(start, length))
+        back = expand_runs(pa.ipc.open_stream(payload).read_all())
+        assert back.equals(table.slice(start, length)) and back.schema.equals(table.schema)
+        msg = SimpleNamespace(data=payload, subject="logs.inference.d", metadata=None,
+                              headers={LOG_HEADER: log_header(1, "p", "d", "v1"), "Railyard-Batch-Id": "b"})
+        assert parse_batch(msg).table.column("metadata.last_model").to_pylist() == \
+            table.slice(start, length).column("metadata.last_model").to_pylist()
+
+    wide = drop_oversized(build_batch(records([100, 100]), "v1"), 40)  # every row loses its tensor
+    sent = encode_runs(wide, [100, 100])
+    assert not pa.types.is_run_end_encoded(sent.schema.field("metadata.dropped").type)
+    assert expand_runs(pa.ipc.open_stream(to_ipc_stream(sent)).read_all()).equals(wide)
+
+    single = build_batch(records([1, 1, 2]), "v1")
+    assert encode_runs(single, [1, 1, 2]) is single
