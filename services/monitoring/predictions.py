@@ -424,7 +424,10 @@ async def _ml_backend(deps: MonitoringDeps, token: str | None, view: DeploymentV
     except BaseException:
         challenger.cancel()
         raise
-    return backend, _ChallengerLabeling(shadow, await challenger) if backend is not None else None
+    if backend is None:  # no ML backend: its challenger's labeling is not needed
+        challenger.cancel()
+        return None, None
+    return backend, _ChallengerLabeling(shadow, await challenger)
 
 
 async def _challenger_labeling(deps: MonitoringDeps, token: str | None, view: DeploymentView, shadow: ModelVersionRef,

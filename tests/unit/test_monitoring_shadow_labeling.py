@@ -136,6 +136,12 @@ def test_without_a_shadow_or_as_no_backend_nothing_more_is_kept(registry):
         assert await ask(fake, view()) == (FOUND, None)
         assert fake.started == ["squares"]
         fake = registry({"squares": None, "rival": SPOTTED})
-        assert await ask(fake, view(RIVAL)) == (None, None)  # no ML backend: its challenger's labeling is not used
+        task = asyncio.ensure_future(predictions._ml_backend(None, "token", view(RIVAL)))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        fake.gates["squares"].set()  # no ML backend: its challenger's lookup, still waiting, is stopped
+        assert await task == (None, None)
+        await asyncio.sleep(0)
+        assert fake.cancelled == ["rival"]
 
     asyncio.run(main())
