@@ -208,7 +208,7 @@ def stack_directory() -> Iterator[Path]:
 def start_stack(data_dir: Path, env: dict[str, str] | None = None) -> RunningStack:
     env = env or stack_env(data_dir)
     output = data_dir.parent / f"{data_dir.name}-up.log"
-    handle = open(output, "ab")  # noqa: SIM115 - the child writes to it for its whole life
-    process = subprocess.Popen([sys.executable, "-m", "shared.cli", "up"], cwd=REPO, env=env,
-                               stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    with open(output, "ab") as handle:  # the child writes to its own copy of the descriptor for its whole life
+        process = subprocess.Popen([sys.executable, "-m", "shared.cli", "up"], cwd=REPO, env=env,
+                                   stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     return RunningStack(process=process, data_dir=data_dir, env=env, output=output)

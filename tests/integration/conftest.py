@@ -37,7 +37,8 @@ def admin(stack) -> RailyardClient:
     client = client_for(stack)
     secrets = stack.secrets()
     client.login(secrets["admin_username"], secrets["admin_password"])
-    return client
+    yield client
+    client.close()
 
 
 def make_account(stack, admin: RailyardClient, prefix: str = "user") -> Account:
@@ -96,6 +97,7 @@ def alice(stack, admin) -> Account:
     account = make_account(stack, admin, "alice")
     yield account
     undeploy_all(stack, account)
+    account.client.close()  # its HTTP connections, else left to the garbage collector (ResourceWarning)
 
 
 @pytest.fixture
@@ -103,6 +105,7 @@ def bob(stack, admin) -> Account:
     account = make_account(stack, admin, "bob")
     yield account
     undeploy_all(stack, account)
+    account.client.close()  # its HTTP connections, else left to the garbage collector (ResourceWarning)
 
 
 def post(stack, path: str, token: str | None, body=None, **kwargs) -> httpx.Response:

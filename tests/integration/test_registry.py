@@ -14,6 +14,7 @@ import onnxruntime as ort
 import psutil
 import pytest
 import requests
+import urllib3
 from minio import Minio
 
 from shared.objectstore import content_key
@@ -54,13 +55,14 @@ def model_id_of(response) -> int:
     return response.json()["insert_models"]["returning"][0]["models"][0]["id"]
 
 
-def s3(stack) -> Minio:
+def s3(stack, http: urllib3.PoolManager | None = None) -> Minio:
     settings = stack.settings().s3
-    return Minio(settings.endpoint, settings.access_key, settings.secret_key, secure=False)
+    return Minio(settings.endpoint, settings.access_key, settings.secret_key, secure=False, http_client=http)
 
 
 def artifact_keys(stack) -> set[str]:
-    return {o.object_name for o in s3(stack).list_objects("railyard-artifacts", recursive=True)}
+    with urllib3.PoolManager() as http:  # closed here: a client's own pool leaves its socket to the GC
+        return {o.object_name for o in s3(stack, http).list_objects("railyard-artifacts", recursive=True)}
 
 
 def byop_zip(*, requirements=True, classes=("Inference", "InferenceBuilder"), extra: dict | None = None) -> bytes:

@@ -130,8 +130,9 @@ def deployments(stack, admin):
             stack, account, name, {"steps": [{"ModelInference": {"models": [{"name": model}]}}]})
         urls[name] = (deployment, url)
     yield {"mallory": mallory, "victim": victim, "urls": urls}
-    undeploy_all(stack, mallory)
-    undeploy_all(stack, victim)
+    for account in (mallory, victim):
+        undeploy_all(stack, account)
+        account.client.close()  # its HTTP connections, else left to the garbage collector (ResourceWarning)
 
 
 def platform_ports(stack) -> list[int]:
