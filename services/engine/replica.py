@@ -70,6 +70,21 @@ class Step:
         self.runtimes = runtimes
         self.weights = spec.get("weights")
         self.hash_key = spec.get("hash_key")
+        # the columns some model of the step may take: ONNX models declare theirs, users' code (an ML backend,
+        # a BYOP or Python step) does not, so with one of those in the step any column may be its
+        self._undeclared = any(not isinstance(r, OnnxRuntime) for r in runtimes)
+        self._declared = {name for r in runtimes if isinstance(r, OnnxRuntime) for name, _, _ in r.inputs}
+
+    def _columns_for(self, runtime: Any, table: pa.Table) -> pa.Table:
+        """What one model of a step of several (a champion, a challenger, an A/B arm) is given: an ONNX model only
+        the columns it takes, when the others may be another model's of the step (an ONNX champion next to an ML
+        backend challenger, which reads `task`, refused every request as an unexpected column). A column no model of
+        the step takes is still refused (OnnxRuntime.check_columns); a step of one model is given the table."""
+        if len(self.runtimes) < 2 or not isinstance(runtime, OnnxRuntime):
+            return table
+        own = {name for name, _, _ in runtime.inputs}
+        others = [c for c in table.column_names if c not in own and (self._undeclared or c in self._declared)]
+        return table.drop_columns(others) if others else table
 
     @property
     def model(self) -> dict[str, Any]:
@@ -97,14 +112,14 @@ class Step:
             model = self.models[chosen]
             inputs = table.drop_columns([self.hash_key]) if self.hash_key in table.column_names and \
                 self.hash_key not in {n for n, _, _ in self.runtimes[chosen].inputs} else table
-            output = self.runtimes[chosen].predict(inputs)
+            output = self.runtimes[chosen].predict(self._columns_for(self.runtimes[chosen], inputs))
             split = json.dumps({"name": model["name"], "version": model["model_version"], "sha": model["sha"]})
             output = output.append_column("_model_split", pa.array([[split]] * output.num_rows,
                                                                    pa.list_(pa.string())))
             return output, model, []
-        output = self.runtimes[0].predict(table)
-        shadows = [(m["name"], r, table) for m, r in zip(self.models[1:], self.runtimes[1:], strict=True)] \
-            if self.kind == "ShadowDeploy" else []
+        output = self.runtimes[0].predict(self._columns_for(self.runtimes[0], table))
+        shadows = [(m["name"], r, self._columns_for(r, table)) for m, r in
+                   zip(self.models[1:], self.runtimes[1:], strict=True)] if self.kind == "ShadowDeploy" else []
         return output, self.model, shadows
 
 

@@ -449,6 +449,11 @@ async def _prepare_predict(deps: MonitoringDeps, cmd: PredictImage, view: Deploy
     height, width = img.height, img.width
     config = image_config(view.definition)
     if config is None:
+        if backend is None and _model_step(view.definition) is None and any(
+                "RandomSplit" in step for step in view.definition.get("steps", [])):
+            raise Conflict(f"deployment {cmd.deployment!r} splits its requests between models (RandomSplit): predict "
+                           "on images keeps one model's predictions, so it needs a ModelInference or ShadowDeploy "
+                           "step; an A/B split is served through the deployment's inference URL")
         if backend is None:
             raise Conflict(f"deployment {cmd.deployment!r} has no image configuration: give its pipeline's model step "
                            "an 'image' (how images become the model's input, see docs/monitoring.md) to predict on "

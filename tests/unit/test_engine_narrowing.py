@@ -160,3 +160,24 @@ def test_an_ab_splits_hash_key_is_not_narrowed(tmp_path, ccfraud):
     assert first_step_narrowing([plain]) == {"tensor": pa.float32()}
     assert first_step_narrowing([keyed]) == {}  # the key's value as sent picks the arm
     assert first_step_narrowing([]) == {}
+
+
+def test_an_onnx_model_among_several_takes_its_own_columns_and_a_column_no_model_takes_is_refused(tmp_path, ccfraud):
+    """An ONNX champion next to users' code (an ML backend reading `task`, which declares no inputs) is given its
+    tensor alone; in an all-ONNX step a column none of its models takes is still a 400."""
+    from services.engine.replica import Step
+    from shared.errors import InvalidRequest
+
+    class Backend:  # a sandboxed runtime's face: it declares no inputs
+        inputs: list = []
+
+    models = [{"name": "champion"}, {"name": "challenger"}]
+    rows = np.zeros((1, 29), np.float32)
+    table = pa.table({"tensor": tensor_array(rows), "task": ['{"data": {}}']})
+    shadowed = Step({"kind": "ShadowDeploy", "models": models}, [ccfraud, Backend()])
+    output, answered, shadows = shadowed.run(table)
+    assert answered["name"] == "champion" and output.num_rows == 1
+    assert [(name, work.column_names) for name, _, work in shadows] == [("challenger", ["tensor", "task"])]
+    onnx_only = Step({"kind": "ShadowDeploy", "models": models}, [ccfraud, ccfraud])
+    with pytest.raises(InvalidRequest, match=r"unexpected columns \['task'\]"):
+        onnx_only.run(table)
