@@ -240,6 +240,11 @@ def drop_oversized(table: pa.Table, max_row_bytes: int) -> pa.Table:
     `time` and metadata always stay, and each row's `metadata.dropped` lists what it lost."""
     if table.num_rows == 0 or table.nbytes <= max_row_bytes:
         return table
+    # no row can be above the fixed-width columns' row size plus all of the other columns' bytes: a batch of
+    # small rows is not sized row by row (its list and dictionary columns were 3 % of a replica's samples)
+    widths = [_fixed_width(kind) for kind in table.schema.types]
+    if sum(w if w is not None else table.column(i).nbytes for i, w in enumerate(widths)) <= max_row_bytes:
+        return table
     sizes = {name: row_sizes(table.column(name)) for name in table.column_names}
     total = sum(sizes.values())
     over = np.nonzero(total > max_row_bytes)[0]
