@@ -129,10 +129,13 @@ async def labeling(deps: handlers.MonitoringDeps, token: str | None, workspace_i
     return found
 
 
-def task_json(labeling_: BackendLabeling, data: bytes, content_type: str) -> str:
-    """The Label Studio task that asks the backend about one image (its bytes as a data URI)."""
+def task_json(labeling_: BackendLabeling, data: bytes, content_type: str, *also: BackendLabeling) -> str:
+    """The Label Studio task that asks the backend about one image (its bytes as a data URI). `also`: other
+    backends that may answer it (an A/B split's arms), whose image objects may read the task's data under another
+    value: the image is there under each one."""
     uri = f"data:{content_type};base64,{base64.b64encode(data).decode()}"
-    return json.dumps({"id": 0, "data": {labeling_.value: uri}})
+    return json.dumps({"id": 0, "data": {value: uri for value in dict.fromkeys(
+        [labeling_.value, *(one.value for one in also)])}})
 
 
 class BackendAnswerInvalid(RailyardError):

@@ -4,11 +4,14 @@ predict: the deployment is resolved with the caller's token (another workspace's
 image decoded (PNG/JPEG), turned into the model's input by the image configuration of the pipeline's model step
 (key `image`, `ImageConfig`), and sent to the deployment's engine replicas over the bus, as the gateway sends an
 inference (it is logged like one). With a shadow challenger the request asks the engine to run it before answering
-(`Railyard-Shadows: inline`), so the answer holds both outputs. The outputs become the seed's PredictionFormat
-(min_threshold drops low-scoring boxes; at most MAX_DETECTIONS entries, the best scoring), checked as one before
-anything is written (an answer that is not one is the model's `inference_failed`, nothing stored), then the image is
-stored content-addressed (`images/<sha256>` in the monitoring bucket), then the row, then
-`events.monitoring.prediction_created` is published.
+(`Railyard-Shadows: inline`), so the answer holds both outputs. An A/B split (a `RandomSplit` holding the models)
+is sent the same request: the engine's split picks the arm, as for any inference, and the prediction is recorded under
+the model version the answer's `_model_split` names (ML-backend arms: each read with its own labeling config's
+control, as the first arm's kind and class ids; a split by `hash_key` is a 409, an image has no key). The outputs
+become the seed's PredictionFormat (min_threshold drops low-scoring boxes; at most MAX_DETECTIONS entries, the best
+scoring), checked as one before anything is written (an answer that is not one is the model's `inference_failed`,
+nothing stored), then the image is stored content-addressed (`images/<sha256>` in the monitoring bucket), then the
+row, then `events.monitoring.prediction_created` is published.
 
 monitor: the same without the engine: the caller's PredictionFormat is checked strictly first, and nothing (no
 image, no row) is written when anything is wrong.
@@ -38,7 +41,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +58,7 @@ from services.monitoring.handlers import (
     _current_shadow,
     _deployment,
     _model_step,
+    _ref,
 )
 from services.monitoring.predictions_store import PredictionRow, insert_prediction
 from shared import images, subjects
@@ -106,6 +110,7 @@ else:  # imported by the first prediction (~12 MiB of RSS the idle monitoring se
 NAME = "monitoring"
 log = logging.getLogger("railyard.monitoring.predictions")
 ENGINE_TIMEOUT = 30.0
+SPLIT_COLUMN = "_model_split"  # the engine's RandomSplit names the arm that answered in this column (JSON)
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC).timestamp()  # monitor's timestamps before this are refused
 LATEST_AHEAD = 86_400.0  # seconds a monitor timestamp may be ahead of the service's clock
 # how `_image` refuses a staged key (shared/staging.py check_staged): worded for the images the gateway stages
@@ -170,10 +175,31 @@ def _check_tags(tags: list[str]) -> list[str]:
     return list(dict.fromkeys(tags))
 
 
+def _split_step(definition: dict[str, Any]) -> dict[str, Any] | None:
+    """The body of the A/B split that holds the deployment's models: its first `RandomSplit` step, when no
+    ShadowDeploy or ModelInference step does (None otherwise)."""
+    if _model_step(definition) is not None:
+        return None
+    for step in definition.get("steps", []):
+        kind, body = next(iter(step.items()))
+        if kind == "RandomSplit" and isinstance(body, dict):
+            return body
+    return None
+
+
+def split_arms(definition: dict[str, Any]) -> list[ModelVersionRef] | None:
+    """The models of the deployment's A/B split (its arms, as the definition names them); None without a split."""
+    body = _split_step(definition)
+    if body is None:
+        return None
+    return [ref for model in body.get("models") or [] if (ref := _ref(model)) is not None]
+
+
 def image_config(definition: dict[str, Any]) -> ImageConfig | None:
-    """The image configuration of the pipeline's model step (None without one); Conflict when it is malformed."""
+    """The image configuration of the pipeline's model step, or of its A/B split (None without one); Conflict when
+    it is malformed."""
     step = _model_step(definition)
-    raw = step[1].get("image") if step else None
+    raw = step[1].get("image") if step else (_split_step(definition) or {}).get("image")
     if raw is None:
         return None
     try:
@@ -306,7 +332,7 @@ def _row_outputs(table: pa.Table, prefix: str | None) -> dict[str, np.ndarray]:
     (`out_<name>.` columns, the prefix removed)."""
     found = {}
     for name in table.column_names:
-        if prefix is None and not name.startswith("out_"):
+        if prefix is None and not name.startswith("out_") and name != SPLIT_COLUMN:
             found[name] = np.asarray(table.column(name)[0].as_py())
         elif prefix is not None and name.startswith(prefix):
             found[name[len(prefix):]] = np.asarray(table.column(name)[0].as_py())
@@ -334,6 +360,19 @@ async def _served(deps: MonitoringDeps, token: str | None, view: DeploymentView,
                               ListPipelines(workspace_id=view.route.workspace_id), token=token, timeout=deps.timeout,
                               reply_model=Pipelines)
     return served_definition(pipelines, view.pipeline_id, str(served)) or view.definition
+
+
+def _split_answered(answer: pa.Table) -> dict[str, Any] | None:
+    """The arm of an A/B split that answered, as the engine names it in `_model_split` ({name, version, sha} of the
+    model version it served); None when the answer has no such column (no split) or it names nothing readable."""
+    if SPLIT_COLUMN not in answer.column_names or answer.num_rows == 0:
+        return None
+    named = answer.column(SPLIT_COLUMN)[0].as_py()
+    try:
+        arm = ModelVersionRef.model_validate_json(named[0] if isinstance(named, list) else named)
+    except (ValidationError, TypeError, IndexError):
+        return None
+    return arm.model_dump()
 
 
 def _answered_by(meta: dict[str, Any], champion: ModelVersionRef | None) -> dict[str, Any] | None:
@@ -364,9 +403,15 @@ async def _predict(deps: MonitoringDeps, principal: Principal, token: str | None
     received = datetime.now(UTC)
     # before the slot: the ML backend's labeling asks the registry and reads the artifact, which the image's decode
     # does not need; inside the slot, a slow registry held every image predict and monitor waiting
-    backend, challenger = await _ml_backend(deps, token, view)
+    _check_split(view)
+    arms = split_arms(view.definition) if image_config(view.definition) is None else None
+    challenger = None
+    if arms:  # an A/B split of ML backends: the engine's RandomSplit picks the arm that answers
+        backend, backend_arms = await _split_backends(deps, token, view, arms)
+    else:
+        (backend, challenger), backend_arms = await _ml_backend(deps, token, view), []
     async with deps.image_slots:  # the decoded image and its copies, until only its measures are left
-        prepared = await _prepare_predict(deps, cmd, view, data, backend)
+        prepared = await _prepare_predict(deps, cmd, view, data, backend, backend_arms)
     prepared.challenger = challenger
     return await _predict_prepared(deps, token, cmd, view, data, tags, received, prepared, owner=principal)
 
@@ -386,6 +431,8 @@ class _PreparedImage:
     by_reference: bool  # the table goes to the engine through object storage (an ML backend's base64 task)
     backend: ml_backend_predictions.BackendLabeling | None = None  # the champion's, when it is an ML backend
     challenger: _ChallengerLabeling | None = None  # the shadow's, asked for alongside the champion's
+    arms: list[tuple[ModelVersionRef, ml_backend_predictions.BackendLabeling]] = field(default_factory=list)
+    """An A/B split of ML backends: each arm's labeling (`backend` is the first arm's: its kind and class ids)."""
 
 
 @dataclass
@@ -430,6 +477,57 @@ async def _ml_backend(deps: MonitoringDeps, token: str | None, view: DeploymentV
     return backend, _ChallengerLabeling(shadow, await challenger)
 
 
+def _check_split(view: DeploymentView) -> None:
+    """Conflict when the deployment's A/B split picks its arm by a column's value (`hash_key`): an image has none,
+    and the engine would refuse every request for lacking it."""
+    body = _split_step(view.definition)
+    if body is not None and body.get("hash_key"):
+        raise Conflict(f"deployment {view.route.name!r} picks the arm of its A/B split by the {body['hash_key']!r} "
+                       "column, which an image has not: predict on images needs a split by weight (no hash_key)")
+
+
+async def _split_backends(deps: MonitoringDeps, token: str | None, view: DeploymentView, arms: list[ModelVersionRef],
+                          ) -> tuple[ml_backend_predictions.BackendLabeling | None,
+                                     list[tuple[ModelVersionRef, ml_backend_predictions.BackendLabeling]]]:
+    """The labelings of an A/B split's arms, looked up side by side: (the first arm's, every arm's) when every arm
+    is an ML backend, (None, []) when none is. The first arm's kind and labels are the prediction's whichever arm
+    answers (stats and reviews compare one deployment's predictions by class id), so the others must answer the
+    same kind with labels among the first's; a mix of ML backends and other models, or arms that disagree, is a
+    Conflict before anything runs (refused every time, not on the requests that reach one arm)."""
+    workspace_id, name = view.route.workspace_id, view.route.name
+    found = await asyncio.gather(*(ml_backend_predictions.labeling(deps, token, workspace_id, arm) for arm in arms))
+    if all(one is None for one in found):
+        return None, []
+    first_arm, first = arms[0], found[0]
+    for arm, one in zip(arms, found, strict=True):
+        if one is None:
+            raise Conflict(f"deployment {name!r} splits its requests between ML backends and model {arm.name!r}, "
+                           "which is not one: predict on images reads every arm's answer as an ML backend's; split "
+                           "ML backends only (or models that take images, with an 'image' on the RandomSplit step)")
+        if one.kind != first.kind or not set(one.labels) <= set(first.labels):  # first: checked on the way
+            raise Conflict(f"the arms of deployment {name!r}'s A/B split answer differently: {first_arm.name!r} a "
+                           f"{first.kind} over {first.labels}, {arm.name!r} a {one.kind} over {one.labels}; predict "
+                           "keeps one kind and one set of class ids per deployment, so every arm's labeling config "
+                           "needs the first arm's kind and labels among the first arm's")
+    return first, [(arm, one) for arm, one in zip(arms, found, strict=True) if one is not None]
+
+
+async def _arm_labeling(deps: MonitoringDeps, token: str | None, view: DeploymentView, image: _PreparedImage,
+                        arm: dict[str, Any]) -> ml_backend_predictions.BackendLabeling:
+    """How the answer of the split's arm that answered (`_model_split`) is read: its own control, the first arm's
+    kind and class ids. An arm the definition does not name (the replica served another pipeline version during a
+    swap) is looked up now."""
+    for ref, labeling in image.arms:  # image.backend: the first arm's (set whenever arms are)
+        if ref.name == arm["name"] and ref.sha in (None, arm.get("sha")) and ref.version in (None, arm.get("version")):
+            return ml_backend_predictions.for_challenger(image.backend, labeling)
+    labeling = await ml_backend_predictions.labeling(deps, token, view.route.workspace_id,
+                                                     ModelVersionRef.model_validate(arm))
+    if labeling is None:
+        raise ml_backend_predictions.BackendAnswerInvalid(f"the split's arm {arm['name']!r} answered, and it is not "
+                                                          "an ML backend")
+    return ml_backend_predictions.for_challenger(image.backend, labeling)
+
+
 async def _challenger_labeling(deps: MonitoringDeps, token: str | None, view: DeploymentView, shadow: ModelVersionRef,
                                asked: _ChallengerLabeling | None) -> ml_backend_predictions.BackendLabeling | None:
     """The labeling of the challenger that answered: the one asked for alongside the champion's, unless the replica
@@ -441,21 +539,19 @@ async def _challenger_labeling(deps: MonitoringDeps, token: str | None, view: De
     return asked.outcome
 
 
-async def _prepare_predict(deps: MonitoringDeps, cmd: PredictImage, view: DeploymentView, data: bytes,
-                           backend: ml_backend_predictions.BackendLabeling | None) -> _PreparedImage:
-    """The image decoded and checked against the deployment (and its ML backend's labeling, from _ml_backend),
-    turned into the engine's input and measured."""
+async def _prepare_predict(
+        deps: MonitoringDeps, cmd: PredictImage, view: DeploymentView, data: bytes,
+        backend: ml_backend_predictions.BackendLabeling | None,
+        arms: list[tuple[ModelVersionRef, ml_backend_predictions.BackendLabeling]] | None = None) -> _PreparedImage:
+    """The image decoded and checked against the deployment (and its ML backend's labeling, from _ml_backend, or
+    its A/B split's arms' labelings, from _split_backends), turned into the engine's input and measured."""
     img = await asyncio.to_thread(images.decode_image, data, cmd.content_type)  # CPU work off the event loop
     height, width = img.height, img.width
     config = image_config(view.definition)
     if config is None:
-        if backend is None and _model_step(view.definition) is None and any(
-                "RandomSplit" in step for step in view.definition.get("steps", [])):
-            raise Conflict(f"deployment {cmd.deployment!r} splits its requests between models (RandomSplit): predict "
-                           "on images keeps one model's predictions, so it needs a ModelInference or ShadowDeploy "
-                           "step; an A/B split is served through the deployment's inference URL")
         if backend is None:
-            raise Conflict(f"deployment {cmd.deployment!r} has no image configuration: give its pipeline's model step "
+            where = "A/B split (RandomSplit)" if _split_step(view.definition) is not None else "model step"
+            raise Conflict(f"deployment {cmd.deployment!r} has no image configuration: give its pipeline's {where} "
                            "an 'image' (how images become the model's input, see docs/monitoring.md) to predict on "
                            "images, or serve an ML backend (railyard-ml deploy railyard)")
     if view.route.status != "Running":
@@ -465,8 +561,9 @@ async def _prepare_predict(deps: MonitoringDeps, cmd: PredictImage, view: Deploy
 
     if backend is not None:
         features = await asyncio.to_thread(images.image_features, img)
+        others = [one for _, one in arms or [] if one.value != backend.value]  # arms reading the image elsewhere
         table = pa.table({ml_backend_predictions.TASK_COLUMN: pa.array(
-            [ml_backend_predictions.task_json(backend, data, content_type)], pa.string())})
+            [ml_backend_predictions.task_json(backend, data, content_type, *others)], pa.string())})
         kind, labels = backend.kind, backend.labels
 
         def convert(answer: pa.Table, prefix: str, min_threshold: float | None,
@@ -501,7 +598,7 @@ async def _prepare_predict(deps: MonitoringDeps, cmd: PredictImage, view: Deploy
 
     return _PreparedImage(table=table, convert=convert, kind=kind, labels=labels, height=height, width=width,
                           content_type=content_type, features=features, by_reference=backend is not None,
-                          backend=backend)
+                          backend=backend, arms=list(arms or []))
 
 
 async def _predict_prepared(deps: MonitoringDeps, token: str | None, cmd: PredictImage, view: DeploymentView,
@@ -515,7 +612,11 @@ async def _predict_prepared(deps: MonitoringDeps, token: str | None, cmd: Predic
     shadow = _current_shadow(definition)
     kept = await store.settings(deps.pool, view.route.deployment_id)
     min_threshold = kept["min_threshold"] if kept else None
-    prediction = convert(answer, "", min_threshold)
+    arm = _split_answered(answer)  # an A/B split: the arm the engine chose answered
+    if arm is not None and image.arms:
+        prediction = convert(answer, "", min_threshold, await _arm_labeling(deps, token, view, image, arm))
+    else:
+        prediction = convert(answer, "", min_threshold)
     shadow_prediction, shadow_latency = None, None
     if shadow is not None:
         prefix = f"out_{shadow.name}."
@@ -537,7 +638,7 @@ async def _predict_prepared(deps: MonitoringDeps, token: str | None, cmd: Predic
     row = PredictionRow(
         id=uuid.uuid4(), deployment_id=view.route.deployment_id, workspace_id=view.route.workspace_id,
         origin="predict", source=cmd.source, tags=tags,
-        model_version=_answered_by(meta, _current_model(definition)),
+        model_version=arm or _answered_by(meta, _current_model(definition)),
         shadow_model_version=_ref_dict(shadow) if shadow_prediction is not None else None, kind=image.kind,
         prediction=prediction, shadow_prediction=shadow_prediction, latency=latency, shadow_latency=shadow_latency,
         height=image.height, width=image.width, content_type=image.content_type, image_sha256="",

@@ -11,7 +11,6 @@ import json
 
 import httpx
 import pytest
-from railyard_client.errors import Conflict
 
 from shared.arrow_codec import from_ipc
 from tests.integration.conftest import make_account, post, undeploy_all
@@ -68,10 +67,28 @@ def test_an_ab_split_of_backends_and_an_onnx_champion_with_a_backend_challenger(
         if len(answered) == 2:
             break
     assert answered == {"squares-found": [("found", ["Red"])], "squares-spotted": [("spotted", ["Red"])]}
-    # seed 003's predict on images keeps one model's predictions: refused, saying why (it used to ask for an image
-    # configuration or an ML backend, which this deployment has)
-    with pytest.raises(Conflict, match=r"splits its requests between models \(RandomSplit\)"):
-        client.get_deployment("squares-ab").predict_bytes("red.png", png)
+
+    # seed 003's predict on images goes through the engine like any inference: the split picks the arm, the
+    # prediction is recorded under the model version that answered, read with that arm's own control (read with the
+    # first arm's "found", the spotted arm's boxes were an empty prediction); both arms within 20 predictions
+    deployment = client.get_deployment("squares-ab")
+    arms = {"squares-found": found, "squares-spotted": spotted}
+    predicted: dict[str, int] = {}
+    for _ in range(20):
+        result = deployment.predict_bytes("red.png", png)
+        version = result["model_version"]
+        assert (version["version"], version["sha"]) == (arms[version["name"]].version, arms[version["name"]].sha)
+        assert result["prediction"]["detection_classes"] == [1] and result["labels"] == ["Red"]
+        assert result["prediction"]["detection_boxes"] == [[2, 4, 10, 12]] and result["shadow_prediction"] is None
+        predicted[version["name"]] = predicted.get(version["name"], 0) + 1
+        if len(predicted) == 2:
+            break
+    assert set(predicted) == set(arms), predicted
+    # the stored rows: get_stats per model version counts each arm's own predictions
+    for name, arm in arms.items():
+        stats = deployment.get_stats("PREDICTIONS_DATA", model_version=arm)
+        assert stats["predictions"] == predicted[name]
+        assert {one["model_version"]["name"] for one in stats["stats"]["predictions"]} == {name}
 
     # the ONNX champion takes its tensor, the backend challenger the task of the same row: the champion answers
     rows = [{"tensor": sample_rows(1)[0].tolist(), "task": task}]
