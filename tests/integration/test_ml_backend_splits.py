@@ -1,8 +1,9 @@
 """ML backends in the two other multi-model steps, on the real stack (test_ml_backend_shadow.py has a ShadowDeploy
 of backends): an A/B split (`RandomSplit`) of two backends answering under different control names, and an ONNX
 champion shadowed by an ML-backend challenger. Through the gateway each arm of the split answers with its own
-labeling config's control and `_model_split` names it; the ONNX champion answers a row holding its tensor and the
-backend's `task`, and the log holds the challenger's prediction."""
+labeling config's control and `_model_split` names it, and seed 003's predict on images is recorded under the arm
+that answered (read with its control; get_stats per arm counts its own); the ONNX champion answers a row holding
+its tensor and the backend's `task`, and the log holds the challenger's prediction."""
 
 from __future__ import annotations
 
