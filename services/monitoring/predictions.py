@@ -411,8 +411,7 @@ async def _predict(deps: MonitoringDeps, principal: Principal, token: str | None
     else:
         (backend, challenger), backend_arms = await _ml_backend(deps, token, view), []
     async with deps.image_slots:  # the decoded image and its copies, until only its measures are left
-        prepared = await _prepare_predict(deps, cmd, view, data, backend, backend_arms)
-    prepared.challenger = challenger
+        prepared = await _prepare_predict(deps, cmd, view, data, backend, backend_arms, challenger)
     return await _predict_prepared(deps, token, cmd, view, data, tags, received, prepared, owner=principal)
 
 
@@ -433,6 +432,10 @@ class _PreparedImage:
     challenger: _ChallengerLabeling | None = None  # the shadow's, asked for alongside the champion's
     arms: list[tuple[ModelVersionRef, ml_backend_predictions.BackendLabeling]] = field(default_factory=list)
     """An A/B split of ML backends: each arm's labeling (`backend` is the first arm's: its kind and class ids)."""
+    shadow_base: ml_backend_predictions.BackendLabeling | None = None
+    """How an ML-backend challenger's answer is read (for_challenger): the champion's labeling, or an ONNX champion's
+    image configuration's kind and labels when its challenger is an ML backend (it was sent a task); None: the
+    challenger's outputs are read as the champion's (ONNX)."""
 
 
 @dataclass
@@ -448,9 +451,18 @@ async def _ml_backend(deps: MonitoringDeps, token: str | None, view: DeploymentV
                       ) -> tuple[ml_backend_predictions.BackendLabeling | None, _ChallengerLabeling | None]:
     """The labeling of the deployment's ML backend, when its model step has no image configuration (an ML backend
     needs none: its labeling config says what it answers) and its model is one; None otherwise. With it, the
-    labeling of its shadow challenger, looked up at the same time (one registry round trip, not two in series)."""
+    labeling of its shadow challenger, looked up at the same time (one registry round trip, not two in series).
+    With an image configuration, the champion takes images (None), and its shadow challenger's labeling is looked up
+    alone: an ML-backend challenger is then sent the image as a task next to the champion's input."""
     if image_config(view.definition) is not None:
-        return None, None
+        shadow = _current_shadow(view.definition)
+        if shadow is None:
+            return None, None
+        try:
+            outcome = await ml_backend_predictions.labeling(deps, token, view.route.workspace_id, shadow)
+        except Exception as exc:  # raised again only where the challenger answered (_challenger_labeling)
+            outcome = exc
+        return None, _ChallengerLabeling(shadow, outcome)
     champion = _current_model(view.definition)
     if champion is None:
         return None, None
@@ -542,9 +554,11 @@ async def _challenger_labeling(deps: MonitoringDeps, token: str | None, view: De
 async def _prepare_predict(
         deps: MonitoringDeps, cmd: PredictImage, view: DeploymentView, data: bytes,
         backend: ml_backend_predictions.BackendLabeling | None,
-        arms: list[tuple[ModelVersionRef, ml_backend_predictions.BackendLabeling]] | None = None) -> _PreparedImage:
+        arms: list[tuple[ModelVersionRef, ml_backend_predictions.BackendLabeling]] | None = None,
+        challenger: _ChallengerLabeling | None = None) -> _PreparedImage:
     """The image decoded and checked against the deployment (and its ML backend's labeling, from _ml_backend, or
-    its A/B split's arms' labelings, from _split_backends), turned into the engine's input and measured."""
+    its A/B split's arms' labelings, from _split_backends; its shadow challenger's, from _ml_backend), turned into
+    the engine's input and measured."""
     img = await asyncio.to_thread(images.decode_image, data, cmd.content_type)  # CPU work off the event loop
     height, width = img.height, img.width
     config = image_config(view.definition)
@@ -557,6 +571,7 @@ async def _prepare_predict(
     if view.route.status != "Running":
         raise Unavailable(f"deployment {cmd.deployment!r} is {view.route.status.lower()}; retry shortly")
     content_type = images.content_type_of(img)
+    shadow_base = None  # how an ML-backend challenger's answer is read, when the champion is no ML backend
     import pyarrow as pa  # here, not at the top: the idle service does without pyarrow (~25 MiB)
 
     if backend is not None:
@@ -587,18 +602,35 @@ async def _prepare_predict(
                                                            images.image_features(img)))
         from shared.arrow_codec import tensor_array
 
-        table = pa.table({config.input: tensor_array(batch)})
+        columns = {config.input: tensor_array(batch)}
+        rival = challenger.outcome if challenger is not None else None
+        if isinstance(rival, ml_backend_predictions.BackendLabeling):
+            # an ML-backend challenger reads a task, which the engine keeps from the ONNX champion (Step._columns_for);
+            # its answer is read as the image configuration's kind and labels, as a backend champion's challenger's
+            columns[ml_backend_predictions.TASK_COLUMN] = pa.array(
+                [ml_backend_predictions.task_json(rival, data, content_type)], pa.string())
+            shadow_base = ml_backend_predictions.BackendLabeling(control="", kind=config.kind,
+                                                                 labels=list(config.labels or []), value=rival.value)
+        table = pa.table(columns)
         kind, labels = config.kind, config.labels
 
-        def convert(answer: pa.Table, prefix: str, min_threshold: float | None) -> dict[str, Any] | None:
+        def convert(answer: pa.Table, prefix: str, min_threshold: float | None,
+                    reading: ml_backend_predictions.BackendLabeling | None = None) -> dict[str, Any] | None:
+            if reading is not None:  # an ML-backend challenger's answer
+                column = f"{prefix}{ml_backend_predictions.PREDICTION_COLUMN}"
+                if column not in answer.column_names:
+                    return None
+                return ml_backend_predictions.to_prediction(answer.column(column)[0].as_py(), reading, height, width,
+                                                            min_threshold)
             outputs = _row_outputs(answer, prefix or None)
             if prefix and not outputs:
                 return None
             return images.to_prediction(outputs, config, height, width, min_threshold)
 
     return _PreparedImage(table=table, convert=convert, kind=kind, labels=labels, height=height, width=width,
-                          content_type=content_type, features=features, by_reference=backend is not None,
-                          backend=backend, arms=list(arms or []))
+                          content_type=content_type, features=features,
+                          by_reference=backend is not None or shadow_base is not None, backend=backend,
+                          challenger=challenger, arms=list(arms or []), shadow_base=backend or shadow_base)
 
 
 async def _predict_prepared(deps: MonitoringDeps, token: str | None, cmd: PredictImage, view: DeploymentView,
@@ -621,11 +653,11 @@ async def _predict_prepared(deps: MonitoringDeps, token: str | None, cmd: Predic
     if shadow is not None:
         prefix = f"out_{shadow.name}."
         try:  # a challenger that failed or timed out has no columns: the prediction has no shadow part
-            if image.backend is None:
+            if image.shadow_base is None:
                 shadow_prediction = convert(answer, prefix, min_threshold)
             elif f"{prefix}{ml_backend_predictions.PREDICTION_COLUMN}" in answer.column_names:
                 # an ML backend challenger's results are those of its own labeling config's control
-                reading = ml_backend_predictions.for_challenger(image.backend, await _challenger_labeling(
+                reading = ml_backend_predictions.for_challenger(image.shadow_base, await _challenger_labeling(
                     deps, token, view, shadow, image.challenger))
                 shadow_prediction = convert(answer, prefix, min_threshold, reading)
         except (ml_backend_predictions.BackendAnswerInvalid, Conflict, NotFound) as exc:  # the champion's answer stands

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from shared.arrow_codec import from_ipc
+from tests.image_models import detector_image_config, detector_onnx, squares_png
 from tests.integration.conftest import make_account, post, undeploy_all
 from tests.integration.conftest import sdk_client as sdk
 from tests.integration.test_ml_backend_predictions import DETECTION_CONFIG, squares
@@ -45,11 +46,16 @@ def test_an_ab_split_of_backends_and_an_onnx_champion_with_a_backend_challenger(
     found, spotted = (upload_backend(client, tmp_path, name, config) for name, config in (
         ("squares-found", DETECTION_CONFIG), ("squares-spotted", RIVAL_CONFIG)))
     fraud = client.upload_model("fraud", ccfraud_onnx(), progress=False)
+    detector = client.upload_model("bright", detector_onnx(), progress=False)
     split = client.build_pipeline("squares-ab").add_random_split([1, 1], [found, spotted])
     shadowed = client.build_pipeline("fraud-shadowed").add_shadow_deploy(fraud, [spotted])
-    for pipeline in (split, shadowed):
+    # the detector's classes named as the backend's colours: its class 1 (a bright cell) is "Red", which the backend
+    # calls a white square (its colour is the first channel of the largest sum)
+    image_config = {**detector_image_config(), "labels": ["Blue", "Red"]}
+    watched = client.build_pipeline("bright-shadowed").add_shadow_deploy(detector, [spotted], image=image_config)
+    for pipeline in (split, shadowed, watched):
         pipeline.deploy(replicas=1, cpus=0.5, wait=False)
-    for pipeline in (split, shadowed):
+    for pipeline in (split, shadowed, watched):
         pipeline.deployment().wait_until_running(180)
 
     png = squares((16, 16), [((200, 0, 0), (2, 4, 10, 12))])
@@ -110,3 +116,16 @@ def test_an_ab_split_of_backends_and_an_onnx_champion_with_a_backend_challenger(
     assert table.num_rows == 1 and "out.dense_1" in table.column_names
     challenger = json.loads(table.column("out_squares-spotted.prediction")[0].as_py())["result"]
     assert [(r["from_name"], r["value"]["rectanglelabels"]) for r in challenger] == [("spotted", ["Red"])]
+
+    # seed 003's predict on an ONNX champion with an ML-backend challenger: the champion takes the image as its
+    # configured tensor, the challenger the image as a task in the same row, and the prediction keeps both (the
+    # challenger's boxes read with its control, as the image configuration's class ids); it had no shadow part
+    white = squares_png({(1, 1): 255}, size=32)
+    predicted = client.get_deployment("bright-shadowed").predict_bytes("white.png", white)
+    assert predicted["model_version"]["name"] == "bright"
+    assert predicted["shadow_model_version"]["name"] == "squares-spotted"
+    assert predicted["prediction"]["detection_classes"][0] == 1
+    assert predicted["prediction"]["detection_boxes"][0] == [8, 8, 16, 16]
+    assert predicted["shadow_prediction"] == {"detection_classes": [1], "detection_scores": [0.9],
+                                              "detection_boxes": [[8, 8, 16, 16]], "detection_masks": None}
+    assert predicted["shadow_latency"] > 0
