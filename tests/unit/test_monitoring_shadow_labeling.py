@@ -145,3 +145,25 @@ def test_without_a_shadow_or_as_no_backend_nothing_more_is_kept(registry):
         assert fake.cancelled == ["rival"]
 
     asyncio.run(main())
+
+
+def test_an_image_configured_champions_challenger_is_looked_up_alone_and_a_failure_kept(registry):
+    """An ONNX champion (image configuration) is no ML backend: only its challenger is looked up (an ML backend is
+    then sent the image as a task), and a failed lookup is kept for where the challenger answered, not raised."""
+    from tests.image_models import detector_image_config
+
+    async def main() -> None:
+        configured = view(RIVAL)
+        configured.definition["steps"][0]["ShadowDeploy"]["image"] = detector_image_config()
+        fake = registry({"rival": SPOTTED})
+        assert await ask(fake, configured) == (None, predictions._ChallengerLabeling(RIVAL, SPOTTED))
+        assert fake.started == ["rival"]
+        fake = registry({"rival": Forbidden("not yours")})
+        backend, challenger = await ask(fake, configured)
+        assert backend is None and isinstance(challenger.outcome, Forbidden)
+        alone = view()
+        alone.definition["steps"][0]["ModelInference"]["image"] = detector_image_config()
+        fake = registry({})
+        assert await ask(fake, alone) == (None, None) and fake.started == []  # no challenger: nothing looked up
+
+    asyncio.run(main())
