@@ -644,7 +644,8 @@ async def _predict_prepared(deps: MonitoringDeps, token: str | None, cmd: Predic
     shadow = _current_shadow(definition)
     kept = await store.settings(deps.pool, view.route.deployment_id)
     min_threshold = kept["min_threshold"] if kept else None
-    arm = _split_answered(answer)  # an A/B split: the arm the engine chose answered
+    # an A/B split holding the models: the arm the engine chose answered (a later step's split is not the model's)
+    arm = _split_answered(answer) if _split_step(definition) is not None else None
     if arm is not None and image.arms:
         prediction = convert(answer, "", min_threshold, await _arm_labeling(deps, token, view, image, arm))
     else:
