@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from datetime import datetime
 from importlib.metadata import entry_points
@@ -88,6 +89,7 @@ progress_option = click.option("--progress/--no-progress", default=None,
                                help="Show a progress bar (default: on a terminal).")
 
 out = Console(soft_wrap=False)
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 # --- output -------------------------------------------------------------------------------------------------
@@ -100,6 +102,10 @@ def _cell(value: Any, width: int = 48) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _is_uuid(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 36 and _UUID.fullmatch(value) is not None
+
+
 def show(rows: list[dict[str, Any]], columns: list[str] | None, as_json: bool, payload: Any = None) -> None:
     """JSON (`payload`, else the rows) with --json, else a table of `columns` (default: every key)."""
     if as_json:
@@ -109,7 +115,11 @@ def show(rows: list[dict[str, Any]], columns: list[str] | None, as_json: bool, p
         out.print("(none)")
         return
     columns = columns or list(dict.fromkeys(key for row in rows for key in row))
-    table = Table(*columns, show_lines=False)
+    table = Table(show_lines=False)
+    for column in columns:
+        # an id the next command takes (a model version, an orchestration, task or run) is never cut to `…`
+        whole = any(_is_uuid(row.get(column)) for row in rows)
+        table.add_column(column, no_wrap=whole, min_width=36 if whole else None)
     for row in rows:
         table.add_row(*(_cell(row.get(c, "")) for c in columns))
     out.print(table)

@@ -1,0 +1,24 @@
+"""The CLI's tables keep the ids the next command needs whole: on an 80-column terminal (or a pipe) the ids of
+`railyard orchestrations list`, `models versions` and `tasks runs` were cut to `58c9ff8e-93ea-…`, and
+`railyard tasks run` takes only the whole UUID."""
+
+from __future__ import annotations
+
+import uuid
+
+from railyard_client import cli
+from rich.console import Console
+
+
+def test_a_uuid_column_is_printed_whole_on_a_narrow_terminal(monkeypatch):
+    ids = [str(uuid.uuid4()) for _ in range(2)]
+    rows = [{"id": i, "name": "walk" * 5, "status": "ready", "sha": "d5" * 32, "reason": None,
+             "created_at": "2026-12-01T21:44:10.663605+00:00"} for i in ids]
+    console = Console(width=80, record=True, soft_wrap=False)
+    monkeypatch.setattr(cli, "out", console)
+    cli.show(rows, cli_columns := ["id", "name", "status", "sha", "reason", "created_at"], as_json=False)
+    text = console.export_text()
+    assert all(i in text for i in ids), text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert cli_columns  # every column is still there, narrower
+    assert "d5d5d5d5d5d5d5d5d5d5d5d5d5d5d5d5d5d5d5d5" not in text  # the others give way (a sha is cut)
