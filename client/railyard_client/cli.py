@@ -338,6 +338,8 @@ def pipelines_status(name: str, workspace: str | None, as_json: bool) -> None:
         show([], None, True, status)
         return
     out.print(f"{name}: {status['status']}")
+    for detail in status.get("details") or []:  # why it is not Running (a failed restore says what to do)
+        out.print(f"  {detail}", markup=False, highlight=False)
     engines = [{"name": e.get("name"), "status": e.get("status"), "pid": e.get("pid"), "restarts": e.get("restarts")}
                for e in status.get("engines", [])]
     if engines:

@@ -22,3 +22,29 @@ def test_a_uuid_column_is_printed_whole_on_a_narrow_terminal(monkeypatch):
     assert max(len(line) for line in text.splitlines()) <= 80
     assert cli_columns  # every column is still there, narrower
     assert "d5d5d5d5d5d5d5d5d5d5d5d5d5d5d5d5d5d5d5d5" not in text  # the others give way (a sha is cut)
+
+
+def test_pipelines_status_prints_why_a_deployment_is_not_running(monkeypatch, capsys):
+    """A deployment whose restore failed said only `fraud: Error`; the reason (and "redeploy it") was in --json."""
+    detail = ("deployment 'fraud-2' failed to restore after the deployer restarted: railyard-engine: cached "
+              "artifact 6c0586332841 does not match its sha256; redeploy it (pipelines/deploy) or undeploy it")
+
+    class Pipeline:
+        def status(self) -> dict:
+            return {"status": "Error", "details": [detail], "engines": []}
+
+    class Workspace:
+        def pipeline(self, name: str) -> Pipeline:
+            assert name == "fraud"
+            return Pipeline()
+
+    class Client:
+        def current_workspace(self) -> Workspace:
+            return Workspace()
+
+    monkeypatch.setattr(cli, "_client", lambda workspace=None: Client())
+    monkeypatch.setattr(cli, "out", Console(width=1000, soft_wrap=False))
+    assert cli.main(["pipelines", "status", "fraud"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0] == "fraud: Error"
+    assert detail in printed
