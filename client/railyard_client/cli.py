@@ -102,8 +102,9 @@ def _cell(value: Any, width: int = 48) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _is_uuid(value: Any) -> bool:
-    return isinstance(value, str) and len(value) == 36 and _UUID.fullmatch(value) is not None
+def _is_whole(value: Any) -> bool:
+    """An id the next command takes (a model version, an orchestration, task or run): printed whole, never `…`."""
+    return isinstance(value, str) and _UUID.fullmatch(value) is not None
 
 
 def show(rows: list[dict[str, Any]], columns: list[str] | None, as_json: bool, payload: Any = None) -> None:
@@ -116,12 +117,12 @@ def show(rows: list[dict[str, Any]], columns: list[str] | None, as_json: bool, p
         return
     columns = columns or list(dict.fromkeys(key for row in rows for key in row))
     table = Table(show_lines=False)
+    whole = {c for c in columns if any(_is_whole(row.get(c)) for row in rows)}
     for column in columns:
-        # an id the next command takes (a model version, an orchestration, task or run) is never cut to `…`
-        whole = any(_is_uuid(row.get(column)) for row in rows)
-        table.add_column(column, no_wrap=whole, min_width=36 if whole else None)
+        width = max((len(str(row.get(column, ""))) for row in rows), default=0) if column in whole else None
+        table.add_column(column, no_wrap=column in whole, min_width=width)
     for row in rows:
-        table.add_row(*(_cell(row.get(c, "")) for c in columns))
+        table.add_row(*(str(row.get(c, "")) if c in whole else _cell(row.get(c, "")) for c in columns))
     out.print(table)
 
 
@@ -324,7 +325,11 @@ def pipelines_deploy(name: str, replicas: int | None, cpus: float | None, deploy
     status = deployment.status()
     row = {"pipeline": name, "deployment": deployment.name, "status": status["status"],
            "replicas": len(status.get("engines", [])), "url": pipeline.url()}
-    show([row], None, as_json, row)
+    if as_json:
+        show([row], None, True, row)
+        return
+    show([row], [c for c in row if c != "url"], False)
+    out.print(f"url {row['url']}", markup=False, highlight=False)  # whole, for curl (a table column cut it)
 
 
 @pipelines_app.command("status")

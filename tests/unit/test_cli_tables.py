@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from railyard_client import cli
@@ -48,3 +49,40 @@ def test_pipelines_status_prints_why_a_deployment_is_not_running(monkeypatch, ca
     printed = capsys.readouterr().out
     assert printed.splitlines()[0] == "fraud: Error"
     assert detail in printed
+
+
+def test_pipelines_deploy_prints_the_inference_url_whole(monkeypatch, capsys):
+    """The deploy's table cut the URL to `http://127.0.0.1:18000/v1/api/…` on an 80-column terminal: no use for
+    curl. It is a line of its own now (the table keeps the rest; --json is unchanged)."""
+    url = "http://127.0.0.1:18000/v1/api/pipelines/infer/fraud-2/fraud"
+
+    class Deployment:
+        name = "fraud-2"
+
+        def status(self) -> dict:
+            return {"status": "Running", "details": [], "engines": [{}]}
+
+    class Pipeline:
+        def clear(self) -> None:
+            pass
+
+        def deploy(self, *args, **kwargs) -> None:
+            pass
+
+        def deployment(self) -> Deployment:
+            return Deployment()
+
+        def url(self) -> str:
+            return url
+
+    class Client:
+        def current_workspace(self):
+            return type("Workspace", (), {"pipeline": lambda self, name: Pipeline()})()
+
+    monkeypatch.setattr(cli, "_client", lambda workspace=None: Client())
+    monkeypatch.setattr(cli, "out", Console(width=80, soft_wrap=False))
+    assert cli.main(["pipelines", "deploy", "fraud", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"url {url}" in printed.splitlines() and "Running" in printed
+    assert cli.main(["pipelines", "deploy", "fraud", "--no-progress", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["url"] == url
