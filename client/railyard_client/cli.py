@@ -89,6 +89,7 @@ progress_option = click.option("--progress/--no-progress", default=None,
                                help="Show a progress bar (default: on a terminal).")
 
 out = Console(soft_wrap=False)
+_ID_COLUMNS = {"id", "run_id", "model_version"}  # the ids other commands take: printed whole when UUIDs
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
@@ -117,7 +118,7 @@ def show(rows: list[dict[str, Any]], columns: list[str] | None, as_json: bool, p
         return
     columns = columns or list(dict.fromkeys(key for row in rows for key in row))
     table = Table(show_lines=False)
-    whole = {c for c in columns if any(_is_whole(row.get(c)) for row in rows)}
+    whole = {c for c in columns if c in _ID_COLUMNS and any(_is_whole(row.get(c)) for row in rows)}
     for column in columns:
         width = max((len(str(row.get(column, ""))) for row in rows), default=0) if column in whole else None
         table.add_column(column, no_wrap=column in whole, min_width=width)
@@ -167,7 +168,12 @@ def login(url: str | None, username: str | None, password: str | None, client_id
     session = Session(url, username=username, password=password,
                       client_id=client_id or env.get("RAILYARD_CLIENT_ID") or secrets.get("client_id"),
                       client_secret=client_secret, credentials_file=Path(os.devnull))
-    path = write_credentials(session.credentials())
+    kept = session.credentials()
+    previous = read_credentials()
+    if previous.get("workspace") is not None and (previous.get("url"), previous.get("username")) == (
+            session.url, username):  # signing in again (the refresh token expired) keeps `workspaces use`'s choice
+        kept["workspace"] = previous["workspace"]
+    path = write_credentials(kept)
     session.close()
     if as_json:
         show([], None, True, {"url": session.url, "username": username, "credentials": str(path)})

@@ -86,3 +86,34 @@ def test_pipelines_deploy_prints_the_inference_url_whole(monkeypatch, capsys):
     assert f"url {url}" in printed.splitlines() and "Running" in printed
     assert cli.main(["pipelines", "deploy", "fraud", "--no-progress", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["url"] == url
+
+
+def test_signing_in_again_keeps_the_workspace_chosen_with_use(tmp_path, monkeypatch):
+    """`railyard login` again (refresh tokens last 30 min) dropped `railyard workspaces use`'s choice: every
+    command then went to the first workspace ('pipeline not found in workspace admin - Default Workspace').
+    Kept for the same server and user; another user or server starts without one."""
+    from railyard_client.session import read_credentials, write_credentials
+
+    credentials = tmp_path / "credentials.json"
+    monkeypatch.setenv("RAILYARD_CLIENT_CREDENTIALS", str(credentials))
+    for name in ("RAILYARD_CLIENT_URL", "RAILYARD_CLIENT_USERNAME", "RAILYARD_CLIENT_PASSWORD",
+                 "RAILYARD_CLIENT_SECRET", "RAILYARD_CLIENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+
+    class Session:  # signs in without a server
+        def __init__(self, url, *, username, **kwargs) -> None:
+            self.url, self.username = url, username
+
+        def credentials(self) -> dict:
+            return {"url": self.url, "username": self.username, "access_token": "t"}
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(cli, "Session", Session)
+    login = ["login", "--url", "http://127.0.0.1:18000", "--password", "p", "--client-secret", "s"]
+    write_credentials({"url": "http://127.0.0.1:18000", "username": "admin", "workspace": 2}, credentials)
+    assert cli.main([*login, "--username", "admin"]) == 0
+    assert read_credentials(credentials)["workspace"] == 2
+    assert cli.main([*login, "--username", "bob"]) == 0
+    assert "workspace" not in read_credentials(credentials)
