@@ -20,7 +20,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -133,14 +133,33 @@ class AuthDeps:
 # --- passwords -----------------------------------------------------------------------------------------
 
 
-# argon2 takes its memory cost (64 MiB by default) per hash and a core while it runs: token requests are handled
-# many at once (app.py), so no more hashes than this run together
+# argon2 takes its memory cost (64 MiB by default) per hash and the cores while it runs (4 lanes, ~165 ms of CPU at
+# the default cost): token requests are handled many at once (app.py), so no more hashes than this run together,
+# which is enough to keep 2 cores busy (docs/auth.md, "Sign-in capacity", has the figures)
 HASHING_AT_ONCE = 2
 _hashing = asyncio.Semaphore(HASHING_AT_ONCE)
+# A hash that waits longer than this for its turn is not made: the request is answered 503 with Retry-After instead.
+# Queued without a bound, above capacity every wait grew past the gateway's 5 s (nats.request_timeout), which answered
+# 504 while the hash was still made for nobody, and its retry met 429 (its user's attempt still being answered): at
+# 48 connections 1.2 sign-ins/s got through instead of ~5.
+HASH_WAIT_SECONDS = 2.0
+
+
+@contextlib.asynccontextmanager
+async def _hashing_turn() -> AsyncIterator[None]:
+    try:
+        async with asyncio.timeout(HASH_WAIT_SECONDS):
+            await _hashing.acquire()
+    except TimeoutError:
+        raise Unavailable("the auth service is checking as many passwords as it can; retry in a moment") from None
+    try:
+        yield
+    finally:
+        _hashing.release()
 
 
 async def hash_secret(secret: str) -> str:
-    async with _hashing:
+    async with _hashing_turn():
         return await asyncio.to_thread(_hasher.hash, secret)
 
 
@@ -151,7 +170,7 @@ async def secret_matches(stored_hash: str, secret: str) -> bool:
         except (VerificationError, InvalidHashError):
             return False
 
-    async with _hashing:
+    async with _hashing_turn():
         return await asyncio.to_thread(check)
 
 
@@ -408,27 +427,34 @@ async def _password_login(deps: AuthDeps, cmd: IssueToken) -> asyncpg.Record:
     if user is None:
         await secret_matches(_DUMMY_HASH, cmd.password)
         raise Unauthorized("invalid user credentials", code="invalid_grant")
-    with _one_attempt_at_a_time((user["id"], source)):
+    async with _one_attempt_at_a_time(deps.pool, user["id"], source):
         return await _checked_login(deps, cmd, user, source)
 
 
-# Token requests are handled many at once (app.py). Attempts on one user from one source are not: while one is being
-# answered, another is refused at once (429) rather than queued, so a burst of guesses cannot all be checked before the
-# first failure is recorded (each attempt reads the failures before it: the delay and the lock after `lockout_after`
-# apply as one by one), and nobody's attempts wait behind an attacker's delayed ones.
-_in_progress: set[tuple[Any, str]] = set()  # (user id, source) being answered
+# Token requests are handled many at once (app.py), by every auth replica. Attempts on one user from one source are
+# not: while one is being answered, by any replica, another is refused at once (429) rather than queued, so a burst of
+# guesses cannot all be checked before the first failure is recorded (each attempt reads the failures before it: the
+# delay and the lock after `lockout_after` apply one by one), and nobody's attempts wait behind an attacker's delayed
+# ones. The attempt being answered is a row of auth.login_attempts (it was a set in each process's memory, so N
+# replicas checked N guesses at once). A row a crashed process left is taken over after ATTEMPT_LEASE_SECONDS, well
+# above the longest attempt: the delay (at most 4 s), the wait for argon2 (at most HASH_WAIT_SECONDS) and one hash.
+ATTEMPT_LEASE_SECONDS = 30.0
 
 
-@contextlib.contextmanager
-def _one_attempt_at_a_time(key: tuple[Any, str]) -> Iterator[None]:
-    if key in _in_progress:
+@contextlib.asynccontextmanager
+async def _one_attempt_at_a_time(pool: asyncpg.Pool, user_id: uuid.UUID, source: str) -> AsyncIterator[None]:
+    attempt = uuid.uuid4()
+    if not await store.claim_login_attempt(pool, user_id, source, attempt, ATTEMPT_LEASE_SECONDS):
         raise TooManyRequests("another sign-in of this user from this address is still being answered; retry after it",
                               retry_after=1.0)
-    _in_progress.add(key)
     try:
         yield
     finally:
-        _in_progress.discard(key)
+        try:
+            await store.release_login_attempt(pool, user_id, source, attempt)
+        except (asyncpg.PostgresError, OSError) as exc:  # the attempt's answer stands; its lease ends the claim
+            log.warning("could not release a sign-in attempt of user %s (the claim lapses in %.0f s): %s", user_id,
+                        ATTEMPT_LEASE_SECONDS, exc)
 
 
 async def _checked_login(deps: AuthDeps, cmd: IssueToken, user: asyncpg.Record, source: str) -> asyncpg.Record:
@@ -665,16 +691,19 @@ async def update_password(deps: AuthDeps, principal: Principal, cmd: UpdatePassw
         user = await store.user_by_id(deps.pool, uuid.UUID(principal.user_id))
         if user is None:
             raise NotFound("no such user")
-        failures = await store.login_failures(deps.pool, user["id"], PASSWORD_CHANGE_SOURCE)
-        if failures is not None and failures["locked_until"] is not None and \
-                failures["locked_until"] > datetime.now(UTC):
-            raise Forbidden("too many wrong current passwords; try again later", code="account_locked")
-        if cmd.current_password is None or not await secret_matches(user["password_hash"], cmd.current_password):
-            await store.record_failed_login(deps.pool, user["id"], PASSWORD_CHANGE_SOURCE, settings.lockout_after,
-                                            settings.lockout_seconds)
-            raise Forbidden("current_password is missing or wrong: give your current password to set a new one")
-        if failures is not None:
-            await store.clear_failed_logins(deps.pool, user["id"], PASSWORD_CHANGE_SOURCE)
+        # one check at a time for every replica, as sign-ins: the lock after `lockout_after` wrong ones holds exactly
+        async with _one_attempt_at_a_time(deps.pool, user["id"], PASSWORD_CHANGE_SOURCE):
+            failures = await store.login_failures(deps.pool, user["id"], PASSWORD_CHANGE_SOURCE)
+            if failures is not None and failures["locked_until"] is not None and \
+                    failures["locked_until"] > datetime.now(UTC):
+                raise Forbidden("too many wrong current passwords; try again later", code="account_locked")
+            if cmd.current_password is None or not await secret_matches(user["password_hash"],
+                                                                         cmd.current_password):
+                await store.record_failed_login(deps.pool, user["id"], PASSWORD_CHANGE_SOURCE,
+                                                settings.lockout_after, settings.lockout_seconds)
+                raise Forbidden("current_password is missing or wrong: give your current password to set a new one")
+            if failures is not None:
+                await store.clear_failed_logins(deps.pool, user["id"], PASSWORD_CHANGE_SOURCE)
     else:
         user = await _user_by_email_or_404(deps.pool, cmd.email)
         if str(user["id"]) != principal.user_id:

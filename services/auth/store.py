@@ -113,6 +113,24 @@ async def clear_failed_logins(pool: asyncpg.Pool, user_id: uuid.UUID, source: st
     await pool.execute("DELETE FROM login_failures WHERE user_id = $1 AND source = $2", user_id, source)
 
 
+async def claim_login_attempt(pool: asyncpg.Pool, user_id: uuid.UUID, source: str, attempt: uuid.UUID,
+                              lease_seconds: float) -> bool:
+    """Claim the one attempt of a user from a source being answered, for every auth process: False while another
+    claim younger than `lease_seconds` holds it. Concurrent claims queue on the row's lock and the losers see the
+    winner's fresh claim (read committed re-checks the WHERE on the new row)."""
+    return bool(await pool.fetchval(
+        "INSERT INTO login_attempts AS a (user_id, source, attempt, started_at) VALUES ($1, $2, $3, now())"
+        " ON CONFLICT (user_id, source) DO UPDATE SET attempt = $3, started_at = now()"
+        " WHERE a.started_at < now() - make_interval(secs => $4) RETURNING true",
+        user_id, source, attempt, float(lease_seconds)))
+
+
+async def release_login_attempt(pool: asyncpg.Pool, user_id: uuid.UUID, source: str, attempt: uuid.UUID) -> None:
+    """End a claimed attempt (only this claim: one that outlived its lease may have been taken over)."""
+    await pool.execute("DELETE FROM login_attempts WHERE user_id = $1 AND source = $2 AND attempt = $3",
+                       user_id, source, attempt)
+
+
 async def set_enabled(conn: asyncpg.Connection, user_id: uuid.UUID, enabled: bool,
                       revoked_before: float | None) -> None:
     await conn.execute(
