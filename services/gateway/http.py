@@ -280,8 +280,8 @@ def create_app(runtime: Runtime) -> FastAPI:
             token_limits.check_source(source)  # before the body is read
             form = await request.form()
             client_id, client_secret = _client_credentials(request, form)
-            if client_secret:  # a confidential client's shared bucket; a public one proves nothing (ratelimit.py)
-                token_limits.check_client(client_id, client_secret)
+            if client_secret:  # an inference client's bucket; a public one proves nothing (ratelimit.py)
+                token_limits.check_client(client_id, client_secret, str(form.get("grant_type") or ""))
             cmd = m.IssueToken(
                 grant_type=str(form.get("grant_type") or ""), client_id=client_id, client_secret=client_secret,
                 username=_opt(form, "username"), password=_opt(form, "password"),

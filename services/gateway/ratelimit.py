@@ -7,11 +7,18 @@ token bucket is a dozen lines; `limits`/`slowapi` would bring storage backends a
 The table is bounded (least recently used keys go first) so a flood of source addresses cannot grow it.
 
 Who shares a bucket: a source is counted as `source_address.counted_as` keys it (an IPv6 client by its /64: the
-addresses inside one are free to whoever has it). A client id is only a shared bucket when the request carries that
-client's secret (its digest is part of the key: a request with a made-up secret gets a bucket of its own, so it
-cannot spend the real callers'; the auth service then refuses it). A public client (the web UI's `railyard-ui`)
-proves nothing, so anyone can name it: one bucket for it would let one attacker with a few addresses spend every
-user's sign-ins (a denial of service of the UI). Its requests are counted per source address only.
+addresses inside one are free to whoever has it). A client id is only a shared bucket for the client_credentials
+grant with that client's secret (its digest is part of the key: a request with a made-up secret gets a bucket of its
+own, so it cannot spend the real callers'; the auth service then refuses it): there the client is the whole
+credential, a workspace's inference client whose secret only its owners hold. A public client (the web UI's
+`railyard-ui`) proves nothing, so anyone can name it: one bucket for it would let one attacker with a few addresses
+spend every user's sign-ins (a denial of service of the UI). Its requests are counted per source address only.
+
+Decision: the login client's (`api-client`'s) password and refresh_token grants spend no client bucket either. Its
+secret is every user's (`railyard login` ships it), so its bucket was one allowance for every CLI and SDK sign-in:
+one user with a dozen addresses, each within its source's 10/s, emptied its 100/s and everyone else's sign-in got 429.
+It bounded nothing the auth service needs: one auth process checks ~6-12 default-cost argon2 passwords a second on
+2 cores (docs/auth.md), far below 100/s, and guessing is bounded per source and per (user, source) anyway.
 
 Decision: no bucket per account name. One counted every password sign-in of a name before the password was checked,
 from any address, so two or three addresses spent it and the real user got 429 from their own address (anyone could
@@ -69,10 +76,13 @@ class TokenEndpointLimits:
         if wait := self.per_source.take(source):
             raise TooManyRequests("too many token requests from this address; slow down", retry_after=wait)
 
-    def check_client(self, client_id: str, secret: str) -> None:
-        """One request of a confidential client, keyed by the id and the secret it presents (its digest): only
-        callers who know the secret share the client's bucket, so made-up secrets cannot spend it (the auth service
-        refuses them, at microseconds each, and the source's bucket bounds each address)."""
+    def check_client(self, client_id: str, secret: str, grant_type: str) -> None:
+        """One client_credentials request of a confidential client, keyed by the id and the secret it presents (its
+        digest): only callers who know the secret share the client's bucket, so made-up secrets cannot spend it (the
+        auth service refuses them, at microseconds each, and the source's bucket bounds each address). Other grants
+        carry a user's credentials and spend no client bucket (the login client's secret is every user's)."""
+        if grant_type != "client_credentials":
+            return
         key = f"{client_id}:{hashlib.sha256(secret.encode()).hexdigest()[:32]}"
         if wait := self.per_client.take(key):
             raise TooManyRequests("too many token requests for this client; slow down", retry_after=wait)

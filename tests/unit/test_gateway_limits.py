@@ -49,10 +49,10 @@ def test_token_endpoint_limits_per_source_and_per_client():
         limits.check_source("10.0.0.1")
     limits.check_source("10.0.0.2")
     for _ in range(3):
-        limits.check_client("api-client", "its-secret")
-    limits.check_client("api-client", "made-up")  # another secret: not the real callers' bucket
+        limits.check_client("inference-1", "its-secret", "client_credentials")
+    limits.check_client("inference-1", "made-up", "client_credentials")  # another secret: not the real callers'
     with pytest.raises(TooManyRequests, match="client") as raised:
-        limits.check_client("api-client", "its-secret")
+        limits.check_client("inference-1", "its-secret", "client_credentials")
     status, headers, _ = error_parts(raised.value, "oauth")
     assert status == 429 and headers["Retry-After"] == "1"
 
@@ -150,8 +150,9 @@ async def test_an_ipv6_source_is_counted_by_its_64():
 
 async def test_the_public_client_spends_no_shared_bucket():
     """The gateway's token route in process: requests naming the web UI's public client (no secret) never spend a
-    bucket of that client id, so they cannot use up every user's sign-ins; a confidential client's requests (with
-    a secret) still share theirs. Nothing reaches the bus: each request stops at the route (no grant_type)."""
+    bucket of that client id, so they cannot use up every user's sign-ins (an inference client's client_credentials
+    requests still share theirs: the next test). Nothing reaches the bus: each request stops at the route (no
+    grant_type)."""
     from types import SimpleNamespace
 
     import httpx
@@ -171,12 +172,44 @@ async def test_the_public_client_spends_no_shared_bucket():
 
         for i in range(10):
             assert await error(f"203.0.113.{i}", data={"client_id": "railyard-ui"}) == "invalid_request"
-        assert await error("203.0.113.1", auth=("api-client", "x")) == "invalid_request"
-        assert await error("203.0.113.2", auth=("api-client", "x")) == "invalid_request"
-        assert await error("203.0.113.3", auth=("api-client", "x")) == "rate_limited"  # its shared bucket
-        # made-up secrets get buckets of their own: they cannot spend the real callers'
-        assert await error("203.0.113.4", auth=("api-client", "y")) == "invalid_request"
         assert await error("203.0.113.3", data={"client_id": "railyard-ui"}) == "invalid_request"
+
+
+async def test_the_login_clients_sign_ins_spend_no_shared_bucket():
+    """`api-client`'s secret is every user's (the CLI ships it), so one bucket for its sign-ins was every user's
+    allowance: one user from a few addresses emptied it and everyone's `railyard login` got 429. Its password and
+    refresh grants now count per source only; the gateway's route in process, nothing reaches the bus."""
+    from types import SimpleNamespace
+
+    import httpx
+
+    from services.gateway.http import create_app
+    from shared.settings import GatewaySettings, Settings
+
+    settings = Settings(gateway=GatewaySettings(trusted_proxies=["127.0.0.5"], token_rate_per_client=0.001,
+                                                token_burst_per_client=2))
+    app = create_app(SimpleNamespace(settings=settings, extras={}, broker=None, objects=None))
+    # no bus here: a request the limits let through fails there (500), one they stop is a 429
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.5", 40000), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as proxy:
+        async def status(source: str, grant_type: str) -> int:
+            response = await proxy.post("/auth/realms/master/protocol/openid-connect/token", headers={
+                "X-Forwarded-For": source}, auth=("api-client", "its-secret"), data={
+                "grant_type": grant_type, "username": "someone", "password": "x", "refresh_token": "x"})
+            return response.status_code
+
+        for i in range(10):  # five times the client's burst, from ten addresses
+            assert await status(f"203.0.113.{i}", "password") == 500
+            assert await status(f"203.0.113.{i}", "refresh_token") == 500
+        # the client_credentials grant (an inference client's) still shares the client's bucket
+        assert await status("203.0.113.1", "client_credentials") == 500
+        assert await status("203.0.113.2", "client_credentials") == 500
+        assert await status("203.0.113.3", "client_credentials") == 429
+        # made-up secrets get buckets of their own: they cannot spend the real callers'
+        response = await proxy.post("/auth/realms/master/protocol/openid-connect/token", auth=("api-client", "made-up"),
+                                    headers={"X-Forwarded-For": "203.0.113.4"},
+                                    data={"grant_type": "client_credentials"})
+        assert response.status_code == 500
 
 
 def test_a_mistyped_path_or_method_says_what_to_do():
