@@ -30,7 +30,7 @@ from pathlib import Path
 import uvloop
 
 from bench import loadgen
-from bench.peers.harness import ccfraud_stack, cmdline, descendants
+from bench.peers.harness import ccfraud_stack, cmdline, descendants, rss_mib
 
 TICK = os.sysconf("SC_CLK_TCK")
 SPY_DIR = Path(__file__).resolve().parent.parent / "build" / "spy"
@@ -124,6 +124,7 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], help="RAILYARD_...=value for the whole stack")
     parser.add_argument("--spy", default="", help="roles to profile with py-spy, e.g. 'gateway,engine replica'")
     parser.add_argument("--pprof-nats", action="store_true", help="nats-server's own CPU profile per form")
+    parser.add_argument("--rss", action="store_true", help="each role's RSS right after the load (MiB)")
     parser.add_argument("--perf", default="", help="roles to record with `perf record -g` (kernel time too), "
                                                    "e.g. 'nats'")
     args = parser.parse_args()
@@ -154,6 +155,12 @@ def main() -> None:
                 total += per
                 print(f"  {role:15s} {per:10,.0f}")
             print(f"  {'total':15s} {total:10,.0f}  (2 cores allow {2e6 * wall / max(count, 1):,.0f})")
+            if args.rss:
+                by_role: dict[str, list[int]] = {}
+                for pid in descendants(stack.process.pid):
+                    by_role.setdefault(_role(pid), []).append(pid)
+                print("  RSS after the load (MiB): " + ", ".join(
+                    f"{role} {rss_mib(pids):.0f}" for role, pids in sorted(by_role.items()) if role != "other"))
 
 
 if __name__ == "__main__":
