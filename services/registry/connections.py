@@ -10,10 +10,12 @@ A task run's token may read the connections of its workspace but not create, att
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -60,6 +62,23 @@ def _port(details: dict[str, Any]) -> int | None:
         return None
 
 
+def _address(value: str, port: int | None) -> tuple[str, int | None]:
+    """A `host` or scheme-less `endpoint` detail as (host, port): `db.example.com`, `10.0.0.5:5432`, `[::1]:4222`,
+    a bare IPv6 address; a port written in the value wins over the details' `port` (`127.0.0.1:15432` was checked
+    as a host name that does not resolve, and let through)."""
+    value = value.strip()
+    try:
+        return str(ipaddress.ip_address(value.strip("[]"))), port
+    except ValueError:
+        pass
+    parsed = urlsplit(f"//{value.rsplit('@', 1)[-1]}")
+    try:
+        own = parsed.port
+    except ValueError:
+        own = None
+    return parsed.hostname or value, own or port
+
+
 async def _check_details(details: dict[str, Any], rules: OutboundRules) -> None:
     """URLs in the details follow the outbound rules (shared/urlcheck.py); a `host` (with its `port`) may not name
     cloud metadata, a link-local address or one of the platform's own servers. Stored for the tenant's code, never
@@ -71,8 +90,9 @@ async def _check_details(details: dict[str, Any], rules: OutboundRules) -> None:
             continue
         if key.lower() in URL_KEYS and "://" in value:
             await rules.check(value, what=f"details.{key}")
-        if key.lower() == "host":
-            await rules.check_host(value, _port(details), what="details.host")
+        elif key.lower() == "host" or key.lower() in URL_KEYS:  # `db:5432`, an endpoint without a scheme
+            host, port = _address(value, _port(details))
+            await rules.check_host(host, port, what=f"details.{key}")
 
 
 def _record(row: asyncpg.Record, details: dict[str, Any], seen: set[int] | None) -> ConnectionRecord:

@@ -89,7 +89,9 @@ def test_a_connection_to_the_platforms_own_servers_is_refused(stack, alice):
     for extra in ({"url": f"http://127.0.0.1:{env['RAILYARD_STACK__NATS_PORT']}/"},
                   {"endpoint": f"http://localhost:{env['RAILYARD_STACK__S3_PORT']}/railyard-artifacts"},
                   {"host": "127.0.0.1", "port": int(env["RAILYARD_STACK__POSTGRES_PORT"])},
-                  {"host": "localhost", "port": env["RAILYARD_STACK__NATS_PORT"]}):
+                  {"host": "localhost", "port": env["RAILYARD_STACK__NATS_PORT"]},
+                  {"host": f"127.0.0.1:{env['RAILYARD_STACK__POSTGRES_PORT']}"},  # the port in the host
+                  {"endpoint": f"localhost:{env['RAILYARD_STACK__S3_PORT']}"}):  # no scheme
         name, response = create(stack, alice, extra=extra)
         assert response.status_code == 400 and response.json()["code"] == "url_not_allowed", (extra, response.text)
         assert "own servers" in response.json()["msg"]
