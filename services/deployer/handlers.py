@@ -267,9 +267,10 @@ def _engine_config(config: dict[str, Any] | None) -> dict[str, Any]:
         replicas = max(low, 1)
     # cpus becomes each replica's onnxruntime thread count: a million would start a million threads; and
     # float("nan") is neither > 0 nor <= 0
-    if not (math.isfinite(cpus) and 0 < cpus <= 64) or not 1 <= replicas <= 16:
-        raise InvalidRequest("engine_config: cpus must be a number above 0, at most 64, and replica_count between "
-                             "1 and 16")
+    if not (math.isfinite(cpus) and 0 < cpus <= 64):
+        raise InvalidRequest(f"engine_config.cpus must be a number above 0, at most 64 (got {cpus:g})")
+    if not 1 <= replicas <= 16:  # named alone: `--replicas 99` was told about cpus it had not given
+        raise InvalidRequest(f"engine_config.replica_count must be between 1 and 16 (got {replicas})")
     try:
         utilization = float(config.get("autoscale_cpu_utilization", 50))
     except (TypeError, ValueError):
