@@ -15,7 +15,7 @@ the server's typed `code` and its `message`:
         ├── NotFound            404
         ├── Conflict            409
         ├── PayloadTooLarge     413
-        └── Unavailable         503 (a deployment still starting, a service down)
+        └── Unavailable         503 (a deployment still starting, a service down; deployment_failed)
 """
 
 from __future__ import annotations
@@ -115,7 +115,9 @@ class PayloadTooLarge(APIError):
 
 
 class Unavailable(APIError):
-    """503: a service is down or a deployment is still starting; retrying later may work."""
+    """503: a service is down or a deployment is still starting; retrying later may work (inference retries
+    for 15 s). Not with `code` `deployment_failed`: the deployment failed to restore, and only a redeploy
+    (or an undeploy) ends that."""
 
 
 _BY_STATUS: dict[int, type[APIError]] = {400: InvalidRequest, 422: InvalidRequest, 401: AuthenticationError,

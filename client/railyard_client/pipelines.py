@@ -25,7 +25,7 @@ ERROR_SETTLE = 3.0  # seconds of `Error` in a row after which a wait gives up (a
 ModelLike = Model | ModelVersion | str
 InferInput = "pd.DataFrame | pa.Table | pa.RecordBatch | str | Path | list | dict"  # (annotations only)
 LOG_PAGE = 10_000
-UNAVAILABLE_RETRY = 15.0  # seconds an inference keeps retrying a deployment that is (re)starting
+UNAVAILABLE_RETRY = 15.0  # seconds an inference keeps retrying a deployment that is (re)starting (not a failed one)
 
 
 def _model_ref(model: ModelLike) -> dict[str, Any]:
@@ -80,8 +80,9 @@ def _send_retrying(session: Session, path: str, body: dict[str, Any], timeout: f
     while True:
         try:
             return session.send("POST", path, timeout=timeout, **{**body, "headers": dict(body["headers"])})
-        except Unavailable:
-            if time.monotonic() > deadline:
+        except Unavailable as exc:
+            # a deployment that failed to restore (503 deployment_failed) is mended by a redeploy, not by waiting
+            if exc.code == "deployment_failed" or time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
 
