@@ -139,6 +139,31 @@ def read(dataset_id: int, out: Path | None, limit: int, workspace: str | None, a
     print(f"{table.num_rows} rows written to {out}")
 
 
+@datasets_app.command("files")
+@click.argument("dataset_id", type=int)
+@click.option("--version-id", type=int, help="As this version of the project saved them.")
+@click.option("--download", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write every file into this folder (created if needed), under its own name.")
+@workspace_option
+@json_option
+def files(dataset_id: int, version_id: int | None, download: Path | None, workspace: str | None,
+          as_json: bool) -> None:
+    """The files of an images or files dataset (name, sha256, size, type, labels); `read` is for rows."""
+    lineage = _lineage(workspace)
+    listed = lineage.files(dataset_id, version_id)
+    if download is not None:
+        names = [str(file["name"]) for file in listed]
+        for name in names:  # the server never names a file so; checked before anything is written
+            if Path(name).name != name or name in (".", ".."):
+                raise InvalidInput(f"the file name {name!r} is not a plain file name")
+        download.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (download / name).write_bytes(lineage.download_file(dataset_id, name, version_id))
+    _show(listed, ["name", "sha256", "size", "content_type", "labels"], as_json, listed)
+    if download is not None and not as_json:
+        print(f"{len(listed)} files written to {download}")
+
+
 @datasets_app.command("delete")
 @click.argument("dataset_id", type=int)
 @workspace_option

@@ -117,3 +117,34 @@ def test_signing_in_again_keeps_the_workspace_chosen_with_use(tmp_path, monkeypa
     assert read_credentials(credentials)["workspace"] == 2
     assert cli.main([*login, "--username", "bob"]) == 0
     assert "workspace" not in read_credentials(credentials)
+
+
+def test_datasets_files_lists_and_downloads_an_images_datasets_files(tmp_path, monkeypatch, capsys):
+    """`railyard datasets read` of an images dataset says it has files, not rows, and no command listed or fetched
+    them (only the SDK's Lineage.files / download_file): `railyard datasets files` does, and writes nothing for a
+    name that is not a plain file name."""
+    from railyard_client import cli_lineage
+
+    stored = {"digit.png": b"\x89PNG...", "cat.jpg": b"\xff\xd8..."}
+
+    class Lineage:
+        def files(self, dataset_id: int, version_id: int | None = None) -> list[dict]:
+            assert dataset_id == 6 and version_id in (None, 2)
+            return [{"name": name, "sha256": "ab" * 32, "size": len(body), "content_type": "image/png",
+                     "labels": {"digit": 6}} for name, body in sorted(stored.items())]
+
+        def download_file(self, dataset_id: int, name: str, version_id: int | None = None) -> bytes:
+            return stored[name]
+
+    monkeypatch.setattr(cli_lineage, "_lineage", lambda workspace: Lineage())
+    monkeypatch.setattr(cli, "out", Console(width=120, soft_wrap=False))
+    folder = tmp_path / "dl"
+    assert cli.main(["datasets", "files", "6", "--version-id", "2", "--download", str(folder)]) == 0
+    printed = capsys.readouterr().out
+    assert "digit.png" in printed and "cat.jpg" in printed and f"2 files written to {folder}" in printed
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == stored
+    assert cli.main(["datasets", "files", "6", "--json"]) == 0
+    assert [f["name"] for f in json.loads(capsys.readouterr().out)] == ["cat.jpg", "digit.png"]
+    stored["zz/../../escape.png"] = b"x"  # listed last: nothing at all is written
+    assert cli.main(["datasets", "files", "6", "--download", str(tmp_path / "other")]) == 2
+    assert not (tmp_path / "escape.png").exists() and not (tmp_path / "other").exists()
