@@ -125,6 +125,14 @@ async def claim_login_attempt(pool: asyncpg.Pool, user_id: uuid.UUID, source: st
         user_id, source, attempt, float(lease_seconds)))
 
 
+async def delete_stale_login_attempts(pool: asyncpg.Pool, older_than: float) -> int:
+    """Claims older than `older_than` seconds (crashed processes' leftovers: a live claim is released when its
+    attempt is answered); how many went."""
+    status = await pool.execute("DELETE FROM login_attempts WHERE started_at < now() - make_interval(secs => $1)",
+                                float(older_than))
+    return int(status.split()[-1])
+
+
 async def release_login_attempt(pool: asyncpg.Pool, user_id: uuid.UUID, source: str, attempt: uuid.UUID) -> None:
     """End a claimed attempt (only this claim: one that outlived its lease may have been taken over)."""
     await pool.execute("DELETE FROM login_attempts WHERE user_id = $1 AND source = $2 AND attempt = $3",

@@ -5,7 +5,8 @@ never be spent again (used, or past `expires_at`) are deleted, BATCH rows per st
 row locks or runs long; a token being refreshed at that moment is skipped, not waited for. A live token (unused,
 unexpired) is never touched, so presenting any token answers exactly as before: a deleted row and a used one are
 both "expired, already used, revoked or issued to another client". Several replicas may sweep at once: they skip
-each other's locked rows."""
+each other's locked rows. The same round deletes sign-in attempt claims a crashed process left (auth.login_attempts,
+older than STALE_ATTEMPT_SECONDS; the next attempt of their user and source takes them over anyway)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ log = logging.getLogger("railyard.auth.token_sweep")
 
 SWEEP_EVERY_SECONDS = 3600.0
 BATCH = 1000
+STALE_ATTEMPT_SECONDS = 3600.0  # far above handlers.ATTEMPT_LEASE_SECONDS: only dead claims are that old
 
 
 async def sweep(pool: asyncpg.Pool, batch: int = BATCH) -> int:
@@ -34,6 +36,8 @@ async def sweep(pool: asyncpg.Pool, batch: int = BATCH) -> int:
         await asyncio.sleep(0)  # let the service's requests run between batches
     if deleted:
         log.info("deleted %d dead refresh token(s)", deleted)
+    if stale := await store.delete_stale_login_attempts(pool, STALE_ATTEMPT_SECONDS):
+        log.info("deleted %d sign-in attempt claim(s) left by stopped processes", stale)
     return deleted
 
 

@@ -14,7 +14,7 @@ import uuid
 import httpx
 import pytest
 
-from services.auth import handlers
+from services.auth import handlers, token_sweep
 from shared.db import create_pool
 from shared.errors import TooManyRequests, Unauthorized
 from shared.messages.auth import IssueToken
@@ -97,6 +97,14 @@ async def test_one_attempt_at_a_time_holds_across_auth_processes(stack, admin):
         assert await pool.fetchval("SELECT failures FROM login_failures WHERE user_id = $1 AND source = $2",
                                    user_id, SOURCE) == 4
         assert not await claimed()
+
+        # the hourly sweep deletes claims a crashed process left long ago, and no live one
+        await pool.execute("INSERT INTO login_attempts (user_id, source, attempt, started_at) VALUES"
+                           " ($1, 'crashed', $2, now() - interval '2 hours'), ($1, 'live', $3, now())",
+                           user_id, uuid.uuid4(), uuid.uuid4())
+        await token_sweep.sweep(pool)
+        assert [r["source"] for r in await pool.fetch("SELECT source FROM login_attempts WHERE user_id = $1",
+                                                      user_id)] == ["live"]
     finally:
         await http.aclose()
         await pool.close()
