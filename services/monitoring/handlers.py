@@ -41,8 +41,10 @@ from shared.messages.monitoring import (
     DeploymentInformation,
     DeploymentModel,
     DeploymentTags,
+    ModelSplit,
     ModelVersionRef,
     SetDeploymentModel,
+    SplitArm,
     UpdateDeployment,
 )
 from shared.messages.registry import ResolvedModel, ResolveModel
@@ -116,6 +118,42 @@ def _ref(model: dict[str, Any] | None) -> ModelVersionRef | None:
     return ModelVersionRef(name=str(model["name"]), version=model.get("version"), sha=model.get("sha"))
 
 
+def split_step(definition: dict[str, Any]) -> dict[str, Any] | None:
+    """The body of the A/B split that holds the deployment's models: its first `RandomSplit` step, when no
+    ShadowDeploy or ModelInference step does (None otherwise)."""
+    if _model_step(definition) is not None:
+        return None
+    for step in definition.get("steps", []):
+        kind, body = next(iter(step.items()))
+        if kind == "RandomSplit" and isinstance(body, dict):
+            return body
+    return None
+
+
+def model_split(definition: dict[str, Any]) -> ModelSplit | None:
+    """The A/B split holding the deployment's models as retrieve_information and get_model_version show it: every arm
+    with its weight and share of the requests, and its hash_key; None without one."""
+    body = split_step(definition)
+    if body is None:
+        return None
+    models, weights = body.get("models") or [], body.get("weights") or []
+    total = sum(weights) if len(weights) == len(models) else 0  # the deployer checks one weight a model, sum > 0
+    arms = [SplitArm(**ref.model_dump(), weight=weight, share=weight / total if total else 0.0)
+            for model, weight in zip(models, weights, strict=False) if (ref := _ref(model)) is not None]
+    return ModelSplit(arms=arms, hash_key=body.get("hash_key"))
+
+
+def _served_model(definition: dict[str, Any]) -> ModelVersionRef | None:
+    """The deployment's model version where one value is needed (retrieve_information, get_model_version): the model
+    step's, else the first arm of its A/B split (whose kind and labels predict reads every arm's answer as)."""
+    current = _current_model(definition)
+    if current is not None:
+        return current
+    split = model_split(definition)
+    return ModelVersionRef(**split.arms[0].model_dump(include={"name", "version", "sha"})) \
+        if split and split.arms else None
+
+
 def _current_model(definition: dict[str, Any]) -> ModelVersionRef | None:
     step = _model_step(definition)
     if step is None:
@@ -162,8 +200,8 @@ async def retrieve_information(deps: MonitoringDeps, principal: Principal, token
         status=route.status, tags=await store.tags(deps.pool, route.deployment_id),
         target_datalake=kept["target_datalake"] if kept else None,
         min_threshold=kept["min_threshold"] if kept else None,
-        model_version=_current_model(view.definition), shadow_model_version=_current_shadow(view.definition),
-        updated_at=kept["updated_at"].isoformat() if kept else None,
+        model_version=_served_model(view.definition), shadow_model_version=_current_shadow(view.definition),
+        split=model_split(view.definition), updated_at=kept["updated_at"].isoformat() if kept else None,
         continuous=(await continuous.information(deps.pool, route.deployment_id)).model_dump(mode="json"),
         feedback=await feedback_store.information(deps.pool, route.deployment_id))
 
@@ -219,8 +257,8 @@ async def delete(deps: MonitoringDeps, principal: Principal, token: str | None,
 async def get_model_version(deps: MonitoringDeps, principal: Principal, token: str | None,
                             name: str) -> DeploymentModel:
     view = await _deployment(deps, principal, token, name)
-    return DeploymentModel(model_version=_current_model(view.definition),
-                           pipeline_version=view.route.pipeline_version)
+    return DeploymentModel(model_version=_served_model(view.definition),
+                           pipeline_version=view.route.pipeline_version, split=model_split(view.definition))
 
 
 async def get_shadow_model(deps: MonitoringDeps, principal: Principal, token: str | None,
@@ -256,11 +294,33 @@ def _with_model(definition: dict[str, Any], model: dict[str, Any], shadow: bool)
     raise Conflict("this deployment's pipeline has no model step (ModelInference or ShadowDeploy) to set")
 
 
+def _refuse_split(view: DeploymentView, shadow: bool) -> None:
+    """Conflict for set_model / set_shadow_model on a deployment whose models sit in an A/B split: saying why (the
+    split has no one model to replace or shadow) and what to deploy instead."""
+    split = model_split(view.definition)
+    if split is None:
+        return
+    arms = ", ".join(f"{arm.name!r} (weight {arm.weight:g})" for arm in split.arms)
+    rebuild = (f"client.pipeline({view.route.pipeline_name!r}).clear()"
+               + (".add_shadow_deploy(champion, [challenger])" if shadow else ".add_random_split(weights, models)")
+               + f".deploy(deploy_id={view.deploy_id!r})")
+    if shadow:
+        raise Conflict(f"deployment {view.route.name!r} splits its requests between {arms} (an A/B split, "
+                       "RandomSplit): set_shadow_model adds a challenger to one model, and a split has no one "
+                       "model to shadow. To shadow a model, deploy a pipeline version with a ShadowDeploy step "
+                       f"instead (SDK: {rebuild}; the same deploy_id keeps the deployment's name and URL)")
+    raise Conflict(f"deployment {view.route.name!r} splits its requests between {arms} (an A/B split, RandomSplit): "
+                   "set_model replaces one model and cannot tell which arm to replace. To change an arm or a weight, "
+                   f"deploy a pipeline version with the split you want (SDK: {rebuild}; the same deploy_id keeps the "
+                   "deployment's name and URL), or one model with add_model_step")
+
+
 async def set_model(deps: MonitoringDeps, principal: Principal, token: str | None, cmd: SetDeploymentModel,
                     shadow: bool = False) -> DeploymentModel:
     """set_model / set_shadow_model: the model version is checked first (a model that does not resolve changes
     nothing), then a new pipeline version is created and deployed under the same deploy_id."""
     view = await _deployment(deps, principal, token, cmd.deployment)
+    _refuse_split(view, shadow)
     wanted = cmd.model_version
     resolved = await request(deps.broker, subjects.REGISTRY_MODELS_RESOLVE, ResolveModel(
         workspace_id=view.route.workspace_id, name=wanted.name, version=wanted.version, sha=wanted.sha),

@@ -59,7 +59,9 @@ from services.monitoring.handlers import (
     _deployment,
     _model_step,
     _ref,
+    split_step,
 )
+from services.monitoring.monitored_model import monitored_model
 from services.monitoring.predictions_store import PredictionRow, insert_prediction
 from shared import images, subjects
 from shared.authz import Principal, require_user
@@ -175,16 +177,7 @@ def _check_tags(tags: list[str]) -> list[str]:
     return list(dict.fromkeys(tags))
 
 
-def _split_step(definition: dict[str, Any]) -> dict[str, Any] | None:
-    """The body of the A/B split that holds the deployment's models: its first `RandomSplit` step, when no
-    ShadowDeploy or ModelInference step does (None otherwise)."""
-    if _model_step(definition) is not None:
-        return None
-    for step in definition.get("steps", []):
-        kind, body = next(iter(step.items()))
-        if kind == "RandomSplit" and isinstance(body, dict):
-            return body
-    return None
+_split_step = split_step  # the A/B split holding the deployment's models (handlers: its views use it too)
 
 
 def split_arms(definition: dict[str, Any]) -> list[ModelVersionRef] | None:
@@ -738,7 +731,7 @@ async def model_labels(deps: MonitoringDeps, token: str | None,
 
 async def monitor(deps: MonitoringDeps, principal: Principal, token: str | None, cmd: MonitorImage) -> PredictionResult:
     """monitor / monitor_bytes: a prediction made elsewhere, checked strictly, then kept like the deployment's own
-    (its model versions: the deployment's current ones)."""
+    (its model versions: the deployment's current ones; for an A/B split, the arm `model_version` names, or none)."""
     require_user(principal)
     async with _image(deps, principal, cmd) as data:
         return await _monitor(deps, principal, token, cmd, data)
@@ -749,6 +742,8 @@ async def _monitor(deps: MonitoringDeps, principal: Principal, token: str | None
     tags = _check_tags(cmd.tags)
     predicted_at = _predicted_at(cmd.timestamp)
     view = await _deployment(deps, principal, token, cmd.deployment)
+    # the arm of an A/B split the caller names (or the current model), checked before anything is stored
+    model = await monitored_model(deps, token, view, cmd.model_version)
     labels, expected = await model_labels(deps, token, view)  # before the slot: it may ask the registry (_predict)
     async with deps.image_slots:  # the decoded image and its copies, until only its measures are left
         img = await asyncio.to_thread(images.decode_image, data, cmd.content_type)  # CPU work off the event loop
@@ -759,7 +754,7 @@ async def _monitor(deps: MonitoringDeps, principal: Principal, token: str | None
     shadow = _current_shadow(view.definition)
     row = PredictionRow(
         id=uuid.uuid4(), deployment_id=view.route.deployment_id, workspace_id=view.route.workspace_id,
-        origin="monitor", source=cmd.source, tags=tags, model_version=_ref_dict(_current_model(view.definition)),
+        origin="monitor", source=cmd.source, tags=tags, model_version=_ref_dict(model),
         shadow_model_version=_ref_dict(shadow) if cmd.shadow_prediction is not None else None, kind=kind,
         prediction=cmd.prediction.model_dump(exclude_none=True),
         shadow_prediction=cmd.shadow_prediction.model_dump(exclude_none=True) if cmd.shadow_prediction else None,

@@ -1,6 +1,6 @@
 """Deployment management messages of the monitoring service (seed 003's `Deployment` methods). A deployment is
 named `<deploy_id>-<id>` everywhere; its "model version" is the pipeline's model step (the ShadowDeploy champion
-when there is one) and its "shadow model" the ShadowDeploy step's first challenger."""
+when there is one, else an A/B split's first arm) and its "shadow model" the ShadowDeploy step's first challenger."""
 
 from __future__ import annotations
 
@@ -20,6 +20,23 @@ class ModelVersionRef(Message):
     name: str = Field(min_length=1, max_length=200)
     version: str | None = Field(None, max_length=100)
     sha: str | None = Field(None, max_length=100)
+
+
+class SplitArm(ModelVersionRef):
+    """One arm of an A/B split (a `RandomSplit` holding the deployment's models): its model version as the pipeline
+    names it, its weight and its share of the requests split by weight (weight / sum of the weights)."""
+
+    weight: float
+    share: float
+
+
+class ModelSplit(Message):
+    """The A/B split that holds a deployment's models: its arms in the pipeline's order (the first is the one
+    `model_version` names where one value is required) and the column that picks the arm (`hash_key`; none: by
+    weight)."""
+
+    arms: list[SplitArm]
+    hash_key: str | None = None
 
 
 class DeploymentQuery(Command):
@@ -85,6 +102,8 @@ class DeploymentInformation(Message):
     min_threshold: float | None
     model_version: ModelVersionRef | None
     shadow_model_version: ModelVersionRef | None
+    split: ModelSplit | None = Field(None, description="The A/B split holding the deployment's models, with every "
+                                     "arm and its weight; none without one (`model_version` is then its first arm).")
     updated_at: str | None
     continuous: dict[str, Any] | None = Field(None, description="Continuous training and deployment: their "
                                               "settings, the last training, a model version pending for a person "
@@ -105,7 +124,10 @@ class SetDeploymentModel(Command):
 
 class DeploymentModel(Message):
     """get_model_version / get_shadow_model (and set_*'s answer): the model version, none when there is no shadow
-    model, and the pipeline version that serves it."""
+    model, and the pipeline version that serves it; for an A/B split, get_model_version's model version is its
+    first arm and `split` lists every arm."""
 
     model_version: ModelVersionRef | None
     pipeline_version: str
+    split: ModelSplit | None = Field(None, description="get_model_version of a deployment whose models sit in an A/B "
+                                     "split: every arm with its weight (`model_version` is the first).")

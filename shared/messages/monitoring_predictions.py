@@ -111,7 +111,8 @@ class PredictImage(_OneImage, Command):
 
 class MonitorImage(_OneImage, Command):
     """monitor / monitor_bytes: a prediction made elsewhere on this image, stored like the deployment's own (its
-    model versions are the deployment's current ones, as the seed says)."""
+    model versions are the deployment's current ones, as the seed says; for an A/B split, the arm `model_version`
+    names, or none)."""
 
     deployment: str = Field(min_length=1, max_length=200)
     image: str | None = Field(None, min_length=1, max_length=MAX_IMAGE_BASE64, description="The image's bytes, "
@@ -129,6 +130,10 @@ class MonitorImage(_OneImage, Command):
                                     "reception.")
     shadow_latency: float | None = Field(None, ge=0, le=86_400)
     shadow_prediction: PredictionFormat | None = None
+    model_version: ModelVersionRef | None = Field(None, description="The model version that made the prediction: "
+                                                  "one of the deployment's A/B split's arms (a name alone when one "
+                                                  "arm has it), or its current model; left out: the current model "
+                                                  "(none for a split: the arm is not known).")
 
 
 class PredictionResult(Message):
