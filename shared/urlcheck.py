@@ -2,7 +2,8 @@
 tenant cannot make a platform service talk to the platform's own servers or to cloud metadata (SSRF).
 
 The rule (`OutboundRules`, docs/security.md "Tenant URLs"):
-- http/https only;
+- http/https only for what a service fetches (`check`: registries); a connection's details may name any scheme
+  (`check_host` on every server `endpoints_in` finds in them);
 - refused always: link-local addresses (169.254/16, fe80::/10), cloud metadata (169.254.169.254, fd00:ec2::254,
   100.100.100.200, the metadata host names), unspecified, multicast and reserved addresses, IPv4 addresses
   wrapped in IPv6 (::ffff:a.b.c.d, 64:ff9b::/96) judged as the IPv4 address they carry;
@@ -21,11 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import parse_qsl, urlparse, urlsplit, urlunparse
 
 from shared.errors import InvalidRequest
 
@@ -75,6 +77,126 @@ def _host_port(netloc: str, default_port: int) -> tuple[str, int] | None:
     except ValueError:
         return None
     return (parsed.hostname, port) if parsed.hostname else None
+
+
+# The port a client uses when a URL of that scheme gives none (an SQLAlchemy driver suffix, `postgresql+psycopg`,
+# and `jdbc:` in front are read as the scheme they qualify). A scheme not listed has no default: its host is
+# checked for metadata and link-local addresses only.
+DEFAULT_PORTS = {
+    "http": 80, "https": 443, "ws": 80, "wss": 443, "postgres": 5432, "postgresql": 5432, "pgsql": 5432,
+    "redshift": 5439, "cockroachdb": 26257, "mysql": 3306, "mariadb": 3306, "redis": 6379, "rediss": 6379,
+    "mongodb": 27017, "nats": 4222, "tls": 4222, "s3": 443, "s3a": 443, "gs": 443, "amqp": 5672, "amqps": 5671,
+    "kafka": 9092, "clickhouse": 9000, "mssql": 1433, "sqlserver": 1433, "oracle": 1521, "cassandra": 9042,
+    "elasticsearch": 9200, "opensearch": 9200, "memcached": 11211, "ftp": 21, "sftp": 22, "ssh": 22, "ldap": 389,
+    "ldaps": 636, "grpc": 443, "mqtt": 1883, "trino": 8080, "presto": 8080,
+}
+LIBPQ_DEFAULT_PORT = 5432
+_SCHEME = r"[A-Za-z][A-Za-z0-9+.\-]*"
+_URL = re.compile(rf"({_SCHEME})://((?:(?!,{_SCHEME}://)\S)*)")  # `nats://a:4222,nats://b:4222` is two URLs
+_KEY_VALUE = re.compile(r"(?i)(?:^|[\s;&?])(host|hostaddr|server|port)\s*=\s*('(?:\\.|[^'\\])*'|[^\s;&]*)")
+_ADDRESS = r"(?:\[[0-9A-Fa-f:.%]+\]|[A-Za-z0-9_.\-]+):\d{1,5}"
+_BARE = re.compile(rf"(?:[^\s/]*@)?{_ADDRESS}(?:,{_ADDRESS})*(?:/\S*)?")  # db:5432, b1:9092,b2:9092, h:1521/svc
+
+
+def default_port(scheme: str) -> int | None:
+    """The port a client of `scheme` (a URL scheme or a connection type: `postgresql+psycopg`, `POSTGRES`) uses
+    when none is given; None for a scheme not known."""
+    return DEFAULT_PORTS.get(scheme.lower().split("+", 1)[0])
+
+
+def _address_port(text: str) -> tuple[str, int | None] | None:
+    """(host, port or None) of `host`, `host:port`, `[v6]:port`, a bare IPv6 address; None without a host."""
+    text = text.strip()
+    try:
+        return str(ipaddress.ip_address(text.strip("[]"))), None
+    except ValueError:
+        pass
+    parsed = urlsplit(f"//{text}")
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    return (parsed.hostname, port) if parsed.hostname else None
+
+
+def _ports(text: str) -> list[int]:
+    return [int(p) for p in text.split(",") if p.strip().isdigit() and 0 < int(p) < 65536]
+
+
+def _url_endpoints(scheme: str, rest: str) -> set[tuple[str, int | None]]:
+    """The servers a URL names: every host of its authority (`h1:5432,h2:5433`), and libpq's `host`/`hostaddr`/`port`
+    query parameters, which a client takes over the authority's (`postgresql://db.example.com/x?host=10.0.0.5`)."""
+    parts = urlsplit(f"//{rest}")
+    netloc = parts.netloc.rpartition("@")[2].split(";", 1)[0]  # jdbc:sqlserver://host:1433;databaseName=x
+    query = parse_qsl(parts.query)
+    query_ports = [p for k, v in query if k.lower() == "port" for p in _ports(v)]
+    fallback = query_ports or [default_port(scheme)]
+    found: set[tuple[str, int | None]] = set()
+    own_ports = []
+    for piece in netloc.split(","):
+        address = _address_port(piece) if piece.strip() else None
+        if address is None:
+            continue
+        host, port = address
+        own_ports += [port] if port else []
+        found.update((host, p) for p in ({port, *query_ports} if port else fallback))
+    for key, value in query:
+        if key.lower() in ("host", "hostaddr"):
+            for piece in value.split(","):
+                address = _address_port(piece) if piece.strip() and not piece.startswith("/") else None
+                if address:
+                    found.update((address[0], p) for p in ([address[1]] if address[1] else
+                                                           query_ports or own_ports or [default_port(scheme)]))
+    return found
+
+
+def _key_value_endpoints(text: str) -> set[tuple[str, int | None]]:
+    """The servers of a libpq (`host=db port=5432 dbname=x`, hosts and ports as comma lists paired in order) or
+    ADO.NET/Npgsql (`Server=db;Port=5432`, SQL Server's `Server=tcp:db,1433`) connection string."""
+    hosts: list[tuple[str, int | None]] = []
+    ports: list[int] = []
+    for key, value in _KEY_VALUE.findall(text):
+        value = re.sub(r"\\(.)", r"\1", value[1:-1]) if value.startswith("'") and len(value) > 1 else value
+        if key.lower() == "port":
+            ports += _ports(value)
+            continue
+        if key.lower() == "server" and (sql_server := re.fullmatch(r"(?:tcp:)?(.+),(\d{1,5})", value.strip())):
+            hosts.append((sql_server[1], int(sql_server[2])))
+            continue
+        for piece in value.split(","):
+            address = _address_port(piece) if piece.strip() and not piece.strip().startswith("/") else None
+            if address:
+                hosts.append(address)
+    if not hosts:
+        return set()
+    found: set[tuple[str, int | None]] = set()
+    for i, (host, port) in enumerate(hosts):
+        if port:
+            found.add((host, port))
+        elif len(ports) == len(hosts):
+            found.add((host, ports[i]))
+        else:
+            found.update((host, p) for p in (ports or [LIBPQ_DEFAULT_PORT]))
+    return found
+
+
+def endpoints_in(text: str) -> list[tuple[str, int | None]]:
+    """Every (host, port) a string names, as a client library would read it: URLs of any scheme anywhere in it
+    (`postgresql://u:p@db:5432/x`, `s3://bucket`, `jdbc:mysql://db/x`, `nats://a,nats://b`), with the scheme's
+    default port when none is written (None for an unknown scheme); libpq/ADO key=value connection strings (default
+    port 5432); a bare `host:port` or a comma list of them (`broker1:9092,broker2:9092`). Empty for anything else,
+    a bare name included (a name alone is a host only where the key says so)."""
+    found: set[tuple[str, int | None]] = set()
+    for scheme, rest in _URL.findall(text):
+        found |= _url_endpoints(scheme, rest)
+    found |= _key_value_endpoints(text)
+    stripped = text.strip()
+    if _BARE.fullmatch(stripped):
+        for piece in stripped.rpartition("@")[2].split("/", 1)[0].split(","):
+            address = _address_port(piece)
+            if address:
+                found.add(address)
+    return sorted(found, key=lambda endpoint: (endpoint[0], endpoint[1] or 0))
 
 
 def platform_endpoints(settings: Any) -> frozenset[tuple[str, int]]:
@@ -206,9 +328,11 @@ class OutboundRules:
                               "URLs may not reach: give the address of your own server")
 
     async def check_host(self, host: str, port: int | None = None, what: str = "host") -> None:
-        """A bare host name or address (a connection's `host` detail, with its `port` if given): metadata names and
-        link-local addresses are refused always, and with a port the platform's own endpoints, as in `check`. A name
-        that does not resolve here is let through: it is stored for the tenant's code, not fetched by the platform."""
+        """A server named in a connection's details (any scheme: the platform never fetches it): metadata names and
+        link-local addresses are refused always, and with a port the platform's own endpoints, as in `check` (an
+        unspecified address, which a client on the machine reaches as loopback, like loopback). Loopback and private
+        addresses are otherwise allowed, and a name that does not resolve here is let through: it is stored for the
+        tenant's code, not fetched by the platform."""
         name = host.strip().lower().rstrip(".")
         if name in METADATA_HOSTS:
             raise refused(f"{what}: cloud metadata hosts are not allowed")
@@ -223,6 +347,8 @@ class OutboundRules:
         for candidate in dict.fromkeys(a for address in addresses for a in (_unwrapped(address), address)):
             if candidate in METADATA_ADDRESSES or candidate.is_link_local:
                 raise refused(f"{what}: link-local and cloud metadata addresses are not allowed")
-            if port is not None and await self._is_platform(candidate, port):
+            loopback = ipaddress.ip_address("127.0.0.1" if candidate.version == 4 else "::1")
+            if port is not None and (await self._is_platform(candidate, port) or (
+                    candidate.is_unspecified and await self._is_platform(loopback, port))):
                 raise refused(f"{what}: port {port} there is one of this platform's own servers, which tenants' "
                               "details may not name: give the address of your own server")

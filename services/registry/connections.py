@@ -10,6 +10,7 @@ A task run's token may read the connections of its workspace but not create, att
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import re
@@ -38,10 +39,13 @@ from shared.messages.registry import (
     CreateConnection,
     NoContent,
 )
-from shared.urlcheck import OutboundRules
+from shared.urlcheck import OutboundRules, default_port, endpoints_in
 
 SECRET_KEY = re.compile(r"pass|secret|token|key|credential|private|auth", re.IGNORECASE)
-URL_KEYS = {"url", "uri", "endpoint"}
+# keys whose value is a server even as a bare name (`{"host": "db", "port": 5432}`)
+HOST_KEYS = {"host", "hostname", "hostaddr", "hosts", "server", "servers", "address", "addr", "url", "uri",
+             "endpoint", "endpoints"}
+MAX_SERVERS = 64  # each name is resolved
 MAX_DETAILS = 64 * 1024
 MASK = "********"
 
@@ -79,20 +83,49 @@ def _address(value: str, port: int | None) -> tuple[str, int | None]:
     return parsed.hostname or value, own or port
 
 
-async def _check_details(details: dict[str, Any], rules: OutboundRules) -> None:
-    """URLs in the details follow the outbound rules (shared/urlcheck.py); a `host` (with its `port`) may not name
-    cloud metadata, a link-local address or one of the platform's own servers. Stored for the tenant's code, never
-    fetched here, but refused the same way as a registry's URL, so that no tenant record points inside the platform."""
+def _named_servers(details: dict[str, Any], type_port: int | None) -> dict[tuple[str, int | None], str]:
+    """Every server the details name, (host, port) -> the first key path naming it (`details.options.dsn`,
+    `details.hosts[1]`): each string anywhere in them, nested dicts and lists included, read by `endpoints_in` (URLs of
+    any scheme, key=value DSNs, `host:port`), and a name alone under a host-like key, with the `port` beside it, else
+    the connection type's default port (`POSTGRES`: 5432)."""
+    found: dict[tuple[str, int | None], str] = {}
+
+    def walk(value: Any, path: str, host_port: int | None = None) -> None:
+        if isinstance(value, dict):
+            port = _port(value) or type_port
+            for key, item in value.items():
+                walk(item, f"{path}.{key}", port if str(key).lower() in HOST_KEYS else None)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, f"{path}[{i}]", host_port)
+        elif isinstance(value, str):
+            named = endpoints_in(value)
+            if not named and value.strip() and (host_port is not None or path.rsplit(".", 1)[-1].split("[")[0]
+                                                 .lower() in HOST_KEYS):
+                named = [_address(value, host_port)]
+            for endpoint in named:
+                found.setdefault((endpoint[0].lower(), endpoint[1]), path)
+
+    walk(details, "details")
+    return found
+
+
+async def _check_details(details: dict[str, Any], rules: OutboundRules, kind: str = "") -> None:
+    """Every server the details name (`_named_servers`: any scheme, any depth) may not be cloud metadata, a
+    link-local address or, by host and port, one of the platform's own servers (shared/urlcheck.py `check_host`).
+    Stored for the tenant's code and never fetched here, so any scheme is allowed and loopback or private addresses
+    are the tenant's own (the registry's stricter rule is for URLs the platform fetches), but no tenant record may
+    point inside the platform. 400 `url_not_allowed` names the key path."""
     if len(json.dumps(details)) > MAX_DETAILS:
         raise InvalidRequest(f"details may be at most {MAX_DETAILS} bytes of JSON")
-    for key, value in details.items():
-        if not isinstance(value, str):
-            continue
-        if key.lower() in URL_KEYS and "://" in value:
-            await rules.check(value, what=f"details.{key}")
-        elif key.lower() == "host" or key.lower() in URL_KEYS:  # `db:5432`, an endpoint without a scheme
-            host, port = _address(value, _port(details))
-            await rules.check_host(host, port, what=f"details.{key}")
+    servers = _named_servers(details, default_port(kind) if kind else None)
+    if len(servers) > MAX_SERVERS:
+        raise InvalidRequest(f"details name {len(servers)} servers; at most {MAX_SERVERS} are allowed")
+    results = await asyncio.gather(*(rules.check_host(host, port, what=f"{path} ({host})")
+                                     for (host, port), path in servers.items()), return_exceptions=True)
+    for result in results:  # the first refusal in the details' order
+        if isinstance(result, BaseException):
+            raise result
 
 
 def _record(row: asyncpg.Record, details: dict[str, Any], seen: set[int] | None) -> ConnectionRecord:
@@ -145,7 +178,7 @@ class ConnectionService:
         require_unscoped(principal, "create connections")
         if not cmd.name.strip() or len(cmd.name) > 200:
             raise InvalidRequest("name must be 1-200 characters")
-        await _check_details(cmd.details, self.rules)
+        await _check_details(cmd.details, self.rules, cmd.type)
         connection_id = uuid.uuid4()
         try:
             await self.pool.execute(

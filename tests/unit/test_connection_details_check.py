@@ -1,31 +1,98 @@
-"""A connection's `host` written with its port (`127.0.0.1:15432`), or an `endpoint` without a scheme, names a
-platform server as surely as `host` + `port` does: both were let through (the host was looked up as the name
-`127.0.0.1:15432`, which does not resolve, and a scheme-less endpoint was not checked at all)."""
+"""A connection's details may not name the platform's own servers, in whatever form a client library would read:
+a URL of any scheme (postgresql, nats, s3, mysql, redis, mongodb, jdbc:...), a libpq or ADO key=value connection
+string, a bare `host:port` (or a list of them), `host` with its `port`, at any depth of the details. Before, only
+top-level `url`/`uri`/`endpoint`/`host` keys were looked at: a `dsn`, a nested dict or a `postgresql://` URL named the
+stack's PostgreSQL unchecked, and `postgresql://` under `url` was refused as "must be http or https"."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.registry.connections import _check_details
+from services.registry.connections import MAX_SERVERS, _check_details
 from shared.errors import InvalidRequest
 from shared.urlcheck import OutboundRules
 
-RULES = OutboundRules(private_allowed=True, platform=frozenset({("127.0.0.1", 15432), ("127.0.0.1", 18333)}))
+# the development stack's ports (PostgreSQL, S3, NATS) on loopback
+RULES = OutboundRules(private_allowed=True, platform=frozenset({("127.0.0.1", 15432), ("127.0.0.1", 18333),
+                                                                ("127.0.0.1", 14222)}))
+# a deployment on the servers' default ports, to see a scheme's default port used when none is written
+DEFAULTS = OutboundRules(private_allowed=True, platform=frozenset({("127.0.0.1", 5432), ("127.0.0.1", 4222),
+                                                                   ("127.0.0.1", 443)}))
 
 
 @pytest.mark.parametrize("details", [
     {"host": "127.0.0.1:15432"}, {"host": "localhost:15432", "port": 5432}, {"host": "[::1]:18333"},
     {"endpoint": "127.0.0.1:18333"}, {"Endpoint": "localhost:18333"}, {"host": "127.0.0.1", "port": 15432},
+    {"username": "127.0.0.1:15432"},  # kept before: only host-like keys were read
+    # URLs of any scheme, under any key
+    {"url": "postgresql://railyard:pw@127.0.0.1:15432/railyard"}, {"dsn": "postgres://u@localhost:15432/x"},
+    {"connection_string": "postgresql+psycopg://u:p@ss@127.0.0.1:15432/x?sslmode=disable"},
+    {"dsn": "postgresql://db.example.com/x?host=127.0.0.1&port=15432"},  # libpq's query parameters win
+    {"dsn": "postgresql://localhost/x?port=15432"},
+    {"dsn": "postgresql://db.example.com:5432,127.0.0.1:15432/x"},  # libpq's host list
+    {"servers": "nats://db.example.com:4222,nats://127.0.0.1:14222"}, {"url": "nats://[::ffff:127.0.0.1]:14222"},
+    {"bucket_url": "s3://127.0.0.1:18333/railyard-artifacts"}, {"jdbc": "jdbc:postgresql://localhost:15432/x"},
+    {"cache": "redis://:pw@127.0.0.1:15432/0"}, {"uri": "mongodb://127.0.0.2:14222/x"},
+    # key=value connection strings
+    {"dsn": "host=127.0.0.1 port=15432 dbname=railyard"}, {"dsn": "host='localhost' port = 15432"},
+    {"dsn": "host=db.example.com,127.0.0.1 port=5432,15432"}, {"conn": "Server=127.0.0.1;Port=15432;Database=x"},
+    # bare host:port and lists of them, nested anywhere; an unspecified address reaches loopback
+    {"brokers": "db.example.com:9092,localhost:14222"}, {"brokers": ["db.example.com:9092", "localhost:14222"]},
+    {"options": {"replicas": [{"host": "127.0.0.1", "port": "15432"}]}}, {"a": {"b": {"c": "0.0.0.0:15432"}}},
 ])
-async def test_a_host_with_its_port_or_a_bare_endpoint_at_a_platform_server_is_refused(details):
+async def test_every_form_naming_a_platform_server_is_refused(details):
     with pytest.raises(InvalidRequest, match="this platform's own servers") as refused:
         await _check_details(details, RULES)
     assert refused.value.code == "url_not_allowed"
 
 
+@pytest.mark.parametrize("details, kind", [
+    ({"url": "postgresql://u@127.0.0.1/x"}, ""), ({"url": "nats://localhost"}, ""), ({"dsn": "host=localhost"}, ""),
+    ({"url": "https://127.0.0.1/x"}, ""), ({"url": "s3://localhost/bucket"}, ""),
+    ({"host": "127.0.0.1"}, "POSTGRES"), ({"hosts": ["localhost"]}, "nats"),  # the type's default port
+])
+async def test_a_scheme_or_types_default_port_is_checked_when_none_is_written(details, kind):
+    with pytest.raises(InvalidRequest, match="this platform's own servers"):
+        await _check_details(details, DEFAULTS, kind)
+
+
+async def test_the_message_names_the_key_path():
+    details = {"type": "x", "options": {"replicas": [{"dsn": "ok"}, {"dsn": "postgresql://localhost:15432/x"}]}}
+    with pytest.raises(InvalidRequest, match=r"^details\.options\.replicas\[1\]\.dsn \(localhost\): port 15432"):
+        await _check_details(details, RULES)
+
+
 @pytest.mark.parametrize("details", [
     {"host": "127.0.0.1:5432"}, {"host": "db.invalid:15432"}, {"endpoint": "127.0.0.1:9000"}, {"host": "::1"},
-    {"host": "10.0.0.5", "port": 5432}, {"endpoint": "s3.invalid"}, {"username": "127.0.0.1:15432"},
+    {"host": "10.0.0.5", "port": 5432}, {"endpoint": "s3.invalid"}, {"username": "admin", "note": "12:30"},
+    # a customer's own servers, in every form: no longer "must be http or https"
+    {"url": "postgresql://u:p@10.0.0.5:5432/sales"}, {"dsn": "postgres://u@127.0.0.1/x"},
+    {"dsn": "host=10.0.0.5 port=5432 dbname=sales"}, {"bucket": "s3://customer-bucket/prefix"},
+    {"servers": "nats://10.0.0.7:4222,nats://10.0.0.8:4222"}, {"url": "mysql://u@127.0.0.1:3306/x"},
+    {"nested": {"uri": "mongodb://10.0.0.9/x", "list": ["redis://10.0.0.10", "b1:9092,b2:9092"]}},
+    {"url": "ftp://files.example.com/x"}, {"host": "127.0.0.1"},  # no port, no known type: a tenant's own
 ])
 async def test_a_tenants_own_servers_are_kept(details):
     await _check_details(details, RULES)
+
+
+async def test_without_a_port_or_a_known_type_only_the_written_port_counts():
+    await _check_details({"host": "127.0.0.1"}, DEFAULTS, "BIGQUERY")  # no default port to check
+    await _check_details({"url": "postgresql://u@10.0.0.5/x", "host": "localhost", "port": 6543}, DEFAULTS, "POSTGRES")
+
+
+@pytest.mark.parametrize("details, message", [
+    ({"dsn": "postgresql://u@169.254.169.254/x"}, "link-local"),
+    ({"deep": [{"url": "redis://metadata.google.internal"}]}, "metadata"),
+    ({"dsn": "host=fe80::1 port=5432"}, "link-local"), ({"x": "[::ffff:169.254.169.254]:80"}, "link-local"),
+])
+async def test_metadata_and_link_local_are_refused_in_any_form(details, message):
+    with pytest.raises(InvalidRequest, match=message) as refused:
+        await _check_details(details, RULES)
+    assert refused.value.code == "url_not_allowed"
+
+
+async def test_details_naming_too_many_servers_are_refused_before_any_lookup():
+    details = {"hosts": [f"h{i}.invalid:1" for i in range(MAX_SERVERS + 1)]}
+    with pytest.raises(InvalidRequest, match=f"at most {MAX_SERVERS}"):
+        await _check_details(details, RULES)
