@@ -43,7 +43,8 @@ class DeploymentManagement:
     def retrieve_information(self) -> dict[str, Any]:
         """What the platform knows about this deployment: `deployment` (its inference name), display `name`,
         pipeline name and version, status, tags, target_datalake, min_threshold, model_version,
-        shadow_model_version."""
+        shadow_model_version, and `split` for a deployment whose models sit in an A/B split: its `arms` (name,
+        version, sha, weight, share) and `hash_key` (model_version is then the first arm)."""
         return self._call("retrieve_information")
 
     def update(self, name: str | None = None, target_datalake: str | None = None,
@@ -62,7 +63,8 @@ class DeploymentManagement:
         self._call("delete", force_delete=force_delete)
 
     def get_model_version(self) -> dict[str, Any] | None:
-        """The model version this deployment serves, as {name, version, sha}."""
+        """The model version this deployment serves, as {name, version, sha}; for an A/B split, its first arm
+        (`retrieve_information()["split"]` lists every arm with its weight)."""
         return self._call("get_model_version")["model_version"]
 
     def set_model(self, model_version: ModelVersionLike) -> dict[str, Any]:

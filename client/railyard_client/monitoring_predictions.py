@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from railyard_client.errors import InvalidInput
+from railyard_client.monitoring import _model_version_ref
 from railyard_client.session import Session
 
 SUPPORTED_CONTENT_TYPES = ("image/png", "image/jpeg")
@@ -131,9 +132,12 @@ class DeploymentPredictions:
         """Send a prediction made elsewhere on this image file, kept like the deployment's own. `prediction` (and
         `shadow_prediction`) is a PredictionFormat dict: detection_classes, detection_scores, and for detection
         detection_boxes [top, left, bottom, right], for segmentation detection_masks polygons [x1, y1, x2, y2, ...].
-        `model_version` and `shadow_model_version` are not used (as the seed says: the deployment's current ones
-        are recorded); `shadow_raw_predictions` is the old name of `shadow_prediction`. `content_type` is guessed
-        from the file name when left out."""
+        The deployment's current model versions are recorded, as the seed says; for a deployment whose models sit
+        in an A/B split, `model_version` (a ModelVersion, Model or name) names the arm that made the prediction
+        (left out: none is recorded), and one the split does not hold is refused (InvalidRequest, 400); it is not
+        used for a deployment with one model.
+        `shadow_model_version` is not used; `shadow_raw_predictions` is the old name of `shadow_prediction`.
+        `content_type` is guessed from the file name when left out."""
         if shadow_raw_predictions is not None and shadow_prediction is not None and \
                 _format(shadow_raw_predictions, "shadow_raw_predictions") != _format(shadow_prediction,
                                                                                      "shadow_prediction"):
@@ -146,14 +150,16 @@ class DeploymentPredictions:
         return self.monitor_bytes(_read(path), chosen, path.name, latency, height, width, prediction, source=source,
                                   tags=tags, timestamp=timestamp, shadow_latency=shadow_latency,
                                   shadow_prediction=shadow_prediction if shadow_prediction is not None
-                                  else shadow_raw_predictions)
+                                  else shadow_raw_predictions, model_version=model_version)
 
     def monitor_bytes(self, raw_image: bytes, content_type: SupportedContentType | str, filename: str,
                       latency: float, height: int, width: int, prediction: Any, source: str | None = None,
                       tags: list[str] | None = None, timestamp: float | None = None,
-                      shadow_latency: float | None = None, shadow_prediction: Any = None) -> dict[str, Any]:
+                      shadow_latency: float | None = None, shadow_prediction: Any = None,
+                      model_version: Any = None) -> dict[str, Any]:
         """As `monitor` on an image's bytes; `content_type` is 'image/png' or 'image/jpeg'. Returns the stored
         prediction (its `id`, model versions, image sha256...)."""
+
         if not isinstance(raw_image, bytes | bytearray) or not raw_image:
             raise InvalidInput("raw_image must be the non-empty bytes of a PNG or JPEG image")
         body: dict[str, Any] = {
@@ -162,6 +168,7 @@ class DeploymentPredictions:
             "tags": _tags(tags)}
         optional = {"source": _name(source) if source is not None else None, "timestamp": timestamp,
                     "shadow_latency": shadow_latency,
-                    "shadow_prediction": _format(shadow_prediction, "shadow_prediction")}
+                    "shadow_prediction": _format(shadow_prediction, "shadow_prediction"),
+                    "model_version": _model_version_ref(model_version) if model_version is not None else None}
         body |= {key: value for key, value in optional.items() if value is not None}
         return self._send_image("deployments/monitor_bytes", body, raw_image, filename, body["content_type"])

@@ -1,12 +1,13 @@
 """The model version a prediction made elsewhere (`monitor`) is recorded under.
 
 Seed 003 says monitor's `model_version` is "not used anymore: system will use what's currently being monitored", and
-for a deployment with one model (a ModelInference or ShadowDeploy step) that stays so: left out, the current model is
-recorded. A deployment whose models sit in an A/B split (`RandomSplit`) has no current model: which arm made the
-prediction is the caller's to say, so `model_version` may name one of the arms (a name alone when only one arm has
-that name), and left out the prediction is recorded with no model version rather than under a guessed arm (it counts
-in the deployment's statistics, in no arm's). A `model_version` the deployment does not serve is a 400
-`invalid_request` naming what it serves; nothing is stored."""
+for a deployment with one model (a ModelInference or ShadowDeploy step) that stays so: the current model is recorded
+whatever `model_version` says (seed code still passing the deprecated value, maybe an older version, keeps working
+rather than meeting a new 400). A deployment whose models sit in an A/B split (`RandomSplit`) has no current model:
+which arm made the prediction is the caller's to say, so `model_version` may name one of the arms (a name alone when
+only one arm has that name), and left out the prediction is recorded with no model version rather than under a
+guessed arm (it counts in the deployment's statistics, in no arm's). A `model_version` that is no arm of the split
+is a 400 `invalid_request` naming the arms; nothing is stored."""
 
 from __future__ import annotations
 
@@ -26,35 +27,25 @@ def describe(ref: ModelVersionRef) -> str:
     return f"{ref.name!r} version {pinned}" if pinned else repr(ref.name)
 
 
-def served_models(definition: dict[str, Any]) -> tuple[list[ModelVersionRef], bool]:
-    """(the model versions a monitored prediction may name, whether they are an A/B split's arms): every arm of the
-    split holding the deployment's models, else its current model (none when its pipeline has no model step)."""
-    body = split_step(definition)
-    if body is not None:
-        return [ref for model in body.get("models") or [] if (ref := _ref(model)) is not None], True
-    current = _current_model(definition)
-    return ([current] if current is not None else []), False
-
-
 def matching_model(definition: dict[str, Any], deployment: str,
                    wanted: ModelVersionRef | None) -> ModelVersionRef | None:
-    """The served model version `wanted` names (None when `wanted` is None and the models sit in a split); an arm
-    named by its model alone matches any version the caller gives (it is resolved at deploy time). InvalidRequest
-    when `wanted` names none of them, or a name alone names two arms."""
-    served, split = served_models(definition)
+    """The model version a monitored prediction is recorded under: the current model of a deployment with one
+    (`wanted` is not used, as the seed says), else the arm of its A/B split `wanted` names (None when left out); an
+    arm the pipeline names by its model alone matches any version the caller gives (it was resolved at deploy time).
+    InvalidRequest when `wanted` names no arm, or a name alone names two."""
+    body = split_step(definition)
+    if body is None:
+        return _current_model(definition)
     if wanted is None:
-        return None if split else (served[0] if served else None)
-    matches = {(m.name, m.version, m.sha): m for m in served if m.name == wanted.name
+        return None
+    arms = [ref for model in body.get("models") or [] if (ref := _ref(model)) is not None]
+    matches = {(m.name, m.version, m.sha): m for m in arms if m.name == wanted.name
                and (wanted.version is None or m.version in (None, wanted.version))
                and (wanted.sha is None or m.sha in (None, wanted.sha))}
-    what = "the arms of its A/B split" if split else "its model"
-    if not served:
-        raise InvalidRequest(f"model_version {describe(wanted)} is not served by deployment {deployment!r}: its "
-                             "pipeline has no model step; leave model_version out")
     if not matches:
-        raise InvalidRequest(f"model_version {describe(wanted)} is not served by deployment {deployment!r}: give one "
-                             f"of {what}, {', '.join(describe(m) for m in served)}"
-                             + ("" if split else ", or leave it out"))
+        raise InvalidRequest(f"model_version {describe(wanted)} is not an arm of deployment {deployment!r}'s A/B "
+                             f"split: give one of {', '.join(describe(m) for m in arms)}, or leave it out (no model "
+                             "version is then recorded)")
     if len(matches) > 1:
         raise InvalidRequest(f"model_version {describe(wanted)} names {len(matches)} arms of deployment "
                              f"{deployment!r}'s A/B split ({', '.join(describe(m) for m in matches.values())}): "
@@ -68,7 +59,7 @@ async def monitored_model(deps: MonitoringDeps, token: str | None, view: Deploym
     names by its model alone is recorded as the version the registry resolves from what the caller gave (NotFound
     when there is none)."""
     match = matching_model(view.definition, view.route.name, wanted)
-    if match is None or match.version is not None or wanted is None:
+    if match is None or match.version is not None or wanted is None or split_step(view.definition) is None:
         return match
     resolved = await request(deps.broker, subjects.REGISTRY_MODELS_RESOLVE, ResolveModel(
         workspace_id=view.route.workspace_id, name=wanted.name, version=wanted.version, sha=wanted.sha),

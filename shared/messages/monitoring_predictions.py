@@ -130,10 +130,11 @@ class MonitorImage(_OneImage, Command):
                                     "reception.")
     shadow_latency: float | None = Field(None, ge=0, le=86_400)
     shadow_prediction: PredictionFormat | None = None
-    model_version: ModelVersionRef | None = Field(None, description="The model version that made the prediction: "
-                                                  "one of the deployment's A/B split's arms (a name alone when one "
-                                                  "arm has it), or its current model; left out: the current model "
-                                                  "(none for a split: the arm is not known).")
+    model_version: ModelVersionRef | None = Field(None, description="For a deployment whose models sit in an A/B "
+                                                  "split: the arm that made the prediction (a name alone when one "
+                                                  "arm has it; left out: none is recorded). Not used for a "
+                                                  "deployment with one model, as the seed says (its current one is "
+                                                  "recorded).")
 
 
 class PredictionResult(Message):

@@ -53,13 +53,14 @@ def test_monitor_guesses_the_content_type_and_maps_the_old_shadow_name(tmp_path)
     path = tmp_path / "shot.jpg"
     path.write_bytes(b"\xff\xd8\xff...")
     fmt = {"detection_classes": [1], "detection_scores": [0.5]}
-    deployment.monitor(path, 0.1, 8, 8, fmt, tags=["t"], timestamp=5.0, model_version="ignored",
+    deployment.monitor(path, 0.1, 8, 8, fmt, tags=["t"], timestamp=5.0, model_version="arm-b",
                        shadow_raw_predictions=fmt, shadow_latency=0.2)
     route, body = deployment.sent[0]
     assert route == "deployments/monitor_bytes" and body["content_type"] == "image/jpeg"
-    assert body["shadow_prediction"] == fmt and body["timestamp"] == 5.0 and "model_version" not in body
+    assert body["shadow_prediction"] == fmt and body["timestamp"] == 5.0 and body["model_version"] == {"name": "arm-b"}
     deployment.monitor_bytes(PNG, SupportedContentType.PNG, "f.png", 0.1, 8, 8, fmt)
     assert deployment.sent[1][1]["content_type"] == "image/png" and "shadow_prediction" not in deployment.sent[1][1]
+    assert "model_version" not in deployment.sent[1][1]
     unknown = tmp_path / "shot.bin"
     unknown.write_bytes(PNG)
     with pytest.raises(InvalidInput, match="content type"):
