@@ -39,11 +39,13 @@ def infer(stack, owner, pipeline: str, rows: list[dict]) -> httpx.Response:
         "Authorization": f"Bearer {owner.token}", "Content-Type": "application/json; format=pandas-records"})
 
 
-def test_an_ab_split_of_backends_and_an_onnx_champion_with_a_backend_challenger(stack, owner, tmp_path):
-    from tests.ml_backend.conftest import wait_until
-
+@pytest.fixture(scope="module")
+def deployed(stack, owner, tmp_path_factory):
+    """The module's three deployments (an A/B split of two backends, an ONNX champion shadowed by a backend, an
+    image-configured ONNX detector shadowed by a backend), started side by side: (client, the split's arms, fraud)."""
     client = sdk(stack, owner)
-    found, spotted = (upload_backend(client, tmp_path, name, config) for name, config in (
+    folder = tmp_path_factory.mktemp("backends")
+    found, spotted = (upload_backend(client, folder, name, config) for name, config in (
         ("squares-found", DETECTION_CONFIG), ("squares-spotted", RIVAL_CONFIG)))
     fraud = client.upload_model("fraud", ccfraud_onnx(), progress=False)
     detector = client.upload_model("bright", detector_onnx(), progress=False)
@@ -57,7 +59,14 @@ def test_an_ab_split_of_backends_and_an_onnx_champion_with_a_backend_challenger(
         pipeline.deploy(replicas=1, cpus=0.5, wait=False)
     for pipeline in (split, shadowed, watched):
         pipeline.deployment().wait_until_running(180)
+    yield client, found, spotted, fraud
+    client.close()
 
+
+def test_an_ab_split_of_backends_and_an_onnx_champion_with_a_backend_challenger(stack, owner, deployed):
+    from tests.ml_backend.conftest import wait_until
+
+    client, found, spotted, _ = deployed
     png = squares((16, 16), [((200, 0, 0), (2, 4, 10, 12))])
     task = json.dumps({"id": 1, "data": {"image": "data:image/png;base64," + base64.b64encode(png).decode()}})
 
@@ -129,3 +138,41 @@ def test_an_ab_split_of_backends_and_an_onnx_champion_with_a_backend_challenger(
     assert predicted["shadow_prediction"] == {"detection_classes": [1], "detection_scores": [0.9],
                                               "detection_boxes": [[8, 8, 16, 16]], "detection_masks": None}
     assert predicted["shadow_latency"] > 0
+
+
+def test_an_ab_splits_model_versions_monitor_and_set_model(deployed):
+    """Seed 003's deployment methods on the A/B split: the views list both arms and name the first as the model
+    version, monitor records the arm the caller names (none when not named) and refuses a model no arm serves,
+    set_model says why it cannot and what to deploy instead."""
+    from railyard_client import Conflict, InvalidRequest
+
+    client, found, spotted, fraud = deployed
+    deployment = client.get_deployment("squares-ab")
+    pinned = {arm.name: {"name": arm.name, "version": arm.version, "sha": arm.sha} for arm in (found, spotted)}
+    information = deployment.retrieve_information()
+    assert information["split"] == {"hash_key": None, "arms": [
+        pinned[name] | {"weight": 1.0, "share": 0.5} for name in ("squares-found", "squares-spotted")]}
+    assert information["model_version"] == pinned["squares-found"] and information["shadow_model_version"] is None
+    assert deployment.get_model_version() == pinned["squares-found"] and deployment.get_shadow_model() is None
+
+    def counted(model_version=None) -> int:
+        return deployment.get_stats("PREDICTIONS_DATA", model_version=model_version)["predictions"]
+
+    before = (counted(), counted(found), counted(spotted))
+    png = squares((16, 16), [((200, 0, 0), (2, 4, 10, 12))])
+    made = {"detection_classes": [1], "detection_scores": [0.8], "detection_boxes": [[2, 4, 10, 12]]}
+    kept = deployment.monitor_bytes(png, "image/png", "red.png", 0.01, 16, 16, made, model_version=spotted.name)
+    assert kept["model_version"] == pinned["squares-spotted"]
+    unnamed = deployment.monitor_bytes(png, "image/png", "red.png", 0.01, 16, 16, made)
+    assert unnamed["model_version"] is None
+    with pytest.raises(InvalidRequest, match="'fraud' version .* is not an arm of deployment .* give one of "
+                                             "'squares-found' version"):
+        deployment.monitor_bytes(png, "image/png", "red.png", 0.01, 16, 16, made, model_version=fraud)
+    # the named arm counts it, the other does not, the deployment counts both; the refused one is nowhere
+    assert (counted(), counted(found), counted(spotted)) == (before[0] + 2, before[1], before[2] + 1)
+
+    for change in (deployment.set_model, deployment.set_shadow_model):
+        with pytest.raises(Conflict, match=r"'squares-found' \(weight 1\), 'squares-spotted' \(weight 1\) \(an A/B "
+                                           r"split, RandomSplit\).*client.pipeline\('squares-ab'\).clear\(\)"):
+            change(fraud)
+    assert deployment.get_model_version() == pinned["squares-found"]
