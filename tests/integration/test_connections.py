@@ -72,7 +72,7 @@ def test_duplicate_name_is_409(stack, alice, bob):
 
 
 @pytest.mark.parametrize("extra, message", [
-    ({"url": "ftp://files.example.com/x"}, "http or https"),
+    ({"dsn": "postgresql://u@169.254.169.254/x"}, "link-local"),  # any scheme, any key (was: "http or https")
     ({"url": "http://169.254.169.254/latest/meta-data"}, "link-local"),
     ({"endpoint": "http://metadata.google.internal/"}, "metadata"),
     ({"host": "169.254.169.254"}, "link-local"),
@@ -84,18 +84,31 @@ def test_unsafe_urls_are_refused(stack, alice, extra, message):
 
 def test_a_connection_to_the_platforms_own_servers_is_refused(stack, alice):
     """Loopback is allowed in the development stack, but not the stack's own NATS, PostgreSQL and S3 ports, by URL
-    or by host and port; nothing is stored."""
+    of any scheme, DSN or host and port, at any depth; nothing is stored."""
     env = stack.env
     for extra in ({"url": f"http://127.0.0.1:{env['RAILYARD_STACK__NATS_PORT']}/"},
                   {"endpoint": f"http://localhost:{env['RAILYARD_STACK__S3_PORT']}/railyard-artifacts"},
                   {"host": "127.0.0.1", "port": int(env["RAILYARD_STACK__POSTGRES_PORT"])},
                   {"host": "localhost", "port": env["RAILYARD_STACK__NATS_PORT"]},
                   {"host": f"127.0.0.1:{env['RAILYARD_STACK__POSTGRES_PORT']}"},  # the port in the host
-                  {"endpoint": f"localhost:{env['RAILYARD_STACK__S3_PORT']}"}):  # no scheme
+                  {"endpoint": f"localhost:{env['RAILYARD_STACK__S3_PORT']}"},  # no scheme
+                  # any scheme, any key, any depth, key=value DSNs
+                  {"dsn": f"postgresql://railyard@127.0.0.1:{env['RAILYARD_STACK__POSTGRES_PORT']}/railyard"},
+                  {"options": {"servers": [f"nats://localhost:{env['RAILYARD_STACK__NATS_PORT']}"]}},
+                  {"bucket": f"s3://127.0.0.1:{env['RAILYARD_STACK__S3_PORT']}/railyard-artifacts"},
+                  {"connection_string": f"host=localhost port={env['RAILYARD_STACK__POSTGRES_PORT']} dbname=x"}):
         name, response = create(stack, alice, extra=extra)
         assert response.status_code == 400 and response.json()["code"] == "url_not_allowed", (extra, response.text)
         assert "own servers" in response.json()["msg"]
         assert post(stack, "connections/get", alice.token, {"name": name}).status_code == 404
+
+
+def test_a_customers_database_in_any_scheme_is_kept(stack, alice):
+    extra = {"dsn": "postgresql://reader:pw@db.example.com:5432/sales", "replicas": ["nats://10.0.0.7:4222"],
+             "url": "ftp://files.example.com/x"}
+    name, response = create(stack, alice, extra=extra)
+    assert response.status_code == 200, response.text
+    assert post(stack, "connections/get", alice.token, {"name": name}).json()["details"]["dsn"] == extra["dsn"]
 
 
 def test_outsiders_cannot_see_attach_or_delete(stack, alice, bob):
