@@ -92,7 +92,9 @@ DEFAULT_PORTS = {
 }
 LIBPQ_DEFAULT_PORT = 5432
 _SCHEME = r"[A-Za-z][A-Za-z0-9+.\-]*"
-_URL = re.compile(rf"({_SCHEME})://((?:(?!,{_SCHEME}://)\S)*)")  # `nats://a:4222,nats://b:4222` is two URLs
+# a scheme starts where a run of scheme characters starts (tried once per run: linear in a 64 KiB string);
+# `nats://a:4222,nats://b:4222` is two URLs
+_URL = re.compile(rf"(?<![A-Za-z0-9+.\-])({_SCHEME})://((?:(?!,{_SCHEME}://)\S)*)")
 _KEY_VALUE = re.compile(r"(?i)(?:^|[\s;&?])(host|hostaddr|server|port)\s*=\s*('(?:\\.|[^'\\])*'|[^\s;&]*)")
 _ADDRESS = r"(?:\[[0-9A-Fa-f:.%]+\]|[A-Za-z0-9_.\-]+):\d{1,5}"
 _BARE = re.compile(rf"(?:[^\s/]*@)?{_ADDRESS}(?:,{_ADDRESS})*(?:/\S*)?")  # db:5432, b1:9092,b2:9092, h:1521/svc

@@ -96,3 +96,15 @@ async def test_details_naming_too_many_servers_are_refused_before_any_lookup():
     details = {"hosts": [f"h{i}.invalid:1" for i in range(MAX_SERVERS + 1)]}
     with pytest.raises(InvalidRequest, match=f"at most {MAX_SERVERS}"):
         await _check_details(details, RULES)
+
+
+def test_reading_a_large_value_takes_linear_time():
+    """A 64 KiB run of letters made the URL pattern try every start and every length (11.6 s for 60,000)."""
+    import time
+
+    from shared.urlcheck import endpoints_in
+
+    started = time.perf_counter()
+    for text in ("a" * 60000, ",a" * 30000, "x://" + ",a" * 30000, "@" * 60000 + "a:1x", " host=" * 10000):
+        endpoints_in(text)
+    assert time.perf_counter() - started < 2
