@@ -81,7 +81,7 @@ def test_monitor_decodes_and_measures_two_images_at_once(monkeypatch):
     monkeypatch.setattr(predictions, "_keep", keep)
     cmd = SimpleNamespace(tags=[], timestamp=None, deployment="d-1", content_type="image/png", source=None,
                           prediction=SimpleNamespace(model_dump=lambda **kw: {}), shadow_prediction=None,
-                          latency=None, shadow_latency=None, filename=None)
+                          latency=None, shadow_latency=None, filename=None, model_version=None)
 
     async def scenario() -> list:
         deps = _deps()
@@ -165,7 +165,7 @@ def test_no_image_slot_is_held_while_the_ml_backend_is_resolved(monkeypatch):
     monkeypatch.setattr(predictions, "_predict_prepared", predicted)
     monitored = SimpleNamespace(tags=[], timestamp=None, deployment="d-1", content_type="image/png", source=None,
                                 prediction=SimpleNamespace(model_dump=lambda **kw: {}), shadow_prediction=None,
-                                latency=None, shadow_latency=None, filename=None)
+                                latency=None, shadow_latency=None, filename=None, model_version=None)
     asked = SimpleNamespace(tags=[], deployment="d-1", content_type="image/png")
 
     async def scenario() -> tuple[list, int]:
