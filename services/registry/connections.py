@@ -90,21 +90,20 @@ def _named_servers(details: dict[str, Any], type_port: int | None) -> dict[tuple
     the connection type's default port (`POSTGRES`: 5432)."""
     found: dict[tuple[str, int | None], str] = {}
 
-    def walk(value: Any, path: str, host_port: int | None = None) -> None:
+    def walk(value: Any, path: str, host_key: bool = False, port: int | None = None) -> None:
         if isinstance(value, dict):
-            port = _port(value) or type_port
+            beside = _port(value) or type_port
             for key, item in value.items():
-                walk(item, f"{path}.{key}", port if str(key).lower() in HOST_KEYS else None)
+                walk(item, f"{path}.{key}", str(key).lower() in HOST_KEYS, beside)
         elif isinstance(value, list):
             for i, item in enumerate(value):
-                walk(item, f"{path}[{i}]", host_port)
+                walk(item, f"{path}[{i}]", host_key, port)
         elif isinstance(value, str):
             named = endpoints_in(value)
-            if not named and value.strip() and (host_port is not None or path.rsplit(".", 1)[-1].split("[")[0]
-                                                 .lower() in HOST_KEYS):
-                named = [_address(value, host_port)]
-            for endpoint in named:
-                found.setdefault((endpoint[0].lower(), endpoint[1]), path)
+            if not named and host_key and value.strip():
+                named = [_address(value, port)]
+            for host, named_port in named:
+                found.setdefault((host.lower(), named_port), path)
 
     walk(details, "details")
     return found
