@@ -59,6 +59,7 @@ from services.monitoring.handlers import (
     _deployment,
     _model_step,
     _ref,
+    _served_model,
     split_step,
 )
 from services.monitoring.monitored_model import monitored_model
@@ -714,12 +715,13 @@ def _check_monitored(cmd: MonitorImage, img: Image.Image, labels: list[str] | No
 async def model_labels(deps: MonitoringDeps, token: str | None,
                            view: DeploymentView) -> tuple[list[str] | None, str | None]:
     """(labels, kind) of the deployment's model, for checking a monitored prediction or a review: its image
-    configuration's, or its ML backend's labeling config's; (None, None) when neither says (any kind, class ids
-    checked against nothing)."""
+    configuration's, or its ML backend's labeling config's (an A/B split's: its first arm's, whose class ids predict
+    records every arm's answer with); (None, None) when neither says (any kind, class ids checked against
+    nothing)."""
     config = image_config(view.definition)
     if config is not None:
         return config.labels, config.kind
-    champion = _current_model(view.definition)
+    champion = _served_model(view.definition)
     if champion is None:
         return None, None
     try:

@@ -142,8 +142,8 @@ def test_an_ab_split_of_backends_and_an_onnx_champion_with_a_backend_challenger(
 
 def test_an_ab_splits_model_versions_monitor_and_set_model(deployed):
     """Seed 003's deployment methods on the A/B split: the views list both arms and name the first as the model
-    version, monitor records the arm the caller names (none when not named) and refuses a model no arm serves,
-    set_model says why it cannot and what to deploy instead."""
+    version, monitor records the arm the caller names (none when not named) and refuses a model no arm serves or a
+    class the first arm's labels lack, set_model says why it cannot and what to deploy instead."""
     from railyard_client import Conflict, InvalidRequest
 
     client, found, spotted, fraud = deployed
@@ -168,6 +168,10 @@ def test_an_ab_splits_model_versions_monitor_and_set_model(deployed):
     with pytest.raises(InvalidRequest, match="'fraud' version .* is not an arm of deployment .* give one of "
                                              "'squares-found' version"):
         deployment.monitor_bytes(png, "image/png", "red.png", 0.01, 16, 16, made, model_version=fraud)
+    # checked against the first arm's labels (Blue, Red), as predict records every arm's class ids
+    with pytest.raises(InvalidRequest, match="detection_classes"):
+        deployment.monitor_bytes(png, "image/png", "red.png", 0.01, 16, 16, made | {"detection_classes": [2]},
+                                 model_version=spotted)
     # the named arm counts it, the other does not, the deployment counts both; the refused one is nowhere
     assert (counted(), counted(found), counted(spotted)) == (before[0] + 2, before[1], before[2] + 1)
 

@@ -104,3 +104,17 @@ def test_an_arm_named_by_its_model_alone_is_recorded_as_the_version_the_registry
     assert asyncio.run(monitored_model.monitored_model(deps, None, view(split(A, B)), ModelVersionRef(
         name="found"))) == ModelVersionRef(**A) and len(asked) == 1
 
+
+
+def test_a_monitored_prediction_on_a_split_of_backends_is_checked_against_the_first_arms_labels(monkeypatch):
+    from services.monitoring import ml_backend_predictions, predictions
+
+    looked_up = []
+
+    async def labeling(deps, token, workspace_id, model):
+        looked_up.append(model.name)
+        return ml_backend_predictions.BackendLabeling(control="found", kind="detection", labels=["Blue", "Red"],
+                                                      value="image")
+    monkeypatch.setattr(ml_backend_predictions, "labeling", labeling)
+    labels = asyncio.run(predictions.model_labels(SimpleNamespace(), None, view(split(A, B))))
+    assert labels == (["Blue", "Red"], "detection") and looked_up == ["found"]
