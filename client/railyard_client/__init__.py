@@ -55,8 +55,8 @@ __version__ = _version()
 
 __all__ = [
     "APIError", "Assay", "AuthenticationError", "Client", "ConfigurationError", "Conflict", "Connection",
-    "ConnectionFailed", "ConversionFailed", "Deployment", "DeploymentFailed", "InvalidRequest", "Lineage", "Model", "ModelVersion",
-    "NotFound", "OrchestrationFailed", "Orchestrations", "PayloadTooLarge", "PermissionDenied", "Pipeline",
-    "RailyardError", "Registry", "ServiceMetrics", "SupportedContentType", "Unavailable", "User",
+    "ConnectionFailed", "ConversionFailed", "Deployment", "DeploymentFailed", "InvalidRequest", "Lineage", "Model",
+    "ModelVersion", "NotFound", "OrchestrationFailed", "Orchestrations", "PayloadTooLarge", "PermissionDenied",
+    "Pipeline", "RailyardError", "Registry", "ServiceMetrics", "SupportedContentType", "Unavailable", "User",
     "WaitTimeout", "Workspace", "__version__", "in_task", "task_args",
 ]

@@ -1,7 +1,7 @@
 """The one place a `RailyardError` becomes an HTTP answer, for every edge of the gateway: the FastAPI routes, the
 token endpoint (OAuth2's error shape), the raw ASGI inference fast path and body limit, and the Open Inference
-Protocol (its `error` field). Status, headers (`WWW-Authenticate` on 401, `Retry-After` on 429 and retryable 503s) and the typed
-`{"code", "msg"}` body are decided here and nowhere else."""
+Protocol (its `error` field). Status, headers (`WWW-Authenticate` on 401, `Retry-After` on 429 and retryable 503s)
+and the typed `{"code", "msg"}` body are decided here and nowhere else."""
 
 from __future__ import annotations
 

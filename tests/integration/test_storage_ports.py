@@ -94,7 +94,8 @@ def test_the_volume_server_serves_and_changes_an_object_only_with_a_signed_token
         assert http.get(url).status_code == 401
         assert http.put(url, content=b"overwritten").status_code == 401
         assert http.delete(url).status_code == 401
-        forged = jwt.encode({"fid": fid, "exp": int(time.time()) + 30}, "not-the-stacks-key-but-32-bytes-long", algorithm="HS256")
+        forged = jwt.encode({"fid": fid, "exp": int(time.time()) + 30}, "not-the-stacks-key-but-32-bytes-long",
+                            algorithm="HS256")
         assert http.get(url, headers={"Authorization": f"Bearer {forged}"}).status_code == 401
         # the control: the same request signed with the stack's read key gets the bytes
         signed = jwt.encode({"fid": fid, "exp": int(time.time()) + 30}, stack.secrets()["weed_jwt_signing_read_key"],
