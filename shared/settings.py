@@ -329,6 +329,15 @@ class Settings(BaseSettings):
     stack: StackSettings = StackSettings()
 
 
+def deploy_wait(settings: Settings) -> float:
+    """Seconds a caller of the deployer's pipelines/deploy waits for its answer (the gateway's route, monitoring's
+    model swaps): its models resolved (the request timeout; as long as a model check, registry.worker_timeout, on
+    the routes that may wait for one) or its new replicas serving (deployer.ready_timeout after those lookups),
+    whichever is longer, plus the bus's request timeout. 305 s with the defaults."""
+    request = settings.nats.request_timeout
+    return request + max(settings.registry.worker_timeout, request + settings.deployer.ready_timeout)
+
+
 def env_names(model: type[BaseModel] = Settings, prefix: str = ENV_PREFIX) -> set[str]:
     """All environment variable names the settings read, e.g. RAILYARD_NATS__URL."""
     names: set[str] = set()

@@ -48,6 +48,7 @@ from shared.messages import logs as logm
 from shared.messages import registry as reg
 from shared.objectstore import BUCKET_ARTIFACTS, content_key
 from shared.service import Runtime
+from shared.settings import deploy_wait
 from shared.staging import staged_key
 
 log = logging.getLogger("railyard.gateway")
@@ -86,6 +87,13 @@ def replicas_start(settings: Any) -> float:
     """A copy with `deploy` answers once the copy's replicas serve (deployer.ready_timeout), after it resolved its
     models (a request each): it got a 504 after the request timeout while the deploy carried on."""
     return settings.deployer.ready_timeout + settings.nats.request_timeout
+
+
+def deploy_answers(settings: Any) -> float:
+    """A deploy answers once its replicas serve or its model lookups gave up: shared.settings.deploy_wait (this
+    is the part beyond the request timeout Route.wait adds). long_running alone waited the model check's 300 s
+    whatever deployer.ready_timeout said, so a ready timeout above that was a 504 while the deploy carried on."""
+    return deploy_wait(settings) - settings.nats.request_timeout
 
 
 def replicas_stop(settings: Any) -> float:
@@ -152,7 +160,7 @@ JSON_ROUTES: list[Route] = [spec if isinstance(spec, Route) else R(*spec) for sp
     ("/pipelines/get", subjects.DEPLOYER_PIPELINES_GET, dep.GetPipeline, dep.PipelineRecord,
      "Get a pipeline with its versions and deployment."),
     Route("/pipelines/deploy", subjects.DEPLOYER_PIPELINES_DEPLOY, dep.DeployPipeline, dep.Deployed,
-          "Deploy a pipeline version (answers once its engine replicas serve).", long_running=True),
+          "Deploy a pipeline version (answers once its engine replicas serve).", waits=deploy_answers),
     Route("/pipelines/undeploy", subjects.DEPLOYER_PIPELINES_UNDEPLOY, dep.UndeployPipeline, None, "Undeploy.",
           waits=replicas_stop),
     ("/status/get_deployment", subjects.DEPLOYER_DEPLOYMENTS_STATUS, dep.GetDeploymentStatus, dep.DeploymentStatus,

@@ -24,6 +24,7 @@ from shared.messages.monitoring import (
 )
 from shared.objectstore import BUCKET_MONITORING
 from shared.service import Runtime, ServiceSpec
+from shared.settings import deploy_wait
 from shared.staging import StagedUploadSweep
 
 NAME = "monitoring"
@@ -104,7 +105,7 @@ async def start(runtime: Runtime) -> None:
     await feed.start(broker.config.connection_state.connection)
     deps = handlers.MonitoringDeps(pool=runtime.db, broker=broker,
                                    membership=lambda token: bus_membership(broker, token, timeout),
-                                   timeout=timeout, deploy_timeout=timeout + settings.registry.worker_timeout,
+                                   timeout=timeout, deploy_timeout=deploy_wait(settings),
                                    objects=runtime.objects, max_image_bytes=settings.monitoring.max_image_bytes,
                                    image_slots=asyncio.Semaphore(settings.monitoring.images_at_once),
                                    stats_slots=asyncio.Semaphore(settings.monitoring.stats_at_once))
