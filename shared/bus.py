@@ -169,7 +169,7 @@ async def run_command(
         try:
             cmd = model.model_validate(payload)
         except ValidationError as exc:
-            raise InvalidRequest(_validation_message(exc)) from None
+            raise InvalidRequest(validation_message(exc.errors())) from None
         return reply_ok(await handler(cmd, ctx))
     except RailyardError as exc:
         return reply_error(exc)
@@ -215,11 +215,6 @@ def reply_too_large(size: int, limit: int, hint: str | None = None) -> ReplyTooL
 def byte_size(count: int) -> str:
     """`count` bytes for a message: "8.0 MiB" from 1 MiB, "100.6 KiB" below."""
     return f"{count / 1024**2:.1f} MiB" if count >= 1024**2 else f"{count / 1024:.1f} KiB"
-
-
-def _validation_message(exc: ValidationError) -> str:
-    """The 400's message for a command that does not validate: its first five errors (shared.errors)."""
-    return validation_message(exc.errors(), limit=5)
 
 
 def command(router: NatsRouter | NatsBroker, subject: str, *, service: str, max_workers: int | None = None,

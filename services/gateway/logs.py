@@ -16,9 +16,9 @@ from services.gateway.openapi_body import request_schema
 from shared import subjects
 from shared.arrow_codec import from_ipc, to_ipc_file, to_ipc_stream
 from shared.authz import Principal
-from shared.bus import _validation_message, raw_request
+from shared.bus import raw_request
 from shared.bus import request as bus_request
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, validation_message
 from shared.logrecords import seed_rows
 from shared.messages.logs import GetLogs, ListQuarantinedLogs, LogPage, QuarantinedLogs
 from shared.service import Runtime
@@ -69,7 +69,7 @@ def add_log_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token) ->
         try:
             cmd = ListQuarantinedLogs.model_validate_json(raw if raw.strip() else b"{}")
         except ValidationError as exc:
-            raise InvalidRequest(_validation_message(exc)) from None
+            raise InvalidRequest(validation_message(exc.errors())) from None
         listed = await bus_request(runtime.broker, subjects.LOG_STORE_QUARANTINE_LIST, cmd,
                                    token=bearer_token(request), timeout=QUERY_TIMEOUT, reply_model=QuarantinedLogs)
         return Response(listed.model_dump_json(), media_type="application/json")

@@ -19,7 +19,6 @@ from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import (
     CallContext,
-    _validation_message,
     command,
     connect_options,
     error_headers,
@@ -28,7 +27,7 @@ from shared.bus import (
     request,
 )
 from shared.bus_workers import ConcurrentCallback, drain_raw
-from shared.errors import InvalidRequest, RailyardError
+from shared.errors import InvalidRequest, RailyardError, validation_message
 from shared.lean_imports import lazy_module
 from shared.messages.deployer import ListPipelines, Pipelines
 from shared.messages.logs import (
@@ -91,7 +90,7 @@ def _parse(model: Any, data: bytes) -> Any:
     try:
         return model.model_validate_json(data or b"{}")
     except ValidationError as exc:
-        raise InvalidRequest(_validation_message(exc)) from None
+        raise InvalidRequest(validation_message(exc.errors())) from None
 
 
 def reply_size(body: bytes, headers: dict[str, str]) -> int:
