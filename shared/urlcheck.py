@@ -1,22 +1,15 @@
 """Outbound URLs chosen by tenants (model registries, connection details) are checked before every use, so that a
-tenant cannot make a platform service talk to the platform's own servers or to cloud metadata (SSRF).
+tenant cannot make a platform service talk to the platform's own servers or to cloud metadata (SSRF). The rule and
+why: docs/security.md, "Tenant URLs" and "Connection details".
 
-The rule (`OutboundRules`, docs/security.md "Tenant URLs"):
-- http/https only for what a service fetches (`check`: registries); a connection's details may name any scheme
-  (`check_host` on every server `endpoints_in` finds in them);
-- refused always: link-local addresses (169.254/16, fe80::/10), cloud metadata (169.254.169.254, fd00:ec2::254,
-  100.100.100.200, the metadata host names), unspecified, multicast and reserved addresses, IPv4 addresses
-  wrapped in IPv6 (::ffff:a.b.c.d, 64:ff9b::/96) judged as the IPv4 address they carry;
-- refused always: the platform's own endpoints, known from the settings (NATS and its monitoring port, PostgreSQL,
-  the S3 server, the gateway, and in the embedded stack every SeaweedFS port), on any address that reaches them
-  (for a server bound to a loopback or unspecified address: every loopback address, and the machine's own
-  addresses);
-- loopback and private ranges only when `private_allowed` (RAILYARD_REGISTRY__PRIVATE_URLS; unset: in development
-  mode only), so the embedded stack still reaches an MLflow server on 127.0.0.1.
-
-A refusal is 400 `url_not_allowed`, naming the rule. Names are resolved and every address is checked at each use,
-and the caller connects to the address that was checked (`CheckedUrl.pinned`), so a name that resolves elsewhere
-between the check and the connection (DNS rebinding) gains nothing."""
+The contract here:
+- `OutboundRules.check(url)`: a URL a service fetches (registries); a `CheckedUrl` whose `pinned()` request goes to an
+  address that was checked, or 400 `url_not_allowed` naming the rule;
+- `OutboundRules.check_host(host, port)`: a server named in a connection's details (stored, never fetched);
+  refused (400 `url_not_allowed`) only for metadata/link-local or, with a port, the platform's own servers;
+- `endpoints_in(text)`: every (host, port) a string names as a client library would read it;
+- `address_port(text)` and `valid_port(value)`: the one host:port and port parser every caller uses;
+- `platform_endpoints(settings)`: the platform's own servers, read from the settings by the same parsers."""
 
 from __future__ import annotations
 
@@ -27,13 +20,14 @@ import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlparse, urlsplit, urlunparse
+from urllib.parse import parse_qsl, unquote, urlparse, urlsplit, urlunparse
 
 from shared.errors import InvalidRequest
 
 METADATA_HOSTS = {"metadata.google.internal", "metadata", "instance-data"}
 METADATA_ADDRESSES = {ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")}
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
+MAX_PORT = 65535
 ENDPOINT_CACHE_SECONDS = 60.0
 REFUSED = "url_not_allowed"
 
@@ -56,27 +50,40 @@ def _unwrapped(address: Address) -> Address:
 
 
 def _range_reason(address: Address, private_allowed: bool) -> str | None:
+    """Why a service may not fetch from `address`, or None."""
     if address in METADATA_ADDRESSES or address.is_link_local:
         return "link-local and cloud metadata addresses are not allowed"
     if address.is_unspecified or address.is_multicast:
         return "that address cannot be used"
-    if address.is_loopback or address.is_private:  # before is_reserved, which ::1 (in ::/8) also is
-        return None if private_allowed else (
-            "loopback and private addresses are not allowed on this platform (RAILYARD_REGISTRY__PRIVATE_URLS):"
-            " use the server's public address")
-    if address.is_reserved:
+    if address.is_reserved and not (address.is_loopback or address.is_private):  # ::1 (in ::/8) is reserved too
         return "that address cannot be used"
+    if not address.is_global and not private_allowed:  # loopback, private, shared (100.64/10), documentation...
+        return ("loopback, private and other non-public addresses are not allowed on this platform"
+                " (RAILYARD_REGISTRY__PRIVATE_URLS): use the server's public address")
     return None
 
 
-def _host_port(netloc: str, default_port: int) -> tuple[str, int] | None:
-    """(host, port) of `host`, `host:port`, `[v6]:port`, with any `user:pass@` dropped."""
-    parsed = urlparse(f"//{netloc.rsplit('@', 1)[-1].strip()}")
-    try:
-        port = parsed.port or default_port
-    except ValueError:
-        return None
-    return (parsed.hostname, port) if parsed.hostname else None
+def _metadata_reason(address: Address) -> str | None:
+    """Why no tenant record may name `address` at all, or None."""
+    if address in METADATA_ADDRESSES or address.is_link_local:
+        return "link-local and cloud metadata addresses are not allowed"
+    return None
+
+
+def valid_port(value: Any) -> int:
+    """`value` as a TCP port: an int, or a string of ASCII digits, from 1 to 65535; ValueError for anything else (a
+    bool, a float, `abc`, 0, 10**30), with a message fit for the caller's 400."""
+    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,6}\s*", value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_PORT:
+        raise ValueError(f"a port must be an integer from 1 to {MAX_PORT}, not {str(value)[:40]!r}")
+    return value
+
+
+def _platform_refusal(what: str, port: int, may_not: str) -> InvalidRequest:
+    """The one refusal for a server that is one of the platform's own (`may_not`: what tenants' records may not)."""
+    return refused(f"{what}: port {port} there is one of this platform's own servers, which tenants' {may_not}:"
+                   " give the address of your own server")
 
 
 # The port a client uses when a URL of that scheme gives none (an SQLAlchemy driver suffix, `postgresql+psycopg`,
@@ -95,7 +102,10 @@ _SCHEME = r"[A-Za-z][A-Za-z0-9+.\-]*"
 # a scheme starts where a run of scheme characters starts (tried once per run: linear in a 64 KiB string);
 # `nats://a:4222,nats://b:4222` is two URLs
 _URL = re.compile(rf"(?<![A-Za-z0-9+.\-])({_SCHEME})://((?:(?!,{_SCHEME}://)\S)*)")
-_KEY_VALUE = re.compile(r"(?i)(?:^|[\s;&?])(host|hostaddr|server|port)\s*=\s*('(?:\\.|[^'\\])*'|[^\s;&]*)")
+# libpq's host/hostaddr/port; ADO.NET's (SQL Server, Npgsql, MySQL) Server, Data Source, Address, Addr, Network Address
+_KEY_VALUE = re.compile(r"(?i)(?:^|[\s;&?])(host|hostaddr|server|data\s+source|network\s+address|address|addr|port)"
+                        r"\s*=\s*('(?:\\.|[^'\\])*'|[^\s;&]*)")
+_SQL_SERVER_KEYS = {"server", "data source", "network address", "address", "addr"}
 _ADDRESS = r"(?:\[[0-9A-Fa-f:.%]+\]|[A-Za-z0-9_.\-]+):\d{1,5}"
 _BARE = re.compile(rf"(?:[^\s/]*@)?{_ADDRESS}(?:,{_ADDRESS})*(?:/\S*)?")  # db:5432, b1:9092,b2:9092, h:1521/svc
 
@@ -106,23 +116,33 @@ def default_port(scheme: str) -> int | None:
     return DEFAULT_PORTS.get(scheme.lower().split("+", 1)[0])
 
 
-def _address_port(text: str) -> tuple[str, int | None] | None:
-    """(host, port or None) of `host`, `host:port`, `[v6]:port`, a bare IPv6 address; None without a host."""
-    text = text.strip()
+def address_port(text: str) -> tuple[str, int | None] | None:
+    """(host, port or None) of `host`, `host:port`, `[v6]:port`, a bare IPv6 address, with any `user:pass@` dropped
+    and the host percent-decoded and lower-cased (`%6c%6fcalhost` is `localhost` to libpq); None without a host. A
+    port that is not one (`h:0`, `h:99999`, `h:x`) is read as none."""
+    text = text.strip().rpartition("@")[2]
     try:
-        return str(ipaddress.ip_address(text.strip("[]"))), None
+        return str(ipaddress.ip_address(unquote(text).strip("[]"))), None
     except ValueError:
         pass
     parsed = urlsplit(f"//{text}")
     try:
-        port = parsed.port
+        port = valid_port(parsed.port) if parsed.port is not None else None
     except ValueError:
         port = None
-    return (parsed.hostname, port) if parsed.hostname else None
+    host = unquote(parsed.hostname or "").strip().lower()
+    return (host, port) if host else None
 
 
 def _ports(text: str) -> list[int]:
-    return [int(p) for p in text.split(",") if p.strip().isdigit() and 0 < int(p) < 65536]
+    """The valid ports of a comma list (`5432,15432`); anything else in it is skipped."""
+    ports = []
+    for piece in text.split(","):
+        try:
+            ports.append(valid_port(piece))
+        except ValueError:
+            pass
+    return ports
 
 
 def _url_endpoints(scheme: str, rest: str) -> set[tuple[str, int | None]]:
@@ -136,7 +156,7 @@ def _url_endpoints(scheme: str, rest: str) -> set[tuple[str, int | None]]:
     found: set[tuple[str, int | None]] = set()
     own_ports = []
     for piece in netloc.split(","):
-        address = _address_port(piece) if piece.strip() else None
+        address = address_port(piece) if piece.strip() else None
         if address is None:
             continue
         host, port = address
@@ -145,7 +165,7 @@ def _url_endpoints(scheme: str, rest: str) -> set[tuple[str, int | None]]:
     for key, value in query:
         if key.lower() in ("host", "hostaddr"):
             for piece in value.split(","):
-                address = _address_port(piece) if piece.strip() and not piece.startswith("/") else None
+                address = address_port(piece) if piece.strip() and not piece.startswith("/") else None
                 if address:
                     found.update((address[0], p) for p in ([address[1]] if address[1] else
                                                            query_ports or own_ports or [default_port(scheme)]))
@@ -154,7 +174,8 @@ def _url_endpoints(scheme: str, rest: str) -> set[tuple[str, int | None]]:
 
 def _key_value_endpoints(text: str) -> set[tuple[str, int | None]]:
     """The servers of a libpq (`host=db port=5432 dbname=x`, hosts and ports as comma lists paired in order) or
-    ADO.NET/Npgsql (`Server=db;Port=5432`, SQL Server's `Server=tcp:db,1433`) connection string."""
+    ADO.NET (`Server=db;Port=5432`, SQL Server's `Server=tcp:db,1433`, `Data Source=db,1433`, `Address=db;Port=1433`,
+    `Addr`, `Network Address`) connection string."""
     hosts: list[tuple[str, int | None]] = []
     ports: list[int] = []
     for key, value in _KEY_VALUE.findall(text):
@@ -162,11 +183,14 @@ def _key_value_endpoints(text: str) -> set[tuple[str, int | None]]:
         if key.lower() == "port":
             ports += _ports(value)
             continue
-        if key.lower() == "server" and (sql_server := re.fullmatch(r"(?:tcp:)?(.+),(\d{1,5})", value.strip())):
-            hosts.append((sql_server[1], int(sql_server[2])))
+        key = re.sub(r"\s+", " ", key.lower())
+        if key in _SQL_SERVER_KEYS and (sql_server := re.fullmatch(r"(?:tcp:)?([^,]+),\s*(\d+)", value.strip())):
+            host = address_port(sql_server[1].split("\\", 1)[0])  # `tcp:host\instance,port`
+            if host:
+                hosts.append((host[0], next(iter(_ports(sql_server[2])), host[1])))
             continue
         for piece in value.split(","):
-            address = _address_port(piece) if piece.strip() and not piece.strip().startswith("/") else None
+            address = address_port(piece) if piece.strip() and not piece.strip().startswith("/") else None
             if address:
                 hosts.append(address)
     if not hosts:
@@ -195,7 +219,7 @@ def endpoints_in(text: str) -> list[tuple[str, int | None]]:
     stripped = text.strip()
     if _BARE.fullmatch(stripped):
         for piece in stripped.rpartition("@")[2].split("/", 1)[0].split(","):
-            address = _address_port(piece)
+            address = address_port(piece)
             if address:
                 found.add(address)
     return sorted(found, key=lambda endpoint: (endpoint[0], endpoint[1] or 0))
@@ -206,20 +230,20 @@ def platform_endpoints(settings: Any) -> frozenset[tuple[str, int]]:
     object storage, the gateway, and the embedded stack's ports (SeaweedFS's HTTP and gRPC ports included)."""
     from shared.embedded.servers import GRPC_OFFSET  # a constant; the module starts nothing when imported
 
-    found: set[tuple[str, int] | None] = set()
-    for url in settings.nats.url.split(","):
-        found.add(_host_port(urlparse(url.strip()).netloc, 4222))
-    dsn = urlparse(settings.postgres.dsn)
-    for netloc in dsn.netloc.rsplit("@", 1)[-1].split(","):  # libpq allows host1:5432,host2:5433
-        found.add(_host_port(netloc, 5432))
-    found.add(_host_port(settings.s3.endpoint, 443 if settings.s3.secure else 80))
+    def servers(text: str, default: int) -> set[tuple[str, int]]:
+        named = endpoints_in(text) or [address for address in [address_port(text)] if address]
+        return {(host, port or default) for host, port in named}
+
+    found = servers(settings.nats.url, DEFAULT_PORTS["nats"])  # nats://a:4222,nats://b:4222
+    found |= servers(settings.postgres.dsn, LIBPQ_DEFAULT_PORT)  # h1:5432,h2:5433, ?host=, key=value
+    found |= servers(settings.s3.endpoint, 443 if settings.s3.secure else 80)
     found.add((settings.gateway.host, settings.gateway.port))
     stack = settings.stack
     ports = [stack.nats_port, stack.nats_monitor_port, stack.postgres_port, getattr(stack, "nats_prof_port", 0)]
     for port in (stack.s3_port, stack.weed_master_port, stack.weed_volume_port, stack.weed_filer_port):
         ports += [port, port + GRPC_OFFSET]
     found.update((stack.host, port) for port in ports if port)
-    return frozenset(endpoint for endpoint in found if endpoint is not None)
+    return frozenset(found)
 
 
 @dataclass(frozen=True)
@@ -270,19 +294,19 @@ class OutboundRules:
                    platform=platform_endpoints(settings))
 
     async def _addresses(self, host: str) -> frozenset[Address]:
+        """The addresses of one of the platform's own endpoints, cached for ENDPOINT_CACHE_SECONDS."""
         cached = self._resolved.get(host)
         if cached is not None and time.monotonic() - cached[0] < ENDPOINT_CACHE_SECONDS:
             return cached[1]
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-            addresses = frozenset(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos)
-        except (OSError, ValueError):
-            addresses = frozenset()
+        addresses = frozenset(await _resolve(host, None) or ())
         self._resolved[host] = (time.monotonic(), addresses)
         return addresses
 
     async def _is_platform(self, address: Address, port: int) -> bool:
-        """Does (address, port) reach one of the platform's own servers?"""
+        """Does (address, port) reach one of the platform's own servers? (An unspecified address, which a client on
+        the machine reaches as loopback, is judged as loopback.)"""
+        if address.is_unspecified:
+            address = ipaddress.ip_address("127.0.0.1" if address.version == 4 else "::1")
         for host, endpoint_port in self.platform:
             if endpoint_port != port:
                 continue
@@ -296,6 +320,20 @@ class OutboundRules:
     async def _own_addresses(self) -> frozenset[Address]:
         return await self._addresses(socket.gethostname())
 
+    async def _check_addresses(self, addresses: tuple[Address, ...], port: int | None, what: str, *,
+                               fetched: bool) -> None:
+        """Refuse the first address (or the IPv4 one it carries, judged first) that is not allowed: by its range
+        (`fetched`: what a service fetches, `_range_reason`; else metadata and link-local only), then with a port
+        by being one of the platform's own servers."""
+        for address in addresses:
+            for candidate in dict.fromkeys((_unwrapped(address), address)):
+                reason = (_range_reason(candidate, self.private_allowed) if fetched
+                          else _metadata_reason(candidate))
+                if reason:
+                    raise refused(f"{what}: {reason}")
+                if port is not None and await self._is_platform(candidate, port):
+                    raise _platform_refusal(what, port, "URLs may not reach" if fetched else "details may not name")
+
     async def check(self, url: str, what: str = "url") -> CheckedUrl:
         """The URL and the address to fetch it from, if it may be fetched now; 400 `url_not_allowed` naming the
         rule otherwise (nothing is fetched)."""
@@ -305,52 +343,42 @@ class OutboundRules:
         host = parsed.hostname
         if not host:
             raise refused(f"{what} has no host")
-        if host.lower().rstrip(".") in METADATA_HOSTS:
-            raise refused(f"{what}: cloud metadata hosts are not allowed")
+        _refuse_metadata_name(host, what)
         try:
-            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+            port = valid_port(parsed.port) if parsed.port is not None else (443 if parsed.scheme == "https" else 80)
         except ValueError:
             raise refused(f"{what} has an invalid port") from None
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError):
-            raise refused(f"{what}: the host {host!r} does not resolve") from None
-        addresses = tuple(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
-        for address in addresses:
-            await self._check_address(address, port, f"{what} ({host})")
+        addresses = await _resolve(host, port)
+        if addresses is None:
+            raise refused(f"{what}: the host {host!r} does not resolve")
+        await self._check_addresses(addresses, port, f"{what} ({host})", fetched=True)
         return CheckedUrl(url=url, host=host, addresses=addresses)
-
-    async def _check_address(self, address: Address, port: int, what: str) -> None:
-        for candidate in dict.fromkeys((_unwrapped(address), address)):  # the carried IPv4 first
-            reason = _range_reason(candidate, self.private_allowed)
-            if reason:
-                raise refused(f"{what}: {reason}")
-            if await self._is_platform(candidate, port):
-                raise refused(f"{what}: port {port} there is one of this platform's own servers, which tenants' "
-                              "URLs may not reach: give the address of your own server")
 
     async def check_host(self, host: str, port: int | None = None, what: str = "host") -> None:
         """A server named in a connection's details (any scheme: the platform never fetches it): metadata names and
-        link-local addresses are refused always, and with a port the platform's own endpoints, as in `check` (an
-        unspecified address, which a client on the machine reaches as loopback, like loopback). Loopback and private
-        addresses are otherwise allowed, and a name that does not resolve here is let through: it is stored for the
-        tenant's code, not fetched by the platform."""
-        name = host.strip().lower().rstrip(".")
-        if name in METADATA_HOSTS:
-            raise refused(f"{what}: cloud metadata hosts are not allowed")
-        try:
-            addresses = {ipaddress.ip_address(name.strip("[]"))}
-        except ValueError:
-            try:
-                infos = await asyncio.get_running_loop().getaddrinfo(name, port, type=socket.SOCK_STREAM)
-            except (OSError, UnicodeError):
-                return
-            addresses = {ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos}
-        for candidate in dict.fromkeys(a for address in addresses for a in (_unwrapped(address), address)):
-            if candidate in METADATA_ADDRESSES or candidate.is_link_local:
-                raise refused(f"{what}: link-local and cloud metadata addresses are not allowed")
-            loopback = ipaddress.ip_address("127.0.0.1" if candidate.version == 4 else "::1")
-            if port is not None and (await self._is_platform(candidate, port) or (
-                    candidate.is_unspecified and await self._is_platform(loopback, port))):
-                raise refused(f"{what}: port {port} there is one of this platform's own servers, which tenants' "
-                              "details may not name: give the address of your own server")
+        link-local addresses are refused always, and with a port the platform's own endpoints, as in `check`.
+        Loopback and private addresses are otherwise allowed, and a name that does not resolve here is let through:
+        it is stored for the tenant's code, not fetched by the platform. `port` must be a valid port
+        (`valid_port`) or None."""
+        _refuse_metadata_name(host, what)
+        addresses = await _resolve(host.strip().rstrip("."), valid_port(port) if port is not None else None)
+        await self._check_addresses(addresses or (), port, what, fetched=False)
+
+
+def _refuse_metadata_name(host: str, what: str) -> None:
+    if host.strip().lower().rstrip(".") in METADATA_HOSTS:
+        raise refused(f"{what}: cloud metadata hosts are not allowed")
+
+
+async def _resolve(host: str, port: int | None) -> tuple[Address, ...] | None:
+    """The addresses `host` (a name or an address literal, `[v6]` too) stands for, in the resolver's order of
+    preference; None if it does not resolve."""
+    try:
+        return (ipaddress.ip_address(host.strip("[]").split("%")[0]),)  # a zone (`fe80::1%eth0`) changes nothing
+    except ValueError:
+        pass
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return tuple(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos)) or None
+    except (OSError, UnicodeError, ValueError):
+        return None

@@ -11,12 +11,10 @@ A task run's token may read the connections of its workspace but not create, att
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import re
 import uuid
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -39,7 +37,7 @@ from shared.messages.registry import (
     CreateConnection,
     NoContent,
 )
-from shared.urlcheck import OutboundRules, default_port, endpoints_in
+from shared.urlcheck import OutboundRules, address_port, default_port, endpoints_in, valid_port
 
 SECRET_KEY = re.compile(r"pass|secret|token|key|credential|private|auth", re.IGNORECASE)
 # keys whose value is a server even as a bare name (`{"host": "db", "port": 5432}`)
@@ -58,29 +56,23 @@ def _mask(details: Any) -> Any:
     return details
 
 
-def _port(details: dict[str, Any]) -> int | None:
-    value = next((v for k, v in details.items() if k.lower() == "port"), None)
-    try:
-        return int(value) if value is not None and not isinstance(value, bool) else None
-    except (TypeError, ValueError):
-        return None
+def _port(details: dict[str, Any], path: str) -> int | None:
+    """The `port` beside a host in `details` (any case; absent, null or "": None); 400 naming the key path for one
+    that is not a port (`valid_port`: 1-65535), rather than a crash in the resolver or a silently skipped check."""
+    for key, value in details.items():
+        if str(key).lower() == "port" and value not in (None, ""):
+            try:
+                return valid_port(value)
+            except ValueError as error:
+                raise InvalidRequest(f"{path}.{key}: {error}") from None
+    return None
 
 
 def _address(value: str, port: int | None) -> tuple[str, int | None]:
-    """A `host` or scheme-less `endpoint` detail as (host, port): `db.example.com`, `10.0.0.5:5432`, `[::1]:4222`,
-    a bare IPv6 address; a port written in the value wins over the details' `port` (`127.0.0.1:15432` was checked
-    as a host name that does not resolve, and let through)."""
-    value = value.strip()
-    try:
-        return str(ipaddress.ip_address(value.strip("[]"))), port
-    except ValueError:
-        pass
-    parsed = urlsplit(f"//{value.rsplit('@', 1)[-1]}")
-    try:
-        own = parsed.port
-    except ValueError:
-        own = None
-    return parsed.hostname or value, own or port
+    """A `host` or scheme-less `endpoint` detail as (host, port) (`address_port`): a port written in the value wins
+    over the details' `port` (`127.0.0.1:15432` was checked as a host name that does not resolve, and let through)."""
+    address = address_port(value)
+    return (address[0], address[1] or port) if address else (value.strip(), port)
 
 
 def _named_servers(details: dict[str, Any], type_port: int | None) -> dict[tuple[str, int | None], str]:
@@ -92,7 +84,7 @@ def _named_servers(details: dict[str, Any], type_port: int | None) -> dict[tuple
 
     def walk(value: Any, path: str, host_key: bool = False, port: int | None = None) -> None:
         if isinstance(value, dict):
-            beside = _port(value) or type_port
+            beside = _port(value, path) or type_port
             for key, item in value.items():
                 walk(item, f"{path}.{key}", str(key).lower() in HOST_KEYS, beside)
         elif isinstance(value, list):

@@ -10,7 +10,8 @@ import pytest
 
 from services.registry.connections import MAX_SERVERS, _check_details
 from shared.errors import InvalidRequest
-from shared.urlcheck import OutboundRules
+from shared.settings import Settings
+from shared.urlcheck import OutboundRules, address_port, platform_endpoints, valid_port
 
 # the development stack's ports (PostgreSQL, S3, NATS) on loopback
 RULES = OutboundRules(private_allowed=True, platform=frozenset({("127.0.0.1", 15432), ("127.0.0.1", 18333),
@@ -54,6 +55,46 @@ async def test_every_form_naming_a_platform_server_is_refused(details):
 async def test_a_scheme_or_types_default_port_is_checked_when_none_is_written(details, kind):
     with pytest.raises(InvalidRequest, match="this platform's own servers"):
         await _check_details(details, DEFAULTS, kind)
+
+
+async def test_a_hosts_port_is_checked_on_the_deployments_settings():
+    """`check_host` on the rules every service builds from its settings (the embedded stack's defaults): a tenant's
+    PostgreSQL on the default port and a name that does not resolve here are kept; the stack's ports and metadata are
+    not."""
+    rules = OutboundRules.from_settings(Settings(env="development"))
+    await rules.check_host("127.0.0.1", 5432)
+    await rules.check_host("db.invalid", 15432)
+    for host, port in (("127.0.0.1", 15432), ("localhost", 14222), ("169.254.169.254", None)):
+        with pytest.raises(InvalidRequest) as refused:
+            await rules.check_host(host, port)
+        assert refused.value.code == "url_not_allowed"
+
+
+@pytest.mark.parametrize("details, path", [
+    ({"host": "localhost", "port": 10**30}, "details.port"),  # OverflowError in getaddrinfo: a 500 before
+    ({"host": "localhost", "port": 1.5e300}, "details.port"), ({"host": "localhost", "port": 15432.0}, "details.port"),
+    ({"host": "localhost", "port": -1}, "details.port"), ({"host": "localhost", "port": 0}, "details.port"),
+    ({"host": "localhost", "port": 65536}, "details.port"), ({"host": "localhost", "Port": "abc"}, "details.Port"),
+    ({"host": "localhost", "port": True}, "details.port"), ({"host": "localhost", "port": [15432]}, "details.port"),
+    ({"a": [{"host": "localhost", "port": "15432x"}]}, r"details.a\[0\].port"),  # skipped silently before
+])
+async def test_a_port_that_is_not_one_is_refused_naming_the_key_path(details, path):
+    with pytest.raises(InvalidRequest, match=f"^{path}: a port must be an integer from 1 to 65535") as refused:
+        await _check_details(details, RULES)
+    assert refused.value.code == "invalid_request"
+
+
+@pytest.mark.parametrize("details", [
+    {"dsn": "postgresql://%6c%6fcalhost:15432/x"}, {"url": "nats://%31%32%37.0.0.1:14222"},  # percent-encoded host
+    {"host": "%6C%6Fcalhost", "port": 15432},
+    # SQL Server / ADO.NET key names
+    {"conn": "Data Source=127.0.0.1,15432;Initial Catalog=x"}, {"conn": "Data Source=tcp:localhost\\SQL,14222"},
+    {"conn": "Address=127.0.0.1;Port=15432"}, {"conn": "Addr=localhost;Port=15432"},
+    {"conn": "Network Address=127.0.0.1,18333;Database=x"}, {"conn": "Server=localhost,15432"},
+])
+async def test_encoded_hosts_and_sql_server_keys_are_read(details):
+    with pytest.raises(InvalidRequest, match="this platform's own servers"):
+        await _check_details(details, RULES)
 
 
 async def test_the_message_names_the_key_path():
@@ -108,3 +149,33 @@ def test_reading_a_large_value_takes_linear_time():
     for text in ("a" * 60000, ",a" * 30000, "x://" + ",a" * 30000, "@" * 60000 + "a:1x", " host=" * 10000):
         endpoints_in(text)
     assert time.perf_counter() - started < 2
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("db.example.com", ("db.example.com", None)), ("u:p@DB:5432", ("db", 5432)), ("[::1]:4222", ("::1", 4222)),
+    ("::1", ("::1", None)), ("%6c%6fcalhost:1", ("localhost", 1)), ("h:0", ("h", None)), ("h:99999", ("h", None)),
+    ("h:x", ("h", None)), ("", None), ("u@", None),
+])
+def test_address_port(text, expected):
+    assert address_port(text) == expected
+
+
+@pytest.mark.parametrize("value", [0, 65536, -1, 10**30, 1.5e300, 80.0, True, "abc", "80x", "", None, "²"])
+def test_valid_port_refuses_what_is_not_a_port(value):
+    with pytest.raises(ValueError, match="from 1 to 65535"):
+        valid_port(value)
+
+
+def test_valid_port_takes_ints_and_digit_strings():
+    assert valid_port(1) == 1 and valid_port(65535) == 65535 and valid_port(" 5432 ") == 5432
+
+
+def test_the_platforms_endpoints_read_query_hosts_and_host_lists():
+    """The platform's own DSN is read as a client reads it: libpq's `?host=` and a host list (the weaker parser
+    these replaced took the authority only), and a NATS URL list with the default port."""
+    settings = Settings(postgres={"dsn": "postgresql://u:p@/railyard?host=db1.internal&port=6432"},
+                        nats={"url": "nats://bus1.internal,nats://bus2.internal:4223"})
+    found = platform_endpoints(settings)
+    assert {("db1.internal", 6432), ("bus1.internal", 4222), ("bus2.internal", 4223)} <= found
+    settings = Settings(postgres={"dsn": "postgresql://u@pg1.internal:5433,pg2.internal/x"})
+    assert {("pg1.internal", 5433), ("pg2.internal", 5432)} <= platform_endpoints(settings)
