@@ -107,8 +107,8 @@ async def start(runtime: Runtime) -> None:
     verifier, feed = bus_verifier(broker, settings.auth, timeout)
     await feed.start(nc)
     work_dir = settings.stack.data_dir.expanduser().resolve() / "deployments"
-    backend = LocalBackend(work_dir, nats_request, settings.deployer.scale_down_after,
-                           settings.deployer.ready_timeout, settings.deployer.stop_timeout)
+    backend = LocalBackend(work_dir, nats_request, scale_down_after=settings.deployer.scale_down_after,
+                           ready_timeout=settings.deployer.ready_timeout, stop_timeout=settings.deployer.stop_timeout)
     backend.start_supervising()
     public_url = settings.gateway.public_url or f"http://{settings.gateway.host}:{settings.gateway.port}"
     deps = handlers.DeployerDeps(pool=runtime.db, broker=broker, backend=backend, publish=publish,

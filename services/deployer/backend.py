@@ -27,11 +27,8 @@ from shared import subjects
 from shared.messages.engine import ReplicaSpec
 
 log = logging.getLogger("railyard.deployer.backend")
-READY_TIMEOUT = 60.0  # defaults of settings.deployer.ready_timeout and stop_timeout
-STOP_TIMEOUT = 20.0
 MEASURE_EVERY = 2.0
 SCALE_UP_AFTER = 3.0
-SCALE_DOWN_AFTER = 10.0
 
 
 def _die_with_parent() -> None:
@@ -94,8 +91,11 @@ class ReplicaSet:
 class LocalBackend:
     """Engine replicas as local processes, supervised."""
 
-    def __init__(self, work_dir: Path, nats_request, scale_down_after: float = SCALE_DOWN_AFTER,
-                 ready_timeout: float = READY_TIMEOUT, stop_timeout: float = STOP_TIMEOUT) -> None:
+    def __init__(self, work_dir: Path, nats_request, *, scale_down_after: float, ready_timeout: float,
+                 stop_timeout: float) -> None:
+        """Timings from settings.deployer (their defaults live there only): an idle replica retires
+        scale_down_after seconds after the last scaling, new replicas have ready_timeout to answer, a stopping
+        one stop_timeout to drain."""
         self.work_dir = work_dir
         self.request = nats_request  # async (subject, payload bytes, timeout) -> bytes
         self.scale_down_after = scale_down_after

@@ -22,6 +22,7 @@ from services.deployer.backend import LocalBackend, Replica, ReplicaSet
 from shared.authz import Principal
 from shared.errors import Conflict, InvalidRequest
 from shared.messages.deployer import CopyPipeline, DeployPipeline
+from shared.settings import DeployerSettings
 
 PIPELINE, VERSION, WORKSPACE = 1, 10, 7
 ALICE = Principal(subject=str(uuid.uuid4()), kind="user", admin=False, client_id="sdk", username="alice",
@@ -99,7 +100,9 @@ class HeldBackend(LocalBackend):
     answers it (None: ready; an exception: failed), unless `hold` is off."""
 
     def __init__(self, work_dir: Path) -> None:
-        super().__init__(work_dir, nats_request=None)
+        defaults = DeployerSettings()
+        super().__init__(work_dir, nats_request=None, scale_down_after=defaults.scale_down_after,
+                         ready_timeout=defaults.ready_timeout, stop_timeout=defaults.stop_timeout)
         self.hold = True
         self.waiting: list[tuple[ReplicaSet, asyncio.Future]] = []
         self.started: list[ReplicaSet] = []
@@ -287,9 +290,9 @@ def test_a_deploy_during_the_restore_after_a_restart_keeps_its_replicas_tracked(
 
 
 def test_an_undeploy_behind_a_running_deploy_is_a_409_that_changes_nothing(world):
-    """A deploy holds the pipeline's lock until its replicas serve (up to READY_TIMEOUT, 60 s); an undeploy waited
-    for it past the gateway's request timeout (504) and was done later anyway. It now waits at most half the
-    request timeout, then answers 409 deploy_in_progress."""
+    """A deploy holds the pipeline's lock until its replicas serve (up to deployer.ready_timeout, 60 s); an
+    undeploy waited for it past the gateway's request timeout (504) and was done later anyway. It now waits at
+    most half the request timeout, then answers 409 deploy_in_progress."""
 
     async def scenario(world) -> None:
         await _deployed_as(world, "a")

@@ -9,6 +9,7 @@ import sys
 import time
 
 from services.deployer.backend import LocalBackend, Replica, ReplicaSet
+from shared.settings import DeployerSettings
 
 STUCK = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
 
@@ -24,7 +25,9 @@ def test_a_sets_stuck_replicas_are_killed_together_after_one_stop_timeout(tmp_pa
     timeout (3 x 20 s with the default) before the undeploy answered; now they are killed together after one."""
 
     async def scenario() -> None:
-        backend = LocalBackend(tmp_path, nats_request=None, stop_timeout=0.6)
+        defaults = DeployerSettings()
+        backend = LocalBackend(tmp_path, nats_request=None, scale_down_after=defaults.scale_down_after,
+                               ready_timeout=defaults.ready_timeout, stop_timeout=0.6)
         replica_set = ReplicaSet(name="stuck-1", spec_path=tmp_path / "spec.json",
                                  replicas=[await _stuck_replica(i) for i in range(3)])
         backend.sets["stuck-1"] = replica_set
