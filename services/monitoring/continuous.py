@@ -191,7 +191,7 @@ async def setup_training(deps: ContinuousDeps, principal: Principal, token: str 
     base = deps.base
     view = await handlers._deployment(base, principal, token, cmd.deployment)
     workspace_id = view.route.workspace_id
-    current = handlers._current_model(view.definition)
+    current = handlers.current_model(view.definition)
     model_name = cmd.model_name
     if model_name is None:
         if current is None:
@@ -524,7 +524,7 @@ async def _start_run(deps: ContinuousDeps, ct: asyncpg.Record, datasets: list[as
         if ct["kind"] == "ml_backend":
             # the backend is fitted from the version serving now (after a promotion: the promoted one)
             view = await handlers._deployment(base, principal, token, ct["deployment"])
-            current = handlers._current_model(view.definition)
+            current = handlers.current_model(view.definition)
             args["ml_backend"] = {"name": ct["model_name"], "version": current.version if current is not None
                                   and current.name == ct["model_name"] else None}
         task = await request(base.broker, subjects.TASKS_RUN_ONCE, RunTaskOnce(
@@ -702,7 +702,7 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str) 
     try:
         principal, token = await act_as(deps, cd["owner_id"], cd["workspace_id"], f"monitoring-deploy-{deployment_id}")
         view = await handlers._deployment(deps.base, principal, token, cd["deployment"])
-        champion = handlers._current_model(view.definition)
+        champion = handlers.current_model(view.definition)
         if champion is None:
             raise Conflict("the deployment's pipeline has no model step")
         champion_dict = champion.model_dump()

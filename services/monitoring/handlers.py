@@ -130,31 +130,41 @@ def split_step(definition: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def split_arms(definition: dict[str, Any]) -> list[ModelVersionRef] | None:
+    """The models of the deployment's A/B split (its arms, in the order the definition names them); None without a
+    split."""
+    body = split_step(definition)
+    if body is None:
+        return None
+    return [ref for model in body.get("models") or [] if (ref := _ref(model)) is not None]
+
+
 def model_split(definition: dict[str, Any]) -> ModelSplit | None:
     """The A/B split holding the deployment's models as retrieve_information and get_model_version show it: every arm
     with its weight and share of the requests, and its hash_key; None without one."""
     body = split_step(definition)
-    if body is None:
+    arms = split_arms(definition)
+    if body is None or arms is None:
         return None
-    models, weights = body.get("models") or [], body.get("weights") or []
-    total = sum(weights) if len(weights) == len(models) else 0  # the deployer checks one weight a model, sum > 0
-    arms = [SplitArm(**ref.model_dump(), weight=weight, share=weight / total if total else 0.0)
-            for model, weight in zip(models, weights, strict=False) if (ref := _ref(model)) is not None]
-    return ModelSplit(arms=arms, hash_key=body.get("hash_key"))
+    weights = body.get("weights") or []
+    total = sum(weights) if len(weights) == len(arms) else 0  # the deployer checks one weight a model, sum > 0
+    return ModelSplit(arms=[SplitArm(**arm.model_dump(), weight=weight, share=weight / total if total else 0.0)
+                            for arm, weight in zip(arms, weights, strict=False)],
+                      hash_key=body.get("hash_key"))
 
 
 def _served_model(definition: dict[str, Any]) -> ModelVersionRef | None:
     """The deployment's model version where one value is needed (retrieve_information, get_model_version): the model
     step's, else the first arm of its A/B split (whose kind and labels predict reads every arm's answer as)."""
-    current = _current_model(definition)
+    current = current_model(definition)
     if current is not None:
         return current
-    split = model_split(definition)
-    return ModelVersionRef(**split.arms[0].model_dump(include={"name", "version", "sha"})) \
-        if split and split.arms else None
+    return (split_arms(definition) or [None])[0]
 
 
-def _current_model(definition: dict[str, Any]) -> ModelVersionRef | None:
+def current_model(definition: dict[str, Any]) -> ModelVersionRef | None:
+    """The model a deployment with one serves: its ModelInference step's first model, or its ShadowDeploy's champion
+    (None on an A/B split or without a model step)."""
     step = _model_step(definition)
     if step is None:
         return None
@@ -169,15 +179,21 @@ def _current_shadow(definition: dict[str, Any]) -> ModelVersionRef | None:
     return _ref((step[1].get("challengers") or [None])[0])
 
 
+def check_tags(tags: list[str]) -> list[str]:
+    """`tags` without repeats, in the order first given; InvalidRequest naming the first that is not a valid tag."""
+    bad = [tag for tag in tags if not TAG.match(tag)]
+    if bad:
+        raise InvalidRequest(f"invalid tag {bad[0]!r}: use 1-100 letters, digits, spaces or _ . : / -, starting with "
+                             "a letter or digit")
+    return list(dict.fromkeys(tags))
+
+
 async def add_tags(deps: MonitoringDeps, principal: Principal, token: str | None,
                    cmd: AddDeploymentTags) -> DeploymentTags:
     """add_tags: keep the tags, in the order first added."""
-    bad = [tag for tag in cmd.tags if not TAG.match(tag)]
-    if bad:
-        raise InvalidRequest(f"invalid tag {bad[0]!r}: use 1-100 letters, digits, spaces or _ . : / -, starting "
-                             "with a letter or digit")
+    tags = check_tags(cmd.tags)
     view = await _deployment(deps, principal, token, cmd.deployment)
-    await store.add_tags(deps.pool, view.route.deployment_id, list(dict.fromkeys(cmd.tags)))
+    await store.add_tags(deps.pool, view.route.deployment_id, tags)
     return DeploymentTags(tags=await store.tags(deps.pool, view.route.deployment_id))
 
 

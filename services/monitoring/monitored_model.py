@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.monitoring.handlers import DeploymentView, MonitoringDeps, _current_model, _ref, split_step
+from services.monitoring.handlers import DeploymentView, MonitoringDeps, current_model, split_arms
 from shared import subjects
 from shared.bus import request
 from shared.errors import InvalidRequest
@@ -33,12 +33,11 @@ def matching_model(definition: dict[str, Any], deployment: str,
     (`wanted` is not used, as the seed says), else the arm of its A/B split `wanted` names (None when left out); an
     arm the pipeline names by its model alone matches any version the caller gives (it was resolved at deploy time).
     InvalidRequest when `wanted` names no arm, or a name alone names two."""
-    body = split_step(definition)
-    if body is None:
-        return _current_model(definition)
+    arms = split_arms(definition)
+    if arms is None:
+        return current_model(definition)
     if wanted is None:
         return None
-    arms = [ref for model in body.get("models") or [] if (ref := _ref(model)) is not None]
     matches = {(m.name, m.version, m.sha): m for m in arms if m.name == wanted.name
                and (wanted.version is None or m.version in (None, wanted.version))
                and (wanted.sha is None or m.sha in (None, wanted.sha))}
@@ -59,7 +58,7 @@ async def monitored_model(deps: MonitoringDeps, token: str | None, view: Deploym
     names by its model alone is recorded as the version the registry resolves from what the caller gave (NotFound
     when there is none)."""
     match = matching_model(view.definition, view.route.name, wanted)
-    if match is None or match.version is not None or wanted is None or split_step(view.definition) is None:
+    if match is None or match.version is not None or wanted is None or split_arms(view.definition) is None:
         return match
     resolved = await request(deps.broker, subjects.REGISTRY_MODELS_RESOLVE, ResolveModel(
         workspace_id=view.route.workspace_id, name=wanted.name, version=wanted.version, sha=wanted.sha),

@@ -51,15 +51,15 @@ from pydantic import ValidationError
 
 from services.monitoring import datalake, ml_backend_predictions, store
 from services.monitoring.handlers import (
-    TAG,
     DeploymentView,
     MonitoringDeps,
-    _current_model,
     _current_shadow,
     _deployment,
     _model_step,
-    _ref,
     _served_model,
+    check_tags,
+    current_model,
+    split_arms,
     split_step,
 )
 from services.monitoring.monitored_model import monitored_model
@@ -170,30 +170,11 @@ async def _image(deps: MonitoringDeps, principal: Principal, cmd: PredictImage |
             log.warning("could not delete staged image %s: %s", cmd.staged_key, exc)
 
 
-def _check_tags(tags: list[str]) -> list[str]:
-    bad = [tag for tag in tags if not TAG.match(tag)]
-    if bad:
-        raise InvalidRequest(f"invalid tag {bad[0]!r}: use 1-100 letters, digits, spaces or _ . : / -, starting with "
-                             "a letter or digit")
-    return list(dict.fromkeys(tags))
-
-
-_split_step = split_step  # the A/B split holding the deployment's models (handlers: its views use it too)
-
-
-def split_arms(definition: dict[str, Any]) -> list[ModelVersionRef] | None:
-    """The models of the deployment's A/B split (its arms, as the definition names them); None without a split."""
-    body = _split_step(definition)
-    if body is None:
-        return None
-    return [ref for model in body.get("models") or [] if (ref := _ref(model)) is not None]
-
-
 def image_config(definition: dict[str, Any]) -> ImageConfig | None:
     """The image configuration of the pipeline's model step, or of its A/B split (None without one); Conflict when
     it is malformed."""
     step = _model_step(definition)
-    raw = step[1].get("image") if step else (_split_step(definition) or {}).get("image")
+    raw = step[1].get("image") if step else (split_step(definition) or {}).get("image")
     if raw is None:
         return None
     try:
@@ -392,7 +373,7 @@ async def predict(deps: MonitoringDeps, principal: Principal, token: str | None,
 
 async def _predict(deps: MonitoringDeps, principal: Principal, token: str | None, cmd: PredictImage,
                    data: bytes) -> PredictionResult:
-    tags = _check_tags(cmd.tags)
+    tags = check_tags(cmd.tags)
     view = await _deployment(deps, principal, token, cmd.deployment)
     received = datetime.now(UTC)
     # before the slot: the ML backend's labeling asks the registry and reads the artifact, which the image's decode
@@ -457,7 +438,7 @@ async def _ml_backend(deps: MonitoringDeps, token: str | None, view: DeploymentV
         except Exception as exc:  # raised again only where the challenger answered (_challenger_labeling)
             outcome = exc
         return None, _ChallengerLabeling(shadow, outcome)
-    champion = _current_model(view.definition)
+    champion = current_model(view.definition)
     if champion is None:
         return None, None
     workspace_id = view.route.workspace_id
@@ -486,7 +467,7 @@ async def _ml_backend(deps: MonitoringDeps, token: str | None, view: DeploymentV
 def _check_split(view: DeploymentView) -> None:
     """Conflict when the deployment's A/B split picks its arm by a column's value (`hash_key`): an image has none,
     and the engine would refuse every request for lacking it."""
-    body = _split_step(view.definition)
+    body = split_step(view.definition)
     if body is not None and body.get("hash_key"):
         raise Conflict(f"deployment {view.route.name!r} picks the arm of its A/B split by the {body['hash_key']!r} "
                        "column, which an image has not: predict on images needs a split by weight (no hash_key)")
@@ -558,7 +539,7 @@ async def _prepare_predict(
     config = image_config(view.definition)
     if config is None:
         if backend is None:
-            where = "A/B split (RandomSplit)" if _split_step(view.definition) is not None else "model step"
+            where = "A/B split (RandomSplit)" if split_step(view.definition) is not None else "model step"
             raise Conflict(f"deployment {cmd.deployment!r} has no image configuration: give its pipeline's {where} "
                            "an 'image' (how images become the model's input, see docs/monitoring.md) to predict on "
                            "images, or serve an ML backend (railyard-ml deploy railyard)")
@@ -639,7 +620,7 @@ async def _predict_prepared(deps: MonitoringDeps, token: str | None, cmd: Predic
     kept = await store.settings(deps.pool, view.route.deployment_id)
     min_threshold = kept["min_threshold"] if kept else None
     # an A/B split holding the models: the arm the engine chose answered (a later step's split is not the model's)
-    arm = _split_answered(answer) if _split_step(definition) is not None else None
+    arm = _split_answered(answer) if split_step(definition) is not None else None
     if arm is not None and image.arms:
         prediction = convert(answer, "", min_threshold, await _arm_labeling(deps, token, view, image, arm))
     else:
@@ -665,7 +646,7 @@ async def _predict_prepared(deps: MonitoringDeps, token: str | None, cmd: Predic
     row = PredictionRow(
         id=uuid.uuid4(), deployment_id=view.route.deployment_id, workspace_id=view.route.workspace_id,
         origin="predict", source=cmd.source, tags=tags,
-        model_version=arm or _answered_by(meta, _current_model(definition)),
+        model_version=arm or _answered_by(meta, current_model(definition)),
         shadow_model_version=_ref_dict(shadow) if shadow_prediction is not None else None, kind=image.kind,
         prediction=prediction, shadow_prediction=shadow_prediction, latency=latency, shadow_latency=shadow_latency,
         height=image.height, width=image.width, content_type=image.content_type, image_sha256="",
@@ -741,7 +722,7 @@ async def monitor(deps: MonitoringDeps, principal: Principal, token: str | None,
 
 async def _monitor(deps: MonitoringDeps, principal: Principal, token: str | None, cmd: MonitorImage,
                    data: bytes) -> PredictionResult:
-    tags = _check_tags(cmd.tags)
+    tags = check_tags(cmd.tags)
     predicted_at = _predicted_at(cmd.timestamp)
     view = await _deployment(deps, principal, token, cmd.deployment)
     # the arm of an A/B split the caller names (or the current model), checked before anything is stored

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.monitoring.handlers import _current_model, _current_shadow, _with_model
+from services.monitoring.handlers import _current_shadow, _with_model, current_model
 from shared.errors import Conflict
 from shared.messages.monitoring import ModelVersionRef
 
@@ -17,9 +17,9 @@ SHADOW = {"steps": [{"ModelInference": {"models": [C]}}, {"ShadowDeploy": {"cham
 
 
 def test_the_model_step_is_the_shadow_champion_else_the_first_model():
-    assert _current_model(PLAIN) == ModelVersionRef(**A) and _current_shadow(PLAIN) is None
-    assert _current_model(SHADOW) == ModelVersionRef(**A) and _current_shadow(SHADOW) == ModelVersionRef(**B)
-    assert _current_model({"steps": []}) is None
+    assert current_model(PLAIN) == ModelVersionRef(**A) and _current_shadow(PLAIN) is None
+    assert current_model(SHADOW) == ModelVersionRef(**A) and _current_shadow(SHADOW) == ModelVersionRef(**B)
+    assert current_model({"steps": []}) is None
 
 
 def test_set_model_replaces_the_model_step_only():

@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from services.monitoring import ml_backend_predictions, predictions
+from services.monitoring import handlers, ml_backend_predictions, predictions
 from shared.errors import Conflict
 from shared.messages.monitoring import ModelVersionRef
 from tests.image_models import detector_image_config
@@ -51,11 +51,11 @@ def test_the_arm_that_answered_is_the_one_model_split_names():
 
 def test_a_split_holds_the_models_and_its_image_configuration():
     view = split_view(A, B, image=detector_image_config())
-    assert predictions.split_arms(view.definition) == [A, B]
+    assert handlers.split_arms(view.definition) == [A, B]
     assert predictions.image_config(view.definition).input == "image"
     # a ShadowDeploy or ModelInference step holds the models when there is one: no split then
     both = {"steps": [{"ModelInference": {"models": [A.model_dump()]}}, *view.definition["steps"]]}
-    assert predictions.split_arms(both) is None and predictions.image_config(both) is None
+    assert handlers.split_arms(both) is None and predictions.image_config(both) is None
 
 
 def test_a_split_by_hash_key_is_refused_saying_why():
