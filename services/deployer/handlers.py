@@ -356,7 +356,7 @@ async def _start_deployment(deps: DeployerDeps, pipeline, version, deploy_id: st
             # new set serves too (`record`): written at once, pipelines/get and the gateway's routes showed the new
             # version while only the old replicas answered, and a failed redeploy's for a moment after it
             serving = before is not None and before["active"] and old in deps.backend.sets
-            deployment_id = before["id"] if serving else (await store.activate_deployment(conn, *row))[0]
+            deployment_id = before["id"] if serving else await store.activate_deployment(conn, before, *row)
         name = f"{deploy_id}-{deployment_id}"
         # a redeploy under another deploy_id renames the deployment: the backend swaps replica sets of one name only,
         # so the old name's set is stopped here, once the new one serves
@@ -367,7 +367,7 @@ async def _start_deployment(deps: DeployerDeps, pipeline, version, deploy_id: st
 
         async def record() -> None:
             async with deps.pool.acquire() as conn, conn.transaction():
-                await store.activate_deployment(conn, *row)
+                await store.activate_deployment(conn, await store.pipeline_deployment(conn, pipeline["id"]), *row)
 
         try:
             await deps.backend.start(name, spec, config["replica_count"], *_autoscale(config),

@@ -101,12 +101,12 @@ async def pipeline_deployment(conn: asyncpg.Connection, pipeline_id: int) -> dic
     return None if row is None else dict(row)
 
 
-async def activate_deployment(conn: asyncpg.Connection, pipeline_id: int, version_id: int, deploy_id: str,
-                              engine_config: dict[str, Any], spec: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
-    """Deploy (or redeploy) the pipeline: its deployment keeps its id, so its inference URL stays the same.
-    (deployment id, the row as it was before, or None for a first deploy: a redeploy may rename it, and the old
-    name's replicas must go)."""
-    existing = await pipeline_deployment(conn, pipeline_id)
+async def activate_deployment(conn: asyncpg.Connection, existing: dict[str, Any] | None, pipeline_id: int,
+                              version_id: int, deploy_id: str, engine_config: dict[str, Any],
+                              spec: dict[str, Any]) -> int:
+    """Deploy (or redeploy) the pipeline; its deployment id. `existing` is the pipeline's deployment as
+    pipeline_deployment read it in this transaction (its lock held), None before the first deploy: a redeploy
+    keeps that row's id, so its inference URL stays the same."""
     if existing is not None:
         await conn.execute(
             "UPDATE deployments SET pipeline_version_id = $2, deploy_id = $3, engine_config = $4::jsonb,"
@@ -114,11 +114,11 @@ async def activate_deployment(conn: asyncpg.Connection, pipeline_id: int, versio
             existing["id"], version_id, deploy_id, json.dumps(engine_config), json.dumps(spec))
         await conn.execute("UPDATE deployments SET active = false WHERE pipeline_id = $1 AND id <> $2",
                            pipeline_id, existing["id"])
-        return existing["id"], existing
+        return existing["id"]
     return await conn.fetchval(
         "INSERT INTO deployments (pipeline_id, pipeline_version_id, deploy_id, engine_config, spec)"
         " VALUES ($1, $2, $3, $4::jsonb, $5::jsonb) RETURNING id",
-        pipeline_id, version_id, deploy_id, json.dumps(engine_config), json.dumps(spec)), None
+        pipeline_id, version_id, deploy_id, json.dumps(engine_config), json.dumps(spec))
 
 
 async def deactivate(pool: asyncpg.Pool, deployment_id: int) -> bool:

@@ -78,15 +78,14 @@ class MemoryStore:
         return {key: row[key] for key in ("id", "pipeline_version_id", "deploy_id", "engine_config", "spec",
                                           "active")} if row else None
 
-    async def activate_deployment(self, conn, pipeline_id, version_id, deploy_id, engine_config, spec):
-        row = next(iter(self.deployments.values()), None)
-        before = await self.pipeline_deployment(conn, pipeline_id)
+    async def activate_deployment(self, conn, existing, pipeline_id, version_id, deploy_id, engine_config, spec):
+        row = self.deployments[existing["id"]] if existing is not None else None
         if row is None:
             row = self.deployments[5] = {"id": 5, "pipeline_id": pipeline_id, "pipeline_name": "p",
                                          "workspace_id": WORKSPACE, "pipeline_version": "v"}
         row.update(pipeline_version_id=version_id, deploy_id=deploy_id, active=True,
                    engine_config=json.dumps(engine_config), spec=json.dumps(spec))
-        return row["id"], before
+        return row["id"]
 
 
 class MemoryPool:
