@@ -53,8 +53,10 @@ def test_the_row_names_the_new_version_once_its_replicas_serve(world, deploy_id,
             assert list(world.backend.sets) == [f"{deploy_id}-5"]
         else:
             world.backend.waiting.pop()[1].set_exception(RuntimeError("the model did not load"))
-            with pytest.raises(InvalidRequest, match="a-5 still serves"):
+            with pytest.raises(InvalidRequest) as refused:
                 await redeploy
+            assert "the model did not load" in refused.value.msg  # the reason, and that nothing changed
+            assert "a-5 still serves the previous version" in refused.value.msg
             assert world.store.deployments[5] == before and at_stop == []
             assert world.backend.sets == {"a-5": old} and not old.stopping
         assert world.backend.untracked() == []
