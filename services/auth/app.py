@@ -216,13 +216,13 @@ async def start(runtime: Runtime) -> None:
     verifier = TokenVerifier(settings, lambda: store.public_keys(runtime.db, handlers.key_retention(settings)))
     feed = VerifierFeed(verifier, lambda: handlers.revocations(runtime.db, settings), settings.revocation_poll_interval)
     await feed.start(runtime.broker.config.connection_state.connection)
-    sweep = token_sweep.RefreshTokenSweep(runtime.db)
+    sweep = token_sweep.AuthStateSweep(runtime.db)
     sweep.start()
-    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, token_sweep=sweep)
+    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, auth_state_sweep=sweep)
 
 
 async def stop(runtime: Runtime) -> None:
-    if (sweep := runtime.extras.get("token_sweep")) is not None:
+    if (sweep := runtime.extras.get("auth_state_sweep")) is not None:
         await sweep.stop()
     feed = runtime.extras.get("verifier_feed")
     if feed is not None:

@@ -93,20 +93,26 @@ async def login_failures(pool: asyncpg.Pool, user_id: uuid.UUID, source: str) ->
 async def record_failed_login(pool: asyncpg.Pool, user_id: uuid.UUID, source: str, lock_after: int,
                               lock_seconds: int) -> int:
     """Count a failed login from a source (the count decays after an hour without failures); lock that user for
-    that source when it reaches lock_after. Rows idle for a day go (sources come and go)."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("DELETE FROM login_failures WHERE last_failed_at < now() - interval '1 day'"
-                           " AND (locked_until IS NULL OR locked_until < now())")
-        return await conn.fetchval(
-            "INSERT INTO login_failures AS f (user_id, source, failures, last_failed_at,"
-            "   locked_until) VALUES ($1, $2, 1, now(), CASE WHEN 1 >= $3 THEN now() + make_interval(secs => $4) END)"
-            " ON CONFLICT (user_id, source) DO UPDATE SET"
-            " failures = CASE WHEN f.last_failed_at > now() - interval '1 hour' THEN f.failures + 1 ELSE 1 END,"
-            " last_failed_at = now(),"
-            " locked_until = CASE WHEN (CASE WHEN f.last_failed_at > now() - interval '1 hour'"
-            "   THEN f.failures + 1 ELSE 1 END) >= $3 THEN now() + make_interval(secs => $4) ELSE f.locked_until END"
-            " RETURNING failures",
-            user_id, source, lock_after, float(lock_seconds))
+    that source when it reaches lock_after. Rows idle for a day are deleted by the auth state sweep
+    (`delete_idle_login_failures`); the count and the lock read only times, so a row left longer decides nothing."""
+    return await pool.fetchval(
+        "INSERT INTO login_failures AS f (user_id, source, failures, last_failed_at,"
+        "   locked_until) VALUES ($1, $2, 1, now(), CASE WHEN 1 >= $3 THEN now() + make_interval(secs => $4) END)"
+        " ON CONFLICT (user_id, source) DO UPDATE SET"
+        " failures = CASE WHEN f.last_failed_at > now() - interval '1 hour' THEN f.failures + 1 ELSE 1 END,"
+        " last_failed_at = now(),"
+        " locked_until = CASE WHEN (CASE WHEN f.last_failed_at > now() - interval '1 hour'"
+        "   THEN f.failures + 1 ELSE 1 END) >= $3 THEN now() + make_interval(secs => $4) ELSE f.locked_until END"
+        " RETURNING failures",
+        user_id, source, lock_after, float(lock_seconds))
+
+
+async def delete_idle_login_failures(pool: asyncpg.Pool) -> int:
+    """Failed-login rows idle for a day and not locked (sources come and go); how many went. A failure that old no
+    longer counts (`login_failures` and `record_failed_login` read only the last hour, or a lock still running)."""
+    status = await pool.execute("DELETE FROM login_failures WHERE last_failed_at < now() - interval '1 day'"
+                                " AND (locked_until IS NULL OR locked_until < now())")
+    return int(status.split()[-1])
 
 
 async def clear_failed_logins(pool: asyncpg.Pool, user_id: uuid.UUID, source: str) -> None:

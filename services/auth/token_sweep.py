@@ -1,12 +1,19 @@
-"""The sweep of dead refresh tokens: a refresh token's row is only marked `used` when it is spent, revoked (a
+"""The hourly sweep of the auth service's state that nothing else ever deletes.
+
+Dead refresh tokens: a refresh token's row is only marked `used` when it is spent, revoked (a
 password change, a reused authorization code) or replaced, and nothing else ever read it again, so
 `auth.refresh_tokens` grew by one row per sign-in and refresh for ever. Every SWEEP_EVERY_SECONDS the rows that can
 never be spent again (used, or past `expires_at`) are deleted, BATCH rows per statement so no statement holds many
 row locks or runs long; a token being refreshed at that moment is skipped, not waited for. A live token (unused,
 unexpired) is never touched, so presenting any token answers exactly as before: a deleted row and a used one are
 both "expired, already used, revoked or issued to another client". Several replicas may sweep at once: they skip
-each other's locked rows. The same round deletes sign-in attempt claims a crashed process left (auth.login_attempts,
-older than STALE_ATTEMPT_SECONDS; the next attempt of their user and source takes them over anyway)."""
+each other's locked rows.
+
+Per-(user, source) sign-in state: attempt claims a crashed process left (auth.login_attempts, older than
+STALE_ATTEMPT_SECONDS; the next attempt of their user and source takes them over anyway), and failed-login counts idle
+for a day and not locked (auth.login_failures: sources come and go). Neither changes a decision: a claim that old is
+taken over, a failure that old no longer counts; the sweep only bounds the tables, off the sign-in's path (the
+failures' delete used to run inside every failed sign-in's transaction, an attack's hot path)."""
 
 from __future__ import annotations
 
@@ -26,7 +33,8 @@ STALE_ATTEMPT_SECONDS = 3600.0  # far above handlers.ATTEMPT_LEASE_SECONDS: only
 
 
 async def sweep(pool: asyncpg.Pool, batch: int = BATCH) -> int:
-    """Delete every dead refresh token, `batch` rows per statement; how many were deleted."""
+    """Delete every dead refresh token, `batch` rows per statement, then stale sign-in claims and idle failed-login
+    counts; how many refresh tokens were deleted."""
     deleted = 0
     while True:
         n = await store.delete_dead_refresh_tokens(pool, batch)
@@ -38,14 +46,17 @@ async def sweep(pool: asyncpg.Pool, batch: int = BATCH) -> int:
         log.info("deleted %d dead refresh token(s)", deleted)
     if stale := await store.delete_stale_login_attempts(pool, STALE_ATTEMPT_SECONDS):
         log.info("deleted %d sign-in attempt claim(s) left by stopped processes", stale)
+    if idle := await store.delete_idle_login_failures(pool):
+        log.info("deleted %d failed-login count(s) idle for a day", idle)
     return deleted
 
 
-class RefreshTokenSweep(Sweeper):
-    """Runs `sweep` every SWEEP_EVERY_SECONDS (the database away for a moment: the next round tries again)."""
+class AuthStateSweep(Sweeper):
+    """Runs `sweep` (refresh tokens, sign-in claims, failed-login counts) every SWEEP_EVERY_SECONDS (the database away
+    for a moment: the next round tries again)."""
 
-    task_name = "refresh-token-sweep"
-    every, log, failure = SWEEP_EVERY_SECONDS, log, "refresh token sweep failed"
+    task_name = "auth-state-sweep"
+    every, log, failure = SWEEP_EVERY_SECONDS, log, "auth state sweep failed"
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool

@@ -98,13 +98,19 @@ async def test_one_attempt_at_a_time_holds_across_auth_processes(stack, admin):
                                    user_id, SOURCE) == 4
         assert not await claimed()
 
-        # the hourly sweep deletes claims a crashed process left long ago, and no live one
+        # the hourly sweep deletes claims a crashed process left long ago, and no live one; failed-login counts idle
+        # for a day go too, unless still locked (a failed sign-in no longer deletes them in its own transaction)
         await pool.execute("INSERT INTO login_attempts (user_id, source, attempt, started_at) VALUES"
                            " ($1, 'crashed', $2, now() - interval '2 hours'), ($1, 'live', $3, now())",
                            user_id, uuid.uuid4(), uuid.uuid4())
+        await pool.execute("INSERT INTO login_failures (user_id, source, failures, last_failed_at, locked_until)"
+                           " VALUES ($1, 'idle', 3, now() - interval '2 days', now() - interval '1 day'),"
+                           " ($1, 'still-locked', 9, now() - interval '2 days', now() + interval '1 hour')", user_id)
         await token_sweep.sweep(pool)
         assert [r["source"] for r in await pool.fetch("SELECT source FROM login_attempts WHERE user_id = $1",
                                                       user_id)] == ["live"]
+        assert sorted(r["source"] for r in await pool.fetch("SELECT source FROM login_failures WHERE user_id = $1",
+                                                            user_id)) == sorted([SOURCE, "still-locked"])
     finally:
         await http.aclose()
         await pool.close()

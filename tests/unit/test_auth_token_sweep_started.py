@@ -1,4 +1,5 @@
-"""The auth service starts its refresh-token sweep with the service and stops it with the service
+"""The auth service starts its auth state sweep (refresh tokens, sign-in claims, failed-login counts) with the
+service and stops it with the service
 (services/auth/app.py's start/stop hooks). The sweep's SQL is tested on the real database
 (tests/integration/test_auth.py::test_the_sweep_deletes_dead_refresh_tokens_and_keeps_live_ones); here only the
 wiring: the hooks run with the bootstrap and the revocation feed replaced (they need the database and the bus), the
@@ -22,7 +23,8 @@ class RecordingPool:
 
     async def execute(self, sql: str, *args) -> str:
         self.statements.append(sql)
-        self.sent.set()
+        if "login_failures" in sql:  # the round's last statement
+            self.sent.set()
         return "DELETE 0"
 
 
@@ -45,27 +47,28 @@ class Broker:
             connection = None
 
 
-def test_the_auth_service_starts_its_refresh_token_sweep_and_stops_it(monkeypatch):
+def test_the_auth_service_starts_its_auth_state_sweep_and_stops_it(monkeypatch):
     async def nothing(*args) -> None:
         pass
 
     monkeypatch.setattr(handlers, "bootstrap", nothing)
     monkeypatch.setattr(handlers, "configure_password_hashing", lambda settings: None)
     monkeypatch.setattr(app, "VerifierFeed", IdleFeed)
-    monkeypatch.setattr(token_sweep.RefreshTokenSweep, "every", 0.01)  # its first round within 10 ms, not an hour
+    monkeypatch.setattr(token_sweep.AuthStateSweep, "every", 0.01)  # its first round within 10 ms, not an hour
 
     async def scenario() -> None:
         pool = RecordingPool()
         runtime = Runtime(name="auth", settings=Settings(), broker=Broker(), db=pool)  # type: ignore[arg-type]
         await app.start(runtime)
-        sweep = runtime.extras["token_sweep"]
+        sweep = runtime.extras["auth_state_sweep"]
         try:
             await asyncio.wait_for(pool.sent.wait(), 5)
         except TimeoutError:
-            raise AssertionError("the auth service started no refresh-token sweep") from None
+            raise AssertionError("no auth state sweep ran a round through login_failures") from None
         finally:
             await app.stop(runtime)
-        assert "DELETE FROM refresh_tokens" in pool.statements[0]
+        assert [table for sql in pool.statements[:3] for table in ("refresh_tokens", "login_attempts", "login_failures")
+                if f"DELETE FROM {table}" in sql] == ["refresh_tokens", "login_attempts", "login_failures"]
         assert sweep._task is None  # stopped, awaited
         rounds = len(pool.statements)
         await asyncio.sleep(0.05)
