@@ -181,3 +181,23 @@ def test_an_onnx_model_among_several_takes_its_own_columns_and_a_column_no_model
     onnx_only = Step({"kind": "ShadowDeploy", "models": models}, [ccfraud, ccfraud])
     with pytest.raises(InvalidRequest, match=r"unexpected columns \['task'\]"):
         onnx_only.run(table)
+
+
+def test_a_split_arms_own_model_split_column_is_replaced_by_the_engines():
+    """`_model_split` names the arm that answered; an arm (users' code) answering a column of that name would make
+    the answer carry it twice, which monitoring's predict reads as a 500 for every request of the split."""
+    import json
+
+    from services.engine.replica import Step
+
+    class UserCode:  # a sandboxed runtime's face: no declared inputs, answers its own `_model_split`
+        inputs: list = []
+
+        def predict(self, table: pa.Table) -> pa.Table:
+            return pa.table({"out": [1.0] * table.num_rows, "_model_split": [["mine"]] * table.num_rows})
+
+    models = [{"name": "a", "model_version": "v1", "sha": "1"}, {"name": "b", "model_version": "v2", "sha": "2"}]
+    split = Step({"kind": "RandomSplit", "models": models, "weights": [1, 0]}, [UserCode(), UserCode()])
+    output, answered, _ = split.run(pa.table({"task": ['{"data": {}}']}))
+    assert output.column_names == ["out", "_model_split"] and answered["name"] == "a"
+    assert json.loads(output.column("_model_split")[0].as_py()[0]) == {"name": "a", "version": "v1", "sha": "1"}
