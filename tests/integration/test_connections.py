@@ -101,6 +101,22 @@ def test_a_connection_to_the_platforms_own_servers_is_refused(stack, alice):
         assert response.status_code == 400 and response.json()["code"] == "url_not_allowed", (extra, response.text)
         assert "own servers" in response.json()["msg"]
         assert post(stack, "connections/get", alice.token, {"name": name}).status_code == 404
+    # a percent-encoded host (libpq decodes it) and SQL Server's Data Source
+    for extra in ({"dsn": f"postgresql://%6c%6fcalhost:{env['RAILYARD_STACK__POSTGRES_PORT']}/x"},
+                  {"conn": f"Data Source=127.0.0.1,{env['RAILYARD_STACK__NATS_PORT']};Initial Catalog=x"}):
+        name, response = create(stack, alice, extra=extra)
+        assert response.status_code == 400 and response.json()["code"] == "url_not_allowed", (extra, response.text)
+
+
+def test_a_port_that_is_not_one_is_400_naming_the_key(stack, alice):
+    """`port: 1.5e300` was a 500 (getaddrinfo overflowed); -1 and "abc" skipped the port check. (An integer beyond 64
+    bits, 10**30, the gateway refuses first, also naming `details.port`.)"""
+    for port in (1.5e300, -1, "abc", 10**30):
+        name, response = create(stack, alice, extra={"host": "localhost", "port": port})
+        assert response.status_code == 400 and response.json()["code"] == "invalid_request", (port, response.text)
+        assert response.json()["msg"].startswith("details.port: "), response.text
+        assert port == 10**30 or "a port must be an integer from 1 to 65535" in response.json()["msg"]
+        assert post(stack, "connections/get", alice.token, {"name": name}).status_code == 404
 
 
 def test_a_customers_database_in_any_scheme_is_kept(stack, alice):
