@@ -29,10 +29,11 @@ class Client:
     def __init__(self, url: str | None = None, *, username: str | None = None, password: str | None = None,
                  client_id: str | None = None, client_secret: str | None = None, token: str | None = None,
                  workspace: str | int | None = None, credentials_file: str | Path | None = None,
-                 timeout: float = 60.0) -> None:
+                 timeout: float | None = 60.0) -> None:
         """Connect and sign in; see the module `railyard_client.session` for where each value comes from.
-        `timeout`: seconds a call may wait for its answer; a deploy, a copy and an undeploy wait as long as the
-        gateway may take on them (up to 315 s for a deploy) when that is longer.
+        `timeout`: seconds a call may wait for its answer (None: no limit; an `httpx.Timeout` is taken as well); a
+        deploy, a copy and an undeploy wait as long as the gateway may take on them (up to 315 s for a deploy)
+        when that is longer.
         Raises ConfigurationError when nothing says where or who, AuthenticationError on wrong credentials."""
         self._session = Session(url, username=username, password=password, client_id=client_id,
                                 client_secret=client_secret, token=token, credentials_file=credentials_file,

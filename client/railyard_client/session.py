@@ -100,7 +100,7 @@ class Session:
 
     def __init__(self, url: str | None = None, *, username: str | None = None, password: str | None = None,
                  client_id: str | None = None, client_secret: str | None = None, token: str | None = None,
-                 credentials_file: str | Path | None = None, timeout: float = 60.0) -> None:
+                 credentials_file: str | Path | None = None, timeout: float | httpx.Timeout | None = 60.0) -> None:
         env = os.environ
         self.credentials_file = Path(credentials_file).expanduser() if credentials_file else credentials_path()
         saved = read_credentials(self.credentials_file)
@@ -254,9 +254,20 @@ class Session:
         """POST /v1/api/<route> with a JSON body; the answer's JSON (None for 204). A route the gateway may take
         longer on (ROUTE_TIMEOUTS) is waited for that long."""
         route = route.strip("/")
-        wait = max(ROUTE_TIMEOUTS.get(route, 0.0), self.timeout)
-        response = self.send("POST", f"{API_PREFIX}/{route}", json=body or {}, timeout=wait)
+        response = self.send("POST", f"{API_PREFIX}/{route}", json=body or {}, timeout=self.wait_for(route))
         return response.json() if response.content else None
+
+    def wait_for(self, route: str) -> Any:
+        """The timeout of a POST to `route`: Client(timeout) as given (seconds, None for no limit, or an
+        httpx.Timeout), with the read wait raised to ROUTE_TIMEOUTS' for the deployer's long commands."""
+        least = ROUTE_TIMEOUTS.get(route)
+        if least is None or self.timeout is None:
+            return self.timeout
+        if isinstance(self.timeout, httpx.Timeout):
+            read = self.timeout.read
+            return httpx.Timeout(connect=self.timeout.connect, write=self.timeout.write, pool=self.timeout.pool,
+                                 read=None if read is None else max(read, least))
+        return max(least, self.timeout)
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -69,3 +69,19 @@ def test_the_client_waits_longer_than_the_gateway_on_every_long_route():
     assert set(waits) == set(ROUTE_TIMEOUTS), waits
     for route, gateway_wait in waits.items():
         assert gateway_wait + 5 <= ROUTE_TIMEOUTS[route], (route, gateway_wait)
+
+
+def test_no_timeout_and_an_httpx_timeout_are_taken_as_before(tmp_path):
+    """Client(timeout=None) and Client(timeout=httpx.Timeout(...)) worked before the long routes' waits: every
+    post raised TypeError (max() of a number and None or a Timeout)."""
+    import httpx
+
+    unlimited = Session("http://h:1", token="t", timeout=None, credentials_file=tmp_path / "none.json")
+    assert unlimited.wait_for("pipelines/deploy") is None and unlimited.wait_for("pipelines/list") is None
+    given = httpx.Timeout(7.0, connect=2.0)
+    session = Session("http://h:1", token="t", timeout=given, credentials_file=tmp_path / "none.json")
+    assert session.wait_for("pipelines/list") is given
+    deploy = session.wait_for("pipelines/deploy")
+    assert (deploy.connect, deploy.read, deploy.write) == (2.0, ROUTE_TIMEOUTS["pipelines/deploy"], 7.0)
+    assert Session("http://h:1", token="t", timeout=5.0,
+                   credentials_file=tmp_path / "none.json").wait_for("pipelines/undeploy") == 35.0
