@@ -119,7 +119,8 @@ def default_port(scheme: str) -> int | None:
 def address_port(text: str) -> tuple[str, int | None] | None:
     """(host, port or None) of `host`, `host:port`, `[v6]:port`, a bare IPv6 address, with any `user:pass@` dropped
     and the host percent-decoded and lower-cased (`%6c%6fcalhost` is `localhost` to libpq); None without a host. A
-    port that is not one (`h:0`, `h:99999`, `h:x`) is read as none."""
+    port that is not one (`h:0`, `h:99999`, `h:x`) is read as none. ValueError for text that is no host at all (an
+    unbalanced `[`/`]`, a name that changes under NFKC normalisation: what Python's URL parser refuses)."""
     text = text.strip().rpartition("@")[2]
     try:
         return str(ipaddress.ip_address(unquote(text).strip("[]"))), None
@@ -145,18 +146,29 @@ def _ports(text: str) -> list[int]:
     return ports
 
 
-def _url_endpoints(scheme: str, rest: str) -> set[tuple[str, int | None]]:
+def _piece(text: str, strict: bool) -> tuple[str, int | None] | None:
+    """`address_port(text)`; a piece that is no host at all raises ValueError if `strict`, else names nothing."""
+    try:
+        return address_port(text)
+    except ValueError:
+        if strict:
+            raise
+        return None
+
+
+def _url_endpoints(scheme: str, rest: str, strict: bool = False) -> set[tuple[str, int | None]]:
     """The servers a URL names: every host of its authority (`h1:5432,h2:5433`), and libpq's `host`/`hostaddr`/`port`
     query parameters, which a client takes over the authority's (`postgresql://db.example.com/x?host=10.0.0.5`)."""
-    parts = urlsplit(f"//{rest}")
-    netloc = parts.netloc.rpartition("@")[2].split(";", 1)[0]  # jdbc:sqlserver://host:1433;databaseName=x
-    query = parse_qsl(parts.query)
+    # split by hand, not by urlsplit, which refuses the whole URL for one bad host (`[x,127.0.0.1:4222`)
+    netloc, tail = re.match(r"([^/?#]*)(.*)", rest, re.DOTALL).groups()  # type: ignore[union-attr]
+    netloc = netloc.rpartition("@")[2].split(";", 1)[0]  # jdbc:sqlserver://host:1433;databaseName=x
+    query = parse_qsl(tail.partition("?")[2].partition("#")[0]) if "?" in tail.partition("#")[0] else []
     query_ports = [p for k, v in query if k.lower() == "port" for p in _ports(v)]
     fallback = query_ports or [default_port(scheme)]
     found: set[tuple[str, int | None]] = set()
     own_ports = []
     for piece in netloc.split(","):
-        address = address_port(piece) if piece.strip() else None
+        address = _piece(piece, strict) if piece.strip() else None
         if address is None:
             continue
         host, port = address
@@ -165,14 +177,14 @@ def _url_endpoints(scheme: str, rest: str) -> set[tuple[str, int | None]]:
     for key, value in query:
         if key.lower() in ("host", "hostaddr"):
             for piece in value.split(","):
-                address = address_port(piece) if piece.strip() and not piece.startswith("/") else None
+                address = _piece(piece, strict) if piece.strip() and not piece.startswith("/") else None
                 if address:
                     found.update((address[0], p) for p in ([address[1]] if address[1] else
                                                            query_ports or own_ports or [default_port(scheme)]))
     return found
 
 
-def _key_value_endpoints(text: str) -> set[tuple[str, int | None]]:
+def _key_value_endpoints(text: str, strict: bool = False) -> set[tuple[str, int | None]]:
     """The servers of a libpq (`host=db port=5432 dbname=x`, hosts and ports as comma lists paired in order) or
     ADO.NET (`Server=db;Port=5432`, SQL Server's `Server=tcp:db,1433`, `Data Source=db,1433`, `Address=db;Port=1433`,
     `Addr`, `Network Address`) connection string."""
@@ -185,12 +197,12 @@ def _key_value_endpoints(text: str) -> set[tuple[str, int | None]]:
             continue
         key = re.sub(r"\s+", " ", key.lower())
         if key in _SQL_SERVER_KEYS and (sql_server := re.fullmatch(r"(?:tcp:)?([^,]+),\s*(\d+)", value.strip())):
-            host = address_port(sql_server[1].split("\\", 1)[0])  # `tcp:host\instance,port`
+            host = _piece(sql_server[1].split("\\", 1)[0], strict)  # `tcp:host\instance,port`
             if host:
                 hosts.append((host[0], next(iter(_ports(sql_server[2])), host[1])))
             continue
         for piece in value.split(","):
-            address = address_port(piece) if piece.strip() and not piece.strip().startswith("/") else None
+            address = _piece(piece, strict) if piece.strip() and not piece.strip().startswith("/") else None
             if address:
                 hosts.append(address)
     if not hosts:
@@ -206,20 +218,22 @@ def _key_value_endpoints(text: str) -> set[tuple[str, int | None]]:
     return found
 
 
-def endpoints_in(text: str) -> list[tuple[str, int | None]]:
+def endpoints_in(text: str, strict: bool = False) -> list[tuple[str, int | None]]:
     """Every (host, port) a string names, as a client library would read it: URLs of any scheme anywhere in it
     (`postgresql://u:p@db:5432/x`, `s3://bucket`, `jdbc:mysql://db/x`, `nats://a,nats://b`), with the scheme's
     default port when none is written (None for an unknown scheme); libpq/ADO key=value connection strings (default
     port 5432); a bare `host:port` or a comma list of them (`broker1:9092,broker2:9092`). Empty for anything else,
-    a bare name included (a name alone is a host only where the key says so)."""
+    a bare name included (a name alone is a host only where the key says so). A host Python's parser refuses
+    (`https://[internal/page`, `http://℀.example/`) names nothing (free text says such things), or, if `strict`
+    (a host-like key), raises ValueError."""
     found: set[tuple[str, int | None]] = set()
     for scheme, rest in _URL.findall(text):
-        found |= _url_endpoints(scheme, rest)
-    found |= _key_value_endpoints(text)
+        found |= _url_endpoints(scheme, rest, strict)
+    found |= _key_value_endpoints(text, strict)
     stripped = text.strip()
     if _BARE.fullmatch(stripped):
         for piece in stripped.rpartition("@")[2].split("/", 1)[0].split(","):
-            address = address_port(piece)
+            address = _piece(piece, strict)
             if address:
                 found.add(address)
     return sorted(found, key=lambda endpoint: (endpoint[0], endpoint[1] or 0))
@@ -337,10 +351,13 @@ class OutboundRules:
     async def check(self, url: str, what: str = "url") -> CheckedUrl:
         """The URL and the address to fetch it from, if it may be fetched now; 400 `url_not_allowed` naming the
         rule otherwise (nothing is fetched)."""
-        parsed = urlparse(url)
+        try:
+            parsed = urlparse(url)
+            host = parsed.hostname
+        except ValueError:  # an unbalanced `[`, a host that changes under NFKC normalisation
+            raise refused(f"{what} is not a valid URL") from None
         if parsed.scheme not in ("http", "https"):
             raise refused(f"{what} must be an http or https URL")
-        host = parsed.hostname
         if not host:
             raise refused(f"{what} has no host")
         _refuse_metadata_name(host, what)

@@ -70,7 +70,8 @@ def _port(details: dict[str, Any], path: str) -> int | None:
 
 def _address(value: str, port: int | None) -> tuple[str, int | None]:
     """A `host` or scheme-less `endpoint` detail as (host, port) (`address_port`): a port written in the value wins
-    over the details' `port` (`127.0.0.1:15432` was checked as a host name that does not resolve, and let through)."""
+    over the details' `port` (`127.0.0.1:15432` was checked as a host name that does not resolve, and let through).
+    ValueError for a value that is no host (`a]b`)."""
     address = address_port(value)
     return (address[0], address[1] or port) if address else (value.strip(), port)
 
@@ -91,9 +92,14 @@ def _named_servers(details: dict[str, Any], type_port: int | None) -> dict[tuple
             for i, item in enumerate(value):
                 walk(item, f"{path}[{i}]", host_key, port)
         elif isinstance(value, str):
-            named = endpoints_in(value)
-            if not named and host_key and value.strip():
-                named = [_address(value, port)]
+            # a string Python's URL parser refuses names no host in free text, but is refused under a host-like key
+            try:
+                named = endpoints_in(value, strict=host_key)
+                if not named and host_key and value.strip():
+                    named = [_address(value, port)]
+            except ValueError:
+                raise InvalidRequest(f"{path}: not a valid host or URL (an unbalanced '[' or ']', or characters"
+                                     " a host cannot have): give the server's name or address") from None
             for host, named_port in named:
                 found.setdefault((host.lower(), named_port), path)
 

@@ -6,6 +6,8 @@ stack's PostgreSQL unchecked, and `postgresql://` under `url` was refused as "mu
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from services.registry.connections import MAX_SERVERS, _check_details
@@ -115,6 +117,33 @@ async def test_the_message_names_the_key_path():
 ])
 async def test_a_tenants_own_servers_are_kept(details):
     await _check_details(details, RULES)
+
+
+@pytest.mark.parametrize("details", [
+    {"description": "Our wiki: https://[internal/page"}, {"dsn": "postgresql://[::1/x"},
+    {"note": "http://\u2100.example/"}, {"dsn": "host=a]b port=5432"}, {"x": "a]b:5432"},
+])
+async def test_text_pythons_url_parser_refuses_names_no_host_in_free_text(details):
+    """urlsplit raises ValueError on an unbalanced bracket or a host that changes under NFKC: that was a 500."""
+    await _check_details(details, RULES)
+
+
+@pytest.mark.parametrize("details, path", [
+    ({"host": "a]b"}, "details.host"), ({"url": "https://[internal/page"}, "details.url"),
+    ({"opts": {"endpoint": "http://\u2100.example/"}}, "details.opts.endpoint"),
+    ({"hosts": ["db", "[x"]}, "details.hosts[1]"),
+])
+async def test_a_host_like_key_that_is_no_host_is_refused_naming_the_key_path(details, path):
+    with pytest.raises(InvalidRequest, match=rf"^{re.escape(path)}: not a valid host or URL") as refused:
+        await _check_details(details, RULES)
+    assert refused.value.status == 400
+
+
+async def test_one_bad_host_in_a_list_does_not_hide_the_others():
+    with pytest.raises(InvalidRequest, match="this platform's own servers"):
+        await _check_details({"dsn": "postgresql://[x,127.0.0.1:15432/db"}, RULES)
+    with pytest.raises(InvalidRequest, match="this platform's own servers"):
+        await _check_details({"dsn": "host=a]b,127.0.0.1 port=15432"}, RULES)
 
 
 async def test_without_a_port_or_a_known_type_only_the_written_port_counts():

@@ -33,6 +33,7 @@ def rules(development: bool = True, **registry) -> OutboundRules:
     ("http://100.64.1.1/", False, "PRIVATE_URLS"),  # shared address space (100.64/10): neither private nor global
     ("http://[fc00::1]/", False, "PRIVATE_URLS"),
     ("http://0.0.0.0/", True, "cannot be used"),
+    ("http://[::1/", True, "not a valid URL"), ("http://\u2100.example/", True, "not a valid URL"),  # were a 500
 ])
 async def test_unsafe_urls(url, development, message):
     with pytest.raises(InvalidRequest, match=message) as refused:
