@@ -6,10 +6,11 @@ it uses object storage, start/stop hooks). `main(spec)` then:
 1. reads `Settings` from the environment;
 2. checks that NATS, PostgreSQL and S3 answer, ending with one clear line if one does not;
 3. builds the broker (the spec's subscribers plus `<name>.health`), connects, ensures the streams;
-4. opens the pool and applies migrations, ensures the buckets, runs the start hook;
+4. opens the pool and applies migrations, ensures the buckets, starts the sweep of its staged uploads
+   (`staged_bucket`), runs the start hook;
 5. serves until SIGTERM or SIGINT, then drains the command subscriptions (every command taken is
-   answered), runs the stop hook, stops the event consumers (in-flight work finishes and is
-   acknowledged) and closes connections.
+   answered), stops the staged-upload sweep, runs the stop hook, stops the event consumers (in-flight
+   work finishes and is acknowledged) and closes connections.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from shared.messages import CheckHealth, DependencyStatus, HealthReport, Service
 from shared.objectstore import ALL_BUCKETS, MinioObjectStore, ObjectStore
 from shared.probe_files import keep_probe_files
 from shared.settings import Settings
+from shared.staging import StagedBucket, StagedUploadSweep
 
 log = logging.getLogger("railyard.service")
 
@@ -78,10 +80,29 @@ class ServiceSpec:
     uses_object_store: bool = False
     on_start: Hook | None = None
     on_stop: Hook | None = None
+    # the bucket whose staged uploads the service consumes: the runner sweeps the ones left behind (shared/staging.py)
+    staged_bucket: StagedBucket | None = None
 
     @property
     def schema(self) -> str:
         return self.name
+
+
+def start_staged_sweep(spec: ServiceSpec, runtime: Runtime) -> None:
+    """Start the sweep of the spec's staged bucket on the runtime's object store (kept as
+    `runtime.extras["staging_sweep"]`); nothing without a `staged_bucket`."""
+    if spec.staged_bucket is None:
+        return
+    staged = spec.staged_bucket
+    sweep = StagedUploadSweep(runtime.objects, staged.bucket, staged.grace_seconds, staged.every)
+    runtime.extras["staging_sweep"] = sweep
+    sweep.start()
+
+
+async def stop_staged_sweep(runtime: Runtime) -> None:
+    """Stop the staged-upload sweep `start_staged_sweep` started, if any, and wait until it has let go."""
+    if (sweep := runtime.extras.get("staging_sweep")) is not None:
+        await sweep.stop()
 
 
 async def check_health(runtime: Runtime) -> HealthReport:
@@ -168,6 +189,7 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
             store = MinioObjectStore(settings.s3)
             await store.ensure_buckets(ALL_BUCKETS)
             runtime.objects = store
+        start_staged_sweep(spec, runtime)
         if spec.on_start is not None:
             await spec.on_start(runtime)
         await broker.start()
@@ -194,6 +216,7 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
         # own front doors (the gateway's HTTP server) and FastStream stops the event consumers.
         if broker.running:
             await drain_commands(broker, broker.config.graceful_timeout or 15.0)
+        await stop_staged_sweep(runtime)
         if spec.on_stop is not None:
             await spec.on_stop(runtime)
         await broker.stop()

@@ -13,7 +13,8 @@ check, worded for images (`StagedWording`).
 
 A staged upload no command ever consumed (the stager died or its bus request failed after the upload, a client
 staged and never sent the command, the consumer's final delete failed) is deleted by its consumer's
-`StagedUploadSweep` once older than its grace (STAGED_GRACE_SECONDS unless given): the registry sweeps the artifacts
+`StagedUploadSweep` once older than its grace (STAGED_GRACE_SECONDS unless given), which the service runner starts and
+stops for a service whose `ServiceSpec.staged_bucket` names one (`StagedBucket`): the registry sweeps the artifacts
 bucket, the task scheduler the orchestrations bucket, the monitoring service the monitoring bucket (its staged images,
 with an hour's grace every ten minutes: they live for one request); the lineage service's object GC runs the same
 `sweep_staged` on the datasets bucket as part of each collection (with the collection's grace, never less than
@@ -99,9 +100,17 @@ async def sweep_staged(objects: Any, bucket: str, grace_seconds: float = STAGED_
         return len(stale)
     for key in stale:
         await objects.delete(bucket, key)
-    if stale:
-        log.info("deleted %d staged upload(s) left behind in the %s bucket", len(stale), bucket)
     return len(stale)
+
+
+@dataclass(frozen=True)
+class StagedBucket:
+    """The bucket whose staged uploads a service consumes, and how often and after how long its sweep deletes the
+    ones left behind (`ServiceSpec.staged_bucket`: the service runner runs its `StagedUploadSweep`)."""
+
+    bucket: str
+    grace_seconds: float = STAGED_GRACE_SECONDS
+    every: float = SWEEP_EVERY_SECONDS
 
 
 class StagedUploadSweep(Sweeper):
@@ -117,4 +126,7 @@ class StagedUploadSweep(Sweeper):
         self.objects, self.bucket, self.grace_seconds, self.every = objects, bucket, grace_seconds, every
 
     async def sweep(self) -> int:
-        return await sweep_staged(self.objects, self.bucket, self.grace_seconds)
+        deleted = await sweep_staged(self.objects, self.bucket, self.grace_seconds)
+        if deleted:  # logged here, not in sweep_staged: the lineage service's object GC logs its own collection
+            log.info("deleted %d staged upload(s) left behind in the %s bucket", deleted, self.bucket)
+        return deleted

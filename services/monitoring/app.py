@@ -25,7 +25,7 @@ from shared.messages.monitoring import (
 from shared.objectstore import BUCKET_MONITORING
 from shared.service import Runtime, ServiceSpec
 from shared.settings import deploy_wait
-from shared.staging import StagedUploadSweep
+from shared.staging import StagedBucket
 
 NAME = "monitoring"
 # An image the gateway stages for predict/monitor is deleted by this service once read and by the gateway once the
@@ -109,19 +109,14 @@ async def start(runtime: Runtime) -> None:
                                    objects=runtime.objects, max_image_bytes=settings.monitoring.max_image_bytes,
                                    image_slots=asyncio.Semaphore(settings.monitoring.images_at_once),
                                    stats_slots=asyncio.Semaphore(settings.monitoring.stats_at_once))
-    sweep = StagedUploadSweep(runtime.objects, BUCKET_MONITORING, grace_seconds=STAGED_IMAGE_GRACE_SECONDS,
-                              every=STAGED_IMAGE_SWEEP_EVERY_SECONDS)
     fold = aggregates.HourFold(runtime.db)
-    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, staging_sweep=sweep, hour_fold=fold)
-    sweep.start()
+    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, hour_fold=fold)
     fold.start()
     await feedback.start(runtime)
     await continuous.start(runtime)
 
 
 async def stop(runtime: Runtime) -> None:
-    if (sweep := runtime.extras.get("staging_sweep")) is not None:
-        await sweep.stop()
     if (fold := runtime.extras.get("hour_fold")) is not None:
         await fold.stop()
     await continuous.stop(runtime)
@@ -138,4 +133,7 @@ SPEC = ServiceSpec(
     on_start=start,
     on_stop=stop,
     uses_object_store=True,
+    # its staged images live for one request: an hour's grace, swept every ten minutes
+    staged_bucket=StagedBucket(BUCKET_MONITORING, grace_seconds=STAGED_IMAGE_GRACE_SECONDS,
+                               every=STAGED_IMAGE_SWEEP_EVERY_SECONDS),
 )

@@ -56,7 +56,7 @@ from shared.messages.registry import (
 from shared.objectstore import BUCKET_ARTIFACTS
 from shared.secretbox import SecretBox
 from shared.service import Runtime, ServiceSpec
-from shared.staging import StagedUploadSweep
+from shared.staging import StagedBucket
 from shared.urlcheck import OutboundRules
 
 NAME = "registry"
@@ -216,15 +216,10 @@ async def start(runtime: Runtime) -> None:
         connections=ConnectionService(runtime.db, box, deps.membership, my_workspaces, rules,
                                       publish=publish),
         registries=RegistryService(deps, box, rules))
-    sweep = StagedUploadSweep(runtime.objects, BUCKET_ARTIFACTS)  # the staged model uploads it consumes
-    runtime.extras["staging_sweep"] = sweep
-    sweep.start()
     await handlers.resume_conversions(deps)
 
 
 async def stop(runtime: Runtime) -> None:
-    if (sweep := runtime.extras.get("staging_sweep")) is not None:
-        await sweep.stop()
     feed = runtime.extras.get("verifier_feed")
     if feed is not None:
         await feed.stop()
@@ -243,4 +238,5 @@ SPEC = ServiceSpec(
     uses_object_store=True,
     on_start=start,
     on_stop=stop,
+    staged_bucket=StagedBucket(BUCKET_ARTIFACTS),  # the staged model uploads it consumes
 )

@@ -38,7 +38,7 @@ from shared.messages.tasks import (
 )
 from shared.objectstore import BUCKET_ORCHESTRATIONS
 from shared.service import Runtime, ServiceSpec
-from shared.staging import StagedUploadSweep
+from shared.staging import StagedBucket
 
 NAME = "task_scheduler"
 log = logging.getLogger("railyard.task_scheduler")
@@ -142,16 +142,11 @@ async def start(runtime: Runtime) -> None:
                          membership=lambda token: bus_membership(broker, token, timeout), publish=publish)
     scheduler = Scheduler(deps=deps, mint=mint, gateway_url=gateway_url(runtime))
     scheduler.start()
-    # staged zips no tasks.orchestrations.upload consumed (shared/staging.py): deleted after a day
-    sweep = StagedUploadSweep(runtime.objects, BUCKET_ORCHESTRATIONS)
-    sweep.start()
-    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, scheduler=scheduler, staging_sweep=sweep)
+    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, scheduler=scheduler)
     log.info("task scheduler %s: work directory %s", scheduler.identity, work_root)
 
 
 async def stop(runtime: Runtime) -> None:
-    if (sweep := runtime.extras.get("staging_sweep")) is not None:
-        await sweep.stop()
     scheduler = runtime.extras.get("scheduler")
     if scheduler is not None:
         await scheduler.stop()
@@ -167,4 +162,6 @@ SPEC = ServiceSpec(
     uses_object_store=True,
     on_start=start,
     on_stop=stop,
+    # staged zips no tasks.orchestrations.upload consumed (shared/staging.py): deleted after a day
+    staged_bucket=StagedBucket(BUCKET_ORCHESTRATIONS),
 )

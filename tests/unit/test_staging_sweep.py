@@ -1,21 +1,24 @@
 """The sweep of staged uploads (shared/staging.py, `sweep_staged`, `StagedUploadSweep`): staged uploads that no command
 consumed are deleted after a day from the bucket their consumer sweeps (the registry: the artifacts bucket's model
-uploads; the task scheduler: the orchestrations bucket's zips); younger ones, stored objects and other buckets'
-objects are left alone."""
+uploads; the task scheduler: the orchestrations bucket's zips; the monitoring service its staged images after an hour);
+younger ones, stored objects and other buckets' objects are left alone. Each service names its bucket in its
+ServiceSpec (`staged_bucket`) and the service runner starts and stops the sweep."""
 
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
+import logging
 
 import pytest
 
+from services.auth import app as auth_app
+from services.monitoring import app as monitoring_app
 from services.registry import app as registry_app
 from services.task_scheduler import app as scheduler_app
-from shared.objectstore import BUCKET_ARTIFACTS, BUCKET_DATASETS, BUCKET_ORCHESTRATIONS, content_key
-from shared.service import Runtime
+from shared.objectstore import BUCKET_ARTIFACTS, BUCKET_DATASETS, BUCKET_MONITORING, BUCKET_ORCHESTRATIONS, content_key
+from shared.service import Runtime, start_staged_sweep, stop_staged_sweep
 from shared.settings import Settings
-from shared.staging import StagedUploadSweep, staged_key_for, sweep_staged
+from shared.staging import SWEEP_EVERY_SECONDS, StagedUploadSweep, staged_key_for, sweep_staged
 
 DAY = 24 * 3600.0
 
@@ -64,54 +67,58 @@ def test_a_dry_run_counts_the_stale_staged_uploads_and_deletes_nothing():
     assert len(objects.kept) == 1
 
 
-class Feed:
-    async def start(self, connection) -> None: ...
-    async def stop(self) -> None: ...
+def _runs_the_sweep_while_it_runs(spec, bucket: str, grace_seconds: float, every: float) -> None:
+    """The runner (shared/service.py, `serve`) starts the sweep the spec names before the start hook and stops it
+    after the drain; here its two steps are run on a runtime with an in-memory store, the sweep itself is real."""
 
-
-BROKER = SimpleNamespace(config=SimpleNamespace(connection_state=SimpleNamespace(connection=None)))
-
-
-def _runs_the_sweep_while_it_runs(app, bucket: str, settings: Settings) -> None:
     async def lifespan() -> None:
-        runtime = Runtime(name=app.NAME, settings=settings, broker=BROKER, objects=Objects())
-        await app.start(runtime)
+        runtime = Runtime(name=spec.name, settings=Settings(), objects=Objects())
+        start_staged_sweep(spec, runtime)
         sweep = runtime.extras["staging_sweep"]
-        assert isinstance(sweep, StagedUploadSweep) and sweep.bucket == bucket and sweep.every <= DAY
+        assert isinstance(sweep, StagedUploadSweep) and sweep.bucket == bucket
+        assert (sweep.grace_seconds, sweep.every) == (grace_seconds, every)
         assert sweep.objects is runtime.objects
         assert sweep._task is not None and not sweep._task.done()
-        await app.stop(runtime)
+        await stop_staged_sweep(runtime)
         assert sweep._task is None
 
     asyncio.run(lifespan())
 
 
-def test_the_registry_service_sweeps_the_artifacts_bucket_while_it_runs(monkeypatch):
-    """The registry's lifespan starts the sweep and stops it: without it nothing ever deletes a staged model no
-    command consumed. (Only the lifespan's bus and database parts are stood in for; the sweep itself is real.)"""
-
-    async def no_conversions(deps) -> None: ...
-
-    monkeypatch.setattr(registry_app, "bus_verifier", lambda broker, auth, timeout: (object(), Feed()))
-    monkeypatch.setattr(registry_app, "SecretBox", lambda key: object())
-    monkeypatch.setattr(registry_app.handlers, "resume_conversions", no_conversions)
-    _runs_the_sweep_while_it_runs(registry_app, BUCKET_ARTIFACTS, Settings())
+def test_the_registry_service_sweeps_the_artifacts_bucket_while_it_runs():
+    """Without it nothing ever deletes a staged model no command consumed."""
+    _runs_the_sweep_while_it_runs(registry_app.SPEC, BUCKET_ARTIFACTS, DAY, SWEEP_EVERY_SECONDS)
 
 
-def test_the_task_scheduler_sweeps_the_orchestrations_bucket_while_it_runs(monkeypatch, tmp_path):
-    """The task scheduler's lifespan starts the sweep of staged orchestration zips and stops it: before, nothing
-    deleted a zip no tasks.orchestrations.upload consumed. (The bus verifier and the scheduler loop are stood in
-    for; the sweep itself is real.)"""
+def test_the_task_scheduler_sweeps_the_orchestrations_bucket_while_it_runs():
+    """Before, nothing deleted a zip no tasks.orchestrations.upload consumed."""
+    _runs_the_sweep_while_it_runs(scheduler_app.SPEC, BUCKET_ORCHESTRATIONS, DAY, SWEEP_EVERY_SECONDS)
 
-    class Scheduler:
-        identity = "test"
 
-        def __init__(self, **kwargs) -> None: ...
-        def start(self) -> None: ...
-        async def stop(self) -> None: ...
+def test_the_monitoring_service_sweeps_its_staged_images_hourly_every_ten_minutes():
+    """Its staged images live for one request: an hour's grace, swept every ten minutes."""
+    _runs_the_sweep_while_it_runs(monitoring_app.SPEC, BUCKET_MONITORING, 3600.0, 600.0)
 
-    monkeypatch.setattr(scheduler_app, "bus_verifier", lambda broker, auth, timeout: (object(), Feed()))
-    monkeypatch.setattr(scheduler_app, "Scheduler", Scheduler)
-    settings = Settings()
-    settings.tasks.work_dir = tmp_path / "tasks"
-    _runs_the_sweep_while_it_runs(scheduler_app, BUCKET_ORCHESTRATIONS, settings)
+
+def test_a_service_without_a_staged_bucket_runs_no_sweep():
+    async def lifespan() -> None:
+        runtime = Runtime(name="auth", settings=Settings(), objects=Objects())
+        start_staged_sweep(auth_app.SPEC, runtime)
+        assert "staging_sweep" not in runtime.extras
+        await stop_staged_sweep(runtime)
+
+    asyncio.run(lifespan())
+
+
+def test_a_sweep_round_logs_what_it_deleted_once(caplog):
+    """sweep_staged itself logs nothing: the sweep logs its round, the lineage service's object GC its collection
+    (which counted the staged uploads in the same line a second time before)."""
+    objects = Objects()
+    objects.kept[BUCKET_DATASETS, staged_key_for("alice", None)] = 0.0
+    with caplog.at_level(logging.INFO, logger="railyard.staging"):
+        assert asyncio.run(sweep_staged(objects, BUCKET_DATASETS)) == 1
+        assert caplog.records == []
+        objects.kept[BUCKET_ARTIFACTS, staged_key_for("alice", None)] = 0.0
+        assert asyncio.run(StagedUploadSweep(objects, BUCKET_ARTIFACTS).sweep()) == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        f"deleted 1 staged upload(s) left behind in the {BUCKET_ARTIFACTS} bucket"]
