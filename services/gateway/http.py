@@ -394,7 +394,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             command = reg.UploadModel.model_validate(body)
         except ValidationError as exc:
             await objects.delete(BUCKET_ARTIFACTS, staged)
-            raise InvalidRequest(f"metadata {validation_message(exc.errors(), 'metadata')}") from None
+            raise InvalidRequest(validation_message(exc.errors(), "metadata")) from None
         try:
             return await handlers.forward(runtime.broker, subjects.REGISTRY_MODELS_UPLOAD, command,
                                           bearer_token(request), settings.registry.worker_timeout + timeout)

@@ -133,7 +133,7 @@ def accepting_image_uploads(runtime: Runtime, route: Any, json_endpoint: Callabl
         try:  # checked before anything is staged: bad metadata leaves nothing behind
             command = route.model.model_validate({**metadata, "staged_key": staged})
         except ValidationError as exc:
-            raise InvalidRequest(f"metadata {validation_message(exc.errors(), 'metadata')}") from None
+            raise InvalidRequest(validation_message(exc.errors(), "metadata")) from None
         try:
             await runtime.objects.put_stream(BUCKET_MONITORING, staged, upload.file, length=size,
                                              content_type=upload.content_type or "application/octet-stream")

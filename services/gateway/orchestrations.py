@@ -75,7 +75,7 @@ def add_orchestration_routes(app: FastAPI, runtime: Runtime, user_caller: Any, b
             command = t.UploadOrchestration.model_validate(
                 {"file_name": upload.filename or "orchestration.zip", **metadata, "staged_key": "staging/"})
         except ValidationError as exc:
-            raise InvalidRequest(f"metadata {validation_message(exc.errors(), 'metadata')}") from None
+            raise InvalidRequest(validation_message(exc.errors(), "metadata")) from None
         staged = staged_key(principal)  # the task scheduler takes it from this user and token scope only
         size = upload.size if upload.size is not None else -1
         await runtime.objects.put_stream(BUCKET_ORCHESTRATIONS, staged, upload.file, length=size)
