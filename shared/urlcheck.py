@@ -29,6 +29,7 @@ METADATA_ADDRESSES = {ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 MAX_PORT = 65535
 ENDPOINT_CACHE_SECONDS = 60.0
+OWN_ADDRESS_CACHE_SECONDS = 10.0
 REFUSED = "url_not_allowed"
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -68,6 +69,30 @@ def _metadata_reason(address: Address) -> str | None:
     if address in METADATA_ADDRESSES or address.is_link_local:
         return "link-local and cloud metadata addresses are not allowed"
     return None
+
+
+_own: tuple[float, frozenset[Address]] = (float("-inf"), frozenset())
+
+
+def own_addresses() -> frozenset[Address]:
+    """Every address of this machine's network interfaces (psutil.net_if_addrs: eth0's as well as loopback's), cached
+    for OWN_ADDRESS_CACHE_SECONDS. A server bound to 0.0.0.0 or :: answers on each of them, so each is the
+    platform's own for its ports; the host name alone may resolve to 127.0.0.1 only."""
+    global _own
+    if time.monotonic() - _own[0] < OWN_ADDRESS_CACHE_SECONDS:
+        return _own[1]
+    import psutil
+
+    found = set()
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family in (socket.AF_INET, socket.AF_INET6):
+                try:
+                    found.add(ipaddress.ip_address(address.address.split("%")[0]))
+                except ValueError:
+                    pass
+    _own = (time.monotonic(), frozenset(found))
+    return _own[1]
 
 
 def valid_port(value: Any) -> int:
@@ -332,7 +357,8 @@ class OutboundRules:
         return False
 
     async def _own_addresses(self) -> frozenset[Address]:
-        return await self._addresses(socket.gethostname())
+        """This machine's addresses (`own_addresses`), and what its host name resolves to."""
+        return own_addresses() | await self._addresses(socket.gethostname())
 
     async def _check_addresses(self, addresses: tuple[Address, ...], port: int | None, what: str, *,
                                fetched: bool) -> None:

@@ -9,10 +9,11 @@ an `mlflow-artifacts:/<path>` URI; both are resolved to artifact-proxy paths her
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import quote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 from shared.errors import InvalidRequest, NotFound, Unavailable
 from shared.urlcheck import OutboundRules
@@ -125,9 +126,29 @@ class MlflowRegistry:
                     folders.append(relative)
         return found
 
+    def _under_artifacts(self, full_path: str) -> bool:
+        """Is `full_path` under the artifact proxy as it is SENT? httpx removes dot segments
+        (`.../artifacts/../../../../varz` goes out as `/varz`, the NATS monitor's path on a shared host), so a `.` or
+        `..` segment, percent-encoded (`%2e%2e`, `..%2f`) too, is refused, and the path httpx sends must still start
+        with the proxy's."""
+        import httpx
+
+        path = urlparse(full_path).path
+        for _ in range(3):  # `%252e%252e` is `..` to a server that decodes twice
+            path = unquote(path)
+        if any(segment in (".", "..") for segment in re.split(r"[/\\]", path)):
+            return False
+        try:
+            sent, base = httpx.URL(full_path), httpx.URL(self.base)
+        except (httpx.InvalidURL, ValueError):
+            return False
+        prefix = f"{base.path.rstrip('/')}{ARTIFACTS_API}/"
+        return (sent.scheme, sent.host, sent.port) == (base.scheme, base.host, base.port) and \
+            sent.path.startswith(prefix)
+
     async def download(self, full_path: str) -> AsyncIterator[bytes]:
         """Stream one artifact; only paths under this registry's artifact proxy are fetched."""
-        if not full_path.startswith(f"{self.base}{ARTIFACTS_API}/"):
+        if not full_path.startswith(f"{self.base}{ARTIFACTS_API}/") or not self._under_artifacts(full_path):
             raise InvalidRequest("path must be a full_path from list_registry_model_version_artifacts of this"
                                  " registry")
         async with self._response(full_path, "path") as response:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 
 import pytest
@@ -9,7 +10,7 @@ from services.registry.mlflow import MlflowRegistry
 from shared.errors import InvalidRequest, RailyardError, Unavailable
 from shared.secretbox import SecretBox
 from shared.settings import Settings
-from shared.urlcheck import OutboundRules
+from shared.urlcheck import OutboundRules, own_addresses
 
 
 def rules(development: bool = True, **registry) -> OutboundRules:
@@ -58,6 +59,44 @@ async def test_loopback_is_fine_in_development_and_private_urls_can_be_refused()
     with pytest.raises(InvalidRequest, match="PRIVATE_URLS"):
         await rules(private_urls=False).check("http://127.0.0.1:5000/api")
     assert (await rules(False, private_urls=True).check("http://10.1.2.3:5000/")).url
+
+
+async def test_every_address_of_this_machines_interfaces_is_its_own():
+    """A server bound to 0.0.0.0/:: answers on eth0's addresses too; the host name alone resolved to 127.0.0.1 here,
+    so `http://<eth0 address>:<NATS monitor port>/varz` was allowed in development."""
+    import psutil
+
+    addresses = {ipaddress.ip_address(a.address.split("%")[0]) for nic in psutil.net_if_addrs().values() for a in nic
+                 if a.family in (socket.AF_INET, socket.AF_INET6)}
+    interfaces = [a for a in addresses if not a.is_loopback and not a.is_link_local]
+    if not interfaces:
+        pytest.skip("this machine has no non-loopback address")
+    assert addresses <= own_addresses()
+    bound = OutboundRules(private_allowed=True, platform=frozenset({("0.0.0.0", 18222), ("::", 18222)}))
+    for address in interfaces:
+        literal = f"[{address}]" if address.version == 6 else str(address)
+        with pytest.raises(InvalidRequest, match="this platform's own servers"):
+            await bound.check(f"http://{literal}:18222/varz")
+        assert (await bound.check(f"http://{literal}:5000/")).addresses == (address,)
+
+
+@pytest.mark.parametrize("full_path", [
+    "http://registry.invalid/api/2.0/mlflow-artifacts/artifacts/../../../../varz",
+    "http://registry.invalid/api/2.0/mlflow-artifacts/artifacts/%2e%2e/%2E%2E/%2e%2e/%2e%2e/varz",
+    "http://registry.invalid/api/2.0/mlflow-artifacts/artifacts/a/..%2f..%2f..%2fvarz",
+    "http://registry.invalid/api/2.0/mlflow-artifacts/artifacts/a/%252e%252e/x",
+    "http://registry.invalid/api/2.0/mlflow-artifacts/artifacts/./x",
+    "http://registry.invalid/api/2.0/mlflow-artifacts/artifacts/..\\..\\varz",
+    "http://registry.invalid:18222/api/2.0/mlflow-artifacts/artifacts/x",
+])
+async def test_an_artifact_path_leaving_the_artifact_proxy_is_refused(full_path):
+    """httpx removes dot segments: `.../artifacts/../../../../varz` was sent as `/varz` after the raw prefix check."""
+    registry = MlflowRegistry("http://registry.invalid", None, rules=rules())
+    with pytest.raises(InvalidRequest, match="full_path from list_registry_model_version_artifacts") as refused:
+        async for _ in registry.download(full_path):
+            pass
+    assert refused.value.status == 400
+    assert registry._under_artifacts("http://registry.invalid/api/2.0/mlflow-artifacts/artifacts/1/m..d/x%20y.pkl")
 
 
 async def test_the_request_goes_to_the_address_that_was_checked(monkeypatch):
