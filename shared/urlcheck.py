@@ -27,6 +27,7 @@ from shared.errors import InvalidRequest
 METADATA_HOSTS = {"metadata.google.internal", "metadata", "instance-data"}
 METADATA_ADDRESSES = {ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")}
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
+UNSPECIFIED = frozenset({ipaddress.ip_address("0.0.0.0"), ipaddress.ip_address("::")})
 MAX_PORT = 65535
 ENDPOINT_CACHE_SECONDS = 60.0
 OWN_ADDRESS_CACHE_SECONDS = 10.0
@@ -333,23 +334,26 @@ class OutboundRules:
                    platform=platform_endpoints(settings))
 
     async def _addresses(self, host: str) -> frozenset[Address]:
-        """The addresses of one of the platform's own endpoints, cached for ENDPOINT_CACHE_SECONDS."""
+        """The addresses of one of the platform's own endpoints, cached for ENDPOINT_CACHE_SECONDS; empty, and not
+        cached, while the name does not resolve (a cached failure let that endpoint's check pass for a minute)."""
         cached = self._resolved.get(host)
         if cached is not None and time.monotonic() - cached[0] < ENDPOINT_CACHE_SECONDS:
             return cached[1]
         addresses = frozenset(await _resolve(host, None) or ())
-        self._resolved[host] = (time.monotonic(), addresses)
+        if addresses:
+            self._resolved[host] = (time.monotonic(), addresses)
         return addresses
 
     async def _is_platform(self, address: Address, port: int) -> bool:
         """Does (address, port) reach one of the platform's own servers? (An unspecified address, which a client on
-        the machine reaches as loopback, is judged as loopback.)"""
+        the machine reaches as loopback, is judged as loopback; an endpoint whose name does not resolve now is judged
+        as bound to every address of this machine, failing closed.)"""
         if address.is_unspecified:
             address = ipaddress.ip_address("127.0.0.1" if address.version == 4 else "::1")
         for host, endpoint_port in self.platform:
             if endpoint_port != port:
                 continue
-            for bound in await self._addresses(host):
+            for bound in await self._addresses(host) or UNSPECIFIED:
                 if bound == address or (bound.is_loopback and address.is_loopback):
                     return True
                 if bound.is_unspecified and (address.is_loopback or address in await self._own_addresses()):

@@ -99,6 +99,28 @@ async def test_an_artifact_path_leaving_the_artifact_proxy_is_refused(full_path)
     assert registry._under_artifacts("http://registry.invalid/api/2.0/mlflow-artifacts/artifacts/1/m..d/x%20y.pkl")
 
 
+async def test_a_platform_host_that_did_not_resolve_is_not_cached_as_having_no_address(monkeypatch):
+    """A failed lookup of a platform endpoint's name was cached as 'no address' for 60 s: its check failed open."""
+    loop = asyncio.get_running_loop()
+    real = loop.getaddrinfo
+    answers = iter([None])
+
+    async def resolve(host, *args, **kwargs):
+        if host == "nats.invalid":
+            if next(answers, "10.0.0.5") is None:
+                raise socket.gaierror(socket.EAI_AGAIN, "temporary failure")
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.5", 4222))]
+        return await real(host, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "getaddrinfo", resolve)
+    platform = OutboundRules(private_allowed=True, platform=frozenset({("nats.invalid", 4222)}))
+    with pytest.raises(InvalidRequest, match="this platform's own servers"):  # unresolved: judged as this machine
+        await platform.check("http://127.0.0.1:4222/")
+    with pytest.raises(InvalidRequest, match="this platform's own servers"):  # resolves now: not a cached failure
+        await platform.check("http://10.0.0.5:4222/")
+    assert (await platform.check("http://127.0.0.1:4222/")).url  # resolved elsewhere: loopback is the tenant's
+
+
 async def test_the_request_goes_to_the_address_that_was_checked(monkeypatch):
     """DNS rebinding: the name resolves to an allowed address when checked, elsewhere afterwards (here 127.0.0.3,
     where nothing listens); the request must go to the checked address, not resolve the name again, while still
