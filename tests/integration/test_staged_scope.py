@@ -5,13 +5,14 @@ and task scheduler, commands published on NATS as the front-door `client` identi
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 
 import pytest
 
 from shared import subjects
 from shared.messages import Reply
-from shared.objectstore import BUCKET_ARTIFACTS, BUCKET_DATASETS, BUCKET_ORCHESTRATIONS, MinioObjectStore
+from shared.objectstore import BUCKET_ARTIFACTS, BUCKET_DATASETS, BUCKET_ORCHESTRATIONS, MinioObjectStore, content_key
 from shared.staging import staged_key_for
 from tests.integration.test_isolation import second_workspace, task_token
 
@@ -48,5 +49,11 @@ async def test_a_run_and_a_session_cannot_take_each_others_staged_uploads(stack,
                 await objects.delete(bucket, staged)
     finally:
         await nc.close()
-    # nothing was registered in the run's workspace
+    # nothing was kept in the run's workspace by any refused command: no model, workspace file or orchestration
+    # listed, and the bytes were stored under their sha256 in no bucket
     assert alice.client.post("models/list", {"workspace_id": run_workspace})["models"] == []
+    folder = alice.client.post("files/list", {"workspace_id": run_workspace})
+    assert (folder["files"], folder["folders"]) == ([], []), folder
+    assert alice.client.post("orchestration/list", {"workspace_id": run_workspace}) == []
+    for _subject, bucket, _command in CONSUMERS:
+        assert not await objects.exists(bucket, content_key(hashlib.sha256(b"not yours").hexdigest())), bucket
