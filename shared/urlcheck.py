@@ -42,12 +42,17 @@ def refused(msg: str) -> InvalidRequest:
 
 
 def _unwrapped(address: Address) -> Address:
-    """The IPv4 address an IPv6 one carries (mapped ::ffff:a.b.c.d, NAT64 64:ff9b::a.b.c.d), else itself."""
+    """The IPv4 address an IPv6 one carries (mapped ::ffff:a.b.c.d, NAT64 64:ff9b::a.b.c.d, 6to4 2002:AABB:CCDD::,
+    Teredo's client 2001:0::/32), else itself."""
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return address.ipv4_mapped
         if address in NAT64:
             return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if address.sixtofour is not None:
+            return address.sixtofour
+        if address.teredo is not None:
+            return address.teredo[1]
     return address
 
 
@@ -59,7 +64,8 @@ def _range_reason(address: Address, private_allowed: bool) -> str | None:
         return "that address cannot be used"
     if address.is_reserved and not (address.is_loopback or address.is_private):  # ::1 (in ::/8) is reserved too
         return "that address cannot be used"
-    if not address.is_global and not private_allowed:  # loopback, private, shared (100.64/10), documentation...
+    # loopback, private, shared (100.64/10), documentation..., and deprecated site-local fec0::/10 (is_global to Python)
+    if (not address.is_global or getattr(address, "is_site_local", False)) and not private_allowed:
         return ("loopback, private and other non-public addresses are not allowed on this platform"
                 " (RAILYARD_REGISTRY__PRIVATE_URLS): use the server's public address")
     return None

@@ -34,6 +34,10 @@ def rules(development: bool = True, **registry) -> OutboundRules:
     ("http://100.64.1.1/", False, "PRIVATE_URLS"),  # shared address space (100.64/10): neither private nor global
     ("http://[fc00::1]/", False, "PRIVATE_URLS"),
     ("http://0.0.0.0/", True, "cannot be used"),
+    ("http://[2002:7f00:1::]:1/", False, "PRIVATE_URLS"),  # 6to4 wrapping 127.0.0.1
+    ("http://[2002:a9fe:a9fe::]/", True, "link-local"),  # 6to4 wrapping 169.254.169.254
+    ("http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/", False, "PRIVATE_URLS"),  # Teredo, client 127.0.0.1
+    ("http://[fec0::1]/", False, "PRIVATE_URLS"),  # deprecated site-local: is_global to Python
     ("http://[::1/", True, "not a valid URL"), ("http://\u2100.example/", True, "not a valid URL"),  # were a 500
 ])
 async def test_unsafe_urls(url, development, message):
@@ -47,6 +51,7 @@ async def test_unsafe_urls(url, development, message):
     "http://127.0.0.1:18333/railyard-artifacts", "http://127.0.0.1:18888/buckets/", "http://127.0.0.1:28888/",
     "http://127.0.0.1:18081/", "http://127.0.0.1:19333/", "http://127.0.0.1:18000/v1/api",  # volume, master, gateway
     "http://localhost:18888/", "http://127.0.0.2:14222/", "http://[::1]:15432/", "http://[::ffff:127.0.0.1]:18333/",
+    "http://[2002:7f00:1::]:14222/",  # 6to4 wrapping 127.0.0.1
 ])
 async def test_the_platforms_own_servers_are_refused_even_in_development(url):
     with pytest.raises(InvalidRequest, match="this platform's own servers") as refused:
