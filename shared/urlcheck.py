@@ -18,6 +18,7 @@ import ipaddress
 import re
 import socket
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlparse, urlsplit, urlunparse
@@ -31,6 +32,8 @@ UNSPECIFIED = frozenset({ipaddress.ip_address("0.0.0.0"), ipaddress.ip_address("
 MAX_PORT = 65535
 ENDPOINT_CACHE_SECONDS = 60.0
 OWN_ADDRESS_CACHE_SECONDS = 10.0
+LOOKUP_SLOTS = 4  # name lookups at once per event loop (each takes a thread of the default pool)
+LOOKUP_TIMEOUT_SECONDS = 2.0  # a name not resolved by then is judged as not resolving
 REFUSED = "url_not_allowed"
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -431,7 +434,33 @@ async def _resolve(host: str, port: int | None) -> tuple[Address, ...] | None:
     except ValueError:
         pass
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = await _getaddrinfo(host, port)
+        if infos is None:
+            return None
         return tuple(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos)) or None
     except (OSError, UnicodeError, ValueError):
+        return None
+
+
+_lookup_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+async def _getaddrinfo(host: str, port: int | None) -> list[Any] | None:
+    """The resolver's answer for `host`, or None when it takes over LOOKUP_TIMEOUT_SECONDS (waiting for a slot
+    included). At most LOOKUP_SLOTS lookups per event loop run at once (each holds a thread of the default pool
+    until the resolver answers, a timed-out one too): one connections/create naming 64 servers no longer starts 64."""
+    loop = asyncio.get_running_loop()
+    slots = _lookup_slots.setdefault(loop, asyncio.Semaphore(LOOKUP_SLOTS))
+    deadline = loop.time() + LOOKUP_TIMEOUT_SECONDS
+    try:
+        async with asyncio.timeout_at(deadline):
+            await slots.acquire()
+    except TimeoutError:
+        return None
+    lookup = asyncio.ensure_future(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+    lookup.add_done_callback(lambda done: (slots.release(), done.cancelled() or done.exception()))
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await asyncio.shield(lookup)
+    except TimeoutError:
         return None

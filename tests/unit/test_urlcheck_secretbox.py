@@ -126,6 +126,38 @@ async def test_a_platform_host_that_did_not_resolve_is_not_cached_as_having_no_a
     assert (await platform.check("http://127.0.0.1:4222/")).url  # resolved elsewhere: loopback is the tenant's
 
 
+async def test_name_lookups_are_bounded_in_number_and_time(monkeypatch):
+    """One connections/create resolved up to 64 tenant names at once in the default thread pool, each for as long as
+    the resolver took: now at most LOOKUP_SLOTS at once, and a name not resolved in time does not resolve."""
+    import shared.urlcheck as urlcheck
+
+    monkeypatch.setattr(urlcheck, "LOOKUP_TIMEOUT_SECONDS", 0.5)
+    loop = asyncio.get_running_loop()
+    running, most, hang = 0, 0, asyncio.Event()
+
+    async def resolve(host, *args, **kwargs):
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            if host == "slow.invalid":
+                await hang.wait()
+            await asyncio.sleep(0.02)
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.5", 80))]
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(loop, "getaddrinfo", resolve)
+    started = loop.time()
+    assert await urlcheck._resolve("slow.invalid", 80) is None  # timed out: judged as not resolving
+    assert loop.time() - started < 1.5
+    found = await asyncio.gather(*(urlcheck._resolve(f"h{i}.invalid", 80) for i in range(12)))
+    assert all(f == (ipaddress.ip_address("10.0.0.5"),) for f in found)
+    assert most <= urlcheck.LOOKUP_SLOTS  # the hung lookup still holds its slot until the resolver answers
+    hang.set()
+    await asyncio.sleep(0.05)
+
+
 async def test_the_request_goes_to_the_address_that_was_checked(monkeypatch):
     """DNS rebinding: the name resolves to an allowed address when checked, elsewhere afterwards (here 127.0.0.3,
     where nothing listens); the request must go to the checked address, not resolve the name again, while still
