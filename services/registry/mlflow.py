@@ -101,7 +101,10 @@ class MlflowRegistry:
             logged = await self._get(f"/api/2.0/mlflow/logged-models/{quote(model_id)}")
             uri = logged.get("model", {}).get("info", {}).get("artifact_uri", "")
         if uri.startswith("mlflow-artifacts:"):
-            parsed = urlparse(uri)
+            try:
+                parsed = urlparse(uri)
+            except ValueError:  # `mlflow-artifacts://[x/` from the registry
+                raise Unavailable("the registry's artifact_uri is not a valid URI") from None
             return parsed.path.lstrip("/")
         raise InvalidRequest(f"artifacts stored at {uri.split(':')[0] or 'an unknown place'}: are not reachable"
                              " through the registry's artifact proxy (run `mlflow server` with artifact serving)")
@@ -133,7 +136,10 @@ class MlflowRegistry:
         with the proxy's."""
         import httpx
 
-        path = urlparse(full_path).path
+        try:
+            path = urlparse(full_path).path
+        except ValueError:
+            return False
         for _ in range(3):  # `%252e%252e` is `..` to a server that decodes twice
             path = unquote(path)
         if any(segment in (".", "..") for segment in re.split(r"[/\\]", path)):
