@@ -115,7 +115,8 @@ class Step:
             output = self.runtimes[chosen].predict(self._columns_for(self.runtimes[chosen], inputs))
             split = json.dumps({"name": model["name"], "version": model["model_version"], "sha": model["sha"]})
             if "_model_split" in output.column_names:  # the engine's name for the arm: a user model's own is replaced
-                output = output.drop_columns(["_model_split"])
+                # (by position: drop_columns cannot name a column an answer carries twice)
+                output = output.select([i for i, n in enumerate(output.column_names) if n != "_model_split"])
             output = output.append_column("_model_split", pa.array([[split]] * output.num_rows,
                                                                    pa.list_(pa.string())))
             return output, model, []

@@ -194,7 +194,9 @@ def test_a_split_arms_own_model_split_column_is_replaced_by_the_engines():
         inputs: list = []
 
         def predict(self, table: pa.Table) -> pa.Table:
-            return pa.table({"out": [1.0] * table.num_rows, "_model_split": [["mine"]] * table.num_rows})
+            rows = table.num_rows  # its own `_model_split`, twice (pyarrow tables allow a name twice)
+            return pa.Table.from_arrays([pa.array([1.0] * rows), pa.array([["mine"]] * rows), pa.array(["x"] * rows)],
+                                        names=["out", "_model_split", "_model_split"])
 
     models = [{"name": "a", "model_version": "v1", "sha": "1"}, {"name": "b", "model_version": "v2", "sha": "2"}]
     split = Step({"kind": "RandomSplit", "models": models, "weights": [1, 0]}, [UserCode(), UserCode()])
