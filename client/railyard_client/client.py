@@ -32,8 +32,8 @@ class Client:
                  timeout: float | None = 60.0) -> None:
         """Connect and sign in; see the module `railyard_client.session` for where each value comes from.
         `timeout`: seconds a call may wait for its answer (None: no limit; an `httpx.Timeout` is taken as well); a
-        deploy, a copy and an undeploy wait as long as the gateway may take on them (up to 315 s for a deploy)
-        when that is longer.
+        deploy, a copy, an undeploy and a deployment's set_model, set_shadow_model and delete wait as long as the
+        gateway may take on them (up to 315 s for a deploy, 320 s for a model swap) when that is longer.
         Raises ConfigurationError when nothing says where or who, AuthenticationError on wrong credentials."""
         self._session = Session(url, username=username, password=password, client_id=client_id,
                                 client_secret=client_secret, token=token, credentials_file=credentials_file,

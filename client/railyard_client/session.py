@@ -50,11 +50,14 @@ ENV_CREDENTIALS = "RAILYARD_CLIENT_CREDENTIALS"
 # Seconds the gateway may take to answer the deployer's long commands with its default settings
 # (services/gateway/http.py, Route.wait; docs/inference.md "How long the gateway waits"): a deploy 5 + 300 s
 # (shared.settings.deploy_wait: the longer of a model check and 5 + 60 s for its replicas), a copy
-# with `deploy` 5 + 60 + 5 s (its replicas' ready timeout), an undeploy 5 + 20 s (their stop timeout); plus a margin,
-# so that the gateway's own answer (a 400 with the reason, or its 504) comes back before the client gives up. With the
-# client's 60 s for these too, a slow deploy was a ConnectionFailed while the platform carried on deploying. Every
-# other route waits Client(timeout); a larger Client(timeout) wins here too.
-ROUTE_TIMEOUTS = {"pipelines/deploy": 315.0, "pipelines/copy": 80.0, "pipelines/undeploy": 35.0}
+# with `deploy` 5 + 60 + 5 s (its replicas' ready timeout), an undeploy 5 + 20 s (their stop timeout), a deployment's
+# set_model, set_shadow_model and delete 5 + 305 s (the monitoring service's own deploy or undeploy, which it waits
+# deploy_wait for, and one request timeout for its lookups); plus a margin, so that the gateway's own answer (a 400
+# with the reason, or its 504) comes back before the client gives up. With the client's 60 s for these too, a slow
+# deploy was a ConnectionFailed while the platform carried on deploying. Every other route waits Client(timeout); a
+# larger Client(timeout) wins here too.
+ROUTE_TIMEOUTS = {"pipelines/deploy": 315.0, "pipelines/copy": 80.0, "pipelines/undeploy": 35.0,
+                  "deployments/set_model": 320.0, "deployments/set_shadow_model": 320.0, "deployments/delete": 320.0}
 
 
 def credentials_path() -> Path:

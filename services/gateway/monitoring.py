@@ -28,12 +28,23 @@ from shared.messages import monitoring as mon
 from shared.messages import monitoring_predictions as pred
 from shared.objectstore import BUCKET_MONITORING
 from shared.service import Runtime
+from shared.settings import deploy_wait
 
 log = logging.getLogger("railyard.gateway.monitoring")
 MULTIPART = "multipart/form-data"
 PNG_OR_JPEG = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 
-# (path, subject, request model, reply model, summary, unwrap, status, long_running) rows for http.py's table
+
+def deployer_call_answers(settings: Any) -> float:
+    """set_model, set_shadow_model and delete answer once the monitoring service's own call to the deployer did (a
+    deploy of the new pipeline version, an undeploy), which it waits shared.settings.deploy_wait for: this is the
+    part beyond the request timeout Route.wait adds, the monitoring service's own lookups around that call. They
+    waited the model check's request + worker_timeout (305 s) while monitoring waited deploy_wait: with
+    deployer.ready_timeout 600, 305 s against 610 s, a 504 while the swap carried on."""
+    return deploy_wait(settings)
+
+
+# (path, subject, request model, reply model, summary, unwrap, status, long_running[, waits]) rows for http.py's table
 JSON_ROUTE_SPECS: list[tuple[Any, ...]] = [
     ("/deployments/add_tags", subjects.MONITORING_DEPLOYMENTS_ADD_TAGS, mon.AddDeploymentTags, mon.DeploymentTags,
      "Add tags to a deployment (answers with all its tags)."),
@@ -45,17 +56,17 @@ JSON_ROUTE_SPECS: list[tuple[Any, ...]] = [
      "Set a deployment's display name, target datalake or minimum threshold."),
     ("/deployments/delete", subjects.MONITORING_DEPLOYMENTS_DELETE, mon.DeleteDeployment, mon.DeploymentDeleted,
      "Stop a deployment and forget its tags and settings (409 while it has any, unless force_delete).",
-     None, 200, True),
+     None, 200, True, deployer_call_answers),
     ("/deployments/get_model_version", subjects.MONITORING_DEPLOYMENTS_GET_MODEL_VERSION, mon.DeploymentQuery,
      mon.DeploymentModel, "The model version a deployment serves."),
     ("/deployments/set_model", subjects.MONITORING_DEPLOYMENTS_SET_MODEL, mon.SetDeploymentModel,
      mon.DeploymentModel, "Serve another model version: a new pipeline version, swapped in (answers once it serves).",
-     None, 200, True),
+     None, 200, True, deployer_call_answers),
     ("/deployments/get_shadow_model", subjects.MONITORING_DEPLOYMENTS_GET_SHADOW_MODEL, mon.DeploymentQuery,
      mon.DeploymentModel, "The deployment's shadow model version (null without one)."),
     ("/deployments/set_shadow_model", subjects.MONITORING_DEPLOYMENTS_SET_SHADOW_MODEL, mon.SetDeploymentModel,
      mon.DeploymentModel, "Run a model version as the deployment's shadow challenger (a new pipeline version).",
-     None, 200, True),
+     None, 200, True, deployer_call_answers),
 ]
 
 # seed 003's predictions on images: the image rides base64 in the JSON body (within the JSON body limit) or, larger,

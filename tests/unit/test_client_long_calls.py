@@ -50,25 +50,36 @@ def test_deploy_copy_and_undeploy_wait_past_the_clients_timeout_and_other_calls_
     sent: list[tuple[str, float]] = []
     session.http.event_hooks["request"].append(
         lambda request: sent.append((request.url.path, request.extensions["timeout"]["read"])))
-    for route in ("pipelines/deploy", "/pipelines/copy", "pipelines/undeploy"):
+    for route in ("pipelines/deploy", "/pipelines/copy", "pipelines/undeploy", "deployments/set_model",
+                  "deployments/set_shadow_model", "deployments/delete"):
         assert session.post(route, {"pipeline_id": 1}) == {"id": 5}, route
     with pytest.raises(ConnectionFailed, match="did not answer"):
         session.post("pipelines/list", {"workspace_id": 1})
     assert sent == [("/v1/api/pipelines/deploy", 315.0), ("/v1/api/pipelines/copy", 80.0),
-                    ("/v1/api/pipelines/undeploy", 35.0), ("/v1/api/pipelines/list", SLOW / 3)]
+                    ("/v1/api/pipelines/undeploy", 35.0), ("/v1/api/deployments/set_model", 320.0),
+                    ("/v1/api/deployments/set_shadow_model", 320.0), ("/v1/api/deployments/delete", 320.0),
+                    ("/v1/api/pipelines/list", SLOW / 3)]
     session.timeout = 900.0  # a larger Client(timeout) wins everywhere
     session.post("pipelines/undeploy", {})
     assert sent[-1] == ("/v1/api/pipelines/undeploy", 900.0)
 
 
 def test_the_client_waits_longer_than_the_gateway_on_every_long_route():
-    """The gateway answers (its 400 or its 504) before the client gives up, with the gateway's default settings."""
+    """The gateway answers (its 400 or its 504) before the client gives up, with the gateway's default settings; and
+    every route whose gateway wait follows the deployer's replica timeouts (a deploy, a copy, an undeploy, and
+    monitoring's set_model, set_shadow_model and delete, which deploy or undeploy themselves) is in ROUTE_TIMEOUTS:
+    the three deployments/ routes were missing, so the client gave up at 60 s while the gateway waited 310 s."""
     settings = Settings()
     waits = {route.path.strip("/"): route.wait(settings) for route in JSON_ROUTES
              if route.path.strip("/") in ROUTE_TIMEOUTS}
     assert set(waits) == set(ROUTE_TIMEOUTS), waits
     for route, gateway_wait in waits.items():
         assert gateway_wait + 5 <= ROUTE_TIMEOUTS[route], (route, gateway_wait)
+    slow = Settings(deployer={"ready_timeout": 600.0, "stop_timeout": 200.0})
+    on_the_deployer = {route.path.strip("/") for route in JSON_ROUTES if route.wait(slow) > route.wait(settings)}
+    assert on_the_deployer == set(ROUTE_TIMEOUTS) == {
+        "pipelines/deploy", "pipelines/copy", "pipelines/undeploy",
+        "deployments/set_model", "deployments/set_shadow_model", "deployments/delete"}
 
 
 def test_no_timeout_and_an_httpx_timeout_are_taken_as_before(tmp_path):

@@ -2,11 +2,16 @@
 Route.wait): a copy with `deploy` answers once the copy's replicas serve, an undeploy once its replicas drained.
 Both waited the bus's request timeout (5 s) and answered 504 while the deployer carried on. A deploy waited the
 model check's worker_timeout whatever deployer.ready_timeout said: a ready timeout above ~300 s was a 504 while
-the deploy carried on. shared.settings.deploy_wait is the one wait of a deploy, the gateway's and monitoring's."""
+the deploy carried on. shared.settings.deploy_wait is the one wait of a deploy, the gateway's and monitoring's; the
+gateway waits one request timeout more for monitoring's set_model, set_shadow_model and delete, which call the
+deployer themselves."""
 
 from __future__ import annotations
 
-import inspect
+import asyncio
+from types import SimpleNamespace
+
+import pytest
 
 from services.deployer.handlers import UNDEPLOY_LOCK_WAIT
 from services.gateway.http import JSON_ROUTES
@@ -38,6 +43,50 @@ def test_a_deploy_waits_its_ready_timeout_even_above_the_model_checks():
     assert deploy_wait(Settings(registry={"worker_timeout": 400.0})) == 405.0
 
 
-def test_monitoring_waits_for_its_model_swaps_deploys_as_long_as_the_gateway():
-    # monitoring's set_model/set_shadow_model deploy a new version: it built the same wait by hand (without ready)
-    assert "deploy_timeout=deploy_wait(settings)" in inspect.getsource(monitoring_app.start)
+class Built(Exception):
+    """Stops monitoring's start once it built its dependencies (what it waits for its calls to the deployer)."""
+
+
+def monitoring_deploy_wait(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> float:
+    """The deploy_timeout monitoring's start gives its handlers (set_model, set_shadow_model and delete wait that long
+    for the deployer's deploy or undeploy), as the service builds it from `settings`."""
+    built: dict[str, float] = {}
+
+    def capture(**deps: object) -> None:
+        built["deploy_timeout"] = deps["deploy_timeout"]
+        raise Built
+
+    class Feed:
+        async def start(self, connection: object) -> None:
+            pass
+
+    monkeypatch.setattr(monitoring_app, "bus_verifier", lambda *args: (None, Feed()))
+    monkeypatch.setattr(monitoring_app.handlers, "MonitoringDeps", capture)
+    runtime = SimpleNamespace(settings=settings, db=None, objects=None, extras={},
+                              broker=SimpleNamespace(config=SimpleNamespace(
+                                  connection_state=SimpleNamespace(connection=None))))
+    with pytest.raises(Built):
+        asyncio.run(monitoring_app.start(runtime))
+    return built["deploy_timeout"]
+
+
+SWAPS = (subjects.MONITORING_DEPLOYMENTS_SET_MODEL, subjects.MONITORING_DEPLOYMENTS_SET_SHADOW_MODEL,
+         subjects.MONITORING_DEPLOYMENTS_DELETE)
+
+
+@pytest.mark.parametrize("settings", [Settings(), Settings(deployer={"ready_timeout": 600.0}),
+                                      Settings(nats={"request_timeout": 2.0}, registry={"worker_timeout": 900.0})],
+                         ids=["defaults", "ready_timeout_600", "worker_timeout_900"])
+def test_the_gateway_waits_for_monitorings_model_swaps_longer_than_monitoring_waits_for_the_deployer(
+        settings, monkeypatch):
+    """set_model / set_shadow_model / delete answer after monitoring's own call to the deployer (a deploy, an
+    undeploy), which it waits deploy_wait for: the gateway's rows waited request + worker_timeout, 305 s against
+    monitoring's 610 s with ready_timeout 600, a 504 while the swap carried on."""
+    monitoring = monitoring_deploy_wait(settings, monkeypatch)
+    assert monitoring == deploy_wait(settings) == ROUTES[subjects.DEPLOYER_PIPELINES_DEPLOY].wait(settings)
+    for subject in SWAPS:
+        gateway = ROUTES[subject].wait(settings)
+        # one request timeout more: monitoring's own lookups around its call to the deployer
+        assert gateway == monitoring + settings.nats.request_timeout, subject
+    assert ROUTES[subjects.MONITORING_DEPLOYMENTS_SET_MODEL].wait(Settings()) == 310.0
+    assert ROUTES[subjects.MONITORING_DEPLOYMENTS_SET_MODEL].wait(Settings(deployer={"ready_timeout": 600.0})) == 615.0
