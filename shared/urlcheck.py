@@ -5,8 +5,9 @@ why: docs/security.md, "Tenant URLs" and "Connection details".
 The contract here:
 - `OutboundRules.check(url)`: a URL a service fetches (registries); a `CheckedUrl` whose `pinned()` request goes to an
   address that was checked, or 400 `url_not_allowed` naming the rule;
-- `OutboundRules.check_host(host, port)`: a server named in a connection's details (stored, never fetched);
-  refused (400 `url_not_allowed`) only for metadata/link-local or, with a port, the platform's own servers;
+- `OutboundRules.check_host(host, port)`: a server named in a connection's details (stored, never fetched), judged
+  without DNS (`local_addresses`); refused (400 `url_not_allowed`) only for metadata/link-local or, with a port, the
+  platform's own servers;
 - `endpoints_in(text)`: every (host, port) a string names as a client library would read it;
 - `address_port(text)` and `valid_port(value)`: the one host:port and port parser every caller uses;
 - `platform_endpoints(settings)`: the platform's own servers, read from the settings by the same parsers."""
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlparse, urlsplit, urlunparse
 
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, Unavailable
 
 METADATA_HOSTS = {"metadata.google.internal", "metadata", "instance-data"}
 METADATA_ADDRESSES = {ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")}
@@ -32,8 +33,9 @@ UNSPECIFIED = frozenset({ipaddress.ip_address("0.0.0.0"), ipaddress.ip_address("
 MAX_PORT = 65535
 ENDPOINT_CACHE_SECONDS = 60.0
 OWN_ADDRESS_CACHE_SECONDS = 10.0
-LOOKUP_SLOTS = 4  # name lookups at once per event loop (each takes a thread of the default pool)
-LOOKUP_TIMEOUT_SECONDS = 2.0  # a name not resolved by then is judged as not resolving
+LOOKUP_SLOTS = 4  # tenants' name lookups (registry URLs) at once per event loop (each takes a default-pool thread)
+LOOKUP_TIMEOUT_SECONDS = 2.0  # a name not resolved by then could not be checked: 503, never "does not resolve"
+HOSTS_FILE = "/etc/hosts"
 REFUSED = "url_not_allowed"
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -157,10 +159,21 @@ def address_port(text: str) -> tuple[str, int | None] | None:
     port that is not one (`h:0`, `h:99999`, `h:x`) is read as none. ValueError for text that is no host at all (an
     unbalanced `[`/`]`, a name that changes under NFKC normalisation: what Python's URL parser refuses)."""
     text = text.strip().rpartition("@")[2]
-    try:
-        return str(ipaddress.ip_address(unquote(text).strip("[]"))), None
-    except ValueError:
-        pass
+    if text.startswith("["):  # by hand: Python takes `::1%1]:5432` for an address with the zone `1]:5432`
+        inside, closed, after = text[1:].partition("]")
+        if not closed or (after and not re.fullmatch(r":\d*", after)):
+            raise ValueError("not a host")
+        host = _literal(unquote(inside))
+        if host is None and re.fullmatch(r"[A-Za-z0-9_.\-]+", unquote(inside)):
+            host = unquote(inside).lower()
+        if host is None:
+            raise ValueError("not a host")
+        try:
+            return host, valid_port(after[1:]) if after[1:] else None
+        except ValueError:
+            return host, None
+    if ":" in text and "[" not in text and "]" not in text and (bare := _literal(unquote(text))):
+        return bare, None  # a bare IPv6 address (`::1`, `fe80::1%eth0`)
     parsed = urlsplit(f"//{text}")
     try:
         port = valid_port(parsed.port) if parsed.port is not None else None
@@ -168,6 +181,18 @@ def address_port(text: str) -> tuple[str, int | None] | None:
         port = None
     host = unquote(parsed.hostname or "").strip().lower()
     return (host, port) if host else None
+
+
+def _literal(text: str) -> str | None:
+    """`text` as an IP address literal (IPv4 or IPv6, a zone dropped), or None; a zone holding `]`, `:` or `/` (the
+    rest of a URL, not a zone) makes it none."""
+    address, percent, zone = text.strip().partition("%")
+    if percent and (not zone or re.search(r"[\]:/\[]", zone)):
+        return None
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return None
 
 
 def _ports(text: str) -> list[int]:
@@ -280,7 +305,9 @@ def platform_endpoints(settings: Any) -> frozenset[tuple[str, int]]:
     from shared.embedded.servers import GRPC_OFFSET  # a constant; the module starts nothing when imported
 
     def servers(text: str, default: int) -> set[tuple[str, int]]:
-        named = endpoints_in(text) or [address for address in [address_port(text)] if address]
+        named = endpoints_in(text)
+        if not named and "=" not in text and "/" not in text:  # `host=/var/run/postgresql port=5432`: no TCP server
+            named = [address for address in [address_port(text)] if address]
         return {(host, port or default) for host, port in named}
 
     found = servers(settings.nats.url, DEFAULT_PORTS["nats"])  # nats://a:4222,nats://b:4222
@@ -325,6 +352,63 @@ class CheckedUrl:
         return urlunparse(parsed._replace(netloc=netloc)), headers, extensions
 
 
+LOOPBACK = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+_hosts_file: tuple[float, dict[str, frozenset[Address]]] = (float("-inf"), {})
+
+
+def _hosts() -> dict[str, frozenset[Address]]:
+    """HOSTS_FILE's names (aliases included, lower-case) -> their addresses, cached for OWN_ADDRESS_CACHE_SECONDS;
+    empty if it cannot be read. Reading it is local: no resolver."""
+    global _hosts_file
+    if time.monotonic() - _hosts_file[0] < OWN_ADDRESS_CACHE_SECONDS:
+        return _hosts_file[1]
+    found: dict[str, set[Address]] = {}
+    try:
+        with open(HOSTS_FILE, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                fields = line.partition("#")[0].split()
+                literal = _literal(fields[0]) if fields else None
+                for name in fields[1:] if literal else ():
+                    found.setdefault(name.lower().rstrip("."), set()).add(ipaddress.ip_address(literal))
+    except OSError:
+        pass
+    _hosts_file = (time.monotonic(), {name: frozenset(addresses) for name, addresses in found.items()})
+    return _hosts_file[1]
+
+
+def local_addresses(host: str) -> tuple[Address, ...] | None:
+    """The addresses `host` stands for, judged on this machine alone (never the resolver): an IP literal (bracketed,
+    with a zone, or in any form inet_aton reads: `127.1`, `2130706433`, `0x7f.1`); `localhost` and `*.localhost`
+    (loopback); this machine's host name (every address of its interfaces, loopback included); a name in HOSTS_FILE
+    (its addresses there). None for a name only DNS could answer."""
+    name = host.strip().lower().rstrip(".")
+    name = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+    literal = _literal(name)
+    if literal is not None:
+        return (ipaddress.ip_address(literal),)
+    if re.fullmatch(r"[0-9a-fx.]+", name):  # what a C client's inet_aton reads as IPv4
+        try:
+            return (ipaddress.IPv4Address(socket.inet_aton(name)),)
+        except OSError:
+            pass
+    found: dict[Address, None] = {}
+    if name == "localhost" or name.endswith(".localhost"):
+        found.update(dict.fromkeys(LOOPBACK))
+    if name and name in (socket.gethostname().lower(), socket.gethostname().lower().partition(".")[0]):
+        found.update(dict.fromkeys((*LOOPBACK, *sorted(own_addresses(), key=str))))
+    found.update(dict.fromkeys(sorted(_hosts().get(name, ()), key=str)))
+    return tuple(found) or None
+
+
+@dataclass
+class _Lookup:
+    """One platform endpoint's name: its last good addresses (and when), and the lookup under way, if any."""
+
+    addresses: frozenset[Address] = frozenset()
+    at: float = float("-inf")
+    pending: asyncio.Future[Any] | None = None
+
+
 @dataclass
 class OutboundRules:
     """What a platform service may fetch for a tenant: never link-local/metadata or the platform's own endpoints,
@@ -332,7 +416,7 @@ class OutboundRules:
 
     private_allowed: bool
     platform: frozenset[tuple[str, int]] = frozenset()
-    _resolved: dict[str, tuple[float, frozenset[Address]]] = field(default_factory=dict, repr=False)
+    _resolved: dict[str, _Lookup] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Any) -> OutboundRules:
@@ -343,35 +427,46 @@ class OutboundRules:
                    platform=platform_endpoints(settings))
 
     async def _addresses(self, host: str) -> frozenset[Address]:
-        """The addresses of one of the platform's own endpoints, cached for ENDPOINT_CACHE_SECONDS; empty, and not
-        cached, while the name does not resolve (a cached failure let that endpoint's check pass for a minute)."""
-        cached = self._resolved.get(host)
-        if cached is not None and time.monotonic() - cached[0] < ENDPOINT_CACHE_SECONDS:
-            return cached[1]
-        addresses = frozenset(await _resolve(host, None) or ())
+        """The addresses of one of the platform's own endpoints: judged locally when it can be (`local_addresses`),
+        else resolved outside the tenants' lookup slots, one lookup per name at a time, and cached for
+        ENDPOINT_CACHE_SECONDS; when a refresh fails or times out the last good answer is kept. A name that has never
+        resolved cannot be matched: 503 `unavailable` (fail closed; nothing is allowed meanwhile)."""
+        local = local_addresses(host)
+        if local is not None:
+            return frozenset(local)
+        entry = self._resolved.setdefault(host, _Lookup())
+        if time.monotonic() - entry.at < ENDPOINT_CACHE_SECONDS:
+            return entry.addresses
+        if entry.pending is None or entry.pending.done():
+            loop = asyncio.get_running_loop()
+            entry.pending = asyncio.ensure_future(loop.getaddrinfo(host, None, type=socket.SOCK_STREAM))
+            entry.pending.add_done_callback(lambda done: done.cancelled() or done.exception())
+        try:
+            async with asyncio.timeout(LOOKUP_TIMEOUT_SECONDS):
+                infos = await asyncio.shield(entry.pending)
+            addresses = frozenset(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos)
+        except (OSError, UnicodeError, ValueError):  # TimeoutError is an OSError
+            addresses = frozenset()
         if addresses:
-            self._resolved[host] = (time.monotonic(), addresses)
-        return addresses
+            entry.addresses, entry.at = addresses, time.monotonic()
+        if not entry.addresses:
+            raise Unavailable(f"could not check against this platform's server {host!r} now; retry")
+        return entry.addresses
 
     async def _is_platform(self, address: Address, port: int) -> bool:
         """Does (address, port) reach one of the platform's own servers? (An unspecified address, which a client on
-        the machine reaches as loopback, is judged as loopback; an endpoint whose name does not resolve now is judged
-        as bound to every address of this machine, failing closed.)"""
+        the machine reaches as loopback, is judged as loopback.)"""
         if address.is_unspecified:
             address = ipaddress.ip_address("127.0.0.1" if address.version == 4 else "::1")
         for host, endpoint_port in self.platform:
             if endpoint_port != port:
                 continue
-            for bound in await self._addresses(host) or UNSPECIFIED:
+            for bound in await self._addresses(host):
                 if bound == address or (bound.is_loopback and address.is_loopback):
                     return True
-                if bound.is_unspecified and (address.is_loopback or address in await self._own_addresses()):
+                if bound.is_unspecified and (address.is_loopback or address in own_addresses()):
                     return True
         return False
-
-    async def _own_addresses(self) -> frozenset[Address]:
-        """This machine's addresses (`own_addresses`), and what its host name resolves to."""
-        return own_addresses() | await self._addresses(socket.gethostname())
 
     async def _check_addresses(self, addresses: tuple[Address, ...], port: int | None, what: str, *,
                                fetched: bool) -> None:
@@ -389,7 +484,7 @@ class OutboundRules:
 
     async def check(self, url: str, what: str = "url") -> CheckedUrl:
         """The URL and the address to fetch it from, if it may be fetched now; 400 `url_not_allowed` naming the
-        rule otherwise (nothing is fetched)."""
+        rule otherwise (nothing is fetched); 503 `unavailable` when the host could not be looked up in time."""
         try:
             parsed = urlparse(url)
             host = parsed.hostname
@@ -404,21 +499,27 @@ class OutboundRules:
             port = valid_port(parsed.port) if parsed.port is not None else (443 if parsed.scheme == "https" else 80)
         except ValueError:
             raise refused(f"{what} has an invalid port") from None
-        addresses = await _resolve(host, port)
+        try:
+            addresses = await _resolve(host, port)
+        except TimeoutError:
+            raise Unavailable(f"could not check host {host!r} now; retry") from None
         if addresses is None:
             raise refused(f"{what}: the host {host!r} does not resolve")
         await self._check_addresses(addresses, port, f"{what} ({host})", fetched=True)
         return CheckedUrl(url=url, host=host, addresses=addresses)
 
     async def check_host(self, host: str, port: int | None = None, what: str = "host") -> None:
-        """A server named in a connection's details (any scheme: the platform never fetches it): metadata names and
-        link-local addresses are refused always, and with a port the platform's own endpoints, as in `check`.
-        Loopback and private addresses are otherwise allowed, and a name that does not resolve here is let through:
-        it is stored for the tenant's code, not fetched by the platform. `port` must be a valid port
-        (`valid_port`) or None."""
+        """A server named in a connection's details (any scheme: the platform never connects to it, and the tenant's
+        code that does runs where the only network is the gateway), judged without DNS: metadata names and
+        link-local addresses are refused always, and with a port the platform's own endpoints, by address when
+        `local_addresses` can tell it and by name otherwise. Loopback and private addresses are allowed, and a name
+        only DNS could answer is stored as written. `port` must be a valid port (`valid_port`) or None."""
         _refuse_metadata_name(host, what)
-        addresses = await _resolve(host.strip().rstrip("."), valid_port(port) if port is not None else None)
-        await self._check_addresses(addresses or (), port, what, fetched=False)
+        port = valid_port(port) if port is not None else None
+        name = host.strip().lower().rstrip(".")
+        if port is not None and any(name == h.lower().rstrip(".") and port == p for h, p in self.platform):
+            raise _platform_refusal(what, port, "details may not name")
+        await self._check_addresses(local_addresses(host) or (), port, what, fetched=False)
 
 
 def _refuse_metadata_name(host: str, what: str) -> None:
@@ -428,16 +529,19 @@ def _refuse_metadata_name(host: str, what: str) -> None:
 
 async def _resolve(host: str, port: int | None) -> tuple[Address, ...] | None:
     """The addresses `host` (a name or an address literal, `[v6]` too) stands for, in the resolver's order of
-    preference; None if it does not resolve."""
-    try:
-        return (ipaddress.ip_address(host.strip("[]").split("%")[0]),)  # a zone (`fe80::1%eth0`) changes nothing
-    except ValueError:
-        pass
+    preference; None if it does not resolve; TimeoutError if the resolver did not answer in time."""
+    literal = _literal(host.strip("[]"))  # a zone (`fe80::1%eth0`) changes nothing
+    if literal is not None:
+        return (ipaddress.ip_address(literal),)
     try:
         infos = await _getaddrinfo(host, port)
-        if infos is None:
-            return None
         return tuple(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos)) or None
+    except TimeoutError:
+        raise
+    except socket.gaierror as error:
+        if error.errno == socket.EAI_AGAIN:  # a temporary failure: not an answer
+            raise TimeoutError from None
+        return None
     except (OSError, UnicodeError, ValueError):
         return None
 
@@ -445,22 +549,17 @@ async def _resolve(host: str, port: int | None) -> tuple[Address, ...] | None:
 _lookup_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
-async def _getaddrinfo(host: str, port: int | None) -> list[Any] | None:
-    """The resolver's answer for `host`, or None when it takes over LOOKUP_TIMEOUT_SECONDS (waiting for a slot
-    included). At most LOOKUP_SLOTS lookups per event loop run at once (each holds a thread of the default pool
-    until the resolver answers, a timed-out one too): one connections/create naming 64 servers no longer starts 64."""
+async def _getaddrinfo(host: str, port: int | None) -> list[Any]:
+    """The resolver's answer for a tenant's `host`; TimeoutError when it takes over LOOKUP_TIMEOUT_SECONDS (waiting
+    for a slot included). At most LOOKUP_SLOTS lookups per event loop run at once (each holds a thread of the default
+    pool until the resolver answers, a timed-out one too). The platform's own names do not take these slots
+    (`OutboundRules._addresses`)."""
     loop = asyncio.get_running_loop()
     slots = _lookup_slots.setdefault(loop, asyncio.Semaphore(LOOKUP_SLOTS))
     deadline = loop.time() + LOOKUP_TIMEOUT_SECONDS
-    try:
-        async with asyncio.timeout_at(deadline):
-            await slots.acquire()
-    except TimeoutError:
-        return None
+    async with asyncio.timeout_at(deadline):
+        await slots.acquire()
     lookup = asyncio.ensure_future(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))
     lookup.add_done_callback(lambda done: (slots.release(), done.cancelled() or done.exception()))
-    try:
-        async with asyncio.timeout_at(deadline):
-            return await asyncio.shield(lookup)
-    except TimeoutError:
-        return None
+    async with asyncio.timeout_at(deadline):
+        return await asyncio.shield(lookup)

@@ -10,7 +10,6 @@ A task run's token may read the connections of its workspace but not create, att
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import uuid
@@ -43,7 +42,7 @@ SECRET_KEY = re.compile(r"pass|secret|token|key|credential|private|auth", re.IGN
 # keys whose value is a server even as a bare name (`{"host": "db", "port": 5432}`)
 HOST_KEYS = {"host", "hostname", "hostaddr", "hosts", "server", "servers", "address", "addr", "url", "uri",
              "endpoint", "endpoints"}
-MAX_SERVERS = 64  # each name is resolved
+MAX_SERVERS = 64  # judged locally, without DNS (`OutboundRules.check_host`)
 MAX_DETAILS = 64 * 1024
 MASK = "********"
 
@@ -109,20 +108,18 @@ def _named_servers(details: dict[str, Any], type_port: int | None) -> dict[tuple
 
 async def _check_details(details: dict[str, Any], rules: OutboundRules, kind: str = "") -> None:
     """Every server the details name (`_named_servers`: any scheme, any depth) may not be cloud metadata, a
-    link-local address or, by host and port, one of the platform's own servers (shared/urlcheck.py `check_host`).
-    Stored for the tenant's code and never fetched here, so any scheme is allowed and loopback or private addresses
-    are the tenant's own (the registry's stricter rule is for URLs the platform fetches), but no tenant record may
-    point inside the platform. 400 `url_not_allowed` names the key path."""
+    link-local address or, by host and port, one of the platform's own servers (shared/urlcheck.py `check_host`,
+    judged without DNS: a name only DNS could answer is stored as written). Stored for the tenant's code and never
+    fetched here, so any scheme is allowed and loopback or private addresses are the tenant's own (the registry's
+    stricter rule is for URLs the platform fetches), but no tenant record may point inside the platform. 400
+    `url_not_allowed` names the key path (the first refusal in the details' order)."""
     if len(json.dumps(details)) > MAX_DETAILS:
         raise InvalidRequest(f"details may be at most {MAX_DETAILS} bytes of JSON")
     servers = _named_servers(details, default_port(kind) if kind else None)
     if len(servers) > MAX_SERVERS:
         raise InvalidRequest(f"details name {len(servers)} servers; at most {MAX_SERVERS} are allowed")
-    results = await asyncio.gather(*(rules.check_host(host, port, what=f"{path} ({host})")
-                                     for (host, port), path in servers.items()), return_exceptions=True)
-    for result in results:  # the first refusal in the details' order
-        if isinstance(result, BaseException):
-            raise result
+    for (host, port), path in servers.items():
+        await rules.check_host(host, port, what=f"{path} ({host})")
 
 
 def _record(row: asyncpg.Record, details: dict[str, Any], seen: set[int] | None) -> ConnectionRecord:

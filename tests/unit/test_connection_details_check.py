@@ -6,7 +6,9 @@ stack's PostgreSQL unchecked, and `postgresql://` under `url` was refused as "mu
 
 from __future__ import annotations
 
+import asyncio
 import re
+import socket
 
 import pytest
 
@@ -42,6 +44,16 @@ DEFAULTS = OutboundRules(private_allowed=True, platform=frozenset({("127.0.0.1",
     # bare host:port and lists of them, nested anywhere; an unspecified address reaches loopback
     {"brokers": "db.example.com:9092,localhost:14222"}, {"brokers": ["db.example.com:9092", "localhost:14222"]},
     {"options": {"replicas": [{"host": "127.0.0.1", "port": "15432"}]}}, {"a": {"b": {"c": "0.0.0.0:15432"}}},
+    # IPv4 as inet_aton reads it (a C client does), parsed here, never by the resolver
+    {"host": "127.1", "port": 15432}, {"host": "2130706433:15432"}, {"dsn": "postgresql://u@0x7f.1:15432/x"},
+    {"host": "0177.0.0.1", "port": 15432}, {"host": "127.0.0.1.", "port": 15432},
+    # local names: *.localhost, this machine's name, /etc/hosts
+    {"host": "db.localhost:15432"}, {"host": socket.gethostname(), "port": 15432},
+    # an IPv6 zone id does not swallow the port (`%1]:15432` was read as the zone; checked on 5432 only)
+    {"dsn": "postgresql://u@[::ffff:127.0.0.1%251]:15432/db"}, {"host": "[::ffff:127.0.0.1%1]:15432"},
+    # bracketed IPv4 in free text (Python's URL parser raised, and the value was stored unchecked)
+    {"dsn": "postgresql://[127.0.0.1]:15432/db"}, {"notes": "nats://[127.0.0.1]:14222"},
+    {"brokers": "[127.0.0.1]:14222"}, {"host": "[127.0.0.1]", "port": 15432},
 ])
 async def test_every_form_naming_a_platform_server_is_refused(details):
     with pytest.raises(InvalidRequest, match="this platform's own servers") as refused:
@@ -124,8 +136,40 @@ async def test_a_tenants_own_servers_are_kept(details):
     {"note": "http://\u2100.example/"}, {"dsn": "host=a]b port=5432"}, {"x": "a]b:5432"},
 ])
 async def test_text_pythons_url_parser_refuses_names_no_host_in_free_text(details):
-    """urlsplit raises ValueError on an unbalanced bracket or a host that changes under NFKC: that was a 500."""
+    """urlsplit raises ValueError on an unbalanced bracket or a host that changes under NFKC: that was a 500. Only
+    text that is no host at all names nothing: a bracketed address is read by hand (see the bracketed IPv4 cases in
+    `test_every_form_naming_a_platform_server_is_refused`, stored unchecked before)."""
     await _check_details(details, RULES)
+    for text in ("Our wiki: https://[127.0.0.1]:15432/page", "postgresql://[127.0.0.1]:15432/x [x"):
+        with pytest.raises(InvalidRequest, match="this platform's own servers"):
+            await _check_details({"note": text}, RULES)
+
+
+@pytest.mark.parametrize("host", ["[::1%1]]:5432", "[::1%1:15432]", "[::1%a/b]:15432"])
+def test_a_zone_holding_a_bracket_colon_or_slash_is_no_host(host):
+    with pytest.raises(ValueError):
+        address_port(host)
+
+
+async def test_connection_details_never_ask_the_resolver(monkeypatch):
+    """The platform never connects to a connection's details (the tenant's code uses them in a sandbox whose only
+    network is the gateway), so nothing is resolved: 64 names used to start up to 64 lookups through the slots the
+    registry's URL checks and the platform's own names also needed, and a lookup that timed out let its value
+    through unchecked. A name only DNS could answer is stored as written; one the platform's settings name is
+    matched by name."""
+    loop = asyncio.get_running_loop()
+
+    async def resolve(*args, **kwargs):
+        raise AssertionError(f"resolver asked for {args}")
+
+    monkeypatch.setattr(loop, "getaddrinfo", resolve)
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    await _check_details({"hosts": [f"h{i}.example.com:15432" for i in range(MAX_SERVERS)]}, RULES)
+    await _check_details({"dsn": "postgresql://u@db.example.com:15432/x", "host": "localhost", "port": 5432}, RULES)
+    named = OutboundRules(private_allowed=True, platform=frozenset({("nats.internal", 4222)}))
+    with pytest.raises(InvalidRequest, match="this platform's own servers"):
+        await _check_details({"url": "nats://NATS.internal."}, named)
+    await _check_details({"url": "nats://nats.internal:4223"}, named)
 
 
 @pytest.mark.parametrize("details, path", [
@@ -162,7 +206,7 @@ async def test_metadata_and_link_local_are_refused_in_any_form(details, message)
     assert refused.value.code == "url_not_allowed"
 
 
-async def test_details_naming_too_many_servers_are_refused_before_any_lookup():
+async def test_details_naming_too_many_servers_are_refused():
     details = {"hosts": [f"h{i}.invalid:1" for i in range(MAX_SERVERS + 1)]}
     with pytest.raises(InvalidRequest, match=f"at most {MAX_SERVERS}"):
         await _check_details(details, RULES)

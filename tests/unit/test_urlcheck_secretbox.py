@@ -104,43 +104,55 @@ async def test_an_artifact_path_leaving_the_artifact_proxy_is_refused(full_path)
     assert registry._under_artifacts("http://registry.invalid/api/2.0/mlflow-artifacts/artifacts/1/m..d/x%20y.pkl")
 
 
-async def test_a_platform_host_that_did_not_resolve_is_not_cached_as_having_no_address(monkeypatch):
-    """A failed lookup of a platform endpoint's name was cached as 'no address' for 60 s: its check failed open."""
+async def test_a_platform_hosts_last_good_answer_is_kept_and_one_never_resolved_fails_closed(monkeypatch):
+    """A platform endpoint's name: while it has never resolved nothing can be matched against it, so every check is
+    503 `unavailable` (it was judged as this machine, and a failure was once cached as 'no address': fail open); once
+    resolved, a failed or timed-out refresh keeps the last good answer."""
+    import shared.urlcheck as urlcheck
+
     loop = asyncio.get_running_loop()
     real = loop.getaddrinfo
-    answers = iter([None])
+    answers = iter([None, "10.0.0.5"])
 
     async def resolve(host, *args, **kwargs):
         if host == "nats.invalid":
-            if next(answers, "10.0.0.5") is None:
+            if next(answers, None) is None:
                 raise socket.gaierror(socket.EAI_AGAIN, "temporary failure")
             return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.5", 4222))]
         return await real(host, *args, **kwargs)
 
     monkeypatch.setattr(loop, "getaddrinfo", resolve)
+    monkeypatch.setattr(urlcheck, "ENDPOINT_CACHE_SECONDS", 0.0)  # every check looks the name up again
     platform = OutboundRules(private_allowed=True, platform=frozenset({("nats.invalid", 4222)}))
-    with pytest.raises(InvalidRequest, match="this platform's own servers"):  # unresolved: judged as this machine
+    with pytest.raises(Unavailable, match="nats.invalid.*retry") as unavailable:  # never resolved: fail closed
         await platform.check("http://127.0.0.1:4222/")
-    with pytest.raises(InvalidRequest, match="this platform's own servers"):  # resolves now: not a cached failure
+    assert unavailable.value.status == 503 and unavailable.value.code == "unavailable"
+    with pytest.raises(InvalidRequest, match="this platform's own servers"):  # resolves now
+        await platform.check("http://10.0.0.5:4222/")
+    with pytest.raises(InvalidRequest, match="this platform's own servers"):  # fails again: the last answer holds
         await platform.check("http://10.0.0.5:4222/")
     assert (await platform.check("http://127.0.0.1:4222/")).url  # resolved elsewhere: loopback is the tenant's
 
 
-async def test_name_lookups_are_bounded_in_number_and_time(monkeypatch):
-    """One connections/create resolved up to 64 tenant names at once in the default thread pool, each for as long as
-    the resolver took: now at most LOOKUP_SLOTS at once, and a name not resolved in time does not resolve."""
+async def test_a_registry_host_not_resolved_in_time_is_503_and_platform_names_do_not_wait_for_tenants(monkeypatch):
+    """A tenant's name lookup that times out was judged as 'does not resolve' (400, misleading) while its slot stayed
+    held, and the platform's own names queued behind tenants' lookups: now it is 503 `unavailable` ('could not check
+    host X now; retry'), at most LOOKUP_SLOTS tenants' lookups run at once, and the platform's names are looked up
+    outside those slots."""
     import shared.urlcheck as urlcheck
 
-    monkeypatch.setattr(urlcheck, "LOOKUP_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(urlcheck, "LOOKUP_TIMEOUT_SECONDS", 0.3)
     loop = asyncio.get_running_loop()
     running, most, hang = 0, 0, asyncio.Event()
 
     async def resolve(host, *args, **kwargs):
         nonlocal running, most
+        if host == "nats.invalid":  # a platform name: not counted in the tenants' slots
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.9", 4222))]
         running += 1
         most = max(most, running)
         try:
-            if host == "slow.invalid":
+            if host.startswith("slow"):
                 await hang.wait()
             await asyncio.sleep(0.02)
             return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.5", 80))]
@@ -148,14 +160,33 @@ async def test_name_lookups_are_bounded_in_number_and_time(monkeypatch):
             running -= 1
 
     monkeypatch.setattr(loop, "getaddrinfo", resolve)
+    platform = OutboundRules(private_allowed=True, platform=frozenset({("nats.invalid", 4222)}))
     started = loop.time()
-    assert await urlcheck._resolve("slow.invalid", 80) is None  # timed out: judged as not resolving
+    slow = await asyncio.gather(*(platform.check(f"http://slow{i}.invalid/") for i in range(urlcheck.LOOKUP_SLOTS)),
+                                return_exceptions=True)
+    assert all(isinstance(e, Unavailable) and e.code == "unavailable" and e.status == 503 for e in slow), slow
+    assert "could not check host 'slow0.invalid' now; retry" in slow[0].msg
     assert loop.time() - started < 1.5
-    found = await asyncio.gather(*(urlcheck._resolve(f"h{i}.invalid", 80) for i in range(12)))
-    assert all(f == (ipaddress.ip_address("10.0.0.5"),) for f in found)
-    assert most <= urlcheck.LOOKUP_SLOTS  # the hung lookup still holds its slot until the resolver answers
+    # every tenant slot is held by a hung lookup: the platform's own name is still looked up and matched
+    with pytest.raises(InvalidRequest, match="this platform's own servers"):
+        await platform.check("http://10.0.0.9:4222/")
+    with pytest.raises(Unavailable, match="could not check host 'other.invalid' now"):  # not "does not resolve"
+        await platform.check("http://other.invalid/")
     hang.set()
     await asyncio.sleep(0.05)
+    found = await asyncio.gather(*(platform.check(f"http://h{i}.invalid/") for i in range(12)))
+    assert all(f.addresses == (ipaddress.ip_address("10.0.0.5"),) for f in found)
+    assert most <= urlcheck.LOOKUP_SLOTS
+
+
+def test_a_unix_socket_dsn_names_no_platform_endpoint():
+    """`host=/var/run/postgresql port=5432` was read as the endpoint ('host=', 5432)."""
+    from shared.urlcheck import platform_endpoints
+
+    found = platform_endpoints(Settings(postgres={"dsn": "host=/var/run/postgresql port=5432 dbname=railyard"}))
+    assert not any(host.startswith(("host", "/")) for host, _ in found), found
+    found = platform_endpoints(Settings(postgres={"dsn": "postgresql:///railyard?host=/var/run/postgresql"}))
+    assert not any(host.startswith(("host", "/")) or not host for host, _ in found), found
 
 
 async def test_the_request_goes_to_the_address_that_was_checked(monkeypatch):
