@@ -143,13 +143,16 @@ def model_split(definition: dict[str, Any]) -> ModelSplit | None:
     """The A/B split holding the deployment's models as retrieve_information and get_model_version show it: every arm
     with its weight and share of the requests, and its hash_key; None without one."""
     body = split_step(definition)
-    arms = split_arms(definition)
-    if body is None or arms is None:
+    if body is None:
         return None
+    models = body.get("models") or []
     weights = body.get("weights") or []
-    total = sum(weights) if len(weights) == len(arms) else 0  # the deployer checks one weight a model, sum > 0
-    return ModelSplit(arms=[SplitArm(**arm.model_dump(), weight=weight, share=weight / total if total else 0.0)
-                            for arm, weight in zip(arms, weights, strict=False)],
+    total = sum(weights) if len(weights) == len(models) else 0  # the deployer checks one weight a model, sum > 0
+    # each model with its own weight, then the empty entries left out: filtering first shifted the weights onto
+    # the wrong arms ([a, None, c] with [1, 1, 8] showed c with weight 1). A share is of all the split's requests.
+    arms = [(ref, weight) for model, weight in zip(models, weights, strict=False) if (ref := _ref(model)) is not None]
+    return ModelSplit(arms=[SplitArm(**ref.model_dump(), weight=weight, share=weight / total if total else 0.0)
+                            for ref, weight in arms],
                       hash_key=body.get("hash_key"))
 
 

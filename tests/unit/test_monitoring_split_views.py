@@ -46,6 +46,15 @@ def test_a_splits_views_list_every_arm_with_its_weight_and_name_the_first_as_the
     assert handlers._served_model({"steps": []}) is None
 
 
+def test_each_arm_keeps_its_own_weight_when_an_empty_model_entry_is_left_out():
+    """The weights were zipped with the arms after empty model entries were filtered: [a, None, c] with [1, 1, 8]
+    showed c with weight 1 (the empty entry's) and a share of 0."""
+    shown = handlers.model_split(split(A, None, B, weights=[1, 1, 8]))
+    assert [(arm.name, arm.weight, arm.share) for arm in shown.arms] == [("found", 1, 0.1), ("spotted", 8, 0.8)]
+    shown = handlers.model_split(split(None, B, {}, A, weights=[5, 2, 3, 10]))
+    assert [(arm.name, arm.weight, arm.share) for arm in shown.arms] == [("spotted", 2, 0.1), ("found", 10, 0.5)]
+
+
 @pytest.mark.parametrize("shadow, verb, instead", [
     (False, "set_model replaces one model", ".add_random_split(weights, models).deploy(deploy_id='ab')"),
     (True, "set_shadow_model adds a challenger", ".add_shadow_deploy(champion, [challenger]).deploy(deploy_id='ab')")])
