@@ -379,8 +379,8 @@ def _hosts() -> dict[str, frozenset[Address]]:
 def local_addresses(host: str) -> tuple[Address, ...] | None:
     """The addresses `host` stands for, judged on this machine alone (never the resolver): an IP literal (bracketed,
     with a zone, or in any form inet_aton reads: `127.1`, `2130706433`, `0x7f.1`); `localhost` and `*.localhost`
-    (loopback); this machine's host name (every address of its interfaces, loopback included); a name in HOSTS_FILE
-    (its addresses there). None for a name only DNS could answer."""
+    (loopback); this machine's host name (its interfaces' addresses but link-local ones, and loopback); a name in
+    HOSTS_FILE (its addresses there). None for a name only DNS could answer."""
     name = host.strip().lower().rstrip(".")
     name = name[1:-1] if name.startswith("[") and name.endswith("]") else name
     literal = _literal(name)
@@ -395,7 +395,8 @@ def local_addresses(host: str) -> tuple[Address, ...] | None:
     if name == "localhost" or name.endswith(".localhost"):
         found.update(dict.fromkeys(LOOPBACK))
     if name and name in (socket.gethostname().lower(), socket.gethostname().lower().partition(".")[0]):
-        found.update(dict.fromkeys((*LOOPBACK, *sorted(own_addresses(), key=str))))
+        mine = sorted((a for a in own_addresses() if not a.is_link_local), key=str)  # fe80:: is no metadata
+        found.update(dict.fromkeys((*LOOPBACK, *mine)))
     found.update(dict.fromkeys(sorted(_hosts().get(name, ()), key=str)))
     return tuple(found) or None
 
@@ -437,8 +438,8 @@ class OutboundRules:
         entry = self._resolved.setdefault(host, _Lookup())
         if time.monotonic() - entry.at < ENDPOINT_CACHE_SECONDS:
             return entry.addresses
-        if entry.pending is None or entry.pending.done():
-            loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        if entry.pending is None or entry.pending.done() or entry.pending.get_loop() is not loop:
             entry.pending = asyncio.ensure_future(loop.getaddrinfo(host, None, type=socket.SOCK_STREAM))
             entry.pending.add_done_callback(lambda done: done.cancelled() or done.exception())
         try:

@@ -126,6 +126,7 @@ async def test_the_message_names_the_key_path():
     {"servers": "nats://10.0.0.7:4222,nats://10.0.0.8:4222"}, {"url": "mysql://u@127.0.0.1:3306/x"},
     {"nested": {"uri": "mongodb://10.0.0.9/x", "list": ["redis://10.0.0.10", "b1:9092,b2:9092"]}},
     {"url": "ftp://files.example.com/x"}, {"host": "127.0.0.1"},  # no port, no known type: a tenant's own
+    {"host": socket.gethostname()},  # this machine: its interfaces' link-local fe80:: addresses are no metadata
 ])
 async def test_a_tenants_own_servers_are_kept(details):
     await _check_details(details, RULES)
