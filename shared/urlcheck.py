@@ -135,6 +135,8 @@ DEFAULT_PORTS = {
     "ldaps": 636, "grpc": 443, "mqtt": 1883, "trino": 8080, "presto": 8080,
 }
 LIBPQ_DEFAULT_PORT = 5432
+# userinfo is everything before the last `@` ahead of the first `/` (`postgresql://u:p?x@db:5432/x` names db)
+POSTGRES_SCHEMES = {"postgres", "postgresql", "pgsql", "redshift", "cockroachdb"}
 _SCHEME = r"[A-Za-z][A-Za-z0-9+.\-]*"
 # a scheme starts where a run of scheme characters starts (tried once per run: linear in a 64 KiB string);
 # `nats://a:4222,nats://b:4222` is two URLs
@@ -217,6 +219,16 @@ def _piece(text: str, strict: bool) -> tuple[str, int | None] | None:
 
 
 def _url_endpoints(scheme: str, rest: str, strict: bool = False) -> set[tuple[str, int | None]]:
+    """`_authority_endpoints`; for PostgreSQL's schemes, whose userinfo is everything before the last `@` ahead of the
+    first `/` (libpq, SQLAlchemy: a password may hold `?`, `#`, `@`), both readings (`//?host=h&x=a@b` too)."""
+    head = rest.split("/", 1)[0]
+    if scheme.lower().split("+", 1)[0] in POSTGRES_SCHEMES and "@" in head:
+        return (_authority_endpoints(scheme, rest, strict)
+                | _authority_endpoints(scheme, head.rpartition("@")[2] + rest[len(head):], strict))
+    return _authority_endpoints(scheme, rest, strict)
+
+
+def _authority_endpoints(scheme: str, rest: str, strict: bool = False) -> set[tuple[str, int | None]]:
     """The servers a URL names: every host of its authority (`h1:5432,h2:5433`), and libpq's `host`/`hostaddr`/`port`
     query parameters, which a client takes over the authority's (`postgresql://db.example.com/x?host=10.0.0.5`)."""
     # split by hand, not by urlsplit, which refuses the whole URL for one bad host (`[x,127.0.0.1:4222`)

@@ -54,6 +54,10 @@ DEFAULTS = OutboundRules(private_allowed=True, platform=frozenset({("127.0.0.1",
     # bracketed IPv4 in free text (Python's URL parser raised, and the value was stored unchecked)
     {"dsn": "postgresql://[127.0.0.1]:15432/db"}, {"notes": "nats://[127.0.0.1]:14222"},
     {"brokers": "[127.0.0.1]:14222"}, {"host": "[127.0.0.1]", "port": 15432},
+    # a PostgreSQL password holding `?`, `#` or `@` (read as the host `u` before)
+    {"dsn": "postgresql://u:p?x@127.0.0.1:15432/db"}, {"dsn": "postgresql+psycopg://u:p#x@localhost:15432/db"},
+    {"dsn": "jdbc:postgresql://u:a@b?c@127.0.0.1:15432"},
+    {"dsn": "postgresql://?host=127.0.0.1&port=15432&options=a@b"},  # both readings are checked
 ])
 async def test_every_form_naming_a_platform_server_is_refused(details):
     with pytest.raises(InvalidRequest, match="this platform's own servers") as refused:
