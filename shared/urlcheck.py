@@ -4,7 +4,8 @@ why: docs/security.md, "Tenant URLs" and "Connection details".
 
 The contract here:
 - `OutboundRules.check(url)`: a URL a service fetches (registries); a `CheckedUrl` whose `pinned()` request goes to an
-  address that was checked, or 400 `url_not_allowed` naming the rule;
+  address that was checked, or 400 `url_not_allowed` naming the rule, or 503 `unavailable` when a name could not be
+  looked up in time;
 - `OutboundRules.check_host(host, port)`: a server named in a connection's details (stored, never fetched), judged
   without DNS (`local_addresses`); refused (400 `url_not_allowed`) only for metadata/link-local or, with a port, the
   platform's own servers;
