@@ -422,6 +422,17 @@ class _Lookup:
     at: float = float("-inf")
     pending: asyncio.Future[Any] | None = None
 
+    def store(self, done: asyncio.Future[Any]) -> None:
+        """Keep a finished lookup's answer if it is a good one (a failure keeps the last good answer)."""
+        if done.cancelled() or done.exception() is not None:
+            return
+        try:
+            addresses = frozenset(ipaddress.ip_address(info[4][0].split("%")[0]) for info in done.result())
+        except (TypeError, IndexError, ValueError):
+            return
+        if addresses:
+            self.addresses, self.at = addresses, time.monotonic()
+
 
 @dataclass
 class OutboundRules:
@@ -443,8 +454,11 @@ class OutboundRules:
     async def _addresses(self, host: str) -> frozenset[Address]:
         """The addresses of one of the platform's own endpoints: judged locally when it can be (`local_addresses`),
         else resolved outside the tenants' lookup slots, one lookup per name at a time, and cached for
-        ENDPOINT_CACHE_SECONDS; when a refresh fails or times out the last good answer is kept. A name that has never
-        resolved cannot be matched: 503 `unavailable` (fail closed; nothing is allowed meanwhile)."""
+        ENDPOINT_CACHE_SECONDS. A lookup's answer is kept when it arrives, even after its waiters gave up (a resolver
+        slower than LOOKUP_TIMEOUT_SECONDS still resolves the name); while a refresh is under way, or when it fails,
+        the last good answer is used at once. Only a name that has never resolved is waited for (up to
+        LOOKUP_TIMEOUT_SECONDS), and if it still has no answer it cannot be matched: 503 `unavailable` (fail closed;
+        nothing is allowed meanwhile)."""
         local = local_addresses(host)
         if local is not None:
             return frozenset(local)
@@ -454,15 +468,16 @@ class OutboundRules:
         loop = asyncio.get_running_loop()
         if entry.pending is None or entry.pending.done() or entry.pending.get_loop() is not loop:
             entry.pending = asyncio.ensure_future(loop.getaddrinfo(host, None, type=socket.SOCK_STREAM))
-            entry.pending.add_done_callback(lambda done: done.cancelled() or done.exception())
+            entry.pending.add_done_callback(entry.store)  # a lookup that outlives its waiters still counts
+        if entry.addresses:  # a refresh is under way: the last good answer meanwhile, at once
+            return entry.addresses
         try:
             async with asyncio.timeout(LOOKUP_TIMEOUT_SECONDS):
-                infos = await asyncio.shield(entry.pending)
-            addresses = frozenset(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos)
+                await asyncio.shield(entry.pending)
         except (OSError, UnicodeError, ValueError):  # TimeoutError is an OSError
-            addresses = frozenset()
-        if addresses:
-            entry.addresses, entry.at = addresses, time.monotonic()
+            pass
+        if entry.pending.done():
+            entry.store(entry.pending)
         if not entry.addresses:
             raise Unavailable(f"could not check against this platform's server {host!r} now; retry")
         return entry.addresses

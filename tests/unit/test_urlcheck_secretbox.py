@@ -322,3 +322,39 @@ async def test_the_next_checked_address_is_tried_when_one_does_not_connect(monke
     async with server:
         registry = MlflowRegistry(f"http://registry.invalid:{port}", None, rules=rules())
         assert await registry._get("/api/2.0/mlflow/registered-models/search") == {"ok": True}
+
+
+async def test_a_platform_names_lookup_slower_than_the_timeout_is_kept_and_refreshes_do_not_wait(monkeypatch):
+    """A platform name's lookup that outlived LOOKUP_TIMEOUT_SECONDS kept running but nothing saved its answer, so
+    with a slow resolver the name never resolved (503 forever), and with a good answer cached every check waited
+    while a refresh was pending: the answer is now stored when it arrives and a pending refresh uses the last one."""
+    import shared.urlcheck as urlcheck
+
+    monkeypatch.setattr(urlcheck, "LOOKUP_TIMEOUT_SECONDS", 0.3)
+    loop = asyncio.get_running_loop()
+    calls = 0
+
+    async def resolve(host, *args, **kwargs):
+        nonlocal calls
+        assert host == "nats.invalid"
+        calls += 1
+        await asyncio.sleep(0.5)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.5", 4222))]
+
+    monkeypatch.setattr(loop, "getaddrinfo", resolve)
+    platform = OutboundRules(private_allowed=True, platform=frozenset({("nats.invalid", 4222)}))
+    with pytest.raises(Unavailable, match="nats.invalid"):  # never resolved yet: waits 0.3 s, fails closed
+        await platform.check("http://10.0.0.5:4222/")
+    await asyncio.sleep(0.3)  # the lookup finishes meanwhile, with no one waiting for it
+    started = loop.time()
+    with pytest.raises(InvalidRequest, match="this platform's own servers"):
+        await platform.check("http://10.0.0.5:4222/")
+    assert calls == 1 and loop.time() - started < 0.1
+    monkeypatch.setattr(urlcheck, "ENDPOINT_CACHE_SECONDS", 0.0)  # stale: every check starts (or joins) a refresh
+    started = loop.time()
+    for _ in range(3):
+        with pytest.raises(InvalidRequest, match="this platform's own servers"):
+            await platform.check("http://10.0.0.5:4222/")
+    assert loop.time() - started < 0.1  # the last good answer at once
+    await asyncio.sleep(0.6)
+    assert calls == 2  # one refresh for the three checks
