@@ -511,9 +511,11 @@ class OutboundRules:
                 if port is not None and await self._is_platform(candidate, port):
                     raise _platform_refusal(what, port, "URLs may not reach" if fetched else "details may not name")
 
-    async def check(self, url: str, what: str = "url") -> CheckedUrl:
+    async def check(self, url: str, what: str = "url", caller: str | None = None) -> CheckedUrl:
         """The URL and the address to fetch it from, if it may be fetched now; 400 `url_not_allowed` naming the
-        rule otherwise (nothing is fetched); 503 `unavailable` when the host could not be looked up in time."""
+        rule otherwise (nothing is fetched); 503 `unavailable` when the host could not be looked up in time.
+        `caller` (the user asking) gets at most one name lookup at a time (`_getaddrinfo`): give it for every
+        tenant's request."""
         try:
             parsed = urlparse(url)
             host = parsed.hostname
@@ -529,7 +531,7 @@ class OutboundRules:
         except ValueError:
             raise refused(f"{what} has an invalid port") from None
         try:
-            addresses = await _resolve(host, port)
+            addresses = await _resolve(host, port, caller)
         except TimeoutError:
             raise Unavailable(f"could not check host {host!r} now; retry") from None
         if addresses is None:
@@ -556,14 +558,15 @@ def _refuse_metadata_name(host: str, what: str) -> None:
         raise refused(f"{what}: cloud metadata hosts are not allowed")
 
 
-async def _resolve(host: str, port: int | None) -> tuple[Address, ...] | None:
+async def _resolve(host: str, port: int | None, caller: str | None = None) -> tuple[Address, ...] | None:
     """The addresses `host` (a name or an address literal, `[v6]` too) stands for, in the resolver's order of
-    preference; None if it does not resolve; TimeoutError if the resolver did not answer in time."""
+    preference; None if it does not resolve; TimeoutError if the resolver did not answer in time (`caller`: whose
+    lookup it is, `_getaddrinfo`)."""
     literal = _literal(host.strip("[]"))  # a zone (`fe80::1%eth0`) changes nothing
     if literal is not None:
         return (ipaddress.ip_address(literal),)
     try:
-        infos = await _getaddrinfo(host, port)
+        infos = await _getaddrinfo(host, port, caller)
         return tuple(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos)) or None
     except TimeoutError:
         raise
@@ -578,17 +581,52 @@ async def _resolve(host: str, port: int | None) -> tuple[Address, ...] | None:
 _lookup_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
-async def _getaddrinfo(host: str, port: int | None) -> list[Any]:
+@dataclass
+class _Turn:
+    """One caller's turn at the lookup slots: its lock, and how many of its calls hold or wait for it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+_caller_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Turn]] = weakref.WeakKeyDictionary()
+
+
+async def _getaddrinfo(host: str, port: int | None, caller: str | None = None) -> list[Any]:
     """The resolver's answer for a tenant's `host`; TimeoutError when it takes over LOOKUP_TIMEOUT_SECONDS (waiting
     for a slot included). At most LOOKUP_SLOTS lookups per event loop run at once (each holds a thread of the default
-    pool until the resolver answers, a timed-out one too). The platform's own names do not take these slots
-    (`OutboundRules._addresses`)."""
+    pool until the resolver answers, a timed-out one too), and at most one per `caller` (a user): a caller's second
+    lookup waits for its first to be answered before it takes a slot, so one tenant's never-answering names hold one
+    slot, not all of them. The platform's own names do not take these slots (`OutboundRules._addresses`)."""
     loop = asyncio.get_running_loop()
     slots = _lookup_slots.setdefault(loop, asyncio.Semaphore(LOOKUP_SLOTS))
+    turns = _caller_turns.setdefault(loop, {})
+    turn = turns.setdefault(caller, _Turn()) if caller is not None else None
+    held: list[asyncio.Lock | asyncio.Semaphore] = []
+
+    def release() -> None:
+        for each in reversed(held):
+            each.release()
+        held.clear()
+        if turn is not None:
+            turn.users -= 1
+            if not turn.users and turns.get(caller) is turn:  # type: ignore[arg-type]
+                del turns[caller]  # type: ignore[arg-type]
+
+    if turn is not None:
+        turn.users += 1
     deadline = loop.time() + LOOKUP_TIMEOUT_SECONDS
-    async with asyncio.timeout_at(deadline):
-        await slots.acquire()
-    lookup = asyncio.ensure_future(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-    lookup.add_done_callback(lambda done: (slots.release(), done.cancelled() or done.exception()))
+    try:
+        async with asyncio.timeout_at(deadline):
+            if turn is not None:
+                await turn.lock.acquire()
+                held.append(turn.lock)
+            await slots.acquire()
+            held.append(slots)
+        lookup = asyncio.ensure_future(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+    except BaseException:
+        release()
+        raise
+    lookup.add_done_callback(lambda done: (release(), done.cancelled() or done.exception()))
     async with asyncio.timeout_at(deadline):
         return await asyncio.shield(lookup)

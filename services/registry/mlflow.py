@@ -25,8 +25,11 @@ MAX_LISTED = 1000
 class MlflowRegistry:
     """One MLflow server, reached with an optional bearer token."""
 
-    def __init__(self, url: str, token: str | None, *, rules: OutboundRules, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, token: str | None, *, rules: OutboundRules, timeout: float = 30.0,
+                 caller: str | None = None) -> None:
+        """`caller`: the user on whose behalf it is asked (one name lookup at a time each: `OutboundRules.check`)."""
         self.base = url.rstrip("/")
+        self.caller = caller
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.rules = rules
         self.timeout = timeout
@@ -36,7 +39,7 @@ class MlflowRegistry:
         """A streamed GET of `url`, checked now and sent to an address that was checked: the preferred one, the
         next on a connection failure (a name with an unreachable IPv6 address still works, as it did when httpx
         resolved the name itself)."""
-        checked = await self.rules.check(url, what=what)
+        checked = await self.rules.check(url, what=what, caller=self.caller)
         import httpx  # here, not at import: a registry service no one asks about MLflow does without it
 
         async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:

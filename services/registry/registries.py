@@ -82,16 +82,16 @@ class RegistryService:
                                       list(row["workspace_ids"]), "registry")
         return row
 
-    def _mlflow(self, row: asyncpg.Record) -> MlflowRegistry:
+    def _mlflow(self, row: asyncpg.Record, principal: Principal) -> MlflowRegistry:
         token = self.box.open(row["token_encrypted"]) if row["token_encrypted"] is not None else None
-        return self.client(row["url"], token, rules=self.rules)
+        return self.client(row["url"], token, rules=self.rules, caller=principal.user_id)
 
     async def create(self, principal: Principal, token: str | None, cmd: CreateRegistry) -> RegistryInWorkspace:
         await require_member(self.deps.membership(token), principal, cmd.workspace_id)
         require_unscoped(principal, "create registries")
         if not cmd.name.strip():
             raise InvalidRequest("name is required")
-        url = (await self.rules.check(cmd.url.strip())).url
+        url = (await self.rules.check(cmd.url.strip(), caller=principal.user_id)).url
         registry_id = uuid.uuid4()
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
@@ -137,12 +137,12 @@ class RegistryService:
 
     async def list_models(self, principal: Principal, token: str | None, cmd: ListRegistryModels) -> RegistryModels:
         row = await self._visible(principal, token, _registry_id(cmd.registry_id, cmd.id))
-        return RegistryModels(**await self._mlflow(row).search_models(cmd.page_token, cmd.max_results))
+        return RegistryModels(**await self._mlflow(row, principal).search_models(cmd.page_token, cmd.max_results))
 
     async def list_artifacts(self, principal: Principal, token: str | None,
                              cmd: ListRegistryArtifacts) -> RegistryArtifacts:
         row = await self._visible(principal, token, _registry_id(cmd.registry_id))
-        found = await self._mlflow(row).list_artifacts(cmd.name, cmd.version)
+        found = await self._mlflow(row, principal).list_artifacts(cmd.name, cmd.version)
         return RegistryArtifacts(artifacts=[RegistryArtifact(**a) for a in found])
 
     async def upload(self, principal: Principal, token: str | None, cmd: UploadFromRegistry) -> UploadedFromRegistry:
@@ -150,7 +150,8 @@ class RegistryService:
         row = await self._visible(principal, token, _registry_id(cmd.registry_id))
         staged = staged_key(principal)  # upload_model takes it from this user and token scope only
         try:
-            await self.deps.objects.put_stream(BUCKET_ARTIFACTS, staged, self._mlflow(row).download(cmd.path))
+            source = self._mlflow(row, principal).download(cmd.path)
+            await self.deps.objects.put_stream(BUCKET_ARTIFACTS, staged, source)
         except BaseException:
             await self.deps.objects.delete(BUCKET_ARTIFACTS, staged)
             raise

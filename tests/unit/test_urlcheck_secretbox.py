@@ -358,3 +358,41 @@ async def test_a_platform_names_lookup_slower_than_the_timeout_is_kept_and_refre
     assert loop.time() - started < 0.1  # the last good answer at once
     await asyncio.sleep(0.6)
     assert calls == 2  # one refresh for the three checks
+
+
+async def test_one_users_never_answering_lookups_do_not_make_another_users_check_503(monkeypatch):
+    """A registry lookup's slot is held until the resolver answers: one user's LOOKUP_SLOTS registries/create calls
+    naming never-answering hosts held every slot, and every other tenant's check was 503. A user now has one lookup
+    at a time; its others wait their turn (503 in time) without taking a slot."""
+    import shared.urlcheck as urlcheck
+
+    monkeypatch.setattr(urlcheck, "LOOKUP_TIMEOUT_SECONDS", 0.3)
+    loop = asyncio.get_running_loop()
+    hang, running, most = asyncio.Event(), 0, 0
+
+    async def resolve(host, *args, **kwargs):
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            if host.startswith("slow"):
+                await hang.wait()
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.5", 80))]
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(loop, "getaddrinfo", resolve)
+    platform = OutboundRules(private_allowed=True)
+    slow = await asyncio.gather(*(platform.check(f"http://slow{i}.invalid/", caller="user-a")
+                                  for i in range(urlcheck.LOOKUP_SLOTS * 2)), return_exceptions=True)
+    assert all(isinstance(e, Unavailable) and e.status == 503 for e in slow), slow
+    assert most == 1  # user A's lookups took one slot between them
+    more = asyncio.gather(*(platform.check(f"http://slow-more{i}.invalid/", caller="user-a") for i in range(4)),
+                          return_exceptions=True)
+    found = await platform.check("http://registry-b.invalid/", caller="user-b")  # user A still holds its lookup
+    assert found.addresses == (ipaddress.ip_address("10.0.0.5"),)
+    assert all(isinstance(e, Unavailable) for e in await more)
+    hang.set()
+    await asyncio.sleep(0.05)
+    assert (await platform.check("http://slow-again.invalid/", caller="user-a")).url  # A's turn is free again
+    assert not urlcheck._caller_turns.get(loop)  # nothing kept per user once answered
