@@ -136,7 +136,7 @@ DEFAULT_PORTS = {
     "ldaps": 636, "grpc": 443, "mqtt": 1883, "trino": 8080, "presto": 8080,
 }
 LIBPQ_DEFAULT_PORT = 5432
-# userinfo is everything before the last `@` ahead of the first `/` (`postgresql://u:p?x@db:5432/x` names db)
+# whose userinfo clients read up to the first or the last `@` ahead of the first `/` (`_url_endpoints`)
 POSTGRES_SCHEMES = {"postgres", "postgresql", "pgsql", "redshift", "cockroachdb"}
 _SCHEME = r"[A-Za-z][A-Za-z0-9+.\-]*"
 # a scheme starts where a run of scheme characters starts (tried once per run: linear in a 64 KiB string);
@@ -220,21 +220,28 @@ def _piece(text: str, strict: bool) -> tuple[str, int | None] | None:
 
 
 def _url_endpoints(scheme: str, rest: str, strict: bool = False) -> set[tuple[str, int | None]]:
-    """`_authority_endpoints`; for PostgreSQL's schemes, whose userinfo is everything before the last `@` ahead of the
-    first `/` (libpq, SQLAlchemy: a password may hold `?`, `#`, `@`), both readings (`//?host=h&x=a@b` too)."""
+    """`_authority_endpoints`; for PostgreSQL's schemes every reading of the userinfo: a URL parser's (up to the last
+    `@` ahead of the first `/`, `?` or `#`), and, since clients disagree (libpq and asyncpg take it up to the FIRST
+    `@` ahead of the first `/`, SQLAlchemy up to the last: a password may hold `?`, `#`, `@`), the host list after
+    every `@` ahead of the first `/` (`//u@127.0.0.1:5432,x@y/db` names 127.0.0.1:5432 to libpq, y to SQLAlchemy;
+    `//?host=h&x=a@b` too)."""
     head = rest.split("/", 1)[0]
-    if scheme.lower().split("+", 1)[0] in POSTGRES_SCHEMES and "@" in head:
-        return (_authority_endpoints(scheme, rest, strict)
-                | _authority_endpoints(scheme, head.rpartition("@")[2] + rest[len(head):], strict))
-    return _authority_endpoints(scheme, rest, strict)
+    found = _authority_endpoints(scheme, rest, strict)
+    if scheme.lower().split("+", 1)[0] in POSTGRES_SCHEMES:
+        for at in (i for i, c in enumerate(head) if c == "@"):
+            found |= _authority_endpoints(scheme, rest[at + 1:], strict, userinfo=False)
+    return found
 
 
-def _authority_endpoints(scheme: str, rest: str, strict: bool = False) -> set[tuple[str, int | None]]:
+def _authority_endpoints(scheme: str, rest: str, strict: bool = False,
+                         userinfo: bool = True) -> set[tuple[str, int | None]]:
     """The servers a URL names: every host of its authority (`h1:5432,h2:5433`), and libpq's `host`/`hostaddr`/`port`
-    query parameters, which a client takes over the authority's (`postgresql://db.example.com/x?host=10.0.0.5`)."""
+    query parameters, which a client takes over the authority's (`postgresql://db.example.com/x?host=10.0.0.5`).
+    `userinfo`: the authority may start with one (dropped up to its last `@`); else `rest` starts at the host list,
+    whose every piece is read as a host (what follows a `@` in it is)."""
     # split by hand, not by urlsplit, which refuses the whole URL for one bad host (`[x,127.0.0.1:4222`)
     netloc, tail = re.match(r"([^/?#]*)(.*)", rest, re.DOTALL).groups()  # type: ignore[union-attr]
-    netloc = netloc.rpartition("@")[2].split(";", 1)[0]  # jdbc:sqlserver://host:1433;databaseName=x
+    netloc = (netloc.rpartition("@")[2] if userinfo else netloc).split(";", 1)[0]  # jdbc:sqlserver://h:1433;db=x
     query = parse_qsl(tail.partition("?")[2].partition("#")[0]) if "?" in tail.partition("#")[0] else []
     query_ports = [p for k, v in query if k.lower() == "port" for p in _ports(v)]
     fallback = query_ports or [default_port(scheme)]

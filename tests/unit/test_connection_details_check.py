@@ -58,6 +58,9 @@ DEFAULTS = OutboundRules(private_allowed=True, platform=frozenset({("127.0.0.1",
     {"dsn": "postgresql://u:p?x@127.0.0.1:15432/db"}, {"dsn": "postgresql+psycopg://u:p#x@localhost:15432/db"},
     {"dsn": "jdbc:postgresql://u:a@b?c@127.0.0.1:15432"},
     {"dsn": "postgresql://?host=127.0.0.1&port=15432&options=a@b"},  # both readings are checked
+    # libpq and asyncpg end the userinfo at the FIRST `@` (only `y` was checked)
+    {"dsn": "postgresql://u@127.0.0.1:15432,x@y/db"}, {"dsn": "postgres://u@p@localhost:15432,a@b:5432/db"},
+    {"dsn": "postgresql+asyncpg://u@127.0.0.1:15432,x@y@z/db"},
 ])
 async def test_every_form_naming_a_platform_server_is_refused(details):
     with pytest.raises(InvalidRequest, match="this platform's own servers") as refused:
