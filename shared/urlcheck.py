@@ -10,7 +10,8 @@ The contract here:
   without DNS (`local_addresses`); refused (400 `url_not_allowed`) only for metadata/link-local or, with a port, the
   platform's own servers;
 - `endpoints_in(text)`: every (host, port) a string names as a client library would read it;
-- `address_port(text)` and `valid_port(value)`: the one host:port and port parser every caller uses;
+- `address_port(text)`, `read_port(text)` and `valid_port(value)`: the one host:port parser, the port reader (what
+  clients accept: `+15432`, ` 15432`, `000000015432`) and the port validator (a `port` key's value) every caller uses;
 - `platform_endpoints(settings)`: the platform's own servers, read from the settings by the same parsers."""
 
 from __future__ import annotations
@@ -118,6 +119,20 @@ def valid_port(value: Any) -> int:
     return value
 
 
+def read_port(text: str) -> int | None:
+    """A port as the clients read one from connection details: libpq's strtol and asyncpg's int() take surrounding
+    whitespace, a `+`, leading zeros (and int() `_` between digits and any Unicode digit): `+15432`, ` 15432`,
+    `000000015432` are port 15432. None for anything else or a number outside 1-65535. For READING what a string
+    names; a `port` key's own value is validated by `valid_port`."""
+    if not isinstance(text, str) or not re.fullmatch(r"\s*\+?\d+(?:_\d+)*\s*", text):
+        return None
+    try:
+        port = int(text)
+    except ValueError:
+        return None
+    return port if 0 < port <= MAX_PORT else None
+
+
 def _platform_refusal(what: str, port: int, may_not: str) -> InvalidRequest:
     """The one refusal for a server that is one of the platform's own (`may_not`: what tenants' records may not)."""
     return refused(f"{what}: port {port} there is one of this platform's own servers, which tenants' {may_not}:"
@@ -141,12 +156,13 @@ POSTGRES_SCHEMES = {"postgres", "postgresql", "pgsql", "redshift", "cockroachdb"
 _SCHEME = r"[A-Za-z][A-Za-z0-9+.\-]*"
 # a scheme starts where a run of scheme characters starts (tried once per run: linear in a 64 KiB string);
 # `nats://a:4222,nats://b:4222` is two URLs
-_URL = re.compile(rf"(?<![A-Za-z0-9+.\-])({_SCHEME})://((?:(?!,{_SCHEME}://)\S)*)")
+# a port may follow its `:` after spaces (`h: 15432`: libpq's strtol and asyncpg's int() skip them)
+_URL = re.compile(rf"(?<![A-Za-z0-9+.\-])({_SCHEME})://((?:(?!,{_SCHEME}://)(?:\S|(?<=:)\s+(?=\+?\d)))*)")
 # libpq's host/hostaddr/port; ADO.NET's (SQL Server, Npgsql, MySQL) Server, Data Source, Address, Addr, Network Address
 _KEY_VALUE = re.compile(r"(?i)(?:^|[\s;&?])(host|hostaddr|server|data\s+source|network\s+address|address|addr|port)"
                         r"\s*=\s*('(?:\\.|[^'\\])*'|[^\s;&]*)")
 _SQL_SERVER_KEYS = {"server", "data source", "network address", "address", "addr"}
-_ADDRESS = r"(?:\[[0-9A-Fa-f:.%]+\]|[A-Za-z0-9_.\-]+):\d{1,5}"
+_ADDRESS = r"(?:\[[0-9A-Fa-f:.%]+\]|[A-Za-z0-9_.\-]+):\+?\d+"
 _BARE = re.compile(rf"(?:[^\s/]*@)?{_ADDRESS}(?:,{_ADDRESS})*(?:/\S*)?")  # db:5432, b1:9092,b2:9092, h:1521/svc
 
 
@@ -164,24 +180,19 @@ def address_port(text: str) -> tuple[str, int | None] | None:
     text = text.strip().rpartition("@")[2]
     if text.startswith("["):  # by hand: Python takes `::1%1]:5432` for an address with the zone `1]:5432`
         inside, closed, after = text[1:].partition("]")
-        if not closed or (after and not re.fullmatch(r":\d*", after)):
+        if not closed or (after and not after.startswith(":")):
             raise ValueError("not a host")
         host = _literal(unquote(inside))
         if host is None and re.fullmatch(r"[A-Za-z0-9_.\-]+", unquote(inside)):
             host = unquote(inside).lower()
         if host is None:
             raise ValueError("not a host")
-        try:
-            return host, valid_port(after[1:]) if after[1:] else None
-        except ValueError:
-            return host, None
+        return host, read_port(after[1:])
     if ":" in text and "[" not in text and "]" not in text and (bare := _literal(unquote(text))):
         return bare, None  # a bare IPv6 address (`::1`, `fe80::1%eth0`)
     parsed = urlsplit(f"//{text}")
-    try:
-        port = valid_port(parsed.port) if parsed.port is not None else None
-    except ValueError:
-        port = None
+    _, colon, port_text = parsed.netloc.rpartition("@")[2].rpartition(":")
+    port = read_port(port_text) if colon else None  # `h:+15432`, `h: 15432`, `h:000000015432` (not urlsplit's)
     host = unquote(parsed.hostname or "").strip().lower()
     return (host, port) if host else None
 
@@ -199,14 +210,8 @@ def _literal(text: str) -> str | None:
 
 
 def _ports(text: str) -> list[int]:
-    """The valid ports of a comma list (`5432,15432`); anything else in it is skipped."""
-    ports = []
-    for piece in text.split(","):
-        try:
-            ports.append(valid_port(piece))
-        except ValueError:
-            pass
-    return ports
+    """The ports of a comma list (`5432,+15432`) as clients read them (`read_port`); anything else is skipped."""
+    return [port for piece in text.split(",") if (port := read_port(piece)) is not None]
 
 
 def _piece(text: str, strict: bool) -> tuple[str, int | None] | None:
@@ -276,7 +281,8 @@ def _key_value_endpoints(text: str, strict: bool = False) -> set[tuple[str, int 
             ports += _ports(value)
             continue
         key = re.sub(r"\s+", " ", key.lower())
-        if key in _SQL_SERVER_KEYS and (sql_server := re.fullmatch(r"(?:tcp:)?([^,]+),\s*(\d+)", value.strip())):
+        sql_server = re.fullmatch(r"(?:tcp:)?([^,]+),(\s*\+?\d+(?:_\d+)*)", value.strip())
+        if key in _SQL_SERVER_KEYS and sql_server:
             host = _piece(sql_server[1].split("\\", 1)[0], strict)  # `tcp:host\instance,port`
             if host:
                 hosts.append((host[0], next(iter(_ports(sql_server[2])), host[1])))

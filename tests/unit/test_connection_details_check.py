@@ -61,6 +61,13 @@ DEFAULTS = OutboundRules(private_allowed=True, platform=frozenset({("127.0.0.1",
     # libpq and asyncpg end the userinfo at the FIRST `@` (only `y` was checked)
     {"dsn": "postgresql://u@127.0.0.1:15432,x@y/db"}, {"dsn": "postgres://u@p@localhost:15432,a@b:5432/db"},
     {"dsn": "postgresql+asyncpg://u@127.0.0.1:15432,x@y@z/db"},
+    # ports as libpq's strtol and asyncpg's int() read them (each was "no port": checked on 5432 only)
+    {"dsn": "postgresql://u@127.0.0.1:+15432/db"}, {"dsn": "postgresql://u@127.0.0.1: 15432/db"},
+    {"dsn": "postgresql://127.0.0.1:000000015432/db"}, {"dsn": "postgresql://[::1]:+15432/db"},
+    {"dsn": "host=127.0.0.1 port=+15432"}, {"dsn": "host=127.0.0.1 port=' 15432'"},
+    {"dsn": "postgresql://db.example.com/x?host=127.0.0.1&port=000000015432"},
+    {"dsn": "postgresql://127.0.0.1/x?port=%2B15432"}, {"brokers": "127.0.0.1:000000015432"},
+    {"conn": "Server=127.0.0.1,+15432;Database=x"}, {"dsn": "postgresql://127.0.0.1:1_5432/db"},
 ])
 async def test_every_form_naming_a_platform_server_is_refused(details):
     with pytest.raises(InvalidRequest, match="this platform's own servers") as refused:
