@@ -38,6 +38,7 @@ OWN_ADDRESS_CACHE_SECONDS = 10.0
 LOOKUP_SLOTS = 4  # tenants' name lookups (registry URLs) at once per event loop (each takes a default-pool thread)
 LOOKUP_TIMEOUT_SECONDS = 2.0  # a name not resolved by then could not be checked: 503, never "does not resolve"
 HOSTS_FILE = "/etc/hosts"
+RESOLV_CONF = "/etc/resolv.conf"  # its `search`/`domain` lines: the names a short name also stands for (no DNS)
 REFUSED = "url_not_allowed"
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -402,6 +403,36 @@ def _hosts() -> dict[str, frozenset[Address]]:
     return _hosts_file[1]
 
 
+_search_file: tuple[float, tuple[str, ...]] = (float("-inf"), ())
+
+
+def search_domains() -> tuple[str, ...]:
+    """RESOLV_CONF's search domains (`search` and `domain` lines, lower-case), cached for OWN_ADDRESS_CACHE_SECONDS;
+    empty if it cannot be read. In Kubernetes they make `postgres`, `postgres.railyard` and
+    `postgres.railyard.svc.cluster.local` one server."""
+    global _search_file
+    if time.monotonic() - _search_file[0] < OWN_ADDRESS_CACHE_SECONDS:
+        return _search_file[1]
+    found: dict[str, None] = {}
+    try:
+        with open(RESOLV_CONF, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                fields = re.split(r"[#;]", line, maxsplit=1)[0].split()
+                if fields and fields[0] in ("search", "domain"):
+                    found.update(dict.fromkeys(d.lower().strip(".") for d in fields[1:] if d.strip(".")))
+    except OSError:
+        pass
+    _search_file = (time.monotonic(), tuple(found))
+    return _search_file[1]
+
+
+def name_forms(host: str) -> set[str]:
+    """The fully qualified names `host` may stand for, read locally: itself (lower-case, no trailing dot) and itself
+    followed by each of RESOLV_CONF's search domains. Two names stand for one server when their forms meet."""
+    name = host.strip().lower().rstrip(".")
+    return {name, *(f"{name}.{domain}" for domain in search_domains())} if name else set()
+
+
 def local_addresses(host: str) -> tuple[Address, ...] | None:
     """The addresses `host` stands for, judged on this machine alone (never the resolver): an IP literal (bracketed,
     with a zone, or in any form inet_aton reads: `127.1`, `2130706433`, `0x7f.1`); `localhost` and `*.localhost`
@@ -556,12 +587,14 @@ class OutboundRules:
         """A server named in a connection's details (any scheme: the platform never connects to it, and the tenant's
         code that does runs where the only network is the gateway), judged without DNS: metadata names and
         link-local addresses are refused always, and with a port the platform's own endpoints, by address when
-        `local_addresses` can tell it and by name otherwise. Loopback and private addresses are allowed, and a name
-        only DNS could answer is stored as written. `port` must be a valid port (`valid_port`) or None."""
+        `local_addresses` can tell it and by name otherwise, with RESOLV_CONF's search domains (`name_forms`:
+        `postgres.railyard:5432` is the platform's `postgres:5432` in Kubernetes). Loopback and private addresses are
+        allowed, and a name only DNS could answer is stored as written. `port` must be a valid port (`valid_port`)
+        or None."""
         _refuse_metadata_name(host, what)
         port = valid_port(port) if port is not None else None
-        name = host.strip().lower().rstrip(".")
-        if port is not None and any(name == h.lower().rstrip(".") and port == p for h, p in self.platform):
+        forms = name_forms(host)
+        if port is not None and any(port == p and forms & name_forms(h) for h, p in self.platform):
             raise _platform_refusal(what, port, "details may not name")
         await self._check_addresses(local_addresses(host) or (), port, what, fetched=False)
 

@@ -267,3 +267,29 @@ def test_the_platforms_endpoints_read_query_hosts_and_host_lists():
     assert {("db1.internal", 6432), ("bus1.internal", 4222), ("bus2.internal", 4223)} <= found
     settings = Settings(postgres={"dsn": "postgresql://u@pg1.internal:5433,pg2.internal/x"})
     assert {("pg1.internal", 5433), ("pg2.internal", 5432)} <= platform_endpoints(settings)
+
+
+async def test_a_platform_name_with_a_search_domain_is_refused(tmp_path, monkeypatch):
+    """Platform names were matched by exact name only: in Kubernetes `postgres.railyard:5432` and
+    `postgres.railyard.svc.cluster.local:5432` (resolv.conf's search domains) named the platform's `postgres:5432`
+    and were stored. Every form is matched now, read from resolv.conf (no DNS)."""
+    import shared.urlcheck as urlcheck
+
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 10.96.0.10\nsearch railyard.svc.cluster.local svc.cluster.local cluster.local\n"
+                      "options ndots:5\n")
+    monkeypatch.setattr(urlcheck, "RESOLV_CONF", str(resolv))
+    monkeypatch.setattr(urlcheck, "_search_file", (float("-inf"), ()))
+    rules = OutboundRules(private_allowed=True, platform=frozenset({("postgres", 5432), ("nats.railyard", 4222)}))
+    for details in ({"host": "postgres.railyard.svc.cluster.local", "port": 5432}, {"host": "postgres.railyard:5432"},
+                    {"dsn": "postgresql://u@postgres.svc.cluster.local/x"},
+                    {"host": "POSTGRES.railyard.", "port": 5432},
+                    {"url": "nats://nats:4222"}, {"url": "nats://nats.railyard.svc.cluster.local:4222"}):
+        with pytest.raises(InvalidRequest, match="this platform's own servers"):
+            await _check_details(details, rules)
+    for details in ({"host": "postgres.railyard", "port": 5433}, {"host": "postgres.example.com", "port": 5432},
+                    {"url": "nats://nats.other:4222"}):
+        await _check_details(details, rules)  # another port, another name: the tenant's own
+    resolv.unlink()  # unreadable: exact names only
+    monkeypatch.setattr(urlcheck, "_search_file", (float("-inf"), ()))
+    await _check_details({"host": "postgres.railyard", "port": 5432}, rules)
