@@ -101,7 +101,7 @@ class DeploymentPredictions:
             return self._session.post(route, {**body, "image": base64.b64encode(raw_image).decode()})
         files = {"image": (filename or "image", bytes(raw_image), content_type or "application/octet-stream"),
                  "metadata": (None, json.dumps(body), "application/json")}
-        return self._session.send("POST", f"/v1/api/{route}", files=files).json()
+        return self._session.send("POST", f"/v1/api/{route}", files=files, timeout=self._session.wait_for(route)).json()
 
     def predict_image(self, file_path: str | Path, tags: str | list[str] | None = None,
                       source: str | None = None) -> dict[str, Any]:

@@ -54,10 +54,16 @@ ENV_CREDENTIALS = "RAILYARD_CLIENT_CREDENTIALS"
 # set_model, set_shadow_model and delete 5 + 305 s (the monitoring service's own deploy or undeploy, which it waits
 # deploy_wait for, and one request timeout for its lookups); plus a margin, so that the gateway's own answer (a 400
 # with the reason, or its 504) comes back before the client gives up. With the client's 60 s for these too, a slow
-# deploy was a ConnectionFailed while the platform carried on deploying. Every other route waits Client(timeout); a
-# larger Client(timeout) wins here too.
+# deploy was a ConnectionFailed while the platform carried on deploying. The gateway's other long-running routes
+# (a deployment's predict, predict_bytes, monitor, monitor_bytes and get_stats, an upload from a registry, an
+# interactive assay run, the benchmarks and collect_objects) wait 5 + 300 s (registry.worker_timeout): the client
+# gave up on them at 60 s too. Every other route waits Client(timeout); a larger Client(timeout) wins here too.
+_LONG_RUNNING = ("deployments/predict", "deployments/predict_bytes", "deployments/monitor", "deployments/monitor_bytes",
+                 "deployments/get_stats", "models/upload_from_registry", "assays/run_interactive",
+                 "benchmarks/run_classification", "benchmarks/evaluate_detections", "maintenance/collect_objects")
 ROUTE_TIMEOUTS = {"pipelines/deploy": 315.0, "pipelines/copy": 80.0, "pipelines/undeploy": 35.0,
-                  "deployments/set_model": 320.0, "deployments/set_shadow_model": 320.0, "deployments/delete": 320.0}
+                  "deployments/set_model": 320.0, "deployments/set_shadow_model": 320.0, "deployments/delete": 320.0,
+                  **dict.fromkeys(_LONG_RUNNING, 315.0)}
 
 
 def credentials_path() -> Path:
@@ -262,7 +268,7 @@ class Session:
 
     def wait_for(self, route: str) -> Any:
         """The timeout of a POST to `route`: Client(timeout) as given (seconds, None for no limit, or an
-        httpx.Timeout), with the read wait raised to ROUTE_TIMEOUTS' for the deployer's long commands."""
+        httpx.Timeout), with the read wait raised to ROUTE_TIMEOUTS' for the gateway's long commands."""
         least = ROUTE_TIMEOUTS.get(route)
         if least is None or self.timeout is None:
             return self.timeout

@@ -77,9 +77,43 @@ def test_the_client_waits_longer_than_the_gateway_on_every_long_route():
         assert gateway_wait + 5 <= ROUTE_TIMEOUTS[route], (route, gateway_wait)
     slow = Settings(deployer={"ready_timeout": 600.0, "stop_timeout": 200.0})
     on_the_deployer = {route.path.strip("/") for route in JSON_ROUTES if route.wait(slow) > route.wait(settings)}
-    assert on_the_deployer == set(ROUTE_TIMEOUTS) == {
+    assert on_the_deployer == {
         "pipelines/deploy", "pipelines/copy", "pipelines/undeploy",
         "deployments/set_model", "deployments/set_shadow_model", "deployments/delete"}
+    assert on_the_deployer <= set(ROUTE_TIMEOUTS)
+
+
+def test_every_route_the_gateway_waits_on_past_the_clients_default_timeout_is_in_route_timeouts(tmp_path):
+    """Every route whose gateway wait (default settings) is above Client(timeout)'s default 60 s is waited for past
+    the gateway's wait: a deployment's predict, monitor and get_stats (and the other long-running routes) wait
+    305 s at the gateway while the client gave up at 60 s, a ConnectionFailed while the platform carried on."""
+    settings = Settings()
+    session = Session("http://h:1", token="t", credentials_file=tmp_path / "none.json")
+    default = session.timeout
+    assert default == 60.0
+    long = {route.path.strip("/"): route.wait(settings) for route in JSON_ROUTES if route.wait(settings) > default}
+    assert {"deployments/predict", "deployments/predict_bytes", "deployments/monitor", "deployments/monitor_bytes",
+            "deployments/get_stats"} <= set(long)
+    missing = {route: wait for route, wait in long.items() if route not in ROUTE_TIMEOUTS}
+    assert not missing, missing
+    for route, gateway_wait in long.items():
+        assert session.wait_for(route) >= gateway_wait + 5, (route, gateway_wait)
+    assert session.wait_for("deployments/review_prediction") == default  # a short route keeps Client(timeout)
+
+
+def test_a_large_image_sent_as_multipart_waits_as_long_as_the_json_route(gateway, tmp_path, monkeypatch):
+    """predict_bytes above the inline limit goes as a multipart upload (Session.send): it waits ROUTE_TIMEOUTS' too."""
+    from railyard_client import monitoring_predictions
+
+    session = Session(gateway, token="t", timeout=SLOW / 3, credentials_file=tmp_path / "none.json")
+    sent: list[tuple[str, float]] = []
+    session.http.event_hooks["request"].append(
+        lambda request: sent.append((request.url.path, request.extensions["timeout"]["read"])))
+    monkeypatch.setattr(monitoring_predictions, "INLINE_IMAGE_BYTES", 4)
+    deployment = monitoring_predictions.DeploymentPredictions.__new__(monitoring_predictions.DeploymentPredictions)
+    deployment._session, deployment.name = session, "d"
+    assert deployment.predict_bytes("a.png", b"\x89PNG0123456789") == {"id": 5}
+    assert sent == [("/v1/api/deployments/predict_bytes", ROUTE_TIMEOUTS["deployments/predict_bytes"])]
 
 
 def test_no_timeout_and_an_httpx_timeout_are_taken_as_before(tmp_path):
