@@ -189,20 +189,28 @@ def test_a_unix_socket_dsn_names_no_platform_endpoint():
     assert not any(host.startswith(("host", "/")) or not host for host, _ in found), found
 
 
+async def json_server(body: bytes, seen: list[bytes] | None = None) -> tuple[asyncio.Server, int]:
+    """A local HTTP server on 127.0.0.1 answering every request 200 with the JSON `body` (each request's head is
+    appended to `seen`): the server (close it with `async with server`) and its port."""
+    async def answer(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        if seen is not None:
+            seen.append(head)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
 async def test_the_request_goes_to_the_address_that_was_checked(monkeypatch):
     """DNS rebinding: the name resolves to an allowed address when checked, elsewhere afterwards (here 127.0.0.3,
     where nothing listens); the request must go to the checked address, not resolve the name again, while still
     naming the host."""
     seen: list[bytes] = []
-
-    async def answer(reader, writer):
-        seen.append(await reader.readuntil(b"\r\n\r\n"))
-        writer.write(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}')
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    server, port = await json_server(b"{}", seen)
     loop = asyncio.get_running_loop()
     real = loop.getaddrinfo
 
@@ -300,16 +308,7 @@ async def test_a_pinned_https_request_still_verifies_the_hosts_certificate(tmp_p
 async def test_the_next_checked_address_is_tried_when_one_does_not_connect(monkeypatch):
     """A name with two addresses, the preferred one unreachable (here 127.0.0.3, where nothing listens): the request
     goes to the other checked address, as it did when httpx resolved the name itself."""
-    async def answer(reader, writer):
-        await reader.readuntil(b"\r\n\r\n")
-        body = b'{"ok": true}'
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                     % (len(body), body))
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    server, port = await json_server(b'{"ok": true}')
     loop = asyncio.get_running_loop()
     real = loop.getaddrinfo
 
