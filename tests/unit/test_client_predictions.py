@@ -97,9 +97,13 @@ def test_tags_and_sources_may_be_objects_with_a_name():
 
 def test_images_above_the_inline_size_go_as_a_multipart_file_part():
     class Multipart(Recorder):
-        def send(self, method: str, path: str, files: dict) -> SimpleNamespace:
+        def send(self, method: str, path: str, files: dict, timeout: float) -> SimpleNamespace:
+            assert timeout == f"waits for {path.removeprefix('/v1/api/')}"  # Session.wait_for(route), as a post
             self.sent.append((path, files))
             return SimpleNamespace(json=lambda: {"id": "y"})
+
+        def wait_for(self, route: str) -> str:
+            return f"waits for {route}"
 
     deployment = Multipart()
     big = PNG + b"\0" * INLINE_IMAGE_BYTES
