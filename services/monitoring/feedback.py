@@ -162,9 +162,8 @@ def _check_format(truth: dict[str, Any], row: dict[str, Any], labels: list[str] 
         fmt = PredictionFormat.model_validate(truth)
     except ValidationError as exc:
         error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"])
-        raise InvalidRequest(f"ground_truth.{where}: {validation_detail(error)} (boxes and polygons are integer "
-                             "pixels)") from None
+        where = ".".join(["ground_truth", *(str(part) for part in error["loc"])])  # "ground_truth." alone before
+        raise InvalidRequest(f"{where}: {validation_detail(error)} (boxes and polygons are integer pixels)") from None
     images.check_prediction(fmt, row["height"], row["width"], "ground_truth", labels)
 
 

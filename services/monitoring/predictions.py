@@ -76,6 +76,7 @@ from shared.errors import (
     Unavailable,
     UpstreamTimeout,
     validation_detail,
+    validation_message,
 )
 from shared.lean_imports import lazy_module
 from shared.messages.deployer import ListPipelines, Pipelines
@@ -180,10 +181,9 @@ def image_config(definition: dict[str, Any]) -> ImageConfig | None:
     try:
         return ImageConfig.model_validate(raw)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"])
-        raise Conflict(f"the pipeline's image configuration is invalid ({where}: {validation_detail(error)}): fix the "
-                       "'image' of its model step (docs/monitoring.md)") from None
+        # validation_message: an error about the whole configuration read "(: Input should be ...)"
+        raise Conflict(f"the pipeline's image configuration is invalid ({validation_message(exc.errors(), 'image', 1)})"
+                       ": fix the 'image' of its model step (docs/monitoring.md)") from None
 
 
 def _ref_dict(ref: ModelVersionRef | None) -> dict[str, Any] | None:
@@ -210,10 +210,8 @@ def _formatted(row: PredictionRow) -> tuple[PredictionFormat, PredictionFormat |
     try:
         prediction = PredictionFormat.model_validate(row.prediction)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"])
-        raise ModelAnswerInvalid(f"the model's answer is not a PredictionFormat ({where}: {validation_detail(error)}); "
-                                 "nothing was stored") from None
+        raise ModelAnswerInvalid("the model's answer is not a PredictionFormat "
+                                 f"({validation_message(exc.errors(), 'answer', 1)}); nothing was stored") from None
     if row.shadow_prediction is None:
         return prediction, None
     try:
