@@ -17,13 +17,15 @@ The contract here:
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 import socket
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlparse, urlsplit, urlunparse
 
 from shared.errors import InvalidRequest, Unavailable
@@ -42,6 +44,7 @@ RESOLV_CONF = "/etc/resolv.conf"  # its `search`/`domain` lines: the names a sho
 REFUSED = "url_not_allowed"
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+T = TypeVar("T")
 
 
 def refused(msg: str) -> InvalidRequest:
@@ -86,16 +89,29 @@ def _metadata_reason(address: Address) -> str | None:
     return None
 
 
-_own: tuple[float, frozenset[Address]] = (float("-inf"), frozenset())
+def _refreshed(seconds: float) -> Callable[[Callable[[], T]], Callable[[], T]]:
+    """A no-argument reader's answer kept for `seconds`, then read again (this machine's interfaces, HOSTS_FILE and
+    RESOLV_CONF change rarely and are read on every check); `.cache_clear()` forgets it."""
+    def wrap(read: Callable[[], T]) -> Callable[[], T]:
+        last: list[Any] = [float("-inf"), None]
+
+        @functools.wraps(read)
+        def cached() -> T:
+            if time.monotonic() - last[0] >= seconds:
+                value = read()
+                last[:] = [time.monotonic(), value]
+            return last[1]
+
+        cached.cache_clear = lambda: last.__setitem__(0, float("-inf"))  # type: ignore[attr-defined]
+        return cached
+    return wrap
 
 
+@_refreshed(OWN_ADDRESS_CACHE_SECONDS)
 def own_addresses() -> frozenset[Address]:
     """Every address of this machine's network interfaces (psutil.net_if_addrs: eth0's as well as loopback's), cached
     for OWN_ADDRESS_CACHE_SECONDS. A server bound to 0.0.0.0 or :: answers on each of them, so each is the
     platform's own for its ports; the host name alone may resolve to 127.0.0.1 only."""
-    global _own
-    if time.monotonic() - _own[0] < OWN_ADDRESS_CACHE_SECONDS:
-        return _own[1]
     import psutil
 
     found = set()
@@ -106,8 +122,7 @@ def own_addresses() -> frozenset[Address]:
                     found.add(ipaddress.ip_address(address.address.split("%")[0]))
                 except ValueError:
                     pass
-    _own = (time.monotonic(), frozenset(found))
-    return _own[1]
+    return frozenset(found)
 
 
 def valid_port(value: Any) -> int:
@@ -380,15 +395,10 @@ class CheckedUrl:
 
 
 LOOPBACK = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
-_hosts_file: tuple[float, dict[str, frozenset[Address]]] = (float("-inf"), {})
-
-
+@_refreshed(OWN_ADDRESS_CACHE_SECONDS)
 def _hosts() -> dict[str, frozenset[Address]]:
     """HOSTS_FILE's names (aliases included, lower-case) -> their addresses, cached for OWN_ADDRESS_CACHE_SECONDS;
     empty if it cannot be read. Reading it is local: no resolver."""
-    global _hosts_file
-    if time.monotonic() - _hosts_file[0] < OWN_ADDRESS_CACHE_SECONDS:
-        return _hosts_file[1]
     found: dict[str, set[Address]] = {}
     try:
         with open(HOSTS_FILE, encoding="utf-8", errors="replace") as lines:
@@ -399,20 +409,14 @@ def _hosts() -> dict[str, frozenset[Address]]:
                     found.setdefault(name.lower().rstrip("."), set()).add(ipaddress.ip_address(literal))
     except OSError:
         pass
-    _hosts_file = (time.monotonic(), {name: frozenset(addresses) for name, addresses in found.items()})
-    return _hosts_file[1]
+    return {name: frozenset(addresses) for name, addresses in found.items()}
 
 
-_search_file: tuple[float, tuple[str, ...]] = (float("-inf"), ())
-
-
+@_refreshed(OWN_ADDRESS_CACHE_SECONDS)
 def search_domains() -> tuple[str, ...]:
     """RESOLV_CONF's search domains (`search` and `domain` lines, lower-case), cached for OWN_ADDRESS_CACHE_SECONDS;
     empty if it cannot be read. In Kubernetes they make `postgres`, `postgres.railyard` and
     `postgres.railyard.svc.cluster.local` one server."""
-    global _search_file
-    if time.monotonic() - _search_file[0] < OWN_ADDRESS_CACHE_SECONDS:
-        return _search_file[1]
     found: dict[str, None] = {}
     try:
         with open(RESOLV_CONF, encoding="utf-8", errors="replace") as lines:
@@ -422,8 +426,7 @@ def search_domains() -> tuple[str, ...]:
                     found.update(dict.fromkeys(d.lower().strip(".") for d in fields[1:] if d.strip(".")))
     except OSError:
         pass
-    _search_file = (time.monotonic(), tuple(found))
-    return _search_file[1]
+    return tuple(found)
 
 
 def name_forms(host: str) -> set[str]:

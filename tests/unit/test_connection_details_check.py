@@ -269,7 +269,17 @@ def test_the_platforms_endpoints_read_query_hosts_and_host_lists():
     assert {("pg1.internal", 5433), ("pg2.internal", 5432)} <= platform_endpoints(settings)
 
 
-async def test_a_platform_name_with_a_search_domain_is_refused(tmp_path, monkeypatch):
+@pytest.fixture
+def fresh_search_domains():
+    """search_domains read anew in the test and again after it (the test points RESOLV_CONF at its own file)."""
+    import shared.urlcheck as urlcheck
+
+    urlcheck.search_domains.cache_clear()
+    yield
+    urlcheck.search_domains.cache_clear()
+
+
+async def test_a_platform_name_with_a_search_domain_is_refused(tmp_path, monkeypatch, fresh_search_domains):
     """Platform names were matched by exact name only: in Kubernetes `postgres.railyard:5432` and
     `postgres.railyard.svc.cluster.local:5432` (resolv.conf's search domains) named the platform's `postgres:5432`
     and were stored. Every form is matched now, read from resolv.conf (no DNS)."""
@@ -279,7 +289,6 @@ async def test_a_platform_name_with_a_search_domain_is_refused(tmp_path, monkeyp
     resolv.write_text("nameserver 10.96.0.10\nsearch railyard.svc.cluster.local svc.cluster.local cluster.local\n"
                       "options ndots:5\n")
     monkeypatch.setattr(urlcheck, "RESOLV_CONF", str(resolv))
-    monkeypatch.setattr(urlcheck, "_search_file", (float("-inf"), ()))
     rules = OutboundRules(private_allowed=True, platform=frozenset({("postgres", 5432), ("nats.railyard", 4222)}))
     for details in ({"host": "postgres.railyard.svc.cluster.local", "port": 5432}, {"host": "postgres.railyard:5432"},
                     {"dsn": "postgresql://u@postgres.svc.cluster.local/x"},
@@ -291,5 +300,5 @@ async def test_a_platform_name_with_a_search_domain_is_refused(tmp_path, monkeyp
                     {"url": "nats://nats.other:4222"}):
         await _check_details(details, rules)  # another port, another name: the tenant's own
     resolv.unlink()  # unreadable: exact names only
-    monkeypatch.setattr(urlcheck, "_search_file", (float("-inf"), ()))
+    urlcheck.search_domains.cache_clear()
     await _check_details({"host": "postgres.railyard", "port": 5432}, rules)
