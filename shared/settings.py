@@ -298,6 +298,9 @@ class StackSettings(BaseModel):
     weed_volume_port: int = Field(18081, description="SeaweedFS volume server port.")
     weed_filer_port: int = Field(18888, description="SeaweedFS filer port.")
     restart_backoff_max: float = Field(5.0, description="Longest wait before restarting a crashed service.")
+    stop_grace: float = Field(5.0, gt=0, description="Seconds a service has, on `railyard down`, SIGTERM or Ctrl-C, to "
+                              "finish what it took before it is killed (then the servers stop, each with its own "
+                              "grace).")
 
 
 class Settings(BaseSettings):

@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 PORT_NAMES = ("NATS_PORT", "NATS_MONITOR_PORT", "POSTGRES_PORT", "S3_PORT", "WEED_MASTER_PORT",
               "WEED_VOLUME_PORT", "WEED_FILER_PORT")
 NEEDS_GRPC = {"S3_PORT", "WEED_MASTER_PORT", "WEED_VOLUME_PORT", "WEED_FILER_PORT"}
+PLANTED_WEED_KEY = "planted-in-the-callers-environment-32-bytes"
 
 
 def port_range() -> range:
@@ -104,6 +105,9 @@ def stack_env(data_dir: Path) -> dict[str, str]:
     env["RAILYARD_REGISTRY__WORKER_FILE_SIZE_MB"] = "64"
     env["RAILYARD_REGISTRY__WORKER_DISK_MB"] = "256"  # many files of 60 MiB are stopped at 256 (the hostile test)
     env["RAILYARD_TASKS__RUN_DISK_MB"] = "128"  # a run filling its working directory (test_orchestrations.py)
+    # a SeaweedFS setting in the caller's environment (viper reads WEED_*) must not reach the stack's SeaweedFS: were
+    # it honoured, the volume server would take tokens signed with this key (test_storage_ports.py)
+    env["WEED_JWT_SIGNING_READ_KEY"] = PLANTED_WEED_KEY
     for name, port in zip(names, ports, strict=True):
         key = "RAILYARD_GATEWAY__PORT" if name == "GATEWAY" else f"RAILYARD_STACK__{name}"
         env[key] = str(port)
@@ -181,6 +185,24 @@ class RunningStack:
             time.sleep(0.2)
         raise RuntimeError(f"stack not healthy after {timeout}s:\n{self.output.read_text()}")
 
+    def leftovers(self) -> list[str]:
+        """What a stopped stack must not leave behind: a process running from its data directory, its state file,
+        PostgreSQL's pid file (a killed PostgreSQL's), SeaweedFS's Unix sockets (in the data directory and /tmp)."""
+        import psutil
+
+        found = []
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                if str(self.data_dir) in " ".join(proc.info["cmdline"] or ()) and proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(f"process {proc.info['pid']}: {' '.join(proc.info['cmdline'])[:120]}")
+        grpc = [f"/tmp/seaweedfs-{name}-grpc-{port}.sock" for name, port in self.weed_ports.items()  # noqa: S108
+                if name.endswith("-grpc")]
+        grpc.append(f"/tmp/seaweedfs-s3-grpc-{int(self.env['RAILYARD_STACK__S3_PORT']) + GRPC_OFFSET}.sock")  # noqa: S108
+        files = [self.data_dir / "run" / "stack.json", self.data_dir / "postgres" / "postmaster.pid",
+                 *(self.data_dir / "run").glob("*.sock"), *map(Path, grpc)]
+        found += [str(path) for path in files if path.exists()]
+        return found
+
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -205,10 +227,12 @@ def stack_directory() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def start_stack(data_dir: Path, env: dict[str, str] | None = None) -> RunningStack:
+def start_stack(data_dir: Path, env: dict[str, str] | None = None, own_group: bool = False) -> RunningStack:
+    """`railyard up` for data_dir; own_group: in a process group of its own, which a test may signal as a whole."""
     env = env or stack_env(data_dir)
     output = data_dir.parent / f"{data_dir.name}-up.log"
     with open(output, "ab") as handle:  # the child writes to its own copy of the descriptor for its whole life
         process = subprocess.Popen([sys.executable, "-m", "shared.cli", "up"], cwd=REPO, env=env,
-                                   stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                   stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=own_group)
     return RunningStack(process=process, data_dir=data_dir, env=env, output=output)

@@ -110,8 +110,11 @@ class ServerSpec:
     argv: list[str]
     user: str | None = None
     stop_signal: int = 15
-    stop_grace: float = 30.0
+    stop_grace: float = 10.0  # then SIGKILL
     env: dict[str, str] = field(default_factory=dict)
+    env_drop: tuple[str, ...] = ()  # prefixes of the supervisor's environment variables it does not inherit
+    cwd: Path | None = None
+    leftovers: tuple[Path, ...] = ()  # sockets it leaves behind when killed (the supervisor removes them)
 
 
 def _http_ok(url: str, timeout: float = 1.0) -> bool:
@@ -207,8 +210,10 @@ def _open_path_for(path: Path) -> None:
     ensure_prefix_permissions(path)
 
 
-def prepare_postgres(cfg: StackSettings, data_dir: Path, secrets: Secrets) -> str | None:
-    """initdb on first start (password auth for TCP, no Unix socket); returns the OS user to run as."""
+def prepare_postgres(cfg: StackSettings, data_dir: Path, secrets: Secrets,
+                     stopping=lambda: False) -> str | None:
+    """initdb on first start (password auth for TCP, no Unix socket); returns the OS user to run as. A stop
+    asked for meanwhile (`stopping()`) ends initdb and removes what it wrote, so the next start runs it again."""
     pgdata = data_dir / "postgres"
     user = _pg_user()
     if (pgdata / "PG_VERSION").exists():
@@ -229,17 +234,18 @@ def prepare_postgres(cfg: StackSettings, data_dir: Path, secrets: Secrets) -> st
 
             entry = pwd.getpwnam(user)
             os.chown(pwfile.name, entry.pw_uid, entry.pw_gid)
-        result = subprocess.run(
+        initdb = subprocess.Popen(
             [_pg_bin("initdb"), "-D", str(pgdata), "-U", "railyard", f"--pwfile={pwfile.name}",
              "--auth-host=scram-sha-256", "--auth-local=scram-sha-256", "-E", "UTF8", "--no-locale"],
-            user=user, capture_output=True, text=True, check=False,
+            user=user, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
+        output = communicate_unless(initdb, stopping)
     finally:
         os.unlink(pwfile.name)
-    if result.returncode != 0:
-        last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["unknown error"]
+    if initdb.returncode != 0:
+        last = output.strip().splitlines()[-1:] or ["unknown error"]
         shutil.rmtree(pgdata, ignore_errors=True)
-        raise StackError(f"PostgreSQL initdb failed: {last[0]}")
+        raise StackError("stopped during start-up" if stopping() else f"PostgreSQL initdb failed: {last[0]}")
     return user
 
 
@@ -321,6 +327,7 @@ def seaweedfs_server(cfg: StackSettings, data_dir: Path, secrets: Secrets) -> Se
     config_path = _s3_identities(data_dir, secrets)
     config_dir = weed_security.write_security_config(
         data_dir / "weed", {name: secrets.values[name] for name in weed_security.JWT_KEYS}, cfg.host)
+    weed_security.write_other_configs(config_dir, store)
     ports = {
         "s3": cfg.s3_port, "s3-grpc": cfg.s3_port + GRPC_OFFSET,
         "master": cfg.weed_master_port, "master-grpc": cfg.weed_master_port + GRPC_OFFSET,
@@ -354,8 +361,17 @@ def seaweedfs_server(cfg: StackSettings, data_dir: Path, secrets: Secrets) -> Se
         ],
         # its glog files go into the data directory instead of /tmp; the Go collector runs at half the default
         # heap growth (idle heap 32 -> 23 MiB measured; the heap is small, so the extra collections cost little)
-        # HOME: it looks for its *.toml files in ~/.seaweedfs too, and must not read the user's
+        # HOME and the working directory: it looks for its *.toml files in ./ and ~/.seaweedfs too (after
+        # -config_dir, before /usr/local/etc/seaweedfs and /etc/seaweedfs), and must not read the user's or the
+        # supervisor's working directory's; WEED_* variables override any setting of those files (jwt keys too)
         env={"TMPDIR": str(data_dir / "run"), "GOGC": "50", "HOME": str(config_dir)},
+        env_drop=("WEED_",),
+        cwd=config_dir,
+        # killed, it leaves its Unix sockets: the two we name, and one per gRPC port in /tmp (a fixed path in
+        # `weed server`, whatever TMPDIR says; ~1,000 of them had piled up on a CI machine)
+        leftovers=(data_dir / "run" / "s3.sock", data_dir / "run" / "filer.sock",
+                   *(Path(f"/tmp/seaweedfs-{name}-grpc-{ports[f'{name}-grpc']}.sock")  # noqa: S108 - weed's path
+                     for name in ("master", "volume", "filer", "s3"))),
         # Everything that writes to it has stopped by then; its filer waits 15 s for its own metadata stream on
         # a graceful stop (logging nothing else, the volume server untouched, in a 4 s grace too), so after a
         # short grace it is killed (its stores are crash-safe, and restarts after kill -9 are tested).
@@ -379,6 +395,22 @@ def s3_ready(cfg: StackSettings, secrets: Secrets) -> bool:
             return response.status == 200 and b"ListAllMyBucketsResult" in response.read()
     except (urllib.error.URLError, OSError):  # not answering yet, or answering with an error: not ready either way
         return False
+
+
+def communicate_unless(process: subprocess.Popen, stopping, timeout: float = 600) -> str:
+    """The output of `process` once it exits; SIGTERM to it as soon as `stopping()` (or the timeout) says so."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return process.communicate(timeout=0.1)[0]
+        except subprocess.TimeoutExpired:
+            if stopping() or time.monotonic() > deadline:
+                process.terminate()
+                try:
+                    return process.communicate(timeout=5)[0]
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    return process.communicate()[0]
 
 
 def wait_until(check, what: str, timeout: float, alive=lambda: True) -> None:

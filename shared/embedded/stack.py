@@ -2,20 +2,29 @@
 
 Starts NATS, PostgreSQL and S3, waits until each answers, then starts every service as its own
 process (`python -m services.<name>`), restarts any child that dies (with a growing back-off that
-resets once it has run a while), and stops everything in reverse order on SIGTERM or Ctrl-C.
+resets once it has run a while), and stops everything in reverse order on SIGTERM or Ctrl-C, also in
+the middle of a start: each child gets its stop signal, a few seconds' grace, then SIGKILL.
 Its state (pids, ports, URLs) is written to `<data>/run/stack.json` for `railyard status` and
 `railyard down`.
+
+Every child runs in a session of its own, so a signal to the supervisor's process group (Ctrl-C in a
+terminal, a CI job's group killed) reaches the supervisor only, which stops the services while what
+they use is still up, then the servers (PostgreSQL with its fast shutdown). When the group's SIGTERM
+reached every process at once, services draining to a NATS that was gone, PostgreSQL's smart shutdown
+waiting for their connections, and SeaweedFS's 15 s graceful stop kept a stack alive well past 10 s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import shlex
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -34,11 +43,12 @@ STABLE_AFTER = 10.0  # a child that ran this long is restarted at once if it die
 FIRST_BACKOFF = 0.2
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGTERM this child if the supervisor dies (Linux only)."""
+def _die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send this child `sig` (its stop signal: SIGINT, a fast shutdown, for PostgreSQL) if the
+    supervisor dies (Linux only)."""
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, sig)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -51,7 +61,9 @@ class Child:
     log_path: Path
     user: str | None = None
     stop_signal: int = signal.SIGTERM
-    stop_grace: float = 20.0
+    stop_grace: float = 5.0
+    cwd: Path | None = None
+    leftovers: tuple[Path, ...] = ()  # sockets it leaves when killed, removed once it is gone
     proc: subprocess.Popen | None = None
     started_at: float = 0.0
     restarts: int = 0
@@ -69,7 +81,9 @@ class Child:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             user=self.user,
-            preexec_fn=_die_with_parent,
+            cwd=self.cwd,
+            start_new_session=True,  # a signal to the supervisor's group is the supervisor's to pass on, in order
+            preexec_fn=functools.partial(_die_with_parent, self.stop_signal),
         )
         self.started_at = time.monotonic()
         self.restart_at = None
@@ -108,6 +122,11 @@ class Child:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if not self.alive():
+            for path in self.leftovers:
+                with contextlib.suppress(OSError):
+                    if stat.S_ISSOCK(path.lstat().st_mode) and path.lstat().st_uid == os.getuid():
+                        path.unlink()
 
 
 def port_free(host: str, port: int) -> bool:
@@ -180,6 +199,7 @@ class EmbeddedStack:
         for folder in (self.data_dir, self.run_dir, self.log_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o711)  # traversable by the PostgreSQL user, not listable
+        self.run_dir.chmod(0o700)  # SeaweedFS's Unix sockets (S3, filer) and temporary files: ours only
         running = read_state(self.data_dir)
         if running and pid_alive(running.get("supervisor_pid", 0)):
             raise StackError(f"a stack is already running for {self.data_dir} (pid {running['supervisor_pid']});"
@@ -248,13 +268,10 @@ class EmbeddedStack:
         return subprocess.Popen([sys.executable, "-m", "shared.bus_streams"], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
 
-    @staticmethod
-    def finish_streams(process: subprocess.Popen) -> None:
-        try:
-            output, _ = process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
+    def finish_streams(self, process: subprocess.Popen) -> None:
+        output = servers.communicate_unless(process, lambda: self.stopping, timeout=60)
+        if self.stopping:
+            raise StackError("stopped during start-up")
         if process.returncode != 0:
             last = next((line for line in reversed(output.splitlines()) if line.strip()), "no output")
             raise StackError(f"could not create the JetStream streams: {last}")
@@ -308,19 +325,22 @@ class EmbeddedStack:
         self.prepare()
         specs = self.server_specs(None)
         self.check_ports(specs)
-        specs[1].user = servers.prepare_postgres(self.cfg, self.data_dir, self.secrets)
+        specs[1].user = servers.prepare_postgres(self.cfg, self.data_dir, self.secrets, lambda: self.stopping)
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("RAILYARD_")}
         for spec in specs:
-            child = Child(spec.name, spec.argv, {**base_env, **spec.env}, self.log_dir / f"{spec.name}.log",
-                          user=spec.user, stop_signal=spec.stop_signal, stop_grace=spec.stop_grace)
+            self.check_stop()
+            env = {k: v for k, v in base_env.items() if not k.startswith(spec.env_drop)}
+            child = Child(spec.name, spec.argv, {**env, **spec.env}, self.log_dir / f"{spec.name}.log",
+                          user=spec.user, stop_signal=spec.stop_signal, stop_grace=spec.stop_grace, cwd=spec.cwd,
+                          leftovers=spec.leftovers)
             child._max_backoff = self.cfg.restart_backoff_max
             child.start()
             self.infra.append(child)
         nats, postgres, s3 = self.infra
-        servers.wait_until(lambda: servers.nats_ready(self.cfg), "NATS", 30, nats.alive)
+        servers.wait_until(lambda: servers.nats_ready(self.cfg), "NATS", 30, self.starting(nats))
         streams = self.start_streams()
         try:
-            servers.wait_until(lambda: servers.postgres_ready(self.cfg), "PostgreSQL", 60, postgres.alive)
+            servers.wait_until(lambda: servers.postgres_ready(self.cfg), "PostgreSQL", 60, self.starting(postgres))
         except BaseException:
             streams.kill()
             streams.wait()
@@ -329,16 +349,27 @@ class EmbeddedStack:
         servers.ensure_database(self.cfg, self.secrets)
         self.ensure_service_roles()
         servers.wait_until(lambda: servers.s3_ready(self.cfg, self.secrets), "S3 (SeaweedFS)", 60,
-                           s3.alive)
+                           self.starting(s3))
         for name in subjects.SERVICES:
+            self.check_stop()
             child = Child(name, [sys.executable, "-m", f"services.{name}"], self.service_env(name),
-                          self.log_dir / f"{name}.log")
+                          self.log_dir / f"{name}.log", stop_grace=self.cfg.stop_grace)
             child._max_backoff = self.cfg.restart_backoff_max
             child.start()
             self.services.append(child)
         self.write_state()
         servers.wait_until(self.gateway_healthy, "the services", 90, lambda: not self.stopping)
         return time.monotonic() - began
+
+    def check_stop(self) -> None:
+        """A stop asked for during the start ends it here (up() then stops what did start)."""
+        if self.stopping:
+            raise StackError("stopped during start-up")
+
+    def starting(self, child: Child):
+        """For a start's wait on `child`: false once it died or a stop was asked for, so SIGTERM in the middle of
+        a start does not wait for that server to answer first (or, were it stopping too, to exit)."""
+        return lambda: child.alive() and not self.stopping
 
     def gateway_healthy(self) -> bool:
         self.supervise_once()
@@ -493,16 +524,18 @@ def up(settings: Settings) -> int:
     signal.signal(signal.SIGINT, request_stop)
     try:
         seconds = stack.start()
-    except StackError as exc:
+    except BaseException as exc:  # whatever ended the start, what it started stops
         interrupted = stack.stopping
+        if interrupted:
+            log_line("stopping (asked during start-up)")
         stack.stop()
         if interrupted:
+            log_line("stopped")
             return 0
-        log_line(str(exc))
-        return 2
-    except KeyboardInterrupt:
-        stack.stop()
-        return 130
+        if isinstance(exc, StackError):
+            log_line(str(exc))
+            return 2
+        raise
     if stack.stopping:
         stack.stop()
         return 0

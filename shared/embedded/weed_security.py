@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import secrets as rnd
 import subprocess
@@ -133,6 +134,21 @@ def write_security_config(config_dir: Path, keys: dict[str, str], host: str) -> 
     path = config_dir / "security.toml"
     _write_private(path, "\n".join(lines).encode())
     return config_dir
+
+
+# every other configuration file `weed server -filer -s3` reads (SeaweedFS 4.4x: weed/command/server.go,
+# weed/server/filer_server.go, weed/credential/config_loader.go); each is looked for in -config_dir first, then in
+# ./, ~/.seaweedfs, /usr/local/etc/seaweedfs and /etc/seaweedfs: ours, present, end the search in our directory.
+# filer.toml names the store the filer uses without one (leveldb2 in <-dir>/filerldb2), the others are empty
+# (SeaweedFS's defaults).
+OTHER_CONFIGS = ("master", "volume", "filer", "notification", "credential")
+
+
+def write_other_configs(config_dir: Path, store: Path) -> None:
+    """SeaweedFS's other `*.toml` files in config_dir, so that none is read from anywhere else on the machine."""
+    for name in OTHER_CONFIGS:
+        text = f"[leveldb2]\nenabled = true\ndir = {json.dumps(str(store / 'filerldb2'))}\n" if name == "filer" else ""
+        _write_private(config_dir / f"{name}.toml", text.encode())
 
 
 if __name__ == "__main__":
