@@ -162,3 +162,9 @@ def test_a_body_of_very_many_inputs_or_columns_is_refused_quickly():
     started = time.perf_counter()
     assert oip.parse_request(fewer, None)[1].num_columns == MAX_COLUMNS
     assert time.perf_counter() - started < 1.5
+
+
+def test_brackets_are_counted_up_to_one_past_the_limit():
+    assert oip._brackets(b'{"inputs": [{"data": [1, 2]}]}', 2) == 2
+    assert oip._brackets(b"[" * 1000, 2) == 3  # stops as soon as the body holds more than expected
+    assert oip._brackets(b"{}", 2) == 0
