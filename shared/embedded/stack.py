@@ -109,6 +109,13 @@ class Child:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(sig)
 
+    def kill_group(self) -> None:
+        """SIGKILL to its process group (its own session's): it and what it started that is still there, such as the
+        deployer's engine replicas (a child's SIGTERM is its own to pass on; this comes after its grace)."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
     def wait(self, timeout: float) -> bool:
         if self.proc is None:
             return True
@@ -420,8 +427,10 @@ class EmbeddedStack:
             for child in group:
                 if not child.wait(max(0.1, deadline - time.monotonic())):
                     log_line(f"{child.name} did not stop in {child.stop_grace:g}s; killing it")
-                    child.signal(signal.SIGKILL)
+                    child.kill_group()
                     child.wait(5)
+                # and what it started that is left (its pid, the group's id, stays reserved while a member is)
+                child.kill_group()
                 child.close()
         # only this supervisor's state: a start refused because a stack already runs for this data directory
         # deleted that stack's state, and `railyard down`/`status` then said no stack was running
