@@ -529,8 +529,9 @@ def up(settings: Settings) -> int:
     def request_stop(signum, _frame) -> None:
         stack.stopping = True
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    # SIGHUP too: the terminal `railyard up` runs in closed (its children, in sessions of their own, do not get it)
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(number, request_stop)
     try:
         seconds = stack.start()
     except BaseException as exc:  # whatever ended the start, what it started stops

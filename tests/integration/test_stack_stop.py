@@ -38,8 +38,8 @@ def test_a_signal_in_the_middle_of_a_start_stops_everything_promptly():
     with stack_directory() as data_dir:
         env = stack_env(data_dir)
         # signalled once NATS and PostgreSQL answer: SeaweedFS is starting, no service yet (they start once S3
-        # answers); the second start, in the same data directory, also shows that the first stop left it usable
-        for target, sig in (("group", signal.SIGTERM), ("supervisor", signal.SIGINT)):
+        # answers); the later starts, in the same data directory, also show that a stop left it usable
+        for target, sig in (("group", signal.SIGTERM), ("supervisor", signal.SIGINT), ("supervisor", signal.SIGHUP)):
             stack = start_stack(data_dir, env, own_group=True)
             try:
                 deadline = time.monotonic() + 60
