@@ -10,8 +10,8 @@ Its state (pids, ports, URLs) is written to `<data>/run/stack.json` for `railyar
 Every child runs in a session of its own, so a signal to the supervisor's process group (Ctrl-C in a
 terminal, a CI job's group killed) reaches the supervisor only, which stops the services while what
 they use is still up, then the servers (PostgreSQL with its fast shutdown). When the group's SIGTERM
-reached every process at once, services draining to a NATS that was gone, PostgreSQL's smart shutdown
-waiting for their connections, and SeaweedFS's 15 s graceful stop kept a stack alive well past 10 s.
+reached every process at once, PostgreSQL's smart shutdown (waiting for every client to leave) and
+SeaweedFS's 15 s graceful stop kept a stack alive well past 10 s.
 """
 
 from __future__ import annotations
