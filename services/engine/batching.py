@@ -27,8 +27,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from services.engine.arrow_stream import schema_message, write_stream
+from services.engine.fast_lane import FastLane, meta_header, meta_prefix
 from services.engine.handlers import INLINE_ROWS, Answer
-from shared.arrow_codec import from_ipc, to_ipc_stream
+from shared.arrow_codec import from_ipc
 from shared.errors import RailyardError
 from shared.table_transport import INFERENCE_PREFIX, META_HEADER, SHADOWS_HEADER, TABLE_REF, above_bus_limit, put_table
 
@@ -73,11 +75,44 @@ class RequestBatcher:
         self.batches = 0
         self.batched_requests = 0
         self.busy = False
+        self.subscription: Any = None  # the bus subscription feeding `submit` (its pending_msgs), set once subscribed
+        self.lane: FastLane | None = None  # a one-ONNX-model pipeline's fast lane (fast_lane.py), set by the replica
+        self._meta: dict[tuple[str, Any], str] = {}  # (last model, version) -> the meta header's constant start
 
     async def submit(self, msg: Any) -> None:
-        """The subscription's callback: queue and return, so the bus client hands over the next message."""
-        self.pending.append((msg, time.perf_counter_ns(), time.time_ns() // 1_000_000))
+        """The subscription's callback: queue and return, so the bus client hands over the next message; a request
+        with nothing queued or running, none behind it in the subscription and no configured delay runs at once
+        (the queue's wake-up of the batch task is a turn of the event loop and its tasks' machinery per request)."""
+        received, at_ms = time.perf_counter_ns(), time.time_ns() // 1_000_000
+        subscription = self.subscription
+        if subscription is not None and not (self.pending or self.busy or self.delay) and \
+                not subscription.pending_msgs:
+            # nothing awaits in the run (the answer's publish only queues its bytes): a message that arrives
+            # meanwhile waits in the subscription, then goes to the queue as before
+            self.busy = True
+            try:
+                await self.run_lone(msg, received, at_ms)
+            except Exception:
+                log.exception("a request of %s failed in the engine", self.pipeline.spec["deployment"].get("name"))
+            finally:
+                self.busy = False
+            return
+        self.pending.append((msg, received, at_ms))
         self.wake.set()
+
+    async def run_lone(self, msg: Any, received: int, at_ms: int) -> None:
+        """One request with nothing else queued: through the fast lane when it answers it, else as a batch of one."""
+        if self.repeat(msg):
+            return
+        lane = self.lane
+        if lane is not None:
+            headers = msg.headers or {}
+            if not (headers.get(TABLE_REF) or headers.get(SHADOWS_HEADER)):
+                answer = lane.answer(msg.data, received)
+                if answer is not None:
+                    await self.deliver(msg, answer, received, at_ms)
+                    return
+        await self.run_queued([(msg, received, at_ms)], checked=True)
 
     async def run(self) -> None:
         while True:
@@ -100,12 +135,14 @@ class RequestBatcher:
         while (self.pending or self.busy) and time.monotonic() < deadline:  # noqa: ASYNC110 - once, at stop
             await asyncio.sleep(0.01)
 
-    async def run_queued(self, queued: list[tuple[Any, int, int]]) -> None:
+    async def run_queued(self, queued: list[tuple[Any, int, int]], checked: bool = False) -> None:
+        """Run queued requests; `checked`: they were already looked up as repeats (`repeat` registers a request
+        as running: asked twice, it would take the request for its own repeat)."""
         groups: dict[pa.Schema, list[tuple[Any, int, int, pa.Table]]] = {}
         alone: list[tuple[Any, int, int]] = []
         for item in queued:
             msg = item[0]
-            if self.repeat(msg):
+            if not checked and self.repeat(msg):
                 continue
             headers = msg.headers or {}
             if headers.get(TABLE_REF) or headers.get(SHADOWS_HEADER):
@@ -153,15 +190,20 @@ class RequestBatcher:
             self.batched_requests += len(chunk)
         last_model = json.dumps({"model_name": last["name"], "model_sha": last["sha"]}) if last else ""
         version = pipeline.spec["deployment"]["pipeline_version"]
+        prefix = self._meta.get((last_model, version))
+        if prefix is None:
+            if len(self._meta) > 64:
+                self._meta.clear()
+            prefix = self._meta[(last_model, version)] = meta_prefix(last_model, version)
         step_ns = elapsed[0] if elapsed else 0
+        schema_bytes = schema_message(output.schema)  # once for every part
         offset = 0
         for msg, received, at_ms, table in chunk:
             part = output.slice(offset, table.num_rows)
             offset += table.num_rows
             timings = (step_ns, time.perf_counter_ns() - received)
-            body = to_ipc_stream(part)
-            headers = {META_HEADER: json.dumps({"last_model": last_model, "pipeline_version": version,
-                                                "elapsed": list(timings)})}
+            body = write_stream(part, schema_bytes)
+            headers = {META_HEADER: meta_header(prefix, timings)}
             if above_bus_limit(body, self.max_payload):  # answer by reference
                 headers[TABLE_REF], body = await put_table(pipeline.store, INFERENCE_PREFIX, body), b""
             await self.deliver(msg, Answer(body, headers, table, part, last_model, timings), received, at_ms)

@@ -79,8 +79,10 @@ class LogBatcher:
         return {"held_rows": self.held_rows, "held_bytes": self.held_bytes, "lost_rows": self.lost_rows,
                 "lost_records": self.lost_records, "refused_publishes": self.refused_publishes}
 
-    def add(self, record: InferenceRecord) -> None:
-        rows, size = record.inputs.num_rows, _record_bytes(record)
+    def add(self, record: InferenceRecord, size: int = 0) -> None:
+        """Hold a record for the next publish; `size`, when known, is its bytes as `_record_bytes` counts them
+        (measuring the tables is a few calls into Arrow per request)."""
+        rows, size = record.inputs.num_rows, size or _record_bytes(record)
         if self.held_rows + rows > self.settings.engine_max_pending_rows or \
                 self.held_bytes + size > self.settings.engine_max_pending_bytes:
             self.lost_rows += rows

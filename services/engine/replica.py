@@ -37,6 +37,7 @@ import pyarrow as pa  # noqa: E402
 from services.engine import handlers  # noqa: E402
 from services.engine.answers import RepeatedRequests  # noqa: E402
 from services.engine.batching import RequestBatcher, batching_config, can_batch  # noqa: E402
+from services.engine.fast_lane import FastLane  # noqa: E402
 from services.engine.logbatcher import LogBatcher  # noqa: E402
 from services.engine.logpolicy import LogPolicy  # noqa: E402
 from services.engine.runtimes import OnnxRuntime, narrowing  # noqa: E402
@@ -283,7 +284,7 @@ class Replica:
                 record.shadows.update(answer.shadow_outputs)
             shadows = answer.shadows
             if not shadows:
-                self.log_record(record)
+                self.log_record(record, getattr(answer, "log_bytes", 0))
                 return
             try:
                 self.shadow_queue.put_nowait((record, shadows))
@@ -307,6 +308,11 @@ class Replica:
             self.request_batcher = requests
         subscription = await nc.subscribe(subjects.engine_infer(self.name), queue=f"engine-{self.name}",
                                           cb=requests.submit if requests else infer)
+        if requests is not None:
+            requests.subscription = subscription
+            if FastLane.applies(self):
+                requests.lane = FastLane(self.steps[0].runtimes[0], self.narrowing, self.steps[0].model,
+                                         self.spec["deployment"]["pipeline_version"], nc.max_payload)
         await nc.subscribe(subjects.engine_replica_status(self.name, self.replica_id), cb=status)
         publisher = asyncio.create_task(self.batcher.run())
         shadow_worker = asyncio.create_task(self.run_shadows())
@@ -343,11 +349,12 @@ class Replica:
                 trimmed_at = self.served
                 await asyncio.to_thread(trim, 0)
 
-    def log_record(self, record: InferenceRecord) -> None:
-        """Hand a request's record to the log batcher, as the deployment's log policy says (logpolicy.py)."""
-        record = self.log_policy.apply(record)
-        if record is not None:
-            self.batcher.add(record)
+    def log_record(self, record: InferenceRecord, size: int = 0) -> None:
+        """Hand a request's record to the log batcher, as the deployment's log policy says (logpolicy.py); `size`:
+        its bytes when known (the fast lane's), which hold while the policy keeps every row and column."""
+        logged = self.log_policy.apply(record)
+        if logged is not None:
+            self.batcher.add(logged, size if self.log_policy.mode == "all" else 0)
 
     async def stop_workers(self) -> None:
         for worker in self.workers:

@@ -1,0 +1,191 @@
+"""The engine's fast lane (services/engine/fast_lane.py) and its one-batch Arrow streams (arrow_stream.py): what the
+lane answers is byte for byte what the general path (RequestBatcher.run_queued) answers, its log record holds the
+same tables, and everything it cannot answer exactly so it leaves to the general path (None)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from services.engine.arrow_stream import read_batch, schema_message, write_stream
+from services.engine.batching import RequestBatcher
+from services.engine.fast_lane import FastLane, meta_header, meta_prefix
+from services.engine.logbatcher import _record_bytes
+from services.engine.replica import Step
+from services.engine.runtimes import OnnxRuntime, narrowing
+from shared.arrow_codec import NARROWED_FOR, narrow, tensor_array, to_ipc_file, to_ipc_stream
+from shared.logrecords import InferenceRecord
+from shared.table_transport import META_HEADER
+from tests.models import ccfraud_onnx, sample_rows
+
+
+@dataclass
+class Msg:
+    data: bytes
+    reply: str = "r"
+    headers: dict = field(default_factory=dict)
+
+
+class Pipeline:
+    workers: list = []
+    store = None
+    spec = {"deployment": {"pipeline_version": "v1"}}
+
+    def __init__(self, path) -> None:
+        runtime = OnnxRuntime(path)
+        runtime.load()
+        self.steps = [Step({"kind": "ModelInference", "models": [{"name": "m", "sha": "abc"}]}, [runtime])]
+        self.narrowing = narrowing(self.steps[0].runtimes)
+
+    def narrow(self, table: pa.Table) -> pa.Table:
+        return narrow(table, self.narrowing)
+
+    def run(self, table: pa.Table):
+        output, model, _ = self.steps[0].run(table)
+        return output, [1], model, []
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lane") / "model.onnx"
+    path.write_bytes(ccfraud_onnx())
+    return Pipeline(path)
+
+
+@pytest.fixture(scope="module")
+def lane(pipeline):
+    return FastLane(pipeline.steps[0].runtimes[0], pipeline.narrowing, {"name": "m", "sha": "abc"}, "v1", 1 << 20)
+
+
+def _general(pipeline, data: bytes):
+    """The general path's answer to one request (a batch of one)."""
+    answers = []
+
+    async def deliver(msg, answer, received, at_ms):
+        answers.append(answer)
+
+    async def run_alone(msg, received, at_ms):
+        raise AssertionError("a request the general path answers alone is not a lane case")
+
+    async def main():
+        batcher = RequestBatcher(pipeline, 0.0, 4096, 1 << 20, run_alone, deliver, lambda msg: False)
+        await batcher.run_queued([(Msg(data), time.perf_counter_ns(), 0)])
+
+    asyncio.run(main())
+    (answer,) = answers
+    return answer
+
+
+def _stream(columns: dict, metadata=None) -> bytes:
+    return to_ipc_stream(pa.table(columns, metadata=metadata))
+
+
+@pytest.mark.parametrize("rows", [1, 3, 256])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_lane_answers_as_the_general_path_does(pipeline, lane, rows, dtype):
+    data = _stream({"tensor": tensor_array(sample_rows(rows, seed=rows).astype(dtype))})
+    fast, general = lane.answer(data, time.perf_counter_ns()), _general(pipeline, data)
+    assert fast is not None
+    assert fast.body == general.body  # the same answer, byte for byte
+    fast_meta, general_meta = json.loads(fast.headers[META_HEADER]), json.loads(general.headers[META_HEADER])
+    assert fast_meta.keys() == general_meta.keys() and fast_meta["last_model"] == general_meta["last_model"]
+    assert fast_meta["pipeline_version"] == general_meta["pipeline_version"] and len(fast_meta["elapsed"]) == 2
+    assert fast.headers[META_HEADER] == json.dumps(fast_meta)  # json.dumps' own spelling
+    assert fast.last_model == general.last_model
+    # the log record: the narrowed request and the output, same schemas (the log batches group by them)
+    assert fast.table.schema.equals(general.table.schema, check_metadata=True) and fast.table.equals(general.table)
+    assert fast.output.schema.equals(general.output.schema, check_metadata=True) and fast.output.equals(general.output)
+    assert fast.table.schema.field("tensor").type.value_type == pa.float32()
+    record = InferenceRecord(0, fast.table, fast.output, fast.last_model, fast.elapsed)
+    assert hash(record.key()) == hash(InferenceRecord(0, general.table, general.output, "", (0, 0)).key())
+    assert fast.log_bytes == _record_bytes(record)  # what the log buffer counts, without measuring the tables
+
+
+def _nulls() -> pa.Array:
+    values = pa.array(sample_rows(2).reshape(-1).astype(np.float64))
+    return pa.FixedSizeListArray.from_arrays(values, 29, mask=pa.array([False, True]))
+
+
+def _bad(value: float) -> bytes:
+    rows = sample_rows(2).astype(np.float64)
+    rows[1, 3] = value
+    return _stream({"tensor": tensor_array(rows)})
+
+
+@pytest.mark.parametrize("data", [
+    _bad(np.nan), _bad(np.inf), _bad(1e300), _bad(-3.5e38),  # the model check's error (beyond float32: inf)
+    _stream({"tensor": tensor_array(sample_rows(1)[:, :28])}),  # the wrong shape
+    _stream({"tensor": tensor_array(sample_rows(1)), "extra": pa.array([1.0])}),  # a column too many
+    _stream({"other": tensor_array(sample_rows(1))}),  # a column the model does not take
+    _stream({"tensor": tensor_array((sample_rows(1) * 100).astype(np.int64))}),  # the model casts ints
+    _stream({"tensor": tensor_array(sample_rows(1).astype(np.float16))}),
+    _stream({"tensor": _nulls()}),
+    _stream({"tensor": tensor_array(sample_rows(1))}, {NARROWED_FOR: b"v1"}),  # the replica's version check
+    _stream({"tensor": tensor_array(sample_rows(300))}),  # above INLINE_ROWS: the general path (a thread)
+    _stream({"tensor": tensor_array(sample_rows(0))}),
+    _stream({"tensor": pa.array([[1.0] * 29], pa.list_(pa.float64()))}),  # a variable-size list
+    to_ipc_file(pa.table({"tensor": tensor_array(sample_rows(1))})),  # the file format
+    to_ipc_stream(pa.concat_tables([pa.table({"tensor": tensor_array(sample_rows(1))})] * 2)),  # two batches
+    _stream({"tensor": tensor_array(sample_rows(1))})[:-20],  # cut short
+    b"not arrow at all",
+])
+def test_what_the_lane_cannot_answer_exactly_goes_to_the_general_path(lane, data):
+    assert lane.answer(data, time.perf_counter_ns()) is None
+
+
+def test_a_request_with_a_dictionary_column_is_not_read_by_the_lane():
+    table = pa.table({"s": pa.array(["a", "b"]).dictionary_encode()})
+    assert read_batch(to_ipc_stream(table)) is None
+
+
+@pytest.mark.parametrize("table", [
+    pa.table({"f": pa.array([1.5, None, 3.0]), "s": ["a", "bb", None], "i": pa.array([1, 2, 3], pa.int32())}),
+    pa.table({"t": tensor_array(np.arange(24, dtype=np.float32).reshape(3, 2, 4)),
+              "l": pa.array([[1], [], [2, 3]]), "b": [True, False, None]}, metadata={b"k": b"v"}),
+])
+def test_one_batch_streams_are_written_as_the_stream_writer_writes_them(table):
+    schema_bytes = schema_message(table.schema)
+    for offset, length in ((0, 3), (0, 1), (1, 2), (2, 1)):
+        part = table.slice(offset, length)
+        assert write_stream(part, schema_bytes) == to_ipc_stream(part)
+        key, batch = read_batch(to_ipc_stream(part))
+        assert pa.Table.from_batches([batch]).equals(part) and batch.schema.metadata == table.schema.metadata
+
+
+def test_the_meta_header_is_json_dumps_spelling():
+    for version in ("v1", 7, 'a "quoted" version'):
+        last_model = json.dumps({"model_name": "m", "model_sha": "abc"})
+        expected = json.dumps({"last_model": last_model, "pipeline_version": version, "elapsed": [12, 345]})
+        assert meta_header(meta_prefix(last_model, version), (12, 345)) == expected
+
+
+class Subscription:
+    def __init__(self, pending: int) -> None:
+        self.pending_msgs = pending
+
+
+@pytest.mark.parametrize("behind", [0, 2])
+def test_a_lone_request_runs_at_once_and_one_with_others_behind_it_is_queued(pipeline, lane, behind):
+    delivered = []
+
+    async def deliver(msg, answer, received, at_ms):
+        delivered.append(answer)
+
+    async def main():
+        batcher = RequestBatcher(pipeline, 0.0, 4096, 1 << 20, None, deliver, lambda msg: False)
+        batcher.subscription, batcher.lane = Subscription(behind), lane
+        await batcher.submit(Msg(_stream({"tensor": tensor_array(sample_rows(1))})))
+        return batcher
+
+    answered = lane.answered
+    batcher = asyncio.run(main())
+    if behind:  # others are about to be handed over: it waits for them in the queue, as before
+        assert delivered == [] and len(batcher.pending) == 1 and lane.answered == answered
+    else:
+        assert len(delivered) == 1 and batcher.pending == [] and lane.answered == answered + 1
