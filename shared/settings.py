@@ -292,6 +292,9 @@ class StackSettings(BaseModel):
                                     "duration such as `2m` (NATS's default: faster, loses up to that much on a crash).")
     nats_prof_port: int = Field(0, description="nats-server's profiler (pprof over HTTP, `prof_port`) on this port, "
                                 "for profiling (bench/cpu_account.py --pprof-nats); 0: off.")
+    nats_gomaxprocs: int = Field(1, description="Threads running nats-server's Go code at once (GOMAXPROCS); 0: "
+                                 "Go's default, one per core. One: the stack's ten Python processes share the cores, "
+                                 "and a second scheduler thread only adds wake-ups (docs/performance.md, NATS).")
     postgres_port: int = Field(15432, description="PostgreSQL port.")
     s3_port: int = Field(18333, description="S3 API port of the SeaweedFS gateway.")
     weed_master_port: int = Field(19333, description="SeaweedFS master port.")

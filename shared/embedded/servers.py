@@ -152,6 +152,8 @@ def nats_server(cfg: StackSettings, data_dir: Path) -> ServerSpec:
             "--store_dir", str(store),
             "--server_name", "railyard-embedded",
         ],
+        # one thread of Go code: at a request at a time, a second one mostly spins and wakes (docs/performance.md)
+        env={"GOMAXPROCS": str(cfg.nats_gomaxprocs)} if cfg.nats_gomaxprocs > 0 else {},
     )
 
 
