@@ -1,0 +1,105 @@
+"""The IPC shortcuts of shared.arrow_codec (issue 20, batch-1 CPU) give what pyarrow's stream writer and reader
+give: the same bytes written, the same table read, every other stream left to the reader (and its errors)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from shared.arrow_codec import (
+    _flat_array,
+    _read_stream_messages,
+    column_values,
+    from_ipc,
+    tensor_array,
+    to_ipc_stream,
+)
+from shared.errors import InvalidRequest
+
+
+def _writer_bytes(table: pa.Table, **options) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(**options)) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _tables() -> list[pa.Table]:
+    rows = np.random.default_rng(0).random((3, 29)).astype(np.float32)
+    tensors = pa.table({"tensor": tensor_array(rows)})
+    words = pa.array(["a", "b", "a"]).dictionary_encode()
+    return [
+        tensors,
+        pa.concat_tables([tensors, tensors]),  # two batches
+        tensors.slice(1, 1),
+        tensors.replace_schema_metadata({b"railyard.narrowed_for": b"v1"}),
+        pa.table({"a": [1, 2, 3], "b": ["x", None, "z"], "c": [True, None, False], "n": [None, None, None]}),
+        pa.table({"a": pa.array([], pa.int64())}),
+        pa.Table.from_batches([], pa.schema([("a", pa.int8())])),
+        pa.table({"a": pa.chunked_array([[1], [2, 3]]), "b": pa.chunked_array([[1, 2], [3]])}),
+        pa.table({"d": words}),  # dictionaries: the writer's own bytes
+        pa.table({"l": pa.array([["x"]], pa.list_(pa.dictionary(pa.int32(), pa.string())))}),
+        pa.table({"s": pa.array([{"x": 1, "y": [1.0, None]}])}),
+        pa.table({"m": pa.array([[("a", 1)]], pa.map_(pa.string(), pa.int64()))}),
+        pa.table({"h": pa.array([1.5], pa.float16()), "t": pa.array([1], pa.timestamp("ms", "UTC"))}),
+        pa.table({"nested": tensor_array(np.arange(24, dtype=np.int64).reshape(2, 3, 4))}),
+        pa.table({}),
+    ]
+
+
+@pytest.mark.parametrize("table", _tables())
+def test_a_stream_is_the_writers_bytes_and_reads_back_as_the_reader_reads_it(table: pa.Table) -> None:
+    written = _writer_bytes(table)
+    assert to_ipc_stream(table) == written
+    expected = pa.ipc.open_stream(pa.py_buffer(written)).read_all()
+    read = from_ipc(written)
+    assert read.equals(expected) and read.schema.equals(expected.schema, check_metadata=True)
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+def test_a_compressed_stream_reads_alike(codec: str) -> None:
+    table = _tables()[1]
+    assert from_ipc(_writer_bytes(table, compression=codec)).equals(table)
+
+
+def test_a_cut_stream_is_never_read_as_something_the_reader_refuses() -> None:
+    data = _writer_bytes(_tables()[1])
+    for cut in range(len(data)):
+        part = data[:cut]
+        shortcut = _read_stream_messages(part)
+        try:
+            expected = pa.ipc.open_stream(pa.py_buffer(part)).read_all()
+        except (pa.ArrowException, OSError, EOFError):
+            assert shortcut is None, cut
+            with pytest.raises(InvalidRequest):
+                from_ipc(part)
+            continue
+        assert shortcut is None or shortcut.equals(expected), cut
+
+
+def test_numpy_numbers_become_the_array_pa_array_makes() -> None:
+    arrays = [np.arange(5, dtype=kind) for kind in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+                                                    np.uint32, np.uint64, np.float16, np.float32, np.float64)]
+    arrays += [np.array([np.nan, 1.0]), np.array([True, False]), np.arange(10.0)[::2], np.array([], np.float32),
+               np.array(["a", "b"])]
+    for values in arrays:
+        made, expected = _flat_array(values), pa.array(values)
+        assert made.type == expected.type and len(made) == len(expected) and made.null_count == 0
+        assert made.to_numpy(zero_copy_only=False).tobytes() == expected.to_numpy(zero_copy_only=False).tobytes()
+        made.validate(full=True)
+
+
+def test_column_values_of_sliced_and_chunked_tensors() -> None:
+    cube = tensor_array(np.arange(24, dtype=np.int64).reshape(4, 2, 3))
+    pairs = pa.FixedSizeListArray.from_arrays(pa.array([1.0, 2, 3, 4, 5, 6]), 2)
+    cases = [
+        (cube.slice(1, 2), np.arange(24).reshape(4, 2, 3)[1:3].tolist()),
+        (pa.chunked_array([cube.slice(1, 2)]), np.arange(24).reshape(4, 2, 3)[1:3].tolist()),
+        (pa.chunked_array([pairs, pairs.slice(2)]), [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [5.0, 6.0]]),
+        (pairs[1:2], [[3.0, 4.0]]),
+        (pa.array([[1.0, None]], pa.list_(pa.float64(), 2)), [[1.0, None]]),
+        (pa.chunked_array([], pa.int64()), []),
+    ]
+    for column, expected in cases:
+        assert column_values(column) == expected
