@@ -12,6 +12,7 @@ import functools
 import logging
 import time
 import uuid
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ import pyarrow as pa
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
+from services.gateway.bus_request import Requester
 from services.gateway.coalesce import Coalescer
 from services.gateway.errors import send_error
 from services.gateway.limits import declared_length, read_body, too_large
@@ -236,6 +238,9 @@ def _row_objects(columns: dict[str, list[Any]], rows: int) -> list[dict[str, Any
     return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
 
+_requesters: weakref.WeakKeyDictionary[Any, Requester] = weakref.WeakKeyDictionary()  # by bus connection
+
+
 @dataclass
 class EngineReply:
     """An engine's answer with its table bytes fetched (from object storage when they were too large)."""
@@ -250,6 +255,9 @@ async def _ask_engine(runtime: Runtime, deployment: str, payload: bytes) -> Engi
     holding a request never answers, so a request unanswered after FIRST_ATTEMPT seconds is sent once more
     (to a live replica)."""
     nc = runtime.broker.config.connection_state.connection
+    requester = _requesters.get(nc)
+    if requester is None:
+        requester = _requesters[nc] = Requester(nc)
     subject = subjects.engine_infer(deployment)
     # one id for both attempts: a replica still running the first answers the second from it, and the log
     # store stores a slow or re-sent request's record once (docs/logs.md, "Re-sent requests")
@@ -260,8 +268,8 @@ async def _ask_engine(runtime: Runtime, deployment: str, payload: bytes) -> Engi
     try:
         for attempt, wait in enumerate((FIRST_ATTEMPT, INFER_TIMEOUT - FIRST_ATTEMPT)):
             try:
-                reply = await nc.request(subject, payload, timeout=wait,
-                                         headers={**headers, ATTEMPT: "2"} if attempt else headers)
+                reply = await requester.request(subject, payload, wait,
+                                                {**headers, ATTEMPT: "2"} if attempt else headers)
                 break
             except nats.errors.NoRespondersError:
                 raise Unavailable(f"deployment {deployment!r} has no running engine; retry shortly") from None

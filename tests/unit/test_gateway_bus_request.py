@@ -1,0 +1,99 @@
+"""The gateway's lean request/reply (services/gateway/bus_request.py) against a real nats-server: a responder sees
+what nats-py's own `Client.request` sends (subject, payload, headers, a reply inbox under the connection's inbox
+prefix), every request gets its own reply (concurrent ones too, written at once or through nats-py's flusher),
+and nobody listening or nobody answering raise nats-py's errors."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+from pathlib import Path
+
+import nats
+import nats.errors
+import pytest
+
+from services.gateway.bus_request import WRITE_AT_ONCE, Requester, header_block
+from shared.embedded.servers import find_binary
+from tests.stack import free_ports
+
+
+@pytest.fixture
+def nats_url(tmp_path: Path):
+    (port,) = free_ports(1)
+    process = subprocess.Popen([find_binary("nats-server"), "-a", "127.0.0.1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+async def _connect(url: str, **options) -> nats.NATS:
+    for _ in range(200):
+        try:
+            with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=1):
+                return await nats.connect(url, max_reconnect_attempts=0, **options)
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"nats-server at {url} did not start")
+
+
+async def test_requests_are_sent_and_answered_as_nats_pys_own(nats_url: str) -> None:
+    caller = await _connect(nats_url, inbox_prefix="_INBOX.gateway")
+    engine = await _connect(nats_url)
+    seen = []
+
+    async def answer(msg) -> None:
+        seen.append(msg)
+        await msg.respond(msg.data[::-1])  # after a moment, so replies to concurrent requests interleave
+
+    try:
+        await engine.subscribe("engine.d.infer", queue="replicas", cb=answer)
+        await engine.flush()
+        requester = Requester(caller)
+        headers = {"Railyard-Request-Id": "abc", " Spaced ": " value\r\nINJECTED \n"}
+        own = await caller.request("engine.d.infer", b"one", timeout=5, headers=headers)
+        lean = await requester.request("engine.d.infer", b"one", 5, headers)
+        assert lean.data == own.data == b"eno"
+        assert seen[1].headers == seen[0].headers == {"Railyard-Request-Id": "abc", "Spaced": "value  INJECTED"}
+        assert seen[1].reply.startswith("_INBOX.gateway.") and seen[0].reply.startswith("_INBOX.gateway.")
+        payloads = [str(i).encode() * (i * 997 % 5000) for i in range(60)] + [b"z" * (WRITE_AT_ONCE + 1)]
+        replies = await asyncio.gather(*(requester.request("engine.d.infer", p, 5, {"N": str(i)})
+                                         for i, p in enumerate(payloads)))
+        assert [reply.data for reply in replies] == [p[::-1] for p in payloads]
+        assert not requester.replies.waiting
+    finally:
+        await caller.close()
+        await engine.close()
+
+
+async def test_nobody_listening_and_nobody_answering_are_nats_pys_errors(nats_url: str) -> None:
+    caller = await _connect(nats_url)
+    engine = await _connect(nats_url)
+    try:
+        requester = Requester(caller)
+        with pytest.raises(nats.errors.NoRespondersError):
+            await requester.request("engine.nobody.infer", b"x", 5, {"A": "b"})
+
+        async def silent(msg) -> None:
+            return None
+
+        await engine.subscribe("engine.silent.infer", cb=silent)
+        await engine.flush()
+        with pytest.raises(nats.errors.TimeoutError):
+            await requester.request("engine.silent.infer", b"x", 0.2, {"A": "b"})
+        with pytest.raises(nats.errors.BadSubjectError):
+            await requester.request("engine.a b.infer", b"x", 1, {})
+        with pytest.raises(nats.errors.BadHeaderError):
+            await requester.request("engine.silent.infer", b"x", 1, {"Bad:Key": "v"})
+        assert not requester.replies.waiting
+    finally:
+        await caller.close()
+        await engine.close()
+
+
+def test_the_header_block_is_nats_pys() -> None:
+    assert header_block({"A": "1", "": "skipped", "B": " two\r\n"}) == b"NATS/1.0\r\nA: 1\r\nB: two\r\n\r\n"
