@@ -168,3 +168,12 @@ def test_brackets_are_counted_up_to_one_past_the_limit():
     assert oip._brackets(b'{"inputs": [{"data": [1, 2]}]}', 2) == 2
     assert oip._brackets(b"[" * 1000, 2) == 3  # stops as soon as the body holds more than expected
     assert oip._brackets(b"{}", 2) == 0
+
+
+def test_the_kept_parser_is_replaced_while_a_document_of_it_is_alive():
+    held = oip._parse(b'{"a": [1, 2]}')["a"]  # an Array of the kept parser's document, still referenced
+    again = oip._parse(b"[3]")  # pysimdjson refuses to reuse that parser: a new one is taken
+    assert list(held) == [1, 2] and list(again) == [3]
+    del held, again
+    body = orjson.dumps(BODIES[0])
+    assert oip.parse_request(body, None)[1].equals(oip.parse_request(body, None)[1])  # and reused from then on
