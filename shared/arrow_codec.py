@@ -26,10 +26,14 @@ ARROW_FILE_MAGIC = b"ARROW1"
 IPC_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # a stream's end: a continuation marker and a zero length
 
 
+_DICTIONARY = pa.dictionary(pa.int8(), pa.string()).id
+
+
 def _has_dictionary(kind: pa.DataType) -> bool:
-    if pa.types.is_dictionary(kind):
+    if kind.id == _DICTIONARY:
         return True
-    return any(_has_dictionary(kind.field(index).type) for index in range(kind.num_fields))
+    fields = kind.num_fields
+    return bool(fields) and any(_has_dictionary(kind.field(index).type) for index in range(fields))
 
 
 def to_ipc_stream(table: pa.Table) -> bytes:
@@ -46,7 +50,38 @@ def to_ipc_stream(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+_FILE_HEAD = ARROW_FILE_MAGIC + b"\x00\x00"
+# (schema message, each batch's (metadata, body) lengths) -> the file's footer: what follows the stream's messages
+_FOOTERS: dict[tuple[bytes, tuple[tuple[int, int], ...]], bytes] = {}
+
+
 def to_ipc_file(table: pa.Table) -> bytes:
+    """The table as an Arrow IPC file. A file is the magic, the stream's messages and end marker, and a footer
+    that holds the schema and where each batch's message is; for a schema and message sizes seen before (a
+    deployment's answers of one row count), the footer the file writer wrote then is reused with the messages of
+    this table (~14 -> ~5 us for one row); the first file of a kind is the writer's, and kept only when the
+    assembled bytes equal it."""
+    schema = table.schema
+    if any(_has_dictionary(field.type) for field in schema):
+        return _write_file(table)
+    head = schema.serialize().to_pybytes()
+    messages = [batch.serialize().to_pybytes() for batch in table.to_batches()]
+    # a message: continuation marker, int32 metadata length, metadata, body
+    key = (head, tuple((length := 8 + int.from_bytes(message[4:8], "little"), len(message) - length)
+                       for message in messages))
+    footer = _FOOTERS.get(key)
+    if footer is not None:
+        return b"".join([_FILE_HEAD, head, *messages, IPC_EOS, footer])
+    written = _write_file(table)
+    start = len(_FILE_HEAD) + len(head) + sum(len(message) for message in messages) + len(IPC_EOS)
+    if b"".join([_FILE_HEAD, head, *messages, IPC_EOS]) == written[:start]:
+        if len(_FOOTERS) >= 256:
+            _FOOTERS.clear()
+        _FOOTERS[key] = written[start:]
+    return written
+
+
+def _write_file(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
@@ -177,7 +212,7 @@ def _column_array(name: str, values: list[Any]) -> pa.Array:
 _ARROW_OF_NUMPY: dict[np.dtype, pa.DataType] = {}
 
 
-def _flat_array(values: np.ndarray) -> pa.Array:
+def flat_array(values: np.ndarray) -> pa.Array:
     """A 1-D numpy array as an Arrow array. Numbers in native byte order become an array over the same memory, as
     `pa.array` makes it (no nulls, NaN a value), without its checks (~3 -> ~1 us); anything else goes to it."""
     if values.dtype.kind in "iuf" and values.dtype.isnative and values.flags.c_contiguous:
@@ -190,7 +225,7 @@ def _flat_array(values: np.ndarray) -> pa.Array:
 
 def tensor_array(arr: np.ndarray) -> pa.Array:
     """An (n, d1, d2, ...) array as a column of n nested fixed-size-list tensors."""
-    flat: pa.Array = _flat_array(arr.reshape(-1)) if arr.dtype.kind != "U" else pa.array(arr.reshape(-1).tolist())
+    flat: pa.Array = flat_array(arr.reshape(-1)) if arr.dtype.kind != "U" else pa.array(arr.reshape(-1).tolist())
     for size in reversed(arr.shape[1:]):
         flat = pa.FixedSizeListArray.from_arrays(flat, size)
     return flat

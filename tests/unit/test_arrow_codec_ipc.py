@@ -8,11 +8,12 @@ import pyarrow as pa
 import pytest
 
 from shared.arrow_codec import (
-    _flat_array,
+    flat_array,
     _read_stream_messages,
     column_values,
     from_ipc,
     tensor_array,
+    to_ipc_file,
     to_ipc_stream,
 )
 from shared.errors import InvalidRequest
@@ -84,7 +85,7 @@ def test_numpy_numbers_become_the_array_pa_array_makes() -> None:
     arrays += [np.array([np.nan, 1.0]), np.array([True, False]), np.arange(10.0)[::2], np.array([], np.float32),
                np.array(["a", "b"])]
     for values in arrays:
-        made, expected = _flat_array(values), pa.array(values)
+        made, expected = flat_array(values), pa.array(values)
         assert made.type == expected.type and len(made) == len(expected) and made.null_count == 0
         assert made.to_numpy(zero_copy_only=False).tobytes() == expected.to_numpy(zero_copy_only=False).tobytes()
         made.validate(full=True)
@@ -103,3 +104,29 @@ def test_column_values_of_sliced_and_chunked_tensors() -> None:
     ]
     for column, expected in cases:
         assert column_values(column) == expected
+
+
+@pytest.mark.parametrize("table", _tables())
+def test_a_file_is_the_writers_bytes_the_first_time_and_every_time_after(table: pa.Table) -> None:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    written = sink.getvalue().to_pybytes()
+    assert to_ipc_file(table) == written
+    assert to_ipc_file(table) == written  # from the kept footer
+    same_sizes = pa.Table.from_batches([batch for batch in table.to_batches()], table.schema)
+    assert to_ipc_file(same_sizes) == written
+    read = pa.ipc.open_file(pa.py_buffer(to_ipc_file(table))).read_all()
+    assert read.equals(table) and read.schema.equals(table.schema, check_metadata=True)
+
+
+def test_files_of_one_schema_with_other_values_and_row_counts() -> None:
+    for rows in (1, 2, 1, 3, 1000, 1):
+        for seed in range(3):
+            values = np.random.default_rng(seed).random((rows, 29)).astype(np.float32)
+            table = pa.table({"time": np.full(rows, seed, np.int64), "in.tensor": tensor_array(values),
+                              "words": pa.array([str(seed) * (i % 5) for i in range(rows)])})
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+            assert to_ipc_file(table) == sink.getvalue().to_pybytes()
