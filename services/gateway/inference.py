@@ -36,6 +36,7 @@ from shared.arrow_codec import (
     STALE_ROUTE,
     check_column_count,
     column_values,
+    flat_array,
     float_narrowing,
     from_ipc,
     narrow,
@@ -192,6 +193,8 @@ class RouteCache:
         cached route was resolved for someone else, so this runs on every request, before anything else is
         said about the deployment)."""
         user = principal.kind != KIND_INFERENCE
+        if not user and principal.workspace_id == route.workspace_id:
+            return  # an inference token of the deployment's own workspace (require_inference_access's rule)
         key = (principal.subject, route.workspace_id)
         # the cache is the user's: a task run's token of theirs scoped to another workspace must not ride on it
         if user and not out_of_scope(principal, route.workspace_id) and \
@@ -320,7 +323,7 @@ class Inference:
         if arrow_answer:
             rows = table.num_rows
             combined = pa.Table.from_arrays(
-                [pa.array(np.full(rows, at_ms, np.int64)), *table.columns, *outputs.columns, _no_failures(rows)],
+                [flat_array(np.full(rows, at_ms, np.int64)), *table.columns, *outputs.columns, _no_failures(rows)],
                 names=["time", *(f"in.{c}" for c in table.column_names),
                        *(f"out.{c}" for c in outputs.column_names), "check_failures"])
             encode, media = (to_ipc_stream, ARROW_STREAM) if ARROW_STREAM in accept else (to_ipc_file, ARROW_FILE)
