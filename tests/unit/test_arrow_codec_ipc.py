@@ -9,6 +9,7 @@ import pytest
 
 from shared.arrow_codec import (
     flat_array,
+    flat_values,
     _read_stream_messages,
     column_values,
     from_ipc,
@@ -130,3 +131,12 @@ def test_files_of_one_schema_with_other_values_and_row_counts() -> None:
             with pa.ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table)
             assert to_ipc_file(table) == sink.getvalue().to_pybytes()
+
+
+def test_flat_values_are_flatten() -> None:
+    pairs = pa.FixedSizeListArray.from_arrays(pa.array([1.0, 2, 3, 4, 5, 6, 7, 8]), 2)
+    nested = tensor_array(np.arange(48, dtype=np.int32).reshape(4, 3, 2, 2))
+    with_null = pa.array([[1, 2], None, [5, 6]], pa.list_(pa.int64(), 2))
+    for array in (pairs, pairs.slice(1), pairs.slice(1, 2), pairs[3:], nested, nested.slice(2), with_null,
+                  with_null.slice(1)):
+        assert flat_values(array).equals(array.flatten())
