@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from services.gateway.errors import error_response
-from shared.arrow_codec import check_column_count, from_ipc, tensor_array, to_ipc_stream
+from shared.arrow_codec import check_column_count, flat_array, flat_values, from_ipc, tensor_array, to_ipc_stream
 from shared.authz import Principal
 from shared.bus import raise_for_error_header
 from shared.errors import InvalidRequest, RailyardError
@@ -25,6 +25,7 @@ DATATYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64"
              "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
              "UINT64": np.uint64, "BOOL": np.bool_}
 NUMPY_TO_OIP = {np.dtype(v).str: k for k, v in DATATYPES.items()}
+LITTLE_ENDIAN = {k: np.dtype(v).newbyteorder("<") for k, v in DATATYPES.items()}  # a request's element types
 ARROW_TO_OIP = {"float": "FP32", "double": "FP64", "halffloat": "FP16", "int64": "INT64", "int32": "INT32",
                 "int16": "INT16", "int8": "INT8", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32",
                 "uint64": "UINT64", "bool": "BOOL", "string": "BYTES"}
@@ -176,7 +177,7 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
                                  "dimension first (0 or more) and the others positive")
         if math.prod(shape[1:]) >= 2**31:  # Arrow's list sizes are int32 (and numpy's shapes must fit its sizes)
             raise InvalidRequest(f"input {name!r}: shape {shape} puts 2^31 values or more in one row")
-        dtype = np.dtype(DATATYPES[datatype]).newbyteorder("<")
+        dtype = LITTLE_ENDIAN[datatype]
         size = (tensor.get("parameters") or {}).get("binary_data_size") if isinstance(
             tensor.get("parameters"), dict) else None
         if size is not None:
@@ -213,7 +214,7 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
             raise InvalidRequest("all inputs must have the same batch size (first dimension)")
         rows = shape[0]
         matrix = array.reshape(shape)
-        columns.append(tensor_array(matrix) if matrix.ndim > 1 else pa.array(matrix))
+        columns.append(tensor_array(matrix) if matrix.ndim > 1 else flat_array(matrix))
         names.append(name)
     if offset != len(binary):
         raise InvalidRequest(f"the body holds {len(binary) - offset} bytes of binary data no input's "
@@ -275,11 +276,11 @@ def _json_values(array: np.ndarray) -> np.ndarray:
 
 
 def _to_numpy(column: pa.ChunkedArray) -> np.ndarray:
-    array = column.combine_chunks()
+    array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
     shape = [len(array)]
     while pa.types.is_fixed_size_list(array.type):
         shape.append(array.type.list_size)
-        array = array.flatten()
+        array = flat_values(array)  # flatten() without its compute-function call
     return array.to_numpy(zero_copy_only=False).reshape(shape)
 
 
