@@ -36,14 +36,34 @@ def _has_dictionary(kind: pa.DataType) -> bool:
     return bool(fields) and any(_has_dictionary(kind.field(index).type) for index in range(fields))
 
 
+KNOWN_SCHEMAS = 256  # schemas remembered by their serialized message (a deployment has a few)
+_PLAIN: dict[bytes, bool] = {}  # a schema message -> it holds no dictionary
+_SCHEMAS: dict[bytes, pa.Schema | None] = {}  # a stream's schema message -> its schema; None: it holds a dictionary
+
+
+def _remember(cache: dict, key: bytes, value: Any) -> None:
+    if len(cache) >= KNOWN_SCHEMAS:
+        cache.clear()
+    cache[key] = value
+
+
+def _plain(head: bytes, schema: pa.Schema) -> bool:
+    """Does the schema (serialized as `head`) hold no dictionary? Looked up by its bytes after the first time."""
+    plain = _PLAIN.get(head)
+    if plain is None:
+        plain = not any(_has_dictionary(field.type) for field in schema)
+        _remember(_PLAIN, head, plain)
+    return plain
+
+
 def to_ipc_stream(table: pa.Table) -> bytes:
     """The table as an Arrow IPC stream. Without dictionaries, the stream is its schema's and its batches'
     encapsulated messages and the end marker, joined: the bytes Arrow's stream writer writes (with the default
     options), without building a writer and a sink (~10 -> ~5 us for one row; tests/unit/test_arrow_codec_ipc.py)."""
     schema = table.schema
-    if not any(_has_dictionary(field.type) for field in schema):
-        return b"".join([schema.serialize().to_pybytes(),
-                         *[batch.serialize().to_pybytes() for batch in table.to_batches()], IPC_EOS])
+    head = schema.serialize().to_pybytes()
+    if _plain(head, schema):
+        return b"".join([head, *[batch.serialize().to_pybytes() for batch in table.to_batches()], IPC_EOS])
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, schema) as writer:
         writer.write_table(table)
@@ -62,9 +82,9 @@ def to_ipc_file(table: pa.Table) -> bytes:
     this table (~14 -> ~5 us for one row); the first file of a kind is the writer's, and kept only when the
     assembled bytes equal it."""
     schema = table.schema
-    if any(_has_dictionary(field.type) for field in schema):
-        return _write_file(table)
     head = schema.serialize().to_pybytes()
+    if not _plain(head, schema):
+        return _write_file(table)
     messages = [batch.serialize().to_pybytes() for batch in table.to_batches()]
     # a message: continuation marker, int32 metadata length, metadata, body
     key = (head, tuple((length := 8 + int.from_bytes(message[4:8], "little"), len(message) - length)
@@ -125,14 +145,20 @@ def _read_stream_messages(data: bytes) -> pa.Table | None:
     row). None for anything else (dictionaries, a legacy message without the continuation marker, a cut or
     malformed stream): the stream reader then reads it, or says what is wrong."""
     try:
-        buffer = pa.py_buffer(data)
-        message = pa.ipc.read_message(buffer)
-        if message.type != "schema":
+        offset = 8 + int.from_bytes(data[4:8], "little")  # the schema message: marker, length, metadata (no body)
+        head = data[:offset]
+        schema = _SCHEMAS.get(head, False)
+        if schema is False:  # not seen before
+            message = pa.ipc.read_message(pa.py_buffer(head))
+            if message.type != "schema" or 8 + message.metadata.size != offset:
+                return None
+            schema = pa.ipc.read_schema(message)
+            if any(_has_dictionary(field.type) for field in schema):
+                schema = None
+            _remember(_SCHEMAS, head, schema)
+        if schema is None:
             return None
-        schema = pa.ipc.read_schema(message)
-        if any(_has_dictionary(field.type) for field in schema):
-            return None
-        offset, end, batches = 8 + message.metadata.size, len(data), []
+        buffer, end, batches = pa.py_buffer(data), len(data), []
         while offset < end:
             marker = data[offset:offset + 8]
             if marker == IPC_EOS:
