@@ -9,7 +9,10 @@ one's size and headers) and a "gateway" process (the `gateway` identity, sequent
 request's size with its request-id header, through nats-py's muxed inbox as services/gateway/inference.py
 sends them). Rounds alternate over the variants; per variant it prints the hop's p50/p99 and the CPU per
 request of nats-server and of each client (from /proc). A variant is a label and comma-separated settings:
-`gomaxprocs=N` (nats-server's GOMAXPROCS), `auth=0` (no authorization), `js=0` (no JetStream),
+`gomaxprocs=N` (nats-server's GOMAXPROCS), `auth=0` (no authorization), `js=0` (no JetStream), `sync=2m` (JetStream's
+sync_interval instead of `always`: to see what the fsyncs cost, not a setting to use), `logs=1` (the
+inference-log path beside the hop: a batch published to INFERENCE_LOGS every 20 ms, consumed as the log store does;
+`logs=100`: every 100 ms, the same bytes a second),
 `conf=<line>` (a line added to nats-server's configuration), `env=K:V` (nats-server's environment),
 `client=K:V` (a nats.connect option of both clients, a Python literal). `--work-us` makes each client spin
 that long per request, as the real gateway and engine work between messages (nats-server then idles).
@@ -121,6 +124,60 @@ async def _gateway(url: str, user: str, password: str, options: dict) -> None:
         print(json.dumps([samples[len(samples) // 2], samples[int(len(samples) * 0.99)]]), flush=True)
 
 
+async def _logger(url: str, passwords: dict, options: dict, interval: float) -> None:
+    """The inference-log path beside the hop: the stream and the log store's consumer as the stack creates them,
+    an engine publishing a batch-1 log batch every 20 ms (JetStream, waiting for each ack) and a consumer that
+    gathers 250 ms, then acknowledges each message, as the log store does."""
+    import nats
+    import nats.errors
+
+    from shared import subjects
+    from shared.bus import log_store_consumer_config, stream_configs
+    from shared.settings import Settings
+
+    def connect(identity: str):
+        return nats.connect(url, user=identity if passwords else None, password=passwords.get(identity),
+                            inbox_prefix=bus_identities.inbox_prefix(identity), **options)
+
+    admin = await connect("bootstrap")
+    settings = Settings()
+    for stream in stream_configs(settings):
+        await admin.jetstream().add_stream(stream)
+    await admin.jetstream().add_consumer(subjects.INFERENCE_LOGS_STREAM, log_store_consumer_config())
+    await admin.close()
+    engine, store = await connect("engine"), await connect("log_store")
+    sub = await store.jetstream().pull_subscribe("logs.inference.>", durable=subjects.INFERENCE_LOGS_DURABLE,
+                                                 stream=subjects.INFERENCE_LOGS_STREAM,
+                                                 inbox_prefix=bus_identities.inbox_prefix("log_store").encode() + b".")
+
+    async def consume() -> None:
+        pending: list = []
+        opened = 0.0
+        while True:
+            wait = 0.25 if not pending else max(0.01, opened + 0.25 - time.monotonic())
+            try:
+                msgs = await sub.fetch(batch=16, timeout=wait)
+            except (TimeoutError, nats.errors.TimeoutError):
+                msgs = []
+            if msgs and not pending:
+                opened = time.monotonic()
+            pending += msgs
+            if pending and time.monotonic() - opened >= 0.25:
+                for msg in pending:
+                    await msg.ack()
+                pending = []
+
+    consumer = asyncio.create_task(consume())  # noqa: F841 - runs until the process ends
+    js = engine.jetstream()
+    payload = bytes(int(150_000 * interval))  # ~150 B per batch-1 record, ~1,000 records a second
+    print("ready", flush=True)
+    reader = asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    while not reader.done():
+        batch = secrets.token_hex(16)
+        await js.publish("logs.inference.hop", payload, headers={"Nats-Msg-Id": batch}, timeout=10.0)
+        await asyncio.sleep(interval)
+
+
 class Variant:
     def __init__(self, spec: str, folder: Path) -> None:
         self.label, _, settings = spec.partition("=")
@@ -148,7 +205,8 @@ class Variant:
         auth = self.options.get("auth", "1") != "0"
         lines = [f"max_payload: {NATS_MAX_PAYLOAD}", *self.conf]
         if self.options.get("js", "1") != "0":
-            lines.append(f'jetstream {{\n  sync_interval: always\n  store_dir: "{self.folder / "js"}"\n}}')
+            sync = self.options.get("sync", "always")
+            lines.append(f'jetstream {{\n  sync_interval: {sync}\n  store_dir: "{self.folder / "js"}"\n}}')
         if auth:
             (self.folder / "auth.conf").write_text(bus_identities.render_authorization(self.passwords))
             lines.append('include "auth.conf"')
@@ -173,6 +231,14 @@ class Variant:
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             setattr(self, role, process)
             assert process.stdout.readline().strip() == "ready"
+        self.logger = None
+        if self.options.get("logs", "0") != "0":
+            self.logger = subprocess.Popen([sys.executable, "-m", "bench.bus_hop", "logger", url,
+                                            json.dumps(self.passwords if auth else {}), client,
+                                            str(float(self.options["logs"]) / 1000 if self.options["logs"] != "1"
+                                                else 0.02)],
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert self.logger.stdout.readline().strip() == "ready"
 
     def round(self, count: int) -> None:
         pids = {"nats": self.server.pid, "engine": self.engine.pid, "gateway": self.gateway.pid}
@@ -186,7 +252,7 @@ class Variant:
         self.samples.append((p50, p99, cpu))
 
     def stop(self) -> None:
-        for process in (self.gateway, self.engine):
+        for process in (self.gateway, self.engine, *([self.logger] if self.logger else [])):
             process.stdin.close()
             process.wait(10)
         self.server.terminate()
@@ -194,6 +260,11 @@ class Variant:
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "logger":
+        import uvloop
+
+        uvloop.run(_logger(sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4]), float(sys.argv[5])))
+        return
     if len(sys.argv) > 1 and sys.argv[1] in ("engine", "gateway"):
         import uvloop
 
@@ -223,9 +294,11 @@ def main() -> None:
               f"in each client (load {os.getloadavg()[0]:.1f})")
         for variant in variants:
             p50 = sorted(s[0] for s in variant.samples)
+            p99 = sorted(s[1] for s in variant.samples)
             roles = variant.samples[0][2].keys()
             per = {role: sorted(s[2][role] for s in variant.samples) for role in roles}
-            print(f"  {variant.label:20s} p50 {p50[0] * 1e6:4.0f}-{p50[-1] * 1e6:4.0f} us  " + "  ".join(
+            print(f"  {variant.label:20s} p50 {p50[0] * 1e6:4.0f}-{p50[-1] * 1e6:4.0f} us  p99 {p99[0] * 1e6:4.0f}-"
+                  f"{p99[-1] * 1e6:4.0f} us  " + "  ".join(
                 f"{role} {v[0]:.0f}-{v[-1]:.0f}" if role != "nats switches" else f"{role} {v[0]:.1f}-{v[-1]:.1f}"
                 for role, v in per.items()))
 
