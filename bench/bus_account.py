@@ -77,8 +77,9 @@ def report(before: dict, after: dict, count: int) -> None:
             continue
         print(f"    {name:40s} in {delta['in_msgs'] / count:6.3f} msgs {delta['in_bytes'] / count:8.1f} B   "
               f"out {delta['out_msgs'] / count:6.3f} msgs {delta['out_bytes'] / count:8.1f} B  (subs {entry['subs']})")
-    varz = {k: (after["varz"][k] - before["varz"][k]) / count for k in ("in_msgs", "out_msgs", "in_bytes", "out_bytes")}
-    print(f"  server total: {varz}")
+    varz = {k: round((after["varz"][k] - before["varz"][k]) / count, 3)
+            for k in ("in_msgs", "out_msgs", "in_bytes", "out_bytes")}
+    print(f"  server total per request: {varz}; slow consumers in all: {after['varz'].get('slow_consumers', 0)}")
     for role, now in after["proc"].items():
         then = before["proc"][role]
         io = {k: (now["io"].get(k, 0) - then["io"].get(k, 0)) / count for k in ("syscr", "syscw", "rchar", "wchar")}
