@@ -13,6 +13,7 @@ has committed), and `Railyard-Log` says whose records they are.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable
@@ -67,9 +68,117 @@ class InferenceRecord:
     request_id: str | None = None  # set when the log store must store this record once (a slow or re-sent request)
     held_bytes: int = 0  # what it counts for in the engine's log buffer
 
+    @property
+    def rows(self) -> int:
+        return self.inputs.num_rows
+
     def key(self) -> tuple:
         return (self.inputs.schema, self.outputs.schema,
                 tuple((name, table.schema) for name, table in self.shadows.items()))
+
+
+class RecordKey(tuple):
+    """A record's key (`InferenceRecord.key`) whose hash is computed once: hashing a schema walks its fields (~4 us
+    each, twice per record per flush). Equal to, and hashing as, the plain tuple of the same schemas."""
+
+    def __hash__(self) -> int:
+        known = self.__dict__.get("hash")
+        if known is None:
+            known = self.__dict__["hash"] = tuple.__hash__(self)
+        return known
+
+
+class RecordLayout:
+    """The schemas of records made from numpy arrays (`ArrayRecord`): the inputs' (each column a fixed-size list of
+    `input_sizes[i]` values, or a scalar where it is None) and the outputs' (tensors as `arrow_codec.tensor_array`
+    makes them). One layout object is shared by all the records of one request shape."""
+
+    def __init__(self, inputs: pa.Schema, input_sizes: tuple[int | None, ...], outputs: pa.Schema) -> None:
+        self.inputs = inputs
+        self.input_sizes = input_sizes
+        self.outputs = outputs
+        self.key = RecordKey((inputs, outputs, ()))
+
+
+def _input_column(values: np.ndarray, size: int | None, kind: pa.DataType) -> pa.Array:
+    flat = pa.array(values)
+    return flat if size is None else pa.FixedSizeListArray.from_arrays(flat, type=kind)
+
+
+def _output_column(values: np.ndarray) -> pa.Array:
+    return arrow_codec.tensor_array(values) if values.ndim > 1 else pa.array(values)
+
+
+class ArrayRecord(InferenceRecord):
+    """A record whose inputs and outputs are numpy arrays (flat values per input column, the model's output tensors)
+    until a table is asked for: the engine's fast lane makes one per request, and the log batch builds the columns
+    of a run of them from their arrays at once (`build_batch`) instead of a table per request. `inputs` and
+    `outputs` are the tables such a record stands for (built on first use); setting one (a log policy's
+    selection) makes it an ordinary record."""
+
+    def __init__(self, at_ms: int, layout: RecordLayout, input_values: list[np.ndarray],
+                 output_values: list[np.ndarray], rows: int, last_model: str, elapsed: tuple[int, int],
+                 request_id: str | None = None) -> None:
+        self.at_ms = at_ms
+        self.layout: RecordLayout | None = layout
+        self.input_values = input_values
+        self.output_values = output_values
+        self._rows = rows
+        self._inputs: pa.Table | None = None
+        self._outputs: pa.Table | None = None
+        self.last_model = last_model
+        self.elapsed = elapsed
+        self.shadows = {}
+        self.request_id = request_id
+        self.held_bytes = 0
+
+    @property
+    def inputs(self) -> pa.Table:
+        if self._inputs is None:
+            layout = self.layout_of_arrays
+            self._inputs = pa.Table.from_arrays(
+                [_input_column(values, size, field_.type) for values, size, field_ in
+                 zip(self.input_values, layout.input_sizes, layout.inputs, strict=True)], schema=layout.inputs)
+        return self._inputs
+
+    @inputs.setter
+    def inputs(self, table: pa.Table) -> None:
+        self.outputs  # noqa: B018 - built while the arrays still describe it
+        self._inputs, self.layout = table, None
+
+    @property
+    def outputs(self) -> pa.Table:
+        if self._outputs is None:
+            self._outputs = pa.Table.from_arrays([_output_column(values) for values in self.output_values],
+                                                 schema=self.layout_of_arrays.outputs)
+        return self._outputs
+
+    @outputs.setter
+    def outputs(self, table: pa.Table) -> None:
+        self.inputs  # noqa: B018 - built while the arrays still describe it
+        self._outputs, self.layout = table, None
+
+    @property
+    def layout_of_arrays(self) -> RecordLayout:
+        return self._layout_of_arrays if self.layout is None else self.layout
+
+    @property
+    def layout(self) -> RecordLayout | None:
+        """The arrays' layout while they are what the record holds; None once a table was set."""
+        return self._layout
+
+    @layout.setter
+    def layout(self, layout: RecordLayout | None) -> None:
+        if layout is not None:
+            self._layout_of_arrays = layout
+        self._layout = layout
+
+    @property
+    def rows(self) -> int:
+        return self._rows if self.layout is not None else self.inputs.num_rows
+
+    def key(self) -> tuple:
+        return self.layout.key if self.layout is not None and not self.shadows else super().key()
 
 
 def _list_of(values: np.ndarray, width: int, value_type: pa.DataType) -> pa.Array:
@@ -79,14 +188,24 @@ def _list_of(values: np.ndarray, width: int, value_type: pa.DataType) -> pa.Arra
 
 def build_batch(records: list[InferenceRecord], pipeline_version: str) -> pa.Table:
     """The records of requests with one schema (see `InferenceRecord.key`) as one log table."""
-    counts = np.array([r.inputs.num_rows for r in records], dtype=np.int64)
+    counts = np.array([r.rows for r in records], dtype=np.int64)
     rows = int(counts.sum())
     columns: dict[str, Any] = {TIME: pa.array(np.repeat(np.array([r.at_ms for r in records], np.int64), counts))}
-    inputs = pa.concat_tables([r.inputs for r in records]).combine_chunks() if len(records) > 1 else records[0].inputs
-    outputs = pa.concat_tables([r.outputs for r in records]).combine_chunks() if len(records) > 1 \
-        else records[0].outputs
-    columns |= {f"in.{name}": inputs.column(name) for name in inputs.column_names}
-    columns |= {f"out.{name}": outputs.column(name) for name in outputs.column_names}
+    layout = getattr(records[0], "layout", None)
+    if layout is not None and all(getattr(r, "layout", None) is layout and not r.shadows for r in records):
+        # records of the fast lane: each column from their arrays at once (the same column the tables would give)
+        for index, (field_, size) in enumerate(zip(layout.inputs, layout.input_sizes, strict=True)):
+            values = np.concatenate([r.input_values[index] for r in records])
+            columns[f"in.{field_.name}"] = _input_column(values, size, field_.type)
+        for index, field_ in enumerate(layout.outputs):
+            columns[f"out.{field_.name}"] = _output_column(np.concatenate([r.output_values[index] for r in records]))
+    else:
+        inputs = pa.concat_tables([r.inputs for r in records]).combine_chunks() if len(records) > 1 \
+            else records[0].inputs
+        outputs = pa.concat_tables([r.outputs for r in records]).combine_chunks() if len(records) > 1 \
+            else records[0].outputs
+        columns |= {f"in.{name}": inputs.column(name) for name in inputs.column_names}
+        columns |= {f"out.{name}": outputs.column(name) for name in outputs.column_names}
     for challenger in records[0].shadows:
         shadow = pa.concat_tables([r.shadows[challenger] for r in records]).combine_chunks()
         columns |= {f"out_{challenger}.{name}": shadow.column(name) for name in shadow.column_names}
@@ -95,13 +214,20 @@ def build_batch(records: list[InferenceRecord], pipeline_version: str) -> pa.Tab
     names = sorted(set(models))
     codes = {name: index for index, name in enumerate(names)}
     columns[META_LAST_MODEL] = pa.DictionaryArray.from_arrays(
-        pa.array(np.repeat(np.array([codes[m] for m in models], np.int32), counts)), pa.array(names, pa.string()))
+        pa.array(np.repeat(np.array([codes[m] for m in models], np.int32), counts)), _strings(tuple(names)))
     columns[META_VERSION] = pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, np.int32)),
-                                                           pa.array([pipeline_version], pa.string()))
+                                                           _strings((pipeline_version,)))
     elapsed = np.repeat(np.array([r.elapsed for r in records], dtype=np.int64), counts, axis=0).reshape(-1)
     columns[META_ELAPSED] = _list_of(elapsed, 2, pa.int64())
-    columns[META_DROPPED] = pa.ListArray.from_arrays(pa.array(np.zeros(rows + 1, np.int32)), pa.array([], pa.string()))
+    columns[META_DROPPED] = pa.ListArray.from_arrays(pa.array(np.zeros(rows + 1, np.int32)), _strings(()))
     return pa.table(columns)
+
+
+@functools.lru_cache(maxsize=64)
+def _strings(values: tuple[str, ...]) -> pa.Array:
+    """A string array of these values: the dictionaries a deployment's log batches repeat, built once (Arrow
+    arrays do not change)."""
+    return pa.array(list(values), pa.string())
 
 
 RUN_COLUMNS = (TIME, META_LAST_MODEL, META_VERSION, META_ELAPSED)  # one value for all the rows of a record

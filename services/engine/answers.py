@@ -26,7 +26,9 @@ class RepeatedRequests:
     """In-flight and recent slow answers by request id."""
 
     def __init__(self) -> None:
-        self.running: dict[str, asyncio.Future] = {}
+        # the running attempts by id: None until a repeat waits for the answer (a future per request cost more
+        # than the rare repeat)
+        self.running: dict[str, asyncio.Future | None] = {}
         self.kept: OrderedDict[str, tuple[float, tuple[bytes, dict[str, str]]]] = OrderedDict()
 
     @staticmethod
@@ -45,17 +47,20 @@ class RepeatedRequests:
         if request_id in self.kept:
             return self.kept[request_id][1]
         if request_id in self.running:
-            return self.running[request_id]
-        self.running[request_id] = asyncio.get_running_loop().create_future()
+            future = self.running[request_id]
+            if future is None:
+                future = self.running[request_id] = asyncio.get_running_loop().create_future()
+            return future
+        self.running[request_id] = None
         return None
 
     def answered(self, msg: Any, body: bytes, headers: dict[str, str], seconds: float) -> None:
         """The running attempt's answer: handed to attempts waiting for it, and kept a while if it was slow."""
         request_id = self.request_id(msg)
-        future = self.running.pop(request_id, None) if request_id else None
-        if future is None:
+        if not request_id or request_id not in self.running:
             return
-        if not future.done():
+        future = self.running.pop(request_id)
+        if future is not None and not future.done():
             future.set_result((body, headers))
         if seconds >= SLOW:
             self.kept[request_id] = (time.monotonic() + KEEP, (body, headers))

@@ -82,7 +82,7 @@ class LogBatcher:
     def add(self, record: InferenceRecord, size: int = 0) -> None:
         """Hold a record for the next publish; `size`, when known, is its bytes as `_record_bytes` counts them
         (measuring the tables is a few calls into Arrow per request)."""
-        rows, size = record.inputs.num_rows, size or _record_bytes(record)
+        rows, size = record.rows, size or _record_bytes(record)
         if self.held_rows + rows > self.settings.engine_max_pending_rows or \
                 self.held_bytes + size > self.settings.engine_max_pending_bytes:
             self.lost_rows += rows
@@ -137,7 +137,7 @@ class LogBatcher:
     async def flush(self) -> None:
         records = self.pending
         self.pending, self.pending_rows = [], 0
-        rows = sum(r.inputs.num_rows for r in records)
+        rows = sum(r.rows for r in records)
         size = sum(getattr(r, "held_bytes", 0) for r in records)
         # on the event loop up to 2000 rows: in a thread, the GIL it holds stalled the loop more than doing it here
         # (bench/log_flush_lag.py measured both, issue 20)
@@ -156,10 +156,10 @@ class LogBatcher:
             row = 0
             for record in group:  # rows of records to be stored once (slow or re-sent requests)
                 if record.request_id:
-                    once[record.request_id] = [row, record.inputs.num_rows]
-                row += record.inputs.num_rows
+                    once[record.request_id] = [row, record.rows]
+                row += record.rows
             table = drop_oversized(build_batch(group, self.version), self.settings.max_row_bytes)
-            table = encode_runs(table, (record.inputs.num_rows for record in group))  # a value per record
+            table = encode_runs(table, (record.rows for record in group))  # a value per record
             payloads += self._split(table, 0, once)
         return payloads
 

@@ -37,7 +37,7 @@ import pyarrow as pa  # noqa: E402
 from services.engine import handlers  # noqa: E402
 from services.engine.answers import RepeatedRequests  # noqa: E402
 from services.engine.batching import RequestBatcher, batching_config, can_batch  # noqa: E402
-from services.engine.fast_lane import FastLane  # noqa: E402
+from services.engine.fast_lane import FastLane, LaneAnswer  # noqa: E402
 from services.engine.logbatcher import LogBatcher  # noqa: E402
 from services.engine.logpolicy import LogPolicy  # noqa: E402
 from services.engine.runtimes import OnnxRuntime, narrowing  # noqa: E402
@@ -276,10 +276,13 @@ class Replica:
             """Answer, then leave the request's record for the log (as the deployment's log policy says)."""
             await reply(msg, answer.body, answer.headers, received)
             self.served += 1
-            if answer.output is None:  # failed: nothing to log
+            lane = isinstance(answer, LaneAnswer)  # its record holds numpy arrays (fast_lane.py)
+            if answer.output is None and not lane:  # failed: nothing to log
                 return
-            record = InferenceRecord(at_ms, answer.table, answer.output, answer.last_model, answer.elapsed,
-                                     request_id=answers.store_once(msg, (time.perf_counter_ns() - received) / 1e9))
+            request_id = answers.store_once(msg, (time.perf_counter_ns() - received) / 1e9)
+            record = answer.record(at_ms, request_id) if lane else \
+                InferenceRecord(at_ms, answer.table, answer.output, answer.last_model, answer.elapsed,
+                                request_id=request_id)
             if answer.shadow_outputs:  # the challengers ran before the answer (inline): logged with it
                 record.shadows.update(answer.shadow_outputs)
             shadows = answer.shadows

@@ -17,10 +17,11 @@ from services.engine.arrow_stream import read_batch, schema_message, write_strea
 from services.engine.batching import RequestBatcher
 from services.engine.fast_lane import FastLane, meta_header, meta_prefix
 from services.engine.logbatcher import _record_bytes
+from services.engine.logpolicy import LogPolicy
 from services.engine.replica import Step
 from services.engine.runtimes import OnnxRuntime, narrowing
 from shared.arrow_codec import NARROWED_FOR, narrow, tensor_array, to_ipc_file, to_ipc_stream
-from shared.logrecords import InferenceRecord
+from shared.logrecords import InferenceRecord, build_batch, group_records
 from shared.table_transport import META_HEADER
 from tests.models import ccfraud_onnx, sample_rows
 
@@ -99,12 +100,35 @@ def test_the_lane_answers_as_the_general_path_does(pipeline, lane, rows, dtype):
     assert fast.headers[META_HEADER] == json.dumps(fast_meta)  # json.dumps' own spelling
     assert fast.last_model == general.last_model
     # the log record: the narrowed request and the output, same schemas (the log batches group by them)
-    assert fast.table.schema.equals(general.table.schema, check_metadata=True) and fast.table.equals(general.table)
-    assert fast.output.schema.equals(general.output.schema, check_metadata=True) and fast.output.equals(general.output)
-    assert fast.table.schema.field("tensor").type.value_type == pa.float32()
-    record = InferenceRecord(0, fast.table, fast.output, fast.last_model, fast.elapsed)
-    assert hash(record.key()) == hash(InferenceRecord(0, general.table, general.output, "", (0, 0)).key())
-    assert fast.log_bytes == _record_bytes(record)  # what the log buffer counts, without measuring the tables
+    record = fast.record(0, None)
+    plain = InferenceRecord(0, general.table, general.output, general.last_model, (0, 0))
+    assert record.key() == plain.key() and hash(record.key()) == hash(plain.key()) and record.rows == rows
+    assert record.inputs.schema.equals(general.table.schema, check_metadata=True)
+    assert record.inputs.equals(general.table) and record.outputs.equals(general.output)
+    assert record.outputs.schema.equals(general.output.schema, check_metadata=True)
+    assert record.inputs.schema.field("tensor").type.value_type == pa.float32()
+    assert fast.log_bytes == _record_bytes(plain)  # what the log buffer counts, without measuring the tables
+    again = lane.answer(data, time.perf_counter_ns())  # read by its known head this time: the same
+    assert again.body == fast.body and again.record(0, None).inputs.equals(general.table)
+
+
+def test_a_log_batch_of_lane_records_is_the_batch_of_their_tables(lane):
+    requests = [tensor_array(sample_rows(n, seed=n).astype(np.float64)) for n in (1, 1, 4, 1)]
+    answers = [lane.answer(_stream({"tensor": column}), 0) for column in requests]
+    records = [answer.record(100 + i, None) for i, answer in enumerate(answers)]
+    plain = [InferenceRecord(r.at_ms, r.inputs, r.outputs, r.last_model, r.elapsed) for r in records]
+    fresh = [answer.record(100 + i, None) for i, answer in enumerate(answers)]  # no table built yet
+    assert [len(g) for g in group_records(fresh + plain)] == [8]  # one schema: one group, lane or not
+    built = build_batch(fresh, "v1")
+    assert built.equals(build_batch(plain, "v1")) and built.schema.equals(build_batch(plain, "v1").schema)
+    assert all(record._inputs is None for record in fresh)  # built from the arrays, no table per record
+    # a log policy's selection makes an ordinary record of it
+    outputs_only = LogPolicy("outputs").apply(answers[2].record(0, None))
+    assert outputs_only.inputs.num_columns == 0 and outputs_only.rows == 4 and outputs_only.layout is None
+    assert outputs_only.key() == (outputs_only.inputs.schema, plain[2].outputs.schema, ())
+    sampled = LogPolicy("sampled", 0.5, seed=3).apply(answers[2].record(0, None))
+    kept = sampled.inputs.to_pylist()
+    assert sampled.rows == len(kept) and all(row in plain[2].inputs.to_pylist() for row in kept)
 
 
 def _nulls() -> pa.Array:
