@@ -117,6 +117,10 @@ def main() -> None:
         idle_after = _snapshot(pids, monitor)
         print("idle, CPU per second (us): " + ", ".join(
             f"{role} {(idle_after['proc'][role]['cpu'] - idle['proc'][role]['cpu']) / 5 * 1e6:,.0f}" for role in pids))
+        print("idle, messages per second in/out: " + ", ".join(
+            f"{name} {(entry['in_msgs'] - idle['connz'].get(name, {}).get('in_msgs', 0)) / 5:.1f}/"
+            f"{(entry['out_msgs'] - idle['connz'].get(name, {}).get('out_msgs', 0)) / 5:.1f}"
+            for name, entry in sorted(idle_after["connz"].items())))
         for _ in range(args.rounds):
             tracer = None
             if args.strace:
