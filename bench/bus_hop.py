@@ -14,7 +14,8 @@ sync_interval instead of `always`: to see what the fsyncs cost, not a setting to
 inference-log path beside the hop: a batch published to INFERENCE_LOGS every 20 ms, consumed as the log store does;
 `logs=100`: every 100 ms, the same bytes a second),
 `conf=<line>` (a line added to nats-server's configuration), `env=K:V` (nats-server's environment),
-`client=K:V` (a nats.connect option of both clients, a Python literal). `--work-us` makes each client spin
+`client=K:V` (a nats.connect option of both clients, a Python literal; `client=direct:True`: the engine writes
+its reply to the socket at once instead of through nats-py's flusher task). `--work-us` makes each client spin
 that long per request, as the real gateway and engine work between messages (nats-server then idles).
 """
 from __future__ import annotations
@@ -78,6 +79,7 @@ async def _engine(url: str, user: str, password: str, options: dict) -> None:
 
     role = "engine"
 
+    direct = options.pop("direct", False)  # the reply written to the socket at once, not by nats-py's flusher
     nc = await nats.connect(url, user=user or None, password=password or None,
                             inbox_prefix=bus_identities.inbox_prefix(role),
                             **options)
@@ -85,8 +87,14 @@ async def _engine(url: str, user: str, password: str, options: dict) -> None:
 
     work = float(os.environ.get("BUS_HOP_WORK_US", "0")) / 1e6
 
+    header = b"NATS/1.0\r\nRailyard-Meta: " + META.encode() + b"\r\n\r\n"
+
     async def answer(msg) -> None:
         _busy(work)
+        if direct and not nc._pending:
+            nc._transport.write(b"HPUB %s %d %d\r\n%s%s\r\n" % (msg.reply.encode(), len(header),
+                                                                   len(header) + len(REPLY_BODY), header, REPLY_BODY))
+            return
         await nc.publish(msg.reply, REPLY_BODY, headers=headers)
 
     await nc.subscribe("engine.hop.infer", queue="engine-hop", cb=answer)
@@ -99,6 +107,7 @@ async def _gateway(url: str, user: str, password: str, options: dict) -> None:
     import nats
 
     role = "gateway"
+    options.pop("direct", None)  # the engine's
 
     nc = await nats.connect(url, user=user or None, password=password or None,
                             inbox_prefix=bus_identities.inbox_prefix(role),
