@@ -24,10 +24,11 @@ import pyarrow as pa
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
+from services.gateway.body import read_request_body
 from services.gateway.bus_request import Requester
 from services.gateway.coalesce import Coalescer
 from services.gateway.errors import send_error
-from services.gateway.limits import declared_length, read_body, too_large
+from services.gateway.limits import declared_length, too_large
 from services.gateway.records_answer import check_json_answerable, seed_records_json
 from services.gateway.records_parse import read_records
 from shared import subjects
@@ -388,7 +389,7 @@ class InferenceFastPath:
             if scheme.lower() != "bearer" or not token.strip():
                 raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
             principal = await self.verifier().verify(token.strip())
-            body = await read_body(receive, self.max_body_bytes, self.body_timeout)
+            body = await read_request_body(receive, self.max_body_bytes, self.body_timeout)
             if body is None:
                 return
             read = True
