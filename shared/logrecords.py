@@ -100,13 +100,18 @@ class RecordLayout:
         self.key = RecordKey((inputs, outputs, ()))
 
 
+def _numbers(values: np.ndarray) -> pa.Array:
+    """`pa.array(values)` for a 1-D numpy array (over the same memory for numbers, without pa.array's checks)."""
+    return arrow_codec.flat_array(values)
+
+
 def _input_column(values: np.ndarray, size: int | None, kind: pa.DataType) -> pa.Array:
-    flat = pa.array(values)
+    flat = _numbers(values)
     return flat if size is None else pa.FixedSizeListArray.from_arrays(flat, type=kind)
 
 
 def _output_column(values: np.ndarray) -> pa.Array:
-    return arrow_codec.tensor_array(values) if values.ndim > 1 else pa.array(values)
+    return arrow_codec.tensor_array(values) if values.ndim > 1 else _numbers(values)
 
 
 class ArrayRecord(InferenceRecord):
@@ -182,15 +187,16 @@ class ArrayRecord(InferenceRecord):
 
 
 def _list_of(values: np.ndarray, width: int, value_type: pa.DataType) -> pa.Array:
-    offsets = pa.array(np.arange(0, len(values) + 1, width, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(values, value_type))
+    offsets = _numbers(np.arange(0, len(values) + 1, width, dtype=np.int32))
+    flat = _numbers(values)
+    return pa.ListArray.from_arrays(offsets, flat if flat.type == value_type else pa.array(values, value_type))
 
 
 def build_batch(records: list[InferenceRecord], pipeline_version: str) -> pa.Table:
     """The records of requests with one schema (see `InferenceRecord.key`) as one log table."""
     counts = np.array([r.rows for r in records], dtype=np.int64)
     rows = int(counts.sum())
-    columns: dict[str, Any] = {TIME: pa.array(np.repeat(np.array([r.at_ms for r in records], np.int64), counts))}
+    columns: dict[str, Any] = {TIME: _numbers(np.repeat(np.array([r.at_ms for r in records], np.int64), counts))}
     layout = getattr(records[0], "layout", None)
     if layout is not None and all(getattr(r, "layout", None) is layout and not r.shadows for r in records):
         # records of the fast lane: each column from their arrays at once (the same column the tables would give)
@@ -214,12 +220,12 @@ def build_batch(records: list[InferenceRecord], pipeline_version: str) -> pa.Tab
     names = sorted(set(models))
     codes = {name: index for index, name in enumerate(names)}
     columns[META_LAST_MODEL] = pa.DictionaryArray.from_arrays(
-        pa.array(np.repeat(np.array([codes[m] for m in models], np.int32), counts)), _strings(tuple(names)))
-    columns[META_VERSION] = pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, np.int32)),
+        _numbers(np.repeat(np.array([codes[m] for m in models], np.int32), counts)), _strings(tuple(names)))
+    columns[META_VERSION] = pa.DictionaryArray.from_arrays(_numbers(np.zeros(rows, np.int32)),
                                                            _strings((pipeline_version,)))
     elapsed = np.repeat(np.array([r.elapsed for r in records], dtype=np.int64), counts, axis=0).reshape(-1)
     columns[META_ELAPSED] = _list_of(elapsed, 2, pa.int64())
-    columns[META_DROPPED] = pa.ListArray.from_arrays(pa.array(np.zeros(rows + 1, np.int32)), _strings(()))
+    columns[META_DROPPED] = pa.ListArray.from_arrays(_numbers(np.zeros(rows + 1, np.int32)), _strings(()))
     return pa.table(columns)
 
 
@@ -364,7 +370,8 @@ def _droppable(name: str) -> int | None:
 def drop_oversized(table: pa.Table, max_row_bytes: int) -> pa.Table:
     """Rows above `max_row_bytes` lose columns, largest input first, then outputs by size, until they fit;
     `time` and metadata always stay, and each row's `metadata.dropped` lists what it lost."""
-    if table.num_rows == 0 or table.nbytes <= max_row_bytes:
+    # the buffers' whole sizes bound the bytes the rows reference (Table.nbytes, ~30x its cost): checked first
+    if table.num_rows == 0 or table.get_total_buffer_size() <= max_row_bytes or table.nbytes <= max_row_bytes:
         return table
     # no row can be above the fixed-width columns' row size plus all of the other columns' bytes: a batch of
     # small rows is not sized row by row (its list and dictionary columns were 3 % of a replica's samples)
