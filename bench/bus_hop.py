@@ -12,10 +12,12 @@ request of nats-server and of each client (from /proc). A variant is a label and
 `gomaxprocs=N` (nats-server's GOMAXPROCS), `auth=0` (no authorization), `js=0` (no JetStream), `sync=2m` (JetStream's
 sync_interval instead of `always`: to see what the fsyncs cost, not a setting to use), `logs=1` (the
 inference-log path beside the hop: a batch published to INFERENCE_LOGS every 20 ms, consumed as the log store does;
-`logs=100`: every 100 ms, the same bytes a second),
+`logs=100`: every 100 ms, the same bytes a second; `lazy=1`: once its window is open the consumer sleeps it out
+and fetches what came at once, instead of fetching as each batch arrives),
 `conf=<line>` (a line added to nats-server's configuration), `env=K:V` (nats-server's environment),
 `client=K:V` (a nats.connect option of both clients, a Python literal; `client=direct:True`: the engine writes
-its reply to the socket at once instead of through nats-py's flusher task). `--work-us` makes each client spin
+its reply to the socket at once instead of through nats-py's flusher task; `client=inline:True` too: it answers in
+nats-py's parser, through the single-reply `future` path, with no subscription task). `--work-us` makes each client spin
 that long per request, as the real gateway and engine work between messages (nats-server then idles).
 """
 from __future__ import annotations
@@ -80,6 +82,7 @@ async def _engine(url: str, user: str, password: str, options: dict) -> None:
     role = "engine"
 
     direct = options.pop("direct", False)  # the reply written to the socket at once, not by nats-py's flusher
+    inline = options.pop("inline", False)  # and the request answered in nats-py's parser, no subscription task
     nc = await nats.connect(url, user=user or None, password=password or None,
                             inbox_prefix=bus_identities.inbox_prefix(role),
                             **options)
@@ -97,7 +100,23 @@ async def _engine(url: str, user: str, password: str, options: dict) -> None:
             return
         await nc.publish(msg.reply, REPLY_BODY, headers=headers)
 
-    await nc.subscribe("engine.hop.infer", queue="engine-hop", cb=answer)
+    if inline:  # answered as nats-py parses it (its single-reply `future` path), no subscription task
+        class Inline:
+            def cancelled(self) -> bool:
+                return False
+
+            def set_result(self, msg) -> None:
+                _busy(work)
+                if not nc._pending:
+                    nc._transport.write(b"HPUB %s %d %d\r\n%s%s\r\n" % (
+                        msg.reply.encode(), len(header), len(header) + len(REPLY_BODY), header, REPLY_BODY))
+                else:
+                    asyncio.ensure_future(nc.publish(msg.reply, REPLY_BODY, headers=headers))
+
+        sub = await nc.subscribe("engine.hop.infer", queue="engine-hop", future=asyncio.Future())
+        sub._future = Inline()
+    else:
+        await nc.subscribe("engine.hop.infer", queue="engine-hop", cb=answer)
     await nc.flush()
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
@@ -108,6 +127,7 @@ async def _gateway(url: str, user: str, password: str, options: dict) -> None:
 
     role = "gateway"
     options.pop("direct", None)  # the engine's
+    options.pop("inline", None)
 
     nc = await nats.connect(url, user=user or None, password=password or None,
                             inbox_prefix=bus_identities.inbox_prefix(role),
@@ -133,7 +153,7 @@ async def _gateway(url: str, user: str, password: str, options: dict) -> None:
         print(json.dumps([samples[len(samples) // 2], samples[int(len(samples) * 0.99)]]), flush=True)
 
 
-async def _logger(url: str, passwords: dict, options: dict, interval: float) -> None:
+async def _logger(url: str, passwords: dict, options: dict, interval: float, lazy: bool) -> None:
     """The inference-log path beside the hop: the stream and the log store's consumer as the stack creates them,
     an engine publishing a batch-1 log batch every 20 ms (JetStream, waiting for each ack) and a consumer that
     gathers 250 ms, then acknowledges each message, as the log store does."""
@@ -164,8 +184,11 @@ async def _logger(url: str, passwords: dict, options: dict, interval: float) -> 
         opened = 0.0
         while True:
             wait = 0.25 if not pending else max(0.01, opened + 0.25 - time.monotonic())
+            if lazy and pending:  # the window is open: let it fill, then take what came in one fetch
+                await asyncio.sleep(wait)
+                wait = 0.01
             try:
-                msgs = await sub.fetch(batch=16, timeout=wait)
+                msgs = await sub.fetch(batch=1024 if lazy else 16, timeout=wait)
             except (TimeoutError, nats.errors.TimeoutError):
                 msgs = []
             if msgs and not pending:
@@ -245,7 +268,7 @@ class Variant:
             self.logger = subprocess.Popen([sys.executable, "-m", "bench.bus_hop", "logger", url,
                                             json.dumps(self.passwords if auth else {}), client,
                                             str(float(self.options["logs"]) / 1000 if self.options["logs"] != "1"
-                                                else 0.02)],
+                                                else 0.02), self.options.get("lazy", "0")],
                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             assert self.logger.stdout.readline().strip() == "ready"
 
@@ -272,7 +295,8 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "logger":
         import uvloop
 
-        uvloop.run(_logger(sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4]), float(sys.argv[5])))
+        uvloop.run(_logger(sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4]), float(sys.argv[5]),
+                           sys.argv[6] == "1"))
         return
     if len(sys.argv) > 1 and sys.argv[1] in ("engine", "gateway"):
         import uvloop
