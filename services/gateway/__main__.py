@@ -1,6 +1,14 @@
 """Start the gateway: `python -m services.gateway`."""
 
-from shared.lean_imports import decline_unused
+import os
+
+# Arrow's buffers (the IPC a request and an answer cross the bus as) from glibc's heap, not from mimalloc, pyarrow's
+# default, which kept reserving OS memory and faulting it in again: the gateway's page faults per 1,000-row OIP
+# request 32-54 -> 6-29 (docs/performance.md, issue 20). Read when pyarrow is imported, so before anything imports
+# it; an operator's own value wins. The log store and the engine's replicas run the same.
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+
+from shared.lean_imports import decline_unused  # noqa: E402
 
 decline_unused(serves_http=True)  # first: before anything imports nats or faststream (shared/lean_imports.py)
 
