@@ -208,16 +208,16 @@ class FastLane:
 
     def answer(self, data: bytes, received: int) -> LaneAnswer | None:
         """The request's answer and what its record needs, or None when the general path must run it."""
-        length = _head_length(data)
-        if length < 0:
-            return None
-        head = data[:length]
-        known = self.heads.get(head, False)
-        if known is False:
-            known = self._learn(data, head)
-        if known is None or known.length != len(data):
-            return None
         try:
+            length = _head_length(data)
+            if length < 0:
+                return None
+            head = data[:length]
+            known = self.heads.get(head, False)
+            if known is False:
+                known = self._learn(data, head)
+            if known is None or known.length != len(data):
+                return None
             return self._answer(known, data, received)
         except Exception:  # a model failing, anything unforeseen: the general path runs it and says what failed
             return None

@@ -213,3 +213,13 @@ def test_a_lone_request_runs_at_once_and_one_with_others_behind_it_is_queued(pip
         assert delivered == [] and len(batcher.pending) == 1 and lane.answered == answered
     else:
         assert len(delivered) == 1 and batcher.pending == [] and lane.answered == answered + 1
+
+
+def test_a_failure_inside_the_lane_leaves_the_request_to_the_general_path(pipeline, monkeypatch):
+    lane = FastLane(pipeline.steps[0].runtimes[0], pipeline.narrowing, {"name": "m", "sha": "abc"}, "v1", 1 << 20)
+
+    def broken(schema):
+        raise RuntimeError("unforeseen")
+
+    monkeypatch.setattr(lane, "_make_plan", broken)  # while learning a new head
+    assert lane.answer(_stream({"tensor": tensor_array(sample_rows(1))}), 0) is None
