@@ -360,13 +360,22 @@ class EmbeddedStack:
         for name in subjects.SERVICES:
             self.check_stop()
             child = Child(name, [sys.executable, "-m", f"services.{name}"], self.service_env(name),
-                          self.log_dir / f"{name}.log", stop_grace=self.cfg.stop_grace)
+                          self.log_dir / f"{name}.log", stop_grace=self.service_stop_grace(name))
             child._max_backoff = self.cfg.restart_backoff_max
             child.start()
             self.services.append(child)
         self.write_state()
         servers.wait_until(self.gateway_healthy, "the services", 90, lambda: not self.stopping)
         return time.monotonic() - began
+
+    def service_stop_grace(self, name: str) -> float:
+        """Seconds service `name` has to stop before its process group is killed. The deployer's stop hook drains
+        its engine replicas (every set at once, each replica killed past `deployer.stop_timeout`) and they publish the
+        log rows they hold, so its grace is that timeout plus the services' own grace for the rest of its stop (its
+        command drain); every other service has the services' grace."""
+        if name == "deployer":
+            return self.settings.deployer.stop_timeout + self.cfg.stop_grace
+        return self.cfg.stop_grace
 
     def check_stop(self) -> None:
         """A stop asked for during the start ends it here (up() then stops what did start)."""
@@ -423,9 +432,11 @@ class EmbeddedStack:
                 continue
             for child in group:
                 child.signal(child.stop_signal)
-            deadline = time.monotonic() + max(child.stop_grace for child in group)
-            for child in group:
-                if not child.wait(max(0.1, deadline - time.monotonic())):
+            signalled = time.monotonic()
+            # each its own grace, the shortest first, so one with a longer grace (the deployer) does not delay the
+            # others' kill; a group is swept only once its leader is gone (the deployer: its replicas drained)
+            for child in sorted(group, key=lambda child: child.stop_grace):
+                if not child.wait(max(0.1, signalled + child.stop_grace - time.monotonic())):
                     log_line(f"{child.name} did not stop in {child.stop_grace:g}s; killing it")
                     child.kill_group()
                     child.wait(5)
