@@ -103,6 +103,7 @@ class LocalBackend:
         self.stop_timeout = stop_timeout
         self.sets: dict[str, ReplicaSet] = {}
         self._supervisor: asyncio.Task | None = None
+        self._retiring: set[asyncio.Task] = set()  # scaled-down replicas draining; close() waits for them too
 
     async def _spawn(self, replica_set: ReplicaSet, replica_id: str) -> Replica:
         log_path = self.work_dir / replica_set.name / f"replica-{replica_id}.log"
@@ -239,8 +240,10 @@ class LocalBackend:
             retired = replica_set.replicas.pop()
             replica_set.last_scaled = now
             log.info("%s: CPU %.0f%%: scaled down to %d replicas", replica_set.name, average, count - 1)
-            with contextlib.suppress(ProcessLookupError):
-                retired.process.send_signal(signal.SIGTERM)  # it drains its in-flight requests first
+            # it drains its in-flight requests and publishes its logs first (killed past stop_timeout, as in a set)
+            task = asyncio.create_task(self._stop_replica(retired))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
 
     async def _supervise(self) -> None:
         """Replace replicas that died (the deployment reports the loss until the new one answers) and apply
@@ -261,9 +264,14 @@ class LocalBackend:
                         replica_set.replicas[index] = fresh
 
     async def close(self) -> None:
+        """Stop every replica set at once, and the scaled-down replicas still draining: at most stop_timeout however
+        many deployments there are (the embedded stack gives the deployer that plus its own grace before it kills the
+        deployer's process group, shared/embedded/stack.py). One set after another, each up to stop_timeout, a stack
+        stop killed replicas still publishing the log rows of requests they had answered."""
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
-        for name in list(self.sets):
-            await self.stop(name)
+        sets = list(self.sets.values())
+        self.sets.clear()
+        await asyncio.gather(*(self._stop_set(replica_set) for replica_set in sets), *list(self._retiring))
