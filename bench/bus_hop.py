@@ -164,6 +164,8 @@ async def _logger(url: str, passwords: dict, options: dict, interval: float, laz
     from shared.bus import log_store_consumer_config, stream_configs
     from shared.settings import Settings
 
+    options = {k: v for k, v in options.items() if k not in ("direct", "inline")}  # the engine's
+
     def connect(identity: str):
         return nats.connect(url, user=identity if passwords else None, password=passwords.get(identity),
                             inbox_prefix=bus_identities.inbox_prefix(identity), **options)
@@ -284,11 +286,19 @@ class Variant:
         self.samples.append((p50, p99, cpu))
 
     def stop(self) -> None:
-        for process in (self.gateway, self.engine, *([self.logger] if self.logger else [])):
-            process.stdin.close()
-            process.wait(10)
-        self.server.terminate()
-        self.server.wait(10)
+        """Stop what start() got to (it may have failed half way)."""
+        for role in ("gateway", "engine", "logger"):
+            process = getattr(self, role, None)
+            if process is not None:
+                process.stdin.close()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        server = getattr(self, "server", None)
+        if server is not None:
+            server.terminate()
+            server.wait(10)
 
 
 def main() -> None:
@@ -314,9 +324,9 @@ def main() -> None:
     os.environ["BUS_HOP_WORK_US"] = str(args.work_us)
     with tempfile.TemporaryDirectory(prefix="bus-hop-") as folder:
         variants = [Variant(spec, Path(folder)) for spec in (args.variant or ["default="])]
-        for variant in variants:
-            variant.start()
         try:
+            for variant in variants:
+                variant.start()
             for round_ in range(args.rounds):
                 for variant in variants if round_ % 2 == 0 else reversed(variants):
                     variant.round(args.count)
