@@ -8,10 +8,10 @@ import pyarrow as pa
 import pytest
 
 from shared.arrow_codec import (
-    flat_array,
-    flat_values,
     _read_stream_messages,
     column_values,
+    flat_array,
+    flat_values,
     from_ipc,
     tensor_array,
     to_ipc_file,

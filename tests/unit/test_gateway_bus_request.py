@@ -6,8 +6,9 @@ and nobody listening or nobody answering raise nats-py's errors."""
 from __future__ import annotations
 
 import asyncio
-import socket
+import re
 import subprocess
+import time
 from pathlib import Path
 
 import nats
@@ -16,29 +17,28 @@ import pytest
 
 from services.gateway.bus_request import WRITE_AT_ONCE, Requester, header_block
 from shared.embedded.servers import find_binary
-from tests.stack import free_ports
 
 
 @pytest.fixture
 def nats_url(tmp_path: Path):
-    (port,) = free_ports(1)
-    process = subprocess.Popen([find_binary("nats-server"), "-a", "127.0.0.1", "-p", str(port)],
+    """A nats-server on a port it picks itself (read from its log: no other process can take it in between)."""
+    log = tmp_path / "nats.log"
+    process = subprocess.Popen([find_binary("nats-server"), "-a", "127.0.0.1", "-p", "-1", "-l", str(log)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        yield f"nats://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while not (found := re.search(r"client connections on 127\.0\.0\.1:(\d+)",
+                                      log.read_text() if log.exists() else "")):
+            assert process.poll() is None and time.monotonic() < deadline, "nats-server did not start"
+            time.sleep(0.05)
+        yield f"nats://127.0.0.1:{found.group(1)}"
     finally:
         process.terminate()
         process.wait(10)
 
 
 async def _connect(url: str, **options) -> nats.NATS:
-    for _ in range(200):
-        try:
-            with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=1):
-                return await nats.connect(url, max_reconnect_attempts=0, **options)
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"nats-server at {url} did not start")
+    return await nats.connect(url, max_reconnect_attempts=0, connect_timeout=10, **options)
 
 
 async def test_requests_are_sent_and_answered_as_nats_pys_own(nats_url: str) -> None:
