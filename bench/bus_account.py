@@ -6,13 +6,15 @@ Starts a fresh embedded stack, deploys ccfraud, sends `count` sequential batch-1
 (bench/loadgen.py) and reads, before and after, nats-server's per-connection counters (`/connz`: messages and
 bytes in and out of each client, named by its process), nats-server's `/proc/<pid>/io` (read and write
 syscalls), its context switches and CPU, and the same of the gateway and the engine replica: each per request.
-`--strace` adds `strace -c -f` of nats-server over the run (slows it: counts only, not CPU).
+`--strace` adds `strace -c -f` of nats-server over the run (slows it: counts only, not CPU); `--gc` its Go GC
+collections and stop-the-world pauses over the run (through its profiler's port).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import subprocess
 import time
 import urllib.request
@@ -60,8 +62,17 @@ def _connz(port: int) -> dict[str, dict[str, int]]:
     return out
 
 
-def _snapshot(pids: dict[str, int], monitor: int) -> dict:
-    return {"connz": _connz(monitor),
+def _gc(prof_port: int) -> dict[str, int]:
+    """nats-server's Go GC count and total pause (ns), from its profiler's heap page (`--gc`)."""
+    if not prof_port:
+        return {}
+    text = urllib.request.urlopen(f"http://127.0.0.1:{prof_port}/debug/pprof/heap?debug=1", timeout=5).read().decode()
+    pauses = [int(v) for v in re.search(r"# PauseNs = \[([\d ]*)\]", text).group(1).split()]
+    return {"NumGC": int(re.search(r"# NumGC = (\d+)", text).group(1)), "PauseNs": pauses}
+
+
+def _snapshot(pids: dict[str, int], monitor: int, prof_port: int = 0) -> dict:
+    return {"gc": _gc(prof_port), "connz": _connz(monitor),
             "proc": {role: {"cpu": _cpu(pid), "io": _io(pid), "switches": _switches(pid)}
                      for role, pid in pids.items()},
             "varz": json.loads(urllib.request.urlopen(f"http://127.0.0.1:{monitor}/varz", timeout=5).read())}
@@ -80,6 +91,12 @@ def report(before: dict, after: dict, count: int) -> None:
     varz = {k: round((after["varz"][k] - before["varz"][k]) / count, 3)
             for k in ("in_msgs", "out_msgs", "in_bytes", "out_bytes")}
     print(f"  server total per request: {varz}; slow consumers in all: {after['varz'].get('slow_consumers', 0)}")
+    if after["gc"]:
+        total = after["gc"]["NumGC"]
+        gcs = total - before["gc"]["NumGC"]
+        pauses = [after["gc"]["PauseNs"][(total - 1 - i) % 256] / 1e3 for i in range(min(gcs, 256))]
+        print(f"  nats-server GC: {gcs} collections, stop-the-world pauses {sum(pauses):.0f} us in all, "
+              f"longest {max(pauses, default=0):.0f} us")
     for role, now in after["proc"].items():
         then = before["proc"][role]
         io = {k: (now["io"].get(k, 0) - then["io"].get(k, 0)) / count for k in ("syscr", "syscw", "rchar", "wchar")}
@@ -98,7 +115,14 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], help="RAILYARD_...=value for the whole stack")
     parser.add_argument("--strace", action="store_true")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--gc", action="store_true", help="nats-server's GC collections and pauses (its profiler)")
     args = parser.parse_args()
+    prof_port = 0
+    if args.gc:
+        from bench.cpu_account import free_port
+
+        prof_port = free_port()
+        args.env.append(f"RAILYARD_STACK__NATS_PROF_PORT={prof_port}")
     with ccfraud_stack("railyard-bus-", args.env) as (stack, deployer):
         monitor = int(stack.env["RAILYARD_STACK__NATS_MONITOR_PORT"])
         target = deployer.targets(deployer.deploy("bus", ["ccfraud"], json.loads(args.engine_config)))[args.form]
@@ -128,12 +152,12 @@ def main() -> None:
                 tracer = subprocess.Popen(["strace", "-c", "-f", "-o", out, "-p", str(pids["nats"])],
                                           stderr=subprocess.DEVNULL)
                 time.sleep(0.5)
-            before = _snapshot(pids, monitor)
+            before = _snapshot(pids, monitor, prof_port)
             started = time.perf_counter()
             samples = uvloop.run(loadgen.sequential(target.url, target.one, args.count))
             wall = time.perf_counter() - started
             time.sleep(0.5)  # the last log batch's publish and the log store's fetch and acks
-            after = _snapshot(pids, monitor)
+            after = _snapshot(pids, monitor, prof_port)
             samples.sort()
             print(f"\n{args.form}: {args.count / wall:,.0f} req/s, p50 {samples[len(samples) // 2] * 1e3:.3f} ms "
                   f"p99 {samples[int(len(samples) * 0.99)] * 1e3:.3f} ms")
