@@ -157,7 +157,10 @@ class LogSettings(BaseModel):
 
     max_row_bytes: int = Field(1024 * 1024, description="A logged row above this size loses columns, largest "
                                "input first, then outputs (listed in metadata.dropped).")
-    engine_flush_ms: float = Field(20.0, description="Milliseconds an engine gathers records before publishing.")
+    engine_flush_ms: float = Field(100.0, description="Milliseconds at most an engine gathers records before "
+                                   "publishing them (sooner when engine_flush_bytes are gathered).")
+    engine_flush_bytes: int = Field(1024 * 1024, gt=0, description="Bytes of records (Arrow sizes) that make an "
+                                    "engine publish before engine_flush_ms is up.")
     engine_max_pending_rows: int = Field(1_000_000, description="Rows an engine holds unpublished before it "
                                          "reports records it cannot log.")
     flush_interval: float = Field(0.25, description="Seconds the log store gathers records into one segment.")

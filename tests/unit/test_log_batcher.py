@@ -97,3 +97,39 @@ async def test_a_row_whose_tensor_alone_is_above_the_bus_limit_is_logged_without
     assert all(t.column("metadata.dropped").to_pylist() == [["in.tensor"]] for t in wide_rows)
     assert [v for t in wide_rows for v in t.column("out.y").to_pylist()] == [1.0, 2.0]  # what fits is kept
     assert batcher.lost_rows == 0 and batcher.held_rows == 0
+
+
+async def published(stream: RefusingStream) -> None:
+    for _ in range(1000):  # 5 s at most
+        if stream.published:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("nothing was published in 5 s")
+
+
+async def test_a_batch_is_published_when_its_bytes_are_gathered_or_at_the_interval_whichever_comes_first():
+    one = record(0.0)
+    size = one.inputs.nbytes + one.outputs.nbytes
+    stream = RefusingStream()
+    stream.full = False
+    # bytes first: the interval is far away, three records reach the threshold
+    batcher = LogBatcher(stream, DEPLOYMENT, LogSettings(engine_flush_ms=60_000, engine_flush_bytes=size * 3),
+                         8 * 1024 * 1024)
+    runner = asyncio.create_task(batcher.run())
+    batcher.add(record(1.0))
+    batcher.add(record(2.0))
+    await asyncio.sleep(0.2)
+    assert stream.published == []  # below the threshold, before the interval: still gathering
+    batcher.add(record(3.0))
+    await published(stream)
+    assert pa.ipc.open_stream(stream.published[0][0]).read_all().num_rows == 30
+    await batcher.close(runner, 5.0)
+    # the interval first: one small record is published after engine_flush_ms
+    stream.published.clear()
+    batcher = LogBatcher(stream, DEPLOYMENT, LogSettings(engine_flush_ms=50, engine_flush_bytes=size * 100),
+                         8 * 1024 * 1024)
+    runner = asyncio.create_task(batcher.run())
+    batcher.add(record(4.0))
+    await published(stream)
+    assert batcher.pending == [] and batcher.pending_bytes == 0
+    await batcher.close(runner, 5.0)
