@@ -43,6 +43,8 @@ from shared.logrecords import ArrayRecord, RecordLayout
 from shared.table_transport import META_HEADER, above_bus_limit
 
 MAX_SHAPES = 64  # request heads, plans and answer shapes remembered (a replica sees a handful)
+NUMERIC_OUTPUTS = frozenset(f"tensor({kind})" for kind in (
+    "float", "double", "float16", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"))
 
 
 @dataclass(frozen=True)
@@ -137,12 +139,17 @@ class FastLane:
         self.heads: dict[bytes, _Head | None] = {}  # bytes ahead of the body -> where the values are
         self.answers: dict[tuple, bytes | None] = {}  # output tensors' dtypes and shapes -> the answer's prefix
         self.answered = 0  # requests the lane answered (the rest took the general path)
+        self.refused = False  # the model gave a non-numeric output once: it will again, so the lane stays out
 
     @staticmethod
     def applies(pipeline: Any) -> bool:
-        """A pipeline of one ModelInference step of one ONNX model, served in this process."""
-        return not pipeline.workers and len(pipeline.steps) == 1 and pipeline.steps[0].kind == "ModelInference" \
-            and len(pipeline.steps[0].runtimes) == 1 and isinstance(pipeline.steps[0].runtimes[0], OnnxRuntime)
+        """A pipeline of one ModelInference step of one ONNX model with numeric tensor outputs only, served in this
+        process. A bool, string, sequence or map output (a ZipMap classifier's probabilities) has no fixed layout in
+        the answer: the lane could only run the model and give up, and the general path would run it again."""
+        if pipeline.workers or len(pipeline.steps) != 1 or pipeline.steps[0].kind != "ModelInference" \
+                or len(pipeline.steps[0].runtimes) != 1 or not isinstance(pipeline.steps[0].runtimes[0], OnnxRuntime):
+            return False
+        return all(o.type in NUMERIC_OUTPUTS for o in pipeline.steps[0].runtimes[0].session.get_outputs())
 
     def _plan(self, key: bytes, schema: pa.Schema) -> _Plan | None:
         if key in self.plans:
@@ -208,6 +215,8 @@ class FastLane:
 
     def answer(self, data: bytes, received: int) -> LaneAnswer | None:
         """The request's answer and what its record needs, or None when the general path must run it."""
+        if self.refused:
+            return None
         try:
             length = _head_length(data)
             if length < 0:
@@ -239,8 +248,11 @@ class FastLane:
             inputs.append(flat)
         runtime = self.runtime
         outputs = [np.asarray(o) for o in runtime.session.run(runtime.output_names, feeds)]
-        if any(o.ndim == 0 or len(o) != rows or o.dtype.kind not in "iuf" for o in outputs):
-            return None  # the model's wrong row count (its error), strings (no fixed layout): the general path
+        if any(o.dtype.kind not in "iuf" for o in outputs):
+            self.refused = True  # strings, objects (no fixed layout): so for every request; the general path alone
+            return None
+        if any(o.ndim == 0 or len(o) != rows for o in outputs):
+            return None  # the model's wrong row count: the general path gives its error
         step_ns = time.perf_counter_ns() - started
         shape = tuple((o.dtype.str, o.shape) for o in outputs)
         prefix = self.answers.get(shape, False)

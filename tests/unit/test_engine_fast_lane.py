@@ -223,3 +223,74 @@ def test_a_failure_inside_the_lane_leaves_the_request_to_the_general_path(pipeli
 
     monkeypatch.setattr(lane, "_make_plan", broken)  # while learning a new head
     assert lane.answer(_stream({"tensor": tensor_array(sample_rows(1))}), 0) is None
+
+
+def _bool_output_onnx() -> bytes:
+    """x float[N,29] -> y = x (float) and b = x > 0 (bool)."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("tensor", TensorProto.FLOAT, [None, 29])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 29])
+    b = helper.make_tensor_value_info("b", TensorProto.BOOL, [None, 29])
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    graph = helper.make_graph([helper.make_node("Identity", ["tensor"], ["y"]),
+                               helper.make_node("Greater", ["tensor", "zero"], ["b"])], "g", [x], [y, b], [zero])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def _zipmap_onnx() -> bytes:
+    """A scikit-learn classifier as skl2onnx writes it by default: a label tensor and a ZipMap (a sequence of maps)."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    from tests.models import _fitted
+
+    model, _ = _fitted()
+    return convert_sklearn(model, initial_types=[("tensor", FloatTensorType([None, 29]))],
+                           target_opset=17).SerializeToString()
+
+
+class CountingSession:
+    def __init__(self, session) -> None:
+        self.session, self.runs = session, 0
+
+    def run(self, *args, **kwargs):
+        self.runs += 1
+        return self.session.run(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+@pytest.mark.parametrize("model", [_bool_output_onnx, _zipmap_onnx])
+def test_a_model_with_a_non_numeric_output_runs_once_per_request(tmp_path, model):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model())
+    pipeline = Pipeline(path)
+    runtime = pipeline.steps[0].runtimes[0]
+    session = runtime.session = CountingSession(runtime.session)
+    delivered = []
+
+    async def deliver(msg, answer, received, at_ms):
+        delivered.append(answer)
+
+    async def run_alone(msg, received, at_ms):  # the general path failed (the engine cannot write a ZipMap's maps)
+        delivered.append("its error")
+
+    async def main():
+        batcher = RequestBatcher(pipeline, 0.0, 4096, 1 << 20, run_alone, deliver, lambda msg: False)
+        batcher.subscription = Subscription(0)
+        if FastLane.applies(pipeline):  # as the replica does
+            batcher.lane = FastLane(runtime, pipeline.narrowing, {"name": "m", "sha": "abc"}, "v1", 1 << 20)
+        for seed in range(3):
+            await batcher.submit(Msg(_stream({"tensor": tensor_array(sample_rows(1, seed=seed))})))
+
+    asyncio.run(main())
+    assert len(delivered) == 3 and session.runs == 3  # the general path alone: once per request, not twice
+    # a lane made for it anyway runs it once, sees the outputs it cannot write, and stays out from then on
+    lane = FastLane(runtime, pipeline.narrowing, {"name": "m", "sha": "abc"}, "v1", 1 << 20)
+    for seed in range(3):
+        assert lane.answer(_stream({"tensor": tensor_array(sample_rows(1, seed=seed))}), 0) is None
+    assert session.runs == 4 and lane.refused
