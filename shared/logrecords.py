@@ -370,8 +370,11 @@ def _droppable(name: str) -> int | None:
 def drop_oversized(table: pa.Table, max_row_bytes: int) -> pa.Table:
     """Rows above `max_row_bytes` lose columns, largest input first, then outputs by size, until they fit;
     `time` and metadata always stay, and each row's `metadata.dropped` lists what it lost."""
-    # the buffers' whole sizes bound the bytes the rows reference (Table.nbytes, ~30x its cost): checked first
-    if table.num_rows == 0 or table.get_total_buffer_size() <= max_row_bytes or table.nbytes <= max_row_bytes:
+    # each column's buffers' whole size bounds the bytes any of its rows references (Table.nbytes, ~30x its cost):
+    # summed per column, checked first. Not Table.get_total_buffer_size(): it counts a buffer shared by several
+    # columns once (a step echoing its input tensor as an output), while a row's size counts it in each column
+    if table.num_rows == 0 or sum(column.get_total_buffer_size() for column in table.columns) <= max_row_bytes \
+            or table.nbytes <= max_row_bytes:
         return table
     # no row can be above the fixed-width columns' row size plus all of the other columns' bytes: a batch of
     # small rows is not sized row by row (its list and dictionary columns were 3 % of a replica's samples)

@@ -202,3 +202,15 @@ def test_per_record_columns_travel_as_runs_and_come_back_as_they_were():
 
     single = build_batch(records([1, 1, 2]), "v1")
     assert encode_runs(single, [1, 1, 2]) is single
+
+
+def test_a_row_whose_columns_share_memory_is_sized_per_column():
+    """A step echoing its input tensor as an output: in.x and out.x are one buffer, 600 KB each in the row."""
+    x = tensor_array(np.random.default_rng(1).random((1, 75_000)))
+    table = pa.table({"time": pa.array([1], pa.int64()), "in.x": x, "out.x": x,
+                      "metadata.dropped": pa.array([[]], pa.list_(pa.string()))})
+    assert table.get_total_buffer_size() < 1 << 20 < table.nbytes  # the shared buffer counted once / per column
+    kept = drop_oversized(table, 1 << 20)
+    assert kept.column("metadata.dropped").to_pylist() == [["in.x"]] and kept.column("out.x").null_count == 0
+    record = InferenceRecord(1, pa.table({"x": x}), pa.table({"x": x}), "m", (1, 2))
+    assert drop_oversized(build_batch([record], "v"), 1 << 20).column("metadata.dropped").to_pylist() == [["in.x"]]
