@@ -25,8 +25,12 @@ _schemas: dict[bytes, pa.Schema | None] = {}  # a schema message's bytes -> its 
 
 
 def _has_dictionary(kind: pa.DataType) -> bool:
+    """A dictionary anywhere in the type: nested fields, or an extension type's storage (an extension type has no
+    fields of its own: `arrow.opaque` over a dictionary, written without its dictionary batch, was unreadable)."""
     if pa.types.is_dictionary(kind):
         return True
+    if isinstance(kind, pa.BaseExtensionType):
+        return _has_dictionary(kind.storage_type)
     return any(_has_dictionary(kind.field(i).type) for i in range(kind.num_fields))
 
 

@@ -294,3 +294,22 @@ def test_a_model_with_a_non_numeric_output_runs_once_per_request(tmp_path, model
     for seed in range(3):
         assert lane.answer(_stream({"tensor": tensor_array(sample_rows(1, seed=seed))}), 0) is None
     assert session.runs == 4 and lane.refused
+
+
+def _opaque_dictionary_table() -> pa.Table:
+    """A column of an extension type over a dictionary (as a users' Python step may return): its stream needs the
+    dictionary batch."""
+    dictionary = pa.array(["a", "b", "a"]).dictionary_encode()
+    opaque = pa.ExtensionArray.from_storage(pa.opaque(dictionary.type, "t", "v"), dictionary)
+    return pa.table({"x": opaque, "s": pa.StructArray.from_arrays([opaque], ["y"])})
+
+
+def test_a_dictionary_inside_an_extension_type_is_left_to_the_stream_writer():
+    table = _opaque_dictionary_table()
+    for name in table.column_names:
+        part = table.select([name])
+        assert schema_message(part.schema) is None  # not a schema message and a batch alone
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, part.schema) as writer:
+            writer.write_table(part)
+        assert read_batch(sink.getvalue().to_pybytes()) is None  # the general reader reads its dictionary
