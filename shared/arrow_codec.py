@@ -37,11 +37,18 @@ def _has_dictionary(kind: pa.DataType) -> bool:
 
 
 KNOWN_SCHEMAS = 256  # schemas remembered by their serialized message (a deployment has a few)
+# The largest key (a serialized schema message, a request's head) any cache keyed by schema bytes keeps. Those bytes
+# are the client's (column names, schema metadata: a body may carry 60 MB of them): 256 entries of a body each were
+# gigabytes held by the gateway for anyone with an inference token. A deployment's schemas are a few hundred bytes;
+# a larger one still works, uncached (the engine's arrow_stream and fast_lane use this limit too).
+CACHED_SCHEMA_MAX_BYTES = 16 * 1024
 _PLAIN: dict[bytes, bool] = {}  # a schema message -> it holds no dictionary
 _SCHEMAS: dict[bytes, pa.Schema | None] = {}  # a stream's schema message -> its schema; None: it holds a dictionary
 
 
 def _remember(cache: dict, key: bytes, value: Any) -> None:
+    if len(key) > CACHED_SCHEMA_MAX_BYTES:
+        return
     if len(cache) >= KNOWN_SCHEMAS:
         cache.clear()
     cache[key] = value
@@ -94,8 +101,10 @@ def to_ipc_file(table: pa.Table) -> bytes:
         return b"".join([_FILE_HEAD, head, *messages, IPC_EOS, footer])
     written = _write_file(table)
     start = len(_FILE_HEAD) + len(head) + sum(len(message) for message in messages) + len(IPC_EOS)
-    if b"".join([_FILE_HEAD, head, *messages, IPC_EOS]) == written[:start]:
-        if len(_FOOTERS) >= 256:
+    footer_bytes = len(written) - start  # the footer holds the schema again, and 24 bytes a batch
+    if (len(head) <= CACHED_SCHEMA_MAX_BYTES and footer_bytes <= CACHED_SCHEMA_MAX_BYTES
+            and b"".join([_FILE_HEAD, head, *messages, IPC_EOS]) == written[:start]):
+        if len(_FOOTERS) >= KNOWN_SCHEMAS:
             _FOOTERS.clear()
         _FOOTERS[key] = written[start:]
     return written

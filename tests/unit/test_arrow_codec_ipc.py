@@ -7,7 +7,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from shared import arrow_codec
 from shared.arrow_codec import (
+    CACHED_SCHEMA_MAX_BYTES,
     _read_stream_messages,
     column_values,
     flat_array,
@@ -140,3 +142,42 @@ def test_flat_values_are_flatten() -> None:
     for array in (pairs, pairs.slice(1), pairs.slice(1, 2), pairs[3:], nested, nested.slice(2), with_null,
                   with_null.slice(1)):
         assert flat_values(array).equals(array.flatten())
+
+
+def _file_writer_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _cached_bytes() -> list[bytes]:
+    """Every key (and footer) the schema-keyed caches hold."""
+    return [*arrow_codec._PLAIN, *arrow_codec._SCHEMAS,
+            *(key[0] for key in arrow_codec._FOOTERS), *arrow_codec._FOOTERS.values()]
+
+
+def test_a_schema_with_megabytes_of_metadata_works_and_is_not_cached() -> None:
+    # a client's body may carry its own schema metadata (and column names): kept as cache keys, 256 of them of up
+    # to the body limit each were gigabytes held by the gateway (rev1, /tmp/rev1_plain.py)
+    for i in range(2):
+        table = pa.table({"x": [1.0]}).replace_schema_metadata({b"k": (b"%06d" % i) * (4 * 2**20 // 6)})
+        written = _writer_bytes(table)
+        for _ in range(2):
+            assert to_ipc_stream(table) == written
+            assert from_ipc(written).equals(table, check_metadata=True)
+            assert from_ipc(written, max_decoded_bytes=2**20, validate=True).equals(table, check_metadata=True)
+            assert to_ipc_file(table) == _file_writer_bytes(table)
+    assert all(len(key) <= CACHED_SCHEMA_MAX_BYTES for key in _cached_bytes())
+    assert max(map(len, _cached_bytes()), default=0) <= CACHED_SCHEMA_MAX_BYTES
+    # a long column name alike
+    wide = pa.table({"c" * (CACHED_SCHEMA_MAX_BYTES + 1): [1]})
+    assert to_ipc_stream(wide) == _writer_bytes(wide) and from_ipc(to_ipc_stream(wide)).equals(wide)
+    assert to_ipc_file(wide) == _file_writer_bytes(wide)
+    assert all(len(key) <= CACHED_SCHEMA_MAX_BYTES for key in _cached_bytes())
+    # a small schema is still remembered
+    small = pa.table({"small": [1.0]})
+    to_ipc_stream(small), to_ipc_file(small), from_ipc(to_ipc_stream(small))
+    head = small.schema.serialize().to_pybytes()
+    assert head in arrow_codec._PLAIN and head in arrow_codec._SCHEMAS
+
