@@ -29,11 +29,17 @@ IPC_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # a stream's end: a continuation 
 _DICTIONARY = pa.dictionary(pa.int8(), pa.string()).id
 
 
-def _has_dictionary(kind: pa.DataType) -> bool:
+def has_dictionary(kind: pa.DataType) -> bool:
+    """Does a column of this type need a dictionary batch in an IPC stream: a dictionary anywhere in it, inside
+    nested fields (struct, list, map, union, run-end encoded) or an extension type's storage (`num_fields` of an
+    extension type is 0: without looking at its storage, `arrow.opaque` over a dictionary was written without
+    its dictionary batch, unreadable)?"""
     if kind.id == _DICTIONARY:
         return True
+    if isinstance(kind, pa.BaseExtensionType):
+        return has_dictionary(kind.storage_type)
     fields = kind.num_fields
-    return bool(fields) and any(_has_dictionary(kind.field(index).type) for index in range(fields))
+    return bool(fields) and any(has_dictionary(kind.field(index).type) for index in range(fields))
 
 
 KNOWN_SCHEMAS = 256  # schemas remembered by their serialized message (a deployment has a few)
@@ -58,7 +64,7 @@ def _plain(head: bytes, schema: pa.Schema) -> bool:
     """Does the schema (serialized as `head`) hold no dictionary? Looked up by its bytes after the first time."""
     plain = _PLAIN.get(head)
     if plain is None:
-        plain = not any(_has_dictionary(field.type) for field in schema)
+        plain = not any(has_dictionary(field.type) for field in schema)
         _remember(_PLAIN, head, plain)
     return plain
 
@@ -162,7 +168,7 @@ def _read_stream_messages(data: bytes) -> pa.Table | None:
             if message.type != "schema" or 8 + message.metadata.size != offset:
                 return None
             schema = pa.ipc.read_schema(message)
-            if any(_has_dictionary(field.type) for field in schema):
+            if any(has_dictionary(field.type) for field in schema):
                 schema = None
             _remember(_SCHEMAS, head, schema)
         if schema is None:
