@@ -133,6 +133,7 @@ class LogBatcher:
         """Graceful stop: let a flush under way finish, publish what is left, within `timeout` seconds."""
         self.closing = True
         self.wake.set()
+        self.full.set()  # a gathering under way publishes now, not at the end of its interval
         deadline = time.monotonic() + timeout
         try:
             if task is not None:

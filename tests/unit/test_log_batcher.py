@@ -133,3 +133,15 @@ async def test_a_batch_is_published_when_its_bytes_are_gathered_or_at_the_interv
     await published(stream)
     assert batcher.pending == [] and batcher.pending_bytes == 0
     await batcher.close(runner, 5.0)
+
+
+async def test_a_graceful_stop_publishes_what_is_gathered_at_once_not_at_the_end_of_the_interval():
+    stream = RefusingStream()
+    stream.full = False
+    batcher = LogBatcher(stream, DEPLOYMENT, LogSettings(engine_flush_ms=600_000), 8 * 1024 * 1024)
+    runner = asyncio.create_task(batcher.run())
+    batcher.add(record(1.0))
+    await asyncio.sleep(0.05)  # the batcher is gathering, its interval ten minutes away
+    async with asyncio.timeout(2):
+        await batcher.close(runner, 30.0)
+    assert len(stream.published) == 1 and batcher.held_rows == 0 and batcher.lost_rows == 0
