@@ -20,6 +20,11 @@ from shared.arrow_codec import to_ipc_stream
 CONTINUATION = b"\xff\xff\xff\xff"
 END_OF_STREAM = CONTINUATION + b"\x00\x00\x00\x00"
 MAX_SCHEMAS = 64  # distinct request schemas remembered (a replica sees a handful)
+# The largest schema message (and, in fast_lane, request head) remembered: those bytes are the client's (column
+# names, schema metadata: a body may carry megabytes of them), so the caches are bounded in bytes, not only in
+# count. A deployment's schemas are a few hundred bytes; a larger one is read each time. The gateway's
+# shared.arrow_codec uses the same limit (CACHED_SCHEMA_MAX_BYTES).
+CACHED_SCHEMA_MAX_BYTES = 16 * 1024
 
 _schemas: dict[bytes, pa.Schema | None] = {}  # a schema message's bytes -> its schema (None: has dictionaries)
 
@@ -40,6 +45,8 @@ def _schema_of(message: bytes) -> pa.Schema | None:
         schema = pa.ipc.read_schema(pa.py_buffer(message))
         if any(_has_dictionary(field.type) for field in schema):
             schema = None  # dictionary batches come first in such a stream: the general reader
+        if len(message) > CACHED_SCHEMA_MAX_BYTES:
+            return schema
         if len(_schemas) >= MAX_SCHEMAS:
             _schemas.clear()
         _schemas[message] = schema

@@ -20,9 +20,9 @@ once, the first time a request of that shape comes:
 It answers only what it can answer exactly as the general path would: one record batch without metadata or
 dictionaries, the model's columns and no other, numeric tensors (one level of fixed-size lists, or scalars) of
 the model's element type once narrowed, with the model's shape, no nulls, every value finite (and in the narrower
-type's range), at most INLINE_ROWS rows, numeric outputs, an answer under the bus limit. Anything else, and any
-failure, returns None: the general path (batching.py, handlers.py) then runs the request and gives its answer or
-its error. The answer body, the meta header's bytes and the record are the general path's
+type's range), at most INLINE_ROWS rows, a head (schema and batch metadata, kept as a key) of at most
+CACHED_SCHEMA_MAX_BYTES, numeric outputs, an answer under the bus limit. Anything else, and any failure, returns
+None: the general path (batching.py, handlers.py) then runs the request and gives its answer or its error. The answer body, the meta header's bytes and the record are the general path's
 (tests/unit/test_engine_fast_lane.py compares them)."""
 
 from __future__ import annotations
@@ -35,7 +35,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from services.engine.arrow_stream import CONTINUATION, END_OF_STREAM, batch_stream, read_batch, schema_message
+from services.engine.arrow_stream import (
+    CACHED_SCHEMA_MAX_BYTES,
+    CONTINUATION,
+    END_OF_STREAM,
+    batch_stream,
+    read_batch,
+    schema_message,
+)
 from services.engine.handlers import INLINE_ROWS, Answer
 from services.engine.runtimes import OnnxRuntime
 from shared.arrow_codec import narrow, tensor_array
@@ -219,8 +226,8 @@ class FastLane:
             return None
         try:
             length = _head_length(data)
-            if length < 0:
-                return None
+            if length < 0 or length > CACHED_SCHEMA_MAX_BYTES:
+                return None  # a head of megabytes (the client's names, metadata) is not kept: the general path
             head = data[:length]
             known = self.heads.get(head, False)
             if known is False:

@@ -313,3 +313,20 @@ def test_a_dictionary_inside_an_extension_type_is_left_to_the_stream_writer():
         with pa.ipc.new_stream(sink, part.schema) as writer:
             writer.write_table(part)
         assert read_batch(sink.getvalue().to_pybytes()) is None  # the general reader reads its dictionary
+
+
+def test_a_schema_of_megabytes_is_not_kept(lane):
+    """The request's schema bytes are the client's: caches keyed by them keep only small ones (a huge metadata value
+    or column name in every request would otherwise pin up to MAX_SCHEMAS x a body)."""
+    from services.engine import arrow_stream
+
+    tensor = tensor_array(sample_rows(1))
+    for value in (b"x" * (1 << 20), b"y" * (1 << 20)):
+        data = _stream({"tensor": tensor}, metadata={b"k": value})
+        for _ in range(2):
+            assert read_batch(data) is not None and lane.answer(data, 0) is None
+    assert all(len(key) < 1 << 20 for key in arrow_stream._schemas)  # none of the 1 MB ones
+    assert all(len(key) < 1 << 20 for key in [*lane.heads, *lane.plans])
+    small = _stream({"tensor": tensor})  # an ordinary request still takes the lane
+    assert lane.answer(small, 0) is not None and small[:len(schema_message(pa.schema([("tensor", tensor.type)])))] \
+        in arrow_stream._schemas
