@@ -22,8 +22,9 @@ dictionaries, the model's columns and no other, numeric tensors (one level of fi
 the model's element type once narrowed, with the model's shape, no nulls, every value finite (and in the narrower
 type's range), at most INLINE_ROWS rows, a head (schema and batch metadata, kept as a key) of at most
 CACHED_SCHEMA_MAX_BYTES, numeric outputs, an answer under the bus limit. Anything else, and any failure, returns
-None: the general path (batching.py, handlers.py) then runs the request and gives its answer or its error. The answer body, the meta header's bytes and the record are the general path's
-(tests/unit/test_engine_fast_lane.py compares them)."""
+None: the general path (batching.py, handlers.py) then runs the request and gives its answer or its error. The
+answer body, the meta header's bytes and the record are the general path's (tests/unit/test_engine_fast_lane.py
+compares them)."""
 
 from __future__ import annotations
 
