@@ -330,3 +330,18 @@ def test_a_schema_of_megabytes_is_not_kept(lane):
     small = _stream({"tensor": tensor})  # an ordinary request still takes the lane
     assert lane.answer(small, 0) is not None and small[:len(schema_message(pa.schema([("tensor", tensor.type)])))] \
         in arrow_stream._schemas
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_learnt_head_with_a_nan_or_inf_goes_to_the_general_path(pipeline, dtype):
+    """Values change, the head does not: a learnt head's NaN or inf (a float32 column is not cast, a float64 one
+    is) is still the general path's error."""
+    lane = FastLane(pipeline.steps[0].runtimes[0], pipeline.narrowing, {"name": "m", "sha": "abc"}, "v1", 1 << 20)
+    rows = sample_rows(2).astype(dtype)
+    good = _stream({"tensor": tensor_array(rows)})
+    assert lane.answer(good, 0) is not None and len(lane.heads) == 1
+    for value in (np.nan, np.inf, -np.inf):
+        rows[1, 3] = value
+        bad = _stream({"tensor": tensor_array(rows)})
+        assert bad[:-8 - rows.nbytes] == good[:-8 - rows.nbytes]  # the same head: the values alone differ
+        assert lane.answer(bad, 0) is None and lane.answered == 1  # the general path gives the model check's error
