@@ -15,6 +15,8 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from services.gateway.errors import error_response
+from services.gateway.json_fast import count_brackets as _brackets
+from services.gateway.json_fast import parse as _parse
 from shared.arrow_codec import check_column_count, flat_array, flat_values, from_ipc, tensor_array, to_ipc_stream
 from shared.authz import Principal
 from shared.bus import raise_for_error_header
@@ -70,41 +72,6 @@ def _lists(value: Any) -> int:
     if isinstance(value, dict):
         return sum(_lists(item) for item in value.values())
     return 0
-
-
-def _brackets(body: bytes, limit: int) -> int:
-    """How many `[` the body holds, counted up to `limit` + 1: a memchr per bracket, and a flat request holds a
-    few. (Counting them with numpy made a bool array the body's size: ~120 us of the gateway's CPU a 1,000-row
-    request, more when that fresh memory faulted in.)"""
-    count, at = 0, body.find(b"[")
-    while at >= 0 and count <= limit:
-        count += 1
-        at = body.find(b"[", at + 1)
-    return count
-
-
-_parser: list[Any] = []  # one simdjson parser, reused (`_parse`)
-PARSER_KEPT_BELOW = 4 << 20  # bytes: a larger body gets a parser of its own, dropped after it
-
-
-def _parse(body: bytes) -> Any:
-    """The simdjson document of `body`, from one parser kept between requests: a fresh parser allocated its
-    buffers (~15x the body: the padded copy, structural indexes, tape) per request, and glibc gave them back to
-    the kernel and took them again, zeroed, every time: ~185 page faults a 1,000-row request, ~7 % of the
-    gateway's CPU under OIP batch-1000 load. Reuse is safe: pysimdjson refuses (RuntimeError) to parse while an
-    Object or Array of the parser's previous document is alive; then that parser is left to it and a new one
-    taken."""
-    import simdjson
-
-    if len(body) >= PARSER_KEPT_BELOW:
-        return simdjson.Parser().parse(body)
-    if not _parser:
-        _parser.append(simdjson.Parser())
-    try:
-        return _parser[0].parse(body)
-    except RuntimeError:  # a document of the kept parser still referenced somewhere
-        _parser[0] = simdjson.Parser()
-        return _parser[0].parse(body)
 
 
 def _read_json_fast(body: bytes) -> dict[str, Any] | None:
