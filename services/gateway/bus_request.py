@@ -124,3 +124,17 @@ class Requester:
         if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
             raise nats.errors.NoRespondersError
         return msg
+
+
+_REQUESTER = "_railyard_requester"
+
+
+def requester_of(nc: Any) -> Requester:
+    """The connection's one Requester, kept on the connection object: it goes with the connection (a cycle the
+    garbage collector frees). A WeakKeyDictionary by connection never let an entry go, since the Requester (its
+    value) holds the connection (its key) strongly."""
+    requester = getattr(nc, _REQUESTER, None)
+    if requester is None:
+        requester = Requester(nc)
+        setattr(nc, _REQUESTER, requester)
+    return requester

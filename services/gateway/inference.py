@@ -12,7 +12,6 @@ import functools
 import logging
 import time
 import uuid
-import weakref
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from services.gateway.body import read_request_body
-from services.gateway.bus_request import Requester
+from services.gateway.bus_request import requester_of
 from services.gateway.coalesce import Coalescer
 from services.gateway.errors import send_error
 from services.gateway.limits import declared_length, too_large
@@ -242,9 +241,6 @@ def _row_objects(columns: dict[str, list[Any]], rows: int) -> list[dict[str, Any
     return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
 
-_requesters: weakref.WeakKeyDictionary[Any, Requester] = weakref.WeakKeyDictionary()  # by bus connection
-
-
 @dataclass
 class EngineReply:
     """An engine's answer with its table bytes fetched (from object storage when they were too large)."""
@@ -259,9 +255,7 @@ async def _ask_engine(runtime: Runtime, deployment: str, payload: bytes) -> Engi
     holding a request never answers, so a request unanswered after FIRST_ATTEMPT seconds is sent once more
     (to a live replica)."""
     nc = runtime.broker.config.connection_state.connection
-    requester = _requesters.get(nc)
-    if requester is None:
-        requester = _requesters[nc] = Requester(nc)
+    requester = requester_of(nc)
     subject = subjects.engine_infer(deployment)
     # one id for both attempts: a replica still running the first answers the second from it, and the log
     # store stores a slow or re-sent request's record once (docs/logs.md, "Re-sent requests")

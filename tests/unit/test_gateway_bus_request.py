@@ -97,3 +97,23 @@ async def test_nobody_listening_and_nobody_answering_are_nats_pys_errors(nats_ur
 
 def test_the_header_block_is_nats_pys() -> None:
     assert header_block({"A": "1", "": "skipped", "B": " two\r\n"}) == b"NATS/1.0\r\nA: 1\r\nB: two\r\n\r\n"
+
+
+def test_a_connections_requester_goes_with_the_connection() -> None:
+    # a WeakKeyDictionary by connection kept every entry: its value (the Requester) holds its key (rev1's nit)
+    import gc
+    import weakref
+
+    from services.gateway import inference
+    from services.gateway.bus_request import requester_of
+
+    nc = nats.NATS()
+    requester = requester_of(nc)
+    assert requester_of(nc) is requester and requester.nc is nc
+    gone = weakref.ref(nc)
+    held = getattr(inference, "_requesters", {})  # the former registry, if any
+    if isinstance(held, weakref.WeakKeyDictionary):
+        held[nc] = requester
+    del nc, requester
+    gc.collect()
+    assert gone() is None
