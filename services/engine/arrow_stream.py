@@ -15,35 +15,24 @@ import struct
 
 import pyarrow as pa
 
-from shared.arrow_codec import to_ipc_stream
+from shared.arrow_codec import CACHED_SCHEMA_MAX_BYTES, has_dictionary, to_ipc_stream
 
 CONTINUATION = b"\xff\xff\xff\xff"
 END_OF_STREAM = CONTINUATION + b"\x00\x00\x00\x00"
 MAX_SCHEMAS = 64  # distinct request schemas remembered (a replica sees a handful)
-# The largest schema message (and, in fast_lane, request head) remembered: those bytes are the client's (column
-# names, schema metadata: a body may carry megabytes of them), so the caches are bounded in bytes, not only in
-# count. A deployment's schemas are a few hundred bytes; a larger one is read each time. The gateway's
-# shared.arrow_codec uses the same limit (CACHED_SCHEMA_MAX_BYTES).
-CACHED_SCHEMA_MAX_BYTES = 16 * 1024
+# CACHED_SCHEMA_MAX_BYTES (shared.arrow_codec, one rule for every cache keyed by schema bytes): the largest schema
+# message (and, in fast_lane, request head) remembered. Those bytes are the client's (column names, schema metadata:
+# a body may carry megabytes of them), so the caches are bounded in bytes, not only in count; a larger schema is
+# read each time.
 
 _schemas: dict[bytes, pa.Schema | None] = {}  # a schema message's bytes -> its schema (None: has dictionaries)
-
-
-def _has_dictionary(kind: pa.DataType) -> bool:
-    """A dictionary anywhere in the type: nested fields, or an extension type's storage (an extension type has no
-    fields of its own: `arrow.opaque` over a dictionary, written without its dictionary batch, was unreadable)."""
-    if pa.types.is_dictionary(kind):
-        return True
-    if isinstance(kind, pa.BaseExtensionType):
-        return _has_dictionary(kind.storage_type)
-    return any(_has_dictionary(kind.field(i).type) for i in range(kind.num_fields))
 
 
 def _schema_of(message: bytes) -> pa.Schema | None:
     schema = _schemas.get(message, False)
     if schema is False:
         schema = pa.ipc.read_schema(pa.py_buffer(message))
-        if any(_has_dictionary(field.type) for field in schema):
+        if any(has_dictionary(field.type) for field in schema):
             schema = None  # dictionary batches come first in such a stream: the general reader
         if len(message) > CACHED_SCHEMA_MAX_BYTES:
             return schema
@@ -77,7 +66,7 @@ def read_batch(data: bytes) -> tuple[bytes, pa.RecordBatch] | None:
 def schema_message(schema: pa.Schema) -> bytes | None:
     """The schema's IPC message as a stream writer writes it, or None when the schema has dictionary columns
     (their dictionaries are messages of their own: the general writer)."""
-    if any(_has_dictionary(kind) for kind in schema.types):
+    if any(has_dictionary(kind) for kind in schema.types):
         return None
     return schema.serialize().to_pybytes()
 

@@ -313,6 +313,8 @@ def test_a_dictionary_inside_an_extension_type_is_left_to_the_stream_writer():
         with pa.ipc.new_stream(sink, part.schema) as writer:
             writer.write_table(part)
         assert read_batch(sink.getvalue().to_pybytes()) is None  # the general reader reads its dictionary
+        written = write_stream(part, schema_message(part.schema))  # an answer's stream: with its dictionary batch
+        assert written == sink.getvalue().to_pybytes() and pa.ipc.open_stream(written).read_all().equals(part)
 
 
 def test_a_schema_of_megabytes_is_not_kept(lane):
