@@ -285,9 +285,23 @@ async def _ask_engine(runtime: Runtime, deployment: str, payload: bytes) -> Engi
             await runtime.objects.delete(BUCKET_TABLES, staged)
 
 
-@functools.lru_cache(maxsize=64)
+NO_FAILURES_CACHED_ROWS = 10_000  # larger answers build theirs: 64 kept columns of millions of rows were gigabytes
+
+
 def _no_failures(rows: int) -> pa.Array:
-    """The answer's `check_failures` column: an empty list per row (built once per row count)."""
+    """The answer's `check_failures` column: an empty list per row (built once per row count up to
+    NO_FAILURES_CACHED_ROWS)."""
+    if rows <= NO_FAILURES_CACHED_ROWS:
+        return _cached_no_failures(rows)
+    return _build_no_failures(rows)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_no_failures(rows: int) -> pa.Array:
+    return _build_no_failures(rows)
+
+
+def _build_no_failures(rows: int) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(np.zeros(rows + 1, np.int32)), pa.array([], pa.string()))
 
 
