@@ -48,6 +48,7 @@ from shared.collector import settle_garbage_collector  # noqa: E402
 from shared.errors import Conflict, InvalidRequest, RailyardError  # noqa: E402
 from shared.logrecords import InferenceRecord  # noqa: E402
 from shared.messages.engine import ReplicaSpec  # noqa: E402
+from shared.nats_direct import write_now  # noqa: E402
 from shared.objectstore import BUCKET_ARTIFACTS, MinioObjectStore, content_key  # noqa: E402
 from shared.probe_files import keep_probe_files  # noqa: E402
 from shared.raw_bus import connect_options  # noqa: E402
@@ -247,7 +248,8 @@ class Replica:
 
         async def reply(msg, body: bytes, headers: dict[str, str], received: int) -> None:
             answers.answered(msg, body, headers, (time.perf_counter_ns() - received) / 1e9)
-            await nc.publish(msg.reply, body, headers=headers)
+            if not write_now(nc, msg.reply, body, headers):  # at once, not on the flusher's next turn
+                await nc.publish(msg.reply, body, headers=headers)
 
         async def resend(msg, earlier) -> None:  # re-sent by the gateway while this replica runs it or just ran it
             body, headers = await earlier if isinstance(earlier, asyncio.Future) else earlier

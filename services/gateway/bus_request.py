@@ -15,31 +15,16 @@ for the server's 503 status reply, TimeoutError)."""
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 import nats.errors
 from nats.aio.msg import Msg
 
-WRITE_AT_ONCE = 64 * 1024  # larger payloads go through nats-py's flusher, which waits for the socket to drain
-_SUBJECT_INVALID = re.compile(r"[ \t\r\n]")  # nats-py's publish check: CRLF would inject protocol commands
-_HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # nats-py's header key check
-_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
+from shared.nats_direct import WRITE_AT_ONCE, check_subject, header_block, write_now
+
+__all__ = ["WRITE_AT_ONCE", "NO_RESPONDERS", "Requester", "header_block", "requester_of"]
+
 NO_RESPONDERS = "503"
-
-
-def header_block(headers: dict[str, str]) -> bytes:
-    """A NATS header block as nats-py's publish writes it (keys checked, values trimmed and stripped of CR/LF)."""
-    lines = [b"NATS/1.0\r\n"]
-    for k, v in headers.items():
-        key = k.strip()
-        if not key:
-            continue
-        if not _HEADER_KEY.fullmatch(key):
-            raise nats.errors.BadHeaderError(key)
-        lines.append(b"%s: %s\r\n" % (key.encode(), v.strip().translate(_NEWLINES).encode()))
-    lines.append(b"\r\n")
-    return b"".join(lines)
 
 
 class _Replies:
@@ -86,8 +71,7 @@ class Requester:
 
     def _check(self, subject: str) -> None:
         if subject not in self.checked:
-            if not subject or _SUBJECT_INVALID.search(subject):
-                raise nats.errors.BadSubjectError
+            check_subject(subject)
             if len(self.checked) > 10_000:
                 self.checked.clear()
             self.checked.add(subject)
@@ -104,16 +88,8 @@ class Requester:
         future = loop.create_future()
         self.replies.waiting[inbox] = future
         try:
-            if nc._pending_data_size or len(payload) > WRITE_AT_ONCE or not nc.is_connected or nc.is_draining_pubs:
+            if not write_now(nc, subject, payload, headers, inbox, checked=True):
                 await nc.publish(subject, payload, reply=inbox, headers=headers)  # behind what waits, or its errors
-            else:
-                if len(payload) > nc.max_payload:
-                    raise nats.errors.MaxPayloadError
-                hdr = header_block(headers)
-                nc.stats["out_msgs"] += 1
-                nc.stats["out_bytes"] += len(payload)
-                nc._transport.write(b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
-                    subject.encode(), inbox.encode(), len(hdr), len(hdr) + len(payload), hdr, payload))
             timer = loop.call_later(timeout, _expire, future)
             try:
                 msg = await future
