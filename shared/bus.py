@@ -45,7 +45,7 @@ from shared.errors import (
 from shared.faststream_logs import PULL_TIMEOUT_RETRIES
 from shared.messages.base import Event, Message, Reply
 from shared.raw_bus import ERROR_HEADER, connect_options, error_headers  # noqa: F401 - defined there for FastStream-free processes
-from shared.settings import Settings
+from shared.settings import COMMAND_DRAIN_TIMEOUT, Settings
 
 log = logging.getLogger("railyard.bus")
 
@@ -117,7 +117,7 @@ def make_broker(settings: Settings, name: str) -> NatsBroker:
         error_cb=quiet_error,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
-        graceful_timeout=15.0,
+        graceful_timeout=COMMAND_DRAIN_TIMEOUT,
         logger=logger,
         log_level=logging.DEBUG,  # per-message "Received/Processed" lines only when debugging
     )

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "RAILYARD_"
 ENV_NESTED_DELIMITER = "__"
+COMMAND_DRAIN_TIMEOUT = 15.0  # seconds a stopping service drains the bus commands it took (shared/service.py)
 
 
 class NatsSettings(BaseModel):

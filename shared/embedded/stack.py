@@ -37,7 +37,7 @@ from typing import IO
 from shared import __version__, subjects
 from shared.embedded import servers
 from shared.embedded.servers import Secrets, ServerSpec, StackError
-from shared.settings import Settings
+from shared.settings import COMMAND_DRAIN_TIMEOUT, Settings
 
 STABLE_AFTER = 10.0  # a child that ran this long is restarted at once if it dies
 FIRST_BACKOFF = 0.2
@@ -371,10 +371,11 @@ class EmbeddedStack:
     def service_stop_grace(self, name: str) -> float:
         """Seconds service `name` has to stop before its process group is killed. The deployer's stop hook drains
         its engine replicas (every set at once, each replica killed past `deployer.stop_timeout`) and they publish the
-        log rows they hold, so its grace is that timeout plus the services' own grace for the rest of its stop (its
-        command drain); every other service has the services' grace."""
+        log rows they hold, after its command drain (up to COMMAND_DRAIN_TIMEOUT while a deploy waits for its
+        replicas), so its grace is the two together, at least the services' own grace more than the timeout; every
+        other service has the services' grace."""
         if name == "deployer":
-            return self.settings.deployer.stop_timeout + self.cfg.stop_grace
+            return self.settings.deployer.stop_timeout + max(self.cfg.stop_grace, COMMAND_DRAIN_TIMEOUT)
         return self.cfg.stop_grace
 
     def check_stop(self) -> None:
