@@ -70,6 +70,7 @@ class LogBatcher:
         self.pending_bytes = 0
         self.held_rows = 0  # pending plus published but not yet acknowledged
         self.held_bytes = 0
+        self.abandoned_rows = 0  # rows of flushes that ended before the stream acknowledged them
         self.lost_rows = 0
         self.lost_records = 0
         self.refused_publishes = 0
@@ -137,16 +138,32 @@ class LogBatcher:
         deadline = time.monotonic() + timeout
         try:
             if task is not None:
-                await asyncio.wait_for(asyncio.shield(task), max(0.1, deadline - time.monotonic()))
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), max(0.1, deadline - time.monotonic()))
+                except TimeoutError:
+                    raise
+                except Exception:  # the batcher's task failed: what it held is counted below, the rest published
+                    log.exception("the inference log batcher of %s failed", self.subject)
             if self.pending:
                 await asyncio.wait_for(self.flush(), max(0.1, deadline - time.monotonic()))
-        except TimeoutError:
+        except Exception as exc:  # TimeoutError: the stream did not acknowledge in time
             if task is not None:
                 task.cancel()
-            self.lost_rows += self.held_rows
+            # rows still held (a flush of the task not yet cancelled, records never flushed) and rows of flushes
+            # that ended unacknowledged (this close's own, cancelled by its timeout) are lost: counted, never silent
+            lost = self.held_rows + self.abandoned_rows
+            self.abandoned_rows = 0
+            self.lost_rows += lost
             self._report(force=True)
-            log.error("stopping: %d rows of %s were not acknowledged by the stream in %.0f s and are not logged",
-                      self.held_rows, self.subject, timeout)
+            log.error("stopping: %d rows of %s were not acknowledged by the stream in %.0f s and are not logged (%s)",
+                      lost, self.subject, timeout, type(exc).__name__)
+        else:
+            if self.abandoned_rows:
+                self.lost_rows += self.abandoned_rows
+                self._report(force=True)
+                log.error("stopping: %d rows of %s were not logged (the batcher failed)", self.abandoned_rows,
+                          self.subject)
+                self.abandoned_rows = 0
 
     async def flush(self) -> None:
         records = self.pending
@@ -156,15 +173,19 @@ class LogBatcher:
         # on the event loop up to 2000 rows: in a thread, the GIL it holds stalled the loop more than doing it here
         # (bench/log_flush_lag.py measured both, issue 20)
         payloads = await asyncio.to_thread(self._encode, records) if rows > 2000 else self._encode(records)
+        unpublished = sum(count for _, _, count in payloads)  # rows _split gave up on are counted lost there
         try:
-            for payload, requests in payloads:
+            for payload, requests, count in payloads:
                 await self._publish(payload, requests)
+                unpublished -= count
         finally:
             self.held_rows -= rows
             self.held_bytes -= size
+            self.abandoned_rows += unpublished  # a flush cancelled (a stop's timeout) or failed
 
-    def _encode(self, records: list[InferenceRecord]) -> list[tuple[bytes, dict[str, list[int]]]]:
-        payloads: list[tuple[bytes, dict[str, list[int]]]] = []
+    def _encode(self, records: list[InferenceRecord]) -> list[tuple[bytes, dict[str, list[int]], int]]:
+        """(payload, the rows of requests to store once, rows) for each message the records make."""
+        payloads: list[tuple[bytes, dict[str, list[int]], int]] = []
         for group in group_records(records):
             once: dict[str, list[int]] = {}
             row = 0
@@ -178,7 +199,7 @@ class LogBatcher:
         return payloads
 
     def _split(self, table: pa.Table, offset: int, once: dict[str, list[int]]
-               ) -> list[tuple[bytes, dict[str, list[int]]]]:
+               ) -> list[tuple[bytes, dict[str, list[int]], int]]:
         payload = to_ipc_stream(table)
         if len(payload) > self.max_bytes and table.num_rows == 1 and META_DROPPED in table.column_names:
             # a fixed-width tensor keeps its value slots when drop_oversized nulls it: a row whose tensor alone is
@@ -199,7 +220,7 @@ class LogBatcher:
                 if lo < hi:  # a request cut in two is stored once per part
                     key = request_id if (lo, hi) == (start, start + count) else f"{request_id}/{lo - start}"
                     mine[key] = [lo - offset, hi - lo]
-            return [(payload, mine)]
+            return [(payload, mine, table.num_rows)]
         half = table.num_rows // 2
         return self._split(table.slice(0, half), offset, once) + \
             self._split(table.slice(half), offset + half, once)

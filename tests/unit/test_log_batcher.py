@@ -145,3 +145,13 @@ async def test_a_graceful_stop_publishes_what_is_gathered_at_once_not_at_the_end
     async with asyncio.timeout(2):
         await batcher.close(runner, 30.0)
     assert len(stream.published) == 1 and batcher.held_rows == 0 and batcher.lost_rows == 0
+
+
+async def test_rows_of_a_stops_own_flush_cut_by_its_timeout_are_counted_lost():
+    stream = RefusingStream()  # refuses every publish: the stop's own flush retries until its timeout cuts it
+    batcher = LogBatcher(stream, DEPLOYMENT, LogSettings(engine_flush_ms=600_000), 8 * 1024 * 1024)
+    for value in range(3):
+        batcher.add(record(float(value)))
+    await batcher.close(None, 0.5)
+    assert stream.published == [] and batcher.lost_rows == 30 and batcher.lost_records == 0
+    assert batcher.held_rows == 0 and batcher.abandoned_rows == 0
