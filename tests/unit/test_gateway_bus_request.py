@@ -37,6 +37,14 @@ def nats_url(tmp_path: Path):
         process.wait(10)
 
 
+async def subscribed(nc: nats.NATS) -> None:
+    """Returns once the server has the connection's new subscriptions: nats-py 2.16's flush writes its PING
+    straight to the socket while a SUB may still wait in its pending buffer (the PONG can come before the server
+    saw the SUB: a request right after was answered "no responders" ~1 in 15), so the second PING goes after it."""
+    await nc.flush()
+    await nc.flush()
+
+
 async def _connect(url: str, **options) -> nats.NATS:
     return await nats.connect(url, max_reconnect_attempts=0, connect_timeout=10, **options)
 
@@ -52,7 +60,7 @@ async def test_requests_are_sent_and_answered_as_nats_pys_own(nats_url: str) -> 
 
     try:
         await engine.subscribe("engine.d.infer", queue="replicas", cb=answer)
-        await engine.flush()
+        await subscribed(engine)
         requester = Requester(caller)
         headers = {"Railyard-Request-Id": "abc", " Spaced ": " value\r\nINJECTED \n"}
         own = await caller.request("engine.d.infer", b"one", timeout=5, headers=headers)
@@ -79,10 +87,8 @@ async def test_nobody_listening_and_nobody_answering_are_nats_pys_errors(nats_ur
         async def silent(msg) -> None:
             return None
 
-        # subscribed before the first request: a request sent right after another connection's SUB and PONG was
-        # answered "no responders" now and then by nats-server itself (nats-py's own request too, ~1 in 15)
         await engine.subscribe("engine.silent.infer", cb=silent)
-        await engine.flush()
+        await subscribed(engine)
         with pytest.raises(nats.errors.NoRespondersError):
             await requester.request("engine.nobody.infer", b"x", 5, {"A": "b"})
         with pytest.raises(nats.errors.TimeoutError):

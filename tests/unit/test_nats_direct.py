@@ -12,7 +12,7 @@ import nats.errors
 import pytest
 
 from shared.nats_direct import WRITE_AT_ONCE, write_now
-from tests.unit.test_gateway_bus_request import _connect, nats_url  # noqa: F401 - the nats-server fixture
+from tests.unit.test_gateway_bus_request import _connect, nats_url, subscribed  # noqa: F401 - nats_url: the fixture
 
 
 async def test_written_at_once_is_received_as_nats_pys_publish(nats_url: str) -> None:  # noqa: F811
@@ -21,7 +21,7 @@ async def test_written_at_once_is_received_as_nats_pys_publish(nats_url: str) ->
     got: asyncio.Queue = asyncio.Queue()
     try:
         await receiver.subscribe("t.>", cb=got.put)
-        await receiver.flush()
+        await subscribed(receiver)
         cases = [("t.a", b"plain", None, ""), ("t.b", b"", {}, "r.1"),
                  ("t.c", b"x" * 5000, {"Railyard-Meta": '{"a": 1}', " K ": " v\r\n"}, "_INBOX.x.7")]
         for subject, payload, headers, reply in cases:
