@@ -16,6 +16,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -148,7 +149,7 @@ def main() -> None:
         for _ in range(args.rounds):
             tracer = None
             if args.strace:
-                out = f"/tmp/bus_account_strace_{os.getpid()}.txt"
+                out = os.path.join(tempfile.gettempdir(), f"bus_account_strace_{os.getpid()}.txt")
                 tracer = subprocess.Popen(["strace", "-c", "-f", "-o", out, "-p", str(pids["nats"])],
                                           stderr=subprocess.DEVNULL)
                 time.sleep(0.5)

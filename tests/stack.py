@@ -195,9 +195,9 @@ class RunningStack:
             with contextlib.suppress(psutil.Error):
                 if str(self.data_dir) in " ".join(proc.info["cmdline"] or ()) and proc.status() != psutil.STATUS_ZOMBIE:
                     found.append(f"process {proc.info['pid']}: {' '.join(proc.info['cmdline'])[:120]}")
-        grpc = [f"/tmp/seaweedfs-{name}-grpc-{port}.sock" for name, port in self.weed_ports.items()  # noqa: S108
+        grpc = [f"/tmp/seaweedfs-{name}-grpc-{port}.sock" for name, port in self.weed_ports.items()  # noqa: S108 not-a-machine-path
                 if name.endswith("-grpc")]
-        grpc.append(f"/tmp/seaweedfs-s3-grpc-{int(self.env['RAILYARD_STACK__S3_PORT']) + GRPC_OFFSET}.sock")  # noqa: S108
+        grpc.append(f"/tmp/seaweedfs-s3-grpc-{int(self.env['RAILYARD_STACK__S3_PORT']) + GRPC_OFFSET}.sock")  # noqa: S108 not-a-machine-path
         files = [self.data_dir / "run" / "stack.json", self.data_dir / "postgres" / "postmaster.pid",
                  *(self.data_dir / "run").glob("*.sock"), *map(Path, grpc)]
         found += [str(path) for path in files if path.exists()]

@@ -372,7 +372,7 @@ def seaweedfs_server(cfg: StackSettings, data_dir: Path, secrets: Secrets) -> Se
         # killed, it leaves its Unix sockets: the two we name, and one per gRPC port in /tmp (a fixed path in
         # `weed server`, whatever TMPDIR says; ~1,000 of them had piled up on a CI machine)
         leftovers=(data_dir / "run" / "s3.sock", data_dir / "run" / "filer.sock",
-                   *(Path(f"/tmp/seaweedfs-{name}-grpc-{ports[f'{name}-grpc']}.sock")  # noqa: S108 - weed's path
+                   *(Path(f"/tmp/seaweedfs-{name}-grpc-{ports[f'{name}-grpc']}.sock")  # noqa: S108 - not-a-machine-path: weed's own
                      for name in ("master", "volume", "filer", "s3"))),
         # Everything that writes to it has stopped by then; its filer waits 15 s for its own metadata stream on
         # a graceful stop (logging nothing else, the volume server untouched, in a 4 s grace too), so after a
