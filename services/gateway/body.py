@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
-from services.gateway.limits import too_large
+from services.gateway.limits import read_rest, too_large
 from shared.errors import RequestTimeout
 
 
@@ -65,19 +65,4 @@ async def read_request_body(receive: Callable[[], Awaitable[dict]], limit: int, 
         raise too_large(limit)
     if not message.get("more_body"):
         return chunk
-    chunks, received = [chunk], len(chunk)
-    try:
-        async with asyncio.timeout_at(deadline):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return None
-                chunk = message.get("body", b"")
-                received += len(chunk)
-                if received > limit:
-                    raise too_large(limit)
-                chunks.append(chunk)
-                if not message.get("more_body"):
-                    return b"".join(chunks)
-    except TimeoutError:
-        raise RequestTimeout(f"the request body did not arrive within {timeout:g} s") from None
+    return await read_rest(receive, [chunk], len(chunk), limit, deadline, timeout)

@@ -73,12 +73,17 @@ def too_large(limit: int) -> PayloadTooLarge:
 async def read_body(receive: Callable, limit: int, timeout: float) -> bytes | None:
     """The whole body, read within `timeout` seconds and refused past `limit` bytes (the rest is never read);
     None when the client went away."""
-    chunks: list[bytes] = []
-    received = 0
+    return await read_rest(receive, [], 0, limit, asyncio.get_running_loop().time() + timeout, timeout)
+
+
+async def read_rest(receive: Callable, chunks: list[bytes], received: int, limit: int, deadline: float,
+                    timeout: float) -> bytes | None:
+    """read_body's loop from `chunks` (`received` bytes) on, until the loop time `deadline` (services/gateway/body.py
+    reads the first chunk its own way)."""
     try:
         # one deadline for the whole body: wait_for per chunk made a task per chunk (~6 us each; a 600 KB body
         # comes in ~10 chunks of uvicorn's 64 KB flow-control window)
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout_at(deadline):
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":

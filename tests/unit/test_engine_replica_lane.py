@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -23,29 +21,18 @@ from services.engine.replica import Replica, Step, first_step_narrowing
 from services.engine.runtimes import OnnxRuntime
 from shared import subjects
 from shared.arrow_codec import from_ipc, tensor_array, to_ipc_stream
-from shared.embedded.servers import find_binary
 from shared.logrecords import REQUEST_ID
 from shared.settings import Settings
 from shared.table_transport import META_HEADER
+from tests.local_nats import local_nats_server
 from tests.models import ccfraud_onnx, sample_rows, sklearn_predict_proba
 
 
 @pytest.fixture
 def nats_url(tmp_path: Path):
-    """A nats-server with JetStream on a port it picks itself (read from its log)."""
-    log = tmp_path / "nats.log"
-    process = subprocess.Popen([find_binary("nats-server"), "-js", "-sd", str(tmp_path / "js"), "-a", "127.0.0.1",
-                                "-p", "-1", "-l", str(log)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while not (found := re.search(r"client connections on 127\.0\.0\.1:(\d+)",
-                                      log.read_text() if log.exists() else "")):
-            assert process.poll() is None and time.monotonic() < deadline, "nats-server did not start"
-            time.sleep(0.05)
-        yield f"nats://127.0.0.1:{found.group(1)}"
-    finally:
-        process.terminate()
-        process.wait(10)
+    """A nats-server with JetStream (tests/local_nats.py)."""
+    with local_nats_server(tmp_path, jetstream=True) as url:
+        yield url
 
 
 async def _wait_for(condition, timeout: float = 30.0) -> None:

@@ -6,9 +6,6 @@ and nobody listening or nobody answering raise nats-py's errors."""
 from __future__ import annotations
 
 import asyncio
-import re
-import subprocess
-import time
 from pathlib import Path
 
 import nats
@@ -16,25 +13,14 @@ import nats.errors
 import pytest
 
 from services.gateway.bus_request import WRITE_AT_ONCE, Requester, header_block
-from shared.embedded.servers import find_binary
+from tests.local_nats import local_nats_server
 
 
 @pytest.fixture
 def nats_url(tmp_path: Path):
-    """A nats-server on a port it picks itself (read from its log: no other process can take it in between)."""
-    log = tmp_path / "nats.log"
-    process = subprocess.Popen([find_binary("nats-server"), "-a", "127.0.0.1", "-p", "-1", "-l", str(log)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while not (found := re.search(r"client connections on 127\.0\.0\.1:(\d+)",
-                                      log.read_text() if log.exists() else "")):
-            assert process.poll() is None and time.monotonic() < deadline, "nats-server did not start"
-            time.sleep(0.05)
-        yield f"nats://127.0.0.1:{found.group(1)}"
-    finally:
-        process.terminate()
-        process.wait(10)
+    """A nats-server (tests/local_nats.py)."""
+    with local_nats_server(tmp_path) as url:
+        yield url
 
 
 async def subscribed(nc: nats.NATS) -> None:
