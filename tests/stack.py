@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.embedded.servers import GRPC_OFFSET
+from shared.embedded.servers import GRPC_OFFSET, weed_grpc_socket
 from shared.embedded.stack import port_free
 from shared.settings import AuthSettings, GatewaySettings, NatsSettings, PostgresSettings, S3Settings, Settings
 
@@ -195,9 +195,9 @@ class RunningStack:
             with contextlib.suppress(psutil.Error):
                 if str(self.data_dir) in " ".join(proc.info["cmdline"] or ()) and proc.status() != psutil.STATUS_ZOMBIE:
                     found.append(f"process {proc.info['pid']}: {' '.join(proc.info['cmdline'])[:120]}")
-        grpc = [f"/tmp/seaweedfs-{name}-grpc-{port}.sock" for name, port in self.weed_ports.items()  # noqa: S108 not-a-machine-path
+        grpc = [weed_grpc_socket(name.removesuffix("-grpc"), port) for name, port in self.weed_ports.items()
                 if name.endswith("-grpc")]
-        grpc.append(f"/tmp/seaweedfs-s3-grpc-{int(self.env['RAILYARD_STACK__S3_PORT']) + GRPC_OFFSET}.sock")  # noqa: S108 not-a-machine-path
+        grpc.append(weed_grpc_socket("s3", int(self.env['RAILYARD_STACK__S3_PORT']) + GRPC_OFFSET))
         files = [self.data_dir / "run" / "stack.json", self.data_dir / "postgres" / "postmaster.pid",
                  *(self.data_dir / "run").glob("*.sock"), *map(Path, grpc)]
         found += [str(path) for path in files if path.exists()]

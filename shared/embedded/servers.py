@@ -26,6 +26,12 @@ from shared.settings import StackSettings
 
 PG_SYSTEM_USER = "pgserver"  # the user pgserver itself creates when run as root
 GRPC_OFFSET = 10000  # SeaweedFS's convention for a server's gRPC port
+WEED_SOCKET_DIR = Path("/tmp")  # noqa: S108 - `weed server`'s fixed directory for its gRPC sockets, whatever TMPDIR says
+
+
+def weed_grpc_socket(name: str, port: int) -> Path:
+    """The Unix socket `weed server` makes for its `name` component's gRPC port (left behind when it is killed)."""
+    return WEED_SOCKET_DIR / f"seaweedfs-{name}-grpc-{port}.sock"
 
 
 class StackError(RuntimeError):
@@ -372,8 +378,7 @@ def seaweedfs_server(cfg: StackSettings, data_dir: Path, secrets: Secrets) -> Se
         # killed, it leaves its Unix sockets: the two we name, and one per gRPC port in /tmp (a fixed path in
         # `weed server`, whatever TMPDIR says; ~1,000 of them had piled up on a CI machine)
         leftovers=(data_dir / "run" / "s3.sock", data_dir / "run" / "filer.sock",
-                   *(Path(f"/tmp/seaweedfs-{name}-grpc-{ports[f'{name}-grpc']}.sock")  # noqa: S108 - not-a-machine-path: weed's own
-                     for name in ("master", "volume", "filer", "s3"))),
+                   *(weed_grpc_socket(name, ports[f'{name}-grpc']) for name in ("master", "volume", "filer", "s3"))),
         # Everything that writes to it has stopped by then; its filer waits 15 s for its own metadata stream on
         # a graceful stop (logging nothing else, the volume server untouched, in a 4 s grace too), so after a
         # short grace it is killed (its stores are crash-safe, and restarts after kill -9 are tested).
