@@ -362,10 +362,16 @@ UIMODEL_CARD = ("railyardGraph.nodes().filter(n => n.data('card').kind === 'mode
 
 
 def test_lineage_graph_from_model_version_to_its_deployment(world, browser):
-    open_page(browser, "lineage")
-    wait_for(browser, "return window.railyardGraph && railyardGraph.nodes().some(n => "
-             "n.data('card').kind === 'deployment') && railyardGraph.nodes().some(n => n.data('card').kind === "
-             "'benchmark')", what="deployment and benchmark cards drawn")
+    deadline = time.monotonic() + 60
+    while True:  # the lineage service records edges from events: under a full suite's load they can come late
+        open_page(browser, "lineage")
+        wait_for(browser, "return window.railyardGraph && railyardGraph.nodes().some(n => "
+                 "n.data('card').kind === 'deployment') && railyardGraph.nodes().some(n => n.data('card').kind === "
+                 "'benchmark')", what="deployment and benchmark cards drawn")
+        if browser.execute_script(f"return {UIMODEL_CARD}.outgoers('node').length > 0"):
+            break
+        assert time.monotonic() < deadline, "the model version's card has no edge to its pipeline version after 60 s"
+        time.sleep(1)
     kinds = browser.execute_script("return railyardGraph.nodes().map(n => n.data('card').kind)")
     assert {"model_version", "pipeline_version", "deployment", "assay", "task_run", "orchestration",
             "project_version", "benchmark"} <= set(kinds), kinds
