@@ -2,7 +2,14 @@
 input/output calls, and read back as ancestors/descendants of a card.
 
 Cards are keyed by (workspace, kind, ref), so an event that arrives before the card it points at makes a
-placeholder that the later event fills in: the order events arrive in does not matter.
+placeholder that the later event fills in. The service draws the events of a pulled batch concurrently and in any
+order, so nothing drawn may depend on what was drawn before (docs/lineage.md "Order of events"):
+- every drawing takes the workspace's graph lock first (store.lock_graph): one drawing at a time per workspace,
+  each seeing the cards the others committed;
+- an arrow from a card named only by a data field (a model by name, an assay's pipeline by id) is remembered
+  (`link_refs`) and resolved again whenever a card of that name is drawn, by the events' times (`_resolve`);
+- a status or active flag is the latest event's by its time (store.set_if_newer), not the last drawn;
+- a model version and a workspace file with the same bytes are linked whichever comes first.
 
 Events drawn (the contract other services keep; docs/lineage.md):
 - `events.model.uploaded` → a `model_version` card; with `sha256`, an arrow from every workspace file with the
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from typing import Any
 
 from services.workflow_lineage import store
@@ -88,13 +96,14 @@ def _settings(settings: WorkflowSettings | None) -> dict[str, Any] | None:
 
 
 async def project_node(conn: Any, project: Any) -> Any:
+    await store.lock_graph(conn, project["workspace_id"])
     return await store.upsert_node(conn, project["workspace_id"], "project", str(project["id"]), project["name"],
                                    data={"project_id": project["id"]})
 
 
 async def version_node(conn: Any, project: Any, version: Any) -> Any:
     """A version card with an arrow from its project."""
-    source = await project_node(conn, project)
+    source = await project_node(conn, project)  # takes the graph lock
     title = f"{project['name']} v{version['number']}" + (f": {version['title']}" if version["title"] else "")
     card = await store.upsert_node(conn, project["workspace_id"], "project_version", str(version["id"]), title,
                                    data={"project_id": project["id"], "number": version["number"],
@@ -105,6 +114,7 @@ async def version_node(conn: Any, project: Any, version: Any) -> Any:
 
 async def restored_node(conn: Any, version: Any, project: Any) -> Any:
     """A restored project's card with an arrow from the version it was restored from."""
+    await store.lock_graph(conn, version["workspace_id"])
     source = await store.upsert_node(conn, version["workspace_id"], "project_version", str(version["id"]))
     card = await project_node(conn, project)
     await store.add_edge(conn, version["workspace_id"], source["id"], card["id"], "restored_as", "event")
@@ -114,6 +124,7 @@ async def restored_node(conn: Any, version: Any, project: Any) -> Any:
 async def benchmark_node(conn: Any, report: Any, data_card: tuple[str, str, str | None], candidates: list[Any]) -> Any:
     """A benchmark report's card, with arrows from the data it ran on and from each deployment it ran."""
     workspace_id = report["workspace_id"]
+    await store.lock_graph(conn, workspace_id)
     card = await store.upsert_node(conn, workspace_id, "benchmark", str(report["id"]), report["name"],
                                    data={"task": report["task"]})
     kind, ref, title = data_card
@@ -133,23 +144,28 @@ async def benchmark_node(conn: Any, report: Any, data_card: tuple[str, str, str 
 # --- cards drawn from domain events ----------------------------------------------------------------------
 
 
-async def apply_event(conn: Any, subject: str, payload: dict[str, Any]) -> None:
-    """Draw what a domain event tells on the graph (unknown subjects and incomplete payloads draw nothing)."""
+async def apply_event(conn: Any, subject: str, payload: dict[str, Any], occurred_at: datetime) -> None:
+    """Draw what a domain event tells on the graph (unknown subjects and incomplete payloads draw nothing), under
+    the workspace's graph lock; `occurred_at` is the event's time."""
     try:
+        if subject not in DRAWN and not subject.startswith(subjects.EVENT_TASK_RUN_PREFIX):
+            return
+        workspace_id = int(payload["workspace_id"])
+        await store.lock_graph(conn, workspace_id)
         if subject == subjects.EVENT_MODEL_UPLOADED:
-            await _model_uploaded(conn, payload)
+            await _model_uploaded(conn, workspace_id, payload, occurred_at)
         elif subject == subjects.EVENT_MODEL_VERSION_FINISHED:
-            await store.upsert_node(conn, int(payload["workspace_id"]), "model_version",
-                                    str(payload["model_version"]), data={"status": payload["status"]})
+            card = await store.upsert_node(conn, workspace_id, "model_version", str(payload["model_version"]))
+            await store.set_if_newer(conn, card["id"], "status_at", occurred_at, {"status": payload["status"]})
         elif subject == subjects.EVENT_PIPELINE_VERSION_CREATED:
-            await _pipeline_version_created(conn, payload)
+            await _pipeline_version_created(conn, workspace_id, payload, occurred_at)
         elif subject == subjects.EVENT_PIPELINE_DEPLOYED:
-            await _pipeline_deployed(conn, payload)
+            await _pipeline_deployed(conn, workspace_id, payload, occurred_at)
         elif subject == subjects.EVENT_PIPELINE_UNDEPLOYED:
-            await store.upsert_node(conn, int(payload["workspace_id"]), "deployment", str(payload["deployment_id"]),
-                                    data={"active": False})
+            card = await store.upsert_node(conn, workspace_id, "deployment", str(payload["deployment_id"]))
+            await store.set_if_newer(conn, card["id"], "active_at", occurred_at, {"active": False})
         elif subject == subjects.EVENT_ASSAY_CREATED:
-            await _assay_created(conn, payload)
+            await _assay_created(conn, workspace_id, payload, occurred_at)
         elif subject.startswith(subjects.EVENT_TASK_RUN_PREFIX):
             await _task_run(conn, subject, payload)
         elif subject == subjects.EVENT_MONITORING_TRAINING_FINISHED:
@@ -158,51 +174,98 @@ async def apply_event(conn: Any, subject: str, payload: dict[str, Any]) -> None:
         log.warning("event on %s lacks what the graph needs (%s): drawn nothing", subject, exc)
 
 
-async def _model_uploaded(conn: Any, event: dict[str, Any]) -> None:
-    workspace_id = int(event["workspace_id"])
+DRAWN = (subjects.EVENT_MODEL_UPLOADED, subjects.EVENT_MODEL_VERSION_FINISHED, subjects.EVENT_PIPELINE_VERSION_CREATED,
+         subjects.EVENT_PIPELINE_DEPLOYED, subjects.EVENT_PIPELINE_UNDEPLOYED, subjects.EVENT_ASSAY_CREATED,
+         subjects.EVENT_MONITORING_TRAINING_FINISHED)
+
+
+async def _resolve(conn: Any, ref: Any) -> None:
+    """Draw a name reference's arrow from the card it resolves to now (store.best_candidate: the newest card of
+    the name whose event happened no later than the naming event's), moving it from the card it came from before:
+    one arrow per reference, whatever order the cards were drawn in."""
+    best = await store.best_candidate(conn, ref)
+    if best == ref["source"]:
+        return
+    if ref["source"] is not None:
+        await store.delete_event_edge(conn, ref["source"], ref["target"], ref["relation"])
+    if best is not None:
+        await store.add_edge(conn, ref["workspace_id"], best, ref["target"], ref["relation"], "event")
+    await store.set_link_ref_source(conn, ref["id"], best)
+
+
+async def _link_by(conn: Any, workspace_id: int, target: Any, relation: str, kinds: list[str], key: str, value: str,
+                   as_of: datetime) -> None:
+    """An arrow into `target` from the card of `kinds` whose data[key] is value, as it was at `as_of`: drawn now
+    if that card is drawn, and (re)drawn when a card of that name is drawn later (_candidate_drawn)."""
+    await _resolve(conn, await store.add_link_ref(conn, workspace_id, target["id"], relation, kinds, key, value,
+                                                  as_of))
+
+
+async def _candidate_drawn(conn: Any, workspace_id: int, card: Any, at: datetime, keys: dict[str, str]) -> None:
+    """A card a name may resolve to was drawn by its defining event (at `at`): record the time, then resolve again
+    the references waiting for its name (`keys`: data field -> value)."""
+    await store.set_occurred_at(conn, card["id"], at)
+    for key, value in keys.items():
+        for ref in await store.link_refs_naming(conn, workspace_id, card["kind"], key, value):
+            await _resolve(conn, ref)
+
+
+async def _model_uploaded(conn: Any, workspace_id: int, event: dict[str, Any], at: datetime) -> None:
     card = await store.upsert_node(conn, workspace_id, "model_version", str(event["model_version"]),
                                    f"{event['name']} ({event.get('framework', '?')})",
                                    data={"model_id": event["model_id"], "name": event["name"],
-                                         "framework": event.get("framework"), "status": event.get("status"),
-                                         "sha256": event.get("sha256")})
+                                         "framework": event.get("framework"), "sha256": event.get("sha256")})
+    # the upload's status unless a conversion's end (a later event) was drawn first
+    await store.set_if_newer(conn, card["id"], "status_at", at, {"status": event.get("status")})
+    await _candidate_drawn(conn, workspace_id, card, at, {"name": str(event["name"])})
     if event.get("sha256"):
         for row in await store.workspace_files_with_sha(conn, workspace_id, event["sha256"]):
             source = await store.upsert_node(conn, workspace_id, "file", row["path"], row["path"].rsplit("/", 1)[-1])
             await store.add_edge(conn, workspace_id, source["id"], card["id"], "uploaded_as", "event")
 
 
-async def _pipeline_version_created(conn: Any, event: dict[str, Any]) -> None:
-    workspace_id = int(event["workspace_id"])
+async def file_saved(conn: Any, workspace_id: int, path: str, sha256: str) -> int:
+    """A workspace file was saved (in the caller's transaction): arrows from it to the model versions uploaded with
+    the same bytes, whose events may have been drawn before the file existed (_model_uploaded draws the others);
+    how many."""
+    await store.lock_graph(conn, workspace_id)
+    models = await store.nodes_with(conn, workspace_id, "model_version", "sha256", sha256)
+    if models:
+        source = await store.upsert_node(conn, workspace_id, "file", path, path.rsplit("/", 1)[-1])
+        for model in models:
+            await store.add_edge(conn, workspace_id, source["id"], model["id"], "uploaded_as", "event")
+    return len(models)
+
+
+async def _pipeline_version_created(conn: Any, workspace_id: int, event: dict[str, Any], at: datetime) -> None:
     card = await store.upsert_node(conn, workspace_id, "pipeline_version", str(event["pipeline_version"]),
                                    event["name"], data={"pipeline_id": event["pipeline_id"], "name": event["name"]})
+    await _candidate_drawn(conn, workspace_id, card, at, {"pipeline_id": str(event["pipeline_id"])})
     for model in event.get("models") or []:
         if model.get("version"):
             source = await store.upsert_node(conn, workspace_id, "model_version", str(model["version"]))
-        else:
-            source = await store.latest_node_where(conn, workspace_id, "model_version", "name", model["name"])
-        if source is not None:
             await store.add_edge(conn, workspace_id, source["id"], card["id"], "used_by", "event")
+        elif model.get("name"):  # the version of the name that was the newest when this version was created
+            await _link_by(conn, workspace_id, card, "used_by", ["model_version"], "name", str(model["name"]), at)
 
 
-async def _pipeline_deployed(conn: Any, event: dict[str, Any]) -> None:
-    workspace_id = int(event["workspace_id"])
+async def _pipeline_deployed(conn: Any, workspace_id: int, event: dict[str, Any], at: datetime) -> None:
     source = await store.upsert_node(conn, workspace_id, "pipeline_version", str(event["pipeline_version"]),
                                      data={"pipeline_id": event["pipeline_id"], "name": event["name"]})
     card = await store.upsert_node(conn, workspace_id, "deployment", str(event["deployment_id"]),
                                    f"{event['name']} deployment",
-                                   data={"pipeline_id": event["pipeline_id"], "active": True, "name": event["name"]})
+                                   data={"pipeline_id": event["pipeline_id"], "name": event["name"]})
+    await store.set_if_newer(conn, card["id"], "active_at", at, {"active": True})
     await store.add_edge(conn, workspace_id, source["id"], card["id"], "deployed_as", "event")
+    await _candidate_drawn(conn, workspace_id, card, at, {"pipeline_id": str(event["pipeline_id"])})
 
 
-async def _assay_created(conn: Any, event: dict[str, Any]) -> None:
-    workspace_id = int(event["workspace_id"])
+async def _assay_created(conn: Any, workspace_id: int, event: dict[str, Any], at: datetime) -> None:
     card = await store.upsert_node(conn, workspace_id, "assay", str(event["assay_id"]), event["name"],
                                    data={"pipeline_id": event["pipeline_id"], "iopath": event.get("iopath")})
-    pipeline = str(event["pipeline_id"])
-    source = (await store.latest_node_where(conn, workspace_id, "deployment", "pipeline_id", pipeline)
-              or await store.latest_node_where(conn, workspace_id, "pipeline_version", "pipeline_id", pipeline))
-    if source is not None:
-        await store.add_edge(conn, workspace_id, source["id"], card["id"], "monitored_by", "event")
+    # the pipeline's newest deployment when the assay was created, else its newest pipeline version
+    await _link_by(conn, workspace_id, card, "monitored_by", ["deployment", "pipeline_version"], "pipeline_id",
+                   str(event["pipeline_id"]), at)
 
 
 async def _task_run(conn: Any, subject: str, event: dict[str, Any]) -> None:

@@ -105,7 +105,7 @@ async def record_event(pool: asyncpg.Pool, subject: str, payload: dict[str, Any]
         if await store.record_event(conn, meta.event_id, subject, meta.occurred_at, payload):
             try:
                 async with conn.transaction():  # a savepoint: a drawing that fails never blocks the event log
-                    await graph.apply_event(conn, subject, payload)
+                    await graph.apply_event(conn, subject, payload, meta.occurred_at)
             except Exception:
                 log.exception("could not draw the event on %s (recorded, not drawn)", subject)
             if subject in graph.COMPLETES_EVALUATIONS or subject.startswith(subjects.EVENT_TASK_RUN_PREFIX):
@@ -509,9 +509,15 @@ async def put_workspace_file(deps: Deps, principal: Principal, token: str | None
 
     async def use(local: Path, sha: str, size: int) -> WorkspaceFile:
         hold = await _keep(deps, local, sha)
+        claimed = 0
         async with deps.pool.acquire() as conn, conn.transaction():
             stored = await store.put_workspace_file(conn, cmd.workspace_id, path, sha, size)
             await store.release_object(conn, hold)  # referred to now
+            # a model version uploaded with these bytes before the file was saved (its event drawn already)
+            if await graph.file_saved(conn, cmd.workspace_id, path, sha):
+                claimed = await store.claim_ready_evaluations(conn, cmd.workspace_id)
+        if claimed:
+            deps.wake_benchmarks()
         return WorkspaceFile(**dict(stored))
 
     return await _with_staged(deps, principal, cmd.staged_key, use)

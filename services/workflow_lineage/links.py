@@ -120,6 +120,7 @@ async def add(deps: Deps, principal: Principal, token: str | None, direction: st
             raise InvalidRequest("task_id is required (it defaults to the calling task only with a task run's token)")
         cmd = cmd.model_copy(update={"task_id": principal.scoped_run or principal.scoped_task})
     async with deps.pool.acquire() as conn, conn.transaction():
+        await store.lock_graph(conn, cmd.workspace_id)  # before any card is read or written (graph.py)
         target, customizable = await _target(conn, direction, card, cmd)
         evaluation = await _evaluation(deps, conn, direction, cmd, principal)
         added = await graph.link(conn, direction, card, cmd, target, customizable)

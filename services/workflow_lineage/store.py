@@ -163,6 +163,7 @@ async def workspace_files_under(conn: Any, workspace_id: int, folder: str) -> li
 
 
 async def workspace_files_with_sha(conn: Any, workspace_id: int, sha256: str) -> list[asyncpg.Record]:
+    """The workspace's files holding these bytes."""
     return await conn.fetch("SELECT path FROM workspace_files WHERE workspace_id = $1 AND sha256 = $2",
                             workspace_id, sha256)
 
@@ -254,11 +255,75 @@ async def node(conn: Any, workspace_id: int, kind: str, ref: str) -> asyncpg.Rec
                                " AND ref = $3", workspace_id, kind, ref)
 
 
-async def latest_node_where(conn: Any, workspace_id: int, kind: str, key: str, value: str) -> asyncpg.Record | None:
-    """The newest card of a kind whose data[key] is value (e.g. the latest deployment of a pipeline)."""
-    return await conn.fetchrow(f"SELECT {NODE_COLUMNS} FROM nodes WHERE workspace_id = $1 AND kind = $2"
-                               " AND data ->> $3 = $4 ORDER BY created_at DESC, id DESC LIMIT 1",
-                               workspace_id, kind, key, value)
+async def lock_graph(conn: Any, workspace_id: int) -> None:
+    """Serialize drawing on a workspace's graph until the caller's transaction ends (every writer takes it before
+    it reads or writes a card: the events drawn concurrently see each other's cards, and no two drawings lock cards
+    in opposite orders)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('workflow_lineage.graph:' || $1::bigint, 0))",
+                       workspace_id)
+
+
+async def set_occurred_at(conn: Any, node_id: int, at: datetime) -> None:
+    """A card's `data.occurred_at`: the earliest time an event that defines it happened (what a name resolves by)."""
+    await conn.execute(
+        "UPDATE nodes SET data = jsonb_set(data, '{occurred_at}', to_jsonb($2::timestamptz)) WHERE id = $1"
+        " AND (NOT data ? 'occurred_at' OR (data ->> 'occurred_at')::timestamptz > $2)", node_id, at)
+
+
+async def set_if_newer(conn: Any, node_id: int, stamp: str, at: datetime, data: dict[str, Any]) -> None:
+    """Merge `data` into a card's unless an event that happened later already set it (`data[stamp]`, its time):
+    a status or an active flag is the latest event's, whatever order the events are drawn in."""
+    await conn.execute(
+        "UPDATE nodes SET data = data || $4::jsonb || jsonb_build_object($2::text, to_jsonb($3::timestamptz)),"
+        " updated_at = now() WHERE id = $1 AND (NOT data ? $2 OR (data ->> $2)::timestamptz <= $3)",
+        node_id, stamp, at, json.dumps(data))
+
+
+async def nodes_with(conn: Any, workspace_id: int, kind: str, key: str, value: str) -> list[asyncpg.Record]:
+    """The cards of a kind whose data[key] is value."""
+    return await conn.fetch(f"SELECT {NODE_COLUMNS} FROM nodes WHERE workspace_id = $1 AND kind = $2"
+                            " AND data ->> $3 = $4 ORDER BY id", workspace_id, kind, key, value)
+
+
+LINK_REF_COLUMNS = "id, workspace_id, target, relation, kinds, match_key, match_value, as_of, source"
+
+
+async def add_link_ref(conn: Any, workspace_id: int, target: int, relation: str, kinds: list[str], key: str,
+                       value: str, as_of: datetime) -> asyncpg.Record:
+    """Remember that `target` gets a `relation` arrow from the card of `kinds` whose data[key] is value (graph.py
+    _resolve chooses which); the existing row when the same name was already named for the target."""
+    return await conn.fetchrow(
+        "INSERT INTO link_refs (workspace_id, target, relation, kinds, match_key, match_value, as_of)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (target, relation, match_key, match_value)"
+        f" DO UPDATE SET as_of = least(link_refs.as_of, EXCLUDED.as_of) RETURNING {LINK_REF_COLUMNS}",
+        workspace_id, target, relation, kinds, key, value, as_of)
+
+
+async def link_refs_naming(conn: Any, workspace_id: int, kind: str, key: str, value: str) -> list[asyncpg.Record]:
+    """The remembered name references a newly drawn card of `kind` with data[key] = value may resolve."""
+    return await conn.fetch(f"SELECT {LINK_REF_COLUMNS} FROM link_refs WHERE workspace_id = $1 AND match_key = $2"
+                            " AND match_value = $3 AND $4 = ANY(kinds) ORDER BY id", workspace_id, key, value, kind)
+
+
+async def best_candidate(conn: Any, ref: Any) -> int | None:
+    """The card a name reference resolves to now: among the cards of its kinds with data[key] = value and a time
+    (data.occurred_at), those whose event happened no later than the naming event first, then by the kinds' order,
+    then the newest of them (or, when none happened before, the earliest after); None when there is none."""
+    return await conn.fetchval(
+        "SELECT id FROM (SELECT id, kind, ref, (data ->> 'occurred_at')::timestamptz AS at FROM nodes"
+        "  WHERE workspace_id = $1 AND kind = ANY($2::text[]) AND data ->> $3 = $4 AND data ? 'occurred_at') c"
+        " ORDER BY (at <= $5) DESC, array_position($2::text[], kind), CASE WHEN at <= $5 THEN at END DESC NULLS LAST,"
+        " at, ref DESC LIMIT 1",
+        ref["workspace_id"], ref["kinds"], ref["match_key"], ref["match_value"], ref["as_of"])
+
+
+async def set_link_ref_source(conn: Any, ref_id: int, source: int | None) -> None:
+    await conn.execute("UPDATE link_refs SET source = $2 WHERE id = $1", ref_id, source)
+
+
+async def delete_event_edge(conn: Any, source: int, target: int, relation: str) -> None:
+    await conn.execute("DELETE FROM edges WHERE source = $1 AND target = $2 AND relation = $3 AND origin = 'event'",
+                       source, target, relation)
 
 
 async def add_edge(conn: Any, workspace_id: int, source: int, target: int, relation: str, origin: str,
