@@ -8,7 +8,8 @@ order, so nothing drawn may depend on what was drawn before (docs/lineage.md "Or
   each seeing the cards the others committed;
 - an arrow from a card named only by a data field (a model by name, an assay's pipeline by id) is remembered
   (`link_refs`) and resolved again whenever a card of that name is drawn, by the events' times (`_resolve`);
-- a status or active flag is the latest event's by its time (store.set_if_newer), not the last drawn;
+- a status (model version, task run) or active flag is the latest event's by its time (store.set_if_newer), not
+  the last drawn;
 - a model version and a workspace file with the same bytes are linked whichever comes first.
 
 Events drawn (the contract other services keep; docs/lineage.md):
@@ -167,7 +168,7 @@ async def apply_event(conn: Any, subject: str, payload: dict[str, Any], occurred
         elif subject == subjects.EVENT_ASSAY_CREATED:
             await _assay_created(conn, workspace_id, payload, occurred_at)
         elif subject.startswith(subjects.EVENT_TASK_RUN_PREFIX):
-            await _task_run(conn, subject, payload)
+            await _task_run(conn, workspace_id, subject, payload, occurred_at)
         elif subject == subjects.EVENT_MONITORING_TRAINING_FINISHED:
             await _training_outputs(conn, payload)
     except (KeyError, TypeError, ValueError) as exc:
@@ -268,11 +269,12 @@ async def _assay_created(conn: Any, workspace_id: int, event: dict[str, Any], at
                    str(event["pipeline_id"]), at)
 
 
-async def _task_run(conn: Any, subject: str, event: dict[str, Any]) -> None:
-    workspace_id = int(event["workspace_id"])
-    data = {"task_id": event.get("task_id"), "status": event.get("status") or subject.rsplit(".", 1)[-1]}
+async def _task_run(conn: Any, workspace_id: int, subject: str, event: dict[str, Any], at: datetime) -> None:
     card = await store.upsert_node(conn, workspace_id, "task_run", str(event["run_id"]), event.get("name"),
-                                   data={k: v for k, v in data.items() if v is not None})
+                                   data={"task_id": event["task_id"]} if event.get("task_id") else None)
+    # the latest event's status (a run's end drawn before its start keeps "success")
+    await store.set_if_newer(conn, card["id"], "status_at", at,
+                             {"status": event.get("status") or subject.rsplit(".", 1)[-1]})
     if event.get("orch_id"):
         orchestration = await store.upsert_node(conn, workspace_id, "orchestration", str(event["orch_id"]),
                                                 data={"sha": event.get("orch_sha")})

@@ -26,6 +26,7 @@ from shared.messages import Event
 from shared.messages.assays import AssayWasCreated
 from shared.messages.deployer import PipelineDeployed, PipelineUndeployed, PipelineVersionCreated
 from shared.messages.registry import ModelUploaded, ModelVersionFinished
+from shared.messages.tasks import TaskRunStarted, TaskRunSucceeded
 from tests.integration.conftest import post
 
 pytestmark = pytest.mark.integration
@@ -103,6 +104,10 @@ async def test_events_drawn_out_of_order_link_what_their_times_say_once(stack, a
     finished = ModelVersionFinished(workspace_id=ws, model_id=model_id, model_version=v2.model_version,
                                     status="ready", occurred_at=t0 + timedelta(seconds=2.5))
 
+    run = {"run_id": uuid.uuid4(), "task_id": uuid.uuid4(), "orch_id": uuid.uuid4(), "orch_sha": "ab" * 32,
+           "workspace_id": ws, "owner_id": alice.user_id, "name": f"{name}-run"}
+    started = TaskRunStarted(**run, status="running", occurred_at=t0 + timedelta(seconds=1))
+    succeeded = TaskRunSucceeded(**run, status="success", exit_code=0, occurred_at=t0 + timedelta(seconds=2))
     # another model whose only version is uploaded before a second pipeline's version, published after it (the
     # case of tests/integration/test_ui.py's model version without its arrow)
     only = ModelUploaded(workspace_id=ws, model_id=big_id(), model_version=uuid.uuid4(), name=f"{name}-only",
@@ -119,7 +124,8 @@ async def test_events_drawn_out_of_order_link_what_their_times_say_once(stack, a
         (subjects.EVENT_ASSAY_CREATED, assay), (subjects.EVENT_PIPELINE_DEPLOYED, deployed),
         (subjects.EVENT_MODEL_UPLOADED, v3), (subjects.EVENT_PIPELINE_VERSION_CREATED, created),
         (subjects.EVENT_MODEL_VERSION_FINISHED, finished), (subjects.EVENT_MODEL_UPLOADED, v2),
-        (subjects.EVENT_MODEL_UPLOADED, only)])
+        (subjects.EVENT_MODEL_UPLOADED, only), (subjects.EVENT_TASK_RUN_SUCCEEDED, succeeded),
+        (subjects.EVENT_TASK_RUN_STARTED, started)])
 
     assert arrows_into(stack, alice, "pipeline_version", other_version, "used_by") == [
         ("model_version", str(only.model_version))]
@@ -139,6 +145,10 @@ async def test_events_drawn_out_of_order_link_what_their_times_say_once(stack, a
     nodes, _ = graph(stack, alice, "model_version", str(v2.model_version))
     [card] = [n for n in nodes.values() if n["ref"] == str(v2.model_version)]
     assert card["data"]["status"] == "ready"  # the conversion ended after the upload said "converting"
+    nodes, _ = graph(stack, alice, "task_run", str(run["run_id"]))
+    [card] = [n for n in nodes.values() if n["kind"] == "task_run"]
+    assert card["data"]["status"] == "success"  # the run's end, drawn before its start
+    assert {n["kind"] for n in nodes.values()} == {"task_run", "orchestration"}
 
     # a redelivered event (same id) and a later upload of the name draw nothing more
     await publish_and_wait(stack, [(subjects.EVENT_PIPELINE_VERSION_CREATED, created),
