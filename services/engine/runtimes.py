@@ -202,38 +202,17 @@ class PythonStepRuntime:
         self.ready = True
 
     def predict(self, batch: pa.Table) -> pa.Table:
-        import pandas as pd
-
-        from shared.arrow_codec import records_to_table
+        from services.engine.step_tables import step_output
 
         try:
             result = self.entry(batch.to_pandas())
         except Exception as exc:  # the user's code failed: say how, without its internals
             raise users_code_failed("the Python step failed", exc) from None
-        if isinstance(result, pd.DataFrame):
-            records = result.to_dict(orient="records")
-        elif isinstance(result, dict):
-            records = pd.DataFrame(result).to_dict(orient="records")
-        elif isinstance(result, list):
-            records = result
-        else:
-            raise InvalidRequest(f"the Python step returned {type(result).__name__}, not a DataFrame, list or dict")
-        return records_to_table([{k: _plain(v) for k, v in row.items()} for row in records])
+        return step_output(result)  # a DataFrame, a list of row objects or a dict of columns, as a table
 
     def unload(self) -> None:
         self.entry = None
         self.ready = False
-
-
-def _plain(value):
-    """numpy values (as pandas hands them back) as plain Python for JSON-like conversion."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
 
 
 COMPAT = Path(__file__).parent / "compat"
