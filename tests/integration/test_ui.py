@@ -363,7 +363,7 @@ UIMODEL_CARD = ("railyardGraph.nodes().filter(n => n.data('card').kind === 'mode
 
 def test_lineage_graph_from_model_version_to_its_deployment(world, browser):
     deadline = time.monotonic() + 60
-    while True:  # the lineage service records edges from events: under a full suite's load they can come late
+    while True:  # the deployment's card can be drawn before the events that give the model version its arrow
         open_page(browser, "lineage")
         wait_for(browser, "return window.railyardGraph && railyardGraph.nodes().some(n => "
                  "n.data('card').kind === 'deployment') && railyardGraph.nodes().some(n => n.data('card').kind === "
