@@ -53,6 +53,7 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
     """Answer frames until the replica closes the pipe."""
     from services.engine.runtimes import ByopRuntime, PythonStepRuntime
     from shared.arrow_codec import from_ipc, to_ipc_stream
+    from shared.collector import settle_garbage_collector
     from shared.errors import RailyardError
 
     worker = os.getpid()
@@ -63,10 +64,11 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
         try:
             if header.get("op") == "load":
                 if header["runtime"] == "python":
-                    import pandas  # noqa: F401 - imported once here, not during the first request
+                    import services.engine.step_tables  # noqa: F401 - pandas too: once here, not in the first request
                 path = Path(header["path"])
                 runtime = PythonStepRuntime(path) if header["runtime"] == "python" else ByopRuntime(path, Path.cwd())
                 runtime.load()
+                settle_garbage_collector()  # the libraries' and the step's objects: not re-scanned per request
             elif header.get("op") == "predict" and runtime is not None:
                 output = to_ipc_stream(runtime.predict(from_ipc(body)))
             else:
