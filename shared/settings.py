@@ -164,6 +164,15 @@ class LogSettings(BaseModel):
                                     "engine publish before engine_flush_ms is up.")
     engine_max_pending_rows: int = Field(1_000_000, description="Rows an engine holds unpublished before it "
                                          "reports records it cannot log.")
+    engine_segments: bool = Field(True, description="An engine replica writes its log batches to object storage as "
+                                  "Parquet segments itself and publishes only their description, which the log store "
+                                  "indexes (false: the rows travel through INFERENCE_LOGS and the log store writes "
+                                  "them). Batches with rows of re-sent requests, or columns Parquet cannot store, and "
+                                  "any batch object storage refuses, go through the stream either way.")
+    engine_segment_ms: float = Field(250.0, gt=0, description="With engine_segments: milliseconds at most an engine "
+                                     "gathers records before writing a segment (sooner at engine_segment_bytes).")
+    engine_segment_bytes: int = Field(4 * 1024 * 1024, gt=0, description="With engine_segments: bytes of records "
+                                      "(Arrow sizes) that make an engine write a segment before engine_segment_ms.")
     flush_interval: float = Field(0.25, description="Seconds the log store gathers records into one segment.")
     ack_wait: float = Field(30.0, gt=0, description="Seconds before JetStream redelivers a record the log store "
                             "took and did not acknowledge (it died holding it); set when its consumer is created.")

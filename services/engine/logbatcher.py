@@ -15,6 +15,15 @@ is full. Past that, a new request's record is not logged: it is counted (`lost_r
 replica's status and in its log every 10 s while it happens), never dropped silently; inference itself goes on.
 On a graceful stop the batcher publishes what it holds for at most `close_timeout` seconds and reports what it
 could not.
+
+With an object store (`logs.engine_segments`, the default) a batch's rows do not travel through the stream: the
+batcher writes them as a Parquet segment (the log store's layout, shared/log_segments.py) under a new key of the
+pipeline's, then publishes the segment's description (`SegmentRef`, ~300 bytes) with the batch's id, which the
+log store indexes without reading the rows; gathering is then `engine_segment_ms` / `engine_segment_bytes`. The
+bytes cross JetStream and the log store no more (docs/logs.md, "How records travel"): what is published after
+the object is stored is what was acknowledged. A batch holding rows of a re-sent request (the log store drops them
+when the request was stored before), a column Parquet cannot store, or one object storage refuses goes through
+the stream as rows, as without a store.
 """
 
 from __future__ import annotations
@@ -29,6 +38,16 @@ from typing import Any
 import pyarrow as pa
 
 from shared.arrow_codec import to_ipc_stream
+from shared.log_segments import (
+    ENGINE_SUFFIX,
+    SEGMENT_HEADER,
+    SegmentRef,
+    describe,
+    encode_segment,
+    segment_key,
+    sort_by_time,
+    unwritable,
+)
 from shared.logrecords import (
     BATCH_ID,
     LOG_HEADER,
@@ -42,7 +61,9 @@ from shared.logrecords import (
     group_records,
     log_header,
     log_subject,
+    storage_order,
 )
+from shared.objectstore import BUCKET_LOGS
 from shared.settings import LogSettings
 
 log = logging.getLogger("railyard.engine")
@@ -57,8 +78,17 @@ def _record_bytes(record: InferenceRecord) -> int:
 class LogBatcher:
     """Gathers records and publishes them (see the module docstring for the bounds)."""
 
-    def __init__(self, js, deployment: dict[str, Any], settings: LogSettings, max_payload: int) -> None:
+    def __init__(self, js, deployment: dict[str, Any], settings: LogSettings, max_payload: int,
+                 objects: Any = None) -> None:
         self.js = js
+        self.objects = objects if settings.engine_segments else None  # an ObjectStore: segments written here
+        self.workspace_id = int(deployment.get("workspace_id") or 0)
+        self.pipeline = deployment["pipeline"]
+        if self.objects is not None:
+            self.flush_ms, self.flush_bytes = settings.engine_segment_ms, settings.engine_segment_bytes
+        else:
+            self.flush_ms, self.flush_bytes = settings.engine_flush_ms, settings.engine_flush_bytes
+        self.segment_failures = 0
         self.subject = log_subject(deployment["name"])
         self.header = log_header(int(deployment.get("workspace_id") or 0), deployment["pipeline"],
                                  deployment["name"], deployment["pipeline_version"])
@@ -101,7 +131,7 @@ class LogBatcher:
         self.held_rows += rows
         self.held_bytes += size
         self.wake.set()
-        if self.pending_bytes >= self.settings.engine_flush_bytes:
+        if self.pending_bytes >= self.flush_bytes:
             self.full.set()
 
     def _report(self, force: bool = False) -> None:
@@ -115,7 +145,7 @@ class LogBatcher:
     async def run(self) -> None:
         """Sleeps until a record arrives (an idle replica does not wake up), then gathers for the interval or until
         engine_flush_bytes are gathered."""
-        interval = self.settings.engine_flush_ms / 1000
+        interval = self.flush_ms / 1000
         while not self.closing:
             await self.wake.wait()
             if self.closing:
@@ -170,18 +200,66 @@ class LogBatcher:
         self.pending, self.pending_rows, self.pending_bytes = [], 0, 0
         rows = sum(r.rows for r in records)
         size = sum(getattr(r, "held_bytes", 0) for r in records)
-        # on the event loop up to 2000 rows: in a thread, the GIL it holds stalled the loop more than doing it here
-        # (bench/log_flush_lag.py measured both, issue 20)
-        payloads = await asyncio.to_thread(self._encode, records) if rows > 2000 else self._encode(records)
-        unpublished = sum(count for _, _, count in payloads)  # rows _split gave up on are counted lost there
+        unpublished = rows
         try:
-            for payload, requests, count in payloads:
-                await self._publish(payload, requests)
-                unpublished -= count
+            if self.objects is not None:
+                left: list[InferenceRecord] = []
+                for group in group_records(records):
+                    count = sum(r.rows for r in group)
+                    if not any(r.request_id for r in group) and await self._store_segment(group, count):
+                        unpublished -= count
+                    else:
+                        left += group
+                records = left
+            if records:
+                count = sum(r.rows for r in records)
+                # on the event loop up to 2000 rows: in a thread, the GIL it holds stalled the loop more than doing
+                # it here (bench/log_flush_lag.py measured both, issue 20)
+                payloads = await asyncio.to_thread(self._encode, records) if count > 2000 else self._encode(records)
+                unpublished -= count - sum(c for _, _, c in payloads)  # rows _split gave up on are counted there
+                for payload, requests, c in payloads:
+                    await self._publish(payload, requests)
+                    unpublished -= c
         finally:
             self.held_rows -= rows
             self.held_bytes -= size
             self.abandoned_rows += unpublished  # a flush cancelled (a stop's timeout) or failed
+
+    def _table(self, group: list[InferenceRecord]) -> pa.Table:
+        return drop_oversized(build_batch(group, self.version), self.settings.max_row_bytes)
+
+    def _segment(self, table: pa.Table) -> tuple[bytes, SegmentRef] | None:
+        """The table as a segment (its bytes and description), or None when a column cannot be stored."""
+        if any(unwritable(f.type) for f in table.schema if f.name.startswith(("in.", "out.", "out_"))):
+            return None
+        table = sort_by_time(storage_order(table))
+        key = segment_key(self.workspace_id, self.pipeline, ENGINE_SUFFIX)
+        data = encode_segment(table, self.settings.row_group_rows)
+        return data, describe(table, key, len(data))
+
+    async def _store_segment(self, group: list[InferenceRecord], rows: int) -> bool:
+        """Write a group's rows as a segment and publish its description; False when they must go as rows."""
+        try:
+            # the table on the loop up to 2000 rows (as _encode), the Parquet write in a thread (it leaves the GIL)
+            table = await asyncio.to_thread(self._table, group) if rows > 2000 else self._table(group)
+            made = await asyncio.to_thread(self._segment, table)
+        except Exception as exc:  # a column Parquet refuses: the log store sets it aside (drop_unwritable)
+            log.warning("the inference log batch of %s cannot be written as a segment (%s); sending its rows",
+                        self.subject, exc)
+            return False
+        if made is None:
+            return False
+        data, ref = made
+        try:
+            await self.objects.put_bytes(BUCKET_LOGS, ref.key, data)
+        except Exception as exc:  # object storage unreachable: the stream holds the rows meanwhile
+            self.segment_failures += 1
+            if self.segment_failures % 10 == 1:
+                log.warning("object storage refused an inference log segment of %s (%d so far): %s; sending the "
+                            "rows through the stream", self.subject, self.segment_failures, exc)
+            return False
+        await self._publish(ref.to_json(), {}, segment=True)
+        return True
 
     def _encode(self, records: list[InferenceRecord]) -> list[tuple[bytes, dict[str, list[int]], int]]:
         """(payload, the rows of requests to store once, rows) for each message the records make."""
@@ -193,7 +271,7 @@ class LogBatcher:
                 if record.request_id:
                     once[record.request_id] = [row, record.rows]
                 row += record.rows
-            table = drop_oversized(build_batch(group, self.version), self.settings.max_row_bytes)
+            table = self._table(group)
             table = encode_runs(table, (record.rows for record in group))  # a value per record
             payloads += self._split(table, 0, once)
         return payloads
@@ -225,9 +303,11 @@ class LogBatcher:
         return self._split(table.slice(0, half), offset, once) + \
             self._split(table.slice(half), offset + half, once)
 
-    async def _publish(self, payload: bytes, requests: dict[str, list[int]]) -> None:
+    async def _publish(self, payload: bytes, requests: dict[str, list[int]], segment: bool = False) -> None:
         batch_id = str(uuid.uuid4())
         headers = {MSG_ID: batch_id, BATCH_ID: batch_id, LOG_HEADER: self.header}
+        if segment:
+            headers[SEGMENT_HEADER] = "1"
         if requests:
             headers[REQUESTS_HEADER] = json.dumps(requests, separators=(",", ":"))
         delay = 0.1

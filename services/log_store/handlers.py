@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import asyncpg
 import nats.errors
@@ -36,6 +35,7 @@ from shared.authz import MembershipLookup, Principal, require_admin, require_mem
 from shared.bus import log_store_consumer_config
 from shared.errors import InvalidRequest, NotFound
 from shared.lean_imports import lazy_module
+from shared.log_segments import ENGINE_SUFFIX, SEGMENT_HEADER, SegmentRef, segment_key, sort_by_time
 from shared.logrecords import (
     BATCH_ID,
     LOG_HEADER,
@@ -90,8 +90,9 @@ class Batch:
     batch_id: str
     workspace_id: int
     pipeline: str
-    table: pa.Table
+    table: pa.Table | None  # None: an engine stored the rows itself (`ref`)
     requests: dict[str, tuple[int, int]] = field(default_factory=dict)  # rows of requests to store once
+    ref: SegmentRef | None = None
 
 
 @dataclass
@@ -120,6 +121,10 @@ def parse_batch(msg: Any, probe: bool = False) -> Batch:
     headers = msg.headers or {}
     try:
         meta = json.loads(headers[LOG_HEADER])
+        if headers.get(SEGMENT_HEADER):  # the engine stored the segment: its description only
+            workspace_id, pipeline = int(meta["workspace_id"]), str(meta["pipeline"])
+            ref = SegmentRef.from_json(msg.data, workspace_id, pipeline)
+            return Batch(msg, message_batch_id(msg), workspace_id, pipeline, None, ref=ref)
         table = storage_order(expand_runs(pa.ipc.open_stream(pa.py_buffer(msg.data)).read_all()))
         if TIME not in table.column_names or table.num_rows == 0:
             raise ValueError("no rows or no time column")
@@ -133,11 +138,6 @@ def parse_batch(msg: Any, probe: bool = False) -> Batch:
         return Batch(msg, message_batch_id(msg), int(meta["workspace_id"]), str(meta["pipeline"]), table, requests)
     except (KeyError, ValueError, TypeError, AttributeError, IndexError, pa.ArrowException) as exc:
         raise Unreadable(f"not an inference log batch: {type(exc).__name__}: {exc}"[:500]) from None
-
-
-def segment_key(workspace_id: int, pipeline: str) -> str:
-    day = datetime.now(UTC).strftime("%Y/%m/%d")
-    return f"ws-{workspace_id}/{quote(pipeline, safe='')}/{day}/{uuid.uuid4().hex}.parquet"
 
 
 def _describe(table: pa.Table, key: str, size: int, workspace_id: int, pipeline: str) -> store.NewSegment:
@@ -155,21 +155,6 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
         return tables[0]
     first = tables[0].schema
     return pa.concat_tables([t if t.schema.equals(first) else t.cast(first) for t in tables])
-
-
-def sort_by_time(table: pa.Table, positions: np.ndarray | None = None) -> pa.Table:
-    """Rows in (time, position) order, a stable sort (positions default to the rows' order); a segment is
-    written so, which lets a page find its first row from the footer and merge schemas by time."""
-    times = table.column(TIME).to_numpy()
-    if positions is None:
-        if len(times) < 2 or bool(np.all(times[1:] >= times[:-1])):
-            return table
-        order = np.argsort(times, kind="stable")
-    else:
-        order = np.lexsort((positions, times))
-        if bool(np.all(order == np.arange(len(order)))):
-            return table
-    return table.take(pa.array(order))
 
 
 class Ingestor:
@@ -321,6 +306,8 @@ class Ingestor:
         known = await store.committed_requests(self.deps.pool, wanted)
         taken: list[str] = []
         for batch in batches:
+            if batch.table is None:
+                continue
             keep = np.ones(batch.table.num_rows, bool)
             for request_id, (start, count) in batch.requests.items():
                 if request_id in known or request_id in taken:
@@ -350,9 +337,10 @@ class Ingestor:
         fresh = [b for b in unique if b.batch_id not in committed]
         once = await self.store_requests_once(fresh)
         groups: dict[tuple[int, str, str], list[pa.Table]] = {}
+        stored = [_from_ref(b) for b in fresh if b.ref is not None]  # segments an engine wrote: indexed as they are
         for batch in fresh:
-            if batch.table.num_rows == 0:  # every row a request stored before
-                continue
+            if batch.table is None or batch.table.num_rows == 0:  # stored by the engine, or every row a request
+                continue  # stored before
             fp = schema_fingerprint(batch.table.schema)
             groups.setdefault((batch.workspace_id, batch.pipeline, fp), []).append(batch.table)
         written: list[store.NewSegment] = []
@@ -365,9 +353,9 @@ class Ingestor:
                 written.append(_describe(table, key, len(data), workspace_id, pipeline))
                 deps.reader.remember(key, data)
             if fresh:
-                await store.commit_segments(deps.pool, [b.batch_id for b in fresh], written, once)
+                await store.commit_segments(deps.pool, [b.batch_id for b in fresh], written + stored, once)
         except BaseException:
-            for seg in written:  # not indexed: nobody may see these objects
+            for seg in written:  # not indexed: nobody may see these objects (an engine's stay: redelivered)
                 deps.reader.forget(seg.object_key)
                 try:
                     await deps.objects.delete(BUCKET_LOGS, seg.object_key)
@@ -376,6 +364,13 @@ class Ingestor:
             raise
         for msg in msgs:
             await _ack(msg)
+
+
+def _from_ref(batch: Batch) -> store.NewSegment:
+    ref = batch.ref
+    return store.NewSegment(workspace_id=batch.workspace_id, pipeline=batch.pipeline, row_count=ref.rows,
+                            min_time=ref.min_time, max_time=ref.max_time, schema_fp=ref.schema_fp,
+                            versions=ref.versions, dropped=ref.dropped, object_key=ref.key, bytes=ref.bytes)
 
 
 async def _ack(msg: Any) -> None:
@@ -602,8 +597,12 @@ async def _purge(deps: Deps, report: LogMaintenanceReport) -> None:
             if modified < cutoff:
                 await deps.objects.delete(BUCKET_TABLES, key)
                 report.orphans_deleted += 1
+    # an engine-written segment is indexed when the log store takes its description from the stream, which may
+    # wait there up to stream_max_age (the log store down): only then is an unindexed one an orphan
+    engine_cutoff = time.time() - deps.settings.stream_max_age - ORPHAN_AGE
     old = [key for key, modified in await deps.objects.list_keys(BUCKET_LOGS)
-           if modified < cutoff and not key.startswith(QUARANTINE_PREFIX)]
+           if modified < (engine_cutoff if key.endswith(ENGINE_SUFFIX) else cutoff)
+           and not key.startswith(QUARANTINE_PREFIX)]
     for start in range(0, len(old), 1000):
         chunk = old[start:start + 1000]
         known = await store.known_keys(deps.pool, chunk)

@@ -8,6 +8,8 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from shared.lean_imports import lazy_module
+from shared.log_segments import POS, TENSOR, encode_segment  # noqa: F401 - the layout both writers share
+from shared.log_segments import unwritable as _unwritable
 from shared.logrecords import META_DROPPED
 from shared.objectstore import BUCKET_LOGS, MinioObjectStore, RangedFile
 
@@ -20,7 +22,6 @@ else:  # imported with the first log batch or read, not at start (~50 MiB of RSS
     pa = lazy_module("pyarrow")
     pq = lazy_module("pyarrow.parquet")
 
-POS = "_pos"  # a compacted segment's row positions (hidden from pages)
 SMALL_OBJECT = 4 * 1024 * 1024  # segments up to this size are fetched whole and kept in memory
 TAIL_PREFETCH = 64 * 1024
 COALESCE_GAP = 64 * 1024  # byte ranges closer than this are fetched as one
@@ -45,41 +46,6 @@ def _fetch_ranges(objects: MinioObjectStore, key: str, ranges: list[tuple[int, i
 
     with ThreadPoolExecutor(PARALLEL_GETS) as pool:
         return list(pool.map(one, ranges))
-
-
-TENSOR = b"railyard.tensor"  # field metadata of a tensor column stored packed: "<numpy dtype>:<d1>,<d2>,..."
-
-
-def _tensor_shape(kind: pa.DataType) -> tuple[list[int], pa.DataType] | None:
-    """(dims, value type) of a fixed-size list (of fixed-size lists ...) of integers or floats, else None."""
-    dims = []
-    while pa.types.is_fixed_size_list(kind):
-        dims.append(kind.list_size)
-        kind = kind.value_type
-    if dims and (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
-        return dims, kind
-    return None
-
-
-def _pack(field: pa.Field, column: pa.ChunkedArray) -> tuple[pa.Field, pa.Array] | None:
-    """A null-free numeric tensor column as fixed-size binary (each row's values, bytes as they lie), or None."""
-    shape = _tensor_shape(field.type)
-    if shape is None:
-        return None
-    dims, kind = shape
-    array = column.combine_chunks()
-    values = array
-    for _ in dims:
-        if values.null_count:
-            return None
-        values = values.flatten()  # honours the slice's offset
-    if values.null_count:
-        return None
-    data = np.ascontiguousarray(values.to_numpy(zero_copy_only=False))
-    width = int(np.prod(dims)) * kind.byte_width
-    packed = pa.Array.from_buffers(pa.binary(width), len(array), [None, pa.py_buffer(data)])
-    spec = f"{np.dtype(kind.to_pandas_dtype()).str}:{','.join(map(str, dims))}".encode()
-    return pa.field(field.name, packed.type, field.nullable, {**(field.metadata or {}), TENSOR: spec}), packed
 
 
 def _unpacked_type(field: pa.Field) -> tuple[np.dtype, list[int], pa.DataType] | None:
@@ -120,39 +86,6 @@ def unpack_tensors(table: pa.Table) -> pa.Table:
 
 def unpack_schema(schema: pa.Schema) -> pa.Schema:
     return unpack_tensors(schema.empty_table()).schema
-
-
-def encode_segment(table: pa.Table, row_group_rows: int) -> bytes:
-    """Parquet with dictionaries for string columns only (model names and versions repeat; trying them on
-    float tensors cost ten times the whole write) and statistics for `time` and `_pos` only (a page finds its
-    first row from them). Numeric tensor columns without nulls are stored packed, one fixed-size binary value
-    a row (writing them as nested lists took three times as long, reading them five times; `unpack_tensors`
-    turns them back)."""
-    for index, field in enumerate(table.schema):
-        packed = _pack(field, table.column(index))
-        if packed is not None:
-            table = table.set_column(index, *packed)
-    strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
-               or pa.types.is_dictionary(f.type)]
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, row_group_size=row_group_rows, compression="snappy", use_dictionary=strings,
-                   write_statistics=[c for c in ("time", POS) if c in table.column_names])
-    return sink.getvalue().to_pybytes()
-
-
-def _unwritable(kind: pa.DataType) -> bool:
-    """Types Parquet cannot hold: a struct with no fields (anywhere inside), unions."""
-    if pa.types.is_struct(kind):
-        return kind.num_fields == 0 or any(_unwritable(kind.field(i).type) for i in range(kind.num_fields))
-    if pa.types.is_union(kind):
-        return True
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
-        return _unwritable(kind.value_type)
-    if pa.types.is_map(kind):
-        return _unwritable(kind.key_type) or _unwritable(kind.item_type)
-    if pa.types.is_dictionary(kind):
-        return _unwritable(kind.value_type)
-    return False
 
 
 def _encodes(column: pa.ChunkedArray, name: str) -> bool:

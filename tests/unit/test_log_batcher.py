@@ -155,3 +155,84 @@ async def test_rows_of_a_stops_own_flush_cut_by_its_timeout_are_counted_lost():
     await batcher.close(None, 0.5)
     assert stream.published == [] and batcher.lost_rows == 30 and batcher.lost_records == 0
     assert batcher.held_rows == 0 and batcher.abandoned_rows == 0
+
+
+class Objects:
+    """An object store stand-in that keeps what is put, or refuses every put while `down`."""
+
+    def __init__(self, down: bool = False) -> None:
+        self.down = down
+        self.stored: dict[str, bytes] = {}
+
+    async def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
+        if self.down:
+            raise OSError("connection refused")
+        self.stored[key] = data
+
+
+async def test_with_an_object_store_the_rows_go_as_a_segment_and_only_its_description_through_the_stream():
+    """logs.engine_segments: the segment is byte for byte what the log store writes of the same batch sent as
+    rows; the message names it, with the rows, times, schema and versions the log store indexes."""
+    from types import SimpleNamespace
+
+    import pyarrow.parquet as pq
+
+    from services.log_store.handlers import parse_batch
+    from services.log_store.segments import encode_segment, unpack_tensors
+    from shared.log_segments import SEGMENT_HEADER, SegmentRef, sort_by_time
+    from shared.logrecords import expand_runs, schema_fingerprint, storage_order
+
+    records = [record(float(i), rows=4) for i in range(3)]
+    for at, one in zip((30, 10, 20), records, strict=True):
+        one.at_ms = at
+    inline, stream, objects = RefusingStream(), RefusingStream(), Objects()
+    inline.full = stream.full = False
+    without = LogBatcher(inline, DEPLOYMENT, LogSettings(), 8 * 1024 * 1024)
+    batcher = LogBatcher(stream, DEPLOYMENT, LogSettings(), 8 * 1024 * 1024, objects=objects)
+    for one in records:
+        without.add(one)
+        batcher.add(one)
+    await without.flush()
+    await batcher.flush()
+    (body, headers), = stream.published
+    assert headers[SEGMENT_HEADER] == "1" and len(body) < 400
+    ref = SegmentRef.from_json(body, 1, "p")
+    rows = sort_by_time(storage_order(expand_runs(pa.ipc.open_stream(inline.published[0][0]).read_all())))
+    assert objects.stored == {ref.key: encode_segment(rows, LogSettings().row_group_rows)}
+    assert (ref.rows, ref.min_time, ref.max_time, ref.versions, ref.dropped) == (12, 10, 30, ["v"], [])
+    assert ref.schema_fp == schema_fingerprint(rows.schema)
+    stored = unpack_tensors(pq.read_table(pa.BufferReader(objects.stored[ref.key])))
+    assert stored.column("time").to_pylist() == [10] * 4 + [20] * 4 + [30] * 4
+    assert batcher.held_rows == 0 and batcher.held_bytes == 0 and batcher.lost_rows == 0
+    msg = SimpleNamespace(data=body, subject="logs.inference.d-1", headers=headers, metadata=None)
+    assert parse_batch(msg).ref == ref and parse_batch(msg).table is None
+    # a description naming another pipeline's object (or anything not an engine's segment) is not a batch
+    from services.log_store.handlers import Unreadable
+    for key in (ref.key.replace("ws-1/p/", "ws-2/p/"), ref.key.replace(".e.parquet", ".parquet"),
+                "ws-1/p/../../ws-2/q/x.e.parquet"):
+        forged = SimpleNamespace(data=body.replace(ref.key.encode(), key.encode()), subject=msg.subject,
+                                 headers=headers, metadata=None)
+        try:
+            parse_batch(forged)
+        except Unreadable:
+            continue
+        raise AssertionError(f"{key} was taken")
+
+
+async def test_rows_of_re_sent_requests_and_batches_object_storage_refuses_go_through_the_stream():
+    stream, objects = RefusingStream(), Objects()
+    stream.full = False
+    batcher = LogBatcher(stream, DEPLOYMENT, LogSettings(), 8 * 1024 * 1024, objects=objects)
+    batcher.add(record(1.0, rows=3))
+    batcher.add(record(2.0, rows=2, request_id="slow-one"))  # the log store drops it if it was stored before
+    await batcher.flush()
+    (payload, headers), = stream.published
+    assert json.loads(headers[REQUESTS_HEADER]) == {"slow-one": [3, 2]} and objects.stored == {}
+    assert pa.ipc.open_stream(payload).read_all().num_rows == 5
+    stream.published.clear()
+    objects.down = True
+    batcher.add(record(3.0, rows=4))
+    await batcher.flush()
+    (payload, headers), = stream.published
+    assert pa.ipc.open_stream(payload).read_all().num_rows == 4 and batcher.segment_failures == 1
+    assert batcher.held_rows == 0 and batcher.lost_rows == 0 and batcher.abandoned_rows == 0

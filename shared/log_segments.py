@@ -1,0 +1,171 @@
+"""Writing inference log segments: the Parquet layout both writers share, the log store (batches that came inline
+on the bus) and an engine replica (its own batches, stored before it publishes their description: docs/logs.md,
+"How records travel").
+
+A segment's rows are sorted by (time, position), numeric tensor columns without nulls are stored packed (one
+fixed-size binary value a row, `services.log_store.segments.unpack_tensors` turns them back), and an engine-written
+segment is described on the bus by `SegmentRef` (what the log store indexes without reading the object).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from shared.lean_imports import lazy_module
+from shared.logrecords import META_VERSION, TIME, dropped_columns, schema_fingerprint
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+else:  # imported with the first log batch, not at start
+    np = lazy_module("numpy")
+    pa = lazy_module("pyarrow")
+    pc = lazy_module("pyarrow.compute")
+    pq = lazy_module("pyarrow.parquet")
+
+POS = "_pos"  # a compacted segment's row positions (hidden from pages)
+TENSOR = b"railyard.tensor"  # field metadata of a tensor column stored packed: "<numpy dtype>:<d1>,<d2>,..."
+SEGMENT_HEADER = "Railyard-Segment"
+"""On a log batch message: the body is a `SegmentRef` (JSON), not Arrow rows: the engine stored the segment."""
+ENGINE_SUFFIX = ".e.parquet"
+"""How the key of an engine-written segment ends: maintenance keeps such an object unindexed for as long as its
+description may wait in the stream (`logs.stream_max_age`), not the hour it gives the log store's own."""
+
+
+def segment_key(workspace_id: int, pipeline: str, suffix: str = ".parquet") -> str:
+    """A new segment's object key: `ws-<id>/<pipeline>/<yyyy/mm/dd>/<uuid><suffix>`."""
+    day = datetime.now(UTC).strftime("%Y/%m/%d")
+    return f"{key_prefix(workspace_id, pipeline)}{day}/{uuid.uuid4().hex}{suffix}"
+
+
+def key_prefix(workspace_id: int, pipeline: str) -> str:
+    """The prefix of every segment key of a pipeline."""
+    return f"ws-{workspace_id}/{quote(pipeline, safe='')}/"
+
+
+def sort_by_time(table: pa.Table, positions: np.ndarray | None = None) -> pa.Table:
+    """Rows in (time, position) order, a stable sort (positions default to the rows' order); a segment is
+    written so, which lets a page find its first row from the footer and merge schemas by time."""
+    times = table.column(TIME).to_numpy()
+    if positions is None:
+        if len(times) < 2 or bool(np.all(times[1:] >= times[:-1])):
+            return table
+        order = np.argsort(times, kind="stable")
+    else:
+        order = np.lexsort((positions, times))
+        if bool(np.all(order == np.arange(len(order)))):
+            return table
+    return table.take(pa.array(order))
+
+
+def _tensor_shape(kind: pa.DataType) -> tuple[list[int], pa.DataType] | None:
+    """(dims, value type) of a fixed-size list (of fixed-size lists ...) of integers or floats, else None."""
+    dims = []
+    while pa.types.is_fixed_size_list(kind):
+        dims.append(kind.list_size)
+        kind = kind.value_type
+    if dims and (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        return dims, kind
+    return None
+
+
+def _pack(field: pa.Field, column: pa.ChunkedArray) -> tuple[pa.Field, pa.Array] | None:
+    """A null-free numeric tensor column as fixed-size binary (each row's values, bytes as they lie), or None."""
+    shape = _tensor_shape(field.type)
+    if shape is None:
+        return None
+    dims, kind = shape
+    array = column.combine_chunks()
+    values = array
+    for _ in dims:
+        if values.null_count:
+            return None
+        values = values.flatten()  # honours the slice's offset
+    if values.null_count:
+        return None
+    data = np.ascontiguousarray(values.to_numpy(zero_copy_only=False))
+    width = int(np.prod(dims)) * kind.byte_width
+    packed = pa.Array.from_buffers(pa.binary(width), len(array), [None, pa.py_buffer(data)])
+    spec = f"{np.dtype(kind.to_pandas_dtype()).str}:{','.join(map(str, dims))}".encode()
+    return pa.field(field.name, packed.type, field.nullable, {**(field.metadata or {}), TENSOR: spec}), packed
+
+
+def encode_segment(table: pa.Table, row_group_rows: int) -> bytes:
+    """Parquet with dictionaries for string columns only (model names and versions repeat; trying them on
+    float tensors cost ten times the whole write) and statistics for `time` and `_pos` only (a page finds its
+    first row from them). Numeric tensor columns without nulls are stored packed, one fixed-size binary value
+    a row (writing them as nested lists took three times as long, reading them five times; `unpack_tensors`
+    turns them back)."""
+    for index, field in enumerate(table.schema):
+        packed = _pack(field, table.column(index))
+        if packed is not None:
+            table = table.set_column(index, *packed)
+    strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+               or pa.types.is_dictionary(f.type)]
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, row_group_size=row_group_rows, compression="snappy", use_dictionary=strings,
+                   write_statistics=[c for c in (TIME, POS) if c in table.column_names])
+    return sink.getvalue().to_pybytes()
+
+
+def unwritable(kind: pa.DataType) -> bool:
+    """Types Parquet cannot hold: a struct with no fields (anywhere inside), unions."""
+    if pa.types.is_struct(kind):
+        return kind.num_fields == 0 or any(unwritable(kind.field(i).type) for i in range(kind.num_fields))
+    if pa.types.is_union(kind):
+        return True
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return unwritable(kind.value_type)
+    if pa.types.is_map(kind):
+        return unwritable(kind.key_type) or unwritable(kind.item_type)
+    if pa.types.is_dictionary(kind):
+        return unwritable(kind.value_type)
+    return False
+
+
+@dataclass
+class SegmentRef:
+    """What the log store indexes of a segment an engine stored (the body of a `Railyard-Segment` message)."""
+
+    key: str
+    bytes: int
+    rows: int
+    min_time: int
+    max_time: int
+    schema_fp: str
+    versions: list[str]
+    dropped: list[str]
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, workspace_id: int, pipeline: str) -> SegmentRef:
+        """Read and check a description (ValueError when it is not one, or names an object outside the pipeline's
+        segments)."""
+        raw: dict[str, Any] = json.loads(data)
+        ref = cls(key=str(raw["key"]), bytes=int(raw["bytes"]), rows=int(raw["rows"]),
+                  min_time=int(raw["min_time"]), max_time=int(raw["max_time"]), schema_fp=str(raw["schema_fp"]),
+                  versions=[str(v) for v in raw["versions"]], dropped=[str(d) for d in raw["dropped"]])
+        if not ref.key.startswith(key_prefix(workspace_id, pipeline)) or not ref.key.endswith(ENGINE_SUFFIX) \
+                or ".." in ref.key or "\x00" in ref.key:
+            raise ValueError(f"the segment {ref.key[:200]!r} is not one of the pipeline's engine-written segments")
+        if ref.rows <= 0 or ref.bytes <= 0 or ref.min_time > ref.max_time:
+            raise ValueError("the segment description is inconsistent (rows, bytes or times)")
+        return ref
+
+
+def describe(table: pa.Table, key: str, size: int) -> SegmentRef:
+    """A sorted table's description once stored as `key` (`size` bytes)."""
+    times = table.column(TIME)
+    versions = pc.unique(table.column(META_VERSION)).to_pylist() if META_VERSION in table.column_names else []
+    return SegmentRef(key=key, bytes=size, rows=table.num_rows, min_time=int(pc.min(times).as_py()),
+                      max_time=int(pc.max(times).as_py()), schema_fp=schema_fingerprint(table.schema),
+                      versions=[str(v) for v in versions], dropped=dropped_columns(table))
