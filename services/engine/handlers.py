@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,9 @@ from shared.table_transport import (
 )
 
 log = logging.getLogger("railyard.engine")
-INLINE_ROWS = 256  # tables up to this many rows run on the event loop when no step awaits a worker
+INLINE_ROWS = 256  # tables up to this many rows run on the event loop when no step awaits a worker (until the
+# replica has learnt its pipeline's time per row: runs_inline)
+INLINE_NS = 1_000_000  # a run expected to take less than this (ns) runs on the event loop, not in a thread
 SHADOW_TIMEOUT = 10.0  # seconds a challenger may take (after that: its columns are left out)
 
 
@@ -73,6 +76,53 @@ async def run_challengers(shadows: list, outputs: dict[str, pa.Table], deploymen
     return elapsed
 
 
+def awaits_workers(pipeline: Pipeline) -> bool:
+    """Whether every step runs one model (ModelInference, no challenger or split): then `run_awaiting_workers` runs
+    the pipeline as `pipeline.run` does."""
+    steps = getattr(pipeline, "steps", None)
+    return bool(steps) and all(step.kind == "ModelInference" and len(step.runtimes) == 1 for step in steps)
+
+
+async def run_awaiting_workers(steps: list, table: pa.Table) -> tuple[pa.Table, list[int], dict[str, Any], list]:
+    """`pipeline.run` of a pipeline of one-model steps on the event loop: a sandboxed worker's step awaits its answer
+    here (`predict_async`), where `pipeline.run` in a thread would hand each request to a thread and the thread back
+    to this loop for the worker's pipes (four wake-ups of a thread or the loop per request); an in-process model runs
+    here, or in a thread above INLINE_ROWS rows, as a pipeline without workers does. The exchange is shielded: a
+    cancelled request leaves it to read its answer, as the thread's exchange did (an answer left unread would be
+    the next request's)."""
+    elapsed = []
+    current = table
+    for step in steps:
+        started = time.perf_counter_ns()
+        runtime = step.runtimes[0]
+        if hasattr(runtime, "predict_async"):
+            current = await asyncio.shield(runtime.predict_async(current))
+        elif current.num_rows > INLINE_ROWS:
+            current = await asyncio.to_thread(runtime.predict, current)
+        else:
+            current = runtime.predict(current)
+        elapsed.append(time.perf_counter_ns() - started)
+    return current, elapsed, steps[-1].model, []
+
+
+def runs_inline(pipeline: Pipeline, rows: int) -> bool:
+    """Whether a table of `rows` rows runs through `pipeline.run` on the event loop rather than in a thread. A thread
+    keeps the loop serving while a large model runs, but the hop (the executor's queue, the thread's wake-up, the
+    future handed back to the loop) costs ~190 us of CPU, more than a small model's whole call (ccfraud, 1,000 rows:
+    ~70 us inline). So a run expected to take under INLINE_NS, by the pipeline's time per row (`ns_per_row`: a
+    replica learns it from its runs, replica.Replica.run), runs inline; until it is known, a table of up to
+    INLINE_ROWS rows does. A pipeline with a sandboxed worker runs in the thread (its answer is awaited on this
+    loop)."""
+    if pipeline.workers:
+        return False
+    if os.environ.get("B1000_AB") == "old":  # TEMPORARY A/B toggle (b1000), removed before commit
+        return rows <= INLINE_ROWS
+    learnt = getattr(pipeline, "ns_per_row", None)
+    if learnt is None:
+        return rows <= INLINE_ROWS
+    return rows * learnt < INLINE_NS
+
+
 async def infer(pipeline: Pipeline, data: bytes, headers: dict[str, str] | None, received: int,
                 max_payload: int) -> Answer:
     """Run the request's table through the pipeline; failures become a typed error header, never a crash."""
@@ -83,9 +133,11 @@ async def infer(pipeline: Pipeline, data: bytes, headers: dict[str, str] | None,
                 raise InvalidRequest("table reference outside the inference area")
             data = await pipeline.store.get_bytes(BUCKET_TABLES, reference)
         table = pipeline.narrow(from_ipc(data))
-        # a worker's answer is awaited on this loop, so a request with one runs in a thread
-        output, elapsed, last, shadows = await asyncio.to_thread(pipeline.run, table) \
-            if table.num_rows > INLINE_ROWS or pipeline.workers else pipeline.run(table)
+        if pipeline.workers and awaits_workers(pipeline):
+            output, elapsed, last, shadows = await run_awaiting_workers(pipeline.steps, table)
+        else:  # a worker's answer is awaited on this loop, so a request with one runs in a thread
+            output, elapsed, last, shadows = pipeline.run(table) if runs_inline(pipeline, table.num_rows) \
+                else await asyncio.to_thread(pipeline.run, table)
     except RailyardError as exc:
         return Answer(b"", error_headers(exc))
     except Exception as exc:  # a model failing at run time is the deployment's error, not a crash
