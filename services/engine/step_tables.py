@@ -24,10 +24,13 @@ from shared.errors import InvalidRequest
 # values maybe_box_native hands back unchanged (or as an equal value of the same type): no call needed
 _NATIVE = frozenset({list, str, float, int, bool, type(None), dict, np.ndarray})
 _OBJECT = np.dtype(object)
+_SCALARS = frozenset({float, int, str, bool, type(None)})  # what `plain` returns as it is
 
 
 def plain(value: Any) -> Any:
     """numpy values (as pandas hands them back) as plain Python for JSON-like conversion."""
+    if type(value) is list:  # a list's plain elements are kept without a call each (a tensor row of floats)
+        return [v if type(v) in _SCALARS else plain(v) for v in value]
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):

@@ -9,8 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.engine.step_tables import plain, step_output
+from services.engine.step_tables import step_output
 from shared.arrow_codec import records_to_table, to_ipc_stream
+
+
+def plain(value):
+    """numpy values as plain Python, as PythonStepRuntime's _plain made them before step_tables (the reference)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
 
 
 def by_rows(result):
@@ -48,6 +59,9 @@ CASES = {
     "numpy float32 rows": lambda: pd.DataFrame({"out": list(matrix.astype(np.float32))}),
     "numpy scalars in objects": lambda: pd.DataFrame({"x": pd.Series([np.float32(1.5), np.int64(2), np.float64(3)],
                                                                      dtype=object)}),
+    "lists of numpy scalars": lambda: pd.DataFrame({"t": [[np.float64(1.5), np.float32(2)], [np.int64(3), 4.0]]}),
+    "lists of numpy rows": lambda: pd.DataFrame({"t": [[np.array([1.0, 2.0])], [np.array([3.0, 4.0])]]}),
+    "lists of bools and None": lambda: pd.DataFrame({"t": [[True, None], [False, True]]}),
     "nested lists with numpy": lambda: pd.DataFrame({"t": [[np.float32(1), [2.0]], [[3.0], [4.0]]]}),
     "2x2 tensors": lambda: pd.DataFrame({"t": [[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]]]}),
     "ragged": lambda: pd.DataFrame({"t": [[1.0, 2.0], [3.0]]}),
