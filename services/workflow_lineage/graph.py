@@ -188,7 +188,7 @@ async def _resolve(conn: Any, ref: Any) -> None:
     if best == ref["source"]:
         return
     if ref["source"] is not None:
-        await store.delete_event_edge(conn, ref["source"], ref["target"], ref["relation"])
+        await store.delete_moved_edge(conn, ref)
     if best is not None:
         await store.add_edge(conn, ref["workspace_id"], best, ref["target"], ref["relation"], "event")
     await store.set_link_ref_source(conn, ref["id"], best)
@@ -246,6 +246,8 @@ async def _pipeline_version_created(conn: Any, workspace_id: int, event: dict[st
         if model.get("version"):
             source = await store.upsert_node(conn, workspace_id, "model_version", str(model["version"]))
             await store.add_edge(conn, workspace_id, source["id"], card["id"], "used_by", "event")
+            await store.add_pinned_ref(conn, workspace_id, card["id"], "used_by", source["id"], str(model["version"]),
+                                       at)
         elif model.get("name"):  # the version of the name that was the newest when this version was created
             await _link_by(conn, workspace_id, card, "used_by", ["model_version"], "name", str(model["name"]), at)
 

@@ -321,9 +321,23 @@ async def set_link_ref_source(conn: Any, ref_id: int, source: int | None) -> Non
     await conn.execute("UPDATE link_refs SET source = $2 WHERE id = $1", ref_id, source)
 
 
-async def delete_event_edge(conn: Any, source: int, target: int, relation: str) -> None:
-    await conn.execute("DELETE FROM edges WHERE source = $1 AND target = $2 AND relation = $3 AND origin = 'event'",
-                       source, target, relation)
+async def add_pinned_ref(conn: Any, workspace_id: int, target: int, relation: str, source: int, key: str,
+                         as_of: datetime) -> None:
+    """Remember an arrow an event drew from a card it named exactly (a pinned model version): a `pinned` row is
+    never resolved again, it only keeps a name reference's move from deleting the same arrow (`delete_moved_edge`)."""
+    await conn.execute(
+        "INSERT INTO link_refs (workspace_id, target, relation, kinds, match_key, match_value, as_of, source)"
+        " VALUES ($1, $2, $3, '{}', 'pinned', $4, $5, $6) ON CONFLICT (target, relation, match_key, match_value)"
+        " DO NOTHING", workspace_id, target, relation, key, as_of, source)
+
+
+async def delete_moved_edge(conn: Any, ref: Any) -> None:
+    """Delete the event arrow a name reference moves away from, unless another reference (a pinned one, or
+    another name) still draws the same arrow: edges are one per (source, target, relation)."""
+    await conn.execute(
+        "DELETE FROM edges WHERE source = $1 AND target = $2 AND relation = $3 AND origin = 'event' AND NOT EXISTS"
+        " (SELECT 1 FROM link_refs WHERE source = $1 AND target = $2 AND relation = $3 AND id <> $4)",
+        ref["source"], ref["target"], ref["relation"], ref["id"])
 
 
 async def add_edge(conn: Any, workspace_id: int, source: int, target: int, relation: str, origin: str,

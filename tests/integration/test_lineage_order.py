@@ -175,3 +175,26 @@ async def test_a_file_saved_after_the_upload_of_its_bytes_is_linked_to_the_model
     # saved again (same bytes): still one arrow
     save_file(stack, alice, path, content)
     assert arrows_into(stack, alice, "model_version", str(uploaded.model_version), "uploaded_as") == [("file", path)]
+
+
+async def test_a_moved_name_reference_keeps_the_pinned_arrow_of_the_same_pair(stack, alice):
+    """A pipeline version naming one model twice, pinned to v1 and by name: when the name moves to v2 (uploaded
+    before the pipeline version, drawn after it), the pinned step's v1 arrow stays (edges are one per pair)."""
+    name = f"pin-{uuid.uuid4().hex[:8]}"
+    model_id, t0 = big_id(), datetime.now(UTC) - timedelta(minutes=1)
+
+    def upload(seconds: int) -> ModelUploaded:
+        return ModelUploaded(workspace_id=alice.workspace_id, model_id=model_id, model_version=uuid.uuid4(),
+                             name=name, framework="onnx", status="ready", occurred_at=t0 + timedelta(seconds=seconds))
+
+    v1, v2, pv = upload(1), upload(2), str(uuid.uuid4())
+    created = PipelineVersionCreated(pipeline_id=big_id(), workspace_id=alice.workspace_id, name=f"{name}-pipe",
+                                     pipeline_version=pv, models=[{"name": name, "version": str(v1.model_version)},
+                                                                  {"name": name, "version": None}],
+                                     occurred_at=t0 + timedelta(seconds=3))
+    await publish_and_wait(stack, [(subjects.EVENT_MODEL_UPLOADED, v1)])
+    await publish_and_wait(stack, [(subjects.EVENT_PIPELINE_VERSION_CREATED, created)])
+    assert arrows_into(stack, alice, "pipeline_version", pv, "used_by") == [("model_version", str(v1.model_version))]
+    await publish_and_wait(stack, [(subjects.EVENT_MODEL_UPLOADED, v2)])
+    assert sorted(arrows_into(stack, alice, "pipeline_version", pv, "used_by")) == sorted(
+        [("model_version", str(v1.model_version)), ("model_version", str(v2.model_version))])
