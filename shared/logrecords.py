@@ -358,6 +358,23 @@ def row_sizes(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
         return np.full(n, array.nbytes // max(n, 1), np.int64)
 
 
+def _row_bound(column: pa.ChunkedArray) -> int:
+    """Bytes no row of the column can exceed (as `row_sizes` counts them), found without sizing rows: a fixed width;
+    a dictionary's values plus an index; a list of fixed-width items' longest list; else the column's bytes."""
+    kind = column.type
+    width = _fixed_width(kind)
+    if width is not None:
+        return width
+    if pa.types.is_dictionary(kind):
+        return sum(chunk.dictionary.nbytes for chunk in column.chunks) + kind.index_type.bit_width // 8
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        inner = _fixed_width(kind.value_type)
+        if inner is not None:
+            return inner * max((int(np.diff(chunk.offsets.to_numpy()).max()) for chunk in column.chunks
+                                if len(chunk)), default=0)
+    return column.nbytes
+
+
 def _droppable(name: str) -> int | None:
     """0 for inputs (dropped first), 1 for outputs, None for what is always kept."""
     if name.startswith("in."):
@@ -378,8 +395,7 @@ def drop_oversized(table: pa.Table, max_row_bytes: int) -> pa.Table:
         return table
     # no row can be above the fixed-width columns' row size plus all of the other columns' bytes: a batch of
     # small rows is not sized row by row (its list and dictionary columns were 3 % of a replica's samples)
-    widths = [_fixed_width(kind) for kind in table.schema.types]
-    if sum(w if w is not None else table.column(i).nbytes for i, w in enumerate(widths)) <= max_row_bytes:
+    if sum(_row_bound(column) for column in table.columns) <= max_row_bytes:
         return table
     sizes = {name: row_sizes(table.column(name)) for name in table.column_names}
     total = sum(sizes.values())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import logging
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -26,11 +27,13 @@ from shared.settings import S3Settings
 if TYPE_CHECKING:
     from minio import Minio
 
+log = logging.getLogger("railyard.objectstore")
 CHUNK = 1024 * 1024
 NOT_FOUND_CODES = ("NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound")  # S3: "no such object"
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest multipart part
 MAX_PARTS = 9000  # S3 allows 10,000 parts; keep a margin
 SPOOL_IN_MEMORY = 1024 * 1024
+LIGHT_PUT_BYTES = 64 * 1024 * 1024  # put_bytes sends up to this in one PUT of its own (the bytes are in memory)
 
 # Buckets the platform uses; names are prefixed by settings.s3.bucket_prefix.
 BUCKET_ARTIFACTS = "artifacts"
@@ -142,6 +145,15 @@ class MinioObjectStore:
 
     async def put_bytes(self, bucket: str, key: str, data: bytes,
                         content_type: str = "application/octet-stream") -> StoredObject:
+        """Bytes up to LIGHT_PUT_BYTES go in one PUT of `shared.s3_light` (no SDK, no thread, no multipart above
+        5 MiB; inference log segments); larger ones, and any answer that PUT does not expect, through the SDK."""
+        if len(data) <= LIGHT_PUT_BYTES:
+            try:
+                if await s3_light.put_object(self._settings, self.bucket(bucket), key, data, content_type):
+                    return StoredObject(bucket=bucket, key=key, size=len(data))
+                log.warning("S3 refused a PUT of %s/%s without the SDK; sending it through the SDK", bucket, key)
+            except (OSError, TimeoutError):  # unreachable after the retries: the SDK tries again and raises
+                pass
         return await self._put_file(bucket, key, io.BytesIO(data), len(data), content_type)
 
     async def _put_file(self, bucket: str, key: str, source: BinaryIO, length: int, content_type: str,

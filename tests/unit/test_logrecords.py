@@ -214,3 +214,22 @@ def test_a_row_whose_columns_share_memory_is_sized_per_column():
     assert kept.column("metadata.dropped").to_pylist() == [["in.x"]] and kept.column("out.x").null_count == 0
     record = InferenceRecord(1, pa.table({"x": x}), pa.table({"x": x}), "m", (1, 2))
     assert drop_oversized(build_batch([record], "v"), 1 << 20).column("metadata.dropped").to_pylist() == [["in.x"]]
+
+
+def test_a_large_batch_of_small_rows_is_not_sized_row_by_row_and_a_long_list_row_still_loses_its_column():
+    """drop_oversized's bound: a list of fixed-width items counts its longest list, a dictionary its values, so
+    a 40,000-row batch whose `metadata.elapsed` alone is above max_row_bytes is returned as it is; a row whose
+    own list is above it loses its columns (inputs first, as always)."""
+    rows = 40_000
+    tensor = pa.FixedSizeListArray.from_arrays(pa.array(np.ones(rows * 4, np.float32)), 4)
+    elapsed = pa.array([[1, 2, 3]] * rows, pa.list_(pa.int64()))
+    model = pa.array(["m"] * rows).dictionary_encode()
+    table = pa.table({"time": pa.array(np.arange(rows)), "in.x": tensor, "metadata.elapsed": elapsed,
+                      "metadata.last_model": model})
+    assert table.column("metadata.elapsed").nbytes > 1024 * 1024
+    assert drop_oversized(table, 1024 * 1024) is table
+    long = pa.array([[1.0]] * (rows - 1) + [[1.0] * 200_000], pa.list_(pa.float64()))
+    table = table.append_column("out.y", long)
+    out = drop_oversized(table, 1024 * 1024)
+    assert out.column("metadata.dropped").to_pylist()[-1] == ["in.x", "out.y"]  # inputs go first
+    assert out.column("metadata.dropped").to_pylist()[0] == [] and out.column("out.y")[0].as_py() == [1.0]

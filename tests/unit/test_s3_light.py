@@ -4,6 +4,7 @@ read S3's answers (exists, missing, created, already owned, anything else -> Non
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -174,3 +175,53 @@ async def test_the_connection_is_closed_when_the_call_returns(monkeypatch) -> No
         assert await s3_light.make_bucket(settings, "new") is True
     # closed, not merely asked to close: the socket is released before the call returns
     assert len(sockets) == 2 and all(sock.fileno() == -1 for sock in sockets)
+
+
+async def test_an_object_put_signs_as_the_sdk_and_sends_the_bytes_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """put_object (MinioObjectStore.put_bytes up to 64 MiB: log segments): the key quoted as the SDK quotes it, the
+    request signed as the SDK signs it, the body as given; the payload's SHA-256 in the signature unless the bytes
+    travel over TLS or loopback (UNSIGNED-PAYLOAD, as the SDK over HTTPS); an answer other than 200 is False (the
+    store asks the SDK)."""
+    data = bytes(range(256)) * 4000  # above the size written apart from the head
+    got: list[tuple[bytes, bytes]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        got.append((head, await reader.readexactly(length)))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" if len(got) <= 2 else
+                     b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    settings = SETTINGS.model_copy(update={"endpoint": f"127.0.0.1:{server.sockets[0].getsockname()[1]}"})
+    key = "ws-1/my%20pipe line/2026/12/02/abc.e.parquet"
+    async with server:
+        assert s3_light.payload_travels_safely(settings)
+        assert await s3_light.put_object(settings, "railyard-logs", key, data) is True
+        monkeypatch.setattr(s3_light, "payload_travels_safely", lambda _: False)  # plain HTTP to another host
+        assert await s3_light.put_object(settings, "railyard-logs", key, data) is True
+        assert await s3_light.put_object(settings, "railyard-logs", key, data) is False
+    for (head, body), payload in zip(got, ("UNSIGNED-PAYLOAD", hashlib.sha256(data).hexdigest()), strict=False):
+        assert body == data
+        lines = head.decode().split("\r\n")
+        method, path, _ = lines[0].split(" ")
+        assert path == "/railyard-logs/ws-1/my%2520pipe%20line/2026/12/02/abc.e.parquet"
+        headers = dict(line.split(": ", 1) for line in lines[1:] if line)
+        assert headers["x-amz-content-sha256"] == payload
+        signed = {k: headers[k] for k in ("host", "x-amz-content-sha256", "x-amz-date")}
+        when = datetime.strptime(headers["x-amz-date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        theirs = sign_v4_s3(method=method, url=urlsplit(f"http://{settings.endpoint}{path}"), region=SETTINGS.region,
+                            headers=signed, credentials=Credentials(SETTINGS.access_key, SETTINGS.secret_key),
+                            content_sha256=payload, date=when)
+        assert headers["authorization"] == theirs["Authorization"]
+
+
+def test_which_payloads_travel_safely() -> None:
+    for endpoint, secure, safe in (("127.0.0.1:8333", False, True), ("localhost:1", False, True),
+                                   ("[::1]:8333", False, True), ("10.0.0.5:8333", False, False),
+                                   ("s3.example.com", False, False), ("s3.example.com", True, True)):
+        settings = S3Settings(endpoint=endpoint, secure=secure)
+        assert s3_light.payload_travels_safely(settings) is safe, endpoint
