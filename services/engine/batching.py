@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from services.engine.arrow_stream import schema_message, write_stream
 from services.engine.fast_lane import FastLane, meta_header, meta_prefix
-from services.engine.handlers import INLINE_ROWS, Answer
+from services.engine.handlers import Answer, runs_inline
 from shared.arrow_codec import from_ipc
 from shared.errors import RailyardError
 from shared.table_transport import INFERENCE_PREFIX, META_HEADER, SHADOWS_HEADER, TABLE_REF, above_bus_limit, put_table
@@ -179,8 +179,8 @@ class RequestBatcher:
         combined = pa.concat_tables(tables)
         pipeline = self.pipeline
         try:
-            output, elapsed, last, _ = await asyncio.to_thread(pipeline.run, combined) \
-                if combined.num_rows > INLINE_ROWS else pipeline.run(combined)
+            output, elapsed, last, _ = pipeline.run(combined) if runs_inline(pipeline, combined.num_rows) \
+                else await asyncio.to_thread(pipeline.run, combined)
         except Exception:  # someone's bad input (or a model failure): each request alone gets its own answer
             for msg, received, at_ms, _ in chunk:
                 await self.run_alone(msg, received, at_ms)

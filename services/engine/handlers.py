@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import logging
 import time
 from dataclasses import dataclass, field
@@ -109,14 +108,12 @@ def runs_inline(pipeline: Pipeline, rows: int) -> bool:
     """Whether a table of `rows` rows runs through `pipeline.run` on the event loop rather than in a thread. A thread
     keeps the loop serving while a large model runs, but the hop (the executor's queue, the thread's wake-up, the
     future handed back to the loop) costs ~190 us of CPU, more than a small model's whole call (ccfraud, 1,000 rows:
-    ~70 us inline). So a run expected to take under INLINE_NS, by the pipeline's time per row (`ns_per_row`: a
+    ~70 us inline). So a run expected to take under INLINE_NS, by the pipeline's CPU time per row (`ns_per_row`: a
     replica learns it from its runs, replica.Replica.run), runs inline; until it is known, a table of up to
     INLINE_ROWS rows does. A pipeline with a sandboxed worker runs in the thread (its answer is awaited on this
     loop)."""
     if pipeline.workers:
         return False
-    if os.environ.get("B1000_AB") == "old":  # TEMPORARY A/B toggle (b1000), removed before commit
-        return rows <= INLINE_ROWS
     learnt = getattr(pipeline, "ns_per_row", None)
     if learnt is None:
         return rows <= INLINE_ROWS

@@ -58,6 +58,7 @@ log = logging.getLogger("railyard.engine")
 DRAIN_SHADOWS = 2.0  # seconds a stopping replica lets queued challengers run (then: logged without them)
 DRAIN_LOGS = 8.0  # seconds a stopping replica has to publish the records it holds
 TRIM_EVERY = 2.0  # seconds between looks at whether the heap's free pages can go back to the system
+LEARN_ROWS = 64  # runs of at least this many rows teach a replica its time per row (smaller ones: fixed costs)
 
 
 class Step:
@@ -181,6 +182,7 @@ class Replica:
         self.log_policy = LogPolicy.from_config(spec.get("engine_config", {}))
         self.served = 0  # requests answered
         self.narrowing: dict[str, pa.DataType] = {}
+        self.ns_per_row: float | None = None  # the pipeline's learnt run time per row (handlers.runs_inline)
 
     async def load(self) -> None:
         store = self.store = MinioObjectStore(self.settings.s3)
@@ -229,11 +231,18 @@ class Replica:
         current = table
         last = None
         shadows: list = []
+        cpu_started = time.thread_time_ns()
         for step in self.steps:
             started = time.perf_counter_ns()
             current, last, step_shadows = step.run(current)
             shadows += step_shadows
             elapsed.append(time.perf_counter_ns() - started)
+        rows = table.num_rows
+        if rows >= LEARN_ROWS:  # what handlers.runs_inline decides by (a slow run counts at once)
+            # this thread's CPU, not the wall clock: in a thread, the run also waits for the loop's turns of the GIL
+            per_row = (time.thread_time_ns() - cpu_started) / rows
+            known = self.ns_per_row
+            self.ns_per_row = per_row if known is None or per_row > 4 * known else 0.75 * known + 0.25 * per_row
         return current, elapsed, last, shadows
 
     async def serve(self) -> None:  # noqa: C901 - the request path is kept in one place on purpose
