@@ -48,6 +48,16 @@ class WorkerFailed(RailyardError):
     code = "model_worker_failed"
 
 
+def _well_formed(header: object) -> bool:
+    """An answer's header as services/engine/worker.py writes it: {"ok": true} or {"error": {"code", "msg"}}."""
+    if not isinstance(header, dict):
+        return False
+    if "error" in header:
+        error = header["error"]
+        return isinstance(error, dict) and isinstance(error.get("code"), str) and isinstance(error.get("msg"), str)
+    return header.get("ok") is True
+
+
 class SandboxedRuntime:
     """A code runtime ("python" or "custom") served by a sandboxed worker process."""
 
@@ -201,6 +211,10 @@ class SandboxedRuntime:
             since = len(self.stderr)
             header, output = await self._exchange({"op": "predict"}, body, self.settings.sandbox.wall_seconds,
                                                   "serving a request")
+            # the frame comes from the process that runs the user's code, which can write to the protocol's pipe
+            # itself: a header or a table that is not what worker.py writes means a worker no longer to be trusted
+            if not _well_formed(header):
+                raise await self._untrusted("answered with a frame the worker does not write")
             if "error" in header:
                 error = header["error"]
                 await self._stderr_settled(since)
@@ -209,7 +223,18 @@ class SandboxedRuntime:
                     self._replace_soon()
                 cls = InvalidRequest if error["code"] in ("invalid_request", RESOURCE_LIMIT) else RailyardError
                 raise cls(self._with_excerpt(error["msg"], since), code=error["code"])
-        return from_ipc(output)
+            try:  # every buffer checked (Arrow reads a forged length as a table, which crashes its reader later),
+                # and no more decoded than the worker's own memory limit could have held
+                return from_ipc(output, max_decoded_bytes=self.limits.memory_bytes, validate=True)
+            except RailyardError as exc:
+                raise await self._untrusted(f"answered with a table that is not valid ({exc.msg})") from None
+
+    async def _untrusted(self, what: str) -> WorkerFailed:
+        """The worker broke the protocol (its code wrote a frame of its own): it is killed and replaced (the next
+        answer on its pipe would be the next request's), and the request fails saying so."""
+        await self._kill()
+        self._replace_soon()
+        return WorkerFailed(f"{KIND_NAMES[self.kind]} ({self.name}) {what}; the worker was replaced")
 
     def predict(self, batch: pa.Table) -> pa.Table:
         """For the replica's worker threads: runs the exchange on the replica's event loop."""

@@ -104,6 +104,54 @@ async def test_a_python_step_runs_in_a_worker_and_survives_each_failure(settings
     assert not runtime.workdir.exists()
 
 
+FORGING_STEP = b"""
+import fcntl, json, os, stat, struct
+import pandas as pd
+import pyarrow as pa
+
+def forged_table() -> bytes:
+    # a 1-row float64 batch whose metadata claims 2^28 rows: Arrow reads it as a table that crashes its reader
+    batch = pa.record_batch([pa.array([1.5], pa.float64())], names=["x"])
+    message = bytearray(batch.serialize().to_pybytes())
+    size = int.from_bytes(message[4:8], "little")
+    message[8:8 + size] = bytes(message[8:8 + size]).replace((1).to_bytes(8, "little"), (1 << 28).to_bytes(8, "little"))
+    return batch.schema.serialize().to_pybytes() + bytes(message) + b"\\xff\\xff\\xff\\xff\\x00\\x00\\x00\\x00"
+
+def wallaroo_json(data: pd.DataFrame):
+    action = data["action"][0]
+    if action != "ok":  # a frame of its own on the protocol's pipe (the worker's answer follows it)
+        head = json.dumps({"ok": True} if action == "table" else ["not", "a", "header"]).encode()
+        body = forged_table() if action == "table" else b""
+        for fd in range(3, 64):
+            try:
+                if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY:
+                    os.write(fd, struct.pack(">IQ", len(head), len(body)) + head + body)
+            except OSError:
+                pass
+    return {"doubled": [v * 2 for v in data["value"]]}
+"""
+
+
+async def test_a_frame_forged_by_the_users_code_fails_the_request_and_replaces_the_worker(settings, tmp_path):
+    """The worker's answer comes from the process running the user's code: a table with forged lengths (which Arrow
+    would read and its reader crash on) or a header the worker never writes is refused, and the worker, whose
+    next answer would be the next request's, is replaced."""
+    step = tmp_path / "forging.py"
+    step.write_bytes(FORGING_STEP)
+    runtime = SandboxedRuntime("python", step, settings.stack.data_dir / "engine-work" / "d" / "r-3", settings, "f")
+    await runtime.start()
+    try:
+        for action, said in (("table", "answered with a table that is not valid"),
+                             ("header", "answered with a frame the worker does not write")):
+            with pytest.raises(WorkerFailed) as refused:
+                await runtime.predict_async(table(action))
+            assert said in refused.value.msg and "the worker was replaced" in refused.value.msg
+            assert (await runtime.predict_async(table("ok"))).to_pylist() == [{"doubled": 42}]
+        assert runtime.replaced == 2
+    finally:
+        await runtime.stop()
+
+
 async def test_a_step_that_fails_to_load_reports_why(settings, tmp_path):
     step = tmp_path / "broken.py"
     step.write_bytes(b"import no_such_module_railyard\n")
