@@ -48,6 +48,14 @@ class WorkerFailed(RailyardError):
     code = "model_worker_failed"
 
 
+class _Oversized(Exception):
+    """A frame announcing a body larger than the worker's memory limit (its code wrote the frame itself)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
 def _well_formed(header: object) -> bool:
     """An answer's header as services/engine/worker.py writes it: {"ok": true} or {"error": {"code", "msg"}}."""
     if not isinstance(header, dict):
@@ -133,8 +141,16 @@ class SandboxedRuntime:
                 process.stdin.write(encode_frame(header, body))
                 await process.stdin.drain()
                 head_size, body_size = frame_sizes(await process.stdout.readexactly(PREFIX.size))
+                if body_size > self.limits.memory_bytes:  # more than the worker could have built: not read in here
+                    raise _Oversized(body_size)
                 answer = json.loads(await process.stdout.readexactly(head_size))
                 return answer, await process.stdout.readexactly(body_size)
+        except _Oversized as oversized:
+            await self._kill()
+            if replace:
+                self._replace_soon()
+            raise WorkerFailed(f"{KIND_NAMES[self.kind]} ({self.name}) announced an answer of {oversized.size} bytes, "
+                               f"more than its memory limit, while {doing}; the worker was replaced") from None
         except TimeoutError:
             await self._kill()
             if replace:

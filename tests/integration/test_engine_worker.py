@@ -120,12 +120,13 @@ def forged_table() -> bytes:
 def wallaroo_json(data: pd.DataFrame):
     action = data["action"][0]
     if action != "ok":  # a frame of its own on the protocol's pipe (the worker's answer follows it)
-        head = json.dumps({"ok": True} if action == "table" else ["not", "a", "header"]).encode()
+        head = json.dumps(["not", "a", "header"] if action == "header" else {"ok": True}).encode()
         body = forged_table() if action == "table" else b""
+        size = 1 << 30 if action == "huge" else len(body)  # announced, never sent
         for fd in range(3, 64):
             try:
                 if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY:
-                    os.write(fd, struct.pack(">IQ", len(head), len(body)) + head + body)
+                    os.write(fd, struct.pack(">IQ", len(head), size) + head + body)
             except OSError:
                 pass
     return {"doubled": [v * 2 for v in data["value"]]}
@@ -134,20 +135,22 @@ def wallaroo_json(data: pd.DataFrame):
 
 async def test_a_frame_forged_by_the_users_code_fails_the_request_and_replaces_the_worker(settings, tmp_path):
     """The worker's answer comes from the process running the user's code: a table with forged lengths (which Arrow
-    would read and its reader crash on) or a header the worker never writes is refused, and the worker, whose
-    next answer would be the next request's, is replaced."""
+    would read and its reader crash on), a header the worker never writes or a body larger than the worker's memory
+    limit (which the replica would read into its own) is refused, and the worker, whose next answer would be the
+    next request's, is replaced."""
     step = tmp_path / "forging.py"
     step.write_bytes(FORGING_STEP)
     runtime = SandboxedRuntime("python", step, settings.stack.data_dir / "engine-work" / "d" / "r-3", settings, "f")
     await runtime.start()
     try:
         for action, said in (("table", "answered with a table that is not valid"),
-                             ("header", "answered with a frame the worker does not write")):
+                             ("header", "answered with a frame the worker does not write"),
+                             ("huge", "announced an answer of 1073741824 bytes, more than its memory limit")):
             with pytest.raises(WorkerFailed) as refused:
                 await runtime.predict_async(table(action))
             assert said in refused.value.msg and "the worker was replaced" in refused.value.msg
             assert (await runtime.predict_async(table("ok"))).to_pylist() == [{"doubled": 42}]
-        assert runtime.replaced == 2
+        assert runtime.replaced == 3
     finally:
         await runtime.stop()
 
