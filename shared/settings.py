@@ -181,6 +181,10 @@ class LogSettings(BaseModel):
     row_group_rows: int = Field(8192, description="Rows per Parquet row group (the unit a page reads).")
     compact_target_rows: int = Field(500_000, description="Rows a compacted segment aims for.")
     compact_min_age: float = Field(5.0, description="Seconds a fresh segment stays before it may be compacted.")
+    compact_below_bytes: int = Field(2 * 1024 * 1024, gt=0, description="Only segments smaller than this (and "
+                                     "below half of compact_target_rows) are merged: larger ones are already a fair "
+                                     "size for object storage and pages, and merging them would write every row to "
+                                     "object storage a second time.")
     maintenance_interval: float = Field(60.0, description="Seconds between compaction and retention passes.")
     retention_days: float = Field(30.0, description="Days logs are kept unless a pipeline sets its own.")
     superseded_grace: float = Field(120.0, description="Seconds a replaced segment's object outlives it, so "

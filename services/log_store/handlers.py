@@ -562,7 +562,8 @@ def _merge_run(run: list[Any], tables: list[pa.Table], row_group_rows: int) -> t
 
 async def _compact_pipeline(deps: Deps, pipeline: Any, report: LogMaintenanceReport) -> None:
     target = deps.settings.compact_target_rows
-    small = await store.small_segments(deps.pool, pipeline["id"], target // 2, deps.settings.compact_min_age)
+    small = await store.small_segments(deps.pool, pipeline["id"], target // 2, deps.settings.compact_min_age,
+                                       deps.settings.compact_below_bytes)
     for run in _runs(small, target):
         tables = [await asyncio.to_thread(deps.reader.read_all, seg["object_key"], seg["bytes"]) for seg in run]
         table, data = await asyncio.to_thread(_merge_run, run, tables, deps.settings.row_group_rows)

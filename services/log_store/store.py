@@ -119,12 +119,13 @@ async def expire(pool: asyncpg.Pool, pipeline_id: int, before_ms: int) -> int:
     return len(rows)
 
 
-async def small_segments(pool: asyncpg.Pool, pipeline_id: int, below_rows: int, min_age: float
-                         ) -> list[asyncpg.Record]:
+async def small_segments(pool: asyncpg.Pool, pipeline_id: int, below_rows: int, min_age: float,
+                         below_bytes: int = 2**62) -> list[asyncpg.Record]:
     return await pool.fetch(
         f"SELECT {SEGMENT_COLUMNS}, level, versions, dropped FROM segments WHERE pipeline_id = $1 "
-        "AND superseded_at IS NULL AND row_count < $2 AND created_at < now() - make_interval(secs => $3) "
-        "ORDER BY first_pos", pipeline_id, below_rows, min_age)
+        "AND superseded_at IS NULL AND row_count < $2 AND bytes < $4 "
+        "AND created_at < now() - make_interval(secs => $3) "
+        "ORDER BY first_pos", pipeline_id, below_rows, min_age, below_bytes)
 
 
 async def replace_segments(pool: asyncpg.Pool, old_ids: list[int], seg: NewSegment, pipeline_id: int,
