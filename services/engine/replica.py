@@ -252,7 +252,7 @@ class Replica:
         logs_nc = await nats.connect(self.settings.nats.url, name=f"railyard-engine-{self.name}-logs",
                                      max_reconnect_attempts=-1, reconnect_time_wait=0.5, **identity)
         self.batcher = LogBatcher(logs_nc.jetstream(), self.spec["deployment"], self.settings.logs, nc.max_payload,
-                                  objects=self.store)  # segments written here (logbatcher.py)
+                                  objects=getattr(self, "store", None))  # segments written here (logbatcher.py)
 
         answers = RepeatedRequests()
 
