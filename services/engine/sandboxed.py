@@ -108,6 +108,10 @@ class SandboxedRuntime:
         except asyncio.CancelledError:  # a start cancelled mid-load (stop() during a replacement) leaves no worker
             await self._kill()
             raise
+        if not _well_formed(header):  # the step's own code, run by the load, wrote to the protocol's pipe
+            await self._kill()
+            raise WorkerFailed(f"{KIND_NAMES[self.kind]} ({self.name}) answered its load with a frame the worker "
+                               "does not write")
         if "error" in header:
             await self._stderr_settled(0)
             await self._kill()

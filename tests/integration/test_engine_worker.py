@@ -155,6 +155,26 @@ async def test_a_frame_forged_by_the_users_code_fails_the_request_and_replaces_t
         await runtime.stop()
 
 
+async def test_a_frame_forged_while_loading_fails_the_start(settings, tmp_path):
+    step = tmp_path / "forging_load.py"
+    step.write_bytes(b"""
+import os, struct
+for fd in range(3, 64):  # the header 7 on every descriptor that takes it: the protocol's pipe among them
+    try:
+        os.write(fd, struct.pack(">IQ", 1, 0) + b"7")
+    except OSError:
+        pass
+
+def wallaroo_json(data):
+    return data
+""")
+    runtime = SandboxedRuntime("python", step, settings.stack.data_dir / "engine-work" / "d" / "r-4", settings, "l")
+    with pytest.raises(WorkerFailed) as refused:
+        await runtime.start()
+    assert "answered its load with a frame the worker does not write" in refused.value.msg
+    await runtime.stop()
+
+
 async def test_a_step_that_fails_to_load_reports_why(settings, tmp_path):
     step = tmp_path / "broken.py"
     step.write_bytes(b"import no_such_module_railyard\n")
