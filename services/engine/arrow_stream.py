@@ -74,7 +74,7 @@ def schema_message(schema: pa.Schema) -> bytes | None:
 def batch_stream(batch: pa.RecordBatch, schema_bytes: bytes) -> bytes:
     """A stream of one record batch whose schema's message is `schema_bytes` (from `schema_message`): the bytes
     `to_ipc_stream` writes for a table of that one batch."""
-    return b"".join((schema_bytes, batch.serialize().to_pybytes(), END_OF_STREAM))
+    return b"".join((schema_bytes, batch.serialize(), END_OF_STREAM))
 
 
 def write_stream(table: pa.Table, schema_bytes: bytes | None) -> bytes:
