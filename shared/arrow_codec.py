@@ -24,6 +24,7 @@ ARROW_FILE_MAGIC = b"ARROW1"
 
 
 IPC_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # a stream's end: a continuation marker and a zero length
+CONTINUATION = IPC_EOS[:4]  # what starts every encapsulated message
 
 
 _DICTIONARY = pa.dictionary(pa.int8(), pa.string()).id
@@ -46,10 +47,11 @@ KNOWN_SCHEMAS = 256  # schemas remembered by their serialized message (a deploym
 # The largest key (a serialized schema message, a request's head) any cache keyed by schema bytes keeps. Those bytes
 # are the client's (column names, schema metadata: a body may carry 60 MB of them): 256 entries of a body each were
 # gigabytes held by the gateway for anyone with an inference token. A deployment's schemas are a few hundred bytes;
-# a larger one still works, uncached (the engine's arrow_stream and fast_lane use this limit too).
+# a larger one still works, uncached (the engine's fast_lane uses this limit too).
 CACHED_SCHEMA_MAX_BYTES = 16 * 1024
 _PLAIN: dict[bytes, bool] = {}  # a schema message -> it holds no dictionary
-_SCHEMAS: dict[bytes, pa.Schema | None] = {}  # a stream's schema message -> its schema; None: it holds a dictionary
+# a stream's schema message -> its schema; None: it holds a dictionary (every reader below: _stream_schema)
+_SCHEMAS: dict[bytes, pa.Schema | None] = {}
 
 
 def _remember(cache: dict, key: bytes, value: Any) -> None:
@@ -154,6 +156,22 @@ def from_ipc(data: bytes, max_decoded_bytes: int | None = None, validate: bool =
         raise InvalidRequest(f"body is not a valid Arrow IPC file or stream: {exc}") from None
 
 
+def _stream_schema(head: bytes) -> pa.Schema | None:
+    """The schema of a stream's first message `head` (its bytes: marker, length, metadata), remembered by those
+    bytes; None when it holds a dictionary (dictionary batches come first in such a stream: the general reader or
+    writer) or is not a schema message alone. Raises what Arrow raises for bytes that are no message."""
+    schema = _SCHEMAS.get(head, False)
+    if schema is False:  # not seen before
+        message = pa.ipc.read_message(pa.py_buffer(head))
+        if message.type != "schema" or 8 + message.metadata.size != len(head):
+            return None
+        schema = pa.ipc.read_schema(message)
+        if any(has_dictionary(field.type) for field in schema):
+            schema = None
+        _remember(_SCHEMAS, head, schema)
+    return schema
+
+
 def _read_stream_messages(data: bytes) -> pa.Table | None:
     """An IPC stream read message by message (its schema, then each record batch at the offset the previous
     message's lengths give): the table the stream reader reads, without building one (~7 -> ~4 us for one
@@ -161,16 +179,7 @@ def _read_stream_messages(data: bytes) -> pa.Table | None:
     malformed stream): the stream reader then reads it, or says what is wrong."""
     try:
         offset = 8 + int.from_bytes(data[4:8], "little")  # the schema message: marker, length, metadata (no body)
-        head = data[:offset]
-        schema = _SCHEMAS.get(head, False)
-        if schema is False:  # not seen before
-            message = pa.ipc.read_message(pa.py_buffer(head))
-            if message.type != "schema" or 8 + message.metadata.size != offset:
-                return None
-            schema = pa.ipc.read_schema(message)
-            if any(has_dictionary(field.type) for field in schema):
-                schema = None
-            _remember(_SCHEMAS, head, schema)
+        schema = _stream_schema(data[:offset])
         if schema is None:
             return None
         buffer, end, batches = pa.py_buffer(data), len(data), []
@@ -188,6 +197,55 @@ def _read_stream_messages(data: bytes) -> pa.Table | None:
         return pa.Table.from_batches(batches, schema)
     except (pa.ArrowException, OSError, EOFError, UnicodeDecodeError, ValueError, IndexError):
         return None
+
+
+def read_batch(data: bytes) -> tuple[bytes, pa.RecordBatch] | None:
+    """(the schema message's bytes, the record batch) of a stream that holds exactly a schema, one record batch and
+    the end marker (a batch-1 request; the engine's fast lane keys on the schema's bytes), or None: then `from_ipc`
+    reads it, and says what is wrong with it if anything is."""
+    try:
+        if data[:4] != CONTINUATION or data[-8:] != IPC_EOS:
+            return None
+        end = 8 + struct.unpack_from("<i", data, 4)[0]
+        if end <= 8 or end > len(data):
+            return None
+        head = data[:end]
+        schema = _stream_schema(head)
+        if schema is None:
+            return None
+        reader = pa.BufferReader(pa.py_buffer(data)[end:])
+        message = pa.ipc.read_message(reader)
+        if message.type != "record batch" or end + reader.tell() != len(data) - 8:
+            return None
+        return head, pa.ipc.read_record_batch(message, schema)
+    except (pa.ArrowException, OSError, EOFError, ValueError, struct.error, UnicodeDecodeError):
+        return None
+
+
+def schema_message(schema: pa.Schema) -> bytes | None:
+    """The schema's IPC message as a stream writer writes it, or None when the schema has dictionary columns
+    (their dictionaries are messages of their own: the general writer)."""
+    if any(has_dictionary(kind) for kind in schema.types):
+        return None
+    return schema.serialize().to_pybytes()
+
+
+def batch_stream(batch: pa.RecordBatch, schema_bytes: bytes) -> bytes:
+    """A stream of one record batch whose schema's message is `schema_bytes` (from `schema_message`): the bytes
+    `to_ipc_stream` writes for a table of that one batch."""
+    return b"".join((schema_bytes, batch.serialize(), IPC_EOS))
+
+
+def write_stream(table: pa.Table, schema_bytes: bytes | None) -> bytes:
+    """`to_ipc_stream(table)`, without serializing the schema again when the table is one non-empty batch and
+    `schema_bytes` is its schema's message (`schema_message`; several tables of one schema, the parts of a batch's
+    output, share it)."""
+    if schema_bytes is None or table.num_rows == 0:
+        return to_ipc_stream(table)
+    batches = table.to_batches()
+    if len(batches) != 1:
+        return to_ipc_stream(table)
+    return batch_stream(batches[0], schema_bytes)
 
 
 def _leaf_types(values: list[Any]) -> set[type]:
