@@ -1,0 +1,148 @@
+"""The batch-1 tail of two source trees (or settings), on two stacks up at once, rounds alternated.
+
+    python -m bench.tail_ab --tree s8start=build/s8start [--tree head=.] [--rounds 6] [--count 1500]
+                            [--forms records,Arrow,OIP v2] [--env [label:]RAILYARD_...=value]
+
+Each tree runs its own embedded stack (`railyard up` with that tree first on PYTHONPATH and as the working
+directory, the same venv), ccfraud deployed on each; then `rounds` rounds, each running `count` sequential batch-1
+requests on one connection against every stack in turn (the order reversed every other round), so the machine's
+other work weighs on both alike. Prints p50, p99 and p99/p50 per tree and form, pooled and per round, and writes
+the samples (start on CLOCK_MONOTONIC, latency) to build/tail/ab.json for bench/tail_trace.py's describe.
+A label may be given twice with different `--env` (label:NAME=value) and the same tree: settings A/B.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import uvloop
+
+from bench.cpu_account import _role
+from bench.peers.harness import RailyardDeployer, cmdline, descendants
+from bench.tail_trace import OUT, describe, quiet_group, set_slice, timed
+from tests.models import ccfraud_onnx
+from tests.stack import REPO, RunningStack, stack_env
+
+
+def start(tree: Path, settings: dict[str, str], folder: Path) -> RunningStack:
+    """`railyard up` from `tree`'s code on fresh ports."""
+    data = folder / "data"
+    env = stack_env(data) | settings | {"PYTHONPATH": str(tree)}
+    output = folder / "up.log"
+    with open(output, "ab") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "shared.cli", "up"], cwd=tree, env=env, stdout=handle,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return RunningStack(process=process, data_dir=data, env=env, output=output)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tree", action="append", default=[], help="label=path (default head=the repo)")
+    parser.add_argument("--env", action="append", default=[], help="[label:]RAILYARD_...=value (no label: every stack)")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--count", type=int, default=1500)
+    parser.add_argument("--forms", default="records")
+    parser.add_argument("--out", default=str(OUT / "ab.json"))
+    parser.add_argument("--slice", action="append", default=[],
+                        help="label:microseconds:role,role - the scheduler slice of those processes' threads")
+    parser.add_argument("--shares", type=int, default=0,
+                        help="run this process and the stacks in a cgroup (v1 cpu) of that cpu.shares: a high value "
+                             "(100000) keeps the rest of the machine's work off them, as on a quiet machine")
+    parser.add_argument("--verbose", action="store_true", help="describe every run")
+    args = parser.parse_args()
+    trees = {t.split("=", 1)[0]: Path(t.split("=", 1)[1]).resolve() for t in args.tree} or {"head": REPO}
+    settings: dict[str, dict[str, str]] = {label: {} for label in trees}
+    for item in args.env:
+        label, setting = item.split(":", 1) if item.split(":", 1)[0] in trees else ("", item)
+        for name in [label] if label else trees:
+            settings[name][setting.split("=", 1)[0]] = setting.split("=", 1)[1]
+    forms = args.forms.split(",")
+    OUT.mkdir(parents=True, exist_ok=True)
+    group = quiet_group(args.shares) if args.shares else contextlib.nullcontext()
+    with group:
+        run(args, trees, settings, forms)
+
+
+def run(args: argparse.Namespace, trees: dict[str, Path], settings: dict[str, dict[str, str]],
+        forms: list[str]) -> None:
+    folders = {label: Path(tempfile.mkdtemp(prefix=f"railyard-tailab-{label}-")) for label in trees}
+    stacks: dict[str, RunningStack] = {}
+    try:
+        for label, tree in trees.items():
+            folders[label].chmod(0o755)
+            stacks[label] = start(tree, settings[label], folders[label])
+        targets = {}
+        model = ccfraud_onnx()
+        for label, stack in stacks.items():
+            stack.wait_healthy(240)
+            deployer = RailyardDeployer(stack)
+            deployer.upload("ccfraud", model)
+            found = deployer.targets(deployer.deploy("tail-0", ["ccfraud"], {}))
+            targets[label] = {form: found[form] for form in forms}
+            for pid in descendants(stack.process.pid):  # which tree each Python process imports from
+                line = cmdline(pid)
+                if _role(pid) in ("gateway", "nats", "engine replica"):
+                    with contextlib.suppress(OSError):
+                        slices = {t: Path(f"/proc/{pid}/task/{t}/sched").read_text().split("se.slice")[1]
+                                  .split(":")[1].split()[0] for t in os.listdir(f"/proc/{pid}/task")}
+                        print(f"  {label}: {_role(pid)} slices (ns) {sorted(set(slices.values()))}")
+                if "python" in line and "-m" in line:
+                    with contextlib.suppress(OSError):
+                        paths = [e for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                                 if e.startswith(b"PYTHONPATH=")]
+                        print(f"  {label}: {line.split(' -m ')[1][:40]:40s} cwd {os.readlink(f'/proc/{pid}/cwd')}"
+                              f" {paths[0].decode() if paths else 'no PYTHONPATH'}")
+        for item in args.slice:
+            label, micros, roles = item.split(":", 2)
+            for pid in descendants(stacks[label].process.pid):
+                if _role(pid) in roles.split(","):
+                    for tid in os.listdir(f"/proc/{pid}/task"):
+                        with contextlib.suppress(OSError):
+                            set_slice(int(tid), int(micros) * 1000)
+                    print(f"  {label}: slice {micros} us for {_role(pid)} ({pid})")
+        for label in trees:
+            for form in forms:
+                uvloop.run(timed(targets[label][form].url, targets[label][form].one, 300))
+        samples = {(label, form): [] for label in trees for form in forms}
+        ratios = {key: [] for key in samples}
+        order = list(trees)
+        for index in range(args.rounds):
+            for form in forms:
+                for label in order if index % 2 == 0 else order[::-1]:
+                    target = targets[label][form]
+                    run = uvloop.run(timed(target.url, target.one, args.count))
+                    samples[label, form] += run
+                    lat = [v for _, v in run]
+                    ratios[label, form].append(float(np.percentile(lat, 99) / np.percentile(lat, 50)))
+                    if args.verbose:
+                        print(f"round {index} {label} {form}:")
+                        describe(run)
+            print(f"round {index}: " + "  ".join(f"{label}/{form} {ratios[label, form][-1]:.2f}"
+                                                  for label in trees for form in forms), flush=True)
+        print(f"batch 1, one connection, {args.rounds} rounds x {args.count} requests, trees {trees}, {settings}")
+        for (label, form), run in samples.items():
+            lat = np.array([v for _, v in run]) * 1e3
+            p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
+            r = ratios[label, form]
+            print(f"  {label:10s} {form:8s} p50 {p50:.3f} ms  p99 {p99:.3f} ms  p99/p50 {p99 / p50:.2f}  "
+                  f"per round {min(r):.2f}-{max(r):.2f} median {statistics.median(r):.2f}")
+        Path(args.out).write_text(json.dumps({f"{label}|{form}": run for (label, form), run in samples.items()}))
+    finally:
+        for stack in stacks.values():
+            with contextlib.suppress(Exception):
+                stack.stop()
+        for folder in folders.values():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
