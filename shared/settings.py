@@ -337,6 +337,11 @@ class Settings(BaseSettings):
     probe_dir: Path | None = Field(None, description="When set, a serving service keeps `live` (rewritten every 5 s) "
                                    "and `ready` (while its health check is ok) in this folder, for container probes "
                                    "(shared/probe_files.py; the Kubernetes manifests set it).")
+    request_path_slice_us: int = Field(100, ge=0, description="The scheduler slice (microseconds, Linux >= 6.12: "
+                                       "sched_setattr) the gateway, the engine replicas and the embedded nats-server "
+                                       "ask for, so that a woken one runs at once instead of after another "
+                                       "process's slice, up to a 4 ms timer tick (shared/sched_hint.py); 0: the "
+                                       "kernel's default.")
     nats: NatsSettings = NatsSettings()
     postgres: PostgresSettings = PostgresSettings()
     s3: S3Settings = S3Settings()

@@ -108,7 +108,8 @@ async def start(runtime: Runtime) -> None:
     await feed.start(nc)
     work_dir = settings.stack.data_dir.expanduser().resolve() / "deployments"
     backend = LocalBackend(work_dir, nats_request, scale_down_after=settings.deployer.scale_down_after,
-                           ready_timeout=settings.deployer.ready_timeout, stop_timeout=settings.deployer.stop_timeout)
+                           ready_timeout=settings.deployer.ready_timeout, stop_timeout=settings.deployer.stop_timeout,
+                           request_slice_us=settings.request_path_slice_us)
     backend.start_supervising()
     public_url = settings.gateway.public_url or f"http://{settings.gateway.host}:{settings.gateway.port}"
     deps = handlers.DeployerDeps(pool=runtime.db, broker=broker, backend=backend, publish=publish,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from shared import subjects
+from shared import sched_hint, subjects
 from shared.messages.engine import ReplicaSpec
 
 log = logging.getLogger("railyard.deployer.backend")
@@ -31,9 +32,11 @@ MEASURE_EVERY = 2.0
 SCALE_UP_AFTER = 3.0
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(slice_us: int = 0) -> None:
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
+    if slice_us:  # the replica is on every request's path: a short scheduler slice (shared/sched_hint.py)
+        sched_hint.request_path_slice(slice_us)
 
 
 def replica_environment(environ: Any) -> dict[str, str]:
@@ -92,11 +95,13 @@ class LocalBackend:
     """Engine replicas as local processes, supervised."""
 
     def __init__(self, work_dir: Path, nats_request, *, scale_down_after: float, ready_timeout: float,
-                 stop_timeout: float) -> None:
+                 stop_timeout: float, request_slice_us: int = 0) -> None:
         """Timings from settings.deployer (their defaults live there only): an idle replica retires
         scale_down_after seconds after the last scaling, new replicas have ready_timeout to answer, a stopping
-        one stop_timeout to drain."""
+        one stop_timeout to drain; request_slice_us: the scheduler slice replicas ask for (settings'
+        request_path_slice_us)."""
         self.work_dir = work_dir
+        self.request_slice_us = request_slice_us
         self.request = nats_request  # async (subject, payload bytes, timeout) -> bytes
         self.scale_down_after = scale_down_after
         self.ready_timeout = ready_timeout
@@ -111,7 +116,8 @@ class LocalBackend:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "services.engine.replica", str(replica_set.spec_path), replica_id,
             stdout=handle, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
-            preexec_fn=_die_with_parent, env=replica_environment(os.environ))
+            preexec_fn=functools.partial(_die_with_parent, self.request_slice_us),
+            env=replica_environment(os.environ))
         handle.close()
         return Replica(replica_id=replica_id, process=process, started_at=time.monotonic())
 

@@ -12,6 +12,12 @@ from shared.lean_imports import decline_unused  # noqa: E402
 
 decline_unused(serves_http=True)  # first: before anything imports nats or faststream (shared/lean_imports.py)
 
+from shared.sched_hint import request_path_slice  # noqa: E402
+from shared.settings import Settings  # noqa: E402
+
+# on every request's path: a short scheduler slice for this thread (the event loop's) and every thread started later
+request_path_slice(Settings().request_path_slice_us)
+
 from services.gateway.app import SPEC  # noqa: E402
 from shared.service import main  # noqa: E402
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from shared import __version__, subjects
+from shared import __version__, sched_hint, subjects
 from shared.embedded import servers
 from shared.embedded.servers import Secrets, ServerSpec, StackError
 from shared.settings import COMMAND_DRAIN_TIMEOUT, Settings
@@ -43,12 +43,14 @@ STABLE_AFTER = 10.0  # a child that ran this long is restarted at once if it die
 FIRST_BACKOFF = 0.2
 
 
-def _die_with_parent(sig: int = signal.SIGTERM) -> None:
+def _die_with_parent(sig: int = signal.SIGTERM, slice_us: int = 0) -> None:
     """Ask the kernel to send this child `sig` (its stop signal: SIGINT, a fast shutdown, for PostgreSQL) if the
-    supervisor dies (Linux only)."""
+    supervisor dies (Linux only); `slice_us`: the scheduler slice it and its threads ask for (shared/sched_hint.py)."""
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, sig)  # PR_SET_PDEATHSIG
+    if slice_us:
+        sched_hint.request_path_slice(slice_us)
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Child:
     stop_grace: float = 5.0
     cwd: Path | None = None
     leftovers: tuple[Path, ...] = ()  # sockets it leaves when killed, removed once it is gone
+    slice_us: int = 0  # the scheduler slice it asks for (nats-server: on every request's path), 0: the default
     proc: subprocess.Popen | None = None
     started_at: float = 0.0
     restarts: int = 0
@@ -83,7 +86,7 @@ class Child:
             user=self.user,
             cwd=self.cwd,
             start_new_session=True,  # a signal to the supervisor's group is the supervisor's to pass on, in order
-            preexec_fn=functools.partial(_die_with_parent, self.stop_signal),
+            preexec_fn=functools.partial(_die_with_parent, self.stop_signal, self.slice_us),
         )
         self.started_at = time.monotonic()
         self.restart_at = None
@@ -339,7 +342,8 @@ class EmbeddedStack:
             env = {k: v for k, v in base_env.items() if not k.startswith(spec.env_drop)}
             child = Child(spec.name, spec.argv, {**env, **spec.env}, self.log_dir / f"{spec.name}.log",
                           user=spec.user, stop_signal=spec.stop_signal, stop_grace=spec.stop_grace, cwd=spec.cwd,
-                          leftovers=spec.leftovers)
+                          leftovers=spec.leftovers,
+                          slice_us=self.settings.request_path_slice_us if spec.name == "nats" else 0)
             child._max_backoff = self.cfg.restart_backoff_max
             child.start()
             self.infra.append(child)
