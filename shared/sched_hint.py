@@ -27,6 +27,19 @@ _SYSCALLS = {"x86_64": (314, 315), "aarch64": (274, 275)}
 MIN_SLICE_US, MAX_SLICE_US = 100, 100_000  # what the kernel accepts (it clamps to this range)
 
 
+def _load() -> tuple[ctypes.CDLL | None, tuple[int, int] | None]:
+    """libc and the syscall numbers, found once at import: a child between fork and exec (the callers' preexec_fn)
+    then only makes the two system calls, no dlopen."""
+    numbers = _SYSCALLS.get(platform.machine()) if sys.platform.startswith("linux") else None
+    try:
+        return (ctypes.CDLL(None, use_errno=True) if numbers else None), numbers
+    except OSError:
+        return None, None
+
+
+_LIBC, _NUMBERS = _load()
+
+
 class _SchedAttr(ctypes.Structure):
     _fields_ = [("size", ctypes.c_uint32), ("policy", ctypes.c_uint32), ("flags", ctypes.c_uint64),
                 ("nice", ctypes.c_int32), ("priority", ctypes.c_uint32), ("runtime", ctypes.c_uint64),
@@ -38,12 +51,8 @@ def request_path_slice(microseconds: int, tid: int = 0) -> bool:
     """Ask the scheduler for a slice of `microseconds` for thread `tid` (0: the calling thread), its policy, nice
     and flags kept; 0 asks for nothing. True when the kernel took it (whether it acts on it depends on its
     version); False where there is no such call or it was refused."""
-    numbers = _SYSCALLS.get(platform.machine())
-    if microseconds <= 0 or numbers is None or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
+    libc, numbers = _LIBC, _NUMBERS
+    if microseconds <= 0 or libc is None or numbers is None:
         return False
     attr = _SchedAttr()
     if libc.syscall(numbers[1], tid, ctypes.byref(attr), ctypes.sizeof(attr), 0) != 0:
