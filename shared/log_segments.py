@@ -10,6 +10,7 @@ segment is described on the bus by `SegmentRef` (what the log store indexes with
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -37,6 +38,10 @@ SEGMENT_HEADER = "Railyard-Segment"
 ENGINE_SUFFIX = ".e.parquet"
 """How the key of an engine-written segment ends: maintenance keeps such an object unindexed for as long as its
 description may wait in the stream (`logs.stream_max_age`), not the hour it gives the log store's own."""
+
+
+_ENGINE_TAIL = re.compile(r"\d{4}/\d{2}/\d{2}/[0-9a-f]{32}" + re.escape(ENGINE_SUFFIX))
+"""What follows the pipeline's prefix in an engine-written segment's key (`segment_key`)."""
 
 
 def segment_key(workspace_id: int, pipeline: str, suffix: str = ".parquet") -> str:
@@ -154,8 +159,8 @@ class SegmentRef:
         ref = cls(key=str(raw["key"]), bytes=int(raw["bytes"]), rows=int(raw["rows"]),
                   min_time=int(raw["min_time"]), max_time=int(raw["max_time"]), schema_fp=str(raw["schema_fp"]),
                   versions=[str(v) for v in raw["versions"]], dropped=[str(d) for d in raw["dropped"]])
-        if not ref.key.startswith(key_prefix(workspace_id, pipeline)) or not ref.key.endswith(ENGINE_SUFFIX) \
-                or ".." in ref.key or "\x00" in ref.key:
+        prefix = key_prefix(workspace_id, pipeline)
+        if not ref.key.startswith(prefix) or not _ENGINE_TAIL.fullmatch(ref.key[len(prefix):]):
             raise ValueError(f"the segment {ref.key[:200]!r} is not one of the pipeline's engine-written segments")
         if ref.rows <= 0 or ref.bytes <= 0 or ref.min_time > ref.max_time:
             raise ValueError("the segment description is inconsistent (rows, bytes or times)")

@@ -236,3 +236,13 @@ async def test_rows_of_re_sent_requests_and_batches_object_storage_refuses_go_th
     (payload, headers), = stream.published
     assert pa.ipc.open_stream(payload).read_all().num_rows == 4 and batcher.segment_failures == 1
     assert batcher.held_rows == 0 and batcher.lost_rows == 0 and batcher.abandoned_rows == 0
+
+
+def test_a_description_is_checked_by_the_shape_of_its_key_not_by_the_pipelines_name():
+    from shared.log_segments import ENGINE_SUFFIX, SegmentRef, segment_key
+
+    for pipeline in ("v1..v2", "a/b", "x y"):
+        key = segment_key(3, pipeline, ENGINE_SUFFIX)
+        body = json.dumps({"key": key, "bytes": 10, "rows": 2, "min_time": 1, "max_time": 2, "schema_fp": "f",
+                           "versions": [], "dropped": []}).encode()
+        assert SegmentRef.from_json(body, 3, pipeline).key == key
