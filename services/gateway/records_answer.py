@@ -82,6 +82,8 @@ def _rows_json(column: pa.ChunkedArray | pa.Array) -> tuple[bytes, list[bytes] |
     matrix = numbers.reshape(shape)
     if matrix.ndim == 1:  # one call, then cut at the commas (numbers hold none)
         return b"", orjson.dumps(matrix, option=NUMPY)[1:-1].split(b",") if len(matrix) else [], b""
+    if matrix.ndim == 2 and matrix.shape[1] == 1:  # a value a row (a model's score): the flat list cut at its commas
+        return b"[", orjson.dumps(matrix.reshape(-1), option=NUMPY)[1:-1].split(b",") if len(matrix) else [], b"]"
     if matrix.ndim == 2 and matrix.shape[0] and matrix.shape[1]:  # one call, then cut between the rows' brackets
         return b"[", _between_brackets(orjson.dumps(matrix, option=NUMPY)), b"]"
     return b"", [orjson.dumps(row, option=NUMPY) for row in matrix], b""

@@ -73,3 +73,18 @@ def test_tables_without_columns_still_answer_every_row():
         records = orjson.loads(seed_records_json(ins, outs, META, 1, seed_records))
         assert len(records) == 20 and records[0]["out"] == {} and records[-1]["time"] == 1
         assert records[-1]["in"] == ({"x": 19.5} if ins.num_columns else {})
+
+
+def test_one_value_tensors_cut_at_their_commas_as_before():
+    # a model's score per row ([[0.1],[0.2],...]) is written as a flat list cut at its commas (records_answer: one
+    # value a row): NaN and infinity (null), integers, float16/32/64, a sliced and a chunked column
+    scores = RNG.normal(size=(40, 1))
+    scores[[0, 5, 9]] = [[np.nan], [np.inf], [-np.inf]]
+    inputs = pa.table({"x": tensor_array(RNG.normal(size=(40, 3)))})
+    for column in (tensor_array(scores), tensor_array(scores.astype(np.float32)),
+                   tensor_array(scores.astype(np.float16)), tensor_array(RNG.integers(-9, 9, (40, 1))),
+                   pa.chunked_array([tensor_array(scores[:15]), tensor_array(scores[15:])])):
+        records = orjson.loads(_same(inputs, pa.table({"score": column})))
+        assert len(records) == 40 and all(len(r["out"]["score"]) == 1 for r in records)
+    sliced = pa.table({"score": tensor_array(RNG.normal(size=(60, 1)))}).slice(7, 40)
+    _same(inputs, sliced)
