@@ -42,6 +42,42 @@ def _tensor_column(values: list) -> pa.Array | None:
     return tensor_array(matrix)
 
 
+def _only_tensor_column(document, name: str) -> pa.Array | None:
+    """`_tensor_column` of the rows' `name` for a body whose rows hold that one key (the common body: one tensor
+    a row), in one pass over the rows instead of one per check: every row an object of that key alone, its value
+    an array of the first one's length, read as 64-bit integers while every value is one, else again as doubles.
+    None (or KeyError, TypeError) for anything else, as the general loop would."""
+    import simdjson
+
+    obj, arr = simdjson.Object, simdjson.Array
+    for kind, dtype in (("i", np.int64), ("d", np.float64)):
+        buffers, size = [], None
+        try:
+            for row in document:
+                if type(row) is not obj or len(row) != 1:
+                    return None
+                value = row[name]  # KeyError: a row of another key
+                if type(value) is not arr:
+                    return None
+                buffer = value.as_buffer(of_type=kind)
+                if size is None:
+                    size = buffer.size
+                elif buffer.size != size:
+                    return None  # ragged: the general path names the column
+                buffers.append(buffer)
+        except TypeError:  # a float (then the double pass), or a non-number (which the double pass refuses too)
+            if dtype is np.float64:
+                raise
+            continue
+        if not size:
+            return None
+        matrix = np.frombuffer(b"".join(buffers), dtype).reshape(len(buffers), size // 8)
+        if dtype is np.float64 and uint64_range(matrix):
+            return None  # an int past int64 or a float as large: the general path says which
+        return tensor_array(matrix)
+    return None
+
+
 def read_records_fast(body: bytes) -> pa.Table | None:
     """The table for a body of flat numeric columns, or None for anything else (then the general path reads
     it). The document is the kept parser's (`json_fast.parse`: a fresh parser per call allocated ~15x the body),
@@ -52,6 +88,15 @@ def read_records_fast(body: bytes) -> pa.Table | None:
         document = parse(body)
         if type(document) is not simdjson.Array or not len(document):
             return None
+        first = document[0]
+        if type(first) is simdjson.Object and len(first) == 1:
+            (name,) = first.keys()
+            if type(first[name]) is simdjson.Array:  # one tensor a row: one pass (~1.28 -> ~1.10 ms for 1,000 rows)
+                array = _only_tensor_column(document, name)
+                expected = 1 + len(document)  # as below
+                if array is None or count_brackets(body, expected) != expected:
+                    return None
+                return pa.Table.from_arrays([array], names=[name])
         rows = list(document)
         if not all(type(row) is simdjson.Object for row in rows):
             return None

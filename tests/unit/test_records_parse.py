@@ -92,6 +92,9 @@ LEFT = {
     "uint64 scalar": [{"t": [1] * 20, "x": 2**63} for _ in range(ROWS)],
     "a record, not a list": {"t": list(range(2000))},
     "not records": [[1.0] * 20 for _ in range(ROWS)],
+    "a list among the rows": [{"t": [1.0] * 20} for _ in range(ROWS - 1)] + [[1.0] * 20],
+    "ints, then a string in a later row": [{"t": [1] * 20} for _ in range(ROWS - 1)] + [{"t": [1] * 19 + ["x"]}],
+    "floats, then empty in a later row": [{"t": [1.5] * 20} for _ in range(ROWS - 1)] + [{"t": []}],
 }
 
 
