@@ -52,6 +52,7 @@ from shared.nats_direct import write_now  # noqa: E402
 from shared.objectstore import BUCKET_ARTIFACTS, MinioObjectStore, content_key  # noqa: E402
 from shared.probe_files import keep_probe_files  # noqa: E402
 from shared.raw_bus import connect_options  # noqa: E402
+from shared.sched_hint import request_path_slice  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
 log = logging.getLogger("railyard.engine")
@@ -404,6 +405,7 @@ class Replica:
 
 async def main_async(spec_path: Path, replica_id: str) -> int:
     settings = Settings()
+    request_path_slice(settings.request_path_slice_us)  # a pod's replica too (shared/sched_hint.py; no-op when set)
     # typed at the boundary (the deployer wrote it); the request path reads the validated fields as a dict
     spec = ReplicaSpec.model_validate_json(await asyncio.to_thread(spec_path.read_text))
     replica = Replica(spec.model_dump(), replica_id, settings)
