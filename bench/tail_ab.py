@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(OUT / "ab.json"))
     parser.add_argument("--slice", action="append", default=[],
                         help="label:microseconds:role,role - the scheduler slice of those processes' threads")
+    parser.add_argument("--batch", action="append", default=[],
+                        help="label:role,role - those processes' threads under SCHED_BATCH (no wake-up preemption)")
     parser.add_argument("--shares", type=int, default=0,
                         help="run this process and the stacks in a cgroup (v1 cpu) of that cpu.shares: a high value "
                              "(100000) keeps the rest of the machine's work off them, as on a quiet machine")
@@ -109,6 +111,14 @@ def run(args: argparse.Namespace, trees: dict[str, Path], settings: dict[str, di
                         with contextlib.suppress(OSError):
                             set_slice(int(tid), int(micros) * 1000)
                     print(f"  {label}: slice {micros} us for {_role(pid)} ({pid})")
+        for item in args.batch:
+            label, roles = item.split(":", 1)
+            for pid in descendants(stacks[label].process.pid):
+                if _role(pid) in roles.split(","):
+                    for tid in os.listdir(f"/proc/{pid}/task"):
+                        with contextlib.suppress(OSError):
+                            os.sched_setscheduler(int(tid), os.SCHED_BATCH, os.sched_param(0))
+            print(f"  {label}: SCHED_BATCH for {roles}")
         for label in trees:
             for form in forms:
                 uvloop.run(timed(targets[label][form].url, targets[label][form].one, 300))
