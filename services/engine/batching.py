@@ -1,6 +1,7 @@
 """Adaptive batching: concurrent requests to one replica run as one model call.
 
-The bus subscription's callback only queues a request (`submit`); one task takes every request queued at that
+The bus subscription's callback only queues a request (`submit`: a lone request the fast lane answers is answered
+there at once); one task takes every request queued at that
 moment (after waiting at most `batch_max_delay_ms` for more when only one is there, 0 by default: no wait) and
 runs requests of one schema as one table through the pipeline, then splits the output by request: every request
 gets its own answer and its own log record, as if it had run alone. Under load, requests arriving while a batch
@@ -71,6 +72,7 @@ class RequestBatcher:
         self.deliver = deliver
         self.repeat = repeat
         self.pending: list[tuple[Any, int, int]] = []
+        self.checked: list[tuple[Any, int, int]] = []  # queued by `submit` after the lane refused them (see there)
         self.wake = asyncio.Event()
         self.batches = 0
         self.batched_requests = 0
@@ -81,38 +83,44 @@ class RequestBatcher:
 
     async def submit(self, msg: Any) -> None:
         """The subscription's callback: queue and return, so the bus client hands over the next message; a request
-        with nothing queued or running, none behind it in the subscription and no configured delay runs at once
-        (the queue's wake-up of the batch task is a turn of the event loop and its tasks' machinery per request)."""
+        the fast lane answers, with nothing queued or running, none behind it in the subscription and no configured
+        delay, is answered at once (the queue's wake-up of the batch task is a turn of the event loop and its
+        tasks' machinery per request)."""
         received, at_ms = time.perf_counter_ns(), time.time_ns() // 1_000_000
         subscription = self.subscription
-        if subscription is not None and not (self.pending or self.busy or self.delay) and \
-                not subscription.pending_msgs:
-            # nothing awaits in the run (the answer's publish only queues its bytes): a message that arrives
-            # meanwhile waits in the subscription, then goes to the queue as before
+        if self.lane is not None and subscription is not None and not (self.pending or self.busy or self.delay) \
+                and not subscription.pending_msgs:
+            # only the fast lane's answer runs here: nothing awaits in it (the answer's publish only queues its
+            # bytes). Anything else (a table in object storage, a thread, a sandboxed worker) would hold the
+            # subscription meanwhile, and the requests behind it would be stamped `received` only when handed over,
+            # hiding their wait from the SLOW clock that keeps a re-sent request from running twice.
             self.busy = True
             try:
-                await self.run_lone(msg, received, at_ms)
+                if await self.run_lone(msg, received, at_ms):
+                    return
             except Exception:
                 log.exception("a request of %s failed in the engine", self.pipeline.spec["deployment"].get("name"))
+                return
             finally:
                 self.busy = False
+            self.checked.append((msg, received, at_ms))  # looked up as a repeat already: run_queued(checked=True)
+            self.wake.set()
             return
         self.pending.append((msg, received, at_ms))
         self.wake.set()
 
-    async def run_lone(self, msg: Any, received: int, at_ms: int) -> None:
-        """One request with nothing else queued: through the fast lane when it answers it, else as a batch of one."""
+    async def run_lone(self, msg: Any, received: int, at_ms: int) -> bool:
+        """One request with nothing else queued, answered by the fast lane: True when it was (or was a repeat),
+        False when the lane cannot answer it (the caller queues it, already looked up as a repeat)."""
         if self.repeat(msg):
-            return
-        lane = self.lane
-        if lane is not None:
-            headers = msg.headers or {}
-            if not (headers.get(TABLE_REF) or headers.get(SHADOWS_HEADER)):
-                answer = lane.answer(msg.data, received)
-                if answer is not None:
-                    await self.deliver(msg, answer, received, at_ms)
-                    return
-        await self.run_queued([(msg, received, at_ms)], checked=True)
+            return True
+        headers = msg.headers or {}
+        if not (headers.get(TABLE_REF) or headers.get(SHADOWS_HEADER)):
+            answer = self.lane.answer(msg.data, received)  # type: ignore[union-attr]
+            if answer is not None:
+                await self.deliver(msg, answer, received, at_ms)
+                return True
+        return False
 
     async def run(self) -> None:
         while True:
@@ -120,9 +128,12 @@ class RequestBatcher:
             if self.delay and len(self.pending) == 1:
                 await asyncio.sleep(self.delay)
             self.wake.clear()
+            checked, self.checked = self.checked, []
             queued, self.pending = self.pending, []
             self.busy = True
             try:
+                if checked:
+                    await self.run_queued(checked, checked=True)
                 await self.run_queued(queued)
             except Exception:
                 log.exception("a batch of %d requests failed", len(queued))
@@ -132,7 +143,7 @@ class RequestBatcher:
     async def idle(self, timeout: float = 30.0) -> None:
         """Wait until every queued request has been answered (a stopping replica, its subscription drained)."""
         deadline = time.monotonic() + timeout
-        while (self.pending or self.busy) and time.monotonic() < deadline:  # noqa: ASYNC110 - once, at stop
+        while (self.pending or self.checked or self.busy) and time.monotonic() < deadline:  # noqa: ASYNC110 - once, at stop
             await asyncio.sleep(0.01)
 
     async def run_queued(self, queued: list[tuple[Any, int, int]], checked: bool = False) -> None:

@@ -113,6 +113,35 @@ def test_a_bad_request_fails_alone(pipeline):
     assert from_ipc(answers["good"].body).num_rows == 2 and from_ipc(answers["good2"].body).num_rows == 1
 
 
+def test_a_lone_request_without_a_fast_lane_is_queued_not_run_in_the_subscriptions_callback(pipeline):
+    """Only the fast lane's answer (which awaits nothing) runs inside `submit`: a request run there would hold the
+    subscription, and those behind it would be stamped `received` late, hiding their wait from the SLOW clock."""
+
+    @dataclass
+    class Subscription:
+        pending_msgs: int = 0
+
+    async def main():
+        ran: list[str] = []
+
+        async def deliver(msg, answer, received, at_ms):
+            ran.append(msg.reply)
+
+        async def run_alone(msg, received, at_ms):
+            ran.append(msg.reply)
+
+        batcher = RequestBatcher(pipeline, 0.0, 4096, 1 << 20, run_alone, deliver, lambda msg: False)
+        batcher.subscription = Subscription()
+        await batcher.submit(_request(sample_rows(1), "lone"))
+        assert ran == [] and len(batcher.pending) == 1  # no lane: queued for the batch task, nothing ran yet
+        task = asyncio.create_task(batcher.run())
+        await batcher.idle(5)
+        task.cancel()
+        assert ran == ["lone"] and pipeline.calls == [1]
+
+    asyncio.run(main())
+
+
 def test_batching_configuration(pipeline):
     assert batching_config({}) == (0.0, 4096)
     assert batching_config({"batch_max_delay_ms": 2, "batch_max_rows": 64}) == (0.002, 64)

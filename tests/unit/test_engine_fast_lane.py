@@ -284,8 +284,11 @@ def test_a_model_with_a_non_numeric_output_runs_once_per_request(tmp_path, model
         batcher.subscription = Subscription(0)
         if FastLane.applies(pipeline):  # as the replica does
             batcher.lane = FastLane(runtime, pipeline.narrowing, {"name": "m", "sha": "abc"}, "v1", 1 << 20)
+        task = asyncio.create_task(batcher.run())  # what the lane does not answer goes to the batch task
         for seed in range(3):
             await batcher.submit(Msg(_stream({"tensor": tensor_array(sample_rows(1, seed=seed))})))
+            await batcher.idle(5)
+        task.cancel()
 
     asyncio.run(main())
     assert len(delivered) == 3 and session.runs == 3  # the general path alone: once per request, not twice
