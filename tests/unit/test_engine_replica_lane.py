@@ -21,7 +21,7 @@ from services.engine.replica import Replica, Step, first_step_narrowing
 from services.engine.runtimes import OnnxRuntime
 from shared import subjects
 from shared.arrow_codec import from_ipc, tensor_array, to_ipc_stream
-from shared.logrecords import REQUEST_ID
+from shared.logrecords import REQUEST_ID, expand_runs
 from shared.settings import Settings
 from shared.table_transport import META_HEADER
 from tests.local_nats import local_nats_server
@@ -89,8 +89,13 @@ def test_a_real_replica_answers_a_lone_request_through_the_lane_as_the_general_p
         finally:
             replica.stop.set()
             await asyncio.wait_for(serving, 30)
+        # every request's row was logged, the lane's three too (published at the replica's stop at last)
         info = await client.jetstream().stream_info(subjects.INFERENCE_LOGS_STREAM)
-        assert info.state.messages >= 1  # the lane's records were logged (published at the replica's stop at last)
+        logged = 0
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            stored = await client.jetstream().get_msg(subjects.INFERENCE_LOGS_STREAM, seq)
+            logged += expand_runs(pa.ipc.open_stream(pa.py_buffer(stored.data)).read_all()).num_rows
+        assert logged == 4
         await client.close()
 
     asyncio.run(main())
