@@ -14,6 +14,7 @@ The worker knows nothing of Railyard's settings: its environment holds only thre
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import struct
@@ -49,11 +50,20 @@ def read_frame(stream: BinaryIO) -> tuple[dict, bytes] | None:
     return json.loads(stream.read(head)), stream.read(body)
 
 
+def freeze_loaded_objects() -> None:
+    """Once the step is loaded: move what exists (pandas', pyarrow's and the step's own objects) to the permanent
+    generation so collections stop re-scanning them. The thresholds stay Python's defaults, unlike a replica's
+    (shared.collector): the code collected here is the user's, whose reference cycles (a kept exception holding
+    a large array) must be freed as often as in any Python process, not every 50,000 allocations, or they pile up
+    to the worker's memory limit."""
+    gc.collect()
+    gc.freeze()
+
+
 def serve(requests: BinaryIO, replies: BinaryIO) -> None:
     """Answer frames until the replica closes the pipe."""
     from services.engine.runtimes import ByopRuntime, PythonStepRuntime
     from shared.arrow_codec import from_ipc, to_ipc_stream
-    from shared.collector import settle_garbage_collector
     from shared.errors import RailyardError
 
     worker = os.getpid()
@@ -68,7 +78,7 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
                 path = Path(header["path"])
                 runtime = PythonStepRuntime(path) if header["runtime"] == "python" else ByopRuntime(path, Path.cwd())
                 runtime.load()
-                settle_garbage_collector()  # the libraries' and the step's objects: not re-scanned per request
+                freeze_loaded_objects()  # the libraries' and the step's objects: not re-scanned per request
             elif header.get("op") == "predict" and runtime is not None:
                 output = to_ipc_stream(runtime.predict(from_ipc(body)))
             else:
