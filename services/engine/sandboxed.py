@@ -56,6 +56,10 @@ class _Oversized(Exception):
         self.size = size
 
 
+class _Forged(Exception):
+    """A frame header services/engine/worker.py does not write (its code wrote a frame of its own)."""
+
+
 def _well_formed(header: object) -> bool:
     """An answer's header as services/engine/worker.py writes it: {"ok": true} or {"error": {"code", "msg"}}."""
     if not isinstance(header, dict):
@@ -64,6 +68,18 @@ def _well_formed(header: object) -> bool:
         error = header["error"]
         return isinstance(error, dict) and isinstance(error.get("code"), str) and isinstance(error.get("msg"), str)
     return header.get("ok") is True
+
+
+def _answer_header(raw: bytes) -> dict:
+    """The header of an answer frame, or _Forged. Whatever the parser raises counts as forged: the bytes are the
+    user's code's to write, and an array nested 1 MiB deep raises RecursionError, not ValueError."""
+    try:
+        header = json.loads(raw)
+    except Exception:  # noqa: BLE001 - see above
+        raise _Forged from None
+    if not _well_formed(header):
+        raise _Forged
+    return header
 
 
 class SandboxedRuntime:
@@ -105,13 +121,9 @@ class SandboxedRuntime:
         try:
             header, _ = await self._exchange({"op": "load", "runtime": self.kind, "path": str(self.path)}, b"",
                                              LOAD_TIMEOUT, f"loading {KIND_NAMES[self.kind]}")
-        except asyncio.CancelledError:  # a start cancelled mid-load (stop() during a replacement) leaves no worker
+        except BaseException:  # whatever ends a start (cancelled by stop(), an error of any kind) leaves no worker
             await self._kill()
             raise
-        if not _well_formed(header):  # the step's own code, run by the load, wrote to the protocol's pipe
-            await self._kill()
-            raise WorkerFailed(f"{KIND_NAMES[self.kind]} ({self.name}) answered its load with a frame the worker "
-                               "does not write")
         if "error" in header:
             await self._stderr_settled(0)
             await self._kill()
@@ -144,17 +156,28 @@ class SandboxedRuntime:
             async with asyncio.timeout(timeout):
                 process.stdin.write(encode_frame(header, body))
                 await process.stdin.drain()
-                head_size, body_size = frame_sizes(await process.stdout.readexactly(PREFIX.size))
+                try:
+                    head_size, body_size = frame_sizes(await process.stdout.readexactly(PREFIX.size))
+                except ValueError:  # lengths worker.py never writes
+                    raise _Forged from None
                 if body_size > self.limits.memory_bytes:  # more than the worker could have built: not read in here
                     raise _Oversized(body_size)
-                answer = json.loads(await process.stdout.readexactly(head_size))
+                # the process runs the user's code, which can write to the protocol's pipe itself: a header that
+                # is not one worker.py writes means a worker no longer to be trusted
+                answer = _answer_header(await process.stdout.readexactly(head_size))
                 return answer, await process.stdout.readexactly(body_size)
         except _Oversized as oversized:
             await self._kill()
             if replace:
                 self._replace_soon()
             raise WorkerFailed(f"{KIND_NAMES[self.kind]} ({self.name}) announced an answer of {oversized.size} bytes, "
-                               f"more than its memory limit, while {doing}; the worker was replaced") from None
+                               f"more than its memory limit, while {doing}{self._replaced(replace)}") from None
+        except _Forged:
+            await self._kill()
+            if replace:
+                self._replace_soon()
+            raise WorkerFailed(f"{KIND_NAMES[self.kind]} ({self.name}) answered with a frame the worker does not "
+                               f"write while {doing}{self._replaced(replace)}") from None
         except TimeoutError:
             await self._kill()
             if replace:
@@ -181,6 +204,19 @@ class SandboxedRuntime:
             if hit in sandbox.QUOTA_LIMITS:  # the launcher's own verdict: the user's code passed a limit, 400
                 raise InvalidRequest(message, code=RESOURCE_LIMIT) from None
             raise WorkerFailed(message) from None
+        except Exception as exc:  # noqa: BLE001 - anything else leaves the pipes at an unknown point of a frame
+            await self._kill()
+            if replace:
+                self._replace_soon()
+            raise WorkerFailed(f"{KIND_NAMES[self.kind]} ({self.name}) broke the worker's protocol while {doing} "
+                               f"({type(exc).__name__}){self._replaced(replace)}") from None
+        except BaseException:  # cancelled mid-exchange: its answer would be the next request's; the next one starts
+            await self._kill()  # a new worker (not here: a cancelled replica may be stopping)
+            raise
+
+    @staticmethod
+    def _replaced(replace: bool) -> str:
+        return "; the worker was replaced" if replace else ""
 
     async def _kill(self) -> int | None:
         self.ready = False
@@ -203,8 +239,12 @@ class SandboxedRuntime:
         async def replace() -> None:
             async with self.lock:
                 if not self.ready:
-                    with contextlib.suppress(RailyardError):
+                    try:
                         await self._replace()
+                    except RailyardError:
+                        pass
+                    except Exception:  # start() killed what it spawned; the next request tries again
+                        log.exception("replacing the worker of %s (%s) failed", self.name, self.kind)
 
         if self.replacement is None or self.replacement.done():
             self.replacement = asyncio.create_task(replace())
@@ -229,12 +269,9 @@ class SandboxedRuntime:
             body = await asyncio.to_thread(to_ipc_stream, batch) if batch.get_total_buffer_size() > INLINE_IPC_BYTES \
                 else to_ipc_stream(batch)
             since = len(self.stderr)
+            # a header that is not what worker.py writes fails the request and replaces the worker in _exchange
             header, output = await self._exchange({"op": "predict"}, body, self.settings.sandbox.wall_seconds,
                                                   "serving a request")
-            # the frame comes from the process that runs the user's code, which can write to the protocol's pipe
-            # itself: a header or a table that is not what worker.py writes means a worker no longer to be trusted
-            if not _well_formed(header):
-                raise await self._untrusted("answered with a frame the worker does not write")
             if "error" in header:
                 error = header["error"]
                 await self._stderr_settled(since)
@@ -248,6 +285,9 @@ class SandboxedRuntime:
                 return from_ipc(output, max_decoded_bytes=self.limits.memory_bytes, validate=True)
             except RailyardError as exc:
                 raise await self._untrusted(f"answered with a table that is not valid ({exc.msg})") from None
+            except Exception as exc:  # noqa: BLE001 - the bytes are the user's code's: whatever Arrow raises on them
+                raise await self._untrusted(f"answered with a table that is not valid ({type(exc).__name__})") \
+                    from None
 
     async def _untrusted(self, what: str) -> WorkerFailed:
         """The worker broke the protocol (its code wrote a frame of its own): it is killed and replaced (the next

@@ -5,6 +5,7 @@ quota fails only that request, with Railyard's message, and is replaced."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
 import pyarrow as pa
@@ -17,7 +18,7 @@ from shared.sandbox import SandboxUnavailable
 from shared.settings import Settings
 
 STEP = b"""
-import os, time
+import gc, os, time
 import pandas as pd
 
 def wallaroo_json(data: pd.DataFrame):
@@ -36,6 +37,8 @@ def wallaroo_json(data: pd.DataFrame):
         blocks = [bytearray(64 << 20) for _ in range(100)]
     if action == "env":
         return {"env": [sorted(os.environ)]}
+    if action == "gc":
+        return {"threshold": [list(gc.get_threshold())], "frozen": [gc.get_freeze_count()]}
     if action == "disk":  # files under the 64 MiB size limit, together past the 32 MiB disk quota
         for number in range(100):
             with open(f"filler-{number}", "wb") as handle:
@@ -52,8 +55,8 @@ def settings(tmp_path, monkeypatch) -> Settings:
                     sandbox={"wall_seconds": 2, "memory_mb": 768, "disk_mb": 32})
 
 
-def table(action: str) -> pa.Table:
-    return pa.table({"action": [action], "value": [21]})
+def table(action: str, value: int = 21) -> pa.Table:
+    return pa.table({"action": [action], "value": [value]})
 
 
 async def test_a_python_step_runs_in_a_worker_and_survives_each_failure(settings, tmp_path):
@@ -65,6 +68,13 @@ async def test_a_python_step_runs_in_a_worker_and_survives_each_failure(settings
         assert (await runtime.predict_async(table("ok"))).to_pylist() == [{"doubled": 42}]
         env = (await runtime.predict_async(table("env"))).column("env")[0].as_py()
         assert not [name for name in env if name.startswith("RAILYARD")]
+        # the libraries' objects frozen, but the user's code collected as Python's defaults do: a raised threshold
+        # let a step's cycles (a kept exception holding a 16 MB array) pile up to the memory limit
+        collector = (await runtime.predict_async(table("gc"))).to_pylist()[0]
+        python = await asyncio.create_subprocess_exec(sys.executable, "-c", "import gc; print(gc.get_threshold())",
+                                                      stdout=asyncio.subprocess.PIPE)
+        defaults = (await python.communicate())[0].decode().strip()
+        assert str(tuple(collector["threshold"])) == defaults and collector["frozen"] > 10_000, collector
 
         with pytest.raises(InvalidRequest) as raised:
             await runtime.predict_async(table("raise"))
@@ -121,6 +131,8 @@ def wallaroo_json(data: pd.DataFrame):
     action = data["action"][0]
     if action != "ok":  # a frame of its own on the protocol's pipe (the worker's answer follows it)
         head = json.dumps(["not", "a", "header"] if action == "header" else {"ok": True}).encode()
+        if action == "deep":  # nested past the JSON parser's recursion limit
+            head = b"[" * 200_000
         body = forged_table() if action == "table" else b""
         size = 1 << 30 if action == "huge" else len(body)  # announced, never sent
         for fd in range(3, 64):
@@ -135,9 +147,9 @@ def wallaroo_json(data: pd.DataFrame):
 
 async def test_a_frame_forged_by_the_users_code_fails_the_request_and_replaces_the_worker(settings, tmp_path):
     """The worker's answer comes from the process running the user's code: a table with forged lengths (which Arrow
-    would read and its reader crash on), a header the worker never writes or a body larger than the worker's memory
-    limit (which the replica would read into its own) is refused, and the worker, whose next answer would be the
-    next request's, is replaced."""
+    would read and its reader crash on), a header the worker never writes (one nested too deeply to parse among
+    them) or a body larger than the worker's memory limit (which the replica would read into its own) is refused,
+    and the worker, whose next answer would be the next request's, is replaced."""
     step = tmp_path / "forging.py"
     step.write_bytes(FORGING_STEP)
     runtime = SandboxedRuntime("python", step, settings.stack.data_dir / "engine-work" / "d" / "r-3", settings, "f")
@@ -145,12 +157,13 @@ async def test_a_frame_forged_by_the_users_code_fails_the_request_and_replaces_t
     try:
         for action, said in (("table", "answered with a table that is not valid"),
                              ("header", "answered with a frame the worker does not write"),
+                             ("deep", "answered with a frame the worker does not write"),
                              ("huge", "announced an answer of 1073741824 bytes, more than its memory limit")):
             with pytest.raises(WorkerFailed) as refused:
                 await runtime.predict_async(table(action))
             assert said in refused.value.msg and "the worker was replaced" in refused.value.msg
-            assert (await runtime.predict_async(table("ok"))).to_pylist() == [{"doubled": 42}]
-        assert runtime.replaced == 3
+            assert (await runtime.predict_async(table("ok", 5))).to_pylist() == [{"doubled": 10}]  # in step
+        assert runtime.replaced == 4
     finally:
         await runtime.stop()
 
@@ -171,8 +184,51 @@ def wallaroo_json(data):
     runtime = SandboxedRuntime("python", step, settings.stack.data_dir / "engine-work" / "d" / "r-4", settings, "l")
     with pytest.raises(WorkerFailed) as refused:
         await runtime.start()
-    assert "answered its load with a frame the worker does not write" in refused.value.msg
+    assert "answered with a frame the worker does not write while loading" in refused.value.msg
+    assert runtime.process.returncode is not None
     await runtime.stop()
+
+
+async def test_a_deep_header_while_reloading_leaves_no_worker_running(settings, tmp_path, monkeypatch):
+    """A step whose replacements answer their load with a header nested too deeply to parse: each failed start
+    kills the worker it spawned (before, every request of the deployment left one more ~110 MiB process running,
+    past the replica's stop)."""
+    step = tmp_path / "deep_reload.py"
+    step.write_bytes(b"""
+import os, struct
+import pandas as pd
+
+if os.path.exists("loaded-once"):  # the working directory outlives a worker: every later load forges
+    head = b"[" * 200_000
+    for fd in range(3, 64):
+        try:
+            os.write(fd, struct.pack(">IQ", len(head), 0) + head)
+        except OSError:
+            pass
+else:
+    open("loaded-once", "w").close()
+
+def wallaroo_json(data: pd.DataFrame):
+    os._exit(3)
+""")
+    spawned = []
+    spawn = sandbox.spawn
+
+    async def recorded(*args, **kwargs):
+        spawned.append(await spawn(*args, **kwargs))
+        return spawned[-1]
+
+    monkeypatch.setattr(sandbox, "spawn", recorded)
+    runtime = SandboxedRuntime("python", step, settings.stack.data_dir / "engine-work" / "d" / "r-6", settings, "r")
+    await runtime.start()
+    try:
+        with pytest.raises(WorkerFailed, match="crashed"):
+            await runtime.predict_async(table("ok"))
+        with pytest.raises(WorkerFailed, match="could not be restarted: .* a frame the worker does not write"):
+            await runtime.predict_async(table("ok"))
+    finally:
+        await runtime.stop()
+    assert len(spawned) >= 2 and [process.returncode is not None for process in spawned] == [True] * len(spawned)
 
 
 async def test_a_step_that_fails_to_load_reports_why(settings, tmp_path):
