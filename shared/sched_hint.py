@@ -75,3 +75,12 @@ def slice_of(tid: int = 0) -> int | None:
     except OSError:
         return None
     return None
+
+
+def parent_death_signal(sig: int) -> bool:
+    """Ask the kernel to send this process `sig` when its parent dies (prctl PR_SET_PDEATHSIG, Linux), with the
+    libc found at import: safe in a child between fork and exec (no dlopen, whose loader lock another thread of
+    the parent may have held at the fork). True when the kernel took it."""
+    if _LIBC is None:
+        return False
+    return _LIBC.prctl(1, sig) == 0  # PR_SET_PDEATHSIG

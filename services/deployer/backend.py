@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import functools
 import json
 import logging
@@ -33,8 +32,7 @@ SCALE_UP_AFTER = 3.0
 
 
 def _die_with_parent(slice_us: int = 0) -> None:
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
+    sched_hint.parent_death_signal(signal.SIGTERM)  # libc found at import: no dlopen between fork and exec
     if slice_us:  # the replica is on every request's path: a short scheduler slice (shared/sched_hint.py)
         sched_hint.request_path_slice(slice_us)
 

@@ -17,7 +17,6 @@ SeaweedFS's 15 s graceful stop kept a stack alive well past 10 s.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import json
 import os
@@ -46,9 +45,7 @@ FIRST_BACKOFF = 0.2
 def _die_with_parent(sig: int = signal.SIGTERM, slice_us: int = 0) -> None:
     """Ask the kernel to send this child `sig` (its stop signal: SIGINT, a fast shutdown, for PostgreSQL) if the
     supervisor dies (Linux only); `slice_us`: the scheduler slice it and its threads ask for (shared/sched_hint.py)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, sig)  # PR_SET_PDEATHSIG
+    sched_hint.parent_death_signal(sig)  # libc found at import: no dlopen between fork and exec
     if slice_us:
         sched_hint.request_path_slice(slice_us)
 

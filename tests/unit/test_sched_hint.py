@@ -81,3 +81,14 @@ def test_the_deployer_starts_replicas_with_its_slice():
                          env=dict(os.environ, PYTHONPATH=str(repo)),
                          preexec_fn=lambda: backend._die_with_parent(400))
     assert out.stdout.split() == ["400"]
+
+
+def test_parent_death_signal_is_set_for_the_calling_process():
+    import subprocess
+    import sys
+
+    code = ("import ctypes, signal; from shared.sched_hint import parent_death_signal; "
+            "assert parent_death_signal(signal.SIGUSR1); got = ctypes.c_int(); "
+            "ctypes.CDLL(None).prctl(2, ctypes.byref(got)); print(got.value)")  # PR_GET_PDEATHSIG
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert int(out) == 10  # SIGUSR1
