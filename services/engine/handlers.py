@@ -30,6 +30,7 @@ log = logging.getLogger("railyard.engine")
 INLINE_ROWS = 256  # tables up to this many rows run on the event loop when no step awaits a worker (until the
 # replica has learnt its pipeline's time per row: runs_inline)
 INLINE_NS = 1_000_000  # a run expected to take less than this (ns) runs on the event loop, not in a thread
+INLINE_MAX_ROWS = 4096  # a larger table takes the thread whatever the learnt time (batching's default batch_max_rows)
 SHADOW_TIMEOUT = 10.0  # seconds a challenger may take (after that: its columns are left out)
 
 
@@ -108,11 +109,12 @@ def runs_inline(pipeline: Pipeline, rows: int) -> bool:
     """Whether a table of `rows` rows runs through `pipeline.run` on the event loop rather than in a thread. A thread
     keeps the loop serving while a large model runs, but the hop (the executor's queue, the thread's wake-up, the
     future handed back to the loop) costs ~190 us of CPU, more than a small model's whole call (ccfraud, 1,000 rows:
-    ~70 us inline). So a run expected to take under INLINE_NS, by the pipeline's CPU time per row (`ns_per_row`: a
-    replica learns it from its runs, replica.Replica.run), runs inline; until it is known, a table of up to
-    INLINE_ROWS rows does. A pipeline with a sandboxed worker runs in the thread (its answer is awaited on this
-    loop)."""
-    if pipeline.workers:
+    ~70 us inline). So a table of up to INLINE_MAX_ROWS rows expected to take under INLINE_NS, by the pipeline's
+    CPU time per row (`ns_per_row`: a replica learns it from its runs of one model a step, the largest of the last
+    few, replica.Replica.run), runs inline; until it is known (and always for an A/B split or a shadow
+    deployment, whose arms differ), a table of up to INLINE_ROWS rows does. A pipeline with a sandboxed worker
+    runs in the thread (its answer is awaited on this loop)."""
+    if pipeline.workers or rows > INLINE_MAX_ROWS:
         return False
     learnt = getattr(pipeline, "ns_per_row", None)
     if learnt is None:

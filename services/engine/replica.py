@@ -13,6 +13,7 @@ same batch id, then reported in the log, never dropped silently.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import hashlib
@@ -60,6 +61,7 @@ DRAIN_SHADOWS = 2.0  # seconds a stopping replica lets queued challengers run (t
 DRAIN_LOGS = 8.0  # seconds a stopping replica has to publish the records it holds
 TRIM_EVERY = 2.0  # seconds between looks at whether the heap's free pages can go back to the system
 LEARN_ROWS = 64  # runs of at least this many rows teach a replica its time per row (smaller ones: fixed costs)
+LEARN_RUNS = 8  # the learnt time per row is the largest of this many last runs
 
 
 class Step:
@@ -184,6 +186,7 @@ class Replica:
         self.served = 0  # requests answered
         self.narrowing: dict[str, pa.DataType] = {}
         self.ns_per_row: float | None = None  # the pipeline's learnt run time per row (handlers.runs_inline)
+        self.recent_ns_per_row: collections.deque[float] = collections.deque(maxlen=LEARN_RUNS)
 
     async def load(self) -> None:
         store = self.store = MinioObjectStore(self.settings.s3)
@@ -239,12 +242,17 @@ class Replica:
             shadows += step_shadows
             elapsed.append(time.perf_counter_ns() - started)
         rows = table.num_rows
-        if rows >= LEARN_ROWS:  # what handlers.runs_inline decides by (a slow run counts at once)
+        if rows >= LEARN_ROWS and self._one_model_a_step():  # what handlers.runs_inline decides by
             # this thread's CPU, not the wall clock: in a thread, the run also waits for the loop's turns of the GIL
-            per_row = (time.thread_time_ns() - cpu_started) / rows
-            known = self.ns_per_row
-            self.ns_per_row = per_row if known is None or per_row > 4 * known else 0.75 * known + 0.25 * per_row
+            self.recent_ns_per_row.append((time.thread_time_ns() - cpu_started) / rows)
+            self.ns_per_row = max(self.recent_ns_per_row)  # a slow run counts at once, and for LEARN_RUNS runs
         return current, elapsed, last, shadows
+
+    def _one_model_a_step(self) -> bool:
+        """Whether every step runs the same one model on every request, so one time per row describes the
+        pipeline: an A/B split's arms (or a shadow deployment's champion and challengers) differ, and such a
+        pipeline keeps handlers.INLINE_ROWS' rule."""
+        return all(step.kind == "ModelInference" and len(step.runtimes) == 1 for step in self.steps)
 
     async def serve(self) -> None:  # noqa: C901 - the request path is kept in one place on purpose
         identity = connect_options(self.settings.nats)  # the `engine` identity, from the deployer

@@ -1,7 +1,8 @@
 """Where a replica runs a table through its pipeline (services/engine/handlers.py runs_inline): on the event loop
-when the pipeline's learnt CPU time for that many rows is under INLINE_NS (replica.Replica.run learns it from runs
-of LEARN_ROWS rows or more; a slow run counts at once), in a thread otherwise; up to INLINE_ROWS rows until a run has
-taught it; always in the thread with a sandboxed worker."""
+when the pipeline's learnt CPU time for that many rows is under INLINE_NS and the table has at most INLINE_MAX_ROWS
+rows (replica.Replica.run learns it from runs of LEARN_ROWS rows or more of a pipeline of one model a step, the
+largest of the last LEARN_RUNS runs), in a thread otherwise; up to INLINE_ROWS rows until a run has taught it and
+always for an A/B split or a shadow deployment; always in the thread with a sandboxed worker."""
 
 from __future__ import annotations
 
@@ -10,18 +11,20 @@ import time
 import pyarrow as pa
 
 from services.engine import handlers
-from services.engine.replica import LEARN_ROWS, Replica
+from services.engine.replica import LEARN_ROWS, LEARN_RUNS, Replica
 from shared.settings import Settings
 
 
 class Busy:
-    """A step whose run takes `ns_per_row` of CPU per row."""
+    """A step of one model whose run takes `ns_per_row` of CPU per row."""
 
     kind = "ModelInference"
     model = {"name": "m", "sha": "abc"}
 
-    def __init__(self, ns_per_row: int) -> None:
+    def __init__(self, ns_per_row: int, kind: str = "ModelInference") -> None:
         self.ns_per_row = ns_per_row
+        self.kind = kind
+        self.runtimes = [self] if kind == "ModelInference" else [self, self]
 
     def run(self, table: pa.Table):
         until = time.thread_time_ns() + self.ns_per_row * table.num_rows
@@ -30,10 +33,10 @@ class Busy:
         return table, self.model, []
 
 
-def _replica(tmp_path, ns_per_row: int) -> Replica:
+def _replica(tmp_path, ns_per_row: int, kind: str = "ModelInference") -> Replica:
     spec = {"deployment": {"name": "d", "pipeline": "p", "pipeline_version": "v1", "workspace_id": 1}, "steps": []}
     replica = Replica(spec, "r1", Settings(stack={"data_dir": tmp_path}))
-    replica.steps = [Busy(ns_per_row)]
+    replica.steps = [Busy(ns_per_row, kind)]
     return replica
 
 
@@ -52,19 +55,34 @@ def test_until_a_run_has_taught_it_up_to_inline_rows_run_inline(tmp_path):
 def test_a_fast_pipeline_runs_large_tables_inline_and_a_slow_one_in_a_thread(tmp_path):
     fast = _replica(tmp_path, 100)  # 1,000 rows: ~0.1 ms
     fast.run(_table(1000))
-    assert handlers.runs_inline(fast, 1000) and handlers.runs_inline(fast, 4096)
-    assert not handlers.runs_inline(fast, 100_000)  # ~10 ms: in a thread
+    assert handlers.runs_inline(fast, 1000) and handlers.runs_inline(fast, handlers.INLINE_MAX_ROWS)
+    assert not handlers.runs_inline(fast, handlers.INLINE_MAX_ROWS + 1)  # past the cap: the thread, whatever it took
     slow = _replica(tmp_path, 5_000)  # 1,000 rows: ~5 ms
     slow.run(_table(LEARN_ROWS))
     assert not handlers.runs_inline(slow, 1000) and handlers.runs_inline(slow, 100)
 
 
-def test_a_slow_run_counts_at_once_and_a_pipeline_with_a_worker_always_uses_the_thread(tmp_path):
+def test_a_slow_run_counts_at_once_and_for_the_next_runs(tmp_path):
     replica = _replica(tmp_path, 100)
     replica.run(_table(1000))
     assert handlers.runs_inline(replica, 4096)
-    replica.steps = [Busy(5_000)]  # the model became slow (a larger input, a loaded machine)
+    replica.steps = [Busy(5_000)]  # one slow input (or the model became slow)
     replica.run(_table(LEARN_ROWS))
-    assert not handlers.runs_inline(replica, 1000)
+    replica.steps = [Busy(100)]
+    for _ in range(LEARN_RUNS - 1):  # fast runs after it: the slow one still counts
+        replica.run(_table(LEARN_ROWS))
+        assert not handlers.runs_inline(replica, 1000)
+    replica.run(_table(LEARN_ROWS))  # the slow run has left the window
+    assert handlers.runs_inline(replica, 1000)
+
+
+def test_an_ab_split_or_a_shadow_deployment_keeps_the_rows_rule_and_a_worker_the_thread(tmp_path):
+    for kind in ("RandomSplit", "ShadowDeploy"):  # its arms differ: one time per row would mislead
+        replica = _replica(tmp_path, 100, kind)
+        replica.run(_table(1000))
+        assert replica.ns_per_row is None and not handlers.runs_inline(replica, 1000)
+        assert handlers.runs_inline(replica, handlers.INLINE_ROWS)
+    replica = _replica(tmp_path, 100)
+    replica.run(_table(1000))
     replica.workers = [object()]
     assert not handlers.runs_inline(replica, 1)
