@@ -161,6 +161,9 @@ def main() -> None:
                     by_role.setdefault(_role(pid), []).append(pid)
                 print("  RSS after the load (MiB): " + ", ".join(
                     f"{role} {rss_mib(pids):.0f}" for role, pids in sorted(by_role.items()) if role != "other"))
+                time.sleep(5.0)  # as make bench-peers looks again (a replica trims its heap every 2 s)
+                print("  RSS 5 s later (MiB): " + ", ".join(
+                    f"{role} {rss_mib(pids):.0f}" for role, pids in sorted(by_role.items()) if role != "other"))
 
 
 if __name__ == "__main__":

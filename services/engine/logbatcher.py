@@ -23,7 +23,9 @@ log store indexes without reading the rows; gathering is then `engine_segment_ms
 bytes cross JetStream and the log store no more (docs/logs.md, "How records travel"): what is published after
 the object is stored is what was acknowledged. A batch holding rows of a re-sent request (the log store drops them
 when the request was stored before), a column Parquet cannot store, or one object storage refuses goes through
-the stream as rows, as without a store.
+the stream as rows, as without a store, and so does a flush that gathered more than four times
+`engine_segment_bytes` while the previous segment was being written (object storage not keeping up: the stream
+holds the burst on disk, the log store writes it, as without segments).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import json
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -89,6 +92,7 @@ class LogBatcher:
         else:
             self.flush_ms, self.flush_bytes = settings.engine_flush_ms, settings.engine_flush_bytes
         self.segment_failures = 0
+        self.thread: ThreadPoolExecutor | None = None
         self.subject = log_subject(deployment["name"])
         self.header = log_header(int(deployment.get("workspace_id") or 0), deployment["pipeline"],
                                  deployment["name"], deployment["pipeline_version"])
@@ -202,7 +206,11 @@ class LogBatcher:
         size = sum(getattr(r, "held_bytes", 0) for r in records)
         unpublished = rows
         try:
-            if self.objects is not None:
+            # records that piled up beyond 4x the threshold while the last segment was written: object storage
+            # does not keep up (a PUT of 4 MiB took 50-100 ms into the embedded SeaweedFS at load), so these go
+            # through the stream, which holds a burst on disk as before, instead of growing the replica's memory
+            # towards engine_max_pending_bytes and then losing records
+            if self.objects is not None and size <= 4 * self.flush_bytes:
                 left: list[InferenceRecord] = []
                 for group in group_records(records):
                     count = sum(r.rows for r in group)
@@ -215,7 +223,7 @@ class LogBatcher:
                 count = sum(r.rows for r in records)
                 # on the event loop up to 2000 rows: in a thread, the GIL it holds stalled the loop more than doing
                 # it here (bench/log_flush_lag.py measured both, issue 20)
-                payloads = await asyncio.to_thread(self._encode, records) if count > 2000 else self._encode(records)
+                payloads = await self._in_thread(self._encode, records) if count > 2000 else self._encode(records)
                 unpublished -= count - sum(c for _, _, c in payloads)  # rows _split gave up on are counted there
                 for payload, requests, c in payloads:
                     await self._publish(payload, requests)
@@ -224,6 +232,13 @@ class LogBatcher:
             self.held_rows -= rows
             self.held_bytes -= size
             self.abandoned_rows += unpublished  # a flush cancelled (a stop's timeout) or failed
+
+    async def _in_thread(self, work: Any, *args: Any) -> Any:
+        """`work(*args)` in the batcher's own thread (one thread, so one glibc arena for what the batch tables and
+        Parquet writes allocate and free, not one per thread of the loop's default executor)."""
+        if self.thread is None:
+            self.thread = ThreadPoolExecutor(1, thread_name_prefix="log-batcher")
+        return await asyncio.get_running_loop().run_in_executor(self.thread, work, *args)
 
     def _table(self, group: list[InferenceRecord]) -> pa.Table:
         return drop_oversized(build_batch(group, self.version), self.settings.max_row_bytes)
@@ -241,8 +256,8 @@ class LogBatcher:
         """Write a group's rows as a segment and publish its description; False when they must go as rows."""
         try:
             # the table on the loop up to 2000 rows (as _encode), the Parquet write in a thread (it leaves the GIL)
-            table = await asyncio.to_thread(self._table, group) if rows > 2000 else self._table(group)
-            made = await asyncio.to_thread(self._segment, table)
+            table = await self._in_thread(self._table, group) if rows > 2000 else self._table(group)
+            made = await self._in_thread(self._segment, table)
         except Exception as exc:  # a column Parquet refuses: the log store sets it aside (drop_unwritable)
             log.warning("the inference log batch of %s cannot be written as a segment (%s); sending its rows",
                         self.subject, exc)

@@ -246,3 +246,31 @@ def test_a_description_is_checked_by_the_shape_of_its_key_not_by_the_pipelines_n
         body = json.dumps({"key": key, "bytes": 10, "rows": 2, "min_time": 1, "max_time": 2, "schema_fp": "f",
                            "versions": [], "dropped": []}).encode()
         assert SegmentRef.from_json(body, 3, pipeline).key == key
+
+
+async def test_records_piled_up_behind_a_slow_segment_write_go_through_the_stream():
+    """Object storage slower than the records come: a flush holding more than 4x engine_segment_bytes goes as
+    rows through the stream (which holds bursts on disk) instead of growing the replica's memory; nothing lost."""
+
+    class Slow(Objects):
+        async def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
+            await asyncio.sleep(0.3)
+            await super().put_bytes(bucket, key, data)
+
+    one = record(0.0)
+    size = one.inputs.nbytes + one.outputs.nbytes
+    stream, objects = RefusingStream(), Slow()
+    stream.full = False
+    settings = LogSettings(engine_segment_ms=1, engine_segment_bytes=size)
+    batcher = LogBatcher(stream, DEPLOYMENT, settings, 8 * 1024 * 1024, objects=objects)
+    runner = asyncio.create_task(batcher.run())
+    batcher.add(record(1.0))
+    await asyncio.sleep(0.05)  # its segment is being written
+    for value in range(10):  # 10 records (10 thresholds) pile up meanwhile
+        batcher.add(record(float(value)))
+    await batcher.close(runner, 10.0)
+    from shared.log_segments import SEGMENT_HEADER
+    rows_inline = sum(pa.ipc.open_stream(p).read_all().num_rows for p, h in stream.published if SEGMENT_HEADER not in h)
+    described = [h for _, h in stream.published if SEGMENT_HEADER in h]
+    assert len(objects.stored) == len(described) >= 1 and rows_inline >= 50
+    assert batcher.held_rows == 0 and batcher.lost_rows == 0
