@@ -60,9 +60,11 @@ class _Forged(Exception):
     """A frame header services/engine/worker.py does not write (its code wrote a frame of its own)."""
 
 
-def _well_formed(header: object) -> bool:
-    """An answer's header as services/engine/worker.py writes it: {"ok": true} or {"error": {"code", "msg"}}."""
-    if not isinstance(header, dict):
+def _well_formed(header: object, seq: int) -> bool:
+    """An answer's header as services/engine/worker.py writes it: {"ok": true} or {"error": {"code", "msg"}}, with
+    the request's `seq` (a frame the code forged with the right one leaves the worker's own answer to be read by
+    the next request, whose `seq` it does not carry)."""
+    if not isinstance(header, dict) or header.get("seq") != seq or type(header["seq"]) is not int:
         return False
     if "error" in header:
         error = header["error"]
@@ -70,14 +72,14 @@ def _well_formed(header: object) -> bool:
     return header.get("ok") is True
 
 
-def _answer_header(raw: bytes) -> dict:
-    """The header of an answer frame, or _Forged. Whatever the parser raises counts as forged: the bytes are the
-    user's code's to write, and an array nested 1 MiB deep raises RecursionError, not ValueError."""
+def _answer_header(raw: bytes, seq: int) -> dict:
+    """The header of the answer to request `seq`, or _Forged. Whatever the parser raises counts as forged: the bytes
+    are the user's code's to write, and an array nested 1 MiB deep raises RecursionError, not ValueError."""
     try:
         header = json.loads(raw)
     except Exception:  # noqa: BLE001 - see above
         raise _Forged from None
-    if not _well_formed(header):
+    if not _well_formed(header, seq):
         raise _Forged
     return header
 
@@ -100,6 +102,7 @@ class SandboxedRuntime:
         self.lock = asyncio.Lock()
         self.replacement: asyncio.Task | None = None
         self.replaced = 0
+        self.sequence = 0  # each request frame's `seq`, which its answer must carry
 
     @property
     def limits(self) -> Limits:
@@ -152,9 +155,11 @@ class SandboxedRuntime:
         process, buffer, stderr_task = self.process, self.stderr, self.stderr_task
         since = len(buffer)
         replace = header.get("op") == "predict"  # a worker that fails to load is not retried here
+        self.sequence += 1
+        seq = self.sequence
         try:
             async with asyncio.timeout(timeout):
-                process.stdin.write(encode_frame(header, body))
+                process.stdin.write(encode_frame(header | {"seq": seq}, body))
                 await process.stdin.drain()
                 try:
                     head_size, body_size = frame_sizes(await process.stdout.readexactly(PREFIX.size))
@@ -164,7 +169,7 @@ class SandboxedRuntime:
                     raise _Oversized(body_size)
                 # the process runs the user's code, which can write to the protocol's pipe itself: a header that
                 # is not one worker.py writes means a worker no longer to be trusted
-                answer = _answer_header(await process.stdout.readexactly(head_size))
+                answer = _answer_header(await process.stdout.readexactly(head_size), seq)
                 return answer, await process.stdout.readexactly(body_size)
         except _Oversized as oversized:
             await self._kill()

@@ -5,7 +5,9 @@ the replica's process (which holds the bus connection and the object-store crede
 It talks to its replica over its stdin and stdout in frames: an 12-byte prefix (the lengths of a JSON header and
 of a body, big-endian u32 and u64), the header, then the body (an Arrow IPC stream, or nothing). The replica
 sends `{"op": "load", "runtime": "python"|"custom", "path": ...}` once, then `{"op": "predict"}` with a table for
-each request; every frame gets one answer, `{"ok": true}` (with the output table) or `{"error": {"code", "msg"}}`.
+each request, each with a number `seq` of its own; every frame gets one answer, `{"ok": true}` (with the output
+table) or `{"error": {"code", "msg"}}`, with the request's `seq`: the user's code, which runs in this process, can
+write a frame of its own to the pipe, and the replica refuses an answer whose `seq` is not the request's.
 Anything the user's code prints goes to stderr (fd 1 is pointed there before it runs), so it cannot corrupt the
 frames; the replica keeps a bounded tail of that stderr for its error messages.
 
@@ -92,6 +94,7 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
                                 "msg": f"the model's output could not be converted ({type(exc).__name__})"}}
         if os.getpid() != worker:  # a process the user's code forked got here: it must not answer
             os._exit(0)
+        answer["seq"] = header.get("seq")
         replies.write(encode_frame(answer, output))
         replies.flush()
 

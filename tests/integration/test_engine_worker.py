@@ -115,9 +115,15 @@ async def test_a_python_step_runs_in_a_worker_and_survives_each_failure(settings
 
 
 FORGING_STEP = b"""
-import fcntl, json, os, stat, struct
+import fcntl, json, os, stat, struct, sys
 import pandas as pd
 import pyarrow as pa
+
+def request_seq() -> int:  # the number the replica gave this request, read from the worker's own frame
+    frame = sys._getframe()
+    while frame.f_code.co_name != "serve":
+        frame = frame.f_back
+    return frame.f_locals["header"]["seq"]
 
 def forged_table() -> bytes:
     # a 1-row float64 batch whose metadata claims 2^28 rows: Arrow reads it as a table that crashes its reader
@@ -130,10 +136,16 @@ def forged_table() -> bytes:
 def wallaroo_json(data: pd.DataFrame):
     action = data["action"][0]
     if action != "ok":  # a frame of its own on the protocol's pipe (the worker's answer follows it)
-        head = json.dumps(["not", "a", "header"] if action == "header" else {"ok": True}).encode()
-        if action == "deep":  # nested past the JSON parser's recursion limit
-            head = b"[" * 200_000
+        head = json.dumps(["not", "a", "header"] if action == "header" else {"ok": True, "seq": request_seq()})
+        if action == "unnumbered":  # a well-formed answer, but without the request's number
+            head = json.dumps({"ok": True})
+        head = b"[" * 200_000 if action == "deep" else head.encode()  # nested past the parser's recursion limit
         body = forged_table() if action == "table" else b""
+        if action in ("answer", "unnumbered"):  # a valid table: taken as this request's answer if well numbered
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, pa.schema([("doubled", pa.int64())])) as writer:
+                writer.write_table(pa.table({"doubled": [99]}))
+            body = sink.getvalue().to_pybytes()
         size = 1 << 30 if action == "huge" else len(body)  # announced, never sent
         for fd in range(3, 64):
             try:
@@ -147,9 +159,11 @@ def wallaroo_json(data: pd.DataFrame):
 
 async def test_a_frame_forged_by_the_users_code_fails_the_request_and_replaces_the_worker(settings, tmp_path):
     """The worker's answer comes from the process running the user's code: a table with forged lengths (which Arrow
-    would read and its reader crash on), a header the worker never writes (one nested too deeply to parse among
-    them) or a body larger than the worker's memory limit (which the replica would read into its own) is refused,
-    and the worker, whose next answer would be the next request's, is replaced."""
+    would read and its reader crash on), a header the worker never writes (one nested too deeply to parse, or one
+    without the request's number, among them) or a body larger than the worker's memory limit (which the replica
+    would read into its own) is refused, and the worker, whose next answer would be the next request's, is
+    replaced. A forged answer with the request's number is that request's (the code could return it anyway), and
+    the worker's own, read by the next request, is refused: no caller gets another request's answer."""
     step = tmp_path / "forging.py"
     step.write_bytes(FORGING_STEP)
     runtime = SandboxedRuntime("python", step, settings.stack.data_dir / "engine-work" / "d" / "r-3", settings, "f")
@@ -158,12 +172,17 @@ async def test_a_frame_forged_by_the_users_code_fails_the_request_and_replaces_t
         for action, said in (("table", "answered with a table that is not valid"),
                              ("header", "answered with a frame the worker does not write"),
                              ("deep", "answered with a frame the worker does not write"),
+                             ("unnumbered", "answered with a frame the worker does not write"),
                              ("huge", "announced an answer of 1073741824 bytes, more than its memory limit")):
             with pytest.raises(WorkerFailed) as refused:
                 await runtime.predict_async(table(action))
             assert said in refused.value.msg and "the worker was replaced" in refused.value.msg
             assert (await runtime.predict_async(table("ok", 5))).to_pylist() == [{"doubled": 10}]  # in step
-        assert runtime.replaced == 4
+        assert (await runtime.predict_async(table("answer"))).to_pylist() == [{"doubled": 99}]
+        with pytest.raises(WorkerFailed, match="answered with a frame the worker does not write"):
+            await runtime.predict_async(table("ok", 6))  # the worker's own answer to the forged request
+        assert (await runtime.predict_async(table("ok", 7))).to_pylist() == [{"doubled": 14}]
+        assert runtime.replaced == 6
     finally:
         await runtime.stop()
 
