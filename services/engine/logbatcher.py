@@ -70,6 +70,7 @@ from shared.objectstore import BUCKET_LOGS
 from shared.settings import LogSettings
 
 log = logging.getLogger("railyard.engine")
+WRITES_AT_ONCE = 2  # segment flushes under way at once: one PUT's wait no longer holds up the next segment
 RETRY_MAX_DELAY = 5.0
 REPORT_EVERY = 10.0
 
@@ -93,6 +94,7 @@ class LogBatcher:
             self.flush_ms, self.flush_bytes = settings.engine_flush_ms, settings.engine_flush_bytes
         self.segment_failures = 0
         self.thread: ThreadPoolExecutor | None = None
+        self.writes: set[asyncio.Task] = set()  # segment flushes under way (at most WRITES_AT_ONCE)
         self.subject = log_subject(deployment["name"])
         self.header = log_header(int(deployment.get("workspace_id") or 0), deployment["pipeline"],
                                  deployment["name"], deployment["pipeline_version"])
@@ -148,12 +150,12 @@ class LogBatcher:
 
     async def run(self) -> None:
         """Sleeps until a record arrives (an idle replica does not wake up), then gathers for the interval or until
-        engine_flush_bytes are gathered."""
+        the flush bytes are gathered; segments are written up to WRITES_AT_ONCE at a time."""
         interval = self.flush_ms / 1000
         while not self.closing:
             await self.wake.wait()
             if self.closing:
-                return
+                break
             try:
                 async with asyncio.timeout(interval):
                     await self.full.wait()
@@ -161,8 +163,26 @@ class LogBatcher:
                 pass
             self.wake.clear()
             self.full.clear()
-            if self.pending:
+            if self.pending and self.objects is None:
                 await self.flush()
+            elif self.pending:  # segments: the next one is written while the last one's PUT is under way
+                await self._writing(WRITES_AT_ONCE - 1)
+                self.writes.add(asyncio.create_task(self.flush()))
+        await self._writing(0)
+
+    async def _writing(self, at_most: int) -> None:
+        """Wait until at most `at_most` segment flushes are under way (a failed one raises here, as a flush did in
+        `run`); cancelled, it cancels them (their rows count as abandoned, as a cancelled flush's)."""
+        try:
+            while len(self.writes) > at_most:
+                done, _ = await asyncio.wait(self.writes, return_when=asyncio.FIRST_COMPLETED)
+                self.writes -= done
+                for task in done:
+                    task.result()
+        except asyncio.CancelledError:
+            for task in self.writes:
+                task.cancel()
+            raise
 
     async def close(self, task: asyncio.Task | None, timeout: float) -> None:
         """Graceful stop: let a flush under way finish, publish what is left, within `timeout` seconds."""
@@ -183,6 +203,8 @@ class LogBatcher:
         except Exception as exc:  # TimeoutError: the stream did not acknowledge in time
             if task is not None:
                 task.cancel()
+            for write in self.writes:  # segment flushes under way: cancelled, their rows counted below
+                write.cancel()
             # rows still held (a flush of the task not yet cancelled, records never flushed) and rows of flushes
             # that ended unacknowledged (this close's own, cancelled by its timeout) are lost: counted, never silent
             lost = self.held_rows + self.abandoned_rows

@@ -274,3 +274,30 @@ async def test_records_piled_up_behind_a_slow_segment_write_go_through_the_strea
     described = [h for _, h in stream.published if SEGMENT_HEADER in h]
     assert len(objects.stored) == len(described) >= 1 and rows_inline >= 50
     assert batcher.held_rows == 0 and batcher.lost_rows == 0
+
+
+async def test_the_next_segment_is_written_while_the_last_ones_put_is_under_way_two_at_most():
+    class Slow(Objects):
+        def __init__(self) -> None:
+            super().__init__()
+            self.now = self.most = 0
+
+        async def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            await asyncio.sleep(0.1)
+            self.now -= 1
+            await super().put_bytes(bucket, key, data)
+
+    stream, objects = RefusingStream(), Slow()
+    stream.full = False
+    one = record(0.0)
+    settings = LogSettings(engine_segment_ms=1, engine_segment_bytes=(one.inputs.nbytes + one.outputs.nbytes) * 100)
+    batcher = LogBatcher(stream, DEPLOYMENT, settings, 8 * 1024 * 1024, objects=objects)
+    runner = asyncio.create_task(batcher.run())
+    for value in range(12):
+        batcher.add(record(float(value)))
+        await asyncio.sleep(0.02)
+    await batcher.close(runner, 10.0)
+    assert objects.most == 2 and len(objects.stored) == len(stream.published) >= 3
+    assert batcher.held_rows == 0 and batcher.lost_rows == 0 and batcher.writes == set()
