@@ -69,7 +69,7 @@ def main() -> None:
                     own, seaweed, started = _own(), _cpu(weed), time.perf_counter()
                     for i in range(args.puts):
                         await put(f"bench/{name}-{r}-{i}")
-                    time.sleep(0.3)
+                    await asyncio.sleep(0.3)  # SeaweedFS finishes what it was given
                     wall = time.perf_counter() - started
                     own, seaweed = _own() - own, _cpu(weed) - seaweed
                     per = 1e3 / args.puts
