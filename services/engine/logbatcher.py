@@ -71,6 +71,8 @@ from shared.settings import LogSettings
 
 log = logging.getLogger("railyard.engine")
 WRITES_AT_ONCE = 2  # segment flushes under way at once: one PUT's wait no longer holds up the next segment
+SEGMENT_PUT_TIMEOUT = 2.0  # a segment's PUT (4 MiB: 50-100 ms into the embedded SeaweedFS at load) or its rows go
+SEGMENT_BACKOFF = 30.0  # after a failed or timed-out PUT, batches go as rows through the stream for this long
 RETRY_MAX_DELAY = 5.0
 REPORT_EVERY = 10.0
 
@@ -93,6 +95,7 @@ class LogBatcher:
         else:
             self.flush_ms, self.flush_bytes = settings.engine_flush_ms, settings.engine_flush_bytes
         self.segment_failures = 0
+        self.segments_after = 0.0  # monotonic time before which batches go as rows (object storage just failed)
         self.thread: ThreadPoolExecutor | None = None
         self.writes: set[asyncio.Task] = set()  # segment flushes under way (at most WRITES_AT_ONCE)
         self.subject = log_subject(deployment["name"])
@@ -232,7 +235,11 @@ class LogBatcher:
             # does not keep up (a PUT of 4 MiB took 50-100 ms into the embedded SeaweedFS at load), so these go
             # through the stream, which holds a burst on disk as before, instead of growing the replica's memory
             # towards engine_max_pending_bytes and then losing records
-            if self.objects is not None and size <= 4 * self.flush_bytes:
+            # also as rows: while stopping (the stream is the quicker way to have them acknowledged) and for a
+            # while after object storage failed or was slow (SEGMENT_BACKOFF: a refused or hanging PUT must not
+            # hold the rows, whose answers are out, until a stop's timeout loses them)
+            if self.objects is not None and size <= 4 * self.flush_bytes and not self.closing \
+                    and time.monotonic() >= self.segments_after:
                 left: list[InferenceRecord] = []
                 for group in group_records(records):
                     count = sum(r.rows for r in group)
@@ -288,8 +295,11 @@ class LogBatcher:
             return False
         data, ref = made
         try:
-            await self.objects.put_bytes(BUCKET_LOGS, ref.key, data)
-        except Exception as exc:  # object storage unreachable: the stream holds the rows meanwhile
+            async with asyncio.timeout(SEGMENT_PUT_TIMEOUT):  # the client's own retries take ~13 s when it is down
+                await self.objects.put_bytes(BUCKET_LOGS, ref.key, data)
+        except Exception as exc:  # object storage unreachable or slow: the stream holds the rows meanwhile
+            # (a PUT that completes after its timeout leaves an object no description names: maintenance removes it)
+            self.segments_after = time.monotonic() + SEGMENT_BACKOFF
             self.segment_failures += 1
             if self.segment_failures % 10 == 1:
                 log.warning("object storage refused an inference log segment of %s (%d so far): %s; sending the "
