@@ -275,10 +275,22 @@ class Ingestor:
             pass
         if workspace_id is not None and not -(2**63) <= workspace_id < 2**63:
             workspace_id = None  # a header PostgreSQL cannot hold may be why the batch is here
-        try:
-            rows = pa.ipc.open_stream(pa.py_buffer(msg.data)).read_all().num_rows
-        except (pa.ArrowException, ValueError):
-            pass
+        if headers.get(SEGMENT_HEADER) == "1":  # an engine's segment description: its rows are in that object,
+            # which must outlive the quarantine (maintenance deletes an unindexed segment as an orphan otherwise)
+            try:
+                described = json.loads(msg.data)
+                segment_key = described["key"]
+                if isinstance(segment_key, str) and segment_key.startswith(f"ws-{workspace_id}/") \
+                        and segment_key.endswith(ENGINE_SUFFIX) and "\x00" not in segment_key:
+                    headers[store.QUARANTINED_SEGMENT] = segment_key
+                    rows = int(described["rows"]) if isinstance(described.get("rows"), int) else None
+            except (ValueError, TypeError, KeyError):
+                pass
+        else:
+            try:
+                rows = pa.ipc.open_stream(pa.py_buffer(msg.data)).read_all().num_rows
+            except (pa.ArrowException, ValueError):
+                pass
         day = datetime.now(UTC).strftime("%Y/%m/%d")
         key = f"{QUARANTINE_PREFIX}{day}/{uuid.uuid4().hex}.arrows"
         await deps.objects.put_bytes(BUCKET_LOGS, key, bytes(msg.data))

@@ -156,8 +156,14 @@ async def delete_segment(pool: asyncpg.Pool, segment_id: int) -> None:
     await pool.execute("DELETE FROM segments WHERE id = $1", segment_id)
 
 
+QUARANTINED_SEGMENT = "Railyard-Quarantined-Segment"  # a quarantined description's segment key (its headers)
+
+
 async def known_keys(pool: asyncpg.Pool, keys: list[str]) -> set[str]:
-    rows = await pool.fetch("SELECT object_key FROM segments WHERE object_key = ANY($1::text[])", keys)
+    """The keys an index row names: a segment's, or the engine segment of a quarantined description (its rows)."""
+    rows = await pool.fetch(
+        "SELECT object_key FROM segments WHERE object_key = ANY($1::text[]) UNION SELECT headers ->> $2 FROM"
+        " quarantine WHERE headers ->> $2 = ANY($1::text[])", keys, QUARANTINED_SEGMENT)
     return {r["object_key"] for r in rows}
 
 

@@ -150,3 +150,48 @@ def test_poison_batches_are_quarantined_and_ingestion_goes_on(stack, alice, admi
         assert bad.status_code == 400, bad.text
     finally:
         post(stack, "pipelines/undeploy", alice.token, {"pipeline_id": pipeline["pipeline_pk_id"]})
+
+
+async def test_a_quarantined_segment_description_keeps_its_segment_from_the_orphan_sweep(stack, alice, admin):
+    """An engine-written segment whose description the log store cannot commit (a NUL in a dropped column's name,
+    a user's output column) is quarantined; the segment holding its rows is named by the quarantine row, so
+    maintenance's orphan sweep (store.known_keys) keeps it (rev2: it kept only the JSON and the rows were swept)."""
+    import asyncio
+
+    from services.engine.logbatcher import LogBatcher
+    from services.log_store import store
+    from shared.db import create_pool
+    from shared.log_segments import SEGMENT_HEADER
+    from shared.objectstore import MinioObjectStore
+    from shared.settings import LogSettings
+    from tests.integration.test_logs import _create
+    from tests.unit.test_log_batcher import RefusingStream, record
+
+    await asyncio.to_thread(_create, stack, alice, "qdesc")
+    deployment = {"name": "qdesc-0", "pipeline": "qdesc", "pipeline_version": "v", "workspace_id": alice.workspace_id}
+    stream = RefusingStream()
+    stream.full = False
+    batcher = LogBatcher(stream, deployment, LogSettings(), 8 << 20, objects=MinioObjectStore(stack.settings().s3))
+    batcher.add(record(1.0, rows=10))
+    await batcher.flush()
+    (body, headers), = stream.published
+    described = json.loads(body)
+    described["dropped"] = ["out.a\u0000b"]
+    batch_id = str(uuid.uuid4())
+    nc = await nats_client.connect(stack.settings().nats.url)
+    try:
+        await nc.jetstream().publish("logs.inference.qdesc-0", json.dumps(described).encode(), headers={
+            MSG_ID: batch_id, BATCH_ID: batch_id, LOG_HEADER: headers[LOG_HEADER], SEGMENT_HEADER: "1"})
+    finally:
+        await nc.close()
+    deadline = time.monotonic() + 60
+    while not (mine := [b for b in (await asyncio.to_thread(admin.post, "pipelines/list_quarantined_logs",
+                                                            {"limit": 1000}))["batches"] if b["batch_id"] == batch_id]):
+        assert time.monotonic() < deadline, "the description was not quarantined"
+        await asyncio.sleep(0.3)
+    assert mine[0]["rows"] == 10
+    pool = await create_pool(stack.settings().postgres, "log_store")
+    try:
+        assert await store.known_keys(pool, [described["key"], described["key"] + "x"]) == {described["key"]}
+    finally:
+        await pool.close()
