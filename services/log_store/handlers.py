@@ -5,7 +5,10 @@ Ingestion: a durable pull consumer on INFERENCE_LOGS. Batches gather for `flush_
 committed), grouped per pipeline and schema, written as Parquet segments to object storage, indexed in one
 transaction that also records their batch ids, and only then acknowledged. A crash anywhere before the commit
 leaves the messages unacknowledged (redelivered, and at worst an object no index row names, which
-maintenance deletes); a crash after it makes the redelivered batches known duplicates.
+maintenance deletes); a crash after it makes the redelivered batches known duplicates. A `Railyard-Segment`
+message describes a segment an engine replica wrote itself (shared/log_segments.py): it is indexed as it is, in
+the same transaction, the log store writing or deleting no object for it; an unindexed engine segment is kept for
+the stream's age cap plus an hour (its description may still be on the way) before maintenance deletes it.
 
 Pages (services/log_store/pages.py): rows of every schema merged by (time, position), where a row's position
 is the number it was given when stored (per pipeline) and never changes; a cursor is the last row's (time,
