@@ -38,17 +38,15 @@ from shared.authz import MembershipLookup, Principal, require_admin, require_mem
 from shared.bus import log_store_consumer_config
 from shared.errors import InvalidRequest, NotFound
 from shared.lean_imports import lazy_module
-from shared.log_segments import ENGINE_SUFFIX, SEGMENT_HEADER, SegmentRef, segment_key, sort_by_time
+from shared.log_segments import ENGINE_SUFFIX, SEGMENT_HEADER, SegmentRef, describe, segment_key, sort_by_time
 from shared.logrecords import (
     BATCH_ID,
     LOG_HEADER,
     META_LAST_MODEL,
-    META_VERSION,
     MSG_ID,
     REQUESTS_HEADER,
     TIME,
     check_dataset_names,
-    dropped_columns,
     expand_runs,
     model_name_of,
     schema_fingerprint,
@@ -144,12 +142,9 @@ def parse_batch(msg: Any, probe: bool = False) -> Batch:
 
 
 def _describe(table: pa.Table, key: str, size: int, workspace_id: int, pipeline: str) -> store.NewSegment:
-    times = table.column(TIME)
-    versions = pc.unique(table.column(META_VERSION)).to_pylist() if META_VERSION in table.column_names else []
-    return store.NewSegment(workspace_id=workspace_id, pipeline=pipeline, row_count=table.num_rows,
-                            min_time=int(pc.min(times).as_py()), max_time=int(pc.max(times).as_py()),
-                            schema_fp=schema_fingerprint(table.schema), versions=[str(v) for v in versions],
-                            dropped=dropped_columns(table), object_key=key, bytes=size)
+    """The index row of a segment the log store wrote: the engine's description of the same table (one
+    definition, so both kinds of segment are indexed alike)."""
+    return _segment_row(workspace_id, pipeline, describe(table, key, size))
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:
@@ -382,8 +377,11 @@ class Ingestor:
 
 
 def _from_ref(batch: Batch) -> store.NewSegment:
-    ref = batch.ref
-    return store.NewSegment(workspace_id=batch.workspace_id, pipeline=batch.pipeline, row_count=ref.rows,
+    return _segment_row(batch.workspace_id, batch.pipeline, batch.ref)
+
+
+def _segment_row(workspace_id: int, pipeline: str, ref: SegmentRef) -> store.NewSegment:
+    return store.NewSegment(workspace_id=workspace_id, pipeline=pipeline, row_count=ref.rows,
                             min_time=ref.min_time, max_time=ref.max_time, schema_fp=ref.schema_fp,
                             versions=ref.versions, dropped=ref.dropped, object_key=ref.key, bytes=ref.bytes)
 
