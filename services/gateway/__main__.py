@@ -16,7 +16,10 @@ from shared.sched_hint import request_path_slice  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
 # on every request's path: a short scheduler slice for this thread (the event loop's) and every thread started later
-request_path_slice(Settings().request_path_slice_us)
+try:
+    request_path_slice(Settings().request_path_slice_us)
+except ValueError:  # an invalid setting (pydantic's ValidationError): main() below reports it in one clear line
+    pass
 
 from services.gateway.app import SPEC  # noqa: E402
 from shared.service import main  # noqa: E402
