@@ -339,13 +339,18 @@ class Replica:
             if FastLane.applies(self):
                 requests.lane = FastLane(self.steps[0].runtimes[0], self.narrowing, self.steps[0].model,
                                          self.spec["deployment"]["pipeline_version"], nc.max_payload)
-        await nc.subscribe(subjects.engine_replica_status(self.name, self.replica_id), cb=status)
+        status_subscription = await nc.subscribe(subjects.engine_replica_status(self.name, self.replica_id),
+                                                 cb=status)
         publisher = asyncio.create_task(self.batcher.run())
         shadow_worker = asyncio.create_task(self.run_shadows())
         batch_worker = asyncio.create_task(requests.run()) if requests else None
         trimmer = asyncio.create_task(self.trim_memory())
         log.info("replica %s of %s serving", self.replica_id, self.name)
         await self.stop.wait()
+        # a stopping replica is no longer Running: a deployer restarted meanwhile (the old one killed: this is its
+        # parent-death signal) asks the same replica id's status and would take the draining replica for its own
+        with contextlib.suppress(Exception):
+            await status_subscription.unsubscribe()
         trimmer.cancel()
         if requests is not None:  # queued requests are answered before the connection closes
             await subscription.drain()
