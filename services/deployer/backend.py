@@ -83,6 +83,7 @@ class ReplicaSet:
     spec_path: Path
     replicas: list[Replica] = field(default_factory=list)
     stopping: bool = False
+    ready: bool = False  # every replica answered once: from then on the supervisor replaces the ones that die
     autoscale: tuple[int, int] | None = None  # (minimum, maximum) replicas
     cpu_target: float = 50.0  # percent of one core per replica
     last_scaled: float = field(default_factory=time.monotonic)
@@ -137,6 +138,7 @@ class LocalBackend:
             self.sets[name] = replica_set
         try:
             await self._wait_ready(replica_set)
+            replica_set.ready = True
             if serving is not None:
                 await serving()
         except BaseException:
@@ -255,8 +257,8 @@ class LocalBackend:
         while True:
             await asyncio.sleep(0.2)
             for replica_set in list(self.sets.values()):
-                if replica_set.stopping:
-                    continue
+                if replica_set.stopping or not replica_set.ready:  # a replica failing its start fails the start
+                    continue  # (start raises; a restore says so), not replaced behind _wait_ready's back
                 await self._autoscale(replica_set)
                 for index, replica in enumerate(replica_set.replicas):
                     if replica.process.returncode is not None:

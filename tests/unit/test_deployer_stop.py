@@ -39,3 +39,36 @@ def test_a_sets_stuck_replicas_are_killed_together_after_one_stop_timeout(tmp_pa
         assert backend.sets == {}
 
     asyncio.run(scenario())
+
+
+def test_a_replica_dying_while_its_set_starts_is_not_replaced_behind_the_start(tmp_path):
+    """A first deploy (or a restore) shows its set while it starts; a replica failing its start must fail the
+    start (a restore then says so), not be replaced by the supervisor first (under load that replacement won the
+    race, downloaded the artifact again and the failed restore read Running). Once ready, dead replicas are
+    replaced."""
+
+    async def scenario() -> None:
+        defaults = DeployerSettings()
+        backend = LocalBackend(tmp_path, nats_request=None, scale_down_after=defaults.scale_down_after,
+                               ready_timeout=defaults.ready_timeout, stop_timeout=0.6)
+        dead = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+        await dead.wait()
+        spawned: list[str] = []
+
+        async def spawn(replica_set, replica_id):
+            spawned.append(replica_id)
+            return Replica(replica_id=replica_id, process=dead, started_at=time.monotonic())
+
+        backend._spawn = spawn
+        replica_set = ReplicaSet(name="d-1", spec_path=tmp_path / "spec.json",
+                                 replicas=[Replica(replica_id="0", process=dead, started_at=time.monotonic())])
+        backend.sets["d-1"] = replica_set
+        supervisor = asyncio.create_task(backend._supervise())
+        await asyncio.sleep(0.5)
+        assert spawned == []  # starting: left to the start's wait
+        replica_set.ready = True
+        await asyncio.sleep(0.5)
+        supervisor.cancel()
+        assert spawned  # ready: a dead replica is replaced
+
+    asyncio.run(scenario())
