@@ -9,16 +9,15 @@ segment is described on the bus by `SegmentRef` (what the log store indexes with
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from shared.lean_imports import lazy_module
 from shared.logrecords import META_VERSION, TIME, dropped_columns, schema_fingerprint
+from shared.messages.logs import SegmentDescription
 
 if TYPE_CHECKING:
     import numpy as np
@@ -135,30 +134,18 @@ def unwritable(kind: pa.DataType) -> bool:
     return False
 
 
-@dataclass
-class SegmentRef:
-    """What the log store indexes of a segment an engine stored (the body of a `Railyard-Segment` message)."""
-
-    key: str
-    bytes: int
-    rows: int
-    min_time: int
-    max_time: int
-    schema_fp: str
-    versions: list[str]
-    dropped: list[str]
+class SegmentRef(SegmentDescription):
+    """What the log store indexes of a segment an engine stored: the `SegmentDescription` message (the body of a
+    `Railyard-Segment` message), read and written here."""
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        return self.model_dump_json().encode()
 
     @classmethod
     def from_json(cls, data: bytes, workspace_id: int, pipeline: str) -> SegmentRef:
-        """Read and check a description (ValueError when it is not one, or names an object outside the pipeline's
-        segments)."""
-        raw: dict[str, Any] = json.loads(data)
-        ref = cls(key=str(raw["key"]), bytes=int(raw["bytes"]), rows=int(raw["rows"]),
-                  min_time=int(raw["min_time"]), max_time=int(raw["max_time"]), schema_fp=str(raw["schema_fp"]),
-                  versions=[str(v) for v in raw["versions"]], dropped=[str(d) for d in raw["dropped"]])
+        """Read and check a description (ValueError, pydantic's ValidationError included, when it is not one, or
+        names an object outside the pipeline's segments)."""
+        ref = cls.model_validate_json(data)
         prefix = key_prefix(workspace_id, pipeline)
         if not ref.key.startswith(prefix) or not _ENGINE_TAIL.fullmatch(ref.key[len(prefix):]):
             raise ValueError(f"the segment {ref.key[:200]!r} is not one of the pipeline's engine-written segments")

@@ -159,3 +159,18 @@ class LogBatchQuarantined(Event):
     pipeline: str | None
     reason: str
     rows: int | None
+
+
+class SegmentDescription(Message):
+    """The body of a `Railyard-Segment` message on `logs.inference.<deployment>`: a Parquet segment an engine replica
+    wrote to the logs bucket, for the log store to index as it is (docs/logs.md, "How records travel";
+    shared/log_segments.py checks the key against the pipeline's segments)."""
+
+    key: str = Field(min_length=1, max_length=1024, description="The segment's object key in the logs bucket.")
+    bytes: int = Field(gt=0, description="The object's size.")
+    rows: int = Field(gt=0)
+    min_time: int = Field(description="Earliest row time, milliseconds since the epoch.")
+    max_time: int = Field(description="Latest row time, milliseconds since the epoch.")
+    schema_fp: str = Field(description="The rows' schema fingerprint (shared/logrecords.py schema_fingerprint).")
+    versions: list[str] = Field(description="The pipeline versions of its rows.")
+    dropped: list[str] = Field(description="Columns dropped for size or as unwritable.")
