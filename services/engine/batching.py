@@ -28,10 +28,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from services.engine.arrow_stream import schema_message, write_stream
 from services.engine.fast_lane import FastLane, meta_header, meta_prefix
 from services.engine.handlers import Answer, runs_inline
-from shared.arrow_codec import from_ipc
+from shared.arrow_codec import from_ipc, schema_message, write_stream
 from shared.errors import RailyardError
 from shared.table_transport import INFERENCE_PREFIX, META_HEADER, SHADOWS_HEADER, TABLE_REF, above_bus_limit, put_table
 

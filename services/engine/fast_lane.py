@@ -36,10 +36,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from services.engine.arrow_stream import CONTINUATION, END_OF_STREAM, batch_stream, read_batch, schema_message
 from services.engine.handlers import INLINE_ROWS, Answer
 from services.engine.runtimes import OnnxRuntime
-from shared.arrow_codec import CACHED_SCHEMA_MAX_BYTES, narrow, tensor_array
+from shared.arrow_codec import (
+    CACHED_SCHEMA_MAX_BYTES,
+    CONTINUATION,
+    batch_stream,
+    narrow,
+    read_batch,
+    schema_message,
+    tensor_array,
+)
+from shared.arrow_codec import IPC_EOS as END_OF_STREAM
 from shared.logrecords import ArrayRecord, RecordLayout
 from shared.table_transport import META_HEADER, above_bus_limit
 

@@ -1,4 +1,4 @@
-"""The engine's fast lane (services/engine/fast_lane.py) and its one-batch Arrow streams (arrow_stream.py): what the
+"""The engine's fast lane (services/engine/fast_lane.py) and its one-batch Arrow streams (shared/arrow_codec): what the
 lane answers is byte for byte what the general path (RequestBatcher.run_queued) answers, its log record holds the
 same tables, and everything it cannot answer exactly so it leaves to the general path (None)."""
 
@@ -13,14 +13,22 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from services.engine.arrow_stream import read_batch, schema_message, write_stream
 from services.engine.batching import RequestBatcher
 from services.engine.fast_lane import FastLane, meta_header, meta_prefix
 from services.engine.logbatcher import _record_bytes
 from services.engine.logpolicy import LogPolicy
 from services.engine.replica import Step
 from services.engine.runtimes import OnnxRuntime, narrowing
-from shared.arrow_codec import NARROWED_FOR, narrow, tensor_array, to_ipc_file, to_ipc_stream
+from shared.arrow_codec import (
+    NARROWED_FOR,
+    narrow,
+    read_batch,
+    schema_message,
+    tensor_array,
+    to_ipc_file,
+    to_ipc_stream,
+    write_stream,
+)
 from shared.logrecords import InferenceRecord, build_batch, group_records
 from shared.table_transport import META_HEADER
 from tests.models import ccfraud_onnx, sample_rows
@@ -323,18 +331,18 @@ def test_a_dictionary_inside_an_extension_type_is_left_to_the_stream_writer():
 def test_a_schema_of_megabytes_is_not_kept(lane):
     """The request's schema bytes are the client's: caches keyed by them keep only small ones (a huge metadata value
     or column name in every request would otherwise pin up to MAX_SCHEMAS x a body)."""
-    from services.engine import arrow_stream
+    from shared import arrow_codec
 
     tensor = tensor_array(sample_rows(1))
     for value in (b"x" * (1 << 20), b"y" * (1 << 20)):
         data = _stream({"tensor": tensor}, metadata={b"k": value})
         for _ in range(2):
             assert read_batch(data) is not None and lane.answer(data, 0) is None
-    assert all(len(key) < 1 << 20 for key in arrow_stream._schemas)  # none of the 1 MB ones
+    assert all(len(key) < 1 << 20 for key in arrow_codec._SCHEMAS)  # none of the 1 MB ones
     assert all(len(key) < 1 << 20 for key in [*lane.heads, *lane.plans])
     small = _stream({"tensor": tensor})  # an ordinary request still takes the lane
     assert lane.answer(small, 0) is not None and small[:len(schema_message(pa.schema([("tensor", tensor.type)])))] \
-        in arrow_stream._schemas
+        in arrow_codec._SCHEMAS
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
