@@ -10,6 +10,11 @@ installed do not load them (docs/performance.md, "memory": every process of the 
   URLs are nats://); the dev extra installs it (tritonclient[http]). ~10 MiB in every service and replica.
 - `uvicorn`: FastStream imports it when it is installed, for serving a broker over ASGI, which Railyard does not
   do; only the gateway serves HTTP with it. ~3 MiB in every other process.
+- pyarrow's remote filesystems (`pyarrow._s3fs`, `_gcsfs`, `_azurefs`, `_hdfs`): `pyarrow.parquet` imports
+  `pyarrow.fs`, which imports each of them when it can; `_s3fs` maps libarrow_s3 and the AWS SDK's libraries.
+  Railyard reads and writes Parquet in memory and talks S3 through `shared.s3_light`/minio: ~3.3 MiB of RSS in
+  every engine replica (and the log store) once it wrote a segment (docs/performance.md item 31). `pyarrow.fs`
+  handles their absence (the filesystem is then not offered), as for a pyarrow built without them.
 
 `decline_unused()` must run before anything imports nats, faststream or pyarrow: first thing in a process's entry
 module. Importing a declined package then raises ModuleNotFoundError, exactly as when it is not installed, the
@@ -23,15 +28,17 @@ import sys
 import types
 from importlib.machinery import ModuleSpec
 
+REMOTE_FILESYSTEMS = ("pyarrow._s3fs", "pyarrow._gcsfs", "pyarrow._azurefs", "pyarrow._hdfs")
+
 
 class _Declined:
-    """A meta path finder that refuses some top-level packages (and their submodules)."""
+    """A meta path finder that refuses some top-level packages (and their submodules) and some modules."""
 
     def __init__(self, names: frozenset[str]) -> None:
         self.names = names
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> ModuleSpec | None:
-        if fullname.partition(".")[0] in self.names:
+        if fullname.partition(".")[0] in self.names or fullname in self.names:
             raise ModuleNotFoundError(f"{fullname} is not used by this process (shared/lean_imports.py)",
                                       name=fullname)
         return None
@@ -39,7 +46,7 @@ class _Declined:
 
 def decline_unused(serves_http: bool = False) -> None:
     """Keep this process from importing the packages above (uvicorn stays importable when `serves_http`)."""
-    names = {"pandas", "aiohttp"} | (set() if serves_http else {"uvicorn"})
+    names = {"pandas", "aiohttp", *REMOTE_FILESYSTEMS} | (set() if serves_http else {"uvicorn"})
     if not any(isinstance(finder, _Declined) for finder in sys.meta_path):
         sys.meta_path.insert(0, _Declined(frozenset(names - set(sys.modules))))
 

@@ -39,6 +39,26 @@ def test_a_service_process_declines_pandas_aiohttp_and_uvicorn_and_pyarrow_still
     assert out == "[0.0, 1.0, 2.0] []"
 
 
+def test_pyarrow_parquet_works_without_the_remote_filesystems():
+    """pyarrow.parquet imports pyarrow.fs, which would load libarrow_s3 (the AWS SDK) and the GCS, Azure and HDFS
+    filesystems; a service process declines them and still writes and reads Parquet in memory."""
+    out = run("""
+        from shared.lean_imports import REMOTE_FILESYSTEMS, decline_unused
+        decline_unused()
+        import sys
+        import pyarrow as pa
+        import pyarrow.fs
+        import pyarrow.parquet as pq
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.table({"x": [1, 2]}), sink)
+        back = pq.read_table(pa.BufferReader(sink.getvalue()))
+        maps = open("/proc/self/maps").read()
+        print(back.column("x").to_pylist(), [m for m in REMOTE_FILESYSTEMS if m in sys.modules],
+              "libarrow_s3" in maps, hasattr(pyarrow.fs, "LocalFileSystem"))
+    """)
+    assert out == "[1, 2] [] False True"
+
+
 def test_the_gateway_keeps_uvicorn_and_a_package_already_imported_stays():
     out = run("""
         import pandas
