@@ -28,7 +28,7 @@ import uvloop
 
 from bench.cpu_account import _role
 from bench.peers.harness import RailyardDeployer, cmdline, descendants
-from bench.tail_trace import OUT, describe, quiet_group, set_slice, timed
+from bench.tail_trace import OUT, autogroup, describe, fine_role, quiet_group, set_slice, timed
 from tests.models import ccfraud_onnx
 from tests.stack import REPO, RunningStack, stack_env
 
@@ -56,6 +56,9 @@ def main() -> None:
                         help="label:microseconds:role,role - the scheduler slice of those processes' threads")
     parser.add_argument("--batch", action="append", default=[],
                         help="label:role,role - those processes' threads under SCHED_BATCH (no wake-up preemption)")
+    parser.add_argument("--nice", action="append", default=[],
+                        help="label:N:role,role - those processes (fine roles: log_store, weed, postgres, ...) at nice "
+                             "N, every thread and its autogroup (a background-priority A/B without a new tree)")
     parser.add_argument("--shares", type=int, default=0,
                         help="run this process and the stacks in a cgroup (v1 cpu) of that cpu.shares: a high value "
                              "(100000) keeps the rest of the machine's work off them, as on a quiet machine")
@@ -119,6 +122,17 @@ def run(args: argparse.Namespace, trees: dict[str, Path], settings: dict[str, di
                         with contextlib.suppress(OSError):
                             os.sched_setscheduler(int(tid), os.SCHED_BATCH, os.sched_param(0))
             print(f"  {label}: SCHED_BATCH for {roles}")
+        for item in args.nice:
+            label, level, roles = item.split(":", 2)
+            for pid in descendants(stacks[label].process.pid):
+                if fine_role(pid) in roles.split(","):
+                    for tid in os.listdir(f"/proc/{pid}/task"):
+                        with contextlib.suppress(OSError):
+                            os.setpriority(os.PRIO_PROCESS, int(tid), int(level))
+                    with contextlib.suppress(OSError):
+                        Path(f"/proc/{pid}/autogroup").write_text(level)
+            print(f"  {label}: nice {level} for {roles}: "
+                  + ", ".join(f"{fine_role(pid)} {autogroup(pid)}" for pid in descendants(stacks[label].process.pid)))
         for label in trees:
             for form in forms:
                 uvloop.run(timed(targets[label][form].url, targets[label][form].one, 300))

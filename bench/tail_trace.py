@@ -30,7 +30,7 @@ import uvloop
 
 from bench import loadgen
 from bench.cpu_account import _role
-from bench.peers.harness import ccfraud_stack, descendants
+from bench.peers.harness import ccfraud_stack, cmdline, descendants
 
 
 class _SchedAttr(ctypes.Structure):
@@ -67,6 +67,41 @@ def quiet_group(shares: int):
                 Path("/sys/fs/cgroup/cpu/cgroup.procs").write_text(pid)
         with contextlib.suppress(OSError):
             path.rmdir()
+
+
+def fine_role(pid: int) -> str:
+    """The service a process is (`services.X` -> X, nats-server, postgres, weed, ...), finer than cpu_account's."""
+    line = cmdline(pid)
+    if "services.engine.replica" in line:
+        return "engine replica"
+    if " -m services." in line:
+        return line.split(" -m services.", 1)[1].split()[0].split(".")[0]
+    for key in ("nats-server", "postgres", "weed", "shared.cli"):
+        if key in line:
+            return key
+    return line.split(" ", 1)[0].rsplit("/", 1)[-1][:20] or "?"
+
+
+def autogroup(pid: int) -> str:
+    """The process's autogroup (/proc/PID/autogroup: one per session where the cpu cgroup is the root)."""
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/autogroup").read_text().strip()
+    return "?"
+
+
+def thread_roles(pids: dict[int, str]) -> tuple[dict[int, str], dict[int, str]]:
+    """thread id -> role (the request chain's roles as cpu_account names them, else the fine role), and thread id
+    -> 'role/thread name' for perf sched's per-thread lines."""
+    threads, names = {}, {}
+    for pid, role in pids.items():
+        fine = role if role in ("loadgen", "gateway", "nats", "engine replica") else fine_role(pid)
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                threads[int(tid)] = fine
+                with contextlib.suppress(OSError):
+                    comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+                    names[int(tid)] = f"{fine}/{comm}" + (f"+{int(tid) - pid}" if int(tid) != pid else "")
+    return threads, names
 
 
 OUT = Path(__file__).resolve().parent.parent / "build" / "tail"
@@ -164,13 +199,12 @@ def trace(args: argparse.Namespace) -> None:
             describe(run)
         print("all rounds:")
         describe(every)
-        threads = {}  # thread id -> role, for perf sched's per-thread lines
-        for pid, role in pids.items():
-            with contextlib.suppress(OSError):
-                threads |= {int(tid): role for tid in os.listdir(f"/proc/{pid}/task")}
+        threads, names = thread_roles(pids)
+        groups = {pid: autogroup(pid) for pid in pids}
+        print("autogroups: " + ", ".join(f"{fine_role(pid)} {groups[pid]}" for pid in pids))
         Path(args.out).write_text(json.dumps({"form": args.form, "env": args.env, "pids": pids,
-                                              "threads": threads, "rounds": rounds,
-                                              "perf_sched_round": args.perf_sched}))
+                                              "threads": threads, "names": names, "autogroups": groups,
+                                              "rounds": rounds, "perf_sched_round": args.perf_sched}))
         print(f"written {args.out}")
         if args.hold:
             print("holding; pids:", {r: [p for p, q in pids.items() if q == r] for r in set(pids.values())})
