@@ -87,10 +87,21 @@ class Results:
     pipeline: list[dict[str, float]] = field(default_factory=list)
     options: dict[str, dict[str, float]] = field(default_factory=dict)
     load: list[str] = field(default_factory=list)
+    machine: str = ""
 
 
 def uptime() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def machine_state() -> str:
+    """How long the machine has been up and its free memory: on a VM whose host backs guest memory on first touch
+    (Firecracker with free page reporting, as this one), a fresh VM's growing page cache costs SeaweedFS ~2-3 ms
+    of CPU per logged MB that a warm one does not (docs/performance.md item 34), so the two are not equals."""
+    up = float(Path("/proc/uptime").read_text().split()[0])
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+    free = int(meminfo.get("MemFree", "0 kB").split()[0]) // 1024
+    return f"up {up / 60:.0f} min, MemFree {free:,} MiB"
 
 
 def expected(model: str) -> tuple[float, np.ndarray]:
@@ -546,6 +557,7 @@ def main() -> int:
         name, _, config = spec.partition(":")
         variants[name] = json.loads(config)
     results = Results()
+    results.machine = machine_state()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="railyard-bench-peers-") as tmp:
         folder = Path(tmp)
@@ -589,7 +601,8 @@ def report(results: Results, seconds: float) -> str:  # noqa: C901 - one table a
     lines = [START_MARK, "## Side by side: Railyard, MLServer, mlflow (`make bench-peers`)", "",
              f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC{' (QUICK mode: short loops)' if QUICK else ''}, "
              f"{seconds / 60:.1f} min, Python {platform.python_version()}, {len(os.sched_getaffinity(0))} cores. "
-             f"Load average (1, 5, 15 min) before round 1, before round 2, after: {'; '.join(results.load)}. "
+             f"Load average (1, 5, 15 min) before round 1, before round 2, after: {'; '.join(results.load)}; "
+             f"at the start the machine was {results.machine or 'not read'}. "
              "Two rounds in opposite order, one system up at a time; each cell is the range over the rounds. "
              "Same model bytes, same load generator (bench/loadgen.py); Railyard with tokens checked and every row "
              "logged. MLServer 1.7 and the raw baseline run onnxruntime with one intra-op thread (as a replica "
