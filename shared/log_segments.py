@@ -86,7 +86,8 @@ def _pack(field: pa.Field, column: pa.ChunkedArray) -> tuple[pa.Field, pa.Array]
     if shape is None:
         return None
     dims, kind = shape
-    array = column.combine_chunks()
+    # one chunk (an engine's batch table, a sorted one): used as it is; combine_chunks copies even a lone chunk
+    array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
     values = array
     for _ in dims:
         if values.null_count:

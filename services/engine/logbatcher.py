@@ -77,6 +77,10 @@ RETRY_MAX_DELAY = 5.0
 REPORT_EVERY = 10.0
 
 
+def _at_ms(record: InferenceRecord) -> int:
+    return record.at_ms
+
+
 def _record_bytes(record: InferenceRecord) -> int:
     return record.inputs.nbytes + record.outputs.nbytes + sum(t.nbytes for t in record.shadows.values())
 
@@ -238,21 +242,26 @@ class LogBatcher:
             # also as rows: while stopping (the stream is the quicker way to have them acknowledged) and for a
             # while after object storage failed or was slow (SEGMENT_BACKOFF: a refused or hanging PUT must not
             # hold the rows, whose answers are out, until a stop's timeout loses them)
+            tables: list[tuple[pa.Table, list[int]]] = []  # segments' tables whose PUT failed: rows after all
             if self.objects is not None and size <= 4 * self.flush_bytes and not self.closing \
                     and time.monotonic() >= self.segments_after:
-                left: list[InferenceRecord] = []
-                for group in group_records(records):
+                groups, records = group_records(records), []
+                while groups:  # a group's records go once its table is built (_store_segment), not with the flush
+                    group = groups.pop(0)
                     count = sum(r.rows for r in group)
-                    if not any(r.request_id for r in group) and await self._store_segment(group, count):
+                    stored = False if any(r.request_id for r in group) else await self._store_segment(group, count)
+                    if stored is True:
                         unpublished -= count
+                    elif stored is False:
+                        records += group
                     else:
-                        left += group
-                records = left
-            if records:
-                count = sum(r.rows for r in records)
+                        tables.append(stored)
+            if records or tables:
+                count = sum(r.rows for r in records) + sum(t.num_rows for t, _ in tables)
                 # on the event loop up to 2000 rows: in a thread, the GIL it holds stalled the loop more than doing
                 # it here (bench/log_flush_lag.py measured both, issue 20)
-                payloads = await self._in_thread(self._encode, records) if count > 2000 else self._encode(records)
+                payloads = await self._in_thread(self._encode, records, tables) if count > 2000 else \
+                    self._encode(records, tables)
                 unpublished -= count - sum(c for _, _, c in payloads)  # rows _split gave up on are counted there
                 for payload, requests, c in payloads:
                     await self._publish(payload, requests)
@@ -281,8 +290,14 @@ class LogBatcher:
         data = encode_segment(table, self.settings.row_group_rows)
         return data, describe(table, key, len(data))
 
-    async def _store_segment(self, group: list[InferenceRecord], rows: int) -> bool:
-        """Write a group's rows as a segment and publish its description; False when they must go as rows."""
+    async def _store_segment(self, group: list[InferenceRecord], rows: int
+                             ) -> bool | tuple[pa.Table, list[int]]:
+        """Write a group's rows as a segment and publish its description: True; False when the records must go as
+        rows; (the group's table, its records' rows) when the PUT failed, the table then going as rows. The
+        records are in time order (a stable sort: the segment's own sort then has nothing to copy) and leave
+        `group` once the table is built: from there on their request bytes are not held for the Parquet write
+        and the PUT, only the table (memory: docs/performance.md item 31)."""
+        group.sort(key=_at_ms)
         try:
             # the table on the loop up to 2000 rows (as _encode), the Parquet write in a thread (it leaves the GIL)
             table = await self._in_thread(self._table, group) if rows > 2000 else self._table(group)
@@ -293,6 +308,8 @@ class LogBatcher:
             return False
         if made is None:
             return False
+        counts = [record.rows for record in group]
+        group.clear()
         data, ref = made
         try:
             async with asyncio.timeout(SEGMENT_PUT_TIMEOUT):  # the client's own retries take ~13 s when it is down
@@ -304,13 +321,17 @@ class LogBatcher:
             if self.segment_failures % 10 == 1:
                 log.warning("object storage refused an inference log segment of %s (%d so far): %s; sending the "
                             "rows through the stream", self.subject, self.segment_failures, exc)
-            return False
+            return table, counts
         await self._publish(ref.to_json(), {}, segment=True)
         return True
 
-    def _encode(self, records: list[InferenceRecord]) -> list[tuple[bytes, dict[str, list[int]], int]]:
-        """(payload, the rows of requests to store once, rows) for each message the records make."""
+    def _encode(self, records: list[InferenceRecord], tables: list[tuple[pa.Table, list[int]]] = ()
+                ) -> list[tuple[bytes, dict[str, list[int]], int]]:
+        """(payload, the rows of requests to store once, rows) for each message the records make, and the batch
+        tables (with their records' rows) of segments that could not be stored."""
         payloads: list[tuple[bytes, dict[str, list[int]], int]] = []
+        for table, counts in tables:
+            payloads += self._split(encode_runs(table, counts), 0, {})
         for group in group_records(records):
             once: dict[str, list[int]] = {}
             row = 0

@@ -355,3 +355,42 @@ async def test_a_stop_sends_what_is_left_as_rows_not_as_a_segment():
     batcher.add(record(1.0, rows=3))
     await batcher.close(task, 5.0)
     assert objects.stored == {} and pa.ipc.open_stream(stream.published[0][0]).read_all().num_rows == 3
+
+
+async def test_a_segments_requests_are_let_go_once_its_table_is_built_and_a_refused_put_sends_the_table():
+    """Memory (docs/performance.md item 31): while a segment's Parquet is written and PUT, the batcher holds the
+    segment's table, not also the requests' records (their request buffers); when the PUT is refused, the table's
+    rows go through the stream, all of them, in time order (the segment's order)."""
+    import gc
+    import weakref
+
+    from shared.logrecords import expand_runs
+
+    putting, refuse = asyncio.Event(), asyncio.Event()
+
+    class Refusing(Objects):
+        async def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
+            putting.set()
+            await refuse.wait()
+            raise OSError("connection refused")
+
+    stream = RefusingStream()
+    stream.full = False
+    batcher = LogBatcher(stream, DEPLOYMENT, LogSettings(), 8 * 1024 * 1024, objects=Refusing())
+    records = [record(float(i), rows=3) for i in range(4)]
+    for at, one in zip((40, 10, 30, 20), records, strict=True):
+        one.at_ms = at
+        batcher.add(one)
+    held = [weakref.ref(one) for one in records]
+    del records, one
+    flush = asyncio.create_task(batcher.flush())
+    await asyncio.wait_for(putting.wait(), 5)
+    gc.collect()
+    assert [ref() for ref in held] == [None] * 4  # the PUT is under way: only the table holds the rows
+    refuse.set()
+    await flush
+    (payload, _), = stream.published
+    table = expand_runs(pa.ipc.open_stream(payload).read_all())
+    assert table.column("time").to_pylist() == [10] * 3 + [20] * 3 + [30] * 3 + [40] * 3
+    assert [row[0] for row in table.column("in.tensor").to_pylist()] == [1.0] * 3 + [3.0] * 3 + [2.0] * 3 + [0.0] * 3
+    assert batcher.held_rows == 0 and batcher.lost_rows == 0 and batcher.abandoned_rows == 0
