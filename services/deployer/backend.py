@@ -47,11 +47,14 @@ def replica_environment(environ: Any) -> dict[str, str]:
     env.pop("RAILYARD_NATS__ENGINE_PASSWORD", None)
     env.pop("RAILYARD_PROBE_DIR", None)  # the deployer pod's probe files are the deployer's own (shared/probe_files.py)
     # Memory (docs/performance.md, "memory"): Arrow buffers from glibc's heap instead of mimalloc, which kept the
-    # freed blocks of batch-1000 load (~75 MiB) where the replica's malloc_trim could not give them back; and two
-    # glibc arenas instead of one per thread that ever ran a model call (~65 MiB of them after load). Neither
-    # measured slower (decode + predict + encode, batch 1 and 1000). An operator's own values win.
+    # freed blocks of batch-1000 load (~75 MiB) where the replica's malloc_trim could not give them back; and one
+    # glibc arena instead of one per thread that ever ran a model call (~65 MiB of them after load). One, not two
+    # (item 31): malloc_trim gives back only the main arena's free top, a thread arena's top goes only when a free
+    # finds it above the trim threshold (dynamic: up to 64 MiB), so the second arena kept 9-28 MiB of the log
+    # segments' Parquet writes after the idle trim. Neither measured slower (decode + predict + encode, batch 1
+    # and 1000; the replica at batch-1000 load, item 31). An operator's own values win.
     env.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-    env.setdefault("MALLOC_ARENA_MAX", "2")
+    env.setdefault("MALLOC_ARENA_MAX", "1")
     if env.get("RAILYARD_NATS__USER"):
         env["RAILYARD_NATS__USER"] = "engine"
         env["RAILYARD_NATS__PASSWORD"] = environ.get("RAILYARD_NATS__ENGINE_PASSWORD", "")

@@ -56,9 +56,9 @@ def replica_objects(name: str, spec: ReplicaSpec, replicas: int, autoscale: tupl
             *k8s.bus_env(settings, "engine"), *k8s.object_store_env(settings),
             {"name": "RAILYARD_STACK__DATA_DIR", "value": k8s.DATA_DIR},
             {"name": "RAILYARD_PROBE_DIR", "value": k8s.PROBE_DIR},
-            # as backend.replica_environment: Arrow from glibc's heap, two malloc arenas (docs/performance.md)
+            # as backend.replica_environment: Arrow from glibc's heap, one malloc arena (docs/performance.md)
             {"name": "ARROW_DEFAULT_MEMORY_POOL", "value": environ.get("ARROW_DEFAULT_MEMORY_POOL", "system")},
-            {"name": "MALLOC_ARENA_MAX", "value": environ.get("MALLOC_ARENA_MAX", "2")}]
+            {"name": "MALLOC_ARENA_MAX", "value": environ.get("MALLOC_ARENA_MAX", "1")}]
     container = {
         "name": "engine",
         "image": image,
