@@ -169,8 +169,11 @@ class LogSettings(BaseModel):
                                   "indexes (false: the rows travel through INFERENCE_LOGS and the log store writes "
                                   "them). Batches with rows of re-sent requests, or columns Parquet cannot store, and "
                                   "any batch object storage refuses, go through the stream either way.")
-    engine_segment_ms: float = Field(250.0, gt=0, description="With engine_segments: milliseconds at most an engine "
-                                     "gathers records before writing a segment (sooner at engine_segment_bytes).")
+    engine_segment_ms: float = Field(500.0, gt=0, description="With engine_segments: milliseconds at most an engine "
+                                     "gathers records before writing a segment (sooner at engine_segment_bytes). Each "
+                                     "write wakes the replica's writer, SeaweedFS, nats-server (an fsync), the log "
+                                     "store and PostgreSQL at once: the batch-1 tail's slow requests fall at its "
+                                     "period (docs/performance.md item 32); records readable within ~0.75 s at worst.")
     engine_segment_bytes: int = Field(4 * 1024 * 1024, gt=0, description="With engine_segments: bytes of records "
                                       "(Arrow sizes) that make an engine write a segment before engine_segment_ms.")
     flush_interval: float = Field(0.25, description="Seconds the log store gathers records into one segment.")
