@@ -20,10 +20,13 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
-
 from services.gateway.limits import read_rest, too_large
 from shared.errors import RequestTimeout
+
+try:  # checked with uvicorn 0.29 and 0.54 (tests/unit/test_gateway_body_uvicorn.py); another layout: receive()
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+except ImportError:  # pragma: no cover - uvicorn without its httptools protocol module
+    RequestResponseCycle = None  # type: ignore[assignment,misc]
 
 
 class _Started:
@@ -98,6 +101,8 @@ class _Chunks:
         self.size += len(chunk)
         self.fresh += len(chunk)
         return self
+
+    extend = __iadd__  # in case a uvicorn appends with bytearray.extend
 
     def __len__(self) -> int:
         return self.fresh
