@@ -16,6 +16,8 @@ fine_role: log_store, weed, postgres, registry, auth, engine, deployer, gateway,
                        runs in a session of its own, so its autogroup is what weighs against the other processes
                        where the cpu cgroup is the root)
     slice:US:role,role the scheduler slice of every thread of those processes (0: the kernel's default)
+    tnice:N:role, tslice:US:role   the same for every thread of those processes but the main one (a replica's
+                       log-batcher and executor threads, the gateway's libuv workers, ...)
 
 The first variant given is also the state restored at the end; `base` (nothing changed) is always one.
 """
@@ -46,10 +48,12 @@ def apply(pids: list[int], change: str) -> None:
     for pid in chosen:
         with contextlib.suppress(OSError):
             for tid in os.listdir(f"/proc/{pid}/task"):
+                if kind.startswith("t") and int(tid) == pid:  # tnice, tslice: every thread but the main one
+                    continue
                 with contextlib.suppress(OSError):
-                    if kind == "nice":
+                    if kind in ("nice", "tnice"):
                         os.setpriority(os.PRIO_PROCESS, int(tid), int(value))
-                    elif kind == "slice":
+                    elif kind in ("slice", "tslice"):
                         set_slice(int(tid), int(value) * 1000)
         if kind == "nice":
             with contextlib.suppress(OSError):
@@ -86,7 +90,7 @@ def run(args: argparse.Namespace) -> None:
         for changes in variants.values():
             for change in filter(None, changes.split(";")):
                 kind, _, roles = change.split(":", 2)
-                base_value = "0" if kind == "nice" else str(_stack_slice_us(pids, roles))
+                base_value = "0" if kind in ("nice", "tnice") else str(_stack_slice_us(pids, roles))
                 undo.setdefault(f"{kind}:{roles}", f"{kind}:{base_value}:{roles}")
         perf = None
         if args.perf_sched:
