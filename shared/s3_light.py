@@ -14,9 +14,13 @@ import hmac
 import ipaddress
 import ssl
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from shared.settings import S3Settings
+
+if TYPE_CHECKING:  # not imported here: services that store no object do not load pyarrow for this module
+    import pyarrow as pa
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _CREATE_BODY = ('<CreateBucketConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
@@ -30,7 +34,7 @@ def _signing_key(secret: str, day: str, region: str) -> bytes:
     return key
 
 
-def signed_headers(settings: S3Settings, method: str, path: str, body: bytes = b"",
+def signed_headers(settings: S3Settings, method: str, path: str, body: bytes | memoryview = b"",
                    now: datetime | None = None, payload_sha256: str | None = None) -> dict[str, str]:
     """The headers of a path-style request to `settings.endpoint` (`path` already URL-safe: bucket names are),
     signed with AWS Signature V4 when the settings carry credentials (anonymous otherwise, as the SDK does).
@@ -72,7 +76,7 @@ def backoff(attempt: int) -> float:
     return 0.0 if attempt <= 1 else BACKOFF_FACTOR * 2 ** (attempt - 1)
 
 
-async def request(settings: S3Settings, method: str, path: str, body: bytes = b"",
+async def request(settings: S3Settings, method: str, path: str, body: bytes | memoryview | pa.Buffer = b"",
                   timeout: float = 10.0, retries: int = RETRIES, extra: dict[str, str] | None = None,
                   payload_sha256: str | None = None) -> tuple[int, bytes]:
     """An HTTP/1.1 request (connection closed after it, and awaited closed); returns the status and the body (HEAD:
@@ -95,7 +99,8 @@ async def request(settings: S3Settings, method: str, path: str, body: bytes = b"
             await asyncio.sleep(backoff(attempt))
 
 
-async def _attempt(settings: S3Settings, method: str, path: str, body: bytes, extra: dict[str, str] | None = None,
+async def _attempt(settings: S3Settings, method: str, path: str, body: bytes | memoryview | pa.Buffer,
+                   extra: dict[str, str] | None = None,
                    payload_sha256: str | None = None) -> tuple[int, bytes]:
     host, _, port = settings.endpoint.rpartition(":")
     if not host or not port.isdigit():
@@ -103,14 +108,15 @@ async def _attempt(settings: S3Settings, method: str, path: str, body: bytes, ex
     context = ssl.create_default_context() if settings.secure else None
     reader, writer = await asyncio.open_connection(host.strip("[]"), int(port), ssl=context)
     try:
-        headers = signed_headers(settings, method, path, body, payload_sha256=payload_sha256) | (extra or {}) | {
-            "content-length": str(len(body)), "connection": "close"}
+        view = memoryview(body).cast("B")  # any bytes-like body (an Arrow buffer: a log segment), not copied
+        headers = signed_headers(settings, method, path, view, payload_sha256=payload_sha256) | (extra or {}) | {
+            "content-length": str(view.nbytes), "connection": "close"}
         head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-        if len(body) > 65536:  # not copied into one string with the head
+        if view.nbytes > 65536:  # not copied into one string with the head (uvloop's transport keeps the view)
             writer.write(head.encode())
-            writer.write(body)
+            writer.write(view)
         else:
-            writer.write(head.encode() + body)
+            writer.write(head.encode() + view)
         await writer.drain()
         status_line = await reader.readline()
         if not status_line:  # closed before answering: a connection error, as urllib3 counts it
@@ -182,9 +188,10 @@ def payload_travels_safely(settings: S3Settings) -> bool:
         return False
 
 
-async def put_object(settings: S3Settings, bucket: str, key: str, data: bytes,
+async def put_object(settings: S3Settings, bucket: str, key: str, data: bytes | memoryview | pa.Buffer,
                      content_type: str = "application/octet-stream") -> bool:
-    """Store `data` under `key` in one signed PUT (the payload's SHA-256 signed unless `payload_travels_safely`,
+    """Store `data` (any bytes-like object: an Arrow buffer is sent from where it is, not copied) under `key` in
+    one signed PUT (the payload's SHA-256 signed unless `payload_travels_safely`,
     computed in a worker thread: hashlib leaves the GIL, so the caller's event loop goes on); True when S3 stored
     it (200), False for any other answer (the caller asks the SDK, which raises the S3 error). Connection errors are
     retried as in `request` (a PUT of the same bytes under the same key is idempotent), then raised. No SDK, no
@@ -194,6 +201,6 @@ async def put_object(settings: S3Settings, bucket: str, key: str, data: bytes,
     else:
         digest = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
     path = f"/{bucket}/{quote(key, safe='/')}"
-    status, _ = await request(settings, "PUT", path, data, timeout=60.0 + len(data) / 1_000_000,
+    status, _ = await request(settings, "PUT", path, data, timeout=60.0 + memoryview(data).nbytes / 1_000_000,
                               extra={"content-type": content_type}, payload_sha256=digest)
     return status == 200

@@ -46,7 +46,7 @@ from shared.log_segments import (
     SEGMENT_HEADER,
     SegmentRef,
     describe,
-    encode_segment,
+    encode_segment_buffer,
     segment_key,
     sort_by_time,
     unwritable,
@@ -281,13 +281,14 @@ class LogBatcher:
     def _table(self, group: list[InferenceRecord]) -> pa.Table:
         return drop_oversized(build_batch(group, self.version), self.settings.max_row_bytes)
 
-    def _segment(self, table: pa.Table) -> tuple[bytes, SegmentRef] | None:
-        """The table as a segment (its bytes and description), or None when a column cannot be stored."""
+    def _segment(self, table: pa.Table) -> tuple[pa.Buffer, SegmentRef] | None:
+        """The table as a segment (its bytes, in the Arrow buffer Parquet wrote them to: the PUT sends them from
+        there, no `bytes` copy) and description, or None when a column cannot be stored."""
         if any(unwritable(f.type) for f in table.schema if f.name.startswith(("in.", "out.", "out_"))):
             return None
         table = sort_by_time(storage_order(table))
         key = segment_key(self.workspace_id, self.pipeline, ENGINE_SUFFIX)
-        data = encode_segment(table, self.settings.row_group_rows)
+        data = encode_segment_buffer(table, self.settings.row_group_rows)
         return data, describe(table, key, len(data))
 
     async def _store_segment(self, group: list[InferenceRecord], rows: int

@@ -163,11 +163,13 @@ class Objects:
     def __init__(self, down: bool = False) -> None:
         self.down = down
         self.stored: dict[str, bytes] = {}
+        self.kinds: list[type] = []
 
     async def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
         if self.down:
             raise OSError("connection refused")
-        self.stored[key] = data
+        self.kinds.append(type(data))
+        self.stored[key] = bytes(data)  # as it goes on the wire (a segment comes as an Arrow buffer)
 
 
 async def test_with_an_object_store_the_rows_go_as_a_segment_and_only_its_description_through_the_stream():
@@ -199,6 +201,7 @@ async def test_with_an_object_store_the_rows_go_as_a_segment_and_only_its_descri
     ref = SegmentRef.from_json(body, 1, "p")
     rows = sort_by_time(storage_order(expand_runs(pa.ipc.open_stream(inline.published[0][0]).read_all())))
     assert objects.stored == {ref.key: encode_segment(rows, LogSettings().row_group_rows)}
+    assert objects.kinds == [pa.Buffer]  # Parquet's own buffer goes to the PUT, not a `bytes` copy of it
     assert (ref.rows, ref.min_time, ref.max_time, ref.versions, ref.dropped) == (12, 10, 30, ["v"], [])
     assert ref.schema_fp == schema_fingerprint(rows.schema)
     stored = unpack_tensors(pq.read_table(pa.BufferReader(objects.stored[ref.key])))

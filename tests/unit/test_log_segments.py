@@ -48,3 +48,15 @@ def test_a_sliced_table_and_column_reads_unpack_the_right_rows():
     groups = pq.ParquetFile(pa.BufferReader(data)).read_row_groups([1, 2])
     assert unpack_tensors(groups).column("in.x").to_pylist() == floats[5:8].tolist()
     assert unpack_tensors(groups.slice(0, 0)).column("in.x").to_pylist() == []
+
+
+def test_the_engines_segment_buffer_is_the_log_stores_bytes():
+    """encode_segment_buffer (the engine's writer, handed to the PUT as it is) holds exactly the bytes the log
+    store's encode_segment writes."""
+    from shared.log_segments import encode_segment_buffer
+
+    table = pa.table({"time": pa.array(np.arange(50, dtype=np.int64)), "model": pa.array(["m"] * 50),
+                      "out.y": tensor_array(np.ones((50, 3), dtype=np.float32))})
+    buffer = encode_segment_buffer(table, row_group_rows=16)
+    assert isinstance(buffer, pa.Buffer)
+    assert buffer.to_pybytes() == encode_segment(table, row_group_rows=16)

@@ -225,3 +225,34 @@ def test_which_payloads_travel_safely() -> None:
                                    ("s3.example.com", False, False), ("s3.example.com", True, True)):
         settings = S3Settings(endpoint=endpoint, secure=secure)
         assert s3_light.payload_travels_safely(settings) is safe, endpoint
+
+
+@pytest.mark.parametrize("form", ["arrow", "memoryview", "small"])
+async def test_a_put_sends_any_bytes_like_body_whole(monkeypatch: pytest.MonkeyPatch, form: str) -> None:
+    """put_object takes the engine's log segment as the Arrow buffer Parquet wrote it to (no `bytes` copy): the
+    same request as for `bytes` (Content-Length, the signed SHA-256 for plain HTTP to another host), the body whole."""
+    import pyarrow as pa
+
+    raw = bytes(range(256)) * (4 if form == "small" else 4000)
+    data = memoryview(raw) if form == "memoryview" else pa.py_buffer(raw)
+    got: list[tuple[bytes, bytes]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        got.append((head, await reader.readexactly(length)))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    settings = SETTINGS.model_copy(update={"endpoint": f"127.0.0.1:{server.sockets[0].getsockname()[1]}"})
+    async with server:
+        assert await s3_light.put_object(settings, "railyard-logs", "k", data) is True
+        monkeypatch.setattr(s3_light, "payload_travels_safely", lambda _: False)
+        assert await s3_light.put_object(settings, "railyard-logs", "k", data) is True
+    for (head, body), payload in zip(got, ("UNSIGNED-PAYLOAD", hashlib.sha256(raw).hexdigest()), strict=True):
+        headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:] if line)
+        assert body == raw and headers["content-length"] == str(len(raw))
+        assert headers["x-amz-content-sha256"] == payload
