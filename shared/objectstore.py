@@ -63,7 +63,7 @@ class ObjectStore(Protocol):
     async def ensure_buckets(self, names: Iterable[str]) -> None: ...
     async def put_stream(self, bucket: str, key: str, source: BinaryIO | AsyncIterator[bytes],
                          length: int = -1, content_type: str = "application/octet-stream") -> StoredObject: ...
-    async def put_bytes(self, bucket: str, key: str, data: bytes,
+    async def put_bytes(self, bucket: str, key: str, data: bytes | memoryview | Any,
                         content_type: str = "application/octet-stream") -> StoredObject: ...
     async def put_content_addressed(self, bucket: str, source: BinaryIO | AsyncIterator[bytes]) -> StoredObject: ...
     def get_stream(self, bucket: str, key: str, chunk_size: int = CHUNK) -> AsyncIterator[bytes]: ...
@@ -143,10 +143,12 @@ class MinioObjectStore:
             spool.seek(0)
             return await self._put_file(bucket, key, spool, size, content_type)
 
-    async def put_bytes(self, bucket: str, key: str, data: bytes,
+    async def put_bytes(self, bucket: str, key: str, data: bytes | memoryview | Any,
                         content_type: str = "application/octet-stream") -> StoredObject:
         """Bytes up to LIGHT_PUT_BYTES go in one PUT of `shared.s3_light` (no SDK, no thread, no multipart above
-        5 MiB; inference log segments); larger ones, and any answer that PUT does not expect, through the SDK."""
+        5 MiB; inference log segments); larger ones, and any answer that PUT does not expect, through the SDK.
+        `data`: any object with the buffer protocol and a length (bytes, a memoryview, a pyarrow Buffer: the engine
+        hands its Parquet segment over without copying it into bytes)."""
         if len(data) <= LIGHT_PUT_BYTES:
             try:
                 if await s3_light.put_object(self._settings, self.bucket(bucket), key, data, content_type):
