@@ -85,6 +85,10 @@ class GatewaySettings(BaseModel):
     max_upload_bytes: int = Field(10 * 1024**3, description="Largest model upload accepted (413 above).")
     max_json_bytes: int = Field(2 * 1024 * 1024, description="Largest body of a JSON route (every route but "
                                 "inference and the multipart uploads; 413 above).")
+    keep_alive: float = Field(75.0, gt=0, description="Seconds an idle keep-alive connection stays open. Longer "
+                              "than clients keep idle connections for reuse (httpx 5 s, the SDK's client): with "
+                              "uvicorn's default of 5 s, a request sent on a connection as the gateway closed it "
+                              "got no answer ('Server disconnected without sending a response'); 75 s as nginx.")
     body_timeout: float = Field(60.0, description="Seconds a client has to send a request body (uploads: seconds "
                                 "without a byte); 408 after.")
     token_rate_per_source: float = Field(10.0, description="Token requests per second from one source address (an "

@@ -56,6 +56,7 @@ async def start_http(runtime: Runtime) -> None:
         access_log=False,
         proxy_headers=False,  # no X-Forwarded-* rewriting (one middleware less per request); see public_url
         h11_max_incomplete_event_size=settings.max_body_bytes,
+        timeout_keep_alive=settings.keep_alive,  # longer than clients reuse idle connections for (settings.py)
     )
     server = _Server(config)
     runtime.extras["http_server"] = server
