@@ -18,16 +18,14 @@ import asyncio
 import hashlib
 import multiprocessing
 import os
-import resource
 import socket
 import tempfile
 import time
 from pathlib import Path
 
+from bench.log_put import _cpu, _own
 from shared import s3_light
 from shared.settings import S3Settings
-
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _serve(port: int, root: str, md5: bool, ready) -> None:
@@ -54,16 +52,6 @@ def _serve(port: int, root: str, md5: bool, ready) -> None:
         os.close(fd)
         conn.sendall(f'HTTP/1.1 200 OK\r\nETag: "{etag}"\r\nContent-Length: 0\r\n\r\n'.encode())
         conn.close()
-
-
-def _cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def _own() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def floor(data: bytes, puts: int, rounds: int, root: str) -> None:
