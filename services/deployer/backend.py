@@ -37,6 +37,17 @@ def _die_with_parent(slice_us: int = 0) -> None:
         sched_hint.request_path_slice(slice_us)
 
 
+# Memory (docs/performance.md, "memory"): Arrow buffers from glibc's heap instead of mimalloc, which kept the freed
+# blocks of batch-1000 load (~75 MiB) where the replica's malloc_trim could not give them back; and one glibc arena
+# instead of one per thread that ever ran a model call (~65 MiB of them after load). One, not two (item 31):
+# malloc_trim gives back only the main arena's free top, a thread arena's top goes only when a free finds it above
+# the trim threshold (dynamic: up to 64 MiB), so the second arena kept 9-28 MiB of the log segments' Parquet writes
+# after the idle trim. Neither measured slower (decode + predict + encode, batch 1 and 1000; the replica at
+# batch-1000 load, item 31). Both backends start replicas with these unless the operator set them
+# (kubernetes.replica_objects too).
+REPLICA_MEMORY_DEFAULTS = {"ARROW_DEFAULT_MEMORY_POOL": "system", "MALLOC_ARENA_MAX": "1"}
+
+
 def replica_environment(environ: Any) -> dict[str, str]:
     """An engine replica's environment: the deployer's, but connecting to the bus as `engine` (the identity that
     may answer `engine.<deployment>.infer` and publish inference logs), never as the deployer, and without the
@@ -46,15 +57,8 @@ def replica_environment(environ: Any) -> dict[str, str]:
            if not name.startswith(("RAILYARD_POSTGRES__", "RAILYARD_DB_PASSWORD__"))}
     env.pop("RAILYARD_NATS__ENGINE_PASSWORD", None)
     env.pop("RAILYARD_PROBE_DIR", None)  # the deployer pod's probe files are the deployer's own (shared/probe_files.py)
-    # Memory (docs/performance.md, "memory"): Arrow buffers from glibc's heap instead of mimalloc, which kept the
-    # freed blocks of batch-1000 load (~75 MiB) where the replica's malloc_trim could not give them back; and one
-    # glibc arena instead of one per thread that ever ran a model call (~65 MiB of them after load). One, not two
-    # (item 31): malloc_trim gives back only the main arena's free top, a thread arena's top goes only when a free
-    # finds it above the trim threshold (dynamic: up to 64 MiB), so the second arena kept 9-28 MiB of the log
-    # segments' Parquet writes after the idle trim. Neither measured slower (decode + predict + encode, batch 1
-    # and 1000; the replica at batch-1000 load, item 31). An operator's own values win.
-    env.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-    env.setdefault("MALLOC_ARENA_MAX", "1")
+    for name, value in REPLICA_MEMORY_DEFAULTS.items():  # an operator's own values win
+        env.setdefault(name, value)
     if env.get("RAILYARD_NATS__USER"):
         env["RAILYARD_NATS__USER"] = "engine"
         env["RAILYARD_NATS__PASSWORD"] = environ.get("RAILYARD_NATS__ENGINE_PASSWORD", "")

@@ -21,6 +21,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+from services.deployer.backend import REPLICA_MEMORY_DEFAULTS
 from shared import kubernetes_objects as k8s
 from shared.messages.engine import ReplicaSpec
 from shared.settings import Settings
@@ -56,9 +57,8 @@ def replica_objects(name: str, spec: ReplicaSpec, replicas: int, autoscale: tupl
             *k8s.bus_env(settings, "engine"), *k8s.object_store_env(settings),
             {"name": "RAILYARD_STACK__DATA_DIR", "value": k8s.DATA_DIR},
             {"name": "RAILYARD_PROBE_DIR", "value": k8s.PROBE_DIR},
-            # as backend.replica_environment: Arrow from glibc's heap, one malloc arena (docs/performance.md)
-            {"name": "ARROW_DEFAULT_MEMORY_POOL", "value": environ.get("ARROW_DEFAULT_MEMORY_POOL", "system")},
-            {"name": "MALLOC_ARENA_MAX", "value": environ.get("MALLOC_ARENA_MAX", "1")}]
+            # as backend.replica_environment: its memory settings, the deployer's own values first
+            *({"name": name, "value": environ.get(name, value)} for name, value in REPLICA_MEMORY_DEFAULTS.items())]
     container = {
         "name": "engine",
         "image": image,
