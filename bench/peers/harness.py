@@ -618,6 +618,11 @@ def report(results: Results, seconds: float) -> str:  # noqa: C901 - one table a
                 values = [f[system][model][measure] for f in results.rounds if model in f.get(system, {})]
                 cells.append(_span(values, digits, suffix) if values else "")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            if measure == "p99_ms":  # the tail target's own measure, for every system: what this VM allows
+                tails = [[f[s][model]["p99_ms"] / f[s][model]["p50_ms"] for f in results.rounds
+                          if model in f.get(s, {})] for s in present]
+                lines.append("| batch-1 p99 / own p50 | " + " | ".join(_span(t, 2, "x") if t else "" for t in tails)
+                             + " |")
         lines.append("")
         ours = [s for s in present if s.startswith("Railyard")]
         peers = [s for s in present if s not in ours]
