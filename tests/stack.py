@@ -4,6 +4,7 @@ picked free on 127.0.0.1 so a developer's own `make run` stack is never touched.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import random
@@ -16,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.embedded.servers import GRPC_OFFSET, weed_grpc_socket
@@ -44,19 +45,99 @@ def port_range() -> range:
     return range(start, start + width)
 
 
+# Ports picked here are leased across processes until the picking process releases them (RunningStack.stop), dies,
+# or LEASE_SECONDS pass: a port checked free is only bound by the stack seconds later, and two processes picking at
+# once (xdist workers of two sessions, a bench's stack beside a test's) could take each other's ports: a gateway
+# then crash-looped on a port the other stack had bound, silently (wait_healthy now fails on it). Once the stack
+# has bound what it picked, port_free keeps it from being picked again.
+PORT_LEASES = Path(tempfile.gettempdir()) / "railyard-test-ports"
+LEASE_SECONDS = 600.0
+
+
 def free_ports(count: int, with_grpc: set[int] = frozenset()) -> list[int]:
-    """`count` distinct free ports of port_range(); those at indexes in with_grpc also have port+10000 free."""
+    """`count` distinct free ports of port_range(); those at indexes in with_grpc also have port+10000 free. Each is
+    leased to this process (PORT_LEASES) so no other process picks it before the stack binds it."""
     rng = random.Random(os.getpid() ^ time.monotonic_ns())
     ports = port_range()
     chosen: list[int] = []
-    while len(chosen) < count:
-        port = rng.randrange(ports.start, ports.stop)
-        needed = [port] + ([port + GRPC_OFFSET] if len(chosen) in with_grpc else [])
-        taken = set(chosen) | {p + GRPC_OFFSET for p in chosen}
-        if any(p in taken for p in needed) or not all(port_free("127.0.0.1", p) for p in needed):
-            continue
-        chosen.append(port)
+    with _leases_locked() as leases:
+        draws = max(20 * len(ports), 1000)
+        while len(chosen) < count:
+            draws -= 1
+            if draws < 0:
+                raise RuntimeError(f"no {count} free ports in {ports} (bound or leased in {leases})")
+            port = rng.randrange(ports.start, ports.stop)
+            needed = [port] + ([port + GRPC_OFFSET] if len(chosen) in with_grpc else [])
+            taken = set(chosen) | {p + GRPC_OFFSET for p in chosen}
+            if any(p in taken or not _lease_free(leases, p) for p in needed) \
+                    or not all(port_free("127.0.0.1", p) for p in needed):
+                continue
+            for p in needed:
+                _lease(leases, p)
+            chosen.append(port)
     return chosen
+
+
+def release_ports(ports: Iterator[int] | list[int]) -> None:
+    """End this process's leases of `ports` (and of their port+10000), as a stopped stack no longer needs them."""
+    with _leases_locked() as leases:
+        if leases is None:
+            return
+        for port in ports:
+            for p in (port, port + GRPC_OFFSET):
+                path = leases / str(p)
+                with contextlib.suppress(OSError, ValueError):
+                    if int(path.read_text() or 0) == os.getpid():
+                        path.unlink()
+
+
+@contextlib.contextmanager
+def _leases_locked() -> Iterator[Path | None]:
+    """The lease folder, locked against other processes picking at the same moment (a pick takes milliseconds); None
+    when it cannot be used (another user's folder): then ports are picked as before, checked free only."""
+    try:
+        PORT_LEASES.mkdir(mode=0o1777, exist_ok=True)
+        handle = open(PORT_LEASES / ".lock", "a")  # noqa: SIM115 - closed below, after the lock
+    except OSError:
+        yield None
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield PORT_LEASES
+    finally:
+        handle.close()  # and the lock with it
+
+
+def _lease_free(leases: Path | None, port: int) -> bool:
+    """No live lease on `port`: none, or one whose process is gone or which is too old. This process's own leases
+    hold too (two stacks it starts one after the other must not share the first one's ports before it binds them)."""
+    if leases is None:
+        return True
+    path = leases / str(port)
+    try:
+        pid = int(path.read_text() or 0)
+        age = time.time() - path.stat().st_mtime
+    except (OSError, ValueError):
+        return True
+    return age > LEASE_SECONDS or not _pid_alive(pid)
+
+
+def _lease(leases: Path | None, port: int) -> None:
+    if leases is not None:
+        with contextlib.suppress(OSError):
+            (leases / str(port)).write_text(str(os.getpid()))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def stack_env(data_dir: Path) -> dict[str, str]:
@@ -122,6 +203,7 @@ class RunningStack:
     data_dir: Path
     env: dict[str, str]
     output: Path
+    log_sizes: dict[str, int] = field(default_factory=dict)  # the services' logs at start: what came before is old
 
     @property
     def api(self) -> str:
@@ -175,15 +257,51 @@ class RunningStack:
             return 0, {}
 
     def wait_healthy(self, timeout: float = 120.0) -> dict:
+        """The health report once every service answers. Fails at once, naming the process and the port, when a
+        server or service of this stack cannot bind its port (the supervisor would restart it forever and the
+        health check never answer), or when what answers on the gateway's port is not this stack's gateway."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"railyard up exited with {self.process.returncode}:\n{self.output.read_text()}")
+            failures = self.bind_failures()
+            if failures:
+                raise RuntimeError("a port of this stack is taken by another process (a concurrent stack?): "
+                                   + "; ".join(failures) + f"\n{self.output.read_text()[-3000:]}")
             status, body = self.health()
             if status == 200:
+                self._check_gateway_is_ours()
                 return body
             time.sleep(0.2)
         raise RuntimeError(f"stack not healthy after {timeout}s:\n{self.output.read_text()}")
+
+    def bind_failures(self) -> list[str]:
+        """`<process>: <its log line>` for each server or service of this stack whose log says, since this stack
+        started, that its address was already in use."""
+        found = []
+        for log in sorted((self.data_dir / "logs").glob("*.log")):
+            with contextlib.suppress(OSError), open(log, "rb") as handle:
+                handle.seek(self.log_sizes.get(log.name, 0))
+                for line in handle.read().decode(errors="replace").splitlines():
+                    if "address already in use" in line.lower():
+                        found.append(f"{log.stem}: {line.strip()[:300]}")
+                        break
+        return found
+
+    def _check_gateway_is_ours(self) -> None:
+        """The process listening on the gateway's port is one of this stack's (the supervisor's descendants)."""
+        import psutil
+
+        port = int(self.env["RAILYARD_GATEWAY__PORT"])
+        try:
+            listeners = {c.pid for c in psutil.net_connections("tcp")
+                         if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port}
+            ours = {self.process.pid} | {p.pid for p in psutil.Process(self.process.pid).children(recursive=True)}
+        except (psutil.Error, OSError):
+            return
+        if listeners and None not in listeners and not listeners & ours:  # None: not allowed to see the owner
+            raise RuntimeError(f"the gateway port {port} is held by pid {sorted(listeners)}, not by this stack: "
+                               f"another stack answered its health check\n{self.output.read_text()[-3000:]}")
 
     def leftovers(self) -> list[str]:
         """What a stopped stack must not leave behind: a process running from its data directory, its state file,
@@ -211,7 +329,13 @@ class RunningStack:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+        release_ports(self.ports())
         return self.process.returncode
+
+    def ports(self) -> list[int]:
+        """The ports picked for this stack (their gRPC ports, +10000, go with them)."""
+        return [int(value) for key, value in self.env.items()
+                if key == "RAILYARD_GATEWAY__PORT" or (key.startswith("RAILYARD_STACK__") and key.endswith("_PORT"))]
 
 
 @contextlib.contextmanager
@@ -231,8 +355,10 @@ def start_stack(data_dir: Path, env: dict[str, str] | None = None, own_group: bo
     """`railyard up` for data_dir; own_group: in a process group of its own, which a test may signal as a whole."""
     env = env or stack_env(data_dir)
     output = data_dir.parent / f"{data_dir.name}-up.log"
+    # a restarted stack's data directory keeps its logs: only what is written after this start counts
+    log_sizes = {log.name: log.stat().st_size for log in (data_dir / "logs").glob("*.log")}
     with open(output, "ab") as handle:  # the child writes to its own copy of the descriptor for its whole life
         process = subprocess.Popen([sys.executable, "-m", "shared.cli", "up"], cwd=REPO, env=env,
                                    stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=own_group)
-    return RunningStack(process=process, data_dir=data_dir, env=env, output=output)
+    return RunningStack(process=process, data_dir=data_dir, env=env, output=output, log_sizes=log_sizes)

@@ -1,0 +1,121 @@
+"""tests/stack.py's port picking across processes (leases until the stack binds its ports) and its loud failure when
+a port of the stack is taken anyway, instead of a service crash-looping while wait_healthy waits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import stack
+from tests.stack import REPO, RunningStack
+
+PICK = """
+import json, sys
+from pathlib import Path
+from tests import stack
+stack.PORT_LEASES = Path(sys.argv[1])
+stack.port_range = lambda: range(int(sys.argv[2]), int(sys.argv[2]) + 24)
+sys.stdin.readline()  # both start picking at the same moment
+print(json.dumps(stack.free_ports(12)), flush=True)
+sys.stdin.readline()  # and hold their leases until told
+"""
+
+
+@pytest.fixture
+def leases(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "leases"
+    monkeypatch.setattr(stack, "PORT_LEASES", folder)
+    return folder
+
+
+def _free_range(width: int) -> int:
+    """The start of `width` ports free on 127.0.0.1 (the test needs them free to tell leases from bound ports)."""
+    for start in range(46000, 60000, width):
+        if all(stack.port_free("127.0.0.1", port) for port in range(start, start + width)):
+            return start
+    pytest.skip("no free range of ports")
+
+
+def test_two_processes_picking_at_once_never_share_a_port(leases):
+    start = _free_range(24)
+    pickers = [subprocess.Popen([sys.executable, "-c", PICK, str(leases), str(start)], cwd=REPO, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(2)]
+    try:
+        for picker in pickers:
+            picker.stdin.write("go\n")
+            picker.stdin.flush()
+        picked = [set(json.loads(picker.stdout.readline())) for picker in pickers]
+    finally:
+        for picker in pickers:
+            picker.communicate("done\n", timeout=30)
+    # 12 of 24 each: two independent random picks (the old code) share a port all but always
+    assert len(picked[0]) == len(picked[1]) == 12 and not picked[0] & picked[1]
+    assert picked[0] | picked[1] == set(range(start, start + 24))
+
+
+def test_a_live_processs_lease_is_skipped_an_expired_or_dead_ones_taken_over(leases, monkeypatch):
+    start = _free_range(3)
+    monkeypatch.setattr(stack, "port_range", lambda: range(start, start + 3))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leases.mkdir()
+    (leases / str(start)).write_text(str(dead.pid))  # its process is gone
+    (leases / str(start + 1)).write_text("1")  # init's: alive
+    (leases / str(start + 2)).write_text("1")
+    old = time.time() - stack.LEASE_SECONDS - 1  # ...but older than LEASE_SECONDS: expired
+    stack.os.utime(leases / str(start + 2), (old, old))
+    assert sorted(stack.free_ports(2)) == [start, start + 2]
+    assert {(leases / str(p)).read_text() for p in (start, start + 2)} == {str(stack.os.getpid())}
+    # this process's own leases hold too, and a range with nothing left fails instead of searching forever
+    with pytest.raises(RuntimeError, match="no 1 free ports"):
+        stack.free_ports(1)
+
+
+def test_a_stopped_stack_releases_only_its_own_leases(leases, monkeypatch):
+    start = _free_range(4)
+    monkeypatch.setattr(stack, "port_range", lambda: range(start, start + 2))
+    picked = stack.free_ports(2)
+    leases.joinpath(str(start + 3)).write_text("1")  # another process's
+    stack.release_ports([*picked, start + 3])
+    assert sorted(p.name for p in leases.iterdir() if not p.name.startswith(".")) == [str(start + 3)]
+
+
+def test_stack_env_leases_every_port_it_picks_with_its_grpc_port(leases):
+    env = stack.stack_env(Path("/unused"))
+    running = RunningStack(process=subprocess.Popen(["true"]), data_dir=Path("/unused"), env=env, output=Path("/x"))
+    ports = running.ports()
+    assert len(ports) == len(stack.PORT_NAMES) + 1
+    held = {int(p.name) for p in leases.iterdir() if not p.name.startswith(".")}
+    grpc = {int(env[f"RAILYARD_STACK__{name}"]) + stack.GRPC_OFFSET for name in stack.NEEDS_GRPC}
+    assert held == set(ports) | grpc
+    running.process.wait()
+    running.stop()
+    assert not [p for p in leases.iterdir() if not p.name.startswith(".")]
+
+
+def test_wait_healthy_fails_at_once_when_a_service_cannot_bind_its_port(tmp_path):
+    data = tmp_path / "data"
+    (data / "logs").mkdir(parents=True)
+    (data / "logs" / "nats.log").write_text("[ERR] listen tcp 127.0.0.1:4222: bind: address already in use\n")
+    up = tmp_path / "up.log"
+    up.write_text("railyard: gateway exited with code 1; restarting in 0.4s\n")
+    supervisor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        # the nats line was there before this start (a restarted data directory): only the gateway's is new
+        running = RunningStack(process=supervisor, data_dir=data, env={"RAILYARD_GATEWAY__PORT": "1"}, output=up,
+                               log_sizes={"nats.log": (data / "logs" / "nats.log").stat().st_size})
+        (data / "logs" / "gateway.log").write_text(
+            "ERROR: [Errno 98] error while attempting to bind on address ('127.0.0.1', 1): address already in use\n")
+        began = time.monotonic()
+        with pytest.raises(RuntimeError, match="taken by another process") as caught:
+            running.wait_healthy(30)
+        assert time.monotonic() - began < 5
+        assert "gateway: ERROR: [Errno 98]" in str(caught.value) and "nats:" not in str(caught.value)
+    finally:
+        supervisor.kill()
+        supervisor.wait()
