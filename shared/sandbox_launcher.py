@@ -332,8 +332,19 @@ def measure(top: str, stop_bytes: float = float("inf"), stop_files: float = floa
 def sandbox_pids(child_pid: int, namespace: str | None) -> list[int]:
     """The processes of the sandbox, this process excepted: every descendant of this process (so also those in a
     pid namespace the tenant nested inside the sandbox's, which a namespace comparison missed, and the orphans
-    the sandbox's init adopts), and those in its pid namespace (or, without namespaces, in this process's process
-    group, which `spawn` started as a session of its own: orphans re-parented outside it)."""
+    the sandbox's init adopts), and, without namespaces, those in this process's process group, which `spawn`
+    started as a session of its own (orphans re-parented outside it).
+
+    With a pid namespace the descendants are all of it: a process of the namespace that loses its parent goes to
+    the namespace's init (the child) or a subreaper inside it, and its init may not clone with CLONE_PARENT; so
+    the walk follows `/proc/<pid>/task/<tid>/children` from this process and reads a few files, where scanning
+    every process on the host cost 3.5-4.7 ms at ~100-150 processes, four times a second for every sandbox
+    (14-19 ms of CPU a second, idle or not; more on a busy host). Without namespaces, or on a kernel without
+    those files (CONFIG_PROC_CHILDREN), every process is scanned as before."""
+    if namespace is not None:
+        walked = _descendants(os.getpid())
+        if walked is not None:
+            return sorted(walked)
     me, group = os.getpid(), os.getpgid(0)
     children: dict[int, list[int]] = {}
     members = set()
@@ -359,6 +370,40 @@ def sandbox_pids(child_pid: int, namespace: str | None) -> list[int]:
             visited.add(pid)
             stack.extend(children.get(pid, []))
     return sorted(members | visited)
+
+
+def _children(pid: int) -> list[int] | None:
+    """The children of every thread of `pid` ([] when it is gone); None when the kernel has no children files."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    found: list[int] = []
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as handle:
+                found.extend(int(value) for value in handle.read().split())
+        except FileNotFoundError:
+            if os.path.exists(f"/proc/{pid}/task/{tid}"):  # the thread is there, its children file is not
+                return None
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _descendants(root: int) -> set[int] | None:
+    """Every descendant of `root`, `root` excepted; None when the kernel cannot list children."""
+    stack, visited = [root], set()
+    while stack:
+        pid = stack.pop()
+        found = _children(pid)
+        if found is None:
+            return None
+        for child in found:
+            if child not in visited:
+                visited.add(child)
+                stack.append(child)
+    return visited
 
 
 def add_unlinked(usage: Usage, pids: list[int], device: int) -> None:
