@@ -8,8 +8,8 @@ threads counts all of them), the wall time, whether it holds the GIL while it pa
 another thread beside it, against that loop alone: ~1 for a reader that lets go of the GIL on a free second core,
 ~0.3-0.5 for one that holds it), and which of the invalid JSON number forms of `FORMS` it takes without an error
 (the gateway must answer those with its typed 400; a reader that takes them needs a check of its own).
-The non-simdjson readers are handed only the `data` list's bytes (found by `find`, as a change would have to):
-their figures leave out the rest of the body's JSON, which they would still need read by another parser.
+The other readers but pyarrow's JSON reader are handed only the `data` list's bytes (found by `find`, as a change
+would have to): their figures leave out the rest of the body's JSON, which another parser would still have to read.
 """
 from __future__ import annotations
 
