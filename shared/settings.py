@@ -89,6 +89,13 @@ class GatewaySettings(BaseModel):
                               "than clients keep idle connections for reuse (httpx 5 s, the SDK's client): with "
                               "uvicorn's default of 5 s, a request sent on a connection as the gateway closed it "
                               "got no answer ('Server disconnected without sending a response'); 75 s as nginx.")
+    max_connections: int = Field(4096, ge=1, description="Open client connections the gateway keeps at most (per "
+                                 "gateway process); a connection above it is answered 503 at once and closed, the "
+                                 "ones already open keep being served.")
+    max_connections_per_source: int = Field(256, ge=1, description="Open connections one source address may hold "
+                                            "(an IPv6 client: its /64); the TCP peer, a trusted proxy exempt. Above "
+                                            "it: 503 and closed, as max_connections, so one client cannot take them "
+                                            "all.")
     body_timeout: float = Field(60.0, description="Seconds a client has to send a request body (uploads: seconds "
                                 "without a byte); 408 after.")
     token_rate_per_source: float = Field(10.0, description="Token requests per second from one source address (an "

@@ -9,10 +9,13 @@ import socket
 import uvicorn
 from faststream.nats import NatsRouter
 
+from services.gateway.connections import ConnectionLimits, ensure_descriptors, limited_protocol
 from services.gateway.http import create_app
+from services.gateway.source_address import SourceAddress
 from shared.authz import bus_verifier
 from shared.errors import Unavailable
 from shared.service import Runtime, ServiceSpec
+from shared.settings import GatewaySettings
 
 NAME = "gateway"
 
@@ -39,18 +42,17 @@ def _check_port_free(host: str, port: int) -> None:
             raise Unavailable(f"port {port} on {host} is already in use (gateway HTTP)") from None
 
 
-async def start_http(runtime: Runtime) -> None:
-    settings = runtime.settings.gateway
-    _check_port_free(settings.host, settings.port)
-    verifier, feed = bus_verifier(runtime.broker, runtime.settings.auth, runtime.settings.nats.request_timeout)
-    await feed.start(runtime.broker.config.connection_state.connection)
-    runtime.extras.update(verifier=verifier, verifier_feed=feed)
-    config = uvicorn.Config(
-        create_app(runtime),
+def http_config(app, settings: GatewaySettings) -> uvicorn.Config:  # noqa: ANN001 - an ASGI callable
+    """The gateway's uvicorn configuration: httptools with the connection limits (services/gateway/connections.py),
+    the body and keep-alive settings."""
+    limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_source,
+                              SourceAddress(settings.trusted_proxies, settings.trusted_proxy_header))
+    return uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         lifespan="off",
-        http="httptools",
+        http=limited_protocol(limits),
         loop="none",
         log_level="warning",
         access_log=False,
@@ -58,7 +60,16 @@ async def start_http(runtime: Runtime) -> None:
         h11_max_incomplete_event_size=settings.max_body_bytes,
         timeout_keep_alive=settings.keep_alive,  # longer than clients reuse idle connections for (settings.py)
     )
-    server = _Server(config)
+
+
+async def start_http(runtime: Runtime) -> None:
+    settings = runtime.settings.gateway
+    _check_port_free(settings.host, settings.port)
+    verifier, feed = bus_verifier(runtime.broker, runtime.settings.auth, runtime.settings.nats.request_timeout)
+    await feed.start(runtime.broker.config.connection_state.connection)
+    runtime.extras.update(verifier=verifier, verifier_feed=feed)
+    ensure_descriptors(settings.max_connections)
+    server = _Server(http_config(create_app(runtime), settings))
     runtime.extras["http_server"] = server
     runtime.extras["http_task"] = asyncio.create_task(server.serve())
     while not server.started:

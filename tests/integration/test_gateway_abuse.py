@@ -332,3 +332,41 @@ def test_an_idle_keep_alive_connection_outlives_a_clients_reuse_window(stack):
             sock.sendall(request)
             answer = sock.recv(65536)
             assert answer.startswith(b"HTTP/1.1 200"), (attempt, answer[:200])
+
+
+def test_one_source_cannot_take_every_connection(stack):
+    """uvicorn keeps every connection it accepts (its `limit_concurrency` answers requests 503, everyone's, once the
+    open connections reach it, idle ones included). The gateway counts connections per source address
+    (`gateway.max_connections_per_source`, 256) and in all: one source's 257th connection is answered 503 and
+    closed at once, while its 256 open ones and another source are served (services/gateway/connections.py)."""
+    per_source = 256
+    request = b"GET /v1/api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+    def ask(sock: socket.socket) -> bytes:
+        sock.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+    held: list[socket.socket] = []
+    try:
+        for _ in range(per_source):
+            held.append(socket.create_connection(("127.0.0.1", _port(stack)), timeout=10,
+                                                 source_address=("127.0.0.7", 0)))
+        assert ask(held[0]).startswith(b"HTTP/1.1 200")
+        with socket.create_connection(("127.0.0.1", _port(stack)), timeout=10,
+                                      source_address=("127.0.0.7", 0)) as refused:
+            answer = ask(refused)
+            assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+            assert b"connection: close" in answer.lower()
+        with socket.create_connection(("127.0.0.1", _port(stack)), timeout=10,
+                                      source_address=("127.0.0.8", 0)) as other:
+            assert ask(other).startswith(b"HTTP/1.1 200")
+        assert ask(held[-1]).startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in held:
+            sock.close()

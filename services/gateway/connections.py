@@ -1,0 +1,132 @@
+"""The gateway's limits on open connections: in all (`gateway.max_connections`) and per source address
+(`gateway.max_connections_per_source`).
+
+Why not uvicorn's `limit_concurrency`: it limits nothing at the connection level. Every connection is accepted
+and kept; each *request* is answered 503 while the open connections (or running tasks) are at the limit or above,
+counting the requesting connection itself and idle keep-alive ones (75 s here). So anyone who opens that many idle
+connections makes the gateway answer 503 to everyone, and the connections (file descriptors, buffers) still
+grow without bound.
+
+Here a connection is counted when it is accepted: one above either limit is answered `503 Service Unavailable`
+with `Connection: close` at once, without waiting for its request, then half-closed; what the client still sends
+is read and dropped for up to `REFUSED_LINGER` seconds (closing with unread bytes would make the kernel send a
+reset, which may reach the client before it read the 503), then it is closed. The connections already open are
+served as before. A source is the TCP peer keyed as the token endpoint's bucket keys it (an IPv6 peer by its /64,
+`source_address.counted_as`); a trusted proxy (`gateway.trusted_proxies`) carries many clients on its connections
+and has no per-source cap, only the total. Counts are per gateway process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from collections import Counter
+
+from services.gateway.source_address import SourceAddress, counted_as, parse_address
+
+try:  # the gateway's server (services/gateway/app.py); another uvicorn layout has no connection limits
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # pragma: no cover
+    HttpToolsProtocol = None  # type: ignore[assignment,misc]
+
+REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 21\r\n"
+           b"connection: close\r\nretry-after: 1\r\n\r\ntoo many connections\n")
+REFUSED_LINGER = 2.0
+
+
+class ConnectionLimits:
+    """Open connections in all and per source key; `admit` counts one in or says no, `release` counts it out."""
+
+    def __init__(self, total: int, per_source: int, source: SourceAddress | None = None) -> None:
+        self.total, self.per_source = total, per_source
+        self.source = source or SourceAddress()
+        self.open = 0
+        self.by_source: Counter[str] = Counter()
+
+    def key(self, peer: str | None) -> str | None:
+        """The per-source key of a TCP peer; None for a trusted proxy (and an unknown peer): total only."""
+        if peer is None:
+            return None
+        address = parse_address(peer)
+        if address is not None and self.source.trusted(address):
+            return None
+        return counted_as(peer)
+
+    def admit(self, key: str | None) -> bool:
+        if self.open >= self.total or (key is not None and self.by_source[key] >= self.per_source):
+            return False
+        self.open += 1
+        if key is not None:
+            self.by_source[key] += 1
+        return True
+
+    def release(self, key: str | None) -> None:
+        self.open -= 1
+        if key is not None:
+            self.by_source[key] -= 1
+            if self.by_source[key] <= 0:
+                del self.by_source[key]
+
+
+def limited_protocol(limits: ConnectionLimits) -> type:
+    """uvicorn's httptools protocol that counts its connection against `limits` and refuses one above them."""
+
+    class LimitedHttpToolsProtocol(HttpToolsProtocol):
+        _admitted: bool = False
+        _refused: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            peer = transport.get_extra_info("peername")
+            self._source_key = limits.key(peer[0] if peer else None)
+            if limits.admit(self._source_key):
+                self._admitted = True
+                super().connection_made(transport)
+                return
+            self.transport = transport
+            transport.write(REFUSED)
+            try:
+                transport.write_eof()
+            except (NotImplementedError, AttributeError, RuntimeError):  # pragma: no cover - not TCP
+                transport.close()
+                return
+            self._refused = asyncio.get_running_loop().call_later(REFUSED_LINGER, transport.abort)
+
+        def data_received(self, data: bytes) -> None:
+            if self._admitted:
+                super().data_received(data)
+
+        def eof_received(self) -> bool | None:
+            if not self._admitted:
+                self.transport.close()
+                return None
+            return super().eof_received()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._admitted:
+                self._admitted = False
+                limits.release(self._source_key)
+                super().connection_lost(exc)
+            elif self._refused is not None:
+                self._refused.cancel()
+
+        def pause_writing(self) -> None:
+            if self._admitted:
+                super().pause_writing()
+
+        def resume_writing(self) -> None:
+            if self._admitted:
+                super().resume_writing()
+
+    return LimitedHttpToolsProtocol
+
+
+def ensure_descriptors(max_connections: int, spare: int = 512) -> int:
+    """Raise this process's soft limit on open files (up to the hard one) so `max_connections` client connections
+    fit beside the gateway's own (bus, S3, ...); past the limit accept() fails with EMFILE and the server stops
+    accepting for a while, everyone's connections refused alike. The soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + spare
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return soft

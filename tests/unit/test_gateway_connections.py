@@ -1,0 +1,140 @@
+"""The gateway's connection limits behind a real uvicorn configured as the gateway configures it
+(services/gateway/app.py `http_config`, services/gateway/connections.py): one connection above the per-source cap or
+the total is answered 503 and closed, the ones already open and other sources keep being served, a closed
+connection frees its place, and a trusted proxy has no per-source cap. Other sources are other loopback addresses
+(Linux routes all of 127/8)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import httpx
+import pytest
+
+from services.gateway.app import _Server, http_config
+from shared.settings import GatewaySettings
+
+GET = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def _app(scope, receive, send) -> None:  # noqa: ANN001 - a raw ASGI callable
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+class _Gateway:
+    def __init__(self, **limits: object) -> None:
+        self.settings = GatewaySettings(host="127.0.0.1", port=_free_port(), **limits)
+
+    async def __aenter__(self) -> _Gateway:
+        self.server = _Server(http_config(_app, self.settings))
+        self.task = asyncio.create_task(self.server.serve())
+        while not self.server.started:  # noqa: ASYNC110 - uvicorn.Server has a flag, no event
+            await asyncio.sleep(0.01)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        await self.task
+
+    async def connect(self, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", self.settings.port, local_addr=(source, 0))
+
+
+async def _ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes = GET) -> bytes:
+    """One request on an open connection; the answer's head and body (up to the end of a 2-byte or refusal body)."""
+    writer.write(request)
+    await writer.drain()
+    answer = b""
+    while b"\r\n\r\n" not in answer or not (answer.endswith(b"ok") or answer.endswith(b"connections\n")):
+        chunk = await asyncio.wait_for(reader.read(65536), 5)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
+async def _closed(reader: asyncio.StreamReader) -> bool:
+    try:
+        rest = await asyncio.wait_for(reader.read(65536), 5)
+    except ConnectionResetError:
+        return True
+    return rest == b""
+
+
+async def test_one_source_is_capped_and_others_keep_being_served():
+    async with _Gateway(max_connections=50, max_connections_per_source=3) as gateway:
+        held = [await gateway.connect("127.0.0.2") for _ in range(3)]
+        for reader, writer in held:
+            assert (await _ask(reader, writer)).startswith(b"HTTP/1.1 200")
+        reader, writer = await gateway.connect("127.0.0.2")
+        answer = await _ask(reader, writer)
+        assert answer.startswith(b"HTTP/1.1 503"), answer
+        assert b"connection: close" in answer.lower() and answer.endswith(b"too many connections\n")
+        assert await _closed(reader)
+        writer.close()
+        # another source, and the three held connections, are served
+        other = await gateway.connect("127.0.0.3")
+        assert (await _ask(*other)).startswith(b"HTTP/1.1 200")
+        for reader, writer in held:
+            assert (await _ask(reader, writer)).startswith(b"HTTP/1.1 200")
+        # a connection that closes frees its place
+        held[0][1].close()
+        await held[0][1].wait_closed()
+        await asyncio.sleep(0.1)
+        again = await gateway.connect("127.0.0.2")
+        assert (await _ask(*again)).startswith(b"HTTP/1.1 200")
+        for _, writer in [*held[1:], other, again]:
+            writer.close()
+
+
+async def test_the_total_is_capped_and_the_open_connections_keep_being_served():
+    async with _Gateway(max_connections=4, max_connections_per_source=100) as gateway:
+        held = [await gateway.connect(f"127.0.0.{2 + index % 2}") for index in range(4)]
+        for reader, writer in held:
+            assert (await _ask(reader, writer)).startswith(b"HTTP/1.1 200")
+        reader, writer = await gateway.connect("127.0.0.5")
+        assert (await _ask(reader, writer)).startswith(b"HTTP/1.1 503")
+        writer.close()
+        for reader, writer in held:
+            assert (await _ask(reader, writer)).startswith(b"HTTP/1.1 200")
+            writer.close()
+
+
+async def test_a_client_library_reads_the_refusal_even_with_a_body_on_its_way():
+    """The 503 is written before the request is read; httpx (writing a 1 MiB body) still gets it, no reset."""
+    async with _Gateway(max_connections=1, max_connections_per_source=1) as gateway:
+        reader, writer = await gateway.connect("127.0.0.2")
+        assert (await _ask(reader, writer)).startswith(b"HTTP/1.1 200")
+        async with httpx.AsyncClient(timeout=5) as client:
+            for _ in range(3):
+                response = await client.post(f"http://127.0.0.1:{gateway.settings.port}/x", content=b"0" * 2**20)
+                assert response.status_code == 503 and response.text == "too many connections\n"
+        writer.close()
+
+
+async def test_a_trusted_proxy_has_no_per_source_cap():
+    async with _Gateway(max_connections=50, max_connections_per_source=2,
+                        trusted_proxies="127.0.0.4") as gateway:
+        held = [await gateway.connect("127.0.0.4") for _ in range(5)]
+        for reader, writer in held:
+            assert (await _ask(reader, writer)).startswith(b"HTTP/1.1 200")
+        capped = [await gateway.connect("127.0.0.2") for _ in range(3)]
+        assert [(await _ask(*pair))[:12] for pair in capped] == [b"HTTP/1.1 200"] * 2 + [b"HTTP/1.1 503"]
+        for _, writer in held + capped:
+            writer.close()
+
+
+@pytest.mark.parametrize("field", ["max_connections", "max_connections_per_source"])
+def test_a_limit_is_at_least_one(field):
+    with pytest.raises(ValueError):
+        GatewaySettings(**{field: 0})
