@@ -10,8 +10,9 @@ segment is described on the bus by `SegmentRef` (what the log store indexes with
 from __future__ import annotations
 
 import re
-import uuid
-from datetime import UTC, datetime
+import secrets
+import time
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -43,10 +44,26 @@ _ENGINE_TAIL = re.compile(r"\d{4}/\d{2}/\d{2}/[0-9a-f]{32}" + re.escape(ENGINE_S
 """What follows the pipeline's prefix in an engine-written segment's key (`segment_key`)."""
 
 
-def segment_key(workspace_id: int, pipeline: str, suffix: str = ".parquet") -> str:
-    """A new segment's object key: `ws-<id>/<pipeline>/<yyyy/mm/dd>/<uuid><suffix>`."""
-    day = datetime.now(UTC).strftime("%Y/%m/%d")
-    return f"{key_prefix(workspace_id, pipeline)}{day}/{uuid.uuid4().hex}{suffix}"
+def segment_key(workspace_id: int, pipeline: str, suffix: str = ".parquet", now: float | None = None) -> str:
+    """A new segment's object key: `ws-<id>/<pipeline>/<yyyy/mm/dd>/<name><suffix>`, the day in UTC and the name
+    32 hex digits: the key's time in milliseconds (12, `key_time`) and 80 random bits. A day's keys sort by time, so
+    maintenance's orphan sweep lists only the keys that passed its cutoff since its last pass (`list_keys_between`)
+    instead of the whole bucket. Keys named before 2026-12-02 (a uuid4's 32 hex digits) have the same shape."""
+    moment = time.time() if now is None else now
+    day = datetime.fromtimestamp(moment, UTC).strftime("%Y/%m/%d")
+    return f"{key_prefix(workspace_id, pipeline)}{day}/{key_time(moment)}{secrets.token_hex(10)}{suffix}"
+
+
+def key_time(moment: float) -> str:
+    """The first 12 hex digits of the name of a key made at `moment` (UNIX seconds): milliseconds, zero-padded."""
+    return f"{max(int(moment * 1000), 0):012x}"
+
+
+def day_folders(start: float, end: float) -> list[str]:
+    """The `yyyy/mm/dd` folders (UTC) of keys made from `start` to `end` (UNIX seconds), in order."""
+    first = datetime.fromtimestamp(start, UTC).date()
+    last = datetime.fromtimestamp(end, UTC).date()
+    return [(first + timedelta(days=n)).strftime("%Y/%m/%d") for n in range((last - first).days + 1)]
 
 
 def key_prefix(workspace_id: int, pipeline: str) -> str:

@@ -258,6 +258,23 @@ class MinioObjectStore:
 
         return await asyncio.to_thread(listing)
 
+    async def list_keys_between(self, bucket: str, prefix: str, first: str, last: str) -> list[tuple[str, float]]:
+        """(key, last modified) of the objects under `prefix` whose name after it sorts from `first` (included)
+        up to the names that begin with `last` (included): one ranged listing (`start-after`), stopped at the
+        first key past `last`, so a time-ordered folder costs what the range holds, not the whole folder."""
+
+        def listing() -> list[tuple[str, float]]:
+            found, end = [], prefix + last
+            for o in self._client.list_objects(self.bucket(bucket), prefix=prefix, recursive=True,
+                                               start_after=prefix + first if first else None):
+                if o.object_name[:len(end)] > end:
+                    break
+                if o.object_name >= prefix + first:
+                    found.append((o.object_name, o.last_modified.timestamp() if o.last_modified else 0.0))
+            return found
+
+        return await asyncio.to_thread(listing)
+
     async def copy(self, bucket: str, source_key: str, target_key: str) -> None:
         """Server-side copy within a bucket (no bytes pass through this process)."""
         from minio.commonconfig import CopySource

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import time
 import tracemalloc
 import uuid
 
@@ -101,6 +102,25 @@ async def test_missing_object_is_not_found(store):
 
     with pytest.raises(NotFound):
         await store.get_bytes(BUCKET_TABLES, f"missing/{uuid.uuid4()}")
+
+
+async def test_a_ranged_listing_returns_the_keys_between_two_names_as_s3_lists_them(store):
+    """`list_keys_between` (the log store's orphan sweep) lists one folder from a name (`start-after`) and stops at
+    the first key past the last one: against the real S3 server, with keys before, inside and after the range and
+    in a neighbouring folder whose names sort inside it."""
+    from shared.log_segments import key_time, segment_key
+
+    base = 1_790_000_000.0
+    folder = f"t-{uuid.uuid4().hex}/"
+    keys = [folder + segment_key(1, "p", now=base + n).split("/", 2)[2] for n in range(8)]
+    neighbour = f"{folder[:-1]}x/" + keys[3][len(folder):]
+    for key in [*keys, neighbour]:
+        await store.put_bytes(BUCKET_TABLES, key, b"x")
+    day_folder = folder + keys[0][len(folder):].rsplit("/", 1)[0] + "/"
+    listed = await store.list_keys_between(BUCKET_TABLES, day_folder, key_time(base + 2), key_time(base + 5))
+    assert [key for key, _ in listed] == keys[2:6]
+    assert all(abs(modified - time.time()) < 600 for _, modified in listed)
+    assert await store.list_keys_between(BUCKET_TABLES, day_folder, key_time(base + 9), key_time(base + 20)) == []
 
 
 @pytest.fixture
