@@ -163,10 +163,15 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
             try:
                 with np.errstate(over="ignore"):
                     array = np.asarray(data, dtype=dtype).reshape(-1)
-                # JSON has no Infinity or NaN: a non-finite FP32/FP16 value is a number beyond the type's range,
-                # which the cast turned into inf (the engine would refuse it as "infinite", not say why)
-                if dtype.kind == "f" and dtype.itemsize < 8 and not np.isfinite(array).all():
-                    raise OverflowError
+                # JSON has no Infinity or NaN: a NaN is a null the cast took for a missing value (FP64 passed it to
+                # the model as NaN, FP32 called it out of range), a non-finite FP32/FP16 value is a number beyond
+                # the type's range, which the cast turned into inf (the engine would refuse it as "infinite")
+                if dtype.kind == "f" and not np.isfinite(array).all():
+                    if np.isnan(array).any():
+                        raise InvalidRequest(f"input {name!r}: {datatype} data holds null; every value must be a "
+                                             "number")
+                    if dtype.itemsize < 8:
+                        raise OverflowError
                 if dtype.kind in "iu" and not isinstance(data, np.ndarray):  # numpy would truncate 1.5 to 1
                     given = np.asarray(data).reshape(-1)
                     if given.dtype.kind == "f" and not np.array_equal(given, array):

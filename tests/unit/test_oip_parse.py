@@ -79,6 +79,11 @@ def test_the_fast_reader_takes_flat_floats_and_leaves_the_rest():
     (b'{"inputs": [{"name": "t", "shape": [2], "datatype": "FP32", "data": [1e39, 1.0]}]}',
      "outside the range of FP32"),
     (b'{"inputs": [{"name": "t", "shape": [1], "datatype": "FP16", "data": [70000.0]}]}', "outside the range of FP16"),
+    # a null: FP32 called it out of range, FP64 passed it on to the model as NaN
+    (b'{"inputs": [{"name": "t", "shape": [2], "datatype": "FP32", "data": [1.0, null]}]}', "FP32 data holds null"),
+    (b'{"inputs": [{"name": "t", "shape": [2], "datatype": "FP64", "data": [null, 1.0]}]}', "FP64 data holds null"),
+    (b'{"inputs": [{"name": "t", "shape": [1, 2], "datatype": "FP16", "data": [[1.0, null]]}]}',
+     "FP16 data holds null"),
 ])
 def test_bad_requests_get_the_general_paths_errors(body, message):
     with pytest.raises(InvalidRequest) as fast:
