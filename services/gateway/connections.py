@@ -11,7 +11,15 @@ Here a connection is counted when it is accepted: one above either limit is answ
 with `Connection: close` at once, without waiting for its request, then half-closed; what the client still sends
 is read and dropped for up to `REFUSED_LINGER` seconds (closing with unread bytes would make the kernel send a
 reset, which may reach the client before it read the 503), then it is closed. The connections already open are
-served as before. A source is the TCP peer keyed as the token endpoint's bucket keys it (an IPv6 peer by its /64,
+served as before. Refused connections lingering at once are capped (REFUSED_LINGERING_MAX): past it one is closed
+at once, so a flood of them cannot take the descriptors the admitted connections and the gateway's own need.
+
+An admitted connection has `keep_alive` seconds (uvicorn's timeout_keep_alive) from its start, and from each
+response, to send the whole head of its next request, or it is closed: uvicorn arms its keep-alive timer only after
+a response and any byte disarms it, so a connection that sent nothing, or the start of a head, held its place (and
+its source's) for as long as the client liked, and 16 silent sources held all 4096.
+
+A source is the TCP peer keyed as the token endpoint's bucket keys it (an IPv6 peer by its /64,
 `source_address.counted_as`); a trusted proxy (`gateway.trusted_proxies`) carries many clients on its connections
 and has no per-source cap, only the total. Counts are per gateway process.
 """
@@ -32,6 +40,7 @@ except ImportError:  # pragma: no cover
 REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 21\r\n"
            b"connection: close\r\nretry-after: 1\r\n\r\ntoo many connections\n")
 REFUSED_LINGER = 2.0
+REFUSED_LINGERING_MAX = 128  # refused connections draining at once (each a descriptor for up to REFUSED_LINGER)
 
 
 class ConnectionLimits:
@@ -42,6 +51,7 @@ class ConnectionLimits:
         self.source = source or SourceAddress()
         self.open = 0
         self.by_source: Counter[str] = Counter()
+        self.lingering = 0  # refused connections still draining (REFUSED_LINGER)
 
     def key(self, peer: str | None) -> str | None:
         """The per-source key of a TCP peer; None for a trusted proxy (and an unknown peer): total only."""
@@ -74,6 +84,8 @@ def limited_protocol(limits: ConnectionLimits) -> type:
     class LimitedHttpToolsProtocol(HttpToolsProtocol):
         _admitted: bool = False
         _refused: asyncio.TimerHandle | None = None
+        _lingering: bool = False
+        _head_due: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             peer = transport.get_extra_info("peername")
@@ -81,15 +93,44 @@ def limited_protocol(limits: ConnectionLimits) -> type:
             if limits.admit(self._source_key):
                 self._admitted = True
                 super().connection_made(transport)
+                self._await_head()
                 return
             self.transport = transport
             transport.write(REFUSED)
+            if limits.lingering >= REFUSED_LINGERING_MAX:  # a flood of them: no draining, the descriptor goes now
+                transport.close()
+                return
             try:
                 transport.write_eof()
             except (NotImplementedError, AttributeError, RuntimeError):  # pragma: no cover - not TCP
                 transport.close()
                 return
+            self._lingering = True
+            limits.lingering += 1
             self._refused = asyncio.get_running_loop().call_later(REFUSED_LINGER, transport.abort)
+
+        def _await_head(self) -> None:
+            """Close this connection unless a request's head is complete within the keep-alive timeout (module
+            docstring)."""
+            if self._head_due is not None:
+                self._head_due.cancel()
+            self._head_due = self.loop.call_later(self.timeout_keep_alive, self._head_overdue)
+
+        def _head_overdue(self) -> None:
+            self._head_due = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def on_headers_complete(self) -> None:
+            if self._head_due is not None:
+                self._head_due.cancel()
+                self._head_due = None
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self.timeout_keep_alive_task is not None:  # idle now (no pipelined request): the next head is due
+                self._await_head()
 
         def data_received(self, data: bytes) -> None:
             if self._admitted:
@@ -102,12 +143,19 @@ def limited_protocol(limits: ConnectionLimits) -> type:
             return super().eof_received()
 
         def connection_lost(self, exc: Exception | None) -> None:
+            if self._head_due is not None:
+                self._head_due.cancel()
+                self._head_due = None
             if self._admitted:
                 self._admitted = False
                 limits.release(self._source_key)
                 super().connection_lost(exc)
-            elif self._refused is not None:
+                return
+            if self._refused is not None:
                 self._refused.cancel()
+            if self._lingering:
+                self._lingering = False
+                limits.lingering -= 1
 
         def pause_writing(self) -> None:
             if self._admitted:

@@ -7,6 +7,7 @@ connection frees its place, and a trusted proxy has no per-source cap. Other sou
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 
 import httpx
@@ -31,12 +32,19 @@ async def _app(scope, receive, send) -> None:  # noqa: ANN001 - a raw ASGI calla
     await send({"type": "http.response.body", "body": b"ok"})
 
 
+async def _slow_app(scope, receive, send) -> None:  # noqa: ANN001 - a raw ASGI callable
+    if scope["type"] == "http":
+        await asyncio.sleep(1.5)
+        await _app(scope, receive, send)
+
+
 class _Gateway:
-    def __init__(self, **limits: object) -> None:
+    def __init__(self, app=_app, **limits: object) -> None:  # noqa: ANN001 - an ASGI callable
+        self.app = app
         self.settings = GatewaySettings(host="127.0.0.1", port=_free_port(), **limits)
 
     async def __aenter__(self) -> _Gateway:
-        self.server = _Server(http_config(_app, self.settings))
+        self.server = _Server(http_config(self.app, self.settings))
         self.task = asyncio.create_task(self.server.serve())
         while not self.server.started:  # noqa: ASYNC110 - uvicorn.Server has a flag, no event
             await asyncio.sleep(0.01)
@@ -131,6 +139,57 @@ async def test_a_trusted_proxy_has_no_per_source_cap():
         capped = [await gateway.connect("127.0.0.2") for _ in range(3)]
         assert [(await _ask(*pair))[:12] for pair in capped] == [b"HTTP/1.1 200"] * 2 + [b"HTTP/1.1 503"]
         for _, writer in held + capped:
+            writer.close()
+
+
+@pytest.mark.parametrize("start", [b"", b"GET /x HTTP/1.1\r\nHost: x\r\n"], ids=["silent", "partial-head"])
+async def test_a_connection_without_a_whole_request_head_is_closed_and_frees_its_place(start):
+    """uvicorn arms its keep-alive timer only after a response, and any byte disarms it: a connection that sent
+    nothing, or only the start of a head, was held (and counted against its source) for as long as the client
+    liked. It now has keep_alive seconds, from its start and from each response, to send a whole head."""
+    async with _Gateway(max_connections=50, max_connections_per_source=1, keep_alive=0.5) as gateway:
+        reader, writer = await gateway.connect("127.0.0.2")
+        writer.write(start)
+        await writer.drain()
+        assert await _closed(reader)
+        writer.close()
+        await asyncio.sleep(0.1)
+        reader, writer = await gateway.connect("127.0.0.2")
+        assert (await _ask(reader, writer)).startswith(b"HTTP/1.1 200")  # the place was given back
+        assert await _closed(reader)  # idle after its response: the same deadline
+        writer.close()
+
+
+async def test_a_request_slower_than_the_head_deadline_is_answered():
+    async with _Gateway(_slow_app, keep_alive=0.5) as gateway:
+        reader, writer = await gateway.connect("127.0.0.2")
+        await asyncio.sleep(0.3)
+        assert (await _ask(reader, writer)).startswith(b"HTTP/1.1 200")
+        assert (await _ask(reader, writer)).startswith(b"HTTP/1.1 200")  # kept alive in between
+        writer.close()
+
+
+async def test_refused_connections_draining_at_once_are_capped(monkeypatch):
+    """Each refused connection is drained for up to REFUSED_LINGER seconds; a flood of them (no limit on how fast a
+    client opens them) would otherwise hold descriptors the gateway needs. Past REFUSED_LINGERING_MAX one is closed
+    at once. Counted by this process's descriptors (the clients' sockets are in it too)."""
+    from services.gateway import connections
+
+    monkeypatch.setattr(connections, "REFUSED_LINGERING_MAX", 3)
+    async with _Gateway(max_connections=1) as gateway:
+        held = await gateway.connect("127.0.0.2")
+        assert (await _ask(*held)).startswith(b"HTTP/1.1 200")
+        before = len(os.listdir("/proc/self/fd"))
+        refused = [await gateway.connect("127.0.0.3") for _ in range(12)]  # never closed by the client
+        await asyncio.sleep(0.3)
+        assert len(os.listdir("/proc/self/fd")) - before <= 12 + 3
+        assert [(await asyncio.wait_for(reader.read(12), 5)) for reader, _ in refused] == [b"HTTP/1.1 503"] * 12
+        await asyncio.sleep(connections.REFUSED_LINGER + 0.5)  # the drained ones are closed and counted out
+        assert len(os.listdir("/proc/self/fd")) - before <= 12
+        more = [await gateway.connect("127.0.0.3") for _ in range(6)]
+        await asyncio.sleep(0.3)
+        assert len(os.listdir("/proc/self/fd")) - before <= 12 + 6 + 3
+        for _, writer in [held, *refused, *more]:
             writer.close()
 
 
