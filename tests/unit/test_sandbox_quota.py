@@ -191,3 +191,41 @@ def test_the_walk_of_children_files_finds_what_the_scan_of_every_process_finds()
     done = subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True, timeout=60, cwd=root,
                           env={**os.environ, "PYTHONPATH": str(root)})
     assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
+
+
+def test_the_walk_finds_a_process_a_thread_started():
+    """A process's children file lists the children of that thread only: one a tenant's thread started (its
+    subprocess, a pool worker) is found only if every thread's file is read, as the scan of every process found it.
+    Asked from a process of its own, as the launcher is."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tenant = ("import subprocess, sys, threading, time\n"
+              "def start():\n"
+              "    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\n"
+              "    time.sleep(30)\n"
+              "threading.Thread(target=start, daemon=True).start()\n"
+              "time.sleep(30)\n")
+    launcher = textwrap.dedent(f"""
+        import os, subprocess, sys, time
+        from shared import sandbox_launcher as sl
+        child = subprocess.Popen([sys.executable, "-c", {tenant!r}])
+        walked = []
+        try:
+            for _ in range(500):
+                walked = sl.sandbox_pids(child.pid, "pid:[none]")
+                if len(walked) == 2:
+                    break
+                time.sleep(0.01)
+            threads = os.listdir(f"/proc/{{child.pid}}/task")
+            print(len(threads) > 1 and len(walked) == 2 and child.pid in walked)
+        finally:
+            for pid in walked or [child.pid]:
+                os.kill(pid, 9)
+            child.wait()
+    """)
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True, timeout=60, cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
