@@ -59,6 +59,20 @@ def key_time(moment: float) -> str:
     return f"{max(int(moment * 1000), 0):012x}"
 
 
+def key_moment(key: str) -> float | None:
+    """The time (UNIX seconds) a segment key was named at (`segment_key`), read from its name; None when its name
+    does not begin with a time of its own day folder (a uuid4 name of before 2026-12-02, or not a segment key)."""
+    parts = key.rsplit("/", 4)
+    if len(parts) < 5:
+        return None
+    try:
+        moment = int(parts[4][:12], 16) / 1000
+        day = datetime.fromtimestamp(moment, UTC).strftime("%Y/%m/%d")
+    except (ValueError, OverflowError, OSError):
+        return None
+    return moment if day == "/".join(parts[1:4]) else None
+
+
 def day_folders(start: float, end: float) -> list[str]:
     """The `yyyy/mm/dd` folders (UTC) of keys made from `start` to `end` (UNIX seconds), in order."""
     first = datetime.fromtimestamp(start, UTC).date()

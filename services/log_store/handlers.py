@@ -44,6 +44,7 @@ from shared.log_segments import (
     SegmentRef,
     day_folders,
     describe,
+    key_moment,
     key_prefix,
     key_time,
     segment_key,
@@ -125,6 +126,7 @@ class OrphanSweep:
 
     last: tuple[float, float] | None = None
     pending: dict[str, float] = field(default_factory=dict)
+    relist_at: float | None = None  # when to list the whole bucket again, for keys no later window lists
 
 
 class Unreadable(Exception):
@@ -640,7 +642,9 @@ async def _sweep_orphan_segments(deps: Deps, report: LogMaintenanceReport, now: 
     it; compaction raced): the log store's own an hour after they were written, an engine's once its description
     can no longer be waiting in the stream (`stream_max_age`, the log store down) plus that hour.
 
-    The first sweep of a process lists the whole logs bucket. Later ones list, per pipeline, only the keys named in
+    The first sweep of a process lists the whole logs bucket, and so does a later one once the keys that sweep
+    found too young to judge and no window would list (uuid4 names of before 2026-12-02, a writer's clock far
+    behind) are all old enough. Later ones list, per pipeline, only the keys named in
     the time that passed each cutoff since the previous sweep (segment keys sort by time within their day folder,
     shared/log_segments.py `segment_key`), reaching ORPHAN_SLACK further back for writers whose clock is behind
     the object store's; keys seen there but written too recently to judge are kept for the next sweep. Listing a
@@ -650,7 +654,8 @@ async def _sweep_orphan_segments(deps: Deps, report: LogMaintenanceReport, now: 
     cutoff = now - ORPHAN_AGE
     engine_cutoff = cutoff - deps.settings.stream_max_age  # its description may wait that long in the stream
     sweep = deps.orphan_sweep
-    if sweep.last is None:
+    whole = sweep.last is None or (sweep.relist_at is not None and now >= sweep.relist_at)
+    if whole:
         listed = await deps.objects.list_keys(BUCKET_LOGS)
     else:
         seen: dict[str, float] = dict(sweep.pending)
@@ -664,14 +669,20 @@ async def _sweep_orphan_segments(deps: Deps, report: LogMaintenanceReport, now: 
                         if key.endswith(ENGINE_SUFFIX) == engine:  # the other kind's cutoff is not near
                             seen[key] = modified
         listed = list(seen.items())
-    old, pending = [], {}
+    old, pending, relist_at = [], {}, None
     for key, modified in listed:
         if key.startswith(QUARANTINE_PREFIX):
             continue
-        if modified < (engine_cutoff if key.endswith(ENGINE_SUFFIX) else cutoff):
+        kind_cutoff = engine_cutoff if key.endswith(ENGINE_SUFFIX) else cutoff
+        if modified < kind_cutoff:
             old.append(key)
-        elif sweep.last is not None:
+        elif not whole:
             pending[key] = modified  # named within its window but written after its cutoff: judged next time
+        elif not _listed_later(key, kind_cutoff, now):
+            # too young to judge, and no later window lists it (a uuid4 name, or a writer's clock far behind): the
+            # whole bucket is listed again once every such key is old enough, one listing however many there are
+            due = modified + (now - kind_cutoff) + 1.0
+            relist_at = due if relist_at is None else max(relist_at, due)
     for start in range(0, len(old), 1000):
         chunk = old[start:start + 1000]
         known = await store.known_keys(deps.pool, chunk)
@@ -680,3 +691,12 @@ async def _sweep_orphan_segments(deps: Deps, report: LogMaintenanceReport, now: 
                 await deps.objects.delete(BUCKET_LOGS, key)
                 report.orphans_deleted += 1
     sweep.last, sweep.pending = (cutoff, engine_cutoff), pending
+    if whole:
+        sweep.relist_at = relist_at
+
+
+def _listed_later(key: str, kind_cutoff: float, now: float) -> bool:
+    """Whether a later sweep's window lists `key`: its name is a time of its own day folder, no earlier than where
+    the next window starts (this cutoff less ORPHAN_SLACK) and no later than a day ahead (a writer's clock ahead)."""
+    moment = key_moment(key)
+    return moment is not None and kind_cutoff - ORPHAN_SLACK <= moment <= now + 86400.0

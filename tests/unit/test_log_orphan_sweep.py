@@ -144,3 +144,42 @@ def test_a_window_across_midnight_lists_both_day_folders(world):
     assert sweep(deps, now) == 2 and not {before, after} & set(objects.kept)
     folders = {prefix for prefix, _, _ in objects.ranged if prefix.startswith("ws-3/")}
     assert {f"ws-3/fraud/{day}/" for day in day_folders(midnight - 10, midnight + 10)} <= folders
+
+
+def test_young_keys_no_window_lists_are_judged_by_one_more_listing_of_the_bucket(world):
+    """A key too young at a whole-bucket listing whose name is no time of the windows to come (a uuid4 name of
+    before the upgrade; a writer's clock over an hour behind) was never listed again by that process: an engine's
+    orphan from the week before an upgrade stayed until the log store restarted after it was old enough. The
+    bucket is listed once more when every such key can be judged, and not before."""
+    deps, objects, index = world
+    now = START + 10 * DAY
+    engine_age = ORPHAN_AGE + deps.settings.stream_max_age
+    day = day_folders(now, now)[0]
+    uuid_orphan = objects.put(f"ws-3/fraud/{day}/{'f' * 32}.parquet", now - 60)
+    uuid_engine_orphan = objects.put(f"ws-3/fraud/{day}/{'e' * 32}{ENGINE_SUFFIX}", now - 120)
+    uuid_indexed = objects.put(f"ws-3/fraud/{day}/{'d' * 32}{ENGINE_SUFFIX}", now - 60)
+    behind = objects.put(segment_key(3, "fraud", now=now - 2 * ORPHAN_AGE), now - 30)  # the writer 1 h behind
+    fresh = objects.put(segment_key(3, "fraud", now=now - 60), now - 59)  # listed by a later window
+    index.known.add(uuid_indexed)
+    assert sweep(deps, now) == 0 and objects.full_listings == 1
+    assert deps.orphan_sweep.relist_at == pytest.approx(now - 60 + engine_age + 1)
+    for later in (now + 60, now + ORPHAN_AGE + 60, now + engine_age - 60):
+        sweep(deps, later)
+    assert objects.full_listings == 1, "listed the whole bucket before the young keys could be judged"
+    assert fresh not in objects.kept  # judged by its window meanwhile
+    assert {uuid_orphan, uuid_engine_orphan, behind} <= set(objects.kept)
+    assert sweep(deps, now + engine_age + 60) == 3 and objects.full_listings == 2
+    assert set(objects.kept) == {uuid_indexed} and deps.orphan_sweep.relist_at is None
+    sweep(deps, now + engine_age + 120)
+    assert objects.full_listings == 2
+
+
+def test_a_keys_time_is_read_from_its_name_only_in_its_own_day_folder():
+    from shared.log_segments import key_moment
+
+    key = segment_key(3, "a/b", ENGINE_SUFFIX, now=START + 0.25)
+    assert key_moment(key) == pytest.approx(START + 0.25, abs=0.001)
+    day = day_folders(START, START)[0]
+    assert key_moment(f"ws-3/fraud/{day}/{'f' * 32}.parquet") is None  # a uuid4 name, a time centuries away
+    assert key_moment(f"ws-3/fraud/2001/01/01/{key.rsplit('/', 1)[1]}") is None
+    assert key_moment("quarantine/probe") is None and key_moment(f"ws-3/fraud/{day}/zz.parquet") is None
