@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -97,7 +98,12 @@ def _leases_locked() -> Iterator[Path | None]:
     when it cannot be used (another user's folder): then ports are picked as before, checked free only."""
     try:
         PORT_LEASES.mkdir(mode=0o1777, exist_ok=True)
-        handle = open(PORT_LEASES / ".lock", "a")  # noqa: SIM115 - closed below, after the lock
+        # a folder in /tmp anyone may have made: not followed if it is a link, nor are the links planted in it (a
+        # lease written through one would overwrite whatever file it names)
+        if not stat.S_ISDIR(os.lstat(PORT_LEASES).st_mode):
+            raise NotADirectoryError(PORT_LEASES)
+        handle = os.fdopen(os.open(PORT_LEASES / ".lock", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                                   | os.O_CLOEXEC, 0o666), "a")
     except OSError:
         yield None
         return
@@ -119,13 +125,16 @@ def _lease_free(leases: Path | None, port: int) -> bool:
         age = time.time() - path.stat().st_mtime
     except (OSError, ValueError):
         return True
-    return age > LEASE_SECONDS or not _pid_alive(pid)
+    return not 0 <= age <= LEASE_SECONDS or not _pid_alive(pid)  # a lease from the future would never expire
 
 
 def _lease(leases: Path | None, port: int) -> None:
     if leases is not None:
         with contextlib.suppress(OSError):
-            (leases / str(port)).write_text(str(os.getpid()))
+            fd = os.open(leases / str(port), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o644)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(str(os.getpid()))
 
 
 def _pid_alive(pid: int) -> bool:

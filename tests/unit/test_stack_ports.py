@@ -76,6 +76,35 @@ def test_a_live_processs_lease_is_skipped_an_expired_or_dead_ones_taken_over(lea
         stack.free_ports(1)
 
 
+def test_a_lease_from_the_future_expires_and_a_planted_link_is_not_written_through(leases, monkeypatch, tmp_path):
+    """The lease folder is in /tmp, where anyone may have made it: a lease file that is a link to another file is not
+    written through (it would overwrite that file with a pid), and a lease dated in the future (a clock set back)
+    does not hold for ever."""
+    start = _free_range(2)
+    monkeypatch.setattr(stack, "port_range", lambda: range(start, start + 2))
+    leases.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    (leases / str(start)).symlink_to(victim)
+    (leases / str(start + 1)).write_text("1")  # init's: alive, but dated an hour ahead
+    ahead = time.time() + 3600
+    stack.os.utime(leases / str(start + 1), (ahead, ahead))
+    assert sorted(stack.free_ports(2)) == [start, start + 1]
+    assert victim.read_text() == "keep me"
+    assert (leases / str(start + 1)).read_text() == str(stack.os.getpid())
+
+
+def test_a_linked_lease_folder_is_not_used(tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = tmp_path / "leases"
+    link.symlink_to(elsewhere)
+    monkeypatch.setattr(stack, "PORT_LEASES", link)
+    start = _free_range(2)
+    monkeypatch.setattr(stack, "port_range", lambda: range(start, start + 2))
+    assert len(stack.free_ports(1)) == 1 and not list(elsewhere.iterdir())  # picked as before, checked free only
+
+
 def test_a_stopped_stack_releases_only_its_own_leases(leases, monkeypatch):
     start = _free_range(4)
     monkeypatch.setattr(stack, "port_range", lambda: range(start, start + 2))
