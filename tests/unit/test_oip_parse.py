@@ -84,6 +84,9 @@ def test_the_fast_reader_takes_flat_floats_and_leaves_the_rest():
     (b'{"inputs": [{"name": "t", "shape": [2], "datatype": "FP64", "data": [null, 1.0]}]}', "FP64 data holds null"),
     (b'{"inputs": [{"name": "t", "shape": [1, 2], "datatype": "FP16", "data": [[1.0, null]]}]}',
      "FP16 data holds null"),
+    # BOOL: numpy's cast made a null False
+    (b'{"inputs": [{"name": "t", "shape": [2, 1], "datatype": "BOOL", "data": [[true], [null]]}]}',
+     "BOOL data holds null"),
 ])
 def test_bad_requests_get_the_general_paths_errors(body, message):
     with pytest.raises(InvalidRequest) as fast:
