@@ -43,8 +43,9 @@ def _die_with_parent(slice_us: int = 0) -> None:
 # malloc_trim gives back only the main arena's free top, a thread arena's top goes only when a free finds it above
 # the trim threshold (dynamic: up to 64 MiB), so the second arena kept 9-28 MiB of the log segments' Parquet writes
 # after the idle trim. Neither measured slower (decode + predict + encode, batch 1 and 1000; the replica at
-# batch-1000 load, item 31). Both backends start replicas with these unless the operator set them
-# (kubernetes.replica_objects too).
+# batch-1000 load, item 31). glibc's mmap and trim thresholds stay dynamic: fixed ones were measured and not kept
+# (items 30, 31, 37). Both backends start replicas with these unless the operator set them (kubernetes.replica_objects
+# too).
 REPLICA_MEMORY_DEFAULTS = {"ARROW_DEFAULT_MEMORY_POOL": "system", "MALLOC_ARENA_MAX": "1"}
 
 
