@@ -17,7 +17,9 @@ at once, so a flood of them cannot take the descriptors the admitted connections
 An admitted connection has `keep_alive` seconds (uvicorn's timeout_keep_alive) from its start, and from each
 response, to send the whole head of its next request, or it is closed: uvicorn arms its keep-alive timer only after
 a response and any byte disarms it, so a connection that sent nothing, or the start of a head, held its place (and
-its source's) for as long as the client liked, and 16 silent sources held all 4096.
+its source's) for as long as the client liked, and 16 silent sources held all 4096. Likewise a client that reads
+nothing of a response for `keep_alive` seconds (the transport's buffer above its high-water mark all that time) is
+cut off: the response waited in uvicorn's flow control for ever, holding the connection and its task.
 
 A source is the TCP peer keyed as the token endpoint's bucket keys it (an IPv6 peer by its /64,
 `source_address.counted_as`); a trusted proxy (`gateway.trusted_proxies`) carries many clients on its connections
@@ -86,6 +88,7 @@ def limited_protocol(limits: ConnectionLimits) -> type:
         _refused: asyncio.TimerHandle | None = None
         _lingering: bool = False
         _head_due: asyncio.TimerHandle | None = None
+        _unread: asyncio.TimerHandle | None = None  # a response the client has not read from for keep_alive seconds
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             peer = transport.get_extra_info("peername")
@@ -143,9 +146,10 @@ def limited_protocol(limits: ConnectionLimits) -> type:
             return super().eof_received()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            if self._head_due is not None:
-                self._head_due.cancel()
-                self._head_due = None
+            for timer in (self._head_due, self._unread):
+                if timer is not None:
+                    timer.cancel()
+            self._head_due = self._unread = None
             if self._admitted:
                 self._admitted = False
                 limits.release(self._source_key)
@@ -160,8 +164,13 @@ def limited_protocol(limits: ConnectionLimits) -> type:
         def pause_writing(self) -> None:
             if self._admitted:
                 super().pause_writing()
+                if self._unread is None:
+                    self._unread = self.loop.call_later(self.timeout_keep_alive, self.transport.abort)
 
         def resume_writing(self) -> None:
+            if self._unread is not None:
+                self._unread.cancel()
+                self._unread = None
             if self._admitted:
                 super().resume_writing()
 

@@ -38,6 +38,18 @@ async def _slow_app(scope, receive, send) -> None:  # noqa: ANN001 - a raw ASGI 
         await _app(scope, receive, send)
 
 
+async def _big_app(scope, receive, send) -> None:  # noqa: ANN001 - a raw ASGI callable
+    if scope["type"] != "http":
+        return
+    if scope["path"] != "/big":
+        await _app(scope, receive, send)
+        return
+    body = b"0" * (48 << 20)  # more than loopback's socket buffers take
+    head = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
 class _Gateway:
     def __init__(self, app=_app, **limits: object) -> None:  # noqa: ANN001 - an ASGI callable
         self.app = app
@@ -167,6 +179,28 @@ async def test_a_request_slower_than_the_head_deadline_is_answered():
         assert (await _ask(reader, writer)).startswith(b"HTTP/1.1 200")
         assert (await _ask(reader, writer)).startswith(b"HTTP/1.1 200")  # kept alive in between
         writer.close()
+
+
+async def test_a_client_that_reads_nothing_of_a_response_is_cut_off_and_frees_its_place():
+    """A large response to a client that reads none of it waited in uvicorn's flow control for ever, holding the
+    connection (and its source's place); after keep_alive seconds without the buffer draining it is cut off."""
+    async with _Gateway(_big_app, max_connections=50, max_connections_per_source=1, keep_alive=0.5) as gateway:
+        reader, writer = await gateway.connect("127.0.0.2")
+        writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        answers = []
+        try:
+            await asyncio.sleep(1.5)  # reads nothing, and keeps its socket open
+            for _ in range(20):  # the place is given back once the gateway cut the unread one
+                again = await gateway.connect("127.0.0.2")
+                answers.append((await _ask(*again))[:12])
+                again[1].close()
+                if answers[-1] == b"HTTP/1.1 200":
+                    break
+                await asyncio.sleep(0.2)
+        finally:
+            writer.transport.abort()  # (uvicorn's shutdown would wait for the stuck response for ever)
+        assert answers[-1] == b"HTTP/1.1 200", answers
 
 
 async def test_refused_connections_draining_at_once_are_capped(monkeypatch):
