@@ -172,10 +172,16 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
                                              "number")
                     if dtype.itemsize < 8:
                         raise OverflowError
-                # numpy's cast reads a null as False: a missing value would reach the model as a real one
-                if dtype.kind == "b" and not isinstance(data, np.ndarray) and any(
-                        value is None for value in np.asarray(data, dtype=object).reshape(-1)):
-                    raise InvalidRequest(f"input {name!r}: BOOL data holds null; every value must be true or false")
+                # numpy's cast reads a null as False and any non-empty string ("false" too) as True: a missing or
+                # mistyped value would reach the model as a real one. true/false, or the numbers 0 and 1
+                if dtype.kind == "b" and not isinstance(data, np.ndarray):
+                    given = np.asarray(data, dtype=object).reshape(-1)
+                    if any(value is None for value in given):
+                        raise InvalidRequest(f"input {name!r}: BOOL data holds null; every value must be true or "
+                                             "false")
+                    if not all(type(value) is bool or (type(value) is int and value in (0, 1)) for value in given):
+                        raise InvalidRequest(f"input {name!r}: BOOL data must be true or false (or 0 and 1), not "
+                                             "strings or other numbers")
                 if dtype.kind in "iu" and not isinstance(data, np.ndarray):  # numpy would truncate 1.5 to 1
                     given = np.asarray(data).reshape(-1)
                     if given.dtype.kind == "f" and not np.array_equal(given, array):

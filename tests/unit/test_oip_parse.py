@@ -87,6 +87,11 @@ def test_the_fast_reader_takes_flat_floats_and_leaves_the_rest():
     # BOOL: numpy's cast made a null False
     (b'{"inputs": [{"name": "t", "shape": [2, 1], "datatype": "BOOL", "data": [[true], [null]]}]}',
      "BOOL data holds null"),
+    # and any non-empty string True, "false" included
+    (b'{"inputs": [{"name": "t", "shape": [2], "datatype": "BOOL", "data": [true, "false"]}]}',
+     "BOOL data must be true or false"),
+    (b'{"inputs": [{"name": "t", "shape": [2], "datatype": "BOOL", "data": [1, 2]}]}', "BOOL data must be true or"),
+    (b'{"inputs": [{"name": "t", "shape": [2], "datatype": "BOOL", "data": [0.5, 1]}]}', "BOOL data must be true or"),
 ])
 def test_bad_requests_get_the_general_paths_errors(body, message):
     with pytest.raises(InvalidRequest) as fast:
