@@ -40,6 +40,7 @@ log = logging.getLogger("railyard.task_scheduler.runner")
 MAX_LINE = 16 * 1024
 KILLED = "killed (task/kill)"
 FLUSH_SECONDS = 0.2
+FLUSH_WAIT = 30.0  # seconds the end of a run waits for a log flush under way
 CHUNK = 64 * 1024
 
 # Runs inside the sandbox, in the run's working directory: unpack the orchestration, run its entrypoint as
@@ -160,10 +161,17 @@ async def execute(plan: RunPlan, writer: LogWriter, kill: asyncio.Event) -> RunO
     pumps = [asyncio.create_task(_pump(process.stdout, "stdout", writer)),
              asyncio.create_task(_pump(process.stderr, "stderr", writer))]
 
+    stop_flushing = asyncio.Event()
+
     async def flusher() -> None:
-        while True:
-            await asyncio.sleep(FLUSH_SECONDS)
-            await writer.flush()
+        # stopped between two flushes, never inside one: a flush cancelled while its batch was being written lost the
+        # batch (taken out of `pending`, not stored), so a run whose end came during a periodic flush kept no lines of
+        # it, all of them for a short run (a fresh-clone CI on a slow machine: a successful run with no logs)
+        while not stop_flushing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop_flushing.wait(), FLUSH_SECONDS)
+            if not stop_flushing.is_set():
+                await writer.flush()
 
     flushing = asyncio.create_task(flusher())
     waited = asyncio.create_task(process.wait())
@@ -185,12 +193,17 @@ async def execute(plan: RunPlan, writer: LogWriter, kill: asyncio.Event) -> RunO
         await asyncio.wait_for(asyncio.gather(*pumps, return_exceptions=True), 10)
     finally:
         killed.cancel()
-        flushing.cancel()
+        stop_flushing.set()
         for pump in pumps:
             pump.cancel()
         with contextlib.suppress(ProcessLookupError):
             if process.returncode is None:
                 process.kill()
+        await asyncio.wait({flushing}, timeout=FLUSH_WAIT)  # the flush under way, if any, ends
+        if not flushing.done():
+            flushing.cancel()
+        elif not flushing.cancelled() and flushing.exception() is not None:
+            log.warning("run %s: writing its log lines failed: %s", plan.run_id, flushing.exception())
     await writer.flush()
     code = process.returncode
     said = stderr_excerpt("\n".join(writer.stderr_tail).encode())

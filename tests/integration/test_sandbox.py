@@ -294,6 +294,37 @@ def test_a_task_run_exiting_with_the_quota_status_fails_as_an_ordinary_exit(sett
     assert outcome.reason.startswith("main.py exited with status 122"), outcome
 
 
+def test_a_task_run_ending_during_a_log_flush_keeps_every_line(settings, monkeypatch):
+    """The runner's periodic flush is stopped between flushes, not inside one: cancelled while its batch was being
+    written, the batch was lost, so a run that ended then kept none of those lines (a fresh-clone CI on a slow
+    machine: a successful run whose logs were empty). Here every write takes 0.6 s and main.py ends while the
+    first periodic flush is being written."""
+    import asyncio
+    import zipfile
+
+    from services.task_scheduler import runner
+
+    monkeypatch.setattr(sandbox, "_settings", lambda: settings)
+    archive = settings.stack.data_dir.parent / "orchestration.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("main.py", "import time\nprint('first')\ntime.sleep(0.5)\nprint('second')\n")
+    plan = runner.RunPlan(run_id="r", workdir=settings.stack.data_dir / "run", zip_path=archive, entrypoint="main.py",
+                          python=sys.executable, env_dir=None, env={}, timeout=20, memory_bytes=1 << 30,
+                          cpu_seconds=20, disk_bytes=64 << 20)
+    stored = []
+
+    async def sink(batch):
+        await asyncio.sleep(0.6)  # a slow database: the run ends while the first line is being written
+        stored.extend(line for _, _, _, line in batch)
+
+    async def go():
+        return await runner.execute(plan, runner.LogWriter(sink=sink, max_bytes=100_000), asyncio.Event())
+
+    outcome = asyncio.run(go())
+    assert outcome.status == "success", outcome
+    assert stored == ["first", "second"], stored
+
+
 def test_a_task_run_tells_a_real_setup_failure_from_main_py_exiting_125(settings, monkeypatch):
     """The runner reads the launcher's verdict (setup_failed), not the status: main.py exiting 125 after printing
     the launcher's words is its own exit; a sandbox the launcher could not build is SandboxUnavailable with its
