@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.embedded.servers import GRPC_OFFSET, weed_grpc_socket
-from shared.embedded.stack import port_free
+from shared.embedded.stack import pid_alive, port_free
 from shared.settings import AuthSettings, GatewaySettings, NatsSettings, PostgresSettings, S3Settings, Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,7 +125,7 @@ def _lease_free(leases: Path | None, port: int) -> bool:
         age = time.time() - path.stat().st_mtime
     except (OSError, ValueError):
         return True
-    return not 0 <= age <= LEASE_SECONDS or not _pid_alive(pid)  # a lease from the future would never expire
+    return not 0 <= age <= LEASE_SECONDS or not pid_alive(pid)  # a lease from the future would never expire
 
 
 def _lease(leases: Path | None, port: int) -> None:
@@ -135,18 +135,6 @@ def _lease(leases: Path | None, port: int) -> None:
                          0o644)
             with os.fdopen(fd, "w") as handle:
                 handle.write(str(os.getpid()))
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def stack_env(data_dir: Path) -> dict[str, str]:
