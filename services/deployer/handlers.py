@@ -277,10 +277,26 @@ def _engine_config(config: dict[str, Any] | None) -> dict[str, Any]:
         utilization = math.nan
     if not 0 < utilization <= 100:
         raise InvalidRequest("engine_config.autoscale_cpu_utilization must be a percentage above 0, at most 100")
+    for key in ("memory", "lb_memory"):
+        if config.get(key) is not None:
+            config[key] = _memory_spec(key, config[key])
     check_batching(config)
     if "log_policy" in config:  # which rows the engine logs (services/engine/logpolicy.py)
         config["log_policy"] = check_log_policy(config["log_policy"])
     return config | {"cpus": cpus, "replica_count": replicas}
+
+
+# the seed's memory_spec (KiB, MiB, GiB, TiB) or Kubernetes' own spelling (Ki, Mi, Gi, Ti), kept in the latter: the
+# Kubernetes backend puts it in the pod's requests and limits as it is
+_MEMORY_SPEC = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(Ki|Mi|Gi|Ti)B?\s*$")
+
+
+def _memory_spec(key: str, value: Any) -> str:
+    found = _MEMORY_SPEC.match(value) if isinstance(value, str) else None
+    if not found or float(found.group(1)) <= 0:
+        raise InvalidRequest(f"engine_config.{key} must be a size with a unit, e.g. '999Mi' or '2GiB' (units KiB, MiB, "
+                             f"GiB, TiB; got {value!r})")
+    return found.group(1) + found.group(2)
 
 
 def _autoscale(config: dict[str, Any]) -> tuple[tuple[int, int] | None, float]:

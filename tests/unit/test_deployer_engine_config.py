@@ -33,3 +33,19 @@ def test_the_bounds_themselves_are_accepted():
                              "autoscale_cpu_utilization": 100})
     assert config["cpus"] == 64 and config["replica_count"] == 1
     assert _engine_config(None) == {"cpus": 1.0, "replica_count": 1}
+
+
+@pytest.mark.parametrize("key", ["memory", "lb_memory"])
+@pytest.mark.parametrize("value", ["lots", "999", "-1Gi", "1.5.2Mi", "Mi", 512, True, ["1Gi"]])
+def test_a_memory_that_is_not_a_memory_spec_is_refused(key, value):
+    # seed 001 lines 3367-3373 and 3376-3381: "{size as number}{unit value}", units KiB, MiB, GiB, TiB. Before,
+    # anything was stored and the Kubernetes backend silently replaced what it could not read by 2Gi
+    with pytest.raises(InvalidRequest, match=rf"^engine_config.{key} must be a size with a unit"):
+        _engine_config({key: value})
+
+
+@pytest.mark.parametrize("given, kept", [("999Mi", "999Mi"), ("1Gi", "1Gi"), ("0.5Gi", "0.5Gi"), ("512MiB", "512Mi"),
+                                         ("2 GiB", "2Gi"), ("64KiB", "64Ki"), ("1TiB", "1Ti")])
+def test_the_seeds_memory_units_are_kept_as_kubernetes_writes_them(given, kept):
+    config = _engine_config({"memory": given, "lb_memory": given})
+    assert config["memory"] == kept and config["lb_memory"] == kept
