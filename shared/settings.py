@@ -232,7 +232,9 @@ class TaskSettings(BaseModel):
 
     work_dir: Path | None = Field(None, description="Where runs get their working directories and requirements "
                                   "their environments (default: <stack data_dir>/tasks).")
-    tick: float = Field(0.5, description="Seconds between the scheduler's passes (due points, queue, kills).")
+    tick: float = Field(5.0, description="Longest sleep between the scheduler's passes. A pass runs when something "
+                        "can be due (a schedule point, a heartbeat deadline) or a PostgreSQL notification announces "
+                        "work (a queued run, a kill); this bounds the delay a lost notification causes.")
     max_zip_bytes: int = Field(100 * 1024 * 1024, description="Largest orchestration zip accepted.")
     max_zip_files: int = Field(2000, description="Most members an orchestration zip may have.")
     max_unpacked_bytes: int = Field(500 * 1024 * 1024, description="Most bytes an orchestration unpacks to.")

@@ -1,6 +1,6 @@
 """The scheduler loop of one task-scheduler process; any number of processes run it side by side.
 
-Every `tick` a process:
+A pass of the loop:
 
 1. fails runs whose supervisor stopped beating (a killed or crashed process): `failure`, with the reason;
 2. turns due schedule points into runs. A task's row is locked (`FOR UPDATE SKIP LOCKED`) while its `next_fire`
@@ -12,6 +12,15 @@ Every `tick` a process:
    advisory lock, so the limit holds across processes) and this process's own room;
 4. heartbeats its runs and stops those whose task was killed;
 5. installs one waiting requirements environment at a time (claimed with a heartbeat as well).
+
+Between passes the process sleeps until something can be due, not on a fixed tick: until the earliest of the next
+schedule point, the oldest heartbeat's deadline (a run's or an installation's: its process may die without a word)
+and, while it supervises runs, its own next heartbeat. Everything else that makes work (a queued run, a new
+schedule, a kill, a run's end freeing its workspace's place, an environment to install) is written with a
+PostgreSQL `NOTIFY` (store.WORK_CHANNEL) that wakes every process LISTENing on its own held connection, which
+also serves the passes' queries. A notification lost (the connection dropped, the process was paused) only
+delays: no sleep is longer than `tick`. An idle stack so costs one pass every `tick` (5 s) instead of one every
+0.5 s. The guarantees above are the SQL's, so they do not depend on when a pass runs.
 """
 
 from __future__ import annotations
@@ -41,6 +50,21 @@ from shared.messages.tasks import TaskRunFailed, TaskRunStarted, TaskRunSucceede
 log = logging.getLogger("railyard.task_scheduler.scheduler")
 
 FIRE_BATCH = 50
+# seconds before trying again a workspace whose queue another process is starting (its advisory lock was held)
+BUSY_RETRY = 0.5
+# a due point is woken for this much after it, so that the pass's `<= now()` / `< now() - ...` finds it
+DUE_SLACK = 0.02
+
+
+def sleep_for(to_next_due: float | None, tick: float, own_beat_in: float | None) -> float:
+    """How long a process sleeps after a pass: until the next due point or its own next heartbeat, at most
+    `tick` (a lost notification only delays), never negative."""
+    delay = tick
+    if to_next_due is not None:
+        delay = min(delay, to_next_due + DUE_SLACK)
+    if own_beat_in is not None:
+        delay = min(delay, own_beat_in)
+    return max(delay, 0.0)
 
 # mint(owner_id, workspace_id, ttl_seconds, task_id, run_id) -> a bearer token with the owner's rights in that
 # workspace, naming the task and the run
@@ -76,6 +100,13 @@ class Scheduler:
     installing: asyncio.Task | None = None
     _loop: asyncio.Task | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _conn: Any = None  # the loop's own connection (LISTENing on store.WORK_CHANNEL), one of the pool's
+    passes: int = 0
+
+    def wake(self, *_: object) -> None:
+        """Run a pass now (a notification came, or this process freed room)."""
+        self._wake.set()
 
     def start(self) -> None:
         self._loop = asyncio.create_task(self._forever())
@@ -96,8 +127,10 @@ class Scheduler:
     async def stop(self) -> None:
         """Stop scheduling; runs in progress are stopped and recorded as failed (a restart would find them lost)."""
         self._stop.set()
+        self._wake.set()
         if self._loop is not None:
             await self._loop
+        await self._drop_connection()
         for event in self.kills.values():
             event.set()
         if self.runs:
@@ -114,34 +147,73 @@ class Scheduler:
         last_beat = 0.0
         loop = asyncio.get_running_loop()
         while not self._stop.is_set():
+            self._wake.clear()  # a notification during the pass makes another pass at once
+            delay = settings.tick
             try:
-                await self.fail_lost()
-                await self.fire_due()
-                await self.start_queued()
-                if loop.time() - last_beat >= settings.heartbeat_interval / 2 or any(
-                        not e.is_set() for e in self.kills.values()):
-                    await self.heartbeat()
+                conn = await self._connection()
+                self.passes += 1
+                await self.fail_lost(conn)
+                await self.fire_due(conn)
+                busy = await self.start_queued(conn)
+                if self.runs:  # every pass: a kill is announced by a notification
+                    await self.heartbeat(conn)
                     last_beat = loop.time()
-                self.install_next()
-            except (asyncpg.PostgresError, OSError) as exc:
+                await self.install_next(conn)
+                own_beat_in = (last_beat + settings.heartbeat_interval / 2 - loop.time()) if self.runs else None
+                delay = sleep_for(await store.seconds_to_next_due(conn, settings.supervisor_lost_after),
+                                  settings.tick, own_beat_in)
+                if busy:
+                    delay = min(delay, BUSY_RETRY)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 log.warning("scheduler pass failed: %s", exc)
+                await self._drop_connection()
+                delay = min(delay, BUSY_RETRY * 2)
             except Exception:
                 log.exception("scheduler pass failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), settings.tick)
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _connection(self) -> asyncpg.Connection:
+        """The loop's connection, LISTENing on the work channel; a new one after a failure. While it is being
+        set up nothing is heard, so the pass that follows looks at everything anyway."""
+        if self._conn is not None and not self._conn.is_closed():
+            return self._conn
+        await self._drop_connection()
+        conn = await self.deps.pool.acquire()
+        try:
+            await conn.add_listener(store.WORK_CHANNEL, self.wake)
+        except BaseException:
+            await self.deps.pool.release(conn)
+            raise
+        self._conn = conn
+        return conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:  # a broken connection is closed by the pool's release
+            if not conn.is_closed():
+                await conn.remove_listener(store.WORK_CHANNEL, self.wake)
+            await asyncio.wait_for(self.deps.pool.release(conn), 5)
+        except Exception as exc:  # noqa: BLE001 - the connection is gone either way
+            log.debug("releasing the scheduler's connection: %s", exc)
+            with contextlib.suppress(Exception):
+                conn.terminate()
 
     # --- 1. lost runs -------------------------------------------------------------------------------------------
 
-    async def fail_lost(self) -> None:
-        for row in await store.fail_lost_runs(self.deps.pool, self.deps.settings.supervisor_lost_after):
+    async def fail_lost(self, conn: asyncpg.Connection) -> None:
+        for row in await store.fail_lost_runs(conn, self.deps.settings.supervisor_lost_after):
             log.warning("run %s lost its supervisor %s: marked failed", row["id"], row["supervisor"])
             await self._event(row, "failure", None, row["reason"])
 
     # --- 2. schedule points -------------------------------------------------------------------------------------
 
-    async def fire_due(self) -> None:
+    async def fire_due(self, conn: asyncpg.Connection) -> None:
         grace = timedelta(seconds=self.deps.settings.missed_run_grace)
-        async with self.deps.pool.acquire() as conn, conn.transaction():
+        async with conn.transaction():
             for task in await store.due_tasks(conn, FIRE_BATCH):
                 point, following, missed = due_point(task["schedule"], task["next_fire"], task["now"],
                                                      task["missed_run_policy"], grace)
@@ -154,24 +226,31 @@ class Scheduler:
 
     # --- 3. starting queued runs --------------------------------------------------------------------------------
 
-    async def start_queued(self) -> None:
+    async def start_queued(self, conn: asyncpg.Connection) -> bool:
+        """Start what fits; True when a workspace's queue was being started by another process (look again soon:
+        that process may lack the room this one has)."""
         settings = self.deps.settings
-        for workspace_id in await store.workspaces_waiting(self.deps.pool):
+        busy = False
+        for workspace_id in await store.workspaces_waiting(conn):
             room = settings.max_runs_per_process - len(self.runs)
             if room <= 0:
-                return
-            started = await store.start_queued(self.deps.pool, workspace_id,
-                                               settings.max_concurrent_runs_per_workspace, room, self.identity)
+                return busy
+            started = await store.start_queued(conn, workspace_id, settings.max_concurrent_runs_per_workspace,
+                                               room, self.identity)
+            if started is None:
+                busy = True
+                continue
             for row in started:
                 self.kills[row["id"]] = asyncio.Event()
                 self.runs[row["id"]] = asyncio.create_task(self._supervise(row))
+        return busy
 
     # --- 4. heartbeats and kills --------------------------------------------------------------------------------
 
-    async def heartbeat(self) -> None:
+    async def heartbeat(self, conn: asyncpg.Connection) -> None:
         if not self.runs:
             return
-        for run_id in await store.beat_runs(self.deps.pool, list(self.runs), self.identity):
+        for run_id in await store.beat_runs(conn, list(self.runs), self.identity):
             event = self.kills.get(run_id)
             if event is not None and not event.is_set():
                 log.info("run %s: kill requested", run_id)
@@ -179,15 +258,14 @@ class Scheduler:
 
     # --- 5. environments ----------------------------------------------------------------------------------------
 
-    def install_next(self) -> None:
+    async def install_next(self, conn: asyncpg.Connection) -> None:
         if self.installing is None or self.installing.done():
-            self.installing = asyncio.create_task(self._install_one())
+            env = await store.claim_env(conn, self.identity, self.deps.settings.supervisor_lost_after)
+            if env is not None:
+                self.installing = asyncio.create_task(self._install_one(env))
 
-    async def _install_one(self) -> None:
+    async def _install_one(self, env: asyncpg.Record) -> None:
         deps = self.deps
-        env = await store.claim_env(deps.pool, self.identity, deps.settings.supervisor_lost_after)
-        if env is None:
-            return
         sha = env["requirements_sha"]
         log.info("installing requirements %s", sha[:12])
 
@@ -206,6 +284,7 @@ class Scheduler:
             beating.cancel()
         await store.finish_env(deps.pool, sha, ok, reason)
         log.info("requirements %s: %s", sha[:12], "ready" if ok else f"failed: {reason}")
+        self.wake()  # the installer is free: another environment may wait
 
     # --- a run ---------------------------------------------------------------------------------------------------
 
@@ -222,6 +301,7 @@ class Scheduler:
         finally:
             self.runs.pop(run_id, None)
             self.kills.pop(run_id, None)
+            self.wake()  # this process has room again
         if self._stop.is_set() and outcome.reason == runner.KILLED:
             outcome = runner.RunOutcome("failure", outcome.exit_code, "stopped: its task scheduler process shut down")
         if await store.finish_run(self.deps.pool, run_id, self.identity, outcome.status, outcome.exit_code,

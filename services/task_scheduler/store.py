@@ -5,6 +5,10 @@ a schedule point becomes a run through `INSERT ... ON CONFLICT (task_id, schedul
 transaction that moves the task's `next_fire` (rows locked `FOR UPDATE SKIP LOCKED`, so two processes never
 handle one task at once); a queued run starts under a per-workspace advisory lock that counts the running ones;
 a running run belongs to the process whose heartbeat it carries.
+
+Every write that makes work for a scheduler (a queued run, a new schedule, a kill, a freed place in a workspace, an
+environment to install) also sends `NOTIFY` on `WORK_CHANNEL` in its transaction, so the schedulers, which sleep
+until the next due point, wake at its commit. A notification carries nothing: a woken scheduler reads the tables.
 """
 
 from __future__ import annotations
@@ -18,6 +22,13 @@ import asyncpg
 
 # advisory lock namespace of "start queued runs of workspace N" (any constant; 'task' in ASCII)
 WORKSPACE_LOCK = 0x7461736B
+# the channel scheduler processes LISTEN on (scheduler.py): "there may be work", delivered at the writer's commit
+WORK_CHANNEL = "railyard_task_scheduler_work"
+
+
+async def notify_work(conn: asyncpg.Pool | asyncpg.Connection) -> None:
+    """Wake the schedulers (at the commit of the transaction this runs in, at once outside one)."""
+    await conn.execute("SELECT pg_notify($1, '')", WORK_CHANNEL)
 
 
 # --- environments and orchestrations ---------------------------------------------------------------------------
@@ -27,7 +38,10 @@ async def ensure_env(conn: asyncpg.Connection, requirements_sha: str, requiremen
     await conn.execute(
         "INSERT INTO envs (requirements_sha, requirements, status) VALUES ($1, $2, 'installing') "
         "ON CONFLICT (requirements_sha) DO NOTHING", requirements_sha, requirements)
-    return await conn.fetchval("SELECT status FROM envs WHERE requirements_sha = $1", requirements_sha)
+    status = await conn.fetchval("SELECT status FROM envs WHERE requirements_sha = $1", requirements_sha)
+    if status == "installing":
+        await notify_work(conn)
+    return status
 
 
 async def insert_orchestration(conn: asyncpg.Connection, *, id: uuid.UUID, workspace_id: int, sha: str,
@@ -48,7 +62,7 @@ async def orchestration(pool: asyncpg.Pool | asyncpg.Connection, orch_id: uuid.U
     return await pool.fetchrow("SELECT * FROM orchestrations WHERE id = $1", orch_id)
 
 
-async def claim_env(pool: asyncpg.Pool, worker: str, lost_after: float) -> asyncpg.Record | None:
+async def claim_env(pool: asyncpg.Pool | asyncpg.Connection, worker: str, lost_after: float) -> asyncpg.Record | None:
     """An environment waiting to be installed (or whose installer stopped beating), now this worker's."""
     return await pool.fetchrow(
         "UPDATE envs SET worker = $1, heartbeat_at = now() WHERE requirements_sha = ("
@@ -86,6 +100,8 @@ async def insert_task(conn: asyncpg.Connection, *, id: uuid.UUID, workspace_id: 
         "missed_run_policy, next_fire) VALUES ($1, $2, $3, $4, $5, $6, $7::json, $8, $9, $10, $11)",
         id, workspace_id, orch_id, orch_sha, name, owner_id, json.dumps(args), timeout_seconds, schedule,
         missed_run_policy, next_fire)
+    if next_fire is not None:
+        await notify_work(conn)  # a point the sleeping schedulers do not know yet
 
 
 async def task(pool: asyncpg.Pool | asyncpg.Connection, task_id: uuid.UUID) -> asyncpg.Record | None:
@@ -123,6 +139,7 @@ async def kill_task(pool: asyncpg.Pool, task_id: uuid.UUID) -> None:
             "updated_at = now() WHERE task_id = $1 AND status = 'queued'", task_id)
         await conn.execute("UPDATE runs SET kill_requested = true, updated_at = now() "
                            "WHERE task_id = $1 AND status = 'running'", task_id)
+        await notify_work(conn)  # the supervisor stops the run at its next pass
 
 
 # --- schedule points ---------------------------------------------------------------------------------------------
@@ -140,6 +157,8 @@ async def fire(conn: asyncpg.Connection, task_id: uuid.UUID, workspace_id: int, 
     inserted = await conn.fetchval(
         "INSERT INTO runs (id, task_id, workspace_id, scheduled_for, status) VALUES ($1, $2, $3, $4, 'queued') "
         "ON CONFLICT (task_id, scheduled_for) DO NOTHING RETURNING id", uuid.uuid4(), task_id, workspace_id, point)
+    if inserted is not None:
+        await notify_work(conn)  # another process may have the room to start it
     return inserted is not None
 
 
@@ -151,24 +170,26 @@ async def queue_once(conn: asyncpg.Connection, task_id: uuid.UUID, workspace_id:
     run_id = uuid.uuid4()
     await conn.execute("INSERT INTO runs (id, task_id, workspace_id, status) VALUES ($1, $2, $3, 'queued')",
                        run_id, task_id, workspace_id)
+    await notify_work(conn)
     return run_id
 
 
 # --- runs --------------------------------------------------------------------------------------------------------
 
-async def workspaces_waiting(pool: asyncpg.Pool) -> list[int]:
-    rows = await pool.fetch("SELECT DISTINCT workspace_id FROM runs WHERE status = 'queued'")
+async def workspaces_waiting(conn: asyncpg.Connection) -> list[int]:
+    rows = await conn.fetch("SELECT DISTINCT workspace_id FROM runs WHERE status = 'queued'")
     return [r["workspace_id"] for r in rows]
 
 
-async def start_queued(pool: asyncpg.Pool, workspace_id: int, limit: int, room: int,
-                       supervisor: str) -> list[asyncpg.Record]:
+async def start_queued(conn: asyncpg.Connection, workspace_id: int, limit: int, room: int,
+                       supervisor: str) -> list[asyncpg.Record] | None:
     """Start the oldest queued runs of a workspace that fit under its limit (and under this process's room);
-    one process at a time per workspace (advisory lock), so the limit holds across processes."""
-    async with pool.acquire() as conn, conn.transaction():
+    one process at a time per workspace (advisory lock), so the limit holds across processes. None when another
+    process holds the workspace's lock now."""
+    async with conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, $2::int)", WORKSPACE_LOCK,
                                    workspace_id % 2**31):
-            return []
+            return None
         running = await conn.fetchval("SELECT count(*) FROM runs WHERE workspace_id = $1 AND status = 'running'",
                                       workspace_id)
         free = min(limit - running, room)
@@ -180,7 +201,8 @@ async def start_queued(pool: asyncpg.Pool, workspace_id: int, limit: int, room: 
             "ORDER BY created_at, id LIMIT $2 FOR UPDATE) RETURNING *", workspace_id, free, supervisor)
 
 
-async def beat_runs(pool: asyncpg.Pool, run_ids: list[uuid.UUID], supervisor: str) -> list[uuid.UUID]:
+async def beat_runs(pool: asyncpg.Pool | asyncpg.Connection, run_ids: list[uuid.UUID],
+                    supervisor: str) -> list[uuid.UUID]:
     """Heartbeat this process's runs; the ids among them whose kill was requested."""
     rows = await pool.fetch(
         "UPDATE runs SET heartbeat_at = now() WHERE id = ANY($1::uuid[]) AND supervisor = $2 AND status = 'running' "
@@ -191,19 +213,38 @@ async def beat_runs(pool: asyncpg.Pool, run_ids: list[uuid.UUID], supervisor: st
 async def finish_run(pool: asyncpg.Pool, run_id: uuid.UUID, supervisor: str, status: str, exit_code: int | None,
                      reason: str | None) -> bool:
     """Record how a run ended; False if it was no longer this supervisor's (already declared lost)."""
-    done = await pool.fetchval(
-        "UPDATE runs SET status = $3, exit_code = $4, reason = $5, finished_at = now(), updated_at = now() "
-        "WHERE id = $1 AND supervisor = $2 AND status = 'running' RETURNING id", run_id, supervisor, status,
-        exit_code, reason)
+    async with pool.acquire() as conn, conn.transaction():
+        done = await conn.fetchval(
+            "UPDATE runs SET status = $3, exit_code = $4, reason = $5, finished_at = now(), updated_at = now() "
+            "WHERE id = $1 AND supervisor = $2 AND status = 'running' RETURNING id", run_id, supervisor, status,
+            exit_code, reason)
+        if done is not None:
+            await notify_work(conn)  # a place in its workspace is free: a queued run may start
     return done is not None
 
 
-async def fail_lost_runs(pool: asyncpg.Pool, lost_after: float) -> list[asyncpg.Record]:
+async def fail_lost_runs(conn: asyncpg.Connection, lost_after: float) -> list[asyncpg.Record]:
     """Running runs whose supervisor stopped beating: failed, with the reason."""
-    return await pool.fetch(
-        "UPDATE runs SET status = 'failure', reason = 'the task scheduler process supervising the run died (no "
-        "heartbeat for ' || $1::text || ' s)', finished_at = now(), updated_at = now() "
-        "WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => $1) RETURNING *", lost_after)
+    async with conn.transaction():
+        rows = await conn.fetch(
+            "UPDATE runs SET status = 'failure', reason = 'the task scheduler process supervising the run died (no "
+            "heartbeat for ' || $1::text || ' s)', finished_at = now(), updated_at = now() "
+            "WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => $1) RETURNING *", lost_after)
+        if rows:
+            await notify_work(conn)  # their places are free
+    return rows
+
+
+async def seconds_to_next_due(conn: asyncpg.Connection, lost_after: float) -> float | None:
+    """Seconds until the earliest moment a pass can find work no notification announces: a task's next schedule
+    point, a running run's or an installing environment's heartbeat deadline (its supervisor or installer may
+    die silently). None when there is none; negative when it has passed."""
+    return await conn.fetchval(
+        "SELECT extract(epoch FROM least("
+        "  (SELECT min(next_fire) FROM tasks WHERE schedule IS NOT NULL AND NOT killed),"
+        "  (SELECT min(heartbeat_at) FROM runs WHERE status = 'running') + make_interval(secs => $1),"
+        "  (SELECT min(heartbeat_at) FROM envs WHERE status = 'installing') + make_interval(secs => $1)"
+        ") - now())::float8", lost_after)
 
 
 async def running_among(pool: asyncpg.Pool, run_ids: list[uuid.UUID]) -> set[uuid.UUID]:

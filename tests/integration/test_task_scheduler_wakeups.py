@@ -1,0 +1,169 @@
+"""The task scheduler sleeps until something can be due and is woken by PostgreSQL notifications (scheduler.py).
+
+Two `Scheduler`s run in this process against the test stack's real PostgreSQL, in a schema of their own (so the
+stack's own scheduler never sees these rows), with the fallback poll (`tick`) at a minute: whatever they do within
+seconds, a notification or a due point woke them for. Only the run itself is a stand-in (`_run` waits for its kill
+or its length, instead of a sandbox): the loop, its SQL and its notifications are the service's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from services.task_scheduler import runner, store
+from services.task_scheduler.handlers import Deps
+from services.task_scheduler.scheduler import Scheduler
+from shared.db import create_pool, load_migrations, migrate
+from shared.settings import TaskSettings
+
+pytestmark = pytest.mark.timeout(120)
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "task_scheduler" / "migrations"
+WORKSPACE = 7
+
+
+class StandInRuns(Scheduler):
+    """A scheduler whose runs take `seconds` from the task's args (or until killed), recording when they ran."""
+
+    spans: list[tuple[uuid.UUID, float, float]]
+
+    async def _run(self, row: asyncpg.Record) -> runner.RunOutcome:
+        task = await store.task(self.deps.pool, row["task_id"])
+        seconds = float(__import__("json").loads(task["args"])["seconds"])
+        begun = time.monotonic()
+        try:
+            await asyncio.wait_for(self.kills[row["id"]].wait(), seconds)
+            return runner.RunOutcome("failure", None, runner.KILLED)
+        except TimeoutError:
+            return runner.RunOutcome("success", 0, None)
+        finally:
+            self.spans.append((row["task_id"], begun, time.monotonic()))
+
+
+@pytest.fixture
+async def database(stack):
+    settings = stack.settings().postgres
+    schema = f"task_scheduler_wake_{uuid.uuid4().hex[:8]}"
+    await migrate(settings, schema, load_migrations(MIGRATIONS))
+    pool = await create_pool(settings, schema)
+    orch_id = uuid.uuid4()
+    await store.insert_orchestration(pool, id=orch_id, workspace_id=WORKSPACE, sha="0" * 64, name=None,
+                                     file_name="o.zip", entrypoint="main.py", requirements_sha=None, owner_id="u",
+                                     status="ready", reason=None)
+    try:
+        yield pool, orch_id
+    finally:
+        await pool.close()
+        conn = await asyncpg.connect(settings.dsn)
+        try:
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
+def scheduler(pool: asyncpg.Pool, tmp_path: Path, spans: list, name: str) -> StandInRuns:
+    settings = TaskSettings(tick=60, heartbeat_interval=0.5, supervisor_lost_after=2,
+                            max_concurrent_runs_per_workspace=2, max_runs_per_process=4)
+
+    async def publish(subject: str, event: object) -> None:
+        pass
+
+    async def mint(*_: object) -> str:
+        return "unused"
+
+    deps = Deps(pool=pool, objects=None, settings=settings, work_root=tmp_path / name,
+                membership=lambda token: None, publish=publish)
+    made = StandInRuns(deps=deps, mint=mint, gateway_url="http://127.0.0.1:1", identity=name)
+    made.spans = spans
+    made.start()
+    return made
+
+
+async def new_task(pool: asyncpg.Pool, orch_id: uuid.UUID, seconds: float, schedule: str | None = None) -> uuid.UUID:
+    task_id = uuid.uuid4()
+    async with pool.acquire() as conn, conn.transaction():
+        next_fire = None
+        if schedule is not None:
+            now = await conn.fetchval("SELECT now()")
+            next_fire = now.replace(microsecond=0) + timedelta(seconds=1)
+        await store.insert_task(conn, id=task_id, workspace_id=WORKSPACE, orch_id=orch_id, orch_sha="0" * 64,
+                                name=None, owner_id="u", args={"seconds": seconds}, timeout_seconds=60,
+                                schedule=schedule, missed_run_policy=None, next_fire=next_fire)
+        if schedule is None:
+            await store.queue_once(conn, task_id, WORKSPACE)
+    return task_id
+
+
+async def settled(pool: asyncpg.Pool, task_id: uuid.UUID, status: set[str], within: float) -> asyncpg.Record:
+    deadline = time.monotonic() + within
+    while True:
+        rows = await store.runs_of(pool, task_id, None, 1)
+        if rows and rows[0]["status"] in status:
+            return rows[0]
+        assert time.monotonic() < deadline, (status, rows)
+        await asyncio.sleep(0.05)
+
+
+async def test_sleeping_schedulers_are_woken_for_each_kind_of_work(database, tmp_path):
+    pool, orch = database
+    spans: list = []
+    first, second = scheduler(pool, tmp_path, spans, "first"), scheduler(pool, tmp_path, spans, "second")
+    try:
+        await asyncio.sleep(1)  # both past their first pass
+        # idle: no pass at all (the old loop made one every tick)
+        passes = first.passes + second.passes
+        await asyncio.sleep(2)
+        assert first.passes + second.passes == passes
+        # a queued run: started and finished at once, though the poll is a minute away
+        task = await new_task(pool, orch, 0.1)
+        assert (await settled(pool, task, {"success"}, 3))["status"] == "success"
+        # four runs in one workspace: two at a time, oldest first, each started when a place frees up
+        spans.clear()
+        queued = [await new_task(pool, orch, 0.5) for _ in range(4)]
+        for task in queued:
+            await settled(pool, task, {"success"}, 5)
+        spans.sort(key=lambda s: s[1])
+        assert [s[0] for s in spans[:2]] == queued[:2] or set(s[0] for s in spans[:2]) == set(queued[:2]), spans
+        assert set(s[0] for s in spans[2:]) == set(queued[2:]), spans
+        assert max(sum(b <= moment < e for _, b, e in spans) for _, moment, _ in spans) == 2, spans
+        # schedule points: each fired once, on time, by whichever scheduler took it
+        every = await new_task(pool, orch, 0.05, schedule="* * * * * */1")
+        await asyncio.sleep(4.5)
+        await store.kill_task(pool, every)
+        points = Counter(r["scheduled_for"] for r in await store.runs_of(pool, every, None, None))
+        assert all(n == 1 for n in points.values()) and len(points) >= 3, points
+        moments = sorted(points)
+        assert all((b - a).total_seconds() == 1 for a, b in zip(moments, moments[1:], strict=False)), moments
+        # a kill of a running run: its supervisor hears it at the kill's commit
+        task = await new_task(pool, orch, 60)
+        await settled(pool, task, {"running"}, 3)
+        killed_at = time.monotonic()
+        await store.kill_task(pool, task)
+        run = await settled(pool, task, {"failure"}, 3)
+        assert run["reason"] == runner.KILLED and time.monotonic() - killed_at < 1.5, run
+        # a supervisor that stops beating (its loop and run are gone, as in a kill -9): the other one wakes at the
+        # heartbeat's deadline and fails the run
+        task = await new_task(pool, orch, 60)
+        run = await settled(pool, task, {"running"}, 3)
+        dead = first if run["id"] in first.runs else second
+        dead._loop.cancel()
+        dead.runs[run["id"]].cancel()
+        await dead._drop_connection()
+        gone_at = time.monotonic()
+        run = await settled(pool, task, {"failure"}, 6)
+        assert "supervising the run died" in run["reason"], run
+        assert time.monotonic() - gone_at < 2 + 1.5, run  # supervisor_lost_after 2 s
+    finally:
+        for made in (first, second):
+            if not made._loop.done():
+                await made.stop()
+            else:
+                await made._drop_connection()
