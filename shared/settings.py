@@ -91,7 +91,9 @@ class GatewaySettings(BaseModel):
                               "got no answer ('Server disconnected without sending a response'); 75 s as nginx.")
     max_connections: int = Field(4096, ge=1, description="Open client connections the gateway keeps at most (per "
                                  "gateway process); a connection above it is answered 503 at once and closed, the "
-                                 "ones already open keep being served.")
+                                 "ones already open keep being served, unless its source holds less than its fair "
+                                 "share: then an idle keep-alive connection of the source holding the most is "
+                                 "closed for it.")
     max_connections_per_source: int = Field(256, ge=1, description="Open connections one source address may hold "
                                             "(an IPv6 client: its /64); the TCP peer, a trusted proxy exempt. Above "
                                             "it: 503 and closed, as max_connections, so one client cannot take them "

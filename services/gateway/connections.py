@@ -21,9 +21,20 @@ its source's) for as long as the client liked, and 16 silent sources held all 40
 nothing of a response for `keep_alive` seconds (the transport's buffer above its high-water mark all that time) is
 cut off: the response waited in uvicorn's flow control for ever, holding the connection and its task.
 
+When the total is full, a newcomer from a source holding less than its fair share (the total over the sources
+holding connections, the newcomer's included) takes the place of an idle keep-alive connection (one waiting for its
+next request's head, not a byte of it received) of the source holding the most, closed for it, as long as that
+source holds at least two more than the newcomer's (so equals never trade places back and forth). Otherwise 16
+sources at the per-source cap, each renewing its connections within keep_alive, held all 4096 for as long as they
+liked and every other client was refused. Closing an idle keep-alive connection is what HTTP lets a server do at
+any time (a client retries an idempotent request on a connection closed under it; uvicorn's own keep-alive timeout
+does the same); a connection with a request on its way or in progress is never taken. A refused newcomer is
+answered as before.
+
 A source is the TCP peer keyed as the token endpoint's bucket keys it (an IPv6 peer by its /64,
 `source_address.counted_as`); a trusted proxy (`gateway.trusted_proxies`) carries many clients on its connections
-and has no per-source cap, only the total. Counts are per gateway process.
+and has no per-source cap, only the total; it neither takes an idle connection's place nor gives one up. Counts
+are per gateway process.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import resource
 from collections import Counter
+from typing import Protocol
 
 from services.gateway.source_address import SourceAddress, counted_as, parse_address
 
@@ -45,15 +57,24 @@ REFUSED_LINGER = 2.0
 REFUSED_LINGERING_MAX = 128  # refused connections draining at once (each a descriptor for up to REFUSED_LINGER)
 
 
+class Evictable(Protocol):
+    def evict(self) -> None:
+        """Close this idle connection for a newcomer; it is counted out at once."""
+
+
 class ConnectionLimits:
-    """Open connections in all and per source key; `admit` counts one in or says no, `release` counts it out."""
+    """Open connections in all and per source key; `admit` counts one in or says no (making room by evicting an
+    idle connection of the largest source when that is fair), `release` counts it out. `idle` holds the
+    connections between requests, by source, oldest first."""
 
     def __init__(self, total: int, per_source: int, source: SourceAddress | None = None) -> None:
         self.total, self.per_source = total, per_source
         self.source = source or SourceAddress()
         self.open = 0
         self.by_source: Counter[str] = Counter()
+        self.idle: dict[str, dict[Evictable, None]] = {}
         self.lingering = 0  # refused connections still draining (REFUSED_LINGER)
+        self.evicted = 0
 
     def key(self, peer: str | None) -> str | None:
         """The per-source key of a TCP peer; None for a trusted proxy (and an unknown peer): total only."""
@@ -65,12 +86,45 @@ class ConnectionLimits:
         return counted_as(peer)
 
     def admit(self, key: str | None) -> bool:
-        if self.open >= self.total or (key is not None and self.by_source[key] >= self.per_source):
+        if key is not None and self.by_source[key] >= self.per_source:
+            return False
+        if self.open >= self.total and not self._make_room(key):
             return False
         self.open += 1
         if key is not None:
             self.by_source[key] += 1
         return True
+
+    def _make_room(self, key: str | None) -> bool:
+        """Evict an idle connection of the source holding the most, if the newcomer is under its fair share and
+        that source holds at least two more than it; False when none may go."""
+        if key is None:
+            return False
+        held = self.by_source.get(key, 0)
+        sources = len(self.by_source) + (0 if held else 1)
+        if held * sources >= self.total:  # at or above its fair share already
+            return False
+        for victim_key, count in sorted(self.by_source.items(), key=lambda item: -item[1]):
+            if count < held + 2:
+                return False
+            waiting = self.idle.get(victim_key)
+            if waiting:
+                victim = next(iter(waiting))
+                self.evicted += 1
+                victim.evict()  # counts it out (release) and closes it
+                return True
+        return False
+
+    def mark_idle(self, key: str | None, connection: Evictable) -> None:
+        if key is not None:
+            self.idle.setdefault(key, {})[connection] = None
+
+    def mark_busy(self, key: str | None, connection: Evictable) -> None:
+        waiting = self.idle.get(key) if key is not None else None
+        if waiting is not None:
+            waiting.pop(connection, None)
+            if not waiting:
+                del self.idle[key]
 
     def release(self, key: str | None) -> None:
         self.open -= 1
@@ -85,6 +139,8 @@ def limited_protocol(limits: ConnectionLimits) -> type:
 
     class LimitedHttpToolsProtocol(HttpToolsProtocol):
         _admitted: bool = False
+        _counted: bool = False  # in `limits` (an evicted connection is counted out before it is gone)
+        _idle: bool = False  # waiting for a request's head, not a byte of it received: may be evicted
         _refused: asyncio.TimerHandle | None = None
         _lingering: bool = False
         _head_due: asyncio.TimerHandle | None = None
@@ -94,7 +150,7 @@ def limited_protocol(limits: ConnectionLimits) -> type:
             peer = transport.get_extra_info("peername")
             self._source_key = limits.key(peer[0] if peer else None)
             if limits.admit(self._source_key):
-                self._admitted = True
+                self._admitted = self._counted = True
                 super().connection_made(transport)
                 self._await_head()
                 return
@@ -118,6 +174,22 @@ def limited_protocol(limits: ConnectionLimits) -> type:
             if self._head_due is not None:
                 self._head_due.cancel()
             self._head_due = self.loop.call_later(self.timeout_keep_alive, self._head_overdue)
+            self._idle = True
+            limits.mark_idle(self._source_key, self)
+
+        def _busy(self) -> None:
+            if self._idle:
+                self._idle = False
+                limits.mark_busy(self._source_key, self)
+
+        def evict(self) -> None:
+            """Close this idle connection to make room for another source's (ConnectionLimits._make_room)."""
+            self._busy()
+            if self._counted:
+                self._counted = False
+                limits.release(self._source_key)
+            if not self.transport.is_closing():
+                self.transport.close()
 
         def _head_overdue(self) -> None:
             self._head_due = None
@@ -137,6 +209,7 @@ def limited_protocol(limits: ConnectionLimits) -> type:
 
         def data_received(self, data: bytes) -> None:
             if self._admitted:
+                self._busy()
                 super().data_received(data)
 
         def eof_received(self) -> bool | None:
@@ -150,9 +223,12 @@ def limited_protocol(limits: ConnectionLimits) -> type:
                 if timer is not None:
                     timer.cancel()
             self._head_due = self._unread = None
+            self._busy()
             if self._admitted:
                 self._admitted = False
-                limits.release(self._source_key)
+                if self._counted:
+                    self._counted = False
+                    limits.release(self._source_key)
                 super().connection_lost(exc)
                 return
             if self._refused is not None:

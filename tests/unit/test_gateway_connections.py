@@ -118,8 +118,10 @@ async def test_one_source_is_capped_and_others_keep_being_served():
 
 
 async def test_the_total_is_capped_and_the_open_connections_keep_being_served():
+    """Four sources with one connection each: a fifth source's would take no more than its fair share, but nobody
+    holds more than it would (two more than its none), so it is refused and nothing is closed."""
     async with _Gateway(max_connections=4, max_connections_per_source=100) as gateway:
-        held = [await gateway.connect(f"127.0.0.{2 + index % 2}") for index in range(4)]
+        held = [await gateway.connect(f"127.0.0.{2 + index}") for index in range(4)]
         for reader, writer in held:
             assert (await _ask(reader, writer)).startswith(b"HTTP/1.1 200")
         reader, writer = await gateway.connect("127.0.0.5")
@@ -127,6 +129,63 @@ async def test_the_total_is_capped_and_the_open_connections_keep_being_served():
         writer.close()
         for reader, writer in held:
             assert (await _ask(reader, writer)).startswith(b"HTTP/1.1 200")
+            writer.close()
+
+
+async def _still_served(pair: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> bool:
+    """The connection answers a request (False: the gateway closed it)."""
+    try:
+        return (await _ask(*pair)).startswith(b"HTTP/1.1 200")
+    except (ConnectionError, TimeoutError):
+        return False
+
+
+async def test_a_full_gateway_closes_an_idle_connection_of_the_largest_source_for_a_source_under_its_share():
+    """Two sources hold all 8 places at their cap of 4, renewing them: a third source used to be refused for as long
+    as they liked. Its connections now take idle ones' places, each of the source holding the most, until it holds
+    about its share (8 / 3 sources): then it is refused, and the others keep what they have."""
+    async with _Gateway(max_connections=8, max_connections_per_source=4) as gateway:
+        big = {source: [await gateway.connect(source) for _ in range(4)] for source in ("127.0.0.2", "127.0.0.3")}
+        for pairs in big.values():
+            for pair in pairs:
+                assert (await _ask(*pair)).startswith(b"HTTP/1.1 200")  # idle now, between requests
+        newcomer = [await gateway.connect("127.0.0.4") for _ in range(3)]
+        answers = [(await _ask(*pair))[:12] for pair in newcomer]
+        assert answers == [b"HTTP/1.1 200"] * 2 + [b"HTTP/1.1 503"], answers
+        served = {source: [await _still_served(pair) for pair in pairs] for source, pairs in big.items()}
+        # one closed at each source (the second newcomer's turn took the source that was the largest then), the
+        # oldest idle one first
+        assert sorted(served.values()) == [[False, True, True, True]] * 2, served
+        for pairs in [*big.values(), newcomer]:
+            for _, writer in pairs:
+                writer.close()
+
+
+async def _slow_on_request(scope, receive, send) -> None:  # noqa: ANN001 - a raw ASGI callable
+    if scope["type"] == "http" and scope["path"] == "/slow":
+        await asyncio.sleep(1.0)
+    await _app(scope, receive, send)
+
+
+async def test_a_connection_with_a_request_on_its_way_or_in_progress_is_never_taken():
+    async with _Gateway(_slow_on_request, max_connections=2, max_connections_per_source=2) as gateway:
+        partial, slow = await gateway.connect("127.0.0.2"), await gateway.connect("127.0.0.2")
+        partial[1].write(b"GET /x HTTP/1.1\r\n")  # the start of a head
+        slow[1].write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")  # a request being answered
+        await asyncio.sleep(0.2)
+        refused = await gateway.connect("127.0.0.3")
+        assert (await _ask(*refused)).startswith(b"HTTP/1.1 503")
+        refused[1].close()
+        assert (await _ask(*partial, b"Host: x\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        answer = b""
+        while not answer.endswith(b"ok"):
+            answer += await asyncio.wait_for(slow[0].read(65536), 5)
+        assert answer.startswith(b"HTTP/1.1 200")
+        # both idle now: the newcomer takes the oldest one's place
+        admitted = await gateway.connect("127.0.0.3")
+        assert (await _ask(*admitted)).startswith(b"HTTP/1.1 200")
+        assert [await _still_served(partial), await _still_served(slow)] == [False, True]
+        for _, writer in (partial, slow, admitted):
             writer.close()
 
 
