@@ -211,10 +211,15 @@ class ConnectionService:
 
     async def get(self, principal: Principal, token: str | None, *, name: str | None = None,
                   connection_id: str | None = None) -> ConnectionRecord:
+        if name is None:
+            try:
+                by_id: uuid.UUID | None = uuid.UUID(str(connection_id))
+            except ValueError:  # seed 001's get_by_id example sends the connection's name as `id`
+                by_id, name = None, str(connection_id)
         if name is not None:
             row = await self._visible(principal, token, "c.name = $1", name)
         else:
-            row = await self._visible(principal, token, "c.id = $1", _uuid(connection_id))
+            row = await self._visible(principal, token, "c.id = $1", by_id)
         return _record(row, self.box.open(row["details_encrypted"]), await self._seen(principal, token))
 
     async def remove_from_workspace(self, principal: Principal, token: str | None, workspace_id: int,

@@ -127,6 +127,19 @@ def test_a_customers_database_in_any_scheme_is_kept(stack, alice):
     assert post(stack, "connections/get", alice.token, {"name": name}).json()["details"]["dsn"] == extra["dsn"]
 
 
+def test_get_by_id_with_the_name_as_the_seeds_example_sends_it(stack, alice, bob):
+    # seed 001 lines 4779-4783: the get_by_id example sends {'id': bigquery_connection_input_name} and shows the
+    # connection; a script copied from it got 404 "connection not found"
+    name, response = create(stack, alice)
+    connection_id = response.json()["id"]
+    by_name_as_id = post(stack, "connections/get_by_id", alice.token, {"id": name})
+    assert by_name_as_id.status_code == 200, by_name_as_id.text
+    assert by_name_as_id.json() == post(stack, "connections/get_by_id", alice.token, {"id": connection_id}).json()
+    # the same visibility as by id: an outsider is told nothing, a name nobody has is 404
+    assert post(stack, "connections/get_by_id", bob.token, {"id": name}).status_code == 404
+    assert post(stack, "connections/get_by_id", alice.token, {"id": name + "-none"}).status_code == 404
+
+
 def test_outsiders_cannot_see_attach_or_delete(stack, alice, bob):
     name, response = create(stack, alice)
     connection_id = response.json()["id"]
