@@ -9,7 +9,7 @@ from typing import IO, Any
 from railyard_client import tasks
 from railyard_client.connections import Connection
 from railyard_client.errors import ConfigurationError, NotFound
-from railyard_client.models import ModelVersion
+from railyard_client.models import Model, ModelVersion
 from railyard_client.pipelines import Deployment, Pipeline, infer_at
 from railyard_client.session import ENV_WORKSPACE, Session
 from railyard_client.workspaces import User, Workspace
@@ -128,6 +128,11 @@ class Client:
         if version is not None:
             body["version"] = str(version)
         return self._session.send("POST", "/v1/api/models/download", json=body).content
+
+    def get_model(self, name: str) -> Model:
+        """A model of the current workspace by name, as seed 003's `client.get_model(name)`; then
+        `.get_version("latest")` (or a number, a UUID) for its set_model and set_shadow_model."""
+        return self.current_workspace().model(name)
 
     def build_pipeline(self, name: str) -> Pipeline:
         """Start (or rebuild) a pipeline in the current workspace."""

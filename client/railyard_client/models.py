@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from railyard_client._lazy import pa
-from railyard_client.errors import ConversionFailed, InvalidInput, WaitTimeout
+from railyard_client.errors import ConversionFailed, InvalidInput, NotFound, WaitTimeout
 from railyard_client.progress import ProgressReader, upload_bar, wanted
 from railyard_client.resource import Resource
 from railyard_client.session import Session
@@ -103,6 +103,24 @@ class Model(Resource):
         if not versions:
             raise InvalidInput(f"model {self.name} has no versions")
         return versions[-1]
+
+    def get_version(self, version: str | int) -> ModelVersion:
+        """One version, as seed 003 names it: `"latest"` (the newest), a number counted from the first upload
+        (0 is the first, -1 the newest), or a version's UUID or sha256. NotFound naming the versions otherwise."""
+        versions = self.versions()
+        if not versions:
+            raise NotFound(404, "not_found", f"model {self.name} has no versions")
+        if version == "latest":
+            return versions[-1]
+        if isinstance(version, int) and not isinstance(version, bool):
+            if -len(versions) <= version < len(versions):
+                return versions[version]
+        else:
+            for found in versions:
+                if str(version) and str(version) in (found.version, found.sha):
+                    return found
+        raise NotFound(404, "not_found", f"no version {version!r}: model {self.name} has {len(versions)} versions "
+                                         f"(0 to {len(versions) - 1}, \"latest\", or a version's UUID or sha256)")
 
     def config(self) -> Any:
         """The model's configuration record (`models/get_config_by_id`)."""

@@ -1,0 +1,70 @@
+"""Seed 003's way to a model version, `client.get_model("my-model").get_version("latest")` (its set_model and
+set_shadow_model examples, lines 111 and 149) or `.get_version(0)` (setup_continuous_training's, line 477), on a
+fake session: the SDK had only `current_workspace().model(name).latest_version()`, so a script written from the seed
+stopped with AttributeError before it reached set_model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from railyard_client import Client
+from railyard_client.errors import NotFound
+from railyard_client.models import Model
+
+VERSIONS = [{"model_id": "my-model", "model_version": f"uuid-{n}", "sha": f"sha-{n}", "models_pk_id": 7,
+             "status": "ready", "framework": "onnx"} for n in range(3)]
+
+
+class FakeSession:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def post(self, route: str, body: dict[str, Any]) -> Any:
+        self.calls.append((route, body))
+        if route == "models/list_versions":
+            return VERSIONS if body["models_pk_id"] == 7 else []
+        if route == "models/list":
+            return {"models": [{"id": 7, "name": "my-model"}, {"id": 8, "name": "other"}]}
+        raise AssertionError(route)
+
+
+@pytest.fixture
+def model() -> Model:
+    return Model(FakeSession(), {"id": 7, "name": "my-model"})
+
+
+def test_latest_is_the_newest_version(model):
+    assert model.get_version("latest").version == "uuid-2"
+
+
+def test_a_number_counts_from_the_first_upload(model):
+    assert [model.get_version(n).version for n in (0, 1, 2, -1)] == ["uuid-0", "uuid-1", "uuid-2", "uuid-2"]
+
+
+def test_a_version_uuid_or_sha_names_that_version(model):
+    assert model.get_version("uuid-1").sha == "sha-1" and model.get_version("sha-0").version == "uuid-0"
+
+
+@pytest.mark.parametrize("missing", [3, -4, "uuid-9", ""])
+def test_a_version_that_is_not_there_is_not_found_naming_what_there_is(model, missing):
+    with pytest.raises(NotFound, match="my-model has 3 versions"):
+        model.get_version(missing)
+
+
+def test_a_model_without_versions_has_no_latest():
+    with pytest.raises(NotFound, match="no versions"):
+        Model(FakeSession(), {"id": 8, "name": "other"}).get_version("latest")
+
+
+def test_the_client_finds_the_model_in_its_current_workspace():
+    from railyard_client.workspaces import Workspace
+
+    session = FakeSession()
+    client = Client.__new__(Client)
+    client._session = session
+    client._workspace = Workspace(session, {"id": 3, "name": "apiworkspaces"})
+    assert client.get_model("my-model").get_version("latest").version == "uuid-2"
+    assert ("models/list", {"workspace_id": 3}) in session.calls
+    with pytest.raises(NotFound, match="model 'nope' not found"):
+        client.get_model("nope")
