@@ -9,18 +9,48 @@ from railyard_client.errors import InvalidInput
 from railyard_client.models import Model, ModelVersion
 from railyard_client.session import Session
 
-ModelVersionLike = ModelVersion | Model | str
+
+class ServedModelVersion(dict):
+    """{name, version, sha} of the model version a deployment serves, also read as attributes like a ModelVersion
+    (seed 003's get_model_version and get_shadow_model return one); set_model takes it back."""
+
+    @property
+    def name(self) -> str:
+        """The model's name."""
+        return str(self["name"])
+
+    @property
+    def version(self) -> str | None:
+        """The version's UUID."""
+        return self.get("version")
+
+    @property
+    def sha(self) -> str | None:
+        """sha256 of the version's artifact."""
+        return self.get("sha")
+
+
+ModelVersionLike = ModelVersion | Model | dict[str, Any] | str
+
+
+def _served(answer: dict[str, Any]) -> ServedModelVersion | None:
+    found = answer["model_version"]
+    return None if found is None else ServedModelVersion(found)
 
 
 def _model_version_ref(model_version: ModelVersionLike) -> dict[str, Any]:
-    """A ModelVersion pins name, version and sha; a Model its newest version; a name the newest ready version."""
+    """A ModelVersion pins name, version and sha; a Model its newest version; a name the newest ready version; a
+    dict (what get_model_version answers) its name and whichever of version and sha it has."""
     if isinstance(model_version, ModelVersion):
         return model_version.step_ref()
     if isinstance(model_version, Model):
         return model_version.latest_version().step_ref()
     if isinstance(model_version, str) and model_version:
         return {"name": model_version}
-    raise InvalidInput(f"give a ModelVersion, a Model or a model name, not {model_version!r}")
+    if isinstance(model_version, dict) and isinstance(model_version.get("name"), str) and model_version["name"]:
+        return {key: model_version[key] for key in ("name", "version", "sha") if model_version.get(key) is not None}
+    raise InvalidInput(f"give a ModelVersion, a Model, a model name or a {{name, version, sha}} dict, "
+                       f"not {model_version!r}")
 
 
 class DeploymentManagement:
@@ -62,19 +92,20 @@ class DeploymentManagement:
         `force_delete`, a deployment that has any is refused (Conflict)."""
         self._call("delete", force_delete=force_delete)
 
-    def get_model_version(self) -> dict[str, Any] | None:
-        """The model version this deployment serves, as {name, version, sha}; for an A/B split, its first arm
-        (`retrieve_information()["split"]` lists every arm with its weight)."""
-        return self._call("get_model_version")["model_version"]
+    def get_model_version(self) -> ServedModelVersion | None:
+        """The model version this deployment serves, as {name, version, sha} (also `.name`, `.version`, `.sha`);
+        for an A/B split, its first arm (`retrieve_information()["split"]` lists every arm with its weight)."""
+        return _served(self._call("get_model_version"))
 
     def set_model(self, model_version: ModelVersionLike) -> dict[str, Any]:
         """Serve this model version: a new pipeline version is created and swapped in; returns
         {model_version, pipeline_version} once it serves."""
         return self._call("set_model", model_version=_model_version_ref(model_version))
 
-    def get_shadow_model(self) -> dict[str, Any] | None:
-        """The shadow model version ({name, version, sha}), None when the deployment has none."""
-        return self._call("get_shadow_model")["model_version"]
+    def get_shadow_model(self) -> ServedModelVersion | None:
+        """The shadow model version ({name, version, sha}, also as attributes), None when the deployment has
+        none."""
+        return _served(self._call("get_shadow_model"))
 
     def set_shadow_model(self, shadow_model_version: ModelVersionLike) -> dict[str, Any]:
         """Run this model version as the shadow challenger (its outputs are logged, the model's answer); returns

@@ -68,3 +68,41 @@ def test_the_client_finds_the_model_in_its_current_workspace():
     assert ("models/list", {"workspace_id": 3}) in session.calls
     with pytest.raises(NotFound, match="model 'nope' not found"):
         client.get_model("nope")
+
+
+SERVED = {"name": "my-model", "version": "uuid-1", "sha": "sha-1"}
+
+
+class DeploymentSession(FakeSession):
+    def post(self, route: str, body: dict[str, Any]) -> Any:
+        self.calls.append((route, body))
+        if route in ("deployments/get_model_version", "deployments/get_shadow_model"):
+            return {"model_version": dict(SERVED), "pipeline_version": "p", "split": None}
+        if route in ("deployments/set_model", "deployments/set_shadow_model"):
+            return {"model_version": body["model_version"], "pipeline_version": "q", "split": None}
+        return super().post(route, body)
+
+
+@pytest.fixture
+def deployment():
+    from railyard_client.pipelines import Deployment
+
+    return Deployment(DeploymentSession(), {"id": 1, "name": "awesome-deploy-1"}, pipeline=None)
+
+
+@pytest.mark.parametrize("method", ["get_model_version", "get_shadow_model"])
+def test_the_served_model_version_reads_as_seed_003s_model_version(deployment, method):
+    # seed 003 lines 130-136 and 168-172: "Returns a ModelVersion object"; it was a plain dict, so
+    # `deployment.get_model_version().version` raised AttributeError. The dict's keys still answer as before
+    served = getattr(deployment, method)()
+    assert (served.name, served.version, served.sha) == ("my-model", "uuid-1", "sha-1")
+    assert served == SERVED and served["version"] == "uuid-1"
+
+
+def test_what_get_model_version_answers_can_be_set_again(deployment):
+    # the seed's objects go back in: set_shadow_model(other.get_model_version()) refused a dict with InvalidInput
+    served = deployment.get_model_version()
+    deployment.set_shadow_model(served)
+    deployment.set_model({"name": "my-model"})
+    sent = [body["model_version"] for route, body in deployment._session.calls if route.startswith("deployments/set_")]
+    assert sent == [SERVED, {"name": "my-model"}]
