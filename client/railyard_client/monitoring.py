@@ -10,6 +10,15 @@ from railyard_client.models import Model, ModelVersion
 from railyard_client.session import Session
 
 
+class Tag(str):
+    """A deployment's tag: its name, a string, also read as `.name` as seed 003's Tag objects are."""
+
+    @property
+    def name(self) -> str:
+        """The tag itself."""
+        return str(self)
+
+
 class ServedModelVersion(dict):
     """{name, version, sha} of the model version a deployment serves, also read as attributes like a ModelVersion
     (seed 003's get_model_version and get_shadow_model return one); set_model takes it back."""
@@ -62,13 +71,14 @@ class DeploymentManagement:
     def _call(self, route: str, **body: Any) -> Any:
         return self._session.post(f"deployments/{route}", {"deployment": self.name, **body})
 
-    def add_tags(self, tags: str | list[str]) -> list[str]:
+    def add_tags(self, tags: str | list[str]) -> list[Tag]:
         """Add a tag or a list of tags to this deployment; returns all its tags, in the order first added."""
-        return self._call("add_tags", tags=[tags] if isinstance(tags, str) else list(tags))["tags"]
+        sent = [str(tags)] if isinstance(tags, str) else [str(tag) for tag in tags]
+        return [Tag(tag) for tag in self._call("add_tags", tags=sent)["tags"]]
 
-    def get_tags(self) -> list[str]:
-        """The tags of this deployment."""
-        return self._call("get_tags")["tags"]
+    def get_tags(self) -> list[Tag]:
+        """The tags of this deployment (strings, also read as `.name`)."""
+        return [Tag(tag) for tag in self._call("get_tags")["tags"]]
 
     def retrieve_information(self) -> dict[str, Any]:
         """What the platform knows about this deployment: `deployment` (its inference name), display `name`,

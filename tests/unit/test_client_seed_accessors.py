@@ -106,3 +106,26 @@ def test_what_get_model_version_answers_can_be_set_again(deployment):
     deployment.set_model({"name": "my-model"})
     sent = [body["model_version"] for route, body in deployment._session.calls if route.startswith("deployments/set_")]
     assert sent == [SERVED, {"name": "my-model"}]
+
+
+class TagSession(FakeSession):
+    def post(self, route: str, body: dict[str, Any]) -> Any:
+        self.calls.append((route, body))
+        if route in ("deployments/get_tags", "deployments/add_tags"):
+            return {"tags": ["cool", *body.get("tags", [])]}
+        return super().post(route, body)
+
+
+def test_tags_read_as_seed_003s_tag_objects():
+    # seed 003 lines 40-45: `tags = deployment.get_tags(); assert tags[0].name == "cool"` ("A list of Tag objects");
+    # they were plain strings, so `.name` raised AttributeError. They still are strings (== "cool")
+    from railyard_client.pipelines import Deployment
+
+    deployment = Deployment(TagSession(), {"id": 1, "name": "awesome-deploy-1"}, pipeline=None)
+    tags = deployment.get_tags()
+    assert tags[0].name == "cool" and tags == ["cool"]
+    added = deployment.add_tags(["car", "truck"])
+    assert [tag.name for tag in added] == ["cool", "car", "truck"]
+    deployment.add_tags(added[1])  # a Tag goes back in as the seed's add_tags(tag) does
+    assert deployment._session.calls[-1] == ("deployments/add_tags", {"deployment": "awesome-deploy-1",
+                                                                       "tags": ["car"]})
