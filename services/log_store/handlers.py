@@ -19,6 +19,7 @@ segment is written with its rows sorted by (time, position).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -91,6 +92,11 @@ else:  # imported with the first log batch or read, not at start (~50 MiB of RSS
 log = logging.getLogger("railyard.log_store")
 ORPHAN_AGE = 3600.0
 ORPHAN_SLACK = 300.0  # seconds an orphan sweep's window reaches back past the previous one's (writers' clocks)
+# a pipeline this process heard of no write for is still listed once its windows to list span this many seconds:
+# writes it cannot hear of (an engine that died between storing a segment and describing it, another log store
+# process's) have their orphans deleted this much later at most
+ORPHAN_UNHEARD_LIST = 3600.0
+ORPHAN_LISTINGS_AT_ONCE = 8  # ranged listings of one sweep in flight together (S3 answers each in ~ms; 2 cores)
 MAX_ATTEMPTS = 3  # tries of one flush before its messages are stored one by one, then quarantined
 QUARANTINE_PREFIX = "quarantine/"
 TRANSIT_PREFIXES = ("inference/", "fields/")  # in BUCKET_TABLES: see _purge
@@ -121,12 +127,43 @@ class Deps:
 
 @dataclass
 class OrphanSweep:
-    """Where the orphan sweep got to (`_sweep_orphan_segments`): the cutoffs of its last sweep (the log store's
-    own segments, engines'), None before the first; keys it saw that were too young to judge."""
+    """Where the orphan sweep got to (`_sweep_orphan_segments`): the cutoffs of its last whole listing (the log
+    store's own segments, engines'), None before the first, and how far each pipeline's windows reached since;
+    keys it saw that were too young to judge; when this process last heard of a segment of each pipeline being
+    named (by key prefix: its own writes, an engine's descriptions, accepted or refused)."""
 
     last: tuple[float, float] | None = None
     pending: dict[str, float] = field(default_factory=dict)
     relist_at: float | None = None  # when to list the whole bucket again, for keys no later window lists
+    reached: dict[str, tuple[float, float]] = field(default_factory=dict)
+    heard: dict[str, list[float]] = field(default_factory=dict)
+
+    def hear(self, prefix: str, engine: bool, moment: float) -> None:
+        """A segment key under `prefix` may have been named at about `moment` (this process's clock)."""
+        times = self.heard.setdefault(prefix, [0.0, 0.0])
+        times[engine] = max(times[engine], moment)
+
+
+def key_pipeline_prefix(key: str) -> str | None:
+    """The pipeline prefix (`key_prefix`) of a segment key `ws-<id>/<pipeline>/<yyyy/mm/dd>/<name>`."""
+    parts = key.rsplit("/", 4)
+    return parts[0] + "/" if len(parts) == 5 and parts[0].startswith("ws-") else None
+
+
+def hear_description(sweep: OrphanSweep, msg: Any) -> None:
+    """An engine's segment description came (whether it is stored, refused or quarantined): its segment's pipeline
+    is listed by the sweeps until their windows pass now (an unindexed segment is exactly an orphan)."""
+    headers = msg.headers or {}
+    if not headers.get(SEGMENT_HEADER):
+        return
+    now = time.time()
+    with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+        meta = json.loads(headers[LOG_HEADER])
+        sweep.hear(key_prefix(int(meta["workspace_id"]), str(meta["pipeline"])), True, now)
+    with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+        prefix = key_pipeline_prefix(json.loads(msg.data)["key"])
+        if prefix is not None:
+            sweep.hear(prefix, True, now)
 
 
 class Unreadable(Exception):
@@ -356,6 +393,7 @@ class Ingestor:
         deps = self.deps
         batches: list[Batch] = []
         for msg in msgs:
+            hear_description(deps.orphan_sweep, msg)
             try:
                 batches.append(parse_batch(msg, probe))
             except Unreadable as exc:  # never storable: no retry helps
@@ -382,6 +420,7 @@ class Ingestor:
                 table = sort_by_time(_concat(tables))
                 data = await asyncio.to_thread(encode_segment, table, deps.settings.row_group_rows)
                 key = segment_key(workspace_id, pipeline)
+                deps.orphan_sweep.hear(key_prefix(workspace_id, pipeline), False, time.time())
                 await deps.objects.put_bytes(BUCKET_LOGS, key, data)
                 written.append(_describe(table, key, len(data), workspace_id, pipeline))
                 deps.reader.remember(key, data)
@@ -604,6 +643,7 @@ async def _compact_pipeline(deps: Deps, pipeline: Any, report: LogMaintenanceRep
         tables = [await asyncio.to_thread(deps.reader.read_all, seg["object_key"], seg["bytes"]) for seg in run]
         table, data = await asyncio.to_thread(_merge_run, run, tables, deps.settings.row_group_rows)
         key = segment_key(pipeline["workspace_id"], pipeline["name"])
+        deps.orphan_sweep.hear(key_prefix(pipeline["workspace_id"], pipeline["name"]), False, time.time())
         await deps.objects.put_bytes(BUCKET_LOGS, key, data)
         merged = _describe(table, key, len(data), pipeline["workspace_id"], pipeline["name"])
         merged.versions = sorted({v for seg in run for v in seg["versions"]})
@@ -644,12 +684,22 @@ async def _sweep_orphan_segments(deps: Deps, report: LogMaintenanceReport, now: 
 
     The first sweep of a process lists the whole logs bucket, and so does a later one once the keys that sweep
     found too young to judge and no window would list (uuid4 names of before 2026-12-02, a writer's clock far
-    behind) are all old enough. Later ones list, per pipeline, only the keys named in
-    the time that passed each cutoff since the previous sweep (segment keys sort by time within their day folder,
+    behind) are all old enough. Later ones list, per pipeline, only the keys named in the time that passed each
+    cutoff since that pipeline's previous window (segment keys sort by time within their day folder,
     shared/log_segments.py `segment_key`), reaching ORPHAN_SLACK further back for writers whose clock is behind
     the object store's; keys seen there but written too recently to judge are kept for the next sweep. Listing a
     whole bucket of 10,000 segments cost this process ~1.5 s of CPU and SeaweedFS ~0.5 s, and a busy replica
-    stores a few segments a second: every pass over a week's history would have taken minutes."""
+    stores a few segments a second: every pass over a week's history would have taken minutes.
+
+    A pipeline is listed only when something may have been named in its next window: this process heard of a
+    segment of it being named (`OrphanSweep.hear`: its own writes and compactions, each engine description that
+    came, stored or refused, young keys of the whole listing) no earlier than ORPHAN_SLACK before where its last
+    window ended, or its unlisted span reached ORPHAN_UNHEARD_LIST (for what it cannot hear of: an engine that
+    died before describing its segment, another log store process's writes). A skipped pipeline's window does not
+    move, so its next listing covers the whole span: skipping delays a deletion, never loses one. Every pass made 2
+    listings per pipeline the log store ever had, one after another (seconds a pass at 1,000+ pipelines); the
+    listings left run ORPHAN_LISTINGS_AT_ONCE at a time. Deletion is unchanged: the object's own mtime past its
+    cutoff, and no index or quarantine row naming it (`store.known_keys`)."""
     now = time.time() if now is None else now
     cutoff = now - ORPHAN_AGE
     engine_cutoff = cutoff - deps.settings.stream_max_age  # its description may wait that long in the stream
@@ -658,22 +708,13 @@ async def _sweep_orphan_segments(deps: Deps, report: LogMaintenanceReport, now: 
     if whole:
         listed = await deps.objects.list_keys(BUCKET_LOGS)
     else:
-        seen: dict[str, float] = dict(sweep.pending)
-        for row in await store.pipelines(deps.pool):
-            prefix = key_prefix(row["workspace_id"], row["name"])
-            for engine, start, end in ((False, sweep.last[0] - ORPHAN_SLACK, cutoff),
-                                       (True, sweep.last[1] - ORPHAN_SLACK, engine_cutoff)):
-                for day in day_folders(start, end):
-                    for key, modified in await deps.objects.list_keys_between(
-                            BUCKET_LOGS, f"{prefix}{day}/", key_time(start), key_time(end)):
-                        if key.endswith(ENGINE_SUFFIX) == engine:  # the other kind's cutoff is not near
-                            seen[key] = modified
-        listed = list(seen.items())
+        listed = list((await _list_windows(deps, sweep, cutoff, engine_cutoff)).items())
     old, pending, relist_at = [], {}, None
     for key, modified in listed:
         if key.startswith(QUARANTINE_PREFIX):
             continue
-        kind_cutoff = engine_cutoff if key.endswith(ENGINE_SUFFIX) else cutoff
+        engine = key.endswith(ENGINE_SUFFIX)
+        kind_cutoff = engine_cutoff if engine else cutoff
         if modified < kind_cutoff:
             old.append(key)
         elif not whole:
@@ -683,6 +724,8 @@ async def _sweep_orphan_segments(deps: Deps, report: LogMaintenanceReport, now: 
             # whole bucket is listed again once every such key is old enough, one listing however many there are
             due = modified + (now - kind_cutoff) + 1.0
             relist_at = due if relist_at is None else max(relist_at, due)
+        elif (prefix := key_pipeline_prefix(key)) is not None:
+            sweep.hear(prefix, engine, key_moment(key) or modified)  # its pipeline's windows must reach it
     for start in range(0, len(old), 1000):
         chunk = old[start:start + 1000]
         known = await store.known_keys(deps.pool, chunk)
@@ -690,9 +733,46 @@ async def _sweep_orphan_segments(deps: Deps, report: LogMaintenanceReport, now: 
             if key not in known:
                 await deps.objects.delete(BUCKET_LOGS, key)
                 report.orphans_deleted += 1
-    sweep.last, sweep.pending = (cutoff, engine_cutoff), pending
+    sweep.pending = pending
     if whole:
-        sweep.relist_at = relist_at
+        sweep.last, sweep.reached, sweep.relist_at = (cutoff, engine_cutoff), {}, relist_at
+
+
+async def _list_windows(deps: Deps, sweep: OrphanSweep, cutoff: float, engine_cutoff: float) -> dict[str, float]:
+    """The keys (with their mtimes) named in the windows of the pipelines that may have new ones (see
+    `_sweep_orphan_segments`), and the pending keys of the previous sweep; each listed pipeline's windows move
+    to these cutoffs once every listing succeeded."""
+    windows: list[tuple[str, bool, float, float]] = []
+    moved: dict[str, tuple[float, float]] = {}
+    for row in await store.pipelines(deps.pool):
+        prefix = key_prefix(row["workspace_id"], row["name"])
+        reached = sweep.reached.get(prefix, sweep.last)
+        heard = sweep.heard.get(prefix)
+        ends = list(reached)
+        for engine, end in ((False, cutoff), (True, engine_cutoff)):
+            begin = reached[engine]
+            if end <= begin:
+                continue
+            if (heard is not None and heard[engine] + ORPHAN_SLACK >= begin) or end - begin >= ORPHAN_UNHEARD_LIST:
+                windows.extend((f"{prefix}{day}/", engine, begin - ORPHAN_SLACK, end)
+                               for day in day_folders(begin - ORPHAN_SLACK, end))
+                ends[engine] = end
+        if ends != list(reached):
+            moved[prefix] = (ends[0], ends[1])
+    at_once = asyncio.Semaphore(ORPHAN_LISTINGS_AT_ONCE)
+
+    async def listing(folder: str, start: float, end: float) -> list[tuple[str, float]]:
+        async with at_once:
+            return await deps.objects.list_keys_between(BUCKET_LOGS, folder, key_time(start), key_time(end))
+
+    found = await asyncio.gather(*(listing(folder, start, end) for folder, _, start, end in windows))
+    seen: dict[str, float] = dict(sweep.pending)
+    for (_, engine, _, _), keys in zip(windows, found, strict=True):
+        for key, modified in keys:
+            if key.endswith(ENGINE_SUFFIX) == engine:  # the other kind's cutoff is not near
+                seen[key] = modified
+    sweep.reached.update(moved)
+    return seen
 
 
 def _listed_later(key: str, kind_cutoff: float, now: float) -> bool:

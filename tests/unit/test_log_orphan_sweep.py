@@ -7,13 +7,23 @@ shared/log_segments.py `segment_key`). An in-memory object store that honours th
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
 import pytest
 
 from services.log_store import handlers
 from services.log_store.handlers import ORPHAN_AGE, Deps, _sweep_orphan_segments
-from shared.log_segments import ENGINE_SUFFIX, SegmentRef, day_folders, key_time, segment_key
+from shared.log_segments import (
+    ENGINE_SUFFIX,
+    SEGMENT_HEADER,
+    SegmentRef,
+    day_folders,
+    key_moment,
+    key_time,
+    segment_key,
+)
+from shared.logrecords import LOG_HEADER
 from shared.messages.logs import LogMaintenanceReport
 from shared.objectstore import BUCKET_LOGS
 from shared.settings import LogSettings
@@ -73,6 +83,12 @@ def world(monkeypatch):
     return deps, objects, index
 
 
+def heard(deps: Deps, *keys: str) -> None:
+    """The log store heard of these keys being named, as it does of its own writes and engines' descriptions."""
+    for key in keys:
+        deps.orphan_sweep.hear(handlers.key_pipeline_prefix(key), key.endswith(ENGINE_SUFFIX), key_moment(key))
+
+
 def sweep(deps: Deps, now: float) -> int:
     report = LogMaintenanceReport()
     asyncio.run(_sweep_orphan_segments(deps, report, now=now))
@@ -119,6 +135,7 @@ def test_later_sweeps_list_only_what_passed_a_cutoff_since_and_catch_late_writes
     engine_old = later - ORPHAN_AGE - deps.settings.stream_max_age - 5
     engine = objects.put(segment_key(3, "fraud", ENGINE_SUFFIX, now=engine_old), engine_old)
     index.known.add(indexed)
+    heard(deps, orphan, indexed, late, fresh, engine)
     assert sweep(deps, later) == 2  # the orphan and the engine's, now past its stream's age
     assert objects.full_listings == 1, "a later sweep listed the whole bucket"
     assert {orphan, engine}.isdisjoint(objects.kept) and {indexed, late, fresh} <= set(objects.kept)
@@ -141,6 +158,7 @@ def test_a_window_across_midnight_lists_both_day_folders(world):
     deps.orphan_sweep.last = (midnight - 30, midnight - 30 - deps.settings.stream_max_age)
     before = objects.put(segment_key(3, "fraud", now=midnight - 10), midnight - 9)
     after = objects.put(segment_key(3, "fraud", now=midnight + 10), midnight + 11)
+    heard(deps, before, after)
     assert sweep(deps, now) == 2 and not {before, after} & set(objects.kept)
     folders = {prefix for prefix, _, _ in objects.ranged if prefix.startswith("ws-3/")}
     assert {f"ws-3/fraud/{day}/" for day in day_folders(midnight - 10, midnight + 10)} <= folders
@@ -175,11 +193,66 @@ def test_young_keys_no_window_lists_are_judged_by_one_more_listing_of_the_bucket
 
 
 def test_a_keys_time_is_read_from_its_name_only_in_its_own_day_folder():
-    from shared.log_segments import key_moment
-
     key = segment_key(3, "a/b", ENGINE_SUFFIX, now=START + 0.25)
     assert key_moment(key) == pytest.approx(START + 0.25, abs=0.001)
     day = day_folders(START, START)[0]
     assert key_moment(f"ws-3/fraud/{day}/{'f' * 32}.parquet") is None  # a uuid4 name, a time centuries away
     assert key_moment(f"ws-3/fraud/2001/01/01/{key.rsplit('/', 1)[1]}") is None
     assert key_moment("quarantine/probe") is None and key_moment(f"ws-3/fraud/{day}/zz.parquet") is None
+
+
+def test_pipelines_nothing_was_heard_of_are_listed_only_once_their_span_reaches_the_bound(world):
+    """Every pass made two listings per pipeline the log store ever had, one after another. A pipeline this process
+    heard of no write for is now skipped until its unlisted span reaches ORPHAN_UNHEARD_LIST; its window did not
+    move meanwhile, so the listing then covers the whole span and the orphan (an engine that died before
+    describing its segment) is deleted, late but not lost."""
+    deps, objects, index = world
+    index.rows = [{"id": n, "workspace_id": 3, "name": f"p{n}"} for n in range(200)]
+    now = START + 10 * DAY
+    assert sweep(deps, now) == 0 and objects.full_listings == 1
+    engine_age = ORPHAN_AGE + deps.settings.stream_max_age
+    orphan = objects.put(segment_key(3, "p150", now=now - ORPHAN_AGE + 30), now - ORPHAN_AGE + 31)
+    engine_orphan = objects.put(segment_key(3, "p151", ENGINE_SUFFIX, now=now - engine_age + 30),
+                                now - engine_age + 31)
+    later = now
+    while later < now + handlers.ORPHAN_UNHEARD_LIST - 60:
+        later += 60
+        assert sweep(deps, later) == 0
+    assert objects.ranged == [], "pipelines nobody wrote to were listed"
+    assert sweep(deps, now + handlers.ORPHAN_UNHEARD_LIST + 60) == 2
+    assert not {orphan, engine_orphan} & set(objects.kept) and objects.full_listings == 1
+    prefixes = {prefix.rsplit("/", 4)[0] for prefix, _, _ in objects.ranged}
+    assert len(prefixes) == 200  # each once, its own and its engines' window each a day folder or two
+    assert {first for _, first, _ in objects.ranged} == {key_time(now - ORPHAN_AGE - handlers.ORPHAN_SLACK),
+                                                          key_time(now - engine_age - handlers.ORPHAN_SLACK)}
+    objects.ranged.clear()
+    assert sweep(deps, now + handlers.ORPHAN_UNHEARD_LIST + 120) == 0 and objects.ranged == []
+
+
+class Description:
+    """An engine's segment description as the stream delivers it (headers and body)."""
+
+    def __init__(self, key: str, workspace_id: object = 3, pipeline: object = "p1", body: bytes | None = None):
+        self.headers = {SEGMENT_HEADER: "1", LOG_HEADER: json.dumps({"workspace_id": workspace_id,
+                                                                     "pipeline": pipeline})}
+        self.data = body if body is not None else json.dumps({"key": key, "rows": 1}).encode()
+
+
+@pytest.mark.parametrize("description", ["stored", "refused, naming another pipeline's key", "unreadable body"])
+def test_a_pipeline_an_engine_described_a_segment_of_is_listed_at_the_next_sweep(world, description):
+    """What tells the sweep a pipeline may have a new engine segment is the description the log store received,
+    whatever became of it: a refused one is exactly the case that leaves an orphan."""
+    deps, objects, index = world
+    index.rows = [{"id": n, "workspace_id": 3, "name": f"p{n}"} for n in range(20)]
+    now = START + 10 * DAY
+    sweep(deps, now)
+    engine_age = ORPHAN_AGE + deps.settings.stream_max_age
+    target = "p7" if description != "refused, naming another pipeline's key" else "p8"
+    orphan = objects.put(segment_key(3, target, ENGINE_SUFFIX, now=now - engine_age + 20), now - engine_age + 21)
+    message = {"stored": Description(orphan, pipeline="p7"),
+               "refused, naming another pipeline's key": Description(orphan, pipeline="p7"),
+               "unreadable body": Description(orphan, pipeline="p7", body=b"not json")}[description]
+    handlers.hear_description(deps.orphan_sweep, message)
+    assert sweep(deps, now + 60) == 1 and orphan not in objects.kept
+    listed = {prefix.rsplit("/", 4)[0] for prefix, _, _ in objects.ranged}
+    assert f"ws-3/{target}" in listed and len(listed) <= 2, listed
