@@ -133,11 +133,17 @@ class Deployment(DeploymentManagement, DeploymentContinuous, DeploymentPredictio
                     raise WaitTimeout(f"deployment {self.name} not Running after {timeout:g}s: {details}")
                 time.sleep(0.25)
 
-    def predict(self, data_in: InferInput, tags: str | list[str] | None = None, source: str | None = None,
-                **kwargs: Any) -> Any:
+    def predict(self, data_in: InferInput | None = None, tags: str | list[str] | None = None, source: str | None = None,
+                *, file_path: str | Path | None = None, **kwargs: Any) -> Any:
         """The path of a PNG or JPEG file: seed 003's `predict(file_path, tags, source)` (see `predict_image`: the
-        model answers the image, the prediction is kept and returned with its id). Anything else: an inference on
-        this deployment (the same as `pipeline.infer`)."""
+        model answers the image, the prediction is kept and returned with its id), also by keyword `file_path`.
+        Anything else: an inference on this deployment (the same as `pipeline.infer`)."""
+        if file_path is not None:
+            if data_in is not None:
+                raise InvalidInput("give the image as data_in or as file_path, not both")
+            data_in = file_path
+        if data_in is None:
+            raise InvalidInput("give an image path or rows to predict on")
         if is_image_file(data_in):
             return self.predict_image(data_in, tags=tags, source=source)
         if tags is not None or source is not None:

@@ -129,3 +129,20 @@ def test_tags_read_as_seed_003s_tag_objects():
     deployment.add_tags(added[1])  # a Tag goes back in as the seed's add_tags(tag) does
     assert deployment._session.calls[-1] == ("deployments/add_tags", {"deployment": "awesome-deploy-1",
                                                                        "tags": ["car"]})
+
+
+def test_predict_takes_the_seeds_keyword_file_path(deployment, monkeypatch):
+    # seed 003 lines 177-180: predict(file_path, tags=None, source=None); the SDK's first parameter was named
+    # data_in, so predict(file_path="image_420.png", ...) raised TypeError before anything was sent
+    asked = []
+    monkeypatch.setattr(deployment, "predict_image", lambda path, tags=None, source=None: asked.append(
+        (path, tags, source)) or {"id": "p"})
+    assert deployment.predict(file_path="image_420.png", tags=["gonna", "give"], source="camera-1") == {"id": "p"}
+    assert deployment.predict("frame.jpg") == {"id": "p"}
+    assert asked == [("image_420.png", ["gonna", "give"], "camera-1"), ("frame.jpg", None, None)]
+    from railyard_client.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="give an image path or rows"):
+        deployment.predict()
+    with pytest.raises(InvalidInput, match="not both"):
+        deployment.predict("a.png", file_path="b.png")
