@@ -334,11 +334,16 @@ def create_app(runtime: Runtime) -> FastAPI:
     @app.post(f"{API}/models/upload_and_convert", tags=["models"], response_model=reg.ModelInserted)
     async def upload_and_convert(request: Request, principal: Principal = Depends(user_caller)) -> Any:
         """Upload a model: multipart with a `metadata` JSON part (name, visibility, workspace_id, conversion)
-        and a `file` part."""
+        and a `file` part, or upload_stream's form fields and a `file` part."""
         form = await request.form(max_files=1, max_fields=10)
         raw = form.get("metadata")
+        if raw is None and (form.get("name") or form.get("workspace_id")):
+            # seed 001's stream-upload example posts upload_stream's form fields to this URL (lines 871-888: its
+            # `apiRequest` is this route's URL from an earlier cell) and shows the model inserted
+            return await _stage_and_register(request, principal, form, _stream_metadata(form))
         if raw is None:
-            raise InvalidRequest("the multipart body needs a 'metadata' part with the model's JSON metadata")
+            raise InvalidRequest("the multipart body needs a 'metadata' part with the model's JSON metadata (or "
+                                 "the form fields name and workspace_id, as models/upload_stream takes them)")
         try:
             metadata = json_body.loads(raw if isinstance(raw, str) else await raw.read(), "metadata")
         except (ValueError, UnicodeDecodeError):
@@ -352,11 +357,14 @@ def create_app(runtime: Runtime) -> FastAPI:
         """Stream a (large) ONNX model: multipart form fields name, filename, visibility, workspace_id and a
         `file` part; the file goes to object storage as it arrives (spooled to disk, never held in memory)."""
         form = await request.form(max_files=1, max_fields=10)
+        return await _stage_and_register(request, principal, form, _stream_metadata(form))
+
+    def _stream_metadata(form: Any) -> dict[str, Any]:
         metadata = {key: form.get(key) for key in ("name", "visibility", "workspace_id") if form.get(key)}
         metadata["conversion"] = {"framework": str(form.get("framework") or "onnx")}
         if form.get("filename"):
             metadata["file_name"] = str(form.get("filename"))
-        return await _stage_and_register(request, principal, form, metadata)
+        return metadata
 
     @app.post(f"{API}/models/download", tags=["models"], openapi_extra=request_schema(reg.ResolveModel))
     async def download_model(request: Request, principal: Principal = Depends(user_caller)) -> Any:

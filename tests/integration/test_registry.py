@@ -128,6 +128,28 @@ def test_upload_stream_as_in_the_seed(stack, alice):
     assert version["file_name"] == "ccfraud.onnx" and version["runtime"] == "onnx"
 
 
+def test_upload_stream_fields_sent_to_upload_and_convert_as_the_seeds_example_does(stack, alice):
+    # seed 001 lines 871-888: the stream example builds api_request for upload_stream but posts to `apiRequest`,
+    # the upload_and_convert URL of an earlier cell, with form fields and no metadata part, and shows the model
+    # inserted; a script copied from it got 400 "needs a 'metadata' part"
+    name = f"streamed-{uuid.uuid4().hex[:6]}"
+    response = requests.post(
+        f"{stack.api}/models/upload_and_convert", files={"file": (name, ccfraud_onnx())},
+        data={"name": name, "filename": "./models/ccfraud.onnx", "visibility": "public",
+              "workspace_id": alice.workspace_id},
+        headers={"Authorization": f"Bearer {alice.token}", "contentType": "application/octet-stream"}, timeout=60)
+    model_id = model_id_of(response)
+    version = api(stack, alice, "models/list_versions", {"models_pk_id": model_id}).json()[0]
+    assert version["model_id"] == name and version["runtime"] == "onnx" and version["status"] == "ready"
+    # the fields are checked as upload_stream checks them: nothing is stored for a bad one
+    before_keys = artifact_keys(stack)
+    refused = requests.post(
+        f"{stack.api}/models/upload_and_convert", files={"file": (name, ccfraud_onnx())},
+        data={"name": name, "workspace_id": "abc"}, headers={"Authorization": f"Bearer {alice.token}"}, timeout=60)
+    assert refused.status_code == 400 and "workspace_id" in refused.json()["msg"], refused.text
+    assert artifact_keys(stack) == before_keys
+
+
 def test_sklearn_pickle_becomes_an_onnx_version_matching_sklearn(stack, alice):
     name = f"sk-{uuid.uuid4().hex[:6]}"
     model_id = model_id_of(upload(stack, alice, name, ccfraud_pickle(), "sklearn"))
