@@ -16,7 +16,10 @@ long-lived process talking over pipes) or `run` (one shot, with a wall-time limi
   pid namespace;
 - a disk quota on its working directory (`Limits.disk_bytes` and `Limits.disk_files`, counted from what the
   directory held at the start): the launcher measures it while the code runs and kills the whole sandbox past
-  either, which ends with `limit_hit` "disk_bytes" or "disk_files" and `describe_limit` saying so. That verdict
+  either, which ends with `limit_hit` "disk_bytes" or "disk_files" and `describe_limit` saying so; and, since a
+  descriptor in flight on a unix socket is counted by nothing, a sandbox that keeps descriptors in flight for
+  `Limits.in_flight_seconds` is stopped too ("fds_in_flight"); io_uring, which can hold files no /proc file
+  shows, is refused (ENOSYS). That verdict
   comes from the launcher on a pipe of its own (`quota_verdict`), never from the exit status or stderr, which the
   code chooses: code exiting with the launcher's status 122 is an ordinary exit. Likewise a sandbox the launcher
   could not build (`run` raises `SandboxUnavailable`) is known by its verdict "setup_failed" (`setup_failed`), not by
@@ -39,6 +42,7 @@ import logging
 import os
 import pwd
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -54,8 +58,11 @@ SETUP_FAILED = 125  # the launcher's exit code when it could not build the sandb
 SETUP_VERDICT = "setup_failed"  # the launcher's verdict when it could not build the sandbox (same in the launcher)
 QUOTA_EXIT = 122  # the launcher's exit code when it stopped the sandbox for its disk quota (same in the launcher);
 # the tenant can exit with it too, so it proves nothing: the verdict is `quota_verdict`
-QUOTA_LIMITS = frozenset({"disk_bytes", "disk_files"})  # what the launcher's verdict pipe may say
+QUOTA_LIMITS = frozenset({"disk_bytes", "disk_files", "fds_in_flight"})  # what the launcher's verdict may say
 STDERR_TAIL = 2000
+# refuses SCM_RIGHTS sent to a unix socket (Linux 6.16; inherited by the connections a listener accepts): a descriptor
+# parked in the queue of one of this process's sockets would be counted by no sandbox's disk quota
+SO_PASSRIGHTS = 83
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 _STREAM_LIMIT = 64 * 1024 * 1024
 
@@ -79,6 +86,7 @@ class Limits:
     wall_seconds: float | None = None  # `run` kills the whole pid namespace after this
     disk_bytes: int = 1 << 30  # what the working directory may grow by (bytes allocated), all processes together
     disk_files: int = 20_000  # how many files and directories may be added to the working directory
+    in_flight_seconds: float = 3.0  # how long descriptors may stay in flight on its unix sockets (the disk quota)
 
     @classmethod
     def from_settings(cls, settings: SandboxSettings, **overrides) -> Limits:
@@ -110,7 +118,7 @@ class SandboxResult:
     stdout: bytes
     stderr_tail: str  # the last STDERR_TAIL characters of its stderr
     limit_hit: str | None  # "memory" | "cpu" | "wall_time" | "file_size" | "processes" | "disk_bytes" |
-    # "disk_files" | None
+    # "disk_files" | "fds_in_flight" | None
 
 
 class SandboxUnavailable(RailyardError):
@@ -181,6 +189,7 @@ def _launch_config(spec: SandboxSpec, settings: Settings) -> dict:
                    "processes": limits.processes, "open_files": limits.open_files,
                    "file_size_bytes": limits.file_size_bytes},
         "quota": {"disk_bytes": limits.disk_bytes, "disk_files": limits.disk_files,
+                  "in_flight_seconds": limits.in_flight_seconds,
                   # the launcher says why on stderr in the words every caller uses (it imports nothing of ours)
                   "reasons": {hit: describe_limit(hit, limits) for hit in QUOTA_LIMITS}},
     }
@@ -272,6 +281,9 @@ async def _gateway_relay(settings: Settings) -> tuple[asyncio.AbstractServer, Pa
             upstream_writer.close()
 
     server = await asyncio.start_unix_server(relay, path=str(path))
+    for listening in server.sockets:  # code in the sandbox can connect to it directly: refuse descriptors on it
+        with contextlib.suppress(OSError):  # (kernels older than 6.16 cannot: docs/security.md, "Known gaps")
+            listening.setsockopt(socket.SOL_SOCKET, SO_PASSRIGHTS, 0)
     path.chmod(0o666)  # the sandbox's identity connects to it
     return server, folder
 
@@ -361,10 +373,10 @@ def _launcher_verdict(process: asyncio.subprocess.Process) -> str | None:
 
 
 def quota_verdict(process: asyncio.subprocess.Process) -> str | None:
-    """The quota ("disk_bytes" or "disk_files") the launcher of a `spawn`ed process stopped its sandbox for, as
-    the launcher wrote it on a pipe the sandbox never holds; None while it runs, when it ended otherwise, or when
-    it was not started by `spawn`. The exit status and stderr are the user's code's to choose, so they never
-    decide it."""
+    """The quota ("disk_bytes", "disk_files", "fds_in_flight") the launcher of a `spawn`ed process stopped its
+    sandbox for, as the launcher wrote it on a pipe the sandbox never holds; None while it runs, when it ended
+    otherwise, or when it was not started by `spawn`. The exit status and stderr are the user's code's to choose,
+    so they never decide it."""
     said = _launcher_verdict(process)
     return said if said in QUOTA_LIMITS else None
 
@@ -413,6 +425,9 @@ LIMIT_REASONS = {  # the one wording of each limit: the registry, the engine, ta
                   "write less, or delete what is no longer needed)",
     "disk_files": "the sandbox's file quota of {disk_files} files was exceeded (how many files and directories its "
                   "working directory may gain; write fewer, larger files)",
+    "fds_in_flight": "it kept file descriptors in flight on a unix socket (sent with SCM_RIGHTS and not received) "
+                     "for more than {in_flight_seconds:g} s, which would hide deleted files from the sandbox's disk "
+                     "quota; receive descriptors as soon as they are sent",
 }
 
 
@@ -424,7 +439,8 @@ def describe_limit(hit: str, limits: Limits, *, by: str = "the sandbox") -> str:
     return LIMIT_REASONS[hit].format(
         by=by, memory_mib=limits.memory_bytes >> 20, cpu_seconds=limits.cpu_seconds,
         wall_seconds=limits.wall_seconds or 0, file_size_mib=limits.file_size_bytes >> 20,
-        processes=limits.processes, disk_mib=limits.disk_bytes >> 20, disk_files=limits.disk_files)
+        processes=limits.processes, disk_mib=limits.disk_bytes >> 20, disk_files=limits.disk_files,
+        in_flight_seconds=limits.in_flight_seconds)
 
 
 def stderr_excerpt(data: bytes, limit: int = STDERR_TAIL) -> str:

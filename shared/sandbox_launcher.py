@@ -15,33 +15,37 @@ the RAILYARD_SANDBOX_LAUNCH variable, the only variable it is given. What it doe
    /dev/shm are small tmpfs; then it pivots into that root and detaches the old one;
 4. it sets no_new_privs, sets user.max_user_namespaces to 0 in the sandbox's user namespace (no namespace can be
    nested inside: `forbid_user_namespaces`) and the resource limits, drops to the sandbox uid (root) -- a
-   non-zero uid executing a program loses every capability -- and executes the target with exactly the
+   non-zero uid executing a program loses every capability -- installs a seccomp filter refusing io_uring and
+   fallocate (`refuse_io_uring_and_fallocate`, for the disk quota) and executes the target with exactly the
    environment it was given.
 
 This process waits for the child and exits with its status (a signal death is re-raised on itself, so the
 caller sees the same negative returncode). SIGTERM to it kills the whole sandbox.
 
-While it waits, it holds the sandbox to its disk quota (config "quota"): every QUOTA_INTERVAL it measures what
-the working directory holds (allocated bytes and inodes, through directory descriptors, never following a link)
-plus the files the sandbox's processes hold open or mapped after deleting them, and when the growth since the
-start passes the quota it kills the whole sandbox, says why on stderr (QUOTA_MARKS, for the logs) and exits
-QUOTA_EXIT. The verdict itself goes out of band: the limit's name is written on the descriptor config "verdict_fd"
-(a pipe the caller reads), which is closed in the child before anything of the sandbox runs. The exit status and
-stderr are the tenant's to choose (it can exit 122 and print the mark), so the caller believes neither. A setup
-failure goes the same way: `fail` (status 125, "railyard-sandbox: ..." on stderr, both of which the tenant can fake)
-also writes "setup_failed" on the verdict pipe in this process, and in the child on a close-on-exec pipe to this
-process (closed before the target runs), which this process turns into that verdict once the child has ended. The
-working directory stays on the host's disk, so what the code wrote is there for the caller afterwards; the price
+While it waits, it holds the sandbox to its disk quota (config "quota"): every QUOTA_INTERVAL it measures what the
+working directory holds (allocated bytes and inodes, through directory descriptors, never following a link) plus the
+files the sandbox's processes hold open or mapped after deleting them, and when the growth since the start passes
+the quota (or the sandbox has kept descriptors in flight on its unix sockets, where no /proc file shows what they
+are, for the quota's grace: `Flight`) it kills the whole sandbox, says why on stderr (QUOTA_MARKS, for the logs) and
+exits QUOTA_EXIT. The verdict itself goes out of band: the limit's name is written on the descriptor config
+"verdict_fd" (a pipe the caller reads), which is closed in the child before anything of the sandbox runs. The exit
+status and stderr are the tenant's to choose (it can exit 122 and print the mark), so the caller believes neither. A
+setup failure goes the same way: `fail` (status 125, "railyard-sandbox: ..." on stderr, both of which the tenant can
+fake) also writes "setup_failed" on the verdict pipe in this process, and in the child on a close-on-exec pipe to
+this process (closed before the target runs), which this process turns into that verdict once the child has ended.
+The working directory stays on the host's disk, so what the code wrote is there for the caller afterwards; the price
 is an overshoot of what the code can write within one interval (docs/security.md, "Disk quota").
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import json
 import os
 import platform
+import random
 import resource
 import select
 import signal
@@ -64,10 +68,24 @@ SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", 
 DEVICES = ("null", "zero", "full", "random", "urandom")
 QUOTA_EXIT = 122  # this process's exit status when it stopped the sandbox for its disk quota
 QUOTA_MARKS = {"disk_bytes": "railyard-sandbox: disk quota exceeded",
-               "disk_files": "railyard-sandbox: file quota exceeded"}
+               "disk_files": "railyard-sandbox: file quota exceeded",
+               "fds_in_flight": "railyard-sandbox: descriptors kept in flight"}
 QUOTA_INTERVAL = 0.25  # seconds between two measurements (longer when measuring takes long: at most 20 % busy)
 QUOTA_INTERVAL_MIN = 0.02  # shortest, while the directory grows fast towards its quota
 MAX_DEPTH = 200  # deeper directories count as over the file quota (each level holds a descriptor while measured)
+# Descriptors in flight on a unix socket (sent with SCM_RIGHTS, not yet received) are in no process's fd table: a
+# deleted file whose only reference is one of them would escape the quota (docs/security.md, "Disk quota"). A
+# sandbox is stopped once, INFLIGHT_GRACE seconds or more since it was first seen with some, at least INFLIGHT_SHARE
+# of the measurements of the last INFLIGHT_GRACE seconds (and of INFLIGHT_SAMPLES at least) saw descriptors in
+# flight (and some now); meanwhile it is measured at least every INFLIGHT_PROBE. Code that passes descriptors and
+# receives them at once is seen with some now and then (6-28 % of measurements here); one that holds them, at every
+# measurement; one that moves them between sockets and fd tables, at most of them (a share, not "every": the
+# processes are read one after another, so some measurements can miss them).
+INFLIGHT_GRACE = 3.0
+INFLIGHT_SHARE = 0.5
+INFLIGHT_SAMPLES = 8
+INFLIGHT_PROBE = 0.1
+IO_URING_SETUP = 425  # the same number on x86_64, i386, x32 (with its 0x40000000 bit), aarch64 and arm
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -263,6 +281,8 @@ class Usage:
         self.too_deep = False
         self.seen: set[tuple[int, int]] = set()
         self.device: int | None = None  # the filesystem measured; None when the directory could not be opened
+        self.in_flight = 0  # descriptors queued in flight on the sandbox's unix sockets (their fdinfo's scm_fds)
+        self.sockets: set[str] = set()  # the sockets read for it, each once however many processes hold it
 
     def add(self, info: os.stat_result) -> None:
         key = (info.st_dev, info.st_ino)
@@ -406,19 +426,27 @@ def _descendants(root: int) -> set[int] | None:
     return visited
 
 
-def add_unlinked(usage: Usage, pids: list[int], device: int) -> None:
-    """Files of the working directory's filesystem that the sandbox deleted but still holds open or mapped:
-    gone from the tree, their blocks still taken. A mapping without a descriptor counts its mapped length."""
+def add_unlinked(usage: Usage, pids: list[int], device: int, largest: int = 0) -> None:
+    """Files of the working directory's filesystem that the sandbox deleted but still holds open, mapped or as a
+    process's executable: gone from the tree, their blocks still taken; and the descriptors in flight on its unix
+    sockets (`usage.in_flight`). A mapping without a descriptor counts the file's allocated size where
+    /proc/<pid>/map_files lets this process stat it (as root), otherwise the larger of its mapped length and
+    `largest` (the file-size limit: a mapping of one page may keep a whole file)."""
     number = f"{os.major(device):02x}:{os.minor(device):02x}"
     for pid in pids:
         try:
             descriptors = os.listdir(f"/proc/{pid}/fd")
         except OSError:
             continue
-        for fd in descriptors:
-            path = f"/proc/{pid}/fd/{fd}"
+        for path in [f"/proc/{pid}/fd/{fd}" for fd in descriptors] + [f"/proc/{pid}/exe"]:
             try:
-                if not os.readlink(path).endswith(" (deleted)"):
+                link = os.readlink(path)
+                if link.startswith("socket:["):
+                    if link not in usage.sockets:
+                        usage.sockets.add(link)
+                        usage.in_flight += in_flight(path.replace("/fd/", "/fdinfo/", 1))
+                    continue
+                if not link.endswith(" (deleted)"):
                     continue
                 info = os.stat(path)
             except OSError:
@@ -436,15 +464,70 @@ def add_unlinked(usage: Usage, pids: list[int], device: int) -> None:
                 continue
             key = (device, int(fields[4]))
             if key not in usage.seen:
+                try:
+                    info = os.stat(f"/proc/{pid}/map_files/{fields[0]}")
+                except OSError:
+                    info = None  # no CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE) outside a user namespace
+                if info is not None and info.st_dev == device and (info.st_dev, info.st_ino) == key:
+                    usage.add(info)
+                    continue
                 start, end = (int(value, 16) for value in fields[0].split("-"))
                 usage.seen.add(key)
-                usage.bytes += end - start
+                usage.bytes += max(end - start, largest)
                 usage.files += 1
 
 
-def over_quota(config: dict, baseline: Usage, child_pid: int, namespace: str | None
-               ) -> tuple[Usage, tuple[str, str] | None]:
-    """The sandbox's usage now, and which quota it passed and how (None while it is within both)."""
+def in_flight(fdinfo: str) -> int:
+    """How many descriptors are queued in flight on the socket of `fdinfo` (a listener's count includes those
+    queued on connections it has not accepted); 0 for other sockets, and on kernels older than 5.7, which do not
+    say (docs/security.md, "Known gaps")."""
+    try:
+        with open(fdinfo, "rb") as handle:
+            for line in handle:
+                if line.startswith(b"scm_fds:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+class Flight:
+    """The measurements of the last grace period: whether each saw descriptors in flight, and when the sandbox was
+    first seen with some since a period with none."""
+
+    def __init__(self, grace: float = INFLIGHT_GRACE) -> None:
+        self.grace = grace
+        self.since: float | None = None
+        self.window: collections.deque[tuple[float, bool]] = collections.deque()
+
+    @property
+    def active(self) -> bool:
+        """Whether a measurement of the last grace period saw descriptors in flight."""
+        return self.since is not None
+
+    def kept(self, now: float, count: int) -> bool:
+        """Record a measurement that saw `count` descriptors in flight; whether the sandbox has kept descriptors in
+        flight for the grace: some now, and at INFLIGHT_SHARE of the last grace's measurements (INFLIGHT_SAMPLES at
+        least), `since` a grace ago or more."""
+        self.window.append((now, count > 0))
+        # the last grace's measurements, and never fewer than INFLIGHT_SAMPLES: a tree that takes long to walk (the
+        # interval is at least four times a walk) must not leave too few to ever decide
+        while len(self.window) > INFLIGHT_SAMPLES and self.window[0][0] < now - self.grace:
+            self.window.popleft()
+        sightings = sum(seen for _, seen in self.window)
+        if not sightings:
+            self.since = None
+            return False
+        if self.since is None:
+            self.since = now
+        return (count > 0 and now - self.since >= self.grace and len(self.window) >= INFLIGHT_SAMPLES
+                and sightings >= INFLIGHT_SHARE * len(self.window))
+
+
+def over_quota(config: dict, baseline: Usage, child_pid: int, namespace: str | None, flight: Flight | None = None,
+               now: float | None = None) -> tuple[Usage, tuple[str, str] | None]:
+    """The sandbox's usage now, and which quota it passed and how (None while it is within them); with `flight`,
+    also whether it has kept descriptors in flight for the quota's grace."""
     quota = config["quota"]
     stop_bytes, stop_files = baseline.bytes + quota["disk_bytes"], baseline.files + quota["disk_files"]
     usage = measure(config["workdir"], stop_bytes, stop_files)
@@ -452,7 +535,12 @@ def over_quota(config: dict, baseline: Usage, child_pid: int, namespace: str | N
     # to set it up, or removed meanwhile) is measured as empty, and must not end this process before the child's
     # setup-failure verdict
     if usage.bytes <= stop_bytes and usage.files <= stop_files and not usage.too_deep and usage.device is not None:
-        add_unlinked(usage, sandbox_pids(child_pid, namespace), usage.device)
+        largest = config.get("limits", {}).get("file_size_bytes", 0)
+        # in an order code cannot foresee: descriptors hopping between processes against a fixed order (by pid)
+        # could be read in none of them at every measurement
+        pids = sandbox_pids(child_pid, namespace)
+        random.shuffle(pids)
+        add_unlinked(usage, pids, usage.device, largest)
     reasons = quota.get("reasons", {})  # shared/sandbox.py's describe_limit, handed over in the config
     if usage.bytes > stop_bytes:
         return usage, ("disk_bytes", reasons.get("disk_bytes", "the sandbox's disk quota was exceeded"))
@@ -461,6 +549,9 @@ def over_quota(config: dict, baseline: Usage, child_pid: int, namespace: str | N
         if usage.too_deep:
             reason += f" (its directories were nested too deeply to measure: at most {MAX_DEPTH} levels)"
         return usage, ("disk_files", reason)
+    if flight is not None and flight.kept(time.monotonic() if now is None else now, usage.in_flight):
+        return usage, ("fds_in_flight", reasons.get(
+            "fds_in_flight", f"it kept file descriptors in flight on a unix socket for more than {flight.grace:g} s"))
     return usage, None
 
 
@@ -498,9 +589,10 @@ def supervise(pid: int, config: dict, baseline: Usage) -> int:
     except OSError:  # a kernel older than 5.3: poll instead
         exited = None
     interval, last = QUOTA_INTERVAL_MIN, (time.monotonic(), baseline)
+    flight = Flight(config["quota"].get("in_flight_seconds", INFLIGHT_GRACE))
     while not ended(exited, pid, interval):
         began = time.monotonic()
-        usage, over = over_quota(config, baseline, pid, namespace)
+        usage, over = over_quota(config, baseline, pid, namespace, flight, began)
         if over is not None:
             os.kill(pid, signal.SIGKILL)  # pid 1 of the namespace: the kernel kills every process in it
             if namespace is None:
@@ -514,7 +606,10 @@ def supervise(pid: int, config: dict, baseline: Usage) -> int:
             if config.get("verdict_fd") is not None:  # the verdict the caller believes (module docstring)
                 os.write(config["verdict_fd"], over[0].encode())
             os._exit(QUOTA_EXIT)
-        interval = next_interval(config, baseline, last, (began, usage), time.monotonic() - began, interval)
+        spent = time.monotonic() - began
+        interval = next_interval(config, baseline, last, (began, usage), spent, interval)
+        if flight.active:  # descriptors were in flight lately: enough measurements to tell passing from keeping
+            interval = max(min(interval, INFLIGHT_PROBE), 4 * spent)
         last = (began, usage)
     if exited is not None:
         os.close(exited)
@@ -551,6 +646,42 @@ def forbid_user_namespaces() -> None:
         fail(f"could not forbid user namespaces (user.max_user_namespaces): {exc.strerror}")
     if libc.unshare(CLONE_NEWUSER) == 0:
         fail("creating a user namespace inside the sandbox was not refused")
+
+
+class SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+
+def refuse_io_uring_and_fallocate() -> None:
+    """A seccomp filter on this process and everything it starts (it needs no_new_privs): io_uring_setup fails with
+    ENOSYS and fallocate with EOPNOTSUPP. An io_uring keeps files in its registered-file table, opens files straight
+    into it and can itself be registered to its task instead of held by a descriptor: a deleted file kept there is
+    in no fd table and no mapping, so the disk quota could not see it; programs that use io_uring fall back to
+    ordinary system calls on ENOSYS, as they must where container runtimes refuse it too (Docker's default profile
+    since 2023). fallocate allocated 5 GiB in 0.1 s here, so the quota's overshoot within one interval (or
+    INFLIGHT_GRACE) was bounded by the disk rather than by how fast code can write; glibc's posix_fallocate (and so
+    Python's os.posix_fallocate) writes the blocks instead on EOPNOTSUPP, as on filesystems without fallocate."""
+    ld_arch, ld_nr, jeq, and_k, ret = 0x20, 0x20, 0x15, 0x54, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_ALU|AND|K, RET
+    allow, enosys, eopnotsupp = 0x7FFF0000, 0x00050000 | errno.ENOSYS, 0x00050000 | errno.EOPNOTSUPP
+    # (AUDIT_ARCH_*, io_uring_setup, fallocate): x86_64 (x32 too, its bit masked off), i386, aarch64, arm
+    arches = ((0xC000003E, IO_URING_SETUP, 285), (0x40000003, IO_URING_SETUP, 324),
+              (0xC00000B7, IO_URING_SETUP, 47), (0x40000028, IO_URING_SETUP, 352))
+    refused = 7 * len(arches) + 1  # where the ENOSYS return is; EOPNOTSUPP's follows it
+    code: list[tuple[int, int, int, int]] = []
+    for arch, io_uring, fallocate in arches:
+        at = len(code)
+        code += [(ld_arch, 0, 0, 4), (jeq, 0, 5, arch), (ld_nr, 0, 0, 0), (and_k, 0, 0, 0xBFFFFFFF),
+                 (jeq, refused - (at + 4) - 1, 0, io_uring), (jeq, refused + 1 - (at + 5) - 1, 0, fallocate),
+                 (ret, 0, 0, allow)]
+    code += [(ret, 0, 0, allow), (ret, 0, 0, enosys), (ret, 0, 0, eopnotsupp)]
+    program = (SockFilter * len(code))(*(SockFilter(*instruction) for instruction in code))
+    fprog = SockFprog(len(program), program)
+    check(libc.prctl(22, 2, ctypes.byref(fprog), 0, 0), "prctl(PR_SET_SECCOMP): io_uring and fallocate could not "
+          "be refused")
 
 
 def child(config: dict, root: str | None, alive: int, mapping: tuple[int, int]) -> None:
@@ -601,6 +732,7 @@ def child(config: dict, root: str | None, alive: int, mapping: tuple[int, int]) 
                 for number in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT):
                     signal.signal(number, signal.SIG_DFL)
                 os.umask(0o077)
+                refuse_io_uring_and_fallocate()
             except (OSError, ValueError) as exc:
                 fail(f"could not set the limits: {exc}")
             if os.read(go, 1) != b"g":

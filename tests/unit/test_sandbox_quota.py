@@ -229,3 +229,167 @@ def test_the_walk_finds_a_process_a_thread_started():
     done = subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True, timeout=60, cwd=root,
                           env={**os.environ, "PYTHONPATH": str(root)})
     assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
+
+
+def test_descriptors_in_flight_are_counted_on_the_socket_that_queues_them(tmp_path):
+    """A descriptor sent with SCM_RIGHTS and not yet received is in no fd table: its socket's fdinfo (scm_fds) is
+    what shows it; nested in a socket that is itself in flight, only the outer one shows (as 1), and one queued on
+    a connection not yet accepted shows on the listener."""
+    import socket
+
+    device = os.stat(tmp_path).st_dev
+    path = tmp_path / "hidden"
+    path.write_bytes(b"x" * (1 << 20))
+    before = Usage()  # this process (the test worker) may hold other sockets and deleted files
+    add_unlinked(before, [os.getpid()], device)
+    held, far = socket.socketpair()
+    inner, into = socket.socketpair()
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "listener"))
+    listener.listen(1)
+    caller = socket.socket(socket.AF_UNIX)
+    caller.connect(str(tmp_path / "listener"))
+    try:
+        with open(path, "rb") as handle:
+            for _ in range(3):
+                socket.send_fds(into, [b"f"], [handle.fileno()])
+            socket.send_fds(caller, [b"f"], [handle.fileno()])
+        path.unlink()
+        socket.send_fds(held, [b"s"], [inner.fileno()])
+        inner.close()
+        into.close()
+        caller.close()
+        usage = Usage()
+        add_unlinked(usage, [os.getpid()], device)
+        # `inner` on `far` (not the three inside it), and one on the listener; the file itself is in no fd table
+        assert (usage.in_flight - before.in_flight, usage.files - before.files) == (2, 0)
+        assert sandbox_launcher.in_flight(f"/proc/self/fdinfo/{far.fileno()}") == 1
+        assert sandbox_launcher.in_flight(f"/proc/self/fdinfo/{listener.fileno()}") == 1
+    finally:
+        for end in (held, far, listener):
+            end.close()
+
+
+def test_descriptors_kept_in_flight_for_the_grace_stop_the_sandbox_and_brief_ones_never(tmp_path, monkeypatch):
+    import socket
+
+    from shared.sandbox_launcher import Flight
+
+    def first_stop(share_seen: float, seconds: float = 10.0, every: float = 0.1) -> float | None:
+        """When a sandbox seen with descriptors in flight at `share_seen` of measurements `every` s is stopped."""
+        flight, seen = Flight(3.0), 0.0
+        for step in range(int(seconds / every) + 1):
+            seen += share_seen
+            kept = seen >= 1
+            seen -= kept
+            if flight.kept(round(step * every, 3), int(kept)):
+                return round(step * every, 3)
+        return None
+
+    assert first_stop(1.0) == 3.0  # kept in flight: stopped at the grace
+    assert first_stop(0.6) is not None and first_stop(0.6) <= 3.2  # a tenant cycling them through its fd table
+    assert first_stop(0.08) is None  # a tight loop passing thousands a second, each received at once (measured)
+    assert first_stop(0.4) is None
+    # a tree slow to walk spaces the measurements (four times a walk): the last 8 decide, however long they took
+    assert first_stop(1.0, every=1.0) == 7.0
+    assert first_stop(0.08, every=1.0) is None
+    gap = Flight(3.0)  # a full grace without any ends an episode: the next starts the grace again
+    assert not any(gap.kept(at / 10, 1) for at in range(25))
+    assert not any(gap.kept(2.5 + at / 10, 0) for at in range(1, 31))
+    assert not gap.active
+    assert not any(gap.kept(5.6 + at / 10, 1) for at in range(29)) and gap.kept(8.6, 1)
+
+    limits = Limits(disk_bytes=1 << 30, disk_files=100, in_flight_seconds=3)
+    off = sandbox.Settings(stack={"data_dir": tmp_path / "data"}, sandbox={"mode": "off-for-single-user"})
+    config = sandbox._launch_config(sandbox.SandboxSpec(argv=["true"], workdir=tmp_path, limits=limits), off)
+    monkeypatch.setattr(sandbox_launcher, "sandbox_pids", lambda child, namespace: [os.getpid()])
+    held, far = socket.socketpair()
+    flight = Flight(limits.in_flight_seconds)
+    try:
+        with open(tmp_path / "file", "wb") as handle:
+            socket.send_fds(held, [b"f"], [handle.fileno()])
+        for at in range(30):  # kept in flight at every measurement, 0.1 s apart, for less than the grace
+            assert sandbox_launcher.over_quota(config, Usage(), os.getpid(), None, flight, 10 + at / 10)[1] is None
+        assert sandbox_launcher.over_quota(config, Usage(), os.getpid(), None, flight, 13.0)[1] == (
+            "fds_in_flight", describe_limit("fds_in_flight", limits))
+        for fd in socket.recv_fds(far, 1, 1)[1]:
+            os.close(fd)
+        assert sandbox_launcher.over_quota(config, Usage(), os.getpid(), None, flight, 20.0)[1] is None
+    finally:
+        held.close()
+        far.close()
+    assert describe_limit("fds_in_flight", limits).startswith(
+        "it kept file descriptors in flight on a unix socket (sent with SCM_RIGHTS and not received) for more than 3 s")
+
+
+def test_a_deleted_file_mapped_without_a_descriptor_counts_whole(tmp_path, monkeypatch):
+    """A mapping of one page keeps the whole file: its allocated size where /proc/<pid>/map_files can be stat'ed
+    (as root), else the file-size limit, never the mapped length alone (4 KiB for 8 MiB before)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    device = os.stat(tmp_path).st_dev
+    before = Usage()  # this process (the test worker) may hold other deleted files
+    add_unlinked(before, [os.getpid()], device, largest=64 << 20)
+    with open(tmp_path / "mapped", "wb+") as handle:
+        handle.write(b"x" * (8 << 20))
+        handle.flush()
+        address = libc.mmap(None, mmap.PAGESIZE, mmap.PROT_READ, mmap.MAP_SHARED, handle.fileno(), 0)
+    os.unlink(tmp_path / "mapped")
+    try:
+        usage = Usage()
+        add_unlinked(usage, [os.getpid()], device, largest=64 << 20)
+        if os.geteuid() == 0:
+            assert 8 << 20 <= usage.bytes - before.bytes < 9 << 20 and usage.files - before.files == 1
+        stat = os.stat
+
+        def no_map_files(path, *args, **kwargs):
+            if "/map_files/" in str(path):
+                raise PermissionError(1, "Operation not permitted")  # a launcher in a user namespace
+            return stat(path, *args, **kwargs)
+
+        monkeypatch.setattr(sandbox_launcher.os, "stat", no_map_files)
+        usage = Usage()
+        add_unlinked(usage, [os.getpid()], device, largest=64 << 20)
+        assert 64 << 20 <= usage.bytes - before.bytes < 65 << 20 and usage.files - before.files == 1
+    finally:
+        libc.munmap(address, mmap.PAGESIZE)
+
+
+def test_the_gateway_relay_refuses_descriptors_from_the_sandbox(tmp_path):
+    """Code in a task run's sandbox can connect to the relay's unix socket directly (its folder is visible there):
+    a descriptor it sent would wait in this process's socket queue, out of every sandbox's sight, for as long as
+    the relay was not reading. The relay's listener refuses SCM_RIGHTS (SO_PASSRIGHTS, Linux 6.16)."""
+    import asyncio
+    import shutil
+    import socket
+
+    import pytest
+
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, sandbox.SO_PASSRIGHTS, 0)
+    except OSError:
+        pytest.skip("this kernel has no SO_PASSRIGHTS (Linux 6.16)")
+    finally:
+        probe.close()
+
+    async def send_a_descriptor() -> str:
+        server, folder = await sandbox._gateway_relay(sandbox.Settings(stack={"data_dir": tmp_path / "data"}))
+        try:
+            with socket.socket(socket.AF_UNIX) as tenant:
+                tenant.connect(str(folder / "gateway.sock"))
+                try:
+                    socket.send_fds(tenant, [b"GET / HTTP/1.0\r\n\r\n"], [tenant.fileno()])
+                except PermissionError:
+                    return "refused"
+                return "sent"
+        finally:
+            server.close()
+            shutil.rmtree(folder, ignore_errors=True)
+
+    assert asyncio.run(send_a_descriptor()) == "refused"
