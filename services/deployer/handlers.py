@@ -306,21 +306,35 @@ def _autoscale(config: dict[str, Any]) -> tuple[tuple[int, int] | None, float]:
     return (int(bounds["minimum"]), int(bounds["maximum"])), float(config.get("autoscale_cpu_utilization", 50))
 
 
-async def _resolve(deps: DeployerDeps, token: str | None, workspace_id: int, name: str, version: str | None,
-                   sha: str | None) -> dict[str, Any]:
+async def _resolve(deps: DeployerDeps, token: str | None, workspace_id: int, name: str | None, version: str | None,
+                   sha: str | None, model_id: int | None = None) -> dict[str, Any]:
     resolved = await request(deps.broker, subjects.REGISTRY_MODELS_RESOLVE, ResolveModel(
-        workspace_id=workspace_id, name=name, version=version, sha=sha), token=token, timeout=deps.timeout,
-        reply_model=ResolvedModel)
+        workspace_id=workspace_id, name=name, version=version, sha=sha, model_id=model_id), token=token,
+        timeout=deps.timeout, reply_model=ResolvedModel)
     return resolved.model_dump()
 
 
 async def _plan_deployment(deps: DeployerDeps, token: str | None, workspace_id: int, definition: dict[str, Any],
-                           deploy_id: str, engine_config: dict[str, Any] | None,
-                           models: list[ModelRef] | None) -> tuple[dict[str, Any], list[ReplicaStep]]:
+                           deploy_id: str, engine_config: dict[str, Any] | None, models: list[ModelRef] | None,
+                           model_ids: list[int] | None = None,
+                           model_configs: list[int] | None = None) -> tuple[dict[str, Any], list[ReplicaStep]]:
     """Everything a deploy checks before it changes anything: the deploy_id, the engine config, and every model
     resolved through the registry (ready versions only). The checked config and the steps to start."""
     _check_name(deploy_id, "deploy_id")
     config = _engine_config(engine_config)
+    if model_configs:  # the seed's deploy parameter (seed 001 line 3401); read and ignored before
+        raise InvalidRequest("model_configs: Railyard keeps no model configs (models/get_config_by_id answers null), "
+                             "so there are none to apply: leave it out, and pin versions with `models` or in the "
+                             "pipeline's definition")
+    # the seed's model_ids (line 3402): models of the workspace by id, their newest ready versions; read and ignored
+    # before, so an empty pipeline deployed with them was a 400 "no steps"
+    by_id = [await _resolve(deps, token, workspace_id, None, None, None, model_id=i) for i in model_ids or []]
+    named = {ref["name"] for step in definition.get("steps", []) for ref in _step_models(*next(iter(step.items())))}
+    given = sorted({m.name for m in models or []} | {r["name"] for r in by_id})
+    if named and set(given) - named:  # a typo deployed the definition's models with a 200
+        raise InvalidRequest(f"models and model_ids name {sorted(set(given) - named)}, which no step of the "
+                             f"pipeline's definition has (its models: {sorted(named)}); leave them out, or create a "
+                             "pipeline version whose definition has them")
     pinned = {m.name: m for m in models or []}
     steps = []
     for step in definition.get("steps", []):
@@ -335,11 +349,13 @@ async def _plan_deployment(deps: DeployerDeps, token: str | None, workspace_id: 
         if kind == "RandomSplit":
             resolved |= {"weights": body["weights"], "hash_key": body.get("hash_key")}
         steps.append(resolved)
-    if not steps and models:
-        steps = [{"kind": "ModelInference", "models": [
-            await _resolve(deps, token, workspace_id, m.name, m.version, m.sha) for m in models]}]
+    if not steps and (models or by_id):
+        resolved_models = [await _resolve(deps, token, workspace_id, m.name, m.version, m.sha) for m in models or []]
+        steps = [{"kind": "ModelInference", "models": resolved_models + [
+            r for r in by_id if r["name"] not in pinned]}]  # `models` pins the version of a model given both ways
     if not steps:
-        raise InvalidRequest("the pipeline has no steps: add models to its definition or pass `models`")
+        raise InvalidRequest("the pipeline has no steps: add models to its definition or pass `models` or "
+                             "`model_ids`")
     return config, [ReplicaStep.model_validate(step) for step in steps]
 
 
@@ -350,7 +366,8 @@ async def deploy(deps: DeployerDeps, principal: Principal, token: str | None, cm
     if version is None or version["pipeline_id"] != pipeline["id"]:
         raise NotFound(f"version {cmd.pipeline_version_pk_id} of pipeline {pipeline['id']} not found")
     config, steps = await _plan_deployment(deps, token, pipeline["workspace_id"], json.loads(version["definition"]),
-                                           cmd.deploy_id, cmd.engine_config, cmd.models)
+                                           cmd.deploy_id, cmd.engine_config, cmd.models, cmd.model_ids,
+                                           cmd.model_configs)
     return await _start_deployment(deps, pipeline, version, cmd.deploy_id, config, steps)
 
 

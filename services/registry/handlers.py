@@ -300,16 +300,19 @@ async def get_model_config(deps: RegistryDeps, principal: Principal, token: str 
 
 async def resolve_model(deps: RegistryDeps, principal: Principal, token: str | None,
                         cmd: ResolveModel) -> ResolvedModel:
+    if cmd.name is None and cmd.model_id is None:
+        raise InvalidRequest("give the model's name (or its id, model_id)")
     await require_member(deps.membership(token), principal, cmd.workspace_id)
     try:
         version = uuid.UUID(cmd.version) if cmd.version else None
     except ValueError:
         raise InvalidRequest(f"version must be a model version UUID, got {cmd.version!r}") from None
-    row = await store.find_version(deps.pool, cmd.workspace_id, cmd.name, version, cmd.sha)
+    row = await store.find_version(deps.pool, cmd.workspace_id, cmd.name, version, cmd.sha, cmd.model_id)
+    named = repr(cmd.name) if cmd.name is not None else f"id {cmd.model_id}"
     if row is None:
-        raise NotFound(f"model {cmd.name!r} (version {cmd.version or 'latest'}) not found in the workspace")
+        raise NotFound(f"model {named} (version {cmd.version or 'latest'}) not found in the workspace")
     if row["status"] != "ready":
-        raise InvalidRequest(f"model {cmd.name!r} version {row['model_version']} is {row['status']}"
+        raise InvalidRequest(f"model {row['name']!r} version {row['model_version']} is {row['status']}"
                              + (f": {row['error']}" if row["error"] else ""))
     b64 = base64.b64encode
     return ResolvedModel(

@@ -71,10 +71,11 @@ async def versions(pool: asyncpg.Pool, model_id: int) -> list[asyncpg.Record]:
         " WHERE v.model_id = $1 ORDER BY v.id", model_id)
 
 
-async def find_version(pool: asyncpg.Pool, workspace_id: int, name: str, version: uuid.UUID | None,
-                       sha: str | None) -> asyncpg.Record | None:
+async def find_version(pool: asyncpg.Pool, workspace_id: int, name: str | None, version: uuid.UUID | None,
+                       sha: str | None, model_id: int | None = None) -> asyncpg.Record | None:
     return await pool.fetchrow(
         f"SELECT {VERSION_COLUMNS} FROM model_versions v JOIN models m ON m.id = v.model_id"
-        " WHERE m.workspace_id = $1 AND m.name = $2 AND ($3::uuid IS NULL OR v.model_version = $3)"
-        " AND ($4::text IS NULL OR v.sha = $4) ORDER BY v.id DESC LIMIT 1",
-        workspace_id, name, version, sha)
+        " WHERE m.workspace_id = $1 AND ($2::text IS NULL OR m.name = $2) AND ($5::bigint IS NULL OR m.id = $5)"
+        " AND ($3::uuid IS NULL OR v.model_version = $3) AND ($4::text IS NULL OR v.sha = $4)"
+        " ORDER BY v.id DESC LIMIT 1",
+        workspace_id, name, version, sha, model_id)

@@ -325,12 +325,14 @@ class RegistryChanged(Event):
 
 
 class ResolveModel(Command):
-    """Find a ready model version in a workspace by name and version UUID (or sha), or its latest version."""
+    """Find a ready model version in a workspace by name (or model id) and version UUID (or sha), or its latest
+    version."""
 
     workspace_id: int
-    name: str
+    name: str | None = None
     version: str | None = None
     sha: str | None = None
+    model_id: int | None = Field(None, description="The model's id (models_pk_id), instead of its name.")
 
 
 class ResolvedModel(Message):

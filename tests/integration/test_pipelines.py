@@ -553,3 +553,43 @@ def test_deployments_come_back_after_the_deployer_is_killed(stack, alice):
             time.sleep(0.3)
         answer = infer(url, alice.token, body)
         assert answer.status_code == 200, answer.text
+
+
+def test_deploy_by_model_ids_and_what_it_refuses(stack, alice, bob):
+    # seed 001 lines 3401-3403: model_ids ("Ids of models to apply to the pipeline"), model_configs and models.
+    # Before, model_ids and model_configs were read and ignored, and a `models` entry naming no model of the
+    # definition was ignored too: an empty pipeline deployed with model_ids was 400 "no steps", and a typo
+    # deployed the definition's models with 200
+    version = upload_model(stack, alice, "byid")
+    empty = create_pipeline(stack, alice, "byids", None)
+    refs = {"pipeline_version_pk_id": empty["pipeline_variant_pk_id"], "pipeline_id": empty["pipeline_pk_id"]}
+    deployed = post(stack, "pipelines/deploy", alice.token,
+                    {"deploy_id": "byids", **refs, "model_ids": [version["models_pk_id"]]})
+    assert deployed.status_code == 200, deployed.text
+    name = f"byids-{deployed.json()['id']}"
+    status = post(stack, "status/get_deployment", alice.token, {"name": name}).json()
+    served = status["engines"][0]["model_statuses"]["models"]
+    assert [(m["name"], m["version"]) for m in served] == [("byid", version["model_version"])]
+    post(stack, "pipelines/undeploy", alice.token,
+         {"pipeline_id": empty["pipeline_pk_id"], "deployment_id": deployed.json()["id"]})
+
+    with_steps = create_pipeline(stack, alice, "bynames", version)
+    refs = {"pipeline_version_pk_id": with_steps["pipeline_variant_pk_id"], "pipeline_id": with_steps["pipeline_pk_id"]}
+    other = upload_model(stack, alice, "notastep")
+    foreign = upload_model(stack, bob, "bobs")
+    for body, status_code, said in (
+            ({"model_ids": [version["models_pk_id"] + 100000]}, 404, "not found"),
+            ({"model_ids": [foreign["models_pk_id"]]}, 404, "not found"),
+            ({"model_ids": [other["models_pk_id"]]}, 400, "byid"),
+            ({"models": [{"name": "notastep"}]}, 400, "byid"),
+            ({"model_configs": [1]}, 400, "model_configs")):
+        refused = post(stack, "pipelines/deploy", alice.token, {"deploy_id": "bynames", **refs, **body})
+        assert refused.status_code == status_code and said in refused.json()["msg"], (body, refused.text)
+    pipeline = post(stack, "pipelines/get", alice.token, {"pipeline_id": with_steps["pipeline_pk_id"]}).json()
+    assert not pipeline.get("deployment"), "a refused deploy started nothing"
+    # the definition's own model by id is what the definition deploys anyway
+    kept = post(stack, "pipelines/deploy", alice.token,
+                {"deploy_id": "bynames", **refs, "model_ids": [version["models_pk_id"]]})
+    assert kept.status_code == 200, kept.text
+    post(stack, "pipelines/undeploy", alice.token,
+         {"pipeline_id": with_steps["pipeline_pk_id"], "deployment_id": kept.json()["id"]})
