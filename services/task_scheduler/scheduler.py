@@ -54,17 +54,20 @@ FIRE_BATCH = 50
 BUSY_RETRY = 0.5
 # a due point is woken for this much after it, so that the pass's `<= now()` / `< now() - ...` finds it
 DUE_SLACK = 0.02
+# the shortest sleep after a pass: a point still due right after one is another process's at that moment (a task
+# row it holds, SKIP LOCKED) or past a batch, and is looked at again this soon, not in a spin
+MIN_SLEEP = 0.1
 
 
 def sleep_for(to_next_due: float | None, tick: float, own_beat_in: float | None) -> float:
     """How long a process sleeps after a pass: until the next due point or its own next heartbeat, at most
-    `tick` (a lost notification only delays), never negative."""
+    `tick` (a lost notification only delays), at least MIN_SLEEP."""
     delay = tick
     if to_next_due is not None:
         delay = min(delay, to_next_due + DUE_SLACK)
     if own_beat_in is not None:
         delay = min(delay, own_beat_in)
-    return max(delay, 0.0)
+    return max(delay, MIN_SLEEP)
 
 # mint(owner_id, workspace_id, ttl_seconds, task_id, run_id) -> a bearer token with the owner's rights in that
 # workspace, naming the task and the run
@@ -160,8 +163,9 @@ class Scheduler:
                     last_beat = loop.time()
                 await self.install_next(conn)
                 own_beat_in = (last_beat + settings.heartbeat_interval / 2 - loop.time()) if self.runs else None
-                delay = sleep_for(await store.seconds_to_next_due(conn, settings.supervisor_lost_after),
-                                  settings.tick, own_beat_in)
+                installer_free = self.installing is None or self.installing.done()  # else its end wakes the loop
+                to_next_due = await store.seconds_to_next_due(conn, settings.supervisor_lost_after, installer_free)
+                delay = sleep_for(to_next_due, settings.tick, own_beat_in)
                 if busy:
                     delay = min(delay, BUSY_RETRY)
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
@@ -170,9 +174,8 @@ class Scheduler:
                 delay = min(delay, BUSY_RETRY * 2)
             except Exception:
                 log.exception("scheduler pass failed")
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
 
     async def _connection(self) -> asyncpg.Connection:
         """The loop's connection, LISTENing on the work channel; a new one after a failure. While it is being
@@ -282,9 +285,11 @@ class Scheduler:
             ok, reason = False, f"the installer could not run: {type(exc).__name__}: {exc}"[:1500]
         finally:
             beating.cancel()
-        await store.finish_env(deps.pool, sha, ok, reason)
+        try:
+            await store.finish_env(deps.pool, sha, ok, reason)
+        finally:
+            self.wake()  # the installer is free: another environment may wait
         log.info("requirements %s: %s", sha[:12], "ready" if ok else f"failed: {reason}")
-        self.wake()  # the installer is free: another environment may wait
 
     # --- a run ---------------------------------------------------------------------------------------------------
 

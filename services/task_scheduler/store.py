@@ -235,16 +235,17 @@ async def fail_lost_runs(conn: asyncpg.Connection, lost_after: float) -> list[as
     return rows
 
 
-async def seconds_to_next_due(conn: asyncpg.Connection, lost_after: float) -> float | None:
+async def seconds_to_next_due(conn: asyncpg.Connection, lost_after: float, envs: bool) -> float | None:
     """Seconds until the earliest moment a pass can find work no notification announces: a task's next schedule
-    point, a running run's or an installing environment's heartbeat deadline (its supervisor or installer may
-    die silently). None when there is none; negative when it has passed."""
+    point, a running run's heartbeat deadline and (with `envs`: this process could install one now) an installing
+    environment's (its supervisor or installer may die silently). None when there is none; negative when it has
+    passed."""
     return await conn.fetchval(
         "SELECT extract(epoch FROM least("
         "  (SELECT min(next_fire) FROM tasks WHERE schedule IS NOT NULL AND NOT killed),"
         "  (SELECT min(heartbeat_at) FROM runs WHERE status = 'running') + make_interval(secs => $1),"
-        "  (SELECT min(heartbeat_at) FROM envs WHERE status = 'installing') + make_interval(secs => $1)"
-        ") - now())::float8", lost_after)
+        "  (SELECT min(heartbeat_at) FROM envs WHERE $2 AND status = 'installing') + make_interval(secs => $1)"
+        ") - now())::float8", lost_after, envs)
 
 
 async def running_among(pool: asyncpg.Pool, run_ids: list[uuid.UUID]) -> set[uuid.UUID]:

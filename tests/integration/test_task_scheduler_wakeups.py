@@ -31,9 +31,20 @@ WORKSPACE = 7
 
 
 class StandInRuns(Scheduler):
-    """A scheduler whose runs take `seconds` from the task's args (or until killed), recording when they ran."""
+    """A scheduler whose runs take `seconds` from the task's args (or until killed), recording when they ran, and
+    whose environment installs end when `install_gate` is set."""
 
     spans: list[tuple[uuid.UUID, float, float]]
+    installed: list[str]
+    install_gate: asyncio.Event
+
+    async def _install_one(self, env: asyncpg.Record) -> None:
+        self.installed.append(env["requirements_sha"])
+        await self.install_gate.wait()
+        try:
+            await store.finish_env(self.deps.pool, env["requirements_sha"], True, None)
+        finally:
+            self.wake()
 
     async def _run(self, row: asyncpg.Record) -> runner.RunOutcome:
         task = await store.task(self.deps.pool, row["task_id"])
@@ -82,7 +93,8 @@ def scheduler(pool: asyncpg.Pool, tmp_path: Path, spans: list, name: str) -> Sta
     deps = Deps(pool=pool, objects=None, settings=settings, work_root=tmp_path / name,
                 membership=lambda token: None, publish=publish)
     made = StandInRuns(deps=deps, mint=mint, gateway_url="http://127.0.0.1:1", identity=name)
-    made.spans = spans
+    made.spans, made.installed, made.install_gate = spans, [], asyncio.Event()
+    made.install_gate.set()
     made.start()
     return made
 
@@ -100,6 +112,13 @@ async def new_task(pool: asyncpg.Pool, orch_id: uuid.UUID, seconds: float, sched
         if schedule is None:
             await store.queue_once(conn, task_id, WORKSPACE)
     return task_id
+
+
+async def stale_env(pool: asyncpg.Pool, sha: str, beat_ago: float) -> None:
+    """An environment being installed by a process that stopped beating `beat_ago` seconds ago."""
+    await pool.execute(
+        "INSERT INTO envs (requirements_sha, requirements, status, worker, heartbeat_at) "
+        "VALUES ($1, '', 'installing', 'gone', now() - make_interval(secs => $2))", sha, beat_ago)
 
 
 async def settled(pool: asyncpg.Pool, task_id: uuid.UUID, status: set[str], within: float) -> asyncpg.Record:
@@ -161,6 +180,27 @@ async def test_sleeping_schedulers_are_woken_for_each_kind_of_work(database, tmp
         run = await settled(pool, task, {"failure"}, 6)
         assert "supervising the run died" in run["reason"], run
         assert time.monotonic() - gone_at < 2 + 1.5, run  # supervisor_lost_after 2 s
+        # an environment whose installer stopped beating: claimed at its deadline
+        alive = second if dead is first else first
+        alive.install_gate.clear()
+        await stale_env(pool, "a", 2 - 1)
+        alive.wake()  # a pass sees its heartbeat (a claim sends no notification: the tick would, within 5 s)
+        claimed_by = time.monotonic() + 1 + 1.5
+        while alive.installed != ["a"]:
+            assert time.monotonic() < claimed_by, alive.installed
+            await asyncio.sleep(0.05)
+        # another one past its deadline while this process's installer is busy: no spin, and it is taken the
+        # moment the installer is free
+        await stale_env(pool, "b", 10)
+        passes = alive.passes
+        alive.wake()  # as any notification would
+        await asyncio.sleep(1)
+        assert alive.passes - passes <= 3, alive.passes - passes
+        alive.install_gate.set()
+        freed_at = time.monotonic()
+        while alive.installed != ["a", "b"]:
+            assert time.monotonic() - freed_at < 1.5, alive.installed
+            await asyncio.sleep(0.05)
     finally:
         for made in (first, second):
             if not made._loop.done():

@@ -1,6 +1,6 @@
 """How long a task scheduler sleeps after a pass (services/task_scheduler/scheduler.py, sleep_for)."""
 
-from services.task_scheduler.scheduler import DUE_SLACK, sleep_for
+from services.task_scheduler.scheduler import DUE_SLACK, MIN_SLEEP, sleep_for
 
 
 def test_nothing_due_sleeps_the_whole_fallback_poll():
@@ -19,6 +19,8 @@ def test_the_processs_own_heartbeat_comes_first_when_it_is_sooner():
     assert sleep_for(4.0, 5.0, 0.75) == 0.75
 
 
-def test_a_point_already_past_means_no_sleep():
-    assert sleep_for(-2.0, 5.0, None) == 0.0
-    assert sleep_for(None, 5.0, -0.1) == 0.0
+def test_a_point_still_due_after_a_pass_is_looked_at_again_soon_not_in_a_spin():
+    """Still due right after a pass: another process holds that task's row, or more were due than a batch."""
+    assert sleep_for(-2.0, 5.0, None) == MIN_SLEEP
+    assert sleep_for(None, 5.0, -0.1) == MIN_SLEEP
+    assert 0 < MIN_SLEEP < 0.5
