@@ -23,10 +23,10 @@ cut off: the response waited in uvicorn's flow control for ever, holding the con
 
 When the total is full, a newcomer from a source holding less than its fair share (the total over the sources
 holding connections, the newcomer's included) takes the place of an idle keep-alive connection (one waiting for its
-next request's head, not a byte of it received) of the source holding the most, closed for it, as long as that
-source holds at least two more than the newcomer's (so equals never trade places back and forth). Otherwise 16
-sources at the per-source cap, each renewing its connections within keep_alive, held all 4096 for as long as they
-liked and every other client was refused. Closing an idle keep-alive connection is what HTTP lets a server do at
+next request's head, not a byte of it received) of the source holding the most among those with one, closed for
+it (its oldest idle one), as long as that source holds at least two more than the newcomer's (so equals never
+trade places back and forth). Otherwise 16 sources at the per-source cap, each renewing its connections within
+keep_alive, held all 4096 for as long as they liked and every other client was refused. Closing an idle keep-alive connection is what HTTP lets a server do at
 any time (a client retries an idempotent request on a connection closed under it; uvicorn's own keep-alive timeout
 does the same); a connection with a request on its way or in progress is never taken. A refused newcomer is
 answered as before.
@@ -104,16 +104,17 @@ class ConnectionLimits:
         sources = len(self.by_source) + (0 if held else 1)
         if held * sources >= self.total:  # at or above its fair share already
             return False
-        for victim_key, count in sorted(self.by_source.items(), key=lambda item: -item[1]):
-            if count < held + 2:
-                return False
-            waiting = self.idle.get(victim_key)
-            if waiting:
-                victim = next(iter(waiting))
-                self.evicted += 1
-                victim.evict()  # counts it out (release) and closes it
-                return True
-        return False
+        largest, most = None, held + 1
+        for victim_key in self.idle:  # the sources with an idle connection (one pass, no sort: a flood of refused
+            count = self.by_source[victim_key]  # newcomers pays little each)
+            if count > most:
+                largest, most = victim_key, count
+        if largest is None:
+            return False
+        victim = next(iter(self.idle[largest]))  # its oldest idle one
+        self.evicted += 1
+        victim.evict()  # counts it out (release) and closes it
+        return True
 
     def mark_idle(self, key: str | None, connection: Evictable) -> None:
         if key is not None:

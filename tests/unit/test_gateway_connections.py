@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from services.gateway.app import _Server, http_config
+from services.gateway.connections import ConnectionLimits
 from shared.settings import GatewaySettings
 
 GET = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -290,3 +291,36 @@ async def test_refused_connections_draining_at_once_are_capped(monkeypatch):
 def test_a_limit_is_at_least_one(field):
     with pytest.raises(ValueError):
         GatewaySettings(**{field: 0})
+
+
+class _Held:
+    """A connection as ConnectionLimits sees it: evicting one counts it out."""
+
+    def __init__(self, limits: ConnectionLimits, key: str) -> None:
+        self.limits, self.key, self.evicted = limits, key, False
+        assert limits.admit(key)
+
+    def evict(self) -> None:
+        self.evicted = True
+        self.limits.mark_busy(self.key, self)
+        self.limits.release(self.key)
+
+
+def test_the_fair_share_rule_takes_the_largest_sources_oldest_idle_connection_and_nothing_from_equals():
+    limits = ConnectionLimits(total=10, per_source=10)
+    big = [_Held(limits, "a") for _ in range(6)]
+    mid = [_Held(limits, "b") for _ in range(4)]
+    for held in mid:
+        limits.mark_idle("b", held)
+    # "a" holds the most but has no idle connection: "b" (4 >= 0 + 2) gives its oldest idle one
+    assert limits.admit("c") and [h.evicted for h in mid] == [True, False, False, False]
+    for held in big[1:]:
+        limits.mark_idle("a", held)
+    assert limits.admit("c") and big[1].evicted and limits.by_source == {"a": 5, "b": 3, "c": 2}
+    assert not limits.admit(None)  # a trusted proxy neither takes a place
+    assert limits.admit("c")  # "c" reaches 3 (its share: 10 / 3), and "a" is down to 4: then it is refused
+    assert limits.by_source == {"a": 4, "b": 3, "c": 3} and not limits.admit("c")
+    equals = ConnectionLimits(total=3, per_source=10)
+    for key in "xyz":
+        equals.mark_idle(key, _Held(equals, key))
+    assert not equals.admit("w")  # nobody holds two more than the newcomer's none
