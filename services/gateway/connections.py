@@ -26,10 +26,10 @@ holding connections, the newcomer's included) takes the place of an idle keep-al
 next request's head, not a byte of it received) of the source holding the most among those with one, closed for
 it (its oldest idle one), as long as that source holds at least two more than the newcomer's (so equals never
 trade places back and forth). Otherwise 16 sources at the per-source cap, each renewing its connections within
-keep_alive, held all 4096 for as long as they liked and every other client was refused. Closing an idle keep-alive connection is what HTTP lets a server do at
-any time (a client retries an idempotent request on a connection closed under it; uvicorn's own keep-alive timeout
-does the same); a connection with a request on its way or in progress is never taken. A refused newcomer is
-answered as before.
+keep_alive, held all 4096 for as long as they liked and every other client was refused. Closing an idle
+keep-alive connection is what HTTP lets a server do at any time (a client retries an idempotent request on a
+connection closed under it; uvicorn's own keep-alive timeout does the same); a connection with a request on its way
+or in progress is never taken. A refused newcomer is answered as before.
 
 A source is the TCP peer keyed as the token endpoint's bucket keys it (an IPv6 peer by its /64,
 `source_address.counted_as`); a trusted proxy (`gateway.trusted_proxies`) carries many clients on its connections
