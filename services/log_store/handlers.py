@@ -744,8 +744,10 @@ async def _list_windows(deps: Deps, sweep: OrphanSweep, cutoff: float, engine_cu
     to these cutoffs once every listing succeeded."""
     windows: list[tuple[str, bool, float, float]] = []
     moved: dict[str, tuple[float, float]] = {}
+    prefixes: set[str] = set()
     for row in await store.pipelines(deps.pool):
         prefix = key_prefix(row["workspace_id"], row["name"])
+        prefixes.add(prefix)
         reached = sweep.reached.get(prefix, sweep.last)
         heard = sweep.heard.get(prefix)
         ends = list(reached)
@@ -771,7 +773,12 @@ async def _list_windows(deps: Deps, sweep: OrphanSweep, cutoff: float, engine_cu
         for key, modified in keys:
             if key.endswith(ENGINE_SUFFIX) == engine:  # the other kind's cutoff is not near
                 seen[key] = modified
-    sweep.reached.update(moved)
+    sweep.reached = {prefix: ends for prefix, ends in (sweep.reached | moved).items() if prefix in prefixes}
+    # what no window can still be due for goes, so the table stays as small as the pipelines: a prefix of no
+    # pipeline (a description can name any key; a write heard before its pipeline's row exists is then listed
+    # within ORPHAN_UNHEARD_LIST), or a moment its pipeline's windows have passed
+    sweep.heard = {prefix: times for prefix, times in sweep.heard.items() if prefix in prefixes and any(
+        times[kind] + ORPHAN_SLACK >= sweep.reached.get(prefix, sweep.last)[kind] for kind in (0, 1))}
     return seen
 
 

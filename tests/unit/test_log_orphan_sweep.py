@@ -256,3 +256,20 @@ def test_a_pipeline_an_engine_described_a_segment_of_is_listed_at_the_next_sweep
     assert sweep(deps, now + 60) == 1 and orphan not in objects.kept
     listed = {prefix.rsplit("/", 4)[0] for prefix, _, _ in objects.ranged}
     assert f"ws-3/{target}" in listed and len(listed) <= 2, listed
+
+
+def test_what_the_sweep_heard_is_kept_only_while_a_window_can_be_due_for_it(world):
+    """Descriptions can name any key (an engine shares its bus identity): prefixes of no pipeline, and moments
+    a pipeline's windows have passed, are dropped at each sweep, so the table stays as small as the pipelines."""
+    deps, objects, index = world
+    now = START + 10 * DAY
+    sweep(deps, now)
+    for n in range(1000):
+        handlers.hear_description(deps.orphan_sweep, Description(f"ws-9/made-up-{n}/2026/01/01/{'a' * 32}.e.parquet",
+                                                                 workspace_id=9, pipeline=f"made-up-{n}"))
+    heard(deps, segment_key(3, "fraud", now=now - ORPHAN_AGE + 10))
+    assert len(deps.orphan_sweep.heard) == 1001
+    sweep(deps, now + 60)
+    assert set(deps.orphan_sweep.heard) == {"ws-3/fraud/"}  # its window did not pass its moment yet (slack)
+    sweep(deps, now + 60 + handlers.ORPHAN_SLACK + 60)
+    assert deps.orphan_sweep.heard == {}
