@@ -40,6 +40,7 @@ import functools
 import json
 import logging
 import os
+import platform
 import pwd
 import signal
 import socket
@@ -244,7 +245,39 @@ def check_available(settings: Settings | None = None) -> str:
         raise SandboxUnavailable(
             f"users' code cannot be isolated here: {hint}: {why}. Run Railyard as root, allow user namespaces, "
             "or on a single-user machine set RAILYARD_SANDBOX__MODE=off-for-single-user")
+    for gap in quota_gaps():
+        log.warning("the sandbox's disk quota cannot see %s on this kernel (%s): see docs/security.md, "
+                    "\"Known gaps\"", gap, platform.release())
     return "root+namespaces" if mechanism == "root" else "userns"
+
+
+@functools.cache
+def quota_gaps(fdinfo: str = "/proc/self/fdinfo/{fd}") -> tuple[str, ...]:
+    """What the disk quota's measurement cannot see on this kernel (checked once): descriptors in flight on unix
+    sockets before Linux 5.7 (no `scm_fds` in fdinfo), and descriptors sent to the gateway relay before 6.16 (no
+    SO_PASSRIGHTS)."""
+    gaps = []
+    sender, receiver = socket.socketpair()
+    read, write = os.pipe()
+    try:
+        socket.send_fds(sender, [b"x"], [read])
+        with open(fdinfo.format(fd=receiver.fileno()), "rb") as handle:
+            shown = b"scm_fds:" in handle.read()
+    except OSError:
+        shown = False
+    finally:
+        for end in (sender, receiver):
+            end.close()
+        os.close(read)
+        os.close(write)
+    if not shown:
+        gaps.append("files kept by descriptors in flight on unix sockets (fdinfo shows them from Linux 5.7)")
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, SO_PASSRIGHTS, 0)
+        except OSError:
+            gaps.append("descriptors a task run sends to its gateway relay (refused from Linux 6.16)")
+    return tuple(gaps)
 
 
 async def _gateway_relay(settings: Settings) -> tuple[asyncio.AbstractServer, Path]:

@@ -393,3 +393,17 @@ def test_the_gateway_relay_refuses_descriptors_from_the_sandbox(tmp_path):
             shutil.rmtree(folder, ignore_errors=True)
 
     assert asyncio.run(send_a_descriptor()) == "refused"
+
+
+def test_what_the_quota_cannot_see_on_a_kernel_is_named():
+    """On this kernel (6.18) the quota sees descriptors in flight and the relay refuses them; a kernel whose fdinfo
+    has no scm_fds (older than 5.7) is named in a warning when the sandbox is checked, not silently trusted."""
+    sandbox.quota_gaps.cache_clear()
+    try:
+        major, minor = (int(part) for part in os.uname().release.split(".")[:2])
+        if (major, minor) >= (6, 16):
+            assert sandbox.quota_gaps() == ()
+        blind = sandbox.quota_gaps("/proc/self/fdinfo/none-{fd}")  # as a kernel without scm_fds reads
+        assert any("descriptors in flight on unix sockets" in gap for gap in blind)
+    finally:
+        sandbox.quota_gaps.cache_clear()
