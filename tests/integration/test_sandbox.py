@@ -439,14 +439,13 @@ IN_FLIGHT_HIDER = """
     held, far = socket.socketpair()  # `far` queues what is sent on `held`
     if nested:  # the files go on a socket of their own, which is then sent on held and closed: one seen, 40 hidden
         inner, into = socket.socketpair()
-    print('first', time.monotonic(), flush=True)
     for number in range(40):
         with open(f'hidden-{{number}}', 'wb') as handle:
             handle.write(b'x' * (4 << 20))
             handle.flush()
             socket.send_fds(into if nested else held, [b'f'], [handle.fileno()])
         os.unlink(f'hidden-{{number}}')  # its only reference now: the descriptor in flight
-        print('hidden', number + 1, flush=True)
+        print('hidden', number + 1, time.monotonic(), flush=True)
     if nested:
         socket.send_fds(held, [b's'], [inner.fileno()])
         inner.close()
@@ -468,9 +467,10 @@ def test_deleted_files_kept_in_flight_on_a_unix_socket_stop_the_sandbox(settings
     ended = time.monotonic()
     out = result.stdout.decode()
     assert result.limit_hit == "fds_in_flight", (result.limit_hit, result.stderr_tail, out)
-    assert "all hidden" in out  # it hid 160 MiB past the quota before it was stopped, as it could before
-    first = float(out.split("first ", 1)[1].split()[0])
-    assert ended - first < limits.in_flight_seconds + 10  # stopped at the grace (slow VM: a wide margin)
+    # stopped at the grace after its first file went in flight (slow VM: a wide margin); on a quiet host all 40
+    # (160 MiB past the quota) are hidden well before that, as they were for good before
+    first = float(out.split("hidden 1 ", 1)[1].split()[0])
+    assert ended - first < limits.in_flight_seconds + 10
     assert "kept file descriptors in flight on a unix socket" in result.stderr_tail
     assert sandbox.describe_limit(result.limit_hit, limits).startswith(
         "it kept file descriptors in flight on a unix socket (sent with SCM_RIGHTS and not received) for more than 3 s")
