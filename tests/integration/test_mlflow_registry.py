@@ -12,7 +12,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-import requests
 
 from tests.integration.conftest import post
 
@@ -20,15 +19,31 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 
+# Started beside the server, not after it: its imports (~5 s, ~45 s with a cold disk cache) overlap the server's
+# start (~30 s on a slow machine), and it waits for the server itself. The sklearn flavour's default requirements
+# are named, so log_model writes requirements.txt without inferring it: inferring loads each model in a subprocess
+# to see what it imports (7-13 s a model on 2026-12-02's slow VM, 0.7-1.9 s when named).
 REGISTER = textwrap.dedent("""
-    import mlflow, numpy as np, sys
+    import mlflow, numpy as np, sys, time, urllib.request
     from sklearn.linear_model import LogisticRegression
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            with urllib.request.urlopen(sys.argv[1] + "/health", timeout=2) as answer:
+                if answer.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            sys.exit("the MLflow server did not answer /health in 240 s")
+        time.sleep(0.3)
     mlflow.set_tracking_uri(sys.argv[1])
     x = np.random.default_rng(0).normal(size=(200, 4)); y = (x[:, 0] > 0).astype(int)
     for name in ("wine-quality", "housing", "churn"):
         with mlflow.start_run():
             mlflow.sklearn.log_model(LogisticRegression().fit(x, y), name="model", registered_model_name=name,
-                                     serialization_format="pickle")
+                                     serialization_format="pickle",
+                                     pip_requirements=mlflow.sklearn.get_default_pip_requirements())
 """)
 
 
@@ -52,17 +67,18 @@ def mlflow_url(tmp_path_factory):
                                "--artifacts-destination", str(folder / "artifacts")],
                               cwd=folder, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, (folder / "server.log").read_text()[-2000:]
-            time.sleep(0.3)
         python = str(Path(binary).parent / "python")
-        subprocess.run([python, "-c", REGISTER, url], check=True, capture_output=True, timeout=180, cwd=folder)
+        with open(folder / "register.log", "wb") as register_log:
+            register = subprocess.Popen([python, "-c", REGISTER, url], cwd=folder, stdout=register_log,
+                                        stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while register.poll() is None:
+            if server.poll() is not None or time.monotonic() > deadline:  # a dead server: no waiting it out
+                register.kill()
+                register.wait()
+            time.sleep(0.3)
+        assert register.returncode == 0 and server.poll() is None, (
+            (folder / "register.log").read_text()[-2000:], (folder / "server.log").read_text()[-2000:])
         yield url
     finally:
         server.terminate()
