@@ -53,6 +53,10 @@ def http_config(app, settings: GatewaySettings) -> uvicorn.Config:  # noqa: ANN0
         port=settings.port,
         lifespan="off",
         http=limited_protocol(limits),
+        # no WebSocket: the gateway serves none, and an upgraded connection leaves limited_protocol (uvicorn hands
+        # the transport to its ws protocol), so its count was never released: each upgrade request held a place of
+        # its source and of the total until the process restarted (a trusted proxy's clients could fill the total)
+        ws="none",
         loop="none",
         log_level="warning",
         access_log=False,
