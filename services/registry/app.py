@@ -42,7 +42,8 @@ from shared.messages.registry import (
     ModelWithVersions,
     NoContent,
     RegistryArtifacts,
-    RegistryInWorkspace,
+    RegistryAttachment,
+    RegistryCreated,
     RegistryList,
     RegistryModels,
     RegistryRecord,
@@ -149,17 +150,17 @@ def build_router(runtime: Runtime) -> NatsRouter:
         return runtime.extras["registries"]
 
     @command(router, subjects.REGISTRY_REGISTRIES_CREATE, service=NAME)
-    async def create_registry(cmd: CreateRegistry, ctx: CallContext) -> RegistryInWorkspace:
+    async def create_registry(cmd: CreateRegistry, ctx: CallContext) -> RegistryCreated:
         """Connect an MLflow registry to a workspace."""
         return await registries().create(await caller(ctx), ctx.token, cmd)
 
     @command(router, subjects.REGISTRY_REGISTRIES_ATTACH, service=NAME)
-    async def attach_registry(cmd: AttachRegistry, ctx: CallContext) -> RegistryInWorkspace:
+    async def attach_registry(cmd: AttachRegistry, ctx: CallContext) -> RegistryAttachment:
         """Attach a registry to a workspace."""
         return await registries().attach(await caller(ctx), ctx.token, cmd)
 
     @command(router, subjects.REGISTRY_REGISTRIES_DETACH, service=NAME)
-    async def detach_registry(cmd: AttachRegistry, ctx: CallContext) -> RegistryInWorkspace:
+    async def detach_registry(cmd: AttachRegistry, ctx: CallContext) -> RegistryAttachment:
         """Detach a registry from a workspace."""
         return await registries().detach(await caller(ctx), ctx.token, cmd)
 

@@ -26,8 +26,9 @@ from shared.messages.registry import (
     ListRegistryModels,
     RegistryArtifact,
     RegistryArtifacts,
+    RegistryAttachment,
     RegistryChanged,
-    RegistryInWorkspace,
+    RegistryCreated,
     RegistryList,
     RegistryModels,
     RegistryRecord,
@@ -86,7 +87,7 @@ class RegistryService:
         token = self.box.open(row["token_encrypted"]) if row["token_encrypted"] is not None else None
         return self.client(row["url"], token, rules=self.rules, caller=principal.user_id)
 
-    async def create(self, principal: Principal, token: str | None, cmd: CreateRegistry) -> RegistryInWorkspace:
+    async def create(self, principal: Principal, token: str | None, cmd: CreateRegistry) -> RegistryCreated:
         await require_member(self.deps.membership(token), principal, cmd.workspace_id)
         require_unscoped(principal, "create registries")
         if not cmd.name.strip():
@@ -101,29 +102,29 @@ class RegistryService:
             await conn.execute("INSERT INTO registry_workspaces (registry_id, workspace_id) VALUES ($1, $2)",
                                registry_id, cmd.workspace_id)
         await self._changed(registry_id, "created", cmd.workspace_id)
-        return RegistryInWorkspace(id=str(registry_id), workspace_id=cmd.workspace_id)
+        return RegistryCreated(id=str(registry_id), workspace_id=cmd.workspace_id)
 
     async def _changed(self, registry_id: uuid.UUID, action: str, workspace_id: int) -> None:
         await self.deps.publish(subjects.EVENT_REGISTRY_CHANGED, RegistryChanged(
             registry_id=registry_id, action=action, workspace_id=workspace_id))
 
-    async def attach(self, principal: Principal, token: str | None, cmd: AttachRegistry) -> RegistryInWorkspace:
+    async def attach(self, principal: Principal, token: str | None, cmd: AttachRegistry) -> RegistryAttachment:
         await require_member(self.deps.membership(token), principal, cmd.workspace_id)
         require_unscoped(principal, "attach registries to workspaces")
         row = await self._visible(principal, token, _registry_id(cmd.registry_id, cmd.id))
         await self.pool.execute("INSERT INTO registry_workspaces (registry_id, workspace_id) VALUES ($1, $2)"
                                 " ON CONFLICT DO NOTHING", row["id"], cmd.workspace_id)
         await self._changed(row["id"], "attached", cmd.workspace_id)
-        return RegistryInWorkspace(registry_id=str(row["id"]), workspace_id=cmd.workspace_id)
+        return RegistryAttachment(id=str(row["id"]), registry_id=str(row["id"]), workspace_id=cmd.workspace_id)
 
-    async def detach(self, principal: Principal, token: str | None, cmd: AttachRegistry) -> RegistryInWorkspace:
+    async def detach(self, principal: Principal, token: str | None, cmd: AttachRegistry) -> RegistryAttachment:
         await require_member(self.deps.membership(token), principal, cmd.workspace_id)
         require_unscoped(principal, "remove registries from workspaces")
         row = await self._visible(principal, token, _registry_id(cmd.registry_id, cmd.id))
         await self.pool.execute("DELETE FROM registry_workspaces WHERE registry_id = $1 AND workspace_id = $2",
                                 row["id"], cmd.workspace_id)
         await self._changed(row["id"], "detached", cmd.workspace_id)
-        return RegistryInWorkspace(registry_id=str(row["id"]), workspace_id=cmd.workspace_id)
+        return RegistryAttachment(id=str(row["id"]), registry_id=str(row["id"]), workspace_id=cmd.workspace_id)
 
     async def get(self, principal: Principal, token: str | None, registry_id: uuid.UUID) -> RegistryRecord:
         return self._record(await self._visible(principal, token, registry_id), reveal=True)

@@ -223,9 +223,19 @@ class CreateRegistry(Command):
     token: str | None = None
 
 
-class RegistryInWorkspace(Message):
-    id: str | None = None
-    registry_id: str | None = None
+class RegistryCreated(Message):
+    """create_registry's answer, the seed's `{'id', 'workspace_id'}`."""
+
+    id: str
+    workspace_id: int
+
+
+class RegistryAttachment(Message):
+    """attach/remove_registry's answer: the seed's example shows `registry_id`, its RETURNS list `id`; both are the
+    registry's UUID, so a script reading either works."""
+
+    id: str
+    registry_id: str
     workspace_id: int
 
 

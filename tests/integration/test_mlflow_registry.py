@@ -93,7 +93,7 @@ def registry(stack, alice, mlflow_url) -> str:
                      "token": "abcdefg"})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["workspace_id"] == alice.workspace_id
+    assert set(body) == {"id", "workspace_id"} and body["workspace_id"] == alice.workspace_id  # seed 001 l. 2001
     return body["id"]
 
 
@@ -107,11 +107,13 @@ def test_registry_details_and_workspaces(stack, alice, bob, registry, mlflow_url
     other = alice.client.post("workspaces/create", {"workspace_name": f"second-{uuid.uuid4().hex[:8]}"})
     attached = post(stack, "models/attach_registry_to_workspace", alice.token,
                     {"id": registry, "workspace_id": other["workspace_id"]}).json()
-    assert attached == {"registry_id": registry, "workspace_id": other["workspace_id"], "id": None}
+    # seed 001 l. 2029-2032 (example: registry_id) and its RETURNS (id): both name the registry
+    assert attached == {"registry_id": registry, "workspace_id": other["workspace_id"], "id": registry}
     assert [r["id"] for r in post(stack, "models/list_registries", alice.token,
                                   {"workspace_id": other["workspace_id"]}).json()] == [registry]
-    post(stack, "models/remove_registry_from_workspace", alice.token,
-         {"registry_id": registry, "workspace_id": other["workspace_id"]})
+    removed = post(stack, "models/remove_registry_from_workspace", alice.token,
+                   {"registry_id": registry, "workspace_id": other["workspace_id"]}).json()
+    assert removed == {"registry_id": registry, "workspace_id": other["workspace_id"], "id": registry}
     assert post(stack, "models/list_registries", alice.token, {"workspace_id": other["workspace_id"]}).json() == []
 
 
