@@ -251,12 +251,22 @@ def check_available(settings: Settings | None = None) -> str:
     return "root+namespaces" if mechanism == "root" else "userns"
 
 
+# the machines whose system call numbers the launcher's seccomp filter knows (sandbox_launcher.py
+# `refuse_io_uring_and_fallocate`: x86_64 with x32 and i386, aarch64, arm); on any other its program allows everything
+SECCOMP_MACHINES = frozenset({"x86_64", "amd64", "i386", "i486", "i586", "i686", "aarch64", "arm64", "armv6l",
+                              "armv7l", "armv8l"})
+
+
 @functools.cache
-def quota_gaps(fdinfo: str = "/proc/self/fdinfo/{fd}") -> tuple[str, ...]:
+def quota_gaps(fdinfo: str = "/proc/self/fdinfo/{fd}", machine: str | None = None) -> tuple[str, ...]:
     """What the disk quota's measurement cannot see on this kernel (checked once): descriptors in flight on unix
-    sockets before Linux 5.7 (no `scm_fds` in fdinfo), and descriptors sent to the gateway relay before 6.16 (no
-    SO_PASSRIGHTS)."""
+    sockets before Linux 5.7 (no `scm_fds` in fdinfo), descriptors sent to the gateway relay before 6.16 (no
+    SO_PASSRIGHTS), and io_uring and fallocate on a machine the seccomp filter has no system call numbers for."""
     gaps = []
+    machine = platform.machine() if machine is None else machine
+    if machine.lower() not in SECCOMP_MACHINES:
+        gaps.append(f"files kept by io_uring, nor is fallocate refused (the seccomp filter knows no system call "
+                    f"numbers of {machine or 'this machine'})")
     sender, receiver = socket.socketpair()
     read, write = os.pipe()
     try:
