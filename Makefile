@@ -90,7 +90,7 @@ browser:
 TEST_WORKERS ?= 2
 test: venv $(MLFLOW_STAMP) browser
 	RAILYARD_TEST_MLFLOW=$(CURDIR)/$(MLFLOW_VENV)/bin/mlflow $(BIN)/python -m pytest -q -rs -p no:cacheprovider \
-		-n $(TEST_WORKERS) --dist loadfile --durations=25
+		-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 ## Label Studio 1.23.2 driving an ML backend served by railyard-ml (minutes of install and first start: own target).
 test-labelstudio: venv $(LS_STAMP)

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from tests import file_seconds
 from tests.stack import RunningStack, stack_directory, start_stack
 
 
@@ -40,6 +41,12 @@ def _share_httpx_default_ssl_context() -> None:
 
 
 _share_httpx_default_ssl_context()
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The slowest files first (tests/file_seconds.py says why); a file's own tests keep their order."""
+    seconds = file_seconds.load()
+    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::", 1)[0], 0.0))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,47 @@
+"""How long each test file took in one full run, for tests/conftest.py to hand the slowest files out first.
+
+pytest-xdist (`make test`, --dist loadfile --no-loadscope-reorder) gives the workers whole files in collection order;
+with the slowest first, the last files a worker takes are short ones, and neither worker waits long for the other to
+finish a 45-s single-test file (xdist's own order, most tests first, put exactly those last). The figures are
+relative: a file not listed counts as 0 s and keeps its place after the listed ones.
+
+Refresh from a run's --junitxml: `python -m tests.file_seconds run.xml` (rewrites file_seconds.json)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from pathlib import Path
+
+TABLE = Path(__file__).with_name("file_seconds.json")
+LISTED_FROM = 5.0  # seconds: files faster than this keep collection order
+
+
+def load() -> dict[str, float]:
+    try:
+        return json.loads(TABLE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def from_junit(path: Path) -> dict[str, float]:
+    """Seconds per test file (set-up, call and teardown of its tests) in a junit xml written by pytest."""
+    seconds: dict[str, float] = defaultdict(float)
+    for case in ET.parse(path).getroot().iter("testcase"):
+        parts = case.get("classname", "").split(".")
+        modules = [i for i, part in enumerate(parts) if part.startswith("test_")]
+        if modules:
+            seconds["/".join(parts[: modules[0] + 1]) + ".py"] += float(case.get("time") or 0)
+    return dict(seconds)
+
+
+def main(junit: str) -> None:
+    seconds = {name: round(value) for name, value in sorted(from_junit(Path(junit)).items(), key=lambda kv: -kv[1])
+               if value >= LISTED_FROM}
+    TABLE.write_text(json.dumps(seconds, indent=0) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
