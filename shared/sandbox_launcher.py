@@ -434,47 +434,89 @@ def add_unlinked(usage: Usage, pids: list[int], device: int, largest: int = 0) -
     `largest` (the file-size limit: a mapping of one page may keep a whole file)."""
     number = f"{os.major(device):02x}:{os.minor(device):02x}"
     for pid in pids:
+        for view in task_views(pid):
+            add_unlinked_of(usage, pid, view, device, number, largest)
+
+
+def task_views(pid: int) -> list[str]:
+    """The /proc directories that show every descriptor table and the mappings of process `pid`: one per distinct
+    descriptor table among its threads (`/proc/<pid>/task/<tid>`). `/proc/<pid>` alone shows its first thread's:
+    a thread that took a table of its own (unshare(CLONE_FILES)) held deleted files there unseen, and once the
+    first thread exited (SYS_exit, the process living on in its other threads) `/proc/<pid>/fd`, `maps` and `exe`
+    showed nothing at all: 160 MiB past a 64 MiB quota either way. Threads sharing a table are told by kcmp
+    (KCMP_FILES); where it is not available every thread is read (the same files are counted once)."""
+    try:
+        tids = sorted(int(tid) for tid in os.listdir(f"/proc/{pid}/task"))
+    except (OSError, ValueError):
+        return []
+    if pid in tids:  # the first thread first: its table is the one most threads share
+        tids.remove(pid)
+        tids.insert(0, pid)
+    kept: list[int] = []
+    for tid in tids:
+        if not any(same_files(other, tid) for other in kept):
+            kept.append(tid)
+    return [f"/proc/{pid}/task/{tid}" for tid in kept]
+
+
+KCMP_FILES = 2
+SYS_KCMP = {"x86_64": 312, "i386": 349, "i686": 349, "aarch64": 272, "armv6l": 378, "armv7l": 378,
+            "armv8l": 378}.get(os.uname().machine)
+
+
+def same_files(one: int, other: int) -> bool:
+    """Whether two threads share one descriptor table (kcmp KCMP_FILES: 0 when the same; an exited thread has
+    none, which differs from any live one's); False when that cannot be told, so both are read."""
+    if SYS_KCMP is None:
+        return False
+    arguments = (ctypes.c_long(value) for value in (one, other, KCMP_FILES, 0, 0))
+    return libc.syscall(ctypes.c_long(SYS_KCMP), *arguments) == 0
+
+
+def add_unlinked_of(usage: Usage, pid: int, view: str, device: int, number: str, largest: int) -> None:
+    """`add_unlinked` for one descriptor table and the address space of process `pid`, read in `view`
+    (`task_views`)."""
+    try:
+        descriptors = os.listdir(f"{view}/fd")
+    except OSError:
+        descriptors = []  # an exited thread: its address space may still be another's, read below
+    for path in [f"{view}/fd/{fd}" for fd in descriptors] + [f"{view}/exe"]:
         try:
-            descriptors = os.listdir(f"/proc/{pid}/fd")
+            link = os.readlink(path)
+            if link.startswith("socket:["):
+                if link not in usage.sockets:
+                    usage.sockets.add(link)
+                    usage.in_flight += in_flight(path.replace("/fd/", "/fdinfo/", 1))
+                continue
+            if not link.endswith(" (deleted)"):
+                continue
+            info = os.stat(path)
         except OSError:
             continue
-        for path in [f"/proc/{pid}/fd/{fd}" for fd in descriptors] + [f"/proc/{pid}/exe"]:
-            try:
-                link = os.readlink(path)
-                if link.startswith("socket:["):
-                    if link not in usage.sockets:
-                        usage.sockets.add(link)
-                        usage.in_flight += in_flight(path.replace("/fd/", "/fdinfo/", 1))
-                    continue
-                if not link.endswith(" (deleted)"):
-                    continue
-                info = os.stat(path)
+        if info.st_nlink == 0 and info.st_dev == device and stat.S_ISREG(info.st_mode):
+            usage.add(info)
+    try:
+        with open(f"{view}/maps") as maps:
+            lines = [line for line in maps if line.rstrip().endswith("(deleted)")]
+    except OSError:
+        return
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) < 6 or fields[3] != number:
+            continue
+        key = (device, int(fields[4]))
+        if key not in usage.seen:
+            try:  # the process's (a thread has no map_files; with its first thread exited it reads nothing)
+                info = os.stat(f"/proc/{pid}/map_files/{fields[0]}")
             except OSError:
-                continue
-            if info.st_nlink == 0 and info.st_dev == device and stat.S_ISREG(info.st_mode):
+                info = None  # no CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE) outside a user namespace
+            if info is not None and info.st_dev == device and (info.st_dev, info.st_ino) == key:
                 usage.add(info)
-        try:
-            with open(f"/proc/{pid}/maps") as maps:
-                lines = [line for line in maps if line.rstrip().endswith("(deleted)")]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split(maxsplit=5)
-            if len(fields) < 6 or fields[3] != number:
                 continue
-            key = (device, int(fields[4]))
-            if key not in usage.seen:
-                try:
-                    info = os.stat(f"/proc/{pid}/map_files/{fields[0]}")
-                except OSError:
-                    info = None  # no CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE) outside a user namespace
-                if info is not None and info.st_dev == device and (info.st_dev, info.st_ino) == key:
-                    usage.add(info)
-                    continue
-                start, end = (int(value, 16) for value in fields[0].split("-"))
-                usage.seen.add(key)
-                usage.bytes += max(end - start, largest)
-                usage.files += 1
+            start, end = (int(value, 16) for value in fields[0].split("-"))
+            usage.seen.add(key)
+            usage.bytes += max(end - start, largest)
+            usage.files += 1
 
 
 def in_flight(fdinfo: str) -> int:

@@ -423,6 +423,53 @@ def test_deleted_files_held_open_count_towards_the_quota(settings):
     assert result.limit_hit == "disk_bytes", result.stderr_tail
 
 
+# deleted files kept by a thread that outlives its process's first thread: /proc/<pid>/fd, maps and exe then show
+# nothing; or by a thread with a descriptor table of its own, which /proc/<pid>/fd does not show
+LEADER_EXITS = """
+    import ctypes, os, threading, time
+    def keeper():
+        kept = []
+        for number in range(40):
+            handle = open(f'hidden-{number}', 'wb')
+            handle.write(b'x' * (4 << 20))
+            handle.flush()
+            os.unlink(f'hidden-{number}')
+            kept.append(handle)
+        print('all hidden', flush=True)
+        time.sleep(12)
+        print('survived', flush=True)
+        os._exit(0)
+    threading.Thread(target=keeper).start()
+    ctypes.CDLL(None).syscall(60 if os.uname().machine == 'x86_64' else 93, 0)  # SYS_exit: this thread alone
+"""
+OWN_TABLE = """
+    import ctypes, os, threading, time
+    def keeper():
+        if ctypes.CDLL(None, use_errno=True).unshare(0x400) != 0:  # CLONE_FILES: a table of this thread's own
+            raise SystemExit('unshare(CLONE_FILES) failed')
+        kept = []
+        for number in range(40):
+            fd = os.open(f'hidden-{number}', os.O_CREAT | os.O_WRONLY)
+            os.write(fd, b'x' * (4 << 20))
+            os.unlink(f'hidden-{number}')
+            kept.append(fd)
+        print('all hidden', flush=True)
+        time.sleep(12)
+        print('survived', flush=True)
+    threading.Thread(target=keeper).start()
+"""
+
+
+@pytest.mark.parametrize("code", [LEADER_EXITS, OWN_TABLE], ids=["first-thread-exited", "own-descriptor-table"])
+def test_deleted_files_kept_by_a_thread_count_towards_the_quota(settings, code):
+    """The launcher read /proc/<pid> only, which shows the first thread's descriptor table and, once that thread
+    exited, nothing: 160 MiB held past a 64 MiB quota to the end either way (a review, 2026-12-02). It reads every
+    distinct table of a process's threads now (shared/sandbox_launcher.py `task_views`)."""
+    result = python(code, settings, limits=Limits(file_size_bytes=8 << 20, disk_bytes=64 << 20, wall_seconds=30))
+    assert result.limit_hit == "disk_bytes", (result.limit_hit, result.stdout, result.stderr_tail)
+    assert b"survived" not in result.stdout
+
+
 def test_a_pid_namespace_nested_to_hide_files_from_the_quota_is_refused(settings):
     """A tenant nesting a pid namespace inside the sandbox's kept deleted files open there uncounted (a review wrote
     160 MiB past a 64 MiB quota that way; the launcher counts every descendant since, see

@@ -59,6 +59,48 @@ def test_a_deleted_file_still_open_counts(tmp_path):
         assert usage.bytes >= 4 << 20 and usage.files >= 2
 
 
+def test_every_descriptor_table_of_a_process_is_read_once():
+    """task_views: the threads sharing the first thread's table are read as one; a thread with a table of its own
+    (unshare(CLONE_FILES)) is read too, and the deleted file it alone holds counts."""
+    import ctypes
+    import tempfile
+    import threading
+
+    from shared.sandbox_launcher import task_views
+
+    started, done = threading.Event(), threading.Event()
+    sharing = [threading.Thread(target=done.wait) for _ in range(3)]
+    for thread in sharing:
+        thread.start()
+    try:
+        assert task_views(os.getpid()) == [f"/proc/{os.getpid()}/task/{os.getpid()}"]
+        folder = tempfile.mkdtemp()
+        seen: list[int] = []
+
+        def own_table() -> None:
+            assert ctypes.CDLL(None, use_errno=True).unshare(0x400) == 0  # CLONE_FILES
+            fd = os.open(os.path.join(folder, "hidden"), os.O_CREAT | os.O_WRONLY)
+            os.write(fd, b"x" * (4 << 20))
+            os.unlink(os.path.join(folder, "hidden"))
+            seen.append(threading.get_native_id())
+            started.set()
+            done.wait()
+            os.close(fd)
+
+        apart = threading.Thread(target=own_table)
+        apart.start()
+        assert started.wait(10)
+        assert task_views(os.getpid()) == [f"/proc/{os.getpid()}/task/{tid}" for tid in (os.getpid(), seen[0])]
+        usage = measure(folder)
+        add_unlinked(usage, [os.getpid()], os.stat(folder).st_dev)
+        assert usage.bytes >= 4 << 20  # before: only the first thread's table, which does not hold it
+    finally:
+        done.set()
+        for thread in sharing:
+            thread.join()
+    apart.join()
+
+
 def test_the_sandboxs_processes_are_every_descendant_of_the_launcher():
     """Also those in a pid namespace other than the sandbox's (a nested one hid a tenant's open deleted files from
     the quota before user namespaces were refused inside the sandbox). Run in a process of its own, as the launcher
