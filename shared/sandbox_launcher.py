@@ -43,6 +43,7 @@ import collections
 import ctypes
 import errno
 import json
+import math
 import os
 import platform
 import random
@@ -75,15 +76,22 @@ QUOTA_INTERVAL_MIN = 0.02  # shortest, while the directory grows fast towards it
 MAX_DEPTH = 200  # deeper directories count as over the file quota (each level holds a descriptor while measured)
 # Descriptors in flight on a unix socket (sent with SCM_RIGHTS, not yet received) are in no process's fd table: a
 # deleted file whose only reference is one of them would escape the quota (docs/security.md, "Disk quota"). A
-# sandbox is stopped once, INFLIGHT_GRACE seconds or more since it was first seen with some, at least INFLIGHT_SHARE
-# of the measurements of the last INFLIGHT_GRACE seconds (and of INFLIGHT_SAMPLES at least) saw descriptors in
-# flight (and some now); meanwhile it is measured at least every INFLIGHT_PROBE. Code that passes descriptors and
-# receives them at once is seen with some now and then (6-28 % of measurements here); one that holds them, at every
-# measurement; one that moves them between sockets and fd tables, at most of them (a share, not "every": the
-# processes are read one after another, so some measurements can miss them).
+# sandbox is stopped, INFLIGHT_GRACE seconds or more since it was first seen with some and with some now, once it
+# had some at every measurement of the last INFLIGHT_GRACE seconds (INFLIGHT_ALL at least), or once the evidence
+# of its measurements reaches INFLIGHT_EVIDENCE: a CUSUM of the log-likelihood ratio between "seen at 60 % of
+# measurements" (a tenant moving its files between sockets and fd tables: the processes are read one after another,
+# so some measurements miss them) and "at 30 %" (code that passes descriptors and receives them at once: 6-28 % of
+# measurements here, at random moments). Until 2026-12-02 the rule was "at half the measurements of the last grace",
+# and code seen at 28 % crossed half of some 3-second window within about 25 s (simulated, median of 10), at 15-20 %
+# within a minute when the walk spaced the measurements: a long-lived worker passing descriptors was stopped sooner
+# or later. The CUSUM stops one always in flight at the grace (the first rule), one at 63 % after ~6 s of 0.1 s
+# probes, and one at 28 % not in 4 simulated hours (10 of 10). Meanwhile it is measured at least every INFLIGHT_PROBE.
 INFLIGHT_GRACE = 3.0
-INFLIGHT_SHARE = 0.5
 INFLIGHT_SAMPLES = 8
+INFLIGHT_ALL = 16  # "at every measurement" needs this many (8 of 8 at 28 % came once in ~26,000: hours of probes)
+INFLIGHT_UP = math.log(0.6 / 0.3)  # the evidence a measurement with descriptors in flight adds
+INFLIGHT_DOWN = math.log(0.7 / 0.4)  # and one without takes away (never below 0)
+INFLIGHT_EVIDENCE = 14.0
 INFLIGHT_PROBE = 0.1
 IO_URING_SETUP = 425  # the same number on x86_64, i386, x32 (with its 0x40000000 bit), aarch64 and arm
 
@@ -534,12 +542,13 @@ def in_flight(fdinfo: str) -> int:
 
 
 class Flight:
-    """The measurements of the last grace period: whether each saw descriptors in flight, and when the sandbox was
-    first seen with some since a period with none."""
+    """The measurements of the last grace period (whether each saw descriptors in flight), the evidence of all of
+    them (module constants), and when the sandbox was first seen with some since a period with none."""
 
     def __init__(self, grace: float = INFLIGHT_GRACE) -> None:
         self.grace = grace
         self.since: float | None = None
+        self.evidence = 0.0
         self.window: collections.deque[tuple[float, bool]] = collections.deque()
 
     @property
@@ -549,21 +558,25 @@ class Flight:
 
     def kept(self, now: float, count: int) -> bool:
         """Record a measurement that saw `count` descriptors in flight; whether the sandbox has kept descriptors in
-        flight for the grace: some now, and at INFLIGHT_SHARE of the last grace's measurements (INFLIGHT_SAMPLES at
-        least), `since` a grace ago or more."""
-        self.window.append((now, count > 0))
+        flight: some now, `since` a grace ago or more, and at every measurement of the last grace (INFLIGHT_ALL at
+        least) or with the evidence at INFLIGHT_EVIDENCE."""
+        seen = count > 0
+        self.window.append((now, seen))
+        self.evidence = self.evidence + INFLIGHT_UP if seen else max(0.0, self.evidence - INFLIGHT_DOWN)
         # the last grace's measurements, and never fewer than INFLIGHT_SAMPLES: a tree that takes long to walk (the
         # interval is at least four times a walk) must not leave too few to ever decide
         while len(self.window) > INFLIGHT_SAMPLES and self.window[0][0] < now - self.grace:
             self.window.popleft()
         sightings = sum(seen for _, seen in self.window)
         if not sightings:
-            self.since = None
+            self.since, self.evidence = None, 0.0
             return False
         if self.since is None:
             self.since = now
-        return (count > 0 and now - self.since >= self.grace and len(self.window) >= INFLIGHT_SAMPLES
-                and sightings >= INFLIGHT_SHARE * len(self.window))
+        if not seen or now - self.since < self.grace:
+            return False
+        return (len(self.window) >= INFLIGHT_ALL and sightings == len(self.window)) or (
+            self.evidence >= INFLIGHT_EVIDENCE)
 
 
 def over_quota(config: dict, baseline: Usage, child_pid: int, namespace: str | None, flight: Flight | None = None,

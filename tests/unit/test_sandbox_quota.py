@@ -6,6 +6,7 @@ for real."""
 from __future__ import annotations
 
 import os
+import random
 import textwrap
 
 from shared import sandbox, sandbox_launcher
@@ -329,12 +330,27 @@ def test_descriptors_kept_in_flight_for_the_grace_stop_the_sandbox_and_brief_one
         return None
 
     assert first_stop(1.0) == 3.0  # kept in flight: stopped at the grace
-    assert first_stop(0.6) is not None and first_stop(0.6) <= 3.2  # a tenant cycling them through its fd table
+    assert first_stop(0.6) is not None and first_stop(0.6) <= 8.0  # a tenant cycling them through its fd table
     assert first_stop(0.08) is None  # a tight loop passing thousands a second, each received at once (measured)
     assert first_stop(0.4) is None
-    # a tree slow to walk spaces the measurements (four times a walk): the last 8 decide, however long they took
-    assert first_stop(1.0, every=1.0) == 7.0
+    # a tree slow to walk spaces the measurements (four times a walk): the evidence of 21 decides
+    assert first_stop(1.0, seconds=30, every=1.0) == 20.0
     assert first_stop(0.08, every=1.0) is None
+
+    def random_stop(share_seen: float, seconds: float, every: float, seed: int) -> float | None:
+        """The same, seen with descriptors in flight at random measurements, as code passing them is."""
+        draw, flight = random.Random(seed), Flight(3.0)
+        for step in range(int(seconds / every) + 1):
+            if flight.kept(round(step * every, 3), int(draw.random() < share_seen)):
+                return round(step * every, 3)
+        return None
+
+    # code receiving at once, seen at 28 % (the most measured) of random measurements, for an hour of probes: the
+    # rule "half of the last grace's measurements" stopped it within about half a minute, sooner or later always
+    assert [random_stop(0.28, 3600, 0.1, seed) for seed in range(3)] == [None] * 3
+    assert [random_stop(0.2, 3600, 0.4, seed) for seed in range(3)] == [None] * 3
+    # a tenant hopping between processes, missed at up to ~37 % of measurements, is stopped all the same
+    assert all((random_stop(0.63, 60, 0.1, seed) or 99) < 20 for seed in range(10))
     gap = Flight(3.0)  # a full grace without any ends an episode: the next starts the grace again
     assert not any(gap.kept(at / 10, 1) for at in range(25))
     assert not any(gap.kept(2.5 + at / 10, 0) for at in range(1, 31))
