@@ -326,9 +326,11 @@ async def _plan_deployment(deps: DeployerDeps, token: str | None, workspace_id: 
         raise InvalidRequest("model_configs: Railyard keeps no model configs (models/get_config_by_id answers null), "
                              "so there are none to apply: leave it out, and pin versions with `models` or in the "
                              "pipeline's definition")
-    # the seed's model_ids (line 3402): models of the workspace by id, their newest ready versions; read and ignored
-    # before, so an empty pipeline deployed with them was a 400 "no steps"
-    by_id = [await _resolve(deps, token, workspace_id, None, None, None, model_id=i) for i in model_ids or []]
+    # the seed's model_ids (line 3402): models of the workspace by id, their newest versions (which must be ready, as
+    # for a model named without a version); read and ignored before, so an empty pipeline deployed with them was a
+    # 400 "no steps". An id given twice is one model of the step.
+    by_id = [await _resolve(deps, token, workspace_id, None, None, None, model_id=i)
+             for i in dict.fromkeys(model_ids or [])]
     named = {ref["name"] for step in definition.get("steps", []) for ref in _step_models(*next(iter(step.items())))}
     given = sorted({m.name for m in models or []} | {r["name"] for r in by_id})
     if named and set(given) - named:  # a typo deployed the definition's models with a 200
