@@ -29,6 +29,11 @@ pytestmark = pytest.mark.timeout(120)
 MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "task_scheduler" / "migrations"
 WORKSPACE = 7
 
+# How soon a notification must have woken a scheduler. The fallback poll is a minute away, so anything well under it
+# can only be the notification; the bound is loose because a loaded 2-core machine delays every pass (this is not a
+# speed claim).
+WAKE = 10
+
 
 class StandInRuns(Scheduler):
     """A scheduler whose runs take `seconds` from the task's args (or until killed), recording when they ran, and
@@ -143,49 +148,52 @@ async def test_sleeping_schedulers_are_woken_for_each_kind_of_work(database, tmp
         assert first.passes + second.passes == passes
         # a queued run: started and finished at once, though the poll is a minute away
         task = await new_task(pool, orch, 0.1)
-        assert (await settled(pool, task, {"success"}, 3))["status"] == "success"
+        assert (await settled(pool, task, {"success"}, WAKE))["status"] == "success"
         # four runs in one workspace: two at a time, oldest first, each started when a place frees up
         spans.clear()
         queued = [await new_task(pool, orch, 0.5) for _ in range(4)]
         for task in queued:
-            await settled(pool, task, {"success"}, 5)
+            await settled(pool, task, {"success"}, 2 + WAKE)
         spans.sort(key=lambda s: s[1])
         assert [s[0] for s in spans[:2]] == queued[:2] or set(s[0] for s in spans[:2]) == set(queued[:2]), spans
         assert set(s[0] for s in spans[2:]) == set(queued[2:]), spans
         assert max(sum(b <= moment < e for _, b, e in spans) for _, moment, _ in spans) == 2, spans
         # schedule points: each fired once, on time, by whichever scheduler took it
         every = await new_task(pool, orch, 0.05, schedule="* * * * * */1")
-        await asyncio.sleep(4.5)
+        await asyncio.sleep(6)
         await store.kill_task(pool, every)
         points = Counter(r["scheduled_for"] for r in await store.runs_of(pool, every, None, None))
         assert all(n == 1 for n in points.values()) and len(points) >= 3, points
+        # points of the schedule, each once; a pass delayed past the next point (a loaded machine) fires only the
+        # latest one, so a gap may be two seconds or more, never a fraction
         moments = sorted(points)
-        assert all((b - a).total_seconds() == 1 for a, b in zip(moments, moments[1:], strict=False)), moments
+        assert all((b - a).total_seconds() >= 1 and (b - a).total_seconds() % 1 == 0
+                   for a, b in zip(moments, moments[1:], strict=False)), moments
         # a kill of a running run: its supervisor hears it at the kill's commit
         task = await new_task(pool, orch, 60)
-        await settled(pool, task, {"running"}, 3)
+        await settled(pool, task, {"running"}, WAKE)
         killed_at = time.monotonic()
         await store.kill_task(pool, task)
-        run = await settled(pool, task, {"failure"}, 3)
-        assert run["reason"] == runner.KILLED and time.monotonic() - killed_at < 1.5, run
+        run = await settled(pool, task, {"failure"}, WAKE)
+        assert run["reason"] == runner.KILLED and time.monotonic() - killed_at < WAKE, run
         # a supervisor that stops beating (its loop and run are gone, as in a kill -9): the other one wakes at the
         # heartbeat's deadline and fails the run
         task = await new_task(pool, orch, 60)
-        run = await settled(pool, task, {"running"}, 3)
+        run = await settled(pool, task, {"running"}, WAKE)
         dead = first if run["id"] in first.runs else second
         dead._loop.cancel()
         dead.runs[run["id"]].cancel()
         await dead._drop_connection()
         gone_at = time.monotonic()
-        run = await settled(pool, task, {"failure"}, 6)
+        run = await settled(pool, task, {"failure"}, 2 + WAKE)
         assert "supervising the run died" in run["reason"], run
-        assert time.monotonic() - gone_at < 2 + 1.5, run  # supervisor_lost_after 2 s
+        assert time.monotonic() - gone_at < 2 + WAKE, run  # supervisor_lost_after 2 s
         # an environment whose installer stopped beating: claimed at its deadline
         alive = second if dead is first else first
         alive.install_gate.clear()
         await stale_env(pool, "a", 2 - 1)
         alive.wake()  # a pass sees its heartbeat (a claim sends no notification: the tick would, within 5 s)
-        claimed_by = time.monotonic() + 1 + 1.5
+        claimed_by = time.monotonic() + 1 + WAKE
         while alive.installed != ["a"]:
             assert time.monotonic() < claimed_by, alive.installed
             await asyncio.sleep(0.05)
@@ -199,7 +207,7 @@ async def test_sleeping_schedulers_are_woken_for_each_kind_of_work(database, tmp
         alive.install_gate.set()
         freed_at = time.monotonic()
         while alive.installed != ["a", "b"]:
-            assert time.monotonic() - freed_at < 1.5, alive.installed
+            assert time.monotonic() - freed_at < WAKE, alive.installed
             await asyncio.sleep(0.05)
     finally:
         for made in (first, second):
