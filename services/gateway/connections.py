@@ -142,6 +142,7 @@ def limited_protocol(limits: ConnectionLimits) -> type:
         _admitted: bool = False
         _counted: bool = False  # in `limits` (an evicted connection is counted out before it is gone)
         _idle: bool = False  # waiting for a request's head, not a byte of it received: may be evicted
+        _head_begun: bool = False  # a request's head has begun (httptools' message begin) and is not complete
         _refused: asyncio.TimerHandle | None = None
         _lingering: bool = False
         _head_due: asyncio.TimerHandle | None = None
@@ -171,12 +172,19 @@ def limited_protocol(limits: ConnectionLimits) -> type:
 
         def _await_head(self) -> None:
             """Close this connection unless a request's head is complete within the keep-alive timeout (module
-            docstring)."""
+            docstring). It is idle (evictable) only if no byte of that head has come: a pipelined request's head
+            may have begun while the previous request was answered (httptools began its message), and closing the
+            connection then would drop a request on its way."""
             if self._head_due is not None:
                 self._head_due.cancel()
             self._head_due = self.loop.call_later(self.timeout_keep_alive, self._head_overdue)
-            self._idle = True
-            limits.mark_idle(self._source_key, self)
+            if not self._head_begun:
+                self._idle = True
+                limits.mark_idle(self._source_key, self)
+
+        def on_message_begin(self) -> None:
+            self._head_begun = True
+            super().on_message_begin()
 
         def _busy(self) -> None:
             if self._idle:
@@ -198,6 +206,7 @@ def limited_protocol(limits: ConnectionLimits) -> type:
                 self.transport.close()
 
         def on_headers_complete(self) -> None:
+            self._head_begun = False
             if self._head_due is not None:
                 self._head_due.cancel()
                 self._head_due = None

@@ -190,6 +190,28 @@ async def test_a_connection_with_a_request_on_its_way_or_in_progress_is_never_ta
             writer.close()
 
 
+async def test_a_pipelined_head_begun_during_the_previous_answer_is_never_taken():
+    """A client pipelining its next request, whose head had only begun when the previous answer completed: that
+    answer made the connection idle again (uvicorn arms its keep-alive when no whole request waits) and a newcomer
+    took its place, dropping the request on its way. It is not idle now: the newcomer is refused, the request
+    answered."""
+    async with _Gateway(_slow_on_request, max_connections=2, max_connections_per_source=2) as gateway:
+        pipelined, busy = await gateway.connect("127.0.0.2"), await gateway.connect("127.0.0.2")
+        pipelined[1].write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /x HTTP/1.1\r\n")
+        answer = b""
+        while not answer.endswith(b"ok"):
+            answer += await asyncio.wait_for(pipelined[0].read(65536), 5)
+        assert answer.startswith(b"HTTP/1.1 200")
+        busy[1].write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")  # in progress: never taken
+        await asyncio.sleep(0.2)
+        newcomer = await gateway.connect("127.0.0.3")
+        assert (await _ask(*newcomer)).startswith(b"HTTP/1.1 503")
+        newcomer[1].close()
+        assert (await _ask(*pipelined, b"Host: x\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        for _, writer in (pipelined, busy):
+            writer.close()
+
+
 async def test_a_client_library_reads_the_refusal_even_with_a_body_on_its_way():
     """The 503 is written before the request is read; httpx (writing a 1 MiB body) still gets it, no reset."""
     async with _Gateway(max_connections=1, max_connections_per_source=1) as gateway:
