@@ -216,14 +216,20 @@ class Backend:
         """Ask for a training run of `project_id`; returns its job id (runs go one at a time per project)."""
         if label_config is not None:
             self.store.set(project_id, "label_config", label_config)
-        job_id = f"{time.time_ns() // 1000}"
+        job_id = self._new_job_id()
         state = self._training.setdefault(project_id, _Training())
+        self.store.queue_run(project_id, job_id, event)
         state.pending.append((event, data, job_id))
         state.idle.clear()
         if not state.running:
             state.running = True
             asyncio.get_running_loop().create_task(self._train_loop(project_id, state))
         return job_id
+
+    def _new_job_id(self) -> str:
+        """Microseconds since the epoch, strictly increasing in this process (a job id is its run's key)."""
+        self._last_job = max(time.time_ns() // 1000, getattr(self, "_last_job", 0) + 1)
+        return str(self._last_job)
 
     async def _train_loop(self, project_id: str, state: _Training) -> None:
         try:
@@ -233,6 +239,7 @@ class Backend:
                 event, data, job_id = batch[-1]
                 for _, _, skipped in batch[:-1]:
                     logger.info("project %s: run %s folded into run %s", project_id, skipped, job_id)
+                await run_in_threadpool(self.store.drop_queued, project_id, [j for _, _, j in batch[:-1]])
                 await run_in_threadpool(self._train, project_id, event, data, job_id)
         finally:
             state.running = False

@@ -66,9 +66,24 @@ class Store:
         self.set_many(project_id, {key: value})
 
     # --- training runs
-    def start_run(self, project_id: str, job_id: str, event: str) -> None:
+    def queue_run(self, project_id: str, job_id: str, event: str) -> None:
+        """A webhook's run, listed `queued` from the moment its job id is answered until it starts (or is folded
+        into a later run and dropped): a client polling `/versions` for "no run going" must not stop early."""
         with self._lock, self._connect() as db:
             db.execute("INSERT INTO versions (project_id, job_id, event, status, started_at) VALUES (?, ?, ?, ?, ?)",
+                       (project_id, job_id, event, "queued", time.time()))
+
+    def drop_queued(self, project_id: str, job_ids: Iterable[str]) -> None:
+        """Queued runs folded into a later one: they never run (as before they were listed, they are not)."""
+        with self._lock, self._connect() as db:
+            db.executemany("DELETE FROM versions WHERE project_id = ? AND job_id = ? AND status = 'queued'",
+                           [(project_id, job_id) for job_id in job_ids])
+
+    def start_run(self, project_id: str, job_id: str, event: str) -> None:
+        with self._lock, self._connect() as db:
+            db.execute("INSERT INTO versions (project_id, job_id, event, status, started_at) VALUES (?, ?, ?, ?, ?) "
+                       "ON CONFLICT (project_id, job_id) DO UPDATE SET status = excluded.status, "
+                       "started_at = excluded.started_at",
                        (project_id, job_id, event, "running", time.time()))
 
     def finish_run(self, project_id: str, job_id: str, *, version: str | None, error: str | None,

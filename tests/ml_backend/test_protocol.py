@@ -15,6 +15,8 @@ from tests.ml_backend.ls2_style_backend import KeywordModel
 
 PROJECT = "1.1764547200"  # Label Studio names projects "<id>.<created timestamp>"
 
+GOING = ("running", "queued")  # a run not ended yet, as /versions lists it
+
 
 def tasks(*texts: str) -> list[dict]:
     return [{"id": i + 1, "data": {"text": text}, "project": 1} for i, text in enumerate(texts)]
@@ -90,7 +92,7 @@ def test_a_fit_that_raises_leaves_the_previous_model_serving(keyword_backend):
 
     answer = httpx.post(f"{keyword_backend}/webhook", json=annotation_event(2, "sunny boom", "Explode"))
     assert answer.status_code == 201
-    listed = wait_until(lambda: (lambda v: v if len(v["runs"]) == 2 and v["runs"][1]["status"] != "running"
+    listed = wait_until(lambda: (lambda v: v if len(v["runs"]) == 2 and v["runs"][1]["status"] not in GOING
                                  else None)(versions(keyword_backend)))
     assert listed["runs"][1]["status"] == "failed" and "asked to fail" in listed["runs"][1]["error"]
     assert listed["current_version"] == "keywords-v0.1.0" and listed["versions"][-1] == "keywords-v0.1.0"
@@ -221,8 +223,12 @@ def test_fits_run_one_at_a_time_per_project_and_a_burst_folds(model_dir):
             assert httpx.post(f"{url}/webhook", json=annotation_event(i, "t", "Positive", project=2)).status_code == 201
         wait_until(lambda: Gated.running.get("1") == 1 and Gated.running.get("2") == 1)
         assert not Gated.gate.is_set() and Gated.fits == {"1": 1, "2": 1}
+        # the runs waiting behind the blocked one are listed as queued: a client polling /versions for "no run
+        # going" does not stop before them (they were invisible until they started)
+        assert [run["status"] for run in versions(url, 1)["runs"]] == ["running"] + ["queued"] * 5
+        assert [run["status"] for run in versions(url, 2)["runs"]] == ["running", "queued"]
         Gated.gate.set()
-        wait_until(lambda: all(run["status"] != "running" for p in (1, 2) for run in versions(url, p)["runs"])
+        wait_until(lambda: all(run["status"] not in GOING for p in (1, 2) for run in versions(url, p)["runs"])
                    and Gated.fits.get("1", 0) >= 2 and Gated.fits.get("2", 0) >= 2, timeout=60)
         assert Gated.most == {"1": 1, "2": 1}
         # the five events that arrived during project 1's first run became one more run on the newest data
@@ -258,7 +264,7 @@ def test_webhook_annotations_reach_a_1x_style_fit(model_dir):
                                            "annotations": [{"id": 1001}]})
         httpx.post(f"{url}/webhook", json={"action": "START_TRAINING", "project": {"id": 1,
                                                                                    "label_config": TEXT_CONFIG}})
-        wait_until(lambda: all(r["status"] != "running" for r in versions(url)["runs"])
+        wait_until(lambda: all(r["status"] not in GOING for r in versions(url)["runs"])
                    and predict(url, tasks("x")).json()["results"][0]["score"] == 1.0)
         result = predict(url, tasks("x")).json()["results"][0]
         assert result["result"][0]["value"]["choices"] == ["Negative"]
