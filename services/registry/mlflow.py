@@ -20,6 +20,18 @@ from shared.urlcheck import OutboundRules
 
 ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
 MAX_LISTED = 1000
+_ssl_context: Any = None
+
+
+def _verify(httpx: Any) -> Any:
+    """httpx's default TLS verification, built once per process: httpx builds a context (certifi's CA bundle) for
+    every client, and a client per request cost 36-47 ms of CPU on the registry's event loop (2026-12-02) against
+    0.3 ms with the context shared. The same settings as httpx's default (SSL_CERT_FILE/SSL_CERT_DIR honoured)."""
+    global _ssl_context
+    if _ssl_context is None:
+        make = getattr(httpx, "create_ssl_context", None)  # public since httpx 0.28
+        _ssl_context = make() if make is not None else True
+    return _ssl_context
 
 
 class MlflowRegistry:
@@ -42,7 +54,7 @@ class MlflowRegistry:
         checked = await self.rules.check(url, what=what, caller=self.caller)
         import httpx  # here, not at import: a registry service no one asks about MLflow does without it
 
-        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
+        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False, verify=_verify(httpx)) as client:
             for address in checked.addresses:
                 target, host, extensions = checked.pinned(address)
                 request = client.build_request("GET", target, params=params, headers={**self.headers, **host},
