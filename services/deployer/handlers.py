@@ -291,11 +291,18 @@ def _engine_config(config: dict[str, Any] | None) -> dict[str, Any]:
 _MEMORY_SPEC = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(Ki|Mi|Gi|Ti)B?\s*$")
 
 
+_MEMORY_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+MEMORY_BOUNDS = (16 * 2**20, 2**40)  # below 16 MiB no replica process starts; above 1 TiB no node has it
+
+
 def _memory_spec(key: str, value: Any) -> str:
     found = _MEMORY_SPEC.match(value) if isinstance(value, str) else None
     if not found or float(found.group(1)) <= 0:
         raise InvalidRequest(f"engine_config.{key} must be a size with a unit, e.g. '999Mi' or '2GiB' (units KiB, MiB, "
                              f"GiB, TiB; got {value!r})")
+    size = float(found.group(1)) * _MEMORY_UNITS[found.group(2)]
+    if not MEMORY_BOUNDS[0] <= size <= MEMORY_BOUNDS[1]:  # '0.001Ki' was accepted and the pod then failed to start
+        raise InvalidRequest(f"engine_config.{key} must be between 16MiB and 1TiB (got {value!r})")
     return found.group(1) + found.group(2)
 
 

@@ -45,7 +45,15 @@ def test_a_memory_that_is_not_a_memory_spec_is_refused(key, value):
 
 
 @pytest.mark.parametrize("given, kept", [("999Mi", "999Mi"), ("1Gi", "1Gi"), ("0.5Gi", "0.5Gi"), ("512MiB", "512Mi"),
-                                         ("2 GiB", "2Gi"), ("64KiB", "64Ki"), ("1TiB", "1Ti")])
+                                         ("2 GiB", "2Gi"), ("65536KiB", "65536Ki"), ("1TiB", "1Ti")])
 def test_the_seeds_memory_units_are_kept_as_kubernetes_writes_them(given, kept):
     config = _engine_config({"memory": given, "lb_memory": given})
     assert config["memory"] == kept and config["lb_memory"] == kept
+
+
+@pytest.mark.parametrize("value", ["0.001Ki", "64KiB", "15Mi", "1.01Ti", "99999999Ti"])
+def test_a_memory_no_replica_or_node_could_have_is_refused(value):
+    # found by review: '0.001Ki' deployed with 200 and the Kubernetes pod then failed to start
+    with pytest.raises(InvalidRequest, match=r"^engine_config.memory must be between 16MiB and 1TiB"):
+        _engine_config({"memory": value})
+    assert _engine_config({"memory": "16Mi"})["memory"] == "16Mi"
