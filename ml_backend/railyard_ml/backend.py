@@ -106,6 +106,7 @@ class Backend:
         self._serving: dict[str, _Serving] = {}
         self._build_locks: dict[str, asyncio.Lock] = {}
         self._training: dict[str, _Training] = {}
+        self._last_job = 0  # the last job id given (_new_job_id)
         self._hosts: dict[str, tuple[str, str]] = {}  # project -> (hostname, access token); memory only
 
     # --- building instances
@@ -228,7 +229,7 @@ class Backend:
 
     def _new_job_id(self) -> str:
         """Microseconds since the epoch, strictly increasing in this process (a job id is its run's key)."""
-        self._last_job = max(time.time_ns() // 1000, getattr(self, "_last_job", 0) + 1)
+        self._last_job = max(time.time_ns() // 1000, self._last_job + 1)
         return str(self._last_job)
 
     async def _train_loop(self, project_id: str, state: _Training) -> None:
@@ -249,7 +250,7 @@ class Backend:
         """One training run now, in this thread (what Railyard's continuous training runs in its sandbox): the
         same dispatch, held writes and checks as a webhook's run; the run's record (`status` ok, skipped or
         failed, `version`, `error`). `fit_kwargs` reach `fit` as keywords it accepts (all with **kwargs)."""
-        job_id = f"{time.time_ns() // 1000}"
+        job_id = self._new_job_id()
         self._train(project_id, event, data, job_id, fit_kwargs)
         return next(run for run in self.store.runs(project_id) if run["job_id"] == job_id)
 
