@@ -33,16 +33,36 @@ NEEDS_GRPC = {"S3_PORT", "WEED_MASTER_PORT", "WEED_VOLUME_PORT", "WEED_FILER_POR
 PLANTED_WEED_KEY = "planted-in-the-callers-environment-32-bytes"
 
 
+def ephemeral_ports() -> range:
+    """The ports the kernel hands out to outgoing connections (net.ipv4.ip_local_port_range)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
+
 def port_range() -> range:
-    """Where a test stack's ports are picked: 20000-44999, or under pytest-xdist (`make test`) a slice of
-    20000-29999 per worker, so two workers' stacks starting at the same moment never pick the same port (their
-    gRPC ports, +10000, fall in slices of 30000-39999 no other worker picks from either)."""
+    """Where a test stack's ports are picked: the 10,000 ports that lie 20,000 below the kernel's ephemeral range
+    (by default 12768-22767; their gRPC ports, +10000, in 22768-32767), or under pytest-xdist (`make test`) a
+    slice of those per worker, so two workers' stacks starting at the same moment never pick the same port (their
+    gRPC ports fall in slices no other worker picks from either).
+
+    Below the ephemeral range because any outgoing connection on the machine (a test's HTTP client, a service's
+    pool, one in TIME_WAIT for a minute) may take an ephemeral port as its local port, and a server can then not
+    bind it: a port checked free at pick time was taken before SeaweedFS bound its gRPC port (+10000 fell in
+    30000-39999, inside 32768-60999), which then exited at start, or at the next start in the same directory."""
+    top = min(ephemeral_ports().start, 65536)
+    if top - 2 * GRPC_OFFSET < 1024:  # an unusual ephemeral range: the old fixed range
+        base = 20000
+    else:
+        base = top - 2 * GRPC_OFFSET
     count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     if count < 2 or not worker.startswith("gw") or not worker[2:].isdigit():
-        return range(20000, 45000)
+        return range(base, base + GRPC_OFFSET)
     width = GRPC_OFFSET // count
-    start = 20000 + int(worker[2:]) % count * width
+    start = base + int(worker[2:]) % count * width
     return range(start, start + width)
 
 

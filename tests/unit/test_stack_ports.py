@@ -34,8 +34,10 @@ def leases(tmp_path, monkeypatch) -> Path:
 
 
 def _free_range(width: int) -> int:
-    """The start of `width` ports free on 127.0.0.1 (the test needs them free to tell leases from bound ports)."""
-    for start in range(46000, 60000, width):
+    """The start of `width` ports free on 127.0.0.1 (the test needs them free to tell leases from bound ports):
+    below the test stacks' ports and the kernel's ephemeral range, where no outgoing connection takes one meanwhile
+    (46000-60000 once lost a port to one and the pick came back one short)."""
+    for start in range(4096, stack.port_range().start - width, width):
         if all(stack.port_free("127.0.0.1", port) for port in range(start, start + width)):
             return start
     pytest.skip("no free range of ports")
@@ -148,3 +150,24 @@ def test_wait_healthy_fails_at_once_when_a_service_cannot_bind_its_port(tmp_path
     finally:
         supervisor.kill()
         supervisor.wait()
+
+
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_test_ports_and_their_grpc_ports_lie_below_the_ephemeral_range(monkeypatch, workers):
+    """An outgoing connection anywhere on the machine may take an ephemeral port as its local port, and a server
+    cannot then bind it: SeaweedFS's gRPC port (+10000) once fell there and `weed` exited at a stack's start."""
+    ephemeral = stack.ephemeral_ports()
+    slices = []
+    for worker in range(max(workers, 1)):
+        if workers:
+            monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", str(workers))
+            monkeypatch.setenv("PYTEST_XDIST_WORKER", f"gw{worker}")
+        else:
+            monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+            monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+        ports = stack.port_range()
+        assert len(ports) >= 1000
+        assert ports.start >= 1024 and ports.stop + stack.GRPC_OFFSET <= ephemeral.start, (ports, ephemeral)
+        slices.append(set(ports) | {p + stack.GRPC_OFFSET for p in ports})
+    for i, mine in enumerate(slices):  # no worker's ports, gRPC ones included, are another worker's
+        assert all(not mine & other for other in slices[i + 1:])
