@@ -47,11 +47,18 @@ def test_a_signal_in_the_middle_of_a_start_stops_everything_promptly():
                 while not servers_answer(env) and time.monotonic() < deadline and stack.process.poll() is None:
                     time.sleep(0.05)
                 assert servers_answer(env), stack.output.read_text()
-                children = psutil.Process(stack.process.pid).children(recursive=True)
-                names = set()
-                for child in children:  # a short-lived helper (PostgreSQL's start-up) may be gone by now
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        names.add(child.name())
+                # the supervisor starts the three servers one after another: PostgreSQL may answer before a loaded
+                # supervisor has started SeaweedFS (a moment later, and long before S3 answers)
+                deadline = time.monotonic() + 10
+                while True:
+                    children = psutil.Process(stack.process.pid).children(recursive=True)
+                    names = set()
+                    for child in children:  # a short-lived helper (PostgreSQL's start-up) may be gone by now
+                        with contextlib.suppress(psutil.NoSuchProcess):
+                            names.add(child.name())
+                    if {"nats-server", "postgres", "weed"} <= names or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
                 s3_log = data_dir / "logs" / "s3.log"  # why SeaweedFS is not there (a port taken: tests/stack.py)
                 assert {"nats-server", "postgres", "weed"} <= names, \
                     (children, s3_log.read_text()[-3000:] if s3_log.exists() else "no s3.log")
