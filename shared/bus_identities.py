@@ -4,9 +4,10 @@
 generated into the secrets file on first start, or from the environment in containers) with exactly its
 subjects: it answers `<name>.>`, receives replies on its own inbox `_INBOX.<name>.>` (so nobody else's replies
 reach it), publishes its own events and the commands it calls, and calls the JetStream API for the info of the
-platform's streams and its own consumers only (`jetstream_api`). Engine replicas connect as `engine` (the deployer
-hands them that credential). The platform's streams are created and updated by `bootstrap` only, the identity of
-the stack's bootstrap step (shared/bus_streams.py), which runs before any service starts. Outside callers get
+platform's streams, its own consumers and the consumers it `watches` only (`jetstream_api`). Engine replicas
+connect as `engine` (the deployer hands them that credential). The platform's streams are created and updated by
+`bootstrap` only, the identity of the stack's bootstrap step (shared/bus_streams.py), which runs before any service
+starts. Outside callers get
 `client`: the token-checked command subjects, listed one by one (a new subject is closed to them until listed),
 and their replies, nothing else; the gateway (`front_door`) may publish the same list. `ops` is the operator's.
 
@@ -78,14 +79,22 @@ def durables(identity: str) -> dict[str, list[str]]:
             _document()["services"].get(identity, {}).get("durables", {}).items()}
 
 
+def watches(identity: str) -> dict[str, list[str]]:
+    """Other services' durable consumers whose info a service may read (how far they have got), by stream."""
+    return {stream: list(names) for stream, names in
+            _document()["services"].get(identity, {}).get("watches", {}).items()}
+
+
 def jetstream_api(identity: str) -> list[str]:
     """The JetStream API subjects a service may publish, instead of `$JS.API.>` (which lets any service delete,
     purge, read or re-point any stream, create streams that capture command subjects, and pull, delete or
     re-point other services' consumers). Every service: info of the platform's streams (it waits for them at
     start), never their create or update (`bootstrap`'s: a service could otherwise create a stream with extra
     subjects at the first start, or change its subjects later). Its own durable consumers: info, create (which
-    also updates), pull, ack; nobody else's."""
+    also updates), pull, ack; nobody else's. The consumers it `watches`: info only."""
     api = [f"$JS.API.STREAM.INFO.{stream}" for stream in subjects.STREAMS]
+    for stream, names in watches(identity).items():
+        api += [f"$JS.API.CONSUMER.INFO.{stream}.{name}" for name in names]
     for stream, names in durables(identity).items():
         for name in names:
             api += [f"$JS.API.CONSUMER.INFO.{stream}.{name}", f"$JS.API.CONSUMER.CREATE.{stream}.{name}",

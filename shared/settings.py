@@ -225,8 +225,13 @@ class AssaySettings(BaseModel):
     tick: float = Field(1.0, description="Seconds between checks for windows that have closed.")
     max_windows: int = Field(1000, description="Most windows one run_interactive request, or one catch-up pass "
                              "of a scheduled assay, computes.")
-    close_delay: float = Field(1.0, description="Seconds after a window closes before it is scored (records "
-                               "reach the log store within about a second).")
+    close_delay: float = Field(1.0, description="Seconds after a window closes before it is due: the time an "
+                               "engine has to publish its records to INFERENCE_LOGS (it gathers them up to "
+                               "logs.engine_segment_ms first). A due window is scored once the log store has stored "
+                               "every record published until then (docs/assays.md, Scheduling).")
+    max_log_wait: float = Field(600.0, gt=0, description="Seconds a due window waits for the log store to store "
+                                "what was published until it was due; then it is scored with what there is "
+                                "(logs_complete false in its result, a warning in the log).")
 
 
 class TaskSettings(BaseModel):

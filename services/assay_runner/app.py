@@ -139,10 +139,20 @@ async def start(runtime: Runtime) -> None:
                                token=token, timeout=FIELD_TIMEOUT, reply_model=ReferenceFeature)
         return answer.model_dump()
 
+    js = nc.jetstream(timeout=timeout)
+
+    async def log_progress() -> handlers.LogProgress:
+        """The stream's last sequence first, then how far the log store's consumer has acknowledged (info requests
+        only: deploy/nats-permissions.json, `watches`)."""
+        stream = await js.stream_info(subjects.INFERENCE_LOGS_STREAM)
+        consumer = await js.consumer_info(subjects.INFERENCE_LOGS_STREAM, subjects.INFERENCE_LOGS_DURABLE)
+        return handlers.log_progress(stream.state.last_seq, consumer.ack_floor.stream_seq if consumer.ack_floor else 0,
+                                     consumer.num_pending, consumer.num_ack_pending)
+
     deps = handlers.Deps(pool=runtime.db, settings=settings.assays,
                          membership=lambda token: bus_membership(broker, token, timeout), read_field=read_field,
                          pipeline_of=pipeline_of, log_page=log_page, publish=publish,
-                         reference_feature=reference_feature)
+                         reference_feature=reference_feature, log_progress=log_progress)
 
     async def scheduler() -> None:
         while True:

@@ -1,5 +1,15 @@
 """Business logic of the assay_runner service: creating, listing and running assays, and the scheduler that
-scores each window of an active assay once it has closed (compute.py has the arithmetic)."""
+scores each window of an active assay once it has closed and the log store holds every record that could belong
+to it (compute.py has the arithmetic).
+
+When a window is complete (`LogWatermark`): records travel engine -> INFERENCE_LOGS -> the log store's durable
+consumer -> a segment indexed in PostgreSQL, and the log store acknowledges a message only after that commit
+(services/log_store/handlers.py, `Ingestor.flush`). So once the consumer's ack floor (the highest stream sequence
+up to which every message is acknowledged) has reached the stream's last sequence as it was at some moment,
+every record published before that moment is readable. A window `[next_run - width, next_run)` is due
+`close_delay` after it closes; it is scored once a moment at or after it was due is covered that way. Until then
+it waits, and so do the assay's later windows (a window is scored once, in order); after `max_log_wait` seconds
+it is scored with what the log store has (`logs_complete: false` in the result, and a warning in the log)."""
 
 from __future__ import annotations
 
@@ -7,8 +17,9 @@ import json
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +61,76 @@ PSEUDO_SAMPLE = 1000
 """A Training baseline is summarized on this many values of the reference's piecewise-linear quantile function."""
 
 
+@dataclass(frozen=True)
+class LogProgress:
+    """Where the log store stands in INFERENCE_LOGS: the stream's last sequence, and the sequence up to which every
+    message of the stream is stored (acknowledged by the log store's durable consumer, which acknowledges a message
+    only once its rows are indexed and readable)."""
+
+    last_seq: int
+    stored_seq: int
+
+
+def log_progress(last_seq: int, ack_floor: int, num_pending: int | None, num_ack_pending: int | None
+                 ) -> LogProgress:
+    """A LogProgress from the stream's last sequence (asked first) and the consumer's info (asked after it).
+
+    The ack floor is the highest contiguous acknowledged stream sequence. A consumer with nothing undelivered and
+    nothing unacknowledged has stored everything the stream had when its info was given, which is at least
+    `last_seq`, even where its ack floor lags (a filter that skips messages of other subjects, messages the
+    stream removed by age or size before delivery)."""
+    stored = ack_floor
+    if num_pending == 0 and num_ack_pending == 0:
+        stored = max(stored, last_seq)
+    return LogProgress(last_seq=last_seq, stored_seq=stored)
+
+
+@dataclass
+class LogWatermark:
+    """Until when every record published to INFERENCE_LOGS is readable in the log store (`through`).
+
+    A mark (t, s) says: everything published by t has a sequence <= s (the stream's last sequence, asked for
+    after t). Once the log store has stored through s, `through` moves to t. A mark whose sequence equals the
+    newest's only moves that one's time on (nothing was published between them), so marks are one per distinct
+    sequence; marks older than `keep` seconds are dropped (a window due then is scored anyway by then)."""
+
+    marks: deque[tuple[datetime, int]] = field(default_factory=deque)
+    through: datetime | None = None
+    failing_since: float | None = None
+
+    def note(self, now: datetime, progress: LogProgress, keep: float) -> None:
+        if self.marks and progress.last_seq < self.marks[-1][1]:
+            self.marks.clear()  # the stream was deleted and made again: its sequences start over
+        if self.marks and self.marks[-1][1] == progress.last_seq:
+            self.marks[-1] = (now, progress.last_seq)
+        else:
+            self.marks.append((now, progress.last_seq))
+        while self.marks and self.marks[0][1] <= progress.stored_seq:
+            moment = self.marks.popleft()[0]
+            self.through = moment if self.through is None else max(self.through, moment)
+        while self.marks and self.marks[0][0] < now - timedelta(seconds=keep):
+            self.marks.popleft()
+
+    def covers(self, moment: datetime) -> bool:
+        """Is every record published by `moment` readable in the log store?"""
+        return self.through is not None and moment <= self.through
+
+    async def update(self, now: datetime, deps: Deps) -> None:
+        """Ask where the log store stands (`now` taken before asking); on failure `through` stays where it was."""
+        if deps.log_progress is None:
+            return
+        try:
+            progress = await deps.log_progress()
+        except Exception as exc:
+            if self.failing_since is None or time.monotonic() - self.failing_since > 60:
+                log.warning("could not ask how far the log store has stored INFERENCE_LOGS (windows wait, at most "
+                            "%.0f s): %s", deps.settings.max_log_wait, exc)
+                self.failing_since = time.monotonic()
+            return
+        self.failing_since = None
+        self.note(now, progress, deps.settings.max_log_wait + deps.settings.close_delay + 60)
+
+
 @dataclass
 class Deps:
     pool: asyncpg.Pool
@@ -60,6 +141,9 @@ class Deps:
     log_page: Callable[[str | None, dict[str, Any]], Awaitable[list[dict[str, Any]]]]
     publish: Callable[[str, Any], Awaitable[None]]
     reference_feature: ReferenceReader | None = None
+    # where the log store stands in INFERENCE_LOGS; None: windows are scored once due, without waiting for it
+    log_progress: Callable[[], Awaitable[LogProgress]] | None = None
+    watermark: LogWatermark = field(default_factory=LogWatermark)
 
 
 def _ms(moment: datetime) -> int:
@@ -293,14 +377,18 @@ async def run_baseline(deps: Deps, principal: Principal, token: str | None, cfg:
 
 async def run_interactive(deps: Deps, principal: Principal, token: str | None, cfg: AssayConfig) -> AssayResults:
     """Every window from the window start (default: the end of a Fixed baseline) until now or run_until, each
-    scored against the baseline; windows without logged values are left out (400 if all are)."""
+    scored against the baseline; windows without logged values are left out (400 if all are). Nothing waits for
+    the log store: each result says whether it had every record (`logs_complete`, as a scheduled one; false for a
+    window that closed less than `close_delay` ago or whose records the log store has not all stored yet)."""
     p = plan(cfg)
     await _check_pipeline(deps, principal, token, cfg)
     baseline, bounds, baseline_end = await _baseline(deps, token, p)
     start = _utc(cfg.window.start) if cfg.window.start else baseline_end
     if start is None:
         raise InvalidRequest("window.start is needed with a Static or Training baseline")
-    limit = min(datetime.now(UTC), _utc(cfg.run_until)) if cfg.run_until else datetime.now(UTC)
+    now = datetime.now(UTC)
+    await deps.watermark.update(now, deps)
+    limit = min(now, _utc(cfg.run_until)) if cfg.run_until else now
     first = start
     results = []
     windows = 0
@@ -313,7 +401,8 @@ async def run_interactive(deps: Deps, principal: Principal, token: str | None, c
         end = start + timedelta(seconds=p.width)
         window = await _window(deps, token, p, bounds, start, end)
         if window is not None:
-            results.append(_result(p, cfg.id, baseline, window, started))
+            results.append(_result(p, cfg.id, baseline, window, started)
+                           | {"logs_complete": bool(window_ready(deps, end, now, cfg.baseline.Training is None))})
         start += timedelta(seconds=p.interval)
     if not windows:  # a window is scored once it has ended: say when the first one does
         raise InvalidRequest(f"no window has ended yet: the first ({cfg.window.width}) runs from {_iso(first)} to "
@@ -359,16 +448,33 @@ async def get_results(deps: Deps, principal: Principal, token: str | None, cmd: 
 # ---- the scheduler ----
 
 async def run_due(deps: Deps) -> int:
-    """Score every closed window of every active assay that is due; returns how many results were stored."""
+    """Score every closed window of every active assay that is due and complete (module docstring); returns how
+    many results were stored."""
     now = datetime.now(UTC)
     stored = 0
-    for row in await store.due(deps.pool, now - timedelta(seconds=deps.settings.close_delay)):
+    due = await store.due(deps.pool, now - timedelta(seconds=deps.settings.close_delay))
+    if due:
+        await deps.watermark.update(now, deps)
+    for row in due:
         config = AssayConfig.model_validate(_jsonb(row["config"]))
         try:
             stored += await _run_assay(deps, row, config, now)
         except Exception as exc:  # the assay's own problem (a field gone, the log store away): try next tick
             log.warning("assay %s could not run: %s", row["id"], exc)
     return stored
+
+
+def window_ready(deps: Deps, window_end: datetime, now: datetime, reads_logs: bool = True) -> bool | None:
+    """Whether a closed window may be scored now: True when the log store holds every record published until it was
+    due (`close_delay` after `window_end`), False when it does not but the window has waited `max_log_wait` (scored
+    with what there is), None when it waits. Without `log_progress`, or for a window that reads no logs (a Training
+    baseline's reads the monitoring service's predictions), True once due."""
+    due_at = window_end + timedelta(seconds=deps.settings.close_delay)
+    if due_at > now:
+        return None
+    if not reads_logs or deps.log_progress is None or deps.watermark.covers(due_at):
+        return True
+    return False if (now - due_at).total_seconds() >= deps.settings.max_log_wait else None
 
 
 async def _run_assay(deps: Deps, row: Any, cfg: AssayConfig, now: datetime) -> int:
@@ -381,13 +487,20 @@ async def _run_assay(deps: Deps, row: Any, cfg: AssayConfig, now: datetime) -> i
     results: list[dict[str, Any]] = []
     events: list[tuple[str, AssayThresholdCrossed]] = []
     for _ in range(deps.settings.max_windows):
-        if next_run > now - timedelta(seconds=deps.settings.close_delay) or (run_until and next_run > run_until):
+        if run_until and next_run > run_until:
             break
+        complete = window_ready(deps, next_run, now, reads_logs=cfg.baseline.Training is None)
+        if complete is None:  # not due yet, or the log store has not stored all it could hold: wait, in order
+            break
+        if not complete:
+            log.warning("assay %s: window %s to %s is scored after waiting %.0f s for the log store, which has not "
+                        "stored every record published until it was due; late records are not in it", row["id"],
+                        _iso(next_run - width), _iso(next_run), deps.settings.max_log_wait)
         started = time.perf_counter()
         window = await _window(deps, None, p, bounds, next_run - width, next_run)
         if window is not None:
             result = _result(p, row["id"], saved, window, started)
-            result |= {"_start": next_run - width, "_end": next_run}
+            result |= {"logs_complete": complete, "_start": next_run - width, "_end": next_run}
             results.append(result)
             if result["status"] in ("Warning", "Alert"):
                 subject = subjects.EVENT_ASSAY_ALERT if result["status"] == "Alert" else subjects.EVENT_ASSAY_WARNING
@@ -399,6 +512,8 @@ async def _run_assay(deps: Deps, row: Any, cfg: AssayConfig, now: datetime) -> i
                     window_end=_iso(next_run))))
         next_run += interval
     still_active = not (run_until and next_run > run_until)
+    if next_run == row["next_run"] and still_active:
+        return 0  # its due window waits for the log store: nothing to store or move yet
     status = results[-1]["status"] if results else row["status"]
     await store.record_results(deps.pool, row["id"], results, now, next_run, still_active, status)
     for subject, event in events:  # after the results are stored: an alert always has its result

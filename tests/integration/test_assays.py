@@ -262,3 +262,56 @@ def test_scheduled_windows_run_by_themselves_alert_and_survive_a_restart(stack, 
     assert len(starts) == len(set(starts))  # no window scored twice
     assert stack.state()["components"]["assay_runner"]["pid"] != pid
     post(stack, "assays/set_active", alice.token, {"id": assay_id, "active": False})
+
+
+def test_a_window_waits_for_the_log_store_and_is_scored_with_every_row(stack, alice):
+    """The log store's consumer paused (the log store behind: a busy machine, a restart) while a 1-second window
+    closes with 40 rows published in it: the window is held, not scored empty and passed; once the log store
+    catches up it is scored with all 40. Before, the scheduler scored it once, `close_delay` after it closed, with
+    what the log store had then (nothing) and moved past it for good."""
+    name = f"held{uuid.uuid4().hex[:6]}"
+    created = post(stack, "pipelines/create", alice.token, {"pipeline_id": name, "workspace_id": alice.workspace_id,
+                                                            "definition": {}}).json()
+    pipeline = {**created, "name": name}
+    settings = stack.settings()
+
+    def listing() -> dict:
+        return post(stack, "assays/list", alice.token, {"pipeline_id": pipeline["pipeline_pk_id"]}).json()[0]
+
+    async def pause(seconds: float | None) -> None:
+        nc = await nats_client.connect(settings.nats.url)
+        try:
+            js = nc.jetstream()
+            if seconds is None:
+                await js.resume_consumer(subjects.INFERENCE_LOGS_STREAM, subjects.INFERENCE_LOGS_DURABLE)
+            else:
+                until = (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+                assert (await js.pause_consumer(subjects.INFERENCE_LOGS_STREAM, subjects.INFERENCE_LOGS_DURABLE,
+                                                until)).paused
+        finally:
+            await nc.close()
+
+    asyncio.run(pause(90))
+    try:
+        start = int(time.time() * 1000)
+        body = config(alice, pipeline, "held", {"Static": {"values": np.linspace(5.0, 6.0, 50).tolist()}},
+                      iso(start), "1 seconds")
+        assay_id = post(stack, "assays/create", alice.token, body).json()["assay_id"]
+        first_end = datetime.fromtimestamp(start / 1000 + 1, UTC)
+        asyncio.run(publish_rows(stack, alice, name, np.linspace(0.0, 1.0, 40), start + 300))
+        assert time.time() < start / 1000 + 1 + settings.assays.close_delay, "published after the window was due"
+        # the window is due at start + 1 + close_delay: well past it, it is still waiting, not passed
+        time.sleep(max(0.0, start / 1000 + 1 + settings.assays.close_delay + 3 * settings.assays.tick - time.time()))
+        held = listing()
+        assert datetime.fromisoformat(held["next_run"].replace("Z", "+00:00")) == first_end, held
+        assert post(stack, "assays/get_results", alice.token, {"assay_id": assay_id}).json() == []
+    finally:
+        asyncio.run(pause(None))
+    deadline = time.monotonic() + 30
+    while not (results := post(stack, "assays/get_results", alice.token, {"assay_id": assay_id}).json()):
+        assert time.monotonic() < deadline, "the held window was not scored once the log store caught up"
+        time.sleep(0.2)
+    first = results[-1]
+    assert datetime.fromisoformat(first["window_start"].replace("Z", "+00:00")) == first_end - timedelta(seconds=1)
+    assert first["window_summary"]["count"] == 40 and first["logs_complete"] is True
+    post(stack, "assays/set_active", alice.token, {"id": assay_id, "active": False})

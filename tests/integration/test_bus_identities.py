@@ -187,6 +187,37 @@ async def test_no_service_makes_or_reconfigures_a_stream_or_the_log_stores_consu
         await ops.close()
 
 
+async def test_the_assay_runner_reads_the_log_stores_consumer_info_and_nothing_more(stack):
+    """The assay scheduler reads how far the log store has stored INFERENCE_LOGS (stream info, the log store
+    consumer's info) and is refused pulling from, pausing or deleting that consumer."""
+    logs, durable = subjects.INFERENCE_LOGS_STREAM, subjects.INFERENCE_LOGS_DURABLE
+    errors: list[str] = []
+    nc = await _connect(stack, "assay_runner", errors)
+    js = nc.jetstream(timeout=2.0)
+    try:
+        assert (await js.stream_info(logs)).state.last_seq >= 0
+        info = await js.consumer_info(logs, durable)
+        assert info.ack_floor is not None and info.config.durable_name == durable
+        tries = [js.pause_consumer(logs, durable, "2999-01-01T00:00:00Z"), js.delete_consumer(logs, durable),
+                 nc.request(f"$JS.API.CONSUMER.MSG.NEXT.{logs}.{durable}", b'{"batch": 1, "expires": 100000000}',
+                            timeout=1.0)]
+        outcomes = await asyncio.gather(*tries, return_exceptions=True)
+        await _settle(nc)
+    finally:
+        await nc.close()
+    assert all(isinstance(outcome, Exception) for outcome in outcomes), outcomes
+    said = "\n".join(errors).lower()
+    for verb in ("pause", "delete", "msg.next"):
+        assert f'permissions violation for publish to "$js.api.consumer.{verb}.{logs}.{durable}"'.lower() in said, \
+            (verb, said)
+    ops = await nats.connect(stack.nats_url("ops"), allow_reconnect=False)
+    try:
+        info = await ops.jetstream().consumer_info(logs, durable)
+        assert not info.paused, info
+    finally:
+        await ops.close()
+
+
 def test_each_service_creates_pulls_and_acknowledges_its_own_consumers(stack, alice):
     """Without `$JS.API.>`, every durable consumer in deploy/nats-permissions.json exists, has a pull request
     waiting (its service may fetch), and the lineage consumer's acknowledgements advance (its service may ack);

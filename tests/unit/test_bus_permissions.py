@@ -320,7 +320,32 @@ def test_no_service_may_delete_read_or_capture_streams_or_use_another_services_c
                     bootstrap = {bus_identities.BOOTSTRAP} if (stream, name) == (
                         subjects.INFERENCE_LOGS_STREAM, subjects.INFERENCE_LOGS_DURABLE) and (
                         ".INFO." in subject or ".DURABLE.CREATE." in subject) else set()  # creates it if missing
-                    assert who_may("publish", subject) == {service} | bootstrap, (subject, who_may("publish", subject))
+                    watchers = {other for other in subjects.SERVICES
+                                if name in bus_identities.watches(other).get(stream, [])} if ".INFO." in subject \
+                        else set()
+                    assert who_may("publish", subject) == {service} | bootstrap | watchers, (
+                        subject, who_may("publish", subject))
+
+
+def test_the_assay_runner_may_only_look_at_how_far_the_log_store_has_got():
+    """The assay scheduler reads the log store consumer's info (its ack floor: how far INFERENCE_LOGS is stored)
+    before it scores a window; nothing that pulls, acknowledges, re-points, pauses or deletes that consumer."""
+    consumer = f"{subjects.INFERENCE_LOGS_STREAM}.{subjects.INFERENCE_LOGS_DURABLE}"
+    assert may("assay_runner", "publish", f"$JS.API.CONSUMER.INFO.{consumer}")
+    assert may("assay_runner", "publish", f"$JS.API.STREAM.INFO.{subjects.INFERENCE_LOGS_STREAM}")
+    for subject in (f"$JS.API.CONSUMER.MSG.NEXT.{consumer}", f"$JS.ACK.{consumer}.1.2.3.4.5",
+                    f"$JS.API.CONSUMER.CREATE.{consumer}", f"$JS.API.CONSUMER.DURABLE.CREATE.{consumer}",
+                    f"$JS.API.CONSUMER.DELETE.{consumer}", f"$JS.API.CONSUMER.PAUSE.{consumer}",
+                    f"$JS.API.CONSUMER.UNPIN.{consumer}", "$JS.API.CONSUMER.INFO.EVENTS.workflow-lineage-events",
+                    f"$JS.API.CONSUMER.LIST.{subjects.INFERENCE_LOGS_STREAM}"):
+        assert not may("assay_runner", "publish", subject), subject
+    # a watched consumer is some service's own durable; the code asks for exactly that one's info
+    for service in subjects.SERVICES:
+        for stream, names in bus_identities.watches(service).items():
+            owners = {o for o in subjects.SERVICES for n in bus_identities.durables(o).get(stream, []) if n in names}
+            assert owners, (service, stream, names)
+    code = (REPO / "services" / "assay_runner" / "app.py").read_text()
+    assert "js.consumer_info(subjects.INFERENCE_LOGS_STREAM, subjects.INFERENCE_LOGS_DURABLE)" in code
 
 
 def test_streams_are_created_and_updated_by_the_bootstrap_identity_only():
