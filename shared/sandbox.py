@@ -12,6 +12,10 @@ long-lived process talking over pipes) or `run` (one shot, with a wall-time limi
 - its own network namespace: no interface but a down loopback, so no platform port is reachable;
 - another identity: as root, the dedicated unprivileged OS user `SandboxSettings.user` (created if missing);
   as a normal user, the same uid inside a user namespace with no capability left once the code starts;
+- a memory limit for the sandbox as a whole (`Limits.memory_bytes`): a memory cgroup per sandbox holds all its
+  processes, the page cache it fills and its tmpfs and memfd pages; an OOM kill there ends the whole sandbox with
+  the launcher's verdict "memory". Where the service can write no memory cgroup (`memory_cgroup`),
+  `check_available` warns and the limit is per process only (RLIMIT_AS);
 - rlimits on address space, CPU seconds, processes, open files and file size; `wall_seconds` kills the whole
   pid namespace;
 - a disk quota on its working directory (`Limits.disk_bytes` and `Limits.disk_files`, counted from what the
@@ -49,6 +53,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared import sandbox_launcher
 from shared.errors import RailyardError
 from shared.settings import SandboxSettings, Settings
 
@@ -59,7 +64,8 @@ SETUP_FAILED = 125  # the launcher's exit code when it could not build the sandb
 SETUP_VERDICT = "setup_failed"  # the launcher's verdict when it could not build the sandbox (same in the launcher)
 QUOTA_EXIT = 122  # the launcher's exit code when it stopped the sandbox for its disk quota (same in the launcher);
 # the tenant can exit with it too, so it proves nothing: the verdict is `quota_verdict`
-QUOTA_LIMITS = frozenset({"disk_bytes", "disk_files", "fds_in_flight"})  # what the launcher's verdict may say
+QUOTA_LIMITS = frozenset({"disk_bytes", "disk_files", "fds_in_flight"})  # the launcher's disk quota verdicts
+VERDICT_LIMITS = QUOTA_LIMITS | {"memory"}  # what the launcher's verdict may say ("memory": its memory cgroup)
 STDERR_TAIL = 2000
 # refuses SCM_RIGHTS sent to a unix socket (Linux 6.16; inherited by the connections a listener accepts): a descriptor
 # parked in the queue of one of this process's sockets would be counted by no sandbox's disk quota
@@ -79,7 +85,7 @@ class Network(enum.Enum):
 class Limits:
     """Resource limits of one sandbox."""
 
-    memory_bytes: int = 1 << 30  # RLIMIT_AS
+    memory_bytes: int = 1 << 30  # the sandbox's memory cgroup (all its processes) and each process's RLIMIT_AS
     cpu_seconds: int = 60  # RLIMIT_CPU (SIGXCPU, then SIGKILL 2 s later)
     processes: int = 64  # RLIMIT_NPROC: processes and threads
     open_files: int = 256  # RLIMIT_NOFILE
@@ -192,11 +198,48 @@ def _launch_config(spec: SandboxSpec, settings: Settings) -> dict:
         "quota": {"disk_bytes": limits.disk_bytes, "disk_files": limits.disk_files,
                   "in_flight_seconds": limits.in_flight_seconds,
                   # the launcher says why on stderr in the words every caller uses (it imports nothing of ours)
-                  "reasons": {hit: describe_limit(hit, limits) for hit in QUOTA_LIMITS}},
+                  "reasons": {hit: describe_limit(hit, limits) for hit in VERDICT_LIMITS}},
     }
     if mechanism == "root":
         config["uid"], config["gid"] = _sandbox_identity(settings.sandbox.user)
+    found, _ = memory_cgroup()
+    if found is not None:
+        version, parent = found
+        config["cgroup"] = {"version": version, "path": os.path.join(parent, _cgroup_name()),
+                            # the sandbox's init and the gateway forwarder besides the code's own
+                            "processes": limits.processes + 2}
     return config
+
+
+_cgroup_names = iter(range(1, 1 << 62))
+
+
+def _cgroup_name() -> str:
+    """A new sandbox cgroup's name: this process's pid and start time (so a sweep can tell whose owner is gone)."""
+    return f"{sandbox_launcher.CGROUP_PREFIX}{os.getpid()}-{sandbox_launcher.process_start(os.getpid())}-" \
+           f"{next(_cgroup_names)}"
+
+
+@functools.cache
+def memory_cgroup() -> tuple[tuple[int, str] | None, str | None]:
+    """Where this process's sandboxes get their memory cgroups ((cgroup version, parent directory), None) or why
+    none can (None, reason), checked once: a trial cgroup is made and removed. The first check sweeps the sandbox
+    cgroups left there by owners that are gone (a crashed service, a launcher killed while nobody cleaned up)."""
+    located = sandbox_launcher.locate_memory_cgroup()
+    if isinstance(located, str):
+        return None, located
+    version, parent = located
+    swept = sandbox_launcher.sweep_stale_cgroups(version, parent)
+    if swept:
+        log.warning("removed %d sandbox memory cgroups left by processes that are gone in %s", len(swept), parent)
+    trial = sandbox_launcher.MemoryCgroup(version, os.path.join(parent, _cgroup_name()))
+    try:
+        trial.create(64 << 20)
+    except OSError as exc:
+        return None, f"a memory cgroup could not be created in {parent} ({exc.strerror or exc})"
+    finally:
+        trial.remove(timeout=1.0)
+    return located, None
 
 
 def _prepare_workdir(workdir: Path, config: dict) -> None:
@@ -248,6 +291,10 @@ def check_available(settings: Settings | None = None) -> str:
     for gap in quota_gaps():
         log.warning("the sandbox's disk quota cannot see %s on this kernel (%s): see docs/security.md, "
                     "\"Known gaps\"", gap, platform.release())
+    if (why_not := memory_cgroup()[1]) is not None:
+        log.warning("sandboxes get no memory cgroup here, so memory is limited per process (RLIMIT_AS) and not per "
+                    "sandbox, and memfd files written without a mapping not at all: %s; run as root or delegate a "
+                    "cgroup v2 subtree (systemd Delegate=yes): see docs/security.md, \"Known gaps\"", why_not)
     return "root+namespaces" if mechanism == "root" else "userns"
 
 
@@ -331,6 +378,16 @@ async def _gateway_relay(settings: Settings) -> tuple[asyncio.AbstractServer, Pa
     return server, folder
 
 
+async def _remove_cgroup(process: asyncio.subprocess.Process, cgroup: dict) -> None:
+    """Once the launcher has ended, its sandbox's memory cgroup goes too: the launcher removes it itself, but not
+    when it was killed with SIGKILL (`kill`); then what is left in it is killed here (the sandbox's processes die
+    with its init, which dies with the launcher, a moment later)."""
+    await process.wait()
+    group = sandbox_launcher.MemoryCgroup(cgroup["version"], cgroup["path"])
+    if not await asyncio.to_thread(group.remove):
+        log.warning("the sandbox memory cgroup %s could not be removed (the next start sweeps it)", cgroup["path"])
+
+
 async def _close_relay(process: asyncio.subprocess.Process, server: asyncio.AbstractServer, folder: Path) -> None:
     try:
         await process.wait()
@@ -369,6 +426,9 @@ async def spawn(spec: SandboxSpec, *, stdin=asyncio.subprocess.PIPE, stdout=asyn
     finally:
         os.close(config["verdict_fd"])
     process._railyard_verdict = _Verdict(verdict)  # type: ignore[attr-defined]
+    if "cgroup" in config:
+        process._railyard_cgroup = asyncio.create_task(  # type: ignore[attr-defined]
+            _remove_cgroup(process, config["cgroup"]))
     if relay is not None:
         process._railyard_relay = asyncio.create_task(_close_relay(process, *relay))  # type: ignore[attr-defined]
     return process
@@ -416,12 +476,13 @@ def _launcher_verdict(process: asyncio.subprocess.Process) -> str | None:
 
 
 def quota_verdict(process: asyncio.subprocess.Process) -> str | None:
-    """The quota ("disk_bytes", "disk_files", "fds_in_flight") the launcher of a `spawn`ed process stopped its
-    sandbox for, as the launcher wrote it on a pipe the sandbox never holds; None while it runs, when it ended
+    """The limit ("disk_bytes", "disk_files", "fds_in_flight"; "memory" when the OOM killer acted in its memory
+    cgroup) the launcher of a `spawn`ed process stopped its sandbox for, as the launcher wrote it on a pipe the
+    sandbox never holds; None while it runs, when it ended
     otherwise, or when it was not started by `spawn`. The exit status and stderr are the user's code's to choose,
     so they never decide it."""
     said = _launcher_verdict(process)
-    return said if said in QUOTA_LIMITS else None
+    return said if said in VERDICT_LIMITS else None
 
 
 def setup_failed(process: asyncio.subprocess.Process) -> bool:
@@ -443,7 +504,7 @@ def setup_failure(process: asyncio.subprocess.Process, stderr: str) -> SandboxUn
 def limit_hit(returncode: int, stderr_tail: str, limits: Limits, quota: str | None = None) -> str | None:
     """Which limit ended a sandboxed process: `quota`, the launcher's verdict (`quota_verdict`), when it gave
     one; otherwise read from how it ended and the end of its stderr."""
-    if quota in QUOTA_LIMITS:
+    if quota in VERDICT_LIMITS:
         return quota
     if returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
         return "cpu"
@@ -509,6 +570,8 @@ async def run(spec: SandboxSpec, *, input: bytes | None = None, settings: Settin
             kill(process)
         await process.wait()
         raise
+    if (removing := getattr(process, "_railyard_cgroup", None)) is not None:
+        await removing  # gone before the result is: nothing of the sandbox outlives `run`
     tail = stderr_excerpt(stderr)
     if failure := setup_failure(process, tail):  # the launcher's verdict, never the status or stderr
         raise failure

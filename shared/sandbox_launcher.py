@@ -19,6 +19,11 @@ the RAILYARD_SANDBOX_LAUNCH variable, the only variable it is given. What it doe
    fallocate (`refuse_io_uring_and_fallocate`, for the disk quota) and executes the target with exactly the
    environment it was given.
 
+Before 1. (config "cgroup") it makes the sandbox's memory cgroup (`MemoryCgroup`), and after forking the child it
+puts the child into it; the child forks nothing before that, so every process of the sandbox is charged to it. An
+OOM kill there ends the whole sandbox, and the verdict "memory" goes out of band as the quota's does (below); the
+cgroup is removed once the sandbox has ended (the caller removes it when this process was killed with SIGKILL).
+
 This process waits for the child and exits with its status (a signal death is re-raised on itself, so the
 caller sees the same negative returncode). SIGTERM to it kills the whole sandbox.
 
@@ -99,14 +104,240 @@ libc = ctypes.CDLL(None, use_errno=True)
 
 
 SETUP_FAILED = b"setup_failed"  # the verdict of a sandbox that could not be built (shared/sandbox.py)
+MEMORY_VERDICT = b"memory"  # the verdict of a sandbox the OOM killer acted in (its memory cgroup's limit)
+MEMORY_MARK = "railyard-sandbox: memory limit exceeded"
 REPORT_FD: int | None = None  # where `fail` reports out of band: the verdict pipe in this process, the setup pipe
 # (to this process) in the child until the target's execve closes it; None where nobody listens
+
+
+CGROUP_PREFIX = "railyard-sandbox-"  # a sandbox's memory cgroup: railyard-sandbox-<owner pid>-<its start>-<n>
+CGROUP_LEAF = "railyard-services"  # (v2) where the services' processes move so that their cgroup may have children
+# with controllers (the "no internal processes" rule), as nsjail moves itself into NSJAIL_SELF.<pid>
+CGROUP: MemoryCgroup | None = None  # this launcher's sandbox cgroup, removed by `fail` too (in this process only)
+
+
+class MemoryCgroup:
+    """One sandbox's memory cgroup: every process of the sandbox, the page cache it fills and the tmpfs and memfd
+    pages it writes are charged to it, so `memory_bytes` bounds the sandbox as a whole (RLIMIT_AS bounds one
+    process's address space and no memfd written with write()). Version 2: memory.max, memory.swap.max 0,
+    memory.oom.group 1 (an OOM kill takes every process of it), pids.max; version 1: memory.limit_in_bytes and
+    memory.memsw.limit_in_bytes (no swap beyond it) where the kernel accounts swap, swappiness 0 otherwise, and the
+    launcher kills the whole sandbox once memory.oom_control counts an OOM kill (v1 has no group kill)."""
+
+    def __init__(self, version: int, path: str) -> None:
+        self.version = version
+        self.path = path
+
+    def _write(self, name: str, value: str) -> None:
+        with open(os.path.join(self.path, name), "w") as handle:
+            handle.write(value)
+
+    def _has(self, name: str) -> bool:
+        return os.path.exists(os.path.join(self.path, name))
+
+    def create(self, memory_bytes: int, processes: int | None = None) -> None:
+        """Make the cgroup and set its limits (OSError when it cannot; what was made is removed)."""
+        os.mkdir(self.path, 0o755)
+        try:
+            if self.version == 2:
+                self._write("memory.max", str(memory_bytes))
+                if self._has("memory.swap.max"):
+                    self._write("memory.swap.max", "0")
+                self._write("memory.oom.group", "1")
+                if processes is not None and self._has("pids.max"):
+                    self._write("pids.max", str(processes))
+            else:
+                self._write("memory.limit_in_bytes", str(memory_bytes))
+                if self._has("memory.memsw.limit_in_bytes"):  # memory and swap together: no swap past the limit
+                    self._write("memory.memsw.limit_in_bytes", str(memory_bytes))
+                else:  # no swap accounting (swapaccount=0): at least reclaim in the cgroup does not swap
+                    self._write("memory.swappiness", "0")
+                self._write("memory.oom_control", "0")  # the OOM killer enabled (not paused at the limit)
+        except OSError:
+            self.remove(timeout=0.5)
+            raise
+
+    def oom_kills(self) -> int:
+        """How many of its processes the OOM killer killed (0 when that cannot be read)."""
+        name = "memory.events" if self.version == 2 else "memory.oom_control"
+        try:
+            with open(os.path.join(self.path, name)) as handle:
+                for line in handle:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def pids(self) -> list[int]:
+        try:
+            with open(os.path.join(self.path, "cgroup.procs")) as handle:
+                return [int(line) for line in handle if line.strip()]
+        except (OSError, ValueError):
+            return []
+
+    def kill(self) -> None:
+        """SIGKILL every process in it: cgroup.kill (v2, Linux 5.14), otherwise a walk of cgroup.procs."""
+        if self.version == 2 and self._has("cgroup.kill"):
+            try:
+                self._write("cgroup.kill", "1")
+                return
+            except OSError:
+                pass
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def remove(self, timeout: float = 5.0) -> bool:
+        """Kill what is left in it and remove it; whether it is gone (it may take the killed a moment to exit)."""
+        deadline, pause = time.monotonic() + timeout, 0.002
+        while True:
+            try:
+                os.rmdir(self.path)
+                return True
+            except FileNotFoundError:
+                return True
+            except OSError as exc:
+                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                    return False
+            self.kill()
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+
+def cgroup_owner_alive(name: str) -> bool:
+    """Whether the process that named a sandbox cgroup `name` (CGROUP_PREFIX<pid>-<start time>-...) still runs;
+    a name of another shape is never taken for a stale one."""
+    parts = name[len(CGROUP_PREFIX):].split("-")
+    if not name.startswith(CGROUP_PREFIX) or len(parts) < 3 or not (parts[0].isdigit() and parts[1].isdigit()):
+        return True
+    return process_start(int(parts[0])) == int(parts[1])
+
+
+def process_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, /proc/<pid>/stat field 22); None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def sweep_stale_cgroups(version: int, parent: str) -> list[str]:
+    """Remove the sandbox cgroups in `parent` whose owner is gone (a service that crashed, or whose launcher was
+    killed while no one was left to clean up), killing what is left in them; the names removed."""
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        if name.startswith(CGROUP_PREFIX) and not cgroup_owner_alive(name):
+            if MemoryCgroup(version, os.path.join(parent, name)).remove(timeout=2.0):
+                removed.append(name)
+    return removed
+
+
+def locate_memory_cgroup(cgroup_file: str = "/proc/self/cgroup",
+                         mountinfo: str = "/proc/self/mountinfo") -> tuple[int, str] | str:
+    """Where this process may create sandbox memory cgroups: (2, dir) under its cgroup v2 cgroup when the memory
+    controller is available there, else (1, dir) under its cgroup v1 memory cgroup; or why neither is usable. v2
+    needs the memory controller enabled in the cgroup's subtree_control, which the kernel refuses while the cgroup
+    holds processes: then they are moved into its child CGROUP_LEAF first (as nsjail moves itself, and Docker's
+    dind entrypoint moves every process). Writing needs root or a delegated subtree (systemd Delegate=yes)."""
+    try:
+        with open(cgroup_file) as handle:
+            lines = [line.rstrip("\n").split(":", 2) for line in handle if line.count(":") >= 2]
+        with open(mountinfo) as handle:
+            mounts = [line.split() for line in handle]
+    except OSError as exc:
+        return f"{cgroup_file} or {mountinfo} could not be read ({exc.strerror})"
+    v2_path = next((path for hierarchy, controllers, path in lines if hierarchy == "0" and not controllers), None)
+    v1_path = next((path for _, controllers, path in lines if "memory" in controllers.split(",")), None)
+    why = []
+    for fields in mounts:
+        if "-" not in fields:
+            continue
+        fstype, options = fields[fields.index("-") + 1], fields[-1].split(",")
+        root, point = fields[3], fields[4]
+        if fstype == "cgroup2" and v2_path is not None:
+            found = _under_mount(point, root, v2_path)
+            if found is not None:
+                usable = _v2_parent(found)
+                if isinstance(usable, str):
+                    why.append(usable)
+                else:
+                    return usable
+    for fields in mounts:
+        if "-" not in fields:
+            continue
+        fstype, options = fields[fields.index("-") + 1], fields[-1].split(",")
+        root, point = fields[3], fields[4]
+        if fstype == "cgroup" and "memory" in options and v1_path is not None:
+            found = _under_mount(point, root, v1_path)
+            if found is None:
+                continue
+            if not os.access(found, os.W_OK):
+                why.append(f"the cgroup v1 memory cgroup {found} is not writable")
+                continue
+            return 1, found
+    return "; ".join(why) or "no cgroup v2 with the memory controller and no cgroup v1 memory hierarchy is mounted"
+
+
+def _under_mount(point: str, root: str, path: str) -> str | None:
+    """The directory of cgroup `path` under a cgroup mount at `point` showing the hierarchy from `root`."""
+    point = point.replace("\\040", " ")
+    if root == "/":
+        return os.path.normpath(point + path)
+    if path == root or path.startswith(root.rstrip("/") + "/"):
+        return os.path.normpath(point + path[len(root.rstrip("/")):])
+    return None
+
+
+def _v2_parent(own: str) -> tuple[int, str] | str:
+    base = os.path.dirname(own) if os.path.basename(own) == CGROUP_LEAF else own
+
+    def read(name: str) -> list[str]:
+        with open(os.path.join(base, name)) as handle:
+            return handle.read().split()
+
+    try:
+        if "memory" not in read("cgroup.controllers"):
+            return f"the memory controller is not available in the cgroup v2 cgroup {base} (not delegated)"
+        if "memory" not in read("cgroup.subtree_control"):
+            wanted = "+memory +pids" if "pids" in read("cgroup.controllers") else "+memory"
+            try:
+                with open(os.path.join(base, "cgroup.subtree_control"), "w") as handle:
+                    handle.write(wanted)
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise
+                leaf = os.path.join(base, CGROUP_LEAF)
+                os.makedirs(leaf, exist_ok=True)
+                for pid in read("cgroup.procs"):
+                    try:
+                        with open(os.path.join(leaf, "cgroup.procs"), "w") as handle:
+                            handle.write(pid)
+                    except OSError:
+                        pass  # gone meanwhile, or not ours to move: the write below then says so
+                with open(os.path.join(base, "cgroup.subtree_control"), "w") as handle:
+                    handle.write(wanted)
+    except OSError as exc:
+        return f"the cgroup v2 cgroup {base} cannot have children with the memory controller ({exc.strerror})"
+    if not os.access(base, os.W_OK):
+        return f"the cgroup v2 cgroup {base} is not writable"
+    return 2, base
 
 
 def fail(message: str) -> None:
     """Setup failed: say so on stderr, report it on REPORT_FD and exit 125. Only that report makes the caller call
     it a sandbox failure: the status and stderr are the tenant's to choose too (it can exit 125 and print this)."""
     os.write(2, f"railyard-sandbox: {message}\n".encode())
+    if CGROUP is not None:  # only the launcher holds it: the child forgets it at once
+        CGROUP.remove()
     if REPORT_FD is not None:
         try:
             os.write(REPORT_FD, SETUP_FAILED)
@@ -646,6 +877,10 @@ def supervise(pid: int, config: dict, baseline: Usage) -> int:
     interval, last = QUOTA_INTERVAL_MIN, (time.monotonic(), baseline)
     flight = Flight(config["quota"].get("in_flight_seconds", INFLIGHT_GRACE))
     while not ended(exited, pid, interval):
+        if CGROUP is not None and CGROUP.oom_kills() > 0:  # (v1: the OOM killer took one process) the sandbox ends
+            os.kill(pid, signal.SIGKILL)
+            CGROUP.kill()
+            break
         began = time.monotonic()
         usage, over = over_quota(config, baseline, pid, namespace, flight, began)
         if over is not None:
@@ -657,6 +892,8 @@ def supervise(pid: int, config: dict, baseline: Usage) -> int:
                     except ProcessLookupError:
                         pass
             wait_for(pid)
+            if CGROUP is not None:
+                CGROUP.remove()
             os.write(2, f"\n{QUOTA_MARKS[over[0]]}: {over[1]}; the sandbox was stopped\n".encode())
             if config.get("verdict_fd") is not None:  # the verdict the caller believes (module docstring)
                 os.write(config["verdict_fd"], over[0].encode())
@@ -739,18 +976,23 @@ def refuse_io_uring_and_fallocate() -> None:
           "be refused")
 
 
-def child(config: dict, root: str | None, alive: int, mapping: tuple[int, int]) -> None:
+def child(config: dict, root: str | None, alive: int, mapping: tuple[int, int], placed: int) -> None:
     """pid 1 of the new namespaces: build the view, drop privileges, then run the target as its child (pid 1
     ignores signals it has no handler for, which would turn SIGXCPU and SIGXFSZ into no-ops) and exit with its
     status; when pid 1 exits, the kernel kills every process left in the namespace. Its setup failures (`fail`)
-    are reported to the launcher on REPORT_FD, which the target's execve closes."""
+    are reported to the launcher on REPORT_FD, which the target's execve closes. It forks nothing before the
+    launcher has put it into the sandbox's memory cgroup (`placed`), which the launcher does while it builds the
+    view: moving a process between cgroups waits for an RCU grace period (~10 ms here)."""
     global REPORT_FD
     try:
         check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
         if root is not None:
             build_root(config, root)
-            if config.get("gateway"):
-                gateway_forwarder(config)
+        if os.read(placed, 1) != b"c":  # the launcher is gone or could not place it
+            os._exit(125)
+        os.close(placed)
+        if root is not None and config.get("gateway"):
+            gateway_forwarder(config)
         os.chdir(config["workdir"])
         check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
         if config["mechanism"] == "root":
@@ -854,6 +1096,17 @@ def main() -> None:
     if os.getppid() != config["parent"]:  # the service that spawned it is already gone
         os._exit(125)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    global CGROUP
+    procs = None
+    if config.get("cgroup"):  # made as the caller's uid, before any namespace: its files are the caller's to write
+        wanted = MemoryCgroup(config["cgroup"]["version"], config["cgroup"]["path"])
+        try:
+            wanted.create(config["limits"]["memory_bytes"], config["cgroup"].get("processes"))
+            CGROUP = wanted
+            # opened now: the kernel checks a cgroup.procs write against the opener's credentials
+            procs = os.open(os.path.join(wanted.path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            fail(f"could not create the sandbox's memory cgroup {wanted.path}: {exc.strerror or exc}")
     root = None
     if config["mechanism"] != "off":
         enter_namespaces(config)
@@ -863,16 +1116,31 @@ def main() -> None:
     asked, answered = os.pipe(), os.pipe()  # (root) the child asks for its uid map, this process answers
     # the child's setup failures, reported to this process; close-on-exec, so the tenant's code never holds it
     setup_read, setup_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    placed, place = os.pipe()  # the child forks nothing until this process has put it into the memory cgroup
     pid = os.fork()
     if pid == 0:
+        CGROUP = None  # the launcher's to remove
+        if procs is not None:
+            os.close(procs)
+        os.close(place)
         os.close(keep)
         os.close(setup_read)
         if config.get("verdict_fd") is not None:
             os.close(config["verdict_fd"])  # only this process may give a verdict
         REPORT_FD = setup_write
-        child(config, root, alive, (answered[0], asked[1]))
-    for end in (alive, asked[1], answered[0], setup_write):
+        child(config, root, alive, (answered[0], asked[1]), placed)
+    for end in (alive, asked[1], answered[0], setup_write, placed):
         os.close(end)
+    if procs is not None:
+        try:
+            os.write(procs, str(pid).encode())  # before it forks anything: every process it starts is charged here
+        except OSError as exc:
+            os.kill(pid, signal.SIGKILL)
+            wait_for(pid)
+            fail(f"could not put the sandbox into its memory cgroup: {exc.strerror}")
+        os.close(procs)
+    os.write(place, b"c")
+    os.close(place)
     if config["mechanism"] == "root":
         if os.read(asked[0], 1) == b"u":
             write_file(f"/proc/{pid}/uid_map", f"{config['uid']} {config['uid']} 1\n")
@@ -885,8 +1153,16 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     code = exit_code(supervise(pid, config, baseline) if baseline is not None else wait_for(pid))
+    out_of_memory = CGROUP is not None and CGROUP.oom_kills() > 0
+    if CGROUP is not None:
+        CGROUP.remove()
     if setup_failed(setup_read) and REPORT_FD is not None:
         os.write(REPORT_FD, SETUP_FAILED)  # the verdict the caller believes, not the status 125 or stderr
+    elif out_of_memory:
+        reason = config.get("quota", {}).get("reasons", {}).get("memory", "the sandbox's memory limit was exceeded")
+        os.write(2, f"\n{MEMORY_MARK}: {reason}; the sandbox was stopped\n".encode())
+        if REPORT_FD is not None:
+            os.write(REPORT_FD, MEMORY_VERDICT)
     if 128 < code < 128 + signal.NSIG:  # the target died of a signal: die of it too, for the caller to see
         number = code - 128
         if number not in (signal.SIGKILL, signal.SIGSTOP):

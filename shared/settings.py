@@ -152,7 +152,8 @@ class RegistrySettings(BaseModel):
     worker_timeout: float = Field(300.0, description="Seconds a check or conversion process may run.")
     worker_cpu_seconds: int | None = Field(None, ge=1, description="CPU seconds a check or conversion process may "
                                            "use (RLIMIT_CPU); unset: worker_timeout plus one.")
-    worker_memory_mb: int = Field(4096, description="Address-space limit of a check or conversion process.")
+    worker_memory_mb: int = Field(4096, description="Memory limit of a check or conversion: its sandbox as a whole "
+                                  "(a memory cgroup) and each process's address space.")
     worker_file_size_mb: int = Field(1024, description="Largest file a check or conversion process may write.")
     worker_disk_mb: int = Field(2048, description="Disk quota of a check or conversion: MiB its working directory "
                                 "may grow by.")
@@ -252,7 +253,8 @@ class TaskSettings(BaseModel):
     default_timeout: int = Field(900, description="Seconds a run may take when its task sets no timeout.")
     max_timeout: int = Field(24 * 3600, description="Largest timeout a task may ask for; monitoring reads it too "
                              "(setup_continuous_training): give both services the same value.")
-    run_memory_mb: int = Field(2048, description="Address-space limit of a run.")
+    run_memory_mb: int = Field(2048, description="Memory limit of a run: its sandbox as a whole (a memory cgroup) "
+                               "and each process's address space.")
     run_cpu_seconds: int = Field(3600, description="CPU seconds a run may use.")
     run_disk_mb: int = Field(4096, description="Disk quota of a run: MiB its working directory (the unpacked zip "
                              "included) may grow by.")
@@ -307,7 +309,8 @@ class SandboxSettings(BaseModel):
         "or refuse to run users' code; off-for-single-user: no isolation at all (logged loudly).")
     user: str = Field("railyard-sandbox", description="OS user users' code runs as when Railyard runs as root "
                       "(created if missing).")
-    memory_mb: int = Field(1024, description="Address-space limit of a sandboxed process (RLIMIT_AS).")
+    memory_mb: int = Field(1024, description="Memory limit of a sandbox: all its processes together (a memory cgroup, "
+                           "where the host gives one) and each process's address space (RLIMIT_AS).")
     cpu_seconds: int = Field(600, description="CPU seconds a sandboxed process may use in its life (RLIMIT_CPU).")
     processes: int = Field(64, description="Processes and threads of a sandbox (RLIMIT_NPROC).")
     open_files: int = Field(256, description="Open files of a sandboxed process (RLIMIT_NOFILE).")

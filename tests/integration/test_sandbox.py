@@ -696,6 +696,7 @@ def test_a_normal_user_gets_the_same_boundary(settings, tmp_path):
                                     settings)
     config |= {"mechanism": "userns", "parent": os.getpid(), "readonly": []}
     config.pop("uid", None)
+    config.pop("cgroup", None)  # root's memory cgroup is not nobody's to write: nobody's own check finds none here
     launched = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3",
                                "-I", "-S", str(sandbox.LAUNCHER)], env={"RAILYARD_SANDBOX_LAUNCH": json.dumps(config)},
                               capture_output=True, text=True, timeout=30, check=False)
@@ -732,6 +733,7 @@ def test_a_normal_users_sandbox_is_held_to_its_disk_quota_too(settings, code, hi
     config = sandbox._launch_config(spec, settings) | {"mechanism": "userns", "parent": os.getpid(), "readonly": [],
                                                        "verdict_fd": told}
     config.pop("uid", None)
+    config.pop("cgroup", None)  # (as above; test_sandbox_memory.py gives nobody a delegated one)
     launched = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3",
                                "-I", "-S", str(sandbox.LAUNCHER)], env={"RAILYARD_SANDBOX_LAUNCH": json.dumps(config)},
                               capture_output=True, text=True, timeout=30, check=False, pass_fds=(told,))

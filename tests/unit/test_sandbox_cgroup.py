@@ -1,0 +1,99 @@
+"""Where the launcher finds a memory cgroup for its sandboxes (shared/sandbox_launcher.py `locate_memory_cgroup`), read
+from /proc/self/cgroup and mountinfo as the kernel writes them, with the cgroup files of a fake tree; how it reads an
+OOM kill from either version's files; and which leftover cgroups a sweep takes for stale."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from shared import sandbox_launcher
+from shared.sandbox_launcher import CGROUP_LEAF, CGROUP_PREFIX, MemoryCgroup, locate_memory_cgroup
+
+
+def write(path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def proc(tmp_path, cgroup: str, mounts: list[str]) -> tuple[str, str]:
+    write(tmp_path / "cgroup", cgroup)
+    write(tmp_path / "mountinfo", "".join(line + "\n" for line in mounts))
+    return str(tmp_path / "cgroup"), str(tmp_path / "mountinfo")
+
+
+def v2_tree(tmp_path, own: str, controllers: str, subtree: str) -> str:
+    base = tmp_path / "unified" / own.strip("/")
+    write(base / "cgroup.controllers", controllers)
+    write(base / "cgroup.subtree_control", subtree)
+    write(base / "cgroup.procs", "")
+    return str(base)
+
+
+def test_cgroup_v2_with_the_memory_controller_delegated(tmp_path):
+    base = v2_tree(tmp_path, "/user.slice/railyard.service", "cpu memory pids", "memory pids")
+    files = proc(tmp_path, "0::/user.slice/railyard.service\n",
+                 [f"41 31 0:38 / {tmp_path}/unified rw,relatime - cgroup2 cgroup2 rw"])
+    assert locate_memory_cgroup(*files) == (2, base)
+
+
+def test_a_process_already_moved_into_the_leaf_uses_the_leafs_parent(tmp_path):
+    base = v2_tree(tmp_path, "/railyard.service", "memory", "memory")
+    files = proc(tmp_path, f"0::/railyard.service/{CGROUP_LEAF}\n",
+                 [f"41 31 0:38 / {tmp_path}/unified rw - cgroup2 cgroup2 rw"])
+    assert locate_memory_cgroup(*files) == (2, base)
+
+
+def test_a_controller_that_cannot_be_enabled_is_the_reason_and_v1_is_used_instead(tmp_path):
+    """This host's shape: an empty cgroup v2 (the memory controller bound to v1) beside a v1 memory hierarchy."""
+    v2_tree(tmp_path, "/", "", "")
+    memory = tmp_path / "memory" / "process_api" / "abc"
+    memory.mkdir(parents=True)
+    cgroup = "9:name=systemd:/\n4:memory:/process_api/abc\n1:cpu:/\n0::/\n"
+    mounts = [f"35 31 0:32 / {tmp_path}/memory rw,relatime - cgroup cgroup rw,memory",
+              f"41 31 0:38 / {tmp_path}/unified rw,relatime - cgroup2 cgroup2 rw"]
+    assert locate_memory_cgroup(*proc(tmp_path, cgroup, mounts)) == (1, str(memory))
+    memory.chmod(0o555)
+    try:
+        if os.geteuid() != 0:  # root writes anyway
+            why = locate_memory_cgroup(*proc(tmp_path, cgroup, mounts))
+            assert isinstance(why, str) and "not writable" in why and "memory controller is not available" in why
+    finally:
+        memory.chmod(0o755)
+
+
+def test_a_mount_showing_part_of_the_hierarchy(tmp_path):
+    """A container's cgroup mount whose root is the container's cgroup (mountinfo's fourth field)."""
+    base = v2_tree(tmp_path, "/", "memory", "memory")
+    files = proc(tmp_path, "0::/kubepods/pod1/c1\n",
+                 [f"41 31 0:38 /kubepods/pod1/c1 {tmp_path}/unified rw - cgroup2 cgroup2 rw"])
+    assert locate_memory_cgroup(*files) == (2, base)
+    elsewhere = proc(tmp_path, "0::/other\n",
+                     [f"41 31 0:38 /kubepods/pod1/c1 {tmp_path}/unified rw - cgroup2 cgroup2 rw"])
+    assert isinstance(locate_memory_cgroup(*elsewhere), str)
+
+
+def test_no_cgroup_at_all_is_a_reason(tmp_path):
+    why = locate_memory_cgroup(*proc(tmp_path, "0::/\n", []))
+    assert isinstance(why, str) and "no cgroup" in why
+
+
+def test_oom_kills_are_read_from_either_versions_file(tmp_path):
+    write(tmp_path / "v2" / "memory.events", "low 0\nhigh 0\nmax 12\noom 1\noom_kill 2\noom_group_kill 1\n")
+    write(tmp_path / "v1" / "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
+    assert MemoryCgroup(2, str(tmp_path / "v2")).oom_kills() == 2
+    assert MemoryCgroup(1, str(tmp_path / "v1")).oom_kills() == 1
+    assert MemoryCgroup(1, str(tmp_path / "missing")).oom_kills() == 0
+
+
+def test_only_cgroups_named_by_an_owner_that_is_gone_are_stale():
+    me = os.getpid()
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    started = sandbox_launcher.process_start(me)
+    assert sandbox_launcher.cgroup_owner_alive(f"{CGROUP_PREFIX}{me}-{started}-1")
+    assert not sandbox_launcher.cgroup_owner_alive(f"{CGROUP_PREFIX}{me}-{started + 1}-1")  # the pid, reused
+    assert not sandbox_launcher.cgroup_owner_alive(f"{CGROUP_PREFIX}{gone}-{started}-1")
+    for odd in (f"{CGROUP_PREFIX}x-1-1", f"{CGROUP_PREFIX}{gone}", "something-else", CGROUP_LEAF):
+        assert sandbox_launcher.cgroup_owner_alive(odd)  # never taken for stale
