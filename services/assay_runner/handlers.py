@@ -13,6 +13,7 @@ it is scored with what the log store has (`logs_complete: false` in the result, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -97,11 +98,14 @@ class LogWatermark:
     marks: deque[tuple[datetime, int]] = field(default_factory=deque)
     through: datetime | None = None
     failing_since: float | None = None
+    asking: asyncio.Lock = field(default_factory=asyncio.Lock)  # one question at a time: answers in order
 
     def note(self, now: datetime, progress: LogProgress, keep: float) -> None:
         if self.marks and progress.last_seq < self.marks[-1][1]:
             self.marks.clear()  # the stream was deleted and made again: its sequences start over
-        if self.marks and self.marks[-1][1] == progress.last_seq:
+        if self.marks and now <= self.marks[-1][0]:
+            pass  # a caller's moment older than the newest mark (it waited for another's question): says no more
+        elif self.marks and self.marks[-1][1] == progress.last_seq:
             self.marks[-1] = (now, progress.last_seq)
         else:
             self.marks.append((now, progress.last_seq))
@@ -119,16 +123,17 @@ class LogWatermark:
         """Ask where the log store stands (`now` taken before asking); on failure `through` stays where it was."""
         if deps.log_progress is None:
             return
-        try:
-            progress = await deps.log_progress()
-        except Exception as exc:
-            if self.failing_since is None or time.monotonic() - self.failing_since > 60:
-                log.warning("could not ask how far the log store has stored INFERENCE_LOGS (windows wait, at most "
-                            "%.0f s): %s", deps.settings.max_log_wait, exc)
-                self.failing_since = time.monotonic()
-            return
-        self.failing_since = None
-        self.note(now, progress, deps.settings.max_log_wait + deps.settings.close_delay + 60)
+        async with self.asking:  # the scheduler and run_interactive requests share the watermark
+            try:
+                progress = await deps.log_progress()
+            except Exception as exc:
+                if self.failing_since is None or time.monotonic() - self.failing_since > 60:
+                    log.warning("could not ask how far the log store has stored INFERENCE_LOGS (windows wait, at "
+                                "most %.0f s): %s", deps.settings.max_log_wait, exc)
+                    self.failing_since = time.monotonic()
+                return
+            self.failing_since = None
+            self.note(now, progress, deps.settings.max_log_wait + deps.settings.close_delay + 60)
 
 
 @dataclass

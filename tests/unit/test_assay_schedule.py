@@ -55,6 +55,15 @@ def test_the_watermark_starts_over_with_a_new_stream_and_forgets_old_marks():
     assert list(mark.marks) == [(s(100), 20)]  # s(2)'s is older than keep: a window due then is scored by now
 
 
+def test_a_moment_older_than_the_newest_mark_adds_none():
+    """run_interactive and the scheduler ask in turn: one whose moment was taken before the other's asked later,
+    so its answer says nothing about its own (earlier) moment that the newer mark does not say already."""
+    mark = handlers.LogWatermark()
+    mark.note(s(2), handlers.LogProgress(last_seq=10, stored_seq=4), keep=600)
+    mark.note(s(1), handlers.LogProgress(last_seq=12, stored_seq=10), keep=600)
+    assert list(mark.marks) == [] and mark.through == s(2)  # 10 stored: s(2)'s mark passed; s(1) added none
+
+
 def _deps(progress: list[handlers.LogProgress] | None, values: dict[datetime, list[float]],
           settings: AssaySettings = SETTINGS) -> handlers.Deps:
     """Deps whose read_field answers the values logged in [start, end) and whose log_progress answers the next
