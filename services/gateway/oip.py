@@ -81,17 +81,25 @@ def _read_json_fast(body: bytes) -> dict[str, Any] | None:
     this function (as_buffer copies, _plain makes Python objects), so the next call reuses its parser."""
     import simdjson
 
+    if body.startswith(b"\xef\xbb\xbf"):  # simdjson skips a byte order mark, orjson (JSON's RFC 8259) refuses it
+        return None
     try:
         document = _parse(body)
         inputs = document.get("inputs") if isinstance(document, simdjson.Object) else None
         if not isinstance(inputs, simdjson.Array) or not len(inputs):
             return None
-        request = {key: _plain(document[key]) for key in document.keys() if key != "inputs"}
+        keys = list(document.keys())
+        if len(set(keys)) != len(keys):  # simdjson's [key] is the first of a repeated key, orjson keeps the last
+            return None
+        request = {key: _plain(document[key]) for key in keys if key != "inputs"}
         tensors, lists = [], 1 + _lists(request)  # the `[`s the body may hold: `inputs` and every other list
         for tensor in inputs:
             if not isinstance(tensor, simdjson.Object):
                 return None
-            plain = {key: _plain(tensor[key]) for key in tensor.keys() if key != "data"}
+            keys = list(tensor.keys())
+            if len(set(keys)) != len(keys):
+                return None
+            plain = {key: _plain(tensor[key]) for key in keys if key != "data"}
             lists += _lists(plain)
             data = tensor.get("data")
             if plain.get("datatype") in FLOATS and isinstance(data, simdjson.Array):

@@ -84,6 +84,8 @@ def read_records_fast(body: bytes) -> pa.Table | None:
     and nothing of it outlives this call."""
     import simdjson
 
+    if body.startswith(b"\xef\xbb\xbf"):  # simdjson skips a byte order mark, orjson (JSON's RFC 8259) refuses it
+        return None
     try:
         document = parse(body)
         if type(document) is not simdjson.Array or not len(document):

@@ -163,3 +163,12 @@ def test_brackets_are_counted_without_an_array_the_bodys_size_and_stop_past_the_
     big = _body([{"x": row} for row in RNG.normal(size=(2000, 29)).tolist()])
     assert read_records_fast(big) is not None
     assert sizes and max(sizes) <= 1 << 16 < len(big)
+
+
+def test_a_byte_order_mark_is_refused_as_the_general_path_refuses_it():
+    """simdjson skips a UTF-8 byte order mark, orjson refuses it (RFC 8259 section 8.1): a body past FAST_BODY was
+    read where a smaller one was a 400."""
+    body = b"\xef\xbb\xbf" + _body([{"tensor": [0.5] * 29}] * ROWS)
+    assert read_records_fast(body) is None
+    _same(body)
+    assert _outcome(read_records, body)[0] != "table"
