@@ -87,9 +87,12 @@ browser:
 ## The whole test suite against real embedded servers (started by the tests themselves); -rs prints why a test
 ## skipped (e.g. the UI tests without a browser). TEST_WORKERS pytest-xdist workers, each with its own embedded
 ## stack, a test file staying on one worker; TEST_WORKERS=0 runs everything in one process.
+## PYTHONDONTWRITEBYTECODE is emptied (a caller's setting would make every service, engine replica and `railyard`
+## the suite starts compile Railyard's sources again, and pytest rewrite every test module again; docs/testing.md).
 TEST_WORKERS ?= 2
 test: venv $(MLFLOW_STAMP) browser
-	RAILYARD_TEST_MLFLOW=$(CURDIR)/$(MLFLOW_VENV)/bin/mlflow $(BIN)/python -m pytest -q -rs -p no:cacheprovider \
+	PYTHONDONTWRITEBYTECODE= RAILYARD_TEST_MLFLOW=$(CURDIR)/$(MLFLOW_VENV)/bin/mlflow $(BIN)/python -m pytest -q -rs \
+		-p no:cacheprovider \
 		-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 ## Label Studio 1.23.2 driving an ML backend served by railyard-ml (minutes of install and first start: own target).
