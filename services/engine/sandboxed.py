@@ -201,12 +201,15 @@ class SandboxedRuntime:
                 raise failure from None
             if replace:
                 self._replace_soon()
-            hit = sandbox.limit_hit(returncode, said, self.limits, sandbox.quota_verdict(process))
+            verdict = sandbox.quota_verdict(process)
+            hit = sandbox.limit_hit(returncode, said, self.limits, verdict)
             reason = (f"was stopped: {sandbox.describe_limit(hit, self.limits)}" if hit
                       else f"crashed (exit status {returncode})")
             message = self._with_excerpt(f"{KIND_NAMES[self.kind]} ({self.name}) {reason} while {doing}", since,
                                          buffer)
-            if hit in sandbox.QUOTA_LIMITS:  # the launcher's own verdict: the user's code passed a limit, 400
+            # the launcher's own verdict (disk quota, or its memory cgroup's OOM kill): the user's code passed a
+            # limit, 400; a kill only guessed from the exit status (the host's OOM killer) stays a worker failure
+            if verdict in sandbox.VERDICT_LIMITS:
                 raise InvalidRequest(message, code=RESOURCE_LIMIT) from None
             raise WorkerFailed(message) from None
         except Exception as exc:  # noqa: BLE001 - anything else leaves the pipes at an unknown point of a frame

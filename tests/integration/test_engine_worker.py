@@ -35,6 +35,16 @@ def wallaroo_json(data: pd.DataFrame):
         os._exit(122)
     if action == "memory":
         blocks = [bytearray(64 << 20) for _ in range(100)]
+    if action == "forkmem":  # eight children of 128 MiB each: under the per-process limit, over the sandbox's
+        for _ in range(8):
+            if os.fork() == 0:
+                try:
+                    block = bytearray(128 << 20)
+                    block[::4096] = b"x" * len(block[::4096])
+                    time.sleep(1000)
+                finally:
+                    os._exit(1)
+        time.sleep(1000)
     if action == "env":
         return {"env": [sorted(os.environ)]}
     if action == "gc":
@@ -102,6 +112,13 @@ async def test_a_python_step_runs_in_a_worker_and_survives_each_failure(settings
             await runtime.predict_async(table("memory"))
         assert "memory limit" in memory.value.msg
         assert (await runtime.predict_async(table("ok"))).num_rows == 1
+
+        if sandbox.memory_cgroup()[0] is not None:  # the launcher's memory cgroup: the user's limit, a 400
+            with pytest.raises(InvalidRequest) as together:
+                await runtime.predict_async(table("forkmem"))
+            assert together.value.code == "resource_limit", together.value.msg
+            assert "more memory than" in together.value.msg, together.value.msg
+            assert (await runtime.predict_async(table("ok"))).num_rows == 1
 
         with pytest.raises(InvalidRequest) as disk:
             await runtime.predict_async(table("disk"))
