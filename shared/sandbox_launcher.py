@@ -297,6 +297,20 @@ def _under_mount(point: str, root: str, path: str) -> str | None:
     return None
 
 
+def _delegated(path: str) -> bool:
+    """Was cgroup `path` delegated (systemd >= 251 marks a Delegate=yes unit's cgroup with a `trusted.delegate`
+    extended attribute, or `user.delegate` for a user manager's)? Only then are its processes moved into
+    CGROUP_LEAF: in any other cgroup (an SSH or desktop session's scope, a container's root) they may be the shell
+    and everything else of the session, which a sandbox has no business moving."""
+    for name in ("trusted.delegate", "user.delegate"):
+        try:
+            if os.getxattr(path, name).strip() == b"1":
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def _v2_parent(own: str) -> tuple[int, str] | str:
     base = os.path.dirname(own) if os.path.basename(own) == CGROUP_LEAF else own
 
@@ -315,6 +329,11 @@ def _v2_parent(own: str) -> tuple[int, str] | str:
             except OSError as exc:
                 if exc.errno != errno.EBUSY:
                     raise
+                if not _delegated(base):  # other programs' processes may live there (a login session's scope)
+                    return (f"the cgroup v2 cgroup {base} holds processes and was not delegated to Railyard (no "
+                            "user.delegate/trusted.delegate attribute), so its children cannot have the memory "
+                            "controller and its processes are not Railyard's to move: run Railyard in a cgroup of its "
+                            "own with Delegate=yes (a systemd unit, or `systemd-run --scope -p Delegate=yes`)")
                 leaf = os.path.join(base, CGROUP_LEAF)
                 os.makedirs(leaf, exist_ok=True)
                 for pid in read("cgroup.procs"):

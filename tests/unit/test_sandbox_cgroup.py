@@ -97,3 +97,41 @@ def test_only_cgroups_named_by_an_owner_that_is_gone_are_stale():
     assert not sandbox_launcher.cgroup_owner_alive(f"{CGROUP_PREFIX}{gone}-{started}-1")
     for odd in (f"{CGROUP_PREFIX}x-1-1", f"{CGROUP_PREFIX}{gone}", "something-else", CGROUP_LEAF):
         assert sandbox_launcher.cgroup_owner_alive(odd)  # never taken for stale
+
+
+def test_processes_of_an_undelegated_cgroup_are_not_moved(tmp_path, monkeypatch):
+    """A cgroup v2 holding processes refuses the memory controller for its children (EBUSY): its processes are
+    moved into the leaf only where the cgroup was delegated to us (systemd's delegate attribute); in a login
+    session's scope they are the user's shell and the rest of the session, so the reason is given instead."""
+    import builtins
+    import errno
+
+    base = v2_tree(tmp_path, "/user.slice/session-3.scope", "memory pids", "")
+    files = proc(tmp_path, "0::/user.slice/session-3.scope\n",
+                 [f"41 31 0:38 / {tmp_path}/unified rw - cgroup2 cgroup2 rw"])
+    real_open = builtins.open
+    busy = {"on": True}
+
+    def kernel_open(path, mode="r", *args, **kwargs):  # the kernel's answer while the cgroup holds processes
+        if busy["on"] and str(path).endswith("cgroup.subtree_control") and "w" in mode:
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", kernel_open)
+    why = locate_memory_cgroup(*files)
+    assert isinstance(why, str) and "not delegated" in why and "Delegate=yes" in why
+    assert not os.path.exists(os.path.join(base, CGROUP_LEAF))  # nothing moved
+
+    monkeypatch.setattr(sandbox_launcher, "_delegated", lambda path: path == base)
+    moves = []
+
+    def delegated_open(path, mode="r", *args, **kwargs):
+        if str(path).endswith(f"{CGROUP_LEAF}/cgroup.procs") and "w" in mode:
+            moves.append(path)
+            busy["on"] = False  # the cgroup is empty once its processes are in the leaf
+        return kernel_open(path, mode, *args, **kwargs)
+
+    write(tmp_path / "unified" / "user.slice" / "session-3.scope" / "cgroup.procs", "4242\n")
+    monkeypatch.setattr(builtins, "open", delegated_open)
+    assert locate_memory_cgroup(*files) == (2, base)
+    assert moves
