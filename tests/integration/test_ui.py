@@ -1,15 +1,17 @@
 """The web UI in a real headless Chromium (Debian's chromium + chromedriver, driven by Selenium) against the real
-stack, through the public API only: alice signs in and sees her workspace, model, deployment (with its inference
-URL and inputs), logged inferences paged with the cursor and filtered by time, an assay's charts and alerts, an
-orchestration's task run with its logs, the lineage graph (a click on the model version's card leads to its
-deployment), her project's versions (restored from the page), two benchmark reports compared as charts, a review
-queue of image predictions (boxes drawn over the image; accepted, corrected) counted on the monitoring page; she
-uploads a model, builds, deploys and undeploys a pipeline from the pages; a wrong password shows the API's own
-message; bob sees none of alice's things. One browser for the module; screenshots of each page go to
-build/ui-screenshots/ (not committed)."""
+stack, through the public API only (one window's stored result is edited in PostgreSQL to stage a window scored
+without every logged record): alice signs in and sees her workspace, model, deployment (with its inference URL and
+inputs), logged inferences paged with the cursor and filtered by time, an assay's charts and alerts (a window
+scored with incomplete logs marked), an orchestration's task run with its logs, the lineage graph (a click on the
+model version's card leads to its deployment), her project's versions (restored from the page), two benchmark
+reports compared as charts, a review queue of image predictions (boxes drawn over the image; accepted, corrected)
+counted on the monitoring page; she uploads a model, builds, deploys and undeploys a pipeline from the pages; a wrong
+password shows the API's own message; bob sees none of alice's things. One browser for the module; screenshots of
+each page go to build/ui-screenshots/ (not committed)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -19,6 +21,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import httpx
 import numpy as np
 import pyarrow as pa
@@ -344,6 +347,64 @@ def test_assay_charts_and_alerts(world, browser):
     alerts = browser.find_element(By.ID, "page").text.split("Alerts", 1)[1]
     assert f"{len(results)} window(s) above a threshold" in alerts and "Alert" in alerts
     shot(browser, "06-assays")
+
+
+async def _set_logs_complete(stack, result_id: int, complete: bool) -> None:
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        await conn.execute("UPDATE assay_runner.results SET result = jsonb_set(result, '{logs_complete}', $2::jsonb) "
+                           "WHERE id = $1", result_id, json.dumps(complete))
+    finally:
+        await conn.close()
+
+
+MARKED = """return [...document.querySelectorAll('#page .badge.incomplete-logs')].map(b => ({
+  title: b.title, where: b.closest('tr') ? b.closest('tr').cells[0].textContent : b.parentElement.className ||
+  b.parentElement.tagName}))"""
+
+
+def test_a_window_scored_without_every_logged_record_is_marked(stack, world, alice_ui: Account, browser):
+    """A stored result with `logs_complete: false` (scored after `max_log_wait` while the log store lagged) shows an
+    "incomplete logs" badge, with a tooltip saying what it means and what to do, on its row of the score table, in
+    the window picker, beside the chosen window's bins and in the alerts; a complete result shows none. Staged in
+    PostgreSQL: through the API it takes the log store behind for `max_log_wait` (600 s), and the runner's side is
+    tests/unit/test_assay_schedule.py's."""
+    results = ok(post(stack, "assays/get_results", alice_ui.token, {"assay_id": world["assay"]}))
+    oldest, newest = results[-1], results[0]
+    # the world's windows had every record
+    assert len(results) >= 2 and all(r["logs_complete"] is True for r in results), results
+    asyncio.run(_set_logs_complete(stack, oldest["id"], False))
+    try:
+        answered = ok(post(stack, "assays/get_results", alice_ui.token, {"assay_id": world["assay"]}))
+        assert [r["logs_complete"] for r in answered] == [True] * (len(results) - 1) + [False]
+        open_page(browser, "assays")
+        choose(browser, "assay-pipeline", str(world["pipeline"]["pipeline_pk_id"]), "assays")
+        wait_text(browser, "#page", "uidrift")
+        badges = browser.execute_script(MARKED)
+        where = [b["where"] for b in badges]
+        # the note over the chart, the score table's row and the alerts' row of the oldest window; not the newest
+        assert where.count(oldest["window_start"]) == 2 and "incomplete-logs-note" in where, badges
+        assert newest["window_start"] not in where and len(badges) == 3, badges
+        assert all("max_log_wait" in b["title"] and "log store" in b["title"] and "run_interactive" in b["title"]
+                   for b in badges), badges
+        note = browser.find_element(By.CSS_SELECTOR, "#page .incomplete-logs-note").text
+        assert f"1 of {len(results)} window(s) were scored without every logged record" in note
+        options = [o.text for o in Select(browser.find_element(By.ID, "assay-window")).options]
+        assert [o.endswith("incomplete logs") for o in options] == [False] * (len(results) - 1) + [True], options
+        chosen = browser.find_elements(By.CSS_SELECTOR, "#page .row:has(#assay-window) .badge.incomplete-logs")
+        assert not chosen  # the newest window is shown first, and it had every record
+        choose(browser, "assay-window", str(len(results) - 1), "assays")
+        wait_for(browser, "return !!document.querySelector('#page .row:has(#assay-window) .badge.incomplete-logs')",
+                 what="the chosen window's badge")
+        shot(browser, "06b-assay-incomplete-logs")
+    finally:
+        asyncio.run(_set_logs_complete(stack, oldest["id"], True))
+    open_page(browser, "assays")  # every window complete again: no mark anywhere
+    wait_text(browser, "#page", "uidrift")
+    assert browser.execute_script(MARKED) == []
+    logs_column = browser.execute_script("return [...document.querySelectorAll('[data-chart=assay-scores] tbody tr')]"
+                                         ".map(tr => tr.cells[3].textContent)")
+    assert logs_column == ["complete"] * len(results)
 
 
 def test_orchestration_task_run_and_its_logs(world, browser):

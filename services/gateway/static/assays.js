@@ -4,6 +4,19 @@
 
 state.assays = {pipeline: null, assay: null, window: 0};
 
+// A stored result with `logs_complete: false` was scored after the assay runner stopped waiting for the log store
+// (assays.max_log_wait, 600 s by default): records published before the window was due may be missing from it.
+// Results stored before 2026-12-02 have no `logs_complete` and get no mark.
+const INCOMPLETE_WHY = 'the log store had not stored all the records published ' +
+  'before this window was due, and the assay runner stopped waiting after max_log_wait ' +
+  '(RAILYARD_ASSAYS__MAX_LOG_WAIT, 600 s by default). Late rows are not in this score, and a scored window is not ' +
+  'scored again. Check that the log store is up and keeping up (health page), then score the same window with an ' +
+  'interactive run (assays/run_interactive) to compare.';
+const INCOMPLETE_LOGS = `Scored without every logged record: ${INCOMPLETE_WHY}`;
+const logsIncomplete = r => r.logs_complete === false;
+const incompleteBadge = () => el('span', {class: 'badge incomplete-logs', title: INCOMPLETE_LOGS, tabindex: '0',
+  'aria-label': `incomplete logs: ${INCOMPLETE_LOGS}`}, 'incomplete logs');
+
 PAGES.assays = async function assays() {
   const ws = needWorkspace();
   const S = state.assays;
@@ -43,6 +56,11 @@ PAGES.assays = async function assays() {
     section.append(el('p', {class: 'muted'}, 'No windows scored yet: a window is scored once it has closed and has logged values.'));
     return out;
   }
+  const incomplete = results.filter(logsIncomplete);
+  if (incomplete.length) {
+    section.append(el('p', {class: 'incomplete-logs-note', role: 'note'}, incompleteBadge(),
+      ` ${incomplete.length} of ${results.length} window(s) were scored without every logged record: ${INCOMPLETE_WHY}`));
+  }
   const oldest = [...results].reverse();  // the API answers newest first
   const times = oldest.map(r => r.window_start);
   const labels = times.map(t => t.replace('T', ' ').replace(/\.\d+/, '').replace('Z', '').replace('+00:00', ''));
@@ -51,22 +69,26 @@ PAGES.assays = async function assays() {
     data: {labels, datasets: [
       {label: 'score', data: oldest.map(r => r.score), borderColor: PALETTE[0], backgroundColor: PALETTE[0],
         pointBackgroundColor: oldest.map(r => r.status === 'Alert' ? '#a1001c' : r.status === 'Warning' ? '#c27c00' : '#176f2c'),
-        pointRadius: 4, tension: 0.15},
+        pointStyle: oldest.map(r => logsIncomplete(r) ? 'triangle' : 'circle'),
+        pointRadius: oldest.map(r => logsIncomplete(r) ? 7 : 4), tension: 0.15},
       thresholdLine('alert threshold', assay.alert_threshold, oldest.length, '#a1001c'),
       ...(assay.warning_threshold != null ? [thresholdLine('warning threshold', assay.warning_threshold, oldest.length, '#c27c00')] : [])]},
     options: {scales: {y: {beginAtZero: true, title: {display: true, text: 'score'}},
       x: {title: {display: true, text: 'window start (UTC)'}}}},
-  }, ['window start', 'score', 'status'], oldest.map(r => [r.window_start, fmtNumber(r.score, 6), r.status])));
+  }, ['window start', 'score', 'status', 'logs'], oldest.map(r => [r.window_start, fmtNumber(r.score, 6), r.status,
+    logsIncomplete(r) ? incompleteBadge() : r.logs_complete ? 'complete' : ''])));
 
   S.window = Math.min(S.window, results.length - 1);
   const chosen = results[S.window];
   const pickWindow = el('select', {id: 'assay-window'}, results.map((r, i) =>
-    el('option', {value: i}, `${r.window_start} · ${r.status} · ${fmtNumber(r.score)}`)));
+    el('option', {value: i}, `${r.window_start} · ${r.status} · ${fmtNumber(r.score)}` +
+      (logsIncomplete(r) ? ' · incomplete logs' : ''))));
   pickWindow.value = String(S.window);
   pickWindow.addEventListener('change', () => { S.window = Number(pickWindow.value); show('assays'); });
   const base = chosen.baseline_summary, win = chosen.window_summary;
   const names = base.edge_names || base.aggregated_values.map((_, i) => `bin ${i}`);
-  section.append(el('div', {class: 'row'}, el('label', {for: 'assay-window'}, 'Window'), pickWindow),
+  section.append(el('div', {class: 'row'}, el('label', {for: 'assay-window'}, 'Window'), pickWindow,
+      logsIncomplete(chosen) ? incompleteBadge() : ''),
     chartFigure('assay-bins', `Baseline vs window ${chosen.window_start}: ${base.aggregation || assay.summarizer.aggregation} per bin`, {
       type: 'bar',
       data: {labels: names, datasets: [
@@ -79,7 +101,8 @@ PAGES.assays = async function assays() {
   const alerts = results.filter(r => r.status === 'Alert' || r.status === 'Warning');
   section.append(el('h3', {}, 'Alerts'), alerts.length
     ? table(`${alerts.length} window(s) above a threshold, newest first`, ['window start', 'status', 'score', 'threshold'],
-      alerts.map(r => [r.window_start, el('span', {class: `badge ${r.status}`}, r.status), fmtNumber(r.score, 6),
+      alerts.map(r => [r.window_start, el('span', {}, el('span', {class: `badge ${r.status}`}, r.status),
+        logsIncomplete(r) ? [' ', incompleteBadge()] : ''), fmtNumber(r.score, 6),
         fmtNumber(r.status === 'Alert' ? r.alert_threshold : r.warning_threshold)]))
     : el('p', {class: 'muted'}, 'No window crossed a threshold.'));
   return out;
