@@ -62,9 +62,20 @@ class Assay(Resource):
 
     def results(self, start: datetime | str | None = None, end: datetime | str | None = None,
                 limit: int | None = None) -> list[dict[str, Any]]:
-        """The scored windows (score, status, bins) between `start` and `end`."""
+        """The scored windows (score, status, bins) between `start` and `end`, newest first. A window whose
+        `logs_complete` is False was scored after the assay runner stopped waiting for the log store
+        (`max_log_wait`, 600 s): records logged before it was due may be missing from its score; see
+        `incomplete_logs`."""
         body = {"assay_id": self.id, "start": _time(start), "end": _time(end), "limit": limit}
         return self._session.post("assays/get_results", {k: v for k, v in body.items() if v is not None})
+
+    @staticmethod
+    def incomplete_logs(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The results (of `results()` or `Pipeline.run_assay`) scored without every logged record
+        (`logs_complete` False: the log store had not stored them all). Results stored before 2026-12-02 have no
+        `logs_complete` and are not counted. Such a window is not scored again: once the log store has caught up,
+        `Pipeline.run_assay` over the same window gives the score with every record."""
+        return [r for r in results if r.get("logs_complete") is False]
 
     def set_active(self, active: bool) -> Assay:
         """Pause (False) or resume (True) the scheduled scoring."""

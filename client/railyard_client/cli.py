@@ -22,6 +22,7 @@ from rich.table import Table
 
 from railyard_client import __version__, data
 from railyard_client._lazy import pa
+from railyard_client.assays import Assay
 from railyard_client.client import Client
 from railyard_client.errors import (
     AuthenticationError,
@@ -479,7 +480,19 @@ def assays_results(pipeline: str, assay_id: int, limit: int | None, workspace: s
     found = [a for a in assays if a.id == assay_id]
     if not found:
         raise NotFound(404, "not_found", f"pipeline {pipeline} has no assay {assay_id}")
-    show(found[0].results(limit=limit), ["window_start", "score", "status"], as_json)
+    results = found[0].results(limit=limit)
+    if as_json:
+        show(results, None, as_json)
+        return
+    # logs_complete false: scored after max_log_wait without every logged record (absent before 2026-12-02)
+    shown = [{**r, "logs": {True: "complete", False: "INCOMPLETE"}.get(r.get("logs_complete"), "")} for r in results]
+    show(shown, ["window_start", "score", "status", "logs"], as_json)
+    incomplete = Assay.incomplete_logs(results)
+    if incomplete:
+        out.print(f"{len(incomplete)} window(s) INCOMPLETE: scored without every logged record (the log store had "
+                  "not stored them all when the assay runner stopped waiting, after max_log_wait); late rows are "
+                  "not in their scores. Check the log store, then score the window again with an interactive run "
+                  "(Pipeline.run_assay) to compare.", markup=False)
 
 
 # --- entry point --------------------------------------------------------------------------------------------

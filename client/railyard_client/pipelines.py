@@ -403,7 +403,9 @@ class Pipeline(Resource):
         """Score windows of a logged field against a baseline now (`assays/run_interactive`), without storing
         an assay. The baseline is the logs between `baseline_start` and `baseline_end`, or `baseline_values`, or
         the training-data reference of `training_reference` (a seed-003 deployment or its name: `iopath` then
-        names an image feature of its predictions, e.g. `"input brightness_mean"`)."""
+        names an image feature of its predictions, e.g. `"input brightness_mean"`). Each result's `logs_complete`
+        says whether the log store had stored every record of its window (False for a window that closed moments
+        ago, whose rows may still be on their way)."""
         if self.id is None:
             self.refresh()
         body = assay_config(name, self, iopath, baseline_start=baseline_start, baseline_end=baseline_end,

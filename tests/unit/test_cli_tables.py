@@ -148,3 +148,48 @@ def test_datasets_files_lists_and_downloads_an_images_datasets_files(tmp_path, m
     stored["zz/../../escape.png"] = b"x"  # listed last: nothing at all is written
     assert cli.main(["datasets", "files", "6", "--download", str(tmp_path / "other")]) == 2
     assert not (tmp_path / "escape.png").exists() and not (tmp_path / "other").exists()
+
+
+def test_assays_results_marks_windows_scored_without_every_logged_record(monkeypatch, capsys):
+    """A result with `logs_complete: false` (scored after max_log_wait while the log store lagged) printed like any
+    other: the table had window_start, score and status only. It says INCOMPLETE in a logs column now, with a line
+    saying what that means; a complete window says complete, an old result without the field nothing; --json is the
+    API's answer as it was."""
+    results = [{"window_start": "2026-12-03T02:00:00+00:00", "score": 0.5, "status": "Warning", "logs_complete": True},
+               {"window_start": "2026-12-03T01:00:00+00:00", "score": 1.5, "status": "Alert", "logs_complete": False},
+               {"window_start": "2026-12-01T01:00:00+00:00", "score": 0.1, "status": "Ok"}]
+
+    class Assay:
+        id = 7
+
+        def results(self, limit=None) -> list[dict]:
+            return results
+
+    class Pipeline:
+        def assays(self) -> list:
+            return [Assay()]
+
+    class Workspace:
+        def pipeline(self, name: str) -> Pipeline:
+            return Pipeline()
+
+    class Client:
+        def current_workspace(self) -> Workspace:
+            return Workspace()
+
+    monkeypatch.setattr(cli, "_client", lambda workspace=None: Client())
+    monkeypatch.setattr(cli, "out", Console(width=1000, soft_wrap=False))
+    assert cli.main(["assays", "results", "fraud", "7"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split("│")[1].strip(): line.split("│")[4].strip() for line in lines if "2026-12" in line}
+    assert rows == {"2026-12-03T02:00:00+00:00": "complete", "2026-12-03T01:00:00+00:00": "INCOMPLETE",
+                    "2026-12-01T01:00:00+00:00": ""}, lines
+    assert [line for line in lines if line.startswith("1 window(s) INCOMPLETE: scored without every logged record")]
+
+    results.pop(1)  # every window complete (or from before the field): no explanation
+    assert cli.main(["assays", "results", "fraud", "7"]) == 0
+    assert "INCOMPLETE" not in capsys.readouterr().out
+
+    results.insert(1, {"window_start": "2026-12-03T01:00:00+00:00", "logs_complete": False})
+    assert cli.main(["assays", "results", "fraud", "7", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == results
