@@ -290,8 +290,9 @@ def main(argv: list[str]) -> int:
         print(json.dumps({"ok": False, "error": str(exc)}))
         return 0
     except MemoryError:
-        print(json.dumps({"ok": False, "error": "the uploaded model could not be checked or converted: it needed"
-                                                f" more memory than the registry allows; {SEE}"}))
+        print(json.dumps({"ok": False, "limit": "memory",  # not a verdict on the bytes (worker.answer_and_verdict)
+                          "error": "the uploaded model could not be checked or converted: it needed more memory"
+                                   f" than the registry allows; {SEE}"}))
         return 0
     print(json.dumps({"ok": True, **result}))
     return 0

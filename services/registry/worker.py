@@ -67,6 +67,15 @@ def worker_limits(settings: RegistrySettings) -> sandbox.Limits:
 
 def answer(settings: RegistrySettings, framework: str, end: WorkerEnd, *, stderr_allowed: bool) -> dict[str, Any]:
     """The worker's answer, or a Railyard-written failure: `{"ok": False, "error": sentence}`."""
+    return answer_and_verdict(settings, framework, end, stderr_allowed=stderr_allowed)[0]
+
+
+def answer_and_verdict(settings: RegistrySettings, framework: str, end: WorkerEnd, *,
+                       stderr_allowed: bool) -> tuple[dict[str, Any], bool]:
+    """`answer`, and whether it is the worker's verdict on the bytes themselves: it printed an answer and ended
+    within its limits, not by running out of memory (`"limit"` in its answer). Only a verdict is what the same
+    bytes get again; a limit, a signal or no answer can depend on the host's load at the time. (Meaningful for a
+    check only: a conversion's worker ran the user's code, which could have printed anything.)"""
     subject = SUBJECTS.get(framework, "the uploaded file")
     if end.limit_hit is None and end.returncode == 0:
         lines = end.stdout[-MAX_ANSWER_BYTES:].decode(errors="replace").strip().splitlines()
@@ -75,9 +84,9 @@ def answer(settings: RegistrySettings, framework: str, end: WorkerEnd, *, stderr
         except (ValueError, IndexError):
             result = None
         if isinstance(result, dict) and result.get("ok") is True:
-            return result
+            return result, True
         if isinstance(result, dict) and result.get("ok") is False and isinstance(result.get("error"), str):
-            return {"ok": False, "error": clean_text(result["error"], MAX_ERROR_CHARS)}
+            return {"ok": False, "error": clean_text(result["error"], MAX_ERROR_CHARS)}, "limit" not in result
     if end.limit_hit in sandbox.LIMIT_REASONS:
         reason = sandbox.describe_limit(end.limit_hit, worker_limits(settings), by="the registry")
     elif end.returncode < 0:
@@ -90,7 +99,7 @@ def answer(settings: RegistrySettings, framework: str, end: WorkerEnd, *, stderr
     if excerpt:
         message += f" (the end of its output: {excerpt})"
     log.info("artifact worker for %s ended with %s, limit %s", framework, end.returncode, end.limit_hit)
-    return {"ok": False, "error": message}
+    return {"ok": False, "error": message}, False
 
 
 def _argv(args: tuple[str, ...]) -> list[str]:
@@ -104,8 +113,14 @@ WORKER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THRE
 async def run_worker(settings: RegistrySettings, framework: str, workdir: Path, *args: str) -> dict[str, Any]:
     """Run `python -m services.registry.artifacts <args>` in the sandbox with `workdir` (which holds the
     uploaded file) as its only writable directory; its answer or a Railyard-written failure."""
+    return (await run_worker_verdict(settings, framework, workdir, *args))[0]
+
+
+async def run_worker_verdict(settings: RegistrySettings, framework: str, workdir: Path,
+                             *args: str) -> tuple[dict[str, Any], bool]:
+    """`run_worker`, and whether its answer is the worker's verdict on the bytes (`answer_and_verdict`)."""
     spec = sandbox.SandboxSpec(argv=_argv(args), workdir=workdir, env=dict(WORKER_ENV),
                                limits=worker_limits(settings), network=sandbox.Network.NONE)
     result = await sandbox.run(spec)
     end = WorkerEnd(result.returncode, result.stdout, result.stderr_tail, result.limit_hit)
-    return answer(settings, framework, end, stderr_allowed=True)
+    return answer_and_verdict(settings, framework, end, stderr_allowed=True)
