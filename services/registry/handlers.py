@@ -3,7 +3,8 @@
 An upload arrives as bytes the gateway streamed to `staging/<user id>/<uuid>` in the artifacts bucket
 (shared/staging.py). The registry takes it only from that user's command (anyone else: 403, the object neither read
 nor deleted), checks the caller's membership, copies the bytes to a local temporary file while hashing them, checks
-(or converts) them in a separate limited process, stores them content-addressed (`sha256/..`, once however
+(or converts) them in a separate limited process (a check's answer is kept by sha256: the same bytes are checked
+once per registry process, CheckCache), stores them content-addressed (`sha256/..`, once however
 many versions share them) and records the version. The caller's staged object is always deleted, whatever
 happens then, so a rejected upload leaves nothing behind.
 """
@@ -25,7 +26,7 @@ from typing import Any
 import asyncpg
 
 from services.registry import store
-from services.registry.worker import run_worker
+from services.registry.worker import run_worker, run_worker_verdict
 from shared import subjects
 from shared.authz import MembershipLookup, Principal, require_member, require_user
 from shared.errors import InvalidRequest, NotFound, RailyardError
@@ -60,6 +61,44 @@ ALIASES = {"byop": "custom", "arbitrary-python": "custom", "scikit-learn": "skle
 CHECKS_AT_ONCE = 2
 
 
+class CheckCache:
+    """The sandboxed check's answers (accepted or rejected) by (framework, sha256 of the bytes), most recently used
+    last, per registry process: a check is a sandboxed Python process importing onnx, onnxruntime and pyarrow,
+    ~0.25-0.4 s of CPU, and the same bytes come again (new versions of a model, CI pipelines, the test suite).
+
+    An answer depends on the bytes, the framework, the installed onnx/onnxruntime/pyarrow versions and the
+    worker's limits; the last two are fixed for the life of the process, so (framework, sha256) is the whole key.
+    Only the worker's verdict on the bytes is kept (`worker.answer_and_verdict`): a limit hit, a signal or no
+    answer may depend on the load at the time and is asked again. Bounded by entries and by the characters of the
+    answers kept (two Arrow schemas in base64, or a sentence: typically under 2 KB, at most 64 KiB each)."""
+
+    def __init__(self, max_entries: int = 128, max_chars: int = 2 * 1024 * 1024) -> None:
+        self.max_entries, self.max_chars = max_entries, max_chars
+        self._answers: dict[tuple[str, str], tuple[dict[str, Any], int]] = {}
+        self._chars = 0
+
+    def get(self, framework: str, sha: str) -> dict[str, Any] | None:
+        found = self._answers.pop((framework, sha), None)
+        if found is None:
+            return None
+        self._answers[(framework, sha)] = found  # most recently used
+        return dict(found[0])
+
+    def put(self, framework: str, sha: str, answer: dict[str, Any]) -> None:
+        chars = sum(len(v) for v in answer.values() if isinstance(v, str))
+        if chars > self.max_chars:
+            return
+        if (old := self._answers.pop((framework, sha), None)) is not None:
+            self._chars -= old[1]
+        self._answers[(framework, sha)] = (dict(answer), chars)
+        self._chars += chars
+        while len(self._answers) > self.max_entries or self._chars > self.max_chars:
+            self._chars -= self._answers.pop(next(iter(self._answers)))[1]  # least recently used first
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+
 @dataclass
 class RegistryDeps:
     """What the registry handlers need."""
@@ -74,6 +113,7 @@ class RegistryDeps:
     # uploads are handled several at once (nats.command_workers); each sandboxed check is a process of up to
     # worker_memory_mb, so at most CHECKS_AT_ONCE run together (the rest of an upload does not wait for them)
     checks: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CHECKS_AT_ONCE))
+    checked: CheckCache = field(default_factory=CheckCache)  # the checks' answers by (framework, sha256)
 
     def spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -158,8 +198,7 @@ async def _upload(deps: RegistryDeps, principal: Principal, token: str | None, c
             raise InvalidRequest("the uploaded file is empty")
         runtime = None
         if framework in CHECKED:
-            async with deps.checks:
-                result = await run_worker(deps.settings, framework, workdir, "inspect", framework, str(local))
+            result = await _check(deps, framework, sha, workdir, local)
             if not result["ok"]:
                 raise InvalidRequest(f"{framework} model rejected: {result['error']}")
             runtime = framework  # onnx, python or custom: checked as they are, run as they are
@@ -187,6 +226,19 @@ async def _upload(deps: RegistryDeps, principal: Principal, token: str | None, c
     if status == "converting":
         deps.spawn(convert_version(deps, model_version, framework, sha, cmd.workspace_id, model_id))
     return ModelInserted(insert_models={"returning": [{"models": [{"id": model_id}]}]})
+
+
+async def _check(deps: RegistryDeps, framework: str, sha: str, workdir: Path, local: Path) -> dict[str, Any]:
+    """The sandboxed check's answer on the uploaded bytes, from `deps.checked` when the same bytes (the sha256
+    `download_to` computed while copying them) were checked as the same framework before."""
+    if (result := deps.checked.get(framework, sha)) is not None:
+        return result
+    async with deps.checks:
+        result, verdict = await run_worker_verdict(deps.settings, framework, workdir, "inspect", framework,
+                                                   str(local))
+    if verdict:
+        deps.checked.put(framework, sha, result)
+    return result
 
 
 async def _convert(settings: RegistrySettings, framework: str, workdir: Path, source: Path,
