@@ -353,3 +353,58 @@ def test_large_upload_keeps_gateway_and_registry_memory_flat(stack, alice):
     growth = {name: (p.memory_info().rss - before[name]) / 2**20 for name, p in processes.items()}
     print(f"RSS growth for a {size >> 20} MiB upload: {growth}")
     assert all(g < 60 for g in growth.values()), growth
+
+
+async def test_the_same_bytes_are_checked_once_and_answer_the_same(stack, alice, bob):
+    """The registry keeps its sandboxed check's answer by the bytes' sha256 (handlers.CheckCache). A check is a
+    process the registry starts and reaps, so its children's CPU grows by one for bytes it has not seen, and not
+    for the same bytes again, from another user in another workspace too, which get the same schemas. The same bad
+    bytes again are the same 400 and leave nothing behind."""
+    import nats
+    import onnx
+
+    registry = psutil.Process(stack.state()["components"]["registry"]["pid"])
+
+    def checks_cpu() -> float:
+        times = registry.cpu_times()
+        return times.children_user + times.children_system
+
+    def cpu_of(send):
+        before = checks_cpu()
+        response = send()
+        return response, checks_cpu() - before
+
+    model = onnx.load_from_string(_onnx_variant())
+    model.doc_string = uuid.uuid4().hex  # bytes this registry has never checked
+    content, name = model.SerializeToString(), f"cached-{uuid.uuid4().hex[:6]}"
+    first, fresh = cpu_of(lambda: upload(stack, alice, name, content))
+    second, again = cpu_of(lambda: upload(stack, bob, name, content))
+    model_id_of(first), model_id_of(second)
+    assert fresh > 0.05, f"a check took only {fresh:.3f} s of the registry's children's CPU"
+    assert again < fresh / 2, f"the same bytes were checked again ({again:.3f} s of CPU after {fresh:.3f} s)"
+
+    nc = await nats.connect(stack.nats_url("ops"))
+    try:
+        schemas = []
+        for account in (alice, bob):
+            reply = json.loads((await nc.request(
+                "registry.models.resolve", json.dumps({"workspace_id": account.workspace_id, "name": name}).encode(),
+                headers={"authorization": f"Bearer {account.token}"}, timeout=30)).data)
+            assert reply["ok"], reply
+            schemas.append((reply["data"]["input_schema"], reply["data"]["output_schema"]))
+    finally:
+        await nc.close()
+    assert schemas[0] == schemas[1] and schemas[0][0] and schemas[0][1]
+
+    model = onnx.load_from_string(_onnx_variant(opset=99))
+    model.doc_string = uuid.uuid4().hex
+    bad = model.SerializeToString()
+    before_keys = artifact_keys(stack)
+    before_models = api(stack, alice, "models/list", {"workspace_id": alice.workspace_id}).json()["models"]
+    refused, fresh = cpu_of(lambda: upload(stack, alice, f"bad-{uuid.uuid4().hex[:6]}", bad))
+    refused_again, again = cpu_of(lambda: upload(stack, alice, f"bad-{uuid.uuid4().hex[:6]}", bad))
+    assert refused.status_code == refused_again.status_code == 400, (refused.text, refused_again.text)
+    assert refused.json() == refused_again.json() and "opset 99" in refused.json()["msg"], refused.text
+    assert fresh > 0.05 and again < fresh / 2, (fresh, again)
+    assert artifact_keys(stack) - before_keys == set(), "a rejected upload left objects behind"
+    assert api(stack, alice, "models/list", {"workspace_id": alice.workspace_id}).json()["models"] == before_models
