@@ -4,6 +4,7 @@ pandas, pyarrow and numpy (about 0.3 s of imports) until something reads or writ
 from __future__ import annotations
 
 import importlib
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -20,6 +21,13 @@ class LazyModule:
 
     def __repr__(self) -> str:
         return f"<lazy module {self._name!r}>"
+
+
+def is_dataframe(value: Any) -> bool:
+    """Whether `value` is a pandas DataFrame, without importing pandas: until something has imported it, nothing
+    is one (`isinstance(value, pd.DataFrame)` would import it, 0.3-1 s, for a command that never needs it)."""
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(value, pandas.DataFrame)
 
 
 np = LazyModule("numpy")

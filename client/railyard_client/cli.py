@@ -436,9 +436,11 @@ def infer(pipeline: str, input_file: str | None, input_format: str | None, outpu
     if input_file in (None, "-"):
         rows: Any = _read_stdin(input_format)
     else:
-        path = Path(input_file)
-        table, kind = data.read_table(path)  # the file is checked before signing in
-        rows = data.parse_json_records(path.read_bytes()) if kind == "json" else table
+        path = Path(input_file)  # the file is checked before signing in
+        if path.suffix.lower() in data.JSON_SUFFIXES:  # sent as the records they are, like stdin's JSON
+            rows = data.read_json_records(path)
+        else:
+            rows, _ = data.read_table(path)
     result = _client(workspace).current_workspace().pipeline(pipeline).infer(rows)
     if isinstance(result, pa.Table):
         if output:

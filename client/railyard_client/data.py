@@ -63,8 +63,8 @@ def read_table(path: str | Path) -> tuple[pa.Table, str]:
         raise InvalidInput(f"no such file: {path}")
     suffix = path.suffix.lower()
     try:
-        if suffix in PARQUET_SUFFIXES:
-            return pq.read_table(path), "parquet"
+        if suffix in PARQUET_SUFFIXES:  # one file: ParquetFile, as pq.read_table's dataset layer imports pandas
+            return pq.ParquetFile(path).read(), "parquet"
         if suffix in ARROW_SUFFIXES:
             return from_ipc(path.read_bytes()), "arrow"
         if suffix in JSON_SUFFIXES:
@@ -91,6 +91,25 @@ def parse_json_records(raw: bytes) -> list[dict[str, Any]]:
     return value
 
 
+def read_json_records(path: str | Path) -> list[dict[str, Any]]:
+    """A pandas-records JSON file as row objects, as they go to the API (no Arrow table: `pa.Table.from_pylist`
+    imports pandas through pyarrow's pandas shim)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInput(f"no such file: {path}")
+    try:
+        return parse_json_records(path.read_bytes())
+    except OSError as exc:
+        raise InvalidInput(f"{path} is not a readable {path.suffix[1:]} file: {exc}") from None
+
+
+def reversed_rows(table: pa.Table) -> pa.Table:
+    """The table's rows last first. The indices are an Arrow array made from a numpy buffer: `pa.array` (and
+    `table[::-1]`, which calls it) imports pandas through pyarrow's pandas shim."""
+    indices = np.arange(table.num_rows - 1, -1, -1, dtype=np.int64)
+    return table.take(pa.Array.from_buffers(pa.int64(), len(indices), [None, pa.py_buffer(indices)]))
+
+
 def records_to_table(records: list[dict[str, Any]]) -> pa.Table:
     """Row objects as an Arrow table."""
     try:
@@ -102,7 +121,7 @@ def records_to_table(records: list[dict[str, Any]]) -> pa.Table:
 def read_ipc_or_parquet(raw: bytes) -> pa.Table:
     """Bytes of an Arrow IPC file/stream or a Parquet file as a table (for stdin, whose type is unknown)."""
     if raw[:4] == b"PAR1":
-        return pq.read_table(pa.BufferReader(raw))
+        return pq.ParquetFile(pa.BufferReader(raw)).read()
     return from_ipc(raw)
 
 

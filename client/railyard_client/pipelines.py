@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from railyard_client import data
-from railyard_client._lazy import np, pa, pd
+from railyard_client._lazy import is_dataframe, np, pa, pd
 from railyard_client.assays import Assay, assay_config
 from railyard_client.errors import DeploymentFailed, InvalidInput, NotFound, Unavailable, WaitTimeout
 from railyard_client.models import Model, ModelVersion
@@ -52,11 +52,11 @@ def infer_at(session: Session, deployment: str, pipeline: str, data_in: InferInp
     """Send rows to `/v1/api/pipelines/infer/<deployment>/<pipeline>` (see Pipeline.infer for the types); a
     deployment that is (re)starting is retried for a few seconds."""
     path = f"/v1/api/pipelines/infer/{deployment}/{pipeline}"
-    as_frame = isinstance(data_in, pd.DataFrame)
+    as_frame = is_dataframe(data_in)  # without importing pandas: a JSON or Arrow caller never needs it
     if isinstance(data_in, (str, Path)):
         table, kind = data.read_table(data_in)
         as_frame = kind == "json"
-    elif isinstance(data_in, pd.DataFrame):
+    elif as_frame:
         table = data.dataframe_to_table(data_in)
     elif isinstance(data_in, pa.RecordBatch):
         table = pa.Table.from_batches([data_in])
@@ -370,11 +370,10 @@ class Pipeline(Resource):
             if response.headers.get("x-iteration-status") == "All" or not cursor:
                 break
             body["cursor"] = cursor
-        if not tables:
-            table = pa.table({"time": pa.array([], pa.int64())})
+        if not tables:  # (pa.nulls and reversed_rows: pa.array would import pandas, for `railyard pipelines logs`)
+            table = pa.table({"time": pa.nulls(0, pa.int64())})
         else:
-            table = pa.concat_tables(tables, promote_options="permissive")
-            table = table.take(pa.array(np.arange(table.num_rows - 1, -1, -1)))  # newest-first pages: reverse
+            table = data.reversed_rows(pa.concat_tables(tables, promote_options="permissive"))  # pages newest first
         return table if arrow else data.to_frame(table)
 
     # --- assays -----------------------------------------------------------------------------------------

@@ -43,6 +43,18 @@ class Cli:
         assert result.returncode == 0, result.stderr.decode()
         return json.loads(result.stdout)
 
+    def json_without_pandas(self, *args: str, stdin: bytes | None = None):
+        """`json()` of a command that prints JSON from JSON or Arrow, asserting from its `-X importtime` report
+        that it did not import pandas (0.3-1 s of the command; tests/unit/test_cli_without_pandas.py)."""
+        result = subprocess.run([RAILYARD, *args, "--json"], env=self.env | {"PYTHONPROFILEIMPORTTIME": "1"},
+                                cwd=self.cwd, input=stdin, capture_output=True, timeout=300)
+        assert result.returncode == 0, result.stderr.decode()
+        imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.decode().splitlines()
+                    if line.startswith("import time:")}
+        assert "railyard_client.cli" in imported  # the report is there
+        assert "pandas" not in imported, args
+        return json.loads(result.stdout)
+
     def fails(self, code: int, *args: str, stdin: bytes | None = None) -> str:
         """The one line a failing command prints (asserting the exit code and that there is no traceback)."""
         result = self.run(*args, stdin=stdin)
@@ -97,12 +109,12 @@ def test_cli_flow_from_login_to_undeploy(stack, alice, tmp_path):
     expected = expected_outputs(rows)
     records = [{"tensor": row.tolist()} for row in rows]
     (tmp_path / "rows.json").write_text(json.dumps(records))
-    answer = cli.json("infer", "clipipeline", "rows.json")
+    answer = cli.json_without_pandas("infer", "clipipeline", "rows.json")
     assert np.allclose([r["out"]["dense_1"] for r in answer], expected, atol=1e-6)  # the API's own records
     pq.write_table(pa.table({"tensor": pa.array(rows.tolist(), pa.list_(pa.float64()))}), tmp_path / "rows.parquet")
-    flat = cli.json("infer", "clipipeline", "rows.parquet")
+    flat = cli.json_without_pandas("infer", "clipipeline", "rows.parquet")
     assert np.allclose([r["out.dense_1"] for r in flat], expected, atol=1e-6)
-    piped = cli.json("infer", "clipipeline", stdin=json.dumps(records).encode())
+    piped = cli.json_without_pandas("infer", "clipipeline", stdin=json.dumps(records).encode())
     assert np.allclose([r["out"]["dense_1"] for r in piped], expected, atol=1e-6)
     written = cli.run("infer", "clipipeline", "rows.parquet", "--output", "answer.arrow")
     assert written.returncode == 0, written.stderr.decode()
@@ -115,6 +127,7 @@ def test_cli_flow_from_login_to_undeploy(stack, alice, tmp_path):
         time.sleep(0.2)
         logs = cli.json("pipelines", "logs", "clipipeline", "--limit", "0")
     assert len(logs) == 4 * len(rows)
+    assert cli.json_without_pandas("pipelines", "logs", "clipipeline", "--limit", "0") == logs
     assert np.allclose(logs[0]["in.tensor"], rows[0]) and "out.dense_1" in logs[0]
     assert len(cli.json("pipelines", "logs", "clipipeline", "--limit", "2")) == 2
 

@@ -1,0 +1,192 @@
+"""`railyard infer` and `railyard pipelines logs --json` print JSON from JSON or Arrow and never need pandas, yet
+imported it (0.3-1 s of a command's start): `isinstance(x, pd.DataFrame)` on the lazy module, and pyarrow's
+pandas shim behind `pa.array`, `pa.Table.from_pylist` and `pq.read_table`. Each command runs in a fresh
+interpreter with the real CLI and SDK and only the HTTP answers canned; pandas must not be in `sys.modules` when
+it ends, and the output must be the very bytes it printed before (written out here, not computed by the code under
+test). The SDK's DataFrame methods still answer DataFrames (last test)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+# The child: the real `railyard` main with the pipeline's session answering from files in its directory.
+CHILD = r'''
+import json, sys
+from pathlib import Path
+from railyard_client import cli
+from railyard_client.pipelines import Pipeline
+
+here = Path(sys.argv[1])
+sent = []
+
+
+class Response:
+    def __init__(self, content=b"", headers=None, body=None):
+        self.content, self.headers, self._body = content, headers or {}, body
+
+    def json(self):
+        return self._body
+
+
+class Session:
+    def send(self, method, path, **kw):
+        sent.append({"path": path, "json": json.loads(json.dumps(kw.get("json"))),  # (the body is reused)
+                     "type": kw["headers"].get("Content-Type")})
+        if path == "/v1/api/pipelines/infer/fraud-1/fraud":
+            if kw["headers"]["Content-Type"].startswith("application/json"):
+                return Response(body=json.loads((here / "answer.json").read_text()))
+            return Response((here / "answer.arrow").read_bytes())
+        if path == "/v1/api/pipelines/get_logs":  # newest page first, then the older one
+            page = 2 if kw["json"].get("cursor") == "older" else 1
+            headers = {"x-iteration-status": "All"} if page == 2 else {"x-iteration-cursor": "older"}
+            return Response((here / f"logs{page}.arrow").read_bytes(), headers)
+        raise AssertionError(path)
+
+
+class Deployed(Pipeline):
+    def deployment(self):
+        return type("Deployment", (), {"name": "fraud-1"})()
+
+
+class Workspace:
+    def pipeline(self, name):
+        return Deployed(Session(), 1, name, {"name": name, "workspace_id": 1, "id": 1})
+
+
+cli._client = lambda workspace=None: type("Client", (), {"current_workspace": lambda self: Workspace()})()
+code = cli.main(sys.argv[2:])
+print(json.dumps({"pandas": "pandas" in sys.modules, "sent": sent}), file=sys.stderr)
+sys.exit(code)
+'''
+
+ROWS = [{"tensor": [0.5, -1.25]}, {"tensor": [2.0, 0.0]}]
+METADATA = {"last_model": '{"model_name": "ccfraud", "model_sha": "6be4"}', "pipeline_version": "848242a3",
+            "elapsed": [194279, 626013]}
+ANSWER_JSON = [{"time": 1796264828977, "in": {"tensor": row["tensor"]}, "out": {"dense_1": [0.125 * i]},
+                "check_failures": [], "metadata": METADATA} for i, row in enumerate(ROWS)]
+ANSWER_ROWS = [{"time": 1796264830695 + i, "in.tensor": row["tensor"], "out.dense_1": [0.125 * i],
+                "check_failures": []} for i, row in enumerate(ROWS)]
+# the logs, oldest first, as `railyard pipelines logs --json` printed them (the API pages them newest first)
+LOG_ROWS = [{"time": 1796264776277 + i, "in.tensor": [0.5 * i, -1.0], "out.dense_1": [0.25 * i],
+             "metadata.last_model": METADATA["last_model"], "metadata.pipeline_version": "848242a3",
+             "metadata.elapsed": [1000 + i, 2000], "metadata.dropped": []} for i in range(5)]
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _log_page(rows: list[dict]) -> bytes:
+    """A page of logs as the log API's Arrow answer types it (fixed-size lists, dictionary strings)."""
+    return _ipc(pa.table({
+        "time": pa.array([r["time"] for r in rows], pa.int64()),
+        "in.tensor": pa.array([r["in.tensor"] for r in rows], pa.list_(pa.float32(), 2)),
+        "out.dense_1": pa.array([r["out.dense_1"] for r in rows], pa.list_(pa.float32(), 1)),
+        "metadata.last_model": pa.array([r["metadata.last_model"] for r in rows]).dictionary_encode(),
+        "metadata.pipeline_version": pa.array([r["metadata.pipeline_version"] for r in rows]).dictionary_encode(),
+        "metadata.elapsed": pa.array([r["metadata.elapsed"] for r in rows], pa.list_(pa.int64())),
+        "metadata.dropped": pa.array([r["metadata.dropped"] for r in rows], pa.list_(pa.string()))}))
+
+
+@pytest.fixture
+def canned(tmp_path: Path) -> Path:
+    (tmp_path / "rows.json").write_text(json.dumps(ROWS))
+    pq.write_table(pa.table({"tensor": pa.array([r["tensor"] for r in ROWS], pa.list_(pa.float64()))}),
+                   tmp_path / "rows.parquet")
+    (tmp_path / "answer.json").write_text(json.dumps(ANSWER_JSON))
+    (tmp_path / "answer.arrow").write_bytes(_ipc(pa.table({
+        "time": pa.array([r["time"] for r in ANSWER_ROWS], pa.int64()),
+        "in.tensor": pa.array([r["in.tensor"] for r in ANSWER_ROWS], pa.list_(pa.float64())),
+        "out.dense_1": pa.array([r["out.dense_1"] for r in ANSWER_ROWS], pa.list_(pa.float32(), 1)),
+        "check_failures": pa.array([r["check_failures"] for r in ANSWER_ROWS], pa.list_(pa.string()))})))
+    (tmp_path / "logs1.arrow").write_bytes(_log_page(LOG_ROWS[:1:-1]))  # the newest three, newest first
+    (tmp_path / "logs2.arrow").write_bytes(_log_page(LOG_ROWS[1::-1]))
+    return tmp_path
+
+
+def run(directory: Path, *args: str) -> tuple[str, dict]:
+    done = subprocess.run([sys.executable, "-c", CHILD, str(directory), *args], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout, json.loads(done.stderr.strip().splitlines()[-1])
+
+
+def printed(rows: list[dict]) -> str:
+    """What `show(..., as_json=True)` prints."""
+    return json.dumps(rows, indent=1) + "\n"
+
+
+def test_infer_json_file_prints_the_apis_records_without_pandas(canned: Path):
+    out, child = run(canned, "infer", "fraud", str(canned / "rows.json"), "--json")
+    assert out == printed(ANSWER_JSON)
+    assert child["sent"] == [{"path": "/v1/api/pipelines/infer/fraud-1/fraud", "json": ROWS,
+                              "type": "application/json; format=pandas-records"}]
+    assert child["pandas"] is False
+
+
+def test_infer_json_from_stdin_without_pandas(canned: Path):
+    done = subprocess.run([sys.executable, "-c", CHILD, str(canned), "infer", "fraud", "--json"],
+                          input=json.dumps(ROWS), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == printed(ANSWER_JSON)
+    assert json.loads(done.stderr.strip().splitlines()[-1])["pandas"] is False
+
+
+def test_infer_parquet_file_prints_arrow_columns_without_pandas(canned: Path):
+    out, child = run(canned, "infer", "fraud", str(canned / "rows.parquet"), "--json")
+    assert out == printed(ANSWER_ROWS)
+    assert child["sent"][0]["type"] == "application/vnd.apache.arrow.file" and child["pandas"] is False
+
+
+def test_pipelines_logs_json_prints_every_page_oldest_first_without_pandas(canned: Path):
+    out, child = run(canned, "pipelines", "logs", "fraud", "--limit", "0", "--json")
+    assert out == printed(LOG_ROWS)
+    assert [s["json"].get("cursor") for s in child["sent"]] == [None, "older"]
+    assert child["pandas"] is False
+
+
+def test_the_json_commands_print_the_same_when_pandas_is_loaded(canned: Path):
+    """The same output whether or not pandas is in the process (as it was before these commands stopped importing
+    it): nothing printed depends on it."""
+    with_pandas = "import pandas\n" + CHILD
+    for args in (["infer", "fraud", str(canned / "rows.json"), "--json"],
+                 ["infer", "fraud", str(canned / "rows.parquet"), "--json"],
+                 ["pipelines", "logs", "fraud", "--limit", "0", "--json"]):
+        loaded = subprocess.run([sys.executable, "-c", with_pandas, str(canned), *args], capture_output=True,
+                                text=True, timeout=120)
+        assert loaded.returncode == 0 and json.loads(loaded.stderr.strip().splitlines()[-1])["pandas"] is True
+        assert loaded.stdout == run(canned, *args)[0]
+
+
+def test_the_sdk_still_answers_dataframes(canned: Path):
+    """Seed 003's contracts: `infer` of a DataFrame and `logs()` answer DataFrames (times as UTC datetimes), every
+    page oldest first."""
+    import pandas as pd
+    from railyard_client.pipelines import Pipeline, infer_at
+
+    class Session:
+        def send(self, method, path, json=None, **kw):
+            if path == "/v1/api/pipelines/get_logs":
+                page = 2 if json.get("cursor") == "older" else 1
+                headers = {"x-iteration-status": "All"} if page == 2 else {"x-iteration-cursor": "older"}
+                return type("Response", (), {"content": (canned / f"logs{page}.arrow").read_bytes(),
+                                             "headers": headers})()
+            return type("Response", (), {"content": (canned / "answer.arrow").read_bytes(), "headers": {}})()
+
+    frame = infer_at(Session(), "fraud-1", "fraud", pd.DataFrame({"tensor": [r["tensor"] for r in ROWS]}))
+    assert isinstance(frame, pd.DataFrame) and list(frame.columns) == list(ANSWER_ROWS[0])
+    assert str(frame["time"].dtype) == "datetime64[ms, UTC]"
+    logs = Pipeline(Session(), 1, "fraud", {"name": "fraud", "workspace_id": 1, "id": 1}).logs(limit=None)
+    assert isinstance(logs, pd.DataFrame) and str(logs["time"].dtype) == "datetime64[ms, UTC]"
+    assert [t.value // 10**6 for t in logs["time"]] == [r["time"] for r in LOG_ROWS]
+    assert logs["metadata.elapsed"].map(list).tolist() == [r["metadata.elapsed"] for r in LOG_ROWS]
