@@ -16,8 +16,12 @@ long-lived process talking over pipes) or `run` (one shot, with a wall-time limi
   processes, the page cache it fills and its tmpfs and memfd pages; an OOM kill there ends the whole sandbox with
   the launcher's verdict "memory". Where the service can write no memory cgroup (`memory_cgroup`),
   `check_available` warns and the limit is per process only (RLIMIT_AS);
-- rlimits on address space, CPU seconds, processes, open files and file size; `wall_seconds` kills the whole
-  pid namespace;
+- a limit on the sandbox's processes and threads together (`Limits.processes`): pids.max of its memory cgroup on
+  cgroup v2, of a cgroup of its own in the pids hierarchy on v1 (`pids_cgroup`); past it a fork or a new thread
+  fails with EAGAIN inside, and a sandbox that then fails ends with the launcher's verdict "processes". Without
+  either, RLIMIT_NPROC (counted in the sandbox's own user namespace) is the limit;
+- rlimits on address space, CPU seconds, processes (a backstop above pids.max), open files and file size;
+  `wall_seconds` kills the whole pid namespace;
 - a disk quota on its working directory (`Limits.disk_bytes` and `Limits.disk_files`, counted from what the
   directory held at the start): the launcher measures it while the code runs and kills the whole sandbox past
   either, which ends with `limit_hit` "disk_bytes" or "disk_files" and `describe_limit` saying so; and, since a
@@ -65,7 +69,9 @@ SETUP_VERDICT = "setup_failed"  # the launcher's verdict when it could not build
 QUOTA_EXIT = 122  # the launcher's exit code when it stopped the sandbox for its disk quota (same in the launcher);
 # the tenant can exit with it too, so it proves nothing: the verdict is `quota_verdict`
 QUOTA_LIMITS = frozenset({"disk_bytes", "disk_files", "fds_in_flight"})  # the launcher's disk quota verdicts
-VERDICT_LIMITS = QUOTA_LIMITS | {"memory"}  # what the launcher's verdict may say ("memory": its memory cgroup)
+# what the launcher's verdict may say ("memory": its memory cgroup's OOM kill; "processes": a sandbox that failed
+# after its pids.max refused a fork or thread)
+VERDICT_LIMITS = QUOTA_LIMITS | {"memory", "processes"}
 STDERR_TAIL = 2000
 # refuses SCM_RIGHTS sent to a unix socket (Linux 6.16; inherited by the connections a listener accepts): a descriptor
 # parked in the queue of one of this process's sockets would be counted by no sandbox's disk quota
@@ -87,7 +93,7 @@ class Limits:
 
     memory_bytes: int = 1 << 30  # the sandbox's memory cgroup (all its processes) and each process's RLIMIT_AS
     cpu_seconds: int = 60  # RLIMIT_CPU (SIGXCPU, then SIGKILL 2 s later)
-    processes: int = 64  # RLIMIT_NPROC: processes and threads
+    processes: int = 64  # processes and threads together: the cgroup's pids.max (+2), else RLIMIT_NPROC
     open_files: int = 256  # RLIMIT_NOFILE
     file_size_bytes: int = 256 << 20  # RLIMIT_FSIZE; also the size of its /tmp
     wall_seconds: float | None = None  # `run` kills the whole pid namespace after this
@@ -203,11 +209,15 @@ def _launch_config(spec: SandboxSpec, settings: Settings) -> dict:
     if mechanism == "root":
         config["uid"], config["gid"] = _sandbox_identity(settings.sandbox.user)
     found, _ = memory_cgroup()
+    counted, _ = pids_cgroup()
+    name = _cgroup_name() if found is not None or counted is not None else ""
     if found is not None:
         version, parent = found
-        config["cgroup"] = {"version": version, "path": os.path.join(parent, _cgroup_name()),
+        config["cgroup"] = {"version": version, "path": os.path.join(parent, name),
                             # the sandbox's init and the gateway forwarder besides the code's own
                             "processes": limits.processes + 2}
+    if counted is not None:  # (cgroup v1) the same name in the pids hierarchy
+        config["pids_cgroup"] = {"path": os.path.join(counted, name), "processes": limits.processes + 2}
     return config
 
 
@@ -240,6 +250,48 @@ def memory_cgroup() -> tuple[tuple[int, str] | None, str | None]:
     finally:
         trial.remove(timeout=1.0)
     return located, None
+
+
+@functools.cache
+def pids_cgroup() -> tuple[str | None, str | None]:
+    """(cgroup v1) Where this process's sandboxes get their cgroups in the pids hierarchy (parent directory, None)
+    or why none can (None, reason), checked once as `memory_cgroup` is (a trial cgroup; stale ones swept). On
+    cgroup v2 there is no such hierarchy: the memory cgroup carries pids.max."""
+    located = sandbox_launcher.locate_pids_cgroup()
+    if isinstance(located, str):
+        return None, located
+    parent = located[1]
+    swept = sandbox_launcher.sweep_stale_cgroups(1, parent)
+    if swept:
+        log.warning("removed %d sandbox pids cgroups left by processes that are gone in %s", len(swept), parent)
+    trial = sandbox_launcher.PidsCgroup(os.path.join(parent, _cgroup_name()))
+    try:
+        trial.create(64)
+    except OSError as exc:
+        return None, f"a pids cgroup could not be created in {parent} ({exc.strerror or exc})"
+    finally:
+        trial.remove(timeout=1.0)
+    return parent, None
+
+
+@functools.cache
+def _warn_unbounded_processes() -> None:
+    """Once a process: say that its sandboxes' processes are bounded by RLIMIT_NPROC alone (no cgroup has the
+    pids limit: neither a v2 memory cgroup with the pids controller nor a writable v1 pids hierarchy)."""
+    found, _ = memory_cgroup()
+    if pids_cgroup()[0] is not None or (found is not None and found[0] == 2 and "pids" in _v2_controllers(found[1])):
+        return
+    log.warning("sandboxes get no pids cgroup here (%s), so their processes and threads are limited by "
+                "RLIMIT_NPROC alone, counted in each sandbox's user namespace, and no verdict tells a process limit "
+                "that ended a sandbox: see docs/security.md, \"Known gaps\"", pids_cgroup()[1])
+
+
+def _v2_controllers(parent: str) -> list[str]:
+    try:
+        with open(os.path.join(parent, "cgroup.subtree_control")) as handle:
+            return handle.read().split()
+    except OSError:
+        return []
 
 
 def _prepare_workdir(workdir: Path, config: dict) -> None:
@@ -295,6 +347,7 @@ def check_available(settings: Settings | None = None) -> str:
         log.warning("sandboxes get no memory cgroup here, so memory is limited per process (RLIMIT_AS) and not per "
                     "sandbox, and memfd files written without a mapping not at all: %s; run as root or delegate a "
                     "cgroup v2 subtree (systemd Delegate=yes): see docs/security.md, \"Known gaps\"", why_not)
+    _warn_unbounded_processes()
     return "root+namespaces" if mechanism == "root" else "userns"
 
 
@@ -378,14 +431,19 @@ async def _gateway_relay(settings: Settings) -> tuple[asyncio.AbstractServer, Pa
     return server, folder
 
 
-async def _remove_cgroup(process: asyncio.subprocess.Process, cgroup: dict) -> None:
-    """Once the launcher has ended, its sandbox's memory cgroup goes too: the launcher removes it itself, but not
-    when it was killed with SIGKILL (`kill`); then what is left in it is killed here (the sandbox's processes die
-    with its init, which dies with the launcher, a moment later)."""
+async def _remove_cgroup(process: asyncio.subprocess.Process, config: dict) -> None:
+    """Once the launcher has ended, its sandbox's cgroups go too (its memory cgroup; on v1 its pids cgroup): the
+    launcher removes them itself, but not when it was killed with SIGKILL (`kill`); then what is left in them is
+    killed here (the sandbox's processes die with its init, which dies with the launcher, a moment later)."""
     await process.wait()
-    group = sandbox_launcher.MemoryCgroup(cgroup["version"], cgroup["path"])
-    if not await asyncio.to_thread(group.remove):
-        log.warning("the sandbox memory cgroup %s could not be removed (the next start sweeps it)", cgroup["path"])
+    groups = []
+    if "cgroup" in config:
+        groups.append(("memory", sandbox_launcher.MemoryCgroup(config["cgroup"]["version"], config["cgroup"]["path"])))
+    if "pids_cgroup" in config:
+        groups.append(("pids", sandbox_launcher.PidsCgroup(config["pids_cgroup"]["path"])))
+    for kind, group in groups:
+        if not await asyncio.to_thread(group.remove):
+            log.warning("the sandbox %s cgroup %s could not be removed (the next start sweeps it)", kind, group.path)
 
 
 async def _close_relay(process: asyncio.subprocess.Process, server: asyncio.AbstractServer, folder: Path) -> None:
@@ -426,9 +484,8 @@ async def spawn(spec: SandboxSpec, *, stdin=asyncio.subprocess.PIPE, stdout=asyn
     finally:
         os.close(config["verdict_fd"])
     process._railyard_verdict = _Verdict(verdict)  # type: ignore[attr-defined]
-    if "cgroup" in config:
-        process._railyard_cgroup = asyncio.create_task(  # type: ignore[attr-defined]
-            _remove_cgroup(process, config["cgroup"]))
+    if "cgroup" in config or "pids_cgroup" in config:
+        process._railyard_cgroup = asyncio.create_task(_remove_cgroup(process, config))  # type: ignore[attr-defined]
     if relay is not None:
         process._railyard_relay = asyncio.create_task(_close_relay(process, *relay))  # type: ignore[attr-defined]
     return process
@@ -477,10 +534,10 @@ def _launcher_verdict(process: asyncio.subprocess.Process) -> str | None:
 
 def quota_verdict(process: asyncio.subprocess.Process) -> str | None:
     """The limit ("disk_bytes", "disk_files", "fds_in_flight"; "memory" when the OOM killer acted in its memory
-    cgroup) the launcher of a `spawn`ed process stopped its sandbox for, as the launcher wrote it on a pipe the
-    sandbox never holds; None while it runs, when it ended
-    otherwise, or when it was not started by `spawn`. The exit status and stderr are the user's code's to choose,
-    so they never decide it."""
+    cgroup; "processes" when it failed after its pids.max refused a fork or thread) the launcher of a `spawn`ed
+    process stopped its sandbox for, as the launcher wrote it on a pipe the sandbox never holds; None while it runs,
+    when it ended otherwise, or when it was not started by `spawn`. The exit status and stderr are the user's code's
+    to choose, so they never decide it."""
     said = _launcher_verdict(process)
     return said if said in VERDICT_LIMITS else None
 

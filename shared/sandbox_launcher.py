@@ -19,10 +19,13 @@ the RAILYARD_SANDBOX_LAUNCH variable, the only variable it is given. What it doe
    fallocate (`refuse_io_uring_and_fallocate`, for the disk quota) and executes the target with exactly the
    environment it was given.
 
-Before 1. (config "cgroup") it makes the sandbox's memory cgroup (`MemoryCgroup`), and after forking the child it
-puts the child into it; the child forks nothing before that, so every process of the sandbox is charged to it. An
-OOM kill there ends the whole sandbox, and the verdict "memory" goes out of band as the quota's does (below); the
-cgroup is removed once the sandbox has ended (the caller removes it when this process was killed with SIGKILL).
+Before 1. (config "cgroup") it makes the sandbox's memory cgroup (`MemoryCgroup`), and on cgroup v1 (config
+"pids_cgroup") its cgroup in the pids hierarchy too (`PidsCgroup`: v1 keeps each controller in a hierarchy of its
+own); after forking the child it puts the child into them; the child forks nothing before that, so every process of
+the sandbox is charged to them. An OOM kill there ends the whole sandbox, and the verdict "memory" goes out of band
+as the quota's does (below); a sandbox that failed after its pids limit refused it a process or thread gets the
+verdict "processes". The cgroups are removed once the sandbox has ended (the caller removes them when this process
+was killed with SIGKILL).
 
 This process waits for the child and exits with its status (a signal death is re-raised on itself, so the
 caller sees the same negative returncode). SIGTERM to it kills the whole sandbox.
@@ -106,6 +109,11 @@ libc = ctypes.CDLL(None, use_errno=True)
 SETUP_FAILED = b"setup_failed"  # the verdict of a sandbox that could not be built (shared/sandbox.py)
 MEMORY_VERDICT = b"memory"  # the verdict of a sandbox the OOM killer acted in (its memory cgroup's limit)
 MEMORY_MARK = "railyard-sandbox: memory limit exceeded"
+PROCESSES_VERDICT = b"processes"  # the verdict of a sandbox that failed after its pids limit refused a fork
+PROCESSES_MARK = "railyard-sandbox: process limit reached"
+# RLIMIT_NPROC above a cgroup's pids.max, which then binds first: the rlimit also counts the launcher (in a normal
+# user's sandbox it is in the sandbox's user namespace), the cgroup does not
+NPROC_BACKSTOP = 8
 REPORT_FD: int | None = None  # where `fail` reports out of band: the verdict pipe in this process, the setup pipe
 # (to this process) in the child until the target's execve closes it; None where nobody listens
 
@@ -114,15 +122,11 @@ CGROUP_PREFIX = "railyard-sandbox-"  # a sandbox's memory cgroup: railyard-sandb
 CGROUP_LEAF = "railyard-services"  # (v2) where the services' processes move so that their cgroup may have children
 # with controllers (the "no internal processes" rule), as nsjail moves itself into NSJAIL_SELF.<pid>
 CGROUP: MemoryCgroup | None = None  # this launcher's sandbox cgroup, removed by `fail` too (in this process only)
+PIDS_CGROUP: PidsCgroup | None = None  # (cgroup v1) its cgroup in the pids hierarchy, likewise
 
 
-class MemoryCgroup:
-    """One sandbox's memory cgroup: every process of the sandbox, the page cache it fills and the tmpfs and memfd
-    pages it writes are charged to it, so `memory_bytes` bounds the sandbox as a whole (RLIMIT_AS bounds one
-    process's address space and no memfd written with write()). Version 2: memory.max, memory.swap.max 0,
-    memory.oom.group 1 (an OOM kill takes every process of it), pids.max; version 1: memory.limit_in_bytes and
-    memory.memsw.limit_in_bytes (no swap beyond it) where the kernel accounts swap, swappiness 0 otherwise, and the
-    launcher kills the whole sandbox once memory.oom_control counts an OOM kill (v1 has no group kill)."""
+class Cgroup:
+    """One sandbox's cgroup directory: what is common to its memory cgroup and (v1) its pids cgroup."""
 
     def __init__(self, version: int, path: str) -> None:
         self.version = version
@@ -134,41 +138,6 @@ class MemoryCgroup:
 
     def _has(self, name: str) -> bool:
         return os.path.exists(os.path.join(self.path, name))
-
-    def create(self, memory_bytes: int, processes: int | None = None) -> None:
-        """Make the cgroup and set its limits (OSError when it cannot; what was made is removed)."""
-        os.mkdir(self.path, 0o755)
-        try:
-            if self.version == 2:
-                self._write("memory.max", str(memory_bytes))
-                if self._has("memory.swap.max"):
-                    self._write("memory.swap.max", "0")
-                self._write("memory.oom.group", "1")
-                if processes is not None and self._has("pids.max"):
-                    self._write("pids.max", str(processes))
-            else:
-                self._write("memory.limit_in_bytes", str(memory_bytes))
-                if self._has("memory.memsw.limit_in_bytes"):  # memory and swap together: no swap past the limit
-                    self._write("memory.memsw.limit_in_bytes", str(memory_bytes))
-                else:  # no swap accounting (swapaccount=0): at least reclaim in the cgroup does not swap
-                    self._write("memory.swappiness", "0")
-                self._write("memory.oom_control", "0")  # the OOM killer enabled (not paused at the limit)
-        except OSError:
-            self.remove(timeout=0.5)
-            raise
-
-    def oom_kills(self) -> int:
-        """How many of its processes the OOM killer killed (0 when that cannot be read)."""
-        name = "memory.events" if self.version == 2 else "memory.oom_control"
-        try:
-            with open(os.path.join(self.path, name)) as handle:
-                for line in handle:
-                    key, _, value = line.partition(" ")
-                    if key == "oom_kill":
-                        return int(value)
-        except (OSError, ValueError):
-            pass
-        return 0
 
     def pids(self) -> list[int]:
         try:
@@ -206,6 +175,92 @@ class MemoryCgroup:
             self.kill()
             time.sleep(pause)
             pause = min(pause * 2, 0.1)
+
+    def refused_forks(self) -> int:
+        """How many forks and new threads its pids.max refused (pids.events "max"; 0 when it cannot be read)."""
+        try:
+            with open(os.path.join(self.path, "pids.events")) as handle:
+                for line in handle:
+                    key, _, value = line.partition(" ")
+                    if key == "max":
+                        return int(value)
+        except (OSError, ValueError):
+            pass
+        return 0
+
+
+class MemoryCgroup(Cgroup):
+    """One sandbox's memory cgroup: every process of the sandbox, the page cache it fills and the tmpfs and memfd
+    pages it writes are charged to it, so `memory_bytes` bounds the sandbox as a whole (RLIMIT_AS bounds one
+    process's address space and no memfd written with write()). Version 2: memory.max, memory.swap.max 0,
+    memory.oom.group 1 (an OOM kill takes every process of it), pids.max; version 1: memory.limit_in_bytes and
+    memory.memsw.limit_in_bytes (no swap beyond it) where the kernel accounts swap, swappiness 0 otherwise, and the
+    launcher kills the whole sandbox once memory.oom_control counts an OOM kill (v1 has no group kill); v1 keeps
+    pids.max in a hierarchy of its own (`PidsCgroup`)."""
+
+    def create(self, memory_bytes: int, processes: int | None = None) -> None:
+        """Make the cgroup and set its limits (OSError when it cannot; what was made is removed)."""
+        os.mkdir(self.path, 0o755)
+        try:
+            if self.version == 2:
+                self._write("memory.max", str(memory_bytes))
+                if self._has("memory.swap.max"):
+                    self._write("memory.swap.max", "0")
+                self._write("memory.oom.group", "1")
+                if processes is not None and self._has("pids.max"):
+                    self._write("pids.max", str(processes))
+            else:
+                self._write("memory.limit_in_bytes", str(memory_bytes))
+                if self._has("memory.memsw.limit_in_bytes"):  # memory and swap together: no swap past the limit
+                    self._write("memory.memsw.limit_in_bytes", str(memory_bytes))
+                else:  # no swap accounting (swapaccount=0): at least reclaim in the cgroup does not swap
+                    self._write("memory.swappiness", "0")
+                self._write("memory.oom_control", "0")  # the OOM killer enabled (not paused at the limit)
+        except OSError:
+            self.remove(timeout=0.5)
+            raise
+
+    def limits_pids(self) -> bool:
+        """Whether it carries the sandbox's pids.max too (v2 with the pids controller)."""
+        return self.version == 2 and self._has("pids.max")
+
+    def oom_kills(self) -> int:
+        """How many of its processes the OOM killer killed (0 when that cannot be read)."""
+        name = "memory.events" if self.version == 2 else "memory.oom_control"
+        try:
+            with open(os.path.join(self.path, name)) as handle:
+                for line in handle:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            pass
+        return 0
+
+
+class PidsCgroup(Cgroup):
+    """(cgroup v1) One sandbox's cgroup in the pids hierarchy: pids.max bounds the tasks (processes and threads) of
+    the sandbox as a whole, counted by the kernel whatever their uid or user namespace; past it a fork or a new
+    thread fails with EAGAIN inside the sandbox. On v2 the memory cgroup carries pids.max itself."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(1, path)
+
+    def create(self, processes: int) -> None:
+        """Make the cgroup and set pids.max (OSError when it cannot; what was made is removed)."""
+        os.mkdir(self.path, 0o755)
+        try:
+            self._write("pids.max", str(processes))
+        except OSError:
+            self.remove(timeout=0.5)
+            raise
+
+
+def remove_cgroups() -> None:
+    """Remove this launcher's sandbox cgroups (both hierarchies on v1), killing what is left in them."""
+    for group in (CGROUP, PIDS_CGROUP):
+        if group is not None:
+            group.remove()
 
 
 def cgroup_owner_alive(name: str) -> bool:
@@ -248,21 +303,16 @@ def locate_memory_cgroup(cgroup_file: str = "/proc/self/cgroup",
     needs the memory controller enabled in the cgroup's subtree_control, which the kernel refuses while the cgroup
     holds processes: then they are moved into its child CGROUP_LEAF first (as nsjail moves itself, and Docker's
     dind entrypoint moves every process). Writing needs root or a delegated subtree (systemd Delegate=yes)."""
-    try:
-        with open(cgroup_file) as handle:
-            lines = [line.rstrip("\n").split(":", 2) for line in handle if line.count(":") >= 2]
-        with open(mountinfo) as handle:
-            mounts = [line.split() for line in handle]
-    except OSError as exc:
-        return f"{cgroup_file} or {mountinfo} could not be read ({exc.strerror})"
+    read = _read_cgroups(cgroup_file, mountinfo)
+    if isinstance(read, str):
+        return read
+    lines, mounts = read
     v2_path = next((path for hierarchy, controllers, path in lines if hierarchy == "0" and not controllers), None)
-    v1_path = next((path for _, controllers, path in lines if "memory" in controllers.split(",")), None)
     why = []
     for fields in mounts:
         if "-" not in fields:
             continue
-        fstype, options = fields[fields.index("-") + 1], fields[-1].split(",")
-        root, point = fields[3], fields[4]
+        fstype, root, point = fields[fields.index("-") + 1], fields[3], fields[4]
         if fstype == "cgroup2" and v2_path is not None:
             found = _under_mount(point, root, v2_path)
             if found is not None:
@@ -271,20 +321,56 @@ def locate_memory_cgroup(cgroup_file: str = "/proc/self/cgroup",
                     why.append(usable)
                 else:
                     return usable
+    found = _v1_cgroup("memory", lines, mounts)
+    if isinstance(found, tuple):
+        return found
+    why += [found] if found else []
+    return "; ".join(why) or "no cgroup v2 with the memory controller and no cgroup v1 memory hierarchy is mounted"
+
+
+def locate_pids_cgroup(cgroup_file: str = "/proc/self/cgroup",
+                       mountinfo: str = "/proc/self/mountinfo") -> tuple[int, str] | str:
+    """(cgroup v1) Where this process may create sandbox pids cgroups: (1, dir) under its cgroup in the v1 pids
+    hierarchy, or why not. On v2 (where the pids controller is not bound to a v1 hierarchy) the memory cgroup
+    carries pids.max and this answers why not too."""
+    read = _read_cgroups(cgroup_file, mountinfo)
+    if isinstance(read, str):
+        return read
+    return _v1_cgroup("pids", *read) or "no cgroup v1 pids hierarchy is mounted"
+
+
+def _read_cgroups(cgroup_file: str, mountinfo: str) -> tuple[list[list[str]], list[list[str]]] | str:
+    """This process's cgroups (hierarchy, controllers, path) and the mounts; or why they could not be read."""
+    try:
+        with open(cgroup_file) as handle:
+            lines = [line.rstrip("\n").split(":", 2) for line in handle if line.count(":") >= 2]
+        with open(mountinfo) as handle:
+            mounts = [line.split() for line in handle]
+    except OSError as exc:
+        return f"{cgroup_file} or {mountinfo} could not be read ({exc.strerror})"
+    return lines, mounts
+
+
+def _v1_cgroup(controller: str, lines: list[list[str]], mounts: list[list[str]]) -> tuple[int, str] | str:
+    """(1, dir) of this process's cgroup in the v1 hierarchy of `controller` when it is writable, else why not
+    ("" when no such hierarchy is mounted)."""
+    own = next((path for hierarchy, controllers, path in lines
+                if hierarchy != "0" and controller in controllers.split(",")), None)
+    why = ""
     for fields in mounts:
-        if "-" not in fields:
+        if "-" not in fields or own is None:
             continue
         fstype, options = fields[fields.index("-") + 1], fields[-1].split(",")
         root, point = fields[3], fields[4]
-        if fstype == "cgroup" and "memory" in options and v1_path is not None:
-            found = _under_mount(point, root, v1_path)
+        if fstype == "cgroup" and controller in options:
+            found = _under_mount(point, root, own)
             if found is None:
                 continue
             if not os.access(found, os.W_OK):
-                why.append(f"the cgroup v1 memory cgroup {found} is not writable")
+                why = f"the cgroup v1 {controller} cgroup {found} is not writable"
                 continue
             return 1, found
-    return "; ".join(why) or "no cgroup v2 with the memory controller and no cgroup v1 memory hierarchy is mounted"
+    return why
 
 
 def _under_mount(point: str, root: str, path: str) -> str | None:
@@ -355,8 +441,7 @@ def fail(message: str) -> None:
     """Setup failed: say so on stderr, report it on REPORT_FD and exit 125. Only that report makes the caller call
     it a sandbox failure: the status and stderr are the tenant's to choose too (it can exit 125 and print this)."""
     os.write(2, f"railyard-sandbox: {message}\n".encode())
-    if CGROUP is not None:  # only the launcher holds it: the child forgets it at once
-        CGROUP.remove()
+    remove_cgroups()  # only the launcher holds them: the child forgets them at once
     if REPORT_FD is not None:
         try:
             os.write(REPORT_FD, SETUP_FAILED)
@@ -911,8 +996,7 @@ def supervise(pid: int, config: dict, baseline: Usage) -> int:
                     except ProcessLookupError:
                         pass
             wait_for(pid)
-            if CGROUP is not None:
-                CGROUP.remove()
+            remove_cgroups()
             os.write(2, f"\n{QUOTA_MARKS[over[0]]}: {over[1]}; the sandbox was stopped\n".encode())
             if config.get("verdict_fd") is not None:  # the verdict the caller believes (module docstring)
                 os.write(config["verdict_fd"], over[0].encode())
@@ -1115,17 +1199,28 @@ def main() -> None:
     if os.getppid() != config["parent"]:  # the service that spawned it is already gone
         os._exit(125)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    global CGROUP
-    procs = None
+    global CGROUP, PIDS_CGROUP
+    procs = []  # the cgroups' cgroup.procs, opened now: the kernel checks a write against the opener's credentials
     if config.get("cgroup"):  # made as the caller's uid, before any namespace: its files are the caller's to write
         wanted = MemoryCgroup(config["cgroup"]["version"], config["cgroup"]["path"])
         try:
             wanted.create(config["limits"]["memory_bytes"], config["cgroup"].get("processes"))
             CGROUP = wanted
-            # opened now: the kernel checks a cgroup.procs write against the opener's credentials
-            procs = os.open(os.path.join(wanted.path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+            procs.append(os.open(os.path.join(wanted.path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
         except OSError as exc:
             fail(f"could not create the sandbox's memory cgroup {wanted.path}: {exc.strerror or exc}")
+    if config.get("pids_cgroup"):  # (v1) likewise in the pids hierarchy
+        counted = PidsCgroup(config["pids_cgroup"]["path"])
+        try:
+            counted.create(config["pids_cgroup"]["processes"])
+            PIDS_CGROUP = counted
+            procs.append(os.open(os.path.join(counted.path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
+        except OSError as exc:
+            fail(f"could not create the sandbox's pids cgroup {counted.path}: {exc.strerror or exc}")
+    if PIDS_CGROUP is not None or (CGROUP is not None and CGROUP.limits_pids()):
+        # pids.max bounds the sandbox and counts what it refuses (the verdict "processes"); RLIMIT_NPROC, checked
+        # first at a fork, stays a backstop above it, or it would refuse first and uncounted
+        config["limits"]["processes"] += NPROC_BACKSTOP
     root = None
     if config["mechanism"] != "off":
         enter_namespaces(config)
@@ -1135,12 +1230,12 @@ def main() -> None:
     asked, answered = os.pipe(), os.pipe()  # (root) the child asks for its uid map, this process answers
     # the child's setup failures, reported to this process; close-on-exec, so the tenant's code never holds it
     setup_read, setup_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-    placed, place = os.pipe()  # the child forks nothing until this process has put it into the memory cgroup
+    placed, place = os.pipe()  # the child forks nothing until this process has put it into its cgroups
     pid = os.fork()
     if pid == 0:
-        CGROUP = None  # the launcher's to remove
-        if procs is not None:
-            os.close(procs)
+        CGROUP = PIDS_CGROUP = None  # the launcher's to remove
+        for end in procs:
+            os.close(end)
         os.close(place)
         os.close(keep)
         os.close(setup_read)
@@ -1150,14 +1245,14 @@ def main() -> None:
         child(config, root, alive, (answered[0], asked[1]), placed)
     for end in (alive, asked[1], answered[0], setup_write, placed):
         os.close(end)
-    if procs is not None:
+    for end in procs:
         try:
-            os.write(procs, str(pid).encode())  # before it forks anything: every process it starts is charged here
+            os.write(end, str(pid).encode())  # before it forks anything: every process it starts is charged here
         except OSError as exc:
             os.kill(pid, signal.SIGKILL)
             wait_for(pid)
-            fail(f"could not put the sandbox into its memory cgroup: {exc.strerror}")
-        os.close(procs)
+            fail(f"could not put the sandbox into its cgroups: {exc.strerror}")
+        os.close(end)
     os.write(place, b"c")
     os.close(place)
     if config["mechanism"] == "root":
@@ -1173,15 +1268,23 @@ def main() -> None:
     signal.signal(signal.SIGINT, stop)
     code = exit_code(supervise(pid, config, baseline) if baseline is not None else wait_for(pid))
     out_of_memory = CGROUP is not None and CGROUP.oom_kills() > 0
-    if CGROUP is not None:
-        CGROUP.remove()
+    # a sandbox that failed (not one that exits 0: it may have handled EAGAIN) once its pids.max (v2: in the memory
+    # cgroup) refused it a fork or a thread; the kernel's count, which the code cannot write
+    refused = code != 0 and any(group is not None and group.refused_forks() > 0 for group in (CGROUP, PIDS_CGROUP))
+    remove_cgroups()
+    reasons = config.get("quota", {}).get("reasons", {})
     if setup_failed(setup_read) and REPORT_FD is not None:
         os.write(REPORT_FD, SETUP_FAILED)  # the verdict the caller believes, not the status 125 or stderr
     elif out_of_memory:
-        reason = config.get("quota", {}).get("reasons", {}).get("memory", "the sandbox's memory limit was exceeded")
+        reason = reasons.get("memory", "the sandbox's memory limit was exceeded")
         os.write(2, f"\n{MEMORY_MARK}: {reason}; the sandbox was stopped\n".encode())
         if REPORT_FD is not None:
             os.write(REPORT_FD, MEMORY_VERDICT)
+    elif refused:
+        reason = reasons.get("processes", "the sandbox's process limit was reached")
+        os.write(2, f"\n{PROCESSES_MARK}: {reason}; the sandbox failed after a fork or thread was refused\n".encode())
+        if REPORT_FD is not None:
+            os.write(REPORT_FD, PROCESSES_VERDICT)
     if 128 < code < 128 + signal.NSIG:  # the target died of a signal: die of it too, for the caller to see
         number = code - 128
         if number not in (signal.SIGKILL, signal.SIGSTOP):

@@ -697,6 +697,7 @@ def test_a_normal_user_gets_the_same_boundary(settings, tmp_path):
     config |= {"mechanism": "userns", "parent": os.getpid(), "readonly": []}
     config.pop("uid", None)
     config.pop("cgroup", None)  # root's memory cgroup is not nobody's to write: nobody's own check finds none here
+    config.pop("pids_cgroup", None)  # (nor root's pids hierarchy, on cgroup v1)
     launched = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3",
                                "-I", "-S", str(sandbox.LAUNCHER)], env={"RAILYARD_SANDBOX_LAUNCH": json.dumps(config)},
                               capture_output=True, text=True, timeout=30, check=False)
@@ -734,6 +735,7 @@ def test_a_normal_users_sandbox_is_held_to_its_disk_quota_too(settings, code, hi
                                                        "verdict_fd": told}
     config.pop("uid", None)
     config.pop("cgroup", None)  # (as above; test_sandbox_memory.py gives nobody a delegated one)
+    config.pop("pids_cgroup", None)
     launched = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3",
                                "-I", "-S", str(sandbox.LAUNCHER)], env={"RAILYARD_SANDBOX_LAUNCH": json.dumps(config)},
                               capture_output=True, text=True, timeout=30, check=False, pass_fds=(told,))

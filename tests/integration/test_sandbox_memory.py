@@ -215,6 +215,7 @@ def test_a_normal_user_with_a_delegated_cgroup_gets_the_limit_too(settings):
         config |= {"mechanism": "userns", "parent": os.getpid(), "readonly": [], "verdict_fd": told,
                    "cgroup": {"version": version, "path": os.path.join(delegated, "railyard-sandbox-nobody")}}
         config.pop("uid", None)
+        config.pop("pids_cgroup", None)  # root's pids hierarchy (v1) is not nobody's (test_sandbox_pids.py)
         launched = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                                    "/usr/bin/python3", "-I", "-S", str(sandbox.LAUNCHER)],
                                   env={"RAILYARD_SANDBOX_LAUNCH": json.dumps(config)}, capture_output=True, text=True,

@@ -1,6 +1,7 @@
 """Where the launcher finds a memory cgroup for its sandboxes (shared/sandbox_launcher.py `locate_memory_cgroup`), read
 from /proc/self/cgroup and mountinfo as the kernel writes them, with the cgroup files of a fake tree; how it reads an
-OOM kill from either version's files; and which leftover cgroups a sweep takes for stale."""
+OOM kill from either version's files; and which leftover cgroups a sweep takes for stale. Likewise (cgroup v1) the
+pids hierarchy's cgroup (`locate_pids_cgroup`, `PidsCgroup`) and the refused forks it counts."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import subprocess
 import sys
 
 from shared import sandbox_launcher
-from shared.sandbox_launcher import CGROUP_LEAF, CGROUP_PREFIX, MemoryCgroup, locate_memory_cgroup
+from shared.sandbox_launcher import (
+    CGROUP_LEAF,
+    CGROUP_PREFIX,
+    MemoryCgroup,
+    PidsCgroup,
+    locate_memory_cgroup,
+    locate_pids_cgroup,
+)
 
 
 def write(path, text: str) -> None:
@@ -74,6 +82,51 @@ def test_a_mount_showing_part_of_the_hierarchy(tmp_path):
     assert isinstance(locate_memory_cgroup(*elsewhere), str)
 
 
+def test_cgroup_v1_pids_hierarchy_beside_the_memory_one(tmp_path):
+    """This host's shape: every controller in a v1 hierarchy of its own; the pids cgroup is found in the pids one,
+    under this process's own cgroup there (which differs from its memory cgroup), and not where it is not writable
+    or not mounted. cgroup v2 alone has no pids hierarchy (its memory cgroup carries pids.max)."""
+    pids = tmp_path / "pids" / "services"
+    pids.mkdir(parents=True)
+    (tmp_path / "memory" / "process_api" / "abc").mkdir(parents=True)
+    cgroup = "9:name=systemd:/\n8:pids:/services\n4:memory:/process_api/abc\n1:cpu:/\n0::/\n"
+    mounts = [f"35 31 0:32 / {tmp_path}/memory rw,relatime - cgroup cgroup rw,memory",
+              f"39 31 0:36 / {tmp_path}/pids rw,relatime - cgroup cgroup rw,pids",
+              f"41 31 0:38 / {tmp_path}/unified rw,relatime - cgroup2 cgroup2 rw"]
+    assert locate_pids_cgroup(*proc(tmp_path, cgroup, mounts)) == (1, str(pids))
+    assert locate_memory_cgroup(*proc(tmp_path, cgroup, mounts)) == (1, str(tmp_path / "memory" / "process_api" /
+                                                                          "abc"))
+    pids.chmod(0o555)
+    try:
+        if os.geteuid() != 0:  # root writes anyway
+            why = locate_pids_cgroup(*proc(tmp_path, cgroup, mounts))
+            assert isinstance(why, str) and "pids cgroup" in why and "not writable" in why
+    finally:
+        pids.chmod(0o755)
+    unmounted = locate_pids_cgroup(*proc(tmp_path, cgroup, mounts[:1] + mounts[2:]))
+    assert isinstance(unmounted, str) and "no cgroup v1 pids hierarchy" in unmounted
+    v2_tree(tmp_path, "/railyard.service", "memory pids", "memory pids")
+    v2_only = proc(tmp_path, "0::/railyard.service\n", [mounts[2]])
+    assert isinstance(locate_pids_cgroup(*v2_only), str)
+    assert locate_memory_cgroup(*v2_only)[0] == 2
+
+
+def test_a_pids_cgroup_sets_pids_max_and_reads_the_refused_forks(tmp_path):
+    """pids.max is the limit it is made with (a fake directory: the kernel's files are plain ones here); the refused
+    forks are pids.events' "max" (v1 and v2 alike), 0 where the file is not there."""
+    group = PidsCgroup(str(tmp_path / "railyard-sandbox-1-2-3"))
+    group.create(18)
+    assert (tmp_path / "railyard-sandbox-1-2-3" / "pids.max").read_text() == "18"
+    assert group.refused_forks() == 0
+    write(tmp_path / "railyard-sandbox-1-2-3" / "pids.events", "max 7\n")
+    assert group.refused_forks() == 7
+    write(tmp_path / "v2" / "pids.events", "max 3\n")
+    write(tmp_path / "v2" / "pids.max", "66\n")
+    memory = MemoryCgroup(2, str(tmp_path / "v2"))
+    assert memory.refused_forks() == 3 and memory.limits_pids()
+    assert not MemoryCgroup(1, str(tmp_path / "v1")).limits_pids()
+
+
 def test_no_cgroup_at_all_is_a_reason(tmp_path):
     why = locate_memory_cgroup(*proc(tmp_path, "0::/\n", []))
     assert isinstance(why, str) and "no cgroup" in why
@@ -135,3 +188,26 @@ def test_processes_of_an_undelegated_cgroup_are_not_moved(tmp_path, monkeypatch)
     monkeypatch.setattr(builtins, "open", delegated_open)
     assert locate_memory_cgroup(*files) == (2, base)
     assert moves
+
+
+def test_no_pids_cgroup_is_said_once_and_not_where_a_v2_memory_cgroup_has_pids(tmp_path, monkeypatch, caplog):
+    """Without a v1 pids hierarchy and without the pids controller in a v2 memory cgroup, a process's sandboxes are
+    bounded by RLIMIT_NPROC alone: said once a process (check_available runs at every spawn), not at every start."""
+    from shared import sandbox
+
+    monkeypatch.setattr(sandbox, "pids_cgroup", lambda: (None, "no cgroup v1 pids hierarchy is mounted"))
+    monkeypatch.setattr(sandbox, "memory_cgroup", lambda: ((1, str(tmp_path)), None))
+    sandbox._warn_unbounded_processes.cache_clear()
+    try:
+        for _ in range(3):
+            sandbox._warn_unbounded_processes()
+        said = [record.getMessage() for record in caplog.records if "no pids cgroup" in record.getMessage()]
+        assert len(said) == 1 and "RLIMIT_NPROC alone" in said[0] and "no cgroup v1 pids hierarchy" in said[0]
+        caplog.clear()
+        write(tmp_path / "cgroup.subtree_control", "memory pids")
+        monkeypatch.setattr(sandbox, "memory_cgroup", lambda: ((2, str(tmp_path)), None))
+        sandbox._warn_unbounded_processes.cache_clear()
+        sandbox._warn_unbounded_processes()
+        assert not [record for record in caplog.records if "no pids cgroup" in record.getMessage()]
+    finally:
+        sandbox._warn_unbounded_processes.cache_clear()

@@ -160,7 +160,10 @@ def test_the_launchers_quota_verdict_is_read_as_a_typed_limit_with_its_value():
     assert limit_hit(QUOTA_EXIT, tail, limits, "cpu") is None  # the pipe says a launcher's verdict or nothing
     # its memory cgroup's OOM kill: the launcher's verdict too, worded as every memory limit is
     assert limit_hit(-9, "", limits, "memory") == "memory" and limit_hit(0, "", limits, "memory") == "memory"
-    assert sandbox.VERDICT_LIMITS == sandbox.QUOTA_LIMITS | {sandbox_launcher.MEMORY_VERDICT.decode()}
+    # a sandbox that failed after its pids.max refused a fork: the launcher's verdict too
+    assert limit_hit(1, "", limits, "processes") == "processes"
+    assert sandbox.VERDICT_LIMITS == sandbox.QUOTA_LIMITS | {sandbox_launcher.MEMORY_VERDICT.decode(),
+                                                             sandbox_launcher.PROCESSES_VERDICT.decode()}
     assert describe_limit("disk_bytes", limits).startswith("the sandbox's disk quota of 300 MiB was exceeded")
     assert "file quota of 1234 files" in describe_limit("disk_files", limits)
 
