@@ -170,7 +170,9 @@ def users_code_failed(what: str, exc: BaseException) -> InvalidRequest:
     sys.stderr.flush()
     if isinstance(exc, MemoryError):
         return InvalidRequest(f"{what}: it exceeded its memory limit", code=RESOURCE_LIMIT)
-    if isinstance(exc, OSError) and exc.errno == errno.EAGAIN:
+    # a refused fork raises BlockingIOError (EAGAIN); a refused thread, Python's RuntimeError with these words
+    if (isinstance(exc, OSError) and exc.errno == errno.EAGAIN) or (
+            isinstance(exc, RuntimeError) and str(exc) == "can't start new thread"):
         return InvalidRequest(f"{what}: it exceeded its process limit (a fork or thread failed)",
                               code=RESOURCE_LIMIT)
     if isinstance(exc, OSError) and exc.errno == errno.EFBIG:

@@ -207,8 +207,9 @@ class SandboxedRuntime:
                       else f"crashed (exit status {returncode})")
             message = self._with_excerpt(f"{KIND_NAMES[self.kind]} ({self.name}) {reason} while {doing}", since,
                                          buffer)
-            # the launcher's own verdict (disk quota, or its memory cgroup's OOM kill): the user's code passed a
-            # limit, 400; a kill only guessed from the exit status (the host's OOM killer) stays a worker failure
+            # the launcher's own verdict (disk quota, its memory cgroup's OOM kill, or a worker that failed after its
+            # pids limit refused a fork): the user's code passed a limit, 400; a kill only guessed from the exit
+            # status (the host's OOM killer) stays a worker failure
             if verdict in sandbox.VERDICT_LIMITS:
                 raise InvalidRequest(message, code=RESOURCE_LIMIT) from None
             raise WorkerFailed(message) from None

@@ -45,6 +45,20 @@ def wallaroo_json(data: pd.DataFrame):
                 finally:
                     os._exit(1)
         time.sleep(1000)
+    if action == "threads":  # threads until one is refused, not handled: the step raises
+        import threading
+        threading.stack_size(256 << 10)
+        stop = threading.Event()
+        while True:
+            threading.Thread(target=stop.wait, daemon=True).start()
+    if action == "forkcrash":  # children until a fork is refused, then the worker itself ends
+        try:
+            while True:
+                if os.fork() == 0:
+                    time.sleep(1000)
+                    os._exit(0)
+        except BlockingIOError:
+            os._exit(1)
     if action == "env":
         return {"env": [sorted(os.environ)]}
     if action == "gc":
@@ -123,6 +137,20 @@ async def test_a_python_step_runs_in_a_worker_and_survives_each_failure(settings
             runtime.settings = settings
             assert together.value.code == "resource_limit", together.value.msg
             assert "more memory than" in together.value.msg, together.value.msg
+            assert (await runtime.predict_async(table("ok"))).num_rows == 1
+
+        # the sandbox's process limit: a refused thread the step does not handle is the user's limit, a 400, and
+        # the worker (holding its threads) is replaced
+        with pytest.raises(InvalidRequest) as threads:
+            await runtime.predict_async(table("threads"))
+        assert threads.value.code == "resource_limit" and "process limit" in threads.value.msg, threads.value.msg
+        assert (await runtime.predict_async(table("ok"))).num_rows == 1
+        if sandbox.pids_cgroup()[0] is not None:  # (v1) its pids cgroup counts the refused forks: the launcher's
+            # verdict when they end the worker, a 400 like the memory cgroup's (a crash without it: a 500)
+            with pytest.raises(InvalidRequest) as forks:
+                await runtime.predict_async(table("forkcrash"))
+            assert forks.value.code == "resource_limit", forks.value.msg
+            assert "was stopped: it started more processes or threads than the sandbox allows" in forks.value.msg
             assert (await runtime.predict_async(table("ok"))).num_rows == 1
 
         with pytest.raises(InvalidRequest) as disk:
