@@ -1,8 +1,9 @@
-"""`python -m bench.sandbox_start [rounds] [runs per round]`: what a sandbox's memory cgroup adds to its start
-(docs/performance.md item 40). `shared.sandbox.run` of `python -I -S -c pass`, with the cgroup and without it (the
-launch config's "cgroup" left out), alternated within each round (the order swapped every round) so the machine's
+"""`python -m bench.sandbox_start [rounds] [runs per round] [memory|pids]`: what a sandbox's memory cgroup adds to
+its start (docs/performance.md item 40), or (`pids`) what its cgroup v1 pids cgroup adds beside the memory cgroup
+(item 44). `shared.sandbox.run` of `python -I -S -c pass`, with the cgroup and without it (the launch config's
+"cgroup", or "pids_cgroup", left out), alternated within each round (the order swapped every round) so the machine's
 load weighs on both alike; the load average is printed beside each round. Needs a writable memory cgroup (root, or
-a delegated subtree)."""
+a delegated subtree), and for `pids` a writable v1 pids hierarchy."""
 import asyncio
 import os
 import statistics
@@ -15,13 +16,13 @@ from shared import sandbox
 from shared.sandbox import Limits, SandboxSpec
 
 _launch_config = sandbox._launch_config
-with_cgroup = {"on": True}
+with_cgroup = {"on": True, "key": "cgroup"}
 
 
 def launch_config(spec, settings):
     config = _launch_config(spec, settings)
     if not with_cgroup["on"]:
-        config.pop("cgroup", None)
+        config.pop(with_cgroup["key"], None)
     return config
 
 
@@ -37,9 +38,13 @@ async def once(folder: str) -> float:
     return time.perf_counter() - started
 
 
-async def main(rounds: int, per: int) -> None:
+async def main(rounds: int, per: int, which: str = "memory") -> None:
     if sandbox.memory_cgroup()[0] is None:
         sys.exit(f"no memory cgroup here: {sandbox.memory_cgroup()[1]}")
+    if which == "pids":
+        if sandbox.pids_cgroup()[0] is None:
+            sys.exit(f"no pids cgroup here: {sandbox.pids_cgroup()[1]}")
+        with_cgroup["key"] = "pids_cgroup"
     times: dict[bool, list[float]] = {True: [], False: []}
     with tempfile.TemporaryDirectory() as folder:
         os.chmod(folder, 0o755)
@@ -62,4 +67,5 @@ async def main(rounds: int, per: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 40, int(sys.argv[2]) if len(sys.argv) > 2 else 3))
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 40, int(sys.argv[2]) if len(sys.argv) > 2 else 3,
+                     sys.argv[3] if len(sys.argv) > 3 else "memory"))

@@ -312,7 +312,8 @@ class SandboxSettings(BaseModel):
     memory_mb: int = Field(1024, description="Memory limit of a sandbox: all its processes together (a memory cgroup, "
                            "where the host gives one) and each process's address space (RLIMIT_AS).")
     cpu_seconds: int = Field(600, description="CPU seconds a sandboxed process may use in its life (RLIMIT_CPU).")
-    processes: int = Field(64, description="Processes and threads of a sandbox (RLIMIT_NPROC).")
+    processes: int = Field(64, description="Processes and threads of a sandbox, all together (pids.max of a cgroup "
+                           "of its own, where the host gives one; RLIMIT_NPROC otherwise).")
     open_files: int = Field(256, description="Open files of a sandboxed process (RLIMIT_NOFILE).")
     file_size_mb: int = Field(256, description="Largest file a sandboxed process may write; also its /tmp size.")
     disk_mb: int = Field(1024, description="Disk quota of a sandbox: MiB its working directory may grow by, all "
