@@ -123,6 +123,7 @@ CGROUP_LEAF = "railyard-services"  # (v2) where the services' processes move so 
 # with controllers (the "no internal processes" rule), as nsjail moves itself into NSJAIL_SELF.<pid>
 CGROUP: MemoryCgroup | None = None  # this launcher's sandbox cgroup, removed by `fail` too (in this process only)
 PIDS_CGROUP: PidsCgroup | None = None  # (cgroup v1) its cgroup in the pids hierarchy, likewise
+OOM_EVENTS: int | None = None  # (cgroup v1) an eventfd the kernel signals at an OOM in the memory cgroup
 
 
 class Cgroup:
@@ -223,6 +224,27 @@ class MemoryCgroup(Cgroup):
     def limits_pids(self) -> bool:
         """Whether it carries the sandbox's pids.max too (v2 with the pids controller)."""
         return self.version == 2 and self._has("pids.max")
+
+    def oom_eventfd(self) -> int | None:
+        """(v1) An eventfd the kernel signals at every OOM in the cgroup (registered on memory.oom_control through
+        cgroup.event_control), so that the launcher kills the rest of the sandbox at once rather than at its next
+        measurement (up to QUOTA_INTERVAL later); None where none can be had (v2 kills the group itself)."""
+        if self.version != 1 or not hasattr(os, "eventfd"):
+            return None
+        try:
+            event = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        except OSError:
+            return None
+        try:
+            control = os.open(os.path.join(self.path, "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                self._write("cgroup.event_control", f"{event} {control}")
+            finally:
+                os.close(control)  # the registration holds the cgroup, not this descriptor
+        except OSError:
+            os.close(event)
+            return None
+        return event
 
     def oom_kills(self) -> int:
         """How many of its processes the OOM killer killed (0 when that cannot be read)."""
@@ -980,7 +1002,14 @@ def supervise(pid: int, config: dict, baseline: Usage) -> int:
         exited = None
     interval, last = QUOTA_INTERVAL_MIN, (time.monotonic(), baseline)
     flight = Flight(config["quota"].get("in_flight_seconds", INFLIGHT_GRACE))
-    while not ended(exited, pid, interval):
+    while True:
+        done, out_of_memory = ended(exited, pid, interval, OOM_EVENTS)
+        if done:
+            break
+        if out_of_memory and CGROUP is not None:  # the kernel signals before it kills: its count follows at once
+            deadline = time.monotonic() + 0.02
+            while CGROUP.oom_kills() == 0 and time.monotonic() < deadline:
+                time.sleep(0.001)
         if CGROUP is not None and CGROUP.oom_kills() > 0:  # (v1: the OOM killer took one process) the sandbox ends
             os.kill(pid, signal.SIGKILL)
             CGROUP.kill()
@@ -1011,12 +1040,24 @@ def supervise(pid: int, config: dict, baseline: Usage) -> int:
     return wait_for(pid)
 
 
-def ended(exited: int | None, pid: int, seconds: float) -> bool:
-    """Whether the child ended within `seconds` (it is left to be reaped)."""
+def ended(exited: int | None, pid: int, seconds: float, oom: int | None = None) -> tuple[bool, bool]:
+    """Whether the child ended within `seconds` (it is left to be reaped), and whether an OOM event (`oom`, an
+    eventfd, then drained) cut the wait short."""
+    watched = [fd for fd in (exited, oom) if fd is not None]
+    if not watched:
+        time.sleep(seconds)
+        ready = []
+    else:
+        ready = select.select(watched, [], [], seconds)[0]
+    signalled = oom is not None and oom in ready
+    if signalled:
+        try:
+            os.eventfd_read(oom)
+        except OSError:
+            pass
     if exited is not None:
-        return bool(select.select([exited], [], [], seconds)[0])
-    time.sleep(seconds)
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        return exited in ready, signalled
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None, signalled
 
 
 def set_limits(limits: dict) -> None:
@@ -1199,7 +1240,7 @@ def main() -> None:
     if os.getppid() != config["parent"]:  # the service that spawned it is already gone
         os._exit(125)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    global CGROUP, PIDS_CGROUP
+    global CGROUP, PIDS_CGROUP, OOM_EVENTS
     procs = []  # the cgroups' cgroup.procs, opened now: the kernel checks a write against the opener's credentials
     if config.get("cgroup"):  # made as the caller's uid, before any namespace: its files are the caller's to write
         wanted = MemoryCgroup(config["cgroup"]["version"], config["cgroup"]["path"])
@@ -1207,6 +1248,8 @@ def main() -> None:
             wanted.create(config["limits"]["memory_bytes"], config["cgroup"].get("processes"))
             CGROUP = wanted
             procs.append(os.open(os.path.join(wanted.path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
+            if config["cgroup"].get("oom_events", True):  # (v1) its OOM kills told at once (off: measurements only,
+                OOM_EVENTS = wanted.oom_eventfd()  # for bench/sandbox_oom_lag.py to compare)
         except OSError as exc:
             fail(f"could not create the sandbox's memory cgroup {wanted.path}: {exc.strerror or exc}")
     if config.get("pids_cgroup"):  # (v1) likewise in the pids hierarchy
@@ -1236,6 +1279,8 @@ def main() -> None:
         CGROUP = PIDS_CGROUP = None  # the launcher's to remove
         for end in procs:
             os.close(end)
+        if OOM_EVENTS is not None:
+            os.close(OOM_EVENTS)
         os.close(place)
         os.close(keep)
         os.close(setup_read)

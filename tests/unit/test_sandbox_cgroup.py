@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 from shared import sandbox_launcher
 from shared.sandbox_launcher import (
@@ -211,3 +212,25 @@ def test_no_pids_cgroup_is_said_once_and_not_where_a_v2_memory_cgroup_has_pids(t
         assert not [record for record in caplog.records if "no pids cgroup" in record.getMessage()]
     finally:
         sandbox._warn_unbounded_processes.cache_clear()
+
+
+def test_an_oom_event_cuts_the_launchers_wait_short():
+    """(cgroup v1) The launcher waits for its child and for the memory cgroup's OOM eventfd at once: an event ends
+    the wait (well before its 30 s) and is drained, so the OOM kill is acted on without waiting for the next
+    measurement; a quiet wait and the child's end read as before."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    exited, event = os.pidfd_open(child.pid), os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    try:
+        os.eventfd_write(event, 1)
+        started = time.monotonic()
+        assert sandbox_launcher.ended(exited, child.pid, 30.0, event) == (False, True)
+        assert time.monotonic() - started < 10
+        assert sandbox_launcher.ended(exited, child.pid, 0.01, event) == (False, False)  # drained
+        assert sandbox_launcher.ended(None, child.pid, 0.01, None) == (False, False)  # no pidfd: waitid
+        child.kill()
+        assert sandbox_launcher.ended(exited, child.pid, 30.0, event) == (True, False)
+    finally:
+        child.kill()
+        child.wait()
+        os.close(exited)
+        os.close(event)
