@@ -274,10 +274,10 @@ def pids_cgroup() -> tuple[str | None, str | None]:
     return parent, None
 
 
-@functools.cache
 def _warn_unbounded_processes() -> None:
-    """Once a process: say that its sandboxes' processes are bounded by RLIMIT_NPROC alone (no cgroup has the
-    pids limit: neither a v2 memory cgroup with the pids controller nor a writable v1 pids hierarchy)."""
+    """Say (`_warn_host_gaps`: once a process) that its sandboxes' processes are bounded by RLIMIT_NPROC alone (no
+    cgroup has the pids limit: neither a v2 memory cgroup with the pids controller nor a writable v1 pids
+    hierarchy)."""
     found, _ = memory_cgroup()
     if pids_cgroup()[0] is not None or (found is not None and found[0] == 2 and "pids" in _v2_controllers(found[1])):
         return
@@ -340,6 +340,14 @@ def check_available(settings: Settings | None = None) -> str:
         raise SandboxUnavailable(
             f"users' code cannot be isolated here: {hint}: {why}. Run Railyard as root, allow user namespaces, "
             "or on a single-user machine set RAILYARD_SANDBOX__MODE=off-for-single-user")
+    _warn_host_gaps()
+    return "root+namespaces" if mechanism == "root" else "userns"
+
+
+@functools.cache
+def _warn_host_gaps() -> None:
+    """Once a process (`check_available` runs at every `spawn`: every worker start, conversion and run): what this
+    host's kernel and cgroups leave out of the sandbox."""
     for gap in quota_gaps():
         log.warning("the sandbox's disk quota cannot see %s on this kernel (%s): see docs/security.md, "
                     "\"Known gaps\"", gap, platform.release())
@@ -348,7 +356,6 @@ def check_available(settings: Settings | None = None) -> str:
                     "sandbox, and memfd files written without a mapping not at all: %s; run as root or delegate a "
                     "cgroup v2 subtree (systemd Delegate=yes): see docs/security.md, \"Known gaps\"", why_not)
     _warn_unbounded_processes()
-    return "root+namespaces" if mechanism == "root" else "userns"
 
 
 # the machines whose system call numbers the launcher's seccomp filter knows (sandbox_launcher.py

@@ -193,25 +193,26 @@ def test_processes_of_an_undelegated_cgroup_are_not_moved(tmp_path, monkeypatch)
 
 def test_no_pids_cgroup_is_said_once_and_not_where_a_v2_memory_cgroup_has_pids(tmp_path, monkeypatch, caplog):
     """Without a v1 pids hierarchy and without the pids controller in a v2 memory cgroup, a process's sandboxes are
-    bounded by RLIMIT_NPROC alone: said once a process (check_available runs at every spawn), not at every start."""
+    bounded by RLIMIT_NPROC alone: said once a process with the host's other gaps (check_available runs at every
+    spawn), not at every start."""
     from shared import sandbox
 
     monkeypatch.setattr(sandbox, "pids_cgroup", lambda: (None, "no cgroup v1 pids hierarchy is mounted"))
     monkeypatch.setattr(sandbox, "memory_cgroup", lambda: ((1, str(tmp_path)), None))
-    sandbox._warn_unbounded_processes.cache_clear()
+    sandbox._warn_host_gaps.cache_clear()
     try:
         for _ in range(3):
-            sandbox._warn_unbounded_processes()
+            sandbox._warn_host_gaps()
         said = [record.getMessage() for record in caplog.records if "no pids cgroup" in record.getMessage()]
         assert len(said) == 1 and "RLIMIT_NPROC alone" in said[0] and "no cgroup v1 pids hierarchy" in said[0]
         caplog.clear()
         write(tmp_path / "cgroup.subtree_control", "memory pids")
         monkeypatch.setattr(sandbox, "memory_cgroup", lambda: ((2, str(tmp_path)), None))
-        sandbox._warn_unbounded_processes.cache_clear()
-        sandbox._warn_unbounded_processes()
+        sandbox._warn_host_gaps.cache_clear()
+        sandbox._warn_host_gaps()
         assert not [record for record in caplog.records if "no pids cgroup" in record.getMessage()]
     finally:
-        sandbox._warn_unbounded_processes.cache_clear()
+        sandbox._warn_host_gaps.cache_clear()
 
 
 def test_an_oom_event_cuts_the_launchers_wait_short():
