@@ -443,14 +443,19 @@ async def _remove_cgroup(process: asyncio.subprocess.Process, config: dict) -> N
     launcher removes them itself, but not when it was killed with SIGKILL (`kill`); then what is left in them is
     killed here (the sandbox's processes die with its init, which dies with the launcher, a moment later)."""
     await process.wait()
-    groups = []
+    groups: list[tuple[str, sandbox_launcher.Cgroup]] = []
     if "cgroup" in config:
         groups.append(("memory", sandbox_launcher.MemoryCgroup(config["cgroup"]["version"], config["cgroup"]["path"])))
     if "pids_cgroup" in config:
         groups.append(("pids", sandbox_launcher.PidsCgroup(config["pids_cgroup"]["path"])))
-    for kind, group in groups:
-        if not await asyncio.to_thread(group.remove):
-            log.warning("the sandbox %s cgroup %s could not be removed (the next start sweeps it)", kind, group.path)
+
+    def remove() -> list[tuple[str, sandbox_launcher.Cgroup]]:
+        return [(kind, group) for kind, group in groups if not group.remove()]
+
+    # one thread for both: cancelled meanwhile (a loop shutting down), this task stops waiting but the thread goes on
+    # (one await per cgroup left the pids cgroup behind whenever the cancel came during the memory cgroup's)
+    for kind, group in await asyncio.to_thread(remove):
+        log.warning("the sandbox %s cgroup %s could not be removed (the next start sweeps it)", kind, group.path)
 
 
 async def _close_relay(process: asyncio.subprocess.Process, server: asyncio.AbstractServer, folder: Path) -> None:
