@@ -101,9 +101,13 @@ class Store:
                        (status or ("failed" if error else "ok"), version, error, time.time(), project_id, job_id))
 
     def runs(self, project_id: str) -> list[dict]:
+        """A project's runs in the order they were asked for. A job id is its submission time in microseconds
+        (strictly increasing, `Backend._new_job_id`); `started_at` is not the order: it holds the queue time and is
+        overwritten when the run starts, so a run queued first and started later would sort after one still queued."""
         with self._lock, self._connect() as db:
             rows = db.execute("SELECT job_id, version, event, status, error, started_at, finished_at FROM versions "
-                              "WHERE project_id = ? ORDER BY started_at", (project_id,)).fetchall()
+                              "WHERE project_id = ? ORDER BY CAST(job_id AS INTEGER), job_id",
+                              (project_id,)).fetchall()
         keys = ("job_id", "version", "event", "status", "error", "started_at", "finished_at")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
