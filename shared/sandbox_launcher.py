@@ -585,7 +585,6 @@ def gateway_forwarder(config: dict) -> None:
     connection to the unix socket the caller serves (shared/sandbox.py relays that to the gateway alone). The
     namespace has no other interface, so the gateway is all the code can reach."""
     import socket
-    import threading
 
     gateway = config["gateway"]
     loopback_up()
@@ -608,33 +607,162 @@ def gateway_forwarder(config: dict) -> None:
             os.setresgid(config["gid"], config["gid"], config["gid"])
             os.setresuid(config["uid"], config["uid"], config["uid"])
 
-        def pipe(source: socket.socket, target: socket.socket) -> None:
-            try:
-                while data := source.recv(65536):
-                    target.sendall(data)
-            except OSError:
-                pass
-            try:
-                target.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-
-        def serve(client: socket.socket) -> None:
-            with client, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as upstream:
-                try:
-                    upstream.connect(gateway["socket"])
-                except OSError:
-                    return
-                back = threading.Thread(target=pipe, args=(upstream, client), daemon=True)
-                back.start()
-                pipe(client, upstream)
-                back.join()
-
-        while True:
-            client, _ = listener.accept()
-            threading.Thread(target=serve, args=(client,), daemon=True).start()
+        relay_connections(listener, gateway["socket"])
     finally:
         os._exit(0)
+
+
+def connect_unix(path: str, wait: float = 5.0):
+    """A connected, non-blocking unix stream socket to `path`, or None. A unix connect does not wait for room in a
+    full backlog when non-blocking (EAGAIN, which a socket timeout does not wait out either): asked again for up
+    to `wait` seconds, as a blocking connect would wait for it."""
+    import socket
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError:
+            return None
+        sock.setblocking(False)
+        try:
+            sock.connect(path)
+            return sock
+        except BlockingIOError:
+            sock.close()
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.005)
+        except OSError:
+            sock.close()
+            return None
+
+
+class _Direction:
+    """One direction of a relayed connection: bytes read from `source` not yet written to `target` (at most one
+    read's worth: nothing more is read until they are written)."""
+
+    __slots__ = ("source", "target", "pending", "ended", "shut")
+
+    def __init__(self, source, target) -> None:
+        self.source, self.target = source, target
+        self.pending = b""
+        self.ended = False  # the source said end of file (or failed)
+        self.shut = False  # and everything was written: the target was shut for writing
+
+
+def relay_connections(listener, upstream: str, chunk: int = 65536) -> None:
+    """The gateway forwarder's loop: every connection accepted on `listener` relayed to a new connection to the unix
+    socket `upstream`, both ways, with half-closes passed on, in this one thread. One task whatever the number of
+    connections: the forwarder counts against the sandbox's pids.max (its init and it are the 2 above
+    `Limits.processes`), so a thread per connection and direction took the code's processes and threads (a run with
+    32 connections open could start none), and a thread refused at the limit ended the forwarder, and with it the
+    sandbox's way to the gateway."""
+    import selectors
+    import socket
+
+    selector = selectors.DefaultSelector()
+    listener.setblocking(False)
+    selector.register(listener, selectors.EVENT_READ)
+    sides: dict = {}  # socket -> (the direction it is the source of, the direction it is the target of)
+    watched: dict = {}  # socket -> the events it is registered for
+
+    def watch(sock) -> None:
+        if sock not in sides:
+            return
+        out, into = sides[sock]
+        events = (selectors.EVENT_READ if not out.ended and not out.pending else 0) | \
+            (selectors.EVENT_WRITE if into.pending else 0)
+        if events == watched.get(sock, 0):
+            return
+        if not events:
+            selector.unregister(sock)
+            del watched[sock]
+        elif sock in watched:
+            selector.modify(sock, events)
+            watched[sock] = events
+        else:
+            selector.register(sock, events)
+            watched[sock] = events
+
+    def close(sock) -> None:
+        out, _ = sides[sock]
+        for end in (out.source, out.target):
+            if end in watched:
+                selector.unregister(end)
+                del watched[end]
+            sides.pop(end, None)
+            end.close()
+
+    def finish(direction: _Direction) -> None:
+        if direction.ended and not direction.pending and not direction.shut:
+            direction.shut = True
+            try:
+                direction.target.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            if sides[direction.source][1].shut:  # both ways ended
+                close(direction.source)
+
+    def send(direction: _Direction) -> None:
+        try:
+            sent = direction.target.send(direction.pending)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # the other end is gone: so is the connection
+            close(direction.target)
+            return
+        direction.pending = direction.pending[sent:]
+        finish(direction)
+
+    def receive(direction: _Direction) -> None:
+        try:
+            data = direction.source.recv(chunk)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            direction.pending = data
+            send(direction)
+        else:
+            direction.ended = True
+            finish(direction)
+
+    def accept() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # out of descriptors: the connections waiting are taken once some are closed
+                time.sleep(0.05)
+                return
+            server = connect_unix(upstream)
+            if server is None:
+                client.close()
+                continue
+            client.setblocking(False)
+            up, down = _Direction(client, server), _Direction(server, client)
+            sides[client], sides[server] = (up, down), (down, up)
+            watch(client)
+            watch(server)
+
+    while True:
+        for key, events in selector.select():
+            sock = key.fileobj
+            if sock is listener:
+                accept()
+                continue
+            if sock in sides and events & selectors.EVENT_WRITE:
+                into = sides[sock][1]
+                send(into)
+                watch(into.source)
+            if sock in sides and events & selectors.EVENT_READ:
+                out = sides[sock][0]
+                receive(out)
+                watch(out.target)
+            watch(sock)
 
 
 class Usage:

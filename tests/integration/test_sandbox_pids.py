@@ -218,6 +218,58 @@ def test_a_bombed_sandbox_leaves_the_others_and_the_host_alone(settings):
     assert mine() == []
 
 
+def test_connections_to_the_gateway_take_none_of_the_sandboxs_processes(settings):
+    """Network.GATEWAY_ONLY (task runs): the forwarder inside the sandbox is one of the two tasks above the limit,
+    whatever the number of connections it relays. It took a thread per connection and direction from the same
+    pids.max, so 24 connections held open exhausted it (the code could start no thread) and the thread refused at
+    the limit ended the forwarder, and with it the way to the gateway. Here an echo server stands for the gateway."""
+    connections = 24
+
+    async def echoed() -> sandbox.SandboxResult:
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        at = Settings(stack={"data_dir": settings.stack.data_dir}, gateway={"host": "127.0.0.1", "port": port})
+        code = f"""
+            import socket, threading
+            held = [socket.create_connection(("127.0.0.1", {port}), timeout=10) for _ in range({connections})]
+            for number, sock in enumerate(held):
+                sock.sendall(b"ping %d " % number * 1000)
+            answers = []
+            for number, sock in enumerate(held):
+                wanted, got = b"ping %d " % number * 1000, b""
+                while len(got) < len(wanted):
+                    got += sock.recv(65536)
+                answers.append(got == wanted)
+            held[0].shutdown(socket.SHUT_WR)  # a half-close reaches the gateway, whose close comes back
+            print("closed", held[0].recv(10) == b"", flush=True)
+            threading.stack_size(256 << 10)
+            stop = threading.Event()
+            threads = [threading.Thread(target=stop.wait) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            stop.set()
+            print("echoed", sum(answers), "threads", len(threads), flush=True)
+        """
+        try:
+            return await sandbox.run(SandboxSpec(
+                argv=[sys.executable, "-c", textwrap.dedent(code)], workdir=settings.stack.data_dir / "work" / "gw",
+                env={"MALLOC_ARENA_MAX": "2"}, network=sandbox.Network.GATEWAY_ONLY,
+                limits=Limits(processes=PROCESSES, wall_seconds=30)), settings=at)
+        finally:
+            server.close()
+
+    result = asyncio.run(echoed())
+    assert result.returncode == 0, result.stderr_tail
+    assert result.stdout == f"closed True\nechoed {connections} threads 8\n".encode(), result.stderr_tail
+    assert mine() == []
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="RLIMIT_NPROC binds a normal user's processes anyway")
 def test_off_for_single_user_as_root_is_bounded_by_the_pids_cgroup_alone(settings):
     """Without a sandbox (off-for-single-user), as root: the kernel does not apply RLIMIT_NPROC to root, so before

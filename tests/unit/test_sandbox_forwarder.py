@@ -1,0 +1,97 @@
+"""The gateway forwarder's relay (shared/sandbox_launcher.py `relay_connections`): every connection accepted on the
+sandbox's 127.0.0.1:<gateway port> relayed to the host's unix socket both ways, with half-closes passed on and
+back-pressure, in one thread whatever the number of connections (the forwarder counts against the sandbox's
+pids.max). Run here in a forked process against a unix echo server standing for the host's relay."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import socketserver
+import threading
+
+import pytest
+
+from shared.sandbox_launcher import relay_connections
+
+
+class Echo(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        while data := self.request.recv(65536):
+            self.request.sendall(data)
+        self.request.shutdown(socket.SHUT_WR)  # the half-close answered with its own
+
+
+@pytest.fixture
+def forwarder(tmp_path):
+    """(port, pid) of a forked process running the relay to an echo server's unix socket."""
+    path = str(tmp_path / "gateway.sock")
+    server = socketserver.ThreadingUnixStreamServer(path, Echo)
+    server.daemon_threads = True
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    pid = os.fork()  # before the server's thread starts: the child is this one thread
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            server.socket.close()
+            relay_connections(listener, path)
+        finally:
+            os._exit(0)
+    listener_port = listener.getsockname()[1]
+    listener.close()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield listener_port, pid
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        server.shutdown()
+        server.server_close()
+
+
+def threads_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("Threads:"))
+
+
+def test_many_connections_at_once_in_one_thread(forwarder):
+    port, pid = forwarder
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(40)]
+    try:
+        for number, sock in enumerate(held):
+            sock.sendall(f"hello {number}".encode())
+        for number, sock in enumerate(held):
+            wanted, got = f"hello {number}".encode(), b""
+            while len(got) < len(wanted):
+                got += sock.recv(100)
+            assert got == wanted
+        assert threads_of(pid) == 1  # 40 connections open: one thread (it was 80 more)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_large_transfer_both_ways_and_the_half_close(forwarder):
+    """4 MiB through the relay while the client sends it all before reading (the relay holds at most one read per
+    direction: the socket buffers fill and the sender waits); a half-close reaches the far end, whose own comes
+    back once everything was echoed."""
+    port, _ = forwarder
+    body = os.urandom(4 << 20)
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sender = threading.Thread(target=lambda: (sock.sendall(body), sock.shutdown(socket.SHUT_WR)))
+        sender.start()
+        got = bytearray()
+        while data := sock.recv(1 << 16):
+            got += data
+        sender.join()
+    assert bytes(got) == body  # all of it, in order, then the end of file
+
+
+def test_a_connection_the_far_end_refuses_is_closed_and_others_go_on(forwarder, tmp_path):
+    port, pid = forwarder
+    os.unlink(tmp_path / "gateway.sock")  # the host's socket gone: the connection is closed, the relay lives on
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        assert sock.recv(10) == b""
+    os.kill(pid, 0)  # still running
