@@ -114,6 +114,8 @@ PROCESSES_MARK = "railyard-sandbox: process limit reached"
 # RLIMIT_NPROC above a cgroup's pids.max, which then binds first: the rlimit also counts the launcher (in a normal
 # user's sandbox it is in the sandbox's user namespace), the cgroup does not
 NPROC_BACKSTOP = 8
+# exit codes that are no failure after a refused fork: 0, and the signals of the CPU time and file size limits
+OTHER_LIMITS = frozenset({0, 128 + signal.SIGXCPU, 128 + signal.SIGXFSZ})
 REPORT_FD: int | None = None  # where `fail` reports out of band: the verdict pipe in this process, the setup pipe
 # (to this process) in the child until the target's execve closes it; None where nobody listens
 
@@ -1442,8 +1444,10 @@ def main() -> None:
     code = exit_code(supervise(pid, config, baseline) if baseline is not None else wait_for(pid))
     out_of_memory = CGROUP is not None and CGROUP.oom_kills() > 0
     # a sandbox that failed (not one that exits 0: it may have handled EAGAIN) once its pids.max (v2: in the memory
-    # cgroup) refused it a fork or a thread; the kernel's count, which the code cannot write
-    refused = code != 0 and any(group is not None and group.refused_forks() > 0 for group in (CGROUP, PIDS_CGROUP))
+    # cgroup) refused it a fork or a thread; the kernel's count, which the code cannot write. Not one the kernel
+    # stopped for another limit, which its signal names (a refusal handled earlier would have taken its place)
+    refused = code not in OTHER_LIMITS and any(group is not None and group.refused_forks() > 0
+                                               for group in (CGROUP, PIDS_CGROUP))
     remove_cgroups()
     reasons = config.get("quota", {}).get("reasons", {})
     if setup_failed(setup_read) and REPORT_FD is not None:

@@ -177,6 +177,42 @@ def test_a_sandbox_that_fails_after_a_refused_fork_gets_the_launchers_verdict(se
     assert mine() == []
 
 
+def test_a_sandbox_stopped_for_its_cpu_time_after_a_handled_refusal_is_told_its_cpu_time(settings):
+    """The verdict "processes" is for a sandbox that failed after a refused fork, not for one the kernel stopped for
+    another limit later: code that handled EAGAIN and then ran out of CPU time was told it started too many
+    processes (the verdict overrode SIGXCPU), and one that wrote past its file size limit likewise."""
+    handled = textwrap.dedent("""
+        import os, time
+        children = []
+        try:
+            while True:
+                pid = os.fork()
+                if pid == 0:
+                    time.sleep(60)
+                    os._exit(0)
+                children.append(pid)
+        except BlockingIOError:
+            pass
+        for pid in children:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        print("refused after", len(children), flush=True)
+    """)
+    burnt = asyncio.run(sandbox.run(spec(handled + "while True:\n    pass\n", settings, cpu_seconds=1),
+                                    settings=settings))
+    assert burnt.stdout == f"refused after {PROCESSES}\n".encode(), burnt.stderr_tail
+    assert burnt.returncode == -signal.SIGXCPU and burnt.limit_hit == "cpu", (burnt.returncode, burnt.limit_hit)
+    assert "process limit reached" not in burnt.stderr_tail
+    written = asyncio.run(sandbox.run(spec(handled + textwrap.dedent("""
+        import signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # as a program that is not Python dies of it
+        with open("big", "wb") as handle:
+            handle.write(b"x" * (2 << 20))
+    """), settings, file_size_bytes=1 << 20), settings=settings))
+    assert written.returncode == -signal.SIGXFSZ and written.limit_hit == "file_size", written.limit_hit
+    assert mine() == []
+
+
 def test_a_bombed_sandbox_leaves_the_others_and_the_host_alone(settings):
     """One sandbox holds every process its pids.max allows; another beside it still starts eight children, and
     this process still starts one: each sandbox is counted in its own cgroup."""
