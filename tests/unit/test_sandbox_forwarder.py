@@ -41,7 +41,7 @@ def forwarder(tmp_path):
             os._exit(0)
     listener_port = listener.getsockname()[1]
     listener.close()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()  # a quick shutdown
     try:
         yield listener_port, pid
     finally:
@@ -89,7 +89,7 @@ def test_a_large_transfer_both_ways_and_the_half_close(forwarder):
     assert bytes(got) == body  # all of it, in order, then the end of file
 
 
-def test_a_connection_the_far_end_refuses_is_closed_and_others_go_on(forwarder, tmp_path):
+def test_a_connection_the_far_end_refuses_is_closed_and_the_relay_lives_on(forwarder, tmp_path):
     port, pid = forwarder
     os.unlink(tmp_path / "gateway.sock")  # the host's socket gone: the connection is closed, the relay lives on
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
