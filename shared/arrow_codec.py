@@ -18,7 +18,8 @@ import orjson
 import pyarrow as pa
 
 from shared.errors import InvalidRequest, PayloadTooLarge
-from shared.ipc_size import ipc_decoded_bytes
+from shared.ipc_size import _Table as _Flatbuffer
+from shared.ipc_size import ipc_decoded_bytes, message_decoded_bytes
 
 ARROW_FILE_MAGIC = b"ARROW1"
 
@@ -129,7 +130,16 @@ def from_ipc(data: bytes, max_decoded_bytes: int | None = None, validate: bool =
     """Read an Arrow IPC file or stream (told apart by the file magic). With `max_decoded_bytes`, a body whose
     batches would take more than that once decompressed is refused (413) before anything is decoded: a few KB
     of zstd can claim hundreds of MB. With `validate` (a client's body), every buffer is checked too: Arrow reads
-    a corrupted offset or length as a table, which fails later, far from the body (1 us for 1,000 x 29 floats)."""
+    a corrupted offset or length as a table, which fails later, far from the body (1 us for 1,000 x 29 floats).
+    A stream without dictionaries, and a file whose footer was read before, are read message by message
+    (`_known_messages`); anything that reader does not take as it is goes to Arrow's readers, which say what is
+    wrong."""
+    if data[:4] == CONTINUATION or data[:6] == ARROW_FILE_MAGIC:
+        known = _known_messages(data)
+        if known is not None:
+            table = _read_known(known, max_decoded_bytes, validate)
+            if table is not None:
+                return table
     if max_decoded_bytes is not None:
         try:
             decoded = ipc_decoded_bytes(data)
@@ -139,13 +149,10 @@ def from_ipc(data: bytes, max_decoded_bytes: int | None = None, validate: bool =
         if decoded > max_decoded_bytes:
             raise PayloadTooLarge(f"the Arrow body decodes to {decoded} bytes, more than the {max_decoded_bytes}"
                                   " bytes a request may hold")
-    if not validate and data[:4] == IPC_EOS[:4]:  # a stream of ours (a bus message): its messages one by one
-        table = _read_stream_messages(data)
-        if table is not None:
-            return table
     try:
         if data[:6] == ARROW_FILE_MAGIC:
             table = pa.ipc.open_file(pa.py_buffer(data)).read_all()
+            _learn_file(data, table.schema)
         else:
             table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
         if validate:
@@ -154,6 +161,82 @@ def from_ipc(data: bytes, max_decoded_bytes: int | None = None, validate: bool =
     # EOFError: a stream cut inside a message; UnicodeDecodeError: a column name that is not UTF-8
     except (pa.ArrowException, OSError, EOFError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"body is not a valid Arrow IPC file or stream: {exc}") from None
+
+
+def _read_known(known: tuple[pa.Schema, list[pa.ipc.Message]], max_decoded_bytes: int | None,
+                validate: bool) -> pa.Table | None:
+    """The table of messages `_known_messages` found: their decoded size checked (PayloadTooLarge) before any is
+    decoded, then read and (with `validate`) checked. None when anything fails: Arrow's readers then read the body
+    again and give the error they give."""
+    schema, messages = known
+    try:
+        if max_decoded_bytes is not None:
+            decoded = sum(message_decoded_bytes(message) for message in messages)
+            if decoded > max_decoded_bytes:
+                raise PayloadTooLarge(f"the Arrow body decodes to {decoded} bytes, more than the "
+                                      f"{max_decoded_bytes} bytes a request may hold")
+        table = pa.Table.from_batches([pa.ipc.read_record_batch(message, schema) for message in messages], schema)
+        if validate:
+            table.validate(full=True)
+        return table
+    except PayloadTooLarge:
+        raise
+    except Exception:  # noqa: BLE001 - Arrow's readers read it again and say what is wrong
+        return None
+
+
+# a file's footer -> its schema and its record batches' blocks (offset, metadata length, body length), for a file
+# without dictionaries that Arrow's file reader read before (a deployment's clients send a few layouts)
+_FILES: dict[bytes, tuple[pa.Schema, tuple[tuple[int, int, int], ...]]] = {}
+
+
+def _footer(data: bytes) -> bytes | None:
+    """A file's footer (magic, ..., footer, its int32 length, magic), or None."""
+    if len(data) < 18 or data[-6:] != ARROW_FILE_MAGIC:
+        return None
+    size = int.from_bytes(data[-10:-6], "little", signed=True)
+    start = len(data) - 10 - size
+    return data[start:-10] if 0 < size and start >= 8 else None
+
+
+def _learn_file(data: bytes, schema: pa.Schema) -> None:
+    """Remember a file Arrow's reader read: its footer's batch blocks and the schema the reader found there."""
+    try:
+        footer = _footer(data)
+        if footer is None or len(footer) > CACHED_SCHEMA_MAX_BYTES or footer in _FILES \
+                or any(has_dictionary(field.type) for field in schema):
+            return
+        root = _Flatbuffer(footer, struct.unpack_from("<I", footer, 0)[0])
+        if root.structs(2, "<qi4xq"):  # dictionary blocks
+            return
+        blocks = tuple(root.structs(3, "<qi4xq"))  # Block {offset, metaDataLength, bodyLength}
+        _remember(_FILES, footer, (schema, blocks))
+    except (ValueError, IndexError, struct.error):
+        return
+
+
+def _known_messages(data: bytes) -> tuple[pa.Schema, list[pa.ipc.Message]] | None:
+    """The schema and record batch messages of a stream without dictionaries, or of a file whose footer Arrow's
+    file reader read before (the same bytes: the same schema and blocks; each block's message must have the
+    block's lengths, as the file reader checks); None for anything else."""
+    try:
+        if data[:6] == ARROW_FILE_MAGIC:
+            footer = _footer(data)
+            layout = _FILES.get(footer) if footer is not None else None
+            if layout is None:
+                return None
+            schema, blocks = layout
+            buffer, messages = pa.py_buffer(data), []
+            for offset, metadata_length, body_length in blocks:
+                message = pa.ipc.read_message(buffer.slice(offset))
+                if message.type != "record batch" or 8 + message.metadata.size != metadata_length \
+                        or (message.body.size if message.body is not None else 0) != body_length:
+                    return None
+                messages.append(message)
+            return schema, messages
+        return _stream_messages(data)
+    except (pa.ArrowException, OSError, EOFError, UnicodeDecodeError, ValueError, IndexError):
+        return None
 
 
 def _stream_schema(head: bytes) -> pa.Schema | None:
@@ -172,17 +255,17 @@ def _stream_schema(head: bytes) -> pa.Schema | None:
     return schema
 
 
-def _read_stream_messages(data: bytes) -> pa.Table | None:
-    """An IPC stream read message by message (its schema, then each record batch at the offset the previous
-    message's lengths give): the table the stream reader reads, without building one (~7 -> ~4 us for one
-    row). None for anything else (dictionaries, a legacy message without the continuation marker, a cut or
+def _stream_messages(data: bytes) -> tuple[pa.Schema, list[pa.ipc.Message]] | None:
+    """An IPC stream's schema and record batch messages, read message by message (its schema, then each record
+    batch at the offset the previous message's lengths give) without building a stream reader (~7 -> ~4 us for
+    one row). None for anything else (dictionaries, a legacy message without the continuation marker, a cut or
     malformed stream): the stream reader then reads it, or says what is wrong."""
     try:
         offset = 8 + int.from_bytes(data[4:8], "little")  # the schema message: marker, length, metadata (no body)
         schema = _stream_schema(data[:offset])
         if schema is None:
             return None
-        buffer, end, batches = pa.py_buffer(data), len(data), []
+        buffer, end, messages = pa.py_buffer(data), len(data), []
         while offset < end:
             marker = data[offset:offset + 8]
             if marker == IPC_EOS:
@@ -192,9 +275,9 @@ def _read_stream_messages(data: bytes) -> pa.Table | None:
             message = pa.ipc.read_message(buffer.slice(offset))
             if message.type != "record batch":
                 return None
-            batches.append(pa.ipc.read_record_batch(message, schema))
+            messages.append(message)
             offset += 8 + message.metadata.size + (message.body.size if message.body is not None else 0)
-        return pa.Table.from_batches(batches, schema)
+        return schema, messages
     except (pa.ArrowException, OSError, EOFError, UnicodeDecodeError, ValueError, IndexError):
         return None
 

@@ -3,6 +3,8 @@ give: the same bytes written, the same table read, every other stream left to th
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -10,7 +12,8 @@ import pytest
 from shared import arrow_codec
 from shared.arrow_codec import (
     CACHED_SCHEMA_MAX_BYTES,
-    _read_stream_messages,
+    _known_messages,
+    _read_known,
     column_values,
     flat_array,
     flat_values,
@@ -19,7 +22,8 @@ from shared.arrow_codec import (
     to_ipc_file,
     to_ipc_stream,
 )
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, PayloadTooLarge
+from shared.ipc_size import ipc_decoded_bytes
 
 
 def _writer_bytes(table: pa.Table, **options) -> bytes:
@@ -67,11 +71,20 @@ def test_a_compressed_stream_reads_alike(codec: str) -> None:
     assert from_ipc(_writer_bytes(table, compression=codec)).equals(table)
 
 
+LIMIT = 1 << 30
+
+
+def _shortcut(data: bytes, validate: bool = False) -> pa.Table | None:
+    """What the message-by-message reader makes of a body (None: Arrow's readers read it)."""
+    known = _known_messages(data)
+    return None if known is None else _read_known(known, LIMIT, validate)
+
+
 def test_a_cut_stream_is_never_read_as_something_the_reader_refuses() -> None:
     data = _writer_bytes(_tables()[1])
     for cut in range(len(data)):
         part = data[:cut]
-        shortcut = _read_stream_messages(part)
+        shortcut = _shortcut(part)
         try:
             expected = pa.ipc.open_stream(pa.py_buffer(part)).read_all()
         except (pa.ArrowException, OSError, EOFError):
@@ -80,6 +93,72 @@ def test_a_cut_stream_is_never_read_as_something_the_reader_refuses() -> None:
                 from_ipc(part)
             continue
         assert shortcut is None or shortcut.equals(expected), cut
+
+
+@pytest.mark.parametrize("table", _tables())
+def test_a_file_read_again_by_its_footer_is_the_table_the_file_reader_reads(table: pa.Table) -> None:
+    """The first read of a file is Arrow's file reader; a file with a footer seen before is read at the footer's
+    blocks (no reader built), and gives the same table."""
+    data = to_ipc_file(table)
+    expected = pa.ipc.open_file(pa.py_buffer(data)).read_all()
+    first = from_ipc(data, max_decoded_bytes=1 << 30, validate=True)
+    shortcut = _shortcut(data, validate=True)
+    dictionaries = any(arrow_codec.has_dictionary(kind) for kind in table.schema.types)
+    assert (shortcut is None) == dictionaries  # a file with dictionaries is the reader's every time
+    again = from_ipc(data, max_decoded_bytes=1 << 30, validate=True)
+    for read in (first, again, *([shortcut] if shortcut is not None else [])):
+        assert read.equals(expected) and read.schema.equals(expected.schema, check_metadata=True)
+
+
+def test_a_known_files_damaged_messages_are_refused_as_the_file_reader_refuses_them() -> None:
+    """The footer is the same bytes as a file read before, the messages are not: every byte of a two-batch file
+    overwritten in turn, the outcome (a table, 413 for a decoded size over the limit, or InvalidRequest) is the
+    decoded-size check's and the file reader's, and the shortcut never reads what they refuse."""
+    data = to_ipc_file(pa.table({"t": tensor_array(np.arange(6, dtype=np.float32).reshape(3, 2)),
+                                 "s": ["x", "y", "z"]}).slice(0, 3).combine_chunks())
+    data = to_ipc_file(pa.concat_tables([pa.ipc.open_file(data).read_all()] * 2))
+    from_ipc(data, validate=True)  # the footer is known from here on
+    footer_start = len(data) - 10 - int.from_bytes(data[-10:-6], "little")
+    for at in range(8, footer_start):
+        for value in (0x00, 0xFF, data[at] ^ 0x01):
+            damaged = data[:at] + bytes([value]) + data[at + 1:]
+            try:
+                decoded = ipc_decoded_bytes(damaged)
+            except (ValueError, IndexError, struct.error, pa.ArrowException, OSError, EOFError):
+                decoded = None
+            if decoded is not None and decoded > LIMIT:
+                with pytest.raises(PayloadTooLarge, match=f"decodes to {decoded} bytes"):
+                    from_ipc(damaged, max_decoded_bytes=LIMIT, validate=True)
+                continue
+            try:
+                if decoded is None:
+                    raise EOFError
+                expected = pa.ipc.open_file(pa.py_buffer(damaged)).read_all()
+                expected.validate(full=True)
+            except (pa.ArrowException, OSError, EOFError, UnicodeDecodeError):
+                assert _shortcut(damaged, validate=True) is None, at
+                with pytest.raises(InvalidRequest):
+                    from_ipc(damaged, max_decoded_bytes=LIMIT, validate=True)
+                continue
+            read = from_ipc(damaged, max_decoded_bytes=LIMIT, validate=True)  # NaN != NaN: compared as bytes
+            assert read.schema.equals(expected.schema) and to_ipc_stream(read) == to_ipc_stream(expected), at
+
+
+@pytest.mark.parametrize("encode", [to_ipc_file, to_ipc_stream])
+def test_a_known_body_over_the_decoded_limit_is_refused_with_the_same_figure(encode) -> None:
+    table = pa.table({"t": tensor_array(np.ones((4, 29), np.float32))})
+    for codec in (None, "zstd"):
+        options = pa.ipc.IpcWriteOptions(compression=codec)
+        sink = pa.BufferOutputStream()
+        opener = pa.ipc.new_file if encode is to_ipc_file else pa.ipc.new_stream
+        with opener(sink, table.schema, options=options) as writer:
+            writer.write_table(table)
+        data = sink.getvalue().to_pybytes()
+        decoded = ipc_decoded_bytes(data)
+        for _ in range(2):  # the first read of a file learns its footer, the second reads by it
+            assert from_ipc(data, max_decoded_bytes=decoded, validate=True).equals(table)
+            with pytest.raises(PayloadTooLarge, match=f"decodes to {decoded} bytes"):
+                from_ipc(data, max_decoded_bytes=decoded - 1, validate=True)
 
 
 def test_numpy_numbers_become_the_array_pa_array_makes() -> None:
