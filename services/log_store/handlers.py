@@ -253,8 +253,8 @@ class Ingestor:
                                                                     - time.monotonic())
             try:
                 msgs = await self.sub.fetch(batch=self.fetch_batch, timeout=wait)
-            except nats.errors.TimeoutError:
-                msgs = []
+            except (TimeoutError, nats.errors.TimeoutError):  # no message in time: since nats-py 2.15 also the
+                msgs = []  # builtin TimeoutError, when the deadline runs out between fetch's two pull requests
             except Exception as exc:  # bus trouble: wait and fetch again (unacked messages stay in the stream)
                 log.warning("fetching inference logs failed: %s", exc)
                 await asyncio.sleep(0.5)

@@ -1,0 +1,77 @@
+"""The log store's consumer loop (`Ingestor.run`) reads a fetch that ends without messages as "no message in
+time", whichever timeout nats-py raises. Since nats-py 2.15 `fetch` raises the builtin `TimeoutError` (not
+`nats.errors.TimeoutError`) when its deadline runs out between its two pull requests, which is what happens to the
+loop's short fetches while it gathers a segment (the remaining part of `flush_interval`). Before, that was taken for
+bus trouble: a WARNING "fetching inference logs failed: " with an empty message and a 0.5 s pause before the
+segment was written, seen after most inferences of a walk-through on an idle stack (shared/faststream_logs.py has
+the same nats-py change for FastStream's own pull loops)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from types import SimpleNamespace
+
+import nats.errors
+
+from services.log_store.handlers import Ingestor
+from shared.settings import LogSettings
+
+
+class FakeSubscription:
+    """One message, then a fetch that raises `error`, then fetches that time out as nats-py's do when nothing
+    came (`nats.errors.TimeoutError` after their timeout)."""
+
+    def __init__(self, error: type[BaseException]) -> None:
+        self.error = error
+        self.calls = 0
+
+    async def fetch(self, batch: int, timeout: float) -> list:
+        self.calls += 1
+        if self.calls == 1:
+            return [SimpleNamespace(data=b"x" * 100)]
+        await asyncio.sleep(min(timeout, 0.01))
+        raise self.error() if self.calls == 2 else nats.errors.TimeoutError()
+
+
+def run_until_flushed(error: type[BaseException]) -> tuple[list, float]:
+    settings = LogSettings(flush_interval=0.05)
+    ingestor = Ingestor(SimpleNamespace(settings=settings), js=None)
+    ingestor.sub = FakeSubscription(error)
+    flushed: list = []
+
+    async def flush_with_retry(msgs, probe=False):
+        flushed.append(list(msgs))
+        ingestor.running = False
+
+    ingestor.flush_with_retry = flush_with_retry
+
+    async def main() -> float:
+        started = time.monotonic()
+        await asyncio.wait_for(ingestor.run(), 10)
+        return time.monotonic() - started
+
+    return flushed, asyncio.run(main())
+
+
+def test_a_fetch_deadline_as_builtin_timeout_error_is_no_message_in_time(caplog):
+    caplog.set_level(logging.WARNING, logger="railyard.log_store")
+    flushed, seconds = run_until_flushed(TimeoutError)
+    assert [len(batch) for batch in flushed] == [1]
+    assert not [r for r in caplog.records if "fetching inference logs failed" in r.getMessage()]
+    assert seconds < 0.5, seconds  # no pause taken for bus trouble (0.5 s): the segment is written once due
+
+
+def test_the_nats_timeout_error_stays_no_message_in_time(caplog):
+    caplog.set_level(logging.WARNING, logger="railyard.log_store")
+    flushed, _ = run_until_flushed(nats.errors.TimeoutError)
+    assert [len(batch) for batch in flushed] == [1]
+    assert not [r for r in caplog.records if "fetching inference logs failed" in r.getMessage()]
+
+
+def test_other_fetch_errors_are_still_reported(caplog):
+    caplog.set_level(logging.WARNING, logger="railyard.log_store")
+    flushed, _ = run_until_flushed(nats.errors.ConnectionClosedError)
+    assert [len(batch) for batch in flushed] == [1]
+    assert [r for r in caplog.records if "fetching inference logs failed" in r.getMessage()]
