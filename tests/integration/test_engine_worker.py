@@ -122,19 +122,27 @@ async def test_a_python_step_runs_in_a_worker_and_survives_each_failure(settings
             await runtime.predict_async(table("fake-quota"))
         assert "crashed (exit status 122)" in faked.value.msg and "disk quota of" not in faked.value.msg
 
+        async def unhurried(action: str) -> None:
+            """A request the sandbox's limit stops, with 30 s instead of the test's 2-s time limit: under other
+            processes' load (3-6 here) zeroing 64-MiB blocks up to the memory limit, touching 1 GiB in forked
+            children, or forking a worker with pandas loaded until pids.max took longer (UpstreamTimeout)."""
+            runtime.settings = runtime.settings.model_copy(
+                update={"sandbox": runtime.settings.sandbox.model_copy(update={"wall_seconds": 30})})
+            try:
+                await runtime.predict_async(table(action))
+            finally:
+                runtime.settings = settings
+
         with pytest.raises((WorkerFailed, InvalidRequest)) as memory:
-            await runtime.predict_async(table("memory"))
+            await unhurried("memory")
         assert "memory limit" in memory.value.msg
         assert (await runtime.predict_async(table("ok"))).num_rows == 1
 
         if sandbox.memory_cgroup()[0] is not None:  # the launcher's memory cgroup: the user's limit, a 400
             # touching 1 GiB takes ~1 ms a MiB on this VM, more under the suite's load: past the 2-s time limit
             # (a fresh clone's make test ran out), so this request has 30 s; the cgroup stops it long before
-            runtime.settings = runtime.settings.model_copy(
-                update={"sandbox": runtime.settings.sandbox.model_copy(update={"wall_seconds": 30})})
             with pytest.raises(InvalidRequest) as together:
-                await runtime.predict_async(table("forkmem"))
-            runtime.settings = settings
+                await unhurried("forkmem")
             assert together.value.code == "resource_limit", together.value.msg
             assert "more memory than" in together.value.msg, together.value.msg
             assert (await runtime.predict_async(table("ok"))).num_rows == 1
@@ -142,13 +150,13 @@ async def test_a_python_step_runs_in_a_worker_and_survives_each_failure(settings
         # the sandbox's process limit: a refused thread the step does not handle is the user's limit, a 400, and
         # the worker (holding its threads) is replaced
         with pytest.raises(InvalidRequest) as threads:
-            await runtime.predict_async(table("threads"))
+            await unhurried("threads")
         assert threads.value.code == "resource_limit" and "process limit" in threads.value.msg, threads.value.msg
         assert (await runtime.predict_async(table("ok"))).num_rows == 1
         if sandbox.pids_cgroup()[0] is not None:  # (v1) its pids cgroup counts the refused forks: the launcher's
             # verdict when they end the worker, a 400 like the memory cgroup's (a crash without it: a 500)
             with pytest.raises(InvalidRequest) as forks:
-                await runtime.predict_async(table("forkcrash"))
+                await unhurried("forkcrash")
             assert forks.value.code == "resource_limit", forks.value.msg
             assert "was stopped: it started more processes or threads than the sandbox allows" in forks.value.msg
             assert (await runtime.predict_async(table("ok"))).num_rows == 1
