@@ -12,15 +12,12 @@ import os
 import re
 import sys
 from datetime import datetime
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from railyard_client import __version__, data
+from railyard_client import data
 from railyard_client._lazy import pa
 from railyard_client.assays import Assay
 from railyard_client.client import Client
@@ -53,9 +50,19 @@ EPILOG = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODE
 
 
 
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """`--version` (click.version_option's output), the version read only then (`railyard_client.__version__`)."""
+    if value and not ctx.resilient_parsing:
+        from railyard_client import __version__
+
+        click.echo(f"railyard {__version__}")
+        ctx.exit()
+
+
 @click.group(name="railyard", epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
                                                                "max_content_width": 110})
-@click.version_option(__version__, prog_name="railyard", message="%(prog)s %(version)s")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and exit.")
 def app() -> None:
     """Railyard MLOps platform: the SDK's command line.
 
@@ -89,7 +96,25 @@ workspace_option = click.option("--workspace", "-w", help="Workspace name or id 
 progress_option = click.option("--progress/--no-progress", default=None,
                                help="Show a progress bar (default: on a terminal).")
 
-out = Console(soft_wrap=False)
+
+
+class _Console:
+    """Rich's console, made at its first use: a command that prints JSON (`--json`) needs no Rich, whose import
+    was ~20-50 ms of its start (docs/performance.md item 46). Tests put a `rich.console.Console` in its place."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
+out: Any = _Console(soft_wrap=False)
 _ID_COLUMNS = {"id", "run_id", "model_version"}  # the ids other commands take: printed whole when UUIDs
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
@@ -117,6 +142,8 @@ def show(rows: list[dict[str, Any]], columns: list[str] | None, as_json: bool, p
     if not rows:
         out.print("(none)")
         return
+    from rich.table import Table
+
     columns = columns or list(dict.fromkeys(key for row in rows for key in row))
     table = Table(show_lines=False)
     whole = {c for c in columns if c in _ID_COLUMNS and any(_is_whole(row.get(c)) for row in rows)}
@@ -381,6 +408,8 @@ def pipelines_undeploy(name: str, workspace: str | None, as_json: bool) -> None:
 def pipelines_logs(name: str, limit: int, start: datetime | None, end: datetime | None, output: Path | None,
                    workspace: str | None, as_json: bool) -> None:
     """The inference logs of pipeline NAME, oldest first (paged for you)."""
+    if output is not None:  # before any page is read
+        data.check_output_suffix(output)
     pipeline = _client(workspace).current_workspace().pipeline(name)
     table = pipeline.logs(start, end, limit or None, arrow=True)
     if output:
@@ -412,7 +441,7 @@ def _read_stdin(input_format: str | None) -> Any:
     kind = input_format or ("json" if raw.lstrip()[:1] in (b"[", b"{") else
                             "parquet" if raw[:4] == b"PAR1" else "arrow")
     if kind == "json":
-        return data.parse_json_records(raw)
+        return data.inference_records(raw, "stdin")
     try:
         return data.read_ipc_or_parquet(raw)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -421,18 +450,22 @@ def _read_stdin(input_format: str | None) -> Any:
 
 @app.command()
 @click.argument("pipeline")
-@click.argument("input_file", metavar="[INPUT]", required=False)
+@click.argument("input_file", metavar="[INPUT]", required=False,
+                type=click.Path(exists=True, dir_okay=False, readable=True, allow_dash=True))
 @click.option("--format", "input_format", type=click.Choice(["json", "arrow", "parquet"]),
               help="Format of stdin (default: guessed).")
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Write the results to a .parquet, .arrow or "
-              ".json file.")
+              ".json file (JSON rows in: .json only).")
 @workspace_option
 @json_option
 def infer(pipeline: str, input_file: str | None, input_format: str | None, output: Path | None,
           workspace: str | None, as_json: bool) -> None:
     """Run rows through deployed PIPELINE. INPUT is a .json (pandas-records), .arrow/.feather or .parquet file;
     '-' or nothing reads stdin. JSON in gives the API's JSON records; Arrow or Parquet in gives Arrow columns
-    (time, in.*, out.*, check_failures)."""
+    (time, in.*, out.*, check_failures). The input is checked before anything is sent: JSON must be a list of
+    row objects with the same keys, each column one type (no nulls), tensors of one shape."""
+    if output is not None:  # before the rows are sent (and logged), not after
+        data.check_output_suffix(output)
     if input_file in (None, "-"):
         rows: Any = _read_stdin(input_format)
     else:
@@ -441,8 +474,11 @@ def infer(pipeline: str, input_file: str | None, input_format: str | None, outpu
             rows = data.read_json_records(path)
         else:
             rows, _ = data.read_table(path)
+    if output is not None and isinstance(rows, list) and output.suffix.lower() not in data.JSON_SUFFIXES:
+        raise InvalidInput(f"JSON rows get the API's JSON records back: write them to a .json file, not {output}"
+                           " (or send .parquet/.arrow rows for an Arrow or Parquet answer)")
     result = _client(workspace).current_workspace().pipeline(pipeline).infer(rows)
-    if isinstance(result, pa.Table):
+    if not isinstance(result, list):  # an Arrow table (`pa.Table` here would import pyarrow for JSON rows)
         if output:
             data.write_table(result, output)
             out.print(f"{result.num_rows} rows written to {output}")
@@ -527,9 +563,15 @@ def _add_lineage_commands() -> None:
 _add_lineage_commands()
 
 
-def build_command() -> click.Group:
+def build_command(args: list[str] | None = None) -> click.Group:
     """Every command: the SDK's own plus those of installed plugins (entry point group `railyard.commands`;
-    the server adds `up`, `status`, `down`)."""
+    the server adds `up`, `status`, `down`). With `args` naming one of the SDK's own commands, the plugins are
+    not looked for: reading the installed distributions' entry points (importlib.metadata) was 40-100 ms of
+    every command's start (docs/performance.md item 46)."""
+    if args and args[0] in app.commands and not os.environ.get("_RAILYARD_COMPLETE"):
+        return app
+    from importlib.metadata import entry_points
+
     for plugin in entry_points(group=PLUGIN_GROUP):
         try:
             plugin.load()(app)
@@ -545,7 +587,7 @@ def _fail(message: str, code: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns (and, as a script, exits with) the exit code."""
-    command = build_command()
+    command = build_command(sys.argv[1:] if argv is None else argv)
     try:
         result = command.main(args=argv, prog_name="railyard", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:

@@ -74,33 +74,190 @@ def read_table(path: str | Path) -> tuple[pa.Table, str]:
     raise InvalidInput(f"{path}: unknown file type {suffix or '(none)'}; use .json, .arrow/.feather or .parquet")
 
 
-def parse_json_records(raw: bytes) -> list[dict[str, Any]]:
-    """pandas-records JSON (a list of objects, one object, or JSON lines) as a list of row objects."""
+def parse_json_records(raw: bytes, source: str = "the input") -> list[dict[str, Any]]:
+    """pandas-records JSON (a list of objects, one object, or JSON lines) as a list of row objects; `source` names
+    the input in the errors."""
+    if raw[:4] == b"PAR1" or raw[:6] == b"ARROW1":  # a table file named .json: say what it is
+        kind = "Parquet" if raw[:4] == b"PAR1" else "an Arrow IPC file"
+        raise InvalidInput(f"{source} is {kind}, not JSON: give it its own suffix (.parquet / .arrow) or --format")
     text = raw.decode("utf-8", errors="replace").strip()
     try:
         value = json.loads(text) if text else None
-    except ValueError:
-        try:  # JSON lines
-            value = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except ValueError as exc:
-            raise InvalidInput(f"the input is not JSON: {exc}") from None
+    except ValueError as whole:
+        if text.startswith("[") or "\n" not in text:  # one JSON document: its own error
+            raise InvalidInput(f"{source} is not JSON: {whole}") from None
+        value = []
+        for number, line in enumerate(text.splitlines(), 1):  # JSON lines: the line that is not JSON
+            if line.strip():
+                try:
+                    value.append(json.loads(line))
+                except ValueError as exc:
+                    raise InvalidInput(f"{source} is neither JSON nor JSON lines: line {number}: {exc}") from None
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list) or not value or not all(isinstance(row, dict) for row in value):
-        raise InvalidInput("expected pandas-records JSON: a non-empty list of row objects")
+        if not value:
+            found = "nothing"
+        elif isinstance(value, list):
+            found = f"a list holding a {_json_kind(next(row for row in value if not isinstance(row, dict)))}"
+        else:
+            found = f"a {_json_kind(value)}"
+        raise InvalidInput(f"{source}: expected pandas-records JSON: a non-empty list of row objects, found {found}")
     return value
 
 
+def inference_records(raw: bytes, source: str = "the input") -> list[dict[str, Any]]:
+    """pandas-records JSON for the inference API (`railyard infer`'s JSON file or stdin), refused here, before
+    anything is sent, when the API would refuse it (`check_records`), with where and why."""
+    rows = parse_json_records(raw, source)
+    if len(rows) == 1:
+        _refuse_other_shapes(rows[0], source)
+    check_records(rows, source)
+    return rows
+
+
 def read_json_records(path: str | Path) -> list[dict[str, Any]]:
-    """A pandas-records JSON file as row objects, as they go to the API (no Arrow table: `pa.Table.from_pylist`
-    imports pandas through pyarrow's pandas shim)."""
+    """A pandas-records JSON file as row objects, as they go to the inference API, checked as it reads them (no
+    Arrow table: `pa.Table.from_pylist` imports pandas through pyarrow's pandas shim)."""
     path = Path(path)
     if not path.is_file():
         raise InvalidInput(f"no such file: {path}")
     try:
-        return parse_json_records(path.read_bytes())
+        raw = path.read_bytes()
     except OSError as exc:
         raise InvalidInput(f"{path} is not a readable {path.suffix[1:]} file: {exc}") from None
+    return inference_records(raw, str(path))
+
+
+_INT64 = range(-(2**63), 2**63)
+_FLOAT_MAX = 1.7976931348623157e308
+
+
+_KINDS = {bool: "boolean", int: "number", float: "number", str: "string", list: "list", dict: "object",
+          type(None): "null"}
+
+
+def _json_kind(value: Any) -> str:
+    return _KINDS.get(type(value), type(value).__name__)
+
+
+def _refuse_other_shapes(value: dict[str, Any], source: str) -> None:
+    """One object that is not a row but another JSON shape users hold: an OIP v2 body, or a DataFrame written
+    with `to_json()`'s default (columns) or split orientation."""
+    if isinstance(value.get("inputs"), list) and all(isinstance(t, dict) and "datatype" in t for t in value["inputs"]):
+        raise InvalidInput(f"{source} is an Open Inference Protocol v2 body, not pandas-records rows: send it with"
+                           " Pipeline.infer_v2 or to /v2/models/<deployment>/infer, or write its rows as a list of"
+                           " objects")
+    split = isinstance(value.get("columns"), list) and isinstance(value.get("data"), list) and all(
+        isinstance(row, list) for row in value["data"])
+    if split or value and all(isinstance(v, dict) for v in value.values()):
+        raise InvalidInput(f"{source} looks like a DataFrame written with to_json()'s columns or split orientation:"
+                           " write it with to_json(orient='records') (a list of row objects)")
+
+
+def _tensor_shape(value: list[Any], leaves: set[type], wide: list[bool]) -> tuple[int, ...] | None:
+    """The shape of a nested list (None when it is ragged or mixes lists and values); its leaves' types are
+    added to `leaves`, and `wide` gets True when an innermost list of numbers holds an int outside int64."""
+    kinds = set(map(type, value))
+    if list not in kinds:
+        leaves |= kinds
+        if int in kinds and kinds <= {int, float} and not (_INT64[0] <= min(value) and max(value) <= _INT64[-1]):
+            wide.append(True)
+        return (len(value),)
+    if kinds != {list}:
+        return None
+    inner = [_tensor_shape(item, leaves, wide) for item in value]
+    if inner[0] is None or any(shape != inner[0] for shape in inner):
+        return None
+    return (len(value), *inner[0])
+
+
+def _leaves(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        return [value]
+    return [leaf for item in value for leaf in _leaves(item)]
+
+
+def _column_kind(name: str, values: list[Any], leaves: set[type], where: str) -> str:
+    """numbers, boolean or string, as the API's reader allows them; else the record where it goes wrong."""
+    if leaves <= {int, float}:
+        return "float" if float in leaves else "int"
+    if leaves in ({bool}, {str}):
+        return "other"
+    for index, value in enumerate(values):  # the error path only: which record holds what
+        found = {_json_kind(leaf) for leaf in _leaves(value)}
+        if "null" in found:
+            raise InvalidInput(f"{where}: column {name!r}: record {index} holds a null; the API takes no missing"
+                               " values (fill them in, or leave the column out of every record)")
+        bad = found - {"number", "boolean", "string"}
+        if bad:
+            raise InvalidInput(f"{where}: column {name!r}: record {index} holds a JSON {sorted(bad)[0]}; a column"
+                               " holds numbers, booleans or strings, or lists (tensors) of them")
+    kinds = sorted({_KINDS.get(kind, kind.__name__) for kind in leaves})
+    first = {kind: next(i for i, v in enumerate(values) if kind in {_json_kind(x) for x in _leaves(v)})
+             for kind in kinds}
+    raise InvalidInput(f"{where}: column {name!r} mixes data types: " + ", ".join(
+        f"{kind}s (first in record {first[kind]})" for kind in kinds) + "; a column holds one type")
+
+
+def _check_column(name: str, values: list[Any], where: str) -> None:
+    tensors = [isinstance(value, list) for value in values]
+    scalars = not any(tensors)
+    if scalars:
+        leaves = set(map(type, values))
+    elif not all(tensors):
+        raise InvalidInput(f"{where}: column {name!r} mixes tensors and scalars: record {tensors.index(True)} holds"
+                           f" a list, record {tensors.index(False)} a {_json_kind(values[tensors.index(False)])}")
+    else:
+        leaves = set()
+        wide: list[bool] = []
+        shapes = [_tensor_shape(value, leaves, wide) for value in values]
+        for index, shape in enumerate(shapes):
+            if shape is None:
+                raise InvalidInput(f"{where}: column {name!r}: record {index}'s tensor is ragged (its lists have"
+                                   " different lengths, or mix lists and values)")
+            if shape != shapes[0]:
+                raise InvalidInput(f"{where}: column {name!r}: record {index}'s tensor has shape {list(shape)},"
+                                   f" record 0's {list(shapes[0])}; every record's tensor has the same shape")
+        if not leaves:
+            raise InvalidInput(f"{where}: column {name!r}: empty tensors")
+    kind = _column_kind(name, values, leaves, where)
+    if int not in leaves or not scalars and not wide:  # (tensors: no int outside int64, the narrower range)
+        return
+    for index, value in enumerate(values):  # ints: in int64 (an int column), or within a float's range
+        low, high = (value, value) if scalars else _bounds(value)
+        if kind == "int" and (low not in _INT64 or high not in _INT64) or kind == "float" and any(
+                type(end) is int and abs(end) > _FLOAT_MAX for end in (low, high)):
+            raise InvalidInput(f"{where}: column {name!r}: record {index} holds an integer outside the 64-bit"
+                               " signed range or a float's (write it as a float, e.g. 9.3e18, if that is what the"
+                               " model takes)")
+
+
+def _bounds(value: list[Any]) -> tuple[Any, Any]:
+    """The smallest and largest number of a rectangular tensor of numbers (min and max of its innermost lists)."""
+    if isinstance(value[0], list):
+        pairs = [_bounds(item) for item in value]
+        return min(low for low, _ in pairs), max(high for _, high in pairs)
+    return min(value), max(value)
+
+
+def check_records(rows: list[dict[str, Any]], where: str = "the input") -> None:
+    """The rules the inference API reads pandas-records rows by (`shared/arrow_codec.records_to_table`), checked
+    before anything is sent, with the record that breaks one: every record has record 0's columns; a column
+    holds numbers, booleans or strings (no nulls, one type), as scalars in every record or as tensors (nested
+    lists) of one shape. What the values mean to the model (its inputs' names, types, shapes) only the server
+    knows. Pure Python: no pyarrow, no pandas."""
+    columns = rows[0].keys()
+    for index, row in enumerate(rows):
+        if row.keys() != columns:
+            missing = [c for c in columns if c not in row]
+            extra = [c for c in row if c not in columns]
+            detail = "; ".join(p for p in (f"missing {missing}" if missing else "",
+                                           f"extra {extra}" if extra else "") if p)
+            raise InvalidInput(f"{where}: record {index} has different columns than record 0 ({detail}); every"
+                               " record needs the same keys")
+    for column in columns:
+        _check_column(column, [row[column] for row in rows], where)
 
 
 def reversed_rows(table: pa.Table) -> pa.Table:
@@ -125,18 +282,24 @@ def read_ipc_or_parquet(raw: bytes) -> pa.Table:
     return from_ipc(raw)
 
 
+def check_output_suffix(path: str | Path) -> None:
+    """Refuse an output file whose suffix names no format `write_table` writes (before anything is sent)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in PARQUET_SUFFIXES | ARROW_SUFFIXES | JSON_SUFFIXES:
+        raise InvalidInput(f"{path}: unknown output type {suffix or '(none)'}; use .json, .arrow or .parquet")
+
+
 def write_table(table: pa.Table, path: str | Path) -> None:
     """Write a table to a file whose suffix picks the format (.parquet, .arrow/.feather, or .json records)."""
     path = Path(path)
+    check_output_suffix(path)
     suffix = path.suffix.lower()
     if suffix in PARQUET_SUFFIXES:
         pq.write_table(table, path)
     elif suffix in ARROW_SUFFIXES:
         path.write_bytes(to_ipc_file(table))
-    elif suffix in JSON_SUFFIXES:
-        path.write_text(json.dumps(table_to_jsonable(table), default=str))
     else:
-        raise InvalidInput(f"{path}: unknown output type {suffix or '(none)'}; use .json, .arrow or .parquet")
+        path.write_text(json.dumps(table_to_jsonable(table), default=str))
 
 
 def table_to_jsonable(table: pa.Table) -> list[dict[str, Any]]:

@@ -136,7 +136,9 @@ def test_cli_flow_from_login_to_undeploy(stack, alice, tmp_path):
     assert cli.json("assays", "list", "clipipeline") == []
 
     # bad input: one line, a meaningful exit code
-    assert "no such file: missing.json" in cli.fails(2, "infer", "clipipeline", "missing.json")
+    assert "'missing.json' does not exist" in cli.fails(2, "infer", "clipipeline", "missing.json")
+    (tmp_path / "ragged.json").write_text(json.dumps([{"tensor": [0.5] * 29}, {"tensor": [0.5] * 28}]))
+    assert "record 1's tensor has shape [28], record 0's [29]" in cli.fails(2, "infer", "clipipeline", "ragged.json")
     assert "no such file" in cli.fails(2, "models", "upload", "ccfraud", "missing.onnx")
     assert "pipeline 'no-such-pipeline' not found" in cli.fails(4, "pipelines", "status", "no-such-pipeline")
     assert "not deployed" in cli.fails(4, "infer", "clipipeline", "rows.json")

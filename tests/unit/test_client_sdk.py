@@ -97,7 +97,7 @@ def test_in_task_and_task_args_read_the_task_environment(tmp_path):
     (["pipelinez"], 2, "No such command"),
     (["pipelines", "deploy"], 2, "Missing argument"),
     (["models", "list"], 3, "not logged in"),
-    (["infer", "p", "missing.parquet"], 2, "no such file: missing.parquet"),
+    (["infer", "p", "missing.parquet"], 2, "Invalid value for '[INPUT]': File 'missing.parquet' does not exist"),
     (["login"], 3, "no embedded stack secrets in .railyard: give --data-dir (the folder `railyard up` used)"),
     (["login", "--username", "u", "--password", "p"], 3, "no client secret: give --client-secret or set"),
     (["tasks", "logs", "999"], 2, "'RUN_ID': '999' is not an id (a UUID; `railyard tasks runs TASK_ID` lists them)"),

@@ -1,0 +1,183 @@
+"""`railyard infer` with JSON rows (a file or stdin) refuses, before anything is sent, what the inference API would
+refuse with a 400: a missing or unreadable file, text that is not JSON, JSON that is not pandas-records rows, and
+rows the API cannot read (different keys, nulls, mixed types, ragged tensors). Exit code 2, one line naming the
+input, the record and the rule, and still without pandas. Each command runs the real CLI in a fresh interpreter;
+`_client` (signing in, then every request) only records that it was reached. The client's rules are the API's
+(`shared.arrow_codec.records_to_table`): the last test holds them to it on the same cases."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from railyard_client.data import check_records, inference_records
+from railyard_client.errors import InvalidInput
+
+from shared.arrow_codec import records_to_table
+from shared.errors import InvalidRequest
+
+CHILD = r'''
+import json, sys
+from railyard_client import cli
+
+reached = []
+
+
+class Pipeline:
+    def infer(self, rows):
+        return [{"time": 1, "in": row, "out": {"y": [0.5]}, "check_failures": [], "metadata": {}} for row in rows]
+
+
+class Workspace:
+    def pipeline(self, name):
+        return Pipeline()
+
+
+def client(workspace=None):
+    reached.append(True)
+    return type("Client", (), {"current_workspace": lambda self: Workspace()})()
+
+
+cli._client = client
+code = cli.main(sys.argv[1:])
+print(json.dumps({"reached": bool(reached), "pandas": "pandas" in sys.modules}), file=sys.stderr)
+sys.exit(code)
+'''
+
+GOOD = [{"tensor": [0.5, -1.25], "id": 1, "tag": "a"}, {"tensor": [2.0, 0], "id": 2, "tag": "b"}]
+
+
+def run(cwd: Path, *args: str, stdin: str | None = None) -> tuple[int, str, dict]:
+    done = subprocess.run([sys.executable, "-c", CHILD, *args], cwd=cwd, input=stdin, capture_output=True,
+                          text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    return done.returncode, "\n".join(lines[:-1]), json.loads(lines[-1])
+
+
+def refused(cwd: Path, *args: str, stdin: str | None = None) -> str:
+    """The one error line of a command refused before it signs in or sends anything (exit 2, no pandas)."""
+    code, err, child = run(cwd, *args, stdin=stdin)
+    assert (code, child["reached"]) == (2, False), (code, err, child)
+    assert child["pandas"] is False
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and err.startswith("railyard: error: "), err
+    return err
+
+
+def test_good_rows_are_sent(tmp_path: Path):
+    (tmp_path / "rows.json").write_text(json.dumps(GOOD))
+    code, err, child = run(tmp_path, "infer", "fraud", "rows.json", "--json")
+    assert (code, child) == (0, {"reached": True, "pandas": False}), err
+    (tmp_path / "rows.ndjson").write_text("\n".join(json.dumps(row) for row in GOOD) + "\n")  # JSON lines
+    assert run(tmp_path, "infer", "fraud", "rows.ndjson", "--json")[0] == 0
+
+
+def test_a_missing_or_unreadable_file_is_refused_by_name(tmp_path: Path):
+    assert "'missing.json' does not exist" in refused(tmp_path, "infer", "fraud", "missing.json")
+    (tmp_path / "folder.json").mkdir()
+    assert "'folder.json' is a directory" in refused(tmp_path, "infer", "fraud", "folder.json")
+    if os.geteuid() != 0:  # root reads any file
+        (tmp_path / "secret.json").write_text(json.dumps(GOOD))
+        (tmp_path / "secret.json").chmod(0)
+        assert "'secret.json' is not readable" in refused(tmp_path, "infer", "fraud", "secret.json")
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[{"tensor": [1.0, 2.0]},\n {"tensor": [3.0', "rows.json is not JSON: Expecting"),
+    ('{"tensor": [1.0]}\n{"tensor": [2.0]\n', "rows.json is neither JSON nor JSON lines: line 2:"),
+    ("", "rows.json: expected pandas-records JSON: a non-empty list of row objects, found nothing"),
+    ("[1, 2]", "found a list holding a number"),
+    ('"rows"', "found a string"),
+    ('[{"tensor": [1.0, 2.0]}, {"tensor": [3.0]}]', "column 'tensor': record 1's tensor has shape [1], record 0's"
+                                                    " [2]"),
+    ('[{"t": [[1, 2], [3]]}]', "column 't': record 0's tensor is ragged"),
+    ('[{"a": 1, "b": 2}, {"a": 3}]', "record 1 has different columns than record 0 (missing ['b'])"),
+    ('[{"a": 1}, {"a": 2, "c": 3}]', "record 1 has different columns than record 0 (extra ['c'])"),
+    ('[{"a": 1.5}, {"a": null}]', "column 'a': record 1 holds a null"),
+    ('[{"t": [1.0, null]}]', "column 't': record 0 holds a null"),
+    ('[{"a": 1}, {"a": "x"}]', "column 'a' mixes data types: numbers (first in record 0), strings (first in"
+                               " record 1)"),
+    ('[{"t": [true, 1.0]}]', "column 't' mixes data types"),
+    ('[{"t": [1.0]}, {"t": 2.0}]', "column 't' mixes tensors and scalars: record 0 holds a list, record 1 a number"),
+    ('[{"u": 1.0, "t": {"x": 1}}]', "column 't': record 0 holds a JSON object"),
+    ('[{"t": []}]', "column 't': empty tensors"),
+    ('[{"t": 9223372036854775808}]', "column 't': record 0 holds an integer outside the 64-bit signed range"),
+    ('{"inputs": [{"name": "tensor", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}',
+     "rows.json is an Open Inference Protocol v2 body"),
+    ('{"tensor": {"0": [1.0, 2.0], "1": [3.0, 4.0]}}', "to_json(orient='records')"),
+    ('{"columns": ["a"], "index": [0], "data": [[1.0]]}', "to_json(orient='records')"),
+])
+def test_rows_the_api_would_refuse_are_refused_before_sending(tmp_path: Path, text: str, message: str):
+    (tmp_path / "rows.json").write_text(text)
+    err = refused(tmp_path, "infer", "fraud", "rows.json", "--json")
+    assert message in err, err
+
+
+def test_a_table_file_named_json_is_named_for_what_it_is(tmp_path: Path):
+    (tmp_path / "rows.json").write_bytes(b"PAR1\x15\x04" + bytes(40))
+    assert "rows.json is Parquet, not JSON" in refused(tmp_path, "infer", "fraud", "rows.json")
+
+
+def test_stdin_rows_are_checked_alike(tmp_path: Path):
+    err = refused(tmp_path, "infer", "fraud", stdin='[{"tensor": [1.0, 2.0]}, {"tensor": [3.0]}]')
+    assert "stdin: column 'tensor': record 1's tensor has shape [1]" in err
+    assert "stdin is not JSON" in refused(tmp_path, "infer", "fraud", "--format", "json", stdin="[{")
+
+
+def test_an_output_file_it_cannot_write_is_refused_before_sending(tmp_path: Path):
+    (tmp_path / "rows.json").write_text(json.dumps(GOOD))
+    assert "out.csv: unknown output type .csv" in refused(tmp_path, "infer", "fraud", "rows.json", "-o", "out.csv")
+    # the API's JSON records are not a table: written as JSON into out.parquet before
+    assert "write them to a .json file, not out.parquet" in refused(tmp_path, "infer", "fraud", "rows.json", "-o",
+                                                                    "out.parquet")
+    assert run(tmp_path, "infer", "fraud", "rows.json", "-o", "out.json")[0] == 0
+    assert json.loads((tmp_path / "out.json").read_text())[1]["in"] == GOOD[1]
+    assert "unknown output type" in refused(tmp_path, "pipelines", "logs", "fraud", "-o", "logs.txt")
+
+
+CASES = [
+    GOOD,
+    [{"t": [[1, 2], [3, 4]]}, {"t": [[5, 6.5], [7, 8]]}],
+    [{"flag": True, "name": "x", "n": 2**63 - 1}],
+    [{"t": [2**63, 1.5]}],  # an int past int64 among floats: read as floats
+    [{"t": [1.0, 2.0]}, {"t": [3.0]}],
+    [{"t": [[1, 2], [3]]}],
+    [{"t": [1, [2]]}],
+    [{"a": 1, "b": 2}, {"a": 3}],
+    [{"a": 1}, {"a": 2, "c": 3}],
+    [{"a": 1.5}, {"a": None}],
+    [{"t": [1.0, None]}],
+    [{"a": 1}, {"a": "x"}],
+    [{"t": [True, 1.0]}],
+    [{"t": [1.0]}, {"t": 2.0}],
+    [{"t": {"x": 1}}],
+    [{"t": []}],
+    [{"t": 2**63}],
+    [{"t": 1}, {"t": -(2**63) - 1}],
+    [{"t": 10**400, "u": 1.0}],
+]
+
+
+@pytest.mark.parametrize("rows", CASES)
+def test_the_client_refuses_what_the_api_refuses(rows):
+    """The same verdict as the API's reader on each case (a drift between the two would refuse good rows here or
+    let bad ones reach the server)."""
+    try:
+        records_to_table(json.loads(json.dumps(rows)))
+        server = None
+    except InvalidRequest as exc:
+        server = str(exc)
+    try:
+        check_records(rows)
+        client = None
+    except InvalidInput as exc:
+        client = str(exc)
+    assert (server is None) == (client is None), (server, client)
+
+
+def test_the_checks_do_not_change_the_rows():
+    raw = json.dumps(GOOD).encode()
+    assert inference_records(raw) == GOOD
