@@ -11,7 +11,6 @@ assays, connections), typed errors, and `in_task()` / `task_args()` for orchestr
 
 from __future__ import annotations
 
-from importlib import metadata
 from pathlib import Path
 
 from railyard_client.assays import Assay
@@ -44,6 +43,8 @@ from railyard_client.workspaces import User, Workspace
 
 
 def _version() -> str:
+    from importlib import metadata
+
     try:
         return metadata.version("railyard-client")
     except metadata.PackageNotFoundError:  # run from a source tree
@@ -51,7 +52,13 @@ def _version() -> str:
         return version_file.read_text().strip() if version_file.is_file() else "0+unknown"
 
 
-__version__ = _version()
+def __getattr__(name: str) -> str:
+    """`__version__`, read when first asked for: importlib.metadata (with the email package it imports) was
+    40-100 ms of every `railyard` command's start, and only `--version` prints it (docs/performance.md item 46)."""
+    if name == "__version__":
+        version = globals()["__version__"] = _version()
+        return version
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "APIError", "Assay", "AuthenticationError", "Client", "ConfigurationError", "Conflict", "Connection",

@@ -53,6 +53,10 @@ def infer_at(session: Session, deployment: str, pipeline: str, data_in: InferInp
     deployment that is (re)starting is retried for a few seconds."""
     path = f"/v1/api/pipelines/infer/{deployment}/{pipeline}"
     as_frame = is_dataframe(data_in)  # without importing pandas: a JSON or Arrow caller never needs it
+    if isinstance(data_in, (list, dict)):  # first: the JSON path needs no pyarrow (`pa.` below imports it)
+        rows = [data_in] if isinstance(data_in, dict) else data_in
+        return _send_retrying(session, path, {"json": rows, "headers": {"Content-Type": data.RECORDS}},
+                              timeout).json()
     if isinstance(data_in, (str, Path)):
         table, kind = data.read_table(data_in)
         as_frame = kind == "json"
@@ -62,10 +66,6 @@ def infer_at(session: Session, deployment: str, pipeline: str, data_in: InferInp
         table = pa.Table.from_batches([data_in])
     elif isinstance(data_in, pa.Table):
         table = data_in
-    elif isinstance(data_in, (list, dict)):
-        rows = [data_in] if isinstance(data_in, dict) else data_in
-        return _send_retrying(session, path, {"json": rows, "headers": {"Content-Type": data.RECORDS}},
-                              timeout).json()
     else:
         raise InvalidInput(f"cannot infer from {type(data_in).__name__}: give a DataFrame, an Arrow table, a file "
                            "path or a list of row objects")

@@ -7,18 +7,10 @@ import io
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 LARGE_FILE = 8 * 1024 * 1024  # uploads from this size show a bar (on a terminal) unless told otherwise
 
@@ -70,6 +62,9 @@ def upload_bar(name: str, size: int, show: bool) -> Iterator[tuple[Progress | No
     if not show:
         yield None, None
         return
+    from rich.console import Console  # (here: a command without a bar needs no Rich, docs/performance.md item 46)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   TimeElapsedColumn(), console=Console(stderr=True), transient=False) as bar:
         yield bar, bar.add_task(f"uploading {name}", total=size)
@@ -81,6 +76,9 @@ def wait_spinner(description: str, show: bool) -> Iterator[Any]:
     if not show:
         yield lambda text: None
         return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task(description, total=None)

@@ -24,14 +24,40 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from railyard_client.errors import AuthenticationError, ConfigurationError, ConnectionFailed, error_from_answer
+
+
+class _WithoutHttpxCommandLine:
+    """Refuses `httpx._main` while httpx is first imported here. httpx's `__init__` imports its own command line
+    client whenever click, rich and pygments are installed, as they are with this package: rich.progress,
+    rich.syntax, pygments, ~40-60 ms of every `railyard` command's start for a module it never runs
+    (docs/performance.md item 46). httpx handles its absence (`httpx.main` then says its CLI extras are missing);
+    the `httpx` console script, `python -m httpx` and a later `import httpx._main` are not affected."""
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
+        if fullname == "httpx._main":
+            raise ModuleNotFoundError("httpx's command line client is not used by railyard_client", name=fullname)
+
+
+def _import_httpx() -> Any:
+    if "httpx" in sys.modules:
+        return sys.modules["httpx"]
+    finder = _WithoutHttpxCommandLine()
+    sys.meta_path.insert(0, finder)
+    try:
+        import httpx
+    finally:
+        sys.meta_path.remove(finder)
+    return httpx
+
+
+httpx = _import_httpx()
 
 TOKEN_PATH = "/auth/realms/master/protocol/openid-connect/token"
 API_PREFIX = "/v1/api"

@@ -47,6 +47,8 @@ class Session:
             page = 2 if kw["json"].get("cursor") == "older" else 1
             headers = {"x-iteration-status": "All"} if page == 2 else {"x-iteration-cursor": "older"}
             return Response((here / f"logs{page}.arrow").read_bytes(), headers)
+        if path == "/v1/api/datasets/get_rows":
+            return Response((here / "dataset.arrow").read_bytes())
         raise AssertionError(path)
 
 
@@ -56,13 +58,17 @@ class Deployed(Pipeline):
 
 
 class Workspace:
+    id = 1
+
     def pipeline(self, name):
         return Deployed(Session(), 1, name, {"name": name, "workspace_id": 1, "id": 1})
 
 
-cli._client = lambda workspace=None: type("Client", (), {"current_workspace": lambda self: Workspace()})()
+cli._client = lambda workspace=None: type("Client", (), {"current_workspace": lambda self: Workspace(),
+                                                         "_session": Session()})()
 code = cli.main(sys.argv[2:])
-print(json.dumps({"pandas": "pandas" in sys.modules, "sent": sent}), file=sys.stderr)
+print(json.dumps({"pandas": "pandas" in sys.modules, "pyarrow": "pyarrow" in sys.modules, "sent": sent}),
+      file=sys.stderr)
 sys.exit(code)
 '''
 
@@ -111,7 +117,20 @@ def canned(tmp_path: Path) -> Path:
         "check_failures": pa.array([r["check_failures"] for r in ANSWER_ROWS], pa.list_(pa.string()))})))
     (tmp_path / "logs1.arrow").write_bytes(_log_page(LOG_ROWS[:1:-1]))  # the newest three, newest first
     (tmp_path / "logs2.arrow").write_bytes(_log_page(LOG_ROWS[1::-1]))
+    (tmp_path / "dataset.arrow").write_bytes(_ipc(DATASET))
     return tmp_path
+
+
+DATASET = pa.table({"a": pa.array([0.5, 1.5]), "b": pa.array(["x", "y"])})
+
+
+def read_back(path: Path) -> list[dict]:
+    """The rows of a file the CLI wrote, as Python values (JSON files as they are)."""
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    if path.suffix == ".parquet":
+        return pq.ParquetFile(path).read().to_pylist()
+    return pa.ipc.open_file(pa.memory_map(str(path))).read_all().to_pylist()
 
 
 def run(directory: Path, *args: str) -> tuple[str, dict]:
@@ -132,6 +151,37 @@ def test_infer_json_file_prints_the_apis_records_without_pandas(canned: Path):
     assert child["sent"] == [{"path": "/v1/api/pipelines/infer/fraud-1/fraud", "json": ROWS,
                               "type": "application/json; format=pandas-records"}]
     assert child["pandas"] is False
+    assert child["pyarrow"] is False  # JSON in, JSON out: no Arrow either (isinstance checks on `pa.` imported it)
+
+
+def test_infer_json_to_a_json_file_without_pandas_or_pyarrow(canned: Path):
+    out, child = run(canned, "infer", "fraud", str(canned / "rows.json"), "-o", str(canned / "out.json"))
+    assert json.loads((canned / "out.json").read_text()) == ANSWER_JSON
+    assert (child["pandas"], child["pyarrow"]) == (False, False)
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "arrow", "json"])
+def test_the_output_files_are_written_without_pandas(canned: Path, suffix: str):
+    """`-o FILE` of `infer` (Arrow answer) and `pipelines logs`: the rows in the file, and no pandas."""
+    answer = canned / f"answer-out.{suffix}"
+    _, child = run(canned, "infer", "fraud", str(canned / "rows.parquet"), "-o", str(answer))
+    assert read_back(answer) == ANSWER_ROWS and child["pandas"] is False
+    logs = canned / f"logs-out.{suffix}"
+    _, child = run(canned, "pipelines", "logs", "fraud", "--limit", "0", "-o", str(logs))
+    assert read_back(logs) == LOG_ROWS and child["pandas"] is False
+
+
+@pytest.mark.parametrize("args", [[], ["--json"], ["-o", "rows.parquet"], ["-o", "rows.arrow"], ["-o", "rows.csv"]])
+def test_datasets_read_without_pandas(canned: Path, args: list[str]):
+    target = [str(canned / a) if a.startswith("rows.") else a for a in args]
+    out, child = run(canned, "datasets", "read", "7", *target)
+    assert child["sent"][0]["path"] == "/v1/api/datasets/get_rows" and child["pandas"] is False
+    if args == ["--json"]:
+        assert json.loads(out) == DATASET.to_pylist()
+    elif args and args[1] != "rows.csv":
+        assert read_back(Path(target[1])) == DATASET.to_pylist()
+    elif args:
+        assert (canned / "rows.csv").read_text() == '"a","b"\n0.5,"x"\n1.5,"y"\n'
 
 
 def test_infer_json_from_stdin_without_pandas(canned: Path):
