@@ -1,11 +1,12 @@
 """Railyard's Python SDK: `Client` and the objects it hands out (workspaces, models, pipelines, deployments,
 assays, connections), typed errors, and `in_task()` / `task_args()` for orchestration task runs.
 
+    import pandas as pd
     from railyard_client import Client
     client = Client()                      # RAILYARD_CLIENT_* variables, a task run, or `railyard login`
-    version = client.upload_model("ccfraud", "ccfraud.onnx")
+    version = client.upload_model("ccfraud", "ccfraud.onnx")   # the README makes this file
     pipeline = client.build_pipeline("fraud").add_model_step(version).deploy()
-    pipeline.infer(frame)                  # DataFrame in, DataFrame out
+    pipeline.infer(pd.DataFrame({"tensor": [[0.1] * 29]}))     # DataFrame in, DataFrame out
     pipeline.logs(limit=100)               # the newest 100 inferences as a DataFrame
 """
 
