@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from shared.errors import Forbidden, NotFound, RailyardError, Unauthorized
+from shared.errors import Forbidden, NotFound, RailyardError, Unauthorized, Unavailable
 from shared.settings import AuthSettings
 
 log = logging.getLogger("railyard.authz")
@@ -41,6 +41,8 @@ KIND_USER = "user"
 KIND_INFERENCE = "inference"
 KEY_REFETCH_INTERVAL = 1.0
 VERIFIED_CACHE = 10_000
+STARTUP_RETRY = 0.5  # s: the first wait before reading the revocation list again while it was never read (doubling)
+STARTUP_GRACE = 30.0  # s after a feed's start in which a failed first read is expected (auth starting), told at INFO
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,11 @@ class TokenVerifier:
         self._lock = asyncio.Lock()
         self._revoked: dict[str, float] = {}
         self._revoked_sessions: dict[str, float] = {}  # session -> when it was revoked (epoch s)
+        # Where the full revocation list comes from (VerifierFeed.start sets it) and whether it was ever read: a
+        # process that started while auth was not answering yet must not accept a token revoked before its start
+        self._fetch_revocations: Callable[[], Awaitable[Any]] | None = None
+        self._revocations_read = False
+        self._revocations_lock = asyncio.Lock()
         # verified tokens -> (principal, exp); revocation and expiry are still checked on every use
         self._verified: dict[str, tuple[Principal, float]] = {}
 
@@ -115,6 +122,26 @@ class TokenVerifier:
             self.revoke(user_id, before)
         for session, revoked_at in (sessions or {}).items():
             self.revoke_session(session, revoked_at)
+        self._revocations_read = True
+
+    @property
+    def revocations_read(self) -> bool:
+        return self._revocations_read
+
+    async def _read_revocations_once(self) -> None:
+        """Before the first token is accepted, the full revocation list must have been read once (events only
+        cover what happens after the subscription): read it now if the feed's reads have not succeeded yet."""
+        if self._revocations_read or self._fetch_revocations is None:
+            return
+        async with self._revocations_lock:
+            if self._revocations_read:
+                return
+            try:
+                revocations = await self._fetch_revocations()
+            except RailyardError as exc:
+                raise Unavailable(f"tokens cannot be checked yet: the list of revoked tokens could not be read "
+                                  f"from the auth service ({exc.msg}); try again in a moment") from None
+            self.set_revocations(revocations.users, revocations.sessions)
 
     def revoke(self, user_id: str, before: float) -> None:
         self._revoked[user_id] = max(before, self._revoked.get(user_id, 0))
@@ -199,6 +226,7 @@ class TokenVerifier:
                         and claims.get("railyard_task_run") else None),
             session=str(claims["session_state"]) if claims.get("session_state") else None,
         )
+        await self._read_revocations_once()
         if self._is_revoked(principal):
             raise Unauthorized("token revoked")
         if len(self._verified) >= VERIFIED_CACHE:
@@ -330,6 +358,8 @@ class VerifierFeed:
         self._verifier = verifier
         self._fetch = fetch
         self._interval = interval
+        verifier._fetch_revocations = fetch  # a token met before the first read here reads the list itself
+        self._started_at = time.monotonic()
         self._stop = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._subscriptions: list[Any] = []
@@ -373,19 +403,30 @@ class VerifierFeed:
             revocations = await self._fetch()
             self._verifier.set_revocations(revocations.users, revocations.sessions)
         except RailyardError as exc:
-            log.warning("could not refresh revocations: %s", exc.msg)
+            # The services start together and auth is often not answering yet at the first read: that is no
+            # fault (a token met meanwhile reads the list itself, or is refused with 503), so it is told at INFO
+            # until the list was read once or STARTUP_GRACE has passed; after that a failed read is a warning
+            starting = not self._verifier.revocations_read and time.monotonic() - self._started_at < STARTUP_GRACE
+            log.log(logging.INFO if starting else logging.WARNING, "could not refresh revocations: %s", exc.msg)
 
     async def _poll_forever(self) -> None:
         # The first wait is between half and all of the interval, at random: the services start together, and
         # polling in step they asked the auth service for its keys at the same moment, which then held one
         # PostgreSQL connection per overlapping request (~15-20 MiB of RSS each; docs/performance.md, "Memory")
         wait = self._interval * (0.5 + random.random() / 2)  # noqa: S311 - a phase, not a secret
+        # Until the list was read once (auth was not answering at start), it is read again after 0.5, 1, 2 ... s
+        retry = STARTUP_RETRY
+        if not self._verifier.revocations_read:
+            wait = retry
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(self._stop.wait(), wait)
             except TimeoutError:
-                wait = self._interval
                 await self._poll_once()
+                if not self._verifier.revocations_read:
+                    retry = wait = min(retry * 2, self._interval)
+                    continue
+                wait = self._interval
                 try:  # retired keys leave the JWKS: drop them here too, even if no rotation event came
                     await self._verifier.refresh_keys()
                 except RailyardError as exc:

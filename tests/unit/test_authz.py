@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import jwt
@@ -200,3 +201,72 @@ async def test_a_task_run_token_reaches_its_own_workspace_only(verifier):
     with pytest.raises(Forbidden) as refused:
         require_unscoped(scoped, "create workspaces")
     assert refused.value.code == "out_of_scope" and "create workspaces" in refused.value.msg
+
+
+class _Bus:
+    """Enough of a nats client for VerifierFeed.start: subscriptions that never deliver."""
+
+    async def subscribe(self, subject, cb):
+        class _Subscription:
+            async def unsubscribe(self):
+                pass
+
+        return _Subscription()
+
+
+async def test_no_token_is_accepted_before_the_revocation_list_was_read_once(verifier):
+    """A service that started while auth was not answering (the services start together) read no revocation list:
+    a token of a user deactivated before that start must not pass until the list comes. The first token met
+    reads the list itself; while auth cannot answer, tokens get 503 with a message to retry."""
+    from shared.authz import VerifierFeed
+    from shared.errors import Unavailable
+    from shared.messages.auth import Revocations
+
+    answers = [Unavailable("auth is not running"), Revocations(users={"u1": time.time() - 5})]
+
+    async def fetch():
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    VerifierFeed(verifier, fetch, 20.0)  # built, its first read not yet done (or failed)
+    old = make_token(iat=int(time.time()) - 10)
+    with pytest.raises(Unavailable, match="revoked tokens could not be read.*auth is not running"):
+        await verifier.verify(old)
+    with pytest.raises(Unauthorized, match="revoked"):  # the list read at this token: u1 was deactivated
+        await verifier.verify(old)
+    assert (await verifier.verify(make_token())).subject == "u1"  # issued after: fine, and no read again
+    assert answers == []
+
+
+async def test_a_failed_first_read_is_retried_within_seconds_and_told_at_info(verifier, caplog):
+    """Auth not answering at a service's start is expected: the feed reads again after 0.5, 1, 2 ... s (not an
+    interval later) and says so at INFO, not as a warning in every service's log at every start."""
+    import logging
+
+    from shared.authz import VerifierFeed
+    from shared.errors import Unavailable
+    from shared.messages.auth import Revocations
+
+    calls = []
+
+    async def fetch():
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise Unavailable("auth is not running")
+        return Revocations(users={})
+
+    feed = VerifierFeed(verifier, fetch, 20.0)
+    caplog.set_level(logging.INFO, logger="railyard.authz")
+    started = time.monotonic()
+    await feed.start(_Bus())
+    try:
+        while not verifier.revocations_read and time.monotonic() - started < 5:  # noqa: ASYNC110 - a flag, no event
+            await asyncio.sleep(0.05)
+    finally:
+        await feed.stop()
+    assert verifier.revocations_read and len(calls) == 3
+    assert calls[-1] - started < 3  # 0.5 + 1 s of backing off, not 10-20 s
+    failures = [r for r in caplog.records if "could not refresh revocations" in r.getMessage()]
+    assert len(failures) == 2 and all(r.levelno == logging.INFO for r in failures)
