@@ -110,7 +110,7 @@ def inference_records(raw: bytes, source: str = "the input") -> list[dict[str, A
     """pandas-records JSON for the inference API (`railyard infer`'s JSON file or stdin), refused here, before
     anything is sent, when the API would refuse it (`check_records`), with where and why."""
     rows = parse_json_records(raw, source)
-    if len(rows) == 1:
+    if len(rows) == 1 and raw.lstrip()[:1] == b"{":  # a top-level object only: a list `[...]` is rows
         _refuse_other_shapes(rows[0], source)
     check_records(rows, source)
     return rows

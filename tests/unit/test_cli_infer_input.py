@@ -103,6 +103,8 @@ def test_a_missing_or_unreadable_file_is_refused_by_name(tmp_path: Path):
     ('[{"t": [true, 1.0]}]', "column 't' mixes data types"),
     ('[{"t": [1.0]}, {"t": 2.0}]', "column 't' mixes tensors and scalars: record 0 holds a list, record 1 a number"),
     ('[{"u": 1.0, "t": {"x": 1}}]', "column 't': record 0 holds a JSON object"),
+    # a one-row list whose values are all objects is still a list of rows, not a DataFrame's columns orientation
+    ('[{"task": {"text": "awful"}}]', "column 'task': record 0 holds a JSON object"),
     ('[{"t": []}]', "column 't': empty tensors"),
     ('[{"t": 9223372036854775808}]', "column 't': record 0 holds an integer outside the 64-bit signed range"),
     ('{"inputs": [{"name": "tensor", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}',
