@@ -401,8 +401,8 @@ def pipelines_undeploy(name: str, workspace: str | None, as_json: bool) -> None:
 @click.option("--limit", type=int, default=100, show_default=True, help="The newest N rows (0 = every row).")
 @click.option("--start", type=click.DateTime(), help="From this time (UTC).")
 @click.option("--end", type=click.DateTime(), help="Until this time (UTC).")
-@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write the rows to a .parquet, .arrow or "
-              ".json file.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write the rows to a .parquet, .arrow, "
+              ".json or .jsonl (one row a line) file.")
 @workspace_option
 @json_option
 def pipelines_logs(name: str, limit: int, start: datetime | None, end: datetime | None, output: Path | None,
@@ -454,8 +454,8 @@ def _read_stdin(input_format: str | None) -> Any:
                 type=click.Path(exists=True, dir_okay=False, readable=True, allow_dash=True))
 @click.option("--format", "input_format", type=click.Choice(["json", "arrow", "parquet"]),
               help="Format of stdin (default: guessed).")
-@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write the results to a .parquet, .arrow or "
-              ".json file (JSON rows in: .json only).")
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write the results to a .parquet, .arrow, "
+              ".json or .jsonl (one row a line) file (JSON rows in: .json or .jsonl only).")
 @workspace_option
 @json_option
 def infer(pipeline: str, input_file: str | None, input_format: str | None, output: Path | None,
@@ -486,7 +486,7 @@ def infer(pipeline: str, input_file: str | None, input_format: str | None, outpu
         show(data.table_to_jsonable(result), None, as_json)
         return
     if output:
-        output.write_text(json.dumps(result))
+        data.write_json_rows(result, output)
         out.print(f"{len(result)} rows written to {output}")
         return
     flat = [_flatten(r) for r in result]

@@ -290,7 +290,8 @@ def check_output_suffix(path: str | Path) -> None:
 
 
 def write_table(table: pa.Table, path: str | Path) -> None:
-    """Write a table to a file whose suffix picks the format (.parquet, .arrow/.feather, or .json records)."""
+    """Write a table to a file whose suffix picks the format (.parquet, .arrow/.feather, .json records, or JSON
+    lines for .jsonl/.ndjson)."""
     path = Path(path)
     check_output_suffix(path)
     suffix = path.suffix.lower()
@@ -299,7 +300,16 @@ def write_table(table: pa.Table, path: str | Path) -> None:
     elif suffix in ARROW_SUFFIXES:
         path.write_bytes(to_ipc_file(table))
     else:
-        path.write_text(json.dumps(table_to_jsonable(table), default=str))
+        write_json_rows(table_to_jsonable(table), path)
+
+
+def write_json_rows(rows: list[Any], path: str | Path) -> None:
+    """JSON rows to a file: one array for .json, one object a line for .jsonl and .ndjson (JSON lines)."""
+    path = Path(path)
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        path.write_text("".join(json.dumps(row, default=str) + "\n" for row in rows))
+    else:
+        path.write_text(json.dumps(rows, default=str))
 
 
 def table_to_jsonable(table: pa.Table) -> list[dict[str, Any]]:

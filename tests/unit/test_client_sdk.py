@@ -328,3 +328,17 @@ def test_tasks_logs_checks_the_given_task_with_or_without_follow(monkeypatch, ca
         assert f"is a run of task {task_id}, not of {other}" in capsys.readouterr().err
         assert cli.main(["tasks", "logs", run_id, "--task", task_id, "-n", "1", *follow]) == 0
         assert capsys.readouterr().out == "2026-12-01T00:00:00Z stdout F hi\n"
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".ndjson"])
+def test_json_lines_outputs_hold_one_row_a_line(tmp_path: Path, suffix: str):
+    """`-o out.jsonl` (infer's JSON answer and every table output) wrote one JSON array, which JSON lines readers
+    take as one record; a .json file keeps the array."""
+    rows = [{"a": 1, "t": [0.5, 1.5]}, {"a": 2, "t": [2.5, 3.5]}]
+    data.write_json_rows(rows, tmp_path / f"out{suffix}")
+    lines = (tmp_path / f"out{suffix}").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == rows
+    data.write_table(pa.Table.from_pylist(rows), tmp_path / f"table{suffix}")
+    assert [json.loads(line) for line in (tmp_path / f"table{suffix}").read_text().splitlines()] == rows
+    data.write_json_rows(rows, tmp_path / "out.json")
+    assert json.loads((tmp_path / "out.json").read_text()) == rows
