@@ -11,7 +11,7 @@ import json
 import os
 import re
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -423,10 +423,14 @@ def pipelines_logs(name: str, limit: int, start: datetime | None, end: datetime 
 
 
 def _flatten(record: dict[str, Any]) -> dict[str, Any]:
+    """A records answer's row for the table (--json prints the answer as it came): nested columns spread out, and
+    `time` (epoch milliseconds in the API's answer) as a UTC time a reader can read."""
     flat: dict[str, Any] = {}
     for key, value in record.items():
         if isinstance(value, dict) and (key in ("in", "out", "metadata") or key.startswith("out_")):
             flat.update({f"{key}.{k}": v for k, v in value.items()})
+        elif key == "time" and isinstance(value, int) and not isinstance(value, bool):
+            flat[key] = datetime.fromtimestamp(value / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
         else:
             flat[key] = value
     return flat

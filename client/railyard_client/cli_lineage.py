@@ -161,7 +161,7 @@ def files(dataset_id: int, version_id: int | None, download: Path | None, worksp
             (download / name).write_bytes(lineage.download_file(dataset_id, name, version_id))
     _show(listed, ["name", "sha256", "size", "content_type", "labels"], as_json, listed)
     if download is not None and not as_json:
-        print(f"{len(listed)} files written to {download}")
+        print(f"{len(listed)} file{'' if len(listed) == 1 else 's'} written to {download}")
 
 
 @datasets_app.command("delete")

@@ -342,3 +342,9 @@ def test_json_lines_outputs_hold_one_row_a_line(tmp_path: Path, suffix: str):
     assert [json.loads(line) for line in (tmp_path / f"table{suffix}").read_text().splitlines()] == rows
     data.write_json_rows(rows, tmp_path / "out.json")
     assert json.loads((tmp_path / "out.json").read_text()) == rows
+
+
+def test_the_infer_table_shows_time_as_a_utc_time():
+    """The table (not --json) showed the records answer's `time` as epoch milliseconds."""
+    row = cli._flatten({"time": 1_000_123, "in": {"x": 1.0}, "out": {"y": [2.0]}, "check_failures": []})
+    assert row == {"time": "1970-01-01 00:16:40.123", "in.x": 1.0, "out.y": [2.0], "check_failures": []}
