@@ -38,16 +38,30 @@ class _WithoutHttpxCommandLine:
     client whenever click, rich and pygments are installed, as they are with this package: rich.progress,
     rich.syntax, pygments, ~40-60 ms of every `railyard` command's start for a module it never runs
     (docs/performance.md item 46). httpx handles its absence (`httpx.main` then says its CLI extras are missing);
-    the `httpx` console script, `python -m httpx` and a later `import httpx._main` are not affected."""
+    the `httpx` console script, `python -m httpx` and a later `import httpx._main` are not affected. Done only in
+    the `railyard` command's process, not where the SDK is imported."""
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
         if fullname == "httpx._main":
             raise ModuleNotFoundError("httpx's command line client is not used by railyard_client", name=fullname)
 
 
+def _in_the_railyard_command() -> bool:
+    """This process is the `railyard` console script or `python -m railyard_client.cli` (the package is imported
+    while `-m` locates the module: `__main__` is not it yet, and `sys.argv[0]` is "-m", so the interpreter's own
+    command line says)."""
+    argv = getattr(sys, "argv", None) or [""]
+    orig = list(getattr(sys, "orig_argv", []))
+    module = orig[orig.index("-m") + 1] if "-m" in orig[:-1] else None
+    return Path(argv[0]).name == "railyard" or module == "railyard_client.cli"
+
+
 def _import_httpx() -> Any:
-    if "httpx" in sys.modules:
-        return sys.modules["httpx"]
+    if "httpx" in sys.modules or not _in_the_railyard_command():
+        # Only the `railyard` command goes without httpx's command line: an SDK user's process keeps httpx whole
+        import httpx
+
+        return httpx
     finder = _WithoutHttpxCommandLine()
     sys.meta_path.insert(0, finder)
     try:

@@ -348,3 +348,17 @@ def test_the_infer_table_shows_time_as_a_utc_time():
     """The table (not --json) showed the records answer's `time` as epoch milliseconds."""
     row = cli._flatten({"time": 1_000_123, "in": {"x": 1.0}, "out": {"y": [2.0]}, "check_failures": []})
     assert row == {"time": "1970-01-01 00:16:40.123", "in.x": 1.0, "out.y": [2.0], "check_failures": []}
+
+
+def test_only_the_railyard_command_goes_without_httpx_command_line():
+    """The `railyard` command does not load httpx's own command line client (rich.syntax, pygments: ~40-60 ms of
+    every command's start); a process that imports the SDK keeps httpx whole (`httpx.main` works there)."""
+    sdk = subprocess.run([sys.executable, "-c", "import sys, railyard_client, httpx; "
+                          "print('httpx._main' in sys.modules, type(httpx.main).__name__)"],
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert sdk.stdout.split() == ["True", "Command"]  # the real click command, not the extras-missing stub
+    for command in ([sys.executable, "-X", "importtime", "-m", "railyard_client.cli", "--help"],
+                    [sys.executable, "-X", "importtime", str(Path(sys.executable).with_name("railyard")), "--help"]):
+        run = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+        loaded = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines() if line.startswith("import time")}
+        assert "railyard_client.session" in loaded and "rich.syntax" not in loaded and "pygments" not in loaded, command
