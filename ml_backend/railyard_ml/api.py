@@ -220,6 +220,11 @@ def init_app(model_class: type[LabelStudioMLBase], basic_auth_user: str | None =
         return await run_in_threadpool(backend.versions, project_id_of(project))
 
     async def lifespan(app: Starlette):  # noqa: ANN202
+        # runs a previous process left queued or running never end otherwise: their queue was in its memory
+        interrupted = await run_in_threadpool(backend.store.end_interrupted)
+        if interrupted:
+            logger.warning("%d training run(s) were queued or running when the backend last stopped; recorded as "
+                           "failed (interrupted)", interrupted)
         yield
         with contextlib.suppress(TimeoutError):
             await backend.wait_idle(timeout=float(os.getenv("RAILYARD_ML_SHUTDOWN_WAIT", "60")))

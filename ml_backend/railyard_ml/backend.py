@@ -106,7 +106,9 @@ class Backend:
         self._serving: dict[str, _Serving] = {}
         self._build_locks: dict[str, asyncio.Lock] = {}
         self._training: dict[str, _Training] = {}
-        self._last_job = 0  # the last job id given (_new_job_id)
+        # the last job id given (_new_job_id); from the file's newest, so ids keep increasing over restarts even
+        # when the clock went back meanwhile (an id is its run's key and /versions' order)
+        self._last_job = self.store.last_job_id()
         self._hosts: dict[str, tuple[str, str]] = {}  # project -> (hostname, access token); memory only
 
     # --- building instances
@@ -228,7 +230,7 @@ class Backend:
         return job_id
 
     def _new_job_id(self) -> str:
-        """Microseconds since the epoch, strictly increasing in this process (a job id is its run's key)."""
+        """Microseconds since the epoch, strictly increasing in this model directory (a job id is its run's key)."""
         self._last_job = max(time.time_ns() // 1000, self._last_job + 1)
         return str(self._last_job)
 
@@ -240,8 +242,19 @@ class Backend:
                 event, data, job_id = batch[-1]
                 for _, _, skipped in batch[:-1]:
                     logger.info("project %s: run %s folded into run %s", project_id, skipped, job_id)
-                await run_in_threadpool(self.store.drop_queued, project_id, [j for _, _, j in batch[:-1]])
-                await run_in_threadpool(self._train, project_id, event, data, job_id)
+                try:
+                    await run_in_threadpool(self.store.drop_queued, project_id, [j for _, _, j in batch[:-1]])
+                    await run_in_threadpool(self._train, project_id, event, data, job_id)
+                except Exception as exc:  # outside fit: the run's folder or the store failed (a full disk)
+                    # the run must end, and the runs queued behind it must still run (or stay listed queued for
+                    # ever, with this loop gone)
+                    logger.exception("project %s: training run %s could not run", project_id, job_id)
+                    try:
+                        await run_in_threadpool(self.store.end_run, project_id, job_id, event,
+                                                f"{type(exc).__name__}: {exc}")
+                    except Exception:
+                        logger.exception("project %s: could not record training run %s as failed", project_id,
+                                         job_id)
         finally:
             state.running = False
             state.idle.set()
@@ -294,11 +307,14 @@ class Backend:
             self.store.finish_run(project_id, job_id, version=None, error=f"{type(exc).__name__}: {exc}")
             return
         self.store.finish_run(project_id, job_id, version=version, error=None, values=pending.writes)
-        (workdir / "job_result.json").write_text(json.dumps(
-            {"status": "ok", "version": version, "job_id": job_id, "event": event,
-             "train_output": json.loads(pending.get("train_output") or "{}")}))
         successor._cache = ProjectCache(self.store, project_id)
-        self._serving[project_id] = _Serving(successor, label_config)
+        self._serving[project_id] = _Serving(successor, label_config)  # the version recorded is the one served
+        try:
+            (workdir / "job_result.json").write_text(json.dumps(
+                {"status": "ok", "version": version, "job_id": job_id, "event": event,
+                 "train_output": json.loads(pending.get("train_output") or "{}")}))
+        except OSError as exc:
+            logger.warning("project %s: could not write %s: %s", project_id, workdir / "job_result.json", exc)
         logger.info("project %s: training run %s done, serving version %s", project_id, job_id, version)
 
     def versions(self, project_id: str) -> dict:

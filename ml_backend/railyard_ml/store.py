@@ -100,6 +100,32 @@ class Store:
                        "WHERE project_id = ? AND job_id = ?",
                        (status or ("failed" if error else "ok"), version, error, time.time(), project_id, job_id))
 
+    def end_run(self, project_id: str, job_id: str, event: str, error: str) -> None:
+        """A run that failed outside `fit` (listed or not yet): recorded `failed` with its error."""
+        now = time.time()
+        with self._lock, self._connect() as db:
+            db.execute("INSERT INTO versions (project_id, job_id, event, status, error, started_at, finished_at) "
+                       "VALUES (?, ?, ?, 'failed', ?, ?, ?) ON CONFLICT (project_id, job_id) DO UPDATE SET "
+                       "status = 'failed', error = excluded.error, finished_at = excluded.finished_at",
+                       (project_id, job_id, event, error, now, now))
+
+    def end_interrupted(self) -> int:
+        """Runs a previous process left `queued` or `running` (it stopped or crashed first: the queue and the
+        run's thread lived in its memory, and a queued run's event data with them): recorded `failed`, saying so,
+        so that a client waiting for "no run going" does not wait for ever. How many there were."""
+        with self._lock, self._connect() as db:
+            return db.execute(
+                "UPDATE versions SET error = 'interrupted: the ML backend stopped before this run ' || "
+                "CASE status WHEN 'queued' THEN 'started' ELSE 'ended' END || '; the next training run trains on "
+                "every stored annotation', status = 'failed', finished_at = ? WHERE status IN ('queued', 'running')",
+                (time.time(),)).rowcount
+
+    def last_job_id(self) -> int:
+        """The highest numeric job id recorded (0 without any)."""
+        with self._lock, self._connect() as db:
+            row = db.execute("SELECT MAX(CAST(job_id AS INTEGER)) FROM versions").fetchone()
+        return int(row[0] or 0)
+
     def runs(self, project_id: str) -> list[dict]:
         """A project's runs in the order they were asked for. A job id is its submission time in microseconds
         (strictly increasing, `Backend._new_job_id`); `started_at` is not the order: it holds the queue time and is

@@ -254,6 +254,41 @@ def test_trained_state_survives_a_restart_and_legacy_train_works(model_dir):
         assert result["score"] == pytest.approx(2 / 3)
 
 
+def test_runs_a_stopped_backend_left_queued_or_running_end_failed_and_new_ids_follow_them(model_dir):
+    """A backend stopped (or crashed) with runs queued and one running: their queue was in its memory, so the next
+    process must not list them as going for ever (a client waiting for no run going would never stop). Its job ids
+    keep increasing past the file's, even after the clock went back (an id is its run's key and /versions' order)."""
+    from railyard_ml.store import Store
+
+    ahead = str(time.time_ns() // 1000 + 3_600_000_000)  # written by a process whose clock was an hour ahead
+    store = Store(model_dir)
+    store.start_run("1", "1700000000000001", "ANNOTATION_CREATED")
+    store.queue_run("1", ahead, "ANNOTATION_CREATED")
+    with serve(init_app(MajorityModel, model_dir=model_dir)) as url:
+        runs = versions(url, 1)["runs"]
+        assert [(run["job_id"], run["status"]) for run in runs] == [("1700000000000001", "failed"), (ahead, "failed")]
+        assert all(run["error"].startswith("interrupted") and run["finished_at"] for run in runs)
+        answer = httpx.post(f"{url}/webhook", json=annotation_event(1, "t", "Negative"), timeout=10)
+        assert answer.status_code == 201 and int(answer.json()["job_id"]) > int(ahead)
+        wait_until(lambda: all(run["status"] not in GOING for run in versions(url, 1)["runs"]))
+        assert [run["status"] for run in versions(url, 1)["runs"]] == ["failed", "failed", "ok"]
+
+
+def test_a_run_that_fails_outside_fit_ends_failed_and_the_next_one_runs(model_dir):
+    """The run's folder cannot be made (here a file holds its place; a full disk does the same): the run was
+    listed running for ever and its training loop died, so runs queued behind it were never run either."""
+    with serve(init_app(MajorityModel, model_dir=model_dir)) as url:
+        (model_dir / "1").write_text("not a folder")
+        assert httpx.post(f"{url}/webhook", json=annotation_event(1, "t", "Negative"), timeout=10).status_code == 201
+        wait_until(lambda: all(run["status"] not in GOING for run in versions(url, 1)["runs"]))
+        [run] = versions(url, 1)["runs"]
+        assert run["status"] == "failed" and run["error"] and run["finished_at"]
+        (model_dir / "1").unlink()
+        assert httpx.post(f"{url}/webhook", json=annotation_event(2, "t", "Negative"), timeout=10).status_code == 201
+        wait_until(lambda: [r["status"] for r in versions(url, 1)["runs"]] == ["failed", "ok"])
+        assert versions(url, 1)["current_version"] == "0.1.0"
+
+
 def test_webhook_annotations_reach_a_1x_style_fit(model_dir):
     with serve(init_app(MajorityModel, model_dir=model_dir)) as url:
         for task_id, label in ((1, "Negative"), (2, "Negative"), (3, "Positive")):
