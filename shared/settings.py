@@ -227,12 +227,15 @@ class AssaySettings(BaseModel):
     max_windows: int = Field(1000, description="Most windows one run_interactive request, or one catch-up pass "
                              "of a scheduled assay, computes.")
     close_delay: float = Field(1.0, description="Seconds after a window closes before it is due: the time an "
-                               "engine has to publish its records to INFERENCE_LOGS (it gathers them up to "
-                               "logs.engine_segment_ms first). A due window is scored once the log store has stored "
-                               "every record published until then (docs/assays.md, Scheduling).")
+                               "engine has to publish its records to INFERENCE_LOGS (a record's time is when the "
+                               "replica received the request: the request's own time counts, and the engine gathers "
+                               "records up to logs.engine_segment_ms before publishing). A due window is scored once "
+                               "the log store has stored every record published until then (docs/assays.md, "
+                               "Scheduling).")
     max_log_wait: float = Field(600.0, gt=0, description="Seconds a due window waits for the log store to store "
-                                "what was published until it was due; then it is scored with what there is "
-                                "(logs_complete false in its result, a warning in the log).")
+                                "what was published until it was due (counted from the assay runner's start for a "
+                                "window due before it); then it is scored with what there is (logs_complete false "
+                                "in its result, a warning in the log).")
 
 
 class TaskSettings(BaseModel):

@@ -97,10 +97,13 @@ class LogWatermark:
 
     marks: deque[tuple[datetime, int]] = field(default_factory=deque)
     through: datetime | None = None
+    since: datetime | None = None  # the first moment this process asked (or noted): waits are counted from it
     failing_since: float | None = None
     asking: asyncio.Lock = field(default_factory=asyncio.Lock)  # one question at a time: answers in order
 
     def note(self, now: datetime, progress: LogProgress, keep: float) -> None:
+        if self.since is None:
+            self.since = now
         if self.marks and progress.last_seq < self.marks[-1][1]:
             self.marks.clear()  # the stream was deleted and made again: its sequences start over
         if self.marks and now <= self.marks[-1][0]:
@@ -123,6 +126,8 @@ class LogWatermark:
         """Ask where the log store stands (`now` taken before asking); on failure `through` stays where it was."""
         if deps.log_progress is None:
             return
+        if self.since is None:
+            self.since = now
         async with self.asking:  # the scheduler and run_interactive requests share the watermark
             try:
                 progress = await deps.log_progress()
@@ -473,13 +478,18 @@ def window_ready(deps: Deps, window_end: datetime, now: datetime, reads_logs: bo
     """Whether a closed window may be scored now: True when the log store holds every record published until it was
     due (`close_delay` after `window_end`), False when it does not but the window has waited `max_log_wait` (scored
     with what there is), None when it waits. Without `log_progress`, or for a window that reads no logs (a Training
-    baseline's reads the monitoring service's predictions), True once due."""
+    baseline's reads the monitoring service's predictions), True once due.
+
+    The wait counts from the window's due time or from this process's first question to NATS, whichever is later:
+    a window that fell due while the assay runner was stopped cannot be known complete before the log store has
+    stored past the first mark, and is not given up on at the first tick merely because it is old."""
     due_at = window_end + timedelta(seconds=deps.settings.close_delay)
     if due_at > now:
         return None
     if not reads_logs or deps.log_progress is None or deps.watermark.covers(due_at):
         return True
-    return False if (now - due_at).total_seconds() >= deps.settings.max_log_wait else None
+    waiting_since = max(due_at, deps.watermark.since or now)
+    return False if (now - waiting_since).total_seconds() >= deps.settings.max_log_wait else None
 
 
 async def _run_assay(deps: Deps, row: Any, cfg: AssayConfig, now: datetime) -> int:

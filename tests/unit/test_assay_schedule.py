@@ -151,11 +151,34 @@ def test_a_window_the_log_store_does_not_reach_is_scored_after_max_log_wait(reco
     settings = AssaySettings(close_delay=1.0, max_log_wait=30.0)
     deps = _deps([handlers.LogProgress(last_seq=8, stored_seq=2)], {s(0.5): [1.0]}, settings)
     row = _row(next_run=s(1))
+    assert _run(deps, row, s(2)) == 0  # due: the runner has asked since then
     assert _run(deps, row, s(2 + 29)) == 0 and recorded == []
     assert _run(deps, row, s(2 + 30)) == 1
     [result] = recorded[0]["results"]
     assert result["logs_complete"] is False and result["window_summary"]["count"] == 1
     assert "after waiting 30 s for the log store" in caplog.text
+
+
+def test_windows_that_fell_due_while_the_runner_was_stopped_wait_for_the_log_store_after_its_start(recorded,
+                                                                                                  caplog):
+    """A restarted assay runner catches up windows due long ago (more than max_log_wait): it knows nothing of the
+    log store before its first question, so they wait until the log store has stored past its first mark (at most
+    max_log_wait from then), instead of being scored at the first tick as given up on (logs_complete false, a
+    warning each, and whatever rows a log store with a backlog had then)."""
+    values = {s(0.5): [1.0, 2.0]}
+    deps = _deps([handlers.LogProgress(last_seq=8, stored_seq=5)], values)  # a second or so behind, as under load
+    row = _row(next_run=s(1))  # [0, 1), due at s(2); the runner starts an hour later
+    assert _run(deps, row, s(3602)) == 0 and recorded == []
+    assert "after waiting" not in caplog.text
+    deps.log_progress = _deps([handlers.LogProgress(last_seq=9, stored_seq=8)], values).log_progress
+    assert _run(deps, row, s(3603)) == 1
+    [result] = recorded[0]["results"]
+    assert result["logs_complete"] is True and result["window_summary"]["count"] == 2
+    # a log store that does not catch up: the same bound, counted from the runner's first question
+    recorded.clear()
+    deps = _deps([handlers.LogProgress(last_seq=8, stored_seq=5)], values)
+    assert _run(deps, row, s(3602)) == 0 and _run(deps, row, s(3602 + 599)) == 0 and recorded == []
+    assert _run(deps, row, s(3602 + 600)) == 1 and recorded[0]["results"][0]["logs_complete"] is False
 
 
 def test_without_the_hold_the_window_would_have_been_skipped(recorded):
