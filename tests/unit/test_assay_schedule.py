@@ -206,6 +206,24 @@ def test_the_log_store_unreachable_holds_windows_and_is_reported_once(recorded, 
     assert caplog.text.count("could not ask how far the log store") == 1
 
 
+def test_an_assay_whose_stored_config_no_longer_reads_holds_up_no_other(recorded, monkeypatch, caplog):
+    """A stored config the current AssayConfig refuses (a rule added since it was stored, a hand edit) failed the
+    whole pass before its try: every assay due after it in next_run order was never scored again."""
+    now = datetime.now(UTC)
+    bad = _row(next_run=now - timedelta(seconds=30)) | {"id": 6}
+    bad["config"] = json.dumps({k: v for k, v in json.loads(bad["config"]).items() if k != "iopath"})
+    good = _row(next_run=now - timedelta(seconds=20))
+
+    async def due(pool, moment):
+        return [bad, good]
+
+    monkeypatch.setattr(store, "due", due)
+    deps = _deps([handlers.LogProgress(last_seq=1, stored_seq=1)], {})
+    asyncio.run(handlers.run_due(deps))
+    assert len(recorded) == 1 and recorded[0]["next_run"] > good["next_run"]  # the good one moved on
+    assert "assay 6 could not run" in caplog.text
+
+
 def test_window_ready():
     deps = _deps([handlers.LogProgress(last_seq=1, stored_seq=1)], {})
     assert handlers.window_ready(deps, s(1), s(1.5)) is None  # closed, not due yet
