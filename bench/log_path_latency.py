@@ -93,7 +93,10 @@ def main(burners: int, rounds: int) -> int:
                     reply = http.post(url, json=body,
                                       headers={"Content-Type": "application/json; format=pandas-records"})
                     reply.raise_for_status()
+                    waited_until = time.monotonic() + 60  # a row that never becomes readable ends the run
                     while (found := logged())[0] < before + len(body):
+                        if time.monotonic() > waited_until:
+                            raise RuntimeError(f"{len(body)} logged rows not readable within 60 s")
                         time.sleep(0.02)
                     readable, row_time = time.time(), found[1] / 1000
                     published = arrivals[heard] if len(arrivals) > heard else float("nan")
