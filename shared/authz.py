@@ -128,6 +128,11 @@ class TokenVerifier:
     def revocations_read(self) -> bool:
         return self._revocations_read
 
+    def read_revocations_from(self, fetch: Callable[[], Awaitable[Any]]) -> None:
+        """Where the full revocation list comes from (answers `shared.messages.auth.Revocations`): read at the
+        first token met while it was never read."""
+        self._fetch_revocations = fetch
+
     async def _read_revocations_once(self) -> None:
         """Before the first token is accepted, the full revocation list must have been read once (events only
         cover what happens after the subscription): read it now if the feed's reads have not succeeded yet."""
@@ -358,7 +363,7 @@ class VerifierFeed:
         self._verifier = verifier
         self._fetch = fetch
         self._interval = interval
-        verifier._fetch_revocations = fetch  # a token met before the first read here reads the list itself
+        verifier.read_revocations_from(fetch)  # a token met before the first read here reads the list itself
         self._started_at = time.monotonic()
         self._stop = asyncio.Event()
         self._task: asyncio.Task | None = None
