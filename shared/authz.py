@@ -83,7 +83,8 @@ class TokenVerifier:
         # process that started while auth was not answering yet must not accept a token revoked before its start
         self._fetch_revocations: Callable[[], Awaitable[Any]] | None = None
         self._revocations_read = False
-        self._revocations_lock = asyncio.Lock()
+        # the first read in flight, shared by every token met meanwhile (one read, one outcome for all of them)
+        self._first_read: asyncio.Future | None = None
         # verified tokens -> (principal, exp); revocation and expiry are still checked on every use
         self._verified: dict[str, tuple[Principal, float]] = {}
 
@@ -135,18 +136,32 @@ class TokenVerifier:
 
     async def _read_revocations_once(self) -> None:
         """Before the first token is accepted, the full revocation list must have been read once (events only
-        cover what happens after the subscription): read it now if the feed's reads have not succeeded yet."""
+        cover what happens after the subscription): read it now if the feed's reads have not succeeded yet. The
+        tokens met while a read is under way wait for that one read and share its outcome (they took a lock in
+        turn, each reading again after the one before failed: while auth took its full timeout to fail, the n-th
+        request met waited n timeouts). The read is a task of its own, which a caller going away (a client that
+        disconnects) does not cancel."""
         if self._revocations_read or self._fetch_revocations is None:
             return
-        async with self._revocations_lock:
-            if self._revocations_read:
-                return
-            try:
-                revocations = await self._fetch_revocations()
-            except RailyardError as exc:
-                raise Unavailable(f"tokens cannot be checked yet: the list of revoked tokens could not be read "
-                                  f"from the auth service ({exc.msg}); try again in a moment") from None
+        if self._first_read is None:
+            self._first_read = asyncio.ensure_future(self._fetch_revocations())
+            self._first_read.add_done_callback(self._first_read_done)
+        try:
+            revocations = await asyncio.shield(self._first_read)
+        except RailyardError as exc:
+            raise Unavailable(f"tokens cannot be checked yet: the list of revoked tokens could not be read "
+                              f"from the auth service ({exc.msg}); try again in a moment") from None
+        if not self._revocations_read:  # (applied by _first_read_done already, which runs first)
             self.set_revocations(revocations.users, revocations.sessions)
+
+    def _first_read_done(self, read: asyncio.Future) -> None:
+        """The shared read ended: the next token met (if the list is still unread) starts a new one."""
+        if self._first_read is read:
+            self._first_read = None
+        if read.cancelled() or read.exception() is not None:  # retrieved: the callers waiting raise it
+            return
+        revocations = read.result()  # applied even when every caller went away meanwhile
+        self.set_revocations(revocations.users, revocations.sessions)
 
     def revoke(self, user_id: str, before: float) -> None:
         self._revoked[user_id] = max(before, self._revoked.get(user_id, 0))

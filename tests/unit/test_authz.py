@@ -270,3 +270,45 @@ async def test_a_failed_first_read_is_retried_within_seconds_and_told_at_info(ve
     assert calls[-1] - started < 3  # 0.5 + 1 s of backing off, not 10-20 s
     failures = [r for r in caplog.records if "could not refresh revocations" in r.getMessage()]
     assert len(failures) == 2 and all(r.levelno == logging.INFO for r in failures)
+
+
+async def test_tokens_met_during_the_first_read_share_it_and_its_failure(verifier):
+    """While the list was never read, the tokens met during one read wait for that read, not each for one of its
+    own in turn: with auth taking its full timeout to fail, the n-th request waited n timeouts (a lock around a
+    read each). A caller that goes away does not cancel the read the others wait for."""
+    from shared.authz import VerifierFeed
+    from shared.errors import Unavailable, UpstreamTimeout
+    from shared.messages.auth import Revocations
+
+    calls, release, outcome = [], asyncio.Event(), []
+
+    async def fetch():
+        calls.append(1)
+        await release.wait()
+        if outcome:
+            return outcome[0]
+        raise UpstreamTimeout("auth did not answer within 5s")
+
+    VerifierFeed(verifier, fetch, 20.0)
+    token = make_token()
+    waiting = [asyncio.create_task(verifier.verify(token)) for _ in range(5)]
+    while not calls:  # noqa: ASYNC110 - the first read has started
+        await asyncio.sleep(0)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    waiting[0].cancel()  # one client gone: the read goes on for the others
+    release.set()
+    answers = await asyncio.gather(*waiting, return_exceptions=True)
+    assert len(calls) == 1  # one read for the five
+    assert isinstance(answers[0], asyncio.CancelledError)
+    assert all(isinstance(answer, Unavailable) for answer in answers[1:]), answers
+    # the next token met reads again; this time the list comes, and it names u1
+    release.clear()
+    outcome.append(Revocations(users={"u1": time.time() + 5}))
+    again = [asyncio.create_task(verifier.verify(token)) for _ in range(3)]
+    while len(calls) < 2:  # noqa: ASYNC110
+        await asyncio.sleep(0)
+    release.set()
+    answers = await asyncio.gather(*again, return_exceptions=True)
+    assert len(calls) == 2 and verifier.revocations_read
+    assert all(isinstance(answer, Unauthorized) and "revoked" in str(answer) for answer in answers), answers
