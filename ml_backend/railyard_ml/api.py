@@ -39,6 +39,7 @@ from railyard_ml.backend import Backend, project_id_of
 from railyard_ml.errors import InvalidRequest, MLBackendError, PayloadTooLarge, Unauthorized
 from railyard_ml.label_config import parse_config
 from railyard_ml.model import LabelStudioMLBase
+from railyard_ml.store import claim_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -220,14 +221,20 @@ def init_app(model_class: type[LabelStudioMLBase], basic_auth_user: str | None =
         return await run_in_threadpool(backend.versions, project_id_of(project))
 
     async def lifespan(app: Starlette):  # noqa: ANN202
-        # runs a previous process left queued or running never end otherwise: their queue was in its memory
-        interrupted = await run_in_threadpool(backend.store.end_interrupted)
-        if interrupted:
-            logger.warning("%d training run(s) were queued or running when the backend last stopped; recorded as "
-                           "failed (interrupted)", interrupted)
-        yield
-        with contextlib.suppress(TimeoutError):
-            await backend.wait_idle(timeout=float(os.getenv("RAILYARD_ML_SHUTDOWN_WAIT", "60")))
+        # one serving process a model directory (ModelDirInUse otherwise): the next line would take another's
+        # queued and running runs for interrupted
+        release = await run_in_threadpool(claim_model_dir, backend.model_dir)
+        try:
+            # runs a previous process left queued or running never end otherwise: their queue was in its memory
+            interrupted = await run_in_threadpool(backend.store.end_interrupted)
+            if interrupted:
+                logger.warning("%d training run(s) were queued or running when the backend last stopped; recorded "
+                               "as failed (interrupted)", interrupted)
+            yield
+            with contextlib.suppress(TimeoutError):
+                await backend.wait_idle(timeout=float(os.getenv("RAILYARD_ML_SHUTDOWN_WAIT", "60")))
+        finally:
+            release()
 
     app = Starlette(
         routes=[

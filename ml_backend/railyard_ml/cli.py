@@ -20,6 +20,7 @@ from typing import Annotated
 import typer
 
 from railyard_ml.model import LabelStudioMLBase
+from railyard_ml.store import ModelDirInUse, claim_model_dir
 
 CONFIG = "railyard-ml.json"
 TEMPLATES = Path(__file__).parent / "templates"
@@ -131,7 +132,13 @@ def serve(folder: Path, host: str, port: int, basic_auth_user: str | None, basic
 
     logging.basicConfig(level=log_level.upper(), format="[%(asctime)s] [%(levelname)s] [%(name)s] %(message)s")
     app = app_for(folder, model_dir, basic_auth_user, basic_auth_pass)
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower())
+    # before listening: a second process on one model directory ends here with ModelDirInUse, not in the app's
+    # start (a traceback from uvicorn's lifespan); the app claims it again, in this process
+    release = claim_model_dir(app.state.backend.model_dir)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level.lower())
+    finally:
+        release()
 
 
 @cli.command()
@@ -149,7 +156,7 @@ def start(
         fail("basic auth needs both --basic-auth-user and --basic-auth-pass")
     try:
         serve(folder, host, port, basic_auth_user, basic_auth_pass, model_dir, log_level)
-    except (FileNotFoundError, TypeError, ImportError, AttributeError) as exc:
+    except (FileNotFoundError, TypeError, ImportError, AttributeError, ModelDirInUse) as exc:
         fail(str(exc))
 
 
@@ -203,8 +210,12 @@ def main_for_folder(folder: str) -> int:
     parser.add_argument("--model-dir", default=os.getenv("MODEL_DIR"))
     parser.add_argument("--log-level", default=os.getenv("LOG_LEVEL", "INFO"))
     args = parser.parse_args()
-    serve(Path(folder), args.host, args.port, args.basic_auth_user, args.basic_auth_pass,
-          Path(args.model_dir) if args.model_dir else None, args.log_level)
+    try:
+        serve(Path(folder), args.host, args.port, args.basic_auth_user, args.basic_auth_pass,
+              Path(args.model_dir) if args.model_dir else None, args.log_level)
+    except ModelDirInUse as exc:
+        print(f"railyard-ml: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

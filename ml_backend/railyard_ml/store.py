@@ -11,11 +11,13 @@ succeeded, so a `fit` that raises leaves the previous model's state as it was.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 _SCHEMA = """
@@ -28,6 +30,62 @@ CREATE TABLE IF NOT EXISTS versions (project_id TEXT NOT NULL, job_id TEXT NOT N
 CREATE TABLE IF NOT EXISTS tasks (project_id TEXT NOT NULL, task_id TEXT NOT NULL, body TEXT NOT NULL,
                                   PRIMARY KEY (project_id, task_id));
 """
+
+
+LOCK_FILE = "railyard-ml.lock"
+
+
+class ModelDirInUse(RuntimeError):
+    """Another process serves the model directory already."""
+
+
+_CLAIMS: dict[Path, list] = {}  # model directory -> [its lock file's descriptor, claims in this process]
+_CLAIMS_LOCK = threading.Lock()
+
+
+def claim_model_dir(model_dir: str | Path) -> Callable[[], None]:
+    """Take a model directory for this process (an exclusive `flock` on its `railyard-ml.lock`, which holds the
+    pid), or raise ModelDirInUse naming the process that has it: a serving process takes its directory's runs left
+    queued or running for interrupted (the queue lived in the previous process's memory), so a second process on the
+    same directory marked the first one's runs failed, and both trained into and served from the same state. The
+    kernel drops the lock when the process ends, however it ends. Claims in one process add up (the CLI's, then
+    the app's own at its start; several apps in one test process); returns the function that gives one back."""
+    path = Path(model_dir).resolve()
+    with _CLAIMS_LOCK:
+        claim = _CLAIMS.get(path)
+        if claim is None:
+            path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise ModelDirInUse(
+                    f"the model directory {path} is in use by another railyard-ml process (pid {holder}); two "
+                    "processes on one directory would mark each other's training runs interrupted: stop that one, "
+                    "or give this one its own --model-dir / MODEL_DIR") from None
+            except OSError:
+                os.close(fd)
+                raise
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            claim = _CLAIMS[path] = [fd, 0]
+        claim[1] += 1
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        with _CLAIMS_LOCK:
+            if released:
+                return
+            released = True
+            claim[1] -= 1
+            if claim[1] == 0 and _CLAIMS.get(path) is claim:
+                del _CLAIMS[path]
+                os.close(claim[0])  # the lock goes with the descriptor
+
+    return release
 
 
 class Store:

@@ -82,6 +82,27 @@ def test_init_makes_a_runnable_folder_and_start_serves_it(tmp_path):
         process.wait(30)
 
 
+def test_a_second_start_on_one_model_directory_is_refused(tmp_path):
+    """Two processes on one model directory took each other's running and queued runs for interrupted at their
+    start: the second `start` (or the folder's `_wsgi.py`) ends at once with exit 2, naming the first; the first
+    serves on."""
+    folder = tmp_path / "keywords"
+    assert run("init", str(folder), "--script", str(HERE / "ls2_style_backend.py")).returncode == 0
+    port = free_port()
+    process, url = serve_process([CLI, "start", str(folder), "--port", str(port)], tmp_path / "start.log", port)
+    try:
+        for command in ([CLI, "start", str(folder), "--port", str(free_port())],
+                        [sys.executable, str(folder / "_wsgi.py"), "--port", str(free_port())]):
+            second = subprocess.run(command, capture_output=True, text=True, timeout=60, env=user_env())
+            assert second.returncode == 2, (command, second.stderr)
+            assert f"in use by another railyard-ml process (pid {process.pid})" in second.stderr, second.stderr
+            assert "Traceback" not in second.stderr
+        assert up(url)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(30) in (0, -signal.SIGTERM)
+
+
 def test_start_with_basic_auth(tmp_path):
     folder = tmp_path / "majority"
     assert run("init", str(folder), "--script", f"{HERE / 'ls1_style_backend.py'}:MajorityModel").returncode == 0

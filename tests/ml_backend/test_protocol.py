@@ -274,6 +274,43 @@ def test_runs_a_stopped_backend_left_queued_or_running_end_failed_and_new_ids_fo
         assert [run["status"] for run in versions(url, 1)["runs"]] == ["failed", "failed", "ok"]
 
 
+def test_a_second_process_on_one_model_directory_is_refused_and_ends_no_run_of_the_first(model_dir):
+    """A serving process takes its directory's queued and running runs for interrupted at its start: a second
+    process on the same model directory marked the first one's live runs failed (and both trained into one state).
+    The second is refused at its start, naming the first; the first's runs are untouched. The kernel's lock goes
+    with its holder: once the first process ends, a new one starts."""
+    import asyncio
+    import subprocess
+    import sys
+
+    from railyard_ml.store import ModelDirInUse, Store
+
+    store = Store(model_dir)
+    store.start_run("1", "1700000000000001", "ANNOTATION_CREATED")  # the first process's run, going
+    first = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from railyard_ml.store import claim_model_dir; "
+         "claim_model_dir(sys.argv[1]); print('serving', flush=True); time.sleep(120)", str(model_dir)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline() == "serving\n"
+        app = init_app(MajorityModel, model_dir=model_dir)
+
+        async def start() -> None:
+            async with app.router.lifespan_context(app):
+                pass
+
+        with pytest.raises(ModelDirInUse, match=f"in use by another railyard-ml process \\(pid {first.pid}\\)"):
+            asyncio.run(start())
+        assert [run["status"] for run in store.runs("1")] == ["running"]
+    finally:
+        first.kill()
+        first.wait()
+    with serve(init_app(MajorityModel, model_dir=model_dir)) as url:  # the first gone: its run was interrupted
+        assert [run["status"] for run in versions(url, 1)["runs"]] == ["failed"]
+        with serve(init_app(MajorityModel, model_dir=model_dir)):  # a second app of this process shares the claim
+            pass
+
+
 def test_a_run_that_fails_outside_fit_ends_failed_and_the_next_one_runs(model_dir):
     """The run's folder cannot be made (here a file holds its place; a full disk does the same): the run was
     listed running for ever and its training loop died, so runs queued behind it were never run either."""
