@@ -176,12 +176,14 @@ def deploy_railyard(
 ) -> None:
     """Deploy the backend's model to Railyard as a pipeline (a bring-your-own-predict step; see docs/ml-backend.md):
     its predictions are then served, logged and watched by Railyard. `fit` stays where the backend runs."""
-    from railyard_ml.railyard_step import package
+    from railyard_ml.railyard_step import check_label_config, package
 
     try:
         load_model_class(folder)
         config_text = label_config.read_text() if label_config else None
         archive, shipped = package(folder, project, config_text, model_dir)
+        if config_text is not None:  # one Label Studio never gave this backend: can its model use it?
+            check_label_config(archive, config_text)
     except (FileNotFoundError, TypeError, ImportError, AttributeError, ValueError) as exc:
         fail(str(exc))
     try:

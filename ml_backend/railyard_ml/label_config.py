@@ -25,6 +25,18 @@ _NOT_CONTROL_TAGS = {"Filter"}
 _VARIABLE = re.compile(r"^\$[A-Za-z_]+$")
 
 
+class LabelConfigMismatch(ValueError):
+    """The labeling config lacks what the model asked of it (`get_first_tag_occurence`'s control over an object,
+    `get_control`'s name). A ValueError, as label-studio-sdk raises: backends that catch it keep doing so."""
+
+
+class MissingControl(LabelConfigMismatch, KeyError):
+    """`get_control` of a name the config does not have (a KeyError, as before)."""
+
+    def __str__(self) -> str:  # KeyError's repr of its argument would quote the sentence
+        return str(self.args[0]) if self.args else ""
+
+
 def _load(config: str) -> ET.Element:
     if "<!DOCTYPE" in config or "<!ENTITY" in config:
         # labeling configs never need them, and entities are how XML parsers get attacked
@@ -114,8 +126,11 @@ class LabelInterface:
         """The control tag called `name` (the only one when `name` is None)."""
         if name is None:
             if len(self.parsed) != 1:
-                raise KeyError("the config has more than one control tag: name the one you want")
+                raise MissingControl("the config has more than one control tag: name the one you want" if self.parsed
+                                     else "the labeling config has no control tag")
             name = next(iter(self.parsed))
+        if name not in self.parsed:
+            raise MissingControl(f"no control tag named {name!r} in the labeling config")
         info = self.parsed[name]
         return ControlTag(name=name, tag=info["type"], to_name=info["to_name"], inputs=info["inputs"],
                           labels=info["labels"], labels_attrs=info["labels_attrs"])
@@ -143,4 +158,5 @@ class LabelInterface:
                     continue
                 if entry["type"].lower() in {t.lower() for t in object_types}:
                     return from_name, to_name, entry.get("value", entry.get("valueList"))
-        raise ValueError(f"no <{'|'.join(control_types)}> over <{'|'.join(object_types)}> in the labeling config")
+        raise LabelConfigMismatch(f"no <{'|'.join(control_types)}> over <{'|'.join(object_types)}> in the labeling "
+                                  "config")

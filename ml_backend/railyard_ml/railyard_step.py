@@ -105,6 +105,52 @@ def package(folder: str | Path, project: str | None = None, label_config: str | 
                                "model_class": config["model_class"]}
 
 
+CHECK_VALUE = "railyard-ml-deploy-check"  # each object's data in the task `check_label_config` makes
+
+
+def check_label_config(archive: bytes, label_config: str) -> None:
+    """Build the model of a package (`package`) as the deployment will, and run its `predict` on one task made from
+    the labeling config's objects (each object's data key holding a placeholder); raise ValueError when the model
+    cannot use the config: its construction failed, or `predict` asked the config for what it lacks (a
+    `LabelConfigMismatch`: `get_first_tag_occurence`, `get_control`). Such a config deployed, and every inference
+    was refused (e.g. an image classifier given a text config: no <Choices> over <Image>). Anything else predict
+    raises on the placeholder data (an image it cannot open, a model not trained yet) is no verdict on the config."""
+    import shutil
+    import sys
+
+    from railyard_ml.label_config import LabelConfigMismatch, _parse
+
+    with tempfile.TemporaryDirectory(prefix="railyard-ml-check-") as unpacked:
+        with zipfile.ZipFile(io.BytesIO(archive)) as zipped:
+            zipped.extractall(unpacked)
+        folder = Path(unpacked) / "backend"
+        try:
+            step = StepModel.load(folder)
+        except Exception as exc:  # noqa: BLE001 - the user's model: say what it raised
+            raise ValueError(f"the model cannot be built with this labeling config ({type(exc).__name__}: {exc}); "
+                             "the deployment would build it the same way") from None
+        finally:
+            if str(folder) in sys.path:
+                sys.path.remove(str(folder))
+        try:
+            data: dict[str, Any] = {}
+            for entry in _parse(label_config)[1].values():
+                if "value" in entry:
+                    data[entry["value"]] = CHECK_VALUE
+                else:
+                    data[entry["valueList"]] = [CHECK_VALUE]
+            try:
+                step.model.predict([{"id": 1, "data": data}])
+            except LabelConfigMismatch as exc:
+                raise ValueError(f"the model cannot use this labeling config: {exc}; every inference of the "
+                                 "deployment would be refused. Give the config the backend was written for "
+                                 "(--label-config)") from None
+            except Exception:  # noqa: BLE001, S110 - the placeholder data, not the config (docstring)
+                pass
+        finally:
+            shutil.rmtree(step.model.model_dir, ignore_errors=True)  # StepModel.load's working copy
+
+
 class StepModel:
     """The backend's model, loaded from an unpacked package, answering rows of tasks."""
 

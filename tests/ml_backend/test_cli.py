@@ -155,8 +155,25 @@ def test_deploy_railyard_refuses_with_a_reason(tmp_path):
     answer = run("deploy", "railyard", str(folder))  # never set up by Label Studio: no labeling config to ship
     assert answer.returncode == 2 and "no labeling config" in answer.stderr and "--label-config" in answer.stderr
     config = tmp_path / "config.xml"
-    config.write_text(TEXT_CONFIG)
     nobody = f"http://127.0.0.1:{free_port()}"
-    answer = run("deploy", "railyard", str(folder), "--label-config", str(config), "--url", nobody,
-                 "--username", "u", "--password", "p", "--client-id", "c", "--client-secret", "s")
-    assert answer.returncode == 2 and "could not deploy to Railyard" in answer.stderr
+    sign_in = ("--url", nobody, "--username", "u", "--password", "p", "--client-id", "c", "--client-secret", "s")
+    # a config this model cannot use (it reads <Choices> over <Text>): refused before anything is sent, where it
+    # deployed and every inference was then refused
+    config.write_text('<View><Image name="image" value="$image"/>'
+                      '<Choices name="colour" toName="image"><Choice value="Red"/></Choices></View>')
+    answer = run("deploy", "railyard", str(folder), "--label-config", str(config), *sign_in)
+    assert answer.returncode == 2 and "could not deploy" not in answer.stderr, answer.stderr
+    assert "cannot use this labeling config: no <Choices> over <Text>" in answer.stderr, answer.stderr
+    config.write_text("<View/>")  # none at all: the same
+    answer = run("deploy", "railyard", str(folder), "--label-config", str(config), *sign_in)
+    assert answer.returncode == 2 and "no <Choices> over <Text>" in answer.stderr, answer.stderr
+    config.write_text(TEXT_CONFIG)  # its own: checked, then sent (here to nobody)
+    answer = run("deploy", "railyard", str(folder), "--label-config", str(config), *sign_in)
+    assert answer.returncode == 2 and "could not deploy to Railyard" in answer.stderr, answer.stderr
+    # a model whose construction needs the config (1.x style: reads parsed_label_config in __init__)
+    majority = tmp_path / "majority"
+    assert run("init", str(majority), "--script", f"{HERE / 'ls1_style_backend.py'}:MajorityModel").returncode == 0
+    config.write_text("<View/>")
+    answer = run("deploy", "railyard", str(majority), "--label-config", str(config), *sign_in)
+    assert answer.returncode == 2 and "cannot be built with this labeling config (IndexError" in answer.stderr, \
+        answer.stderr
