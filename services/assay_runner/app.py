@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from faststream.nats import NatsRouter
 
 from services.assay_runner import handlers
+from services.assay_runner.outbox import Outbox
 from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import CallContext, command, publish_event, raw_request, request
@@ -149,9 +150,10 @@ async def start(runtime: Runtime) -> None:
         return handlers.log_progress(stream.state.last_seq, consumer.ack_floor.stream_seq if consumer.ack_floor else 0,
                                      consumer.num_pending, consumer.num_ack_pending)
 
+    events = Outbox(runtime.db, publish)  # events of committed changes: sent from the outbox table
     deps = handlers.Deps(pool=runtime.db, settings=settings.assays,
                          membership=lambda token: bus_membership(broker, token, timeout), read_field=read_field,
-                         pipeline_of=pipeline_of, log_page=log_page, publish=publish,
+                         pipeline_of=pipeline_of, log_page=log_page, outbox=events,
                          reference_feature=reference_feature, log_progress=log_progress)
 
     async def scheduler() -> None:
@@ -162,13 +164,15 @@ async def start(runtime: Runtime) -> None:
             except Exception:
                 log.exception("the assay scheduler failed a pass")
 
-    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, scheduler=asyncio.create_task(scheduler()))
+    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, scheduler=asyncio.create_task(scheduler()),
+                          outbox=asyncio.create_task(events.run()))
 
 
 async def stop(runtime: Runtime) -> None:
-    task = runtime.extras.get("scheduler")
-    if task is not None:
-        task.cancel()
+    for name in ("scheduler", "outbox"):
+        task = runtime.extras.get(name)
+        if task is not None:
+            task.cancel()
     feed = runtime.extras.get("verifier_feed")
     if feed is not None:
         await feed.stop()

@@ -9,7 +9,10 @@ up to which every message is acknowledged) has reached the stream's last sequenc
 every record published before that moment is readable. A window `[next_run - width, next_run)` is due
 `close_delay` after it closes; it is scored once a moment at or after it was due is covered that way. Until then
 it waits, and so do the assay's later windows (a window is scored once, in order); after `max_log_wait` seconds
-it is scored with what the log store has (`logs_complete: false` in the result, and a warning in the log)."""
+it is scored with what the log store has (`logs_complete: false` in the result, and a warning in the log).
+
+A pass's events are rows of the outbox written in the same transaction as its results, published by
+`outbox.Outbox` (docs/assays.md, Events)."""
 
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from services.assay_runner import compute, store
+from services.assay_runner.outbox import Outbox
 from shared import subjects
 from shared.authz import MembershipLookup, Principal, require_member
 from shared.errors import InvalidRequest, NotFound
@@ -149,7 +153,9 @@ class Deps:
     read_field: FieldReader
     pipeline_of: Callable[[str | None, int], Awaitable[dict[str, Any]]]
     log_page: Callable[[str | None, dict[str, Any]], Awaitable[list[dict[str, Any]]]]
-    publish: Callable[[str, Any], Awaitable[None]]
+    # the events of committed changes: woken after a commit that added some (outbox.py); None: nothing is sent
+    # (unit tests that read the store's calls)
+    outbox: Outbox | None = None
     reference_feature: ReferenceReader | None = None
     # where the log store stands in INFERENCE_LOGS; None: windows are scored once due, without waiting for it
     log_progress: Callable[[], Awaitable[LogProgress]] | None = None
@@ -331,14 +337,20 @@ async def create(deps: Deps, principal: Principal, token: str | None, cfg: Assay
     first_start = _utc(cfg.window.start) if cfg.window.start else datetime.now(UTC)
     stored = cfg.model_dump(mode="json")
     stored["baseline"] = {kind: spec for kind, spec in stored["baseline"].items() if spec is not None}
-    assay_id = await store.create(
-        deps.pool, cfg.workspace_id, cfg.pipeline_id, cfg.pipeline_name, cfg.name, cfg.active, "created",
-        stored, cfg.warning_threshold, cfg.alert_threshold, p.width, p.interval,
-        _utc(cfg.run_until) if cfg.run_until else None, first_start + timedelta(seconds=p.width),
-        {**baseline, "_bounds": bounds.tolist()}, uuid.UUID(principal.user_id))
-    await deps.publish(subjects.EVENT_ASSAY_CREATED, AssayWasCreated(
-        assay_id=assay_id, name=cfg.name, workspace_id=cfg.workspace_id, pipeline_id=cfg.pipeline_id,
-        pipeline_name=cfg.pipeline_name, iopath=cfg.iopath))
+    async with deps.pool.acquire() as conn, conn.transaction():  # the assay and its event, or neither
+        assay_id = await store.create(
+            conn, cfg.workspace_id, cfg.pipeline_id, cfg.pipeline_name, cfg.name, cfg.active, "created",
+            stored, cfg.warning_threshold, cfg.alert_threshold, p.width, p.interval,
+            _utc(cfg.run_until) if cfg.run_until else None, first_start + timedelta(seconds=p.width),
+            {**baseline, "_bounds": bounds.tolist()}, uuid.UUID(principal.user_id))
+        await store.add_event(conn, subjects.EVENT_ASSAY_CREATED, AssayWasCreated(
+            assay_id=assay_id, name=cfg.name, workspace_id=cfg.workspace_id, pipeline_id=cfg.pipeline_id,
+            pipeline_name=cfg.pipeline_name, iopath=cfg.iopath))
+    if deps.outbox is not None:
+        try:  # published before the answer, as before the outbox; a failure is the outbox's to retry, not a 500
+            await deps.outbox.send()
+        except Exception as exc:
+            log.warning("assay %s: its events.assay.created is left to the outbox's next round: %s", assay_id, exc)
     return AssayCreated(assay_id=assay_id)
 
 
@@ -500,7 +512,6 @@ async def _run_assay(deps: Deps, row: Any, cfg: AssayConfig, now: datetime) -> i
     run_until = row["run_until"]
     next_run = row["next_run"]
     results: list[dict[str, Any]] = []
-    events: list[tuple[str, AssayThresholdCrossed]] = []
     for _ in range(deps.settings.max_windows):
         if run_until and next_run > run_until:
             break
@@ -519,18 +530,19 @@ async def _run_assay(deps: Deps, row: Any, cfg: AssayConfig, now: datetime) -> i
             results.append(result)
             if result["status"] in ("Warning", "Alert"):
                 subject = subjects.EVENT_ASSAY_ALERT if result["status"] == "Alert" else subjects.EVENT_ASSAY_WARNING
-                events.append((subject, AssayThresholdCrossed(
+                result["_event"] = (subject, AssayThresholdCrossed(
                     assay_id=row["id"], name=row["name"], workspace_id=row["workspace_id"],
                     pipeline_id=row["pipeline_id"], pipeline_name=row["pipeline_name"], iopath=cfg.iopath,
                     status=result["status"], score=result["score"], warning_threshold=cfg.warning_threshold,
                     alert_threshold=cfg.alert_threshold, window_start=_iso(next_run - width),
-                    window_end=_iso(next_run))))
+                    window_end=_iso(next_run)))
         next_run += interval
     still_active = not (run_until and next_run > run_until)
     if next_run == row["next_run"] and still_active:
         return 0  # its due window waits for the log store: nothing to store or move yet
     status = results[-1]["status"] if results else row["status"]
+    # the results and their events (the outbox's) with the move of next_run, in one transaction
     await store.record_results(deps.pool, row["id"], results, now, next_run, still_active, status)
-    for subject, event in events:  # after the results are stored: an alert always has its result
-        await deps.publish(subject, event)
+    if deps.outbox is not None and any("_event" in r for r in results):
+        deps.outbox.wake()
     return len(results)

@@ -38,20 +38,45 @@ async def due(pool: asyncpg.Pool, now: datetime) -> list[asyncpg.Record]:
     return await pool.fetch("SELECT * FROM assays WHERE active AND next_run <= $1 ORDER BY next_run", now)
 
 
+async def add_event(conn: asyncpg.Connection, subject: str, event: Any) -> None:
+    """Put an event in the outbox, in the caller's transaction (outbox.py publishes it once that commits)."""
+    await conn.execute("INSERT INTO outbox (event_id, subject, payload) VALUES ($1, $2, $3::jsonb)",
+                       event.event_id, subject, event.model_dump_json())
+
+
 async def record_results(pool: asyncpg.Pool, assay_id: int, results: list[dict[str, Any]], last_run: datetime,
                          next_run: datetime, still_active: bool, status: str) -> None:
-    """Store a pass's results and move the schedule on, in one transaction (a result is never stored twice:
-    a window is unique per assay)."""
+    """Store a pass's results, their events (a result's `_event`: (subject, event), in the outbox) and move the
+    schedule on, in one transaction. A result whose window is stored already (a window is unique per assay) is not
+    stored again and its event is not added."""
     async with pool.acquire() as conn, conn.transaction():
         for result in results:
-            await conn.execute(
+            inserted = await conn.fetchval(
                 "INSERT INTO results (assay_id, window_start, window_end, score, status, result) "
-                "VALUES ($1, $2, $3, $4, $5, $6::jsonb) ON CONFLICT (assay_id, window_start) DO NOTHING",
+                "VALUES ($1, $2, $3, $4, $5, $6::jsonb) ON CONFLICT (assay_id, window_start) DO NOTHING RETURNING id",
                 assay_id, result["_start"], result["_end"], result["score"], result["status"],
                 json.dumps({k: v for k, v in result.items() if not k.startswith("_")}))
+            if inserted is not None and result.get("_event") is not None:
+                await add_event(conn, *result["_event"])
         await conn.execute(
             "UPDATE assays SET last_run = $2, next_run = $3, active = $4, status = $5, updated_at = now() "
             "WHERE id = $1", assay_id, last_run, next_run, still_active, status)
+
+
+async def unsent_events(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    """The oldest unsent events, locked until the caller's transaction ends; rows another assay runner is sending
+    (locked) are skipped, so no two send one event at once."""
+    return await conn.fetch("SELECT id, event_id, subject, payload FROM outbox ORDER BY id LIMIT $1 "
+                            "FOR UPDATE SKIP LOCKED", limit)
+
+
+async def event_sent(conn: asyncpg.Connection, outbox_id: int) -> None:
+    await conn.execute("DELETE FROM outbox WHERE id = $1", outbox_id)
+
+
+async def event_failed(conn: asyncpg.Connection, outbox_id: int, error: str) -> None:
+    await conn.execute("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1", outbox_id,
+                       error[:1000])
 
 
 async def results(pool: asyncpg.Pool, assay_id: int, start: datetime | None, end: datetime | None,

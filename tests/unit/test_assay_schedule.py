@@ -78,14 +78,8 @@ def _deps(progress: list[handlers.LogProgress] | None, values: dict[datetime, li
     async def log_progress() -> handlers.LogProgress:
         return answers.pop(0) if len(answers) > 1 else answers[0]
 
-    async def publish(subject: str, event: Any) -> None:
-        published.append(subject)
-
-    published: list[str] = []
-    deps = handlers.Deps(pool=None, settings=settings, membership=None, read_field=read_field, pipeline_of=None,
-                         log_page=None, publish=publish, log_progress=log_progress if progress is not None else None)
-    deps.published = published  # type: ignore[attr-defined]
-    return deps
+    return handlers.Deps(pool=None, settings=settings, membership=None, read_field=read_field, pipeline_of=None,
+                         log_page=None, log_progress=log_progress if progress is not None else None)
 
 
 def _row(next_run: datetime, run_until: datetime | None = None) -> dict[str, Any]:

@@ -1,0 +1,147 @@
+"""Assay events are sent once, whatever happens after a window's result is committed (docs/assays.md, Events):
+the EVENTS stream refusing the alerts while windows are scored (they are published once it accepts again). The
+events are read from the EVENTS stream itself: what its consumers (lineage) are handed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+
+import nats as nats_client
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from shared import subjects
+from shared.arrow_codec import tensor_array, to_ipc_stream
+from shared.logrecords import BATCH_ID, LOG_HEADER, MSG_ID, log_header
+from tests.integration.conftest import Account, post
+from tests.integration.test_assays import config, iso
+
+pytestmark = pytest.mark.integration
+
+
+async def publish_spread(stack, account: Account, pipeline: str, values: np.ndarray, times_ms: np.ndarray) -> None:
+    """Log rows as the engine publishes them, each with its own time."""
+    n = len(values)
+    columns = {"time": pa.array(times_ms.astype(np.int64)),
+               "in.tensor": tensor_array(np.repeat(values[:, None], 3, axis=1).astype(np.float32)),
+               "out.dense_1": tensor_array(values[:, None].astype(np.float64)),
+               "metadata.last_model": pa.array([json.dumps({"model_name": "m1", "model_sha": "x"})] * n),
+               "metadata.pipeline_version": pa.array(["v"] * n),
+               "metadata.elapsed": pa.array([[1, 2]] * n, pa.list_(pa.int64())),
+               "metadata.dropped": pa.array([[]] * n, pa.list_(pa.string()))}
+    nc = await nats_client.connect(stack.settings().nats.url)
+    try:
+        batch = str(uuid.uuid4())
+        await nc.jetstream().publish(f"logs.inference.{pipeline}-0", to_ipc_stream(pa.table(columns)), headers={
+            MSG_ID: batch, BATCH_ID: batch, LOG_HEADER: log_header(account.workspace_id, pipeline, f"{pipeline}-0",
+                                                                   "v")})
+    finally:
+        await nc.close()
+
+
+async def assay_events(stack, assay_id: int) -> list[dict]:
+    """Every events.assay.warning / .alert of the assay the EVENTS stream holds, in stream order."""
+    nc = await nats_client.connect(stack.settings().nats.url)
+    found = []
+    try:
+        js = nc.jetstream()
+        sub = await js.pull_subscribe("events.assay.>", stream=subjects.EVENTS_STREAM)
+        while (await sub.consumer_info()).num_pending:
+            for message in await sub.fetch(500, timeout=5):
+                body = json.loads(message.data)
+                if message.subject != subjects.EVENT_ASSAY_CREATED and body["assay_id"] == assay_id:
+                    found.append(body | {"_msg_id": (message.headers or {}).get("Nats-Msg-Id")})
+                await message.ack()
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+    return found
+
+
+def pipeline_of(stack, account: Account) -> dict:
+    name = f"alerts{uuid.uuid4().hex[:6]}"
+    created = post(stack, "pipelines/create", account.token, {"pipeline_id": name, "workspace_id": account.workspace_id,
+                                                              "definition": {}}).json()
+    return {**created, "name": name}
+
+
+def results_of(stack, account: Account, assay_id: int) -> list[dict]:
+    response = post(stack, "assays/get_results", account.token, {"assay_id": assay_id})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def check_once(results: list[dict], events: list[dict]) -> None:
+    """One event per Warning/Alert result, for its window, none for another window, none twice."""
+    flagged = sorted(r["window_start"] for r in results if r["status"] in ("Warning", "Alert"))
+    assert flagged, results
+    seen = sorted(iso_z(e["window_start"]) for e in events)
+    assert seen == sorted(iso_z(w) for w in flagged), (len(seen), len(flagged))
+    assert len({e["event_id"] for e in events}) == len(events)
+    assert all(e["_msg_id"] == e["event_id"] for e in events)  # the stream's de-duplication key
+
+
+def iso_z(moment: str) -> str:
+    from datetime import datetime
+
+    return datetime.fromisoformat(moment.replace("Z", "+00:00")).isoformat()
+
+
+@contextlib.asynccontextmanager
+async def events_refused(stack):
+    """The EVENTS stream refuses every publish (a largest message of 16 bytes) until the block ends: a real
+    JetStream error for each publish_event, as a stream at its limits or an unreachable server gives."""
+    nc = await nats_client.connect(stack.settings().nats.url)
+    js = nc.jetstream()
+    info = await js.stream_info(subjects.EVENTS_STREAM)
+    kept = info.config.max_msg_size
+    try:
+        info.config.max_msg_size = 16
+        await js.update_stream(info.config)
+        yield
+    finally:
+        info = await js.stream_info(subjects.EVENTS_STREAM)
+        info.config.max_msg_size = kept if kept is not None else -1
+        await js.update_stream(info.config)
+        await nc.close()
+
+
+def test_alerts_the_stream_refused_are_published_once_it_accepts_them(stack, alice):
+    """Windows scored while EVENTS refuses every publish: their results are stored, and their alerts reach the
+    stream once it accepts again, once each. Before the outbox the publish after the commit failed, the pass
+    logged 'could not run' and the alert was gone for good (results stored, no event ever)."""
+    pipeline = pipeline_of(stack, alice)
+    start = int(time.time() * 1000)
+    body = config(alice, pipeline, "refused", {"Static": {"values": np.linspace(5.0, 6.0, 50).tolist()}},
+                  iso(start), "1 seconds")
+    assay_id = post(stack, "assays/create", alice.token, body).json()["assay_id"]  # its created event goes out
+
+    async def scored_while_refused() -> int:
+        async with events_refused(stack):
+            rng = np.random.default_rng(3)
+            for _ in range(8):  # rows in about three 1-second windows
+                now_ms = int(time.time() * 1000)
+                await publish_spread(stack, alice, pipeline["name"], rng.normal(0, 1, 20), np.full(20, now_ms))
+                await asyncio.sleep(0.3)
+            deadline = time.monotonic() + 30
+            while len(stored := await asyncio.to_thread(results_of, stack, alice, assay_id)) < 3:
+                assert time.monotonic() < deadline, f"windows not scored: {stored}"
+                await asyncio.sleep(0.3)
+            assert await assay_events(stack, assay_id) == []  # refused: none reached the stream yet
+            return len(stored)
+
+    asyncio.run(scored_while_refused())
+    post(stack, "assays/set_active", alice.token, {"id": assay_id, "active": False})
+    deadline = time.monotonic() + 30
+    while True:  # the stream accepts again: the outbox's next round (at most its retry period away) sends them
+        flagged = [r for r in results_of(stack, alice, assay_id) if r["status"] in ("Warning", "Alert")]
+        if len(asyncio.run(assay_events(stack, assay_id))) >= len(flagged):
+            break
+        assert time.monotonic() < deadline, "the refused alerts were not published once the stream accepted again"
+        time.sleep(0.3)
+    check_once(results_of(stack, alice, assay_id), asyncio.run(assay_events(stack, assay_id)))
