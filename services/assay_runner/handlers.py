@@ -11,8 +11,9 @@ every record published before that moment is readable. A window `[next_run - wid
 it waits, and so do the assay's later windows (a window is scored once, in order); after `max_log_wait` seconds
 it is scored with what the log store has (`logs_complete: false` in the result, and a warning in the log).
 
-A pass's events are rows of the outbox written in the same transaction as its results, published by
-`outbox.Outbox` (docs/assays.md, Events)."""
+Several assay runners may share the database: an assay's pass runs under its advisory lock (`store.claim`) and
+commits only if no other runner moved its schedule meanwhile (`store.record_results`). Its events are rows of the
+outbox written in the same transaction, published by `outbox.Outbox` (docs/assays.md, Events)."""
 
 from __future__ import annotations
 
@@ -474,15 +475,21 @@ async def run_due(deps: Deps) -> int:
     many results were stored."""
     now = datetime.now(UTC)
     stored = 0
-    due = await store.due(deps.pool, now - timedelta(seconds=deps.settings.close_delay))
+    due_before = now - timedelta(seconds=deps.settings.close_delay)
+    due = await store.due(deps.pool, due_before)
     if due:
         await deps.watermark.update(now, deps)
-    for row in due:
+    for listed in due:
         try:  # a config that no longer reads included: one assay's problem stops no other
-            config = AssayConfig.model_validate(_jsonb(row["config"]))
-            stored += await _run_assay(deps, row, config, now)
+            # under the assay's lock, read again: another assay runner may be scoring it (skipped: it is its
+            # pass) or have moved it on since `due` was read
+            async with store.claim(deps.pool, listed["id"], due_before) as row:
+                if row is None:
+                    continue
+                config = AssayConfig.model_validate(_jsonb(row["config"]))
+                stored += await _run_assay(deps, row, config, now)
         except Exception as exc:  # the assay's own problem (a field gone, the log store away): try next tick
-            log.warning("assay %s could not run: %s", row["id"], exc)
+            log.warning("assay %s could not run: %s", listed["id"], exc)
     return stored
 
 
@@ -541,8 +548,13 @@ async def _run_assay(deps: Deps, row: Any, cfg: AssayConfig, now: datetime) -> i
     if next_run == row["next_run"] and still_active:
         return 0  # its due window waits for the log store: nothing to store or move yet
     status = results[-1]["status"] if results else row["status"]
-    # the results and their events (the outbox's) with the move of next_run, in one transaction
-    await store.record_results(deps.pool, row["id"], results, now, next_run, still_active, status)
+    # the results, their events (the outbox's) and the move of next_run in one transaction, if no other runner
+    # has moved next_run meanwhile
+    if not await store.record_results(deps.pool, row["id"], results, now, next_run, still_active, status,
+                                      read_next_run=row["next_run"]):
+        log.info("assay %s: windows from %s were stored by another assay runner meanwhile", row["id"],
+                 _iso(row["next_run"] - width))
+        return 0
     if deps.outbox is not None and any("_event" in r for r in results):
         deps.outbox.wake()
     return len(results)

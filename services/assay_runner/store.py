@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+
+from shared.db import lock_text
+
+ASSAY_LOCK = "assay_runner.assay"
+"""The advisory lock space of "scoring this assay's due windows" (one assay runner at a time per assay)."""
 
 
 async def create(pool: asyncpg.Pool, workspace_id: int, pipeline_id: int, pipeline_name: str, name: str,
@@ -44,12 +51,41 @@ async def add_event(conn: asyncpg.Connection, subject: str, event: Any) -> None:
                        event.event_id, subject, event.model_dump_json())
 
 
+@asynccontextmanager
+async def claim(pool: asyncpg.Pool, assay_id: int, due_before: datetime) -> AsyncIterator[asyncpg.Record | None]:
+    """The assay's row, read again under its advisory lock (held until the block ends), when it is still active
+    and due; None when another assay runner holds the lock (it is scoring the assay now) or has moved it on
+    since `due` was read. The lock is a session lock on a connection of its own, so a pass holds no row lock and
+    no transaction while it reads the log store (set_active is not kept waiting); a runner that dies releases it
+    with its connection."""
+    async with pool.acquire() as lock_conn:
+        if not await lock_conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1::text, 0))",
+                                        lock_text(ASSAY_LOCK, assay_id)):
+            yield None
+            return
+        try:
+            row = await pool.fetchrow("SELECT * FROM assays WHERE id = $1 AND active AND next_run <= $2",
+                                      assay_id, due_before)
+            yield row
+        finally:
+            await lock_conn.execute("SELECT pg_advisory_unlock(hashtextextended($1::text, 0))",
+                                    lock_text(ASSAY_LOCK, assay_id))
+
+
 async def record_results(pool: asyncpg.Pool, assay_id: int, results: list[dict[str, Any]], last_run: datetime,
-                         next_run: datetime, still_active: bool, status: str) -> None:
+                         next_run: datetime, still_active: bool, status: str, read_next_run: datetime) -> bool:
     """Store a pass's results, their events (a result's `_event`: (subject, event), in the outbox) and move the
-    schedule on, in one transaction. A result whose window is stored already (a window is unique per assay) is not
-    stored again and its event is not added."""
+    schedule on, in one transaction. Only when the assay's next_run is still `read_next_run`, the one the pass
+    started from: otherwise another assay runner has stored these windows already (it held the assay's lock
+    while this one had lost it with its connection), and nothing is written (False). A result whose window is
+    stored already is not stored again and its event is not added."""
     async with pool.acquire() as conn, conn.transaction():
+        moved = await conn.fetchval(
+            "UPDATE assays SET last_run = $2, next_run = $3, active = $4, status = $5, updated_at = now() "
+            "WHERE id = $1 AND next_run = $6 RETURNING id", assay_id, last_run, next_run, still_active, status,
+            read_next_run)
+        if moved is None:
+            return False
         for result in results:
             inserted = await conn.fetchval(
                 "INSERT INTO results (assay_id, window_start, window_end, score, status, result) "
@@ -58,9 +94,7 @@ async def record_results(pool: asyncpg.Pool, assay_id: int, results: list[dict[s
                 json.dumps({k: v for k, v in result.items() if not k.startswith("_")}))
             if inserted is not None and result.get("_event") is not None:
                 await add_event(conn, *result["_event"])
-        await conn.execute(
-            "UPDATE assays SET last_run = $2, next_run = $3, active = $4, status = $5, updated_at = now() "
-            "WHERE id = $1", assay_id, last_run, next_run, still_active, status)
+    return True
 
 
 async def unsent_events(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:

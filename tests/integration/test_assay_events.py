@@ -1,12 +1,17 @@
-"""Assay events are sent once, whatever happens after a window's result is committed (docs/assays.md, Events):
-the EVENTS stream refusing the alerts while windows are scored (they are published once it accepts again). The
-events are read from the EVENTS stream itself: what its consumers (lineage) are handed."""
+"""Assay events are sent once, whatever happens after a window's result is committed (docs/assays.md, Events and
+replicas): the EVENTS stream refusing the alerts while windows are scored (they are published once it accepts
+again), and two assay runners over one database (each window scored, stored and alerted once). The events are
+read from the EVENTS stream itself: what its consumers (lineage) are handed."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 
@@ -17,9 +22,12 @@ import pytest
 
 from shared import subjects
 from shared.arrow_codec import tensor_array, to_ipc_stream
+from shared.db_roles import role_dsn
 from shared.logrecords import BATCH_ID, LOG_HEADER, MSG_ID, log_header
 from tests.integration.conftest import Account, post
 from tests.integration.test_assays import config, iso
+from tests.integration.test_logs import wait_rows
+from tests.stack import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -145,3 +153,79 @@ def test_alerts_the_stream_refused_are_published_once_it_accepts_them(stack, ali
         assert time.monotonic() < deadline, "the refused alerts were not published once the stream accepted again"
         time.sleep(0.3)
     check_once(results_of(stack, alice, assay_id), asyncio.run(assay_events(stack, assay_id)))
+
+
+@contextlib.contextmanager
+def second_assay_runner(stack, tmp_path):
+    """Another assay-runner process on the stack, as the supervisor starts one (its bus identity and database
+    role): a second replica."""
+    settings, secrets = stack.settings(), stack.secrets()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAILYARD_")}
+    env.update({k: v for k, v in stack.env.items() if k.startswith(("RAILYARD_ASSAYS__", "RAILYARD_AUTH__"))})
+    env.update({
+        "RAILYARD_NATS__URL": f"nats://127.0.0.1:{stack.env['RAILYARD_STACK__NATS_PORT']}",
+        "RAILYARD_NATS__USER": "assay_runner",
+        "RAILYARD_NATS__PASSWORD": secrets["nats_password_assay_runner"],
+        "RAILYARD_POSTGRES__DSN": role_dsn(settings.postgres.dsn, "assay_runner",
+                                           secrets["postgres_password_assay_runner"]),
+        "RAILYARD_S3__ENDPOINT": settings.s3.endpoint,
+        "RAILYARD_S3__ACCESS_KEY": settings.s3.access_key,
+        "RAILYARD_S3__SECRET_KEY": settings.s3.secret_key,
+        "RAILYARD_S3__SECURE": "false",
+        "PYTHONUNBUFFERED": "1",
+    })
+    log = tmp_path / "assay_runner.log"
+    with open(log, "wb") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "services.assay_runner"], cwd=REPO, env=env,
+                                   stdout=handle, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "serving (pid" not in log.read_text():
+            assert process.poll() is None, f"the second assay runner exited:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"the second assay runner did not start:\n{log.read_text()}"
+            time.sleep(0.2)
+        yield process, log
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+def test_two_assay_runners_score_store_and_alert_each_window_once(stack, alice, tmp_path):
+    """An assay with 120 past 1-second windows, each with drifted rows, created while two assay runners run: each
+    window gets one result and one alert. Before, both runners' schedulers read the assay as due at their ticks,
+    both scored every window (a pass of 120 windows outlasts a tick), the second's results were dropped by the
+    unique key, but both published an alert per window (two events per window, each with its own event id, so
+    neither the stream nor lineage could tell them apart)."""
+    pipeline = pipeline_of(stack, alice)
+    windows = 120
+    start = int(time.time() * 1000) - (windows + 5) * 1000
+    times = start + np.arange(windows * 4) * 250 + 100  # 4 rows in every 1-second window
+    rng = np.random.default_rng(5)
+    asyncio.run(publish_spread(stack, alice, pipeline["name"], rng.normal(0, 1, len(times)), times))
+    wait_rows(stack, alice, pipeline["name"], len(times))
+    body = config(alice, pipeline, "replicas", {"Static": {"values": np.linspace(5.0, 6.0, 50).tolist()}},
+                  iso(start), "1 seconds", run_until=iso(start + windows * 1000))
+    with second_assay_runner(stack, tmp_path) as (process, log):
+        assay_id = post(stack, "assays/create", alice.token, body).json()["assay_id"]
+        deadline = time.monotonic() + 90
+        while len(results := results_of(stack, alice, assay_id)) < windows:
+            assert process.poll() is None, f"the second assay runner exited:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"{len(results)} of {windows} windows scored"
+            time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        while len(events := asyncio.run(assay_events(stack, assay_id))) < windows:
+            assert time.monotonic() < deadline, f"{len(events)} alerts of {windows}"
+            time.sleep(0.5)
+        # both runners have ticked past the assay since (it is inactive past run_until): nothing more comes
+        listed = post(stack, "assays/list", alice.token, {"pipeline_id": pipeline["pipeline_pk_id"]}).json()[0]
+        assert listed["active"] is False
+        time.sleep(3)  # two ticks of each runner and an outbox round: a second runner's late pass would show
+        results = results_of(stack, alice, assay_id)
+        assert len(results) == windows and len({r["window_start"] for r in results}) == windows
+        assert all(r["status"] == "Alert" for r in results)
+        check_once(results, asyncio.run(assay_events(stack, assay_id)))

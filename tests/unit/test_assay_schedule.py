@@ -5,6 +5,7 @@ it, and after `max_log_wait` it is scored anyway, marked `logs_complete: false`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -100,8 +101,10 @@ def _row(next_run: datetime, run_until: datetime | None = None) -> dict[str, Any
 def recorded(monkeypatch) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
 
-    async def record_results(pool, assay_id, results, last_run, next_run, still_active, status) -> None:
+    async def record_results(pool, assay_id, results, last_run, next_run, still_active, status,
+                             read_next_run) -> bool:
         calls.append({"results": results, "next_run": next_run, "still_active": still_active})
+        return True
 
     monkeypatch.setattr(store, "record_results", record_results)
     return calls
@@ -211,7 +214,12 @@ def test_an_assay_whose_stored_config_no_longer_reads_holds_up_no_other(recorded
     async def due(pool, moment):
         return [bad, good]
 
+    @contextlib.asynccontextmanager
+    async def claim(pool, assay_id, due_before):
+        yield {6: bad, 7: good}[assay_id]
+
     monkeypatch.setattr(store, "due", due)
+    monkeypatch.setattr(store, "claim", claim)
     deps = _deps([handlers.LogProgress(last_seq=1, stored_seq=1)], {})
     asyncio.run(handlers.run_due(deps))
     assert len(recorded) == 1 and recorded[0]["next_run"] > good["next_run"]  # the good one moved on
