@@ -4,6 +4,7 @@ the inference and log APIs (Arrow IPC, pandas-records JSON, Open Inference Proto
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,48 @@ def read_table(path: str | Path) -> tuple[pa.Table, str]:
     raise InvalidInput(f"{path}: unknown file type {suffix or '(none)'}; use .json, .arrow/.feather or .parquet")
 
 
+class _PastInt64(InvalidInput):
+    """A column's integer outside int64 (an integer column) or a float's range (a float column)."""
+
+
+class _NotOrjson(ValueError):
+    """JSON the API's reader (orjson) refuses, so that it reads the whole body with Python's reader instead."""
+
+
+def _json_int(text: str) -> int | float:
+    """A JSON integer as the inference API's reader (orjson) reads it: past the 64-bit integers (below -2^63 or
+    above 2^64 - 1) a float, so 1e26 written out is a number of a float column there, not an integer out of range;
+    past a float's range it refuses the body (then Python's reader reads it, integers whole)."""
+    value = int(text)
+    if -(2**63) <= value < 2**64:
+        return value
+    number = float(text)
+    if math.isinf(number):
+        raise _NotOrjson(text)
+    return number
+
+
+def _json_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):  # 1e400: orjson refuses it, Python's reader takes it for infinity
+        raise _NotOrjson(text)
+    return number
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotOrjson(name)  # NaN, Infinity: only Python's reader takes them
+
+
+def _loads(text: str) -> Any:
+    """JSON as the inference API reads a body: with orjson (`_json_int`), or, for a body orjson refuses (NaN,
+    Infinity, a number past a float's range), with Python's reader, integers whole. (Python hooks on every number:
+    only for rows that hold an integer past int64, `inference_records`.)"""
+    try:
+        return json.loads(text, parse_int=_json_int, parse_float=_json_float, parse_constant=_no_constant)
+    except _NotOrjson:
+        return json.loads(text)
+
+
 def parse_json_records(raw: bytes, source: str = "the input") -> list[dict[str, Any]]:
     """pandas-records JSON (a list of objects, one object, or JSON lines) as a list of row objects; `source` names
     the input in the errors."""
@@ -112,7 +155,13 @@ def inference_records(raw: bytes, source: str = "the input") -> list[dict[str, A
     rows = parse_json_records(raw, source)
     if len(rows) == 1 and raw.lstrip()[:1] == b"{":  # a top-level object only: a list `[...]` is rows
         _refuse_other_shapes(rows[0], source)
-    check_records(rows, source)
+    try:
+        check_records(rows, source)
+    except _PastInt64:
+        # the API reads the body the SDK sends (`infer_at`: these rows as json.dumps writes them) with orjson,
+        # which takes an integer past 64 bits for a float: read them as it will, and check that
+        rows = _loads(json.dumps(rows))
+        check_records(rows, source)
     return rows
 
 
@@ -225,20 +274,13 @@ def _check_column(name: str, values: list[Any], where: str) -> None:
     if int not in leaves or not scalars and not wide:  # (tensors: no int outside int64, the narrower range)
         return
     for index, value in enumerate(values):  # ints: in int64 (an int column), or within a float's range
-        low, high = (value, value) if scalars else _bounds(value)
-        if kind == "int" and (low not in _INT64 or high not in _INT64) or kind == "float" and any(
-                type(end) is int and abs(end) > _FLOAT_MAX for end in (low, high)):
-            raise InvalidInput(f"{where}: column {name!r}: record {index} holds an integer outside the 64-bit"
+        # a tensor's integers, each (min and max missed them beside a NaN, which compares false with anything)
+        ends = (value,) if scalars else [leaf for leaf in _leaves(value) if type(leaf) is int]
+        if kind == "int" and any(end not in _INT64 for end in ends) or kind == "float" and any(
+                type(end) is int and abs(end) > _FLOAT_MAX for end in ends):
+            raise _PastInt64(f"{where}: column {name!r}: record {index} holds an integer outside the 64-bit"
                                " signed range or a float's (write it as a float, e.g. 9.3e18, if that is what the"
                                " model takes)")
-
-
-def _bounds(value: list[Any]) -> tuple[Any, Any]:
-    """The smallest and largest number of a rectangular tensor of numbers (min and max of its innermost lists)."""
-    if isinstance(value[0], list):
-        pairs = [_bounds(item) for item in value]
-        return min(low for low, _ in pairs), max(high for _, high in pairs)
-    return min(value), max(value)
 
 
 def check_records(rows: list[dict[str, Any]], where: str = "the input") -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,7 +56,11 @@ def infer_at(session: Session, deployment: str, pipeline: str, data_in: InferInp
     as_frame = is_dataframe(data_in)  # without importing pandas: a JSON or Arrow caller never needs it
     if isinstance(data_in, (list, dict)):  # first: the JSON path needs no pyarrow (`pa.` below imports it)
         rows = [data_in] if isinstance(data_in, dict) else data_in
-        return _send_retrying(session, path, {"json": rows, "headers": {"Content-Type": data.RECORDS}},
+        # written as httpx's json= would, but with NaN and Infinity, which the API reads (a model that takes
+        # them, e.g. for missing values, gets them; one that does not answers its 400): httpx refuses them
+        # (allow_nan=False), which ended `railyard infer` with "unexpected ValueError" after signing in
+        body = json.dumps(rows, ensure_ascii=False, separators=(",", ":")).encode()
+        return _send_retrying(session, path, {"content": body, "headers": {"Content-Type": data.RECORDS}},
                               timeout).json()
     if isinstance(data_in, (str, Path)):
         table, kind = data.read_table(data_in)

@@ -3,7 +3,8 @@ refuse with a 400: a missing or unreadable file, text that is not JSON, JSON tha
 rows the API cannot read (different keys, nulls, mixed types, ragged tensors). Exit code 2, one line naming the
 input, the record and the rule, and still without pandas. Each command runs the real CLI in a fresh interpreter;
 `_client` (signing in, then every request) only records that it was reached. The client's rules are the API's
-(`shared.arrow_codec.records_to_table`): the last test holds them to it on the same cases."""
+(`shared.arrow_codec.records_json_to_table`, which the gateway's `read_records` gives the same verdicts): the last
+test holds them to it on the same JSON texts."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from railyard_client.data import check_records, inference_records
+from railyard_client.data import inference_records
 from railyard_client.errors import InvalidInput
 
-from shared.arrow_codec import records_to_table
+from services.gateway.records_parse import read_records
+from shared.arrow_codec import records_json_to_table
 from shared.errors import InvalidRequest
 
 CHILD = r'''
@@ -160,26 +162,64 @@ CASES = [
     [{"t": 2**63}],
     [{"t": 1}, {"t": -(2**63) - 1}],
     [{"t": 10**400, "u": 1.0}],
+    # past 64 bits the API's JSON reader reads an integer as a float: taken there, so taken here
+    [{"t": 2**64}],
+    [{"t": -(2**63) - 1}],
+    [{"t": [1, 10**26]}],
+    [{"t": 2**64 - 1}],  # a uint64 stays an integer: out of int64, refused by both
+    [{"t": float("nan"), "u": 2**64}],  # NaN: Python's reader there, integers whole (u refused by both)
+    [{"t": 1e308 * 10, "u": 2**64}],  # Infinity: the same
+    [{"t": [float("nan"), 10**400]}],  # an integer past a float's range beside a NaN, which min() and max() skipped
 ]
 
 
 @pytest.mark.parametrize("rows", CASES)
 def test_the_client_refuses_what_the_api_refuses(rows):
-    """The same verdict as the API's reader on each case (a drift between the two would refuse good rows here or
-    let bad ones reach the server)."""
+    """The same verdict as the API's reader on each case's JSON text (a drift between the two would refuse good rows
+    here or let bad ones reach the server). Both read the text as they do: the API with its own JSON reader (orjson,
+    which takes an integer past 64 bits for a float), the CLI from a file's bytes; comparing Python objects hid
+    that the CLI refused such rows, which the API takes."""
+    raw = json.dumps(rows).encode()
+    verdicts = []
+    for server_read in (records_json_to_table, read_records):  # the reader's own entry, and the gateway's
+        try:
+            server_read(raw)
+            verdicts.append(None)
+        except InvalidRequest as exc:
+            verdicts.append(str(exc))
     try:
-        records_to_table(json.loads(json.dumps(rows)))
-        server = None
-    except InvalidRequest as exc:
-        server = str(exc)
-    try:
-        check_records(rows)
+        inference_records(raw)
         client = None
     except InvalidInput as exc:
         client = str(exc)
-    assert (server is None) == (client is None), (server, client)
+    assert (verdicts[0] is None) == (verdicts[1] is None) == (client is None), (verdicts, client)
 
 
 def test_the_checks_do_not_change_the_rows():
     raw = json.dumps(GOOD).encode()
     assert inference_records(raw) == GOOD
+
+
+def test_json_rows_are_sent_as_the_api_reads_them_nan_included():
+    """The SDK sends JSON rows as the API reads them, NaN and Infinity included (the API takes them: a model that
+    takes missing values as NaN gets them, an ONNX model answers its typed 400). httpx's json= refuses them
+    (allow_nan=False): `railyard infer` on such a file ended with 'unexpected ValueError' after signing in, and
+    Pipeline.infer raised a ValueError. Rows holding an integer past 64 bits go as the CLI checked them."""
+    import httpx
+    from railyard_client.pipelines import infer_at
+
+    sent = []
+
+    class Session:
+        def send(self, method, path, **kwargs):
+            request = httpx.Request(method, f"http://gateway{path}", content=kwargs.get("content"),
+                                    json=kwargs.get("json"), headers=kwargs["headers"])
+            sent.append(request)
+            return httpx.Response(200, json=[{"out": {}}])
+
+    infer_at(Session(), "d", "p", inference_records(b'[{"x": NaN, "y": [1.5, Infinity]}]'))
+    infer_at(Session(), "d", "p", inference_records(b'[{"big": 18446744073709551616}]'))  # (no NaN in its body)
+    assert all(request.headers["content-type"] == "application/json; format=pandas-records" for request in sent)
+    table = records_json_to_table(sent[0].content)
+    assert str(table.column("x")[0]) == "nan" and table.column("y").to_pylist() == [[1.5, float("inf")]]
+    assert records_json_to_table(sent[1].content).column("big").to_pylist() == [float(2**64)]

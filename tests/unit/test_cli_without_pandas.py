@@ -37,8 +37,10 @@ class Response:
 
 class Session:
     def send(self, method, path, **kw):
-        sent.append({"path": path, "json": json.loads(json.dumps(kw.get("json"))),  # (the body is reused)
-                     "type": kw["headers"].get("Content-Type")})
+        kind = kw["headers"].get("Content-Type")
+        body = json.loads(kw["content"]) if kind and kind.startswith("application/json") and "content" in kw \
+            else json.loads(json.dumps(kw.get("json")))  # (the body is reused)
+        sent.append({"path": path, "json": body, "type": kind})
         if path == "/v1/api/pipelines/infer/fraud-1/fraud":
             if kw["headers"]["Content-Type"].startswith("application/json"):
                 return Response(body=json.loads((here / "answer.json").read_text()))
