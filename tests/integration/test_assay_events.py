@@ -195,37 +195,56 @@ def second_assay_runner(stack, tmp_path):
                 process.wait(10)
 
 
-def test_two_assay_runners_score_store_and_alert_each_window_once(stack, alice, tmp_path):
+async def test_two_assay_runners_score_store_and_alert_each_window_once(stack, alice, tmp_path):
     """An assay with 120 past 1-second windows, each with drifted rows, created while two assay runners run: each
-    window gets one result and one alert. Before, both runners' schedulers read the assay as due at their ticks,
-    both scored every window (a pass of 120 windows outlasts a tick), the second's results were dropped by the
-    unique key, but both published an alert per window (two events per window, each with its own event id, so
-    neither the stream nor lineage could tell them apart)."""
-    pipeline = pipeline_of(stack, alice)
+    window is read from the log store once (scored once), gets one result and one alert. Before, both runners'
+    schedulers read the assay as due at their ticks and both scored every window (a pass of 120 windows outlasts a
+    tick); the unique key dropped the second result, but both published an alert per window (240 events, each with
+    its own event id, so neither the stream nor lineage could tell them apart). With the outbox alone (the result's
+    insert adding the event) the alerts were right but every window was still read and scored twice."""
+    pipeline = await asyncio.to_thread(pipeline_of, stack, alice)
     windows = 120
     start = int(time.time() * 1000) - (windows + 5) * 1000
     times = start + np.arange(windows * 4) * 250 + 100  # 4 rows in every 1-second window
     rng = np.random.default_rng(5)
-    asyncio.run(publish_spread(stack, alice, pipeline["name"], rng.normal(0, 1, len(times)), times))
-    wait_rows(stack, alice, pipeline["name"], len(times))
+    await publish_spread(stack, alice, pipeline["name"], rng.normal(0, 1, len(times)), times)
+    await asyncio.to_thread(wait_rows, stack, alice, pipeline["name"], len(times))
     body = config(alice, pipeline, "replicas", {"Static": {"values": np.linspace(5.0, 6.0, 50).tolist()}},
                   iso(start), "1 seconds", run_until=iso(start + windows * 1000))
-    with second_assay_runner(stack, tmp_path) as (process, log):
-        assay_id = post(stack, "assays/create", alice.token, body).json()["assay_id"]
+
+    reads: list[tuple[int, int]] = []  # the windows the runners read, as the log store is asked (a copy of each)
+
+    async def on_read(message) -> None:
+        asked = json.loads(message.data)
+        if asked.get("pipeline") == pipeline["name"]:
+            reads.append((asked["start_ms"], asked["end_ms"]))
+
+    nc = await nats_client.connect(stack.settings().nats.url)
+    runner = second_assay_runner(stack, tmp_path)
+    try:
+        await nc.subscribe(subjects.LOG_STORE_READ_FIELD, cb=on_read)
+        await nc.flush()
+        process, log = await asyncio.to_thread(runner.__enter__)
+        created = await asyncio.to_thread(post, stack, "assays/create", alice.token, body)
+        assay_id = created.json()["assay_id"]
         deadline = time.monotonic() + 90
-        while len(results := results_of(stack, alice, assay_id)) < windows:
+        while len(results := await asyncio.to_thread(results_of, stack, alice, assay_id)) < windows:
             assert process.poll() is None, f"the second assay runner exited:\n{log.read_text()}"
             assert time.monotonic() < deadline, f"{len(results)} of {windows} windows scored"
-            time.sleep(0.5)
+            await asyncio.sleep(0.5)
         deadline = time.monotonic() + 30
-        while len(events := asyncio.run(assay_events(stack, assay_id))) < windows:
+        while len(events := await assay_events(stack, assay_id)) < windows:
             assert time.monotonic() < deadline, f"{len(events)} alerts of {windows}"
-            time.sleep(0.5)
-        # both runners have ticked past the assay since (it is inactive past run_until): nothing more comes
-        listed = post(stack, "assays/list", alice.token, {"pipeline_id": pipeline["pipeline_pk_id"]}).json()[0]
-        assert listed["active"] is False
-        time.sleep(3)  # two ticks of each runner and an outbox round: a second runner's late pass would show
-        results = results_of(stack, alice, assay_id)
+            await asyncio.sleep(0.5)
+        listed = (await asyncio.to_thread(post, stack, "assays/list", alice.token,
+                                          {"pipeline_id": pipeline["pipeline_pk_id"]})).json()[0]
+        assert listed["active"] is False  # past run_until: neither runner has anything more to do
+        await asyncio.sleep(3)  # two ticks of each runner and an outbox round: a second pass's reads or alerts show
+        results = await asyncio.to_thread(results_of, stack, alice, assay_id)
         assert len(results) == windows and len({r["window_start"] for r in results}) == windows
         assert all(r["status"] == "Alert" for r in results)
-        check_once(results, asyncio.run(assay_events(stack, assay_id)))
+        check_once(results, await assay_events(stack, assay_id))
+        assert len(reads) == windows and len(set(reads)) == windows, f"{len(reads)} reads of {windows} windows"
+    finally:
+        await asyncio.to_thread(runner.__exit__, None, None, None)
+        await nc.close()

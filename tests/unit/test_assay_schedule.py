@@ -238,3 +238,54 @@ def test_window_ready():
     # a Training baseline's windows read the monitoring service's predictions, not the log store: no hold
     assert handlers.window_ready(deps, s(2), s(3), reads_logs=False) is True
     assert handlers.window_ready(deps, s(2), s(2.5), reads_logs=False) is None
+
+
+def test_a_pass_whose_windows_another_runner_stored_meanwhile_sends_nothing(monkeypatch):
+    """The conditional commit: when next_run is no longer the one the pass started from (another assay runner
+    stored these windows while this one's lock had gone with its connection), nothing is written, so no event is
+    added and the outbox is not woken."""
+    asked: list[datetime] = []
+
+    async def record_results(pool, assay_id, results, last_run, next_run, still_active, status,
+                             read_next_run) -> bool:
+        asked.append(read_next_run)
+        return False
+
+    class Outbox:
+        woken = 0
+
+        def wake(self) -> None:
+            self.woken += 1
+
+    monkeypatch.setattr(store, "record_results", record_results)
+    deps = _deps(None, {s(0.5): [9.0, 9.5]})  # far above the baseline: an Alert with its event
+    deps.outbox = Outbox()
+    row = _row(next_run=s(1)) | {"config": json.dumps(json.loads(_row(s(1))["config"]) | {"alert_threshold": 0.1})}
+    assert _run(deps, row, s(2.5)) == 0
+    assert asked == [s(1)] and deps.outbox.woken == 0
+
+
+def test_an_assay_another_runner_is_scoring_is_skipped(recorded, monkeypatch):
+    """store.claim answers None while another assay runner holds the assay's lock: this one reads nothing."""
+    now = datetime.now(UTC)
+    row = _row(next_run=now - timedelta(seconds=30))
+
+    async def due(pool, moment):
+        return [row]
+
+    @contextlib.asynccontextmanager
+    async def claim(pool, assay_id, due_before):
+        yield None
+
+    monkeypatch.setattr(store, "due", due)
+    monkeypatch.setattr(store, "claim", claim)
+    deps = _deps([handlers.LogProgress(last_seq=1, stored_seq=1)], {now - timedelta(seconds=30.5): [1.0]})
+    reads = []
+    reader = deps.read_field
+
+    async def read_field(*args):
+        reads.append(args)
+        return await reader(*args)
+
+    deps.read_field = read_field
+    assert asyncio.run(handlers.run_due(deps)) == 0 and reads == [] and recorded == []
