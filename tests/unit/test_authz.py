@@ -294,8 +294,9 @@ async def test_tokens_met_during_the_first_read_share_it_and_its_failure(verifie
     waiting = [asyncio.create_task(verifier.verify(token)) for _ in range(5)]
     while not calls:  # noqa: ASYNC110 - the first read has started
         await asyncio.sleep(0)
-    for _ in range(5):
+    for _ in range(20):  # every verify on its way to the read (in-memory awaits only: a few steps each)
         await asyncio.sleep(0)
+    assert len(calls) == 1 and not any(task.done() for task in waiting)
     waiting[0].cancel()  # one client gone: the read goes on for the others
     release.set()
     answers = await asyncio.gather(*waiting, return_exceptions=True)
