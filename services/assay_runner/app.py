@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -169,10 +170,12 @@ async def start(runtime: Runtime) -> None:
 
 
 async def stop(runtime: Runtime) -> None:
-    for name in ("scheduler", "outbox"):
+    for name in ("scheduler", "outbox"):  # a pass or round cut short commits nothing: the next start redoes it
         task = runtime.extras.get(name)
         if task is not None:
             task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task  # its connections back in the pool (an advisory lock released) before the pool closes
     feed = runtime.extras.get("verifier_feed")
     if feed is not None:
         await feed.stop()
