@@ -572,7 +572,13 @@ def setup_failure(process: asyncio.subprocess.Process, stderr: str) -> SandboxUn
 
 def limit_hit(returncode: int, stderr_tail: str, limits: Limits, quota: str | None = None) -> str | None:
     """Which limit ended a sandboxed process: `quota`, the launcher's verdict (`quota_verdict`), when it gave
-    one; otherwise read from how it ended and the end of its stderr."""
+    one; otherwise read from how it ended and the end of its stderr. A "processes" verdict (it failed after a
+    refused fork, which it may have handled) yields to the file size limit when its stderr ends on Python's error
+    for it: Python ignores SIGXFSZ, so a write past the limit fails with OSError 'File too large' and the code
+    exits 1, which the launcher cannot tell from any other failure (the signal case, `OTHER_LIMITS` there). The
+    code could as well die of SIGXFSZ to be told so: the words give it nothing more."""
+    if quota == "processes" and "File too large" in stderr_tail:
+        return "file_size"
     if quota in VERDICT_LIMITS:
         return quota
     if returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):

@@ -210,6 +210,14 @@ def test_a_sandbox_stopped_for_its_cpu_time_after_a_handled_refusal_is_told_its_
             handle.write(b"x" * (2 << 20))
     """), settings, file_size_bytes=1 << 20), settings=settings))
     assert written.returncode == -signal.SIGXFSZ and written.limit_hit == "file_size", written.limit_hit
+    # Python ignores SIGXFSZ: the write fails with OSError 'File too large' and the code exits 1, which the
+    # launcher cannot tell from any other failure; the verdict "processes" told it too many processes
+    python = asyncio.run(sandbox.run(spec(handled + textwrap.dedent("""
+        with open("big", "wb") as handle:
+            handle.write(b"x" * (2 << 20))
+    """), settings, file_size_bytes=1 << 20), settings=settings))
+    assert python.returncode == 1 and "File too large" in python.stderr_tail, python.stderr_tail
+    assert python.limit_hit == "file_size", python.limit_hit
     assert mine() == []
 
 

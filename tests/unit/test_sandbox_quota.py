@@ -162,6 +162,13 @@ def test_the_launchers_quota_verdict_is_read_as_a_typed_limit_with_its_value():
     assert limit_hit(-9, "", limits, "memory") == "memory" and limit_hit(0, "", limits, "memory") == "memory"
     # a sandbox that failed after its pids.max refused a fork: the launcher's verdict too
     assert limit_hit(1, "", limits, "processes") == "processes"
+    assert limit_hit(1, "KeyError: 'x'", limits, "processes") == "processes"
+    # ...which yields to Python's error for the file size limit (it ignores SIGXFSZ: OSError, exit 1), the one
+    # failure after a handled refusal the launcher cannot see; no other verdict does
+    efbig = "OSError: [Errno 27] File too large\n"
+    assert limit_hit(1, efbig, limits, "processes") == "file_size"
+    assert limit_hit(QUOTA_EXIT, efbig, limits, "disk_bytes") == "disk_bytes"
+    assert limit_hit(-9, efbig, limits, "memory") == "memory"
     assert sandbox.VERDICT_LIMITS == sandbox.QUOTA_LIMITS | {sandbox_launcher.MEMORY_VERDICT.decode(),
                                                              sandbox_launcher.PROCESSES_VERDICT.decode()}
     assert describe_limit("disk_bytes", limits).startswith("the sandbox's disk quota of 300 MiB was exceeded")
