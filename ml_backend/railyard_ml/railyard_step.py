@@ -105,7 +105,9 @@ def package(folder: str | Path, project: str | None = None, label_config: str | 
                                "model_class": config["model_class"]}
 
 
-CHECK_VALUE = "railyard-ml-deploy-check"  # each object's data in the task `check_label_config` makes
+# each object's data in the task `check_label_config` makes: a data: URI, which `get_local_path` reads without a
+# request (a plain name would be fetched from LABEL_STUDIO_URL when set)
+CHECK_VALUE = "data:,railyard-ml-deploy-check"
 
 
 def check_label_config(archive: bytes, label_config: str) -> None:
