@@ -117,13 +117,20 @@ def _loads(text: str) -> Any:
         return json.loads(text)
 
 
+def _json_text(raw: bytes) -> str:
+    """JSON bytes as text, in the encoding the API's reader finds as Python's does (JSON's own rule: UTF-8, with or
+    without a byte order mark, or UTF-16/32, which Windows PowerShell 5 writes for `>`): decoded as UTF-8 alone, a
+    file with a BOM was 'not JSON' here and taken there."""
+    return raw.decode(json.detect_encoding(raw), errors="replace").strip()
+
+
 def parse_json_records(raw: bytes, source: str = "the input") -> list[dict[str, Any]]:
     """pandas-records JSON (a list of objects, one object, or JSON lines) as a list of row objects; `source` names
     the input in the errors."""
     if raw[:4] == b"PAR1" or raw[:6] == b"ARROW1":  # a table file named .json: say what it is
         kind = "Parquet" if raw[:4] == b"PAR1" else "an Arrow IPC file"
         raise InvalidInput(f"{source} is {kind}, not JSON: give it its own suffix (.parquet / .arrow) or --format")
-    text = raw.decode("utf-8", errors="replace").strip()
+    text = _json_text(raw)
     try:
         value = json.loads(text) if text else None
     except ValueError as whole:
@@ -153,7 +160,7 @@ def inference_records(raw: bytes, source: str = "the input") -> list[dict[str, A
     """pandas-records JSON for the inference API (`railyard infer`'s JSON file or stdin), refused here, before
     anything is sent, when the API would refuse it (`check_records`), with where and why."""
     rows = parse_json_records(raw, source)
-    if len(rows) == 1 and raw.lstrip()[:1] == b"{":  # a top-level object only: a list `[...]` is rows
+    if len(rows) == 1 and _json_text(raw)[:1] == "{":  # a top-level object only: a list `[...]` is rows
         _refuse_other_shapes(rows[0], source)
     try:
         check_records(rows, source)

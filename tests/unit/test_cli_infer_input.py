@@ -77,6 +77,22 @@ def test_good_rows_are_sent(tmp_path: Path):
     assert run(tmp_path, "infer", "fraud", "rows.ndjson", "--json")[0] == 0
 
 
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le", "utf-32"])
+def test_rows_in_any_encoding_the_api_reads_are_sent(tmp_path: Path, encoding: str):
+    """JSON's encodings as the API's reader finds them (Python's rule): a UTF-8 file with a byte order mark (Windows
+    editors) or UTF-16 (Windows PowerShell 5's `>`) was 'not JSON' for the CLI, which decoded UTF-8 alone, and is
+    read by the API."""
+    raw = json.dumps(GOOD).encode(encoding)
+    assert records_json_to_table(raw).num_rows == len(GOOD)  # the API takes it
+    assert inference_records(raw) == GOOD
+    (tmp_path / "rows.json").write_bytes(raw)
+    code, err, child = run(tmp_path, "infer", "fraud", "rows.json", "--json")
+    assert (code, child) == (0, {"reached": True, "pandas": False}), err
+    one = json.dumps({"columns": ["a"], "data": [[1]]}).encode(encoding)  # a top-level object's shape is still told
+    with pytest.raises(InvalidInput, match="split orientation"):
+        inference_records(one)
+
+
 def test_a_missing_or_unreadable_file_is_refused_by_name(tmp_path: Path):
     assert "'missing.json' does not exist" in refused(tmp_path, "infer", "fraud", "missing.json")
     (tmp_path / "folder.json").mkdir()
