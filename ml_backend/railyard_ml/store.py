@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cache (project_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
@@ -65,9 +68,11 @@ def claim_model_dir(model_dir: str | Path) -> Callable[[], None]:
                     f"the model directory {path} is in use by another railyard-ml process (pid {holder}); two "
                     "processes on one directory would mark each other's training runs interrupted: stop that one, "
                     "or give this one its own --model-dir / MODEL_DIR") from None
-            except OSError:
+            except OSError as exc:  # a file system without locks (ENOLCK: some network mounts): serve, unguarded
                 os.close(fd)
-                raise
+                logger.warning("the model directory %s cannot be locked (%s): a second railyard-ml process on it "
+                               "would not be refused", path, exc)
+                return lambda: None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             claim = _CLAIMS[path] = [fd, 0]

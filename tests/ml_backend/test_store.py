@@ -15,3 +15,22 @@ def test_runs_list_in_submission_order_even_when_a_later_run_was_queued_before_t
     store.start_run("p", "1700000000000002", "ANNOTATION_CREATED")
     assert [(run["job_id"], run["status"]) for run in store.runs("p")] == [
         ("1700000000000001", "ok"), ("1700000000000002", "running")]
+
+
+def test_a_model_directory_that_cannot_be_locked_is_served_unguarded(tmp_path, monkeypatch, caplog):
+    """A file system without locks (ENOLCK on some network mounts) must not keep the backend from starting: it
+    serves, and says a second process would not be refused."""
+    import errno
+    import logging
+
+    from railyard_ml import store
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(store.fcntl, "flock", no_locks)
+    caplog.set_level(logging.WARNING, logger="railyard_ml.store")
+    release = store.claim_model_dir(tmp_path)
+    release()
+    assert "cannot be locked" in caplog.text and "No locks available" in caplog.text
+    assert tmp_path.resolve() not in store._CLAIMS
