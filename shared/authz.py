@@ -85,6 +85,7 @@ class TokenVerifier:
         self._revocations_read = False
         # the first read in flight, shared by every token met meanwhile (one read, one outcome for all of them)
         self._first_read: asyncio.Future | None = None
+        self._key_refresh: asyncio.Future | None = None  # a fetch of the keys for an unknown kid, shared likewise
         # verified tokens -> (principal, exp); revocation and expiry are still checked on every use
         self._verified: dict[str, tuple[Principal, float]] = {}
 
@@ -101,9 +102,13 @@ class TokenVerifier:
     async def _key_for(self, kid: str | None) -> Any:
         if kid not in self._keys and (time.monotonic() - self._fetched_at >= KEY_REFETCH_INTERVAL or not self._keys):
             try:
-                await self.refresh_keys()
+                await self._shared_refresh()
             except RailyardError as exc:
-                log.warning("could not fetch signing keys: %s", exc.msg)
+                # the key may well exist: auth did not say (a service started before auth answers, as they start
+                # together, or auth away). 503 to try again, not 401 'unknown key', which tells a client its token
+                # is bad (fac827b's 503 for the revocation list was never reached: this came first)
+                raise Unavailable(f"tokens cannot be checked yet: the signing keys could not be read from the auth "
+                                  f"service ({exc.msg}); try again in a moment") from None
         if kid not in self._keys:
             raise Unauthorized("token signed with an unknown key")
         jwk = self._keys[kid]
@@ -115,6 +120,21 @@ class TokenVerifier:
 
             parsed = self._parsed[kid] = (jwk, RSAAlgorithm.from_jwk(json.dumps(jwk)))
         return parsed[1]
+
+    async def _shared_refresh(self) -> None:
+        """`refresh_keys` for a token whose key is not known, shared by every token met while it is under way: each
+        took the lock in turn for a fetch of its own, so while auth took its full timeout to fail, the n-th request
+        waited n timeouts. A task of its own, which a caller going away does not cancel."""
+        if self._key_refresh is None:
+            self._key_refresh = asyncio.ensure_future(self.refresh_keys())
+            self._key_refresh.add_done_callback(self._key_refresh_done)
+        await asyncio.shield(self._key_refresh)
+
+    def _key_refresh_done(self, refresh: asyncio.Future) -> None:
+        if self._key_refresh is refresh:
+            self._key_refresh = None
+        if not refresh.cancelled() and isinstance(refresh.exception(), RailyardError):
+            log.warning("could not fetch signing keys: %s", refresh.exception().msg)  # once, not once a waiter
 
     def set_revocations(self, users: dict[str, float], sessions: dict[str, float] | None = None) -> None:
         """Merge a full list: revocation moments only ever move forward, so merging by max is safe even

@@ -313,3 +313,44 @@ async def test_tokens_met_during_the_first_read_share_it_and_its_failure(verifie
     answers = await asyncio.gather(*again, return_exceptions=True)
     assert len(calls) == 2 and verifier.revocations_read
     assert all(isinstance(answer, Unauthorized) and "revoked" in str(answer) for answer in answers), answers
+
+
+async def test_tokens_met_while_auth_cannot_give_the_keys_get_503_from_one_shared_fetch():
+    """A service that started before auth answers knows no signing key: the first tokens met fetch them. That fetch
+    failing was answered 401 'token signed with an unknown key' (a client told its token is bad, and the 503 of the
+    revocation read above never reached), each token fetching in turn under the lock (n-th request: n timeouts).
+    Now one fetch for the tokens met meanwhile, and 503 while auth cannot answer; then the keys come and the token
+    passes."""
+    from shared.authz import VerifierFeed
+    from shared.errors import Unavailable, UpstreamTimeout
+    from shared.messages.auth import Revocations
+
+    calls, release, answer = [], asyncio.Event(), []
+
+    async def keys():
+        calls.append(1)
+        await release.wait()
+        if answer:
+            return answer[0]
+        raise UpstreamTimeout("auth did not answer within 5s")
+
+    async def revocations():
+        return Revocations(users={})
+
+    verifier = TokenVerifier(SETTINGS, keys)
+    VerifierFeed(verifier, revocations, 20.0)
+    token = make_token()
+    waiting = [asyncio.create_task(verifier.verify(token)) for _ in range(5)]
+    while not calls:  # noqa: ASYNC110 - the first fetch has started
+        await asyncio.sleep(0)
+    for _ in range(20):  # every verify on its way to the fetch (in-memory awaits only)
+        await asyncio.sleep(0)
+    assert len(calls) == 1 and not any(task.done() for task in waiting)
+    release.set()
+    answers = await asyncio.gather(*waiting, return_exceptions=True)
+    assert len(calls) == 1
+    assert all(isinstance(a, Unavailable) and "signing keys could not be read" in str(a) for a in answers), answers
+    answer.append(jwks())
+    assert (await verifier.verify(token)).subject == "u1" and len(calls) == 2
+    with pytest.raises(Unauthorized, match="unknown key"):  # auth answered, and has no such key: 401 as before
+        await verifier.verify(make_token(kid="other"))
