@@ -78,12 +78,14 @@ async def record_results(pool: asyncpg.Pool, assay_id: int, results: list[dict[s
     schedule on, in one transaction. Only when the assay's next_run is still `read_next_run`, the one the pass
     started from: otherwise another assay runner has stored these windows already (it held the assay's lock
     while this one had lost it with its connection), and nothing is written (False). A result whose window is
-    stored already is not stored again and its event is not added."""
+    stored already is not stored again and its event is not added. `active` is only ever turned off here (past
+    run_until): an assay set inactive while the pass scored its windows stays inactive (the windows it had due
+    are stored)."""
     async with pool.acquire() as conn, conn.transaction():
         moved = await conn.fetchval(
-            "UPDATE assays SET last_run = $2, next_run = $3, active = $4, status = $5, updated_at = now() "
-            "WHERE id = $1 AND next_run = $6 RETURNING id", assay_id, last_run, next_run, still_active, status,
-            read_next_run)
+            "UPDATE assays SET last_run = $2, next_run = $3, active = active AND $4, status = $5, "
+            "updated_at = now() WHERE id = $1 AND next_run = $6 RETURNING id", assay_id, last_run, next_run,
+            still_active, status, read_next_run)
         if moved is None:
             return False
         for result in results:

@@ -263,3 +263,45 @@ async def test_two_assay_runners_score_store_and_alert_each_window_once(stack, a
     finally:
         await asyncio.to_thread(runner.__exit__, None, None, None)
         await nc.close()
+
+
+def test_an_assay_deactivated_while_its_windows_are_scored_stays_inactive(stack, alice):
+    """set_active(false) answered while a pass scores the assay's windows: the pass's commit moved the schedule
+    and wrote `active` as it had read it (true), so the assay was active again and went on being scored."""
+    pipeline = pipeline_of(stack, alice)
+    windows = 120
+    start = int(time.time() * 1000) - (windows + 5) * 1000
+    times = start + np.arange(windows * 4) * 250 + 100
+    asyncio.run(publish_spread(stack, alice, pipeline["name"], np.random.default_rng(6).normal(0, 1, len(times)),
+                               times))
+    wait_rows(stack, alice, pipeline["name"], len(times))
+    body = config(alice, pipeline, "stopped", {"Static": {"values": np.linspace(5.0, 6.0, 50).tolist()}}, iso(start),
+                  "1 seconds")
+    assay_id = post(stack, "assays/create", alice.token, body).json()["assay_id"]
+
+    async def deactivate_once_scoring() -> None:
+        """set_active(false) once the runner has asked the log store for the assay's first window."""
+        nc = await nats_client.connect(stack.settings().nats.url)
+        asked = asyncio.Event()
+
+        async def on_read(message) -> None:
+            if json.loads(message.data).get("pipeline") == pipeline["name"]:
+                asked.set()
+
+        try:
+            await nc.subscribe(subjects.LOG_STORE_READ_FIELD, cb=on_read)
+            await nc.flush()
+            await asyncio.wait_for(asked.wait(), 30)
+            answer = await asyncio.to_thread(post, stack, "assays/set_active", alice.token,
+                                             {"id": assay_id, "active": False})
+            assert answer.status_code == 200, answer.text
+        finally:
+            await nc.close()
+
+    asyncio.run(deactivate_once_scoring())
+    deadline = time.monotonic() + 60
+    while not results_of(stack, alice, assay_id):  # the pass under way commits its windows
+        assert time.monotonic() < deadline, "the pass under way stored nothing"
+        time.sleep(0.3)
+    listed = post(stack, "assays/list", alice.token, {"pipeline_id": pipeline["pipeline_pk_id"]}).json()[0]
+    assert listed["active"] is False, listed
