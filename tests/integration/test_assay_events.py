@@ -1,7 +1,8 @@
 """Assay events are sent once, whatever happens after a window's result is committed (docs/assays.md, Events and
-replicas): the EVENTS stream refusing the alerts while windows are scored (they are published once it accepts
-again), and two assay runners over one database (each window scored, stored and alerted once). The events are
-read from the EVENTS stream itself: what its consumers (lineage) are handed."""
+Several assay runners): the EVENTS stream refusing the alerts while windows are scored (they are published once it
+accepts again), and two assay runners over one database (each window read, stored and alerted once); and an assay
+set inactive during a pass stays so. The events are read from the EVENTS stream itself: what its consumers
+(lineage) are handed."""
 
 from __future__ import annotations
 
