@@ -99,11 +99,11 @@ async def record_results(pool: asyncpg.Pool, assay_id: int, results: list[dict[s
     return True
 
 
-async def unsent_events(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
-    """The oldest unsent events, locked until the caller's transaction ends; rows another assay runner is sending
-    (locked) are skipped, so no two send one event at once."""
-    return await conn.fetch("SELECT id, event_id, subject, payload FROM outbox ORDER BY id LIMIT $1 "
-                            "FOR UPDATE SKIP LOCKED", limit)
+async def unsent_events(conn: asyncpg.Connection, limit: int, after: int = 0) -> list[asyncpg.Record]:
+    """The oldest unsent events past row `after`, locked until the caller's transaction ends; rows another assay
+    runner is sending (locked) are skipped, so no two send one event at once."""
+    return await conn.fetch("SELECT id, event_id, subject, payload FROM outbox WHERE id > $2 ORDER BY id LIMIT $1 "
+                            "FOR UPDATE SKIP LOCKED", limit, after)
 
 
 async def event_sent(conn: asyncpg.Connection, outbox_id: int) -> None:
