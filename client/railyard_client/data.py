@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,11 @@ def read_table(path: str | Path) -> tuple[pa.Table, str]:
         if suffix in ARROW_SUFFIXES:
             return from_ipc(path.read_bytes()), "arrow"
         if suffix in JSON_SUFFIXES:
-            return records_to_table(parse_json_records(path.read_bytes())), "json"
+            raw = path.read_bytes()
+            rows = parse_json_records(raw)
+            if _SURROGATE_ESCAPE.search(_json_text(raw)):  # Arrow cannot hold one either (UnicodeEncodeError)
+                _refuse_lone_surrogates(rows, str(path))
+            return records_to_table(rows), "json"
     except (pa.ArrowInvalid, OSError) as exc:
         raise InvalidInput(f"{path} is not a readable {suffix[1:]} file: {exc}") from None
     raise InvalidInput(f"{path}: unknown file type {suffix or '(none)'}; use .json, .arrow/.feather or .parquet")
@@ -169,7 +174,39 @@ def inference_records(raw: bytes, source: str = "the input") -> list[dict[str, A
         # which takes an integer past 64 bits for a float: read them as it will, and check that
         rows = _loads(json.dumps(rows))
         check_records(rows, source)
+    if _SURROGATE_ESCAPE.search(_json_text(raw)):  # only an escape can make one (a file's bytes are decoded)
+        _refuse_lone_surrogates(rows, source)
     return rows
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """Whether a string (a key or value, at any depth) holds a lone UTF-16 surrogate, which Python's JSON reader
+    lets through from a `\\ud800` escape without its pair and no UTF-8 text can hold."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_lone_surrogate(key) or _lone_surrogate(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_lone_surrogate(item) for item in value)
+    return False
+
+
+def _refuse_lone_surrogates(rows: list[dict[str, Any]], source: str) -> None:
+    """The API refuses a body whose string holds a lone surrogate ('not valid JSON', 400); the SDK could not even
+    write it as UTF-8 ('unexpected UnicodeEncodeError' after signing in): say where it is."""
+    for index, row in enumerate(rows):
+        for name, value in row.items():
+            if _lone_surrogate(name) or _lone_surrogate(value):
+                raise InvalidInput(f"{source}: column {ascii(name)}: record {index} holds a string with a lone UTF-16 "
+                                   "surrogate (a \\ud800-\\udfff escape without its pair), which is no text: the "
+                                   "API refuses the body as not valid JSON")
 
 
 def read_json_records(path: str | Path) -> list[dict[str, Any]]:

@@ -59,7 +59,11 @@ def infer_at(session: Session, deployment: str, pipeline: str, data_in: InferInp
         # written as httpx's json= would, but with NaN and Infinity, which the API reads (a model that takes
         # them, e.g. for missing values, gets them; one that does not answers its 400): httpx refuses them
         # (allow_nan=False), which ended `railyard infer` with "unexpected ValueError" after signing in
-        body = json.dumps(rows, ensure_ascii=False, separators=(",", ":")).encode()
+        text = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+        try:
+            body = text.encode()
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800"), no UTF-8 text: escaped, the API answers its 400
+            body = json.dumps(rows, separators=(",", ":")).encode()
         return _send_retrying(session, path, {"content": body, "headers": {"Content-Type": data.RECORDS}},
                               timeout).json()
     if isinstance(data_in, (str, Path)):

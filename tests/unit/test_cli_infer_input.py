@@ -186,6 +186,12 @@ CASES = [
     [{"t": float("nan"), "u": 2**64}],  # NaN: Python's reader there, integers whole (u refused by both)
     [{"t": 1e308 * 10, "u": 2**64}],  # Infinity: the same
     [{"t": [float("nan"), 10**400]}],  # an integer past a float's range beside a NaN, which min() and max() skipped
+    # a lone UTF-16 surrogate (json.dumps writes the \\ud800 escape): the API refuses it as not valid JSON; the CLI
+    # took it and the SDK could not write it ('unexpected UnicodeEncodeError' after signing in)
+    [{"text": "a\ud800b", "x": 1.0}],
+    [{"x": 1.0, "tags": ["ok", "a"]}, {"x": 2.0, "tags": ["ok", "\udc00"]}],
+    [{"\udfff": 1}],
+    [{"text": "\ud83d\ude00", "x": 1.0}],  # a pair (one emoji): taken by both
 ]
 
 
@@ -239,3 +245,28 @@ def test_json_rows_are_sent_as_the_api_reads_them_nan_included():
     table = records_json_to_table(sent[0].content)
     assert str(table.column("x")[0]) == "nan" and table.column("y").to_pylist() == [[1.5, float("inf")]]
     assert records_json_to_table(sent[1].content).column("big").to_pylist() == [float(2**64)]
+
+
+def test_a_lone_surrogate_is_refused_before_sending_with_its_record(tmp_path: Path):
+    """Before anything is sent, with where it is (it ended with 'unexpected UnicodeEncodeError' after signing in);
+    the SDK given such rows itself sends them escaped, and the API answers its typed 400."""
+    import httpx
+    from railyard_client.data import read_table
+    from railyard_client.pipelines import infer_at
+
+    with pytest.raises(InvalidInput, match=r"column 'tags': record 1 holds a string with a lone UTF-16 surrogate"):
+        inference_records(json.dumps([{"tags": ["a", "b"]}, {"tags": ["b", "\ud800"]}]).encode())
+    sent = []
+
+    class Session:
+        def send(self, method, path, **kwargs):
+            sent.append(httpx.Request(method, f"http://gateway{path}", content=kwargs.get("content"),
+                                      json=kwargs.get("json"), headers=kwargs["headers"]))
+            return httpx.Response(200, json=[{"out": {}}])
+
+    infer_at(Session(), "d", "p", [{"text": "a\ud800b"}])
+    (tmp_path / "lone.json").write_text('[{"text": "a\\ud800b", "x": 1.0}]')
+    with pytest.raises(InvalidInput, match=r"lone\.json: column 'text': record 0 holds a string with a lone"):
+        read_table(tmp_path / "lone.json")  # the SDK's file path (Arrow): UnicodeEncodeError from Arrow before
+    with pytest.raises(InvalidRequest, match="lone UTF-16 surrogate"):
+        records_json_to_table(sent[0].content)
