@@ -56,12 +56,11 @@ def assay_of(row: Any) -> Any:
 
 
 def row_refused(exc: Exception) -> bool:
-    """Whether a failed send is the row's own (its event does not read; JetStream answered about that message,
-    e.g. larger than the stream allows), not the bus's (a timeout, the connection, JetStream unavailable or
-    failing), which the next rows would meet as well."""
-    if isinstance(exc, js_errors.APIError):
-        return not isinstance(exc, js_errors.ServiceUnavailableError | js_errors.ServerError)
-    return isinstance(exc, ValueError | KeyError | TypeError)  # event_of: a ValidationError is a ValueError
+    """Whether a failed publish is the row's own (JetStream answered about that message, e.g. larger than the
+    stream allows), not the bus's (a timeout, the connection, JetStream unavailable or failing), which the next
+    rows would meet as well."""
+    return isinstance(exc, js_errors.APIError) and not isinstance(
+        exc, js_errors.ServiceUnavailableError | js_errors.ServerError)
 
 
 def event_of(subject: str, payload: Any) -> Event:
@@ -105,12 +104,19 @@ class Outbox:
                         continue
                     try:
                         event = event_of(row["subject"], row["payload"])
-                        await self.publish(row["subject"], event)
-                    except Exception as exc:
+                    except Exception as exc:  # noqa: BLE001 - the row's own: its event no longer reads
+                        error, its_own = exc, True
+                    else:
+                        try:
+                            await self.publish(row["subject"], event)
+                            error = None
+                        except Exception as exc:
+                            error, its_own = exc, row_refused(exc)
+                    if error is not None:
                         failed = True
-                        await store.event_failed(conn, row["id"], f"{type(exc).__name__}: {exc}")
-                        self._failed(row, exc)
-                        if not row_refused(exc):
+                        await store.event_failed(conn, row["id"], f"{type(error).__name__}: {error}")
+                        self._failed(row, error)
+                        if not its_own:
                             return sent  # the transaction commits: what was acknowledged before stays sent
                         held.add(key)
                         continue
