@@ -339,13 +339,7 @@ class RunningStack:
         return found
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(90)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process, 90)
         release_ports(self.ports())
         return self.process.returncode
 
@@ -379,3 +373,46 @@ def start_stack(data_dir: Path, env: dict[str, str] | None = None, own_group: bo
                                    stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=own_group)
     return RunningStack(process=process, data_dir=data_dir, env=env, output=output, log_sizes=log_sizes)
+
+
+def stop_process(process: subprocess.Popen, grace: float) -> int | None:
+    """SIGTERM, `grace` seconds for a graceful stop, then SIGKILL: a process a test started stops either way."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+    return process.returncode
+
+
+@contextlib.contextmanager
+def service_process(stack: RunningStack, name: str, log: Path,
+                    env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """One more process of service `name` on the stack, as the supervisor starts one (its own bus identity and
+    database role, the stack's object store), its output in `log`; `env` adds or overrides settings. Stopped
+    (SIGTERM, 20 s, then SIGKILL) when the block ends."""
+    from shared.db_roles import role_dsn
+
+    settings, secrets = stack.settings(), stack.secrets()
+    full = {k: v for k, v in os.environ.items() if not k.startswith("RAILYARD_")}
+    full.update({
+        "RAILYARD_NATS__URL": f"nats://127.0.0.1:{stack.env['RAILYARD_STACK__NATS_PORT']}",
+        "RAILYARD_NATS__USER": name,
+        "RAILYARD_NATS__PASSWORD": secrets[f"nats_password_{name}"],
+        "RAILYARD_POSTGRES__DSN": role_dsn(settings.postgres.dsn, name, secrets[f"postgres_password_{name}"]),
+        "RAILYARD_S3__ENDPOINT": settings.s3.endpoint,
+        "RAILYARD_S3__ACCESS_KEY": settings.s3.access_key,
+        "RAILYARD_S3__SECRET_KEY": settings.s3.secret_key,
+        "RAILYARD_S3__SECURE": "false",
+        "PYTHONUNBUFFERED": "1",
+    })
+    full.update(env or {})
+    with open(log, "wb") as handle:
+        process = subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=REPO, env=full, stdout=handle,
+                                   stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        stop_process(process, 20)

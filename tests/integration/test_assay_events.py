@@ -9,48 +9,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 
 import nats as nats_client
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from shared import subjects
-from shared.arrow_codec import tensor_array, to_ipc_stream
-from shared.db_roles import role_dsn
-from shared.logrecords import BATCH_ID, LOG_HEADER, MSG_ID, log_header
 from tests.integration.conftest import Account, post
-from tests.integration.test_assays import config, iso
+from tests.integration.test_assays import config, iso, publish_rows
 from tests.integration.test_logs import wait_rows
-from tests.stack import REPO
+from tests.stack import service_process
 
 pytestmark = pytest.mark.integration
-
-
-async def publish_spread(stack, account: Account, pipeline: str, values: np.ndarray, times_ms: np.ndarray) -> None:
-    """Log rows as the engine publishes them, each with its own time."""
-    n = len(values)
-    columns = {"time": pa.array(times_ms.astype(np.int64)),
-               "in.tensor": tensor_array(np.repeat(values[:, None], 3, axis=1).astype(np.float32)),
-               "out.dense_1": tensor_array(values[:, None].astype(np.float64)),
-               "metadata.last_model": pa.array([json.dumps({"model_name": "m1", "model_sha": "x"})] * n),
-               "metadata.pipeline_version": pa.array(["v"] * n),
-               "metadata.elapsed": pa.array([[1, 2]] * n, pa.list_(pa.int64())),
-               "metadata.dropped": pa.array([[]] * n, pa.list_(pa.string()))}
-    nc = await nats_client.connect(stack.settings().nats.url)
-    try:
-        batch = str(uuid.uuid4())
-        await nc.jetstream().publish(f"logs.inference.{pipeline}-0", to_ipc_stream(pa.table(columns)), headers={
-            MSG_ID: batch, BATCH_ID: batch, LOG_HEADER: log_header(account.workspace_id, pipeline, f"{pipeline}-0",
-                                                                   "v")})
-    finally:
-        await nc.close()
 
 
 async def assay_events(stack, assay_id: int) -> list[dict]:
@@ -135,7 +107,7 @@ def test_alerts_the_stream_refused_are_published_once_it_accepts_them(stack, ali
             rng = np.random.default_rng(3)
             for _ in range(8):  # rows in about three 1-second windows
                 now_ms = int(time.time() * 1000)
-                await publish_spread(stack, alice, pipeline["name"], rng.normal(0, 1, 20), np.full(20, now_ms))
+                await publish_rows(stack, alice, pipeline["name"], rng.normal(0, 1, 20), np.full(20, now_ms))
                 await asyncio.sleep(0.3)
             deadline = time.monotonic() + 30
             while len(stored := await asyncio.to_thread(results_of, stack, alice, assay_id)) < 3:
@@ -173,42 +145,16 @@ def test_alerts_the_stream_refused_are_published_once_it_accepts_them(stack, ali
 
 @contextlib.contextmanager
 def second_assay_runner(stack, tmp_path):
-    """Another assay-runner process on the stack, as the supervisor starts one (its bus identity and database
-    role): a second replica."""
-    settings, secrets = stack.settings(), stack.secrets()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAILYARD_")}
-    env.update({k: v for k, v in stack.env.items() if k.startswith(("RAILYARD_ASSAYS__", "RAILYARD_AUTH__"))})
-    env.update({
-        "RAILYARD_NATS__URL": f"nats://127.0.0.1:{stack.env['RAILYARD_STACK__NATS_PORT']}",
-        "RAILYARD_NATS__USER": "assay_runner",
-        "RAILYARD_NATS__PASSWORD": secrets["nats_password_assay_runner"],
-        "RAILYARD_POSTGRES__DSN": role_dsn(settings.postgres.dsn, "assay_runner",
-                                           secrets["postgres_password_assay_runner"]),
-        "RAILYARD_S3__ENDPOINT": settings.s3.endpoint,
-        "RAILYARD_S3__ACCESS_KEY": settings.s3.access_key,
-        "RAILYARD_S3__SECRET_KEY": settings.s3.secret_key,
-        "RAILYARD_S3__SECURE": "false",
-        "PYTHONUNBUFFERED": "1",
-    })
+    """Another assay-runner process on the stack, as the supervisor starts one: a second replica."""
+    env = {k: v for k, v in stack.env.items() if k.startswith(("RAILYARD_ASSAYS__", "RAILYARD_AUTH__"))}
     log = tmp_path / "assay_runner.log"
-    with open(log, "wb") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "services.assay_runner"], cwd=REPO, env=env,
-                                   stdout=handle, stderr=subprocess.STDOUT)
-    try:
+    with service_process(stack, "assay_runner", log, env) as process:
         deadline = time.monotonic() + 60
         while "serving (pid" not in log.read_text():
             assert process.poll() is None, f"the second assay runner exited:\n{log.read_text()}"
             assert time.monotonic() < deadline, f"the second assay runner did not start:\n{log.read_text()}"
             time.sleep(0.2)
         yield process, log
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
 
 
 async def test_two_assay_runners_score_store_and_alert_each_window_once(stack, alice, tmp_path):
@@ -223,7 +169,7 @@ async def test_two_assay_runners_score_store_and_alert_each_window_once(stack, a
     start = int(time.time() * 1000) - (windows + 5) * 1000
     times = start + np.arange(windows * 4) * 250 + 100  # 4 rows in every 1-second window
     rng = np.random.default_rng(5)
-    await publish_spread(stack, alice, pipeline["name"], rng.normal(0, 1, len(times)), times)
+    await publish_rows(stack, alice, pipeline["name"], rng.normal(0, 1, len(times)), times)
     await asyncio.to_thread(wait_rows, stack, alice, pipeline["name"], len(times))
     body = config(alice, pipeline, "replicas", {"Static": {"values": np.linspace(5.0, 6.0, 50).tolist()}},
                   iso(start), "1 seconds", run_until=iso(start + windows * 1000))
@@ -273,7 +219,7 @@ def test_an_assay_deactivated_while_its_windows_are_scored_stays_inactive(stack,
     windows = 120
     start = int(time.time() * 1000) - (windows + 5) * 1000
     times = start + np.arange(windows * 4) * 250 + 100
-    asyncio.run(publish_spread(stack, alice, pipeline["name"], np.random.default_rng(6).normal(0, 1, len(times)),
+    asyncio.run(publish_rows(stack, alice, pipeline["name"], np.random.default_rng(6).normal(0, 1, len(times)),
                                times))
     wait_rows(stack, alice, pipeline["name"], len(times))
     body = config(alice, pipeline, "stopped", {"Static": {"values": np.linspace(5.0, 6.0, 50).tolist()}}, iso(start),

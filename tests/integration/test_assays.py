@@ -28,10 +28,11 @@ pytestmark = pytest.mark.integration
 HOUR = 3_600_000
 
 
-async def publish_rows(stack, account: Account, pipeline: str, values: np.ndarray, at_ms: int,
+async def publish_rows(stack, account: Account, pipeline: str, values: np.ndarray, at_ms: int | np.ndarray,
                        labels: bool = False) -> None:
+    """Log rows as the engine publishes them, all at `at_ms` or each at its own time (an array)."""
     n = len(values)
-    columns = {"time": pa.array(np.full(n, at_ms, np.int64)),
+    columns = {"time": pa.array(np.broadcast_to(np.asarray(at_ms, np.int64), n).copy()),
                "in.tensor": tensor_array(np.repeat(values[:, None], 3, axis=1).astype(np.float32)),
                "out.dense_1": tensor_array(values[:, None].astype(np.float64)),
                "metadata.last_model": pa.array([json.dumps({"model_name": "m1", "model_sha": "x"})] * n),

@@ -7,20 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 
 import nats as nats_client
 import pytest
 
-from shared.db_roles import role_dsn
 from tests.integration.conftest import post
 from tests.integration.test_logs import _create, _publish, _values, all_rows, wait_rows
-from tests.stack import REPO
+from tests.stack import service_process
 
 pytestmark = pytest.mark.integration
 INTERVAL = 1.0
@@ -30,34 +25,11 @@ INTERVAL = 1.0
 def _timed_log_store(stack, tmp_path):
     """A second log-store process on the stack, as the supervisor starts one (its own bus identity and database
     role), with maintenance every INTERVAL seconds."""
-    settings, secrets = stack.settings(), stack.secrets()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAILYARD_")}
-    env.update({k: v for k, v in stack.env.items() if k.startswith("RAILYARD_LOGS__")})
-    env.update({
-        "RAILYARD_LOGS__MAINTENANCE_INTERVAL": str(INTERVAL),
-        "RAILYARD_NATS__URL": f"nats://127.0.0.1:{stack.env['RAILYARD_STACK__NATS_PORT']}",
-        "RAILYARD_NATS__USER": "log_store",
-        "RAILYARD_NATS__PASSWORD": secrets["nats_password_log_store"],
-        "RAILYARD_POSTGRES__DSN": role_dsn(settings.postgres.dsn, "log_store", secrets["postgres_password_log_store"]),
-        "RAILYARD_S3__ENDPOINT": settings.s3.endpoint,
-        "RAILYARD_S3__ACCESS_KEY": settings.s3.access_key,
-        "RAILYARD_S3__SECRET_KEY": settings.s3.secret_key,
-        "RAILYARD_S3__SECURE": "false",
-    })
+    env = {k: v for k, v in stack.env.items() if k.startswith("RAILYARD_LOGS__")}
+    env["RAILYARD_LOGS__MAINTENANCE_INTERVAL"] = str(INTERVAL)
     log = tmp_path / "log_store.log"
-    with open(log, "wb") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "services.log_store"], cwd=REPO, env=env,
-                                   stdout=handle, stderr=subprocess.STDOUT)
-    try:
+    with service_process(stack, "log_store", log, env) as process:
         yield process, log
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
 
 
 async def _old_and_new_rows(stack, alice) -> None:
