@@ -19,7 +19,6 @@ from shared.bus import CallContext, command, publish_event, raw_request, request
 from shared.lean_imports import lazy_module
 from shared.messages.assays import (
     AssayActive,
-    AssayConfig,
     AssayCreated,
     AssayResults,
     Assays,
@@ -27,6 +26,7 @@ from shared.messages.assays import (
     GetAssayResults,
     GetBaseline,
     ListAssays,
+    NewAssayConfig,
     SetAssayActive,
 )
 from shared.messages.deployer import GetPipeline, PipelineRecord
@@ -55,7 +55,7 @@ def build_router(runtime: Runtime) -> NatsRouter:
         return await runtime.extras["verifier"].verify(ctx.token)
 
     @command(router, subjects.ASSAYS_CREATE, service=NAME)
-    async def create(cmd: AssayConfig, ctx: CallContext) -> AssayCreated:
+    async def create(cmd: NewAssayConfig, ctx: CallContext) -> AssayCreated:
         """Create an assay (its baseline is summarized now and kept)."""
         return await handlers.create(deps(), await caller(ctx), ctx.token, cmd)
 
@@ -70,12 +70,12 @@ def build_router(runtime: Runtime) -> NatsRouter:
         return await handlers.set_active(deps(), await caller(ctx), ctx.token, cmd)
 
     @command(router, subjects.ASSAYS_RUN_BASELINE, service=NAME)
-    async def run_baseline(cmd: AssayConfig, ctx: CallContext) -> dict[str, Any]:
+    async def run_baseline(cmd: NewAssayConfig, ctx: CallContext) -> dict[str, Any]:
         """Summarize a baseline (status BaselineRun)."""
         return await handlers.run_baseline(deps(), await caller(ctx), ctx.token, cmd)
 
     @command(router, subjects.ASSAYS_RUN_INTERACTIVE, service=NAME)
-    async def run_interactive(cmd: AssayConfig, ctx: CallContext) -> AssayResults:
+    async def run_interactive(cmd: NewAssayConfig, ctx: CallContext) -> AssayResults:
         """Score every window of an assay configuration now (nothing is stored)."""
         return await handlers.run_interactive(deps(), await caller(ctx), ctx.token, cmd)
 

@@ -75,7 +75,8 @@ class Summarizer(Message):
 
 
 class AssayConfig(Command):
-    """The body of assays/create, run_interactive_baseline and run_interactive."""
+    """An assay's configuration as stored (the scheduler reads it back with this model); what callers send is
+    NewAssayConfig, the same with bounds on its free text."""
 
     id: int | None = None
     name: str = Field(min_length=1)
@@ -92,6 +93,49 @@ class AssayConfig(Command):
     run_until: datetime | None = None
     workspace_id: int
     model_insights_url: str | None = None
+
+
+MAX_ASSAY_NAME = 255
+"""Characters of an assay's name (and of the pipeline and model names it repeats) at most, in a new configuration."""
+MAX_IOPATH = 1024
+"""Characters of a new assay's iopath at most ("output variable 0", "input brightness_mean")."""
+MAX_WIDTH = 100
+"""Characters of a window's width or interval at most ("24 hours")."""
+MAX_URL = 2048
+"""Characters of model_insights_url at most."""
+
+
+class NewFixedBaseline(FixedBaseline):
+    pipeline: str = Field(max_length=MAX_ASSAY_NAME)
+    model: str | None = Field(None, max_length=MAX_ASSAY_NAME)
+
+
+class NewBaseline(Baseline):
+    Fixed: NewFixedBaseline | None = None
+
+
+class NewAssayWindow(AssayWindow):
+    pipeline: str = Field(max_length=MAX_ASSAY_NAME)
+    model: str | None = Field(None, max_length=MAX_ASSAY_NAME)
+    width: str = Field(max_length=MAX_WIDTH, description="e.g. '24 hours', '10 minutes'.")
+    interval: str | None = Field(None, max_length=MAX_WIDTH, description="Time between window starts (default: the "
+                                 "width).")
+
+
+class NewAssayConfig(AssayConfig):
+    """The body of assays/create, run_interactive_baseline and run_interactive: an AssayConfig whose free text is
+    bounded. The name and iopath travel in every events.assay.* event and, with the rest of the configuration, in
+    each assays/list answer: unbounded, one assay could be stored whose events no bus limit let through (they stayed
+    in the outbox for good) and whose pipeline's assay list no longer fitted in a reply. Stored configurations are
+    read with AssayConfig, without these bounds, so an assay stored before them still loads and runs."""
+
+    name: str = Field(min_length=1, max_length=MAX_ASSAY_NAME)
+    pipeline_name: str = Field(max_length=MAX_ASSAY_NAME)
+    status: str = Field("created", max_length=MAX_ASSAY_NAME)
+    iopath: str = Field(max_length=MAX_IOPATH)
+    baseline: NewBaseline
+    window: NewAssayWindow
+    model_insights_url: str | None = Field(None, max_length=MAX_URL)
 
 
 class AssayCreated(Message):

@@ -191,6 +191,27 @@ def test_bad_assays_are_400_with_the_reason(stack, alice, drifted):
     assert listed == []  # nothing was created by the bad requests
 
 
+def test_an_over_long_name_or_iopath_is_400_and_nothing_is_stored(stack, alice, drifted):
+    """The name and iopath ride in every events.assay.* event and every assays/list answer: one past the bounds was
+    stored, its events too large for the bus sat in the outbox for good. Now a 400 naming the field and the limit."""
+    good = config(alice, drifted["pipeline"], "n" * 255, fixed(drifted), iso(drifted["t1"] - 1_800_000), "1 hours")
+    cases = [({"name": "n" * 256}, "name: String should have at most 255 characters"),
+             ({"name": "é" * 1_000_000}, "name: String should have at most 255 characters"),
+             ({"iopath": "output dense_1 0" + " " * 1024}, "iopath: String should have at most 1024 characters"),
+             ({"window": {**good["window"], "model": "m" * 256}}, "window.model: String should have at most 255")]
+    for change, words in cases:
+        for route in ("assays/create", "assays/run_interactive", "assays/run_interactive_baseline"):
+            response = post(stack, route, alice.token, {**good, **change})
+            assert response.status_code == 400, (route, response.text[:300])
+            assert response.json()["code"] == "invalid_request" and words in response.json()["msg"], route
+    pipeline_id = drifted["pipeline"]["pipeline_pk_id"]
+    assert post(stack, "assays/list", alice.token, {"pipeline_id": pipeline_id}).json() == []  # nothing stored
+    created = post(stack, "assays/create", alice.token, good)  # at the bound: accepted, listed whole
+    assert created.status_code == 200, created.text
+    [listed] = post(stack, "assays/list", alice.token, {"pipeline_id": pipeline_id}).json()
+    assert listed["id"] == created.json()["assay_id"] and listed["name"] == "n" * 255
+
+
 def test_outsiders_get_404(stack, alice, bob, drifted):
     body = config(alice, drifted["pipeline"], "private", fixed(drifted), None, "1 hours")
     assay_id = post(stack, "assays/create", alice.token, body).json()["assay_id"]

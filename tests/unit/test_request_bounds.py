@@ -1,0 +1,78 @@
+"""Bounds on the free text and JSON blobs users send, where they travel in events and replies: a 400 naming the
+field and its limit for new input, while what is stored from before still loads (the models that read it keep no
+bounds)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from services.assay_runner.handlers import plan
+from shared.errors import validation_message
+from shared.messages.assays import AssayConfig, NewAssayConfig
+
+
+def assay(**change) -> dict:
+    body = {"name": "drift", "pipeline_id": 1, "pipeline_name": "p", "iopath": "output dense_1 0",
+            "baseline": {"Fixed": {"pipeline": "p", "model": "m", "start_at": "2026-01-01T00:00:00Z",
+                                   "end_at": "2026-01-02T00:00:00Z"}},
+            "window": {"pipeline": "p", "model": "m", "width": "1 hours", "interval": "1 hours"},
+            "summarizer": {}, "alert_threshold": 0.1, "workspace_id": 1, "model_insights_url": "/insights"}
+    return {**body, **change}
+
+
+def refusal(model, body: dict) -> str:
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate(body)
+    return validation_message(caught.value.errors())
+
+
+def test_a_new_assay_config_bounds_its_free_text_and_names_the_field_and_limit():
+    good = assay()
+    cases = [({"name": "n" * 256}, "name", 255), ({"pipeline_name": "p" * 256}, "pipeline_name", 255),
+             ({"status": "s" * 256}, "status", 255), ({"iopath": "i" * 1025}, "iopath", 1024),
+             ({"model_insights_url": "/" * 2049}, "model_insights_url", 2048),
+             ({"window": {**good["window"], "pipeline": "p" * 256}}, "window.pipeline", 255),
+             ({"window": {**good["window"], "model": "m" * 256}}, "window.model", 255),
+             ({"window": {**good["window"], "width": "1" * 101}}, "window.width", 100),
+             ({"window": {**good["window"], "interval": "1" * 101}}, "window.interval", 100),
+             ({"baseline": {"Fixed": {**good["baseline"]["Fixed"], "pipeline": "p" * 256}}}, "baseline.Fixed.pipeline",
+              255),
+             ({"baseline": {"Fixed": {**good["baseline"]["Fixed"], "model": "m" * 256}}}, "baseline.Fixed.model", 255)]
+    for change, field, limit in cases:
+        assert refusal(NewAssayConfig, assay(**change)) == f"{field}: String should have at most {limit} characters"
+    at_bounds = assay(name="n" * 255, iopath="output " + "d" * 1015 + " 0", model_insights_url="/" * 2048)
+    assert NewAssayConfig.model_validate(at_bounds).name == "n" * 255
+
+
+def test_a_stored_config_past_the_bounds_still_loads_and_plans():
+    """The scheduler reads stored configurations with AssayConfig: one stored before the bounds (a 300-character name
+    and model) must not turn into a warning each tick and an assay that never runs again."""
+    stored = assay(name="n" * 300, window={"pipeline": "p", "model": "m" * 300, "width": "1 hours"})
+    cfg = AssayConfig.model_validate_json(json.dumps(stored))
+    assert cfg.name == "n" * 300 and plan(cfg).column == "out.dense_1"
+    # and what create stores from a new config reads back with the stored-row model
+    new = NewAssayConfig.model_validate(assay(name="n" * 255))
+    assert AssayConfig.model_validate(new.model_dump(mode="json")).model_dump() == new.model_dump()
+
+
+def test_the_gateway_and_the_assay_runner_take_new_configs_from_callers():
+    """Both entry points validate the bounded model: the gateway's routes and the assay runner's subscribers (a caller
+    on the bus is refused too)."""
+    from faststream.specification import AsyncAPI
+
+    from services.gateway.http import JSON_ROUTES
+    from shared.service import Runtime, build_broker
+    from shared.settings import Settings
+
+    routes = {route.path: route.model for route in JSON_ROUTES}
+    paths = ("/assays/create", "/assays/run_interactive_baseline", "/assays/run_interactive")
+    assert all(routes[path] is NewAssayConfig for path in paths)
+    spec = importlib.import_module("services.assay_runner.app").SPEC
+    broker = build_broker(spec, Runtime(name="assay_runner", settings=Settings.model_construct()))
+    channels = json.loads(AsyncAPI(broker, schema_version="3.0.0").to_specification().to_json())["channels"]
+    for subject in ("assays.create", "assays.run_interactive_baseline", "assays.run_interactive"):
+        assert f"assay_runner.{subject}:NewAssayConfig" in channels, sorted(channels)
