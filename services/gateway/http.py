@@ -151,7 +151,7 @@ JSON_ROUTES: list[Route] = [spec if isinstance(spec, Route) else R(*spec) for sp
      reg.ListRegistryArtifacts, list[reg.RegistryArtifact], "List a model version's artifacts.", "artifacts"),
     Route("/models/upload_from_registry", subjects.REGISTRY_REGISTRIES_UPLOAD, reg.UploadFromRegistry,
           reg.UploadedFromRegistry, "Copy a registry artifact into a workspace as a model.", long_running=True),
-    ("/pipelines/create", subjects.DEPLOYER_PIPELINES_CREATE, dep.CreatePipeline, dep.PipelineCreated,
+    ("/pipelines/create", subjects.DEPLOYER_PIPELINES_CREATE, dep.NewPipeline, dep.PipelineCreated,
      "Create a pipeline (a changed definition makes a new version)."),
     Route("/pipelines/copy", subjects.DEPLOYER_PIPELINES_COPY, dep.CopyPipeline, dep.PipelineCopied,
           "Copy a pipeline.", waits=replicas_start),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import uuid
@@ -23,6 +24,25 @@ INT64 = (-(2**63), 2**63 - 1)  # what a PostgreSQL bigint (every id column) hold
 INT32 = (-(2**31), 2**31 - 1)  # what a PostgreSQL integer holds: a field stored in one is bounded by it (a 400 first)
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # in a Python str only unpaired: a pair decodes to one character
 MAX_DEPTH = 64  # levels of nesting in a field; pydantic cannot serialize past ~250 (the bus message would fail)
+
+
+MAX_JSON_OBJECT = 64 * 1024
+"""Bytes (UTF-8, compact JSON) of a free-form object a user sets and the platform stores and shows back (a pipeline's
+definition, a continuous training's parameters) at most: as a task's arguments and a connection's details already
+were. Under the gateway's 2 MiB JSON limit one such object fitted a reply, but a pipeline answers with every version's
+definition, so a few versions made pipelines/get and pipelines/list larger than the bus carries."""
+
+
+def json_at_most(value: Any, limit: int = MAX_JSON_OBJECT) -> Any:
+    """`value` when its compact JSON takes at most `limit` bytes; a ValueError naming both sizes otherwise."""
+    if value is not None:
+        try:  # a lone surrogate or nesting past the recursion limit: Command's own check refuses them, with its words
+            size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        except RecursionError:
+            return value
+        if size > limit:
+            raise ValueError(f"must take at most {limit} bytes of JSON, not {size}")
+    return value
 
 
 class Command(Message):

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from shared.messages.base import Command, Event, Message
+from shared.messages.base import MAX_JSON_OBJECT, Command, Event, Message, json_at_most
 
 
 class CreatePipeline(Command):
@@ -18,6 +18,20 @@ class CreatePipeline(Command):
     pipeline_id: str = Field(description="The pipeline's name.")
     workspace_id: int
     definition: dict[str, Any] = Field(default_factory=dict)
+
+
+class NewPipeline(CreatePipeline):
+    """The body of the HTTP route pipelines/create: a CreatePipeline whose definition takes at most MAX_JSON_OBJECT
+    bytes of JSON. Every version keeps its definition and pipelines/get and pipelines/list answer with them all. The
+    deployer's subscriber keeps CreatePipeline: the monitoring service sends a stored definition back with a model
+    swapped, which must still pass for a pipeline stored before the bound."""
+
+    definition: dict[str, Any] = Field(default_factory=dict, description=f"At most {MAX_JSON_OBJECT} bytes of JSON.")
+
+    @field_validator("definition")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return json_at_most(value)
 
 
 class PipelineCreated(Message):

@@ -7,9 +7,9 @@ from __future__ import annotations
 import uuid
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from shared.messages.base import INT32, Command, Event, Message
+from shared.messages.base import INT32, MAX_JSON_OBJECT, Command, Event, Message, json_at_most
 from shared.messages.monitoring import ModelVersionRef
 from shared.messages.monitoring_feedback import DatasetVersionRef
 
@@ -33,14 +33,20 @@ class SetupContinuousTraining(Command):
     dataset_version: DatasetVersionRef | None = Field(None, description="Attached under the alias `train`.")
     trigger: Trigger = "FEEDBACK_LOOP"
     threshold: int = Field(gt=0, le=1_000_000, description="Reviewed predictions that start a training.")
-    experiment_parameters: dict[str, Any] | None = None
-    scan_config: dict[str, Any] | None = None
+    experiment_parameters: dict[str, Any] | None = Field(None, description=f"At most {MAX_JSON_OBJECT} bytes of "
+                                                         "JSON.")
+    scan_config: dict[str, Any] | None = Field(None, description=f"At most {MAX_JSON_OBJECT} bytes of JSON.")
     orchestration_id: uuid.UUID | None = Field(None, description="Railyard: the orchestration (the training "
                                                "recipe) to run; optional when the deployment serves an ML backend "
                                                "(`railyard-ml deploy railyard`), whose own fit is then run.")
     model_name: str | None = Field(None, min_length=1, max_length=63, description="Railyard: the model the run "
                                    "registers a version of (default: the deployment's current model's name).")
     timeout: int | None = Field(None, gt=0, le=INT32[1], description="Railyard: the run's time limit in seconds.")
+
+    @field_validator("experiment_parameters", "scan_config")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return json_at_most(value)
 
 
 class ContinuousTrainingDataset(Command):

@@ -159,8 +159,8 @@ class ModelVersionFinished(Event):
 class CreateConnection(Command):
     """A named connection to an external data store; `details` are kept encrypted."""
 
-    name: str
-    type: str
+    name: str = Field(max_length=200)
+    type: str = Field(max_length=100)
     details: dict[str, Any]
 
 
@@ -218,9 +218,9 @@ class CreateRegistry(Command):
     """Connect an MLflow registry to a workspace; the token is kept encrypted."""
 
     workspace_id: int
-    name: str
-    url: str
-    token: str | None = None
+    name: str = Field(max_length=200, description="At most 200 characters, as a connection's name.")
+    url: str = Field(max_length=2048)
+    token: str | None = Field(None, max_length=16 * 1024)
 
 
 class RegistryCreated(Message):

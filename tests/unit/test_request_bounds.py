@@ -76,3 +76,43 @@ def test_the_gateway_and_the_assay_runner_take_new_configs_from_callers():
     channels = json.loads(AsyncAPI(broker, schema_version="3.0.0").to_specification().to_json())["channels"]
     for subject in ("assays.create", "assays.run_interactive_baseline", "assays.run_interactive"):
         assert f"assay_runner.{subject}:NewAssayConfig" in channels, sorted(channels)
+
+
+def test_a_new_pipeline_definition_is_bounded_at_the_gateway_and_stored_ones_still_pass_the_deployer():
+    from services.gateway.http import JSON_ROUTES
+    from shared.messages.base import MAX_JSON_OBJECT
+    from shared.messages.deployer import CreatePipeline, NewPipeline
+
+    big = {"steps": [{"ModelInference": {"models": [{"name": "m"}], "note": "x" * MAX_JSON_OBJECT}}]}
+    body = {"pipeline_id": "p", "workspace_id": 1, "definition": big}
+    size = len(json.dumps(big, separators=(",", ":")))
+    assert refusal(NewPipeline, body) == f"definition: must take at most {MAX_JSON_OBJECT} bytes of JSON, not {size}"
+    assert {route.path: route.model for route in JSON_ROUTES}["/pipelines/create"] is NewPipeline
+    # the monitoring service sends a stored definition back (a model swapped) as CreatePipeline: one stored before
+    # the bound must still pass
+    assert CreatePipeline.model_validate(body).definition == big
+    fits = {"steps": [{"ModelInference": {"models": [{"name": "m"}], "note": "x" * (MAX_JSON_OBJECT - 100)}}]}
+    assert NewPipeline.model_validate({**body, "definition": fits}).definition == fits
+
+
+def test_registries_connections_and_continuous_training_bound_what_users_name_and_send():
+    from shared.messages.base import MAX_JSON_OBJECT
+    from shared.messages.monitoring_continuous import SetupContinuousTraining
+    from shared.messages.registry import CreateConnection, CreateRegistry
+
+    registry = {"workspace_id": 1, "name": "r", "url": "https://mlflow.example.com", "token": "t"}
+    assert CreateRegistry.model_validate(registry).name == "r"
+    for change, field, limit in (({"name": "r" * 201}, "name", 200), ({"url": "h" * 2049}, "url", 2048),
+                                 ({"token": "t" * 16385}, "token", 16384)):
+        assert refusal(CreateRegistry, {**registry, **change}) == \
+            f"{field}: String should have at most {limit} characters"
+    connection = {"name": "c", "type": "kafka", "details": {}}
+    assert refusal(CreateConnection, {**connection, "type": "k" * 101}) == \
+        "type: String should have at most 100 characters"
+    assert refusal(CreateConnection, {**connection, "name": "c" * 201}) == \
+        "name: String should have at most 200 characters"
+    setup = {"deployment": "d-1", "project_id": 1, "threshold": 10}
+    for field in ("experiment_parameters", "scan_config"):
+        assert refusal(SetupContinuousTraining, {**setup, field: {"x": "y" * MAX_JSON_OBJECT}}).startswith(
+            f"{field}: must take at most {MAX_JSON_OBJECT} bytes of JSON, not ")
+    assert SetupContinuousTraining.model_validate({**setup, "experiment_parameters": {"epochs": 3}})
