@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from shared.db import lock_text
+from shared.outbox import add_event, event_failed, event_sent, unsent_events  # noqa: F401 - the outbox table's (outbox.py)
 
 ASSAY_LOCK = "assay_runner.assay"
 """The advisory lock space of "scoring this assay's due windows" (one assay runner at a time per assay)."""
@@ -43,12 +44,6 @@ async def set_active(pool: asyncpg.Pool, assay_id: int, active: bool) -> None:
 
 async def due(pool: asyncpg.Pool, now: datetime) -> list[asyncpg.Record]:
     return await pool.fetch("SELECT * FROM assays WHERE active AND next_run <= $1 ORDER BY next_run", now)
-
-
-async def add_event(conn: asyncpg.Connection, subject: str, event: Any) -> None:
-    """Put an event in the outbox, in the caller's transaction (outbox.py publishes it once that commits)."""
-    await conn.execute("INSERT INTO outbox (event_id, subject, payload) VALUES ($1, $2, $3::jsonb)",
-                       event.event_id, subject, event.model_dump_json())
 
 
 @asynccontextmanager
@@ -97,22 +92,6 @@ async def record_results(pool: asyncpg.Pool, assay_id: int, results: list[dict[s
             if inserted is not None and result.get("_event") is not None:
                 await add_event(conn, *result["_event"])
     return True
-
-
-async def unsent_events(conn: asyncpg.Connection, limit: int, after: int = 0) -> list[asyncpg.Record]:
-    """The oldest unsent events past row `after`, locked until the caller's transaction ends; rows another assay
-    runner is sending (locked) are skipped, so no two send one event at once."""
-    return await conn.fetch("SELECT id, event_id, subject, payload FROM outbox WHERE id > $2 ORDER BY id LIMIT $1 "
-                            "FOR UPDATE SKIP LOCKED", limit, after)
-
-
-async def event_sent(conn: asyncpg.Connection, outbox_id: int) -> None:
-    await conn.execute("DELETE FROM outbox WHERE id = $1", outbox_id)
-
-
-async def event_failed(conn: asyncpg.Connection, outbox_id: int, error: str) -> None:
-    await conn.execute("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1", outbox_id,
-                       error[:1000])
 
 
 async def results(pool: asyncpg.Pool, assay_id: int, start: datetime | None, end: datetime | None,

@@ -1,0 +1,181 @@
+"""A service's transactional outbox: events of committed changes are rows of its `outbox` table (in the service's
+own schema; the migration is the service's, e.g. services/assay_runner/migrations/003_outbox.sql), written in the
+change's own transaction (`add_event`), and published from there by `Outbox`.
+
+`Outbox.send` publishes the unsent rows oldest first and deletes each once JetStream has acknowledged its event
+(`publish_event` waits for the ack). A row that fails counts an attempt and keeps its place, and the later rows
+of its order key (`order_field` of the payload: an assay, a task run) wait with it for the next round, so one
+thing's events go out in order; what was acknowledged before stays sent. A failure of the bus (a timeout, the
+connection, JetStream unavailable) ends the round; a failure of the row itself (its event no longer reads,
+JetStream refuses that message: e.g. larger than the stream's largest message) holds up only its own key's events,
+so one bad row does not stop every event for good. `run` sends at start, whenever woken (after each commit) and
+every `retry` seconds (a failed round's rows, rows another process committed). Rows are locked while sent
+(`FOR UPDATE SKIP LOCKED`), so two processes of a service never send one row at once. A process that dies after
+JetStream's ack but before the delete commits sends the row again at its next round with the same `Nats-Msg-Id`
+(the event's `event_id`): the EVENTS stream drops it within its duplicate window (120 s), and lineage records an
+event once by its event_id whenever it comes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from types import ModuleType
+from typing import Any
+
+import asyncpg
+from nats.js import errors as js_errors
+
+from shared.messages.base import Event
+
+log = logging.getLogger("railyard.outbox")
+
+RETRY = 2.0
+"""Seconds between rounds while events are left unsent (the bus away, a timeout)."""
+BATCH = 100
+
+
+# --- the table (the service's `outbox`, in its schema) ----------------------------------------------------------
+
+async def add_event(conn: asyncpg.Connection, subject: str, event: Any) -> None:
+    """Put an event in the outbox, in the caller's transaction (`Outbox` publishes it once that commits)."""
+    await conn.execute("INSERT INTO outbox (event_id, subject, payload) VALUES ($1, $2, $3::jsonb)",
+                       event.event_id, subject, event.model_dump_json())
+
+
+async def unsent_events(conn: asyncpg.Connection, limit: int, after: int = 0) -> list[asyncpg.Record]:
+    """The oldest unsent events past row `after`, locked until the caller's transaction ends; rows another process
+    is sending (locked) are skipped, so no two send one event at once."""
+    return await conn.fetch("SELECT id, event_id, subject, payload FROM outbox WHERE id > $2 ORDER BY id LIMIT $1 "
+                            "FOR UPDATE SKIP LOCKED", limit, after)
+
+
+async def event_sent(conn: asyncpg.Connection, outbox_id: int) -> None:
+    await conn.execute("DELETE FROM outbox WHERE id = $1", outbox_id)
+
+
+async def event_failed(conn: asyncpg.Connection, outbox_id: int, error: str) -> None:
+    await conn.execute("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1", outbox_id,
+                       error[:1000])
+
+
+# --- sending ------------------------------------------------------------------------------------------------------
+
+def order_key(row: Any, field: str) -> Any:
+    """What a row's event is about (its payload's `field`: an assay's id, a task run's id), the order key: one
+    thing's events go out in order; the row itself when its payload names none."""
+    payload = row["payload"]
+    try:
+        value = (json.loads(payload) if isinstance(payload, str | bytes) else payload).get(field)
+    except (ValueError, AttributeError):
+        value = None
+    return (field, value) if isinstance(value, int | str) and not isinstance(value, bool) else ("row", row["id"])
+
+
+def row_refused(exc: Exception) -> bool:
+    """Whether a failed publish is the row's own (JetStream answered about that message, e.g. larger than the
+    stream allows), not the bus's (a timeout, the connection, JetStream unavailable or failing), which the next
+    rows would meet as well."""
+    return isinstance(exc, js_errors.APIError) and not isinstance(
+        exc, js_errors.ServiceUnavailableError | js_errors.ServerError)
+
+
+class Outbox:
+    """The sender of one service's outbox. `event_types`: the event class of each subject the service puts there;
+    `rows`: where the table's functions are looked up at each call (this module, or a service's store module
+    that re-exports them)."""
+
+    def __init__(self, pool: asyncpg.Pool, publish: Callable[[str, Any], Awaitable[None]], *,
+                 event_types: dict[str, type[Event]], order_field: str, what: str, retry: float = RETRY,
+                 rows: Any = None) -> None:
+        self.pool = pool
+        self.publish = publish
+        self.event_types = event_types
+        self.order_field = order_field
+        self.what = what  # "assay events", "task run events": for the log
+        self.retry = retry
+        self.rows: ModuleType | Any = rows if rows is not None else _this_module()
+        self.woken = asyncio.Event()
+        self._sending = asyncio.Lock()
+        self.failing_since: float | None = None
+
+    def event_of(self, subject: str, payload: Any) -> Event:
+        """The event a row holds, as it was put there (its event_id and occurred_at included)."""
+        return self.event_types[subject].model_validate(json.loads(payload) if isinstance(payload, str) else payload)
+
+    def wake(self) -> None:
+        """Something was committed with events: send them now (the running loop does)."""
+        self.woken.set()
+
+    async def send(self) -> int:
+        """Publish what is unsent (module docstring); how many events were sent. Raises only a database error
+        (nothing is lost: rows not deleted are sent again). One round at a time in a process (the loop's and a
+        route's), so its own rounds send in order: another's `SKIP LOCKED` read would pass the rows a round holds."""
+        async with self._sending:
+            return await self._send()
+
+    async def _send(self) -> int:
+        sent = 0
+        after = 0  # the last row id this round has read (held rows are not read again)
+        held: set[Any] = set()  # the keys whose row failed this round: their later rows wait for the next one
+        failed = False
+        while True:
+            async with self.pool.acquire() as conn, conn.transaction():
+                rows = await self.rows.unsent_events(conn, BATCH, after)
+                for row in rows:
+                    after = row["id"]
+                    key = order_key(row, self.order_field)
+                    if key in held:
+                        continue
+                    try:
+                        event = self.event_of(row["subject"], row["payload"])
+                    except Exception as exc:  # noqa: BLE001 - the row's own: its event no longer reads
+                        error, its_own = exc, True
+                    else:
+                        try:
+                            await self.publish(row["subject"], event)
+                            error = None
+                        except Exception as exc:
+                            error, its_own = exc, row_refused(exc)
+                    if error is not None:
+                        failed = True
+                        await self.rows.event_failed(conn, row["id"], f"{type(error).__name__}: {error}")
+                        self._failed(row, error)
+                        if not its_own:
+                            return sent  # the transaction commits: what was acknowledged before stays sent
+                        held.add(key)
+                        continue
+                    await self.rows.event_sent(conn, row["id"])
+                    sent += 1
+            if len(rows) < BATCH:
+                if self.failing_since is not None and not failed:
+                    log.info("%s are published again", self.what)
+                    self.failing_since = None
+                return sent
+
+    def _failed(self, row: Any, exc: Exception) -> None:
+        if self.failing_since is None or time.monotonic() - self.failing_since > 60:
+            log.warning("could not publish %s (event %s; kept, tried again every %.0f s): %s: %s", row["subject"],
+                        row["event_id"], self.retry, type(exc).__name__, exc)
+            self.failing_since = time.monotonic()
+
+    async def run(self) -> None:
+        """Send at start, when woken, and every `retry` seconds."""
+        while True:
+            self.woken.clear()
+            try:
+                await self.send()
+            except Exception:
+                log.exception("the %s outbox failed a round", self.what)
+            try:
+                await asyncio.wait_for(self.woken.wait(), self.retry)
+            except TimeoutError:
+                pass
+
+
+def _this_module() -> ModuleType:
+    import sys
+
+    return sys.modules[__name__]
