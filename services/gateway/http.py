@@ -159,7 +159,7 @@ JSON_ROUTES: list[Route] = [spec if isinstance(spec, Route) else R(*spec) for sp
      "List a workspace's pipelines with versions and deployment."),
     ("/pipelines/get", subjects.DEPLOYER_PIPELINES_GET, dep.GetPipeline, dep.PipelineRecord,
      "Get a pipeline with its versions and deployment."),
-    Route("/pipelines/deploy", subjects.DEPLOYER_PIPELINES_DEPLOY, dep.DeployPipeline, dep.Deployed,
+    Route("/pipelines/deploy", subjects.DEPLOYER_PIPELINES_DEPLOY, dep.NewDeployment, dep.Deployed,
           "Deploy a pipeline version (answers once its engine replicas serve).", waits=deploy_answers),
     Route("/pipelines/undeploy", subjects.DEPLOYER_PIPELINES_UNDEPLOY, dep.UndeployPipeline, None, "Undeploy.",
           waits=replicas_stop),

@@ -45,8 +45,13 @@ class CopyPipeline(Command):
     workspace_id: int
     source_pipeline: int
     deploy: str | None = None
-    engine_config: dict[str, Any] | None = None
+    engine_config: dict[str, Any] | None = Field(None, description=f"At most {MAX_JSON_OBJECT} bytes of JSON.")
     pipeline_version: str | None = None
+
+    @field_validator("engine_config")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return json_at_most(value)  # kept whole with the deployment, in every pipelines/get and list answer
 
 
 class PipelineCopied(Message):
@@ -92,6 +97,20 @@ class DeployPipeline(Command):
     model_ids: list[int] | None = None
     model_configs: list[int] | None = None
     engine_config: dict[str, Any] | None = None
+
+
+class NewDeployment(DeployPipeline):
+    """The body of the HTTP route pipelines/deploy: a DeployPipeline whose engine_config takes at most
+    MAX_JSON_OBJECT bytes of JSON (kept whole with the deployment, in every pipelines/get and list answer). The
+    deployer's subscriber keeps DeployPipeline: the monitoring service redeploys with a deployment's stored
+    engine_config, which must still pass for one stored before the bound."""
+
+    engine_config: dict[str, Any] | None = Field(None, description=f"At most {MAX_JSON_OBJECT} bytes of JSON.")
+
+    @field_validator("engine_config")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return json_at_most(value)
 
 
 class Deployed(Message):

@@ -116,3 +116,20 @@ def test_registries_connections_and_continuous_training_bound_what_users_name_an
         assert refusal(SetupContinuousTraining, {**setup, field: {"x": "y" * MAX_JSON_OBJECT}}).startswith(
             f"{field}: must take at most {MAX_JSON_OBJECT} bytes of JSON, not ")
     assert SetupContinuousTraining.model_validate({**setup, "experiment_parameters": {"epochs": 3}})
+
+
+def test_engine_config_is_bounded_for_new_deploys_and_copies_but_not_for_stored_ones():
+    from services.gateway.http import JSON_ROUTES
+    from shared.messages.base import MAX_JSON_OBJECT
+    from shared.messages.deployer import CopyPipeline, DeployPipeline, NewDeployment
+
+    big = {"replica_count": 1, "note": "x" * MAX_JSON_OBJECT}
+    deploy = {"deploy_id": "d", "pipeline_version_pk_id": 1, "pipeline_id": 1, "engine_config": big}
+    said = "engine_config: must take at most 65536 bytes of JSON, not "
+    assert refusal(NewDeployment, deploy).startswith(said)
+    assert refusal(CopyPipeline, {"name": "c", "workspace_id": 1, "source_pipeline": 1, "engine_config": big}
+                   ).startswith(said)
+    assert {route.path: route.model for route in JSON_ROUTES}["/pipelines/deploy"] is NewDeployment
+    # the monitoring service redeploys with a deployment's stored engine_config as DeployPipeline
+    assert DeployPipeline.model_validate(deploy).engine_config == big
+    assert NewDeployment.model_validate({**deploy, "engine_config": {"replica_count": 2}}).engine_config
