@@ -43,9 +43,8 @@ from croniter import croniter
 from services.task_scheduler import packaging, runner, store
 from services.task_scheduler.fetch_orchestration import download_verified
 from services.task_scheduler.handlers import Deps
-from shared import subjects
 from shared.errors import RailyardError
-from shared.messages.tasks import TaskRunFailed, TaskRunStarted, TaskRunSucceeded
+from shared.outbox import Outbox
 
 log = logging.getLogger("railyard.task_scheduler.scheduler")
 
@@ -106,13 +105,24 @@ class Scheduler:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _conn: Any = None  # the loop's own connection (LISTENing on store.WORK_CHANNEL), one of the pool's
     passes: int = 0
+    # a run's events.task_run.* are written to the outbox with its status (store.add_run_event) and sent from there
+    outbox: Outbox | None = None
+    _outbox_task: asyncio.Task | None = None
 
     def wake(self, *_: object) -> None:
         """Run a pass now (a notification came, or this process freed room)."""
         self._wake.set()
 
     def start(self) -> None:
+        if self.outbox is None:
+            self.outbox = Outbox(self.deps.pool, self.deps.publish, event_types=store.EVENT_TYPES,
+                                 order_field="run_id", what="task run events", rows=store)
+        self._outbox_task = asyncio.create_task(self.outbox.run())
         self._loop = asyncio.create_task(self._forever())
+
+    def _events_committed(self) -> None:
+        if self.outbox is not None:
+            self.outbox.wake()
 
     async def remove_stale_workdirs(self) -> None:
         """Working directories left by runs that are no longer running (their process was killed)."""
@@ -140,6 +150,12 @@ class Scheduler:
             await asyncio.wait(list(self.runs.values()), timeout=15)
         if self.installing is not None:
             self.installing.cancel()
+        if self._outbox_task is not None:  # the stopped runs' events: sent now if the bus takes them, else at a start
+            self._outbox_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._outbox_task
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.outbox.send(), 5)
 
     async def _forever(self) -> None:
         settings = self.deps.settings
@@ -210,7 +226,7 @@ class Scheduler:
     async def fail_lost(self, conn: asyncpg.Connection) -> None:
         for row in await store.fail_lost_runs(conn, self.deps.settings.supervisor_lost_after):
             log.warning("run %s lost its supervisor %s: marked failed", row["id"], row["supervisor"])
-            await self._event(row, "failure", None, row["reason"])
+            self._events_committed()
 
     # --- 2. schedule points -------------------------------------------------------------------------------------
 
@@ -244,6 +260,7 @@ class Scheduler:
                 busy = True
                 continue
             for row in started:
+                self._events_committed()
                 self.kills[row["id"]] = asyncio.Event()
                 self.runs[row["id"]] = asyncio.create_task(self._supervise(row))
         return busy
@@ -311,7 +328,7 @@ class Scheduler:
             outcome = runner.RunOutcome("failure", outcome.exit_code, "stopped: its task scheduler process shut down")
         if await store.finish_run(self.deps.pool, run_id, self.identity, outcome.status, outcome.exit_code,
                                   outcome.reason):
-            await self._event(row, outcome.status, outcome.exit_code, outcome.reason)
+            self._events_committed()
         log.info("run %s: %s%s", run_id, outcome.status, f" ({outcome.reason})" if outcome.reason else "")
 
     async def _run(self, row: asyncpg.Record) -> runner.RunOutcome:
@@ -351,7 +368,6 @@ class Scheduler:
             seq += len(lines)
 
         writer = runner.LogWriter(sink=sink, max_bytes=deps.settings.max_log_bytes)
-        await self._event(row, "running", None, None)
         try:
             return await runner.execute(plan, writer, self.kills[row["id"]])
         finally:
@@ -366,18 +382,3 @@ class Scheduler:
         if not path.exists():
             await download_verified(self.deps.objects, sha, folder / f"{sha}.{uuid.uuid4().hex}.part", path, 0o644)
         return path
-
-    async def _event(self, row: asyncpg.Record, status: str, exit_code: int | None, reason: str | None) -> None:
-        task = await store.task(self.deps.pool, row["task_id"])
-        if task is None:
-            return
-        kind, subject = {"running": (TaskRunStarted, subjects.EVENT_TASK_RUN_STARTED),
-                         "success": (TaskRunSucceeded, subjects.EVENT_TASK_RUN_SUCCEEDED)}.get(
-            status, (TaskRunFailed, subjects.EVENT_TASK_RUN_FAILED))
-        event = kind(run_id=row["id"], task_id=task["id"], name=task["name"], orch_id=task["orch_id"],
-                     orch_sha=task["orch_sha"], workspace_id=task["workspace_id"], owner_id=task["owner_id"],
-                     status=status, exit_code=exit_code, reason=reason)
-        try:
-            await self.deps.publish(subject, event)
-        except Exception as exc:  # the run's record is the truth; an event lost to a bus hiccup is logged
-            log.warning("could not publish %s for run %s: %s", subject, row["id"], exc)

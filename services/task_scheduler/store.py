@@ -20,6 +20,10 @@ from typing import Any
 
 import asyncpg
 
+from shared import subjects
+from shared.messages.tasks import TaskRunFailed, TaskRunStarted, TaskRunSucceeded
+from shared.outbox import add_event, event_failed, event_sent, unsent_events  # noqa: F401 - the outbox table's
+
 # advisory lock namespace of "start queued runs of workspace N" (any constant; 'task' in ASCII)
 WORKSPACE_LOCK = 0x7461736B
 # the channel scheduler processes LISTEN on (scheduler.py): "there may be work", delivered at the writer's commit
@@ -195,10 +199,13 @@ async def start_queued(conn: asyncpg.Connection, workspace_id: int, limit: int, 
         free = min(limit - running, room)
         if free <= 0:
             return []
-        return await conn.fetch(
+        started = await conn.fetch(
             "UPDATE runs SET status = 'running', supervisor = $3, heartbeat_at = now(), started_at = now(), "
             "updated_at = now() WHERE id IN (SELECT id FROM runs WHERE workspace_id = $1 AND status = 'queued' "
             "ORDER BY created_at, id LIMIT $2 FOR UPDATE) RETURNING *", workspace_id, free, supervisor)
+        for run in started:
+            await add_run_event(conn, run, "running", None, None)
+        return started
 
 
 async def beat_runs(pool: asyncpg.Pool | asyncpg.Connection, run_ids: list[uuid.UUID],
@@ -220,6 +227,8 @@ async def finish_run(pool: asyncpg.Pool, run_id: uuid.UUID, supervisor: str, sta
             exit_code, reason)
         if done is not None:
             await notify_work(conn)  # a place in its workspace is free: a queued run may start
+            await add_run_event(conn, await conn.fetchrow("SELECT * FROM runs WHERE id = $1", run_id), status,
+                                exit_code, reason)
     return done is not None
 
 
@@ -232,7 +241,31 @@ async def fail_lost_runs(conn: asyncpg.Connection, lost_after: float) -> list[as
             "WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => $1) RETURNING *", lost_after)
         if rows:
             await notify_work(conn)  # their places are free
+        for run in rows:
+            await add_run_event(conn, run, "failure", None, run["reason"])
     return rows
+
+
+RUN_EVENTS = {"running": (TaskRunStarted, subjects.EVENT_TASK_RUN_STARTED),
+              "success": (TaskRunSucceeded, subjects.EVENT_TASK_RUN_SUCCEEDED)}
+"""A run status's event (any other status: TaskRunFailed on events.task_run.failed)."""
+EVENT_TYPES = {subjects.EVENT_TASK_RUN_STARTED: TaskRunStarted, subjects.EVENT_TASK_RUN_SUCCEEDED: TaskRunSucceeded,
+               subjects.EVENT_TASK_RUN_FAILED: TaskRunFailed}
+"""The outbox's subjects and their event classes (shared/outbox.py reads a row back with them)."""
+
+
+async def add_run_event(conn: asyncpg.Connection, run: asyncpg.Record, status: str, exit_code: int | None,
+                        reason: str | None) -> None:
+    """A run's events.task_run.* in the outbox, in the caller's transaction (the one that changed the run's status;
+    shared/outbox.py publishes it once that commits). Nothing for a run whose task is gone."""
+    task = await conn.fetchrow("SELECT * FROM tasks WHERE id = $1", run["task_id"])
+    if task is None:
+        return
+    kind, subject = RUN_EVENTS.get(status, (TaskRunFailed, subjects.EVENT_TASK_RUN_FAILED))
+    await add_event(conn, subject, kind(
+        run_id=run["id"], task_id=task["id"], name=task["name"], orch_id=task["orch_id"], orch_sha=task["orch_sha"],
+        workspace_id=task["workspace_id"], owner_id=task["owner_id"], status=status, exit_code=exit_code,
+        reason=reason))
 
 
 async def seconds_to_next_due(conn: asyncpg.Connection, lost_after: float, envs: bool) -> float | None:
