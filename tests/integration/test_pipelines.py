@@ -347,6 +347,28 @@ def test_bad_split_and_shadow_definitions_are_400(stack, alice):
         assert response.status_code == 400 and message in response.json()["msg"], response.text
 
 
+def test_an_over_large_definition_or_engine_config_is_400_and_nothing_is_stored(stack, alice):
+    """Every version's definition and the deployment's engine_config are in each pipelines/get and list answer: under
+    the 2 MiB JSON limit a few big ones made those answers larger than the bus. Now 64 KiB of JSON each, a 400."""
+    big = "x" * (64 * 1024)
+    definition = {"steps": [{"ModelInference": {"models": [{"name": "m"}], "note": big}}]}
+    response = post(stack, "pipelines/create", alice.token,
+                    {"pipeline_id": "bigdefinition", "workspace_id": alice.workspace_id, "definition": definition})
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "invalid_request"
+    assert response.json()["msg"].startswith("definition: must take at most 65536 bytes of JSON, not ")
+    listed = post(stack, "pipelines/list", alice.token, {"workspace_id": alice.workspace_id}).json()["pipelines"]
+    assert "bigdefinition" not in [p["name"] for p in listed]
+    pipeline = create_pipeline(stack, alice, "bigengineconfig", None)
+    response = post(stack, "pipelines/deploy", alice.token, {
+        "deploy_id": "bigengineconfig", "pipeline_version_pk_id": pipeline["pipeline_variant_pk_id"],
+        "pipeline_id": pipeline["pipeline_pk_id"], "engine_config": {"replica_count": 1, "note": big}})
+    assert response.status_code == 400, response.text
+    assert response.json()["msg"].startswith("engine_config: must take at most 65536 bytes of JSON, not ")
+    shown = post(stack, "pipelines/get", alice.token, {"pipeline_id": pipeline["pipeline_pk_id"]}).json()
+    assert shown["deployment"] is None
+
+
 def test_tables_above_the_bus_limit_travel_by_reference(stack, alice, deployed):
     from tests.integration.test_registry import s3
 
