@@ -447,7 +447,8 @@ class JobLink(WorkflowLink):
     """A labeling job (an external reference)."""
 
     id: str = Field(pattern=TASK_ID)
-    url: str | None = Field(None, description="Where the job is, relative to the instance.")
+    url: str | None = Field(None, max_length=2000, description="Where the job is, relative to the instance (at most "
+                            "2000 characters, as a card's meta url).")
 
 
 class AppLink(WorkflowLink):

@@ -133,3 +133,11 @@ def test_engine_config_is_bounded_for_new_deploys_and_copies_but_not_for_stored_
     # the monitoring service redeploys with a deployment's stored engine_config as DeployPipeline
     assert DeployPipeline.model_validate(deploy).engine_config == big
     assert NewDeployment.model_validate({**deploy, "engine_config": {"replica_count": 2}}).engine_config
+
+
+def test_a_labeling_job_link_bounds_its_url_as_a_card_meta_url():
+    from shared.messages.lineage import JobLink
+
+    link = {"workspace_id": 1, "task_id": "run-1", "id": "job-1", "url": "/jobs/1"}
+    assert JobLink.model_validate(link).url == "/jobs/1"
+    assert refusal(JobLink, {**link, "url": "/" + "j" * 2000}) == "url: String should have at most 2000 characters"
