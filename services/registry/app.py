@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 from faststream.nats import NatsRouter
 
-from services.registry import handlers
+from services.registry import handlers, store
 from services.registry.connections import ConnectionService
 from services.registry.registries import RegistryService, _registry_id
 from shared import subjects
@@ -55,6 +56,7 @@ from shared.messages.registry import (
     UploadModel,
 )
 from shared.objectstore import BUCKET_ARTIFACTS
+from shared.outbox import Outbox
 from shared.secretbox import SecretBox
 from shared.service import Runtime, ServiceSpec
 from shared.staging import StagedBucket
@@ -202,9 +204,13 @@ async def start(runtime: Runtime) -> None:
 
     verifier, feed = bus_verifier(broker, settings.auth, timeout)
     await feed.start(broker.config.connection_state.connection)
+    # a version's events go out from the outbox (store.EVENT_TYPES; shared/outbox.py), in order per version
+    outbox = Outbox(runtime.db, publish, event_types=store.EVENT_TYPES, order_field="model_version",
+                    what="model events", rows=store)
     deps = handlers.RegistryDeps(
         pool=runtime.db, objects=runtime.objects, settings=settings.registry, publish=publish,
-        membership=lambda token: bus_membership(broker, token, timeout))
+        membership=lambda token: bus_membership(broker, token, timeout), events_committed=outbox.wake)
+    outbox_task = asyncio.create_task(outbox.run())
     async def my_workspaces(token: str | None) -> dict[int, str]:
         """The caller's workspaces, id -> name (a task run's token: its own only)."""
         listed = await request(broker, subjects.AUTH_WORKSPACES_LIST, {}, token=token, timeout=timeout)
@@ -213,7 +219,7 @@ async def start(runtime: Runtime) -> None:
     box = SecretBox(settings.registry.secrets_key)
     rules = OutboundRules.from_settings(settings)  # what tenants' URLs may reach
     runtime.extras.update(
-        deps=deps, verifier=verifier, verifier_feed=feed,
+        deps=deps, verifier=verifier, verifier_feed=feed, outbox=outbox, outbox_task=outbox_task,
         connections=ConnectionService(runtime.db, box, deps.membership, my_workspaces, rules,
                                       publish=publish),
         registries=RegistryService(deps, box, rules))
@@ -230,6 +236,13 @@ async def stop(runtime: Runtime) -> None:
         for task in list(deps.tasks):
             task.cancel()
         await asyncio.gather(*deps.tasks, return_exceptions=True)
+    outbox_task, outbox = runtime.extras.get("outbox_task"), runtime.extras.get("outbox")
+    if outbox_task is not None:  # what is unsent: now if the bus takes it, else at a start (this or another process)
+        outbox_task.cancel()
+        with contextlib.suppress(BaseException):
+            await outbox_task
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(outbox.send(), 5)
 
 
 SPEC = ServiceSpec(

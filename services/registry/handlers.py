@@ -114,6 +114,9 @@ class RegistryDeps:
     # worker_memory_mb, so at most CHECKS_AT_ONCE run together (the rest of an upload does not wait for them)
     checks: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CHECKS_AT_ONCE))
     checked: CheckCache = field(default_factory=CheckCache)  # the checks' answers by (framework, sha256)
+    # a version's events.model.uploaded / version_finished are written to the outbox with it (store.EVENT_TYPES);
+    # called after such a commit: the outbox (app.py) sends them now
+    events_committed: Callable[[], None] = lambda: None
 
     def spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -220,9 +223,10 @@ async def _upload(deps: RegistryDeps, principal: Principal, token: str | None, c
             input_schema=input_schema, output_schema=output_schema,
             conversion=cmd.conversion.model_dump(exclude={"input_schema", "output_schema"}),
         )
-    await deps.publish(subjects.EVENT_MODEL_UPLOADED, ModelUploaded(
-        workspace_id=cmd.workspace_id, model_id=model_id, model_version=model_version, name=cmd.name,
-        framework=framework, status=status, sha256=sha, task_id=principal.scoped_task))
+        await store.add_event(conn, subjects.EVENT_MODEL_UPLOADED, ModelUploaded(
+            workspace_id=cmd.workspace_id, model_id=model_id, model_version=model_version, name=cmd.name,
+            framework=framework, status=status, sha256=sha, task_id=principal.scoped_task))
+    deps.events_committed()
     if status == "converting":
         deps.spawn(convert_version(deps, model_version, framework, sha, cmd.workspace_id, model_id))
     return ModelInserted(insert_models={"returning": [{"models": [{"id": model_id}]}]})
@@ -274,20 +278,22 @@ async def convert_version(deps: RegistryDeps, model_version: uuid.UUID, framewor
                     result = {"ok": False, "error": "the stored upload does not match its sha256"}
                 else:
                     result = await _convert(deps.settings, framework, workdir, source, target)
+            event = ModelVersionFinished(
+                workspace_id=workspace_id, model_id=model_id, model_version=model_version,
+                status="ready" if result["ok"] else "error", error=None if result["ok"] else result["error"])
             if result["ok"]:
                 input_schema, output_schema = _answer_schemas(result)
                 with target.open("rb") as handle:
                     stored = await deps.objects.put_content_addressed(BUCKET_ARTIFACTS, handle)
                 await store.finish_version(
                     deps.pool, model_version, status="ready", error=None, sha=stored.sha256, runtime="onnx",
-                    input_schema=input_schema, output_schema=output_schema)
+                    input_schema=input_schema, output_schema=output_schema, event=event)
             else:
                 await store.finish_version(deps.pool, model_version, status="error", error=result["error"],
-                                           sha=None, runtime=None, input_schema=None, output_schema=None)
+                                           sha=None, runtime=None, input_schema=None, output_schema=None,
+                                           event=event)
+    deps.events_committed()
     log.info("conversion of %s finished: %s", model_version, "ready" if result["ok"] else result["error"])
-    await deps.publish(subjects.EVENT_MODEL_VERSION_FINISHED, ModelVersionFinished(
-        workspace_id=workspace_id, model_id=model_id, model_version=model_version,
-        status="ready" if result["ok"] else "error", error=None if result["ok"] else result["error"]))
 
 
 async def resume_conversions(deps: RegistryDeps) -> None:

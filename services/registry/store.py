@@ -8,6 +8,15 @@ from typing import Any
 
 import asyncpg
 
+from shared import subjects
+from shared.messages.base import Event
+from shared.messages.registry import ModelUploaded, ModelVersionFinished
+from shared.outbox import add_event, event_failed, event_sent, unsent_events  # noqa: F401 - the outbox table's
+
+# the events a version's commit writes to the outbox (shared/outbox.py), sent from there in order per version
+EVENT_TYPES: dict[str, type[Event]] = {subjects.EVENT_MODEL_UPLOADED: ModelUploaded,
+                                       subjects.EVENT_MODEL_VERSION_FINISHED: ModelVersionFinished}
+
 VERSION_COLUMNS = ("v.id AS version_pk, v.model_id, v.model_version, v.owner_id, v.file_name, v.framework, v.runtime,"
                    " v.status, v.error, v.sha, v.source_sha, v.size, v.input_schema, v.output_schema, v.conversion,"
                    " v.model_config, v.created_at, m.name, m.workspace_id")
@@ -37,12 +46,15 @@ async def insert_version(
 
 async def finish_version(pool: asyncpg.Pool, model_version: uuid.UUID, *, status: str, error: str | None,
                          sha: str | None, runtime: str | None, input_schema: bytes | None,
-                         output_schema: bytes | None) -> None:
-    await pool.execute(
-        "UPDATE model_versions SET status = $2, error = $3, sha = $4, runtime = $5, input_schema = $6,"
-        " output_schema = $7 WHERE model_version = $1",
-        model_version, status, error, sha, runtime, input_schema, output_schema,
-    )
+                         output_schema: bytes | None, event: ModelVersionFinished) -> None:
+    """The version's final status and, in the same transaction, its events.model.version_finished (the outbox)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE model_versions SET status = $2, error = $3, sha = $4, runtime = $5, input_schema = $6,"
+            " output_schema = $7 WHERE model_version = $1",
+            model_version, status, error, sha, runtime, input_schema, output_schema,
+        )
+        await add_event(conn, subjects.EVENT_MODEL_VERSION_FINISHED, event)
 
 
 async def converting_versions(pool: asyncpg.Pool) -> list[asyncpg.Record]:

@@ -91,7 +91,11 @@ class Harness:
             return real_session(*args, **kwargs)
 
         monkeypatch.setattr(handlers, "require_member", member)
+        async def add_event(conn, subject: str, event) -> None:  # the outbox row, in the version's transaction
+            self.published.append(subject)
+
         monkeypatch.setattr(handlers.store, "insert_version", insert_version)
+        monkeypatch.setattr(handlers.store, "add_event", add_event)
         monkeypatch.setattr(handlers, "run_worker_verdict", self._worker)
         monkeypatch.setattr(onnxruntime, "InferenceSession", counted_session)
 
