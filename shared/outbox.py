@@ -9,9 +9,10 @@ thing's events go out in order; what was acknowledged before stays sent. A failu
 connection, JetStream unavailable) ends the round; a failure of the row itself (its event no longer reads,
 JetStream refuses that message: e.g. larger than the stream's largest message) holds up only its own key's events,
 so one bad row does not stop every event for good. `run` sends at start, whenever woken (after each commit) and
-every `retry` seconds (a failed round's rows, rows another process committed). Rows are locked while sent
-(`FOR UPDATE SKIP LOCKED`), so two processes of a service never send one row at once. A process that dies after
-JetStream's ack but before the delete commits sends the row again at its next round with the same `Nats-Msg-Id`
+every `retry` seconds while a round left rows unsent (IDLE seconds otherwise: rows another process left). Rows
+are locked while sent (`FOR UPDATE SKIP LOCKED`), so two processes of a service never send one row at once. A
+process that dies after JetStream's ack but before the delete commits sends the row again at its next round with
+the same `Nats-Msg-Id`
 (the event's `event_id`): the EVENTS stream drops it within its duplicate window (120 s), and lineage records an
 event once by its event_id whenever it comes."""
 
@@ -34,6 +35,10 @@ log = logging.getLogger("railyard.outbox")
 
 RETRY = 2.0
 """Seconds between rounds while events are left unsent (the bus away, a timeout)."""
+IDLE = 60.0
+"""Seconds between rounds while nothing failed: a process sends its own rows when woken after its commit, so this
+round only finds rows another process left (one that stopped mid-send). Longer than the pools' 30 s idle close
+(`postgres.pool_min` 0), so an idle service's outbox holds no PostgreSQL backend, as before it had an outbox."""
 BATCH = 100
 
 
@@ -162,15 +167,18 @@ class Outbox:
             self.failing_since = time.monotonic()
 
     async def run(self) -> None:
-        """Send at start, when woken, and every `retry` seconds."""
+        """Send at start, when woken, every `retry` seconds while a round left rows unsent, else every IDLE."""
         while True:
             self.woken.clear()
+            failed = False
             try:
                 await self.send()
             except Exception:
+                failed = True
                 log.exception("the %s outbox failed a round", self.what)
+            wait = self.retry if failed or self.failing_since is not None else max(self.retry, IDLE)
             try:
-                await asyncio.wait_for(self.woken.wait(), self.retry)
+                await asyncio.wait_for(self.woken.wait(), wait)
             except TimeoutError:
                 pass
 
