@@ -265,7 +265,8 @@ async def request(
     """Send a command and return the reply's data (validated as reply_model when given).
 
     Raises the RailyardError the service raised, UpstreamTimeout when nobody answered in time,
-    Unavailable when no service listens on the subject, and PayloadTooLarge when the command itself is above the
+    Unavailable when no service listens on the subject or its reply cannot be read (not a Reply, or its data not
+    a reply_model), and PayloadTooLarge when the command itself is above the
     bus payload limit (NATS refuses to send it).
     """
     payload = message.model_dump(mode="json") if isinstance(message, BaseModel) else message
@@ -279,14 +280,19 @@ async def request(
     except nats.errors.MaxPayloadError:  # refused before sending: nobody would ever answer it
         raise PayloadTooLarge(f"the command to {subject.split('.')[0]} is above the bus payload limit: send less at "
                               "once") from None
+    # every reading of the reply inside the try: a reply this process cannot read (a service of another version,
+    # a bug, a foreign responder on the subject) is a typed 503 naming the service, not an uncaught ValidationError
+    # (a 500 with a stack trace at the gateway)
     try:
         reply = Reply.model_validate_json(response.body)
-    except ValidationError:
-        raise RailyardError("malformed reply from a service") from None
-    if not reply.ok:
-        raise error_from_body(reply.error or ErrorBody(code="internal", msg="internal error"), reply.status)
-    data = reply.data or {}
-    return reply_model.model_validate(data) if reply_model is not None else data
+        if reply.ok:
+            data = reply.data or {}
+            return reply_model.model_validate(data) if reply_model is not None else data
+    except ValidationError as exc:
+        log.warning("unreadable reply on %s (%d bytes): %s", subject, len(response.body or b""),
+                    exc.errors(include_url=False, include_input=False)[:3])
+        raise Unavailable(f"{subject.split('.')[0]} answered with a reply that could not be read") from None
+    raise error_from_body(reply.error or ErrorBody(code="internal", msg="internal error"), reply.status)
 
 
 def stream_configs(settings: Settings) -> list[Any]:
