@@ -191,19 +191,21 @@ _FILES: dict[bytes, tuple[pa.Schema, tuple[tuple[int, int, int], ...]]] = {}
 
 
 def _footer(data: bytes) -> bytes | None:
-    """A file's footer (magic, ..., footer, its int32 length, magic), or None."""
+    """A file's footer (magic, ..., footer, its int32 length, magic), or None, also for a footer longer than any
+    the cache keeps (CACHED_SCHEMA_MAX_BYTES): its size is checked before any byte of it is copied, so a client's
+    body claiming a footer of most of its megabytes is not copied and hashed for a look-up that cannot find it."""
     if len(data) < 18 or data[-6:] != ARROW_FILE_MAGIC:
         return None
     size = int.from_bytes(data[-10:-6], "little", signed=True)
     start = len(data) - 10 - size
-    return data[start:-10] if 0 < size and start >= 8 else None
+    return data[start:-10] if 0 < size <= CACHED_SCHEMA_MAX_BYTES and start >= 8 else None
 
 
 def _learn_file(data: bytes, schema: pa.Schema) -> None:
     """Remember a file Arrow's reader read: its footer's batch blocks and the schema the reader found there."""
     try:
         footer = _footer(data)
-        if footer is None or len(footer) > CACHED_SCHEMA_MAX_BYTES or footer in _FILES \
+        if footer is None or footer in _FILES \
                 or any(has_dictionary(field.type) for field in schema):
             return
         root = _Flatbuffer(footer, struct.unpack_from("<I", footer, 0)[0])

@@ -310,3 +310,31 @@ def test_a_dictionary_inside_an_extension_or_nested_type_is_written_and_read(ind
         assert from_ipc(written, validate=True).equals(table)
         assert to_ipc_file(table) == _file_writer_bytes(table)
         assert from_ipc(to_ipc_file(table)).equals(table)
+
+
+def test_a_claimed_footer_larger_than_the_cache_keeps_is_never_copied_or_hashed(monkeypatch) -> None:
+    """A body ending in a footer length of most of its bytes: the footer cache's look-up copied and hashed every
+    claimed byte (megabytes of a client's body per request) although no footer above CACHED_SCHEMA_MAX_BYTES is
+    ever kept. Its size is checked first; a footer the cache can hold is still looked up."""
+    looked_up: list[int] = []
+
+    class Files(dict):
+        def get(self, key, default=None):
+            looked_up.append(len(key))
+            return super().get(key, default)
+
+        def __contains__(self, key) -> bool:
+            looked_up.append(len(key))
+            return super().__contains__(key)
+
+    monkeypatch.setattr(arrow_codec, "_FILES", Files())
+    magic = arrow_codec.ARROW_FILE_MAGIC
+    for claimed in (4 << 20, CACHED_SCHEMA_MAX_BYTES + 1):
+        body = magic + b"\x00\x00" + bytes(claimed) + claimed.to_bytes(4, "little") + magic
+        assert _known_messages(body) is None
+        with pytest.raises(InvalidRequest):
+            from_ipc(body, max_decoded_bytes=1 << 30, validate=True)
+    assert looked_up == []
+    small = CACHED_SCHEMA_MAX_BYTES
+    assert _known_messages(magic + b"\x00\x00" + bytes(small) + small.to_bytes(4, "little") + magic) is None
+    assert looked_up == [small]
