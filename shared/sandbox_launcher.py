@@ -614,30 +614,31 @@ def gateway_forwarder(config: dict) -> None:
         os._exit(0)
 
 
-def connect_unix(path: str, wait: float = 5.0):
-    """A connected, non-blocking unix stream socket to `path`, or None. A unix connect does not wait for room in a
-    full backlog when non-blocking (EAGAIN, which a socket timeout does not wait out either): asked again for up
-    to `wait` seconds, as a blocking connect would wait for it."""
+CONNECT_WAIT = 5.0  # how long a connection waits for room in the host socket's full backlog, as a blocking connect
+CONNECT_RETRY = 0.005  # how often its connect is asked again meanwhile
+
+
+def connect_unix(path: str):
+    """A connected, non-blocking unix stream socket to `path`; None when the connect is refused (no socket there,
+    out of descriptors); False when the socket's backlog is full. A non-blocking unix connect does not wait for
+    room in a full backlog (EAGAIN, which a socket timeout does not wait out either) and cannot be polled for it:
+    the caller asks again later (`relay_connections` does, between its other connections' work)."""
     import socket
 
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        except OSError:
-            return None
-        sock.setblocking(False)
-        try:
-            sock.connect(path)
-            return sock
-        except BlockingIOError:
-            sock.close()
-            if time.monotonic() > deadline:
-                return None
-            time.sleep(0.005)
-        except OSError:
-            sock.close()
-            return None
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError:
+        return None
+    sock.setblocking(False)
+    try:
+        sock.connect(path)
+        return sock
+    except BlockingIOError:
+        sock.close()
+        return False
+    except OSError:
+        sock.close()
+        return None
 
 
 class _Direction:
@@ -731,6 +732,32 @@ def relay_connections(listener, upstream: str, chunk: int = 65536) -> None:
             direction.ended = True
             finish(direction)
 
+    def relay(client, server) -> None:
+        client.setblocking(False)
+        up, down = _Direction(client, server), _Direction(server, client)
+        sides[client], sides[server] = (up, down), (down, up)
+        watch(client)
+        watch(server)
+
+    def connect_waiting() -> None:
+        """Ask again for the connections waiting for room in the host socket's backlog, oldest first; one that
+        waited CONNECT_WAIT is closed, as a blocking connect would have given up."""
+        now = time.monotonic()
+        while connecting:
+            client, deadline = connecting[0]
+            server = connect_unix(upstream)
+            if server is False and now <= deadline:
+                break  # still full: the later ones wait too, in their order
+            connecting.popleft()
+            if server:
+                relay(client, server)
+            else:
+                client.close()
+        for client, deadline in list(connecting):  # behind a full backlog for too long
+            if now > deadline:
+                connecting.remove((client, deadline))
+                client.close()
+
     def accept() -> None:
         while True:
             try:
@@ -740,18 +767,14 @@ def relay_connections(listener, upstream: str, chunk: int = 65536) -> None:
             except OSError:  # out of descriptors: the connections waiting are taken once some are closed
                 time.sleep(0.05)
                 return
-            server = connect_unix(upstream)
-            if server is None:
-                client.close()
-                continue
-            client.setblocking(False)
-            up, down = _Direction(client, server), _Direction(server, client)
-            sides[client], sides[server] = (up, down), (down, up)
-            watch(client)
-            watch(server)
+            # the connect never waits here: a full backlog on the host's side would stall every other connection
+            # of the sandbox (this one thread relays them all) for as long as it waited
+            connecting.append((client, time.monotonic() + CONNECT_WAIT))
+            connect_waiting()
 
+    connecting: collections.deque = collections.deque()  # (accepted client, until when its connect is asked)
     while True:
-        for key, events in selector.select():
+        for key, events in selector.select(CONNECT_RETRY if connecting else None):
             sock = key.fileobj
             if sock is listener:
                 accept()
@@ -765,6 +788,8 @@ def relay_connections(listener, upstream: str, chunk: int = 65536) -> None:
                 receive(out)
                 watch(out.target)
             watch(sock)
+        if connecting:
+            connect_waiting()
 
 
 class Usage:

@@ -95,3 +95,116 @@ def test_a_connection_the_far_end_refuses_is_closed_and_the_relay_lives_on(forwa
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         assert sock.recv(10) == b""
     os.kill(pid, 0)  # still running
+
+
+def _fork_relay(path: str, connect_wait: float = 5.0) -> tuple[int, int]:
+    """(port, pid) of a forked process relaying to the unix socket `path` (a connection waits `connect_wait` s at
+    most for room in its backlog)."""
+    from shared import sandbox_launcher
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            sandbox_launcher.CONNECT_WAIT = connect_wait
+            relay_connections(listener, path)
+        finally:
+            os._exit(0)
+    port = listener.getsockname()[1]
+    listener.close()
+    return port, pid
+
+
+def _fill_backlog(path: str) -> list[socket.socket]:
+    """Connections queued on the unix socket at `path` until its backlog is full (the next connect: EAGAIN)."""
+    queued = []
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(path)
+        except BlockingIOError:
+            sock.close()
+            return queued
+        queued.append(sock)
+
+
+def _echo(sock: socket.socket) -> None:
+    with sock:
+        while data := sock.recv(65536):
+            sock.sendall(data)
+
+
+def test_a_connect_waiting_for_a_full_backlog_does_not_stall_the_other_connections(tmp_path):
+    """The host's socket has its backlog full (its relay busy): the relay's connect for a new connection was asked
+    again in a loop for up to 5 s in the one thread that relays every connection of the sandbox, so an open
+    connection's bytes waited those 5 s. Now the connect waits beside them, and goes through once there is room."""
+    path = str(tmp_path / "gateway.sock")
+    host = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    host.bind(path)
+    host.listen(1)
+    host.settimeout(10)
+    port, pid = _fork_relay(path)
+    queued: list[socket.socket] = []
+    try:
+        first = socket.create_connection(("127.0.0.1", port), timeout=10)
+        upstream, _ = host.accept()
+        threading.Thread(target=_echo, args=(upstream,), daemon=True).start()
+        queued = _fill_backlog(path)
+        assert queued, "the backlog took no connection"
+        second = socket.create_connection(("127.0.0.1", port), timeout=10)
+        first.settimeout(2)  # the old relay answered after its 5 s of connect attempts
+        for number in range(20):  # while the second connection's connect is refused for want of room
+            first.sendall(f"ping {number}".encode())
+            wanted, got = f"ping {number}".encode(), b""
+            while len(got) < len(wanted):
+                got += first.recv(100)
+            assert got == wanted
+        for _ in queued:  # room in the backlog: the second connection's connect goes through, in its turn
+            host.accept()[0].close()
+        upstream, _ = host.accept()
+        threading.Thread(target=_echo, args=(upstream,), daemon=True).start()
+        second.sendall(b"second")
+        got = b""
+        while len(got) < len(b"second"):
+            got += second.recv(100)
+        assert got == b"second"
+        first.close()
+        second.close()
+    finally:
+        for sock in queued:
+            sock.close()
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        host.close()
+
+
+def test_a_connection_that_finds_no_room_in_time_is_closed_and_the_relay_lives_on(tmp_path):
+    path = str(tmp_path / "gateway.sock")
+    host = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    host.bind(path)
+    host.listen(1)
+    host.settimeout(10)
+    queued = _fill_backlog(path)
+    port, pid = _fork_relay(path, connect_wait=0.2)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            assert sock.recv(10) == b""  # closed once its wait is over
+        for _ in queued:
+            host.accept()[0].close()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:  # room again: relayed
+            upstream, _ = host.accept()
+            threading.Thread(target=_echo, args=(upstream,), daemon=True).start()
+            sock.sendall(b"again")
+            got = b""
+            while len(got) < len(b"again"):
+                got += sock.recv(100)
+            assert got == b"again"
+    finally:
+        for sock in queued:
+            sock.close()
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        host.close()
