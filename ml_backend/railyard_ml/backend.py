@@ -240,21 +240,28 @@ class Backend:
                 # events that arrived while a run was going collapse into one run on the newest data
                 batch, state.pending = state.pending, []
                 event, data, job_id = batch[-1]
-                for _, _, skipped in batch[:-1]:
+                folded = [(e, j) for e, _, j in batch[:-1]]
+                for _, skipped in folded:
                     logger.info("project %s: run %s folded into run %s", project_id, skipped, job_id)
                 try:
-                    await run_in_threadpool(self.store.drop_queued, project_id, [j for _, _, j in batch[:-1]])
+                    await run_in_threadpool(self.store.drop_queued, project_id, [j for _, j in folded])
+                    folded = []  # no longer listed
                     await run_in_threadpool(self._train, project_id, event, data, job_id)
                 except Exception as exc:  # outside fit: the run's folder or the store failed (a full disk)
                     # the run must end, and the runs queued behind it must still run (or stay listed queued for
-                    # ever, with this loop gone)
+                    # ever, with this loop gone); so must the runs folded into it when they could not be dropped
+                    # from the list (a store failing): nothing else ends them, and a client polling /versions
+                    # for "no run going" would wait for ever
                     logger.exception("project %s: training run %s could not run", project_id, job_id)
-                    try:
-                        await run_in_threadpool(self.store.end_run, project_id, job_id, event,
-                                                f"{type(exc).__name__}: {exc}")
-                    except Exception:
-                        logger.exception("project %s: could not record training run %s as failed", project_id,
-                                         job_id)
+                    error = f"{type(exc).__name__}: {exc}"
+                    for ended_event, ended, why in [
+                            *((e, j, f"folded into run {job_id}, which could not run: {error}") for e, j in folded),
+                            (event, job_id, error)]:
+                        try:
+                            await run_in_threadpool(self.store.end_run, project_id, ended, ended_event, why)
+                        except Exception:
+                            logger.exception("project %s: could not record training run %s as failed",
+                                             project_id, ended)
         finally:
             state.running = False
             state.idle.set()

@@ -326,6 +326,56 @@ def test_a_run_that_fails_outside_fit_ends_failed_and_the_next_one_runs(model_di
         assert versions(url, 1)["current_version"] == "0.1.0"
 
 
+class Held(LabelStudioMLBase):
+    """Each fit waits for the test to open the gate."""
+
+    gate = threading.Event()
+    started = threading.Event()
+
+    def predict(self, tasks, context=None, **kwargs):
+        return [{"result": []} for _ in tasks]
+
+    def fit(self, event, data, **kwargs):
+        Held.started.set()
+        Held.gate.wait(60)
+        return {"fit": 1}
+
+
+def test_runs_folded_into_one_end_failed_when_the_store_cannot_drop_them(model_dir, monkeypatch):
+    """Runs folded into a later one are dropped from the list; when the store failed to drop them (SQLite: a full
+    disk, a locked or damaged file), the later run ended failed and they stayed listed queued for ever, so a client
+    polling /versions for "no run going" never stopped. They end failed too, saying into which run they were folded;
+    the runs after them run."""
+    import sqlite3
+
+    from railyard_ml.store import Store
+
+    def failing(self, project_id, job_ids):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    with serve(init_app(Held, model_dir=model_dir)) as url:
+        for i in range(4):  # the first runs and waits; the other three fold into one run
+            assert httpx.post(f"{url}/webhook", json=annotation_event(i, "t", "Positive"), timeout=10).status_code \
+                == 201
+            Held.started.wait(30)
+        runs = versions(url, 1)["runs"]
+        assert [run["status"] for run in runs] == ["running", "queued", "queued", "queued"]
+        monkeypatch.setattr(Store, "drop_queued", failing)
+        Held.gate.set()
+        wait_until(lambda: all(run["status"] not in GOING for run in versions(url, 1)["runs"]), timeout=20)
+        first, *folded, last = versions(url, 1)["runs"]
+        assert first["status"] == "ok"
+        assert (last["status"], last["error"]) == ("failed", "OperationalError: disk I/O error") and last["finished_at"]
+        for run in folded:
+            assert run["status"] == "failed" and run["finished_at"]
+            assert run["error"] == f"folded into run {last['job_id']}, which could not run: OperationalError: disk " \
+                                   "I/O error"
+        monkeypatch.undo()
+        assert httpx.post(f"{url}/webhook", json=annotation_event(9, "t", "Positive"), timeout=10).status_code == 201
+        wait_until(lambda: [r["status"] for r in versions(url, 1)["runs"]] == ["ok", "failed", "failed", "failed",
+                                                                                 "ok"])
+
+
 def test_webhook_annotations_reach_a_1x_style_fit(model_dir):
     with serve(init_app(MajorityModel, model_dir=model_dir)) as url:
         for task_id, label in ((1, "Negative"), (2, "Negative"), (3, "Positive")):
