@@ -76,6 +76,38 @@ class CheckCache:
         self.max_entries, self.max_chars = max_entries, max_chars
         self._answers: dict[tuple[str, str], tuple[dict[str, Any], int]] = {}
         self._chars = 0
+        # the checks under way by (framework, sha256): an upload of bytes being checked waits for that answer
+        self._running: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
+
+    async def answer(self, framework: str, sha: str,
+                     check: Callable[[], Awaitable[tuple[dict[str, Any], bool]]]) -> dict[str, Any]:
+        """The check's answer on these bytes: kept from before, the answer of the check of the same bytes under
+        way (concurrent uploads of one file, a CI pipeline's parallel jobs: one sandboxed check, not one each), or
+        `check()`'s (answer, whether the bytes decided it: only then kept). A check that fails or whose upload
+        goes away answers no one: the uploads waiting for it ask again (one of them checks)."""
+        key = (framework, sha)
+        while True:
+            if (found := self.get(framework, sha)) is not None:
+                return found
+            running = self._running.get(key)
+            if running is None:
+                break
+            await asyncio.wait([running])  # being cancelled here does not cancel the check
+            if not running.cancelled():
+                return dict(running.result())
+        running = asyncio.get_running_loop().create_future()
+        self._running[key] = running
+        try:
+            result, verdict = await check()
+        except BaseException:
+            running.cancel()
+            raise
+        finally:
+            del self._running[key]
+        if verdict:
+            self.put(framework, sha, result)
+        running.set_result(dict(result))
+        return result
 
     def get(self, framework: str, sha: str) -> dict[str, Any] | None:
         found = self._answers.pop((framework, sha), None)
@@ -234,15 +266,12 @@ async def _upload(deps: RegistryDeps, principal: Principal, token: str | None, c
 
 async def _check(deps: RegistryDeps, framework: str, sha: str, workdir: Path, local: Path) -> dict[str, Any]:
     """The sandboxed check's answer on the uploaded bytes, from `deps.checked` when the same bytes (the sha256
-    `download_to` computed while copying them) were checked as the same framework before."""
-    if (result := deps.checked.get(framework, sha)) is not None:
-        return result
-    async with deps.checks:
-        result, verdict = await run_worker_verdict(deps.settings, framework, workdir, "inspect", framework,
-                                                   str(local))
-    if verdict:
-        deps.checked.put(framework, sha, result)
-    return result
+    `download_to` computed while copying them) were checked as the same framework before or are being checked."""
+    async def check() -> tuple[dict[str, Any], bool]:
+        async with deps.checks:
+            return await run_worker_verdict(deps.settings, framework, workdir, "inspect", framework, str(local))
+
+    return await deps.checked.answer(framework, sha, check)
 
 
 async def _convert(settings: RegistrySettings, framework: str, workdir: Path, source: Path,
