@@ -3,7 +3,10 @@ command line, over `railyard_client.lineage.Lineage`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -14,6 +17,37 @@ from railyard_client.errors import InvalidInput
 from railyard_client.lineage import Lineage
 
 ROW_SUFFIXES = {".parquet", ".pq", ".arrow", ".feather", ".ipc", ".arrows", ".json", ".jsonl", ".ndjson"}
+
+
+class _WithoutPandas:
+    """Refuses pandas while `datasets upload` makes an Arrow table of a rows file. pyarrow's conversion of Python
+    values (`pa.Table.from_pylist`, `pa.array`) asks its pandas shim whether each column is a pandas object, and the
+    shim's first question imports pandas (0.2-0.6 s of the command, docs/performance.md item 46's leftover) for rows
+    read from JSON, which hold none. Refused, the shim takes pandas for missing: the same table, as pandas plays no
+    part in converting plain values."""
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
+        if fullname == "pandas" or fullname.startswith("pandas."):
+            raise ModuleNotFoundError("pandas is not needed to make a table of plain rows", name=fullname)
+
+
+@contextlib.contextmanager
+def _pandas_declined() -> Iterator[None]:
+    """pandas refused for the block, in the `railyard` command's process only and only while nothing has imported
+    pandas: the shim keeps its answer for the process (a later DataFrame conversion imports pandas again, but
+    `pa.array` no longer recognises a pandas object by itself), which an SDK user's process must not be left with;
+    the command ends after its upload."""
+    from railyard_client.session import _in_the_railyard_command
+
+    if "pandas" in sys.modules or not _in_the_railyard_command():
+        yield
+        return
+    finder = _WithoutPandas()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
 
 
 def _lineage(workspace: str | None) -> Lineage:
@@ -103,8 +137,9 @@ def upload(dataset_id: int, files: tuple[Path, ...], labels: str | None, replace
             raise InvalidInput(f"no such file: {path}")
         if path.suffix.lower() in ROW_SUFFIXES and lineage._post("datasets/get", {"dataset_id": dataset_id})[
                 "kind"] == "tabular":
-            table, _ = read_table(path)
-            results.append(lineage.upload_rows(dataset_id, table, replace=replace))
+            with _pandas_declined():
+                table, _ = read_table(path)
+                results.append(lineage.upload_rows(dataset_id, table, replace=replace))
         else:
             results.append(lineage.upload_file(dataset_id, path, labels=parsed, progress=progress))
     _show(results, None, as_json, results)

@@ -51,7 +51,16 @@ class Session:
             return Response((here / f"logs{page}.arrow").read_bytes(), headers)
         if path == "/v1/api/datasets/get_rows":
             return Response((here / "dataset.arrow").read_bytes())
+        if path == "/v1/api/datasets/upload_rows":
+            (here / "uploaded.arrow").write_bytes(kw["content"])
+            return Response(body={"rows_added": 2})
         raise AssertionError(path)
+
+    def post(self, route, body):
+        sent.append({"path": route, "json": body})
+        if route == "datasets/get":
+            return {"id": body["dataset_id"], "kind": "tabular"}
+        raise AssertionError(route)
 
 
 class Deployed(Pipeline):
@@ -242,3 +251,38 @@ def test_the_sdk_still_answers_dataframes(canned: Path):
     assert isinstance(logs, pd.DataFrame) and str(logs["time"].dtype) == "datetime64[ms, UTC]"
     assert [t.value // 10**6 for t in logs["time"]] == [r["time"] for r in LOG_ROWS]
     assert logs["metadata.elapsed"].map(list).tolist() == [r["metadata.elapsed"] for r in LOG_ROWS]
+
+
+# the `railyard` command's process (the console script): pandas is declined there only, not in an SDK user's process
+AS_THE_COMMAND = "import sys\nsys.argv[0] = 'railyard'\n"
+UPLOADED = [{"a": 1, "b": "x", "c": [0.5, 1.0], "d": None, "e": {"k": 1, "s": "v"}, "f": True},
+            {"a": 2, "b": None, "c": [2.0], "d": None, "e": {"k": None, "s": "w"}, "f": False}]
+
+
+def test_datasets_upload_of_a_json_file_makes_the_same_table_without_pandas(canned: Path):
+    """`datasets upload` of a .json/.jsonl file into a tabular dataset imported pandas (pyarrow's pandas shim
+    behind `pa.Table.from_pylist`, docs/performance.md item 46's one leftover). The Arrow file sent is the same
+    bytes as with pandas loaded, and holds the rows."""
+    (canned / "rows.json").write_text(json.dumps(UPLOADED))
+    (canned / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in UPLOADED))
+    sent = {}
+    for name in ("rows.json", "rows.jsonl"):
+        for preamble in (AS_THE_COMMAND, AS_THE_COMMAND + "import pandas\n"):
+            done = subprocess.run([sys.executable, "-c", preamble + CHILD, str(canned), "datasets", "upload", "7",
+                                   str(canned / name), "--json"], capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+            child = json.loads(done.stderr.strip().splitlines()[-1])
+            assert child["pandas"] is ("pandas" in preamble)
+            assert [s["path"] for s in child["sent"]] == ["datasets/get", "/v1/api/datasets/upload_rows"]
+            assert json.loads(done.stdout) == [{"rows_added": 2}]
+            sent[name, "pandas" in preamble] = (canned / "uploaded.arrow").read_bytes()
+    assert len(set(sent.values())) == 1  # the same table, with or without pandas, from either file
+    table = pa.ipc.open_file(pa.py_buffer(sent["rows.json", False])).read_all()
+    assert table.to_pylist() == UPLOADED and table.equals(pa.Table.from_pylist(UPLOADED))
+
+
+def test_pandas_is_declined_only_in_the_railyard_commands_process(canned: Path):
+    """Run as a library (here `python -c`, an SDK user's process), the upload leaves pyarrow's pandas shim alone."""
+    (canned / "rows.json").write_text(json.dumps(UPLOADED))
+    out, child = run(canned, "datasets", "upload", "7", str(canned / "rows.json"), "--json")
+    assert json.loads(out) == [{"rows_added": 2}] and child["pandas"] is True
