@@ -122,11 +122,18 @@ def _loads(text: str) -> Any:
         return json.loads(text)
 
 
-def _json_text(raw: bytes) -> str:
+def _json_text(raw: bytes, source: str = "the input") -> str:
     """JSON bytes as text, in the encoding the API's reader finds as Python's does (JSON's own rule: UTF-8, with or
     without a byte order mark, or UTF-16/32, which Windows PowerShell 5 writes for `>`): decoded as UTF-8 alone, a
-    file with a BOM was 'not JSON' here and taken there."""
-    return raw.decode(json.detect_encoding(raw), errors="replace").strip()
+    file with a BOM was 'not JSON' here and taken there. Bytes that are not text in that encoding (a file saved as
+    Latin-1/cp1252: 'café' as b'caf\xe9') are refused, as the API refuses them ('body is not valid JSON'): they
+    were replaced by U+FFFD here, so the rows went (and a dataset stored them) with their text changed."""
+    try:
+        return raw.decode(json.detect_encoding(raw)).strip()
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start:exc.end]
+        raise InvalidInput(f"{source} is not text in UTF-8 (or UTF-16/32): byte {exc.start} ({bad!r}) is not "
+                           f"{exc.encoding}; save the file as UTF-8 (the API refuses it too)") from None
 
 
 def parse_json_records(raw: bytes, source: str = "the input") -> list[dict[str, Any]]:
@@ -135,7 +142,7 @@ def parse_json_records(raw: bytes, source: str = "the input") -> list[dict[str, 
     if raw[:4] == b"PAR1" or raw[:6] == b"ARROW1":  # a table file named .json: say what it is
         kind = "Parquet" if raw[:4] == b"PAR1" else "an Arrow IPC file"
         raise InvalidInput(f"{source} is {kind}, not JSON: give it its own suffix (.parquet / .arrow) or --format")
-    text = _json_text(raw)
+    text = _json_text(raw, source)
     try:
         value = json.loads(text) if text else None
     except ValueError as whole:

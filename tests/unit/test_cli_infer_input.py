@@ -93,6 +93,24 @@ def test_rows_in_any_encoding_the_api_reads_are_sent(tmp_path: Path, encoding: s
         inference_records(one)
 
 
+def test_bytes_that_are_not_text_are_refused_as_the_api_refuses_them(tmp_path: Path):
+    """A file saved as Latin-1 / cp1252 (Windows editors): the API refuses its body ('body is not valid JSON'); the
+    client replaced the bytes with U+FFFD and sent the rows, so the model was given other text than the file's
+    ('caf\ufffd') and `datasets upload` stored it."""
+    from railyard_client.data import read_table
+
+    raw = json.dumps([{"name": "café", "x": 1.0}], ensure_ascii=False).encode("cp1252")
+    with pytest.raises(InvalidRequest, match="not valid JSON"):
+        records_json_to_table(raw)  # the API
+    with pytest.raises(InvalidInput, match=r"^rows\.json is not text in UTF-8 \(or UTF-16/32\): byte 14 \(b'\\xe9'\)"):
+        inference_records(raw, "rows.json")
+    (tmp_path / "rows.json").write_bytes(raw)
+    assert "rows.json is not text in UTF-8" in refused(tmp_path, "infer", "fraud", "rows.json")
+    with pytest.raises(InvalidInput, match="is not text in UTF-8"):
+        read_table(tmp_path / "rows.json")  # the SDK's and `datasets upload`'s path
+    assert inference_records(raw.decode("cp1252").encode()) == [{"name": "café", "x": 1.0}]  # as UTF-8: taken
+
+
 def test_a_missing_or_unreadable_file_is_refused_by_name(tmp_path: Path):
     assert "'missing.json' does not exist" in refused(tmp_path, "infer", "fraud", "missing.json")
     (tmp_path / "folder.json").mkdir()
