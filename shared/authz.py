@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from shared.errors import Forbidden, NotFound, RailyardError, Unauthorized, Unavailable
+from shared.errors import Forbidden, NotFound, RailyardError, Unauthorized, Unavailable, echo
 from shared.settings import AuthSettings
 
 log = logging.getLogger("railyard.authz")
@@ -354,7 +354,7 @@ def require_unscoped(principal: Principal, action: str) -> None:
 
 def deployment_not_found(name: str) -> NotFound:
     """The one answer for a deployment that does not exist and for one the caller may not reach."""
-    return NotFound(f"deployment {name!r} not found")
+    return NotFound(f"deployment {echo(name)} not found")
 
 
 async def require_inference_access(lookup: MembershipLookup, principal: Principal, workspace_id: int,

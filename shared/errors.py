@@ -201,3 +201,15 @@ def validation_message(errors: Sequence[Mapping[str, Any]], where: str = "body",
         else:
             parts.append(f"{where}: {detail}")
     return "; ".join(parts) or f"{where}: invalid"
+
+
+ECHO_CHARS = 64
+"""Characters of a refused value an error message repeats at most (`echo`)."""
+
+
+def echo(value: str, limit: int = ECHO_CHARS) -> str:
+    """`value` quoted for an error message, cut to its first `limit` characters with '…' and its length when longer:
+    a refused 1 MB name must not come back as a 1 MB error (and the log line, and the bus reply, that carry it)."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value)} characters)"

@@ -48,7 +48,16 @@ from shared.authz import (
     scoped_workspace,
 )
 from shared.db import xact_lock
-from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, TooManyRequests, Unauthorized, Unavailable
+from shared.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+    echo,
+)
 from shared.messages.auth import (
     AddWorkspaceUser,
     AffectedRows,
@@ -733,7 +742,7 @@ async def create_inference_client(deps: AuthDeps, principal: Principal,
                                   cmd: CreateInferenceClient) -> InferenceClientCreated:
     await _require_owner(deps, principal, cmd.workspace_id, "create inference clients")
     if not CLIENT_NAME.match(cmd.name):
-        raise InvalidRequest(f"invalid inference client name {cmd.name!r}: use 1-63 letters, digits, '.', '_' or"
+        raise InvalidRequest(f"invalid inference client name {echo(cmd.name)}: use 1-63 letters, digits, '.', '_' or"
                              " '-', starting with a letter or digit")
     client_id = f"inference-{secrets.token_hex(8)}"
     secret = secrets.token_urlsafe(32)
@@ -790,7 +799,7 @@ async def create_workspace(deps: AuthDeps, principal: Principal, cmd: CreateWork
     name = cmd.workspace_name
     if not WORKSPACE_NAME.match(name):
         raise InvalidRequest(
-            f"invalid workspace name {name!r}: use 1-63 lowercase ASCII letters, digits or dashes,"
+            f"invalid workspace name {echo(name)}: use 1-63 lowercase ASCII letters, digits or dashes,"
             " starting and ending with a letter or digit (DNS-compliant; '.' and '_' are not allowed)")
     owner = uuid.UUID(principal.user_id)
     try:

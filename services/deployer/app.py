@@ -13,16 +13,16 @@ from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import CallContext, command, publish_event
 from shared.messages.deployer import (
     CopyPipeline,
-    CreatePipeline,
     Deployed,
     DeploymentRoute,
     DeploymentStatus,
-    DeployPipeline,
     ExternalUrl,
     GetDeploymentStatus,
     GetExternalUrl,
     GetPipeline,
     ListPipelines,
+    NewDeployment,
+    NewPipeline,
     PipelineCopied,
     PipelineCreated,
     PipelineRecord,
@@ -45,8 +45,8 @@ def build_router(runtime: Runtime) -> NatsRouter:
         return await runtime.extras["verifier"].verify(ctx.token)
 
     @command(router, subjects.DEPLOYER_PIPELINES_CREATE, service=NAME)
-    async def create_pipeline(cmd: CreatePipeline, ctx: CallContext) -> PipelineCreated:
-        """Create a pipeline or a new version of it."""
+    async def create_pipeline(cmd: NewPipeline, ctx: CallContext) -> PipelineCreated:
+        """Create a pipeline or a new version of it (a definition of at most 64 KiB of JSON, from any caller)."""
         return await handlers.create_pipeline(deps(), await caller(ctx), ctx.token, cmd)
 
     @command(router, subjects.DEPLOYER_PIPELINES_COPY, service=NAME)
@@ -65,8 +65,8 @@ def build_router(runtime: Runtime) -> NatsRouter:
         return await handlers.get_pipeline(deps(), await caller(ctx), ctx.token, cmd.pipeline_id)
 
     @command(router, subjects.DEPLOYER_PIPELINES_DEPLOY, service=NAME)
-    async def deploy(cmd: DeployPipeline, ctx: CallContext) -> Deployed:
-        """Deploy a pipeline version; answers once its replicas serve."""
+    async def deploy(cmd: NewDeployment, ctx: CallContext) -> Deployed:
+        """Deploy a pipeline version; answers once its replicas serve (engine_config: 64 KiB of JSON at most)."""
         return await handlers.deploy(deps(), await caller(ctx), ctx.token, cmd)
 
     @command(router, subjects.DEPLOYER_PIPELINES_UNDEPLOY, service=NAME)

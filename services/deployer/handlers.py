@@ -30,7 +30,7 @@ from shared.authz import (
 )
 from shared.background import BackgroundTask
 from shared.bus import request
-from shared.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from shared.errors import Conflict, InvalidRequest, NotFound, Unavailable, echo
 from shared.messages.base import INT64, Event
 from shared.messages.deployer import (
     CopyPipeline,
@@ -89,7 +89,7 @@ class DeployerDeps:
 
 def _check_name(name: str, what: str) -> None:
     if not NAME.match(name):
-        raise InvalidRequest(f"invalid {what} {name!r}: use 1-63 ASCII letters, digits or dashes, starting and"
+        raise InvalidRequest(f"invalid {what} {echo(name)}: use 1-63 ASCII letters, digits or dashes, starting and"
                              " ending with a letter or digit (DNS-compliant; '.' and '_' are not allowed)")
 
 
@@ -436,7 +436,7 @@ def _deployment_id(name: str) -> int:
     _, _, tail = name.rpartition("-")
     # ASCII digits only ('²'.isdigit() is true, int('²') fails) and within a bigint, or no deployment has the id
     if not (tail.isascii() and tail.isdigit()) or int(tail) > INT64[1]:
-        raise NotFound(f"deployment {name!r} not found")
+        raise NotFound(f"deployment {echo(name)} not found")
     return int(tail)
 
 
@@ -449,7 +449,7 @@ async def _deployment_for(deps: DeployerDeps, principal: Principal, token: str |
         try:
             await require_member(deps.membership(token), principal, row["workspace_id"])
         except NotFound:
-            raise NotFound(f"deployment {name!r} not found") from None
+            raise NotFound(f"deployment {echo(name)} not found") from None
     return row
 
 
@@ -502,10 +502,10 @@ async def external_url(deps: DeployerDeps, principal: Principal, token: str | No
     await require_member(deps.membership(token), principal, workspace_id)
     pipeline = await store.pipeline_by_name(deps.pool, workspace_id, pipeline_name)
     if pipeline is None:
-        raise NotFound(f"pipeline {pipeline_name!r} not found")
+        raise NotFound(f"pipeline {echo(pipeline_name)} not found")
     active = await store.active_deployment(deps.pool, pipeline["id"])
     if active is None:
-        raise NotFound(f"pipeline {pipeline_name!r} is not deployed")
+        raise NotFound(f"pipeline {echo(pipeline_name)} is not deployed")
     return ExternalUrl(url=f"{deps.public_url}/v1/api/pipelines/infer/{active['deploy_id']}-{active['id']}/"
                            f"{pipeline_name}")
 
@@ -518,7 +518,7 @@ async def resolve_deployment(deps: DeployerDeps, principal: Principal, token: st
     await require_inference_access(deps.membership(token), principal, row["workspace_id"],
                                    deployment_not_found(name))
     if not row["active"]:
-        raise NotFound(f"deployment {name!r} is not deployed")
+        raise NotFound(f"deployment {echo(name)} is not deployed")
     failure = _restore_failure(deps, name)
     if failure is not None:
         raise Unavailable(failure, code=DEPLOYMENT_FAILED)

@@ -37,7 +37,7 @@ from services.log_store.segments import POS, SegmentReader, drop_unwritable, emp
 from shared import subjects
 from shared.authz import MembershipLookup, Principal, require_admin, require_member
 from shared.bus import log_store_consumer_config
-from shared.errors import InvalidRequest, NotFound
+from shared.errors import InvalidRequest, NotFound, echo
 from shared.lean_imports import lazy_module
 from shared.log_segments import (
     ENGINE_SUFFIX,
@@ -466,7 +466,7 @@ async def resolve_pipeline(deps: Deps, principal: Principal, token: str | None, 
     await require_member(deps.membership(token), principal, workspace_id)
     row = await store.pipeline(deps.pool, workspace_id, name)
     if row is None and not await deps.pipeline_exists(token, workspace_id, name):
-        raise NotFound(f"pipeline {name!r} not found in workspace {workspace_id}")
+        raise NotFound(f"pipeline {echo(name)} not found in workspace {workspace_id}")
     return row
 
 

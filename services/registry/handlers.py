@@ -29,7 +29,7 @@ from services.registry import store
 from services.registry.worker import run_worker, run_worker_verdict
 from shared import subjects
 from shared.authz import MembershipLookup, Principal, require_member, require_user
-from shared.errors import InvalidRequest, NotFound, RailyardError
+from shared.errors import InvalidRequest, NotFound, RailyardError, echo
 from shared.messages.base import Event
 from shared.messages.registry import (
     ModelConfig,
@@ -212,7 +212,7 @@ async def upload_model(deps: RegistryDeps, principal: Principal, token: str | No
 async def _upload(deps: RegistryDeps, principal: Principal, token: str | None, cmd: UploadModel) -> ModelInserted:
     require_user(principal)
     if not MODEL_NAME.match(cmd.name):
-        raise InvalidRequest(f"invalid model name {cmd.name!r}: use 1-63 ASCII letters, digits or dashes, starting"
+        raise InvalidRequest(f"invalid model name {echo(cmd.name)}: use 1-63 ASCII letters, digits or dashes, starting"
                              " and ending with a letter or digit (DNS-compliant; '.' and '_' are not allowed)")
     framework = _framework(cmd)
     await require_member(deps.membership(token), principal, cmd.workspace_id)

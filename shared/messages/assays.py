@@ -103,6 +103,12 @@ MAX_WIDTH = 100
 """Characters of a window's width or interval at most ("24 hours")."""
 MAX_URL = 2048
 """Characters of model_insights_url at most."""
+MAX_STATIC_VALUES = 10_000
+"""Values of a new Static baseline at most: ten times the 1000-level sample a Training baseline is summarized on, at
+least 100 values a bin at the most bins a summary takes (MAX_BINS), and at most ~250 KB of JSON (a double takes up to
+24 characters), so an assay stays a small part of its pipeline's assays/list answer (which repeats every assay's
+configuration, values included) and of the 8 MiB a reply carries on the bus. A larger baseline is to be sampled by
+the caller; the quantiles of 10,000 values are what the summary keeps anyway."""
 
 
 class NewFixedBaseline(FixedBaseline):
@@ -110,8 +116,14 @@ class NewFixedBaseline(FixedBaseline):
     model: str | None = Field(None, max_length=MAX_ASSAY_NAME)
 
 
+class NewStaticBaseline(StaticBaseline):
+    values: list[float] = Field(min_length=1, max_length=MAX_STATIC_VALUES, description=f"At most "
+                                f"{MAX_STATIC_VALUES} values (sample a larger baseline).")
+
+
 class NewBaseline(Baseline):
     Fixed: NewFixedBaseline | None = None
+    Static: NewStaticBaseline | None = None
 
 
 class NewAssayWindow(AssayWindow):
@@ -123,11 +135,12 @@ class NewAssayWindow(AssayWindow):
 
 
 class NewAssayConfig(AssayConfig):
-    """The body of assays/create, run_interactive_baseline and run_interactive: an AssayConfig whose free text is
-    bounded. The name and iopath travel in every events.assay.* event and, with the rest of the configuration, in
-    each assays/list answer: unbounded, one assay could be stored whose events no bus limit let through (they stayed
-    in the outbox for good) and whose pipeline's assay list no longer fitted in a reply. Stored configurations are
-    read with AssayConfig, without these bounds, so an assay stored before them still loads and runs."""
+    """The body of assays/create, run_interactive_baseline and run_interactive: an AssayConfig whose free text and
+    Static baseline values are bounded. The name and iopath travel in every events.assay.* event and, with the rest
+    of the configuration, in each assays/list answer: unbounded, one assay could be stored whose events no bus limit
+    let through (they stayed in the outbox for good) and whose pipeline's assay list no longer fitted in a reply.
+    Stored configurations are read with AssayConfig, without these bounds, so an assay stored before them still loads
+    and runs."""
 
     name: str = Field(min_length=1, max_length=MAX_ASSAY_NAME)
     pipeline_name: str = Field(max_length=MAX_ASSAY_NAME)

@@ -21,10 +21,11 @@ class CreatePipeline(Command):
 
 
 class NewPipeline(CreatePipeline):
-    """The body of the HTTP route pipelines/create: a CreatePipeline whose definition takes at most MAX_JSON_OBJECT
-    bytes of JSON. Every version keeps its definition and pipelines/get and pipelines/list answer with them all. The
-    deployer's subscriber keeps CreatePipeline: the monitoring service sends a stored definition back with a model
-    swapped, which must still pass for a pipeline stored before the bound."""
+    """The body of pipelines/create (the HTTP route and the deployer's subscriber, so a caller on the bus is bounded
+    too): a CreatePipeline whose definition takes at most MAX_JSON_OBJECT bytes of JSON. Every version keeps its
+    definition and pipelines/get and pipelines/list answer with them all. Stored versions are read as they are; the
+    monitoring service's set_model sends a stored definition back with a model swapped, which is a new version and
+    bounded like any other (docs/inference.md)."""
 
     definition: dict[str, Any] = Field(default_factory=dict, description=f"At most {MAX_JSON_OBJECT} bytes of JSON.")
 
@@ -100,10 +101,10 @@ class DeployPipeline(Command):
 
 
 class NewDeployment(DeployPipeline):
-    """The body of the HTTP route pipelines/deploy: a DeployPipeline whose engine_config takes at most
-    MAX_JSON_OBJECT bytes of JSON (kept whole with the deployment, in every pipelines/get and list answer). The
-    deployer's subscriber keeps DeployPipeline: the monitoring service redeploys with a deployment's stored
-    engine_config, which must still pass for one stored before the bound."""
+    """The body of pipelines/deploy (the HTTP route and the deployer's subscriber, so a caller on the bus is bounded
+    too): a DeployPipeline whose engine_config takes at most MAX_JSON_OBJECT bytes of JSON (kept whole with the
+    deployment, in every pipelines/get and list answer). The monitoring service redeploys with a deployment's stored
+    engine_config: a new deploy, bounded like any other (docs/inference.md)."""
 
     engine_config: dict[str, Any] | None = Field(None, description=f"At most {MAX_JSON_OBJECT} bytes of JSON.")
 

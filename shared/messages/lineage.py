@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from shared.messages.base import INT32, Command, Event, Message
+from shared.messages.base import INT32, MAX_JSON_OBJECT, Command, Event, Message, json_at_most
 from shared.messages.monitoring_predictions import ImageConfig
 
 NAME_MAX_CHARS = 200
@@ -409,20 +409,62 @@ class EvaluationSpec(Message):
     batch_size: int = Field(64, ge=1, le=10_000)
 
 
+MAX_COLUMN_NAME = 1024
+"""Characters of an evaluation set's column name at most (as an assay's iopath)."""
+MAX_CLASS_NAMES = 10_000
+"""Class names of an evaluation at most (as an image configuration's labels)."""
+
+
+class NewEvaluationSpec(EvaluationSpec):
+    """`evaluation` as an input link sends it: an EvaluationSpec whose names are bounded and whose whole JSON takes at
+    most MAX_JSON_OBJECT bytes. The run's card keeps it (`data.evaluation`), shown in every workflow graph answer;
+    unbounded, a few MB of class names or image labels made the graph larger than a reply. The automatic benchmark
+    reads the stored declaration with EvaluationSpec, without these bounds, so one stored before them still runs."""
+
+    dataset_name: str | None = Field(None, max_length=NAME_MAX_CHARS, description="A project version's dataset to "
+                                     "evaluate on (project links).")
+    label_column: str = Field("label", max_length=MAX_COLUMN_NAME, description="Classification: the rows' true "
+                              "class column.")
+    output_column: str | None = Field(None, max_length=MAX_COLUMN_NAME, description="Classification: the "
+                                      "deployment's output column.")
+    class_names: list[str] | None = Field(None, max_length=MAX_CLASS_NAMES)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> NewEvaluationSpec:
+        try:
+            json_at_most(self.model_dump(mode="json", exclude_none=True))
+        except ValueError as exc:  # what the run's card keeps (links._evaluation stores this dump)
+            raise ValueError(f"{exc} (class_names and image.labels are the large parts)") from None
+        return self
+
+
+def _checked_evaluation(cls: type, value: Any) -> Any:
+    """An EvaluationSpec built in code is checked as a NewEvaluationSpec (bounds included), as a dict would be."""
+    if isinstance(value, EvaluationSpec) and not isinstance(value, NewEvaluationSpec):
+        return value.model_dump(exclude_unset=True)
+    return value
+
+
 class ProjectLink(WorkflowLink):
     """add_input_project / add_output_project: a project, or one of its versions (by id or number)."""
 
     project_id: int
     version_id: int | None = None
     version_num: int | None = Field(None, ge=INT32[0], le=INT32[1])  # project_versions.number is an `integer`
-    evaluation: EvaluationSpec | None = Field(None, description="add_input_project of a version only: evaluate the "
-                                              "run's model versions on the version's dataset `dataset_name`.")
+    evaluation: NewEvaluationSpec | None = Field(None, description="add_input_project of a version only: evaluate "
+                                                 "the run's model versions on the version's dataset `dataset_name`; "
+                                                 f"at most {MAX_JSON_OBJECT} bytes of JSON.")
+
+    _evaluation = field_validator("evaluation", mode="before")(classmethod(_checked_evaluation))
 
 
 class DatasetLink(WorkflowLink):
     dataset_id: int
-    evaluation: EvaluationSpec | None = Field(None, description="add_input_dataset only: evaluate the run's model "
-                                              "versions on this dataset (as it is when the benchmark runs).")
+    evaluation: NewEvaluationSpec | None = Field(None, description="add_input_dataset only: evaluate the run's "
+                                                 "model versions on this dataset (as it is when the benchmark runs); "
+                                                 f"at most {MAX_JSON_OBJECT} bytes of JSON.")
+
+    _evaluation = field_validator("evaluation", mode="before")(classmethod(_checked_evaluation))
 
 
 class FileLink(WorkflowLink):

@@ -141,3 +141,65 @@ def test_a_labeling_job_link_bounds_its_url_as_a_card_meta_url():
     link = {"workspace_id": 1, "task_id": "run-1", "id": "job-1", "url": "/jobs/1"}
     assert JobLink.model_validate(link).url == "/jobs/1"
     assert refusal(JobLink, {**link, "url": "/" + "j" * 2000}) == "url: String should have at most 2000 characters"
+
+
+def test_a_new_static_baseline_takes_at_most_10000_values_and_a_stored_one_still_loads():
+    from shared.messages.assays import MAX_STATIC_VALUES
+
+    assert MAX_STATIC_VALUES == 10_000
+    over = assay(baseline={"Static": {"values": [0.5] * 10_001}})
+    assert refusal(NewAssayConfig, over) == \
+        "baseline.Static.values: List should have at most 10000 items after validation, not 10001"
+    assert len(NewAssayConfig.model_validate(assay(baseline={"Static": {"values": [0.5] * 10_000}})).baseline.Static
+               .values) == 10_000
+    # the scheduler reads stored configurations with AssayConfig: one stored before the bound still plans
+    stored = AssayConfig.model_validate_json(json.dumps(over))
+    assert len(stored.baseline.Static.values) == 10_001 and plan(stored).column == "out.dense_1"
+
+
+def test_an_evaluation_declaration_is_bounded_on_links_and_a_stored_one_still_loads():
+    from shared.messages.lineage import DatasetLink, EvaluationSpec, NewEvaluationSpec, ProjectLink
+
+    link = {"workspace_id": 1, "task_id": "run-1", "dataset_id": 1}
+    good = {"label_column": "label", "output_column": "probabilities"}
+    for change, said in (({"output_column": "o" * 1025}, "evaluation.output_column: String should have at most 1024 "
+                          "characters"),
+                         ({"label_column": "l" * 1025}, "evaluation.label_column: String should have at most 1024 "
+                          "characters"),
+                         ({"dataset_name": "d" * 201}, "evaluation.dataset_name: String should have at most 200 "
+                          "characters"),
+                         ({"class_names": ["c"] * 10_001}, "evaluation.class_names: List should have at most 10000 "
+                          "items after validation, not 10001")):
+        assert refusal(DatasetLink, {**link, "evaluation": {**good, **change}}) == said
+    large = {**good, "class_names": ["c" * 1000] * 100}
+    assert refusal(DatasetLink, {**link, "evaluation": large}).startswith(
+        "evaluation: must take at most 65536 bytes of JSON, not ")
+    project = {"workspace_id": 1, "task_id": "run-1", "project_id": 1, "version_id": 1}
+    assert refusal(ProjectLink, {**project, "evaluation": large}).startswith("evaluation: must take at most 65536")
+    assert type(DatasetLink.model_validate({**link, "evaluation": good}).evaluation) is NewEvaluationSpec
+    # the automatic benchmark reads the stored declaration with EvaluationSpec: one stored before the bounds loads
+    assert EvaluationSpec.model_validate(large).class_names == ["c" * 1000] * 100
+
+
+def test_a_refused_name_is_echoed_cut_short():
+    from shared.errors import echo
+
+    assert echo("ok-name") == "'ok-name'"
+    assert echo("n" * 64) == repr("n" * 64)
+    assert echo("n" * 1_000_000) == f"'{'n' * 64}'… (1000000 characters)"
+
+
+def test_the_deployers_subscribers_bound_what_any_caller_sends():
+    """The gateway's routes and the deployer's own subscribers take the bounded models: a user's token on the bus's
+    front door reaches deployer.pipelines.create and deploy without the gateway."""
+    from faststream.specification import AsyncAPI
+
+    from shared.service import Runtime, build_broker
+    from shared.settings import Settings
+
+    spec = importlib.import_module("services.deployer.app").SPEC
+    broker = build_broker(spec, Runtime(name="deployer", settings=Settings.model_construct()))
+    channels = json.loads(AsyncAPI(broker, schema_version="3.0.0").to_specification().to_json())["channels"]
+    assert "deployer.pipelines.create:NewPipeline" in channels and "deployer.pipelines.deploy:NewDeployment" in \
+        channels, sorted(channels)
+

@@ -1,0 +1,140 @@
+"""Bounds on what users send, through HTTP and straight on the bus (docs/assays.md, docs/inference.md,
+docs/lineage.md): an assay's Static baseline values, a task run's evaluation declaration, the deployer's own
+subscribers (a caller on the bus is bounded as the gateway's routes are), refused DNS names echoed cut short."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from shared.messages.base import MAX_JSON_OBJECT
+from tests.integration.conftest import Account, post
+from tests.integration.test_assays import config, iso
+
+pytestmark = pytest.mark.integration
+
+FUTURE = "2999-01-01T00:00:00+00:00"  # windows that never come: the scheduler leaves these assays alone
+
+
+def new_pipeline(stack, account: Account, name: str | None = None, definition: dict | None = None) -> dict:
+    name = name or f"bounds{uuid.uuid4().hex[:8]}"
+    response = post(stack, "pipelines/create", account.token,
+                    {"pipeline_id": name, "workspace_id": account.workspace_id, "definition": definition or {}})
+    assert response.status_code == 200, response.text[:300]
+    return {**response.json(), "name": name}
+
+
+def static(values) -> dict:
+    return {"Static": {"values": list(values)}}
+
+
+def test_a_static_baseline_past_its_bound_is_400_and_nothing_is_stored(stack, alice):
+    """A Static baseline's values are kept with the assay and repeated in every assays/list answer: 10,000 at most
+    (as many as the gateway's 2 MiB JSON limit let through were stored before)."""
+    pipeline = new_pipeline(stack, alice)
+    rng = np.random.default_rng(7)
+    body = {**config(alice, pipeline, "static", static(rng.random(10_001).tolist()), iso(int(time.time() * 1000)),
+                     "1 hours"), "active": False}
+    for route in ("assays/create", "assays/run_interactive", "assays/run_interactive_baseline"):
+        response = post(stack, route, alice.token, body)
+        assert response.status_code == 400, (route, response.text[:300])
+        assert response.json() == {"code": "invalid_request", "msg": "baseline.Static.values: List should have at "
+                                   "most 10000 items after validation, not 10001"}, route
+    assert post(stack, "assays/list", alice.token, {"pipeline_id": pipeline["pipeline_pk_id"]}).json() == []
+    at_bound = {**body, "baseline": static(rng.random(10_000).tolist())}
+    created = post(stack, "assays/create", alice.token, at_bound)
+    assert created.status_code == 200, created.text[:300]
+    [listed] = post(stack, "assays/list", alice.token, {"pipeline_id": pipeline["pipeline_pk_id"]}).json()
+    assert listed["id"] == created.json()["assay_id"] and len(listed["baseline"]["Static"]["values"]) == 10_000
+
+
+def test_a_refused_dns_name_is_echoed_cut_short(stack, alice):
+    """A 1 MB name (under the gateway's 2 MiB JSON limit) was repeated whole in the 400's message: its first 64
+    characters now, and its length."""
+    huge = "N" * 1_000_000
+    shown = f"'{'N' * 64}'… (1000000 characters)"  # the first 64 characters and the length
+    pipeline = new_pipeline(stack, alice)
+    for route, body, what in [
+            ("pipelines/create", {"pipeline_id": huge, "workspace_id": alice.workspace_id, "definition": {}},
+             "pipeline name"),
+            ("pipelines/deploy", {"deploy_id": huge, "pipeline_version_pk_id": pipeline["pipeline_variant_pk_id"],
+                                  "pipeline_id": pipeline["pipeline_pk_id"]}, "deploy_id"),
+            ("pipelines/copy", {"name": huge, "workspace_id": alice.workspace_id,
+                                "source_pipeline": pipeline["pipeline_pk_id"]}, "pipeline name"),
+            ("workspaces/create", {"workspace_name": huge.lower()}, "workspace name")]:
+        response = post(stack, route, alice.token, body)
+        assert response.status_code == 400 and response.json()["code"] == "invalid_request", \
+            (route, response.text[:200])
+        message = response.json()["msg"]
+        assert len(message) < 400, (route, len(message))
+        assert message.startswith(f"invalid {what} {shown.lower() if route == 'workspaces/create' else shown}: use "
+                                  "1-63"), (route, message)
+    # a name looked up, not found: the same cut (the deployer's external URL and deployment status)
+    for route, body, said in [
+            ("admin/get_pipeline_external_url", {"workspace_id": alice.workspace_id, "pipeline_name": huge},
+             f"pipeline {shown} not found"),
+            ("status/get_deployment", {"name": huge + "-1"},
+             f"deployment {shown.replace('1000000', '1000002')} not found")]:
+        response = post(stack, route, alice.token, body)
+        assert response.status_code == 404 and response.json()["msg"] == said, (route, response.text[:200])
+
+
+async def test_the_deployers_bus_subjects_bound_definitions_and_engine_configs(stack, alice):
+    """A user's token on the bus's front door (the `client` identity) reaches deployer.pipelines.create and deploy
+    without the gateway: a definition or engine_config past 64 KiB of JSON was stored from there."""
+    import nats
+
+    from shared import subjects
+    from shared.messages import Reply
+
+    pipeline = new_pipeline(stack, alice)
+    big = "x" * MAX_JSON_OBJECT
+    headers = {"authorization": f"Bearer {alice.token}"}
+    nc = await nats.connect(stack.nats_url("client"), inbox_prefix="_INBOX.client")
+    try:
+        async def ask(subject: str, body: dict) -> Reply:
+            import json
+
+            return Reply.model_validate_json((await nc.request(subject, json.dumps(body).encode(), timeout=30,
+                                                               headers=headers)).data)
+
+        created = await ask(subjects.DEPLOYER_PIPELINES_CREATE, {
+            "pipeline_id": "busdefinition", "workspace_id": alice.workspace_id,
+            "definition": {"steps": [{"ModelInference": {"models": [{"name": "m"}], "note": big}}]}})
+        deployed = await ask(subjects.DEPLOYER_PIPELINES_DEPLOY, {
+            "deploy_id": "busengine", "pipeline_version_pk_id": pipeline["pipeline_variant_pk_id"],
+            "pipeline_id": pipeline["pipeline_pk_id"], "engine_config": {"replica_count": 1, "note": big}})
+    finally:
+        await nc.close()
+    for reply, field in ((created, "definition"), (deployed, "engine_config")):
+        assert not reply.ok and reply.status == 400 and reply.error.code == "invalid_request", reply
+        assert reply.error.msg.startswith(f"{field}: must take at most 65536 bytes of JSON, not "), reply.error.msg
+    listed = post(stack, "pipelines/list", alice.token, {"workspace_id": alice.workspace_id}).json()["pipelines"]
+    assert [p["name"] for p in listed] == [pipeline["name"]] and listed[0]["deployment"] is None  # nothing stored
+
+
+def test_an_evaluation_declaration_is_bounded_and_nothing_is_stored(stack, alice):
+    """A task run's `evaluation` is kept on its card (data.evaluation), shown in every workflow graph answer: its
+    names are bounded and the whole declaration takes at most 64 KiB of JSON, a 400 naming which."""
+    ws = alice.workspace_id
+    project = post(stack, "projects/create", alice.token, {"workspace_id": ws, "name": "bounded-eval"}).json()
+    dataset = post(stack, "datasets/create", alice.token, {"project_id": project["id"], "name": "eval",
+                                                           "kind": "tabular"}).json()
+    run = f"run-{uuid.uuid4().hex[:8]}"
+    link = {"workspace_id": ws, "task_id": run, "dataset_id": dataset["id"]}
+    good = {"label_column": "label", "output_column": "probabilities"}
+    for evaluation, words in [
+            ({**good, "output_column": "o" * 1025}, "evaluation.output_column: String should have at most 1024"),
+            ({**good, "label_column": "l" * 1025}, "evaluation.label_column: String should have at most 1024"),
+            ({**good, "class_names": ["c"] * 10_001}, "evaluation.class_names: List should have at most 10000"),
+            ({**good, "class_names": ["c" * 1000] * 100}, "evaluation: must take at most 65536 bytes of JSON, not ")]:
+        response = post(stack, "workflow/add_input_dataset", alice.token, {**link, "evaluation": evaluation})
+        assert response.status_code == 400 and words in response.json()["msg"], response.text[:300]
+    assert post(stack, "workflow/graph", alice.token, {"workspace_id": ws, "kind": "task_run",
+                                                       "ref": run}).status_code == 404  # nothing stored
+    fits = {**good, "class_names": [f"class {i}" for i in range(1000)]}
+    added = post(stack, "workflow/add_input_dataset", alice.token, {**link, "evaluation": fits})
+    assert added.status_code == 200, added.text[:300]
