@@ -265,8 +265,8 @@ async def request(
     """Send a command and return the reply's data (validated as reply_model when given).
 
     Raises the RailyardError the service raised, UpstreamTimeout when nobody answered in time,
-    Unavailable when no service listens on the subject or its reply cannot be read (not a Reply, or its data not
-    a reply_model), and PayloadTooLarge when the command itself is above the
+    Unavailable when no service listens on the subject, its reply cannot be read (not a Reply, or its data not
+    a reply_model) or the connection to the bus is down, and PayloadTooLarge when the command itself is above the
     bus payload limit (NATS refuses to send it).
     """
     payload = message.model_dump(mode="json") if isinstance(message, BaseModel) else message
@@ -280,6 +280,12 @@ async def request(
     except nats.errors.MaxPayloadError:  # refused before sending: nobody would ever answer it
         raise PayloadTooLarge(f"the command to {subject.split('.')[0]} is above the bus payload limit: send less at "
                               "once") from None
+    except (nats.errors.OutboundBufferLimitError, nats.errors.ConnectionClosedError,
+            nats.errors.ConnectionDrainingError):
+        # the connection to NATS is away (its reconnect buffer full: every request of a NATS outage past the first
+        # ~2 MiB) or closing: a 503 like nobody listening, not an uncaught nats error (a 500, and the end of any
+        # loop that only expects RailyardError, e.g. the token verifiers' revocation poll)
+        raise Unavailable(f"{subject.split('.')[0]} cannot be reached: the connection to the bus is down") from None
     # every reading of the reply inside the try: a reply this process cannot read (a service of another version,
     # a bug, a foreign responder on the subject) is a typed 503 naming the service, not an uncaught ValidationError
     # (a 500 with a stack trace at the gateway)

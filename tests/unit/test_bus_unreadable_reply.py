@@ -61,3 +61,32 @@ async def test_an_unreadable_reply_is_a_typed_503_naming_the_service(nats_url: s
     finally:
         await broker.stop()
         await responder.close()
+
+
+async def test_a_request_while_the_bus_is_away_is_a_typed_503(tmp_path: Path) -> None:
+    """NATS away: nats-py keeps what is published in its reconnect buffer, and once that is full (2 MiB by
+    default: moments into an outage for a busy gateway) every request raised OutboundBufferLimitError, which nothing
+    caught: a 500 with a stack trace, and the end of the token verifiers' revocation poll, which expects only
+    RailyardError. Each request is now a typed error: UpstreamTimeout while buffered, Unavailable once refused."""
+    import contextlib
+
+    from shared.errors import RailyardError
+
+    server = local_nats_server(tmp_path)
+    url = server.__enter__()
+    broker = NatsBroker(url, max_reconnect_attempts=-1, pending_size=1024)
+    try:
+        await broker.start()
+        server.__exit__(None, None, None)  # the server goes away; the client reconnects, buffering
+        raised = []
+        for _ in range(3):
+            with pytest.raises(RailyardError) as caught:
+                await request(broker, "auth.revocations.list", {"pad": "x" * 700}, timeout=0.5)
+            raised.append(caught.value)
+        assert isinstance(raised[-1], Unavailable) and raised[-1].status == 503
+        assert raised[-1].msg == "auth cannot be reached: the connection to the bus is down"
+    finally:
+        with contextlib.suppress(Exception):
+            server.__exit__(None, None, None)
+        with contextlib.suppress(Exception):
+            await broker.stop()
