@@ -462,15 +462,22 @@ class VerifierFeed:
             try:
                 await asyncio.wait_for(self._stop.wait(), wait)
             except TimeoutError:
-                await self._poll_once()
-                if not self._verifier.revocations_read:
-                    retry = wait = min(retry * 2, self._interval)
-                    continue
-                wait = self._interval
-                try:  # retired keys leave the JWKS: drop them here too, even if no rotation event came
-                    await self._verifier.refresh_keys()
-                except RailyardError as exc:
-                    log.warning("could not refetch signing keys: %s", exc.msg)
+                try:
+                    await self._poll_once()
+                    if not self._verifier.revocations_read:
+                        retry = wait = min(retry * 2, self._interval)
+                        continue
+                    wait = self._interval
+                    try:  # retired keys leave the JWKS: drop them here too, even if no rotation event came
+                        await self._verifier.refresh_keys()
+                    except RailyardError as exc:
+                        log.warning("could not refetch signing keys: %s", exc.msg)
+                except Exception:  # noqa: BLE001 - anything else: this read is lost, the poll is not
+                    # an exception no read expects (an error of the bus's client) ended this loop for the life
+                    # of the process: revocations whose events were missed (published while NATS was away) were
+                    # never read, and tokens revoked then were accepted until they expired
+                    log.exception("the revocation and key poll failed; it goes on")
+                    wait = min(wait, self._interval)
 
     async def stop(self) -> None:
         self._stop.set()

@@ -354,3 +354,33 @@ async def test_tokens_met_while_auth_cannot_give_the_keys_get_503_from_one_share
     assert (await verifier.verify(token)).subject == "u1" and len(calls) == 2
     with pytest.raises(Unauthorized, match="unknown key"):  # auth answered, and has no such key: 401 as before
         await verifier.verify(make_token(kid="other"))
+
+
+async def test_the_poll_goes_on_after_an_error_no_read_expects(verifier):
+    """The feed's poll caught RailyardError only: anything else (nats-py's OutboundBufferLimitError while NATS was
+    away, before the bus mapped it) ended it for the life of the process, so revocations whose events were missed
+    were never read and the revoked tokens passed until they expired. One read is lost; the poll goes on."""
+    from shared.authz import VerifierFeed
+    from shared.messages.auth import Revocations
+
+    token = make_token(iat=int(time.time()) - 10)
+    calls = []
+
+    async def fetch():
+        calls.append(time.monotonic())
+        if len(calls) == 2:
+            raise RuntimeError("an error of the bus's client")
+        return Revocations(users={"u1": time.time()} if len(calls) > 2 else {})
+
+    feed = VerifierFeed(verifier, fetch, 0.2)
+    await feed.start(_Bus())
+    try:
+        assert (await verifier.verify(token)).subject == "u1"  # not revoked at the first read
+        deadline = time.monotonic() + 10
+        while len(calls) < 3 and time.monotonic() < deadline:  # noqa: ASYNC110 - a count, no event to wait on
+            await asyncio.sleep(0.05)
+    finally:
+        await feed.stop()
+    assert len(calls) >= 3, "the poll ended at the unexpected error"
+    with pytest.raises(Unauthorized, match="revoked"):
+        await verifier.verify(token)
