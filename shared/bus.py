@@ -462,5 +462,8 @@ async def raw_request(nc: Any, subject: str, data: bytes, *, token: str | None, 
         raise Unavailable(f"{service} is not running") from None
     except (TimeoutError, nats.errors.TimeoutError):
         raise UpstreamTimeout(f"{service} did not answer within {timeout:g}s") from None
+    except (nats.errors.OutboundBufferLimitError, nats.errors.ConnectionClosedError,
+            nats.errors.ConnectionDrainingError):  # as `request`
+        raise Unavailable(f"{service} cannot be reached: the connection to the bus is down") from None
     raise_for_error_header(reply.headers)
     return reply

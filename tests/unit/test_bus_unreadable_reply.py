@@ -12,7 +12,7 @@ import nats
 import pytest
 from faststream.nats import NatsBroker
 
-from shared.bus import request
+from shared.bus import raw_request, request
 from shared.errors import NotFound, Unavailable
 from shared.messages.base import Message
 from tests.local_nats import local_nats_server
@@ -85,6 +85,8 @@ async def test_a_request_while_the_bus_is_away_is_a_typed_503(tmp_path: Path) ->
             raised.append(caught.value)
         assert isinstance(raised[-1], Unavailable) and raised[-1].status == 503
         assert raised[-1].msg == "auth cannot be reached: the connection to the bus is down"
+        with pytest.raises(Unavailable, match="log_store cannot be reached: the connection to the bus is down"):
+            await raw_request(broker._connection, "log_store.logs.arrow", b"x" * 700, token=None, timeout=0.5)
     finally:
         with contextlib.suppress(Exception):
             server.__exit__(None, None, None)
