@@ -13,7 +13,7 @@ from faststream.nats import NatsRouter
 
 from services.assay_runner import handlers
 from services.assay_runner.outbox import Outbox
-from shared import subjects
+from shared import paging, subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import CallContext, command, publish_event, raw_request, request
 from shared.lean_imports import lazy_module
@@ -59,10 +59,10 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """Create an assay (its baseline is summarized now and kept)."""
         return await handlers.create(deps(), await caller(ctx), ctx.token, cmd)
 
-    @command(router, subjects.ASSAYS_LIST, service=NAME)
+    @command(router, subjects.ASSAYS_LIST, service=NAME, too_large_hint=paging.too_large_hint("assays/list", True))
     async def list_assays(cmd: ListAssays, ctx: CallContext) -> Assays:
-        """The assays of a pipeline."""
-        return await handlers.list_assays(deps(), await caller(ctx), ctx.token, cmd.pipeline_id)
+        """The assays of a pipeline (a page with `limit`)."""
+        return await handlers.list_assays(deps(), await caller(ctx), ctx.token, cmd.pipeline_id, cmd.limit, cmd.cursor)
 
     @command(router, subjects.ASSAYS_SET_ACTIVE, service=NAME)
     async def set_active(cmd: SetAssayActive, ctx: CallContext) -> AssayActive:

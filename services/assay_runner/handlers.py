@@ -32,7 +32,7 @@ import asyncpg
 
 from services.assay_runner import compute, store
 from services.assay_runner.outbox import Outbox
-from shared import subjects
+from shared import paging, subjects
 from shared.authz import MembershipLookup, Principal, require_member
 from shared.errors import InvalidRequest, NotFound
 from shared.lean_imports import lazy_module
@@ -367,10 +367,15 @@ def _listing(row: Any) -> dict[str, Any]:
                                                                                      "add_outlier_edges")}}
 
 
-async def list_assays(deps: Deps, principal: Principal, token: str | None, pipeline_id: int) -> Assays:
+async def list_assays(deps: Deps, principal: Principal, token: str | None, pipeline_id: int,
+                      limit: int | None = None, cursor: str | None = None) -> Assays:
+    """A pipeline's assays, newest first: all of them, or a page (shared/paging.py; the cursor is the last id)."""
+    before = paging.after(cursor, "assays/list")
     pipeline = await deps.pipeline_of(token, pipeline_id)
     await require_member(deps.membership(token), principal, pipeline["workspace_id"])
-    return Assays(assays=[_listing(r) for r in await store.by_pipeline(deps.pool, pipeline_id)])
+    rows = [r for r in await store.by_pipeline(deps.pool, pipeline_id) if before is None or r["id"] < before]
+    assays, next_cursor = await paging.page(rows, limit, _listing)
+    return Assays(assays=assays, next_cursor=next_cursor)
 
 
 async def _assay(deps: Deps, principal: Principal, token: str | None, assay_id: int) -> Any:

@@ -8,7 +8,7 @@ from faststream.nats import NatsRouter
 
 from services.deployer import handlers
 from services.deployer.backend import LocalBackend
-from shared import subjects
+from shared import paging, subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import CallContext, command, publish_event
 from shared.messages.deployer import (
@@ -54,10 +54,12 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """Copy a pipeline (optionally deploying the copy)."""
         return await handlers.copy_pipeline(deps(), await caller(ctx), ctx.token, cmd)
 
-    @command(router, subjects.DEPLOYER_PIPELINES_LIST, service=NAME)
+    @command(router, subjects.DEPLOYER_PIPELINES_LIST, service=NAME, too_large_hint=paging.too_large_hint(
+        "pipelines/list"))
     async def list_pipelines(cmd: ListPipelines, ctx: CallContext) -> Pipelines:
-        """Pipelines of a workspace with their versions and deployment."""
-        return await handlers.list_pipelines(deps(), await caller(ctx), ctx.token, cmd.workspace_id)
+        """Pipelines of a workspace with their versions and deployment (a page with `limit`)."""
+        return await handlers.list_pipelines(deps(), await caller(ctx), ctx.token, cmd.workspace_id, cmd.limit,
+                                             cmd.cursor)
 
     @command(router, subjects.DEPLOYER_PIPELINES_GET, service=NAME)
     async def get_pipeline(cmd: GetPipeline, ctx: CallContext) -> PipelineRecord:

@@ -19,7 +19,7 @@ import asyncpg
 from services.deployer import store
 from services.deployer.backend import LocalBackend
 from services.engine.logpolicy import check_batching, check_log_policy
-from shared import subjects
+from shared import paging, subjects
 from shared.authz import (
     MembershipLookup,
     Principal,
@@ -220,12 +220,14 @@ async def copy_pipeline(deps: DeployerDeps, principal: Principal, token: str | N
                           pipeline_version=cmd.pipeline_version, deployment=deployment)
 
 
-async def list_pipelines(deps: DeployerDeps, principal: Principal, token: str | None, workspace_id: int) -> Pipelines:
+async def list_pipelines(deps: DeployerDeps, principal: Principal, token: str | None, workspace_id: int,
+                         limit: int | None = None, cursor: str | None = None) -> Pipelines:
+    """A workspace's pipelines, oldest first: all of them, or a page (shared/paging.py; the cursor is the last id)."""
+    after = paging.after(cursor, "pipelines/list")
     await require_member(deps.membership(token), principal, workspace_id)
-    records = []
-    for row in await store.pipelines_in(deps.pool, workspace_id):
-        records.append(await _pipeline_record(deps, row))
-    return Pipelines(pipelines=records)
+    rows = [r for r in await store.pipelines_in(deps.pool, workspace_id) if after is None or r["id"] > after]
+    records, next_cursor = await paging.page(rows, limit, lambda row: _pipeline_record(deps, row))
+    return Pipelines(pipelines=records, next_cursor=next_cursor)
 
 
 async def get_pipeline(deps: DeployerDeps, principal: Principal, token: str | None, pipeline_id: int) -> PipelineRecord:

@@ -418,11 +418,15 @@ def create_app(runtime: Runtime) -> FastAPI:
     return InferenceFastPath(limited, inference, verifier, gateway.max_body_bytes, gateway.body_timeout)
 
 
+NEXT_CURSOR_HEADER = "x-next-cursor"
+"""Where a route answered with a bare list (Route.unwrap) puts a page's `next_cursor` (docs/api-paging.md)."""
+
+
 def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable) -> Callable:
     """An endpoint that forwards its body as `subject` with the caller's token. The body is read as JSON
     whatever the Content-Type (curl's -d sends form encoding), after the token has been checked."""
 
-    async def endpoint(request: Request, principal: Principal = Depends(who)) -> Any:
+    async def endpoint(request: Request, response: Response, principal: Principal = Depends(who)) -> Any:
         raw = await request.body()
         try:
             payload = json_body.loads(raw) if raw.strip() else {}
@@ -438,7 +442,11 @@ def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable) -> Calla
                                        route.wait(runtime.settings))
         if route.status == 204:
             return Response(status_code=204)
-        return reply[route.unwrap] if route.unwrap else reply
+        if not route.unwrap:
+            return reply
+        if reply.get("next_cursor"):  # a page of a list the seed answers bare (assays/list): its cursor in a header
+            response.headers[NEXT_CURSOR_HEADER] = reply["next_cursor"]
+        return reply[route.unwrap]
 
     endpoint.__name__ = route.subject.replace(".", "_")
     return endpoint

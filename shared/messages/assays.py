@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_serializer, model_validator
 
 from shared.messages.base import Command, Event, Message
+from shared.paging import cursor_field, limit_field
 
 
 class FixedBaseline(Message):
@@ -156,11 +157,24 @@ class AssayCreated(Message):
 
 
 class ListAssays(Command):
+    """assays/list: a pipeline's assays, newest first; all of them, or a page (`limit`, then `cursor`)."""
+
     pipeline_id: int
+    limit: int | None = limit_field("assays")
+    cursor: str | None = cursor_field("assays/list")
 
 
 class Assays(Message):
     assays: list[dict[str, Any]]
+    next_cursor: str | None = Field(None, description="Set when more assays follow this page: pass it as `cursor` "
+                                    "(over HTTP, where the answer is the bare list, it is the x-next-cursor header).")
+
+    @model_serializer(mode="wrap")
+    def _without_empty_cursor(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("next_cursor") is None:  # the answer of a whole list stays as it was
+            data.pop("next_cursor", None)
+        return data
 
 
 class SetAssayActive(Command):

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_serializer
 
 from shared.messages.base import MAX_JSON_OBJECT, Command, Event, Message, json_at_most
+from shared.paging import cursor_field, limit_field
 
 
 class CreatePipeline(Command):
@@ -63,7 +64,11 @@ class PipelineCopied(Message):
 
 
 class ListPipelines(Command):
+    """pipelines/list: a workspace's pipelines, oldest first; all of them, or a page (`limit`, then `cursor`)."""
+
     workspace_id: int
+    limit: int | None = limit_field("pipelines")
+    cursor: str | None = cursor_field("pipelines/list")
 
 
 class PipelineRecord(Message):
@@ -78,6 +83,14 @@ class PipelineRecord(Message):
 
 class Pipelines(Message):
     pipelines: list[PipelineRecord]
+    next_cursor: str | None = Field(None, description="Set when more pipelines follow this page: pass it as `cursor`.")
+
+    @model_serializer(mode="wrap")
+    def _without_empty_cursor(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("next_cursor") is None:  # the answer of a whole list stays as it was
+            data.pop("next_cursor", None)
+        return data
 
 
 class GetPipeline(Command):

@@ -1,6 +1,7 @@
-"""Bounds on what users send, through HTTP and straight on the bus (docs/assays.md, docs/inference.md,
-docs/lineage.md): an assay's Static baseline values, a task run's evaluation declaration, the deployer's own
-subscribers (a caller on the bus is bounded as the gateway's routes are), refused DNS names echoed cut short."""
+"""Bounds on what users send, through HTTP and straight on the bus (docs/api-paging.md, docs/assays.md,
+docs/inference.md, docs/lineage.md): an assay's Static baseline values, a task run's evaluation declaration, the
+deployer's own subscribers (a caller on the bus is bounded as the gateway's routes are), refused DNS names echoed cut
+short, and lists larger than a bus reply answered 422 with pages (limit, cursor) instead of failing."""
 
 from __future__ import annotations
 
@@ -49,6 +50,83 @@ def test_a_static_baseline_past_its_bound_is_400_and_nothing_is_stored(stack, al
     assert created.status_code == 200, created.text[:300]
     [listed] = post(stack, "assays/list", alice.token, {"pipeline_id": pipeline["pipeline_pk_id"]}).json()
     assert listed["id"] == created.json()["assay_id"] and len(listed["baseline"]["Static"]["values"]) == 10_000
+
+
+def test_an_assay_list_larger_than_a_reply_is_422_and_pages_through_it(stack, alice):
+    """50 assays of 10,000 values (~200 KB of JSON each) make a ~10 MB assays/list, above the 8 MiB a bus reply
+    carries: the whole list is a 422 reply_too_large telling how to page, at once; with `limit` the answer is still
+    the seed's bare list, at most 4 MiB of it, and the cursor of the next page is the x-next-cursor header."""
+    pipeline = new_pipeline(stack, alice)
+    rng = np.random.default_rng(11)
+    ids = []
+    for index in range(50):
+        body = {**config(alice, pipeline, f"static {index}", static(rng.random(10_000).tolist()), FUTURE, "1 hours"),
+                "active": False}
+        created = post(stack, "assays/create", alice.token, body)
+        assert created.status_code == 200, created.text[:300]
+        ids.append(created.json()["assay_id"])
+    asked = {"pipeline_id": pipeline["pipeline_pk_id"]}
+    started = time.monotonic()
+    whole = post(stack, "assays/list", alice.token, asked)
+    assert whole.status_code == 422 and whole.json()["code"] == "reply_too_large", whole.text[:300]
+    assert "ask assays/list for pages: pass limit (at most 1000), then each page's cursor" in whole.json()["msg"]
+    assert time.monotonic() - started < 10  # answered, not left to the bus timeout
+    pages, cursor = [], None
+    while True:
+        response = post(stack, "assays/list", alice.token, {**asked, "limit": 1000, **({"cursor": cursor} if cursor
+                                                                                       else {})})
+        assert response.status_code == 200, response.text[:300]
+        assert isinstance(response.json(), list) and len(response.content) <= 4 * 1024 * 1024 + 1024
+        pages.append([assay["id"] for assay in response.json()])
+        cursor = response.headers.get("x-next-cursor")
+        if cursor is None:
+            break
+        assert len(pages) < 10, pages
+    assert len(pages) >= 3 and sum(pages, []) == sorted(ids, reverse=True)  # newest first, each once
+    small = post(stack, "assays/list", alice.token, {**asked, "limit": 2, "cursor": str(ids[10])})
+    assert [a["id"] for a in small.json()] == [ids[9], ids[8]] and small.headers["x-next-cursor"] == str(ids[8])
+    for bad, words in (({"limit": 0}, "limit: Input should be greater than or equal to 1"),
+                       ({"limit": 1001}, "limit: Input should be less than or equal to 1000"),
+                       ({"limit": 2, "cursor": "-1"}, "cursor: not a next_cursor of assays/list")):
+        refused = post(stack, "assays/list", alice.token, {**asked, **bad})
+        assert refused.status_code == 400 and words in refused.json()["msg"], refused.text[:300]
+
+
+def test_a_pipeline_list_larger_than_a_reply_is_422_and_pages_through_it(stack, alice):
+    """140 pipelines of a ~62 KiB definition (under the 64 KiB bound) make a ~9 MB pipelines/list: 422
+    reply_too_large naming limit and cursor; pages of at most 4 MiB with next_cursor follow every pipeline once, and
+    an answer without limit that fits is as before (no next_cursor key)."""
+    few = [new_pipeline(stack, alice) for _ in range(3)]
+    asked = {"workspace_id": alice.workspace_id}
+    whole = post(stack, "pipelines/list", alice.token, asked).json()
+    assert list(whole) == ["pipelines"] and [p["id"] for p in whole["pipelines"]] == [p["pipeline_pk_id"] for p in few]
+    first = post(stack, "pipelines/list", alice.token, {**asked, "limit": 2}).json()
+    assert [p["id"] for p in first["pipelines"]] == [p["pipeline_pk_id"] for p in few[:2]]
+    assert first["next_cursor"] == str(few[1]["pipeline_pk_id"])
+    last = post(stack, "pipelines/list", alice.token, {**asked, "limit": 2, "cursor": first["next_cursor"]}).json()
+    assert last == {"pipelines": whole["pipelines"][2:]}  # the last page: no next_cursor
+    refused = post(stack, "pipelines/list", alice.token, {**asked, "limit": 2, "cursor": "one"})
+    assert refused.status_code == 400 and "cursor: not a next_cursor of pipelines/list" in refused.json()["msg"]
+
+    note = "x" * (62 * 1024)
+    for index in range(140):
+        new_pipeline(stack, alice, f"big{index}", {"steps": [{"ModelInference": {"models": [{"name": "m"}],
+                                                                                 "note": note}}]})
+    started = time.monotonic()
+    too_large = post(stack, "pipelines/list", alice.token, asked)
+    assert too_large.status_code == 422 and too_large.json()["code"] == "reply_too_large", too_large.text[:300]
+    assert "ask pipelines/list for pages: pass limit" in too_large.json()["msg"]
+    assert time.monotonic() - started < 10
+    seen, cursor = [], None
+    while True:
+        page = post(stack, "pipelines/list", alice.token, {**asked, "limit": 1000, **({"cursor": cursor} if cursor
+                                                                                      else {})})
+        assert page.status_code == 200 and len(page.content) <= 4 * 1024 * 1024 + 64 * 1024, page.text[:300]
+        seen += [p["name"] for p in page.json()["pipelines"]]
+        cursor = page.json().get("next_cursor")
+        if cursor is None:
+            break
+    assert seen == [p["name"] for p in few] + [f"big{index}" for index in range(140)]
 
 
 def test_a_refused_dns_name_is_echoed_cut_short(stack, alice):

@@ -203,3 +203,26 @@ def test_the_deployers_subscribers_bound_what_any_caller_sends():
     assert "deployer.pipelines.create:NewPipeline" in channels and "deployer.pipelines.deploy:NewDeployment" in \
         channels, sorted(channels)
 
+
+def test_a_page_holds_at_most_limit_items_and_stops_at_its_byte_budget():
+    import asyncio
+
+    from shared import paging
+    from shared.errors import InvalidRequest
+
+    rows = [{"id": i} for i in (9, 7, 5, 3)]
+    assert asyncio.run(paging.page(rows, None, lambda r: r)) == (rows, None)  # no limit: the whole list
+    assert asyncio.run(paging.page(rows, 2, lambda r: r)) == (rows[:2], "7")
+    assert asyncio.run(paging.page(rows, 4, lambda r: r)) == (rows, None)
+
+    async def big(row):
+        return {"id": row["id"], "blob": "x" * (paging.PAGE_BYTES // 3)}
+
+    items, cursor = asyncio.run(paging.page(rows, 1000, big))
+    assert [i["id"] for i in items] == [9, 7] and cursor == "7"  # a third one would pass PAGE_BYTES
+    huge, cursor = asyncio.run(paging.page(rows, 1000, lambda r: {"blob": "x" * paging.PAGE_BYTES * 2, **r}))
+    assert [i["id"] for i in huge] == [9] and cursor == "9"  # never an empty page: paging always advances
+    assert paging.after("42", "x/list") == 42 and paging.after(None, "x/list") is None
+    for bad in ("", "-1", "4.2", "1" * 20, "٣"):
+        with pytest.raises(InvalidRequest, match="cursor: not a next_cursor of x/list"):
+            paging.after(bad, "x/list")

@@ -1,0 +1,77 @@
+"""Pages of a list command whose items are rows with an id (assays/list, pipelines/list): docs/api-paging.md.
+
+A list that grows with what users create (a pipeline's assays, a workspace's pipelines with every version's
+definition) cannot always be one reply: a command's reply must fit the bus (8 MiB), and one that does not is answered
+422 `reply_too_large` (shared/bus.py). Such a command takes an optional `limit` (MAX_PAGE at most) and `cursor`:
+without `limit` it answers the whole list as before; with it, at most `limit` items in the list's own order, fewer
+when their JSON passes PAGE_BYTES (never none, so paging always advances), and `next_cursor` when more follow. The
+cursor is the page's last id (keyset paging: an item created or deleted between two pages neither repeats nor skips
+another one)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import pydantic_core
+from pydantic import BaseModel, Field
+
+from shared.errors import InvalidRequest
+
+MAX_PAGE = 1000
+"""Items a page holds at most (`limit`)."""
+PAGE_BYTES = 4 * 1024 * 1024
+"""JSON bytes of a page's items after which it stops (half the bus's 8 MiB: the envelope and headers fit)."""
+_CURSOR = re.compile(r"[0-9]{1,19}")
+
+T = TypeVar("T")
+
+
+def limit_field(what: str) -> Any:
+    return Field(None, ge=1, le=MAX_PAGE, description=f"Railyard: answer a page of at most this many {what} (fewer "
+                 f"when they pass {PAGE_BYTES // 1024**2} MiB of JSON) and `next_cursor` when more follow; without it, "
+                 "the whole list (422 reply_too_large when it does not fit a reply).")
+
+
+def cursor_field(command: str) -> Any:
+    return Field(None, min_length=1, max_length=19, description=f"Railyard: the `next_cursor` a previous page of "
+                 f"{command} answered (with `limit`): the page after it.")
+
+
+def after(cursor: str | None, command: str) -> int | None:
+    """The id a cursor continues after (None: from the first item); 400 for what no page answered."""
+    if cursor is None:
+        return None
+    if not _CURSOR.fullmatch(cursor):
+        raise InvalidRequest(f"cursor: not a next_cursor of {command}: pass it as the previous page answered it")
+    return int(cursor)
+
+
+async def page(rows: Sequence[Any], limit: int | None, item: Callable[[Any], Awaitable[T] | T],
+               ) -> tuple[list[T], str | None]:
+    """The items of `rows` (those after the cursor, in the list's order; each with an "id") for one page: every row's
+    item without `limit`; else the first `limit`, fewer once their JSON passes PAGE_BYTES (at least one), and the
+    next cursor when rows are left."""
+    items: list[T] = []
+    size = 0
+    for index, row in enumerate(rows):
+        if limit is not None and index >= limit:
+            break
+        made = item(row)
+        made = await made if isinstance(made, Awaitable) else made
+        if limit is not None:
+            size += len(pydantic_core.to_json(made.model_dump(mode="json") if isinstance(made, BaseModel)
+                                              else made)) + 1
+            if items and size > PAGE_BYTES:
+                break
+        items.append(made)
+    more = limit is not None and len(items) < len(rows)
+    return items, str(rows[len(items) - 1]["id"]) if more else None
+
+
+def too_large_hint(command: str, header: bool = False) -> str:
+    """What a reply_too_large of a pageable list tells the caller to do."""
+    where = "the x-next-cursor header over HTTP, next_cursor on the bus" if header else "next_cursor"
+    return (f"ask {command} for pages: pass limit (at most {MAX_PAGE}), then each page's cursor ({where}) as cursor "
+            "(docs/api-paging.md)")
