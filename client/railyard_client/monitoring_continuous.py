@@ -23,9 +23,12 @@ class ContinuousDeploymentPolicy(str, Enum):
 
 
 class ContinuousTrainingTrigger(str, Enum):
-    """What starts a training (seed 003): a number of reviewed predictions."""
+    """What starts a training: FEEDBACK_LOOP (seed 003), `threshold` reviewed predictions since the last training;
+    ASSAY_ALERT (Railyard), `threshold` (default 1) alerts of the assays on the deployment's pipeline (drift: an
+    assay's window scored above its alert threshold; warnings do not count) since the last training."""
 
     FEEDBACK_LOOP = "FEEDBACK_LOOP"
+    ASSAY_ALERT = "ASSAY_ALERT"
 
 
 def _id_of(thing: Any, what: str) -> Any:
@@ -53,7 +56,9 @@ class DeploymentContinuous:
                                   threshold: int | None = None, experiment_parameters: dict[str, Any] | None = None,
                                   scan_config: dict[str, Any] | None = None, *, orchestration: Any = None,
                                   model_name: str | None = None, timeout: int | None = None) -> dict[str, Any]:
-        """Every `threshold` reviewed predictions, run `orchestration` (an orchestration id or record: Railyard's
+        """Every `threshold` reviewed predictions (`trigger` FEEDBACK_LOOP, the default), or every `threshold`
+        (default 1) alerts of an assay on the deployment's pipeline (`trigger` ASSAY_ALERT: drift), run
+        `orchestration` (an orchestration id or record: Railyard's
         training recipe) once with `experiment_parameters` or `scan_config` (exactly one) and the attached dataset
         versions as its task arguments; the run registers a version of `model_name` (default: the deployment's
         model) with the SDK. Without `orchestration`, a deployment served by an ML backend (`railyard-ml deploy
@@ -61,15 +66,18 @@ class DeploymentContinuous:
         `project` is a lineage project (id or dict); `dataset_version` is attached as `train`. `model_version` is
         deprecated in the seed and ignored."""
         del model_version
-        if threshold is None:
+        trigger = ContinuousTrainingTrigger(trigger) if trigger is not None else None
+        if threshold is None and trigger != ContinuousTrainingTrigger.ASSAY_ALERT:
             raise InvalidInput("threshold (the number of reviewed predictions that starts a training) is required")
-        body: dict[str, Any] = {"project_id": _id_of(project, "project"), "threshold": threshold}
+        body: dict[str, Any] = {"project_id": _id_of(project, "project")}
+        if threshold is not None:
+            body["threshold"] = threshold
         if orchestration is not None:
             body["orchestration_id"] = str(_id_of(orchestration, "orchestration"))
         if dataset_version is not None:
             body["dataset_version"] = dataset_version_ref(dataset_version)
         if trigger is not None:
-            body["trigger"] = ContinuousTrainingTrigger(trigger).value
+            body["trigger"] = trigger.value
         for key, value in (("experiment_parameters", experiment_parameters), ("scan_config", scan_config),
                            ("model_name", model_name), ("timeout", timeout)):
             if value is not None:

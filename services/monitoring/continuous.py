@@ -8,6 +8,13 @@ How it runs (docs/monitoring.md, "Continuous training and deployment"):
   inserted and the baseline moved in the same transaction. A restart loses nothing (the next review, or the next
   toggle, recounts) and two wake-ups never start two trainings (the row lock, and a unique index allowing one open
   training per deployment).
+- **ASSAY_ALERT** (the other trigger): `events.assay.alert` (never a warning) of an assay on the deployment's pipeline
+  (`continuous_training.pipeline_id`, in the deployment's workspace), raised since it was set up or turned on, is
+  recorded under the same row lock, keyed by
+  (deployment, event_id) so a redelivered event counts once; `threshold` (default 1) more alerts than at the last
+  training open one training as above.
+- **Events** (training_started, training_finished, challenger_decided, model_swapped) are written to the service's
+  outbox in the transaction of the change they tell of and sent by shared/outbox.py's Outbox (started by `start`).
 - **Starting the run** happens off the review path: the trigger only inserts the training `starting`; the
   TrainingStarter (one background task per service process, woken by the trigger, sweeping the table) waits until
   the feedback loop has written the reviews that triggered it into a project version (at most EXPORT_WAIT after the
@@ -37,6 +44,7 @@ How it runs (docs/monitoring.md, "Continuous training and deployment"):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import json
@@ -53,11 +61,12 @@ from nats.js.api import ConsumerConfig
 
 from services.monitoring import challenge_pairs, handlers, ml_backend, sequential
 from services.monitoring import feedback_store as fs
-from shared import subjects
+from shared import outbox, subjects
 from shared.authz import Principal, require_user
 from shared.background import Sweeper
 from shared.bus import CallContext, command, publish_event, request
 from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError
+from shared.messages.assays import AssayThresholdCrossed
 from shared.messages.base import Event
 from shared.messages.deployer import CreatePipeline, Deployed, DeployPipeline, PipelineCreated
 from shared.messages.lineage import (
@@ -109,13 +118,24 @@ STARTER_SWEEP = 2.0  # seconds between the training starter's sweeps when no tri
 EXPORT_POLL = 0.25  # seconds between the starter's looks while a training waits for the feedback loop
 
 
+EVENT_TYPES: dict[str, type[Event]] = {
+    subjects.EVENT_MONITORING_TRAINING_STARTED: TrainingStarted,
+    subjects.EVENT_MONITORING_TRAINING_FINISHED: TrainingFinished,
+    subjects.EVENT_MONITORING_CHALLENGER_DECIDED: ChallengerDecided,
+    subjects.EVENT_MONITORING_MODEL_SWAPPED: ModelSwapped,
+}
+"""Monitoring's own events: each written to the service's `outbox` table (migration 014) in the transaction of the
+change it tells of, and published from there by shared/outbox.py's Outbox (in order per deployment)."""
+MAX_RUN_ALERTS = 100  # the newest alerts of an ASSAY_ALERT training given to its run (task_args()["assay_alerts"])
+
+
 @dataclass
 class ContinuousDeps:
     """What continuous training and deployment use besides the deployment handlers' deps."""
 
     base: handlers.MonitoringDeps
     verify: Callable[[str | None], Awaitable[Principal]]
-    publish: Callable[[str, Event], Awaitable[None]]
+    events_committed: Callable[[], None]  # wakes the outbox after a commit that wrote events (Outbox.wake)
     max_task_timeout: int  # the task scheduler's own limit (settings.tasks.max_timeout): a run's timeout above it
     # would be refused only when the training starts, in the background, so setup refuses it at once
     locks: dict[int, asyncio.Lock] = field(default_factory=dict)
@@ -137,6 +157,11 @@ def _ref(value: Any) -> ModelVersionRef | None:
 
 def _iso(moment: Any) -> str | None:
     return moment.isoformat() if moment is not None else None
+
+
+async def _event(conn: Any, subject: str, event: Event) -> None:
+    """Write one of monitoring's events in the caller's transaction (sent by the outbox once that commits)."""
+    await outbox.add_event(conn, subject, event)
 
 
 # --- acting for the user who set it up ---------------------------------------------------------------------------
@@ -170,6 +195,12 @@ async def _check_dataset(deps: ContinuousDeps, token: str | None, workspace_id: 
 async def _review_count(conn: Any, deployment_id: int) -> int:
     """Predictions of the deployment reviewed so far (one reviews row per reviewed prediction)."""
     return await conn.fetchval("SELECT count(*) FROM reviews WHERE deployment_id = $1", deployment_id)
+
+
+async def _alert_count(conn: Any, deployment_id: int) -> int:
+    """Assay alerts counted for the deployment so far (one row per alert event, by its event_id)."""
+    return await conn.fetchval("SELECT count(*) FROM continuous_training_alerts WHERE deployment_id = $1",
+                               deployment_id)
 
 
 async def setup_training(deps: ContinuousDeps, principal: Principal, token: str | None,
@@ -223,18 +254,19 @@ async def setup_training(deps: ContinuousDeps, principal: Principal, token: str 
     deployment_id = view.route.deployment_id
     async with base.pool.acquire() as conn, conn.transaction():
         reviews = await _review_count(conn, deployment_id)
+        # pipeline_id: the deployment's pipeline, whose assays' alerts an ASSAY_ALERT trigger counts
         await conn.execute(
             "INSERT INTO continuous_training (deployment_id, workspace_id, deployment, owner_id, project_id,"
             " orchestration_id, trigger, threshold, experiment_parameters, scan_config, model_name, timeout, active,"
-            " reviews_at_last_training, kind) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, true, $13,"
-            " $14) ON CONFLICT (deployment_id) DO UPDATE SET owner_id = $4, project_id = $5, orchestration_id = $6,"
-            " trigger = $7, threshold = $8, experiment_parameters = $9, scan_config = $10, model_name = $11,"
-            " timeout = $12, active = true, kind = $14, updated_at = now()",
+            " reviews_at_last_training, kind, pipeline_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
+            " $12, true, $13, $14, $15) ON CONFLICT (deployment_id) DO UPDATE SET owner_id = $4, project_id = $5,"
+            " orchestration_id = $6, trigger = $7, threshold = $8, experiment_parameters = $9, scan_config = $10,"
+            " model_name = $11, timeout = $12, active = true, kind = $14, pipeline_id = $15, updated_at = now()",
             deployment_id, workspace_id, view.route.name, uuid.UUID(principal.user_id), cmd.project_id,
             orchestration_id, cmd.trigger, cmd.threshold,
             json.dumps(cmd.experiment_parameters) if cmd.experiment_parameters is not None else None,
             json.dumps(cmd.scan_config) if cmd.scan_config is not None else None, model_name, cmd.timeout, reviews,
-            kind)
+            kind, view.pipeline_id)
         if cmd.dataset_version is not None:
             await _attach(conn, deployment_id, "train", cmd.dataset_version)
     await check_trigger(deps, deployment_id)
@@ -340,7 +372,8 @@ async def forget(pool: asyncpg.Pool, deployment_id: int) -> None:
 # --- what retrieve_information shows -----------------------------------------------------------------------------
 
 def _training_record(row: asyncpg.Record) -> TrainingRecord:
-    return TrainingRecord(id=row["id"], state=row["state"], reviews=row["reviews"], task_id=row["task_id"],
+    return TrainingRecord(id=row["id"], state=row["state"], reviews=row["reviews"], trigger=row["trigger"],
+                          alerts=row["alerts"], task_id=row["task_id"],
                           run_id=row["run_id"], model_version=_ref(row["model_version"]), outcome=row["outcome"],
                           reason=row["reason"], created_at=_iso(row["created_at"]),
                           updated_at=_iso(row["updated_at"]))
@@ -375,7 +408,9 @@ async def information(pool: asyncpg.Pool, deployment_id: int) -> ContinuousInfor
                 datasets={d["alias"]: DatasetVersionRef(dataset_id=d["dataset_id"], version_id=d["version_id"])
                           for d in datasets},
                 reviews=await _review_count(conn, deployment_id),
-                reviews_at_last_training=ct["reviews_at_last_training"])
+                reviews_at_last_training=ct["reviews_at_last_training"],
+                alerts=await _alert_count(conn, deployment_id),
+                alerts_at_last_training=ct["alerts_at_last_training"])
     return ContinuousInformation(
         training=training_state,
         deployment=ContinuousDeploymentState(active=cd["active"], policy=cd["policy"], alpha=cd["alpha"],
@@ -387,9 +422,12 @@ async def information(pool: asyncpg.Pool, deployment_id: int) -> ContinuousInfor
 
 # --- the trigger and the training run ----------------------------------------------------------------------------
 
-async def check_trigger(deps: ContinuousDeps, deployment_id: int) -> uuid.UUID | None:
+async def check_trigger(deps: ContinuousDeps, deployment_id: int,
+                        alert: tuple[uuid.UUID, AssayThresholdCrossed] | None = None) -> uuid.UUID | None:
     """Open one training when the threshold is reached (computed from the tables); the training's id, or None. Its
-    run is created off this path, by a TrainingStarter."""
+    run is created off this path, by a TrainingStarter. `alert`: an assay alert (its event_id and event) to count
+    first, in the same transaction, when this deployment's active continuous training is ASSAY_ALERT on that
+    workspace's pipeline (a redelivered event_id counts once)."""
     pool = deps.base.pool
     async with deps.lock(deployment_id):
         async with pool.acquire() as conn, conn.transaction():
@@ -397,6 +435,18 @@ async def check_trigger(deps: ContinuousDeps, deployment_id: int) -> uuid.UUID |
                                      deployment_id)
             if ct is None or not ct["active"]:
                 return None
+            if alert is not None:
+                event_id, event = alert
+                if (ct["trigger"], ct["workspace_id"], ct["pipeline_id"]) != ("ASSAY_ALERT", event.workspace_id,
+                                                                             event.pipeline_id):
+                    return None  # set up again meanwhile (another trigger or pipeline), or not this one's
+                if event.occurred_at < ct["updated_at"]:
+                    return None  # raised before it was set up (or turned on): a backlog the consumer caught up on
+                await conn.execute(
+                    "INSERT INTO continuous_training_alerts (deployment_id, event_id, assay_id, assay_name, iopath,"
+                    " score, window_start, window_end) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                    " ON CONFLICT (deployment_id, event_id) DO NOTHING", deployment_id, event_id, event.assay_id,
+                    event.name, event.iopath, event.score, event.window_start, event.window_end)
             # a run that succeeded but whose model version never arrived does not block training forever
             await conn.execute(
                 "UPDATE trainings SET state = 'failed', outcome = 'failed', updated_at = now(), reason = 'the run"
@@ -407,17 +457,22 @@ async def check_trigger(deps: ContinuousDeps, deployment_id: int) -> uuid.UUID |
             # unclaimed one is still started by a starter (TrainingStarter)
             await _fail_unstarted(conn, deployment_id)
             reviews = await _review_count(conn, deployment_id)
-            if reviews - ct["reviews_at_last_training"] < ct["threshold"]:
+            alerts = await _alert_count(conn, deployment_id)
+            if ct["trigger"] == "ASSAY_ALERT":
+                if alerts - ct["alerts_at_last_training"] < ct["threshold"]:
+                    return None
+            elif reviews - ct["reviews_at_last_training"] < ct["threshold"]:
                 return None
             if await conn.fetchval("SELECT 1 FROM trainings WHERE deployment_id = $1 AND state = ANY($2::text[])",
                                    deployment_id, list(OPEN_TRAININGS)):
-                return None  # one training at a time; the reviews keep counting for the next one
+                return None  # one training at a time; the reviews (alerts) keep counting for the next one
             training_id = uuid.uuid4()
-            await conn.execute("INSERT INTO trainings (id, deployment_id, workspace_id, state, reviews)"
-                               " VALUES ($1, $2, $3, 'starting', $4)", training_id, deployment_id,
-                               ct["workspace_id"], reviews)
-            await conn.execute("UPDATE continuous_training SET reviews_at_last_training = $2 WHERE deployment_id = $1",
-                               deployment_id, reviews)
+            await conn.execute("INSERT INTO trainings (id, deployment_id, workspace_id, state, reviews, trigger,"
+                               " alerts) VALUES ($1, $2, $3, 'starting', $4, $5, $6)", training_id, deployment_id,
+                               ct["workspace_id"], reviews, ct["trigger"],
+                               alerts if ct["trigger"] == "ASSAY_ALERT" else None)
+            await conn.execute("UPDATE continuous_training SET reviews_at_last_training = $2,"
+                               " alerts_at_last_training = $3 WHERE deployment_id = $1", deployment_id, reviews, alerts)
     deps.wake_starter.set()  # the run is created off this path (TrainingStarter), once the reviews are written
     return training_id
 
@@ -489,7 +544,7 @@ async def start_training(deps: ContinuousDeps, training_id: uuid.UUID, late: boo
         await pool.execute("UPDATE trainings SET state = 'failed', outcome = 'failed', reason = 'continuous training"
                            " was removed', updated_at = now() WHERE id = $1", training_id)
         return True
-    await _start_run(deps, ct, datasets, training_id, training["reviews"])
+    await _start_run(deps, ct, datasets, training)
     return True
 
 
@@ -505,15 +560,29 @@ async def _read_versions(pool: asyncpg.Pool, deployment_id: int, datasets: list[
                          if d["version_id"] is not None else None} for d in datasets}
 
 
+async def _run_alerts(pool: asyncpg.Pool, training: asyncpg.Record) -> list[dict[str, Any]]:
+    """The newest alerts (at most MAX_RUN_ALERTS) counted for the deployment when the ASSAY_ALERT training opened,
+    oldest first: what drifted, for the run."""
+    rows = await pool.fetch(
+        "SELECT assay_id, assay_name, iopath, score, window_start, window_end FROM continuous_training_alerts"
+        " WHERE deployment_id = $1 AND received_at <= $2 ORDER BY received_at DESC, event_id LIMIT $3",
+        training["deployment_id"], training["created_at"], MAX_RUN_ALERTS)
+    return [dict(row) for row in reversed(rows)]
+
+
 async def _start_run(deps: ContinuousDeps, ct: asyncpg.Record, datasets: list[asyncpg.Record],
-                     training_id: uuid.UUID, reviews: int) -> None:
+                     training: asyncpg.Record) -> None:
     base = deps.base
+    training_id, reviews = training["id"], training["reviews"]
     args: dict[str, Any] = {
         "deployment": ct["deployment"], "deployment_id": ct["deployment_id"], "training_id": str(training_id),
-        "project_id": ct["project_id"], "trigger": ct["trigger"], "threshold": ct["threshold"], "reviews": reviews,
-        "model_name": ct["model_name"],
+        "project_id": ct["project_id"], "trigger": training["trigger"], "threshold": ct["threshold"],
+        "reviews": reviews, "model_name": ct["model_name"],
         "datasets": await _read_versions(base.pool, ct["deployment_id"], datasets),
     }
+    if training["trigger"] == "ASSAY_ALERT":
+        args["alerts"] = training["alerts"]
+        args["assay_alerts"] = await _run_alerts(base.pool, training)
     if ct["experiment_parameters"] is not None:
         args["experiment_parameters"] = _json(ct["experiment_parameters"])
     else:
@@ -538,13 +607,15 @@ async def _start_run(deps: ContinuousDeps, ct: asyncpg.Record, datasets: list[as
                                 " updated_at = now() WHERE id = $1", training_id, f"could not start: {exc.msg}")
         return
     # a run that ended at once may have been recorded already (on_run_ended finds it by the task's name)
-    await base.pool.execute("UPDATE trainings SET task_id = $2, updated_at = now(), state = CASE WHEN state ="
-                            " 'starting' THEN 'running' ELSE state END WHERE id = $1", training_id, task.id)
-    log.info("continuous training %s of deployment %s started task %s at %d reviews", training_id,
-             ct["deployment_id"], task.id, reviews)
-    await deps.publish(subjects.EVENT_MONITORING_TRAINING_STARTED, TrainingStarted(
-        deployment_id=ct["deployment_id"], workspace_id=ct["workspace_id"], training_id=training_id, task_id=task.id,
-        reviews=reviews))
+    async with base.pool.acquire() as conn, conn.transaction():  # the run's task and its event, or neither
+        await conn.execute("UPDATE trainings SET task_id = $2, updated_at = now(), state = CASE WHEN state ="
+                           " 'starting' THEN 'running' ELSE state END WHERE id = $1", training_id, task.id)
+        await _event(conn, subjects.EVENT_MONITORING_TRAINING_STARTED, TrainingStarted(
+            deployment_id=ct["deployment_id"], workspace_id=ct["workspace_id"], training_id=training_id,
+            task_id=task.id, reviews=reviews, trigger=training["trigger"], alerts=training["alerts"]))
+    deps.events_committed()
+    log.info("continuous training %s of deployment %s (%s) started task %s at %d reviews, %s alerts", training_id,
+             ct["deployment_id"], training["trigger"], task.id, reviews, training["alerts"])
 
 
 async def _feedback_pending(pool: asyncpg.Pool, deployment_id: int) -> bool:
@@ -579,12 +650,15 @@ async def on_run_ended(deps: ContinuousDeps, event: TaskRunEvent, succeeded: boo
             "UPDATE trainings SET state = 'succeeded', run_id = $2, updated_at = now() WHERE id = $1 AND"
             " state = 'running'", row["id"], event.run_id)
     else:
-        failed = await pool.fetchrow(
-            "UPDATE trainings SET state = 'failed', outcome = 'failed', run_id = $2, reason = $3, updated_at = now()"
-            " WHERE id = $1 AND state IN ('running', 'succeeded') RETURNING *", row["id"], event.run_id,
-            f"the training run failed: {event.reason or event.status}")
+        async with pool.acquire() as conn, conn.transaction():  # the failure and its event, or neither
+            failed = await conn.fetchrow(
+                "UPDATE trainings SET state = 'failed', outcome = 'failed', run_id = $2, reason = $3, updated_at ="
+                " now() WHERE id = $1 AND state IN ('running', 'succeeded') RETURNING *", row["id"], event.run_id,
+                f"the training run failed: {event.reason or event.status}")
+            if failed is not None:
+                await _event(conn, subjects.EVENT_MONITORING_TRAINING_FINISHED, _finished(failed))
         if failed is not None:
-            await _finished(deps, failed)
+            deps.events_committed()
         return
     await advance(deps, row["deployment_id"], row["id"])
 
@@ -641,18 +715,20 @@ async def advance(deps: ContinuousDeps, deployment_id: int, training_id: uuid.UU
                 outcome = {"DEPLOY_SHADOW": "shadow", "DEPLOY_AUTO": "deployed"}.get(policy, "pending")
                 done = await conn.fetchrow("UPDATE trainings SET state = 'done', outcome = $2, updated_at = now()"
                                            " WHERE id = $1 RETURNING *", training_id, outcome)
-        await _finished(deps, done)
+            await _event(conn, subjects.EVENT_MONITORING_TRAINING_FINISHED, _finished(done))
+        deps.events_committed()
         if done["state"] == "done" and policy in ("DEPLOY_SHADOW", "DEPLOY_AUTO"):
             await _deliver(deps, done, policy)
 
 
-async def _finished(deps: ContinuousDeps, row: asyncpg.Record) -> None:
+def _finished(row: asyncpg.Record) -> TrainingFinished:
+    """The training_finished event of an ended training's row (written with the row's change)."""
     model = _ref(row["model_version"])
     outputs = [{"kind": "model_version", "ref": model.version}] if model is not None and model.version else []
-    await deps.publish(subjects.EVENT_MONITORING_TRAINING_FINISHED, TrainingFinished(
+    return TrainingFinished(
         deployment_id=row["deployment_id"], workspace_id=row["workspace_id"], training_id=row["id"],
         run_id=row["run_id"], status="done" if row["state"] == "done" else "failed", outcome=row["outcome"],
-        model_version=model, outputs=outputs if row["state"] == "done" else [], reason=row["reason"]))
+        model_version=model, outputs=outputs if row["state"] == "done" else [], reason=row["reason"])
 
 
 # --- serving what the policy and the test decide -----------------------------------------------------------------
@@ -717,10 +793,12 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str) 
                                " state = 'running'", deployment_id)
             version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], new, None,
                                    f"monitoring-deploy-{deployment_id}")
-            await deps.publish(subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
-                deployment_id=deployment_id, workspace_id=cd["workspace_id"], action="deployed",
-                model_version=_ref(new), shadow_model_version=None, pipeline_version=version,
-                reason=f"continuous deployment (DEPLOY_AUTO) of training {training['id']}"))
+            async with pool.acquire() as conn, conn.transaction():  # the change is the deployer's: only the event
+                await _event(conn, subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
+                    deployment_id=deployment_id, workspace_id=cd["workspace_id"], action="deployed",
+                    model_version=_ref(new), shadow_model_version=None, pipeline_version=version,
+                    reason=f"continuous deployment (DEPLOY_AUTO) of training {training['id']}"))
+            deps.events_committed()
             return
         version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], champion_dict, new,
                                f"monitoring-deploy-{deployment_id}")
@@ -734,11 +812,12 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str) 
                 " min_sample, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running')", uuid.uuid4(),
                 deployment_id, cd["workspace_id"], training["id"], json.dumps(champion_dict), json.dumps(new),
                 cd["alpha"], cd["min_sample"])
-        await deps.publish(subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
-            deployment_id=deployment_id, workspace_id=cd["workspace_id"], action="shadow_set",
-            model_version=champion, shadow_model_version=_ref(new), pipeline_version=version,
-            reason=f"continuous deployment (DEPLOY_SHADOW) of training {training['id']}: challenger under the"
-                   " sequential test"))
+            await _event(conn, subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
+                deployment_id=deployment_id, workspace_id=cd["workspace_id"], action="shadow_set",
+                model_version=champion, shadow_model_version=_ref(new), pipeline_version=version,
+                reason=f"continuous deployment (DEPLOY_SHADOW) of training {training['id']}: challenger under the"
+                       " sequential test"))
+        deps.events_committed()
     except RailyardError as exc:
         log.warning("continuous deployment of training %s failed: %s", training["id"], exc.msg)
         await pool.execute("UPDATE trainings SET outcome = 'failed', reason = $2, updated_at = now() WHERE id = $1",
@@ -811,12 +890,14 @@ async def evaluate_challenge(deps: ContinuousDeps, deployment_id: int) -> sequen
             await conn.execute("UPDATE challenges SET evidence = $2, state = $3, decided_at = CASE WHEN $3 ="
                                " 'running' THEN NULL ELSE now() END WHERE id = $1", challenge["id"],
                                json.dumps(evidence.as_dict()), state)
+            if state != "running":  # the decision and its event, or neither
+                await _event(conn, subjects.EVENT_MONITORING_CHALLENGER_DECIDED, ChallengerDecided(
+                    deployment_id=deployment_id, workspace_id=challenge["workspace_id"], challenge_id=challenge["id"],
+                    decision=evidence.decision.value, champion=_ref(champion), challenger=_ref(challenger),
+                    evidence=evidence.as_dict()))
         if state == "running":
             return evidence
-        await deps.publish(subjects.EVENT_MONITORING_CHALLENGER_DECIDED, ChallengerDecided(
-            deployment_id=deployment_id, workspace_id=challenge["workspace_id"], challenge_id=challenge["id"],
-            decision=evidence.decision.value, champion=_ref(champion), challenger=_ref(challenger),
-            evidence=evidence.as_dict()))
+        deps.events_committed()
         await _apply_decision(deps, challenge, state, evidence)
     return evidence
 
@@ -839,12 +920,14 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
         await pool.execute("UPDATE challenges SET state = 'failed', reason = $2 WHERE id = $1", challenge["id"],
                            f"{evidence.decision.value} decided, but the swap failed: {exc.msg}")
         return
-    await pool.execute("UPDATE challenges SET state = $2, reason = $3 WHERE id = $1", challenge["id"],
-                       "promoted" if state == "promoting" else "rolled_back", summary)
-    await deps.publish(subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
-        deployment_id=deployment_id, workspace_id=challenge["workspace_id"],
-        action="promoted" if state == "promoting" else "rolled_back", model_version=_ref(served),
-        shadow_model_version=None, pipeline_version=version, reason=summary))
+    async with pool.acquire() as conn, conn.transaction():  # the swap's record and its event, or neither
+        await conn.execute("UPDATE challenges SET state = $2, reason = $3 WHERE id = $1", challenge["id"],
+                           "promoted" if state == "promoting" else "rolled_back", summary)
+        await _event(conn, subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
+            deployment_id=deployment_id, workspace_id=challenge["workspace_id"],
+            action="promoted" if state == "promoting" else "rolled_back", model_version=_ref(served),
+            shadow_model_version=None, pipeline_version=version, reason=summary))
+    deps.events_committed()
     log.info("challenge %s of deployment %s: %s", challenge["id"], deployment_id, summary)
 
 
@@ -862,6 +945,26 @@ async def resume_swap(deps: ContinuousDeps, deployment_id: int) -> None:
             await _apply_decision(deps, row, row["state"], evidence)
 
 
+async def on_assay_alert(deps: ContinuousDeps, event: AssayThresholdCrossed) -> list[uuid.UUID]:
+    """An assay alert (never a warning): counted for every deployment of the alert's workspace whose active
+    continuous training is ASSAY_ALERT on the assay's pipeline, once per event_id, and each such deployment's trigger
+    checked in the same transaction; the trainings it opened."""
+    if event.status != "Alert":
+        return []
+    rows = await deps.base.pool.fetch(
+        "SELECT deployment_id FROM continuous_training WHERE trigger = 'ASSAY_ALERT' AND active AND"
+        " workspace_id = $1 AND pipeline_id = $2 ORDER BY deployment_id", event.workspace_id, event.pipeline_id)
+    opened = []
+    for row in rows:
+        training_id = await check_trigger(deps, row["deployment_id"], alert=(event.event_id, event))
+        if training_id is not None:
+            log.info("assay %s alerted on pipeline %s (score %.3f, window %s to %s): continuous training %s of"
+                     " deployment %s", event.assay_id, event.pipeline_name, event.score, event.window_start,
+                     event.window_end, training_id, row["deployment_id"])
+            opened.append(training_id)
+    return opened
+
+
 async def on_review(deps: ContinuousDeps, event: ReviewCreated) -> None:
     """A review was committed: recount for the trigger, then re-run the open challenge's test."""
     await check_trigger(deps, event.deployment_id)
@@ -871,19 +974,31 @@ async def on_review(deps: ContinuousDeps, event: ReviewCreated) -> None:
 
 # --- transport ---------------------------------------------------------------------------------------------------
 
+def _outbox(runtime: Any) -> outbox.Outbox:
+    """The sender of monitoring's outbox (made once per process; started by `start`)."""
+    extras = runtime.extras
+    if "outbox" not in extras:
+        async def publish(subject: str, event: Event) -> None:
+            await publish_event(runtime.broker, subject, event)
+        extras["outbox"] = outbox.Outbox(runtime.db, publish, event_types=EVENT_TYPES, order_field="deployment_id",
+                                         what="monitoring events")
+    return extras["outbox"]
+
+
 def _deps(runtime: Any) -> ContinuousDeps:
     """The slice's deps, made once per process from the running service (after app.start made `deps`)."""
     extras = runtime.extras
     if "continuous" not in extras:
-        async def publish(subject: str, event: Event) -> None:
-            await publish_event(runtime.broker, subject, event)
-        extras["continuous"] = ContinuousDeps(base=extras["deps"], verify=extras["verifier"].verify, publish=publish,
+        extras["continuous"] = ContinuousDeps(base=extras["deps"], verify=extras["verifier"].verify,
+                                              events_committed=_outbox(runtime).wake,
                                               max_task_timeout=runtime.settings.tasks.max_timeout)
     return extras["continuous"]
 
 
 async def start(runtime: Any) -> None:
-    """Start the training starter (runs of trainings the trigger opened, here or in another process)."""
+    """Start the outbox's sender (monitoring's events: those this or another process committed) and the training
+    starter (runs of trainings the trigger opened, here or in another process)."""
+    runtime.extras["outbox_task"] = asyncio.create_task(_outbox(runtime).run())
     starter = TrainingStarter(_deps(runtime))
     starter.start()
     runtime.extras["training_starter"] = starter
@@ -893,6 +1008,13 @@ async def stop(runtime: Any) -> None:
     starter = runtime.extras.get("training_starter")
     if starter is not None:
         await starter.stop()
+    task, sender = runtime.extras.get("outbox_task"), runtime.extras.get("outbox")
+    if task is not None:  # what is unsent: now if the bus takes it, else at a start (this or another process)
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(sender.send(), 5)
 
 
 def register(router: NatsRouter, runtime: Any) -> None:
@@ -905,7 +1027,7 @@ def register(router: NatsRouter, runtime: Any) -> None:
 
     @command(router, subjects.MONITORING_CT_SETUP, service=NAME)
     async def setup_continuous_training(cmd: SetupContinuousTraining, ctx: CallContext) -> ContinuousInformation:
-        """Set up (or replace) continuous training: a run every `threshold` reviews."""
+        """Set up (or replace) continuous training: a run every `threshold` reviews (or assay alerts)."""
         return await setup_training(deps(), await caller(ctx), ctx.token, cmd)
 
     @command(router, subjects.MONITORING_CT_ATTACH, service=NAME)
@@ -945,6 +1067,12 @@ def register(router: NatsRouter, runtime: Any) -> None:
               "Recount reviews for the continuous-training trigger and re-run the open challenge's test.")
     async def on_review_created(body: dict) -> None:
         await on_review(deps(), ReviewCreated.model_validate(body))
+
+    @consumer(subjects.EVENT_ASSAY_ALERT, "monitoring-continuous-assay-alerts", "AssayThresholdCrossed",
+              "Count an assay alert for the ASSAY_ALERT continuous trainings of the deployments on its pipeline "
+              "(once per event_id) and open a training at the threshold.")
+    async def on_alert(body: dict) -> None:
+        await on_assay_alert(deps(), AssayThresholdCrossed.model_validate(body))
 
     @consumer(subjects.EVENT_MODEL_UPLOADED, "monitoring-continuous-models", "ModelUploaded",
               "A model version a training run registered is that training's output.")

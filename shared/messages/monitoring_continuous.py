@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from shared.messages.base import INT32, MAX_JSON_OBJECT, Command, Event, Message, json_at_most
 from shared.messages.monitoring import ModelVersionRef
@@ -17,12 +17,17 @@ POLICIES = ("DEPLOY_MANUAL", "DEPLOY_SHADOW", "DEPLOY_AUTO")
 """The seed's ContinuousDeploymentPolicy values."""
 
 Policy = Literal["DEPLOY_MANUAL", "DEPLOY_SHADOW", "DEPLOY_AUTO"]
-Trigger = Literal["FEEDBACK_LOOP"]
+Trigger = Literal["FEEDBACK_LOOP", "ASSAY_ALERT"]
+TRIGGERS = ("FEEDBACK_LOOP", "ASSAY_ALERT")
+"""What starts a training: FEEDBACK_LOOP (seed 003), `threshold` reviewed predictions since the last training;
+ASSAY_ALERT (Railyard), `threshold` (default 1) `events.assay.alert` of an assay on the deployment's pipeline (its
+logs, or its training reference) since the last training. Warnings never count."""
 ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class SetupContinuousTraining(Command):
-    """setup_continuous_training: when `threshold` predictions have been reviewed since the last training, run the
+    """setup_continuous_training: when `threshold` predictions have been reviewed since the last training (trigger
+    FEEDBACK_LOOP), or `threshold` assay alerts on the deployment's pipeline arrived (trigger ASSAY_ALERT), run the
     orchestration `orchestration_id` once with the parameters (or the scan configuration: exactly one of the two)
     and the attached dataset versions as its arguments. Setting up again replaces the configuration (attached
     datasets stay)."""
@@ -31,8 +36,12 @@ class SetupContinuousTraining(Command):
     project_id: int = Field(gt=0, le=INT32[1], description="The seed's project: the workflow-lineage project hosting "
                             "the run.")
     dataset_version: DatasetVersionRef | None = Field(None, description="Attached under the alias `train`.")
-    trigger: Trigger = "FEEDBACK_LOOP"
-    threshold: int = Field(gt=0, le=1_000_000, description="Reviewed predictions that start a training.")
+    trigger: Trigger = Field("FEEDBACK_LOOP", description="FEEDBACK_LOOP: reviewed predictions start a training; "
+                             "ASSAY_ALERT (Railyard): alerts (events.assay.alert, not warnings) of the assays on the "
+                             "deployment's pipeline do.")
+    threshold: int | None = Field(None, gt=0, le=1_000_000, description="Reviewed predictions (FEEDBACK_LOOP, "
+                                  "required) or assay alerts (ASSAY_ALERT, default 1) since the last training that "
+                                  "start a training.")
     experiment_parameters: dict[str, Any] | None = Field(None, description=f"At most {MAX_JSON_OBJECT} bytes of "
                                                          "JSON.")
     scan_config: dict[str, Any] | None = Field(None, description=f"At most {MAX_JSON_OBJECT} bytes of JSON.")
@@ -47,6 +56,15 @@ class SetupContinuousTraining(Command):
     @classmethod
     def _bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         return json_at_most(value)
+
+    @model_validator(mode="after")
+    def _threshold(self) -> SetupContinuousTraining:
+        if self.threshold is None:
+            if self.trigger != "ASSAY_ALERT":
+                raise ValueError("threshold (reviewed predictions that start a training) is required with the "
+                                 "FEEDBACK_LOOP trigger")
+            self.threshold = 1
+        return self
 
 
 class ContinuousTrainingDataset(Command):
@@ -99,6 +117,9 @@ class ContinuousTrainingState(Message):
     datasets: dict[str, DatasetVersionRef]
     reviews: int = Field(description="Predictions of the deployment reviewed so far.")
     reviews_at_last_training: int
+    alerts: int = Field(0, description="Railyard: assay alerts counted for this deployment so far (ASSAY_ALERT: "
+                        "those that arrived while it was active).")
+    alerts_at_last_training: int = 0
 
 
 class ContinuousDeploymentState(Message):
@@ -115,7 +136,10 @@ class TrainingRecord(Message):
 
     id: uuid.UUID
     state: str = Field(description="starting, running, succeeded (run done, model awaited), done or failed.")
-    reviews: int = Field(description="The review count that triggered it.")
+    reviews: int = Field(description="The review count when it was triggered (FEEDBACK_LOOP: the count that "
+                         "triggered it).")
+    trigger: str = Field("FEEDBACK_LOOP", description="Railyard: what triggered it.")
+    alerts: int | None = Field(None, description="Railyard: the assay alert count that triggered it (ASSAY_ALERT).")
     task_id: uuid.UUID | None
     run_id: uuid.UUID | None
     model_version: ModelVersionRef | None
@@ -151,13 +175,16 @@ class ContinuousInformation(Message):
 
 
 class TrainingStarted(Event):
-    """events.monitoring.training_started: the review threshold started one training run."""
+    """events.monitoring.training_started: the trigger (the review threshold, or assay alerts) started one training
+    run."""
 
     deployment_id: int
     workspace_id: int
     training_id: uuid.UUID
     task_id: uuid.UUID
     reviews: int
+    trigger: str = "FEEDBACK_LOOP"
+    alerts: int | None = Field(None, description="ASSAY_ALERT: the alert count that triggered it.")
 
 
 class TrainingFinished(Event):

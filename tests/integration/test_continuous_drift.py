@@ -1,0 +1,320 @@
+"""Drift-triggered continuous training (trigger ASSAY_ALERT, docs/monitoring.md "Continuous training on assay
+alerts") and monitoring's own events through its outbox, on the real stack.
+
+A model is deployed; its pipeline is fed shifted rows (as the engine logs them) and two assays watch it: one whose
+window scores above its alert threshold (events.assay.alert), one only above its warning threshold
+(events.assay.warning). The monitoring service's durable consumer counts the alert for the deployment, once per
+event_id (the same event delivered again is not counted again), never a warning, never an alert naming another
+workspace; at `threshold` alerts exactly one training run starts, with what drifted in its arguments. The training
+recipe fails on purpose: the training ends at once (training_finished, status failed), which is all the events
+test needs: with EVENTS refusing monitoring's training events while a training starts and ends, both reach the
+stream once each once it accepts again (before the outbox they were published after the commit and lost).
+
+Events are put on the bus as the assay runner does (the test's connection may publish anything): the first alert is
+the assay runner's own; the copies and the other workspace's alert are the same message with one field changed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import time
+import uuid
+import zipfile
+from datetime import UTC, datetime
+
+import nats as nats_client
+import numpy as np
+import pytest
+from railyard_client import Lineage, Orchestrations
+
+from shared import subjects
+from tests.integration.conftest import make_account, post, undeploy_all
+from tests.integration.conftest import sdk_client as sdk
+from tests.integration.test_assays import config, iso, publish_rows
+from tests.integration.test_logs import wait_rows
+from tests.models import ccfraud_onnx
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+ALERTS_DURABLE = "monitoring-continuous-assay-alerts"
+TRAINING_EVENTS = (subjects.EVENT_MONITORING_TRAINING_STARTED, subjects.EVENT_MONITORING_TRAINING_FINISHED,
+                   subjects.EVENT_MONITORING_CHALLENGER_DECIDED, subjects.EVENT_MONITORING_MODEL_SWAPPED)
+FAILING_RECIPE = '''
+"""A training recipe that fails at once (the tests need a training that starts and ends, not a model)."""
+from railyard_client import task_args
+
+args = task_args()
+print("trigger", args["trigger"], "alerts", args.get("alerts"), "assays", [a["assay_id"] for a in args.get(
+    "assay_alerts", [])])
+raise SystemExit("this recipe fails on purpose")
+'''
+
+
+def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def drift(stack, admin):
+    """A deployment (a small ONNX model), its pipeline's id, and a training recipe that fails at once."""
+    account = make_account(stack, admin, "drift")
+    client = sdk(stack, account)
+    model = client.upload_model("driftmodel", ccfraud_onnx(), progress=False)
+    name = f"drift{uuid.uuid4().hex[:6]}"
+    pipeline = client.build_pipeline(name).add_model_step(model)
+    pipeline.deploy(replicas=1, cpus=0.5, wait=False)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("main.py", FAILING_RECIPE)
+    orchestrations = Orchestrations(client, account.workspace_id)
+    orchestration = orchestrations.upload(archive.getvalue(), "drift-recipe", progress=False)
+    project = Lineage(client, account.workspace_id).create_project(f"drift-{name}")
+    pipeline.deployment().wait_until_running(180)
+    listed = post(stack, "pipelines/list", account.token, {"workspace_id": account.workspace_id}).json()
+    pipeline_id = next(p["id"] for p in listed["pipelines"] if p["name"] == name)
+    yield {"account": account, "deployment": client.get_deployment(name), "pipeline": {
+        "name": name, "pipeline_pk_id": pipeline_id}, "orchestration": orchestration,
+        "orchestrations": orchestrations, "project": project}
+    undeploy_all(stack, account)
+
+
+def setup(stack, drift, **fields) -> object:
+    return post(stack, "deployments/setup_continuous_training", drift["account"].token, {
+        "deployment": drift["deployment"].name, "project_id": drift["project"]["id"],
+        "orchestration_id": drift["orchestration"]["id"], "experiment_parameters": {"epochs": 1}, **fields})
+
+
+def continuous(drift) -> dict:
+    return drift["deployment"].retrieve_information()["continuous"]
+
+
+def training_tasks(drift) -> list[dict]:
+    return [t for t in drift["orchestrations"].tasks() if (t["name"] or "").startswith("continuous training of")]
+
+
+async def stream_alerts(stack, assay_ids: set[int]) -> list[dict]:
+    """The events.assay.* of these assays on the EVENTS stream, each with its stream sequence (`_seq`)."""
+    nc = await nats_client.connect(stack.settings().nats.url)
+    found = []
+    try:
+        sub = await nc.jetstream().pull_subscribe("events.assay.>", stream=subjects.EVENTS_STREAM)
+        while (await sub.consumer_info()).num_pending:
+            for message in await sub.fetch(500, timeout=5):
+                body = json.loads(message.data)
+                if message.subject != subjects.EVENT_ASSAY_CREATED and body.get("assay_id") in assay_ids:
+                    found.append(body | {"_subject": message.subject, "_seq": message.metadata.sequence.stream})
+                await message.ack()
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+    return found
+
+
+async def training_events(stack, training_id: str) -> list[dict]:
+    """Every events.monitoring.* of that training on the EVENTS stream, in stream order, with its subject and
+    Nats-Msg-Id (`_subject`, `_msg_id`)."""
+    nc = await nats_client.connect(stack.settings().nats.url)
+    found = []
+    try:
+        sub = await nc.jetstream().pull_subscribe("events.monitoring.>", stream=subjects.EVENTS_STREAM)
+        while (await sub.consumer_info()).num_pending:
+            for message in await sub.fetch(500, timeout=5):
+                body = json.loads(message.data)
+                if body.get("training_id") == training_id:
+                    found.append(body | {"_subject": message.subject,
+                                         "_msg_id": (message.headers or {}).get("Nats-Msg-Id")})
+                await message.ack()
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+    return found
+
+
+def fresh(alert: dict) -> dict:
+    """Another alert like `alert`, raised now."""
+    return alert | {"event_id": str(uuid.uuid4()), "occurred_at": datetime.now(UTC).isoformat()}
+
+
+async def send_alert(stack, body: dict) -> int:
+    """Put an alert on the bus as the assay runner does (without its Nats-Msg-Id, so the stream keeps a copy of an
+    event it has seen: what a redelivery hands the consumer); its stream sequence."""
+    nc = await nats_client.connect(stack.settings().nats.url)
+    try:
+        ack = await nc.jetstream().publish(subjects.EVENT_ASSAY_ALERT, json.dumps(body).encode(),
+                                           stream=subjects.EVENTS_STREAM)
+        return ack.seq
+    finally:
+        await nc.close()
+
+
+async def handled(stack, seq: int, within: float = 20.0) -> None:
+    """Wait until monitoring's alert consumer has handled (acknowledged) every alert up to stream sequence `seq`."""
+    nc = await nats_client.connect(stack.settings().nats.url)
+    try:
+        js = nc.jetstream()
+        deadline = time.monotonic() + within
+        while True:
+            info = await js.consumer_info(subjects.EVENTS_STREAM, ALERTS_DURABLE)
+            if info.delivered.stream_seq >= seq and not info.num_ack_pending and not info.num_pending:
+                return
+            assert time.monotonic() < deadline, f"monitoring never handled the alert at {seq}: {info}"
+            await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
+
+
+def drifted_assays(stack, drift) -> tuple[int, int]:
+    """An alerting and a warning-only assay over one past window of the deployment's pipeline, fed shifted rows;
+    their ids once both windows are scored."""
+    account, pipeline = drift["account"], drift["pipeline"]
+    start = int(time.time() * 1000) - 4000
+    rng = np.random.default_rng(11)
+    # logged before the assays exist: their one window is due at once, and is scored with what the log holds
+    asyncio.run(publish_rows(stack, account, pipeline["name"], rng.normal(3.0, 0.5, 40), start + 1000))
+    wait_rows(stack, account, pipeline["name"], 40)
+    baseline = {"Static": {"values": np.linspace(-2.0, 2.0, 60).tolist()}}
+    one_window = {"run_until": iso(start + 2000)}
+    alerting = post(stack, "assays/create", account.token, config(
+        account, pipeline, "drift-alert", baseline, iso(start), "2 seconds", **one_window)).json()["assay_id"]
+    warning = config(account, pipeline, "drift-warning", baseline, iso(start), "2 seconds", **one_window)
+    warning |= {"warning_threshold": 0.1, "alert_threshold": 1e9}
+    warning = post(stack, "assays/create", account.token, warning).json()["assay_id"]
+
+    def scored(assay_id: int) -> list[dict]:
+        return post(stack, "assays/get_results", account.token, {"assay_id": assay_id}).json()
+
+    wait_for(lambda: scored(alerting) and scored(warning), 60, "the drifted windows' results")
+    assert [r["status"] for r in scored(alerting)] == ["Alert"]
+    assert [r["status"] for r in scored(warning)] == ["Warning"]
+    return alerting, warning
+
+
+def test_assay_alerts_start_one_training_warnings_copies_and_other_workspaces_do_not(stack, drift, bob):
+    # bad set-up: a typed 400, nothing stored
+    for fields, code in (({"trigger": "DRIFT", "threshold": 1}, "invalid_request"),
+                         ({"trigger": "ASSAY_ALERT", "threshold": 0}, "invalid_request"),
+                         ({"trigger": "ASSAY_ALERT", "threshold": -3}, "invalid_request"),
+                         ({"trigger": "FEEDBACK_LOOP"}, "invalid_request")):
+        answer = setup(stack, drift, **fields)
+        assert answer.status_code == 400 and answer.json()["code"] == code, (fields, answer.text)
+    assert continuous(drift)["training"] is None
+
+    answer = setup(stack, drift, trigger="ASSAY_ALERT", threshold=2)
+    assert answer.status_code == 200, answer.text
+    state = answer.json()["training"]
+    assert (state["trigger"], state["threshold"], state["alerts"], state["alerts_at_last_training"]) == (
+        "ASSAY_ALERT", 2, 0, 0)
+
+    alerting, warning = drifted_assays(stack, drift)
+    events = wait_for(lambda: len(e := asyncio.run(stream_alerts(stack, {alerting, warning}))) == 2 and e, 30,
+                      "the assays' events")
+    by_subject = {e["_subject"]: e for e in events}
+    assert set(by_subject) == {subjects.EVENT_ASSAY_ALERT, subjects.EVENT_ASSAY_WARNING}
+    alert = {k: v for k, v in by_subject[subjects.EVENT_ASSAY_ALERT].items() if not k.startswith("_")}
+    asyncio.run(handled(stack, by_subject[subjects.EVENT_ASSAY_ALERT]["_seq"]))
+    assert continuous(drift)["training"]["alerts"] == 1  # the alert counted, the warning not: below 2
+    assert continuous(drift)["last_training"] is None
+
+    # the same event again (a redelivery): not counted again; another workspace's alert naming this pipeline, and
+    # this workspace's alert on another pipeline: not counted
+    for body in (alert, fresh(alert) | {"workspace_id": bob.workspace_id},
+                 fresh(alert) | {"pipeline_id": alert["pipeline_id"] + 100000}):
+        asyncio.run(handled(stack, asyncio.run(send_alert(stack, body))))
+    state = continuous(drift)
+    assert state["training"]["alerts"] == 1 and state["last_training"] is None and not training_tasks(drift)
+
+    # a second alert of this pipeline (another window): the threshold is met, one training run starts
+    second = fresh(alert) | {"window_start": alert["window_end"]}
+    asyncio.run(handled(stack, asyncio.run(send_alert(stack, second))))
+    training = continuous(drift)["last_training"]
+    assert training is not None and training["trigger"] == "ASSAY_ALERT" and training["alerts"] == 2, training
+    tasks = wait_for(lambda: training_tasks(drift), 30, "the training task")
+    args = tasks[0]["input_data"]
+    assert (args["trigger"], args["alerts"], args["threshold"]) == ("ASSAY_ALERT", 2, 2)
+    assert [a["assay_id"] for a in args["assay_alerts"]] == [alerting, alerting]
+    ended = wait_for(lambda: (t := continuous(drift)["last_training"])["state"] == "failed" and t, 60,
+                     "the training's end")
+    assert ended["id"] == training["id"] and "training run failed" in ended["reason"]
+
+    # both alerts delivered again after the training ended: counted once each, so no second training
+    for body in (alert, second):
+        asyncio.run(handled(stack, asyncio.run(send_alert(stack, body))))
+    state = continuous(drift)
+    assert state["training"]["alerts"] == 2 and state["training"]["alerts_at_last_training"] == 2
+    assert state["last_training"]["id"] == training["id"] and len(training_tasks(drift)) == 1
+
+    # set up again with the threshold left out (1): an alert raised before that counts nothing, a third one raised
+    # after it starts the next training
+    answer = setup(stack, drift, trigger="ASSAY_ALERT")
+    assert answer.status_code == 200 and answer.json()["training"]["threshold"] == 1, answer.text
+    asyncio.run(handled(stack, asyncio.run(send_alert(stack, alert | {"event_id": str(uuid.uuid4())}))))
+    assert continuous(drift)["training"]["alerts"] == 2 and len(training_tasks(drift)) == 1
+    asyncio.run(handled(stack, asyncio.run(send_alert(stack, fresh(alert)))))
+    assert continuous(drift)["last_training"]["id"] != training["id"]
+    wait_for(lambda: len(training_tasks(drift)) == 2, 30, "the second training task")
+    wait_for(lambda: continuous(drift)["last_training"]["state"] == "failed", 60, "the second training's end")
+
+
+@contextlib.asynccontextmanager
+async def training_events_refused(stack):
+    """The EVENTS stream takes every subject but monitoring's training events (publishing those gets no answer from
+    JetStream, as when it is away), until the block ends; the task scheduler's run events still flow."""
+    names = {getattr(subjects, n) for n in dir(subjects) if n.startswith("EVENT_")}
+    kept = sorted({f"events.{s.split('.')[1]}.>" for s in names if s.split(".")[1] != "monitoring"} |
+                  {s for s in names if s.startswith("events.monitoring.") and s not in TRAINING_EVENTS})
+    nc = await nats_client.connect(stack.settings().nats.url)
+    js = nc.jetstream()
+    info = await js.stream_info(subjects.EVENTS_STREAM)
+    before = list(info.config.subjects)
+    try:
+        info.config.subjects = kept
+        await js.update_stream(info.config)
+        yield
+    finally:
+        info = await js.stream_info(subjects.EVENTS_STREAM)
+        info.config.subjects = before
+        await js.update_stream(info.config)
+        await nc.close()
+
+
+def test_training_events_the_stream_refused_are_published_once_it_accepts(stack, drift):
+    answer = setup(stack, drift, trigger="ASSAY_ALERT", threshold=1)
+    assert answer.status_code == 200, answer.text
+    before = continuous(drift)["last_training"]
+    pipeline = drift["pipeline"]
+    alert = {"event_id": str(uuid.uuid4()), "assay_id": 0, "name": "refused",
+             "workspace_id": drift["account"].workspace_id, "pipeline_id": pipeline["pipeline_pk_id"],
+             "pipeline_name": pipeline["name"],
+             "iopath": "output dense_1 0", "status": "Alert", "score": 9.0, "warning_threshold": None,
+             "alert_threshold": 0.1, "window_start": iso(0), "window_end": iso(1000)}
+
+    async def trained_while_refused() -> str:
+        async with training_events_refused(stack):
+            await handled(stack, await send_alert(stack, alert))
+            deadline = time.monotonic() + 60
+            while True:  # the run starts, fails, and the training ends: both events refused
+                training = (await asyncio.to_thread(continuous, drift))["last_training"]
+                if training and (before is None or training["id"] != before["id"]) and training["state"] == "failed":
+                    break
+                assert time.monotonic() < deadline, f"the training never ended: {training}"
+                await asyncio.sleep(0.2)
+            assert await training_events(stack, training["id"]) == []
+            return training["id"]
+
+    training_id = asyncio.run(trained_while_refused())
+    wait_for(lambda: len(asyncio.run(training_events(stack, training_id))) >= 2, 30, "the refused training events")
+    time.sleep(1)  # a copy sent after them would be on the stream by now
+    events = asyncio.run(training_events(stack, training_id))
+    assert [e["_subject"] for e in events] == [subjects.EVENT_MONITORING_TRAINING_STARTED,
+                                               subjects.EVENT_MONITORING_TRAINING_FINISHED]
+    assert events[0]["trigger"] == "ASSAY_ALERT" and events[0]["alerts"] is not None
+    assert events[1]["status"] == "failed" and "training run failed" in events[1]["reason"]
+    assert all(e["_msg_id"] == e["event_id"] for e in events)
