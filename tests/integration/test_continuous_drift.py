@@ -35,6 +35,7 @@ from tests.integration.conftest import sdk_client as sdk
 from tests.integration.test_assays import config, iso, publish_rows
 from tests.integration.test_logs import wait_rows
 from tests.models import ccfraud_onnx
+from tests.stack import service_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -318,3 +319,45 @@ def test_training_events_the_stream_refused_are_published_once_it_accepts(stack,
     assert events[0]["trigger"] == "ASSAY_ALERT" and events[0]["alerts"] is not None
     assert events[1]["status"] == "failed" and "training run failed" in events[1]["reason"]
     assert all(e["_msg_id"] == e["event_id"] for e in events)
+
+
+@contextlib.contextmanager
+def second_monitoring(stack, tmp_path):
+    """Another monitoring process on the stack, as the supervisor starts one: a second replica sharing the durable
+    consumers and the training starter's table."""
+    env = {k: v for k, v in stack.env.items() if k.startswith(("RAILYARD_MONITORING__", "RAILYARD_AUTH__",
+                                                                "RAILYARD_TASKS__"))}
+    log = tmp_path / "monitoring.log"
+    with service_process(stack, "monitoring", log, env) as process:
+        deadline = time.monotonic() + 60
+        while "serving (pid" not in log.read_text():
+            assert process.poll() is None, f"the second monitoring process exited:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"the second monitoring process did not start:\n{log.read_text()}"
+            time.sleep(0.2)
+        yield process, log
+
+
+def test_copies_of_one_alert_handled_by_two_monitoring_processes_start_one_training(stack, drift, tmp_path):
+    answer = setup(stack, drift, trigger="ASSAY_ALERT", threshold=1)
+    assert answer.status_code == 200, answer.text
+    counted, runs = answer.json()["training"]["alerts"], len(training_tasks(drift))
+    pipeline = drift["pipeline"]
+    alert = {"event_id": str(uuid.uuid4()), "assay_id": 0, "name": "copies",
+             "workspace_id": drift["account"].workspace_id, "pipeline_id": pipeline["pipeline_pk_id"],
+             "pipeline_name": pipeline["name"], "iopath": "output dense_1 0", "status": "Alert", "score": 9.0,
+             "warning_threshold": None, "alert_threshold": 0.1, "window_start": iso(0), "window_end": iso(1000),
+             "occurred_at": datetime.now(UTC).isoformat()}
+
+    async def copies() -> None:  # the same event eight times, as fast as the bus takes them: both processes pull
+        sequences = await asyncio.gather(*(send_alert(stack, alert) for _ in range(8)))
+        await handled(stack, max(sequences))
+
+    with second_monitoring(stack, tmp_path):
+        asyncio.run(copies())
+        state = continuous(drift)
+        assert state["training"]["alerts"] == counted + 1, state["training"]
+        training = state["last_training"]
+        assert training["trigger"] == "ASSAY_ALERT" and training["alerts"] == counted + 1, training
+        wait_for(lambda: len(training_tasks(drift)) == runs + 1, 30, "the training task")
+        wait_for(lambda: continuous(drift)["last_training"]["state"] == "failed", 60, "the training's end")
+        assert len(training_tasks(drift)) == runs + 1 and continuous(drift)["last_training"]["id"] == training["id"]
