@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 
 from faststream.nats import NatsRouter
 
-from services.deployer import handlers
+from services.deployer import handlers, store
 from services.deployer.backend import LocalBackend
 from shared import paging, subjects
 from shared.authz import Principal, bus_membership, bus_verifier
@@ -30,6 +32,7 @@ from shared.messages.deployer import (
     ResolveDeployment,
     UndeployPipeline,
 )
+from shared.outbox import Outbox
 from shared.service import Runtime, ServiceSpec
 
 NAME = "deployer"
@@ -114,10 +117,14 @@ async def start(runtime: Runtime) -> None:
                            request_slice_us=settings.request_path_slice_us)
     backend.start_supervising()
     public_url = settings.gateway.public_url or f"http://{settings.gateway.host}:{settings.gateway.port}"
-    deps = handlers.DeployerDeps(pool=runtime.db, broker=broker, backend=backend, publish=publish,
+    # a pipeline's events go out from the outbox (store.EVENT_TYPES; shared/outbox.py), in order per pipeline
+    outbox = Outbox(runtime.db, publish, event_types=store.EVENT_TYPES, order_field="pipeline_id",
+                    what="pipeline events", rows=store)
+    deps = handlers.DeployerDeps(pool=runtime.db, broker=broker, backend=backend,
                                  membership=lambda token: bus_membership(broker, token, timeout),
-                                 public_url=public_url.rstrip("/"), timeout=timeout)
-    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed)
+                                 public_url=public_url.rstrip("/"), timeout=timeout, events_committed=outbox.wake)
+    outbox_task = asyncio.create_task(outbox.run())
+    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, outbox=outbox, outbox_task=outbox_task)
     runtime.extras["restore"] = await handlers.restore_deployments(deps)
 
 
@@ -128,6 +135,13 @@ async def stop(runtime: Runtime) -> None:
     restore = runtime.extras.get("restore")
     if restore is not None:  # restarts still loading are cancelled (their replicas stopped) before the backend closes
         await restore.stop()
+    outbox_task, outbox = runtime.extras.get("outbox_task"), runtime.extras.get("outbox")
+    if outbox_task is not None:  # what is unsent: now if the bus takes it, else at a start (this or another process)
+        outbox_task.cancel()
+        with contextlib.suppress(BaseException):
+            await outbox_task
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(outbox.send(), 5)
     deps = runtime.extras.get("deps")
     if deps is not None:
         await deps.backend.close()

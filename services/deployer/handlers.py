@@ -10,7 +10,7 @@ import math
 import re
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ from shared.authz import (
 from shared.background import BackgroundTask
 from shared.bus import request
 from shared.errors import Conflict, InvalidRequest, NotFound, Unavailable, echo
-from shared.messages.base import INT64, Event
+from shared.messages.base import INT64
 from shared.messages.deployer import (
     CopyPipeline,
     CreatePipeline,
@@ -67,10 +67,12 @@ class DeployerDeps:
     pool: asyncpg.Pool
     broker: Any
     backend: LocalBackend
-    publish: Callable[[str, Event], Awaitable[None]]
     membership: Callable[[str | None], MembershipLookup]
     public_url: str
     timeout: float
+    # the events of a change are written to the outbox in its transaction (store.EVENT_TYPES); called after such a
+    # commit: the outbox (app.py) sends them now
+    events_committed: Callable[[], None] = lambda: None
     changing: weakref.WeakValueDictionary[int, asyncio.Lock] = field(default_factory=weakref.WeakValueDictionary)
     # active deployments whose restore after a restart failed (name -> reason): nothing runs for them until a deploy
     # or an undeploy (docs/inference.md); kept in memory, as the replica sets are, so a later restart tries again
@@ -171,10 +173,12 @@ async def _create_version(deps: DeployerDeps, principal: Principal, workspace_id
             raise Conflict(f"a pipeline named {name!r} already exists in the workspace")
         pipeline_id, version_id, version, created = await store.create_pipeline_version(
             conn, workspace_id, name, uuid.UUID(principal.user_id), definition)
+        if created:  # with the version, in its transaction (the outbox sends it)
+            await store.add_event(conn, subjects.EVENT_PIPELINE_VERSION_CREATED, PipelineVersionCreated(
+                pipeline_id=pipeline_id, workspace_id=workspace_id, name=name,
+                pipeline_version=str(version), models=_definition_models(definition)))
     if created:
-        await deps.publish(subjects.EVENT_PIPELINE_VERSION_CREATED, PipelineVersionCreated(
-            pipeline_id=pipeline_id, workspace_id=workspace_id, name=name,
-            pipeline_version=str(version), models=_definition_models(definition)))
+        deps.events_committed()
     return PipelineCreated(pipeline_pk_id=pipeline_id, pipeline_variant_pk_id=version_id,
                            pipeline_variant_version=str(version))
 
@@ -392,6 +396,24 @@ async def _start_deployment(deps: DeployerDeps, pipeline, version, deploy_id: st
                                                     workspace_id=pipeline["workspace_id"]),
                        steps=steps, engine_config=config)
     row = (pipeline["id"], version["id"], deploy_id, config, spec.model_dump(mode="json"))
+    try:
+        return await _activate(deps, pipeline, version, deploy_id, config, spec, row)
+    finally:
+        deps.events_committed()  # its events.pipeline.deployed, when the replicas serve (committed by _activate)
+
+
+async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, config: dict[str, Any], spec: ReplicaSpec,
+                    row: tuple[Any, ...]) -> Deployed:
+    """_start_deployment's work, under the pipeline's lock. events.pipeline.deployed goes to the outbox once the
+    replicas serve, in the transaction that records it: a redeploy of a deployment that serves writes its new row
+    then (`record`); otherwise the row was made active before the replicas started (so the deployment shows as
+    starting), and the event is written alone right after they serve. Never before: a deploy whose replicas fail
+    to start sends none (the event is not written at the activation, which a failed start undoes)."""
+
+    def deployed(deployment_id: int, name: str) -> PipelineDeployed:
+        return PipelineDeployed(deployment_id=deployment_id, name=name, pipeline_id=pipeline["id"],
+                                workspace_id=pipeline["workspace_id"], pipeline_version=str(version["version"]))
+
     async with deps.pipeline_lock(pipeline["id"]):
         async with deps.pool.acquire() as conn, conn.transaction():
             before = await store.pipeline_deployment(conn, pipeline["id"])
@@ -412,6 +434,7 @@ async def _start_deployment(deps: DeployerDeps, pipeline, version, deploy_id: st
         async def record() -> None:
             async with deps.pool.acquire() as conn, conn.transaction():
                 await store.activate_deployment(conn, await store.pipeline_deployment(conn, pipeline["id"]), *row)
+                await store.add_event(conn, subjects.EVENT_PIPELINE_DEPLOYED, deployed(deployment_id, name))
 
         try:
             await deps.backend.start(name, spec, config["replica_count"], *_autoscale(config),
@@ -426,11 +449,11 @@ async def _start_deployment(deps: DeployerDeps, pipeline, version, deploy_id: st
             if renamed is not None:
                 await deps.backend.stop(renamed)
             raise InvalidRequest(f"the deployment failed to start: {exc}") from None
+        if not serving:  # the row says active since before the start: the event alone, now that the replicas serve
+            async with deps.pool.acquire() as conn, conn.transaction():
+                await store.add_event(conn, subjects.EVENT_PIPELINE_DEPLOYED, deployed(deployment_id, name))
         if renamed is not None:
             await deps.backend.stop(renamed)
-    await deps.publish(subjects.EVENT_PIPELINE_DEPLOYED, PipelineDeployed(
-        deployment_id=deployment_id, name=name, pipeline_id=pipeline["id"], workspace_id=pipeline["workspace_id"],
-        pipeline_version=str(version["version"])))
     return Deployed(id=deployment_id)
 
 
@@ -489,13 +512,14 @@ async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, 
         if row is None or row["pipeline_id"] != pipeline["id"]:
             raise NotFound(f"deployment {deployment_id} of pipeline {pipeline_id} not found")
         name = f"{row['deploy_id']}-{row['id']}"
-        await store.deactivate(deps.pool, deployment_id)
+        # inactive and its events.pipeline.undeployed in one transaction (none when it was inactive already)
+        await store.deactivate(deps.pool, deployment_id, PipelineUndeployed(
+            deployment_id=deployment_id, name=name, pipeline_id=pipeline_id, workspace_id=pipeline["workspace_id"]))
         deps.failed_restores.pop(name, None)
         await deps.backend.stop(name)
     finally:
         lock.release()
-    await deps.publish(subjects.EVENT_PIPELINE_UNDEPLOYED, PipelineUndeployed(
-        deployment_id=deployment_id, name=name, pipeline_id=pipeline_id, workspace_id=pipeline["workspace_id"]))
+        deps.events_committed()
     return {}
 
 

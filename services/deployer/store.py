@@ -8,7 +8,17 @@ from typing import Any
 
 import asyncpg
 
+from shared import subjects
 from shared.db import xact_lock
+from shared.messages.base import Event
+from shared.messages.deployer import PipelineDeployed, PipelineUndeployed, PipelineVersionCreated
+from shared.outbox import add_event, event_failed, event_sent, unsent_events  # noqa: F401 - the outbox table's
+
+# the events the deployer's commits write to the outbox (shared/outbox.py, migration 003), sent from there in order
+# per pipeline
+EVENT_TYPES: dict[str, type[Event]] = {subjects.EVENT_PIPELINE_VERSION_CREATED: PipelineVersionCreated,
+                                       subjects.EVENT_PIPELINE_DEPLOYED: PipelineDeployed,
+                                       subjects.EVENT_PIPELINE_UNDEPLOYED: PipelineUndeployed}
 
 # a pipeline's advisory lock, in a key space of its own: every service shares the database, and auth locks its
 # workspaces by id too (a bare pg_advisory_xact_lock(id) made pipeline 7 and workspace 7 wait on each other)
@@ -121,7 +131,13 @@ async def activate_deployment(conn: asyncpg.Connection, existing: dict[str, Any]
         pipeline_id, version_id, deploy_id, json.dumps(engine_config), json.dumps(spec))
 
 
-async def deactivate(pool: asyncpg.Pool, deployment_id: int) -> bool:
-    status = await pool.execute(
-        "UPDATE deployments SET active = false, updated_at = now() WHERE id = $1 AND active", deployment_id)
-    return status.endswith(" 1")
+async def deactivate(pool: asyncpg.Pool, deployment_id: int, event: PipelineUndeployed | None = None) -> bool:
+    """Make the deployment inactive; whether it was active. With `event`, its events.pipeline.undeployed goes to the
+    outbox in the same transaction, when it was active (an undeploy of an inactive one changes nothing)."""
+    async with pool.acquire() as conn, conn.transaction():
+        status = await conn.execute(
+            "UPDATE deployments SET active = false, updated_at = now() WHERE id = $1 AND active", deployment_id)
+        changed = status.endswith(" 1")
+        if changed and event is not None:
+            await add_event(conn, subjects.EVENT_PIPELINE_UNDEPLOYED, event)
+    return changed

@@ -1,4 +1,5 @@
-"""Reading a stack's JetStream events from a test: which of the ids a test made were announced."""
+"""Reading a stack's JetStream events from a test: which of the ids a test made were announced; what the EVENTS
+stream holds of them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import time
 
 import nats
 from nats.js.api import DeliverPolicy
+
+from shared import subjects
 
 
 def announced(stack, subject: str, key: str, ids: set[str], timeout: float = 10.0) -> set[str]:
@@ -31,3 +34,24 @@ def announced(stack, subject: str, key: str, ids: set[str], timeout: float = 10.
         return seen & ids
 
     return asyncio.run(run())
+
+
+async def stream_events(stack, subject: str, key: str, values: set) -> list[dict]:
+    """Every event on `subject` (a filter: "events.model.>") the EVENTS stream holds whose `key` is one of `values`,
+    in stream order, each with its subject (`_subject`) and Nats-Msg-Id header (`_msg_id`) added: what an outbox
+    sent, how often, in which order, under which de-duplication key."""
+    nc = await nats.connect(stack.settings().nats.url)
+    found = []
+    try:
+        sub = await nc.jetstream().pull_subscribe(subject, stream=subjects.EVENTS_STREAM)
+        while (await sub.consumer_info()).num_pending:
+            for message in await sub.fetch(500, timeout=5):
+                body = json.loads(message.data)
+                if body.get(key) in values:
+                    found.append(body | {"_subject": message.subject,
+                                         "_msg_id": (message.headers or {}).get("Nats-Msg-Id")})
+                await message.ack()
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+    return found

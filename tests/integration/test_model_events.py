@@ -12,14 +12,13 @@ The stack's real registry handles the uploads; the stream refuses as in test_ass
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 
-import nats as nats_client
 import pytest
 
 from shared import subjects
+from tests.integration.bus_events import stream_events
 from tests.integration.test_assay_events import events_refused
 from tests.integration.test_registry import api, model_id_of, upload
 from tests.models import ccfraud_onnx, ccfraud_pickle
@@ -29,21 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
 async def model_events(stack, model_ids: set[int]) -> list[dict]:
     """Every events.model.uploaded / version_finished of those models the EVENTS stream holds, in stream order."""
-    nc = await nats_client.connect(stack.settings().nats.url)
-    found = []
-    try:
-        sub = await nc.jetstream().pull_subscribe("events.model.>", stream=subjects.EVENTS_STREAM)
-        while (await sub.consumer_info()).num_pending:
-            for message in await sub.fetch(500, timeout=5):
-                body = json.loads(message.data)
-                if body.get("model_id") in model_ids:
-                    found.append(body | {"_subject": message.subject,
-                                         "_msg_id": (message.headers or {}).get("Nats-Msg-Id")})
-                await message.ack()
-        await sub.unsubscribe()
-    finally:
-        await nc.close()
-    return found
+    return await stream_events(stack, "events.model.>", "model_id", model_ids)
 
 
 def converted(stack, account, model_id: int, within: float = 60) -> dict:
@@ -55,9 +40,11 @@ def converted(stack, account, model_id: int, within: float = 60) -> dict:
     return version
 
 
-def listed(stack, account) -> list[int]:
+def listed(stack, account, kind: str = "models") -> list[int]:
+    """The ids workspaces/list shows of the account's workspace's `kind` ("models", "pipelines"): auth records them
+    from the services' events (model.uploaded, pipeline.version_created)."""
     workspaces = account.client.post("workspaces/list", {})["workspaces"]
-    return next(w for w in workspaces if w["id"] == account.workspace_id)["models"]
+    return next(w for w in workspaces if w["id"] == account.workspace_id)[kind]
 
 
 def test_model_events_the_stream_refused_are_published_once_it_accepts(stack, alice):

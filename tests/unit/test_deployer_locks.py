@@ -38,6 +38,10 @@ class MemoryStore:
                                    "definition": json.dumps({"steps": [{"ModelInference": {"models": [
                                        {"name": "m"}]}}]})}}
         self.deployments: dict[int, dict[str, Any]] = {}
+        self.events: list[tuple[str, Any]] = []  # the outbox's rows (subject, event), in the order written
+
+    async def add_event(self, conn, subject, event):
+        self.events.append((subject, event))
 
     async def pipeline(self, pool, pipeline_id):
         return self.pipelines.get(pipeline_id)
@@ -52,9 +56,12 @@ class MemoryStore:
     async def active_deployments(self, pool):
         return [dict(row) for row in self.deployments.values() if row["active"]]
 
-    async def deactivate(self, pool, deployment_id):
+    async def deactivate(self, pool, deployment_id, event=None):
+        was = self.deployments[deployment_id]["active"]
         self.deployments[deployment_id]["active"] = False
-        return True
+        if was and event is not None:
+            self.events.append(("events.pipeline.undeployed", event))
+        return was
 
     async def latest_version(self, pool, pipeline_id):
         return max((v for v in self.versions.values() if v["pipeline_id"] == pipeline_id), key=lambda v: v["id"])
@@ -139,11 +146,8 @@ def world(tmp_path, monkeypatch):
     async def member(user_id, workspace_id):
         return "owner"
 
-    async def publish(subject, event):
-        pass
-
     backend = HeldBackend(tmp_path)
-    deps = handlers.DeployerDeps(pool=MemoryPool(), broker=None, backend=backend, publish=publish,
+    deps = handlers.DeployerDeps(pool=MemoryPool(), broker=None, backend=backend,
                                  membership=lambda token: member, public_url="http://x", timeout=5.0)
     return SimpleNamespace(store=store, backend=backend, deps=deps)
 

@@ -1,0 +1,116 @@
+"""The deployer's events go to its outbox (services/deployer/store.py EVENT_TYPES, shared/outbox.py) in the
+transaction of the change they tell of, and only for a change that happened: events.pipeline.deployed once the
+replicas serve (none while they load, none when they fail to start, and for a redeploy of a serving deployment with
+the row that names its new version), events.pipeline.undeployed with the deactivation (none for a deployment that
+was inactive already), events.pipeline.version_created with a new version.
+The app wakes the outbox after each (`events_committed`). Before, each was published after its commit (a publish
+that failed lost the event and answered an error for a stored change). Same in-memory world as
+test_deployer_locks.py (its store stand-in records the outbox's rows)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.deployer import handlers
+from shared import subjects
+from shared.errors import InvalidRequest
+from shared.messages.deployer import CreatePipeline, DeployPipeline
+from tests.unit.test_deployer_locks import ALICE, PIPELINE, VERSION, WORKSPACE, _deploy, _until, world  # noqa: F401
+
+NEW = VERSION + 1
+
+
+def woken(made) -> list[int]:
+    """The deps' events_committed calls (the outbox's wake-ups), each as how many events were written by then."""
+    calls: list[int] = []
+    made.deps.events_committed = lambda: calls.append(len(made.store.events))
+    return calls
+
+
+def test_a_deploy_writes_deployed_once_its_replicas_serve_and_an_undeploy_undeployed(world):  # noqa: F811
+    async def scenario(world) -> None:
+        calls = woken(world)
+        deploy = _deploy(world, "a")
+        await _until(lambda: world.backend.waiting, "the deploy starts its replicas")
+        assert world.store.deployments[5]["active"]  # shown as starting
+        assert world.store.events == []  # nothing told while the replicas load
+        world.backend.waiting.pop()[1].set_result(None)
+        assert (await deploy).id == 5
+        assert [s for s, _ in world.store.events] == [subjects.EVENT_PIPELINE_DEPLOYED]
+        event = world.store.events[0][1]
+        assert (event.deployment_id, event.name, event.pipeline_id, event.workspace_id) == (5, "a-5", PIPELINE,
+                                                                                            WORKSPACE)
+        assert event.pipeline_version == str(world.store.versions[VERSION]["version"])
+        assert calls and calls[-1] == 1  # woken after the event was written
+
+        await handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5)
+        assert [s for s, _ in world.store.events] == [subjects.EVENT_PIPELINE_DEPLOYED,
+                                                      subjects.EVENT_PIPELINE_UNDEPLOYED]
+        assert world.store.events[1][1].name == "a-5" and calls[-1] == 2
+        await handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5)  # inactive already: nothing changed, no event
+        assert len(world.store.events) == 2
+
+    asyncio.run(scenario(world))
+
+
+def test_a_deploy_whose_replicas_fail_writes_no_event(world):  # noqa: F811
+    async def scenario(world) -> None:
+        deploy = _deploy(world, "a")
+        await _until(lambda: world.backend.waiting, "the deploy starts its replicas")
+        world.backend.waiting.pop()[1].set_exception(RuntimeError("the model did not load"))
+        with pytest.raises(InvalidRequest):
+            await deploy
+        assert not world.store.deployments[5]["active"] and world.store.events == []
+
+    asyncio.run(scenario(world))
+
+
+@pytest.mark.parametrize("ready", [True, False])
+def test_a_redeploy_of_a_serving_deployment_writes_deployed_with_its_new_row(world, ready):  # noqa: F811
+    async def scenario(world) -> None:
+        world.backend.hold = False
+        await _deploy(world, "a")
+        world.backend.hold = True
+        world.store.events.clear()
+        world.store.versions[NEW] = dict(world.store.versions[VERSION], id=NEW)
+        written_with: list[int] = []  # the row's version when the event was written
+        add_event = world.store.add_event
+
+        async def recorded(conn, subject, event) -> None:
+            written_with.append(world.store.deployments[5]["pipeline_version_id"])
+            await add_event(conn, subject, event)
+
+        world.store.add_event = recorded
+        redeploy = asyncio.create_task(handlers.deploy(world.deps, ALICE, "t", DeployPipeline(
+            deploy_id="b", pipeline_version_pk_id=NEW, pipeline_id=PIPELINE)))
+        await _until(lambda: world.backend.waiting, "the redeploy starts its replicas")
+        assert world.store.events == []
+        if ready:
+            world.backend.waiting.pop()[1].set_result(None)
+            await redeploy
+            assert [(s, e.name) for s, e in world.store.events] == [(subjects.EVENT_PIPELINE_DEPLOYED, "b-5")]
+            assert written_with == [NEW]  # in record's transaction, after the row names the new version
+        else:
+            world.backend.waiting.pop()[1].set_exception(RuntimeError("no"))
+            with pytest.raises(InvalidRequest):
+                await redeploy
+            assert world.store.events == []  # a-5 serves as before: nothing to tell
+
+    asyncio.run(scenario(world))
+
+
+def test_a_new_version_writes_version_created(world):  # noqa: F811
+    async def scenario(world) -> None:
+        calls = woken(world)
+        definition = {"steps": [{"ModelInference": {"models": [{"name": "m", "version": "v1"}]}}]}
+        created = await handlers.create_pipeline(world.deps, ALICE, "t", CreatePipeline(
+            pipeline_id="q", workspace_id=WORKSPACE, definition=definition))
+        assert [s for s, _ in world.store.events] == [subjects.EVENT_PIPELINE_VERSION_CREATED]
+        event = world.store.events[0][1]
+        assert (event.pipeline_id, event.name, event.pipeline_version) == (
+            created.pipeline_pk_id, "q", created.pipeline_variant_version)
+        assert event.models == [{"name": "m", "version": "v1"}] and calls == [1]
+
+    asyncio.run(scenario(world))
