@@ -141,6 +141,7 @@ async def start(runtime: Runtime) -> None:
     deps = handlers.Deps(pool=runtime.db, objects=runtime.objects, settings=settings.tasks, work_root=work_root,
                          membership=lambda token: bus_membership(broker, token, timeout), publish=publish)
     scheduler = Scheduler(deps=deps, mint=mint, gateway_url=gateway_url(runtime))
+    deps.events_committed = scheduler.events_committed
     scheduler.start()
     runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, scheduler=scheduler)
     log.info("task scheduler %s: work directory %s", scheduler.identity, work_root)

@@ -63,6 +63,9 @@ class Deps:
     work_root: Path
     membership: Callable[[str | None], MembershipLookup]
     publish: Callable[[str, Any], Awaitable[None]]
+    # called after a commit that wrote a run's events to the outbox (store.add_run_event): the scheduler's outbox
+    # sends them now (app.py)
+    events_committed: Callable[[], None] = lambda: None
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -278,7 +281,8 @@ async def list_tasks(deps: Deps, principal: Principal, token: str | None, worksp
 async def kill_task(deps: Deps, principal: Principal, token: str | None, task_id: uuid.UUID) -> TaskRecord:
     """No more runs of the task; a run in progress is stopped (by its supervisor, within a heartbeat)."""
     await _visible_task(deps, principal, token, task_id)
-    await store.kill_task(deps.pool, task_id)
+    if await store.kill_task(deps.pool, task_id):
+        deps.events_committed()
     return await get_task(deps, principal, token, task_id)
 
 

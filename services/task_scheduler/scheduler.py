@@ -120,7 +120,7 @@ class Scheduler:
         self._outbox_task = asyncio.create_task(self.outbox.run())
         self._loop = asyncio.create_task(self._forever())
 
-    def _events_committed(self) -> None:
+    def events_committed(self) -> None:
         if self.outbox is not None:
             self.outbox.wake()
 
@@ -226,7 +226,7 @@ class Scheduler:
     async def fail_lost(self, conn: asyncpg.Connection) -> None:
         for row in await store.fail_lost_runs(conn, self.deps.settings.supervisor_lost_after):
             log.warning("run %s lost its supervisor %s: marked failed", row["id"], row["supervisor"])
-            self._events_committed()
+            self.events_committed()
 
     # --- 2. schedule points -------------------------------------------------------------------------------------
 
@@ -260,7 +260,7 @@ class Scheduler:
                 busy = True
                 continue
             for row in started:
-                self._events_committed()
+                self.events_committed()
                 self.kills[row["id"]] = asyncio.Event()
                 self.runs[row["id"]] = asyncio.create_task(self._supervise(row))
         return busy
@@ -328,7 +328,7 @@ class Scheduler:
             outcome = runner.RunOutcome("failure", outcome.exit_code, "stopped: its task scheduler process shut down")
         if await store.finish_run(self.deps.pool, run_id, self.identity, outcome.status, outcome.exit_code,
                                   outcome.reason):
-            self._events_committed()
+            self.events_committed()
         log.info("run %s: %s%s", run_id, outcome.status, f" ({outcome.reason})" if outcome.reason else "")
 
     async def _run(self, row: asyncpg.Record) -> runner.RunOutcome:

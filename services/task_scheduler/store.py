@@ -133,17 +133,21 @@ async def last_runs(pool: asyncpg.Pool, task_ids: list[uuid.UUID], per_task: int
     return found
 
 
-async def kill_task(pool: asyncpg.Pool, task_id: uuid.UUID) -> None:
-    """Stop a task: no more schedule points, queued runs fail, running ones are stopped by their supervisor."""
+async def kill_task(pool: asyncpg.Pool, task_id: uuid.UUID) -> int:
+    """Stop a task: no more schedule points, queued runs fail (with their events.task_run.failed in the outbox, as
+    every other end of a run), running ones are stopped by their supervisor. How many queued runs failed."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("UPDATE tasks SET killed = true, next_fire = NULL, updated_at = now() WHERE id = $1",
                            task_id)
-        await conn.execute(
+        killed = await conn.fetch(
             "UPDATE runs SET status = 'failure', reason = 'killed before it started', finished_at = now(), "
-            "updated_at = now() WHERE task_id = $1 AND status = 'queued'", task_id)
+            "updated_at = now() WHERE task_id = $1 AND status = 'queued' RETURNING *", task_id)
+        for run in killed:  # monitoring ends a continuous training at its run's end event; lineage draws it
+            await add_run_event(conn, run, "failure", None, run["reason"])
         await conn.execute("UPDATE runs SET kill_requested = true, updated_at = now() "
                            "WHERE task_id = $1 AND status = 'running'", task_id)
         await notify_work(conn)  # the supervisor stops the run at its next pass
+    return len(killed)
 
 
 # --- schedule points ---------------------------------------------------------------------------------------------

@@ -178,3 +178,28 @@ async def test_events_left_by_a_stopped_scheduler_are_sent_by_another(stack, dat
         await arrived_once(stack, run["id"])
     finally:
         await stop(second, broker)
+
+
+async def test_a_queued_run_killed_before_it_started_sends_its_failed_event(stack, database, tmp_path):
+    """tasks.kill fails the task's queued runs ('killed before it started') without any event: the only end of a
+    run with none, so a continuous training whose run was killed while queued stayed open for good (monitoring
+    ends it at events.task_run.failed; the one-open-training index then blocks every later training of that
+    deployment) and lineage drew no card. The failure's event is written with it, and sent."""
+    pool, orch_id, workspace = database
+    task = await run_once(pool, orch_id, workspace)  # no scheduler yet: the run stays queued
+    run_id = await pool.fetchval("SELECT id FROM runs WHERE task_id = $1 AND status = 'queued'", task)
+    assert run_id is not None
+    await store.kill_task(pool, task)
+    assert await pool.fetchval("SELECT reason FROM runs WHERE id = $1", run_id) == "killed before it started"
+    made, broker = await scheduler(stack, pool, tmp_path, "killed")
+    try:
+        deadline = time.monotonic() + 20
+        while not (events := await run_events(stack, run_id)):
+            assert time.monotonic() < deadline, "the killed run's failure never reached the stream"
+            await asyncio.sleep(0.2)
+    finally:
+        await stop(made, broker)
+    assert [(e["_subject"], e["status"], e["reason"], e["task_id"]) for e in events] == [
+        (subjects.EVENT_TASK_RUN_FAILED, "failure", "killed before it started", str(task))]
+    assert events[0]["_msg_id"] == events[0]["event_id"]
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
