@@ -596,6 +596,10 @@ async def _start_run(deps: ContinuousDeps, ct: asyncpg.Record, datasets: list[as
             current = handlers.current_model(view.definition)
             args["ml_backend"] = {"name": ct["model_name"], "version": current.version if current is not None
                                   and current.name == ct["model_name"] else None}
+        elif training["trigger"] == "ASSAY_ALERT":
+            # the alert was matched by the pipeline: a deployment no longer deployed (undeployed, or its pipeline
+            # deployed again under another deploy_id: a new deployment) is not retrained for its drift
+            await handlers._deployment(base, principal, token, ct["deployment"])
         task = await request(base.broker, subjects.TASKS_RUN_ONCE, RunTaskOnce(
             name=f"continuous training of {ct['deployment']} ({training_id})", orch_id=ct["orchestration_id"],
             workspace_id=ct["workspace_id"], json=args, timeout=ct["timeout"]),

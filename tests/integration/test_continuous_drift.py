@@ -24,6 +24,7 @@ import uuid
 import zipfile
 from datetime import UTC, datetime
 
+import asyncpg
 import nats as nats_client
 import numpy as np
 import pytest
@@ -95,6 +96,22 @@ def setup(stack, drift, **fields) -> object:
 
 def continuous(drift) -> dict:
     return drift["deployment"].retrieve_information()["continuous"]
+
+
+def query_training(stack, drift) -> dict:
+    """The deployment's newest training (id None: none yet), read from monitoring's table (retrieve_information
+    answers 404 once the deployment is undeployed)."""
+    async def read() -> dict:
+        conn = await asyncpg.connect(stack.settings().postgres.dsn)
+        try:
+            deployment_id = int(drift["deployment"].name.rsplit("-", 1)[1])
+            row = await conn.fetchrow("SELECT id, state, reason, trigger FROM monitoring.trainings WHERE"
+                                      " deployment_id = $1 ORDER BY created_at DESC LIMIT 1", deployment_id)
+            return dict(row) if row is not None else {"id": None, "state": None}
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
 
 
 def training_tasks(drift) -> list[dict]:
@@ -361,3 +378,25 @@ def test_copies_of_one_alert_handled_by_two_monitoring_processes_start_one_train
         wait_for(lambda: len(training_tasks(drift)) == runs + 1, 30, "the training task")
         wait_for(lambda: continuous(drift)["last_training"]["state"] == "failed", 60, "the training's end")
         assert len(training_tasks(drift)) == runs + 1 and continuous(drift)["last_training"]["id"] == training["id"]
+
+
+def test_an_alert_for_a_deployment_no_longer_deployed_starts_no_run(stack, drift):
+    """Last in the file: it undeploys the module's deployment. The alert still matches the pipeline, the training
+    opens and is failed by the starter with the reason; no run is created."""
+    answer = setup(stack, drift, trigger="ASSAY_ALERT", threshold=1)
+    assert answer.status_code == 200, answer.text
+    runs, before = len(training_tasks(drift)), query_training(stack, drift)["id"]
+    pipeline = drift["pipeline"]
+    deployment_id = int(drift["deployment"].name.rsplit("-", 1)[1])
+    undeployed = post(stack, "pipelines/undeploy", drift["account"].token,
+                      {"pipeline_id": pipeline["pipeline_pk_id"], "deployment_id": deployment_id})
+    assert undeployed.status_code == 200, undeployed.text
+    alert = {"event_id": str(uuid.uuid4()), "assay_id": 0, "name": "gone",
+             "workspace_id": drift["account"].workspace_id, "pipeline_id": pipeline["pipeline_pk_id"],
+             "pipeline_name": pipeline["name"], "iopath": "output dense_1 0", "status": "Alert", "score": 9.0,
+             "warning_threshold": None, "alert_threshold": 0.1, "window_start": iso(0), "window_end": iso(1000)}
+    asyncio.run(handled(stack, asyncio.run(send_alert(stack, alert))))
+    training = wait_for(lambda: (t := query_training(stack, drift))["id"] != before and t["state"] == "failed" and t,
+                        30, "the training's failure")
+    assert training["trigger"] == "ASSAY_ALERT" and "not deployed" in training["reason"], training
+    assert len(training_tasks(drift)) == runs
