@@ -1,10 +1,15 @@
-"""Pure parts of continuous deployment (services/monitoring/continuous.py): what counts as a classification's answer,
-and the pipeline definitions a promotion, a roll-back and a shadow set produce."""
+"""Pure parts of continuous training and deployment (services/monitoring/continuous.py): the set-up's trigger and
+threshold, what counts as a classification's answer, and the pipeline definitions a promotion, a roll-back and a
+shadow set produce."""
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
 from services.monitoring.continuous import _serving, top_class
 from services.monitoring.sequential import PairCounts
+from shared.messages.monitoring_continuous import SetupContinuousTraining
 
 IMAGE = {"input": "pixels", "kind": "classification", "size": [8, 8]}
 CHAMPION = {"name": "digits", "version": "v1", "sha": "a"}
@@ -39,3 +44,14 @@ def test_a_shadow_set_turns_the_model_step_into_a_shadow_deploy():
 def test_pairs_are_counted_by_outcome():
     counts = PairCounts.from_pairs([(True, True), (True, False), (False, True), (False, True), (False, False)])
     assert (counts.n11, counts.n10, counts.n01, counts.n00, counts.pairs) == (1, 1, 2, 1, 5)
+
+
+def test_the_trigger_and_its_threshold_are_checked_at_set_up():
+    base = {"deployment": "d-1", "project_id": 1, "experiment_parameters": {}}
+    assert SetupContinuousTraining.model_validate(base | {"threshold": 5}).trigger == "FEEDBACK_LOOP"
+    assert SetupContinuousTraining.model_validate(base | {"trigger": "ASSAY_ALERT"}).threshold == 1  # default 1
+    assert SetupContinuousTraining.model_validate(base | {"trigger": "ASSAY_ALERT", "threshold": 3}).threshold == 3
+    for bad in ({"threshold": 5, "trigger": "DRIFT"}, {"trigger": "ASSAY_ALERT", "threshold": 0},
+                {"trigger": "FEEDBACK_LOOP"}, {}):  # FEEDBACK_LOOP (the default) needs its threshold
+        with pytest.raises(ValidationError):
+            SetupContinuousTraining.model_validate(base | bad)
