@@ -11,7 +11,7 @@ another one)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import pydantic_core
@@ -75,3 +75,16 @@ def too_large_hint(command: str, header: bool = False) -> str:
     where = "the x-next-cursor header over HTTP, next_cursor on the bus" if header else "next_cursor"
     return (f"ask {command} for pages: pass limit (at most {MAX_PAGE}), then each page's cursor ({where}) as cursor "
             "(docs/api-paging.md)")
+
+
+async def pages(ask: Callable[[str | None], Awaitable[Any]]) -> AsyncIterator[Any]:
+    """Every page of a paged list, first to last: `ask(cursor)` answers one (a reply with `next_cursor`). For the
+    services that read a whole list (the monitoring service and the log store read pipelines/list): asked whole,
+    a workspace's list past a reply was a 422 relayed to their caller, whatever the caller asked."""
+    cursor = None
+    while True:
+        page = await ask(cursor)
+        yield page
+        cursor = page.next_cursor
+        if cursor is None:
+            return

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from services.log_store import handlers
 from services.log_store.segments import SegmentReader
-from shared import subjects
+from shared import paging, subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import (
     CallContext,
@@ -137,9 +137,15 @@ async def start(runtime: Runtime) -> None:
     await feed.start(nc)
 
     async def pipeline_exists(token: str | None, workspace_id: int, name: str) -> bool:
-        listed = await request(broker, subjects.DEPLOYER_PIPELINES_LIST, ListPipelines(workspace_id=workspace_id),
-                               token=token, timeout=timeout, reply_model=Pipelines)
-        return any(p.name == name for p in listed.pipelines)
+        async def page(cursor: str | None) -> Pipelines:
+            return await request(broker, subjects.DEPLOYER_PIPELINES_LIST, ListPipelines(
+                workspace_id=workspace_id, limit=paging.MAX_PAGE, cursor=cursor), token=token, timeout=timeout,
+                reply_model=Pipelines)
+
+        async for listed in paging.pages(page):  # a page at a time: a workspace's whole list may pass a reply
+            if any(p.name == name for p in listed.pipelines):
+                return True
+        return False
 
     deps = handlers.Deps(pool=runtime.db, objects=runtime.objects, settings=settings.logs,
                          reader=SegmentReader(runtime.objects),

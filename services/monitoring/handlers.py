@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from services.monitoring import datalake, feedback_store, store
-from shared import subjects
+from shared import paging, subjects
 from shared.authz import MembershipLookup, Principal, require_member
 from shared.bus import request
 from shared.errors import Conflict, InvalidRequest, NotFound
@@ -88,17 +88,20 @@ async def _deployment(deps: MonitoringDeps, principal: Principal, token: str | N
         await require_member(deps.membership(token), principal, route.workspace_id)
     except NotFound:
         raise NotFound(f"deployment {name!r} not found") from None
-    pipelines = await request(deps.broker, subjects.DEPLOYER_PIPELINES_LIST,
-                              ListPipelines(workspace_id=route.workspace_id), token=token, timeout=deps.timeout,
-                              reply_model=Pipelines)
-    for pipeline in pipelines.pipelines:
-        active = pipeline.deployment
-        if pipeline.name == route.pipeline_name and active and active["id"] == route.deployment_id:
-            version = next((v for v in pipeline.versions if v["id"] == active["pipeline_version_pk_id"]), None)
-            deploy_id = active["name"].rpartition("-")[0]
-            return DeploymentView(route=route, pipeline_id=pipeline.id, deploy_id=deploy_id,
-                                  definition=(version or {}).get("definition") or {},
-                                  engine_config=active.get("engine_config"))
+    async def page(cursor: str | None) -> Pipelines:
+        return await request(deps.broker, subjects.DEPLOYER_PIPELINES_LIST, ListPipelines(
+            workspace_id=route.workspace_id, limit=paging.MAX_PAGE, cursor=cursor), token=token, timeout=deps.timeout,
+            reply_model=Pipelines)
+
+    async for pipelines in paging.pages(page):  # a page at a time: a workspace's whole list may pass a reply
+        for pipeline in pipelines.pipelines:
+            active = pipeline.deployment
+            if pipeline.name == route.pipeline_name and active and active["id"] == route.deployment_id:
+                version = next((v for v in pipeline.versions if v["id"] == active["pipeline_version_pk_id"]), None)
+                deploy_id = active["name"].rpartition("-")[0]
+                return DeploymentView(route=route, pipeline_id=pipeline.id, deploy_id=deploy_id,
+                                      definition=(version or {}).get("definition") or {},
+                                      engine_config=active.get("engine_config"))
     raise NotFound(f"deployment {name!r} is not deployed")
 
 

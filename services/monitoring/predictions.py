@@ -64,7 +64,7 @@ from services.monitoring.handlers import (
 )
 from services.monitoring.monitored_model import monitored_model
 from services.monitoring.predictions_store import PredictionRow, insert_prediction
-from shared import images, subjects
+from shared import images, paging, subjects
 from shared.authz import Principal, require_user
 from shared.bus import CallContext, command, publish_event, raise_for_error_header, request
 from shared.errors import (
@@ -329,10 +329,16 @@ async def _served(deps: MonitoringDeps, token: str | None, view: DeploymentView,
     served = meta.get("pipeline_version")
     if not served or served == view.route.pipeline_version:
         return view.definition
-    pipelines = await request(deps.broker, subjects.DEPLOYER_PIPELINES_LIST,
-                              ListPipelines(workspace_id=view.route.workspace_id), token=token, timeout=deps.timeout,
-                              reply_model=Pipelines)
-    return served_definition(pipelines, view.pipeline_id, str(served)) or view.definition
+    async def page(cursor: str | None) -> Pipelines:
+        return await request(deps.broker, subjects.DEPLOYER_PIPELINES_LIST, ListPipelines(
+            workspace_id=view.route.workspace_id, limit=paging.MAX_PAGE, cursor=cursor), token=token,
+            timeout=deps.timeout, reply_model=Pipelines)
+
+    async for pipelines in paging.pages(page):  # a page at a time: a workspace's whole list may pass a reply
+        found = served_definition(pipelines, view.pipeline_id, str(served))
+        if found is not None:
+            return found
+    return view.definition
 
 
 def _split_answered(answer: pa.Table) -> dict[str, Any] | None:

@@ -127,6 +127,10 @@ def test_a_pipeline_list_larger_than_a_reply_is_422_and_pages_through_it(stack, 
         if cursor is None:
             break
     assert seen == [p["name"] for p in few] + [f"big{index}" for index in range(140)]
+    # the log store looks a pipeline that logged nothing yet up in pipelines/list, page after page: asked whole, the
+    # list's 422 came back as get_logs' answer
+    logs = post(stack, "pipelines/get_logs", alice.token, {"pipeline_id": "big139", "workspace_id": alice.workspace_id})
+    assert logs.status_code == 200, logs.text[:300]
 
 
 def test_a_refused_dns_name_is_echoed_cut_short(stack, alice):

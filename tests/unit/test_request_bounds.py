@@ -226,3 +226,21 @@ def test_a_page_holds_at_most_limit_items_and_stops_at_its_byte_budget():
     for bad in ("", "-1", "4.2", "1" * 20, "٣"):
         with pytest.raises(InvalidRequest, match="cursor: not a next_cursor of x/list"):
             paging.after(bad, "x/list")
+
+
+def test_pages_reads_a_paged_list_to_its_end():
+    import asyncio
+    from types import SimpleNamespace
+
+    from shared import paging
+
+    asked = []
+
+    async def ask(cursor):
+        asked.append(cursor)
+        return SimpleNamespace(items=[cursor], next_cursor={None: "a", "a": "b"}.get(cursor))
+
+    async def read():
+        return [page.items async for page in paging.pages(ask)]
+
+    assert asyncio.run(read()) == [[None], ["a"], ["b"]] and asked == [None, "a", "b"]
