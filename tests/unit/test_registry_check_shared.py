@@ -74,6 +74,7 @@ async def test_concurrent_uploads_of_the_same_bytes_run_the_check_once(harness, 
 async def test_a_failed_or_abandoned_check_answers_no_one_and_the_others_check(harness, monkeypatch):
     held = Held(harness, monkeypatch, fail_first=True)
     failing = asyncio.create_task(harness.upload(ccfraud_onnx()))
+    await held.all_asked(1)  # the first upload is the one checking (its download, a thread, came first)
     waiting = asyncio.create_task(harness.upload(ccfraud_onnx()))
     await held.all_asked(2)
     held.gate.set()
@@ -85,6 +86,7 @@ async def test_a_failed_or_abandoned_check_answers_no_one_and_the_others_check(h
     harness.deps.checked = handlers.CheckCache()
     held = Held(harness, monkeypatch)
     abandoned = asyncio.create_task(harness.upload(ccfraud_onnx()))
+    await held.all_asked(1)
     waiting = asyncio.create_task(harness.upload(ccfraud_onnx()))
     await held.all_asked(2)
     abandoned.cancel()
