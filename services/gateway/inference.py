@@ -271,6 +271,11 @@ async def _ask_engine(runtime: Runtime, deployment: str, payload: bytes) -> Engi
                 break
             except nats.errors.NoRespondersError:
                 raise Unavailable(f"deployment {deployment!r} has no running engine; retry shortly") from None
+            except (nats.errors.OutboundBufferLimitError, nats.errors.ConnectionClosedError,
+                    nats.errors.ConnectionDrainingError):
+                # NATS away with the reconnect buffer full, or the connection closing: a 503 as in shared.bus.request,
+                # not an uncaught nats error (a 500 with a stack trace for every inference of the outage)
+                raise Unavailable("the gateway's connection to the bus is down; retry shortly") from None
             except nats.errors.TimeoutError:
                 if attempt == 1:
                     raise UpstreamTimeout(f"the engine did not answer within {INFER_TIMEOUT:g}s") from None
