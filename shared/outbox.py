@@ -68,15 +68,20 @@ async def event_failed(conn: asyncpg.Connection, outbox_id: int, error: str) -> 
 
 # --- sending ------------------------------------------------------------------------------------------------------
 
-def order_key(row: Any, field: str) -> Any:
-    """What a row's event is about (its payload's `field`: an assay's id, a task run's id), the order key: one
-    thing's events go out in order; the row itself when its payload names none."""
+def order_key(row: Any, field: str | tuple[str, ...]) -> Any:
+    """What a row's event is about (its payload's `field`: an assay's id, a task run's id; of several fields, the
+    first the payload names: a model version, or else a connection), the order key: one thing's events go out in
+    order; the row itself when its payload names none."""
     payload = row["payload"]
     try:
-        value = (json.loads(payload) if isinstance(payload, str | bytes) else payload).get(field)
+        body = json.loads(payload) if isinstance(payload, str | bytes) else payload
+        for name in (field,) if isinstance(field, str) else field:
+            value = body.get(name)
+            if isinstance(value, int | str) and not isinstance(value, bool):
+                return name, value
     except (ValueError, AttributeError):
-        value = None
-    return (field, value) if isinstance(value, int | str) and not isinstance(value, bool) else ("row", row["id"])
+        pass
+    return "row", row["id"]
 
 
 def row_refused(exc: Exception) -> bool:
@@ -89,11 +94,13 @@ def row_refused(exc: Exception) -> bool:
 
 class Outbox:
     """The sender of one service's outbox. `event_types`: the event class of each subject the service puts there;
+    `order_field`: the payload field (or fields, the first present) whose value is the order key (`order_key`);
     `rows`: where the table's functions are looked up at each call (this module, or a service's store module
     that re-exports them)."""
 
     def __init__(self, pool: asyncpg.Pool, publish: Callable[[str, Any], Awaitable[None]], *,
-                 event_types: dict[str, type[Event]], order_field: str, what: str, retry: float = RETRY,
+                 event_types: dict[str, type[Event]], order_field: str | tuple[str, ...], what: str,
+                 retry: float = RETRY,
                  rows: Any = None) -> None:
         self.pool = pool
         self.publish = publish

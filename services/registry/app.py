@@ -204,11 +204,12 @@ async def start(runtime: Runtime) -> None:
 
     verifier, feed = bus_verifier(broker, settings.auth, timeout)
     await feed.start(broker.config.connection_state.connection)
-    # a version's events go out from the outbox (store.EVENT_TYPES; shared/outbox.py), in order per version
-    outbox = Outbox(runtime.db, publish, event_types=store.EVENT_TYPES, order_field="model_version",
-                    what="model events", rows=store)
+    # the registry's events go out from the outbox (store.EVENT_TYPES; shared/outbox.py), in order per model version,
+    # connection or registry
+    outbox = Outbox(runtime.db, publish, event_types=store.EVENT_TYPES, order_field=store.ORDER_FIELDS,
+                    what="registry events", rows=store)
     deps = handlers.RegistryDeps(
-        pool=runtime.db, objects=runtime.objects, settings=settings.registry, publish=publish,
+        pool=runtime.db, objects=runtime.objects, settings=settings.registry,
         membership=lambda token: bus_membership(broker, token, timeout), events_committed=outbox.wake)
     outbox_task = asyncio.create_task(outbox.run())
     async def my_workspaces(token: str | None) -> dict[int, str]:
@@ -221,7 +222,7 @@ async def start(runtime: Runtime) -> None:
     runtime.extras.update(
         deps=deps, verifier=verifier, verifier_feed=feed, outbox=outbox, outbox_task=outbox_task,
         connections=ConnectionService(runtime.db, box, deps.membership, my_workspaces, rules,
-                                      publish=publish),
+                                      events_committed=outbox.wake),
         registries=RegistryService(deps, box, rules))
     await handlers.resume_conversions(deps)
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 
+from services.registry import store
 from shared import subjects
 from shared.authz import (
     Principal,
@@ -141,8 +143,11 @@ class ConnectionService:
              "   FILTER (WHERE w.id IS NOT NULL), '{}') AS workspace_ids"
              " FROM connections c LEFT JOIN connection_workspaces w ON w.connection_id = c.id")
 
-    def __init__(self, pool: asyncpg.Pool, box, membership, my_workspaces, rules: OutboundRules, publish) -> None:
-        self.publish = publish
+    def __init__(self, pool: asyncpg.Pool, box, membership, my_workspaces, rules: OutboundRules,
+                 events_committed: Callable[[], None]) -> None:
+        # a change's events.connection.changed is written to the outbox in its transaction (`_changed`); called after
+        # such a commit: the outbox (app.py) sends it now
+        self.events_committed = events_committed
         self.pool = pool
         self.box = box
         self.membership = membership  # token -> MembershipLookup
@@ -175,16 +180,20 @@ class ConnectionService:
         await _check_details(cmd.details, self.rules, cmd.type)
         connection_id = uuid.uuid4()
         try:
-            await self.pool.execute(
-                "INSERT INTO connections (id, name, type, details_encrypted, owner_id) VALUES ($1, $2, $3, $4, $5)",
-                connection_id, cmd.name, cmd.type, self.box.seal(cmd.details), uuid.UUID(principal.user_id))
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "INSERT INTO connections (id, name, type, details_encrypted, owner_id) VALUES ($1, $2, $3, $4, $5)",
+                    connection_id, cmd.name, cmd.type, self.box.seal(cmd.details), uuid.UUID(principal.user_id))
+                await self._changed(conn, connection_id, "created")
         except asyncpg.UniqueViolationError:
             raise Conflict(f"a connection named {cmd.name!r} already exists") from None
-        await self._changed(connection_id, "created")
+        self.events_committed()
         return ConnectionId(id=str(connection_id))
 
-    async def _changed(self, connection_id: uuid.UUID, action: str, workspace_id: int | None = None) -> None:
-        await self.publish(subjects.EVENT_CONNECTION_CHANGED, ConnectionChanged(
+    async def _changed(self, conn: asyncpg.Connection, connection_id: uuid.UUID, action: str,
+                       workspace_id: int | None = None) -> None:
+        """The change's events.connection.changed, to the outbox in the change's transaction (`conn`)."""
+        await store.add_event(conn, subjects.EVENT_CONNECTION_CHANGED, ConnectionChanged(
             connection_id=connection_id, action=action, workspace_id=workspace_id))
 
     async def add_to_workspace(self, principal: Principal, token: str | None,
@@ -193,12 +202,14 @@ class ConnectionService:
         require_unscoped(principal, "attach connections to workspaces")
         row = await self._visible(principal, token, "c.id = $1", _uuid(cmd.connection_id))
         name = (await self.my_workspaces(token)).get(cmd.workspace_id, str(cmd.workspace_id))
-        link = await self.pool.fetchval(
-            "INSERT INTO connection_workspaces (id, connection_id, workspace_id, workspace_name)"
-            " VALUES ($1, $2, $3, $4) ON CONFLICT (connection_id, workspace_id) DO UPDATE SET workspace_name ="
-            " EXCLUDED.workspace_name RETURNING id",
-            uuid.uuid4(), row["id"], cmd.workspace_id, name)
-        await self._changed(row["id"], "attached", cmd.workspace_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            link = await conn.fetchval(
+                "INSERT INTO connection_workspaces (id, connection_id, workspace_id, workspace_name)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT (connection_id, workspace_id) DO UPDATE SET workspace_name ="
+                " EXCLUDED.workspace_name RETURNING id",
+                uuid.uuid4(), row["id"], cmd.workspace_id, name)
+            await self._changed(conn, row["id"], "attached", cmd.workspace_id)
+        self.events_committed()
         return ConnectionId(id=str(link))
 
     async def list(self, principal: Principal, token: str | None, workspace_id: int) -> Connections:
@@ -226,12 +237,14 @@ class ConnectionService:
                                     connection_id: str) -> NoContent:
         await require_member(self.membership(token), principal, workspace_id)
         require_unscoped(principal, "remove connections from workspaces")
-        status = await self.pool.execute(
-            "DELETE FROM connection_workspaces WHERE connection_id = $1 AND workspace_id = $2",
-            _uuid(connection_id), workspace_id)
-        if status.endswith(" 0"):
-            raise NotFound("connection not found in that workspace")
-        await self._changed(_uuid(connection_id), "detached", workspace_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            status = await conn.execute(
+                "DELETE FROM connection_workspaces WHERE connection_id = $1 AND workspace_id = $2",
+                _uuid(connection_id), workspace_id)
+            if status.endswith(" 0"):
+                raise NotFound("connection not found in that workspace")
+            await self._changed(conn, _uuid(connection_id), "detached", workspace_id)
+        self.events_committed()
         return NoContent()
 
     async def delete(self, principal: Principal, token: str | None, name: str) -> NoContent:
@@ -243,10 +256,12 @@ class ConnectionService:
             raise Conflict(f"connection {name!r} is still attached to {len(row['workspace_ids'])} workspace(s);"
                            " remove it from them first")
         try:
-            await self.pool.execute("DELETE FROM connections WHERE id = $1", row["id"])
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute("DELETE FROM connections WHERE id = $1", row["id"])
+                await self._changed(conn, row["id"], "deleted")
         except asyncpg.ForeignKeyViolationError:
             raise Conflict(f"connection {name!r} was attached to a workspace meanwhile") from None
-        await self._changed(row["id"], "deleted")
+        self.events_committed()
         return NoContent()
 
 

@@ -30,7 +30,6 @@ from services.registry.worker import run_worker, run_worker_verdict
 from shared import subjects
 from shared.authz import MembershipLookup, Principal, require_member, require_user
 from shared.errors import InvalidRequest, NotFound, RailyardError, echo
-from shared.messages.base import Event
 from shared.messages.registry import (
     ModelConfig,
     ModelDetails,
@@ -138,7 +137,6 @@ class RegistryDeps:
     pool: asyncpg.Pool
     objects: ObjectStore
     settings: RegistrySettings
-    publish: Callable[[str, Event], Awaitable[None]]
     membership: Callable[[str | None], MembershipLookup]
     tasks: set[asyncio.Task] = field(default_factory=set)
     conversions: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
@@ -146,8 +144,9 @@ class RegistryDeps:
     # worker_memory_mb, so at most CHECKS_AT_ONCE run together (the rest of an upload does not wait for them)
     checks: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CHECKS_AT_ONCE))
     checked: CheckCache = field(default_factory=CheckCache)  # the checks' answers by (framework, sha256)
-    # a version's events.model.uploaded / version_finished are written to the outbox with it (store.EVENT_TYPES);
-    # called after such a commit: the outbox (app.py) sends them now
+    # the registry's events (a version's events.model.uploaded / version_finished, a registry's events.registry.changed)
+    # are written to the outbox in the change's transaction (store.EVENT_TYPES); called after such a commit: the
+    # outbox (app.py) sends them now
     events_committed: Callable[[], None] = lambda: None
 
     def spawn(self, coro: Awaitable[None]) -> None:

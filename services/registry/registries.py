@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from services.registry import handlers
+from services.registry import handlers, store
 from services.registry.mlflow import MlflowRegistry
 from shared import subjects
 from shared.authz import Principal, require_member, require_owner_or_member, require_unscoped, require_user
@@ -101,29 +101,36 @@ class RegistryService:
                 uuid.UUID(principal.user_id))
             await conn.execute("INSERT INTO registry_workspaces (registry_id, workspace_id) VALUES ($1, $2)",
                                registry_id, cmd.workspace_id)
-        await self._changed(registry_id, "created", cmd.workspace_id)
+            await self._changed(conn, registry_id, "created", cmd.workspace_id)
+        self.deps.events_committed()
         return RegistryCreated(id=str(registry_id), workspace_id=cmd.workspace_id)
 
-    async def _changed(self, registry_id: uuid.UUID, action: str, workspace_id: int) -> None:
-        await self.deps.publish(subjects.EVENT_REGISTRY_CHANGED, RegistryChanged(
+    async def _changed(self, conn: asyncpg.Connection, registry_id: uuid.UUID, action: str,
+                       workspace_id: int) -> None:
+        """The change's events.registry.changed, to the outbox in the change's transaction (`conn`)."""
+        await store.add_event(conn, subjects.EVENT_REGISTRY_CHANGED, RegistryChanged(
             registry_id=registry_id, action=action, workspace_id=workspace_id))
 
     async def attach(self, principal: Principal, token: str | None, cmd: AttachRegistry) -> RegistryAttachment:
         await require_member(self.deps.membership(token), principal, cmd.workspace_id)
         require_unscoped(principal, "attach registries to workspaces")
         row = await self._visible(principal, token, _registry_id(cmd.registry_id, cmd.id))
-        await self.pool.execute("INSERT INTO registry_workspaces (registry_id, workspace_id) VALUES ($1, $2)"
-                                " ON CONFLICT DO NOTHING", row["id"], cmd.workspace_id)
-        await self._changed(row["id"], "attached", cmd.workspace_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("INSERT INTO registry_workspaces (registry_id, workspace_id) VALUES ($1, $2)"
+                               " ON CONFLICT DO NOTHING", row["id"], cmd.workspace_id)
+            await self._changed(conn, row["id"], "attached", cmd.workspace_id)
+        self.deps.events_committed()
         return RegistryAttachment(id=str(row["id"]), registry_id=str(row["id"]), workspace_id=cmd.workspace_id)
 
     async def detach(self, principal: Principal, token: str | None, cmd: AttachRegistry) -> RegistryAttachment:
         await require_member(self.deps.membership(token), principal, cmd.workspace_id)
         require_unscoped(principal, "remove registries from workspaces")
         row = await self._visible(principal, token, _registry_id(cmd.registry_id, cmd.id))
-        await self.pool.execute("DELETE FROM registry_workspaces WHERE registry_id = $1 AND workspace_id = $2",
-                                row["id"], cmd.workspace_id)
-        await self._changed(row["id"], "detached", cmd.workspace_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM registry_workspaces WHERE registry_id = $1 AND workspace_id = $2",
+                               row["id"], cmd.workspace_id)
+            await self._changed(conn, row["id"], "detached", cmd.workspace_id)
+        self.deps.events_committed()
         return RegistryAttachment(id=str(row["id"]), registry_id=str(row["id"]), workspace_id=cmd.workspace_id)
 
     async def get(self, principal: Principal, token: str | None, registry_id: uuid.UUID) -> RegistryRecord:

@@ -10,12 +10,16 @@ import asyncpg
 
 from shared import subjects
 from shared.messages.base import Event
-from shared.messages.registry import ModelUploaded, ModelVersionFinished
+from shared.messages.registry import ConnectionChanged, ModelUploaded, ModelVersionFinished, RegistryChanged
 from shared.outbox import add_event, event_failed, event_sent, unsent_events  # noqa: F401 - the outbox table's
 
-# the events a version's commit writes to the outbox (shared/outbox.py), sent from there in order per version
+# the events the registry's commits write to the outbox (shared/outbox.py), sent from there in order per model
+# version, connection or registry (ORDER_FIELDS)
 EVENT_TYPES: dict[str, type[Event]] = {subjects.EVENT_MODEL_UPLOADED: ModelUploaded,
-                                       subjects.EVENT_MODEL_VERSION_FINISHED: ModelVersionFinished}
+                                       subjects.EVENT_MODEL_VERSION_FINISHED: ModelVersionFinished,
+                                       subjects.EVENT_CONNECTION_CHANGED: ConnectionChanged,
+                                       subjects.EVENT_REGISTRY_CHANGED: RegistryChanged}
+ORDER_FIELDS = ("model_version", "connection_id", "registry_id")
 
 VERSION_COLUMNS = ("v.id AS version_pk, v.model_id, v.model_version, v.owner_id, v.file_name, v.framework, v.runtime,"
                    " v.status, v.error, v.sha, v.source_sha, v.size, v.input_schema, v.output_schema, v.conversion,"

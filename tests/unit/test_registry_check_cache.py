@@ -74,7 +74,7 @@ class Harness:
         self.sessions = 0
         self.worker_end: WorkerEnd | None = None  # set: the worker ends so instead of running
         self.deps = handlers.RegistryDeps(pool=Pool(), objects=self.objects,  # type: ignore[arg-type]
-                                          settings=RegistrySettings(), publish=self._publish,
+                                          settings=RegistrySettings(),
                                           membership=lambda token: None)  # type: ignore[arg-type,return-value]
 
         async def member(lookup, principal, workspace_id) -> str:
@@ -98,9 +98,6 @@ class Harness:
         monkeypatch.setattr(handlers.store, "add_event", add_event)
         monkeypatch.setattr(handlers, "run_worker_verdict", self._worker)
         monkeypatch.setattr(onnxruntime, "InferenceSession", counted_session)
-
-    async def _publish(self, subject: str, event) -> None:
-        self.published.append(subject)
 
     async def _worker(self, settings, framework: str, workdir: Path, *args: str):
         """What the sandbox runs, in this process: `python -m services.registry.artifacts <args>`."""
