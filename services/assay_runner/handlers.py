@@ -348,11 +348,32 @@ async def create(deps: Deps, principal: Principal, token: str | None, cfg: Assay
             assay_id=assay_id, name=cfg.name, workspace_id=cfg.workspace_id, pipeline_id=cfg.pipeline_id,
             pipeline_name=cfg.pipeline_name, iopath=cfg.iopath))
     if deps.outbox is not None:
-        try:  # published before the answer, as before the outbox; a failure is the outbox's to retry, not a 500
-            await deps.outbox.send()
-        except Exception as exc:
-            log.warning("assay %s: its events.assay.created is left to the outbox's next round: %s", assay_id, exc)
+        # published before the answer when the outbox sends it at once, as before the outbox; a failure is the
+        # outbox's to retry, not a 500. Waited for CREATED_EVENT_WAIT at most: the send waits for a round under
+        # way (after a bus outage, the whole backlog of alerts) and for JetStream's ack (up to 5 s each when it does
+        # not answer), so the answer came after the gateway's request timeout (5 s): a 504 for a stored assay, and
+        # a client that tried again created it twice. The send goes on; the assay is answered.
+        sending = asyncio.ensure_future(deps.outbox.send())
+        _SENDING.add(sending)
+        sending.add_done_callback(_created_event_sent)
+        try:
+            await asyncio.wait_for(asyncio.shield(sending), CREATED_EVENT_WAIT)
+        except TimeoutError:
+            log.info("assay %s: its events.assay.created goes out with the outbox's round under way", assay_id)
+        except Exception:  # noqa: BLE001, S110 - told by _created_event_sent
+            pass
     return AssayCreated(assay_id=assay_id)
+
+
+CREATED_EVENT_WAIT = 1.0
+"""Seconds `create` waits for the outbox to send the new assay's events.assay.created before it answers."""
+_SENDING: set[asyncio.Future] = set()  # those sends, held until they end (the loop keeps only weak references)
+
+
+def _created_event_sent(sending: asyncio.Future) -> None:
+    _SENDING.discard(sending)
+    if not sending.cancelled() and sending.exception() is not None:
+        log.warning("events.assay.created is left to the outbox's next round: %s", sending.exception())
 
 
 def _listing(row: Any) -> dict[str, Any]:
