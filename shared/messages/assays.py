@@ -170,7 +170,8 @@ class Assays(Message):
                                     "(over HTTP, where the answer is the bare list, it is the x-next-cursor header).")
 
     @model_serializer(mode="wrap")
-    def _without_empty_cursor(self, handler: Any) -> dict[str, Any]:
+    def _without_empty_cursor(self, handler: Any):  # no return type: pydantic would take it for the
+        # reply's serialization schema (the gateway's OpenAPI answer of this list was then any object, no fields)
         data = handler(self)
         if data.get("next_cursor") is None:  # the answer of a whole list stays as it was
             data.pop("next_cursor", None)

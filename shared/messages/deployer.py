@@ -86,7 +86,8 @@ class Pipelines(Message):
     next_cursor: str | None = Field(None, description="Set when more pipelines follow this page: pass it as `cursor`.")
 
     @model_serializer(mode="wrap")
-    def _without_empty_cursor(self, handler: Any) -> dict[str, Any]:
+    def _without_empty_cursor(self, handler: Any):  # no return type: pydantic would take it for the
+        # reply's serialization schema (the gateway's OpenAPI answer of this list was then any object, no fields)
         data = handler(self)
         if data.get("next_cursor") is None:  # the answer of a whole list stays as it was
             data.pop("next_cursor", None)

@@ -244,3 +244,28 @@ def test_pages_reads_a_paged_list_to_its_end():
         return [page.items async for page in paging.pages(ask)]
 
     assert asyncio.run(read()) == [[None], ["a"], ["b"]] and asked == [None, "a", "b"]
+
+
+def test_the_paged_lists_keep_their_reply_schema_and_answer_a_whole_list_as_before():
+    """17befb2's serializer dropping an unset next_cursor was annotated `-> dict[str, Any]`, which pydantic takes for
+    the reply's serialization schema: the gateway's OpenAPI document then described pipelines/list's answer as any
+    object (no `pipelines`), for every existing caller and every client generated from it."""
+    from types import SimpleNamespace
+
+    from services.gateway.http import create_app
+    from shared.messages.assays import Assays
+    from shared.messages.deployer import Pipelines
+    from shared.settings import Settings
+
+    for model, items in ((Pipelines, "pipelines"), (Assays, "assays")):
+        schema = model.model_json_schema(mode="serialization")
+        assert {items, "next_cursor"} <= set(schema.get("properties", {})), (model.__name__, schema)
+        assert model.model_validate({items: []}).model_dump(mode="json") == {items: []}  # no new key, as before
+        assert model.model_validate({items: [], "next_cursor": "7"}).model_dump(mode="json")["next_cursor"] == "7"
+    app = create_app(SimpleNamespace(settings=Settings(), extras={}, broker=None, objects=None))
+    while not hasattr(app, "openapi"):  # under the inference fast path and the body limits
+        app = app.app
+    document = app.openapi()
+    answer = document["paths"]["/v1/api/pipelines/list"]["post"]["responses"]["200"]["content"]["application/json"]
+    named = answer["schema"]["$ref"].rpartition("/")[2]
+    assert "pipelines" in document["components"]["schemas"][named].get("properties", {})
