@@ -28,7 +28,7 @@ from shared import evaluation, subjects
 from shared import images as detection_images
 from shared.arrow_codec import from_ipc, tensor_array, to_ipc_stream
 from shared.authz import Principal, require_member, require_user
-from shared.errors import InvalidRequest, NotFound
+from shared.errors import InvalidRequest, NotFound, echo
 from shared.messages.lineage import (
     BenchmarkCandidate,
     BenchmarkCompleted,
@@ -115,9 +115,9 @@ async def _routes(resolve: Resolve, token: str | None, workspace_id: int, names:
         try:
             route = await resolve(token, name)
         except NotFound:
-            raise NotFound(f"deployment {name!r} not found") from None
+            raise NotFound(f"deployment {echo(name)} not found") from None
         if route["workspace_id"] != workspace_id:
-            raise NotFound(f"deployment {name!r} not found")
+            raise NotFound(f"deployment {echo(name)} not found")
         routes.append(route)
     return routes
 

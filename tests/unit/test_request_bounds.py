@@ -269,3 +269,26 @@ def test_the_paged_lists_keep_their_reply_schema_and_answer_a_whole_list_as_befo
     answer = document["paths"]["/v1/api/pipelines/list"]["post"]["responses"]["200"]["content"]["application/json"]
     named = answer["schema"]["$ref"].rpartition("/")[2]
     assert "pipelines" in document["components"]["schemas"][named].get("properties", {})
+
+
+def test_a_benchmark_deployment_not_found_is_echoed_cut_short():
+    """05fbea4 cut a deployment name looked up and not found to 64 characters (shared.errors.echo) in the deployer
+    and authz; benchmarks/run's own 404 (a name the deployer does not know, or one in another workspace) still
+    repeated it whole: a 1 MB name came back as a 1 MB message."""
+    import asyncio
+
+    from services.workflow_lineage.benchmark_runs import _routes
+    from shared.errors import NotFound
+
+    name = "d" * 1_000_000
+
+    async def unknown(token, asked):
+        raise NotFound("deployment 'ddd…' (1000000 characters) not found")
+
+    async def elsewhere(token, asked):
+        return {"workspace_id": 2}
+
+    for resolve in (unknown, elsewhere):
+        with pytest.raises(NotFound) as caught:
+            asyncio.run(_routes(resolve, None, 1, [name]))
+        assert len(caught.value.msg) < 200 and "(1000000 characters)" in caught.value.msg, caught.value.msg[:200]
