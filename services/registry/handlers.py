@@ -313,13 +313,16 @@ async def convert_version(deps: RegistryDeps, model_version: uuid.UUID, framewor
                 input_schema, output_schema = _answer_schemas(result)
                 with target.open("rb") as handle:
                     stored = await deps.objects.put_content_addressed(BUCKET_ARTIFACTS, handle)
-                await store.finish_version(
+                finished = await store.finish_version(
                     deps.pool, model_version, status="ready", error=None, sha=stored.sha256, runtime="onnx",
                     input_schema=input_schema, output_schema=output_schema, event=event)
             else:
-                await store.finish_version(deps.pool, model_version, status="error", error=result["error"],
-                                           sha=None, runtime=None, input_schema=None, output_schema=None,
-                                           event=event)
+                finished = await store.finish_version(
+                    deps.pool, model_version, status="error", error=result["error"], sha=None, runtime=None,
+                    input_schema=None, output_schema=None, event=event)
+    if not finished:  # another registry process's conversion of it finished first (store.finish_version)
+        log.info("conversion of %s: finished by another registry process first; its result stands", model_version)
+        return
     deps.events_committed()
     log.info("conversion of %s finished: %s", model_version, "ready" if result["ok"] else result["error"])
 

@@ -50,15 +50,22 @@ async def insert_version(
 
 async def finish_version(pool: asyncpg.Pool, model_version: uuid.UUID, *, status: str, error: str | None,
                          sha: str | None, runtime: str | None, input_schema: bytes | None,
-                         output_schema: bytes | None, event: ModelVersionFinished) -> None:
-    """The version's final status and, in the same transaction, its events.model.version_finished (the outbox)."""
+                         output_schema: bytes | None, event: ModelVersionFinished) -> bool:
+    """The version's final status and, in the same transaction, its events.model.version_finished (the outbox), if it
+    is still converting; whether it was. A registry started while another still runs (a rolling update) resumes the
+    versions the other is converting too: the first conversion to finish decides, the other changes nothing and
+    tells nothing (before, both wrote their result and sent an event, each with its own event_id, so monitoring and
+    lineage saw the version finish twice)."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
+        status = await conn.execute(
             "UPDATE model_versions SET status = $2, error = $3, sha = $4, runtime = $5, input_schema = $6,"
-            " output_schema = $7 WHERE model_version = $1",
+            " output_schema = $7 WHERE model_version = $1 AND status = 'converting'",
             model_version, status, error, sha, runtime, input_schema, output_schema,
         )
+        if status.endswith(" 0"):
+            return False
         await add_event(conn, subjects.EVENT_MODEL_VERSION_FINISHED, event)
+    return True
 
 
 async def converting_versions(pool: asyncpg.Pool) -> list[asyncpg.Record]:

@@ -17,18 +17,25 @@ import asyncio
 import os
 import signal
 import time
+import uuid
+from pathlib import Path
 
 import asyncpg
 import psutil
 import pytest
 
+from services.registry import store
 from shared import subjects
+from shared.db import create_pool, load_migrations, migrate
+from shared.messages.registry import ModelVersionFinished
 from tests.integration.bus_events import stream_events
 from tests.integration.conftest import post
 from tests.integration.test_assay_events import events_refused
 from tests.integration.test_connections import create
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
+
+REGISTRY_MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "registry" / "migrations"
 
 
 async def connection_events(stack, connection_ids: set[str]) -> list[dict]:
@@ -135,3 +142,51 @@ def test_events_a_stopped_registry_left_unsent_are_sent_by_the_next_registry_pro
     while (got := post(stack, "connections/get_by_id", alice.token, {"id": connection_id})).status_code != 200:
         assert time.monotonic() < deadline, got.text  # the new registry process serves
         time.sleep(0.2)
+
+
+@pytest.fixture
+async def registry_schema(stack):
+    """A registry schema of this test's (the service's migrations) on the stack's PostgreSQL, and a pool on it."""
+    settings = stack.settings().postgres
+    schema = f"registry_events_{uuid.uuid4().hex[:8]}"
+    await migrate(settings, schema, load_migrations(REGISTRY_MIGRATIONS))
+    pool = await create_pool(settings, schema)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+        conn = await asyncpg.connect(settings.dsn)
+        try:
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
+async def test_a_version_two_registry_processes_convert_finishes_once_with_one_event(registry_schema):
+    """A registry started while another still runs (a rolling update) resumes the versions the other is converting
+    (handlers.resume_conversions), so both convert and both finish it. The first finish decides; the second changes
+    nothing and writes no event. Before, both wrote their result and an events.model.version_finished each, with
+    its own event_id: monitoring and lineage saw the version finish twice, and the later result overwrote the
+    first's sha and schemas."""
+    pool = registry_schema
+    version = uuid.uuid4()
+    async with pool.acquire() as conn, conn.transaction():
+        model_id = await store.insert_version(
+            conn, workspace_id=1, name="twice", owner=uuid.uuid4(), visibility="private", model_version=version,
+            file_name="m.pkl", framework="sklearn", runtime=None, status="converting", sha=None, source_sha="0" * 64,
+            size=1, input_schema=None, output_schema=None, conversion={})
+
+    async def finish(sha: str) -> bool:
+        return await store.finish_version(
+            pool, version, status="ready", error=None, sha=sha, runtime="onnx", input_schema=None,
+            output_schema=None, event=ModelVersionFinished(workspace_id=1, model_id=model_id, model_version=version,
+                                                           status="ready", error=None))
+
+    finished = await asyncio.gather(finish("1" * 64), finish("2" * 64))
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE subject = $1",
+                               subjects.EVENT_MODEL_VERSION_FINISHED) == 1
+    assert sorted(finished) == [False, True]
+    winner = "1" * 64 if finished[0] else "2" * 64
+    assert await pool.fetchval("SELECT sha FROM model_versions WHERE model_version = $1", version) == winner
+    assert await finish("3" * 64) is False  # finished: a later conversion changes nothing
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
