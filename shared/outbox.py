@@ -9,7 +9,8 @@ thing's events go out in order; what was acknowledged before stays sent. A failu
 connection, JetStream unavailable) ends the round; a failure of the row itself (its event no longer reads,
 JetStream refuses that message: e.g. larger than the stream's largest message) holds up only its own key's events,
 so one bad row does not stop every event for good. `run` sends at start, whenever woken (after each commit) and
-every `retry` seconds while a round left rows unsent (IDLE seconds otherwise: rows another process left). Rows
+every `retry` seconds while a round left rows unsent (a row failing for itself: for its first OWN_RETRIES tries),
+IDLE seconds otherwise (rows another process left). Rows
 are locked while sent (`FOR UPDATE SKIP LOCKED`), so two processes of a service never send one row at once. A
 process that dies after JetStream's ack but before the delete commits sends the row again at its next round with
 the same `Nats-Msg-Id`
@@ -40,6 +41,11 @@ IDLE = 60.0
 round only finds rows another process left (one that stopped mid-send). Longer than the pools' 30 s idle close
 (`postgres.pool_min` 0), so an idle service's outbox holds no PostgreSQL backend, as before it had an outbox."""
 BATCH = 100
+OWN_RETRIES = 10
+"""Tries of a row that fails for itself (its event no longer reads, JetStream refuses that message) at the RETRY
+pace; after them it is tried at the IDLE rounds and wake-ups only (still holding up its key's later rows, still
+logged): such a row may fail for good (larger than the stream allows), and kept at RETRY it had the service poll
+PostgreSQL every 2 s for as long as the row stayed, holding a backend an idle service otherwise gives back."""
 
 
 # --- the table (the service's `outbox`, in its schema) ----------------------------------------------------------
@@ -53,8 +59,8 @@ async def add_event(conn: asyncpg.Connection, subject: str, event: Any) -> None:
 async def unsent_events(conn: asyncpg.Connection, limit: int, after: int = 0) -> list[asyncpg.Record]:
     """The oldest unsent events past row `after`, locked until the caller's transaction ends; rows another process
     is sending (locked) are skipped, so no two send one event at once."""
-    return await conn.fetch("SELECT id, event_id, subject, payload FROM outbox WHERE id > $2 ORDER BY id LIMIT $1 "
-                            "FOR UPDATE SKIP LOCKED", limit, after)
+    return await conn.fetch("SELECT id, event_id, subject, payload, attempts FROM outbox WHERE id > $2 ORDER BY id"
+                            " LIMIT $1 FOR UPDATE SKIP LOCKED", limit, after)
 
 
 async def event_sent(conn: asyncpg.Connection, outbox_id: int) -> None:
@@ -112,6 +118,9 @@ class Outbox:
         self.woken = asyncio.Event()
         self._sending = asyncio.Lock()
         self.failing_since: float | None = None
+        # the last round left rows to try again at the RETRY pace: the bus failed, or a row failed for itself fewer
+        # than OWN_RETRIES times
+        self.retry_soon = False
 
     def event_of(self, subject: str, payload: Any) -> Event:
         """The event a row holds, as it was put there (its event_id and occurred_at included)."""
@@ -129,6 +138,7 @@ class Outbox:
             return await self._send()
 
     async def _send(self) -> int:
+        self.retry_soon = False
         sent = 0
         after = 0  # the last row id this round has read (held rows are not read again)
         held: set[Any] = set()  # the keys whose row failed this round: their later rows wait for the next one
@@ -153,10 +163,14 @@ class Outbox:
                             error, its_own = exc, row_refused(exc)
                     if error is not None:
                         failed = True
+                        tried_before = _attempts(row)
                         await self.rows.event_failed(conn, row["id"], f"{type(error).__name__}: {error}")
                         self._failed(row, error)
                         if not its_own:
+                            self.retry_soon = True
                             return sent  # the transaction commits: what was acknowledged before stays sent
+                        if tried_before + 1 < OWN_RETRIES:
+                            self.retry_soon = True
                         held.add(key)
                         continue
                     await self.rows.event_sent(conn, row["id"])
@@ -174,7 +188,8 @@ class Outbox:
             self.failing_since = time.monotonic()
 
     async def run(self) -> None:
-        """Send at start, when woken, every `retry` seconds while a round left rows unsent, else every IDLE."""
+        """Send at start, when woken, every `retry` seconds while a round left rows to try again soon (`retry_soon`),
+        else every IDLE."""
         while True:
             self.woken.clear()
             failed = False
@@ -183,11 +198,19 @@ class Outbox:
             except Exception:
                 failed = True
                 log.exception("the %s outbox failed a round", self.what)
-            wait = self.retry if failed or self.failing_since is not None else max(self.retry, IDLE)
+            wait = self.retry if failed or self.retry_soon else max(self.retry, IDLE)
             try:
                 await asyncio.wait_for(self.woken.wait(), wait)
             except TimeoutError:
                 pass
+
+
+def _attempts(row: Any) -> int:
+    """How often the row was tried before (0 when the table's reader gives no count)."""
+    try:
+        return int(row["attempts"] or 0)
+    except (KeyError, TypeError, ValueError):
+        return 0
 
 
 def _this_module() -> ModuleType:
