@@ -428,6 +428,17 @@ async def check_trigger(deps: ContinuousDeps, deployment_id: int,
     run is created off this path, by a TrainingStarter. `alert`: an assay alert (its event_id and event) to count
     first, in the same transaction, when this deployment's active continuous training is ASSAY_ALERT on that
     workspace's pipeline (a redelivered event_id counts once)."""
+    committed: list[bool] = []  # trainings failed here: their training_finished to send once this commits
+    try:
+        return await _check_trigger(deps, deployment_id, alert, committed)
+    finally:
+        if committed:
+            deps.events_committed()
+
+
+async def _check_trigger(deps: ContinuousDeps, deployment_id: int,
+                         alert: tuple[uuid.UUID, AssayThresholdCrossed] | None,
+                         committed: list[bool]) -> uuid.UUID | None:
     pool = deps.base.pool
     async with deps.lock(deployment_id):
         async with pool.acquire() as conn, conn.transaction():
@@ -448,14 +459,16 @@ async def check_trigger(deps: ContinuousDeps, deployment_id: int,
                     " ON CONFLICT (deployment_id, event_id) DO NOTHING", deployment_id, event_id, event.assay_id,
                     event.name, event.iopath, event.score, event.window_start, event.window_end)
             # a run that succeeded but whose model version never arrived does not block training forever
-            await conn.execute(
-                "UPDATE trainings SET state = 'failed', outcome = 'failed', updated_at = now(), reason = 'the run"
-                " succeeded but registered no model version (upload one with the run''s token)' WHERE"
+            ended = await _fail_trainings(
+                conn, "UPDATE trainings SET state = 'failed', outcome = 'failed', updated_at = now(), reason = 'the"
+                " run succeeded but registered no model version (upload one with the run''s token)' WHERE"
                 " deployment_id = $1 AND state = 'succeeded' AND model_version IS NULL AND"
                 " updated_at < now() - make_interval(secs => $2)", deployment_id, NO_MODEL_GRACE)
             # nor does one claimed by a starter whose run was never recorded (its process stopped in between); an
             # unclaimed one is still started by a starter (TrainingStarter)
-            await _fail_unstarted(conn, deployment_id)
+            ended += await _fail_unstarted(conn, deployment_id)
+            if ended:
+                committed.append(True)
             reviews = await _review_count(conn, deployment_id)
             alerts = await _alert_count(conn, deployment_id)
             if ct["trigger"] == "ASSAY_ALERT":
@@ -477,13 +490,24 @@ async def check_trigger(deps: ContinuousDeps, deployment_id: int,
     return training_id
 
 
-async def _fail_unstarted(conn: Any, deployment_id: int | None) -> None:
+async def _fail_trainings(conn: Any, update: str, *args: Any) -> int:
+    """Run an `UPDATE trainings ... ` that fails trainings, in the caller's transaction, with each failed training's
+    training_finished (status failed, its reason); how many it failed (the caller wakes the outbox after its
+    commit)."""
+    rows = await conn.fetch(update + " RETURNING *", *args)
+    for row in rows:
+        await _event(conn, subjects.EVENT_MONITORING_TRAINING_FINISHED, _finished(row))
+    return len(rows)
+
+
+async def _fail_unstarted(conn: Any, deployment_id: int | None) -> int:
     """Fail trainings claimed by a starter more than NO_MODEL_GRACE ago whose run was never recorded (None: of every
-    deployment): the claim says a run may exist, so none is started again."""
-    await conn.execute(
-        "UPDATE trainings SET state = 'failed', outcome = 'failed', updated_at = now(), reason = 'the service stopped"
-        " before the training run was created' WHERE ($1::int IS NULL OR deployment_id = $1) AND state = 'starting'"
-        " AND task_id IS NULL AND run_claimed_at < now() - make_interval(secs => $2)", deployment_id, NO_MODEL_GRACE)
+    deployment): the claim says a run may exist, so none is started again. How many (in the caller's transaction)."""
+    return await _fail_trainings(
+        conn, "UPDATE trainings SET state = 'failed', outcome = 'failed', updated_at = now(), reason = 'the service"
+        " stopped before the training run was created' WHERE ($1::int IS NULL OR deployment_id = $1) AND state ="
+        " 'starting' AND task_id IS NULL AND run_claimed_at < now() - make_interval(secs => $2)", deployment_id,
+        NO_MODEL_GRACE)
 
 
 class TrainingStarter(Sweeper):
@@ -505,7 +529,9 @@ class TrainingStarter(Sweeper):
     async def sweep(self) -> bool:
         """Start every training that may start now; whether one still waits for the feedback loop."""
         pool = self.deps.base.pool
-        await _fail_unstarted(pool, None)
+        async with pool.acquire() as conn, conn.transaction():
+            if await _fail_unstarted(conn, None):
+                self.deps.events_committed()
         waiting = False
         rows = await pool.fetch(
             "SELECT id, deployment_id, created_at < now() - make_interval(secs => $1) AS overdue FROM trainings"
@@ -541,8 +567,10 @@ async def start_training(deps: ContinuousDeps, training_id: uuid.UUID, late: boo
         log.warning("deployment %s: the feedback loop has not written every review %.0f s after the trigger; the"
                     " training starts with what the datasets hold", training["deployment_id"], EXPORT_WAIT)
     if ct is None:  # defensive: delete drops the trainings with the settings
-        await pool.execute("UPDATE trainings SET state = 'failed', outcome = 'failed', reason = 'continuous training"
-                           " was removed', updated_at = now() WHERE id = $1", training_id)
+        async with pool.acquire() as conn, conn.transaction():
+            await _fail_trainings(conn, "UPDATE trainings SET state = 'failed', outcome = 'failed', reason ="
+                                  " 'continuous training was removed', updated_at = now() WHERE id = $1", training_id)
+        deps.events_committed()
         return True
     await _start_run(deps, ct, datasets, training)
     return True
@@ -607,8 +635,10 @@ async def _start_run(deps: ContinuousDeps, ct: asyncpg.Record, datasets: list[as
     except RailyardError as exc:
         log.warning("continuous training %s of deployment %s could not start: %s", training_id,
                     ct["deployment_id"], exc.msg)
-        await base.pool.execute("UPDATE trainings SET state = 'failed', outcome = 'failed', reason = $2,"
-                                " updated_at = now() WHERE id = $1", training_id, f"could not start: {exc.msg}")
+        async with base.pool.acquire() as conn, conn.transaction():  # the failure and its event, or neither
+            await _fail_trainings(conn, "UPDATE trainings SET state = 'failed', outcome = 'failed', reason = $2,"
+                                  " updated_at = now() WHERE id = $1", training_id, f"could not start: {exc.msg}")
+        deps.events_committed()
         return
     # a run that ended at once may have been recorded already (on_run_ended finds it by the task's name)
     async with base.pool.acquire() as conn, conn.transaction():  # the run's task and its event, or neither

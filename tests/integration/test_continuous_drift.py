@@ -382,7 +382,7 @@ def test_copies_of_one_alert_handled_by_two_monitoring_processes_start_one_train
 
 def test_an_alert_for_a_deployment_no_longer_deployed_starts_no_run(stack, drift):
     """Last in the file: it undeploys the module's deployment. The alert still matches the pipeline, the training
-    opens and is failed by the starter with the reason; no run is created."""
+    opens and is failed by the starter with the reason (and its training_finished); no run is created."""
     answer = setup(stack, drift, trigger="ASSAY_ALERT", threshold=1)
     assert answer.status_code == 200, answer.text
     runs, before = len(training_tasks(drift)), query_training(stack, drift)["id"]
@@ -400,3 +400,7 @@ def test_an_alert_for_a_deployment_no_longer_deployed_starts_no_run(stack, drift
                         30, "the training's failure")
     assert training["trigger"] == "ASSAY_ALERT" and "not deployed" in training["reason"], training
     assert len(training_tasks(drift)) == runs
+    # its end is told as any training's: one training_finished (failed, with the reason), no training_started
+    events = wait_for(lambda: asyncio.run(training_events(stack, str(training["id"]))), 30, "its training_finished")
+    assert [(e["_subject"], e["status"], e["reason"]) for e in events] == [
+        (subjects.EVENT_MONITORING_TRAINING_FINISHED, "failed", training["reason"])]
