@@ -445,7 +445,11 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
                 # says so: the deployment stays what it was (docs/inference.md)
                 raise InvalidRequest(f"the deployment failed to start: {exc} (nothing changed: {old} still serves "
                                      "the previous version)") from None
-            await store.deactivate(deps.pool, deployment_id)
+            # inactive now; a deployment that was active (its restore after a restart had failed: nothing served)
+            # tells so, as an undeploy would: lineage kept it active otherwise
+            await store.deactivate(deps.pool, deployment_id, PipelineUndeployed(
+                deployment_id=deployment_id, name=old, pipeline_id=pipeline["id"],
+                workspace_id=pipeline["workspace_id"]) if before is not None and before["active"] else None)
             if renamed is not None:
                 await deps.backend.stop(renamed)
             raise InvalidRequest(f"the deployment failed to start: {exc}") from None

@@ -114,3 +114,34 @@ def test_a_new_version_writes_version_created(world):  # noqa: F811
         assert event.models == [{"name": "m", "version": "v1"}] and calls == [1]
 
     asyncio.run(scenario(world))
+
+
+@pytest.mark.parametrize("restore_failed", [True, False])
+def test_a_failed_deploy_tells_undeployed_only_for_a_deployment_that_was_active(world, restore_failed):  # noqa: F811
+    """A deployment whose restore after a restart failed is active with nothing running; a deploy of it whose
+    replicas fail too leaves it inactive, and says so (lineage kept it active otherwise). A failed deploy of a
+    deployment already inactive (undeployed before) changed nothing it had told: no event."""
+
+    async def scenario(world) -> None:
+        world.backend.hold = False
+        await _deploy(world, "a")
+        world.backend.hold = True
+        if restore_failed:  # as after a restart whose restore of a-5 failed
+            world.backend.sets.pop("a-5")
+            world.deps.failed_restores["a-5"] = "its engine replicas did not start"
+        else:
+            await handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5)
+        before = [s for s, _ in world.store.events]
+        redeploy = _deploy(world, "a")
+        await _until(lambda: world.backend.waiting, "the deploy starts its replicas")
+        world.backend.waiting.pop()[1].set_exception(RuntimeError("the model did not load"))
+        with pytest.raises(InvalidRequest):
+            await redeploy
+        assert not world.store.deployments[5]["active"]
+        added = world.store.events[len(before):]
+        if restore_failed:
+            assert [(s, e.deployment_id, e.name) for s, e in added] == [(subjects.EVENT_PIPELINE_UNDEPLOYED, 5, "a-5")]
+        else:
+            assert added == []
+
+    asyncio.run(scenario(world))
