@@ -201,8 +201,8 @@ class Pipeline(Resource):
         if self.id is not None:
             self._record = self._session.post("pipelines/get", {"pipeline_id": self.id})
             return self
-        listed = self._session.post("pipelines/list", {"workspace_id": self.workspace_id})["pipelines"]
-        for record in listed:
+        listed = self._session.post_pages("pipelines/list", {"workspace_id": self.workspace_id}, "pipelines")
+        for record in listed:  # a page at a time, up to the one that holds it
             if record["name"] == self.name:
                 self._record = record
                 return self
@@ -388,10 +388,12 @@ class Pipeline(Resource):
     # --- assays -----------------------------------------------------------------------------------------
 
     def assays(self) -> list[Assay]:
-        """The pipeline's assays."""
+        """The pipeline's assays, newest first. Read a page (at most 1000) at a time, so a list larger than one
+        server reply (8 MiB) reads too."""
         if self.id is None:
             self.refresh()
-        return [Assay(self._session, record) for record in self._session.post("assays/list", {"pipeline_id": self.id})]
+        return [Assay(self._session, record)
+                for record in self._session.post_pages("assays/list", {"pipeline_id": self.id})]
 
     def create_assay(self, name: str, iopath: str, **config: Any) -> Assay:
         """Create a scheduled drift assay on a logged field (`iopath` like `"output dense_1 0"`); keyword

@@ -27,6 +27,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,9 @@ httpx = _import_httpx()
 
 TOKEN_PATH = "/auth/realms/master/protocol/openid-connect/token"
 API_PREFIX = "/v1/api"
+# items a page of pipelines/list and assays/list asks for (the routes' most): asked whole, a list past the 8 MiB a
+# bus reply carries is a 422 reply_too_large; page by page, every list reads (docs/api-paging.md)
+LIST_PAGE = 1000
 REFRESH_MARGIN = 30.0  # seconds before expiry at which a token is refreshed
 DEFAULT_CLIENT_ID = "api-client"  # the confidential client the embedded stack creates
 
@@ -305,6 +309,25 @@ class Session:
         route = route.strip("/")
         response = self.send("POST", f"{API_PREFIX}/{route}", json=body or {}, timeout=self.wait_for(route))
         return response.json() if response.content else None
+
+    def post_pages(self, route: str, body: dict[str, Any], key: str | None = None) -> Iterator[Any]:
+        """The items of a paged list route, a page at a time (`limit` LIST_PAGE, then `cursor` = the page's
+        next cursor until a page has none): `answer[key]` and its `next_cursor` when the answer is an object
+        (pipelines/list), the bare list and the `x-next-cursor` header otherwise (assays/list). Lazy: a caller
+        that stops early asks for no further page."""
+        route = route.strip("/")
+        asked = {**body, "limit": LIST_PAGE}
+        while True:
+            response = self.send("POST", f"{API_PREFIX}/{route}", json=asked, timeout=self.wait_for(route))
+            answer = response.json()
+            if key is None:
+                items, cursor = answer, response.headers.get("x-next-cursor")
+            else:
+                items, cursor = answer[key], answer.get("next_cursor")
+            yield from items
+            if not cursor:
+                return
+            asked = {**body, "limit": LIST_PAGE, "cursor": cursor}
 
     def wait_for(self, route: str) -> Any:
         """The timeout of a POST to `route`: Client(timeout) as given (seconds, None for no limit, or an

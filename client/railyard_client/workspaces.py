@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -91,16 +92,19 @@ class Workspace(Resource):
             return Pipeline(self._session, self.id, name)
 
     def pipelines(self) -> list[Pipeline]:
-        """The workspace's pipelines."""
-        listed = self._session.post("pipelines/list", {"workspace_id": self.id})["pipelines"]
-        return [Pipeline(self._session, self.id, record["name"], record) for record in listed]
+        """The workspace's pipelines, oldest first. Read a page (at most 1000) at a time, so a list larger than
+        one server reply (8 MiB) reads too."""
+        return [Pipeline(self._session, self.id, record["name"], record) for record in self._pipeline_records()]
 
     def pipeline(self, name: str) -> Pipeline:
         """An existing pipeline by name; NotFound when there is none."""
-        for pipeline in self.pipelines():
-            if pipeline.name == name:
-                return pipeline
+        for record in self._pipeline_records():  # stops at the page that holds it
+            if record["name"] == name:
+                return Pipeline(self._session, self.id, name, record)
         raise NotFound(404, "not_found", f"pipeline {name!r} not found in workspace {self.name}")
+
+    def _pipeline_records(self) -> Iterator[dict[str, Any]]:
+        return self._session.post_pages("pipelines/list", {"workspace_id": self.id}, "pipelines")
 
     # --- members ----------------------------------------------------------------------------------------
 
