@@ -20,7 +20,7 @@ const incompleteBadge = () => el('span', {class: 'badge incomplete-logs', title:
 PAGES.assays = async function assays() {
   const ws = needWorkspace();
   const S = state.assays;
-  const pipelines = (await api('pipelines/list', {workspace_id: ws})).pipelines;
+  const pipelines = await apiPages('pipelines/list', {workspace_id: ws}, 'pipelines');
   const out = [el('h2', {}, 'Assays')];
   if (!pipelines.length) { out.push(el('p', {class: 'muted'}, 'No pipelines in this workspace.')); return out; }
   if (!pipelines.some(p => p.id === S.pipeline)) Object.assign(S, {pipeline: pipelines[0].id, assay: null, window: 0});
@@ -29,7 +29,7 @@ PAGES.assays = async function assays() {
   pick.addEventListener('change', () => { Object.assign(S, {pipeline: Number(pick.value), assay: null, window: 0}); show('assays'); });
   out.push(el('div', {class: 'row'}, el('label', {for: 'assay-pipeline'}, 'Pipeline'), pick));
 
-  const list = await api('assays/list', {pipeline_id: S.pipeline});
+  const list = await apiPages('assays/list', {pipeline_id: S.pipeline});
   if (!list.length) { out.push(el('p', {class: 'muted'}, 'No assays on this pipeline.')); return out; }
   if (!list.some(a => a.id === S.assay)) Object.assign(S, {assay: list[0].id, window: 0});
   out.push(table(`${list.length} assay(s)`, ['name', 'field', 'active', 'warning', 'alert', 'last run', 'next run', ''],

@@ -24,7 +24,7 @@ function labelsIn(definition) {
 
 /** The workspace's deployments: name, pipeline and the labels of the deployed version. */
 async function deploymentsOf(ws) {
-  const pipelines = (await api('pipelines/list', {workspace_id: ws})).pipelines;
+  const pipelines = await apiPages('pipelines/list', {workspace_id: ws}, 'pipelines');
   return pipelines.filter(p => p.deployment).map(p => {
     const version = p.versions.find(v => v.id === p.deployment.pipeline_version_pk_id) || p.versions[p.versions.length - 1];
     return {name: p.deployment.name, pipeline: p.name, labels: labelsIn(version ? version.definition : {})};

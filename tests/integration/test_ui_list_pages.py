@@ -1,0 +1,162 @@
+"""The web UI reads pipelines/list and assays/list a page at a time (docs/api-paging.md, docs/ui.md): asked whole,
+a workspace's pipelines or a pipeline's assays past the 8 MiB a bus reply carries were the 422 reply_too_large on
+the Pipelines, Inference logs, Assays, Monitoring and Review queue pages. In the real headless Chromium of
+test_ui.py against the real stack, with the page's page size cut to 2 (LIST_PAGE; the UI's own is 1000, the routes'
+most): `apiPages` returns every item once, in the list's order, the same as the whole list, having sent limit and
+each page's cursor (`next_cursor` of pipelines/list, the `x-next-cursor` header of assays/list) until none; the
+pages show every pipeline and assay as before."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.integration import test_ui as ui
+from tests.integration.conftest import PASSWORD, make_account, post
+from tests.integration.test_assays import config
+from tests.integration.test_request_bounds_http import FUTURE, new_pipeline, static
+
+pytestmark = pytest.mark.integration
+
+browser = ui.browser  # the module's own headless Chromium (skipped as test_ui.py is when there is none)
+
+# records each pipelines/list and assays/list request the page sends (route, JSON body) and cuts its page size to 2
+RECORD = """
+window.listed = [];
+if (!window.unrecordedFetch) {
+  window.unrecordedFetch = window.fetch;
+  window.fetch = function (url, init) {
+    const route = String(url).replace(/^.*\\/v1\\/api\\//, '');
+    if (route === 'pipelines/list' || route === 'assays/list') window.listed.push([route, JSON.parse(init.body)]);
+    return window.unrecordedFetch.apply(this, arguments);
+  };
+}
+LIST_PAGE = 2;
+"""
+
+READ = """
+const done = arguments[arguments.length - 1];
+(async () => {
+  const pipelines = await apiPages('pipelines/list', {workspace_id: arguments[0]}, 'pipelines');
+  const assays = await apiPages('assays/list', {pipeline_id: arguments[1]});
+  return {pipelines: showJSON(pipelines), assays: showJSON(assays), sent: window.listed};
+})().then(done, (e) => done({error: String(e)}));
+"""
+
+
+def taken(driver) -> list:
+    sent = driver.execute_script("const sent = window.listed; window.listed = []; return sent")
+    return [(route, body) for route, body in sent]
+
+
+def sign_in_to(driver, stack, account) -> None:
+    """Signs the account in (out of any session an earlier test left in this tab) and picks its workspace; then
+    RECORD can be run."""
+    if driver.current_url.startswith(stack.base_url):
+        driver.execute_script("sessionStorage.clear()")
+    ui.sign_in(driver, stack, account.email, PASSWORD)
+    ui.wait_text(driver, "#who", account.email)
+    ui.open_page(driver, "workspaces")
+    ui.Select(driver.find_element(ui.By.ID, "workspace")).select_by_value(str(account.workspace_id))
+
+
+def test_the_ui_reads_pipelines_and_assays_page_by_page(stack, admin, browser):
+    account = make_account(stack, admin, "uipages")
+    pipelines = [new_pipeline(stack, account) for _ in range(5)]
+    first = pipelines[0]
+    assay_ids = []
+    for index in range(5):
+        body = {**config(account, first, f"paged{index}", static([0.1 * index, 0.5, 0.9]), FUTURE, "1 hours"),
+                "active": False}
+        created = post(stack, "assays/create", account.token, body)
+        assert created.status_code == 200, created.text[:300]
+        assay_ids.append(created.json()["assay_id"])
+    whole_pipelines = post(stack, "pipelines/list", account.token, {"workspace_id": account.workspace_id}).json()
+    whole_assays = post(stack, "assays/list", account.token, {"pipeline_id": first["pipeline_pk_id"]}).json()
+    ids = [p["pipeline_pk_id"] for p in pipelines]
+    newest = sorted(assay_ids, reverse=True)
+    ws = account.workspace_id
+    pipeline_pages = [("pipelines/list", {"workspace_id": ws, "limit": 2}),
+                      ("pipelines/list", {"workspace_id": ws, "limit": 2, "cursor": str(ids[1])}),
+                      ("pipelines/list", {"workspace_id": ws, "limit": 2, "cursor": str(ids[3])})]
+    assay_pages = [("assays/list", {"pipeline_id": ids[0], "limit": 2}),
+                   ("assays/list", {"pipeline_id": ids[0], "limit": 2, "cursor": str(newest[1])}),
+                   ("assays/list", {"pipeline_id": ids[0], "limit": 2, "cursor": str(newest[3])})]
+
+    sign_in_to(browser, stack, account)
+    browser.execute_script(RECORD)
+
+    # the function: the whole lists, each item once and in order, read two at a time
+    got = browser.execute_async_script(READ, ws, ids[0])
+    assert "error" not in got, got
+    assert json.loads(got["pipelines"]) == whole_pipelines["pipelines"]
+    assert [p["id"] for p in json.loads(got["pipelines"])] == ids  # oldest first
+    assert json.loads(got["assays"]) == whole_assays
+    assert [a["id"] for a in json.loads(got["assays"])] == newest  # newest first
+    assert taken(browser) == pipeline_pages + assay_pages
+
+    # the pages: every pipeline and assay shown, as the whole lists showed them
+    ui.open_page(browser, "assays")
+    options = ui.Select(browser.find_element(ui.By.ID, "assay-pipeline")).options
+    assert [o.get_attribute("value") for o in options] == [str(i) for i in ids], ui.shown(browser)
+    text = ui.page_text(browser)
+    assert "5 assay(s)" in text and all(f"paged{index}" in text for index in range(5)), text
+    assert taken(browser) == pipeline_pages + assay_pages
+
+    ui.open_page(browser, "pipelines")
+    text = ui.page_text(browser)
+    assert all(p["name"] in text for p in pipelines), text
+    assert taken(browser) == pipeline_pages
+
+    ui.open_page(browser, "logs")
+    options = ui.Select(browser.find_element(ui.By.ID, "log-pipeline")).options
+    assert [o.get_attribute("value") for o in options] == [p["name"] for p in pipelines], ui.shown(browser)
+    assert taken(browser) == pipeline_pages
+
+    ui.open_page(browser, "monitoring")
+    assert "No deployments in this workspace." in ui.page_text(browser)
+    assert taken(browser) == pipeline_pages
+
+
+def test_the_ui_shows_lists_larger_than_a_reply(stack, admin, browser):
+    """The lists of test_request_bounds_http past 8 MiB (each whole list a 422 reply_too_large, which the pages showed
+    instead of their content): 50 assays of 10,000 values and 140 more pipelines of a ~62 KiB definition, shown by
+    the Assays and Inference logs pages at the UI's own page size, in pages the services cut short at 4 MiB."""
+    account = make_account(stack, admin, "uibig")
+    rng = np.random.default_rng(17)
+    first = new_pipeline(stack, account, "biglist")
+    for index in range(50):
+        body = {**config(account, first, f"static{index}", static(rng.random(10_000).tolist()), FUTURE, "1 hours"),
+                "active": False}
+        created = post(stack, "assays/create", account.token, body)
+        assert created.status_code == 200, created.text[:300]
+    note = "x" * (62 * 1024)
+    names = [first["name"]] + [f"big{index}" for index in range(140)]
+    for name in names[1:]:
+        new_pipeline(stack, account, name, {"steps": [{"ModelInference": {"models": [{"name": "m"}], "note": note}}]})
+    for route, body in (("assays/list", {"pipeline_id": first["pipeline_pk_id"]}),
+                        ("pipelines/list", {"workspace_id": account.workspace_id})):
+        whole = post(stack, route, account.token, body)
+        assert whole.status_code == 422 and whole.json()["code"] == "reply_too_large", (route, whole.text[:300])
+
+    sign_in_to(browser, stack, account)
+    browser.execute_script(RECORD.replace("LIST_PAGE = 2;", ""))
+
+    ui.open_page(browser, "assays")
+    assert not browser.find_element(ui.By.ID, "error").text, ui.shown(browser)  # was the whole list's 422
+    options = ui.Select(browser.find_element(ui.By.ID, "assay-pipeline")).options
+    assert [o.text for o in options] == names, ui.shown(browser)
+    text = ui.page_text(browser)
+    assert "50 assay(s)" in text and all(f"static{index}" in text for index in range(50)), ui.shown(browser)
+    sent = taken(browser)
+    pages = {route: [body for sent_route, body in sent if sent_route == route]
+             for route in ("pipelines/list", "assays/list")}
+    for route, bodies in pages.items():  # fewer than asked a page (4 MiB), each page's cursor sent as the next
+        assert len(bodies) >= 3 and all(body["limit"] == 1000 for body in bodies), (route, bodies)
+        assert "cursor" not in bodies[0] and all("cursor" in body for body in bodies[1:]), (route, bodies)
+
+    ui.open_page(browser, "logs")
+    options = ui.Select(browser.find_element(ui.By.ID, "log-pipeline")).options
+    assert [o.get_attribute("value") for o in options] == names, ui.shown(browser)
