@@ -10,12 +10,12 @@ connection, JetStream unavailable) ends the round; a failure of the row itself (
 JetStream refuses that message: e.g. larger than the stream's largest message) holds up only its own key's events,
 so one bad row does not stop every event for good. `run` sends at start, whenever woken (after each commit) and
 every `retry` seconds while a round left rows unsent (a row failing for itself: for its first OWN_RETRIES tries),
-IDLE seconds otherwise (rows another process left). Rows
-are locked while sent (`FOR UPDATE SKIP LOCKED`), so two processes of a service never send one row at once. A
-process that dies after JetStream's ack but before the delete commits sends the row again at its next round with
-the same `Nats-Msg-Id`
-(the event's `event_id`): the EVENTS stream drops it within its duplicate window (120 s), and lineage records an
-event once by its event_id whenever it comes."""
+IDLE seconds otherwise (rows another process left). Rows are locked while sent (`FOR UPDATE SKIP LOCKED`), so two
+processes of a service never send one row at once, and one process of a service sends at a time (`unsent_events`:
+the others retry at the RETRY pace), so one thing's events keep their order across processes too. A process that
+dies after JetStream's ack but before the delete commits sends the row again at its next round with the same
+`Nats-Msg-Id` (the event's `event_id`): the EVENTS stream drops it within its duplicate window (120 s), and lineage
+records an event once by its event_id whenever it comes."""
 
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ IDLE = 60.0
 round only finds rows another process left (one that stopped mid-send). Longer than the pools' 30 s idle close
 (`postgres.pool_min` 0), so an idle service's outbox holds no PostgreSQL backend, as before it had an outbox."""
 BATCH = 100
+SENDER_LOCK = "outbox.sender:"
+"""The sender's advisory lock (`unsent_events`): this text and the service's schema, hashed."""
 OWN_RETRIES = 10
 """Tries of a row that fails for itself (its event no longer reads, JetStream refuses that message) at the RETRY
 pace; after them it is tried at the IDLE rounds and wake-ups only (still holding up its key's later rows, still
@@ -56,9 +58,19 @@ async def add_event(conn: asyncpg.Connection, subject: str, event: Any) -> None:
                        event.event_id, subject, event.model_dump_json())
 
 
+class SendingElsewhere(Exception):
+    """Another process of the service is sending from its outbox now (`unsent_events`)."""
+
+
 async def unsent_events(conn: asyncpg.Connection, limit: int, after: int = 0) -> list[asyncpg.Record]:
-    """The oldest unsent events past row `after`, locked until the caller's transaction ends; rows another process
-    is sending (locked) are skipped, so no two send one event at once."""
+    """The oldest unsent events past row `after`, locked until the caller's transaction ends. One transaction of a
+    service sends at a time: the sender's advisory lock of the service's schema is taken (until the transaction
+    ends) or SendingElsewhere raised. Two processes sending at once put one thing's events out of order: the
+    second's read skipped the rows the first's open batch held (`SKIP LOCKED`, which also keeps a process without
+    that lock from sending a row another sends) and sent a later row of the same assay / run / model version first."""
+    if not await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtextextended($1 || current_schema(), 0))",
+                               SENDER_LOCK):
+        raise SendingElsewhere
     return await conn.fetch("SELECT id, event_id, subject, payload, attempts FROM outbox WHERE id > $2 ORDER BY id"
                             " LIMIT $1 FOR UPDATE SKIP LOCKED", limit, after)
 
@@ -145,7 +157,11 @@ class Outbox:
         failed = False
         while True:
             async with self.pool.acquire() as conn, conn.transaction():
-                rows = await self.rows.unsent_events(conn, BATCH, after)
+                try:
+                    rows = await self.rows.unsent_events(conn, BATCH, after)
+                except SendingElsewhere:  # it sends what it read; what was committed after, this process soon
+                    self.retry_soon = True
+                    return sent
                 for row in rows:
                     after = row["id"]
                     key = order_key(row, self.order_field)

@@ -27,7 +27,8 @@ import pytest
 from services.registry import store
 from shared import subjects
 from shared.db import create_pool, load_migrations, migrate
-from shared.messages.registry import ModelVersionFinished
+from shared.messages.registry import ConnectionChanged, ModelVersionFinished
+from shared.outbox import Outbox
 from tests.integration.bus_events import stream_events
 from tests.integration.conftest import post
 from tests.integration.test_assay_events import events_refused
@@ -190,3 +191,51 @@ async def test_a_version_two_registry_processes_convert_finishes_once_with_one_e
     assert await pool.fetchval("SELECT sha FROM model_versions WHERE model_version = $1", version) == winner
     assert await finish("3" * 64) is False  # finished: a later conversion changes nothing
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
+
+
+async def test_two_processes_sending_at_once_keep_one_things_events_in_order(registry_schema):
+    """A connection's `created` is being sent by one registry process (its batch holds the row) when its `attached`
+    and `detached` are committed, and another process's outbox runs a round: it sends nothing now (one sender per
+    service at a time, shared/outbox.py unsent_events) and the first sends all three, in order. Before, the second's
+    read skipped the held row (SKIP LOCKED) and sent `attached` and `detached` before `created` (review3,
+    requests.md 13:23, item 3; for model events: version_finished before uploaded after a bus outage during a
+    rolling update)."""
+    pool = registry_schema
+    connection = uuid.uuid4()
+
+    async def commit(action: str) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await store.add_event(conn, subjects.EVENT_CONNECTION_CHANGED,
+                                  ConnectionChanged(connection_id=connection, action=action))
+
+    sent: list[str] = []
+    publishing, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(subject: str, event: ConnectionChanged) -> None:  # the first process: its first publish waits
+        if not publishing.is_set():
+            publishing.set()
+            await release.wait()
+        sent.append(event.action)
+
+    async def quick(subject: str, event: ConnectionChanged) -> None:
+        sent.append(event.action)
+
+    def outbox(publish) -> Outbox:
+        return Outbox(pool, publish, event_types=store.EVENT_TYPES, order_field=store.ORDER_FIELDS,
+                      what="registry events", rows=store)
+
+    first, second = outbox(slow), outbox(quick)
+    await commit("created")
+    sending = asyncio.create_task(first.send())
+    try:
+        await asyncio.wait_for(publishing.wait(), 10)  # its batch (created) is open, publishing
+        await commit("attached")
+        await commit("detached")
+        assert await second.send() == 0 and second.retry_soon  # not now: it tries again at the RETRY pace
+    finally:
+        release.set()  # the first's round ends (its connection goes back to the pool) whatever happened
+        sent_first = await asyncio.wait_for(sending, 10)
+    assert sent_first == 1  # what it had read
+    assert await second.send() == 2  # the rest, after it
+    assert sent == ["created", "attached", "detached"]
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
