@@ -471,7 +471,11 @@ class VerifierFeed:
                     try:  # retired keys leave the JWKS: drop them here too, even if no rotation event came
                         await self._verifier.refresh_keys()
                     except RailyardError as exc:
-                        log.warning("could not refetch signing keys: %s", exc.msg)
+                        # auth answers the revocation list a moment before its keys subject at its start (its
+                        # subscribers start one by one): no fault then, told at INFO within STARTUP_GRACE
+                        starting = time.monotonic() - self._started_at < STARTUP_GRACE
+                        log.log(logging.INFO if starting else logging.WARNING, "could not refetch signing keys: %s",
+                                exc.msg)
                 except Exception:  # noqa: BLE001 - anything else: this read is lost, the poll is not
                     # an exception no read expects (an error of the bus's client) ended this loop for the life
                     # of the process: revocations whose events were missed (published while NATS was away) were

@@ -384,3 +384,40 @@ async def test_the_poll_goes_on_after_an_error_no_read_expects(verifier):
     assert len(calls) >= 3, "the poll ended at the unexpected error"
     with pytest.raises(Unauthorized, match="revoked"):
         await verifier.verify(token)
+
+
+@pytest.mark.parametrize("grace, level", [(30.0, "INFO"), (0.0, "WARNING")])
+async def test_keys_not_answered_at_start_are_told_at_info(monkeypatch, caplog, grace, level):
+    """At a fresh start auth answers the revocation list a moment before its keys subject (its subscribers start
+    one by one), so the poll's key refetch right after the first good read met 'auth is not running': a WARNING
+    in three services' logs on every `make run`. Within STARTUP_GRACE it is INFO; after it, still a WARNING."""
+    import logging
+
+    from shared import authz
+    from shared.authz import VerifierFeed
+    from shared.errors import Unavailable
+    from shared.messages.auth import Revocations
+
+    monkeypatch.setattr(authz, "STARTUP_GRACE", grace)
+
+    async def keys():
+        raise Unavailable("auth is not running")
+
+    reads = []
+
+    async def fetch():
+        reads.append(1)
+        return Revocations(users={})
+
+    feed = VerifierFeed(TokenVerifier(SETTINGS, keys), fetch, 0.1)
+    caplog.set_level(logging.INFO, logger="railyard.authz")
+    await feed.start(_Bus())
+    try:
+        deadline = time.monotonic() + 10
+        while not any("refetch signing keys" in r.getMessage() for r in caplog.records) \
+                and time.monotonic() < deadline:  # noqa: ASYNC110 - a log line, no event to wait on
+            await asyncio.sleep(0.05)
+    finally:
+        await feed.stop()
+    told = [r.levelname for r in caplog.records if "could not refetch signing keys" in r.getMessage()]
+    assert told and set(told) == {level}
