@@ -38,8 +38,8 @@ def announced(stack, subject: str, key: str, ids: set[str], timeout: float = 10.
 
 async def stream_events(stack, subject: str, key: str, values: set) -> list[dict]:
     """Every event on `subject` (a filter: "events.model.>") the EVENTS stream holds whose `key` is one of `values`,
-    in stream order, each with its subject (`_subject`) and Nats-Msg-Id header (`_msg_id`) added: what an outbox
-    sent, how often, in which order, under which de-duplication key."""
+    in stream order, each with its subject (`_subject`), Nats-Msg-Id header (`_msg_id`) and stream sequence (`_seq`)
+    added: what an outbox sent, how often, in which order, under which de-duplication key."""
     nc = await nats.connect(stack.settings().nats.url)
     found = []
     try:
@@ -49,7 +49,8 @@ async def stream_events(stack, subject: str, key: str, values: set) -> list[dict
                 body = json.loads(message.data)
                 if body.get(key) in values:
                     found.append(body | {"_subject": message.subject,
-                                         "_msg_id": (message.headers or {}).get("Nats-Msg-Id")})
+                                         "_msg_id": (message.headers or {}).get("Nats-Msg-Id"),
+                                         "_seq": message.metadata.sequence.stream})
                 await message.ack()
         await sub.unsubscribe()
     finally:

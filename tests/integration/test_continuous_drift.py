@@ -31,10 +31,12 @@ import pytest
 from railyard_client import Lineage, Orchestrations
 
 from shared import subjects
+from tests.integration.bus_events import stream_events
 from tests.integration.conftest import make_account, post, undeploy_all
 from tests.integration.conftest import sdk_client as sdk
 from tests.integration.test_assays import config, iso, publish_rows
 from tests.integration.test_logs import wait_rows
+from tests.integration.test_monitoring_loop import wait_for
 from tests.models import ccfraud_onnx
 from tests.stack import service_process
 
@@ -52,16 +54,6 @@ print("trigger", args["trigger"], "alerts", args.get("alerts"), "assays", [a["as
     "assay_alerts", [])])
 raise SystemExit("this recipe fails on purpose")
 '''
-
-
-def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -119,41 +111,16 @@ def training_tasks(drift) -> list[dict]:
 
 
 async def stream_alerts(stack, assay_ids: set[int]) -> list[dict]:
-    """The events.assay.* of these assays on the EVENTS stream, each with its stream sequence (`_seq`)."""
-    nc = await nats_client.connect(stack.settings().nats.url)
-    found = []
-    try:
-        sub = await nc.jetstream().pull_subscribe("events.assay.>", stream=subjects.EVENTS_STREAM)
-        while (await sub.consumer_info()).num_pending:
-            for message in await sub.fetch(500, timeout=5):
-                body = json.loads(message.data)
-                if message.subject != subjects.EVENT_ASSAY_CREATED and body.get("assay_id") in assay_ids:
-                    found.append(body | {"_subject": message.subject, "_seq": message.metadata.sequence.stream})
-                await message.ack()
-        await sub.unsubscribe()
-    finally:
-        await nc.close()
-    return found
+    """The events.assay.* of these assays on the EVENTS stream but their created, each with its stream sequence
+    (`_seq`)."""
+    return [e for e in await stream_events(stack, "events.assay.>", "assay_id", assay_ids)
+            if e["_subject"] != subjects.EVENT_ASSAY_CREATED]
 
 
 async def training_events(stack, training_id: str) -> list[dict]:
     """Every events.monitoring.* of that training on the EVENTS stream, in stream order, with its subject and
     Nats-Msg-Id (`_subject`, `_msg_id`)."""
-    nc = await nats_client.connect(stack.settings().nats.url)
-    found = []
-    try:
-        sub = await nc.jetstream().pull_subscribe("events.monitoring.>", stream=subjects.EVENTS_STREAM)
-        while (await sub.consumer_info()).num_pending:
-            for message in await sub.fetch(500, timeout=5):
-                body = json.loads(message.data)
-                if body.get("training_id") == training_id:
-                    found.append(body | {"_subject": message.subject,
-                                         "_msg_id": (message.headers or {}).get("Nats-Msg-Id")})
-                await message.ack()
-        await sub.unsubscribe()
-    finally:
-        await nc.close()
-    return found
+    return await stream_events(stack, "events.monitoring.>", "training_id", {training_id})
 
 
 def fresh(alert: dict) -> dict:
