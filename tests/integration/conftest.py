@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
 from shared.client import RailyardAPIError, RailyardClient
+from shared.db import create_pool, load_migrations, migrate
 
 PASSWORD = "Snugglebunnies-1"
 
@@ -129,3 +134,23 @@ def post(stack, path: str, token: str | None, body=None, **kwargs) -> httpx.Resp
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.post(f"{stack.api}/{path.lstrip('/')}", json=body if body is not None else {}, headers=headers,
                       timeout=30, **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def service_schema(stack, prefix: str, migrations: Path) -> AsyncIterator[asyncpg.Pool]:
+    """A schema of the test's own (`prefix`_<random>) on the stack's PostgreSQL, made by a service's `migrations`,
+    and a pool on it; the schema is dropped afterwards. For a test that runs a service's code in its own process
+    against tables no other test or service process uses."""
+    settings = stack.settings().postgres
+    schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    await migrate(settings, schema, load_migrations(migrations))
+    pool = await create_pool(settings, schema)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+        conn = await asyncpg.connect(settings.dsn)
+        try:
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        finally:
+            await conn.close()

@@ -26,11 +26,10 @@ import pytest
 
 from services.registry import store
 from shared import subjects
-from shared.db import create_pool, load_migrations, migrate
 from shared.messages.registry import ConnectionChanged, ModelVersionFinished
 from shared.outbox import Outbox
 from tests.integration.bus_events import stream_events
-from tests.integration.conftest import post
+from tests.integration.conftest import post, service_schema
 from tests.integration.test_assay_events import events_refused
 from tests.integration.test_connections import create
 
@@ -148,19 +147,8 @@ def test_events_a_stopped_registry_left_unsent_are_sent_by_the_next_registry_pro
 @pytest.fixture
 async def registry_schema(stack):
     """A registry schema of this test's (the service's migrations) on the stack's PostgreSQL, and a pool on it."""
-    settings = stack.settings().postgres
-    schema = f"registry_events_{uuid.uuid4().hex[:8]}"
-    await migrate(settings, schema, load_migrations(REGISTRY_MIGRATIONS))
-    pool = await create_pool(settings, schema)
-    try:
+    async with service_schema(stack, "registry_events", REGISTRY_MIGRATIONS) as pool:
         yield pool
-    finally:
-        await pool.close()
-        conn = await asyncpg.connect(settings.dsn)
-        try:
-            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        finally:
-            await conn.close()
 
 
 async def test_a_version_two_registry_processes_convert_finishes_once_with_one_event(registry_schema):

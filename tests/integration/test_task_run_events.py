@@ -13,14 +13,12 @@ with the service's `publish_event` to the stack's real EVENTS stream; only the r
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 import uuid
 from pathlib import Path
 
 import asyncpg
-import nats as nats_client
 import pytest
 from faststream.nats import NatsBroker
 
@@ -28,8 +26,9 @@ from services.task_scheduler import store
 from services.task_scheduler.handlers import Deps
 from shared import subjects
 from shared.bus import publish_event
-from shared.db import create_pool, load_migrations, migrate
 from shared.settings import TaskSettings
+from tests.integration.bus_events import stream_events
+from tests.integration.conftest import service_schema
 from tests.integration.test_assay_events import events_refused
 from tests.integration.test_task_scheduler_wakeups import StandInRuns, settled
 
@@ -41,24 +40,13 @@ MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "task_scheduler"
 @pytest.fixture
 async def database(stack):
     """A task scheduler schema of this test's, an orchestration in a workspace no other test uses."""
-    settings = stack.settings().postgres
-    schema = f"task_scheduler_events_{uuid.uuid4().hex[:8]}"
-    await migrate(settings, schema, load_migrations(MIGRATIONS))
-    pool = await create_pool(settings, schema)
-    workspace = random.randrange(10**9, 2 * 10**9)
-    orch_id = uuid.uuid4()
-    await store.insert_orchestration(pool, id=orch_id, workspace_id=workspace, sha="0" * 64, name=None,
-                                     file_name="o.zip", entrypoint="main.py", requirements_sha=None, owner_id="u",
-                                     status="ready", reason=None)
-    try:
+    async with service_schema(stack, "task_scheduler_events", MIGRATIONS) as pool:
+        workspace = random.randrange(10**9, 2 * 10**9)
+        orch_id = uuid.uuid4()
+        await store.insert_orchestration(pool, id=orch_id, workspace_id=workspace, sha="0" * 64, name=None,
+                                         file_name="o.zip", entrypoint="main.py", requirements_sha=None,
+                                         owner_id="u", status="ready", reason=None)
         yield pool, orch_id, workspace
-    finally:
-        await pool.close()
-        conn = await asyncpg.connect(settings.dsn)
-        try:
-            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        finally:
-            await conn.close()
 
 
 async def scheduler(stack, pool: asyncpg.Pool, tmp_path: Path, name: str) -> tuple[StandInRuns, NatsBroker]:
@@ -98,21 +86,7 @@ async def run_once(pool: asyncpg.Pool, orch_id: uuid.UUID, workspace: int) -> uu
 
 async def run_events(stack, run_id: uuid.UUID) -> list[dict]:
     """Every events.task_run.* of the run the EVENTS stream holds, in stream order."""
-    nc = await nats_client.connect(stack.settings().nats.url)
-    found = []
-    try:
-        sub = await nc.jetstream().pull_subscribe("events.task_run.>", stream=subjects.EVENTS_STREAM)
-        while (await sub.consumer_info()).num_pending:
-            for message in await sub.fetch(500, timeout=5):
-                body = json.loads(message.data)
-                if body.get("run_id") == str(run_id):
-                    found.append(body | {"_subject": message.subject,
-                                         "_msg_id": (message.headers or {}).get("Nats-Msg-Id")})
-                await message.ack()
-        await sub.unsubscribe()
-    finally:
-        await nc.close()
-    return found
+    return await stream_events(stack, "events.task_run.>", "run_id", {str(run_id)})
 
 
 async def tried(pool: asyncpg.Pool, rows: int, within: float = 20) -> None:

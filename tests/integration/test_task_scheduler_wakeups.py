@@ -21,8 +21,8 @@ import pytest
 from services.task_scheduler import runner, store
 from services.task_scheduler.handlers import Deps
 from services.task_scheduler.scheduler import Scheduler
-from shared.db import create_pool, load_migrations, migrate
 from shared.settings import TaskSettings
+from tests.integration.conftest import service_schema
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -66,23 +66,12 @@ class StandInRuns(Scheduler):
 
 @pytest.fixture
 async def database(stack):
-    settings = stack.settings().postgres
-    schema = f"task_scheduler_wake_{uuid.uuid4().hex[:8]}"
-    await migrate(settings, schema, load_migrations(MIGRATIONS))
-    pool = await create_pool(settings, schema)
-    orch_id = uuid.uuid4()
-    await store.insert_orchestration(pool, id=orch_id, workspace_id=WORKSPACE, sha="0" * 64, name=None,
-                                     file_name="o.zip", entrypoint="main.py", requirements_sha=None, owner_id="u",
-                                     status="ready", reason=None)
-    try:
+    async with service_schema(stack, "task_scheduler_wake", MIGRATIONS) as pool:
+        orch_id = uuid.uuid4()
+        await store.insert_orchestration(pool, id=orch_id, workspace_id=WORKSPACE, sha="0" * 64, name=None,
+                                         file_name="o.zip", entrypoint="main.py", requirements_sha=None,
+                                         owner_id="u", status="ready", reason=None)
         yield pool, orch_id
-    finally:
-        await pool.close()
-        conn = await asyncpg.connect(settings.dsn)
-        try:
-            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        finally:
-            await conn.close()
 
 
 def scheduler(pool: asyncpg.Pool, tmp_path: Path, spans: list, name: str) -> StandInRuns:
