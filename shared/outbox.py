@@ -133,6 +133,7 @@ class Outbox:
         # the last round left rows to try again at the RETRY pace: the bus failed, or a row failed for itself fewer
         # than OWN_RETRIES times
         self.retry_soon = False
+        self._later: asyncio.TimerHandle | None = None  # the round `_round_later` asked the loop for
 
     def event_of(self, subject: str, payload: Any) -> Event:
         """The event a row holds, as it was put there (its event_id and occurred_at included)."""
@@ -161,6 +162,7 @@ class Outbox:
                     rows = await self.rows.unsent_events(conn, BATCH, after)
                 except SendingElsewhere:  # it sends what it read; what was committed after, this process soon
                     self.retry_soon = True
+                    self._round_later()
                     return sent
                 for row in rows:
                     after = row["id"]
@@ -197,6 +199,14 @@ class Outbox:
                     self.failing_since = None
                 return sent
 
+    def _round_later(self) -> None:
+        """Have the loop (`run`) try a round RETRY seconds from now. A round that found another process sending
+        (SendingElsewhere) may be a route's or a stop's send, not the loop's, and the loop, waiting its IDLE round,
+        would otherwise leave the rows committed meanwhile unsent for up to a minute."""
+        if self._later is not None:
+            self._later.cancel()
+        self._later = asyncio.get_running_loop().call_later(self.retry, self.woken.set)
+
     def _failed(self, row: Any, exc: Exception) -> None:
         if self.failing_since is None or time.monotonic() - self.failing_since > 60:
             log.warning("could not publish %s (event %s; kept, tried again every %.0f s): %s: %s", row["subject"],
@@ -208,6 +218,9 @@ class Outbox:
         else every IDLE."""
         while True:
             self.woken.clear()
+            if self._later is not None:  # this round is the one it asked for
+                self._later.cancel()
+                self._later = None
             failed = False
             try:
                 await self.send()
