@@ -530,8 +530,9 @@ class TrainingStarter(Sweeper):
         """Start every training that may start now; whether one still waits for the feedback loop."""
         pool = self.deps.base.pool
         async with pool.acquire() as conn, conn.transaction():
-            if await _fail_unstarted(conn, None):
-                self.deps.events_committed()
+            failed = await _fail_unstarted(conn, None)
+        if failed:  # once committed: woken before, the outbox could read the table first and wait its IDLE round
+            self.deps.events_committed()
         waiting = False
         rows = await pool.fetch(
             "SELECT id, deployment_id, created_at < now() - make_interval(secs => $1) AS overdue FROM trainings"
@@ -636,8 +637,11 @@ async def _start_run(deps: ContinuousDeps, ct: asyncpg.Record, datasets: list[as
         log.warning("continuous training %s of deployment %s could not start: %s", training_id,
                     ct["deployment_id"], exc.msg)
         async with base.pool.acquire() as conn, conn.transaction():  # the failure and its event, or neither
+            # unless its run was recorded meanwhile: run_once created it but answered too late, and the run's end
+            # event (on_run_ended, which finds it by the task's name) has moved the training on already
             await _fail_trainings(conn, "UPDATE trainings SET state = 'failed', outcome = 'failed', reason = $2,"
-                                  " updated_at = now() WHERE id = $1", training_id, f"could not start: {exc.msg}")
+                                  " updated_at = now() WHERE id = $1 AND state = 'starting' AND task_id IS NULL",
+                                  training_id, f"could not start: {exc.msg}")
         deps.events_committed()
         return
     # a run that ended at once may have been recorded already (on_run_ended finds it by the task's name)
@@ -951,16 +955,27 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
                                f"monitoring-deploy-{deployment_id}")
     except RailyardError as exc:
         log.warning("challenge %s: the swap failed: %s", challenge["id"], exc.msg)
-        await pool.execute("UPDATE challenges SET state = 'failed', reason = $2 WHERE id = $1", challenge["id"],
-                           f"{evidence.decision.value} decided, but the swap failed: {exc.msg}")
+        # only while still decided: another process's swap of it (resume_swap) may have finished it meanwhile
+        await pool.execute("UPDATE challenges SET state = 'failed', reason = $2 WHERE id = $1 AND state = $3",
+                           challenge["id"], f"{evidence.decision.value} decided, but the swap failed: {exc.msg}",
+                           state)
         return
     async with pool.acquire() as conn, conn.transaction():  # the swap's record and its event, or neither
-        await conn.execute("UPDATE challenges SET state = $2, reason = $3 WHERE id = $1", challenge["id"],
-                           "promoted" if state == "promoting" else "rolled_back", summary)
-        await _event(conn, subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
-            deployment_id=deployment_id, workspace_id=challenge["workspace_id"],
-            action="promoted" if state == "promoting" else "rolled_back", model_version=_ref(served),
-            shadow_model_version=None, pipeline_version=version, reason=summary))
+        # once: a decided swap still under way after STALE_SWAP (a deploy may take deploy_wait, 305 s) is resumed
+        # by another process too, and both get here; the first records it and writes the event (a failure of the
+        # other's swap recorded meanwhile is superseded: this one served)
+        swapped = await conn.fetchval(
+            "UPDATE challenges SET state = $2, reason = $3 WHERE id = $1 AND state IN ($4, 'failed') RETURNING 1",
+            challenge["id"], "promoted" if state == "promoting" else "rolled_back", summary, state)
+        if swapped:
+            await _event(conn, subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
+                deployment_id=deployment_id, workspace_id=challenge["workspace_id"],
+                action="promoted" if state == "promoting" else "rolled_back", model_version=_ref(served),
+                shadow_model_version=None, pipeline_version=version, reason=summary))
+    if not swapped:
+        log.info("challenge %s of deployment %s: its swap was recorded by another process first", challenge["id"],
+                 deployment_id)
+        return
     deps.events_committed()
     log.info("challenge %s of deployment %s: %s", challenge["id"], deployment_id, summary)
 

@@ -1,0 +1,154 @@
+"""Monitoring's challenge swaps and trainings are finished, and told (their outbox event), once when two paths
+finish them (services/monitoring/continuous.py).
+
+- A decided challenge whose swap has not finished STALE_SWAP (300 s) after the decision is swapped again by whichever
+  process gets a review wake-up (`resume_swap`), for a process that died mid-swap. A swap is a deploy the process
+  waits up to deploy_wait for (305 s with the defaults): a slow one is still under way when another process resumes
+  it, and both finish the challenge (`_apply_decision`). Before, each finish wrote its model_swapped (each with its
+  own event_id: lineage drew two swaps), and a first process whose swap failed after the other's had succeeded
+  marked the promoted challenge failed. Now only the finish that moves the challenge out of promoting / rolling_back
+  records it and writes its event.
+- A training whose run ended (recorded from the run's end event) before tasks/run_once answered, too late, is not
+  failed again as "could not start" (`_start_run`).
+
+Runs the service's functions on a monitoring schema of this test's (its migrations) on the stack's PostgreSQL, the
+deploy and the task scheduler replaced by stand-ins the test drives."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import asyncpg
+import pytest
+
+from services.monitoring import continuous, sequential
+from shared import subjects
+from shared.db import create_pool, load_migrations, migrate
+from shared.errors import Unavailable, UpstreamTimeout
+from shared.messages.tasks import TaskRunEvent
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+MONITORING_MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "monitoring" / "migrations"
+DEPLOYMENT = 42
+CHAMPION = {"name": "digits", "version": "v1", "sha": "a"}
+CHALLENGER = {"name": "digits", "version": "v2", "sha": "b"}
+
+
+@pytest.fixture
+async def monitoring_schema(stack):
+    """A monitoring schema of this test's (the service's migrations) on the stack's PostgreSQL, and a pool on it."""
+    settings = stack.settings().postgres
+    schema = f"monitoring_swap_{uuid.uuid4().hex[:8]}"
+    await migrate(settings, schema, load_migrations(MONITORING_MIGRATIONS))
+    pool = await create_pool(settings, schema)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+        conn = await asyncpg.connect(settings.dsn)
+        try:
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
+def evidence() -> sequential.Evidence:
+    return sequential.Evidence(decision=sequential.Decision.PROMOTE, pairs=40, n11=10, n10=2, n01=20, n00=8,
+                               champion_accuracy=0.3, challenger_accuracy=0.75, log_evidence=4.0, threshold=3.0,
+                               p_lower=0.7, p_upper=0.95, alpha=0.05, min_sample=10)
+
+
+def process(pool) -> continuous.ContinuousDeps:
+    """One monitoring process's deps (its own in-process locks), its outbox wake-ups ignored."""
+    return continuous.ContinuousDeps(base=SimpleNamespace(pool=pool, broker=None, timeout=5.0), verify=None,
+                                     events_committed=lambda: None,
+                                     max_task_timeout=3600)
+
+
+@pytest.mark.parametrize("first_swap", ["serves", "fails"])
+async def test_a_swap_resumed_while_the_first_still_runs_is_recorded_and_told_once(monitoring_schema, monkeypatch,
+                                                                                   first_swap):
+    pool = monitoring_schema
+    await pool.execute("INSERT INTO continuous_deployment (deployment_id, workspace_id, deployment, owner_id, policy,"
+                       " alpha, min_sample) VALUES ($1, 1, 'd-42', $2, 'DEPLOY_SHADOW', 0.05, 10)", DEPLOYMENT,
+                       uuid.uuid4())
+    challenge_id = uuid.uuid4()
+    # decided more than STALE_SWAP ago, its swap (the first process's) still under way
+    await pool.execute(
+        "INSERT INTO challenges (id, deployment_id, workspace_id, champion, challenger, alpha, min_sample, state,"
+        " evidence, decided_at) VALUES ($1, $2, 1, $3, $4, 0.05, 10, 'promoting', $5, now() - make_interval(secs =>"
+        " $6))", challenge_id, DEPLOYMENT, json.dumps(CHAMPION), json.dumps(CHALLENGER),
+        json.dumps(evidence().as_dict()), continuous.STALE_SWAP + 10)
+    challenge = await pool.fetchrow("SELECT * FROM challenges WHERE id = $1", challenge_id)
+
+    swapping, release = asyncio.Event(), asyncio.Event()
+    serves: list[str] = []
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose) -> str:
+        serves.append(champion["version"])
+        if len(serves) == 1:  # the first process's deploy is slow
+            swapping.set()
+            await release.wait()
+            if first_swap == "fails":
+                raise Unavailable("the deployer did not answer")
+        return "7"
+
+    monkeypatch.setattr(continuous, "_serve", serve)
+    first = asyncio.create_task(continuous._apply_decision(process(pool), challenge, "promoting", evidence()))
+    try:
+        await asyncio.wait_for(swapping.wait(), 10)
+        await continuous.resume_swap(process(pool), DEPLOYMENT)  # another process, on a review wake-up
+    finally:
+        release.set()
+        await asyncio.wait_for(first, 10)
+
+    assert serves == ["v2", "v2"]  # both swapped (serving what serves already makes no new version)
+    row = await pool.fetchrow("SELECT state, reason FROM challenges WHERE id = $1", challenge_id)
+    assert row["state"] == "promoted", row["reason"]  # the resumed swap served it; a late failure changes nothing
+    swapped = await pool.fetch("SELECT payload FROM outbox WHERE subject = $1", subjects.EVENT_MONITORING_MODEL_SWAPPED)
+    assert len(swapped) == 1, [json.loads(r["payload"]) for r in swapped]
+    assert json.loads(swapped[0]["payload"])["action"] == "promoted"
+
+
+async def test_a_training_whose_run_ended_before_run_once_answered_is_finished_once(monitoring_schema, monkeypatch):
+    """tasks/run_once creates the run but its answer comes too late (the task scheduler busy: UpstreamTimeout), and
+    the run, which failed at once, was already recorded from its end event (`on_run_ended` finds the training by the
+    task's name). The starter's failure ("could not start") no longer fails that ended training a second time: before,
+    it overwrote the run's failure reason and wrote a second training_finished (another event_id)."""
+    pool = monitoring_schema
+    await pool.execute(
+        "INSERT INTO continuous_training (deployment_id, workspace_id, deployment, owner_id, project_id,"
+        " orchestration_id, trigger, threshold, experiment_parameters, model_name) VALUES ($1, 1, 'd-42', $2, 1, $3,"
+        " 'FEEDBACK_LOOP', 1, '{}', 'digits')", DEPLOYMENT, uuid.uuid4(), uuid.uuid4())
+    training_id = uuid.uuid4()
+    await pool.execute("INSERT INTO trainings (id, deployment_id, workspace_id, state, reviews, run_claimed_at)"
+                       " VALUES ($1, $2, 1, 'starting', 1, now())", training_id, DEPLOYMENT)
+    deps = process(pool)
+
+    async def act_as(deps, owner_id, workspace_id, purpose):
+        return SimpleNamespace(user_id=str(owner_id)), "token"
+
+    async def request(broker, subject, cmd, **kwargs):
+        assert subject == subjects.TASKS_RUN_ONCE
+        task_id = uuid.uuid4()
+        await continuous.on_run_ended(deps, TaskRunEvent(  # its end event, handled before the late answer
+            run_id=uuid.uuid4(), task_id=task_id, name=cmd.name, orch_id=cmd.orch_id, orch_sha="0" * 64,
+            workspace_id=1, owner_id="someone", status="failure", reason="the recipe failed"), succeeded=False)
+        raise UpstreamTimeout("task_scheduler did not answer within 5s")
+
+    monkeypatch.setattr(continuous, "act_as", act_as)
+    monkeypatch.setattr(continuous, "request", request)
+    ct = await pool.fetchrow("SELECT * FROM continuous_training WHERE deployment_id = $1", DEPLOYMENT)
+    training = await pool.fetchrow("SELECT * FROM trainings WHERE id = $1", training_id)
+    await continuous._start_run(deps, ct, [], training)
+
+    row = await pool.fetchrow("SELECT state, reason FROM trainings WHERE id = $1", training_id)
+    assert (row["state"], row["reason"]) == ("failed", "the training run failed: the recipe failed")
+    finished = await pool.fetch("SELECT payload FROM outbox WHERE subject = $1",
+                                subjects.EVENT_MONITORING_TRAINING_FINISHED)
+    assert [json.loads(r["payload"])["reason"] for r in finished] == ["the training run failed: the recipe failed"]
