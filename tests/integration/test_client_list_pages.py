@@ -14,8 +14,7 @@ from railyard_client import Pipeline, cli
 from railyard_client import session as sdk_session
 
 from tests.integration.conftest import PASSWORD, post, sdk_client
-from tests.integration.test_assays import config
-from tests.integration.test_request_bounds_http import FUTURE, new_pipeline, static
+from tests.integration.test_request_bounds_http import BIG_NOTE, big_pipelines, new_pipeline, paged_lists, static_assays
 
 pytestmark = pytest.mark.integration
 
@@ -34,17 +33,8 @@ def listing_requests(client) -> list[tuple[str, dict]]:
 
 
 def test_the_sdk_and_cli_read_pipelines_and_assays_page_by_page(stack, alice, tmp_path, monkeypatch, capsys):
-    pipelines = [new_pipeline(stack, alice) for _ in range(5)]
+    pipelines, assay_ids, whole_pipelines, whole_assays = paged_lists(stack, alice, "paged {}")
     first = pipelines[0]
-    assay_ids = []
-    for index in range(5):
-        body = {**config(alice, first, f"paged {index}", static([0.1 * index, 0.5, 0.9]), FUTURE, "1 hours"),
-                "active": False}
-        created = post(stack, "assays/create", alice.token, body)
-        assert created.status_code == 200, created.text[:300]
-        assay_ids.append(created.json()["assay_id"])
-    whole_pipelines = post(stack, "pipelines/list", alice.token, {"workspace_id": alice.workspace_id}).json()
-    whole_assays = post(stack, "assays/list", alice.token, {"pipeline_id": first["pipeline_pk_id"]}).json()
     ids = [p["pipeline_pk_id"] for p in pipelines]
 
     client = sdk_client(stack, alice)
@@ -97,19 +87,9 @@ def test_the_sdk_reads_lists_larger_than_a_reply(stack, alice):
     """The lists of test_request_bounds_http, past 8 MiB (the whole list a 422 reply_too_large, which the SDK raised
     before): 50 assays of 10,000 values and 140 more pipelines of a ~62 KiB definition, read through the SDK at its
     own page size, whose pages the services cut short at 4 MiB (fewer items than asked, and a cursor)."""
-    rng = np.random.default_rng(13)
     first = new_pipeline(stack, alice)
-    assay_ids = []
-    for index in range(50):
-        body = {**config(alice, first, f"static {index}", static(rng.random(10_000).tolist()), FUTURE, "1 hours"),
-                "active": False}
-        created = post(stack, "assays/create", alice.token, body)
-        assert created.status_code == 200, created.text[:300]
-        assay_ids.append(created.json()["assay_id"])
-    note = "x" * (62 * 1024)
-    names = [first["name"]] + [f"big{index}" for index in range(140)]
-    for name in names[1:]:
-        new_pipeline(stack, alice, name, {"steps": [{"ModelInference": {"models": [{"name": "m"}], "note": note}}]})
+    assay_ids = static_assays(stack, alice, first, np.random.default_rng(13))
+    names = [first["name"]] + big_pipelines(stack, alice)
     for route, body in (("assays/list", {"pipeline_id": first["pipeline_pk_id"]}),
                         ("pipelines/list", {"workspace_id": alice.workspace_id})):
         whole = post(stack, route, alice.token, body)
@@ -120,7 +100,7 @@ def test_the_sdk_reads_lists_larger_than_a_reply(stack, alice):
     workspace = client.current_workspace()
     listed = workspace.pipelines()
     assert [p.name for p in listed] == names
-    assert listed[-1].definition["steps"][0]["ModelInference"]["note"] == note
+    assert listed[-1].definition["steps"][0]["ModelInference"]["note"] == BIG_NOTE
     pages = [body for route, body in sent if route == "pipelines/list"]
     assert len(pages) >= 3 and all(body["limit"] == 1000 for body in pages), pages  # 4 MiB pages: 140 in 3+
     assays = workspace.pipeline(first["name"]).assays()

@@ -32,6 +32,48 @@ def static(values) -> dict:
     return {"Static": {"values": list(values)}}
 
 
+BIG_NOTE = "x" * (62 * 1024)  # a pipeline definition's note under its 64 KiB bound
+
+
+def static_assays(stack, account: Account, pipeline: dict, rng, name: str = "static {}", count: int = 50) -> list[int]:
+    """`count` inactive assays of `pipeline` (named `name`.format(index)), each with a Static baseline of 10,000
+    values (~200 KB of JSON): 50 make an assays/list past the 8 MiB a bus reply carries. Their ids, oldest first."""
+    ids = []
+    for index in range(count):
+        body = {**config(account, pipeline, name.format(index), static(rng.random(10_000).tolist()), FUTURE,
+                         "1 hours"), "active": False}
+        created = post(stack, "assays/create", account.token, body)
+        assert created.status_code == 200, created.text[:300]
+        ids.append(created.json()["assay_id"])
+    return ids
+
+
+def big_pipelines(stack, account: Account, count: int = 140) -> list[str]:
+    """`count` pipelines big0, big1, ... with a ~62 KiB definition (BIG_NOTE): 140 make a pipelines/list past the
+    8 MiB a bus reply carries. Their names, oldest first."""
+    names = [f"big{index}" for index in range(count)]
+    for name in names:
+        new_pipeline(stack, account, name, {"steps": [{"ModelInference": {"models": [{"name": "m"}],
+                                                                            "note": BIG_NOTE}}]})
+    return names
+
+
+def paged_lists(stack, account: Account, name: str) -> tuple[list[dict], list[int], dict, list]:
+    """5 new pipelines and 5 inactive assays (named `name`.format(index)) of the first, small enough for a whole
+    list: the pipelines, the assays' ids (oldest first), and the whole pipelines/list and assays/list answers."""
+    pipelines = [new_pipeline(stack, account) for _ in range(5)]
+    assay_ids = []
+    for index in range(5):
+        body = {**config(account, pipelines[0], name.format(index), static([0.1 * index, 0.5, 0.9]), FUTURE,
+                         "1 hours"), "active": False}
+        created = post(stack, "assays/create", account.token, body)
+        assert created.status_code == 200, created.text[:300]
+        assay_ids.append(created.json()["assay_id"])
+    whole_pipelines = post(stack, "pipelines/list", account.token, {"workspace_id": account.workspace_id}).json()
+    whole_assays = post(stack, "assays/list", account.token, {"pipeline_id": pipelines[0]["pipeline_pk_id"]}).json()
+    return pipelines, assay_ids, whole_pipelines, whole_assays
+
+
 def test_a_static_baseline_past_its_bound_is_400_and_nothing_is_stored(stack, alice):
     """A Static baseline's values are kept with the assay and repeated in every assays/list answer: 10,000 at most
     (as many as the gateway's 2 MiB JSON limit let through were stored before)."""
@@ -57,14 +99,7 @@ def test_an_assay_list_larger_than_a_reply_is_422_and_pages_through_it(stack, al
     carries: the whole list is a 422 reply_too_large telling how to page, at once; with `limit` the answer is still
     the seed's bare list, at most 4 MiB of it, and the cursor of the next page is the x-next-cursor header."""
     pipeline = new_pipeline(stack, alice)
-    rng = np.random.default_rng(11)
-    ids = []
-    for index in range(50):
-        body = {**config(alice, pipeline, f"static {index}", static(rng.random(10_000).tolist()), FUTURE, "1 hours"),
-                "active": False}
-        created = post(stack, "assays/create", alice.token, body)
-        assert created.status_code == 200, created.text[:300]
-        ids.append(created.json()["assay_id"])
+    ids = static_assays(stack, alice, pipeline, np.random.default_rng(11))
     asked = {"pipeline_id": pipeline["pipeline_pk_id"]}
     started = time.monotonic()
     whole = post(stack, "assays/list", alice.token, asked)
@@ -108,10 +143,7 @@ def test_a_pipeline_list_larger_than_a_reply_is_422_and_pages_through_it(stack, 
     refused = post(stack, "pipelines/list", alice.token, {**asked, "limit": 2, "cursor": "one"})
     assert refused.status_code == 400 and "cursor: not a next_cursor of pipelines/list" in refused.json()["msg"]
 
-    note = "x" * (62 * 1024)
-    for index in range(140):
-        new_pipeline(stack, alice, f"big{index}", {"steps": [{"ModelInference": {"models": [{"name": "m"}],
-                                                                                 "note": note}}]})
+    big_pipelines(stack, alice)
     started = time.monotonic()
     too_large = post(stack, "pipelines/list", alice.token, asked)
     assert too_large.status_code == 422 and too_large.json()["code"] == "reply_too_large", too_large.text[:300]

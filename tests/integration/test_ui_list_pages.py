@@ -15,8 +15,7 @@ import pytest
 
 from tests.integration import test_ui as ui
 from tests.integration.conftest import PASSWORD, make_account, post
-from tests.integration.test_assays import config
-from tests.integration.test_request_bounds_http import FUTURE, new_pipeline, static
+from tests.integration.test_request_bounds_http import big_pipelines, new_pipeline, paged_lists, static_assays
 
 pytestmark = pytest.mark.integration
 
@@ -64,17 +63,7 @@ def sign_in_to(driver, stack, account) -> None:
 
 def test_the_ui_reads_pipelines_and_assays_page_by_page(stack, admin, browser):
     account = make_account(stack, admin, "uipages")
-    pipelines = [new_pipeline(stack, account) for _ in range(5)]
-    first = pipelines[0]
-    assay_ids = []
-    for index in range(5):
-        body = {**config(account, first, f"paged{index}", static([0.1 * index, 0.5, 0.9]), FUTURE, "1 hours"),
-                "active": False}
-        created = post(stack, "assays/create", account.token, body)
-        assert created.status_code == 200, created.text[:300]
-        assay_ids.append(created.json()["assay_id"])
-    whole_pipelines = post(stack, "pipelines/list", account.token, {"workspace_id": account.workspace_id}).json()
-    whole_assays = post(stack, "assays/list", account.token, {"pipeline_id": first["pipeline_pk_id"]}).json()
+    pipelines, assay_ids, whole_pipelines, whole_assays = paged_lists(stack, account, "paged{}")
     ids = [p["pipeline_pk_id"] for p in pipelines]
     newest = sorted(assay_ids, reverse=True)
     ws = account.workspace_id
@@ -125,17 +114,9 @@ def test_the_ui_shows_lists_larger_than_a_reply(stack, admin, browser):
     instead of their content): 50 assays of 10,000 values and 140 more pipelines of a ~62 KiB definition, shown by
     the Assays and Inference logs pages at the UI's own page size, in pages the services cut short at 4 MiB."""
     account = make_account(stack, admin, "uibig")
-    rng = np.random.default_rng(17)
     first = new_pipeline(stack, account, "biglist")
-    for index in range(50):
-        body = {**config(account, first, f"static{index}", static(rng.random(10_000).tolist()), FUTURE, "1 hours"),
-                "active": False}
-        created = post(stack, "assays/create", account.token, body)
-        assert created.status_code == 200, created.text[:300]
-    note = "x" * (62 * 1024)
-    names = [first["name"]] + [f"big{index}" for index in range(140)]
-    for name in names[1:]:
-        new_pipeline(stack, account, name, {"steps": [{"ModelInference": {"models": [{"name": "m"}], "note": note}}]})
+    static_assays(stack, account, first, np.random.default_rng(17), "static{}")
+    names = [first["name"]] + big_pipelines(stack, account)
     for route, body in (("assays/list", {"pipeline_id": first["pipeline_pk_id"]}),
                         ("pipelines/list", {"workspace_id": account.workspace_id})):
         whole = post(stack, route, account.token, body)
