@@ -416,3 +416,13 @@ def service_process(stack: RunningStack, name: str, log: Path,
         yield process
     finally:
         stop_process(process, 20)
+
+
+def wait_serving(process: subprocess.Popen, log: Path, what: str, within: float = 60.0) -> None:
+    """Until a service_process has logged that it serves ("serving (pid"); fails if it exits first or takes longer
+    than `within` seconds (`what` names it in the failure, with its log)."""
+    deadline = time.monotonic() + within
+    while "serving (pid" not in log.read_text():
+        assert process.poll() is None, f"{what} exited:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"{what} did not start:\n{log.read_text()}"
+        time.sleep(0.2)

@@ -20,7 +20,7 @@ from shared import subjects
 from tests.integration.conftest import Account, post
 from tests.integration.test_assays import config, iso, publish_rows
 from tests.integration.test_logs import wait_rows
-from tests.stack import service_process
+from tests.stack import service_process, wait_serving
 
 pytestmark = pytest.mark.integration
 
@@ -149,11 +149,7 @@ def second_assay_runner(stack, tmp_path):
     env = {k: v for k, v in stack.env.items() if k.startswith(("RAILYARD_ASSAYS__", "RAILYARD_AUTH__"))}
     log = tmp_path / "assay_runner.log"
     with service_process(stack, "assay_runner", log, env) as process:
-        deadline = time.monotonic() + 60
-        while "serving (pid" not in log.read_text():
-            assert process.poll() is None, f"the second assay runner exited:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"the second assay runner did not start:\n{log.read_text()}"
-            time.sleep(0.2)
+        wait_serving(process, log, "the second assay runner")
         yield process, log
 
 

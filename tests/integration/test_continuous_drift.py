@@ -38,7 +38,7 @@ from tests.integration.test_assays import config, iso, publish_rows
 from tests.integration.test_logs import wait_rows
 from tests.integration.test_monitoring_loop import wait_for
 from tests.models import ccfraud_onnx
-from tests.stack import service_process
+from tests.stack import service_process, wait_serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -313,11 +313,7 @@ def second_monitoring(stack, tmp_path):
                                                                 "RAILYARD_TASKS__"))}
     log = tmp_path / "monitoring.log"
     with service_process(stack, "monitoring", log, env) as process:
-        deadline = time.monotonic() + 60
-        while "serving (pid" not in log.read_text():
-            assert process.poll() is None, f"the second monitoring process exited:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"the second monitoring process did not start:\n{log.read_text()}"
-            time.sleep(0.2)
+        wait_serving(process, log, "the second monitoring process")
         yield process, log
 
 
