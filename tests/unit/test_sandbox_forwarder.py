@@ -63,9 +63,8 @@ def test_many_connections_at_once_in_one_thread(forwarder):
         for number, sock in enumerate(held):
             sock.sendall(f"hello {number}".encode())
         for number, sock in enumerate(held):
-            wanted, got = f"hello {number}".encode(), b""
-            while len(got) < len(wanted):
-                got += sock.recv(100)
+            wanted = f"hello {number}".encode()
+            got = _received(sock, len(wanted))
             assert got == wanted
         assert threads_of(pid) == 1  # 40 connections open: one thread (it was 80 more)
     finally:
@@ -137,6 +136,32 @@ def _echo(sock: socket.socket) -> None:
             sock.sendall(data)
 
 
+def _received(sock: socket.socket, size: int) -> bytes:
+    """The next `size` bytes `sock` receives (fewer if it closes first)."""
+    got = b""
+    while len(got) < size and (data := sock.recv(100)):
+        got += data
+    return got
+
+
+def _echoed(host: socket.socket, sock: socket.socket, data: bytes) -> bytes:
+    """`data` sent on `sock` (a connection to the relay) and what comes back, the relay's upstream connection on
+    `host` being accepted and echoed."""
+    upstream, _ = host.accept()
+    threading.Thread(target=_echo, args=(upstream,), daemon=True).start()
+    sock.sendall(data)
+    return _received(sock, len(data))
+
+
+def _stop(queued: list[socket.socket], pid: int, host: socket.socket) -> None:
+    """Closes the backlog's connections and the host's socket, and kills the relay."""
+    for sock in queued:
+        sock.close()
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    host.close()
+
+
 def test_a_connect_waiting_for_a_full_backlog_does_not_stall_the_other_connections(tmp_path):
     """The host's socket has its backlog full (its relay busy): the relay's connect for a new connection was asked
     again in a loop for up to 5 s in the one thread that relays every connection of the sandbox, so an open
@@ -158,27 +183,16 @@ def test_a_connect_waiting_for_a_full_backlog_does_not_stall_the_other_connectio
         first.settimeout(2)  # the old relay answered after its 5 s of connect attempts
         for number in range(20):  # while the second connection's connect is refused for want of room
             first.sendall(f"ping {number}".encode())
-            wanted, got = f"ping {number}".encode(), b""
-            while len(got) < len(wanted):
-                got += first.recv(100)
+            wanted = f"ping {number}".encode()
+            got = _received(first, len(wanted))
             assert got == wanted
         for _ in queued:  # room in the backlog: the second connection's connect goes through, in its turn
             host.accept()[0].close()
-        upstream, _ = host.accept()
-        threading.Thread(target=_echo, args=(upstream,), daemon=True).start()
-        second.sendall(b"second")
-        got = b""
-        while len(got) < len(b"second"):
-            got += second.recv(100)
-        assert got == b"second"
+        assert _echoed(host, second, b"second") == b"second"
         first.close()
         second.close()
     finally:
-        for sock in queued:
-            sock.close()
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        host.close()
+        _stop(queued, pid, host)
 
 
 def test_a_connection_that_finds_no_room_in_time_is_closed_and_the_relay_lives_on(tmp_path):
@@ -195,16 +209,6 @@ def test_a_connection_that_finds_no_room_in_time_is_closed_and_the_relay_lives_o
         for _ in queued:
             host.accept()[0].close()
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:  # room again: relayed
-            upstream, _ = host.accept()
-            threading.Thread(target=_echo, args=(upstream,), daemon=True).start()
-            sock.sendall(b"again")
-            got = b""
-            while len(got) < len(b"again"):
-                got += sock.recv(100)
-            assert got == b"again"
+            assert _echoed(host, sock, b"again") == b"again"
     finally:
-        for sock in queued:
-            sock.close()
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        host.close()
+        _stop(queued, pid, host)
