@@ -22,14 +22,13 @@ import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
-import asyncpg
 import pytest
 
 from services.monitoring import continuous, sequential
 from shared import subjects
-from shared.db import create_pool, load_migrations, migrate
 from shared.errors import Unavailable, UpstreamTimeout
 from shared.messages.tasks import TaskRunEvent
+from tests.integration.conftest import service_schema
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -42,19 +41,8 @@ CHALLENGER = {"name": "digits", "version": "v2", "sha": "b"}
 @pytest.fixture
 async def monitoring_schema(stack):
     """A monitoring schema of this test's (the service's migrations) on the stack's PostgreSQL, and a pool on it."""
-    settings = stack.settings().postgres
-    schema = f"monitoring_swap_{uuid.uuid4().hex[:8]}"
-    await migrate(settings, schema, load_migrations(MONITORING_MIGRATIONS))
-    pool = await create_pool(settings, schema)
-    try:
+    async with service_schema(stack, "monitoring_swap", MONITORING_MIGRATIONS) as pool:
         yield pool
-    finally:
-        await pool.close()
-        conn = await asyncpg.connect(settings.dsn)
-        try:
-            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        finally:
-            await conn.close()
 
 
 def evidence() -> sequential.Evidence:
