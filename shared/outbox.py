@@ -20,6 +20,7 @@ records an event once by its event_id whenever it comes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -198,6 +199,15 @@ class Outbox:
                     log.info("%s are published again", self.what)
                     self.failing_since = None
                 return sent
+
+    async def stop(self, task: asyncio.Task) -> None:
+        """Stop the sending loop `task` (this outbox's `run`) and send what is unsent once more: now if the bus takes
+        it within 5 s, else at a start (this or another process)."""
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.send(), 5)
 
     def _round_later(self) -> None:
         """Have the loop (`run`) try a round RETRY seconds from now. A round that found another process sending

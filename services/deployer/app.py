@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 
 from faststream.nats import NatsRouter
@@ -137,11 +136,7 @@ async def stop(runtime: Runtime) -> None:
         await restore.stop()
     outbox_task, outbox = runtime.extras.get("outbox_task"), runtime.extras.get("outbox")
     if outbox_task is not None:  # what is unsent: now if the bus takes it, else at a start (this or another process)
-        outbox_task.cancel()
-        with contextlib.suppress(BaseException):
-            await outbox_task
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(outbox.send(), 5)
+        await outbox.stop(outbox_task)
     deps = runtime.extras.get("deps")
     if deps is not None:
         await deps.backend.close()

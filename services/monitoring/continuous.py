@@ -44,7 +44,6 @@ How it runs (docs/monitoring.md, "Continuous training and deployment"):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import dataclasses
 import json
@@ -1059,11 +1058,7 @@ async def stop(runtime: Any) -> None:
         await starter.stop()
     task, sender = runtime.extras.get("outbox_task"), runtime.extras.get("outbox")
     if task is not None:  # what is unsent: now if the bus takes it, else at a start (this or another process)
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(sender.send(), 5)
+        await sender.stop(task)
 
 
 def register(router: NatsRouter, runtime: Any) -> None:

@@ -151,11 +151,7 @@ class Scheduler:
         if self.installing is not None:
             self.installing.cancel()
         if self._outbox_task is not None:  # the stopped runs' events: sent now if the bus takes them, else at a start
-            self._outbox_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._outbox_task
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.outbox.send(), 5)
+            await self.outbox.stop(self._outbox_task)
 
     async def _forever(self) -> None:
         settings = self.deps.settings
