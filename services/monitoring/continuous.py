@@ -468,16 +468,25 @@ async def _check_trigger(deps: ContinuousDeps, deployment_id: int,
             ended += await _fail_unstarted(conn, deployment_id)
             if ended:
                 committed.append(True)
-            reviews = await _review_count(conn, deployment_id)
-            alerts = await _alert_count(conn, deployment_id)
+            # the trigger's own count decides; the other one is read only when a training opens (a review's check
+            # of a REVIEWS trigger does not count alerts)
             if ct["trigger"] == "ASSAY_ALERT":
+                alerts = await _alert_count(conn, deployment_id)
                 if alerts - ct["alerts_at_last_training"] < ct["threshold"]:
                     return None
-            elif reviews - ct["reviews_at_last_training"] < ct["threshold"]:
-                return None
+                reviews = None
+            else:
+                reviews = await _review_count(conn, deployment_id)
+                if reviews - ct["reviews_at_last_training"] < ct["threshold"]:
+                    return None
+                alerts = None
             if await conn.fetchval("SELECT 1 FROM trainings WHERE deployment_id = $1 AND state = ANY($2::text[])",
                                    deployment_id, list(OPEN_TRAININGS)):
                 return None  # one training at a time; the reviews (alerts) keep counting for the next one
+            if reviews is None:
+                reviews = await _review_count(conn, deployment_id)
+            if alerts is None:
+                alerts = await _alert_count(conn, deployment_id)
             training_id = uuid.uuid4()
             await conn.execute("INSERT INTO trainings (id, deployment_id, workspace_id, state, reviews, trigger,"
                                " alerts) VALUES ($1, $2, $3, 'starting', $4, $5, $6)", training_id, deployment_id,
