@@ -394,7 +394,8 @@ async def list_assays(deps: Deps, principal: Principal, token: str | None, pipel
     before = paging.after(cursor, "assays/list")
     pipeline = await deps.pipeline_of(token, pipeline_id)
     await require_member(deps.membership(token), principal, pipeline["workspace_id"])
-    rows = [r for r in await store.by_pipeline(deps.pool, pipeline_id) if before is None or r["id"] < before]
+    # a page reads its own rows (and one more: whether another page follows), not the whole list each time
+    rows = await store.by_pipeline(deps.pool, pipeline_id, before, None if limit is None else limit + 1)
     assays, next_cursor = await paging.page(rows, limit, _listing)
     return Assays(assays=assays, next_cursor=next_cursor)
 

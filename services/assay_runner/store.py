@@ -34,8 +34,16 @@ async def get(pool: asyncpg.Pool, assay_id: int) -> asyncpg.Record | None:
     return await pool.fetchrow("SELECT * FROM assays WHERE id = $1", assay_id)
 
 
-async def by_pipeline(pool: asyncpg.Pool, pipeline_id: int) -> list[asyncpg.Record]:
-    return await pool.fetch("SELECT * FROM assays WHERE pipeline_id = $1 ORDER BY id DESC", pipeline_id)
+async def by_pipeline(pool: asyncpg.Pool, pipeline_id: int, before: int | None = None,
+                      limit: int | None = None) -> list[asyncpg.Record]:
+    """A pipeline's assays, newest first: those with an id below `before` (a page's cursor), `limit` at most (None:
+    all). A cursor past the largest bigint reads as that (no id reaches it)."""
+    return await pool.fetch("SELECT * FROM assays WHERE pipeline_id = $1 AND ($2::bigint IS NULL OR id < $2)"
+                            " ORDER BY id DESC LIMIT $3", pipeline_id, _bigint(before), limit)
+
+
+def _bigint(value: int | None) -> int | None:
+    return None if value is None else min(value, 2**63 - 1)
 
 
 async def set_active(pool: asyncpg.Pool, assay_id: int, active: bool) -> None:

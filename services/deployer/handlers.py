@@ -229,7 +229,8 @@ async def list_pipelines(deps: DeployerDeps, principal: Principal, token: str | 
     """A workspace's pipelines, oldest first: all of them, or a page (shared/paging.py; the cursor is the last id)."""
     after = paging.after(cursor, "pipelines/list")
     await require_member(deps.membership(token), principal, workspace_id)
-    rows = [r for r in await store.pipelines_in(deps.pool, workspace_id) if after is None or r["id"] > after]
+    # a page reads its own rows (and one more: whether another page follows), not the whole list each time
+    rows = await store.pipelines_in(deps.pool, workspace_id, after, None if limit is None else limit + 1)
     records, next_cursor = await paging.page(rows, limit, lambda row: _pipeline_record(deps, row))
     return Pipelines(pipelines=records, next_cursor=next_cursor)
 

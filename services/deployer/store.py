@@ -75,8 +75,13 @@ async def create_pipeline_version(conn: asyncpg.Connection, workspace_id: int, n
     return pipeline_id, version_id, version_uuid, True
 
 
-async def pipelines_in(pool: asyncpg.Pool, workspace_id: int) -> list[asyncpg.Record]:
-    return await pool.fetch("SELECT * FROM pipelines WHERE workspace_id = $1 ORDER BY id", workspace_id)
+async def pipelines_in(pool: asyncpg.Pool, workspace_id: int, after: int | None = None,
+                       limit: int | None = None) -> list[asyncpg.Record]:
+    """A workspace's pipelines, oldest first: those with an id above `after` (a page's cursor), `limit` at most
+    (None: all). A cursor past the largest bigint reads as that (no id is above it)."""
+    return await pool.fetch("SELECT * FROM pipelines WHERE workspace_id = $1 AND ($2::bigint IS NULL OR id > $2)"
+                            " ORDER BY id LIMIT $3", workspace_id, None if after is None else min(after, 2**63 - 1),
+                            limit)
 
 
 async def versions_of(pool: asyncpg.Pool, pipeline_id: int) -> list[asyncpg.Record]:
