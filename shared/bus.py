@@ -54,6 +54,12 @@ _MALFORMED = object()
 REPLY_HEADROOM = 4 * 1024
 """Bytes of the bus payload limit kept for a reply's headers (NATS counts them in the limit)."""
 JSON_HEADERS = {"content-type": "application/json"}
+BUS_DOWN = (nats.errors.OutboundBufferLimitError, nats.errors.ConnectionClosedError,
+            nats.errors.ConnectionDrainingError)
+"""A request's failures that mean this process's connection to NATS is away (its reconnect buffer full: every
+request of a NATS outage past the first ~2 MiB) or closing: answered as Unavailable (503) like nobody listening,
+not as an uncaught nats error (a 500, and the end of any loop that only expects RailyardError, e.g. the token
+verifiers' revocation poll). `request`, `raw_request` and the gateway's inference path catch these."""
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -280,11 +286,7 @@ async def request(
     except nats.errors.MaxPayloadError:  # refused before sending: nobody would ever answer it
         raise PayloadTooLarge(f"the command to {subject.split('.')[0]} is above the bus payload limit: send less at "
                               "once") from None
-    except (nats.errors.OutboundBufferLimitError, nats.errors.ConnectionClosedError,
-            nats.errors.ConnectionDrainingError):
-        # the connection to NATS is away (its reconnect buffer full: every request of a NATS outage past the first
-        # ~2 MiB) or closing: a 503 like nobody listening, not an uncaught nats error (a 500, and the end of any
-        # loop that only expects RailyardError, e.g. the token verifiers' revocation poll)
+    except BUS_DOWN:  # a 503 like nobody listening, not an uncaught nats error (BUS_DOWN)
         raise Unavailable(f"{subject.split('.')[0]} cannot be reached: the connection to the bus is down") from None
     # every reading of the reply inside the try: a reply this process cannot read (a service of another version,
     # a bug, a foreign responder on the subject) is a typed 503 naming the service, not an uncaught ValidationError
@@ -462,8 +464,7 @@ async def raw_request(nc: Any, subject: str, data: bytes, *, token: str | None, 
         raise Unavailable(f"{service} is not running") from None
     except (TimeoutError, nats.errors.TimeoutError):
         raise UpstreamTimeout(f"{service} did not answer within {timeout:g}s") from None
-    except (nats.errors.OutboundBufferLimitError, nats.errors.ConnectionClosedError,
-            nats.errors.ConnectionDrainingError):  # as `request`
+    except BUS_DOWN:  # as `request`
         raise Unavailable(f"{service} cannot be reached: the connection to the bus is down") from None
     raise_for_error_header(reply.headers)
     return reply

@@ -51,7 +51,7 @@ from shared.authz import (
     out_of_scope,
     require_inference_access,
 )
-from shared.bus import raise_for_error_header, request
+from shared.bus import BUS_DOWN, raise_for_error_header, request
 from shared.errors import (
     Conflict,
     InvalidRequest,
@@ -271,10 +271,8 @@ async def _ask_engine(runtime: Runtime, deployment: str, payload: bytes) -> Engi
                 break
             except nats.errors.NoRespondersError:
                 raise Unavailable(f"deployment {deployment!r} has no running engine; retry shortly") from None
-            except (nats.errors.OutboundBufferLimitError, nats.errors.ConnectionClosedError,
-                    nats.errors.ConnectionDrainingError):
-                # NATS away with the reconnect buffer full, or the connection closing: a 503 as in shared.bus.request,
-                # not an uncaught nats error (a 500 with a stack trace for every inference of the outage)
+            except BUS_DOWN:  # a 503 as in shared.bus.request, not a 500 with a stack trace for every inference
+                # of the outage
                 raise Unavailable("the gateway's connection to the bus is down; retry shortly") from None
             except nats.errors.TimeoutError:
                 if attempt == 1:
