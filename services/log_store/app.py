@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from services.log_store import handlers
 from services.log_store.segments import SegmentReader
-from shared import paging, subjects
+from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import (
     CallContext,
@@ -24,12 +24,10 @@ from shared.bus import (
     error_headers,
     publish_event,
     reply_too_large,
-    request,
 )
 from shared.bus_workers import ConcurrentCallback, drain_raw
 from shared.errors import InvalidRequest, RailyardError, validation_message
 from shared.lean_imports import lazy_module
-from shared.messages.deployer import ListPipelines, Pipelines
 from shared.messages.logs import (
     GetLogs,
     ListQuarantinedLogs,
@@ -42,6 +40,7 @@ from shared.messages.logs import (
     RunLogMaintenance,
     SetLogRetention,
 )
+from shared.pipeline_pages import workspace_pipelines
 from shared.service import Runtime, ServiceSpec
 from shared.table_transport import FIELD_HEADER, FIELD_PREFIX, PAGE_HEADER, TABLE_REF, above_bus_limit, put_table
 
@@ -137,12 +136,7 @@ async def start(runtime: Runtime) -> None:
     await feed.start(nc)
 
     async def pipeline_exists(token: str | None, workspace_id: int, name: str) -> bool:
-        async def page(cursor: str | None) -> Pipelines:
-            return await request(broker, subjects.DEPLOYER_PIPELINES_LIST, ListPipelines(
-                workspace_id=workspace_id, limit=paging.MAX_PAGE, cursor=cursor), token=token, timeout=timeout,
-                reply_model=Pipelines)
-
-        async for listed in paging.pages(page):  # a page at a time: a workspace's whole list may pass a reply
+        async for listed in workspace_pipelines(broker, workspace_id, token, timeout):
             if any(p.name == name for p in listed.pipelines):
                 return True
         return False

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from services.monitoring import datalake, feedback_store, store
-from shared import paging, subjects
+from shared import subjects
 from shared.authz import MembershipLookup, Principal, require_member
 from shared.bus import request
 from shared.errors import Conflict, InvalidRequest, NotFound
@@ -27,9 +27,7 @@ from shared.messages.deployer import (
     Deployed,
     DeploymentRoute,
     DeployPipeline,
-    ListPipelines,
     PipelineCreated,
-    Pipelines,
     ResolveDeployment,
     UndeployPipeline,
 )
@@ -48,6 +46,7 @@ from shared.messages.monitoring import (
     UpdateDeployment,
 )
 from shared.messages.registry import ResolvedModel, ResolveModel
+from shared.pipeline_pages import workspace_pipelines
 
 TAG = re.compile(TAG_PATTERN)
 
@@ -88,12 +87,7 @@ async def _deployment(deps: MonitoringDeps, principal: Principal, token: str | N
         await require_member(deps.membership(token), principal, route.workspace_id)
     except NotFound:
         raise NotFound(f"deployment {name!r} not found") from None
-    async def page(cursor: str | None) -> Pipelines:
-        return await request(deps.broker, subjects.DEPLOYER_PIPELINES_LIST, ListPipelines(
-            workspace_id=route.workspace_id, limit=paging.MAX_PAGE, cursor=cursor), token=token, timeout=deps.timeout,
-            reply_model=Pipelines)
-
-    async for pipelines in paging.pages(page):  # a page at a time: a workspace's whole list may pass a reply
+    async for pipelines in workspace_pipelines(deps.broker, route.workspace_id, token, deps.timeout):
         for pipeline in pipelines.pipelines:
             active = pipeline.deployment
             if pipeline.name == route.pipeline_name and active and active["id"] == route.deployment_id:

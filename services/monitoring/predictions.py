@@ -64,9 +64,9 @@ from services.monitoring.handlers import (
 )
 from services.monitoring.monitored_model import monitored_model
 from services.monitoring.predictions_store import PredictionRow, insert_prediction
-from shared import images, paging, subjects
+from shared import images, subjects
 from shared.authz import Principal, require_user
-from shared.bus import CallContext, command, publish_event, raise_for_error_header, request
+from shared.bus import CallContext, command, publish_event, raise_for_error_header
 from shared.errors import (
     Conflict,
     InvalidRequest,
@@ -79,7 +79,7 @@ from shared.errors import (
     validation_message,
 )
 from shared.lean_imports import lazy_module
-from shared.messages.deployer import ListPipelines, Pipelines
+from shared.messages.deployer import Pipelines
 from shared.messages.monitoring import ModelVersionRef
 from shared.messages.monitoring_predictions import (
     ImageConfig,
@@ -90,6 +90,7 @@ from shared.messages.monitoring_predictions import (
     PredictionResult,
 )
 from shared.objectstore import BUCKET_MONITORING, BUCKET_TABLES
+from shared.pipeline_pages import workspace_pipelines
 from shared.staging import StagedWording, check_staged
 from shared.table_transport import (
     BUS_HEADROOM,
@@ -329,12 +330,7 @@ async def _served(deps: MonitoringDeps, token: str | None, view: DeploymentView,
     served = meta.get("pipeline_version")
     if not served or served == view.route.pipeline_version:
         return view.definition
-    async def page(cursor: str | None) -> Pipelines:
-        return await request(deps.broker, subjects.DEPLOYER_PIPELINES_LIST, ListPipelines(
-            workspace_id=view.route.workspace_id, limit=paging.MAX_PAGE, cursor=cursor), token=token,
-            timeout=deps.timeout, reply_model=Pipelines)
-
-    async for pipelines in paging.pages(page):  # a page at a time: a workspace's whole list may pass a reply
+    async for pipelines in workspace_pipelines(deps.broker, view.route.workspace_id, token, deps.timeout):
         found = served_definition(pipelines, view.pipeline_id, str(served))
         if found is not None:
             return found
