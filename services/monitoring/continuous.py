@@ -94,6 +94,7 @@ from shared.messages.monitoring_continuous import (
     TrainingStarted,
 )
 from shared.messages.monitoring_feedback import DatasetVersionRef, ReviewCreated
+from shared.messages.monitoring_predictions import PredictionCreated
 from shared.messages.registry import ModelUploaded, ModelVersionFinished, ResolvedModel, ResolveModel
 from shared.messages.tasks import (
     IssueTaskToken,
@@ -122,6 +123,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
     subjects.EVENT_MONITORING_TRAINING_FINISHED: TrainingFinished,
     subjects.EVENT_MONITORING_CHALLENGER_DECIDED: ChallengerDecided,
     subjects.EVENT_MONITORING_MODEL_SWAPPED: ModelSwapped,
+    subjects.EVENT_MONITORING_REVIEW_CREATED: ReviewCreated,  # feedback.review_prediction
+    subjects.EVENT_MONITORING_PREDICTION_CREATED: PredictionCreated,  # predictions_store.insert_prediction
 }
 """Monitoring's own events: each written to the service's `outbox` table (migration 014) in the transaction of the
 change it tells of, and published from there by shared/outbox.py's Outbox (in order per deployment)."""
@@ -427,31 +430,39 @@ async def check_trigger(deps: ContinuousDeps, deployment_id: int,
     run is created off this path, by a TrainingStarter. `alert`: an assay alert (its event_id and event) to count
     first, in the same transaction, when this deployment's active continuous training is ASSAY_ALERT on that
     workspace's pipeline (a redelivered event_id counts once)."""
-    committed: list[bool] = []  # trainings failed here: their training_finished to send once this commits
-    try:
-        return await _check_trigger(deps, deployment_id, alert, committed)
-    finally:
-        if committed:
-            deps.events_committed()
+    checked = await _check_trigger(deps, deployment_id, alert)
+    if checked.ended:  # once committed: the outbox sends their training_finished
+        deps.events_committed()
+    if checked.opened is not None:
+        deps.wake_starter.set()  # the run is created off this path (TrainingStarter), once the reviews are written
+    return checked.opened
+
+
+@dataclass
+class _Checked:
+    """What one check of the trigger committed: the training it opened, and how many trainings it failed (each with
+    its training_finished in the outbox)."""
+
+    opened: uuid.UUID | None = None
+    ended: int = 0
 
 
 async def _check_trigger(deps: ContinuousDeps, deployment_id: int,
-                         alert: tuple[uuid.UUID, AssayThresholdCrossed] | None,
-                         committed: list[bool]) -> uuid.UUID | None:
+                         alert: tuple[uuid.UUID, AssayThresholdCrossed] | None) -> _Checked:
     pool = deps.base.pool
     async with deps.lock(deployment_id):
         async with pool.acquire() as conn, conn.transaction():
             ct = await conn.fetchrow("SELECT * FROM continuous_training WHERE deployment_id = $1 FOR UPDATE",
                                      deployment_id)
             if ct is None or not ct["active"]:
-                return None
+                return _Checked()
             if alert is not None:
                 event_id, event = alert
                 if (ct["trigger"], ct["workspace_id"], ct["pipeline_id"]) != ("ASSAY_ALERT", event.workspace_id,
                                                                              event.pipeline_id):
-                    return None  # set up again meanwhile (another trigger or pipeline), or not this one's
+                    return _Checked()  # set up again meanwhile (another trigger or pipeline), or not this one's
                 if event.occurred_at < ct["updated_at"]:
-                    return None  # raised before it was set up (or turned on): a backlog the consumer caught up on
+                    return _Checked()  # raised before it was set up (or turned on): a backlog the consumer caught up on
                 await conn.execute(
                     "INSERT INTO continuous_training_alerts (deployment_id, event_id, assay_id, assay_name, iopath,"
                     " score, window_start, window_end) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
@@ -466,23 +477,22 @@ async def _check_trigger(deps: ContinuousDeps, deployment_id: int,
             # nor does one claimed by a starter whose run was never recorded (its process stopped in between); an
             # unclaimed one is still started by a starter (TrainingStarter)
             ended += await _fail_unstarted(conn, deployment_id)
-            if ended:
-                committed.append(True)
             # the trigger's own count decides; the other one is read only when a training opens (a review's check
             # of a REVIEWS trigger does not count alerts)
             if ct["trigger"] == "ASSAY_ALERT":
                 alerts = await _alert_count(conn, deployment_id)
                 if alerts - ct["alerts_at_last_training"] < ct["threshold"]:
-                    return None
+                    return _Checked(ended=ended)
                 reviews = None
             else:
                 reviews = await _review_count(conn, deployment_id)
                 if reviews - ct["reviews_at_last_training"] < ct["threshold"]:
-                    return None
+                    return _Checked(ended=ended)
                 alerts = None
             if await conn.fetchval("SELECT 1 FROM trainings WHERE deployment_id = $1 AND state = ANY($2::text[])",
                                    deployment_id, list(OPEN_TRAININGS)):
-                return None  # one training at a time; the reviews (alerts) keep counting for the next one
+                # one training at a time; the reviews (alerts) keep counting for the next one
+                return _Checked(ended=ended)
             if reviews is None:
                 reviews = await _review_count(conn, deployment_id)
             if alerts is None:
@@ -494,8 +504,7 @@ async def _check_trigger(deps: ContinuousDeps, deployment_id: int,
                                alerts if ct["trigger"] == "ASSAY_ALERT" else None)
             await conn.execute("UPDATE continuous_training SET reviews_at_last_training = $2,"
                                " alerts_at_last_training = $3 WHERE deployment_id = $1", deployment_id, reviews, alerts)
-    deps.wake_starter.set()  # the run is created off this path (TrainingStarter), once the reviews are written
-    return training_id
+    return _Checked(opened=training_id, ended=ended)
 
 
 async def _fail_trainings(conn: Any, update: str, *args: Any) -> int:
