@@ -251,8 +251,17 @@ class Pipeline(Resource):
         return self
 
     def versions(self) -> list[dict[str, Any]]:
-        """The pipeline's versions, oldest first: id, version (UUID), definition, created_at."""
-        return list(self.refresh()._record.get("versions", []))
+        """The pipeline's versions, oldest first: id, version (UUID), definition, created_at. All of them: a record
+        whose versions pass 4 MiB lists the newest (and the deployed one) with a `versions_cursor`, and the older ones
+        are read from pipelines/get with it, a part at a time (docs/api-paging.md)."""
+        record = self.refresh()._record
+        found = {version["id"]: version for version in record.get("versions", [])}
+        cursor = record.get("versions_cursor")
+        while cursor:
+            older = self._session.post("pipelines/get", {"pipeline_id": self.id, "versions_cursor": cursor})
+            found.update((version["id"], version) for version in older["versions"])
+            cursor = older.get("versions_cursor")
+        return [found[key] for key in sorted(found)]
 
     # --- deploying --------------------------------------------------------------------------------------
 

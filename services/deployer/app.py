@@ -66,7 +66,7 @@ def build_router(runtime: Runtime) -> NatsRouter:
     @command(router, subjects.DEPLOYER_PIPELINES_GET, service=NAME)
     async def get_pipeline(cmd: GetPipeline, ctx: CallContext) -> PipelineRecord:
         """A pipeline with its versions and deployment."""
-        return await handlers.get_pipeline(deps(), await caller(ctx), ctx.token, cmd.pipeline_id)
+        return await handlers.get_pipeline(deps(), await caller(ctx), ctx.token, cmd.pipeline_id, cmd.versions_cursor)
 
     @command(router, subjects.DEPLOYER_PIPELINES_DEPLOY, service=NAME)
     async def deploy(cmd: NewDeployment, ctx: CallContext) -> Deployed:

@@ -235,20 +235,38 @@ async def list_pipelines(deps: DeployerDeps, principal: Principal, token: str | 
     return Pipelines(pipelines=records, next_cursor=next_cursor)
 
 
-async def get_pipeline(deps: DeployerDeps, principal: Principal, token: str | None, pipeline_id: int) -> PipelineRecord:
-    return await _pipeline_record(deps, await _pipeline_for(deps, principal, token, pipeline_id))
+async def get_pipeline(deps: DeployerDeps, principal: Principal, token: str | None, pipeline_id: int,
+                       versions_cursor: str | None = None) -> PipelineRecord:
+    before = paging.after(versions_cursor, "pipelines/get (versions_cursor)")
+    return await _pipeline_record(deps, await _pipeline_for(deps, principal, token, pipeline_id), before)
 
 
-async def _pipeline_record(deps: DeployerDeps, row) -> PipelineRecord:
-    versions = [{"id": v["id"], "version": str(v["version"]), "definition": json.loads(v["definition"]),
-                 "created_at": v["created_at"].isoformat()} for v in await store.versions_of(deps.pool, row["id"])]
+VERSIONS_BYTES = paging.PAGE_BYTES
+"""JSON bytes of a pipeline record's versions after which it lists no older ones (docs/api-paging.md): a pipeline with
+every version listed passed a bus reply above ~120 versions of the largest definitions, and pipelines/get, its assay
+routes and the pipelines/list page holding it answered 422 with no way past it."""
+
+
+async def _pipeline_record(deps: DeployerDeps, row, before: int | None = None) -> PipelineRecord:
+    """A pipeline with its newest versions up to VERSIONS_BYTES (all of them, as before, when they fit) and always the
+    deployed one; when older ones are left out, `versions_cursor` reads them (pipelines/get) and `versions_omitted`
+    counts them. With `before` (a versions_cursor): the versions older than it, the deployed one aside."""
     active = await store.active_deployment(deps.pool, row["id"])
+    deployed = active["pipeline_version_id"] if active else None
+    rows, total = await store.newest_versions(deps.pool, row["id"], before, deployed, VERSIONS_BYTES)
+    omitted = total - len(rows)
+    cursor = str(rows[0]["id"]) if omitted else None
+    if before is None and deployed is not None:  # listed wherever it is in the history: monitoring reads it here
+        rows = sorted([*rows, await store.version_row(deps.pool, deployed)], key=lambda v: v["id"])
+    versions = [{"id": v["id"], "version": str(v["version"]), "definition": json.loads(v["definition"]),
+                 "created_at": v["created_at"].isoformat()} for v in rows]
     deployment = {"id": active["id"], "name": f"{active['deploy_id']}-{active['id']}",
                   "pipeline_version_pk_id": active["pipeline_version_id"],
                   "engine_config": json.loads(active["engine_config"])} if active else None
     return PipelineRecord(id=row["id"], name=row["name"], workspace_id=row["workspace_id"],
                           created_at=row["created_at"].isoformat(), updated_at=row["updated_at"].isoformat(),
-                          versions=versions, deployment=deployment)
+                          versions=versions, deployment=deployment, versions_cursor=cursor,
+                          versions_omitted=omitted or None)
 
 
 # --- deployments -------------------------------------------------------------------------------------

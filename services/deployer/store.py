@@ -84,8 +84,27 @@ async def pipelines_in(pool: asyncpg.Pool, workspace_id: int, after: int | None 
                             limit)
 
 
-async def versions_of(pool: asyncpg.Pool, pipeline_id: int) -> list[asyncpg.Record]:
-    return await pool.fetch("SELECT * FROM pipeline_versions WHERE pipeline_id = $1 ORDER BY id", pipeline_id)
+async def newest_versions(pool: asyncpg.Pool, pipeline_id: int, before: int | None, without: int | None,
+                          budget: int) -> tuple[list[asyncpg.Record], int]:
+    """A pipeline's newest versions (those with an id below `before`, when given; never the version `without`) whose
+    definitions' JSON, with `VERSION_OVERHEAD` bytes each, stays within `budget` bytes (at least one), oldest first;
+    and how many such versions there are in all. Sized in SQL: definitions left out are not read."""
+    rows = await pool.fetch(
+        "SELECT id, version, definition, created_at, total FROM ("
+        " SELECT id, version, created_at, count(*) OVER () AS total, row_number() OVER (ORDER BY id DESC) AS n,"
+        "  sum(octet_length(definition::text) + $4) OVER (ORDER BY id DESC) AS upto, definition"
+        " FROM pipeline_versions WHERE pipeline_id = $1 AND ($2::bigint IS NULL OR id < $2)"
+        " AND ($3::bigint IS NULL OR id <> $3)) sized WHERE n = 1 OR upto <= $5 ORDER BY id",
+        pipeline_id, None if before is None else min(before, 2**63 - 1), without, VERSION_OVERHEAD, budget)
+    return list(rows), rows[0]["total"] if rows else 0
+
+
+async def version_row(pool: asyncpg.Pool, version_id: int) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT * FROM pipeline_versions WHERE id = $1", version_id)
+
+
+VERSION_OVERHEAD = 128
+"""JSON bytes of a listed version besides its definition (id, version UUID, created_at, keys), at most."""
 
 
 async def active_deployment(pool: asyncpg.Pool | asyncpg.Connection, pipeline_id: int) -> asyncpg.Record | None:

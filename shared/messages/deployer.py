@@ -79,6 +79,19 @@ class PipelineRecord(Message):
     updated_at: str
     versions: list[dict[str, Any]]
     deployment: dict[str, Any] | None
+    versions_cursor: str | None = Field(None, description="Railyard: set when the versions' definitions passed 4 MiB "
+                                        "and older versions are not listed (the newest and the deployed one are): "
+                                        "pass it as pipelines/get's `versions_cursor` for the next older ones.")
+    versions_omitted: int | None = Field(None, description="Railyard: how many older versions are not listed (with "
+                                         "`versions_cursor`).")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_cut(self, handler: Any):  # no return type: see Pipelines
+        data = handler(self)
+        if data.get("versions_cursor") is None:  # a pipeline whose versions all fit is answered as it was
+            data.pop("versions_cursor", None)
+            data.pop("versions_omitted", None)
+        return data
 
 
 class Pipelines(Message):
@@ -96,6 +109,9 @@ class Pipelines(Message):
 
 class GetPipeline(Command):
     pipeline_id: int
+    versions_cursor: str | None = Field(None, min_length=1, max_length=19, description="Railyard: the "
+                                        "`versions_cursor` a pipeline record answered: its versions older than those "
+                                        "listed, the newest first up to 4 MiB (the deployed one aside).")
 
 
 class ModelRef(Message):

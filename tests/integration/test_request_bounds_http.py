@@ -8,11 +8,12 @@ from __future__ import annotations
 import time
 import uuid
 
+import asyncpg
 import numpy as np
 import pytest
 
 from shared.messages.base import MAX_JSON_OBJECT
-from tests.integration.conftest import Account, post
+from tests.integration.conftest import Account, post, sdk_client
 from tests.integration.test_assays import config, iso
 
 pytestmark = pytest.mark.integration
@@ -163,6 +164,65 @@ def test_a_pipeline_list_larger_than_a_reply_is_422_and_pages_through_it(stack, 
     # list's 422 came back as get_logs' answer
     logs = post(stack, "pipelines/get_logs", alice.token, {"pipeline_id": "big139", "workspace_id": alice.workspace_id})
     assert logs.status_code == 200, logs.text[:300]
+
+
+async def test_a_pipeline_whose_versions_pass_a_reply_lists_its_newest_and_reads_the_rest(stack, alice):
+    """140 versions of a ~62 KiB definition (~8.9 MB, inserted as rows: 140 pipelines/create take long) made
+    pipelines/get, the pipeline's assay routes and the pipelines/list page holding it a 422 reply_too_large, and no
+    cursor got past it. Its record now lists the newest versions up to 4 MiB with versions_cursor / versions_omitted;
+    pipelines/get with versions_cursor reads the older ones, each once; pages step over it."""
+    before = new_pipeline(stack, alice)
+    big = new_pipeline(stack, alice, definition={"steps": []})
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        await conn.execute("INSERT INTO deployer.pipeline_versions (pipeline_id, version, definition) SELECT $1,"
+                           " gen_random_uuid(), jsonb_build_object('steps', '[]'::jsonb, 'note', $2::text || g)"
+                           " FROM generate_series(1, 140) g", big["pipeline_pk_id"], BIG_NOTE)
+        ids = [row["id"] for row in await conn.fetch(
+            "SELECT id FROM deployer.pipeline_versions WHERE pipeline_id = $1 ORDER BY id", big["pipeline_pk_id"])]
+    finally:
+        await conn.close()
+    after = new_pipeline(stack, alice)
+    asked = {"pipeline_id": big["pipeline_pk_id"]}
+    got = post(stack, "pipelines/get", alice.token, asked)
+    assert got.status_code == 200 and len(got.content) <= 4 * 1024 * 1024 + 64 * 1024, got.text[:300]
+    record = got.json()
+    listed = [v["id"] for v in record["versions"]]
+    assert listed == ids[-len(listed):] and 40 < len(listed) < 141, listed  # the newest, oldest first as before
+    assert record["versions"][-1]["definition"]["note"] == BIG_NOTE + "140"
+    assert record["versions_omitted"] == len(ids) - len(listed) and record["versions_cursor"] == str(listed[0])
+    read = listed
+    while cursor := record.get("versions_cursor"):
+        older = post(stack, "pipelines/get", alice.token, {**asked, "versions_cursor": cursor})
+        assert older.status_code == 200, older.text[:300]
+        record = older.json()
+        read = [v["id"] for v in record["versions"]] + read
+        assert len(read) <= len(ids), read
+    assert read == ids  # every version once, in order
+    # the SDK's Pipeline.versions() reads them all the same way
+    client = sdk_client(stack, alice)
+    try:
+        assert [v["id"] for v in client.current_workspace().pipeline(big["name"]).versions()] == ids
+    finally:
+        client.close()
+    refused = post(stack, "pipelines/get", alice.token, {**asked, "versions_cursor": "x"})
+    assert refused.status_code == 400 and "versions_cursor" in refused.json()["msg"], refused.text[:300]
+    # a pipeline whose versions fit is answered as before: no new keys
+    assert list(post(stack, "pipelines/get", alice.token, {"pipeline_id": after["pipeline_pk_id"]}).json()) == [
+        "id", "name", "workspace_id", "created_at", "updated_at", "versions", "deployment"]
+    # its assay routes ask pipelines/get: they answered its 422
+    assays = post(stack, "assays/list", alice.token, asked)
+    assert assays.status_code == 200 and assays.json() == [], assays.text[:300]
+    # pages of pipelines/list step over it (a page of it alone was a 422, and no cursor led past it)
+    seen, cursor = [], None
+    while True:
+        page = post(stack, "pipelines/list", alice.token, {"workspace_id": alice.workspace_id, "limit": 1000,
+                                                            **({"cursor": cursor} if cursor else {})})
+        assert page.status_code == 200, page.text[:300]
+        seen += [p["id"] for p in page.json()["pipelines"]]
+        if (cursor := page.json().get("next_cursor")) is None:
+            break
+    assert seen == [before["pipeline_pk_id"], big["pipeline_pk_id"], after["pipeline_pk_id"]]
 
 
 def test_a_refused_dns_name_is_echoed_cut_short(stack, alice):
