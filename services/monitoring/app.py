@@ -108,7 +108,8 @@ async def start(runtime: Runtime) -> None:
                                    timeout=timeout, deploy_timeout=deploy_wait(settings),
                                    objects=runtime.objects, max_image_bytes=settings.monitoring.max_image_bytes,
                                    image_slots=asyncio.Semaphore(settings.monitoring.images_at_once),
-                                   stats_slots=asyncio.Semaphore(settings.monitoring.stats_at_once))
+                                   stats_slots=asyncio.Semaphore(settings.monitoring.stats_at_once),
+                                   events_committed=continuous._outbox(runtime).wake)
     fold = aggregates.HourFold(runtime.db)
     runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, hour_fold=fold)
     fold.start()

@@ -2,8 +2,9 @@
 the feedback loop that writes reviewed predictions into workflow-lineage datasets as new project versions.
 
 Reviews: one per prediction. A later review of the same prediction replaces the earlier one (new review id,
-`revision` + 1), so the table counts distinct reviewed predictions; `events.monitoring.review_created` is published
-after the row is committed (a wake-up only: whoever counts reviews reads the table).
+`revision` + 1), so the table counts distinct reviewed predictions; `events.monitoring.review_created` is written to
+monitoring's outbox in the review's transaction and sent from there (a wake-up only: whoever counts reviews reads the
+table; kept through a bus outage or a crash after the commit, it still wakes continuous training at once).
 
 The feedback loop is driven by tables, never by the event alone: `feedback_exports` records, per attached dataset,
 which review revision is already in the dataset and which project version recorded it. The exporter (one task per
@@ -23,7 +24,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,10 +33,10 @@ from pydantic import ValidationError
 
 from services.monitoring import feedback_store as fs
 from services.monitoring import handlers, predictions
-from shared import images, subjects
+from shared import images, outbox, subjects
 from shared.authz import Principal, require_user
 from shared.background import Sweeper
-from shared.bus import CallContext, command, publish_event, request
+from shared.bus import CallContext, command, request
 from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError, validation_detail
 from shared.messages.lineage import (
     AddDatasetFile,
@@ -92,12 +93,11 @@ def image_key(sha256: str) -> str:
 
 @dataclass
 class FeedbackDeps:
-    """What the feedback slice needs besides the monitoring deps: object storage, event publishing, and a way to
-    act as a workspace member in the background."""
+    """What the feedback slice needs besides the monitoring deps: object storage and a way to act as a workspace
+    member in the background."""
 
     monitoring: handlers.MonitoringDeps
     objects: ObjectStore
-    publish: Callable[[str, Any], Awaitable[None]]
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     wake_reference: asyncio.Event = field(default_factory=asyncio.Event)
     tokens: dict[tuple[str, int], tuple[str, float]] = field(default_factory=dict)
@@ -204,12 +204,10 @@ async def review_prediction(deps: FeedbackDeps, principal: Principal, token: str
         _check_format(truth, row, await _labels(deps, token, view))
     async with deps.monitoring.pool.acquire() as conn, conn.transaction():
         saved = await fs.save_review(conn, row, cmd.decision, truth, principal.username or principal.user_id)
-    try:
-        await deps.publish(subjects.EVENT_MONITORING_REVIEW_CREATED, ReviewCreated(
+        await outbox.add_event(conn, subjects.EVENT_MONITORING_REVIEW_CREATED, ReviewCreated(
             review_id=saved["id"], prediction_id=saved["prediction_id"], deployment_id=saved["deployment_id"],
             workspace_id=saved["workspace_id"]))
-    except Exception:  # the review is stored: readers count from the table and catch up without the wake-up
-        log.warning("review %s stored, but its review_created event could not be published", saved["id"])
+    deps.monitoring.events_committed()
     deps.wake.set()
     return Review(review_id=saved["id"], prediction_id=saved["prediction_id"], deployment=view.route.name,
                   decision=saved["decision"], ground_truth=saved["ground_truth"], reviewer=saved["reviewer"],
@@ -486,11 +484,7 @@ async def start(runtime: Any) -> None:
     """Build the slice's deps from the running service (after app.start made `deps`) and start the exporter and
     the reference computation."""
     from services.monitoring.reference import ReferenceComputer
-
-    async def publish(subject: str, event: Any) -> None:
-        await publish_event(runtime.broker, subject, event)
-
-    deps = FeedbackDeps(monitoring=runtime.extras["deps"], objects=runtime.objects, publish=publish)
+    deps = FeedbackDeps(monitoring=runtime.extras["deps"], objects=runtime.objects)
     exporter, computer = Exporter(deps), ReferenceComputer(deps)
     exporter.start()
     computer.start()

@@ -67,6 +67,9 @@ class MonitoringDeps:
     # (monitoring.images_at_once, stats_at_once); 8 of each at once took a gigabyte or more
     image_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
     stats_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    # wakes monitoring's outbox after a commit that wrote events (its Outbox.wake: review_created, prediction_created
+    # and continuous training's events are written in their change's transaction and sent from the outbox)
+    events_committed: Callable[[], None] = lambda: None
 
 
 @dataclass

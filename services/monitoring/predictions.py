@@ -11,7 +11,8 @@ control, as the first arm's kind and class ids; a split by `hash_key` is a 409, 
 become the seed's PredictionFormat (min_threshold drops low-scoring boxes; at most MAX_DETECTIONS entries, the best
 scoring), checked as one before anything is written (an answer that is not one is the model's `inference_failed`,
 nothing stored), then the image is stored content-addressed (`images/<sha256>` in the monitoring bucket), then the
-row, then `events.monitoring.prediction_created` is published.
+row, with `events.monitoring.prediction_created` in monitoring's outbox in the row's transaction (sent from there
+once committed, so a bus outage or a crash after the commit does not lose it).
 
 monitor: the same without the engine: the caller's PredictionFormat is checked strictly first, and nothing (no
 image, no row) is written when anything is wrong.
@@ -66,7 +67,7 @@ from services.monitoring.monitored_model import monitored_model
 from services.monitoring.predictions_store import PredictionRow, insert_prediction
 from shared import images, subjects
 from shared.authz import Principal, require_user
-from shared.bus import CallContext, command, publish_event, raise_for_error_header
+from shared.bus import CallContext, command, raise_for_error_header
 from shared.errors import (
     Conflict,
     InvalidRequest,
@@ -85,7 +86,6 @@ from shared.messages.monitoring_predictions import (
     ImageConfig,
     MonitorImage,
     PredictImage,
-    PredictionCreated,
     PredictionFormat,
     PredictionResult,
 )
@@ -226,17 +226,12 @@ def _formatted(row: PredictionRow) -> tuple[PredictionFormat, PredictionFormat |
 
 async def _keep(deps: MonitoringDeps, token: str | None, row: PredictionRow, data: bytes, deployment: str,
                 labels: list[str] | None, target_datalake: str | None, *, owner: Principal) -> PredictionResult:
-    """Check the prediction is a PredictionFormat (else nothing is written), store the image, then the row, then
-    announce it, then (best effort) add it to the target datalake; the answer."""
+    """Check the prediction is a PredictionFormat (else nothing is written), store the image, then the row with its
+    event (outbox), then (best effort) add it to the target datalake; the answer."""
     prediction, shadow_prediction = _formatted(row)
     row.image_sha256 = await _store_image(deps, data, row.content_type)
-    await insert_prediction(deps.pool, row)
-    try:
-        await publish_event(deps.broker, subjects.EVENT_MONITORING_PREDICTION_CREATED, PredictionCreated(
-            prediction_id=row.id, deployment_id=row.deployment_id, workspace_id=row.workspace_id, origin=row.origin))
-    except Exception as exc:  # the row is the truth (readers compute from the table; the event only wakes them):
-        # answering an error now would make the caller send the prediction again
-        log.warning("prediction %s is stored but its prediction_created event was not published: %s", row.id, exc)
+    await insert_prediction(deps.pool, row)  # with its prediction_created in the outbox, one transaction
+    deps.events_committed()
     datalake_file = await _to_datalake(deps, token, row, data, labels, target_datalake, owner)
     return PredictionResult(
         id=row.id, deployment=deployment, origin=row.origin, kind=row.kind,

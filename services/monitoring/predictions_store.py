@@ -11,6 +11,8 @@ from typing import Any
 import asyncpg
 
 from services.monitoring import aggregates
+from shared import outbox, subjects
+from shared.messages.monitoring_predictions import PredictionCreated
 
 
 @dataclass
@@ -45,7 +47,17 @@ def _json(value: Any) -> str | None:
 
 
 async def insert_prediction(pool: asyncpg.Pool, row: PredictionRow) -> None:
-    await pool.execute(
+    """Store the prediction and, in the same transaction, its `events.monitoring.prediction_created` in monitoring's
+    outbox (sent from there once committed: the caller wakes the outbox)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await _insert(conn, row)
+        await outbox.add_event(conn, subjects.EVENT_MONITORING_PREDICTION_CREATED, PredictionCreated(
+            prediction_id=row.id, deployment_id=row.deployment_id, workspace_id=row.workspace_id, origin=row.origin))
+    aggregates.note_written()  # its hour's count waits in prediction_hour_deltas for the next fold
+
+
+async def _insert(conn: asyncpg.Connection, row: PredictionRow) -> None:
+    await conn.execute(
         "INSERT INTO predictions (id, deployment_id, workspace_id, origin, source, tags, model_version,"
         " shadow_model_version, kind, prediction, shadow_prediction, latency, shadow_latency, height, width,"
         " content_type, image_sha256, features, predicted_at, filename, pipeline_version)"
@@ -55,7 +67,6 @@ async def insert_prediction(pool: asyncpg.Pool, row: PredictionRow) -> None:
         _json(row.shadow_model_version), row.kind, _json(row.prediction), _json(row.shadow_prediction), row.latency,
         row.shadow_latency, row.height, row.width, row.content_type, row.image_sha256, _json(row.features),
         row.predicted_at, row.filename, row.pipeline_version)
-    aggregates.note_written()  # its hour's count waits in prediction_hour_deltas for the next fold
 
 
 async def count_for(pool: asyncpg.Pool, deployment_id: int) -> int:
