@@ -67,7 +67,14 @@ from shared.bus import CallContext, command, publish_event, request
 from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError
 from shared.messages.assays import AssayThresholdCrossed
 from shared.messages.base import Event
-from shared.messages.deployer import CreatePipeline, Deployed, DeployPipeline, PipelineCreated
+from shared.messages.deployer import (
+    CreatePipeline,
+    Deployed,
+    DeploymentRoute,
+    DeployPipeline,
+    PipelineCreated,
+    ResolveDeployment,
+)
 from shared.messages.lineage import (
     DatasetInfo,
     DatasetRef,
@@ -105,6 +112,7 @@ from shared.messages.tasks import (
     TaskRunEvent,
     TaskTokenIssued,
 )
+from shared.pipeline_pages import workspace_pipelines
 
 log = logging.getLogger("railyard.monitoring.continuous")
 
@@ -142,6 +150,8 @@ class ContinuousDeps:
     # would be refused only when the training starts, in the background, so setup refuses it at once
     locks: dict[int, asyncio.Lock] = field(default_factory=dict)
     wake_starter: asyncio.Event = field(default_factory=asyncio.Event)
+    # deployments whose assay alerts this process found not deployed (and said so once at INFO), until deployed again
+    undeployed: set[int] = field(default_factory=set)
 
     def lock(self, deployment_id: int) -> asyncio.Lock:
         """Serializes this process's background work on one deployment (the database serializes processes)."""
@@ -177,6 +187,40 @@ async def act_as(deps: ContinuousDeps, owner_id: uuid.UUID | str, workspace_id: 
         user_id=str(owner_id), workspace_id=workspace_id, ttl=TOKEN_TTL, task_id=purpose),
         timeout=base.timeout, reply_model=TaskTokenIssued)
     return await deps.verify(issued.access_token), issued.access_token
+
+
+async def deployed_name(deps: ContinuousDeps, token: str, name: str) -> str | None:
+    """The current name of the deployment set up as `name` (`<deploy_id>-<id>`), asked of the deployer with `token`
+    (act_as's); None when it is not deployed. A redeploy of its pipeline under another deploy_id keeps the
+    deployment (its id, its monitoring state) but renames it, so the name stored at set-up may be stale: trainings
+    and swaps resolve it here when they start, and the stored names are brought in step."""
+    base = deps.base
+    deployment_id = int(name.rpartition("-")[2])
+    ct = await base.pool.fetchrow("SELECT pipeline_id, workspace_id FROM continuous_training WHERE"
+                                  " deployment_id = $1", deployment_id)
+    if ct is None or ct["pipeline_id"] is None:  # set up before migration 013 stored the pipeline: by its name
+        try:
+            route = await request(base.broker, subjects.DEPLOYER_DEPLOYMENTS_RESOLVE, ResolveDeployment(name=name),
+                                  token=token, timeout=base.timeout, reply_model=DeploymentRoute)
+        except NotFound:
+            return None
+        return route.name
+    # the deployment stays its pipeline's (a redeploy keeps its id): the pipeline's active one, if it is it
+    active = None
+    async for pipelines in workspace_pipelines(base.broker, ct["workspace_id"], token, base.timeout):
+        pipeline = next((p for p in pipelines.pipelines if p.id == ct["pipeline_id"]), None)
+        if pipeline is not None:
+            active = pipeline.deployment
+            break
+    if not active or active["id"] != deployment_id:
+        return None
+    current = active["name"]
+    if current != name:
+        for table in ("continuous_training", "continuous_deployment"):  # updated_at unchanged: it dates the set-up
+            await base.pool.execute(f"UPDATE {table} SET deployment = $2 WHERE deployment_id = $1 AND"
+                                    " deployment <> $2", deployment_id, current)
+        log.info("deployment %s was redeployed as %s: continuous training and deployment follow it", name, current)
+    return current
 
 
 # --- the user-facing commands ------------------------------------------------------------------------------------
@@ -636,18 +680,24 @@ async def _start_run(deps: ContinuousDeps, ct: asyncpg.Record, datasets: list[as
     try:
         principal, token = await act_as(deps, ct["owner_id"], ct["workspace_id"],
                                         f"monitoring-training-{training_id}")
+        # the deployment's name now: its pipeline deployed again under another deploy_id renames it, and it stays
+        # the same deployment (its id, this continuous training), so the name stored at set-up may be stale
+        name = await deployed_name(deps, token, ct["deployment"])
+        if name is None and (training["trigger"] == "ASSAY_ALERT" or ct["kind"] == "ml_backend"):
+            # an ASSAY_ALERT training is for the drift of what it serves: undeployed since the alert opened it
+            # (an alert that comes while it is not deployed opens none: on_assay_alert), it is not retrained; an
+            # ML backend is fitted from the version it serves
+            raise NotFound(f"deployment {ct['deployment']!r} is not deployed")
+        name = name or ct["deployment"]  # FEEDBACK_LOOP: the reviews are its data, served or not
+        args["deployment"] = name
         if ct["kind"] == "ml_backend":
             # the backend is fitted from the version serving now (after a promotion: the promoted one)
-            view = await handlers._deployment(base, principal, token, ct["deployment"])
+            view = await handlers._deployment(base, principal, token, name)
             current = handlers.current_model(view.definition)
             args["ml_backend"] = {"name": ct["model_name"], "version": current.version if current is not None
                                   and current.name == ct["model_name"] else None}
-        elif training["trigger"] == "ASSAY_ALERT":
-            # the alert was matched by the pipeline: a deployment no longer deployed (undeployed, or its pipeline
-            # deployed again under another deploy_id: a new deployment) is not retrained for its drift
-            await handlers._deployment(base, principal, token, ct["deployment"])
         task = await request(base.broker, subjects.TASKS_RUN_ONCE, RunTaskOnce(
-            name=f"continuous training of {ct['deployment']} ({training_id})", orch_id=ct["orchestration_id"],
+            name=f"continuous training of {name} ({training_id})", orch_id=ct["orchestration_id"],
             workspace_id=ct["workspace_id"], json=args, timeout=ct["timeout"]),
             token=token, timeout=base.timeout, reply_model=TaskCreated)
     except RailyardError as exc:
@@ -810,7 +860,9 @@ async def _serve(deps: ContinuousDeps, owner_id: Any, workspace_id: int, deploym
     pipeline version it serves."""
     base = deps.base
     principal, token = await act_as(deps, owner_id, workspace_id, purpose)
-    view = await handlers._deployment(base, principal, token, deployment)
+    # by its name now (a redeploy under another deploy_id renamed it); not deployed: _deployment's 404 tells it
+    view = await handlers._deployment(base, principal, token, await deployed_name(deps, token, deployment)
+                                      or deployment)
     definition = _serving(view.definition, champion, challenger)
     if definition == view.definition:
         return view.route.pipeline_version
@@ -832,7 +884,8 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str) 
     new = _json(training["model_version"])
     try:
         principal, token = await act_as(deps, cd["owner_id"], cd["workspace_id"], f"monitoring-deploy-{deployment_id}")
-        view = await handlers._deployment(deps.base, principal, token, cd["deployment"])
+        view = await handlers._deployment(deps.base, principal, token, await deployed_name(
+            deps, token, cd["deployment"]) or cd["deployment"])
         champion = handlers.current_model(view.definition)
         if champion is None:
             raise Conflict("the deployment's pipeline has no model step")
@@ -1018,10 +1071,13 @@ async def on_assay_alert(deps: ContinuousDeps, event: AssayThresholdCrossed) -> 
     if event.status != "Alert":
         return []
     rows = await deps.base.pool.fetch(
-        "SELECT deployment_id FROM continuous_training WHERE trigger = 'ASSAY_ALERT' AND active AND"
-        " workspace_id = $1 AND pipeline_id = $2 ORDER BY deployment_id", event.workspace_id, event.pipeline_id)
+        "SELECT deployment_id, deployment, owner_id, workspace_id FROM continuous_training WHERE trigger ="
+        " 'ASSAY_ALERT' AND active AND workspace_id = $1 AND pipeline_id = $2 ORDER BY deployment_id",
+        event.workspace_id, event.pipeline_id)
     opened = []
     for row in rows:
+        if not await _alert_counts(deps, row):
+            continue
         training_id = await check_trigger(deps, row["deployment_id"], alert=(event.event_id, event))
         if training_id is not None:
             log.info("assay %s alerted on pipeline %s (score %.3f, window %s to %s): continuous training %s of"
@@ -1029,6 +1085,29 @@ async def on_assay_alert(deps: ContinuousDeps, event: AssayThresholdCrossed) -> 
                      event.window_end, training_id, row["deployment_id"])
             opened.append(training_id)
     return opened
+
+
+async def _alert_counts(deps: ContinuousDeps, row: asyncpg.Record) -> bool:
+    """Whether an assay alert counts for this ASSAY_ALERT deployment: not while it is not deployed (its pipeline's
+    drift is not what it serves, as an alert while continuous training is inactive: not counted, no training, so
+    nothing recorded per alert; said once at INFO per process until it is deployed again). When that cannot be
+    told (its owner's token refused, a service not answering) the alert counts and the training's start decides,
+    with the reason."""
+    deployment_id = row["deployment_id"]
+    try:
+        _, token = await act_as(deps, row["owner_id"], row["workspace_id"], f"monitoring-alert-{deployment_id}")
+        deployed = await deployed_name(deps, token, row["deployment"]) is not None
+    except RailyardError as exc:
+        log.debug("deployment %s: could not tell whether it is deployed (%s): the alert counts", deployment_id,
+                  exc.msg)
+        return True
+    if deployed:
+        deps.undeployed.discard(deployment_id)
+    elif deployment_id not in deps.undeployed:
+        deps.undeployed.add(deployment_id)
+        log.info("deployment %s is not deployed: assay alerts on its pipeline are not counted for its continuous"
+                 " training (ASSAY_ALERT) until it is deployed again", deployment_id)
+    return deployed
 
 
 async def on_review(deps: ContinuousDeps, event: ReviewCreated) -> None:

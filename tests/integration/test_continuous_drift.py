@@ -343,27 +343,98 @@ def test_copies_of_one_alert_handled_by_two_monitoring_processes_start_one_train
         assert len(training_tasks(drift)) == runs + 1 and continuous(drift)["last_training"]["id"] == training["id"]
 
 
-def test_an_alert_for_a_deployment_no_longer_deployed_starts_no_run(stack, drift):
-    """Last in the file: it undeploys the module's deployment. The alert still matches the pipeline, the training
-    opens and is failed by the starter with the reason (and its training_finished); no run is created."""
+def alert_for(drift, name: str) -> dict:
+    """An alert of the drift pipeline's, raised now."""
+    pipeline = drift["pipeline"]
+    return {"event_id": str(uuid.uuid4()), "assay_id": 0, "name": name, "workspace_id": drift["account"].workspace_id,
+            "pipeline_id": pipeline["pipeline_pk_id"], "pipeline_name": pipeline["name"],
+            "iopath": "output dense_1 0", "status": "Alert", "score": 9.0, "warning_threshold": None,
+            "alert_threshold": 0.1, "window_start": iso(0), "window_end": iso(1000),
+            "occurred_at": datetime.now(UTC).isoformat()}
+
+
+def redeploy(stack, drift, deploy_id: str) -> str:
+    """Deploy the drift pipeline's serving version again under `deploy_id` (the deployer swaps it in place: the
+    deployment keeps its id, its name becomes `<deploy_id>-<id>`); its new name."""
+    account, pipeline_id = drift["account"], drift["pipeline"]["pipeline_pk_id"]
+    active = post(stack, "pipelines/get", account.token, {"pipeline_id": pipeline_id}).json()["deployment"]
+    deployed = post(stack, "pipelines/deploy", account.token, {
+        "deploy_id": deploy_id, "pipeline_version_pk_id": active["pipeline_version_pk_id"],
+        "pipeline_id": pipeline_id, "engine_config": {"replica_count": 1, "cpus": 0.5}})
+    assert deployed.status_code == 200, deployed.text
+    return f"{deploy_id}-{active['id']}"
+
+
+def stored_name(stack, deployment_id: int) -> str:
+    async def read() -> str:
+        conn = await asyncpg.connect(stack.settings().postgres.dsn)
+        try:
+            return await conn.fetchval("SELECT deployment FROM monitoring.continuous_training WHERE"
+                                       " deployment_id = $1", deployment_id)
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
+
+
+def test_an_alert_after_a_redeploy_under_another_deploy_id_trains_the_renamed_deployment(stack, drift):
+    """The pipeline deployed again under another deploy_id: the same deployment (its id, its continuous training)
+    under a new name. An alert then starts a run for it under that name; before, the training kept the name of its
+    set-up and every alert's training failed 'could not start: deployment ... not found' until set up again."""
     answer = setup(stack, drift, trigger="ASSAY_ALERT", threshold=1)
     assert answer.status_code == 200, answer.text
+    original = drift["deployment"].name
+    deployment_id = int(original.rsplit("-", 1)[1])
+    runs, before = len(training_tasks(drift)), query_training(stack, drift)["id"]
+    renamed = redeploy(stack, drift, f"re{uuid.uuid4().hex[:6]}")
+    try:
+        assert renamed != original and renamed.endswith(f"-{deployment_id}")
+        asyncio.run(handled(stack, asyncio.run(send_alert(stack, alert_for(drift, "renamed")))))
+        training = wait_for(lambda: (t := query_training(stack, drift))["id"] != before and t["state"] == "failed"
+                            and t, 60, "the training's end")
+        assert "training run failed" in training["reason"], training  # its run ran (the recipe fails on purpose)
+        tasks = training_tasks(drift)
+        assert len(tasks) == runs + 1, tasks
+        newest = max(tasks, key=lambda t: t["created_at"])
+        assert newest["name"] == f"continuous training of {renamed} ({training['id']})", newest["name"]
+        assert (newest["input_data"]["deployment"], newest["input_data"]["deployment_id"]) == (
+            renamed, deployment_id)
+        assert stored_name(stack, deployment_id) == renamed  # the row follows the deployment
+    finally:  # the module's deployment (the SDK's Deployment) by its name again
+        assert redeploy(stack, drift, original.rsplit("-", 1)[0]) == original
+
+
+def monitoring_log(stack) -> str:
+    return "".join(log.read_text(errors="replace") for log in (stack.data_dir / "logs").glob("monitoring*.log"))
+
+
+def test_an_alert_for_a_deployment_no_longer_deployed_opens_no_training(stack, drift):
+    """Last in the file: it undeploys the module's deployment. Its alerts still match the pipeline, but while it is
+    not deployed they are not counted and open no training (said once at INFO): before, each alert opened a training
+    that the starter failed ('not deployed', with its training_finished), one failure per alert."""
+    answer = setup(stack, drift, trigger="ASSAY_ALERT", threshold=1)
+    assert answer.status_code == 200, answer.text
+    counted = answer.json()["training"]["alerts"]
     runs, before = len(training_tasks(drift)), query_training(stack, drift)["id"]
     pipeline = drift["pipeline"]
     deployment_id = int(drift["deployment"].name.rsplit("-", 1)[1])
     undeployed = post(stack, "pipelines/undeploy", drift["account"].token,
                       {"pipeline_id": pipeline["pipeline_pk_id"], "deployment_id": deployment_id})
     assert undeployed.status_code == 200, undeployed.text
-    alert = {"event_id": str(uuid.uuid4()), "assay_id": 0, "name": "gone",
-             "workspace_id": drift["account"].workspace_id, "pipeline_id": pipeline["pipeline_pk_id"],
-             "pipeline_name": pipeline["name"], "iopath": "output dense_1 0", "status": "Alert", "score": 9.0,
-             "warning_threshold": None, "alert_threshold": 0.1, "window_start": iso(0), "window_end": iso(1000)}
-    asyncio.run(handled(stack, asyncio.run(send_alert(stack, alert))))
-    training = wait_for(lambda: (t := query_training(stack, drift))["id"] != before and t["state"] == "failed" and t,
-                        30, "the training's failure")
-    assert training["trigger"] == "ASSAY_ALERT" and "not deployed" in training["reason"], training
+    told = f"deployment {deployment_id} is not deployed: assay alerts on its pipeline are not counted"
+    logged = monitoring_log(stack).count(told)
+    for name in ("gone", "still gone"):
+        asyncio.run(handled(stack, asyncio.run(send_alert(stack, alert_for(drift, name)))))
+    assert query_training(stack, drift)["id"] == before
     assert len(training_tasks(drift)) == runs
-    # its end is told as any training's: one training_finished (failed, with the reason), no training_started
-    events = wait_for(lambda: asyncio.run(training_events(stack, str(training["id"]))), 30, "its training_finished")
-    assert [(e["_subject"], e["status"], e["reason"]) for e in events] == [
-        (subjects.EVENT_MONITORING_TRAINING_FINISHED, "failed", training["reason"])]
+
+    async def alerts() -> int:
+        conn = await asyncpg.connect(stack.settings().postgres.dsn)
+        try:
+            return await conn.fetchval("SELECT count(*) FROM monitoring.continuous_training_alerts WHERE"
+                                       " deployment_id = $1", deployment_id)
+        finally:
+            await conn.close()
+
+    assert asyncio.run(alerts()) == counted  # not counted: nothing to open a training once it is deployed again
+    assert monitoring_log(stack).count(told) == logged + 1  # once for both alerts

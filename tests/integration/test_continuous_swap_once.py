@@ -122,6 +122,8 @@ async def test_a_training_whose_run_ended_before_run_once_answered_is_finished_o
         return SimpleNamespace(user_id=str(owner_id)), "token"
 
     async def request(broker, subject, cmd, **kwargs):
+        if subject == subjects.DEPLOYER_DEPLOYMENTS_RESOLVE:  # the deployment's name now (deployed_name)
+            return SimpleNamespace(name=cmd.name)
         assert subject == subjects.TASKS_RUN_ONCE
         task_id = uuid.uuid4()
         await continuous.on_run_ended(deps, TaskRunEvent(  # its end event, handled before the late answer
