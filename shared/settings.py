@@ -35,6 +35,14 @@ class NatsSettings(BaseModel):
     stream_replicas: int = Field(1, ge=1, le=5, description="Nodes of a NATS cluster that keep a copy of each platform "
                                  "stream, set when the bootstrap step creates it (3 in the Kubernetes manifests' "
                                  "3-node cluster; 1 for a single server).")
+    consumer_max_deliver: int = Field(10, ge=1, description="Deliveries of an event whose handler keeps failing "
+                                      "(auth's, lineage's, monitoring's durable consumers, shared/consumers.py): the "
+                                      "last failure is kept in the service's dead_letters table and the event "
+                                      "terminated. An event that does not decode is a dead letter at once.")
+    consumer_backoff: float = Field(2.0, gt=0, description="Seconds before an event whose handler failed is "
+                                    "delivered again, doubling with each failure (2, 4, ... 300 s: the 10th "
+                                    "delivery about 13 minutes after the first).")
+    consumer_backoff_max: float = Field(300.0, gt=0, description="The longest of those delays (seconds).")
 
 
 class PostgresSettings(BaseModel):

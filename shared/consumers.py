@@ -1,0 +1,187 @@
+"""Durable JetStream consumers of the EVENTS stream: one delivery policy for every service's (poison messages).
+
+A message is handed to its handler only once it decodes (JSON, then the subscriber's pydantic model). Then:
+- a message that does not decode can never succeed: it is recorded as a dead letter and terminated (`term`: the
+  server never delivers it again), at its first delivery;
+- a handler that raises is taken to have failed for a passing reason (its database, another service away): the
+  message is negatively acknowledged with a delay that doubles from `nats.consumer_backoff` seconds up to
+  `nats.consumer_backoff_max` (`nak(delay=...)`, the server redelivers it then), until its `nats.consumer_max_deliver`th
+  delivery fails too: that one is recorded as a dead letter and terminated;
+- a dead letter is terminated only once its row is committed: while it cannot be written (PostgreSQL away) the
+  message is redelivered with the backoff again, so nothing is terminated unrecorded.
+
+Dead letters are rows of the consuming service's own `dead_letters` table (its migration; one row per message,
+keyed by (durable, stream sequence), so a redelivery after a crash between the insert and the term records
+nothing twice), with the subject, the delivery count, the error (bounded text), the payload (its first 64 KiB and
+its full size) and the headers; a WARNING names the durable, subject, sequence and error once per message.
+
+The bound is the handler's (the delivery count JetStream gives with each message), not the server's `max_deliver`:
+a server bound stops delivering the last time without telling the handler, so the message would be left in the
+stream unrecorded exactly when recording fails. The log store's INFERENCE_LOGS consumer does not use this: its
+quarantine (services/log_store/handlers.py) already keeps a batch that cannot be stored at once and waits, unbounded,
+while its stores are away (docs/architecture.md, "Poison messages")."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import asyncpg
+from faststream import AckPolicy
+from faststream.nats import JStream, NatsRouter, PullSub
+from faststream.nats.annotations import NatsMessage
+from nats.js.api import ConsumerConfig
+from pydantic import BaseModel, ValidationError
+
+from shared import subjects
+
+log = logging.getLogger("railyard.consumers")
+
+PAYLOAD_KEEP = 64 * 1024
+"""Bytes of a dead letter's payload kept (its full size is kept too)."""
+ERROR_KEEP = 2000
+"""Characters of a dead letter's error kept."""
+
+
+class Undecodable(Exception):
+    """A message that is not what its subscriber reads (not JSON, not its model): no redelivery helps."""
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """How often and how fast a message whose handler fails is delivered again (shared.settings.NatsSettings)."""
+
+    max_deliver: int = 10
+    backoff: float = 2.0
+    backoff_max: float = 300.0
+
+    @classmethod
+    def from_settings(cls, nats: Any) -> DeliveryPolicy:
+        return cls(nats.consumer_max_deliver, nats.consumer_backoff, nats.consumer_backoff_max)
+
+    def delay(self, delivered: int) -> float:
+        """Seconds before the redelivery of a message whose `delivered`th delivery failed."""
+        return min(self.backoff * 2 ** max(delivered - 1, 0), self.backoff_max)
+
+
+class Verdict(NamedTuple):
+    dead: bool  # record it as a dead letter and terminate it
+    delay: float  # else: redeliver it after this many seconds
+
+
+def verdict(policy: DeliveryPolicy, delivered: int, permanent: bool) -> Verdict:
+    """What to do with a message whose `delivered`th delivery failed (`permanent`: it did not decode)."""
+    if permanent or delivered >= policy.max_deliver:
+        return Verdict(True, 0.0)
+    return Verdict(False, policy.delay(delivered))
+
+
+async def record_dead_letter(pool: asyncpg.Pool, durable: str, msg: Any, error: str) -> bool:
+    """Keep a message as a dead letter of `durable` (a NATS JetStream message); False when it was kept before."""
+    meta = msg.metadata
+    data = bytes(msg.data or b"")
+    headers = json.dumps(dict(msg.headers or {})).replace("\\u0000", "")
+    inserted = await pool.fetchval(
+        "INSERT INTO dead_letters (durable, stream_seq, stream, subject, deliveries, error, payload, payload_size,"
+        " headers) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb) ON CONFLICT (durable, stream_seq) DO NOTHING"
+        " RETURNING true",
+        durable, meta.sequence.stream, meta.stream, msg.subject.replace("\x00", ""), meta.num_delivered,
+        error.replace("\x00", "")[:ERROR_KEEP], data[:PAYLOAD_KEEP], len(data), headers)
+    return bool(inserted)
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):  # the fields and why, not the input (it is in the payload column)
+        return f"ValidationError: {exc.errors(include_url=False, include_input=False)[:5]}"[:ERROR_KEEP]
+    return f"{type(exc).__name__}: {exc}"[:ERROR_KEEP]
+
+
+def json_model(model: type[BaseModel] | None) -> Callable[[bytes], Any]:
+    """A decoder: the message's JSON as `model` (None: any JSON object, as a dict)."""
+
+    def decode(data: bytes) -> Any:
+        try:
+            body = json.loads(data)
+            if model is not None:
+                return model.model_validate(body)
+        except (ValueError, ValidationError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise Undecodable(describe(exc)) from None
+        if not isinstance(body, dict):
+            raise Undecodable(f"not a JSON object: {type(body).__name__}")
+        return body
+
+    return decode
+
+
+async def settle(message: Any, durable: str, pool: Callable[[], asyncpg.Pool], policy: DeliveryPolicy,
+                 error: str, permanent: bool) -> None:
+    """A failed delivery of `message` (a FastStream NatsMessage): redelivered later, or a dead letter."""
+    msg = message.raw_message
+    meta = msg.metadata
+    decided = verdict(policy, meta.num_delivered, permanent)
+    if decided.dead:
+        try:
+            if await record_dead_letter(pool(), durable, msg, error):
+                log.warning("dead letter of %s: %s #%d (delivery %d): %s", durable, msg.subject,
+                            meta.sequence.stream, meta.num_delivered, error)
+        except Exception as exc:  # not terminated unrecorded: try again later
+            log.warning("could not record the dead letter of %s #%d (%s); redelivering it", durable,
+                        meta.sequence.stream, exc)
+            await message.nack(delay=policy.delay(meta.num_delivered))
+            return
+        await message.reject()  # term: never delivered again
+        return
+    log.info("%s: %s #%d failed (delivery %d of %d), again in %.1f s: %s", durable, msg.subject,
+             meta.sequence.stream, meta.num_delivered, policy.max_deliver, decided.delay, error)
+    await message.nack(delay=decided.delay)
+
+
+def _raw(msg: Any) -> bytes:
+    return msg.body
+
+
+def durable_subscriber(router: NatsRouter, subject: str, *, durable: str, service: str,
+                       decode: Callable[[bytes], Any], pool: Callable[[], asyncpg.Pool], policy: DeliveryPolicy,
+                       ack_wait: float, batch_size: int, title: str, description: str):
+    """Register `handler(value, message)` as the durable pull consumer `durable` of `subject` on the EVENTS stream,
+    `value` being `decode(data)`, under this module's delivery policy; the message is acknowledged when the handler
+    returns."""
+
+    def decorate(handler: Callable[[Any, Any], Awaitable[None]]):
+        # the body as it came (`_raw`), decoded here: a body FastStream could not decode into the handler's
+        # parameters failed before any handler code ran, and was negatively acknowledged for ever
+        async def subscriber(body: Any, message: NatsMessage) -> None:
+            try:
+                value = decode(body)
+            except Undecodable as exc:
+                await settle(message, durable, pool, policy, str(exc), permanent=True)
+                return
+            try:
+                await handler(value, message)
+            except Exception as exc:
+                await settle(message, durable, pool, policy, describe(exc), permanent=False)
+                return
+            await message.ack()
+
+        subscriber.__name__ = handler.__name__
+        subscriber.__doc__ = handler.__doc__
+        return router.subscriber(
+            subject,
+            stream=JStream(subjects.EVENTS_STREAM, declare=False),
+            durable=durable,
+            pull_sub=PullSub(batch_size=batch_size, timeout=1.0),
+            # the pull requests' replies come to this service's own inbox (its bus identity may read only that one)
+            inbox_prefix=f"_INBOX.{service}.".encode(),
+            # what the handler's failures become is settle's; a failure of settle itself (the bus away while it
+            # answers) leaves the message to be redelivered
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            decoder=_raw,
+            config=ConsumerConfig(ack_wait=ack_wait),
+            title=title,
+            description=description,
+        )(subscriber)
+
+    return decorate
