@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from faststream import AckPolicy
-from faststream.nats import JStream, NatsRouter, PullSub
-from nats.js.api import ConsumerConfig
+from faststream.nats import NatsRouter
+from pydantic import BaseModel
 
 from services.auth import handlers, store, token_sweep
 from shared import subjects
 from shared.authz import Principal, TokenVerifier, VerifierFeed
 from shared.bus import CallContext, command, publish_event
+from shared.consumers import DeliveryPolicy, durable_subscriber, json_model
 from shared.messages.auth import (
     ActivateUser,
     AddWorkspaceUser,
@@ -70,28 +70,22 @@ def build_router(runtime: Runtime) -> NatsRouter:
     async def caller(ctx: CallContext) -> Principal:
         return await runtime.extras["verifier"].verify(ctx.token)
 
-    def resources_subscriber(subject: str, durable: str, model: str):
-        return router.subscriber(
-            subject,
-            stream=JStream(subjects.EVENTS_STREAM, declare=False),
-            durable=durable,
-            pull_sub=PullSub(batch_size=16, timeout=1.0),
-            # the pull requests' replies come to this service's own inbox (its bus identity may read only that one)
-            inbox_prefix=f"_INBOX.{NAME}.".encode(),
-            ack_policy=AckPolicy.NACK_ON_ERROR,
-            config=ConsumerConfig(ack_wait=5.0),
-            title=f"{subject}:{model}",
-            description="Keep the ids of each workspace's models and pipelines for workspaces/list.",
-        )
+    policy = DeliveryPolicy.from_settings(runtime.settings.nats)
 
-    @resources_subscriber(subjects.EVENT_MODEL_UPLOADED, "auth-model-uploaded", "ModelUploaded")
-    async def on_model_uploaded(body: dict) -> None:
-        event = ModelUploaded.model_validate(body)
+    def resources_subscriber(subject: str, durable: str, model: type[BaseModel]):
+        # a message that does not decode, or whose handler fails at every delivery, is kept in dead_letters
+        # (shared/consumers.py) instead of being redelivered for ever
+        return durable_subscriber(
+            router, subject, durable=durable, service=NAME, decode=json_model(model), pool=lambda: runtime.db,
+            policy=policy, ack_wait=5.0, batch_size=16, title=f"{subject}:{model.__name__}",
+            description="Keep the ids of each workspace's models and pipelines for workspaces/list.")
+
+    @resources_subscriber(subjects.EVENT_MODEL_UPLOADED, "auth-model-uploaded", ModelUploaded)
+    async def on_model_uploaded(event: ModelUploaded, message) -> None:
         await handlers.record_resource(deps(), event.workspace_id, "model", event.model_id)
 
-    @resources_subscriber(subjects.EVENT_PIPELINE_VERSION_CREATED, "auth-pipeline-created", "PipelineVersionCreated")
-    async def on_pipeline_created(body: dict) -> None:
-        event = PipelineVersionCreated.model_validate(body)
+    @resources_subscriber(subjects.EVENT_PIPELINE_VERSION_CREATED, "auth-pipeline-created", PipelineVersionCreated)
+    async def on_pipeline_created(event: PipelineVersionCreated, message) -> None:
         await handlers.record_resource(deps(), event.workspace_id, "pipeline", event.pipeline_id)
 
     # many at once: a failed login's delay (handlers._password_login) sleeps in its handler, and one at a time those
