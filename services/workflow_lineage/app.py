@@ -6,15 +6,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from faststream import AckPolicy
-from faststream.nats import JStream, NatsRouter, PullSub
-from faststream.nats.annotations import NatsMessage
-from nats.js.api import ConsumerConfig
+from faststream.nats import NatsRouter
 
 from services.workflow_lineage import auto_benchmarks, handlers, links, object_gc
 from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import REPLY_HEADROOM, CallContext, command, publish_event, raw_request, request
+from shared.consumers import DeliveryPolicy, durable_subscriber
 from shared.errors import InvalidRequest
 from shared.messages import CountEvents, EventCount
 from shared.messages import lineage as m
@@ -37,21 +35,15 @@ def build_router(runtime: Runtime) -> NatsRouter:
     async def caller(ctx: CallContext) -> Principal:
         return await runtime.extras["verifier"].verify(ctx.token)
 
-    @router.subscriber(
-        "events.>",
-        stream=JStream(subjects.EVENTS_STREAM, declare=False),
-        durable=subjects.LINEAGE_EVENTS_DURABLE,
-        pull_sub=PullSub(batch_size=64, timeout=1.0),
-        # the pull requests' replies come to this service's own inbox (its bus identity may read only that one)
-        inbox_prefix=f"_INBOX.{NAME}.".encode(),
-        # Messages handed to a replica that then dies are redelivered after ack_wait: keep it short,
-        # recording is idempotent (by event id) so an early redelivery costs nothing.
-        config=ConsumerConfig(ack_wait=5.0),
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        title="events.>:Event",
-        description="Record every domain event once and draw it on the lineage graph.",
-    )
-    async def on_event(body: dict[str, Any], message: NatsMessage) -> None:
+    # Messages handed to a replica that then dies are redelivered after ack_wait: keep it short, recording is
+    # idempotent (by event id) so an early redelivery costs nothing. A message that is not an event, or whose
+    # recording fails at every delivery, is kept in dead_letters (shared/consumers.py), not redelivered for ever.
+    @durable_subscriber(
+        router, "events.>", durable=subjects.LINEAGE_EVENTS_DURABLE, service=NAME, decode=handlers.decode_event,
+        pool=lambda: runtime.db, policy=DeliveryPolicy.from_settings(runtime.settings.nats), ack_wait=5.0,
+        batch_size=64, title="events.>:Event",
+        description="Record every domain event once and draw it on the lineage graph.")
+    async def on_event(body: dict[str, Any], message: Any) -> None:
         # A pulled batch is handled concurrently; two recordings at a time keep a burst (the services' start
         # events) to two PostgreSQL backends instead of pool_max, ~15-20 MiB of RSS each (docs/performance.md)
         async with recording:

@@ -29,6 +29,7 @@ from services.workflow_lineage import file_pages, graph, manifest, store
 from services.workflow_lineage.saved_files import SavedDataset, SavedFilesCache
 from shared import subjects
 from shared.authz import MembershipLookup, Principal, require_member, require_user
+from shared.consumers import Undecodable, describe, json_model
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.messages import Event, EventCount
 from shared.messages.lineage import (
@@ -87,6 +88,19 @@ class Deps:
 
 
 # --- the event log ---------------------------------------------------------------------------------------
+
+
+def decode_event(data: bytes) -> dict[str, Any]:
+    """A message of `events.>` as the event lineage records: a JSON object with a valid `event_id` (and
+    `occurred_at`, when it has one); Undecodable otherwise (a dead letter: shared/consumers.py)."""
+    payload = json_model(None)(data)
+    if "event_id" not in payload:
+        raise Undecodable("not an event: no event_id")
+    try:
+        Event.model_validate({k: payload[k] for k in ("event_id", "occurred_at") if k in payload})
+    except ValidationError as exc:
+        raise Undecodable(describe(exc)) from None
+    return payload
 
 
 async def record_event(pool: asyncpg.Pool, subject: str, payload: dict[str, Any]) -> bool:
