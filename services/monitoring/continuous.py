@@ -54,9 +54,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-from faststream import AckPolicy
-from faststream.nats import JStream, NatsRouter, PullSub
-from nats.js.api import ConsumerConfig
+from faststream.nats import NatsRouter
+from pydantic import BaseModel
 
 from services.monitoring import challenge_pairs, handlers, ml_backend, sequential
 from services.monitoring import feedback_store as fs
@@ -64,6 +63,7 @@ from shared import outbox, subjects
 from shared.authz import Principal, require_user
 from shared.background import Sweeper
 from shared.bus import CallContext, command, publish_event, request
+from shared.consumers import DeliveryPolicy, durable_subscriber, json_model
 from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError
 from shared.messages.assays import AssayThresholdCrossed
 from shared.messages.base import Event
@@ -1197,41 +1197,44 @@ def register(router: NatsRouter, runtime: Any) -> None:
         """Activate or deactivate continuous deployment."""
         return await toggle_deployment(deps(), await caller(ctx), ctx.token, cmd)
 
-    def consumer(subject: str, durable: str, model: str, description: str):
-        return router.subscriber(
-            subject, stream=JStream(subjects.EVENTS_STREAM, declare=False), durable=durable,
-            pull_sub=PullSub(batch_size=16, timeout=1.0), inbox_prefix=f"_INBOX.{NAME}.".encode(),
-            ack_policy=AckPolicy.NACK_ON_ERROR, config=ConsumerConfig(ack_wait=30.0),
-            title=f"{subject}:{model}:{durable}", description=description)
+    policy = DeliveryPolicy.from_settings(runtime.settings.nats)
 
-    @consumer(subjects.EVENT_MONITORING_REVIEW_CREATED, "monitoring-continuous-reviews", "ReviewCreated",
+    def consumer(subject: str, durable: str, model: type[BaseModel], description: str, title: str | None = None):
+        # an event that does not decode, or whose handler fails at every delivery, is kept in dead_letters
+        # (shared/consumers.py) instead of being redelivered for ever
+        return durable_subscriber(
+            router, subject, durable=durable, service=NAME, decode=json_model(model), pool=lambda: runtime.db,
+            policy=policy, ack_wait=30.0, batch_size=16,
+            title=f"{subject}:{title or model.__name__}:{durable}", description=description)
+
+    @consumer(subjects.EVENT_MONITORING_REVIEW_CREATED, "monitoring-continuous-reviews", ReviewCreated,
               "Recount reviews for the continuous-training trigger and re-run the open challenge's test.")
-    async def on_review_created(body: dict) -> None:
-        await on_review(deps(), ReviewCreated.model_validate(body))
+    async def on_review_created(event: ReviewCreated, message: Any) -> None:
+        await on_review(deps(), event)
 
-    @consumer(subjects.EVENT_ASSAY_ALERT, "monitoring-continuous-assay-alerts", "AssayThresholdCrossed",
+    @consumer(subjects.EVENT_ASSAY_ALERT, "monitoring-continuous-assay-alerts", AssayThresholdCrossed,
               "Count an assay alert for the ASSAY_ALERT continuous trainings of the deployments on its pipeline "
               "(once per event_id) and open a training at the threshold.")
-    async def on_alert(body: dict) -> None:
-        await on_assay_alert(deps(), AssayThresholdCrossed.model_validate(body))
+    async def on_alert(event: AssayThresholdCrossed, message: Any) -> None:
+        await on_assay_alert(deps(), event)
 
-    @consumer(subjects.EVENT_MODEL_UPLOADED, "monitoring-continuous-models", "ModelUploaded",
+    @consumer(subjects.EVENT_MODEL_UPLOADED, "monitoring-continuous-models", ModelUploaded,
               "A model version a training run registered is that training's output.")
-    async def on_uploaded(body: dict) -> None:
-        await on_model_uploaded(deps(), ModelUploaded.model_validate(body))
+    async def on_uploaded(event: ModelUploaded, message: Any) -> None:
+        await on_model_uploaded(deps(), event)
 
-    @consumer(subjects.EVENT_MODEL_VERSION_FINISHED, "monitoring-continuous-conversions", "ModelVersionFinished",
+    @consumer(subjects.EVENT_MODEL_VERSION_FINISHED, "monitoring-continuous-conversions", ModelVersionFinished,
               "A training's converting model version became ready (or failed).")
-    async def on_finished(body: dict) -> None:
-        await on_model_finished(deps(), ModelVersionFinished.model_validate(body))
+    async def on_finished(event: ModelVersionFinished, message: Any) -> None:
+        await on_model_finished(deps(), event)
 
-    @consumer(subjects.EVENT_TASK_RUN_SUCCEEDED, "monitoring-continuous-runs-succeeded", "TaskRunSucceeded",
-              "A training run succeeded.")
-    async def on_succeeded(body: dict) -> None:
-        await on_run_ended(deps(), TaskRunEvent.model_validate(body), succeeded=True)
+    @consumer(subjects.EVENT_TASK_RUN_SUCCEEDED, "monitoring-continuous-runs-succeeded", TaskRunEvent,
+              "A training run succeeded.", title="TaskRunSucceeded")
+    async def on_succeeded(event: TaskRunEvent, message: Any) -> None:
+        await on_run_ended(deps(), event, succeeded=True)
 
-    @consumer(subjects.EVENT_TASK_RUN_FAILED, "monitoring-continuous-runs-failed", "TaskRunFailed",
-              "A training run failed.")
-    async def on_failed(body: dict) -> None:
-        await on_run_ended(deps(), TaskRunEvent.model_validate(body), succeeded=False)
+    @consumer(subjects.EVENT_TASK_RUN_FAILED, "monitoring-continuous-runs-failed", TaskRunEvent,
+              "A training run failed.", title="TaskRunFailed")
+    async def on_failed(event: TaskRunEvent, message: Any) -> None:
+        await on_run_ended(deps(), event, succeeded=False)
 
