@@ -1,0 +1,196 @@
+"""Poison messages on the EVENTS stream's durable consumers (shared/consumers.py), on the real stack.
+
+Every durable consumer (auth's two, lineage's `events.>`, monitoring's six) is handed a message that is not JSON on
+its subject: it is delivered once, kept in the consuming service's `dead_letters` table with its subject and error,
+terminated, and an event published after it is handled. Before, each was negatively acknowledged and redelivered
+for ever.
+
+A handler that fails for real (a trigger on auth's workspace_resources the test adds, raising for the test's
+model ids: auth's own PostgreSQL refuses the insert) is redelivered with the backoff (the test stack's: 0.05 s
+doubling up to 0.2 s) and handled once the failure passes; one that fails at every delivery is delivered exactly
+`nats.consumer_max_deliver` times, its last failure kept as a dead letter."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from datetime import UTC, datetime
+
+import asyncpg
+import nats as nats_client
+import pytest
+
+from shared import subjects
+from shared.messages.assays import AssayThresholdCrossed
+from shared.messages.deployer import PipelineVersionCreated
+from shared.messages.monitoring_feedback import ReviewCreated
+from shared.messages.registry import ModelUploaded, ModelVersionFinished
+from shared.messages.tasks import TaskRunEvent
+from shared.settings import NatsSettings
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+LINEAGE = ("workflow_lineage", subjects.LINEAGE_EVENTS_DURABLE)
+CONSUMERS: dict[str, list[tuple[str, str]]] = {  # subject: (schema, durable) of each consumer but lineage's
+    subjects.EVENT_MODEL_UPLOADED: [("auth", "auth-model-uploaded"), ("monitoring", "monitoring-continuous-models")],
+    subjects.EVENT_PIPELINE_VERSION_CREATED: [("auth", "auth-pipeline-created")],
+    subjects.EVENT_MONITORING_REVIEW_CREATED: [("monitoring", "monitoring-continuous-reviews")],
+    subjects.EVENT_ASSAY_ALERT: [("monitoring", "monitoring-continuous-assay-alerts")],
+    subjects.EVENT_MODEL_VERSION_FINISHED: [("monitoring", "monitoring-continuous-conversions")],
+    subjects.EVENT_TASK_RUN_SUCCEEDED: [("monitoring", "monitoring-continuous-runs-succeeded")],
+    subjects.EVENT_TASK_RUN_FAILED: [("monitoring", "monitoring-continuous-runs-failed")],
+}
+
+
+def model_id() -> int:
+    return random.randint(10**9, 2 * 10**9)
+
+
+def valid_event(subject: str, workspace_id: int):
+    """An event each consumer of `subject` handles (naming nothing monitoring knows: it has nothing to do)."""
+    if subject == subjects.EVENT_MODEL_UPLOADED:
+        return ModelUploaded(workspace_id=workspace_id, model_id=model_id(), model_version=uuid.uuid4(), name="m",
+                             framework="onnx", status="ready")
+    if subject == subjects.EVENT_PIPELINE_VERSION_CREATED:
+        return PipelineVersionCreated(pipeline_id=model_id(), workspace_id=workspace_id, name="p",
+                                      pipeline_version=str(uuid.uuid4()))
+    if subject == subjects.EVENT_MONITORING_REVIEW_CREATED:
+        return ReviewCreated(review_id=uuid.uuid4(), prediction_id=uuid.uuid4(), deployment_id=model_id(),
+                             workspace_id=workspace_id)
+    if subject == subjects.EVENT_ASSAY_ALERT:
+        return AssayThresholdCrossed(assay_id=model_id(), name="a", workspace_id=workspace_id, pipeline_id=model_id(),
+                                     pipeline_name="p", iopath="input 0 0", status="alert", score=1.0,
+                                     warning_threshold=None, alert_threshold=0.5, window_start="2026-12-03T00:00:00Z",
+                                     window_end="2026-12-03T01:00:00Z")
+    if subject == subjects.EVENT_MODEL_VERSION_FINISHED:
+        return ModelVersionFinished(workspace_id=workspace_id, model_id=model_id(), model_version=uuid.uuid4(),
+                                    status="ready")
+    return TaskRunEvent(run_id=uuid.uuid4(), task_id=uuid.uuid4(), orch_id=uuid.uuid4(), orch_sha="0" * 64,
+                        workspace_id=workspace_id, owner_id="someone",
+                        status="success" if subject == subjects.EVENT_TASK_RUN_SUCCEEDED else "failure")
+
+
+async def publish(js, subject: str, data: bytes) -> int:
+    return (await js.publish(subject, data, stream=subjects.EVENTS_STREAM)).seq
+
+
+async def handled(js, durable: str, seq: int, within: float = 30.0) -> None:
+    """Wait until `durable` has settled (acknowledged or terminated) every message up to stream sequence `seq` and
+    holds none it redelivered."""
+    deadline = time.monotonic() + within
+    while True:
+        info = await js.consumer_info(subjects.EVENTS_STREAM, durable)
+        if info.ack_floor.stream_seq >= seq and not info.num_redelivered:
+            return
+        assert time.monotonic() < deadline, f"{durable} never settled the messages up to {seq}: {info}"
+        await asyncio.sleep(0.05)
+
+
+async def dead_letters(conn, schema: str, durable: str, seq: int) -> list[asyncpg.Record]:
+    return await conn.fetch(f"SELECT * FROM {schema}.dead_letters WHERE durable = $1 AND stream_seq = $2",
+                            durable, seq)
+
+
+@pytest.mark.parametrize("subject", list(CONSUMERS))
+async def test_a_message_that_does_not_decode_is_a_dead_letter_at_once_and_the_next_is_handled(stack, alice, subject):
+    nc = await nats_client.connect(stack.settings().nats.url)
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        js = nc.jetstream()
+        poison = b"{not json " + uuid.uuid4().hex.encode()
+        bad = await publish(js, subject, poison)
+        event = valid_event(subject, alice.workspace_id)
+        good = await publish(js, subject, event.model_dump_json().encode())
+        for schema, durable in [*CONSUMERS[subject], LINEAGE]:
+            await handled(js, durable, good)
+            (row,) = await dead_letters(conn, schema, durable, bad)
+            assert (row["subject"], row["stream"], row["deliveries"]) == (subject, subjects.EVENTS_STREAM, 1), durable
+            assert "JSONDecodeError" in row["error"] and row["payload"] == poison, dict(row)
+            assert row["payload_size"] == len(poison)
+            assert not await dead_letters(conn, schema, durable, good), durable
+        assert await conn.fetchval("SELECT count(*) FROM workflow_lineage.event_log WHERE event_id = $1",
+                                   event.event_id) == 1
+        if subject == subjects.EVENT_MODEL_UPLOADED:
+            assert await conn.fetchval("SELECT count(*) FROM auth.workspace_resources WHERE workspace_id = $1 AND"
+                                       " kind = 'model' AND resource_id = $2", alice.workspace_id, event.model_id)
+        if subject == subjects.EVENT_PIPELINE_VERSION_CREATED:
+            assert await conn.fetchval("SELECT count(*) FROM auth.workspace_resources WHERE workspace_id = $1 AND"
+                                       " kind = 'pipeline' AND resource_id = $2", alice.workspace_id,
+                                       event.pipeline_id)
+    finally:
+        await conn.close()
+        await nc.close()
+
+
+async def test_lineage_keeps_a_json_object_without_an_event_id_as_a_dead_letter(stack):
+    nc = await nats_client.connect(stack.settings().nats.url)
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        js = nc.jetstream()
+        bad = await publish(js, "events.project.changed", b'{"project_id": 1}')
+        await handled(js, LINEAGE[1], bad)
+        (row,) = await dead_letters(conn, *LINEAGE, bad)
+        assert row["error"] == "not an event: no event_id" and row["deliveries"] == 1
+    finally:
+        await conn.close()
+        await nc.close()
+
+
+async def test_a_failing_handler_is_redelivered_with_backoff_up_to_max_deliver_then_a_dead_letter(stack, alice):
+    flaky, broken, after = model_id(), model_id() + 1, model_id() + 2
+    schema = f"poison_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    nc = await nats_client.connect(stack.settings().nats.url)
+    # auth's insert of these model ids fails in auth's own database: `flaky` twice, `broken` every time; each
+    # attempt counted by a sequence (not rolled back with the failed insert)
+    await conn.execute(f"""
+        CREATE SCHEMA {schema};
+        CREATE SEQUENCE {schema}.flaky; CREATE SEQUENCE {schema}.broken;
+        CREATE FUNCTION {schema}.fail() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+        SET search_path = pg_catalog AS $$
+        BEGIN
+            IF NEW.resource_id = {flaky} AND nextval('{schema}.flaky') <= 2 THEN
+                RAISE EXCEPTION 'injected failure of %', NEW.resource_id;
+            END IF;
+            IF NEW.resource_id = {broken} AND nextval('{schema}.broken') > 0 THEN
+                RAISE EXCEPTION 'injected failure of %', NEW.resource_id;
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER {schema}_fail BEFORE INSERT ON auth.workspace_resources
+            FOR EACH ROW EXECUTE FUNCTION {schema}.fail();""")
+    durable = "auth-model-uploaded"
+    max_deliver = NatsSettings().consumer_max_deliver  # the stack leaves it at its default
+
+    async def attempts(name: str) -> int:
+        row = await conn.fetchrow(f"SELECT last_value, is_called FROM {schema}.{name}")
+        return row["last_value"] if row["is_called"] else 0
+
+    async def resource(model: int) -> int:
+        return await conn.fetchval("SELECT count(*) FROM auth.workspace_resources WHERE workspace_id = $1 AND"
+                                   " kind = 'model' AND resource_id = $2", alice.workspace_id, model)
+
+    def uploaded(model: int) -> bytes:
+        return ModelUploaded(workspace_id=alice.workspace_id, model_id=model, model_version=uuid.uuid4(), name="m",
+                             framework="onnx", status="ready", occurred_at=datetime.now(UTC)).model_dump_json().encode()
+
+    try:
+        js = nc.jetstream()
+        first = await publish(js, subjects.EVENT_MODEL_UPLOADED, uploaded(flaky))
+        second = await publish(js, subjects.EVENT_MODEL_UPLOADED, uploaded(broken))
+        await handled(js, durable, second)
+        assert await resource(flaky) == 1 and await attempts("flaky") == 3  # failed twice, stored at the third
+        assert not await dead_letters(conn, "auth", durable, first)
+        (row,) = await dead_letters(conn, "auth", durable, second)
+        assert row["deliveries"] == max_deliver and "injected failure" in row["error"], dict(row)
+        assert await attempts("broken") == max_deliver and not await resource(broken)
+        last = await publish(js, subjects.EVENT_MODEL_UPLOADED, uploaded(after))
+        await handled(js, durable, last)
+        assert await resource(after) == 1
+        assert await attempts("broken") == max_deliver  # terminated: never delivered again
+    finally:
+        await conn.execute(f"DROP SCHEMA {schema} CASCADE")  # the trigger with its function
+        await conn.close()
+        await nc.close()

@@ -1,0 +1,131 @@
+"""The delivery policy of the durable event consumers (shared/consumers.py): what a failed delivery becomes, with
+fake messages and pools (tests/integration/test_dead_letters.py runs it against the real stream)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from services.workflow_lineage.handlers import decode_event
+from shared.consumers import (
+    ERROR_KEEP,
+    PAYLOAD_KEEP,
+    DeliveryPolicy,
+    Undecodable,
+    json_model,
+    record_dead_letter,
+    settle,
+    verdict,
+)
+from shared.messages.registry import ModelUploaded
+from shared.settings import Settings
+
+POLICY = DeliveryPolicy(max_deliver=4, backoff=1.0, backoff_max=3.0)
+
+
+def test_an_undecodable_message_is_dead_at_its_first_delivery():
+    assert verdict(POLICY, 1, permanent=True).dead
+
+
+def test_a_failing_handler_is_retried_with_a_doubling_capped_delay_up_to_max_deliver():
+    assert [verdict(POLICY, n, permanent=False) for n in (1, 2, 3)] == [(False, 1.0), (False, 2.0), (False, 3.0)]
+    assert verdict(POLICY, 4, permanent=False).dead
+    assert verdict(POLICY, 9, permanent=False).dead  # delivered more often before (an older consumer): dead now
+
+
+def test_the_policy_comes_from_the_settings(monkeypatch):
+    assert DeliveryPolicy.from_settings(Settings().nats) == DeliveryPolicy(10, 2.0, 300.0)
+    monkeypatch.setenv("RAILYARD_NATS__CONSUMER_MAX_DELIVER", "3")
+    monkeypatch.setenv("RAILYARD_NATS__CONSUMER_BACKOFF", "0.5")
+    assert DeliveryPolicy.from_settings(Settings().nats) == DeliveryPolicy(3, 0.5, 300.0)
+
+
+def test_decoders_refuse_what_is_not_their_model():
+    decode = json_model(ModelUploaded)
+    for data in (b"\xff\xfe", b"not json", b"[1, 2]", b'{"model_id": "x"}'):
+        with pytest.raises(Undecodable):
+            decode(data)
+    with pytest.raises(Undecodable):
+        json_model(None)(b"[1]")
+    assert json_model(None)(b'{"a": 1}') == {"a": 1}
+
+
+def test_lineage_takes_a_json_object_with_an_event_id_as_an_event():
+    event = {"event_id": "5d0c3b8e-7a53-4c9a-9a43-3c1e0b5f6a10", "occurred_at": "2026-12-03T10:00:00Z", "x": 1}
+    assert decode_event(json.dumps(event).encode()) == event
+    for bad in ({"x": 1}, {"event_id": "not-a-uuid"}, {**event, "occurred_at": "yesterday"}):
+        with pytest.raises(Undecodable):
+            decode_event(json.dumps(bad).encode())
+
+
+class FakeMessage:
+    def __init__(self, delivered: int, data: bytes = b"{}") -> None:
+        self.raw_message = SimpleNamespace(
+            subject="events.model.uploaded", data=data, headers={"Nats-Msg-Id": "m1"},
+            metadata=SimpleNamespace(num_delivered=delivered, stream="EVENTS",
+                                     sequence=SimpleNamespace(stream=17)))
+        self.outcome: tuple | None = None
+
+    async def nack(self, delay=None) -> None:
+        self.outcome = ("nak", delay)
+
+    async def reject(self) -> None:
+        self.outcome = ("term",)
+
+
+class FakePool:
+    def __init__(self, fail: bool = False) -> None:
+        self.rows: dict[tuple[str, int], tuple] = {}
+        self.fail = fail
+
+    async def fetchval(self, sql: str, *args):
+        if self.fail:
+            raise OSError("PostgreSQL away")
+        key = (args[0], args[1])
+        if key in self.rows:
+            return None
+        self.rows[key] = args
+        return True
+
+
+async def test_a_transient_failure_is_redelivered_later_and_the_last_one_is_a_dead_letter(caplog):
+    pool = FakePool()
+    message = FakeMessage(2)
+    await settle(message, "d", lambda: pool, POLICY, "boom", permanent=False)
+    assert message.outcome == ("nak", 2.0) and not pool.rows
+    message = FakeMessage(4)
+    with caplog.at_level("WARNING", "railyard.consumers"):
+        await settle(message, "d", lambda: pool, POLICY, "boom", permanent=False)
+    assert message.outcome == ("term",)
+    (row,) = pool.rows.values()
+    assert row[:6] == ("d", 17, "EVENTS", "events.model.uploaded", 4, "boom")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "dead letter of d: events.model.uploaded #17 (delivery 4): boom"]
+
+
+async def test_a_dead_letter_is_recorded_once_and_warned_of_once(caplog):
+    pool = FakePool()
+    with caplog.at_level("WARNING", "railyard.consumers"):
+        for _ in range(2):  # a redelivery after a crash between the insert and the term
+            message = FakeMessage(1)
+            await settle(message, "d", lambda: pool, POLICY, "not JSON", permanent=True)
+            assert message.outcome == ("term",)
+    assert len(pool.rows) == 1
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
+
+
+async def test_a_dead_letter_that_cannot_be_recorded_is_not_terminated():
+    message = FakeMessage(4)
+    await settle(message, "d", lambda: FakePool(fail=True), POLICY, "boom", permanent=False)
+    assert message.outcome == ("nak", 3.0)
+
+
+async def test_a_dead_letter_keeps_a_bounded_payload_and_error_with_the_full_size():
+    pool = FakePool()
+    message = FakeMessage(1, data=b"x" * (PAYLOAD_KEEP + 10))
+    assert await record_dead_letter(pool, "d", message.raw_message, "e" * (ERROR_KEEP * 2))
+    (row,) = pool.rows.values()
+    assert len(row[5]) == ERROR_KEEP and len(row[6]) == PAYLOAD_KEEP and row[7] == PAYLOAD_KEEP + 10
+    assert json.loads(row[8]) == {"Nats-Msg-Id": "m1"}
