@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import pydantic_core
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_serializer
 
 from shared.errors import InvalidRequest
 
@@ -26,6 +26,21 @@ PAGE_BYTES = 4 * 1024 * 1024
 _CURSOR = re.compile(r"[0-9]{1,19}")
 
 T = TypeVar("T")
+
+
+class NextCursor(BaseModel):
+    """The `next_cursor` of a paged list's answer object (models/list, ...): absent without one, so the answer of a
+    whole list stays as the seed writes it. Mixed into the answer's Message."""
+
+    next_cursor: str | None = Field(None, description="Set when more items follow this page: pass it as `cursor`.")
+
+    @model_serializer(mode="wrap")
+    def _without_empty_cursor(self, handler: Any):  # no return type: pydantic would take it for the reply's
+        # serialization schema (see shared.messages.deployer.Pipelines)
+        data = handler(self)
+        if data.get("next_cursor") is None:
+            data.pop("next_cursor", None)
+        return data
 
 
 def limit_field(what: str) -> Any:

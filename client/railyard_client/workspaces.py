@@ -70,15 +70,17 @@ class Workspace(Resource):
                             progress=progress, wait=wait, timeout=timeout)
 
     def models(self) -> list[Model]:
-        """The workspace's models."""
-        listed = self._session.post("models/list", {"workspace_id": self.id})["models"]
-        return [Model(self._session, record) for record in listed]
+        """The workspace's models, newest first (read a page at a time: docs/api-paging.md)."""
+        return [Model(self._session, record) for record in self._models()]
+
+    def _models(self) -> Iterator[dict[str, Any]]:
+        return self._session.post_pages("models/list", {"workspace_id": self.id}, "models")
 
     def model(self, name: str) -> Model:
-        """A model by name; NotFound when there is none."""
-        for model in self.models():
-            if model.name == name:
-                return model
+        """A model by name; NotFound when there is none. Reads the list up to the page that holds it."""
+        for record in self._models():
+            if record["name"] == name:
+                return Model(self._session, record)
         raise NotFound(404, "not_found", f"model {name!r} not found in workspace {self.name}")
 
     # --- pipelines --------------------------------------------------------------------------------------

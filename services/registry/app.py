@@ -10,7 +10,7 @@ from faststream.nats import NatsRouter
 from services.registry import handlers, store
 from services.registry.connections import ConnectionService
 from services.registry.registries import RegistryService, _registry_id
-from shared import subjects
+from shared import paging, subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import CallContext, command, publish_event, request
 from shared.messages.registry import (
@@ -78,10 +78,11 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """Register an uploaded (staged) file as a new model version."""
         return await handlers.upload_model(deps(), await caller(ctx), ctx.token, cmd)
 
-    @command(router, subjects.REGISTRY_MODELS_LIST, service=NAME)
+    @command(router, subjects.REGISTRY_MODELS_LIST, service=NAME, too_large_hint=paging.too_large_hint("models/list"))
     async def list_models(cmd: ListModels, ctx: CallContext) -> ModelList:
-        """Models of a workspace."""
-        return await handlers.list_models(deps(), await caller(ctx), ctx.token, cmd.workspace_id)
+        """Models of a workspace, newest first (a page with `limit`)."""
+        return await handlers.list_models(deps(), await caller(ctx), ctx.token, cmd.workspace_id, cmd.limit,
+                                          cmd.cursor)
 
     @command(router, subjects.REGISTRY_MODELS_GET_BY_ID, service=NAME)
     async def get_by_id(cmd: GetModelById, ctx: CallContext) -> ModelDetails:

@@ -27,7 +27,7 @@ import asyncpg
 
 from services.registry import store
 from services.registry.worker import run_worker, run_worker_verdict
-from shared import subjects
+from shared import paging, subjects
 from shared.authz import MembershipLookup, Principal, require_member, require_user
 from shared.errors import InvalidRequest, NotFound, RailyardError, echo
 from shared.messages.registry import (
@@ -359,12 +359,16 @@ def _version_record(row) -> ModelVersionRecord:
         status=row["status"], framework=row["framework"], runtime=row["runtime"], error=row["error"])
 
 
-async def list_models(deps: RegistryDeps, principal: Principal, token: str | None, workspace_id: int) -> ModelList:
+async def list_models(deps: RegistryDeps, principal: Principal, token: str | None, workspace_id: int,
+                      limit: int | None = None, cursor: str | None = None) -> ModelList:
+    """A workspace's models, newest first: all of them, or a page (shared/paging.py; the cursor is the last id)."""
+    before = paging.after(cursor, "models/list")
     await require_member(deps.membership(token), principal, workspace_id)
-    rows = await store.models_in(deps.pool, workspace_id)
-    return ModelList(models=[ModelSummary(id=r["id"], name=r["name"], owner_id=str(r["owner_id"]),
-                                          created_at=_ts(r["created_at"]), updated_at=_ts(r["updated_at"]))
-                             for r in rows])
+    rows = await store.models_in(deps.pool, workspace_id, before, None if limit is None else limit + 1)
+    models, next_cursor = await paging.page(rows, limit, lambda r: ModelSummary(
+        id=r["id"], name=r["name"], owner_id=str(r["owner_id"]), created_at=_ts(r["created_at"]),
+        updated_at=_ts(r["updated_at"])))
+    return ModelList(models=models, next_cursor=next_cursor)
 
 
 async def get_model_by_id(deps: RegistryDeps, principal: Principal, token: str | None, model_id: int) -> ModelDetails:

@@ -74,10 +74,14 @@ async def converting_versions(pool: asyncpg.Pool) -> list[asyncpg.Record]:
         " WHERE v.status = 'converting' ORDER BY v.id")
 
 
-async def models_in(pool: asyncpg.Pool, workspace_id: int) -> list[asyncpg.Record]:
+async def models_in(pool: asyncpg.Pool, workspace_id: int, before: int | None = None,
+                    limit: int | None = None) -> list[asyncpg.Record]:
+    """A workspace's models, newest first: those with an id below `before` (a page's cursor), `limit` at most
+    (None: all)."""
     return await pool.fetch(
         "SELECT id, name, owner_id, workspace_id, created_at, updated_at FROM models WHERE workspace_id = $1"
-        " ORDER BY id DESC", workspace_id)
+        " AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3", workspace_id,
+        None if before is None else min(before, 2**63 - 1), limit)
 
 
 async def model(pool: asyncpg.Pool, model_id: int) -> asyncpg.Record | None:

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ConfigDict, Field
 
 from shared.messages.base import Command, Event, Message
+from shared.paging import NextCursor, cursor_field, limit_field
 
 
 class Conversion(Message):
@@ -48,7 +49,11 @@ class ModelInserted(Message):
 
 
 class ListModels(Command):
+    """models/list: a workspace's models, newest first; all of them, or a page (`limit`, then `cursor`)."""
+
     workspace_id: int
+    limit: int | None = limit_field("models")
+    cursor: str | None = cursor_field("models/list")
 
 
 class ModelSummary(Message):
@@ -59,7 +64,7 @@ class ModelSummary(Message):
     updated_at: str
 
 
-class ModelList(Message):
+class ModelList(Message, NextCursor):
     models: list[ModelSummary]
 
 
