@@ -20,8 +20,10 @@ How it runs (docs/monitoring.md, "Continuous training and deployment"):
   the feedback loop has written the reviews that triggered it into a project version (at most EXPORT_WAIT after the
   trigger), claims it with a conditional UPDATE (`run_claimed_at`: one process wins, so no run starts twice) and
   creates the run. A trigger
-  committed by any process is started by any process's starter, also after a restart; a claimed training whose run
-  was not recorded within NO_MODEL_GRACE is failed, never started again.
+  committed by any process is started by any process's starter, also after a restart. The claim chooses the run's
+  task id (`run_task_id`): a claimed training whose run was not recorded RESUME_START after the claim (run_once's
+  answer lost, or its process stopped) is claimed again and asked for again with that id, which the task scheduler
+  answers with the task already made (no second run); one claimed before that column is failed after NO_MODEL_GRACE.
 - **The run** is an orchestration task run (`task_scheduler.tasks.run_once`) with the parameters, the aliased
   dataset versions and the model name as its arguments, created with the rights of the user who set continuous
   training up: monitoring asks auth for a short-lived token of that user scoped to the deployment's workspace (as
@@ -64,7 +66,7 @@ from shared.authz import Principal, require_user
 from shared.background import Sweeper
 from shared.bus import CallContext, command, publish_event, request
 from shared.consumers import DeliveryPolicy, durable_subscriber, json_model
-from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError
+from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError, Unavailable, UpstreamTimeout
 from shared.messages.assays import AssayThresholdCrossed
 from shared.messages.base import Event
 from shared.messages.deployer import (
@@ -124,6 +126,7 @@ STALE_SWAP = 300.0  # seconds after which a decided challenge whose swap did not
 EXPORT_WAIT = 30.0  # seconds a training waits for the feedback loop to write the reviews that triggered it
 STARTER_SWEEP = 2.0  # seconds between the training starter's sweeps when no trigger wakes it
 EXPORT_POLL = 0.25  # seconds between the starter's looks while a training waits for the feedback loop
+RESUME_START = 60.0  # seconds after its claim a training whose run_once went unanswered is asked for again
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -562,13 +565,15 @@ async def _fail_trainings(conn: Any, update: str, *args: Any) -> int:
 
 
 async def _fail_unstarted(conn: Any, deployment_id: int | None) -> int:
-    """Fail trainings claimed by a starter more than NO_MODEL_GRACE ago whose run was never recorded (None: of every
-    deployment): the claim says a run may exist, so none is started again. How many (in the caller's transaction)."""
+    """Fail trainings claimed by a starter more than NO_MODEL_GRACE ago, without a chosen task id (claimed before
+    migration 016), whose run was never recorded (None: of every deployment): the claim says a run may exist and
+    its task's id is unknown, so none is started again. How many (in the caller's transaction). A claim with its
+    task id is asked for again instead (TrainingStarter.resume)."""
     return await _fail_trainings(
         conn, "UPDATE trainings SET state = 'failed', outcome = 'failed', updated_at = now(), reason = 'the service"
         " stopped before the training run was created' WHERE ($1::int IS NULL OR deployment_id = $1) AND state ="
-        " 'starting' AND task_id IS NULL AND run_claimed_at < now() - make_interval(secs => $2)", deployment_id,
-        NO_MODEL_GRACE)
+        " 'starting' AND task_id IS NULL AND run_task_id IS NULL AND run_claimed_at < now() - make_interval(secs =>"
+        " $2)", deployment_id, NO_MODEL_GRACE)
 
 
 class TrainingStarter(Sweeper):
@@ -594,6 +599,7 @@ class TrainingStarter(Sweeper):
             failed = await _fail_unstarted(conn, None)
         if failed:  # once committed: woken before, the outbox could read the table first and wait its IDLE round
             self.deps.events_committed()
+        await self.resume()
         waiting = False
         rows = await pool.fetch(
             "SELECT id, deployment_id, created_at < now() - make_interval(secs => $1) AS overdue FROM trainings"
@@ -610,32 +616,59 @@ class TrainingStarter(Sweeper):
             await start_training(self.deps, row["id"], late)
         return waiting
 
+    async def resume(self) -> None:
+        """Ask again for the runs of trainings whose run_once went unanswered (a timeout, or the process stopped
+        before the answer) RESUME_START after their claim: with the task id each chose, so the task scheduler
+        answers the task the first call made (or makes it) and queues no second run. Claimed again first (one
+        process resumes each), which also fences the earlier attempt's late recording."""
+        pool = self.deps.base.pool
+        rows = await pool.fetch(
+            "UPDATE trainings SET run_claimed_at = now(), updated_at = now() WHERE state = 'starting' AND task_id IS"
+            " NULL AND run_task_id IS NOT NULL AND run_claimed_at < now() - make_interval(secs => $1) RETURNING *",
+            RESUME_START)
+        for training in rows:
+            log.info("continuous training %s of deployment %s: its run was not recorded %.0f s after its claim; asking"
+                     " the task scheduler again for task %s", training["id"], training["deployment_id"],
+                     RESUME_START, training["run_task_id"])
+            await _start_claimed(self.deps, training)
+
 
 async def start_training(deps: ContinuousDeps, training_id: uuid.UUID, late: bool = False) -> bool:
     """Claim a `starting` training (a conditional UPDATE: one process wins) and create its run; whether this call
     claimed it. `late`: the feedback loop had still not written every review after EXPORT_WAIT."""
     pool = deps.base.pool
     async with pool.acquire() as conn, conn.transaction():
+        # the run's task id, chosen now: a run_once whose answer is lost is asked again with it (no second run)
         training = await conn.fetchrow(
-            "UPDATE trainings SET run_claimed_at = now(), updated_at = now() WHERE id = $1 AND state = 'starting' AND"
-            " task_id IS NULL AND run_claimed_at IS NULL RETURNING *", training_id)
-        if training is None:
-            return False  # another process claimed it, or it ended
+            "UPDATE trainings SET run_claimed_at = now(), run_task_id = $2, updated_at = now() WHERE id = $1 AND"
+            " state = 'starting' AND task_id IS NULL AND run_claimed_at IS NULL RETURNING *", training_id,
+            uuid.uuid4())
+    if training is None:
+        return False  # another process claimed it, or it ended
+    if late:
+        log.warning("deployment %s: the feedback loop has not written every review %.0f s after the trigger; the"
+                    " training starts with what the datasets hold", training["deployment_id"], EXPORT_WAIT)
+    await _start_claimed(deps, training)
+    return True
+
+
+async def _start_claimed(deps: ContinuousDeps, training: asyncpg.Record) -> None:
+    """Create the run of a training this process claimed, with the continuous-training settings and datasets as
+    they are now."""
+    pool = deps.base.pool
+    async with pool.acquire() as conn:
         ct = await conn.fetchrow("SELECT * FROM continuous_training WHERE deployment_id = $1",
                                  training["deployment_id"])
         datasets = await conn.fetch("SELECT * FROM continuous_training_datasets WHERE deployment_id = $1",
                                     training["deployment_id"])
-    if late:
-        log.warning("deployment %s: the feedback loop has not written every review %.0f s after the trigger; the"
-                    " training starts with what the datasets hold", training["deployment_id"], EXPORT_WAIT)
     if ct is None:  # defensive: delete drops the trainings with the settings
         async with pool.acquire() as conn, conn.transaction():
             await _fail_trainings(conn, "UPDATE trainings SET state = 'failed', outcome = 'failed', reason ="
-                                  " 'continuous training was removed', updated_at = now() WHERE id = $1", training_id)
+                                  " 'continuous training was removed', updated_at = now() WHERE id = $1",
+                                  training["id"])
         deps.events_committed()
-        return True
+        return
     await _start_run(deps, ct, datasets, training)
-    return True
 
 
 async def _read_versions(pool: asyncpg.Pool, deployment_id: int, datasets: list[asyncpg.Record]) -> dict[str, Any]:
@@ -696,28 +729,48 @@ async def _start_run(deps: ContinuousDeps, ct: asyncpg.Record, datasets: list[as
             current = handlers.current_model(view.definition)
             args["ml_backend"] = {"name": ct["model_name"], "version": current.version if current is not None
                                   and current.name == ct["model_name"] else None}
-        task = await request(base.broker, subjects.TASKS_RUN_ONCE, RunTaskOnce(
-            name=f"continuous training of {name} ({training_id})", orch_id=ct["orchestration_id"],
-            workspace_id=ct["workspace_id"], json=args, timeout=ct["timeout"]),
-            token=token, timeout=base.timeout, reply_model=TaskCreated)
+        try:
+            # with the task id the training chose at its claim (none: claimed before migration 016): asked again
+            # after a lost answer, the task scheduler answers the task the first call made and queues no second run
+            task = await request(base.broker, subjects.TASKS_RUN_ONCE, RunTaskOnce(
+                name=f"continuous training of {name} ({training_id})", orch_id=ct["orchestration_id"],
+                workspace_id=ct["workspace_id"], json=args, timeout=ct["timeout"], id=training["run_task_id"]),
+                token=token, timeout=base.timeout, reply_model=TaskCreated)
+        except (UpstreamTimeout, Unavailable) as exc:
+            if training["run_task_id"] is None:
+                raise
+            # the task may exist and its run be under way: not failed (the run's end would be ignored), asked for
+            # again with the same task id by a starter's resume, RESUME_START after the claim
+            log.warning("continuous training %s of deployment %s: tasks/run_once did not answer (%s); asked again"
+                        " for task %s in %.0f s", training_id, ct["deployment_id"], exc.msg, training["run_task_id"],
+                        RESUME_START)
+            return
     except RailyardError as exc:
         log.warning("continuous training %s of deployment %s could not start: %s", training_id,
                     ct["deployment_id"], exc.msg)
         async with base.pool.acquire() as conn, conn.transaction():  # the failure and its event, or neither
             # unless its run was recorded meanwhile: run_once created it but answered too late, and the run's end
-            # event (on_run_ended, which finds it by the task's name) has moved the training on already
+            # event (on_run_ended, which finds it by the task's name) has moved the training on already; and only
+            # while this attempt's claim holds (a resume claimed it again: that attempt decides)
             await _fail_trainings(conn, "UPDATE trainings SET state = 'failed', outcome = 'failed', reason = $2,"
-                                  " updated_at = now() WHERE id = $1 AND state = 'starting' AND task_id IS NULL",
-                                  training_id, f"could not start: {exc.msg}")
+                                  " updated_at = now() WHERE id = $1 AND state = 'starting' AND task_id IS NULL AND"
+                                  " run_claimed_at = $3", training_id, f"could not start: {exc.msg}",
+                                  training["run_claimed_at"])
         deps.events_committed()
         return
-    # a run that ended at once may have been recorded already (on_run_ended finds it by the task's name)
+    # a run that ended at once may have been recorded already (on_run_ended finds it by the task's name); a resume
+    # that claimed the training again meanwhile records it itself (the claim fences this late answer)
     async with base.pool.acquire() as conn, conn.transaction():  # the run's task and its event, or neither
-        await conn.execute("UPDATE trainings SET task_id = $2, updated_at = now(), state = CASE WHEN state ="
-                           " 'starting' THEN 'running' ELSE state END WHERE id = $1", training_id, task.id)
-        await _event(conn, subjects.EVENT_MONITORING_TRAINING_STARTED, TrainingStarted(
-            deployment_id=ct["deployment_id"], workspace_id=ct["workspace_id"], training_id=training_id,
-            task_id=task.id, reviews=reviews, trigger=training["trigger"], alerts=training["alerts"]))
+        recorded = await conn.fetchval(
+            "UPDATE trainings SET task_id = $2, updated_at = now(), state = CASE WHEN state = 'starting' THEN"
+            " 'running' ELSE state END WHERE id = $1 AND run_claimed_at = $3 RETURNING true", training_id, task.id,
+            training["run_claimed_at"])
+        if recorded:
+            await _event(conn, subjects.EVENT_MONITORING_TRAINING_STARTED, TrainingStarted(
+                deployment_id=ct["deployment_id"], workspace_id=ct["workspace_id"], training_id=training_id,
+                task_id=task.id, reviews=reviews, trigger=training["trigger"], alerts=training["alerts"]))
+    if not recorded:
+        return
     deps.events_committed()
     log.info("continuous training %s of deployment %s (%s) started task %s at %d reviews, %s alerts", training_id,
              ct["deployment_id"], training["trigger"], task.id, reviews, training["alerts"])

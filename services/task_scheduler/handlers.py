@@ -192,13 +192,24 @@ async def run_once(deps: Deps, principal: Principal, token: str | None, cmd: Run
     await require_member(deps.membership(token), principal, cmd.workspace_id)
     timeout, args = _timeout(deps, cmd.timeout), _args(cmd.args)
     orch = await _orchestration_for_task(deps, cmd.workspace_id, cmd.orch_id)
-    task_id = uuid.uuid4()
+    task_id = cmd.id or uuid.uuid4()
     async with deps.pool.acquire() as conn, conn.transaction():
-        await store.insert_task(conn, id=task_id, workspace_id=cmd.workspace_id, orch_id=orch["id"],
-                                orch_sha=orch["sha"], name=cmd.name, owner_id=principal.user_id, args=args,
-                                timeout_seconds=timeout, schedule=None, missed_run_policy=None, next_fire=None)
-        await store.queue_once(conn, task_id, cmd.workspace_id)
+        if await store.insert_task(conn, id=task_id, workspace_id=cmd.workspace_id, orch_id=orch["id"],
+                                   orch_sha=orch["sha"], name=cmd.name, owner_id=principal.user_id, args=args,
+                                   timeout_seconds=timeout, schedule=None, missed_run_policy=None, next_fire=None):
+            await store.queue_once(conn, task_id, cmd.workspace_id)
+        else:  # the caller's id again (its first call's answer lost): that task, no second run
+            await _same_task(conn, task_id, cmd, scheduled=False)
     return TaskCreated(id=task_id)
+
+
+async def _same_task(conn: asyncpg.Connection, task_id: uuid.UUID, cmd: RunTaskOnce, scheduled: bool) -> None:
+    """A task of the caller's chosen id exists: it must be the one an earlier call of the same command made (same
+    workspace, orchestration and kind), else the id is taken (409; a task of another workspace is not told)."""
+    existing = await store.task(conn, task_id)
+    if (existing["workspace_id"], existing["orch_id"], existing["schedule"] is not None) != (
+            cmd.workspace_id, cmd.orch_id, scheduled):
+        raise Conflict(f"task id {task_id} is taken: give another id (or none)", code="task_id_taken")
 
 
 async def run_scheduled(deps: Deps, principal: Principal, token: str | None, cmd: RunTaskScheduled) -> TaskCreated:
@@ -207,13 +218,14 @@ async def run_scheduled(deps: Deps, principal: Principal, token: str | None, cmd
     schedule = check_schedule(cmd.schedule)
     timeout, args = _timeout(deps, cmd.timeout), _args(cmd.args)
     orch = await _orchestration_for_task(deps, cmd.workspace_id, cmd.orch_id)
-    task_id = uuid.uuid4()
+    task_id = cmd.id or uuid.uuid4()
     async with deps.pool.acquire() as conn:
         now = await conn.fetchval("SELECT now()")
-        await store.insert_task(conn, id=task_id, workspace_id=cmd.workspace_id, orch_id=orch["id"],
-                                orch_sha=orch["sha"], name=cmd.name, owner_id=principal.user_id, args=args,
-                                timeout_seconds=timeout, schedule=schedule, missed_run_policy=cmd.missed_run_policy,
-                                next_fire=next_point(schedule, now))
+        if not await store.insert_task(conn, id=task_id, workspace_id=cmd.workspace_id, orch_id=orch["id"],
+                                       orch_sha=orch["sha"], name=cmd.name, owner_id=principal.user_id, args=args,
+                                       timeout_seconds=timeout, schedule=schedule,
+                                       missed_run_policy=cmd.missed_run_policy, next_fire=next_point(schedule, now)):
+            await _same_task(conn, task_id, cmd, scheduled=True)
     return TaskCreated(id=task_id)
 
 

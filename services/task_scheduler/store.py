@@ -98,14 +98,18 @@ async def env_status(pool: asyncpg.Pool, requirements_sha: str) -> asyncpg.Recor
 
 async def insert_task(conn: asyncpg.Connection, *, id: uuid.UUID, workspace_id: int, orch_id: uuid.UUID,
                       orch_sha: str, name: str | None, owner_id: str, args: dict[str, Any], timeout_seconds: int,
-                      schedule: str | None, missed_run_policy: str | None, next_fire: datetime | None) -> None:
-    await conn.execute(
+                      schedule: str | None, missed_run_policy: str | None, next_fire: datetime | None) -> bool:
+    """Insert the task; whether it was inserted (False: a task of that id exists already, unchanged: a caller's
+    chosen id given again, RunTaskOnce.id)."""
+    inserted = await conn.fetchval(
         "INSERT INTO tasks (id, workspace_id, orch_id, orch_sha, name, owner_id, args, timeout_seconds, schedule, "
-        "missed_run_policy, next_fire) VALUES ($1, $2, $3, $4, $5, $6, $7::json, $8, $9, $10, $11)",
+        "missed_run_policy, next_fire) VALUES ($1, $2, $3, $4, $5, $6, $7::json, $8, $9, $10, $11)"
+        " ON CONFLICT (id) DO NOTHING RETURNING true",
         id, workspace_id, orch_id, orch_sha, name, owner_id, json.dumps(args), timeout_seconds, schedule,
         missed_run_policy, next_fire)
-    if next_fire is not None:
+    if inserted and next_fire is not None:
         await notify_work(conn)  # a point the sleeping schedulers do not know yet
+    return bool(inserted)
 
 
 async def task(pool: asyncpg.Pool | asyncpg.Connection, task_id: uuid.UUID) -> asyncpg.Record | None:

@@ -66,6 +66,10 @@ class RunTaskOnce(Command):
     workspace_id: int
     args: dict[str, Any] = Field(default_factory=dict, alias="json", description="What task_args() returns.")
     timeout: int | None = Field(None, gt=0, description="Seconds a run may take before it is stopped.")
+    id: uuid.UUID | None = Field(None, description="Railyard: the task's id, chosen by the caller, so that a call "
+                                 "retried after its answer was lost (a timeout) makes no second task: the same id "
+                                 "again, for the same orchestration in the same workspace, answers that task and "
+                                 "queues nothing; an id taken otherwise is refused (409 task_id_taken).")
 
 
 class RunTaskScheduled(RunTaskOnce):

@@ -10,6 +10,9 @@ finish them (services/monitoring/continuous.py).
   records it and writes its event.
 - A training whose run ended (recorded from the run's end event) before tasks/run_once answered, too late, is not
   failed again as "could not start" (`_start_run`).
+- A training whose tasks/run_once went unanswered (the task made, its answer lost) is not failed while its run goes
+  on: a starter's resume asks again with the task id the training chose at its claim and gets that task (no second
+  run), and the training follows the run (`TrainingStarter.resume`).
 
 Runs the service's functions on a monitoring schema of this test's (its migrations) on the stack's PostgreSQL, the
 deploy and the task scheduler replaced by stand-ins the test drives."""
@@ -27,7 +30,7 @@ import pytest
 from services.monitoring import continuous, sequential
 from shared import subjects
 from shared.errors import Unavailable, UpstreamTimeout
-from shared.messages.tasks import TaskRunEvent
+from shared.messages.tasks import TaskCreated, TaskRunEvent
 from tests.integration.conftest import service_schema
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -142,3 +145,63 @@ async def test_a_training_whose_run_ended_before_run_once_answered_is_finished_o
     finished = await pool.fetch("SELECT payload FROM outbox WHERE subject = $1",
                                 subjects.EVENT_MONITORING_TRAINING_FINISHED)
     assert [json.loads(r["payload"])["reason"] for r in finished] == ["the training run failed: the recipe failed"]
+
+
+async def test_a_training_whose_run_once_went_unanswered_follows_the_run_it_started(monitoring_schema, monkeypatch):
+    """tasks/run_once creates the task (its run under way) but its answer never comes (UpstreamTimeout). Before, the
+    training was failed at once ('could not start') while its run went on, and the run's end was then ignored. Now
+    the training stays claimed; a starter's resume (RESUME_START after the claim) asks again with the task id the
+    training chose at its claim, the task scheduler answers the task the first call made (no second run), and the
+    training follows that run to its end."""
+    pool = monitoring_schema
+    await pool.execute(
+        "INSERT INTO continuous_training (deployment_id, workspace_id, deployment, owner_id, project_id,"
+        " orchestration_id, trigger, threshold, experiment_parameters, model_name) VALUES ($1, 1, 'd-42', $2, 1, $3,"
+        " 'FEEDBACK_LOOP', 1, '{}', 'digits')", DEPLOYMENT, uuid.uuid4(), uuid.uuid4())
+    training_id = uuid.uuid4()
+    await pool.execute("INSERT INTO trainings (id, deployment_id, workspace_id, state, reviews) VALUES ($1, $2, 1,"
+                       " 'starting', 1)", training_id, DEPLOYMENT)
+    deps = process(pool)
+    asked: list[uuid.UUID | None] = []
+    tasks: dict[uuid.UUID, str] = {}  # the task scheduler's tasks (each with one run), by id
+
+    async def act_as(deps, owner_id, workspace_id, purpose):
+        return SimpleNamespace(user_id=str(owner_id)), "token"
+
+    async def request(broker, subject, cmd, **kwargs):
+        if subject == subjects.DEPLOYER_DEPLOYMENTS_RESOLVE:
+            return SimpleNamespace(name=cmd.name)
+        assert subject == subjects.TASKS_RUN_ONCE
+        asked.append(cmd.id)
+        task_id = cmd.id or uuid.uuid4()
+        tasks.setdefault(task_id, cmd.name)  # run_once with a task id again: that task, no second one
+        if len(asked) == 1:
+            raise UpstreamTimeout("task_scheduler did not answer within 5s")  # created, but the answer is lost
+        return TaskCreated(id=task_id)
+
+    monkeypatch.setattr(continuous, "act_as", act_as)
+    monkeypatch.setattr(continuous, "request", request)
+    assert await continuous.start_training(deps, training_id)
+    row = await pool.fetchrow("SELECT state, task_id, reason, run_task_id FROM trainings WHERE id = $1", training_id)
+    assert (row["state"], row["task_id"], row["reason"]) == ("starting", None, None), dict(row)
+    assert asked == [row["run_task_id"]] and list(tasks) == asked
+
+    starter = continuous.TrainingStarter(deps)
+    await starter.resume()  # too early: the first call's process may still be waiting for its answer
+    assert len(asked) == 1
+    await pool.execute("UPDATE trainings SET run_claimed_at = now() - make_interval(secs => $2) WHERE id = $1",
+                       training_id, continuous.RESUME_START + 1)
+    await starter.resume()
+    assert asked == [row["run_task_id"]] * 2 and len(tasks) == 1  # the same task asked for: one run
+    row = await pool.fetchrow("SELECT state, task_id FROM trainings WHERE id = $1", training_id)
+    assert (row["state"], row["task_id"]) == ("running", asked[0])
+    started = await pool.fetch("SELECT payload FROM outbox WHERE subject = $1",
+                               subjects.EVENT_MONITORING_TRAINING_STARTED)
+    assert [json.loads(r["payload"])["task_id"] for r in started] == [str(asked[0])]
+
+    # the run's end is the training's
+    await continuous.on_run_ended(deps, TaskRunEvent(
+        run_id=uuid.uuid4(), task_id=asked[0], name=tasks[asked[0]], orch_id=uuid.uuid4(), orch_sha="0" * 64,
+        workspace_id=1, owner_id="someone", status="failure", reason="the recipe failed"), succeeded=False)
+    row = await pool.fetchrow("SELECT state, reason FROM trainings WHERE id = $1", training_id)
+    assert (row["state"], row["reason"]) == ("failed", "the training run failed: the recipe failed")

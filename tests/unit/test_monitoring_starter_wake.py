@@ -27,11 +27,11 @@ class Conn:
         self.steps.append("commit")
 
     async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
-        if query.startswith("UPDATE trainings"):  # one training claimed long ago, its run never recorded
+        if query.startswith("UPDATE trainings SET state = 'failed'"):  # one claimed long ago, its run never recorded
             return [{"id": uuid.uuid4(), "deployment_id": 7, "workspace_id": 1, "state": "failed",
                      "outcome": "failed", "run_id": None, "model_version": None,
                      "reason": "the service stopped before the training run was created"}]
-        return []  # no training waits to start
+        return []  # no training waits to start, nor to be asked for again (resume) or delivered again
 
     async def execute(self, query: str, *args: Any) -> str:
         if "INSERT INTO outbox" in query:

@@ -1,0 +1,6 @@
+-- A training's run is created with a task id the training chose when it was claimed (tasks/run_once's `id`): a
+-- run_once whose answer never came (a timeout: the task may exist, its run may be under way) is asked again with
+-- that id, which answers the task the first call made, or makes it, and queues no second run, so the training
+-- follows the run it started. NULL: claimed before this column (a claim whose run was never recorded is failed after
+-- 60 s, as before: its task's id is unknown).
+ALTER TABLE trainings ADD COLUMN run_task_id uuid;
