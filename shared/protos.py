@@ -64,6 +64,10 @@ def _attach_payload_schemas(document: dict) -> None:
             for def_name, definition in schema.pop("$defs", {}).items():
                 schemas[def_name] = definition
             schemas[key] = schema
+        elif parts[-2:] == ["Message", "Payload"] and set(schemas[key]) == {"title"}:
+            # a raw body its title names no model of (shared/consumers.py's subscribers take the bytes and decode
+            # them themselves, so that one that does not decode is theirs to settle): a JSON object
+            schemas[key] = {**schemas[key], "additionalProperties": True, "type": "object"}
 
 
 def render() -> dict[Path, str]:
