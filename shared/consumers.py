@@ -134,8 +134,11 @@ async def settle(message: Any, durable: str, pool: Callable[[], asyncpg.Pool], p
             return
         await message.reject()  # term: never delivered again
         return
+    # the first failure of a message with its traceback (settle runs in the handler's except block), the others
+    # in one line each
     log.info("%s: %s #%d failed (delivery %d of %d), again in %.1f s: %s", durable, msg.subject,
-             meta.sequence.stream, meta.num_delivered, policy.max_deliver, decided.delay, error)
+             meta.sequence.stream, meta.num_delivered, policy.max_deliver, decided.delay, error,
+             exc_info=meta.num_delivered == 1 and not permanent)
     await message.nack(delay=decided.delay)
 
 
