@@ -15,6 +15,9 @@ How it runs (docs/monitoring.md, "Continuous training and deployment"):
   training open one training as above.
 - **Events** (training_started, training_finished, challenger_decided, model_swapped) are written to the service's
   outbox in the transaction of the change they tell of and sent by shared/outbox.py's Outbox (started by `start`).
+  A continuous deployment's swap is the deployer's change: the training's delivery (`delivering_since`) is closed
+  in the transaction that writes its model_swapped, and one left open by a process that died is delivered again
+  (resume_deliveries).
 - **Starting the run** happens off the review path: the trigger only inserts the training `starting`; the
   TrainingStarter (one background task per service process, woken by the trigger, sweeping the table) waits until
   the feedback loop has written the reviews that triggered it into a project version (at most EXPORT_WAIT after the
@@ -600,6 +603,7 @@ class TrainingStarter(Sweeper):
         if failed:  # once committed: woken before, the outbox could read the table first and wait its IDLE round
             self.deps.events_committed()
         await self.resume()
+        await resume_deliveries(self.deps)
         waiting = False
         rows = await pool.fetch(
             "SELECT id, deployment_id, created_at < now() - make_interval(secs => $1) AS overdue FROM trainings"
@@ -871,8 +875,12 @@ async def advance(deps: ContinuousDeps, deployment_id: int, training_id: uuid.UU
                                          deployment_id)
                 policy = cd["policy"] if cd is not None and cd["active"] else "DEPLOY_MANUAL"
                 outcome = {"DEPLOY_SHADOW": "shadow", "DEPLOY_AUTO": "deployed"}.get(policy, "pending")
-                done = await conn.fetchrow("UPDATE trainings SET state = 'done', outcome = $2, updated_at = now()"
-                                           " WHERE id = $1 RETURNING *", training_id, outcome)
+                # a version to serve: delivering from now until the swap is recorded with its model_swapped (a
+                # process dying in between leaves it set, and it is delivered again: resume_deliveries)
+                done = await conn.fetchrow(
+                    "UPDATE trainings SET state = 'done', outcome = $2, updated_at = now(), delivering_since = CASE"
+                    " WHEN $2 IN ('shadow', 'deployed') THEN now() END WHERE id = $1 RETURNING *", training_id,
+                    outcome)
             await _event(conn, subjects.EVENT_MONITORING_TRAINING_FINISHED, _finished(done))
         deps.events_committed()
         if done["state"] == "done" and policy in ("DEPLOY_SHADOW", "DEPLOY_AUTO"):
@@ -954,17 +962,22 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str) 
                                " state = 'running'", deployment_id)
             version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], new, None,
                                    f"monitoring-deploy-{deployment_id}")
-            async with pool.acquire() as conn, conn.transaction():  # the change is the deployer's: only the event
-                await _event(conn, subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
-                    deployment_id=deployment_id, workspace_id=cd["workspace_id"], action="deployed",
-                    model_version=_ref(new), shadow_model_version=None, pipeline_version=version,
-                    reason=f"continuous deployment (DEPLOY_AUTO) of training {training['id']}"))
+            # the serving is the deployer's; the training's delivery ends with its event, once (a resumed delivery
+            # of it may finish too: the first to clear delivering_since writes it)
+            async with pool.acquire() as conn, conn.transaction():
+                if await _delivered(conn, training["id"]):
+                    await _event(conn, subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
+                        deployment_id=deployment_id, workspace_id=cd["workspace_id"], action="deployed",
+                        model_version=_ref(new), shadow_model_version=None, pipeline_version=version,
+                        reason=f"continuous deployment (DEPLOY_AUTO) of training {training['id']}"))
             deps.events_committed()
             return
         version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], champion_dict, new,
                                f"monitoring-deploy-{deployment_id}")
-        # the challenge opens once the challenger serves (pairs are matched on both versions anyway)
+        # the challenge opens once the challenger serves (pairs are matched on both versions anyway), once
         async with pool.acquire() as conn, conn.transaction():
+            if not await _delivered(conn, training["id"]):
+                return
             await conn.execute("UPDATE challenges SET state = 'superseded', decided_at = now(), reason = 'a newer"
                                " training replaced the challenger' WHERE deployment_id = $1 AND state = 'running'",
                                deployment_id)
@@ -981,10 +994,31 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str) 
         deps.events_committed()
     except RailyardError as exc:
         log.warning("continuous deployment of training %s failed: %s", training["id"], exc.msg)
-        await pool.execute("UPDATE trainings SET outcome = 'failed', reason = $2, updated_at = now() WHERE id = $1",
-                           training["id"], f"{policy} failed: {exc.msg}")
+        await pool.execute("UPDATE trainings SET outcome = 'failed', reason = $2, updated_at = now(),"
+                           " delivering_since = NULL WHERE id = $1", training["id"], f"{policy} failed: {exc.msg}")
         await pool.execute("UPDATE challenges SET state = 'failed', reason = $2, decided_at = now() WHERE"
                            " training_id = $1 AND state = 'running'", training["id"], exc.msg)
+
+
+async def _delivered(conn: Any, training_id: uuid.UUID) -> bool:
+    """End the training's delivery in the caller's transaction; whether this call ended it (False: another
+    process's delivery of it was recorded first, or it failed)."""
+    return bool(await conn.fetchval("UPDATE trainings SET delivering_since = NULL WHERE id = $1 AND"
+                                    " delivering_since IS NOT NULL RETURNING true", training_id))
+
+
+async def resume_deliveries(deps: ContinuousDeps) -> None:
+    """Deliver again what a process did not finish delivering (it died between the serving and the commit of its
+    model_swapped, or before the serving) once clearly stale (STALE_SWAP: a deploy may take deploy_wait): serving
+    what already serves makes no new pipeline version, so the swap is recorded with its event, once."""
+    rows = await deps.base.pool.fetch(
+        "UPDATE trainings SET delivering_since = now() WHERE delivering_since < now() - make_interval(secs => $1)"
+        " RETURNING *", STALE_SWAP)
+    for training in rows:
+        log.info("continuous deployment of training %s (deployment %s) did not finish: delivered again",
+                 training["id"], training["deployment_id"])
+        async with deps.lock(training["deployment_id"]):
+            await _deliver(deps, training, "DEPLOY_AUTO" if training["outcome"] == "deployed" else "DEPLOY_SHADOW")
 
 
 # --- promotion by the sequential test ----------------------------------------------------------------------------

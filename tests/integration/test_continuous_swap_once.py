@@ -13,6 +13,8 @@ finish them (services/monitoring/continuous.py).
 - A training whose tasks/run_once went unanswered (the task made, its answer lost) is not failed while its run goes
   on: a starter's resume asks again with the task id the training chose at its claim and gets that task (no second
   run), and the training follows the run (`TrainingStarter.resume`).
+- A DEPLOY_AUTO swap whose process died between the deployer serving the version and the commit of its model_swapped
+  (the event was lost) is delivered again once stale and told once (`resume_deliveries`).
 
 Runs the service's functions on a monitoring schema of this test's (its migrations) on the stack's PostgreSQL, the
 deploy and the task scheduler replaced by stand-ins the test drives."""
@@ -205,3 +207,76 @@ async def test_a_training_whose_run_once_went_unanswered_follows_the_run_it_star
         workspace_id=1, owner_id="someone", status="failure", reason="the recipe failed"), succeeded=False)
     row = await pool.fetchrow("SELECT state, reason FROM trainings WHERE id = $1", training_id)
     assert (row["state"], row["reason"]) == ("failed", "the training run failed: the recipe failed")
+
+
+class Died(BaseException):
+    """The process stops here (nothing after it runs, no handler catches it)."""
+
+
+async def test_a_deploy_auto_swap_whose_process_died_before_its_event_is_delivered_again_and_told_once(
+        monitoring_schema, monkeypatch):
+    """DEPLOY_AUTO: the deployer serves the training's version, and the process dies before the commit of its
+    model_swapped. Before, that event was lost for good (the training said 'deployed', nothing told the swap). Now the
+    training's delivery stays open (delivering_since) until the commit that writes the event; once stale
+    (STALE_SWAP) another process delivers it again: serving what already serves changes nothing, and the swap is told
+    once (a second resume finds nothing open)."""
+    pool = monitoring_schema
+    await pool.execute("INSERT INTO continuous_deployment (deployment_id, workspace_id, deployment, owner_id, policy,"
+                       " alpha, min_sample) VALUES ($1, 1, 'd-42', $2, 'DEPLOY_AUTO', 0.05, 10)", DEPLOYMENT,
+                       uuid.uuid4())
+    training_id = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO trainings (id, deployment_id, workspace_id, state, reviews, task_id, model_version, model_status)"
+        " VALUES ($1, $2, 1, 'succeeded', 1, $3, $4, 'ready')", training_id, DEPLOYMENT, uuid.uuid4(),
+        json.dumps(CHALLENGER))
+    serving = {"model": CHAMPION}
+    serves: list[str] = []
+
+    async def act_as(deps, owner_id, workspace_id, purpose):
+        return SimpleNamespace(user_id=str(owner_id)), "token"
+
+    async def request(broker, subject, cmd, **kwargs):
+        if subject == subjects.DEPLOYER_DEPLOYMENTS_RESOLVE:
+            return SimpleNamespace(name=cmd.name)
+        assert subject == subjects.REGISTRY_MODELS_RESOLVE
+        return SimpleNamespace(name=cmd.name, model_version=cmd.version, sha="b")
+
+    async def deployment(base, principal, token, name):
+        return SimpleNamespace(definition={"steps": [{"ModelInference": {"models": [serving["model"]]}}]})
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose) -> str:
+        serves.append(champion["version"])
+        serving["model"] = champion  # the deployer serves it (again: no change)
+        if len(serves) == 1:
+            raise Died()  # before the model_swapped's commit
+        return "7"
+
+    monkeypatch.setattr(continuous, "act_as", act_as)
+    monkeypatch.setattr(continuous, "request", request)
+    monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
+    monkeypatch.setattr(continuous, "_serve", serve)
+
+    async def swapped() -> list[dict]:
+        return [json.loads(r["payload"]) for r in await pool.fetch(
+            "SELECT payload FROM outbox WHERE subject = $1 ORDER BY id", subjects.EVENT_MONITORING_MODEL_SWAPPED)]
+
+    with pytest.raises(Died):
+        await continuous.advance(process(pool), DEPLOYMENT, training_id)
+    row = await pool.fetchrow("SELECT state, outcome, delivering_since FROM trainings WHERE id = $1", training_id)
+    assert (row["state"], row["outcome"]) == ("done", "deployed") and row["delivering_since"] is not None
+    assert serving["model"] == CHALLENGER and await swapped() == []  # served, not told
+
+    other = process(pool)  # another process's starter sweep
+    await continuous.resume_deliveries(other)
+    assert serves == ["v2"]  # not stale yet: the first process may still be deploying
+    await pool.execute("UPDATE trainings SET delivering_since = now() - make_interval(secs => $2) WHERE id = $1",
+                       training_id, continuous.STALE_SWAP + 1)
+    await continuous.resume_deliveries(other)
+    assert serves == ["v2", "v2"]
+    events = await swapped()
+    assert [(e["action"], e["model_version"]["version"], e["pipeline_version"]) for e in events] == [
+        ("deployed", "v2", "7")], events
+    row = await pool.fetchrow("SELECT outcome, delivering_since FROM trainings WHERE id = $1", training_id)
+    assert (row["outcome"], row["delivering_since"]) == ("deployed", None)
+    await continuous.resume_deliveries(other)
+    assert serves == ["v2", "v2"] and len(await swapped()) == 1
