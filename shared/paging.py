@@ -11,7 +11,9 @@ another one)."""
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pydantic_core
@@ -24,6 +26,8 @@ MAX_PAGE = 1000
 PAGE_BYTES = 4 * 1024 * 1024
 """JSON bytes of a page's items after which it stops (half the bus's 8 MiB: the envelope and headers fit)."""
 _CURSOR = re.compile(r"[0-9]{1,19}")
+_KEY_CURSOR = re.compile(r"(-?[0-9]{1,19})\.([0-9a-f]{32})")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 T = TypeVar("T")
 
@@ -63,8 +67,33 @@ def after(cursor: str | None, command: str) -> int | None:
     return int(cursor)
 
 
+def key_cursor_field(command: str) -> Any:
+    """`cursor` of a list in (created_at, id) order whose ids are UUIDs (task/list, orchestration/list)."""
+    return Field(None, min_length=1, max_length=60, description=f"Railyard: the next cursor a previous page of "
+                 f"{command} answered (with `limit`): the page after it.")
+
+
+def key_cursor(row: Any) -> str:
+    """The cursor after a row of a list in (created_at, id) order with UUID ids: its created_at in microseconds since
+    the epoch (PostgreSQL's precision: exact) and its id."""
+    return f"{(row['created_at'] - _EPOCH) // timedelta(microseconds=1)}.{row['id'].hex}"
+
+
+def after_key(cursor: str | None, command: str) -> tuple[datetime, uuid.UUID] | None:
+    """The (created_at, id) a key_cursor continues after (None: from the first item); 400 for what no page answered."""
+    if cursor is None:
+        return None
+    found = _KEY_CURSOR.fullmatch(cursor)
+    try:
+        if found:
+            return _EPOCH + timedelta(microseconds=int(found.group(1))), uuid.UUID(hex=found.group(2))
+    except OverflowError:
+        pass
+    raise InvalidRequest(f"cursor: not a next cursor of {command}: pass it as the previous page answered it")
+
+
 async def page(rows: Sequence[Any], limit: int | None, item: Callable[[Any], Awaitable[T] | T],
-               ) -> tuple[list[T], str | None]:
+               cursor_of: Callable[[Any], str] = lambda row: str(row["id"])) -> tuple[list[T], str | None]:
     """The items of `rows` (those after the cursor, in the list's order; each with an "id") for one page: every row's
     item without `limit`; else the first `limit`, fewer once their JSON passes PAGE_BYTES (at least one), and the
     next cursor when rows are left."""
@@ -82,7 +111,7 @@ async def page(rows: Sequence[Any], limit: int | None, item: Callable[[Any], Awa
                 break
         items.append(made)
     more = limit is not None and len(items) < len(rows)
-    return items, str(rows[len(items) - 1]["id"]) if more else None
+    return items, cursor_of(rows[len(items) - 1]) if more else None
 
 
 def too_large_hint(command: str, header: bool = False) -> str:

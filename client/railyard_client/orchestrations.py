@@ -78,12 +78,13 @@ class Orchestrations:
         return self.wait_ready(created["id"], timeout) if wait else created
 
     def list(self) -> list[dict[str, Any]]:
-        """The workspace's orchestrations, each with its status (packaging, ready, failed) and reason."""
-        return self._post("orchestration/list", {"workspace_id": self.workspace_id})
+        """The workspace's orchestrations, oldest first, each with its status (packaging, ready, failed) and reason
+        (read a page at a time: docs/api-paging.md)."""
+        return list(self._session.post_pages("orchestration/list", {"workspace_id": self.workspace_id}))
 
     def get(self, orchestration_id: str) -> dict[str, Any]:
-        """One orchestration's record, by id."""
-        for record in self.list():
+        """One orchestration's record, by id (the list read up to the page that holds it)."""
+        for record in self._session.post_pages("orchestration/list", {"workspace_id": self.workspace_id}):
             if str(record["id"]) == str(orchestration_id):
                 return record
         from railyard_client.errors import NotFound
@@ -136,8 +137,9 @@ class Orchestrations:
         return self._post("task/get_by_id", {"id": str(task_id)})
 
     def tasks(self) -> list[dict[str, Any]]:
-        """The workspace's tasks, each with its last runs."""
-        return self._post("task/list", {"workspace_id": self.workspace_id})
+        """The workspace's tasks, oldest first, each with its last runs (read a page at a time:
+        docs/api-paging.md)."""
+        return list(self._session.post_pages("task/list", {"workspace_id": self.workspace_id}))
 
     def tasks_by_sha(self, sha: str) -> list[str]:
         """The ids of the tasks of an orchestration, by the sha256 of its zip."""

@@ -11,7 +11,7 @@ from faststream.nats import NatsRouter
 
 from services.task_scheduler import handlers, packaging
 from services.task_scheduler.scheduler import Scheduler
-from shared import subjects
+from shared import paging, subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import CallContext, command, publish_event, request
 from shared.messages.tasks import (
@@ -59,10 +59,12 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """Accept a staged orchestration zip after checking it (nothing is kept when it is refused)."""
         return await handlers.upload_orchestration(deps(), await caller(ctx), ctx.token, cmd)
 
-    @command(router, subjects.TASKS_ORCHESTRATIONS_LIST, service=NAME)
+    @command(router, subjects.TASKS_ORCHESTRATIONS_LIST, service=NAME,
+             too_large_hint=paging.too_large_hint("orchestration/list", True))
     async def list_orchestrations(cmd: ListOrchestrations, ctx: CallContext) -> Orchestrations:
-        """The orchestrations of a workspace, with their packaging status."""
-        return await handlers.list_orchestrations(deps(), await caller(ctx), ctx.token, cmd.workspace_id)
+        """The orchestrations of a workspace, with their packaging status (a page with `limit`)."""
+        return await handlers.list_orchestrations(deps(), await caller(ctx), ctx.token, cmd.workspace_id, cmd.limit,
+                                                  cmd.cursor)
 
     @command(router, subjects.TASKS_RUN_ONCE, service=NAME)
     async def run_once(cmd: RunTaskOnce, ctx: CallContext) -> TaskCreated:
@@ -84,10 +86,11 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """The ids of an orchestration's tasks (in the caller's workspaces)."""
         return await handlers.tasks_by_orch_sha(deps(), await caller(ctx), ctx.token, cmd)
 
-    @command(router, subjects.TASKS_LIST, service=NAME)
+    @command(router, subjects.TASKS_LIST, service=NAME, too_large_hint=paging.too_large_hint("task/list", True))
     async def list_tasks(cmd: ListTasks, ctx: CallContext) -> Tasks:
-        """The tasks of a workspace with their last runs."""
-        return await handlers.list_tasks(deps(), await caller(ctx), ctx.token, cmd.workspace_id)
+        """The tasks of a workspace with their last runs (a page with `limit`)."""
+        return await handlers.list_tasks(deps(), await caller(ctx), ctx.token, cmd.workspace_id, cmd.limit,
+                                         cmd.cursor)
 
     @command(router, subjects.TASKS_KILL, service=NAME)
     async def kill(cmd: KillTask, ctx: CallContext) -> TaskRecord:

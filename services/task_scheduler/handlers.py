@@ -21,7 +21,7 @@ import asyncpg
 from croniter import CroniterBadDateError, croniter
 
 from services.task_scheduler import packaging, store
-from shared import __version__
+from shared import __version__, paging
 from shared.authz import MembershipLookup, Principal, require_member, require_user
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.messages.tasks import (
@@ -128,10 +128,14 @@ def _orchestration_record(row: asyncpg.Record) -> OrchestrationRecord:
         created_at=iso(row["created_at"]), updated_at=iso(row["updated_at"]))
 
 
-async def list_orchestrations(deps: Deps, principal: Principal, token: str | None, workspace_id: int) -> Orchestrations:
+async def list_orchestrations(deps: Deps, principal: Principal, token: str | None, workspace_id: int,
+                              limit: int | None = None, cursor: str | None = None) -> Orchestrations:
+    """A workspace's orchestrations, oldest first: all, or a page (shared/paging.py; the cursor: created_at, id)."""
+    after = paging.after_key(cursor, "orchestration/list")
     await require_member(deps.membership(token), principal, workspace_id)
-    rows = await store.orchestrations(deps.pool, workspace_id)
-    return Orchestrations(orchestrations=[_orchestration_record(r) for r in rows])
+    rows = await store.orchestrations(deps.pool, workspace_id, after, None if limit is None else limit + 1)
+    records, next_cursor = await paging.page(rows, limit, _orchestration_record, paging.key_cursor)
+    return Orchestrations(orchestrations=records, next_cursor=next_cursor)
 
 
 # --- tasks -------------------------------------------------------------------------------------------------------
@@ -285,9 +289,16 @@ async def tasks_by_orch_sha(deps: Deps, principal: Principal, token: str | None,
     return TaskIds(ids=[r["id"] for r in rows if member[r["workspace_id"]]])
 
 
-async def list_tasks(deps: Deps, principal: Principal, token: str | None, workspace_id: int) -> Tasks:
+async def list_tasks(deps: Deps, principal: Principal, token: str | None, workspace_id: int,
+                     limit: int | None = None, cursor: str | None = None) -> Tasks:
+    """A workspace's tasks, oldest first: all, or a page (shared/paging.py; the cursor: created_at, id)."""
+    after = paging.after_key(cursor, "task/list")
     await require_member(deps.membership(token), principal, workspace_id)
-    return Tasks(tasks=await _records(deps, await store.tasks_in(deps.pool, workspace_id)))
+    rows = await store.tasks_in(deps.pool, workspace_id, after, None if limit is None else limit + 1)
+    shown = rows if limit is None else rows[:limit]
+    records = dict(zip((r["id"] for r in shown), await _records(deps, shown), strict=True))  # last runs: one query
+    tasks, next_cursor = await paging.page(rows, limit, lambda r: records[r["id"]], paging.key_cursor)
+    return Tasks(tasks=tasks, next_cursor=next_cursor)
 
 
 async def kill_task(deps: Deps, principal: Principal, token: str | None, task_id: uuid.UUID) -> TaskRecord:

@@ -57,9 +57,13 @@ async def insert_orchestration(conn: asyncpg.Connection, *, id: uuid.UUID, works
         id, workspace_id, sha, name, file_name, entrypoint, requirements_sha, uuid.uuid4(), owner_id, status, reason)
 
 
-async def orchestrations(pool: asyncpg.Pool, workspace_id: int) -> list[asyncpg.Record]:
-    return await pool.fetch("SELECT * FROM orchestrations WHERE workspace_id = $1 ORDER BY created_at, id",
-                            workspace_id)
+async def orchestrations(pool: asyncpg.Pool, workspace_id: int, after: tuple[datetime, uuid.UUID] | None = None,
+                         limit: int | None = None) -> list[asyncpg.Record]:
+    """A workspace's orchestrations, oldest first: those after `after` (a page's cursor: created_at, id), `limit` at
+    most (None: all)."""
+    return await pool.fetch("SELECT * FROM orchestrations WHERE workspace_id = $1 AND ($2::timestamptz IS NULL OR"
+                            " (created_at, id) > ($2, $3::uuid)) ORDER BY created_at, id LIMIT $4", workspace_id,
+                            *(after or (None, None)), limit)
 
 
 async def orchestration(pool: asyncpg.Pool | asyncpg.Connection, orch_id: uuid.UUID) -> asyncpg.Record | None:
@@ -116,8 +120,13 @@ async def task(pool: asyncpg.Pool | asyncpg.Connection, task_id: uuid.UUID) -> a
     return await pool.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)
 
 
-async def tasks_in(pool: asyncpg.Pool, workspace_id: int) -> list[asyncpg.Record]:
-    return await pool.fetch("SELECT * FROM tasks WHERE workspace_id = $1 ORDER BY created_at, id", workspace_id)
+async def tasks_in(pool: asyncpg.Pool, workspace_id: int, after: tuple[datetime, uuid.UUID] | None = None,
+                   limit: int | None = None) -> list[asyncpg.Record]:
+    """A workspace's tasks, oldest first: those after `after` (a page's cursor: created_at, id), `limit` at most
+    (None: all)."""
+    return await pool.fetch("SELECT * FROM tasks WHERE workspace_id = $1 AND ($2::timestamptz IS NULL OR"
+                            " (created_at, id) > ($2, $3::uuid)) ORDER BY created_at, id LIMIT $4", workspace_id,
+                            *(after or (None, None)), limit)
 
 
 async def tasks_by_sha(pool: asyncpg.Pool, sha: str) -> list[asyncpg.Record]:

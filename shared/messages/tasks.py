@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field
 
 from shared.messages.base import Command, Event, Message
+from shared.paging import NextCursor, key_cursor_field, limit_field
 
 RunStatus = Literal["queued", "running", "success", "failure"]
 MissedRunPolicy = Literal["fire_once", "skip"]
@@ -33,7 +34,11 @@ class OrchestrationCreated(Message):
 
 
 class ListOrchestrations(Command):
+    """orchestration/list: a workspace's orchestrations, oldest first; all, or a page (`limit`, then `cursor`)."""
+
     workspace_id: int
+    limit: int | None = limit_field("orchestrations")
+    cursor: str | None = key_cursor_field("orchestration/list")
 
 
 class OrchestrationRecord(Message):
@@ -52,7 +57,7 @@ class OrchestrationRecord(Message):
     updated_at: str
 
 
-class Orchestrations(Message):
+class Orchestrations(Message, NextCursor):
     orchestrations: list[OrchestrationRecord]
 
 
@@ -102,7 +107,11 @@ class TaskIds(Message):
 
 
 class ListTasks(Command):
+    """task/list: a workspace's tasks, oldest first; all of them, or a page (`limit`, then `cursor`)."""
+
     workspace_id: int
+    limit: int | None = limit_field("tasks")
+    cursor: str | None = key_cursor_field("task/list")
 
 
 class LastRun(Message):
@@ -137,7 +146,7 @@ class TaskRecord(Message):
     last_runs: list[LastRun]
 
 
-class Tasks(Message):
+class Tasks(Message, NextCursor):
     tasks: list[TaskRecord]
 
 

@@ -12,8 +12,8 @@ PAGES.tasks = async function tasks() {
   clearTimeout(followTimer);
   const ws = needWorkspace();
   const T = state.tasks;
-  const [orchs, taskList] = await Promise.all([api('orchestration/list', {workspace_id: ws}),
-    api('task/list', {workspace_id: ws})]);
+  const [orchs, taskList] = await Promise.all([apiPages('orchestration/list', {workspace_id: ws}),
+    apiPages('task/list', {workspace_id: ws})]);
   const out = [el('h2', {}, 'Orchestrations and tasks')];
   const names = Object.fromEntries(orchs.map(o => [o.id, o.name || o.file_name]));
   out.push(orchs.length
