@@ -166,6 +166,20 @@ def test_a_pipeline_list_larger_than_a_reply_is_422_and_pages_through_it(stack, 
     assert logs.status_code == 200, logs.text[:300]
 
 
+async def many_versions(stack, pipeline_id: int, count: int = 140) -> list[int]:
+    """`count` more versions of the pipeline with a ~62 KiB definition (BIG_NOTE and its index), as rows (140 make
+    ~8.9 MB of definitions, past a reply); the ids of all its versions, oldest first."""
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        await conn.execute("INSERT INTO deployer.pipeline_versions (pipeline_id, version, definition) SELECT $1,"
+                           " gen_random_uuid(), jsonb_build_object('steps', '[]'::jsonb, 'note', $2::text || g)"
+                           " FROM generate_series(1, $3) g", pipeline_id, BIG_NOTE, count)
+        return [row["id"] for row in await conn.fetch(
+            "SELECT id FROM deployer.pipeline_versions WHERE pipeline_id = $1 ORDER BY id", pipeline_id)]
+    finally:
+        await conn.close()
+
+
 async def test_a_pipeline_whose_versions_pass_a_reply_lists_its_newest_and_reads_the_rest(stack, alice):
     """140 versions of a ~62 KiB definition (~8.9 MB, inserted as rows: 140 pipelines/create take long) made
     pipelines/get, the pipeline's assay routes and the pipelines/list page holding it a 422 reply_too_large, and no
@@ -173,15 +187,7 @@ async def test_a_pipeline_whose_versions_pass_a_reply_lists_its_newest_and_reads
     pipelines/get with versions_cursor reads the older ones, each once; pages step over it."""
     before = new_pipeline(stack, alice)
     big = new_pipeline(stack, alice, definition={"steps": []})
-    conn = await asyncpg.connect(stack.settings().postgres.dsn)
-    try:
-        await conn.execute("INSERT INTO deployer.pipeline_versions (pipeline_id, version, definition) SELECT $1,"
-                           " gen_random_uuid(), jsonb_build_object('steps', '[]'::jsonb, 'note', $2::text || g)"
-                           " FROM generate_series(1, 140) g", big["pipeline_pk_id"], BIG_NOTE)
-        ids = [row["id"] for row in await conn.fetch(
-            "SELECT id FROM deployer.pipeline_versions WHERE pipeline_id = $1 ORDER BY id", big["pipeline_pk_id"])]
-    finally:
-        await conn.close()
+    ids = await many_versions(stack, big["pipeline_pk_id"])
     after = new_pipeline(stack, alice)
     asked = {"pipeline_id": big["pipeline_pk_id"]}
     got = post(stack, "pipelines/get", alice.token, asked)

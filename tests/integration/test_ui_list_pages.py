@@ -15,7 +15,13 @@ import pytest
 
 from tests.integration import test_ui as ui
 from tests.integration.conftest import PASSWORD, make_account, post
-from tests.integration.test_request_bounds_http import big_pipelines, new_pipeline, paged_lists, static_assays
+from tests.integration.test_request_bounds_http import (
+    big_pipelines,
+    many_versions,
+    new_pipeline,
+    paged_lists,
+    static_assays,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -141,3 +147,16 @@ def test_the_ui_shows_lists_larger_than_a_reply(stack, admin, browser):
     ui.open_page(browser, "logs")
     options = ui.Select(browser.find_element(ui.By.ID, "log-pipeline")).options
     assert [o.get_attribute("value") for o in options] == names, ui.shown(browser)
+
+
+async def test_the_ui_says_how_many_versions_a_pipeline_record_leaves_out(stack, admin, browser):
+    """A pipeline whose versions pass 4 MiB lists the newest (docs/api-paging.md, versions_cursor): the Pipelines
+    page counted only those listed as the pipeline's versions."""
+    account = make_account(stack, admin, "uiversions")
+    big = new_pipeline(stack, account, definition={"steps": []})
+    ids = await many_versions(stack, big["pipeline_pk_id"])
+    record = post(stack, "pipelines/get", account.token, {"pipeline_id": big["pipeline_pk_id"]}).json()
+    omitted = record["versions_omitted"]
+    sign_in_to(browser, stack, account)
+    ui.open_page(browser, "pipelines")
+    assert f"{len(ids)} version(s); {omitted} older not listed here" in ui.page_text(browser)
