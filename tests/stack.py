@@ -188,10 +188,11 @@ def stack_env(data_dir: Path) -> dict[str, str]:
     # what a killed log store held comes back after 5 s, not 30 (test_logs.py kills it); a flush takes well under
     # that even loaded, and a redelivery of a committed batch is refused as a duplicate anyway
     env["RAILYARD_LOGS__ACK_WAIT"] = "5"
-    # an event whose handler keeps failing is redelivered 0.05, 0.1, 0.2, 0.2 ... s later, not 2, 4 ... 300: its
-    # 10 deliveries and dead letter take about 2 s (tests/integration/test_dead_letters.py)
-    env["RAILYARD_NATS__CONSUMER_BACKOFF"] = "0.05"
-    env["RAILYARD_NATS__CONSUMER_BACKOFF_MAX"] = "0.2"
+    # an event whose handler keeps failing is redelivered 0.1, 0.2, 0.4 ... 4, 4 s later, not 2, 4 ... 300: its 10
+    # deliveries and dead letter take about 18 s (tests/integration/test_dead_letters.py), still longer than a test
+    # keeps a consumer's dependency away (a service restarted), which the default 13 minutes are for
+    env["RAILYARD_NATS__CONSUMER_BACKOFF"] = "0.1"
+    env["RAILYARD_NATS__CONSUMER_BACKOFF_MAX"] = "4"
     # users' code: a hanging step is stopped after 5 s, a file above 64 MiB refused
     # (tests/integration/test_sandbox_hostile.py)
     env["RAILYARD_SANDBOX__WALL_SECONDS"] = "5"

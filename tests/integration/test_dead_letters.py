@@ -6,8 +6,8 @@ terminated, and an event published after it is handled. Before, each was negativ
 for ever.
 
 A handler that fails for real (a trigger on auth's workspace_resources the test adds, raising for the test's
-model ids: auth's own PostgreSQL refuses the insert) is redelivered with the backoff (the test stack's: 0.05 s
-doubling up to 0.2 s) and handled once the failure passes; one that fails at every delivery is delivered exactly
+model ids: auth's own PostgreSQL refuses the insert) is redelivered with the backoff (the test stack's: 0.1 s
+doubling up to 4 s) and handled once the failure passes; one that fails at every delivery is delivered exactly
 `nats.consumer_max_deliver` times, its last failure kept as a dead letter."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import nats as nats_client
 import pytest
 
 from shared import subjects
+from shared.consumers import DeliveryPolicy
 from shared.messages.assays import AssayThresholdCrossed
 from shared.messages.deployer import PipelineVersionCreated
 from shared.messages.monitoring_feedback import ReviewCreated
@@ -70,6 +71,13 @@ def valid_event(subject: str, workspace_id: int):
     return TaskRunEvent(run_id=uuid.uuid4(), task_id=uuid.uuid4(), orch_id=uuid.uuid4(), orch_sha="0" * 64,
                         workspace_id=workspace_id, owner_id="someone",
                         status="success" if subject == subjects.EVENT_TASK_RUN_SUCCEEDED else "failure")
+
+
+def backoff_total(stack, deliveries: int) -> float:
+    """Seconds of the waits between `deliveries` deliveries with the test stack's backoff (tests/stack.py)."""
+    policy = DeliveryPolicy(deliveries, float(stack.env["RAILYARD_NATS__CONSUMER_BACKOFF"]),
+                            float(stack.env["RAILYARD_NATS__CONSUMER_BACKOFF_MAX"]))
+    return sum(policy.delay(n) for n in range(1, deliveries))
 
 
 async def publish(js, subject: str, data: bytes) -> int:
@@ -178,13 +186,16 @@ async def test_a_failing_handler_is_redelivered_with_backoff_up_to_max_deliver_t
 
     try:
         js = nc.jetstream()
+        started = await conn.fetchval("SELECT clock_timestamp()")  # PostgreSQL's clock, as the rows' created_at
         first = await publish(js, subjects.EVENT_MODEL_UPLOADED, uploaded(flaky))
         second = await publish(js, subjects.EVENT_MODEL_UPLOADED, uploaded(broken))
-        await handled(js, durable, second)
+        await handled(js, durable, second, within=90)  # 10 deliveries over ~18 s
         assert await resource(flaky) == 1 and await attempts("flaky") == 3  # failed twice, stored at the third
         assert not await dead_letters(conn, "auth", durable, first)
         (row,) = await dead_letters(conn, "auth", durable, second)
         assert row["deliveries"] == max_deliver and "injected failure" in row["error"], dict(row)
+        # redelivered after the backoff's delays (0.1 s doubling up to 4 s: 18.3 s for 9), not at once
+        assert (row["created_at"] - started).total_seconds() >= 0.9 * backoff_total(stack, max_deliver)
         assert await attempts("broken") == max_deliver and not await resource(broken)
         last = await publish(js, subjects.EVENT_MODEL_UPLOADED, uploaded(after))
         await handled(js, durable, last)
