@@ -453,7 +453,7 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
         async def record() -> None:
             async with deps.pool.acquire() as conn, conn.transaction():
                 await store.activate_deployment(conn, await store.pipeline_deployment(conn, pipeline["id"]), *row)
-                await store.add_event(conn, subjects.EVENT_PIPELINE_DEPLOYED, deployed(deployment_id, name))
+                await store.record_deployed(conn, deployed(deployment_id, name))
 
         try:
             await deps.backend.start(name, spec, config["replica_count"], *_autoscale(config),
@@ -473,8 +473,9 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
                 await deps.backend.stop(renamed)
             raise InvalidRequest(f"the deployment failed to start: {exc}") from None
         if not serving:  # the row says active since before the start: the event alone, now that the replicas serve
+            # (the row owes it until this commits: a deployer dying before has the restore write it, `_restart`)
             async with deps.pool.acquire() as conn, conn.transaction():
-                await store.add_event(conn, subjects.EVENT_PIPELINE_DEPLOYED, deployed(deployment_id, name))
+                await store.record_deployed(conn, deployed(deployment_id, name))
         if renamed is not None:
             await deps.backend.stop(renamed)
     return Deployed(id=deployment_id)
@@ -654,3 +655,11 @@ async def _restart(deps: DeployerDeps, pipeline_id: int, deployment_id: int, gat
         except Exception:
             deps.failed_restores[name] = "the deployer could not start its replicas (see the deployer's log)"
             raise
+        if row["deployed_pending"]:  # the deployer that started it died before its deployed event's commit
+            async with deps.pool.acquire() as conn, conn.transaction():
+                told = await store.record_deployed(conn, PipelineDeployed(
+                    deployment_id=row["id"], name=name, pipeline_id=row["pipeline_id"],
+                    workspace_id=row["workspace_id"], pipeline_version=str(row["pipeline_version"])), if_pending=True)
+            if told:
+                log.info("deployment %s restored: its events.pipeline.deployed, not written before, is sent now", name)
+                deps.events_committed()

@@ -140,19 +140,34 @@ async def activate_deployment(conn: asyncpg.Connection, existing: dict[str, Any]
                               spec: dict[str, Any]) -> int:
     """Deploy (or redeploy) the pipeline; its deployment id. `existing` is the pipeline's deployment as
     pipeline_deployment read it in this transaction (its lock held), None before the first deploy: a redeploy
-    keeps that row's id, so its inference URL stays the same."""
+    keeps that row's id, so its inference URL stays the same. Its events.pipeline.deployed is owed from here
+    (`deployed_pending`) until `record_deployed` writes it."""
     if existing is not None:
         await conn.execute(
             "UPDATE deployments SET pipeline_version_id = $2, deploy_id = $3, engine_config = $4::jsonb,"
-            " spec = $5::jsonb, active = true, updated_at = now() WHERE id = $1",
+            " spec = $5::jsonb, active = true, deployed_pending = true, updated_at = now() WHERE id = $1",
             existing["id"], version_id, deploy_id, json.dumps(engine_config), json.dumps(spec))
         await conn.execute("UPDATE deployments SET active = false WHERE pipeline_id = $1 AND id <> $2",
                            pipeline_id, existing["id"])
         return existing["id"]
     return await conn.fetchval(
-        "INSERT INTO deployments (pipeline_id, pipeline_version_id, deploy_id, engine_config, spec)"
-        " VALUES ($1, $2, $3, $4::jsonb, $5::jsonb) RETURNING id",
+        "INSERT INTO deployments (pipeline_id, pipeline_version_id, deploy_id, engine_config, spec, deployed_pending)"
+        " VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, true) RETURNING id",
         pipeline_id, version_id, deploy_id, json.dumps(engine_config), json.dumps(spec))
+
+
+async def record_deployed(conn: asyncpg.Connection, event: PipelineDeployed, *, if_pending: bool = False) -> bool:
+    """The deployment's replicas serve: its events.pipeline.deployed to the outbox and the row no longer owing it
+    (`deployed_pending`, migration 004), in the caller's transaction; whether the event was written. `if_pending`
+    (the restore after a restart): only when the row is active and still owes it, i.e. the deployer that started it
+    died before this commit."""
+    status = await conn.execute(
+        "UPDATE deployments SET deployed_pending = false WHERE id = $1"
+        + (" AND deployed_pending AND active" if if_pending else ""), event.deployment_id)
+    if if_pending and not status.endswith(" 1"):
+        return False
+    await add_event(conn, subjects.EVENT_PIPELINE_DEPLOYED, event)
+    return True
 
 
 async def deactivate(pool: asyncpg.Pool, deployment_id: int, event: PipelineUndeployed | None = None) -> bool:

@@ -43,6 +43,14 @@ class MemoryStore:
     async def add_event(self, conn, subject, event):
         self.events.append((subject, event))
 
+    async def record_deployed(self, conn, event, *, if_pending=False):
+        row = self.deployments[event.deployment_id]
+        if if_pending and not (row.get("deployed_pending") and row["active"]):
+            return False
+        row["deployed_pending"] = False
+        await self.add_event(conn, "events.pipeline.deployed", event)
+        return True
+
     async def pipeline(self, pool, pipeline_id):
         return self.pipelines.get(pipeline_id)
 
@@ -90,7 +98,7 @@ class MemoryStore:
         if row is None:
             row = self.deployments[5] = {"id": 5, "pipeline_id": pipeline_id, "pipeline_name": "p",
                                          "workspace_id": WORKSPACE, "pipeline_version": "v"}
-        row.update(pipeline_version_id=version_id, deploy_id=deploy_id, active=True,
+        row.update(pipeline_version_id=version_id, deploy_id=deploy_id, active=True, deployed_pending=True,
                    engine_config=json.dumps(engine_config), spec=json.dumps(spec))
         return row["id"]
 
