@@ -31,6 +31,7 @@ import pytest
 from railyard_client import Lineage, Orchestrations
 
 from shared import subjects
+from tests.image_models import digit_png
 from tests.integration.bus_events import stream_events
 from tests.integration.conftest import make_account, post, undeploy_all
 from tests.integration.conftest import sdk_client as sdk
@@ -401,6 +402,35 @@ def test_an_alert_after_a_redeploy_under_another_deploy_id_trains_the_renamed_de
             renamed, deployment_id)
         assert stored_name(stack, deployment_id) == renamed  # the row follows the deployment
     finally:  # the module's deployment (the SDK's Deployment) by its name again
+        assert redeploy(stack, drift, original.rsplit("-", 1)[0]) == original
+
+
+def test_a_review_after_a_redeploy_under_another_deploy_id_trains_the_renamed_deployment(stack, drift):
+    """The same for the FEEDBACK_LOOP trigger: set up under the first name, the review that reaches the threshold
+    comes after the redeploy, and the run carries the deployment's new name (before: the name of the set-up, which
+    no longer resolves, in its task name and task_args()['deployment'])."""
+    answer = setup(stack, drift, trigger="FEEDBACK_LOOP", threshold=1)
+    assert answer.status_code == 200, answer.text
+    original = drift["deployment"].name
+    deployment_id = int(original.rsplit("-", 1)[1])
+    runs, before = len(training_tasks(drift)), query_training(stack, drift)["id"]
+    renamed = redeploy(stack, drift, f"rv{uuid.uuid4().hex[:6]}")
+    try:
+        deployment = sdk(stack, drift["account"]).get_deployment(renamed)
+        png, label = digit_png(1)
+        predicted = deployment.monitor_bytes(png, "image/png", "reviewed.png", latency=0.01, height=8, width=8,
+                                             prediction={"detection_classes": [label], "detection_scores": [0.9]})
+        deployment.review_prediction(predicted["id"])
+        training = wait_for(lambda: (t := query_training(stack, drift))["id"] != before and t["state"] == "failed"
+                            and t, 60, "the training's end")
+        assert training["trigger"] == "FEEDBACK_LOOP" and "training run failed" in training["reason"], training
+        tasks = training_tasks(drift)
+        assert len(tasks) == runs + 1, tasks
+        newest = max(tasks, key=lambda t: t["created_at"])
+        assert newest["name"] == f"continuous training of {renamed} ({training['id']})", newest["name"]
+        assert newest["input_data"]["deployment"] == renamed and newest["input_data"]["reviews"] >= 1
+        assert stored_name(stack, deployment_id) == renamed
+    finally:
         assert redeploy(stack, drift, original.rsplit("-", 1)[0]) == original
 
 
