@@ -79,17 +79,17 @@ class Client:
     # --- workspaces -----------------------------------------------------------------------------------------
 
     def workspaces(self) -> list[Workspace]:
-        """The workspaces the caller belongs to."""
-        listed = self._session.post("workspaces/list", {})["workspaces"]
-        return [Workspace(self._session, record) for record in listed]
+        """The workspaces the caller belongs to, oldest first (read a page at a time: docs/api-paging.md)."""
+        return [Workspace(self._session, record) for record in self._session.post_pages("workspaces/list", {},
+                                                                                          "workspaces")]
 
     def workspace(self, ref: str | int | None = None) -> Workspace:
         """A workspace by name or id; without one, the current workspace. NotFound when there is none."""
         if ref is None:
             return self.current_workspace()
-        for workspace in self.workspaces():
-            if str(workspace.id) == str(ref) or workspace.name == str(ref):
-                return workspace
+        for record in self._session.post_pages("workspaces/list", {}, "workspaces"):  # up to the page that holds it
+            if str(record["id"]) == str(ref) or record["name"] == str(ref):
+                return Workspace(self._session, record)
         raise NotFound(404, "not_found", f"workspace {ref!r} not found (or you are not a member)")
 
     def create_workspace(self, name: str) -> Workspace:

@@ -8,7 +8,7 @@ from faststream.nats import NatsRouter
 from pydantic import BaseModel
 
 from services.auth import handlers, store, token_sweep
-from shared import subjects
+from shared import paging, subjects
 from shared.authz import Principal, TokenVerifier, VerifierFeed
 from shared.bus import CallContext, command, publish_event
 from shared.consumers import DeliveryPolicy, durable_subscriber, json_model
@@ -145,7 +145,8 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """Set your own password (with the current one), or another user's (administrators)."""
         return await handlers.update_password(deps(), await caller(ctx), cmd)
 
-    @command(router, subjects.AUTH_WORKSPACES_LIST, service=NAME)
+    @command(router, subjects.AUTH_WORKSPACES_LIST, service=NAME,
+             too_large_hint=paging.too_large_hint("workspaces/list"))
     async def list_workspaces(cmd: ListWorkspaces, ctx: CallContext) -> Workspaces:
         """Workspaces of a user."""
         return await handlers.list_workspaces(deps(), await caller(ctx), cmd)

@@ -34,13 +34,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from services.auth import store
-from shared import subjects
+from shared import paging, subjects
 from shared.authz import (
     ALGORITHM,
     KIND_INFERENCE,
     KIND_USER,
     Principal,
-    out_of_scope,
     require_admin,
     require_member,
     require_unscoped,
@@ -789,8 +788,13 @@ async def list_workspaces(deps: AuthDeps, principal: Principal, cmd: ListWorkspa
     target = principal.user_id if cmd.user_id is None else str(_uuid(cmd.user_id, "user_id"))
     if target != principal.user_id and not principal.admin:
         raise Forbidden("only administrators may list another user's workspaces")
-    rows = await store.workspaces_of(deps.pool, uuid.UUID(target))
-    return Workspaces(workspaces=[_workspace_record(r) for r in rows if not out_of_scope(principal, r["id"])])
+    after, limit = paging.after(cmd.cursor, "workspaces/list"), cmd.limit
+    # a page reads its own rows in SQL; a task run's token reaches its own workspace only (narrowed there, so a
+    # page is never emptied after its LIMIT)
+    rows = await store.workspaces_of(deps.pool, uuid.UUID(target), after, None if limit is None else limit + 1,
+                                     scoped_workspace(principal))
+    records, next_cursor = await paging.page(rows, limit, _workspace_record)
+    return Workspaces(workspaces=records, next_cursor=next_cursor)
 
 
 async def create_workspace(deps: AuthDeps, principal: Principal, cmd: CreateWorkspace) -> WorkspaceCreated:

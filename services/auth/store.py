@@ -352,7 +352,10 @@ async def role_in(pool: asyncpg.Pool | asyncpg.Connection, user_id: uuid.UUID, w
     )
 
 
-async def workspaces_of(pool: asyncpg.Pool, user_id: uuid.UUID) -> list[asyncpg.Record]:
+async def workspaces_of(pool: asyncpg.Pool, user_id: uuid.UUID, after: int | None = None, limit: int | None = None,
+                        only: int | None = None) -> list[asyncpg.Record]:
+    """A user's workspaces, oldest first: those with an id above `after` (a page's cursor), `limit` at most (None:
+    all), only workspace `only` when given (a task run's token)."""
     return await pool.fetch(
         "SELECT w.id, w.name, w.created_at, w.created_by, w.archived,"
         " COALESCE(array_agg(r.resource_id ORDER BY r.resource_id) FILTER (WHERE r.kind = 'model'), '{}') AS models,"
@@ -360,8 +363,9 @@ async def workspaces_of(pool: asyncpg.Pool, user_id: uuid.UUID) -> list[asyncpg.
         "   AS pipelines"
         " FROM workspaces w JOIN workspace_members m ON m.workspace_id = w.id AND m.user_id = $1"
         " LEFT JOIN workspace_resources r ON r.workspace_id = w.id"
-        " GROUP BY w.id ORDER BY w.id",
-        user_id,
+        " WHERE ($2::bigint IS NULL OR w.id > $2) AND ($4::bigint IS NULL OR w.id = $4)"
+        " GROUP BY w.id ORDER BY w.id LIMIT $3",
+        user_id, None if after is None else min(after, 2**63 - 1), limit, only,
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from shared.messages.base import Command, Event, Message
+from shared.paging import NextCursor, cursor_field, limit_field
 
 # --- tokens and keys -------------------------------------------------------------------------------
 
@@ -179,9 +180,12 @@ class Empty(Message):
 
 
 class ListWorkspaces(Command):
-    """Workspaces of the caller, or of `user_id` (admins, or the user themself)."""
+    """Workspaces of the caller, or of `user_id` (admins, or the user themself), oldest first; all of them, or a page
+    (`limit`, then `cursor`)."""
 
     user_id: str | None = None
+    limit: int | None = limit_field("workspaces")
+    cursor: str | None = cursor_field("workspaces/list")
 
 
 class WorkspaceRecord(Message):
@@ -196,7 +200,7 @@ class WorkspaceRecord(Message):
     pipelines: list[int]
 
 
-class Workspaces(Message):
+class Workspaces(Message, NextCursor):
     workspaces: list[WorkspaceRecord]
 
 
