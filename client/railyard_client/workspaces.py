@@ -138,8 +138,9 @@ class Workspace(Resource):
     # --- connections and registries ------------------------------------------------------------------------
 
     def connections(self) -> list[Connection]:
-        """The data connections attached to this workspace (secret-looking details masked)."""
-        listed = self._session.post("connections/list", {"workspace_id": self.id})["connections"]
+        """The data connections attached to this workspace, oldest first (secret-looking details masked; read a page
+        at a time: docs/api-paging.md)."""
+        listed = self._session.post_pages("connections/list", {"workspace_id": self.id}, "connections")
         return [Connection(self._session, record) for record in listed]
 
     def add_connection(self, connection: Connection) -> None:

@@ -122,10 +122,11 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """Attach a connection to a workspace."""
         return await connections().add_to_workspace(await caller(ctx), ctx.token, cmd)
 
-    @command(router, subjects.REGISTRY_CONNECTIONS_LIST, service=NAME)
+    @command(router, subjects.REGISTRY_CONNECTIONS_LIST, service=NAME,
+             too_large_hint=paging.too_large_hint("connections/list"))
     async def list_connections(cmd: ListConnections, ctx: CallContext) -> Connections:
         """Connections of a workspace (secrets masked)."""
-        return await connections().list(await caller(ctx), ctx.token, cmd.workspace_id)
+        return await connections().list(await caller(ctx), ctx.token, cmd.workspace_id, cmd.limit, cmd.cursor)
 
     @command(router, subjects.REGISTRY_CONNECTIONS_GET, service=NAME)
     async def get_connection(cmd: GetConnection, ctx: CallContext) -> ConnectionRecord:

@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 
 from services.registry import store
-from shared import subjects
+from shared import paging, subjects
 from shared.authz import (
     Principal,
     require_member,
@@ -212,13 +212,21 @@ class ConnectionService:
         self.events_committed()
         return ConnectionId(id=str(link))
 
-    async def list(self, principal: Principal, token: str | None, workspace_id: int) -> Connections:
+    async def list(self, principal: Principal, token: str | None, workspace_id: int, limit: int | None = None,
+                   cursor: str | None = None) -> Connections:
+        """A workspace's connections, oldest first: all, or a page (shared/paging.py; the cursor: created_at, id)."""
+        after = paging.after_key(cursor, "connections/list")
         await require_member(self.membership(token), principal, workspace_id)
+        since, last = after or (None, None)
         rows = await self.pool.fetch(
             f"{self.QUERY} WHERE c.id IN (SELECT connection_id FROM connection_workspaces WHERE workspace_id = $1)"
-            " GROUP BY c.id ORDER BY c.created_at", workspace_id)
+            " AND ($2::timestamptz IS NULL OR (c.created_at, c.id) > ($2, $3::uuid))"
+            " GROUP BY c.id ORDER BY c.created_at, c.id LIMIT $4", workspace_id, since, last,
+            None if limit is None else limit + 1)
         seen = await self._seen(principal, token)
-        return Connections(connections=[_record(r, _mask(self.box.open(r["details_encrypted"])), seen) for r in rows])
+        records, next_cursor = await paging.page(
+            rows, limit, lambda r: _record(r, _mask(self.box.open(r["details_encrypted"])), seen), paging.key_cursor)
+        return Connections(connections=records, next_cursor=next_cursor)
 
     async def get(self, principal: Principal, token: str | None, *, name: str | None = None,
                   connection_id: str | None = None) -> ConnectionRecord:

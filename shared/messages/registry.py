@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ConfigDict, Field
 
 from shared.messages.base import Command, Event, Message
-from shared.paging import NextCursor, cursor_field, limit_field
+from shared.paging import NextCursor, cursor_field, key_cursor_field, limit_field
 
 
 class Conversion(Message):
@@ -179,7 +179,11 @@ class AddConnectionToWorkspace(Command):
 
 
 class ListConnections(Command):
+    """connections/list: a workspace's connections, oldest first; all, or a page (`limit`, then `cursor`)."""
+
     workspace_id: int
+    limit: int | None = limit_field("connections")
+    cursor: str | None = key_cursor_field("connections/list")
 
 
 class ConnectionRecord(Message):
@@ -191,7 +195,7 @@ class ConnectionRecord(Message):
     workspace_names: list[str]
 
 
-class Connections(Message):
+class Connections(Message, NextCursor):
     connections: list[ConnectionRecord]
 
 
