@@ -64,7 +64,10 @@ class DeliveryPolicy:
 
     def delay(self, delivered: int) -> float:
         """Seconds before the redelivery of a message whose `delivered`th delivery failed."""
-        return min(self.backoff * 2 ** max(delivered - 1, 0), self.backoff_max)
+        # the exponent bounded: past ~1024 doublings a float overflows (OverflowError), and a message is delivered
+        # that often (a dead letter whose row cannot be written, nak'ed every backoff_max; one delivered thousands
+        # of times before this policy) exactly when settle must not fail: FastStream would nak it without a delay
+        return min(self.backoff * 2.0 ** min(max(delivered - 1, 0), 1000), self.backoff_max)
 
 
 class Verdict(NamedTuple):

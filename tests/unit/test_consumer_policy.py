@@ -129,3 +129,13 @@ async def test_a_dead_letter_keeps_a_bounded_payload_and_error_with_the_full_siz
     (row,) = pool.rows.values()
     assert len(row[5]) == ERROR_KEEP and len(row[6]) == PAYLOAD_KEEP and row[7] == PAYLOAD_KEEP + 10
     assert json.loads(row[8]) == {"Nats-Msg-Id": "m1"}
+
+
+async def test_a_message_delivered_thousands_of_times_still_gets_a_capped_delay():
+    # a message delivered thousands of times before this policy (FastStream's nak without a delay), or a dead letter
+    # whose row could not be written for days: 2 ** n overflowed a float, settle raised and FastStream nak'ed the
+    # message without a delay, redelivering it at once, in a loop, while PostgreSQL was away
+    assert DeliveryPolicy().delay(7201) == 300.0
+    message = FakeMessage(7201)
+    await settle(message, "d", lambda: FakePool(fail=True), POLICY, "boom", permanent=False)
+    assert message.outcome == ("nak", 3.0)
