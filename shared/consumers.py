@@ -82,11 +82,18 @@ def verdict(policy: DeliveryPolicy, delivered: int, permanent: bool) -> Verdict:
     return Verdict(False, policy.delay(delivered))
 
 
+def _no_nul(value: Any) -> str:
+    return str(value).replace("\x00", "")
+
+
 async def record_dead_letter(pool: asyncpg.Pool, durable: str, msg: Any, error: str) -> bool:
     """Keep a message as a dead letter of `durable` (a NATS JetStream message); False when it was kept before."""
     meta = msg.metadata
     data = bytes(msg.data or b"")
-    headers = json.dumps(dict(msg.headers or {})).replace("\\u0000", "")
+    # NULs removed from the strings themselves (PostgreSQL's jsonb refuses \u0000): removing the escape from the
+    # JSON text instead also cut a header's own backslash-u0000 text, corrupting it or breaking the JSON (the row then
+    # never written, the message never terminated)
+    headers = json.dumps({_no_nul(k): _no_nul(v) for k, v in (msg.headers or {}).items()})
     inserted = await pool.fetchval(
         "INSERT INTO dead_letters (durable, stream_seq, stream, subject, deliveries, error, payload, payload_size,"
         " headers) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb) ON CONFLICT (durable, stream_seq) DO NOTHING"

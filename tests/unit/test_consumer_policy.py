@@ -139,3 +139,14 @@ async def test_a_message_delivered_thousands_of_times_still_gets_a_capped_delay(
     message = FakeMessage(7201)
     await settle(message, "d", lambda: FakePool(fail=True), POLICY, "boom", permanent=False)
     assert message.outcome == ("nak", 3.0)
+
+
+async def test_a_dead_letter_keeps_its_headers_as_they_were_without_nuls():
+    # a header's own backslash-u0000 text was cut out of the JSON with the NUL escapes: corrupted ("a\b"), or the
+    # JSON broken (its row never written, so the message never terminated)
+    pool = FakePool()
+    message = FakeMessage(1)
+    message.raw_message.headers = {"path": "C:\\u0000", "text": "a\\u0000b", "nul": "c\x00d"}
+    assert await record_dead_letter(pool, "d", message.raw_message, "not JSON")
+    (row,) = pool.rows.values()
+    assert json.loads(row[8]) == {"path": "C:\\u0000", "text": "a\\u0000b", "nul": "cd"}
