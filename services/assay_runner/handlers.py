@@ -510,11 +510,12 @@ async def run_due(deps: Deps) -> int:
         try:  # a config that no longer reads included: one assay's problem stops no other
             # under the assay's lock, read again: another assay runner may be scoring it (skipped: it is its
             # pass) or have moved it on since `due` was read
-            async with store.claim(deps.pool, listed["id"], due_before) as row:
-                if row is None:
+            async with store.claim(deps.pool, listed["id"], due_before) as claimed:
+                if claimed is None:
                     continue
+                conn, row = claimed
                 config = AssayConfig.model_validate(_jsonb(row["config"]))
-                stored += await _run_assay(deps, row, config, now)
+                stored += await _run_assay(deps, row, config, now, conn)
         except Exception as exc:  # the assay's own problem (a field gone, the log store away): try next tick
             log.warning("assay %s could not run: %s", listed["id"], exc)
     return stored
@@ -538,7 +539,9 @@ def window_ready(deps: Deps, window_end: datetime, now: datetime, reads_logs: bo
     return False if (now - waiting_since).total_seconds() >= deps.settings.max_log_wait else None
 
 
-async def _run_assay(deps: Deps, row: Any, cfg: AssayConfig, now: datetime) -> int:
+async def _run_assay(deps: Deps, row: Any, cfg: AssayConfig, now: datetime, conn: Any = None) -> int:
+    """Score the assay's due windows and commit them; `conn`: the connection holding its lock (`store.claim`), used
+    for the commit (else one of the pool's)."""
     p = plan(cfg)
     saved = _jsonb(row["baseline_summary"])
     bounds = np.asarray(saved.pop("_bounds"), dtype=np.float64)
@@ -577,7 +580,7 @@ async def _run_assay(deps: Deps, row: Any, cfg: AssayConfig, now: datetime) -> i
     status = results[-1]["status"] if results else row["status"]
     # the results, their events (the outbox's) and the move of next_run in one transaction, if no other runner
     # has moved next_run meanwhile
-    if not await store.record_results(deps.pool, row["id"], results, now, next_run, still_active, status,
+    if not await store.record_results(conn or deps.pool, row["id"], results, now, next_run, still_active, status,
                                       read_next_run=row["next_run"]):
         log.info("assay %s: windows from %s were stored by another assay runner meanwhile", row["id"],
                  _iso(row["next_run"] - width))

@@ -55,36 +55,40 @@ async def due(pool: asyncpg.Pool, now: datetime) -> list[asyncpg.Record]:
 
 
 @asynccontextmanager
-async def claim(pool: asyncpg.Pool, assay_id: int, due_before: datetime) -> AsyncIterator[asyncpg.Record | None]:
-    """The assay's row, read again under its advisory lock (held until the block ends), when it is still active
-    and due; None when another assay runner holds the lock (it is scoring the assay now) or has moved it on
-    since `due` was read. The lock is a session lock on a connection of its own, so a pass holds no row lock and
-    no transaction while it reads the log store (set_active is not kept waiting); a runner that dies releases it
-    with its connection."""
+async def claim(pool: asyncpg.Pool, assay_id: int,
+                due_before: datetime) -> AsyncIterator[tuple[asyncpg.Connection, asyncpg.Record] | None]:
+    """The connection holding the assay's advisory lock (held until the block ends) and the assay's row, read again
+    under it, when it is still active and due; None when another assay runner holds the lock (it is scoring the
+    assay now) or has moved it on since `due` was read. The lock is a session lock on a connection of its own, so a
+    pass holds no row lock and no transaction while it reads the log store (set_active is not kept waiting); a
+    runner that dies releases it with its connection. The pass uses that connection for its reads and its commit
+    (`record_results`): taking another from the pool while holding it, a pass waited for ever with
+    `postgres.pool_max` 1 (and with 2, for as long as a command or the outbox held the other)."""
     async with pool.acquire() as lock_conn:
         if not await lock_conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1::text, 0))",
                                         lock_text(ASSAY_LOCK, assay_id)):
             yield None
             return
         try:
-            row = await pool.fetchrow("SELECT * FROM assays WHERE id = $1 AND active AND next_run <= $2",
-                                      assay_id, due_before)
-            yield row
+            row = await lock_conn.fetchrow("SELECT * FROM assays WHERE id = $1 AND active AND next_run <= $2",
+                                           assay_id, due_before)
+            yield None if row is None else (lock_conn, row)
         finally:
             await lock_conn.execute("SELECT pg_advisory_unlock(hashtextextended($1::text, 0))",
                                     lock_text(ASSAY_LOCK, assay_id))
 
 
-async def record_results(pool: asyncpg.Pool, assay_id: int, results: list[dict[str, Any]], last_run: datetime,
-                         next_run: datetime, still_active: bool, status: str, read_next_run: datetime) -> bool:
+async def record_results(db: asyncpg.Pool | asyncpg.Connection, assay_id: int, results: list[dict[str, Any]],
+                         last_run: datetime, next_run: datetime, still_active: bool, status: str,
+                         read_next_run: datetime) -> bool:
     """Store a pass's results, their events (a result's `_event`: (subject, event), in the outbox) and move the
     schedule on, in one transaction. Only when the assay's next_run is still `read_next_run`, the one the pass
     started from: otherwise another assay runner has stored these windows already (it held the assay's lock
     while this one had lost it with its connection), and nothing is written (False). A result whose window is
     stored already is not stored again and its event is not added. `active` is only ever turned off here (past
     run_until): an assay set inactive while the pass scored its windows stays inactive (the windows it had due
-    are stored)."""
-    async with pool.acquire() as conn, conn.transaction():
+    are stored). `db`: the pass's connection (`claim`'s), or a pool to take one from."""
+    async with _connection(db) as conn, conn.transaction():
         moved = await conn.fetchval(
             "UPDATE assays SET last_run = $2, next_run = $3, active = active AND $4, status = $5, "
             "updated_at = now() WHERE id = $1 AND next_run = $6 RETURNING id", assay_id, last_run, next_run,
@@ -100,6 +104,15 @@ async def record_results(pool: asyncpg.Pool, assay_id: int, results: list[dict[s
             if inserted is not None and result.get("_event") is not None:
                 await add_event(conn, *result["_event"])
     return True
+
+
+@asynccontextmanager
+async def _connection(db: asyncpg.Pool | asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            yield conn
+    else:
+        yield db
 
 
 async def results(pool: asyncpg.Pool, assay_id: int, start: datetime | None, end: datetime | None,

@@ -216,7 +216,7 @@ def test_an_assay_whose_stored_config_no_longer_reads_holds_up_no_other(recorded
 
     @contextlib.asynccontextmanager
     async def claim(pool, assay_id, due_before):
-        yield {6: bad, 7: good}[assay_id]
+        yield None, {6: bad, 7: good}[assay_id]
 
     monkeypatch.setattr(store, "due", due)
     monkeypatch.setattr(store, "claim", claim)
