@@ -170,12 +170,15 @@ async def start(runtime: Runtime) -> None:
 
 
 async def stop(runtime: Runtime) -> None:
-    for name in ("scheduler", "outbox"):  # a pass or round cut short commits nothing: the next start redoes it
-        task = runtime.extras.get(name)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task  # its connections back in the pool (an advisory lock released) before the pool closes
+    task = runtime.extras.get("scheduler")
+    if task is not None:  # a pass cut short commits nothing: the next start redoes it
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task  # its connection back in the pool (its advisory lock released) before the pool closes
+    task, deps = runtime.extras.get("outbox"), runtime.extras.get("deps")
+    if task is not None:  # what is unsent: now if the bus takes it, else at a start (this or another process), as
+        # the deployer's, registry's, monitoring's and task scheduler's stops do
+        await deps.outbox.stop(task)
     feed = runtime.extras.get("verifier_feed")
     if feed is not None:
         await feed.stop()
