@@ -39,10 +39,13 @@ class NatsSettings(BaseModel):
                                       "(auth's, lineage's, monitoring's durable consumers, shared/consumers.py): the "
                                       "last failure is kept in the service's dead_letters table and the event "
                                       "terminated. An event that does not decode is a dead letter at once.")
-    consumer_backoff: float = Field(2.0, gt=0, description="Seconds before an event whose handler failed is "
-                                    "delivered again, doubling with each failure (2, 4, ... 300 s: the 10th "
-                                    "delivery about 13 minutes after the first).")
-    consumer_backoff_max: float = Field(300.0, gt=0, description="The longest of those delays (seconds).")
+    # finite and at most a day: a delay is sent to JetStream in integer nanoseconds (int64), and an infinite one
+    # failed the settling, which FastStream then answered with a nak without a delay (an immediate redelivery loop)
+    consumer_backoff: float = Field(2.0, gt=0, le=86400, allow_inf_nan=False, description="Seconds before an event "
+                                    "whose handler failed is delivered again, doubling with each failure (2, 4, ... "
+                                    "300 s: the 10th delivery about 13 minutes after the first).")
+    consumer_backoff_max: float = Field(300.0, gt=0, le=86400, allow_inf_nan=False,
+                                        description="The longest of those delays (seconds).")
 
 
 class PostgresSettings(BaseModel):

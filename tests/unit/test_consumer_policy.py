@@ -7,6 +7,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
+from pydantic import ValidationError
 
 from services.workflow_lineage.handlers import decode_event
 from shared.consumers import (
@@ -150,3 +151,18 @@ async def test_a_dead_letter_keeps_its_headers_as_they_were_without_nuls():
     assert await record_dead_letter(pool, "d", message.raw_message, "not JSON")
     (row,) = pool.rows.values()
     assert json.loads(row[8]) == {"path": "C:\\u0000", "text": "a\\u0000b", "nul": "cd"}
+
+
+@pytest.mark.parametrize("name", ["CONSUMER_BACKOFF", "CONSUMER_BACKOFF_MAX"])
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan", "1e12"])
+def test_a_backoff_that_is_not_a_finite_delay_of_at_most_a_day_is_refused(monkeypatch, name, value):
+    # an infinite (or absurd) delay failed settle's nak (int nanoseconds), and FastStream then nak'ed without one
+    monkeypatch.setenv(f"RAILYARD_NATS__{name}", value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_a_consumer_needs_at_least_one_delivery(monkeypatch):
+    monkeypatch.setenv("RAILYARD_NATS__CONSUMER_MAX_DELIVER", "0")
+    with pytest.raises(ValidationError):
+        Settings()
