@@ -994,10 +994,15 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str) 
         deps.events_committed()
     except RailyardError as exc:
         log.warning("continuous deployment of training %s failed: %s", training["id"], exc.msg)
-        await pool.execute("UPDATE trainings SET outcome = 'failed', reason = $2, updated_at = now(),"
-                           " delivering_since = NULL WHERE id = $1", training["id"], f"{policy} failed: {exc.msg}")
-        await pool.execute("UPDATE challenges SET state = 'failed', reason = $2, decided_at = now() WHERE"
-                           " training_id = $1 AND state = 'running'", training["id"], exc.msg)
+        # only while this delivery's claim holds (delivering_since as it set or found it): a slow delivery that
+        # fails after another delivery of it (resume_deliveries, or the first one while a resumed one was slow)
+        # served and recorded it must not fail the delivered training, nor the challenge that one opened
+        async with pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval("UPDATE trainings SET outcome = 'failed', reason = $2, updated_at = now(),"
+                                   " delivering_since = NULL WHERE id = $1 AND delivering_since = $3 RETURNING true",
+                                   training["id"], f"{policy} failed: {exc.msg}", training["delivering_since"]):
+                await conn.execute("UPDATE challenges SET state = 'failed', reason = $2, decided_at = now() WHERE"
+                                   " training_id = $1 AND state = 'running'", training["id"], exc.msg)
 
 
 async def _delivered(conn: Any, training_id: uuid.UUID) -> bool:

@@ -280,3 +280,74 @@ async def test_a_deploy_auto_swap_whose_process_died_before_its_event_is_deliver
     assert (row["outcome"], row["delivering_since"]) == ("deployed", None)
     await continuous.resume_deliveries(other)
     assert serves == ["v2", "v2"] and len(await swapped()) == 1
+
+
+@pytest.mark.parametrize("failing", ["first", "resumed"])
+async def test_a_delivery_that_fails_after_the_other_recorded_it_changes_nothing(monitoring_schema, monkeypatch,
+                                                                                 failing):
+    """DEPLOY_SHADOW: a delivery open past STALE_SWAP while its first process's deploy still runs (a deploy may take
+    deploy_wait, 305 s) is delivered again by another process; one of the two fails after the other has served the
+    challenger and opened its challenge (`failing`: the slow first, or the resumed one whose own deploy was slow).
+    Before, that late failure marked the delivered training failed and the running challenge failed (nothing would
+    decide the serving shadow). Now a delivery's failure applies only while its own claim of the delivery holds
+    (delivering_since as it set or found it)."""
+    pool = monitoring_schema
+    await pool.execute("INSERT INTO continuous_deployment (deployment_id, workspace_id, deployment, owner_id, policy,"
+                       " alpha, min_sample) VALUES ($1, 1, 'd-42', $2, 'DEPLOY_SHADOW', 0.05, 10)", DEPLOYMENT,
+                       uuid.uuid4())
+    training_id = uuid.uuid4()
+    # done (shadow) STALE_SWAP ago, its first delivery still under way
+    training = await pool.fetchrow(
+        "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id, model_version,"
+        " model_status, delivering_since) VALUES ($1, $2, 1, 'done', 'shadow', 1, $3, $4, 'ready', now() -"
+        " make_interval(secs => $5)) RETURNING *", training_id, DEPLOYMENT, uuid.uuid4(), json.dumps(CHALLENGER),
+        continuous.STALE_SWAP + 10)
+
+    async def act_as(deps, owner_id, workspace_id, purpose):
+        return SimpleNamespace(user_id=str(owner_id)), "token"
+
+    async def request(broker, subject, cmd, **kwargs):
+        if subject == subjects.DEPLOYER_DEPLOYMENTS_RESOLVE:
+            return SimpleNamespace(name=cmd.name)
+        assert subject == subjects.REGISTRY_MODELS_RESOLVE
+        return SimpleNamespace(name=cmd.name, model_version=cmd.version, sha="b")
+
+    async def deployment(base, principal, token, name):
+        return SimpleNamespace(definition={"steps": [{"ModelInference": {"models": [CHAMPION]}}]})
+
+    slow, release = asyncio.Event(), asyncio.Event()
+    serves: list[str] = []
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose) -> str:
+        serves.append(challenger["version"])
+        if len(serves) == 1:  # the one started first is slow, and fails once the other has recorded the delivery
+            slow.set()
+            await release.wait()
+            raise Unavailable("the deployer did not answer")
+        return "7"
+
+    monkeypatch.setattr(continuous, "act_as", act_as)
+    monkeypatch.setattr(continuous, "request", request)
+    monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
+    monkeypatch.setattr(continuous, "_serve", serve)
+    if failing == "first":
+        started = continuous._deliver(process(pool), training, "DEPLOY_SHADOW")
+        other = continuous.resume_deliveries(process(pool))
+    else:
+        started = continuous.resume_deliveries(process(pool))
+        other = continuous._deliver(process(pool), training, "DEPLOY_SHADOW")
+    first = asyncio.create_task(started)
+    try:
+        await asyncio.wait_for(slow.wait(), 10)
+        await other
+    finally:
+        release.set()
+        await asyncio.wait_for(first, 10)
+
+    assert serves == ["v2", "v2"]
+    row = await pool.fetchrow("SELECT outcome, reason, delivering_since FROM trainings WHERE id = $1", training_id)
+    assert (row["outcome"], row["delivering_since"]) == ("shadow", None), row["reason"]
+    challenges = await pool.fetch("SELECT state, reason FROM challenges WHERE training_id = $1", training_id)
+    assert [(c["state"], c["reason"]) for c in challenges] == [("running", None)]
+    swapped = await pool.fetch("SELECT payload FROM outbox WHERE subject = $1", subjects.EVENT_MONITORING_MODEL_SWAPPED)
+    assert [json.loads(r["payload"])["action"] for r in swapped] == ["shadow_set"]
