@@ -117,7 +117,9 @@ def json_model(model: type[BaseModel] | None) -> Callable[[bytes], Any]:
             body = json.loads(data)
             if model is not None:
                 return model.model_validate(body)
-        except (ValueError, ValidationError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        # UnicodeDecodeError and JSONDecodeError are ValueErrors; json.loads raises RecursionError for nesting past
+        # the interpreter's limit (~100k brackets)
+        except (ValueError, ValidationError, RecursionError) as exc:
             raise Undecodable(describe(exc)) from None
         if not isinstance(body, dict):
             raise Undecodable(f"not a JSON object: {type(body).__name__}")
@@ -171,6 +173,10 @@ def durable_subscriber(router: NatsRouter, subject: str, *, durable: str, servic
                 value = decode(body)
             except Undecodable as exc:
                 await settle(message, durable, pool, policy, str(exc), permanent=True)
+                return
+            except Exception as exc:  # the decoder's own failure: no redelivery decodes it either (escaping here, it
+                # was FastStream's NACK_ON_ERROR: a nak without a delay, for ever)
+                await settle(message, durable, pool, policy, describe(exc), permanent=True)
                 return
             try:
                 await handler(value, message)

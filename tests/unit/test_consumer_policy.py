@@ -15,6 +15,7 @@ from shared.consumers import (
     PAYLOAD_KEEP,
     DeliveryPolicy,
     Undecodable,
+    durable_subscriber,
     json_model,
     record_dead_letter,
     settle,
@@ -166,3 +167,52 @@ def test_a_consumer_needs_at_least_one_delivery(monkeypatch):
     monkeypatch.setenv("RAILYARD_NATS__CONSUMER_MAX_DELIVER", "0")
     with pytest.raises(ValidationError):
         Settings()
+
+
+class FakeRouter:
+    def subscriber(self, *args, **kwargs):
+        return lambda subscriber: subscriber
+
+
+class DeliveredMessage(FakeMessage):
+    async def ack(self) -> None:
+        self.outcome = self.outcome or ("ack",)
+
+
+@pytest.mark.parametrize("decode", [json_model(ModelUploaded), json_model(None), decode_event])
+async def test_json_nested_past_the_recursion_limit_is_a_dead_letter_at_once(decode):
+    # json.loads raises RecursionError (not a ValueError) for ~100k nested brackets: it escaped the subscriber, and
+    # FastStream's NACK_ON_ERROR nak'ed the message without a delay, for ever
+    pool = FakePool()
+    handled = []
+
+    async def handler(value, message) -> None:
+        handled.append(value)
+
+    subscriber = durable_subscriber(FakeRouter(), "events.model.uploaded", durable="d", service="auth", decode=decode,
+                                    pool=lambda: pool, policy=POLICY, ack_wait=5.0, batch_size=1, title="t",
+                                    description="d")(handler)
+    for body in (b"[" * 100_000, b'{"a": ' * 100_000):
+        message = DeliveredMessage(1, data=body)
+        await subscriber(body, message)
+        assert message.outcome == ("term",) and not handled
+    assert [row[5].split(":")[0] for row in pool.rows.values()] == ["RecursionError"]
+
+
+async def test_a_decoder_that_fails_otherwise_makes_a_dead_letter_not_an_endless_nak():
+    pool = FakePool()
+
+    def decode(data: bytes):
+        raise KeyError("event_id")
+
+    async def handler(value, message) -> None:
+        raise AssertionError("not decoded, not handled")
+
+    subscriber = durable_subscriber(FakeRouter(), "events.x", durable="d", service="auth", decode=decode,
+                                    pool=lambda: pool, policy=POLICY, ack_wait=5.0, batch_size=1, title="t",
+                                    description="d")(handler)
+    message = DeliveredMessage(1)
+    await subscriber(b"{}", message)
+    assert message.outcome == ("term",)
+    (row,) = pool.rows.values()
+    assert row[5] == "KeyError: 'event_id'"
