@@ -146,6 +146,24 @@ async def test_lineage_keeps_a_json_object_without_an_event_id_as_a_dead_letter(
         await nc.close()
 
 
+async def test_json_nested_past_the_recursion_limit_is_a_dead_letter_at_once(stack):
+    # json.loads raises RecursionError for it, not a ValueError: before, that escaped the policy and FastStream
+    # nak'ed the message without a delay, for ever
+    nc = await nats_client.connect(stack.settings().nats.url)
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        js = nc.jetstream()
+        bad = await publish(js, subjects.EVENT_PIPELINE_VERSION_CREATED, b"[" * 100_000)
+        for schema, durable in [("auth", "auth-pipeline-created"), LINEAGE]:
+            await handled(js, durable, bad)
+            (row,) = await dead_letters(conn, schema, durable, bad)
+            assert row["deliveries"] == 1 and row["error"].startswith("RecursionError"), (durable, row["error"])
+            assert row["payload_size"] == 100_000
+    finally:
+        await conn.close()
+        await nc.close()
+
+
 async def test_a_failing_handler_is_redelivered_with_backoff_up_to_max_deliver_then_a_dead_letter(stack, alice):
     flaky, broken, after = model_id(), model_id() + 1, model_id() + 2
     schema = f"poison_{uuid.uuid4().hex[:8]}"
