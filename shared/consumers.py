@@ -1,8 +1,11 @@
 """Durable JetStream consumers of the EVENTS stream: one delivery policy for every service's (poison messages).
 
 A message is handed to its handler only once it decodes (JSON, then the subscriber's pydantic model). Then:
-- a message that does not decode can never succeed: it is recorded as a dead letter and terminated (`term`: the
-  server never delivers it again), at its first delivery;
+- a message that is not JSON (or not a JSON object) can never succeed: it is recorded as a dead letter and
+  terminated (`term`: the server never delivers it again), at its first delivery;
+- a JSON object that is not the subscriber's model is redelivered as a failed handler's is (below): it may be a
+  newer (or older) publisher's version of the event, which events refuse (unknown fields), and this consumer, once
+  upgraded too, reads it within the redeliveries;
 - a handler that raises is taken to have failed for a passing reason (its database, another service away): the
   message is negatively acknowledged with a delay that doubles from `nats.consumer_backoff` seconds up to
   `nats.consumer_backoff_max` (`nak(delay=...)`, the server redelivers it then), until its `nats.consumer_max_deliver`th
@@ -47,7 +50,13 @@ ERROR_KEEP = 2000
 
 
 class Undecodable(Exception):
-    """A message that is not what its subscriber reads (not JSON, not its model): no redelivery helps."""
+    """A message that is not what its subscriber reads. `permanent` (not JSON, not an object, not an event): no
+    redelivery helps; else (a JSON object, not the subscriber's model) it may be another version's event, read once
+    the consumer is upgraded too: redelivered with the backoff, a dead letter at its last delivery."""
+
+    def __init__(self, reason: str, permanent: bool = True) -> None:
+        super().__init__(reason)
+        self.permanent = permanent
 
 
 @dataclass(frozen=True)
@@ -115,15 +124,18 @@ def json_model(model: type[BaseModel] | None) -> Callable[[bytes], Any]:
     def decode(data: bytes) -> Any:
         try:
             body = json.loads(data)
-            if model is not None:
-                return model.model_validate(body)
         # UnicodeDecodeError and JSONDecodeError are ValueErrors; json.loads raises RecursionError for nesting past
         # the interpreter's limit (~100k brackets)
-        except (ValueError, ValidationError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:
             raise Undecodable(describe(exc)) from None
         if not isinstance(body, dict):
             raise Undecodable(f"not a JSON object: {type(body).__name__}")
-        return body
+        if model is None:
+            return body
+        try:
+            return model.model_validate(body)
+        except ValidationError as exc:  # events refuse unknown fields: a publisher upgraded first adds some
+            raise Undecodable(describe(exc), permanent=False) from None
 
     return decode
 
@@ -172,7 +184,7 @@ def durable_subscriber(router: NatsRouter, subject: str, *, durable: str, servic
             try:
                 value = decode(body)
             except Undecodable as exc:
-                await settle(message, durable, pool, policy, str(exc), permanent=True)
+                await settle(message, durable, pool, policy, str(exc), permanent=exc.permanent)
                 return
             except Exception as exc:  # the decoder's own failure: no redelivery decodes it either (escaping here, it
                 # was FastStream's NACK_ON_ERROR: a nak without a delay, for ever)

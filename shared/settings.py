@@ -38,7 +38,7 @@ class NatsSettings(BaseModel):
     consumer_max_deliver: int = Field(10, ge=1, description="Deliveries of an event whose handler keeps failing "
                                       "(auth's, lineage's, monitoring's durable consumers, shared/consumers.py): the "
                                       "last failure is kept in the service's dead_letters table and the event "
-                                      "terminated. An event that does not decode is a dead letter at once.")
+                                      "terminated. An event that is not JSON is a dead letter at once.")
     # finite and at most a day: a delay is sent to JetStream in integer nanoseconds (int64), and an infinite one
     # failed the settling, which FastStream then answered with a nak without a delay (an immediate redelivery loop)
     consumer_backoff: float = Field(2.0, gt=0, le=86400, allow_inf_nan=False, description="Seconds before an event "

@@ -216,3 +216,33 @@ async def test_a_decoder_that_fails_otherwise_makes_a_dead_letter_not_an_endless
     assert message.outcome == ("term",)
     (row,) = pool.rows.values()
     assert row[5] == "KeyError: 'event_id'"
+
+
+async def test_an_event_that_is_not_the_subscriber_s_model_is_redelivered_then_a_dead_letter():
+    # valid JSON, not this model: events refuse unknown fields, so a publisher upgraded before this consumer (a new
+    # field) was terminated at its first delivery and lost; now it is redelivered with the backoff (read once the
+    # consumer is upgraded too) and kept as a dead letter at its last delivery
+    newer = json.loads(ModelUploaded(workspace_id=1, model_id=2, model_version="5d0c3b8e-7a53-4c9a-9a43-3c1e0b5f6a10",
+                                     name="m", framework="onnx", status="ready").model_dump_json())
+    body = json.dumps({**newer, "a_newer_field": 1}).encode()
+    pool = FakePool()
+    handled = []
+
+    async def handler(value, message) -> None:
+        handled.append(value)
+
+    subscriber = durable_subscriber(FakeRouter(), "events.model.uploaded", durable="d", service="auth",
+                                    decode=json_model(ModelUploaded), pool=lambda: pool, policy=POLICY, ack_wait=5.0,
+                                    batch_size=1, title="t", description="d")(handler)
+    first = DeliveredMessage(1, data=body)
+    await subscriber(body, first)
+    assert first.outcome == ("nak", 1.0) and not pool.rows and not handled
+    last = DeliveredMessage(POLICY.max_deliver, data=body)
+    await subscriber(body, last)
+    assert last.outcome == ("term",) and not handled
+    (row,) = pool.rows.values()
+    assert row[4] == POLICY.max_deliver and "extra_forbidden" in row[5]
+    for permanent in (b"not json", b"[1]"):  # these never decode: dead at once
+        message = DeliveredMessage(1, data=permanent)
+        await subscriber(permanent, message)
+        assert message.outcome == ("term",)
