@@ -1015,7 +1015,18 @@ async def _delivered(conn: Any, training_id: uuid.UUID) -> bool:
 async def resume_deliveries(deps: ContinuousDeps) -> None:
     """Deliver again what a process did not finish delivering (it died between the serving and the commit of its
     model_swapped, or before the serving) once clearly stale (STALE_SWAP: a deploy may take deploy_wait): serving
-    what already serves makes no new pipeline version, so the swap is recorded with its event, once."""
+    what already serves makes no new pipeline version, so the swap is recorded with its event, once. Not one a newer
+    training of the deployment has been delivered after (or is being delivered): serving it again would put the
+    older version back in place of the newer one; its delivery is closed, without serving or event."""
+    superseded = await deps.base.pool.fetch(
+        "UPDATE trainings t SET delivering_since = NULL, reason = 'its delivery did not finish (the service stopped)"
+        " and a newer training of the deployment was delivered since: not delivered again' WHERE delivering_since <"
+        " now() - make_interval(secs => $1) AND EXISTS (SELECT 1 FROM trainings n WHERE n.deployment_id ="
+        " t.deployment_id AND n.id <> t.id AND n.created_at > t.created_at AND n.state = 'done' AND n.outcome IN"
+        " ('deployed', 'shadow')) RETURNING id, deployment_id", STALE_SWAP)
+    for training in superseded:
+        log.warning("continuous deployment of training %s (deployment %s) did not finish, and a newer training was"
+                    " delivered since: not delivered again", training["id"], training["deployment_id"])
     rows = await deps.base.pool.fetch(
         "UPDATE trainings SET delivering_since = now() WHERE delivering_since < now() - make_interval(secs => $1)"
         " RETURNING *", STALE_SWAP)

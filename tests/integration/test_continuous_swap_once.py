@@ -351,3 +351,53 @@ async def test_a_delivery_that_fails_after_the_other_recorded_it_changes_nothing
     assert [(c["state"], c["reason"]) for c in challenges] == [("running", None)]
     swapped = await pool.fetch("SELECT payload FROM outbox WHERE subject = $1", subjects.EVENT_MONITORING_MODEL_SWAPPED)
     assert [json.loads(r["payload"])["action"] for r in swapped] == ["shadow_set"]
+
+
+async def test_an_unfinished_delivery_is_not_delivered_again_over_a_newer_one(monitoring_schema, monkeypatch):
+    """DEPLOY_AUTO: training 1's delivery did not finish (its process died around the serving of v2), and training 2,
+    newer, has been delivered since (v3 serves). Before, the resumed delivery of training 1 served v2 again in place of
+    v3 and told it (a rollback to the older model nobody asked for). Now it is closed without serving or event, with
+    the reason."""
+    pool = monitoring_schema
+    await pool.execute("INSERT INTO continuous_deployment (deployment_id, workspace_id, deployment, owner_id, policy,"
+                       " alpha, min_sample) VALUES ($1, 1, 'd-42', $2, 'DEPLOY_AUTO', 0.05, 10)", DEPLOYMENT,
+                       uuid.uuid4())
+    older, newer = uuid.uuid4(), uuid.uuid4()
+    newest = {"name": "digits", "version": "v3", "sha": "c"}
+    for training_id, version, created, delivering in ((older, CHALLENGER, 600, continuous.STALE_SWAP + 10),
+                                                       (newer, newest, 100, None)):
+        await pool.execute(
+            "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id, model_version,"
+            " model_status, created_at, delivering_since) VALUES ($1, $2, 1, 'done', 'deployed', 1, $3, $4, 'ready',"
+            " now() - make_interval(secs => $5), now() - make_interval(secs => $6))", training_id, DEPLOYMENT,
+            uuid.uuid4(), json.dumps(version), created, delivering)
+    serves: list[str] = []
+
+    async def act_as(deps, owner_id, workspace_id, purpose):
+        return SimpleNamespace(user_id=str(owner_id)), "token"
+
+    async def request(broker, subject, cmd, **kwargs):
+        if subject == subjects.DEPLOYER_DEPLOYMENTS_RESOLVE:
+            return SimpleNamespace(name=cmd.name)
+        assert subject == subjects.REGISTRY_MODELS_RESOLVE
+        return SimpleNamespace(name=cmd.name, model_version=cmd.version, sha="b")
+
+    async def deployment(base, principal, token, name):
+        return SimpleNamespace(definition={"steps": [{"ModelInference": {"models": [newest]}}]})
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose) -> str:
+        serves.append(champion["version"])
+        return "8"
+
+    monkeypatch.setattr(continuous, "act_as", act_as)
+    monkeypatch.setattr(continuous, "request", request)
+    monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
+    monkeypatch.setattr(continuous, "_serve", serve)
+    await continuous.resume_deliveries(process(pool))
+
+    assert serves == []  # v3 still serves
+    assert await pool.fetch("SELECT payload FROM outbox WHERE subject = $1",
+                            subjects.EVENT_MONITORING_MODEL_SWAPPED) == []
+    row = await pool.fetchrow("SELECT outcome, reason, delivering_since FROM trainings WHERE id = $1", older)
+    assert (row["outcome"], row["delivering_since"]) == ("deployed", None)
+    assert "a newer training of the deployment was delivered since" in row["reason"]
