@@ -145,3 +145,30 @@ def test_a_failed_deploy_tells_undeployed_only_for_a_deployment_that_was_active(
             assert added == []
 
     asyncio.run(scenario(world))
+
+
+@pytest.mark.parametrize("owed", [True, False])
+def test_the_restore_writes_the_deployed_event_a_dead_deployer_owed_and_no_other(world, owed):  # noqa: F811
+    """A first deploy's row is active before its replicas start; a deployer dying before the commit of its deployed
+    event left the row owing it (`deployed_pending`), and the restore after the restart, once the replicas serve
+    again, writes it (once). A deployment whose event was written gets none from the restore."""
+    async def scenario(world) -> None:
+        world.backend.hold = False
+        await _deploy(world, "a")  # served, its event written
+        world.store.events.clear()
+        if owed:  # as the dead deployer left it: active, the event not committed
+            world.store.deployments[5]["deployed_pending"] = True
+        world.backend.sets.clear(), world.backend.started.clear()  # the restart: its replicas died with it
+        calls = woken(world)
+        restore = await handlers.restore_deployments(world.deps)
+        await restore._task
+        assert list(world.backend.sets) == ["a-5"]
+        expected = [(subjects.EVENT_PIPELINE_DEPLOYED, 5, "a-5")] if owed else []
+        assert [(s, e.deployment_id, e.name) for s, e in world.store.events] == expected
+        assert calls == ([1] if owed else [])
+        assert not world.store.deployments[5]["deployed_pending"]
+        world.backend.sets.clear()
+        await (await handlers.restore_deployments(world.deps))._task  # another restart: nothing owed any more
+        assert [(s, e.deployment_id, e.name) for s, e in world.store.events] == expected
+
+    asyncio.run(scenario(world))
