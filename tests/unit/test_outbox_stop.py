@@ -1,6 +1,6 @@
-"""`Outbox.stop` (shared/outbox.py), what the deployer's, the registry's, monitoring's and the task scheduler's stops
-call: the sending loop is cancelled (its task done) and what is unsent goes out in one last round; a bus that does
-not answer does not hold the stop up (the rows stay, sent at a start)."""
+"""`Outbox.stop` (shared/outbox.py), what the deployer's, the registry's, monitoring's, the task scheduler's and the
+assay runner's stops call: the sending loop is cancelled (its task done) and what is unsent goes out in one last
+round; a bus that does not answer does not hold the stop up (the rows stay, sent at a start)."""
 
 from __future__ import annotations
 
