@@ -104,13 +104,16 @@ def tasks_app() -> None:
 @click.option("--name", help="A name for the task.")
 @click.option("--timeout", type=int, help="Seconds a run may take before it is stopped.")
 @click.option("--wait", is_flag=True, help="Wait for the run to finish, print its logs, exit 1 if it failed.")
+@click.option("--id", "task_id", type=click.UUID, help="The task's id, chosen by you: the same again (a retry after "
+              "a lost answer) answers that task and starts no second run.")
 @workspace_option
 @json_option
 def run(orchestration_id: str, raw_args: str | None, name: str | None, timeout: int | None, wait: bool,
-        workspace: str | None, as_json: bool) -> int:
+        task_id: uuid.UUID | None, workspace: str | None, as_json: bool) -> int:
     """Run ORCHESTRATION_ID once."""
     orchestrations = _orchestrations(workspace)
-    task = orchestrations.run_once(orchestration_id, _args(raw_args), name=name, timeout=timeout)
+    task = orchestrations.run_once(orchestration_id, _args(raw_args), name=name, timeout=timeout,
+                                   task_id=None if task_id is None else str(task_id))
     if not wait:
         _show([task], ["id"], as_json, task)
         return 0
@@ -132,13 +135,16 @@ def run(orchestration_id: str, raw_args: str | None, name: str | None, timeout: 
 @click.option("--name", help="A name for the task.")
 @click.option("--timeout", type=int, help="Seconds a run may take before it is stopped.")
 @click.option("--missed", type=click.Choice(["fire_once", "skip"]), help="What a point missed while down does.")
+@click.option("--id", "task_id", type=click.UUID, help="The task's id, chosen by you: the same again makes no "
+              "second task.")
 @workspace_option
 @json_option
 def schedule(orchestration_id: str, cron: str, raw_args: str | None, name: str | None, timeout: int | None,
-             missed: str | None, workspace: str | None, as_json: bool) -> None:
+             missed: str | None, task_id: uuid.UUID | None, workspace: str | None, as_json: bool) -> None:
     """Run ORCHESTRATION_ID on CRON (minute hour day-of-month month day-of-week) until killed."""
     task = _orchestrations(workspace).run_scheduled(orchestration_id, cron, _args(raw_args), name=name,
-                                                    timeout=timeout, missed_run_policy=missed)
+                                                    timeout=timeout, missed_run_policy=missed,
+                                                    task_id=None if task_id is None else str(task_id))
     _show([task], ["id"], as_json, task)
 
 

@@ -107,21 +107,27 @@ class Orchestrations:
     # --- tasks --------------------------------------------------------------------------------------------
 
     def run_once(self, orchestration_id: str, args: dict[str, Any] | None = None, *, name: str | None = None,
-                 timeout: int | None = None) -> dict[str, Any]:
-        """Run an orchestration once; `args` is what the run's `task_args()` returns. Returns `{"id": task}`."""
+                 timeout: int | None = None, task_id: str | None = None) -> dict[str, Any]:
+        """Run an orchestration once; `args` is what the run's `task_args()` returns. Returns `{"id": task}`.
+        `task_id` (a UUID you choose) makes the call safe to retry after an answer that never came (a timeout): the
+        same `task_id` again, for the same orchestration, answers the task the first call made and starts no
+        second run (`Conflict`, code `task_id_taken`, if another task has it)."""
         body: dict[str, Any] = {"orch_id": str(orchestration_id), "workspace_id": self.workspace_id,
                                 "json": args or {}}
         if name:
             body["name"] = name
         if timeout is not None:
             body["timeout"] = timeout
+        if task_id is not None:
+            body["id"] = str(task_id)
         return self._post("task/run_once", body)
 
     def run_scheduled(self, orchestration_id: str, schedule: str, args: dict[str, Any] | None = None, *,
                       name: str | None = None, timeout: int | None = None,
-                      missed_run_policy: str | None = None) -> dict[str, Any]:
+                      missed_run_policy: str | None = None, task_id: str | None = None) -> dict[str, Any]:
         """Run an orchestration on a cron schedule (minute hour day-of-month month day-of-week) until killed;
-        `missed_run_policy` is `fire_once` (the default) or `skip`. Returns `{"id": task}`."""
+        `missed_run_policy` is `fire_once` (the default) or `skip`; `task_id` as in `run_once` (the same again
+        makes no second task). Returns `{"id": task}`."""
         body: dict[str, Any] = {"orch_id": str(orchestration_id), "workspace_id": self.workspace_id,
                                 "json": args or {}, "schedule": schedule}
         if name:
@@ -130,6 +136,8 @@ class Orchestrations:
             body["timeout"] = timeout
         if missed_run_policy:
             body["missed_run_policy"] = missed_run_policy
+        if task_id is not None:
+            body["id"] = str(task_id)
         return self._post("task/run_scheduled", body)
 
     def task(self, task_id: str) -> dict[str, Any]:
