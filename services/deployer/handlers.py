@@ -652,6 +652,7 @@ async def _restart(deps: DeployerDeps, pipeline_id: int, deployment_id: int, gat
             # forever with nothing running (docs/inference.md)
             deps.failed_restores[name] = str(exc) or "its engine replicas did not start"
             log.error("could not restore deployment %s: %s", name, exc)
+            return  # nothing serves: an owed deployed event stays owed (deployed_pending) for a restore that serves
         except Exception:
             deps.failed_restores[name] = "the deployer could not start its replicas (see the deployer's log)"
             raise

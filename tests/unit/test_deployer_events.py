@@ -172,3 +172,29 @@ def test_the_restore_writes_the_deployed_event_a_dead_deployer_owed_and_no_other
         assert [(s, e.deployment_id, e.name) for s, e in world.store.events] == expected
 
     asyncio.run(scenario(world))
+
+
+def test_a_restore_that_fails_writes_no_deployed_event_and_a_later_one_that_serves_does(world):  # noqa: F811
+    """The restore of a deployment still owing its deployed event (its deployer died before the commit) whose
+    replicas fail to start again tells nothing: nothing serves (the deployment says its restore failed). The flag
+    stays, so the next restart's restore that serves writes the event, once. Before, the failure was logged and the
+    restore went on to write events.pipeline.deployed for a deployment with nothing running."""
+    async def scenario(world) -> None:
+        world.backend.hold = False
+        await _deploy(world, "a")
+        world.store.events.clear()
+        world.store.deployments[5]["deployed_pending"] = True  # as the dead deployer left it
+        world.backend.sets.clear(), world.backend.started.clear()
+        world.backend.hold = True
+        restore = await handlers.restore_deployments(world.deps)
+        await _until(lambda: world.backend.waiting, "the restore starts the replicas")
+        world.backend.waiting.pop()[1].set_exception(RuntimeError("the model did not load"))
+        await restore._task
+        assert "a-5" in world.deps.failed_restores and "a-5" not in world.backend.sets
+        assert world.store.events == [] and world.store.deployments[5]["deployed_pending"]
+        world.backend.hold = False
+        await (await handlers.restore_deployments(world.deps))._task  # the next restart: it serves now
+        assert [(s, e.deployment_id) for s, e in world.store.events] == [(subjects.EVENT_PIPELINE_DEPLOYED, 5)]
+        assert not world.store.deployments[5]["deployed_pending"]
+
+    asyncio.run(scenario(world))
