@@ -603,7 +603,6 @@ class TrainingStarter(Sweeper):
         if failed:  # once committed: woken before, the outbox could read the table first and wait its IDLE round
             self.deps.events_committed()
         await self.resume()
-        await resume_deliveries(self.deps)
         waiting = False
         rows = await pool.fetch(
             "SELECT id, deployment_id, created_at < now() - make_interval(secs => $1) AS overdue FROM trainings"
@@ -1037,6 +1036,21 @@ async def resume_deliveries(deps: ContinuousDeps) -> None:
             await _deliver(deps, training, "DEPLOY_AUTO" if training["outcome"] == "deployed" else "DEPLOY_SHADOW")
 
 
+class DeliveryResumer(Sweeper):
+    """Delivers again the continuous deployments a process left unfinished (resume_deliveries), in a loop of its own:
+    a delivery is a deploy the process waits up to deploy_wait (305 s) for, which in the training starter's sweep
+    held back every training start of this process meanwhile."""
+
+    task_name = "delivery-resumer"
+    every, log, failure = STALE_SWAP / 10, log, "continuous deployment resume sweep failed (retried on the next sweep)"
+
+    def __init__(self, deps: ContinuousDeps) -> None:
+        self.deps = deps
+
+    async def sweep(self) -> None:
+        await resume_deliveries(self.deps)
+
+
 # --- promotion by the sequential test ----------------------------------------------------------------------------
 
 def top_class(prediction: Any) -> int | None:
@@ -1250,12 +1264,16 @@ async def start(runtime: Any) -> None:
     starter = TrainingStarter(_deps(runtime))
     starter.start()
     runtime.extras["training_starter"] = starter
+    resumer = DeliveryResumer(_deps(runtime))
+    resumer.start()
+    runtime.extras["delivery_resumer"] = resumer
 
 
 async def stop(runtime: Any) -> None:
-    starter = runtime.extras.get("training_starter")
-    if starter is not None:
-        await starter.stop()
+    for name in ("training_starter", "delivery_resumer"):
+        background = runtime.extras.get(name)
+        if background is not None:
+            await background.stop()
     task, sender = runtime.extras.get("outbox_task"), runtime.extras.get("outbox")
     if task is not None:  # what is unsent: now if the bus takes it, else at a start (this or another process)
         await sender.stop(task)

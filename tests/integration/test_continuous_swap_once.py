@@ -401,3 +401,62 @@ async def test_an_unfinished_delivery_is_not_delivered_again_over_a_newer_one(mo
     row = await pool.fetchrow("SELECT outcome, reason, delivering_since FROM trainings WHERE id = $1", older)
     assert (row["outcome"], row["delivering_since"]) == ("deployed", None)
     assert "a newer training of the deployment was delivered since" in row["reason"]
+
+
+async def test_a_slow_delivery_resumed_does_not_hold_back_training_starts(monitoring_schema, monkeypatch):
+    """A stale delivery is delivered again by the DeliveryResumer, not in the training starter's sweep: its deploy
+    may take deploy_wait (305 s), and before, that sweep started no training of the process meanwhile."""
+    pool = monitoring_schema
+    await pool.execute("INSERT INTO continuous_deployment (deployment_id, workspace_id, deployment, owner_id, policy,"
+                       " alpha, min_sample) VALUES ($1, 1, 'd-42', $2, 'DEPLOY_AUTO', 0.05, 10)", DEPLOYMENT,
+                       uuid.uuid4())
+    stale, waiting = uuid.uuid4(), uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id, model_version,"
+        " model_status, created_at, delivering_since) VALUES ($1, $2, 1, 'done', 'deployed', 1, $3, $4, 'ready',"
+        " now() - interval '1 hour', now() - make_interval(secs => $5))", stale, DEPLOYMENT, uuid.uuid4(),
+        json.dumps(CHALLENGER), continuous.STALE_SWAP + 10)
+    await pool.execute("INSERT INTO trainings (id, deployment_id, workspace_id, state, reviews) VALUES ($1, $2, 1,"
+                       " 'starting', 1)", waiting, DEPLOYMENT)
+
+    async def act_as(deps, owner_id, workspace_id, purpose):
+        return SimpleNamespace(user_id=str(owner_id)), "token"
+
+    async def request(broker, subject, cmd, **kwargs):
+        if subject == subjects.DEPLOYER_DEPLOYMENTS_RESOLVE:
+            return SimpleNamespace(name=cmd.name)
+        assert subject == subjects.REGISTRY_MODELS_RESOLVE
+        return SimpleNamespace(name=cmd.name, model_version=cmd.version, sha="b")
+
+    async def deployment(base, principal, token, name):
+        return SimpleNamespace(definition={"steps": [{"ModelInference": {"models": [CHAMPION]}}]})
+
+    deploying, release = asyncio.Event(), asyncio.Event()
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose) -> str:
+        deploying.set()
+        await release.wait()  # a deploy that takes its time
+        return "7"
+
+    started: list[uuid.UUID] = []
+
+    async def start_training(deps, training_id, late=False) -> bool:
+        started.append(training_id)
+        return True
+
+    monkeypatch.setattr(continuous, "act_as", act_as)
+    monkeypatch.setattr(continuous, "request", request)
+    monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
+    monkeypatch.setattr(continuous, "_serve", serve)
+    monkeypatch.setattr(continuous, "start_training", start_training)
+    deps = process(pool)
+    resumer = asyncio.create_task(continuous.DeliveryResumer(deps).sweep())
+    try:
+        await asyncio.wait_for(deploying.wait(), 10)
+        await asyncio.wait_for(continuous.TrainingStarter(deps).sweep(), 10)  # while the deploy runs
+        assert started == [waiting]
+    finally:
+        release.set()
+        await asyncio.wait_for(resumer, 10)
+    swapped = await pool.fetch("SELECT payload FROM outbox WHERE subject = $1", subjects.EVENT_MONITORING_MODEL_SWAPPED)
+    assert [json.loads(r["payload"])["action"] for r in swapped] == ["deployed"]
