@@ -964,7 +964,7 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str) 
             # the serving is the deployer's; the training's delivery ends with its event, once (a resumed delivery
             # of it may finish too: the first to clear delivering_since writes it)
             async with pool.acquire() as conn, conn.transaction():
-                if await _delivered(conn, training["id"]):
+                if await _delivered(conn, training["id"], policy):
                     await _event(conn, subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
                         deployment_id=deployment_id, workspace_id=cd["workspace_id"], action="deployed",
                         model_version=_ref(new), shadow_model_version=None, pipeline_version=version,
@@ -975,7 +975,7 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str) 
                                f"monitoring-deploy-{deployment_id}")
         # the challenge opens once the challenger serves (pairs are matched on both versions anyway), once
         async with pool.acquire() as conn, conn.transaction():
-            if not await _delivered(conn, training["id"]):
+            if not await _delivered(conn, training["id"], policy):
                 return
             await conn.execute("UPDATE challenges SET state = 'superseded', decided_at = now(), reason = 'a newer"
                                " training replaced the challenger' WHERE deployment_id = $1 AND state = 'running'",
@@ -1004,11 +1004,15 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str) 
                                    " training_id = $1 AND state = 'running'", training["id"], exc.msg)
 
 
-async def _delivered(conn: Any, training_id: uuid.UUID) -> bool:
+async def _delivered(conn: Any, training_id: uuid.UUID, policy: str) -> bool:
     """End the training's delivery in the caller's transaction; whether this call ended it (False: another
-    process's delivery of it was recorded first, or it failed)."""
-    return bool(await conn.fetchval("UPDATE trainings SET delivering_since = NULL WHERE id = $1 AND"
-                                    " delivering_since IS NOT NULL RETURNING true", training_id))
+    process's delivery of it was recorded first). A failure of the other delivery recorded first (it failed while
+    this one, slower, was still deploying) is overruled: this one served the version."""
+    return bool(await conn.fetchval(
+        "UPDATE trainings SET delivering_since = NULL, outcome = $2, reason = CASE WHEN delivering_since IS NULL THEN"
+        " NULL ELSE reason END WHERE id = $1 AND (delivering_since IS NOT NULL OR (outcome = 'failed' AND reason"
+        " LIKE $3)) RETURNING true", training_id, "deployed" if policy == "DEPLOY_AUTO" else "shadow",
+        f"{policy} failed: %"))
 
 
 async def resume_deliveries(deps: ContinuousDeps) -> None:

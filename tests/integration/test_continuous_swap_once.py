@@ -460,3 +460,64 @@ async def test_a_slow_delivery_resumed_does_not_hold_back_training_starts(monito
         await asyncio.wait_for(resumer, 10)
     swapped = await pool.fetch("SELECT payload FROM outbox WHERE subject = $1", subjects.EVENT_MONITORING_MODEL_SWAPPED)
     assert [json.loads(r["payload"])["action"] for r in swapped] == ["deployed"]
+
+
+async def test_a_slow_delivery_that_serves_after_the_resumed_one_failed_is_recorded(monitoring_schema, monkeypatch):
+    """DEPLOY_SHADOW: the first delivery's deploy is slower than STALE_SWAP, the resumed one fails at once (its claim
+    holds: its failure is recorded), and then the first one serves the challenger. Before, that serving was ignored
+    (the delivery closed by the failure): the training said failed, no challenge opened and no model_swapped told
+    the shadow that serves. Now the serving overrules the other's failure: one challenge, one shadow_set."""
+    pool = monitoring_schema
+    await pool.execute("INSERT INTO continuous_deployment (deployment_id, workspace_id, deployment, owner_id, policy,"
+                       " alpha, min_sample) VALUES ($1, 1, 'd-42', $2, 'DEPLOY_SHADOW', 0.05, 10)", DEPLOYMENT,
+                       uuid.uuid4())
+    training_id = uuid.uuid4()
+    training = await pool.fetchrow(
+        "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id, model_version,"
+        " model_status, delivering_since) VALUES ($1, $2, 1, 'done', 'shadow', 1, $3, $4, 'ready', now() -"
+        " make_interval(secs => $5)) RETURNING *", training_id, DEPLOYMENT, uuid.uuid4(), json.dumps(CHALLENGER),
+        continuous.STALE_SWAP + 10)
+
+    async def act_as(deps, owner_id, workspace_id, purpose):
+        return SimpleNamespace(user_id=str(owner_id)), "token"
+
+    async def request(broker, subject, cmd, **kwargs):
+        if subject == subjects.DEPLOYER_DEPLOYMENTS_RESOLVE:
+            return SimpleNamespace(name=cmd.name)
+        assert subject == subjects.REGISTRY_MODELS_RESOLVE
+        return SimpleNamespace(name=cmd.name, model_version=cmd.version, sha="b")
+
+    async def deployment(base, principal, token, name):
+        return SimpleNamespace(definition={"steps": [{"ModelInference": {"models": [CHAMPION]}}]})
+
+    slow, release = asyncio.Event(), asyncio.Event()
+    serves: list[str] = []
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose) -> str:
+        serves.append(challenger["version"])
+        if len(serves) == 1:  # the first delivery's deploy: slow, and it serves
+            slow.set()
+            await release.wait()
+            return "7"
+        raise Unavailable("the deployer did not answer")  # the resumed one fails
+
+    monkeypatch.setattr(continuous, "act_as", act_as)
+    monkeypatch.setattr(continuous, "request", request)
+    monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
+    monkeypatch.setattr(continuous, "_serve", serve)
+    first = asyncio.create_task(continuous._deliver(process(pool), training, "DEPLOY_SHADOW"))
+    try:
+        await asyncio.wait_for(slow.wait(), 10)
+        await continuous.resume_deliveries(process(pool))
+        row = await pool.fetchrow("SELECT outcome FROM trainings WHERE id = $1", training_id)
+        assert row["outcome"] == "failed"  # the resumed delivery's failure, while the first still deploys
+    finally:
+        release.set()
+        await asyncio.wait_for(first, 10)
+
+    row = await pool.fetchrow("SELECT outcome, reason, delivering_since FROM trainings WHERE id = $1", training_id)
+    assert (row["outcome"], row["reason"], row["delivering_since"]) == ("shadow", None, None)
+    challenges = await pool.fetch("SELECT state FROM challenges WHERE training_id = $1", training_id)
+    assert [c["state"] for c in challenges] == ["running"]
+    swapped = await pool.fetch("SELECT payload FROM outbox WHERE subject = $1", subjects.EVENT_MONITORING_MODEL_SWAPPED)
+    assert [json.loads(r["payload"])["action"] for r in swapped] == ["shadow_set"]
