@@ -67,7 +67,7 @@ from services.monitoring.monitored_model import monitored_model
 from services.monitoring.predictions_store import PredictionRow, insert_prediction
 from shared import images, subjects
 from shared.authz import Principal, require_user
-from shared.bus import CallContext, command, raise_for_error_header
+from shared.bus import CallContext, command, raise_for_error_header, request
 from shared.errors import (
     Conflict,
     InvalidRequest,
@@ -80,7 +80,7 @@ from shared.errors import (
     validation_message,
 )
 from shared.lean_imports import lazy_module
-from shared.messages.deployer import Pipelines
+from shared.messages.deployer import GetPipeline, PipelineRecord
 from shared.messages.monitoring import ModelVersionRef
 from shared.messages.monitoring_predictions import (
     ImageConfig,
@@ -90,7 +90,6 @@ from shared.messages.monitoring_predictions import (
     PredictionResult,
 )
 from shared.objectstore import BUCKET_MONITORING, BUCKET_TABLES
-from shared.pipeline_pages import workspace_pipelines
 from shared.staging import StagedWording, check_staged
 from shared.table_transport import (
     BUS_HEADROOM,
@@ -308,28 +307,36 @@ def _row_outputs(table: pa.Table, prefix: str | None) -> dict[str, np.ndarray]:
     return found
 
 
-def served_definition(pipelines: Pipelines, pipeline_id: int, version: str) -> dict[str, Any] | None:
-    """The definition of one version of a pipeline (None when it is not listed)."""
-    for pipeline in pipelines.pipelines:
-        if pipeline.id == pipeline_id:
-            for listed in pipeline.versions:
-                if str(listed.get("version")) == version:
-                    return listed.get("definition") or {}
+def served_definition(versions: list[dict[str, Any]], version: str) -> dict[str, Any] | None:
+    """The definition of one version among a pipeline record's listed versions (None when it is not listed)."""
+    for listed in versions:
+        if str(listed.get("version")) == version:
+            return listed.get("definition") or {}
     return None
 
 
 async def _served(deps: MonitoringDeps, token: str | None, view: DeploymentView,
                   meta: dict[str, Any]) -> dict[str, Any]:
     """The definition of the pipeline version that answered: the deployment's, unless the replica served another
-    one (a swap was under way: its challengers, not the new version's, made the shadow outputs)."""
+    one (a swap was under way: its challengers, not the new version's, made the shadow outputs). Read from
+    pipelines/get, then the older versions its `versions_cursor` reads: a record whose versions pass 4 MiB lists only
+    the newest and the deployed one (docs/api-paging.md), and the version being swapped out may be older than those."""
     served = meta.get("pipeline_version")
     if not served or served == view.route.pipeline_version:
         return view.definition
-    async for pipelines in workspace_pipelines(deps.broker, view.route.workspace_id, token, deps.timeout):
-        found = served_definition(pipelines, view.pipeline_id, str(served))
+    asked = GetPipeline(pipeline_id=view.pipeline_id)
+    while True:
+        try:
+            record = await request(deps.broker, subjects.DEPLOYER_PIPELINES_GET, asked, token=token,
+                                   timeout=deps.timeout, reply_model=PipelineRecord)
+        except NotFound:  # deleted meanwhile
+            return view.definition
+        found = served_definition(record.versions, str(served))
         if found is not None:
             return found
-    return view.definition
+        if not record.versions_cursor or record.versions_cursor == asked.versions_cursor:
+            return view.definition
+        asked = GetPipeline(pipeline_id=view.pipeline_id, versions_cursor=record.versions_cursor)
 
 
 def _split_answered(answer: pa.Table) -> dict[str, Any] | None:

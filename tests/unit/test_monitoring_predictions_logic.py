@@ -54,16 +54,58 @@ def test_monitor_timestamps_are_seconds_since_the_epoch_in_a_sane_range():
 
 def test_the_served_version_s_definition_is_found_among_the_pipeline_s_versions():
     from services.monitoring.predictions import served_definition
+
+    old = {"steps": [{"ShadowDeploy": {"champion": A, "challengers": [B]}}]}
+    versions = [{"id": 1, "version": "v-old", "definition": old}, {"id": 2, "version": "v-new", "definition": {}}]
+    assert served_definition(versions, "v-old") == old
+    assert served_definition(versions, "v-gone") is None
+
+
+def test_a_served_version_older_than_the_record_lists_is_read_with_versions_cursor(monkeypatch):
+    """A pipeline record whose versions pass 4 MiB lists the newest and the deployed one (2a3bfb2): the version a
+    replica still served during a swap may be older, and its challengers made the shadow outputs, so the monitoring
+    service reads the older versions with versions_cursor rather than taking the new version's definition."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from services.monitoring import predictions
+    from shared import subjects
     from shared.messages.deployer import PipelineRecord, Pipelines
 
     old = {"steps": [{"ShadowDeploy": {"champion": A, "challengers": [B]}}]}
-    record = PipelineRecord(id=4, name="p", workspace_id=1, created_at="", updated_at="", deployment=None,
-                            versions=[{"id": 1, "version": "v-old", "definition": old},
-                                      {"id": 2, "version": "v-new", "definition": {"steps": []}}])
-    other = record.model_copy(update={"id": 5})
-    pipelines = Pipelines(pipelines=[other, record])
-    assert served_definition(pipelines, 4, "v-old") == old
-    assert served_definition(pipelines, 4, "v-gone") is None and served_definition(pipelines, 9, "v-old") is None
+    new = {"steps": [{"ModelInference": {"models": [A]}}]}
+
+    def version(key, definition):
+        return {"id": key, "version": f"v{key}", "definition": definition, "created_at": ""}
+
+    def record(versions, cursor=None):
+        return PipelineRecord(id=4, name="p", workspace_id=1, created_at="", updated_at="", versions=versions,
+                              deployment={"id": 3, "pipeline_version_pk_id": 9}, versions_cursor=cursor,
+                              versions_omitted=8 if cursor else None)
+
+    asked = []
+
+    async def request(broker, subject, cmd, *, token, timeout, reply_model):
+        asked.append((subject, cmd.model_dump()))
+        if subject == subjects.DEPLOYER_PIPELINES_LIST:  # the workspace's list: the cut record
+            return Pipelines(pipelines=[record([version(9, new)], "9")])
+        assert subject == subjects.DEPLOYER_PIPELINES_GET
+        if cmd.versions_cursor is None:
+            return record([version(9, new)], "9")
+        if cmd.versions_cursor == "9":
+            return record([version(k, {}) for k in (5, 6, 7, 8)], "5")
+        assert cmd.versions_cursor == "5"
+        return record([version(k, old if k == 2 else {}) for k in (1, 2, 3, 4)])
+
+    for module in ("services.monitoring.predictions", "shared.pipeline_pages"):
+        if hasattr(__import__(module, fromlist=["x"]), "request"):
+            monkeypatch.setattr(f"{module}.request", request)
+    route = SimpleNamespace(pipeline_version="v9", workspace_id=1)
+    view = SimpleNamespace(route=route, pipeline_id=4, definition=new)
+    deps = SimpleNamespace(broker=None, timeout=1.0)
+    assert asyncio.run(predictions._served(deps, "t", view, {"pipeline_version": "v2"})) == old
+    assert asyncio.run(predictions._served(deps, "t", view, {"pipeline_version": "v9"})) == new
+    assert asyncio.run(predictions._served(deps, "t", view, {"pipeline_version": "gone"})) == new  # as before
 
 
 class _Untouchable:
