@@ -300,7 +300,9 @@ def _pipeline_row(pipeline: Pipeline) -> dict[str, Any]:
     record = pipeline.to_dict()
     versions = record.get("versions") or []
     deployment = record.get("deployment") or {}
-    return {"id": record.get("id"), "name": record.get("name"), "versions": len(versions),
+    # a record whose versions pass 4 MiB lists the newest (and the deployed one) and counts the rest apart
+    return {"id": record.get("id"), "name": record.get("name"),
+            "versions": len(versions) + (record.get("versions_omitted") or 0),
             "latest_version": versions[-1]["version"] if versions else None,
             "deployment": deployment.get("name"), "created_at": record.get("created_at")}
 

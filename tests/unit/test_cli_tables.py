@@ -193,3 +193,23 @@ def test_assays_results_marks_windows_scored_without_every_logged_record(monkeyp
     results.insert(1, {"window_start": "2026-12-03T01:00:00+00:00", "logs_complete": False})
     assert cli.main(["assays", "results", "fraud", "7", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == results
+
+
+def test_pipelines_list_counts_the_versions_a_cut_record_leaves_out():
+    """A pipeline record whose versions pass 4 MiB lists the newest ones and the deployed one with versions_omitted
+    (2a3bfb2): `railyard pipelines list` counted only the listed ones (the UI counts both since c1a9c92)."""
+
+    class Pipeline:
+        def __init__(self, record: dict) -> None:
+            self.record = record
+
+        def to_dict(self) -> dict:
+            return self.record
+
+    listed = [{"id": key, "version": f"v{key}", "definition": {}} for key in (2, 9, 10)]
+    cut = {"id": 4, "name": "p", "versions": listed, "deployment": None, "versions_cursor": "9",
+           "versions_omitted": 7, "created_at": ""}
+    row = cli._pipeline_row(Pipeline(cut))
+    assert row["versions"] == 10 and row["latest_version"] == "v10"
+    whole = {key: value for key, value in cut.items() if not key.startswith("versions_")}
+    assert cli._pipeline_row(Pipeline(whole))["versions"] == 3
