@@ -125,10 +125,13 @@ async def pages(ask: Callable[[str | None], Awaitable[Any]]) -> AsyncIterator[An
     """Every page of a paged list, first to last: `ask(cursor)` answers one (a reply with `next_cursor`). For the
     services that read a whole list (the monitoring service and the log store read pipelines/list): asked whole,
     a workspace's list past a reply was a 422 relayed to their caller, whatever the caller asked."""
-    cursor = None
+    cursor, seen = None, set()
     while True:
         page = await ask(cursor)
         yield page
         cursor = page.next_cursor
         if cursor is None:
             return
+        if cursor in seen:  # a list that does not advance: stop rather than ask for the same pages for ever
+            raise RuntimeError(f"a paged list answered cursor {cursor!r} again")
+        seen.add(cursor)

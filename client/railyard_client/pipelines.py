@@ -19,7 +19,7 @@ from railyard_client.monitoring_feedback import DeploymentFeedback
 from railyard_client.monitoring_predictions import DeploymentPredictions, is_image_file
 from railyard_client.progress import wait_spinner
 from railyard_client.resource import Resource
-from railyard_client.session import Session
+from railyard_client.session import Session, repeated_cursor
 
 ERROR_SETTLE = 3.0  # seconds of `Error` in a row after which a wait gives up (a replica restart passes sooner)
 
@@ -257,7 +257,9 @@ class Pipeline(Resource):
         record = self.refresh()._record
         found = {version["id"]: version for version in record.get("versions", [])}
         cursor = record.get("versions_cursor")
+        seen: set[str] = set()
         while cursor:
+            repeated_cursor("pipelines/get", cursor, seen)
             older = self._session.post("pipelines/get", {"pipeline_id": self.id, "versions_cursor": cursor})
             found.update((version["id"], version) for version in older["versions"])
             cursor = older.get("versions_cursor")

@@ -31,7 +31,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from railyard_client.errors import AuthenticationError, ConfigurationError, ConnectionFailed, error_from_answer
+from railyard_client.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectionFailed,
+    RailyardError,
+    error_from_answer,
+)
 
 
 class _WithoutHttpxCommandLine:
@@ -146,6 +152,15 @@ def normalize_url(url: str) -> str:
     if not url.startswith(("http://", "https://")):
         raise ConfigurationError(f"the server URL must start with http:// or https:// (got {url!r})")
     return url
+
+
+def repeated_cursor(route: str, cursor: Any, seen: set[str]) -> None:
+    """Raise when a paged list answers a cursor it answered before (a server or proxy that does not advance): the
+    loop that follows the cursors would ask for the same pages for ever. Else remember it."""
+    if str(cursor) in seen:
+        raise RailyardError(f"{route}: the server answered cursor {cursor!r} again; stopped rather than read the same "
+                            "pages for ever", code="repeated_cursor")
+    seen.add(str(cursor))
 
 
 class Session:
@@ -317,6 +332,7 @@ class Session:
         that stops early asks for no further page."""
         route = route.strip("/")
         asked = {**body, "limit": LIST_PAGE}
+        seen: set[str] = set()
         while True:
             response = self.send("POST", f"{API_PREFIX}/{route}", json=asked, timeout=self.wait_for(route))
             answer = response.json()
@@ -327,6 +343,7 @@ class Session:
             yield from items
             if not cursor:
                 return
+            repeated_cursor(route, cursor, seen)
             asked = {**body, "limit": LIST_PAGE, "cursor": cursor}
 
     def wait_for(self, route: str) -> Any:
