@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -63,13 +64,40 @@ def process(pool) -> continuous.ContinuousDeps:
                                      max_task_timeout=3600)
 
 
+async def continuous_deployment(pool, policy: str) -> None:
+    """The continuous deployment of DEPLOYMENT ('d-42') with `policy` (alpha 0.05, min_sample 10)."""
+    await pool.execute("INSERT INTO continuous_deployment (deployment_id, workspace_id, deployment, owner_id, policy,"
+                       " alpha, min_sample) VALUES ($1, 1, 'd-42', $2, $3, 0.05, 10)", DEPLOYMENT, uuid.uuid4(),
+                       policy)
+
+
+def deliver_with(monkeypatch, served: Callable[[], dict], serve) -> None:
+    """A delivery's stand-ins: the owner's token, the deployment under its own name (deployed_name), a model
+    version resolved as itself, the deployment's definition serving `served()`'s model, and `serve` as the deploy."""
+
+    async def act_as(deps, owner_id, workspace_id, purpose):
+        return SimpleNamespace(user_id=str(owner_id)), "token"
+
+    async def request(broker, subject, cmd, **kwargs):
+        if subject == subjects.DEPLOYER_DEPLOYMENTS_RESOLVE:
+            return SimpleNamespace(name=cmd.name)
+        assert subject == subjects.REGISTRY_MODELS_RESOLVE
+        return SimpleNamespace(name=cmd.name, model_version=cmd.version, sha="b")
+
+    async def deployment(base, principal, token, name):
+        return SimpleNamespace(definition={"steps": [{"ModelInference": {"models": [served()]}}]})
+
+    monkeypatch.setattr(continuous, "act_as", act_as)
+    monkeypatch.setattr(continuous, "request", request)
+    monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
+    monkeypatch.setattr(continuous, "_serve", serve)
+
+
 @pytest.mark.parametrize("first_swap", ["serves", "fails"])
 async def test_a_swap_resumed_while_the_first_still_runs_is_recorded_and_told_once(monitoring_schema, monkeypatch,
                                                                                    first_swap):
     pool = monitoring_schema
-    await pool.execute("INSERT INTO continuous_deployment (deployment_id, workspace_id, deployment, owner_id, policy,"
-                       " alpha, min_sample) VALUES ($1, 1, 'd-42', $2, 'DEPLOY_SHADOW', 0.05, 10)", DEPLOYMENT,
-                       uuid.uuid4())
+    await continuous_deployment(pool, "DEPLOY_SHADOW")
     challenge_id = uuid.uuid4()
     # decided more than STALE_SWAP ago, its swap (the first process's) still under way
     await pool.execute(
@@ -221,9 +249,7 @@ async def test_a_deploy_auto_swap_whose_process_died_before_its_event_is_deliver
     (STALE_SWAP) another process delivers it again: serving what already serves changes nothing, and the swap is told
     once (a second resume finds nothing open)."""
     pool = monitoring_schema
-    await pool.execute("INSERT INTO continuous_deployment (deployment_id, workspace_id, deployment, owner_id, policy,"
-                       " alpha, min_sample) VALUES ($1, 1, 'd-42', $2, 'DEPLOY_AUTO', 0.05, 10)", DEPLOYMENT,
-                       uuid.uuid4())
+    await continuous_deployment(pool, "DEPLOY_AUTO")
     training_id = uuid.uuid4()
     await pool.execute(
         "INSERT INTO trainings (id, deployment_id, workspace_id, state, reviews, task_id, model_version, model_status)"
@@ -232,18 +258,6 @@ async def test_a_deploy_auto_swap_whose_process_died_before_its_event_is_deliver
     serving = {"model": CHAMPION}
     serves: list[str] = []
 
-    async def act_as(deps, owner_id, workspace_id, purpose):
-        return SimpleNamespace(user_id=str(owner_id)), "token"
-
-    async def request(broker, subject, cmd, **kwargs):
-        if subject == subjects.DEPLOYER_DEPLOYMENTS_RESOLVE:
-            return SimpleNamespace(name=cmd.name)
-        assert subject == subjects.REGISTRY_MODELS_RESOLVE
-        return SimpleNamespace(name=cmd.name, model_version=cmd.version, sha="b")
-
-    async def deployment(base, principal, token, name):
-        return SimpleNamespace(definition={"steps": [{"ModelInference": {"models": [serving["model"]]}}]})
-
     async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose) -> str:
         serves.append(champion["version"])
         serving["model"] = champion  # the deployer serves it (again: no change)
@@ -251,10 +265,7 @@ async def test_a_deploy_auto_swap_whose_process_died_before_its_event_is_deliver
             raise Died()  # before the model_swapped's commit
         return "7"
 
-    monkeypatch.setattr(continuous, "act_as", act_as)
-    monkeypatch.setattr(continuous, "request", request)
-    monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
-    monkeypatch.setattr(continuous, "_serve", serve)
+    deliver_with(monkeypatch, lambda: serving["model"], serve)
 
     async def swapped() -> list[dict]:
         return [json.loads(r["payload"]) for r in await pool.fetch(
@@ -292,9 +303,7 @@ async def test_a_delivery_that_fails_after_the_other_recorded_it_changes_nothing
     decide the serving shadow). Now a delivery's failure applies only while its own claim of the delivery holds
     (delivering_since as it set or found it)."""
     pool = monitoring_schema
-    await pool.execute("INSERT INTO continuous_deployment (deployment_id, workspace_id, deployment, owner_id, policy,"
-                       " alpha, min_sample) VALUES ($1, 1, 'd-42', $2, 'DEPLOY_SHADOW', 0.05, 10)", DEPLOYMENT,
-                       uuid.uuid4())
+    await continuous_deployment(pool, "DEPLOY_SHADOW")
     training_id = uuid.uuid4()
     # done (shadow) STALE_SWAP ago, its first delivery still under way
     training = await pool.fetchrow(
@@ -302,18 +311,6 @@ async def test_a_delivery_that_fails_after_the_other_recorded_it_changes_nothing
         " model_status, delivering_since) VALUES ($1, $2, 1, 'done', 'shadow', 1, $3, $4, 'ready', now() -"
         " make_interval(secs => $5)) RETURNING *", training_id, DEPLOYMENT, uuid.uuid4(), json.dumps(CHALLENGER),
         continuous.STALE_SWAP + 10)
-
-    async def act_as(deps, owner_id, workspace_id, purpose):
-        return SimpleNamespace(user_id=str(owner_id)), "token"
-
-    async def request(broker, subject, cmd, **kwargs):
-        if subject == subjects.DEPLOYER_DEPLOYMENTS_RESOLVE:
-            return SimpleNamespace(name=cmd.name)
-        assert subject == subjects.REGISTRY_MODELS_RESOLVE
-        return SimpleNamespace(name=cmd.name, model_version=cmd.version, sha="b")
-
-    async def deployment(base, principal, token, name):
-        return SimpleNamespace(definition={"steps": [{"ModelInference": {"models": [CHAMPION]}}]})
 
     slow, release = asyncio.Event(), asyncio.Event()
     serves: list[str] = []
@@ -326,10 +323,7 @@ async def test_a_delivery_that_fails_after_the_other_recorded_it_changes_nothing
             raise Unavailable("the deployer did not answer")
         return "7"
 
-    monkeypatch.setattr(continuous, "act_as", act_as)
-    monkeypatch.setattr(continuous, "request", request)
-    monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
-    monkeypatch.setattr(continuous, "_serve", serve)
+    deliver_with(monkeypatch, lambda: CHAMPION, serve)
     if failing == "first":
         started = continuous._deliver(process(pool), training, "DEPLOY_SHADOW")
         other = continuous.resume_deliveries(process(pool))
@@ -359,9 +353,7 @@ async def test_an_unfinished_delivery_is_not_delivered_again_over_a_newer_one(mo
     v3 and told it (a rollback to the older model nobody asked for). Now it is closed without serving or event, with
     the reason."""
     pool = monitoring_schema
-    await pool.execute("INSERT INTO continuous_deployment (deployment_id, workspace_id, deployment, owner_id, policy,"
-                       " alpha, min_sample) VALUES ($1, 1, 'd-42', $2, 'DEPLOY_AUTO', 0.05, 10)", DEPLOYMENT,
-                       uuid.uuid4())
+    await continuous_deployment(pool, "DEPLOY_AUTO")
     older, newer = uuid.uuid4(), uuid.uuid4()
     newest = {"name": "digits", "version": "v3", "sha": "c"}
     for training_id, version, created, delivering in ((older, CHALLENGER, 600, continuous.STALE_SWAP + 10),
@@ -373,26 +365,11 @@ async def test_an_unfinished_delivery_is_not_delivered_again_over_a_newer_one(mo
             uuid.uuid4(), json.dumps(version), created, delivering)
     serves: list[str] = []
 
-    async def act_as(deps, owner_id, workspace_id, purpose):
-        return SimpleNamespace(user_id=str(owner_id)), "token"
-
-    async def request(broker, subject, cmd, **kwargs):
-        if subject == subjects.DEPLOYER_DEPLOYMENTS_RESOLVE:
-            return SimpleNamespace(name=cmd.name)
-        assert subject == subjects.REGISTRY_MODELS_RESOLVE
-        return SimpleNamespace(name=cmd.name, model_version=cmd.version, sha="b")
-
-    async def deployment(base, principal, token, name):
-        return SimpleNamespace(definition={"steps": [{"ModelInference": {"models": [newest]}}]})
-
     async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose) -> str:
         serves.append(champion["version"])
         return "8"
 
-    monkeypatch.setattr(continuous, "act_as", act_as)
-    monkeypatch.setattr(continuous, "request", request)
-    monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
-    monkeypatch.setattr(continuous, "_serve", serve)
+    deliver_with(monkeypatch, lambda: newest, serve)
     await continuous.resume_deliveries(process(pool))
 
     assert serves == []  # v3 still serves
@@ -407,9 +384,7 @@ async def test_a_slow_delivery_resumed_does_not_hold_back_training_starts(monito
     """A stale delivery is delivered again by the DeliveryResumer, not in the training starter's sweep: its deploy
     may take deploy_wait (305 s), and before, that sweep started no training of the process meanwhile."""
     pool = monitoring_schema
-    await pool.execute("INSERT INTO continuous_deployment (deployment_id, workspace_id, deployment, owner_id, policy,"
-                       " alpha, min_sample) VALUES ($1, 1, 'd-42', $2, 'DEPLOY_AUTO', 0.05, 10)", DEPLOYMENT,
-                       uuid.uuid4())
+    await continuous_deployment(pool, "DEPLOY_AUTO")
     stale, waiting = uuid.uuid4(), uuid.uuid4()
     await pool.execute(
         "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id, model_version,"
@@ -418,18 +393,6 @@ async def test_a_slow_delivery_resumed_does_not_hold_back_training_starts(monito
         json.dumps(CHALLENGER), continuous.STALE_SWAP + 10)
     await pool.execute("INSERT INTO trainings (id, deployment_id, workspace_id, state, reviews) VALUES ($1, $2, 1,"
                        " 'starting', 1)", waiting, DEPLOYMENT)
-
-    async def act_as(deps, owner_id, workspace_id, purpose):
-        return SimpleNamespace(user_id=str(owner_id)), "token"
-
-    async def request(broker, subject, cmd, **kwargs):
-        if subject == subjects.DEPLOYER_DEPLOYMENTS_RESOLVE:
-            return SimpleNamespace(name=cmd.name)
-        assert subject == subjects.REGISTRY_MODELS_RESOLVE
-        return SimpleNamespace(name=cmd.name, model_version=cmd.version, sha="b")
-
-    async def deployment(base, principal, token, name):
-        return SimpleNamespace(definition={"steps": [{"ModelInference": {"models": [CHAMPION]}}]})
 
     deploying, release = asyncio.Event(), asyncio.Event()
 
@@ -444,10 +407,7 @@ async def test_a_slow_delivery_resumed_does_not_hold_back_training_starts(monito
         started.append(training_id)
         return True
 
-    monkeypatch.setattr(continuous, "act_as", act_as)
-    monkeypatch.setattr(continuous, "request", request)
-    monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
-    monkeypatch.setattr(continuous, "_serve", serve)
+    deliver_with(monkeypatch, lambda: CHAMPION, serve)
     monkeypatch.setattr(continuous, "start_training", start_training)
     deps = process(pool)
     resumer = asyncio.create_task(continuous.DeliveryResumer(deps).sweep())
@@ -468,27 +428,13 @@ async def test_a_slow_delivery_that_serves_after_the_resumed_one_failed_is_recor
     (the delivery closed by the failure): the training said failed, no challenge opened and no model_swapped told
     the shadow that serves. Now the serving overrules the other's failure: one challenge, one shadow_set."""
     pool = monitoring_schema
-    await pool.execute("INSERT INTO continuous_deployment (deployment_id, workspace_id, deployment, owner_id, policy,"
-                       " alpha, min_sample) VALUES ($1, 1, 'd-42', $2, 'DEPLOY_SHADOW', 0.05, 10)", DEPLOYMENT,
-                       uuid.uuid4())
+    await continuous_deployment(pool, "DEPLOY_SHADOW")
     training_id = uuid.uuid4()
     training = await pool.fetchrow(
         "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id, model_version,"
         " model_status, delivering_since) VALUES ($1, $2, 1, 'done', 'shadow', 1, $3, $4, 'ready', now() -"
         " make_interval(secs => $5)) RETURNING *", training_id, DEPLOYMENT, uuid.uuid4(), json.dumps(CHALLENGER),
         continuous.STALE_SWAP + 10)
-
-    async def act_as(deps, owner_id, workspace_id, purpose):
-        return SimpleNamespace(user_id=str(owner_id)), "token"
-
-    async def request(broker, subject, cmd, **kwargs):
-        if subject == subjects.DEPLOYER_DEPLOYMENTS_RESOLVE:
-            return SimpleNamespace(name=cmd.name)
-        assert subject == subjects.REGISTRY_MODELS_RESOLVE
-        return SimpleNamespace(name=cmd.name, model_version=cmd.version, sha="b")
-
-    async def deployment(base, principal, token, name):
-        return SimpleNamespace(definition={"steps": [{"ModelInference": {"models": [CHAMPION]}}]})
 
     slow, release = asyncio.Event(), asyncio.Event()
     serves: list[str] = []
@@ -501,10 +447,7 @@ async def test_a_slow_delivery_that_serves_after_the_resumed_one_failed_is_recor
             return "7"
         raise Unavailable("the deployer did not answer")  # the resumed one fails
 
-    monkeypatch.setattr(continuous, "act_as", act_as)
-    monkeypatch.setattr(continuous, "request", request)
-    monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
-    monkeypatch.setattr(continuous, "_serve", serve)
+    deliver_with(monkeypatch, lambda: CHAMPION, serve)
     first = asyncio.create_task(continuous._deliver(process(pool), training, "DEPLOY_SHADOW"))
     try:
         await asyncio.wait_for(slow.wait(), 10)
