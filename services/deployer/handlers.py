@@ -250,10 +250,13 @@ routes and the pipelines/list page holding it answered 422 with no way past it."
 async def _pipeline_record(deps: DeployerDeps, row, before: int | None = None) -> PipelineRecord:
     """A pipeline with its newest versions up to VERSIONS_BYTES (all of them, as before, when they fit) and always the
     deployed one; when older ones are left out, `versions_cursor` reads them (pipelines/get) and `versions_omitted`
-    counts them. With `before` (a versions_cursor): the versions older than it, the deployed one aside."""
+    counts them. With `before` (a versions_cursor): the versions older than it, the deployed one among them when it
+    is: the pipeline may have been deployed again since the record that answered the cursor, and a version that
+    became the deployed one meanwhile, left out of both reads, would be missing (readers merge by id)."""
     active = await store.active_deployment(deps.pool, row["id"])
     deployed = active["pipeline_version_id"] if active else None
-    rows, total = await store.newest_versions(deps.pool, row["id"], before, deployed, VERSIONS_BYTES)
+    rows, total = await store.newest_versions(deps.pool, row["id"], before, deployed if before is None else None,
+                                              VERSIONS_BYTES)
     omitted = total - len(rows)
     cursor = str(rows[0]["id"]) if omitted else None
     if before is None and deployed is not None:  # listed wherever it is in the history: monitoring reads it here

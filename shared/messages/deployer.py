@@ -111,7 +111,7 @@ class GetPipeline(Command):
     pipeline_id: int
     versions_cursor: str | None = Field(None, min_length=1, max_length=19, description="Railyard: the "
                                         "`versions_cursor` a pipeline record answered: its versions older than those "
-                                        "listed, the newest first up to 4 MiB (the deployed one aside).")
+                                        "listed, the newest first up to 4 MiB (the deployed one too when among them).")
 
 
 class ModelRef(Message):
