@@ -105,6 +105,17 @@ def sdk_client(stack, account: Account):
                   client_secret=secrets["client_secret"], workspace=account.workspace_id)
 
 
+def cli_env(stack, account: Account, monkeypatch, config_dir: Path) -> None:
+    """The `railyard` command's environment (RAILYARD_CLIENT_*) signed in as `account`, in its workspace, with the
+    CLI's client credentials and a config directory of its own (`config_dir`)."""
+    secrets = stack.secrets()
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config_dir))
+    for name, value in (("URL", stack.base_url), ("USERNAME", account.email), ("PASSWORD", PASSWORD),
+                        ("ID", secrets["client_id"]), ("SECRET", secrets["client_secret"]),
+                        ("WORKSPACE", str(account.workspace_id))):
+        monkeypatch.setenv(f"RAILYARD_CLIENT_{name}", value)
+
+
 def undeploy_all(stack, account: Account) -> None:
     """Undeploy what a test left deployed: idle engine replicas of finished tests only load the machine."""
     listed = post(stack, "pipelines/list", account.token, {"workspace_id": account.workspace_id})

@@ -13,7 +13,7 @@ from railyard_client import cli
 from railyard_client.errors import Conflict
 from railyard_client.orchestrations import Orchestrations
 
-from tests.integration.conftest import PASSWORD, post, sdk_client
+from tests.integration.conftest import cli_env, post, sdk_client
 from tests.integration.test_orchestrations import ready_orchestration, run_once, runs, wait_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -65,12 +65,7 @@ def test_the_sdk_and_the_cli_pass_the_chosen_task_id(stack, alice, tmp_path, mon
     wait_run(stack, alice, chosen, {"success"})
     assert len(runs(stack, alice, chosen)) == 1
 
-    secrets = stack.secrets()
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    for name, value in (("URL", stack.base_url), ("USERNAME", alice.email), ("PASSWORD", PASSWORD),
-                        ("ID", secrets["client_id"]), ("SECRET", secrets["client_secret"]),
-                        ("WORKSPACE", str(alice.workspace_id))):
-        monkeypatch.setenv(f"RAILYARD_CLIENT_{name}", value)
+    cli_env(stack, alice, monkeypatch, tmp_path / "config")
     by_cli = str(uuid.uuid4())
     for _ in range(2):
         capsys.readouterr()
