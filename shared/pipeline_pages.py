@@ -1,7 +1,7 @@
 """A workspace's pipelines as the services that read them read them: pipelines/list a page at a time.
 
-The monitoring service (a deployment's pipeline, a served version's definition) and the log store (does a pipeline
-that logged nothing yet exist) read a workspace's pipelines; asked whole, a list past a reply was a 422 relayed to
+The monitoring service (a deployment's pipeline) and the log store (does a pipeline that logged nothing yet exist)
+read a workspace's pipelines; asked whole, a list past a reply was a 422 relayed to
 their caller, whatever the caller asked (docs/api-paging.md). Not in shared/paging.py: the deployer's messages import
 it (its `limit`/`cursor` fields), so it cannot import them and the bus's `request` back."""
 
