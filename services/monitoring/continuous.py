@@ -77,7 +77,9 @@ from shared.messages.deployer import (
     Deployed,
     DeploymentRoute,
     DeployPipeline,
+    GetPipeline,
     PipelineCreated,
+    PipelineRecord,
     ResolveDeployment,
 )
 from shared.messages.lineage import (
@@ -117,7 +119,6 @@ from shared.messages.tasks import (
     TaskRunEvent,
     TaskTokenIssued,
 )
-from shared.pipeline_pages import workspace_pipelines
 
 log = logging.getLogger("railyard.monitoring.continuous")
 
@@ -202,7 +203,7 @@ async def deployed_name(deps: ContinuousDeps, token: str, name: str) -> str | No
     and swaps resolve it here when they start, and the stored names are brought in step."""
     base = deps.base
     deployment_id = int(name.rpartition("-")[2])
-    ct = await base.pool.fetchrow("SELECT pipeline_id, workspace_id FROM continuous_training WHERE"
+    ct = await base.pool.fetchrow("SELECT pipeline_id FROM continuous_training WHERE"
                                   " deployment_id = $1", deployment_id)
     if ct is None or ct["pipeline_id"] is None:  # set up before migration 013 stored the pipeline: by its name
         try:
@@ -211,13 +212,14 @@ async def deployed_name(deps: ContinuousDeps, token: str, name: str) -> str | No
         except NotFound:
             return None
         return route.name
-    # the deployment stays its pipeline's (a redeploy keeps its id): the pipeline's active one, if it is it
-    active = None
-    async for pipelines in workspace_pipelines(base.broker, ct["workspace_id"], token, base.timeout):
-        pipeline = next((p for p in pipelines.pipelines if p.id == ct["pipeline_id"]), None)
-        if pipeline is not None:
-            active = pipeline.deployment
-            break
+    # the deployment stays its pipeline's (a redeploy keeps its id): the pipeline's active one, if it is it; that
+    # one pipeline's record (pipelines/get), not the workspace's pipelines/list page by page
+    try:
+        pipeline = await request(base.broker, subjects.DEPLOYER_PIPELINES_GET, GetPipeline(
+            pipeline_id=ct["pipeline_id"]), token=token, timeout=base.timeout, reply_model=PipelineRecord)
+    except NotFound:  # deleted
+        return None
+    active = pipeline.deployment
     if not active or active["id"] != deployment_id:
         return None
     current = active["name"]
