@@ -112,8 +112,6 @@ from shared.messages.monitoring_predictions import PredictionCreated
 from shared.messages.registry import ModelUploaded, ModelVersionFinished, ResolvedModel, ResolveModel
 from shared.messages.tasks import (
     IssueTaskToken,
-    ListOrchestrations,
-    Orchestrations,
     RunTaskOnce,
     TaskCreated,
     TaskRunEvent,
@@ -296,10 +294,12 @@ async def setup_training(deps: ContinuousDeps, principal: Principal, token: str 
         raise NotFound(f"project {cmd.project_id} not found in the deployment's workspace")
     orchestration_id = cmd.orchestration_id
     if orchestration_id is not None:
-        orchestrations = await request(base.broker, subjects.TASKS_ORCHESTRATIONS_LIST,
-                                       ListOrchestrations(workspace_id=workspace_id), token=token,
-                                       timeout=base.timeout, reply_model=Orchestrations)
-        if not any(o.id == orchestration_id for o in orchestrations.orchestrations):
+        found = False
+        async for listed in ml_backend.orchestration_pages(base, workspace_id, token):  # up to the page holding it
+            if any(o.id == orchestration_id for o in listed.orchestrations):
+                found = True
+                break
+        if not found:
             raise NotFound(f"orchestration {orchestration_id} not found in the deployment's workspace")
     if cmd.dataset_version is not None:
         await _check_dataset(deps, token, workspace_id, cmd.dataset_version)

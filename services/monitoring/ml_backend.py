@@ -16,10 +16,10 @@ import asyncio
 import hashlib
 import uuid
 import zipfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from services.monitoring import handlers
-from shared import subjects
+from shared import paging, subjects
 from shared.authz import Principal
 from shared.bus import request
 from shared.errors import Conflict
@@ -64,17 +64,30 @@ def _orchestration() -> tuple[str, bytes]:
     return ORCHESTRATION_NAME, orchestration_zip()
 
 
+async def orchestration_pages(deps: handlers.MonitoringDeps, workspace_id: int,
+                              token: str | None) -> AsyncIterator[Orchestrations]:
+    """The workspace's orchestration/list a page at a time (MAX_PAGE each), asked as the caller: asked whole, a
+    workspace whose orchestrations pass a bus reply answered 422 reply_too_large (bd86971 made the list pageable), and
+    continuous training's set-up failed with it whatever it asked."""
+    async def page(cursor: str | None) -> Orchestrations:
+        return await request(deps.broker, subjects.TASKS_ORCHESTRATIONS_LIST, ListOrchestrations(
+            workspace_id=workspace_id, limit=paging.MAX_PAGE, cursor=cursor), token=token, timeout=deps.timeout,
+            reply_model=Orchestrations)
+
+    async for listed in paging.pages(page):
+        yield listed
+
+
 async def builtin_orchestration(deps: handlers.MonitoringDeps, token: str | None, workspace_id: int,
                                 owner: Principal) -> uuid.UUID:
     """The workspace's built-in ML-backend training orchestration, registered with the caller's rights if needed
     (`owner`: the caller, whose user and token scope the task scheduler takes the staged upload from)."""
     name, archive = _orchestration()
     sha = hashlib.sha256(archive).hexdigest()
-    listed = await request(deps.broker, subjects.TASKS_ORCHESTRATIONS_LIST, ListOrchestrations(
-        workspace_id=workspace_id), token=token, timeout=deps.timeout, reply_model=Orchestrations)
-    for orchestration in listed.orchestrations:
-        if orchestration.name == name and orchestration.sha == sha and orchestration.status == "ready":
-            return orchestration.id
+    async for listed in orchestration_pages(deps, workspace_id, token):
+        for orchestration in listed.orchestrations:
+            if orchestration.name == name and orchestration.sha == sha and orchestration.status == "ready":
+                return orchestration.id
     staged = staged_key(owner)
     await deps.objects.put_bytes(BUCKET_ORCHESTRATIONS, staged, archive, content_type="application/zip")
     created = await request(deps.broker, subjects.TASKS_ORCHESTRATIONS_UPLOAD, UploadOrchestration(
