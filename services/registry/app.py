@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from faststream.nats import NatsRouter
 
@@ -13,6 +14,7 @@ from services.registry.registries import RegistryService, _registry_id
 from shared import paging, subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import CallContext, command, publish_event, request
+from shared.messages.auth import ListWorkspaces, Workspaces
 from shared.messages.registry import (
     AddConnectionToWorkspace,
     AttachRegistry,
@@ -195,6 +197,17 @@ def build_router(runtime: Runtime) -> NatsRouter:
     return router
 
 
+async def caller_workspaces(broker: Any, token: str | None, timeout: float) -> dict[int, str]:
+    """The caller's workspaces, id -> name (a task run's token: its own only), read a page at a time: a workspace's
+    record lists the id of each of its models and pipelines, so a user's whole workspaces/list can pass a bus reply
+    (why 63169cc made it pageable), and asked whole it made every connections route answer its 422."""
+    async def page(cursor: str | None) -> Workspaces:
+        return await request(broker, subjects.AUTH_WORKSPACES_LIST, ListWorkspaces(limit=paging.MAX_PAGE,
+                             cursor=cursor), token=token, timeout=timeout, reply_model=Workspaces)
+
+    return {w.id: w.name async for listed in paging.pages(page) for w in listed.workspaces}
+
+
 async def start(runtime: Runtime) -> None:
     settings = runtime.settings
     timeout = settings.nats.request_timeout
@@ -214,9 +227,7 @@ async def start(runtime: Runtime) -> None:
         membership=lambda token: bus_membership(broker, token, timeout), events_committed=outbox.wake)
     outbox_task = asyncio.create_task(outbox.run())
     async def my_workspaces(token: str | None) -> dict[int, str]:
-        """The caller's workspaces, id -> name (a task run's token: its own only)."""
-        listed = await request(broker, subjects.AUTH_WORKSPACES_LIST, {}, token=token, timeout=timeout)
-        return {w["id"]: w["name"] for w in listed["workspaces"]}
+        return await caller_workspaces(broker, token, timeout)
 
     box = SecretBox(settings.registry.secrets_key)
     rules = OutboundRules.from_settings(settings)  # what tenants' URLs may reach
