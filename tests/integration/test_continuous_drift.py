@@ -24,7 +24,6 @@ import uuid
 import zipfile
 from datetime import UTC, datetime
 
-import asyncpg
 import nats as nats_client
 import numpy as np
 import pytest
@@ -38,6 +37,7 @@ from tests.integration.conftest import sdk_client as sdk
 from tests.integration.test_assays import config, iso, publish_rows
 from tests.integration.test_logs import wait_rows
 from tests.integration.test_monitoring_loop import wait_for
+from tests.integration.test_monitoring_predictions import query
 from tests.models import ccfraud_onnx
 from tests.stack import service_process, wait_serving
 
@@ -94,17 +94,10 @@ def continuous(drift) -> dict:
 def query_training(stack, drift) -> dict:
     """The deployment's newest training (id None: none yet), read from monitoring's table (retrieve_information
     answers 404 once the deployment is undeployed)."""
-    async def read() -> dict:
-        conn = await asyncpg.connect(stack.settings().postgres.dsn)
-        try:
-            deployment_id = int(drift["deployment"].name.rsplit("-", 1)[1])
-            row = await conn.fetchrow("SELECT id, state, reason, trigger FROM monitoring.trainings WHERE"
-                                      " deployment_id = $1 ORDER BY created_at DESC LIMIT 1", deployment_id)
-            return dict(row) if row is not None else {"id": None, "state": None}
-        finally:
-            await conn.close()
-
-    return asyncio.run(read())
+    deployment_id = int(drift["deployment"].name.rsplit("-", 1)[1])
+    rows = query(stack, "SELECT id, state, reason, trigger FROM monitoring.trainings WHERE deployment_id = $1 ORDER"
+                        " BY created_at DESC LIMIT 1", deployment_id)
+    return dict(rows[0]) if rows else {"id": None, "state": None}
 
 
 def training_tasks(drift) -> list[dict]:
@@ -367,15 +360,8 @@ def redeploy(stack, drift, deploy_id: str) -> str:
 
 
 def stored_name(stack, deployment_id: int) -> str:
-    async def read() -> str:
-        conn = await asyncpg.connect(stack.settings().postgres.dsn)
-        try:
-            return await conn.fetchval("SELECT deployment FROM monitoring.continuous_training WHERE"
-                                       " deployment_id = $1", deployment_id)
-        finally:
-            await conn.close()
-
-    return asyncio.run(read())
+    return query(stack, "SELECT deployment FROM monitoring.continuous_training WHERE deployment_id = $1",
+                 deployment_id)[0]["deployment"]
 
 
 def test_an_alert_after_a_redeploy_under_another_deploy_id_trains_the_renamed_deployment(stack, drift):
@@ -458,13 +444,7 @@ def test_an_alert_for_a_deployment_no_longer_deployed_opens_no_training(stack, d
     assert query_training(stack, drift)["id"] == before
     assert len(training_tasks(drift)) == runs
 
-    async def alerts() -> int:
-        conn = await asyncpg.connect(stack.settings().postgres.dsn)
-        try:
-            return await conn.fetchval("SELECT count(*) FROM monitoring.continuous_training_alerts WHERE"
-                                       " deployment_id = $1", deployment_id)
-        finally:
-            await conn.close()
-
-    assert asyncio.run(alerts()) == counted  # not counted: nothing to open a training once it is deployed again
+    alerts = query(stack, "SELECT count(*) AS n FROM monitoring.continuous_training_alerts WHERE deployment_id = $1",
+                   deployment_id)[0]["n"]
+    assert alerts == counted  # not counted: nothing to open a training once it is deployed again
     assert monitoring_log(stack).count(told) == logged + 1  # once for both alerts
