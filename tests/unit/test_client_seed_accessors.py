@@ -28,6 +28,12 @@ class FakeSession:
             return {"models": [{"id": 7, "name": "my-model"}, {"id": 8, "name": "other"}]}
         raise AssertionError(route)
 
+    def post_pages(self, route: str, body: dict[str, Any], key: str | None = None) -> Any:
+        """models/list is read a page at a time (672fbd3): one page holding both models, no next cursor."""
+        if route == "models/list" and key == "models":
+            return iter(self.post(route, body)["models"])
+        raise AssertionError((route, key))
+
 
 @pytest.fixture
 def model() -> Model:
