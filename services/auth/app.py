@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from faststream.nats import NatsRouter
@@ -53,6 +54,7 @@ from shared.messages.auth import (
 from shared.messages.deployer import PipelineVersionCreated
 from shared.messages.registry import ModelUploaded
 from shared.messages.tasks import IssueTaskToken, TaskTokenIssued
+from shared.outbox import Outbox
 from shared.service import Runtime, ServiceSpec
 
 NAME = "auth"
@@ -206,14 +208,20 @@ async def start(runtime: Runtime) -> None:
         await publish_event(runtime.broker, subject, event)
 
     handlers.configure_password_hashing(settings)
-    deps = handlers.AuthDeps(pool=runtime.db, settings=settings, publish=publish, keys={})
+    # auth's events go out from the outbox (store.EVENT_TYPES; shared/outbox.py), in order per user, workspace or key:
+    # a publish that fails no longer turns a committed change into a 500, nor loses its event
+    outbox = Outbox(runtime.db, publish, event_types=store.EVENT_TYPES, order_field=store.ORDER_FIELDS,
+                    what="auth events", rows=store)
+    deps = handlers.AuthDeps(pool=runtime.db, settings=settings, keys={}, events_committed=outbox.wake)
     await handlers.bootstrap(deps)
     verifier = TokenVerifier(settings, lambda: store.public_keys(runtime.db, handlers.key_retention(settings)))
     feed = VerifierFeed(verifier, lambda: handlers.revocations(runtime.db, settings), settings.revocation_poll_interval)
     await feed.start(runtime.broker.config.connection_state.connection)
     sweep = token_sweep.AuthStateSweep(runtime.db)
     sweep.start()
-    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, auth_state_sweep=sweep)
+    outbox_task = asyncio.create_task(outbox.run())
+    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, auth_state_sweep=sweep, outbox=outbox,
+                          outbox_task=outbox_task)
 
 
 async def stop(runtime: Runtime) -> None:
@@ -222,6 +230,9 @@ async def stop(runtime: Runtime) -> None:
     feed = runtime.extras.get("verifier_feed")
     if feed is not None:
         await feed.stop()
+    outbox_task, outbox = runtime.extras.get("outbox_task"), runtime.extras.get("outbox")
+    if outbox_task is not None:  # what is unsent: now if the bus takes it, else at a start (this or another process)
+        await outbox.stop(outbox_task)
 
 
 SPEC = ServiceSpec(

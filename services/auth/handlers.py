@@ -20,7 +20,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -78,9 +78,7 @@ from shared.messages.auth import (
     Revocations,
     SigningKeyRotated,
     SigningKeys,
-    SigningKeyWasRotated,
     TokenIssued,
-    TokensRevoked,
     UpdatePassword,
     UserActivated,
     UserCreated,
@@ -134,8 +132,11 @@ class AuthDeps:
 
     pool: asyncpg.Pool
     settings: AuthSettings
-    publish: Any  # async (subject, Event) -> None
     keys: dict[str, Any]  # kid -> private key object (parsed once)
+    # auth's events are written to the outbox in the change's transaction (store.EVENT_TYPES; shared/outbox.py), not
+    # published after the commit: a publish failing there made a committed change a 500 and lost the event. Called
+    # after such a commit: the outbox (app.py) sends them now
+    events_committed: Callable[[], None] = lambda: None
 
 
 # --- passwords -----------------------------------------------------------------------------------------
@@ -220,8 +221,8 @@ async def ensure_signing_key(pool: asyncpg.Pool) -> None:
 async def rotate_signing_key(deps: AuthDeps, principal: Principal) -> SigningKeyRotated:
     require_admin(principal, "rotate signing keys")
     kid, pem, jwk = await asyncio.to_thread(_new_key)
-    await store.add_active_key(deps.pool, kid, pem, jwk)
-    await deps.publish(subjects.EVENT_SIGNING_KEY_ROTATED, SigningKeyWasRotated(kid=kid))
+    await store.add_active_key(deps.pool, kid, pem, jwk)  # with its events.auth.signing_key_rotated (the outbox)
+    deps.events_committed()
     return SigningKeyRotated(kid=kid)
 
 
@@ -419,8 +420,7 @@ async def _revoke_reused_code(deps: AuthDeps, code_hash: bytes) -> bool:
         return False
     log.warning("an authorization code of user %s was presented again: its session %s is revoked",
                 revoked["user_id"], revoked["session"])
-    await deps.publish(subjects.EVENT_TOKENS_REVOKED, TokensRevoked(
-        subject=str(revoked["user_id"]), revoked_before=revoked["revoked_at"], session=str(revoked["session"])))
+    deps.events_committed()  # its events.auth.tokens_revoked, put in the outbox with the revocation
     return True
 
 
@@ -646,9 +646,10 @@ async def invite_user(deps: AuthDeps, principal: Principal, cmd: InviteUser) -> 
         async with deps.pool.acquire() as conn, conn.transaction():
             await store.create_user(conn, user_id, email, email, password_hash, temporary_password=temporary)
             await store.create_workspace(conn, f"{email} - Default Workspace", user_id)
+            await store.add_event(conn, subjects.EVENT_USER_CREATED, UserCreated(user_id=user_id, email=email))
     except asyncpg.UniqueViolationError:
         raise Conflict(f"a user with email {email} already exists") from None
-    await deps.publish(subjects.EVENT_USER_CREATED, UserCreated(user_id=user_id, email=email))
+    deps.events_committed()
     return UserInvited(user_id=str(user_id), temporary_password=password if temporary else None)
 
 
@@ -669,17 +670,19 @@ async def deactivate_user(deps: AuthDeps, principal: Principal, email: str) -> E
         if user["is_admin"] and user["enabled"] and await store.count_admins(conn) <= 1:
             raise Conflict("cannot deactivate the last active administrator")
         await store.set_enabled(conn, user["id"], False, revoked_before)
-    await deps.publish(subjects.EVENT_USER_DEACTIVATED,
-                       UserDeactivated(user_id=user["id"], revoked_before=revoked_before))
+        await store.add_event(conn, subjects.EVENT_USER_DEACTIVATED,
+                              UserDeactivated(user_id=user["id"], revoked_before=revoked_before))
+    deps.events_committed()
     return Empty()
 
 
 async def activate_user(deps: AuthDeps, principal: Principal, email: str) -> Empty:
     require_admin(principal, "activate users")
     user = await _user_by_email_or_404(deps.pool, email)
-    async with deps.pool.acquire() as conn:
+    async with deps.pool.acquire() as conn, conn.transaction():
         await store.set_enabled(conn, user["id"], True, None)
-    await deps.publish(subjects.EVENT_USER_ACTIVATED, UserActivated(user_id=user["id"]))
+        await store.add_event(conn, subjects.EVENT_USER_ACTIVATED, UserActivated(user_id=user["id"]))
+    deps.events_committed()
     return Empty()
 
 
@@ -721,8 +724,7 @@ async def update_password(deps: AuthDeps, principal: Principal, cmd: UpdatePassw
     revoked_before = time.time()
     await store.set_password(deps.pool, user["id"], await hash_secret(cmd.password),
                              temporary=str(user["id"]) != principal.user_id, revoked_before=revoked_before)
-    await deps.publish(subjects.EVENT_TOKENS_REVOKED, TokensRevoked(subject=str(user["id"]),
-                                                                     revoked_before=revoked_before))
+    deps.events_committed()  # its events.auth.tokens_revoked, put in the outbox with the password
     return Empty()
 
 
@@ -770,7 +772,7 @@ async def revoke_inference_client(deps: AuthDeps, principal: Principal, workspac
     account = await store.revoke_inference_client(deps.pool, workspace_id, client_id, revoked_at)
     if account is None:
         raise NotFound(f"no inference client {client_id!r} in workspace {workspace_id}")
-    await deps.publish(subjects.EVENT_TOKENS_REVOKED, TokensRevoked(subject=str(account), revoked_before=revoked_at))
+    deps.events_committed()  # its events.auth.tokens_revoked, put in the outbox with the revocation
     return Empty()
 
 
@@ -809,10 +811,11 @@ async def create_workspace(deps: AuthDeps, principal: Principal, cmd: CreateWork
     try:
         async with deps.pool.acquire() as conn, conn.transaction():
             workspace_id = await store.create_workspace(conn, name, owner)
+            await store.add_event(conn, subjects.EVENT_WORKSPACE_CREATED,
+                                  WorkspaceWasCreated(workspace_id=workspace_id, name=name, created_by=owner))
     except asyncpg.UniqueViolationError:
         raise Conflict(f"a workspace named {name!r} already exists") from None
-    await deps.publish(subjects.EVENT_WORKSPACE_CREATED,
-                       WorkspaceWasCreated(workspace_id=workspace_id, name=name, created_by=owner))
+    deps.events_committed()
     return WorkspaceCreated(workspace_id=workspace_id)
 
 
@@ -823,9 +826,9 @@ async def add_workspace_user(deps: AuthDeps, principal: Principal, cmd: AddWorks
     if role != "OWNER":
         raise Forbidden("only workspace owners may add users")
     user = await _user_by_email_or_404(deps.pool, cmd.email)
+    # its events.workspace.membership_changed is put in the outbox with the membership
     if await store.add_member(deps.pool, cmd.workspace_id, user["id"], "COLLABORATOR"):
-        await deps.publish(subjects.EVENT_WORKSPACE_MEMBERSHIP_CHANGED, WorkspaceMembershipChanged(
-            workspace_id=cmd.workspace_id, user_id=user["id"], user_type="COLLABORATOR"))
+        deps.events_committed()
     return Empty()
 
 
@@ -853,9 +856,11 @@ async def remove_workspace_user(deps: AuthDeps, principal: Principal, cmd: Remov
         if target_role == "OWNER" and await store.owner_count(conn, cmd.workspace_id) <= 1:
             raise Conflict("cannot remove the last owner of a workspace")
         affected = await store.remove_member(conn, cmd.workspace_id, target)
+        if affected:
+            await store.add_event(conn, subjects.EVENT_WORKSPACE_MEMBERSHIP_CHANGED, WorkspaceMembershipChanged(
+                workspace_id=cmd.workspace_id, user_id=target, user_type=None))
     if affected:
-        await deps.publish(subjects.EVENT_WORKSPACE_MEMBERSHIP_CHANGED, WorkspaceMembershipChanged(
-            workspace_id=cmd.workspace_id, user_id=target, user_type=None))
+        deps.events_committed()
     return AffectedRows(affected_rows=affected)
 
 

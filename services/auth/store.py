@@ -9,6 +9,32 @@ from typing import Any
 
 import asyncpg
 
+from shared import subjects
+from shared.messages.auth import (
+    SigningKeyWasRotated,
+    TokensRevoked,
+    UserActivated,
+    UserCreated,
+    UserDeactivated,
+    WorkspaceMembershipChanged,
+    WorkspaceWasCreated,
+)
+from shared.messages.base import Event
+from shared.outbox import add_event, event_failed, event_sent, unsent_events  # noqa: F401 - the outbox table's
+
+# --- the outbox (shared/outbox.py) -----------------------------------------------------------------------
+# the events auth's commits write to the outbox, each in its change's transaction, sent from there in order per user
+# (user_id, or a revocation's subject), workspace or signing key (ORDER_FIELDS: the first its payload names)
+EVENT_TYPES: dict[str, type[Event]] = {subjects.EVENT_SIGNING_KEY_ROTATED: SigningKeyWasRotated,
+                                       subjects.EVENT_TOKENS_REVOKED: TokensRevoked,
+                                       subjects.EVENT_USER_CREATED: UserCreated,
+                                       subjects.EVENT_USER_DEACTIVATED: UserDeactivated,
+                                       subjects.EVENT_USER_ACTIVATED: UserActivated,
+                                       subjects.EVENT_WORKSPACE_CREATED: WorkspaceWasCreated,
+                                       subjects.EVENT_WORKSPACE_MEMBERSHIP_CHANGED: WorkspaceMembershipChanged}
+ORDER_FIELDS = ("user_id", "subject", "workspace_id", "kid")
+
+
 # --- signing keys ------------------------------------------------------------------------------------
 
 
@@ -17,7 +43,8 @@ async def active_key(pool: asyncpg.Pool) -> asyncpg.Record | None:
 
 
 async def add_active_key(pool: asyncpg.Pool, kid: str, private_pem: str, public_jwk: dict[str, Any]) -> None:
-    """Make a new key the active one (the previous keys stay for verification)."""
+    """Make a new key the active one (the previous keys stay for verification), and in the same transaction put its
+    events.auth.signing_key_rotated in the outbox."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('auth-signing-key'))")
         await conn.execute("UPDATE signing_keys SET active = false, retired_at = now() WHERE active")
@@ -25,6 +52,7 @@ async def add_active_key(pool: asyncpg.Pool, kid: str, private_pem: str, public_
             "INSERT INTO signing_keys (kid, private_pem, public_jwk, active) VALUES ($1, $2, $3::jsonb, true)",
             kid, private_pem, json.dumps(public_jwk),
         )
+        await add_event(conn, subjects.EVENT_SIGNING_KEY_ROTATED, SigningKeyWasRotated(kid=kid))
 
 
 async def ensure_first_key(pool: asyncpg.Pool, kid: str, private_pem: str, public_jwk: dict[str, Any]) -> bool:
@@ -155,13 +183,16 @@ async def set_enabled(conn: asyncpg.Connection, user_id: uuid.UUID, enabled: boo
 
 async def set_password(pool: asyncpg.Pool, user_id: uuid.UUID, password_hash: str, *, temporary: bool,
                        revoked_before: float) -> None:
-    """A new password; tokens issued before `revoked_before` stop counting and refresh tokens are spent."""
+    """A new password; tokens issued before `revoked_before` stop counting and refresh tokens are spent (and, in the
+    same transaction, events.auth.tokens_revoked put in the outbox)."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
             "UPDATE users SET password_hash = $2, temporary_password = $3,"
             " revoked_before = GREATEST(COALESCE(revoked_before, 0), $4) WHERE id = $1",
             user_id, password_hash, temporary, revoked_before)
         await conn.execute("UPDATE refresh_tokens SET used = true WHERE user_id = $1 AND NOT used", user_id)
+        await add_event(conn, subjects.EVENT_TOKENS_REVOKED, TokensRevoked(subject=str(user_id),
+                                                                           revoked_before=revoked_before))
 
 
 async def list_users(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspace_id: int | None,
@@ -224,12 +255,18 @@ async def inference_clients(pool: asyncpg.Pool, workspace_id: int) -> list[async
 
 async def revoke_inference_client(pool: asyncpg.Pool, workspace_id: int, client_id: str,
                                   revoked_at: float) -> uuid.UUID | None:
-    """Revoke a live inference client of the workspace; its service account (the `sub` of its tokens), or None."""
-    return await pool.fetchval(
-        "UPDATE clients SET revoked_at = $3 WHERE client_id = $2 AND workspace_id = $1 AND revoked_at IS NULL"
-        " RETURNING service_account_id",
-        workspace_id, client_id, revoked_at,
-    )
+    """Revoke a live inference client of the workspace (and, in the same transaction, put events.auth.tokens_revoked
+    of its service account in the outbox); its service account (the `sub` of its tokens), or None."""
+    async with pool.acquire() as conn, conn.transaction():
+        account = await conn.fetchval(
+            "UPDATE clients SET revoked_at = $3 WHERE client_id = $2 AND workspace_id = $1 AND revoked_at IS NULL"
+            " RETURNING service_account_id",
+            workspace_id, client_id, revoked_at,
+        )
+        if account is not None:
+            await add_event(conn, subjects.EVENT_TOKENS_REVOKED, TokensRevoked(subject=str(account),
+                                                                               revoked_before=revoked_at))
+        return account
 
 
 async def ensure_client(conn: asyncpg.Connection, client_id: str, secret_hash: str) -> bool:
@@ -310,7 +347,7 @@ async def revoke_spent_code_session(pool: asyncpg.Pool, code_hash: bytes, revoke
     """A spent code presented again: revoke the session its exchange minted tokens in (every refresh token of it is
     spent; verifiers refuse its access tokens through the revocation list). Its session, user_id and revoked_at
     (the first revocation's, when it was reused before), or None when the code is unknown. Revocations older than
-    `keep` seconds go at the same time."""
+    `keep` seconds go at the same time. Its events.auth.tokens_revoked is put in the outbox in the same transaction."""
     async with pool.acquire() as conn, conn.transaction():
         spent = await conn.fetchrow("SELECT session, user_id FROM authorization_codes"
                                     " WHERE code_hash = $1 AND spent_at IS NOT NULL", code_hash)
@@ -322,6 +359,8 @@ async def revoke_spent_code_session(pool: asyncpg.Pool, code_hash: bytes, revoke
             " ON CONFLICT (session) DO UPDATE SET revoked_at = revoked_sessions.revoked_at RETURNING revoked_at",
             spent["session"], spent["user_id"], revoked_at)
         await conn.execute("UPDATE refresh_tokens SET used = true WHERE session = $1 AND NOT used", spent["session"])
+        await add_event(conn, subjects.EVENT_TOKENS_REVOKED, TokensRevoked(
+            subject=str(spent["user_id"]), revoked_before=first, session=str(spent["session"])))
         return {"session": spent["session"], "user_id": spent["user_id"], "revoked_at": first}
 
 
@@ -378,12 +417,19 @@ async def add_resource(pool: asyncpg.Pool, workspace_id: int, kind: str, resourc
 
 
 async def add_member(pool: asyncpg.Pool, workspace_id: int, user_id: uuid.UUID, user_type: str) -> bool:
-    status = await pool.execute(
-        "INSERT INTO workspace_members (workspace_id, user_id, user_type) VALUES ($1, $2, $3)"
-        " ON CONFLICT DO NOTHING",
-        workspace_id, user_id, user_type,
-    )
-    return status.endswith(" 1")
+    """Add a member (and, in the same transaction, put events.workspace.membership_changed in the outbox); False if
+    the user was a member already (no event then)."""
+    async with pool.acquire() as conn, conn.transaction():
+        status = await conn.execute(
+            "INSERT INTO workspace_members (workspace_id, user_id, user_type) VALUES ($1, $2, $3)"
+            " ON CONFLICT DO NOTHING",
+            workspace_id, user_id, user_type,
+        )
+        added = status.endswith(" 1")
+        if added:
+            await add_event(conn, subjects.EVENT_WORKSPACE_MEMBERSHIP_CHANGED, WorkspaceMembershipChanged(
+                workspace_id=workspace_id, user_id=user_id, user_type=user_type))
+        return added
 
 
 async def members(pool: asyncpg.Pool, workspace_id: int) -> list[asyncpg.Record]:

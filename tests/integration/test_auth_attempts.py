@@ -40,7 +40,7 @@ async def test_one_attempt_at_a_time_holds_across_auth_processes(stack, admin):
                             lockout_after=int(stack.env["RAILYARD_AUTH__LOCKOUT_AFTER"]),
                             client_secret_key=secrets["client_secret_key"])
     pool = await create_pool(stack.settings().postgres, "auth")
-    here = handlers.AuthDeps(pool=pool, settings=settings, publish=None, keys={})
+    here = handlers.AuthDeps(pool=pool, settings=settings, keys={})
     user_id = uuid.UUID(account.user_id)
     guess = {"grant_type": "password", "username": account.email, "password": "wrong-guess"}
     http = httpx.AsyncClient(base_url=stack.base_url, timeout=30,
