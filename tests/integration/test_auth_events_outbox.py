@@ -20,7 +20,7 @@ import pytest
 
 from shared import subjects
 from tests.integration.bus_events import stream_events
-from tests.integration.conftest import PASSWORD, post
+from tests.integration.conftest import PASSWORD, inference_client, make_account, post
 from tests.integration.test_assay_events import events_refused
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -83,3 +83,69 @@ def test_invite_and_workspace_changes_answer_and_keep_their_events_while_the_str
     assert created["email"] == email
     assert workspace["name"] == name
     assert membership["workspace_id"] == workspace["workspace_id"] and membership["user_type"] == "COLLABORATOR"
+
+
+def test_revocations_and_user_changes_answer_and_keep_their_events_while_the_stream_refuses(stack, admin):
+    """The other paths: a revoked inference client and a password reset (events.auth.tokens_revoked), a membership
+    removed, a user deactivated then activated again: each answers while the stream refuses, its event is kept and
+    reaches the stream once after, one user's in the order they were committed."""
+    account = make_account(stack, admin, "aevrev")
+    client_id, _ = inference_client(account)
+    name = f"ws-aevr-{uuid.uuid4().hex[:10]}"
+    shared_id = admin.post("workspaces/create", {"workspace_name": name})["workspace_id"]
+    admin.post("workspaces/add_user", {"workspace_id": shared_id, "email": account.email})
+
+    async def service_account() -> str:
+        conn = await asyncpg.connect(stack.settings().postgres.dsn)
+        try:
+            return str(await conn.fetchval("SELECT service_account_id FROM auth.clients WHERE client_id = $1",
+                                           client_id))
+        finally:
+            await conn.close()
+
+    client_account = asyncio.run(service_account())
+    user = account.user_id
+    watched = [(subjects.EVENT_TOKENS_REVOKED, "subject", client_account),
+               (subjects.EVENT_TOKENS_REVOKED, "subject", user),
+               (subjects.EVENT_WORKSPACE_MEMBERSHIP_CHANGED, "workspace_id", str(shared_id)),
+               (subjects.EVENT_USER_DEACTIVATED, "user_id", user),
+               (subjects.EVENT_USER_ACTIVATED, "user_id", user)]
+    deadline = time.monotonic() + 30
+    while not asyncio.run(on_stream(stack, *watched[2])):  # the add_user's membership event, sent before the refusal
+        assert time.monotonic() < deadline, "the add_user's membership event never reached the stream"
+        time.sleep(0.2)
+    before = {w: len(asyncio.run(on_stream(stack, *w))) for w in watched}
+
+    async def while_refused() -> None:
+        async with events_refused(stack):
+            for path, token, body in (
+                    ("workspaces/revoke_inference_client", account.token,
+                     {"workspace_id": account.workspace_id, "client_id": client_id}),
+                    ("users/update_password", admin.token, {"email": account.email, "password": "reset-by-admin"}),
+                    ("workspaces/remove_user", admin.token, {"workspace_id": shared_id, "user_id": user}),
+                    ("users/deactivate", admin.token, {"email": account.email}),
+                    ("users/activate", admin.token, {"email": account.email})):
+                answer = await asyncio.to_thread(post, stack, path, token, body)
+                assert answer.status_code == 200, (path, answer.text)  # was a 500 with the change committed
+            for w in watched:
+                assert len(await outbox_rows(stack, *w)) == 1, w
+                assert len(await on_stream(stack, *w)) == before[w], w  # refused: none reached it
+
+    asyncio.run(while_refused())
+    deadline = time.monotonic() + 60
+    for w in watched:
+        while len(asyncio.run(on_stream(stack, *w))) == before[w]:
+            assert time.monotonic() < deadline, f"the refused {w} event never reached the stream"
+            time.sleep(0.2)
+    time.sleep(1)  # a copy sent after them would be on the stream by now
+    events = {w: asyncio.run(on_stream(stack, *w))[before[w]:] for w in watched}
+    for w, sent in events.items():
+        assert len(sent) == 1, (w, sent)  # once each
+        assert sent[0]["_msg_id"] == sent[0]["event_id"]
+        assert asyncio.run(outbox_rows(stack, *w)) == []
+    removed = events[(subjects.EVENT_WORKSPACE_MEMBERSHIP_CHANGED, "workspace_id", str(shared_id))][0]
+    assert removed["user_id"] == user and removed["user_type"] is None
+    deactivated = events[(subjects.EVENT_USER_DEACTIVATED, "user_id", user)][0]
+    activated = events[(subjects.EVENT_USER_ACTIVATED, "user_id", user)][0]
+    assert deactivated["_seq"] < activated["_seq"]  # one user's events in the order they were committed
+    assert events[(subjects.EVENT_TOKENS_REVOKED, "subject", user)][0]["session"] is None
