@@ -13,7 +13,7 @@ import pytest
 from railyard_client import Pipeline, cli
 from railyard_client import session as sdk_session
 
-from tests.integration.conftest import PASSWORD, post, sdk_client
+from tests.integration.conftest import cli_env, post, sdk_client
 from tests.integration.test_request_bounds_http import BIG_NOTE, big_pipelines, new_pipeline, paged_lists, static_assays
 
 pytestmark = pytest.mark.integration
@@ -70,12 +70,7 @@ def test_the_sdk_and_cli_read_pipelines_and_assays_page_by_page(stack, alice, tm
         {"pipeline_id": ids[0], "limit": 2, "cursor": str(newest[3])}]
 
     # the command: the same pages (in this process, so with the page size of 2)
-    secrets = stack.secrets()
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    for name, value in (("URL", stack.base_url), ("USERNAME", alice.email), ("PASSWORD", PASSWORD),
-                        ("ID", secrets["client_id"]), ("SECRET", secrets["client_secret"]),
-                        ("WORKSPACE", str(alice.workspace_id))):
-        monkeypatch.setenv(f"RAILYARD_CLIENT_{name}", value)
+    cli_env(stack, alice, monkeypatch, tmp_path / "config")
     capsys.readouterr()
     assert cli.main(["pipelines", "list", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == whole_pipelines["pipelines"]

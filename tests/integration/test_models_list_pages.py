@@ -15,7 +15,7 @@ from railyard_client import cli
 from railyard_client import session as sdk_session
 
 from tests.integration import test_ui as ui
-from tests.integration.conftest import PASSWORD, make_account, post, sdk_client
+from tests.integration.conftest import cli_env, make_account, post, sdk_client
 from tests.integration.test_ui_list_pages import sign_in_to
 
 pytestmark = pytest.mark.integration
@@ -74,12 +74,7 @@ async def test_models_list_pages_through_http_the_sdk_and_the_cli(stack, alice, 
     assert workspace.model(whole["models"][2]["name"]).id == newest[2]
     assert [body.get("cursor") for _, body in sent] == [None, str(newest[1])]
 
-    secrets = stack.secrets()
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    for name, value in (("URL", stack.base_url), ("USERNAME", alice.email), ("PASSWORD", PASSWORD),
-                        ("ID", secrets["client_id"]), ("SECRET", secrets["client_secret"]),
-                        ("WORKSPACE", str(alice.workspace_id))):
-        monkeypatch.setenv(f"RAILYARD_CLIENT_{name}", value)
+    cli_env(stack, alice, monkeypatch, tmp_path / "config")
     capsys.readouterr()
     assert cli.main(["models", "list", "--json"]) == 0
     assert [m["id"] for m in json.loads(capsys.readouterr().out)] == newest
