@@ -27,6 +27,7 @@ from shared.messages.monitoring import ModelVersionRef
 from shared.messages.registry import ResolvedModel, ResolveModel
 from shared.messages.tasks import ListOrchestrations, OrchestrationCreated, Orchestrations, UploadOrchestration
 from shared.objectstore import BUCKET_ARTIFACTS, BUCKET_ORCHESTRATIONS, RangedFile, content_key
+from shared.pipeline_pages import caller_pages
 from shared.staging import staged_key
 
 BACKEND_CONFIG = "backend/railyard-ml.json"  # where railyard_ml.railyard_step.package puts it
@@ -69,12 +70,8 @@ async def orchestration_pages(deps: handlers.MonitoringDeps, workspace_id: int,
     """The workspace's orchestration/list a page at a time (MAX_PAGE each), asked as the caller: asked whole, a
     workspace whose orchestrations pass a bus reply answered 422 reply_too_large (bd86971 made the list pageable), and
     continuous training's set-up failed with it whatever it asked."""
-    async def page(cursor: str | None) -> Orchestrations:
-        return await request(deps.broker, subjects.TASKS_ORCHESTRATIONS_LIST, ListOrchestrations(
-            workspace_id=workspace_id, limit=paging.MAX_PAGE, cursor=cursor), token=token, timeout=deps.timeout,
-            reply_model=Orchestrations)
-
-    async for listed in paging.pages(page):
+    async for listed in caller_pages(deps.broker, subjects.TASKS_ORCHESTRATIONS_LIST, lambda cursor: ListOrchestrations(
+            workspace_id=workspace_id, limit=paging.MAX_PAGE, cursor=cursor), Orchestrations, token, deps.timeout):
         yield listed
 
 

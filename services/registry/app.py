@@ -13,7 +13,7 @@ from services.registry.connections import ConnectionService
 from services.registry.registries import RegistryService, _registry_id
 from shared import paging, subjects
 from shared.authz import Principal, bus_membership, bus_verifier
-from shared.bus import CallContext, command, publish_event, request
+from shared.bus import CallContext, command, publish_event
 from shared.messages.auth import ListWorkspaces, Workspaces
 from shared.messages.registry import (
     AddConnectionToWorkspace,
@@ -58,6 +58,7 @@ from shared.messages.registry import (
 )
 from shared.objectstore import BUCKET_ARTIFACTS
 from shared.outbox import Outbox
+from shared.pipeline_pages import caller_pages
 from shared.secretbox import SecretBox
 from shared.service import Runtime, ServiceSpec
 from shared.staging import StagedBucket
@@ -201,11 +202,9 @@ async def caller_workspaces(broker: Any, token: str | None, timeout: float) -> d
     """The caller's workspaces, id -> name (a task run's token: its own only), read a page at a time: a workspace's
     record lists the id of each of its models and pipelines, so a user's whole workspaces/list can pass a bus reply
     (why 63169cc made it pageable), and asked whole it made every connections route answer its 422."""
-    async def page(cursor: str | None) -> Workspaces:
-        return await request(broker, subjects.AUTH_WORKSPACES_LIST, ListWorkspaces(limit=paging.MAX_PAGE,
-                             cursor=cursor), token=token, timeout=timeout, reply_model=Workspaces)
-
-    return {w.id: w.name async for listed in paging.pages(page) for w in listed.workspaces}
+    listed = caller_pages(broker, subjects.AUTH_WORKSPACES_LIST, lambda cursor: ListWorkspaces(
+        limit=paging.MAX_PAGE, cursor=cursor), Workspaces, token, timeout)
+    return {w.id: w.name async for page in listed for w in page.workspaces}
 
 
 async def start(runtime: Runtime) -> None:

@@ -11,7 +11,7 @@ import uuid
 from types import SimpleNamespace
 
 from services.monitoring import ml_backend
-from shared import subjects
+from shared import pipeline_pages, subjects
 from shared.messages.tasks import OrchestrationRecord, Orchestrations
 
 ARCHIVE = b"the built-in recipe"
@@ -36,7 +36,7 @@ def test_the_built_in_recipe_is_found_on_a_later_page(monkeypatch):
         assert cmd.limit is not None, "orchestration/list asked whole: 422 reply_too_large past a reply"
         return pages[cmd.cursor]
 
-    monkeypatch.setattr(ml_backend, "request", request)
+    monkeypatch.setattr(pipeline_pages, "request", request)  # caller_pages asks the pages
     monkeypatch.setattr(ml_backend, "_orchestration", lambda: ("railyard-ml-ct", ARCHIVE))
     deps = SimpleNamespace(broker=None, timeout=1.0, objects=None)  # nothing uploaded: objects is never reached
     found = asyncio.run(ml_backend.builtin_orchestration(deps, "t", 1, owner=None))

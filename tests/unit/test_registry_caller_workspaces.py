@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from services.registry import app
-from shared import subjects
+from shared import pipeline_pages, subjects
 from shared.messages.auth import WorkspaceRecord, Workspaces
 
 
@@ -28,6 +28,6 @@ def test_the_callers_workspaces_are_read_a_page_at_a_time(monkeypatch):
         assert cmd.limit is not None, "workspaces/list asked whole: 422 reply_too_large past a reply"
         return pages[cmd.cursor]
 
-    monkeypatch.setattr(app, "request", request)
+    monkeypatch.setattr(pipeline_pages, "request", request)  # caller_pages asks the pages
     assert asyncio.run(app.caller_workspaces(None, "t", 1.0)) == {1: "w1", 4: "w4", 7: "w7"}
     assert asked == [None, "4"]
