@@ -583,7 +583,8 @@ async def resolve_deployment(deps: DeployerDeps, principal: Principal, token: st
     return DeploymentRoute(deployment_id=row["id"], name=name, pipeline_name=row["pipeline_name"],
                            workspace_id=row["workspace_id"], status=status,
                            pipeline_version=str(row["pipeline_version"]), input_schema=first.get("input_schema"),
-                           output_schema=last.get("output_schema"), batchable=_batchable(spec))
+                           output_schema=last.get("output_schema"), batchable=_batchable(spec),
+                           pipeline_id=row["pipeline_id"])
 
 
 def _restore_failure(deps: DeployerDeps, name: str) -> str | None:

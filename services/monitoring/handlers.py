@@ -27,7 +27,9 @@ from shared.messages.deployer import (
     Deployed,
     DeploymentRoute,
     DeployPipeline,
+    GetPipeline,
     PipelineCreated,
+    PipelineRecord,
     ResolveDeployment,
     UndeployPipeline,
 )
@@ -84,22 +86,45 @@ class DeploymentView:
 
 
 async def _deployment(deps: MonitoringDeps, principal: Principal, token: str | None, name: str) -> DeploymentView:
+    """The deployment `name` for a member of its workspace: its route (deployments/resolve), then its pipeline's one
+    record (pipelines/get, by the route's pipeline_id), not the workspace's whole pipelines/list page by page: this
+    runs for every predict and monitor call. NotFound when the deployment is not there or the caller not in its
+    workspace ("not found"), and when it is no longer its pipeline's active one ("is not deployed")."""
     route = await request(deps.broker, subjects.DEPLOYER_DEPLOYMENTS_RESOLVE, ResolveDeployment(name=name),
                           token=token, timeout=deps.timeout, reply_model=DeploymentRoute)
     try:
         await require_member(deps.membership(token), principal, route.workspace_id)
     except NotFound:
         raise NotFound(f"deployment {name!r} not found") from None
-    async for pipelines in workspace_pipelines(deps.broker, route.workspace_id, token, deps.timeout):
-        for pipeline in pipelines.pipelines:
-            active = pipeline.deployment
-            if pipeline.name == route.pipeline_name and active and active["id"] == route.deployment_id:
-                version = next((v for v in pipeline.versions if v["id"] == active["pipeline_version_pk_id"]), None)
-                deploy_id = active["name"].rpartition("-")[0]
-                return DeploymentView(route=route, pipeline_id=pipeline.id, deploy_id=deploy_id,
-                                      definition=(version or {}).get("definition") or {},
-                                      engine_config=active.get("engine_config"))
-    raise NotFound(f"deployment {name!r} is not deployed")
+    if route.pipeline_id is None:  # a deployer older than DeploymentRoute.pipeline_id: found in the list, as before
+        async for pipelines in workspace_pipelines(deps.broker, route.workspace_id, token, deps.timeout):
+            for pipeline in pipelines.pipelines:
+                if pipeline.name == route.pipeline_name and _serves(pipeline, route):
+                    return _view(route, pipeline)
+        raise NotFound(f"deployment {name!r} is not deployed")
+    try:
+        pipeline = await request(deps.broker, subjects.DEPLOYER_PIPELINES_GET, GetPipeline(
+            pipeline_id=route.pipeline_id), token=token, timeout=deps.timeout, reply_model=PipelineRecord)
+    except NotFound:  # deleted since the resolve
+        raise NotFound(f"deployment {name!r} is not deployed") from None
+    if not _serves(pipeline, route):  # undeployed (or another deployment of it active) since the resolve
+        raise NotFound(f"deployment {name!r} is not deployed")
+    return _view(route, pipeline)
+
+
+def _serves(pipeline: PipelineRecord, route: DeploymentRoute) -> bool:
+    """Whether the route's deployment is the pipeline's active one."""
+    return bool(pipeline.deployment) and pipeline.deployment["id"] == route.deployment_id
+
+
+def _view(route: DeploymentRoute, pipeline: PipelineRecord) -> DeploymentView:
+    """The deployment as its pipeline's record shows it: the record always lists the deployed version, even when
+    older versions are cut (versions_cursor; deployer _pipeline_record), so no further read is needed."""
+    active = pipeline.deployment
+    version = next((v for v in pipeline.versions if v["id"] == active["pipeline_version_pk_id"]), None)
+    return DeploymentView(route=route, pipeline_id=pipeline.id, deploy_id=active["name"].rpartition("-")[0],
+                          definition=(version or {}).get("definition") or {},
+                          engine_config=active.get("engine_config"))
 
 
 def _model_step(definition: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:

@@ -191,6 +191,8 @@ class DeploymentRoute(Message):
     output_schema: str | None = Field(None, description="base64 Arrow schema of the last step's output")
     batchable: bool = Field(False, description="Concurrent requests may travel to the engine as one table: every "
                             "step is a plain ONNX ModelInference and engine batching is on (gateway/coalesce.py).")
+    pipeline_id: int | None = Field(None, description="The deployed pipeline's id (its record: pipelines/get); absent "
+                                    "in a reply from a deployer older than the field.")
 
 
 class PipelineDeployed(Event):

@@ -48,7 +48,7 @@ def test_a_failed_restore_says_so_until_a_deploy_or_an_undeploy(world, then):  #
             world.backend.waiting.pop()[1].set_result(None)
             await redeploy
             route = await handlers.resolve_deployment(world.deps, ALICE, "t", "a-5")
-            assert route.name == "a-5" and list(world.backend.sets) == ["a-5"]
+            assert route.name == "a-5" and route.pipeline_id == PIPELINE and list(world.backend.sets) == ["a-5"]
         else:
             await handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5)
             assert (await handlers.deployment_status(world.deps, ALICE, "t", "a-5")).status == "Stopped"
