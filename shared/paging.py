@@ -121,11 +121,15 @@ def too_large_hint(command: str, header: bool = False) -> str:
             "(docs/api-paging.md)")
 
 
+class RepeatedCursor(RuntimeError):
+    """A paged list answered a cursor it answered before: it does not advance (a bug, a proxy that caches)."""
+
+
 async def pages(ask: Callable[[str | None], Awaitable[Any]], cursor_key: str = "next_cursor") -> AsyncIterator[Any]:
     """Every page of a paged list, first to last: `ask(cursor)` answers one (a reply with its next cursor in
     `cursor_key`: `next_cursor`, or pipelines/get's `versions_cursor`). For the services that read a whole list (the
     monitoring service and the log store read pipelines/list): asked whole, a workspace's list past a reply was a 422
-    relayed to their caller, whatever the caller asked. RuntimeError at a cursor answered before (any earlier page,
+    relayed to their caller, whatever the caller asked. RepeatedCursor at a cursor answered before (any earlier page,
     not only the last: a cycle A, B, A too)."""
     cursor, seen = None, set()
     while True:
@@ -135,5 +139,5 @@ async def pages(ask: Callable[[str | None], Awaitable[Any]], cursor_key: str = "
         if cursor is None:
             return
         if cursor in seen:  # a list that does not advance: stop rather than ask for the same pages for ever
-            raise RuntimeError(f"a paged list answered cursor {cursor!r} again")
+            raise RepeatedCursor(f"a paged list answered cursor {cursor!r} again")
         seen.add(cursor)

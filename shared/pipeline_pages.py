@@ -24,7 +24,7 @@ async def caller_pages(broker: Any, subject: str, ask: Callable[[str | None], Ba
                        token: str | None, timeout: float, cursor_key: str = "next_cursor") -> AsyncIterator[R]:
     """Every page of the list `subject` answers, first to last, asked as the caller (`token`): `ask(cursor)` is the
     command for one page (with `limit`, and `cursor` or whatever field takes it), `cursor_key` the reply's field
-    holding the next one. shared.paging.pages follows the cursors (RuntimeError at one answered before). A caller
+    holding the next one. shared.paging.pages follows the cursors (RepeatedCursor at one answered before). A caller
     that stops at the page holding what it looks for reads no further."""
     async def page(cursor: str | None) -> R:
         return await request(broker, subject, ask(cursor), token=token, timeout=timeout, reply_model=reply_model)

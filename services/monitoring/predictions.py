@@ -65,9 +65,9 @@ from services.monitoring.handlers import (
 )
 from services.monitoring.monitored_model import monitored_model
 from services.monitoring.predictions_store import PredictionRow, insert_prediction
-from shared import images, subjects
+from shared import images, paging, subjects
 from shared.authz import Principal, require_user
-from shared.bus import CallContext, command, raise_for_error_header, request
+from shared.bus import CallContext, command, raise_for_error_header
 from shared.errors import (
     Conflict,
     InvalidRequest,
@@ -90,6 +90,7 @@ from shared.messages.monitoring_predictions import (
     PredictionResult,
 )
 from shared.objectstore import BUCKET_MONITORING, BUCKET_TABLES
+from shared.pipeline_pages import caller_pages
 from shared.staging import StagedWording, check_staged
 from shared.table_transport import (
     BUS_HEADROOM,
@@ -324,19 +325,19 @@ async def _served(deps: MonitoringDeps, token: str | None, view: DeploymentView,
     served = meta.get("pipeline_version")
     if not served or served == view.route.pipeline_version:
         return view.definition
-    asked = GetPipeline(pipeline_id=view.pipeline_id)
-    while True:
-        try:
-            record = await request(deps.broker, subjects.DEPLOYER_PIPELINES_GET, asked, token=token,
-                                   timeout=deps.timeout, reply_model=PipelineRecord)
-        except NotFound:  # deleted meanwhile
-            return view.definition
-        found = served_definition(record.versions, str(served))
-        if found is not None:
-            return found
-        if not record.versions_cursor or record.versions_cursor == asked.versions_cursor:
-            return view.definition
-        asked = GetPipeline(pipeline_id=view.pipeline_id, versions_cursor=record.versions_cursor)
+    older = caller_pages(deps.broker, subjects.DEPLOYER_PIPELINES_GET, lambda cursor: GetPipeline(
+        pipeline_id=view.pipeline_id, versions_cursor=cursor), PipelineRecord, token, deps.timeout, "versions_cursor")
+    try:
+        async for record in older:
+            found = served_definition(record.versions, str(served))
+            if found is not None:
+                return found
+    except NotFound:  # deleted meanwhile
+        pass
+    except paging.RepeatedCursor as repeated:  # a cursor answered before (a cycle too): not found, as an old version
+        log.warning("pipeline %s: %s; the deployment's definition stands for version %s", view.pipeline_id,
+                    repeated, served)
+    return view.definition
 
 
 def _split_answered(answer: pa.Table) -> dict[str, Any] | None:

@@ -147,3 +147,36 @@ def test_an_answer_that_is_not_a_prediction_format_writes_nothing():
     prediction, shadow = _formatted(row)
     assert prediction.detection_classes == [0] and shadow is None
     assert row.shadow_prediction is None and row.shadow_model_version is None and row.shadow_latency is None
+
+
+def test_a_versions_cursor_answered_again_ends_the_served_version_s_search(monkeypatch):
+    """pipelines/get answering a versions_cursor it answered before, not just the last one (a cycle 9, 5, 9: a deployer
+    bug or a proxy that caches), ends the search with the deployment's definition, as an immediately repeated one
+    did, instead of asking the same pages for ever (shared.paging.pages' check)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from services.monitoring import predictions
+    from shared import subjects
+    from shared.messages.deployer import PipelineRecord
+
+    new = {"steps": [{"ModelInference": {"models": [A]}}]}
+    answered = {None: "9", "9": "5", "5": "9"}
+    asked = []
+
+    async def request(broker, subject, cmd, *, token, timeout, reply_model):
+        assert subject == subjects.DEPLOYER_PIPELINES_GET
+        asked.append(cmd.versions_cursor)
+        assert len(asked) <= 10, f"still asking pipelines/get after 10 requests: {asked}"
+        cursor = answered[cmd.versions_cursor]
+        return PipelineRecord(id=4, name="p", workspace_id=1, created_at="", updated_at="",
+                              versions=[{"id": int(cursor), "version": "v", "definition": {}, "created_at": ""}],
+                              deployment={"id": 3, "pipeline_version_pk_id": 9}, versions_cursor=cursor)
+
+    for module in ("services.monitoring.predictions", "shared.pipeline_pages"):
+        if hasattr(__import__(module, fromlist=["x"]), "request"):
+            monkeypatch.setattr(f"{module}.request", request)
+    view = SimpleNamespace(route=SimpleNamespace(pipeline_version="v9", workspace_id=1), pipeline_id=4, definition=new)
+    deps = SimpleNamespace(broker=None, timeout=1.0)
+    assert asyncio.run(predictions._served(deps, "t", view, {"pipeline_version": "v2"})) == new
+    assert asked == [None, "9", "5"]
