@@ -7,7 +7,7 @@ from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "RAILYARD_"
@@ -46,6 +46,15 @@ class NatsSettings(BaseModel):
                                     "300 s: the 10th delivery about 13 minutes after the first).")
     consumer_backoff_max: float = Field(300.0, gt=0, le=86400, allow_inf_nan=False,
                                         description="The longest of those delays (seconds).")
+
+    @model_validator(mode="after")
+    def _backoff_within_its_max(self) -> NatsSettings:
+        # the delays are min(backoff * 2**n, max): a first delay above the longest would be cut to it silently
+        if self.consumer_backoff > self.consumer_backoff_max:
+            raise ValueError(f"RAILYARD_NATS__CONSUMER_BACKOFF ({self.consumer_backoff:g} s) is above "
+                             f"RAILYARD_NATS__CONSUMER_BACKOFF_MAX ({self.consumer_backoff_max:g} s): the first "
+                             "redelivery delay cannot be longer than the longest; lower it or raise the max")
+        return self
 
 
 class PostgresSettings(BaseModel):

@@ -42,3 +42,14 @@ def test_env_names_lists_nested_settings():
     names = env_names()
     assert {"RAILYARD_NATS__URL", "RAILYARD_POSTGRES__DSN", "RAILYARD_S3__SECRET_KEY", "RAILYARD_ENV",
             "RAILYARD_STACK__NATS_PORT", "RAILYARD_GATEWAY__PORT"} <= names
+
+
+def test_a_consumer_backoff_above_its_max_is_refused(monkeypatch):
+    """The redelivery delays are min(backoff * 2**n, backoff_max): a first delay above the longest was cut to it
+    silently; the settings now say which two variables disagree."""
+    monkeypatch.setenv("RAILYARD_NATS__CONSUMER_BACKOFF", "600")
+    with pytest.raises(ValueError, match=r"CONSUMER_BACKOFF \(600 s\) is above RAILYARD_NATS__CONSUMER_BACKOFF_MAX "
+                       r"\(300 s\)"):
+        Settings()
+    monkeypatch.setenv("RAILYARD_NATS__CONSUMER_BACKOFF_MAX", "600")
+    assert Settings().nats.consumer_backoff == 600  # equal to the max: one delay, as set
