@@ -198,22 +198,33 @@ async def run_once(deps: Deps, principal: Principal, token: str | None, cmd: Run
     orch = await _orchestration_for_task(deps, cmd.workspace_id, cmd.orch_id)
     task_id = cmd.id or uuid.uuid4()
     async with deps.pool.acquire() as conn, conn.transaction():
-        if await store.insert_task(conn, id=task_id, workspace_id=cmd.workspace_id, orch_id=orch["id"],
-                                   orch_sha=orch["sha"], name=cmd.name, owner_id=principal.user_id, args=args,
-                                   timeout_seconds=timeout, schedule=None, missed_run_policy=None, next_fire=None):
+        if await _insert_or_same(conn, task_id, cmd, False, lambda: store.insert_task(
+                conn, id=task_id, workspace_id=cmd.workspace_id, orch_id=orch["id"], orch_sha=orch["sha"],
+                name=cmd.name, owner_id=principal.user_id, args=args, timeout_seconds=timeout, schedule=None,
+                missed_run_policy=None, next_fire=None)):
             await store.queue_once(conn, task_id, cmd.workspace_id)
-        else:  # the caller's id again (its first call's answer lost): that task, no second run
-            await _same_task(conn, task_id, cmd, scheduled=False)
     return TaskCreated(id=task_id)
 
 
-async def _same_task(conn: asyncpg.Connection, task_id: uuid.UUID, cmd: RunTaskOnce, scheduled: bool) -> None:
-    """A task of the caller's chosen id exists: it must be the one an earlier call of the same command made (same
-    workspace, orchestration and kind), else the id is taken (409; a task of another workspace is not told)."""
-    existing = await store.task(conn, task_id)
-    if (existing["workspace_id"], existing["orch_id"], existing["schedule"] is not None) != (
-            cmd.workspace_id, cmd.orch_id, scheduled):
-        raise Conflict(f"task id {task_id} is taken: give another id (or none)", code="task_id_taken")
+async def _insert_or_same(conn: asyncpg.Connection, task_id: uuid.UUID, cmd: RunTaskOnce | RunTaskScheduled,
+                          scheduled: bool,
+                          insert: Callable[[], Awaitable[bool]]) -> bool:
+    """Insert the task (True), or find that a task of the caller's chosen id exists (False): then it must be the one
+    an earlier call of the same command made (its answer lost: that task, no second run; same workspace,
+    orchestration and kind), else the id is taken (409; a task of another workspace is not told). A task of that id
+    gone between the insert that met it and the read (deleted meanwhile) no longer holds the id: inserted again, once;
+    409 if that meets one again and it is gone again."""
+    for _ in range(2):
+        if await insert():
+            return True
+        existing = await store.task(conn, task_id)
+        if existing is None:
+            continue
+        if (existing["workspace_id"], existing["orch_id"], existing["schedule"] is not None) != (
+                cmd.workspace_id, cmd.orch_id, scheduled):
+            raise Conflict(f"task id {task_id} is taken: give another id (or none)", code="task_id_taken")
+        return False
+    raise Conflict(f"task id {task_id} is being created and deleted by other calls: ask again", code="task_id_taken")
 
 
 async def run_scheduled(deps: Deps, principal: Principal, token: str | None, cmd: RunTaskScheduled) -> TaskCreated:
@@ -225,11 +236,10 @@ async def run_scheduled(deps: Deps, principal: Principal, token: str | None, cmd
     task_id = cmd.id or uuid.uuid4()
     async with deps.pool.acquire() as conn:
         now = await conn.fetchval("SELECT now()")
-        if not await store.insert_task(conn, id=task_id, workspace_id=cmd.workspace_id, orch_id=orch["id"],
-                                       orch_sha=orch["sha"], name=cmd.name, owner_id=principal.user_id, args=args,
-                                       timeout_seconds=timeout, schedule=schedule,
-                                       missed_run_policy=cmd.missed_run_policy, next_fire=next_point(schedule, now)):
-            await _same_task(conn, task_id, cmd, scheduled=True)
+        await _insert_or_same(conn, task_id, cmd, True, lambda: store.insert_task(
+            conn, id=task_id, workspace_id=cmd.workspace_id, orch_id=orch["id"], orch_sha=orch["sha"], name=cmd.name,
+            owner_id=principal.user_id, args=args, timeout_seconds=timeout, schedule=schedule,
+            missed_run_policy=cmd.missed_run_policy, next_fire=next_point(schedule, now)))
     return TaskCreated(id=task_id)
 
 
