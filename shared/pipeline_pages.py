@@ -1,10 +1,11 @@
 """Lists the services read a page at a time, asked as their caller: caller_pages, and the workspace's pipelines.
 
-The monitoring service (a deployment's pipeline, the orchestrations continuous training checks, a served version's
-definition), the log store (does a pipeline that logged nothing yet exist) and the registry (the caller's workspaces)
-read lists that grow with what users create; asked whole, a list past a reply was a 422 relayed to their caller,
-whatever the caller asked (docs/api-paging.md). Not in shared/paging.py: the deployer's messages import it (its
-`limit`/`cursor` fields), so it cannot import them and the bus's `request` back."""
+The monitoring service (the orchestrations continuous training checks, a served version's older definitions; a
+deployment's pipeline only when the deployer's resolve answer lacks its pipeline_id), the log store (does a pipeline
+that logged nothing yet exist) and the registry (the caller's workspaces) read lists that grow with what users create;
+asked whole, a list past a reply was a 422 relayed to their caller, whatever the caller asked (docs/api-paging.md). Not
+in shared/paging.py: the deployer's messages import it (its `limit`/`cursor` fields), so it cannot import them and the
+bus's `request` back."""
 
 from __future__ import annotations
 
