@@ -115,6 +115,30 @@ def test_the_ui_reads_pipelines_and_assays_page_by_page(stack, admin, browser):
     assert taken(browser) == pipeline_pages
 
 
+# a list whose cursors cycle (a, b, a, ...): the page's fetch answered here, not by the stack
+CYCLE = """
+const done = arguments[arguments.length - 1];
+const answered = {'': 'a', a: 'b', b: 'a'}, asked = [];
+const realFetch = window.fetch;
+window.fetch = async (url, init) => {
+  const cursor = JSON.parse(init.body).cursor || '';
+  asked.push(cursor);
+  if (asked.length > 10) throw new Error('still paging after 10 requests');
+  return new Response(JSON.stringify({items: [asked.length], next_cursor: answered[cursor]}), {status: 200});
+};
+apiPages('cycle/list', {}, 'items').then(() => 'no error', (e) => String(e))
+  .then((error) => { window.fetch = realFetch; done({error, asked}); });
+"""
+
+
+def test_the_ui_stops_at_a_cursor_answered_again(stack, admin, browser):
+    """apiPages remembers every cursor a list answered: one answered again, the last or an earlier one (a cycle: a
+    deployer bug, a caching proxy), is an error rather than pages asked for ever (the SDK's repeated_cursor)."""
+    sign_in_to(browser, stack, make_account(stack, admin, "uicycle"))
+    got = browser.execute_async_script(CYCLE)
+    assert "answered again" in got["error"] and got["asked"] == ["", "a", "b"], got
+
+
 def test_the_ui_shows_lists_larger_than_a_reply(stack, admin, browser):
     """The lists of test_request_bounds_http past 8 MiB (each whole list a 422 reply_too_large, which the pages showed
     instead of their content): 50 assays of 10,000 values and 140 more pipelines of a ~62 KiB definition, shown by
