@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -114,6 +115,19 @@ def cli_env(stack, account: Account, monkeypatch, config_dir: Path) -> None:
                         ("ID", secrets["client_id"]), ("SECRET", secrets["client_secret"]),
                         ("WORKSPACE", str(account.workspace_id))):
         monkeypatch.setenv(f"RAILYARD_CLIENT_{name}", value)
+
+
+def requests_to(client, *routes: str) -> list[tuple[str, dict]]:
+    """Records each request an SDK client sends to one of `routes` ("models/list", ...): (route, JSON body)."""
+    sent: list[tuple[str, dict]] = []
+
+    def record(request) -> None:
+        route = request.url.path.removeprefix("/v1/api/")
+        if route in routes:
+            sent.append((route, json.loads(request.content)))
+
+    client._session.http.event_hooks["request"].append(record)
+    return sent
 
 
 def undeploy_all(stack, account: Account) -> None:

@@ -13,23 +13,10 @@ import pytest
 from railyard_client import Pipeline, cli
 from railyard_client import session as sdk_session
 
-from tests.integration.conftest import cli_env, post, sdk_client
+from tests.integration.conftest import cli_env, post, requests_to, sdk_client
 from tests.integration.test_request_bounds_http import BIG_NOTE, big_pipelines, new_pipeline, paged_lists, static_assays
 
 pytestmark = pytest.mark.integration
-
-
-def listing_requests(client) -> list[tuple[str, dict]]:
-    """Records each pipelines/list and assays/list request the client sends: (route, JSON body)."""
-    sent: list[tuple[str, dict]] = []
-
-    def record(request) -> None:
-        route = request.url.path.removeprefix("/v1/api/")
-        if route in ("pipelines/list", "assays/list"):
-            sent.append((route, json.loads(request.content)))
-
-    client._session.http.event_hooks["request"].append(record)
-    return sent
 
 
 def test_the_sdk_and_cli_read_pipelines_and_assays_page_by_page(stack, alice, tmp_path, monkeypatch, capsys):
@@ -38,7 +25,7 @@ def test_the_sdk_and_cli_read_pipelines_and_assays_page_by_page(stack, alice, tm
     ids = [p["pipeline_pk_id"] for p in pipelines]
 
     client = sdk_client(stack, alice)
-    sent = listing_requests(client)
+    sent = requests_to(client, "pipelines/list", "assays/list")
     workspace = client.current_workspace()
     # the SDK's own page size: one page of at most 1000 (the routes' most) holds these lists
     assert [p.to_dict() for p in workspace.pipelines()] == whole_pipelines["pipelines"]
@@ -91,7 +78,7 @@ def test_the_sdk_reads_lists_larger_than_a_reply(stack, alice):
         assert whole.status_code == 422 and whole.json()["code"] == "reply_too_large", (route, whole.text[:300])
 
     client = sdk_client(stack, alice)
-    sent = listing_requests(client)
+    sent = requests_to(client, "pipelines/list", "assays/list")
     workspace = client.current_workspace()
     listed = workspace.pipelines()
     assert [p.name for p in listed] == names

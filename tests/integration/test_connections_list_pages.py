@@ -8,9 +8,8 @@ from __future__ import annotations
 import pytest
 from railyard_client import session as sdk_session
 
-from tests.integration.conftest import post, sdk_client
+from tests.integration.conftest import post, requests_to, sdk_client
 from tests.integration.test_connections import create
-from tests.integration.test_models_list_pages import requests_to
 
 pytestmark = pytest.mark.integration
 

@@ -15,23 +15,10 @@ from railyard_client import cli
 from railyard_client import session as sdk_session
 
 from tests.integration import test_ui as ui
-from tests.integration.conftest import cli_env, make_account, post, sdk_client
+from tests.integration.conftest import cli_env, make_account, post, requests_to, sdk_client
 from tests.integration.test_ui_list_pages import sign_in_to
 
 pytestmark = pytest.mark.integration
-
-
-def requests_to(client, wanted: str) -> list[tuple[str, dict]]:
-    """Records each request the client sends to route `wanted`: (route, JSON body)."""
-    sent: list[tuple[str, dict]] = []
-
-    def record(request) -> None:
-        route = request.url.path.removeprefix("/v1/api/")
-        if route == wanted:
-            sent.append((route, json.loads(request.content)))
-
-    client._session.http.event_hooks["request"].append(record)
-    return sent
 
 
 async def model_rows(stack, workspace_id: int, owner: str, count: int) -> list[int]:

@@ -12,8 +12,7 @@ import pytest
 from railyard_client import session as sdk_session
 
 from tests.integration import test_ui as ui
-from tests.integration.conftest import make_account, post, sdk_client
-from tests.integration.test_models_list_pages import requests_to
+from tests.integration.conftest import make_account, post, requests_to, sdk_client
 from tests.integration.test_ui_list_pages import sign_in_to
 
 pytestmark = pytest.mark.integration
