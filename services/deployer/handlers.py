@@ -468,10 +468,18 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
                 raise InvalidRequest(f"the deployment failed to start: {exc} (nothing changed: {old} still serves "
                                      "the previous version)") from None
             # inactive now; a deployment that was active (its restore after a restart had failed: nothing served)
-            # tells so, as an undeploy would: lineage kept it active otherwise
+            # tells so, as an undeploy would: lineage kept it active otherwise. If it still owed its deployed event
+            # (the deployer that started it died before writing it), that one first (store.deactivate)
+            was_active = before is not None and before["active"]
+            owed = None
+            if was_active and before.get("deployed_pending"):
+                owed_version = await store.version(deps.pool, before["pipeline_version_id"])
+                owed = PipelineDeployed(deployment_id=deployment_id, name=old, pipeline_id=pipeline["id"],
+                                        workspace_id=pipeline["workspace_id"],
+                                        pipeline_version=str(owed_version["version"]))
             await store.deactivate(deps.pool, deployment_id, PipelineUndeployed(
                 deployment_id=deployment_id, name=old, pipeline_id=pipeline["id"],
-                workspace_id=pipeline["workspace_id"]) if before is not None and before["active"] else None)
+                workspace_id=pipeline["workspace_id"]) if was_active else None, owed)
             if renamed is not None:
                 await deps.backend.stop(renamed)
             raise InvalidRequest(f"the deployment failed to start: {exc}") from None
@@ -539,9 +547,13 @@ async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, 
         if row is None or row["pipeline_id"] != pipeline["id"]:
             raise NotFound(f"deployment {deployment_id} of pipeline {pipeline_id} not found")
         name = f"{row['deploy_id']}-{row['id']}"
-        # inactive and its events.pipeline.undeployed in one transaction (none when it was inactive already)
+        # inactive and its events.pipeline.undeployed in one transaction (none when it was inactive already);
+        # preceded by its events.pipeline.deployed if the row still owes it (store.deactivate)
+        owed = PipelineDeployed(deployment_id=deployment_id, name=name, pipeline_id=pipeline_id,
+                                workspace_id=pipeline["workspace_id"], pipeline_version=str(row["pipeline_version"]))
         await store.deactivate(deps.pool, deployment_id, PipelineUndeployed(
-            deployment_id=deployment_id, name=name, pipeline_id=pipeline_id, workspace_id=pipeline["workspace_id"]))
+            deployment_id=deployment_id, name=name, pipeline_id=pipeline_id, workspace_id=pipeline["workspace_id"]),
+            owed)
         deps.failed_restores.pop(name, None)
         await deps.backend.stop(name)
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -130,7 +131,7 @@ async def pipeline_deployment(conn: asyncpg.Connection, pipeline_id: int) -> dic
     advisory lock held until the transaction ends."""
     await xact_lock(conn, PIPELINE_LOCK, int(pipeline_id))
     row = await conn.fetchrow(
-        "SELECT id, pipeline_version_id, deploy_id, engine_config, spec, active FROM deployments"
+        "SELECT id, pipeline_version_id, deploy_id, engine_config, spec, active, deployed_pending FROM deployments"
         " WHERE pipeline_id = $1 ORDER BY active DESC, id DESC LIMIT 1", pipeline_id)
     return None if row is None else dict(row)
 
@@ -170,13 +171,29 @@ async def record_deployed(conn: asyncpg.Connection, event: PipelineDeployed, *, 
     return True
 
 
-async def deactivate(pool: asyncpg.Pool, deployment_id: int, event: PipelineUndeployed | None = None) -> bool:
+async def deactivate(pool: asyncpg.Pool, deployment_id: int, event: PipelineUndeployed | None = None,
+                     owed: PipelineDeployed | None = None) -> bool:
     """Make the deployment inactive; whether it was active. With `event`, its events.pipeline.undeployed goes to the
-    outbox in the same transaction, when it was active (an undeploy of an inactive one changes nothing)."""
+    outbox in the same transaction, when it was active (an undeploy of an inactive one changes nothing). A row still
+    owing its events.pipeline.deployed (`deployed_pending`: the restore that would write it failed, or the deploy's
+    own write of it did) gets `owed` written first, in that transaction: lineage, the events' reader, would otherwise
+    see a deployment undeployed that it was never told was deployed (a bare card, no arrow from its version). The row
+    owes nothing afterwards either way."""
     async with pool.acquire() as conn, conn.transaction():
-        status = await conn.execute(
-            "UPDATE deployments SET active = false, updated_at = now() WHERE id = $1 AND active", deployment_id)
-        changed = status.endswith(" 1")
+        pending = await conn.fetchval(
+            "UPDATE deployments d SET active = false, deployed_pending = false, updated_at = now()"
+            " FROM (SELECT id, deployed_pending FROM deployments WHERE id = $1 AND active FOR UPDATE) was"
+            " WHERE d.id = was.id RETURNING was.deployed_pending", deployment_id)
+        changed = pending is not None
         if changed and event is not None:
+            if pending and owed is not None:
+                await add_event(conn, subjects.EVENT_PIPELINE_DEPLOYED, told_before(owed, event))
             await add_event(conn, subjects.EVENT_PIPELINE_UNDEPLOYED, event)
     return changed
+
+
+def told_before(owed: PipelineDeployed, event: Event) -> PipelineDeployed:
+    """The owed deployed event dated before `event` (lineage keeps the active flag of the later of the two)."""
+    if owed.occurred_at < event.occurred_at:
+        return owed
+    return owed.model_copy(update={"occurred_at": event.occurred_at - timedelta(microseconds=1)})

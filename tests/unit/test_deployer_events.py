@@ -10,6 +10,7 @@ test_deployer_locks.py (its store stand-in records the outbox's rows)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 
@@ -195,6 +196,59 @@ def test_a_restore_that_fails_writes_no_deployed_event_and_a_later_one_that_serv
         world.backend.hold = False
         await (await handlers.restore_deployments(world.deps))._task  # the next restart: it serves now
         assert [(s, e.deployment_id) for s, e in world.store.events] == [(subjects.EVENT_PIPELINE_DEPLOYED, 5)]
+        assert not world.store.deployments[5]["deployed_pending"]
+
+    asyncio.run(scenario(world))
+
+
+@pytest.mark.parametrize("restore_failed", [True, False])
+def test_an_undeploy_of_a_deployment_owing_its_deployed_event_writes_it_before_undeployed(world, restore_failed):  # noqa: F811
+    """A deployment still owing its events.pipeline.deployed (`deployed_pending`: the deployer died before writing
+    it and the restore failed, or the deploy's own write of it failed while the replicas serve) that is undeployed
+    writes the owed event first, with the undeploy (store.deactivate): lineage, their reader, otherwise saw a
+    deployment undeployed that it was never told was deployed. Once: the row owes nothing afterwards. Before,
+    only events.pipeline.undeployed was written."""
+    async def scenario(world) -> None:
+        world.backend.hold = False
+        await _deploy(world, "a")
+        world.store.events.clear()
+        world.store.deployments[5]["deployed_pending"] = True  # its deployed event never committed
+        if restore_failed:  # as after a restart whose restore of a-5 failed
+            world.backend.sets.pop("a-5")
+            world.deps.failed_restores["a-5"] = "its engine replicas did not start"
+        await handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5)
+        assert [(s, e.deployment_id, e.name) for s, e in world.store.events] == [
+            (subjects.EVENT_PIPELINE_DEPLOYED, 5, "a-5"), (subjects.EVENT_PIPELINE_UNDEPLOYED, 5, "a-5")]
+        deployed, undeployed = (e for _, e in world.store.events)
+        assert deployed.pipeline_version == "v" and deployed.occurred_at < undeployed.occurred_at
+        assert not world.store.deployments[5]["deployed_pending"]
+        await handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5)  # inactive already: nothing more
+        assert len(world.store.events) == 2
+
+    asyncio.run(scenario(world))
+
+
+def test_a_failed_deploy_of_a_deployment_owing_its_deployed_event_writes_it_before_undeployed(world):  # noqa: F811
+    """The same for the failed deploy that leaves an owing deployment (its restore failed) inactive: the deployed
+    event it owed, for the version it had, then undeployed."""
+    async def scenario(world) -> None:
+        world.backend.hold = False
+        await _deploy(world, "a")
+        world.store.events.clear()
+        world.store.deployments[5]["deployed_pending"] = True
+        world.backend.sets.pop("a-5")
+        world.deps.failed_restores["a-5"] = "its engine replicas did not start"
+        world.backend.hold = True
+        world.store.versions[NEW] = dict(world.store.versions[VERSION], id=NEW, version=uuid.uuid4())
+        redeploy = asyncio.create_task(handlers.deploy(world.deps, ALICE, "t", DeployPipeline(
+            deploy_id="a", pipeline_id=PIPELINE, pipeline_version_pk_id=NEW)))
+        await _until(lambda: world.backend.waiting, "the deploy starts its replicas")
+        world.backend.waiting.pop()[1].set_exception(RuntimeError("the model did not load"))
+        with pytest.raises(InvalidRequest):
+            await redeploy
+        assert [(s, e.deployment_id, e.name) for s, e in world.store.events] == [
+            (subjects.EVENT_PIPELINE_DEPLOYED, 5, "a-5"), (subjects.EVENT_PIPELINE_UNDEPLOYED, 5, "a-5")]
+        assert world.store.events[0][1].pipeline_version == str(world.store.versions[VERSION]["version"])
         assert not world.store.deployments[5]["deployed_pending"]
 
     asyncio.run(scenario(world))

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from services.deployer import handlers
+from services.deployer import handlers, store
 from services.deployer.backend import LocalBackend, Replica, ReplicaSet
 from shared.authz import Principal
 from shared.errors import Conflict, InvalidRequest
@@ -64,10 +64,13 @@ class MemoryStore:
     async def active_deployments(self, pool):
         return [dict(row) for row in self.deployments.values() if row["active"]]
 
-    async def deactivate(self, pool, deployment_id, event=None):
-        was = self.deployments[deployment_id]["active"]
-        self.deployments[deployment_id]["active"] = False
+    async def deactivate(self, pool, deployment_id, event=None, owed=None):
+        row = self.deployments[deployment_id]
+        was, pending = row["active"], row.get("deployed_pending")
+        row.update(active=False, deployed_pending=False)
         if was and event is not None:
+            if pending and owed is not None:
+                self.events.append(("events.pipeline.deployed", store.told_before(owed, event)))
             self.events.append(("events.pipeline.undeployed", event))
         return was
 
@@ -91,7 +94,7 @@ class MemoryStore:
     async def pipeline_deployment(self, conn, pipeline_id):
         row = next(iter(self.deployments.values()), None)
         return {key: row[key] for key in ("id", "pipeline_version_id", "deploy_id", "engine_config", "spec",
-                                          "active")} if row else None
+                                          "active", "deployed_pending")} if row else None
 
     async def activate_deployment(self, conn, existing, pipeline_id, version_id, deploy_id, engine_config, spec):
         row = self.deployments[existing["id"]] if existing is not None else None
