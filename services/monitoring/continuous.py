@@ -69,7 +69,16 @@ from shared.authz import Principal, require_user
 from shared.background import Sweeper
 from shared.bus import CallContext, command, publish_event, request
 from shared.consumers import DeliveryPolicy, durable_subscriber, json_model
-from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError, Unavailable, UpstreamTimeout
+from shared.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    RailyardError,
+    Unauthorized,
+    Unavailable,
+    UpstreamTimeout,
+)
 from shared.messages.assays import AssayThresholdCrossed
 from shared.messages.base import Event
 from shared.messages.deployer import (
@@ -183,14 +192,26 @@ async def _event(conn: Any, subject: str, event: Event) -> None:
 
 # --- acting for the user who set it up ---------------------------------------------------------------------------
 
+class OwnerRefused(Forbidden):
+    """Auth refused the owner's token (auth.token.issue_task: the user is unknown, deactivated or no longer a member
+    of the workspace): a definite answer, unlike a timeout, so what acts as that user stops (continuous training is
+    suspended: _suspend) rather than being tried again for every review or alert."""
+
+    code = "owner_refused"
+
+
 async def act_as(deps: ContinuousDeps, owner_id: uuid.UUID | str, workspace_id: int,
                  purpose: str) -> tuple[Principal, str]:
     """A short-lived token of `owner_id` scoped to `workspace_id` (auth refuses it when the user is deactivated or
-    no longer a member), and its verified principal: background work acts with that user's rights only."""
+    no longer a member: OwnerRefused), and its verified principal: background work acts with that user's rights
+    only, never another's (no fallback to a workspace owner: that would widen what the set-up granted)."""
     base = deps.base
-    issued = await request(base.broker, subjects.AUTH_TOKEN_ISSUE_TASK, IssueTaskToken(
-        user_id=str(owner_id), workspace_id=workspace_id, ttl=TOKEN_TTL, task_id=purpose),
-        timeout=base.timeout, reply_model=TaskTokenIssued)
+    try:
+        issued = await request(base.broker, subjects.AUTH_TOKEN_ISSUE_TASK, IssueTaskToken(
+            user_id=str(owner_id), workspace_id=workspace_id, ttl=TOKEN_TTL, task_id=purpose),
+            timeout=base.timeout, reply_model=TaskTokenIssued)
+    except (Unauthorized, NotFound) as exc:
+        raise OwnerRefused(exc.msg) from exc
     return await deps.verify(issued.access_token), issued.access_token
 
 
@@ -315,7 +336,8 @@ async def setup_training(deps: ContinuousDeps, principal: Principal, token: str 
             " reviews_at_last_training, kind, pipeline_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
             " $12, true, $13, $14, $15) ON CONFLICT (deployment_id) DO UPDATE SET owner_id = $4, project_id = $5,"
             " orchestration_id = $6, trigger = $7, threshold = $8, experiment_parameters = $9, scan_config = $10,"
-            " model_name = $11, timeout = $12, active = true, kind = $14, pipeline_id = $15, updated_at = now()",
+            " model_name = $11, timeout = $12, active = true, kind = $14, pipeline_id = $15, updated_at = now(),"
+            " suspended_reason = NULL",
             deployment_id, workspace_id, view.route.name, uuid.UUID(principal.user_id), cmd.project_id,
             orchestration_id, cmd.trigger, cmd.threshold,
             json.dumps(cmd.experiment_parameters) if cmd.experiment_parameters is not None else None,
@@ -373,7 +395,8 @@ async def toggle_training(deps: ContinuousDeps, principal: Principal, token: str
     view = await handlers._deployment(deps.base, principal, token, cmd.deployment)
     async with deps.base.pool.acquire() as conn, conn.transaction():
         await _configured(conn, view.route.deployment_id, "continuous_training", "continuous training")
-        await conn.execute("UPDATE continuous_training SET active = $2, updated_at = now() WHERE deployment_id = $1",
+        await conn.execute("UPDATE continuous_training SET active = $2, updated_at = now(), suspended_reason ="
+                           " CASE WHEN $2 THEN NULL ELSE suspended_reason END WHERE deployment_id = $1",
                            view.route.deployment_id, cmd.active)
     if cmd.active:
         await check_trigger(deps, view.route.deployment_id)
@@ -464,7 +487,7 @@ async def information(pool: asyncpg.Pool, deployment_id: int) -> ContinuousInfor
                 reviews=await _review_count(conn, deployment_id),
                 reviews_at_last_training=ct["reviews_at_last_training"],
                 alerts=await _alert_count(conn, deployment_id),
-                alerts_at_last_training=ct["alerts_at_last_training"])
+                alerts_at_last_training=ct["alerts_at_last_training"], suspended_reason=ct["suspended_reason"])
     return ContinuousInformation(
         training=training_state,
         deployment=ContinuousDeploymentState(active=cd["active"], policy=cd["policy"], alpha=cd["alpha"],
@@ -754,6 +777,8 @@ async def _start_run(deps: ContinuousDeps, ct: asyncpg.Record, datasets: list[as
         log.warning("continuous training %s of deployment %s could not start: %s", training_id,
                     ct["deployment_id"], exc.msg)
         async with base.pool.acquire() as conn, conn.transaction():  # the failure and its event, or neither
+            if isinstance(exc, OwnerRefused):
+                await _suspend(conn, ct, exc)
             # unless its run was recorded meanwhile: run_once created it but answered too late, and the run's end
             # event (on_run_ended, which finds it by the task's name) has moved the training on already; and only
             # while this attempt's claim holds (a resume claimed it again: that attempt decides)
@@ -779,6 +804,22 @@ async def _start_run(deps: ContinuousDeps, ct: asyncpg.Record, datasets: list[as
     deps.events_committed()
     log.info("continuous training %s of deployment %s (%s) started task %s at %d reviews, %s alerts", training_id,
              ct["deployment_id"], training["trigger"], task.id, reviews, training["alerts"])
+
+
+async def _suspend(conn: Any, ct: asyncpg.Record, exc: OwnerRefused) -> None:
+    """The owner's token was refused (they left the workspace, or were deactivated): continuous training is
+    suspended, inactive with the reason (`suspended_reason`), in the caller's transaction, so each later review or
+    assay alert does not open another training that fails the same way. Only while that user still owns it (set up
+    again meanwhile by someone else: theirs now). A member's setup_continuous_training (they become its owner) or
+    toggle_continuous_training(active=true) lifts it; nothing acts as anyone else meanwhile."""
+    suspended = await conn.fetchval(
+        "UPDATE continuous_training SET active = false, suspended_reason = $3 WHERE deployment_id = $1 AND"
+        " owner_id = $2 AND active RETURNING true", ct["deployment_id"], ct["owner_id"],
+        f"suspended: the owner's token was refused ({exc.msg}); set continuous training up again as a member"
+        " (you become its owner), or turn it on again once the owner is back")
+    if suspended:
+        log.warning("continuous training of deployment %s is suspended: its owner %s's token was refused (%s)",
+                    ct["deployment_id"], ct["owner_id"], exc.msg)
 
 
 async def _feedback_pending(pool: asyncpg.Pool, deployment_id: int) -> bool:

@@ -120,6 +120,9 @@ class ContinuousTrainingState(Message):
     alerts: int = Field(0, description="Railyard: assay alerts counted for this deployment so far (ASSAY_ALERT: "
                         "those that arrived while it was active).")
     alerts_at_last_training: int = 0
+    suspended_reason: str | None = Field(
+        None, description="Railyard: why continuous training was turned off by the service (its owner's token was "
+        "refused: they left the workspace or were deactivated); set up again or turned on again, it is cleared.")
 
 
 class ContinuousDeploymentState(Message):

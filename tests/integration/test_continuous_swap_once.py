@@ -32,7 +32,9 @@ import pytest
 
 from services.monitoring import continuous, sequential
 from shared import subjects
-from shared.errors import Unavailable, UpstreamTimeout
+from shared.errors import NotFound, Unavailable, UpstreamTimeout
+from shared.messages.assays import AssayThresholdCrossed
+from shared.messages.monitoring_continuous import ToggleContinuous
 from shared.messages.tasks import TaskCreated, TaskRunEvent
 from tests.integration.conftest import service_schema
 
@@ -464,3 +466,55 @@ async def test_a_slow_delivery_that_serves_after_the_resumed_one_failed_is_recor
     assert [c["state"] for c in challenges] == ["running"]
     swapped = await pool.fetch("SELECT payload FROM outbox WHERE subject = $1", subjects.EVENT_MONITORING_MODEL_SWAPPED)
     assert [json.loads(r["payload"])["action"] for r in swapped] == ["shadow_set"]
+
+
+async def test_a_training_whose_owner_left_suspends_continuous_training_once(monitoring_schema, monkeypatch):
+    """ASSAY_ALERT continuous training whose owner has left the workspace: auth refuses the owner's token
+    (auth.token.issue_task: 'no longer a member'). Before, every new assay alert opened a training that failed
+    'could not start' (one failed training, and its training_finished, per alert). Now the first one fails and
+    suspends continuous training (inactive, with the reason): the next alert opens nothing, and nothing acts as
+    anyone else. Turning it on again lifts the suspension."""
+    pool = monitoring_schema
+    owner = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO continuous_training (deployment_id, workspace_id, deployment, owner_id, project_id,"
+        " orchestration_id, trigger, threshold, experiment_parameters, model_name, pipeline_id, updated_at)"
+        " VALUES ($1, 1, 'd-42', $2, 1, $3, 'ASSAY_ALERT', 1, '{}', 'digits', 9, now() - interval '1 minute')",
+        DEPLOYMENT, owner, uuid.uuid4())
+    deps = process(pool)
+    asked: list[str] = []
+
+    async def request(broker, subject, cmd, **kwargs):
+        asked.append(subject)
+        assert subject == subjects.AUTH_TOKEN_ISSUE_TASK, subject  # nothing is asked as anyone else
+        assert cmd.user_id == str(owner)
+        raise NotFound("the task's owner is no longer a member of workspace 1")
+
+    monkeypatch.setattr(continuous, "request", request)
+
+    def alert() -> AssayThresholdCrossed:
+        return AssayThresholdCrossed(assay_id=1, name="drift", workspace_id=1, pipeline_id=9, pipeline_name="p",
+                                     iopath="input.0", status="Alert", score=0.9, warning_threshold=None,
+                                     alert_threshold=0.5, window_start="a", window_end="b")
+
+    starter = continuous.TrainingStarter(deps)
+    for _ in range(3):
+        await continuous.on_assay_alert(deps, alert())
+        await starter.sweep()
+    trainings = await pool.fetch("SELECT state, reason FROM trainings WHERE deployment_id = $1", DEPLOYMENT)
+    assert [(t["state"], t["reason"]) for t in trainings] == [
+        ("failed", "could not start: the task's owner is no longer a member of workspace 1")], trainings
+    finished = await pool.fetch("SELECT payload FROM outbox WHERE subject = $1",
+                                subjects.EVENT_MONITORING_TRAINING_FINISHED)
+    assert len(finished) == 1
+    info = await continuous.information(pool, DEPLOYMENT)
+    assert info.training.active is False
+    assert "owner's token was refused" in info.training.suspended_reason
+    assert "no longer a member" in info.training.suspended_reason
+
+    async def deployment(base, principal, token, name):
+        return SimpleNamespace(route=SimpleNamespace(deployment_id=DEPLOYMENT))
+
+    monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
+    info = await continuous.toggle_training(deps, None, None, ToggleContinuous(deployment="d-42", active=True))
+    assert info.training.active is True and info.training.suspended_reason is None
