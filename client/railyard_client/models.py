@@ -55,9 +55,10 @@ class ModelVersion(Resource):
 
     def refresh(self) -> ModelVersion:
         """Read this version's record again (e.g. while it converts)."""
-        for record in self._session.post("models/list_versions", {"models_pk_id": self.model_pk}):
-            if record["model_version"] == self.version:
+        for record in self._session.post_pages("models/list_versions", {"models_pk_id": self.model_pk}):
+            if record["model_version"] == self.version:  # the pages up to the one that holds it
                 self._record = record
+                break
         return self
 
     def wait_ready(self, timeout: float = 300.0) -> ModelVersion:
@@ -93,9 +94,9 @@ class Model(Resource):
         return str(self._record["name"])
 
     def versions(self) -> list[ModelVersion]:
-        """Every version, oldest first."""
+        """Every version, oldest first (read a page at a time: docs/api-paging.md)."""
         return [ModelVersion(self._session, r)
-                for r in self._session.post("models/list_versions", {"models_pk_id": self.id})]
+                for r in self._session.post_pages("models/list_versions", {"models_pk_id": self.id})]
 
     def latest_version(self) -> ModelVersion:
         """The newest version."""
@@ -172,7 +173,8 @@ def upload_model(session: Session, workspace_id: int, name: str, source: str | P
             handle.close()
     model_id = response.json()["insert_models"]["returning"][0]["models"][0]["id"]
     sha = reader.sha256.hexdigest()
-    versions = [ModelVersion(session, r) for r in session.post("models/list_versions", {"models_pk_id": model_id})]
+    versions = [ModelVersion(session, r) for r in session.post_pages("models/list_versions",
+                                                                     {"models_pk_id": model_id})]
     # the version whose stored bytes are ours (converted frameworks store the converted bytes: the newest then)
     version = next((v for v in reversed(versions) if v.sha == sha), versions[-1])
     return version.wait_ready(timeout) if wait else version

@@ -92,10 +92,12 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """A model's details."""
         return await handlers.get_model_by_id(deps(), await caller(ctx), ctx.token, cmd.id)
 
-    @command(router, subjects.REGISTRY_MODELS_LIST_VERSIONS, service=NAME)
+    @command(router, subjects.REGISTRY_MODELS_LIST_VERSIONS, service=NAME,
+             too_large_hint=paging.too_large_hint("models/list_versions", True))
     async def list_versions(cmd: ListModelVersions, ctx: CallContext) -> ModelVersions:
-        """A model's versions."""
-        return await handlers.list_versions(deps(), await caller(ctx), ctx.token, cmd.models_pk_id, cmd.model_id)
+        """A model's versions, oldest first (a page with `limit`)."""
+        return await handlers.list_versions(deps(), await caller(ctx), ctx.token, cmd.models_pk_id, cmd.model_id,
+                                            cmd.limit, cmd.cursor)
 
     @command(router, subjects.REGISTRY_MODELS_GET_CONFIG, service=NAME)
     async def get_config(cmd: GetModelConfig, ctx: CallContext) -> ModelConfig:

@@ -379,11 +379,16 @@ async def get_model_by_id(deps: RegistryDeps, principal: Principal, token: str |
 
 
 async def list_versions(deps: RegistryDeps, principal: Principal, token: str | None, models_pk_id: int,
-                        name: str | None) -> ModelVersions:
+                        name: str | None, limit: int | None = None, cursor: str | None = None) -> ModelVersions:
+    """A model's versions, oldest first: all of them, or a page (shared/paging.py; the cursor is the last version's
+    row id)."""
+    after = paging.after(cursor, "models/list_versions")
     row = await _visible_model(deps, principal, token, models_pk_id)
     if name is not None and name != row["name"]:
         raise NotFound(f"model {models_pk_id} is not named {name!r}")
-    return ModelVersions(versions=[_version_record(v) for v in await store.versions(deps.pool, models_pk_id)])
+    rows = await store.versions(deps.pool, models_pk_id, after, None if limit is None else limit + 1)
+    versions, next_cursor = await paging.page(rows, limit, _version_record, lambda v: str(v["version_pk"]))
+    return ModelVersions(versions=versions, next_cursor=next_cursor)
 
 
 async def get_model_config(deps: RegistryDeps, principal: Principal, token: str | None, model_id: int) -> ModelConfig:

@@ -92,10 +92,14 @@ async def model(pool: asyncpg.Pool, model_id: int) -> asyncpg.Record | None:
         " FROM models m WHERE m.id = $1", model_id)
 
 
-async def versions(pool: asyncpg.Pool, model_id: int) -> list[asyncpg.Record]:
+async def versions(pool: asyncpg.Pool, model_id: int, after: int | None = None,
+                   limit: int | None = None) -> list[asyncpg.Record]:
+    """A model's versions, oldest first: those with a row id above `after` (a page's cursor), `limit` at most (None:
+    all)."""
     return await pool.fetch(
         f"SELECT {VERSION_COLUMNS} FROM model_versions v JOIN models m ON m.id = v.model_id"
-        " WHERE v.model_id = $1 ORDER BY v.id", model_id)
+        " WHERE v.model_id = $1 AND ($2::bigint IS NULL OR v.id > $2) ORDER BY v.id LIMIT $3", model_id,
+        None if after is None else min(after, 2**63 - 1), limit)
 
 
 async def find_version(pool: asyncpg.Pool, workspace_id: int, name: str | None, version: uuid.UUID | None,

@@ -85,8 +85,12 @@ class ModelDetails(Message):
 
 
 class ListModelVersions(Command):
+    """models/list_versions: a model's versions, oldest first; all of them, or a page (`limit`, then `cursor`)."""
+
     model_id: str | None = Field(None, description="The model's name.")
     models_pk_id: int
+    limit: int | None = limit_field("versions")
+    cursor: str | None = cursor_field("models/list_versions")
 
 
 class ModelVersionRecord(Message):
@@ -104,8 +108,9 @@ class ModelVersionRecord(Message):
     error: str | None = None
 
 
-class ModelVersions(Message):
-    """The versions, oldest first (the gateway answers with the bare list, as the seed does)."""
+class ModelVersions(Message, NextCursor):
+    """The versions, oldest first (the gateway answers with the bare list, as the seed does; a page's next cursor in
+    the x-next-cursor header)."""
 
     versions: list[ModelVersionRecord]
 

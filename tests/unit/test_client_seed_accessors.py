@@ -29,9 +29,11 @@ class FakeSession:
         raise AssertionError(route)
 
     def post_pages(self, route: str, body: dict[str, Any], key: str | None = None) -> Any:
-        """models/list is read a page at a time (672fbd3): one page holding both models, no next cursor."""
+        """models/list (672fbd3) and models/list_versions are read a page at a time: one page, no next cursor."""
         if route == "models/list" and key == "models":
             return iter(self.post(route, body)["models"])
+        if route == "models/list_versions" and key is None:
+            return iter(self.post(route, body))
         raise AssertionError((route, key))
 
 
