@@ -22,15 +22,11 @@ if TYPE_CHECKING:
 def _settings(args: argparse.Namespace) -> Settings:
     # imported here, not at the top: every `railyard` command of the client loads this module as its plugin, and
     # pydantic and the settings tree cost it ~0.1 s (0.3 s loaded) of a 0.4 s start when it reads no setting
-    from shared.settings import Settings
+    from shared.settings import load_settings
 
     if getattr(args, "data_dir", None):
         os.environ["RAILYARD_STACK__DATA_DIR"] = args.data_dir
-    try:
-        return Settings()
-    except Exception as exc:  # pydantic names the variable that is wrong
-        print(f"railyard: bad configuration: {str(exc).splitlines()[0]}", file=sys.stderr)
-        sys.exit(2)
+    return load_settings("railyard")  # every bad setting, named, and exit 2
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -48,7 +48,7 @@ from shared.errors import RailyardError, Unavailable
 from shared.messages import CheckHealth, DependencyStatus, HealthReport, ServiceStarted
 from shared.objectstore import ALL_BUCKETS, MinioObjectStore, ObjectStore
 from shared.probe_files import keep_probe_files
-from shared.settings import Settings
+from shared.settings import Settings, load_settings
 from shared.staging import StagedBucket, StagedUploadSweep
 
 log = logging.getLogger("railyard.service")
@@ -235,11 +235,7 @@ def configure_logging(level: str) -> None:
 
 def main(spec: ServiceSpec) -> None:
     """Entry point of `python -m services.<name>`."""
-    try:
-        settings = Settings()
-    except Exception as exc:  # pydantic's message names the bad variable
-        print(f"railyard-{spec.name}: bad configuration: {exc}".splitlines()[0], file=sys.stderr)
-        sys.exit(2)
+    settings = load_settings(f"railyard-{spec.name}")  # every bad setting, named, and exit 2
     configure_logging(settings.log_level)
 
     async def run() -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "RAILYARD_"
@@ -426,3 +427,43 @@ def env_names(model: type[BaseModel] = Settings, prefix: str = ENV_PREFIX) -> se
         else:
             names.add(f"{prefix}{name.upper()}")
     return names
+
+
+def _env_name(loc: tuple) -> str:
+    """The environment variable of an error's location: (nats, consumer_backoff) is RAILYARD_NATS__CONSUMER_BACKOFF
+    (a list item's index, or whatever is below a setting, in brackets after it)."""
+    name, model, rest = ENV_PREFIX.rstrip("_"), Settings, list(loc)
+    separator = "_"
+    while rest and model is not None and isinstance(rest[0], str) and rest[0] in model.model_fields:
+        part = rest.pop(0)
+        name += f"{separator}{part.upper()}"
+        annotation = model.model_fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        separator = ENV_NESTED_DELIMITER
+    return name + "".join(f"[{part}]" for part in rest)
+
+
+def configuration_errors(exc: Exception) -> list[str]:
+    """One line per problem of a failed `Settings()`: the environment variable and why (never the value: it may be
+    a secret)."""
+    if isinstance(exc, ValidationError):
+        lines = []
+        for error in exc.errors(include_url=False, include_input=False):
+            message = error["msg"].removeprefix("Value error, ")
+            lines.append(" ".join(f"{_env_name(error['loc'])}: {message}".split()))
+        return lines
+    # pydantic-settings' SettingsError (a nested setting's JSON that does not parse) names the field; its cause
+    # says why
+    text = str(exc) if exc.__cause__ is None else f"{exc} ({exc.__cause__})"
+    return [" ".join(text.split()) or type(exc).__name__]
+
+
+def load_settings(program: str) -> Settings:
+    """`Settings()`, or every problem with it on stderr, one line each naming its variable, and exit status 2 (no
+    traceback): for the services' and `railyard`'s start."""
+    try:
+        return Settings()
+    except Exception as exc:  # a setting's validation, or a nested setting's JSON
+        for line in configuration_errors(exc):
+            print(f"{program}: bad configuration: {line}", file=sys.stderr)
+        sys.exit(2)
