@@ -999,9 +999,16 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str) 
         new = {"name": resolved.name, "version": resolved.model_version, "sha": resolved.sha}
         await pool.execute("UPDATE trainings SET model_version = $2 WHERE id = $1", training["id"], json.dumps(new))
         if policy == "DEPLOY_AUTO":
-            await pool.execute("UPDATE challenges SET state = 'superseded', decided_at = now(), reason = 'a newer"
-                               " model version was deployed (DEPLOY_AUTO)' WHERE deployment_id = $1 AND"
-                               " state = 'running'", deployment_id)
+            # the running challenge ends (the version served has no shadow) only once this delivery is known to be
+            # still due, in the same transaction: its claim holds and no newer training of the deployment has been
+            # delivered meanwhile (during the look-ups above: a resumed delivery would otherwise end the newer
+            # one's challenge and serve the older version over it)
+            async with pool.acquire() as conn, conn.transaction():
+                if not await _still_due(conn, training):
+                    return
+                await conn.execute("UPDATE challenges SET state = 'superseded', decided_at = now(), reason = 'a"
+                                   " newer model version was deployed (DEPLOY_AUTO)' WHERE deployment_id = $1 AND"
+                                   " state = 'running'", deployment_id)
             version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], new, None,
                                    f"monitoring-deploy-{deployment_id}")
             # the serving is the deployer's; the training's delivery ends with its event, once (a resumed delivery
@@ -1047,6 +1054,33 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str) 
                                    " training_id = $1 AND state = 'running'", training["id"], exc.msg)
 
 
+NEWER_DELIVERED = (
+    "EXISTS (SELECT 1 FROM trainings n WHERE n.deployment_id = t.deployment_id AND n.id <> t.id AND n.created_at >"
+    " t.created_at AND n.state = 'done' AND n.outcome IN ('deployed', 'shadow'))")
+"""SQL: a newer training of training `t`'s deployment has been delivered (or is being delivered): `t`'s version is
+not to be served any more (it would replace the newer one)."""
+
+
+async def _still_due(conn: Any, training: asyncpg.Record) -> bool:
+    """Whether this delivery of `training` is still to be made, checked in the caller's transaction (the training's
+    row locked until it ends): its claim (delivering_since) holds — another delivery did not take it over or record
+    it — and no newer training of the deployment has been delivered; one such newer delivery closes this one, with
+    the reason, as resume_deliveries does."""
+    row = await conn.fetchrow(
+        f"SELECT delivering_since IS NOT DISTINCT FROM $2 AS claimed, {NEWER_DELIVERED} AS newer FROM trainings t"
+        " WHERE id = $1 FOR UPDATE", training["id"], training["delivering_since"])
+    if row is None or not row["claimed"]:
+        log.info("continuous deployment of training %s: another delivery took it over or recorded it", training["id"])
+        return False
+    if row["newer"]:
+        await conn.execute("UPDATE trainings SET delivering_since = NULL, reason = 'a newer training of the deployment"
+                           " was delivered during its delivery: not delivered' WHERE id = $1", training["id"])
+        log.warning("continuous deployment of training %s (deployment %s): a newer training was delivered meanwhile:"
+                    " not delivered", training["id"], training["deployment_id"])
+        return False
+    return True
+
+
 async def _delivered(conn: Any, training_id: uuid.UUID, policy: str) -> bool:
     """End the training's delivery in the caller's transaction; whether this call ended it (False: another
     process's delivery of it was recorded first). A failure of the other delivery recorded first (it failed while
@@ -1067,20 +1101,25 @@ async def resume_deliveries(deps: ContinuousDeps) -> None:
     superseded = await deps.base.pool.fetch(
         "UPDATE trainings t SET delivering_since = NULL, reason = 'its delivery did not finish (the service stopped)"
         " and a newer training of the deployment was delivered since: not delivered again' WHERE delivering_since <"
-        " now() - make_interval(secs => $1) AND EXISTS (SELECT 1 FROM trainings n WHERE n.deployment_id ="
-        " t.deployment_id AND n.id <> t.id AND n.created_at > t.created_at AND n.state = 'done' AND n.outcome IN"
-        " ('deployed', 'shadow')) RETURNING id, deployment_id", STALE_SWAP)
+        f" now() - make_interval(secs => $1) AND {NEWER_DELIVERED} RETURNING id, deployment_id", STALE_SWAP)
     for training in superseded:
         log.warning("continuous deployment of training %s (deployment %s) did not finish, and a newer training was"
                     " delivered since: not delivered again", training["id"], training["deployment_id"])
     rows = await deps.base.pool.fetch(
         "UPDATE trainings SET delivering_since = now() WHERE delivering_since < now() - make_interval(secs => $1)"
         " RETURNING *", STALE_SWAP)
-    for training in rows:
+    for training in sorted(rows, key=lambda row: row["created_at"]):  # oldest first
         log.info("continuous deployment of training %s (deployment %s) did not finish: delivered again",
                  training["id"], training["deployment_id"])
-        async with deps.lock(training["deployment_id"]):
-            await _deliver(deps, training, "DEPLOY_AUTO" if training["outcome"] == "deployed" else "DEPLOY_SHADOW")
+        try:
+            async with deps.lock(training["deployment_id"]):
+                await _deliver(deps, training, "DEPLOY_AUTO" if training["outcome"] == "deployed" else
+                               "DEPLOY_SHADOW")
+        except Exception:
+            # _deliver records Railyard errors itself; anything else is this delivery's alone (claimed now, it is
+            # tried again STALE_SWAP later): the others claimed with it are delivered now, not one sweep later
+            log.exception("continuous deployment of training %s (deployment %s) failed unexpectedly; delivered again"
+                          " in %.0f s", training["id"], training["deployment_id"], STALE_SWAP)
 
 
 class DeliveryResumer(Sweeper):

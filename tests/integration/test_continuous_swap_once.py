@@ -518,3 +518,89 @@ async def test_a_training_whose_owner_left_suspends_continuous_training_once(mon
     monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
     info = await continuous.toggle_training(deps, None, None, ToggleContinuous(deployment="d-42", active=True))
     assert info.training.active is True and info.training.suspended_reason is None
+
+
+async def test_a_resumed_deploy_auto_delivery_checks_it_is_still_due_before_ending_the_challenge(
+        monitoring_schema, monkeypatch):
+    """A stale DEPLOY_AUTO delivery is resumed; during its look-ups (the owner's token, the deployment, the model)
+    a newer training of the deployment is delivered as the shadow challenger (DEPLOY_SHADOW since), its challenge
+    running. Before, the resumed delivery superseded that challenge before checking anything, then served its older
+    version over it. Now the check (its claim holds, nothing newer delivered) comes first, in the transaction that
+    would supersede: the newer challenge keeps running, nothing is served, the old delivery is closed with the
+    reason."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, "DEPLOY_AUTO")
+    older, newer = uuid.uuid4(), uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id, model_version,"
+        " model_status, created_at, delivering_since) VALUES ($1, $2, 1, 'done', 'deployed', 1, $3, $4, 'ready',"
+        " now() - interval '1 hour', now() - make_interval(secs => $5))", older, DEPLOYMENT, uuid.uuid4(),
+        json.dumps(CHALLENGER), continuous.STALE_SWAP + 10)
+    serves: list[str] = []
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose) -> str:
+        serves.append(champion["version"])
+        return "7"
+
+    deliver_with(monkeypatch, lambda: CHAMPION, serve)
+    challenge_id = uuid.uuid4()
+
+    async def deployment(base, principal, token, name):  # meanwhile, the newer training is delivered as shadow
+        await pool.execute(
+            "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id, model_version,"
+            " model_status) VALUES ($1, $2, 1, 'done', 'shadow', 1, $3, $4, 'ready')", newer, DEPLOYMENT,
+            uuid.uuid4(), json.dumps({"name": "digits", "version": "v3", "sha": "c"}))
+        await pool.execute(
+            "INSERT INTO challenges (id, deployment_id, workspace_id, training_id, champion, challenger, alpha,"
+            " min_sample, state) VALUES ($1, $2, 1, $3, $4, $5, 0.05, 10, 'running')", challenge_id, DEPLOYMENT,
+            newer, json.dumps(CHAMPION), json.dumps({"name": "digits", "version": "v3", "sha": "c"}))
+        return SimpleNamespace(definition={"steps": [{"ModelInference": {"models": [CHAMPION]}}]})
+
+    monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
+    await continuous.resume_deliveries(process(pool))
+
+    assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "running"
+    assert serves == []
+    assert await pool.fetch("SELECT payload FROM outbox WHERE subject = $1",
+                            subjects.EVENT_MONITORING_MODEL_SWAPPED) == []
+    row = await pool.fetchrow("SELECT outcome, reason, delivering_since FROM trainings WHERE id = $1", older)
+    assert row["delivering_since"] is None and "a newer training" in row["reason"], dict(row)
+
+
+async def test_an_unexpected_error_in_one_resumed_delivery_does_not_hold_back_the_others(monitoring_schema,
+                                                                                         monkeypatch):
+    """Two stale DEPLOY_AUTO deliveries (two deployments), resumed by one sweep; the first one's deploy raises an
+    error that is not a Railyard one (a bug, a dropped connection). Before, it ended the sweep: the other, claimed
+    with it, waited STALE_SWAP (300 s) more. Now it is logged and the other is delivered in the same sweep; the
+    failing one stays open, to be delivered again later."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, "DEPLOY_AUTO")
+    other = DEPLOYMENT + 1
+    await pool.execute("INSERT INTO continuous_deployment (deployment_id, workspace_id, deployment, owner_id, policy,"
+                       " alpha, min_sample) VALUES ($1, 1, 'd-43', $2, 'DEPLOY_AUTO', 0.05, 10)", other,
+                       uuid.uuid4())
+    failing, delivered = uuid.uuid4(), uuid.uuid4()
+    for training_id, deployment_id, age in ((failing, DEPLOYMENT, 7200), (delivered, other, 3600)):
+        await pool.execute(
+            "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id, model_version,"
+            " model_status, created_at, delivering_since) VALUES ($1, $2, 1, 'done', 'deployed', 1, $3, $4, 'ready',"
+            " now() - make_interval(secs => $5), now() - make_interval(secs => $6))", training_id, deployment_id,
+            uuid.uuid4(), json.dumps(CHALLENGER), age, continuous.STALE_SWAP + 10)
+    serves: list[str] = []
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose) -> str:
+        serves.append(deployment)
+        if deployment == "d-42":
+            raise RuntimeError("connection dropped")
+        return "7"
+
+    deliver_with(monkeypatch, lambda: CHAMPION, serve)
+    await continuous.resume_deliveries(process(pool))
+
+    assert serves == ["d-42", "d-43"]
+    swapped = [json.loads(r["payload"]) for r in await pool.fetch(
+        "SELECT payload FROM outbox WHERE subject = $1", subjects.EVENT_MONITORING_MODEL_SWAPPED)]
+    assert [(e["deployment_id"], e["action"]) for e in swapped] == [(other, "deployed")]
+    rows = {r["id"]: r for r in await pool.fetch("SELECT id, delivering_since FROM trainings")}
+    assert rows[delivered]["delivering_since"] is None
+    assert rows[failing]["delivering_since"] is not None  # claimed again: delivered again STALE_SWAP later
