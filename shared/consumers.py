@@ -16,7 +16,8 @@ A message is handed to its handler only once it decodes (JSON, then the subscrib
 Dead letters are rows of the consuming service's own `dead_letters` table (its migration; one row per message,
 keyed by (durable, stream sequence), so a redelivery after a crash between the insert and the term records
 nothing twice), with the subject, the delivery count, the error (bounded text), the payload (its first 64 KiB and
-its full size) and the headers; a WARNING names the durable, subject, sequence and error once per message.
+its full size) and the headers; an ERROR names the durable, subject, sequence and error once per message (a
+message's first failure is a WARNING with its traceback, its later ones INFO).
 
 The bound is the handler's (the delivery count JetStream gives with each message), not the server's `max_deliver`:
 a server bound stops delivering the last time without telling the handler, so the message would be left in the
@@ -146,23 +147,25 @@ async def settle(message: Any, durable: str, pool: Callable[[], asyncpg.Pool], p
     msg = message.raw_message
     meta = msg.metadata
     decided = verdict(policy, meta.num_delivered, permanent)
+    # Levels (docs/architecture.md, "Poison messages"): a dead letter, and one that cannot be recorded, is an ERROR
+    # (a message given up on: what an alert on ERROR must see); a message's first failure a WARNING with its
+    # traceback (settle runs in the handler's except block), its later ones INFO, one line each
     if decided.dead:
         try:
             if await record_dead_letter(pool(), durable, msg, error):
-                log.warning("dead letter of %s: %s #%d (delivery %d): %s", durable, msg.subject,
-                            meta.sequence.stream, meta.num_delivered, error)
+                log.error("dead letter of %s: %s #%d (delivery %d): %s", durable, msg.subject,
+                          meta.sequence.stream, meta.num_delivered, error)
         except Exception as exc:  # not terminated unrecorded: try again later
-            log.warning("could not record the dead letter of %s #%d (%s); redelivering it", durable,
-                        meta.sequence.stream, exc)
+            log.error("could not record the dead letter of %s: %s #%d (delivery %d: %s): %s; redelivering it",
+                      durable, msg.subject, meta.sequence.stream, meta.num_delivered, error, exc)
             await message.nack(delay=policy.delay(meta.num_delivered))
             return
         await message.reject()  # term: never delivered again
         return
-    # the first failure of a message with its traceback (settle runs in the handler's except block), the others
-    # in one line each
-    log.info("%s: %s #%d failed (delivery %d of %d), again in %.1f s: %s", durable, msg.subject,
-             meta.sequence.stream, meta.num_delivered, policy.max_deliver, decided.delay, error,
-             exc_info=meta.num_delivered == 1 and not permanent)
+    first = meta.num_delivered == 1
+    log.log(logging.WARNING if first else logging.INFO, "%s: %s #%d failed (delivery %d of %d), again in %.1f s: %s",
+            durable, msg.subject, meta.sequence.stream, meta.num_delivered, policy.max_deliver, decided.delay, error,
+            exc_info=first)
     await message.nack(delay=decided.delay)
 
 

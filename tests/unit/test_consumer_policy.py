@@ -103,19 +103,42 @@ async def test_a_transient_failure_is_redelivered_later_and_the_last_one_is_a_de
     assert message.outcome == ("term",)
     (row,) = pool.rows.values()
     assert row[:6] == ("d", 17, "EVENTS", "events.model.uploaded", 4, "boom")
-    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
         "dead letter of d: events.model.uploaded #17 (delivery 4): boom"]
 
 
-async def test_a_dead_letter_is_recorded_once_and_warned_of_once(caplog):
+async def test_a_dead_letter_is_recorded_once_and_reported_once(caplog):
     pool = FakePool()
-    with caplog.at_level("WARNING", "railyard.consumers"):
+    with caplog.at_level("INFO", "railyard.consumers"):
         for _ in range(2):  # a redelivery after a crash between the insert and the term
             message = FakeMessage(1)
             await settle(message, "d", lambda: pool, POLICY, "not JSON", permanent=True)
             assert message.outcome == ("term",)
     assert len(pool.rows) == 1
-    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
+    assert [r.levelname for r in caplog.records] == ["ERROR"]
+
+
+async def test_failures_log_warning_with_traceback_first_then_info_and_the_dead_letter_is_an_error(caplog):
+    # before, every failure was INFO and the dead letter a WARNING ~13 minutes later: an alert on ERROR saw nothing
+    pool = FakePool()
+    with caplog.at_level("INFO", "railyard.consumers"):
+        for delivered in range(1, POLICY.max_deliver + 1):
+            try:
+                raise RuntimeError("database away")
+            except RuntimeError:
+                await settle(FakeMessage(delivered), "d", lambda: pool, POLICY, "RuntimeError: database away",
+                             permanent=False)
+        try:
+            raise RuntimeError("database away")
+        except RuntimeError:  # the last delivery again, its row not writable: an ERROR each time, redelivered
+            await settle(FakeMessage(POLICY.max_deliver + 1), "d2", lambda: FakePool(fail=True), POLICY,
+                         "RuntimeError: database away", permanent=False)
+    levels = [(r.levelname, bool(r.exc_info)) for r in caplog.records]
+    assert levels == [("WARNING", True), ("INFO", False), ("INFO", False), ("ERROR", False), ("ERROR", False)]
+    assert repr(caplog.records[0].exc_info[1]) == "RuntimeError('database away')"
+    assert caplog.records[-1].getMessage() == (
+        "could not record the dead letter of d2: events.model.uploaded #17 (delivery 5: RuntimeError: database away):"
+        " PostgreSQL away; redelivering it")
 
 
 async def test_a_dead_letter_that_cannot_be_recorded_is_not_terminated():
