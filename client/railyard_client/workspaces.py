@@ -111,8 +111,9 @@ class Workspace(Resource):
     # --- members ----------------------------------------------------------------------------------------
 
     def users(self) -> list[dict[str, Any]]:
-        """The members: user_id and user_type (OWNER or COLLABORATOR)."""
-        return self._session.post("workspaces/list_users", {"workspace_id": self.id})["users"]
+        """The members, in the order they were added: user_id and user_type (OWNER or COLLABORATOR) (read a page at a
+        time: docs/api-paging.md)."""
+        return list(self._session.post_pages("workspaces/list_users", {"workspace_id": self.id}, "users"))
 
     def add_user(self, email: str) -> None:
         """Add an existing user as a collaborator."""

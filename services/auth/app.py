@@ -163,10 +163,12 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """Add a user to a workspace (owners)."""
         return await handlers.add_workspace_user(deps(), await caller(ctx), cmd)
 
-    @command(router, subjects.AUTH_WORKSPACES_LIST_USERS, service=NAME)
+    @command(router, subjects.AUTH_WORKSPACES_LIST_USERS, service=NAME,
+             too_large_hint=paging.too_large_hint("workspaces/list_users"))
     async def list_users(cmd: ListWorkspaceUsers, ctx: CallContext) -> WorkspaceUsers:
-        """Members of a workspace."""
-        return await handlers.list_workspace_users(deps(), await caller(ctx), cmd.workspace_id)
+        """Members of a workspace, in the order they were added (a page with `limit`)."""
+        return await handlers.list_workspace_users(deps(), await caller(ctx), cmd.workspace_id, cmd.limit,
+                                                   cmd.cursor)
 
     @command(router, subjects.AUTH_WORKSPACES_REMOVE_USER, service=NAME)
     async def remove_user(cmd: RemoveWorkspaceUser, ctx: CallContext) -> AffectedRows:

@@ -832,10 +832,17 @@ async def add_workspace_user(deps: AuthDeps, principal: Principal, cmd: AddWorks
     return Empty()
 
 
-async def list_workspace_users(deps: AuthDeps, principal: Principal, workspace_id: int) -> WorkspaceUsers:
+async def list_workspace_users(deps: AuthDeps, principal: Principal, workspace_id: int, limit: int | None = None,
+                               cursor: str | None = None) -> WorkspaceUsers:
+    """A workspace's members in the order they were added: all, or a page (shared/paging.py; the cursor: added_at,
+    user_id)."""
+    after = paging.after_key(cursor, "workspaces/list_users")
     await require_member(_membership(deps.pool), principal, workspace_id)
-    rows = await store.members(deps.pool, workspace_id)
-    return WorkspaceUsers(users=[WorkspaceMember(user_id=str(r["user_id"]), user_type=r["user_type"]) for r in rows])
+    rows = await store.members(deps.pool, workspace_id, after, None if limit is None else limit + 1)
+    users, next_cursor = await paging.page(
+        rows, limit, lambda r: WorkspaceMember(user_id=str(r["user_id"]), user_type=r["user_type"]),
+        lambda r: paging.key_cursor({"created_at": r["added_at"], "id": r["user_id"]}))
+    return WorkspaceUsers(users=users, next_cursor=next_cursor)
 
 
 async def remove_workspace_user(deps: AuthDeps, principal: Principal, cmd: RemoveWorkspaceUser) -> AffectedRows:

@@ -432,10 +432,14 @@ async def add_member(pool: asyncpg.Pool, workspace_id: int, user_id: uuid.UUID, 
         return added
 
 
-async def members(pool: asyncpg.Pool, workspace_id: int) -> list[asyncpg.Record]:
+async def members(pool: asyncpg.Pool, workspace_id: int, after: tuple[datetime, uuid.UUID] | None = None,
+                  limit: int | None = None) -> list[asyncpg.Record]:
+    """A workspace's members in the order they were added: those after `after` (a page's cursor: added_at, user_id),
+    `limit` at most (None: all)."""
     return await pool.fetch(
-        "SELECT user_id, user_type FROM workspace_members WHERE workspace_id = $1 ORDER BY added_at, user_id",
-        workspace_id,
+        "SELECT user_id, user_type, added_at FROM workspace_members WHERE workspace_id = $1 AND ($2::timestamptz IS"
+        " NULL OR (added_at, user_id) > ($2, $3::uuid)) ORDER BY added_at, user_id LIMIT $4",
+        workspace_id, *(after or (None, None)), limit,
     )
 
 

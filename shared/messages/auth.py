@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from shared.messages.base import Command, Event, Message
-from shared.paging import NextCursor, cursor_field, limit_field
+from shared.paging import NextCursor, cursor_field, key_cursor_field, limit_field
 
 # --- tokens and keys -------------------------------------------------------------------------------
 
@@ -222,7 +222,12 @@ class AddWorkspaceUser(Command):
 
 
 class ListWorkspaceUsers(Command):
+    """workspaces/list_users: a workspace's members, in the order they were added; all, or a page (`limit`, then
+    `cursor`)."""
+
     workspace_id: int
+    limit: int | None = limit_field("members")
+    cursor: str | None = key_cursor_field("workspaces/list_users")
 
 
 class WorkspaceMember(Message):
@@ -230,7 +235,7 @@ class WorkspaceMember(Message):
     user_type: Literal["OWNER", "COLLABORATOR"]
 
 
-class WorkspaceUsers(Message):
+class WorkspaceUsers(Message, NextCursor):
     users: list[WorkspaceMember]
 
 
