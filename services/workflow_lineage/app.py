@@ -8,7 +8,7 @@ from typing import Any
 
 from faststream.nats import NatsRouter
 
-from services.workflow_lineage import auto_benchmarks, handlers, links, object_gc
+from services.workflow_lineage import auto_benchmarks, handlers, links, object_gc, store
 from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import REPLY_HEADROOM, CallContext, command, publish_event, raw_request, request
@@ -17,6 +17,7 @@ from shared.errors import InvalidRequest
 from shared.messages import CountEvents, EventCount
 from shared.messages import lineage as m
 from shared.messages.deployer import DeploymentRoute, ResolveDeployment
+from shared.outbox import Outbox
 from shared.service import Runtime, ServiceSpec
 from shared.table_transport import take_table
 
@@ -270,14 +271,20 @@ async def start(runtime: Runtime) -> None:
                               token=token, timeout=timeout, reply_model=DeploymentRoute)
         return route.model_dump()
 
+    # lineage's events go out from the outbox (store.EVENT_TYPES; shared/outbox.py), in order per project: a publish
+    # that fails no longer turns a committed change into an error, nor loses its event
+    outbox = Outbox(runtime.db, publish, event_types=store.EVENT_TYPES, order_field=store.ORDER_FIELDS,
+                    what="lineage events", rows=store)
     deps = handlers.Deps(pool=runtime.db, objects=runtime.objects,
-                         membership=lambda token: bus_membership(broker, token, timeout), publish=publish,
+                         membership=lambda token: bus_membership(broker, token, timeout),
+                         events_committed=outbox.wake,
                          page_bytes=nc.max_payload // 2, reply_bytes=nc.max_payload - REPLY_HEADROOM)
     worker = auto_benchmarks.AutoBenchmarks(deps, infer)
     deps.wake_benchmarks = worker.wake
     collection = object_gc.PeriodicCollection(deps)
     runtime.extras.update(infer=infer, resolve=resolve, auto_benchmarks=worker, object_collection=collection)
-    runtime.extras.update(verifier=verifier, feed=feed, deps=deps)
+    outbox_task = asyncio.create_task(outbox.run())
+    runtime.extras.update(verifier=verifier, feed=feed, deps=deps, outbox=outbox, outbox_task=outbox_task)
     worker.start()
     collection.start()
 
@@ -289,6 +296,9 @@ async def stop(runtime: Runtime) -> None:
     feed = runtime.extras.get("feed")
     if feed is not None:
         await feed.stop()
+    outbox_task, outbox = runtime.extras.get("outbox_task"), runtime.extras.get("outbox")
+    if outbox_task is not None:  # what is unsent: now if the bus takes it, else at a start (this or another process)
+        await outbox.stop(outbox_task)
 
 
 SPEC = ServiceSpec(

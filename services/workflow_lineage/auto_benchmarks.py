@@ -79,7 +79,7 @@ class AutoBenchmarks(Sweeper):
         if row is not None:
             from services.workflow_lineage import benchmark_runs
 
-            await benchmark_runs.report_completed(self.deps, row)
+            benchmark_runs.report_completed(self.deps, row)
         return True
 
 

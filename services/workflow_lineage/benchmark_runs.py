@@ -278,24 +278,26 @@ async def _store(deps: Deps, principal: Principal, cmd: DatasetChoice, task: str
                  candidates: list[BenchmarkCandidate]) -> BenchmarkReport:
     async with deps.pool.acquire() as conn, conn.transaction():
         row = await insert_report(conn, cmd.workspace_id, cmd.name, task, chosen, candidates, principal.user_id)
-    return await report_completed(deps, row)
+    return report_completed(deps, row)
 
 
 async def insert_report(conn: Any, workspace_id: int, name: str, task: str, chosen: dict[str, Any],
                         candidates: list[BenchmarkCandidate], created_by: str,
                         extra: dict[str, Any] | None = None) -> Any:
-    """Store a report and draw its card (in the caller's transaction)."""
+    """Store a report, draw its card and put its events.benchmark.completed in the outbox (in the caller's
+    transaction; `report_completed` after the commit)."""
     dataset = {**chosen["ref"], "kind": chosen["kind"], "rows_sha256": chosen["rows_sha256"], **(extra or {})}
     row = await store.insert_report(conn, workspace_id, name, task, dataset,
                                     [c.model_dump(mode="json") for c in candidates], uuid.UUID(created_by))
     await graph.benchmark_node(conn, row, chosen["card"], candidates)
+    await store.add_event(conn, subjects.EVENT_BENCHMARK_COMPLETED, BenchmarkCompleted(
+        workspace_id=row["workspace_id"], report_id=row["id"], task=row["task"], name=row["name"]))
     return row
 
 
-async def report_completed(deps: Deps, row: Any) -> BenchmarkReport:
-    """Publish events.benchmark.completed for a stored report (after its transaction committed)."""
-    await deps.publish(subjects.EVENT_BENCHMARK_COMPLETED, BenchmarkCompleted(
-        workspace_id=row["workspace_id"], report_id=row["id"], task=row["task"], name=row["name"]))
+def report_completed(deps: Deps, row: Any) -> BenchmarkReport:
+    """A stored report (its transaction committed): the outbox sends its events.benchmark.completed now."""
+    deps.events_committed()
     return _report(row)
 
 

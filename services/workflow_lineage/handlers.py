@@ -75,12 +75,15 @@ EXISTS_AT_ONCE = 16
 
 @dataclass
 class Deps:
-    """What the handlers need: the pool, object storage, membership checks and event publishing."""
+    """What the handlers need: the pool, object storage, membership checks, and the outbox's wake-up."""
 
     pool: asyncpg.Pool
     objects: ObjectStore
     membership: Callable[[str | None], MembershipLookup]
-    publish: Callable[[str, Event], Awaitable[None]]
+    # lineage's events are written to the outbox in the change's transaction (store.EVENT_TYPES; shared/outbox.py),
+    # not published after the commit: a publish failing there made a committed change an error (the retry then
+    # conflicted) and lost the event. Called after such a commit: the outbox (app.py) sends them now
+    events_committed: Callable[[], None] = lambda: None
     wake_benchmarks: Callable[[], None] = lambda: None  # a claim for an automatic benchmark was made
     saved_files: SavedFilesCache = field(default_factory=SavedFilesCache)  # datasets as versions saved them
     page_bytes: int = 4 * 1024 * 1024  # a list_files page's most bytes of files: half the bus payload limit (app.py)
@@ -262,8 +265,9 @@ async def create_project(deps: Deps, principal: Principal, token: str | None, cm
             raise Conflict(f"workspace {cmd.workspace_id} already has a project named {cmd.name!r}")
         await graph.project_node(conn, row)
         info = await _project_info(conn, row)
-    await deps.publish(subjects.EVENT_PROJECT_CHANGED, ProjectChanged(
-        workspace_id=info.workspace_id, project_id=info.id, action="created", content_sha256=info.content_sha256))
+        await store.add_event(conn, subjects.EVENT_PROJECT_CHANGED, ProjectChanged(
+            workspace_id=info.workspace_id, project_id=info.id, action="created", content_sha256=info.content_sha256))
+    deps.events_committed()
     return info
 
 
@@ -284,21 +288,25 @@ async def delete_project(deps: Deps, principal: Principal, token: str | None, pr
     """Delete a project with its datasets and versions (objects stay: other projects and versions share them;
     the graph keeps its card, since what happened to it is history)."""
     row = await _project(deps, principal, token, project_id)
-    deleted = await store.delete_project(deps.pool, project_id)
-    await deps.publish(subjects.EVENT_PROJECT_CHANGED, ProjectChanged(
-        workspace_id=row["workspace_id"], project_id=project_id, action="deleted"))
+    async with deps.pool.acquire() as conn, conn.transaction():
+        deleted = await store.delete_project(conn, project_id)  # the row's lock: after the changes that hold it
+        await store.add_event(conn, subjects.EVENT_PROJECT_CHANGED, ProjectChanged(
+            workspace_id=row["workspace_id"], project_id=project_id, action="deleted"))
+    deps.events_committed()
     return Deleted(deleted=deleted)
 
 
-async def _content_changed(deps: Deps, conn: Any, project_id: int, workspace_id: int) -> None:
-    """Publish the project's new content hash, in the transaction that changed it. The project row's lock
-    (touch_project) comes first: a concurrent change of the same project waits for it until this one commits and
-    then reads a manifest with both changes (read committed: each statement sees what was committed before it), so
-    the last hash published is the final state's (tests/integration/test_lineage_events.py). Reading the manifest
-    before the lock, two overlapping adds each published a hash without the other's file."""
+async def _content_changed(conn: Any, project_id: int, workspace_id: int) -> None:
+    """Put the project's new content hash in the outbox, in the transaction that changed it (the caller wakes the
+    outbox, `Deps.events_committed`, after the commit). The project row's lock (touch_project) comes first: a
+    concurrent change of the same project waits for it until this one commits and then reads a manifest with both
+    changes (read committed: each statement sees what was committed before it), and its outbox row comes after this
+    one's, which the outbox sends first (one project's events in order, store.ORDER_FIELDS), so the last hash
+    published is the final state's (tests/integration/test_lineage_events.py). Reading the manifest before the lock,
+    two overlapping adds each published a hash without the other's file."""
     await store.touch_project(conn, project_id)
     sha = manifest.digest(await current_manifest(conn, project_id))
-    await deps.publish(subjects.EVENT_PROJECT_CHANGED, ProjectChanged(
+    await store.add_event(conn, subjects.EVENT_PROJECT_CHANGED, ProjectChanged(
         workspace_id=workspace_id, project_id=project_id, action="content_changed", content_sha256=sha))
 
 
@@ -312,7 +320,8 @@ async def create_dataset(deps: Deps, principal: Principal, token: str | None, cm
         if dataset_id is None:
             raise Conflict(f"project {cmd.project_id} already has a dataset named {cmd.name!r}")
         row = await store.dataset(conn, dataset_id)
-        await _content_changed(deps, conn, cmd.project_id, project["workspace_id"])
+        await _content_changed(conn, cmd.project_id, project["workspace_id"])
+    deps.events_committed()
     return _dataset_info(row)
 
 
@@ -329,7 +338,8 @@ async def delete_dataset(deps: Deps, principal: Principal, token: str | None, da
     row = await _dataset(deps, principal, token, dataset_id)
     async with deps.pool.acquire() as conn, conn.transaction():
         deleted = await store.delete_dataset(conn, dataset_id)
-        await _content_changed(deps, conn, row["project_id"], row["workspace_id"])
+        await _content_changed(conn, row["project_id"], row["workspace_id"])
+    deps.events_committed()
     return Deleted(deleted=deleted)
 
 
@@ -372,8 +382,10 @@ async def put_rows(deps: Deps, principal: Principal, token: str | None, cmd: Put
             await store.set_rows(conn, cmd.dataset_id, stored.sha256 if table.num_rows or table.num_columns else None,
                                  table.num_rows)
             await store.release_object(conn, hold)  # referred to now
-            await _content_changed(deps, conn, row["project_id"], row["workspace_id"])
-            return _dataset_info(await store.dataset(conn, cmd.dataset_id))
+            await _content_changed(conn, row["project_id"], row["workspace_id"])
+            info = _dataset_info(await store.dataset(conn, cmd.dataset_id))
+        deps.events_committed()
+        return info
 
     return await _with_staged(deps, principal, cmd.staged_key, use)
 
@@ -403,7 +415,8 @@ async def add_file(deps: Deps, principal: Principal, token: str | None, cmd: Add
             stored = await store.put_dataset_file(conn, cmd.dataset_id, cmd.name, sha, size, content_type, cmd.labels)
             await store.release_object(conn, hold)  # referred to now
             await store.touch_dataset(conn, cmd.dataset_id)
-            await _content_changed(deps, conn, row["project_id"], row["workspace_id"])
+            await _content_changed(conn, row["project_id"], row["workspace_id"])
+        deps.events_committed()
         return _file_info(stored)
 
     return await _with_staged(deps, principal, cmd.staged_key, use)
@@ -484,7 +497,8 @@ async def delete_file(deps: Deps, principal: Principal, token: str | None, datas
         deleted = await store.delete_dataset_file(conn, dataset_id, name)
         if not deleted:
             raise NotFound(f"dataset {dataset_id} has no file {name!r}")
-        await _content_changed(deps, conn, row["project_id"], row["workspace_id"])
+        await _content_changed(conn, row["project_id"], row["workspace_id"])
+    deps.events_committed()
     return Deleted(deleted=deleted)
 
 
@@ -593,9 +607,10 @@ async def create_version(deps: Deps, principal: Principal, token: str | None,
                                          cmd.version_description, manifest.canonical(current), sha,
                                          uuid.UUID(principal.user_id))
         await graph.version_node(conn, project, row)
-    await deps.publish(subjects.EVENT_PROJECT_VERSION_CREATED, ProjectVersionCreated(
-        workspace_id=project["workspace_id"], project_id=cmd.project_id, version_id=row["id"], number=row["number"],
-        manifest_sha256=sha))
+        await store.add_event(conn, subjects.EVENT_PROJECT_VERSION_CREATED, ProjectVersionCreated(
+            workspace_id=project["workspace_id"], project_id=cmd.project_id, version_id=row["id"],
+            number=row["number"], manifest_sha256=sha))
+    deps.events_committed()
     return _version_info(row)
 
 
@@ -691,8 +706,9 @@ async def restore_version(deps: Deps, principal: Principal, token: str | None,
             await store.put_dataset_files(conn, dataset_id, dataset["files"])
         await graph.restored_node(conn, version, row)
         info = await _project_info(conn, row)
-    await deps.publish(subjects.EVENT_PROJECT_CHANGED, ProjectChanged(
-        workspace_id=info.workspace_id, project_id=info.id, action="restored", content_sha256=info.content_sha256))
+        await store.add_event(conn, subjects.EVENT_PROJECT_CHANGED, ProjectChanged(
+            workspace_id=info.workspace_id, project_id=info.id, action="restored", content_sha256=info.content_sha256))
+    deps.events_committed()
     return ProjectRestored(project=info, version_id=version["id"], skipped=missing)
 
 

@@ -127,12 +127,14 @@ async def add(deps: Deps, principal: Principal, token: str | None, direction: st
         if evaluation is not None:
             await store.upsert_node(conn, cmd.workspace_id, "task_run", cmd.task_id, data={"evaluation": evaluation})
         claimed = await store.claim_ready_evaluations(conn, cmd.workspace_id)
+        source, dest = (added.node, added.main_node) if direction == "input" else (added.main_node, added.node)
+        # in the outbox with the link, under the workspace's graph lock: one workspace's links go out in commit order
+        await store.add_event(conn, subjects.EVENT_WORKFLOW_LINK_ADDED, m.WorkflowLinkAdded(
+            workspace_id=cmd.workspace_id, source_kind=source.kind, source_ref=source.ref, target_kind=dest.kind,
+            target_ref=dest.ref, relation=direction, origin="explicit"))
+    deps.events_committed()
     if claimed:
         deps.wake_benchmarks()
-    source, dest = (added.node, added.main_node) if direction == "input" else (added.main_node, added.node)
-    await deps.publish(subjects.EVENT_WORKFLOW_LINK_ADDED, m.WorkflowLinkAdded(
-        workspace_id=cmd.workspace_id, source_kind=source.kind, source_ref=source.ref, target_kind=dest.kind,
-        target_ref=dest.ref, relation=direction, origin="explicit"))
     return added
 
 

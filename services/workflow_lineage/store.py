@@ -9,6 +9,21 @@ from typing import Any
 
 import asyncpg
 
+from shared import subjects
+from shared.messages.base import Event
+from shared.messages.lineage import BenchmarkCompleted, ProjectChanged, ProjectVersionCreated, WorkflowLinkAdded
+from shared.outbox import add_event, event_failed, event_sent, unsent_events  # noqa: F401 - the outbox table's
+
+# --- the outbox (shared/outbox.py; migration 008) --------------------------------------------------------
+# the events lineage's commits write to the outbox, each in its change's transaction, sent from there in order per
+# project (its rows are written under the project row's lock: commit order), per report, or per workspace (a link's,
+# written under the workspace's graph lock): ORDER_FIELDS, the first its payload names
+EVENT_TYPES: dict[str, type[Event]] = {subjects.EVENT_PROJECT_CHANGED: ProjectChanged,
+                                       subjects.EVENT_PROJECT_VERSION_CREATED: ProjectVersionCreated,
+                                       subjects.EVENT_WORKFLOW_LINK_ADDED: WorkflowLinkAdded,
+                                       subjects.EVENT_BENCHMARK_COMPLETED: BenchmarkCompleted}
+ORDER_FIELDS = ("project_id", "report_id", "workspace_id")
+
 
 async def record_event(
     pool: asyncpg.Pool, event_id: uuid.UUID, subject: str, occurred_at: datetime, payload: dict[str, Any]

@@ -1,7 +1,8 @@
 """events.project.changed under concurrent changes: a change of a project's content that overlaps another one
 (commands run concurrently, RAILYARD_NATS__COMMAND_WORKERS) publishes a content hash that includes the other's
 change, so the last hash published is the project's final state's. What orders them: `_content_changed` takes the
-project row's lock (touch_project) before it reads the manifest, so the read waits for the other change's commit."""
+project row's lock (touch_project) before it reads the manifest, so the read waits for the other change's commit,
+and writes its event to the outbox after the other's, which sends one project's events in that order."""
 
 from __future__ import annotations
 
@@ -30,6 +31,16 @@ async def test_a_change_that_waited_on_another_publishes_the_hash_with_both(stac
                                                                "name": "overlapping-adds"}))
     first, second = (ok(post(stack, "datasets/create", alice.token, {"project_id": project["id"], "name": name,
                                                                      "kind": "files"}))["id"] for name in ("a", "b"))
+    # the datasets' content_changed events leave lineage's outbox after the answers: sent before the subscription
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        deadline = time.monotonic() + 30
+        while await conn.fetchval("SELECT count(*) FROM workflow_lineage.outbox WHERE payload->>'project_id' = $1",
+                                  str(project["id"])):
+            assert time.monotonic() < deadline, "the datasets' events never left the outbox"
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
     nc = await nats_client.connect(stack.settings().nats.url)
     published: list[str] = []
     arrived = asyncio.Event()

@@ -50,7 +50,7 @@ def _deps(monkeypatch) -> handlers.Deps:
         return {"id": dataset_id, "project_id": 1, "name": "imgs", "created_at": SAVED_AT - timedelta(days=1)}
 
     monkeypatch.setattr(handlers, "_dataset", found)
-    return handlers.Deps(pool=_Pool(), objects=None, membership=None, publish=None)
+    return handlers.Deps(pool=_Pool(), objects=None, membership=None)
 
 
 @pytest.mark.parametrize("version_id", [None, 9])

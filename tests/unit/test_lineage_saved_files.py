@@ -52,7 +52,7 @@ def _deps(monkeypatch, created_at: datetime = SAVED_AT - timedelta(days=1)) -> h
         return dataset | {"id": dataset_id}
 
     monkeypatch.setattr(handlers, "_dataset", found)
-    return handlers.Deps(pool=_Pool(_manifest()), objects=None, membership=None, publish=None)
+    return handlers.Deps(pool=_Pool(_manifest()), objects=None, membership=None)
 
 
 def test_a_versions_files_are_parsed_once_however_many_are_read(monkeypatch):
@@ -128,7 +128,7 @@ class _Caller:
 
 
 def test_benchmarks_and_evaluation_links_parse_a_versions_manifest_once():
-    deps = handlers.Deps(pool=_Heads(_manifest(200)), objects=None, membership=None, publish=None)
+    deps = handlers.Deps(pool=_Heads(_manifest(200)), objects=None, membership=None)
     images = m.DatasetChoice(workspace_id=1, name="r", version_id=9, dataset_name="imgs")
     tabular = m.ProjectLink(workspace_id=1, project_id=1, version_id=9, evaluation=m.EvaluationSpec(
         dataset_name="other", output_column="y"))
