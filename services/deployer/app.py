@@ -134,10 +134,12 @@ async def stop(runtime: Runtime) -> None:
     restore = runtime.extras.get("restore")
     if restore is not None:  # restarts still loading are cancelled (their replicas stopped) before the backend closes
         await restore.stop()
+    deps = runtime.extras.get("deps")
+    if deps is not None:
+        await deps.owed.stop()  # owed deployed events not written yet stay owed (deployed_pending): the next restore
     outbox_task, outbox = runtime.extras.get("outbox_task"), runtime.extras.get("outbox")
     if outbox_task is not None:  # what is unsent: now if the bus takes it, else at a start (this or another process)
         await outbox.stop(outbox_task)
-    deps = runtime.extras.get("deps")
     if deps is not None:
         await deps.backend.close()
 

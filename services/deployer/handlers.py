@@ -77,6 +77,8 @@ class DeployerDeps:
     # active deployments whose restore after a restart failed (name -> reason): nothing runs for them until a deploy
     # or an undeploy (docs/inference.md); kept in memory, as the replica sets are, so a later restart tries again
     failed_restores: dict[str, str] = field(default_factory=dict)
+    # deployments serving whose deployed event's write failed: written again in the background (OwedDeployed)
+    owed: OwedDeployed = field(default_factory=lambda: OwedDeployed())
 
     def pipeline_lock(self, pipeline_id: int) -> asyncio.Lock:
         """One deploy or undeploy of a pipeline at a time in this process. Commands are handled several at once
@@ -485,8 +487,15 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
             raise InvalidRequest(f"the deployment failed to start: {exc}") from None
         if not serving:  # the row says active since before the start: the event alone, now that the replicas serve
             # (the row owes it until this commits: a deployer dying before has the restore write it, `_restart`)
-            async with deps.pool.acquire() as conn, conn.transaction():
-                await store.record_deployed(conn, deployed(deployment_id, name))
+            event = deployed(deployment_id, name)
+            try:
+                async with deps.pool.acquire() as conn, conn.transaction():
+                    await store.record_deployed(conn, event)
+            except Exception as exc:  # the replicas serve and the row says so: the deploy did happen, its event is
+                # owed (deployed_pending) and written in the background once the database takes it (OwedDeployed)
+                log.warning("deployment %s serves but its events.pipeline.deployed was not written (%s): retried in"
+                            " the background", name, exc)
+                deps.owed.owe(deps, pipeline["id"], event)
         if renamed is not None:
             await deps.backend.stop(renamed)
     return Deployed(id=deployment_id)
@@ -615,6 +624,59 @@ def _batchable(spec: dict[str, Any]) -> bool:
     return bool(steps) and float(spec.get("engine_config", {}).get("batch_max_delay_ms", 0)) >= 0 and all(
         step["kind"] == "ModelInference" and len(step["models"]) == 1 and step["models"][0].get("runtime") == "onnx"
         for step in steps)
+
+
+OWED_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 30.0, 30.0, 30.0, 30.0, 30.0)
+"""Waits before each background write of an owed deployed event (about 3.5 minutes in all); past the last, the
+row still owes it (deployed_pending) and the restore at the next start writes it."""
+
+
+class OwedDeployed:
+    """events.pipeline.deployed of deployments whose replicas serve but whose write of the event failed (the
+    database refused or lost the commit): each written again in the background, a bounded number of times
+    (OWED_RETRY_DELAYS), under the pipeline's lock and only while the row still owes it (record_deployed's
+    `if_pending`: active and deployed_pending), so never a second one: an undeploy meanwhile writes it itself
+    (store.deactivate), a redeploy writes its own and clears the mark, and a later owed event of the same
+    deployment (a redeploy whose write failed too) replaces this one. Before, the event waited for the next restart
+    of the deployer or a redeploy. The deployer's stop cancels what is left (the row keeps owing it)."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[int, asyncio.Task] = {}
+
+    def owe(self, deps: DeployerDeps, pipeline_id: int, event: PipelineDeployed) -> None:
+        previous = self.tasks.pop(event.deployment_id, None)
+        if previous is not None:
+            previous.cancel()
+        task = asyncio.create_task(self._write(deps, pipeline_id, event),
+                                   name=f"deployer.owed_deployed.{event.deployment_id}")
+        self.tasks[event.deployment_id] = task
+        task.add_done_callback(lambda done: self.tasks.pop(event.deployment_id, None)
+                               if self.tasks.get(event.deployment_id) is done else None)
+
+    async def _write(self, deps: DeployerDeps, pipeline_id: int, event: PipelineDeployed) -> None:
+        for attempt, delay in enumerate(OWED_RETRY_DELAYS, 1):
+            await asyncio.sleep(delay)
+            try:
+                async with deps.pipeline_lock(pipeline_id):
+                    async with deps.pool.acquire() as conn, conn.transaction():
+                        told = await store.record_deployed(conn, event, if_pending=True)
+            except Exception as exc:
+                log.warning("deployment %s: its owed events.pipeline.deployed not written (attempt %d of %d): %s",
+                            event.name, attempt, len(OWED_RETRY_DELAYS), exc)
+                continue
+            if told:
+                log.info("deployment %s: its owed events.pipeline.deployed written", event.name)
+                deps.events_committed()
+            return
+        log.error("deployment %s: its events.pipeline.deployed still not written; the next start's restore writes it",
+                  event.name)
+
+    async def stop(self) -> None:
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.tasks.clear()
 
 
 class DeploymentRestore(BackgroundTask):

@@ -252,3 +252,64 @@ def test_a_failed_deploy_of_a_deployment_owing_its_deployed_event_writes_it_befo
         assert not world.store.deployments[5]["deployed_pending"]
 
     asyncio.run(scenario(world))
+
+
+@pytest.mark.parametrize("failures", [1, 3])
+def test_a_deployed_event_whose_write_fails_is_written_in_the_background_once(world, monkeypatch, failures):  # noqa: F811
+    """A deploy whose replicas serve but whose write of events.pipeline.deployed fails answers (the deployment
+    serves) and the owed event is written again in the background until the database takes it (OwedDeployed),
+    once: the row owes nothing afterwards and nothing writes it again (a restore after a restart neither). Before, the
+    deploy failed with the database's error and the event waited for the next restart or redeploy."""
+    monkeypatch.setattr(handlers, "OWED_RETRY_DELAYS", (0.01,) * 5)
+
+    async def scenario(world) -> None:
+        world.backend.hold = False
+        record_deployed, refused = world.store.record_deployed, []
+
+        async def flaky(conn, event, *, if_pending=False):
+            if len(refused) < failures:
+                refused.append(if_pending)
+                raise ConnectionResetError("the commit was lost")
+            return await record_deployed(conn, event, if_pending=if_pending)
+
+        world.store.record_deployed = flaky
+        calls = woken(world)
+        assert (await _deploy(world, "a")).id == 5
+        assert world.store.events == [] and world.store.deployments[5]["deployed_pending"]
+        await _until(lambda: world.store.events, "the owed event is written")
+        await _until(lambda: not world.deps.owed.tasks, "the retry is over")
+        assert refused == [False] + [True] * (failures - 1)
+        assert [(s, e.deployment_id, e.name) for s, e in world.store.events] == [(subjects.EVENT_PIPELINE_DEPLOYED, 5,
+                                                                                  "a-5")]
+        assert not world.store.deployments[5]["deployed_pending"] and calls[-1] == 1
+        world.backend.sets.clear()
+        await (await handlers.restore_deployments(world.deps))._task  # a restart: nothing owed any more
+        await handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5)
+        assert [s for s, _ in world.store.events] == [subjects.EVENT_PIPELINE_DEPLOYED,
+                                                      subjects.EVENT_PIPELINE_UNDEPLOYED]
+
+    asyncio.run(scenario(world))
+
+
+def test_an_undeploy_before_the_background_write_of_the_owed_event_writes_it_once(world, monkeypatch):  # noqa: F811
+    """An undeploy while the owed event waits for its background write writes it itself (store.deactivate); the
+    background write then finds nothing owed: one deployed event, then undeployed, and no other."""
+    monkeypatch.setattr(handlers, "OWED_RETRY_DELAYS", (0.2, 0.01))
+
+    async def scenario(world) -> None:
+        world.backend.hold = False
+        record_deployed = world.store.record_deployed
+
+        async def refused_once(conn, event, *, if_pending=False):
+            world.store.record_deployed = record_deployed
+            raise ConnectionResetError("the commit was lost")
+
+        world.store.record_deployed = refused_once
+        await _deploy(world, "a")
+        assert world.deps.owed.tasks
+        await handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5)
+        await asyncio.gather(*world.deps.owed.tasks.values())
+        assert [(s, e.deployment_id) for s, e in world.store.events] == [(subjects.EVENT_PIPELINE_DEPLOYED, 5),
+                                                                         (subjects.EVENT_PIPELINE_UNDEPLOYED, 5)]
+
+    asyncio.run(scenario(world))
