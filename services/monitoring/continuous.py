@@ -958,14 +958,19 @@ def _serving(definition: dict[str, Any], champion: dict[str, Any], challenger: d
 
 
 async def _serve(deps: ContinuousDeps, owner_id: Any, workspace_id: int, deployment: str, champion: dict[str, Any],
-                 challenger: dict[str, Any] | None, purpose: str) -> str:
+                 challenger: dict[str, Any] | None, purpose: str,
+                 found: tuple[str, handlers.DeploymentView] | None = None) -> str:
     """Deploy a new pipeline version serving champion (shadowed by challenger) in place, as the owner; the
-    pipeline version it serves."""
+    pipeline version it serves. `found`: the owner's token and the deployment as the caller just looked them up
+    (_deliver), used instead of looking them up again."""
     base = deps.base
-    principal, token = await act_as(deps, owner_id, workspace_id, purpose)
-    # by its name now (a redeploy under another deploy_id renamed it); not deployed: _deployment's 404 tells it
-    view = await handlers._deployment(base, principal, token, await deployed_name(deps, token, deployment)
-                                      or deployment)
+    if found is not None:
+        token, view = found
+    else:
+        principal, token = await act_as(deps, owner_id, workspace_id, purpose)
+        # by its name now (a redeploy under another deploy_id renamed it); not deployed: _deployment's 404 tells it
+        view = await handlers._deployment(base, principal, token, await deployed_name(deps, token, deployment)
+                                          or deployment)
     definition = _serving(view.definition, champion, challenger)
     if definition == view.definition:
         return view.route.pipeline_version
@@ -1010,7 +1015,7 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str) 
                                    " newer model version was deployed (DEPLOY_AUTO)' WHERE deployment_id = $1 AND"
                                    " state = 'running'", deployment_id)
             version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], new, None,
-                                   f"monitoring-deploy-{deployment_id}")
+                                   f"monitoring-deploy-{deployment_id}", found=(token, view))
             # the serving is the deployer's; the training's delivery ends with its event, once (a resumed delivery
             # of it may finish too: the first to clear delivering_since writes it)
             async with pool.acquire() as conn, conn.transaction():
@@ -1022,7 +1027,7 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str) 
             deps.events_committed()
             return
         version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], champion_dict, new,
-                               f"monitoring-deploy-{deployment_id}")
+                               f"monitoring-deploy-{deployment_id}", found=(token, view))
         # the challenge opens once the challenger serves (pairs are matched on both versions anyway), once
         async with pool.acquire() as conn, conn.transaction():
             if not await _delivered(conn, training["id"], policy):

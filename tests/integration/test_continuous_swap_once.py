@@ -112,7 +112,7 @@ async def test_a_swap_resumed_while_the_first_still_runs_is_recorded_and_told_on
     swapping, release = asyncio.Event(), asyncio.Event()
     serves: list[str] = []
 
-    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose) -> str:
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
         serves.append(champion["version"])
         if len(serves) == 1:  # the first process's deploy is slow
             swapping.set()
@@ -260,7 +260,7 @@ async def test_a_deploy_auto_swap_whose_process_died_before_its_event_is_deliver
     serving = {"model": CHAMPION}
     serves: list[str] = []
 
-    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose) -> str:
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
         serves.append(champion["version"])
         serving["model"] = champion  # the deployer serves it (again: no change)
         if len(serves) == 1:
@@ -317,7 +317,7 @@ async def test_a_delivery_that_fails_after_the_other_recorded_it_changes_nothing
     slow, release = asyncio.Event(), asyncio.Event()
     serves: list[str] = []
 
-    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose) -> str:
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
         serves.append(challenger["version"])
         if len(serves) == 1:  # the one started first is slow, and fails once the other has recorded the delivery
             slow.set()
@@ -367,7 +367,7 @@ async def test_an_unfinished_delivery_is_not_delivered_again_over_a_newer_one(mo
             uuid.uuid4(), json.dumps(version), created, delivering)
     serves: list[str] = []
 
-    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose) -> str:
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
         serves.append(champion["version"])
         return "8"
 
@@ -398,7 +398,7 @@ async def test_a_slow_delivery_resumed_does_not_hold_back_training_starts(monito
 
     deploying, release = asyncio.Event(), asyncio.Event()
 
-    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose) -> str:
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
         deploying.set()
         await release.wait()  # a deploy that takes its time
         return "7"
@@ -441,7 +441,7 @@ async def test_a_slow_delivery_that_serves_after_the_resumed_one_failed_is_recor
     slow, release = asyncio.Event(), asyncio.Event()
     serves: list[str] = []
 
-    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose) -> str:
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
         serves.append(challenger["version"])
         if len(serves) == 1:  # the first delivery's deploy: slow, and it serves
             slow.set()
@@ -538,7 +538,7 @@ async def test_a_resumed_deploy_auto_delivery_checks_it_is_still_due_before_endi
         json.dumps(CHALLENGER), continuous.STALE_SWAP + 10)
     serves: list[str] = []
 
-    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose) -> str:
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
         serves.append(champion["version"])
         return "7"
 
@@ -588,7 +588,7 @@ async def test_an_unexpected_error_in_one_resumed_delivery_does_not_hold_back_th
             uuid.uuid4(), json.dumps(CHALLENGER), age, continuous.STALE_SWAP + 10)
     serves: list[str] = []
 
-    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose) -> str:
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
         serves.append(deployment)
         if deployment == "d-42":
             raise RuntimeError("connection dropped")
@@ -604,3 +604,60 @@ async def test_an_unexpected_error_in_one_resumed_delivery_does_not_hold_back_th
     rows = {r["id"]: r for r in await pool.fetch("SELECT id, delivering_since FROM trainings")}
     assert rows[delivered]["delivering_since"] is None
     assert rows[failing]["delivering_since"] is not None  # claimed again: delivered again STALE_SWAP later
+
+
+@pytest.mark.parametrize("policy", ["DEPLOY_AUTO", "DEPLOY_SHADOW"])
+async def test_a_delivery_looks_the_owner_and_the_deployment_up_once(monitoring_schema, monkeypatch, policy):
+    """A delivery looks up the owner's token, the deployment's current name and the deployment (deployments/resolve
+    and pipelines/get) in _deliver, and its swap (_serve) used to look all three up again; it now serves with what
+    _deliver found: one of each, and the same requests to the registry and the deployer as before."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, policy)
+    training = await pool.fetchrow(
+        "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id, model_version,"
+        " model_status, delivering_since) VALUES ($1, $2, 1, 'done', $3, 1, $4, $5, 'ready', now()) RETURNING *",
+        uuid.uuid4(), DEPLOYMENT, "deployed" if policy == "DEPLOY_AUTO" else "shadow", uuid.uuid4(),
+        json.dumps(CHALLENGER))
+    looked_up: list[str] = []
+    asked: list[str] = []
+
+    async def act_as(deps, owner_id, workspace_id, purpose):
+        looked_up.append("act_as")
+        return SimpleNamespace(user_id=str(owner_id)), "token"
+
+    async def deployed_name(deps, token, name):
+        looked_up.append("deployed_name")
+        return name
+
+    async def deployment(base, principal, token, name):
+        looked_up.append("deployment")
+        return SimpleNamespace(definition={"steps": [{"ModelInference": {"models": [CHAMPION]}}]},
+                               route=SimpleNamespace(pipeline_name="p", pipeline_version="3"), deploy_id="d",
+                               pipeline_id=5, engine_config=None)
+
+    async def request(broker, subject, cmd, **kwargs):
+        asked.append(subject)
+        if subject == subjects.REGISTRY_MODELS_RESOLVE:
+            return SimpleNamespace(name=cmd.name, model_version=cmd.version, sha="b")
+        if subject == subjects.DEPLOYER_PIPELINES_CREATE:
+            assert cmd.pipeline_id == "p" and cmd.workspace_id == 1
+            return SimpleNamespace(pipeline_variant_pk_id=11, pipeline_variant_version="4")
+        assert subject == subjects.DEPLOYER_PIPELINES_DEPLOY, subject
+        assert (cmd.deploy_id, cmd.pipeline_version_pk_id, cmd.pipeline_id) == ("d", 11, 5)
+        return None
+
+    monkeypatch.setattr(continuous, "act_as", act_as)
+    monkeypatch.setattr(continuous, "deployed_name", deployed_name)
+    monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
+    monkeypatch.setattr(continuous, "request", request)
+    deps = process(pool)
+    deps.base.deploy_timeout = 5.0
+    await continuous._deliver(deps, training, policy)
+
+    assert looked_up == ["act_as", "deployed_name", "deployment"]
+    assert asked == [subjects.REGISTRY_MODELS_RESOLVE, subjects.DEPLOYER_PIPELINES_CREATE,
+                     subjects.DEPLOYER_PIPELINES_DEPLOY]
+    swapped = [json.loads(r["payload"]) for r in await pool.fetch(
+        "SELECT payload FROM outbox WHERE subject = $1", subjects.EVENT_MONITORING_MODEL_SWAPPED)]
+    assert [(e["action"], e["pipeline_version"]) for e in swapped] == [
+        ("deployed" if policy == "DEPLOY_AUTO" else "shadow_set", "4")]
