@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,39 @@ from shared.table_transport import take_table
 
 NAME = "workflow_lineage"
 ENGINE_TIMEOUT = 30.0
+RECORDING_SLOTS = 2
+"""Events.> messages written to PostgreSQL at a time (recorded, or kept as dead letters): a burst (the services'
+start events) holds two backends instead of pool_max, ~15-20 MiB of RSS each (docs/performance.md)."""
+
+
+class SlotPool:
+    """The pool, each use of it taking one of the recording slots first: what lineage hands shared/consumers.py to
+    write its dead letters with (`record_dead_letter`: pool.fetchval), so a burst of messages that do not decode (each
+    a dead letter at its first delivery, written outside the handler) holds no more backends than the recordings."""
+
+    def __init__(self, pool: Callable[[], Any], slots: asyncio.Semaphore) -> None:
+        self._pool = pool
+        self._slots = slots
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        async with self._slots, self._pool().acquire() as conn:
+            yield conn
+
+    async def fetchval(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._slots:
+            return await self._pool().fetchval(*args, **kwargs)
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._slots:
+            return await self._pool().execute(*args, **kwargs)
 
 
 def build_router(runtime: Runtime) -> NatsRouter:
     """Every domain event (durable pull consumer, acknowledged after it is stored) and the commands."""
     router = NatsRouter()
-    recording = asyncio.Semaphore(2)
+    recording = asyncio.Semaphore(RECORDING_SLOTS)
+    dead_letters = SlotPool(lambda: runtime.db, recording)  # written in the same slots as the recordings
 
     def deps() -> handlers.Deps:
         return runtime.extras["deps"]
@@ -41,12 +70,11 @@ def build_router(runtime: Runtime) -> NatsRouter:
     # recording fails at every delivery, is kept in dead_letters (shared/consumers.py), not redelivered for ever.
     @durable_subscriber(
         router, "events.>", durable=subjects.LINEAGE_EVENTS_DURABLE, service=NAME, decode=handlers.decode_event,
-        pool=lambda: runtime.db, policy=DeliveryPolicy.from_settings(runtime.settings.nats), ack_wait=5.0,
+        pool=lambda: dead_letters, policy=DeliveryPolicy.from_settings(runtime.settings.nats), ack_wait=5.0,
         batch_size=64, title="events.>:Event",
         description="Record every domain event once and draw it on the lineage graph.")
     async def on_event(body: dict[str, Any], message: Any) -> None:
-        # A pulled batch is handled concurrently; two recordings at a time keep a burst (the services' start
-        # events) to two PostgreSQL backends instead of pool_max, ~15-20 MiB of RSS each (docs/performance.md)
+        # A pulled batch is handled concurrently; RECORDING_SLOTS recordings (and dead letters) at a time
         async with recording:
             recorded = await handlers.record_event(runtime.db, message.raw_message.subject, body)
         if recorded:
