@@ -14,10 +14,11 @@ A message is handed to its handler only once it decodes (JSON, then the subscrib
   message is redelivered with the backoff again, so nothing is terminated unrecorded.
 
 Dead letters are rows of the consuming service's own `dead_letters` table (its migration; one row per message,
-keyed by (durable, stream sequence), so a redelivery after a crash between the insert and the term records
-nothing twice), with the subject, the delivery count, the error (bounded text), the payload (its first 64 KiB and
-its full size) and the headers; an ERROR names the durable, subject, sequence and error once per message (a
-message's first failure is a WARNING with its traceback, its later ones INFO).
+keyed by (durable, stream sequence, the message's time in the stream), so a redelivery after a crash between the
+insert and the term records nothing twice, and a stream made again, numbering from 1 again, cannot pass a new
+message for an old one's row), with the subject, the delivery count, the error (bounded text), the payload (its
+first 64 KiB and its full size) and the headers; an ERROR names the durable, subject, sequence and error once per
+message (a message's first failure is a WARNING with its traceback, its later ones INFO).
 
 The bound is the handler's (the delivery count JetStream gives with each message), not the server's `max_deliver`:
 a server bound stops delivering the last time without telling the handler, so the message would be left in the
@@ -104,12 +105,15 @@ async def record_dead_letter(pool: asyncpg.Pool, durable: str, msg: Any, error: 
     # JSON text instead also cut a header's own backslash-u0000 text, corrupting it or breaking the JSON (the row then
     # never written, the message never terminated)
     headers = json.dumps({_no_nul(k): _no_nul(v) for k, v in (msg.headers or {}).items()})
+    # the key is the message's: its stream sequence and its time in the stream (the same at every redelivery). A
+    # stream that is deleted and made again numbers its messages from 1 again: by (durable, sequence) alone, a new
+    # poison message's row "was there" (an old one's), nothing was written and the message was terminated unrecorded
     inserted = await pool.fetchval(
         "INSERT INTO dead_letters (durable, stream_seq, stream, subject, deliveries, error, payload, payload_size,"
-        " headers) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb) ON CONFLICT (durable, stream_seq) DO NOTHING"
-        " RETURNING true",
+        " headers, stream_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10)"
+        " ON CONFLICT (durable, stream_seq, stream_time) DO NOTHING RETURNING true",
         durable, meta.sequence.stream, meta.stream, msg.subject.replace("\x00", ""), meta.num_delivered,
-        error.replace("\x00", "")[:ERROR_KEEP], data[:PAYLOAD_KEEP], len(data), headers)
+        error.replace("\x00", "")[:ERROR_KEEP], data[:PAYLOAD_KEEP], len(data), headers, meta.timestamp)
     return bool(inserted)
 
 

@@ -13,6 +13,7 @@ doubling up to 4 s) and handled once the failure passes; one that fails at every
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
@@ -222,4 +223,52 @@ async def test_a_failing_handler_is_redelivered_with_backoff_up_to_max_deliver_t
     finally:
         await conn.execute(f"DROP SCHEMA {schema} CASCADE")  # the trigger with its function
         await conn.close()
+        await nc.close()
+
+
+async def test_a_stream_made_again_keeps_a_new_dead_letter_at_an_old_one_s_sequence(stack):
+    """A stream deleted and made again numbers its messages from 1 again. Dead letters were keyed by (durable,
+    stream sequence): the new poison message at an old one's sequence found its row "there", nothing was written, and
+    it was terminated unrecorded. Real JetStream messages (a scratch stream, a durable pull consumer of the name the
+    rows carry) into auth's real dead_letters table, as its migrations made it."""
+    from nats.js.api import StreamConfig
+
+    from shared.consumers import record_dead_letter
+
+    tag = uuid.uuid4().hex[:10]
+    stream, subject, durable = f"DEADLETTER_TEST_{tag}", f"deadletter_test.{tag}", f"test-{tag}"
+    nc = await nats_client.connect(stack.settings().nats.url)
+    pool = await asyncpg.create_pool(stack.settings().postgres.dsn, min_size=1, max_size=1,
+                                     server_settings={"search_path": "auth"})
+    js = nc.jetstream()
+
+    async def poison(data: bytes):
+        await js.add_stream(StreamConfig(name=stream, subjects=[subject]))
+        assert (await js.publish(subject, data, stream=stream)).seq == 1
+        sub = await js.pull_subscribe(subject, durable=durable, stream=stream)
+        (msg,) = await sub.fetch(1, timeout=5)
+        return sub, msg
+
+    try:
+        sub, old = await poison(b"old poison")
+        assert await record_dead_letter(pool, durable, old, "old error")
+        await old.nak()  # a redelivery of the same message (a crash between the insert and the term): no second row
+        (again,) = await sub.fetch(1, timeout=5)
+        assert again.metadata.num_delivered == 2 and again.metadata.timestamp == old.metadata.timestamp
+        assert not await record_dead_letter(pool, durable, again, "old error")
+        await again.term()
+        await js.delete_stream(stream)
+        _, new = await poison(b"new poison")  # the stream made again: sequence 1 again, another message
+        assert new.metadata.sequence.stream == old.metadata.sequence.stream
+        assert await record_dead_letter(pool, durable, new, "new error"), "the new dead letter was not recorded"
+        rows = await pool.fetch("SELECT payload, error, stream_time FROM dead_letters WHERE durable = $1"
+                                " ORDER BY stream_time", durable)
+        assert [(r["payload"], r["error"]) for r in rows] == [(b"old poison", "old error"),
+                                                              (b"new poison", "new error")]
+        assert [r["stream_time"] for r in rows] == [old.metadata.timestamp, new.metadata.timestamp]
+    finally:
+        await pool.execute("DELETE FROM dead_letters WHERE durable = $1", durable)
+        with contextlib.suppress(Exception):  # deleted already when an assertion failed before it was made again
+            await js.delete_stream(stream)
+        await pool.close()
         await nc.close()

@@ -4,6 +4,7 @@ fake messages and pools (tests/integration/test_dead_letters.py runs it against 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -62,11 +63,14 @@ def test_lineage_takes_a_json_object_with_an_event_id_as_an_event():
             decode_event(json.dumps(bad).encode())
 
 
+STORED = datetime(2026, 12, 3, 18, 0, 0, 123456, tzinfo=UTC)  # a message's time in the stream
+
+
 class FakeMessage:
-    def __init__(self, delivered: int, data: bytes = b"{}") -> None:
+    def __init__(self, delivered: int, data: bytes = b"{}", stored: datetime = STORED) -> None:
         self.raw_message = SimpleNamespace(
             subject="events.model.uploaded", data=data, headers={"Nats-Msg-Id": "m1"},
-            metadata=SimpleNamespace(num_delivered=delivered, stream="EVENTS",
+            metadata=SimpleNamespace(num_delivered=delivered, stream="EVENTS", timestamp=stored,
                                      sequence=SimpleNamespace(stream=17)))
         self.outcome: tuple | None = None
 
@@ -85,7 +89,8 @@ class FakePool:
     async def fetchval(self, sql: str, *args):
         if self.fail:
             raise OSError("PostgreSQL away")
-        key = (args[0], args[1])
+        assert "ON CONFLICT (durable, stream_seq, stream_time)" in sql
+        key = (args[0], args[1], args[9])  # durable, stream sequence, stream time: the table's primary key
         if key in self.rows:
             return None
         self.rows[key] = args
@@ -139,6 +144,21 @@ async def test_failures_log_warning_with_traceback_first_then_info_and_the_dead_
     assert caplog.records[-1].getMessage() == (
         "could not record the dead letter of d2: events.model.uploaded #17 (delivery 5: RuntimeError: database away):"
         " PostgreSQL away; redelivering it")
+
+
+async def test_a_stream_made_again_cannot_pass_a_new_dead_letter_for_an_old_one():
+    # a deleted and recreated EVENTS stream numbers from 1 again: keyed by (durable, sequence) alone, a new poison
+    # message at an old one's sequence "was recorded" and was terminated without its row
+    pool = FakePool()
+    old = FakeMessage(1, data=b"old poison")
+    await settle(old, "d", lambda: pool, POLICY, "not JSON", permanent=True)
+    again = FakeMessage(2, data=b"old poison")  # the same message redelivered: same sequence, same stream time
+    await settle(again, "d", lambda: pool, POLICY, "not JSON", permanent=True)
+    new = FakeMessage(1, data=b"new poison", stored=STORED + timedelta(days=3))  # same sequence, another stream
+    await settle(new, "d", lambda: pool, POLICY, "not JSON", permanent=True)
+    assert old.outcome == again.outcome == new.outcome == ("term",)
+    assert sorted(row[6] for row in pool.rows.values()) == [b"new poison", b"old poison"]
+    assert {row[9] for row in pool.rows.values()} == {STORED, STORED + timedelta(days=3)}
 
 
 async def test_a_dead_letter_that_cannot_be_recorded_is_not_terminated():
