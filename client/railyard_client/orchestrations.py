@@ -13,12 +13,14 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import time
 from pathlib import Path
 from typing import IO, Any
 
+from railyard_client import session as sessions
 from railyard_client.errors import InvalidInput, RailyardError, WaitTimeout
 from railyard_client.progress import ProgressReader, upload_bar, wanted
 
@@ -160,11 +162,14 @@ class Orchestrations:
     # --- runs ---------------------------------------------------------------------------------------------
 
     def runs(self, task_id: str, status: str = "all", limit: int | None = None) -> list[dict[str, Any]]:
-        """A task's runs, newest first; `status` is all, queued, running, failure or success."""
+        """A task's runs, newest first (by creation: docs/api-paging.md); `status` is all, queued, running, failure
+        or success. `limit`: the newest this many (one request up to a page); else all of them, read a page at a
+        time."""
         body: dict[str, Any] = {"task_id": str(task_id), "status": status}
-        if limit is not None:
-            body["limit"] = limit
-        return self._post("task/list_task_runs", body)
+        if limit is not None and limit <= sessions.LIST_PAGE:
+            return self._post("task/list_task_runs", {**body, "limit": limit})
+        pages = self._session.post_pages("task/list_task_runs", body)
+        return list(pages if limit is None else itertools.islice(pages, limit))
 
     def logs(self, run_id: str, lines: int | None = None) -> list[str]:
         """A run's output as the seed's lines (`<RFC 3339 time> stdout F <line>`); `lines`: the last this many."""

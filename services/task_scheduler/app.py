@@ -97,9 +97,10 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """Stop a task: no new runs, a run in progress is stopped."""
         return await handlers.kill_task(deps(), await caller(ctx), ctx.token, cmd.id)
 
-    @command(router, subjects.TASKS_LIST_RUNS, service=NAME)
+    @command(router, subjects.TASKS_LIST_RUNS, service=NAME,
+             too_large_hint=paging.too_large_hint("task/list_task_runs", True))
     async def list_runs(cmd: ListTaskRuns, ctx: CallContext) -> TaskRuns:
-        """A task's runs, most recently updated first."""
+        """A task's runs, most recently updated first (a page with `limit`: newest first by creation)."""
         return await handlers.list_runs(deps(), await caller(ctx), ctx.token, cmd)
 
     @command(router, subjects.TASKS_RUN_LOGS, service=NAME)

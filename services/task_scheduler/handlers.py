@@ -328,10 +328,16 @@ def _run_record(row: asyncpg.Record) -> TaskRunRecord:
 
 
 async def list_runs(deps: Deps, principal: Principal, token: str | None, cmd: ListTaskRuns) -> TaskRuns:
-    """A task's runs, most recently updated first."""
+    """A task's runs: all, most recently updated first (the seed's answer); or a page (`limit`; shared/paging.py),
+    newest first by creation, the cursor its last run's created_at and id: a run's updated_at changes while the list
+    is paged (queued, running, done), which would move it across a keyset cursor, so it is skipped or seen twice."""
+    after = paging.after_key(cmd.cursor, "task/list_task_runs")
     await _visible_task(deps, principal, token, cmd.task_id)
-    rows = await store.runs_of(deps.pool, cmd.task_id, None if cmd.status == "all" else cmd.status, cmd.limit)
-    return TaskRuns(runs=[_run_record(r) for r in rows])
+    status = None if cmd.status == "all" else cmd.status
+    rows = await store.runs_of(deps.pool, cmd.task_id, status, None if cmd.limit is None else cmd.limit + 1, after,
+                               paged=cmd.limit is not None or after is not None)
+    runs, next_cursor = await paging.page(rows, cmd.limit, _run_record, paging.key_cursor)
+    return TaskRuns(runs=runs, next_cursor=next_cursor)
 
 
 async def run_logs(deps: Deps, principal: Principal, token: str | None, cmd: GetRunLogs) -> RunLogs:

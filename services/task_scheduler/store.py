@@ -307,10 +307,18 @@ async def run(pool: asyncpg.Pool, run_id: uuid.UUID) -> asyncpg.Record | None:
     return await pool.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
 
 
-async def runs_of(pool: asyncpg.Pool, task_id: uuid.UUID, status: str | None, limit: int | None) -> list:
+async def runs_of(pool: asyncpg.Pool, task_id: uuid.UUID, status: str | None, limit: int | None,
+                  after: tuple[datetime, uuid.UUID] | None = None, paged: bool = False) -> list:
+    """A task's runs, `limit` at most (None: all): most recently updated first; `paged`, newest first by creation
+    (created_at, id: what never changes), those before `after` (a page's cursor)."""
+    if not paged:
+        return await pool.fetch(
+            "SELECT * FROM runs WHERE task_id = $1 AND ($2::text IS NULL OR status = $2) "
+            "ORDER BY updated_at DESC, id LIMIT $3", task_id, status, limit)
     return await pool.fetch(
-        "SELECT * FROM runs WHERE task_id = $1 AND ($2::text IS NULL OR status = $2) "
-        "ORDER BY updated_at DESC, id LIMIT $3", task_id, status, limit)
+        "SELECT * FROM runs WHERE task_id = $1 AND ($2::text IS NULL OR status = $2) AND ($3::timestamptz IS NULL OR"
+        " (created_at, id) < ($3, $4::uuid)) ORDER BY created_at DESC, id DESC LIMIT $5", task_id, status,
+        *(after or (None, None)), limit)
 
 
 async def append_logs(pool: asyncpg.Pool, run_id: uuid.UUID, first_seq: int,

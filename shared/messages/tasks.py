@@ -151,9 +151,14 @@ class Tasks(Message, NextCursor):
 
 
 class ListTaskRuns(Command):
+    """task/list_task_runs: a task's runs. Without `limit` (and `cursor`) all of them, most recently updated first
+    (the seed's answer); with `limit`, a page of the newest runs by creation, then `cursor` for the next (a run's
+    creation never changes, its update does: docs/api-paging.md)."""
+
     task_id: uuid.UUID
     status: Literal["all", "queued", "running", "failure", "success"] = "all"
-    limit: int | None = Field(None, gt=0, le=1000)
+    limit: int | None = limit_field("runs, newest first by creation")
+    cursor: str | None = key_cursor_field("task/list_task_runs")
 
 
 class TaskRunRecord(Message):
@@ -167,7 +172,7 @@ class TaskRunRecord(Message):
     updated_at: str
 
 
-class TaskRuns(Message):
+class TaskRuns(Message, NextCursor):
     runs: list[TaskRunRecord]
 
 

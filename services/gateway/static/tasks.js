@@ -43,7 +43,7 @@ PAGES.tasks = async function tasks() {
   out.push(section);
   if (!runs.length) { section.append(el('p', {class: 'muted'}, 'No runs yet.')); return out; }
   if (!runs.some(r => r.run_id === T.run)) T.run = runs[0].run_id;
-  section.append(table(`${runs.length} run(s), most recently updated first`,
+  section.append(table(`${runs.length} run(s), newest first`,
     ['run', 'status', 'exit code', 'reason', 'created', 'updated', ''],
     runs.map(r => [el('code', {title: r.run_id}, short(r.run_id)), badge(r.status), r.exit_code ?? '', r.reason || '',
       r.created_at, r.updated_at,
