@@ -100,6 +100,61 @@ async def newest_versions(pool: asyncpg.Pool, pipeline_id: int, before: int | No
     return list(rows), rows[0]["total"] if rows else 0
 
 
+async def active_deployments_of(pool: asyncpg.Pool | asyncpg.Connection,
+                                pipeline_ids: list[int]) -> dict[int, asyncpg.Record]:
+    """The active deployment of each of these pipelines that has one, by pipeline id (active_deployment, for a
+    pipelines/list page in one query)."""
+    rows = await pool.fetch("SELECT * FROM deployments WHERE pipeline_id = ANY($1::bigint[]) AND active",
+                            pipeline_ids)
+    return {row["pipeline_id"]: row for row in rows}
+
+
+async def listed_versions(pool: asyncpg.Pool | asyncpg.Connection, pipeline_ids: list[int], budget: int,
+                          page_bytes: int | None) -> dict[int, tuple[list[asyncpg.Record], int, asyncpg.Record | None]]:
+    """What newest_versions(pipeline, None, its deployed version, budget) and version_row(its deployed version) answer,
+    for the pipelines of a pipelines/list page in one query: by pipeline id, (its newest versions but the deployed
+    one, how many such versions in all, its deployed version or None). Only for the pipelines, in the given order,
+    whose predecessors' versions so chosen (the deployed ones included) add up to at most `page_bytes` (None: all):
+    a page stops at about that many bytes (paging.page), and its pipelines could hold up to `budget` each; those
+    left out the caller reads one by one if the page reaches them."""
+    rows = await pool.fetch(
+        "WITH page AS ("
+        " SELECT p.id AS pipeline_id, p.ord, d.pipeline_version_id AS deployed,"
+        "  coalesce(octet_length(dv.definition::text) + $2, 0) AS deployed_bytes"
+        " FROM unnest($1::bigint[]) WITH ORDINALITY AS p(id, ord)"
+        " LEFT JOIN deployments d ON d.pipeline_id = p.id AND d.active"
+        " LEFT JOIN pipeline_versions dv ON dv.id = d.pipeline_version_id),"
+        " sized AS ("
+        " SELECT v.pipeline_id, v.id, count(*) OVER (PARTITION BY v.pipeline_id) AS total,"
+        "  row_number() OVER (PARTITION BY v.pipeline_id ORDER BY v.id DESC) AS n,"
+        "  sum(octet_length(v.definition::text) + $2) OVER (PARTITION BY v.pipeline_id ORDER BY v.id DESC) AS upto,"
+        "  octet_length(v.definition::text) + $2 AS bytes"
+        " FROM page JOIN pipeline_versions v ON v.pipeline_id = page.pipeline_id"
+        " AND v.id IS DISTINCT FROM page.deployed),"
+        " chosen AS (SELECT * FROM sized WHERE n = 1 OR upto <= $3),"
+        " reached AS (SELECT pipeline_id, deployed FROM ("
+        "  SELECT page.pipeline_id, page.deployed, sum(page.deployed_bytes + coalesce(c.bytes, 0))"
+        "   OVER (ORDER BY page.ord) - page.deployed_bytes - coalesce(c.bytes, 0) AS before"
+        "  FROM page LEFT JOIN (SELECT pipeline_id, sum(bytes) AS bytes FROM chosen GROUP BY pipeline_id) c"
+        "  USING (pipeline_id)) r WHERE $4::bigint IS NULL OR before <= $4)"
+        " SELECT r.pipeline_id, v.id, v.version, v.definition, v.created_at, c.total, false AS deployed"
+        " FROM reached r JOIN chosen c ON c.pipeline_id = r.pipeline_id JOIN pipeline_versions v ON v.id = c.id"
+        " UNION ALL"  # one row of each pipeline reached: its deployed version, or none (id NULL)
+        " SELECT r.pipeline_id, v.id, v.version, v.definition, v.created_at, NULL, true"
+        " FROM reached r LEFT JOIN pipeline_versions v ON v.id = r.deployed"
+        " ORDER BY 1, 2", pipeline_ids, VERSION_OVERHEAD, budget, page_bytes)
+    found: dict[int, tuple[list[asyncpg.Record], int, asyncpg.Record | None]] = {}
+    for row in rows:
+        listed, total, deployed = found.get(row["pipeline_id"], ([], 0, None))
+        if row["deployed"]:
+            deployed = row if row["id"] is not None else None
+        else:
+            listed.append(row)
+            total = row["total"]
+        found[row["pipeline_id"]] = (listed, total, deployed)
+    return found
+
+
 async def version_row(pool: asyncpg.Pool, version_id: int) -> asyncpg.Record | None:
     return await pool.fetchrow("SELECT * FROM pipeline_versions WHERE id = $1", version_id)
 

@@ -1,0 +1,164 @@
+"""A pipelines/list page reads its pipelines' deployments and versions in a fixed number of queries (the page's
+rows, then its active deployments and its versions in one snapshot: services/deployer/store.py
+active_deployments_of, listed_versions) instead of three per pipeline (_pipeline_record's active deployment, newest
+versions and deployed version), with the same records: each page's records are compared with _pipeline_record's
+answer for each pipeline, on a workspace holding pipelines never deployed, deployed at their newest or an old
+version, undeployed, one whose only version is deployed, and one whose versions pass the record's 4 MiB (omitted
+versions, a cursor), at several page sizes (docs/performance.md item 53).
+
+Runs the deployer's handlers in the test's process on a schema of the test's own (conftest.service_schema)."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.deployer import handlers, store
+from tests.integration.conftest import service_schema
+from tests.unit.test_deployer_locks import ALICE
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+WORKSPACE = 7
+
+
+class Counting:
+    """The pool, counting the queries made through it and the connections it hands out."""
+
+    def __init__(self, pool) -> None:
+        self.pool, self.queries = pool, 0
+
+    async def fetch(self, *args, **kwargs):
+        self.queries += 1
+        return await self.pool.fetch(*args, **kwargs)
+
+    async def fetchrow(self, *args, **kwargs):
+        self.queries += 1
+        return await self.pool.fetchrow(*args, **kwargs)
+
+    async def fetchval(self, *args, **kwargs):
+        self.queries += 1
+        return await self.pool.fetchval(*args, **kwargs)
+
+    @contextlib.asynccontextmanager
+    async def acquire(self):
+        async with self.pool.acquire() as conn:
+            yield CountingConnection(self, conn)
+
+
+class CountingConnection:
+    def __init__(self, counting: Counting, conn) -> None:
+        self.counting, self.conn = counting, conn
+
+    def transaction(self, **kwargs):
+        return self.conn.transaction(**kwargs)
+
+    async def fetch(self, *args, **kwargs):
+        self.counting.queries += 1
+        return await self.conn.fetch(*args, **kwargs)
+
+    async def fetchrow(self, *args, **kwargs):
+        self.counting.queries += 1
+        return await self.conn.fetchrow(*args, **kwargs)
+
+    async def fetchval(self, *args, **kwargs):
+        self.counting.queries += 1
+        return await self.conn.fetchval(*args, **kwargs)
+
+
+def definition(index: int, size: int = 0) -> dict[str, Any]:
+    return {"steps": [{"ModelInference": {"models": [{"name": f"m{index}"}]}}], "pad": "x" * size}
+
+
+async def make_pipeline(pool, name: str, versions: int, deployed: int | None = None, active: bool = True,
+                        size: int = 0) -> None:
+    """A pipeline of `versions` versions; deployed at its version number `deployed` (1 the oldest), when given."""
+    ids = []
+    async with pool.acquire() as conn, conn.transaction():
+        for index in range(versions):
+            pipeline_id, version_id, _, _ = await store.create_pipeline_version(
+                conn, WORKSPACE, name, uuid.uuid4(), definition(index, size))
+            ids.append(version_id)
+        if deployed is not None:
+            existing = await store.pipeline_deployment(conn, pipeline_id)
+            deployment_id = await store.activate_deployment(conn, existing, pipeline_id, ids[deployed - 1], name,
+                                                            {"replica_count": 1}, {"steps": []})
+            if not active:
+                await conn.execute("UPDATE deployments SET active = false WHERE id = $1", deployment_id)
+
+
+async def test_a_pipelines_list_page_reads_its_records_in_a_fixed_number_of_queries(stack, monkeypatch):
+    async def member(*args):
+        return "owner"
+
+    monkeypatch.setattr(handlers, "require_member", lambda lookup, principal, workspace_id: member())
+    async with service_schema(stack, "deployerlist", Path("services/deployer/migrations")) as pool:
+        await make_pipeline(pool, "never", 3)
+        await make_pipeline(pool, "newest", 4, deployed=4)
+        await make_pipeline(pool, "oldest", 5, deployed=1)
+        await make_pipeline(pool, "undeployed", 2, deployed=2, active=False)
+        await make_pipeline(pool, "only", 1, deployed=1)
+        await make_pipeline(pool, "large", 80, deployed=3, size=60_000)  # 80 x 60 KB: past the record's 4 MiB
+        for index in range(12):
+            await make_pipeline(pool, f"small{index}", 1 + index % 3, deployed=(1 if index % 2 else None))
+        counting = Counting(pool)
+        deps = handlers.DeployerDeps(pool=counting, broker=None, backend=None, membership=lambda token: None,
+                                     public_url="http://x", timeout=5)
+        rows = await store.pipelines_in(pool, WORKSPACE)
+        assert len(rows) == 18
+        expected = {row["id"]: (await handlers._pipeline_record(deps, row)).model_dump(mode="json") for row in rows}
+        large = expected[rows[5]["id"]]
+        assert large["versions_omitted"] and large["versions_cursor"]  # the case of a cut record is there
+        assert any(v["id"] == large["deployment"]["pipeline_version_pk_id"] for v in large["versions"])
+
+        for limit in (None, 1000, 7, 2, 1):
+            cursor, seen, pages = None, [], 0
+            while True:
+                counting.queries = 0
+                page = await handlers.list_pipelines(deps, ALICE, "t", WORKSPACE, limit, cursor)
+                pages += 1
+                # the page's rows, then its deployments and versions: once for the whole list, at most twice for
+                # a page (again from a pipeline past the ~4 MiB its first read foresaw: the large record's page)
+                assert counting.queries == 3 if limit is None else counting.queries in (3, 5), (
+                    limit, pages, counting.queries)
+                seen += [record.model_dump(mode="json") for record in page.pipelines]
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            assert [record["id"] for record in seen] == [row["id"] for row in rows], limit
+            for record in seen:
+                assert record == expected[record["id"]], (limit, record["name"])
+            assert pages > 1 or limit is None, limit  # the large record fills a page of 1000 too
+
+
+async def test_a_page_past_what_its_versions_query_foresaw_reads_the_rest_one_by_one(stack, monkeypatch):
+    """listed_versions stops at the pipelines whose predecessors' versions pass `page_bytes`; a page that gets
+    further (its records smaller than the SQL's estimate) reads again from there, with the same answers."""
+    async def member(*args):
+        return "owner"
+
+    monkeypatch.setattr(handlers, "require_member", lambda lookup, principal, workspace_id: member())
+    monkeypatch.setattr(handlers.paging, "PAGE_BYTES", 10**9)  # paging.page takes every row
+    async with service_schema(stack, "deployerlist", Path("services/deployer/migrations")) as pool:
+        for index in range(4):
+            await make_pipeline(pool, f"p{index}", 2, deployed=1, size=1000)
+        counting = Counting(pool)
+        deps = handlers.DeployerDeps(pool=counting, broker=None, backend=None, membership=lambda token: None,
+                                     public_url="http://x", timeout=5)
+        rows = await store.pipelines_in(pool, WORKSPACE)
+        listed = await store.listed_versions(pool, [row["id"] for row in rows], handlers.VERSIONS_BYTES, 3000)
+        assert list(listed) == [row["id"] for row in rows[:2]]  # the third starts past 3000 bytes
+        original = store.listed_versions
+
+        async def foreseeing_less(conn, ids, budget, page_bytes):
+            return await original(conn, ids, budget, 3000)
+
+        monkeypatch.setattr(store, "listed_versions", foreseeing_less)
+        page = await handlers.list_pipelines(deps, ALICE, "t", WORKSPACE, 10, None)
+        assert counting.queries == 1 + 2 * 2  # the rows, then two reads of deployments and versions
+        assert [r.model_dump(mode="json") for r in page.pipelines] == [
+            (await handlers._pipeline_record(deps, row)).model_dump(mode="json") for row in rows]
