@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -159,6 +160,20 @@ def post(stack, path: str, token: str | None, body=None, **kwargs) -> httpx.Resp
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.post(f"{stack.api}/{path.lstrip('/')}", json=body if body is not None else {}, headers=headers,
                       timeout=30, **kwargs)
+
+
+def query(stack, sql: str, *args) -> list[asyncpg.Record]:
+    """The rows `sql` answers on the stack's PostgreSQL (its DSN reaches every service's schema: name it, e.g.
+    `monitoring.predictions`), over a connection of its own; for synchronous tests reading what a service stored."""
+
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(stack.settings().postgres.dsn)
+        try:
+            return await conn.fetch(sql, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
 
 
 @contextlib.asynccontextmanager

@@ -7,19 +7,17 @@ cannot hold store nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
 import time
 import zipfile
 
-import asyncpg
 import pytest
 from PIL import Image
 from railyard_client import Client
 
-from tests.integration.conftest import make_account, post, undeploy_all
+from tests.integration.conftest import make_account, post, query, undeploy_all
 from tests.integration.conftest import sdk_client as sdk
 
 pytestmark = pytest.mark.integration
@@ -93,17 +91,6 @@ def squares(size: tuple[int, int], boxes: list[tuple[tuple[int, int, int], tuple
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def query(stack, sql: str, *args):
-    async def run():
-        conn = await asyncpg.connect(stack.settings().postgres.dsn)
-        try:
-            return await conn.fetch(sql, *args)
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
 
 
 def rows_of(stack, deployment_id: int) -> int:

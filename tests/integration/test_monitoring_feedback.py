@@ -33,21 +33,10 @@ from tests.image_models import (
     squares_png,
 )
 from tests.integration.bus_events import announced
-from tests.integration.conftest import inference_token, make_account, post, undeploy_all
+from tests.integration.conftest import inference_token, make_account, post, query, undeploy_all
 from tests.integration.conftest import sdk_client as sdk
 
 pytestmark = pytest.mark.integration
-
-
-def query(stack, sql: str, *args):
-    async def run():
-        conn = await asyncpg.connect(stack.settings().postgres.dsn)
-        try:
-            return await conn.fetch(sql, *args)
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
 
 
 def ok(response) -> dict:

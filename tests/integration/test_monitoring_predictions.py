@@ -14,7 +14,6 @@ import time
 import uuid
 from functools import cache
 
-import asyncpg
 import httpx
 import numpy as np
 import pytest
@@ -32,7 +31,7 @@ from tests.image_models import (
     squares_png,
 )
 from tests.integration.bus_events import announced
-from tests.integration.conftest import inference_token, make_account, post, undeploy_all
+from tests.integration.conftest import inference_token, make_account, post, query, undeploy_all
 from tests.integration.conftest import sdk_client as sdk
 from tests.integration.test_isolation import task_token
 
@@ -63,17 +62,6 @@ def deployed(stack, owner) -> dict:
         pipeline.deployment().wait_until_running(180)
     return {"client": client, "digits": client.get_deployment("digits"), "squares": client.get_deployment("squares"),
             "versions": {"digits": digits, "digits-weak": weak, "squares": detector}}
-
-
-def query(stack, sql: str, *args):
-    async def run():
-        conn = await asyncpg.connect(stack.settings().postgres.dsn)
-        try:
-            return await conn.fetch(sql, *args)
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
 
 
 def rows_of(stack, deployment_id: int) -> int:
