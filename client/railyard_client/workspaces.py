@@ -149,9 +149,10 @@ class Workspace(Resource):
         connection.add_to_workspace(self.id)
 
     def registries(self) -> list[Registry]:
-        """The MLflow registries attached to this workspace (tokens masked)."""
-        return [Registry(self._session, r) for r in self._session.post("models/list_registries",
-                                                                        {"workspace_id": self.id})]
+        """The MLflow registries attached to this workspace, oldest first (tokens masked; read a page at a time:
+        docs/api-paging.md)."""
+        return [Registry(self._session, r) for r in self._session.post_pages("models/list_registries",
+                                                                              {"workspace_id": self.id})]
 
     def create_registry(self, name: str, url: str, token: str | None = None) -> Registry:
         """Connect an MLflow registry to this workspace (the token is kept encrypted)."""

@@ -177,10 +177,11 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """A registry's details, token included."""
         return await registries().get(await caller(ctx), ctx.token, _registry_id(cmd.registry_id, cmd.id))
 
-    @command(router, subjects.REGISTRY_REGISTRIES_LIST, service=NAME)
+    @command(router, subjects.REGISTRY_REGISTRIES_LIST, service=NAME,
+             too_large_hint=paging.too_large_hint("models/list_registries", True))
     async def list_registries(cmd: ListRegistries, ctx: CallContext) -> RegistryList:
-        """The registries of a workspace (tokens masked)."""
-        return await registries().list(await caller(ctx), ctx.token, cmd.workspace_id)
+        """The registries of a workspace, oldest first (tokens masked; a page with `limit`)."""
+        return await registries().list(await caller(ctx), ctx.token, cmd.workspace_id, cmd.limit, cmd.cursor)
 
     @command(router, subjects.REGISTRY_REGISTRIES_LIST_MODELS, service=NAME)
     async def list_registry_models(cmd: ListRegistryModels, ctx: CallContext) -> RegistryModels:

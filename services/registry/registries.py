@@ -16,7 +16,7 @@ import asyncpg
 
 from services.registry import handlers, store
 from services.registry.mlflow import MlflowRegistry
-from shared import subjects
+from shared import paging, subjects
 from shared.authz import Principal, require_member, require_owner_or_member, require_unscoped, require_user
 from shared.errors import InvalidRequest, NotFound
 from shared.messages.registry import (
@@ -136,12 +136,19 @@ class RegistryService:
     async def get(self, principal: Principal, token: str | None, registry_id: uuid.UUID) -> RegistryRecord:
         return self._record(await self._visible(principal, token, registry_id), reveal=True)
 
-    async def list(self, principal: Principal, token: str | None, workspace_id: int) -> RegistryList:
+    async def list(self, principal: Principal, token: str | None, workspace_id: int, limit: int | None = None,
+                   cursor: str | None = None) -> RegistryList:
+        """The workspace's registries, oldest first: all, or a page (shared/paging.py; the cursor: created_at, id)."""
+        after = paging.after_key(cursor, "models/list_registries")
         await require_member(self.deps.membership(token), principal, workspace_id)
         rows = await self.pool.fetch(
             f"{self.QUERY} WHERE r.id IN (SELECT registry_id FROM registry_workspaces WHERE workspace_id = $1)"
-            " GROUP BY r.id ORDER BY r.created_at", workspace_id)
-        return RegistryList(registries=[self._record(r, reveal=False) for r in rows])
+            " AND ($2::timestamptz IS NULL OR (r.created_at, r.id) > ($2, $3::uuid))"
+            " GROUP BY r.id ORDER BY r.created_at, r.id LIMIT $4", workspace_id, *(after or (None, None)),
+            None if limit is None else limit + 1)
+        registries, next_cursor = await paging.page(rows, limit, lambda r: self._record(r, reveal=False),
+                                                    paging.key_cursor)
+        return RegistryList(registries=registries, next_cursor=next_cursor)
 
     async def list_models(self, principal: Principal, token: str | None, cmd: ListRegistryModels) -> RegistryModels:
         row = await self._visible(principal, token, _registry_id(cmd.registry_id, cmd.id))

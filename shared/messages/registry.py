@@ -276,11 +276,16 @@ class RegistryRecord(Message):
 
 
 class ListRegistries(Command):
+    """models/list_registries: a workspace's registries, oldest first; all, or a page (`limit`, then `cursor`)."""
+
     workspace_id: int
+    limit: int | None = limit_field("registries")
+    cursor: str | None = key_cursor_field("models/list_registries")
 
 
-class RegistryList(Message):
-    """The registries (tokens masked; the gateway answers with the bare list, as the seed does)."""
+class RegistryList(Message, NextCursor):
+    """The registries (tokens masked; the gateway answers with the bare list, as the seed does; a page's next cursor
+    in the x-next-cursor header)."""
 
     registries: list[RegistryRecord]
 
