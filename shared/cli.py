@@ -1,4 +1,4 @@
-"""The `railyard` command: `up`, `status` and `down` for the embedded stack."""
+"""The `railyard` command: `up`, `status` and `down` for the embedded stack, `dead-letters` for an operator."""
 
 from __future__ import annotations
 
@@ -163,6 +163,21 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    """The durable event consumers' dead letters: list them, replay one (shared/dead_letters.py)."""
+    import asyncpg
+    import nats.errors
+
+    from shared.dead_letters import run
+
+    settings = _settings(args)
+    try:
+        return run(args, settings)
+    except (OSError, TimeoutError, asyncpg.PostgresError, nats.errors.Error) as exc:  # one line, no traceback
+        print(f"railyard: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The server's commands (`python -m shared.cli ...`); `railyard` shows them through `register`."""
     parser = argparse.ArgumentParser(prog="railyard", description="Railyard MLOps platform")
@@ -185,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "login":
             for flag in ("--url", "--username", "--password", "--client-id", "--client-secret"):
                 cmd.add_argument(flag)
+    from shared.dead_letters import add_arguments  # argparse only: nothing heavy
+
+    text = "List the event consumers' dead letters, or replay one to its subject"
+    cmd = sub.add_parser("dead-letters", help=text, description=f"{text}.")
+    cmd.set_defaults(func=cmd_dead_letters)
+    add_arguments(cmd)
     return parser
 
 

@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import random
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -31,6 +35,7 @@ from shared.messages.monitoring_feedback import ReviewCreated
 from shared.messages.registry import ModelUploaded, ModelVersionFinished
 from shared.messages.tasks import TaskRunEvent
 from shared.settings import NatsSettings
+from tests.stack import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -271,4 +276,69 @@ async def test_a_stream_made_again_keeps_a_new_dead_letter_at_an_old_one_s_seque
         with contextlib.suppress(Exception):  # deleted already when an assertion failed before it was made again
             await js.delete_stream(stream)
         await pool.close()
+        await nc.close()
+
+
+def dead_letters_cli(stack, *args: str) -> subprocess.CompletedProcess:
+    """`railyard dead-letters ...` as an operator runs it: the superuser's DSN, the bus's `ops` identity."""
+    settings = stack.settings()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAILYARD_")}
+    env |= {"RAILYARD_POSTGRES__DSN": settings.postgres.dsn, "RAILYARD_NATS__URL": settings.nats.url}
+    return subprocess.run([sys.executable, "-m", "shared.cli", "dead-letters", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+async def test_an_operator_lists_a_dead_letter_and_replays_it_to_its_subject(stack, alice):
+    """A dead letter of auth's (a model upload whose handler gave up) is listed, replayed to events.model.uploaded
+    with its headers and a new Nats-Msg-Id, handled by auth this time, and marked replayed: listed no more, not
+    replayed twice. A row whose payload was cut is not replayed."""
+    model = model_id()
+    event = ModelUploaded(workspace_id=alice.workspace_id, model_id=model, model_version=uuid.uuid4(), name="m",
+                          framework="onnx", status="ready")
+    payload = event.model_dump_json().encode()
+    durable = "auth-model-uploaded"
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    nc = await nats_client.connect(stack.settings().nats.url)
+    try:
+        js = nc.jetstream()
+        seq = model  # a sequence no test publishes up to: the row is the operator's to find, not the stream's
+        row_id, cut_id = [await conn.fetchval(
+            "INSERT INTO auth.dead_letters (durable, stream_seq, stream_time, stream, subject, deliveries, error,"
+            " payload, payload_size, headers) VALUES ($1, $2, now(), 'EVENTS', $3, 10, 'OSError: away', $4, $5, $6)"
+            " RETURNING id", durable, seq + i, subjects.EVENT_MODEL_UPLOADED, payload, len(payload) + 1000 * i,
+            json.dumps({"Nats-Msg-Id": str(event.event_id), "Traceparent": "00-abc-def-01"})) for i in (0, 1)]
+        listed = dead_letters_cli(stack, "list", "--service", "auth", "--json")
+        assert listed.returncode == 0, listed.stderr
+        rows = {r["id"]: r for r in map(json.loads, listed.stdout.splitlines())}
+        assert rows[row_id]["subject"] == subjects.EVENT_MODEL_UPLOADED and rows[row_id]["durable"] == durable
+        assert rows[row_id]["replayed_at"] is None and cut_id in rows
+
+        replayed = dead_letters_cli(stack, "replay", "auth", str(row_id))
+        assert replayed.returncode == 0, replayed.stderr
+        deadline = time.monotonic() + 30
+        while not await conn.fetchval("SELECT count(*) FROM auth.workspace_resources WHERE workspace_id = $1 AND"
+                                      " kind = 'model' AND resource_id = $2", alice.workspace_id, model):
+            assert time.monotonic() < deadline, "auth never handled the replayed event"
+            await asyncio.sleep(0.05)
+        row = await conn.fetchrow("SELECT replayed_at, replay_msg_id FROM auth.dead_letters WHERE id = $1", row_id)
+        assert row["replayed_at"] is not None
+        sent = await js.get_last_msg(subjects.EVENTS_STREAM, subjects.EVENT_MODEL_UPLOADED)
+        assert sent.data == payload and str(sent.seq) in replayed.stdout
+        assert sent.headers["Nats-Msg-Id"] == row["replay_msg_id"] != str(event.event_id)
+        assert sent.headers["Railyard-Replay-Of"] == f"auth/{row_id}" and sent.headers["Traceparent"] == "00-abc-def-01"
+
+        again = dead_letters_cli(stack, "replay", "auth", str(row_id))
+        assert again.returncode == 1 and "was replayed" in again.stderr and "Traceback" not in again.stderr
+        assert (await js.get_last_msg(subjects.EVENTS_STREAM, subjects.EVENT_MODEL_UPLOADED)).seq == sent.seq
+        cut = dead_letters_cli(stack, "replay", "auth", str(cut_id))
+        assert cut.returncode == 1 and "not replayed" in cut.stderr
+        listed = dead_letters_cli(stack, "list", "--service", "auth", "--json")
+        assert row_id not in {json.loads(line)["id"] for line in listed.stdout.splitlines()}
+        listed = dead_letters_cli(stack, "list", "--service", "auth", "--all")
+        assert listed.returncode == 0 and any(line.split()[1] == str(row_id) and " yes " in line
+                                              for line in listed.stdout.splitlines()[1:])
+    finally:
+        await conn.execute("DELETE FROM auth.dead_letters WHERE durable = $1 AND stream_seq IN ($2, $3)", durable,
+                           model, model + 1)
+        await conn.close()
         await nc.close()

@@ -1,0 +1,121 @@
+"""`railyard dead-letters list|replay`: an operator's look at the durable consumers' dead letters (shared/consumers.py)
+and the replay of one.
+
+A replay publishes the row's payload, with its stored headers, to its original subject on the EVENTS stream under a
+new `Nats-Msg-Id` (the original's would be dropped by JetStream's duplicate window, or name another message) and a
+`Railyard-Replay-Of` header (`<service>/<id>`), waits for the stream's ack, then marks the row replayed (the time and
+the new message id). Every consumer of the subject receives it again, not only the one that gave up on it: the
+events carry their `event_id`, by which lineage records each once and the handlers are written to be repeatable.
+A row whose payload was cut (above 64 KiB) is not replayed, nor one replayed before unless `--again`.
+
+The tool connects as a service does, from the settings: `RAILYARD_POSTGRES__DSN` (a role that may read and update
+the services' `dead_letters`) and `RAILYARD_NATS__URL`, `..._USER`, `..._PASSWORD` (an identity that may publish the
+subject: the embedded stack's `ops`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+SERVICES = ("auth", "monitoring", "workflow_lineage")
+"""The services whose durable event consumers keep dead letters (each in its own schema)."""
+REPLAY_HEADER = "Railyard-Replay-Of"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+    listing = sub.add_parser("list", help="the dead letters, newest first (not replayed ones unless --all)")
+    listing.add_argument("--service", choices=SERVICES, help="one service's only")
+    listing.add_argument("--all", action="store_true", help="replayed ones too")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many per service (default 50)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    replay = sub.add_parser("replay", help="publish one again to its subject and mark it replayed")
+    replay.add_argument("service", choices=SERVICES)
+    replay.add_argument("id", type=int, help="its id (`railyard dead-letters list`)")
+    replay.add_argument("--again", action="store_true", help="replay one replayed before")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio  # here: `railyard`'s every command builds this parser, none other needs asyncio
+
+    return asyncio.run(_list(args, settings) if args.action == "list" else _replay(args, settings))
+
+
+async def _connect_db(settings: Settings):
+    import asyncpg
+
+    return await asyncpg.connect(settings.postgres.dsn, timeout=settings.nats.connect_timeout + 8)
+
+
+async def _list(args: argparse.Namespace, settings: Settings) -> int:
+    conn = await _connect_db(settings)
+    try:
+        rows = []
+        for service in (args.service,) if args.service else SERVICES:
+            rows += [(service, row) for row in await conn.fetch(
+                f'SELECT id, durable, subject, stream_seq, deliveries, error, payload_size, created_at, replayed_at,'
+                f' replay_msg_id FROM "{service}".dead_letters WHERE $1 OR replayed_at IS NULL'
+                f" ORDER BY created_at DESC, id DESC LIMIT $2", args.all, args.limit)]
+    finally:
+        await conn.close()
+    rows.sort(key=lambda item: item[1]["created_at"], reverse=True)
+    if args.json:
+        for service, row in rows:
+            print(json.dumps({"service": service, **dict(row)}, default=str))
+        return 0
+    print(f"{'service':<17}{'id':>6}  {'created':<20}{'durable':<36}{'subject':<34}{'seq':>8}{'tries':>6}  "
+          f"{'replayed':<9}error")
+    for service, row in rows:
+        print(f"{service:<17}{row['id']:>6}  {row['created_at']:%Y-%m-%d %H:%M:%S}  {row['durable']:<36}"
+              f"{row['subject']:<34}{row['stream_seq']:>8}{row['deliveries']:>6}  "
+              f"{'yes' if row['replayed_at'] else 'no':<9}{' '.join(row['error'].split())[:100]}")
+    return 0
+
+
+async def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    import nats
+
+    from shared import subjects
+
+    conn = await _connect_db(settings)
+    try:
+        async with conn.transaction():  # the row locked from the check to the mark: two replays are not both sent
+            row = await conn.fetchrow(
+                f'SELECT subject, payload, payload_size, headers, replayed_at FROM "{args.service}".dead_letters'
+                " WHERE id = $1 FOR UPDATE", args.id)
+            if row is None:
+                print(f"railyard: {args.service} has no dead letter {args.id}", file=sys.stderr)
+                return 1
+            if row["replayed_at"] is not None and not args.again:
+                print(f"railyard: {args.service} dead letter {args.id} was replayed at {row['replayed_at']}"
+                      " (--again replays it once more)", file=sys.stderr)
+                return 1
+            if len(row["payload"]) < row["payload_size"]:
+                print(f"railyard: {args.service} dead letter {args.id} kept only {len(row['payload'])} of its"
+                      f" {row['payload_size']} bytes: not replayed", file=sys.stderr)
+                return 1
+            msg_id = str(uuid.uuid4())
+            # the server's own headers (Nats-Msg-Id, Nats-Expected-*) are not the replay's
+            headers = {k: v for k, v in json.loads(row["headers"]).items() if not k.lower().startswith("nats-")}
+            headers |= {"Nats-Msg-Id": msg_id, REPLAY_HEADER: f"{args.service}/{args.id}"}
+            nc = await nats.connect(settings.nats.url, user=settings.nats.user or None,
+                                    password=settings.nats.password or None,
+                                    connect_timeout=settings.nats.connect_timeout, allow_reconnect=False)
+            try:
+                ack = await nc.jetstream().publish(row["subject"], row["payload"], stream=subjects.EVENTS_STREAM,
+                                                   headers=headers, timeout=settings.nats.request_timeout)
+            finally:
+                await nc.close()
+            await conn.execute(f'UPDATE "{args.service}".dead_letters SET replayed_at = now(), replay_msg_id = $2'
+                               " WHERE id = $1", args.id, msg_id)
+    finally:
+        await conn.close()
+    print(f"railyard: replayed {args.service} dead letter {args.id} to {row['subject']} (stream sequence {ack.seq},"
+          f" Nats-Msg-Id {msg_id})")
+    return 0
