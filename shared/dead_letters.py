@@ -5,7 +5,8 @@ A replay publishes the row's payload, with its stored headers, to its original s
 new `Nats-Msg-Id` (the original's would be dropped by JetStream's duplicate window, or name another message) and a
 `Railyard-Replay-Of` header (`<service>/<id>`), waits for the stream's ack, then marks the row replayed (the time and
 the new message id). Every consumer of the subject receives it again, not only the one that gave up on it: the
-events carry their `event_id`, by which lineage records each once and the handlers are written to be repeatable.
+events carry their `event_id`, by which lineage records each once (auth's resource inserts are idempotent too;
+whether a monitoring consumer may see one twice is the operator's call).
 A row whose payload was cut (above 64 KiB) is not replayed, nor one replayed before unless `--again`.
 
 The tool connects as a service does, from the settings: `RAILYARD_POSTGRES__DSN` (a role that may read and update
