@@ -444,8 +444,8 @@ def _env_name(loc: tuple) -> str:
 
 
 def configuration_errors(exc: Exception) -> list[str]:
-    """One line per problem of a failed `Settings()`: the environment variable and why (never the value: it may be
-    a secret)."""
+    """One line per problem of a failed `Settings()`: the environment variable and why (not pydantic's copy of the
+    value: it may be a secret)."""
     if isinstance(exc, ValidationError):
         lines = []
         for error in exc.errors(include_url=False, include_input=False):
