@@ -13,7 +13,7 @@ import nats
 from faststream.nats import NatsRouter
 from pydantic import ValidationError
 
-from services.log_store import handlers
+from services.log_store import handlers, store
 from services.log_store.segments import SegmentReader
 from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
@@ -31,7 +31,6 @@ from shared.lean_imports import lazy_module
 from shared.messages.logs import (
     GetLogs,
     ListQuarantinedLogs,
-    LogBatchQuarantined,
     LogField,
     LogMaintenanceReport,
     LogRetention,
@@ -40,6 +39,7 @@ from shared.messages.logs import (
     RunLogMaintenance,
     SetLogRetention,
 )
+from shared.outbox import Outbox
 from shared.pipeline_pages import workspace_pipelines
 from shared.service import Runtime, ServiceSpec
 from shared.table_transport import FIELD_HEADER, FIELD_PREFIX, PAGE_HEADER, TABLE_REF, above_bus_limit, put_table
@@ -148,10 +148,17 @@ async def start(runtime: Runtime) -> None:
     # ingestion has its own connection: its large fetches never hold up commands and queries
     ingest_nc = await nats.connect(settings.nats.url, name="railyard-log_store-ingest", max_reconnect_attempts=-1,
                                    reconnect_time_wait=0.5, **connect_options(settings.nats))
-    async def quarantined(event: LogBatchQuarantined) -> None:
-        await publish_event(broker, subjects.EVENT_LOGS_BATCH_QUARANTINED, event)
 
-    ingestor = handlers.Ingestor(deps, ingest_nc.jetstream(), on_quarantine=quarantined)
+    async def publish(subject: str, event: Any) -> None:
+        await publish_event(broker, subject, event)
+
+    # a quarantined batch's event goes out from the outbox (store.EVENT_TYPES; shared/outbox.py), written with its
+    # quarantine row: a publish that fails no longer loses it, nor holds up ingestion while it waits for the ack
+    outbox = Outbox(runtime.db, publish, event_types=store.EVENT_TYPES, order_field=store.ORDER_FIELD,
+                    what="log store events", rows=store)
+    outbox_task = asyncio.create_task(outbox.run())
+    runtime.extras.update(outbox=outbox, outbox_task=outbox_task)
+    ingestor = handlers.Ingestor(deps, ingest_nc.jetstream(), events_committed=outbox.wake)
     await ingestor.start()
 
     async def query(msg: Any, token: str | None) -> tuple[bytes, dict[str, str]]:
@@ -209,6 +216,9 @@ async def stop(runtime: Runtime) -> None:
     if ingestor is not None:
         await ingestor.stop()
         await runtime.extras["ingest_nc"].close()  # unacknowledged messages are simply redelivered
+    outbox_task, outbox = runtime.extras.get("outbox_task"), runtime.extras.get("outbox")
+    if outbox_task is not None:  # what is unsent: now if the bus takes it, else at a start (this or another process)
+        await outbox.stop(outbox_task)
     feed = runtime.extras.get("verifier_feed")
     if feed is not None:
         await feed.stop()

@@ -68,7 +68,6 @@ from shared.messages.logs import (
     MAX_RETENTION_DAYS,
     GetLogs,
     ListQuarantinedLogs,
-    LogBatchQuarantined,
     LogMaintenanceReport,
     LogPage,
     LogRetention,
@@ -218,11 +217,12 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
 class Ingestor:
     """The consumer loop (one task); `flush` is the unit that is durable before it is acknowledged."""
 
-    def __init__(self, deps: Deps, js: Any,
-                 on_quarantine: Callable[[LogBatchQuarantined], Awaitable[None]] | None = None) -> None:
+    def __init__(self, deps: Deps, js: Any, events_committed: Callable[[], None] = lambda: None) -> None:
         self.deps = deps
         self.js = js
-        self.on_quarantine = on_quarantine
+        # a quarantine's event is put in the outbox with its row (store.quarantine); called after that commit: the
+        # outbox (app.py) sends it now, while ingestion goes on (it waited for each publish's ack before)
+        self.events_committed = events_committed
         self.quarantined = 0
         self.task: asyncio.Task | None = None
         self.running = True
@@ -355,17 +355,11 @@ class Ingestor:
         quarantine_id = await store.quarantine(deps.pool, batch_id, workspace_id, pipeline, msg.subject,
                                                reason.replace("\x00", "")[:1000], rows, len(msg.data), key,
                                                json.dumps(headers).replace("\\u0000", ""))
+        self.events_committed()  # its events.logs.batch_quarantined, put in the outbox with the row
         await _ack(msg)
         self.quarantined += 1
-        log.error("quarantined inference log batch %s of %s/%s (%s rows): %s (%d quarantined since start)",
-                  batch_id, workspace_id, pipeline, rows, reason, self.quarantined)
-        if self.on_quarantine is not None:
-            try:
-                await self.on_quarantine(LogBatchQuarantined(
-                    quarantine_id=quarantine_id, batch_id=batch_id, workspace_id=workspace_id, pipeline=pipeline,
-                    reason=reason[:1000], rows=rows))
-            except Exception as exc:
-                log.warning("could not publish the quarantine event: %s", exc)
+        log.error("quarantined inference log batch %s (quarantine %d) of %s/%s (%s rows): %s (%d quarantined since"
+                  " start)", batch_id, quarantine_id, workspace_id, pipeline, rows, reason, self.quarantined)
 
     async def store_requests_once(self, batches: list[Batch]) -> list[str]:
         """Drop the rows of requests already stored (a re-sent request that two replicas ran); the ids of the

@@ -6,6 +6,15 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from shared import subjects
+from shared.messages.base import Event
+from shared.messages.logs import LogBatchQuarantined
+from shared.outbox import add_event, event_failed, event_sent, unsent_events  # noqa: F401 - the outbox table's
+
+# the log store's events (shared/outbox.py; migration 007): a quarantined batch's, written with its quarantine row
+EVENT_TYPES: dict[str, type[Event]] = {subjects.EVENT_LOGS_BATCH_QUARANTINED: LogBatchQuarantined}
+ORDER_FIELD = "quarantine_id"  # one event per quarantined batch: none waits for another
+
 NO_TIME_LOW = -(2**62)
 NO_TIME_HIGH = 2**62
 SEGMENT_COLUMNS = ("id, pipeline_id, first_pos, last_pos, row_count, min_time, max_time, schema_fp, object_key, bytes, "
@@ -184,13 +193,17 @@ async def segments_between(pool: asyncpg.Pool, pipeline_id: int, start: int, end
 async def quarantine(pool: asyncpg.Pool, batch_id: str, workspace_id: int | None, pipeline: str | None,
                      subject: str, reason: str, rows: int | None, size: int, object_key: str,
                      headers: str) -> int:
-    """Record a batch set aside (its bytes are at object_key); its id, so it is never retried again."""
+    """Record a batch set aside (its bytes are at object_key) and, in the same transaction, put its
+    events.logs.batch_quarantined in the outbox; its id, so it is never retried again."""
     async with pool.acquire() as conn, conn.transaction():
         quarantine_id = await conn.fetchval(
             "INSERT INTO quarantine (batch_id, workspace_id, pipeline, subject, reason, rows, bytes, object_key, "
             "headers) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb) RETURNING id", batch_id, workspace_id,
             pipeline, subject, reason, rows, size, object_key, headers)
         await conn.execute("INSERT INTO batches (batch_id) VALUES ($1) ON CONFLICT DO NOTHING", batch_id)
+        await add_event(conn, subjects.EVENT_LOGS_BATCH_QUARANTINED, LogBatchQuarantined(
+            quarantine_id=quarantine_id, batch_id=batch_id, workspace_id=workspace_id, pipeline=pipeline,
+            reason=reason, rows=rows))
     return quarantine_id
 
 
