@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -145,6 +146,26 @@ def json_model(model: type[BaseModel] | None) -> Callable[[bytes], Any]:
     return decode
 
 
+FAILURES_KEPT = 4096
+"""Messages whose failure this process logged, remembered (oldest forgotten first) so that a message's first failed
+delivery it sees is the WARNING with the traceback, whatever its delivery count."""
+_failed: OrderedDict[tuple, None] = OrderedDict()
+
+
+def _first_failure(durable: str, meta: Any) -> bool:
+    """Is this the first failure of the message this process logs? Its first delivery's failure is; a later one is
+    when no failure of it was logged here before: the earlier deliveries went past their ack wait (lineage's is 5 s:
+    a handler waiting for a recording slot) or were taken by a process that died, so the delivery count alone made
+    the first failure anyone saw an INFO line without its traceback."""
+    key = (durable, meta.stream, meta.sequence.stream, meta.timestamp)
+    seen = key in _failed
+    _failed[key] = None
+    _failed.move_to_end(key)
+    while len(_failed) > FAILURES_KEPT:
+        _failed.popitem(last=False)
+    return meta.num_delivered == 1 or not seen
+
+
 async def settle(message: Any, durable: str, pool: Callable[[], asyncpg.Pool], policy: DeliveryPolicy,
                  error: str, permanent: bool) -> None:
     """A failed delivery of `message` (a FastStream NatsMessage): redelivered later, or a dead letter."""
@@ -166,7 +187,7 @@ async def settle(message: Any, durable: str, pool: Callable[[], asyncpg.Pool], p
             return
         await message.reject()  # term: never delivered again
         return
-    first = meta.num_delivered == 1
+    first = _first_failure(durable, meta)
     log.log(logging.WARNING if first else logging.INFO, "%s: %s #%d failed (delivery %d of %d), again in %.1f s: %s",
             durable, msg.subject, meta.sequence.stream, meta.num_delivered, policy.max_deliver, decided.delay, error,
             exc_info=first)

@@ -146,6 +146,28 @@ async def test_failures_log_warning_with_traceback_first_then_info_and_the_dead_
         " PostgreSQL away; redelivering it")
 
 
+async def test_the_first_failure_this_process_sees_is_the_warning_whatever_the_delivery_count(caplog):
+    # delivery 1 went past its ack wait (lineage's is 5 s) or its process died: delivery 2's failure is the first
+    # anyone sees; by the delivery count alone it was an INFO line without its traceback
+    pool = FakePool()
+    stored = STORED + timedelta(seconds=7)  # a message no other test settles
+    with caplog.at_level("INFO", "railyard.consumers"):
+        for delivered in (2, 3):
+            try:
+                raise RuntimeError("database away")
+            except RuntimeError:
+                await settle(FakeMessage(delivered, stored=stored), "late", lambda: pool, POLICY,
+                             "RuntimeError: database away", permanent=False)
+        try:
+            raise RuntimeError("database away")
+        except RuntimeError:  # another message of the same durable: its own first failure
+            await settle(FakeMessage(3, stored=stored + timedelta(seconds=1)), "late", lambda: pool, POLICY,
+                         "RuntimeError: database away", permanent=False)
+    assert [(r.levelname, bool(r.exc_info)) for r in caplog.records] == [
+        ("WARNING", True), ("INFO", False), ("WARNING", True)]
+    assert repr(caplog.records[0].exc_info[1]) == "RuntimeError('database away')"
+
+
 async def test_a_stream_made_again_cannot_pass_a_new_dead_letter_for_an_old_one():
     # a deleted and recreated EVENTS stream numbers from 1 again: keyed by (durable, sequence) alone, a new poison
     # message at an old one's sequence "was recorded" and was terminated without its row
