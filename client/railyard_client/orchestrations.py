@@ -165,7 +165,8 @@ class Orchestrations:
         """A task's runs, newest first (by creation: docs/api-paging.md); `status` is all, queued, running, failure
         or success. `limit`: the newest this many (one request up to a page); else all of them, read a page at a
         time."""
-        body: dict[str, Any] = {"task_id": str(task_id), "status": status}
+        # order "created": the order that pages (the seed's, by update, moves while runs run: docs/api-paging.md)
+        body: dict[str, Any] = {"task_id": str(task_id), "status": status, "order": "created"}
         if limit is not None and limit <= sessions.LIST_PAGE:
             return self._post("task/list_task_runs", {**body, "limit": limit})
         pages = self._session.post_pages("task/list_task_runs", body)

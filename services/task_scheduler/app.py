@@ -100,7 +100,7 @@ def build_router(runtime: Runtime) -> NatsRouter:
     @command(router, subjects.TASKS_LIST_RUNS, service=NAME,
              too_large_hint=paging.too_large_hint("task/list_task_runs", True))
     async def list_runs(cmd: ListTaskRuns, ctx: CallContext) -> TaskRuns:
-        """A task's runs, most recently updated first (a page with `limit`: newest first by creation)."""
+        """A task's runs, most recently updated first (order "created": newest first, pages with `limit`)."""
         return await handlers.list_runs(deps(), await caller(ctx), ctx.token, cmd)
 
     @command(router, subjects.TASKS_RUN_LOGS, service=NAME)

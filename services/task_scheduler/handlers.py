@@ -328,14 +328,20 @@ def _run_record(row: asyncpg.Record) -> TaskRunRecord:
 
 
 async def list_runs(deps: Deps, principal: Principal, token: str | None, cmd: ListTaskRuns) -> TaskRuns:
-    """A task's runs: all, most recently updated first (the seed's answer); or a page (`limit`; shared/paging.py),
-    newest first by creation, the cursor its last run's created_at and id: a run's updated_at changes while the list
-    is paged (queued, running, done), which would move it across a keyset cursor, so it is skipped or seen twice."""
+    """A task's runs. The seed's answer: most recently updated first, all or the `limit` most recently updated (no
+    cursor). With order "created": newest first by creation, all or a page (`limit`; shared/paging.py), the cursor
+    its last run's created_at and id: a run's updated_at changes while the list is paged (queued, running, done),
+    which would move it across a keyset cursor, so it is skipped or seen twice; its creation does not."""
+    if cmd.order != "created" and cmd.cursor is not None:
+        raise InvalidRequest('cursor: task/list_task_runs pages in order "created" only: pass order "created" with '
+                             "limit and cursor")
     after = paging.after_key(cmd.cursor, "task/list_task_runs")
     await _visible_task(deps, principal, token, cmd.task_id)
     status = None if cmd.status == "all" else cmd.status
+    if cmd.order != "created":  # the seed's `limit` is the number of runs answered, not a page
+        return TaskRuns(runs=[_run_record(r) for r in await store.runs_of(deps.pool, cmd.task_id, status, cmd.limit)])
     rows = await store.runs_of(deps.pool, cmd.task_id, status, None if cmd.limit is None else cmd.limit + 1, after,
-                               paged=cmd.limit is not None or after is not None)
+                               paged=True)
     runs, next_cursor = await paging.page(rows, cmd.limit, _run_record, paging.key_cursor)
     return TaskRuns(runs=runs, next_cursor=next_cursor)
 

@@ -151,14 +151,18 @@ class Tasks(Message, NextCursor):
 
 
 class ListTaskRuns(Command):
-    """task/list_task_runs: a task's runs. Without `limit` (and `cursor`) all of them, most recently updated first
-    (the seed's answer); with `limit`, a page of the newest runs by creation, then `cursor` for the next (a run's
-    creation never changes, its update does: docs/api-paging.md)."""
+    """task/list_task_runs: a task's runs. As the seed: most recently updated first, all of them or the `limit`
+    most recently updated. With `order` "created" (Railyard's): newest first by creation, all of them or a page of
+    `limit` and then `cursor` for the next (a run's creation never changes, its update does: docs/api-paging.md)."""
 
     task_id: uuid.UUID
     status: Literal["all", "queued", "running", "failure", "success"] = "all"
-    limit: int | None = limit_field("runs, newest first by creation")
-    cursor: str | None = key_cursor_field("task/list_task_runs")
+    limit: int | None = Field(None, ge=1, le=1000, description="The number of runs to answer (the seed's); with "
+                              "`order` \"created\", a page of at most this many and its next cursor when more follow.")
+    order: Literal["updated", "created"] = Field("updated", description="Railyard: \"updated\" (the seed's order, "
+                                                 "most recently updated first) or \"created\" (newest first by "
+                                                 "creation: the order that pages, with `limit` and `cursor`).")
+    cursor: str | None = key_cursor_field("task/list_task_runs (order \"created\")")
 
 
 class TaskRunRecord(Message):

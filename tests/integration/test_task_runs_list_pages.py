@@ -1,7 +1,8 @@
-"""task/list_task_runs pages (docs/api-paging.md): with `limit` (1-1000) a page of the task's runs newest first by
-creation (created_at, then id: a run's creation never changes, its update does while it is queued, runs and ends), the
-next cursor (created_at and id) in the `x-next-cursor` header, `cursor` for the page after it; without `limit` the
-seed's answer, every run most recently updated first, unchanged. The SDK (Orchestrations.runs, and so `railyard tasks
+"""task/list_task_runs pages (docs/api-paging.md): with `order` "created" and `limit` (1-1000) a page of the task's
+runs newest first by creation (created_at, then id: a run's creation never changes, its update does while it is
+queued, runs and ends), the next cursor (created_at and id) in the `x-next-cursor` header, `cursor` for the page after
+it; without `order` the seed's answer, most recently updated first, unchanged: every run, or the `limit` most recently
+updated (the seed's "number of task runs to display"; no cursor). The SDK (Orchestrations.runs, and so `railyard tasks
 runs`) reads every run a page at a time. Before, `limit` answered the most recently updated runs and no more: a task's
 runs past a bus reply (a schedule every minute makes tens of thousands) were the generic 422, and `cursor` was
 refused. The runs are rows whose update order differs from their creation order (an old run updated last)."""
@@ -63,9 +64,14 @@ async def test_task_runs_page_through_http_the_sdk_and_the_cli(stack, alice, tmp
     by_update = [str(r["id"]) for r in sorted(rows, key=lambda r: r["updated_at"], reverse=True)]
     newest = [str(r["id"]) for r in sorted(rows, key=lambda r: (r["created_at"], r["id"]), reverse=True)]
     assert by_update != newest
-    asked = {"task_id": task_id}
-    whole = post(stack, "task/list_task_runs", alice.token, asked)
+    whole = post(stack, "task/list_task_runs", alice.token, {"task_id": task_id})
     assert "x-next-cursor" not in whole.headers and [r["run_id"] for r in whole.json()] == by_update  # the seed's
+    for limit in (1, 2, 5):  # the seed's limit: the most recently updated runs, in the seed's order, not a page
+        last = post(stack, "task/list_task_runs", alice.token, {"task_id": task_id, "limit": limit})
+        assert "x-next-cursor" not in last.headers and [r["run_id"] for r in last.json()] == by_update[:limit]
+    asked = {"task_id": task_id, "order": "created"}
+    created = post(stack, "task/list_task_runs", alice.token, asked)
+    assert "x-next-cursor" not in created.headers and [r["run_id"] for r in created.json()] == newest
 
     seen, cursors = pages(stack, alice, asked, 2)
     assert seen == [newest[0:2], newest[2:4], newest[4:6]]  # each run once, newest first by creation
@@ -78,9 +84,13 @@ async def test_task_runs_page_through_http_the_sdk_and_the_cli(stack, alice, tmp
     for bad, words in (({"limit": 0}, "limit: Input should be greater than or equal to 1"),
                        ({"limit": 1001}, "limit: Input should be less than or equal to 1000"),
                        ({"limit": 2, "cursor": "17"}, "cursor: not a next cursor of task/list_task_runs"),
-                       ({"limit": 2, "cursor": "9" * 19 + "." + "0" * 32}, "cursor: not a next cursor")):
+                       ({"limit": 2, "cursor": "9" * 19 + "." + "0" * 32}, "cursor: not a next cursor"),
+                       ({"order": "updated", "limit": 2, "cursor": cursors[0]}, 'pages in order "created" only'),
+                       ({"order": "newest"}, "order: Input should be 'updated' or 'created'")):
         refused = post(stack, "task/list_task_runs", alice.token, {**asked, **bad})
         assert refused.status_code == 400 and words in refused.json()["msg"], refused.text[:300]
+    refused = post(stack, "task/list_task_runs", alice.token, {"task_id": task_id, "limit": 2, "cursor": cursors[0]})
+    assert refused.status_code == 400, refused.text[:300]  # a cursor pages the order "created" only
 
     client = sdk_client(stack, alice)
     try:

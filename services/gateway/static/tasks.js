@@ -37,7 +37,7 @@ PAGES.tasks = async function tasks() {
           }}, 'Kill')]))])));
 
   const task = taskList.find(t => t.id === T.task);
-  const runs = await api('task/list_task_runs', {task_id: task.id, limit: 50});
+  const runs = await api('task/list_task_runs', {task_id: task.id, limit: 50, order: 'created'});
   const section = el('section', {id: `task-${task.id}`, tabindex: '-1', 'aria-label': `Runs of ${task.name || task.id}`},
     el('h3', {}, `Runs of ${task.name || short(task.id)}`));
   out.push(section);
@@ -60,7 +60,7 @@ PAGES.tasks = async function tasks() {
     if (state.page !== 'tasks' || T.run !== run.run_id || !logs.isConnected) return;
     try {
       const [{logs: lines}, now] = await Promise.all([api('task/get_logs_for_run', {id: run.run_id, lines: 2000}),
-        api('task/list_task_runs', {task_id: task.id, limit: 50})]);
+        api('task/list_task_runs', {task_id: task.id, limit: 50, order: 'created'})]);
       const current = now.find(r => r.run_id === run.run_id) || run;
       const atEnd = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
       logs.textContent = lines.join('\n') || '(no output yet)';
