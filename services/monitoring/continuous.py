@@ -1026,6 +1026,12 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str) 
                         reason=f"continuous deployment (DEPLOY_AUTO) of training {training['id']}"))
             deps.events_committed()
             return
+        # DEPLOY_SHADOW: not served as the challenger over a newer training delivered meanwhile (during the look-ups
+        # above: its challenge would be superseded by this older one's); its claim is not required here, as before:
+        # the delivery that records first decides (_delivered)
+        async with pool.acquire() as conn, conn.transaction():
+            if not await _still_due(conn, training, claim=False):
+                return
         version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], champion_dict, new,
                                f"monitoring-deploy-{deployment_id}", found=(token, view))
         # the challenge opens once the challenger serves (pairs are matched on both versions anyway), once
@@ -1066,20 +1072,22 @@ NEWER_DELIVERED = (
 not to be served any more (it would replace the newer one)."""
 
 
-async def _still_due(conn: Any, training: asyncpg.Record) -> bool:
+async def _still_due(conn: Any, training: asyncpg.Record, *, claim: bool = True) -> bool:
     """Whether this delivery of `training` is still to be made, checked in the caller's transaction (the training's
     row locked until it ends): its claim (delivering_since) holds — another delivery did not take it over or record
-    it — and no newer training of the deployment has been delivered; one such newer delivery closes this one, with
-    the reason, as resume_deliveries does."""
+    it; `claim` False: not asked — and no newer training of the deployment has been delivered; one such newer
+    delivery closes this one (while its claim holds), with the reason, as resume_deliveries does."""
     row = await conn.fetchrow(
         f"SELECT delivering_since IS NOT DISTINCT FROM $2 AS claimed, {NEWER_DELIVERED} AS newer FROM trainings t"
         " WHERE id = $1 FOR UPDATE", training["id"], training["delivering_since"])
-    if row is None or not row["claimed"]:
+    if row is None or (claim and not row["claimed"]):
         log.info("continuous deployment of training %s: another delivery took it over or recorded it", training["id"])
         return False
     if row["newer"]:
-        await conn.execute("UPDATE trainings SET delivering_since = NULL, reason = 'a newer training of the deployment"
-                           " was delivered during its delivery: not delivered' WHERE id = $1", training["id"])
+        if row["claimed"]:
+            await conn.execute("UPDATE trainings SET delivering_since = NULL, reason = 'a newer training of the"
+                               " deployment was delivered during its delivery: not delivered' WHERE id = $1",
+                               training["id"])
         log.warning("continuous deployment of training %s (deployment %s): a newer training was delivered meanwhile:"
                     " not delivered", training["id"], training["deployment_id"])
         return False

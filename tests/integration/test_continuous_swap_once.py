@@ -520,26 +520,27 @@ async def test_a_training_whose_owner_left_suspends_continuous_training_once(mon
     assert info.training.active is True and info.training.suspended_reason is None
 
 
-async def test_a_resumed_deploy_auto_delivery_checks_it_is_still_due_before_ending_the_challenge(
-        monitoring_schema, monkeypatch):
-    """A stale DEPLOY_AUTO delivery is resumed; during its look-ups (the owner's token, the deployment, the model)
-    a newer training of the deployment is delivered as the shadow challenger (DEPLOY_SHADOW since), its challenge
-    running. Before, the resumed delivery superseded that challenge before checking anything, then served its older
-    version over it. Now the check (its claim holds, nothing newer delivered) comes first, in the transaction that
-    would supersede: the newer challenge keeps running, nothing is served, the old delivery is closed with the
-    reason."""
+@pytest.mark.parametrize("policy", ["DEPLOY_AUTO", "DEPLOY_SHADOW"])
+async def test_a_resumed_delivery_checks_it_is_still_due_before_serving(monitoring_schema, monkeypatch, policy):
+    """A stale delivery is resumed; during its look-ups (the owner's token, the deployment, the model) a newer
+    training of the deployment is delivered as the shadow challenger (DEPLOY_SHADOW), its challenge running.
+    Before, a resumed DEPLOY_AUTO delivery superseded that challenge before checking anything, then served its older
+    version over it; a resumed DEPLOY_SHADOW one served its older version as the challenger over it, then superseded
+    the newer challenge with its own. Now the check (nothing newer delivered; DEPLOY_AUTO: and its claim holds) comes
+    before the serving (DEPLOY_AUTO: in the transaction that would supersede): the newer challenge keeps running,
+    nothing is served, the old delivery is closed with the reason."""
     pool = monitoring_schema
-    await continuous_deployment(pool, "DEPLOY_AUTO")
+    await continuous_deployment(pool, policy)
     older, newer = uuid.uuid4(), uuid.uuid4()
     await pool.execute(
         "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id, model_version,"
-        " model_status, created_at, delivering_since) VALUES ($1, $2, 1, 'done', 'deployed', 1, $3, $4, 'ready',"
+        " model_status, created_at, delivering_since) VALUES ($1, $2, 1, 'done', $6, 1, $3, $4, 'ready',"
         " now() - interval '1 hour', now() - make_interval(secs => $5))", older, DEPLOYMENT, uuid.uuid4(),
-        json.dumps(CHALLENGER), continuous.STALE_SWAP + 10)
-    serves: list[str] = []
+        json.dumps(CHALLENGER), continuous.STALE_SWAP + 10, "deployed" if policy == "DEPLOY_AUTO" else "shadow")
+    serves: list[tuple] = []
 
     async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
-        serves.append(champion["version"])
+        serves.append((champion, challenger))
         return "7"
 
     deliver_with(monkeypatch, lambda: CHAMPION, serve)
