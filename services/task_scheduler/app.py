@@ -98,7 +98,8 @@ def build_router(runtime: Runtime) -> NatsRouter:
         return await handlers.kill_task(deps(), await caller(ctx), ctx.token, cmd.id)
 
     @command(router, subjects.TASKS_LIST_RUNS, service=NAME,
-             too_large_hint=paging.too_large_hint("task/list_task_runs", True))
+             too_large_hint=paging.too_large_hint("task/list_task_runs", True).replace(
+                 "pass limit", 'pass order "created" and limit'))
     async def list_runs(cmd: ListTaskRuns, ctx: CallContext) -> TaskRuns:
         """A task's runs, most recently updated first (order "created": newest first, pages with `limit`)."""
         return await handlers.list_runs(deps(), await caller(ctx), ctx.token, cmd)

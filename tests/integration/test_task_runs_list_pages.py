@@ -55,7 +55,7 @@ def pages(stack, account, body: dict, limit: int) -> tuple[list[list[str]], list
         if (cursor := response.headers.get("x-next-cursor")) is None:
             return seen, cursors
         cursors.append(cursor)
-        assert len(seen) < 10, seen
+        assert len(seen) < 50, len(seen)
 
 
 async def test_task_runs_page_through_http_the_sdk_and_the_cli(stack, alice, tmp_path, monkeypatch, capsys):
@@ -112,3 +112,26 @@ async def test_task_runs_page_through_http_the_sdk_and_the_cli(stack, alice, tmp
     capsys.readouterr()
     assert cli.main(["tasks", "runs", task_id, "--json"]) == 0
     assert [r["run_id"] for r in json.loads(capsys.readouterr().out)] == newest
+
+
+async def test_runs_past_a_reply_are_a_422_whose_advice_pages_them(stack, alice):
+    """A task whose runs pass a bus reply (8 MiB): asked whole, the 422 reply_too_large tells to page with order
+    "created" (the seed's limit alone answers the most recently updated runs and no cursor); following it reads every
+    run once."""
+    _, (task_id,) = await task_rows(stack, alice, 1, 1)
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        made = await conn.fetch(
+            "INSERT INTO task_scheduler.runs (id, task_id, workspace_id, status, reason, created_at, updated_at)"
+            " SELECT gen_random_uuid(), $1, $2, 'failure', repeat('r', 700), t, t FROM generate_series(1, 12000) g,"
+            " LATERAL (SELECT $3::timestamptz + g * interval '1 second' AS t) at RETURNING id", uuid.UUID(task_id),
+            alice.workspace_id, BASE)
+    finally:
+        await conn.close()
+    whole = post(stack, "task/list_task_runs", alice.token, {"task_id": task_id})
+    assert whole.status_code == 422 and whole.json()["code"] == "reply_too_large", whole.text[:300]
+    assert 'pass order "created" and limit' in whole.json()["msg"], whole.json()["msg"]
+    last = post(stack, "task/list_task_runs", alice.token, {"task_id": task_id, "limit": 1000})
+    assert last.status_code == 200 and len(last.json()) == 1000 and "x-next-cursor" not in last.headers
+    seen, _ = pages(stack, alice, {"task_id": task_id, "order": "created"}, 1000)
+    assert sorted(run for page in seen for run in page) == sorted(str(r["id"]) for r in made)
