@@ -2,7 +2,8 @@
 and the replay of one.
 
 A replay publishes the row's payload, with its stored headers, to its original subject on the EVENTS stream under a
-new `Nats-Msg-Id` (the original's would be dropped by JetStream's duplicate window, or name another message) and a
+new `Nats-Msg-Id` (the original's would be dropped by JetStream's duplicate window, or name another message; the
+same for a replay run again before its row is marked, which the stream then drops as a duplicate) and a
 `Railyard-Replay-Of` header (`<service>/<id>`), waits for the stream's ack, then marks the row replayed (the time and
 the new message id). Every consumer of the subject receives it again, not only the one that gave up on it: the
 events carry their `event_id`, by which lineage records each once (auth's resource inserts are idempotent too;
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 SERVICES = ("auth", "monitoring", "workflow_lineage")
 """The services whose durable event consumers keep dead letters (each in its own schema)."""
 REPLAY_HEADER = "Railyard-Replay-Of"
+REPLAY_NAMESPACE = uuid.UUID("5f1c0e2a-9d4b-4c53-8a43-2f7d6b0c9e11")
+"""Of the replays' message ids (`replay_msg_id`)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +82,16 @@ async def _list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def replay_msg_id(service: str, row_id: int, row) -> str:
+    """The `Nats-Msg-Id` of a row's next replay: the same until the row is marked replayed. A replay whose publish
+    was stored but not marked (its ack lost to a timeout, or the mark's commit failed) and that is run again sends the
+    same id, which the stream drops as a duplicate within its window (2 minutes) instead of delivering the event to
+    every consumer twice; after a mark (`--again`) the id is a new one."""
+    key = (f"{service}/{row_id}/{row['stream']}/{row['stream_seq']}/{row['stream_time'].isoformat()}/"
+           f"{row['replay_msg_id'] or ''}")
+    return str(uuid.uuid5(REPLAY_NAMESPACE, key))
+
+
 async def _replay(args: argparse.Namespace, settings: Settings) -> int:
     import nats
 
@@ -88,8 +101,8 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
     try:
         async with conn.transaction():  # the row locked from the check to the mark: two replays are not both sent
             row = await conn.fetchrow(
-                f'SELECT subject, payload, payload_size, headers, replayed_at FROM "{args.service}".dead_letters'
-                " WHERE id = $1 FOR UPDATE", args.id)
+                f'SELECT subject, payload, payload_size, headers, replayed_at, replay_msg_id, stream, stream_seq,'
+                f' stream_time FROM "{args.service}".dead_letters WHERE id = $1 FOR UPDATE', args.id)
             if row is None:
                 print(f"railyard: {args.service} has no dead letter {args.id}", file=sys.stderr)
                 return 1
@@ -101,7 +114,7 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"railyard: {args.service} dead letter {args.id} kept only {len(row['payload'])} of its"
                       f" {row['payload_size']} bytes: not replayed", file=sys.stderr)
                 return 1
-            msg_id = str(uuid.uuid4())
+            msg_id = replay_msg_id(args.service, args.id, row)
             # the server's own headers (Nats-Msg-Id, Nats-Expected-*) are not the replay's
             headers = {k: v for k, v in json.loads(row["headers"]).items() if not k.lower().startswith("nats-")}
             headers |= {"Nats-Msg-Id": msg_id, REPLAY_HEADER: f"{args.service}/{args.id}"}
@@ -117,6 +130,7 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
                                " WHERE id = $1", args.id, msg_id)
     finally:
         await conn.close()
+    again = ", sent by an earlier replay that was not marked: the stream kept it once" if ack.duplicate else ""
     print(f"railyard: replayed {args.service} dead letter {args.id} to {row['subject']} (stream sequence {ack.seq},"
-          f" Nats-Msg-Id {msg_id})")
+          f" Nats-Msg-Id {msg_id}{again})")
     return 0

@@ -342,3 +342,53 @@ async def test_an_operator_lists_a_dead_letter_and_replays_it_to_its_subject(sta
                            model, model + 1)
         await conn.close()
         await nc.close()
+
+
+async def test_a_replay_run_again_after_its_mark_failed_is_not_sent_twice(stack, alice):
+    """A replay whose publish the stream stored but whose mark failed (here: a trigger refuses the UPDATE) leaves
+    the row unmarked; run again, it sends the same Nats-Msg-Id, which the stream drops as a duplicate: the event is on
+    the stream once, and the row is marked with that id. With a new random id each run, every consumer of the
+    subject received the event twice. `--again` afterwards is a new message."""
+    model = model_id()
+    event = ModelUploaded(workspace_id=alice.workspace_id, model_id=model, model_version=uuid.uuid4(), name="m",
+                          framework="onnx", status="ready")
+    payload = event.model_dump_json().encode()
+    durable = "auth-model-uploaded"
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    nc = await nats_client.connect(stack.settings().nats.url)
+    trigger = f"refuse_mark_{model}"
+    try:
+        js = nc.jetstream()
+        row_id = await conn.fetchval(
+            "INSERT INTO auth.dead_letters (durable, stream_seq, stream_time, stream, subject, deliveries, error,"
+            " payload, payload_size, headers) VALUES ($1, $2, now(), 'EVENTS', $3, 10, 'OSError: away', $4, $5, '{}')"
+            " RETURNING id", durable, model, subjects.EVENT_MODEL_UPLOADED, payload, len(payload))
+        await conn.execute(f"CREATE FUNCTION public.{trigger}() RETURNS trigger LANGUAGE plpgsql AS"
+                           " $$ BEGIN RAISE EXCEPTION 'mark refused'; END $$")
+        await conn.execute(f"CREATE TRIGGER {trigger} BEFORE UPDATE ON auth.dead_letters FOR EACH ROW"
+                           f" WHEN (NEW.id = {int(row_id)}) EXECUTE FUNCTION public.{trigger}()")
+
+        failed = dead_letters_cli(stack, "replay", "auth", str(row_id))
+        assert failed.returncode == 1 and "mark refused" in failed.stderr, failed.stderr
+        sent = await js.get_last_msg(subjects.EVENTS_STREAM, subjects.EVENT_MODEL_UPLOADED)
+        assert sent.data == payload and sent.headers["Railyard-Replay-Of"] == f"auth/{row_id}"
+        assert await conn.fetchval("SELECT replayed_at FROM auth.dead_letters WHERE id = $1", row_id) is None
+
+        await conn.execute(f"DROP TRIGGER {trigger} ON auth.dead_letters")
+        replayed = dead_letters_cli(stack, "replay", "auth", str(row_id))
+        assert replayed.returncode == 0, replayed.stderr
+        assert "the stream kept it once" in replayed.stdout
+        assert (await js.get_last_msg(subjects.EVENTS_STREAM, subjects.EVENT_MODEL_UPLOADED)).seq == sent.seq
+        assert await conn.fetchval("SELECT replay_msg_id FROM auth.dead_letters WHERE id = $1 AND replayed_at IS NOT"
+                                   " NULL", row_id) == sent.headers["Nats-Msg-Id"]
+
+        again = dead_letters_cli(stack, "replay", "auth", str(row_id), "--again")
+        assert again.returncode == 0, again.stderr
+        resent = await js.get_last_msg(subjects.EVENTS_STREAM, subjects.EVENT_MODEL_UPLOADED)
+        assert resent.seq > sent.seq and resent.headers["Nats-Msg-Id"] != sent.headers["Nats-Msg-Id"]
+    finally:
+        await conn.execute(f"DROP TRIGGER IF EXISTS {trigger} ON auth.dead_letters")
+        await conn.execute(f"DROP FUNCTION IF EXISTS public.{trigger}()")
+        await conn.execute("DELETE FROM auth.dead_letters WHERE durable = $1 AND stream_seq = $2", durable, model)
+        await conn.close()
+        await nc.close()
