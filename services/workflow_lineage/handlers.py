@@ -338,7 +338,8 @@ async def delete_dataset(deps: Deps, principal: Principal, token: str | None, da
     row = await _dataset(deps, principal, token, dataset_id)
     async with deps.pool.acquire() as conn, conn.transaction():
         deleted = await store.delete_dataset(conn, dataset_id)
-        await _content_changed(conn, row["project_id"], row["workspace_id"])
+        if deleted:  # gone meanwhile (another delete, or with its project): nothing changed here, no event
+            await _content_changed(conn, row["project_id"], row["workspace_id"])
     deps.events_committed()
     return Deleted(deleted=deleted)
 

@@ -16,6 +16,7 @@ import httpx
 import nats as nats_client
 import pytest
 
+from tests.integration.bus_events import stream_events
 from tests.integration.conftest import post
 
 pytestmark = pytest.mark.integration
@@ -85,3 +86,52 @@ async def test_a_change_that_waited_on_another_publishes_the_hash_with_both(stac
     files = {d["name"]: d["file_count"] for d in final["datasets"]}
     assert files == {"a": 1, "b": 1}, final["datasets"]
     assert published == [final["content_sha256"]]  # read before the lock, it was the hash without first.txt
+
+
+async def _outbox_left(stack, project_id: int) -> None:
+    """Wait until lineage's outbox holds no row of the project (its events are on the stream)."""
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        deadline = time.monotonic() + 30
+        while await conn.fetchval("SELECT count(*) FROM workflow_lineage.outbox WHERE payload->>'project_id' = $1",
+                                  str(project_id)):
+            assert time.monotonic() < deadline, "the project's events never left the outbox"
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+
+
+async def test_a_dataset_deleted_with_its_project_meanwhile_publishes_no_change(stack, alice):
+    """datasets/delete whose dataset went with its project after the call looked it up deletes nothing and tells
+    of no change: it published a content_changed (the empty manifest's hash) after the project was gone, so the
+    project's last events.project.changed was no longer its final state's."""
+    project = ok(post(stack, "projects/create", alice.token, {"workspace_id": alice.workspace_id,
+                                                               "name": "deleted-under-a-dataset-delete"}))
+    dataset = ok(post(stack, "datasets/create", alice.token, {"project_id": project["id"], "name": "d",
+                                                              "kind": "files"}))["id"]
+    await _outbox_left(stack, project["id"])
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    threads = ThreadPoolExecutor(1)
+    try:
+        # the test's transaction stands for a projects/delete that commits while datasets/delete waits for the
+        # dataset's row (its own events.project.changed aside): the dataset goes with the project
+        async with conn.transaction():
+            await conn.execute("SELECT 1 FROM workflow_lineage.datasets WHERE id = $1 FOR UPDATE", dataset)
+            mine = await conn.fetchval("SELECT transactionid::text FROM pg_locks WHERE locktype = 'transactionid'"
+                                       " AND pid = pg_backend_pid() AND granted")
+            deleting = asyncio.get_running_loop().run_in_executor(threads, lambda: post(
+                stack, "datasets/delete", alice.token, {"dataset_id": dataset}))
+            deadline = time.monotonic() + 30
+            while not await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid'"
+                                          " AND NOT granted AND transactionid::text = $1", mine):
+                assert time.monotonic() < deadline, "datasets/delete never waited for the dataset's row"
+                assert not deleting.done(), (await deleting).text
+                await asyncio.sleep(0.02)
+            await conn.execute("DELETE FROM workflow_lineage.projects WHERE id = $1", project["id"])
+        assert ok(await deleting)["deleted"] == 0
+    finally:
+        await conn.close()
+        threads.shutdown()
+    await _outbox_left(stack, project["id"])
+    events = await stream_events(stack, "events.project.changed", "project_id", {project["id"]})
+    assert [e["action"] for e in events] == ["created", "content_changed"], events  # the dataset's creation only
