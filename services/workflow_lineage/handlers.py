@@ -290,8 +290,9 @@ async def delete_project(deps: Deps, principal: Principal, token: str | None, pr
     row = await _project(deps, principal, token, project_id)
     async with deps.pool.acquire() as conn, conn.transaction():
         deleted = await store.delete_project(conn, project_id)  # the row's lock: after the changes that hold it
-        await store.add_event(conn, subjects.EVENT_PROJECT_CHANGED, ProjectChanged(
-            workspace_id=row["workspace_id"], project_id=project_id, action="deleted"))
+        if deleted:  # deleted meanwhile by another call, which told of it
+            await store.add_event(conn, subjects.EVENT_PROJECT_CHANGED, ProjectChanged(
+                workspace_id=row["workspace_id"], project_id=project_id, action="deleted"))
     deps.events_committed()
     return Deleted(deleted=deleted)
 

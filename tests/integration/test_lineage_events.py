@@ -135,3 +135,36 @@ async def test_a_dataset_deleted_with_its_project_meanwhile_publishes_no_change(
     await _outbox_left(stack, project["id"])
     events = await stream_events(stack, "events.project.changed", "project_id", {project["id"]})
     assert [e["action"] for e in events] == ["created", "content_changed"], events  # the dataset's creation only
+
+
+async def test_a_project_deleted_meanwhile_is_not_told_deleted_again(stack, alice):
+    """projects/delete whose project was deleted after the call looked it up (another projects/delete committed
+    first) deletes nothing and tells of nothing: it published a second events.project.changed "deleted"."""
+    project = ok(post(stack, "projects/create", alice.token, {"workspace_id": alice.workspace_id,
+                                                               "name": "deleted-twice"}))
+    await _outbox_left(stack, project["id"])
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    threads = ThreadPoolExecutor(1)
+    try:
+        # the test's transaction stands for the other projects/delete (its own event aside), committed while this
+        # one waits for the project's row
+        async with conn.transaction():
+            await conn.execute("SELECT 1 FROM workflow_lineage.projects WHERE id = $1 FOR UPDATE", project["id"])
+            mine = await conn.fetchval("SELECT transactionid::text FROM pg_locks WHERE locktype = 'transactionid'"
+                                       " AND pid = pg_backend_pid() AND granted")
+            deleting = asyncio.get_running_loop().run_in_executor(threads, lambda: post(
+                stack, "projects/delete", alice.token, {"project_id": project["id"]}))
+            deadline = time.monotonic() + 30
+            while not await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid'"
+                                          " AND NOT granted AND transactionid::text = $1", mine):
+                assert time.monotonic() < deadline, "projects/delete never waited for the project's row"
+                assert not deleting.done(), (await deleting).text
+                await asyncio.sleep(0.02)
+            await conn.execute("DELETE FROM workflow_lineage.projects WHERE id = $1", project["id"])
+        assert ok(await deleting)["deleted"] == 0
+    finally:
+        await conn.close()
+        threads.shutdown()
+    await _outbox_left(stack, project["id"])
+    events = await stream_events(stack, "events.project.changed", "project_id", {project["id"]})
+    assert [e["action"] for e in events] == ["created"], events
