@@ -520,6 +520,37 @@ async def test_a_training_whose_owner_left_suspends_continuous_training_once(mon
     assert info.training.active is True and info.training.suspended_reason is None
 
 
+@pytest.mark.parametrize("error", [UpstreamTimeout("auth did not answer within 5s"),
+                                   Unavailable("auth is not running")], ids=["timeout", "auth away"])
+async def test_an_owner_token_not_issued_for_a_passing_reason_suspends_nothing(monitoring_schema, monkeypatch,
+                                                                              error):
+    """Auth not answering (a timeout) or away is no refusal of the owner: each training it stops fails alone, and
+    continuous training stays on without a suspended_reason (the next alert opens the next training)."""
+    pool = monitoring_schema
+    await pool.execute(
+        "INSERT INTO continuous_training (deployment_id, workspace_id, deployment, owner_id, project_id,"
+        " orchestration_id, trigger, threshold, experiment_parameters, model_name, pipeline_id, updated_at)"
+        " VALUES ($1, 1, 'd-42', $2, 1, $3, 'ASSAY_ALERT', 1, '{}', 'digits', 9, now() - interval '1 minute')",
+        DEPLOYMENT, uuid.uuid4(), uuid.uuid4())
+    deps = process(pool)
+
+    async def request(broker, subject, cmd, **kwargs):
+        assert subject == subjects.AUTH_TOKEN_ISSUE_TASK, subject
+        raise error
+
+    monkeypatch.setattr(continuous, "request", request)
+    starter = continuous.TrainingStarter(deps)
+    for _ in range(2):
+        await continuous.on_assay_alert(deps, AssayThresholdCrossed(
+            assay_id=1, name="drift", workspace_id=1, pipeline_id=9, pipeline_name="p", iopath="input.0",
+            status="Alert", score=0.9, warning_threshold=None, alert_threshold=0.5, window_start="a", window_end="b"))
+        await starter.sweep()
+    trainings = await pool.fetch("SELECT state, reason FROM trainings WHERE deployment_id = $1", DEPLOYMENT)
+    assert [(t["state"], t["reason"]) for t in trainings] == [("failed", f"could not start: {error.msg}")] * 2
+    info = await continuous.information(pool, DEPLOYMENT)
+    assert info.training.active is True and info.training.suspended_reason is None
+
+
 @pytest.mark.parametrize("policy", ["DEPLOY_AUTO", "DEPLOY_SHADOW"])
 async def test_a_resumed_delivery_checks_it_is_still_due_before_serving(monitoring_schema, monkeypatch, policy):
     """A stale delivery is resumed; during its look-ups (the owner's token, the deployment, the model) a newer
