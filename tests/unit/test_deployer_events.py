@@ -313,3 +313,25 @@ def test_an_undeploy_before_the_background_write_of_the_owed_event_writes_it_onc
                                                                          (subjects.EVENT_PIPELINE_UNDEPLOYED, 5)]
 
     asyncio.run(scenario(world))
+
+
+def test_a_deployed_event_whose_write_fails_after_the_stop_starts_no_background_write(world):  # noqa: F811
+    """A deploy still running when the deployer stops (the command drain waits 15 s, a deploy up to its replicas'
+    ready timeout) whose write of its deployed event fails after OwedDeployed.stop starts no background write: it
+    would outlive the stop, writing through the pool the service closes next. The row keeps owing the event (the
+    next start's restore writes it). Before, owe() made a task after stop() had cancelled the others."""
+    async def scenario(world) -> None:
+        world.backend.hold = False
+        record_deployed = world.store.record_deployed
+
+        async def refused_once(conn, event, *, if_pending=False):
+            world.store.record_deployed = record_deployed
+            raise ConnectionResetError("the commit was lost")
+
+        world.store.record_deployed = refused_once
+        await world.deps.owed.stop()
+        assert (await _deploy(world, "a")).id == 5
+        assert world.deps.owed.tasks == {}
+        assert world.store.events == [] and world.store.deployments[5]["deployed_pending"]
+
+    asyncio.run(scenario(world))
