@@ -241,10 +241,15 @@ async def list_pipelines(deps: DeployerDeps, principal: Principal, token: str | 
     listed: dict[int, Any] = {}
 
     async def read_from(index: int) -> None:
+        # a page's read sizes every version of each pipeline it is given (the SQL reads each definition), so it is
+        # given LIST_READ_AHEAD of them, or as many as the page holds already: all of a 1000-limit page's sized
+        # every version of its 1000 pipelines, for a page that large records fill after a few (and the next page
+        # again, from the next of them)
+        upto = None if limit is None else index + max(LIST_READ_AHEAD, index)
         # one snapshot: the deployments and the versions they list agree
         async with deps.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            active.update(await store.active_deployments_of(conn, ids[index:]))
-            listed.update(await store.listed_versions(conn, ids[index:], VERSIONS_BYTES,
+            active.update(await store.active_deployments_of(conn, ids[index:upto]))
+            listed.update(await store.listed_versions(conn, ids[index:upto], VERSIONS_BYTES,
                                                       None if limit is None else paging.PAGE_BYTES))
 
     async def record(row) -> PipelineRecord:
@@ -262,6 +267,10 @@ async def get_pipeline(deps: DeployerDeps, principal: Principal, token: str | No
     before = paging.after(versions_cursor, "pipelines/get (versions_cursor)")
     return await _pipeline_record(deps, await _pipeline_for(deps, principal, token, pipeline_id), before)
 
+
+LIST_READ_AHEAD = 128
+"""Pipelines of a pipelines/list page whose versions its first read sizes (list_pipelines); a later read, from a
+pipeline the page gets to past them, as many as the page holds by then (at least this many)."""
 
 VERSIONS_BYTES = paging.PAGE_BYTES
 """JSON bytes of a pipeline record's versions after which it lists no older ones (docs/api-paging.md): a pipeline with

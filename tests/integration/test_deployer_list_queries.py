@@ -162,3 +162,45 @@ async def test_a_page_past_what_its_versions_query_foresaw_reads_the_rest_one_by
         assert counting.queries == 1 + 2 * 2  # the rows, then two reads of deployments and versions
         assert [r.model_dump(mode="json") for r in page.pipelines] == [
             (await handlers._pipeline_record(deps, row)).model_dump(mode="json") for row in rows]
+
+
+async def test_a_page_filled_by_a_few_records_sizes_the_versions_of_a_bounded_number_of_pipelines(stack, monkeypatch):
+    """listed_versions sizes every version of each pipeline it is given (its SQL reads each definition): a page of
+    `limit` 1000 (what the monitoring service and the log store ask, shared/pipeline_pages.py) whose records fill
+    PAGE_BYTES after a few pipelines gave it every pipeline of the page, and the next page every one but those few
+    again: reading a workspace of many-version pipelines sized their versions about once a page. Now a read is
+    given LIST_READ_AHEAD pipelines, or as many as the page holds by then; the same records."""
+    async def member(*args):
+        return "owner"
+
+    monkeypatch.setattr(handlers, "require_member", lambda lookup, principal, workspace_id: member())
+    monkeypatch.setattr(handlers.paging, "PAGE_BYTES", 20_000)  # 3 records of 5 KB a page
+    async with service_schema(stack, "deployerlist", Path("services/deployer/migrations")) as pool:
+        for index in range(handlers.LIST_READ_AHEAD + 60):
+            await make_pipeline(pool, f"p{index}", 1, deployed=1 if index % 2 else None, size=5000)
+        deps = handlers.DeployerDeps(pool=pool, broker=None, backend=None, membership=lambda token: None,
+                                     public_url="http://x", timeout=5)
+        rows = await store.pipelines_in(pool, WORKSPACE)
+        original, asked = store.listed_versions, []
+
+        async def counted(conn, ids, budget, page_bytes):
+            asked.append(len(ids))
+            return await original(conn, ids, budget, page_bytes)
+
+        monkeypatch.setattr(store, "listed_versions", counted)
+        cursor, seen = None, []
+        for _ in range(3):  # the first pages: each held a few records and sized every pipeline after the cursor
+            asked.clear()
+            page = await handlers.list_pipelines(deps, ALICE, "t", WORKSPACE, 1000, cursor)
+            assert 1 <= len(page.pipelines) <= 4 and page.next_cursor is not None, len(page.pipelines)
+            assert sum(asked) <= handlers.LIST_READ_AHEAD, asked
+            seen += page.pipelines
+            cursor = page.next_cursor
+        monkeypatch.setattr(handlers.paging, "PAGE_BYTES", 10**9)  # a page holding them all: read past the first
+        asked.clear()
+        page = await handlers.list_pipelines(deps, ALICE, "t", WORKSPACE, 1000, cursor)
+        assert page.next_cursor is None and asked[0] == handlers.LIST_READ_AHEAD and sum(asked) == len(page.pipelines)
+        seen += page.pipelines
+        assert [record.id for record in seen] == [row["id"] for row in rows]
+        for record, row in zip(seen, rows, strict=True):
+            assert record == await handlers._pipeline_record(deps, row), row["name"]
