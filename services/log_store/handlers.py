@@ -349,6 +349,8 @@ class Ingestor:
                 rows = pa.ipc.open_stream(pa.py_buffer(msg.data)).read_all().num_rows
             except (pa.ArrowException, ValueError):
                 pass
+        if rows is not None and not 0 <= rows < 2**31:
+            rows = None  # a count the row's integer column cannot hold (maybe why the batch is here): left out
         day = datetime.now(UTC).strftime("%Y/%m/%d")
         key = f"{QUARANTINE_PREFIX}{day}/{uuid.uuid4().hex}.arrows"
         await deps.objects.put_bytes(BUCKET_LOGS, key, bytes(msg.data))
