@@ -214,6 +214,13 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
     return pa.concat_tables([t if t.schema.equals(first) else t.cast(first) for t in tables])
 
 
+def _headers_json(headers: dict[str, Any]) -> str:
+    """A batch's headers as the quarantine row's jsonb, NULs (which jsonb refuses) removed from the strings themselves:
+    removed from the JSON text instead, a header's own backslash-u0000 text lost them too and left a backslash
+    escaping the next character, not JSON, so the quarantine failed at every try (shared/consumers.py's `_no_nul`)."""
+    return json.dumps({str(k).replace("\x00", ""): str(v).replace("\x00", "") for k, v in headers.items()})
+
+
 class Ingestor:
     """The consumer loop (one task); `flush` is the unit that is durable before it is acknowledged."""
 
@@ -356,7 +363,7 @@ class Ingestor:
         await deps.objects.put_bytes(BUCKET_LOGS, key, bytes(msg.data))
         quarantine_id = await store.quarantine(deps.pool, batch_id, workspace_id, pipeline, msg.subject,
                                                reason.replace("\x00", "")[:1000], rows, len(msg.data), key,
-                                               json.dumps(headers).replace("\\u0000", ""))
+                                               _headers_json(headers))
         self.events_committed()  # its events.logs.batch_quarantined, put in the outbox with the row
         await _ack(msg)
         self.quarantined += 1

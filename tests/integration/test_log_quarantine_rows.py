@@ -1,9 +1,10 @@
-"""A batch whose row count the quarantine row cannot hold is still quarantined, and ingestion goes on past it: an
-engine's segment description counting 2**31 rows or more (log_store.quarantine.rows and segments.row_count are
-integer columns) failed to be stored, and then to be quarantined, at every try: the quarantine's INSERT failed on
-the count, the ingest loop retried it for ever and no later batch of any pipeline was stored.
+"""A batch whose row count or headers the quarantine row cannot hold as they are is still quarantined, and ingestion
+goes on past it. An engine's segment description counting 2**31 rows or more (log_store.quarantine.rows and
+segments.row_count are integer columns) failed to be stored, and then to be quarantined, at every try: the
+quarantine's INSERT failed on the count, the ingest loop retried it for ever and no later batch of any pipeline was
+stored. A header holding the text backslash-u0000 did the same (below).
 
-The description goes onto INFERENCE_LOGS as an engine publishes one (tests/integration/test_log_quarantine_outbox.py
+The messages go onto INFERENCE_LOGS as an engine publishes them (tests/integration/test_log_quarantine_outbox.py
 publishes a batch the same way); the quarantine table and the stream are read directly."""
 
 from __future__ import annotations
@@ -62,3 +63,35 @@ def test_a_segment_description_counting_more_rows_than_the_table_holds_is_quaran
         assert time.monotonic() < deadline, "the quarantine event never reached the stream"
         time.sleep(0.2)
     assert [(e["pipeline"], e["rows"]) for e in events] == [(pipeline, None)]
+
+
+def test_a_batch_whose_header_holds_the_text_backslash_u0000_is_quarantined_with_it(stack, alice):
+    """The quarantine row keeps the batch's headers as jsonb, which refuses NUL: NULs are removed from the header
+    strings themselves. Removed as the escape from the JSON text instead, a header's own backslash-u0000 text lost its
+    backslash-u0000 and left a backslash escaping the next character: not JSON, the quarantine failed at every try and
+    the ingest loop was stuck on the batch for ever (shared/consumers.py's dead letters met the same)."""
+    batch_id = str(uuid.uuid4())
+    pipeline = f"noted-{uuid.uuid4().hex[:6]}"
+    note = "a\\u0000x"  # the text backslash-u0000, no NUL
+
+    async def run() -> dict:
+        nc = await nats_client.connect(stack.settings().nats.url)
+        try:
+            await nc.jetstream().publish(
+                f"logs.inference.{pipeline}", b"not arrow at all",
+                headers={MSG_ID: batch_id, BATCH_ID: batch_id, "Railyard-Note": note,
+                         LOG_HEADER: log_header(alice.workspace_id, pipeline, f"{pipeline}-1", "v")})
+        finally:
+            await nc.close()
+        deadline = time.monotonic() + 90
+        conn = await asyncpg.connect(stack.settings().postgres.dsn)
+        try:
+            while (headers := await conn.fetchval("SELECT headers::text FROM log_store.quarantine"
+                                                  " WHERE batch_id = $1", batch_id)) is None:
+                assert time.monotonic() < deadline, "the batch was never quarantined: the ingest loop is stuck on it"
+                await asyncio.sleep(0.2)
+        finally:
+            await conn.close()
+        return json.loads(headers)
+
+    assert asyncio.run(run())["Railyard-Note"] == note  # kept as it came
