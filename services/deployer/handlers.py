@@ -248,9 +248,13 @@ async def list_pipelines(deps: DeployerDeps, principal: Principal, token: str | 
         upto = None if limit is None else index + max(LIST_READ_AHEAD, index)
         # one snapshot: the deployments and the versions they list agree
         async with deps.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            active.update(await store.active_deployments_of(conn, ids[index:upto]))
-            listed.update(await store.listed_versions(conn, ids[index:upto], VERSIONS_BYTES,
-                                                      None if limit is None else paging.PAGE_BYTES))
+            found = await store.active_deployments_of(conn, ids[index:upto])
+            versions = await store.listed_versions(conn, ids[index:upto], VERSIONS_BYTES,
+                                                   None if limit is None else paging.PAGE_BYTES)
+        # each pipeline's deployment from the snapshot of its versions: one not reached here is read again later,
+        # and a deployment this read found for it (undeployed by then) stayed in `active`
+        active.update({pipeline_id: found.get(pipeline_id) for pipeline_id in versions})
+        listed.update(versions)
 
     async def record(row) -> PipelineRecord:
         if row["id"] not in listed:

@@ -204,3 +204,37 @@ async def test_a_page_filled_by_a_few_records_sizes_the_versions_of_a_bounded_nu
         assert [record.id for record in seen] == [row["id"] for row in rows]
         for record, row in zip(seen, rows, strict=True):
             assert record == await handlers._pipeline_record(deps, row), row["name"]
+
+
+async def test_a_record_read_again_takes_its_deployment_from_the_same_snapshot_as_its_versions(stack, monkeypatch):
+    """A pipeline the page's first read did not reach (listed_versions stopped before it) is read again, in a new
+    snapshot: its deployment must come from that one too, as its versions do. The first read's active deployments
+    were kept for pipelines the second read found none for, so a pipeline undeployed in between was listed with the
+    old deployment and its versions as undeployed (the deployed version not set apart)."""
+    async def member(*args):
+        return "owner"
+
+    monkeypatch.setattr(handlers, "require_member", lambda lookup, principal, workspace_id: member())
+    monkeypatch.setattr(handlers.paging, "PAGE_BYTES", 10**9)  # paging.page takes every row
+    async with service_schema(stack, "deployerlist", Path("services/deployer/migrations")) as pool:
+        for index in range(2):
+            await make_pipeline(pool, f"p{index}", 2, deployed=1, size=1000)
+        deps = handlers.DeployerDeps(pool=pool, broker=None, backend=None, membership=lambda token: None,
+                                     public_url="http://x", timeout=5)
+        rows = await store.pipelines_in(pool, WORKSPACE)
+        original, reads = store.listed_versions, []
+
+        async def first_reaching_one(conn, ids, budget, page_bytes):
+            reads.append(list(ids))
+            if len(reads) == 1:  # the first read reaches the first pipeline only; the second is undeployed then
+                found = await original(conn, ids, budget, 0)
+                await pool.execute("UPDATE deployments SET active = false WHERE pipeline_id = $1", rows[1]["id"])
+                return found
+            return await original(conn, ids, budget, page_bytes)
+
+        monkeypatch.setattr(store, "listed_versions", first_reaching_one)
+        page = await handlers.list_pipelines(deps, ALICE, "t", WORKSPACE, 10, None)
+        assert reads == [[rows[0]["id"], rows[1]["id"]], [rows[1]["id"]]]
+        second = page.pipelines[1]
+        assert second.deployment is None, second.deployment
+        assert second == await handlers._pipeline_record(deps, rows[1])
