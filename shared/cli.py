@@ -175,6 +175,12 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         return run(args, settings)
     except (OSError, TimeoutError, asyncpg.PostgresError, nats.errors.Error) as exc:  # one line, no traceback
         print(f"railyard: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        # the exit statuses of `railyard` (README): 3 wrong credentials, 5 unreachable, else 1
+        if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError) or "authorization violation" in str(
+                exc).lower():
+            return 3
+        if isinstance(exc, (OSError, nats.errors.NoServersError)) and not isinstance(exc, nats.errors.TimeoutError):
+            return 5
         return 1
 
 

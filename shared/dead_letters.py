@@ -20,7 +20,7 @@ import argparse
 import json
 import sys
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 SERVICES = ("auth", "monitoring", "workflow_lineage")
 """The services whose durable event consumers keep dead letters (each in its own schema)."""
 REPLAY_HEADER = "Railyard-Replay-Of"
+NOT_FOUND = 4
+"""The exit status of a dead letter that is not there (README: 4 not found)."""
 REPLAY_NAMESPACE = uuid.UUID("5f1c0e2a-9d4b-4c53-8a43-2f7d6b0c9e11")
 """Of the replays' message ids (`replay_msg_id`)."""
 
@@ -92,44 +94,77 @@ def replay_msg_id(service: str, row_id: int, row) -> str:
     return str(uuid.uuid5(REPLAY_NAMESPACE, key))
 
 
-async def _replay(args: argparse.Namespace, settings: Settings) -> int:
+class Unreachable(OSError):
+    """No server answered."""
+
+
+async def _connect_bus(settings: Settings) -> tuple[Any, list[Exception]]:
+    """A connection to the bus as `settings.nats` says (a comma-separated URL is a cluster's servers, as for the
+    services), each server tried twice (nats-py reads 0 attempts as no limit), and the errors the server sent
+    meanwhile (kept, not logged: nats-py's own handler printed a traceback for each, and its default retries took two
+    minutes for a server that is away)."""
     import nats
+
+    from shared.raw_bus import connect_options
+
+    errors: list[Exception] = []
+
+    async def keep(exc: Exception) -> None:
+        errors.append(exc)
+
+    servers = [url.strip() for url in settings.nats.url.split(",") if url.strip()]
+    try:
+        nc = await nats.connect(servers, **connect_options(settings.nats),
+                                connect_timeout=settings.nats.connect_timeout, allow_reconnect=False,
+                                max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=keep)
+    except nats.errors.NoServersError:  # say why the last one refused
+        raise (errors[-1] if errors else Unreachable("no NATS server answered")) from None
+    return nc, errors
+
+
+async def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    import nats.errors
 
     from shared import subjects
 
-    conn = await _connect_db(settings)
+    nc, bus_errors = await _connect_bus(settings)  # before the row's lock: connecting may take a while
     try:
-        async with conn.transaction():  # the row locked from the check to the mark: two replays are not both sent
-            row = await conn.fetchrow(
-                f'SELECT subject, payload, payload_size, headers, replayed_at, replay_msg_id, stream, stream_seq,'
-                f' stream_time FROM "{args.service}".dead_letters WHERE id = $1 FOR UPDATE', args.id)
-            if row is None:
-                print(f"railyard: {args.service} has no dead letter {args.id}", file=sys.stderr)
-                return 1
-            if row["replayed_at"] is not None and not args.again:
-                print(f"railyard: {args.service} dead letter {args.id} was replayed at {row['replayed_at']}"
-                      " (--again replays it once more)", file=sys.stderr)
-                return 1
-            if len(row["payload"]) < row["payload_size"]:
-                print(f"railyard: {args.service} dead letter {args.id} kept only {len(row['payload'])} of its"
-                      f" {row['payload_size']} bytes: not replayed", file=sys.stderr)
-                return 1
-            msg_id = replay_msg_id(args.service, args.id, row)
-            # the server's own headers (Nats-Msg-Id, Nats-Expected-*) are not the replay's
-            headers = {k: v for k, v in json.loads(row["headers"]).items() if not k.lower().startswith("nats-")}
-            headers |= {"Nats-Msg-Id": msg_id, REPLAY_HEADER: f"{args.service}/{args.id}"}
-            nc = await nats.connect(settings.nats.url, user=settings.nats.user or None,
-                                    password=settings.nats.password or None,
-                                    connect_timeout=settings.nats.connect_timeout, allow_reconnect=False)
-            try:
-                ack = await nc.jetstream().publish(row["subject"], row["payload"], stream=subjects.EVENTS_STREAM,
-                                                   headers=headers, timeout=settings.nats.request_timeout)
-            finally:
-                await nc.close()
-            await conn.execute(f'UPDATE "{args.service}".dead_letters SET replayed_at = now(), replay_msg_id = $2'
-                               " WHERE id = $1", args.id, msg_id)
+        conn = await _connect_db(settings)
+        try:
+            async with conn.transaction():  # the row locked from the check to the mark: two replays are not both sent
+                row = await conn.fetchrow(
+                    f'SELECT subject, payload, payload_size, headers, replayed_at, replay_msg_id, stream, stream_seq,'
+                    f' stream_time FROM "{args.service}".dead_letters WHERE id = $1 FOR UPDATE', args.id)
+                if row is None:
+                    print(f"railyard: {args.service} has no dead letter {args.id}", file=sys.stderr)
+                    return NOT_FOUND
+                if row["replayed_at"] is not None and not args.again:
+                    print(f"railyard: {args.service} dead letter {args.id} was replayed at {row['replayed_at']}"
+                          " (--again replays it once more)", file=sys.stderr)
+                    return 1
+                if len(row["payload"]) < row["payload_size"]:
+                    print(f"railyard: {args.service} dead letter {args.id} kept only {len(row['payload'])} of its"
+                          f" {row['payload_size']} bytes: not replayed", file=sys.stderr)
+                    return 1
+                msg_id = replay_msg_id(args.service, args.id, row)
+                # the server's own headers (Nats-Msg-Id, Nats-Expected-*) are not the replay's
+                headers = {k: v for k, v in json.loads(row["headers"]).items() if not k.lower().startswith("nats-")}
+                headers |= {"Nats-Msg-Id": msg_id, REPLAY_HEADER: f"{args.service}/{args.id}"}
+                try:
+                    ack = await nc.jetstream().publish(row["subject"], row["payload"], stream=subjects.EVENTS_STREAM,
+                                                       headers=headers, timeout=settings.nats.request_timeout)
+                except nats.errors.TimeoutError:
+                    # an identity that may not publish the subject gets no answer, only an error from the server
+                    refused = [e for e in bus_errors if "permissions violation for publish" in str(e)]
+                    if refused:
+                        raise refused[-1] from None
+                    raise
+                await conn.execute(f'UPDATE "{args.service}".dead_letters SET replayed_at = now(),'
+                                   " replay_msg_id = $2 WHERE id = $1", args.id, msg_id)
+        finally:
+            await conn.close()
     finally:
-        await conn.close()
+        await nc.close()
     again = ", sent by an earlier replay that was not marked: the stream kept it once" if ack.duplicate else ""
     print(f"railyard: replayed {args.service} dead letter {args.id} to {row['subject']} (stream sequence {ack.seq},"
           f" Nats-Msg-Id {msg_id}{again})")

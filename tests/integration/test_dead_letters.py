@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -279,11 +280,13 @@ async def test_a_stream_made_again_keeps_a_new_dead_letter_at_an_old_one_s_seque
         await nc.close()
 
 
-def dead_letters_cli(stack, *args: str) -> subprocess.CompletedProcess:
-    """`railyard dead-letters ...` as an operator runs it: the superuser's DSN, the bus's `ops` identity."""
+def dead_letters_cli(stack, *args: str, **settings_env: str) -> subprocess.CompletedProcess:
+    """`railyard dead-letters ...` as an operator runs it: the superuser's DSN, the bus's `ops` identity (or what
+    `settings_env` sets instead)."""
     settings = stack.settings()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAILYARD_")}
     env |= {"RAILYARD_POSTGRES__DSN": settings.postgres.dsn, "RAILYARD_NATS__URL": settings.nats.url}
+    env |= settings_env
     return subprocess.run([sys.executable, "-m", "shared.cli", "dead-letters", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60)
 
@@ -392,3 +395,46 @@ async def test_a_replay_run_again_after_its_mark_failed_is_not_sent_twice(stack,
         await conn.execute("DELETE FROM auth.dead_letters WHERE durable = $1 AND stream_seq = $2", durable, model)
         await conn.close()
         await nc.close()
+
+
+async def test_a_replay_that_cannot_be_sent_says_why_in_one_line_with_the_readme_s_exit_status(stack, alice):
+    """Not found: 4. The bus away: 5, within seconds (nats-py's defaults retried for two minutes, a traceback on
+    stderr for each attempt, while the row was locked). An identity that may not publish the subject: its
+    permissions violation (it was a bare timeout). A cluster's comma-separated URL, its first server away: sent."""
+    payload = ModelUploaded(workspace_id=alice.workspace_id, model_id=model_id(), model_version=uuid.uuid4(), name="m",
+                            framework="onnx", status="ready").model_dump_json().encode()
+    seq = model_id()
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        row_id = await conn.fetchval(
+            "INSERT INTO auth.dead_letters (durable, stream_seq, stream_time, stream, subject, deliveries, error,"
+            " payload, payload_size, headers) VALUES ('auth-model-uploaded', $1, now(), 'EVENTS', $2, 10, 'e', $3, $4,"
+            " '{}') RETURNING id", seq, subjects.EVENT_MODEL_UPLOADED, payload, len(payload))
+        missing = dead_letters_cli(stack, "replay", "auth", str(row_id + 10**6))
+        assert missing.returncode == 4 and "has no dead letter" in missing.stderr
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            away = f"nats://127.0.0.1:{sock.getsockname()[1]}"
+        started = time.monotonic()
+        unreachable = dead_letters_cli(stack, "replay", "auth", str(row_id), RAILYARD_NATS__URL=away)
+        assert time.monotonic() - started < 30 and unreachable.returncode == 5, unreachable.stderr
+        assert len(unreachable.stderr.splitlines()) == 1 and "Connect call failed" in unreachable.stderr
+
+        port = stack.env["RAILYARD_STACK__NATS_PORT"]
+        refused = dead_letters_cli(stack, "replay", "auth", str(row_id), RAILYARD_NATS__URL=f"nats://127.0.0.1:{port}",
+                                   RAILYARD_NATS__USER="client",
+                                   RAILYARD_NATS__PASSWORD=stack.secrets()["nats_password_client"])
+        assert refused.returncode == 1 and refused.stderr.splitlines() == [
+            f'railyard: Error: nats: permissions violation for publish to "{subjects.EVENT_MODEL_UPLOADED}"']
+        assert await conn.fetchval("SELECT replayed_at FROM auth.dead_letters WHERE id = $1", row_id) is None
+
+        cluster = dead_letters_cli(stack, "replay", "auth", str(row_id),
+                                   RAILYARD_NATS__URL=f"{away}, nats://127.0.0.1:{port}", RAILYARD_NATS__USER="ops",
+                                   RAILYARD_NATS__PASSWORD=stack.secrets()["nats_password_ops"])
+        assert cluster.returncode == 0, cluster.stderr
+        assert await conn.fetchval("SELECT replayed_at FROM auth.dead_letters WHERE id = $1", row_id) is not None
+    finally:
+        await conn.execute("DELETE FROM auth.dead_letters WHERE durable = 'auth-model-uploaded' AND stream_seq = $1",
+                           seq)
+        await conn.close()

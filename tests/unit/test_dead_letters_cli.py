@@ -1,0 +1,36 @@
+"""`railyard dead-letters replay` against a bus that is not there: one line on stderr, exit status 5 (README:
+server unreachable), within seconds. Before, nats-py's defaults retried for two minutes and its error handler printed
+a traceback for each attempt (1,700 lines), and the exit status was 1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_bus_that_is_away_is_one_line_and_exit_status_5(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAILYARD_")}
+    # a cluster's comma-separated servers, none there (the database is never reached: the bus comes first)
+    env |= {"RAILYARD_NATS__URL": f"nats://127.0.0.1:{closed_port()}, nats://127.0.0.1:{closed_port()}",
+            "RAILYARD_NATS__USER": "ops", "RAILYARD_NATS__PASSWORD": "x",
+            "RAILYARD_POSTGRES__DSN": f"postgresql://railyard:x@127.0.0.1:{closed_port()}/railyard",
+            "RAILYARD_STACK__DATA_DIR": str(tmp_path)}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "shared.cli", "dead-letters", "replay", "auth", "1"], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=90)
+    assert time.monotonic() - started < 30
+    assert result.returncode == 5, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("railyard: ") and "Connect call failed" in line and "x@" not in line
