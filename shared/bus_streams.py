@@ -16,29 +16,55 @@ wait for the streams (`shared.bus.wait_for_streams`) and create only their own d
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 
 from shared.settings import Settings
 
+TIMEOUT = 30.0  # seconds for the whole step: connecting, then JetStream answering
 
-async def bootstrap_streams(settings: Settings, timeout: float = 30.0) -> None:
+
+class BusUnreachable(RuntimeError):
+    """NATS did not answer within the step's time, or refused the bootstrap identity."""
+
+
+def _without_credentials(url: str) -> str:
+    return re.sub(r"//[^/@]*@", "//", url)
+
+
+async def bootstrap_streams(settings: Settings, timeout: float = TIMEOUT) -> None:
     """Connect as `settings.nats` (the `bootstrap` identity) and create or complete the platform's streams, and the
     log store's consumer when it does not exist yet (so no record is dropped before the log store first runs),
-    retrying while JetStream is not ready yet (a server that has just started)."""
+    retrying while NATS does not listen yet or JetStream is not ready yet (a server that has just started), for
+    `timeout` seconds in all. A bus still away then, or one refusing the identity, is BusUnreachable naming the
+    server's reason: nats-py reads max_reconnect_attempts=0 as no limit, and its connect alone never gave up."""
     import nats.errors
     from faststream.nats import NatsBroker
 
     from shared.bus import _with_credentials, ensure_log_store_consumer, ensure_streams
     from shared.raw_bus import connect_options
 
+    refusals: list[Exception] = []
+
+    async def keep(exc: Exception) -> None:
+        refusals.append(exc)
+
+    deadline = time.monotonic() + timeout
     options = connect_options(settings.nats)
+    # no reconnect once connected (a one-shot step: a lost bus fails it); servers not listening yet are tried again
+    # (-1: each one until the deadline below), 0.5 s apart
     broker = NatsBroker(_with_credentials(settings.nats.url, settings.nats.user, settings.nats.password),
                         inbox_prefix=options.get("inbox_prefix", "_INBOX"), name="railyard-bootstrap",
-                        connect_timeout=max(settings.nats.connect_timeout, 5.0), max_reconnect_attempts=0)
-    await broker.connect()
+                        connect_timeout=max(settings.nats.connect_timeout, 5.0), allow_reconnect=False,
+                        max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=keep)
     try:
-        deadline = time.monotonic() + timeout
+        try:
+            await asyncio.wait_for(broker.connect(), max(deadline - time.monotonic(), 0.1))
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            reason = refusals[-1] if refusals and isinstance(exc, TimeoutError) else exc
+            raise BusUnreachable(f"could not connect to NATS at {_without_credentials(settings.nats.url)} within "
+                                 f"{timeout:g}s: {reason or type(reason).__name__}") from None
         while True:
             try:
                 await ensure_streams(broker, settings)
@@ -59,7 +85,11 @@ def main() -> int:
         print("railyard-bus-streams: set RAILYARD_NATS__URL, RAILYARD_NATS__USER=bootstrap and "
               "RAILYARD_NATS__PASSWORD (the bootstrap identity's)", file=sys.stderr)
         return 2
-    asyncio.run(bootstrap_streams(settings))
+    try:
+        asyncio.run(bootstrap_streams(settings, timeout=TIMEOUT))
+    except BusUnreachable as exc:  # one line: the stack's start and a Job's log show it as the reason
+        print(f"railyard-bus-streams: {exc}", file=sys.stderr)
+        return 1
     print("railyard-bus-streams: the platform's streams are ready")
     return 0
 

@@ -1,0 +1,75 @@
+"""The stream bootstrap (shared/bus_streams.py) fails within its time limit, naming NATS and why, when the bus is
+away or refuses the identity: it connected with max_reconnect_attempts=0, which nats-py reads as no limit, so a
+bus that was down kept `railyard up`'s start for its 60 s and a docker-compose / Kubernetes bootstrap for ever
+(the Job never failed, the services waited for streams nobody made)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from shared.settings import NatsSettings, Settings
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _settings(url: str) -> Settings:
+    return Settings().model_copy(update={"nats": NatsSettings(url=url, user="bootstrap", password="s3cret-pw")})
+
+
+async def test_a_bus_that_is_down_fails_the_bootstrap_within_its_timeout():
+    from shared.bus_streams import BusUnreachable, bootstrap_streams
+
+    url = f"nats://127.0.0.1:{_closed_port()}"
+    started = time.monotonic()
+    with pytest.raises(BusUnreachable) as raised:
+        await asyncio.wait_for(bootstrap_streams(_settings(url), timeout=1.5), 20)
+    assert time.monotonic() - started < 10
+    message = str(raised.value)
+    assert url in message and "s3cret-pw" not in message
+    assert "connect call failed" in message.lower(), message  # the last attempt's error, not a bare timeout
+
+
+async def test_a_bus_that_refuses_the_identity_fails_the_bootstrap_at_once():
+    """A server answering INFO, then refusing the CONNECT: the reason is the server's, and no retry waits."""
+    from shared.bus_streams import BusUnreachable, bootstrap_streams
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b'INFO {"server_id":"fake","version":"2.10.22","proto":1,"max_payload":1048576,'
+                     b'"auth_required":true,"headers":true}\r\n')
+        await writer.drain()
+        await reader.readline()  # CONNECT
+        writer.write(b"-ERR 'Authorization Violation'\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        started = time.monotonic()
+        with pytest.raises(BusUnreachable) as raised:
+            await asyncio.wait_for(bootstrap_streams(_settings(f"nats://127.0.0.1:{port}"), timeout=15), 30)
+        assert time.monotonic() - started < 5
+        assert "authorization violation" in str(raised.value).lower(), raised.value
+    finally:
+        server.close()
+
+
+def test_main_prints_one_line_and_exits_1(monkeypatch, capsys):
+    from shared import bus_streams
+
+    url = f"nats://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("RAILYARD_NATS__URL", url)
+    monkeypatch.setenv("RAILYARD_NATS__USER", "bootstrap")
+    monkeypatch.setenv("RAILYARD_NATS__PASSWORD", "s3cret-pw")
+    monkeypatch.setattr(bus_streams, "TIMEOUT", 1.0)
+    assert bus_streams.main() == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("railyard-bus-streams: ") and url in err[0], err
