@@ -20,7 +20,7 @@ import re
 import sys
 import time
 
-from shared.settings import Settings
+from shared.settings import Settings, load_settings
 
 TIMEOUT = 30.0  # seconds for the whole step: connecting, then JetStream answering
 
@@ -80,7 +80,7 @@ async def bootstrap_streams(settings: Settings, timeout: float = TIMEOUT) -> Non
 
 def main() -> int:
     """`python -m shared.bus_streams`: the one-shot bootstrap of docker-compose / a Kubernetes Job."""
-    settings = Settings()
+    settings = load_settings("railyard-bus-streams")  # every bad setting, named, and exit 2
     if not settings.nats.user or not settings.nats.password:
         print("railyard-bus-streams: set RAILYARD_NATS__URL, RAILYARD_NATS__USER=bootstrap and "
               "RAILYARD_NATS__PASSWORD (the bootstrap identity's)", file=sys.stderr)

@@ -37,7 +37,8 @@ def _run(argv: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     ([sys.executable, "-m", "services.auth"], "railyard-auth"),
     ([sys.executable, "-m", "shared.cli", "up"], "railyard"),
     ([str(Path(sys.executable).with_name("railyard")), "up"], "railyard"),  # the client's command, its plugin
-], ids=["service", "cli", "railyard"])
+    ([sys.executable, "-m", "shared.bus_streams"], "railyard-bus-streams"),  # the compose / Kubernetes one-shot
+], ids=["service", "cli", "railyard", "bus-streams"])
 def test_every_bad_setting_is_named_with_its_reason(argv, program, tmp_path):
     result = _run(argv, tmp_path)
     assert result.returncode == 2, result.stderr
