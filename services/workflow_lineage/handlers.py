@@ -317,6 +317,7 @@ async def _content_changed(conn: Any, project_id: int, workspace_id: int) -> Non
 async def create_dataset(deps: Deps, principal: Principal, token: str | None, cmd: CreateDataset) -> DatasetInfo:
     project = await _project(deps, principal, token, cmd.project_id)
     async with deps.pool.acquire() as conn, conn.transaction():
+        await store.lock_project(conn, cmd.project_id)  # first, as projects/delete: no deadlock with it
         dataset_id = await store.insert_dataset(conn, cmd.project_id, cmd.name, cmd.kind)
         if dataset_id is None:
             raise Conflict(f"project {cmd.project_id} already has a dataset named {cmd.name!r}")
@@ -338,6 +339,7 @@ async def get_dataset(deps: Deps, principal: Principal, token: str | None, datas
 async def delete_dataset(deps: Deps, principal: Principal, token: str | None, dataset_id: int) -> Deleted:
     row = await _dataset(deps, principal, token, dataset_id)
     async with deps.pool.acquire() as conn, conn.transaction():
+        await store.lock_project(conn, row["project_id"])  # first, as projects/delete: no deadlock with it
         deleted = await store.delete_dataset(conn, dataset_id)
         if deleted:  # gone meanwhile (another delete, or with its project): nothing changed here, no event
             await _content_changed(conn, row["project_id"], row["workspace_id"])
@@ -381,6 +383,7 @@ async def put_rows(deps: Deps, principal: Principal, token: str | None, cmd: Put
         hold = await store.hold_object(deps.pool, hashlib.sha256(data).hexdigest())  # before it may find the object
         stored = await deps.objects.put_content_addressed(BUCKET_DATASETS, io.BytesIO(data))
         async with deps.pool.acquire() as conn, conn.transaction():
+            await store.lock_project(conn, row["project_id"])  # first, as projects/delete: no deadlock with it
             await store.set_rows(conn, cmd.dataset_id, stored.sha256 if table.num_rows or table.num_columns else None,
                                  table.num_rows)
             await store.release_object(conn, hold)  # referred to now
@@ -414,6 +417,7 @@ async def add_file(deps: Deps, principal: Principal, token: str | None, cmd: Add
             content_type = mimetypes.guess_type(cmd.name)[0] or "application/octet-stream"
         hold = await _keep(deps, local, sha)
         async with deps.pool.acquire() as conn, conn.transaction():
+            await store.lock_project(conn, row["project_id"])  # first, as projects/delete: no deadlock with it
             stored = await store.put_dataset_file(conn, cmd.dataset_id, cmd.name, sha, size, content_type, cmd.labels)
             await store.release_object(conn, hold)  # referred to now
             await store.touch_dataset(conn, cmd.dataset_id)
@@ -496,6 +500,7 @@ async def get_file(deps: Deps, principal: Principal, token: str | None, dataset_
 async def delete_file(deps: Deps, principal: Principal, token: str | None, dataset_id: int, name: str) -> Deleted:
     row = await _dataset(deps, principal, token, dataset_id)
     async with deps.pool.acquire() as conn, conn.transaction():
+        await store.lock_project(conn, row["project_id"])  # first, as projects/delete: no deadlock with it
         deleted = await store.delete_dataset_file(conn, dataset_id, name)
         if not deleted:
             raise NotFound(f"dataset {dataset_id} has no file {name!r}")

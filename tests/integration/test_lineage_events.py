@@ -104,7 +104,10 @@ async def _outbox_left(stack, project_id: int) -> None:
 async def test_a_dataset_deleted_with_its_project_meanwhile_publishes_no_change(stack, alice):
     """datasets/delete whose dataset went with its project after the call looked it up deletes nothing and tells
     of no change: it published a content_changed (the empty manifest's hash) after the project was gone, so the
-    project's last events.project.changed was no longer its final state's."""
+    project's last events.project.changed was no longer its final state's. The other delete locks as projects/delete
+    does (the project's row, then its datasets' by the cascade): datasets/delete deleted the dataset's row before it
+    waited for the project's, so the two deadlocked and PostgreSQL aborted one (a 500); it takes the project's row
+    first now (store.lock_project)."""
     project = ok(post(stack, "projects/create", alice.token, {"workspace_id": alice.workspace_id,
                                                                "name": "deleted-under-a-dataset-delete"}))
     dataset = ok(post(stack, "datasets/create", alice.token, {"project_id": project["id"], "name": "d",
@@ -113,10 +116,10 @@ async def test_a_dataset_deleted_with_its_project_meanwhile_publishes_no_change(
     conn = await asyncpg.connect(stack.settings().postgres.dsn)
     threads = ThreadPoolExecutor(1)
     try:
-        # the test's transaction stands for a projects/delete that commits while datasets/delete waits for the
-        # dataset's row (its own events.project.changed aside): the dataset goes with the project
+        # the test's transaction stands for a projects/delete (its own events.project.changed aside): the project's
+        # row locked, datasets/delete waits for it, then the project deleted with its dataset and committed
         async with conn.transaction():
-            await conn.execute("SELECT 1 FROM workflow_lineage.datasets WHERE id = $1 FOR UPDATE", dataset)
+            await conn.execute("SELECT 1 FROM workflow_lineage.projects WHERE id = $1 FOR UPDATE", project["id"])
             mine = await conn.fetchval("SELECT transactionid::text FROM pg_locks WHERE locktype = 'transactionid'"
                                        " AND pid = pg_backend_pid() AND granted")
             deleting = asyncio.get_running_loop().run_in_executor(threads, lambda: post(
@@ -124,7 +127,7 @@ async def test_a_dataset_deleted_with_its_project_meanwhile_publishes_no_change(
             deadline = time.monotonic() + 30
             while not await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid'"
                                           " AND NOT granted AND transactionid::text = $1", mine):
-                assert time.monotonic() < deadline, "datasets/delete never waited for the dataset's row"
+                assert time.monotonic() < deadline, "datasets/delete never waited for the project's row"
                 assert not deleting.done(), (await deleting).text
                 await asyncio.sleep(0.02)
             await conn.execute("DELETE FROM workflow_lineage.projects WHERE id = $1", project["id"])
