@@ -317,7 +317,8 @@ async def _content_changed(conn: Any, project_id: int, workspace_id: int) -> Non
 async def create_dataset(deps: Deps, principal: Principal, token: str | None, cmd: CreateDataset) -> DatasetInfo:
     project = await _project(deps, principal, token, cmd.project_id)
     async with deps.pool.acquire() as conn, conn.transaction():
-        await store.lock_project(conn, cmd.project_id)  # first, as projects/delete: no deadlock with it
+        if not await store.lock_project(conn, cmd.project_id):  # first, as projects/delete: no deadlock with it
+            raise NotFound(f"project {cmd.project_id} not found")  # deleted meanwhile
         dataset_id = await store.insert_dataset(conn, cmd.project_id, cmd.name, cmd.kind)
         if dataset_id is None:
             raise Conflict(f"project {cmd.project_id} already has a dataset named {cmd.name!r}")
@@ -384,6 +385,8 @@ async def put_rows(deps: Deps, principal: Principal, token: str | None, cmd: Put
         stored = await deps.objects.put_content_addressed(BUCKET_DATASETS, io.BytesIO(data))
         async with deps.pool.acquire() as conn, conn.transaction():
             await store.lock_project(conn, row["project_id"])  # first, as projects/delete: no deadlock with it
+            if await store.dataset(conn, cmd.dataset_id) is None:  # deleted meanwhile: no change, no event
+                raise NotFound(f"dataset {cmd.dataset_id} not found")
             await store.set_rows(conn, cmd.dataset_id, stored.sha256 if table.num_rows or table.num_columns else None,
                                  table.num_rows)
             await store.release_object(conn, hold)  # referred to now
@@ -418,6 +421,8 @@ async def add_file(deps: Deps, principal: Principal, token: str | None, cmd: Add
         hold = await _keep(deps, local, sha)
         async with deps.pool.acquire() as conn, conn.transaction():
             await store.lock_project(conn, row["project_id"])  # first, as projects/delete: no deadlock with it
+            if await store.dataset(conn, cmd.dataset_id) is None:  # deleted meanwhile (its insert: a foreign key error)
+                raise NotFound(f"dataset {cmd.dataset_id} not found")
             stored = await store.put_dataset_file(conn, cmd.dataset_id, cmd.name, sha, size, content_type, cmd.labels)
             await store.release_object(conn, hold)  # referred to now
             await store.touch_dataset(conn, cmd.dataset_id)

@@ -195,13 +195,14 @@ VERSION_COLUMNS = ("id, project_id, workspace_id, number, title, description, ma
                    " created_at")
 
 
-async def lock_project(conn: Any, project_id: int) -> None:
+async def lock_project(conn: Any, project_id: int) -> bool:
     """Serialize version creation per project (number and dedupe are read-then-write). Also taken first by each change
     of a project's datasets (handlers: create_dataset, delete_dataset, put_rows, add_file, delete_file), in the order
     projects/delete takes its locks (the project's row, then its datasets' and files' by the cascade): taking the
     project's row after the dataset's or file's (touch_project in _content_changed) deadlocked with an overlapping
-    projects/delete, and PostgreSQL aborted one of them (a 500)."""
-    await conn.execute("SELECT 1 FROM projects WHERE id = $1 FOR UPDATE", project_id)
+    projects/delete, and PostgreSQL aborted one of them (a 500). Whether the project is there (deleted meanwhile:
+    not)."""
+    return bool(await conn.fetchval("SELECT true FROM projects WHERE id = $1 FOR UPDATE", project_id))
 
 
 async def latest_version(conn: Any, project_id: int) -> asyncpg.Record | None:

@@ -171,3 +171,35 @@ async def test_a_project_deleted_meanwhile_is_not_told_deleted_again(stack, alic
     await _outbox_left(stack, project["id"])
     events = await stream_events(stack, "events.project.changed", "project_id", {project["id"]})
     assert [e["action"] for e in events] == ["created"], events
+
+
+async def test_a_dataset_created_in_a_project_deleted_meanwhile_is_a_404(stack, alice):
+    """datasets/create whose project was deleted after the call looked it up (it waited for projects/delete's lock
+    on the project's row) answers 404 and tells of nothing: its insert failed on the foreign key, a 500."""
+    project = ok(post(stack, "projects/create", alice.token, {"workspace_id": alice.workspace_id,
+                                                               "name": "deleted-under-a-dataset-create"}))
+    await _outbox_left(stack, project["id"])
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    threads = ThreadPoolExecutor(1)
+    try:
+        async with conn.transaction():  # stands for projects/delete, as above
+            await conn.execute("SELECT 1 FROM workflow_lineage.projects WHERE id = $1 FOR UPDATE", project["id"])
+            mine = await conn.fetchval("SELECT transactionid::text FROM pg_locks WHERE locktype = 'transactionid'"
+                                       " AND pid = pg_backend_pid() AND granted")
+            creating = asyncio.get_running_loop().run_in_executor(threads, lambda: post(
+                stack, "datasets/create", alice.token, {"project_id": project["id"], "name": "d", "kind": "files"}))
+            deadline = time.monotonic() + 30
+            while not await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid'"
+                                          " AND NOT granted AND transactionid::text = $1", mine):
+                assert time.monotonic() < deadline, "datasets/create never waited for the project's row"
+                assert not creating.done(), (await creating).text
+                await asyncio.sleep(0.02)
+            await conn.execute("DELETE FROM workflow_lineage.projects WHERE id = $1", project["id"])
+        answer = await creating
+        assert answer.status_code == 404, answer.text
+    finally:
+        await conn.close()
+        threads.shutdown()
+    await _outbox_left(stack, project["id"])
+    events = await stream_events(stack, "events.project.changed", "project_id", {project["id"]})
+    assert [e["action"] for e in events] == ["created"], events
