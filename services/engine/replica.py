@@ -56,7 +56,7 @@ from shared.objectstore import BUCKET_ARTIFACTS, MinioObjectStore, content_key  
 from shared.probe_files import keep_probe_files  # noqa: E402
 from shared.raw_bus import connect_options  # noqa: E402
 from shared.sched_hint import request_path_slice  # noqa: E402
-from shared.settings import Settings  # noqa: E402
+from shared.settings import Settings, load_settings  # noqa: E402
 
 log = logging.getLogger("railyard.engine")
 DRAIN_SHADOWS = 2.0  # seconds a stopping replica lets queued challengers run (then: logged without them)
@@ -418,8 +418,7 @@ class Replica:
             self.log_record(self.shadow_queue.get_nowait()[0])
 
 
-async def main_async(spec_path: Path, replica_id: str) -> int:
-    settings = Settings()
+async def main_async(spec_path: Path, replica_id: str, settings: Settings) -> int:
     request_path_slice(settings.request_path_slice_us)  # a pod's replica too (shared/sched_hint.py; no-op when set)
     # typed at the boundary (the deployer wrote it); the request path reads the validated fields as a dict
     spec = ReplicaSpec.model_validate_json(await asyncio.to_thread(spec_path.read_text))
@@ -454,9 +453,12 @@ async def _serving(replica: Replica) -> bool:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # as a service's start (shared/service.py): every bad setting named, one line each, exit 2, no traceback and no
+    # value (pydantic's traceback printed the inputs, the engine's bus password among them)
+    settings = load_settings("railyard-engine")
     import uvloop  # as every service: its loop and transports cost less per message than asyncio's own
 
-    sys.exit(uvloop.run(main_async(Path(sys.argv[1]), sys.argv[2])))
+    sys.exit(uvloop.run(main_async(Path(sys.argv[1]), sys.argv[2], settings)))
 
 
 if __name__ == "__main__":
