@@ -91,6 +91,21 @@ class DeployerDeps:
         return lock
 
 
+def deployed_event(deployment_id: int, name: str, pipeline_id: int, workspace_id: int,
+                   pipeline_version: Any) -> PipelineDeployed:
+    """The deployment's events.pipeline.deployed: the one place it is built, for the deploy whose replicas serve, the
+    restore that writes one owed, the undeploy writing one owed first (store.deactivate) and the background write
+    (OwedDeployed). `pipeline_version`: the deployed version's UUID (a uuid.UUID or its text)."""
+    return PipelineDeployed(deployment_id=deployment_id, name=name, pipeline_id=pipeline_id, workspace_id=workspace_id,
+                            pipeline_version=str(pipeline_version))
+
+
+def _deployed_event_of(row: Any) -> PipelineDeployed:
+    """deployed_event of a store.deployment / store.active_deployments row (its name from deploy_id and id)."""
+    return deployed_event(row["id"], f"{row['deploy_id']}-{row['id']}", row["pipeline_id"], row["workspace_id"],
+                          row["pipeline_version"])
+
+
 def _check_name(name: str, what: str) -> None:
     if not NAME.match(name):
         raise InvalidRequest(f"invalid {what} {echo(name)}: use 1-63 ASCII letters, digits or dashes, starting and"
@@ -476,8 +491,7 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
     to start sends none (the event is not written at the activation, which a failed start undoes)."""
 
     def deployed(deployment_id: int, name: str) -> PipelineDeployed:
-        return PipelineDeployed(deployment_id=deployment_id, name=name, pipeline_id=pipeline["id"],
-                                workspace_id=pipeline["workspace_id"], pipeline_version=str(version["version"]))
+        return deployed_event(deployment_id, name, pipeline["id"], pipeline["workspace_id"], version["version"])
 
     async with deps.pipeline_lock(pipeline["id"]):
         async with deps.pool.acquire() as conn, conn.transaction():
@@ -517,9 +531,8 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
             owed = None
             if was_active and before.get("deployed_pending"):
                 owed_version = await store.version(deps.pool, before["pipeline_version_id"])
-                owed = PipelineDeployed(deployment_id=deployment_id, name=old, pipeline_id=pipeline["id"],
-                                        workspace_id=pipeline["workspace_id"],
-                                        pipeline_version=str(owed_version["version"]))
+                owed = deployed_event(deployment_id, old, pipeline["id"], pipeline["workspace_id"],
+                                      owed_version["version"])
             await store.deactivate(deps.pool, deployment_id, PipelineUndeployed(
                 deployment_id=deployment_id, name=old, pipeline_id=pipeline["id"],
                 workspace_id=pipeline["workspace_id"]) if was_active else None, owed)
@@ -599,8 +612,7 @@ async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, 
         name = f"{row['deploy_id']}-{row['id']}"
         # inactive and its events.pipeline.undeployed in one transaction (none when it was inactive already);
         # preceded by its events.pipeline.deployed if the row still owes it (store.deactivate)
-        owed = PipelineDeployed(deployment_id=deployment_id, name=name, pipeline_id=pipeline_id,
-                                workspace_id=pipeline["workspace_id"], pipeline_version=str(row["pipeline_version"]))
+        owed = _deployed_event_of(row)
         await store.deactivate(deps.pool, deployment_id, PipelineUndeployed(
             deployment_id=deployment_id, name=name, pipeline_id=pipeline_id, workspace_id=pipeline["workspace_id"]),
             owed)
@@ -784,9 +796,7 @@ async def _restart(deps: DeployerDeps, pipeline_id: int, deployment_id: int, gat
             raise
         if row["deployed_pending"]:  # the deployer that started it died before its deployed event's commit
             async with deps.pool.acquire() as conn, conn.transaction():
-                told = await store.record_deployed(conn, PipelineDeployed(
-                    deployment_id=row["id"], name=name, pipeline_id=row["pipeline_id"],
-                    workspace_id=row["workspace_id"], pipeline_version=str(row["pipeline_version"])), if_pending=True)
+                told = await store.record_deployed(conn, _deployed_event_of(row), if_pending=True)
             if told:
                 log.info("deployment %s restored: its events.pipeline.deployed, not written before, is sent now", name)
                 deps.events_committed()
