@@ -984,8 +984,16 @@ async def _serve(deps: ContinuousDeps, owner_id: Any, workspace_id: int, deploym
     return created.pipeline_variant_version
 
 
-async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str) -> None:
-    """DEPLOY_SHADOW: the new version becomes the shadow challenger (and a challenge opens); DEPLOY_AUTO: served."""
+async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, *, again: bool = False) -> None:
+    """DEPLOY_SHADOW: the new version becomes the shadow challenger (and a challenge opens); DEPLOY_AUTO: served.
+
+    A newer training of the deployment delivered while this delivery's deploy ran (after its still-due check: by
+    another process, or a resumed delivery) may have been served before this deploy ended, and this older version
+    would then serve in its place: the check is made again once the deploy is done, in the transaction that would
+    record it; a newer one found there closes this delivery unrecorded (no model_swapped) and the newest delivered
+    training is served again after it (`again`: its own delivery may be recorded already, so its claim is not
+    required; serving what already serves makes no new pipeline version; its event is written once, by whichever
+    records it)."""
     pool = deps.base.pool
     deployment_id = training["deployment_id"]
     cd = await pool.fetchrow("SELECT * FROM continuous_deployment WHERE deployment_id = $1", deployment_id)
@@ -1009,7 +1017,7 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str) 
             # delivered meanwhile (during the look-ups above: a resumed delivery would otherwise end the newer
             # one's challenge and serve the older version over it)
             async with pool.acquire() as conn, conn.transaction():
-                if not await _still_due(conn, training):
+                if not await _still_due(conn, training, claim=not again):
                     return
                 await conn.execute("UPDATE challenges SET state = 'superseded', decided_at = now(), reason = 'a"
                                    " newer model version was deployed (DEPLOY_AUTO)' WHERE deployment_id = $1 AND"
@@ -1019,12 +1027,15 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str) 
             # the serving is the deployer's; the training's delivery ends with its event, once (a resumed delivery
             # of it may finish too: the first to clear delivering_since writes it)
             async with pool.acquire() as conn, conn.transaction():
-                if await _delivered(conn, training["id"], policy):
+                newest = await _overtaken(conn, training)
+                if newest is None and await _delivered(conn, training["id"], policy):
                     await _event(conn, subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
                         deployment_id=deployment_id, workspace_id=cd["workspace_id"], action="deployed",
                         model_version=_ref(new), shadow_model_version=None, pipeline_version=version,
                         reason=f"continuous deployment (DEPLOY_AUTO) of training {training['id']}"))
             deps.events_committed()
+            if newest is not None:
+                await _deliver_again(deps, newest)
             return
         # DEPLOY_SHADOW: not served as the challenger over a newer training delivered meanwhile (during the look-ups
         # above: its challenge would be superseded by this older one's); its claim is not required here, as before:
@@ -1036,33 +1047,75 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str) 
                                f"monitoring-deploy-{deployment_id}", found=(token, view))
         # the challenge opens once the challenger serves (pairs are matched on both versions anyway), once
         async with pool.acquire() as conn, conn.transaction():
-            if not await _delivered(conn, training["id"], policy):
-                return
-            await conn.execute("UPDATE challenges SET state = 'superseded', decided_at = now(), reason = 'a newer"
-                               " training replaced the challenger' WHERE deployment_id = $1 AND state = 'running'",
-                               deployment_id)
-            await conn.execute(
-                "INSERT INTO challenges (id, deployment_id, workspace_id, training_id, champion, challenger, alpha,"
-                " min_sample, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running')", uuid.uuid4(),
-                deployment_id, cd["workspace_id"], training["id"], json.dumps(champion_dict), json.dumps(new),
-                cd["alpha"], cd["min_sample"])
-            await _event(conn, subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
-                deployment_id=deployment_id, workspace_id=cd["workspace_id"], action="shadow_set",
-                model_version=champion, shadow_model_version=_ref(new), pipeline_version=version,
-                reason=f"continuous deployment (DEPLOY_SHADOW) of training {training['id']}: challenger under the"
-                       " sequential test"))
+            newest = await _overtaken(conn, training)
+            if newest is None:
+                if not await _delivered(conn, training["id"], policy):
+                    return
+                await _open_challenge(conn, training, cd, champion, new, version)
+        if newest is not None:
+            await _deliver_again(deps, newest)
+            return
         deps.events_committed()
     except RailyardError as exc:
-        log.warning("continuous deployment of training %s failed: %s", training["id"], exc.msg)
-        # only while this delivery's claim holds (delivering_since as it set or found it): a slow delivery that
-        # fails after another delivery of it (resume_deliveries, or the first one while a resumed one was slow)
-        # served and recorded it must not fail the delivered training, nor the challenge that one opened
-        async with pool.acquire() as conn, conn.transaction():
-            if await conn.fetchval("UPDATE trainings SET outcome = 'failed', reason = $2, updated_at = now(),"
-                                   " delivering_since = NULL WHERE id = $1 AND delivering_since = $3 RETURNING true",
-                                   training["id"], f"{policy} failed: {exc.msg}", training["delivering_since"]):
-                await conn.execute("UPDATE challenges SET state = 'failed', reason = $2, decided_at = now() WHERE"
-                                   " training_id = $1 AND state = 'running'", training["id"], exc.msg)
+        await _delivery_failed(pool, training, policy, exc)
+
+
+async def _open_challenge(conn: Any, training: asyncpg.Record, cd: asyncpg.Record, champion: ModelVersionRef,
+                          new: dict[str, Any], version: str) -> None:
+    """DEPLOY_SHADOW's record, in the caller's transaction: the running challenge superseded, the training's opened
+    (`champion` shadowed by `new`, served by pipeline version `version`) and its model_swapped written."""
+    deployment_id = training["deployment_id"]
+    await conn.execute("UPDATE challenges SET state = 'superseded', decided_at = now(), reason = 'a newer training"
+                       " replaced the challenger' WHERE deployment_id = $1 AND state = 'running'", deployment_id)
+    await conn.execute(
+        "INSERT INTO challenges (id, deployment_id, workspace_id, training_id, champion, challenger, alpha,"
+        " min_sample, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running')", uuid.uuid4(), deployment_id,
+        cd["workspace_id"], training["id"], json.dumps(champion.model_dump()), json.dumps(new), cd["alpha"],
+        cd["min_sample"])
+    await _event(conn, subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
+        deployment_id=deployment_id, workspace_id=cd["workspace_id"], action="shadow_set", model_version=champion,
+        shadow_model_version=_ref(new), pipeline_version=version,
+        reason=f"continuous deployment (DEPLOY_SHADOW) of training {training['id']}: challenger under the"
+               " sequential test"))
+
+
+async def _overtaken(conn: Any, training: asyncpg.Record) -> asyncpg.Record | None:
+    """After this delivery's deploy, in the transaction that would record it: the newest training of the deployment
+    delivered (or being delivered) that is newer than `training`, or None. Its deploy may have ended before this
+    one's, which then serves the older version in its place: this delivery is closed unrecorded, with the reason,
+    and the caller serves that newest one again (_deliver_again)."""
+    await conn.execute("SELECT 1 FROM trainings WHERE id = $1 FOR UPDATE", training["id"])
+    newest = await conn.fetchrow(
+        "SELECT * FROM trainings WHERE deployment_id = $1 AND id <> $2 AND created_at > $3 AND state = 'done' AND"
+        " outcome IN ('deployed', 'shadow') ORDER BY created_at DESC LIMIT 1", training["deployment_id"],
+        training["id"], training["created_at"])
+    if newest is not None:
+        await conn.execute("UPDATE trainings SET delivering_since = NULL, reason = 'a newer training of the deployment"
+                           " was delivered during its deploy: not delivered, the newer one served again after it'"
+                           " WHERE id = $1 AND delivering_since IS NOT NULL", training["id"])
+        log.warning("continuous deployment of training %s (deployment %s): training %s, newer, was delivered during"
+                    " its deploy: serving it again after this one", training["id"], training["deployment_id"],
+                    newest["id"])
+    return newest
+
+
+async def _deliver_again(deps: ContinuousDeps, newest: asyncpg.Record) -> None:
+    """Serve `newest` again after an older delivery's deploy (see _deliver)."""
+    await _deliver(deps, newest, "DEPLOY_AUTO" if newest["outcome"] == "deployed" else "DEPLOY_SHADOW", again=True)
+
+
+async def _delivery_failed(pool: asyncpg.Pool, training: asyncpg.Record, policy: str, exc: RailyardError) -> None:
+    """A delivery failed (a Railyard error: the owner's token, the deployer, the registry)."""
+    log.warning("continuous deployment of training %s failed: %s", training["id"], exc.msg)
+    # only while this delivery's claim holds (delivering_since as it set or found it): a slow delivery that
+    # fails after another delivery of it (resume_deliveries, or the first one while a resumed one was slow)
+    # served and recorded it must not fail the delivered training, nor the challenge that one opened
+    async with pool.acquire() as conn, conn.transaction():
+        if await conn.fetchval("UPDATE trainings SET outcome = 'failed', reason = $2, updated_at = now(),"
+                               " delivering_since = NULL WHERE id = $1 AND delivering_since = $3 RETURNING true",
+                               training["id"], f"{policy} failed: {exc.msg}", training["delivering_since"]):
+            await conn.execute("UPDATE challenges SET state = 'failed', reason = $2, decided_at = now() WHERE"
+                               " training_id = $1 AND state = 'running'", training["id"], exc.msg)
 
 
 NEWER_DELIVERED = (

@@ -693,3 +693,58 @@ async def test_a_delivery_looks_the_owner_and_the_deployment_up_once(monitoring_
         "SELECT payload FROM outbox WHERE subject = $1", subjects.EVENT_MONITORING_MODEL_SWAPPED)]
     assert [(e["action"], e["pipeline_version"]) for e in swapped] == [
         ("deployed" if policy == "DEPLOY_AUTO" else "shadow_set", "4")]
+
+
+@pytest.mark.parametrize("policy", ["DEPLOY_AUTO", "DEPLOY_SHADOW"])
+async def test_a_newer_delivery_during_a_deploy_is_served_after_it(monitoring_schema, monkeypatch, policy):
+    """Training 1's delivery passed its still-due check and deploys v2; while that deploy runs, another process
+    delivers training 2 (v3), newer, and its deploy ends first. Before, training 1's deploy then ended with v2 serving
+    in v3's place (DEPLOY_SHADOW: v2 the challenger over v3's challenge), recorded and told as if due. Now training 1's
+    record finds the newer delivery: it is closed unrecorded (no event of its own, with the reason) and v3 is served
+    again after it; v3's delivery is told once."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, policy)
+    outcome = "deployed" if policy == "DEPLOY_AUTO" else "shadow"
+    older, newer = uuid.uuid4(), uuid.uuid4()
+    newest = {"name": "digits", "version": "v3", "sha": "c"}
+
+    async def done(training_id: uuid.UUID, version: dict, created: int) -> None:  # as advance leaves it
+        await pool.execute(
+            "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id, model_version,"
+            " model_status, created_at, delivering_since) VALUES ($1, $2, 1, 'done', $5, 1, $3, $4, 'ready',"
+            " now() - make_interval(secs => $6), now())", training_id, DEPLOYMENT, uuid.uuid4(),
+            json.dumps(version), outcome, created)
+
+    await done(older, CHALLENGER, 600)
+    serving = {"model": CHAMPION, "shadow": None}
+    serves: list[str] = []
+    first, other = process(pool), process(pool)
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
+        served = (challenger or champion)["version"]
+        serves.append(served)
+        if deps is first and served == "v2":  # training 2 ends and the other process delivers it during this deploy
+            await done(newer, newest, 100)
+            row = await pool.fetchrow("SELECT * FROM trainings WHERE id = $1", newer)
+            await continuous._deliver(other, row, policy)
+        serving.update(model=champion, shadow=challenger)
+        return str(len(serves))
+
+    deliver_with(monkeypatch, lambda: serving["model"], serve)
+    await continuous._deliver(first, await pool.fetchrow("SELECT * FROM trainings WHERE id = $1", older), policy)
+
+    assert serves == ["v2", "v3", "v3"]
+    shadow = serving["shadow"] and serving["shadow"]["version"]
+    if policy == "DEPLOY_AUTO":
+        assert (serving["model"]["version"], shadow) == ("v3", None)  # not v2
+    else:
+        assert (serving["model"]["version"], shadow) == ("v1", "v3")
+        challenges = await pool.fetch("SELECT training_id, state FROM challenges WHERE deployment_id = $1",
+                                      DEPLOYMENT)
+        assert [(c["training_id"], c["state"]) for c in challenges] == [(newer, "running")]
+    swapped = [json.loads(r["payload"]) for r in await pool.fetch(
+        "SELECT payload FROM outbox WHERE subject = $1", subjects.EVENT_MONITORING_MODEL_SWAPPED)]
+    assert len(swapped) == 1 and str(newer) in swapped[0]["reason"], swapped
+    row = await pool.fetchrow("SELECT delivering_since, reason FROM trainings WHERE id = $1", older)
+    assert row["delivering_since"] is None and "delivered during its deploy" in row["reason"], dict(row)
+    assert await pool.fetchval("SELECT delivering_since FROM trainings WHERE id = $1", newer) is None
