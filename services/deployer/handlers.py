@@ -687,7 +687,8 @@ row still owes it (deployed_pending) and the restore at the next start writes it
 class OwedDeployed:
     """events.pipeline.deployed of deployments whose replicas serve but whose write of the event failed (the
     database refused or lost the commit): each written again in the background, a bounded number of times
-    (OWED_RETRY_DELAYS), under the pipeline's lock and only while the row still owes it (record_deployed's
+    (OWED_RETRY_DELAYS), under the pipeline's lock (taken once the pool gave a connection, and only when free:
+    _write_once) and only while the row still owes it (record_deployed's
     `if_pending`: active and deployed_pending), so never a second one: an undeploy meanwhile writes it itself
     (store.deactivate), a redeploy writes its own and clears the mark, and a later owed event of the same
     deployment (a redeploy whose write failed too) replaces this one. Before, the event waited for the next restart
@@ -716,12 +717,15 @@ class OwedDeployed:
         for attempt, delay in enumerate(OWED_RETRY_DELAYS, 1):
             await asyncio.sleep(delay)
             try:
-                async with deps.pipeline_lock(pipeline_id):
-                    async with deps.pool.acquire() as conn, conn.transaction():
-                        told = await store.record_deployed(conn, event, if_pending=True)
+                told = await self._write_once(deps, pipeline_id, event)
             except Exception as exc:
                 log.warning("deployment %s: its owed events.pipeline.deployed not written (attempt %d of %d): %s",
                             event.name, attempt, len(OWED_RETRY_DELAYS), exc)
+                continue
+            if told is None:  # a deploy or undeploy of the pipeline is under way: it writes the event or clears the
+                # mark (a redeploy, an undeploy), or the next attempt finds it still owed
+                log.info("deployment %s: its owed events.pipeline.deployed waits for a deploy or undeploy of its"
+                         " pipeline (attempt %d of %d)", event.name, attempt, len(OWED_RETRY_DELAYS))
                 continue
             if told:
                 log.info("deployment %s: its owed events.pipeline.deployed written", event.name)
@@ -729,6 +733,23 @@ class OwedDeployed:
             return
         log.error("deployment %s: its events.pipeline.deployed still not written; the next start's restore writes it",
                   event.name)
+
+    @staticmethod
+    async def _write_once(deps: DeployerDeps, pipeline_id: int, event: PipelineDeployed) -> bool | None:
+        """One write of the owed event: a pool connection first, holding no lock while the pool is exhausted, then
+        the pipeline's lock only if it is free (None when it is not: a deploy or undeploy holds it, or waits for
+        it), so never a connection held while waiting for the lock either (that deploy may need one from the pool
+        to finish). Under the lock, as deploy and undeploy change the row, and only while the row still owes the
+        event (record_deployed's `if_pending`): never twice. Before, the lock was taken first and held while waiting
+        for a connection: an undeploy of the pipeline meanwhile waited, and answered 409 deploy_in_progress."""
+        async with deps.pool.acquire() as conn:
+            lock = deps.pipeline_lock(pipeline_id)
+            # asyncio.Lock has no try-acquire: acquire() of a lock neither held nor waited for takes it at once;
+            # one just released still has its waiters (_waiters) queued to take it, so it counts as busy
+            if lock.locked() or any(not waiter.cancelled() for waiter in (lock._waiters or ())):
+                return None
+            async with lock, conn.transaction():
+                return await store.record_deployed(conn, event, if_pending=True)
 
     async def stop(self) -> None:
         self.stopped = True
