@@ -43,6 +43,7 @@ from nats.js.api import ConsumerConfig
 from pydantic import BaseModel, ValidationError
 
 from shared import subjects
+from shared.pg_text import headers_jsonb, no_nul
 
 log = logging.getLogger("railyard.consumers")
 
@@ -94,18 +95,12 @@ def verdict(policy: DeliveryPolicy, delivered: int, permanent: bool) -> Verdict:
     return Verdict(False, policy.delay(delivered))
 
 
-def _no_nul(value: Any) -> str:
-    return str(value).replace("\x00", "")
-
-
 async def record_dead_letter(pool: asyncpg.Pool, durable: str, msg: Any, error: str) -> bool:
     """Keep a message as a dead letter of `durable` (a NATS JetStream message); False when it was kept before."""
     meta = msg.metadata
     data = bytes(msg.data or b"")
-    # NULs removed from the strings themselves (PostgreSQL's jsonb refuses \u0000): removing the escape from the
-    # JSON text instead also cut a header's own backslash-u0000 text, corrupting it or breaking the JSON (the row then
-    # never written, the message never terminated)
-    headers = json.dumps({_no_nul(k): _no_nul(v) for k, v in (msg.headers or {}).items()})
+    # NULs removed (PostgreSQL refuses them in text and jsonb: the row never written, the message never terminated)
+    headers = headers_jsonb(msg.headers)
     # the key is the message's: its stream sequence and its time in the stream (the same at every redelivery). A
     # stream that is deleted and made again numbers its messages from 1 again: by (durable, sequence) alone, a new
     # poison message's row "was there" (an old one's), nothing was written and the message was terminated unrecorded
@@ -113,8 +108,8 @@ async def record_dead_letter(pool: asyncpg.Pool, durable: str, msg: Any, error: 
         "INSERT INTO dead_letters (durable, stream_seq, stream, subject, deliveries, error, payload, payload_size,"
         " headers, stream_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10)"
         " ON CONFLICT (durable, stream_seq, stream_time) DO NOTHING RETURNING true",
-        durable, meta.sequence.stream, meta.stream, msg.subject.replace("\x00", ""), meta.num_delivered,
-        error.replace("\x00", "")[:ERROR_KEEP], data[:PAYLOAD_KEEP], len(data), headers, meta.timestamp)
+        durable, meta.sequence.stream, meta.stream, no_nul(msg.subject), meta.num_delivered,
+        no_nul(error)[:ERROR_KEEP], data[:PAYLOAD_KEEP], len(data), headers, meta.timestamp)
     return bool(inserted)
 
 

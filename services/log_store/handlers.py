@@ -77,6 +77,7 @@ from shared.messages.logs import (
     SetLogRetention,
 )
 from shared.objectstore import BUCKET_LOGS, BUCKET_TABLES, MinioObjectStore
+from shared.pg_text import headers_jsonb, no_nul
 from shared.settings import LogSettings
 
 if TYPE_CHECKING:
@@ -214,13 +215,6 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
     return pa.concat_tables([t if t.schema.equals(first) else t.cast(first) for t in tables])
 
 
-def _headers_json(headers: dict[str, Any]) -> str:
-    """A batch's headers as the quarantine row's jsonb, NULs (which jsonb refuses) removed from the strings themselves:
-    removed from the JSON text instead, a header's own backslash-u0000 text lost them too and left a backslash
-    escaping the next character, not JSON, so the quarantine failed at every try (shared/consumers.py's `_no_nul`)."""
-    return json.dumps({str(k).replace("\x00", ""): str(v).replace("\x00", "") for k, v in headers.items()})
-
-
 class Ingestor:
     """The consumer loop (one task); `flush` is the unit that is durable before it is acknowledged."""
 
@@ -335,7 +329,7 @@ class Ingestor:
         try:
             meta = json.loads(headers.get(LOG_HEADER) or "{}")
             workspace_id = int(meta["workspace_id"]) if "workspace_id" in meta else None
-            pipeline = str(meta["pipeline"]).replace("\x00", "")[:500] if "pipeline" in meta else None
+            pipeline = no_nul(meta["pipeline"])[:500] if "pipeline" in meta else None
         except (ValueError, TypeError, AttributeError):
             pass
         if workspace_id is not None and not -(2**63) <= workspace_id < 2**63:
@@ -361,9 +355,9 @@ class Ingestor:
         day = datetime.now(UTC).strftime("%Y/%m/%d")
         key = f"{QUARANTINE_PREFIX}{day}/{uuid.uuid4().hex}.arrows"
         await deps.objects.put_bytes(BUCKET_LOGS, key, bytes(msg.data))
-        quarantine_id = await store.quarantine(deps.pool, batch_id, workspace_id, pipeline, msg.subject,
-                                               reason.replace("\x00", "")[:1000], rows, len(msg.data), key,
-                                               _headers_json(headers))
+        quarantine_id = await store.quarantine(deps.pool, batch_id, workspace_id, pipeline, no_nul(msg.subject),
+                                               no_nul(reason)[:1000], rows, len(msg.data), key,
+                                               headers_jsonb(headers))
         self.events_committed()  # its events.logs.batch_quarantined, put in the outbox with the row
         await _ack(msg)
         self.quarantined += 1
