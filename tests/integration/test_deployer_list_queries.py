@@ -11,6 +11,7 @@ Runs the deployer's handlers in the test's process on a schema of the test's own
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -238,3 +239,31 @@ async def test_a_record_read_again_takes_its_deployment_from_the_same_snapshot_a
         second = page.pipelines[1]
         assert second.deployment is None, second.deployment
         assert second == await handlers._pipeline_record(deps, rows[1])
+
+
+class Recorder:
+    """A pool that records the query a store function sends (and answers no rows)."""
+
+    async def fetch(self, sql: str, *args):
+        self.sql, self.args = sql, args
+        return []
+
+
+@pytest.mark.parametrize("after", [None, 3], ids=["first page", "a later page"])
+async def test_a_pipelines_list_page_reads_its_rows_from_an_index_in_id_order(stack, after):
+    """store.pipelines_in, EXPLAINed with sequential scans, bitmap scans and sorts priced out (as a large table would
+    be): a page reads the workspace's pipelines from pipelines_workspace_id (migration 005) in id order, from the
+    cursor on, with no Sort. Before, the only index starting with workspace_id was (workspace_id, name): each page
+    read the workspace's every pipeline and sorted them by id."""
+    async with service_schema(stack, "deployerlist", Path("services/deployer/migrations")) as pool:
+        for index in range(5):
+            await make_pipeline(pool, f"p{index}", 1)
+        recorder = Recorder()
+        await store.pipelines_in(recorder, WORKSPACE, after, 3)
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off;"
+                               " SET LOCAL enable_bitmapscan = off")
+            plan = json.dumps(json.loads(await conn.fetchval("EXPLAIN (FORMAT JSON) " + recorder.sql, *recorder.args)))
+            assert [row["name"] for row in await conn.fetch(recorder.sql, *recorder.args)] == (
+                ["p0", "p1", "p2"] if after is None else ["p3", "p4"])
+    assert '"pipelines_workspace_id"' in plan and '"Sort"' not in plan, plan
