@@ -30,7 +30,9 @@ How it runs (docs/monitoring.md, "Continuous training and deployment"):
 - **The run** is an orchestration task run (`task_scheduler.tasks.run_once`) with the parameters, the aliased
   dataset versions and the model name as its arguments, created with the rights of the user who set continuous
   training up: monitoring asks auth for a short-lived token of that user scoped to the deployment's workspace (as
-  the task scheduler does for runs), so a user who left the workspace trains nothing.
+  the task scheduler does for runs), so a user who left the workspace trains nothing. Auth's refusal of that token
+  suspends continuous training (`suspended_reason`, migration 017); a delivery or a swap refused for the continuous
+  deployment's owner suspends continuous deployment likewise (migration 020).
 - **Its output.** The run registers a model version with the SDK, with its run token; the registry's
   `events.model.uploaded` carries the uploader's task (`task_id`), which names the training. A converting upload
   waits for `events.model.version_finished`. Once the run has succeeded and its model version is ready, the
@@ -71,7 +73,6 @@ from shared.bus import CallContext, command, publish_event, request
 from shared.consumers import DeliveryPolicy, durable_subscriber, json_model
 from shared.errors import (
     Conflict,
-    Forbidden,
     InvalidRequest,
     NotFound,
     RailyardError,
@@ -192,12 +193,7 @@ async def _event(conn: Any, subject: str, event: Event) -> None:
 
 # --- acting for the user who set it up ---------------------------------------------------------------------------
 
-class OwnerRefused(Forbidden):
-    """Auth refused the owner's token (auth.token.issue_task: the user is unknown, deactivated or no longer a member
-    of the workspace): a definite answer, unlike a timeout, so what acts as that user stops (continuous training is
-    suspended: _suspend) rather than being tried again for every review or alert."""
-
-    code = "owner_refused"
+OwnerRefused = handlers.OwnerRefused  # auth refused the owner's token: what acts as them is suspended
 
 
 async def act_as(deps: ContinuousDeps, owner_id: uuid.UUID | str, workspace_id: int,
@@ -411,7 +407,8 @@ async def setup_deployment(deps: ContinuousDeps, principal: Principal, token: st
     await deps.base.pool.execute(
         "INSERT INTO continuous_deployment (deployment_id, workspace_id, deployment, owner_id, policy, alpha,"
         " min_sample, active) VALUES ($1, $2, $3, $4, $5, $6, $7, true) ON CONFLICT (deployment_id) DO UPDATE SET"
-        " owner_id = $4, policy = $5, alpha = $6, min_sample = $7, active = true, updated_at = now()",
+        " owner_id = $4, policy = $5, alpha = $6, min_sample = $7, active = true, updated_at = now(),"
+        " suspended_reason = NULL",
         view.route.deployment_id, view.route.workspace_id, view.route.name, uuid.UUID(principal.user_id),
         cmd.policy, cmd.alpha, cmd.min_sample)
     return await information(deps.base.pool, view.route.deployment_id)
@@ -424,8 +421,9 @@ async def toggle_deployment(deps: ContinuousDeps, principal: Principal, token: s
     view = await handlers._deployment(deps.base, principal, token, cmd.deployment)
     async with deps.base.pool.acquire() as conn, conn.transaction():
         await _configured(conn, view.route.deployment_id, "continuous_deployment", "continuous deployment")
-        await conn.execute("UPDATE continuous_deployment SET active = $2, updated_at = now()"
-                           " WHERE deployment_id = $1", view.route.deployment_id, cmd.active)
+        await conn.execute("UPDATE continuous_deployment SET active = $2, updated_at = now(), suspended_reason ="
+                           " CASE WHEN $2 THEN NULL ELSE suspended_reason END WHERE deployment_id = $1",
+                           view.route.deployment_id, cmd.active)
     return await information(deps.base.pool, view.route.deployment_id)
 
 
@@ -491,7 +489,8 @@ async def information(pool: asyncpg.Pool, deployment_id: int) -> ContinuousInfor
     return ContinuousInformation(
         training=training_state,
         deployment=ContinuousDeploymentState(active=cd["active"], policy=cd["policy"], alpha=cd["alpha"],
-                                             min_sample=cd["min_sample"]) if cd is not None else None,
+                                             min_sample=cd["min_sample"], suspended_reason=cd["suspended_reason"])
+        if cd is not None else None,
         last_training=_training_record(training) if training is not None else None,
         pending_model_version=_ref(pending["model_version"]) if pending is not None else None,
         challenge=_challenge_record(challenge) if challenge is not None else None)
@@ -815,11 +814,25 @@ async def _suspend(conn: Any, ct: asyncpg.Record, exc: OwnerRefused) -> None:
     suspended = await conn.fetchval(
         "UPDATE continuous_training SET active = false, suspended_reason = $3 WHERE deployment_id = $1 AND"
         " owner_id = $2 AND active RETURNING true", ct["deployment_id"], ct["owner_id"],
-        f"suspended: the owner's token was refused ({exc.msg}); set continuous training up again as a member"
-        " (you become its owner), or turn it on again once the owner is back")
+        handlers.owner_refused_reason("continuous training", exc))
     if suspended:
         log.warning("continuous training of deployment %s is suspended: its owner %s's token was refused (%s)",
                     ct["deployment_id"], ct["owner_id"], exc.msg)
+
+
+async def _suspend_deployment(conn: Any, deployment_id: int, owner_id: Any, exc: OwnerRefused) -> None:
+    """Continuous deployment's owner's token was refused (they left the workspace, or were deactivated), when a
+    delivery or a challenge's swap acted as them: continuous deployment is suspended, inactive with the reason, in
+    the caller's transaction, so later trainings wait for a person (as under DEPLOY_MANUAL) instead of each failing
+    its delivery the same way. Only while that user still owns it; setup_continuous_deployment (the caller becomes its
+    owner) or toggle_continuous_deployment(active=true) lifts it."""
+    suspended = await conn.fetchval(
+        "UPDATE continuous_deployment SET active = false, suspended_reason = $3 WHERE deployment_id = $1 AND"
+        " owner_id = $2 AND active RETURNING true", deployment_id, owner_id,
+        handlers.owner_refused_reason("continuous deployment", exc))
+    if suspended:
+        log.warning("continuous deployment of deployment %s is suspended: its owner %s's token was refused (%s)",
+                    deployment_id, owner_id, exc.msg)
 
 
 async def _feedback_pending(pool: asyncpg.Pool, deployment_id: int) -> bool:
@@ -1057,7 +1070,7 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
             return
         deps.events_committed()
     except RailyardError as exc:
-        await _delivery_failed(pool, training, policy, exc)
+        await _delivery_failed(pool, training, policy, exc, cd["owner_id"])
 
 
 async def _open_challenge(conn: Any, training: asyncpg.Record, cd: asyncpg.Record, champion: ModelVersionRef,
@@ -1104,13 +1117,17 @@ async def _deliver_again(deps: ContinuousDeps, newest: asyncpg.Record) -> None:
     await _deliver(deps, newest, "DEPLOY_AUTO" if newest["outcome"] == "deployed" else "DEPLOY_SHADOW", again=True)
 
 
-async def _delivery_failed(pool: asyncpg.Pool, training: asyncpg.Record, policy: str, exc: RailyardError) -> None:
-    """A delivery failed (a Railyard error: the owner's token, the deployer, the registry)."""
+async def _delivery_failed(pool: asyncpg.Pool, training: asyncpg.Record, policy: str, exc: RailyardError,
+                           owner_id: Any) -> None:
+    """A delivery failed (a Railyard error: the owner's token, the deployer, the registry); the owner's token
+    refused suspends continuous deployment too (_suspend_deployment)."""
     log.warning("continuous deployment of training %s failed: %s", training["id"], exc.msg)
     # only while this delivery's claim holds (delivering_since as it set or found it): a slow delivery that
     # fails after another delivery of it (resume_deliveries, or the first one while a resumed one was slow)
     # served and recorded it must not fail the delivered training, nor the challenge that one opened
     async with pool.acquire() as conn, conn.transaction():
+        if isinstance(exc, OwnerRefused):
+            await _suspend_deployment(conn, training["deployment_id"], owner_id, exc)
         if await conn.fetchval("UPDATE trainings SET outcome = 'failed', reason = $2, updated_at = now(),"
                                " delivering_since = NULL WHERE id = $1 AND delivering_since = $3 RETURNING true",
                                training["id"], f"{policy} failed: {exc.msg}", training["delivering_since"]):
@@ -1294,10 +1311,13 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
                                f"monitoring-deploy-{deployment_id}")
     except RailyardError as exc:
         log.warning("challenge %s: the swap failed: %s", challenge["id"], exc.msg)
-        # only while still decided: another process's swap of it (resume_swap) may have finished it meanwhile
-        await pool.execute("UPDATE challenges SET state = 'failed', reason = $2 WHERE id = $1 AND state = $3",
-                           challenge["id"], f"{evidence.decision.value} decided, but the swap failed: {exc.msg}",
-                           state)
+        async with pool.acquire() as conn, conn.transaction():
+            if isinstance(exc, OwnerRefused):
+                await _suspend_deployment(conn, deployment_id, cd["owner_id"], exc)
+            # only while still decided: another process's swap of it (resume_swap) may have finished it meanwhile
+            await conn.execute("UPDATE challenges SET state = 'failed', reason = $2 WHERE id = $1 AND state = $3",
+                               challenge["id"], f"{evidence.decision.value} decided, but the swap failed: {exc.msg}",
+                               state)
         return
     async with pool.acquire() as conn, conn.transaction():  # the swap's record and its event, or neither
         # once: a decided swap still under way after STALE_SWAP (a deploy may take deploy_wait, 305 s) is resumed

@@ -16,7 +16,8 @@ crash anywhere repeats only idempotent steps: nothing acknowledged is lost and n
 writes every pending review (at most EXPORT_BATCH) and then makes one version, so a burst of reviews makes one
 version, a lone review one version of its own. The writes use a short-lived token scoped to the deployment's
 workspace with the rights of the user who set the loop up (`auth.token.issue_task`), so a loop stops writing when
-its owner leaves the workspace (the error shows in check_feedback_loop_status)."""
+its owner leaves the workspace: auth's refusal of the owner's token suspends the loop (inactive, `suspended_reason`
+in check_feedback_loop_status, logged once; migration 020) until it is set up or turned on again."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from shared import images, outbox, subjects
 from shared.authz import Principal, require_user
 from shared.background import Sweeper
 from shared.bus import CallContext, command, request
-from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError, validation_detail
+from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError, Unauthorized, validation_detail
 from shared.messages.lineage import (
     AddDatasetFile,
     CreateProjectVersion,
@@ -110,9 +111,12 @@ async def workspace_token(deps: FeedbackDeps, owner_id: str, workspace_id: int, 
     if cached and cached[1] > time.monotonic() + 60:
         return cached[0]
     m = deps.monitoring
-    issued = await request(m.broker, subjects.AUTH_TOKEN_ISSUE_TASK,
-                           IssueTaskToken(user_id=owner_id, workspace_id=workspace_id, ttl=TOKEN_TTL, task_id=purpose),
-                           timeout=m.timeout, reply_model=TaskTokenIssued)
+    try:
+        issued = await request(m.broker, subjects.AUTH_TOKEN_ISSUE_TASK, IssueTaskToken(
+            user_id=owner_id, workspace_id=workspace_id, ttl=TOKEN_TTL, task_id=purpose), timeout=m.timeout,
+            reply_model=TaskTokenIssued)
+    except (Unauthorized, NotFound) as exc:  # a refusal, unlike a timeout or auth away: the loop is suspended
+        raise handlers.OwnerRefused(exc.msg) from exc
     deps.tokens[(owner_id, workspace_id)] = (issued.access_token, time.monotonic() + issued.expires_in)
     return issued.access_token
 
@@ -301,7 +305,8 @@ async def _status(deps: FeedbackDeps, view: handlers.DeploymentView) -> Feedback
     datasets = [_loop_dataset(r) for r in await fs.loop_datasets(pool, deployment_id)] if loop else []
     return FeedbackLoopStatus(deployment=view.route.name, configured=loop is not None,
                               active=bool(loop and loop["active"]), reviews=await fs.review_count(pool, deployment_id),
-                              pending_reviews=max((d.pending_reviews for d in datasets), default=0), datasets=datasets)
+                              pending_reviews=max((d.pending_reviews for d in datasets), default=0), datasets=datasets,
+                              suspended_reason=loop["suspended_reason"] if loop else None)
 
 
 async def _view(deps: FeedbackDeps, principal: Principal, token: str | None, name: str) -> handlers.DeploymentView:
@@ -417,13 +422,22 @@ class Exporter(Sweeper):
 
     async def sweep(self) -> None:
         now = time.monotonic()
+        refused: set[int] = set()  # loops suspended in this sweep: their other datasets are not tried
         for pair in await fs.active_loop_datasets(self.deps.monitoring.pool):
             key = (pair["deployment_id"], pair["dataset_id"])
-            if self._retry_at.get(key, (0.0, 0.0))[0] > now:
+            if self._retry_at.get(key, (0.0, 0.0))[0] > now or key[0] in refused:
                 continue
             try:
                 await self.export(pair)
                 self._retry_at.pop(key, None)
+            except handlers.OwnerRefused as exc:
+                # the loop's owner left the workspace or was deactivated: suspended (logged once), not retried for
+                # ever; its other datasets are left out of this sweep and the next ones, the other loops go on
+                refused.add(key[0])
+                if await fs.suspend_feedback_loop(self.deps.monitoring.pool, key[0], pair["owner_id"],
+                                                  handlers.owner_refused_reason("the feedback loop", exc)):
+                    log.warning("feedback loop of deployment %s is suspended: its owner %s's token was refused (%s)",
+                                key[0], pair["owner_id"], exc.msg)
             except Exception as exc:
                 backoff = min(MAX_BACKOFF, max(EXPORT_SWEEP, self._retry_at.get(key, (0.0, 0.0))[1] * 2))
                 self._retry_at[key] = (time.monotonic() + backoff, backoff)

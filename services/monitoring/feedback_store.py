@@ -85,13 +85,22 @@ async def setup_feedback_loop(conn: Any, deployment_id: int, workspace_id: int, 
     """Create the loop, or re-activate it (its owner becomes the caller)."""
     await conn.execute(
         "INSERT INTO feedback_loops (deployment_id, workspace_id, owner_id) VALUES ($1, $2, $3)"
-        " ON CONFLICT (deployment_id) DO UPDATE SET active = true, owner_id = $3, updated_at = now()",
-        deployment_id, workspace_id, owner_id)
+        " ON CONFLICT (deployment_id) DO UPDATE SET active = true, owner_id = $3, updated_at = now(),"
+        " suspended_reason = NULL", deployment_id, workspace_id, owner_id)
 
 
 async def toggle_feedback_loop(conn: Any, deployment_id: int, active: bool) -> None:
-    await conn.execute("UPDATE feedback_loops SET active = $2, updated_at = now() WHERE deployment_id = $1",
-                       deployment_id, active)
+    """(De)activate the loop; turned on, a suspension (suspended_reason) is lifted."""
+    await conn.execute("UPDATE feedback_loops SET active = $2, updated_at = now(), suspended_reason = CASE WHEN $2"
+                       " THEN NULL ELSE suspended_reason END WHERE deployment_id = $1", deployment_id, active)
+
+
+async def suspend_feedback_loop(pool: asyncpg.Pool, deployment_id: int, owner_id: Any, reason: str) -> bool:
+    """The loop's owner's token was refused: the loop is turned off with the reason (only while that user still owns
+    it and it is on: set up again by someone else meanwhile, it is theirs); whether this call did it."""
+    return bool(await pool.fetchval(
+        "UPDATE feedback_loops SET active = false, suspended_reason = $3 WHERE deployment_id = $1 AND owner_id = $2"
+        " AND active RETURNING true", deployment_id, owner_id, reason))
 
 
 async def delete_feedback_loop(conn: Any, deployment_id: int) -> None:

@@ -21,7 +21,7 @@ from services.monitoring import datalake, feedback_store, store
 from shared import subjects
 from shared.authz import MembershipLookup, Principal, require_member
 from shared.bus import request
-from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from shared.messages.deployer import (
     CreatePipeline,
     Deployed,
@@ -49,6 +49,21 @@ from shared.messages.monitoring import (
 )
 from shared.messages.registry import ResolvedModel, ResolveModel
 from shared.pipeline_pages import workspace_pipelines
+
+
+class OwnerRefused(Forbidden):
+    """Auth refused the token of the user a background action runs as (auth.token.issue_task: the user is unknown,
+    deactivated or no longer a member of the workspace): a definite answer, unlike a timeout, so what acts as that
+    user stops (continuous training, continuous deployment, the feedback loop are suspended with the reason) rather
+    than being tried again for every review, alert, delivery or export round."""
+
+    code = "owner_refused"
+
+
+def owner_refused_reason(what: str, exc: Forbidden) -> str:
+    """The suspended_reason a user reads for `what` (e.g. 'continuous deployment') whose owner's token was refused."""
+    return (f"suspended: the owner's token was refused ({exc.msg}); set {what} up again as a member (you become its"
+            " owner), or turn it on again once the owner is back")
 
 TAG = re.compile(TAG_PATTERN)
 

@@ -132,6 +132,9 @@ class ContinuousDeploymentState(Message):
     policy: str
     alpha: float
     min_sample: int
+    suspended_reason: str | None = Field(
+        None, description="Railyard: why continuous deployment was turned off by the service (its owner's token was "
+        "refused: they left the workspace or were deactivated); set up again or turned on again, it is cleared.")
 
 
 class TrainingRecord(Message):

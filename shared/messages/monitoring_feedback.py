@@ -172,6 +172,9 @@ class FeedbackLoopStatus(Message):
     reviews: int
     pending_reviews: int = Field(description="Reviews not yet written to every attached dataset.")
     datasets: list[FeedbackLoopDataset]
+    suspended_reason: str | None = Field(
+        None, description="Railyard: why the feedback loop was turned off by the service (its owner's token was "
+        "refused: they left the workspace or were deactivated); set up again or turned on again, it is cleared.")
 
 
 class SetTrainingData(Command):
