@@ -525,17 +525,13 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
                 raise InvalidRequest(f"the deployment failed to start: {exc} (nothing changed: {old} still serves "
                                      "the previous version)") from None
             # inactive now; a deployment that was active (its restore after a restart had failed: nothing served)
-            # tells so, as an undeploy would: lineage kept it active otherwise. If it still owed its deployed event
-            # (the deployer that started it died before writing it), that one first (store.deactivate)
+            # tells so, as an undeploy would, when lineage was told it was deployed (it kept it active otherwise).
+            # A deployed event it still owes is not written: nothing of it served in this process (`serving` is
+            # false), and nothing tells that it ever did (store.deactivate)
             was_active = before is not None and before["active"]
-            owed = None
-            if was_active and before.get("deployed_pending"):
-                owed_version = await store.version(deps.pool, before["pipeline_version_id"])
-                owed = deployed_event(deployment_id, old, pipeline["id"], pipeline["workspace_id"],
-                                      owed_version["version"])
             await store.deactivate(deps.pool, deployment_id, PipelineUndeployed(
                 deployment_id=deployment_id, name=old, pipeline_id=pipeline["id"],
-                workspace_id=pipeline["workspace_id"]) if was_active else None, owed)
+                workspace_id=pipeline["workspace_id"]) if was_active else None)
             if renamed is not None:
                 await deps.backend.stop(renamed)
             raise InvalidRequest(f"the deployment failed to start: {exc}") from None
@@ -610,12 +606,15 @@ async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, 
         if row is None or row["pipeline_id"] != pipeline["id"]:
             raise NotFound(f"deployment {deployment_id} of pipeline {pipeline_id} not found")
         name = f"{row['deploy_id']}-{row['id']}"
-        # inactive and its events.pipeline.undeployed in one transaction (none when it was inactive already);
-        # preceded by its events.pipeline.deployed if the row still owes it (store.deactivate)
-        owed = _deployed_event_of(row)
+        # inactive and its events.pipeline.undeployed in one transaction (none when it was inactive already, or
+        # never told deployed); preceded by its events.pipeline.deployed if the row still owes it and its replicas
+        # serve (the deploy's own write of it failed). A row owing it with nothing serving (the deployer died while
+        # its replicas loaded, or before the event's commit, and the restore failed) never served as far as anything
+        # can tell: no deployed event for it (store.deactivate)
+        serving = deps.backend.sets.get(name)
         await store.deactivate(deps.pool, deployment_id, PipelineUndeployed(
             deployment_id=deployment_id, name=name, pipeline_id=pipeline_id, workspace_id=pipeline["workspace_id"]),
-            owed)
+            _deployed_event_of(row) if serving is not None and serving.ready else None)
         deps.failed_restores.pop(name, None)
         await deps.backend.stop(name)
     finally:

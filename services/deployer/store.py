@@ -218,7 +218,7 @@ async def record_deployed(conn: asyncpg.Connection, event: PipelineDeployed, *, 
     (the restore after a restart): only when the row is active and still owes it, i.e. the deployer that started it
     died before this commit."""
     status = await conn.execute(
-        "UPDATE deployments SET deployed_pending = false WHERE id = $1"
+        "UPDATE deployments SET deployed_pending = false, announced = true WHERE id = $1"
         + (" AND deployed_pending AND active" if if_pending else ""), event.deployment_id)
     if if_pending and not status.endswith(" 1"):
         return False
@@ -229,21 +229,27 @@ async def record_deployed(conn: asyncpg.Connection, event: PipelineDeployed, *, 
 async def deactivate(pool: asyncpg.Pool, deployment_id: int, event: PipelineUndeployed | None = None,
                      owed: PipelineDeployed | None = None) -> bool:
     """Make the deployment inactive; whether it was active. With `event`, its events.pipeline.undeployed goes to the
-    outbox in the same transaction, when it was active (an undeploy of an inactive one changes nothing). A row still
-    owing its events.pipeline.deployed (`deployed_pending`: the restore that would write it failed, or the deploy's
-    own write of it did) gets `owed` written first, in that transaction: lineage, the events' reader, would otherwise
-    see a deployment undeployed that it was never told was deployed (a bare card, no arrow from its version). The row
-    owes nothing afterwards either way."""
+    outbox in the same transaction, when it was active and its readers were told it was deployed (`announced`,
+    migration 006): an undeploy of an inactive one changes nothing, and one never told of (its deployer died while a
+    first deploy's replicas loaded, and their restore failed) is not drawn as a bare card undeployed. `owed`: the
+    caller saw the deployment's replicas serve (handlers.undeploy: they serve now); a row still owing its
+    events.pipeline.deployed (`deployed_pending`: the deploy's own write of it failed) gets it written first, in that
+    transaction, then the undeployed. Without `owed` nothing tells that it ever served (the deployer that started it
+    died before the event's commit, and the restore after it failed), so no deployed event: before, the owed one was
+    written whenever the row owed it, for a deployment that never served. The row owes nothing afterwards either way."""
     async with pool.acquire() as conn, conn.transaction():
-        pending = await conn.fetchval(
-            "UPDATE deployments d SET active = false, deployed_pending = false, updated_at = now()"
-            " FROM (SELECT id, deployed_pending FROM deployments WHERE id = $1 AND active FOR UPDATE) was"
-            " WHERE d.id = was.id RETURNING was.deployed_pending", deployment_id)
-        changed = pending is not None
+        was = await conn.fetchrow(
+            "UPDATE deployments d SET active = false, deployed_pending = false, announced = false, updated_at = now()"
+            " FROM (SELECT id, deployed_pending, announced FROM deployments WHERE id = $1 AND active FOR UPDATE) was"
+            " WHERE d.id = was.id RETURNING was.deployed_pending, was.announced", deployment_id)
+        changed = was is not None
         if changed and event is not None:
-            if pending and owed is not None:
+            told = was["announced"]
+            if was["deployed_pending"] and owed is not None:
                 await add_event(conn, subjects.EVENT_PIPELINE_DEPLOYED, told_before(owed, event))
-            await add_event(conn, subjects.EVENT_PIPELINE_UNDEPLOYED, event)
+                told = True
+            if told:
+                await add_event(conn, subjects.EVENT_PIPELINE_UNDEPLOYED, event)
     return changed
 
 

@@ -201,43 +201,61 @@ def test_a_restore_that_fails_writes_no_deployed_event_and_a_later_one_that_serv
     asyncio.run(scenario(world))
 
 
-@pytest.mark.parametrize("restore_failed", [True, False])
-def test_an_undeploy_of_a_deployment_owing_its_deployed_event_writes_it_before_undeployed(world, restore_failed):  # noqa: F811
-    """A deployment still owing its events.pipeline.deployed (`deployed_pending`: the deployer died before writing
-    it and the restore failed, or the deploy's own write of it failed while the replicas serve) that is undeployed
-    writes the owed event first, with the undeploy (store.deactivate): lineage, their reader, otherwise saw a
-    deployment undeployed that it was never told was deployed. Once: the row owes nothing afterwards. Before,
-    only events.pipeline.undeployed was written."""
+def _owing(made, case: str) -> None:
+    """Deployment a-5, served and its deployed event written, then as `case` leaves it: "serving" its replicas serve
+    but the event's write failed; "never served" a first deploy whose deployer died while its replicas loaded (or
+    before the event's commit) and whose restore after the restart failed: never told deployed; "told before" the
+    same for a redeploy of a deployment told deployed at an earlier version (lineage has it active)."""
+    row = made.store.deployments[5]
+    row["deployed_pending"] = True  # its (latest) deployed event never committed
+    if case != "told before":
+        row["announced"] = False
+    if case != "serving":  # as after a restart whose restore of a-5 failed: nothing of it runs
+        made.backend.sets.pop("a-5")
+        made.deps.failed_restores["a-5"] = "its engine replicas did not start"
+
+
+OWING = {"serving": [(subjects.EVENT_PIPELINE_DEPLOYED, 5, "a-5"), (subjects.EVENT_PIPELINE_UNDEPLOYED, 5, "a-5")],
+         "never served": [], "told before": [(subjects.EVENT_PIPELINE_UNDEPLOYED, 5, "a-5")]}
+
+
+@pytest.mark.parametrize("case", list(OWING))
+def test_an_undeploy_of_a_deployment_owing_its_deployed_event_writes_it_only_if_it_serves(world, case):  # noqa: F811
+    """A deployment still owing its events.pipeline.deployed (`deployed_pending`) that is undeployed: when its
+    replicas serve (the deploy's own write of the event failed) the owed event is written first, with the undeploy
+    (store.deactivate): lineage otherwise saw a deployment undeployed that it was never told was deployed. When
+    nothing of it serves (its deployer died while the replicas loaded and the restore failed) nothing tells that it
+    ever served: no deployed event, and no undeployed either unless lineage was told of it (an earlier version's
+    deployed: `announced`). Once: the row owes nothing afterwards. Before, the owed deployed event (and undeployed)
+    was written for a deployment that never served."""
     async def scenario(world) -> None:
         world.backend.hold = False
         await _deploy(world, "a")
         world.store.events.clear()
-        world.store.deployments[5]["deployed_pending"] = True  # its deployed event never committed
-        if restore_failed:  # as after a restart whose restore of a-5 failed
-            world.backend.sets.pop("a-5")
-            world.deps.failed_restores["a-5"] = "its engine replicas did not start"
+        _owing(world, case)
         await handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5)
-        assert [(s, e.deployment_id, e.name) for s, e in world.store.events] == [
-            (subjects.EVENT_PIPELINE_DEPLOYED, 5, "a-5"), (subjects.EVENT_PIPELINE_UNDEPLOYED, 5, "a-5")]
-        deployed, undeployed = (e for _, e in world.store.events)
-        assert deployed.pipeline_version == "v" and deployed.occurred_at < undeployed.occurred_at
-        assert not world.store.deployments[5]["deployed_pending"]
+        assert [(s, e.deployment_id, e.name) for s, e in world.store.events] == OWING[case]
+        if case == "serving":
+            deployed, undeployed = (e for _, e in world.store.events)
+            assert deployed.pipeline_version == "v" and deployed.occurred_at < undeployed.occurred_at
+        row = world.store.deployments[5]
+        assert not row["active"] and not row["deployed_pending"] and not row["announced"]
         await handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5)  # inactive already: nothing more
-        assert len(world.store.events) == 2
+        assert len(world.store.events) == len(OWING[case])
 
     asyncio.run(scenario(world))
 
 
-def test_a_failed_deploy_of_a_deployment_owing_its_deployed_event_writes_it_before_undeployed(world):  # noqa: F811
-    """The same for the failed deploy that leaves an owing deployment (its restore failed) inactive: the deployed
-    event it owed, for the version it had, then undeployed."""
+@pytest.mark.parametrize("told_before", [False, True])
+def test_a_failed_deploy_of_a_deployment_owing_its_deployed_event_never_writes_it(world, told_before):  # noqa: F811
+    """The failed deploy that leaves an owing deployment (its restore failed: nothing of it serves) inactive writes
+    no deployed event for it (nothing tells it ever served), and undeployed only if lineage was told it was deployed
+    (at an earlier version). Before, the owed deployed event, then undeployed."""
     async def scenario(world) -> None:
         world.backend.hold = False
         await _deploy(world, "a")
         world.store.events.clear()
-        world.store.deployments[5]["deployed_pending"] = True
-        world.backend.sets.pop("a-5")
-        world.deps.failed_restores["a-5"] = "its engine replicas did not start"
+        _owing(world, "told before" if told_before else "never served")
         world.backend.hold = True
         world.store.versions[NEW] = dict(world.store.versions[VERSION], id=NEW, version=uuid.uuid4())
         redeploy = asyncio.create_task(handlers.deploy(world.deps, ALICE, "t", DeployPipeline(
@@ -246,10 +264,9 @@ def test_a_failed_deploy_of_a_deployment_owing_its_deployed_event_writes_it_befo
         world.backend.waiting.pop()[1].set_exception(RuntimeError("the model did not load"))
         with pytest.raises(InvalidRequest):
             await redeploy
-        assert [(s, e.deployment_id, e.name) for s, e in world.store.events] == [
-            (subjects.EVENT_PIPELINE_DEPLOYED, 5, "a-5"), (subjects.EVENT_PIPELINE_UNDEPLOYED, 5, "a-5")]
-        assert world.store.events[0][1].pipeline_version == str(world.store.versions[VERSION]["version"])
-        assert not world.store.deployments[5]["deployed_pending"]
+        assert [(s, e.deployment_id, e.name) for s, e in world.store.events] == OWING[
+            "told before" if told_before else "never served"]
+        assert not world.store.deployments[5]["deployed_pending"] and not world.store.deployments[5]["active"]
 
     asyncio.run(scenario(world))
 

@@ -47,7 +47,7 @@ class MemoryStore:
         row = self.deployments[event.deployment_id]
         if if_pending and not (row.get("deployed_pending") and row["active"]):
             return False
-        row["deployed_pending"] = False
+        row.update(deployed_pending=False, announced=True)
         await self.add_event(conn, "events.pipeline.deployed", event)
         return True
 
@@ -66,12 +66,15 @@ class MemoryStore:
 
     async def deactivate(self, pool, deployment_id, event=None, owed=None):
         row = self.deployments[deployment_id]
-        was, pending = row["active"], row.get("deployed_pending")
-        row.update(active=False, deployed_pending=False)
+        was, pending, told = row["active"], row.get("deployed_pending"), row.get("announced")
+        if was:
+            row.update(active=False, deployed_pending=False, announced=False)
         if was and event is not None:
             if pending and owed is not None:
                 self.events.append(("events.pipeline.deployed", store.told_before(owed, event)))
-            self.events.append(("events.pipeline.undeployed", event))
+                told = True
+            if told:
+                self.events.append(("events.pipeline.undeployed", event))
         return was
 
     async def latest_version(self, pool, pipeline_id):
@@ -100,7 +103,7 @@ class MemoryStore:
         row = self.deployments[existing["id"]] if existing is not None else None
         if row is None:
             row = self.deployments[5] = {"id": 5, "pipeline_id": pipeline_id, "pipeline_name": "p",
-                                         "workspace_id": WORKSPACE, "pipeline_version": "v"}
+                                         "workspace_id": WORKSPACE, "pipeline_version": "v", "announced": False}
         row.update(pipeline_version_id=version_id, deploy_id=deploy_id, active=True, deployed_pending=True,
                    engine_config=json.dumps(engine_config), spec=json.dumps(spec))
         return row["id"]
