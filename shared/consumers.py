@@ -51,6 +51,9 @@ PAYLOAD_KEEP = 64 * 1024
 """Bytes of a dead letter's payload kept (its full size is kept too)."""
 ERROR_KEEP = 2000
 """Characters of a dead letter's error kept."""
+REPLAY_FOR_HEADER = "Railyard-Replay-For"
+"""The durable a dead letter's replay is meant for (`railyard dead-letters replay`, shared/dead_letters.py): the
+subject's other durables acknowledge it without handling it."""
 
 
 class Undecodable(Exception):
@@ -204,6 +207,10 @@ def durable_subscriber(router: NatsRouter, subject: str, *, durable: str, servic
         # the body as it came (`_raw`), decoded here: a body FastStream could not decode into the handler's
         # parameters failed before any handler code ran, and was negatively acknowledged for ever
         async def subscriber(body: Any, message: NatsMessage) -> None:
+            meant_for = (message.raw_message.headers or {}).get(REPLAY_FOR_HEADER)
+            if meant_for is not None and meant_for != durable:  # another durable's dead letter, replayed to it only
+                await message.ack()
+                return
             try:
                 value = decode(body)
             except Undecodable as exc:

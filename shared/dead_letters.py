@@ -3,23 +3,30 @@ and the replay of one.
 
 A replay publishes the row's payload, with its stored headers, to its original subject on the EVENTS stream under a
 new `Nats-Msg-Id` (the original's would be dropped by JetStream's duplicate window, or name another message; the
-same for a replay run again before its row is marked, which the stream then drops as a duplicate) and a
-`Railyard-Replay-Of` header (`<service>/<id>`), waits for the stream's ack, then marks the row replayed (the time and
-the new message id). Every consumer of the subject receives it again, not only the one that gave up on it: the
-events carry their `event_id`, by which lineage records each once (auth's resource inserts are idempotent too;
-whether a monitoring consumer may see one twice is the operator's call).
+same for a replay run again before its row is marked, which the stream then drops as a duplicate), a
+`Railyard-Replay-Of` header (`<service>/<id>`) and a `Railyard-Replay-For` header naming the row's durable, waits for
+the stream's ack, then marks the row replayed (the time and the new message id). Only that durable handles it: every
+durable consumer of shared/consumers.py acknowledges, unhandled, a replay meant for another (JetStream consumers
+filter on subjects only, and the other durables of the subject, lineage's `events.>` among them, read the same
+subject); before, every consumer of the subject received it a second time. Core NATS subscribers of the subject (the
+services' `events.user.deactivated` and `events.auth.*` caches, for a lineage dead letter of one) still see it.
 A row whose payload was cut (above 64 KiB) is not replayed, nor one replayed before unless `--again`.
 
 The tool connects as a service does, from the settings: `RAILYARD_POSTGRES__DSN` (a role that may read and update
 the services' `dead_letters`) and `RAILYARD_NATS__URL`, `..._USER`, `..._PASSWORD` (an identity that may publish the
-subject: the embedded stack's `ops`)."""
+subject). What the environment does not set comes from the embedded stack's data directory (`--data-dir`, else
+`RAILYARD_STACK__DATA_DIR`, else `.railyard`) as `railyard login` and `status` find theirs: its `secrets.json` and
+`run/stack.json` give PostgreSQL's superuser and the bus's `ops` identity, so against a `make run` stack the command
+needs no setting (`with_stack_credentials`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import uuid
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -41,15 +48,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listing.add_argument("--all", action="store_true", help="replayed ones too")
     listing.add_argument("--limit", type=int, default=50, help="at most this many per service (default 50)")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
-    replay = sub.add_parser("replay", help="publish one again to its subject and mark it replayed")
+    replay = sub.add_parser("replay", help="publish one again to its durable consumer and mark it replayed")
     replay.add_argument("service", choices=SERVICES)
     replay.add_argument("id", type=int, help="its id (`railyard dead-letters list`)")
     replay.add_argument("--again", action="store_true", help="replay one replayed before")
+    for action in (listing, replay):  # as `railyard up|status|down|login`: where the embedded stack's secrets are
+        action.add_argument("--data-dir", metavar="DIR", help="the embedded stack's data directory, whose secrets give"
+                            " the database and bus credentials the environment does not set (default"
+                            " RAILYARD_STACK__DATA_DIR, else .railyard)")
+
+
+def _set(environ: Mapping[str, str], *names: str) -> bool:
+    """Does the environment set any of these settings (pydantic-settings reads their names in any case, and a
+    nested group as JSON under its own name)?"""
+    given = {key.upper() for key in environ}
+    return any(name in given for name in names)
+
+
+def with_stack_credentials(settings: Settings, environ: Mapping[str, str] | None = None) -> Settings:
+    """`settings` with what the environment does not set of the database and the bus taken from the embedded stack
+    of `settings.stack.data_dir`, as `railyard login` and `status` read it: PostgreSQL's superuser (the one role
+    that reads every service's `dead_letters`) from its `secrets.json`, the bus's `ops` identity (it may publish
+    every event subject), the ports from the running stack's `run/stack.json` (else the settings'). Before, the
+    command read the environment only: against a `make run` stack, without RAILYARD_POSTGRES__DSN and the bus's
+    credentials typed in from the secrets file, it could not log in to PostgreSQL. Unchanged when the data
+    directory has no secrets file (another deployment: its settings are the environment's)."""
+    from shared.bus_identities import OPS
+    from shared.embedded.stack import read_state
+
+    environ = os.environ if environ is None else environ
+    data_dir = settings.stack.data_dir.expanduser().resolve()
+    try:
+        secrets = json.loads((data_dir / "secrets.json").read_text())
+    except FileNotFoundError:
+        return settings
+    except (OSError, ValueError) as exc:  # another user's stack (mode 0600), a file cut short
+        print(f"railyard: cannot read the stack's secrets in {data_dir}: {exc}", file=sys.stderr)
+        return settings
+    ports = (read_state(data_dir) or {}).get("ports") or {}
+    host = settings.stack.host
+    update: dict[str, Any] = {}
+    if not _set(environ, "RAILYARD_POSTGRES__DSN", "RAILYARD_POSTGRES") and "postgres_password" in secrets:
+        port = ports.get("postgres", settings.stack.postgres_port)
+        dsn = f"postgresql://railyard:{secrets['postgres_password']}@{host}:{port}/railyard"
+        update["postgres"] = settings.postgres.model_copy(update={"dsn": dsn})
+    if not _set(environ, "RAILYARD_NATS__URL", "RAILYARD_NATS__USER", "RAILYARD_NATS__PASSWORD", "RAILYARD_NATS") \
+            and f"nats_password_{OPS}" in secrets:
+        port = ports.get("nats", settings.stack.nats_port)
+        update["nats"] = settings.nats.model_copy(update={
+            "url": f"nats://{host}:{port}", "user": OPS, "password": secrets[f"nats_password_{OPS}"]})
+    return settings.model_copy(update=update)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio  # here: `railyard`'s every command builds this parser, none other needs asyncio
 
+    settings = with_stack_credentials(settings)
     return asyncio.run(_list(args, settings) if args.action == "list" else _replay(args, settings))
 
 
@@ -126,6 +180,7 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
     import nats.errors
 
     from shared import subjects
+    from shared.consumers import REPLAY_FOR_HEADER
 
     nc, bus_errors = await _connect_bus(settings)  # before the row's lock: connecting may take a while
     try:
@@ -133,8 +188,8 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
         try:
             async with conn.transaction():  # the row locked from the check to the mark: two replays are not both sent
                 row = await conn.fetchrow(
-                    f'SELECT subject, payload, payload_size, headers, replayed_at, replay_msg_id, stream, stream_seq,'
-                    f' stream_time FROM "{args.service}".dead_letters WHERE id = $1 FOR UPDATE', args.id)
+                    f'SELECT durable, subject, payload, payload_size, headers, replayed_at, replay_msg_id, stream,'
+                    f' stream_seq, stream_time FROM "{args.service}".dead_letters WHERE id = $1 FOR UPDATE', args.id)
                 if row is None:
                     print(f"railyard: {args.service} has no dead letter {args.id}", file=sys.stderr)
                     return NOT_FOUND
@@ -149,7 +204,9 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
                 msg_id = replay_msg_id(args.service, args.id, row)
                 # the server's own headers (Nats-Msg-Id, Nats-Expected-*) are not the replay's
                 headers = {k: v for k, v in json.loads(row["headers"]).items() if not k.lower().startswith("nats-")}
-                headers |= {"Nats-Msg-Id": msg_id, REPLAY_HEADER: f"{args.service}/{args.id}"}
+                # only the durable that gave up on it handles it: the subject's other consumers acknowledge it unread
+                headers |= {"Nats-Msg-Id": msg_id, REPLAY_HEADER: f"{args.service}/{args.id}",
+                            REPLAY_FOR_HEADER: row["durable"]}
                 try:
                     ack = await nc.jetstream().publish(row["subject"], row["payload"], stream=subjects.EVENTS_STREAM,
                                                        headers=headers, timeout=settings.nats.request_timeout)
@@ -166,6 +223,6 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         await nc.close()
     again = ", sent by an earlier replay that was not marked: the stream kept it once" if ack.duplicate else ""
-    print(f"railyard: replayed {args.service} dead letter {args.id} to {row['subject']} (stream sequence {ack.seq},"
-          f" Nats-Msg-Id {msg_id}{again})")
+    print(f"railyard: replayed {args.service} dead letter {args.id} to {row['subject']} for {row['durable']} (stream"
+          f" sequence {ack.seq}, Nats-Msg-Id {msg_id}{again})")
     return 0

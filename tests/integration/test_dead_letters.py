@@ -438,3 +438,86 @@ async def test_a_replay_that_cannot_be_sent_says_why_in_one_line_with_the_readme
         await conn.execute("DELETE FROM auth.dead_letters WHERE durable = 'auth-model-uploaded' AND stream_seq = $1",
                            seq)
         await conn.close()
+
+
+def stack_cli(stack, *args: str, **settings_env: str) -> subprocess.CompletedProcess:
+    """`railyard dead-letters ...` against the embedded stack with no database or bus setting at all: only where
+    its data directory is (`settings_env`; or `--data-dir` in `args`), as after `make run`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAILYARD_")} | settings_env
+    return subprocess.run([sys.executable, "-m", "shared.cli", "dead-letters", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+async def insert_dead_letter(conn, schema: str, durable: str, seq: int, payload: bytes) -> int:
+    return await conn.fetchval(
+        f"INSERT INTO {schema}.dead_letters (durable, stream_seq, stream_time, stream, subject, deliveries, error,"
+        " payload, payload_size, headers) VALUES ($1, $2, now(), 'EVENTS', $3, 10, 'OSError: away', $4, $5, '{}')"
+        " RETURNING id", durable, seq, subjects.EVENT_MODEL_UPLOADED, payload, len(payload))
+
+
+async def test_the_command_finds_the_stack_s_credentials_in_its_data_directory(stack, alice):
+    """Against a `make run` stack, `railyard dead-letters list|replay` needs no setting: the database's and the bus's
+    credentials come from the data directory's secrets.json and ports from its run/stack.json (RAILYARD_STACK__DATA_DIR
+    or --data-dir), as `railyard login` finds its. Before, it read the environment only: no DSN (PostgreSQL refused
+    the default role without a password) and no bus identity, and --data-dir was not an option (exit 2)."""
+    model = model_id()
+    payload = ModelUploaded(workspace_id=alice.workspace_id, model_id=model, model_version=uuid.uuid4(), name="m",
+                            framework="onnx", status="ready").model_dump_json().encode()
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        row_id = await insert_dead_letter(conn, "auth", "auth-model-uploaded", model, payload)
+        listed = stack_cli(stack, "list", "--service", "auth", "--json", RAILYARD_STACK__DATA_DIR=str(stack.data_dir))
+        assert listed.returncode == 0, listed.stderr
+        assert row_id in {json.loads(line)["id"] for line in listed.stdout.splitlines()}
+        replayed = stack_cli(stack, "replay", "auth", str(row_id), "--data-dir", str(stack.data_dir))
+        assert replayed.returncode == 0, replayed.stderr
+        assert await conn.fetchval("SELECT replayed_at FROM auth.dead_letters WHERE id = $1", row_id) is not None
+        deadline = time.monotonic() + 30
+        while not await conn.fetchval("SELECT count(*) FROM auth.workspace_resources WHERE workspace_id = $1 AND"
+                                      " kind = 'model' AND resource_id = $2", alice.workspace_id, model):
+            assert time.monotonic() < deadline, "auth never handled the replayed event"
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.execute("DELETE FROM auth.dead_letters WHERE durable = 'auth-model-uploaded' AND stream_seq = $1",
+                           model)
+        await conn.close()
+
+
+@pytest.mark.parametrize("schema, durable, other", [
+    ("auth", "auth-model-uploaded", LINEAGE[1]),
+    LINEAGE + ("auth-model-uploaded",),
+], ids=["auth-s", "lineage-s"])
+async def test_a_replay_reaches_only_the_durable_that_gave_up_on_it(stack, alice, schema, durable, other):
+    """Two durables of one subject on EVENTS (auth's `auth-model-uploaded` and lineage's `events.>`): a dead letter
+    of one, replayed, is handled by that one, and the other acknowledges it without handling it. Before, the replay
+    went to every consumer of the subject: lineage recorded an event auth had dead-lettered (its event_id new to
+    it), auth inserted the resource of an event only lineage had given up on."""
+    model = model_id()
+    event = ModelUploaded(workspace_id=alice.workspace_id, model_id=model, model_version=uuid.uuid4(), name="m",
+                          framework="onnx", status="ready")
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    nc = await nats_client.connect(stack.settings().nats.url)
+
+    async def recorded() -> dict[str, int]:
+        return {
+            "auth-model-uploaded": await conn.fetchval(
+                "SELECT count(*) FROM auth.workspace_resources WHERE workspace_id = $1 AND kind = 'model' AND"
+                " resource_id = $2", alice.workspace_id, model),
+            LINEAGE[1]: await conn.fetchval("SELECT count(*) FROM workflow_lineage.event_log WHERE event_id = $1",
+                                            event.event_id)}
+
+    try:
+        js = nc.jetstream()
+        row_id = await insert_dead_letter(conn, schema, durable, model, event.model_dump_json().encode())
+        replayed = dead_letters_cli(stack, "replay", schema, str(row_id))
+        assert replayed.returncode == 0, replayed.stderr
+        sent = await js.get_last_msg(subjects.EVENTS_STREAM, subjects.EVENT_MODEL_UPLOADED)
+        for name in (durable, other, "monitoring-continuous-models"):
+            await handled(js, name, sent.seq)
+        assert await recorded() == {durable: 1, other: 0}
+        assert sent.headers["Railyard-Replay-For"] == durable and f"for {durable}" in replayed.stdout
+        assert not await conn.fetchval(f"SELECT count(*) FROM {schema}.dead_letters WHERE stream_seq = $1", sent.seq)
+    finally:
+        await conn.execute(f"DELETE FROM {schema}.dead_letters WHERE durable = $1 AND stream_seq = $2", durable, model)
+        await conn.close()
+        await nc.close()
