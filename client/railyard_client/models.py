@@ -7,6 +7,7 @@ import io
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -55,8 +56,9 @@ class ModelVersion(Resource):
 
     def refresh(self) -> ModelVersion:
         """Read this version's record again (e.g. while it converts)."""
-        for record in self._session.post_pages("models/list_versions", {"models_pk_id": self.model_pk}):
-            if record["model_version"] == self.version:  # the pages up to the one that holds it
+        for record in self._session.post_pages("models/list_versions", {"models_pk_id": self.model_pk,
+                                                                          "order": "newest"}):
+            if record["model_version"] == self.version:  # the pages up to the one that holds it, newest first
                 self._record = record
                 break
         return self
@@ -98,30 +100,47 @@ class Model(Resource):
         return [ModelVersion(self._session, r)
                 for r in self._session.post_pages("models/list_versions", {"models_pk_id": self.id})]
 
+    def _newest_first(self) -> Iterator[ModelVersion]:
+        """The versions newest first, a page at a time (lazy: a caller that stops early asks for no further page)."""
+        for record in self._session.post_pages("models/list_versions", {"models_pk_id": self.id, "order": "newest"}):
+            yield ModelVersion(self._session, record)
+
     def latest_version(self) -> ModelVersion:
-        """The newest version."""
-        versions = self.versions()
-        if not versions:
+        """The newest version (the last uploaded): one version asked for (`order` "newest", `limit` 1), not every
+        page of the model's versions."""
+        newest = self._session.post("models/list_versions", {"models_pk_id": self.id, "limit": 1, "order": "newest"})
+        if not newest:
             raise InvalidInput(f"model {self.name} has no versions")
-        return versions[-1]
+        return ModelVersion(self._session, newest[0])
 
     def get_version(self, version: str | int) -> ModelVersion:
         """One version, as seed 003 names it: `"latest"` (the newest), a number counted from the first upload
-        (0 is the first, -1 the newest), or a version's UUID or sha256. NotFound naming the versions otherwise."""
-        versions = self.versions()
-        if not versions:
-            raise NotFound(404, "not_found", f"model {self.name} has no versions")
+        (0 is the first, -1 the newest), or a version's UUID or sha256 (the newest with it). NotFound naming the
+        versions otherwise. Reads the pages up to the one that holds it: oldest first for 0, 1, ..., newest first for
+        "latest", -1, -2, ..., a UUID or a sha256."""
         if version == "latest":
-            return versions[-1]
+            try:
+                return self.latest_version()
+            except InvalidInput:
+                raise NotFound(404, "not_found", f"model {self.name} has no versions") from None
+        count = 0
         if isinstance(version, int) and not isinstance(version, bool):
-            if -len(versions) <= version < len(versions):
-                return versions[version]
+            listed = self._newest_first() if version < 0 else (
+                ModelVersion(self._session, r)
+                for r in self._session.post_pages("models/list_versions", {"models_pk_id": self.id}))
+            wanted = -version - 1 if version < 0 else version
+            for count, found in enumerate(listed, 1):
+                if count - 1 == wanted:
+                    return found
         else:
-            for found in versions:
+            for found in self._newest_first():
+                count += 1
                 if str(version) and str(version) in (found.version, found.sha):
                     return found
-        raise NotFound(404, "not_found", f"no version {version!r}: model {self.name} has {len(versions)} versions "
-                                         f"(0 to {len(versions) - 1}, \"latest\", or a version's UUID or sha256)")
+        if not count:
+            raise NotFound(404, "not_found", f"model {self.name} has no versions")
+        raise NotFound(404, "not_found", f"no version {version!r}: model {self.name} has {count} versions "
+                                         f"(0 to {count - 1}, \"latest\", or a version's UUID or sha256)")
 
     def config(self) -> Any:
         """The model's configuration record (`models/get_config_by_id`)."""
@@ -173,10 +192,17 @@ def upload_model(session: Session, workspace_id: int, name: str, source: str | P
             handle.close()
     model_id = response.json()["insert_models"]["returning"][0]["models"][0]["id"]
     sha = reader.sha256.hexdigest()
-    versions = [ModelVersion(session, r) for r in session.post_pages("models/list_versions",
-                                                                     {"models_pk_id": model_id})]
-    # the version whose stored bytes are ours (converted frameworks store the converted bytes: the newest then)
-    version = next((v for v in reversed(versions) if v.sha == sha), versions[-1])
+    # the newest version whose stored bytes are ours (converted frameworks store the converted bytes: the newest
+    # then), read newest first up to the page that holds it
+    newest = version = None
+    for record in session.post_pages("models/list_versions", {"models_pk_id": model_id, "order": "newest"}):
+        newest = newest or ModelVersion(session, record)
+        if record.get("sha") == sha:
+            version = ModelVersion(session, record)
+            break
+    version = version or newest
+    if version is None:
+        raise NotFound(404, "not_found", f"model {name}: the upload answered, but lists no version")
     return version.wait_ready(timeout) if wait else version
 
 

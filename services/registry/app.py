@@ -95,9 +95,9 @@ def build_router(runtime: Runtime) -> NatsRouter:
     @command(router, subjects.REGISTRY_MODELS_LIST_VERSIONS, service=NAME,
              too_large_hint=paging.too_large_hint("models/list_versions", True))
     async def list_versions(cmd: ListModelVersions, ctx: CallContext) -> ModelVersions:
-        """A model's versions, oldest first (a page with `limit`)."""
+        """A model's versions, oldest first or with `order` "newest" newest first (a page with `limit`)."""
         return await handlers.list_versions(deps(), await caller(ctx), ctx.token, cmd.models_pk_id, cmd.model_id,
-                                            cmd.limit, cmd.cursor)
+                                            cmd.limit, cmd.cursor, cmd.order)
 
     @command(router, subjects.REGISTRY_MODELS_GET_CONFIG, service=NAME)
     async def get_config(cmd: GetModelConfig, ctx: CallContext) -> ModelConfig:

@@ -379,14 +379,17 @@ async def get_model_by_id(deps: RegistryDeps, principal: Principal, token: str |
 
 
 async def list_versions(deps: RegistryDeps, principal: Principal, token: str | None, models_pk_id: int,
-                        name: str | None, limit: int | None = None, cursor: str | None = None) -> ModelVersions:
-    """A model's versions, oldest first: all of them, or a page (shared/paging.py; the cursor is the last version's
+                        name: str | None, limit: int | None = None, cursor: str | None = None,
+                        order: str = "oldest") -> ModelVersions:
+    """A model's versions, oldest first (the seed's order) or newest first (`order` "newest": the latest version is
+    one row, not the last of every page): all of them, or a page (shared/paging.py; the cursor is the last version's
     row id)."""
     after = paging.after(cursor, "models/list_versions")
     row = await _visible_model(deps, principal, token, models_pk_id)
     if name is not None and name != row["name"]:
         raise NotFound(f"model {models_pk_id} is not named {name!r}")
-    rows = await store.versions(deps.pool, models_pk_id, after, None if limit is None else limit + 1)
+    rows = await store.versions(deps.pool, models_pk_id, after, None if limit is None else limit + 1,
+                                newest_first=order == "newest")
     versions, next_cursor = await paging.page(rows, limit, _version_record, lambda v: str(v["version_pk"]))
     return ModelVersions(versions=versions, next_cursor=next_cursor)
 

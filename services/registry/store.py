@@ -93,9 +93,15 @@ async def model(pool: asyncpg.Pool, model_id: int) -> asyncpg.Record | None:
 
 
 async def versions(pool: asyncpg.Pool, model_id: int, after: int | None = None,
-                   limit: int | None = None) -> list[asyncpg.Record]:
-    """A model's versions, oldest first: those with a row id above `after` (a page's cursor), `limit` at most (None:
-    all)."""
+                   limit: int | None = None, *, newest_first: bool = False) -> list[asyncpg.Record]:
+    """A model's versions in upload order (the row id: oldest first, or newest first with `newest_first`): those past
+    `after` in that order (a page's cursor), `limit` at most (None: all). Either order is a range of
+    model_versions_model (model_id, id)."""
+    if newest_first:
+        return await pool.fetch(
+            f"SELECT {VERSION_COLUMNS} FROM model_versions v JOIN models m ON m.id = v.model_id"
+            " WHERE v.model_id = $1 AND ($2::bigint IS NULL OR v.id < $2) ORDER BY v.id DESC LIMIT $3", model_id,
+            None if after is None else min(after, 2**63 - 1), limit)
     return await pool.fetch(
         f"SELECT {VERSION_COLUMNS} FROM model_versions v JOIN models m ON m.id = v.model_id"
         " WHERE v.model_id = $1 AND ($2::bigint IS NULL OR v.id > $2) ORDER BY v.id LIMIT $3", model_id,

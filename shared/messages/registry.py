@@ -6,7 +6,7 @@ Field names and reply shapes follow the seed's "Model Management" section.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -85,12 +85,17 @@ class ModelDetails(Message):
 
 
 class ListModelVersions(Command):
-    """models/list_versions: a model's versions, oldest first; all of them, or a page (`limit`, then `cursor`)."""
+    """models/list_versions: a model's versions, oldest first (the seed's order: the newest is the last), or newest
+    first with `order` "newest"; all of them, or a page (`limit`, then `cursor`)."""
 
     model_id: str | None = Field(None, description="The model's name.")
     models_pk_id: int
     limit: int | None = limit_field("versions")
     cursor: str | None = cursor_field("models/list_versions")
+    order: Literal["oldest", "newest"] = Field(
+        "oldest", description="Railyard: \"oldest\" (the seed's order: uploads oldest first, the newest last) or "
+        "\"newest\" (the newest upload first: `limit` 1 is the latest version); a cursor continues the order it was "
+        "answered in.")
 
 
 class ModelVersionRecord(Message):
