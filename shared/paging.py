@@ -27,6 +27,7 @@ PAGE_BYTES = 4 * 1024 * 1024
 """JSON bytes of a page's items after which it stops (half the bus's 8 MiB: the envelope and headers fit)."""
 _CURSOR = re.compile(r"[0-9]{1,19}")
 _KEY_CURSOR = re.compile(r"(-?[0-9]{1,19})\.([0-9a-f]{32})")
+_NAME_KEY_CURSOR = re.compile(r"(-?[0-9]{1,19})\.([A-Za-z0-9][A-Za-z0-9._-]{0,38})")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 T = TypeVar("T")
@@ -87,6 +88,27 @@ def after_key(cursor: str | None, command: str) -> tuple[datetime, uuid.UUID] | 
     try:
         if found:
             return _EPOCH + timedelta(microseconds=int(found.group(1))), uuid.UUID(hex=found.group(2))
+    except OverflowError:
+        pass
+    raise InvalidRequest(f"cursor: not a next cursor of {command}: pass it as the previous page answered it")
+
+
+def name_key_cursor(created_at: datetime, key: str) -> str:
+    """The cursor after a row of a list in (created_at, key) order whose key is a name, not a UUID
+    (workspaces/list_inference_clients: a client id, `inference-<hex>`): its created_at in microseconds, a dot, the
+    key."""
+    return f"{(created_at - _EPOCH) // timedelta(microseconds=1)}.{key}"
+
+
+def after_name_key(cursor: str | None, command: str) -> tuple[datetime, str] | None:
+    """The (created_at, key) a name_key_cursor continues after (None: from the first item); 400 for what no page
+    answered."""
+    if cursor is None:
+        return None
+    found = _NAME_KEY_CURSOR.fullmatch(cursor)
+    try:
+        if found:
+            return _EPOCH + timedelta(microseconds=int(found.group(1))), found.group(2)
     except OverflowError:
         pass
     raise InvalidRequest(f"cursor: not a next cursor of {command}: pass it as the previous page answered it")

@@ -158,9 +158,8 @@ class Client:
     # --- users, connections ----------------------------------------------------------------------------------
 
     def users(self) -> list[User]:
-        """Every user the caller may see."""
-        listed = self._session.post("users/query", {})["users"]
-        return [User(self._session, record) for record in listed.values()]
+        """Every user the caller may see, oldest first (read a page at a time: docs/api-paging.md)."""
+        return [User(self._session, record) for record in self._session.post_pages("users/query", {}, "users")]
 
     def invite_user(self, email: str, password: str | None = None) -> dict[str, Any]:
         """Create a user (admins only): `user_id`, and `temporary_password` when no password was given."""

@@ -328,7 +328,8 @@ class Session:
     def post_pages(self, route: str, body: dict[str, Any], key: str | None = None) -> Iterator[Any]:
         """The items of a paged list route, a page at a time (`limit` LIST_PAGE, then `cursor` = the page's
         next cursor until a page has none): `answer[key]` and its `next_cursor` when the answer is an object
-        (pipelines/list), the bare list and the `x-next-cursor` header otherwise (assays/list). Lazy: a caller
+        (pipelines/list; an object keyed by id, as users/query's, yields its values), the bare list and the
+        `x-next-cursor` header otherwise (assays/list). Lazy: a caller
         that stops early asks for no further page."""
         route = route.strip("/")
         asked = {**body, "limit": LIST_PAGE}
@@ -340,7 +341,7 @@ class Session:
                 items, cursor = answer, response.headers.get("x-next-cursor")
             else:
                 items, cursor = answer[key], answer.get("next_cursor")
-            yield from items
+            yield from items.values() if isinstance(items, dict) else items  # users/query: users keyed by id
             if not cursor:
                 return
             repeated_cursor(route, cursor, seen)

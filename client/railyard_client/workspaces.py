@@ -129,8 +129,9 @@ class Workspace(Resource):
         return self._session.post("workspaces/create_inference_client", {"workspace_id": self.id, "name": name})
 
     def inference_clients(self) -> list[dict[str, Any]]:
-        """The workspace's inference clients (no secrets)."""
-        return self._session.post("workspaces/list_inference_clients", {"workspace_id": self.id})["clients"]
+        """The workspace's inference clients (no secrets), oldest first (read a page at a time: docs/api-paging.md)."""
+        return list(self._session.post_pages("workspaces/list_inference_clients", {"workspace_id": self.id},
+                                             "clients"))
 
     def revoke_inference_client(self, client_id: str) -> None:
         """Revoke an inference client: no new tokens, and its issued tokens stop working."""

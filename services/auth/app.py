@@ -122,9 +122,9 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """Deactivated users and the moment before which their tokens are refused; revoked sessions."""
         return await handlers.revocations(runtime.db, runtime.settings.auth)
 
-    @command(router, subjects.AUTH_USERS_QUERY, service=NAME)
+    @command(router, subjects.AUTH_USERS_QUERY, service=NAME, too_large_hint=paging.too_large_hint("users/query"))
     async def query_users(cmd: QueryUsers, ctx: CallContext) -> Users:
-        """Users, by id or workspace."""
+        """Users, by id or workspace, oldest first (a page with `limit`)."""
         return await handlers.query_users(deps(), await caller(ctx), cmd)
 
     @command(router, subjects.AUTH_USERS_INVITE, service=NAME)
@@ -185,10 +185,12 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """Create an inference client of a workspace (owners); its secret is shown once."""
         return await handlers.create_inference_client(deps(), await caller(ctx), cmd)
 
-    @command(router, subjects.AUTH_INFERENCE_CLIENTS_LIST, service=NAME)
+    @command(router, subjects.AUTH_INFERENCE_CLIENTS_LIST, service=NAME,
+             too_large_hint=paging.too_large_hint("workspaces/list_inference_clients"))
     async def list_inference_clients(cmd: ListInferenceClients, ctx: CallContext) -> InferenceClients:
-        """The live inference clients of a workspace (members)."""
-        return await handlers.list_inference_clients(deps(), await caller(ctx), cmd.workspace_id)
+        """The live inference clients of a workspace (members), oldest first (a page with `limit`)."""
+        return await handlers.list_inference_clients(deps(), await caller(ctx), cmd.workspace_id, cmd.limit,
+                                                     cmd.cursor)
 
     @command(router, subjects.AUTH_INFERENCE_CLIENTS_REVOKE, service=NAME)
     async def revoke_inference_client(cmd: RevokeInferenceClient, ctx: CallContext) -> Empty:

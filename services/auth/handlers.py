@@ -621,15 +621,19 @@ def _membership(pool: asyncpg.Pool):
 
 
 async def query_users(deps: AuthDeps, principal: Principal, cmd: QueryUsers) -> Users:
+    """Users oldest first (created_at, then id): all, or a page (shared/paging.py; the cursor: created_at, id)."""
     require_user(principal)
+    after = paging.after_key(cmd.cursor, "users/query")
     ids = [_uuid(u, "user_ids") for u in cmd.user_ids] if cmd.user_ids is not None else None
     # a task run's token sees the users of its own workspace, not everyone its user shares a workspace with
     workspace_id = cmd.workspace_id if cmd.workspace_id is not None else scoped_workspace(principal)
     if workspace_id is not None:
         await require_member(_membership(deps.pool), principal, workspace_id)
     rows = await store.list_users(deps.pool, ids=ids, workspace_id=workspace_id,
-                                  visible_to=None if principal.admin else uuid.UUID(principal.user_id))
-    return Users(users={str(r["id"]): _user_record(r, principal) for r in rows})
+                                  visible_to=None if principal.admin else uuid.UUID(principal.user_id), after=after,
+                                  limit=None if cmd.limit is None else cmd.limit + 1)
+    records, next_cursor = await paging.page(rows, cmd.limit, lambda r: _user_record(r, principal), paging.key_cursor)
+    return Users(users={record.id: record for record in records}, next_cursor=next_cursor)
 
 
 async def invite_user(deps: AuthDeps, principal: Principal, cmd: InviteUser) -> UserInvited:
@@ -757,13 +761,18 @@ async def create_inference_client(deps: AuthDeps, principal: Principal,
                                   name=cmd.name)
 
 
-async def list_inference_clients(deps: AuthDeps, principal: Principal, workspace_id: int) -> InferenceClients:
+async def list_inference_clients(deps: AuthDeps, principal: Principal, workspace_id: int, limit: int | None = None,
+                                 cursor: str | None = None) -> InferenceClients:
+    """A workspace's live inference clients oldest first (created_at, then client_id): all, or a page
+    (shared/paging.py; the cursor: created_at, client_id)."""
+    after = paging.after_name_key(cursor, "workspaces/list_inference_clients")
     await require_member(_membership(deps.pool), principal, workspace_id)
-    rows = await store.inference_clients(deps.pool, workspace_id)
-    return InferenceClients(clients=[InferenceClientRecord(
+    rows = await store.inference_clients(deps.pool, workspace_id, after, None if limit is None else limit + 1)
+    clients, next_cursor = await paging.page(rows, limit, lambda r: InferenceClientRecord(
         client_id=r["client_id"], name=r["name"], workspace_id=r["workspace_id"],
-        created_at=r["created_at"].isoformat(), created_by=str(r["created_by"]) if r["created_by"] else None)
-        for r in rows])
+        created_at=r["created_at"].isoformat(), created_by=str(r["created_by"]) if r["created_by"] else None),
+        lambda r: paging.name_key_cursor(r["created_at"], r["client_id"]))
+    return InferenceClients(clients=clients, next_cursor=next_cursor)
 
 
 async def revoke_inference_client(deps: AuthDeps, principal: Principal, workspace_id: int, client_id: str) -> Empty:

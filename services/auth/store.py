@@ -196,9 +196,11 @@ async def set_password(pool: asyncpg.Pool, user_id: uuid.UUID, password_hash: st
 
 
 async def list_users(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspace_id: int | None,
-                     visible_to: uuid.UUID | None) -> list[asyncpg.Record]:
-    """Users filtered by ids and/or workspace; `visible_to` limits to users sharing a workspace with
-    that user (and the user themself)."""
+                     visible_to: uuid.UUID | None, after: tuple[datetime, uuid.UUID] | None = None,
+                     limit: int | None = None) -> list[asyncpg.Record]:
+    """Users filtered by ids and/or workspace, oldest first (created_at, id); `visible_to` limits to users sharing a
+    workspace with that user (and the user themself); those after `after` (a page's cursor: created_at, id), `limit`
+    at most (None: all)."""
     return await pool.fetch(
         f"SELECT {USER_COLUMNS} FROM users u WHERE"
         " ($1::uuid[] IS NULL OR u.id = ANY($1))"
@@ -207,8 +209,9 @@ async def list_users(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspa
         " AND ($3::uuid IS NULL OR u.id = $3 OR EXISTS (SELECT 1 FROM workspace_members a"
         "      JOIN workspace_members b ON a.workspace_id = b.workspace_id"
         "      WHERE a.user_id = $3 AND b.user_id = u.id))"
-        " ORDER BY u.created_at, u.id",
-        ids, workspace_id, visible_to,
+        " AND ($4::timestamptz IS NULL OR (u.created_at, u.id) > ($4, $5::uuid))"
+        " ORDER BY u.created_at, u.id LIMIT $6",
+        ids, workspace_id, visible_to, *(after or (None, None)), limit,
     )
 
 
@@ -244,12 +247,15 @@ async def create_inference_client(pool: asyncpg.Pool, client_id: str, secret_has
     )
 
 
-async def inference_clients(pool: asyncpg.Pool, workspace_id: int) -> list[asyncpg.Record]:
-    """The live (unrevoked) inference clients of a workspace, oldest first."""
+async def inference_clients(pool: asyncpg.Pool, workspace_id: int, after: tuple[datetime, str] | None = None,
+                            limit: int | None = None) -> list[asyncpg.Record]:
+    """The live (unrevoked) inference clients of a workspace, oldest first (created_at, client_id): those after
+    `after` (a page's cursor: created_at, client_id), `limit` at most (None: all)."""
     return await pool.fetch(
         f"SELECT {CLIENT_COLUMNS} FROM clients WHERE workspace_id = $1 AND revoked_at IS NULL"
-        " ORDER BY created_at, client_id",
-        workspace_id,
+        " AND ($2::timestamptz IS NULL OR (created_at, client_id) > ($2, $3::text))"
+        " ORDER BY created_at, client_id LIMIT $4",
+        workspace_id, *(after or (None, None)), limit,
     )
 
 

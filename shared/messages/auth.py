@@ -108,10 +108,13 @@ class Revocations(Message):
 
 
 class QueryUsers(Command):
-    """All visible users, those with the given ids, or the members of a workspace."""
+    """All visible users, those with the given ids, or the members of a workspace, oldest first (created_at, then id);
+    all, or a page (`limit`, then `cursor`)."""
 
     user_ids: list[str] | None = None
     workspace_id: int | None = None
+    limit: int | None = limit_field("users")
+    cursor: str | None = key_cursor_field("users/query")
 
 
 class UserRecord(Message):
@@ -131,8 +134,8 @@ class UserRecord(Message):
     access: dict[str, bool]
 
 
-class Users(Message):
-    """Users keyed by id."""
+class Users(Message, NextCursor):
+    """Users keyed by id (in the list's order), and `next_cursor` when a page is followed by more."""
 
     users: dict[str, UserRecord]
 
@@ -283,9 +286,12 @@ class InferenceClientCreated(Message):
 
 
 class ListInferenceClients(Command):
-    """The live inference clients of a workspace (members)."""
+    """The live inference clients of a workspace (members), oldest first (created_at, then client_id); all, or a page
+    (`limit`, then `cursor`)."""
 
     workspace_id: int
+    limit: int | None = limit_field("inference clients")
+    cursor: str | None = key_cursor_field("workspaces/list_inference_clients")
 
 
 class InferenceClientRecord(Message):
@@ -298,7 +304,7 @@ class InferenceClientRecord(Message):
     created_by: str | None
 
 
-class InferenceClients(Message):
+class InferenceClients(Message, NextCursor):
     clients: list[InferenceClientRecord]
 
 

@@ -1,0 +1,168 @@
+"""users/query and workspaces/list_inference_clients page as workspaces/list_users does (docs/api-paging.md):
+optional `limit` (1-1000) and `cursor`, keyset in SQL on the list's order (created_at, then the id: a UUID for users,
+so the cursor is both as task/list's; a client id for inference clients, so the cursor is created_at and that id),
+`next_cursor` beside `users` / `clients`, the seed's answer unchanged without `limit`; the SDK (Client.users,
+Workspace.inference_clients) reads them a page at a time. Before, both were the whole list or the generic 422 with no
+way to page, and `limit` was refused as an extra field.
+
+And the orders auth's paged lists read in are indexes (migration 015): EXPLAIN of the store's own queries reads a
+range of workspace_members_added / users_created / clients_workspace_created, with no Sort of the whole set. Before,
+a workspace's members were read by the primary key (workspace_id, user_id) and sorted by added_at for every page."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from railyard_client import session as sdk_session
+
+from services.auth import store
+from tests.integration.conftest import inference_client, post, requests_to, sdk_client
+
+pytestmark = pytest.mark.integration
+
+
+async def more_members(stack, account, count: int) -> list[str]:
+    """`count` new users (rows: they never sign in, made in one statement, so with one created_at) added to the
+    account's workspace as collaborators; the ids of all its members (as test_workspace_users_list_pages's, whose
+    module needs a browser)."""
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        ids = await conn.fetch(
+            "INSERT INTO auth.users (id, username, email, password_hash) SELECT gen_random_uuid(), $1 || g,"
+            " $1 || g || '@example.com', 'x' FROM generate_series(1, $2) g RETURNING id",
+            f"member{uuid.uuid4().hex[:8]}-", count)
+        await conn.execute("INSERT INTO auth.workspace_members (workspace_id, user_id, user_type)"
+                           " SELECT $1, unnest($2::uuid[]), 'COLLABORATOR'", account.workspace_id,
+                           [r["id"] for r in ids])
+        rows = await conn.fetch("SELECT user_id FROM auth.workspace_members WHERE workspace_id = $1",
+                                account.workspace_id)
+    finally:
+        await conn.close()
+    return [str(r["user_id"]) for r in rows]
+
+
+def pages_of(stack, token: str, route: str, asked: dict, key: str) -> tuple[list, list[str]]:
+    """Every page of `route` asked 2 at a time: the pages' `key` items and the cursors answered."""
+    seen, cursors, cursor = [], [], None
+    while True:
+        page = post(stack, route, token, {**asked, "limit": 2, **({"cursor": cursor} if cursor else {})})
+        assert page.status_code == 200, page.text[:300]
+        seen.append(page.json()[key])
+        if (cursor := page.json().get("next_cursor")) is None:
+            return seen, cursors
+        cursors.append(cursor)
+        assert len(seen) < 10, seen
+
+
+def refused(stack, token: str, route: str, asked: dict, command: str) -> None:
+    for bad, words in (({"limit": 0}, "limit: Input should be greater than or equal to 1"),
+                       ({"limit": 1001}, "limit: Input should be less than or equal to 1000"),
+                       ({"limit": 2, "cursor": "17"}, f"cursor: not a next cursor of {command}"),
+                       ({"limit": 2, "cursor": "9" * 19 + ".x"}, f"cursor: not a next cursor of {command}")):
+        answer = post(stack, route, token, {**asked, **bad})
+        assert answer.status_code == 400 and words in answer.json()["msg"], answer.text[:300]
+        assert answer.json()["code"] == "invalid_request", answer.text[:300]
+
+
+def micros(at: datetime) -> int:
+    return (at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+async def test_users_query_pages_through_http_and_the_sdk(stack, alice, monkeypatch):
+    members = await more_members(stack, alice, 5)  # alice and 5 users, made in one statement: one created_at
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        rows = await conn.fetch("SELECT id, created_at FROM auth.users WHERE id = ANY($1::uuid[])"
+                                " ORDER BY created_at, id", [uuid.UUID(m) for m in members])
+    finally:
+        await conn.close()
+    ordered = [str(r["id"]) for r in rows]
+    asked = {"workspace_id": alice.workspace_id}
+    whole = post(stack, "users/query", alice.token, asked).json()
+    assert list(whole) == ["users"] and list(whole["users"]) == ordered  # the seed's answer, oldest first
+    seen, cursors = pages_of(stack, alice.token, "users/query", asked, "users")
+    assert [list(page) for page in seen] == [ordered[0:2], ordered[2:4], ordered[4:]]
+    assert {k: v for page in seen for k, v in page.items()} == whole["users"]
+    assert cursors == [f"{micros(rows[i]['created_at'])}.{rows[i]['id'].hex}" for i in (1, 3)]
+    refused(stack, alice.token, "users/query", asked, "users/query")
+    # by ids too: a page of the ids asked for
+    by_ids = post(stack, "users/query", alice.token, {"user_ids": ordered[3:], "limit": 2}).json()
+    assert list(by_ids["users"]) == ordered[3:5] and by_ids["next_cursor"]
+
+    client = sdk_client(stack, alice)
+    try:
+        sent = requests_to(client, "users/query")
+        monkeypatch.setattr(sdk_session, "LIST_PAGE", 2)
+        assert [u.to_dict() for u in client.users()] == list(whole["users"].values())  # alice sees these only
+        assert [body.get("cursor") for _, body in sent] == [None, *cursors]
+        assert all(body == {"limit": 2, **({"cursor": body["cursor"]} if "cursor" in body else {})}
+                   for _, body in sent), sent
+    finally:
+        client.close()
+
+
+async def test_inference_clients_page_through_http_and_the_sdk(stack, alice, monkeypatch):
+    made = [inference_client(alice, f"paged-{n}")[0] for n in range(6)]
+    alice.client.post("workspaces/revoke_inference_client", {"workspace_id": alice.workspace_id,
+                                                            "client_id": made[2]})
+    live = [c for c in made if c != made[2]]
+    asked = {"workspace_id": alice.workspace_id}
+    whole = post(stack, "workspaces/list_inference_clients", alice.token, asked).json()
+    assert list(whole) == ["clients"] and [c["client_id"] for c in whole["clients"]] == live  # oldest first
+    seen, cursors = pages_of(stack, alice.token, "workspaces/list_inference_clients", asked, "clients")
+    assert seen == [whole["clients"][0:2], whole["clients"][2:4], whole["clients"][4:]]
+    assert [c.split(".", 1)[1] for c in cursors] == [live[1], live[3]]
+    assert [int(c.split(".", 1)[0]) for c in cursors] == [
+        micros(datetime.fromisoformat(whole["clients"][i]["created_at"])) for i in (1, 3)]
+    refused(stack, alice.token, "workspaces/list_inference_clients", asked, "workspaces/list_inference_clients")
+
+    client = sdk_client(stack, alice)
+    try:
+        sent = requests_to(client, "workspaces/list_inference_clients")
+        monkeypatch.setattr(sdk_session, "LIST_PAGE", 2)
+        assert client.current_workspace().inference_clients() == whole["clients"]
+        assert [body.get("cursor") for _, body in sent] == [None, *cursors]
+    finally:
+        client.close()
+
+
+class Recorder:
+    """A pool that records the query a store function sends (and answers no rows)."""
+
+    async def fetch(self, sql: str, *args):
+        self.sql, self.args = sql, args
+        return []
+
+
+async def plan_of(conn: asyncpg.Connection, call) -> str:
+    recorder = Recorder()
+    await call(recorder)
+    plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + recorder.sql, *recorder.args)
+    return json.dumps(json.loads(plan) if isinstance(plan, str) else plan)  # one line per plan, keys as they are
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["first page", "a later page"])
+async def test_the_paged_orders_are_indexes(stack, alice, after):
+    """The store's own queries, EXPLAINed with sequential scans and sorts priced out (as a large table would): the
+    order is read from an index, so a page reads its rows, not the whole set."""
+    now = datetime.now(UTC)
+    cursor = (now, uuid.uuid4()) if after else None
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL search_path TO auth; SET LOCAL enable_seqscan = off;"
+                               " SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off")
+            members = await plan_of(conn, lambda pool: store.members(pool, alice.workspace_id, cursor, 3))
+            users = await plan_of(conn, lambda pool: store.list_users(
+                pool, ids=None, workspace_id=None, visible_to=None, after=cursor, limit=3))
+            clients = await plan_of(conn, lambda pool: store.inference_clients(
+                pool, alice.workspace_id, (now, "inference-0") if after else None, 3))
+    finally:
+        await conn.close()
+    for plan, index in ((members, "workspace_members_added"), (users, "users_created"),
+                        (clients, "clients_workspace_created")):
+        assert f'"Index Name": "{index}"' in plan and '"Node Type": "Sort"' not in plan, plan
