@@ -2,7 +2,24 @@
 // Assays page: a pipeline's assays (assays/list), one assay's stored results (assays/get_results) as its score
 // over time against the warning and alert thresholds, a window's bins against the baseline's, and the alerts.
 
-state.assays = {pipeline: null, assay: null, window: 0};
+state.assays = {pipeline: null, assay: null, window: 0, pages: 1};
+
+// an assay's results are read RESULT_PAGE windows at a time, newest first (assays/get_results' `limit`), and
+// "Show older windows" reads the next page: `end` is the oldest window shown (a page's windows start before it; an
+// assay scores a window start once). The tests make it smaller.
+let RESULT_PAGE = 500;
+
+/** The newest `pages` pages of an assay's results and whether older ones follow. */
+async function resultPages(assayId, pages) {
+  const results = [];
+  for (let n = 0; n < pages; n++) {
+    const end = results.length ? {end: results[results.length - 1].window_start} : {};
+    const page = await api('assays/get_results', {assay_id: assayId, limit: RESULT_PAGE + 1, ...end});
+    results.push(...page.slice(0, RESULT_PAGE));
+    if (page.length <= RESULT_PAGE) return {results, more: false};
+  }
+  return {results, more: true};
+}
 
 // A stored result with `logs_complete: false` was scored after the assay runner stopped waiting for the log store
 // (assays.max_log_wait, 600 s by default): records published before the window was due may be missing from it.
@@ -23,21 +40,21 @@ PAGES.assays = async function assays() {
   const pipelines = await apiPages('pipelines/list', {workspace_id: ws}, 'pipelines');
   const out = [el('h2', {}, 'Assays')];
   if (!pipelines.length) { out.push(el('p', {class: 'muted'}, 'No pipelines in this workspace.')); return out; }
-  if (!pipelines.some(p => p.id === S.pipeline)) Object.assign(S, {pipeline: pipelines[0].id, assay: null, window: 0});
+  if (!pipelines.some(p => p.id === S.pipeline)) Object.assign(S, {pipeline: pipelines[0].id, assay: null, window: 0, pages: 1});
   const pick = el('select', {id: 'assay-pipeline'}, pipelines.map(p => el('option', {value: p.id}, p.name)));
   pick.value = String(S.pipeline);
-  pick.addEventListener('change', () => { Object.assign(S, {pipeline: Number(pick.value), assay: null, window: 0}); show('assays'); });
+  pick.addEventListener('change', () => { Object.assign(S, {pipeline: Number(pick.value), assay: null, window: 0, pages: 1}); show('assays'); });
   out.push(el('div', {class: 'row'}, el('label', {for: 'assay-pipeline'}, 'Pipeline'), pick));
 
   const list = await apiPages('assays/list', {pipeline_id: S.pipeline});
   if (!list.length) { out.push(el('p', {class: 'muted'}, 'No assays on this pipeline.')); return out; }
-  if (!list.some(a => a.id === S.assay)) Object.assign(S, {assay: list[0].id, window: 0});
+  if (!list.some(a => a.id === S.assay)) Object.assign(S, {assay: list[0].id, window: 0, pages: 1});
   out.push(table(`${list.length} assay(s)`, ['name', 'field', 'active', 'warning', 'alert', 'last run', 'next run', ''],
     list.map(a => [a.name, el('code', {}, a.iopath), a.active ? 'yes' : 'no', fmtNumber(a.warning_threshold),
       fmtNumber(a.alert_threshold), a.last_run || '', a.active ? (a.next_run || '') : '',
       el('div', {class: 'row'},
         el('button', {class: 'btn secondary', type: 'button', 'aria-label': `Results of ${a.name}`,
-          'aria-pressed': String(a.id === S.assay), onclick: () => { Object.assign(S, {assay: a.id, window: 0}); show('assays'); }},
+          'aria-pressed': String(a.id === S.assay), onclick: () => { Object.assign(S, {assay: a.id, window: 0, pages: 1}); show('assays'); }},
           'Results'),
         el('button', {class: 'btn secondary', type: 'button', 'aria-label': `${a.active ? 'Pause' : 'Resume'} ${a.name}`,
           onclick: async () => {
@@ -46,7 +63,7 @@ PAGES.assays = async function assays() {
           }}, a.active ? 'Pause' : 'Resume'))])));
 
   const assay = list.find(a => a.id === S.assay);
-  const results = await api('assays/get_results', {assay_id: assay.id, limit: 500});
+  const {results, more} = await resultPages(assay.id, S.pages);
   const section = el('section', {id: `assay-${assay.id}`, tabindex: '-1', 'aria-label': `Assay ${assay.name}`},
     el('h3', {}, `${assay.name}: ${assay.iopath}`),
     el('p', {class: 'muted'}, `${assay.summarizer.metric} over ${assay.summarizer.bin_mode || 'provided'} bins ` +
@@ -64,6 +81,11 @@ PAGES.assays = async function assays() {
   const oldest = [...results].reverse();  // the API answers newest first
   const times = oldest.map(r => r.window_start);
   const labels = times.map(t => t.replace('T', ' ').replace(/\.\d+/, '').replace('Z', '').replace('+00:00', ''));
+  section.append(el('div', {class: 'row'}, el('span', {class: 'muted', id: 'assay-windows-shown'},
+    more ? `The newest ${results.length} windows; older ones not shown yet.` : `All ${results.length} scored window(s) shown.`),
+  ...(more ? [el('button', {class: 'btn secondary', type: 'button', id: 'assay-older',
+    'aria-label': `Show ${RESULT_PAGE} older windows of ${assay.name}`,
+    onclick: () => { S.pages++; state.focus = 'assay-older'; show('assays'); }}, 'Show older windows')] : [])));
   section.append(chartFigure('assay-scores', `Score per window (${results.length} windows) against the thresholds`, {
     type: 'line',
     data: {labels, datasets: [

@@ -47,7 +47,7 @@ function resourceOf(card) {
       return d.pipeline_id != null && {page: 'pipelines', id: `pipeline-${d.pipeline_id}`,
         label: card.kind === 'deployment' ? 'deployment' : 'pipeline'};
     case 'assay': return {page: 'assays', id: `assay-${card.ref}`, label: 'assay',
-      prepare: () => Object.assign(state.assays, {pipeline: Number(d.pipeline_id), assay: Number(card.ref), window: 0})};
+      prepare: () => Object.assign(state.assays, {pipeline: Number(d.pipeline_id), assay: Number(card.ref), window: 0, pages: 1})};
     case 'task_run': return d.task_id && {page: 'tasks', id: `run-${card.ref}`, label: 'task run',
       prepare: () => Object.assign(state.tasks, {task: d.task_id, run: card.ref})};
     case 'project': return {page: 'datasets', id: `project-${card.ref}`, label: 'project'};

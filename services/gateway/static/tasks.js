@@ -2,8 +2,30 @@
 // Orchestrations page: the workspace's orchestrations (orchestration/list), tasks (task/list, kill), a task's runs
 // (task/list_task_runs) and a run's logs (task/get_logs_for_run), followed live while the run is queued or running.
 
-state.tasks = {task: null, run: null};
+state.tasks = {task: null, run: null, pages: 1};
 let followTimer = null;
+// a task's runs are read a page at a time (task/list_task_runs, order "created": newest first by creation, the next
+// page's cursor in the x-next-cursor header; docs/api-paging.md): RUN_PAGE runs a page, "Show older runs" reads the
+// next one. The tests make it smaller.
+let RUN_PAGE = 50;
+const RUN_SEEK_PAGES = 20;  // a run asked for (the lineage's Open task run) is looked for this many pages deep
+
+/** The first `pages` pages of a task's runs (further while `wanted`, a run id, is not among them, RUN_SEEK_PAGES at
+ *  most) and the cursor of the page after them (null: none). */
+async function runPages(taskId, pages, wanted = null) {
+  const runs = [], seen = new Set();
+  let cursor = null, read = 0;
+  do {
+    const r = await api('task/list_task_runs', {task_id: taskId, order: 'created', limit: RUN_PAGE,
+      ...(cursor ? {cursor} : {})}, {raw: true});
+    for (const run of parseJSON(await r.text())) runs.push(run);
+    cursor = r.headers.get('x-next-cursor');
+    if (cursor && seen.has(cursor)) throw new ApiError(`task/list_task_runs: cursor ${cursor} answered again: the list does not advance`);
+    if (cursor) seen.add(cursor);
+    read++;
+  } while (cursor && (read < pages || (wanted && read < RUN_SEEK_PAGES && !runs.some(r => r.run_id === wanted))));
+  return {runs, next: cursor, read};
+}
 
 const short = (id) => String(id).slice(0, 8);
 const badge = (status) => el('span', {class: `badge ${status}`}, status);
@@ -22,7 +44,7 @@ PAGES.tasks = async function tasks() {
         el('span', {}, badge(o.status), o.reason ? ` ${o.reason}` : ''), o.created_at]))
     : el('p', {class: 'muted'}, 'No orchestrations in this workspace (upload one with the SDK or `railyard orchestrations upload`).'));
   if (!taskList.length) { out.push(el('p', {class: 'muted'}, 'No tasks yet.')); return out; }
-  if (!taskList.some(t => t.id === T.task)) Object.assign(T, {task: taskList[0].id, run: null});
+  if (!taskList.some(t => t.id === T.task)) Object.assign(T, {task: taskList[0].id, run: null, pages: 1});
   out.push(el('h3', {}, 'Tasks'), table(`${taskList.length} task(s)`,
     ['name', 'task', 'orchestration', 'kind', 'schedule', 'status', 'last runs', ''],
     taskList.map(t => [t.name || '', el('code', {title: t.id}, short(t.id)), names[t.orch_id] || short(t.orch_id),
@@ -30,25 +52,51 @@ PAGES.tasks = async function tasks() {
       el('span', {}, (t.last_runs || []).slice(0, 5).map(r => badge(r.status))),
       el('div', {class: 'row'},
         el('button', {class: 'btn secondary', type: 'button', 'aria-label': `Runs of task ${t.name || t.id}`,
-          'aria-pressed': String(t.id === T.task), onclick: () => { Object.assign(T, {task: t.id, run: null}); show('tasks'); }}, 'Runs'),
+          'aria-pressed': String(t.id === T.task), onclick: () => { Object.assign(T, {task: t.id, run: null, pages: 1}); show('tasks'); }}, 'Runs'),
         ...(t.killed ? [] : [el('button', {class: 'btn secondary', type: 'button', 'aria-label': `Kill task ${t.name || t.id}`,
           onclick: async () => {
             try { await api('task/kill', {id: t.id}); show('tasks'); } catch (e) { $('#error').textContent = e.message; }
           }}, 'Kill')]))])));
 
   const task = taskList.find(t => t.id === T.task);
-  const runs = await api('task/list_task_runs', {task_id: task.id, limit: 50, order: 'created'});
+  const {runs, next, read} = await runPages(task.id, T.pages, T.run);
+  T.pages = read;  // the pages shown again when the page is drawn again (a run's Logs), so older runs stay listed
   const section = el('section', {id: `task-${task.id}`, tabindex: '-1', 'aria-label': `Runs of ${task.name || task.id}`},
     el('h3', {}, `Runs of ${task.name || short(task.id)}`));
   out.push(section);
   if (!runs.length) { section.append(el('p', {class: 'muted'}, 'No runs yet.')); return out; }
   if (!runs.some(r => r.run_id === T.run)) T.run = runs[0].run_id;
-  section.append(table(`${runs.length} run(s), newest first`,
-    ['run', 'status', 'exit code', 'reason', 'created', 'updated', ''],
-    runs.map(r => [el('code', {title: r.run_id}, short(r.run_id)), badge(r.status), r.exit_code ?? '', r.reason || '',
-      r.created_at, r.updated_at,
-      el('button', {class: 'btn secondary', type: 'button', 'aria-label': `Logs of run ${short(r.run_id)}`,
-        'aria-pressed': String(r.run_id === T.run), onclick: () => { T.run = r.run_id; show('tasks'); }}, 'Logs')])));
+  const runRow = (r) => el('tr', {}, [el('code', {title: r.run_id}, short(r.run_id)), badge(r.status),
+    r.exit_code ?? '', r.reason || '', r.created_at, r.updated_at,
+    el('button', {class: 'btn secondary', type: 'button', 'aria-label': `Logs of run ${short(r.run_id)}`,
+      'aria-pressed': String(r.run_id === T.run), onclick: () => { T.run = r.run_id; show('tasks'); }}, 'Logs')]
+    .map(c => el('td', {}, c)));
+  const caption = (more) => `${runs.length} run(s), newest first${more ? '; older runs not listed yet' : ''}`;
+  const runTable = table(caption(next), ['run', 'status', 'exit code', 'reason', 'created', 'updated', ''], []);
+  runTable.querySelector('tbody').append(...runs.map(runRow));
+  section.append(runTable);
+  // the next page read in place (the rows already shown and the focus stay); the page drawn again reads as many
+  let cursor = next;
+  const older = el('button', {class: 'btn secondary', type: 'button', id: 'runs-older',
+    'aria-label': `Show ${RUN_PAGE} older runs of ${task.name || task.id}`, onclick: async () => {
+      older.disabled = true;
+      try {
+        const r = await api('task/list_task_runs', {task_id: task.id, order: 'created', limit: RUN_PAGE, cursor}, {raw: true});
+        const page = parseJSON(await r.text());
+        const after = r.headers.get('x-next-cursor');
+        if (after && after === cursor) throw new ApiError(`task/list_task_runs: cursor ${after} answered again: the list does not advance`);
+        runs.push(...page);
+        T.pages++;
+        runTable.querySelector('tbody').append(...page.map(runRow));
+        runTable.querySelector('caption').textContent = caption(after);
+        cursor = after;
+        older.hidden = !cursor;
+        if (!cursor && page.length) runTable.querySelector('tbody tr:last-child button').focus();
+      } catch (e) { $('#error').textContent = e.message; }
+      older.disabled = false;
+    }}, 'Show older runs');
+  older.hidden = !cursor;
+  section.append(el('div', {class: 'row'}, older));
   const run = runs.find(r => r.run_id === T.run);
   const logs = el('pre', {class: 'logs', id: 'run-logs', tabindex: '0', 'aria-label': `Logs of run ${run.run_id}`});
   const note = el('p', {class: 'muted', id: 'run-logs-state'});
@@ -59,9 +107,10 @@ PAGES.tasks = async function tasks() {
   const follow = async () => {
     if (state.page !== 'tasks' || T.run !== run.run_id || !logs.isConnected) return;
     try {
-      const [{logs: lines}, now] = await Promise.all([api('task/get_logs_for_run', {id: run.run_id, lines: 2000}),
-        api('task/list_task_runs', {task_id: task.id, limit: 50, order: 'created'})]);
-      const current = now.find(r => r.run_id === run.run_id) || run;
+      // the run's status comes with its logs: a run on an older page is followed too (the newest 50 alone did not
+      // hold it, and its status stayed the one first listed)
+      const {logs: lines, status} = await api('task/get_logs_for_run', {id: run.run_id, lines: 2000});
+      const current = {...run, status: status || run.status};
       const atEnd = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
       logs.textContent = lines.join('\n') || '(no output yet)';
       if (atEnd) logs.scrollTop = logs.scrollHeight;
