@@ -176,6 +176,12 @@ def query(stack, sql: str, *args) -> list[asyncpg.Record]:
     return asyncio.run(run())
 
 
+def rows_of(stack, deployment_id: int) -> int:
+    """How many predictions monitoring has stored for a deployment (`monitoring.predictions`)."""
+    return query(stack, "SELECT count(*) AS n FROM monitoring.predictions WHERE deployment_id = $1",
+                 deployment_id)[0]["n"]
+
+
 @contextlib.asynccontextmanager
 async def service_schema(stack, prefix: str, migrations: Path) -> AsyncIterator[asyncpg.Pool]:
     """A schema of the test's own (`prefix`_<random>) on the stack's PostgreSQL, made by a service's `migrations`,

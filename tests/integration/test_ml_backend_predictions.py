@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from railyard_client import Client
 
-from tests.integration.conftest import make_account, post, query, undeploy_all
+from tests.integration.conftest import make_account, post, query, rows_of, undeploy_all
 from tests.integration.conftest import sdk_client as sdk
 
 pytestmark = pytest.mark.integration
@@ -91,11 +91,6 @@ def squares(size: tuple[int, int], boxes: list[tuple[tuple[int, int, int], tuple
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def rows_of(stack, deployment_id: int) -> int:
-    return query(stack, "SELECT count(*) AS n FROM monitoring.predictions WHERE deployment_id = $1",
-                 deployment_id)[0]["n"]
 
 
 def deploy_backend(client: Client, tmp_path, name: str, label_config: str):

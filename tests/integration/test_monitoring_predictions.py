@@ -31,7 +31,7 @@ from tests.image_models import (
     squares_png,
 )
 from tests.integration.bus_events import announced
-from tests.integration.conftest import inference_token, make_account, post, query, undeploy_all
+from tests.integration.conftest import inference_token, make_account, post, query, rows_of, undeploy_all
 from tests.integration.conftest import sdk_client as sdk
 from tests.integration.test_isolation import task_token
 
@@ -62,11 +62,6 @@ def deployed(stack, owner) -> dict:
         pipeline.deployment().wait_until_running(180)
     return {"client": client, "digits": client.get_deployment("digits"), "squares": client.get_deployment("squares"),
             "versions": {"digits": digits, "digits-weak": weak, "squares": detector}}
-
-
-def rows_of(stack, deployment_id: int) -> int:
-    return query(stack, "SELECT count(*) AS n FROM monitoring.predictions WHERE deployment_id = $1",
-                 deployment_id)[0]["n"]
 
 
 def image_stored(stack, data: bytes) -> bytes | None:
