@@ -22,8 +22,10 @@ class FakeSession:
 
     def post(self, route: str, body: dict[str, Any]) -> Any:
         self.calls.append((route, body))
-        if route == "models/list_versions":
-            return VERSIONS if body["models_pk_id"] == 7 else []
+        if route == "models/list_versions":  # oldest first, or newest first with order "newest"; limit as asked
+            listed = VERSIONS if body["models_pk_id"] == 7 else []
+            listed = listed[::-1] if body.get("order") == "newest" else listed
+            return listed[:body["limit"]] if "limit" in body else listed
         if route == "models/list":
             return {"models": [{"id": 7, "name": "my-model"}, {"id": 8, "name": "other"}]}
         raise AssertionError(route)
@@ -44,6 +46,8 @@ def model() -> Model:
 
 def test_latest_is_the_newest_version(model):
     assert model.get_version("latest").version == "uuid-2"
+    # one version asked for, not every page of them read oldest first to take the last
+    assert model._session.calls == [("models/list_versions", {"models_pk_id": 7, "limit": 1, "order": "newest"})]
 
 
 def test_a_number_counts_from_the_first_upload(model):
