@@ -227,7 +227,8 @@ def test_threshold_trains_once_shadow_first_then_the_better_model_is_promoted(st
     events_before = event_counts(stack)
     info = deployment.setup_continuous_deployment(ContinuousDeploymentPolicy.DEPLOY_SHADOW, alpha=0.05,
                                                   min_sample=12)
-    assert info["deployment"] == {"active": True, "policy": "DEPLOY_SHADOW", "alpha": 0.05, "min_sample": 12}
+    assert info["deployment"] == {"active": True, "policy": "DEPLOY_SHADOW", "alpha": 0.05, "min_sample": 12,
+                                  "suspended_reason": None}
     info = deployment.setup_continuous_training(loop["project"], loop["train"], threshold=8,
                                                 experiment_parameters={"train_size": 1200, "seed": 1},
                                                 orchestration=loop["orchestration"])
