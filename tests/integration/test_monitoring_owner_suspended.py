@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from services.monitoring import continuous, feedback
+from services.monitoring import continuous, feedback, sequential
 from shared import subjects
 from shared.errors import NotFound
 from shared.messages.monitoring_continuous import ToggleContinuous
@@ -168,3 +168,37 @@ async def test_a_feedback_loop_whose_owner_left_is_suspended_once_and_the_others
     status = await feedback.toggle_feedback_loop(deps, principal, None,
                                                  ToggleFeedbackLoop(deployment="d-1", active=True))
     assert status.active is True and status.suspended_reason is None
+
+
+async def test_a_swap_whose_owner_left_suspends_continuous_deployment(monitoring_schema, monkeypatch):
+    """A challenge decided (promoting) whose swap acts as continuous deployment's owner, who has left the workspace:
+    the swap fails (the challenge 'failed' with the reason, as before) and continuous deployment is suspended with
+    the reason in the same transaction; before, it stayed on."""
+    pool = monitoring_schema
+    owner = uuid.uuid4()
+    await pool.execute("INSERT INTO continuous_deployment (deployment_id, workspace_id, deployment, owner_id, policy,"
+                       " alpha, min_sample) VALUES ($1, 1, 'd-42', $2, 'DEPLOY_SHADOW', 0.05, 10)", DEPLOYMENT, owner)
+    evidence = sequential.Evidence(decision=sequential.Decision.PROMOTE, pairs=40, n11=10, n10=2, n01=20, n00=8,
+                                   champion_accuracy=0.3, challenger_accuracy=0.75, log_evidence=4.0, threshold=3.0,
+                                   p_lower=0.7, p_upper=0.95, alpha=0.05, min_sample=10)
+    challenge_id = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO challenges (id, deployment_id, workspace_id, champion, challenger, alpha, min_sample, state,"
+        " evidence, decided_at) VALUES ($1, $2, 1, $3, $4, 0.05, 10, 'promoting', $5, now())", challenge_id,
+        DEPLOYMENT, json.dumps({"name": "digits", "version": "v1", "sha": "a"}),
+        json.dumps({"name": "digits", "version": "v2", "sha": "b"}), json.dumps(evidence.as_dict()))
+
+    async def request(broker, subject, cmd, **kwargs):
+        assert subject == subjects.AUTH_TOKEN_ISSUE_TASK, subject
+        raise NotFound(REFUSAL)
+
+    monkeypatch.setattr(continuous, "request", request)
+    deps = continuous.ContinuousDeps(base=SimpleNamespace(pool=pool, broker=None, timeout=5.0), verify=None,
+                                     events_committed=lambda: None, max_task_timeout=3600)
+    challenge = await pool.fetchrow("SELECT * FROM challenges WHERE id = $1", challenge_id)
+    await continuous._apply_decision(deps, challenge, "promoting", evidence)
+
+    row = await pool.fetchrow("SELECT state, reason FROM challenges WHERE id = $1", challenge_id)
+    assert row["state"] == "failed" and REFUSAL in row["reason"], dict(row)
+    info = await continuous.information(pool, DEPLOYMENT)
+    assert info.deployment.active is False and REFUSAL in info.deployment.suspended_reason
