@@ -79,3 +79,60 @@ def test_the_owed_write_never_holds_the_lock_waiting_for_a_connection_nor_a_conn
 
     asyncio.run(scenario(world))
 
+
+
+class OneConnectionPool(MemoryPool):
+    """A pool of one connection: acquire() waits while it is held; `held` says whether it is."""
+
+    def __init__(self) -> None:
+        self.free = asyncio.Semaphore(1)
+        self.held = 0
+
+    @contextlib.asynccontextmanager
+    async def acquire(self):
+        async with self.free:
+            self.held += 1
+            try:
+                async with super().acquire() as conn:
+                    yield conn
+            finally:
+                self.held -= 1
+
+
+def test_the_owed_write_counts_a_lock_just_released_to_a_waiting_undeploy_as_busy(world, monkeypatch):  # noqa: F811
+    """The lock released by a deploy while an undeploy waits for it: locked() is false, but the undeploy is next
+    (asyncio.Lock hands it over: acquire() now would queue behind it). The owed write counts it as busy and gives
+    its connection back at once. Were it to wait in line with the connection, the undeploy, holding the lock, would
+    wait for the pool's connection (store.deactivate takes one): both stuck. `_write_once` reads the lock's waiters
+    (private to asyncio.Lock) for this; the test fails if that check goes, or asyncio.Lock changes under it."""
+    monkeypatch.setattr(handlers, "OWED_RETRY_DELAYS", (3600.0,))  # the background write stays out of the way
+    deactivate = world.store.deactivate
+
+    async def deactivate_on_a_connection(pool, *args, **kwargs):  # as store.deactivate, on one of the pool's
+        async with pool.acquire():
+            return await deactivate(pool, *args, **kwargs)
+
+    world.store.deactivate = deactivate_on_a_connection
+
+    async def scenario(world) -> None:
+        pool = world.deps.pool = OneConnectionPool()
+        world.backend.hold = False
+        _refuse_once(world)
+        assert (await _deploy(world, "a")).id == 5 and world.deps.owed.tasks  # served; its event owed
+        event = handlers.deployed_event(5, "a-5", PIPELINE, world.store.pipelines[PIPELINE]["workspace_id"], "v")
+        lock = world.deps.pipeline_lock(PIPELINE)
+        await lock.acquire()  # a deploy of the pipeline
+        undeploy = asyncio.create_task(handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5))
+        await _until(lambda: len(lock._waiters or ()) == 1, "the undeploy waits for the lock")
+        lock.release()  # the deploy is done: the lock is the undeploy's, which has not run yet
+        assert not lock.locked()
+        # in this task, with nothing run in between (a task of its own would run after the undeploy took the lock)
+        assert await handlers.OwedDeployed._write_once(world.deps, PIPELINE, event) is None
+        assert pool.held == 0
+        await undeploy  # it takes the lock and the connection, and writes the owed event with its undeployed
+        assert await handlers.OwedDeployed._write_once(world.deps, PIPELINE, event) is False  # owed no more
+        assert [(s, e.deployment_id) for s, e in world.store.events] == [(subjects.EVENT_PIPELINE_DEPLOYED, 5),
+                                                                         (subjects.EVENT_PIPELINE_UNDEPLOYED, 5)]
+        await world.deps.owed.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(world), 5.0))
