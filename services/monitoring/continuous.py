@@ -997,7 +997,8 @@ async def _serve(deps: ContinuousDeps, owner_id: Any, workspace_id: int, deploym
     return created.pipeline_variant_version
 
 
-async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, *, again: bool = False) -> None:
+async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, *, again: bool = False,
+                   displaced: dict[str, Any] | None = None) -> None:
     """DEPLOY_SHADOW: the new version becomes the shadow challenger (and a challenge opens); DEPLOY_AUTO: served.
 
     A newer training of the deployment delivered while this delivery's deploy ran (after its still-due check: by
@@ -1006,7 +1007,11 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
     record it; a newer one found there closes this delivery unrecorded (no model_swapped) and the newest delivered
     training is served again after it (`again`: its own delivery may be recorded already, so its claim is not
     required; serving what already serves makes no new pipeline version; its event is written once, by whichever
-    records it)."""
+    records it). `displaced`: the older training's model version whose deploy may have displaced this one's; served
+    again only while that older version is what the deployment serves (the model, or the shadow under
+    DEPLOY_SHADOW): anything else since (this one's own deploy ending last, a challenge's swap, a person's change) is
+    left as it is. The older delivery stays claimed until this one is done, so a process dying in between leaves it to
+    resume_deliveries, which serves the newest again the same way."""
     pool = deps.base.pool
     deployment_id = training["deployment_id"]
     cd = await pool.fetchrow("SELECT * FROM continuous_deployment WHERE deployment_id = $1", deployment_id)
@@ -1018,6 +1023,12 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
         champion = handlers.current_model(view.definition)
         if champion is None:
             raise Conflict("the deployment's pipeline has no model step")
+        if displaced is not None:
+            serving = champion if policy == "DEPLOY_AUTO" else handlers._current_shadow(view.definition)
+            if serving is None or serving.version != displaced.get("version"):
+                log.info("continuous deployment of training %s: the older version %s does not serve (%s does): not"
+                         " served again", training["id"], displaced.get("version"), serving and serving.version)
+                return
         champion_dict = champion.model_dump()
         resolved = await request(deps.base.broker, subjects.REGISTRY_MODELS_RESOLVE, ResolveModel(
             workspace_id=cd["workspace_id"], name=new["name"], version=new["version"]), token=token,
@@ -1048,7 +1059,7 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
                         reason=f"continuous deployment (DEPLOY_AUTO) of training {training['id']}"))
             deps.events_committed()
             if newest is not None:
-                await _deliver_again(deps, newest)
+                await _deliver_again(deps, newest, training, new)
             return
         # DEPLOY_SHADOW: not served as the challenger over a newer training delivered meanwhile (during the look-ups
         # above: its challenge would be superseded by this older one's); its claim is not required here, as before:
@@ -1066,7 +1077,7 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
                     return
                 await _open_challenge(conn, training, cd, champion, new, version)
         if newest is not None:
-            await _deliver_again(deps, newest)
+            await _deliver_again(deps, newest, training, new)
             return
         deps.events_committed()
     except RailyardError as exc:
@@ -1095,26 +1106,31 @@ async def _open_challenge(conn: Any, training: asyncpg.Record, cd: asyncpg.Recor
 async def _overtaken(conn: Any, training: asyncpg.Record) -> asyncpg.Record | None:
     """After this delivery's deploy, in the transaction that would record it: the newest training of the deployment
     delivered (or being delivered) that is newer than `training`, or None. Its deploy may have ended before this
-    one's, which then serves the older version in its place: this delivery is closed unrecorded, with the reason,
-    and the caller serves that newest one again (_deliver_again)."""
+    one's, which then serves the older version in its place: this delivery is not recorded, and the caller serves
+    that newest one again (_deliver_again), which closes it with the reason once done; until then it stays claimed,
+    so a process dying in between leaves it to resume_deliveries (which serves the newest again)."""
     await conn.execute("SELECT 1 FROM trainings WHERE id = $1 FOR UPDATE", training["id"])
     newest = await conn.fetchrow(
         "SELECT * FROM trainings WHERE deployment_id = $1 AND id <> $2 AND created_at > $3 AND state = 'done' AND"
         " outcome IN ('deployed', 'shadow') ORDER BY created_at DESC LIMIT 1", training["deployment_id"],
         training["id"], training["created_at"])
     if newest is not None:
-        await conn.execute("UPDATE trainings SET delivering_since = NULL, reason = 'a newer training of the deployment"
-                           " was delivered during its deploy: not delivered, the newer one served again after it'"
-                           " WHERE id = $1 AND delivering_since IS NOT NULL", training["id"])
         log.warning("continuous deployment of training %s (deployment %s): training %s, newer, was delivered during"
                     " its deploy: serving it again after this one", training["id"], training["deployment_id"],
                     newest["id"])
     return newest
 
 
-async def _deliver_again(deps: ContinuousDeps, newest: asyncpg.Record) -> None:
-    """Serve `newest` again after an older delivery's deploy (see _deliver)."""
-    await _deliver(deps, newest, "DEPLOY_AUTO" if newest["outcome"] == "deployed" else "DEPLOY_SHADOW", again=True)
+async def _deliver_again(deps: ContinuousDeps, newest: asyncpg.Record, older: asyncpg.Record,
+                         displaced: dict[str, Any]) -> None:
+    """Serve `newest` again after `older`'s delivery deployed `displaced` (see _deliver), then close that delivery,
+    unrecorded, with the reason (not before: a process dying in between leaves it claimed, to resume_deliveries)."""
+    await _deliver(deps, newest, "DEPLOY_AUTO" if newest["outcome"] == "deployed" else "DEPLOY_SHADOW", again=True,
+                   displaced=displaced)
+    await deps.base.pool.execute(
+        "UPDATE trainings SET delivering_since = NULL, reason = 'a newer training of the deployment was delivered"
+        " during its deploy: not delivered, the newer one served again after it' WHERE id = $1 AND delivering_since"
+        " IS NOT NULL", older["id"])
 
 
 async def _delivery_failed(pool: asyncpg.Pool, training: asyncpg.Record, policy: str, exc: RailyardError,
@@ -1180,11 +1196,14 @@ async def resume_deliveries(deps: ContinuousDeps) -> None:
     model_swapped, or before the serving) once clearly stale (STALE_SWAP: a deploy may take deploy_wait): serving
     what already serves makes no new pipeline version, so the swap is recorded with its event, once. Not one a newer
     training of the deployment has been delivered after (or is being delivered): serving it again would put the
-    older version back in place of the newer one; its delivery is closed, without serving or event."""
+    older version back in place of the newer one; its delivery is closed, without event. Its deploy may have ended
+    after the newer one's (or its process died before serving the newer one again, _overtaken): the newest delivered
+    training of the deployment is served again if the older version is what serves (_deliver's `displaced`)."""
+    # claimed again (not closed yet: a process dying before it has served the newest again leaves it to this sweep,
+    # STALE_SWAP later), then closed once that is done
     superseded = await deps.base.pool.fetch(
-        "UPDATE trainings t SET delivering_since = NULL, reason = 'its delivery did not finish (the service stopped)"
-        " and a newer training of the deployment was delivered since: not delivered again' WHERE delivering_since <"
-        f" now() - make_interval(secs => $1) AND {NEWER_DELIVERED} RETURNING id, deployment_id", STALE_SWAP)
+        "UPDATE trainings t SET delivering_since = now() WHERE delivering_since < now() - make_interval(secs => $1)"
+        f" AND {NEWER_DELIVERED} RETURNING id, deployment_id, model_version, delivering_since", STALE_SWAP)
     for training in superseded:
         log.warning("continuous deployment of training %s (deployment %s) did not finish, and a newer training was"
                     " delivered since: not delivered again", training["id"], training["deployment_id"])
@@ -1203,6 +1222,25 @@ async def resume_deliveries(deps: ContinuousDeps) -> None:
             # tried again STALE_SWAP later): the others claimed with it are delivered now, not one sweep later
             log.exception("continuous deployment of training %s (deployment %s) failed unexpectedly; delivered again"
                           " in %.0f s", training["id"], training["deployment_id"], STALE_SWAP)
+    resumed = {training["deployment_id"] for training in rows}  # their newest is being delivered again just now
+    for training in superseded:
+        newest = await deps.base.pool.fetchrow(
+            "SELECT * FROM trainings WHERE deployment_id = $1 AND state = 'done' AND outcome IN ('deployed', 'shadow')"
+            " ORDER BY created_at DESC LIMIT 1", training["deployment_id"])
+        if newest is not None and training["deployment_id"] not in resumed and training["model_version"] is not None:
+            try:
+                async with deps.lock(training["deployment_id"]):
+                    await _deliver(deps, newest, "DEPLOY_AUTO" if newest["outcome"] == "deployed" else
+                                   "DEPLOY_SHADOW", again=True, displaced=_json(training["model_version"]))
+            except Exception:  # left claimed: tried again STALE_SWAP later
+                log.exception("continuous deployment of training %s (deployment %s): serving it again over the older"
+                              " training %s's unfinished delivery failed unexpectedly", newest["id"],
+                              newest["deployment_id"], training["id"])
+                continue
+        await deps.base.pool.execute(
+            "UPDATE trainings SET delivering_since = NULL, reason = 'its delivery did not finish (the service stopped)"
+            " and a newer training of the deployment was delivered since: not delivered again' WHERE id = $1 AND"
+            " delivering_since = $2", training["id"], training["delivering_since"])
 
 
 class DeliveryResumer(Sweeper):

@@ -73,9 +73,11 @@ async def continuous_deployment(pool, policy: str) -> None:
                        policy)
 
 
-def deliver_with(monkeypatch, served: Callable[[], dict], serve) -> None:
+def deliver_with(monkeypatch, served: Callable[[], dict], serve, shadow: Callable[[], dict | None] = lambda: None
+                 ) -> None:
     """A delivery's stand-ins: the owner's token, the deployment under its own name (deployed_name), a model
-    version resolved as itself, the deployment's definition serving `served()`'s model, and `serve` as the deploy."""
+    version resolved as itself, the deployment's definition serving `served()`'s model (shadowed by `shadow()`'s
+    when there is one), and `serve` as the deploy."""
 
     async def act_as(deps, owner_id, workspace_id, purpose):
         return SimpleNamespace(user_id=str(owner_id)), "token"
@@ -87,6 +89,9 @@ def deliver_with(monkeypatch, served: Callable[[], dict], serve) -> None:
         return SimpleNamespace(name=cmd.name, model_version=cmd.version, sha="b")
 
     async def deployment(base, principal, token, name):
+        if shadow() is not None:
+            return SimpleNamespace(definition={"steps": [{"ShadowDeploy": {"champion": served(),
+                                                                           "challengers": [shadow()]}}]})
         return SimpleNamespace(definition={"steps": [{"ModelInference": {"models": [served()]}}]})
 
     monkeypatch.setattr(continuous, "act_as", act_as)
@@ -730,7 +735,7 @@ async def test_a_newer_delivery_during_a_deploy_is_served_after_it(monitoring_sc
         serving.update(model=champion, shadow=challenger)
         return str(len(serves))
 
-    deliver_with(monkeypatch, lambda: serving["model"], serve)
+    deliver_with(monkeypatch, lambda: serving["model"], serve, lambda: serving["shadow"])
     await continuous._deliver(first, await pool.fetchrow("SELECT * FROM trainings WHERE id = $1", older), policy)
 
     assert serves == ["v2", "v3", "v3"]
@@ -748,3 +753,99 @@ async def test_a_newer_delivery_during_a_deploy_is_served_after_it(monitoring_sc
     row = await pool.fetchrow("SELECT delivering_since, reason FROM trainings WHERE id = $1", older)
     assert row["delivering_since"] is None and "delivered during its deploy" in row["reason"], dict(row)
     assert await pool.fetchval("SELECT delivering_since FROM trainings WHERE id = $1", newer) is None
+
+
+async def _stale_older_and_recorded_newer(pool, policy: str) -> tuple[uuid.UUID, uuid.UUID, dict]:
+    """Training 1 (v2) delivering since more than STALE_SWAP ago (its process died), training 2 (v3), newer, delivered
+    and recorded: the two trainings' ids and v3."""
+    outcome = "deployed" if policy == "DEPLOY_AUTO" else "shadow"
+    older, newer = uuid.uuid4(), uuid.uuid4()
+    newest = {"name": "digits", "version": "v3", "sha": "c"}
+    for training_id, version, created, delivering in ((older, CHALLENGER, 600, continuous.STALE_SWAP + 10),
+                                                       (newer, newest, 100, None)):
+        await pool.execute(
+            "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id, model_version,"
+            " model_status, created_at, delivering_since) VALUES ($1, $2, 1, 'done', $7, 1, $3, $4, 'ready',"
+            " now() - make_interval(secs => $5), now() - make_interval(secs => $6))", training_id, DEPLOYMENT,
+            uuid.uuid4(), json.dumps(version), created, delivering, outcome)
+    return older, newer, newest
+
+
+@pytest.mark.parametrize("policy", ["DEPLOY_AUTO", "DEPLOY_SHADOW"])
+async def test_an_older_deploy_that_ended_last_before_its_process_died_is_undone_when_resumed(monitoring_schema,
+                                                                                                monkeypatch, policy):
+    """Training 1's deploy of v2 ended after training 2's of v3 (recorded by another process), and training 1's
+    process died before its record (or before serving v3 again, _overtaken): v2 serves in v3's place. Before, the
+    resumed delivery of training 1 was only closed (a newer one delivered) and v2 kept serving for good; now v3 is
+    served again (no second event: training 2's delivery was told), and training 1 is closed with the reason."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, policy)
+    older, newer, newest = await _stale_older_and_recorded_newer(pool, policy)
+    if policy == "DEPLOY_AUTO":
+        serving = {"model": CHALLENGER, "shadow": None}  # v2 in v3's place
+    else:
+        serving = {"model": CHAMPION, "shadow": CHALLENGER}
+    serves: list[str] = []
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
+        serves.append((challenger or champion)["version"])
+        serving.update(model=champion, shadow=challenger)
+        return "9"
+
+    deliver_with(monkeypatch, lambda: serving["model"], serve, lambda: serving["shadow"])
+    await continuous.resume_deliveries(process(pool))
+
+    assert serves == ["v3"]
+    assert (serving["model"]["version"], serving["shadow"] and serving["shadow"]["version"]) == (
+        ("v3", None) if policy == "DEPLOY_AUTO" else ("v1", "v3"))
+    assert await pool.fetch("SELECT payload FROM outbox WHERE subject = $1",
+                            subjects.EVENT_MONITORING_MODEL_SWAPPED) == []
+    row = await pool.fetchrow("SELECT outcome, reason, delivering_since FROM trainings WHERE id = $1", older)
+    assert row["delivering_since"] is None and "a newer training of the deployment was delivered since" in row[
+        "reason"], dict(row)
+    assert await pool.fetchval("SELECT reason FROM trainings WHERE id = $1", newer) is None
+
+
+async def test_an_older_delivery_overtaken_stays_claimed_until_the_newest_serves_again(monitoring_schema,
+                                                                                       monkeypatch):
+    """_overtaken: training 2 (v3), newer, is delivered and recorded by another process during training 1's deploy of
+    v2, which ends last; training 1's process dies while serving v3 again. Before, training 1's delivery was closed
+    before that, so nothing served v3 again: v2 kept serving. Now it stays claimed until v3 serves again, and once
+    stale the resumed sweep (another process) serves v3."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, "DEPLOY_AUTO")
+    older, newer = uuid.uuid4(), uuid.uuid4()
+    newest = {"name": "digits", "version": "v3", "sha": "c"}
+    await pool.execute(
+        "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id, model_version,"
+        " model_status, created_at, delivering_since) VALUES ($1, $2, 1, 'done', 'deployed', 1, $3, $4, 'ready',"
+        " now() - make_interval(secs => 600), now())", older, DEPLOYMENT, uuid.uuid4(), json.dumps(CHALLENGER))
+    serving = {"model": CHAMPION, "shadow": None}
+    serves: list[str] = []
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
+        serves.append(champion["version"])
+        if serves == ["v2"]:  # training 2 served and recorded by another process during this deploy
+            await pool.execute(
+                "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id,"
+                " model_version, model_status, created_at) VALUES ($1, $2, 1, 'done', 'deployed', 1, $3, $4, 'ready',"
+                " now() - make_interval(secs => 100))", newer, DEPLOYMENT, uuid.uuid4(), json.dumps(newest))
+        if serves == ["v2", "v3"]:
+            raise asyncio.CancelledError  # the process dies while serving v3 again
+        serving.update(model=champion, shadow=challenger)
+        return str(len(serves))
+
+    deliver_with(monkeypatch, lambda: serving["model"], serve)
+    with pytest.raises(asyncio.CancelledError):
+        await continuous._deliver(process(pool), await pool.fetchrow("SELECT * FROM trainings WHERE id = $1", older),
+                                  "DEPLOY_AUTO")
+    assert serves == ["v2", "v3"] and serving["model"]["version"] == "v2"
+    assert await pool.fetchval("SELECT delivering_since FROM trainings WHERE id = $1", older) is not None
+
+    await pool.execute("UPDATE trainings SET delivering_since = now() - make_interval(secs => $2) WHERE id = $1",
+                       older, continuous.STALE_SWAP + 10)
+    await continuous.resume_deliveries(process(pool))  # another process, once stale
+    assert serves == ["v2", "v3", "v3"] and serving["model"]["version"] == "v3"
+    assert await pool.fetch("SELECT payload FROM outbox WHERE subject = $1",
+                            subjects.EVENT_MONITORING_MODEL_SWAPPED) == []
+    assert await pool.fetchval("SELECT delivering_since FROM trainings WHERE id = $1", older) is None
