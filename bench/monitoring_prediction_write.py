@@ -14,9 +14,12 @@
    workspace (`--pipelines` pipelines, limit 1000), B `get_pipeline` of one, alternated. The bus hop each adds is
    not in these figures (item 50: a NATS request/reply on this VM).
 
-    .venv/bin/python -m bench.monitoring_prediction_write --dsn postgresql://... [--predictions 500] [--rounds 8]
+    .venv/bin/python -m bench.monitoring_prediction_write [--dsn postgresql://...] [--predictions 400] [--rounds 12]
+        [--pipelines 100] [--calls 30]
 
-On scratch schemas of the given PostgreSQL (the services' migrations), dropped afterwards; membership not asked."""
+The defaults are item 54's run (about 30 s idle). On scratch schemas of the given PostgreSQL (the services'
+migrations), dropped afterwards; without --dsn, of a scratch pgserver PostgreSQL in a temporary directory (its Unix
+socket, default settings: each commit fsynced), removed afterwards. Membership not asked."""
 
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import asyncio
 import os
 import random
 import statistics
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -179,16 +183,30 @@ async def lookups(dsn: str, pipelines: int, calls: int, rounds: int) -> None:
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--dsn", required=True)
-    parser.add_argument("--predictions", type=int, default=500)
+    parser.add_argument("--dsn", help="a PostgreSQL to use (default: a scratch pgserver, removed afterwards)")
+    parser.add_argument("--predictions", type=int, default=400)
     parser.add_argument("--pipelines", type=int, default=100)
-    parser.add_argument("--calls", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--calls", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=12)
     args = parser.parse_args()
-    print(f"start {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, load {_load()}", flush=True)
-    await writes(args.dsn, args.predictions, args.rounds)
-    await lookups(args.dsn, args.pipelines, args.calls, args.rounds)
-    print(f"end {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, load {_load()}", flush=True)
+    server = None
+    if args.dsn is None:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pgserver warns about XDG_RUNTIME_DIR on import
+            import pgserver
+        server = pgserver.get_server(tempfile.mkdtemp(prefix="bench_monitoring_pg_"), cleanup_mode="delete")
+        args.dsn = server.get_uri()
+    try:
+        print(f"start {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, load {_load()}, {args.predictions} predictions x"
+              f" {args.rounds} rounds, {args.pipelines} pipelines, {args.calls} calls a round", flush=True)
+        await writes(args.dsn, args.predictions, args.rounds)
+        await lookups(args.dsn, args.pipelines, args.calls, args.rounds)
+        print(f"end {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, load {_load()}", flush=True)
+    finally:
+        if server is not None:
+            server.cleanup()
 
 
 if __name__ == "__main__":
