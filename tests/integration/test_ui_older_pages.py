@@ -159,3 +159,40 @@ async def test_the_ui_shows_an_assays_older_windows_page_by_page(stack, admin, b
     alerts = ui.page_text(browser).split("Alerts")[-1]
     assert "2 window(s) above a threshold" in alerts, alerts
     ui.shot(browser, "05c-assay-every-window")
+
+
+async def test_the_lineage_opens_a_run_older_than_the_pages_it_reads(stack, admin, browser):
+    """The lineage's Open task run of a run past the pages read (RUN_SEEK_PAGES, 20 of 50 runs: 1,000 runs, 17 hours
+    of a schedule every minute) showed the newest run's logs under the newest run's name without a word, as before
+    the pages were read at all. Now that run is shown by itself (its logs and status, task/get_logs_for_run) with a
+    line saying it is not listed, and its logs' heading gets the focus; a run that is not the task's (or gone) shows
+    the newest run with a line saying the asked one was not found. Page size 2, looked for 1 page deep."""
+    account = make_account(stack, admin, "uiseek")
+    _, (task_id,) = await task_rows(stack, account, 1, 1)
+    rows = await run_rows(stack, account, task_id)
+    by_id = {str(r["id"]): r for r in rows}
+    newest = [str(r["id"]) for r in sorted(rows, key=lambda r: (r["created_at"], r["id"]), reverse=True)]
+    sign_in_to(browser, stack, account)
+    browser.execute_script(RECORD_RUNS + "RUN_SEEK_PAGES = 1;")
+
+    wanted = newest[4]  # the second oldest: page 3 of 2 runs a page
+    assert by_id[wanted]["status"] == "failure"  # created a minute after the oldest (run_rows)
+    browser.execute_script("openResource({kind: 'task_run', ref: arguments[1], data: {task_id: arguments[0]}})",
+                           task_id, wanted)
+    ui.rendered(browser, "tasks")
+    assert browser.execute_script(RUN_IDS) == newest[:2], ui.shown(browser)  # one page read, not the asked run's
+    ui.wait_text(browser, "#run-unlisted", f"Run {wanted[:8]} is older than the 2 runs listed")
+    assert f"Logs of run {wanted[:8]}" in ui.page_text(browser), ui.shown(browser)
+    ui.wait_text(browser, "#run-logs-state", "failure")  # its own status, from its logs' answer
+    assert browser.execute_script("return document.activeElement && document.activeElement.id") == f"run-{wanted}"
+    assert browser.find_element(ui.By.ID, "run-logs").get_attribute("aria-label") == f"Logs of run {wanted}"
+
+    # a run id that is no run of this task: the newest run, and a line saying the asked one was not found
+    missing = str(uuid.uuid4())
+    browser.execute_script("document.querySelector('#page').dataset.page = '';"
+                           "openResource({kind: 'task_run', ref: arguments[1], data: {task_id: arguments[0]}})",
+                           task_id, missing)
+    ui.rendered(browser, "tasks")
+    ui.wait_text(browser, "#run-unlisted", f"Run {missing[:8]} was not found among the runs of this task")
+    assert f"Logs of run {newest[0][:8]}" in ui.page_text(browser), ui.shown(browser)
+    assert browser.execute_script("return state.tasks.run") == newest[0]

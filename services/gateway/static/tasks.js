@@ -8,7 +8,9 @@ let followTimer = null;
 // page's cursor in the x-next-cursor header; docs/api-paging.md): RUN_PAGE runs a page, "Show older runs" reads the
 // next one. The tests make it smaller.
 let RUN_PAGE = 50;
-const RUN_SEEK_PAGES = 20;  // a run asked for (the lineage's Open task run) is looked for this many pages deep
+// a run asked for (the lineage's Open task run) is looked for this many pages deep; one older than that is shown by
+// itself (its logs and status, task/get_logs_for_run), not listed. The tests make it smaller.
+let RUN_SEEK_PAGES = 20;
 
 /** The first `pages` pages of a task's runs (further while `wanted`, a run id, is not among them, RUN_SEEK_PAGES at
  *  most) and the cursor of the page after them (null: none). */
@@ -65,7 +67,17 @@ PAGES.tasks = async function tasks() {
     el('h3', {}, `Runs of ${task.name || short(task.id)}`));
   out.push(section);
   if (!runs.length) { section.append(el('p', {class: 'muted'}, 'No runs yet.')); return out; }
-  if (!runs.some(r => r.run_id === T.run)) T.run = runs[0].run_id;
+  // a run asked for past the pages read (or gone) was replaced by the newest run without a word, its logs shown as the
+  // asked run's: now it is shown by itself when it is this task's (said so), else the newest with a note saying why
+  let run = runs.find(r => r.run_id === T.run), unlisted = null;
+  if (!run && T.run) {
+    const asked = await api('task/get_logs_for_run', {id: T.run, lines: 1}).catch(() => null);
+    if (asked && String(asked.task) === String(task.id)) {
+      run = {run_id: T.run, status: asked.status};
+      unlisted = `Run ${short(T.run)} is older than the ${runs.length} runs listed: its logs are below.`;
+    } else unlisted = `Run ${short(T.run)} was not found among the runs of this task; the newest run is shown.`;
+  }
+  if (!run) { run = runs[0]; T.run = run.run_id; }
   const runRow = (r) => el('tr', {}, [el('code', {title: r.run_id}, short(r.run_id)), badge(r.status),
     r.exit_code ?? '', r.reason || '', r.created_at, r.updated_at,
     el('button', {class: 'btn secondary', type: 'button', 'aria-label': `Logs of run ${short(r.run_id)}`,
@@ -97,7 +109,7 @@ PAGES.tasks = async function tasks() {
     }}, 'Show older runs');
   older.hidden = !cursor;
   section.append(el('div', {class: 'row'}, older));
-  const run = runs.find(r => r.run_id === T.run);
+  if (unlisted) section.append(el('p', {class: 'muted', id: 'run-unlisted', role: 'status'}, unlisted));
   const logs = el('pre', {class: 'logs', id: 'run-logs', tabindex: '0', 'aria-label': `Logs of run ${run.run_id}`});
   const note = el('p', {class: 'muted', id: 'run-logs-state'});
   section.append(el('h3', {id: `run-${run.run_id}`, tabindex: '-1'}, `Logs of run ${short(run.run_id)}`), note, logs);
