@@ -111,6 +111,15 @@ function cardButton(node, text) {
     onclick: () => selectCard(node.id())}, text || `${card.title} (${kindName(card.kind)})`);
 }
 
+/** A card's link as an address on this instance, or null. The API keeps links relative (a single '/' first), but a
+ *  browser reads '/\host' (a backslash, or a tab or newline, between the slashes) as '//host': another site. */
+function instanceUrl(url) {
+  try {
+    const resolved = new URL(url, location.origin);
+    return resolved.origin === location.origin ? resolved.href : null;
+  } catch (_) { return null; }
+}
+
 function selectCard(id) {
   const node = cy.getElementById(id);
   if (!node.length) return;
@@ -120,7 +129,11 @@ function selectCard(id) {
   const s = card.settings || {};
   const panel = $('#card-panel');
   const res = resourceOf(card);
-  const link = s.url && !DEFAULT_URL.test(s.url) ? el('a', {href: s.url}, s.url_title || s.url) : null;
+  const href = s.url && !DEFAULT_URL.test(s.url) ? instanceUrl(s.url) : null;
+  // a link that leaves the instance is shown as text, not followed
+  const link = href ? el('a', {href}, s.url_title || s.url)
+    : s.url && !DEFAULT_URL.test(s.url) ? el('span', {class: 'muted', id: 'card-offsite'},
+      `${s.url_title || 'link'}: ${JSON.stringify(s.url)} (not on this instance: not a link)`) : null;
   const downstream = node.successors('node');
   const listOf = (nodes) => nodes.length ? el('ul', {}, nodes.map(n => el('li', {}, cardButton(n)))) : el('p', {class: 'muted'}, 'none');
   panel.replaceChildren(
