@@ -168,20 +168,24 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     import asyncpg
     import nats.errors
 
-    from shared.dead_letters import run
+    from shared.dead_letters import run, stack_note
 
     settings = _settings(args)
     try:
         return run(args, settings)
     except (OSError, TimeoutError, asyncpg.PostgresError, nats.errors.Error) as exc:  # one line, no traceback
-        print(f"railyard: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
         # the exit statuses of `railyard` (README): 3 wrong credentials, 5 unreachable, else 1
         if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError) or "authorization violation" in str(
                 exc).lower():
-            return 3
-        if isinstance(exc, (OSError, nats.errors.NoServersError)) and not isinstance(exc, nats.errors.TimeoutError):
-            return 5
-        return 1
+            status = 3
+        elif isinstance(exc, (OSError, nats.errors.NoServersError)) and not isinstance(exc, nats.errors.TimeoutError):
+            status = 5
+        else:
+            status = 1
+        # could not connect or log in with the defaults: where the stack's secrets were looked for, in the same line
+        note = stack_note(settings) if status in (3, 5) else ""
+        print(f"railyard: {type(exc).__name__}: {exc}".splitlines()[0] + note, file=sys.stderr)
+        return status
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,14 +10,16 @@ durable consumer of shared/consumers.py acknowledges, unhandled, a replay meant 
 filter on subjects only, and the other durables of the subject, lineage's `events.>` among them, read the same
 subject); before, every consumer of the subject received it a second time. Core NATS subscribers of the subject (the
 services' `events.user.deactivated` and `events.auth.*` caches, for a lineage dead letter of one) still see it.
-A row whose payload was cut (above 64 KiB) is not replayed, nor one replayed before unless `--again`.
+A row whose payload was cut (above 64 KiB) is not replayed, nor one replayed before unless `--again`, nor one whose
+durable no longer exists on EVENTS or no longer reads the subject (`_durable_refuses`: nobody would handle it).
 
-The tool connects as a service does, from the settings: `RAILYARD_POSTGRES__DSN` (a role that may read and update
-the services' `dead_letters`) and `RAILYARD_NATS__URL`, `..._USER`, `..._PASSWORD` (an identity that may publish the
-subject). What the environment does not set comes from the embedded stack's data directory (`--data-dir`, else
-`RAILYARD_STACK__DATA_DIR`, else `.railyard`) as `railyard login` and `status` find theirs: its `secrets.json` and
-`run/stack.json` give PostgreSQL's superuser and the bus's `ops` identity, so against a `make run` stack the command
-needs no setting (`with_stack_credentials`)."""
+The tool connects as a service does, from the settings: `RAILYARD_POSTGRES__DSN` (a role that may read and update the
+services' `dead_letters`) and `RAILYARD_NATS__URL`, `..._USER`, `..._PASSWORD` (an identity that may publish the
+subject and read the durable's consumer info). What the environment does not set comes from the embedded stack's data
+directory (`--data-dir`, else `RAILYARD_STACK__DATA_DIR`, else `.railyard`) as `railyard login` and `status` find
+theirs: its `secrets.json` and `run/stack.json` give PostgreSQL's superuser and the bus's `ops` identity, so against a
+`make run` stack the command needs no setting (`with_stack_credentials`); when it cannot, a failure to connect says
+where it looked (`stack_note`)."""
 
 from __future__ import annotations
 
@@ -65,6 +67,37 @@ def _set(environ: Mapping[str, str], *names: str) -> bool:
     return any(name in given for name in names)
 
 
+_POSTGRES_SET = ("RAILYARD_POSTGRES__DSN", "RAILYARD_POSTGRES")
+_NATS_SET = ("RAILYARD_NATS__URL", "RAILYARD_NATS__USER", "RAILYARD_NATS__PASSWORD", "RAILYARD_NATS")
+
+
+def _stack_secrets(data_dir) -> tuple[dict | None, str]:
+    """The data directory's secrets.json, or None and why not."""
+    path = data_dir / "secrets.json"
+    try:
+        secrets = json.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return None, f"no embedded stack's secrets in {data_dir}"
+    except (OSError, ValueError) as exc:  # another user's stack (mode 0600), a file cut short
+        return None, f"cannot read the embedded stack's secrets in {data_dir}: {' '.join(str(exc).split())}"
+    if not isinstance(secrets, dict):
+        return None, f"{path} is not an embedded stack's secrets file"
+    return secrets, ""
+
+
+def stack_note(settings: Settings, environ: Mapping[str, str] | None = None) -> str:
+    """What a failure to connect adds to its one line when the environment leaves the database's or the bus's
+    credentials unset and the data directory could not give them (with_stack_credentials): where the secrets were
+    looked for and what to set instead; "" when the environment sets both or the secrets were read."""
+    environ = os.environ if environ is None else environ
+    if _set(environ, *_POSTGRES_SET) and _set(environ, *_NATS_SET):
+        return ""
+    secrets, why = _stack_secrets(settings.stack.data_dir.expanduser().resolve())
+    if secrets is not None:
+        return ""
+    return f" ({why}: give --data-dir, or set RAILYARD_POSTGRES__DSN and RAILYARD_NATS__*)"
+
+
 def with_stack_credentials(settings: Settings, environ: Mapping[str, str] | None = None) -> Settings:
     """`settings` with what the environment does not set of the database and the bus taken from the embedded stack
     of `settings.stack.data_dir`, as `railyard login` and `status` read it: PostgreSQL's superuser (the one role
@@ -78,22 +111,20 @@ def with_stack_credentials(settings: Settings, environ: Mapping[str, str] | None
 
     environ = os.environ if environ is None else environ
     data_dir = settings.stack.data_dir.expanduser().resolve()
+    secrets, _ = _stack_secrets(data_dir)
+    if secrets is None:  # a failure to connect then says why (stack_note)
+        return settings
     try:
-        secrets = json.loads((data_dir / "secrets.json").read_text())
-    except FileNotFoundError:
-        return settings
-    except (OSError, ValueError) as exc:  # another user's stack (mode 0600), a file cut short
-        print(f"railyard: cannot read the stack's secrets in {data_dir}: {exc}", file=sys.stderr)
-        return settings
-    ports = (read_state(data_dir) or {}).get("ports") or {}
+        ports = (read_state(data_dir) or {}).get("ports") or {}
+    except OSError:  # run/ is the stack owner's (0700): the settings' ports
+        ports = {}
     host = settings.stack.host
     update: dict[str, Any] = {}
-    if not _set(environ, "RAILYARD_POSTGRES__DSN", "RAILYARD_POSTGRES") and "postgres_password" in secrets:
+    if not _set(environ, *_POSTGRES_SET) and "postgres_password" in secrets:
         port = ports.get("postgres", settings.stack.postgres_port)
         dsn = f"postgresql://railyard:{secrets['postgres_password']}@{host}:{port}/railyard"
         update["postgres"] = settings.postgres.model_copy(update={"dsn": dsn})
-    if not _set(environ, "RAILYARD_NATS__URL", "RAILYARD_NATS__USER", "RAILYARD_NATS__PASSWORD", "RAILYARD_NATS") \
-            and f"nats_password_{OPS}" in secrets:
+    if not _set(environ, *_NATS_SET) and f"nats_password_{OPS}" in secrets:
         port = ports.get("nats", settings.stack.nats_port)
         update["nats"] = settings.nats.model_copy(update={
             "url": f"nats://{host}:{port}", "user": OPS, "password": secrets[f"nats_password_{OPS}"]})
@@ -176,6 +207,43 @@ async def _connect_bus(settings: Settings) -> tuple[Any, list[Exception]]:
     return nc, errors
 
 
+def covers(pattern: str, subject: str) -> bool:
+    """Does the NATS subject filter `pattern` (`*` one token, a last `>` one or more) take `subject`?"""
+    wanted, tokens = pattern.split("."), subject.split(".")
+    for index, token in enumerate(wanted):
+        if token == ">" and index == len(wanted) - 1:
+            return len(tokens) > index
+        if index >= len(tokens) or token not in ("*", tokens[index]):
+            return False
+    return len(tokens) == len(wanted)
+
+
+async def _durable_refuses(nc: Any, bus_errors: list[Exception], durable: str, subject: str) -> str | None:
+    """Why a replay for `durable` of a message of `subject` would reach nobody (None: it reaches `durable`): the
+    durable consumer no longer exists on EVENTS, or its filter no longer takes the subject. Every other durable
+    acknowledges a replay meant for another (shared/consumers.py) unread."""
+    import nats.errors
+    from nats.js.errors import NotFoundError
+
+    from shared import subjects
+
+    try:
+        info = await nc.jetstream().consumer_info(subjects.EVENTS_STREAM, durable)
+    except NotFoundError:
+        return (f"its durable consumer {durable} no longer exists on {subjects.EVENTS_STREAM}: nothing would handle"
+                " the replay (the subject's other consumers leave it)")
+    except nats.errors.TimeoutError:
+        refused = [e for e in bus_errors if "permissions violation" in str(e)]
+        if refused:  # an identity that may not read the consumer's info gets no answer, only the server's error
+            raise refused[-1] from None
+        raise
+    filters = [f for f in [info.config.filter_subject, *(info.config.filter_subjects or [])] if f]
+    if filters and not any(covers(f, subject) for f in filters):
+        return (f"its durable consumer {durable} no longer reads {subject} (it reads {', '.join(filters)}): nothing"
+                " would handle the replay (the subject's other consumers leave it)")
+    return None
+
+
 async def _replay(args: argparse.Namespace, settings: Settings) -> int:
     import nats.errors
 
@@ -200,6 +268,12 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
                 if len(row["payload"]) < row["payload_size"]:
                     print(f"railyard: {args.service} dead letter {args.id} kept only {len(row['payload'])} of its"
                           f" {row['payload_size']} bytes: not replayed", file=sys.stderr)
+                    return 1
+                # a replay is handled by its durable only (the others acknowledge it unread): one that is gone, or no
+                # longer reads the subject, would leave it handled by nobody, the row marked replayed all the same
+                refused = await _durable_refuses(nc, bus_errors, row["durable"], row["subject"])
+                if refused:
+                    print(f"railyard: {args.service} dead letter {args.id} not replayed: {refused}", file=sys.stderr)
                     return 1
                 msg_id = replay_msg_id(args.service, args.id, row)
                 # the server's own headers (Nats-Msg-Id, Nats-Expected-*) are not the replay's

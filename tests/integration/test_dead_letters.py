@@ -422,11 +422,19 @@ async def test_a_replay_that_cannot_be_sent_says_why_in_one_line_with_the_readme
         assert len(unreachable.stderr.splitlines()) == 1 and "Connect call failed" in unreachable.stderr
 
         port = stack.env["RAILYARD_STACK__NATS_PORT"]
+        # auth's identity may read its durable's info (the replay checks the durable is there) but not publish
         refused = dead_letters_cli(stack, "replay", "auth", str(row_id), RAILYARD_NATS__URL=f"nats://127.0.0.1:{port}",
-                                   RAILYARD_NATS__USER="client",
-                                   RAILYARD_NATS__PASSWORD=stack.secrets()["nats_password_client"])
+                                   RAILYARD_NATS__USER="auth",
+                                   RAILYARD_NATS__PASSWORD=stack.secrets()["nats_password_auth"])
         assert refused.returncode == 1 and refused.stderr.splitlines() == [
             f'railyard: Error: nats: permissions violation for publish to "{subjects.EVENT_MODEL_UPLOADED}"']
+        # the client identity may not even read the durable's info: that violation, nothing sent
+        blind = dead_letters_cli(stack, "replay", "auth", str(row_id), RAILYARD_NATS__URL=f"nats://127.0.0.1:{port}",
+                                 RAILYARD_NATS__USER="client",
+                                 RAILYARD_NATS__PASSWORD=stack.secrets()["nats_password_client"])
+        assert blind.returncode == 1 and blind.stderr.splitlines() == [
+            'railyard: Error: nats: permissions violation for publish to'
+            f' "$js.api.consumer.info.{subjects.EVENTS_STREAM.lower()}.auth-model-uploaded"'], blind.stderr
         assert await conn.fetchval("SELECT replayed_at FROM auth.dead_letters WHERE id = $1", row_id) is None
 
         cluster = dead_letters_cli(stack, "replay", "auth", str(row_id),
@@ -519,5 +527,42 @@ async def test_a_replay_reaches_only_the_durable_that_gave_up_on_it(stack, alice
         assert not await conn.fetchval(f"SELECT count(*) FROM {schema}.dead_letters WHERE stream_seq = $1", sent.seq)
     finally:
         await conn.execute(f"DELETE FROM {schema}.dead_letters WHERE durable = $1 AND stream_seq = $2", durable, model)
+        await conn.close()
+        await nc.close()
+
+
+async def last_uploaded(js) -> int:
+    """The stream sequence of the newest events.model.uploaded on EVENTS (0: none)."""
+    from nats.js.errors import NotFoundError
+
+    try:
+        return (await js.get_last_msg(subjects.EVENTS_STREAM, subjects.EVENT_MODEL_UPLOADED)).seq
+    except NotFoundError:
+        return 0
+
+
+@pytest.mark.parametrize("durable", ["auth-gone-" + uuid.uuid4().hex[:8], "auth-pipeline-created"],
+                         ids=["durable-gone", "durable-reads-another-subject"])
+async def test_a_replay_nobody_would_handle_is_refused_and_not_marked(stack, alice, durable):
+    """A replay is handled by its own durable only (every other acknowledges it unread): a dead letter whose durable
+    no longer exists on EVENTS (a consumer renamed or removed since), or no longer reads the subject, is refused
+    in one line, nothing published and the row left unmarked. Before, it was published, handled by nobody, and the
+    row marked replayed: the event lost with the command saying it was replayed."""
+    event = ModelUploaded(workspace_id=alice.workspace_id, model_id=model_id(), model_version=uuid.uuid4(),
+                          name="m", framework="onnx", status="ready")
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    nc = await nats_client.connect(stack.settings().nats.url)
+    seq = model_id()
+    try:
+        js = nc.jetstream()
+        before = await last_uploaded(js)
+        row_id = await insert_dead_letter(conn, "auth", durable, seq, event.model_dump_json().encode())
+        replayed = dead_letters_cli(stack, "replay", "auth", str(row_id))
+        assert replayed.returncode == 1, (replayed.stdout, replayed.stderr)
+        assert replayed.stderr.count("\n") == 1 and durable in replayed.stderr and "not replayed" in replayed.stderr
+        assert await conn.fetchval("SELECT replayed_at FROM auth.dead_letters WHERE id = $1", row_id) is None
+        assert await last_uploaded(js) == before, "published"
+    finally:
+        await conn.execute("DELETE FROM auth.dead_letters WHERE durable = $1 AND stream_seq = $2", durable, seq)
         await conn.close()
         await nc.close()
