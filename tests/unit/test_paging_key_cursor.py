@@ -26,3 +26,21 @@ def test_a_key_cursor_reads_as_its_key(at):
 def test_anything_else_is_a_400(cursor):
     with pytest.raises(InvalidRequest, match="cursor: not a next cursor of task/list"):
         paging.after_key(cursor, "task/list")
+
+
+@pytest.mark.parametrize("key", ["inference-0123456789abcdef", "a.b-c_d", "x", "9" * 39, "inference-ab.c-d.e"])
+@pytest.mark.parametrize("at", [datetime(2026, 12, 4, 0, 1, 2, 345678, tzinfo=UTC),
+                                datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)])
+def test_a_name_key_cursor_reads_as_its_key(at, key):
+    """workspaces/list_inference_clients' cursor (created_at, client id): the first dot ends the microseconds, so a key
+    with dots and dashes reads back whole."""
+    cursor = paging.name_key_cursor(at, key)
+    assert paging.after_name_key(cursor, "workspaces/list_inference_clients") == (at, key)
+
+
+@pytest.mark.parametrize("cursor", ["17", "x", "1.", ".inference-ab", "1.-inference", "1..ab", "1.a b", "1.a\n",
+                                    "1." + "a" * 40, "9" * 19 + ".inference-ab", "-" + "9" * 19 + ".ab",
+                                    "253402300800000000.ab", "1.inference/ab", "١.ab"])
+def test_anything_else_is_a_400_for_a_name_key_cursor(cursor):
+    with pytest.raises(InvalidRequest, match="cursor: not a next cursor of workspaces/list_inference_clients"):
+        paging.after_name_key(cursor, "workspaces/list_inference_clients")
