@@ -998,8 +998,9 @@ async def _serve(deps: ContinuousDeps, owner_id: Any, workspace_id: int, deploym
 
 
 async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, *, again: bool = False,
-                   displaced: dict[str, Any] | None = None) -> None:
+                   displaced: dict[str, Any] | None = None) -> bool:
     """DEPLOY_SHADOW: the new version becomes the shadow challenger (and a challenge opens); DEPLOY_AUTO: served.
+    False when it failed (a Railyard error, recorded while its claim held).
 
     A newer training of the deployment delivered while this delivery's deploy ran (after its still-due check: by
     another process, or a resumed delivery) may have been served before this deploy ended, and this older version
@@ -1028,7 +1029,7 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
             if serving is None or serving.version != displaced.get("version"):
                 log.info("continuous deployment of training %s: the older version %s does not serve (%s does): not"
                          " served again", training["id"], displaced.get("version"), serving and serving.version)
-                return
+                return True
         champion_dict = champion.model_dump()
         resolved = await request(deps.base.broker, subjects.REGISTRY_MODELS_RESOLVE, ResolveModel(
             workspace_id=cd["workspace_id"], name=new["name"], version=new["version"]), token=token,
@@ -1042,7 +1043,7 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
             # one's challenge and serve the older version over it)
             async with pool.acquire() as conn, conn.transaction():
                 if not await _still_due(conn, training, claim=not again):
-                    return
+                    return True
                 await conn.execute("UPDATE challenges SET state = 'superseded', decided_at = now(), reason = 'a"
                                    " newer model version was deployed (DEPLOY_AUTO)' WHERE deployment_id = $1 AND"
                                    " state = 'running'", deployment_id)
@@ -1060,13 +1061,13 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
             deps.events_committed()
             if newest is not None:
                 await _deliver_again(deps, newest, training, new)
-            return
+            return True
         # DEPLOY_SHADOW: not served as the challenger over a newer training delivered meanwhile (during the look-ups
         # above: its challenge would be superseded by this older one's); its claim is not required here, as before:
         # the delivery that records first decides (_delivered)
         async with pool.acquire() as conn, conn.transaction():
             if not await _still_due(conn, training, claim=False):
-                return
+                return True
         version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], champion_dict, new,
                                f"monitoring-deploy-{deployment_id}", found=(token, view))
         # the challenge opens once the challenger serves (pairs are matched on both versions anyway), once
@@ -1074,14 +1075,16 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
             newest = await _overtaken(conn, training)
             if newest is None:
                 if not await _delivered(conn, training["id"], policy):
-                    return
+                    return True
                 await _open_challenge(conn, training, cd, champion, new, version)
         if newest is not None:
             await _deliver_again(deps, newest, training, new)
-            return
+            return True
         deps.events_committed()
+        return True
     except RailyardError as exc:
         await _delivery_failed(pool, training, policy, exc, cd["owner_id"])
+        return False
 
 
 async def _open_challenge(conn: Any, training: asyncpg.Record, cd: asyncpg.Record, champion: ModelVersionRef,
@@ -1124,9 +1127,14 @@ async def _overtaken(conn: Any, training: asyncpg.Record) -> asyncpg.Record | No
 async def _deliver_again(deps: ContinuousDeps, newest: asyncpg.Record, older: asyncpg.Record,
                          displaced: dict[str, Any]) -> None:
     """Serve `newest` again after `older`'s delivery deployed `displaced` (see _deliver), then close that delivery,
-    unrecorded, with the reason (not before: a process dying in between leaves it claimed, to resume_deliveries)."""
-    await _deliver(deps, newest, "DEPLOY_AUTO" if newest["outcome"] == "deployed" else "DEPLOY_SHADOW", again=True,
-                   displaced=displaced)
+    unrecorded, with the reason (not before: a process dying in between leaves it claimed, to resume_deliveries).
+    Serving it again failed (the deployer, the registry): left claimed too, so resume_deliveries tries once more
+    STALE_SWAP later (and then closes it whatever happens)."""
+    if not await _deliver(deps, newest, "DEPLOY_AUTO" if newest["outcome"] == "deployed" else "DEPLOY_SHADOW",
+                          again=True, displaced=displaced):
+        log.warning("continuous deployment of training %s: serving the newer training %s again failed: tried again"
+                    " in %.0f s", older["id"], newest["id"], STALE_SWAP)
+        return
     await deps.base.pool.execute(
         "UPDATE trainings SET delivering_since = NULL, reason = 'a newer training of the deployment was delivered"
         " during its deploy: not delivered, the newer one served again after it' WHERE id = $1 AND delivering_since"

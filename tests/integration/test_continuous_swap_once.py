@@ -806,12 +806,13 @@ async def test_an_older_deploy_that_ended_last_before_its_process_died_is_undone
     assert await pool.fetchval("SELECT reason FROM trainings WHERE id = $1", newer) is None
 
 
+@pytest.mark.parametrize("again", ["dies", "fails"])
 async def test_an_older_delivery_overtaken_stays_claimed_until_the_newest_serves_again(monitoring_schema,
-                                                                                       monkeypatch):
+                                                                                       monkeypatch, again):
     """_overtaken: training 2 (v3), newer, is delivered and recorded by another process during training 1's deploy of
-    v2, which ends last; training 1's process dies while serving v3 again. Before, training 1's delivery was closed
-    before that, so nothing served v3 again: v2 kept serving. Now it stays claimed until v3 serves again, and once
-    stale the resumed sweep (another process) serves v3."""
+    v2, which ends last; training 1's process dies while serving v3 again, or that deploy fails (the deployer away).
+    Before, training 1's delivery was closed before that, so nothing served v3 again: v2 kept serving. Now it stays
+    claimed until v3 serves again, and once stale the resumed sweep (another process) serves v3."""
     pool = monitoring_schema
     await continuous_deployment(pool, "DEPLOY_AUTO")
     older, newer = uuid.uuid4(), uuid.uuid4()
@@ -830,15 +831,20 @@ async def test_an_older_delivery_overtaken_stays_claimed_until_the_newest_serves
                 "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id,"
                 " model_version, model_status, created_at) VALUES ($1, $2, 1, 'done', 'deployed', 1, $3, $4, 'ready',"
                 " now() - make_interval(secs => 100))", newer, DEPLOYMENT, uuid.uuid4(), json.dumps(newest))
-        if serves == ["v2", "v3"]:
-            raise asyncio.CancelledError  # the process dies while serving v3 again
+        if serves == ["v2", "v3"]:  # serving v3 again: the process dies, or the deploy fails
+            raise asyncio.CancelledError if again == "dies" else Unavailable("deployer is not running")
         serving.update(model=champion, shadow=challenger)
         return str(len(serves))
 
     deliver_with(monkeypatch, lambda: serving["model"], serve)
-    with pytest.raises(asyncio.CancelledError):
-        await continuous._deliver(process(pool), await pool.fetchrow("SELECT * FROM trainings WHERE id = $1", older),
-                                  "DEPLOY_AUTO")
+    delivery = continuous._deliver(process(pool), await pool.fetchrow("SELECT * FROM trainings WHERE id = $1", older),
+                                   "DEPLOY_AUTO")
+    if again == "dies":
+        with pytest.raises(asyncio.CancelledError):
+            await delivery
+    else:
+        await delivery
+        assert await pool.fetchval("SELECT outcome FROM trainings WHERE id = $1", newer) == "deployed"  # recorded
     assert serves == ["v2", "v3"] and serving["model"]["version"] == "v2"
     assert await pool.fetchval("SELECT delivering_since FROM trainings WHERE id = $1", older) is not None
 
