@@ -59,8 +59,8 @@ async def _target(conn: Any, direction: str, card: str, cmd: Any) -> tuple[tuple
             raise InvalidRequest(f"{direction}_task_id is required")
         return ("task_run", other, None, {}), True
     if card == "job":
-        if cmd.url is not None and (not cmd.url.startswith("/") or cmd.url.startswith("//")):
-            raise InvalidRequest("url must start with a single '/' (relative to the instance)")
+        if cmd.url is not None and (problem := m.relative_url_problem(cmd.url)):
+            raise InvalidRequest(problem)
         return ("labeling_job", cmd.id, f"Labeling job {cmd.id}", {"url": cmd.url} if cmd.url else {}), True
     if card == "app":
         if cmd.task_id is None:

@@ -5,6 +5,7 @@ project versions (seed 000 "data versioning"), and the workflow graph with its c
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime
 from typing import Any, Literal
 
@@ -346,6 +347,21 @@ class VersionVerification(Message):
 # --- the workflow graph ----------------------------------------------------------------------------------
 
 
+def relative_url_problem(url: str) -> str | None:
+    """Why `url` is not a link relative to the instance (None when it is): a card's url (WorkflowSettings) and a
+    labeling job's (JobLink, services/workflow_lineage/links.py). One '/' first, not '//' (another host) nor a
+    scheme; and no backslash, whitespace or control character anywhere: a browser reads '\\' as '/' and drops a
+    tab or a newline, so '/\\evil.example/x' and '/<tab>/evil.example/x' also went to another host (an open
+    redirect from an instance link)."""
+    if not url.startswith("/") or url.startswith("//"):
+        return "url must start with a single '/' (relative to the instance, e.g. /projects/1)"
+    for index, char in enumerate(url):
+        if char == "\\" or char.isspace() or unicodedata.category(char) == "Cc":
+            return (f"url must hold no backslash, whitespace or control character (found {char!r} at position "
+                    f"{index}): write '/' for a path separator and percent-encode the others (a space as %20)")
+    return None
+
+
 class WorkflowSettings(Message):
     """How a card looks (seed 000): every field optional."""
 
@@ -374,8 +390,8 @@ class WorkflowSettings(Message):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is not None and (not value.startswith("/") or value.startswith("//")):
-            raise ValueError("url must start with a single '/' (relative to the instance)")
+        if value is not None and (problem := relative_url_problem(value)):
+            raise ValueError(problem)
         return value
 
 

@@ -1,0 +1,64 @@
+"""A card's url (WorkflowSettings, the workflow/add_* calls' meta) and a labeling job's (workflow/add_*_job `url`,
+services/workflow_lineage/links.py) stay relative to the instance. Besides a scheme and '//host', the API refused
+neither '/\\evil.example/x' nor '/<tab>/evil.example/y', which a browser reads as '//evil.example/...' (another
+site behind an instance link): now a backslash, whitespace or a control character anywhere is refused, with a
+message saying what to write instead (a ValidationError is the API's 400 invalid_request; links.py raises
+InvalidRequest itself)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pydantic import ValidationError
+
+from services.workflow_lineage import links
+from shared.errors import InvalidRequest
+from shared.messages.lineage import JobLink, WorkflowMeta, WorkflowSettings, relative_url_problem
+
+TRICKS = ["/\\evil.example/x", "/\\\\evil.example/x", "/\t/evil.example/y", "/\n/evil.example/y",
+          "/\r/evil.example/y", "/ /evil.example/y", "/projects/1\x01", "/projects/\x7f1", "/projects/\x851",
+          "/projects/\u20281", "/projects/\u30001", "/projects/1 "]
+REFUSED_BEFORE = ["\\/evil.example/x", "https://evil.example/", "//evil.example/x", "projects/1", ""]
+FINE = ["/", "/projects/1", "/datasets/7?tab=files#top", "/files/a%20b%5Cc", "/files/données/é.bin", "/a/b/../c"]
+
+
+@pytest.mark.parametrize("url", TRICKS + REFUSED_BEFORE)
+def test_a_card_url_that_could_leave_the_instance_is_refused(url):
+    with pytest.raises(ValidationError) as refused:
+        WorkflowSettings(url=url)
+    assert "url must" in str(refused.value)
+    with pytest.raises(ValidationError):
+        WorkflowMeta(relation_settings={"url": url})
+
+
+@pytest.mark.parametrize("url", TRICKS)
+def test_the_message_says_what_was_found_and_what_to_write(url):
+    problem = relative_url_problem(url)
+    assert problem is not None and "backslash, whitespace or control character" in problem
+    assert "percent-encode" in problem and "position" in problem
+
+
+@pytest.mark.parametrize("url", FINE)
+def test_a_relative_url_is_kept(url):
+    assert relative_url_problem(url) is None
+    assert WorkflowSettings(url=url).url == url
+
+
+async def _job_target(url: str | None):
+    # the job card names nothing in the database: no connection is used
+    return await links._target(None, "input", "job", JobLink(workspace_id=1, task_id="r", id="job-7", url=url))
+
+
+@pytest.mark.parametrize("url", TRICKS + REFUSED_BEFORE)
+def test_a_job_url_that_could_leave_the_instance_is_refused(url):
+    with pytest.raises(InvalidRequest) as refused:
+        asyncio.run(_job_target(url))
+    assert refused.value.msg.startswith("url must")
+
+
+@pytest.mark.parametrize("url", [*FINE, None])
+def test_a_relative_job_url_is_kept(url):
+    (kind, ref, _title, data), customizable = asyncio.run(_job_target(url))
+    assert (kind, ref, customizable) == ("labeling_job", "job-7", True)
+    assert data == ({"url": url} if url else {})
