@@ -118,6 +118,8 @@ def check_zip(path: Path, settings: TaskSettings) -> CheckedZip:
                 raise _bad("requirements.txt is not UTF-8 text") from None
             except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
                 raise _bad(f"requirements.txt cannot be read ({type(exc).__name__})") from None
+            if "\x00" in text:  # kept as the environment's text (PostgreSQL refuses NUL): was a 500, nothing said
+                raise _bad("requirements.txt holds a NUL character (U+0000); save it as plain UTF-8 text")
             check_requirements(text)
     entrypoint = min(entrypoints, key=lambda n: (n.count("/"), n))
     return CheckedZip(entrypoint=entrypoint, requirements=text, members=len(infos), unpacked_bytes=total)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from shared.pg_text import no_nul
 from shared.sandbox import (
     Limits,
     Network,
@@ -98,6 +99,10 @@ class LogWriter:
     stderr_tail: deque = field(default_factory=lambda: deque(maxlen=40))
 
     def add(self, stream: str, partial: bool, line: str) -> None:
+        # without its NULs (PostgreSQL refuses them in text): a run printing one lost every line it printed and
+        # ended as `failure` ("could not be started: CharacterNotInRepertoireError") though main.py exited 0;
+        # the stderr tail, which a run's reason quotes, is NUL-free with it
+        line = no_nul(line)
         if stream == "stderr":
             self.stderr_tail.append(line)
         if self.truncated:

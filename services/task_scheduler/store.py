@@ -23,6 +23,7 @@ import asyncpg
 from shared import subjects
 from shared.messages.tasks import TaskRunFailed, TaskRunStarted, TaskRunSucceeded
 from shared.outbox import add_event, event_failed, event_sent, unsent_events  # noqa: F401 - the outbox table's
+from shared.pg_text import no_nul
 
 # advisory lock namespace of "start queued runs of workspace N" (any constant; 'task' in ASCII)
 WORKSPACE_LOCK = 0x7461736B
@@ -85,8 +86,10 @@ async def beat_env(pool: asyncpg.Pool, requirements_sha: str, worker: str) -> No
 
 
 async def finish_env(pool: asyncpg.Pool, requirements_sha: str, ok: bool, reason: str | None) -> None:
-    """The environment is ready (or failed): so are the orchestrations waiting on it."""
+    """The environment is ready (or failed): so are the orchestrations waiting on it. The reason quotes the
+    installer's output (a package's build may print anything): kept without NULs (shared/pg_text.py)."""
     status = "ready" if ok else "failed"
+    reason = None if reason is None else no_nul(reason)
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("UPDATE envs SET status = $2, reason = $3, updated_at = now() WHERE requirements_sha = $1",
                            requirements_sha, status, reason)
@@ -236,7 +239,9 @@ async def beat_runs(pool: asyncpg.Pool | asyncpg.Connection, run_ids: list[uuid.
 
 async def finish_run(pool: asyncpg.Pool, run_id: uuid.UUID, supervisor: str, status: str, exit_code: int | None,
                      reason: str | None) -> bool:
-    """Record how a run ended; False if it was no longer this supervisor's (already declared lost)."""
+    """Record how a run ended; False if it was no longer this supervisor's (already declared lost). The reason
+    may quote the run's own output (its stderr, the launcher's words): kept without NULs (shared/pg_text.py)."""
+    reason = None if reason is None else no_nul(reason)
     async with pool.acquire() as conn, conn.transaction():
         done = await conn.fetchval(
             "UPDATE runs SET status = $3, exit_code = $4, reason = $5, finished_at = now(), updated_at = now() "
