@@ -41,6 +41,7 @@ from shared.messages.lineage import (
     WorkflowLink,
     WorkflowNode,
     WorkflowSettings,
+    relative_url_problem,
 )
 
 log = logging.getLogger("railyard.workflow_lineage")
@@ -72,6 +73,16 @@ def _jsonb(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+def _stored_settings(settings: dict[str, Any]) -> WorkflowSettings:
+    """A card's stored settings as the graph answers them. A url stored before the check refused a backslash,
+    whitespace or a control character in it (shared/messages/lineage.py relative_url_problem) is left out: it could
+    lead off the instance, and keeping it made the whole graph fail (WorkflowSettings refuses it)."""
+    url = settings.get("url")
+    if isinstance(url, str) and relative_url_problem(url):
+        settings = {key: value for key, value in settings.items() if key != "url"}
+    return WorkflowSettings(**settings)
+
+
 def node_model(row: Any) -> WorkflowNode:
     settings = _jsonb(row["settings"]) or {}
     look = DEFAULT_LOOK.get(row["kind"], {})
@@ -80,13 +91,13 @@ def node_model(row: Any) -> WorkflowNode:
         defaults["url"] = look["url_of"].format(ref=row["ref"])
     merged = {**{k: v for k, v in defaults.items() if v is not None}, **settings}
     return WorkflowNode(id=row["id"], kind=row["kind"], ref=row["ref"], title=merged.get("title") or row["title"],
-                        settings=WorkflowSettings(**merged), data=_jsonb(row["data"]) or {},
+                        settings=_stored_settings(merged), data=_jsonb(row["data"]) or {},
                         created_at=row["created_at"], updated_at=row["updated_at"])
 
 
 def edge_model(row: Any) -> WorkflowEdge:
     return WorkflowEdge(id=row["id"], source=row["source"], target=row["target"], relation=row["relation"],
-                        origin=row["origin"], settings=WorkflowSettings(**(_jsonb(row["settings"]) or {})))
+                        origin=row["origin"], settings=_stored_settings(_jsonb(row["settings"]) or {}))
 
 
 def _settings(settings: WorkflowSettings | None) -> dict[str, Any] | None:

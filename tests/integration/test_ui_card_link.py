@@ -2,7 +2,8 @@
 '//' or a scheme; set with a card's meta) in the real headless Chromium of test_ui.py against the real stack. A
 browser reads '/\\host' (and '/<tab>/host') as '//host', another site, so the API's check let such a link through and
 the page made it a link to that site; the page now makes a link only of an address on its own origin and shows any
-other as text."""
+other as text. The API refuses both since 21567cd (checked here); the page's guard is tested with them set in the
+page's card data, as a url from before that check or another server would come."""
 
 from __future__ import annotations
 
@@ -25,7 +26,16 @@ def test_a_cards_link_leaves_the_instance_only_as_text(stack, admin, browser):
         response = post(stack, "workflow/add_input_job", account.token,
                         {"workspace_id": account.workspace_id, "task_id": "run-links", "id": job,
                          "meta": {"relation_settings": {"url": url, "url_title": f"open {job}"}}})
-        assert response.status_code == 200, response.text[:300]  # the API's check takes all three
+        if job == "job-here":
+            assert response.status_code == 200, response.text[:300]
+            continue
+        # the API refuses the two tricks since 21567cd: the page's own guard is tested with them set in the page
+        assert response.status_code == 400 and response.json()["code"] == "invalid_request", response.text[:300]
+        assert "backslash, whitespace or control character" in response.json()["msg"], response.text[:300]
+        response = post(stack, "workflow/add_input_job", account.token,
+                        {"workspace_id": account.workspace_id, "task_id": "run-links", "id": job,
+                         "meta": {"relation_settings": {"url": f"/jobs/{job}", "url_title": f"open {job}"}}})
+        assert response.status_code == 200, response.text[:300]
     sign_in_to(browser, stack, account)
     # what the browser makes of each as a link's address: the two tricks leave the instance
     resolved = browser.execute_script(
@@ -37,6 +47,11 @@ def test_a_cards_link_leaves_the_instance_only_as_text(stack, admin, browser):
     ui.open_page(browser, "lineage")
     ui.wait_for(browser, "return window.railyardGraph && railyardGraph.nodes().filter(n => "
                 "n.data('card').kind === 'labeling_job').length === 3", what="the three labeling job cards")
+    # a card as another server (or one from before the API's check) could send it: the trick in its settings
+    browser.execute_script(
+        "for (const [ref, url] of Object.entries(arguments[0])) { const card = railyardGraph.nodes()"
+        ".filter(n => n.data('card').ref === ref)[0].data('card'); card.settings = {...card.settings, url}; }",
+        {job: url for job, url in LINKS.items() if job != "job-here"})
     for job, url in LINKS.items():
         card = browser.execute_script("return railyardGraph.nodes().filter(n => n.data('card').ref === arguments[0])"
                                       "[0].id()", job)

@@ -3,16 +3,18 @@ services/workflow_lineage/links.py) stay relative to the instance. Besides a sch
 neither '/\\evil.example/x' nor '/<tab>/evil.example/y', which a browser reads as '//evil.example/...' (another
 site behind an instance link): now a backslash, whitespace or a control character anywhere is refused, with a
 message saying what to write instead (a ValidationError is the API's 400 invalid_request; links.py raises
-InvalidRequest itself)."""
+InvalidRequest itself). A url stored before then is left out of the graph's answer (workflow_lineage/graph.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from datetime import UTC, datetime
 
 import pytest
 from pydantic import ValidationError
 
-from services.workflow_lineage import links
+from services.workflow_lineage import graph, links
 from shared.errors import InvalidRequest
 from shared.messages.lineage import JobLink, WorkflowMeta, WorkflowSettings, relative_url_problem
 
@@ -62,3 +64,20 @@ def test_a_relative_job_url_is_kept(url):
     (kind, ref, _title, data), customizable = asyncio.run(_job_target(url))
     assert (kind, ref, customizable) == ("labeling_job", "job-7", True)
     assert data == ({"url": url} if url else {})
+
+
+@pytest.mark.parametrize("url", TRICKS[:7] + ["/a b"])
+def test_a_url_stored_before_the_check_is_left_out_of_the_graph(url):
+    """Cards kept before the check (their url accepted then) are still answered, without the url: building their
+    WorkflowSettings failed, and with it the workspace's whole workflow/graph."""
+    now = datetime.now(UTC)
+    settings = json.dumps({"url": url, "url_title": "open", "title": "Job"})
+    node = graph.node_model({"id": 1, "kind": "labeling_job", "ref": "job-7", "title": "Labeling job job-7",
+                             "settings": settings, "data": "{}", "created_at": now, "updated_at": now})
+    assert (node.title, node.settings.url, node.settings.url_title) == ("Job", None, "open")
+    edge = graph.edge_model({"id": 2, "source": 1, "target": 3, "relation": "input", "origin": "explicit",
+                             "settings": settings})
+    assert (edge.settings.url, edge.settings.title) == (None, "Job")
+    kept = graph.node_model({"id": 1, "kind": "labeling_job", "ref": "job-7", "title": "t", "data": {},
+                             "settings": {"url": "/jobs/7"}, "created_at": now, "updated_at": now})
+    assert kept.settings.url == "/jobs/7"
