@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                 cmd.add_argument(flag)
     from shared.dead_letters import add_arguments  # argparse only: nothing heavy
 
-    text = "List the event consumers' dead letters, or replay one to its subject"
+    text = "List the event consumers' dead letters, or replay one to the consumer that gave up on it"
     cmd = sub.add_parser("dead-letters", help=text, description=f"{text}.")
     cmd.set_defaults(func=cmd_dead_letters)
     add_arguments(cmd)
