@@ -25,7 +25,7 @@ import pytest
 from shared import subjects
 from tests.integration.bus_events import stream_events
 from tests.integration.conftest import post
-from tests.integration.test_deploy_restore_event import upload
+from tests.integration.test_deploy_restore_event import pipeline_of_one_model
 from tests.integration.test_registry_events import running
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -33,12 +33,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 def test_a_deployment_whose_deployer_died_while_it_loaded_and_whose_restore_failed_is_undeployed_untold(stack, alice):
     name = f"neverserved{os.getpid() % 10000}"
-    upload(stack, alice, name)
-    version = post(stack, "pipelines/create", alice.token, {
-        "pipeline_id": name, "workspace_id": alice.workspace_id,
-        "definition": {"steps": [{"ModelInference": {"models": [{"name": name}]}}]}})
-    assert version.status_code == 200, version.text
-    version = version.json()
+    version = pipeline_of_one_model(stack, alice, name)
     pipeline_id = version["pipeline_pk_id"]
 
     def deploy() -> None:

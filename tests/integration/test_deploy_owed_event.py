@@ -23,7 +23,7 @@ import pytest
 from shared import subjects
 from tests.integration.bus_events import stream_events
 from tests.integration.conftest import post
-from tests.integration.test_deploy_restore_event import upload
+from tests.integration.test_deploy_restore_event import pipeline_of_one_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -36,12 +36,7 @@ async def pipeline_events(stack, pipeline_id: int) -> list[dict]:
 
 def test_a_deployed_event_whose_commit_fails_is_written_in_the_background_once(stack, alice):
     name = f"oweddeploy{os.getpid() % 10000}"
-    upload(stack, alice, name)
-    version = post(stack, "pipelines/create", alice.token, {
-        "pipeline_id": name, "workspace_id": alice.workspace_id,
-        "definition": {"steps": [{"ModelInference": {"models": [{"name": name}]}}]}})
-    assert version.status_code == 200, version.text
-    version = version.json()
+    version = pipeline_of_one_model(stack, alice, name)
     pipeline_id = version["pipeline_pk_id"]
     schema = f"refuse_{uuid.uuid4().hex[:8]}"
 

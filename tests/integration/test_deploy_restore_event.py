@@ -50,14 +50,19 @@ def upload(stack, account, name: str) -> None:
     assert uploaded.status_code == 200, uploaded.text
 
 
-def test_a_first_deploy_whose_deployer_died_before_its_deployed_event_gets_it_from_the_restore(stack, alice):
-    name = f"diedeploy{os.getpid() % 10000}"
-    upload(stack, alice, name)
-    version = post(stack, "pipelines/create", alice.token, {
-        "pipeline_id": name, "workspace_id": alice.workspace_id,
+def pipeline_of_one_model(stack, account, name: str) -> dict:
+    """An ONNX model `name` uploaded and a pipeline `name` of one step serving it: its first version's answer."""
+    upload(stack, account, name)
+    version = post(stack, "pipelines/create", account.token, {
+        "pipeline_id": name, "workspace_id": account.workspace_id,
         "definition": {"steps": [{"ModelInference": {"models": [{"name": name}]}}]}})
     assert version.status_code == 200, version.text
-    version = version.json()
+    return version.json()
+
+
+def test_a_first_deploy_whose_deployer_died_before_its_deployed_event_gets_it_from_the_restore(stack, alice):
+    name = f"diedeploy{os.getpid() % 10000}"
+    version = pipeline_of_one_model(stack, alice, name)
     pipeline_id = version["pipeline_pk_id"]
 
     answered: list = []
