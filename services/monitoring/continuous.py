@@ -1000,7 +1000,8 @@ async def _serve(deps: ContinuousDeps, owner_id: Any, workspace_id: int, deploym
 async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, *, again: bool = False,
                    displaced: dict[str, Any] | None = None) -> bool:
     """DEPLOY_SHADOW: the new version becomes the shadow challenger (and a challenge opens); DEPLOY_AUTO: served.
-    False when it failed (a Railyard error, recorded while its claim held).
+    False when it failed (a Railyard error, recorded while its claim held); `again`: a Railyard error is raised, not
+    recorded on this training (see _deliver_again).
 
     A newer training of the deployment delivered while this delivery's deploy ran (after its still-due check: by
     another process, or a resumed delivery) may have been served before this deploy ended, and this older version
@@ -1083,6 +1084,14 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
         deps.events_committed()
         return True
     except RailyardError as exc:
+        if again:
+            # serving the newest again (for an older delivery overtaken): not this training's own delivery, which
+            # may be under way in another process (its claim set) and must not be failed by it; the caller (the
+            # older delivery) handles it. The owner's token refused suspends continuous deployment all the same
+            if isinstance(exc, OwnerRefused):
+                async with pool.acquire() as conn, conn.transaction():
+                    await _suspend_deployment(conn, deployment_id, cd["owner_id"], exc)
+            raise
         await _delivery_failed(pool, training, policy, exc, cd["owner_id"])
         return False
 
@@ -1128,12 +1137,19 @@ async def _deliver_again(deps: ContinuousDeps, newest: asyncpg.Record, older: as
                          displaced: dict[str, Any]) -> None:
     """Serve `newest` again after `older`'s delivery deployed `displaced` (see _deliver), then close that delivery,
     unrecorded, with the reason (not before: a process dying in between leaves it claimed, to resume_deliveries).
-    Serving it again failed (the deployer, the registry): left claimed too, so resume_deliveries tries once more
-    STALE_SWAP later (and then closes it whatever happens)."""
-    if not await _deliver(deps, newest, "DEPLOY_AUTO" if newest["outcome"] == "deployed" else "DEPLOY_SHADOW",
-                          again=True, displaced=displaced):
-        log.warning("continuous deployment of training %s: serving the newer training %s again failed: tried again"
-                    " in %.0f s", older["id"], newest["id"], STALE_SWAP)
+    Serving it again failed (the deployer, the registry, or any unexpected error): left claimed too, so
+    resume_deliveries tries once more STALE_SWAP later (and then closes it whatever happens). The failure is not
+    recorded on `newest`, whose own delivery may still be under way in another process."""
+    try:
+        await _deliver(deps, newest, "DEPLOY_AUTO" if newest["outcome"] == "deployed" else "DEPLOY_SHADOW",
+                       again=True, displaced=displaced)
+    except RailyardError as exc:
+        log.warning("continuous deployment of training %s: serving the newer training %s again failed (%s): tried"
+                    " again in %.0f s", older["id"], newest["id"], exc.msg, STALE_SWAP)
+        return
+    except Exception:
+        log.exception("continuous deployment of training %s: serving the newer training %s again failed"
+                      " unexpectedly: tried again in %.0f s", older["id"], newest["id"], STALE_SWAP)
         return
     await deps.base.pool.execute(
         "UPDATE trainings SET delivering_since = NULL, reason = 'a newer training of the deployment was delivered"
@@ -1208,7 +1224,7 @@ async def resume_deliveries(deps: ContinuousDeps) -> None:
     after the newer one's (or its process died before serving the newer one again, _overtaken): the newest delivered
     training of the deployment is served again if the older version is what serves (_deliver's `displaced`)."""
     # claimed again (not closed yet: a process dying before it has served the newest again leaves it to this sweep,
-    # STALE_SWAP later), then closed once that is done
+    # STALE_SWAP later), then closed once that is tried, whatever its outcome (a failure is in the reason)
     superseded = await deps.base.pool.fetch(
         "UPDATE trainings t SET delivering_since = now() WHERE delivering_since < now() - make_interval(secs => $1)"
         f" AND {NEWER_DELIVERED} RETURNING id, deployment_id, model_version, delivering_since", STALE_SWAP)
@@ -1235,20 +1251,29 @@ async def resume_deliveries(deps: ContinuousDeps) -> None:
         newest = await deps.base.pool.fetchrow(
             "SELECT * FROM trainings WHERE deployment_id = $1 AND state = 'done' AND outcome IN ('deployed', 'shadow')"
             " ORDER BY created_at DESC LIMIT 1", training["deployment_id"])
+        failed = None
         if newest is not None and training["deployment_id"] not in resumed and training["model_version"] is not None:
+            # this older delivery is closed whatever happens here: it is this sweep's try (a second one, when the
+            # first, _deliver_again's, failed), so a newest that cannot be served again is not tried for ever
             try:
                 async with deps.lock(training["deployment_id"]):
                     await _deliver(deps, newest, "DEPLOY_AUTO" if newest["outcome"] == "deployed" else
                                    "DEPLOY_SHADOW", again=True, displaced=_json(training["model_version"]))
-            except Exception:  # left claimed: tried again STALE_SWAP later
+            except RailyardError as exc:
+                failed = exc.msg
+                log.warning("continuous deployment of training %s (deployment %s): serving it again over the older"
+                            " training %s's unfinished delivery failed (%s): that delivery is closed", newest["id"],
+                            newest["deployment_id"], training["id"], exc.msg)
+            except Exception as exc:
+                failed = f"unexpected error {type(exc).__name__}"
                 log.exception("continuous deployment of training %s (deployment %s): serving it again over the older"
-                              " training %s's unfinished delivery failed unexpectedly", newest["id"],
-                              newest["deployment_id"], training["id"])
-                continue
+                              " training %s's unfinished delivery failed unexpectedly: that delivery is closed",
+                              newest["id"], newest["deployment_id"], training["id"])
         await deps.base.pool.execute(
-            "UPDATE trainings SET delivering_since = NULL, reason = 'its delivery did not finish (the service stopped)"
-            " and a newer training of the deployment was delivered since: not delivered again' WHERE id = $1 AND"
-            " delivering_since = $2", training["id"], training["delivering_since"])
+            "UPDATE trainings SET delivering_since = NULL, reason = $3 WHERE id = $1 AND delivering_since = $2",
+            training["id"], training["delivering_since"],
+            "its delivery did not finish (the service stopped) and a newer training of the deployment was delivered"
+            " since: not delivered again" + (f"; serving the newer one again failed: {failed}" if failed else ""))
 
 
 class DeliveryResumer(Sweeper):

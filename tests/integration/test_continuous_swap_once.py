@@ -855,3 +855,107 @@ async def test_an_older_delivery_overtaken_stays_claimed_until_the_newest_serves
     assert await pool.fetch("SELECT payload FROM outbox WHERE subject = $1",
                             subjects.EVENT_MONITORING_MODEL_SWAPPED) == []
     assert await pool.fetchval("SELECT delivering_since FROM trainings WHERE id = $1", older) is None
+
+
+def _overtaking(pool, newer: uuid.UUID, newest: dict, serves: list[str], serving: dict, error: Callable[[], Exception],
+                failures: int, *, newer_in_flight: bool = False):
+    """A deploy stand-in: during the first deploy (v2, training 1's) training 2 (v3), newer, is delivered by another
+    process (recorded, or `newer_in_flight`: its own delivery still under way, claimed); the first `failures` deploys
+    of v3 raise `error()`."""
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
+        serves.append(champion["version"])
+        if serves == ["v2"]:
+            await pool.execute(
+                "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id,"
+                " model_version, model_status, created_at, delivering_since) VALUES ($1, $2, 1, 'done', 'deployed',"
+                " 1, $3, $4, 'ready', now() - make_interval(secs => 100), CASE WHEN $5 THEN now() END)", newer,
+                DEPLOYMENT, uuid.uuid4(), json.dumps(newest), newer_in_flight)
+        elif champion["version"] == "v3" and serves.count("v3") <= failures:
+            raise error()
+        serving.update(model=champion, shadow=challenger)
+        return str(len(serves))
+
+    return serve
+
+
+async def _older_claimed(pool) -> uuid.UUID:
+    """Training 1 (v2, DEPLOY_AUTO), its delivery claimed now (as advance leaves it)."""
+    older = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id, model_version,"
+        " model_status, created_at, delivering_since) VALUES ($1, $2, 1, 'done', 'deployed', 1, $3, $4, 'ready',"
+        " now() - make_interval(secs => 600), now())", older, DEPLOYMENT, uuid.uuid4(), json.dumps(CHALLENGER))
+    return older
+
+
+@pytest.mark.parametrize("error", ["unexpected", "railyard"])
+async def test_serving_the_newest_again_is_tried_twice_then_the_older_delivery_is_closed(monitoring_schema,
+                                                                                         monkeypatch, error):
+    """_overtaken, and serving v3 again fails each time. A Railyard error: left claimed after the first try, closed
+    after the resumed one (980c63d). An unexpected (non-Railyard) error: before, the first try's left training 1's
+    delivery (_deliver raised it), and the resumed sweep's left it claimed again (`continue`), so it was tried every
+    STALE_SWAP for ever; now the first try is logged (ERROR, with its traceback) and leaves it claimed, and the resumed
+    sweep's second try closes it whatever happens, the failure in its reason."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, "DEPLOY_AUTO")
+    older, newer = await _older_claimed(pool), uuid.uuid4()
+    newest = {"name": "digits", "version": "v3", "sha": "c"}
+    serving = {"model": CHAMPION, "shadow": None}
+    serves: list[str] = []
+    fault = (lambda: RuntimeError("boom")) if error == "unexpected" else (lambda: Unavailable("deployer is away"))
+    deliver_with(monkeypatch, lambda: serving["model"], _overtaking(pool, newer, newest, serves, serving, fault, 2))
+
+    await continuous._deliver(process(pool), await pool.fetchrow("SELECT * FROM trainings WHERE id = $1", older),
+                              "DEPLOY_AUTO")
+    assert serves == ["v2", "v3"]
+    assert await pool.fetchval("SELECT delivering_since FROM trainings WHERE id = $1", older) is not None
+
+    for _ in range(2):  # stale, and once more: nothing left to try
+        await pool.execute("UPDATE trainings SET delivering_since = now() - make_interval(secs => $2) WHERE id = $1"
+                           " AND delivering_since IS NOT NULL", older, continuous.STALE_SWAP + 10)
+        await continuous.resume_deliveries(process(pool))
+    assert serves == ["v2", "v3", "v3"]  # the second try, the last
+    row = await pool.fetchrow("SELECT delivering_since, reason FROM trainings WHERE id = $1", older)
+    assert row["delivering_since"] is None, dict(row)
+    assert "serving the newer one again failed: " + (
+        "unexpected error RuntimeError" if error == "unexpected" else "deployer is away") in row["reason"], dict(row)
+    newer_row = await pool.fetchrow("SELECT outcome, reason FROM trainings WHERE id = $1", newer)
+    assert (newer_row["outcome"], newer_row["reason"]) == ("deployed", None)  # its own delivery was recorded
+
+
+@pytest.mark.parametrize("error", ["unavailable", "owner_refused"])
+async def test_serving_the_newest_again_fails_without_failing_the_newest_own_delivery(monitoring_schema,
+                                                                                      monkeypatch, error):
+    """_overtaken: training 2 (v3) is delivered by another process during training 1's deploy of v2, and its own
+    delivery is still under way there (claimed) when serving v3 again for training 1 fails. Before, that failure was
+    recorded on training 2's delivery (its claim the one read): training 2 marked failed and its claim cleared, so its
+    own delivery, on reaching its still-due check, found its claim gone and served nothing. Now training 2 is left to
+    its own delivery (which serves and records it); the owner refused still suspends continuous deployment."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, "DEPLOY_AUTO")
+    older, newer = await _older_claimed(pool), uuid.uuid4()
+    newest = {"name": "digits", "version": "v3", "sha": "c"}
+    serving = {"model": CHAMPION, "shadow": None}
+    serves: list[str] = []
+    fault = ((lambda: Unavailable("deployer is away")) if error == "unavailable" else
+             (lambda: continuous.OwnerRefused("user is not a member of the workspace")))
+    deliver_with(monkeypatch, lambda: serving["model"],
+                 _overtaking(pool, newer, newest, serves, serving, fault, 1, newer_in_flight=True))
+
+    await continuous._deliver(process(pool), await pool.fetchrow("SELECT * FROM trainings WHERE id = $1", older),
+                              "DEPLOY_AUTO")
+    assert serves == ["v2", "v3"]
+    row = await pool.fetchrow("SELECT outcome, reason, delivering_since FROM trainings WHERE id = $1", newer)
+    assert (row["outcome"], row["reason"]) == ("deployed", None) and row["delivering_since"] is not None, dict(row)
+    assert await pool.fetchval("SELECT delivering_since FROM trainings WHERE id = $1", older) is not None
+    active = await pool.fetchval("SELECT active FROM continuous_deployment WHERE deployment_id = $1", DEPLOYMENT)
+    assert active is (error != "owner_refused")
+
+    # training 2's own delivery (the other process) goes on: served, recorded and told once
+    await continuous._deliver(process(pool), await pool.fetchrow("SELECT * FROM trainings WHERE id = $1", newer),
+                              "DEPLOY_AUTO")
+    assert serves == ["v2", "v3", "v3"] and serving["model"]["version"] == "v3"
+    assert await pool.fetchval("SELECT delivering_since FROM trainings WHERE id = $1", newer) is None
+    assert len(await pool.fetch("SELECT payload FROM outbox WHERE subject = $1",
+                                subjects.EVENT_MONITORING_MODEL_SWAPPED)) == 1

@@ -4,11 +4,17 @@ shadow set produce."""
 
 from __future__ import annotations
 
+import logging
+import uuid
+from types import SimpleNamespace
+
 import pytest
 from pydantic import ValidationError
 
-from services.monitoring.continuous import _serving, top_class
+from services.monitoring import continuous
+from services.monitoring.continuous import ContinuousDeps, _serving, top_class
 from services.monitoring.sequential import PairCounts
+from shared.errors import Unavailable
 from shared.messages.monitoring_continuous import SetupContinuousTraining
 
 IMAGE = {"input": "pixels", "kind": "classification", "size": [8, 8]}
@@ -55,3 +61,67 @@ def test_the_trigger_and_its_threshold_are_checked_at_set_up():
                 {"trigger": "FEEDBACK_LOOP"}, {}):  # FEEDBACK_LOOP (the default) needs its threshold
         with pytest.raises(ValidationError):
             SetupContinuousTraining.model_validate(base | bad)
+
+
+class _Pool:
+    """A pool stand-in for resume_deliveries: one stale older delivery a newer training was delivered after (the first
+    fetch), nothing else stale, the newest delivered training, and the statements executed."""
+
+    def __init__(self, older: dict, newest: dict) -> None:
+        self.fetched, self.older, self.newest, self.executed = 0, older, newest, []
+
+    async def fetch(self, sql, *args):
+        self.fetched += 1
+        return [self.older] if self.fetched == 1 else []
+
+    async def fetchrow(self, sql, *args):
+        return self.newest
+
+    async def execute(self, sql, *args):
+        self.executed.append((sql, args))
+
+
+def _deps(pool) -> ContinuousDeps:
+    return ContinuousDeps(base=SimpleNamespace(pool=pool), verify=None, events_committed=lambda: None,
+                          max_task_timeout=3600)
+
+
+async def test_serving_the_newest_again_closes_the_older_delivery_on_the_resumed_try_whatever_the_error(
+        monkeypatch, caplog):
+    """resume_deliveries' try at serving the newest again (the second, after _deliver_again's) closes the older
+    delivery even when it fails with an unexpected (non-Railyard) error, logged at ERROR with its traceback, the
+    failure in the reason. Before, it was left claimed (`continue`): tried every STALE_SWAP without end."""
+    older = {"id": uuid.uuid4(), "deployment_id": 42, "model_version": '{"name": "d", "version": "v2"}',
+             "delivering_since": "claimed"}
+    pool = _Pool(older, {"id": uuid.uuid4(), "deployment_id": 42, "outcome": "deployed"})
+    tries = []
+
+    async def deliver(deps, training, policy, **kwargs):
+        tries.append((training["id"], kwargs.get("again")))
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(continuous, "_deliver", deliver)
+    await continuous.resume_deliveries(_deps(pool))
+    assert tries == [(pool.newest["id"], True)]
+    [(sql, args)] = pool.executed
+    assert sql.startswith("UPDATE trainings SET delivering_since = NULL") and args[:2] == (older["id"], "claimed")
+    assert args[2].endswith("; serving the newer one again failed: unexpected error RuntimeError"), args
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert record.exc_info is not None and "failed unexpectedly" in record.getMessage()
+
+
+async def test_the_first_try_at_serving_the_newest_again_leaves_the_older_delivery_claimed_whatever_the_error(
+        monkeypatch, caplog):
+    """_deliver_again: an unexpected error serving the newest again is logged (ERROR, traceback) and leaves the older
+    delivery claimed, for resume_deliveries' one more try; before, it was raised to whatever delivered the older one.
+    A Railyard one the same (logged as a warning)."""
+    pool = _Pool({}, {})
+    for error in (RuntimeError("boom"), Unavailable("deployer is away")):
+        async def deliver(deps, training, policy, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(continuous, "_deliver", deliver)
+        await continuous._deliver_again(_deps(pool), {"id": uuid.uuid4(), "outcome": "deployed"},
+                                        {"id": uuid.uuid4()}, {"version": "v2"})
+    assert pool.executed == []  # not closed
+    assert [r.levelno for r in caplog.records if "again failed" in r.getMessage()] == [logging.ERROR, logging.WARNING]
