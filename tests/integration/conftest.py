@@ -200,3 +200,22 @@ async def service_schema(stack, prefix: str, migrations: Path) -> AsyncIterator[
             await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
         finally:
             await conn.close()
+
+
+async def more_members(stack, account, count: int) -> list[str]:
+    """`count` new users (rows: they never sign in) added to the account's workspace as collaborators; the ids of all
+    its members in the list's order (the owner first)."""
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        ids = await conn.fetch(
+            "INSERT INTO auth.users (id, username, email, password_hash) SELECT gen_random_uuid(), $1 || g,"
+            " $1 || g || '@example.com', 'x' FROM generate_series(1, $2) g RETURNING id",
+            f"member{uuid.uuid4().hex[:8]}-", count)
+        await conn.execute("INSERT INTO auth.workspace_members (workspace_id, user_id, user_type)"
+                           " SELECT $1, unnest($2::uuid[]), 'COLLABORATOR'", account.workspace_id,
+                           [r["id"] for r in ids])
+        rows = await conn.fetch("SELECT user_id FROM auth.workspace_members WHERE workspace_id = $1"
+                                " ORDER BY added_at, user_id", account.workspace_id)
+    finally:
+        await conn.close()
+    return [str(r["user_id"]) for r in rows]

@@ -20,29 +20,9 @@ import pytest
 from railyard_client import session as sdk_session
 
 from services.auth import store
-from tests.integration.conftest import inference_client, post, requests_to, sdk_client
+from tests.integration.conftest import inference_client, more_members, post, requests_to, sdk_client
 
 pytestmark = pytest.mark.integration
-
-
-async def more_members(stack, account, count: int) -> list[str]:
-    """`count` new users (rows: they never sign in, made in one statement, so with one created_at) added to the
-    account's workspace as collaborators; the ids of all its members (as test_workspace_users_list_pages's, whose
-    module needs a browser)."""
-    conn = await asyncpg.connect(stack.settings().postgres.dsn)
-    try:
-        ids = await conn.fetch(
-            "INSERT INTO auth.users (id, username, email, password_hash) SELECT gen_random_uuid(), $1 || g,"
-            " $1 || g || '@example.com', 'x' FROM generate_series(1, $2) g RETURNING id",
-            f"member{uuid.uuid4().hex[:8]}-", count)
-        await conn.execute("INSERT INTO auth.workspace_members (workspace_id, user_id, user_type)"
-                           " SELECT $1, unnest($2::uuid[]), 'COLLABORATOR'", account.workspace_id,
-                           [r["id"] for r in ids])
-        rows = await conn.fetch("SELECT user_id FROM auth.workspace_members WHERE workspace_id = $1",
-                                account.workspace_id)
-    finally:
-        await conn.close()
-    return [str(r["user_id"]) for r in rows]
 
 
 def pages_of(stack, token: str, route: str, asked: dict, key: str) -> tuple[list, list[str]]:

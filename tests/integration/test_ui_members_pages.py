@@ -14,9 +14,8 @@ import asyncpg
 import pytest
 
 from tests.integration import test_ui as ui
-from tests.integration.conftest import make_account, post
+from tests.integration.conftest import make_account, more_members, post
 from tests.integration.test_ui_list_pages import sign_in_to
-from tests.integration.test_workspace_users_list_pages import more_members
 
 pytestmark = pytest.mark.integration
 

@@ -8,34 +8,14 @@ from __future__ import annotations
 
 import uuid
 
-import asyncpg
 import pytest
 from railyard_client import session as sdk_session
 
 from tests.integration import test_ui as ui
-from tests.integration.conftest import make_account, post, requests_to, sdk_client
+from tests.integration.conftest import make_account, more_members, post, requests_to, sdk_client
 from tests.integration.test_ui_list_pages import sign_in_to
 
 pytestmark = pytest.mark.integration
-
-
-async def more_members(stack, account, count: int) -> list[str]:
-    """`count` new users (rows: they never sign in) added to the account's workspace as collaborators; the ids of all
-    its members in the list's order (the owner first)."""
-    conn = await asyncpg.connect(stack.settings().postgres.dsn)
-    try:
-        ids = await conn.fetch(
-            "INSERT INTO auth.users (id, username, email, password_hash) SELECT gen_random_uuid(), $1 || g,"
-            " $1 || g || '@example.com', 'x' FROM generate_series(1, $2) g RETURNING id",
-            f"member{uuid.uuid4().hex[:8]}-", count)
-        await conn.execute("INSERT INTO auth.workspace_members (workspace_id, user_id, user_type)"
-                           " SELECT $1, unnest($2::uuid[]), 'COLLABORATOR'", account.workspace_id,
-                           [r["id"] for r in ids])
-        rows = await conn.fetch("SELECT user_id FROM auth.workspace_members WHERE workspace_id = $1"
-                                " ORDER BY added_at, user_id", account.workspace_id)
-    finally:
-        await conn.close()
-    return [str(r["user_id"]) for r in rows]
 
 
 async def test_workspace_users_page_through_http_and_the_sdk(stack, alice, monkeypatch):
