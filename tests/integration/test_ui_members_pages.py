@@ -116,8 +116,11 @@ async def test_the_members_box_shows_members_past_a_reply(stack, admin, browser)
         await conn.close()
     expected = [r["email"] for r in order]  # the members in the order they were added, the owner first
     assert len(expected) == MEMBERS + 1 and str(order[0]["user_id"]) == account.user_id
+    # asked whole it cannot be answered: a 422 reply_too_large, or (a loaded machine: the fresh-clone CI) auth still
+    # building the ~10 MiB answer when the gateway's 5-s wait ends, a 504; either is what the box showed before
     whole = post(stack, "users/query", account.token, {"workspace_id": account.workspace_id})
-    assert whole.status_code == 422 and whole.json()["code"] == "reply_too_large", whole.text[:300]
+    assert (whole.status_code, whole.json()["code"]) in {(422, "reply_too_large"), (504, "upstream_timeout")}, \
+        whole.text[:300]
 
     sign_in_to(browser, stack, account)
     browser.execute_script(RECORD_QUERIES)
