@@ -207,17 +207,6 @@ async def _connect_bus(settings: Settings) -> tuple[Any, list[Exception]]:
     return nc, errors
 
 
-def covers(pattern: str, subject: str) -> bool:
-    """Does the NATS subject filter `pattern` (`*` one token, a last `>` one or more) take `subject`?"""
-    wanted, tokens = pattern.split("."), subject.split(".")
-    for index, token in enumerate(wanted):
-        if token == ">" and index == len(wanted) - 1:
-            return len(tokens) > index
-        if index >= len(tokens) or token not in ("*", tokens[index]):
-            return False
-    return len(tokens) == len(wanted)
-
-
 async def _durable_refuses(nc: Any, bus_errors: list[Exception], durable: str, subject: str) -> str | None:
     """Why a replay for `durable` of a message of `subject` would reach nobody (None: it reaches `durable`): the
     durable consumer no longer exists on EVENTS, or its filter no longer takes the subject. Every other durable
@@ -238,7 +227,7 @@ async def _durable_refuses(nc: Any, bus_errors: list[Exception], durable: str, s
             raise refused[-1] from None
         raise
     filters = [f for f in [info.config.filter_subject, *(info.config.filter_subjects or [])] if f]
-    if filters and not any(covers(f, subject) for f in filters):
+    if filters and not any(subjects.covers(f, subject) for f in filters):
         return (f"its durable consumer {durable} no longer reads {subject} (it reads {', '.join(filters)}): nothing"
                 " would handle the replay (the subject's other consumers leave it)")
     return None

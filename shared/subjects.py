@@ -20,6 +20,24 @@ SERVICES: tuple[str, ...] = (
 )
 
 
+def covers(pattern: str, subject: str) -> bool:
+    """Does the NATS subject pattern `pattern` (`*` one token, a last `>` one or more) take `subject`, itself maybe
+    with wildcards (as a subscription's may be: then only a pattern at least as wide takes it)? Used by
+    `railyard dead-letters replay` (does the durable's filter still take the row's subject) and by the bus
+    permissions' tests (does an identity's allow/deny rule cover a subject)."""
+    wanted, have = subject.split("."), pattern.split(".")
+    for i, token in enumerate(have):
+        if token == ">":
+            return len(wanted) > i
+        if i >= len(wanted):
+            return False
+        if wanted[i] == ">":
+            return False  # the subject asks for more than one token here; only `>` grants that
+        if token != "*" and (token != wanted[i] or wanted[i] == "*"):
+            return False
+    return len(wanted) == len(have)
+
+
 def health(service: str) -> str:
     """The health subject of a service, e.g. `registry.health`."""
     if service not in SERVICES:

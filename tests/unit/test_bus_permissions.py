@@ -18,25 +18,11 @@ import pytest
 
 from shared import bus, bus_identities, subjects
 from shared.bus import CallContext
+from shared.subjects import covers
 
 REPO = Path(__file__).resolve().parents[2]
 SUBJECT_FUNCTIONS = {"engine_infer": "engine.*.infer", "engine_replica_status": "engine.*.replica.*.status",
                      "health": "*.health"}
-
-
-def covers(pattern: str, subject: str) -> bool:
-    """Does a NATS permission pattern cover a subject (itself maybe with wildcards, as a subscription may be)?"""
-    wanted, have = subject.split("."), pattern.split(".")
-    for i, token in enumerate(have):
-        if token == ">":
-            return len(wanted) > i
-        if i >= len(wanted):
-            return False
-        if wanted[i] == ">":
-            return False  # the subject asks for more than one token here; only `>` grants that
-        if token != "*" and (token != wanted[i] or wanted[i] == "*"):
-            return False
-    return len(wanted) == len(have)
 
 
 def may(identity: str, action: str, subject: str) -> bool:

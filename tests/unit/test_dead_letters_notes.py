@@ -1,4 +1,4 @@
-"""`railyard dead-letters`: a replay is refused when its durable would not receive it (shared.dead_letters.covers
+"""`railyard dead-letters`: a replay is refused when its durable would not receive it (shared.subjects.covers
 reads the durable's subject filter), and a failure to connect with the defaults says, in its one line, where the
 embedded stack's secrets were looked for (shared.dead_letters.stack_note). Before, a data directory that was not
 there (a typo in --data-dir) gave a bare "Connect call failed" naming neither it nor what to set, and a secrets
@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from shared import cli, dead_letters
-from shared.dead_letters import covers, stack_note
+from shared.dead_letters import stack_note
 from shared.settings import Settings, StackSettings
+from shared.subjects import covers
 
 NOTHING_SET: dict[str, str] = {}
 
