@@ -116,19 +116,16 @@ async def test_the_members_box_shows_members_past_a_reply(stack, admin, browser)
         await conn.close()
     expected = [r["email"] for r in order]  # the members in the order they were added, the owner first
     assert len(expected) == MEMBERS + 1 and str(order[0]["user_id"]) == account.user_id
-    # asked whole it cannot be answered: a 422 reply_too_large, or (a loaded machine: the fresh-clone CI) auth still
-    # building the ~10 MiB answer when the gateway's 5-s wait ends, a 504; either is what the box showed before
-    whole = post(stack, "users/query", account.token, {"workspace_id": account.workspace_id})
-    assert (whole.status_code, whole.json()["code"]) in {(422, "reply_too_large"), (504, "upstream_timeout")}, \
-        whole.text[:300]
-
+    # not asked whole here: auth builds that ~10 MiB answer for seconds after the gateway's 5-s wait has ended (a 422
+    # reply_too_large on an idle machine, a 504 on a loaded one), and the box's own pages would queue behind it (the
+    # fresh-clone CI of db55336: the box's first page a 504). What the box showed before paging is either of those.
     sign_in_to(browser, stack, account)
     browser.execute_script(RECORD_QUERIES)
     open_members(browser, workspace_name(stack, account))
     ui.wait_for(browser, "return document.querySelector('#members caption') !== null || "
                 "document.querySelector('#error').textContent !== ''", what="the Members box or an error")
     error = browser.find_element(ui.By.ID, "error").text
-    assert not error, error  # was the 422 of users/query asked whole
+    assert not error, error  # was the 422 (a 504 under load) of users/query asked whole
     caption = browser.find_element(ui.By.CSS_SELECTOR, "#members caption").get_attribute("textContent")
     assert caption == f"{len(expected)} member(s)", caption
     rows = browser.execute_script(ROWS)
