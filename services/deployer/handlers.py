@@ -73,22 +73,66 @@ class DeployerDeps:
     # the events of a change are written to the outbox in its transaction (store.EVENT_TYPES); called after such a
     # commit: the outbox (app.py) sends them now
     events_committed: Callable[[], None] = lambda: None
-    changing: weakref.WeakValueDictionary[int, asyncio.Lock] = field(default_factory=weakref.WeakValueDictionary)
+    changing: weakref.WeakValueDictionary[int, PipelineLock] = field(default_factory=weakref.WeakValueDictionary)
     # active deployments whose restore after a restart failed (name -> reason): nothing runs for them until a deploy
     # or an undeploy (docs/inference.md); kept in memory, as the replica sets are, so a later restart tries again
     failed_restores: dict[str, str] = field(default_factory=dict)
     # deployments serving whose deployed event's write failed: written again in the background (OwedDeployed)
     owed: OwedDeployed = field(default_factory=lambda: OwedDeployed())
 
-    def pipeline_lock(self, pipeline_id: int) -> asyncio.Lock:
+    def pipeline_lock(self, pipeline_id: int) -> PipelineLock:
         """One deploy or undeploy of a pipeline at a time in this process. Commands are handled several at once
         (nats.command_workers), and the replica sets live in this process's memory (LocalBackend.sets): two deploys
         of one pipeline interleaved could leave the older version's replicas serving, or orphan the newer ones,
         while the database names the other. The advisory lock in store.py covers only the rows."""
         lock = self.changing.get(pipeline_id)
         if lock is None:
-            lock = self.changing[pipeline_id] = asyncio.Lock()
+            lock = self.changing[pipeline_id] = PipelineLock()
         return lock
+
+
+class PipelineLock:
+    """A pipeline's lock (DeployerDeps.pipeline_lock): an asyncio.Lock that also counts the tasks holding it or waiting
+    for it, so that the background write of an owed deployed event can take it only when nobody does (try_acquire).
+    asyncio.Lock has no try-acquire: its locked() is false for a lock just released to a waiter that has not run yet,
+    and an acquire() then queues behind that waiter. Before, the owed write read asyncio.Lock's private `_waiters`."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._users = 0  # tasks in acquire() or holding the lock
+
+    @property
+    def waiting(self) -> int:
+        """Tasks waiting in acquire() (the one the lock was just released to among them, until it runs)."""
+        return self._users - self._lock.locked()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    async def acquire(self) -> bool:
+        self._users += 1
+        try:
+            return await self._lock.acquire()
+        except BaseException:  # cancelled (the undeploy's wait_for): asyncio.Lock passes the lock on itself
+            self._users -= 1
+            raise
+
+    async def try_acquire(self) -> bool:
+        """Take the lock if nobody holds it or waits for it (True), else leave it at once (False). Nobody counted:
+        the lock is free with no waiter, which asyncio.Lock.acquire() takes without waiting."""
+        if self._users:
+            return False
+        return await self.acquire()
+
+    def release(self) -> None:
+        self._users -= 1
+        self._lock.release()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
 
 
 def deployed_event(deployment_id: int, name: str, pipeline_id: int, workspace_id: int,
@@ -743,12 +787,14 @@ class OwedDeployed:
         for a connection: an undeploy of the pipeline meanwhile waited, and answered 409 deploy_in_progress."""
         async with deps.pool.acquire() as conn:
             lock = deps.pipeline_lock(pipeline_id)
-            # asyncio.Lock has no try-acquire: acquire() of a lock neither held nor waited for takes it at once;
-            # one just released still has its waiters (_waiters) queued to take it, so it counts as busy
-            if lock.locked() or any(not waiter.cancelled() for waiter in (lock._waiters or ())):
+            # busy while held or waited for: a lock just released to a waiting undeploy is the undeploy's
+            if not await lock.try_acquire():
                 return None
-            async with lock, conn.transaction():
-                return await store.record_deployed(conn, event, if_pending=True)
+            try:
+                async with conn.transaction():
+                    return await store.record_deployed(conn, event, if_pending=True)
+            finally:
+                lock.release()
 
     async def stop(self) -> None:
         self.stopped = True

@@ -175,7 +175,7 @@ async def _until(condition: Callable[[], bool], what: str) -> None:
 
 
 def _lock_waiters(deps: handlers.DeployerDeps) -> int:
-    return len(deps.pipeline_lock(PIPELINE)._waiters or ())
+    return deps.pipeline_lock(PIPELINE).waiting
 
 
 def _deploy(world, deploy_id: str) -> asyncio.Task:

@@ -103,8 +103,9 @@ def test_the_owed_write_counts_a_lock_just_released_to_a_waiting_undeploy_as_bus
     """The lock released by a deploy while an undeploy waits for it: locked() is false, but the undeploy is next
     (asyncio.Lock hands it over: acquire() now would queue behind it). The owed write counts it as busy and gives
     its connection back at once. Were it to wait in line with the connection, the undeploy, holding the lock, would
-    wait for the pool's connection (store.deactivate takes one): both stuck. `_write_once` reads the lock's waiters
-    (private to asyncio.Lock) for this; the test fails if that check goes, or asyncio.Lock changes under it."""
+    wait for the pool's connection (store.deactivate takes one): both stuck. `_write_once` takes the lock with
+    PipelineLock.try_acquire, which counts the tasks waiting for it (public API of asyncio.Lock only; it read
+    asyncio.Lock's private `_waiters` before); the test fails if that count goes."""
     monkeypatch.setattr(handlers, "OWED_RETRY_DELAYS", (3600.0,))  # the background write stays out of the way
     deactivate = world.store.deactivate
 
@@ -123,7 +124,7 @@ def test_the_owed_write_counts_a_lock_just_released_to_a_waiting_undeploy_as_bus
         lock = world.deps.pipeline_lock(PIPELINE)
         await lock.acquire()  # a deploy of the pipeline
         undeploy = asyncio.create_task(handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5))
-        await _until(lambda: len(lock._waiters or ()) == 1, "the undeploy waits for the lock")
+        await _until(lambda: lock.waiting == 1, "the undeploy waits for the lock")
         lock.release()  # the deploy is done: the lock is the undeploy's, which has not run yet
         assert not lock.locked()
         # in this task, with nothing run in between (a task of its own would run after the undeploy took the lock)
@@ -136,3 +137,29 @@ def test_the_owed_write_counts_a_lock_just_released_to_a_waiting_undeploy_as_bus
         await world.deps.owed.stop()
 
     asyncio.run(asyncio.wait_for(scenario(world), 5.0))
+
+
+def test_the_pipeline_lock_counts_its_holder_and_waiters_and_forgets_one_cancelled():
+    """PipelineLock.try_acquire takes the lock only when nobody holds it or waits for it, and never waits. A waiter
+    that gives up (the undeploy's wait_for past its time) is counted no more: a count left behind would keep the owed
+    write from ever taking the lock."""
+    async def scenario() -> None:
+        lock = handlers.PipelineLock()
+        assert await lock.try_acquire() and lock.locked() and lock.waiting == 0
+        assert not await lock.try_acquire()  # held
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(lock.acquire(), 0.01)  # gives up
+        assert lock.waiting == 0
+        waiter = asyncio.create_task(lock.acquire())
+        await _until(lambda: lock.waiting == 1, "the waiter waits")
+        lock.release()
+        assert not lock.locked() and lock.waiting == 1
+        assert not await lock.try_acquire()  # released to the waiter, which has not run yet: busy
+        await waiter
+        assert lock.locked() and lock.waiting == 0
+        lock.release()
+        assert await lock.try_acquire()
+        lock.release()
+        assert not lock.locked()
+
+    asyncio.run(asyncio.wait_for(scenario(), 5.0))
