@@ -406,6 +406,7 @@ class VerifierFeed:
 
     async def start(self, nats_client: Any) -> None:
         from shared import subjects
+        from shared.dead_letters import ignoring_replays
 
         async def on_deactivated(msg: Any) -> None:
             try:
@@ -430,10 +431,12 @@ class VerifierFeed:
             except RailyardError as exc:
                 log.warning("could not refetch signing keys: %s", exc.msg)
 
+        # a dead letter's replay (railyard dead-letters) comes on these subjects too, for one durable consumer: the
+        # original was applied here when it was published
         self._subscriptions = [
-            await nats_client.subscribe(subjects.EVENT_USER_DEACTIVATED, cb=on_deactivated),
-            await nats_client.subscribe(subjects.EVENT_SIGNING_KEY_ROTATED, cb=on_key_rotated),
-            await nats_client.subscribe(subjects.EVENT_TOKENS_REVOKED, cb=on_tokens_revoked),
+            await nats_client.subscribe(subjects.EVENT_USER_DEACTIVATED, cb=ignoring_replays(on_deactivated)),
+            await nats_client.subscribe(subjects.EVENT_SIGNING_KEY_ROTATED, cb=ignoring_replays(on_key_rotated)),
+            await nats_client.subscribe(subjects.EVENT_TOKENS_REVOKED, cb=ignoring_replays(on_tokens_revoked)),
         ]
         await self._poll_once()
         self._task = asyncio.create_task(self._poll_forever())

@@ -43,6 +43,7 @@ from nats.js.api import ConsumerConfig
 from pydantic import BaseModel, ValidationError
 
 from shared import subjects
+from shared.dead_letters import REPLAY_FOR_HEADER  # a replay's durable: the subject's others acknowledge it unread
 from shared.pg_text import headers_jsonb, no_nul
 
 log = logging.getLogger("railyard.consumers")
@@ -51,9 +52,6 @@ PAYLOAD_KEEP = 64 * 1024
 """Bytes of a dead letter's payload kept (its full size is kept too)."""
 ERROR_KEEP = 2000
 """Characters of a dead letter's error kept."""
-REPLAY_FOR_HEADER = "Railyard-Replay-For"
-"""The durable a dead letter's replay is meant for (`railyard dead-letters replay`, shared/dead_letters.py): the
-subject's other durables acknowledge it without handling it."""
 
 
 class Undecodable(Exception):

@@ -9,7 +9,9 @@ the stream's ack, then marks the row replayed (the time and the new message id).
 durable consumer of shared/consumers.py acknowledges, unhandled, a replay meant for another (JetStream consumers
 filter on subjects only, and the other durables of the subject, lineage's `events.>` among them, read the same
 subject); before, every consumer of the subject received it a second time. Core NATS subscribers of the subject (the
-services' `events.user.deactivated` and `events.auth.*` caches, for a lineage dead letter of one) still see it.
+services' `events.user.deactivated` and `events.auth.*` caches, shared/authz.py's VerifierFeed) read the stream's
+subjects as they are published, a replay too: they ignore one (`ignoring_replays`), having read the original when it
+was first published; before, every service's cache applied a lineage dead letter of one a second time.
 A row whose payload was cut (above 64 KiB) is not replayed, nor one replayed before unless `--again`, nor one whose
 durable no longer exists on EVENTS or no longer reads the subject (`_durable_refuses`: nobody would handle it).
 
@@ -28,7 +30,7 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -37,10 +39,35 @@ if TYPE_CHECKING:
 SERVICES = ("auth", "monitoring", "workflow_lineage")
 """The services whose durable event consumers keep dead letters (each in its own schema)."""
 REPLAY_HEADER = "Railyard-Replay-Of"
+REPLAY_FOR_HEADER = "Railyard-Replay-For"
+"""The durable a dead letter's replay is meant for: the subject's other durables acknowledge it without handling it
+(shared/consumers.py), its core NATS subscribers ignore it (`ignoring_replays`)."""
 NOT_FOUND = 4
 """The exit status of a dead letter that is not there (README: 4 not found)."""
 REPLAY_NAMESPACE = uuid.UUID("5f1c0e2a-9d4b-4c53-8a43-2f7d6b0c9e11")
 """Of the replays' message ids (`replay_msg_id`)."""
+
+
+def is_replay(headers: Mapping[str, str] | None) -> bool:
+    """Is a message with these headers a dead letter's replay (`railyard dead-letters replay`)?"""
+    return bool(headers) and REPLAY_FOR_HEADER in headers  # type: ignore[operator]
+
+
+def ignoring_replays(callback: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+    """`callback` of a core NATS subscription (nats-py's `subscribe(subject, cb=...)`) of a subject the EVENTS stream
+    keeps, made to skip a dead letter's replay: the replay is published on the original subject for the one durable
+    consumer that gave up on it, and a core subscriber, which read the original when it was published, would
+    otherwise apply it a second time (a revocation, a key refetch in every service). Every core subscriber of an
+    event subject takes its callback through this."""
+
+    async def skipping_replays(msg: Any) -> None:
+        if is_replay(msg.headers):
+            return
+        await callback(msg)
+
+    skipping_replays.__name__ = getattr(callback, "__name__", "skipping_replays")
+    skipping_replays.__doc__ = callback.__doc__
+    return skipping_replays
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -237,7 +264,6 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
     import nats.errors
 
     from shared import subjects
-    from shared.consumers import REPLAY_FOR_HEADER
 
     nc, bus_errors = await _connect_bus(settings)  # before the row's lock: connecting may take a while
     try:

@@ -31,11 +31,13 @@ import pytest
 from shared import subjects
 from shared.consumers import DeliveryPolicy
 from shared.messages.assays import AssayThresholdCrossed
+from shared.messages.auth import UserDeactivated
 from shared.messages.deployer import PipelineVersionCreated
 from shared.messages.monitoring_feedback import ReviewCreated
 from shared.messages.registry import ModelUploaded, ModelVersionFinished
 from shared.messages.tasks import TaskRunEvent
 from shared.settings import NatsSettings
+from tests.integration.conftest import post
 from tests.stack import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -527,6 +529,42 @@ async def test_a_replay_reaches_only_the_durable_that_gave_up_on_it(stack, alice
         assert not await conn.fetchval(f"SELECT count(*) FROM {schema}.dead_letters WHERE stream_seq = $1", sent.seq)
     finally:
         await conn.execute(f"DELETE FROM {schema}.dead_letters WHERE durable = $1 AND stream_seq = $2", durable, model)
+        await conn.close()
+        await nc.close()
+
+
+async def test_a_replay_is_not_applied_again_by_the_services_revocation_caches(stack, alice):
+    """A lineage dead letter of `events.user.deactivated`, replayed for lineage: the gateway's and every service's
+    revocation cache (shared/authz.py's VerifierFeed, core NATS subscribers of the subject) ignore it, having applied
+    the original when it was published. Here no original was (the row is made by hand, naming alice with a moment
+    after her token), so a cache that applied the replay refuses her token. Before, every core subscriber of the
+    subject applied the replay: alice was signed out everywhere until the next revocation poll."""
+    event = UserDeactivated(user_id=uuid.UUID(alice.user_id), revoked_before=time.time() + 60)
+    payload = event.model_dump_json().encode()
+    assert post(stack, "workspaces/list", alice.token).status_code == 200
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    nc = await nats_client.connect(stack.settings().nats.url)
+    seq = model_id()
+    try:
+        row_id = await conn.fetchval(
+            "INSERT INTO workflow_lineage.dead_letters (durable, stream_seq, stream_time, stream, subject, deliveries,"
+            " error, payload, payload_size, headers) VALUES ($1, $2, now(), 'EVENTS', $3, 10, 'OSError: away', $4, $5,"
+            " '{}') RETURNING id", LINEAGE[1], seq, subjects.EVENT_USER_DEACTIVATED, payload, len(payload))
+        replayed = dead_letters_cli(stack, "replay", LINEAGE[0], str(row_id))
+        assert replayed.returncode == 0, replayed.stderr
+        js = nc.jetstream()
+        sent = await js.get_last_msg(subjects.EVENTS_STREAM, subjects.EVENT_USER_DEACTIVATED)
+        assert sent.headers["Railyard-Replay-For"] == LINEAGE[1]
+        await handled(js, LINEAGE[1], sent.seq)  # lineage recorded it: the core subscribers had it before
+        assert await conn.fetchval("SELECT count(*) FROM workflow_lineage.event_log WHERE event_id = $1",
+                                   event.event_id) == 1
+        await asyncio.sleep(0.5)
+        for route, body in (("workspaces/list", {}), ("models/list", {"workspace_id": alice.workspace_id})):
+            answer = post(stack, route, alice.token, body)  # the gateway's cache, auth's, the registry's
+            assert answer.status_code == 200, (route, answer.text[:300])  # on the old code: 401, token revoked
+    finally:
+        await conn.execute("DELETE FROM workflow_lineage.dead_letters WHERE durable = $1 AND stream_seq = $2",
+                           LINEAGE[1], seq)
         await conn.close()
         await nc.close()
 
