@@ -861,8 +861,16 @@ async def _restart(deps: DeployerDeps, pipeline_id: int, deployment_id: int, gat
             deps.failed_restores[name] = "the deployer could not start its replicas (see the deployer's log)"
             raise
         if row["deployed_pending"]:  # the deployer that started it died before its deployed event's commit
-            async with deps.pool.acquire() as conn, conn.transaction():
-                told = await store.record_deployed(conn, _deployed_event_of(row), if_pending=True)
+            event = _deployed_event_of(row)
+            try:
+                async with deps.pool.acquire() as conn, conn.transaction():
+                    told = await store.record_deployed(conn, event, if_pending=True)
+            except Exception as exc:  # the replicas serve: as for a deploy, the event is written in the background
+                # (OwedDeployed). Before, the error ended the restart and the event waited for the next one.
+                log.warning("deployment %s restored but its owed events.pipeline.deployed was not written (%s):"
+                            " retried in the background", name, exc)
+                deps.owed.owe(deps, pipeline_id, event)
+                return
             if told:
                 log.info("deployment %s restored: its events.pipeline.deployed, not written before, is sent now", name)
                 deps.events_committed()

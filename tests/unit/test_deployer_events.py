@@ -352,3 +352,36 @@ def test_a_deployed_event_whose_write_fails_after_the_stop_starts_no_background_
         assert world.store.events == [] and world.store.deployments[5]["deployed_pending"]
 
     asyncio.run(scenario(world))
+
+
+def test_a_restores_deployed_event_whose_write_fails_is_written_in_the_background_once(world, monkeypatch):  # noqa: F811
+    """The restore after a restart whose replicas serve but whose write of the deployed event the dead deployer
+    owed fails hands the event to the background write (OwedDeployed), as a deploy does: written once, and nothing
+    writes it again. Before, the error ended the restart (logged) and the event waited for the next restart."""
+    monkeypatch.setattr(handlers, "OWED_RETRY_DELAYS", (0.01,) * 5)
+
+    async def scenario(world) -> None:
+        world.backend.hold = False
+        await _deploy(world, "a")
+        world.store.events.clear()
+        world.store.deployments[5]["deployed_pending"] = True  # as the dead deployer left it
+        world.backend.sets.clear(), world.backend.started.clear()
+        record_deployed = world.store.record_deployed
+
+        async def refused_once(conn, event, *, if_pending=False):
+            world.store.record_deployed = record_deployed
+            raise ConnectionResetError("the commit was lost")
+
+        world.store.record_deployed = refused_once
+        calls = woken(world)
+        await (await handlers.restore_deployments(world.deps))._task
+        assert list(world.backend.sets) == ["a-5"] and world.deps.owed.tasks
+        await _until(lambda: not world.deps.owed.tasks, "the background write is over")
+        assert [(s, e.deployment_id, e.name) for s, e in world.store.events] == [
+            (subjects.EVENT_PIPELINE_DEPLOYED, 5, "a-5")]
+        assert not world.store.deployments[5]["deployed_pending"] and calls == [1]
+        world.backend.sets.clear()
+        await (await handlers.restore_deployments(world.deps))._task  # another restart: nothing owed any more
+        assert len(world.store.events) == 1
+
+    asyncio.run(scenario(world))
