@@ -190,20 +190,29 @@ def upload_model(session: Session, workspace_id: int, name: str, source: str | P
     finally:
         if isinstance(source, (str, Path)):
             handle.close()
-    model_id = response.json()["insert_models"]["returning"][0]["models"][0]["id"]
-    sha = reader.sha256.hexdigest()
-    # the newest version whose stored bytes are ours (converted frameworks store the converted bytes: the newest
-    # then), read newest first up to the page that holds it
-    newest = version = None
-    for record in session.post_pages("models/list_versions", {"models_pk_id": model_id, "order": "newest"}):
-        newest = newest or ModelVersion(session, record)
-        if record.get("sha") == sha:
-            version = ModelVersion(session, record)
-            break
-    version = version or newest
-    if version is None:
-        raise NotFound(404, "not_found", f"model {name}: the upload answered, but lists no version")
+    inserted = response.json()["insert_models"]["returning"][0]["models"][0]
+    version = _uploaded_version(session, name, inserted, reader.sha256.hexdigest())
     return version.wait_ready(timeout) if wait else version
+
+
+def _uploaded_version(session: Session, name: str, inserted: dict[str, Any], sha: str) -> ModelVersion:
+    """The version an upload made, read newest first up to the page that holds it: the one the answer names
+    (`model_version`). Before, the newest whose sha256 was the uploaded bytes', else the newest: a converted framework's
+    version stores the converted bytes, so another upload of the same name made meanwhile was taken for this one.
+    A server whose answer names no version (the seed's answer only): the newest whose bytes are ours, else the
+    newest."""
+    wanted = inserted.get("model_version")
+    newest = None
+    for record in session.post_pages("models/list_versions", {"models_pk_id": inserted["id"], "order": "newest"}):
+        newest = newest or ModelVersion(session, record)
+        if (str(record.get("model_version")) == str(wanted)) if wanted else record.get("sha") == sha:
+            return ModelVersion(session, record)
+    if wanted:
+        raise NotFound(404, "not_found", f"model {name}: the upload answered version {wanted}, which its versions"
+                                         " do not list")
+    if newest is None:
+        raise NotFound(404, "not_found", f"model {name}: the upload answered, but lists no version")
+    return newest
 
 
 class Registry(Resource):

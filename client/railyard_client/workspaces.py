@@ -64,7 +64,9 @@ class Workspace(Resource):
                      progress: bool | None = None, wait: bool = True, timeout: float = 300.0) -> ModelVersion:
         """Upload a model from a path, bytes or an open binary file as a new version of `name` (framework
         `onnx`, `python`, `custom`, `sklearn` or `xgboost`). Streams the file (a progress bar on a terminal
-        for files from 8 MiB, or when `progress=True`); with `wait`, returns once any conversion finished."""
+        for files from 8 MiB, or when `progress=True`); with `wait`, returns once any conversion finished. Answers
+        the version this upload made (the one the server's answer names), whatever else was uploaded as `name`
+        meanwhile."""
         return upload_model(self._session, self.id, name, source, framework=framework, input_schema=input_schema,
                             output_schema=output_schema, requirements=requirements, python_version=python_version,
                             progress=progress, wait=wait, timeout=timeout)

@@ -260,7 +260,10 @@ async def _upload(deps: RegistryDeps, principal: Principal, token: str | None, c
     deps.events_committed()
     if status == "converting":
         deps.spawn(convert_version(deps, model_version, framework, sha, cmd.workspace_id, model_id))
-    return ModelInserted(insert_models={"returning": [{"models": [{"id": model_id}]}]})
+    # the version this upload made, beside the seed's model id: a client finds it by it, not by its bytes' sha256 (a
+    # converted version's is the converted bytes') nor as the newest (another upload of the name may be newer)
+    return ModelInserted(insert_models={"returning": [{"models": [{"id": model_id,
+                                                                   "model_version": str(model_version)}]}]})
 
 
 async def _check(deps: RegistryDeps, framework: str, sha: str, workdir: Path, local: Path) -> dict[str, Any]:

@@ -43,7 +43,8 @@ class UploadModel(Command):
 
 
 class ModelInserted(Message):
-    """`{"insert_models": {"returning": [{"models": [{"id": N}]}]}}` as the seed answers."""
+    """`{"insert_models": {"returning": [{"models": [{"id": N, "model_version": UUID}]}]}}`: the seed's answer, with
+    the version the upload made (Railyard's)."""
 
     insert_models: dict[str, Any]
 
