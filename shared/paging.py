@@ -27,7 +27,10 @@ PAGE_BYTES = 4 * 1024 * 1024
 """JSON bytes of a page's items after which it stops (half the bus's 8 MiB: the envelope and headers fit)."""
 _CURSOR = re.compile(r"[0-9]{1,19}")
 _KEY_CURSOR = re.compile(r"(-?[0-9]{1,19})\.([0-9a-f]{32})")
-_NAME_KEY_CURSOR = re.compile(r"(-?[0-9]{1,19})\.([A-Za-z0-9][A-Za-z0-9._-]{0,38})")
+NAME_KEY_MAX = 39
+"""Characters of a name_key_cursor's key at most (with the microseconds, a cursor of 60 at most: key_cursor_field).
+An inference client's id is `inference-` and 16 hex digits: 26."""
+_NAME_KEY_CURSOR = re.compile(rf"(-?[0-9]{{1,19}})\.([A-Za-z0-9][A-Za-z0-9._-]{{0,{NAME_KEY_MAX - 1}}})")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 T = TypeVar("T")
@@ -96,8 +99,14 @@ def after_key(cursor: str | None, command: str) -> tuple[datetime, uuid.UUID] | 
 def name_key_cursor(created_at: datetime, key: str) -> str:
     """The cursor after a row of a list in (created_at, key) order whose key is a name, not a UUID
     (workspaces/list_inference_clients: a client id, `inference-<hex>`): its created_at in microseconds, a dot, the
-    key."""
-    return f"{(created_at - _EPOCH) // timedelta(microseconds=1)}.{key}"
+    key. ValueError for a key after_name_key would not read back (longer than NAME_KEY_MAX, or other characters than
+    its letters, digits, '.', '_' and '-'): that page's answer fails, rather than answering a next cursor the next page
+    refuses as "not a next cursor" (a 400 blaming the caller for the server's own cursor)."""
+    cursor = f"{(created_at - _EPOCH) // timedelta(microseconds=1)}.{key}"
+    if not _NAME_KEY_CURSOR.fullmatch(cursor):
+        raise ValueError(f"a name_key_cursor cannot hold the key {key[:60]!r}: 1-{NAME_KEY_MAX} letters, digits, '.',"
+                         " '_' or '-', starting with a letter or digit")
+    return cursor
 
 
 def after_name_key(cursor: str | None, command: str) -> tuple[datetime, str] | None:
