@@ -640,7 +640,14 @@ class TrainingStarter(Sweeper):
                 late = True
             else:
                 late = False
-            await start_training(self.deps, row["id"], late)
+            try:
+                await start_training(self.deps, row["id"], late)
+            except Exception:
+                # this training's alone (e.g. the write suspending continuous training, or recording its failure,
+                # raised): the other deployments' trainings start in this sweep all the same. Claimed, it is asked
+                # for again RESUME_START later (resume) with its task id
+                log.exception("continuous training %s of deployment %s could not be started; asked again in %.0f s",
+                              row["id"], row["deployment_id"], RESUME_START)
         return waiting
 
     async def resume(self) -> None:
@@ -657,7 +664,11 @@ class TrainingStarter(Sweeper):
             log.info("continuous training %s of deployment %s: its run was not recorded %.0f s after its claim; asking"
                      " the task scheduler again for task %s", training["id"], training["deployment_id"],
                      RESUME_START, training["run_task_id"])
-            await _start_claimed(self.deps, training)
+            try:
+                await _start_claimed(self.deps, training)
+            except Exception:  # this training's alone: the others are resumed in this sweep all the same
+                log.exception("continuous training %s of deployment %s could not be resumed; asked again in %.0f s",
+                              training["id"], training["deployment_id"], RESUME_START)
 
 
 async def start_training(deps: ContinuousDeps, training_id: uuid.UUID, late: bool = False) -> bool:

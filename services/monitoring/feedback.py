@@ -434,8 +434,17 @@ class Exporter(Sweeper):
                 # the loop's owner left the workspace or was deactivated: suspended (logged once), not retried for
                 # ever; its other datasets are left out of this sweep and the next ones, the other loops go on
                 refused.add(key[0])
-                if await fs.suspend_feedback_loop(self.deps.monitoring.pool, key[0], pair["owner_id"],
-                                                  handlers.owner_refused_reason("the feedback loop", exc)):
+                try:
+                    suspended = await fs.suspend_feedback_loop(
+                        self.deps.monitoring.pool, key[0], pair["owner_id"],
+                        handlers.owner_refused_reason("the feedback loop", exc))
+                except Exception as failure:  # that write is this loop's alone: the other loops go on; the loop
+                    # stays on, so the next sweep's export is refused again and suspends it then
+                    log.warning("feedback loop of deployment %s: its owner %s's token was refused (%s), but"
+                                " suspending it failed (%s: %s): tried again on the next sweep", key[0],
+                                pair["owner_id"], exc.msg, type(failure).__name__, str(failure)[:200])
+                    continue
+                if suspended:
                     log.warning("feedback loop of deployment %s is suspended: its owner %s's token was refused (%s)",
                                 key[0], pair["owner_id"], exc.msg)
             except Exception as exc:
@@ -443,7 +452,11 @@ class Exporter(Sweeper):
                 self._retry_at[key] = (time.monotonic() + backoff, backoff)
                 message = exc.msg if isinstance(exc, RailyardError) else f"{type(exc).__name__}: {str(exc)[:200]}"
                 log.warning("feedback loop of deployment %s could not write to dataset %s: %s", *key, message)
-                await fs.record_error(self.deps.monitoring.pool, *key, message)
+                try:
+                    await fs.record_error(self.deps.monitoring.pool, *key, message)
+                except Exception as failure:  # this pair's alone: the others go on
+                    log.warning("feedback loop of deployment %s: its error for dataset %s was not recorded (%s)",
+                                *key, type(failure).__name__)
 
     async def export(self, pair: dict[str, Any]) -> None:
         """One round for a (deployment, dataset): write pending reviews, then make the version."""

@@ -125,3 +125,58 @@ async def test_the_first_try_at_serving_the_newest_again_leaves_the_older_delive
                                         {"id": uuid.uuid4()}, {"version": "v2"})
     assert pool.executed == []  # not closed
     assert [r.levelno for r in caplog.records if "again failed" in r.getMessage()] == [logging.ERROR, logging.WARNING]
+
+
+class _StarterPool:
+    """A pool stand-in for TrainingStarter.sweep: no claim to resume (the first fetch), two trainings to start."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows, self.fetched = rows, 0
+
+    def acquire(self):
+        pool = self
+
+        class _Conn:
+            async def __aenter__(self):
+                return self
+
+            async def __aexit__(self, *exc):
+                return False
+
+            def transaction(self):
+                return self
+
+            async def fetch(self, sql, *args):
+                return await pool.fetch(sql, *args)
+
+        return _Conn()
+
+    async def fetch(self, sql, *args):
+        self.fetched += 1
+        return self.rows if "run_claimed_at IS NULL ORDER BY" in sql else []
+
+    async def fetchval(self, sql, *args):
+        return None  # no feedback loop waiting
+
+
+async def test_one_training_that_cannot_be_started_does_not_stop_the_others(monkeypatch, caplog):
+    """The first training's start raises (e.g. the write suspending continuous training, its owner refused, or the
+    one recording its failure, fails). Before, that ended the starter's sweep: the other deployment's training was
+    not started in it, nor in any later sweep while it kept failing (the failing one comes first). Now it is logged
+    (ERROR, traceback) and the others start."""
+    rows = [{"id": uuid.uuid4(), "deployment_id": 1, "overdue": False},
+            {"id": uuid.uuid4(), "deployment_id": 2, "overdue": False}]
+    started = []
+
+    async def start_training(deps, training_id, late=False):
+        if training_id == rows[0]["id"]:
+            raise ConnectionError("the database went away")
+        started.append(training_id)
+        return True
+
+    monkeypatch.setattr(continuous, "start_training", start_training)
+    deps = ContinuousDeps(base=SimpleNamespace(pool=_StarterPool(rows)), verify=None, events_committed=lambda: None,
+                          max_task_timeout=3600)
+    assert await continuous.TrainingStarter(deps).sweep() is False
+    assert started == [rows[1]["id"]]
+    assert any(r.levelno == logging.ERROR and "could not be started" in r.getMessage() for r in caplog.records)

@@ -4,12 +4,15 @@ labelled, and the SDK's dataset-version argument."""
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 
 import pytest
 from railyard_client.errors import InvalidInput
 from railyard_client.monitoring_feedback import dataset_version_ref
 
 from services.monitoring import feedback, stats
+from services.monitoring import feedback_store as fs
+from services.monitoring.handlers import OwnerRefused
 from shared.errors import InvalidRequest
 from shared.messages.monitoring_feedback import GroundTruth
 
@@ -71,3 +74,32 @@ def test_sdk_dataset_version_argument():
     for bad in ("5", True, {"name": "x"}):
         with pytest.raises(InvalidInput):
             dataset_version_ref(bad)
+
+
+async def test_a_failed_suspension_of_one_feedback_loop_does_not_end_the_sweep_for_the_others(monkeypatch, caplog):
+    """Auth refuses the first loop's owner, and the write that suspends that loop (suspended_reason) itself fails (the
+    database away for a moment). Before, that exception ended the Exporter's sweep: the second loop's dataset was not
+    written in it (nor in any later sweep while the write kept failing: the refused loop comes first). Now the
+    failure is logged and the other loops go on; the refused loop stays on, so the next sweep suspends it."""
+    pairs = [{"deployment_id": 1, "dataset_id": 11, "owner_id": "refused"},
+             {"deployment_id": 2, "dataset_id": 21, "owner_id": "member"}]
+    exported: list[int] = []
+
+    async def active_loop_datasets(pool):
+        return pairs
+
+    async def suspend_feedback_loop(pool, deployment_id, owner_id, reason):
+        raise ConnectionError("the database went away")
+
+    async def export(self, pair):
+        if pair["owner_id"] == "refused":
+            raise OwnerRefused("the task's owner is no longer a member of workspace 1")
+        exported.append(pair["dataset_id"])
+
+    monkeypatch.setattr(fs, "active_loop_datasets", active_loop_datasets)
+    monkeypatch.setattr(fs, "suspend_feedback_loop", suspend_feedback_loop)
+    monkeypatch.setattr(feedback.Exporter, "export", export)
+    deps = SimpleNamespace(monitoring=SimpleNamespace(pool=None))
+    await feedback.Exporter(deps).sweep()
+    assert exported == [21]
+    assert any("suspending it failed" in r.getMessage() for r in caplog.records)
