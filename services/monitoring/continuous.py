@@ -167,6 +167,22 @@ class ContinuousDeps:
     wake_starter: asyncio.Event = field(default_factory=asyncio.Event)
     # deployments whose assay alerts this process found not deployed (and said so once at INFO), until deployed again
     undeployed: set[int] = field(default_factory=set)
+    # work started by a command that outlasts its answer (a refused swap redone: a deploy), kept until it ends
+    background: set[asyncio.Task] = field(default_factory=set)
+
+    def in_background(self, work: Awaitable[Any], what: str) -> asyncio.Task:
+        """Run `work` after the command answered; its failure is logged (what is left undone is resumed by the
+        sweeps: a decided challenge by resume_swap)."""
+        async def run() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("%s failed", what)
+
+        task = asyncio.create_task(run())
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
 
     def lock(self, deployment_id: int) -> asyncio.Lock:
         """Serializes this process's background work on one deployment (the database serializes processes)."""
@@ -411,7 +427,15 @@ async def setup_deployment(deps: ContinuousDeps, principal: Principal, token: st
         " suspended_reason = NULL",
         view.route.deployment_id, view.route.workspace_id, view.route.name, uuid.UUID(principal.user_id),
         cmd.policy, cmd.alpha, cmd.min_sample)
+    _redo_refused_swap_later(deps, view.route.deployment_id)
     return await information(deps.base.pool, view.route.deployment_id)
+
+
+def _redo_refused_swap_later(deps: ContinuousDeps, deployment_id: int) -> None:
+    """After continuous deployment is set up or turned on again: a challenge's swap auth refused for the owner is
+    made (redo_refused_swap), off the command's path (a deploy may take deploy_wait)."""
+    deps.in_background(redo_refused_swap(deps, deployment_id),
+                       f"redoing the refused swap of deployment {deployment_id}'s challenge")
 
 
 async def toggle_deployment(deps: ContinuousDeps, principal: Principal, token: str | None,
@@ -424,6 +448,8 @@ async def toggle_deployment(deps: ContinuousDeps, principal: Principal, token: s
         await conn.execute("UPDATE continuous_deployment SET active = $2, updated_at = now(), suspended_reason ="
                            " CASE WHEN $2 THEN NULL ELSE suspended_reason END WHERE deployment_id = $1",
                            view.route.deployment_id, cmd.active)
+    if cmd.active:
+        _redo_refused_swap_later(deps, view.route.deployment_id)
     return await information(deps.base.pool, view.route.deployment_id)
 
 
@@ -1001,15 +1027,27 @@ async def _serve(deps: ContinuousDeps, owner_id: Any, workspace_id: int, deploym
     created = await request(base.broker, subjects.DEPLOYER_PIPELINES_CREATE, CreatePipeline(
         pipeline_id=view.route.pipeline_name, workspace_id=workspace_id, definition=definition),
         token=token, timeout=base.timeout, reply_model=PipelineCreated)
-    await request(base.broker, subjects.DEPLOYER_PIPELINES_DEPLOY, DeployPipeline(
-        deploy_id=view.deploy_id, pipeline_version_pk_id=created.pipeline_variant_pk_id,
-        pipeline_id=view.pipeline_id, engine_config=view.engine_config), token=token, timeout=base.deploy_timeout,
-        reply_model=Deployed)
+    try:
+        await request(base.broker, subjects.DEPLOYER_PIPELINES_DEPLOY, DeployPipeline(
+            deploy_id=view.deploy_id, pipeline_version_pk_id=created.pipeline_variant_pk_id,
+            pipeline_id=view.pipeline_id, engine_config=view.engine_config), token=token,
+            timeout=base.deploy_timeout, reply_model=Deployed)
+    except UpstreamTimeout as exc:
+        raise DeployUnanswered(exc.msg) from exc
     return created.pipeline_variant_version
 
 
+class DeployUnanswered(UpstreamTimeout):
+    """The deployer did not answer a deploy of _serve's in time: an unknown outcome, not a failure. The deployer
+    keeps going (deploys of a pipeline wait on its lock, then for the replicas) and may serve that version after the
+    caller gave up, also after a newer version was served. The deployer's pipelines/deploy takes no precondition
+    (serve only if this version still serves), so the caller does not record it as failed: it leaves its delivery
+    claimed / its challenge decided, and looks again STALE_SWAP later at what serves (resume_deliveries,
+    resume_swap), serving the newest intended version again over a late older one."""
+
+
 async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, *, again: bool = False,
-                   displaced: dict[str, Any] | None = None) -> bool:
+                   displaced: dict[str, Any] | None = None, alone: bool = False) -> bool:
     """DEPLOY_SHADOW: the new version becomes the shadow challenger (and a challenge opens); DEPLOY_AUTO: served.
     False when it failed (a Railyard error, recorded while its claim held); `again`: a Railyard error is raised, not
     recorded on this training (see _deliver_again).
@@ -1023,8 +1061,15 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
     records it). `displaced`: the older training's model version whose deploy may have displaced this one's; served
     again only while that older version is what the deployment serves (the model, or the shadow under
     DEPLOY_SHADOW): anything else since (this one's own deploy ending last, a challenge's swap, a person's change) is
-    left as it is. The older delivery stays claimed until this one is done, so a process dying in between leaves it to
-    resume_deliveries, which serves the newest again the same way."""
+    left as it is. `alone`: `displaced` was served as the model alone, without shadow (a challenge's swap,
+    _apply_decision): served again only while the deployment serves exactly that. The older delivery stays claimed
+    until this one is done, so a process dying in between leaves it to resume_deliveries, which serves the newest
+    again the same way.
+
+    A deploy unanswered in time (DeployUnanswered, from _serve) may still be served later by the deployer: it is not
+    recorded as failed (which a late serving would contradict, with nothing left to undo it were it overtaken) but
+    left claimed, so resume_deliveries takes it STALE_SWAP later: it records it if it serves, delivers it again if
+    not, or serves the newest delivered training again over it when a newer one was delivered since."""
     pool = deps.base.pool
     deployment_id = training["deployment_id"]
     cd = await pool.fetchrow("SELECT * FROM continuous_deployment WHERE deployment_id = $1", deployment_id)
@@ -1037,7 +1082,10 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
         if champion is None:
             raise Conflict("the deployment's pipeline has no model step")
         if displaced is not None:
-            serving = champion if policy == "DEPLOY_AUTO" else handlers._current_shadow(view.definition)
+            if alone:
+                serving = champion if handlers._current_shadow(view.definition) is None else None
+            else:
+                serving = champion if policy == "DEPLOY_AUTO" else handlers._current_shadow(view.definition)
             if serving is None or serving.version != displaced.get("version"):
                 log.info("continuous deployment of training %s: the older version %s does not serve (%s does): not"
                          " served again", training["id"], displaced.get("version"), serving and serving.version)
@@ -1094,6 +1142,13 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
             return True
         deps.events_committed()
         return True
+    except DeployUnanswered as exc:
+        if again:
+            raise
+        # the deploy went unanswered: it may still be served; left claimed for resume_deliveries
+        log.warning("continuous deployment of training %s: no answer in time (%s): it may still be served; looked at"
+                    " again in %.0f s (resume_deliveries)", training["id"], exc.msg, STALE_SWAP)
+        return False
     except RailyardError as exc:
         if again:
             # serving the newest again (for an older delivery overtaken): not this training's own delivery, which
@@ -1112,8 +1167,11 @@ async def _open_challenge(conn: Any, training: asyncpg.Record, cd: asyncpg.Recor
     """DEPLOY_SHADOW's record, in the caller's transaction: the running challenge superseded, the training's opened
     (`champion` shadowed by `new`, served by pipeline version `version`) and its model_swapped written."""
     deployment_id = training["deployment_id"]
-    await conn.execute("UPDATE challenges SET state = 'superseded', decided_at = now(), reason = 'a newer training"
-                       " replaced the challenger' WHERE deployment_id = $1 AND state = 'running'", deployment_id)
+    # a decided one too, whose swap is still under way or left for resume_swap (its deploy unanswered): this newer
+    # training's delivery is what serves now, and that swap's record finds it (_swap_overtaken)
+    await conn.execute("UPDATE challenges SET state = 'superseded', decided_at = COALESCE(decided_at, now()), reason"
+                       " = 'a newer training replaced the challenger' WHERE deployment_id = $1 AND state IN"
+                       " ('running', 'promoting', 'rolling_back')", deployment_id)
     await conn.execute(
         "INSERT INTO challenges (id, deployment_id, workspace_id, training_id, champion, challenger, alpha,"
         " min_sample, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running')", uuid.uuid4(), deployment_id,
@@ -1126,6 +1184,18 @@ async def _open_challenge(conn: Any, training: asyncpg.Record, cd: asyncpg.Recor
                " sequential test"))
 
 
+async def newest_delivered(conn: Any, deployment_id: int, newer_than: Any = None) -> asyncpg.Record | None:
+    """The newest training of the deployment delivered or being delivered (done, deployed or shadow): the version
+    continuous deployment means to serve; `newer_than` (a training's row: its id and created_at): only one created
+    after it, None when there is none. One query for every check that an older serving was overtaken (_overtaken, a
+    challenge's swap, resume_deliveries); `conn` a connection or the pool."""
+    return await conn.fetchrow(
+        "SELECT * FROM trainings WHERE deployment_id = $1 AND state = 'done' AND outcome IN ('deployed', 'shadow')"
+        " AND ($2::uuid IS NULL OR (id <> $2 AND created_at > $3)) ORDER BY created_at DESC LIMIT 1", deployment_id,
+        newer_than["id"] if newer_than is not None else None,
+        newer_than["created_at"] if newer_than is not None else None)
+
+
 async def _overtaken(conn: Any, training: asyncpg.Record) -> asyncpg.Record | None:
     """After this delivery's deploy, in the transaction that would record it: the newest training of the deployment
     delivered (or being delivered) that is newer than `training`, or None. Its deploy may have ended before this
@@ -1133,10 +1203,7 @@ async def _overtaken(conn: Any, training: asyncpg.Record) -> asyncpg.Record | No
     that newest one again (_deliver_again), which closes it with the reason once done; until then it stays claimed,
     so a process dying in between leaves it to resume_deliveries (which serves the newest again)."""
     await conn.execute("SELECT 1 FROM trainings WHERE id = $1 FOR UPDATE", training["id"])
-    newest = await conn.fetchrow(
-        "SELECT * FROM trainings WHERE deployment_id = $1 AND id <> $2 AND created_at > $3 AND state = 'done' AND"
-        " outcome IN ('deployed', 'shadow') ORDER BY created_at DESC LIMIT 1", training["deployment_id"],
-        training["id"], training["created_at"])
+    newest = await newest_delivered(conn, training["deployment_id"], newer_than=training)
     if newest is not None:
         log.warning("continuous deployment of training %s (deployment %s): training %s, newer, was delivered during"
                     " its deploy: serving it again after this one", training["id"], training["deployment_id"],
@@ -1259,9 +1326,7 @@ async def resume_deliveries(deps: ContinuousDeps) -> None:
                           " in %.0f s", training["id"], training["deployment_id"], STALE_SWAP)
     resumed = {training["deployment_id"] for training in rows}  # their newest is being delivered again just now
     for training in superseded:
-        newest = await deps.base.pool.fetchrow(
-            "SELECT * FROM trainings WHERE deployment_id = $1 AND state = 'done' AND outcome IN ('deployed', 'shadow')"
-            " ORDER BY created_at DESC LIMIT 1", training["deployment_id"])
+        newest = await newest_delivered(deps.base.pool, training["deployment_id"])
         failed = None
         if newest is not None and training["deployment_id"] not in resumed and training["model_version"] is not None:
             # this older delivery is closed whatever happens here: it is this sweep's try (a second one, when the
@@ -1283,8 +1348,9 @@ async def resume_deliveries(deps: ContinuousDeps) -> None:
         await deps.base.pool.execute(
             "UPDATE trainings SET delivering_since = NULL, reason = $3 WHERE id = $1 AND delivering_since = $2",
             training["id"], training["delivering_since"],
-            "its delivery did not finish (the service stopped) and a newer training of the deployment was delivered"
-            " since: not delivered again" + (f"; serving the newer one again failed: {failed}" if failed else ""))
+            "its delivery did not finish (the service stopped, or its deploy went unanswered) and a newer training of"
+            " the deployment was delivered since: not delivered again"
+            + (f"; serving the newer one again failed: {failed}" if failed else ""))
 
 
 class DeliveryResumer(Sweeper):
@@ -1379,7 +1445,18 @@ async def evaluate_challenge(deps: ContinuousDeps, deployment_id: int) -> sequen
 
 
 async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state: str,
-                          evidence: sequential.Evidence) -> None:
+                          evidence: sequential.Evidence, *, resumed: bool = False) -> None:
+    """Serve what the decision says (promote: the challenger alone; roll back: the champion alone) and record it with
+    its model_swapped. As a delivery (_deliver): a newer training of the deployment delivered while this swap's
+    deploy ran may have been served before this deploy ended, and the decided version would then serve in its
+    place: checked once the deploy is done, in the transaction that would record it; a newer one found there (one
+    query, newest_delivered) leaves the swap unrecorded and that newest training is served again while the
+    decided version alone is what serves (_deliver's `displaced`, `alone`), then the challenge is closed
+    ('superseded', with the reason). It stays decided until then, so a process dying in between leaves it to
+    resume_swap; serving the newest again failing leaves it decided for resume_swap's one more try (`resumed`:
+    that try, after which it is closed whatever happens). A deploy unanswered in time (DeployUnanswered) leaves
+    it decided too, for resume_swap. Auth refusing the owner fails it and suspends continuous deployment, keeping
+    the refused decision (`swap_refused`) for a set-up or re-activation to redo (redo_refused_swap)."""
     pool = deps.base.pool
     deployment_id = challenge["deployment_id"]
     champion, challenger = _json(challenge["champion"]), _json(challenge["challenger"])
@@ -1391,34 +1468,87 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
     try:
         version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], served, None,
                                f"monitoring-deploy-{deployment_id}")
+    except DeployUnanswered as exc:
+        log.warning("challenge %s: the swap's deploy went unanswered (%s): it may still be served; swapped again"
+                    " %.0f s after the decision (resume_swap)", challenge["id"], exc.msg, STALE_SWAP)
+        return
     except RailyardError as exc:
         log.warning("challenge %s: the swap failed: %s", challenge["id"], exc.msg)
         async with pool.acquire() as conn, conn.transaction():
             if isinstance(exc, OwnerRefused):
                 await _suspend_deployment(conn, deployment_id, cd["owner_id"], exc)
             # only while still decided: another process's swap of it (resume_swap) may have finished it meanwhile
-            await conn.execute("UPDATE challenges SET state = 'failed', reason = $2 WHERE id = $1 AND state = $3",
-                               challenge["id"], f"{evidence.decision.value} decided, but the swap failed: {exc.msg}",
-                               state)
+            await conn.execute("UPDATE challenges SET state = 'failed', reason = $2, swap_refused = $4 WHERE id = $1"
+                               " AND state = $3", challenge["id"],
+                               f"{evidence.decision.value} decided, but the swap failed: {exc.msg}", state,
+                               state if isinstance(exc, OwnerRefused) else None)
         return
     async with pool.acquire() as conn, conn.transaction():  # the swap's record and its event, or neither
-        # once: a decided swap still under way after STALE_SWAP (a deploy may take deploy_wait, 305 s) is resumed
-        # by another process too, and both get here; the first records it and writes the event (a failure of the
-        # other's swap recorded meanwhile is superseded: this one served)
-        swapped = await conn.fetchval(
-            "UPDATE challenges SET state = $2, reason = $3 WHERE id = $1 AND state IN ($4, 'failed') RETURNING 1",
-            challenge["id"], "promoted" if state == "promoting" else "rolled_back", summary, state)
-        if swapped:
-            await _event(conn, subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
-                deployment_id=deployment_id, workspace_id=challenge["workspace_id"],
-                action="promoted" if state == "promoting" else "rolled_back", model_version=_ref(served),
-                shadow_model_version=None, pipeline_version=version, reason=summary))
+        await conn.execute("SELECT 1 FROM challenges WHERE id = $1 FOR UPDATE", challenge["id"])
+        newest = await _swap_overtaken(conn, challenge)
+        swapped = None
+        if newest is None:
+            # once: a decided swap still under way after STALE_SWAP (a deploy may take deploy_wait, 305 s) is
+            # resumed by another process too, and both get here; the first records it and writes the event (a
+            # failure of the other's swap recorded meanwhile is superseded: this one served)
+            swapped = await conn.fetchval(
+                "UPDATE challenges SET state = $2, reason = $3, swap_refused = NULL WHERE id = $1 AND state IN ($4,"
+                " 'failed') RETURNING 1", challenge["id"], "promoted" if state == "promoting" else "rolled_back",
+                summary, state)
+            if swapped:
+                await _event(conn, subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
+                    deployment_id=deployment_id, workspace_id=challenge["workspace_id"],
+                    action="promoted" if state == "promoting" else "rolled_back", model_version=_ref(served),
+                    shadow_model_version=None, pipeline_version=version, reason=summary))
+    if newest is not None:
+        failed = await _serve_newest_again(deps, newest, served, f"challenge {challenge['id']}")
+        if failed is None or resumed:
+            await pool.execute(
+                "UPDATE challenges SET state = 'superseded', reason = $3, swap_refused = NULL WHERE id = $1 AND"
+                " state IN ($2, 'failed')", challenge["id"], state,
+                f"{evidence.decision.value} decided, but a newer training of the deployment was delivered during its"
+                " swap: not recorded, the newer one served again after it"
+                + (f"; serving it again failed: {failed}" if failed else ""))
+        return
     if not swapped:
         log.info("challenge %s of deployment %s: its swap was recorded by another process first", challenge["id"],
                  deployment_id)
         return
     deps.events_committed()
     log.info("challenge %s of deployment %s: %s", challenge["id"], deployment_id, summary)
+
+
+async def _swap_overtaken(conn: Any, challenge: asyncpg.Record) -> asyncpg.Record | None:
+    """The newest training of the challenge's deployment delivered (or being delivered) after the challenge's own
+    training (the one whose delivery opened it), or None: its delivery is newer than this decision's swap, which
+    must not serve over it. A challenge without its training (none is opened so) is compared by its start."""
+    training = None
+    if challenge["training_id"] is not None:
+        training = await conn.fetchrow("SELECT id, created_at FROM trainings WHERE id = $1", challenge["training_id"])
+    if training is None:
+        training = {"id": uuid.UUID(int=0), "created_at": challenge["started_at"]}
+    newest = await newest_delivered(conn, challenge["deployment_id"], newer_than=training)
+    if newest is not None:
+        log.warning("challenge %s (deployment %s): training %s, newer, was delivered during its swap: serving it"
+                    " again after it", challenge["id"], challenge["deployment_id"], newest["id"])
+    return newest
+
+
+async def _serve_newest_again(deps: ContinuousDeps, newest: asyncpg.Record, displaced: dict[str, Any],
+                              what: str) -> str | None:
+    """Serve the newest delivered training `newest` again after a swap of `what` served `displaced` alone over it
+    (only while that is what serves: _deliver's `displaced`, `alone`); None when done, else what failed (logged;
+    not recorded on `newest`, whose own delivery may still be under way in another process)."""
+    try:
+        await _deliver(deps, newest, "DEPLOY_AUTO" if newest["outcome"] == "deployed" else "DEPLOY_SHADOW",
+                       again=True, displaced=displaced, alone=True)
+    except RailyardError as exc:
+        log.warning("%s: serving the newer training %s again failed (%s)", what, newest["id"], exc.msg)
+        return exc.msg
+    except Exception as exc:
+        log.exception("%s: serving the newer training %s again failed unexpectedly", what, newest["id"])
+        return f"unexpected error {type(exc).__name__}"
+    return None
 
 
 async def resume_swap(deps: ContinuousDeps, deployment_id: int) -> None:
@@ -1430,9 +1560,36 @@ async def resume_swap(deps: ContinuousDeps, deployment_id: int) -> None:
             " 'rolling_back') AND decided_at < now() - make_interval(secs => $2) RETURNING *", deployment_id,
             STALE_SWAP)
         if row is not None:
-            evidence = sequential.Evidence(**{k: v for k, v in _json(row["evidence"]).items() if k != "decision"},
-                                           decision=sequential.Decision(_json(row["evidence"])["decision"]))
-            await _apply_decision(deps, row, row["state"], evidence)
+            await _apply_decision(deps, row, row["state"], _evidence(row), resumed=True)
+
+
+def _evidence(row: asyncpg.Record) -> sequential.Evidence:
+    """The sequential test's evidence a decided challenge's row keeps."""
+    stored = _json(row["evidence"])
+    return sequential.Evidence(**{k: v for k, v in stored.items() if k != "decision"},
+                               decision=sequential.Decision(stored["decision"]))
+
+
+async def redo_refused_swap(deps: ContinuousDeps, deployment_id: int) -> bool:
+    """Continuous deployment was set up again or turned on again: the deployment's last challenge whose swap auth
+    refused for the owner (failed, `swap_refused` keeping its decision) is decided again and swapped, as its owner
+    now (the set-up's caller, or the owner back), unless a newer challenge opened or a newer training was delivered
+    since (then that one is what serves). Whether one was; a failure is the swap's as any (logged, recorded)."""
+    async with deps.lock(deployment_id):
+        row = await deps.base.pool.fetchrow(
+            "UPDATE challenges c SET state = swap_refused, swap_refused = NULL, reason = NULL, decided_at = now()"
+            " WHERE deployment_id = $1 AND state = 'failed' AND swap_refused IS NOT NULL AND NOT EXISTS (SELECT 1"
+            " FROM challenges n WHERE n.deployment_id = c.deployment_id AND n.started_at > c.started_at) AND NOT"
+            " EXISTS (SELECT 1 FROM trainings n WHERE n.deployment_id = c.deployment_id AND n.state = 'done' AND"
+            " n.outcome IN ('deployed', 'shadow') AND n.id IS DISTINCT FROM c.training_id AND n.created_at >"
+            " COALESCE((SELECT created_at FROM trainings t WHERE t.id = c.training_id), c.started_at)) RETURNING *",
+            deployment_id)
+        if row is None:
+            return False
+        log.info("challenge %s of deployment %s: its swap refused for the owner is made now that continuous"
+                 " deployment is on again", row["id"], deployment_id)
+        await _apply_decision(deps, row, row["state"], _evidence(row))
+    return True
 
 
 async def on_assay_alert(deps: ContinuousDeps, event: AssayThresholdCrossed) -> list[uuid.UUID]:
@@ -1528,6 +1685,9 @@ async def stop(runtime: Any) -> None:
         background = runtime.extras.get(name)
         if background is not None:
             await background.stop()
+    deps = runtime.extras.get("continuous")
+    for task in list(deps.background if deps is not None else ()):  # a redone swap cut short stays decided: the
+        task.cancel()  # review wake-up's resume_swap makes it
     task, sender = runtime.extras.get("outbox_task"), runtime.extras.get("outbox")
     if task is not None:  # what is unsent: now if the bus takes it, else at a start (this or another process)
         await sender.stop(task)

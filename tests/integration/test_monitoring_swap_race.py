@@ -1,0 +1,222 @@
+"""A challenge's swap (promotion, roll-back) and a delivery whose deploy went unanswered do not leave an older
+version serving over a newer delivery, and a swap auth refused for the owner is made once continuous deployment is
+on again (services/monitoring/continuous.py: _apply_decision, _swap_overtaken, newest_delivered, DeployUnanswered,
+redo_refused_swap; docs/monitoring.md).
+
+Runs the service's functions on a monitoring schema of this test's (its migrations) on the stack's PostgreSQL, the
+owner's token, the deployment's look-ups and the deploy replaced by stand-ins the test drives (as
+test_continuous_swap_once does)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from types import SimpleNamespace
+
+import pytest
+
+from services.monitoring import continuous
+from shared import subjects
+from shared.messages.monitoring_continuous import ToggleContinuous
+from tests.integration.conftest import service_schema
+from tests.integration.test_continuous_swap_once import (
+    CHALLENGER,
+    CHAMPION,
+    DEPLOYMENT,
+    MONITORING_MIGRATIONS,
+    continuous_deployment,
+    deliver_with,
+    evidence,
+    process,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+NEWEST = {"name": "digits", "version": "v3", "sha": "c"}
+
+
+@pytest.fixture
+async def monitoring_schema(stack):
+    async with service_schema(stack, "monitoring_swap_race", MONITORING_MIGRATIONS) as pool:
+        yield pool
+
+
+async def done(pool, training_id: uuid.UUID, version: dict, outcome: str, created: int, delivering: bool) -> None:
+    """A training of DEPLOYMENT as advance leaves it (created `created` s ago), delivering or delivered."""
+    await pool.execute(
+        "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id, model_version,"
+        " model_status, created_at, delivering_since) VALUES ($1, $2, 1, 'done', $3, 1, $4, $5, 'ready',"
+        " now() - make_interval(secs => $6), CASE WHEN $7 THEN now() END)", training_id, DEPLOYMENT, outcome,
+        uuid.uuid4(), json.dumps(version), created, delivering)
+
+
+async def swapped_events(pool) -> list[dict]:
+    return [json.loads(r["payload"]) for r in await pool.fetch(
+        "SELECT payload FROM outbox WHERE subject = $1 ORDER BY id", subjects.EVENT_MONITORING_MODEL_SWAPPED)]
+
+
+@pytest.mark.parametrize("policy", ["DEPLOY_AUTO", "DEPLOY_SHADOW"])
+async def test_a_newer_delivery_during_a_promotion_swap_is_served_after_it(monitoring_schema, monkeypatch, policy):
+    """Training 1's challenge (v1 shadowed by v2) is decided (promote) and its swap deploys v2 alone; while that
+    deploy runs, another process delivers training 2 (v3), newer, whose deploy ends first. Before, the swap then
+    ended with v2 serving alone in v3's place, recorded and told ('promoted'). Now its record finds the newer
+    delivery: the swap is not recorded (no event of its own), v3 is served again after it (DEPLOY_AUTO: v3 alone;
+    DEPLOY_SHADOW: v3 the shadow again), and the challenge is closed as superseded."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, policy)
+    older, newer = uuid.uuid4(), uuid.uuid4()
+    await done(pool, older, CHALLENGER, "shadow", 600, False)
+    challenge_id = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO challenges (id, deployment_id, workspace_id, training_id, champion, challenger, alpha, min_sample,"
+        " state, evidence, decided_at) VALUES ($1, $2, 1, $3, $4, $5, 0.05, 10, 'promoting', $6, now())",
+        challenge_id, DEPLOYMENT, older, json.dumps(CHAMPION), json.dumps(CHALLENGER),
+        json.dumps(evidence().as_dict()))
+    serving = {"model": CHAMPION, "shadow": CHALLENGER}
+    serves: list[str] = []
+    first, other = process(pool), process(pool)
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
+        served = (challenger or champion)["version"]
+        serves.append(served)
+        if deps is first and len(serves) == 1:  # training 2 ends and the other process delivers it meanwhile
+            await done(pool, newer, NEWEST, "deployed" if policy == "DEPLOY_AUTO" else "shadow", 100, True)
+            await continuous._deliver(other, await pool.fetchrow("SELECT * FROM trainings WHERE id = $1", newer),
+                                      policy)
+        serving.update(model=champion, shadow=challenger)
+        return str(len(serves))
+
+    deliver_with(monkeypatch, lambda: serving["model"], serve, lambda: serving["shadow"])
+    challenge = await pool.fetchrow("SELECT * FROM challenges WHERE id = $1", challenge_id)
+    await continuous._apply_decision(first, challenge, "promoting", evidence())
+
+    assert serves == ["v2", "v3", "v3"]
+    shadow = serving["shadow"] and serving["shadow"]["version"]
+    if policy == "DEPLOY_AUTO":
+        assert (serving["model"]["version"], shadow) == ("v3", None)  # not v2
+    else:
+        assert shadow == "v3"  # the newer challenger under test, not v2 alone
+    events = await swapped_events(pool)
+    assert [e["action"] for e in events] == ["deployed" if policy == "DEPLOY_AUTO" else "shadow_set"], events
+    assert str(newer) in events[0]["reason"]
+    row = await pool.fetchrow("SELECT state, reason FROM challenges WHERE id = $1", challenge_id)
+    assert row["state"] == "superseded", dict(row)
+
+
+async def test_a_swap_without_a_newer_delivery_is_recorded_once(monitoring_schema, monkeypatch):
+    """The check does not stop a swap nothing overtook: promoted and told once."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, "DEPLOY_SHADOW")
+    older = uuid.uuid4()
+    await done(pool, older, CHALLENGER, "shadow", 600, False)
+    challenge_id = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO challenges (id, deployment_id, workspace_id, training_id, champion, challenger, alpha, min_sample,"
+        " state, evidence, decided_at) VALUES ($1, $2, 1, $3, $4, $5, 0.05, 10, 'promoting', $6, now())",
+        challenge_id, DEPLOYMENT, older, json.dumps(CHAMPION), json.dumps(CHALLENGER),
+        json.dumps(evidence().as_dict()))
+    serving = {"model": CHAMPION, "shadow": CHALLENGER}
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
+        serving.update(model=champion, shadow=challenger)
+        return "5"
+
+    deliver_with(monkeypatch, lambda: serving["model"], serve, lambda: serving["shadow"])
+    challenge = await pool.fetchrow("SELECT * FROM challenges WHERE id = $1", challenge_id)
+    await continuous._apply_decision(process(pool), challenge, "promoting", evidence())
+    assert (serving["model"]["version"], serving["shadow"]) == ("v2", None)
+    assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "promoted"
+    assert [e["action"] for e in await swapped_events(pool)] == ["promoted"]
+
+
+async def test_a_delivery_whose_deploy_went_unanswered_is_looked_at_again_and_not_left_serving_over_a_newer_one(
+        monitoring_schema, monkeypatch):
+    """Training 1's deploy of v2 (DEPLOY_AUTO) goes unanswered in time (DeployUnanswered); training 2 (v3), newer,
+    is delivered and served; then the deployer, which kept going, serves v2 after all. Before, training 1 was
+    recorded as failed at the timeout (its claim cleared) and nothing undid the late v2: it served in v3's place for
+    good. Now training 1 stays claimed; resume_deliveries, STALE_SWAP later, finds the newer delivery and v2
+    serving, and serves v3 again; training 1 is closed with the reason (not 'failed')."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, "DEPLOY_AUTO")
+    older, newer = uuid.uuid4(), uuid.uuid4()
+    await done(pool, older, CHALLENGER, "deployed", 600, True)
+    serving = {"model": CHAMPION, "shadow": None}
+    serves: list[str] = []
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
+        serves.append(champion["version"])
+        if len(serves) == 1:
+            raise continuous.DeployUnanswered("deployer did not answer within 305s")
+        serving.update(model=champion, shadow=challenger)
+        return str(len(serves))
+
+    deliver_with(monkeypatch, lambda: serving["model"], serve, lambda: serving["shadow"])
+    await continuous._deliver(process(pool), await pool.fetchrow("SELECT * FROM trainings WHERE id = $1", older),
+                              "DEPLOY_AUTO")
+    row = await pool.fetchrow("SELECT outcome, delivering_since FROM trainings WHERE id = $1", older)
+    assert row["outcome"] == "deployed" and row["delivering_since"] is not None, dict(row)  # left claimed
+
+    await done(pool, newer, NEWEST, "deployed", 100, True)
+    await continuous._deliver(process(pool), await pool.fetchrow("SELECT * FROM trainings WHERE id = $1", newer),
+                              "DEPLOY_AUTO")
+    assert serving["model"]["version"] == "v3"
+    serving["model"] = CHALLENGER  # the unanswered deploy of v2 lands now
+    await pool.execute("UPDATE trainings SET delivering_since = now() - make_interval(secs => $2) WHERE id = $1",
+                       older, continuous.STALE_SWAP + 10)
+    await continuous.resume_deliveries(process(pool))
+
+    assert serves == ["v2", "v3", "v3"]
+    assert serving["model"]["version"] == "v3"
+    row = await pool.fetchrow("SELECT outcome, reason, delivering_since FROM trainings WHERE id = $1", older)
+    assert row["delivering_since"] is None and row["outcome"] == "deployed", dict(row)
+    assert "a newer training of the deployment was delivered since" in row["reason"]
+    assert len(await swapped_events(pool)) == 1  # training 2's
+
+
+async def test_a_swap_refused_for_the_owner_is_made_when_continuous_deployment_is_turned_on_again(
+        monitoring_schema, monkeypatch):
+    """A promotion's swap refused for the owner (auth refused their token): the challenge fails and continuous
+    deployment is suspended. Before, turning it on again (the owner back) lifted the suspension but left the
+    decision unmade: v1 went on serving with v2 as its shadow though the test had promoted v2. Now the refused
+    decision is made then (in the background of the toggle): v2 serves alone, the challenge is promoted and told."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, "DEPLOY_SHADOW")
+    challenge_id = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO challenges (id, deployment_id, workspace_id, champion, challenger, alpha, min_sample, state,"
+        " evidence, decided_at) VALUES ($1, $2, 1, $3, $4, 0.05, 10, 'promoting', $5, now())", challenge_id,
+        DEPLOYMENT, json.dumps(CHAMPION), json.dumps(CHALLENGER), json.dumps(evidence().as_dict()))
+    serving = {"model": CHAMPION, "shadow": CHALLENGER}
+    refused = [True]
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
+        if refused[0]:
+            raise continuous.OwnerRefused("the task's owner is no longer a member of workspace 1")
+        serving.update(model=champion, shadow=challenger)
+        return "6"
+
+    deliver_with(monkeypatch, lambda: serving["model"], serve, lambda: serving["shadow"])
+    deps = process(pool)
+    challenge = await pool.fetchrow("SELECT * FROM challenges WHERE id = $1", challenge_id)
+    await continuous._apply_decision(deps, challenge, "promoting", evidence())
+    assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "failed"
+    assert (await continuous.information(pool, DEPLOYMENT)).deployment.active is False
+
+    async def deployment(base, principal, token, name):
+        return SimpleNamespace(route=SimpleNamespace(deployment_id=DEPLOYMENT))
+
+    monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
+    refused[0] = False  # the owner is back
+    info = await continuous.toggle_deployment(deps, None, None, ToggleContinuous(deployment="d-42", active=True))
+    assert info.deployment.active is True
+    await asyncio.wait_for(asyncio.gather(*deps.background), 10)
+
+    assert (serving["model"]["version"], serving["shadow"]) == ("v2", None)
+    row = await pool.fetchrow("SELECT state, swap_refused FROM challenges WHERE id = $1", challenge_id)
+    assert (row["state"], row["swap_refused"]) == ("promoted", None)
+    assert [e["action"] for e in await swapped_events(pool)] == ["promoted"]
+    # done once: turning it on again later redoes nothing
+    await continuous.toggle_deployment(deps, None, None, ToggleContinuous(deployment="d-42", active=True))
+    await asyncio.wait_for(asyncio.gather(*deps.background), 10)
+    assert len(await swapped_events(pool)) == 1
