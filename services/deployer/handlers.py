@@ -150,6 +150,35 @@ def _deployed_event_of(row: Any) -> PipelineDeployed:
                           row["pipeline_version"])
 
 
+async def owed_before(conn: asyncpg.Connection, existing: dict[str, Any] | None, pipeline, *,
+                      serving: bool) -> None:
+    """Before a deploy makes a new activation of the pipeline's deployment (store.activate_deployment, or a redeploy
+    of a serving one recording its new row), in its transaction: the deployed event the row still owes for its
+    current activation (`existing`, as store.pipeline_deployment read it) is written when that activation's replicas
+    served: `serving` (they serve now) or the row says they did (`served`: its event's write failed, and the restore
+    after a restart failed since). The new activation owes its own. Before, the new activation cleared what the row
+    owed, and lineage never heard of a deployment that served and answered inferences."""
+    if existing is None or not (existing["active"] and existing["deployed_pending"]):
+        return
+    if not (serving or existing.get("served")):  # never seen serving (its deployer died while the replicas loaded)
+        return
+    version = await store.version(conn, existing["pipeline_version_id"])
+    await store.record_deployed(conn, deployed_event(existing["id"], f"{existing['deploy_id']}-{existing['id']}",
+                                                     pipeline["id"], pipeline["workspace_id"], version["version"]))
+
+
+async def _owe(deps: DeployerDeps, pipeline_id: int, event: PipelineDeployed) -> None:
+    """The deployment serves but the write of its deployed event failed: the row says it served (store.mark_served,
+    its own commit; if that fails too the background write marks it) and the event is written in the background
+    (OwedDeployed). Under the pipeline's lock."""
+    try:
+        async with deps.pool.acquire() as conn:
+            await store.mark_served(conn, event.deployment_id)
+    except Exception as exc:
+        log.warning("deployment %s: not marked as served yet (%s)", event.name, exc)
+    deps.owed.owe(deps, pipeline_id, event)
+
+
 def _check_name(name: str, what: str) -> None:
     if not NAME.match(name):
         raise InvalidRequest(f"invalid {what} {echo(name)}: use 1-63 ASCII letters, digits or dashes, starting and"
@@ -545,6 +574,8 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
             # new set serves too (`record`): written at once, pipelines/get and the gateway's routes showed the new
             # version while only the old replicas answered, and a failed redeploy's for a moment after it
             serving = before is not None and before["active"] and old in deps.backend.sets
+            if not serving:  # a deployed event owed by the activation replaced, if it served (owed_before)
+                await owed_before(conn, before, pipeline, serving=False)
             deployment_id = before["id"] if serving else await store.activate_deployment(conn, before, *row)
         name = f"{deploy_id}-{deployment_id}"
         # a redeploy under another deploy_id renames the deployment: the backend swaps replica sets of one name only,
@@ -556,7 +587,10 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
 
         async def record() -> None:
             async with deps.pool.acquire() as conn, conn.transaction():
-                await store.activate_deployment(conn, await store.pipeline_deployment(conn, pipeline["id"]), *row)
+                existing = await store.pipeline_deployment(conn, pipeline["id"])
+                # the old set serves: a deployed event its row still owes (its write failed) is written first
+                await owed_before(conn, existing, pipeline, serving=True)
+                await store.activate_deployment(conn, existing, *row)
                 await store.record_deployed(conn, deployed(deployment_id, name))
 
         try:
@@ -570,8 +604,9 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
                                      "the previous version)") from None
             # inactive now; a deployment that was active (its restore after a restart had failed: nothing served)
             # tells so, as an undeploy would, when lineage was told it was deployed (it kept it active otherwise).
-            # A deployed event it still owes is not written: nothing of it served in this process (`serving` is
-            # false), and nothing tells that it ever did (store.deactivate)
+            # The deployed event its previous activation owed was written at the activation if it had served
+            # (owed_before: lineage was told, so the undeployed follows); this activation never served
+            # (store.deactivate, no `owed`)
             was_active = before is not None and before["active"]
             await store.deactivate(deps.pool, deployment_id, PipelineUndeployed(
                 deployment_id=deployment_id, name=old, pipeline_id=pipeline["id"],
@@ -589,7 +624,7 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
                 # owed (deployed_pending) and written in the background once the database takes it (OwedDeployed)
                 log.warning("deployment %s serves but its events.pipeline.deployed was not written (%s): retried in"
                             " the background", name, exc)
-                deps.owed.owe(deps, pipeline["id"], event)
+                await _owe(deps, pipeline["id"], event)
         if renamed is not None:
             await deps.backend.stop(renamed)
     return Deployed(id=deployment_id)
@@ -652,13 +687,13 @@ async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, 
         name = f"{row['deploy_id']}-{row['id']}"
         # inactive and its events.pipeline.undeployed in one transaction (none when it was inactive already, or
         # never told deployed); preceded by its events.pipeline.deployed if the row still owes it and its replicas
-        # serve (the deploy's own write of it failed). A row owing it with nothing serving (the deployer died while
-        # its replicas loaded, or before the event's commit, and the restore failed) never served as far as anything
-        # can tell: no deployed event for it (store.deactivate)
+        # serve, or served (`served`: the write of the event failed, and the restore after a restart failed since).
+        # A row owing it that never served as far as anything can tell (the deployer died while its replicas loaded,
+        # or before the event's commit, and the restore failed): no deployed event for it (store.deactivate)
         serving = deps.backend.sets.get(name)
         await store.deactivate(deps.pool, deployment_id, PipelineUndeployed(
             deployment_id=deployment_id, name=name, pipeline_id=pipeline_id, workspace_id=pipeline["workspace_id"]),
-            _deployed_event_of(row) if serving is not None and serving.ready else None)
+            _deployed_event_of(row), serving=serving is not None and serving.ready)
         deps.failed_restores.pop(name, None)
         await deps.backend.stop(name)
     finally:
@@ -791,6 +826,9 @@ class OwedDeployed:
             if not await lock.try_acquire():
                 return None
             try:
+                # the row says its replicas served first, in a commit of its own (the deploy's mark may have failed
+                # with the event's write): should the event's write keep failing, it is still owed (store.mark_served)
+                await store.mark_served(conn, event.deployment_id)
                 async with conn.transaction():
                     return await store.record_deployed(conn, event, if_pending=True)
             finally:
@@ -869,7 +907,7 @@ async def _restart(deps: DeployerDeps, pipeline_id: int, deployment_id: int, gat
                 # (OwedDeployed). Before, the error ended the restart and the event waited for the next one.
                 log.warning("deployment %s restored but its owed events.pipeline.deployed was not written (%s):"
                             " retried in the background", name, exc)
-                deps.owed.owe(deps, pipeline_id, event)
+                await _owe(deps, pipeline_id, event)
                 return
             if told:
                 log.info("deployment %s restored: its events.pipeline.deployed, not written before, is sent now", name)

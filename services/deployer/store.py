@@ -186,7 +186,8 @@ async def pipeline_deployment(conn: asyncpg.Connection, pipeline_id: int) -> dic
     advisory lock held until the transaction ends."""
     await xact_lock(conn, PIPELINE_LOCK, int(pipeline_id))
     row = await conn.fetchrow(
-        "SELECT id, pipeline_version_id, deploy_id, engine_config, spec, active, deployed_pending FROM deployments"
+        "SELECT id, pipeline_version_id, deploy_id, engine_config, spec, active, deployed_pending, served"
+        " FROM deployments"
         " WHERE pipeline_id = $1 ORDER BY active DESC, id DESC LIMIT 1", pipeline_id)
     return None if row is None else dict(row)
 
@@ -197,11 +198,13 @@ async def activate_deployment(conn: asyncpg.Connection, existing: dict[str, Any]
     """Deploy (or redeploy) the pipeline; its deployment id. `existing` is the pipeline's deployment as
     pipeline_deployment read it in this transaction (its lock held), None before the first deploy: a redeploy
     keeps that row's id, so its inference URL stays the same. Its events.pipeline.deployed is owed from here
-    (`deployed_pending`) until `record_deployed` writes it."""
+    (`deployed_pending`) until `record_deployed` writes it, and nothing of it served yet (`served`). A deployed event
+    the row still owed for its previous activation is the caller's to write first (handlers.owed_before)."""
     if existing is not None:
         await conn.execute(
             "UPDATE deployments SET pipeline_version_id = $2, deploy_id = $3, engine_config = $4::jsonb,"
-            " spec = $5::jsonb, active = true, deployed_pending = true, updated_at = now() WHERE id = $1",
+            " spec = $5::jsonb, active = true, deployed_pending = true, served = false, updated_at = now()"
+            " WHERE id = $1",
             existing["id"], version_id, deploy_id, json.dumps(engine_config), json.dumps(spec))
         await conn.execute("UPDATE deployments SET active = false WHERE pipeline_id = $1 AND id <> $2",
                            pipeline_id, existing["id"])
@@ -218,7 +221,7 @@ async def record_deployed(conn: asyncpg.Connection, event: PipelineDeployed, *, 
     (the restore after a restart): only when the row is active and still owes it, i.e. the deployer that started it
     died before this commit."""
     status = await conn.execute(
-        "UPDATE deployments SET deployed_pending = false, announced = true WHERE id = $1"
+        "UPDATE deployments SET deployed_pending = false, announced = true, served = true WHERE id = $1"
         + (" AND deployed_pending AND active" if if_pending else ""), event.deployment_id)
     if if_pending and not status.endswith(" 1"):
         return False
@@ -226,26 +229,38 @@ async def record_deployed(conn: asyncpg.Connection, event: PipelineDeployed, *, 
     return True
 
 
+async def mark_served(conn: asyncpg.Connection, deployment_id: int) -> None:
+    """The deployment's replicas serve but its events.pipeline.deployed could not be written (the write failed): the
+    row, still owing the event, says they served (`served`, migration 007), in a commit of its own, so the event is
+    still written should the deployer restart and the restore fail before it is (store.deactivate, handlers
+    owed_before). Without it, nothing told that the deployment ever served, and no deployed event was written."""
+    await conn.execute("UPDATE deployments SET served = true WHERE id = $1 AND active AND deployed_pending",
+                       deployment_id)
+
+
 async def deactivate(pool: asyncpg.Pool, deployment_id: int, event: PipelineUndeployed | None = None,
-                     owed: PipelineDeployed | None = None) -> bool:
+                     owed: PipelineDeployed | None = None, *, serving: bool = False) -> bool:
     """Make the deployment inactive; whether it was active. With `event`, its events.pipeline.undeployed goes to the
     outbox in the same transaction, when it was active and its readers were told it was deployed (`announced`,
     migration 006): an undeploy of an inactive one changes nothing, and one never told of (its deployer died while a
     first deploy's replicas loaded, and their restore failed) is not drawn as a bare card undeployed. `owed`: the
-    caller saw the deployment's replicas serve (handlers.undeploy: they serve now); a row still owing its
-    events.pipeline.deployed (`deployed_pending`: the deploy's own write of it failed) gets it written first, in that
-    transaction, then the undeployed. Without `owed` nothing tells that it ever served (the deployer that started it
-    died before the event's commit, and the restore after it failed), so no deployed event: before, the owed one was
-    written whenever the row owed it, for a deployment that never served. The row owes nothing afterwards either way."""
+    deployment's events.pipeline.deployed; a row still owing it (`deployed_pending`) whose replicas served gets it
+    written first, in that transaction, then the undeployed: `serving` (the caller sees them serve now:
+    handlers.undeploy) or the row says they did (`served`, migration 007: the event's write failed, and the deployer
+    restarted since, its restore failing). Otherwise nothing tells that it ever served (the deployer that started it
+    died while its replicas loaded, or before the event's commit, and the restore after it failed), so no deployed
+    event: before 334ec66 the owed one was written whenever the row owed it, for a deployment that never served. The
+    row owes nothing afterwards either way."""
     async with pool.acquire() as conn, conn.transaction():
         was = await conn.fetchrow(
-            "UPDATE deployments d SET active = false, deployed_pending = false, announced = false, updated_at = now()"
-            " FROM (SELECT id, deployed_pending, announced FROM deployments WHERE id = $1 AND active FOR UPDATE) was"
-            " WHERE d.id = was.id RETURNING was.deployed_pending, was.announced", deployment_id)
+            "UPDATE deployments d SET active = false, deployed_pending = false, announced = false, served = false,"
+            " updated_at = now() FROM (SELECT id, deployed_pending, announced, served FROM deployments"
+            " WHERE id = $1 AND active FOR UPDATE) was"
+            " WHERE d.id = was.id RETURNING was.deployed_pending, was.announced, was.served", deployment_id)
         changed = was is not None
         if changed and event is not None:
             told = was["announced"]
-            if was["deployed_pending"] and owed is not None:
+            if was["deployed_pending"] and owed is not None and (serving or was["served"]):
                 await add_event(conn, subjects.EVENT_PIPELINE_DEPLOYED, told_before(owed, event))
                 told = True
             if told:

@@ -85,7 +85,10 @@ async def make_pipeline(pool, name: str, versions: int, deployed: int | None = N
                 conn, WORKSPACE, name, uuid.uuid4(), definition(index, size))
             ids.append(version_id)
         if deployed is not None:
-            existing = await store.pipeline_deployment(conn, pipeline_id)
+            # the row a deploy would reuse (store.pipeline_deployment's, read here with the columns every schema
+            # since 002 has: test_deployer_announced_migration makes rows on a schema migrated to 005)
+            existing = await conn.fetchrow("SELECT id FROM deployments WHERE pipeline_id = $1"
+                                           " ORDER BY active DESC, id DESC LIMIT 1", pipeline_id)
             deployment_id = await store.activate_deployment(conn, existing, pipeline_id, ids[deployed - 1], name,
                                                             {"replica_count": 1}, {"steps": []})
             if not active:

@@ -205,9 +205,12 @@ def _owing(made, case: str) -> None:
     """Deployment a-5, served and its deployed event written, then as `case` leaves it: "serving" its replicas serve
     but the event's write failed; "never served" a first deploy whose deployer died while its replicas loaded (or
     before the event's commit) and whose restore after the restart failed: never told deployed; "told before" the
-    same for a redeploy of a deployment told deployed at an earlier version (lineage has it active)."""
+    same for a redeploy of a deployment told deployed at an earlier version (lineage has it active); "served" its
+    replicas served but the event's write failed (the row says they served: store.mark_served), then a restart whose
+    restore failed."""
     row = made.store.deployments[5]
     row["deployed_pending"] = True  # its (latest) deployed event never committed
+    row["served"] = case == "served"
     if case != "told before":
         row["announced"] = False
     if case != "serving":  # as after a restart whose restore of a-5 failed: nothing of it runs
@@ -216,7 +219,8 @@ def _owing(made, case: str) -> None:
 
 
 OWING = {"serving": [(subjects.EVENT_PIPELINE_DEPLOYED, 5, "a-5"), (subjects.EVENT_PIPELINE_UNDEPLOYED, 5, "a-5")],
-         "never served": [], "told before": [(subjects.EVENT_PIPELINE_UNDEPLOYED, 5, "a-5")]}
+         "never served": [], "told before": [(subjects.EVENT_PIPELINE_UNDEPLOYED, 5, "a-5")],
+         "served": [(subjects.EVENT_PIPELINE_DEPLOYED, 5, "a-5"), (subjects.EVENT_PIPELINE_UNDEPLOYED, 5, "a-5")]}
 
 
 @pytest.mark.parametrize("case", list(OWING))
@@ -226,8 +230,10 @@ def test_an_undeploy_of_a_deployment_owing_its_deployed_event_writes_it_only_if_
     (store.deactivate): lineage otherwise saw a deployment undeployed that it was never told was deployed. When
     nothing of it serves (its deployer died while the replicas loaded and the restore failed) nothing tells that it
     ever served: no deployed event, and no undeployed either unless lineage was told of it (an earlier version's
-    deployed: `announced`). Once: the row owes nothing afterwards. Before, the owed deployed event (and undeployed)
-    was written for a deployment that never served."""
+    deployed: `announced`). When the row says its replicas served ("served": the event's write failed, then the
+    restore after a restart failed), the owed event is written too. Once: the row owes nothing afterwards. Before
+    334ec66, the owed deployed event (and undeployed) was written for a deployment that never served; after it and
+    before the `served` mark, none for one that served before the restart."""
     async def scenario(world) -> None:
         world.backend.hold = False
         await _deploy(world, "a")
@@ -235,7 +241,7 @@ def test_an_undeploy_of_a_deployment_owing_its_deployed_event_writes_it_only_if_
         _owing(world, case)
         await handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5)
         assert [(s, e.deployment_id, e.name) for s, e in world.store.events] == OWING[case]
-        if case == "serving":
+        if case in ("serving", "served"):
             deployed, undeployed = (e for _, e in world.store.events)
             assert deployed.pipeline_version == "v" and deployed.occurred_at < undeployed.occurred_at
         row = world.store.deployments[5]
@@ -383,5 +389,117 @@ def test_a_restores_deployed_event_whose_write_fails_is_written_in_the_backgroun
         world.backend.sets.clear()
         await (await handlers.restore_deployments(world.deps))._task  # another restart: nothing owed any more
         assert len(world.store.events) == 1
+
+    asyncio.run(scenario(world))
+
+
+def _refused(made) -> list[bool]:
+    """Every write of the deployed event fails (the database refuses its commit) until the test puts it back; the
+    answer lists them (their `if_pending`)."""
+    record_deployed, refused = made.store.record_deployed, []
+
+    async def refusing(conn, event, *, if_pending=False):
+        refused.append(if_pending)
+        raise ConnectionResetError("the commit was lost")
+
+    made.store.record_deployed = refusing
+    made.record_deployed = record_deployed
+    return refused
+
+
+SERVED_THEN = {
+    "undeploy": [(subjects.EVENT_PIPELINE_DEPLOYED, 5, "a-5", "old"), (subjects.EVENT_PIPELINE_UNDEPLOYED, 5, "a-5",
+                                                                       None)],
+    "failed redeploy": [(subjects.EVENT_PIPELINE_DEPLOYED, 5, "a-5", "old"),
+                        (subjects.EVENT_PIPELINE_UNDEPLOYED, 5, "a-5", None)],
+    "redeploy": [(subjects.EVENT_PIPELINE_DEPLOYED, 5, "a-5", "old"), (subjects.EVENT_PIPELINE_DEPLOYED, 5, "a-5",
+                                                                       "new")]}
+
+
+@pytest.mark.parametrize(("then", "mark_fails"), [("undeploy", False), ("undeploy", True),
+                                                  ("failed redeploy", False), ("redeploy", False)])
+def test_a_deploy_that_served_but_never_got_its_event_written_gets_it_after_a_failed_restore(world, monkeypatch,  # noqa: F811
+                                                                                              then, mark_fails):
+    """A deploy whose replicas serve (it answered) but whose deployed event's write fails through every background
+    attempt, then a restart whose restore fails: the undeploy, or the next deploy, writes the owed deployed event
+    (then the undeployed, or the new activation's deployed). The row said so when the write failed
+    (store.mark_served; when the deploy's own mark fails too, the background write's). Before, the undeploy or
+    deploy saw nothing serving and wrote no deployed event for it (nor an undeployed: lineage was never told), as
+    for a deployment that never served."""
+    monkeypatch.setattr(handlers, "OWED_RETRY_DELAYS", (0.01,) * 3)
+
+    async def scenario(world) -> None:
+        world.backend.hold = False
+        refused = _refused(world)
+        if mark_fails:
+            mark_served = world.store.mark_served
+
+            async def mark_refused_once(conn, deployment_id):
+                world.store.mark_served = mark_served
+                raise ConnectionResetError("the commit was lost")
+
+            world.store.mark_served = mark_refused_once
+        assert (await _deploy(world, "a")).id == 5  # it serves, and answers
+        await _until(lambda: not world.deps.owed.tasks, "the background write gives up")
+        assert refused == [False, True, True, True] and world.store.events == []
+        world.store.record_deployed = world.record_deployed  # the database takes it again
+        # the restart: a new deployer (no background writes, no replicas), whose restore fails
+        world.deps = handlers.DeployerDeps(pool=world.deps.pool, broker=None, backend=world.backend,
+                                           membership=world.deps.membership, public_url="http://x", timeout=5.0)
+        world.backend.sets.clear(), world.backend.started.clear()
+        world.backend.hold = True
+        restore = await handlers.restore_deployments(world.deps)
+        await _until(lambda: world.backend.waiting, "the restore starts the replicas")
+        world.backend.waiting.pop()[1].set_exception(RuntimeError("the model did not load"))
+        await restore._task
+        assert "a-5" in world.deps.failed_restores and world.store.events == []
+        if then == "undeploy":
+            await handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5)
+        else:
+            world.store.versions[NEW] = dict(world.store.versions[VERSION], id=NEW, version=uuid.uuid4())
+            redeploy = asyncio.create_task(handlers.deploy(world.deps, ALICE, "t", DeployPipeline(
+                deploy_id="a", pipeline_id=PIPELINE, pipeline_version_pk_id=NEW)))
+            await _until(lambda: world.backend.waiting, "the deploy starts its replicas")
+            answer = world.backend.waiting.pop()[1]
+            if then == "redeploy":
+                answer.set_result(None)
+                await redeploy
+            else:
+                answer.set_exception(RuntimeError("the model did not load"))
+                with pytest.raises(InvalidRequest):
+                    await redeploy
+        versions = {str(world.store.versions[VERSION]["version"]): "old", "v": "old"} | (
+            {str(world.store.versions[NEW]["version"]): "new"} if NEW in world.store.versions else {})
+        assert [(s, e.deployment_id, e.name, versions.get(getattr(e, "pipeline_version", None)))
+                for s, e in world.store.events] == SERVED_THEN[then]
+        assert not world.store.deployments[5]["deployed_pending"]
+
+    asyncio.run(scenario(world))
+
+
+def test_a_redeploy_of_a_serving_deployment_owing_its_deployed_event_writes_it_first(world, monkeypatch):  # noqa: F811
+    """A deployment serving whose deployed event's write failed (the background write not done yet), redeployed at
+    another version: the new row is recorded with the owed event first, then the new activation's, in one
+    transaction; the background write then finds nothing owed. Before, only the new version's deployed was written:
+    lineage never heard of the version that served."""
+    monkeypatch.setattr(handlers, "OWED_RETRY_DELAYS", (3600.0,))  # the background write stays out of the way
+
+    async def scenario(world) -> None:
+        world.backend.hold = False
+        _refused(world)
+        await _deploy(world, "a")
+        world.store.record_deployed = world.record_deployed
+        assert world.deps.owed.tasks and world.store.deployments[5]["served"]
+        world.store.versions[NEW] = dict(world.store.versions[VERSION], id=NEW, version=uuid.uuid4())
+        await handlers.deploy(world.deps, ALICE, "t", DeployPipeline(deploy_id="a", pipeline_id=PIPELINE,
+                                                                     pipeline_version_pk_id=NEW))
+        assert [(s, e.name, e.pipeline_version) for s, e in world.store.events] == [
+            (subjects.EVENT_PIPELINE_DEPLOYED, "a-5", str(world.store.versions[VERSION]["version"])),
+            (subjects.EVENT_PIPELINE_DEPLOYED, "a-5", str(world.store.versions[NEW]["version"]))]
+        assert world.deps.owed.tasks
+        assert await handlers.OwedDeployed._write_once(world.deps, PIPELINE, handlers.deployed_event(
+            5, "a-5", PIPELINE, WORKSPACE, "v")) is False  # owed no more
+        await world.deps.owed.stop()
+        assert len(world.store.events) == 2
 
     asyncio.run(scenario(world))

@@ -47,9 +47,14 @@ class MemoryStore:
         row = self.deployments[event.deployment_id]
         if if_pending and not (row.get("deployed_pending") and row["active"]):
             return False
-        row.update(deployed_pending=False, announced=True)
+        row.update(deployed_pending=False, announced=True, served=True)
         await self.add_event(conn, "events.pipeline.deployed", event)
         return True
+
+    async def mark_served(self, conn, deployment_id):
+        row = self.deployments[deployment_id]
+        if row["active"] and row.get("deployed_pending"):
+            row["served"] = True
 
     async def pipeline(self, pool, pipeline_id):
         return self.pipelines.get(pipeline_id)
@@ -64,13 +69,13 @@ class MemoryStore:
     async def active_deployments(self, pool):
         return [dict(row) for row in self.deployments.values() if row["active"]]
 
-    async def deactivate(self, pool, deployment_id, event=None, owed=None):
+    async def deactivate(self, pool, deployment_id, event=None, owed=None, *, serving=False):
         row = self.deployments[deployment_id]
-        was, pending, told = row["active"], row.get("deployed_pending"), row.get("announced")
+        was, pending, told, served = row["active"], row.get("deployed_pending"), row.get("announced"), row.get("served")
         if was:
-            row.update(active=False, deployed_pending=False, announced=False)
+            row.update(active=False, deployed_pending=False, announced=False, served=False)
         if was and event is not None:
-            if pending and owed is not None:
+            if pending and owed is not None and (serving or served):
                 self.events.append(("events.pipeline.deployed", store.told_before(owed, event)))
                 told = True
             if told:
@@ -97,7 +102,7 @@ class MemoryStore:
     async def pipeline_deployment(self, conn, pipeline_id):
         row = next(iter(self.deployments.values()), None)
         return {key: row[key] for key in ("id", "pipeline_version_id", "deploy_id", "engine_config", "spec",
-                                          "active", "deployed_pending")} if row else None
+                                          "active", "deployed_pending", "served")} if row else None
 
     async def activate_deployment(self, conn, existing, pipeline_id, version_id, deploy_id, engine_config, spec):
         row = self.deployments[existing["id"]] if existing is not None else None
@@ -105,7 +110,7 @@ class MemoryStore:
             row = self.deployments[5] = {"id": 5, "pipeline_id": pipeline_id, "pipeline_name": "p",
                                          "workspace_id": WORKSPACE, "pipeline_version": "v", "announced": False}
         row.update(pipeline_version_id=version_id, deploy_id=deploy_id, active=True, deployed_pending=True,
-                   engine_config=json.dumps(engine_config), spec=json.dumps(spec))
+                   served=False, engine_config=json.dumps(engine_config), spec=json.dumps(spec))
         return row["id"]
 
 
