@@ -1465,6 +1465,11 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
     summary = (f"{evidence.decision.value}: challenger {evidence.n01} vs champion {evidence.n10} wins over"
                f" {evidence.pairs} reviewed pairs, log evidence {evidence.log_evidence:.2f} >= log(1/alpha)"
                f" {evidence.threshold:.2f} (alpha {evidence.alpha}, minimum sample {evidence.min_sample})")
+    async with pool.acquire() as conn:  # overtaken already (a resumed or redone swap): the decided version is not
+        newest = await _swap_overtaken(conn, challenge)  # served over the newer one, even for a moment
+    if newest is not None:
+        await _close_overtaken_swap(deps, challenge, state, evidence, newest, served, resumed)
+        return
     try:
         version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], served, None,
                                f"monitoring-deploy-{deployment_id}")
@@ -1501,14 +1506,7 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
                     action="promoted" if state == "promoting" else "rolled_back", model_version=_ref(served),
                     shadow_model_version=None, pipeline_version=version, reason=summary))
     if newest is not None:
-        failed = await _serve_newest_again(deps, newest, served, f"challenge {challenge['id']}")
-        if failed is None or resumed:
-            await pool.execute(
-                "UPDATE challenges SET state = 'superseded', reason = $3, swap_refused = NULL WHERE id = $1 AND"
-                " state IN ($2, 'failed')", challenge["id"], state,
-                f"{evidence.decision.value} decided, but a newer training of the deployment was delivered during its"
-                " swap: not recorded, the newer one served again after it"
-                + (f"; serving it again failed: {failed}" if failed else ""))
+        await _close_overtaken_swap(deps, challenge, state, evidence, newest, served, resumed)
         return
     if not swapped:
         log.info("challenge %s of deployment %s: its swap was recorded by another process first", challenge["id"],
@@ -1516,6 +1514,22 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
         return
     deps.events_committed()
     log.info("challenge %s of deployment %s: %s", challenge["id"], deployment_id, summary)
+
+
+async def _close_overtaken_swap(deps: ContinuousDeps, challenge: asyncpg.Record, state: str,
+                                evidence: sequential.Evidence, newest: asyncpg.Record, served: dict[str, Any],
+                                resumed: bool) -> None:
+    """A decided swap overtaken by `newest`'s delivery: `newest` is served again while the decided version (`served`)
+    alone is what serves, then the challenge is closed superseded, unrecorded (no model_swapped); when serving it
+    again failed, left decided for resume_swap's try (`resumed`: this is that try, closed whatever happens)."""
+    failed = await _serve_newest_again(deps, newest, served, f"challenge {challenge['id']}")
+    if failed is None or resumed:
+        await deps.base.pool.execute(
+            "UPDATE challenges SET state = 'superseded', reason = $3, swap_refused = NULL WHERE id = $1 AND"
+            " state IN ($2, 'failed')", challenge["id"], state,
+            f"{evidence.decision.value} decided, but a newer training of the deployment was delivered during its"
+            " swap: not recorded, the newer one served again after it"
+            + (f"; serving it again failed: {failed}" if failed else ""))
 
 
 async def _swap_overtaken(conn: Any, challenge: asyncpg.Record) -> asyncpg.Record | None:

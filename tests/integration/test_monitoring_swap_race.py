@@ -220,3 +220,38 @@ async def test_a_swap_refused_for_the_owner_is_made_when_continuous_deployment_i
     await continuous.toggle_deployment(deps, None, None, ToggleContinuous(deployment="d-42", active=True))
     await asyncio.wait_for(asyncio.gather(*deps.background), 10)
     assert len(await swapped_events(pool)) == 1
+
+
+async def test_a_resumed_swap_overtaken_already_does_not_serve_the_decided_version_again(monitoring_schema,
+                                                                                         monkeypatch):
+    """Training 1's promotion swap served v2 alone after training 2 (v3, newer, DEPLOY_AUTO) had been delivered, and
+    its process died before its record (or before serving v3 again). The review wake-up's resume_swap, STALE_SWAP
+    later: before, it deployed the decided v2 once more (v2 over v3 for another deploy) and only then found the newer
+    delivery; now it checks first, serves v3 again straight away (one deploy) and closes the challenge superseded."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, "DEPLOY_AUTO")
+    older, newer = uuid.uuid4(), uuid.uuid4()
+    await done(pool, older, CHALLENGER, "shadow", 600, False)
+    await done(pool, newer, NEWEST, "deployed", 100, False)
+    challenge_id = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO challenges (id, deployment_id, workspace_id, training_id, champion, challenger, alpha, min_sample,"
+        " state, evidence, decided_at) VALUES ($1, $2, 1, $3, $4, $5, 0.05, 10, 'promoting', $6,"
+        " now() - make_interval(secs => $7))", challenge_id, DEPLOYMENT, older, json.dumps(CHAMPION),
+        json.dumps(CHALLENGER), json.dumps(evidence().as_dict()), continuous.STALE_SWAP + 10)
+    serving = {"model": CHALLENGER, "shadow": None}  # v2 alone, in v3's place
+    serves: list[str] = []
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
+        serves.append((challenger or champion)["version"])
+        serving.update(model=champion, shadow=challenger)
+        return "8"
+
+    deliver_with(monkeypatch, lambda: serving["model"], serve, lambda: serving["shadow"])
+    await continuous.resume_swap(process(pool), DEPLOYMENT)
+
+    assert serves == ["v3"]
+    assert (serving["model"]["version"], serving["shadow"]) == ("v3", None)
+    row = await pool.fetchrow("SELECT state, reason FROM challenges WHERE id = $1", challenge_id)
+    assert row["state"] == "superseded" and "newer training" in row["reason"], dict(row)
+    assert await swapped_events(pool) == []
