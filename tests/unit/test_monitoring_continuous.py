@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from services.monitoring import continuous
 from services.monitoring.continuous import ContinuousDeps, _serving, top_class
 from services.monitoring.sequential import PairCounts
-from shared.errors import Unavailable
+from shared import subjects
+from shared.errors import Unavailable, UpstreamTimeout
 from shared.messages.monitoring_continuous import SetupContinuousTraining
 
 IMAGE = {"input": "pixels", "kind": "classification", "size": [8, 8]}
@@ -180,3 +181,25 @@ async def test_one_training_that_cannot_be_started_does_not_stop_the_others(monk
     assert await continuous.TrainingStarter(deps).sweep() is False
     assert started == [rows[1]["id"]]
     assert any(r.levelno == logging.ERROR and "could not be started" in r.getMessage() for r in caplog.records)
+
+
+async def test_only_the_deploy_going_unanswered_is_an_unknown_outcome(monkeypatch):
+    """_serve: the deployer's pipelines/deploy timing out is DeployUnanswered (the deploy may still be served: the
+    caller leaves its delivery open / its challenge decided, docs/monitoring.md); pipelines/create timing out is a
+    plain UpstreamTimeout (nothing can be served by it: a failure as before)."""
+    view = SimpleNamespace(definition={"steps": [{"ModelInference": {"models": [CHAMPION]}}]},
+                           route=SimpleNamespace(pipeline_name="p", pipeline_version="1"), deploy_id="d",
+                           pipeline_id=1, engine_config=None)
+    deps = ContinuousDeps(base=SimpleNamespace(broker=None, timeout=5.0, deploy_timeout=305.0), verify=None,
+                          events_committed=lambda: None, max_task_timeout=3600)
+    for timing_out in (subjects.DEPLOYER_PIPELINES_DEPLOY, subjects.DEPLOYER_PIPELINES_CREATE):
+        async def request(broker, subject, cmd, timing_out=timing_out, **kwargs):
+            if subject == timing_out:
+                raise UpstreamTimeout("deployer did not answer")
+            return SimpleNamespace(pipeline_variant_pk_id=7, pipeline_variant_version="2")
+
+        monkeypatch.setattr(continuous, "request", request)
+        with pytest.raises(UpstreamTimeout) as raised:
+            await continuous._serve(deps, None, 1, "d-1", CHALLENGER, None, "test", found=("token", view))
+        deploying = timing_out == subjects.DEPLOYER_PIPELINES_DEPLOY
+        assert isinstance(raised.value, continuous.DeployUnanswered) == deploying
