@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from services.auth import handlers, store, token_sweep
 from shared import paging, subjects
 from shared.authz import Principal, TokenVerifier, VerifierFeed
-from shared.bus import CallContext, command, publish_event
+from shared.bus import REPLY_HEADROOM, CallContext, command, publish_event
 from shared.consumers import DeliveryPolicy, durable_subscriber, json_model
 from shared.messages.auth import (
     ActivateUser,
@@ -216,11 +216,18 @@ async def start(runtime: Runtime) -> None:
     # a publish that fails no longer turns a committed change into a 500, nor loses its event
     outbox = Outbox(runtime.db, publish, event_types=store.EVENT_TYPES, order_field=store.ORDER_FIELDS,
                     what="auth events", rows=store)
-    deps = handlers.AuthDeps(pool=runtime.db, settings=settings, keys={}, events_committed=outbox.wake)
+    connection = runtime.broker.config.connection_state.connection
+
+    def reply_limit() -> int | None:  # the server's payload limit, learnt when connecting (as shared.bus.command)
+        limit = getattr(connection, "max_payload", None)
+        return limit - REPLY_HEADROOM if isinstance(limit, int) else None
+
+    deps = handlers.AuthDeps(pool=runtime.db, settings=settings, keys={}, events_committed=outbox.wake,
+                             reply_limit=reply_limit)
     await handlers.bootstrap(deps)
     verifier = TokenVerifier(settings, lambda: store.public_keys(runtime.db, handlers.key_retention(settings)))
     feed = VerifierFeed(verifier, lambda: handlers.revocations(runtime.db, settings), settings.revocation_poll_interval)
-    await feed.start(runtime.broker.config.connection_state.connection)
+    await feed.start(connection)
     sweep = token_sweep.AuthStateSweep(runtime.db)
     sweep.start()
     outbox_task = asyncio.create_task(outbox.run())

@@ -46,12 +46,14 @@ from shared.authz import (
     require_user,
     scoped_workspace,
 )
+from shared.bus import byte_size
 from shared.db import xact_lock
 from shared.errors import (
     Conflict,
     Forbidden,
     InvalidRequest,
     NotFound,
+    ReplyTooLarge,
     TooManyRequests,
     Unauthorized,
     Unavailable,
@@ -137,6 +139,9 @@ class AuthDeps:
     # published after the commit: a publish failing there made a committed change a 500 and lost the event. Called
     # after such a commit: the outbox (app.py) sends them now
     events_committed: Callable[[], None] = lambda: None
+    # the bytes a reply may carry on the bus (its payload limit less shared.bus.REPLY_HEADROOM), once connected; None:
+    # not known (a whole users/query is then built and encode_reply refuses it if it does not fit)
+    reply_limit: Callable[[], int | None] = lambda: None
 
 
 # --- passwords -----------------------------------------------------------------------------------------
@@ -620,6 +625,39 @@ def _membership(pool: asyncpg.Pool):
     return lookup
 
 
+def _bytes_per_user() -> int:
+    """The fewest JSON bytes a user takes in users/query's answer besides its username's and email's own: its
+    `"<id>":{...}` entry and comma with both strings empty and every other value at its shortest (a timestamp of one
+    digit, booleans true), from the record itself, so a field added to UserRecord counts."""
+    row = {"id": uuid.UUID(int=0), "username": "", "email": "", "enabled": True, "created_at": datetime.fromtimestamp(
+        0, UTC), "temporary_password": False}
+    viewer = Principal(subject=str(uuid.UUID(int=0)), kind=KIND_USER, admin=True, client_id="", username=None,
+                       issued_at=0.0)
+    record = _user_record(row, viewer)
+    return len(Users(users={record.id: record}).model_dump_json()) - len(Users(users={}).model_dump_json()) + 1
+
+
+BYTES_PER_USER = _bytes_per_user()
+
+
+async def _refuse_a_whole_answer_too_large(deps: AuthDeps, ids: list[uuid.UUID] | None, workspace_id: int | None,
+                                           co_members_of: uuid.UUID | None) -> None:
+    """A users/query without `limit` whose answer cannot fit a bus reply: 422 reply_too_large before any user is read
+    out, counted in PostgreSQL (store.users_answer_size). Built, 13,000 users with long emails (10 MiB) kept auth
+    busy for seconds (1.3 s idle) after the gateway's wait had ended, the requests behind it waiting, to answer the
+    same 422. What is counted is the least the answer takes (every user's fixed part and its strings), so nothing
+    that fits is refused; one just above the limit is still refused by shared.bus.encode_reply once built."""
+    limit = deps.reply_limit()
+    if limit is None:
+        return
+    users, text_bytes = await store.users_answer_size(deps.pool, ids=ids, workspace_id=workspace_id,
+                                                      co_members_of=co_members_of)
+    least = users * BYTES_PER_USER + text_bytes
+    if least > limit:
+        raise ReplyTooLarge(f"the answer would be at least {byte_size(least)} ({users} users), above the "
+                            f"{byte_size(limit)} a reply may carry on the bus: {paging.too_large_hint('users/query')}")
+
+
 async def query_users(deps: AuthDeps, principal: Principal, cmd: QueryUsers) -> Users:
     """Users oldest first (created_at, then id): all, or a page (shared/paging.py; the cursor: created_at, id)."""
     require_user(principal)
@@ -627,11 +665,20 @@ async def query_users(deps: AuthDeps, principal: Principal, cmd: QueryUsers) -> 
     ids = [_uuid(u, "user_ids") for u in cmd.user_ids] if cmd.user_ids is not None else None
     # a task run's token sees the users of its own workspace, not everyone its user shares a workspace with
     workspace_id = cmd.workspace_id if cmd.workspace_id is not None else scoped_workspace(principal)
+    co_members_of = None
     if workspace_id is not None:
+        # the caller is a member (admins too), so every member shares a workspace with them: no co-member filter
         await require_member(_membership(deps.pool), principal, workspace_id)
-    rows = await store.list_users(deps.pool, ids=ids, workspace_id=workspace_id,
-                                  visible_to=None if principal.admin else uuid.UUID(principal.user_id), after=after,
-                                  limit=None if cmd.limit is None else cmd.limit + 1)
+    elif not principal.admin:
+        me = uuid.UUID(principal.user_id)
+        if await store.in_any_workspace(deps.pool, me):
+            co_members_of = me  # themself among them
+        else:  # in no workspace: themself only
+            ids = [me] if ids is None else [i for i in ids if i == me]
+    if cmd.limit is None:
+        await _refuse_a_whole_answer_too_large(deps, ids, workspace_id, co_members_of)
+    rows = await store.list_users(deps.pool, ids=ids, workspace_id=workspace_id, co_members_of=co_members_of,
+                                  after=after, limit=None if cmd.limit is None else cmd.limit + 1)
     records, next_cursor = await paging.page(rows, cmd.limit, lambda r: _user_record(r, principal), paging.key_cursor)
     return Users(users={record.id: record for record in records}, next_cursor=next_cursor)
 

@@ -195,20 +195,16 @@ async def set_password(pool: asyncpg.Pool, user_id: uuid.UUID, password_hash: st
                                                                            revoked_before=revoked_before))
 
 
-async def list_users(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspace_id: int | None,
-                     visible_to: uuid.UUID | None, after: tuple[datetime, uuid.UUID] | None = None,
-                     limit: int | None = None) -> list[asyncpg.Record]:
-    """Users filtered by ids and/or workspace, oldest first (created_at, id); `visible_to` limits to users sharing a
-    workspace with that user (and the user themself); those after `after` (a page's cursor: created_at, id), `limit`
-    at most (None: all).
+LISTED_COLUMNS = "u.id, u.username, u.email, u.enabled, u.temporary_password, u.created_at"
+"""What a user's record in users/query is made of (handlers._user_record): no password hash."""
 
-    Only the filters asked for are in the query, each as `u.id IN (...)`, which PostgreSQL joins from the small side
-    (a workspace's members, the caller's co-members) and then sorts. As `($n IS NULL OR EXISTS (...))` they could
-    not be joined: every user was read and each filtered by a hashed subplan, and with users (created_at, id)
-    (migration 015) the planner did that in index order for a page: a user's users/query on 200,000 users read all
-    of them, 200-640 ms, where this reads the caller's few: 0.2-7 ms (docs/performance.md item 55)."""
+
+def _user_filters(ids: list[uuid.UUID] | None, workspace_id: int | None, co_members_of: uuid.UUID | None,
+                  after: tuple[datetime, uuid.UUID] | None, args: list[Any]) -> str:
+    """The WHERE of list_users and users_answer_size (its parameters appended to `args`): only the filters asked for,
+    each as `u.id IN (...)`, which PostgreSQL joins from the small side (a workspace's members, the caller's
+    co-members) or probes by index a row at a time (a page)."""
     where: list[str] = []
-    args: list[Any] = []
 
     def arg(value: Any) -> str:
         args.append(value)
@@ -218,17 +214,49 @@ async def list_users(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspa
         where.append(f"u.id = ANY({arg(ids)}::uuid[])")
     if workspace_id is not None:
         where.append(f"u.id IN (SELECT m.user_id FROM workspace_members m WHERE m.workspace_id = {arg(workspace_id)})")
-    if visible_to is not None:
-        me = arg(visible_to)
-        where.append(f"u.id IN (SELECT {me}::uuid UNION ALL SELECT b.user_id FROM workspace_members a"
-                     f" JOIN workspace_members b ON b.workspace_id = a.workspace_id WHERE a.user_id = {me})")
+    if co_members_of is not None:
+        # no `UNION ALL SELECT <the caller>`: the planner cannot probe an Append holding a constant by index, so for a
+        # page (a cursor: its estimate is one row) it hashed the whole set and scanned it again for every user it
+        # read (a join filter, not a hash look-up): 1.3-4.3 s for a page of a 13,000-member workspace
+        where.append(f"u.id IN (SELECT b.user_id FROM workspace_members a JOIN workspace_members b"
+                     f" ON b.workspace_id = a.workspace_id WHERE a.user_id = {arg(co_members_of)})")
     if after is not None:
         where.append(f"(u.created_at, u.id) > ({arg(after[0])}::timestamptz, {arg(after[1])}::uuid)")
+    return " WHERE " + " AND ".join(where) if where else ""
+
+
+async def list_users(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspace_id: int | None,
+                     co_members_of: uuid.UUID | None, after: tuple[datetime, uuid.UUID] | None = None,
+                     limit: int | None = None) -> list[asyncpg.Record]:
+    """Users (LISTED_COLUMNS) filtered by ids and/or workspace, oldest first (created_at, id); `co_members_of` limits
+    to users sharing a workspace with that user (the user among them when in any workspace: the caller checks
+    the one in none, handlers.query_users); those after `after` (a page's cursor: created_at, id), `limit` at most
+    (None: all).
+
+    Only the filters asked for are in the query (_user_filters). As `($n IS NULL OR EXISTS (...))` they could not
+    be joined: every user was read and each filtered by a hashed subplan, and with users (created_at, id)
+    (migration 015) the planner did that in index order for a page: a user's users/query on 200,000 users read all
+    of them, 200-640 ms, where this reads the caller's few: 0.2-7 ms (docs/performance.md item 55)."""
+    args: list[Any] = []
+    where = _user_filters(ids, workspace_id, co_members_of, after, args)
+    args.append(limit)
     return await pool.fetch(
-        f"SELECT {USER_COLUMNS} FROM users u{' WHERE ' + ' AND '.join(where) if where else ''}"
-        f" ORDER BY u.created_at, u.id LIMIT {arg(limit)}::bigint",
-        *args,
-    )
+        f"SELECT {LISTED_COLUMNS} FROM users u{where} ORDER BY u.created_at, u.id LIMIT ${len(args)}::bigint", *args)
+
+
+async def users_answer_size(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspace_id: int | None,
+                            co_members_of: uuid.UUID | None) -> tuple[int, int]:
+    """How many users list_users would answer whole with these filters, and the UTF-8 bytes of their usernames and
+    emails together: what an answer's size is made of, counted in PostgreSQL without reading the rows out."""
+    args: list[Any] = []
+    row = await pool.fetchrow(
+        "SELECT count(*) AS users, coalesce(sum(octet_length(u.username) + coalesce(octet_length(u.email), 0)), 0)"
+        f" AS text_bytes FROM users u{_user_filters(ids, workspace_id, co_members_of, None, args)}", *args)
+    return row["users"], row["text_bytes"]
+
+
+async def in_any_workspace(pool: asyncpg.Pool, user_id: uuid.UUID) -> bool:
+    return await pool.fetchval("SELECT EXISTS (SELECT 1 FROM workspace_members WHERE user_id = $1)", user_id)
 
 
 async def revocations(pool: asyncpg.Pool) -> dict[str, float]:
