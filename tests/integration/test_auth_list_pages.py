@@ -300,3 +300,22 @@ async def test_a_whole_users_query_too_large_for_a_reply_is_refused_before_it_is
     assert answer.status_code == 422 and answer.json()["code"] == "reply_too_large", answer.text[:300]
     assert "would be at least " in answer.json()["msg"] and "pass limit" in answer.json()["msg"], answer.text[:300]
     print(f"refused in {time.monotonic() - started:.2f} s")
+
+
+async def test_a_user_in_no_workspace_sees_themself_only(stack, admin, alice, bob):
+    """The co-member filter is a join of the caller's memberships (86498a9): a caller in none still sees themself
+    (by id), whole or a page, and asking for others' ids answers none of them. Guards that change: the old query
+    appended the caller to the co-members (UNION ALL), so this passes on the old code too."""
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        await conn.execute("DELETE FROM auth.workspace_members WHERE user_id = $1", uuid.UUID(alice.user_id))
+    finally:
+        await conn.close()
+    for asked in ({}, {"limit": 2}, {"user_ids": [alice.user_id, bob.user_id]}, {"user_ids": [bob.user_id]}):
+        answer = post(stack, "users/query", alice.token, asked)
+        assert answer.status_code == 200, answer.text[:300]
+        expected = [] if asked.get("user_ids") == [bob.user_id] else [alice.user_id]
+        assert list(answer.json()["users"]) == expected and "next_cursor" not in answer.json(), (asked, answer.json())
+    # and an administrator sees both
+    both = admin.post("users/query", {"user_ids": [alice.user_id, bob.user_id]})["users"]
+    assert sorted(both) == sorted([alice.user_id, bob.user_id])
