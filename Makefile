@@ -72,7 +72,8 @@ run: venv
 	$(BIN)/railyard up
 
 ## Debian's chromium and chromium-driver for the web UI's browser tests (tests/integration/test_ui.py): installed
-## when missing and this runs as root with apt-get; otherwise nothing happens and those tests skip, saying why.
+## when missing and this runs as root with apt-get; otherwise nothing happens and those tests skip, saying why (or fail,
+## with RAILYARD_TEST_REQUIRE_BROWSER=1: CI).
 browser:
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -81,7 +82,7 @@ browser:
 	  apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
 	  { apt-get update -qq >/dev/null 2>&1 && \
 	    apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1; } || \
-	  echo "could not install chromium: the UI tests will skip"; \
+	  echo "could not install chromium: the UI tests will skip (fail with RAILYARD_TEST_REQUIRE_BROWSER=1, as in CI)"; \
 	fi
 
 ## The whole test suite against real embedded servers (started by the tests themselves); -rs prints why a test
@@ -89,9 +90,12 @@ browser:
 ## stack, a test file staying on one worker; TEST_WORKERS=0 runs everything in one process.
 ## PYTHONDONTWRITEBYTECODE is emptied (a caller's setting would make every service, engine replica and `railyard`
 ## the suite starts compile Railyard's sources again, and pytest rewrite every test module again; docs/testing.md).
+## In CI (CI=true, or .ci/run) RAILYARD_TEST_REQUIRE_BROWSER=1: no browser fails the UI tests instead of skipping them.
 TEST_WORKERS ?= 2
+RAILYARD_TEST_REQUIRE_BROWSER ?= $(if $(filter true,$(CI)),1,)
 test: venv $(MLFLOW_STAMP) browser
-	PYTHONDONTWRITEBYTECODE= RAILYARD_TEST_MLFLOW=$(CURDIR)/$(MLFLOW_VENV)/bin/mlflow $(BIN)/python -m pytest -q -rs \
+	PYTHONDONTWRITEBYTECODE= RAILYARD_TEST_REQUIRE_BROWSER=$(RAILYARD_TEST_REQUIRE_BROWSER) \
+		RAILYARD_TEST_MLFLOW=$(CURDIR)/$(MLFLOW_VENV)/bin/mlflow $(BIN)/python -m pytest -q -rs \
 		-p no:cacheprovider \
 		-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 

@@ -44,22 +44,44 @@ CHROMEDRIVER = os.environ.get("RAILYARD_TEST_CHROMEDRIVER", "/usr/bin/chromedriv
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "ui-screenshots"
 WAIT = 30
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
-if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-    pytest.skip(f"no headless browser: needs {CHROMIUM} and {CHROMEDRIVER} "
-                "(Debian: apt-get install chromium chromium-driver; `make test` installs them when run as root)",
-                allow_module_level=True)
+# RAILYARD_TEST_REQUIRE_BROWSER=1 (set by .ci/run): no browser is a failure of every UI test, not a skip (a CI
+# machine that lost its Chromium would otherwise pass without testing the UI at all)
+REQUIRE_BROWSER = os.environ.get("RAILYARD_TEST_REQUIRE_BROWSER", "") == "1"
+MISSING = None
+try:
+    from selenium import webdriver
+except ImportError:
+    MISSING = "selenium is not installed (pip install -e '.[dev]')"
+if MISSING is None and not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+    MISSING = (f"no headless browser: needs {CHROMIUM} and {CHROMEDRIVER} (Debian: apt-get install chromium "
+               "chromium-driver; `make test` installs them when run as root)")
+if MISSING and not REQUIRE_BROWSER:
+    pytest.skip(MISSING, allow_module_level=True)
 
-from selenium.common.exceptions import TimeoutException  # noqa: E402
-from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+if MISSING is None:
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+
+def require_browser() -> None:
+    if MISSING:
+        pytest.fail(f"{MISSING}; RAILYARD_TEST_REQUIRE_BROWSER=1 makes that a failure, not a skip", pytrace=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def browser_required():
+    """Fails every test of this file before anything is started (the stack first of all) when there is no browser
+    and RAILYARD_TEST_REQUIRE_BROWSER=1; the files that take `browser` from here fail in it."""
+    require_browser()
 
 
 @pytest.fixture(scope="module")
 def browser():
+    require_browser()
     profile = tempfile.mkdtemp(prefix="railyard-ui-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -231,6 +253,43 @@ def sign_in(driver, stack, email: str, password: str) -> None:
     driver.find_element(By.ID, "password").send_keys(Keys.ENTER)  # submits the form from the keyboard
 
 
+def signed_in_as(driver, stack, account: Account) -> None:
+    """A fresh page of the UI signed in as `account`, its workspace picked: the session kept in this tab when it is
+    the account's (the page loaded again, so nothing an earlier test left in the page's state stays), else signed out
+    of any other and signed in. Each test starts here, whatever ran before it."""
+    who = "return (document.querySelector('#who') || {}).textContent || ''"
+    kept = (driver.current_url.startswith(stack.base_url) and account.email in driver.execute_script(who)
+            and driver.execute_script("return sessionStorage.getItem('railyard.session')"))
+    if kept:
+        driver.get(stack.base_url + "/")
+        WebDriverWait(driver, WAIT).until(
+            lambda d: d.find_elements(By.ID, "username") or account.email in d.execute_script(who))
+        kept = not driver.find_elements(By.ID, "username")  # else the kept session had ended: the sign-in page
+    if not kept:
+        if driver.current_url.startswith(stack.base_url):
+            driver.execute_script("sessionStorage.clear()")
+        sign_in(driver, stack, account.email, PASSWORD)
+    wait_text(driver, "#who", account.email)
+    open_page(driver, "workspaces")
+    Select(driver.find_element(By.ID, "workspace")).select_by_value(str(account.workspace_id))
+    open_page(driver, "workspaces")
+
+
+@pytest.fixture
+def as_alice(stack, alice_ui: Account, browser):
+    """The browser on a fresh page signed in as alice, her test workspace picked."""
+    signed_in_as(browser, stack, alice_ui)
+    return browser
+
+
+@pytest.fixture
+def signed_out(stack, browser):
+    """The browser with no session of the UI (the next visit of the page goes to the sign-in page)."""
+    if browser.current_url.startswith(stack.base_url):
+        browser.execute_script("sessionStorage.clear()")
+    return browser
+
+
 def page_text(driver) -> str:
     return driver.find_element(By.ID, "page").text
 
@@ -244,7 +303,8 @@ def chart_drawn(driver, canvas_id: str) -> dict:
         "width: c.width, height: c.height}", canvas_id)
 
 
-def test_sign_in_workspaces_models_pipelines_logs(stack, alice_ui: Account, world, browser):
+def test_sign_in_workspaces_models_pipelines_logs(stack, alice_ui: Account, world, signed_out):
+    browser = signed_out
     alice = alice_ui
     assert browser.execute_script("return 1") == 1
     # the vendored libraries come from the gateway itself (no CDN)
@@ -333,7 +393,8 @@ def test_sign_in_workspaces_models_pipelines_logs(stack, alice_ui: Account, worl
     assert not browser.find_element(By.ID, "error").text
 
 
-def test_assay_charts_and_alerts(world, browser):
+def test_assay_charts_and_alerts(world, as_alice):
+    browser = as_alice
     open_page(browser, "assays")
     choose(browser, "assay-pipeline", str(world["pipeline"]["pipeline_pk_id"]), "assays")
     wait_text(browser, "#page", "uidrift")
@@ -367,12 +428,13 @@ MARKED = """return [...document.querySelectorAll('#page .badge.incomplete-logs')
   b.parentElement.tagName}))"""
 
 
-def test_a_window_scored_without_every_logged_record_is_marked(stack, world, alice_ui: Account, browser):
+def test_a_window_scored_without_every_logged_record_is_marked(stack, world, alice_ui: Account, as_alice):
     """A stored result with `logs_complete: false` (scored after `max_log_wait` while the log store lagged) shows an
     "incomplete logs" badge, with a tooltip saying what it means and what to do, on its row of the score table, in
     the window picker, beside the chosen window's bins and in the alerts; a complete result shows none. Staged in
     PostgreSQL: through the API it takes the log store behind for `max_log_wait` (600 s), and the runner's side is
     tests/unit/test_assay_schedule.py's."""
+    browser = as_alice
     results = ok(post(stack, "assays/get_results", alice_ui.token, {"assay_id": world["assay"]}))
     oldest, newest = results[-1], results[0]
     # the world's windows had every record
@@ -411,7 +473,8 @@ def test_a_window_scored_without_every_logged_record_is_marked(stack, world, ali
     assert logs_column == ["complete"] * len(results)
 
 
-def test_orchestration_task_run_and_its_logs(world, browser):
+def test_orchestration_task_run_and_its_logs(world, as_alice):
+    browser = as_alice
     open_page(browser, "tasks")
     wait_text(browser, "#page", "uitask")
     wait_text(browser, "#run-logs", "hello from the ui task")
@@ -426,7 +489,8 @@ UIMODEL_CARD = ("railyardGraph.nodes().filter(n => n.data('card').kind === 'mode
                 "n.data('card').title.startsWith('uimodel'))[0]")
 
 
-def test_lineage_graph_from_model_version_to_its_deployment(world, browser):
+def test_lineage_graph_from_model_version_to_its_deployment(world, as_alice):
+    browser = as_alice
     deadline = time.monotonic() + 60
     while True:  # the deployment's card can be drawn before the events that give the model version its arrow
         open_page(browser, "lineage")
@@ -479,7 +543,8 @@ def test_lineage_graph_from_model_version_to_its_deployment(world, browser):
     wait_for(browser, f"{visible} === arguments[0]", before, what="expanded")
 
 
-def test_datasets_restore_and_benchmarks_compared(world, browser):
+def test_datasets_restore_and_benchmarks_compared(world, as_alice):
+    browser = as_alice
     open_page(browser, "datasets")
     wait_text(browser, "#page", "uiproject")
     assert "first cut" in page_text(browser) and "holdout" in page_text(browser)
@@ -501,7 +566,8 @@ def test_datasets_restore_and_benchmarks_compared(world, browser):
     shot(browser, "10-benchmarks")
 
 
-def test_review_queue_then_counted_on_the_monitoring_page(stack, world, alice_ui: Account, browser):
+def test_review_queue_then_counted_on_the_monitoring_page(stack, world, alice_ui: Account, as_alice):
+    browser = as_alice
     first, second = world["predictions"]
     open_page(browser, "review")
     choose(browser, "review-deployment", world["squares"], "review")
@@ -563,7 +629,8 @@ def test_review_queue_then_counted_on_the_monitoring_page(stack, world, alice_ui
     shot(browser, "13-monitoring")
 
 
-def test_upload_build_deploy_and_undeploy_from_the_pages(world, alice_ui: Account, browser, tmp_path):
+def test_upload_build_deploy_and_undeploy_from_the_pages(world, alice_ui: Account, as_alice, tmp_path):
+    browser = as_alice
     # a model uploaded from the page: a file that is not ONNX is the registry's own 400; an ONNX file is a model
     for name, content in (("notonnx.onnx", b"not a model"), ("uibuilt.onnx", ccfraud_onnx())):
         (tmp_path / name).write_bytes(content)
@@ -624,14 +691,11 @@ const done = arguments[arguments.length - 1];
 """
 
 
-def test_integers_beyond_2_53_read_exactly(stack, alice_ui: Account, browser):
+def test_integers_beyond_2_53_read_exactly(stack, alice_ui: Account, as_alice):
     """An API answer's integers beyond 2^53 (an int64 in a connection's details) are read exactly by the UI's api()
     (JSON.parse source text access in this Chromium; the tokenizer other browsers use gives the same), shown as
     their digits, and sent back as the same number; smaller numbers and strings of digits are untouched."""
-    if alice_ui.email not in (browser.execute_script("return (document.querySelector('#who') || {}).textContent")
-                              or ""):
-        sign_in(browser, stack, alice_ui.email, PASSWORD)
-        wait_text(browser, "#who", alice_ui.email)
+    browser = as_alice
     name = f"uibig-{time.time_ns()}"
     ok(post(stack, "connections/create", alice_ui.token, {"name": name, "type": "HTTP", "details": BIG_DETAILS}))
     got = browser.execute_async_script(READ_BIG, name)
@@ -648,7 +712,8 @@ def test_integers_beyond_2_53_read_exactly(stack, alice_ui: Account, browser):
     assert got["edges"][1] == ['{"k\\"123456789012345678":"x 12345678901234567","v":100000000000000000000}'] * 2
 
 
-def test_bob_sees_none_of_it(stack, world, alice_ui: Account, bob_ui: Account, browser):
+def test_bob_sees_none_of_it(stack, world, alice_ui: Account, bob_ui: Account, as_alice):
+    browser = as_alice
     browser.find_element(By.ID, "signout").send_keys(Keys.ENTER)
     WebDriverWait(browser, WAIT).until(ec.visibility_of_element_located((By.ID, "username")))
     assert browser.execute_script("return sessionStorage.getItem('railyard.session')") is None
