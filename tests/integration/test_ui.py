@@ -473,16 +473,34 @@ def test_a_window_scored_without_every_logged_record_is_marked(stack, world, ali
     assert logs_column == ["complete"] * len(results)
 
 
-def test_orchestration_task_run_and_its_logs(world, as_alice):
+def test_orchestration_task_run_and_its_logs(stack, world, alice_ui: Account, as_alice):
+    """A run's logs: its last lines (RUN_LOG_LINES, 2,000; here 1), saying so when the run has more (before: not a
+    word), and "Show all lines" for every line (task/get_logs_for_run without `lines`)."""
     browser = as_alice
+    every = ok(post(stack, "task/get_logs_for_run", alice_ui.token, {"id": world["run_id"]}))["logs"]
+    assert len(every) >= 2 and every[-1].endswith("stdout F second line"), every
+    browser.execute_script("RUN_LOG_LINES = 1")
     open_page(browser, "tasks")
     wait_text(browser, "#page", "uitask")
-    wait_text(browser, "#run-logs", "hello from the ui task")
-    logs = browser.find_element(By.ID, "run-logs").text
-    assert "stdout F second line" in logs
     wait_text(browser, "#run-logs-state", "success")
+    wait_text(browser, "#run-logs-cut", "Showing the last 1 lines: the run has more")
+    assert browser.find_element(By.ID, "run-logs").text == every[-1]
+    assert f"railyard tasks logs {world['run_id']}" in browser.find_element(By.ID, "run-logs-cut").text
+    browser.find_element(By.ID, "run-logs-all").send_keys(Keys.ENTER)
+    wait_text(browser, "#run-logs-cut", f"Every line shown ({len(every)}).")
+    wait_text(browser, "#run-logs", "hello from the ui task")
+    assert browser.find_element(By.ID, "run-logs").text == "\n".join(every)
+    assert not browser.find_element(By.ID, "run-logs-all").is_displayed()
+    assert browser.execute_script("return document.activeElement.id") == "run-logs"
     assert world["run_id"][:8] in page_text(browser)
     shot(browser, "07-orchestrations")
+    # at the UI's own 2,000 lines the two are all there is: no note, no button
+    browser.execute_script("RUN_LOG_LINES = 2000; state.tasks.allLines = null")
+    open_page(browser, "tasks")
+    wait_text(browser, "#run-logs", "hello from the ui task")
+    wait_text(browser, "#run-logs-state", f"{len(every)} line(s)")
+    assert browser.find_element(By.ID, "run-logs-cut").text == ""
+    assert not browser.find_element(By.ID, "run-logs-all").is_displayed()
 
 
 UIMODEL_CARD = ("railyardGraph.nodes().filter(n => n.data('card').kind === 'model_version' && "
@@ -566,12 +584,31 @@ def test_datasets_restore_and_benchmarks_compared(world, as_alice):
     shot(browser, "10-benchmarks")
 
 
+REVIEW_LISTED = "return [...document.querySelectorAll('#review-list button')].map(b => b.dataset.prediction)"
+
+
 def test_review_queue_then_counted_on_the_monitoring_page(stack, world, alice_ui: Account, as_alice):
+    """The review queue, read a page at a time (here 1; the UI's own is 20): before, it read the oldest 50 and listed
+    20 of them, with no way to the others but reviewing; now "Show newer predictions" reads the next page (the API's
+    `offset`, oldest first) under them, and the focus goes to the last one listed when no page is left."""
     browser = as_alice
     first, second = world["predictions"]
+    queue = ok(post(stack, "deployments/list_predictions_to_review", alice_ui.token, {"deployment": world["squares"]}))
+    oldest_first = [p["id"] for p in queue["predictions"]]
+    assert len(oldest_first) == 2, queue
+    browser.execute_script("REVIEW_PAGE = 1")
     open_page(browser, "review")
     choose(browser, "review-deployment", world["squares"], "review")
     wait_text(browser, "#review-pending", "2 prediction(s) waiting")
+    assert browser.execute_script(REVIEW_LISTED) == oldest_first[:1], shown(browser)
+    wait_text(browser, "#review-listed", "The oldest 1 listed; newer ones not listed yet.")
+    newer = browser.find_element(By.ID, "review-more")
+    newer.send_keys(Keys.ENTER)
+    wait_for(browser, f"{REVIEW_LISTED}.length === 2", what="both predictions listed")
+    assert browser.execute_script(REVIEW_LISTED) == oldest_first
+    wait_text(browser, "#review-listed", "All 2 listed.")
+    assert not newer.is_displayed()
+    assert browser.execute_script("return document.activeElement.dataset.prediction") == oldest_first[1]
     wait_for(browser, "return document.querySelector('#review-image').dataset.loaded === 'true'", what="image drawn")
     canvas = browser.find_element(By.ID, "review-image")
     assert canvas.get_attribute("data-boxes") == str(len(first["prediction"]["detection_boxes"]))

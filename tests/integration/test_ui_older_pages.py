@@ -147,12 +147,16 @@ async def test_the_ui_shows_an_assays_older_windows_page_by_page(stack, admin, b
     assert browser.execute_script(WINDOWS) == newest[:2], ui.shown(browser)
     assert "The newest 2 windows; older ones not shown yet." in ui.page_text(browser)
     ui.shot(browser, "05b-assay-newest-windows")
-    for shown in (4, 5):  # with the keyboard; the page is drawn again with one more page, the button focused
+    # with the keyboard; the page is drawn again with one more page, the button focused; after the last page the
+    # button is gone and the focus is on the line saying every window is shown (before: on nothing, the body)
+    for shown, focused in ((4, "assay-older"), (5, "assay-windows-shown")):
         browser.execute_script("document.querySelector('#page').dataset.page = ''")
         browser.find_element(ui.By.ID, "assay-older").send_keys(ui.Keys.ENTER)
         ui.rendered(browser, "assays")
         assert browser.execute_script(WINDOWS) == newest[:shown], ui.shown(browser)
+        assert browser.execute_script("return document.activeElement.id") == focused
     assert "All 5 scored window(s) shown." in ui.page_text(browser)
+    assert browser.switch_to.active_element.text == "All 5 scored window(s) shown."
     assert not browser.find_elements(ui.By.ID, "assay-older")
     scores = ui.chart_drawn(browser, "assay-scores")
     assert scores["datasets"][0]["data"] == [0.0, 0.1, 0.2, 0.3, 0.4], scores  # oldest first, every window
@@ -166,26 +170,48 @@ async def test_the_lineage_opens_a_run_older_than_the_pages_it_reads(stack, admi
     of a schedule every minute) showed the newest run's logs under the newest run's name without a word, as before
     the pages were read at all. Now that run is shown by itself (its logs and status, task/get_logs_for_run) with a
     line saying it is not listed, and its logs' heading gets the focus; a run that is not the task's (or gone) shows
-    the newest run with a line saying the asked one was not found. Page size 2, looked for 1 page deep."""
+    the newest run with a line saying the asked one was not found. Page size 2, looked for 2 pages deep.
+
+    The search is done once: the pages it read past the one listed are not listed, and drawing the page again (a
+    listed run's Logs, the page opened again) reads the pages listed only. Before, each redraw after a search that
+    found nothing read RUN_SEEK_PAGES pages again (20 of 50 runs) and listed them all."""
     account = make_account(stack, admin, "uiseek")
     _, (task_id,) = await task_rows(stack, account, 1, 1)
     rows = await run_rows(stack, account, task_id)
     by_id = {str(r["id"]): r for r in rows}
     newest = [str(r["id"]) for r in sorted(rows, key=lambda r: (r["created_at"], r["id"]), reverse=True)]
     sign_in_to(browser, stack, account)
-    browser.execute_script(RECORD_RUNS + "RUN_SEEK_PAGES = 1;")
+    browser.execute_script(RECORD_RUNS + "RUN_SEEK_PAGES = 2;")
 
     wanted = newest[4]  # the second oldest: page 3 of 2 runs a page
     assert by_id[wanted]["status"] == "failure"  # created a minute after the oldest (run_rows)
     browser.execute_script("openResource({kind: 'task_run', ref: arguments[1], data: {task_id: arguments[0]}})",
                            task_id, wanted)
     ui.rendered(browser, "tasks")
-    assert browser.execute_script(RUN_IDS) == newest[:2], ui.shown(browser)  # one page read, not the asked run's
+    asked = runs_asked(browser)
+    assert len(asked) == 2 and asked[0].get("cursor") is None and asked[1]["cursor"], asked  # looked 2 pages deep
+    assert browser.execute_script(RUN_IDS) == newest[:2], ui.shown(browser)  # the first page listed, as asked
     ui.wait_text(browser, "#run-unlisted", f"Run {wanted[:8]} is older than the 2 runs listed")
     assert f"Logs of run {wanted[:8]}" in ui.page_text(browser), ui.shown(browser)
     ui.wait_text(browser, "#run-logs-state", "failure")  # its own status, from its logs' answer
     assert browser.execute_script("return document.activeElement && document.activeElement.id") == f"run-{wanted}"
     assert browser.find_element(ui.By.ID, "run-logs").get_attribute("aria-label") == f"Logs of run {wanted}"
+    assert browser.find_element(ui.By.ID, "runs-older").is_displayed()  # "Show older runs" goes on from page 1
+
+    # drawn again (Orchestrations opened again, the run still the one shown): the first page only, no search
+    ui.open_page(browser, "tasks")
+    assert runs_asked(browser) == [{"task_id": task_id, "order": "created", "limit": 2}]
+    assert browser.execute_script(RUN_IDS) == newest[:2], ui.shown(browser)
+    ui.wait_text(browser, "#run-unlisted", f"Run {wanted[:8]} is older than the 2 runs listed")
+    ui.wait_text(browser, "#run-logs-state", "failure")
+    # a listed run's Logs: the first page again, that run's logs
+    browser.execute_script("document.querySelector('#page').dataset.page = ''")
+    browser.find_element(ui.By.CSS_SELECTOR, f'button[aria-label="Logs of run {newest[1][:8]}"]').send_keys(
+        ui.Keys.ENTER)
+    ui.rendered(browser, "tasks")
+    assert runs_asked(browser) == [{"task_id": task_id, "order": "created", "limit": 2}]
+    assert f"Logs of run {newest[1][:8]}" in ui.page_text(browser) and not browser.find_elements(
+        ui.By.ID, "run-unlisted")
 
     # a run id that is no run of this task: the newest run, and a line saying the asked one was not found
     missing = str(uuid.uuid4())

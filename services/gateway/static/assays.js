@@ -81,7 +81,10 @@ PAGES.assays = async function assays() {
   const oldest = [...results].reverse();  // the API answers newest first
   const times = oldest.map(r => r.window_start);
   const labels = times.map(t => t.replace('T', ' ').replace(/\.\d+/, '').replace('Z', '').replace('+00:00', ''));
-  section.append(el('div', {class: 'row'}, el('span', {class: 'muted', id: 'assay-windows-shown'},
+  // the last "Show older windows" takes its button away: the focus goes to the line saying every window is shown
+  // (before: nowhere, the focused button gone)
+  if (!more && state.focus === 'assay-older') state.focus = 'assay-windows-shown';
+  section.append(el('div', {class: 'row'}, el('span', {class: 'muted', id: 'assay-windows-shown', tabindex: '-1'},
     more ? `The newest ${results.length} windows; older ones not shown yet.` : `All ${results.length} scored window(s) shown.`),
   ...(more ? [el('button', {class: 'btn secondary', type: 'button', id: 'assay-older',
     'aria-label': `Show ${RESULT_PAGE} older windows of ${assay.name}`,

@@ -49,7 +49,7 @@ function resourceOf(card) {
     case 'assay': return {page: 'assays', id: `assay-${card.ref}`, label: 'assay',
       prepare: () => Object.assign(state.assays, {pipeline: Number(d.pipeline_id), assay: Number(card.ref), window: 0, pages: 1})};
     case 'task_run': return d.task_id && {page: 'tasks', id: `run-${card.ref}`, label: 'task run',
-      prepare: () => Object.assign(state.tasks, {task: d.task_id, run: card.ref, pages: 1})};
+      prepare: () => Object.assign(state.tasks, {task: d.task_id, run: card.ref, pages: 1, sought: null})};
     case 'project': return {page: 'datasets', id: `project-${card.ref}`, label: 'project'};
     case 'project_version': return d.project_id != null && {page: 'datasets', id: `project-${d.project_id}`, label: 'project'};
     case 'benchmark': return {page: 'benchmarks', id: `report-${card.ref}`, label: 'report',

@@ -4,7 +4,23 @@
 // image with its boxes drawn over it, accepted as it is or corrected (classes, boxes) with review_prediction.
 
 state.monitoring = {deployment: null, view: 'AGGREGATED_PREDICTIONS_DATA', since: '', tags: ''};
-state.review = {deployment: null, current: null, message: ''};
+state.review = {deployment: null, current: null, message: '', pages: 1};
+
+// the review queue is read REVIEW_PAGE predictions at a time, oldest first (list_predictions_to_review's `limit` and
+// `offset`); "Show newer predictions" reads the next page under the ones listed. The tests make it smaller.
+let REVIEW_PAGE = 20;
+
+/** The first `pages` pages of a deployment's queue: {predictions (each once), pending, labels}. */
+async function reviewPages(deployment, pages) {
+  const predictions = [], seen = new Set();
+  let answer = null;
+  for (let n = 0; n < pages; n++) {
+    answer = await api('deployments/list_predictions_to_review', {deployment, limit: REVIEW_PAGE, offset: n * REVIEW_PAGE});
+    for (const x of answer.predictions) if (!seen.has(x.id)) { seen.add(x.id); predictions.push(x); }
+    if (answer.predictions.length < REVIEW_PAGE) break;
+  }
+  return {...answer, predictions};
+}
 
 const SERVICE_METRICS = ['AGGREGATED_PREDICTIONS_DATA', 'PREDICTIONS_DATA', 'REVIEWS_CLASSIFICATION_STATS',
   'REVIEWS_OBJECT_DETECTION_STATS', 'REVIEWS_LABEL_DISTRIBUTION_STATS', 'AGGREGATED_LABEL_DISTRIBUTION',
@@ -206,18 +222,48 @@ PAGES.review = async function review() {
   if (!deployments.length) { out.push(el('p', {class: 'muted'}, 'No deployments in this workspace.')); return out; }
   if (!deployments.some(d => d.name === R.deployment)) R.deployment = deployments[0].name;
   const dep = deployments.find(d => d.name === R.deployment);
-  out.push(deploymentPicker('review-deployment', deployments, R.deployment, (v) => { Object.assign(R, {deployment: v, current: null}); show('review'); }));
-  const queue = await api('deployments/list_predictions_to_review', {deployment: dep.name, limit: 50});
-  out.push(el('p', {id: 'review-pending'}, `${queue.pending} prediction(s) waiting for review, oldest first.`));
+  out.push(deploymentPicker('review-deployment', deployments, R.deployment, (v) => { Object.assign(R, {deployment: v, current: null, pages: 1}); show('review'); }));
+  // before, 50 were read and the oldest 20 listed, with no way to the rest but reviewing them: now a page at a time
+  const queue = await reviewPages(dep.name, R.pages || 1);
+  const listedNote = el('span', {id: 'review-listed'});
+  out.push(el('p', {id: 'review-pending'}, `${queue.pending} prediction(s) waiting for review, oldest first.`, ' ', listedNote));
   if (!queue.predictions.length) { out.push(el('p', {class: 'muted'}, 'Nothing to review.')); return out; }
   if (!queue.predictions.some(p => p.id === R.current)) R.current = queue.predictions[0].id;
   const p = queue.predictions.find(x => x.id === R.current);
   const labels = queue.labels && queue.labels.length ? queue.labels : dep.labels;  // the API's, else the definition's
 
-  out.push(el('ul', {class: 'cards', 'aria-label': 'Predictions waiting'}, queue.predictions.slice(0, 20).map(x =>
-    el('li', {}, el('button', {class: 'btn secondary', type: 'button', 'aria-pressed': String(x.id === p.id),
-      onclick: () => { R.current = x.id; show('review'); }},
-      `${x.predicted_at.slice(0, 19).replace('T', ' ')} · ${x.kind}${x.source ? ' · ' + x.source : ''}`)))));
+  const listed = new Set(queue.predictions.map(x => x.id));
+  const item = (x) => el('li', {}, el('button', {class: 'btn secondary', type: 'button', 'aria-pressed': String(x.id === p.id),
+    'data-prediction': x.id, onclick: () => { R.current = x.id; show('review'); }},
+    `${x.predicted_at.slice(0, 19).replace('T', ' ')} · ${x.kind}${x.source ? ' · ' + x.source : ''}`));
+  const list = el('ul', {class: 'cards', id: 'review-list', 'aria-label': 'Predictions waiting'}, queue.predictions.map(item));
+  let pending = queue.pending;
+  const moreLeft = () => listed.size < pending;
+  const sayListed = () => {
+    listedNote.textContent = moreLeft() ? `The oldest ${listed.size} listed; newer ones not listed yet.` : `All ${listed.size} listed.`;
+  };
+  sayListed();
+  // the next page read in place (the predictions listed and the focus stay); the page drawn again reads as many
+  const newer = el('button', {class: 'btn secondary', type: 'button', id: 'review-more',
+    'aria-label': `Show the next ${REVIEW_PAGE} predictions waiting (newer)`, onclick: async () => {
+      newer.disabled = true;
+      try {
+        const page = await api('deployments/list_predictions_to_review',
+          {deployment: dep.name, limit: REVIEW_PAGE, offset: (R.pages || 1) * REVIEW_PAGE});
+        R.pages = (R.pages || 1) + 1;
+        pending = page.pending;
+        const fresh = page.predictions.filter(x => !listed.has(x.id));
+        for (const x of fresh) listed.add(x.id);
+        list.append(...fresh.map(item));
+        sayListed();
+        newer.hidden = !moreLeft() || page.predictions.length < REVIEW_PAGE;
+        // the button gone: the focus goes to the last prediction listed, not nowhere
+        if (newer.hidden) list.querySelector('li:last-child button').focus();
+      } catch (e) { $('#error').textContent = e.message; }
+      newer.disabled = false;
+    }}, 'Show newer predictions');
+  newer.hidden = !moreLeft() || queue.predictions.length < (R.pages || 1) * REVIEW_PAGE;
+  out.push(list, el('div', {class: 'row'}, newer));
 
   // the editor: detections as rows of class and box; a classification as its class
   const detection = p.kind === 'detection' || p.kind === 'segmentation';

@@ -2,7 +2,7 @@
 // Orchestrations page: the workspace's orchestrations (orchestration/list), tasks (task/list, kill), a task's runs
 // (task/list_task_runs) and a run's logs (task/get_logs_for_run), followed live while the run is queued or running.
 
-state.tasks = {task: null, run: null, pages: 1};
+state.tasks = {task: null, run: null, pages: 1, sought: null, allLines: null};
 let followTimer = null;
 // a task's runs are read a page at a time (task/list_task_runs, order "created": newest first by creation, the next
 // page's cursor in the x-next-cursor header; docs/api-paging.md): RUN_PAGE runs a page, "Show older runs" reads the
@@ -11,11 +11,16 @@ let RUN_PAGE = 50;
 // a run asked for (the lineage's Open task run) is looked for this many pages deep; one older than that is shown by
 // itself (its logs and status, task/get_logs_for_run), not listed. The tests make it smaller.
 let RUN_SEEK_PAGES = 20;
+// a run's logs show its last RUN_LOG_LINES lines (task/get_logs_for_run `lines`; one more is asked, to know whether
+// there are more), and "Show all lines" asks for every line (no `lines`). The tests make it smaller.
+let RUN_LOG_LINES = 2000;
 
 /** The first `pages` pages of a task's runs (further while `wanted`, a run id, is not among them, RUN_SEEK_PAGES at
- *  most) and the cursor of the page after them (null: none). */
+ *  most) and the cursor of the page after them (null: none). A search that did not find `wanted` lists the `pages`
+ *  pages asked for and no more: the pages it read past them are not kept (nor read again when the page is drawn
+ *  again: the caller looks for a run once). */
 async function runPages(taskId, pages, wanted = null) {
-  const runs = [], seen = new Set();
+  const runs = [], seen = new Set(), ends = [];  // ends[n]: the runs listed and the cursor after page n + 1
   let cursor = null, read = 0;
   do {
     const r = await api('task/list_task_runs', {task_id: taskId, order: 'created', limit: RUN_PAGE,
@@ -25,7 +30,12 @@ async function runPages(taskId, pages, wanted = null) {
     if (cursor && seen.has(cursor)) throw new ApiError(`task/list_task_runs: cursor ${cursor} answered again: the list does not advance`);
     if (cursor) seen.add(cursor);
     read++;
+    ends.push({count: runs.length, cursor});
   } while (cursor && (read < pages || (wanted && read < RUN_SEEK_PAGES && !runs.some(r => r.run_id === wanted))));
+  if (read > pages && !runs.some(r => r.run_id === wanted)) {
+    const end = ends[pages - 1];
+    return {runs: runs.slice(0, end.count), next: end.cursor, read: pages};
+  }
   return {runs, next: cursor, read};
 }
 
@@ -61,7 +71,10 @@ PAGES.tasks = async function tasks() {
           }}, 'Kill')]))])));
 
   const task = taskList.find(t => t.id === T.task);
-  const {runs, next, read} = await runPages(task.id, T.pages, T.run);
+  // a run asked for is looked for once: after a search that did not find it, each redraw (a run's Logs, Kill, the
+  // page opened again) read RUN_SEEK_PAGES pages again and listed them all
+  const {runs, next, read} = await runPages(task.id, T.pages, T.run && T.run !== T.sought ? T.run : null);
+  T.sought = T.run;
   T.pages = read;  // the pages shown again when the page is drawn again (a run's Logs), so older runs stay listed
   const section = el('section', {id: `task-${task.id}`, tabindex: '-1', 'aria-label': `Runs of ${task.name || task.id}`},
     el('h3', {}, `Runs of ${task.name || short(task.id)}`));
@@ -112,24 +125,46 @@ PAGES.tasks = async function tasks() {
   if (unlisted) section.append(el('p', {class: 'muted', id: 'run-unlisted', role: 'status'}, unlisted));
   const logs = el('pre', {class: 'logs', id: 'run-logs', tabindex: '0', 'aria-label': `Logs of run ${run.run_id}`});
   const note = el('p', {class: 'muted', id: 'run-logs-state'});
-  section.append(el('h3', {id: `run-${run.run_id}`, tabindex: '-1'}, `Logs of run ${short(run.run_id)}`), note, logs);
+  // the last RUN_LOG_LINES lines, saying so when the run has more, and every line on request (before: the last 2,000
+  // without a word)
+  if (T.allLines !== run.run_id) T.allLines = null;
+  const cutNote = el('span', {class: 'muted', id: 'run-logs-cut', role: 'status'});
+  const allButton = el('button', {class: 'btn secondary', type: 'button', id: 'run-logs-all', hidden: '',
+    'aria-label': `Show every line of run ${short(run.run_id)}`, onclick: () => {
+      T.allLines = run.run_id; allButton.hidden = true; cutNote.textContent = 'Reading every line…';
+      clearTimeout(followTimer); follow().then(() => logs.focus());
+    }}, 'Show all lines');
+  section.append(el('h3', {id: `run-${run.run_id}`, tabindex: '-1'}, `Logs of run ${short(run.run_id)}`), note,
+    el('div', {class: 'row'}, cutNote, allButton), logs);
 
   // live: while the run is queued or running, fetch its logs again every 1.5 s (only while this run is shown)
   let settle = 2;  // a run that just ended may still be writing its last lines: look twice more when empty
   const follow = async () => {
     if (state.page !== 'tasks' || T.run !== run.run_id || !logs.isConnected) return;
+    const all = T.allLines === run.run_id;
     try {
       // the run's status comes with its logs: a run on an older page is followed too (the newest 50 alone did not
       // hold it, and its status stayed the one first listed)
-      const {logs: lines, status} = await api('task/get_logs_for_run', {id: run.run_id, lines: 2000});
-      const current = {...run, status: status || run.status};
+      const answer = await api('task/get_logs_for_run', {id: run.run_id, ...(all ? {} : {lines: RUN_LOG_LINES + 1})});
+      if (state.page !== 'tasks' || T.run !== run.run_id || !logs.isConnected) return;
+      const cut = !all && answer.logs.length > RUN_LOG_LINES;
+      const lines = cut ? answer.logs.slice(1) : answer.logs;
+      const current = {...run, status: answer.status || run.status};
       const atEnd = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
       logs.textContent = lines.join('\n') || '(no output yet)';
       if (atEnd) logs.scrollTop = logs.scrollHeight;
       const live = current.status === 'queued' || current.status === 'running';
       note.replaceChildren(badge(current.status), live ? ' following the logs live…' : ` ${lines.length} line(s)`);
+      const count = RUN_LOG_LINES.toLocaleString('en-US');
+      cutNote.textContent = cut ? `Showing the last ${count} lines: the run has more (earlier lines not shown; ` +
+        `\`railyard tasks logs ${run.run_id}\` prints them all).` : all ? `Every line shown (${lines.length}).` : '';
+      allButton.hidden = !cut;
+      clearTimeout(followTimer);  // one loop, also when "Show all lines" is pressed while a read is on its way
       if (live || (!lines.length && settle-- > 0)) followTimer = setTimeout(follow, 1500);
-    } catch (e) { $('#error').textContent = e.message; }
+    } catch (e) {
+      $('#error').textContent = e.message;  // e.g. every line asked of a run whose logs pass what a reply carries
+      if (all) { T.allLines = null; cutNote.textContent = ''; allButton.hidden = false; }
+    }
   };
   afterRender.push(follow);
   return out;
