@@ -1091,6 +1091,14 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
                          " served again", training["id"], displaced.get("version"), serving and serving.version)
                 return True
         champion_dict = champion.model_dump()
+        if alone and policy == "DEPLOY_SHADOW":
+            # a swap served its decided version alone in place of this delivery (champion + this challenger): the
+            # champion served again is the one this delivery's challenge compares (what it served), not the swap's
+            # version, under which that challenge's pairs would never be made
+            opened = await pool.fetchval("SELECT champion FROM challenges WHERE training_id = $1 AND state ="
+                                         " 'running'", training["id"])
+            if opened is not None:
+                champion_dict = _json(opened)
         resolved = await request(deps.base.broker, subjects.REGISTRY_MODELS_RESOLVE, ResolveModel(
             workspace_id=cd["workspace_id"], name=new["name"], version=new["version"]), token=token,
             timeout=deps.base.timeout, reply_model=ResolvedModel)

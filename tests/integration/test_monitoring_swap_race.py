@@ -97,6 +97,12 @@ async def test_a_newer_delivery_during_a_promotion_swap_is_served_after_it(monit
         assert (serving["model"]["version"], shadow) == ("v3", None)  # not v2
     else:
         assert shadow == "v3"  # the newer challenger under test, not v2 alone
+        # with the champion of training 2's challenge (v1, what its delivery served), not the swap's v2: served
+        # with v2, that challenge's pairs (v1 vs v3) were never made, and it could never decide
+        opened = await pool.fetchrow("SELECT champion, challenger FROM challenges WHERE training_id = $1 AND state ="
+                                     " 'running'", newer)
+        assert (json.loads(opened["champion"])["version"], json.loads(opened["challenger"])["version"]) == ("v1", "v3")
+        assert serving["model"]["version"] == "v1", serving
     events = await swapped_events(pool)
     assert [e["action"] for e in events] == ["deployed" if policy == "DEPLOY_AUTO" else "shadow_set"], events
     assert str(newer) in events[0]["reason"]
