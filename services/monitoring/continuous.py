@@ -1708,8 +1708,12 @@ async def stop(runtime: Any) -> None:
         if background is not None:
             await background.stop()
     deps = runtime.extras.get("continuous")
-    for task in list(deps.background if deps is not None else ()):  # a redone swap cut short stays decided: the
-        task.cancel()  # review wake-up's resume_swap makes it
+    cut = list(deps.background if deps is not None else ())
+    for task in cut:  # a redone swap cut short stays decided: the review wake-up's resume_swap makes it
+        task.cancel()
+    # ended before stop returns (the service closes its pool and bus next): a cancelled task left pending would run
+    # on, its next query or request failing on a closed pool, and the loop's end would destroy it still pending
+    await asyncio.gather(*cut, return_exceptions=True)
     task, sender = runtime.extras.get("outbox_task"), runtime.extras.get("outbox")
     if task is not None:  # what is unsent: now if the bus takes it, else at a start (this or another process)
         await sender.stop(task)

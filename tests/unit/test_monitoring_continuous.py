@@ -4,6 +4,7 @@ shadow set produce."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from types import SimpleNamespace
@@ -203,3 +204,21 @@ async def test_only_the_deploy_going_unanswered_is_an_unknown_outcome(monkeypatc
             await continuous._serve(deps, None, 1, "d-1", CHALLENGER, None, "test", found=("token", view))
         deploying = timing_out == subjects.DEPLOYER_PIPELINES_DEPLOY
         assert isinstance(raised.value, continuous.DeployUnanswered) == deploying
+
+
+async def test_stop_ends_the_background_work_before_it_returns():
+    """A refused swap redone in the background (in_background) is cancelled at stop and has ended when stop returns:
+    the service closes its pool and bus right after. Before, it was only asked to cancel (task.cancel()) and stop
+    returned with it still pending."""
+    deps = ContinuousDeps(base=SimpleNamespace(), verify=None, events_committed=lambda: None, max_task_timeout=3600)
+    started = asyncio.Event()
+
+    async def redo() -> None:
+        started.set()
+        await asyncio.sleep(3600)  # a swap's deploy, waited for
+
+    task = deps.in_background(redo(), "redoing a refused swap")
+    await started.wait()
+    await continuous.stop(SimpleNamespace(extras={"continuous": deps}))
+    assert task.done() and task.cancelled()
+    assert not deps.background
