@@ -641,17 +641,19 @@ BYTES_PER_USER = _bytes_per_user()
 
 
 async def _refuse_a_whole_answer_too_large(deps: AuthDeps, ids: list[uuid.UUID] | None, workspace_id: int | None,
-                                           co_members_of: uuid.UUID | None) -> None:
+                                           co_members_of: uuid.UUID | None,
+                                           after: tuple[datetime, uuid.UUID] | None) -> None:
     """A users/query without `limit` whose answer cannot fit a bus reply: 422 reply_too_large before any user is read
     out, counted in PostgreSQL (store.users_answer_size). Built, 13,000 users with long emails (10 MiB) kept auth
     busy for seconds (1.3 s idle) after the gateway's wait had ended, the requests behind it waiting, to answer the
     same 422. What is counted is the least the answer takes (every user's fixed part and its strings), so nothing
-    that fits is refused; one just above the limit is still refused by shared.bus.encode_reply once built."""
+    that fits is refused; one just above the limit is still refused by shared.bus.encode_reply once built. A cursor
+    without `limit` answers the rest of the list whole (docs/api-paging.md): only the users after it are counted."""
     limit = deps.reply_limit()
     if limit is None:
         return
     users, text_bytes = await store.users_answer_size(deps.pool, ids=ids, workspace_id=workspace_id,
-                                                      co_members_of=co_members_of)
+                                                      co_members_of=co_members_of, after=after)
     least = users * BYTES_PER_USER + text_bytes
     if least > limit:
         raise ReplyTooLarge(f"the answer would be at least {byte_size(least)} ({users} users), above the "
@@ -676,7 +678,7 @@ async def query_users(deps: AuthDeps, principal: Principal, cmd: QueryUsers) -> 
         else:  # in no workspace: themself only
             ids = [me] if ids is None else [i for i in ids if i == me]
     if cmd.limit is None:
-        await _refuse_a_whole_answer_too_large(deps, ids, workspace_id, co_members_of)
+        await _refuse_a_whole_answer_too_large(deps, ids, workspace_id, co_members_of, after)
     rows = await store.list_users(deps.pool, ids=ids, workspace_id=workspace_id, co_members_of=co_members_of,
                                   after=after, limit=None if cmd.limit is None else cmd.limit + 1)
     records, next_cursor = await paging.page(rows, cmd.limit, lambda r: _user_record(r, principal), paging.key_cursor)

@@ -245,13 +245,15 @@ async def list_users(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspa
 
 
 async def users_answer_size(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspace_id: int | None,
-                            co_members_of: uuid.UUID | None) -> tuple[int, int]:
-    """How many users list_users would answer whole with these filters, and the UTF-8 bytes of their usernames and
-    emails together: what an answer's size is made of, counted in PostgreSQL without reading the rows out."""
+                            co_members_of: uuid.UUID | None,
+                            after: tuple[datetime, uuid.UUID] | None = None) -> tuple[int, int]:
+    """How many users list_users would answer whole with these filters (those after `after`: a cursor without limit
+    answers the rest), and the UTF-8 bytes of their usernames and emails together: what an answer's size is made of,
+    counted in PostgreSQL without reading the rows out."""
     args: list[Any] = []
     row = await pool.fetchrow(
         "SELECT count(*) AS users, coalesce(sum(octet_length(u.username) + coalesce(octet_length(u.email), 0)), 0)"
-        f" AS text_bytes FROM users u{_user_filters(ids, workspace_id, co_members_of, None, args)}", *args)
+        f" AS text_bytes FROM users u{_user_filters(ids, workspace_id, co_members_of, after, args)}", *args)
     return row["users"], row["text_bytes"]
 
 

@@ -319,3 +319,32 @@ async def test_a_user_in_no_workspace_sees_themself_only(stack, admin, alice, bo
     # and an administrator sees both
     both = admin.post("users/query", {"user_ids": [alice.user_id, bob.user_id]})["users"]
     assert sorted(both) == sorted([alice.user_id, bob.user_id])
+
+
+async def test_the_rest_after_a_cursor_asked_whole_is_counted_from_the_cursor(stack, alice):
+    """A cursor without `limit` answers the rest of the list whole (docs/api-paging.md): the early 422's count is of
+    the users after the cursor only. Before (86498a9) it counted the whole list whatever the cursor, so a rest that
+    fits a reply was refused because the whole list would not have."""
+    await big_workspace(stack, alice, 300)
+    settings = stack.settings()
+    pool = await create_pool(settings.postgres, "auth")
+    try:
+        whole = await handlers.query_users(handlers.AuthDeps(pool=pool, settings=settings.auth, keys={}),
+                                           principal_of(alice), QueryUsers(workspace_id=alice.workspace_id))
+        size = len(whole.model_dump_json())
+        small = handlers.AuthDeps(pool=pool, settings=settings.auth, keys={}, reply_limit=lambda: size // 2)
+        first = await handlers.query_users(small, principal_of(alice), QueryUsers(workspace_id=alice.workspace_id,
+                                                                                   limit=290))
+        rest = await handlers.query_users(small, principal_of(alice), QueryUsers(workspace_id=alice.workspace_id,
+                                                                                  cursor=first.next_cursor))
+        assert list(first.users) + list(rest.users) == list(whole.users) and len(rest.users) == 11
+        assert rest.next_cursor is None
+        # the rest from near the start still does not fit: refused early, counted from that cursor
+        second = await handlers.query_users(small, principal_of(alice), QueryUsers(workspace_id=alice.workspace_id,
+                                                                                    limit=1))
+        with pytest.raises(ReplyTooLarge) as refused:
+            await handlers.query_users(small, principal_of(alice), QueryUsers(workspace_id=alice.workspace_id,
+                                                                              cursor=second.next_cursor))
+        assert "(300 users)" in refused.value.msg, refused.value.msg
+    finally:
+        await pool.close()
