@@ -577,6 +577,8 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
             if not serving:  # a deployed event owed by the activation replaced, if it served (owed_before)
                 await owed_before(conn, before, pipeline, serving=False)
             deployment_id = before["id"] if serving else await store.activate_deployment(conn, before, *row)
+        if not serving:  # a new activation: the replaced one's owed event was written above, or is not owed
+            deps.owed.forget(deployment_id)
         name = f"{deploy_id}-{deployment_id}"
         # a redeploy under another deploy_id renames the deployment: the backend swaps replica sets of one name only,
         # so the old name's set is stopped here, once the new one serves
@@ -592,6 +594,7 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
                 await owed_before(conn, existing, pipeline, serving=True)
                 await store.activate_deployment(conn, existing, *row)
                 await store.record_deployed(conn, deployed(deployment_id, name))
+            deps.owed.forget(deployment_id)  # the replaced activation's owed event was written with it
 
         try:
             await deps.backend.start(name, spec, config["replica_count"], *_autoscale(config),
@@ -694,6 +697,7 @@ async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, 
         await store.deactivate(deps.pool, deployment_id, PipelineUndeployed(
             deployment_id=deployment_id, name=name, pipeline_id=pipeline_id, workspace_id=pipeline["workspace_id"]),
             _deployed_event_of(row), serving=serving is not None and serving.ready)
+        deps.owed.forget(deployment_id)  # its owed deployed event, if any, was written with the undeployed
         deps.failed_restores.pop(name, None)
         await deps.backend.stop(name)
     finally:
@@ -768,8 +772,9 @@ class OwedDeployed:
     (OWED_RETRY_DELAYS), under the pipeline's lock (taken once the pool gave a connection, and only when free:
     _write_once) and only while the row still owes it (record_deployed's
     `if_pending`: active and deployed_pending), so never a second one: an undeploy meanwhile writes it itself
-    (store.deactivate), a redeploy writes its own and clears the mark, and a later owed event of the same
-    deployment (a redeploy whose write failed too) replaces this one. Before, the event waited for the next restart
+    (store.deactivate), a redeploy writes it first (owed_before), and a later owed event of the same deployment (a
+    redeploy whose write failed too) replaces this one. Each ends the write (forget/owe, under the pipeline's lock):
+    `if_pending` tells that the row owes an event, not which activation's. Before, the event waited for the next restart
     of the deployer or a redeploy. The deployer's stop cancels what is left (the row keeps owing it)."""
 
     def __init__(self) -> None:
@@ -790,6 +795,16 @@ class OwedDeployed:
         self.tasks[event.deployment_id] = task
         task.add_done_callback(lambda done: self.tasks.pop(event.deployment_id, None)
                                if self.tasks.get(event.deployment_id) is done else None)
+
+    def forget(self, deployment_id: int) -> None:
+        """The deployment's activation is over (undeployed, or activated again): its owed event was written or is
+        not owed any more, so its background write stops. Called under the pipeline's lock, which the write takes
+        before it writes, so a cancelled write never writes. Before, it went on: record_deployed's `if_pending` checks
+        that the row owes an event, not which activation's, so a later activation of the row (same id) left owing
+        its own (a deploy failing with an error it does not undo) had the earlier event written a second time."""
+        task = self.tasks.pop(deployment_id, None)
+        if task is not None:
+            task.cancel()
 
     async def _write(self, deps: DeployerDeps, pipeline_id: int, event: PipelineDeployed) -> None:
         for attempt, delay in enumerate(OWED_RETRY_DELAYS, 1):

@@ -496,10 +496,49 @@ def test_a_redeploy_of_a_serving_deployment_owing_its_deployed_event_writes_it_f
         assert [(s, e.name, e.pipeline_version) for s, e in world.store.events] == [
             (subjects.EVENT_PIPELINE_DEPLOYED, "a-5", str(world.store.versions[VERSION]["version"])),
             (subjects.EVENT_PIPELINE_DEPLOYED, "a-5", str(world.store.versions[NEW]["version"]))]
-        assert world.deps.owed.tasks
+        assert not world.deps.owed.tasks  # the background write is over (OwedDeployed.forget)
         assert await handlers.OwedDeployed._write_once(world.deps, PIPELINE, handlers.deployed_event(
             5, "a-5", PIPELINE, WORKSPACE, "v")) is False  # owed no more
         await world.deps.owed.stop()
         assert len(world.store.events) == 2
+
+    asyncio.run(scenario(world))
+
+
+def test_a_background_write_of_an_owed_event_is_over_once_its_activation_is(world, monkeypatch):  # noqa: F811
+    """The background write of an owed deployed event belongs to the activation whose replicas served: once an
+    undeploy wrote it (store.deactivate) the write is over (OwedDeployed.forget). Before, it kept trying, and
+    record_deployed's `if_pending` checks only that the row owes an event, not which: a deploy of the pipeline
+    that activated the row again (same id) and then failed with an error the deploy does not undo (an OSError
+    making the replicas: the row left active and owing its own event, the lock released) had the old event written
+    a second time, for an activation that never served."""
+    monkeypatch.setattr(handlers, "OWED_RETRY_DELAYS", (0.2, 0.01))
+
+    async def scenario(world) -> None:
+        world.backend.hold = False
+        record_deployed = world.store.record_deployed
+
+        async def refused_once(conn, event, *, if_pending=False):
+            world.store.record_deployed = record_deployed
+            raise ConnectionResetError("the commit was lost")
+
+        world.store.record_deployed = refused_once
+        await _deploy(world, "a")
+        assert world.deps.owed.tasks
+        tasks = list(world.deps.owed.tasks.values())
+        await handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5)
+
+        async def no_process(replica_set, replica_id):
+            raise OSError("no space left on device")
+
+        world.backend._spawn = no_process
+        with pytest.raises(OSError):
+            await _deploy(world, "b")
+        row = world.store.deployments[5]
+        assert row["active"] and row["deployed_pending"] and row["deploy_id"] == "b"
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert [(s, e.deployment_id, e.name) for s, e in world.store.events] == [
+            (subjects.EVENT_PIPELINE_DEPLOYED, 5, "a-5"), (subjects.EVENT_PIPELINE_UNDEPLOYED, 5, "a-5")]
+        assert not row["served"]
 
     asyncio.run(scenario(world))
