@@ -1361,10 +1361,27 @@ async def resume_deliveries(deps: ContinuousDeps) -> None:
             + (f"; serving the newer one again failed: {failed}" if failed else ""))
 
 
+async def resume_swaps(deps: ContinuousDeps) -> None:
+    """Swap again the decided challenges whose swap did not finish STALE_SWAP after their decision (the process died,
+    or the swap's deploy went unanswered: DeployUnanswered), each once (resume_swap claims it). Before, only the
+    deployment's next review did (on_review): a deployment reviewed no more kept such a challenge decided for good,
+    its decided version possibly serving (a late deploy) with no model_swapped. One deployment's failure is its own."""
+    rows = await deps.base.pool.fetch(
+        "SELECT DISTINCT deployment_id FROM challenges WHERE state IN ('promoting', 'rolling_back') AND decided_at <"
+        " now() - make_interval(secs => $1) ORDER BY deployment_id", STALE_SWAP)
+    for row in rows:
+        try:
+            await resume_swap(deps, row["deployment_id"])
+        except Exception:
+            log.exception("the unfinished swap of deployment %s's challenge failed unexpectedly; tried again in %.0f s",
+                          row["deployment_id"], STALE_SWAP)
+
+
 class DeliveryResumer(Sweeper):
     """Delivers again the continuous deployments a process left unfinished (resume_deliveries), in a loop of its own:
     a delivery is a deploy the process waits up to deploy_wait (305 s) for, which in the training starter's sweep
-    held back every training start of this process meanwhile."""
+    held back every training start of this process meanwhile. Swaps again the challenges' unfinished swaps too
+    (resume_swaps)."""
 
     task_name = "delivery-resumer"
     every, log, failure = STALE_SWAP / 10, log, "continuous deployment resume sweep failed (retried on the next sweep)"
@@ -1373,7 +1390,10 @@ class DeliveryResumer(Sweeper):
         self.deps = deps
 
     async def sweep(self) -> None:
-        await resume_deliveries(self.deps)
+        try:
+            await resume_deliveries(self.deps)
+        finally:  # a failed delivery sweep does not hold the swaps back
+            await resume_swaps(self.deps)
 
 
 # --- promotion by the sequential test ----------------------------------------------------------------------------
@@ -1709,7 +1729,7 @@ async def stop(runtime: Any) -> None:
             await background.stop()
     deps = runtime.extras.get("continuous")
     cut = list(deps.background if deps is not None else ())
-    for task in cut:  # a redone swap cut short stays decided: the review wake-up's resume_swap makes it
+    for task in cut:  # a redone swap cut short stays decided: resume_swap makes it (resume_swaps, a review)
         task.cancel()
     # ended before stop returns (the service closes its pool and bus next): a cancelled task left pending would run
     # on, its next query or request failing on a closed pool, and the loop's end would destroy it still pending

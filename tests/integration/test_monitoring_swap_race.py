@@ -261,3 +261,44 @@ async def test_a_resumed_swap_overtaken_already_does_not_serve_the_decided_versi
     row = await pool.fetchrow("SELECT state, reason FROM challenges WHERE id = $1", challenge_id)
     assert row["state"] == "superseded" and "newer training" in row["reason"], dict(row)
     assert await swapped_events(pool) == []
+
+
+async def test_a_swap_left_decided_is_made_by_the_resumer_without_a_review(monitoring_schema, monkeypatch):
+    """A promotion whose swap's deploy went unanswered (DeployUnanswered) stays decided for a resume; before, only
+    the deployment's next review resumed it (on_review's resume_swap), so a deployment reviewed no more kept it
+    'promoting' for good (and a late deploy of v2 served with no model_swapped). Now the delivery resumer's sweep
+    swaps it too, STALE_SWAP after its decision, once: promoted and told once, also when swept twice."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, "DEPLOY_SHADOW")
+    challenge_id = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO challenges (id, deployment_id, workspace_id, champion, challenger, alpha, min_sample, state,"
+        " evidence, decided_at) VALUES ($1, $2, 1, $3, $4, 0.05, 10, 'promoting', $5, now())", challenge_id,
+        DEPLOYMENT, json.dumps(CHAMPION), json.dumps(CHALLENGER), json.dumps(evidence().as_dict()))
+    serving = {"model": CHAMPION, "shadow": CHALLENGER}
+    serves: list[str] = []
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
+        serves.append((challenger or champion)["version"])
+        if len(serves) == 1:
+            raise continuous.DeployUnanswered("deployer did not answer within 305s")
+        serving.update(model=champion, shadow=challenger)
+        return "9"
+
+    deliver_with(monkeypatch, lambda: serving["model"], serve, lambda: serving["shadow"])
+    deps = process(pool)
+    challenge = await pool.fetchrow("SELECT * FROM challenges WHERE id = $1", challenge_id)
+    await continuous._apply_decision(deps, challenge, "promoting", evidence())
+    assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "promoting"
+    resumer = continuous.DeliveryResumer(deps)
+    await resumer.sweep()  # not stale yet: left alone
+    assert serves == ["v2"]
+
+    await pool.execute("UPDATE challenges SET decided_at = now() - make_interval(secs => $2) WHERE id = $1",
+                       challenge_id, continuous.STALE_SWAP + 10)
+    await resumer.sweep()
+    await resumer.sweep()
+    assert serves == ["v2", "v2"]
+    assert (serving["model"]["version"], serving["shadow"]) == ("v2", None)
+    assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "promoted"
+    assert [e["action"] for e in await swapped_events(pool)] == ["promoted"]
