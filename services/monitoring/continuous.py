@@ -1628,10 +1628,39 @@ async def redo_refused_swap(deps: ContinuousDeps, deployment_id: int) -> bool:
             deployment_id)
         if row is None:
             return False
+        try:
+            still = await _still_challenged(deps, row)
+        except RailyardError:  # what serves cannot be told: the swap's own try records why (the owner refused again)
+            still = True
+        if not still:
+            # a person's change (or any other) since the refusal is what serves now: the old decision is not made
+            # over it, and not again at a later toggle
+            await deps.base.pool.execute(
+                "UPDATE challenges SET state = 'failed', reason = $3 WHERE id = $1 AND state = $2", row["id"],
+                row["state"], f"{_evidence(row).decision.value} decided, but its swap was refused for the owner and"
+                " the deployment no longer serves the challenge's champion with its challenger as shadow: not made")
+            log.info("challenge %s of deployment %s: its swap refused for the owner is not made now: the deployment"
+                     " serves something else since", row["id"], deployment_id)
+            return False
         log.info("challenge %s of deployment %s: its swap refused for the owner is made now that continuous"
                  " deployment is on again", row["id"], deployment_id)
         await _apply_decision(deps, row, row["state"], _evidence(row))
     return True
+
+
+async def _still_challenged(deps: ContinuousDeps, challenge: asyncpg.Record) -> bool:
+    """Whether the deployment still serves what `challenge` compared, its champion shadowed by its challenger (as a
+    refused swap left it): a decision made later (redo_refused_swap) is made only then, not over a change since."""
+    cd = await deps.base.pool.fetchrow("SELECT * FROM continuous_deployment WHERE deployment_id = $1",
+                                       challenge["deployment_id"])
+    principal, token = await act_as(deps, cd["owner_id"], cd["workspace_id"],
+                                    f"monitoring-deploy-{challenge['deployment_id']}")
+    view = await handlers._deployment(deps.base, principal, token, await deployed_name(
+        deps, token, cd["deployment"]) or cd["deployment"])
+    champion, shadow = handlers.current_model(view.definition), handlers._current_shadow(view.definition)
+    return (champion is not None and shadow is not None
+            and champion.version == (_json(challenge["champion"]) or {}).get("version")
+            and shadow.version == (_json(challenge["challenger"]) or {}).get("version"))
 
 
 async def on_assay_alert(deps: ContinuousDeps, event: AssayThresholdCrossed) -> list[uuid.UUID]:

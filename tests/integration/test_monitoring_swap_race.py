@@ -209,8 +209,12 @@ async def test_a_swap_refused_for_the_owner_is_made_when_continuous_deployment_i
     assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "failed"
     assert (await continuous.information(pool, DEPLOYMENT)).deployment.active is False
 
+    looked_up = continuous.handlers._deployment
+
     async def deployment(base, principal, token, name):
-        return SimpleNamespace(route=SimpleNamespace(deployment_id=DEPLOYMENT))
+        view = await looked_up(base, principal, token, name)
+        view.route = SimpleNamespace(deployment_id=DEPLOYMENT)
+        return view
 
     monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
     refused[0] = False  # the owner is back
@@ -302,3 +306,54 @@ async def test_a_swap_left_decided_is_made_by_the_resumer_without_a_review(monit
     assert (serving["model"]["version"], serving["shadow"]) == ("v2", None)
     assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "promoted"
     assert [e["action"] for e in await swapped_events(pool)] == ["promoted"]
+
+
+async def test_a_refused_swap_is_not_made_over_a_change_made_since(monitoring_schema, monkeypatch):
+    """A promotion's swap refused for the owner, then a person deploys another version (v5 alone) while continuous
+    deployment is suspended. Before, turning it on again made the old decision over that change in the background
+    (v2 alone in v5's place, told as promoted). Now the redo first looks at what serves: not the challenge's champion
+    shadowed by its challenger, the decision is not made (the challenge stays failed, not redone at a later toggle)."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, "DEPLOY_SHADOW")
+    challenge_id = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO challenges (id, deployment_id, workspace_id, champion, challenger, alpha, min_sample, state,"
+        " evidence, decided_at) VALUES ($1, $2, 1, $3, $4, 0.05, 10, 'promoting', $5, now())", challenge_id,
+        DEPLOYMENT, json.dumps(CHAMPION), json.dumps(CHALLENGER), json.dumps(evidence().as_dict()))
+    serving = {"model": CHAMPION, "shadow": CHALLENGER}
+    refused = [True]
+    serves: list[str] = []
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
+        if refused[0]:
+            raise continuous.OwnerRefused("the task's owner is no longer a member of workspace 1")
+        serves.append((challenger or champion)["version"])
+        serving.update(model=champion, shadow=challenger)
+        return "10"
+
+    deliver_with(monkeypatch, lambda: serving["model"], serve, lambda: serving["shadow"])
+    deps = process(pool)
+    challenge = await pool.fetchrow("SELECT * FROM challenges WHERE id = $1", challenge_id)
+    await continuous._apply_decision(deps, challenge, "promoting", evidence())
+    assert await pool.fetchval("SELECT swap_refused FROM challenges WHERE id = $1", challenge_id) == "promoting"
+
+    serving.update(model={"name": "digits", "version": "v5", "sha": "e"}, shadow=None)  # a person's deploy
+    looked_up = continuous.handlers._deployment
+
+    async def deployment(base, principal, token, name):
+        view = await looked_up(base, principal, token, name)
+        view.route = SimpleNamespace(deployment_id=DEPLOYMENT)
+        return view
+
+    monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
+    refused[0] = False  # the owner is back
+    for _ in range(2):  # and once more later: nothing
+        await continuous.toggle_deployment(deps, None, None, ToggleContinuous(deployment="d-42", active=True))
+        await asyncio.wait_for(asyncio.gather(*deps.background), 10)
+
+    assert serves == []
+    assert (serving["model"]["version"], serving["shadow"]) == ("v5", None)
+    row = await pool.fetchrow("SELECT state, swap_refused, reason FROM challenges WHERE id = $1", challenge_id)
+    assert (row["state"], row["swap_refused"]) == ("failed", None), dict(row)
+    assert "no longer serves" in row["reason"]
+    assert await swapped_events(pool) == []
