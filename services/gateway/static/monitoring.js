@@ -224,7 +224,8 @@ PAGES.review = async function review() {
   const dep = deployments.find(d => d.name === R.deployment);
   out.push(deploymentPicker('review-deployment', deployments, R.deployment, (v) => { Object.assign(R, {deployment: v, current: null, pages: 1}); show('review'); }));
   // before, 50 were read and the oldest 20 listed, with no way to the rest but reviewing them: now a page at a time
-  const queue = await reviewPages(dep.name, R.pages || 1);
+  let pagesListed = R.pages || 1;  // the pages this list holds (Show newer predictions adds to it)
+  const queue = await reviewPages(dep.name, pagesListed);
   const listedNote = el('span', {id: 'review-listed'});
   out.push(el('p', {id: 'review-pending'}, `${queue.pending} prediction(s) waiting for review, oldest first.`, ' ', listedNote));
   if (!queue.predictions.length) { out.push(el('p', {class: 'muted'}, 'Nothing to review.')); return out; }
@@ -243,14 +244,18 @@ PAGES.review = async function review() {
     listedNote.textContent = moreLeft() ? `The oldest ${listed.size} listed; newer ones not listed yet.` : `All ${listed.size} listed.`;
   };
   sayListed();
-  // the next page read in place (the predictions listed and the focus stay); the page drawn again reads as many
+  // the next page read in place (the predictions listed and the focus stay); the page drawn again reads as many.
+  // The offset is this list's own count of pages, and an answer coming after the page was drawn again (a prediction
+  // picked, another deployment chosen while the read was on its way) changes nothing: before, it counted one more
+  // page in R.pages for the list drawn meanwhile, whose Show newer then read past a page, skipping its predictions.
   const newer = el('button', {class: 'btn secondary', type: 'button', id: 'review-more',
     'aria-label': `Show the next ${REVIEW_PAGE} predictions waiting (newer)`, onclick: async () => {
       newer.disabled = true;
       try {
         const page = await api('deployments/list_predictions_to_review',
-          {deployment: dep.name, limit: REVIEW_PAGE, offset: (R.pages || 1) * REVIEW_PAGE});
-        R.pages = (R.pages || 1) + 1;
+          {deployment: dep.name, limit: REVIEW_PAGE, offset: pagesListed * REVIEW_PAGE});
+        if (!list.isConnected) return;  // drawn again meanwhile, reading its own pages
+        R.pages = ++pagesListed;
         pending = page.pending;
         const fresh = page.predictions.filter(x => !listed.has(x.id));
         for (const x of fresh) listed.add(x.id);
@@ -259,10 +264,10 @@ PAGES.review = async function review() {
         newer.hidden = !moreLeft() || page.predictions.length < REVIEW_PAGE;
         // the button gone: the focus goes to the last prediction listed, not nowhere
         if (newer.hidden) list.querySelector('li:last-child button').focus();
-      } catch (e) { $('#error').textContent = e.message; }
+      } catch (e) { if (list.isConnected) $('#error').textContent = e.message; }
       newer.disabled = false;
     }}, 'Show newer predictions');
-  newer.hidden = !moreLeft() || queue.predictions.length < (R.pages || 1) * REVIEW_PAGE;
+  newer.hidden = !moreLeft() || queue.predictions.length < pagesListed * REVIEW_PAGE;
   out.push(list, el('div', {class: 'row'}, newer));
 
   // the editor: detections as rows of class and box; a classification as its class
