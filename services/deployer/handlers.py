@@ -599,10 +599,17 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
         try:
             await deps.backend.start(name, spec, config["replica_count"], *_autoscale(config),
                                      serving=record if serving else None)
-        except (RuntimeError, TimeoutError) as exc:
+        except Exception as exc:
+            # RuntimeError, TimeoutError: the replicas failed to start (400). Another error (an OSError writing the
+            # spec or spawning a replica: ENOSPC, EMFILE) is the deployer's own and raised as it is, after the same
+            # undoing: before, it left the row of a first deploy active and owing its event with nothing running
+            # ("Starting" until a restart's restore started it, for a deploy that had answered an error)
+            started = isinstance(exc, (RuntimeError, TimeoutError))
             if serving:
                 # the previous set still serves (the backend swaps only once the new one is ready) and the row still
                 # says so: the deployment stays what it was (docs/inference.md)
+                if not started:
+                    raise
                 raise InvalidRequest(f"the deployment failed to start: {exc} (nothing changed: {old} still serves "
                                      "the previous version)") from None
             # inactive now; a deployment that was active (its restore after a restart had failed: nothing served)
@@ -616,6 +623,8 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
                 workspace_id=pipeline["workspace_id"]) if was_active else None)
             if renamed is not None:
                 await deps.backend.stop(renamed)
+            if not started:
+                raise
             raise InvalidRequest(f"the deployment failed to start: {exc}") from None
         if not serving:  # the row says active since before the start: the event alone, now that the replicas serve
             # (the row owes it until this commits: a deployer dying before has the restore write it, `_restart`)

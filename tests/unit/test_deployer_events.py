@@ -509,9 +509,9 @@ def test_a_background_write_of_an_owed_event_is_over_once_its_activation_is(worl
     """The background write of an owed deployed event belongs to the activation whose replicas served: once an
     undeploy wrote it (store.deactivate) the write is over (OwedDeployed.forget). Before, it kept trying, and
     record_deployed's `if_pending` checks only that the row owes an event, not which: a deploy of the pipeline
-    that activated the row again (same id) and then failed with an error the deploy does not undo (an OSError
-    making the replicas: the row left active and owing its own event, the lock released) had the old event written
-    a second time, for an activation that never served."""
+    that activated the row again (same id) and then failed without undoing it (its replicas failed, and so did the
+    deactivation, the database away: the row left active and owing its own event, the lock released) had the old
+    event written a second time, for an activation that never served."""
     monkeypatch.setattr(handlers, "OWED_RETRY_DELAYS", (0.2, 0.01))
 
     async def scenario(world) -> None:
@@ -528,11 +528,14 @@ def test_a_background_write_of_an_owed_event_is_over_once_its_activation_is(worl
         tasks = list(world.deps.owed.tasks.values())
         await handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5)
 
-        async def no_process(replica_set, replica_id):
-            raise OSError("no space left on device")
+        async def no_replica(replica_set, replica_id):
+            raise RuntimeError("the replica did not start")
 
-        world.backend._spawn = no_process
-        with pytest.raises(OSError):
+        async def no_database(*args, **kwargs):
+            raise ConnectionResetError("the database went away")
+
+        world.backend._spawn, world.store.deactivate = no_replica, no_database
+        with pytest.raises(ConnectionResetError):
             await _deploy(world, "b")
         row = world.store.deployments[5]
         assert row["active"] and row["deployed_pending"] and row["deploy_id"] == "b"
@@ -540,5 +543,27 @@ def test_a_background_write_of_an_owed_event_is_over_once_its_activation_is(worl
         assert [(s, e.deployment_id, e.name) for s, e in world.store.events] == [
             (subjects.EVENT_PIPELINE_DEPLOYED, 5, "a-5"), (subjects.EVENT_PIPELINE_UNDEPLOYED, 5, "a-5")]
         assert not row["served"]
+
+    asyncio.run(scenario(world))
+
+
+def test_a_first_deploy_failing_with_an_error_of_the_deployers_own_leaves_nothing_active(world):  # noqa: F811
+    """A deploy whose start fails with an error other than its replicas' (an OSError writing the spec or spawning a
+    replica: ENOSPC, EMFILE) is raised as it is (an internal error) and undoes its activation, as a failed start
+    does: the row inactive and owing nothing, no event. Before, only RuntimeError and TimeoutError were undone: the
+    row of a first deploy stayed active and owing its deployed event with nothing running ("Starting" until a
+    restart's restore started it, serving a deploy that had answered an error)."""
+    async def scenario(world) -> None:
+        world.backend.hold = False
+
+        async def no_process(replica_set, replica_id):
+            raise OSError("too many open files")
+
+        world.backend._spawn = no_process
+        with pytest.raises(OSError):
+            await _deploy(world, "a")
+        row = world.store.deployments[5]
+        assert not row["active"] and not row["deployed_pending"] and world.store.events == []
+        assert world.backend.sets == {} and await world.store.active_deployments(None) == []
 
     asyncio.run(scenario(world))
