@@ -503,6 +503,56 @@ def test_orchestration_task_run_and_its_logs(stack, world, alice_ui: Account, as
     assert not browser.find_element(By.ID, "run-logs-all").is_displayed()
 
 
+# the run's reads of its last lines are answered as if it were still running (so the page follows it every 1.5 s),
+# and the second of them is held (its answer read, then kept) until releaseLogs(done), which hands it over and calls
+# back 300 ms later with what the page then shows (before the next 1.5-s read could change it)
+LIVE_LOGS_HELD = """
+window.logsRead = 0;
+window.releaseLogs = null;
+if (!window.unheldLogsFetch) {
+  window.unheldLogsFetch = window.fetch;
+  window.fetch = function (url, init) {
+    const real = window.unheldLogsFetch.apply(this, arguments);
+    if (!String(url).endsWith('/v1/api/task/get_logs_for_run') || !('lines' in JSON.parse(init.body))) return real;
+    return real.then(async r => {
+      const answer = JSON.parse(await r.text());
+      answer.status = 'running';
+      const response = new Response(JSON.stringify(answer), {status: r.status, headers: r.headers});
+      if (++window.logsRead !== 2) return response;
+      return new Promise(resolve => {
+        window.releaseLogs = (done) => {
+          resolve(response);
+          setTimeout(() => done({cut: document.querySelector('#run-logs-cut').textContent,
+                                 logs: document.querySelector('#run-logs').textContent,
+                                 button: !document.querySelector('#run-logs-all').hidden}), 300);
+        };
+      });
+    });
+  };
+}
+"""
+
+
+def test_show_all_lines_is_not_undone_by_a_read_on_its_way(stack, world, alice_ui: Account, as_alice):
+    """A live run's logs are read again every 1.5 s; Show all lines pressed while such a read of the last lines is on
+    its way: that read, answered after every line was shown, is dropped. Before, it showed the cut lines, the note and
+    the button again over every line (for good when the run had ended by then: no further read)."""
+    browser = as_alice
+    every = ok(post(stack, "task/get_logs_for_run", alice_ui.token, {"id": world["run_id"]}))["logs"]
+    assert len(every) >= 2, every
+    browser.execute_script("RUN_LOG_LINES = 1; state.tasks.allLines = null")
+    browser.execute_script(LIVE_LOGS_HELD)
+    open_page(browser, "tasks")
+    wait_text(browser, "#run-logs-cut", "Showing the last 1 lines: the run has more")
+    wait_for(browser, "return window.releaseLogs !== null", what="the second read of the last lines")
+    browser.find_element(By.ID, "run-logs-all").send_keys(Keys.ENTER)
+    wait_text(browser, "#run-logs-cut", f"Every line shown ({len(every)}).")
+    shows = browser.execute_async_script("window.releaseLogs(arguments[arguments.length - 1])")
+    assert shows == {"cut": f"Every line shown ({len(every)}).", "logs": "\n".join(every), "button": False}, shows
+    wait_text(browser, "#run-logs-state", f"{len(every)} line(s)")  # the run's own status (success): not followed
+    assert not browser.find_element(By.ID, "error").text
+
+
 UIMODEL_CARD = ("railyardGraph.nodes().filter(n => n.data('card').kind === 'model_version' && "
                 "n.data('card').title.startsWith('uimodel'))[0]")
 

@@ -147,6 +147,10 @@ PAGES.tasks = async function tasks() {
       // hold it, and its status stayed the one first listed)
       const answer = await api('task/get_logs_for_run', {id: run.run_id, ...(all ? {} : {lines: RUN_LOG_LINES + 1})});
       if (state.page !== 'tasks' || T.run !== run.run_id || !logs.isConnected) return;
+      // a read of the last lines answered after Show all lines was pressed (a live run's, on its way then) is
+      // dropped: before, landing after the read of every line, it showed the cut lines and note again (for good
+      // when the run had ended meanwhile), though every line was asked for
+      if (all !== (T.allLines === run.run_id)) return;
       const cut = !all && answer.logs.length > RUN_LOG_LINES;
       const lines = cut ? answer.logs.slice(1) : answer.logs;
       const current = {...run, status: answer.status || run.status};
