@@ -517,7 +517,11 @@ if (!window.unheldLogsFetch) {
     return real.then(async r => {
       const answer = JSON.parse(await r.text());
       answer.status = 'running';
-      const response = new Response(JSON.stringify(answer), {status: r.status, headers: r.headers});
+      // window.heldLogsFail: the held read answers an error instead (a 503)
+      const response = window.heldLogsFail && window.logsRead === 1
+        ? new Response(JSON.stringify({code: 'unavailable', msg: 'the held read of the last lines failed'}),
+                       {status: 503, headers: {'Content-Type': 'application/json'}})
+        : new Response(JSON.stringify(answer), {status: r.status, headers: r.headers});
       if (++window.logsRead !== 2) return response;
       return new Promise(resolve => {
         window.releaseLogs = (done) => {
@@ -551,6 +555,27 @@ def test_show_all_lines_is_not_undone_by_a_read_on_its_way(stack, world, alice_u
     assert shows == {"cut": f"Every line shown ({len(every)}).", "logs": "\n".join(every), "button": False}, shows
     wait_text(browser, "#run-logs-state", f"{len(every)} line(s)")  # the run's own status (success): not followed
     assert not browser.find_element(By.ID, "error").text
+
+
+def test_a_read_on_its_way_failing_after_show_all_lines_shows_no_error(stack, world, alice_ui: Account, as_alice):
+    """As above, but the read of the last lines on its way when Show all lines is pressed fails (a 503): its error is
+    dropped with it, as its answer is (review of f2b49ee). Before, the page showing every line said "the held read
+    of the last lines failed" in its error line."""
+    browser = as_alice
+    every = ok(post(stack, "task/get_logs_for_run", alice_ui.token, {"id": world["run_id"]}))["logs"]
+    browser.execute_script("RUN_LOG_LINES = 1; state.tasks.allLines = null; window.heldLogsFail = true")
+    browser.execute_script(LIVE_LOGS_HELD)
+    try:
+        open_page(browser, "tasks")
+        wait_text(browser, "#run-logs-cut", "Showing the last 1 lines: the run has more")
+        wait_for(browser, "return window.releaseLogs !== null", what="the second read of the last lines")
+        browser.find_element(By.ID, "run-logs-all").send_keys(Keys.ENTER)
+        wait_text(browser, "#run-logs-cut", f"Every line shown ({len(every)}).")
+        shows = browser.execute_async_script("window.releaseLogs(arguments[arguments.length - 1])")
+        assert shows == {"cut": f"Every line shown ({len(every)}).", "logs": "\n".join(every), "button": False}, shows
+        assert not browser.find_element(By.ID, "error").text
+    finally:
+        browser.execute_script("window.heldLogsFail = false")
 
 
 UIMODEL_CARD = ("railyardGraph.nodes().filter(n => n.data('card').kind === 'model_version' && "

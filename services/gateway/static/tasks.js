@@ -142,15 +142,18 @@ PAGES.tasks = async function tasks() {
   const follow = async () => {
     if (state.page !== 'tasks' || T.run !== run.run_id || !logs.isConnected) return;
     const all = T.allLines === run.run_id;
+    // a read answered for a run no longer shown, or of the last lines after Show all lines was pressed (or the
+    // reverse): dropped, its answer and its error alike
+    const stale = () => state.page !== 'tasks' || T.run !== run.run_id || !logs.isConnected ||
+      all !== (T.allLines === run.run_id);
     try {
       // the run's status comes with its logs: a run on an older page is followed too (the newest 50 alone did not
       // hold it, and its status stayed the one first listed)
       const answer = await api('task/get_logs_for_run', {id: run.run_id, ...(all ? {} : {lines: RUN_LOG_LINES + 1})});
-      if (state.page !== 'tasks' || T.run !== run.run_id || !logs.isConnected) return;
       // a read of the last lines answered after Show all lines was pressed (a live run's, on its way then) is
       // dropped: before, landing after the read of every line, it showed the cut lines and note again (for good
       // when the run had ended meanwhile), though every line was asked for
-      if (all !== (T.allLines === run.run_id)) return;
+      if (stale()) return;
       const cut = !all && answer.logs.length > RUN_LOG_LINES;
       const lines = cut ? answer.logs.slice(1) : answer.logs;
       const current = {...run, status: answer.status || run.status};
@@ -166,6 +169,7 @@ PAGES.tasks = async function tasks() {
       clearTimeout(followTimer);  // one loop, also when "Show all lines" is pressed while a read is on its way
       if (live || (!lines.length && settle-- > 0)) followTimer = setTimeout(follow, 1500);
     } catch (e) {
+      if (stale()) return;  // before, such a read's error was shown over the page (every line shown, or another page)
       $('#error').textContent = e.message;  // e.g. every line asked of a run whose logs pass what a reply carries
       if (all) { T.allLines = null; cutNote.textContent = ''; allButton.hidden = false; }
     }
