@@ -1632,6 +1632,15 @@ async def redo_refused_swap(deps: ContinuousDeps, deployment_id: int) -> bool:
             still = await _still_challenged(deps, row)
         except RailyardError:  # what serves cannot be told: the swap's own try records why (the owner refused again)
             still = True
+        except Exception as exc:
+            # an error of this process's (the database away for a moment): the refusal is put back as it was, for the
+            # next set-up or toggle. Before, the claim left it decided, and resume_swap made it STALE_SWAP later
+            # without looking at what serves, over a person's change since
+            await deps.base.pool.execute(
+                "UPDATE challenges SET state = 'failed', swap_refused = $2, reason = $3 WHERE id = $1 AND state = $2",
+                row["id"], row["state"], f"{_evidence(row).decision.value} decided, but its swap was refused for the"
+                f" owner; making it now failed ({type(exc).__name__}): tried again at the next set-up or toggle")
+            raise
         if not still:
             # a person's change (or any other) since the refusal is what serves now: the old decision is not made
             # over it, and not again at a later toggle

@@ -357,3 +357,60 @@ async def test_a_refused_swap_is_not_made_over_a_change_made_since(monitoring_sc
     assert (row["state"], row["swap_refused"]) == ("failed", None), dict(row)
     assert "no longer serves" in row["reason"]
     assert await swapped_events(pool) == []
+
+
+async def test_a_redo_that_cannot_look_at_what_serves_puts_the_refusal_back(monitoring_schema, monkeypatch):
+    """A promotion's swap refused for the owner, a person's deploy (v5 alone) while continuous deployment is
+    suspended, then the redo's look at what serves fails with an error of the process's own (the database away for a
+    moment). Before, the redo's claim left the challenge decided ('promoting', swap_refused cleared), and the
+    delivery resumer's resume_swap made it STALE_SWAP later without that look: v2 alone over v5, told as promoted.
+    Now the refusal is put back (failed, swap_refused kept) for the next set-up or toggle (review of 27a92ea)."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, "DEPLOY_SHADOW")
+    challenge_id = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO challenges (id, deployment_id, workspace_id, champion, challenger, alpha, min_sample, state,"
+        " evidence, decided_at) VALUES ($1, $2, 1, $3, $4, 0.05, 10, 'promoting', $5, now())", challenge_id,
+        DEPLOYMENT, json.dumps(CHAMPION), json.dumps(CHALLENGER), json.dumps(evidence().as_dict()))
+    serving = {"model": CHAMPION, "shadow": CHALLENGER}
+    refused = [True]
+    serves: list[str] = []
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
+        if refused[0]:
+            raise continuous.OwnerRefused("the task's owner is no longer a member of workspace 1")
+        serves.append((challenger or champion)["version"])
+        serving.update(model=champion, shadow=challenger)
+        return "10"
+
+    deliver_with(monkeypatch, lambda: serving["model"], serve, lambda: serving["shadow"])
+    deps = process(pool)
+    challenge = await pool.fetchrow("SELECT * FROM challenges WHERE id = $1", challenge_id)
+    await continuous._apply_decision(deps, challenge, "promoting", evidence())
+    assert await pool.fetchval("SELECT swap_refused FROM challenges WHERE id = $1", challenge_id) == "promoting"
+
+    serving.update(model={"name": "digits", "version": "v5", "sha": "e"}, shadow=None)  # a person's deploy
+    looked_up = continuous.handlers._deployment
+
+    async def deployment(base, principal, token, name):
+        view = await looked_up(base, principal, token, name)
+        view.route = SimpleNamespace(deployment_id=DEPLOYMENT)
+        return view
+
+    async def cannot_look(deps, challenge) -> bool:
+        raise ConnectionError("the database went away for a moment")
+
+    monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
+    monkeypatch.setattr(continuous, "_still_challenged", cannot_look)
+    refused[0] = False  # the owner is back
+    await continuous.toggle_deployment(deps, None, None, ToggleContinuous(deployment="d-42", active=True))
+    await asyncio.wait_for(asyncio.gather(*deps.background), 10)  # its failure logged
+
+    row = await pool.fetchrow("SELECT state, swap_refused FROM challenges WHERE id = $1", challenge_id)
+    assert (row["state"], row["swap_refused"]) == ("failed", "promoting"), dict(row)
+    # STALE_SWAP later the delivery resumer's sweep does not make it over the person's v5
+    await pool.execute("UPDATE challenges SET decided_at = now() - interval '1 hour' WHERE id = $1", challenge_id)
+    await continuous.resume_swaps(deps)
+    assert serves == []
+    assert (serving["model"]["version"], serving["shadow"]) == ("v5", None)
+    assert await swapped_events(pool) == []
