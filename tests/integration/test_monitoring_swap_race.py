@@ -308,12 +308,11 @@ async def test_a_swap_left_decided_is_made_by_the_resumer_without_a_review(monit
     assert [e["action"] for e in await swapped_events(pool)] == ["promoted"]
 
 
-async def test_a_refused_swap_is_not_made_over_a_change_made_since(monitoring_schema, monkeypatch):
-    """A promotion's swap refused for the owner, then a person deploys another version (v5 alone) while continuous
-    deployment is suspended. Before, turning it on again made the old decision over that change in the background
-    (v2 alone in v5's place, told as promoted). Now the redo first looks at what serves: not the challenge's champion
-    shadowed by its challenger, the decision is not made (the challenge stays failed, not redone at a later toggle)."""
-    pool = monitoring_schema
+async def refused_then_changed(pool, monkeypatch) -> SimpleNamespace:
+    """A promotion's swap refused for the owner (continuous deployment suspended, the challenge failed keeping its
+    decision), then a person's deploy of v5 alone; the deployment's look-up stand-in given its route. What the two
+    tests below turn continuous deployment on again over: `deps`, `challenge_id`, `serving` (what the deployment
+    serves), `serves` (what the swap stand-in served since), `refused` ([True] while auth refuses the owner)."""
     await continuous_deployment(pool, "DEPLOY_SHADOW")
     challenge_id = uuid.uuid4()
     await pool.execute(
@@ -346,6 +345,19 @@ async def test_a_refused_swap_is_not_made_over_a_change_made_since(monitoring_sc
         return view
 
     monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
+    return SimpleNamespace(deps=deps, challenge_id=challenge_id, serving=serving, serves=serves, refused=refused)
+
+
+async def test_a_refused_swap_is_not_made_over_a_change_made_since(monitoring_schema, monkeypatch):
+    """A promotion's swap refused for the owner, then a person deploys another version (v5 alone) while continuous
+    deployment is suspended. Before, turning it on again made the old decision over that change in the background
+    (v2 alone in v5's place, told as promoted). Now the redo first looks at what serves: not the challenge's champion
+    shadowed by its challenger, the decision is not made (the challenge stays failed, not redone at a later toggle)."""
+    pool = monitoring_schema
+    state = await refused_then_changed(pool, monkeypatch)
+    deps, challenge_id, serving, serves, refused = (state.deps, state.challenge_id, state.serving, state.serves,
+                                                    state.refused)
+
     refused[0] = False  # the owner is back
     for _ in range(2):  # and once more later: nothing
         await continuous.toggle_deployment(deps, None, None, ToggleContinuous(deployment="d-42", active=True))
@@ -366,41 +378,13 @@ async def test_a_redo_that_cannot_look_at_what_serves_puts_the_refusal_back(moni
     delivery resumer's resume_swap made it STALE_SWAP later without that look: v2 alone over v5, told as promoted.
     Now the refusal is put back (failed, swap_refused kept) for the next set-up or toggle (review of 27a92ea)."""
     pool = monitoring_schema
-    await continuous_deployment(pool, "DEPLOY_SHADOW")
-    challenge_id = uuid.uuid4()
-    await pool.execute(
-        "INSERT INTO challenges (id, deployment_id, workspace_id, champion, challenger, alpha, min_sample, state,"
-        " evidence, decided_at) VALUES ($1, $2, 1, $3, $4, 0.05, 10, 'promoting', $5, now())", challenge_id,
-        DEPLOYMENT, json.dumps(CHAMPION), json.dumps(CHALLENGER), json.dumps(evidence().as_dict()))
-    serving = {"model": CHAMPION, "shadow": CHALLENGER}
-    refused = [True]
-    serves: list[str] = []
-
-    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
-        if refused[0]:
-            raise continuous.OwnerRefused("the task's owner is no longer a member of workspace 1")
-        serves.append((challenger or champion)["version"])
-        serving.update(model=champion, shadow=challenger)
-        return "10"
-
-    deliver_with(monkeypatch, lambda: serving["model"], serve, lambda: serving["shadow"])
-    deps = process(pool)
-    challenge = await pool.fetchrow("SELECT * FROM challenges WHERE id = $1", challenge_id)
-    await continuous._apply_decision(deps, challenge, "promoting", evidence())
-    assert await pool.fetchval("SELECT swap_refused FROM challenges WHERE id = $1", challenge_id) == "promoting"
-
-    serving.update(model={"name": "digits", "version": "v5", "sha": "e"}, shadow=None)  # a person's deploy
-    looked_up = continuous.handlers._deployment
-
-    async def deployment(base, principal, token, name):
-        view = await looked_up(base, principal, token, name)
-        view.route = SimpleNamespace(deployment_id=DEPLOYMENT)
-        return view
+    state = await refused_then_changed(pool, monkeypatch)
+    deps, challenge_id, serving, serves, refused = (state.deps, state.challenge_id, state.serving, state.serves,
+                                                    state.refused)
 
     async def cannot_look(deps, challenge) -> bool:
         raise ConnectionError("the database went away for a moment")
 
-    monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
     monkeypatch.setattr(continuous, "_still_challenged", cannot_look)
     refused[0] = False  # the owner is back
     await continuous.toggle_deployment(deps, None, None, ToggleContinuous(deployment="d-42", active=True))
