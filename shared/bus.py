@@ -192,6 +192,13 @@ async def run_command(
         return reply_error(RailyardError("internal error"))
 
 
+def reply_limit(max_payload: Any) -> int | None:
+    """The bytes a reply may carry on a bus whose payload limit is `max_payload` (a connection's `max_payload`, learnt
+    from the server when connecting): that less REPLY_HEADROOM for headers; None when it is not known (not an int:
+    not connected, FastStream's in-memory broker). encode_reply's bound, and auth's early users/query check."""
+    return max_payload - REPLY_HEADROOM if isinstance(max_payload, int) else None
+
+
 def encode_reply(reply: Reply, max_payload: int | None, subject: str, too_large_hint: str | None = None) -> bytes:
     """The reply's JSON bytes, or a `reply_too_large` error's when they would not fit a bus whose payload limit is
     `max_payload` (less REPLY_HEADROOM for headers; None: no known limit, as in FastStream's in-memory broker).
@@ -203,7 +210,7 @@ def encode_reply(reply: Reply, max_payload: int | None, subject: str, too_large_
     except pydantic_core.PydanticSerializationError:
         log.exception("the reply to %s cannot be encoded as JSON", subject)
         return pydantic_core.to_json(reply_error(RailyardError("internal error")))
-    if max_payload is None or len(body) <= (limit := max_payload - REPLY_HEADROOM):
+    if (limit := reply_limit(max_payload)) is None or len(body) <= limit:
         return body
     log.warning("the reply to %s is %d bytes, above the bus limit (%d): answered reply_too_large", subject,
                 len(body), limit)
@@ -240,8 +247,8 @@ def command(router: NatsRouter | NatsBroker, subject: str, *, service: str, max_
             token = auth[7:] if auth and auth.lower().startswith("bearer ") else auth
             ctx = CallContext(subject=message.raw_message.subject, token=token, headers=headers)
             reply = await run_command(handler, model, body, ctx)
-            limit = getattr(nc, "max_payload", None)  # the server's, learnt when connecting
-            encoded = encode_reply(reply, limit if isinstance(limit, int) else None, ctx.subject, too_large_hint)
+            # the server's payload limit, learnt when connecting (reply_limit: None when it is not an int)
+            encoded = encode_reply(reply, getattr(nc, "max_payload", None), ctx.subject, too_large_hint)
             return NatsResponse(encoded, headers=JSON_HEADERS)
 
         subscriber.__name__ = handler.__name__

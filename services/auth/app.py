@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from services.auth import handlers, store, token_sweep
 from shared import paging, subjects
 from shared.authz import Principal, TokenVerifier, VerifierFeed
-from shared.bus import REPLY_HEADROOM, CallContext, command, publish_event
+from shared.bus import CallContext, command, publish_event, reply_limit
 from shared.consumers import DeliveryPolicy, durable_subscriber, json_model
 from shared.messages.auth import (
     ActivateUser,
@@ -217,13 +217,9 @@ async def start(runtime: Runtime) -> None:
     outbox = Outbox(runtime.db, publish, event_types=store.EVENT_TYPES, order_field=store.ORDER_FIELDS,
                     what="auth events", rows=store)
     connection = runtime.broker.config.connection_state.connection
-
-    def reply_limit() -> int | None:  # the server's payload limit, learnt when connecting (as shared.bus.command)
-        limit = getattr(connection, "max_payload", None)
-        return limit - REPLY_HEADROOM if isinstance(limit, int) else None
-
+    # the server's payload limit is learnt when connecting (as shared.bus.command reads it)
     deps = handlers.AuthDeps(pool=runtime.db, settings=settings, keys={}, events_committed=outbox.wake,
-                             reply_limit=reply_limit)
+                             reply_limit=lambda: reply_limit(getattr(connection, "max_payload", None)))
     await handlers.bootstrap(deps)
     verifier = TokenVerifier(settings, lambda: store.public_keys(runtime.db, handlers.key_retention(settings)))
     feed = VerifierFeed(verifier, lambda: handlers.revocations(runtime.db, settings), settings.revocation_poll_interval)
