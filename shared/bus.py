@@ -166,8 +166,9 @@ async def run_command(
     model: type[Message],
     payload: Any,
     ctx: CallContext,
-) -> Reply:
-    """Validate the payload, call the handler, and wrap whatever happens in a Reply."""
+) -> Reply | EncodedData:
+    """Validate the payload, call the handler, and wrap whatever happens in a Reply (an EncodedData answer is left as
+    it is: encode_reply wraps it)."""
     cmd: Message | None = None
     try:
         if payload is _MALFORMED:
@@ -176,7 +177,8 @@ async def run_command(
             cmd = model.model_validate(payload)
         except ValidationError as exc:
             raise InvalidRequest(validation_message(exc.errors())) from None
-        return reply_ok(await handler(cmd, ctx))
+        result = await handler(cmd, ctx)
+        return result if isinstance(result, EncodedData) else reply_ok(result)
     except RailyardError as exc:
         return reply_error(exc)
     except Exception as exc:
@@ -192,6 +194,18 @@ async def run_command(
         return reply_error(RailyardError("internal error"))
 
 
+class EncodedData(bytes):
+    """A command's answer already encoded: the JSON object that is an ok reply's `data`, as bytes. A handler that
+    answers a long list builds it from its rows at once (auth's users/query: docs/performance.md item 57) instead of
+    a model per item encoded twice; `encode_reply` puts it in the envelope as it is, and the gateway passes it on
+    (`request_encoded`). Its content must be what the command's reply model would encode (a test says so)."""
+
+
+_OK_HEAD, _OK_TAIL = pydantic_core.to_json(Reply(ok=True, data={"_": 0})).split(b'{"_":0}')
+"""An ok reply's JSON around its data, as pydantic encodes a Reply: `{"ok":true,"data":` and
+`,"error":null,"status":200}`."""
+
+
 def reply_limit(max_payload: Any) -> int | None:
     """The bytes a reply may carry on a bus whose payload limit is `max_payload` (a connection's `max_payload`, learnt
     from the server when connecting): that less REPLY_HEADROOM for headers; None when it is not known (not an int:
@@ -199,14 +213,15 @@ def reply_limit(max_payload: Any) -> int | None:
     return max_payload - REPLY_HEADROOM if isinstance(max_payload, int) else None
 
 
-def encode_reply(reply: Reply, max_payload: int | None, subject: str, too_large_hint: str | None = None) -> bytes:
-    """The reply's JSON bytes, or a `reply_too_large` error's when they would not fit a bus whose payload limit is
-    `max_payload` (less REPLY_HEADROOM for headers; None: no known limit, as in FastStream's in-memory broker).
-    NATS refuses a larger message, so publishing it would only be logged and the caller would wait for its timeout
-    (a 504 telling nobody what to change). The error names the sizes and what to ask instead: `too_large_hint` (the
-    command's paging or filters), or a generic line."""
+def encode_reply(reply: Reply | EncodedData, max_payload: int | None, subject: str,
+                 too_large_hint: str | None = None) -> bytes:
+    """The reply's JSON bytes (EncodedData: an ok reply with that data), or a `reply_too_large` error's when they would
+    not fit a bus whose payload limit is `max_payload` (less REPLY_HEADROOM for headers; None: no known limit, as in
+    FastStream's in-memory broker). NATS refuses a larger message, so publishing it would only be logged and the
+    caller would wait for its timeout (a 504 telling nobody what to change). The error names the sizes and what to
+    ask instead: `too_large_hint` (the command's paging or filters), or a generic line."""
     try:
-        body = pydantic_core.to_json(reply)
+        body = _OK_HEAD + reply + _OK_TAIL if isinstance(reply, EncodedData) else pydantic_core.to_json(reply)
     except pydantic_core.PydanticSerializationError:
         log.exception("the reply to %s cannot be encoded as JSON", subject)
         return pydantic_core.to_json(reply_error(RailyardError("internal error")))
@@ -282,10 +297,34 @@ async def request(
     a reply_model) or the connection to the bus is down, and PayloadTooLarge when the command itself is above the
     bus payload limit (NATS refuses to send it).
     """
+    response = await _send(broker, subject, message, timeout, token)
+    return _reply_data(subject, response.body, reply_model)
+
+
+async def request_encoded(broker: NatsBroker, subject: str, message: BaseModel | dict[str, Any], *, timeout: float,
+                          token: str | None = None) -> bytes:
+    """As `request`, but the reply's data as JSON bytes: those the service encoded, passed on without reading them
+    (an EncodedData answer; the gateway's users/query, docs/performance.md item 57), or the data encoded again when the
+    reply is not in the envelope encode_reply makes. The same errors as `request`."""
+    response = await _send(broker, subject, message, timeout, token)
+    return reply_data_bytes(subject, response.body or b"")
+
+
+def reply_data_bytes(subject: str, body: bytes) -> bytes:
+    """The data of a reply to `subject` as JSON bytes (request_encoded's): cut out of the envelope encode_reply makes
+    around an EncodedData or a model, else read and encoded again; the error an error reply carries raised."""
+    if body.startswith(_OK_HEAD) and body.endswith(_OK_TAIL) and len(body) > len(_OK_HEAD) + len(_OK_TAIL):
+        return body[len(_OK_HEAD):len(body) - len(_OK_TAIL)]
+    return pydantic_core.to_json(_reply_data(subject, body, None))
+
+
+async def _send(broker: NatsBroker, subject: str, message: BaseModel | dict[str, Any], timeout: float,
+                token: str | None) -> Any:
+    """The reply message of a command, or the error of its sending (`request`'s)."""
     payload = message.model_dump(mode="json") if isinstance(message, BaseModel) else message
     headers = {TOKEN_HEADER: f"Bearer {token}"} if token else None
     try:
-        response = await broker.request(payload, subject, headers=headers, timeout=timeout)
+        return await broker.request(payload, subject, headers=headers, timeout=timeout)
     except (TimeoutError, nats.errors.TimeoutError):
         raise UpstreamTimeout(f"{subject.split('.')[0]} did not answer within {timeout:g}s") from None
     except nats.errors.NoRespondersError:
@@ -295,16 +334,20 @@ async def request(
                               "once") from None
     except BUS_DOWN:  # a 503 like nobody listening, not an uncaught nats error (BUS_DOWN)
         raise Unavailable(f"{subject.split('.')[0]} cannot be reached: the connection to the bus is down") from None
+
+
+def _reply_data(subject: str, body: bytes | None, reply_model: type[M] | None) -> Any:
+    """An ok reply's data (as reply_model when given), or the error the reply carries raised."""
     # every reading of the reply inside the try: a reply this process cannot read (a service of another version,
     # a bug, a foreign responder on the subject) is a typed 503 naming the service, not an uncaught ValidationError
     # (a 500 with a stack trace at the gateway)
     try:
-        reply = Reply.model_validate_json(response.body)
+        reply = Reply.model_validate_json(body)
         if reply.ok:
             data = reply.data or {}
             return reply_model.model_validate(data) if reply_model is not None else data
     except ValidationError as exc:
-        log.warning("unreadable reply on %s (%d bytes): %s", subject, len(response.body or b""),
+        log.warning("unreadable reply on %s (%d bytes): %s", subject, len(body or b""),
                     exc.errors(include_url=False, include_input=False)[:3])
         raise Unavailable(f"{subject.split('.')[0]} answered with a reply that could not be read") from None
     raise error_from_body(reply.error or ErrorBody(code="internal", msg="internal error"), reply.status)

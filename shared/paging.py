@@ -127,7 +127,7 @@ async def page(rows: Sequence[Any], limit: int | None, item: Callable[[Any], Awa
                cursor_of: Callable[[Any], str] = lambda row: str(row["id"])) -> tuple[list[T], str | None]:
     """The items of `rows` (those after the cursor, in the list's order; each with an "id") for one page: every row's
     item without `limit`; else the first `limit`, fewer once their JSON passes PAGE_BYTES (at least one), and the
-    next cursor when rows are left."""
+    next cursor when rows are left. An item that is bytes is taken for its JSON."""
     items: list[T] = []
     size = 0
     for index, row in enumerate(rows):
@@ -135,9 +135,9 @@ async def page(rows: Sequence[Any], limit: int | None, item: Callable[[Any], Awa
             break
         made = item(row)
         made = await made if isinstance(made, Awaitable) else made
-        if limit is not None:
-            size += len(pydantic_core.to_json(made.model_dump(mode="json") if isinstance(made, BaseModel)
-                                              else made)) + 1
+        if limit is not None:  # an item may be its JSON already (bytes: auth's users/query)
+            size += (len(made) if isinstance(made, bytes) else len(pydantic_core.to_json(
+                made.model_dump(mode="json") if isinstance(made, BaseModel) else made))) + 1
             if items and size > PAGE_BYTES:
                 break
         items.append(made)

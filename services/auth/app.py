@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from services.auth import handlers, store, token_sweep
 from shared import paging, subjects
 from shared.authz import Principal, TokenVerifier, VerifierFeed
-from shared.bus import CallContext, command, publish_event, reply_limit
+from shared.bus import CallContext, EncodedData, command, publish_event, reply_limit
 from shared.consumers import DeliveryPolicy, durable_subscriber, json_model
 from shared.messages.auth import (
     ActivateUser,
@@ -46,7 +46,6 @@ from shared.messages.auth import (
     TokenIssued,
     UpdatePassword,
     UserInvited,
-    Users,
     WorkspaceCreated,
     Workspaces,
     WorkspaceUsers,
@@ -123,8 +122,8 @@ def build_router(runtime: Runtime) -> NatsRouter:
         return await handlers.revocations(runtime.db, runtime.settings.auth)
 
     @command(router, subjects.AUTH_USERS_QUERY, service=NAME, too_large_hint=paging.too_large_hint("users/query"))
-    async def query_users(cmd: QueryUsers, ctx: CallContext) -> Users:
-        """Users, by id or workspace, oldest first (a page with `limit`)."""
+    async def query_users(cmd: QueryUsers, ctx: CallContext) -> EncodedData:
+        """Users, by id or workspace, oldest first (a page with `limit`); a Users encoded from the rows at once."""
         return await handlers.query_users(deps(), await caller(ctx), cmd)
 
     @command(router, subjects.AUTH_USERS_INVITE, service=NAME)

@@ -27,6 +27,7 @@ from typing import Any
 
 import asyncpg
 import jwt
+import orjson
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from cryptography.hazmat.primitives import serialization
@@ -46,7 +47,7 @@ from shared.authz import (
     require_user,
     scoped_workspace,
 )
-from shared.bus import byte_size
+from shared.bus import EncodedData, byte_size
 from shared.db import xact_lock
 from shared.errors import (
     Conflict,
@@ -611,6 +612,30 @@ def _user_record(row: asyncpg.Record, viewer: Principal) -> UserRecord:
     )
 
 
+def _user_json(row: asyncpg.Record, manage: bool) -> bytes:
+    """A user's record in users/query's answer as _user_record's UserRecord encodes it (the same keys in the same order,
+    the same values: tests/unit/test_auth_users_answer.py compares them), encoded from the row at once: a model per
+    user, dumped and encoded again with the reply, was most of a 1000-user page's time (docs/performance.md item 57).
+    `manage`: the viewer is an administrator."""
+    return orjson.dumps({
+        "id": str(row["id"]), "username": row["username"], "email": row["email"], "emailVerified": False,
+        "enabled": row["enabled"], "firstName": None, "lastName": None,
+        "createdTimestamp": int(row["created_at"].timestamp() * 1000), "notBefore": 0,
+        "requiredActions": ["UPDATE_PASSWORD"] if row["temporary_password"] else [], "disableableCredentialTypes": [],
+        "access": {"manageGroupMembership": manage, "impersonate": False, "view": True, "manage": manage,
+                   "mapRoles": manage}})
+
+
+async def users_answer(rows: list[asyncpg.Record], limit: int | None, viewer: Principal) -> EncodedData:
+    """users/query's answer (Users: `next_cursor` when a page is followed by more, then `users` keyed by id) from its
+    rows, as JSON bytes the gateway passes on as they are (shared.bus.EncodedData): a page of `limit` as paging.page
+    cuts it, every row without."""
+    records, next_cursor = await paging.page(rows, limit, lambda row: _user_json(row, viewer.admin),
+                                             paging.key_cursor)
+    users = {str(row["id"]): orjson.Fragment(record) for row, record in zip(rows, records, strict=False)}
+    return EncodedData(orjson.dumps({"next_cursor": next_cursor, "users": users} if next_cursor else {"users": users}))
+
+
 def _uuid(value: str, what: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
@@ -643,12 +668,13 @@ BYTES_PER_USER = _bytes_per_user()
 async def _refuse_a_whole_answer_too_large(deps: AuthDeps, ids: list[uuid.UUID] | None, workspace_id: int | None,
                                            co_members_of: uuid.UUID | None,
                                            after: tuple[datetime, uuid.UUID] | None) -> None:
-    """A users/query without `limit` whose answer cannot fit a bus reply: 422 reply_too_large before any user is read
-    out, counted in PostgreSQL (store.users_answer_size). Built, 13,000 users with long emails (10 MiB) kept auth
-    busy for seconds (1.3 s idle) after the gateway's wait had ended, the requests behind it waiting, to answer the
-    same 422. What is counted is the least the answer takes (every user's fixed part and its strings), so nothing
-    that fits is refused; one just above the limit is still refused by shared.bus.encode_reply once built. A cursor
-    without `limit` answers the rest of the list whole (docs/api-paging.md): only the users after it are counted."""
+    """A users/query without `limit` longer than a page (_whole_list) whose answer cannot fit a bus reply: 422
+    reply_too_large before the rest of its users is read out, counted in PostgreSQL (store.users_answer_size). Built,
+    13,000 users with long emails (10 MiB) kept auth busy for seconds (1.3 s idle) after the gateway's wait had ended,
+    the requests behind it waiting, to answer the same 422. What is counted is the least the answer takes (every
+    user's fixed part and its strings), so nothing that fits is refused; one just above the limit is still refused by
+    shared.bus.encode_reply once built. A cursor without `limit` answers the rest of the list whole
+    (docs/api-paging.md): only the users after it are counted."""
     limit = deps.reply_limit()
     if limit is None:
         return
@@ -660,8 +686,9 @@ async def _refuse_a_whole_answer_too_large(deps: AuthDeps, ids: list[uuid.UUID] 
                             f"{byte_size(limit)} a reply may carry on the bus: {paging.too_large_hint('users/query')}")
 
 
-async def query_users(deps: AuthDeps, principal: Principal, cmd: QueryUsers) -> Users:
-    """Users oldest first (created_at, then id): all, or a page (shared/paging.py; the cursor: created_at, id)."""
+async def query_users(deps: AuthDeps, principal: Principal, cmd: QueryUsers) -> EncodedData:
+    """Users oldest first (created_at, then id): all, or a page (shared/paging.py; the cursor: created_at, id); the
+    answer encoded (users_answer)."""
     require_user(principal)
     after = paging.after_key(cmd.cursor, "users/query")
     ids = [_uuid(u, "user_ids") for u in cmd.user_ids] if cmd.user_ids is not None else None
@@ -678,11 +705,29 @@ async def query_users(deps: AuthDeps, principal: Principal, cmd: QueryUsers) -> 
         else:  # in no workspace: themself only
             ids = [me] if ids is None else [i for i in ids if i == me]
     if cmd.limit is None:
-        await _refuse_a_whole_answer_too_large(deps, ids, workspace_id, co_members_of, after)
+        rows = await _whole_list(deps, ids, workspace_id, co_members_of, after)
+    else:
+        rows = await store.list_users(deps.pool, ids=ids, workspace_id=workspace_id, co_members_of=co_members_of,
+                                      after=after, limit=cmd.limit + 1)
+    return await users_answer(rows, cmd.limit, principal)
+
+
+async def _whole_list(deps: AuthDeps, ids: list[uuid.UUID] | None, workspace_id: int | None,
+                      co_members_of: uuid.UUID | None,
+                      after: tuple[datetime, uuid.UUID] | None) -> list[asyncpg.Record]:
+    """The users of a users/query without `limit`. The first MAX_PAGE + 1 are read first: a list no longer than a page
+    (what anyone may read with `limit`) is those rows, with no COUNT before them (an extra query for every whole list
+    that fits, most of them: docs/performance.md item 57), and one that does not fit once encoded is refused by
+    shared.bus.encode_reply. A longer list is counted before the rest is read (_refuse_a_whole_answer_too_large: the
+    422 without reading thousands of users out), then its rest is read after the first rows."""
     rows = await store.list_users(deps.pool, ids=ids, workspace_id=workspace_id, co_members_of=co_members_of,
-                                  after=after, limit=None if cmd.limit is None else cmd.limit + 1)
-    records, next_cursor = await paging.page(rows, cmd.limit, lambda r: _user_record(r, principal), paging.key_cursor)
-    return Users(users={record.id: record for record in records}, next_cursor=next_cursor)
+                                  after=after, limit=paging.MAX_PAGE + 1)
+    if len(rows) <= paging.MAX_PAGE:
+        return rows
+    await _refuse_a_whole_answer_too_large(deps, ids, workspace_id, co_members_of, after)
+    last = rows[-1]
+    return rows + await store.list_users(deps.pool, ids=ids, workspace_id=workspace_id, co_members_of=co_members_of,
+                                         after=(last["created_at"], last["id"]))
 
 
 async def invite_user(deps: AuthDeps, principal: Principal, cmd: InviteUser) -> UserInvited:

@@ -22,9 +22,11 @@ from railyard_client import session as sdk_session
 
 from services.auth import handlers, store
 from shared.authz import Principal
+from shared.bus import REPLY_HEADROOM, encode_reply
 from shared.db import create_pool
 from shared.errors import ReplyTooLarge
-from shared.messages.auth import QueryUsers
+from shared.messages.auth import QueryUsers, Users
+from shared.messages.base import Reply
 from tests.integration.conftest import inference_client, more_members, post, requests_to, sdk_client
 
 pytestmark = pytest.mark.integration
@@ -51,6 +53,11 @@ def refused(stack, token: str, route: str, asked: dict, command: str) -> None:
         answer = post(stack, route, token, {**asked, **bad})
         assert answer.status_code == 400 and words in answer.json()["msg"], answer.text[:300]
         assert answer.json()["code"] == "invalid_request", answer.text[:300]
+
+
+async def query_users(deps: handlers.AuthDeps, account, cmd: QueryUsers) -> Users:
+    """handlers.query_users' answer (JSON bytes, as the gateway passes them on) read as the Users it encodes."""
+    return Users.model_validate_json(await handlers.query_users(deps, principal_of(account), cmd))
 
 
 def micros(at: datetime) -> int:
@@ -199,7 +206,7 @@ class Explaining:
     """auth's pool (its schema first) that also EXPLAIN ANALYZEs each users query the store fetches: the plans."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool, self.plans, self.fetched = pool, [], 0
+        self.pool, self.plans, self.fetched, self.counted = pool, [], 0, 0
 
     def __getattr__(self, name: str):
         return getattr(self.pool, name)
@@ -210,6 +217,11 @@ class Explaining:
             plan = await self.pool.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args)
             self.plans.append((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"])
         return await self.pool.fetch(sql, *args)
+
+    async def fetchrow(self, sql: str, *args):
+        if "count(*)" in sql and " FROM users u" in sql:  # store.users_answer_size
+            self.counted += 1
+        return await self.pool.fetchrow(sql, *args)
 
 
 def rows_handled(node: dict) -> float:
@@ -256,8 +268,7 @@ async def test_every_page_of_a_large_workspace_reads_its_own_users(stack, alice,
         asked = {"workspace_id": alice.workspace_id} if by_workspace else {}
         seen, cursor = [], None
         while True:
-            page = await handlers.query_users(deps, principal_of(alice), QueryUsers(**asked, limit=1000,
-                                                                                    cursor=cursor))
+            page = await query_users(deps, alice, QueryUsers(**asked, limit=1000, cursor=cursor))
             seen.extend(page.users)
             if (cursor := page.next_cursor) is None:
                 break
@@ -268,31 +279,43 @@ async def test_every_page_of_a_large_workspace_reads_its_own_users(stack, alice,
     assert len(handled) == 5 and max(handled) <= 10 * everyone, (handled, everyone, json.dumps(pool.plans)[:3000])
 
 
-async def test_a_whole_users_query_too_large_for_a_reply_is_refused_before_it_is_read(stack, alice):
-    """users/query without limit whose answer cannot fit a reply: 422 reply_too_large telling to pass limit, counted
-    in PostgreSQL, no user read out (before, auth built the whole answer, 1.3 s for 13,000 users idle, seconds under
-    load after the gateway had given up, to answer the same 422 from shared.bus.encode_reply). An answer that fits
-    is answered as before, and a page of the same workspace is answered."""
+async def test_a_whole_users_query_too_large_for_a_reply_is_refused_before_it_is_read(stack, alice, monkeypatch):
+    """users/query without limit whose answer cannot fit a reply: 422 reply_too_large telling to pass limit. A list
+    longer than a page (MAX_PAGE; 100 here) is counted in PostgreSQL after its first MAX_PAGE + 1 users are read, and
+    refused before the rest is read (before 86498a9, auth built the whole answer, 1.3 s for 13,000 users idle, seconds
+    under load after the gateway had given up, to answer the same 422 from shared.bus.encode_reply). One no longer
+    than a page is read at once, with no COUNT, and refused by encode_reply once encoded. An answer that fits is
+    answered as before, and a page of the same workspace is answered."""
     await big_workspace(stack, alice, 300)
     settings = stack.settings()
     pool = Explaining(await create_pool(settings.postgres, "auth"))
     try:
         whole = QueryUsers(workspace_id=alice.workspace_id)
         fits = handlers.AuthDeps(pool=pool, settings=settings.auth, keys={}, reply_limit=lambda: 8 * 1024**2)
-        answer = await handlers.query_users(fits, principal_of(alice), whole)
-        assert len(answer.users) == 301 and pool.fetched == 1
-        size = len(answer.model_dump_json())
+        encoded = await handlers.query_users(fits, principal_of(alice), whole)
+        answer = Users.model_validate_json(encoded)
+        assert len(answer.users) == 301 and pool.fetched == 1 and pool.counted == 0
+        size = len(encoded)
         small = handlers.AuthDeps(pool=pool, settings=settings.auth, keys={}, reply_limit=lambda: size // 2)
+        # no longer than a page: read, encoded, refused by encode_reply (shared/bus.py) as it would be on the bus
+        refused_reply = Reply.model_validate_json(encode_reply(
+            await handlers.query_users(small, principal_of(alice), whole), size // 2 + REPLY_HEADROOM, "auth"))
+        assert refused_reply.status == 422 and refused_reply.error.code == "reply_too_large", refused_reply
+        assert pool.fetched == 2 and pool.counted == 0
+        monkeypatch.setattr(handlers.paging, "MAX_PAGE", 100)  # longer than a page: counted first
         with pytest.raises(ReplyTooLarge) as refused:
             await handlers.query_users(small, principal_of(alice), whole)
-        assert pool.fetched == 1, "the users were read out"
+        assert pool.fetched == 3 and pool.counted == 1, "the rest of the users were read out"
         assert "(301 users)" in refused.value.msg and "pass limit" in refused.value.msg, refused.value.msg
         assert refused.value.status == 422 and refused.value.code == "reply_too_large"
-        page = await handlers.query_users(small, principal_of(alice), QueryUsers(workspace_id=alice.workspace_id,
-                                                                                  limit=1000))
+        page = await query_users(small, alice, QueryUsers(workspace_id=alice.workspace_id, limit=1000))
         assert list(page.users) == list(answer.users)
+        # longer than a page and fitting: counted, then the rest read after the first rows: the same list
+        assert Users.model_validate_json(await handlers.query_users(fits, principal_of(alice), whole)) == answer
+        assert pool.fetched == 6 and pool.counted == 2
     finally:
         await pool.pool.close()
+    monkeypatch.undo()
     # over HTTP: 13,000 members with ~215-character emails (10.1 MiB whole): the same 422, with what to pass
     await big_workspace(stack, alice, 12700, "".join(f"{letter * 60}." for letter in "xyz") + "example.com")
     started = time.monotonic()
@@ -300,6 +323,27 @@ async def test_a_whole_users_query_too_large_for_a_reply_is_refused_before_it_is
     assert answer.status_code == 422 and answer.json()["code"] == "reply_too_large", answer.text[:300]
     assert "would be at least " in answer.json()["msg"] and "pass limit" in answer.json()["msg"], answer.text[:300]
     print(f"refused in {time.monotonic() - started:.2f} s")
+
+
+async def test_an_admins_whole_list_that_fits_is_read_without_a_count(stack, alice):
+    """users/query without limit of an administrator (every user) or of a workspace, no longer than a page: one
+    query, the users read at once, no COUNT before them (docs/performance.md item 57). Before, every whole list was
+    counted first (store.users_answer_size) for the early 422, an extra query for every list that fits. The same
+    users either way."""
+    settings = stack.settings()
+    pool = Explaining(await create_pool(settings.postgres, "auth"))
+    try:
+        deps = handlers.AuthDeps(pool=pool, settings=settings.auth, keys={}, reply_limit=lambda: 8 * 1024**2)
+        admin_principal = Principal(subject=str(uuid.uuid4()), kind="user", admin=True, client_id="test",
+                                    username="admin", issued_at=time.time())
+        few = await pool.fetch("SELECT id FROM users u ORDER BY u.created_at, u.id LIMIT 3")
+        for asked, who in (({"user_ids": [str(r["id"]) for r in few]}, admin_principal),
+                           ({"workspace_id": alice.workspace_id}, principal_of(alice)), ({}, principal_of(alice))):
+            pool.fetched = pool.counted = 0
+            answer = Users.model_validate_json(await handlers.query_users(deps, who, QueryUsers(**asked)))
+            assert answer.users and (pool.fetched, pool.counted) == (1, 0), (asked, pool.fetched, pool.counted)
+    finally:
+        await pool.pool.close()
 
 
 async def test_a_user_in_no_workspace_sees_themself_only(stack, admin, alice, bob):
@@ -321,27 +365,25 @@ async def test_a_user_in_no_workspace_sees_themself_only(stack, admin, alice, bo
     assert sorted(both) == sorted([alice.user_id, bob.user_id])
 
 
-async def test_the_rest_after_a_cursor_asked_whole_is_counted_from_the_cursor(stack, alice):
-    """A cursor without `limit` answers the rest of the list whole (docs/api-paging.md): the early 422's count is of
-    the users after the cursor only. Before (86498a9) it counted the whole list whatever the cursor, so a rest that
-    fits a reply was refused because the whole list would not have."""
+async def test_the_rest_after_a_cursor_asked_whole_is_counted_from_the_cursor(stack, alice, monkeypatch):
+    """A cursor without `limit` answers the rest of the list whole (docs/api-paging.md): the early 422's count (of a
+    rest longer than a page: MAX_PAGE, 5 here) is of the users after the cursor only. Before (86498a9) it counted the
+    whole list whatever the cursor, so a rest that fits a reply was refused because the whole list would not have."""
     await big_workspace(stack, alice, 300)
     settings = stack.settings()
     pool = await create_pool(settings.postgres, "auth")
     try:
-        whole = await handlers.query_users(handlers.AuthDeps(pool=pool, settings=settings.auth, keys={}),
-                                           principal_of(alice), QueryUsers(workspace_id=alice.workspace_id))
-        size = len(whole.model_dump_json())
+        encoded = await handlers.query_users(handlers.AuthDeps(pool=pool, settings=settings.auth, keys={}),
+                                             principal_of(alice), QueryUsers(workspace_id=alice.workspace_id))
+        whole, size = Users.model_validate_json(encoded), len(encoded)
         small = handlers.AuthDeps(pool=pool, settings=settings.auth, keys={}, reply_limit=lambda: size // 2)
-        first = await handlers.query_users(small, principal_of(alice), QueryUsers(workspace_id=alice.workspace_id,
-                                                                                   limit=290))
-        rest = await handlers.query_users(small, principal_of(alice), QueryUsers(workspace_id=alice.workspace_id,
-                                                                                  cursor=first.next_cursor))
+        monkeypatch.setattr(handlers.paging, "MAX_PAGE", 5)
+        first = await query_users(small, alice, QueryUsers(workspace_id=alice.workspace_id, limit=290))
+        rest = await query_users(small, alice, QueryUsers(workspace_id=alice.workspace_id, cursor=first.next_cursor))
         assert list(first.users) + list(rest.users) == list(whole.users) and len(rest.users) == 11
         assert rest.next_cursor is None
         # the rest from near the start still does not fit: refused early, counted from that cursor
-        second = await handlers.query_users(small, principal_of(alice), QueryUsers(workspace_id=alice.workspace_id,
-                                                                                    limit=1))
+        second = await query_users(small, alice, QueryUsers(workspace_id=alice.workspace_id, limit=1))
         with pytest.raises(ReplyTooLarge) as refused:
             await handlers.query_users(small, principal_of(alice), QueryUsers(workspace_id=alice.workspace_id,
                                                                               cursor=second.next_cursor))

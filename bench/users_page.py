@@ -1,0 +1,190 @@
+"""A page of 1000 users of users/query: auth's build of the answer and the gateway's handling of it (docs/performance.md
+item 57), and the queries of an administrator's whole list that fits a reply.
+
+    .venv/bin/python -m bench.users_page [--dsn postgresql://...] [--users 1000] [--rounds 8] [--calls 30]
+
+A (the code before item 57, put together from the functions that are still there): auth made a UserRecord a user
+(handlers._user_record), paging.page encoded each to size the page, Users(...) then reply_ok dumped them again and
+encode_reply encoded the Reply; the gateway read the reply (shared.bus.request: Reply.model_validate_json), then
+FastAPI validated the data against the route's response_model (m.Users) and encoded it (what its dump_json fast path
+does: fastapi.routing.serialize_response). B (now): auth encodes the page from its rows at once (handlers.users_answer,
+orjson) and encode_reply puts those bytes in the envelope; the gateway cuts them out of it (shared.bus.reply_data_bytes)
+and answers them as they are. The rows are real asyncpg records (store.list_users) of a scratch schema; both answers are
+checked to be the same bytes before timing. Rounds alternate A B / B A; each prints the medians of `calls` calls.
+
+Then the whole list of an administrator (no `limit`, no filter) that fits, of a schema of `--whole` users (50 and 1000
+by default): A the COUNT (store.users_answer_size, the early 422 check) then the list read; B handlers._whole_list (one
+read of at most MAX_PAGE + 1 rows, no COUNT for a list no longer than a page).
+
+On scratch schemas (auth's migrations) of the given PostgreSQL, dropped afterwards; without --dsn, of a scratch
+pgserver PostgreSQL in a temporary directory (its Unix socket), removed afterwards."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from fastapi.routing import serialize_response
+from fastapi.utils import create_model_field
+
+from services.auth import handlers, store
+from shared import paging, subjects
+from shared.authz import Principal
+from shared.bus import _reply_data, encode_reply, reply_data_bytes, reply_ok
+from shared.db import _server_settings, apply_migrations, load_migrations
+from shared.messages.auth import Users
+
+ADMIN = Principal(subject=str(uuid.UUID(int=1)), kind="user", admin=True, client_id="sdk", username="bench",
+                  issued_at=0.0)
+MAX_PAYLOAD = 8 * 1024**2
+SUBJECT = subjects.AUTH_USERS_QUERY
+USERS_FIELD = create_model_field(name="Response", type_=Users, mode="serialization")
+
+
+def _load() -> str:
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+async def old_auth(rows: list[Any], limit: int | None) -> bytes:
+    records, next_cursor = await paging.page(rows, limit, lambda r: handlers._user_record(r, ADMIN), paging.key_cursor)
+    return encode_reply(reply_ok(Users(users={r.id: r for r in records}, next_cursor=next_cursor)), MAX_PAYLOAD,
+                        SUBJECT)
+
+
+async def new_auth(rows: list[Any], limit: int | None) -> bytes:
+    return encode_reply(await handlers.users_answer(rows, limit, ADMIN), MAX_PAYLOAD, SUBJECT)
+
+
+async def old_gateway(body: bytes) -> bytes:
+    data = _reply_data(SUBJECT, body, None)
+    return await serialize_response(field=USERS_FIELD, response_content=data, dump_json=True)
+
+
+async def new_gateway(body: bytes) -> bytes:
+    return reply_data_bytes(SUBJECT, body)
+
+
+async def timed(call: Callable[[], Awaitable[Any]], calls: int) -> list[float]:
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        await call()
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def ms(times: list[float]) -> str:
+    return f"{statistics.median(times):.2f} ms (min {min(times):.2f}, max {max(times):.2f})"
+
+
+async def page(pool: asyncpg.Pool, users: int, rounds: int, calls: int) -> None:
+    rows = await store.list_users(pool, ids=None, workspace_id=None, co_members_of=None, limit=users + 1)
+    limit = users if len(rows) > users else None
+    a_body, b_body = await old_auth(rows, limit), await new_auth(rows, limit)
+    a_http, b_http = await old_gateway(a_body), await new_gateway(b_body)
+    assert a_body == b_body and a_http == b_http, "the answers differ"
+    print(f"a page of {min(users, len(rows))} users: reply {len(a_body)} bytes, HTTP body {len(a_http)} bytes",
+          flush=True)
+    for round_ in range(rounds):
+        sides = [("A", old_auth, old_gateway, a_body), ("B", new_auth, new_gateway, b_body)]
+        for name, auth, gateway, body in sides if round_ % 2 == 0 else sides[::-1]:
+            built = await timed(lambda auth=auth: auth(rows, limit), calls)
+            handled = await timed(lambda gateway=gateway, body=body: gateway(body), calls)
+            print(f"round {round_} {name}: auth {ms(built)}, gateway {ms(handled)}, load {_load()}", flush=True)
+
+
+async def whole(pool: asyncpg.Pool, users: int, rounds: int, calls: int) -> None:
+    """An administrator's whole list: every user of a schema holding `users`, no filter."""
+    deps = handlers.AuthDeps(pool=pool, settings=None, keys={}, reply_limit=lambda: MAX_PAYLOAD - 4096)
+
+    async def old() -> list[Any]:
+        await handlers._refuse_a_whole_answer_too_large(deps, None, None, None, None)
+        return await store.list_users(pool, ids=None, workspace_id=None, co_members_of=None)
+
+    async def new() -> list[Any]:
+        return await handlers._whole_list(deps, None, None, None, None)
+
+    assert [r["id"] for r in await old()] == [r["id"] for r in await new()] and len(await new()) == users
+    for round_ in range(rounds):
+        sides = [("A", old), ("B", new)]
+        for name, read in sides if round_ % 2 == 0 else sides[::-1]:
+            print(f"whole list of {users}, round {round_} {name}: {ms(await timed(read, calls))}, load {_load()}",
+                  flush=True)
+
+
+@contextlib.asynccontextmanager
+async def scratch(dsn: str, users: int) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on a scratch schema (auth's migrations) holding `users` users, dropped afterwards."""
+    schema = f"bench_auth_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        conn = await asyncpg.connect(dsn, server_settings=_server_settings(schema))
+        await apply_migrations(conn, schema, load_migrations(Path("services/auth/migrations")))
+        await conn.execute("DELETE FROM users")  # the first admin a migration may make: `users` users exactly
+        # users as invite_user makes them: the email is the username (a third with a temporary password, a tenth
+        # deactivated), created one after another
+        await conn.execute(
+            "INSERT INTO users (id, username, email, password_hash, temporary_password, enabled, created_at)"
+            " SELECT gen_random_uuid(), 'user' || g || '.' || $1 || '@example.com', 'user' || g || '.' || $1 ||"
+            " '@example.com', 'x', g % 3 = 0, g % 10 <> 0, now() - (g || ' seconds')::interval"
+            " FROM generate_series(1, $2) g", uuid.uuid4().hex[:6], users)
+        await conn.execute("ANALYZE users")
+        await conn.close()
+        pool = await asyncpg.create_pool(dsn, server_settings=_server_settings(schema), min_size=2, max_size=2)
+        try:
+            yield pool
+        finally:
+            await pool.close()
+    finally:
+        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.close()
+
+
+async def run(dsn: str, args: argparse.Namespace) -> None:
+    print(f"start {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, load {_load()}", flush=True)
+    async with scratch(dsn, args.users + 1) as pool:
+        await page(pool, args.users, args.rounds, args.calls)
+    for users in args.whole:
+        async with scratch(dsn, users) as pool:
+            await whole(pool, users, args.rounds, args.calls)
+    print(f"end {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, load {_load()}", flush=True)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dsn", help="a PostgreSQL to use (default: a scratch pgserver, removed afterwards)")
+    parser.add_argument("--users", type=int, default=1000, help="users a page holds")
+    parser.add_argument("--whole", type=int, nargs="*", default=[50, 1000], help="an admin's whole lists to read")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--calls", type=int, default=30)
+    args = parser.parse_args()
+    server = None
+    if args.dsn is None:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pgserver warns about XDG_RUNTIME_DIR on import
+            import pgserver
+        server = pgserver.get_server(tempfile.mkdtemp(prefix="bench_users_pg_"), cleanup_mode="delete")
+        args.dsn = server.get_uri()
+    try:
+        await run(args.dsn, args)
+    finally:
+        if server is not None:
+            server.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

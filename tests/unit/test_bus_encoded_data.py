@@ -1,0 +1,87 @@
+"""A command's answer already encoded (shared.bus.EncodedData: auth's users/query, docs/performance.md item 57): the
+reply around it is the one a model's data gets, held to the same bus limit, and request_encoded / reply_data_bytes
+give back those bytes as they are, or the typed error an error reply carries. And reply_limit, the one place the bytes
+a reply may carry are worked out (shared.bus.encode_reply, auth's early users/query check)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import orjson
+import pytest
+
+from shared.bus import (
+    REPLY_HEADROOM,
+    CallContext,
+    EncodedData,
+    encode_reply,
+    reply_data_bytes,
+    reply_error,
+    reply_limit,
+    reply_ok,
+    request_encoded,
+    run_command,
+)
+from shared.errors import NotFound, Unavailable
+from shared.messages.base import Command, Reply
+
+DATA = {"next_cursor": "12.ab", "users": {"a": {"id": "a", "email": None, "name": "jürgen \"q\" \x01"}}}
+
+
+def test_reply_limit():
+    assert reply_limit(8 * 1024**2) == 8 * 1024**2 - REPLY_HEADROOM
+    assert reply_limit(None) is None and reply_limit("8MB") is None  # not connected, or not the server's number
+
+
+def test_an_encoded_answer_gets_the_reply_a_model_gets():
+    encoded = EncodedData(orjson.dumps(DATA))
+    assert encode_reply(encoded, None, "t") == encode_reply(reply_ok(DATA), None, "t")
+    assert Reply.model_validate_json(encode_reply(encoded, 1024**2, "t")) == reply_ok(DATA)
+
+
+def test_an_encoded_answer_above_the_bus_limit_is_reply_too_large():
+    encoded = EncodedData(orjson.dumps({"users": {str(n): "x" * 100 for n in range(100)}}))
+    size = len(encode_reply(encoded, None, "t"))
+    assert Reply.model_validate_json(encode_reply(encoded, size + REPLY_HEADROOM, "t")).ok  # exactly fits
+    refused = Reply.model_validate_json(encode_reply(encoded, size + REPLY_HEADROOM - 1, "t", "pass limit"))
+    assert not refused.ok and refused.status == 422 and refused.error.code == "reply_too_large"
+    assert refused.error.msg.endswith("a reply may carry on the bus: pass limit"), refused.error.msg
+
+
+def test_run_command_leaves_an_encoded_answer_as_it_is():
+    class Ask(Command):
+        pass
+
+    async def handler(cmd: Ask, ctx: CallContext) -> EncodedData:
+        return EncodedData(b'{"users":{}}')
+
+    assert asyncio.run(run_command(handler, Ask, {}, CallContext(subject="t"))) == b'{"users":{}}'
+
+
+def test_the_data_bytes_of_a_reply():
+    encoded = orjson.dumps(DATA)
+    assert reply_data_bytes("auth.users.query", encode_reply(EncodedData(encoded), None, "t")) == encoded
+    # a reply a model made: its data as pydantic encoded it
+    assert orjson.loads(reply_data_bytes("auth.users.query", encode_reply(reply_ok(DATA), None, "t"))) == DATA
+    # an envelope written otherwise (spaces, another order): read and encoded again
+    spaced = b'{"status": 200, "ok": true, "data": {"users": {}}, "error": null}'
+    assert reply_data_bytes("auth.users.query", spaced) == b'{"users":{}}'
+    with pytest.raises(NotFound, match="no such workspace"):
+        reply_data_bytes("auth.users.query", encode_reply(reply_error(NotFound("no such workspace")), None, "t"))
+    for unreadable in (b"", b"not json", b'{"ok":true,"data":'):
+        with pytest.raises(Unavailable, match="auth answered with a reply that could not be read"):
+            reply_data_bytes("auth.users.query", unreadable)
+
+
+def test_request_encoded_sends_as_request_does():
+    sent = []
+
+    async def request(payload, subject, headers, timeout):
+        sent.append((payload, subject, headers, timeout))
+        return SimpleNamespace(body=encode_reply(EncodedData(b'{"users":{}}'), None, subject))
+
+    broker = SimpleNamespace(request=request)
+    assert asyncio.run(request_encoded(broker, "auth.users.query", {"limit": 2}, timeout=3.0, token="t")) == \
+        b'{"users":{}}'
+    assert sent == [({"limit": 2}, "auth.users.query", {"authorization": "Bearer t"}, 3.0)]
