@@ -14,6 +14,7 @@ from faststream.nats import NatsRouter
 from pydantic import ValidationError
 
 from services.log_store import handlers, store
+from services.log_store.deployments import Deployments
 from services.log_store.segments import SegmentReader
 from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
@@ -158,7 +159,11 @@ async def start(runtime: Runtime) -> None:
                     what="log store events", rows=store)
     outbox_task = asyncio.create_task(outbox.run())
     runtime.extras.update(outbox=outbox, outbox_task=outbox_task)
-    ingestor = handlers.Ingestor(deps, ingest_nc.jetstream(), events_committed=outbox.wake)
+    # whose each deployment is, from the deployer's events.pipeline.deployed: ingestion checks each batch's header
+    deployments = Deployments(runtime.db)
+    await deployments.start(ingest_nc.jetstream())
+    runtime.extras.update(deployments=deployments)
+    ingestor = handlers.Ingestor(deps, ingest_nc.jetstream(), events_committed=outbox.wake, deployments=deployments)
     await ingestor.start()
 
     async def query(msg: Any, token: str | None) -> tuple[bytes, dict[str, str]]:
@@ -215,6 +220,10 @@ async def stop(runtime: Runtime) -> None:
     ingestor = runtime.extras.get("ingestor")
     if ingestor is not None:
         await ingestor.stop()
+    deployments = runtime.extras.get("deployments")
+    if deployments is not None:
+        await deployments.stop()
+    if ingestor is not None:
         await runtime.extras["ingest_nc"].close()  # unacknowledged messages are simply redelivered
     outbox_task, outbox = runtime.extras.get("outbox_task"), runtime.extras.get("outbox")
     if outbox_task is not None:  # what is unsent: now if the bus takes it, else at a start (this or another process)

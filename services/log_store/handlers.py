@@ -8,7 +8,10 @@ leaves the messages unacknowledged (redelivered, and at worst an object no index
 maintenance deletes); a crash after it makes the redelivered batches known duplicates. A `Railyard-Segment`
 message describes a segment an engine replica wrote itself (shared/log_segments.py): it is indexed as it is, in
 the same transaction, the log store writing or deleting no object for it; an unindexed engine segment is kept for
-the stream's age cap plus an hour (its description may still be on the way) before maintenance deletes it.
+the stream's age cap plus an hour (its description may still be on the way) before maintenance deletes it. A batch
+is taken only when its `Railyard-Log` header agrees with the deployer's announcement of the deployment its subject
+names (`Ingestor.check_owners`, deployments.py); one that disagrees is quarantined, one of a deployment not
+announced yet waits unacknowledged.
 
 Pages (services/log_store/pages.py): rows of every schema merged by (time, position), where a row's position
 is the number it was given when stored (per pipeline) and never changes; a cursor is the last row's (time,
@@ -33,6 +36,7 @@ import asyncpg
 import nats.errors
 
 from services.log_store import pages, store
+from services.log_store.deployments import Deployments
 from services.log_store.segments import POS, SegmentReader, drop_unwritable, empty_page, encode_segment
 from shared import subjects
 from shared.authz import MembershipLookup, Principal, require_admin, require_member
@@ -101,6 +105,13 @@ MAX_ATTEMPTS = 3  # tries of one flush before its messages are stored one by one
 QUARANTINE_PREFIX = "quarantine/"
 TRANSIT_PREFIXES = ("inference/", "fields/")  # in BUCKET_TABLES: see _purge
 FETCH_BYTES = 8 * 1024 * 1024
+LOG_SUBJECT_PREFIX = "logs.inference."
+# a batch whose deployment the deployer has not announced (deployments.py) comes back this many seconds later
+UNKNOWN_RETRY = 2.0
+# ... and is quarantined once it waited this long in the stream (a deployment no announcement will come for: one
+# announced before EVENTS' age cap at an upgrade, or a subject no deployment has)
+UNKNOWN_WAIT = 3600.0
+UNKNOWN_LOG_EVERY = 60.0  # seconds between two log lines about one deployment's batches waiting
 
 
 @dataclass
@@ -112,6 +123,7 @@ class Batch:
     table: pa.Table | None  # None: an engine stored the rows itself (`ref`)
     requests: dict[str, tuple[int, int]] = field(default_factory=dict)  # rows of requests to store once
     ref: SegmentRef | None = None
+    deployment: str | None = None  # the header's (checked against the subject and the deployer's announcement)
 
 
 @dataclass
@@ -185,7 +197,8 @@ def parse_batch(msg: Any, probe: bool = False) -> Batch:
         if headers.get(SEGMENT_HEADER):  # the engine stored the segment: its description only
             workspace_id, pipeline = int(meta["workspace_id"]), str(meta["pipeline"])
             ref = SegmentRef.from_json(msg.data, workspace_id, pipeline)
-            return Batch(msg, message_batch_id(msg), workspace_id, pipeline, None, ref=ref)
+            return Batch(msg, message_batch_id(msg), workspace_id, pipeline, None, ref=ref,
+                         deployment=_deployment_of(meta))
         table = storage_order(expand_runs(pa.ipc.open_stream(pa.py_buffer(msg.data)).read_all()))
         if TIME not in table.column_names or table.num_rows == 0:
             raise ValueError("no rows or no time column")
@@ -196,9 +209,20 @@ def parse_batch(msg: Any, probe: bool = False) -> Batch:
             log.warning("%s: columns Parquet cannot store were dropped from %d rows: %s", msg.subject,
                         table.num_rows, ", ".join(dropped))
         requests = {str(k): (int(v[0]), int(v[1])) for k, v in json.loads(headers.get(REQUESTS_HEADER) or "{}").items()}
-        return Batch(msg, message_batch_id(msg), int(meta["workspace_id"]), str(meta["pipeline"]), table, requests)
+        return Batch(msg, message_batch_id(msg), int(meta["workspace_id"]), str(meta["pipeline"]), table, requests,
+                     deployment=_deployment_of(meta))
     except (KeyError, ValueError, TypeError, AttributeError, IndexError, pa.ArrowException) as exc:
         raise Unreadable(f"not an inference log batch: {type(exc).__name__}: {exc}"[:500]) from None
+
+
+def _deployment_of(meta: dict[str, Any]) -> str | None:
+    deployment = meta.get("deployment")
+    return deployment if isinstance(deployment, str) else None
+
+
+def subject_deployment(subject: str) -> str:
+    """The deployment a log batch's subject names (`logs.inference.<deployment>`, shared/logrecords.log_subject)."""
+    return subject[len(LOG_SUBJECT_PREFIX):] if subject.startswith(LOG_SUBJECT_PREFIX) else ""
 
 
 def _describe(table: pa.Table, key: str, size: int, workspace_id: int, pipeline: str) -> store.NewSegment:
@@ -218,9 +242,14 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
 class Ingestor:
     """The consumer loop (one task); `flush` is the unit that is durable before it is acknowledged."""
 
-    def __init__(self, deps: Deps, js: Any, events_committed: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, deps: Deps, js: Any, events_committed: Callable[[], None] = lambda: None,
+                 deployments: Deployments | None = None) -> None:
         self.deps = deps
         self.js = js
+        # whose each deployment is (the deployer's announcements): a batch is taken only when its header agrees
+        self.deployments = deployments
+        self.waiting: dict[str, float] = {}  # deployment not announced yet -> when its batches waiting were logged
+        self.held = 0  # batches left unacknowledged because their deployment was not announced yet
         # a quarantine's event is put in the outbox with its row (store.quarantine); called after that commit: the
         # outbox (app.py) sends it now, while ingestion goes on (it waited for each publish's ack before)
         self.events_committed = events_committed
@@ -395,6 +424,7 @@ class Ingestor:
                 batches.append(parse_batch(msg, probe))
             except Unreadable as exc:  # never storable: no retry helps
                 await self.quarantine(msg, str(exc))
+        batches, held = await self.check_owners(batches)
         seen: set[str] = set()
         unique: list[Batch] = []
         for batch in batches:
@@ -432,7 +462,70 @@ class Ingestor:
                     log.warning("could not delete unindexed segment %s (maintenance will)", seg.object_key)
             raise
         for msg in msgs:
-            await _ack(msg)
+            if id(msg) not in held:
+                await _ack(msg)
+
+    async def check_owners(self, batches: list[Batch]) -> tuple[list[Batch], set[int]]:
+        """The batches whose header agrees with the platform: the deployment the subject names is the header's, and
+        the deployer announced it in the workspace the header names (deployments.py). Those that disagree are
+        quarantined, saying why; those of a deployment not announced yet are left unacknowledged (the message comes
+        back UNKNOWN_RETRY seconds later), quarantined only once they waited UNKNOWN_WAIT in the stream. A segment
+        description's key was already checked to lie under the header's workspace and pipeline (parse_batch), so
+        it lies under the deployment's. Raises when the announcements cannot be read (PostgreSQL away): the flush
+        fails and is retried, nothing acknowledged. The ids of the messages held."""
+        if self.deployments is None:
+            raise RuntimeError("the log store checks every batch's deployment: Ingestor needs `deployments`")
+        owners = await self.deployments.lookup([b.deployment for b in batches if b.deployment is not None
+                                                and b.deployment == subject_deployment(b.msg.subject)
+                                                and "\x00" not in b.deployment])  # text PostgreSQL refuses
+        kept: list[Batch] = []
+        held: set[int] = set()
+        for batch in batches:
+            subject = subject_deployment(batch.msg.subject)
+            if batch.deployment != subject or "\x00" in subject:
+                await self.quarantine(batch.msg, f"its subject names deployment {subject[:200]!r}, its Railyard-Log "
+                                      f"header deployment {str(batch.deployment)[:200]!r}")
+            elif (owner := owners.get(subject)) is None:
+                if _waited(batch.msg) >= UNKNOWN_WAIT:
+                    await self.quarantine(batch.msg, f"deployment {subject[:200]!r} was not announced by the deployer"
+                                          f" (events.pipeline.deployed) in {UNKNOWN_WAIT:.0f} s: no workspace is"
+                                          " known to own it")
+                    continue
+                held.add(id(batch.msg))
+                self.held += 1
+                now = time.monotonic()
+                if now - self.waiting.get(subject, -UNKNOWN_LOG_EVERY) >= UNKNOWN_LOG_EVERY:
+                    if len(self.waiting) >= 4096:  # many made-up subjects: forget when each was last logged
+                        self.waiting.clear()
+                    self.waiting[subject] = now
+                    log.warning("inference log batches of deployment %s wait for the deployer to announce it "
+                                "(events.pipeline.deployed); kept unacknowledged (%d held since start)", subject[:200],
+                                self.held)
+                await _nak(batch.msg, UNKNOWN_RETRY)
+            elif owner != batch.workspace_id:
+                await self.quarantine(batch.msg, f"deployment {subject[:200]!r} belongs to workspace {owner}, not to "
+                                      f"workspace {batch.workspace_id} its Railyard-Log header names")
+            else:
+                self.waiting.pop(subject, None)
+                kept.append(batch)
+        return kept, held
+
+
+def _waited(msg: Any) -> float:
+    """Seconds since the stream took the message (0 when unknown)."""
+    try:
+        return max(0.0, time.time() - msg.metadata.timestamp.timestamp())
+    except (AttributeError, TypeError, ValueError):
+        return 0.0
+
+
+async def _nak(msg: Any, delay: float) -> None:
+    try:
+        await msg.nak(delay=delay)
+    except nats.errors.MsgAlreadyAckdError:
+        pass  # held before in this flush's retries: it comes back once
+    except Exception as exc:  # not told: it comes back after the consumer's ack wait instead
+        log.warning("nak failed: %s", exc)
 
 
 def _from_ref(batch: Batch) -> store.NewSegment:

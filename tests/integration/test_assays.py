@@ -22,6 +22,7 @@ from shared import subjects
 from shared.arrow_codec import tensor_array, to_ipc_stream
 from shared.logrecords import BATCH_ID, LOG_HEADER, MSG_ID, log_header
 from tests.integration.conftest import Account, post
+from tests.integration.log_owners import announce, fake_deployment
 from tests.integration.test_logs import wait_rows
 
 pytestmark = pytest.mark.integration
@@ -44,9 +45,10 @@ async def publish_rows(stack, account: Account, pipeline: str, values: np.ndarra
     nc = await nats_client.connect(stack.settings().nats.url)
     try:
         batch = str(uuid.uuid4())
-        await nc.jetstream().publish(f"logs.inference.{pipeline}-0", to_ipc_stream(pa.table(columns)), headers={
-            MSG_ID: batch, BATCH_ID: batch, LOG_HEADER: log_header(account.workspace_id, pipeline, f"{pipeline}-0",
-                                                                   "v")})
+        deployment = fake_deployment(account.workspace_id, pipeline)
+        await announce(nc, account.workspace_id, deployment)
+        await nc.jetstream().publish(f"logs.inference.{deployment}", to_ipc_stream(pa.table(columns)), headers={
+            MSG_ID: batch, BATCH_ID: batch, LOG_HEADER: log_header(account.workspace_id, pipeline, deployment, "v")})
     finally:
         await nc.close()
 

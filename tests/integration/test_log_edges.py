@@ -19,6 +19,7 @@ import requests
 from shared.arrow_codec import tensor_array, to_ipc_stream
 from shared.logrecords import BATCH_ID, LOG_HEADER, MSG_ID, REQUESTS_HEADER, log_header
 from tests.integration.conftest import post
+from tests.integration.log_owners import announce, fake_deployment
 from tests.integration.test_logs import _create, all_rows, marked, wait_rows
 from tests.integration.test_pipelines import RECORDS, _deploy_definition, _upload_bytes, _upload_framework
 from tests.models import ccfraud_onnx, sample_rows
@@ -78,11 +79,13 @@ async def test_a_request_run_by_two_replicas_is_stored_once(stack, alice):
                               "out.dense_1": tensor_array(np.array([[v] for v in values], dtype=np.float32)),
                               "metadata.dropped": pa.array([[]] * n, pa.list_(pa.string()))})
             batch = str(uuid.uuid4())
-            headers = {MSG_ID: batch, BATCH_ID: batch, LOG_HEADER: log_header(alice.workspace_id, "twice", "twice-0",
+            deployment = fake_deployment(alice.workspace_id, "twice")
+            await announce(nc, alice.workspace_id, deployment)
+            headers = {MSG_ID: batch, BATCH_ID: batch, LOG_HEADER: log_header(alice.workspace_id, "twice", deployment,
                                                                              "v")}
             if requests_header:
                 headers[REQUESTS_HEADER] = json.dumps(requests_header)
-            await nc.jetstream().publish("logs.inference.twice-0", to_ipc_stream(table), headers=headers)
+            await nc.jetstream().publish(f"logs.inference.{deployment}", to_ipc_stream(table), headers=headers)
 
         # replica A: another request's row, then the slow request's two rows
         await publish([1.0, 7.0, 7.0], {request_id: [1, 2]})

@@ -17,6 +17,7 @@ import pytest
 from shared.arrow_codec import tensor_array, to_ipc_stream
 from shared.logrecords import BATCH_ID, LOG_HEADER, MSG_ID, log_header
 from tests.integration.conftest import post
+from tests.integration.log_owners import announce, fake_deployment
 from tests.integration.test_logs import _create, _maintain, get_logs, wait_rows
 from tests.integration.test_pipelines import _deploy_definition, _upload_bytes, infer
 from tests.models import ccfraud_onnx, sample_rows
@@ -118,8 +119,10 @@ async def _publish_rows(nc, pipeline: str, workspace_id: int, rows: list[tuple[i
                       "metadata.last_model": pa.array(["{}"] * n), "metadata.pipeline_version": pa.array(["v"] * n),
                       "metadata.elapsed": pa.array([[1, 2]] * n, pa.list_(pa.int64())),
                       "metadata.dropped": pa.array([[]] * n, pa.list_(pa.string()))})
-    await nc.jetstream().publish(f"logs.inference.{pipeline}-0", to_ipc_stream(table), headers={
-        MSG_ID: batch, BATCH_ID: batch, LOG_HEADER: log_header(workspace_id, pipeline, f"{pipeline}-0", "v")})
+    deployment = fake_deployment(workspace_id, pipeline)
+    await announce(nc, workspace_id, deployment)
+    await nc.jetstream().publish(f"logs.inference.{deployment}", to_ipc_stream(table), headers={
+        MSG_ID: batch, BATCH_ID: batch, LOG_HEADER: log_header(workspace_id, pipeline, deployment, "v")})
 
 
 async def test_mixed_schema_history_pages_equal_the_history_sorted_by_time(stack, alice):

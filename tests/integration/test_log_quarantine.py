@@ -21,6 +21,7 @@ from nats.js.api import DeliverPolicy
 from shared.arrow_codec import tensor_array, to_ipc_stream
 from shared.logrecords import BATCH_ID, LOG_HEADER, MSG_ID, log_header
 from tests.integration.conftest import post
+from tests.integration.log_owners import announce, fake_deployment
 from tests.integration.test_logs import wait_rows
 from tests.integration.test_pipelines import _deploy_definition, _upload_framework
 from tests.models import sample_rows
@@ -74,8 +75,7 @@ def test_poison_batches_are_quarantined_and_ingestion_goes_on(stack, alice, admi
             bodies = [
                 (b"not arrow at all", good_header),  # unreadable
                 (to_ipc_stream(string_time), good_header),  # no usable time column
-                # readable and encodable, but its workspace id does not fit the index: fails at the commit,
-                # every retry, while the database answers
+                # readable and encodable, but its workspace id is not its deployment's (nor fits the index)
                 (to_ipc_stream(valid), json.dumps({"workspace_id": 2**70, "pipeline": "poisoned",
                                                    "deployment": deployment, "pipeline_version": "v"})),
             ]
@@ -168,7 +168,8 @@ async def test_a_quarantined_segment_description_keeps_its_segment_from_the_orph
     from tests.unit.test_log_batcher import RefusingStream, record
 
     await asyncio.to_thread(_create, stack, alice, "qdesc")
-    deployment = {"name": "qdesc-0", "pipeline": "qdesc", "pipeline_version": "v", "workspace_id": alice.workspace_id}
+    deployment = {"name": fake_deployment(alice.workspace_id, "qdesc"), "pipeline": "qdesc", "pipeline_version": "v",
+                  "workspace_id": alice.workspace_id}
     stream = RefusingStream()
     stream.full = False
     batcher = LogBatcher(stream, deployment, LogSettings(), 8 << 20, objects=MinioObjectStore(stack.settings().s3))
@@ -180,7 +181,8 @@ async def test_a_quarantined_segment_description_keeps_its_segment_from_the_orph
     batch_id = str(uuid.uuid4())
     nc = await nats_client.connect(stack.settings().nats.url)
     try:
-        await nc.jetstream().publish("logs.inference.qdesc-0", json.dumps(described).encode(), headers={
+        await announce(nc, alice.workspace_id, deployment["name"])
+        await nc.jetstream().publish(f"logs.inference.{deployment['name']}", json.dumps(described).encode(), headers={
             MSG_ID: batch_id, BATCH_ID: batch_id, LOG_HEADER: headers[LOG_HEADER], SEGMENT_HEADER: "1"})
     finally:
         await nc.close()

@@ -21,6 +21,7 @@ import pytest
 from shared.log_segments import ENGINE_SUFFIX, SEGMENT_HEADER, key_prefix
 from shared.logrecords import BATCH_ID, LOG_HEADER, MSG_ID, log_header
 from tests.integration.bus_events import stream_events
+from tests.integration.log_owners import announce
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -45,8 +46,9 @@ def test_a_segment_description_counting_more_rows_than_the_table_holds_is_quaran
     async def run() -> tuple[bool, int | None]:
         nc = await nats_client.connect(stack.settings().nats.url)
         try:
+            await announce(nc, alice.workspace_id, f"{pipeline}-1")
             await nc.jetstream().publish(
-                f"logs.inference.{pipeline}", json.dumps(description).encode(),
+                f"logs.inference.{pipeline}-1", json.dumps(description).encode(),
                 headers={MSG_ID: batch_id, BATCH_ID: batch_id, SEGMENT_HEADER: "1",
                          LOG_HEADER: log_header(alice.workspace_id, pipeline, f"{pipeline}-1", "v")})
         finally:

@@ -19,6 +19,7 @@ from nats.js.errors import APIError
 
 from shared import subjects
 from shared.bus import ensure_streams
+from tests.integration.log_owners import fake_deployment
 from tests.integration.test_logs import _create, _publish, wait_rows
 
 pytestmark = pytest.mark.integration
@@ -54,7 +55,7 @@ async def test_streams_are_bounded_and_keep_only_what_is_not_stored(stack, alice
 
         # records wait in the stream while the log store is paused, and leave it once stored
         await asyncio.to_thread(_create, stack, alice, "streamed")
-        subject = "logs.inference.streamed-0"
+        subject = f"logs.inference.{fake_deployment(alice.workspace_id, 'streamed')}"
         now = int(time.time() * 1000)
         os.kill(log_store, signal.SIGSTOP)
         try:

@@ -24,6 +24,7 @@ from shared import subjects
 from shared.arrow_codec import from_ipc, tensor_array, to_ipc_stream
 from shared.logrecords import BATCH_ID, DROPPED_WARNING, LOG_HEADER, MSG_ID, log_header
 from tests.integration.conftest import Account, post
+from tests.integration.log_owners import announce, fake_deployment
 from tests.integration.test_pipelines import RECORDS, _deploy_definition, _upload_bytes, infer, onnx_outputs
 from tests.models import ccfraud_onnx, sample_rows, wide_onnx
 
@@ -299,9 +300,11 @@ async def _publish(nc, pipeline: str, workspace_id: int, values: list[float], at
                       "metadata.last_model": pa.array(["{}"] * n), "metadata.pipeline_version": pa.array(["v"] * n),
                       "metadata.elapsed": pa.array([[1, 2]] * n, pa.list_(pa.int64())),
                       "metadata.dropped": pa.array([[]] * n, pa.list_(pa.string()))})
-    await nc.jetstream().publish(f"logs.inference.{pipeline}-0", to_ipc_stream(table), headers={
+    deployment = fake_deployment(workspace_id, pipeline)
+    await announce(nc, workspace_id, deployment)
+    await nc.jetstream().publish(f"logs.inference.{deployment}", to_ipc_stream(table), headers={
         MSG_ID: msg_id or batch_id, BATCH_ID: batch_id,
-        LOG_HEADER: log_header(workspace_id, pipeline, f"{pipeline}-0", "v")})
+        LOG_HEADER: log_header(workspace_id, pipeline, deployment, "v")})
     return batch_id
 
 
@@ -345,8 +348,10 @@ async def test_byte_limited_and_schema_change_pages(stack, alice):
                          "out.dense_1": tensor_array(np.arange(4, 16, dtype=np.float32)[:, None]),
                          "metadata.dropped": pa.array([[]] * 12, pa.list_(pa.string()))})
         batch = str(uuid.uuid4())
-        await nc.jetstream().publish("logs.inference.shapes-0", to_ipc_stream(wide), headers={
-            MSG_ID: batch, BATCH_ID: batch, LOG_HEADER: log_header(alice.workspace_id, "shapes", "shapes-0", "v")})
+        deployment = fake_deployment(alice.workspace_id, "shapes")
+        await announce(nc, alice.workspace_id, deployment)
+        await nc.jetstream().publish(f"logs.inference.{deployment}", to_ipc_stream(wide), headers={
+            MSG_ID: batch, BATCH_ID: batch, LOG_HEADER: log_header(alice.workspace_id, "shapes", deployment, "v")})
         await asyncio.to_thread(wait_rows, stack, alice, "shapes", 15)
         body = {"pipeline_id": "shapes", "workspace_id": alice.workspace_id, "order": "Asc", "page_size": 100}
         first = await asyncio.to_thread(get_logs, stack, alice, body)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from services.log_store import deployments as log_store_deployments
 from shared import bus, bus_identities, subjects
 from shared.bus import CallContext
 from shared.subjects import covers
@@ -267,8 +268,9 @@ def test_each_service_is_given_exactly_its_durable_consumers(routers):
     """The durables a service's code creates (FastStream JetStream subscribers, and the log store's raw pull
     consumer) are the ones deploy/nats-permissions.json gives it: a missing one could not be created or pulled."""
     pulls = [path for path in (REPO / "services").rglob("*.py") if "pull_subscribe(" in path.read_text()]
-    assert [p.relative_to(REPO).as_posix() for p in pulls] == ["services/log_store/handlers.py"], \
-        "a raw JetStream consumer besides the log store's: add its durable here and in the permissions file"
+    assert sorted(p.relative_to(REPO).as_posix() for p in pulls) == [
+        "services/log_store/deployments.py", "services/log_store/handlers.py"], \
+        "a raw JetStream consumer besides the log store's two: add its durable here and in the permissions file"
     for service in subjects.SERVICES:
         found: dict[str, set[str]] = {}
         for subscriber in routers["routers"][service].subscribers:
@@ -276,8 +278,9 @@ def test_each_service_is_given_exactly_its_durable_consumers(routers):
             if stream is not None:
                 assert subscriber.config.durable_name, f"{service}: an ephemeral consumer on {stream.name}"
                 found.setdefault(stream.name, set()).add(subscriber.config.durable_name)
-        if service == "log_store":
+        if service == "log_store":  # its raw pull consumers: the batches, and the deployer's announcements
             found[subjects.INFERENCE_LOGS_STREAM] = {subjects.INFERENCE_LOGS_DURABLE}
+            found.setdefault(subjects.EVENTS_STREAM, set()).add(log_store_deployments.DURABLE)
         given = {stream: set(names) for stream, names in bus_identities.durables(service).items()}
         assert found == given, (service, found, given)
 

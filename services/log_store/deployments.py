@@ -1,0 +1,134 @@
+"""Which workspace each deployment belongs to, as the deployer announced it, for ingestion to check log batches by.
+
+Every engine replica connects to the bus as `engine` and fills a log batch's `Railyard-Log` header itself, so the
+header alone does not say whose records they are: a compromised replica could log into another workspace. The
+deployer's `events.pipeline.deployed` (written in the transaction that makes a deployment serve, published from its
+outbox) says which workspace and pipeline a deployment (`<deploy_id>-<id>`) belongs to. The log store reads those
+events with its own durable consumer (`log-store-deployments` on EVENTS) into its `deployments` table, and
+ingestion takes a batch only when the deployment its subject names is known there, in the workspace its header
+names (handlers.Ingestor.check_owners). No token is needed (the deployer's resolve query needs a member's or an
+inference token, which ingestion has none of) and the deployer being down holds nothing up that it had announced.
+
+A deployment not heard of yet (its event still in the deployer's outbox, the deployer away, this consumer behind)
+is not refused: its batches stay unacknowledged and come back (`UNKNOWN_RETRY` seconds later) until the event is
+read. Answers are cached (a name's workspace never changes: the name ends in the deployment's unique id), at most
+`CACHE_SIZE` names, least recently used out first; names not known are asked of PostgreSQL again each time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from typing import Any
+
+import asyncpg
+import nats.errors
+from pydantic import ValidationError
+
+from shared import subjects
+from shared.messages.deployer import PipelineDeployed
+
+log = logging.getLogger("railyard.log_store")
+DURABLE = "log-store-deployments"
+CACHE_SIZE = 4096
+
+
+def consumer_config() -> Any:
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    return ConsumerConfig(durable_name=DURABLE, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+                          ack_wait=30.0, max_deliver=-1, filter_subject=subjects.EVENT_PIPELINE_DEPLOYED)
+
+
+class Deployments:
+    """The deployments the deployer announced (`lookup`), and the consumer that reads its announcements (`run`)."""
+
+    def __init__(self, pool: asyncpg.Pool, cache_size: int = CACHE_SIZE) -> None:
+        self.pool = pool
+        self.cache_size = cache_size
+        self.cache: OrderedDict[str, int] = OrderedDict()  # name -> workspace id
+        self.lookups = 0  # asked of PostgreSQL (names not in the cache)
+        self.task: asyncio.Task | None = None
+        self.running = True
+
+    async def lookup(self, names: list[str]) -> dict[str, int]:
+        """The workspace of each named deployment known (a name not in the answer is not known yet). Raises when
+        PostgreSQL does not answer: the caller keeps its batches for later."""
+        found: dict[str, int] = {}
+        missing: list[str] = []
+        for name in dict.fromkeys(names):
+            workspace_id = self.cache.get(name)
+            if workspace_id is None:
+                missing.append(name)
+            else:
+                self.cache.move_to_end(name)
+                found[name] = workspace_id
+        if missing:
+            self.lookups += 1
+            rows = await self.pool.fetch("SELECT name, workspace_id FROM deployments WHERE name = ANY($1::text[])",
+                                         missing)
+            for row in rows:
+                found[row["name"]] = row["workspace_id"]
+                self._remember(row["name"], row["workspace_id"])
+        return found
+
+    def _remember(self, name: str, workspace_id: int) -> None:
+        self.cache[name] = workspace_id
+        self.cache.move_to_end(name)
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+
+    async def record(self, event: PipelineDeployed) -> None:
+        """A deployment announced: kept (the first announcement of a name stands; later ones say the same)."""
+        await self.pool.execute(
+            "INSERT INTO deployments (name, deployment_id, workspace_id, pipeline_id) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (name) DO NOTHING", event.name, event.deployment_id, event.workspace_id, event.pipeline_id)
+
+    async def start(self, js: Any) -> None:
+        self.sub = await js.pull_subscribe(subjects.EVENT_PIPELINE_DEPLOYED, durable=DURABLE,
+                                           stream=subjects.EVENTS_STREAM, config=consumer_config())
+        self.task = asyncio.create_task(self.run())
+
+    async def stop(self) -> None:
+        self.running = False
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+
+    async def run(self) -> None:
+        while self.running:
+            try:
+                msgs = await self.sub.fetch(batch=64, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except Exception as exc:  # bus trouble: unacknowledged events stay in the stream
+                log.warning("fetching deployment announcements failed: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                await self.take(msg)
+
+    async def take(self, msg: Any) -> None:
+        try:
+            event = PipelineDeployed.model_validate_json(msg.data)
+        except ValidationError as exc:  # no redelivery reads it either; batches of its deployment wait (logged)
+            log.error("an events.pipeline.deployed that is not one was skipped: %s", str(exc)[:300])
+            await _ack(msg)
+            return
+        try:
+            await self.record(event)
+        except Exception as exc:  # PostgreSQL away: not acknowledged, so it comes again
+            log.warning("recording deployment %s failed (it comes again): %s", event.name, exc)
+            await asyncio.sleep(0.5)
+            return
+        await _ack(msg)
+
+
+async def _ack(msg: Any) -> None:
+    try:
+        await msg.ack()
+    except Exception as exc:  # redelivered: recorded again, which changes nothing
+        log.warning("acknowledging a deployment announcement failed: %s", exc)

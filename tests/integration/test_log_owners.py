@@ -1,0 +1,154 @@
+"""The log store takes an inference log batch only when its `Railyard-Log` header agrees with the platform: the
+deployment its subject names is the header's, and the deployer announced that deployment (events.pipeline.deployed)
+in the workspace the header names (services/log_store/deployments.py). Every replica connects as `engine`, so before
+this a compromised replica could log into another workspace by naming it in the header. Batches are published here as
+the engine publishes them (tests/integration/log_owners.py announces the deployments no deployer made)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import asyncpg
+import nats as nats_client
+import pytest
+
+from shared.log_segments import ENGINE_SUFFIX, SEGMENT_HEADER, key_prefix
+from shared.logrecords import BATCH_ID, LOG_HEADER, MSG_ID, log_header
+from tests.integration.log_owners import announce, fake_deployment
+from tests.integration.test_logs import _values, all_rows, wait_rows
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+def _table(values: list[float], at_ms: int) -> bytes:
+    import numpy as np
+    import pyarrow as pa
+
+    from shared.arrow_codec import tensor_array, to_ipc_stream
+
+    n = len(values)
+    return to_ipc_stream(pa.table({
+        "time": pa.array([at_ms] * n, pa.int64()),
+        "in.tensor": tensor_array(np.array([[v] * 3 for v in values], dtype=np.float32)),
+        "out.dense_1": tensor_array(np.array([[v] for v in values], dtype=np.float32)),
+        "metadata.last_model": pa.array(["{}"] * n), "metadata.pipeline_version": pa.array(["v"] * n),
+        "metadata.elapsed": pa.array([[1, 2]] * n, pa.list_(pa.int64())),
+        "metadata.dropped": pa.array([[]] * n, pa.list_(pa.string()))}))
+
+
+async def _send(nc, subject_deployment: str, header: str, body: bytes, segment: bool = False) -> str:
+    batch_id = str(uuid.uuid4())
+    headers = {MSG_ID: batch_id, BATCH_ID: batch_id, LOG_HEADER: header}
+    if segment:
+        headers[SEGMENT_HEADER] = "1"
+    await nc.jetstream().publish(f"logs.inference.{subject_deployment}", body, headers=headers)
+    return batch_id
+
+
+async def _quarantine_reasons(stack, batch_ids: list[str]) -> dict[str, str]:
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        rows = await conn.fetch("SELECT batch_id, reason FROM log_store.quarantine WHERE batch_id = ANY($1::text[])",
+                                batch_ids)
+    finally:
+        await conn.close()
+    return {r["batch_id"]: r["reason"] for r in rows}
+
+
+def test_a_batch_naming_another_workspace_than_its_deployment_s_is_quarantined_and_readable_nowhere(
+        stack, alice, bob, admin):
+    """Workspaces A (alice) and B (bob) both have a pipeline named `shared`; B's deployment logs. A batch on B's
+    deployment whose header names workspace A (rows, or a segment description under A's prefix), and one whose
+    subject is B's deployment but whose header names A's: quarantined, saying why, listed for administrators; none of
+    their rows shows in either workspace's log. B's own batch is stored. A description whose header is B's but whose
+    key lies under A's prefix is refused too. On the old code the forged rows were stored in A's log."""
+    pipeline = "shared"
+    for account in (alice, bob):
+        _create_once(stack, account, pipeline)
+    dep_a, dep_b = fake_deployment(alice.workspace_id, pipeline), fake_deployment(bob.workspace_id, pipeline)
+    now = int(time.time() * 1000)
+    header_a = log_header(alice.workspace_id, pipeline, dep_b, "v")  # B's deployment, A's workspace
+    header_b = log_header(bob.workspace_id, pipeline, dep_b, "v")
+    key_a = f"{key_prefix(alice.workspace_id, pipeline)}2026/12/04/{uuid.uuid4().hex}{ENGINE_SUFFIX}"
+    description = json.dumps({"key": key_a, "bytes": 100, "rows": 1, "min_time": now, "max_time": now,
+                              "schema_fp": "fp", "versions": ["v"], "dropped": []}).encode()
+
+    async def publish() -> tuple[list[str], str]:
+        nc = await nats_client.connect(stack.settings().nats.url)
+        try:
+            await announce(nc, alice.workspace_id, dep_a)
+            await announce(nc, bob.workspace_id, dep_b)
+            forged = [
+                await _send(nc, dep_b, header_a, _table([666.0], now)),  # rows into A from B's deployment
+                await _send(nc, dep_b, header_a, description, segment=True),  # a segment of A's, from B's
+                # the subject is A's deployment, the header B's: which one it is, nothing says
+                await _send(nc, dep_a, header_b, _table([667.0], now)),
+                # B's own header, but the segment lies under A's prefix
+                await _send(nc, dep_b, header_b, description, segment=True),
+            ]
+            good = await _send(nc, dep_b, header_b, _table([1.0, 2.0], now))
+        finally:
+            await nc.close()
+        return forged, good
+
+    forged, _ = asyncio.run(publish())
+    assert _values(wait_rows(stack, bob, pipeline, 2, order="Asc")) == [1.0, 2.0]  # the correct batch is stored
+    deadline = time.monotonic() + 60
+    while len(reasons := asyncio.run(_quarantine_reasons(stack, forged))) < len(forged):
+        assert time.monotonic() < deadline, f"quarantined: {reasons}"
+        time.sleep(0.2)
+    expected = f"belongs to workspace {bob.workspace_id}, not to workspace {alice.workspace_id}"
+    assert expected in reasons[forged[0]] and expected in reasons[forged[1]], reasons
+    assert "its subject names deployment" in reasons[forged[2]], reasons
+    assert "not one of the pipeline's engine-written segments" in reasons[forged[3]], reasons
+    listed = admin.post("pipelines/list_quarantined_logs", {"limit": 1000})
+    assert set(forged) <= {b["batch_id"] for b in listed["batches"]}
+    time.sleep(1.0)  # a wrongly stored copy would show by now
+    assert all_rows(stack, alice, pipeline) == []
+    assert _values(all_rows(stack, bob, pipeline, order="Asc")) == [1.0, 2.0]
+
+
+def test_a_batch_of_a_deployment_not_announced_yet_waits_and_is_stored_once_it_is(stack, alice):
+    """The deployer's announcement of a deployment may come after its first batches (its outbox behind, the deployer
+    away): they are neither stored unverified nor quarantined but left unacknowledged, and stored, once, when the
+    announcement comes. On the old code they were stored at once, whatever the header said."""
+    pipeline = f"late-{uuid.uuid4().hex[:6]}"
+    _create_once(stack, alice, pipeline)
+    deployment = fake_deployment(alice.workspace_id, pipeline)
+    now = int(time.time() * 1000)
+
+    async def publish() -> list[str]:
+        nc = await nats_client.connect(stack.settings().nats.url)
+        try:
+            header = log_header(alice.workspace_id, pipeline, deployment, "v")
+            return [await _send(nc, deployment, header, _table([float(i)], now + i)) for i in range(3)]
+        finally:
+            await nc.close()
+
+    batches = asyncio.run(publish())
+    time.sleep(5.0)  # the log store has fetched them, held them and had them back at least once (UNKNOWN_RETRY 2 s)
+    assert all_rows(stack, alice, pipeline) == []  # not stored unverified
+    assert asyncio.run(_quarantine_reasons(stack, batches)) == {}  # nor quarantined
+
+    async def announce_it() -> None:
+        nc = await nats_client.connect(stack.settings().nats.url)
+        try:
+            await announce(nc, alice.workspace_id, deployment)
+        finally:
+            await nc.close()
+
+    asyncio.run(announce_it())
+    assert _values(wait_rows(stack, alice, pipeline, 3, timeout=30, order="Asc")) == [0.0, 1.0, 2.0]
+    time.sleep(1.0)
+    assert _values(all_rows(stack, alice, pipeline, order="Asc")) == [0.0, 1.0, 2.0]  # each once
+
+
+def _create_once(stack, account, name: str) -> None:
+    from tests.integration.conftest import post
+
+    response = post(stack, "pipelines/create", account.token,
+                    {"pipeline_id": name, "workspace_id": account.workspace_id, "definition": {}})
+    assert response.status_code in (200, 409), response.text

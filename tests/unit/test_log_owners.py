@@ -1,0 +1,139 @@
+"""The log store's check of a batch's header against the deployer's announcements (handlers.Ingestor.check_owners)
+and the bounded cache of those announcements (deployments.Deployments), without a stack; the real path is
+tests/integration/test_log_owners.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+import pytest
+
+from services.log_store import handlers
+from services.log_store.deployments import Deployments
+from services.log_store.handlers import UNKNOWN_RETRY, UNKNOWN_WAIT, Batch, Ingestor
+
+
+class Msg:
+    def __init__(self, deployment: str, age: float = 0.0) -> None:
+        self.subject = f"logs.inference.{deployment}"
+        self.metadata = SimpleNamespace(timestamp=datetime.fromtimestamp(time.time() - age, UTC))
+        self.naks: list[float | None] = []
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.naks.append(delay)
+
+
+class Known:
+    def __init__(self, owners: dict[str, int], fail: bool = False) -> None:
+        self.owners, self.fail, self.asked = owners, fail, []
+
+    async def lookup(self, names: list[str]) -> dict[str, int]:
+        self.asked.append(list(names))
+        if self.fail:
+            raise OSError("the database is away")
+        return {n: self.owners[n] for n in names if n in self.owners}
+
+
+def ingestor(known: Known) -> tuple[Ingestor, list[tuple[Msg, str]]]:
+    ing = Ingestor(SimpleNamespace(settings=None), js=None, deployments=known)  # type: ignore[arg-type]
+    quarantined: list[tuple[Msg, str]] = []
+
+    async def quarantine(msg, reason: str) -> None:
+        quarantined.append((msg, reason))
+
+    ing.quarantine = quarantine  # type: ignore[method-assign]
+    return ing, quarantined
+
+
+def batch(subject_deployment: str, workspace_id: int, header_deployment: str | None = None, age: float = 0.0) -> Batch:
+    return Batch(Msg(subject_deployment, age), "b", workspace_id, "p", None,
+                 deployment=subject_deployment if header_deployment is None else header_deployment)
+
+
+def test_a_batch_agreeing_with_its_deployment_s_announcement_is_kept():
+    ing, quarantined = ingestor(Known({"d-1": 7}))
+    good = batch("d-1", 7)
+    kept, held = asyncio.run(ing.check_owners([good]))
+    assert kept == [good] and held == set() and quarantined == []
+
+
+def test_another_workspace_or_another_deployment_than_the_subject_s_is_quarantined_saying_why():
+    ing, quarantined = ingestor(Known({"d-1": 7, "d-2": 8}))
+    other_workspace, other_deployment, good = batch("d-1", 8), batch("d-1", 7, header_deployment="d-2"), batch("d-2", 8)
+    kept, held = asyncio.run(ing.check_owners([other_workspace, other_deployment, good]))
+    assert kept == [good] and held == set()
+    reasons = {id(m): r for m, r in quarantined}
+    assert "belongs to workspace 7, not to workspace 8" in reasons[id(other_workspace.msg)]
+    assert "its subject names deployment 'd-1', its Railyard-Log header deployment 'd-2'" in \
+        reasons[id(other_deployment.msg)]
+
+
+def test_a_batch_without_a_deployment_in_its_header_is_quarantined():
+    ing, quarantined = ingestor(Known({"d-1": 7}))
+    headless = Batch(Msg("d-1"), "b", 7, "p", None, deployment=None)
+    kept, _ = asyncio.run(ing.check_owners([headless]))
+    assert kept == [] and len(quarantined) == 1
+
+
+def test_a_deployment_not_announced_yet_is_held_then_quarantined_once_it_waited_too_long():
+    ing, quarantined = ingestor(Known({}))
+    fresh, old = batch("d-9", 7), batch("d-9", 7, age=UNKNOWN_WAIT + 1)
+    kept, held = asyncio.run(ing.check_owners([fresh, old]))
+    assert kept == [] and held == {id(fresh.msg)}
+    assert fresh.msg.naks == [UNKNOWN_RETRY]  # comes back soon, never acknowledged
+    assert [m for m, _ in quarantined] == [old.msg] and "was not announced" in quarantined[0][1]
+
+
+def test_a_lookup_that_fails_raises_so_nothing_is_acknowledged_nor_quarantined():
+    ing, quarantined = ingestor(Known({"d-1": 7}, fail=True))
+    good = batch("d-1", 7)
+    with pytest.raises(OSError):
+        asyncio.run(ing.check_owners([good]))
+    assert quarantined == [] and good.msg.naks == []
+
+
+def test_a_flush_acknowledges_none_of_the_batches_it_holds(monkeypatch):
+    """flush acks every message it took, but not those held for an announcement."""
+    acked: list[object] = []
+
+    async def ack(msg) -> None:
+        acked.append(msg)
+
+    monkeypatch.setattr(handlers, "_ack", ack)
+    monkeypatch.setattr(handlers, "parse_batch", lambda msg, probe=False: Batch(msg, str(id(msg)), 7, "p", None,
+                                                                              deployment=msg.subject.rsplit(".")[-1]))
+
+    async def nothing_committed(pool, ids):
+        return set()
+
+    monkeypatch.setattr(handlers.store, "committed_batches", nothing_committed)
+    monkeypatch.setattr(handlers.store, "commit_segments", lambda *a, **k: asyncio.sleep(0))
+    ing, _ = ingestor(Known({"d-1": 7}))
+    ing.deps = SimpleNamespace(pool=None, orphan_sweep=handlers.OrphanSweep(), settings=None)
+    known, unknown = Msg("d-1"), Msg("d-2")
+    known.headers = unknown.headers = {}
+    asyncio.run(ing.flush([known, unknown]))
+    assert acked == [known] and unknown.naks == [UNKNOWN_RETRY]
+
+
+class Pool:
+    def __init__(self, rows: dict[str, int]) -> None:
+        self.rows, self.queries = rows, 0
+
+    async def fetch(self, sql: str, names: list[str]):
+        self.queries += 1
+        return [{"name": n, "workspace_id": self.rows[n]} for n in names if n in self.rows]
+
+
+def test_announcements_are_cached_up_to_a_bound_and_unknown_names_asked_again():
+    pool = Pool({"a": 1, "b": 2, "c": 3})
+    known = Deployments(pool, cache_size=2)  # type: ignore[arg-type]
+    assert asyncio.run(known.lookup(["a", "b", "x"])) == {"a": 1, "b": 2}
+    assert pool.queries == 1
+    assert asyncio.run(known.lookup(["a", "b"])) == {"a": 1, "b": 2} and pool.queries == 1  # cached
+    assert asyncio.run(known.lookup(["x"])) == {} and pool.queries == 2  # not known: asked again
+    assert asyncio.run(known.lookup(["c"])) == {"c": 3} and pool.queries == 3
+    assert list(known.cache) == ["b", "c"]  # "a", least recently used, went
