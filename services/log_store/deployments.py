@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import OrderedDict
 from typing import Any
@@ -40,6 +41,16 @@ def consumer_config() -> Any:
 
     return ConsumerConfig(durable_name=DURABLE, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
                           ack_wait=30.0, max_deliver=-1, filter_subject=subjects.EVENT_PIPELINE_DEPLOYED)
+
+
+def announced(data: bytes) -> PipelineDeployed:
+    """The fields the log store keeps of an events.pipeline.deployed. Only those are read: events refuse unknown
+    fields, and a deployer upgraded before the log store (a field added) must not make it skip the announcement."""
+    body = json.loads(data)
+    if not isinstance(body, dict):
+        raise ValueError("not a JSON object")
+    return PipelineDeployed.model_validate({name: body.get(name) for name in (
+        "deployment_id", "name", "pipeline_id", "workspace_id", "pipeline_version")})
 
 
 class Deployments:
@@ -113,8 +124,9 @@ class Deployments:
 
     async def take(self, msg: Any) -> None:
         try:
-            event = PipelineDeployed.model_validate_json(msg.data)
-        except ValidationError as exc:  # no redelivery reads it either; batches of its deployment wait (logged)
+            event = announced(msg.data)
+        except (ValueError, TypeError, ValidationError) as exc:  # no redelivery reads it either (logged); batches of
+            # its deployment wait, then are quarantined (handlers.UNKNOWN_WAIT)
             log.error("an events.pipeline.deployed that is not one was skipped: %s", str(exc)[:300])
             await _ack(msg)
             return

@@ -14,9 +14,9 @@ import pytest
 from railyard_client import cli
 from railyard_client import session as sdk_session
 
-from tests.integration import test_ui as ui
+from tests.integration import ui_browser as ui
 from tests.integration.conftest import cli_env, make_account, post, requests_to, sdk_client
-from tests.integration.test_ui_list_pages import sign_in_to
+from tests.integration.ui_browser import sign_in_to
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,7 @@ async def test_models_list_pages_through_http_the_sdk_and_the_cli(stack, alice, 
     assert [m["id"] for m in json.loads(capsys.readouterr().out)] == newest
 
 
-browser = ui.browser  # test_ui.py's headless Chromium (skipped as test_ui.py is when there is none)
+browser = ui.browser  # the headless Chromium (without one, the UI tests skip, the API tests run)
 
 # records each models/list request the page sends (its JSON body) and cuts its page size to 2
 RECORD_MODELS = """

@@ -12,9 +12,9 @@ import pytest
 from railyard_client import session as sdk_session
 from railyard_client.orchestrations import Orchestrations
 
-from tests.integration import test_ui as ui
+from tests.integration import ui_browser as ui
 from tests.integration.conftest import make_account, post, requests_to, sdk_client
-from tests.integration.test_ui_list_pages import sign_in_to
+from tests.integration.ui_browser import sign_in_to
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,7 @@ async def test_task_and_orchestration_lists_page_through_http_and_the_sdk(stack,
         client.close()
 
 
-browser = ui.browser  # test_ui.py's headless Chromium (skipped as test_ui.py is when there is none)
+browser = ui.browser  # the headless Chromium (without one, the UI tests skip, the API tests run)
 
 RECORD_TASKS = """
 window.taskPages = [];

@@ -14,9 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-import shutil
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,36 +27,35 @@ from railyard_client import Client
 
 from shared.arrow_codec import tensor_array, to_ipc_file
 from tests.image_models import detector_image_config, detector_onnx, squares_png
+from tests.integration import ui_browser
 from tests.integration.conftest import PASSWORD, TOKEN_PATH, Account, make_account, post, undeploy_all
 from tests.integration.test_lineage import ARROW_FILE, ok, upload_rows
 from tests.integration.test_logs import marked, wait_rows
 from tests.integration.test_orchestrations import ready_orchestration, run_once
 from tests.integration.test_pipelines import _deploy_definition, _upload_bytes, infer
+from tests.integration.ui_browser import (  # noqa: F401 (sign_in: test_ui_*.py take it from here)
+    MISSING,
+    REQUIRE_BROWSER,
+    WAIT,
+    open_page,
+    page_text,
+    rendered,
+    require_browser,
+    shown,
+    sign_in,
+    wait_for,
+    wait_text,
+)
 from tests.models import ccfraud_onnx, sample_rows
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = os.environ.get("RAILYARD_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("RAILYARD_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "ui-screenshots"
-WAIT = 30
 
-# RAILYARD_TEST_REQUIRE_BROWSER=1 (set by .ci/run): no browser is a failure of every UI test, not a skip (a CI
-# machine that lost its Chromium would otherwise pass without testing the UI at all)
-REQUIRE_BROWSER = os.environ.get("RAILYARD_TEST_REQUIRE_BROWSER", "") == "1"
-MISSING = None
-try:
-    from selenium import webdriver
-except ImportError:
-    MISSING = "selenium is not installed (pip install -e '.[dev]')"
-if MISSING is None and not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-    MISSING = (f"no headless browser: needs {CHROMIUM} and {CHROMEDRIVER} (Debian: apt-get install chromium "
-               "chromium-driver; `make test` installs them when run as root)")
 if MISSING and not REQUIRE_BROWSER:
     pytest.skip(MISSING, allow_module_level=True)
 
 if MISSING is None:
-    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -67,36 +63,14 @@ if MISSING is None:
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
 
-def require_browser() -> None:
-    if MISSING:
-        pytest.fail(f"{MISSING}; RAILYARD_TEST_REQUIRE_BROWSER=1 makes that a failure, not a skip", pytrace=False)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def browser_required():
     """Fails every test of this file before anything is started (the stack first of all) when there is no browser
-    and RAILYARD_TEST_REQUIRE_BROWSER=1; the files that take `browser` from here fail in it."""
+    and RAILYARD_TEST_REQUIRE_BROWSER=1; the files that take `browser` from ui_browser.py fail in it."""
     require_browser()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    require_browser()
-    profile = tempfile.mkdtemp(prefix="railyard-ui-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1280,900", f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(WAIT)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+browser = ui_browser.browser  # the module's headless Chromium
 
 
 @pytest.fixture(scope="module")
@@ -193,37 +167,6 @@ def shot(driver, name: str) -> None:
         driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
-def shown(driver) -> str:
-    return (f"the page shows:\n{driver.execute_script('return document.body.innerText')}\n"
-            f"console: {driver.get_log('browser')}")
-
-
-def wait_text(driver, selector: str, text: str) -> None:
-    try:
-        WebDriverWait(driver, WAIT).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, selector), text))
-    except TimeoutException:
-        raise AssertionError(f"{text!r} not in {selector} after {WAIT} s; {shown(driver)}") from None
-
-
-def wait_for(driver, script: str, *args, what: str = "condition") -> None:
-    try:
-        WebDriverWait(driver, WAIT).until(lambda d: d.execute_script(script, *args))
-    except TimeoutException:
-        raise AssertionError(f"{what} not met after {WAIT} s; {shown(driver)}") from None
-
-
-def rendered(driver, page: str) -> None:
-    wait_for(driver, "const p = document.querySelector('#page'); return p.dataset.page === arguments[0] && "
-             "!p.textContent.startsWith('Loading')", page, what=f"page {page} rendered")
-
-
-def open_page(driver, page: str) -> None:
-    """Open a page with the keyboard (Enter on its navigation button) and wait until it has rendered."""
-    driver.execute_script("document.querySelector('#page').dataset.page = ''")
-    driver.find_element(By.CSS_SELECTOR, f'nav button[data-page="{page}"]').send_keys(Keys.ENTER)
-    rendered(driver, page)
-
-
 def choose(driver, select_id: str, value: str, page: str) -> None:
     """Pick a value of a select that re-renders its page, and wait for the new render."""
     select = Select(driver.find_element(By.ID, select_id))
@@ -232,25 +175,6 @@ def choose(driver, select_id: str, value: str, page: str) -> None:
     driver.execute_script("document.querySelector('#page').dataset.page = ''")
     select.select_by_value(value)
     rendered(driver, page)
-
-
-def sign_in(driver, stack, email: str, password: str) -> None:
-    """Sign in with the user name and password only, on the gateway's sign-in page, where the UI sends the browser
-    (authorization code flow with PKCE): no client fields (its client is public)."""
-    driver.get(stack.base_url + "/")
-    try:
-        WebDriverWait(driver, WAIT).until(ec.visibility_of_element_located((By.ID, "username")))
-    except TimeoutException:  # a script error leaves the form hidden: show the console
-        raise AssertionError(f"no sign-in form; browser console: {driver.get_log('browser')}") from None
-    assert driver.current_url.startswith(stack.base_url + "/auth/realms/master/protocol/openid-connect/auth?")
-    assert "code_challenge_method=S256" in driver.current_url and "code_challenge=" in driver.current_url
-    # no client id or secret to type
-    assert len(driver.find_elements(By.CSS_SELECTOR, "#signin input:not([type=hidden])")) == 2
-    for field, value in (("username", email), ("password", password)):
-        box = driver.find_element(By.ID, field)
-        box.clear()
-        box.send_keys(value)
-    driver.find_element(By.ID, "password").send_keys(Keys.ENTER)  # submits the form from the keyboard
 
 
 def signed_in_as(driver, stack, account: Account) -> None:
@@ -288,10 +212,6 @@ def signed_out(stack, browser):
     if browser.current_url.startswith(stack.base_url):
         browser.execute_script("sessionStorage.clear()")
     return browser
-
-
-def page_text(driver) -> str:
-    return driver.find_element(By.ID, "page").text
 
 
 def chart_drawn(driver, canvas_id: str) -> dict:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.integration import test_ui as ui
-from tests.integration.conftest import PASSWORD, make_account, post
+from tests.integration.conftest import make_account, post
 from tests.integration.test_request_bounds_http import (
     big_pipelines,
     many_versions,
@@ -22,6 +22,7 @@ from tests.integration.test_request_bounds_http import (
     paged_lists,
     static_assays,
 )
+from tests.integration.ui_browser import sign_in_to
 
 pytestmark = pytest.mark.integration
 
@@ -54,17 +55,6 @@ const done = arguments[arguments.length - 1];
 def taken(driver) -> list:
     sent = driver.execute_script("const sent = window.listed; window.listed = []; return sent")
     return [(route, body) for route, body in sent]
-
-
-def sign_in_to(driver, stack, account) -> None:
-    """Signs the account in (out of any session an earlier test left in this tab) and picks its workspace; then
-    RECORD can be run."""
-    if driver.current_url.startswith(stack.base_url):
-        driver.execute_script("sessionStorage.clear()")
-    ui.sign_in(driver, stack, account.email, PASSWORD)
-    ui.wait_text(driver, "#who", account.email)
-    ui.open_page(driver, "workspaces")
-    ui.Select(driver.find_element(ui.By.ID, "workspace")).select_by_value(str(account.workspace_id))
 
 
 def test_the_ui_reads_pipelines_and_assays_page_by_page(stack, admin, browser):

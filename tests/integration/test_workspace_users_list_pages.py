@@ -11,9 +11,9 @@ import uuid
 import pytest
 from railyard_client import session as sdk_session
 
-from tests.integration import test_ui as ui
+from tests.integration import ui_browser as ui
 from tests.integration.conftest import make_account, more_members, post, requests_to, sdk_client
-from tests.integration.test_ui_list_pages import sign_in_to
+from tests.integration.ui_browser import sign_in_to
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ async def test_workspace_users_page_through_http_and_the_sdk(stack, alice, monke
         client.close()
 
 
-browser = ui.browser  # test_ui.py's headless Chromium (skipped as test_ui.py is when there is none)
+browser = ui.browser  # the headless Chromium (without one, the UI tests skip, the API tests run)
 
 # records each workspaces/list_users request the page sends (its JSON body) and cuts its page size to 2
 RECORD_MEMBERS = """

@@ -5,6 +5,7 @@ tests/integration/test_log_owners.py."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -137,3 +138,18 @@ def test_announcements_are_cached_up_to_a_bound_and_unknown_names_asked_again():
     assert asyncio.run(known.lookup(["x"])) == {} and pool.queries == 2  # not known: asked again
     assert asyncio.run(known.lookup(["c"])) == {"c": 3} and pool.queries == 3
     assert list(known.cache) == ["b", "c"]  # "a", least recently used, went
+
+
+def test_an_announcement_with_a_field_this_log_store_does_not_know_is_read():
+    """A deployer upgraded first may add a field to events.pipeline.deployed (events refuse unknown fields): the
+    log store reads the fields it keeps, not skip the announcement (its deployment's batches would wait an hour)."""
+    from services.log_store.deployments import announced
+
+    event = announced(json.dumps({"event_id": "00000000-0000-0000-0000-000000000001", "deployment_id": 4,
+                                  "name": "d-4", "pipeline_id": 2, "workspace_id": 9, "pipeline_version": "v",
+                                  "occurred_at": "2026-12-04T11:00:00Z", "new_field": 1}).encode())
+    assert (event.name, event.workspace_id, event.deployment_id) == ("d-4", 9, 4)
+    with pytest.raises(ValueError):
+        announced(b"[]")
+    with pytest.raises(ValueError):  # pydantic's ValidationError is a ValueError
+        announced(b'{"name": "d-4"}')

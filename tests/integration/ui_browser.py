@@ -1,0 +1,130 @@
+"""The headless Chromium the UI tests drive (Debian's chromium + chromedriver, through Selenium), and the helpers
+they share: importing this module needs no browser. A test that takes the `browser` fixture is skipped when there is
+none (a failure with RAILYARD_TEST_REQUIRE_BROWSER=1, as .ci/run sets), and only that test: the API tests in the
+same file run. Before, the files mixing API and UI tests took the fixture from test_ui.py, whose import skips its
+whole module without a browser, and so skipped their API tests too (tests/unit/test_ui_browser_fixture.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+from tests.integration.conftest import PASSWORD
+
+CHROMIUM = os.environ.get("RAILYARD_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("RAILYARD_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
+WAIT = 30
+
+# RAILYARD_TEST_REQUIRE_BROWSER=1 (set by .ci/run): no browser is a failure of every UI test, not a skip (a CI
+# machine that lost its Chromium would otherwise pass without testing the UI at all)
+REQUIRE_BROWSER = os.environ.get("RAILYARD_TEST_REQUIRE_BROWSER", "") == "1"
+MISSING = None
+try:
+    from selenium import webdriver
+except ImportError:
+    MISSING = "selenium is not installed (pip install -e '.[dev]')"
+if MISSING is None and not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+    MISSING = (f"no headless browser: needs {CHROMIUM} and {CHROMEDRIVER} (Debian: apt-get install chromium "
+               "chromium-driver; `make test` installs them when run as root)")
+
+if MISSING is None:
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+
+def require_browser() -> None:
+    if MISSING:
+        pytest.fail(f"{MISSING}; RAILYARD_TEST_REQUIRE_BROWSER=1 makes that a failure, not a skip", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for the module; without one, the test is skipped (failed with REQUIRE_BROWSER)."""
+    if MISSING and not REQUIRE_BROWSER:
+        pytest.skip(MISSING)
+    require_browser()
+    profile = tempfile.mkdtemp(prefix="railyard-ui-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1280,900", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(WAIT)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def shown(driver) -> str:
+    return (f"the page shows:\n{driver.execute_script('return document.body.innerText')}\n"
+            f"console: {driver.get_log('browser')}")
+
+
+def wait_text(driver, selector: str, text: str) -> None:
+    try:
+        WebDriverWait(driver, WAIT).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, selector), text))
+    except TimeoutException:
+        raise AssertionError(f"{text!r} not in {selector} after {WAIT} s; {shown(driver)}") from None
+
+
+def wait_for(driver, script: str, *args, what: str = "condition") -> None:
+    try:
+        WebDriverWait(driver, WAIT).until(lambda d: d.execute_script(script, *args))
+    except TimeoutException:
+        raise AssertionError(f"{what} not met after {WAIT} s; {shown(driver)}") from None
+
+
+def rendered(driver, page: str) -> None:
+    wait_for(driver, "const p = document.querySelector('#page'); return p.dataset.page === arguments[0] && "
+             "!p.textContent.startsWith('Loading')", page, what=f"page {page} rendered")
+
+
+def open_page(driver, page: str) -> None:
+    """Open a page with the keyboard (Enter on its navigation button) and wait until it has rendered."""
+    driver.execute_script("document.querySelector('#page').dataset.page = ''")
+    driver.find_element(By.CSS_SELECTOR, f'nav button[data-page="{page}"]').send_keys(Keys.ENTER)
+    rendered(driver, page)
+
+
+def page_text(driver) -> str:
+    return driver.find_element(By.ID, "page").text
+
+
+def sign_in(driver, stack, email: str, password: str) -> None:
+    """Sign in with the user name and password only, on the gateway's sign-in page, where the UI sends the browser
+    (authorization code flow with PKCE): no client fields (its client is public)."""
+    driver.get(stack.base_url + "/")
+    try:
+        WebDriverWait(driver, WAIT).until(ec.visibility_of_element_located((By.ID, "username")))
+    except TimeoutException:  # a script error leaves the form hidden: show the console
+        raise AssertionError(f"no sign-in form; browser console: {driver.get_log('browser')}") from None
+    assert driver.current_url.startswith(stack.base_url + "/auth/realms/master/protocol/openid-connect/auth?")
+    assert "code_challenge_method=S256" in driver.current_url and "code_challenge=" in driver.current_url
+    # no client id or secret to type
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#signin input:not([type=hidden])")) == 2
+    for field, value in (("username", email), ("password", password)):
+        box = driver.find_element(By.ID, field)
+        box.clear()
+        box.send_keys(value)
+    driver.find_element(By.ID, "password").send_keys(Keys.ENTER)  # submits the form from the keyboard
+
+
+def sign_in_to(driver, stack, account) -> None:
+    """Signs the account in (out of any session an earlier test left in this tab) and picks its workspace."""
+    if driver.current_url.startswith(stack.base_url):
+        driver.execute_script("sessionStorage.clear()")
+    sign_in(driver, stack, account.email, PASSWORD)
+    wait_text(driver, "#who", account.email)
+    open_page(driver, "workspaces")
+    Select(driver.find_element(By.ID, "workspace")).select_by_value(str(account.workspace_id))
