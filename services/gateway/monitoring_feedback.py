@@ -27,7 +27,7 @@ JSON_ROUTE_SPECS: list[tuple[Any, ...]] = [
      "Review a prediction: accept it, or correct its classes/boxes (a later review replaces it)."),
     ("/deployments/list_predictions_to_review", subjects.MONITORING_PREDICTIONS_TO_REVIEW,
      fb.ListPredictionsToReview, fb.PredictionsToReview, "The review queue: predictions without a review, oldest "
-     "first."),
+     "first; a page of `limit`, the next by its `next_cursor` as `cursor`."),
     ("/deployments/setup_feedback_loop", subjects.MONITORING_FEEDBACK_SETUP, fb.SetupFeedbackLoop,
      fb.FeedbackLoopStatus, "Set up the feedback loop (reviews become new versions of the attached datasets)."),
     ("/deployments/attach_dataset_version_to_feedback_loop", subjects.MONITORING_FEEDBACK_ATTACH,

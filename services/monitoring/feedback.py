@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from services.monitoring import feedback_store as fs
 from services.monitoring import handlers, predictions
-from shared import images, outbox, subjects
+from shared import images, outbox, paging, subjects
 from shared.authz import Principal, require_user
 from shared.background import Sweeper
 from shared.bus import CallContext, command, request
@@ -221,14 +221,21 @@ async def review_prediction(deps: FeedbackDeps, principal: Principal, token: str
 async def predictions_to_review(deps: FeedbackDeps, principal: Principal, token: str | None,
                                 cmd: ListPredictionsToReview) -> PredictionsToReview:
     require_user(principal)
+    after = paging.after_key(cmd.cursor, "deployments/list_predictions_to_review")
+    if after is not None and cmd.offset:
+        raise InvalidRequest("list_predictions_to_review takes cursor or offset, not both: the cursor alone says "
+                             "where the page starts")
     view = await handlers._deployment(deps.monitoring, principal, token, cmd.deployment)
-    rows, pending = await fs.predictions_to_review(deps.monitoring.pool, view.route.deployment_id, cmd.limit,
-                                                   cmd.offset)
+    # one more than the page: whether more follow (the next cursor)
+    rows, pending = await fs.predictions_to_review(deps.monitoring.pool, view.route.deployment_id, cmd.limit + 1,
+                                                   cmd.offset, after)
     labels = await _labels(deps, token, view)
-    return PredictionsToReview(pending=pending, labels=labels, predictions=[PredictionToReview(
+    predictions, next_cursor = await paging.page(rows, cmd.limit, lambda r: PredictionToReview(
         id=r["id"], predicted_at=r["predicted_at"], origin=r["origin"], source=r["source"], tags=list(r["tags"]),
         kind=r["kind"], prediction=r["prediction"], shadow_prediction=r["shadow_prediction"], height=r["height"],
-        width=r["width"], content_type=r["content_type"]) for r in rows])
+        width=r["width"], content_type=r["content_type"]),
+        lambda r: paging.key_cursor({"created_at": r["predicted_at"], "id": r["id"]}))
+    return PredictionsToReview(pending=pending, labels=labels, predictions=predictions, next_cursor=next_cursor)
 
 
 async def prediction_image(deps: FeedbackDeps, principal: Principal, token: str | None,

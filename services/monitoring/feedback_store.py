@@ -48,12 +48,16 @@ async def save_review(conn: Any, prediction_row: dict[str, Any], decision: str, 
     return loads(row)  # type: ignore[return-value]
 
 
-async def predictions_to_review(pool: asyncpg.Pool, deployment_id: int, limit: int,
-                                offset: int) -> tuple[list[dict[str, Any]], int]:
+async def predictions_to_review(pool: asyncpg.Pool, deployment_id: int, limit: int, offset: int,
+                                after: tuple[datetime, uuid.UUID] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Up to `limit` predictions without a review, oldest first (predicted_at, then id): those after `after` (keyset:
+    a review made between two pages moves no other prediction), else past the first `offset` (the seed's)."""
     rows = await pool.fetch(
         f"SELECT {PREDICTION_COLUMNS} FROM predictions p WHERE p.deployment_id = $1 AND NOT EXISTS"
-        " (SELECT 1 FROM reviews r WHERE r.prediction_id = p.id) ORDER BY p.predicted_at, p.id LIMIT $2 OFFSET $3",
-        deployment_id, limit, offset)
+        " (SELECT 1 FROM reviews r WHERE r.prediction_id = p.id) AND ($4::timestamptz IS NULL OR"
+        " (p.predicted_at >= $4 AND (p.predicted_at, p.id) > ($4, $5::uuid)))"
+        " ORDER BY p.predicted_at, p.id LIMIT $2 OFFSET $3",
+        deployment_id, limit, offset, *(after or (None, None)))
     pending = await pool.fetchval(
         "SELECT count(*) FROM predictions p WHERE p.deployment_id = $1 AND NOT EXISTS"
         " (SELECT 1 FROM reviews r WHERE r.prediction_id = p.id)", deployment_id)

@@ -24,6 +24,7 @@ from services.task_scheduler import packaging, store
 from shared import __version__, paging
 from shared.authz import MembershipLookup, Principal, require_member, require_user
 from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.messages.base import INT32
 from shared.messages.tasks import (
     GetRunLogs,
     GetTasksByOrchSha,
@@ -352,6 +353,21 @@ async def run_logs(deps: Deps, principal: Principal, token: str | None, cmd: Get
     run = await store.run(deps.pool, cmd.id)
     if run is None or await deps.membership(token)(principal.user_id, run["workspace_id"]) is None:
         raise NotFound(f"task run {cmd.id} not found")
-    rows = await store.logs(deps.pool, cmd.id, cmd.lines)
-    return RunLogs(logs=[log_line(r["at"], r["stream"], r["partial"], r["line"]) for r in rows],
-                   task=run["task_id"], status=run["status"])
+    if cmd.limit is None and cmd.cursor is None:
+        rows = await store.logs(deps.pool, cmd.id, cmd.lines)
+        return RunLogs(logs=[log_line(r["at"], r["stream"], r["partial"], r["line"]) for r in rows],
+                       task=run["task_id"], status=run["status"])
+    # pages from the first line (docs/api-paging.md): the cursor is the sequence number the next page starts at
+    if cmd.lines is not None:
+        raise InvalidRequest("get_logs_for_run takes lines (the last N) or limit/cursor (pages from the first line), "
+                             "not both")
+    start = min(paging.after(cmd.cursor, "task/get_logs_for_run") or 0, INT32[1])  # seq: a PostgreSQL integer
+    rows = await store.logs_from(deps.pool, cmd.id, start, None if cmd.limit is None else cmd.limit + 1)
+    lines, next_cursor = await paging.page(
+        rows, cmd.limit, lambda r: log_line(r["at"], r["stream"], r["partial"], r["line"]),
+        lambda r: str(r["seq"] + 1))
+    if next_cursor is None and run["status"] in ("queued", "running"):
+        # the status is read before the lines: a run still going writes its next lines after these, so a follower
+        # gets the cursor to ask from (a finished run's last page has none: every line was read)
+        next_cursor = str(rows[len(lines) - 1]["seq"] + 1) if lines else str(start)
+    return RunLogs(logs=lines, task=run["task_id"], status=run["status"], next_cursor=next_cursor)

@@ -333,6 +333,12 @@ async def append_logs(pool: asyncpg.Pool, run_id: uuid.UUID, first_seq: int,
         [(run_id, first_seq + i, at, stream, partial, line) for i, (at, stream, partial, line) in enumerate(lines)])
 
 
+async def logs_from(pool: asyncpg.Pool, run_id: uuid.UUID, first_seq: int, limit: int | None) -> list[asyncpg.Record]:
+    """The run's lines from sequence number `first_seq` on, in order, `limit` at most (on the primary key)."""
+    return await pool.fetch("SELECT seq, at, stream, partial, line FROM run_logs WHERE run_id = $1 AND seq >= $2"
+                            " ORDER BY seq LIMIT $3", run_id, first_seq, limit)
+
+
 async def logs(pool: asyncpg.Pool, run_id: uuid.UUID, last: int | None) -> list[asyncpg.Record]:
     if last is None:
         return await pool.fetch("SELECT at, stream, partial, line FROM run_logs WHERE run_id = $1 ORDER BY seq",

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from shared.messages.base import INT32, Command, Event, Message
 from shared.messages.monitoring import ModelVersionRef
+from shared.paging import NextCursor, key_cursor_field
 
 SERVICE_METRICS = ("PREDICTIONS_OUTLYING_SCORE", "PREDICTIONS_DATA", "REVIEWS_OBJECT_DETECTION_STATS",
                    "REVIEWS_CLASSIFICATION_STATS", "REVIEWS_LABEL_DISTRIBUTION_STATS", "AGGREGATED_LABEL_DISTRIBUTION",
@@ -67,11 +68,14 @@ class ReviewCreated(Event):
 
 
 class ListPredictionsToReview(Command):
-    """The review queue: the deployment's predictions without a review, oldest first."""
+    """The review queue: the deployment's predictions without a review, oldest first (predicted_at, then id). A page
+    of `limit`; the next one by `cursor` (Railyard: keyset, so a prediction reviewed meanwhile neither hides another
+    nor repeats one) or by the seed's `offset` (which shifts when others review between two pages)."""
 
     deployment: str = Field(min_length=1, max_length=200)
     limit: int = Field(50, ge=1, le=500)
     offset: int = Field(0, ge=0)
+    cursor: str | None = key_cursor_field("deployments/list_predictions_to_review")
 
 
 class PredictionToReview(Message):
@@ -90,8 +94,8 @@ class PredictionToReview(Message):
     content_type: str
 
 
-class PredictionsToReview(Message):
-    """A page of the review queue and how many predictions wait in all."""
+class PredictionsToReview(Message, NextCursor):
+    """A page of the review queue and how many predictions wait in all (`next_cursor` when more follow the page)."""
 
     predictions: list[PredictionToReview]
     pending: int

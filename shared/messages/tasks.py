@@ -9,7 +9,10 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field
 
 from shared.messages.base import Command, Event, Message
-from shared.paging import NextCursor, key_cursor_field, limit_field
+from shared.paging import NextCursor, cursor_field, key_cursor_field, limit_field
+
+MAX_LOG_PAGE = 100_000
+"""Lines a page of task/get_logs_for_run holds at most (`limit`; fewer past 4 MiB of JSON)."""
 
 RunStatus = Literal["queued", "running", "success", "failure"]
 MissedRunPolicy = Literal["fire_once", "skip"]
@@ -181,11 +184,18 @@ class TaskRuns(Message, NextCursor):
 
 
 class GetRunLogs(Command):
+    """A run's log lines: all of them, the last `lines`, or (Railyard) pages from the first line: `limit`, then the
+    answer's `next_cursor` as `cursor` (docs/api-paging.md)."""
+
     id: uuid.UUID
     lines: int | None = Field(None, gt=0, le=100_000, description="The last this many lines (default: all).")
+    limit: int | None = Field(None, ge=1, le=MAX_LOG_PAGE, description=(
+        "Railyard: a page of at most this many lines from the first (fewer when they pass 4 MiB of JSON) and "
+        "`next_cursor` while more follow or the run is still going; not with `lines`."))
+    cursor: str | None = cursor_field("task/get_logs_for_run")
 
 
-class RunLogs(Message):
+class RunLogs(Message, NextCursor):
     """The seed's `logs`, with the run's task and status (Railyard): a follower knows when the run has finished
     without being told its task. The status is read before the lines: a finished one comes with every line."""
 

@@ -498,6 +498,87 @@ def test_a_read_on_its_way_failing_after_show_all_lines_shows_no_error(stack, wo
         browser.execute_script("window.heldLogsFail = false")
 
 
+# records the body of every task/get_logs_for_run the page sends
+RECORD_LOG_READS = """
+window.logReads = [];
+if (!window.unrecordedLogsFetch) {
+  window.unrecordedLogsFetch = window.fetch;
+  window.fetch = function (url, init) {
+    if (String(url).endsWith('/v1/api/task/get_logs_for_run')) window.logReads.push(JSON.parse(init.body));
+    return window.unrecordedLogsFetch.apply(this, arguments);
+  };
+}
+"""
+
+
+def test_show_all_lines_reads_pages_and_says_what_it_does_not_show(stack, world, alice_ui: Account, as_alice):
+    """Show all lines reads every line in pages (here of 1 line; the UI's own is 10,000 and a page stops at 4 MiB):
+    `limit`, then each page's next_cursor, so a run whose lines pass a bus reply shows them all; before, one read of
+    every line, which such a run answered 422 (tests/integration/test_run_logs_pages.py). Past RUN_LOG_MAX lines
+    (here 1) the page says how many it shows and why."""
+    browser = as_alice
+    run = world["run_id"]
+    every = ok(post(stack, "task/get_logs_for_run", alice_ui.token, {"id": run}))["logs"]
+    browser.execute_script("RUN_LOG_LINES = 1; RUN_LOG_PAGE = 1; state.tasks.allLines = null")
+    browser.execute_script(RECORD_LOG_READS)
+    open_page(browser, "tasks")
+    wait_text(browser, "#run-logs-cut", "Showing the last 1 lines: the run has more")
+    browser.find_element(By.ID, "run-logs-all").send_keys(Keys.ENTER)
+    wait_text(browser, "#run-logs-cut", f"Every line shown ({len(every)}).")
+    assert browser.find_element(By.ID, "run-logs").text == "\n".join(every)
+    paged = [body for body in browser.execute_script("return window.logReads") if "lines" not in body]
+    assert paged == [{"id": run, "limit": 1}] + [{"id": run, "limit": 1, "cursor": str(k)}
+                                                 for k in range(1, len(every))], paged
+    # more lines than the page shows: the first RUN_LOG_MAX, and the note says so
+    browser.execute_script("RUN_LOG_MAX = 1; RUN_LOG_PAGE = 10000; state.tasks.allLines = null")
+    open_page(browser, "tasks")
+    wait_text(browser, "#run-logs-cut", "Showing the last 1 lines: the run has more")
+    browser.find_element(By.ID, "run-logs-all").send_keys(Keys.ENTER)
+    wait_text(browser, "#run-logs-cut", "Showing the first 1 lines: the run has more, past what this page shows")
+    assert browser.find_element(By.ID, "run-logs").text == every[0]
+    assert f"railyard tasks logs {run}" in browser.find_element(By.ID, "run-logs-cut").text
+    assert not browser.find_element(By.ID, "error").text
+
+
+# the run's reads of its last lines are answered as if it were still running (so the page follows it every 1.5 s);
+# the second of them answers a 503
+LIVE_LOGS_FAIL_ONCE = """
+window.logsRead = 0;
+if (!window.unfailedLogsFetch) {
+  window.unfailedLogsFetch = window.fetch;
+  window.fetch = function (url, init) {
+    const real = window.unfailedLogsFetch.apply(this, arguments);
+    if (!String(url).endsWith('/v1/api/task/get_logs_for_run') || !('lines' in JSON.parse(init.body))) return real;
+    return real.then(async r => {
+      const answer = JSON.parse(await r.text());
+      answer.status = 'running';
+      if (++window.logsRead === 2) {
+        return new Response(JSON.stringify({code: 'unavailable', msg: 'the second read failed'}),
+                            {status: 503, headers: {'Content-Type': 'application/json'}});
+      }
+      return new Response(JSON.stringify(answer), {status: r.status, headers: r.headers});
+    });
+  };
+}
+"""
+
+
+def test_a_failed_read_of_a_live_run_keeps_following_it(stack, world, alice_ui: Account, as_alice):
+    """A live run's logs read every 1.5 s: one read that fails is said beside the logs and the next is tried 1.5 s
+    later. Before, the failed read's error went to the page's error line and the page stopped following the run
+    (no further read: its new lines and its end were never shown)."""
+    browser = as_alice
+    browser.execute_script("RUN_LOG_LINES = 2000; state.tasks.allLines = null")
+    browser.execute_script(LIVE_LOGS_FAIL_ONCE)
+    open_page(browser, "tasks")
+    wait_text(browser, "#run-logs-state", "reading the logs failed (the second read failed")
+    assert "trying again" in browser.find_element(By.ID, "run-logs-state").text
+    wait_for(browser, "return window.logsRead >= 3 && document.querySelector('#run-logs-state').textContent"
+             ".includes('following the logs live')", what="the run followed again after the failed read")
+    assert "hello from the ui task" in browser.find_element(By.ID, "run-logs").text
+    assert not browser.find_element(By.ID, "error").text
+
+
 UIMODEL_CARD = ("railyardGraph.nodes().filter(n => n.data('card').kind === 'model_version' && "
                 "n.data('card').title.startsWith('uimodel'))[0]")
 
@@ -589,7 +670,7 @@ if (!window.unheldReviewFetch) {
   window.unheldReviewFetch = window.fetch;
   window.fetch = function (url, init) {
     if (window.holdReviewPage && String(url).endsWith('/v1/api/deployments/list_predictions_to_review')
-        && JSON.parse(init.body).offset > 0) {
+        && 'cursor' in JSON.parse(init.body)) {
       window.holdReviewPage = false;
       return window.unheldReviewFetch.apply(this, arguments).then(async r => {
         const body = await r.text();
@@ -610,7 +691,7 @@ if (!window.unheldReviewFetch) {
 def test_review_queue_then_counted_on_the_monitoring_page(stack, world, alice_ui: Account, as_alice):
     """The review queue, read a page at a time (here 1; the UI's own is 20): before, it read the oldest 50 and listed
     20 of them, with no way to the others but reviewing; now "Show newer predictions" reads the next page (the API's
-    `offset`, oldest first) under them, and the focus goes to the last one listed when no page is left."""
+    `cursor`, oldest first) under them, and the focus goes to the last one listed when no page is left."""
     browser = as_alice
     first, second = world["predictions"]
     queue = ok(post(stack, "deployments/list_predictions_to_review", alice_ui.token, {"deployment": world["squares"]}))
@@ -698,6 +779,34 @@ def test_review_queue_then_counted_on_the_monitoring_page(stack, world, alice_ui
              "document.querySelector('#mon-predictions').textContent === '2'", what="both have the tag")
     assert "set_training_data" in browser.find_element(By.ID, "mon-drift").text  # the API says what is missing
     shot(browser, "13-monitoring")
+
+
+def test_show_newer_predictions_misses_none_reviewed_meanwhile(stack, world, alice_ui: Account, as_alice):
+    """Show newer predictions reads the next page by the API's cursor: a prediction of the first page reviewed by
+    someone else before it is pressed neither hides the first one of the next page nor repeats one. Before, the next
+    page was read at an offset (the count listed), which the review had moved down one: the prediction just past
+    the first page was never listed."""
+    browser = as_alice
+    squares = Client(stack.base_url, token=alice_ui.token, workspace=alice_ui.workspace_id).get_deployment(
+        world["squares"])
+    for i, cells in enumerate(({(0, 1): 255}, {(2, 2): 240}, {(3, 0): 250})):
+        squares.predict_bytes(f"newer{i}.png", squares_png(cells), tags=["ui"])
+    queue = [p["id"] for p in ok(post(stack, "deployments/list_predictions_to_review", alice_ui.token,
+                                      {"deployment": world["squares"], "limit": 500}))["predictions"]]
+    assert len(queue) >= 3, queue
+    browser.execute_script("REVIEW_PAGE = 2")
+    open_page(browser, "review")
+    choose(browser, "review-deployment", world["squares"], "review")
+    wait_text(browser, "#review-listed", "The oldest 2 listed; newer ones not listed yet.")
+    assert browser.execute_script(REVIEW_LISTED) == queue[:2], shown(browser)
+    # someone else reviews the first one listed
+    ok(post(stack, "deployments/review_prediction", alice_ui.token,
+            {"deployment": world["squares"], "prediction_id": queue[0], "decision": "accepted"}))
+    browser.find_element(By.ID, "review-more").send_keys(Keys.ENTER)
+    wait_for(browser, f"{REVIEW_LISTED}.length > 2", what="the next page listed")
+    assert browser.execute_script(REVIEW_LISTED) == queue[:4], shown(browser)
+    wait_text(browser, "#review-pending", f"{len(queue) - 1} prediction(s) waiting")
+    assert not browser.find_element(By.ID, "error").text
 
 
 def test_upload_build_deploy_and_undeploy_from_the_pages(world, alice_ui: Account, as_alice, tmp_path):

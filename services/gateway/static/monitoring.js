@@ -6,20 +6,27 @@
 state.monitoring = {deployment: null, view: 'AGGREGATED_PREDICTIONS_DATA', since: '', tags: ''};
 state.review = {deployment: null, current: null, message: '', pages: 1};
 
-// the review queue is read REVIEW_PAGE predictions at a time, oldest first (list_predictions_to_review's `limit` and
-// `offset`); "Show newer predictions" reads the next page under the ones listed. The tests make it smaller.
+// the review queue is read REVIEW_PAGE predictions at a time, oldest first (list_predictions_to_review's `limit`, then
+// each page's `next_cursor` as `cursor`); "Show newer predictions" reads the next page under the ones listed. By cursor,
+// not offset: a prediction someone else reviewed between two pages moved every later one a place down the offsets, so
+// the next page skipped one never listed (and one reviewed after the list was drawn is still listed: no repeat).
+// The tests make it smaller.
 let REVIEW_PAGE = 20;
 
-/** The first `pages` pages of a deployment's queue: {predictions (each once), pending, labels}. */
+/** The first `pages` pages of a deployment's queue: {predictions (each once), pending, labels, next (the cursor after
+ *  them, null at the end)}. */
 async function reviewPages(deployment, pages) {
-  const predictions = [], seen = new Set();
-  let answer = null;
+  const predictions = [], seen = new Set(), cursors = new Set();
+  let answer = null, cursor = null;
   for (let n = 0; n < pages; n++) {
-    answer = await api('deployments/list_predictions_to_review', {deployment, limit: REVIEW_PAGE, offset: n * REVIEW_PAGE});
+    answer = await api('deployments/list_predictions_to_review', {deployment, limit: REVIEW_PAGE, ...(cursor ? {cursor} : {})});
     for (const x of answer.predictions) if (!seen.has(x.id)) { seen.add(x.id); predictions.push(x); }
-    if (answer.predictions.length < REVIEW_PAGE) break;
+    cursor = answer.next_cursor || null;
+    if (!cursor) break;
+    if (cursors.has(cursor)) throw new ApiError(`list_predictions_to_review: cursor ${cursor} answered again: the list does not advance`);
+    cursors.add(cursor);
   }
-  return {...answer, predictions};
+  return {...answer, predictions, next: cursor};
 }
 
 const SERVICE_METRICS = ['AGGREGATED_PREDICTIONS_DATA', 'PREDICTIONS_DATA', 'REVIEWS_CLASSIFICATION_STATS',
@@ -227,7 +234,9 @@ PAGES.review = async function review() {
   let pagesListed = R.pages || 1;  // the pages this list holds (Show newer predictions adds to it)
   const queue = await reviewPages(dep.name, pagesListed);
   const listedNote = el('span', {id: 'review-listed'});
-  out.push(el('p', {id: 'review-pending'}, `${queue.pending} prediction(s) waiting for review, oldest first.`, ' ', listedNote));
+  const waiting = (n) => `${n} prediction(s) waiting for review, oldest first.`;
+  const pendingNote = el('span', {}, waiting(queue.pending));
+  out.push(el('p', {id: 'review-pending'}, pendingNote, ' ', listedNote));
   if (!queue.predictions.length) { out.push(el('p', {class: 'muted'}, 'Nothing to review.')); return out; }
   if (!queue.predictions.some(p => p.id === R.current)) R.current = queue.predictions[0].id;
   const p = queue.predictions.find(x => x.id === R.current);
@@ -238,36 +247,36 @@ PAGES.review = async function review() {
     'data-prediction': x.id, onclick: () => { R.current = x.id; show('review'); }},
     `${x.predicted_at.slice(0, 19).replace('T', ' ')} · ${x.kind}${x.source ? ' · ' + x.source : ''}`));
   const list = el('ul', {class: 'cards', id: 'review-list', 'aria-label': 'Predictions waiting'}, queue.predictions.map(item));
-  let pending = queue.pending;
-  const moreLeft = () => listed.size < pending;
+  let cursor = queue.next;  // the page after the ones listed (null: none left)
   const sayListed = () => {
-    listedNote.textContent = moreLeft() ? `The oldest ${listed.size} listed; newer ones not listed yet.` : `All ${listed.size} listed.`;
+    listedNote.textContent = cursor ? `The oldest ${listed.size} listed; newer ones not listed yet.` : `All ${listed.size} listed.`;
   };
   sayListed();
   // the next page read in place (the predictions listed and the focus stay); the page drawn again reads as many.
-  // The offset is this list's own count of pages, and an answer coming after the page was drawn again (a prediction
-  // picked, another deployment chosen while the read was on its way) changes nothing: before, it counted one more
-  // page in R.pages for the list drawn meanwhile, whose Show newer then read past a page, skipping its predictions.
+  // An answer coming after the page was drawn again (a prediction picked, another deployment chosen while the read
+  // was on its way) changes nothing: before, it counted one more page in R.pages for the list drawn meanwhile.
   const newer = el('button', {class: 'btn secondary', type: 'button', id: 'review-more',
     'aria-label': `Show the next ${REVIEW_PAGE} predictions waiting (newer)`, onclick: async () => {
       newer.disabled = true;
       try {
-        const page = await api('deployments/list_predictions_to_review',
-          {deployment: dep.name, limit: REVIEW_PAGE, offset: pagesListed * REVIEW_PAGE});
+        const page = await api('deployments/list_predictions_to_review', {deployment: dep.name, limit: REVIEW_PAGE, cursor});
         if (!list.isConnected) return;  // drawn again meanwhile, reading its own pages
+        const after = page.next_cursor || null;
+        if (after && after === cursor) throw new ApiError(`list_predictions_to_review: cursor ${after} answered again: the list does not advance`);
         R.pages = ++pagesListed;
-        pending = page.pending;
+        pendingNote.textContent = waiting(page.pending);
         const fresh = page.predictions.filter(x => !listed.has(x.id));
         for (const x of fresh) listed.add(x.id);
         list.append(...fresh.map(item));
+        cursor = after;
         sayListed();
-        newer.hidden = !moreLeft() || page.predictions.length < REVIEW_PAGE;
+        newer.hidden = !cursor;
         // the button gone: the focus goes to the last prediction listed, not nowhere
         if (newer.hidden) list.querySelector('li:last-child button').focus();
       } catch (e) { if (list.isConnected) $('#error').textContent = e.message; }
       newer.disabled = false;
     }}, 'Show newer predictions');
-  newer.hidden = !moreLeft() || queue.predictions.length < pagesListed * REVIEW_PAGE;
+  newer.hidden = !cursor;
   out.push(list, el('div', {class: 'row'}, newer));
 
   // the editor: detections as rows of class and box; a classification as its class

@@ -12,8 +12,13 @@ let RUN_PAGE = 50;
 // itself (its logs and status, task/get_logs_for_run), not listed. The tests make it smaller.
 let RUN_SEEK_PAGES = 20;
 // a run's logs show its last RUN_LOG_LINES lines (task/get_logs_for_run `lines`; one more is asked, to know whether
-// there are more), and "Show all lines" asks for every line (no `lines`). The tests make it smaller.
+// there are more), and "Show all lines" reads every line a page of RUN_LOG_PAGE lines at a time (`limit`, then each
+// page's `next_cursor` as `cursor`; a page also stops at 4 MiB), up to RUN_LOG_MAX lines shown, saying so past that.
+// Before, every line was one read, which a run past what a bus reply carries (8 MiB) answered 422, shown as such.
+// The tests make them smaller.
 let RUN_LOG_LINES = 2000;
+let RUN_LOG_PAGE = 10000;
+let RUN_LOG_MAX = 500000;
 
 /** The first `pages` pages of a task's runs (further while `wanted`, a run id, is not among them, RUN_SEEK_PAGES at
  *  most) and the cursor of the page after them (null: none). A search that did not find `wanted` lists the `pages`
@@ -139,6 +144,37 @@ PAGES.tasks = async function tasks() {
 
   // live: while the run is queued or running, fetch its logs again every 1.5 s (only while this run is shown)
   let settle = 2;  // a run that just ended may still be writing its last lines: look twice more when empty
+  let status = run.status;  // the run's status as last read (a failed read keeps following a run last seen live)
+  // every line (Show all lines): the lines read so far and the cursor of the next page; a live run's next reads go on
+  // from there, and a read that failed is tried again from there
+  const every = {lines: [], cursor: null, done: false, capped: false, busy: false};
+  const readEvery = async (stale) => {
+    if (every.busy) return null;  // one reader of the pages at a time (it schedules the next poll)
+    every.busy = true;
+    try { return await readPages(stale); } finally { every.busy = false; }
+  };
+  const readPages = async (stale) => {
+    while (!every.done && !every.capped) {
+      // one line past RUN_LOG_MAX is asked for, to know whether the run has more than is shown
+      const sent = every.cursor;
+      const answer = await api('task/get_logs_for_run', {id: run.run_id,
+        limit: Math.min(RUN_LOG_PAGE, RUN_LOG_MAX - every.lines.length + 1), ...(sent ? {cursor: sent} : {})});
+      if (stale()) return null;
+      status = answer.status || status;
+      const room = RUN_LOG_MAX - every.lines.length;
+      if (answer.logs.length > room) {
+        every.lines.push(...answer.logs.slice(0, room));
+        every.capped = true;  // not read further: the note says how many lines are shown and why
+        break;
+      }
+      every.lines.push(...answer.logs);
+      if (!answer.next_cursor) { every.done = true; break; }  // a finished run's last page
+      if (answer.next_cursor === sent && answer.logs.length) throw new ApiError(`task/get_logs_for_run: cursor ${sent} answered again: the lines do not advance`);
+      every.cursor = answer.next_cursor;
+      if (!answer.logs.length) break;  // a live run read up to now: the next poll goes on from here
+    }
+    return every.lines;
+  };
   const follow = async () => {
     if (state.page !== 'tasks' || T.run !== run.run_id || !logs.isConnected) return;
     const all = T.allLines === run.run_id;
@@ -149,29 +185,44 @@ PAGES.tasks = async function tasks() {
     try {
       // the run's status comes with its logs: a run on an older page is followed too (the newest 50 alone did not
       // hold it, and its status stayed the one first listed)
-      const answer = await api('task/get_logs_for_run', {id: run.run_id, ...(all ? {} : {lines: RUN_LOG_LINES + 1})});
-      // a read of the last lines answered after Show all lines was pressed (a live run's, on its way then) is
-      // dropped: before, landing after the read of every line, it showed the cut lines and note again (for good
-      // when the run had ended meanwhile), though every line was asked for
-      if (stale()) return;
-      const cut = !all && answer.logs.length > RUN_LOG_LINES;
-      const lines = cut ? answer.logs.slice(1) : answer.logs;
-      const current = {...run, status: answer.status || run.status};
+      let lines, cut = false;
+      if (all) {
+        lines = await readEvery(stale);
+        if (lines === null) return;
+      } else {
+        const answer = await api('task/get_logs_for_run', {id: run.run_id, lines: RUN_LOG_LINES + 1});
+        // a read of the last lines answered after Show all lines was pressed (a live run's, on its way then) is
+        // dropped: before, landing after the read of every line, it showed the cut lines and note again (for good
+        // when the run had ended meanwhile), though every line was asked for
+        if (stale()) return;
+        status = answer.status || status;
+        cut = answer.logs.length > RUN_LOG_LINES;
+        lines = cut ? answer.logs.slice(1) : answer.logs;
+      }
       const atEnd = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
       logs.textContent = lines.join('\n') || '(no output yet)';
       if (atEnd) logs.scrollTop = logs.scrollHeight;
-      const live = current.status === 'queued' || current.status === 'running';
-      note.replaceChildren(badge(current.status), live ? ' following the logs live…' : ` ${lines.length} line(s)`);
+      const live = status === 'queued' || status === 'running';
+      note.replaceChildren(badge(status), live && !every.capped ? ' following the logs live…' : ` ${lines.length} line(s)`);
       const count = RUN_LOG_LINES.toLocaleString('en-US');
       cutNote.textContent = cut ? `Showing the last ${count} lines: the run has more (earlier lines not shown; ` +
-        `\`railyard tasks logs ${run.run_id}\` prints them all).` : all ? `Every line shown (${lines.length}).` : '';
+        `\`railyard tasks logs ${run.run_id}\` prints them all).`
+        : every.capped ? `Showing the first ${lines.length.toLocaleString('en-US')} lines: the run has more, past ` +
+          `what this page shows (\`railyard tasks logs ${run.run_id}\` prints them all).`
+        : all ? `Every line shown (${lines.length}).` : '';
       allButton.hidden = !cut;
       clearTimeout(followTimer);  // one loop, also when "Show all lines" is pressed while a read is on its way
-      if (live || (!lines.length && settle-- > 0)) followTimer = setTimeout(follow, 1500);
+      if ((live && !every.capped) || (!lines.length && settle-- > 0)) followTimer = setTimeout(follow, 1500);
     } catch (e) {
       if (stale()) return;  // before, such a read's error was shown over the page (every line shown, or another page)
-      $('#error').textContent = e.message;  // e.g. every line asked of a run whose logs pass what a reply carries
-      if (all) { T.allLines = null; cutNote.textContent = ''; allButton.hidden = false; }
+      // said beside the logs, and a run last seen live is still followed: the next read is tried in 1.5 s (before,
+      // one failed read stopped following the run for good, with its error in the page's error line)
+      const live = status === 'queued' || status === 'running';
+      note.replaceChildren(badge(status), ` reading the logs failed (${e.message})` +
+        (live ? '; trying again…' : ''));
+      clearTimeout(followTimer);
+      if (live) followTimer = setTimeout(follow, 1500);
+      else if (all) { cutNote.textContent = 'Every line could not be read: Show all lines tries again.'; allButton.hidden = false; }
     }
   };
   afterRender.push(follow);
