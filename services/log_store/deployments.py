@@ -11,8 +11,11 @@ inference token, which ingestion has none of) and the deployer being down holds 
 
 A deployment not heard of yet (its event still in the deployer's outbox, the deployer away, this consumer behind)
 is not refused: its batches stay unacknowledged and come back (`UNKNOWN_RETRY` seconds later) until the event is
-read. Answers are cached (a name's workspace never changes: the name ends in the deployment's unique id), at most
-`CACHE_SIZE` names, least recently used out first; names not known are asked of PostgreSQL again each time.
+read. One is quarantined as unknown only once this consumer has read every announcement the stream had
+`UNKNOWN_WAIT` after the batch came (`caught_up`): after a long stop of the log store, old batches are not judged
+before the announcements made meanwhile are read. Answers are cached (a name's workspace never changes: the name
+ends in the deployment's unique id), at most `CACHE_SIZE` names, least recently used out first; names not known are
+asked of PostgreSQL again each time.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -61,6 +65,9 @@ class Deployments:
         self.cache_size = cache_size
         self.cache: OrderedDict[str, int] = OrderedDict()  # name -> workspace id
         self.lookups = 0  # asked of PostgreSQL (names not in the cache)
+        # when (time.time()) a fetch began after which every announcement the stream had was recorded: announcements
+        # published before it are all known. 0 until this process has read the stream's backlog (its start)
+        self.caught_up = 0.0
         self.task: asyncio.Task | None = None
         self.running = True
 
@@ -111,32 +118,38 @@ class Deployments:
 
     async def run(self) -> None:
         while self.running:
+            began = time.time()
             try:
                 msgs = await self.sub.fetch(batch=64, timeout=1.0)
-            except (TimeoutError, nats.errors.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):  # nothing left to read
+                self.caught_up = max(self.caught_up, began)
                 continue
             except Exception as exc:  # bus trouble: unacknowledged events stay in the stream
                 log.warning("fetching deployment announcements failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
-            for msg in msgs:
-                await self.take(msg)
+            recorded = [await self.take(msg) for msg in msgs]
+            with contextlib.suppress(Exception):
+                if all(recorded) and msgs[-1].metadata.num_pending == 0:
+                    self.caught_up = max(self.caught_up, began)
 
-    async def take(self, msg: Any) -> None:
+    async def take(self, msg: Any) -> bool:
+        """Record one announcement; False when it could not be (it comes again)."""
         try:
             event = announced(msg.data)
         except (ValueError, TypeError, ValidationError) as exc:  # no redelivery reads it either (logged); batches of
             # its deployment wait, then are quarantined (handlers.UNKNOWN_WAIT)
             log.error("an events.pipeline.deployed that is not one was skipped: %s", str(exc)[:300])
             await _ack(msg)
-            return
+            return True
         try:
             await self.record(event)
         except Exception as exc:  # PostgreSQL away: not acknowledged, so it comes again
             log.warning("recording deployment %s failed (it comes again): %s", event.name, exc)
             await asyncio.sleep(0.5)
-            return
+            return False
         await _ack(msg)
+        return True
 
 
 async def _ack(msg: Any) -> None:

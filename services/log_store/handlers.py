@@ -469,7 +469,8 @@ class Ingestor:
         """The batches whose header agrees with the platform: the deployment the subject names is the header's, and
         the deployer announced it in the workspace the header names (deployments.py). Those that disagree are
         quarantined, saying why; those of a deployment not announced yet are left unacknowledged (the message comes
-        back UNKNOWN_RETRY seconds later), quarantined only once they waited UNKNOWN_WAIT in the stream. A segment
+        back UNKNOWN_RETRY seconds later), quarantined only once the announcements the stream held UNKNOWN_WAIT after
+they came were all read (`Deployments.caught_up`: not while a restarted log store reads its backlog). A segment
         description's key was already checked to lie under the header's workspace and pipeline (parse_batch), so
         it lies under the deployment's. Raises when the announcements cannot be read (PostgreSQL away): the flush
         fails and is retried, nothing acknowledged. The ids of the messages held."""
@@ -486,7 +487,8 @@ class Ingestor:
                 await self.quarantine(batch.msg, f"its subject names deployment {subject[:200]!r}, its Railyard-Log "
                                       f"header deployment {str(batch.deployment)[:200]!r}")
             elif (owner := owners.get(subject)) is None:
-                if _waited(batch.msg) >= UNKNOWN_WAIT:
+                # quarantined only once every announcement the stream had an hour after the batch came was read
+                if self.deployments.caught_up - _stream_time(batch.msg) >= UNKNOWN_WAIT:
                     await self.quarantine(batch.msg, f"deployment {subject[:200]!r} was not announced by the deployer"
                                           f" (events.pipeline.deployed) in {UNKNOWN_WAIT:.0f} s: no workspace is"
                                           " known to own it")
@@ -511,12 +513,12 @@ class Ingestor:
         return kept, held
 
 
-def _waited(msg: Any) -> float:
-    """Seconds since the stream took the message (0 when unknown)."""
+def _stream_time(msg: Any) -> float:
+    """When the stream took the message (time.time(); now when unknown)."""
     try:
-        return max(0.0, time.time() - msg.metadata.timestamp.timestamp())
+        return msg.metadata.timestamp.timestamp()
     except (AttributeError, TypeError, ValueError):
-        return 0.0
+        return time.time()
 
 
 async def _nak(msg: Any, delay: float) -> None:

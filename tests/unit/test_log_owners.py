@@ -30,6 +30,7 @@ class Msg:
 class Known:
     def __init__(self, owners: dict[str, int], fail: bool = False) -> None:
         self.owners, self.fail, self.asked = owners, fail, []
+        self.caught_up = time.time()  # every announcement read
 
     async def lookup(self, names: list[str]) -> dict[str, int]:
         self.asked.append(list(names))
@@ -86,6 +87,20 @@ def test_a_deployment_not_announced_yet_is_held_then_quarantined_once_it_waited_
     assert kept == [] and held == {id(fresh.msg)}
     assert fresh.msg.naks == [UNKNOWN_RETRY]  # comes back soon, never acknowledged
     assert [m for m, _ in quarantined] == [old.msg] and "was not announced" in quarantined[0][1]
+
+
+def test_an_old_batch_is_not_quarantined_while_the_announcements_made_since_are_not_all_read():
+    """A log store back after a long stop: its consumer of announcements has not read the backlog yet (caught_up
+    before the batch's hour passed), so an old batch of a deployment it does not know yet waits."""
+    known = Known({})
+    ing, quarantined = ingestor(known)
+    old = batch("d-9", 7, age=UNKNOWN_WAIT + 60)
+    known.caught_up = time.time() - 120  # caught up last before this start's backlog
+    kept, held = asyncio.run(ing.check_owners([old]))
+    assert quarantined == [] and held == {id(old.msg)}
+    known.caught_up = time.time()
+    kept, held = asyncio.run(ing.check_owners([batch("d-9", 7, age=UNKNOWN_WAIT + 60)]))
+    assert len(quarantined) == 1 and held == set()
 
 
 def test_a_lookup_that_fails_raises_so_nothing_is_acknowledged_nor_quarantined():
