@@ -195,17 +195,18 @@ def upload_model(session: Session, workspace_id: int, name: str, source: str | P
     return version.wait_ready(timeout) if wait else version
 
 
-def _uploaded_version(session: Session, name: str, inserted: dict[str, Any], sha: str) -> ModelVersion:
+def _uploaded_version(session: Session, name: str, inserted: dict[str, Any], sha: str | None) -> ModelVersion:
     """The version an upload made, read newest first up to the page that holds it: the one the answer names
     (`model_version`). Before, the newest whose sha256 was the uploaded bytes', else the newest: a converted framework's
     version stores the converted bytes, so another upload of the same name made meanwhile was taken for this one.
-    A server whose answer names no version (the seed's answer only): the newest whose bytes are ours, else the
-    newest."""
+    A server whose answer names no version (the seed's answer only): the newest whose bytes are ours (`sha`, None when
+    the bytes were never the client's: a registry's copy), else the newest."""
     wanted = inserted.get("model_version")
     newest = None
     for record in session.post_pages("models/list_versions", {"models_pk_id": inserted["id"], "order": "newest"}):
         newest = newest or ModelVersion(session, record)
-        if (str(record.get("model_version")) == str(wanted)) if wanted else record.get("sha") == sha:
+        if (str(record.get("model_version")) == str(wanted)) if wanted else (sha is not None
+                                                                              and record.get("sha") == sha):
             return ModelVersion(session, record)
     if wanted:
         raise NotFound(404, "not_found", f"model {name}: the upload answered version {wanted}, which its versions"
@@ -244,14 +245,32 @@ class Registry(Resource):
 
     def artifacts(self, name: str, version: str) -> list[dict[str, Any]]:
         """The files of one registered model version (`full_path` is what upload_model takes)."""
+        # the gateway answers a bare list (the reply's `artifacts`); reading ["artifacts"] of it was a TypeError
         return self._session.post("models/list_registry_model_version_artifacts",
-                                  {"registry_id": self.id, "name": name, "version": version})["artifacts"]
+                                  {"registry_id": self.id, "name": name, "version": version})
 
-    def upload_model(self, workspace_id: int, name: str, path: str, framework: str = "sklearn") -> int:
-        """Copy an artifact (a `full_path` from `artifacts`) into a workspace as a model version; the model id."""
-        return int(self._session.post("models/upload_from_registry", {
-            "registry_id": self.id, "name": name, "path": path, "workspace_id": workspace_id,
-            "conversion": {"framework": framework}})["model_id"])
+    def upload_model(self, workspace_id: int, name: str, path: str, framework: str = "sklearn", *,
+                     requirements: list[str] | None = None, python_version: str | None = None,
+                     input_schema: pa.Schema | str | None = None, output_schema: pa.Schema | str | None = None,
+                     wait: bool = True, timeout: float = 300.0) -> ModelVersion:
+        """Copy an artifact (a `full_path` from `artifacts`) into a workspace as a new version of `name` and answer
+        that version (the one the server's answer names, whatever else was uploaded as `name` meanwhile; its
+        `model_pk` is the seed's `model_id`). With `wait`, returns once its conversion finished (ConversionFailed with
+        the server's reason)."""
+        if framework not in FRAMEWORKS:
+            raise InvalidInput(f"framework must be one of {', '.join(FRAMEWORKS)}")
+        conversion: dict[str, Any] = {"framework": framework}
+        if requirements:
+            conversion["requirements"] = requirements
+        if python_version:
+            conversion["python_version"] = python_version
+        body = {"registry_id": self.id, "name": name, "path": path, "workspace_id": workspace_id,
+                "conversion": conversion, "input_schema": _schema_b64(input_schema),
+                "output_schema": _schema_b64(output_schema)}
+        answer = self._session.post("models/upload_from_registry", {k: v for k, v in body.items() if v is not None})
+        version = _uploaded_version(self._session, name, {"id": answer["model_id"],
+                                                          "model_version": answer.get("model_version")}, None)
+        return version.wait_ready(timeout) if wait else version
 
     def attach(self, workspace_id: int) -> None:
         """Make the registry visible in another workspace."""

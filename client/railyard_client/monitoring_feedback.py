@@ -54,8 +54,9 @@ class DeploymentFeedback:
 
     def review_prediction(self, prediction_id: str, ground_truth: dict[str, Any] | None = None) -> dict[str, Any]:
         """Review a prediction: without `ground_truth` it is accepted as it is; with one (a PredictionFormat:
-        detection_classes, optional detection_scores, detection_boxes [top, left, bottom, right] for detection) it
-        is corrected. A later review of the same prediction replaces this one; returns the review."""
+        detection_classes as class ids (integers), optional detection_scores, detection_boxes [top, left, bottom,
+        right] for detection) it is corrected. A later review of the same prediction replaces this one; returns the
+        review."""
         body: dict[str, Any] = {"prediction_id": str(prediction_id),
                                 "decision": "accepted" if ground_truth is None else "corrected"}
         if ground_truth is not None:

@@ -130,8 +130,9 @@ class DeploymentPredictions:
                 shadow_raw_predictions: Any = None, shadow_prediction: Any = None,
                 content_type: SupportedContentType | str | None = None) -> dict[str, Any]:
         """Send a prediction made elsewhere on this image file, kept like the deployment's own. `prediction` (and
-        `shadow_prediction`) is a PredictionFormat dict: detection_classes, detection_scores, and for detection
-        detection_boxes [top, left, bottom, right], for segmentation detection_masks polygons [x1, y1, x2, y2, ...].
+        `shadow_prediction`) is a PredictionFormat dict: detection_classes (class ids, integers: an index into the
+        model step's image `labels`), detection_scores, and for detection detection_boxes [top, left, bottom, right],
+        for segmentation detection_masks polygons [x1, y1, x2, y2, ...].
         The deployment's current model versions are recorded, as the seed says; for a deployment whose models sit
         in an A/B split, `model_version` (a ModelVersion, Model or name) names the arm that made the prediction
         (left out: none is recorded), and one the split does not hold is refused (InvalidRequest, 400); it is not

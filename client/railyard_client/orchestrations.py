@@ -32,7 +32,18 @@ class OrchestrationFailed(RailyardError):
 
 
 class Orchestrations:
-    """The orchestrations, tasks and task runs of one workspace, over a `Client`."""
+    """The orchestrations, tasks and task runs of one workspace, over a `Client`.
+
+    An orchestration is a zip with a `main.py` (at the root, else the shallowest in a folder) and at most one
+    `requirements.txt` (installed once per distinct file); each run executes `main.py`, where `Client()` connects as
+    the task and `task_args()` returns the run's `args` (docs/orchestrations.md):
+
+        orchestrations = Orchestrations(client, client.current_workspace().id)
+        orch = orchestrations.upload("orch.zip", name="retrain")                # waits until ready
+        task = orchestrations.run_once(orch["id"], args={"pipeline": "fraud"})
+        run = orchestrations.wait_for_run(task["id"])                            # its first run, finished
+        print("\\n".join(orchestrations.logs(run["run_id"])))
+    """
 
     def __init__(self, client: Any, workspace_id: int) -> None:
         """`Orchestrations(client, client.current_workspace().id)`: the orchestrations, tasks and runs of that

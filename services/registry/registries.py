@@ -174,4 +174,5 @@ class RegistryService:
             workspace_id=cmd.workspace_id, name=cmd.name, visibility=cmd.visibility, conversion=cmd.conversion,
             input_schema=cmd.input_schema, output_schema=cmd.output_schema, staged_key=staged,
             file_name=cmd.path.rstrip("/").split("/")[-1]))
-        return UploadedFromRegistry(model_id=inserted.insert_models["returning"][0]["models"][0]["id"])
+        made = inserted.insert_models["returning"][0]["models"][0]  # the version too: a client reads it by its UUID
+        return UploadedFromRegistry(model_id=made["id"], model_version=made["model_version"])

@@ -340,7 +340,11 @@ class UploadFromRegistry(Command):
 
 
 class UploadedFromRegistry(Message):
+    """`{"model_id": N}` as the seed answers, with the version the copy made (Railyard's `model_version`, as
+    ModelInserted names it)."""
+
     model_id: int
+    model_version: uuid.UUID | None = None
 
 
 class ConnectionChanged(Event):

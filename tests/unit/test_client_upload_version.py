@@ -78,3 +78,45 @@ def test_an_answer_without_a_version_takes_the_bytes_sha_else_the_newest():
     assert newest.version == "uuid-2"
     with pytest.raises(NotFound, match="lists no version"):
         upload_model(FakeSession({"id": 7}, []), 3, "raced", PICKLE, wait=False)  # type: ignore[arg-type]
+
+
+class RegistrySession(FakeSession):
+    """The registry's upload_from_registry answer (`answer`) and the model's versions newest first."""
+
+    def __init__(self, answer: dict[str, Any], versions: list[dict[str, Any]]) -> None:
+        super().__init__({}, versions)
+        self.answer, self.bodies = answer, []
+
+    def post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
+        assert route == "models/upload_from_registry"
+        self.bodies.append(body)
+        return self.answer
+
+
+def registry(session: RegistrySession):
+    from railyard_client.models import Registry
+
+    return Registry(session, {"id": "reg-1", "name": "mlflow"})  # type: ignore[arg-type]
+
+
+def test_a_registry_copy_answers_the_version_the_answer_names():
+    """Registry.upload_model answered the seed's model id (an int) only; now the version upload_from_registry made,
+    as Workspace.upload_model does (the newer onnx upload of the name is not taken for it)."""
+    session = RegistrySession({"model_id": 7, "model_version": "uuid-1"}, RACED)
+    version = registry(session).upload_model(3, "raced", "http://mlflow/model.pkl", wait=False,
+                                             requirements=["scikit-learn"])
+    assert (version.version, version.framework, version.model_pk) == ("uuid-1", "sklearn", 7)
+    assert session.bodies == [{"registry_id": "reg-1", "name": "raced", "path": "http://mlflow/model.pkl",
+                               "workspace_id": 3, "conversion": {"framework": "sklearn",
+                                                                 "requirements": ["scikit-learn"]}}]
+    with pytest.raises(NotFound, match="answered version uuid-9"):
+        registry(RegistrySession({"model_id": 7, "model_version": "uuid-9"}, RACED)).upload_model(
+            3, "raced", "http://mlflow/model.pkl", wait=False)
+
+
+def test_a_registry_copy_without_a_named_version_is_the_newest_not_a_sha_match():
+    """A server whose answer is the seed's `{"model_id": N}` only: the newest version (the copied bytes' sha256 is not
+    the client's to compare), never the first version whose sha is None."""
+    versions = [record(2, "onnx", "f" * 64, "ready"), record(1, "sklearn", None, "converting")]
+    version = registry(RegistrySession({"model_id": 7}, versions)).upload_model(3, "raced", "x", wait=False)
+    assert version.version == "uuid-2"
