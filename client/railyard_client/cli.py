@@ -418,7 +418,7 @@ def pipelines_logs(name: str, limit: int, start: datetime | None, end: datetime 
         data.write_table(table, output)
         out.print(f"{table.num_rows} rows written to {output}")
         return
-    show(data.table_to_jsonable(table), None, as_json)
+    show_rows(data.table_to_jsonable(table), as_json)
 
 
 # --- inference ----------------------------------------------------------------------------------------------
@@ -436,6 +436,19 @@ def _flatten(record: dict[str, Any]) -> dict[str, Any]:
         else:
             flat[key] = value
     return flat
+
+
+def show_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
+    """Inference results or logged rows: with --json as they came; as a table, `time` (epoch milliseconds in the
+    API's answer and in Arrow) as a UTC time and without the `metadata.*` columns (--json and -o keep them). The
+    Arrow answer's and the logs' tables showed `time` as `1796384…` and, for the logs, four metadata columns that
+    squeezed the inputs and outputs to a few characters each."""
+    if as_json:
+        show(rows, None, True)
+        return
+    flat = [_flatten(r) for r in rows]
+    show(flat, [c for c in dict.fromkeys(k for r in flat for k in r) if not c.startswith("metadata.")] or None,
+         False)
 
 
 def _read_stdin(input_format: str | None) -> Any:
@@ -489,14 +502,13 @@ def infer(pipeline: str, input_file: str | None, input_format: str | None, outpu
             data.write_table(result, output)
             out.print(f"{result.num_rows} rows written to {output}")
             return
-        show(data.table_to_jsonable(result), None, as_json)
+        show_rows(data.table_to_jsonable(result), as_json)
         return
     if output:
         data.write_json_rows(result, output)
         out.print(f"{len(result)} rows written to {output}")
         return
-    flat = [_flatten(r) for r in result]
-    show(flat, [c for c in flat[0] if not c.startswith("metadata.")] if flat else None, as_json, result)
+    show_rows(result, as_json)
 
 
 # --- assays -------------------------------------------------------------------------------------------------

@@ -213,3 +213,45 @@ def test_pipelines_list_counts_the_versions_a_cut_record_leaves_out():
     assert row["versions"] == 10 and row["latest_version"] == "v10"
     whole = {key: value for key, value in cut.items() if not key.startswith("versions_")}
     assert cli._pipeline_row(Pipeline(whole))["versions"] == 3
+
+
+def test_logs_and_arrow_answers_show_a_readable_time_and_no_metadata_columns(monkeypatch, tmp_path, capsys):
+    """`railyard pipelines logs` and `railyard infer` of Arrow rows printed `time` as epoch milliseconds (cut to
+    `1796384…` on 80 columns) and the logs' four metadata columns, which left the inputs and outputs a few characters
+    each; `infer` of JSON rows already printed a UTC time without them. Now all three print the same; --json keeps
+    the answer as it came."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    answer = pa.table({"time": pa.array([1796384850632], pa.int64()), "in.tensor": [[0.25] * 3],
+                       "out.dense_1": [[0.75]], "metadata.last_model": ['{"model_name": "ccfraud"}'],
+                       "metadata.pipeline_version": ["3bf0405e-1ec5-4c8a-a164-d0f86f172caa"],
+                       "metadata.elapsed": [[635714, 43402566]], "metadata.dropped": [[]]})
+
+    class Pipeline:
+        def logs(self, start, end, limit, arrow) -> pa.Table:
+            assert arrow
+            return answer
+
+        def infer(self, rows) -> pa.Table:
+            return answer
+
+    class Client:
+        def current_workspace(self):
+            return type("Workspace", (), {"pipeline": lambda self, name: Pipeline()})()
+
+    monkeypatch.setattr(cli, "_client", lambda workspace=None: Client())
+    rows = tmp_path / "rows.arrow"
+    feather.write_feather(pa.table({"tensor": [[0.25] * 3]}), rows)
+    for args in (["pipelines", "logs", "fraud"], ["infer", "fraud", str(rows)]):
+        console = Console(width=80, record=True, soft_wrap=False, file=io.StringIO())
+        monkeypatch.setattr(cli, "out", console)
+        assert cli.main(args) == 0
+        text = console.export_text()
+        assert "2026-12-04 11:47:30.632" in text and "metadata" not in text, (args, text)  # the old: 1796384…
+        assert "[0.75]" in text and "0.25" in text
+        assert cli.main([*args, "--json"]) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert printed[0]["time"] == 1796384850632 and printed[0]["metadata.dropped"] == []
