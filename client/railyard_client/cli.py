@@ -33,7 +33,7 @@ from railyard_client.errors import (
 )
 from railyard_client.pipelines import Pipeline
 from railyard_client.progress import wanted
-from railyard_client.session import Session, credentials_path, read_credentials, write_credentials
+from railyard_client.session import Session, credentials_path, normalize_url, read_credentials, write_credentials
 
 EXIT_CODES = {
     0: "success",
@@ -248,8 +248,17 @@ def workspaces_create(name: str, as_json: bool) -> None:
 @json_option
 def workspaces_use(workspace: str, as_json: bool) -> None:
     """Make WORKSPACE (name or id) the default of every command and of Client() (kept in the credentials file)."""
-    found = _client().workspace(workspace)
-    write_credentials(read_credentials() | {"workspace": found.id})
+    client = _client()
+    found = client.workspace(workspace)
+    saved = read_credentials()
+    # the file's choice is read for the server it names only: signed in by RAILYARD_CLIENT_* variables (no `railyard
+    # login`), the file named no server and the choice was written and then never read; for another server's
+    # sign-in it would have changed that server's choice
+    if saved.get("url") and normalize_url(str(saved["url"])) != client.url:
+        raise ConfigurationError(f"the credentials file {credentials_path()} is for {saved['url']}, not"
+                                 f" {client.url}: run `railyard login --url {client.url}` first, or set"
+                                 f" RAILYARD_CLIENT_WORKSPACE={found.name}")
+    write_credentials(saved | {"url": client.url, "workspace": found.id})
     show([found.to_dict()], ["id", "name"], as_json, found.to_dict())
 
 
