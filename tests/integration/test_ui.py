@@ -540,6 +540,37 @@ def test_show_all_lines_reads_pages_and_says_what_it_does_not_show(stack, world,
     assert not browser.find_element(By.ID, "error").text
 
 
+# a read of more than the last 2 lines answers the 422 a reply past the bus's 8 MiB gets (tests/integration/
+# test_run_logs_pages.py makes a real one: 600 lines of 15,000 characters)
+LAST_LINES_TOO_LARGE = """
+if (!window.unboundedLogsFetch) {
+  window.unboundedLogsFetch = window.fetch;
+  window.fetch = function (url, init) {
+    if (String(url).endsWith('/v1/api/task/get_logs_for_run') && JSON.parse(init.body).lines > 2) {
+      return Promise.resolve(new Response(JSON.stringify({code: 'reply_too_large', msg: 'the answer would be 9.8 MiB'}),
+                                          {status: 422, headers: {'Content-Type': 'application/json'}}));
+    }
+    return window.unboundedLogsFetch.apply(this, arguments);
+  };
+}
+"""
+
+
+def test_last_lines_past_a_reply_show_fewer_and_say_why(stack, world, alice_ui: Account, as_alice):
+    """The last 2,000 lines of a run with long lines (up to 16 KiB each) pass what one reply carries: the page asks
+    half as many until they fit and says so. Before, the read's 422 showed in place of the logs."""
+    browser = as_alice
+    every = ok(post(stack, "task/get_logs_for_run", alice_ui.token, {"id": world["run_id"]}))["logs"]
+    browser.execute_script("RUN_LOG_LINES = 2000; state.tasks.allLines = null")
+    browser.execute_script(LAST_LINES_TOO_LARGE)
+    open_page(browser, "tasks")
+    wait_text(browser, "#run-logs-cut", "Showing the last 1 lines (the last 2,000 pass what one reply of the API "
+              "carries): the run has more")
+    assert browser.find_element(By.ID, "run-logs").text == every[-1]
+    assert browser.find_element(By.ID, "run-logs-all").is_displayed()
+    assert not browser.find_element(By.ID, "error").text
+
+
 # the run's reads of its last lines are answered as if it were still running (so the page follows it every 1.5 s);
 # the second of them answers a 503
 LIVE_LOGS_FAIL_ONCE = """

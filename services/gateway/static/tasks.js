@@ -145,6 +145,18 @@ PAGES.tasks = async function tasks() {
   // live: while the run is queued or running, fetch its logs again every 1.5 s (only while this run is shown)
   let settle = 2;  // a run that just ended may still be writing its last lines: look twice more when empty
   let status = run.status;  // the run's status as last read (a failed read keeps following a run last seen live)
+  // the last lines shown: RUN_LOG_LINES, fewer when that many pass what one reply carries (lines of up to 16 KiB:
+  // 2,000 of them are 32 MiB), halved until they fit, rather than the read's 422 in place of the logs
+  let lastLines = RUN_LOG_LINES;
+  const readLast = async () => {
+    for (;;) {
+      try { return await api('task/get_logs_for_run', {id: run.run_id, lines: lastLines + 1}); }
+      catch (e) {
+        if (lastLines <= 1 || !String(e.message).includes('reply_too_large')) throw e;
+        lastLines = Math.max(1, Math.floor(lastLines / 2));
+      }
+    }
+  };
   // every line (Show all lines): the lines read so far and the cursor of the next page; a live run's next reads go on
   // from there, and a read that failed is tried again from there
   const every = {lines: [], cursor: null, done: false, capped: false, busy: false};
@@ -190,13 +202,13 @@ PAGES.tasks = async function tasks() {
         lines = await readEvery(stale);
         if (lines === null) return;
       } else {
-        const answer = await api('task/get_logs_for_run', {id: run.run_id, lines: RUN_LOG_LINES + 1});
+        const answer = await readLast();
         // a read of the last lines answered after Show all lines was pressed (a live run's, on its way then) is
         // dropped: before, landing after the read of every line, it showed the cut lines and note again (for good
         // when the run had ended meanwhile), though every line was asked for
         if (stale()) return;
         status = answer.status || status;
-        cut = answer.logs.length > RUN_LOG_LINES;
+        cut = answer.logs.length > lastLines;
         lines = cut ? answer.logs.slice(1) : answer.logs;
       }
       const atEnd = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
@@ -204,9 +216,11 @@ PAGES.tasks = async function tasks() {
       if (atEnd) logs.scrollTop = logs.scrollHeight;
       const live = status === 'queued' || status === 'running';
       note.replaceChildren(badge(status), live && !every.capped ? ' following the logs live…' : ` ${lines.length} line(s)`);
-      const count = RUN_LOG_LINES.toLocaleString('en-US');
-      cutNote.textContent = cut ? `Showing the last ${count} lines: the run has more (earlier lines not shown; ` +
-        `\`railyard tasks logs ${run.run_id}\` prints them all).`
+      const count = lastLines.toLocaleString('en-US');
+      const fewer = lastLines < RUN_LOG_LINES ? ` (the last ${RUN_LOG_LINES.toLocaleString('en-US')} pass what one ` +
+        'reply of the API carries)' : '';
+      cutNote.textContent = cut ? `Showing the last ${count} lines${fewer}: the run has more (earlier lines not shown; ` +
+        `Show all lines reads them page by page; \`railyard tasks logs ${run.run_id}\` prints them all).`
         : every.capped ? `Showing the first ${lines.length.toLocaleString('en-US')} lines: the run has more, past ` +
           `what this page shows (\`railyard tasks logs ${run.run_id}\` prints them all).`
         : all ? `Every line shown (${lines.length}).` : '';
