@@ -116,6 +116,7 @@ class _Console:
 
 out: Any = _Console(soft_wrap=False)
 _ID_COLUMNS = {"id", "run_id", "model_version"}  # the ids other commands take: printed whole when UUIDs
+_STATE_COLUMNS = {"status"}  # short states: printed whole too
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
@@ -147,6 +148,8 @@ def show(rows: list[dict[str, Any]], columns: list[str] | None, as_json: bool, p
     columns = columns or list(dict.fromkeys(key for row in rows for key in row))
     table = Table(show_lines=False)
     whole = {c for c in columns if c in _ID_COLUMNS and any(_is_whole(row.get(c)) for row in rows)}
+    # a state (`success`, `Running`) is what a list is read for: beside a whole UUID on 80 columns it was `succ…`
+    whole |= {c for c in columns if c in _STATE_COLUMNS and all(len(str(row.get(c, ""))) <= 12 for row in rows)}
     for column in columns:
         width = max((len(str(row.get(column, ""))) for row in rows), default=0) if column in whole else None
         table.add_column(column, no_wrap=column in whole, min_width=width)

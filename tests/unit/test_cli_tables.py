@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 
@@ -220,8 +221,6 @@ def test_logs_and_arrow_answers_show_a_readable_time_and_no_metadata_columns(mon
     `1796384…` on 80 columns) and the logs' four metadata columns, which left the inputs and outputs a few characters
     each; `infer` of JSON rows already printed a UTC time without them. Now all three print the same; --json keeps
     the answer as it came."""
-    import io
-
     import pyarrow as pa
     import pyarrow.feather as feather
 
@@ -255,3 +254,21 @@ def test_logs_and_arrow_answers_show_a_readable_time_and_no_metadata_columns(mon
         assert cli.main([*args, "--json"]) == 0
         printed = json.loads(capsys.readouterr().out)
         assert printed[0]["time"] == 1796384850632 and printed[0]["metadata.dropped"] == []
+
+
+def test_a_status_is_printed_whole_beside_a_uuid_on_a_narrow_terminal():
+    """`railyard tasks runs` and `tasks list` on 80 columns (or a pipe) printed a run's status as `succ…` and a
+    task's as `star…` beside the whole run id: the one thing those lists are read for. A short status is kept whole
+    (the other columns give way), as the ids are."""
+    rows = [{"run_id": str(uuid.uuid4()), "status": status, "exit_code": 0, "reason": None,
+             "created_at": "2026-12-04T11:48:11.646523+00:00", "updated_at": "2026-12-04T11:48:12.646523+00:00"}
+            for status in ("success", "failure", "running")]
+    console = Console(width=80, record=True, soft_wrap=False, file=io.StringIO())
+    cli.out, saved = console, cli.out
+    try:
+        cli.show(rows, ["run_id", "status", "exit_code", "reason", "created_at", "updated_at"], as_json=False)
+    finally:
+        cli.out = saved
+    text = console.export_text()
+    assert all(f" {status} " in text for status in ("success", "failure", "running")), text  # the old: succ…
+    assert all(row["run_id"] in text for row in rows) and max(len(line) for line in text.splitlines()) <= 80
