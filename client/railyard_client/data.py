@@ -405,13 +405,34 @@ def write_json_rows(rows: list[Any], path: str | Path) -> None:
         path.write_text(json.dumps(rows, default=str))
 
 
+def _narrow_float(kind: Any) -> bool:
+    """A float32 or float16 column, or lists (of lists...) of them."""
+    while pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        kind = kind.value_type
+    return pa.types.is_float32(kind) or pa.types.is_float16(kind)
+
+
+def _shortest(value: Any) -> Any:
+    """A float32 value (read by Arrow as the exact double) as the shortest decimal that reads back as the same
+    float32, 0.1 not 0.10000000149011612, as the log store's JSON pages print it (docs/logs.md); lists as lists."""
+    if isinstance(value, float):
+        return float(str(np.float32(value))) if math.isfinite(value) else value
+    if isinstance(value, list):
+        return [_shortest(v) for v in value]
+    return value
+
+
 def table_to_jsonable(table: pa.Table) -> list[dict[str, Any]]:
-    """Rows of a table as JSON-ready objects (times as ISO 8601 strings)."""
+    """Rows of a table as JSON-ready objects (times as ISO 8601 strings; float32 and float16 values in their
+    shortest float32 form, as the log store's JSON pages print them)."""
     rows = table.to_pylist()
+    narrow = [field.name for field in table.schema if _narrow_float(field.type)]
     for row in rows:
         for key, value in row.items():
             if hasattr(value, "isoformat"):
                 row[key] = value.isoformat()
+        for key in narrow:
+            row[key] = _shortest(row[key])
     return rows
 
 

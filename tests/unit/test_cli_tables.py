@@ -272,3 +272,31 @@ def test_a_status_is_printed_whole_beside_a_uuid_on_a_narrow_terminal():
     text = console.export_text()
     assert all(f" {status} " in text for status in ("success", "failure", "running")), text  # the old: succ…
     assert all(row["run_id"] in text for row in rows) and max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_logged_float32_values_print_in_their_shortest_form():
+    """`railyard pipelines logs --json` printed a logged float32 input 0.1 as 0.10000000149011612 (Arrow's exact
+    double), where the log store's JSON page prints 0.1 (docs/logs.md); float64 columns, nulls, NaN and times as
+    before."""
+    import math
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+    from railyard_client import data
+
+    table = pa.table({
+        "time": pa.array([datetime(2026, 12, 4, tzinfo=UTC)] * 2, pa.timestamp("ms", "UTC")),
+        "in.tensor": pa.array([[0.1, 0.2], None], pa.list_(pa.float32())),
+        "in.scalar": pa.array([0.3, float("nan")], pa.float32()),
+        "in.nested": pa.array([[[0.7], [None]], [[1e-8]]], pa.list_(pa.list_(pa.float32()))),
+        "in.half": pa.array([0.1, None], pa.float16()),
+        "out.double": pa.array([0.1, 1 / 3], pa.float64()),
+    })
+    rows = data.table_to_jsonable(table)
+    assert rows[0]["time"] == "2026-12-04T00:00:00+00:00"
+    assert rows[0]["in.tensor"] == [0.1, 0.2] and rows[1]["in.tensor"] is None
+    assert rows[0]["in.scalar"] == 0.3 and math.isnan(rows[1]["in.scalar"])
+    assert rows[0]["in.nested"] == [[0.7], [None]] and rows[1]["in.nested"] == [[1e-8]]
+    assert rows[0]["in.half"] == 0.099975586 and rows[1]["in.half"] is None
+    assert rows[0]["out.double"] == 0.1 and rows[1]["out.double"] == 1 / 3
+    assert json.dumps(rows[0]["in.tensor"]) == "[0.1, 0.2]"
