@@ -192,26 +192,25 @@ def logs(run_id: str, lines: int | None, follow: bool, task_id: str | None, work
     """Print the output of run RUN_ID in the seed's format."""
     orchestrations = _orchestrations(workspace)
 
-    def read(last: int | None) -> dict:
-        answer = orchestrations.run_logs(run_id, last)  # its status is read before its lines: finished = complete
+    def checked(answer: dict) -> dict:
         if task_id and str(answer.get("task")) != str(task_id):  # checked with or without --follow
             raise InvalidInput(f"run {run_id} is a run of task {answer.get('task')}, not of {task_id}")
         return answer
 
     if not follow:
-        found = read(lines)["logs"]
+        # its status is read before its lines: finished = complete; every line a page at a time, or the last N
+        found = checked(orchestrations.run_logs(run_id, lines))["logs"]
         if as_json:
             _show([], None, True, found)
         else:
             sys.stdout.write("".join(f"{line}\n" for line in found))
         return
-    printed = 0
+    cursor = None  # the lines not printed yet start there: each poll reads only those (it read every line before)
     while True:
-        answer = read(None)
-        found = answer["logs"]
-        for line in found[printed:]:
+        answer = checked(orchestrations.run_logs_from(run_id, cursor))
+        for line in answer["logs"]:
             click.echo(line)
-        printed = len(found)
-        if answer.get("status") in FINISHED:
-            return
+        cursor = answer.get("next_cursor")
+        if cursor is None or answer.get("status") in FINISHED and not answer["logs"]:
+            return  # finished and every line printed
         time.sleep(1.0)

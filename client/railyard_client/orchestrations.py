@@ -25,6 +25,7 @@ from railyard_client.errors import InvalidInput, RailyardError, WaitTimeout
 from railyard_client.progress import ProgressReader, upload_bar, wanted
 
 FINISHED = ("success", "failure")
+RUN_LOG_PAGE = 10_000  # lines a page of task/get_logs_for_run (the service also stops a page at 4 MiB of JSON)
 
 
 class OrchestrationFailed(RailyardError):
@@ -188,11 +189,30 @@ class Orchestrations:
         return self.run_logs(run_id, lines)["logs"]
 
     def run_logs(self, run_id: str, lines: int | None = None) -> dict[str, Any]:
-        """`logs` with the run's `task` and `status` (read before the lines: a finished run's come complete)."""
-        body: dict[str, Any] = {"id": str(run_id)}
+        """`logs` with the run's `task` and `status` (read before the lines: a finished run's come complete).
+        Every line is read a page at a time (`limit`, `cursor`: docs/orchestrations.md), so a run whose lines pass
+        one reply (8 MiB) reads whole; `lines`: the last this many, in one request."""
         if lines is not None:
-            body["lines"] = lines
-        return self._post("task/get_logs_for_run", body)
+            return self._post("task/get_logs_for_run", {"id": str(run_id), "lines": lines})
+        return self.run_logs_from(run_id)
+
+    def run_logs_from(self, run_id: str, cursor: str | None = None) -> dict[str, Any]:
+        """The run's lines from `cursor` (None: the first) to the last written so far, read a page at a time, with
+        the run's `task` and `status` and `next_cursor`: where its next lines will start while the run goes on, None
+        once it has finished and every line was read. A follower passes it back (`railyard tasks logs -f`)."""
+        found: list[str] = []
+        while True:
+            body: dict[str, Any] = {"id": str(run_id), "limit": RUN_LOG_PAGE}
+            if cursor is not None:
+                body["cursor"] = cursor
+            page = self._post("task/get_logs_for_run", body)
+            found += page["logs"]
+            following = page.get("next_cursor")
+            # no next_cursor: finished and read; a page with no lines: the end of what a live run wrote so far (its
+            # next_cursor is the one it was given)
+            if following is None or not page["logs"]:
+                return {**page, "logs": found, "next_cursor": following}
+            cursor = following
 
     def wait_for_run(self, task_id: str, timeout: float = 600.0) -> dict[str, Any]:
         """Wait until the task's newest run has finished (success or failure) and return its record."""

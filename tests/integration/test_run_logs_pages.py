@@ -6,6 +6,8 @@ finished run's last page has none. The run and its lines are rows (a run printin
 
 from __future__ import annotations
 
+import asyncio
+import os
 import uuid
 
 import asyncpg
@@ -122,3 +124,64 @@ async def test_bad_paging_requests_are_typed_400s(stack, admin):
     # another workspace's run stays not found, paged or not
     other = make_account(stack, admin, "logother")
     assert post(stack, ROUTE, other.token, {"id": str(run), "limit": 2}).status_code == 404
+
+
+async def test_the_sdk_and_the_cli_read_every_line_of_a_run_past_a_reply(stack, admin, tmp_path):
+    """The SDK's Orchestrations.logs / run_logs and `railyard tasks logs` asked every line in one request: a run
+    past a reply was their 422 (the UI pages since 3dbe033). Now they read by `limit`/`cursor`; `lines` (the last N)
+    is one request as before."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from railyard_client.orchestrations import Orchestrations
+
+    from tests.integration.conftest import PASSWORD, sdk_client
+
+    account = make_account(stack, admin, "sdklogs")
+    run = await run_with_lines(stack, account, 600, "success")
+    client = sdk_client(stack, account)
+    try:
+        orchestrations = Orchestrations(client, account.workspace_id)
+        answer = orchestrations.run_logs(str(run))
+        assert numbers(answer["logs"]) == list(range(600)) and answer["status"] == "success"
+        assert answer["next_cursor"] is None
+        assert numbers(orchestrations.logs(str(run), lines=3)) == [597, 598, 599]
+    finally:
+        client.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAILYARD_", "TASK_", "ORCH_"))}
+    env |= {"XDG_CONFIG_HOME": str(tmp_path / "config"), "RAILYARD_CLIENT_URL": stack.base_url,
+            "RAILYARD_CLIENT_USERNAME": account.email, "RAILYARD_CLIENT_PASSWORD": PASSWORD,
+            "RAILYARD_CLIENT_SECRET": stack.secrets()["client_secret"],
+            "RAILYARD_CLIENT_WORKSPACE": str(account.workspace_id)}
+    railyard = str(Path(sys.executable).parent / "railyard")
+    for follow in ([], ["--follow"]):
+        printed = await asyncio.to_thread(subprocess.run, [railyard, "tasks", "logs", str(run), *follow], env=env,
+                                          capture_output=True, timeout=120)
+        assert printed.returncode == 0, printed.stderr.decode()[-500:]
+        assert numbers(printed.stdout.decode().splitlines()) == list(range(600)), follow
+
+
+async def test_the_sdk_follows_a_live_run_from_a_cursor(stack, admin):
+    """Orchestrations.run_logs_from: the lines written so far and where the next start (`railyard tasks logs -f`
+    reads each poll from there; it read every line again each second before); None once the run finished."""
+    from railyard_client.orchestrations import Orchestrations
+
+    from tests.integration.conftest import sdk_client
+
+    account = make_account(stack, admin, "sdkfollow")
+    run = await run_with_lines(stack, account, 5, "running")
+    client = sdk_client(stack, account)
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        orchestrations = Orchestrations(client, account.workspace_id)
+        first = orchestrations.run_logs_from(str(run))
+        assert numbers(first["logs"]) == list(range(5)) and first["next_cursor"] is not None
+        assert orchestrations.run_logs_from(str(run), first["next_cursor"])["logs"] == []  # nothing new yet
+        await add_lines(conn, run, 5, 3)
+        await conn.execute("UPDATE task_scheduler.runs SET status = 'success' WHERE id = $1", run)
+        rest = orchestrations.run_logs_from(str(run), first["next_cursor"])
+        assert numbers(rest["logs"]) == [5, 6, 7] and rest["next_cursor"] is None and rest["status"] == "success"
+    finally:
+        await conn.close()
+        client.close()
