@@ -284,10 +284,11 @@ async def add_run_event(conn: asyncpg.Connection, run: asyncpg.Record, status: s
     if task is None:
         return
     kind, subject = RUN_EVENTS.get(status, (TaskRunFailed, subjects.EVENT_TASK_RUN_FAILED))
+    orch_name = await conn.fetchval("SELECT name FROM orchestrations WHERE id = $1", task["orch_id"])
     await add_event(conn, subject, kind(
         run_id=run["id"], task_id=task["id"], name=task["name"], orch_id=task["orch_id"], orch_sha=task["orch_sha"],
-        workspace_id=task["workspace_id"], owner_id=task["owner_id"], status=status, exit_code=exit_code,
-        reason=reason))
+        orch_name=orch_name, workspace_id=task["workspace_id"], owner_id=task["owner_id"], status=status,
+        exit_code=exit_code, reason=reason))
 
 
 async def seconds_to_next_due(conn: asyncpg.Connection, lost_after: float, envs: bool) -> float | None:

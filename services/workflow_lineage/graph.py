@@ -65,6 +65,7 @@ DEFAULT_LOOK = {
     "pipeline_version": {"icon": "device-hub", "url_of": None},
     "deployment": {"icon": "cloud-upload", "url_of": None},
     "assay": {"icon": "chart", "url_of": None},
+    "orchestration": {"icon": "widgets", "url_of": None},
     "benchmark": {"icon": "trending-up", "url_of": None},
 }
 
@@ -289,8 +290,9 @@ async def _task_run(conn: Any, workspace_id: int, subject: str, event: dict[str,
     await store.set_if_newer(conn, card["id"], "status_at", at,
                              {"status": event.get("status") or subject.rsplit(".", 1)[-1]})
     if event.get("orch_id"):
+        # titled by its name (events before orch_name: "orchestration <id>" until a newer run's event names it)
         orchestration = await store.upsert_node(conn, workspace_id, "orchestration", str(event["orch_id"]),
-                                                data={"sha": event.get("orch_sha")})
+                                                event.get("orch_name") or None, data={"sha": event.get("orch_sha")})
         await store.add_edge(conn, workspace_id, orchestration["id"], card["id"], "ran", "event")
     for direction in ("inputs", "outputs"):
         for item in event.get(direction) or []:

@@ -212,6 +212,7 @@ class TaskRunEvent(Event):
     name: str | None = Field(None, description="The task's name.")
     orch_id: uuid.UUID
     orch_sha: str
+    orch_name: str | None = Field(None, description="The orchestration's name (the lineage graph's card title).")
     workspace_id: int
     owner_id: str
     status: RunStatus

@@ -645,7 +645,11 @@ def test_a_real_task_run_declares_its_inputs_and_outputs(stack, alice):
     assert card["settings"]["title"] == "Train in a task run" and card["data"]["task_id"] == task_id
     arrows = {(nodes[e["source"]]["kind"], nodes[e["target"]]["kind"]) for e in drawn["edges"]}
     assert {("project_version", "task_run"), ("task_run", "file"), ("orchestration", "task_run")} <= arrows, arrows
-    assert next(n for n in drawn["nodes"] if n["kind"] == "orchestration")["ref"] == orch["id"]
+    orchestration = next(n for n in drawn["nodes"] if n["kind"] == "orchestration")
+    assert orchestration["ref"] == orch["id"]
+    # titled by the name it was uploaded with, with an icon like every other kind (it read "orchestration <id>"
+    # with no icon: the run events named no orchestration)
+    assert (orchestration["settings"]["title"], orchestration["settings"]["icon"]) == (orch["name"], "widgets")
     assert next(n for n in drawn["nodes"] if n["kind"] == "file")["settings"]["title"] == "Best checkpoint"
 
 
