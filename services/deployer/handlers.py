@@ -54,6 +54,7 @@ from shared.messages.registry import ResolvedModel, ResolveModel
 
 RESTORE_CONCURRENCY = 2
 DEPLOYMENT_FAILED = "deployment_failed"  # the 503's code for a deployment whose restore failed
+SERVING_CHANGED = "serving_changed"  # the 409's code for a deploy whose only_if_serving does not serve (_activate)
 UNDEPLOY_LOCK_WAIT = 0.5  # of the request timeout: an undeploy waits this long for a deploy of its pipeline, then 409
 log = logging.getLogger("railyard.deployer")
 NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -536,32 +537,38 @@ async def deploy(deps: DeployerDeps, principal: Principal, token: str | None, cm
     config, steps = await _plan_deployment(deps, token, pipeline["workspace_id"], json.loads(version["definition"]),
                                            cmd.deploy_id, cmd.engine_config, cmd.models, cmd.model_ids,
                                            cmd.model_configs)
-    return await _start_deployment(deps, pipeline, version, cmd.deploy_id, config, steps)
+    return await _start_deployment(deps, pipeline, version, cmd.deploy_id, config, steps,
+                                   only_if_serving=cmd.only_if_serving)
 
 
 async def _start_deployment(deps: DeployerDeps, pipeline, version, deploy_id: str, config: dict[str, Any],
-                            steps: list[ReplicaStep]) -> Deployed:
+                            steps: list[ReplicaStep], *, only_if_serving: int | None = None) -> Deployed:
     """Activates the deployment of a (planned) version and starts its replicas. Replicas that fail to start are a
     400 with their reason that changes nothing: a redeploy of a deployment that serves leaves it serving as before
-    (version, deploy_id, config, active); otherwise the deployment is inactive and nothing runs."""
+    (version, deploy_id, config, active); otherwise the deployment is inactive and nothing runs. `only_if_serving`:
+    the precondition of DeployPipeline's field (_activate checks it)."""
     spec = ReplicaSpec(deployment=ReplicaDeployment(pipeline=pipeline["name"],
                                                     pipeline_version=str(version["version"]),
                                                     workspace_id=pipeline["workspace_id"]),
                        steps=steps, engine_config=config)
     row = (pipeline["id"], version["id"], deploy_id, config, spec.model_dump(mode="json"))
     try:
-        return await _activate(deps, pipeline, version, deploy_id, config, spec, row)
+        return await _activate(deps, pipeline, version, deploy_id, config, spec, row, only_if_serving)
     finally:
         deps.events_committed()  # its events.pipeline.deployed, when the replicas serve (committed by _activate)
 
 
 async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, config: dict[str, Any], spec: ReplicaSpec,
-                    row: tuple[Any, ...]) -> Deployed:
+                    row: tuple[Any, ...], only_if_serving: int | None = None) -> Deployed:
     """_start_deployment's work, under the pipeline's lock. events.pipeline.deployed goes to the outbox once the
     replicas serve, in the transaction that records it: a redeploy of a deployment that serves writes its new row
     then (`record`); otherwise the row was made active before the replicas started (so the deployment shows as
     starting), and the event is written alone right after they serve. Never before: a deploy whose replicas fail
-    to start sends none (the event is not written at the activation, which a failed start undoes)."""
+    to start sends none (the event is not written at the activation, which a failed start undoes).
+
+    `only_if_serving` (a version's pk id) is checked first, under the lock and in the first transaction, before
+    anything is activated or started: a deploy that waited for the lock behind another deploy of the pipeline is
+    refused (409 serving_changed, nothing changed) when that one changed what serves (_check_serving)."""
 
     def deployed(deployment_id: int, name: str) -> PipelineDeployed:
         return deployed_event(deployment_id, name, pipeline["id"], pipeline["workspace_id"], version["version"])
@@ -574,6 +581,8 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
             # new set serves too (`record`): written at once, pipelines/get and the gateway's routes showed the new
             # version while only the old replicas answered, and a failed redeploy's for a moment after it
             serving = before is not None and before["active"] and old in deps.backend.sets
+            if only_if_serving is not None:  # raised before any write: the transaction changes nothing
+                _check_serving(pipeline, before, old, serving, only_if_serving)
             if not serving:  # a deployed event owed by the activation replaced, if it served (owed_before)
                 await owed_before(conn, before, pipeline, serving=False)
             deployment_id = before["id"] if serving else await store.activate_deployment(conn, before, *row)
@@ -640,6 +649,26 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
         if renamed is not None:
             await deps.backend.stop(renamed)
     return Deployed(id=deployment_id)
+
+
+def _check_serving(pipeline, before: dict[str, Any] | None, name: str | None, serving: bool, wanted: int) -> None:
+    """A deploy's precondition (DeployPipeline.only_if_serving): version `wanted` is what the pipeline's deployment
+    serves, as _activate reads it under the pipeline's lock: `before` (the pipeline's deployment row) active and its
+    replica set `name` running (`serving`). An active deployment whose replicas do not run (its restore after a
+    deployer restart failed, or is still waiting for its turn) serves nothing: refused too. Else a 409
+    serving_changed naming what serves now."""
+    if serving and before["pipeline_version_id"] == wanted:
+        return
+    if serving:
+        now = f"version {before['pipeline_version_id']} serves now (deployment {name!r})"
+    elif before is not None and before["active"]:
+        now = (f"nothing serves now: deployment {name!r} is active but its engine replicas do not run (its restore "
+               "after a deployer restart failed or has not run yet)")
+    else:
+        now = "nothing serves now (the pipeline is not deployed)"
+    raise Conflict(f"only_if_serving: version {wanted} of pipeline {pipeline['id']} does not serve: {now}; nothing "
+                   "was deployed. Look at what serves (pipelines/get) and deploy again, with only_if_serving set to "
+                   "that version or without it", code=SERVING_CHANGED)
 
 
 def _deployment_id(name: str) -> int:

@@ -128,6 +128,13 @@ class DeployPipeline(Command):
     model_ids: list[int] | None = None
     model_configs: list[int] | None = None
     engine_config: dict[str, Any] | None = None
+    only_if_serving: int | None = Field(
+        None, description="Railyard: a precondition. The pk id of a pipeline version (the `pipeline_version_pk_id` a "
+        "deploy was given) that must be the one this pipeline's deployment serves (active, its engine replicas "
+        "running; a deployment whose restore after a deployer restart failed serves nothing) when the deploy takes "
+        "the pipeline's turn (deploys of one pipeline run one at a time): otherwise the deploy changes nothing and "
+        "is refused with 409 `serving_changed`, naming what serves now. Without it, a deploy replaces whatever "
+        "serves (the seed's contract).")
 
 
 class NewDeployment(DeployPipeline):
