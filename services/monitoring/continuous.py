@@ -135,6 +135,7 @@ TOKEN_TTL = 900
 NO_MODEL_GRACE = 60.0  # seconds a succeeded run may take for its model upload event to arrive before it is failed
 OPEN_TRAININGS = ("starting", "running", "succeeded")
 STALE_SWAP = 300.0  # seconds after which a decided challenge whose swap did not finish is swapped again
+MAX_RESUMES = 6  # a swap or delivery taken up again this many times (30 min) is failed at the next (migration 022)
 EXPORT_WAIT = 30.0  # seconds a training waits for the feedback loop to write the reviews that triggered it
 STARTER_SWEEP = 2.0  # seconds between the training starter's sweeps when no trigger wakes it
 EXPORT_POLL = 0.25  # seconds between the starter's looks while a training waits for the feedback loop
@@ -669,11 +670,11 @@ class TrainingStarter(Sweeper):
             try:
                 await start_training(self.deps, row["id"], late)
             except Exception:
-                # this training's alone (e.g. the write suspending continuous training, or recording its failure,
-                # raised): the other deployments' trainings start in this sweep all the same. Claimed, it is asked
-                # for again RESUME_START later (resume) with its task id
-                log.exception("continuous training %s of deployment %s could not be started; asked again in %.0f s",
-                              row["id"], row["deployment_id"], RESUME_START)
+                # its claim failed (the database): this training's alone, the other deployments' trainings start in
+                # this sweep all the same; unclaimed, it is started by a later sweep. A failure once claimed is
+                # start_training's to log (asked for again RESUME_START after the claim)
+                log.exception("continuous training %s of deployment %s could not be started (not claimed); tried"
+                              " again at the next sweep", row["id"], row["deployment_id"])
         return waiting
 
     async def resume(self) -> None:
@@ -712,7 +713,14 @@ async def start_training(deps: ContinuousDeps, training_id: uuid.UUID, late: boo
     if late:
         log.warning("deployment %s: the feedback loop has not written every review %.0f s after the trigger; the"
                     " training starts with what the datasets hold", training["deployment_id"], EXPORT_WAIT)
-    await _start_claimed(deps, training)
+    try:
+        await _start_claimed(deps, training)
+    except Exception:
+        # claimed (e.g. the write suspending continuous training, or recording its failure, raised): asked for again
+        # RESUME_START after the claim with its task id (TrainingStarter.resume). Before, the sweep logged this,
+        # and said the same of a training whose claim itself failed, which the next sweep starts instead
+        log.exception("continuous training %s of deployment %s could not be started; asked again in %.0f s",
+                      training["id"], training["deployment_id"], RESUME_START)
     return True
 
 
@@ -1009,10 +1017,20 @@ def _serving(definition: dict[str, Any], champion: dict[str, Any], challenger: d
 
 async def _serve(deps: ContinuousDeps, owner_id: Any, workspace_id: int, deployment: str, champion: dict[str, Any],
                  challenger: dict[str, Any] | None, purpose: str,
-                 found: tuple[str, handlers.DeploymentView] | None = None) -> str:
+                 found: tuple[str, handlers.DeploymentView] | None = None,
+                 expect: tuple[dict[str, Any], dict[str, Any]] | None = None) -> str:
     """Deploy a new pipeline version serving champion (shadowed by challenger) in place, as the owner; the
     pipeline version it serves. `found`: the owner's token and the deployment as the caller just looked them up
-    (_deliver), used instead of looking them up again."""
+    (_deliver), used instead of looking them up again. `expect`: the (champion, challenger) pair the caller means to
+    replace (a challenge's swap): ServingChanged when the deployment serves anything else (and not already what this
+    would serve), before anything is deployed.
+
+    The deploy is made only if the pipeline version looked at still serves when the deployer gets to it
+    (pipelines/deploy's `only_if_serving`, checked under the deployer's pipeline lock): a deploy that waited behind
+    another (a person's, a newer delivery's) or that the deployer serves late, after this process gave up on it
+    (DeployUnanswered), never lands over what was served after the look. Refused (409 serving_changed): when the
+    version this deploy made is what serves now (an earlier deploy of it, unanswered, landed first) that is this
+    serving done; otherwise ServingChanged."""
     base = deps.base
     if found is not None:
         token, view = found
@@ -1024,30 +1042,65 @@ async def _serve(deps: ContinuousDeps, owner_id: Any, workspace_id: int, deploym
     definition = _serving(view.definition, champion, challenger)
     if definition == view.definition:
         return view.route.pipeline_version
+    if expect is not None and not _serves_challenge(view.definition, *expect):
+        served = handlers.current_model(view.definition)
+        raise ServingChanged(f"the deployment serves {served.version if served else 'no model'}"
+                             f"{' shadowed' if handlers._current_shadow(view.definition) else ''} since, not the"
+                             " challenge's champion with its challenger as shadow")
     created = await request(base.broker, subjects.DEPLOYER_PIPELINES_CREATE, CreatePipeline(
         pipeline_id=view.route.pipeline_name, workspace_id=workspace_id, definition=definition),
         token=token, timeout=base.timeout, reply_model=PipelineCreated)
     try:
         await request(base.broker, subjects.DEPLOYER_PIPELINES_DEPLOY, DeployPipeline(
             deploy_id=view.deploy_id, pipeline_version_pk_id=created.pipeline_variant_pk_id,
-            pipeline_id=view.pipeline_id, engine_config=view.engine_config), token=token,
-            timeout=base.deploy_timeout, reply_model=Deployed)
+            pipeline_id=view.pipeline_id, engine_config=view.engine_config, only_if_serving=view.version_pk_id),
+            token=token, timeout=base.deploy_timeout, reply_model=Deployed)
     except UpstreamTimeout as exc:
         raise DeployUnanswered(exc.msg) from exc
+    except Conflict as exc:
+        if exc.code != SERVING_CHANGED:
+            raise
+        record = await request(base.broker, subjects.DEPLOYER_PIPELINES_GET, GetPipeline(
+            pipeline_id=view.pipeline_id), token=token, timeout=base.timeout, reply_model=PipelineRecord)
+        if record.deployment and record.deployment["pipeline_version_pk_id"] == created.pipeline_variant_pk_id:
+            return created.pipeline_variant_version
+        raise ServingChanged(exc.msg) from exc
     return created.pipeline_variant_version
+
+
+SERVING_CHANGED = "serving_changed"
+"""The deployer's 409 code for a deploy whose `only_if_serving` no longer serves (services/deployer/handlers.py)."""
+
+
+class ServingChanged(Conflict):
+    """What serves changed since _serve looked (the deployer refused its deploy: 409 serving_changed, or a swap's
+    expected pair no longer serves): nothing was deployed. Not a failure: the caller's serving was overtaken (a
+    person's deploy, a newer delivery, a swap), and what serves now stays."""
+
+    code = SERVING_CHANGED
+
+
+def _serves_challenge(definition: dict[str, Any], champion: dict[str, Any], challenger: dict[str, Any]) -> bool:
+    """Whether `definition` serves `champion` shadowed by `challenger` (by version), as a challenge compares them."""
+    model, shadow = handlers.current_model(definition), handlers._current_shadow(definition)
+    return (model is not None and shadow is not None and model.version == (champion or {}).get("version")
+            and shadow.version == (challenger or {}).get("version"))
 
 
 class DeployUnanswered(UpstreamTimeout):
     """The deployer did not answer a deploy of _serve's in time: an unknown outcome, not a failure. The deployer
     keeps going (deploys of a pipeline wait on its lock, then for the replicas) and may serve that version after the
-    caller gave up, also after a newer version was served. The deployer's pipelines/deploy takes no precondition
-    (serve only if this version still serves), so the caller does not record it as failed: it leaves its delivery
-    claimed / its challenge decided, and looks again STALE_SWAP later at what serves (resume_deliveries,
-    resume_swap), serving the newest intended version again over a late older one."""
+    caller gave up. Its precondition (`only_if_serving`: the version _serve looked at) means it can land only over
+    that version, never over one served after the look (a newer delivery's, a person's), however late; so the caller
+    does not record it as failed: it leaves its delivery claimed / its challenge decided, and looks again STALE_SWAP
+    later at what serves (resume_deliveries, resume_swap): its version serving is recorded; the look-at version
+    still serving is served again (the same pipeline version: whichever of the two deploys comes second is refused
+    and finds its version serving); anything else is what _serve's refusal (ServingChanged) or the newer delivery's
+    check handles."""
 
 
 async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, *, again: bool = False,
-                   displaced: dict[str, Any] | None = None, alone: bool = False) -> bool:
+                   displaced: dict[str, Any] | None = None, alone: bool = False, refused: bool = False) -> bool:
     """DEPLOY_SHADOW: the new version becomes the shadow challenger (and a challenge opens); DEPLOY_AUTO: served.
     False when it failed (a Railyard error, recorded while its claim held); `again`: a Railyard error is raised, not
     recorded on this training (see _deliver_again).
@@ -1066,10 +1119,17 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
     until this one is done, so a process dying in between leaves it to resume_deliveries, which serves the newest
     again the same way.
 
-    A deploy unanswered in time (DeployUnanswered, from _serve) may still be served later by the deployer: it is not
-    recorded as failed (which a late serving would contradict, with nothing left to undo it were it overtaken) but
-    left claimed, so resume_deliveries takes it STALE_SWAP later: it records it if it serves, delivers it again if
-    not, or serves the newest delivered training again over it when a newer one was delivered since."""
+    A deploy unanswered in time (DeployUnanswered, from _serve) may still be served later by the deployer, though
+    only over the version this delivery looked at (its precondition): it is not recorded as failed (which a late
+    serving would contradict) but left claimed, so resume_deliveries takes it STALE_SWAP later: it records it if it
+    serves, delivers it again if not, or serves the newest delivered training again over it when a newer one was
+    delivered since.
+
+    A deploy the deployer refused because what serves changed since this delivery's look (ServingChanged: another
+    deploy landed first, a person's, a newer delivery's, an older one's late one) deployed nothing: with a newer
+    training delivered, this delivery is overtaken and closed (the reason; that newer one's delivery serves it);
+    otherwise it is made again at once on what serves now (`refused`: that second try), and refused again it is left
+    claimed for resume_deliveries. `again`: the displaced version no longer serves, nothing is served again."""
     pool = deps.base.pool
     deployment_id = training["deployment_id"]
     cd = await pool.fetchrow("SELECT * FROM continuous_deployment WHERE deployment_id = $1", deployment_id)
@@ -1150,6 +1210,12 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
             return True
         deps.events_committed()
         return True
+    except ServingChanged as exc:
+        if again:  # `displaced` does not serve any more (looked at again by the deployer): as the check above
+            log.info("continuous deployment of training %s: what serves changed (%s): not served again",
+                     training["id"], exc.msg)
+            return True
+        return await _delivery_refused(deps, training, policy, exc, refused)
     except DeployUnanswered as exc:
         if again:
             raise
@@ -1168,6 +1234,32 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
             raise
         await _delivery_failed(pool, training, policy, exc, cd["owner_id"])
         return False
+
+
+async def _delivery_refused(deps: ContinuousDeps, training: asyncpg.Record, policy: str, exc: ServingChanged,
+                            refused: bool) -> bool:
+    """_deliver's deploy was refused because what serves changed since its look (see _deliver): nothing of it was
+    deployed. A newer training delivered meanwhile: this delivery is overtaken, closed while its claim holds (no
+    event, the reason). Otherwise delivered again on what serves now, once (`refused`: this was that try), then left
+    claimed for resume_deliveries (False)."""
+    pool = deps.base.pool
+    newest = await newest_delivered(pool, training["deployment_id"], newer_than=training)
+    if newest is not None:
+        log.warning("continuous deployment of training %s (deployment %s): its deploy was refused (%s) and training %s,"
+                    " newer, was delivered meanwhile: not delivered", training["id"], training["deployment_id"],
+                    exc.msg, newest["id"])
+        await pool.execute(
+            "UPDATE trainings SET delivering_since = NULL, reason = $3 WHERE id = $1 AND delivering_since = $2",
+            training["id"], training["delivering_since"], "a newer training of the deployment was delivered during"
+            f" its delivery, and its deploy was refused: not delivered ({exc.msg})")
+        return True
+    if not refused:
+        log.info("continuous deployment of training %s: what serves changed before its deploy (%s): delivered again on"
+                 " what serves now", training["id"], exc.msg)
+        return await _deliver(deps, training, policy, refused=True)
+    log.warning("continuous deployment of training %s: its deploy was refused again (%s): delivered again in %.0f s",
+                training["id"], exc.msg, STALE_SWAP)
+    return False
 
 
 async def _open_challenge(conn: Any, training: asyncpg.Record, cd: asyncpg.Record, champion: ModelVersionRef,
@@ -1318,9 +1410,18 @@ async def resume_deliveries(deps: ContinuousDeps) -> None:
         log.warning("continuous deployment of training %s (deployment %s) did not finish, and a newer training was"
                     " delivered since: not delivered again", training["id"], training["deployment_id"])
     rows = await deps.base.pool.fetch(
-        "UPDATE trainings SET delivering_since = now() WHERE delivering_since < now() - make_interval(secs => $1)"
-        " RETURNING *", STALE_SWAP)
+        "UPDATE trainings SET delivering_since = now(), delivery_resumes = delivery_resumes + 1 WHERE"
+        " delivering_since < now() - make_interval(secs => $1) RETURNING *", STALE_SWAP)
     for training in sorted(rows, key=lambda row: row["created_at"]):  # oldest first
+        policy = "DEPLOY_AUTO" if training["outcome"] == "deployed" else "DEPLOY_SHADOW"
+        if training["delivery_resumes"] > MAX_RESUMES:  # bounded (migration 022): not tried every STALE_SWAP for ever
+            log.error("continuous deployment of training %s (deployment %s) did not finish after %d tries: failed",
+                      training["id"], training["deployment_id"], training["delivery_resumes"])
+            await _delivery_failed(deps.base.pool, training, policy, RailyardError(
+                f"its delivery did not finish after {training['delivery_resumes']} tries, {STALE_SWAP:.0f} s apart"
+                " (its deploy unanswered, or the service stopping mid-delivery): given up; the deployer may still"
+                " serve its last deploy, made only over the version it was made from"), None)
+            continue
         log.info("continuous deployment of training %s (deployment %s) did not finish: delivered again",
                  training["id"], training["deployment_id"])
         try:
@@ -1500,7 +1601,17 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
         return
     try:
         version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], served, None,
-                               f"monitoring-deploy-{deployment_id}")
+                               f"monitoring-deploy-{deployment_id}", expect=(champion, challenger))
+    except ServingChanged as exc:
+        # overtaken: the deployment serves something else since the decision (a person's deploy, a newer delivery)
+        # and the deployer refused the swap's deploy, or the swap saw it first: nothing deployed, nothing to undo
+        log.info("challenge %s of deployment %s: its swap is not made: %s", challenge["id"], deployment_id, exc.msg)
+        await pool.execute(
+            "UPDATE challenges SET state = 'superseded', reason = $3, swap_refused = NULL WHERE id = $1 AND"
+            " state IN ($2, 'failed')", challenge["id"], state,
+            f"{evidence.decision.value} decided, but what the deployment serves changed before its swap: not made"
+            f" ({exc.msg})")
+        return
     except DeployUnanswered as exc:
         log.warning("challenge %s: the swap's deploy went unanswered (%s): it may still be served; swapped again"
                     " %.0f s after the decision (resume_swap)", challenge["id"], exc.msg, STALE_SWAP)
@@ -1594,15 +1705,28 @@ async def _serve_newest_again(deps: ContinuousDeps, newest: asyncpg.Record, disp
 
 
 async def resume_swap(deps: ContinuousDeps, deployment_id: int) -> None:
-    """A decision whose swap never finished (the process died mid-way) is applied again once it is clearly stale
-    (a swap takes seconds); serving what is already served makes no new pipeline version."""
+    """A decision whose swap never finished (the process died mid-way, or its deploy went unanswered) is applied
+    again once it is clearly stale (a swap takes seconds); serving what is already served makes no new pipeline
+    version. Taken up MAX_RESUMES times already (counted in `swap_resumes`, migration 022), it is failed with the
+    reason instead: before, a deploy the deployer never answered was tried every STALE_SWAP without end."""
     async with deps.lock(deployment_id):
         row = await deps.base.pool.fetchrow(
-            "UPDATE challenges SET decided_at = now() WHERE deployment_id = $1 AND state IN ('promoting',"
-            " 'rolling_back') AND decided_at < now() - make_interval(secs => $2) RETURNING *", deployment_id,
-            STALE_SWAP)
-        if row is not None:
-            await _apply_decision(deps, row, row["state"], _evidence(row), resumed=True)
+            "UPDATE challenges SET decided_at = now(), swap_resumes = swap_resumes + 1 WHERE deployment_id = $1 AND"
+            " state IN ('promoting', 'rolling_back') AND decided_at < now() - make_interval(secs => $2) RETURNING *",
+            deployment_id, STALE_SWAP)
+        if row is None:
+            return
+        if row["swap_resumes"] > MAX_RESUMES:
+            log.error("challenge %s of deployment %s: its swap did not finish after %d tries: failed", row["id"],
+                      deployment_id, row["swap_resumes"])
+            await deps.base.pool.execute(
+                "UPDATE challenges SET state = 'failed', reason = $3 WHERE id = $1 AND state = $2", row["id"],
+                row["state"], f"{_evidence(row).decision.value} decided, but its swap did not finish after"
+                f" {row['swap_resumes']} tries, {STALE_SWAP:.0f} s apart (its deploy unanswered, or the service"
+                " stopping mid-swap): given up; the deployer may still serve its last deploy, made only over the"
+                " version it was made from")
+            return
+        await _apply_decision(deps, row, row["state"], _evidence(row), resumed=True)
 
 
 def _evidence(row: asyncpg.Record) -> sequential.Evidence:
@@ -1619,7 +1743,8 @@ async def redo_refused_swap(deps: ContinuousDeps, deployment_id: int) -> bool:
     since (then that one is what serves). Whether one was; a failure is the swap's as any (logged, recorded)."""
     async with deps.lock(deployment_id):
         row = await deps.base.pool.fetchrow(
-            "UPDATE challenges c SET state = swap_refused, swap_refused = NULL, reason = NULL, decided_at = now()"
+            "UPDATE challenges c SET state = swap_refused, swap_refused = NULL, reason = NULL, decided_at = now(),"
+            " swap_resumes = 0"
             " WHERE deployment_id = $1 AND state = 'failed' AND swap_refused IS NOT NULL AND NOT EXISTS (SELECT 1"
             " FROM challenges n WHERE n.deployment_id = c.deployment_id AND n.started_at > c.started_at) AND NOT"
             " EXISTS (SELECT 1 FROM trainings n WHERE n.deployment_id = c.deployment_id AND n.state = 'done' AND"
@@ -1666,10 +1791,7 @@ async def _still_challenged(deps: ContinuousDeps, challenge: asyncpg.Record) -> 
                                     f"monitoring-deploy-{challenge['deployment_id']}")
     view = await handlers._deployment(deps.base, principal, token, await deployed_name(
         deps, token, cd["deployment"]) or cd["deployment"])
-    champion, shadow = handlers.current_model(view.definition), handlers._current_shadow(view.definition)
-    return (champion is not None and shadow is not None
-            and champion.version == (_json(challenge["champion"]) or {}).get("version")
-            and shadow.version == (_json(challenge["challenger"]) or {}).get("version"))
+    return _serves_challenge(view.definition, _json(challenge["champion"]), _json(challenge["challenger"]))
 
 
 async def on_assay_alert(deps: ContinuousDeps, event: AssayThresholdCrossed) -> list[uuid.UUID]:

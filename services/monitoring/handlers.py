@@ -98,6 +98,8 @@ class DeploymentView:
     deploy_id: str
     definition: dict[str, Any]
     engine_config: dict[str, Any] | None
+    # the pk id of the pipeline version it serves: a deploy made from this look passes it as only_if_serving
+    version_pk_id: int | None = None
 
 
 async def _deployment(deps: MonitoringDeps, principal: Principal, token: str | None, name: str) -> DeploymentView:
@@ -139,7 +141,8 @@ def _view(route: DeploymentRoute, pipeline: PipelineRecord) -> DeploymentView:
     version = next((v for v in pipeline.versions if v["id"] == active["pipeline_version_pk_id"]), None)
     return DeploymentView(route=route, pipeline_id=pipeline.id, deploy_id=active["name"].rpartition("-")[0],
                           definition=(version or {}).get("definition") or {},
-                          engine_config=active.get("engine_config"))
+                          engine_config=active.get("engine_config"),
+                          version_pk_id=active.get("pipeline_version_pk_id"))
 
 
 def _model_step(definition: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:

@@ -670,7 +670,7 @@ async def test_a_delivery_looks_the_owner_and_the_deployment_up_once(monitoring_
         looked_up.append("deployment")
         return SimpleNamespace(definition={"steps": [{"ModelInference": {"models": [CHAMPION]}}]},
                                route=SimpleNamespace(pipeline_name="p", pipeline_version="3"), deploy_id="d",
-                               pipeline_id=5, engine_config=None)
+                               pipeline_id=5, engine_config=None, version_pk_id=9)
 
     async def request(broker, subject, cmd, **kwargs):
         asked.append(subject)
@@ -680,7 +680,8 @@ async def test_a_delivery_looks_the_owner_and_the_deployment_up_once(monitoring_
             assert cmd.pipeline_id == "p" and cmd.workspace_id == 1
             return SimpleNamespace(pipeline_variant_pk_id=11, pipeline_variant_version="4")
         assert subject == subjects.DEPLOYER_PIPELINES_DEPLOY, subject
-        assert (cmd.deploy_id, cmd.pipeline_version_pk_id, cmd.pipeline_id) == ("d", 11, 5)
+        # only if the version looked at (pk id 9) still serves: its deploy never lands over one served since
+        assert (cmd.deploy_id, cmd.pipeline_version_pk_id, cmd.pipeline_id, cmd.only_if_serving) == ("d", 11, 5, 9)
         return None
 
     monkeypatch.setattr(continuous, "act_as", act_as)

@@ -18,6 +18,7 @@ import pytest
 
 from services.monitoring import continuous
 from shared import subjects
+from shared.errors import Conflict, UpstreamTimeout
 from shared.messages.monitoring_continuous import ToggleContinuous
 from tests.integration.conftest import service_schema
 from tests.integration.test_continuous_swap_once import (
@@ -398,3 +399,250 @@ async def test_a_redo_that_cannot_look_at_what_serves_puts_the_refusal_back(moni
     assert serves == []
     assert (serving["model"]["version"], serving["shadow"]) == ("v5", None)
     assert await swapped_events(pool) == []
+
+
+class Deployer:
+    """The deployer as _serve sees it (through the real _serve, with the deployer's requests stood in): pipeline
+    versions by pk id, the one serving, and pipelines/deploy's precondition (only_if_serving: refused with 409
+    serving_changed unless that version serves, as services/deployer/handlers.py _check_serving). `on_create` runs
+    when a version is created (after the caller's look, before its deploy): another deploy landing then."""
+
+    def __init__(self, definition: dict) -> None:
+        self.versions = {1: definition}
+        self.serving = 1
+        self.deploys: list[tuple[int, int | None, str]] = []  # (version, only_if_serving, what became of it)
+        self.on_create = lambda: None
+        self.unanswered = 0  # deploys to leave unanswered (UpstreamTimeout), not served
+
+    @staticmethod
+    def model(version: dict, shadow: dict | None = None) -> dict:
+        """A definition serving `version` (shadowed by `shadow`)."""
+        if shadow is not None:
+            return {"steps": [{"ShadowDeploy": {"champion": version, "challengers": [shadow]}}]}
+        return {"steps": [{"ModelInference": {"models": [version]}}]}
+
+    def serves(self) -> tuple[str, str | None]:
+        definition = self.versions[self.serving]
+        model = continuous.handlers.current_model(definition)
+        shadow = continuous.handlers._current_shadow(definition)
+        return model.version, shadow and shadow.version
+
+    def install(self, monkeypatch) -> None:
+        async def act_as(deps, owner_id, workspace_id, purpose):
+            return SimpleNamespace(user_id=str(owner_id)), "token"
+
+        async def deployment(base, principal, token, name):
+            return SimpleNamespace(definition=self.versions[self.serving], deploy_id="d", pipeline_id=5,
+                                   route=SimpleNamespace(name=name, pipeline_name="p", deployment_id=DEPLOYMENT,
+                                                         pipeline_version=str(self.serving)),
+                                   engine_config=None, version_pk_id=self.serving)
+
+        async def request(broker, subject, cmd, **kwargs):
+            if subject == subjects.DEPLOYER_DEPLOYMENTS_RESOLVE:
+                return SimpleNamespace(name=cmd.name)
+            if subject == subjects.REGISTRY_MODELS_RESOLVE:
+                return SimpleNamespace(name=cmd.name, model_version=cmd.version, sha="b")
+            if subject == subjects.DEPLOYER_PIPELINES_CREATE:
+                pk = next((pk for pk, d in self.versions.items() if d == cmd.definition), None)
+                if pk is None:
+                    pk = max(self.versions) + 1
+                    self.versions[pk] = cmd.definition
+                self.on_create()
+                return SimpleNamespace(pipeline_variant_pk_id=pk, pipeline_variant_version=str(pk))
+            if subject == subjects.DEPLOYER_PIPELINES_GET:
+                return SimpleNamespace(deployment={"pipeline_version_pk_id": self.serving})
+            assert subject == subjects.DEPLOYER_PIPELINES_DEPLOY, subject
+            wanted = cmd.pipeline_version_pk_id
+            if self.unanswered:
+                self.unanswered -= 1
+                self.deploys.append((wanted, cmd.only_if_serving, "unanswered"))
+                raise UpstreamTimeout("deployer did not answer within 305s")
+            if cmd.only_if_serving is not None and cmd.only_if_serving != self.serving:
+                self.deploys.append((wanted, cmd.only_if_serving, "refused"))
+                raise Conflict(f"only_if_serving: version {cmd.only_if_serving} does not serve: version"
+                               f" {self.serving} serves now", code="serving_changed")
+            self.deploys.append((wanted, cmd.only_if_serving, "served"))
+            self.serving = wanted
+            return None
+
+        monkeypatch.setattr(continuous, "act_as", act_as)
+        monkeypatch.setattr(continuous, "request", request)
+        monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
+
+    @staticmethod
+    def process(pool) -> continuous.ContinuousDeps:
+        """One monitoring process's deps (test_continuous_swap_once's), with the deploy's timeout _serve waits."""
+        deps = process(pool)
+        deps.base.deploy_timeout = 5.0
+        return deps
+
+    def person_deploys(self, definition: dict) -> None:
+        """A person's deploy (no precondition) of a new version."""
+        pk = max(self.versions) + 1
+        self.versions[pk] = definition
+        self.serving = pk
+
+
+async def decided(pool, policy: str = "DEPLOY_SHADOW", decided_ago: float = 0) -> uuid.UUID:
+    """Continuous deployment under `policy` and a challenge (v1 shadowed by v2) decided: promote."""
+    await continuous_deployment(pool, policy)
+    challenge_id = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO challenges (id, deployment_id, workspace_id, champion, challenger, alpha, min_sample, state,"
+        " evidence, decided_at) VALUES ($1, $2, 1, $3, $4, 0.05, 10, 'promoting', $5, now() - make_interval(secs =>"
+        " $6))", challenge_id, DEPLOYMENT, json.dumps(CHAMPION), json.dumps(CHALLENGER),
+        json.dumps(evidence().as_dict()), decided_ago)
+    return challenge_id
+
+
+async def test_a_swap_whose_deploy_finds_a_person_s_version_serving_is_refused_and_superseded(monitoring_schema,
+                                                                                               monkeypatch):
+    """A promotion's swap looks at the deployment (v1 shadowed by v2, pipeline version 1) and creates its version (v2
+    alone); a person's deploy of v5 lands before the swap's deploy gets its turn. Before, the swap's deploy replaced
+    whatever served: v2 alone over the person's v5, told as promoted. Now it is made only if version 1 still serves
+    (only_if_serving): the deployer refuses it (409 serving_changed), the challenge is closed superseded with the
+    reason, no model_swapped, and v5 keeps serving."""
+    pool = monitoring_schema
+    challenge_id = await decided(pool)
+    deployer = Deployer(Deployer.model(CHAMPION, CHALLENGER))
+    deployer.install(monkeypatch)
+    person = {"name": "digits", "version": "v5", "sha": "e"}
+    deployer.on_create = lambda: deployer.person_deploys(deployer.model(person))
+    challenge = await pool.fetchrow("SELECT * FROM challenges WHERE id = $1", challenge_id)
+    await continuous._apply_decision(Deployer.process(pool), challenge, "promoting", evidence())
+
+    assert deployer.deploys == [(2, 1, "refused")]
+    assert deployer.serves() == ("v5", None)
+    row = await pool.fetchrow("SELECT state, reason FROM challenges WHERE id = $1", challenge_id)
+    assert row["state"] == "superseded" and "what the deployment serves changed" in row["reason"], dict(row)
+    assert "version 3 serves now" in row["reason"]
+    assert await swapped_events(pool) == []
+
+
+async def test_a_swap_seeing_a_person_s_version_serving_is_not_made(monitoring_schema, monkeypatch):
+    """The swap's look finds a person's v5 serving already (a resumed swap, STALE_SWAP after its decision): the
+    decision compared v1 and v2, so nothing is deployed and the challenge is closed superseded. Before, the swap
+    deployed v2 alone over v5, told as promoted."""
+    pool = monitoring_schema
+    challenge_id = await decided(pool, decided_ago=continuous.STALE_SWAP + 10)
+    deployer = Deployer(Deployer.model({"name": "digits", "version": "v5", "sha": "e"}))
+    deployer.install(monkeypatch)
+    await continuous.resume_swap(Deployer.process(pool), DEPLOYMENT)
+
+    assert deployer.deploys == []
+    assert deployer.serves() == ("v5", None)
+    assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "superseded"
+    assert await swapped_events(pool) == []
+
+
+async def test_a_resumed_swap_refused_because_its_own_late_deploy_landed_is_recorded(monitoring_schema, monkeypatch):
+    """A promotion's deploy goes unanswered (the deployer keeps it); STALE_SWAP later the resumed swap looks (version
+    1 still serves), creates its version (the same: version 2), and the first deploy lands just then. The resumed
+    deploy, only if version 1 serves, is refused; the swap then finds its own version serving: promoted, told once
+    (not closed as overtaken)."""
+    pool = monitoring_schema
+    challenge_id = await decided(pool)
+    deployer = Deployer(Deployer.model(CHAMPION, CHALLENGER))
+    deployer.install(monkeypatch)
+    deployer.unanswered = 1
+    deps = Deployer.process(pool)
+    challenge = await pool.fetchrow("SELECT * FROM challenges WHERE id = $1", challenge_id)
+    await continuous._apply_decision(deps, challenge, "promoting", evidence())
+    assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "promoting"
+
+    def late_deploy_lands() -> None:
+        deployer.serving = 2
+        deployer.on_create = lambda: None
+
+    deployer.on_create = late_deploy_lands
+    await pool.execute("UPDATE challenges SET decided_at = now() - make_interval(secs => $2) WHERE id = $1",
+                       challenge_id, continuous.STALE_SWAP + 10)
+    await continuous.resume_swap(deps, DEPLOYMENT)
+
+    assert deployer.deploys == [(2, 1, "unanswered"), (2, 1, "refused")]
+    assert deployer.serves() == ("v2", None)
+    assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "promoted"
+    assert [e["action"] for e in await swapped_events(pool)] == ["promoted"]
+
+
+async def test_a_delivery_refused_because_a_person_s_deploy_landed_is_made_on_what_serves_now(monitoring_schema,
+                                                                                            monkeypatch):
+    """DEPLOY_AUTO delivers v3: it looks (v1 serving, version 1) and creates v3's version; a person's deploy (v1
+    with another engine set-up: a version of its own) lands before the delivery's deploy. Before, the delivery's
+    version (built on version 1) replaced the person's. Now the deployer refuses it; no newer training was
+    delivered, so the delivery is made again on what serves now: v3 serves, from the person's version, told once."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, "DEPLOY_AUTO")
+    training_id = uuid.uuid4()
+    await done(pool, training_id, NEWEST, "deployed", 100, True)
+    deployer = Deployer(Deployer.model(CHAMPION))
+    deployer.install(monkeypatch)
+    persons = {"steps": [{"ModelInference": {"models": [CHAMPION], "note": "the person's"}}]}
+
+    def person_deploys_once() -> None:
+        deployer.person_deploys(persons)
+        deployer.on_create = lambda: None
+
+    deployer.on_create = person_deploys_once
+    await continuous._deliver(Deployer.process(pool), await pool.fetchrow("SELECT * FROM trainings WHERE id = $1",
+                                                                 training_id), "DEPLOY_AUTO")
+
+    assert [(only, what) for _, only, what in deployer.deploys] == [(1, "refused"), (3, "served")]
+    assert deployer.serves() == ("v3", None)
+    assert deployer.versions[deployer.serving]["steps"][0]["ModelInference"]["note"] == "the person's"
+    row = await pool.fetchrow("SELECT outcome, delivering_since FROM trainings WHERE id = $1", training_id)
+    assert (row["outcome"], row["delivering_since"]) == ("deployed", None)
+    assert [e["action"] for e in await swapped_events(pool)] == ["deployed"]
+
+
+async def test_a_swap_whose_deploy_never_answers_is_failed_after_max_resumes(monitoring_schema, monkeypatch):
+    """A promotion whose deploy the deployer never answers (DeployUnanswered each time). Before, it stayed decided
+    and was swapped again every STALE_SWAP without end. Now the resume that would be the (MAX_RESUMES + 1)th fails it
+    with the reason (migration 022's swap_resumes), deploying nothing more."""
+    pool = monitoring_schema
+    challenge_id = await decided(pool)
+    serves: list[str] = []
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
+        serves.append(champion["version"])
+        raise continuous.DeployUnanswered("deployer did not answer within 305s")
+
+    deliver_with(monkeypatch, lambda: CHAMPION, serve, lambda: CHALLENGER)
+    deps = process(pool)
+    challenge = await pool.fetchrow("SELECT * FROM challenges WHERE id = $1", challenge_id)
+    await continuous._apply_decision(deps, challenge, "promoting", evidence())
+    for _ in range(continuous.MAX_RESUMES + 2):
+        await pool.execute("UPDATE challenges SET decided_at = now() - make_interval(secs => $2) WHERE id = $1",
+                           challenge_id, continuous.STALE_SWAP + 10)
+        await continuous.resume_swap(deps, DEPLOYMENT)
+
+    assert len(serves) == 1 + continuous.MAX_RESUMES
+    row = await pool.fetchrow("SELECT state, reason FROM challenges WHERE id = $1", challenge_id)
+    assert row["state"] == "failed", dict(row)
+    assert f"did not finish after {continuous.MAX_RESUMES + 1} tries" in row["reason"]
+    assert await swapped_events(pool) == []
+
+
+async def test_a_delivery_whose_deploy_never_answers_is_failed_after_max_resumes(monitoring_schema, monkeypatch):
+    """The same for a delivery (DEPLOY_AUTO): before, resume_deliveries delivered it again every STALE_SWAP without
+    end; now the (MAX_RESUMES + 1)th resume records it failed with the reason (delivery_resumes), its claim cleared."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, "DEPLOY_AUTO")
+    training_id = uuid.uuid4()
+    await done(pool, training_id, NEWEST, "deployed", 100, True)
+    serves: list[str] = []
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
+        serves.append(champion["version"])
+        raise continuous.DeployUnanswered("deployer did not answer within 305s")
+
+    deliver_with(monkeypatch, lambda: CHAMPION, serve)
+    for _ in range(continuous.MAX_RESUMES + 2):
+        await pool.execute("UPDATE trainings SET delivering_since = now() - make_interval(secs => $2) WHERE id = $1"
+                           " AND delivering_since IS NOT NULL", training_id, continuous.STALE_SWAP + 10)
+        await continuous.resume_deliveries(process(pool))
+
+    assert len(serves) == continuous.MAX_RESUMES
+    row = await pool.fetchrow("SELECT outcome, reason, delivering_since FROM trainings WHERE id = $1", training_id)
+    assert (row["outcome"], row["delivering_since"]) == ("failed", None), dict(row)
+    assert f"did not finish after {continuous.MAX_RESUMES + 1} tries" in row["reason"]

@@ -190,7 +190,7 @@ async def test_only_the_deploy_going_unanswered_is_an_unknown_outcome(monkeypatc
     plain UpstreamTimeout (nothing can be served by it: a failure as before)."""
     view = SimpleNamespace(definition={"steps": [{"ModelInference": {"models": [CHAMPION]}}]},
                            route=SimpleNamespace(pipeline_name="p", pipeline_version="1"), deploy_id="d",
-                           pipeline_id=1, engine_config=None)
+                           pipeline_id=1, engine_config=None, version_pk_id=3)
     deps = ContinuousDeps(base=SimpleNamespace(broker=None, timeout=5.0, deploy_timeout=305.0), verify=None,
                           events_committed=lambda: None, max_task_timeout=3600)
     for timing_out in (subjects.DEPLOYER_PIPELINES_DEPLOY, subjects.DEPLOYER_PIPELINES_CREATE):
