@@ -310,7 +310,7 @@ async def test_a_whole_users_query_too_large_for_a_reply_is_refused_before_it_is
         assert refused.value.status == 422 and refused.value.code == "reply_too_large"
         page = await query_users(small, alice, QueryUsers(workspace_id=alice.workspace_id, limit=1000))
         assert list(page.users) == list(answer.users)
-        # longer than a page and fitting: counted, then the rest read after the first rows: the same list
+        # longer than a page and fitting: counted, then read whole in one query: the same list
         assert Users.model_validate_json(await handlers.query_users(fits, principal_of(alice), whole)) == answer
         assert pool.fetched == 6 and pool.counted == 2
     finally:
@@ -344,6 +344,44 @@ async def test_an_admins_whole_list_that_fits_is_read_without_a_count(stack, ali
             assert answer.users and (pool.fetched, pool.counted) == (1, 0), (asked, pool.fetched, pool.counted)
     finally:
         await pool.pool.close()
+
+
+async def test_a_whole_list_longer_than_a_page_is_read_at_one_moment(stack, alice, monkeypatch):
+    """users/query without limit of a list longer than a page (MAX_PAGE, 5 here) answers its users as one query read
+    them: two users who join the workspace together (one transaction) while it is read are both listed or neither.
+    Before, its first MAX_PAGE + 1 users and the rest after the last of them were two reads: the two joining between
+    them, the one older than those first users was missing and the newer one listed, a list that never was."""
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    pool = await create_pool(stack.settings().postgres, "auth")
+    try:
+        async def user(name: str) -> uuid.UUID:
+            return await conn.fetchval(
+                "INSERT INTO auth.users (id, username, email, password_hash) VALUES (gen_random_uuid(), $1, $1, 'x')"
+                " RETURNING id", f"{name}-{uuid.uuid4().hex[:8]}@example.com")
+
+        older = await user("older")  # made before the members below: among the list's first users
+        await more_members(stack, alice, 20)
+        newer = await user("newer")
+        read, list_users = [], store.list_users
+
+        async def listing(*args, **kwargs):
+            rows = await list_users(*args, **kwargs)
+            if not read:  # after the first read: both join in one transaction
+                await conn.execute("INSERT INTO auth.workspace_members (workspace_id, user_id, user_type)"
+                                   " SELECT $1, unnest($2::uuid[]), 'COLLABORATOR'", alice.workspace_id, [older, newer])
+            read.append(len(rows))
+            return rows
+
+        monkeypatch.setattr(handlers.store, "list_users", listing)
+        monkeypatch.setattr(handlers.paging, "MAX_PAGE", 5)
+        deps = handlers.AuthDeps(pool=pool, settings=stack.settings().auth, keys={}, reply_limit=lambda: 8 * 1024**2)
+        answer = await query_users(deps, alice, QueryUsers(workspace_id=alice.workspace_id))
+        listed = (str(older) in answer.users, str(newer) in answer.users)
+        assert listed in ((True, True), (False, False)), (listed, read)
+        assert len(answer.users) == (23 if listed[0] else 21), (len(answer.users), read)
+    finally:
+        await pool.close()
+        await conn.close()
 
 
 async def test_a_user_in_no_workspace_sees_themself_only(stack, admin, alice, bob):
