@@ -106,8 +106,14 @@ QUARANTINE_PREFIX = "quarantine/"
 TRANSIT_PREFIXES = ("inference/", "fields/")  # in BUCKET_TABLES: see _purge
 FETCH_BYTES = 8 * 1024 * 1024
 LOG_SUBJECT_PREFIX = "logs.inference."
-# a batch whose deployment the deployer has not announced (deployments.py) comes back this many seconds later
+# a batch whose deployment the deployer has not announced (deployments.py) comes back this many seconds later, twice
+# that after its second delivery, and so on up to UNKNOWN_RETRY_MAX: ~65 redeliveries in UNKNOWN_WAIT, not 1,800
 UNKNOWN_RETRY = 2.0
+UNKNOWN_RETRY_MAX = 60.0
+# batches held at most at once (they count in the consumer's max_ack_pending, 50,000: at that many the server sends
+# no other batch); one more of a deployment not announced is quarantined at once, so ingestion goes on
+HOLD_MAX = 10_000
+HOLD_STALE = 300.0  # seconds after which a held batch not seen again is forgotten (gone from the stream)
 # ... and is quarantined once it waited this long in the stream (a deployment no announcement will come for: one
 # announced before EVENTS' age cap at an upgrade, or a subject no deployment has)
 UNKNOWN_WAIT = 3600.0
@@ -250,6 +256,8 @@ class Ingestor:
         self.deployments = deployments
         self.waiting: dict[str, float] = {}  # deployment not announced yet -> when its batches waiting were logged
         self.held = 0  # batches left unacknowledged because their deployment was not announced yet
+        self.holding: dict[int, float] = {}  # stream sequence of each batch held now -> when (monotonic) last held
+        self.pruned = 0.0
         # a quarantine's event is put in the outbox with its row (store.quarantine); called after that commit: the
         # outbox (app.py) sends it now, while ingestion goes on (it waited for each publish's ack before)
         self.events_committed = events_committed
@@ -469,8 +477,9 @@ class Ingestor:
         """The batches whose header agrees with the platform: the deployment the subject names is the header's, and
         the deployer announced it in the workspace the header names (deployments.py). Those that disagree are
         quarantined, saying why; those of a deployment not announced yet are left unacknowledged (the message comes
-        back UNKNOWN_RETRY seconds later), quarantined only once the announcements the stream held UNKNOWN_WAIT after
-they came were all read (`Deployments.caught_up`: not while a restarted log store reads its backlog). A segment
+        back UNKNOWN_RETRY seconds later, then less and less often), quarantined only once the announcements the
+        stream held UNKNOWN_WAIT after they came were all read (`Deployments.caught_up`: not while a restarted log
+        store reads its backlog), or at once when HOLD_MAX batches are held already. A segment
         description's key was already checked to lie under the header's workspace and pipeline (parse_batch), so
         it lies under the deployment's. Raises when the announcements cannot be read (PostgreSQL away): the flush
         fails and is retried, nothing acknowledged. The ids of the messages held."""
@@ -483,6 +492,8 @@ they came were all read (`Deployments.caught_up`: not while a restarted log stor
         held: set[int] = set()
         for batch in batches:
             subject = subject_deployment(batch.msg.subject)
+            seq = _stream_seq(batch.msg)
+            holding = self.holding.pop(seq, None)
             if batch.deployment != subject or "\x00" in subject:
                 await self.quarantine(batch.msg, f"its subject names deployment {subject[:200]!r}, its Railyard-Log "
                                       f"header deployment {str(batch.deployment)[:200]!r}")
@@ -493,6 +504,12 @@ they came were all read (`Deployments.caught_up`: not while a restarted log stor
                                           f" (events.pipeline.deployed) in {UNKNOWN_WAIT:.0f} s: no workspace is"
                                           " known to own it")
                     continue
+                if holding is None and not self.may_hold():
+                    await self.quarantine(batch.msg, f"deployment {subject[:200]!r} was not announced by the deployer"
+                                          f" (events.pipeline.deployed), and {len(self.holding)} batches already "
+                                          "wait for announcements (more held would stop the log store's consumer)")
+                    continue
+                self.holding[seq] = time.monotonic()
                 held.add(id(batch.msg))
                 self.held += 1
                 now = time.monotonic()
@@ -503,7 +520,7 @@ they came were all read (`Deployments.caught_up`: not while a restarted log stor
                     log.warning("inference log batches of deployment %s wait for the deployer to announce it "
                                 "(events.pipeline.deployed); kept unacknowledged (%d held since start)", subject[:200],
                                 self.held)
-                await _nak(batch.msg, UNKNOWN_RETRY)
+                await _nak(batch.msg, _retry_delay(batch.msg))
             elif owner != batch.workspace_id:
                 await self.quarantine(batch.msg, f"deployment {subject[:200]!r} belongs to workspace {owner}, not to "
                                       f"workspace {batch.workspace_id} its Railyard-Log header names")
@@ -511,6 +528,31 @@ they came were all read (`Deployments.caught_up`: not while a restarted log stor
                 self.waiting.pop(subject, None)
                 kept.append(batch)
         return kept, held
+
+    def may_hold(self) -> bool:
+        """Whether one more batch may be held (HOLD_MAX); those not seen for HOLD_STALE are forgotten first."""
+        now = time.monotonic()
+        if len(self.holding) >= HOLD_MAX and now - self.pruned >= 10.0:
+            self.pruned = now
+            self.holding = {seq: at for seq, at in self.holding.items() if now - at < HOLD_STALE}
+        return len(self.holding) < HOLD_MAX
+
+
+def _stream_seq(msg: Any) -> int:
+    """The message's stream sequence (a redelivery has the same); the message's id when unknown."""
+    try:
+        return int(msg.metadata.sequence.stream)
+    except (AttributeError, TypeError, ValueError):
+        return id(msg)
+
+
+def _retry_delay(msg: Any) -> float:
+    """UNKNOWN_RETRY after a first delivery, doubling with each redelivery, at most UNKNOWN_RETRY_MAX."""
+    try:
+        delivered = int(msg.metadata.num_delivered)
+    except (AttributeError, TypeError, ValueError):
+        delivered = 1
+    return min(UNKNOWN_RETRY * 2.0 ** min(max(delivered - 1, 0), 16), UNKNOWN_RETRY_MAX)
 
 
 def _stream_time(msg: Any) -> float:

@@ -18,9 +18,12 @@ from services.log_store.handlers import UNKNOWN_RETRY, UNKNOWN_WAIT, Batch, Inge
 
 
 class Msg:
-    def __init__(self, deployment: str, age: float = 0.0) -> None:
+    def __init__(self, deployment: str, age: float = 0.0, seq: int | None = None, delivered: int = 1) -> None:
         self.subject = f"logs.inference.{deployment}"
-        self.metadata = SimpleNamespace(timestamp=datetime.fromtimestamp(time.time() - age, UTC))
+        self.metadata = SimpleNamespace(timestamp=datetime.fromtimestamp(time.time() - age, UTC),
+                                        num_delivered=delivered)
+        if seq is not None:  # a redelivery has its first delivery's stream sequence
+            self.metadata.sequence = SimpleNamespace(stream=seq)
         self.naks: list[float | None] = []
 
     async def nak(self, delay: float | None = None) -> None:
@@ -101,6 +104,43 @@ def test_an_old_batch_is_not_quarantined_while_the_announcements_made_since_are_
     known.caught_up = time.time()
     kept, held = asyncio.run(ing.check_owners([batch("d-9", 7, age=UNKNOWN_WAIT + 60)]))
     assert len(quarantined) == 1 and held == set()
+
+
+def test_a_held_batch_comes_back_less_and_less_often():
+    """A batch held for an hour came back every 2 s (1,800 parses and lookups); now 2, 4, 8 ... at most 60 s."""
+    ing, _ = ingestor(Known({}))
+    delays = []
+    for delivered in (1, 2, 3, 5, 6, 500):
+        held = Batch(Msg("d-9", seq=1, delivered=delivered), "b", 7, "p", None, deployment="d-9")
+        asyncio.run(ing.check_owners([held]))
+        delays += held.msg.naks
+    assert delays == [UNKNOWN_RETRY, 2 * UNKNOWN_RETRY, 4 * UNKNOWN_RETRY, 16 * UNKNOWN_RETRY,
+                      handlers.UNKNOWN_RETRY_MAX, handlers.UNKNOWN_RETRY_MAX]
+
+
+def test_at_most_hold_max_batches_are_held_and_one_more_is_quarantined_at_once(monkeypatch):
+    """Held batches count in the consumer's max_ack_pending: at 50,000 the server sent no other batch, so a busy
+    deployment not announced (one announced before EVENTS' age cap, at an upgrade) stopped everyone's logs within
+    the hour. Now past HOLD_MAX one more is quarantined at once; a redelivery of one held is held again, and one
+    stored frees its place."""
+    monkeypatch.setattr(handlers, "HOLD_MAX", 2)
+    known = Known({})
+    ing, quarantined = ingestor(known)
+
+    def unknown(seq: int, deployment: str = "d-9") -> Batch:
+        return Batch(Msg(deployment, seq=seq), "b", 7, "p", None, deployment=deployment)
+
+    first, second, third = unknown(1), unknown(2), unknown(3)
+    kept, held = asyncio.run(ing.check_owners([first, second, third]))
+    assert held == {id(first.msg), id(second.msg)} and [m for m, _ in quarantined] == [third.msg]
+    assert "2 batches already wait for announcements" in quarantined[0][1]
+    again = unknown(1)  # the first, back
+    kept, held = asyncio.run(ing.check_owners([again]))
+    assert held == {id(again.msg)} and len(quarantined) == 1
+    known.owners["d-8"] = 7
+    stored, fourth = unknown(2, "d-8"), unknown(4)  # the second's deployment announced (a test's liberty: same seq)
+    kept, held = asyncio.run(ing.check_owners([stored, fourth]))
+    assert kept == [stored] and held == {id(fourth.msg)} and len(quarantined) == 1
 
 
 def test_a_lookup_that_fails_raises_so_nothing_is_acknowledged_nor_quarantined():
