@@ -113,6 +113,9 @@ UNKNOWN_RETRY_MAX = 60.0
 # batches held at most at once (they count in the consumer's max_ack_pending, 50,000: at that many the server sends
 # no other batch); one more of a deployment not announced is quarantined at once, so ingestion goes on
 HOLD_MAX = 10_000
+# ... and at most a quarter of the bytes INFERENCE_LOGS may hold (settings.stream_max_bytes): a full stream refuses
+# every engine's batches
+HOLD_SHARE = 4
 HOLD_STALE = 300.0  # seconds after which a held batch not seen again is forgotten (gone from the stream)
 # ... and is quarantined once it waited this long in the stream (a deployment no announcement will come for: one
 # announced before EVENTS' age cap at an upgrade, or a subject no deployment has)
@@ -256,7 +259,9 @@ class Ingestor:
         self.deployments = deployments
         self.waiting: dict[str, float] = {}  # deployment not announced yet -> when its batches waiting were logged
         self.held = 0  # batches left unacknowledged because their deployment was not announced yet
-        self.holding: dict[int, float] = {}  # stream sequence of each batch held now -> when (monotonic) last held
+        # stream sequence of each batch held now -> when (monotonic) it was last held, its bytes
+        self.holding: dict[int, tuple[float, int]] = {}
+        self.holding_bytes = 0
         self.pruned = 0.0
         # a quarantine's event is put in the outbox with its row (store.quarantine); called after that commit: the
         # outbox (app.py) sends it now, while ingestion goes on (it waited for each publish's ack before)
@@ -494,6 +499,8 @@ class Ingestor:
             subject = subject_deployment(batch.msg.subject)
             seq = _stream_seq(batch.msg)
             holding = self.holding.pop(seq, None)
+            if holding is not None:
+                self.holding_bytes -= holding[1]
             if batch.deployment != subject or "\x00" in subject:
                 await self.quarantine(batch.msg, f"its subject names deployment {subject[:200]!r}, its Railyard-Log "
                                       f"header deployment {str(batch.deployment)[:200]!r}")
@@ -506,10 +513,13 @@ class Ingestor:
                     continue
                 if holding is None and not self.may_hold():
                     await self.quarantine(batch.msg, f"deployment {subject[:200]!r} was not announced by the deployer"
-                                          f" (events.pipeline.deployed), and {len(self.holding)} batches already "
-                                          "wait for announcements (more held would stop the log store's consumer)")
+                                          f" (events.pipeline.deployed), and {len(self.holding)} batches "
+                                          f"({self.holding_bytes} bytes) already wait for announcements (more held "
+                                          "would stop the log store's consumer)")
                     continue
-                self.holding[seq] = time.monotonic()
+                size = len(batch.msg.data or b"")
+                self.holding[seq] = (time.monotonic(), size)
+                self.holding_bytes += size
                 held.add(id(batch.msg))
                 self.held += 1
                 now = time.monotonic()
@@ -530,12 +540,19 @@ class Ingestor:
         return kept, held
 
     def may_hold(self) -> bool:
-        """Whether one more batch may be held (HOLD_MAX); those not seen for HOLD_STALE are forgotten first."""
+        """Whether one more batch may be held (HOLD_MAX, HOLD_SHARE); those not seen for HOLD_STALE are forgotten
+        first."""
+        max_bytes = getattr(self.deps.settings, "stream_max_bytes", 8 * 1024**3) // HOLD_SHARE
+
+        def room() -> bool:
+            return len(self.holding) < HOLD_MAX and self.holding_bytes < max_bytes
+
         now = time.monotonic()
-        if len(self.holding) >= HOLD_MAX and now - self.pruned >= 10.0:
+        if not room() and now - self.pruned >= 10.0:
             self.pruned = now
-            self.holding = {seq: at for seq, at in self.holding.items() if now - at < HOLD_STALE}
-        return len(self.holding) < HOLD_MAX
+            self.holding = {seq: held for seq, held in self.holding.items() if now - held[0] < HOLD_STALE}
+            self.holding_bytes = sum(size for _, size in self.holding.values())
+        return room()
 
 
 def _stream_seq(msg: Any) -> int:

@@ -18,8 +18,10 @@ from services.log_store.handlers import UNKNOWN_RETRY, UNKNOWN_WAIT, Batch, Inge
 
 
 class Msg:
-    def __init__(self, deployment: str, age: float = 0.0, seq: int | None = None, delivered: int = 1) -> None:
+    def __init__(self, deployment: str, age: float = 0.0, seq: int | None = None, delivered: int = 1,
+                 data: bytes = b"") -> None:
         self.subject = f"logs.inference.{deployment}"
+        self.data = data
         self.metadata = SimpleNamespace(timestamp=datetime.fromtimestamp(time.time() - age, UTC),
                                         num_delivered=delivered)
         if seq is not None:  # a redelivery has its first delivery's stream sequence
@@ -133,7 +135,7 @@ def test_at_most_hold_max_batches_are_held_and_one_more_is_quarantined_at_once(m
     first, second, third = unknown(1), unknown(2), unknown(3)
     kept, held = asyncio.run(ing.check_owners([first, second, third]))
     assert held == {id(first.msg), id(second.msg)} and [m for m, _ in quarantined] == [third.msg]
-    assert "2 batches already wait for announcements" in quarantined[0][1]
+    assert "2 batches (0 bytes) already wait for announcements" in quarantined[0][1]
     again = unknown(1)  # the first, back
     kept, held = asyncio.run(ing.check_owners([again]))
     assert held == {id(again.msg)} and len(quarantined) == 1
@@ -141,6 +143,20 @@ def test_at_most_hold_max_batches_are_held_and_one_more_is_quarantined_at_once(m
     stored, fourth = unknown(2, "d-8"), unknown(4)  # the second's deployment announced (a test's liberty: same seq)
     kept, held = asyncio.run(ing.check_owners([stored, fourth]))
     assert kept == [stored] and held == {id(fourth.msg)} and len(quarantined) == 1
+
+
+def test_batches_held_take_at_most_a_quarter_of_the_bytes_the_stream_may_hold():
+    """A full INFERENCE_LOGS refuses every engine's batches: 10,000 held of 1 MiB would pass its 8 GiB."""
+    ing, quarantined = ingestor(Known({}))
+    ing.deps = SimpleNamespace(settings=SimpleNamespace(stream_max_bytes=1000))  # a quarter: 250 bytes
+    first, second, third = (Batch(Msg("d-9", seq=seq, data=b"x" * 150), "b", 7, "p", None, deployment="d-9")
+                            for seq in (1, 2, 3))
+    kept, held = asyncio.run(ing.check_owners([first, second, third]))
+    assert held == {id(first.msg), id(second.msg)} and [m for m, _ in quarantined] == [third.msg]
+    assert "2 batches (300 bytes) already wait" in quarantined[0][1]
+    again = Batch(Msg("d-9", seq=1, data=b"x" * 150), "b", 7, "p", None, deployment="d-9")  # the first, back
+    kept, held = asyncio.run(ing.check_owners([again]))
+    assert held == {id(again.msg)} and len(quarantined) == 1 and ing.holding_bytes == 300
 
 
 def test_a_lookup_that_fails_raises_so_nothing_is_acknowledged_nor_quarantined():
