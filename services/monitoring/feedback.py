@@ -230,11 +230,23 @@ async def predictions_to_review(deps: FeedbackDeps, principal: Principal, token:
     rows, pending = await fs.predictions_to_review(deps.monitoring.pool, view.route.deployment_id, cmd.limit + 1,
                                                    cmd.offset, after)
     labels = await _labels(deps, token, view)
-    predictions, next_cursor = await paging.page(rows, cmd.limit, lambda r: PredictionToReview(
-        id=r["id"], predicted_at=r["predicted_at"], origin=r["origin"], source=r["source"], tags=list(r["tags"]),
-        kind=r["kind"], prediction=r["prediction"], shadow_prediction=r["shadow_prediction"], height=r["height"],
-        width=r["width"], content_type=r["content_type"]),
-        lambda r: paging.key_cursor({"created_at": r["predicted_at"], "id": r["id"]}))
+
+    def item(r: Any) -> PredictionToReview:
+        return PredictionToReview(
+            id=r["id"], predicted_at=r["predicted_at"], origin=r["origin"], source=r["source"], tags=list(r["tags"]),
+            kind=r["kind"], prediction=r["prediction"], shadow_prediction=r["shadow_prediction"], height=r["height"],
+            width=r["width"], content_type=r["content_type"])
+
+    def cursor_of(r: Any) -> str:
+        return paging.key_cursor({"created_at": r["predicted_at"], "id": r["id"]})
+
+    if after is None and cmd.offset:
+        # the seed's offset paging (past the head): `limit` predictions as the seed answers them (its 422 past a
+        # reply), never fewer by bytes: its caller's next page is at offset + limit, which would skip those cut off
+        predictions = [item(r) for r in rows[:cmd.limit]]
+        next_cursor = cursor_of(rows[cmd.limit - 1]) if len(rows) > cmd.limit else None
+    else:
+        predictions, next_cursor = await paging.page(rows, cmd.limit, item, cursor_of)
     return PredictionsToReview(pending=pending, labels=labels, predictions=predictions, next_cursor=next_cursor)
 
 
