@@ -26,6 +26,7 @@ from shared.authz import MembershipLookup, Principal, require_member, require_us
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.messages.base import INT32
 from shared.messages.tasks import (
+    MAX_LOG_PAGE,
     GetRunLogs,
     GetTasksByOrchSha,
     LastRun,
@@ -362,9 +363,12 @@ async def run_logs(deps: Deps, principal: Principal, token: str | None, cmd: Get
         raise InvalidRequest("get_logs_for_run takes lines (the last N) or limit/cursor (pages from the first line), "
                              "not both")
     start = min(paging.after(cmd.cursor, "task/get_logs_for_run") or 0, INT32[1])  # seq: a PostgreSQL integer
-    rows = await store.logs_from(deps.pool, cmd.id, start, None if cmd.limit is None else cmd.limit + 1)
+    # a cursor passed back without `limit` is a page too (MAX_LOG_PAGE, 4 MiB): before, it read every line from the
+    # cursor in one reply, the 422 reply_too_large past 8 MiB the pages are there to avoid
+    limit = MAX_LOG_PAGE if cmd.limit is None else cmd.limit
+    rows = await store.logs_from(deps.pool, cmd.id, start, limit + 1)
     lines, next_cursor = await paging.page(
-        rows, cmd.limit, lambda r: log_line(r["at"], r["stream"], r["partial"], r["line"]),
+        rows, limit, lambda r: log_line(r["at"], r["stream"], r["partial"], r["line"]),
         lambda r: str(r["seq"] + 1))
     if next_cursor is None and run["status"] in ("queued", "running"):
         # the status is read before the lines: a run still going writes its next lines after these, so a follower

@@ -86,6 +86,11 @@ async def test_a_run_past_a_reply_reads_every_line_in_pages(stack, admin):
     # a page of `limit` lines, the cursor where the next starts; the last lines, as the seed asks them, unchanged
     first = post(stack, ROUTE, account.token, {"id": str(run), "limit": 2}).json()
     assert numbers(first["logs"]) == [0, 1] and first["next_cursor"] == "2"
+    # a next_cursor passed back without `limit` is a page too (before: every line from it at once, the 422)
+    alone = post(stack, ROUTE, account.token, {"id": str(run), "cursor": "2"})
+    assert alone.status_code == 200, alone.text[:300]
+    assert numbers(alone.json()["logs"]) == list(range(2, 2 + len(alone.json()["logs"])))
+    assert 1 <= len(alone.json()["logs"]) < 598 and alone.json()["next_cursor"] == str(2 + len(alone.json()["logs"]))
     last = post(stack, ROUTE, account.token, {"id": str(run), "lines": 3}).json()
     assert numbers(last["logs"]) == [597, 598, 599] and "next_cursor" not in last
 
