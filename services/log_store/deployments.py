@@ -68,6 +68,7 @@ class Deployments:
         # when (time.time()) a fetch began after which every announcement the stream had was recorded: announcements
         # published before it are all known. 0 until this process has read the stream's backlog (its start)
         self.caught_up = 0.0
+        self.ready = asyncio.Event()  # set once caught up: ingestion judges no batch before (handlers.START_WAIT)
         self.task: asyncio.Task | None = None
         self.running = True
 
@@ -123,6 +124,7 @@ class Deployments:
                 msgs = await self.sub.fetch(batch=64, timeout=1.0)
             except (TimeoutError, nats.errors.TimeoutError):  # nothing left to read
                 self.caught_up = max(self.caught_up, began)
+                self.ready.set()
                 continue
             except Exception as exc:  # bus trouble: unacknowledged events stay in the stream
                 log.warning("fetching deployment announcements failed: %s", exc)
@@ -132,6 +134,7 @@ class Deployments:
             with contextlib.suppress(Exception):
                 if all(recorded) and msgs[-1].metadata.num_pending == 0:
                     self.caught_up = max(self.caught_up, began)
+                    self.ready.set()
 
     async def take(self, msg: Any) -> bool:
         """Record one announcement; False when it could not be (it comes again)."""

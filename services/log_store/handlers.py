@@ -116,6 +116,10 @@ HOLD_MAX = 10_000
 # ... and at most a quarter of the bytes INFERENCE_LOGS may hold (settings.stream_max_bytes): a full stream refuses
 # every engine's batches
 HOLD_SHARE = 4
+# at a start, ingestion waits at most this long for the announcements consumer to read EVENTS' backlog: a log store
+# back from a stop judged the batches of deployments announced meanwhile before knowing them, and past the hold's
+# bounds (a busy deployment's batches of the stop) quarantined them at once
+START_WAIT = 60.0
 HOLD_STALE = 300.0  # seconds after which a held batch not seen again is forgotten (gone from the stream)
 # ... and is quarantined once it waited this long in the stream (a deployment no announcement will come for: one
 # announced before EVENTS' age cap at an upgrade, or a subject no deployment has)
@@ -287,6 +291,12 @@ class Ingestor:
                 pass
 
     async def run(self) -> None:
+        ready = getattr(self.deployments, "ready", None)
+        if ready is not None and not ready.is_set():
+            try:
+                await asyncio.wait_for(ready.wait(), START_WAIT)
+            except TimeoutError:
+                log.warning("the deployer's announcements were not all read in %.0f s; ingestion starts", START_WAIT)
         settings = self.deps.settings
         pending: list[Any] = []
         size = 0

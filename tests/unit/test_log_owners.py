@@ -159,6 +159,38 @@ def test_batches_held_take_at_most_a_quarter_of_the_bytes_the_stream_may_hold():
     assert held == {id(again.msg)} and len(quarantined) == 1 and ing.holding_bytes == 300
 
 
+def test_at_a_start_ingestion_waits_for_the_announcements_to_be_read():
+    """A log store back from a stop: the batches of deployments announced meanwhile were fetched (and past the
+    hold's bounds quarantined) before the announcements consumer had read EVENTS' backlog."""
+    async def scenario() -> None:
+        known = Known({})
+        known.ready = asyncio.Event()
+        ing = Ingestor(SimpleNamespace(settings=SimpleNamespace(flush_interval=0.05, segment_max_bytes=1 << 20)),
+                       js=None, deployments=known)  # type: ignore[arg-type]
+        fetched: list[float] = []
+
+        class Sub:
+            async def fetch(self, batch: int, timeout: float):
+                fetched.append(time.monotonic())
+                await asyncio.sleep(timeout)
+                raise TimeoutError
+
+        ing.sub = Sub()
+        task = asyncio.create_task(ing.run())
+        await asyncio.sleep(0.3)
+        assert fetched == []
+        known.ready.set()
+        for _ in range(100):
+            if fetched:
+                break
+            await asyncio.sleep(0.01)
+        assert fetched
+        ing.running = False
+        await asyncio.wait_for(task, 5.0)
+
+    asyncio.run(scenario())
+
+
 def test_a_lookup_that_fails_raises_so_nothing_is_acknowledged_nor_quarantined():
     ing, quarantined = ingestor(Known({"d-1": 7}, fail=True))
     good = batch("d-1", 7)
