@@ -240,9 +240,10 @@ async def predictions_to_review(deps: FeedbackDeps, principal: Principal, token:
     def cursor_of(r: Any) -> str:
         return paging.key_cursor({"created_at": r["predicted_at"], "id": r["id"]})
 
-    if after is None and cmd.offset:
-        # the seed's offset paging (past the head): `limit` predictions as the seed answers them (its 422 past a
-        # reply), never fewer by bytes: its caller's next page is at offset + limit, which would skip those cut off
+    if after is None:
+        # the seed's offset paging (the first page too: the gateway sends offset 0 when none is given, so a cursor
+        # reader's first page looks the same): `limit` predictions as the seed answers them (its 422 past a reply),
+        # never fewer by bytes: its caller's next page is at offset + limit, which would skip those cut off
         predictions = [item(r) for r in rows[:cmd.limit]]
         next_cursor = cursor_of(rows[cmd.limit - 1]) if len(rows) > cmd.limit else None
     else:

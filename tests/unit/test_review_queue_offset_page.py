@@ -1,8 +1,9 @@
-"""deployments/list_predictions_to_review by the seed's `offset`: a page is `limit` predictions as the seed answered
-it, never cut short at 4 MiB. 3dbe033 stopped every page at 4 MiB of JSON (for its `cursor`), so a seed caller whose
-page of large predictions (segmentation masks) passed 4 MiB got fewer than `limit` and then asked offset + limit,
-skipping those cut off without a word. A page by cursor, or the first (where a cursor reader starts), still stops at
-4 MiB with a next_cursor (tests/integration/test_review_queue_pages.py reads the real queue by both)."""
+"""deployments/list_predictions_to_review without a cursor (the seed's `offset`, the first page too): a page is
+`limit` predictions as the seed answered it, never cut short at 4 MiB. 3dbe033 stopped every page at 4 MiB of JSON
+(for its `cursor`), so a seed caller whose page of large predictions (segmentation masks) passed 4 MiB got fewer than
+`limit` and then asked offset + limit, skipping those cut off without a word. A page by cursor still stops at 4 MiB
+with a next_cursor (tests/integration/test_review_queue_pages.py reads the real queue by both; the UI asks a first
+page past a reply smaller: test_ui.py::test_a_first_review_page_past_a_reply_is_read_smaller)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,8 @@ async def ask(**body) -> dict:
 
 
 async def test_an_offset_page_holds_limit_predictions_however_large(queue):
+    first = await ask(limit=3)  # offset 0
+    assert first["ids"] == [r["id"] for r in queue[:3]]  # 3dbe033: queue[:2], the next offset 3 skipped 2
     page = await ask(limit=3, offset=3)
     assert page["ids"] == [r["id"] for r in queue[3:6]]  # 3dbe033: queue[3:5] (4 MiB), the next offset 6 skipped 5
     assert page["next_cursor"] == paging.key_cursor({"created_at": queue[5]["predicted_at"], "id": queue[5]["id"]})
@@ -65,13 +68,12 @@ async def test_an_offset_page_holds_limit_predictions_however_large(queue):
     assert (await ask(limit=3, offset=6))["next_cursor"] is None
 
 
-async def test_a_cursor_page_still_stops_at_4_mib_and_says_where_to_go_on(queue):
+async def test_a_cursor_page_stops_at_4_mib_and_says_where_to_go_on(queue):
     first = await ask(limit=3)
-    assert first["ids"] == [r["id"] for r in queue[:2]]  # 3 x 1.5 MiB pass the page's 4 MiB
     listed, cursor = list(first["ids"]), first["next_cursor"]
     while cursor:
         page = await ask(limit=3, cursor=cursor)
-        assert 1 <= len(page["ids"]) <= 2
+        assert 1 <= len(page["ids"]) <= 2  # 3 x 1.5 MiB pass the page's 4 MiB
         listed += page["ids"]
         cursor = page["next_cursor"]
     assert listed == [r["id"] for r in queue]

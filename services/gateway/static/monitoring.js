@@ -18,8 +18,18 @@ let REVIEW_PAGE = 20;
 async function reviewPages(deployment, pages) {
   const predictions = [], seen = new Set(), cursors = new Set();
   let answer = null, cursor = null;
+  // the first page is the seed's (no cursor: `limit` predictions, never fewer by bytes, 422 reply_too_large when
+  // they pass a reply): asked again with half as many until it fits; the pages after it stop at 4 MiB themselves
+  let first = REVIEW_PAGE;
   for (let n = 0; n < pages; n++) {
-    answer = await api('deployments/list_predictions_to_review', {deployment, limit: REVIEW_PAGE, ...(cursor ? {cursor} : {})});
+    try {
+      answer = await api('deployments/list_predictions_to_review', {deployment, limit: cursor ? REVIEW_PAGE : first, ...(cursor ? {cursor} : {})});
+    } catch (e) {
+      if (cursor || first <= 1 || !String(e.message).includes('reply_too_large')) throw e;
+      first = Math.max(1, Math.floor(first / 2));
+      n--;
+      continue;
+    }
     for (const x of answer.predictions) if (!seen.has(x.id)) { seen.add(x.id); predictions.push(x); }
     cursor = answer.next_cursor || null;
     if (!cursor) break;
