@@ -69,6 +69,9 @@ class Deployments:
         # published before it are all known. 0 until this process has read the stream's backlog (its start)
         self.caught_up = 0.0
         self.ready = asyncio.Event()  # set once caught up: ingestion judges no batch before (handlers.START_WAIT)
+        # stream sequences of announcements whose recording failed: they come again (ack_wait), and until each is
+        # recorded the stream's announcements are not all read, whatever a fetch that times out meanwhile says
+        self.owed: set[Any] = set()
         self.task: asyncio.Task | None = None
         self.running = True
 
@@ -123,8 +126,9 @@ class Deployments:
             try:
                 msgs = await self.sub.fetch(batch=64, timeout=1.0)
             except (TimeoutError, nats.errors.TimeoutError):  # nothing left to read
-                self.caught_up = max(self.caught_up, began)
-                self.ready.set()
+                if not self.owed:
+                    self.caught_up = max(self.caught_up, began)
+                    self.ready.set()
                 continue
             except Exception as exc:  # bus trouble: unacknowledged events stay in the stream
                 log.warning("fetching deployment announcements failed: %s", exc)
@@ -132,7 +136,7 @@ class Deployments:
                 continue
             recorded = [await self.take(msg) for msg in msgs]
             with contextlib.suppress(Exception):
-                if all(recorded) and msgs[-1].metadata.num_pending == 0:
+                if all(recorded) and not self.owed and msgs[-1].metadata.num_pending == 0:
                     self.caught_up = max(self.caught_up, began)
                     self.ready.set()
 
@@ -145,14 +149,25 @@ class Deployments:
             log.error("an events.pipeline.deployed that is not one was skipped: %s", str(exc)[:300])
             await _ack(msg)
             return True
+        seq = _stream_seq(msg)
         try:
             await self.record(event)
         except Exception as exc:  # PostgreSQL away: not acknowledged, so it comes again
             log.warning("recording deployment %s failed (it comes again): %s", event.name, exc)
+            self.owed.add(seq)
             await asyncio.sleep(0.5)
             return False
+        self.owed.discard(seq)
         await _ack(msg)
         return True
+
+
+def _stream_seq(msg: Any) -> Any:
+    """The announcement's stream sequence (a redelivery has its first delivery's), or the message itself."""
+    try:
+        return msg.metadata.sequence.stream
+    except Exception:
+        return id(msg)
 
 
 async def _ack(msg: Any) -> None:

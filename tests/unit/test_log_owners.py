@@ -256,3 +256,72 @@ def test_an_announcement_with_a_field_this_log_store_does_not_know_is_read():
         announced(b"[]")
     with pytest.raises(ValueError):  # pydantic's ValidationError is a ValueError
         announced(b'{"name": "d-4"}')
+
+
+def test_an_announcement_not_recorded_keeps_the_consumer_from_being_caught_up_until_it_is():
+    """PostgreSQL fails to record an announcement (not acked: it comes again after ack_wait). A fetch that times
+    out meanwhile must not say every announcement was read: ingestion would start and judge old batches of that
+    deployment (quarantined as unknown) before the announcement is recorded."""
+    from services.log_store.deployments import Deployments as D
+
+    class Ann:
+        def __init__(self) -> None:
+            self.data = json.dumps({"deployment_id": 4, "name": "d-4", "pipeline_id": 2, "workspace_id": 9,
+                                    "pipeline_version": "v"}).encode()
+            self.metadata = SimpleNamespace(num_pending=0, sequence=SimpleNamespace(stream=17))
+            self.acked = False
+
+        async def ack(self) -> None:
+            self.acked = True
+
+    async def scenario() -> None:
+        known = D(pool=None)  # type: ignore[arg-type]
+        fails = [True]
+
+        async def record(event) -> None:
+            if fails[0]:
+                raise OSError("the database is away")
+
+        known.record = record  # type: ignore[method-assign]
+        deliveries = [[Ann()], TimeoutError, TimeoutError, "again", TimeoutError]
+        fetched = asyncio.Event()
+        before: list[tuple[float, bool]] = []
+
+        class Sub:
+            async def fetch(self, batch: int, timeout: float):
+                await asyncio.sleep(0)
+                step = deliveries.pop(0) if deliveries else TimeoutError
+                if not deliveries:
+                    fetched.set()
+                if step == "again":  # ack_wait passed: redelivered, and PostgreSQL is back
+                    fails[0] = False
+                    return [Ann()]
+                if step is TimeoutError:
+                    if len(deliveries) >= 2:  # the timeouts before the redelivery
+                        before.append((known.caught_up, known.ready.is_set()))
+                    raise TimeoutError
+                return step
+
+        known.sub = Sub()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(asyncio, "sleep", _no_sleep)
+            task = asyncio.ensure_future(known.run())
+            await asyncio.wait_for(fetched.wait(), 5.0)
+            for _ in range(100):
+                if known.ready.is_set():
+                    break
+                await _no_sleep(0)
+        known.running = False
+        task.cancel()
+        # the second timeout follows the first, after which the old code said caught up
+        assert len(before) == 2 and before[1] == (0.0, False)
+        assert known.ready.is_set() and known.caught_up > 0 and known.owed == set()
+
+    asyncio.run(scenario())
+
+
+_real_sleep = asyncio.sleep
+
+
+async def _no_sleep(delay: float = 0, *a, **k) -> None:
+    await _real_sleep(0)
