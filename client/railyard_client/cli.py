@@ -33,7 +33,14 @@ from railyard_client.errors import (
 )
 from railyard_client.pipelines import Pipeline
 from railyard_client.progress import wanted
-from railyard_client.session import Session, credentials_path, normalize_url, read_credentials, write_credentials
+from railyard_client.session import (
+    ENV_WORKSPACE,
+    Session,
+    credentials_path,
+    normalize_url,
+    read_credentials,
+    write_credentials,
+)
 
 EXIT_CODES = {
     0: "success",
@@ -262,6 +269,12 @@ def workspaces_use(workspace: str, as_json: bool) -> None:
                                  f" {client.url}: run `railyard login --url {client.url}` first, or set"
                                  f" RAILYARD_CLIENT_WORKSPACE={found.name}")
     write_credentials(saved | {"url": client.url, "workspace": found.id})
+    # RAILYARD_CLIENT_WORKSPACE comes before the file's choice (Client(), every command's default): set to another
+    # workspace, the choice was saved and printed and the next command still went on in the variable's
+    overriding = os.environ.get(ENV_WORKSPACE)
+    if overriding and overriding not in (str(found.id), found.name):
+        print(f"railyard: warning: {ENV_WORKSPACE}={overriding} is set and comes before this choice: unset it for"
+              f" {found.name} to be the next command's workspace", file=sys.stderr)
     show([found.to_dict()], ["id", "name"], as_json, found.to_dict())
 
 

@@ -53,3 +53,16 @@ def test_a_file_signed_in_to_another_server_keeps_its_own_choice(credentials, ca
     error = capsys.readouterr().err
     assert "is for http://10.0.0.9:18000" in error and "RAILYARD_CLIENT_WORKSPACE=fraud" in error
     assert read_credentials(credentials) == other  # the old code: that server's workspace became 2
+
+
+def test_a_choice_behind_railyard_client_workspace_says_the_variable_comes_first(credentials, monkeypatch, capsys):
+    """RAILYARD_CLIENT_WORKSPACE comes before the file's choice: `use` saved and printed the choice without a word,
+    and the next command went on in the variable's workspace."""
+    monkeypatch.setenv("RAILYARD_CLIENT_WORKSPACE", "ops")
+    assert cli.main(["workspaces", "use", "fraud"]) == 0
+    error = capsys.readouterr().err
+    assert "RAILYARD_CLIENT_WORKSPACE=ops is set and comes before this choice" in error  # the old code: nothing
+    assert read_credentials(credentials)["workspace"] == 2  # still kept, for when the variable is unset
+    monkeypatch.setenv("RAILYARD_CLIENT_WORKSPACE", "fraud")  # the same workspace: nothing to say
+    assert cli.main(["workspaces", "use", "fraud"]) == 0
+    assert "comes before" not in capsys.readouterr().err
