@@ -322,6 +322,10 @@ def test_tasks_logs_checks_the_given_task_with_or_without_follow(monkeypatch, ca
         def logs(self, run_id_: str, lines: int | None = None) -> list[str]:
             return self.run_logs(run_id_, lines)["logs"]
 
+        def run_logs_from(self, run_id_: str, cursor: str | None = None) -> dict:  # --follow's reads (66c8f88)
+            assert cursor is None  # one poll: the run has finished and every line is read (no next_cursor)
+            return {**self.run_logs(run_id_), "next_cursor": None}
+
     monkeypatch.setattr(cli_orchestrations, "_orchestrations", lambda workspace: Runs())
     for follow in ([], ["--follow"]):
         assert cli.main(["tasks", "logs", run_id, "--task", other, *follow]) == 2
