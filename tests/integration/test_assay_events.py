@@ -19,6 +19,7 @@ import pytest
 from shared import subjects
 from tests.integration.bus_events import stream_events
 from tests.integration.conftest import Account, post
+from tests.integration.log_owners import announce, fake_deployment
 from tests.integration.test_assays import config, iso, publish_rows
 from tests.integration.test_logs import wait_rows
 from tests.stack import service_process, wait_serving
@@ -92,6 +93,14 @@ def test_alerts_the_stream_refused_are_published_once_it_accepts_them(stack, ali
     assay_id = post(stack, "assays/create", alice.token, body).json()["assay_id"]  # its created event goes out
 
     async def scored_while_refused() -> int:
+        # the log store takes the rows' batches once the deployer's announcement of their (made-up) deployment is
+        # read: announced while EVENTS accepts, as a real deployment is before it logs (publish_rows announces only
+        # a deployment not announced yet, and inside the block EVENTS refused that announcement too)
+        nc = await nats_client.connect(stack.settings().nats.url)
+        try:
+            await announce(nc, alice.workspace_id, fake_deployment(alice.workspace_id, pipeline["name"]))
+        finally:
+            await nc.close()
         async with events_refused(stack):
             rng = np.random.default_rng(3)
             for _ in range(8):  # rows in about three 1-second windows
