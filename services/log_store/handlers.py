@@ -41,6 +41,7 @@ from services.log_store.segments import POS, SegmentReader, drop_unwritable, emp
 from shared import subjects
 from shared.authz import MembershipLookup, Principal, require_admin, require_member
 from shared.bus import log_store_consumer_config
+from shared.consumers import DeliveryPolicy
 from shared.errors import InvalidRequest, NotFound, echo
 from shared.lean_imports import lazy_module
 from shared.log_segments import (
@@ -110,6 +111,7 @@ LOG_SUBJECT_PREFIX = "logs.inference."
 # that after its second delivery, and so on up to UNKNOWN_RETRY_MAX: ~65 redeliveries in UNKNOWN_WAIT, not 1,800
 UNKNOWN_RETRY = 2.0
 UNKNOWN_RETRY_MAX = 60.0
+UNKNOWN_BACKOFF = DeliveryPolicy(backoff=UNKNOWN_RETRY, backoff_max=UNKNOWN_RETRY_MAX)
 # batches held at most at once (they count in the consumer's max_ack_pending, 50,000: at that many the server sends
 # no other batch); one more of a deployment not announced is quarantined at once, so ingestion goes on
 HOLD_MAX = 10_000
@@ -574,12 +576,13 @@ def _stream_seq(msg: Any) -> int:
 
 
 def _retry_delay(msg: Any) -> float:
-    """UNKNOWN_RETRY after a first delivery, doubling with each redelivery, at most UNKNOWN_RETRY_MAX."""
+    """UNKNOWN_RETRY after a first delivery, doubling with each redelivery, at most UNKNOWN_RETRY_MAX (the
+    consumers' own backoff, shared.consumers.DeliveryPolicy, with these bounds)."""
     try:
         delivered = int(msg.metadata.num_delivered)
     except (AttributeError, TypeError, ValueError):
         delivered = 1
-    return min(UNKNOWN_RETRY * 2.0 ** min(max(delivered - 1, 0), 16), UNKNOWN_RETRY_MAX)
+    return UNKNOWN_BACKOFF.delay(delivered)
 
 
 def _stream_time(msg: Any) -> float:
