@@ -37,8 +37,9 @@ from railyard_client.session import (
     ENV_WORKSPACE,
     Session,
     credentials_path,
-    normalize_url,
     read_credentials,
+    with_choice,
+    workspace_choices,
     write_credentials,
 )
 
@@ -207,10 +208,10 @@ def login(url: str | None, username: str | None, password: str | None, client_id
                       client_id=client_id or env.get("RAILYARD_CLIENT_ID") or secrets.get("client_id"),
                       client_secret=client_secret, credentials_file=Path(os.devnull))
     kept = session.credentials()
-    previous = read_credentials()
-    if previous.get("workspace") is not None and (previous.get("url"), previous.get("username")) == (
-            session.url, username):  # signing in again (the refresh token expired) keeps `workspaces use`'s choice
-        kept["workspace"] = previous["workspace"]
+    # signing in again (the refresh token expired), or as another user, keeps every user's `workspaces use` choice
+    # (each server's and user's own: session.py's module doc)
+    if choices := workspace_choices(read_credentials()):
+        kept["workspaces"] = choices
     path = write_credentials(kept)
     session.close()
     if as_json:
@@ -257,18 +258,13 @@ def workspaces_create(name: str, as_json: bool) -> None:
 @click.argument("workspace")
 @json_option
 def workspaces_use(workspace: str, as_json: bool) -> None:
-    """Make WORKSPACE (name or id) the default of every command and of Client() (kept in the credentials file)."""
+    """Make WORKSPACE (name or id) the default of every command and of Client() for you on this server (kept in the
+    credentials file, each user's own)."""
     client = _client()
     found = client.workspace(workspace)
-    saved = read_credentials()
-    # the file's choice is read for the server it names only: signed in by RAILYARD_CLIENT_* variables (no `railyard
-    # login`), the file named no server and the choice was written and then never read; for another server's
-    # sign-in it would have changed that server's choice
-    if saved.get("url") and normalize_url(str(saved["url"])) != client.url:
-        raise ConfigurationError(f"the credentials file {credentials_path()} is for {saved['url']}, not"
-                                 f" {client.url}: run `railyard login --url {client.url}` first, or set"
-                                 f" RAILYARD_CLIENT_WORKSPACE={found.name}")
-    write_credentials(saved | {"url": client.url, "workspace": found.id})
+    # kept for this server and this user only: another user signing in to the same server from this machine has
+    # their own choice (they ran in this one, or failed as not its member)
+    write_credentials(with_choice(read_credentials(), client.url, client.username, found.id))
     # RAILYARD_CLIENT_WORKSPACE comes before the file's choice (Client(), every command's default): set to another
     # workspace, the choice was saved and printed and the next command still went on in the variable's
     overriding = os.environ.get(ENV_WORKSPACE)

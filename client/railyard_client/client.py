@@ -50,6 +50,11 @@ class Client:
         return self._session.url
 
     @property
+    def username(self) -> str | None:
+        """The user this client signs in as (the name its token carries), None for a token that names nobody."""
+        return self._session.user
+
+    @property
     def token(self) -> str:
         """A valid access token (refreshed when about to expire), for scripts that call the HTTP API."""
         return self._session.token

@@ -18,10 +18,17 @@ environment) without its password that is not the saved user's is a Configuratio
 and another client id signs in as that client; neither runs as the saved user.
 
 Refresh tokens are single-use, so a session that came from the file writes the refreshed tokens back to it.
+
+The workspace `railyard workspaces use` chooses is kept in the same file per server and user (its `workspaces`:
+`{server URL: {username: workspace id}}`): another user signing in to the same server from the same machine, by
+`railyard login` or by the variables, starts in their own choice (else their first workspace), not in the last
+user's, and signing in again keeps each user's. A file written before (one `workspace` for the file's server and
+user) is read as that user's choice and rewritten in the new form the next time a choice is saved.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
@@ -145,6 +152,48 @@ def write_credentials(data: dict[str, Any], path: Path | None = None) -> Path:
     return path
 
 
+def token_user(token: str | None) -> str | None:
+    """The username a JWT access token names (its `preferred_username`), read without checking the token: only to
+    keep a workspace choice per user (the server checks the token on every call). None for a token that is not a
+    JWT or names nobody."""
+    try:
+        payload = str(token).split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        name = claims.get("preferred_username")
+    except (IndexError, ValueError, AttributeError):
+        return None
+    return str(name) if name else None
+
+
+def workspace_choices(saved: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The credentials file's workspace choices, `{server URL: {username: workspace id}}` ("" for a sign-in that
+    names no user). A file written before the choices were per user (one `workspace` for its `url` and `username`)
+    is read as that user's choice on that server."""
+    kept = saved.get("workspaces")
+    choices = {url: dict(users) for url, users in kept.items() if isinstance(users, dict)} if isinstance(
+        kept, dict) else {}
+    if saved.get("workspace") is not None and saved.get("url"):
+        try:
+            url = normalize_url(str(saved["url"]))
+        except ConfigurationError:
+            return choices
+        choices.setdefault(url, {}).setdefault(str(saved.get("username") or ""), saved["workspace"])
+    return choices
+
+
+def saved_choice(saved: dict[str, Any], url: str, user: str | None) -> Any:
+    """The workspace chosen for `user` on the server at `url` in the credentials `saved`, or None."""
+    return workspace_choices(saved).get(url, {}).get(user or "")
+
+
+def with_choice(saved: dict[str, Any], url: str, user: str | None, workspace: Any) -> dict[str, Any]:
+    """The credentials `saved` with `workspace` chosen for `user` on the server at `url` (every other server's and
+    user's choice kept; a file of the old form rewritten in the new one)."""
+    choices = workspace_choices(saved)
+    choices.setdefault(url, {})[user or ""] = workspace
+    return {key: value for key, value in saved.items() if key != "workspace"} | {"workspaces": choices}
+
+
 def normalize_url(url: str) -> str:
     """`http://host:port` from any of `http://host:port[/][v1/api]`."""
     url = url.strip().rstrip("/")
@@ -171,7 +220,7 @@ class Session:
                  credentials_file: str | Path | None = None, timeout: float | httpx.Timeout | None = 60.0) -> None:
         env = os.environ
         self.credentials_file = Path(credentials_file).expanduser() if credentials_file else credentials_path()
-        saved = read_credentials(self.credentials_file)
+        saved = self.saved = read_credentials(self.credentials_file)
         url = url or env.get(ENV_URL) or saved.get("url")
         if not url:
             raise ConfigurationError(f"not logged in (no server URL): run `railyard login`, set {ENV_URL} or "
@@ -191,7 +240,6 @@ class Session:
         same_client = self.client_id == (saved.get("client_id") or DEFAULT_CLIENT_ID)
         self.client_secret = client_secret or env.get(ENV_CLIENT_SECRET) or (
             saved.get("client_secret") if same_client else None)
-        self.saved_workspace = saved.get("workspace")
         self.timeout = timeout
         self.http = httpx.Client(base_url=self.url, timeout=timeout)
         self.access_token: str | None = token
@@ -282,6 +330,18 @@ class Session:
             self.refresh()
         assert self.access_token is not None
         return self.access_token
+
+    @property
+    def user(self) -> str | None:
+        """Who the session signs in as: the username its access token names, else the username it signed in with
+        (None for a token that names nobody)."""
+        return token_user(self.access_token) or self.username
+
+    @property
+    def saved_workspace(self) -> Any:
+        """The workspace `railyard workspaces use` chose for this server and user (None when none was): another
+        user's choice on the same server is not theirs (their commands ran in it, or failed as not a member)."""
+        return saved_choice(self.saved, self.url, self.user)
 
     def _save(self) -> None:
         if self.persist:

@@ -92,8 +92,9 @@ def test_pipelines_deploy_prints_the_inference_url_whole(monkeypatch, capsys):
 def test_signing_in_again_keeps_the_workspace_chosen_with_use(tmp_path, monkeypatch):
     """`railyard login` again (refresh tokens last 30 min) dropped `railyard workspaces use`'s choice: every
     command then went to the first workspace ('pipeline not found in workspace admin - Default Workspace').
-    Kept for the same server and user; another user or server starts without one."""
-    from railyard_client.session import read_credentials, write_credentials
+    Kept per server and user: another user starts without one, and (since the choice is per user) signing in as
+    them no longer drops the first user's (the old code kept one choice, the last user's)."""
+    from railyard_client.session import read_credentials, saved_choice, write_credentials
 
     credentials = tmp_path / "credentials.json"
     monkeypatch.setenv("RAILYARD_CLIENT_CREDENTIALS", str(credentials))
@@ -114,10 +115,13 @@ def test_signing_in_again_keeps_the_workspace_chosen_with_use(tmp_path, monkeypa
     monkeypatch.setattr(cli, "Session", Session)
     login = ["login", "--url", "http://127.0.0.1:18000", "--password", "p", "--client-secret", "s"]
     write_credentials({"url": "http://127.0.0.1:18000", "username": "admin", "workspace": 2}, credentials)
+    url = "http://127.0.0.1:18000"
     assert cli.main([*login, "--username", "admin"]) == 0
-    assert read_credentials(credentials)["workspace"] == 2
+    assert saved_choice(read_credentials(credentials), url, "admin") == 2
     assert cli.main([*login, "--username", "bob"]) == 0
-    assert "workspace" not in read_credentials(credentials)
+    assert saved_choice(read_credentials(credentials), url, "bob") is None
+    assert cli.main([*login, "--username", "admin"]) == 0
+    assert saved_choice(read_credentials(credentials), url, "admin") == 2  # the old code: None, dropped by bob's
 
 
 def test_datasets_files_lists_and_downloads_an_images_datasets_files(tmp_path, monkeypatch, capsys):

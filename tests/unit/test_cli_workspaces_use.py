@@ -2,15 +2,27 @@
 allows): it printed the workspace and wrote `{"workspace": id}` to the credentials file, but a session reads the
 file's choice only for the server the file names, and that file named none, so every later command and Client()
 went on in the first workspace. Now the choice is kept with the server's URL; a file signed in to another server is
-left alone (its choice is that server's) and the command says how to choose instead."""
+left alone (its choice is that server's).
+
+The choice was one per file (per server): a second user signing in to the same server from the same machine ran
+their commands in the first user's workspace (or failed as not a member). Now it is kept per server and user."""
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 from railyard_client import cli
-from railyard_client.session import Session, read_credentials, write_credentials
+from railyard_client.session import Session, read_credentials, saved_choice, write_credentials
 
 URL = "http://127.0.0.1:28050"
+
+
+def jwt(username: str) -> str:
+    """An access token as auth issues them, as far as the client reads one (its payload's preferred_username)."""
+    payload = base64.urlsafe_b64encode(json.dumps({"sub": "1", "preferred_username": username}).encode())
+    return f"e30.{payload.decode().rstrip('=')}.signature"
 
 
 class Workspace:
@@ -22,6 +34,7 @@ class Workspace:
 
 class Client:
     url = URL
+    username: str | None = None
 
     def workspace(self, ref: str) -> Workspace:
         assert ref == "fraud"
@@ -46,13 +59,38 @@ def test_a_choice_made_without_railyard_login_is_the_next_sessions_workspace(cre
     session.close()
 
 
-def test_a_file_signed_in_to_another_server_keeps_its_own_choice(credentials, capsys):
+def test_a_file_signed_in_to_another_server_keeps_its_own_choice(credentials):
+    """The old code refused (exit 3) rather than overwrite the other server's one choice; each server has its own
+    now, so this server's is saved and the other's kept."""
     other = {"url": "http://10.0.0.9:18000", "username": "admin", "access_token": "t", "workspace": 7}
     write_credentials(other, credentials)
-    assert cli.main(["workspaces", "use", "fraud"]) == 3
-    error = capsys.readouterr().err
-    assert "is for http://10.0.0.9:18000" in error and "RAILYARD_CLIENT_WORKSPACE=fraud" in error
-    assert read_credentials(credentials) == other  # the old code: that server's workspace became 2
+    assert cli.main(["workspaces", "use", "fraud"]) == 0  # the old code: 3
+    saved = read_credentials(credentials)
+    assert saved_choice(saved, "http://10.0.0.9:18000", "admin") == 7 and saved_choice(saved, URL, None) == 2
+    assert {key: saved[key] for key in ("url", "username", "access_token")} == {
+        "url": "http://10.0.0.9:18000", "username": "admin", "access_token": "t"}  # still signed in there
+
+
+def test_two_users_of_one_server_each_keep_their_own_choice(credentials, monkeypatch):
+    """alice chose workspace 7 (a file of the old form: one `workspace` for the file's server and user); bob signs in
+    to the same server from the same machine (RAILYARD_CLIENT_* variables here; `railyard login` keeps the choices
+    as well: test_cli_tables). The old code gave bob alice's 7: his commands ran in her workspace."""
+    write_credentials({"url": URL, "username": "alice", "access_token": jwt("alice"), "workspace": 7}, credentials)
+
+    def choice(user: str) -> object:
+        session = Session(URL, token=jwt(user), credentials_file=credentials)
+        assert session.user == user
+        try:
+            return session.saved_workspace
+        finally:
+            session.close()
+
+    assert choice("bob") is None  # the old code: 7, alice's
+    assert choice("alice") == 7  # the old file is read as hers
+    monkeypatch.setattr(Client, "username", "bob")
+    assert cli.main(["workspaces", "use", "fraud"]) == 0
+    assert (choice("bob"), choice("alice")) == (2, 7)  # the old code: (2, 2), bob's choice became alice's
+    assert "workspace" not in read_credentials(credentials)  # rewritten in the new form
 
 
 def test_a_choice_behind_railyard_client_workspace_says_the_variable_comes_first(credentials, monkeypatch, capsys):
@@ -62,7 +100,7 @@ def test_a_choice_behind_railyard_client_workspace_says_the_variable_comes_first
     assert cli.main(["workspaces", "use", "fraud"]) == 0
     error = capsys.readouterr().err
     assert "RAILYARD_CLIENT_WORKSPACE=ops is set and comes before this choice" in error  # the old code: nothing
-    assert read_credentials(credentials)["workspace"] == 2  # still kept, for when the variable is unset
+    assert saved_choice(read_credentials(credentials), URL, None) == 2  # still kept, for when the variable is unset
     monkeypatch.setenv("RAILYARD_CLIENT_WORKSPACE", "fraud")  # the same workspace: nothing to say
     assert cli.main(["workspaces", "use", "fraud"]) == 0
     assert "comes before" not in capsys.readouterr().err
