@@ -13,6 +13,7 @@ service raised.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import logging
@@ -302,20 +303,54 @@ async def request(
 
 
 async def request_encoded(broker: NatsBroker, subject: str, message: BaseModel | dict[str, Any], *, timeout: float,
-                          token: str | None = None) -> bytes:
+                          reply_model: type[BaseModel], token: str | None = None) -> bytes:
     """As `request`, but the reply's data as JSON bytes: those the service encoded, passed on without reading them
-    (an EncodedData answer; the gateway's users/query, docs/performance.md item 57), or the data encoded again when the
-    reply is not in the envelope encode_reply makes. The same errors as `request`."""
+    (an EncodedData answer; the gateway's users/query, docs/performance.md item 57) when their top level is shaped as
+    `reply_model`'s, else the data read, checked against `reply_model` and encoded again (`reply_data_bytes`). The
+    same errors as `request`."""
     response = await _send(broker, subject, message, timeout, token)
-    return reply_data_bytes(subject, response.body or b"")
+    return reply_data_bytes(subject, response.body or b"", reply_model)
 
 
-def reply_data_bytes(subject: str, body: bytes) -> bytes:
+def reply_data_bytes(subject: str, body: bytes, reply_model: type[BaseModel] | None = None) -> bytes:
     """The data of a reply to `subject` as JSON bytes (request_encoded's): cut out of the envelope encode_reply makes
-    around an EncodedData or a model, else read and encoded again; the error an error reply carries raised."""
+    around an EncodedData or a model, else read and encoded again; the error an error reply carries raised.
+
+    With `reply_model`, the cut-out bytes are passed on as they are only when their top level is the model's (an
+    object whose first key is one of its fields and that has each of its required fields as a key, `_shaped_as`: a
+    few byte searches, not a parse); anything else is read and validated as `request` does, so an answer of another
+    shape (a list, another command's data, a required field missing) is a typed 503, not passed to the caller as it
+    is. What is under the keys (auth's users) is not checked here: auth's tests compare it with the model's."""
     if body.startswith(_OK_HEAD) and body.endswith(_OK_TAIL) and len(body) > len(_OK_HEAD) + len(_OK_TAIL):
-        return body[len(_OK_HEAD):len(body) - len(_OK_TAIL)]
-    return pydantic_core.to_json(_reply_data(subject, body, None))
+        data = body[len(_OK_HEAD):len(body) - len(_OK_TAIL)]
+        if reply_model is None or _shaped_as(data, reply_model):
+            return data
+        log.warning("the encoded answer on %s (%d bytes) is not shaped as %s: read and checked", subject, len(data),
+                    reply_model.__name__)
+    read = _reply_data(subject, body, reply_model)
+    return read.model_dump_json().encode() if isinstance(read, BaseModel) else pydantic_core.to_json(read)
+
+
+@functools.cache
+def _top_level_keys(model: type[BaseModel]) -> tuple[frozenset[bytes], tuple[bytes, ...]]:
+    """A model's top-level keys as compact JSON writes them, with their colon (`"users":`): every field's, and the
+    required fields'."""
+    keys = {name: json.dumps(field.serialization_alias or field.alias or name).encode() + b":"
+            for name, field in model.model_fields.items()}
+    return frozenset(keys.values()), tuple(keys[name] for name, field in model.model_fields.items()
+                                           if field.is_required())
+
+
+def _shaped_as(data: bytes, model: type[BaseModel]) -> bool:
+    """Whether compact JSON bytes (orjson's, pydantic's) are an object whose first key is one of `model`'s fields and
+    that has each required field as a key: `,"name":` cannot be inside a JSON string (its quote would be escaped), so
+    a required field found so is a key (of the object, or of one inside it). False sends the bytes to the full check
+    (reply_data_bytes), so a shape this misreads costs time, never a wrong answer."""
+    every, required = _top_level_keys(model)
+    if not (data.startswith(b'{"') and data.endswith(b"}")):
+        return False
+    first = data[1:data.find(b'":', 1) + 2]
+    return first in every and all(data.startswith(key, 1) or b"," + key in data for key in required)
 
 
 async def _send(broker: NatsBroker, subject: str, message: BaseModel | dict[str, Any], timeout: float,

@@ -75,8 +75,8 @@ class Route:
     status: int = 200  # 204 answers with no body, as the seed shows for deletions
     long_running: bool = False  # waits as long as a model check may take
     waits: Callable[[Any], float] | None = None  # seconds more this route may take, from the settings
-    # the service answers its data encoded (shared.bus.EncodedData): passed on as it is, not read and checked against
-    # `reply` again (its content is the reply model's: the service's tests compare them)
+    # the service answers its data encoded (shared.bus.EncodedData): passed on as it is once its top level is `reply`'s
+    # (shared.bus.reply_data_bytes), not read and validated again (its content is the model's: the service's tests)
     encoded: bool = False
 
     def wait(self, settings: Any) -> float:
@@ -447,7 +447,7 @@ def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable) -> Calla
             raise InvalidRequest(validation_message(exc.errors())) from None
         if route.encoded:
             return Response(await request_encoded(runtime.broker, route.subject, command, token=bearer_token(request),
-                                                  timeout=route.wait(runtime.settings)),
+                                                  timeout=route.wait(runtime.settings), reply_model=route.reply),
                             status_code=route.status, media_type="application/json")
         reply = await handlers.forward(runtime.broker, route.subject, command, bearer_token(request),
                                        route.wait(runtime.settings))

@@ -128,11 +128,18 @@ def test_the_gateway_answers_what_it_answered_when_it_validated(users_route, lim
 
 def test_the_gateway_passes_the_bytes_on_without_reading_them(users_route):
     """Not read and encoded again: auth's bytes as they came (fails before item 57: the route validated them against
-    m.Users and encoded the model, so the spaces went). An error reply is the typed error, as before."""
+    m.Users and encoded the model, so the null cursor went). An error reply is the typed error, as before; bytes not
+    shaped as m.Users are read and checked (shared.bus.reply_data_bytes): spaces cost that, a wrong shape is a 503."""
     client, bus = users_route
+    bus.reply = b'{"ok":true,"data":{"users":{},"next_cursor":null},"error":null,"status":200}'
+    answer = client.post("/users/query", json={})
+    assert answer.status_code == 200 and answer.content == b'{"users":{},"next_cursor":null}'
     bus.reply = b'{"ok":true,"data":{ "users" : {} },"error":null,"status":200}'
     answer = client.post("/users/query", json={})
-    assert answer.status_code == 200 and answer.content == b'{ "users" : {} }'
+    assert answer.status_code == 200 and answer.content == b'{"users":{}}'
+    bus.reply = b'{"ok":true,"data":{"workspaces":{}},"error":null,"status":200}'  # passed on before
+    answer = client.post("/users/query", json={})
+    assert answer.status_code == 503 and answer.json()["code"] == "unavailable"
     bus.reply = b'{"ok":false,"data":null,"error":{"code":"not_found","msg":"no such workspace"},"status":404}'
     answer = client.post("/users/query", json={"workspace_id": 5})
     assert answer.status_code == 404 and answer.json() == {"code": "not_found", "msg": "no such workspace"}

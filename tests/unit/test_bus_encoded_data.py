@@ -24,6 +24,7 @@ from shared.bus import (
     run_command,
 )
 from shared.errors import NotFound, Unavailable
+from shared.messages.auth import Users
 from shared.messages.base import Command, Reply
 
 DATA = {"next_cursor": "12.ab", "users": {"a": {"id": "a", "email": None, "name": "jürgen \"q\" \x01"}}}
@@ -82,6 +83,26 @@ def test_request_encoded_sends_as_request_does():
         return SimpleNamespace(body=encode_reply(EncodedData(b'{"users":{}}'), None, subject))
 
     broker = SimpleNamespace(request=request)
-    assert asyncio.run(request_encoded(broker, "auth.users.query", {"limit": 2}, timeout=3.0, token="t")) == \
-        b'{"users":{}}'
+    assert asyncio.run(request_encoded(broker, "auth.users.query", {"limit": 2}, timeout=3.0, token="t",
+                                       reply_model=Users)) == b'{"users":{}}'
     assert sent == [({"limit": 2}, "auth.users.query", {"authorization": "Bearer t"}, 3.0)]
+
+
+def test_an_encoded_answer_not_shaped_as_the_reply_model_is_not_passed_on():
+    """reply_data_bytes passed any ok envelope's data on unread: a service's answer of the wrong shape (a list,
+    another command's data, a required field missing) reached the gateway's caller as it was (the old code returned
+    each of these bytes). Now the top level is checked against the route's reply model with byte searches (the fast
+    path stays: no parse, item 57) and anything else is read and validated as `request` does: a typed 503."""
+    user = b'{"id":"a","username":"a","email":"a@x.io","enabled":true,"createdTimestamp":1,"access":{}}'
+    for right in (b'{"users":{}}', b'{"next_cursor":"12.ab","users":{"a":' + user + b"}}",
+                  b'{"users":{"a":' + user + b'},"next_cursor":null}'):
+        data = EncodedData(right)
+        assert reply_data_bytes("auth.users.query", encode_reply(data, None, "t"), Users) == right  # as it is
+    for wrong in (b"[1,2]", b'"users"', b"{}", b'{"workspaces":{}}', b'{"next_cursor":"12.ab"}',
+                  b'{"next_cursor":"12.ab","user":{"users":{}}}'):
+        with pytest.raises(Unavailable, match="auth answered with a reply that could not be read"):
+            reply_data_bytes("auth.users.query", encode_reply(EncodedData(wrong), None, "t"), Users)
+    # the right shape written otherwise (spaces): read, checked and encoded again, not refused
+    spaced = encode_reply(EncodedData(b'{ "users": {"a": ' + user + b"}}"), None, "t")
+    assert reply_data_bytes("auth.users.query", spaced, Users) == Users.model_validate_json(
+        b'{"users":{"a":' + user + b"}}").model_dump_json().encode()
