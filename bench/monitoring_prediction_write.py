@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -36,6 +34,7 @@ from pathlib import Path
 
 import asyncpg
 
+from bench.timing import load, per_call_ms, postgres
 from shared.db import _server_settings, apply_migrations, load_migrations
 from shared.images import FEATURE_NAMES
 
@@ -63,10 +62,6 @@ async def _scratch(dsn: str, prefix: str, migrations: str) -> tuple[str, asyncpg
     await apply_migrations(conn, schema, load_migrations(Path(migrations)))
     await conn.close()
     return schema, await asyncpg.create_pool(dsn, server_settings=_server_settings(schema), min_size=2, max_size=2)
-
-
-def _load() -> str:
-    return f"{os.getloadavg()[0]:.1f}"
 
 
 async def writes(dsn: str, count: int, rounds: int) -> None:
@@ -105,16 +100,13 @@ async def writes(dsn: str, count: int, rounds: int) -> None:
         for round_ in range(rounds):
             for name, write in (("A", row_alone), ("B", with_outbox)) if round_ % 2 == 0 else (
                     ("B", with_outbox), ("A", row_alone)):
-                started = time.perf_counter()
-                for _ in range(count):
-                    await write()
-                figures[name].append((time.perf_counter() - started) / count * 1000)
+                figures[name].append(await per_call_ms(write, count))
                 if name == "B":
                     started = time.perf_counter()
                     sent = await relay()
                     figures["relay"].append((time.perf_counter() - started) / sent * 1000)
             print(f"write round {round_}: A {figures['A'][-1]:.3f} ms  B {figures['B'][-1]:.3f} ms  relay"
-                  f" {figures['relay'][-1]:.3f} ms/event  load {_load()}", flush=True)
+                  f" {figures['relay'][-1]:.3f} ms/event  load {load()}", flush=True)
         for name, values in figures.items():
             print(f"write {name}: median {statistics.median(values):.3f} ms, range {min(values):.3f}-"
                   f"{max(values):.3f}")
@@ -165,12 +157,9 @@ async def lookups(dsn: str, pipelines: int, calls: int, rounds: int) -> None:
         for round_ in range(rounds):
             for name, read in (("A", whole_list), ("B", one_pipeline)) if round_ % 2 == 0 else (
                     ("B", one_pipeline), ("A", whole_list)):
-                started = time.perf_counter()
-                for _ in range(calls):
-                    await read()
-                figures[name].append((time.perf_counter() - started) / calls * 1000)
+                figures[name].append(await per_call_ms(read, calls))
             print(f"look-up round {round_}: A {figures['A'][-1]:.3f} ms  B {figures['B'][-1]:.3f} ms  load"
-                  f" {_load()}", flush=True)
+                  f" {load()}", flush=True)
         for name, values in figures.items():
             print(f"look-up {name}: median {statistics.median(values):.3f} ms, range {min(values):.3f}-"
                   f"{max(values):.3f}")
@@ -189,25 +178,12 @@ async def main() -> None:
     parser.add_argument("--calls", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=12)
     args = parser.parse_args()
-    server = None
-    if args.dsn is None:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pgserver warns about XDG_RUNTIME_DIR on import
-            import pgserver
-        server = pgserver.get_server(tempfile.mkdtemp(prefix="bench_monitoring_pg_"), cleanup_mode="delete")
-        args.dsn = server.get_uri()
-    try:
-        print(f"start {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, load {_load()}, {args.predictions} predictions x"
+    with postgres(args.dsn, "bench_monitoring_pg_") as dsn:
+        print(f"start {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, load {load()}, {args.predictions} predictions x"
               f" {args.rounds} rounds, {args.pipelines} pipelines, {args.calls} calls a round", flush=True)
-        await writes(args.dsn, args.predictions, args.rounds)
-        await lookups(args.dsn, args.pipelines, args.calls, args.rounds)
-        print(f"end {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, load {_load()}", flush=True)
-    finally:
-        if server is not None:
-            server.cleanup()
-
+        await writes(dsn, args.predictions, args.rounds)
+        await lookups(dsn, args.pipelines, args.calls, args.rounds)
+        print(f"end {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, load {load()}", flush=True)
 
 if __name__ == "__main__":
     asyncio.run(main())

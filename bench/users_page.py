@@ -24,12 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import statistics
-import tempfile
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +34,7 @@ import asyncpg
 from fastapi.routing import serialize_response
 from fastapi.utils import create_model_field
 
+from bench.timing import load, ms, postgres, timed
 from services.auth import handlers, store
 from shared import paging, subjects
 from shared.authz import Principal
@@ -50,10 +47,6 @@ ADMIN = Principal(subject=str(uuid.UUID(int=1)), kind="user", admin=True, client
 MAX_PAYLOAD = 8 * 1024**2
 SUBJECT = subjects.AUTH_USERS_QUERY
 USERS_FIELD = create_model_field(name="Response", type_=Users, mode="serialization")
-
-
-def _load() -> str:
-    return f"{os.getloadavg()[0]:.2f}"
 
 
 async def old_auth(rows: list[Any], limit: int | None) -> bytes:
@@ -75,19 +68,6 @@ async def new_gateway(body: bytes) -> bytes:
     return reply_data_bytes(SUBJECT, body, Users)  # as the gateway does: the top level checked (1-2 µs)
 
 
-async def timed(call: Callable[[], Awaitable[Any]], calls: int) -> list[float]:
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        await call()
-        times.append((time.perf_counter() - start) * 1000)
-    return times
-
-
-def ms(times: list[float]) -> str:
-    return f"{statistics.median(times):.2f} ms (min {min(times):.2f}, max {max(times):.2f})"
-
-
 async def page(pool: asyncpg.Pool, users: int, rounds: int, calls: int) -> None:
     rows = await store.list_users(pool, ids=None, workspace_id=None, co_members_of=None, limit=users + 1)
     limit = users if len(rows) > users else None
@@ -101,7 +81,7 @@ async def page(pool: asyncpg.Pool, users: int, rounds: int, calls: int) -> None:
         for name, auth, gateway, body in sides if round_ % 2 == 0 else sides[::-1]:
             built = await timed(lambda auth=auth: auth(rows, limit), calls)
             handled = await timed(lambda gateway=gateway, body=body: gateway(body), calls)
-            print(f"round {round_} {name}: auth {ms(built)}, gateway {ms(handled)}, load {_load()}", flush=True)
+            print(f"round {round_} {name}: auth {ms(built)}, gateway {ms(handled)}, load {load(2)}", flush=True)
 
 
 async def whole(pool: asyncpg.Pool, users: int, rounds: int, calls: int) -> None:
@@ -119,7 +99,7 @@ async def whole(pool: asyncpg.Pool, users: int, rounds: int, calls: int) -> None
     for round_ in range(rounds):
         sides = [("A", old), ("B", new)]
         for name, read in sides if round_ % 2 == 0 else sides[::-1]:
-            print(f"whole list of {users}, round {round_} {name}: {ms(await timed(read, calls))}, load {_load()}",
+            print(f"whole list of {users}, round {round_} {name}: {ms(await timed(read, calls))}, load {load(2)}",
                   flush=True)
 
 
@@ -153,13 +133,13 @@ async def scratch(dsn: str, users: int) -> AsyncIterator[asyncpg.Pool]:
 
 
 async def run(dsn: str, args: argparse.Namespace) -> None:
-    print(f"start {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, load {_load()}", flush=True)
+    print(f"start {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, load {load(2)}", flush=True)
     async with scratch(dsn, args.users + 1) as pool:
         await page(pool, args.users, args.rounds, args.calls)
     for users in args.whole:
         async with scratch(dsn, users) as pool:
             await whole(pool, users, args.rounds, args.calls)
-    print(f"end {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, load {_load()}", flush=True)
+    print(f"end {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, load {load(2)}", flush=True)
 
 
 async def main() -> None:
@@ -170,21 +150,8 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--calls", type=int, default=30)
     args = parser.parse_args()
-    server = None
-    if args.dsn is None:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pgserver warns about XDG_RUNTIME_DIR on import
-            import pgserver
-        server = pgserver.get_server(tempfile.mkdtemp(prefix="bench_users_pg_"), cleanup_mode="delete")
-        args.dsn = server.get_uri()
-    try:
-        await run(args.dsn, args)
-    finally:
-        if server is not None:
-            server.cleanup()
-
+    with postgres(args.dsn, "bench_users_pg_") as dsn:
+        await run(dsn, args)
 
 if __name__ == "__main__":
     asyncio.run(main())
