@@ -1165,23 +1165,24 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
         new = {"name": resolved.name, "version": resolved.model_version, "sha": resolved.sha}
         await pool.execute("UPDATE trainings SET model_version = $2 WHERE id = $1", training["id"], json.dumps(new))
         if policy == "DEPLOY_AUTO":
-            # the running challenge ends (the version served has no shadow) only once this delivery is known to be
-            # still due, in the same transaction: its claim holds and no newer training of the deployment has been
-            # delivered meanwhile (during the look-ups above: a resumed delivery would otherwise end the newer
-            # one's challenge and serve the older version over it)
+            # not served over a newer training delivered meanwhile (during the look-ups above: a resumed delivery
+            # would otherwise serve the older version over it); its claim holds
             async with pool.acquire() as conn, conn.transaction():
                 if not await _still_due(conn, training, claim=not again):
                     return True
-                await conn.execute("UPDATE challenges SET state = 'superseded', decided_at = now(), reason = 'a"
-                                   " newer model version was deployed (DEPLOY_AUTO)' WHERE deployment_id = $1 AND"
-                                   " state = 'running'", deployment_id)
             version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], new, None,
                                    f"monitoring-deploy-{deployment_id}", found=(token, view))
             # the serving is the deployer's; the training's delivery ends with its event, once (a resumed delivery
-            # of it may finish too: the first to clear delivering_since writes it)
+            # of it may finish too: the first to clear delivering_since writes it). The running challenge ends
+            # (the version served has no shadow) with that record, not before the deploy: a deploy refused
+            # (ServingChanged), failed or unanswered serves nothing, and the challenge's champion and challenger
+            # go on serving under it
             async with pool.acquire() as conn, conn.transaction():
                 newest = await _overtaken(conn, training)
                 if newest is None and await _delivered(conn, training["id"], policy):
+                    await conn.execute("UPDATE challenges SET state = 'superseded', decided_at = now(), reason = 'a"
+                                       " newer model version was deployed (DEPLOY_AUTO)' WHERE deployment_id = $1 AND"
+                                       " state = 'running'", deployment_id)
                     await _event(conn, subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
                         deployment_id=deployment_id, workspace_id=cd["workspace_id"], action="deployed",
                         model_version=_ref(new), shadow_model_version=None, pipeline_version=version,

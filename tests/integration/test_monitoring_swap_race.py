@@ -18,7 +18,7 @@ import pytest
 
 from services.monitoring import continuous
 from shared import subjects
-from shared.errors import Conflict, UpstreamTimeout
+from shared.errors import Conflict, Unavailable, UpstreamTimeout
 from shared.messages.monitoring_continuous import ToggleContinuous
 from tests.integration.conftest import service_schema
 from tests.integration.test_continuous_swap_once import (
@@ -646,3 +646,56 @@ async def test_a_delivery_whose_deploy_never_answers_is_failed_after_max_resumes
     row = await pool.fetchrow("SELECT outcome, reason, delivering_since FROM trainings WHERE id = $1", training_id)
     assert (row["outcome"], row["delivering_since"]) == ("failed", None), dict(row)
     assert f"did not finish after {continuous.MAX_RESUMES + 1} tries" in row["reason"]
+
+
+@pytest.mark.parametrize("outcome", ["refused", "failed", "unanswered"])
+async def test_a_deploy_auto_delivery_that_serves_nothing_leaves_the_running_challenge_running(monitoring_schema,
+                                                                                              monkeypatch, outcome):
+    """A challenge runs (v1 shadowed by v2, training 1's) when the policy is DEPLOY_AUTO and training 2 (v3) is
+    delivered; its deploy serves nothing: refused twice (a person's deploy, keeping v1 shadowed by v2 with another
+    set-up, lands before each try), failed (the deployer away), or unanswered. Before, the delivery superseded the
+    running challenge before its deploy: the challenge was closed though its champion and challenger went on serving
+    and nothing was delivered (never decided, its pairs no longer compared). Now the challenge ends with the
+    delivery's record, so it stays running; recorded once the deploy serves (a resume finding v3 served), it is
+    superseded then."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, "DEPLOY_AUTO")
+    older, training_id = uuid.uuid4(), uuid.uuid4()
+    await done(pool, older, CHALLENGER, "shadow", 600, False)
+    challenge_id = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO challenges (id, deployment_id, workspace_id, training_id, champion, challenger, alpha, min_sample,"
+        " state) VALUES ($1, $2, 1, $3, $4, $5, 0.05, 10, 'running')", challenge_id, DEPLOYMENT, older,
+        json.dumps(CHAMPION), json.dumps(CHALLENGER))
+    await done(pool, training_id, NEWEST, "deployed", 100, True)
+    deployer = Deployer(Deployer.model(CHAMPION, CHALLENGER))
+    deployer.install(monkeypatch)
+    if outcome == "refused":
+        def person_deploys() -> None:
+            definition = Deployer.model(CHAMPION, CHALLENGER)
+            definition["steps"][0]["ShadowDeploy"]["note"] = f"the person's {len(deployer.versions)}"
+            deployer.person_deploys(definition)
+        deployer.on_create = person_deploys
+    elif outcome == "failed":
+        def deployer_away() -> None:
+            raise Unavailable("the deployer is not reachable")
+        deployer.on_create = deployer_away
+    else:
+        deployer.unanswered = 1
+    training = await pool.fetchrow("SELECT * FROM trainings WHERE id = $1", training_id)
+    await continuous._deliver(Deployer.process(pool), training, "DEPLOY_AUTO")
+
+    assert deployer.serves() == ("v1", "v2")
+    assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "running"
+    row = await pool.fetchrow("SELECT outcome, delivering_since FROM trainings WHERE id = $1", training_id)
+    assert row["outcome"] == ("failed" if outcome == "failed" else "deployed"), dict(row)
+    assert await swapped_events(pool) == []
+    if outcome != "unanswered":
+        return
+    deployer.serving = 2  # the unanswered deploy lands late; the resume finds it serving and records it
+    await pool.execute("UPDATE trainings SET delivering_since = now() - make_interval(secs => $2) WHERE id = $1",
+                       training_id, continuous.STALE_SWAP + 10)
+    await continuous.resume_deliveries(Deployer.process(pool))
+    assert deployer.serves() == ("v3", None)
+    assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "superseded"
+    assert [e["action"] for e in await swapped_events(pool)] == ["deployed"]
