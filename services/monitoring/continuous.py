@@ -1285,16 +1285,18 @@ async def _open_challenge(conn: Any, training: asyncpg.Record, cd: asyncpg.Recor
                " sequential test"))
 
 
-async def newest_delivered(conn: Any, deployment_id: int, newer_than: Any = None) -> asyncpg.Record | None:
+async def newest_delivered(conn: Any, deployment_id: int, newer_than: Any = None, *,
+                           recorded: bool = False) -> asyncpg.Record | None:
     """The newest training of the deployment delivered or being delivered (done, deployed or shadow): the version
     continuous deployment means to serve; `newer_than` (a training's row: its id and created_at): only one created
-    after it, None when there is none. One query for every check that an older serving was overtaken (_overtaken, a
+    after it, None when there is none; `recorded`: only one whose delivery was recorded (delivered_at, migration
+    023), not one still under way. One query for every check that an older serving was overtaken (_overtaken, a
     challenge's swap, resume_deliveries); `conn` a connection or the pool."""
     return await conn.fetchrow(
         "SELECT * FROM trainings WHERE deployment_id = $1 AND state = 'done' AND outcome IN ('deployed', 'shadow')"
-        " AND ($2::uuid IS NULL OR (id <> $2 AND created_at > $3)) ORDER BY created_at DESC LIMIT 1", deployment_id,
-        newer_than["id"] if newer_than is not None else None,
-        newer_than["created_at"] if newer_than is not None else None)
+        " AND ($2::uuid IS NULL OR (id <> $2 AND created_at > $3)) AND (NOT $4 OR delivered_at IS NOT NULL)"
+        " ORDER BY created_at DESC LIMIT 1", deployment_id, newer_than["id"] if newer_than is not None else None,
+        newer_than["created_at"] if newer_than is not None else None, recorded)
 
 
 async def _overtaken(conn: Any, training: asyncpg.Record) -> asyncpg.Record | None:
@@ -1388,10 +1390,10 @@ async def _delivered(conn: Any, training_id: uuid.UUID, policy: str) -> bool:
     process's delivery of it was recorded first). A failure of the other delivery recorded first (it failed while
     this one, slower, was still deploying) is overruled: this one served the version."""
     return bool(await conn.fetchval(
-        "UPDATE trainings SET delivering_since = NULL, outcome = $2, reason = CASE WHEN delivering_since IS NULL THEN"
-        " NULL ELSE reason END WHERE id = $1 AND (delivering_since IS NOT NULL OR (outcome = 'failed' AND reason"
-        " LIKE $3)) RETURNING true", training_id, "deployed" if policy == "DEPLOY_AUTO" else "shadow",
-        f"{policy} failed: %"))
+        "UPDATE trainings SET delivering_since = NULL, outcome = $2, delivered_at = now(), reason = CASE WHEN"
+        " delivering_since IS NULL THEN NULL ELSE reason END WHERE id = $1 AND (delivering_since IS NOT NULL OR"
+        " (outcome = 'failed' AND reason LIKE $3)) RETURNING true", training_id,
+        "deployed" if policy == "DEPLOY_AUTO" else "shadow", f"{policy} failed: %"))
 
 
 async def resume_deliveries(deps: ContinuousDeps) -> None:
@@ -1673,15 +1675,22 @@ async def _close_overtaken_swap(deps: ContinuousDeps, challenge: asyncpg.Record,
 
 
 async def _swap_overtaken(conn: Any, challenge: asyncpg.Record) -> asyncpg.Record | None:
-    """The newest training of the challenge's deployment delivered (or being delivered) after the challenge's own
-    training (the one whose delivery opened it), or None: its delivery is newer than this decision's swap, which
-    must not serve over it. A challenge without its training (none is opened so) is compared by its start."""
+    """The newest training of the challenge's deployment delivered after the challenge's own training (the one whose
+    delivery opened it), or None: its delivery is newer than this decision's swap, which must not serve over it. A
+    challenge without its training (none is opened so) is compared by its start.
+
+    Only a delivery recorded counts (`recorded`), not one still under way: before the deployer's precondition
+    (only_if_serving) a swap gave way to it, closing the challenge superseded, and when that delivery then failed
+    (or was refused) the decision was never made, the champion and challenger serving on with no challenge. Now
+    the two deploys are each made only over the version they looked at, so whichever comes second is refused: the
+    swap's, and its challenge is superseded (_apply_decision's ServingChanged); or the delivery's, made again on
+    what serves now, the swap's version (_delivery_refused), so it lands after the swap either way."""
     training = None
     if challenge["training_id"] is not None:
         training = await conn.fetchrow("SELECT id, created_at FROM trainings WHERE id = $1", challenge["training_id"])
     if training is None:
         training = {"id": uuid.UUID(int=0), "created_at": challenge["started_at"]}
-    newest = await newest_delivered(conn, challenge["deployment_id"], newer_than=training)
+    newest = await newest_delivered(conn, challenge["deployment_id"], newer_than=training, recorded=True)
     if newest is not None:
         log.warning("challenge %s (deployment %s): training %s, newer, was delivered during its swap: serving it"
                     " again after it", challenge["id"], challenge["deployment_id"], newest["id"])

@@ -44,12 +44,13 @@ async def monitoring_schema(stack):
 
 
 async def done(pool, training_id: uuid.UUID, version: dict, outcome: str, created: int, delivering: bool) -> None:
-    """A training of DEPLOYMENT as advance leaves it (created `created` s ago), delivering or delivered."""
+    """A training of DEPLOYMENT as advance leaves it (created `created` s ago), delivering or delivered (recorded:
+    delivered_at, as _delivered sets it)."""
     await pool.execute(
         "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id, model_version,"
-        " model_status, created_at, delivering_since) VALUES ($1, $2, 1, 'done', $3, 1, $4, $5, 'ready',"
-        " now() - make_interval(secs => $6), CASE WHEN $7 THEN now() END)", training_id, DEPLOYMENT, outcome,
-        uuid.uuid4(), json.dumps(version), created, delivering)
+        " model_status, created_at, delivering_since, delivered_at) VALUES ($1, $2, 1, 'done', $3, 1, $4, $5, 'ready',"
+        " now() - make_interval(secs => $6), CASE WHEN $7 THEN now() END, CASE WHEN NOT $7 THEN now() END)",
+        training_id, DEPLOYMENT, outcome, uuid.uuid4(), json.dumps(version), created, delivering)
 
 
 async def swapped_events(pool) -> list[dict]:
@@ -699,3 +700,41 @@ async def test_a_deploy_auto_delivery_that_serves_nothing_leaves_the_running_cha
     assert deployer.serves() == ("v3", None)
     assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "superseded"
     assert [e["action"] for e in await swapped_events(pool)] == ["deployed"]
+
+
+@pytest.mark.parametrize("delivery", ["fails", "serves"])
+async def test_a_swap_is_made_while_a_newer_delivery_is_still_under_way(monitoring_schema, monkeypatch, delivery):
+    """Training 1's challenge (v1 shadowed by v2) is decided (promote) while training 2's delivery (v3, DEPLOY_AUTO)
+    is claimed but not recorded. Before, the swap counted that delivery as overtaking it: nothing was deployed and
+    the challenge closed superseded; when the delivery then failed (the deployer away) the decision was lost, v1
+    shadowed by v2 serving on with no challenge. Now only a recorded delivery overtakes a swap (the deployer's
+    precondition orders the two deploys): v2 is promoted, told once; the delivery then fails (v2 keeps serving) or
+    serves v3 over it from what serves now (promoted, then deployed)."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, "DEPLOY_AUTO")
+    older, newer = uuid.uuid4(), uuid.uuid4()
+    await done(pool, older, CHALLENGER, "shadow", 600, False)
+    challenge_id = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO challenges (id, deployment_id, workspace_id, training_id, champion, challenger, alpha, min_sample,"
+        " state, evidence, decided_at) VALUES ($1, $2, 1, $3, $4, $5, 0.05, 10, 'promoting', $6, now())",
+        challenge_id, DEPLOYMENT, older, json.dumps(CHAMPION), json.dumps(CHALLENGER),
+        json.dumps(evidence().as_dict()))
+    await done(pool, newer, NEWEST, "deployed", 100, True)
+    deployer = Deployer(Deployer.model(CHAMPION, CHALLENGER))
+    deployer.install(monkeypatch)
+    challenge = await pool.fetchrow("SELECT * FROM challenges WHERE id = $1", challenge_id)
+    await continuous._apply_decision(Deployer.process(pool), challenge, "promoting", evidence())
+
+    assert deployer.serves() == ("v2", None)
+    assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "promoted"
+    if delivery == "fails":
+        def deployer_away() -> None:
+            raise Unavailable("the deployer is not reachable")
+        deployer.on_create = deployer_away
+    await continuous._deliver(Deployer.process(pool), await pool.fetchrow("SELECT * FROM trainings WHERE id = $1",
+                                                                 newer), "DEPLOY_AUTO")
+    assert deployer.serves() == (("v2", None) if delivery == "fails" else ("v3", None))
+    assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "promoted"
+    assert [e["action"] for e in await swapped_events(pool)] == (
+        ["promoted"] if delivery == "fails" else ["promoted", "deployed"])
