@@ -31,6 +31,7 @@ from typing import Any
 import asyncpg
 from nats.js import errors as js_errors
 
+from shared.db import background_pass
 from shared.messages.base import Event
 
 log = logging.getLogger("railyard.outbox")
@@ -225,7 +226,10 @@ class Outbox:
 
     async def run(self) -> None:
         """Send at start, when woken, every `retry` seconds while a round left rows to try again soon (`retry_soon`),
-        else every IDLE."""
+        else every IDLE. The start's round and the IDLE rounds (nothing asked for them: they look for rows another
+        process left) close the connection they opened when they end (`shared.db.background_pass`): an idle service
+        holds no PostgreSQL backend for its outbox."""
+        quiet = True  # this round was not asked for (the start's, an IDLE one)
         while True:
             self.woken.clear()
             if self._later is not None:  # this round is the one it asked for
@@ -233,15 +237,20 @@ class Outbox:
                 self._later = None
             failed = False
             try:
-                await self.send()
+                if quiet:
+                    async with background_pass(self.pool):
+                        await self.send()
+                else:
+                    await self.send()
             except Exception:
                 failed = True
                 log.exception("the %s outbox failed a round", self.what)
             wait = self.retry if failed or self.retry_soon else max(self.retry, IDLE)
             try:
                 await asyncio.wait_for(self.woken.wait(), wait)
+                quiet = False
             except TimeoutError:
-                pass
+                quiet = wait >= IDLE
 
 
 def _attempts(row: Any) -> int:
