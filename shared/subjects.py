@@ -201,6 +201,8 @@ DEPLOYER_DEPLOYMENTS_RESOLVE = "deployer.deployments.resolve"
 EVENT_PIPELINE_VERSION_CREATED = "events.pipeline.version_created"
 EVENT_PIPELINE_DEPLOYED = "events.pipeline.deployed"
 EVENT_PIPELINE_UNDEPLOYED = "events.pipeline.undeployed"
+# the deployer, at each start, names every deployment it serves (for the log store; lineage draws nothing of it)
+EVENT_PIPELINE_SERVING = "events.pipeline.serving"
 
 # task_scheduler
 TASKS_ORCHESTRATIONS_UPLOAD = "task_scheduler.orchestrations.upload"

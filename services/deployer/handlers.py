@@ -46,6 +46,7 @@ from shared.messages.deployer import (
     PipelineDeployed,
     PipelineRecord,
     Pipelines,
+    PipelineServing,
     PipelineUndeployed,
     PipelineVersionCreated,
 )
@@ -919,10 +920,33 @@ class DeploymentRestore(BackgroundTask):
 
 
 async def restore_deployments(deps: DeployerDeps) -> DeploymentRestore:
-    """Start restoring the active deployments (in the background); stop() of the answer cancels what is left."""
-    restore = DeploymentRestore(deps, await store.active_deployments(deps.pool))
+    """Name the deployments this deployer serves (announce_serving), then start restoring the active deployments (in
+    the background); stop() of the answer cancels what is left."""
+    rows = await store.active_deployments(deps.pool)
+    await announce_serving(deps, rows)
+    restore = DeploymentRestore(deps, rows)
     restore.start()
     return restore
+
+
+async def announce_serving(deps: DeployerDeps, rows: list[Any]) -> None:
+    """At a start, an events.pipeline.serving for every active deployment whose events.pipeline.deployed was written
+    (`announced`), in one transaction of the outbox: the log store takes a deployment's log batches only once it knows
+    whose the deployment is, and a deployed event older than EVENTS' retention (30 days, 1 GiB) is gone from the
+    stream, so a log store upgraded or started on an empty table would hold, then quarantine, the batches of every
+    deployment serving since (docs/logs.md). Written for the rows, not once their replicas serve again: whose a
+    deployment is does not depend on its restore, and replicas that outlive the deployer (Kubernetes) log meanwhile.
+    A row still owing its deployed event gets that when its replicas serve (_restart). Lineage records the event and
+    draws nothing of it (services/workflow_lineage/graph.py DRAWN). Raises when PostgreSQL fails: the start fails, as
+    it does when the rows cannot be read."""
+    events = [PipelineServing(**_deployed_event_of(row).model_dump(exclude={"event_id", "occurred_at"}))
+              for row in rows if row["announced"]]
+    if not events:
+        return
+    async with deps.pool.acquire() as conn, conn.transaction():
+        await store.record_serving(conn, events)
+    log.info("named the %d deployments this deployer serves (events.pipeline.serving)", len(events))
+    deps.events_committed()
 
 
 async def _restart(deps: DeployerDeps, pipeline_id: int, deployment_id: int, gate: asyncio.Semaphore) -> None:

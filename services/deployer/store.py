@@ -12,14 +12,15 @@ import asyncpg
 from shared import subjects
 from shared.db import xact_lock
 from shared.messages.base import Event
-from shared.messages.deployer import PipelineDeployed, PipelineUndeployed, PipelineVersionCreated
+from shared.messages.deployer import PipelineDeployed, PipelineServing, PipelineUndeployed, PipelineVersionCreated
 from shared.outbox import add_event, event_failed, event_sent, unsent_events  # noqa: F401 - the outbox table's
 
 # the events the deployer's commits write to the outbox (shared/outbox.py, migration 003), sent from there in order
 # per pipeline
 EVENT_TYPES: dict[str, type[Event]] = {subjects.EVENT_PIPELINE_VERSION_CREATED: PipelineVersionCreated,
                                        subjects.EVENT_PIPELINE_DEPLOYED: PipelineDeployed,
-                                       subjects.EVENT_PIPELINE_UNDEPLOYED: PipelineUndeployed}
+                                       subjects.EVENT_PIPELINE_UNDEPLOYED: PipelineUndeployed,
+                                       subjects.EVENT_PIPELINE_SERVING: PipelineServing}
 
 # a pipeline's advisory lock, in a key space of its own: every service shares the database, and auth locks its
 # workspaces by id too (a bare pg_advisory_xact_lock(id) made pipeline 7 and workspace 7 wait on each other)
@@ -227,6 +228,13 @@ async def record_deployed(conn: asyncpg.Connection, event: PipelineDeployed, *, 
         return False
     await add_event(conn, subjects.EVENT_PIPELINE_DEPLOYED, event)
     return True
+
+
+async def record_serving(conn: asyncpg.Connection, events: list[PipelineServing]) -> None:
+    """The deployments this deployer serves, named at its start (events.pipeline.serving), to the outbox in the
+    caller's transaction."""
+    for event in events:
+        await add_event(conn, subjects.EVENT_PIPELINE_SERVING, event)
 
 
 async def mark_served(conn: asyncpg.Connection, deployment_id: int) -> None:

@@ -3,8 +3,12 @@
 Every engine replica connects to the bus as `engine` and fills a log batch's `Railyard-Log` header itself, so the
 header alone does not say whose records they are: a compromised replica could log into another workspace. The
 deployer's `events.pipeline.deployed` (written in the transaction that makes a deployment serve, published from its
-outbox) says which workspace and pipeline a deployment (`<deploy_id>-<id>`) belongs to. The log store reads those
-events with its own durable consumer (`log-store-deployments` on EVENTS) into its `deployments` table, and
+outbox) says which workspace and pipeline a deployment (`<deploy_id>-<id>`) belongs to, and its
+`events.pipeline.serving` says the same again at each start of the deployer for every deployment it serves (a
+deployed event older than EVENTS' retention is gone from the stream: a log store upgraded or started on an empty table
+learns those deployments there). The log store reads both with its own durable consumer (`log-store-deployments` on
+EVENTS; its filter is set again at each start, so a consumer made by an older log store reads the new subject too)
+into its `deployments` table, and
 ingestion takes a batch only when the deployment its subject names is known there, in the workspace its header
 names (handlers.Ingestor.check_owners). No token is needed (the deployer's resolve query needs a member's or an
 inference token, which ingestion has none of) and the deployer being down holds nothing up that it had announced.
@@ -38,18 +42,21 @@ from shared.messages.deployer import PipelineDeployed
 log = logging.getLogger("railyard.log_store")
 DURABLE = "log-store-deployments"
 CACHE_SIZE = 4096
+SUBJECTS = (subjects.EVENT_PIPELINE_DEPLOYED, subjects.EVENT_PIPELINE_SERVING)
 
 
 def consumer_config() -> Any:
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-    return ConsumerConfig(durable_name=DURABLE, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-                          ack_wait=30.0, max_deliver=-1, filter_subject=subjects.EVENT_PIPELINE_DEPLOYED)
+    return ConsumerConfig(name=DURABLE, durable_name=DURABLE, ack_policy=AckPolicy.EXPLICIT,
+                          deliver_policy=DeliverPolicy.ALL, ack_wait=30.0, max_deliver=-1,
+                          filter_subjects=list(SUBJECTS))
 
 
 def announced(data: bytes) -> PipelineDeployed:
-    """The fields the log store keeps of an events.pipeline.deployed. Only those are read: events refuse unknown
-    fields, and a deployer upgraded before the log store (a field added) must not make it skip the announcement."""
+    """The fields the log store keeps of an events.pipeline.deployed or .serving. Only those are read: events refuse
+    unknown fields, and a deployer upgraded before the log store (a field added) must not make it skip the
+    announcement."""
     body = json.loads(data)
     if not isinstance(body, dict):
         raise ValueError("not a JSON object")
@@ -109,8 +116,11 @@ class Deployments:
             " ON CONFLICT (name) DO NOTHING", event.name, event.deployment_id, event.workspace_id, event.pipeline_id)
 
     async def start(self, js: Any) -> None:
-        self.sub = await js.pull_subscribe(subjects.EVENT_PIPELINE_DEPLOYED, durable=DURABLE,
-                                           stream=subjects.EVENTS_STREAM, config=consumer_config())
+        self.js = js
+        # created, or updated: pull_subscribe leaves an existing durable as it is, and one made by a log store before
+        # events.pipeline.serving would never read it
+        await js.add_consumer(subjects.EVENTS_STREAM, config=consumer_config())
+        self.sub = await js.pull_subscribe_bind(durable=DURABLE, stream=subjects.EVENTS_STREAM)
         self.task = asyncio.create_task(self.run())
 
     async def stop(self) -> None:

@@ -210,6 +210,11 @@ class PipelineDeployed(Event):
     pipeline_version: str
 
 
+class PipelineServing(PipelineDeployed):
+    """The deployer, at a start, names a deployment it serves (active, its events.pipeline.deployed written before):
+    the log store learns whose it is even when that deployed event aged out of EVENTS. Lineage draws nothing of it."""
+
+
 class PipelineUndeployed(Event):
     deployment_id: int
     name: str

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -14,6 +15,8 @@ import onnx
 import pytest
 import requests
 
+from shared import subjects
+from tests.integration.bus_events import stream_events
 from tests.integration.conftest import Account, post
 from tests.models import ccfraud_onnx, sample_rows
 
@@ -67,6 +70,13 @@ def test_a_deployment_whose_restore_fails_says_so_and_a_redeploy_brings_it_back(
         time.sleep(0.3)
     assert status["engines"] == [] and len(status["details"]) == 1, status
     assert "sha256" in status["details"][0] and "failed to restore" in status["details"][0], status
+    # the restarted deployer named it at its start (events.pipeline.serving, for the log store: whose it is does not
+    # depend on the restore)
+    deadline = time.monotonic() + 30
+    while not (serving := asyncio.run(stream_events(stack, subjects.EVENT_PIPELINE_SERVING, "name", {name}))):
+        assert time.monotonic() < deadline, "the restarted deployer did not name its deployment serving"
+        time.sleep(0.3)
+    assert {(e["deployment_id"], e["workspace_id"]) for e in serving} == {(deployed.json()["id"], alice.workspace_id)}
     answer = _infer(url, alice.token)
     assert answer.status_code == 503, answer.text
     assert answer.json()["code"] == "deployment_failed", answer.text

@@ -7,16 +7,21 @@ the engine publishes them (tests/integration/log_owners.py announces the deploym
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
+from pathlib import Path
 
 import asyncpg
 import nats as nats_client
 import pytest
 
+from shared import subjects
 from shared.log_segments import ENGINE_SUFFIX, SEGMENT_HEADER, key_prefix
 from shared.logrecords import BATCH_ID, LOG_HEADER, MSG_ID, log_header
+from shared.messages.deployer import PipelineServing
+from tests.integration.conftest import service_schema
 from tests.integration.log_owners import announce, fake_deployment
 from tests.integration.test_logs import _values, all_rows, wait_rows
 
@@ -152,3 +157,68 @@ def _create_once(stack, account, name: str) -> None:
     response = post(stack, "pipelines/create", account.token,
                     {"pipeline_id": name, "workspace_id": account.workspace_id, "definition": {}})
     assert response.status_code in (200, 409), response.text
+
+
+def test_a_deployment_the_deployer_names_serving_at_its_start_has_its_batches_stored(stack, alice):
+    """A deployment whose events.pipeline.deployed EVENTS no longer has (older than its retention, at an upgrade):
+    the deployer names it again at its start (events.pipeline.serving), and the log store takes its batches held
+    meanwhile. On the old code the log store did not read that subject: held, then quarantined."""
+    pipeline = f"serving-{uuid.uuid4().hex[:6]}"
+    _create_once(stack, alice, pipeline)
+    deployment = fake_deployment(alice.workspace_id, pipeline)
+    now = int(time.time() * 1000)
+
+    async def publish() -> None:
+        nc = await nats_client.connect(stack.settings().nats.url)
+        try:
+            header = log_header(alice.workspace_id, pipeline, deployment, "v")
+            await _send(nc, deployment, header, _table([5.0], now))
+            event = PipelineServing(deployment_id=0, name=deployment, pipeline_id=0, workspace_id=alice.workspace_id,
+                                    pipeline_version=str(uuid.uuid4()))
+            await nc.jetstream().publish(subjects.EVENT_PIPELINE_SERVING, event.model_dump_json().encode(),
+                                         headers={"Nats-Msg-Id": str(event.event_id)})
+        finally:
+            await nc.close()
+
+    asyncio.run(publish())
+    assert _values(wait_rows(stack, alice, pipeline, 1, timeout=30)) == [5.0]
+
+
+async def test_a_consumer_made_by_a_log_store_before_events_pipeline_serving_reads_it_once_started(
+        stack, monkeypatch):
+    """pull_subscribe leaves an existing durable as it is: the log store's `log-store-deployments` made before this
+    version (filtered on events.pipeline.deployed alone) would never have read the deployer's events.pipeline.serving
+    after an upgrade, which is the point of it. Its start now sets the consumer's filter again. Runs the log store's
+    Deployments in the test's process, on a durable and a schema of the test's own."""
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    from services.log_store import deployments
+
+    durable = f"log-store-deployments-test-{uuid.uuid4().hex[:6]}"
+    monkeypatch.setattr(deployments, "DURABLE", durable)
+    nc = await nats_client.connect(stack.settings().nats.url)
+    js = nc.jetstream()
+    try:
+        # as the log store before made it
+        await js.add_consumer(subjects.EVENTS_STREAM, ConsumerConfig(
+            durable_name=durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=30.0,
+            max_deliver=-1, filter_subject=subjects.EVENT_PIPELINE_DEPLOYED))
+        async with service_schema(stack, "logstoreupgrade", Path("services/log_store/migrations")) as pool:
+            known = deployments.Deployments(pool)
+            await known.start(js)
+            try:
+                name = f"upgraded-{uuid.uuid4().hex[:8]}-0"
+                event = PipelineServing(deployment_id=0, name=name, pipeline_id=0, workspace_id=41,
+                                        pipeline_version=str(uuid.uuid4()))
+                await js.publish(subjects.EVENT_PIPELINE_SERVING, event.model_dump_json().encode())
+                deadline = time.monotonic() + 60
+                while not await known.lookup([name]):
+                    assert time.monotonic() < deadline, (await js.consumer_info(subjects.EVENTS_STREAM, durable)).config
+                    await asyncio.sleep(0.2)
+                assert await known.lookup([name]) == {name: 41}
+            finally:
+                await known.stop()
+    finally:
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(subjects.EVENTS_STREAM, durable)
+        await nc.close()

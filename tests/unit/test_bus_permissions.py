@@ -267,7 +267,8 @@ def test_the_client_list_is_explicit_and_complete(token_checked):
 def test_each_service_is_given_exactly_its_durable_consumers(routers):
     """The durables a service's code creates (FastStream JetStream subscribers, and the log store's raw pull
     consumer) are the ones deploy/nats-permissions.json gives it: a missing one could not be created or pulled."""
-    pulls = [path for path in (REPO / "services").rglob("*.py") if "pull_subscribe(" in path.read_text()]
+    pulls = [path for path in (REPO / "services").rglob("*.py")
+             if re.search(r"pull_subscribe(_bind)?\(|add_consumer\(", path.read_text())]
     assert sorted(p.relative_to(REPO).as_posix() for p in pulls) == [
         "services/log_store/deployments.py", "services/log_store/handlers.py"], \
         "a raw JetStream consumer besides the log store's two: add its durable here and in the permissions file"
