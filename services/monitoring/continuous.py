@@ -1018,12 +1018,13 @@ def _serving(definition: dict[str, Any], champion: dict[str, Any], challenger: d
 async def _serve(deps: ContinuousDeps, owner_id: Any, workspace_id: int, deployment: str, champion: dict[str, Any],
                  challenger: dict[str, Any] | None, purpose: str,
                  found: tuple[str, handlers.DeploymentView] | None = None,
-                 expect: tuple[dict[str, Any], dict[str, Any]] | None = None) -> str:
+                 expect: tuple[dict[str, Any], dict[str, Any]] | None = None, give_up: str | None = None) -> str:
     """Deploy a new pipeline version serving champion (shadowed by challenger) in place, as the owner; the
     pipeline version it serves. `found`: the owner's token and the deployment as the caller just looked them up
     (_deliver), used instead of looking them up again. `expect`: the (champion, challenger) pair the caller means to
     replace (a challenge's swap): ServingChanged when the deployment serves anything else (and not already what this
-    would serve), before anything is deployed.
+    would serve), before anything is deployed. `give_up`: nothing is deployed; its version serving already is
+    this serving done, else GivenUp(give_up).
 
     The deploy is made only if the pipeline version looked at still serves when the deployer gets to it
     (pipelines/deploy's `only_if_serving`, checked under the deployer's pipeline lock): a deploy that waited behind
@@ -1047,6 +1048,8 @@ async def _serve(deps: ContinuousDeps, owner_id: Any, workspace_id: int, deploym
         raise ServingChanged(f"the deployment serves {served.version if served else 'no model'}"
                              f"{' shadowed' if handlers._current_shadow(view.definition) else ''} since, not the"
                              " challenge's champion with its challenger as shadow")
+    if give_up is not None:
+        raise GivenUp(give_up)
     created = await request(base.broker, subjects.DEPLOYER_PIPELINES_CREATE, CreatePipeline(
         pipeline_id=view.route.pipeline_name, workspace_id=workspace_id, definition=definition),
         token=token, timeout=base.timeout, reply_model=PipelineCreated)
@@ -1080,6 +1083,13 @@ class ServingChanged(Conflict):
     code = SERVING_CHANGED
 
 
+class GivenUp(RailyardError):
+    """A swap's or delivery's last resume (MAX_RESUMES) found its version not serving: it is failed with this
+    reason, nothing deployed (its version serving, a late deploy that landed, is recorded as done instead)."""
+
+    code = "given_up"
+
+
 def _serves_challenge(definition: dict[str, Any], champion: dict[str, Any], challenger: dict[str, Any]) -> bool:
     """Whether `definition` serves `champion` shadowed by `challenger` (by version), as a challenge compares them."""
     model, shadow = handlers.current_model(definition), handlers._current_shadow(definition)
@@ -1100,7 +1110,8 @@ class DeployUnanswered(UpstreamTimeout):
 
 
 async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, *, again: bool = False,
-                   displaced: dict[str, Any] | None = None, alone: bool = False, refused: bool = False) -> bool:
+                   displaced: dict[str, Any] | None = None, alone: bool = False, refused: bool = False,
+                   give_up: str | None = None) -> bool:
     """DEPLOY_SHADOW: the new version becomes the shadow challenger (and a challenge opens); DEPLOY_AUTO: served.
     False when it failed (a Railyard error, recorded while its claim held); `again`: a Railyard error is raised, not
     recorded on this training (see _deliver_again).
@@ -1129,7 +1140,11 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
     deploy landed first, a person's, a newer delivery's, an older one's late one) deployed nothing: with a newer
     training delivered, this delivery is overtaken and closed (the reason; that newer one's delivery serves it);
     otherwise it is made again at once on what serves now (`refused`: that second try), and refused again it is left
-    claimed for resume_deliveries. `again`: the displaced version no longer serves, nothing is served again."""
+    claimed for resume_deliveries. `again`: the displaced version no longer serves, nothing is served again.
+
+    `give_up` (resume_deliveries' last resume, past MAX_RESUMES): nothing is deployed; its version serving already
+    (its last deploy landed late, after the look of the resume before) is recorded as delivered, else it is failed
+    with that reason (GivenUp)."""
     pool = deps.base.pool
     deployment_id = training["deployment_id"]
     cd = await pool.fetchrow("SELECT * FROM continuous_deployment WHERE deployment_id = $1", deployment_id)
@@ -1171,7 +1186,7 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
                 if not await _still_due(conn, training, claim=not again):
                     return True
             version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], new, None,
-                                   f"monitoring-deploy-{deployment_id}", found=(token, view))
+                                   f"monitoring-deploy-{deployment_id}", found=(token, view), give_up=give_up)
             # the serving is the deployer's; the training's delivery ends with its event, once (a resumed delivery
             # of it may finish too: the first to clear delivering_since writes it). The running challenge ends
             # (the version served has no shadow) with that record, not before the deploy: a deploy refused
@@ -1198,7 +1213,7 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
             if not await _still_due(conn, training, claim=False):
                 return True
         version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], champion_dict, new,
-                               f"monitoring-deploy-{deployment_id}", found=(token, view))
+                               f"monitoring-deploy-{deployment_id}", found=(token, view), give_up=give_up)
         # the challenge opens once the challenger serves (pairs are matched on both versions anyway), once
         async with pool.acquire() as conn, conn.transaction():
             newest = await _overtaken(conn, training)
@@ -1233,6 +1248,8 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
                 async with pool.acquire() as conn, conn.transaction():
                     await _suspend_deployment(conn, deployment_id, cd["owner_id"], exc)
             raise
+        if give_up is not None and not isinstance(exc, (GivenUp, OwnerRefused)):
+            exc = RailyardError(f"{give_up}; its last look at what serves failed: {exc.msg}")
         await _delivery_failed(pool, training, policy, exc, cd["owner_id"])
         return False
 
@@ -1417,25 +1434,33 @@ async def resume_deliveries(deps: ContinuousDeps) -> None:
         " delivering_since < now() - make_interval(secs => $1) RETURNING *", STALE_SWAP)
     for training in sorted(rows, key=lambda row: row["created_at"]):  # oldest first
         policy = "DEPLOY_AUTO" if training["outcome"] == "deployed" else "DEPLOY_SHADOW"
+        give_up = None
         if training["delivery_resumes"] > MAX_RESUMES:  # bounded (migration 022): not tried every STALE_SWAP for ever
-            log.error("continuous deployment of training %s (deployment %s) did not finish after %d tries: failed",
-                      training["id"], training["deployment_id"], training["delivery_resumes"])
-            await _delivery_failed(deps.base.pool, training, policy, RailyardError(
-                f"its delivery did not finish after {training['delivery_resumes']} tries, {STALE_SWAP:.0f} s apart"
-                " (its deploy unanswered, or the service stopping mid-delivery): given up; the deployer may still"
-                " serve its last deploy, made only over the version it was made from"), None)
-            continue
-        log.info("continuous deployment of training %s (deployment %s) did not finish: delivered again",
-                 training["id"], training["deployment_id"])
+            # one last look, no deploy: its last deploy landing since the previous resume's look is recorded as
+            # delivered, not failed while it serves
+            log.error("continuous deployment of training %s (deployment %s) did not finish after %d tries: failed"
+                      " unless its version serves now", training["id"], training["deployment_id"],
+                      training["delivery_resumes"])
+            give_up = (f"its delivery did not finish after {training['delivery_resumes']} tries, {STALE_SWAP:.0f} s"
+                       " apart (its deploy unanswered, or the service stopping mid-delivery): given up; the deployer"
+                       " may still serve its last deploy, made only over the version it was made from")
+        else:
+            log.info("continuous deployment of training %s (deployment %s) did not finish: delivered again",
+                     training["id"], training["deployment_id"])
         try:
             async with deps.lock(training["deployment_id"]):
-                await _deliver(deps, training, "DEPLOY_AUTO" if training["outcome"] == "deployed" else
-                               "DEPLOY_SHADOW")
+                await _deliver(deps, training, policy, give_up=give_up)
         except Exception:
             # _deliver records Railyard errors itself; anything else is this delivery's alone (claimed now, it is
             # tried again STALE_SWAP later): the others claimed with it are delivered now, not one sweep later
             log.exception("continuous deployment of training %s (deployment %s) failed unexpectedly; delivered again"
                           " in %.0f s", training["id"], training["deployment_id"], STALE_SWAP)
+            if give_up is not None:  # the last resume's look failed: failed all the same, not looked at for ever
+                try:
+                    await _delivery_failed(deps.base.pool, training, policy, RailyardError(give_up), None)
+                except Exception:
+                    log.exception("continuous deployment of training %s: recording its failure failed; tried again"
+                                  " in %.0f s", training["id"], STALE_SWAP)
     resumed = {training["deployment_id"] for training in rows}  # their newest is being delivered again just now
     for training in superseded:
         newest = await newest_delivered(deps.base.pool, training["deployment_id"])
@@ -1577,7 +1602,7 @@ async def evaluate_challenge(deps: ContinuousDeps, deployment_id: int) -> sequen
 
 
 async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state: str,
-                          evidence: sequential.Evidence, *, resumed: bool = False) -> None:
+                          evidence: sequential.Evidence, *, resumed: bool = False, give_up: str | None = None) -> None:
     """Serve what the decision says (promote: the challenger alone; roll back: the champion alone) and record it with
     its model_swapped. As a delivery (_deliver): a newer training of the deployment delivered while this swap's
     deploy ran may have been served before this deploy ended, and the decided version would then serve in its
@@ -1588,7 +1613,9 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
     resume_swap; serving the newest again failing leaves it decided for resume_swap's one more try (`resumed`:
     that try, after which it is closed whatever happens). A deploy unanswered in time (DeployUnanswered) leaves
     it decided too, for resume_swap. Auth refusing the owner fails it and suspends continuous deployment, keeping
-    the refused decision (`swap_refused`) for a set-up or re-activation to redo (redo_refused_swap)."""
+    the refused decision (`swap_refused`) for a set-up or re-activation to redo (redo_refused_swap). `give_up`
+    (resume_swap's last resume, past MAX_RESUMES): nothing is deployed; the decided version alone serving already
+    (its last deploy landed late) is recorded as the swap done, else the challenge is failed with that reason."""
     pool = deps.base.pool
     deployment_id = challenge["deployment_id"]
     champion, challenger = _json(challenge["champion"]), _json(challenge["challenger"])
@@ -1604,7 +1631,7 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
         return
     try:
         version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], served, None,
-                               f"monitoring-deploy-{deployment_id}", expect=(champion, challenger))
+                               f"monitoring-deploy-{deployment_id}", expect=(champion, challenger), give_up=give_up)
     except ServingChanged as exc:
         # overtaken: the deployment serves something else since the decision (a person's deploy, a newer delivery)
         # and the deployer refused the swap's deploy, or the swap saw it first: nothing deployed, nothing to undo
@@ -1625,9 +1652,14 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
             if isinstance(exc, OwnerRefused):
                 await _suspend_deployment(conn, deployment_id, cd["owner_id"], exc)
             # only while still decided: another process's swap of it (resume_swap) may have finished it meanwhile
+            if isinstance(exc, GivenUp):
+                reason = f"{evidence.decision.value} decided, but {exc.msg}"
+            elif give_up is not None:
+                reason = f"{evidence.decision.value} decided, but {give_up}; its last look failed: {exc.msg}"
+            else:
+                reason = f"{evidence.decision.value} decided, but the swap failed: {exc.msg}"
             await conn.execute("UPDATE challenges SET state = 'failed', reason = $2, swap_refused = $4 WHERE id = $1"
-                               " AND state = $3", challenge["id"],
-                               f"{evidence.decision.value} decided, but the swap failed: {exc.msg}", state,
+                               " AND state = $3", challenge["id"], reason, state,
                                state if isinstance(exc, OwnerRefused) else None)
         return
     async with pool.acquire() as conn, conn.transaction():  # the swap's record and its event, or neither
@@ -1726,17 +1758,23 @@ async def resume_swap(deps: ContinuousDeps, deployment_id: int) -> None:
             deployment_id, STALE_SWAP)
         if row is None:
             return
-        if row["swap_resumes"] > MAX_RESUMES:
-            log.error("challenge %s of deployment %s: its swap did not finish after %d tries: failed", row["id"],
-                      deployment_id, row["swap_resumes"])
+        if row["swap_resumes"] <= MAX_RESUMES:
+            await _apply_decision(deps, row, row["state"], _evidence(row), resumed=True)
+            return
+        # one last look, no deploy: the decided version serving since the previous resume's look (its last deploy
+        # landed late) is recorded as the swap done, not failed while it serves
+        log.error("challenge %s of deployment %s: its swap did not finish after %d tries: failed unless its version"
+                  " serves now", row["id"], deployment_id, row["swap_resumes"])
+        give_up = (f"its swap did not finish after {row['swap_resumes']} tries, {STALE_SWAP:.0f} s apart (its deploy"
+                   " unanswered, or the service stopping mid-swap): given up; the deployer may still serve its last"
+                   " deploy, made only over the version it was made from")
+        try:
+            await _apply_decision(deps, row, row["state"], _evidence(row), resumed=True, give_up=give_up)
+        except Exception:  # the look failed unexpectedly: failed all the same, not looked at for ever
             await deps.base.pool.execute(
                 "UPDATE challenges SET state = 'failed', reason = $3 WHERE id = $1 AND state = $2", row["id"],
-                row["state"], f"{_evidence(row).decision.value} decided, but its swap did not finish after"
-                f" {row['swap_resumes']} tries, {STALE_SWAP:.0f} s apart (its deploy unanswered, or the service"
-                " stopping mid-swap): given up; the deployer may still serve its last deploy, made only over the"
-                " version it was made from")
-            return
-        await _apply_decision(deps, row, row["state"], _evidence(row), resumed=True)
+                row["state"], f"{_evidence(row).decision.value} decided, but {give_up}")
+            raise
 
 
 def _evidence(row: asyncpg.Record) -> sequential.Evidence:

@@ -596,58 +596,74 @@ async def test_a_delivery_refused_because_a_person_s_deploy_landed_is_made_on_wh
     assert [e["action"] for e in await swapped_events(pool)] == ["deployed"]
 
 
-async def test_a_swap_whose_deploy_never_answers_is_failed_after_max_resumes(monitoring_schema, monkeypatch):
+@pytest.mark.parametrize("late", ["never", "lands_before_the_last_resume"])
+async def test_a_swap_whose_deploy_never_answers_is_failed_after_max_resumes(monitoring_schema, monkeypatch, late):
     """A promotion whose deploy the deployer never answers (DeployUnanswered each time). Before, it stayed decided
-    and was swapped again every STALE_SWAP without end. Now the resume that would be the (MAX_RESUMES + 1)th fails it
-    with the reason (migration 022's swap_resumes), deploying nothing more."""
+    and was swapped again every STALE_SWAP without end. Now the resume that would be the (MAX_RESUMES + 1)th deploys
+    nothing more: it looks, and fails the challenge with the reason (migration 022's swap_resumes) unless the
+    decided version serves. Its last deploy landing late, before that look (`lands_before_the_last_resume`): before,
+    the challenge was failed while v2 served alone (a record contradicting what serves); now promoted, told once."""
     pool = monitoring_schema
     challenge_id = await decided(pool)
-    serves: list[str] = []
-
-    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
-        serves.append(champion["version"])
-        raise continuous.DeployUnanswered("deployer did not answer within 305s")
-
-    deliver_with(monkeypatch, lambda: CHAMPION, serve, lambda: CHALLENGER)
-    deps = process(pool)
+    deployer = Deployer(Deployer.model(CHAMPION, CHALLENGER))
+    deployer.install(monkeypatch)
+    deployer.unanswered = 100
+    deps = Deployer.process(pool)
     challenge = await pool.fetchrow("SELECT * FROM challenges WHERE id = $1", challenge_id)
     await continuous._apply_decision(deps, challenge, "promoting", evidence())
-    for _ in range(continuous.MAX_RESUMES + 2):
+    for attempt in range(continuous.MAX_RESUMES + 2):
+        if attempt == continuous.MAX_RESUMES and late != "never":
+            deployer.serving = 2  # the last unanswered deploy (v2 alone) lands now
         await pool.execute("UPDATE challenges SET decided_at = now() - make_interval(secs => $2) WHERE id = $1",
                            challenge_id, continuous.STALE_SWAP + 10)
         await continuous.resume_swap(deps, DEPLOYMENT)
 
-    assert len(serves) == 1 + continuous.MAX_RESUMES
+    assert deployer.deploys == [(2, 1, "unanswered")] * (1 + continuous.MAX_RESUMES)
     row = await pool.fetchrow("SELECT state, reason FROM challenges WHERE id = $1", challenge_id)
-    assert row["state"] == "failed", dict(row)
-    assert f"did not finish after {continuous.MAX_RESUMES + 1} tries" in row["reason"]
-    assert await swapped_events(pool) == []
+    if late == "never":
+        assert deployer.serves() == ("v1", "v2")
+        assert row["state"] == "failed", dict(row)
+        assert f"did not finish after {continuous.MAX_RESUMES + 1} tries" in row["reason"]
+        assert await swapped_events(pool) == []
+    else:
+        assert deployer.serves() == ("v2", None)
+        assert row["state"] == "promoted", dict(row)
+        assert [e["action"] for e in await swapped_events(pool)] == ["promoted"]
 
 
-async def test_a_delivery_whose_deploy_never_answers_is_failed_after_max_resumes(monitoring_schema, monkeypatch):
+@pytest.mark.parametrize("late", ["never", "lands_before_the_last_resume"])
+async def test_a_delivery_whose_deploy_never_answers_is_failed_after_max_resumes(monitoring_schema, monkeypatch,
+                                                                                 late):
     """The same for a delivery (DEPLOY_AUTO): before, resume_deliveries delivered it again every STALE_SWAP without
-    end; now the (MAX_RESUMES + 1)th resume records it failed with the reason (delivery_resumes), its claim cleared."""
+    end; now the (MAX_RESUMES + 1)th resume deploys nothing: it records it failed with the reason
+    (delivery_resumes), its claim cleared, unless its version serves: its last deploy landing late, before that
+    look, is recorded as delivered (before: failed while v3 served), told once."""
     pool = monitoring_schema
     await continuous_deployment(pool, "DEPLOY_AUTO")
     training_id = uuid.uuid4()
     await done(pool, training_id, NEWEST, "deployed", 100, True)
-    serves: list[str] = []
-
-    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
-        serves.append(champion["version"])
-        raise continuous.DeployUnanswered("deployer did not answer within 305s")
-
-    deliver_with(monkeypatch, lambda: CHAMPION, serve)
-    for _ in range(continuous.MAX_RESUMES + 2):
+    deployer = Deployer(Deployer.model(CHAMPION))
+    deployer.install(monkeypatch)
+    deployer.unanswered = 100
+    for attempt in range(continuous.MAX_RESUMES + 2):
+        if attempt == continuous.MAX_RESUMES and late != "never":
+            deployer.serving = 2  # the last unanswered deploy (v3) lands now
         await pool.execute("UPDATE trainings SET delivering_since = now() - make_interval(secs => $2) WHERE id = $1"
                            " AND delivering_since IS NOT NULL", training_id, continuous.STALE_SWAP + 10)
-        await continuous.resume_deliveries(process(pool))
+        await continuous.resume_deliveries(Deployer.process(pool))
 
-    assert len(serves) == continuous.MAX_RESUMES
+    assert deployer.deploys == [(2, 1, "unanswered")] * continuous.MAX_RESUMES
     row = await pool.fetchrow("SELECT outcome, reason, delivering_since FROM trainings WHERE id = $1", training_id)
-    assert (row["outcome"], row["delivering_since"]) == ("failed", None), dict(row)
-    assert f"did not finish after {continuous.MAX_RESUMES + 1} tries" in row["reason"]
-
+    assert row["delivering_since"] is None, dict(row)
+    if late == "never":
+        assert deployer.serves() == ("v1", None)
+        assert row["outcome"] == "failed", dict(row)
+        assert f"did not finish after {continuous.MAX_RESUMES + 1} tries" in row["reason"]
+        assert await swapped_events(pool) == []
+    else:
+        assert deployer.serves() == ("v3", None)
+        assert (row["outcome"], row["reason"]) == ("deployed", None), dict(row)
+        assert [e["action"] for e in await swapped_events(pool)] == ["deployed"]
 
 @pytest.mark.parametrize("outcome", ["refused", "failed", "unanswered"])
 async def test_a_deploy_auto_delivery_that_serves_nothing_leaves_the_running_challenge_running(monitoring_schema,
