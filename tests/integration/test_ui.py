@@ -43,6 +43,7 @@ from tests.integration.ui_browser import (  # noqa: F401 (sign_in: test_ui_*.py 
     require_browser,
     shown,
     sign_in,
+    sign_in_to,
     wait_for,
     wait_text,
 )
@@ -177,32 +178,10 @@ def choose(driver, select_id: str, value: str, page: str) -> None:
     rendered(driver, page)
 
 
-def signed_in_as(driver, stack, account: Account) -> None:
-    """A fresh page of the UI signed in as `account`, its workspace picked: the session kept in this tab when it is
-    the account's (the page loaded again, so nothing an earlier test left in the page's state stays), else signed out
-    of any other and signed in. Each test starts here, whatever ran before it."""
-    who = "return (document.querySelector('#who') || {}).textContent || ''"
-    kept = (driver.current_url.startswith(stack.base_url) and account.email in driver.execute_script(who)
-            and driver.execute_script("return sessionStorage.getItem('railyard.session')"))
-    if kept:
-        driver.get(stack.base_url + "/")
-        WebDriverWait(driver, WAIT).until(
-            lambda d: d.find_elements(By.ID, "username") or account.email in d.execute_script(who))
-        kept = not driver.find_elements(By.ID, "username")  # else the kept session had ended: the sign-in page
-    if not kept:
-        if driver.current_url.startswith(stack.base_url):
-            driver.execute_script("sessionStorage.clear()")
-        sign_in(driver, stack, account.email, PASSWORD)
-    wait_text(driver, "#who", account.email)
-    open_page(driver, "workspaces")
-    Select(driver.find_element(By.ID, "workspace")).select_by_value(str(account.workspace_id))
-    open_page(driver, "workspaces")
-
-
 @pytest.fixture
 def as_alice(stack, alice_ui: Account, browser):
     """The browser on a fresh page signed in as alice, her test workspace picked."""
-    signed_in_as(browser, stack, alice_ui)
+    sign_in_to(browser, stack, alice_ui, keep=True)
     return browser
 
 

@@ -120,11 +120,28 @@ def sign_in(driver, stack, email: str, password: str) -> None:
     driver.find_element(By.ID, "password").send_keys(Keys.ENTER)  # submits the form from the keyboard
 
 
-def sign_in_to(driver, stack, account) -> None:
-    """Signs the account in (out of any session an earlier test left in this tab) and picks its workspace."""
-    if driver.current_url.startswith(stack.base_url):
-        driver.execute_script("sessionStorage.clear()")
-    sign_in(driver, stack, account.email, PASSWORD)
+def sign_in_to(driver, stack, account, *, keep: bool = False) -> None:
+    """Signs the account in (out of any session an earlier test left in this tab) and picks its workspace.
+
+    keep: a session of this account already in the tab is kept (the page loaded again, so nothing an earlier test left
+    in the page's state stays; signed in again when that session had ended), and the workspaces page is drawn again
+    once the workspace is picked: test_ui.py's tests, which each start from here as the same few users."""
+    kept = False
+    if keep:
+        who = "return (document.querySelector('#who') || {}).textContent || ''"
+        kept = (driver.current_url.startswith(stack.base_url) and account.email in driver.execute_script(who)
+                and driver.execute_script("return sessionStorage.getItem('railyard.session')"))
+        if kept:
+            driver.get(stack.base_url + "/")
+            WebDriverWait(driver, WAIT).until(
+                lambda d: d.find_elements(By.ID, "username") or account.email in d.execute_script(who))
+            kept = not driver.find_elements(By.ID, "username")  # else the kept session had ended: the sign-in page
+    if not kept:
+        if driver.current_url.startswith(stack.base_url):
+            driver.execute_script("sessionStorage.clear()")
+        sign_in(driver, stack, account.email, PASSWORD)
     wait_text(driver, "#who", account.email)
     open_page(driver, "workspaces")
     Select(driver.find_element(By.ID, "workspace")).select_by_value(str(account.workspace_id))
+    if keep:
+        open_page(driver, "workspaces")
