@@ -498,7 +498,8 @@ def test_show_all_lines_reads_pages_and_says_what_it_does_not_show(stack, world,
     browser = as_alice
     run = world["run_id"]
     every = ok(post(stack, "task/get_logs_for_run", alice_ui.token, {"id": run}))["logs"]
-    browser.execute_script("RUN_LOG_LINES = 1; RUN_LOG_PAGE = 1; state.tasks.allLines = null")
+    # SETTLE_READS 0: the pages read once (an ended run's last page read again: test_lines_written_after_a_run_ended...)
+    browser.execute_script("RUN_LOG_LINES = 1; RUN_LOG_PAGE = 1; SETTLE_READS = 0; state.tasks.allLines = null")
     browser.execute_script(RECORD_LOG_READS)
     open_page(browser, "tasks")
     wait_text(browser, "#run-logs-cut", "Showing the last 1 lines: the run has more")
@@ -508,6 +509,7 @@ def test_show_all_lines_reads_pages_and_says_what_it_does_not_show(stack, world,
     paged = [body for body in browser.execute_script("return window.logReads") if "lines" not in body]
     assert paged == [{"id": run, "limit": 1}] + [{"id": run, "limit": 1, "cursor": str(k)}
                                                  for k in range(1, len(every))], paged
+    browser.execute_script("SETTLE_READS = 20")
     # more lines than the page shows: the first RUN_LOG_MAX, and the note says so
     browser.execute_script("RUN_LOG_MAX = 1; RUN_LOG_PAGE = 10000; state.tasks.allLines = null")
     open_page(browser, "tasks")
@@ -586,6 +588,61 @@ def test_a_failed_read_of_a_live_run_keeps_following_it(stack, world, alice_ui: 
     wait_for(browser, "return window.logsRead >= 3 && document.querySelector('#run-logs-state').textContent"
              ".includes('following the logs live')", what="the run followed again after the failed read")
     assert "hello from the ui task" in browser.find_element(By.ID, "run-logs").text
+    assert not browser.find_element(By.ID, "error").text
+
+
+# the run's reads of its logs answer it ended ("failure", as a run marked lost is) and, the first of them, without its
+# last line: that line comes after the status, as a paused supervisor's late batch does. `lines`: the reads of the
+# last lines (else: Show all lines' pages)
+LATE_LINE_AFTER_THE_END = """
+window.lateReads = 0;
+window.lateLines = arguments[0];
+if (!window.unlateLogsFetch) {
+  window.unlateLogsFetch = window.fetch;
+  window.fetch = function (url, init) {
+    const real = window.unlateLogsFetch.apply(this, arguments);
+    if (!String(url).endsWith('/v1/api/task/get_logs_for_run')) return real;
+    if (('lines' in JSON.parse(init.body)) !== window.lateLines) return real;
+    return real.then(async r => {
+      const answer = JSON.parse(await r.text());
+      answer.status = 'failure';
+      if (++window.lateReads === 1) answer.logs = answer.logs.slice(0, -1);
+      return new Response(JSON.stringify(answer), {status: r.status, headers: r.headers});
+    });
+  };
+}
+"""
+
+
+def test_lines_written_after_a_run_ended_are_still_shown(stack, world, alice_ui: Account, as_alice):
+    """A run marked failed as lost whose supervisor was only paused writes its last lines after that status (the
+    scheduler stores them whatever the status). The page reads an ended run's logs again until SETTLE_QUIET reads in a
+    row bring no new line (SETTLE_READS at most), the last lines and every line alike. Before, the first read that saw
+    the ended status stopped following: the late line never showed (the page said 1 line fewer, for good)."""
+    browser = as_alice
+    every = ok(post(stack, "task/get_logs_for_run", alice_ui.token, {"id": world["run_id"]}))["logs"]
+    assert len(every) >= 2, every
+    browser.execute_script("RUN_LOG_LINES = 2000; state.tasks.allLines = null")
+    browser.execute_script(LATE_LINE_AFTER_THE_END, True)
+    open_page(browser, "tasks")
+    wait_text(browser, "#run-logs-state", "failure")
+    wait_for(browser, "return document.querySelector('#run-logs').textContent === arguments[0]", "\n".join(every),
+             what="the line written after the run ended")
+    wait_for(browser, "return document.querySelector('#run-logs-state').dataset.following === 'no'",
+             what="the page stopping once no new line comes")
+    # the short read, the one with the late line, then SETTLE_QUIET (2) reads bringing nothing new
+    assert browser.execute_script("return window.lateReads") == 4
+    assert browser.find_element(By.ID, "run-logs-state").text.endswith(f"{len(every)} line(s)")
+    # Show all lines: its pages of an ended run are read again the same way (the last page, from where it began)
+    browser.execute_script("RUN_LOG_LINES = 1; state.tasks.allLines = null")
+    browser.execute_script(LATE_LINE_AFTER_THE_END, False)
+    open_page(browser, "tasks")
+    wait_text(browser, "#run-logs-cut", "Showing the last 1 lines: the run has more")
+    browser.find_element(By.ID, "run-logs-all").send_keys(Keys.ENTER)
+    wait_text(browser, "#run-logs-cut", f"Every line shown ({len(every)}).")  # the old code: {len(every) - 1}
+    assert browser.find_element(By.ID, "run-logs").text == "\n".join(every)
+    wait_for(browser, "return document.querySelector('#run-logs-state').dataset.following === 'no'",
+             what="the page stopping once no new line comes")
     assert not browser.find_element(By.ID, "error").text
 
 

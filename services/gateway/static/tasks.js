@@ -19,6 +19,13 @@ let RUN_SEEK_PAGES = 20;
 let RUN_LOG_LINES = 2000;
 let RUN_LOG_PAGE = 10000;
 let RUN_LOG_MAX = 500000;
+// a run that has ended may still add lines: one marked failed as lost whose supervisor was only paused writes its last
+// batches when it wakes (the scheduler stores them whatever the run's status), and a run's end may be read before its
+// last flush is. Past an ended status the logs are read again every 1.5 s until SETTLE_QUIET reads in a row bring no
+// new line, SETTLE_READS reads at most. Before, the first read that saw the ended status stopped following (when it
+// had any line), and lines written after it showed only when the page was opened again. The tests make them smaller.
+let SETTLE_QUIET = 2;
+let SETTLE_READS = 20;
 
 /** The first `pages` pages of a task's runs (further while `wanted`, a run id, is not among them, RUN_SEEK_PAGES at
  *  most) and the cursor of the page after them (null: none). A search that did not find `wanted` lists the `pages`
@@ -142,8 +149,9 @@ PAGES.tasks = async function tasks() {
   section.append(el('h3', {id: `run-${run.run_id}`, tabindex: '-1'}, `Logs of run ${short(run.run_id)}`), note,
     el('div', {class: 'row'}, cutNote, allButton), logs);
 
-  // live: while the run is queued or running, fetch its logs again every 1.5 s (only while this run is shown)
-  let settle = 2;  // a run that just ended may still be writing its last lines: look twice more when empty
+  // live: while the run is queued or running, fetch its logs again every 1.5 s (only while this run is shown); past an
+  // ended status, until SETTLE_QUIET reads bring no new line (SETTLE_READS at most)
+  let settling = 0, quiet = 0, lastSeen = null;
   let status = run.status;  // the run's status as last read (a failed read keeps following a run last seen live)
   // the last lines shown: RUN_LOG_LINES, fewer when that many pass what one reply carries (lines of up to 16 KiB:
   // 2,000 of them are 32 MiB), halved until they fit, rather than the read's 422 in place of the logs
@@ -159,13 +167,16 @@ PAGES.tasks = async function tasks() {
   };
   // every line (Show all lines): the lines read so far and the cursor of the next page; a live run's next reads go on
   // from there, and a read that failed is tried again from there
-  const every = {lines: [], cursor: null, done: false, capped: false, busy: false};
+  // (`from`: the lines before the last page read, which an ended run's next read reads again: its lines written late)
+  const every = {lines: [], cursor: null, done: false, capped: false, busy: false, from: 0, reread: false};
   const readEvery = async (stale) => {
     if (every.busy) return null;  // one reader of the pages at a time (it schedules the next poll)
     every.busy = true;
     try { return await readPages(stale); } finally { every.busy = false; }
   };
   const readPages = async (stale) => {
+    if (every.reread && every.done) { every.lines.length = every.from; every.done = false; }
+    every.reread = false;
     while (!every.done && !every.capped) {
       // one line past RUN_LOG_MAX is asked for, to know whether the run has more than is shown
       const sent = every.cursor;
@@ -174,6 +185,7 @@ PAGES.tasks = async function tasks() {
       if (stale()) return null;
       status = answer.status || status;
       const room = RUN_LOG_MAX - every.lines.length;
+      every.from = every.lines.length;
       if (answer.logs.length > room) {
         every.lines.push(...answer.logs.slice(0, room));
         every.capped = true;  // not read further: the note says how many lines are shown and why
@@ -225,8 +237,17 @@ PAGES.tasks = async function tasks() {
           `what this page shows (\`railyard tasks logs ${run.run_id}\` prints them all).`
         : all ? `Every line shown (${lines.length}).` : '';
       allButton.hidden = !cut;
+      // an ended run: read again while its reads bring new lines (the last line or the count changed), until
+      // SETTLE_QUIET reads in a row after the end bring none (a quiet spell while it ran does not count: a paused
+      // supervisor's run is quiet, then marked lost, then writes), SETTLE_READS at most
+      const seen = `${lines.length}\n${lines[lines.length - 1] ?? ''}`;
+      quiet = live || seen !== lastSeen ? 0 : quiet + 1;
+      lastSeen = seen;
+      const again = live ? !every.capped : !every.capped && quiet < SETTLE_QUIET && settling++ < SETTLE_READS;
+      note.dataset.following = again ? 'yes' : 'no';
+      if (again && all && !live) every.reread = true;
       clearTimeout(followTimer);  // one loop, also when "Show all lines" is pressed while a read is on its way
-      if ((live && !every.capped) || (!lines.length && settle-- > 0)) followTimer = setTimeout(follow, 1500);
+      if (again) followTimer = setTimeout(follow, 1500);
     } catch (e) {
       if (stale()) return;  // before, such a read's error was shown over the page (every line shown, or another page)
       // said beside the logs, and a run last seen live is still followed: the next read is tried in 1.5 s (before,
@@ -235,6 +256,7 @@ PAGES.tasks = async function tasks() {
       note.replaceChildren(badge(status), ` reading the logs failed (${e.message})` +
         (live ? '; trying again…' : ''));
       clearTimeout(followTimer);
+      note.dataset.following = live ? 'yes' : 'no';
       if (live) followTimer = setTimeout(follow, 1500);
       else if (all) { cutNote.textContent = 'Every line could not be read: Show all lines tries again.'; allButton.hidden = false; }
     }
