@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from shared.settings import Settings
 
-SERVICES = ("auth", "monitoring", "workflow_lineage")
+SERVICES = ("auth", "log_store", "monitoring", "workflow_lineage")
 """The services whose durable event consumers keep dead letters (each in its own schema)."""
 REPLAY_HEADER = "Railyard-Replay-Of"
 REPLAY_FOR_HEADER = "Railyard-Replay-For"

@@ -20,6 +20,12 @@ read. One is quarantined as unknown only once this consumer has read every annou
 before the announcements made meanwhile are read. Answers are cached (a name's workspace never changes: the name
 ends in the deployment's unique id), at most `CACHE_SIZE` names, least recently used out first; names not known are
 asked of PostgreSQL again each time.
+
+An announcement that is not one (not JSON, a field missing) is kept in the log store's `dead_letters` (migration 009;
+`railyard dead-letters list --service log_store`) and terminated; one that cannot be kept there comes again. An
+announcement whose recording failed is owed (it comes again) until recorded, or until EVENTS no longer has it (its
+retention took it meanwhile): then nothing would bring it again, and waiting for it kept the consumer from ever being
+caught up.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ import nats.errors
 from pydantic import ValidationError
 
 from shared import subjects
+from shared.consumers import describe, record_dead_letter
+from shared.dead_letters import REPLAY_FOR_HEADER
 from shared.messages.deployer import PipelineDeployed
 
 log = logging.getLogger("railyard.log_store")
@@ -136,6 +144,8 @@ class Deployments:
             try:
                 msgs = await self.sub.fetch(batch=64, timeout=1.0)
             except (TimeoutError, nats.errors.TimeoutError):  # nothing left to read
+                if self.owed:
+                    await self.forget_gone()
                 if not self.owed:
                     self.caught_up = max(self.caught_up, began)
                     self.ready.set()
@@ -150,16 +160,35 @@ class Deployments:
                     self.caught_up = max(self.caught_up, began)
                     self.ready.set()
 
+    async def forget_gone(self) -> None:
+        """Owed announcements EVENTS no longer has (its age or size limit took them before they were recorded) are
+        owed no more: no redelivery will bring them, and until forgotten the consumer never counted as caught up, so
+        a deployment not announced had its batches held until the hold filled. Their deployments' batches are
+        quarantined once they waited UNKNOWN_WAIT (handlers), as those of any deployment not announced."""
+        try:
+            first = (await self.js.stream_info(subjects.EVENTS_STREAM)).state.first_seq
+        except Exception as exc:  # asked again at the next fetch that finds nothing
+            log.warning("reading EVENTS' first sequence failed: %s", exc)
+            return
+        gone = {seq for seq in self.owed if isinstance(seq, int) and seq < first}
+        if gone:
+            log.error("deployment announcements %s were never recorded and EVENTS no longer has them (its retention):"
+                      " their deployments are known again at the deployer's next start (events.pipeline.serving)",
+                      sorted(gone)[:20])
+            self.owed -= gone
+
     async def take(self, msg: Any) -> bool:
         """Record one announcement; False when it could not be (it comes again)."""
-        try:
-            event = announced(msg.data)
-        except (ValueError, TypeError, ValidationError) as exc:  # no redelivery reads it either (logged); batches of
-            # its deployment wait, then are quarantined (handlers.UNKNOWN_WAIT)
-            log.error("an events.pipeline.deployed that is not one was skipped: %s", str(exc)[:300])
+        seq = _stream_seq(msg)
+        replay_for = (getattr(msg, "headers", None) or {}).get(REPLAY_FOR_HEADER)
+        if replay_for is not None and replay_for != DURABLE:  # another consumer's dead letter, replayed for it alone
             await _ack(msg)
             return True
-        seq = _stream_seq(msg)
+        try:
+            event = announced(msg.data)
+        except (ValueError, TypeError, RecursionError, ValidationError) as exc:  # no redelivery reads it either:
+            # kept where an operator finds it; batches of its deployment wait, then are quarantined (UNKNOWN_WAIT)
+            return await self.dead_letter(msg, seq, describe(exc))
         try:
             await self.record(event)
         except Exception as exc:  # PostgreSQL away: not acknowledged, so it comes again
@@ -169,6 +198,26 @@ class Deployments:
             return False
         self.owed.discard(seq)
         await _ack(msg)
+        return True
+
+    async def dead_letter(self, msg: Any, seq: Any, error: str) -> bool:
+        """Keep an announcement that is not one in `dead_letters` and terminate it; False when it could not be kept
+        (not acknowledged: it comes again, owed meanwhile)."""
+        try:
+            kept = await record_dead_letter(self.pool, DURABLE, msg, error)
+        except Exception as exc:
+            log.warning("keeping a malformed deployment announcement as a dead letter failed (it comes again): %s",
+                        exc)
+            self.owed.add(seq)
+            await asyncio.sleep(0.5)
+            return False
+        if kept:
+            log.error("dead letter of %s: %s #%s: %s", DURABLE, msg.subject, seq, error)
+        self.owed.discard(seq)
+        try:
+            await msg.term()
+        except Exception as exc:  # redelivered: its row is there, so it is terminated then
+            log.warning("terminating a malformed deployment announcement failed: %s", exc)
         return True
 
 

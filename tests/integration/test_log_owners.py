@@ -17,11 +17,12 @@ import asyncpg
 import nats as nats_client
 import pytest
 
+from services.log_store.deployments import DURABLE
 from shared import subjects
 from shared.log_segments import ENGINE_SUFFIX, SEGMENT_HEADER, key_prefix
 from shared.logrecords import BATCH_ID, LOG_HEADER, MSG_ID, log_header
 from shared.messages.deployer import PipelineServing
-from tests.integration.conftest import service_schema
+from tests.integration.conftest import query, service_schema
 from tests.integration.log_owners import announce, fake_deployment
 from tests.integration.test_logs import _values, all_rows, wait_rows
 
@@ -182,6 +183,30 @@ def test_a_deployment_the_deployer_names_serving_at_its_start_has_its_batches_st
 
     asyncio.run(publish())
     assert _values(wait_rows(stack, alice, pipeline, 1, timeout=30)) == [5.0]
+
+
+def test_an_announcement_that_is_not_one_is_a_dead_letter_of_the_log_store(stack):
+    """On the old code an events.pipeline.deployed the log store could not read was a line in its log, acknowledged:
+    its deployment's batches were quarantined an hour later and nothing an operator lists said why. Now it is a row
+    of log_store.dead_letters (`railyard dead-letters list --service log_store`), kept once."""
+    marker = f"malformed-{uuid.uuid4().hex[:8]}"
+    payload = json.dumps({"event_id": str(uuid.uuid4()), "name": marker}).encode()  # no workspace, no deployment id
+
+    async def publish() -> None:
+        nc = await nats_client.connect(stack.settings().nats.url)
+        try:
+            await nc.jetstream().publish(subjects.EVENT_PIPELINE_DEPLOYED, payload)
+        finally:
+            await nc.close()
+
+    asyncio.run(publish())
+    deadline = time.monotonic() + 60
+    while not (rows := query(stack, "SELECT durable, subject, error, payload FROM log_store.dead_letters"
+                                    " WHERE payload = $1", payload)):
+        assert time.monotonic() < deadline, "the malformed announcement was never kept"
+        time.sleep(0.2)
+    assert [(r["durable"], r["subject"]) for r in rows] == [(DURABLE, subjects.EVENT_PIPELINE_DEPLOYED)]
+    assert "workspace_id" in rows[0]["error"]
 
 
 async def test_a_consumer_made_by_a_log_store_before_events_pipeline_serving_reads_it_once_started(

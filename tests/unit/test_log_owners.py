@@ -325,3 +325,112 @@ _real_sleep = asyncio.sleep
 
 async def _no_sleep(delay: float = 0, *a, **k) -> None:
     await _real_sleep(0)
+
+
+class Announcement:
+    """A message of the announcements consumer (nats-py's JetStream message, as far as deployments.py reads it)."""
+
+    def __init__(self, data: bytes, seq: int = 17, headers: dict | None = None) -> None:
+        self.data, self.headers, self.subject = data, headers, "events.pipeline.deployed"
+        self.metadata = SimpleNamespace(num_pending=0, sequence=SimpleNamespace(stream=seq))
+        self.acked = self.termed = False
+
+    async def ack(self) -> None:
+        self.acked = True
+
+    async def term(self) -> None:
+        self.termed = True
+
+
+def _stream(first_seq: int) -> SimpleNamespace:
+    async def stream_info(name: str):
+        assert name == "EVENTS"
+        return SimpleNamespace(state=SimpleNamespace(first_seq=first_seq))
+
+    return SimpleNamespace(stream_info=stream_info)
+
+
+async def _run_until_ready(known: Deployments, fetches: int = 20) -> bool:
+    """Run the consumer over `fetches` fetches that find nothing; whether it said it was caught up."""
+    done = asyncio.Event()
+    count = [0]
+
+    class Sub:
+        async def fetch(self, batch: int, timeout: float):
+            await _real_sleep(0)
+            count[0] += 1
+            if count[0] >= fetches:
+                done.set()
+            raise TimeoutError
+
+    known.sub = Sub()
+    task = asyncio.ensure_future(known.run())
+    await asyncio.wait_for(done.wait(), 5.0)
+    known.running = False
+    task.cancel()
+    return known.ready.is_set()
+
+
+@pytest.mark.parametrize(("first_seq", "ready"), [(18, True), (17, False)], ids=["gone", "still-there"])
+def test_an_owed_announcement_the_stream_no_longer_has_is_owed_no_more(first_seq, ready):
+    """An announcement whose recording failed is owed until recorded; once EVENTS' retention took it (the stream's
+    first sequence past it) no redelivery brings it, and on the old code the consumer never counted as caught up
+    again (batches of deployments not announced were held until the hold filled). One still in the stream stays
+    owed."""
+    known = Deployments(pool=None)  # type: ignore[arg-type]
+    known.js = _stream(first_seq)
+    known.owed = {17}
+    assert asyncio.run(_run_until_ready(known)) is ready
+    assert known.owed == (set() if ready else {17})
+
+
+def test_a_malformed_announcement_is_kept_as_a_dead_letter_and_terminated(monkeypatch):
+    """On the old code it was logged and acknowledged: nothing an operator could list. Now it is a row of the log
+    store's dead_letters (`railyard dead-letters list`); when that row cannot be written it is neither acknowledged
+    nor terminated (it comes again) and is owed meanwhile."""
+    from services.log_store import deployments
+
+    kept: list[tuple[str, object, str]] = []
+    fail = [False]
+
+    async def record_dead_letter(pool, durable, msg, error) -> bool:
+        if fail[0]:
+            raise OSError("the database is away")
+        kept.append((durable, msg, error))
+        return True
+
+    monkeypatch.setattr(deployments, "record_dead_letter", record_dead_letter)
+    monkeypatch.setattr(asyncio, "sleep", _no_sleep)
+    known = Deployments(pool=None)  # type: ignore[arg-type]
+    fail[0] = True
+    first = Announcement(b'{"name": "d-4"}')
+    assert asyncio.run(known.take(first)) is False
+    assert not (first.acked or first.termed) and known.owed == {17} and kept == []
+    fail[0] = False
+    again = Announcement(b'{"name": "d-4"}')
+    assert asyncio.run(known.take(again)) is True
+    assert again.termed and not again.acked and known.owed == set()
+    assert [(durable, msg) for durable, msg, _ in kept] == [(deployments.DURABLE, again)]
+    assert "workspace_id" in kept[0][2]  # why: the fields, not the payload
+
+
+def test_a_replay_of_another_consumer_s_dead_letter_is_acknowledged_unread():
+    """`railyard dead-letters replay` publishes lineage's dead letter of an events.pipeline.deployed on its subject
+    for lineage alone; the log store's consumer reads that subject too and must leave it (a malformed one would
+    become a dead letter of the log store's too). One replayed for the log store is read."""
+    from services.log_store import deployments
+    from shared.dead_letters import REPLAY_FOR_HEADER
+
+    recorded: list[str] = []
+    known = Deployments(pool=None)  # type: ignore[arg-type]
+
+    async def record(event) -> None:
+        recorded.append(event.name)
+
+    known.record = record  # type: ignore[method-assign]
+    body = json.dumps({"deployment_id": 4, "name": "d-4", "pipeline_id": 2, "workspace_id": 9,
+                       "pipeline_version": "v"}).encode()
+    other = Announcement(body, headers={REPLAY_FOR_HEADER: "workflow-lineage-events"})
+    assert asyncio.run(known.take(other)) is True and other.acked and recorded == []
+    mine = Announcement(body, headers={REPLAY_FOR_HEADER: deployments.DURABLE})
+    assert asyncio.run(known.take(mine)) is True and mine.acked and recorded == ["d-4"]
