@@ -6,16 +6,18 @@ import asyncio
 import contextlib
 import json
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from faststream.nats import NatsRouter
 
-from services.assay_runner import handlers
+from services.assay_runner import handlers, store
 from services.assay_runner.outbox import Outbox
 from shared import paging, subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import CallContext, command, publish_event, raw_request, request
+from shared.db import background_pass
 from shared.lean_imports import lazy_module
 from shared.messages.assays import (
     AssayActive,
@@ -158,11 +160,21 @@ async def start(runtime: Runtime) -> None:
                          reference_feature=reference_feature, log_progress=log_progress)
 
     async def scheduler() -> None:
+        wait, first = settings.assays.tick, True
         while True:
-            await asyncio.sleep(settings.assays.tick)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(deps.scheduled.wait(), wait)
+            # the start's pass, and one after a long wait not asked for, close the connection they opened (shared/db.py)
+            quiet = (first or wait >= handlers.SCHEDULER_IDLE) and not deps.scheduled.is_set()
+            first = False
+            deps.scheduled.clear()
             try:
-                await handlers.run_due(deps)
+                async with background_pass(runtime.db) if quiet else contextlib.nullcontext():
+                    await handlers.run_due(deps)
+                    next_run = await store.next_due(runtime.db)
+                wait = handlers.scheduler_wait(next_run, datetime.now(UTC), settings.assays)
             except Exception:
+                wait = settings.assays.tick
                 log.exception("the assay scheduler failed a pass")
 
     runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, scheduler=asyncio.create_task(scheduler()),

@@ -161,6 +161,8 @@ class Deps:
     # where the log store stands in INFERENCE_LOGS; None: windows are scored once due, without waiting for it
     log_progress: Callable[[], Awaitable[LogProgress]] | None = None
     watermark: LogWatermark = field(default_factory=LogWatermark)
+    # set after a change of an assay's schedule (created, activated): the scheduler looks at once (`scheduler_wait`)
+    scheduled: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def _ms(moment: datetime) -> int:
@@ -347,6 +349,7 @@ async def create(deps: Deps, principal: Principal, token: str | None, cfg: Assay
         await store.add_event(conn, subjects.EVENT_ASSAY_CREATED, AssayWasCreated(
             assay_id=assay_id, name=cfg.name, workspace_id=cfg.workspace_id, pipeline_id=cfg.pipeline_id,
             pipeline_name=cfg.pipeline_name, iopath=cfg.iopath))
+    deps.scheduled.set()
     if deps.outbox is not None:
         # published before the answer when the outbox sends it at once, as before the outbox; a failure is the
         # outbox's to retry, not a 500. Waited for CREATED_EVENT_WAIT at most: the send waits for a round under
@@ -411,6 +414,7 @@ async def _assay(deps: Deps, principal: Principal, token: str | None, assay_id: 
 async def set_active(deps: Deps, principal: Principal, token: str | None, cmd: SetAssayActive) -> AssayActive:
     await _assay(deps, principal, token, cmd.id)
     await store.set_active(deps.pool, cmd.id, cmd.active)
+    deps.scheduled.set()
     return AssayActive(id=cmd.id, active=cmd.active)
 
 
@@ -496,6 +500,21 @@ async def get_results(deps: Deps, principal: Principal, token: str | None, cmd: 
 
 
 # ---- the scheduler ----
+
+SCHEDULER_IDLE = 60.0
+"""The scheduler's longest wait: no assay active, or the next window far off. An assay created or activated by this
+process wakes it at once (`Deps.scheduled`); by another assay runner, it is seen within this."""
+
+
+def scheduler_wait(next_run: datetime | None, now: datetime, settings: AssaySettings) -> float:
+    """Seconds until the scheduler's next pass: `tick` while a window is due (scored, or waiting for the log store),
+    else until the earliest active window is due, at most SCHEDULER_IDLE. It looked every tick (1 s) whether anything
+    was due, with nothing active too, which kept a PostgreSQL backend open for good in an idle stack."""
+    if next_run is None:
+        return max(settings.tick, SCHEDULER_IDLE)
+    until = (next_run - now).total_seconds() + settings.close_delay
+    return min(max(settings.tick, until), max(settings.tick, SCHEDULER_IDLE))
+
 
 async def run_due(deps: Deps) -> int:
     """Score every closed window of every active assay that is due and complete (module docstring); returns how

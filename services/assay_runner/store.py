@@ -50,6 +50,11 @@ async def set_active(pool: asyncpg.Pool, assay_id: int, active: bool) -> None:
     await pool.execute("UPDATE assays SET active = $2, updated_at = now() WHERE id = $1", assay_id, active)
 
 
+async def next_due(pool: asyncpg.Pool) -> datetime | None:
+    """The earliest window end of an active assay (None: no assay is active)."""
+    return await pool.fetchval("SELECT min(next_run) FROM assays WHERE active")
+
+
 async def due(pool: asyncpg.Pool, now: datetime) -> list[asyncpg.Record]:
     return await pool.fetch("SELECT * FROM assays WHERE active AND next_run <= $1 ORDER BY next_run", now)
 

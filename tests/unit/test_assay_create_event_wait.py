@@ -74,6 +74,7 @@ async def test_create_answers_while_the_outbox_is_slow_and_the_event_still_goes(
     cfg = handlers.AssayConfig.model_validate(CONFIG)
     created = await asyncio.wait_for(handlers.create(deps, PRINCIPAL, "token", cfg), 5)
     assert created.assay_id == 42 and len(stored) == 1 and outbox.sent == 0  # answered, the send still waiting
+    assert deps.scheduled.is_set()  # the scheduler looks at the new assay at once, not at its idle wait
     outbox.release.set()
     await asyncio.wait_for(asyncio.gather(*handlers._SENDING), 5)  # and it goes on after the answer
     assert outbox.sent == 1 and not handlers._SENDING
