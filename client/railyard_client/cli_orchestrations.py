@@ -63,6 +63,11 @@ workspace_option = click.option("--workspace", "-w", help="Workspace name or id 
 ORCH_COLUMNS = ["id", "name", "status", "sha", "reason", "created_at"]
 TASK_COLUMNS = ["id", "name", "status", "schedule", "orch_id", "created_at"]
 RUN_COLUMNS = ["run_id", "status", "exit_code", "reason", "created_at", "updated_at"]
+# `tasks logs --follow` of a run that failed reads on past its end until SETTLE_QUIET reads in a row (a second apart)
+# bring no new line, SETTLE_READS at most: a run marked failed as lost whose supervisor was only paused writes its
+# last lines when it wakes (a run that succeeded wrote every line before its end was recorded)
+SETTLE_QUIET = 2
+SETTLE_READS = 20
 
 
 @click.group("orchestrations")
@@ -182,7 +187,8 @@ def runs(task_id: str, status: str, limit: int | None, workspace: str | None, as
 @tasks_app.command("logs")
 @click.argument("run_id", type=RUN_ID)
 @click.option("--lines", "-n", type=int, help="Only the last N lines.")
-@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run has finished.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run has finished (one that"
+              " failed: until two reads a second apart bring none, as a run marked lost may write after its end).")
 @click.option("--task", "task_id", type=TASK_ID,
               help="The run's task, checked if given (not needed: the run's logs name their task).")
 @workspace_option
@@ -206,11 +212,21 @@ def logs(run_id: str, lines: int | None, follow: bool, task_id: str | None, work
             sys.stdout.write("".join(f"{line}\n" for line in found))
         return
     cursor = None  # the lines not printed yet start there: each poll reads only those (it read every line before)
+    printed = quiet = settles = 0  # printed: of the lines from `cursor` on, those printed (a failed run read again)
     while True:
         answer = checked(orchestrations.run_logs_from(run_id, cursor))
-        for line in answer["logs"]:
+        fresh = answer["logs"][printed:]
+        for line in fresh:
             click.echo(line)
-        cursor = answer.get("next_cursor")
-        if cursor is None or answer.get("status") in FINISHED and not answer["logs"]:
-            return  # finished and every line printed
+        following, ended = answer.get("next_cursor"), answer.get("status") in FINISHED
+        if following is not None and not (ended and not fresh):
+            cursor, printed = following, 0  # live, or lines still coming: the next poll from there
+        else:  # finished and every line printed: a failed run's lines from the same place read again (SETTLE_QUIET)
+            if answer.get("status") != "failure":
+                return
+            cursor, printed = (following, 0) if following is not None else (cursor, len(answer["logs"]))
+            quiet = 0 if fresh else quiet + 1
+            settles += 1
+            if quiet >= SETTLE_QUIET or settles >= SETTLE_READS:
+                return
         time.sleep(1.0)

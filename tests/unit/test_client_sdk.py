@@ -334,6 +334,41 @@ def test_tasks_logs_checks_the_given_task_with_or_without_follow(monkeypatch, ca
         assert capsys.readouterr().out == "2026-12-01T00:00:00Z stdout F hi\n"
 
 
+def test_tasks_logs_follow_prints_lines_a_failed_run_writes_after_its_end(monkeypatch, capsys):
+    """A run marked failed as lost whose supervisor was only paused writes its last lines after that status (the
+    scheduler stores them whatever it is). `railyard tasks logs -f` stopped at the first read that saw the end: the
+    late line was never printed. Now a failed run's lines from the same cursor are read again, past those printed,
+    until two reads in a row bring none; a run that succeeded still ends at once."""
+    from railyard_client import cli_orchestrations
+
+    run_id = "5f0c8a3e-0000-4000-8000-000000000001"
+    line = "2026-12-01T00:00:0{}Z stdout F {}".format
+
+    class Runs:
+        def __init__(self, answers: list[tuple[str | None, dict]]) -> None:
+            self.answers, self.reads = answers, 0
+
+        def run_logs_from(self, run_id_: str, cursor: str | None = None) -> dict:
+            expected, answer = self.answers[min(self.reads, len(self.answers) - 1)]
+            self.reads += 1
+            assert cursor == expected, (self.reads, cursor)
+            return {"task": "t", "next_cursor": None, **answer}
+
+    monkeypatch.setattr(cli_orchestrations.time, "sleep", lambda seconds: None)
+    lost = Runs([(None, {"status": "running", "logs": [line(0, "a")], "next_cursor": "1"}),
+                 ("1", {"status": "failure", "logs": []}),  # marked lost: its supervisor paused
+                 ("1", {"status": "failure", "logs": [line(1, "b")]}),  # it woke and wrote its last line
+                 ("1", {"status": "failure", "logs": [line(1, "b")]})])
+    monkeypatch.setattr(cli_orchestrations, "_orchestrations", lambda workspace: lost)
+    assert cli.main(["tasks", "logs", run_id, "-f"]) == 0
+    assert capsys.readouterr().out == f"{line(0, 'a')}\n{line(1, 'b')}\n"  # the old code: the first line alone
+    assert lost.reads == 5  # then two reads with nothing new
+    done = Runs([(None, {"status": "success", "logs": [line(0, "a")]})])
+    monkeypatch.setattr(cli_orchestrations, "_orchestrations", lambda workspace: done)
+    assert cli.main(["tasks", "logs", run_id, "-f"]) == 0
+    assert capsys.readouterr().out == f"{line(0, 'a')}\n" and done.reads == 1
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".ndjson"])
 def test_json_lines_outputs_hold_one_row_a_line(tmp_path: Path, suffix: str):
     """`-o out.jsonl` (infer's JSON answer and every table output) wrote one JSON array, which JSON lines readers
