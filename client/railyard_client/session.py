@@ -167,8 +167,8 @@ def token_user(token: str | None) -> str | None:
 
 def workspace_choices(saved: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The credentials file's workspace choices, `{server URL: {username: workspace id}}` ("" for a sign-in that
-    names no user). A file written before the choices were per user (one `workspace` for its `url` and `username`)
-    is read as that user's choice on that server."""
+    names no user). A file written before the choices were per user (one `workspace` for its `url` and its signed-in
+    user: the name its access token carries, else its `username`) is read as that user's choice on that server."""
     kept = saved.get("workspaces")
     choices = {url: dict(users) for url, users in kept.items() if isinstance(users, dict)} if isinstance(
         kept, dict) else {}
@@ -177,7 +177,8 @@ def workspace_choices(saved: dict[str, Any]) -> dict[str, dict[str, Any]]:
             url = normalize_url(str(saved["url"]))
         except ConfigurationError:
             return choices
-        choices.setdefault(url, {}).setdefault(str(saved.get("username") or ""), saved["workspace"])
+        user = token_user(saved.get("access_token")) or saved.get("username") or ""
+        choices.setdefault(url, {}).setdefault(str(user), saved["workspace"])
     return choices
 
 

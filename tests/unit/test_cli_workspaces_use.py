@@ -75,7 +75,8 @@ def test_two_users_of_one_server_each_keep_their_own_choice(credentials, monkeyp
     """alice chose workspace 7 (a file of the old form: one `workspace` for the file's server and user); bob signs in
     to the same server from the same machine (RAILYARD_CLIENT_* variables here; `railyard login` keeps the choices
     as well: test_cli_tables). The old code gave bob alice's 7: his commands ran in her workspace."""
-    write_credentials({"url": URL, "username": "alice", "access_token": jwt("alice"), "workspace": 7}, credentials)
+    # signed in as "Alice" (auth matches names case-insensitively, and emails; her token names her "alice")
+    write_credentials({"url": URL, "username": "Alice", "access_token": jwt("alice"), "workspace": 7}, credentials)
 
     def choice(user: str) -> object:
         session = Session(URL, token=jwt(user), credentials_file=credentials)
