@@ -24,7 +24,7 @@ from services.gateway.errors import error_response
 from services.gateway.http import JSON_ROUTES, _forwarding_endpoint
 from shared import paging, subjects
 from shared.authz import Principal
-from shared.bus import encode_reply, reply_ok
+from shared.bus import _shaped_as, encode_reply, reply_ok
 from shared.errors import RailyardError
 from shared.messages.auth import UserRecord, Users
 from shared.settings import Settings
@@ -66,6 +66,7 @@ def test_the_encoded_answer_is_the_models_answer(admin, limit):
         encoded = asyncio.run(handlers.users_answer(asked, limit, viewer(admin)))
         assert encoded == by_models(asked, limit, viewer(admin))
         assert Users.model_validate_json(encoded).model_dump_json().encode() == encoded
+        assert _shaped_as(encoded, Users)  # the gateway passes it on unread (not its slow path)
 
 
 def test_a_page_is_cut_where_the_models_page_was(monkeypatch):
