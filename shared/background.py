@@ -10,6 +10,10 @@ import logging
 import random
 from typing import Any
 
+QUIET_WAIT = 30.0
+"""A sweep after a wait this long (the pools' `pool_idle_seconds`: its connection would otherwise stay that long)
+nobody woke is quiet (`Sweeper.quiet_pool`)."""
+
 
 class BackgroundTask:
     """Start/stop of one named asyncio task running `self._run()`."""
@@ -34,7 +38,9 @@ class BackgroundTask:
 class Sweeper(BackgroundTask):
     """A loop that waits `every` seconds (less when `wake_event()` is set), then runs `sweep()`; a sweep that fails
     is logged with `failure` and the next one tries again. `next_wait(result)` may shorten the following wait
-    (result is None after a failed sweep)."""
+    (result is None after a failed sweep). With `quiet_pool()` a PostgreSQL pool, a sweep nobody woke after a wait
+    of QUIET_WAIT or more closes the connections it opened when it ends (shared.db.background_pass): a loop that
+    looks every minute holds no backend between its looks."""
 
     every = 60.0
     failure = "sweep failed (retried on the next sweep)"
@@ -46,6 +52,10 @@ class Sweeper(BackgroundTask):
     def next_wait(self, result: Any) -> float:
         return self.every
 
+    def quiet_pool(self) -> Any:
+        """The PostgreSQL pool whose connections a quiet sweep closes (None: none)."""
+        return None
+
     async def sweep(self) -> Any:
         raise NotImplementedError
 
@@ -56,16 +66,25 @@ class Sweeper(BackgroundTask):
         wait = self.every * (0.5 + random.random() / 2)  # noqa: S311 - a phase, not a secret
         while True:
             wake = self.wake_event()
+            woken = False
             if wake is None:
                 await asyncio.sleep(wait)
             else:
                 try:
                     await asyncio.wait_for(wake.wait(), timeout=wait)
+                    woken = True
                 except TimeoutError:
                     pass
                 wake.clear()
+            pool = self.quiet_pool() if not woken and wait >= QUIET_WAIT else None
             try:
-                result = await self.sweep()
+                if pool is None:
+                    result = await self.sweep()
+                else:
+                    from shared.db import background_pass  # asyncpg: only for a service that has a pool
+
+                    async with background_pass(pool):
+                        result = await self.sweep()
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -31,15 +31,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("railyard.workflow_lineage.auto_benchmarks")
 
-POLL_SECONDS = 5.0
+POLL_SECONDS = 60.0
+"""The longest wait between looks for due claims: those another process made (this one's wake the worker)."""
+FAILED_SWEEP_WAIT = 5.0  # a sweep that failed (the database away for a moment) looks again this soon
 STALE_SECONDS = 600.0
 MAX_ATTEMPTS = 3
 RETRY_SECONDS = 30.0
 
 
 class AutoBenchmarks(Sweeper):
-    """The worker: wakes when a claim is made (or every POLL_SECONDS) and runs due claims one at a time (the
-    database away for a moment: the next round tries again)."""
+    """The worker: wakes when a claim is made, or when the next claim is due (a retry, a stale claim; at most every
+    POLL_SECONDS), and runs due claims one at a time (the database away for a moment: the next round tries again).
+    It looked every 5 s, which kept a PostgreSQL backend open for good in an idle stack; a look after a long wait
+    closes the connection it opened (`Sweeper.quiet_pool`)."""
 
     task_name = "auto-benchmarks"
     every, log, failure = POLL_SECONDS, log, "automatic benchmarks: could not take a claim"
@@ -55,9 +59,19 @@ class AutoBenchmarks(Sweeper):
     def wake_event(self) -> asyncio.Event:
         return self._wake
 
-    async def sweep(self) -> None:
+    def quiet_pool(self) -> Any:
+        return self.deps.pool
+
+    async def sweep(self) -> float:
+        """Run every due claim; the seconds until the next one is due (at most POLL_SECONDS)."""
         while await self.run_one():
             pass
+        return await store.next_auto_benchmark(self.deps.pool, STALE_SECONDS)
+
+    def next_wait(self, result: float | None) -> float:
+        # until the next claim is due (a retry's next_try, a running claim's stale time), at most POLL_SECONDS: a
+        # claim this process makes wakes it, one another process makes is seen within POLL_SECONDS
+        return FAILED_SWEEP_WAIT if result is None else min(max(result, 1.0), POLL_SECONDS)
 
     async def run_one(self) -> bool:
         """Run the next due claim; False when there is none."""

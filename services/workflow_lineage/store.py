@@ -469,6 +469,15 @@ async def take_auto_benchmark(pool: asyncpg.Pool, stale_seconds: float) -> async
         "   ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING *", stale_seconds)
 
 
+async def next_auto_benchmark(pool: asyncpg.Pool, stale_seconds: float) -> float | None:
+    """Seconds until a claim is due (`take_auto_benchmark`): a pending one's next try, a running one's stale time
+    (0 or less: one is due now); None when there is none."""
+    return await pool.fetchval(
+        "SELECT extract(epoch FROM min(CASE WHEN status = 'pending' THEN next_try"
+        " ELSE updated_at + make_interval(secs => $1) END) - now())::float8 FROM auto_benchmarks"
+        " WHERE status IN ('pending', 'running')", stale_seconds)
+
+
 async def finish_auto_benchmark(conn: Any, claim_id: int, attempts: int, report_id: int) -> bool:
     """Mark a claim done with its report; False when another worker took it meanwhile (then roll back)."""
     status = await conn.execute(

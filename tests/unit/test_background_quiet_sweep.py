@@ -1,0 +1,85 @@
+"""`shared.background.Sweeper`'s quiet sweeps: a sweep nobody woke, after a wait of QUIET_WAIT or more, runs inside
+`shared.db.background_pass` of the sweeper's `quiet_pool()` (the connections it opened closed when it ends); a woken
+sweep, a short wait, or no pool: as before. And the automatic benchmarks' worker (workflow lineage), which looked for
+claims every 5 s and so held a PostgreSQL backend for good in an idle stack, now waits until its next claim is due, at
+most POLL_SECONDS (docs/performance.md, item 61)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from services.workflow_lineage import auto_benchmarks
+from shared import background, db
+
+
+class Recorded(background.Sweeper):
+    """Each sweep records whether it ran inside a background pass."""
+
+    every = 0.2
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.wake = asyncio.Event()
+        self.sweeps: list[bool] = []
+        self.done = asyncio.Event()
+
+    def wake_event(self) -> asyncio.Event:
+        return self.wake
+
+    def quiet_pool(self) -> Any:
+        return self.pool
+
+    async def sweep(self) -> None:
+        self.sweeps.append(bool(PASSES))
+        self.done.set()
+
+
+PASSES: list[Any] = []
+
+
+@contextlib.asynccontextmanager
+async def recording_pass(pool: Any):
+    PASSES.append(pool)
+    try:
+        yield pool
+    finally:
+        PASSES.remove(pool)
+
+
+def run_sweeps(monkeypatch, pool: Any, quiet_wait: float, wake: bool) -> list[bool]:
+    monkeypatch.setattr(db, "background_pass", recording_pass)
+    monkeypatch.setattr(background, "QUIET_WAIT", quiet_wait)
+
+    async def scenario() -> list[bool]:
+        sweeper = Recorded(pool)
+        if wake:
+            sweeper.wake.set()
+        sweeper.start()
+        try:
+            await asyncio.wait_for(sweeper.done.wait(), 5)
+        finally:
+            await sweeper.stop()
+        return sweeper.sweeps
+
+    return asyncio.run(scenario())
+
+
+def test_a_sweep_nobody_woke_after_a_long_wait_is_a_background_pass(monkeypatch):
+    assert run_sweeps(monkeypatch, "pool", quiet_wait=0.01, wake=False) == [True]  # was [False]: kept 30 s
+
+
+def test_a_woken_sweep_a_short_wait_or_no_pool_is_an_ordinary_one(monkeypatch):
+    assert run_sweeps(monkeypatch, "pool", quiet_wait=0.01, wake=True) == [False]
+    assert run_sweeps(monkeypatch, "pool", quiet_wait=30.0, wake=False) == [False]
+    assert run_sweeps(monkeypatch, None, quiet_wait=0.01, wake=False) == [False]
+
+
+def test_the_automatic_benchmarks_worker_waits_until_its_next_claim_is_due():
+    worker = auto_benchmarks.AutoBenchmarks(deps=None, infer=None)  # type: ignore[arg-type]
+    assert worker.every == auto_benchmarks.POLL_SECONDS == 60.0  # was 5 s
+    assert worker.next_wait(None) == auto_benchmarks.FAILED_SWEEP_WAIT  # a failed sweep: soon again
+    assert worker.next_wait(-3.0) == 1.0  # one is due now (found after the sweep's last look)
+    assert worker.next_wait(12.5) == 12.5  # a retry's next_try
+    assert worker.next_wait(3600.0) == 60.0  # nothing soon: another process's claims are seen within a minute
