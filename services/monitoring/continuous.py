@@ -135,6 +135,7 @@ TOKEN_TTL = 900
 NO_MODEL_GRACE = 60.0  # seconds a succeeded run may take for its model upload event to arrive before it is failed
 OPEN_TRAININGS = ("starting", "running", "succeeded")
 STALE_SWAP = 300.0  # seconds after which a decided challenge whose swap did not finish is swapped again
+RESUME_CONCURRENCY = 4  # deployments whose unfinished deliveries / swaps one sweep resumes at once
 MAX_RESUMES = 6  # a swap or delivery taken up again this many times (30 min) is failed at the next (migration 022)
 EXPORT_WAIT = 30.0  # seconds a training waits for the feedback loop to write the reviews that triggered it
 STARTER_SWEEP = 2.0  # seconds between the training starter's sweeps when no trigger wakes it
@@ -1413,6 +1414,39 @@ async def _delivered(conn: Any, training_id: uuid.UUID, policy: str) -> bool:
         "deployed" if policy == "DEPLOY_AUTO" else "shadow", f"{policy} failed: %"))
 
 
+async def _resume_delivery(deps: ContinuousDeps, training: asyncpg.Record) -> None:
+    """One unfinished delivery claimed again by resume_deliveries: delivered again, or past MAX_RESUMES looked at
+    once more and failed unless its version serves; its failure is its own (logged), not the sweep's."""
+    policy = "DEPLOY_AUTO" if training["outcome"] == "deployed" else "DEPLOY_SHADOW"
+    give_up = None
+    if training["delivery_resumes"] > MAX_RESUMES:  # bounded (migration 022): not tried every STALE_SWAP for ever
+        # one last look, no deploy: its last deploy landing since the previous resume's look is recorded as
+        # delivered, not failed while it serves
+        log.error("continuous deployment of training %s (deployment %s) did not finish after %d tries: failed"
+                  " unless its version serves now", training["id"], training["deployment_id"],
+                  training["delivery_resumes"])
+        give_up = (f"its delivery did not finish after {training['delivery_resumes']} tries, {STALE_SWAP:.0f} s"
+                   " apart (its deploy unanswered, or the service stopping mid-delivery): given up; the deployer"
+                   " may still serve its last deploy, made only over the version it was made from")
+    else:
+        log.info("continuous deployment of training %s (deployment %s) did not finish: delivered again",
+                 training["id"], training["deployment_id"])
+    try:
+        async with deps.lock(training["deployment_id"]):
+            await _deliver(deps, training, policy, give_up=give_up)
+    except Exception:
+        # _deliver records Railyard errors itself; anything else is this delivery's alone (claimed now, it is
+        # tried again STALE_SWAP later): the others claimed with it are delivered now, not one sweep later
+        log.exception("continuous deployment of training %s (deployment %s) failed unexpectedly; delivered again"
+                      " in %.0f s", training["id"], training["deployment_id"], STALE_SWAP)
+        if give_up is not None:  # the last resume's look failed: failed all the same, not looked at for ever
+            try:
+                await _delivery_failed(deps.base.pool, training, policy, RailyardError(give_up), None)
+            except Exception:
+                log.exception("continuous deployment of training %s: recording its failure failed; tried again"
+                              " in %.0f s", training["id"], STALE_SWAP)
+
+
 async def resume_deliveries(deps: ContinuousDeps) -> None:
     """Deliver again what a process did not finish delivering (it died between the serving and the commit of its
     model_swapped, or before the serving) once clearly stale (STALE_SWAP: a deploy may take deploy_wait): serving
@@ -1432,36 +1466,21 @@ async def resume_deliveries(deps: ContinuousDeps) -> None:
     rows = await deps.base.pool.fetch(
         "UPDATE trainings SET delivering_since = now(), delivery_resumes = delivery_resumes + 1 WHERE"
         " delivering_since < now() - make_interval(secs => $1) RETURNING *", STALE_SWAP)
-    for training in sorted(rows, key=lambda row: row["created_at"]):  # oldest first
-        policy = "DEPLOY_AUTO" if training["outcome"] == "deployed" else "DEPLOY_SHADOW"
-        give_up = None
-        if training["delivery_resumes"] > MAX_RESUMES:  # bounded (migration 022): not tried every STALE_SWAP for ever
-            # one last look, no deploy: its last deploy landing since the previous resume's look is recorded as
-            # delivered, not failed while it serves
-            log.error("continuous deployment of training %s (deployment %s) did not finish after %d tries: failed"
-                      " unless its version serves now", training["id"], training["deployment_id"],
-                      training["delivery_resumes"])
-            give_up = (f"its delivery did not finish after {training['delivery_resumes']} tries, {STALE_SWAP:.0f} s"
-                       " apart (its deploy unanswered, or the service stopping mid-delivery): given up; the deployer"
-                       " may still serve its last deploy, made only over the version it was made from")
-        else:
-            log.info("continuous deployment of training %s (deployment %s) did not finish: delivered again",
-                     training["id"], training["deployment_id"])
-        try:
-            async with deps.lock(training["deployment_id"]):
-                await _deliver(deps, training, policy, give_up=give_up)
-        except Exception:
-            # _deliver records Railyard errors itself; anything else is this delivery's alone (claimed now, it is
-            # tried again STALE_SWAP later): the others claimed with it are delivered now, not one sweep later
-            log.exception("continuous deployment of training %s (deployment %s) failed unexpectedly; delivered again"
-                          " in %.0f s", training["id"], training["deployment_id"], STALE_SWAP)
-            if give_up is not None:  # the last resume's look failed: failed all the same, not looked at for ever
-                try:
-                    await _delivery_failed(deps.base.pool, training, policy, RailyardError(give_up), None)
-                except Exception:
-                    log.exception("continuous deployment of training %s: recording its failure failed; tried again"
-                                  " in %.0f s", training["id"], STALE_SWAP)
-    resumed = {training["deployment_id"] for training in rows}  # their newest is being delivered again just now
+    # a deployment's own one after the other, oldest first (they share its lock anyway); up to RESUME_CONCURRENCY
+    # deployments at once: before, one deployment's deploy answered slowly (up to deploy_wait, 305 s) held back
+    # every other deployment's resume behind it
+    by_deployment: dict[int, list[asyncpg.Record]] = {}
+    for training in sorted(rows, key=lambda row: row["created_at"]):
+        by_deployment.setdefault(training["deployment_id"], []).append(training)
+    limit = asyncio.Semaphore(RESUME_CONCURRENCY)
+
+    async def resume_deployment(trainings: list[asyncpg.Record]) -> None:
+        async with limit:
+            for training in trainings:
+                await _resume_delivery(deps, training)
+
+    await asyncio.gather(*(resume_deployment(trainings) for trainings in by_deployment.values()))
+    resumed = set(by_deployment)  # their newest is being delivered again just now
     for training in superseded:
         newest = await newest_delivered(deps.base.pool, training["deployment_id"])
         failed = None
@@ -1498,12 +1517,17 @@ async def resume_swaps(deps: ContinuousDeps) -> None:
     rows = await deps.base.pool.fetch(
         "SELECT DISTINCT deployment_id FROM challenges WHERE state IN ('promoting', 'rolling_back') AND decided_at <"
         " now() - make_interval(secs => $1) ORDER BY deployment_id", STALE_SWAP)
-    for row in rows:
-        try:
-            await resume_swap(deps, row["deployment_id"])
-        except Exception:
-            log.exception("the unfinished swap of deployment %s's challenge failed unexpectedly; tried again in %.0f s",
-                          row["deployment_id"], STALE_SWAP)
+    limit = asyncio.Semaphore(RESUME_CONCURRENCY)  # as resume_deliveries: a slow deploy does not hold back others
+
+    async def resume_one(deployment_id: int) -> None:
+        async with limit:
+            try:
+                await resume_swap(deps, deployment_id)
+            except Exception:
+                log.exception("the unfinished swap of deployment %s's challenge failed unexpectedly; tried again in"
+                              " %.0f s", deployment_id, STALE_SWAP)
+
+    await asyncio.gather(*(resume_one(row["deployment_id"]) for row in rows))
 
 
 class DeliveryResumer(Sweeper):

@@ -754,3 +754,117 @@ async def test_a_swap_is_made_while_a_newer_delivery_is_still_under_way(monitori
     assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "promoted"
     assert [e["action"] for e in await swapped_events(pool)] == (
         ["promoted"] if delivery == "fails" else ["promoted", "deployed"])
+
+
+@pytest.mark.parametrize("what", ["deliveries", "swaps"])
+async def test_one_slow_deploy_does_not_hold_back_other_deployments_resumes(monitoring_schema, monkeypatch, what):
+    """The delivery resumer's sweep finds an unfinished delivery (or decided swap) on two deployments; the first's
+    deploy is answered only once the second's deploy was made (a slow deployer answer: up to deploy_wait, 305 s).
+    Before, the sweep resumed one after the other: the second waited behind the first (here the first gives up
+    after 5 s, failing unexpectedly, and stays unfinished). Now deployments are resumed at once (up to
+    RESUME_CONCURRENCY): both are made and recorded in the one sweep."""
+    pool = monitoring_schema
+    policy = "DEPLOY_AUTO" if what == "deliveries" else "DEPLOY_SHADOW"
+    await continuous_deployment(pool, policy)
+    await pool.execute("INSERT INTO continuous_deployment (deployment_id, workspace_id, deployment, owner_id, policy,"
+                       " alpha, min_sample) VALUES ($1, 1, 'd-43', $2, $3, 0.05, 10)", DEPLOYMENT + 1, uuid.uuid4(),
+                       policy)
+    for deployment_id, age in ((DEPLOYMENT, 200), (DEPLOYMENT + 1, 100)):  # DEPLOYMENT's first (oldest first)
+        if what == "deliveries":
+            await pool.execute(
+                "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id,"
+                " model_version, model_status, created_at, delivering_since) VALUES ($1, $2, 1, 'done', 'deployed',"
+                " 1, $3, $4, 'ready', now() - make_interval(secs => $5), now() - make_interval(secs => $6))",
+                uuid.uuid4(), deployment_id, uuid.uuid4(), json.dumps(NEWEST), age, continuous.STALE_SWAP + age)
+        else:
+            await pool.execute(
+                "INSERT INTO challenges (id, deployment_id, workspace_id, champion, challenger, alpha, min_sample,"
+                " state, evidence, decided_at) VALUES ($1, $2, 1, $3, $4, 0.05, 10, 'promoting', $5, now() -"
+                " make_interval(secs => $6))", uuid.uuid4(), deployment_id, json.dumps(CHAMPION),
+                json.dumps(CHALLENGER), json.dumps(evidence().as_dict()), continuous.STALE_SWAP + age)
+    second_made = asyncio.Event()
+    made: list[str] = []
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
+        if deployment == "d-42":
+            await asyncio.wait_for(second_made.wait(), 5)
+        else:
+            second_made.set()
+        made.append(deployment)
+        return "7"
+
+    deliver_with(monkeypatch, lambda: CHAMPION, serve, lambda: CHALLENGER if what == "swaps" else None)
+    await continuous.DeliveryResumer(process(pool)).sweep()
+
+    assert made == ["d-43", "d-42"]
+    if what == "deliveries":
+        rows = await pool.fetch("SELECT outcome, delivering_since FROM trainings ORDER BY deployment_id")
+        assert [(r["outcome"], r["delivering_since"]) for r in rows] == [("deployed", None)] * 2
+    else:
+        states = await pool.fetch("SELECT state FROM challenges ORDER BY deployment_id")
+        assert [r["state"] for r in states] == ["promoted"] * 2
+    assert len(await swapped_events(pool)) == 2
+
+
+async def test_a_redo_stopped_between_its_claim_and_its_look_is_not_made_over_a_change(monitoring_schema,
+                                                                                        monkeypatch):
+    """A promotion's swap refused for the owner; a person's deploy (v5 alone) since; the redo (at a toggle) claims
+    the challenge (decided again) and the service stops before its look at what serves (_still_challenged: the
+    background task cancelled, or the process dying), so nothing puts the refusal back. STALE_SWAP later the
+    resumer's resume_swap takes the decided challenge: its swap looks at what serves before deploying (_serve's
+    `expect`) and the deployer would refuse it anyway (only_if_serving): nothing is deployed over v5, the challenge
+    is closed superseded, no model_swapped. A regression test of session 22's closing note (the crash between the
+    redo's claim and its check): the swap's own look (ec3a759) covers it; on 355cae3's _serve (no look, no
+    precondition) v2 was deployed over v5."""
+    pool = monitoring_schema
+    challenge_id = await decided(pool)
+    await pool.execute("UPDATE challenges SET state = 'failed', swap_refused = 'promoting' WHERE id = $1", challenge_id)
+    deployer = Deployer(Deployer.model({"name": "digits", "version": "v5", "sha": "e"}))  # the person's deploy
+    deployer.install(monkeypatch)
+
+    async def stopped(deps, challenge) -> bool:
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(continuous, "_still_challenged", stopped)
+    deps = Deployer.process(pool)
+    with pytest.raises(asyncio.CancelledError):
+        await continuous.redo_refused_swap(deps, DEPLOYMENT)
+    assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "promoting"
+
+    await pool.execute("UPDATE challenges SET decided_at = now() - make_interval(secs => $2) WHERE id = $1",
+                       challenge_id, continuous.STALE_SWAP + 10)
+    await continuous.resume_swaps(deps)
+    assert deployer.deploys == []
+    assert deployer.serves() == ("v5", None)
+    row = await pool.fetchrow("SELECT state, reason FROM challenges WHERE id = $1", challenge_id)
+    assert row["state"] == "superseded" and "what the deployment serves changed" in row["reason"], dict(row)
+    assert await swapped_events(pool) == []
+
+
+async def test_a_shadow_delivery_during_a_promotion_swap_compares_with_the_promoted_version(monitoring_schema,
+                                                                                           monkeypatch):
+    """DEPLOY_SHADOW delivers v3 while a promotion's swap runs: the delivery looks (v1 shadowed by v2, version 1)
+    and creates v1 shadowed by v3; the swap's deploy (v2 alone) lands before the delivery's. Before the precondition
+    the delivery's deploy then replaced the swap's and recorded a challenge of v3 against v1, the pre-swap champion
+    that the swap had just replaced (session 22's closing note). Now it is refused and made again on what serves:
+    v2 shadowed by v3, the challenge opened v2 vs v3. A regression test: the precondition (ec3a759) covers it."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, "DEPLOY_SHADOW")
+    training_id = uuid.uuid4()
+    await done(pool, training_id, NEWEST, "shadow", 100, True)
+    deployer = Deployer(Deployer.model(CHAMPION, CHALLENGER))
+    deployer.install(monkeypatch)
+
+    def swap_lands_once() -> None:
+        deployer.person_deploys(Deployer.model(CHALLENGER))  # the swap's v2 alone, deployed without a precondition
+        deployer.on_create = lambda: None
+
+    deployer.on_create = swap_lands_once
+    await continuous._deliver(Deployer.process(pool), await pool.fetchrow("SELECT * FROM trainings WHERE id = $1",
+                                                                 training_id), "DEPLOY_SHADOW")
+
+    assert [(only, what) for _, only, what in deployer.deploys] == [(1, "refused"), (3, "served")]
+    assert deployer.serves() == ("v2", "v3")
+    opened = await pool.fetchrow("SELECT champion, challenger FROM challenges WHERE training_id = $1 AND state ="
+                                 " 'running'", training_id)
+    assert (json.loads(opened["champion"])["version"], json.loads(opened["challenger"])["version"]) == ("v2", "v3")
