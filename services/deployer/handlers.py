@@ -138,18 +138,20 @@ class PipelineLock:
 
 
 def deployed_event(deployment_id: int, name: str, pipeline_id: int, workspace_id: int,
-                   pipeline_version: Any) -> PipelineDeployed:
+                   pipeline_version: Any, pipeline_name: str | None = None) -> PipelineDeployed:
     """The deployment's events.pipeline.deployed: the one place it is built, for the deploy whose replicas serve, the
     restore that writes one owed, the undeploy writing one owed first (store.deactivate) and the background write
-    (OwedDeployed). `pipeline_version`: the deployed version's UUID (a uuid.UUID or its text)."""
+    (OwedDeployed). `pipeline_version`: the deployed version's UUID (a uuid.UUID or its text); `pipeline_name`: the
+    name its replicas write in their log batches' header (a pipeline's name never changes), which the log store
+    checks."""
     return PipelineDeployed(deployment_id=deployment_id, name=name, pipeline_id=pipeline_id, workspace_id=workspace_id,
-                            pipeline_version=str(pipeline_version))
+                            pipeline_version=str(pipeline_version), pipeline_name=pipeline_name)
 
 
 def _deployed_event_of(row: Any) -> PipelineDeployed:
     """deployed_event of a store.deployment / store.active_deployments row (its name from deploy_id and id)."""
     return deployed_event(row["id"], f"{row['deploy_id']}-{row['id']}", row["pipeline_id"], row["workspace_id"],
-                          row["pipeline_version"])
+                          row["pipeline_version"], row.get("pipeline_name"))
 
 
 async def owed_before(conn: asyncpg.Connection, existing: dict[str, Any] | None, pipeline, *,
@@ -166,7 +168,8 @@ async def owed_before(conn: asyncpg.Connection, existing: dict[str, Any] | None,
         return
     version = await store.version(conn, existing["pipeline_version_id"])
     await store.record_deployed(conn, deployed_event(existing["id"], f"{existing['deploy_id']}-{existing['id']}",
-                                                     pipeline["id"], pipeline["workspace_id"], version["version"]))
+                                                     pipeline["id"], pipeline["workspace_id"], version["version"],
+                                                     pipeline.get("name")))
 
 
 async def _owe(deps: DeployerDeps, pipeline_id: int, event: PipelineDeployed) -> None:
@@ -572,7 +575,8 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
     refused (409 serving_changed, nothing changed) when that one changed what serves (_check_serving)."""
 
     def deployed(deployment_id: int, name: str) -> PipelineDeployed:
-        return deployed_event(deployment_id, name, pipeline["id"], pipeline["workspace_id"], version["version"])
+        return deployed_event(deployment_id, name, pipeline["id"], pipeline["workspace_id"], version["version"],
+                              pipeline["name"])
 
     async with deps.pipeline_lock(pipeline["id"]):
         async with deps.pool.acquire() as conn, conn.transaction():
@@ -931,16 +935,17 @@ async def restore_deployments(deps: DeployerDeps) -> DeploymentRestore:
 
 async def announce_serving(deps: DeployerDeps, rows: list[Any]) -> None:
     """At a start, an events.pipeline.serving for every active deployment whose events.pipeline.deployed was written
-    (`announced`), in one transaction of the outbox: the log store takes a deployment's log batches only once it knows
-    whose the deployment is, and a deployed event older than EVENTS' retention (30 days, 1 GiB) is gone from the
-    stream, so a log store upgraded or started on an empty table would hold, then quarantine, the batches of every
-    deployment serving since (docs/logs.md). Written for the rows, not once their replicas serve again: whose a
-    deployment is does not depend on its restore, and replicas that outlive the deployer (Kubernetes) log meanwhile.
-    A row still owing its deployed event gets that when its replicas serve (_restart). Lineage records the event and
-    draws nothing of it (services/workflow_lineage/graph.py DRAWN). Raises when PostgreSQL fails: the start fails, as
-    it does when the rows cannot be read."""
+    (`announced`, and not owed again for a new activation: `deployed_pending`), in one transaction of the outbox:
+    the log store takes a deployment's log batches only once it knows whose the deployment is, and a deployed event
+    older than EVENTS' retention (30 days, 1 GiB) is gone from the stream, so a log store upgraded or started on an
+    empty table would hold, then quarantine, the batches of every deployment serving since (docs/logs.md). Written
+    for the rows, not once their replicas serve again: whose a deployment is does not depend on its restore, and
+    replicas that outlive the deployer (Kubernetes) log meanwhile. A row owing its deployed event (a first deploy,
+    or a redeploy, under its new name) gets that when its replicas serve (_restart). Lineage records the event and
+    draws nothing of it (services/workflow_lineage/graph.py DRAWN). Raises when PostgreSQL fails: the start fails,
+    as it does when the rows cannot be read."""
     events = [PipelineServing(**_deployed_event_of(row).model_dump(exclude={"event_id", "occurred_at"}))
-              for row in rows if row["announced"]]
+              for row in rows if row.get("announced") and not row.get("deployed_pending")]
     if not events:
         return
     async with deps.pool.acquire() as conn, conn.transaction():

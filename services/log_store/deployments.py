@@ -3,15 +3,17 @@
 Every engine replica connects to the bus as `engine` and fills a log batch's `Railyard-Log` header itself, so the
 header alone does not say whose records they are: a compromised replica could log into another workspace. The
 deployer's `events.pipeline.deployed` (written in the transaction that makes a deployment serve, published from its
-outbox) says which workspace and pipeline a deployment (`<deploy_id>-<id>`) belongs to, and its
-`events.pipeline.serving` says the same again at each start of the deployer for every deployment it serves (a
-deployed event older than EVENTS' retention is gone from the stream: a log store upgraded or started on an empty table
-learns those deployments there). The log store reads both with its own durable consumer (`log-store-deployments` on
-EVENTS; its filter is set again at each start, so a consumer made by an older log store reads the new subject too)
-into its `deployments` table, and
-ingestion takes a batch only when the deployment its subject names is known there, in the workspace its header
-names (handlers.Ingestor.check_owners). No token is needed (the deployer's resolve query needs a member's or an
-inference token, which ingestion has none of) and the deployer being down holds nothing up that it had announced.
+outbox) says which workspace and pipeline (by id, and by name since 2026-12-04) a deployment (`<deploy_id>-<id>`)
+belongs to, and its `events.pipeline.serving` says the same again at each start of the deployer for every deployment
+it serves (a deployed event older than EVENTS' retention is gone from the stream: a log store upgraded or started on
+an empty table learns those deployments there). The log store reads both with its own durable consumer
+(`log-store-deployments` on EVENTS; its filter is set again at each start, so a consumer made by an older log store
+reads the new subject too) into its `deployments` table, and ingestion takes a batch only when the deployment its
+subject names is known there, in the workspace its header names, and of the pipeline its header names when the
+announcement named it (handlers.Ingestor.check_owners; one announced by an older deployer is checked by pipeline
+once the deployer names it again, which fills the name in). No token is needed (the deployer's resolve query needs a
+member's or an inference token, which ingestion has none of) and the deployer being down holds nothing up that it
+had announced.
 
 A deployment not heard of yet (its event still in the deployer's outbox, the deployer away, this consumer behind)
 is not refused: its batches stay unacknowledged and come back (`UNKNOWN_RETRY` seconds later) until the event is
@@ -36,7 +38,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import nats.errors
@@ -51,6 +53,13 @@ log = logging.getLogger("railyard.log_store")
 DURABLE = "log-store-deployments"
 CACHE_SIZE = 4096
 SUBJECTS = (subjects.EVENT_PIPELINE_DEPLOYED, subjects.EVENT_PIPELINE_SERVING)
+
+
+class Owner(NamedTuple):
+    """Whose a deployment is, as the deployer announced it."""
+
+    workspace_id: int
+    pipeline: str | None  # its pipeline's name; None when announced by a deployer older than the field
 
 
 def consumer_config() -> Any:
@@ -69,7 +78,7 @@ def announced(data: bytes) -> PipelineDeployed:
     if not isinstance(body, dict):
         raise ValueError("not a JSON object")
     return PipelineDeployed.model_validate({name: body.get(name) for name in (
-        "deployment_id", "name", "pipeline_id", "workspace_id", "pipeline_version")})
+        "deployment_id", "name", "pipeline_id", "workspace_id", "pipeline_version", "pipeline_name")})
 
 
 class Deployments:
@@ -78,7 +87,7 @@ class Deployments:
     def __init__(self, pool: asyncpg.Pool, cache_size: int = CACHE_SIZE) -> None:
         self.pool = pool
         self.cache_size = cache_size
-        self.cache: OrderedDict[str, int] = OrderedDict()  # name -> workspace id
+        self.cache: OrderedDict[str, Owner] = OrderedDict()
         self.lookups = 0  # asked of PostgreSQL (names not in the cache)
         # when (time.time()) a fetch began after which every announcement the stream had was recorded: announcements
         # published before it are all known. 0 until this process has read the stream's backlog (its start)
@@ -90,38 +99,42 @@ class Deployments:
         self.task: asyncio.Task | None = None
         self.running = True
 
-    async def lookup(self, names: list[str]) -> dict[str, int]:
-        """The workspace of each named deployment known (a name not in the answer is not known yet). Raises when
-        PostgreSQL does not answer: the caller keeps its batches for later."""
-        found: dict[str, int] = {}
+    async def lookup(self, names: list[str]) -> dict[str, Owner]:
+        """Whose each named deployment known is (a name not in the answer is not known yet). Raises when PostgreSQL
+        does not answer: the caller keeps its batches for later."""
+        found: dict[str, Owner] = {}
         missing: list[str] = []
         for name in dict.fromkeys(names):
-            workspace_id = self.cache.get(name)
-            if workspace_id is None:
+            owner = self.cache.get(name)
+            if owner is None:
                 missing.append(name)
             else:
                 self.cache.move_to_end(name)
-                found[name] = workspace_id
+                found[name] = owner
         if missing:
             self.lookups += 1
-            rows = await self.pool.fetch("SELECT name, workspace_id FROM deployments WHERE name = ANY($1::text[])",
-                                         missing)
+            rows = await self.pool.fetch("SELECT name, workspace_id, pipeline_name FROM deployments"
+                                         " WHERE name = ANY($1::text[])", missing)
             for row in rows:
-                found[row["name"]] = row["workspace_id"]
-                self._remember(row["name"], row["workspace_id"])
+                found[row["name"]] = owner = Owner(row["workspace_id"], row["pipeline_name"])
+                self._remember(row["name"], owner)
         return found
 
-    def _remember(self, name: str, workspace_id: int) -> None:
-        self.cache[name] = workspace_id
+    def _remember(self, name: str, owner: Owner) -> None:
+        self.cache[name] = owner
         self.cache.move_to_end(name)
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
 
     async def record(self, event: PipelineDeployed) -> None:
-        """A deployment announced: kept (the first announcement of a name stands; later ones say the same)."""
+        """A deployment announced: kept (the first announcement of a name stands; later ones say the same), its
+        pipeline's name filled in by a later one when an older deployer's left it out (migration 010)."""
         await self.pool.execute(
-            "INSERT INTO deployments (name, deployment_id, workspace_id, pipeline_id) VALUES ($1, $2, $3, $4)"
-            " ON CONFLICT (name) DO NOTHING", event.name, event.deployment_id, event.workspace_id, event.pipeline_id)
+            "INSERT INTO deployments (name, deployment_id, workspace_id, pipeline_id, pipeline_name)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE SET pipeline_name = EXCLUDED.pipeline_name"
+            " WHERE deployments.pipeline_name IS NULL AND EXCLUDED.pipeline_name IS NOT NULL",
+            event.name, event.deployment_id, event.workspace_id, event.pipeline_id, event.pipeline_name)
+        self.cache.pop(event.name, None)  # cached without its pipeline's name, say
 
     async def start(self, js: Any) -> None:
         self.js = js

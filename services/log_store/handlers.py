@@ -492,7 +492,8 @@ class Ingestor:
 
     async def check_owners(self, batches: list[Batch]) -> tuple[list[Batch], set[int]]:
         """The batches whose header agrees with the platform: the deployment the subject names is the header's, and
-        the deployer announced it in the workspace the header names (deployments.py). Those that disagree are
+        the deployer announced it in the workspace the header names, of the pipeline it names when the announcement
+        says (deployments.py). Those that disagree are
         quarantined, saying why; those of a deployment not announced yet are left unacknowledged (the message comes
         back UNKNOWN_RETRY seconds later, then less and less often), quarantined only once the announcements the
         stream held UNKNOWN_WAIT after they came were all read (`Deployments.caught_up`: not while a restarted log
@@ -543,9 +544,14 @@ class Ingestor:
                                 "(events.pipeline.deployed); kept unacknowledged (%d held since start)", subject[:200],
                                 self.held)
                 await _nak(batch.msg, _retry_delay(batch.msg))
-            elif owner != batch.workspace_id:
-                await self.quarantine(batch.msg, f"deployment {subject[:200]!r} belongs to workspace {owner}, not to "
-                                      f"workspace {batch.workspace_id} its Railyard-Log header names")
+            elif owner.workspace_id != batch.workspace_id:
+                await self.quarantine(batch.msg, f"deployment {subject[:200]!r} belongs to workspace "
+                                      f"{owner.workspace_id}, not to workspace {batch.workspace_id} its Railyard-Log "
+                                      "header names")
+            elif owner.pipeline is not None and owner.pipeline != batch.pipeline:
+                await self.quarantine(batch.msg, f"deployment {subject[:200]!r} belongs to pipeline "
+                                      f"{owner.pipeline[:200]!r}, not to pipeline {str(batch.pipeline)[:200]!r} its "
+                                      "Railyard-Log header names")
             else:
                 self.waiting.pop(subject, None)
                 kept.append(batch)

@@ -208,6 +208,8 @@ class PipelineDeployed(Event):
     pipeline_id: int
     workspace_id: int
     pipeline_version: str
+    pipeline_name: str | None = Field(None, description="The pipeline's name (the log store checks a log batch's "
+                                      "header by it); absent in an event of a deployer older than the field.")
 
 
 class PipelineServing(PipelineDeployed):

@@ -17,12 +17,14 @@ def fake_deployment(workspace_id: int, pipeline: str) -> str:
     return f"{pipeline}-w{workspace_id}-0"
 
 
-async def announce(nc, workspace_id: int, deployment: str, pipeline_id: int = 0) -> None:
-    """What the deployer publishes once a deployment serves: `deployment` belongs to `workspace_id`."""
+async def announce(nc, workspace_id: int, deployment: str, pipeline_id: int = 0,
+                   pipeline_name: str | None = None) -> None:
+    """What the deployer publishes once a deployment serves: `deployment` belongs to `workspace_id` (and to the
+    pipeline `pipeline_name`, when given; the log store checks the pipeline only then)."""
     if (deployment, workspace_id) in _announced:
         return
     event = PipelineDeployed(deployment_id=0, name=deployment, pipeline_id=pipeline_id, workspace_id=workspace_id,
-                             pipeline_version=str(uuid.uuid4()))
+                             pipeline_version=str(uuid.uuid4()), pipeline_name=pipeline_name)
     await nc.jetstream().publish(subjects.EVENT_PIPELINE_DEPLOYED, event.model_dump_json().encode(),
                                  headers={"Nats-Msg-Id": str(event.event_id)})
     _announced.add((deployment, workspace_id))

@@ -48,6 +48,7 @@ async def test_a_starting_deployer_names_the_deployments_it_serves_in_its_outbox
         # what the outbox sends (store.EVENT_TYPES decodes it) names the deployment, its workspace and version
         event = store.EVENT_TYPES[outbox[0]["subject"]].model_validate(json.loads(outbox[0]["payload"]))
         assert isinstance(event, PipelineServing)
-        assert (event.deployment_id, event.name, event.pipeline_id, event.workspace_id, event.pipeline_version) == (
-            serving["id"], f"serving-{serving['id']}", serving["pipeline_id"], WORKSPACE, str(serving["version"]))
+        assert (event.deployment_id, event.name, event.pipeline_id, event.workspace_id, event.pipeline_version,
+                event.pipeline_name) == (serving["id"], f"serving-{serving['id']}", serving["pipeline_id"], WORKSPACE,
+                                         str(serving["version"]), "serving")
         assert woken  # the outbox is told to send it now

@@ -240,10 +240,61 @@ async def test_a_consumer_made_by_a_log_store_before_events_pipeline_serving_rea
                 while not await known.lookup([name]):
                     assert time.monotonic() < deadline, (await js.consumer_info(subjects.EVENTS_STREAM, durable)).config
                     await asyncio.sleep(0.2)
-                assert await known.lookup([name]) == {name: 41}
+                assert await known.lookup([name]) == {name: deployments.Owner(41, None)}
             finally:
                 await known.stop()
     finally:
         with contextlib.suppress(Exception):
             await js.delete_consumer(subjects.EVENTS_STREAM, durable)
         await nc.close()
+
+
+def test_a_batch_naming_another_pipeline_of_its_workspace_is_quarantined(stack, alice):
+    """The deployer's announcement names the deployment's pipeline: a batch of pipeline `a`'s deployment whose header
+    names pipeline `b` of the same workspace is quarantined, saying why, and nothing of it is in `b`'s log; `a`'s own
+    batch is stored. On the old code only the workspace was checked and its rows went into `b`'s log."""
+    suffix = uuid.uuid4().hex[:6]
+    pipe_a, pipe_b = f"pa-{suffix}", f"pb-{suffix}"
+    for pipeline in (pipe_a, pipe_b):
+        _create_once(stack, alice, pipeline)
+    deployment = fake_deployment(alice.workspace_id, pipe_a)
+    now = int(time.time() * 1000)
+
+    async def publish() -> tuple[str, str]:
+        nc = await nats_client.connect(stack.settings().nats.url)
+        try:
+            await announce(nc, alice.workspace_id, deployment, pipeline_name=pipe_a)
+            forged = await _send(nc, deployment, log_header(alice.workspace_id, pipe_b, deployment, "v"),
+                                 _table([666.0], now))
+            good = await _send(nc, deployment, log_header(alice.workspace_id, pipe_a, deployment, "v"),
+                               _table([1.0], now))
+        finally:
+            await nc.close()
+        return forged, good
+
+    forged, _ = asyncio.run(publish())
+    assert _values(wait_rows(stack, alice, pipe_a, 1)) == [1.0]
+    deadline = time.monotonic() + 60
+    while not (reasons := asyncio.run(_quarantine_reasons(stack, [forged]))):
+        assert time.monotonic() < deadline, "the batch naming another pipeline was never quarantined"
+        time.sleep(0.2)
+    assert f"belongs to pipeline {pipe_a!r}, not to pipeline {pipe_b!r}" in reasons[forged], reasons
+    assert all_rows(stack, alice, pipe_b) == []
+
+
+async def test_a_later_announcement_fills_in_the_pipeline_name_an_older_deployer_left_out(stack):
+    """A deployment announced by a deployer before `pipeline_name` is checked by workspace only; the deployer's next
+    start names it again (events.pipeline.serving, with the name), which fills the name in (the first announcement's
+    workspace stands), so its batches are checked by pipeline from then on. On the old code the second announcement
+    changed nothing."""
+    from services.log_store.deployments import Deployments, Owner
+
+    async with service_schema(stack, "logstorepipeline", Path("services/log_store/migrations")) as pool:
+        known = Deployments(pool)
+        old = PipelineServing(deployment_id=3, name="d-3", pipeline_id=2, workspace_id=9, pipeline_version="v")
+        await known.record(old)
+        assert await known.lookup(["d-3"]) == {"d-3": Owner(9, None)}  # cached so
+        await known.record(old.model_copy(update={"pipeline_name": "p", "workspace_id": 10}))
+        assert await known.lookup(["d-3"]) == {"d-3": Owner(9, "p")}
+        await known.record(old.model_copy(update={"pipeline_name": "q"}))  # a name once known stands
+        assert await known.lookup(["d-3"]) == {"d-3": Owner(9, "p")}

@@ -39,6 +39,7 @@ class MemoryStore:
                                        {"name": "m"}]}}]})}}
         self.deployments: dict[int, dict[str, Any]] = {}
         self.events: list[tuple[str, Any]] = []  # the outbox's rows (subject, event), in the order written
+        self.serving: list[Any] = []  # the events.pipeline.serving written at a start (handlers.announce_serving)
 
     async def add_event(self, conn, subject, event):
         self.events.append((subject, event))
@@ -50,6 +51,9 @@ class MemoryStore:
         row.update(deployed_pending=False, announced=True, served=True)
         await self.add_event(conn, "events.pipeline.deployed", event)
         return True
+
+    async def record_serving(self, conn, events):
+        self.serving.extend(events)  # apart from `events`: the restore tests here are about the deployed event
 
     async def mark_served(self, conn, deployment_id):
         row = self.deployments[deployment_id]

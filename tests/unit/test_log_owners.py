@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from services.log_store import handlers
-from services.log_store.deployments import Deployments
+from services.log_store.deployments import Deployments, Owner
 from services.log_store.handlers import UNKNOWN_RETRY, UNKNOWN_WAIT, Batch, Ingestor
 
 
@@ -33,15 +33,17 @@ class Msg:
 
 
 class Known:
-    def __init__(self, owners: dict[str, int], fail: bool = False) -> None:
+    """Announcements: a deployment's workspace (its pipeline's name not announced), or its Owner."""
+
+    def __init__(self, owners: dict[str, int | Owner], fail: bool = False) -> None:
         self.owners, self.fail, self.asked = owners, fail, []
         self.caught_up = time.time()  # every announcement read
 
-    async def lookup(self, names: list[str]) -> dict[str, int]:
+    async def lookup(self, names: list[str]) -> dict[str, Owner]:
         self.asked.append(list(names))
         if self.fail:
             raise OSError("the database is away")
-        return {n: self.owners[n] for n in names if n in self.owners}
+        return {n: o if isinstance(o := self.owners[n], Owner) else Owner(o, None) for n in names if n in self.owners}
 
 
 def ingestor(known: Known) -> tuple[Ingestor, list[tuple[Msg, str]]]:
@@ -76,6 +78,20 @@ def test_another_workspace_or_another_deployment_than_the_subject_s_is_quarantin
     assert "belongs to workspace 7, not to workspace 8" in reasons[id(other_workspace.msg)]
     assert "its subject names deployment 'd-1', its Railyard-Log header deployment 'd-2'" in \
         reasons[id(other_deployment.msg)]
+
+
+def test_a_batch_naming_another_pipeline_than_its_deployment_s_is_quarantined_saying_why():
+    """The announcement names the deployment's pipeline (since 2026-12-04): a replica of pipeline `a` whose header
+    names pipeline `b` of the same workspace is quarantined; on the old code only the workspace was checked, and its
+    records went to `b`'s log. A deployment announced without its pipeline's name (an older deployer) is checked by
+    workspace only."""
+    ing, quarantined = ingestor(Known({"d-1": Owner(7, "a"), "d-2": 7}))
+    other, good, unnamed = batch("d-1", 7), batch("d-1", 7), batch("d-2", 7)
+    other.pipeline, good.pipeline = "b", "a"
+    kept, held = asyncio.run(ing.check_owners([other, good, unnamed]))
+    assert kept == [good, unnamed] and held == set()
+    assert [m for m, _ in quarantined] == [other.msg]
+    assert "deployment 'd-1' belongs to pipeline 'a', not to pipeline 'b'" in quarantined[0][1]
 
 
 def test_a_batch_without_a_deployment_in_its_header_is_quarantined():
@@ -229,17 +245,18 @@ class Pool:
 
     async def fetch(self, sql: str, names: list[str]):
         self.queries += 1
-        return [{"name": n, "workspace_id": self.rows[n]} for n in names if n in self.rows]
+        return [{"name": n, "workspace_id": self.rows[n], "pipeline_name": "p"} for n in names if n in self.rows]
 
 
 def test_announcements_are_cached_up_to_a_bound_and_unknown_names_asked_again():
     pool = Pool({"a": 1, "b": 2, "c": 3})
     known = Deployments(pool, cache_size=2)  # type: ignore[arg-type]
-    assert asyncio.run(known.lookup(["a", "b", "x"])) == {"a": 1, "b": 2}
+    assert asyncio.run(known.lookup(["a", "b", "x"])) == {"a": Owner(1, "p"), "b": Owner(2, "p")}
     assert pool.queries == 1
-    assert asyncio.run(known.lookup(["a", "b"])) == {"a": 1, "b": 2} and pool.queries == 1  # cached
+    assert asyncio.run(known.lookup(["a", "b"])) == {"a": Owner(1, "p"), "b": Owner(2, "p")}  # cached
+    assert pool.queries == 1
     assert asyncio.run(known.lookup(["x"])) == {} and pool.queries == 2  # not known: asked again
-    assert asyncio.run(known.lookup(["c"])) == {"c": 3} and pool.queries == 3
+    assert asyncio.run(known.lookup(["c"])) == {"c": Owner(3, "p")} and pool.queries == 3
     assert list(known.cache) == ["b", "c"]  # "a", least recently used, went
 
 
@@ -251,7 +268,10 @@ def test_an_announcement_with_a_field_this_log_store_does_not_know_is_read():
     event = announced(json.dumps({"event_id": "00000000-0000-0000-0000-000000000001", "deployment_id": 4,
                                   "name": "d-4", "pipeline_id": 2, "workspace_id": 9, "pipeline_version": "v",
                                   "occurred_at": "2026-12-04T11:00:00Z", "new_field": 1}).encode())
-    assert (event.name, event.workspace_id, event.deployment_id) == ("d-4", 9, 4)
+    assert (event.name, event.workspace_id, event.deployment_id, event.pipeline_name) == ("d-4", 9, 4, None)
+    named = announced(json.dumps({"deployment_id": 4, "name": "d-4", "pipeline_id": 2, "workspace_id": 9,
+                                  "pipeline_version": "v", "pipeline_name": "p"}).encode())
+    assert named.pipeline_name == "p"
     with pytest.raises(ValueError):
         announced(b"[]")
     with pytest.raises(ValueError):  # pydantic's ValidationError is a ValueError
