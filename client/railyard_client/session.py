@@ -23,7 +23,9 @@ The workspace `railyard workspaces use` chooses is kept in the same file per ser
 `{server URL: {username: workspace id}}`): another user signing in to the same server from the same machine, by
 `railyard login` or by the variables, starts in their own choice (else their first workspace), not in the last
 user's, and signing in again keeps each user's. A file written before (one `workspace` for the file's server and
-user) is read as that user's choice and rewritten in the new form the next time a choice is saved.
+user) is read as that user's choice and rewritten in the new form the next time a choice is saved; one that names no
+user (the previous version's `workspaces use` signed in by the variables) is the choice of every user of that server
+who has none of their own, as it was.
 """
 
 from __future__ import annotations
@@ -183,8 +185,12 @@ def workspace_choices(saved: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def saved_choice(saved: dict[str, Any], url: str, user: str | None) -> Any:
-    """The workspace chosen for `user` on the server at `url` in the credentials `saved`, or None."""
-    return workspace_choices(saved).get(url, {}).get(user or "")
+    """The workspace chosen for `user` on the server at `url` in the credentials `saved`, or None. A user with no
+    choice of their own there has the one made by a sign-in that named no user (""): a file the previous version
+    wrote signed in by the variables holds only the server and its choice, which that version read for whoever
+    signed in to that server (read as nobody's, the choice was lost on the upgrade)."""
+    choices = workspace_choices(saved).get(url, {})
+    return choices.get(user or "", choices.get(""))
 
 
 def with_choice(saved: dict[str, Any], url: str, user: str | None, workspace: Any) -> dict[str, Any]:

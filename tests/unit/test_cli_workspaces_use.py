@@ -14,7 +14,7 @@ import json
 
 import pytest
 from railyard_client import cli
-from railyard_client.session import Session, read_credentials, saved_choice, write_credentials
+from railyard_client.session import Session, read_credentials, saved_choice, with_choice, write_credentials
 
 URL = "http://127.0.0.1:28050"
 
@@ -105,3 +105,23 @@ def test_a_choice_behind_railyard_client_workspace_says_the_variable_comes_first
     monkeypatch.setenv("RAILYARD_CLIENT_WORKSPACE", "fraud")  # the same workspace: nothing to say
     assert cli.main(["workspaces", "use", "fraud"]) == 0
     assert "comes before" not in capsys.readouterr().err
+
+
+def test_an_old_files_choice_made_signed_in_by_the_variables_is_still_read(credentials):
+    """The previous version's `use`, signed in by the RAILYARD_CLIENT_* variables, wrote the server and its choice
+    alone (`{"url", "workspace"}`: no username, no token). 731c55e read that choice as the user "" (a sign-in that
+    names none) and a sign-in by the variables, whose token names its user, never found it: after the upgrade every
+    command went on in the first workspace. It is read as the choice of a user of that server who has none of their
+    own (as that version did), until they choose."""
+    write_credentials({"url": URL, "workspace": 7}, credentials)
+
+    def choice(user: str) -> object:
+        session = Session(URL, token=jwt(user), credentials_file=credentials)
+        try:
+            return session.saved_workspace
+        finally:
+            session.close()
+
+    assert choice("alice") == 7  # 731c55e: None
+    write_credentials(with_choice(read_credentials(credentials), URL, "alice", 2), credentials)
+    assert (choice("alice"), choice("bob")) == (2, 7)  # her own choice first; the old one still the others'
