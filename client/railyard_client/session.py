@@ -292,10 +292,11 @@ class Session:
         body = _json_or_none(response)
         if response.status_code != 200:
             raise error_from_answer(response.status_code, body)
+        replaced = (self.access_token, self.refresh_token)
         self.access_token = body["access_token"]
         self.refresh_token = body.get("refresh_token")
         self.expires_at = time.time() + float(body.get("expires_in", 300))
-        self._save()
+        self._save(replaced)
         return body
 
     def login(self, username: str, password: str) -> None:
@@ -350,9 +351,15 @@ class Session:
         user's choice on the same server is not theirs (their commands ran in it, or failed as not a member)."""
         return saved_choice(self.saved, self.url, self.user)
 
-    def _save(self) -> None:
+    def _save(self, replaced: tuple[str | None, str | None]) -> None:
+        """The refreshed tokens written back to the file the session came from, over `replaced` (the access and
+        refresh tokens it read or wrote last) only: a file that holds others since (another user's or another
+        server's `railyard login` while this session ran) is another sign-in's, left as it is (before, it got this
+        session's tokens under that sign-in's username, and its next commands ran as this session's user)."""
         if self.persist:
             saved = read_credentials(self.credentials_file)
+            if (saved.get("access_token"), saved.get("refresh_token")) != replaced:
+                return
             saved |= {"access_token": self.access_token, "refresh_token": self.refresh_token,
                       "expires_at": self.expires_at}
             write_credentials(saved, self.credentials_file)

@@ -125,3 +125,34 @@ def test_an_old_files_choice_made_signed_in_by_the_variables_is_still_read(crede
     assert choice("alice") == 7  # 731c55e: None
     write_credentials(with_choice(read_credentials(credentials), URL, "alice", 2), credentials)
     assert (choice("alice"), choice("bob")) == (2, 7)  # her own choice first; the old one still the others'
+
+
+def test_a_session_refreshed_after_another_user_signed_in_leaves_their_file_alone(credentials):
+    """A command still running as alice (a session from the file: it writes its refreshed tokens back) refreshed its
+    token after bob signed in with `railyard login` on the same machine: it wrote alice's tokens into bob's file, which
+    then named bob and held alice's tokens, so bob's next commands ran as alice (in her workspace). The tokens are
+    written back only over the ones this session read or wrote last; another sign-in's file is left as it is."""
+    import httpx
+
+    def signed_in(user: str, refresh: str) -> dict:
+        return {"url": URL, "client_id": "api-client", "client_secret": "s", "username": user,
+                "access_token": jwt(user), "refresh_token": refresh, "expires_at": 0}
+
+    def refreshed(request: httpx.Request) -> httpx.Response:
+        assert b"grant_type=refresh_token" in request.content
+        return httpx.Response(200, json={"access_token": jwt("alice"), "refresh_token": "alice-2",
+                                         "expires_in": 300})
+
+    write_credentials(signed_in("alice", "alice-1"), credentials)
+    alice = Session(URL, credentials_file=credentials)
+    alice.http = httpx.Client(base_url=URL, transport=httpx.MockTransport(refreshed))
+    try:
+        assert alice.persist and alice.token == jwt("alice")  # refreshed (the saved token had expired)
+        assert read_credentials(credentials)["refresh_token"] == "alice-2"  # her own file: written back
+        bob = signed_in("bob", "bob-1")
+        write_credentials(bob, credentials)  # `railyard login --username bob`
+        alice.expires_at = 0
+        assert alice.token == jwt("alice")
+        assert read_credentials(credentials) == bob  # the old code: bob's username with alice's tokens
+    finally:
+        alice.close()
