@@ -343,14 +343,23 @@ def _top_level_keys(model: type[BaseModel]) -> tuple[frozenset[bytes], tuple[byt
 
 def _shaped_as(data: bytes, model: type[BaseModel]) -> bool:
     """Whether compact JSON bytes (orjson's, pydantic's) are an object whose first key is one of `model`'s fields and
-    that has each required field as a key: `,"name":` cannot be inside a JSON string (its quote would be escaped), so
-    a required field found so is a key (of the object, or of one inside it). False sends the bytes to the full check
-    (reply_data_bytes), so a shape this misreads costs time, never a wrong answer."""
+    that has each required field as a key of its own: `,"name":` cannot be inside a JSON string (its quote would be
+    escaped), so a required field found so is a key, and one with no `{` or `[` before it (past the first byte) is
+    the object's, not a nested one's (before, any `,"users":` counted, a nested object's too). False sends the bytes
+    to the full check (reply_data_bytes), so a shape this misreads (a string before it holding a bracket) costs time,
+    never a wrong answer."""
     every, required = _top_level_keys(model)
     if not (data.startswith(b'{"') and data.endswith(b"}")):
         return False
     first = data[1:data.find(b'":', 1) + 2]
-    return first in every and all(data.startswith(key, 1) or b"," + key in data for key in required)
+    return first in every and all(data.startswith(key, 1) or _top_level_at(data, data.find(b"," + key))
+                                  for key in required)
+
+
+def _top_level_at(data: bytes, at: int) -> bool:
+    """Whether position `at` of an object's compact JSON (a key found by `_shaped_as`; -1: none) is in the object
+    itself: nothing before it opened an object or a list."""
+    return at > 0 and data.find(b"{", 1, at) < 0 and data.find(b"[", 1, at) < 0
 
 
 async def _send(broker: NatsBroker, subject: str, message: BaseModel | dict[str, Any], timeout: float,

@@ -106,3 +106,18 @@ def test_an_encoded_answer_not_shaped_as_the_reply_model_is_not_passed_on():
     spaced = encode_reply(EncodedData(b'{ "users": {"a": ' + user + b"}}"), None, "t")
     assert reply_data_bytes("auth.users.query", spaced, Users) == Users.model_validate_json(
         b'{"users":{"a":' + user + b"}}").model_dump_json().encode()
+
+
+def test_a_required_field_inside_a_nested_object_is_not_taken_for_the_top_levels():
+    """`,"users":` was looked for anywhere in the bytes, so an object whose first key is a field (`next_cursor`) and
+    whose `users` key is only inside another value was passed on unread as a Users answer (cb16109's check; the
+    reply has no top-level `users`). A required field found past an opened object or list is now read and checked:
+    a typed 503. Auth's answers (the cursor a string, `users` right after it) keep the unread path."""
+    inner = b'{"next_cursor":"12.ab","other":{"a":1,"users":{}}}'
+    with pytest.raises(Unavailable, match="auth answered with a reply that could not be read"):
+        reply_data_bytes("auth.users.query", encode_reply(EncodedData(inner), None, "t"), Users)  # cb16109: as it is
+    listed = b'{"next_cursor":"12.ab","pages":[{"a":1,"users":{}}]}'
+    with pytest.raises(Unavailable, match="auth answered with a reply that could not be read"):
+        reply_data_bytes("auth.users.query", encode_reply(EncodedData(listed), None, "t"), Users)
+    page = b'{"next_cursor":"12.ab","users":{"a":{"id":"a","users":{"b":1}}}}'  # not validated: passed on as it is
+    assert reply_data_bytes("auth.users.query", encode_reply(EncodedData(page), None, "t"), Users) == page
