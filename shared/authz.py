@@ -459,7 +459,8 @@ class VerifierFeed:
         wait = self._interval * (0.5 + random.random() / 2)  # noqa: S311 - a phase, not a secret
         # Until the list was read once (auth was not answering at start), it is read again after 0.5, 1, 2 ... s
         retry = STARTUP_RETRY
-        if not self._verifier.revocations_read:
+        retried = not self._verifier.revocations_read
+        if retried:
             wait = retry
         while not self._stop.is_set():
             try:
@@ -470,7 +471,10 @@ class VerifierFeed:
                     if not self._verifier.revocations_read:
                         retry = wait = min(retry * 2, self._interval)
                         continue
-                    wait = self._interval
+                    # read after the start's retries (0.5, 1, 2 ... s, the same in every service): phased again as
+                    # the first wait, or the services polled in step for good and auth opened a connection each
+                    phase = 0.5 + random.random() / 2 if retried else 1.0  # noqa: S311 - a phase, not a secret
+                    wait, retried = self._interval * phase, False
                     try:  # retired keys leave the JWKS: drop them here too, even if no rotation event came
                         await self._verifier.refresh_keys()
                     except RailyardError as exc:
