@@ -7,7 +7,8 @@
 Starts a fresh embedded stack, deploys ccfraud, and for each request format runs the load generator while
 reading every stack process's utime+stime from /proc before and after: the answer is microseconds of CPU per
 request in the gateway, the engine replica, nats-server, the log store, SeaweedFS, PostgreSQL and the load
-generator itself (this process), plus the throughput. CPU seconds, unlike wall-clock latencies, hardly depend
+generator itself (this process), plus the throughput and each process's minor page faults per request (fresh
+memory is dear on this VM: docs/performance.md item 34). CPU seconds, unlike wall-clock latencies, hardly depend
 on what else the 2-core machine is doing, so this is the tool for deciding where a change should go.
 `--pprof-nats` turns on nats-server's profiler (`RAILYARD_STACK__NATS_PROF_PORT`) and writes its CPU profile
 during each form's load to build/spy/nats-<form>.pprof, with `go tool pprof -top` of it beside (.txt);
@@ -49,11 +50,16 @@ def _role(pid: int) -> str:
 
 
 def _cpu(pid: int) -> float:
+    return _stat(pid)[0]
+
+
+def _stat(pid: int) -> tuple[float, int]:
+    """(CPU seconds, minor page faults) of a process so far."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
+        return 0.0, 0
+    return (int(fields[11]) + int(fields[12])) / TICK, int(fields[7])
 
 
 def _own_cpu() -> float:
@@ -83,9 +89,9 @@ def _nats_profile(url: str, seconds: int, label: str) -> threading.Thread:
 
 
 def account(root: int, run, spy: str = "", seconds: float = 5.0, label: str = "", pprof: str = "",
-            perf: str = "") -> tuple[dict[str, float], float, int]:
+            perf: str = "") -> tuple[dict[str, float], float, int, dict[str, int]]:
     pids = descendants(root)
-    before = {pid: _cpu(pid) for pid in pids}
+    before = {pid: _stat(pid) for pid in pids}
     if spy or perf:
         SPY_DIR.mkdir(parents=True, exist_ok=True)
     profilers = [subprocess.Popen([PY_SPY, "record", "-p", str(pid), "-d", str(max(1, int(seconds) - 1)),
@@ -109,9 +115,12 @@ def account(root: int, run, spy: str = "", seconds: float = 5.0, label: str = ""
     for profiler in profilers:
         profiler.join() if isinstance(profiler, threading.Thread) else profiler.wait()
     roles: dict[str, float] = {"loadgen": _own_cpu() - own}
+    faults: dict[str, int] = {}
     for pid in pids:
-        roles[_role(pid)] = roles.get(_role(pid), 0.0) + _cpu(pid) - before[pid]
-    return roles, wall, count
+        spent, faulted = _stat(pid)
+        roles[_role(pid)] = roles.get(_role(pid), 0.0) + spent - before[pid][0]
+        faults[_role(pid)] = faults.get(_role(pid), 0) + faulted - before[pid][1]
+    return roles, wall, count, faults
 
 
 def main() -> None:
@@ -145,7 +154,7 @@ def main() -> None:
                 rate = uvloop.run(loadgen.concurrent(url, request, args.connections, args.seconds))
                 return round(rate * args.seconds)
 
-            roles, wall, count = account(stack.process.pid, run, args.spy, args.seconds, form.replace(' ', ''),
+            roles, wall, count, faults = account(stack.process.pid, run, args.spy, args.seconds, form.replace(' ', ''),
                                          pprof, args.perf)
             print(f"\n{form}: {args.rows} rows x {args.connections} connections: {count / wall:,.0f} req/s, "
                   f"{count * args.rows / wall:,.0f} rows/s; CPU per request (us):")
@@ -155,6 +164,9 @@ def main() -> None:
                 total += per
                 print(f"  {role:15s} {per:10,.0f}")
             print(f"  {'total':15s} {total:10,.0f}  (2 cores allow {2e6 * wall / max(count, 1):,.0f})")
+            print("  minor page faults per request: " + ", ".join(  # fresh memory is dear on this VM (item 34)
+                f"{role} {n / max(count, 1):,.1f}" for role, n in sorted(faults.items(), key=lambda i: -i[1])
+                if n / max(count, 1) >= 0.5))
             if args.rss:
                 by_role: dict[str, list[int]] = {}
                 for pid in descendants(stack.process.pid):
