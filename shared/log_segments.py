@@ -9,6 +9,7 @@ segment is described on the bus by `SegmentRef` (what the log store indexes with
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import time
@@ -133,6 +134,41 @@ def _pack(field: pa.Field, column: pa.ChunkedArray) -> tuple[pa.Field, pa.Array]
     return pa.field(field.name, packed.type, field.nullable, {**(field.metadata or {}), TENSOR: spec}), packed
 
 
+SAMPLE_BYTES = 16 * 1024  # each of a packed column's three samples (start, middle, end) snappy is tried on
+COMPRESS_BELOW = 0.98
+"""A packed tensor column is compressed when snappy takes its samples under this share of their size: float
+tensors of noisy values do not compress (snappy's output of the bench's normal float32 rows was 0.005 % larger
+than its input) and compressing them cost ~12 % of the segment's write, while a byte less through SeaweedFS saves
+~70x what snappy spends on a byte (docs/performance.md item 59): what shrinks by 2 % or more is compressed."""
+
+
+def _compresses(packed: pa.Array) -> bool:
+    """Whether snappy shrinks a packed column's samples below COMPRESS_BELOW of their size. Each sample is
+    compressed on its own: rows repeated far apart in the column (a load generator's one request again and again)
+    are not repeats snappy's 64 KiB window sees when it writes the pages."""
+    data = packed.buffers()[1]
+    width = packed.type.byte_width
+    start, size = packed.offset * width, len(packed) * width
+    if size <= 3 * SAMPLE_BYTES:
+        samples = [data.slice(start, size)]
+    else:
+        samples = [data.slice(at, SAMPLE_BYTES) for at in
+                   (start, start + (size - SAMPLE_BYTES) // 2, start + size - SAMPLE_BYTES)]
+    taken = sum(sample.size for sample in samples)
+    return taken == 0 or \
+        sum(len(pa.compress(sample, "snappy", asbytes=True)) for sample in samples) < COMPRESS_BELOW * taken
+
+
+@functools.lru_cache(maxsize=64)
+def _leaf_paths(schema: pa.Schema) -> tuple[str, ...]:
+    """The Parquet column paths of a table of this schema as `pq.write_table` lays it out (`metadata.elapsed`'s
+    is `metadata.elapsed.list.element`): a per-column codec is given by these."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(schema.empty_table(), sink)
+    parquet_schema = pq.read_metadata(sink.getvalue()).schema
+    return tuple(parquet_schema.column(i).path for i in range(len(parquet_schema)))
+
+
 def encode_segment(table: pa.Table, row_group_rows: int) -> bytes:
     """`encode_segment_buffer` as `bytes` (the log store's writer)."""
     return encode_segment_buffer(table, row_group_rows).to_pybytes()
@@ -146,15 +182,22 @@ def encode_segment_buffer(table: pa.Table, row_group_rows: int) -> pa.Buffer:
     float tensors cost ten times the whole write) and statistics for `time` and `_pos` only (a page finds its
     first row from them). Numeric tensor columns without nulls are stored packed, one fixed-size binary value
     a row (writing them as nested lists took three times as long, reading them five times; `unpack_tensors`
-    turns them back)."""
+    turns them back). Every column is snappy-compressed but a packed one whose samples snappy does not shrink
+    (`COMPRESS_BELOW`): its pages are written as they are, which Parquet's readers read alike."""
+    stored_raw = []
     for index, field in enumerate(table.schema):
         packed = _pack(field, table.column(index))
         if packed is not None:
             table = table.set_column(index, *packed)
+            if not _compresses(packed[1]):
+                stored_raw.append(field.name)
     strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
                or pa.types.is_dictionary(f.type)]
+    compression: str | dict[str, str] = "snappy"
+    if stored_raw:  # a packed column is one Parquet column whose path is its name
+        compression = {path: "none" if path in stored_raw else "snappy" for path in _leaf_paths(table.schema)}
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, row_group_size=row_group_rows, compression="snappy", use_dictionary=strings,
+    pq.write_table(table, sink, row_group_size=row_group_rows, compression=compression, use_dictionary=strings,
                    write_statistics=[c for c in (TIME, POS) if c in table.column_names])
     return sink.getvalue()
 
