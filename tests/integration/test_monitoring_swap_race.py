@@ -806,6 +806,73 @@ async def test_one_slow_deploy_does_not_hold_back_other_deployments_resumes(moni
     assert len(await swapped_events(pool)) == 2
 
 
+@pytest.mark.parametrize("what", ["deliveries", "swaps"])
+async def test_a_resume_sweep_makes_at_most_resume_concurrency_deployments_at_once(monitoring_schema, monkeypatch,
+                                                                                     what):
+    """Six deployments each with an unfinished delivery (or decided swap), their deploys all slow (held until the
+    test lets them go): the sweep takes up RESUME_CONCURRENCY (4) deployments, and a fifth only once one of those
+    is done. Nothing else tested the bound: without the semaphore all six were taken up at once (each started its
+    look-ups, a PostgreSQL connection and a deploy), which a sweep finding hundreds would do for hundreds."""
+    pool = monitoring_schema
+    policy = "DEPLOY_AUTO" if what == "deliveries" else "DEPLOY_SHADOW"
+    deployments = [DEPLOYMENT + n for n in range(continuous.RESUME_CONCURRENCY + 2)]
+    for deployment_id in deployments:
+        await pool.execute("INSERT INTO continuous_deployment (deployment_id, workspace_id, deployment, owner_id,"
+                           " policy, alpha, min_sample) VALUES ($1, 1, $2, $3, $4, 0.05, 10)", deployment_id,
+                           f"d-{deployment_id}", uuid.uuid4(), policy)
+        if what == "deliveries":
+            await pool.execute(
+                "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id,"
+                " model_version, model_status, delivering_since) VALUES ($1, $2, 1, 'done', 'deployed', 1, $3, $4,"
+                " 'ready', now() - make_interval(secs => $5))", uuid.uuid4(), deployment_id, uuid.uuid4(),
+                json.dumps(NEWEST), continuous.STALE_SWAP + 10)
+        else:
+            await pool.execute(
+                "INSERT INTO challenges (id, deployment_id, workspace_id, champion, challenger, alpha, min_sample,"
+                " state, evidence, decided_at) VALUES ($1, $2, 1, $3, $4, 0.05, 10, 'promoting', $5, now() -"
+                " make_interval(secs => $6))", uuid.uuid4(), deployment_id, json.dumps(CHAMPION),
+                json.dumps(CHALLENGER), json.dumps(evidence().as_dict()), continuous.STALE_SWAP + 10)
+    # taken up: a deployment's resume entered (all at once when unbounded: each enters before its first await)
+    taken_up: list[int] = []
+    entry = "_deliver" if what == "deliveries" else "resume_swap"
+    real_entry = getattr(continuous, entry)
+
+    async def counted(deps, first, *args, **kwargs):
+        taken_up.append(first["deployment_id"] if what == "deliveries" else first)
+        return await real_entry(deps, first, *args, **kwargs)
+
+    monkeypatch.setattr(continuous, entry, counted)
+    deploying: list[str] = []
+    all_deploying, release = asyncio.Event(), asyncio.Event()
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
+        deploying.append(deployment)
+        if len(deploying) == continuous.RESUME_CONCURRENCY:
+            all_deploying.set()
+        await release.wait()
+        return "7"
+
+    deliver_with(monkeypatch, lambda: CHAMPION, serve, lambda: CHALLENGER if what == "swaps" else None)
+    sweep = asyncio.create_task((continuous.resume_deliveries if what == "deliveries" else continuous.resume_swaps)(
+        process(pool)))
+    try:
+        await asyncio.wait_for(all_deploying.wait(), 30)
+        at_once = list(taken_up)
+    finally:
+        release.set()
+        await asyncio.wait_for(sweep, 30)
+
+    assert len(at_once) == continuous.RESUME_CONCURRENCY, at_once
+    assert sorted(taken_up) == deployments
+    if what == "deliveries":
+        rows = await pool.fetch("SELECT outcome, delivering_since, delivered_at IS NOT NULL AS recorded FROM trainings")
+        assert {(r["outcome"], r["delivering_since"], r["recorded"]) for r in rows} == {("deployed", None, True)}
+    else:
+        states = await pool.fetch("SELECT state FROM challenges")
+        assert [r["state"] for r in states] == ["promoted"] * len(deployments)
+    assert len(await swapped_events(pool)) == len(deployments)
+
+
 async def test_a_redo_stopped_between_its_claim_and_its_look_is_not_made_over_a_change(monitoring_schema,
                                                                                         monkeypatch):
     """A promotion's swap refused for the owner; a person's deploy (v5 alone) since; the redo (at a toggle) claims
