@@ -498,8 +498,7 @@ def test_show_all_lines_reads_pages_and_says_what_it_does_not_show(stack, world,
     browser = as_alice
     run = world["run_id"]
     every = ok(post(stack, "task/get_logs_for_run", alice_ui.token, {"id": run}))["logs"]
-    # SETTLE_READS 0: the pages read once (an ended run's last page read again: test_lines_written_after_a_run_ended...)
-    browser.execute_script("RUN_LOG_LINES = 1; RUN_LOG_PAGE = 1; SETTLE_READS = 0; state.tasks.allLines = null")
+    browser.execute_script("RUN_LOG_LINES = 1; RUN_LOG_PAGE = 1; state.tasks.allLines = null")
     browser.execute_script(RECORD_LOG_READS)
     open_page(browser, "tasks")
     wait_text(browser, "#run-logs-cut", "Showing the last 1 lines: the run has more")
@@ -509,7 +508,6 @@ def test_show_all_lines_reads_pages_and_says_what_it_does_not_show(stack, world,
     paged = [body for body in browser.execute_script("return window.logReads") if "lines" not in body]
     assert paged == [{"id": run, "limit": 1}] + [{"id": run, "limit": 1, "cursor": str(k)}
                                                  for k in range(1, len(every))], paged
-    browser.execute_script("SETTLE_READS = 20")
     # more lines than the page shows: the first RUN_LOG_MAX, and the note says so
     browser.execute_script("RUN_LOG_MAX = 1; RUN_LOG_PAGE = 10000; state.tasks.allLines = null")
     open_page(browser, "tasks")
@@ -643,6 +641,30 @@ def test_lines_written_after_a_run_ended_are_still_shown(stack, world, alice_ui:
     assert browser.find_element(By.ID, "run-logs").text == "\n".join(every)
     wait_for(browser, "return document.querySelector('#run-logs-state').dataset.following === 'no'",
              what="the page stopping once no new line comes")
+    assert not browser.find_element(By.ID, "error").text
+
+
+def test_a_run_that_succeeded_is_read_once(stack, world, alice_ui: Account, as_alice):
+    """A run that succeeded has every line written before its end was recorded (its status is read before its lines),
+    so its logs are read once, the last lines and every line alike. eb52b5c read every ended run's again until two
+    reads brought nothing new: each finished run opened was read three times, 1.5 s apart (`railyard tasks logs -f`
+    settles a failed run only)."""
+    browser = as_alice
+    run = world["run_id"]
+    every = ok(post(stack, "task/get_logs_for_run", alice_ui.token, {"id": run}))
+    assert every["status"] == "success" and len(every["logs"]) >= 2, every
+    following = "return document.querySelector('#run-logs-state').dataset.following === 'no'"
+    browser.execute_script("RUN_LOG_LINES = 1; state.tasks.allLines = null")
+    browser.execute_script(RECORD_LOG_READS)
+    open_page(browser, "tasks")
+    wait_text(browser, "#run-logs-cut", "Showing the last 1 lines: the run has more")
+    wait_for(browser, following, what="the page no longer following the run")
+    assert browser.execute_script("return window.logReads") == [{"id": run, "lines": 2}]  # eb52b5c: 3 reads
+    browser.execute_script("window.logReads = []")
+    browser.find_element(By.ID, "run-logs-all").send_keys(Keys.ENTER)
+    wait_text(browser, "#run-logs-cut", f"Every line shown ({len(every['logs'])}).")
+    wait_for(browser, following, what="the page no longer following the run")
+    assert browser.execute_script("return window.logReads") == [{"id": run, "limit": 10000}]  # eb52b5c: 3 reads
     assert not browser.find_element(By.ID, "error").text
 
 

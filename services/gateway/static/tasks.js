@@ -19,11 +19,13 @@ let RUN_SEEK_PAGES = 20;
 let RUN_LOG_LINES = 2000;
 let RUN_LOG_PAGE = 10000;
 let RUN_LOG_MAX = 500000;
-// a run that has ended may still add lines: one marked failed as lost whose supervisor was only paused writes its last
-// batches when it wakes (the scheduler stores them whatever the run's status), and a run's end may be read before its
-// last flush is. Past an ended status the logs are read again every 1.5 s until SETTLE_QUIET reads in a row bring no
-// new line, SETTLE_READS reads at most. Before, the first read that saw the ended status stopped following (when it
-// had any line), and lines written after it showed only when the page was opened again. The tests make them smaller.
+// a run that failed may still add lines: one marked failed as lost whose supervisor was only paused writes its last
+// batches when it wakes (the scheduler stores them whatever the run's status). Past a `failure` status the logs are
+// read again every 1.5 s until SETTLE_QUIET reads in a row bring no new line, SETTLE_READS reads at most. Before, the
+// first read that saw the ended status stopped following (when it had any line), and lines written after it showed
+// only when the page was opened again. A run that succeeded is read once: its supervisor recorded the end after its
+// last lines, and the status is read before the lines (every finished run opened was read three times, 3 s apart, as
+// `railyard tasks logs -f` does not). The tests make them smaller.
 let SETTLE_QUIET = 2;
 let SETTLE_READS = 20;
 
@@ -149,8 +151,8 @@ PAGES.tasks = async function tasks() {
   section.append(el('h3', {id: `run-${run.run_id}`, tabindex: '-1'}, `Logs of run ${short(run.run_id)}`), note,
     el('div', {class: 'row'}, cutNote, allButton), logs);
 
-  // live: while the run is queued or running, fetch its logs again every 1.5 s (only while this run is shown); past an
-  // ended status, until SETTLE_QUIET reads bring no new line (SETTLE_READS at most)
+  // live: while the run is queued or running, fetch its logs again every 1.5 s (only while this run is shown); past a
+  // failure status, until SETTLE_QUIET reads bring no new line (SETTLE_READS at most)
   let settling = 0, quiet = 0, lastSeen = null;
   let status = run.status;  // the run's status as last read (a failed read keeps following a run last seen live)
   // the last lines shown: RUN_LOG_LINES, fewer when that many pass what one reply carries (lines of up to 16 KiB:
@@ -237,13 +239,14 @@ PAGES.tasks = async function tasks() {
           `what this page shows (\`railyard tasks logs ${run.run_id}\` prints them all).`
         : all ? `Every line shown (${lines.length}).` : '';
       allButton.hidden = !cut;
-      // an ended run: read again while its reads bring new lines (the last line or the count changed), until
+      // a failed run: read again while its reads bring new lines (the last line or the count changed), until
       // SETTLE_QUIET reads in a row after the end bring none (a quiet spell while it ran does not count: a paused
       // supervisor's run is quiet, then marked lost, then writes), SETTLE_READS at most
       const seen = `${lines.length}\n${lines[lines.length - 1] ?? ''}`;
       quiet = live || seen !== lastSeen ? 0 : quiet + 1;
       lastSeen = seen;
-      const again = live ? !every.capped : !every.capped && quiet < SETTLE_QUIET && settling++ < SETTLE_READS;
+      const again = live ? !every.capped
+        : status === 'failure' && !every.capped && quiet < SETTLE_QUIET && settling++ < SETTLE_READS;
       note.dataset.following = again ? 'yes' : 'no';
       if (again && all && !live) every.reread = true;
       clearTimeout(followTimer);  // one loop, also when "Show all lines" is pressed while a read is on its way
