@@ -38,9 +38,9 @@ from railyard_client.session import (
     Session,
     credentials_path,
     read_credentials,
+    update_credentials,
     with_choice,
     workspace_choices,
-    write_credentials,
 )
 
 EXIT_CODES = {
@@ -210,9 +210,8 @@ def login(url: str | None, username: str | None, password: str | None, client_id
     kept = session.credentials()
     # signing in again (the refresh token expired), or as another user, keeps every user's `workspaces use` choice
     # (each server's and user's own: session.py's module doc)
-    if choices := workspace_choices(read_credentials()):
-        kept["workspaces"] = choices
-    path = write_credentials(kept)
+    path = update_credentials(lambda saved: kept | ({"workspaces": choices} if (
+        choices := workspace_choices(saved)) else {}))
     session.close()
     if as_json:
         show([], None, True, {"url": session.url, "username": username, "credentials": str(path)})
@@ -264,7 +263,7 @@ def workspaces_use(workspace: str, as_json: bool) -> None:
     found = client.workspace(workspace)
     # kept for this server and this user only: another user signing in to the same server from this machine has
     # their own choice (they ran in this one, or failed as not its member)
-    write_credentials(with_choice(read_credentials(), client.url, client.username, found.id))
+    update_credentials(lambda saved: with_choice(saved, client.url, client.username, found.id))
     # RAILYARD_CLIENT_WORKSPACE comes before the file's choice (Client(), every command's default): set to another
     # workspace, the choice was saved and printed and the next command still went on in the variable's
     overriding = os.environ.get(ENV_WORKSPACE)

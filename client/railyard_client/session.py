@@ -17,7 +17,9 @@ The file's tokens are used only for the user and client they were issued to: a u
 environment) without its password that is not the saved user's is a ConfigurationError asking for the password,
 and another client id signs in as that client; neither runs as the saved user.
 
-Refresh tokens are single-use, so a session that came from the file writes the refreshed tokens back to it.
+Refresh tokens are single-use, so a session that came from the file writes the refreshed tokens back to it (over
+the tokens it read only: a file another `railyard login` rewrote since is left alone). Every change of the file is
+a read and a write under a lock of it (`credentials.json.lock` beside it; POSIX only).
 
 The workspace `railyard workspaces use` chooses is kept in the same file per server and user (its `workspaces`:
 `{server URL: {username: workspace id}}`): another user signing in to the same server from the same machine, by
@@ -31,12 +33,13 @@ who has none of their own, as it was.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +154,42 @@ def write_credentials(data: dict[str, Any], path: Path | None = None) -> Path:
     with os.fdopen(fd, "w") as handle:
         json.dump(data, handle, indent=1)
     os.replace(temporary, path)
+    return path
+
+
+@contextlib.contextmanager
+def _credentials_lock(path: Path) -> Iterator[None]:
+    """Held around a read, change and write of the credentials file (an exclusive flock of a `.lock` file beside it),
+    so that two `railyard` processes changing it at once do not undo each other's change. Nothing where flock is not
+    (Windows) or the lock file cannot be made (a read-only folder: the write then fails as before)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handle = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+
+
+def update_credentials(change: Callable[[dict[str, Any]], dict[str, Any] | None], path: Path | None = None) -> Path:
+    """Write `change(saved)` over the saved credentials (None: leave them), the file read and written under a lock:
+    a `workspaces use` and another process's token refresh at the same moment each read the file before the other
+    wrote it, and the second write undid the first (the choice gone, or a spent refresh token written back over the
+    new one: "the session expired")."""
+    path = path or credentials_path()
+    with _credentials_lock(path):
+        changed = change(read_credentials(path))
+        if changed is not None:
+            write_credentials(changed, path)
     return path
 
 
@@ -357,12 +396,9 @@ class Session:
         server's `railyard login` while this session ran) is another sign-in's, left as it is (before, it got this
         session's tokens under that sign-in's username, and its next commands ran as this session's user)."""
         if self.persist:
-            saved = read_credentials(self.credentials_file)
-            if (saved.get("access_token"), saved.get("refresh_token")) != replaced:
-                return
-            saved |= {"access_token": self.access_token, "refresh_token": self.refresh_token,
-                      "expires_at": self.expires_at}
-            write_credentials(saved, self.credentials_file)
+            update_credentials(lambda saved: saved | {
+                "access_token": self.access_token, "refresh_token": self.refresh_token, "expires_at": self.expires_at,
+            } if (saved.get("access_token"), saved.get("refresh_token")) == replaced else None, self.credentials_file)
 
     def credentials(self) -> dict[str, Any]:
         """What `railyard login` keeps: the URL, the client and the current tokens."""

@@ -156,3 +156,41 @@ def test_a_session_refreshed_after_another_user_signed_in_leaves_their_file_alon
         assert read_credentials(credentials) == bob  # the old code: bob's username with alice's tokens
     finally:
         alice.close()
+
+
+def test_a_choice_saved_while_another_process_refreshes_keeps_both(credentials, monkeypatch):
+    """`railyard workspaces use` and a running command's token refresh each read the whole file, changed it and wrote
+    it whole: the refresh landing between `use`'s read and its write was undone by it (the spent refresh token written
+    back: "the session expired", the next time the access token did), and the other way round the choice was lost.
+    Now each reads and writes the file under a lock of it: the refresh waits for `use` to have written (here: it is
+    started inside `use`'s read and given a second, in which the old code wrote)."""
+    import threading
+
+    import httpx
+    from railyard_client import session as session_module
+
+    write_credentials({"url": URL, "client_id": "api-client", "client_secret": "s", "username": "alice",
+                       "access_token": jwt("alice"), "refresh_token": "alice-1", "expires_at": 0}, credentials)
+    alice = Session(URL, credentials_file=credentials)  # a command still running, in another process
+    alice.http = httpx.Client(base_url=URL, transport=httpx.MockTransport(lambda request: httpx.Response(
+        200, json={"access_token": jwt("alice"), "refresh_token": "alice-2", "expires_in": 300})))
+    refreshing = threading.Thread(target=lambda: alice.token)
+    read = session_module.read_credentials
+
+    def read_while_refreshing(path=None):
+        saved = read(path)
+        if not refreshing.is_alive() and refreshing.ident is None:  # `use`'s read: the refresh starts now
+            refreshing.start()
+            refreshing.join(timeout=1.0)  # blocked by the lock until `use` has written (the old code: done by then)
+        return saved
+
+    monkeypatch.setattr(session_module, "read_credentials", read_while_refreshing)
+    monkeypatch.setattr(Client, "username", "alice")
+    try:
+        assert cli.main(["workspaces", "use", "fraud"]) == 0
+        refreshing.join(timeout=30)
+        assert not refreshing.is_alive()
+    finally:
+        alice.close()
+    saved = read(credentials)
+    assert (saved["refresh_token"], saved_choice(saved, URL, "alice")) == ("alice-2", 2)  # old code: "alice-1"
