@@ -7,13 +7,13 @@ outbox) says which workspace and pipeline (by id, and by name since 2026-12-04) 
 belongs to, and its `events.pipeline.serving` says the same again at each start of the deployer for every deployment
 it serves (a deployed event older than EVENTS' retention is gone from the stream: a log store upgraded or started on
 an empty table learns those deployments there). The log store reads both with its own durable consumer
-(`log-store-deployments` on EVENTS; its filter is set again at each start, so a consumer made by an older log store
-reads the new subject too) into its `deployments` table, and ingestion takes a batch only when the deployment its
-subject names is known there, in the workspace its header names, and of the pipeline its header names when the
-announcement named it (handlers.Ingestor.check_owners; one announced by an older deployer is checked by pipeline
-once the deployer names it again, which fills the name in). No token is needed (the deployer's resolve query needs a
-member's or an inference token, which ingestion has none of) and the deployer being down holds nothing up that it
-had announced.
+(`log-store-announcements` on EVENTS: a new durable, read from the stream's first event, not the older log store's
+`log-store-deployments` with its filter changed, see `PREVIOUS_DURABLE`) into its `deployments` table, and ingestion
+takes a batch only when the deployment its subject names is known there, in the workspace its header names, and of
+the pipeline its header names when the announcement named it (handlers.Ingestor.check_owners; one announced by an
+older deployer is checked by pipeline once the deployer names it again, which fills the name in). No token is needed
+(the deployer's resolve query needs a member's or an inference token, which ingestion has none of) and the deployer
+being down holds nothing up that it had announced.
 
 A deployment not heard of yet (its event still in the deployer's outbox, the deployer away, this consumer behind)
 is not refused: its batches stay unacknowledged and come back (`UNKNOWN_RETRY` seconds later) until the event is
@@ -50,7 +50,14 @@ from shared.dead_letters import REPLAY_FOR_HEADER
 from shared.messages.deployer import PipelineDeployed
 
 log = logging.getLogger("railyard.log_store")
-DURABLE = "log-store-deployments"
+DURABLE = "log-store-announcements"
+# the durable of the log stores before events.pipeline.serving (filtered on events.pipeline.deployed alone). Not
+# re-filtered: changing an existing consumer's filter does not take it back, and a filtered consumer's next sequence
+# moves past the events of other subjects (to the stream's end at a fetch that finds nothing), so the serving events
+# an upgraded deployer wrote while the older log store still ran would never have been read. Unused since; an operator
+# may delete it (`nats consumer rm EVENTS log-store-deployments`, docs/logs.md "Upgrading"). A later change of the
+# filter takes a new name too.
+PREVIOUS_DURABLE = "log-store-deployments"
 CACHE_SIZE = 4096
 SUBJECTS = (subjects.EVENT_PIPELINE_DEPLOYED, subjects.EVENT_PIPELINE_SERVING)
 
@@ -138,8 +145,8 @@ class Deployments:
 
     async def start(self, js: Any) -> None:
         self.js = js
-        # created, or updated: pull_subscribe leaves an existing durable as it is, and one made by a log store before
-        # events.pipeline.serving would never read it
+        # created, or its settings updated (pull_subscribe leaves an existing durable as it is); never its filter
+        # (PREVIOUS_DURABLE)
         await js.add_consumer(subjects.EVENTS_STREAM, config=consumer_config())
         self.sub = await js.pull_subscribe_bind(durable=DURABLE, stream=subjects.EVENTS_STREAM)
         self.task = asyncio.create_task(self.run())

@@ -209,43 +209,65 @@ def test_an_announcement_that_is_not_one_is_a_dead_letter_of_the_log_store(stack
     assert "workspace_id" in rows[0]["error"]
 
 
-async def test_a_consumer_made_by_a_log_store_before_events_pipeline_serving_reads_it_once_started(
+async def test_serving_events_the_previous_log_stores_consumer_read_past_are_read_after_the_upgrade(
         stack, monkeypatch):
-    """pull_subscribe leaves an existing durable as it is: the log store's `log-store-deployments` made before this
-    version (filtered on events.pipeline.deployed alone) would never have read the deployer's events.pipeline.serving
-    after an upgrade, which is the point of it. Its start now sets the consumer's filter again. Runs the log store's
-    Deployments in the test's process, on a durable and a schema of the test's own."""
+    """The log store before events.pipeline.serving read `log-store-deployments`, filtered on events.pipeline.deployed
+    alone. An upgraded deployer's start writes its serving events while that log store still runs: its next fetch
+    finds nothing of its subject and the consumer's next sequence moves to the stream's end (so does a deployed event
+    read after them). The upgraded log store must still read those serving events: 58cadbb changed that consumer's
+    filter (add_consumer), which does not take it back, so they were never read (the lookup below stayed empty for
+    60 s). Now it reads its own new durable from the stream's first event. Runs the log store's Deployments in the
+    test's process, on durables named after the real ones (the previous one's name is history, hence the literal) with
+    the test's suffix, and a schema of the test's own."""
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
     from services.log_store import deployments
 
-    durable = f"log-store-deployments-test-{uuid.uuid4().hex[:6]}"
-    monkeypatch.setattr(deployments, "DURABLE", durable)
+    suffix = f"test-{uuid.uuid4().hex[:6]}"
+    previous = f"log-store-deployments-{suffix}"  # the consumer the log store before this version made
+    monkeypatch.setattr(deployments, "DURABLE", f"{deployments.DURABLE}-{suffix}")
     nc = await nats_client.connect(stack.settings().nats.url)
     js = nc.jetstream()
     try:
-        # as the log store before made it
-        await js.add_consumer(subjects.EVENTS_STREAM, ConsumerConfig(
-            durable_name=durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=30.0,
-            max_deliver=-1, filter_subject=subjects.EVENT_PIPELINE_DEPLOYED))
+        old = await js.pull_subscribe(subjects.EVENT_PIPELINE_DEPLOYED, durable=previous,
+                                      stream=subjects.EVENTS_STREAM, config=ConsumerConfig(
+                                          durable_name=previous, ack_policy=AckPolicy.EXPLICIT,
+                                          deliver_policy=DeliverPolicy.ALL, ack_wait=30.0, max_deliver=-1,
+                                          filter_subject=subjects.EVENT_PIPELINE_DEPLOYED))
+
+        async def fetch_all() -> None:  # as the previous log store does, until a fetch finds nothing
+            for _ in range(1000):
+                try:
+                    msgs = await old.fetch(batch=256, timeout=1.0)
+                except nats_client.errors.TimeoutError:
+                    return
+                for msg in msgs:
+                    await msg.ack()
+            raise AssertionError("the previous consumer never ran out of deployed events")
+
+        await fetch_all()
+        # the upgraded deployer starts and names its deployment; the previous log store still runs and fetches
+        name = f"upgraded-{uuid.uuid4().hex[:8]}-0"
+        event = PipelineServing(deployment_id=0, name=name, pipeline_id=0, workspace_id=41,
+                                pipeline_version=str(uuid.uuid4()), pipeline_name="p")
+        await js.publish(subjects.EVENT_PIPELINE_SERVING, event.model_dump_json().encode())
+        await fetch_all()
+        await old.unsubscribe()
         async with service_schema(stack, "logstoreupgrade", Path("services/log_store/migrations")) as pool:
             known = deployments.Deployments(pool)
             await known.start(js)
             try:
-                name = f"upgraded-{uuid.uuid4().hex[:8]}-0"
-                event = PipelineServing(deployment_id=0, name=name, pipeline_id=0, workspace_id=41,
-                                        pipeline_version=str(uuid.uuid4()))
-                await js.publish(subjects.EVENT_PIPELINE_SERVING, event.model_dump_json().encode())
                 deadline = time.monotonic() + 60
                 while not await known.lookup([name]):
-                    assert time.monotonic() < deadline, (await js.consumer_info(subjects.EVENTS_STREAM, durable)).config
+                    assert time.monotonic() < deadline, "the serving event written before the upgrade was never read"
                     await asyncio.sleep(0.2)
-                assert await known.lookup([name]) == {name: deployments.Owner(41, None)}
+                assert await known.lookup([name]) == {name: deployments.Owner(41, "p")}
             finally:
                 await known.stop()
     finally:
-        with contextlib.suppress(Exception):
-            await js.delete_consumer(subjects.EVENTS_STREAM, durable)
+        for durable in (previous, deployments.DURABLE):
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(subjects.EVENTS_STREAM, durable)
         await nc.close()
 
 
