@@ -1463,24 +1463,35 @@ async def resume_deliveries(deps: ContinuousDeps) -> None:
     for training in superseded:
         log.warning("continuous deployment of training %s (deployment %s) did not finish, and a newer training was"
                     " delivered since: not delivered again", training["id"], training["deployment_id"])
-    rows = await deps.base.pool.fetch(
-        "UPDATE trainings SET delivering_since = now(), delivery_resumes = delivery_resumes + 1 WHERE"
-        " delivering_since < now() - make_interval(secs => $1) RETURNING *", STALE_SWAP)
-    # a deployment's own one after the other, oldest first (they share its lock anyway); up to RESUME_CONCURRENCY
-    # deployments at once: before, one deployment's deploy answered slowly (up to deploy_wait, 305 s) held back
-    # every other deployment's resume behind it
-    by_deployment: dict[int, list[asyncpg.Record]] = {}
-    for training in sorted(rows, key=lambda row: row["created_at"]):
-        by_deployment.setdefault(training["deployment_id"], []).append(training)
+    stale = await deps.base.pool.fetch(
+        "SELECT deployment_id FROM trainings WHERE delivering_since < now() - make_interval(secs => $1) GROUP BY"
+        " deployment_id ORDER BY min(created_at)", STALE_SWAP)
+    # up to RESUME_CONCURRENCY deployments at once (before, one deployment's deploy answered slowly, up to
+    # deploy_wait, 305 s, held back every other deployment's resume behind it), a deployment's own one after the
+    # other, oldest first (they share its lock anyway). Each deployment's are claimed when its turn comes, not at
+    # the sweep's start: one waiting behind the bound holds no claim, so another process's sweep takes it meanwhile,
+    # and one whose turn comes after STALE_SWAP is not claimed by another process too (both delivering it, each
+    # counting a resume towards MAX_RESUMES)
     limit = asyncio.Semaphore(RESUME_CONCURRENCY)
+    resumed: set[int] = set()  # their newest is being delivered again just now
 
-    async def resume_deployment(trainings: list[asyncpg.Record]) -> None:
+    async def resume_deployment(deployment_id: int) -> None:
         async with limit:
-            for training in trainings:
+            try:
+                rows = await deps.base.pool.fetch(
+                    "UPDATE trainings SET delivering_since = now(), delivery_resumes = delivery_resumes + 1 WHERE"
+                    " deployment_id = $2 AND delivering_since < now() - make_interval(secs => $1) RETURNING *",
+                    STALE_SWAP, deployment_id)
+            except Exception:
+                log.exception("continuous deployment of deployment %s: claiming its unfinished deliveries failed;"
+                              " tried again at the next sweep", deployment_id)
+                return
+            if rows:
+                resumed.add(deployment_id)
+            for training in sorted(rows, key=lambda row: row["created_at"]):
                 await _resume_delivery(deps, training)
 
-    await asyncio.gather(*(resume_deployment(trainings) for trainings in by_deployment.values()))
-    resumed = set(by_deployment)  # their newest is being delivered again just now
+    await asyncio.gather(*(resume_deployment(row["deployment_id"]) for row in stale))
     for training in superseded:
         newest = await newest_delivered(deps.base.pool, training["deployment_id"])
         failed = None

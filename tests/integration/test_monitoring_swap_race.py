@@ -873,6 +873,57 @@ async def test_a_resume_sweep_makes_at_most_resume_concurrency_deployments_at_on
     assert len(await swapped_events(pool)) == len(deployments)
 
 
+async def test_a_delivery_waiting_behind_the_bound_is_not_claimed_until_its_turn(monitoring_schema, monkeypatch):
+    """Six deployments with an unfinished DEPLOY_AUTO delivery; the four oldest's deploys hang (held until the test
+    lets them go), so the other two wait behind RESUME_CONCURRENCY. Before, the sweep claimed all six at its start
+    (delivering_since, delivery_resumes + 1) though it had begun two of them only once a slot freed: no other
+    process took them meanwhile, and one delivery whose turn came after STALE_SWAP (four deploys answered slowly,
+    up to 305 s) was taken by another process's sweep as well, each try counted twice towards MAX_RESUMES. Now a
+    deployment's deliveries are claimed when its turn comes: another process's sweep delivers the two at once
+    while the four hang, each counted once, told once."""
+    pool = monitoring_schema
+    deployments = [DEPLOYMENT + n for n in range(continuous.RESUME_CONCURRENCY + 2)]
+    hanging = {f"d-{deployment_id}" for deployment_id in deployments[:continuous.RESUME_CONCURRENCY]}
+    for age, deployment_id in enumerate(deployments):  # the four hanging ones the oldest: taken up first
+        await pool.execute("INSERT INTO continuous_deployment (deployment_id, workspace_id, deployment, owner_id,"
+                           " policy, alpha, min_sample) VALUES ($1, 1, $2, $3, 'DEPLOY_AUTO', 0.05, 10)",
+                           deployment_id, f"d-{deployment_id}", uuid.uuid4())
+        await pool.execute(
+            "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id, model_version,"
+            " model_status, created_at, delivering_since) VALUES ($1, $2, 1, 'done', 'deployed', 1, $3, $4, 'ready',"
+            " now() - make_interval(secs => $5), now() - make_interval(secs => $6))", uuid.uuid4(),
+            deployment_id, uuid.uuid4(), json.dumps(NEWEST), 1000.0 - age, continuous.STALE_SWAP + 10)
+    deploying: list[str] = []
+    all_hanging, release = asyncio.Event(), asyncio.Event()
+
+    async def serve(deps, owner_id, workspace_id, deployment, champion, challenger, purpose, **_) -> str:
+        deploying.append(deployment)
+        if deployment in hanging:
+            if hanging <= set(deploying):
+                all_hanging.set()
+            await release.wait()
+        return "7"
+
+    deliver_with(monkeypatch, lambda: CHAMPION, serve)
+    first = asyncio.create_task(continuous.resume_deliveries(process(pool)))
+    try:
+        await asyncio.wait_for(all_hanging.wait(), 30)
+        await continuous.resume_deliveries(process(pool))  # another process's sweep, meanwhile
+        meanwhile = {r["deployment_id"]: r for r in await pool.fetch(
+            "SELECT deployment_id, delivering_since, delivered_at FROM trainings")}
+    finally:
+        release.set()
+        await asyncio.wait_for(first, 30)
+
+    assert {d for d, r in meanwhile.items() if r["delivered_at"] is not None} == set(deployments[-2:])
+    rows = await pool.fetch("SELECT deployment_id, outcome, delivering_since, delivered_at IS NOT NULL AS recorded,"
+                            " delivery_resumes FROM trainings")
+    assert {(r["outcome"], r["delivering_since"], r["recorded"], r["delivery_resumes"]) for r in rows} == {
+        ("deployed", None, True, 1)}
+    assert sorted(deploying) == sorted(f"d-{d}" for d in deployments)  # each deployed once
+    assert len(await swapped_events(pool)) == len(deployments)
+
+
 async def test_a_redo_stopped_between_its_claim_and_its_look_is_not_made_over_a_change(monitoring_schema,
                                                                                         monkeypatch):
     """A promotion's swap refused for the owner; a person's deploy (v5 alone) since; the redo (at a toggle) claims
