@@ -665,6 +665,77 @@ async def test_a_delivery_whose_deploy_never_answers_is_failed_after_max_resumes
         assert (row["outcome"], row["reason"]) == ("deployed", None), dict(row)
         assert [e["action"] for e in await swapped_events(pool)] == ["deployed"]
 
+@pytest.mark.parametrize("what", ["swap", "delivery"])
+async def test_a_last_resume_whose_look_fails_is_failed_with_the_look_s_error(monitoring_schema, monkeypatch, what):
+    """The last resume (past MAX_RESUMES) looks at what serves before failing a swap or a delivery whose deploys
+    went unanswered; the deployer unreachable for that look (pipelines/get: Unavailable), it is failed all the same,
+    once, the look's error in the reason, and nothing is deployed. The delivery (DEPLOY_AUTO) leaves the running
+    challenge running (its champion and challenger still serve). Only the never-answered and landed-late cases were
+    tested: a look that failed could have left the swap decided, or the delivery claimed, for ever."""
+    pool = monitoring_schema
+    deployer = Deployer(Deployer.model(CHAMPION, CHALLENGER))
+    deployer.install(monkeypatch)
+    deployer.unanswered = 100
+    deps = Deployer.process(pool)
+    if what == "swap":
+        challenge_id = await decided(pool)
+        await continuous._apply_decision(deps, await pool.fetchrow("SELECT * FROM challenges WHERE id = $1",
+                                                                   challenge_id), "promoting", evidence())
+    else:
+        await continuous_deployment(pool, "DEPLOY_AUTO")
+        older, training_id = uuid.uuid4(), uuid.uuid4()
+        await done(pool, older, CHALLENGER, "shadow", 600, False)
+        challenge_id = uuid.uuid4()
+        await pool.execute(
+            "INSERT INTO challenges (id, deployment_id, workspace_id, training_id, champion, challenger, alpha,"
+            " min_sample, state) VALUES ($1, $2, 1, $3, $4, $5, 0.05, 10, 'running')", challenge_id, DEPLOYMENT,
+            older, json.dumps(CHAMPION), json.dumps(CHALLENGER))
+        await done(pool, training_id, NEWEST, "deployed", 100, True)
+        await continuous._deliver(deps, await pool.fetchrow("SELECT * FROM trainings WHERE id = $1", training_id),
+                                  "DEPLOY_AUTO")
+    looks = 0
+    unreachable = False
+
+    async def deployment(base, principal, token, name):
+        nonlocal looks
+        looks += 1
+        if unreachable:
+            raise Unavailable("the deployer is not reachable")
+        return SimpleNamespace(definition=deployer.versions[deployer.serving], deploy_id="d", pipeline_id=5,
+                               route=SimpleNamespace(name=name, pipeline_name="p", deployment_id=DEPLOYMENT,
+                                                     pipeline_version=str(deployer.serving)),
+                               engine_config=None, version_pk_id=deployer.serving)
+
+    monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
+    for attempt in range(continuous.MAX_RESUMES + 2):
+        unreachable = attempt >= continuous.MAX_RESUMES
+        if what == "swap":
+            await pool.execute("UPDATE challenges SET decided_at = now() - make_interval(secs => $2) WHERE id = $1",
+                               challenge_id, continuous.STALE_SWAP + 10)
+            await continuous.resume_swap(deps, DEPLOYMENT)
+        else:
+            await pool.execute("UPDATE trainings SET delivering_since = now() - make_interval(secs => $1) WHERE"
+                               " delivering_since IS NOT NULL", continuous.STALE_SWAP + 10)
+            await continuous.resume_deliveries(deps)
+
+    assert looks == continuous.MAX_RESUMES + 1  # one look each; the failed one not looked at again
+    assert deployer.deploys == [(2, 1, "unanswered")] * (1 + continuous.MAX_RESUMES)  # none at the last resume
+    assert deployer.serves() == ("v1", "v2")
+    assert await swapped_events(pool) == []
+    if what == "swap":
+        row = await pool.fetchrow("SELECT state, reason, swap_refused FROM challenges WHERE id = $1", challenge_id)
+        assert (row["state"], row["swap_refused"]) == ("failed", None), dict(row)
+        assert f"did not finish after {continuous.MAX_RESUMES + 1} tries" in row["reason"]
+        assert "its last look failed: the deployer is not reachable" in row["reason"]
+    else:
+        row = await pool.fetchrow("SELECT outcome, reason, delivering_since, delivered_at FROM trainings WHERE id = $1",
+                                  training_id)
+        assert (row["outcome"], row["delivering_since"], row["delivered_at"]) == ("failed", None, None), dict(row)
+        assert f"did not finish after {continuous.MAX_RESUMES + 1} tries" in row["reason"]
+        assert "its last look at what serves failed: the deployer is not reachable" in row["reason"]
+        assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "running"
+
+
 @pytest.mark.parametrize("outcome", ["refused", "failed", "unanswered"])
 async def test_a_deploy_auto_delivery_that_serves_nothing_leaves_the_running_challenge_running(monitoring_schema,
                                                                                               monkeypatch, outcome):
