@@ -933,6 +933,10 @@ async def restore_deployments(deps: DeployerDeps) -> DeploymentRestore:
     return restore
 
 
+NAMED_AGAIN_AFTER = 3600.0
+"""Seconds before a start names a deployment again in an events.pipeline.serving (store.record_serving)."""
+
+
 async def announce_serving(deps: DeployerDeps, rows: list[Any]) -> None:
     """At a start, an events.pipeline.serving for every active deployment whose events.pipeline.deployed was written
     (`announced`, and not owed again for a new activation: `deployed_pending`), in one transaction of the outbox:
@@ -942,14 +946,18 @@ async def announce_serving(deps: DeployerDeps, rows: list[Any]) -> None:
     for the rows, not once their replicas serve again: whose a deployment is does not depend on its restore, and
     replicas that outlive the deployer (Kubernetes) log meanwhile. A row owing its deployed event (a first deploy,
     or a redeploy, under its new name) gets that when its replicas serve (_restart). Lineage records the event and
-    draws nothing of it (services/workflow_lineage/graph.py DRAWN). Raises when PostgreSQL fails: the start fails,
-    as it does when the rows cannot be read."""
+    draws nothing of it (services/workflow_lineage/graph.py DRAWN). A deployment named less than NAMED_AGAIN_AFTER
+    ago is not named again (its naming is still in EVENTS): a deployer restarted in a loop wrote one event per
+    deployment per start, until EVENTS' size limit refused every service's events. Raises when PostgreSQL fails: the
+    start fails, as it does when the rows cannot be read."""
     events = [PipelineServing(**_deployed_event_of(row).model_dump(exclude={"event_id", "occurred_at"}))
               for row in rows if row.get("announced") and not row.get("deployed_pending")]
     if not events:
         return
     async with deps.pool.acquire() as conn, conn.transaction():
-        await store.record_serving(conn, events)
+        events = await store.record_serving(conn, events, NAMED_AGAIN_AFTER)
+    if not events:
+        return
     log.info("named the %d deployments this deployer serves (events.pipeline.serving)", len(events))
     deps.events_committed()
 

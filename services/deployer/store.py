@@ -230,11 +230,19 @@ async def record_deployed(conn: asyncpg.Connection, event: PipelineDeployed, *, 
     return True
 
 
-async def record_serving(conn: asyncpg.Connection, events: list[PipelineServing]) -> None:
+async def record_serving(conn: asyncpg.Connection, events: list[PipelineServing],
+                         again_after: float) -> list[PipelineServing]:
     """The deployments this deployer serves, named at its start (events.pipeline.serving), to the outbox in the
-    caller's transaction."""
-    for event in events:
+    caller's transaction: those not named in the last `again_after` seconds (`named_at`, migration 008, set here; two
+    deployers starting at once name each once). The events written."""
+    due = {row["id"] for row in await conn.fetch(
+        "UPDATE deployments SET named_at = now() WHERE id = ANY($1::bigint[])"
+        " AND (named_at IS NULL OR named_at <= now() - make_interval(secs => $2)) RETURNING id",
+        [event.deployment_id for event in events], float(again_after))}
+    written = [event for event in events if event.deployment_id in due]
+    for event in written:
         await add_event(conn, subjects.EVENT_PIPELINE_SERVING, event)
+    return written
 
 
 async def mark_served(conn: asyncpg.Connection, deployment_id: int) -> None:

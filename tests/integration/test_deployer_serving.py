@@ -52,3 +52,32 @@ async def test_a_starting_deployer_names_the_deployments_it_serves_in_its_outbox
                 event.pipeline_name) == (serving["id"], f"serving-{serving['id']}", serving["pipeline_id"], WORKSPACE,
                                          str(serving["version"]), "serving")
         assert woken  # the outbox is told to send it now
+
+
+async def test_a_deployer_restarted_in_a_loop_names_a_deployment_once_an_hour(stack):
+    """Each start named every active deployment: a deployer restarted in a loop (a crash soon after its start,
+    restarted within seconds) wrote one event per deployment per start into EVENTS, whose size limit (`discard: new`)
+    then refuses every service's events, and as many rows into lineage's event log. A start now names a deployment
+    only when its last naming is NAMED_AGAIN_AFTER old (`named_at`, migration 008). On the old code the second start
+    wrote a second serving event."""
+    async with service_schema(stack, "deployernamedat", Path("services/deployer/migrations")) as pool:
+        await make_pipeline(pool, "looping", 2, deployed=2, active=True)
+        await pool.execute("UPDATE deployments SET deployed_pending = false, announced = true, served = true")
+        await pool.execute("DELETE FROM outbox")
+        name = await pool.fetchval("SELECT deploy_id || '-' || id FROM deployments")
+        backend = SimpleNamespace(sets={name})
+        deps = SimpleNamespace(pool=pool, backend=backend, failed_restores={}, events_committed=lambda: None,
+                               pipeline_lock=lambda pipeline_id: asyncio.Lock())
+
+        async def start() -> list[str]:  # a start of the deployer; the serving events its outbox holds since
+            await (await handlers.restore_deployments(deps)).stop()  # type: ignore[arg-type]
+            return [json.loads(r["payload"])["name"] for r in await pool.fetch(
+                "SELECT payload FROM outbox WHERE subject = $1 ORDER BY id", subjects.EVENT_PIPELINE_SERVING)]
+
+        assert await start() == [name]
+        for _ in range(3):  # restarted again and again within the hour
+            assert await start() == [name]
+        # an hour later, named again
+        await pool.execute("UPDATE deployments SET named_at = named_at - make_interval(secs => $1)",
+                           handlers.NAMED_AGAIN_AFTER)
+        assert await start() == [name, name]

@@ -52,8 +52,9 @@ class MemoryStore:
         await self.add_event(conn, "events.pipeline.deployed", event)
         return True
 
-    async def record_serving(self, conn, events):
+    async def record_serving(self, conn, events, again_after):
         self.serving.extend(events)  # apart from `events`: the restore tests here are about the deployed event
+        return events  # named again at every start (named_at is the store's: test_deployer_serving.py)
 
     async def mark_served(self, conn, deployment_id):
         row = self.deployments[deployment_id]
