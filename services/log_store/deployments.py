@@ -96,6 +96,7 @@ class Deployments:
         self.cache_size = cache_size
         self.cache: OrderedDict[str, Owner] = OrderedDict()
         self.lookups = 0  # asked of PostgreSQL (names not in the cache)
+        self.recorded = 0  # announcements recorded: a lookup's answer read while one was is not cached (`lookup`)
         # when (time.time()) a fetch began after which every announcement the stream had was recorded: announcements
         # published before it are all known. 0 until this process has read the stream's backlog (its start)
         self.caught_up = 0.0
@@ -120,11 +121,17 @@ class Deployments:
                 found[name] = owner
         if missing:
             self.lookups += 1
+            recorded = self.recorded
             rows = await self.pool.fetch("SELECT name, workspace_id, pipeline_name FROM deployments"
                                          " WHERE name = ANY($1::text[])", missing)
+            # an announcement recorded meanwhile may have filled in a pipeline's name this answer was read without,
+            # after `record` dropped the name from the cache: cached, the answer would stand until evicted (never, for
+            # a deployment that logs), its batches checked by workspace only. Asked again next time instead.
+            fresh = self.recorded == recorded
             for row in rows:
                 found[row["name"]] = owner = Owner(row["workspace_id"], row["pipeline_name"])
-                self._remember(row["name"], owner)
+                if fresh:
+                    self._remember(row["name"], owner)
         return found
 
     def _remember(self, name: str, owner: Owner) -> None:
@@ -141,6 +148,7 @@ class Deployments:
             " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE SET pipeline_name = EXCLUDED.pipeline_name"
             " WHERE deployments.pipeline_name IS NULL AND EXCLUDED.pipeline_name IS NOT NULL",
             event.name, event.deployment_id, event.workspace_id, event.pipeline_id, event.pipeline_name)
+        self.recorded += 1
         self.cache.pop(event.name, None)  # cached without its pipeline's name, say
 
     async def start(self, js: Any) -> None:

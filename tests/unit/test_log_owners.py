@@ -248,6 +248,44 @@ class Pool:
         return [{"name": n, "workspace_id": self.rows[n], "pipeline_name": "p"} for n in names if n in self.rows]
 
 
+def test_an_answer_read_while_an_announcement_filled_in_the_pipeline_name_is_not_cached():
+    """A lookup whose query read a deployment's row before a later announcement filled in its pipeline's name
+    (b82176f: the deployer's serving event after an upgrade), and came back after `record` dropped the name from the
+    cache: on b82176f's code that answer (no pipeline) was cached and stood until evicted, which a deployment that
+    logs never is, so its batches stayed checked by workspace only. Now it is asked again next time."""
+    from shared.messages.deployer import PipelineServing
+
+    class Racing:
+        """deployments.d-3 as PostgreSQL has it; the fill-in commits while the first lookup's answer is on its way."""
+
+        def __init__(self) -> None:
+            self.name: str | None = None
+            self.queries = 0
+
+        async def fetch(self, sql: str, names: list[str]):
+            self.queries += 1
+            row = {"name": "d-3", "workspace_id": 9, "pipeline_name": self.name}  # read now
+            if self.queries == 1:
+                await known.record(PipelineServing(deployment_id=3, name="d-3", pipeline_id=2, workspace_id=9,
+                                                   pipeline_version="v", pipeline_name="p"))
+            return [row]
+
+        async def execute(self, sql: str, *args) -> None:
+            assert "ON CONFLICT (name) DO UPDATE SET pipeline_name" in sql
+            self.name = self.name or args[4]
+
+    pool = Racing()
+    known = Deployments(pool)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        assert await known.lookup(["d-3"]) == {"d-3": Owner(9, None)}  # as read
+        assert await known.lookup(["d-3"]) == {"d-3": Owner(9, "p")}
+        assert pool.queries == 2
+        assert await known.lookup(["d-3"]) == {"d-3": Owner(9, "p")} and pool.queries == 2  # cached now
+
+    asyncio.run(scenario())
+
+
 def test_announcements_are_cached_up_to_a_bound_and_unknown_names_asked_again():
     pool = Pool({"a": 1, "b": 2, "c": 3})
     known = Deployments(pool, cache_size=2)  # type: ignore[arg-type]
