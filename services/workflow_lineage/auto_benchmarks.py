@@ -63,10 +63,13 @@ class AutoBenchmarks(Sweeper):
         return self.deps.pool
 
     async def sweep(self) -> float:
-        """Run every due claim; the seconds until the next one is due (at most POLL_SECONDS)."""
+        """Run every due claim; the seconds until the next one is due (POLL_SECONDS when there is none)."""
         while await self.run_one():
             pass
-        return await store.next_auto_benchmark(self.deps.pool, STALE_SECONDS)
+        due = await store.next_auto_benchmark(self.deps.pool, STALE_SECONDS)
+        # no claim pending or running: the longest wait. None is a failed sweep's (Sweeper), FAILED_SWEEP_WAIT:
+        # returned for "no claim", the worker of a stack with no claim at all looked every 5 s as before
+        return POLL_SECONDS if due is None else due
 
     def next_wait(self, result: float | None) -> float:
         # until the next claim is due (a retry's next_try, a running claim's stale time), at most POLL_SECONDS: a

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from types import SimpleNamespace
 from typing import Any
 
 from services.workflow_lineage import auto_benchmarks
@@ -83,3 +84,16 @@ def test_the_automatic_benchmarks_worker_waits_until_its_next_claim_is_due():
     assert worker.next_wait(-3.0) == 1.0  # one is due now (found after the sweep's last look)
     assert worker.next_wait(12.5) == 12.5  # a retry's next_try
     assert worker.next_wait(3600.0) == 60.0  # nothing soon: another process's claims are seen within a minute
+
+
+def test_a_worker_with_no_claim_at_all_waits_the_longest_wait(monkeypatch):
+    """No claim pending or running (an idle stack's case): `next_auto_benchmark` answers None, which the sweep must
+    not hand on as such: None is a failed sweep's result (`Sweeper`), so the worker looked again after
+    FAILED_SWEEP_WAIT (5 s), every 5 s for good, its connection never idle long enough to close."""
+    async def nothing(*args: Any) -> None:
+        return None
+
+    monkeypatch.setattr(auto_benchmarks.store, "take_auto_benchmark", nothing)
+    monkeypatch.setattr(auto_benchmarks.store, "next_auto_benchmark", nothing)
+    worker = auto_benchmarks.AutoBenchmarks(deps=SimpleNamespace(pool="pool"), infer=None)  # type: ignore[arg-type]
+    assert worker.next_wait(asyncio.run(worker.sweep())) == auto_benchmarks.POLL_SECONDS  # was 5.0
