@@ -451,4 +451,6 @@ async def test_the_poll_after_the_starts_retries_is_phased_again(verifier, monke
         await asyncio.wait_for(polled_after_read.wait(), 10)
     finally:
         await feed.stop()
-    assert 0.9 < calls[3] - calls[2] < 1.6  # the interval's half (random() 0), not the whole 2.0 s
+    # the interval's half (random() 0), not the whole 2.0 s; the margin up to 1.9 is a loaded machine's, the old wait
+    # being 2.0 at the least
+    assert 0.9 < calls[3] - calls[2] < 1.9
