@@ -602,12 +602,19 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
         spec.deployment.id, spec.deployment.name = deployment_id, name
 
         async def record() -> None:
-            async with deps.pool.acquire() as conn, conn.transaction():
-                existing = await store.pipeline_deployment(conn, pipeline["id"])
-                # the old set serves: a deployed event its row still owes (its write failed) is written first
-                await owed_before(conn, existing, pipeline, serving=True)
-                await store.activate_deployment(conn, existing, *row)
-                await store.record_deployed(conn, deployed(deployment_id, name))
+            try:
+                async with deps.pool.acquire() as conn, conn.transaction():
+                    existing = await store.pipeline_deployment(conn, pipeline["id"])
+                    # the old set serves: a deployed event its row still owes (its write failed) is written first
+                    await owed_before(conn, existing, pipeline, serving=True)
+                    await store.activate_deployment(conn, existing, *row)
+                    await store.record_deployed(conn, deployed(deployment_id, name))
+            except Exception as exc:
+                # what was committed decides: a commit that took effect but whose answer was lost (the connection
+                # dropped after COMMIT, a command timeout) left the row naming the new set, which must serve then.
+                # Raising stopped it (LocalBackend.start) while the row, and the outbox's deployed event, named it
+                if not await _recorded(deps, pipeline["id"], deployment_id, name, row, exc):
+                    raise
             deps.owed.forget(deployment_id)  # the replaced activation's owed event was written with it
 
         try:
@@ -654,6 +661,50 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
         if renamed is not None:
             await deps.backend.stop(renamed)
     return Deployed(id=deployment_id)
+
+
+RECORD_CHECK_DELAYS = (0.0, 1.0, 3.0)
+"""Waits before each look at what the failed record of a redeploy committed (_recorded): three looks over ~4 s."""
+
+
+def _as_json(value: Any) -> Any:
+    """A jsonb column as the pool returns it (text), or the value written to it, as plain JSON values."""
+    return json.loads(value if isinstance(value, str) else json.dumps(value))
+
+
+async def _recorded(deps: DeployerDeps, pipeline_id: int, deployment_id: int, name: str, row: tuple[Any, ...],
+                    error: Exception) -> bool:
+    """Whether the transaction of a redeploy's `record` that raised `error` was committed all the same: the pipeline's
+    deployment read again under the pipeline's advisory lock (store.pipeline_deployment), which that transaction
+    held, so one the database still runs (its client gone) is over before the row is read. Committed: the row is the
+    new activation (`row`, activate_deployment's arguments: version, deploy_id, engine config, spec) and owes no
+    deployed event (record_deployed cleared it). A redeploy identical to what served, whose row owed nothing, reads
+    as committed either way: the row tells what serves then too. Read again (RECORD_CHECK_DELAYS) while the database
+    does not answer; never answered: Unavailable, the outcome unknown (the new set is stopped, as for a record that
+    failed, and the old one keeps serving)."""
+    _, version_id, deploy_id, config, spec = row
+    for delay in RECORD_CHECK_DELAYS:
+        await asyncio.sleep(delay)
+        try:
+            async with deps.pool.acquire() as conn, conn.transaction():
+                now = await store.pipeline_deployment(conn, pipeline_id)
+        except Exception as exc:
+            log.warning("deployment %s: the record of its redeploy raised (%s) and its row could not be read (%s)",
+                        name, error, exc)
+            continue
+        committed = now is not None and now["id"] == deployment_id and now["active"] and \
+            not now["deployed_pending"] and (now["pipeline_version_id"], now["deploy_id"]) == (version_id, deploy_id) \
+            and _as_json(now["engine_config"]) == _as_json(config) and _as_json(now["spec"]) == _as_json(spec)
+        if committed:
+            log.warning("deployment %s: the record of its redeploy raised (%s) but was committed: its new replicas"
+                        " serve", name, error)
+        return committed
+    log.error("deployment %s: the record of its redeploy raised (%s) and the database never answered whether it was"
+              " committed; the new replicas are stopped, the row may name them", name, error)
+    raise Unavailable(f"the redeploy of pipeline {pipeline_id} as {name!r} could not be confirmed: its replicas "
+                      "served, but the database did not answer, and it is not known whether the new version was "
+                      "recorded; its replicas were stopped and the previous ones keep serving. Look at the pipeline "
+                      "(pipelines/get) once the database answers, and deploy again") from error
 
 
 def _check_serving(pipeline, before: dict[str, Any] | None, name: str | None, serving: bool, wanted: int) -> None:

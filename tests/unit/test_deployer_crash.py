@@ -1,0 +1,140 @@
+"""The deployer's crash windows (services/deployer/handlers.py, docs/inference.md "Deployments"): a redeploy of a
+deployment that serves records its new row once the new replicas answer (`record`, LocalBackend.start's `serving`
+step), and the backend stops the new set when that step raises. A commit that took effect but whose answer was lost
+(the connection dropped after COMMIT, a command timeout) raised all the same: the new replicas were stopped while
+the row named them (their version, a renamed deployment's new name) and the outbox held their deployed event. Same
+in-memory world as test_deployer_locks.py, with a pool whose transactions can lose their commit's answer or be
+refused."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import uuid
+from types import SimpleNamespace
+
+import asyncpg
+import pytest
+
+from services.deployer import handlers
+from shared import subjects
+from shared.errors import Unavailable
+from shared.messages.deployer import DeployPipeline
+from tests.unit.test_deployer_locks import ALICE, PIPELINE, VERSION, _deployed_as, _until, world  # noqa: F401
+
+NEW = VERSION + 1
+
+
+class CommitPool:
+    """The in-memory world's pool, whose next transaction (`fail_next`) ends in an error: "lost", its writes took
+    effect (committed) but the answer never came; "refused", nothing of it took effect (the store's rows put back)."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self.fail_next: str | None = None
+        self.failed: list[str] = []  # the transactions failed so far, as fail_next said
+
+    @contextlib.asynccontextmanager
+    async def acquire(self):
+        yield SimpleNamespace(transaction=self._transaction)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self):
+        deployments, events = copy.deepcopy(self.store.deployments), list(self.store.events)
+        yield
+        fail, self.fail_next = self.fail_next, None
+        if fail is not None:
+            self.failed.append(fail)
+        if fail == "refused":
+            self.store.deployments.clear(), self.store.deployments.update(deployments)
+            self.store.events[:] = events
+        if fail is not None:
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
+
+@pytest.fixture
+def crash(world, monkeypatch):  # noqa: F811 - the fixture
+    world.deps.pool = CommitPool(world.store)
+    monkeypatch.setattr(handlers, "RECORD_CHECK_DELAYS", (0.0, 0.01, 0.01), raising=False)  # the old code: none
+    return world
+
+
+async def _redeploying(made, deploy_id: str, commit: str):
+    """Deployment 5 serving as a-5 is redeployed at version NEW as `deploy_id`; its new replicas answer, and the
+    transaction recording its new row ends as `commit` says. The redeploy's task, the old set and the new one."""
+    await _deployed_as(made, "a")
+    old = made.backend.sets["a-5"]
+    made.store.events.clear()
+    made.store.versions[NEW] = dict(made.store.versions[VERSION], id=NEW, version=uuid.uuid4())
+    redeploy = asyncio.create_task(handlers.deploy(made.deps, ALICE, "t", DeployPipeline(
+        deploy_id=deploy_id, pipeline_version_pk_id=NEW, pipeline_id=PIPELINE, engine_config={"replica_count": 2})))
+    await _until(lambda: made.backend.waiting, "the redeploy starts its replicas")
+    new, answer = made.backend.waiting.pop()
+    made.deps.pool.fail_next = commit  # the next transaction is the one recording the new row
+    answer.set_result(None)
+    return redeploy, old, new
+
+
+@pytest.mark.parametrize("deploy_id", ["a", "b"])
+@pytest.mark.parametrize("commit", ["lost", "refused"])
+def test_a_redeploy_whose_record_raises_keeps_the_replicas_its_commit_names(crash, deploy_id, commit):
+    """"lost": the row names the new version (and name), so the new replicas serve and the old ones stop, as after
+    a commit that answered; the deploy answers, its deployed event (committed) is not written again. Before, the new
+    set was stopped and the deploy failed, the old replicas serving the previous version (as a-5, a name no row had
+    any more, when renamed). "refused": nothing changed, as before: the error, the old set serving, the row as it
+    was, no event."""
+
+    async def scenario(made) -> None:
+        redeploy, old, new = await _redeploying(made, deploy_id, commit)
+        if commit == "lost":
+            assert (await redeploy).id == 5
+            row = made.store.deployments[5]
+            assert (row["pipeline_version_id"], row["deploy_id"], row["active"], row["deployed_pending"]) == (
+                NEW, deploy_id, True, False)
+            assert made.backend.sets == {f"{deploy_id}-5": new} and not new.stopping and old.stopping
+            assert [(s, e.name, e.pipeline_version) for s, e in made.store.events] == [
+                (subjects.EVENT_PIPELINE_DEPLOYED, f"{deploy_id}-5", str(made.store.versions[NEW]["version"]))]
+        else:
+            with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError):
+                await redeploy
+            row = made.store.deployments[5]
+            assert (row["pipeline_version_id"], row["deploy_id"], row["active"], row["deployed_pending"]) == (
+                VERSION, "a", True, False)
+            assert made.backend.sets == {"a-5": old} and not old.stopping and new.stopping
+            assert made.store.events == []
+        assert made.backend.untracked() == []
+
+    asyncio.run(scenario(crash))
+
+
+@pytest.mark.parametrize("unanswered", [2, 3])
+def test_a_redeploy_whose_record_raises_asks_the_row_again_and_says_when_it_cannot_tell(crash, unanswered):
+    """The row's re-read fails too (the database still away): it is asked again (RECORD_CHECK_DELAYS, three looks
+    here). Answered at the last look: the commit took effect, the new replicas serve. Never answered: the deploy is a
+    503 saying that it is not known whether the new version was recorded (the new set stopped, the old one kept, as
+    the backend does for a failed `serving` step), not an error claiming that nothing changed."""
+
+    async def scenario(made) -> None:
+        pipeline_deployment, looks = made.store.pipeline_deployment, []
+
+        async def away(conn, pipeline_id):  # after the record's transaction failed, the first `unanswered` looks
+            if made.deps.pool.failed and len(looks) < unanswered:
+                looks.append(pipeline_id)
+                raise ConnectionRefusedError("the database is away")
+            return await pipeline_deployment(conn, pipeline_id)
+
+        made.store.pipeline_deployment = away
+        redeploy, old, new = await _redeploying(made, "b", "lost")
+        if unanswered < 3:
+            assert (await redeploy).id == 5
+            assert made.backend.sets == {"b-5": new} and old.stopping
+        else:
+            with pytest.raises(Unavailable) as unknown:
+                await redeploy
+            assert "not known whether" in unknown.value.msg and "b-5" in unknown.value.msg
+            assert made.backend.sets == {"a-5": old} and new.stopping and not old.stopping
+        assert len(looks) == unanswered
+        assert made.backend.untracked() == []
+
+    asyncio.run(scenario(crash))
