@@ -31,8 +31,16 @@ MEASURE_EVERY = 2.0
 SCALE_UP_AFTER = 3.0
 
 
-def _die_with_parent(slice_us: int = 0) -> None:
+def _die_with_parent(slice_us: int = 0, parent: int | None = None) -> None:
+    """In a replica between fork and exec: SIGTERM when the deployer (`parent`, its pid) dies, so a deployer killed
+    and restarted leaves no replica that no row names (its restore starts each active deployment again). SIGTERM's
+    default action first: until the exec the child has the deployer's handler (asyncio's, for its graceful stop),
+    which took the signal and did nothing; and the deployer may have died before the child asked, when the kernel
+    sends nothing (the child reparented already): then it exits. Before, a replica forked in either window ran on."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sched_hint.parent_death_signal(signal.SIGTERM)  # libc found at import: no dlopen between fork and exec
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
     if slice_us:  # the replica is on every request's path: a short scheduler slice (shared/sched_hint.py)
         sched_hint.request_path_slice(slice_us)
 
@@ -123,7 +131,7 @@ class LocalBackend:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "services.engine.replica", str(replica_set.spec_path), replica_id,
             stdout=handle, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
-            preexec_fn=functools.partial(_die_with_parent, self.request_slice_us),
+            preexec_fn=functools.partial(_die_with_parent, self.request_slice_us, os.getpid()),
             env=replica_environment(os.environ))
         handle.close()
         return Replica(replica_id=replica_id, process=process, started_at=time.monotonic())
