@@ -13,11 +13,12 @@ import pytest
 from pydantic import ValidationError
 
 from services.monitoring import continuous
-from services.monitoring.continuous import ContinuousDeps, _serving, top_class
+from services.monitoring.continuous import _serving, top_class
 from services.monitoring.sequential import PairCounts
 from shared import subjects
 from shared.errors import Unavailable, UpstreamTimeout
 from shared.messages.monitoring_continuous import SetupContinuousTraining
+from tests.unit.continuous_world import continuous_deps, sweep_starting
 
 IMAGE = {"input": "pixels", "kind": "classification", "size": [8, 8]}
 CHAMPION = {"name": "digits", "version": "v1", "sha": "a"}
@@ -83,11 +84,6 @@ class _Pool:
         self.executed.append((sql, args))
 
 
-def _deps(pool) -> ContinuousDeps:
-    return ContinuousDeps(base=SimpleNamespace(pool=pool), verify=None, events_committed=lambda: None,
-                          max_task_timeout=3600)
-
-
 async def test_serving_the_newest_again_closes_the_older_delivery_on_the_resumed_try_whatever_the_error(
         monkeypatch, caplog):
     """resume_deliveries' try at serving the newest again (the second, after _deliver_again's) closes the older
@@ -103,7 +99,7 @@ async def test_serving_the_newest_again_closes_the_older_delivery_on_the_resumed
         raise RuntimeError("boom")
 
     monkeypatch.setattr(continuous, "_deliver", deliver)
-    await continuous.resume_deliveries(_deps(pool))
+    await continuous.resume_deliveries(continuous_deps(pool=pool))
     assert tries == [(pool.newest["id"], True)]
     [(sql, args)] = pool.executed
     assert sql.startswith("UPDATE trainings SET delivering_since = NULL") and args[:2] == (older["id"], "claimed")
@@ -123,42 +119,10 @@ async def test_the_first_try_at_serving_the_newest_again_leaves_the_older_delive
             raise error
 
         monkeypatch.setattr(continuous, "_deliver", deliver)
-        await continuous._deliver_again(_deps(pool), {"id": uuid.uuid4(), "outcome": "deployed"},
+        await continuous._deliver_again(continuous_deps(pool=pool), {"id": uuid.uuid4(), "outcome": "deployed"},
                                         {"id": uuid.uuid4()}, {"version": "v2"})
     assert pool.executed == []  # not closed
     assert [r.levelno for r in caplog.records if "again failed" in r.getMessage()] == [logging.ERROR, logging.WARNING]
-
-
-class _StarterPool:
-    """A pool stand-in for TrainingStarter.sweep: no claim to resume (the first fetch), two trainings to start."""
-
-    def __init__(self, rows: list[dict]) -> None:
-        self.rows, self.fetched = rows, 0
-
-    def acquire(self):
-        pool = self
-
-        class _Conn:
-            async def __aenter__(self):
-                return self
-
-            async def __aexit__(self, *exc):
-                return False
-
-            def transaction(self):
-                return self
-
-            async def fetch(self, sql, *args):
-                return await pool.fetch(sql, *args)
-
-        return _Conn()
-
-    async def fetch(self, sql, *args):
-        self.fetched += 1
-        return self.rows if "run_claimed_at IS NULL ORDER BY" in sql else []
-
-    async def fetchval(self, sql, *args):
-        return None  # no feedback loop waiting
 
 
 async def test_one_training_that_cannot_be_started_does_not_stop_the_others(monkeypatch, caplog):
@@ -176,10 +140,7 @@ async def test_one_training_that_cannot_be_started_does_not_stop_the_others(monk
         started.append(training_id)
         return True
 
-    monkeypatch.setattr(continuous, "start_training", start_training)
-    deps = ContinuousDeps(base=SimpleNamespace(pool=_StarterPool(rows)), verify=None, events_committed=lambda: None,
-                          max_task_timeout=3600)
-    assert await continuous.TrainingStarter(deps).sweep() is False
+    assert await sweep_starting(monkeypatch, rows, start_training) is False
     assert started == [rows[1]["id"]]
     assert any(r.levelno == logging.ERROR and "could not be started" in r.getMessage() for r in caplog.records)
 
@@ -191,8 +152,7 @@ async def test_only_the_deploy_going_unanswered_is_an_unknown_outcome(monkeypatc
     view = SimpleNamespace(definition={"steps": [{"ModelInference": {"models": [CHAMPION]}}]},
                            route=SimpleNamespace(pipeline_name="p", pipeline_version="1"), deploy_id="d",
                            pipeline_id=1, engine_config=None, version_pk_id=3)
-    deps = ContinuousDeps(base=SimpleNamespace(broker=None, timeout=5.0, deploy_timeout=305.0), verify=None,
-                          events_committed=lambda: None, max_task_timeout=3600)
+    deps = continuous_deps(broker=None, timeout=5.0, deploy_timeout=305.0)
     for timing_out in (subjects.DEPLOYER_PIPELINES_DEPLOY, subjects.DEPLOYER_PIPELINES_CREATE):
         async def request(broker, subject, cmd, timing_out=timing_out, **kwargs):
             if subject == timing_out:
@@ -210,7 +170,7 @@ async def test_stop_ends_the_background_work_before_it_returns():
     """A refused swap redone in the background (in_background) is cancelled at stop and has ended when stop returns:
     the service closes its pool and bus right after. Before, it was only asked to cancel (task.cancel()) and stop
     returned with it still pending."""
-    deps = ContinuousDeps(base=SimpleNamespace(), verify=None, events_committed=lambda: None, max_task_timeout=3600)
+    deps = continuous_deps()
     started = asyncio.Event()
 
     async def redo() -> None:
