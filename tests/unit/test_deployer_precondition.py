@@ -1,57 +1,25 @@
 """pipelines/deploy's precondition `only_if_serving` is checked under the pipeline's lock (services/deployer/handlers.py
 _activate, _check_serving): a deploy that waited for the lock behind another deploy of the pipeline, which changed
 what serves, is refused (409 serving_changed) and changes nothing; an active deployment whose restore failed serves
-nothing. The handlers run against test_deployer_locks' in-memory store and the real LocalBackend's bookkeeping with
+nothing. The handlers run against deployer_world's in-memory store and the real LocalBackend's bookkeeping with
 stand-in replicas; the HTTP contract on the real stack: tests/integration/test_deploy_precondition.py."""
 
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
 import pytest
 
 from services.deployer import handlers
 from shared.errors import Conflict
-from shared.messages.deployer import DeployPipeline
-from tests.unit.test_deployer_locks import (
-    ALICE,
-    PIPELINE,
-    VERSION,
-    HeldBackend,
-    MemoryPool,
-    MemoryStore,
-    _deployed_as,
-    _lock_waiters,
-    _until,
-)
+from tests.unit.deployer_world import VERSION, _deploy, _deployed_as, _lock_waiters, _until, make_world
 
 NEWER = VERSION + 1
 
 
 @pytest.fixture
 def world(tmp_path, monkeypatch):
-    """test_deployer_locks' world: its in-memory store, models resolved as themselves, the held backend."""
-    store = MemoryStore()
-    monkeypatch.setattr(handlers, "store", store)
-
-    async def resolve(deps, token, workspace_id, name, version, sha):
-        return {"model_id": 1, "name": name, "model_version": "v1", "sha": "0" * 64, "runtime": "onnx",
-                "framework": "onnx"}
-
-    async def member(user_id, workspace_id):
-        return "owner"
-
-    monkeypatch.setattr(handlers, "_resolve", resolve)
-    backend = HeldBackend(tmp_path)
-    deps = handlers.DeployerDeps(pool=MemoryPool(), broker=None, backend=backend,
-                                 membership=lambda token: member, public_url="http://x", timeout=5.0)
-    return SimpleNamespace(store=store, backend=backend, deps=deps)
-
-
-def _deploy(world, version: int, only_if_serving: int | None = None) -> asyncio.Task:
-    return asyncio.create_task(handlers.deploy(world.deps, ALICE, "t", DeployPipeline(
-        deploy_id="a", pipeline_version_pk_id=version, pipeline_id=PIPELINE, only_if_serving=only_if_serving)))
+    return make_world(tmp_path, monkeypatch)
 
 
 def test_a_deploy_waiting_behind_one_that_changes_what_serves_is_refused(world):
@@ -63,9 +31,9 @@ def test_a_deploy_waiting_behind_one_that_changes_what_serves_is_refused(world):
     async def scenario(world) -> None:
         world.store.versions[NEWER] = dict(world.store.versions[VERSION], id=NEWER)
         await _deployed_as(world, "a")
-        newer = _deploy(world, NEWER)
+        newer = _deploy(world, "a", NEWER)
         await _until(lambda: world.backend.waiting, "the newer deploy starts its replicas (holding the lock)")
-        late = _deploy(world, VERSION, only_if_serving=VERSION)
+        late = _deploy(world, "a", VERSION, only_if_serving=VERSION)
         await _until(lambda: _lock_waiters(world.deps) == 1, "the deploy only if 10 serves waits for the lock")
         world.backend.waiting.pop()[1].set_result(None)
         await newer
@@ -89,7 +57,7 @@ def test_a_deploy_whose_version_serves_deploys(world):
         world.store.versions[NEWER] = dict(world.store.versions[VERSION], id=NEWER)
         await _deployed_as(world, "a")
         world.backend.hold = False
-        await _deploy(world, NEWER, only_if_serving=VERSION)
+        await _deploy(world, "a", NEWER, only_if_serving=VERSION)
         assert world.store.deployments[5]["pipeline_version_id"] == NEWER
         assert world.backend.untracked() == []
 
@@ -105,7 +73,7 @@ def test_an_active_deployment_whose_restore_failed_serves_nothing(world):
         world.backend.sets.pop("a-5")
         world.deps.failed_restores["a-5"] = "its engine replicas did not start"
         with pytest.raises(Conflict) as refused:
-            await _deploy(world, VERSION, only_if_serving=VERSION)
+            await _deploy(world, "a", VERSION, only_if_serving=VERSION)
         assert refused.value.code == handlers.SERVING_CHANGED
         assert "is active but its engine replicas do not run" in refused.value.msg
         assert world.deps.failed_restores == {"a-5": "its engine replicas did not start"}  # nothing changed
