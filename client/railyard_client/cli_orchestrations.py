@@ -221,10 +221,13 @@ def logs(run_id: str, lines: int | None, follow: bool, task_id: str | None, work
         following, ended = answer.get("next_cursor"), answer.get("status") in FINISHED
         if following is not None and not (ended and not fresh):
             cursor, printed = following, 0  # live, or lines still coming: the next poll from there
-        else:  # finished and every line printed: a failed run's lines from the same place read again (SETTLE_QUIET)
+        else:  # finished and every line printed: a failed run's last page read again, past its lines (SETTLE_QUIET)
             if answer.get("status") != "failure":
                 return
-            cursor, printed = (following, 0) if following is not None else (cursor, len(answer["logs"]))
+            # from the cursor of the last page read, not from the one this read started at: a run that had ended
+            # before -f started was read whole from its first line at each of these reads
+            cursor, printed = ((following, 0) if following is not None
+                               else (answer["last_page_cursor"], answer["last_page_lines"]))
             quiet = 0 if fresh else quiet + 1
             settles += 1
             if quiet >= SETTLE_QUIET or settles >= SETTLE_READS:

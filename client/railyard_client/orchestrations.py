@@ -199,7 +199,10 @@ class Orchestrations:
     def run_logs_from(self, run_id: str, cursor: str | None = None) -> dict[str, Any]:
         """The run's lines from `cursor` (None: the first) to the last written so far, read a page at a time, with
         the run's `task` and `status` and `next_cursor`: where its next lines will start while the run goes on, None
-        once it has finished and every line was read. A follower passes it back (`railyard tasks logs -f`)."""
+        once it has finished and every line was read. A follower passes it back (`railyard tasks logs -f`).
+        `last_page_cursor` is the cursor the last page was read from and `last_page_lines` how many of `logs` it
+        answered: a reader of a finished run's late lines (one marked failed as lost may still write) reads again
+        from there, past those lines, not from `cursor`."""
         found: list[str] = []
         while True:
             body: dict[str, Any] = {"id": str(run_id), "limit": RUN_LOG_PAGE}
@@ -211,7 +214,8 @@ class Orchestrations:
             # no next_cursor: finished and read; a page with no lines: the end of what a live run wrote so far (its
             # next_cursor is the one it was given)
             if following is None or not page["logs"]:
-                return {**page, "logs": found, "next_cursor": following}
+                return {**page, "logs": found, "next_cursor": following, "last_page_cursor": cursor,
+                        "last_page_lines": len(page["logs"])}
             cursor = following
 
     def wait_for_run(self, task_id: str, timeout: float = 600.0) -> dict[str, Any]:

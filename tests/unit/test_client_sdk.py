@@ -352,7 +352,9 @@ def test_tasks_logs_follow_prints_lines_a_failed_run_writes_after_its_end(monkey
             expected, answer = self.answers[min(self.reads, len(self.answers) - 1)]
             self.reads += 1
             assert cursor == expected, (self.reads, cursor)
-            return {"task": "t", "next_cursor": None, **answer}
+            # one page from `cursor`, as the SDK's run_logs_from says where its last page was read from
+            return {"task": "t", "next_cursor": None, "last_page_cursor": cursor,
+                    "last_page_lines": len(answer["logs"]), **answer}
 
     monkeypatch.setattr(cli_orchestrations.time, "sleep", lambda seconds: None)
     lost = Runs([(None, {"status": "running", "logs": [line(0, "a")], "next_cursor": "1"}),
@@ -367,6 +369,48 @@ def test_tasks_logs_follow_prints_lines_a_failed_run_writes_after_its_end(monkey
     monkeypatch.setattr(cli_orchestrations, "_orchestrations", lambda workspace: done)
     assert cli.main(["tasks", "logs", run_id, "-f"]) == 0
     assert capsys.readouterr().out == f"{line(0, 'a')}\n" and done.reads == 1
+
+
+def test_tasks_logs_follow_reads_a_failed_run_again_from_its_last_page(monkeypatch, capsys):
+    """`railyard tasks logs -f` of a run that had failed before it started, over the SDK's run_logs_from: the first
+    read reads every page; the reads after the end (for a late line, SETTLE_QUIET) read again from the cursor of the
+    last page, past its lines printed. Before, they started from the cursor the first read started at (none: the
+    first line), so every page of the log was read again at each of them (four times more here)."""
+    from types import SimpleNamespace
+
+    from railyard_client import cli_orchestrations
+    from railyard_client.orchestrations import Orchestrations
+
+    run_id = "5f0c8a3e-0000-4000-8000-000000000001"
+    written = [f"2026-12-01T00:00:0{n}Z stdout F {n}" for n in range(5)]
+
+    class Service:  # task/get_logs_for_run of a finished run by limit/cursor; pages of 2 lines (as past 4 MiB)
+        def __init__(self) -> None:
+            self.asked: list[str | None] = []
+
+        def post(self, route: str, body: dict) -> dict:
+            assert route == "task/get_logs_for_run" and body["id"] == run_id and body["limit"] > 2
+            self.asked.append(body.get("cursor"))
+            start = int(body.get("cursor") or 0)
+            following = str(start + 2) if start + 2 < len(written) else None  # a finished run's last page: none
+            return {"logs": written[start:start + 2], "task": "t", "status": "failure", "next_cursor": following}
+
+    sleeps = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 2:  # after the first read again: a run marked lost writes its last line
+            written.append("2026-12-01T00:00:09Z stdout F late")
+
+    service = Service()
+    monkeypatch.setattr(cli_orchestrations.time, "sleep", sleep)
+    monkeypatch.setattr(cli_orchestrations, "_orchestrations",
+                        lambda workspace: Orchestrations(SimpleNamespace(_session=service), 1))
+    assert cli.main(["tasks", "logs", run_id, "-f"]) == 0
+    assert capsys.readouterr().out == "".join(f"{line}\n" for line in written)  # each line once, the late one too
+    # the first read's three pages, then its last page (from "4") again: nothing, the late line, nothing, nothing.
+    # The old code: [None, "2", "4"] five times over
+    assert service.asked == [None, "2", "4", "4", "4", "4", "4"]
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".ndjson"])
