@@ -1,0 +1,83 @@
+"""What a redeploy's failed record committed, read against PostgreSQL (services/deployer/handlers.py _recorded; the
+in-memory world's version: tests/unit/test_deployer_crash.py): the row read again is compared with the activation
+as jsonb gives it back (its own spacing, key order and numbers), and the read waits for a record transaction that
+the server still runs (its client gone), under the pipeline's advisory lock, so it tells how that one ended.
+
+Runs the deployer's handlers in the test's process on a schema of the test's own (conftest.service_schema)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+
+from services.deployer import handlers, store
+from shared.messages.engine import ReplicaDeployment, ReplicaSpec, ReplicaStep
+from tests.integration.conftest import service_schema
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+WORKSPACE = 7
+
+
+def activation(pipeline_id: int, version_id: int, version: uuid.UUID, deploy_id: str,
+               replicas: int) -> tuple:
+    """activate_deployment's arguments for a deploy (handlers._start_deployment's `row`)."""
+    config = handlers._engine_config({"replica_count": replicas, "cpus": 0.5, "memory": "512Mi",
+                                      "log_policy": {"mode": "sampled", "fraction": 0.25}})
+    model = {"model_id": 1, "name": "m", "model_version": "v1", "sha": "0" * 64, "runtime": "onnx",
+             "framework": "onnx", "input_schema": "x: float32"}
+    spec = ReplicaSpec(deployment=ReplicaDeployment(pipeline="p", pipeline_version=str(version),
+                                                    workspace_id=WORKSPACE),
+                       steps=[ReplicaStep(kind="RandomSplit", models=[model, model], weights=[1.5, 1e-07])],
+                       engine_config=config)
+    return pipeline_id, version_id, deploy_id, config, spec.model_dump(mode="json")
+
+
+async def record(conn, row: tuple, deployment_id: int, name: str) -> None:
+    """handlers._activate's record(): the new activation and its deployed event, in the caller's transaction."""
+    existing = await store.pipeline_deployment(conn, row[0])
+    await store.activate_deployment(conn, existing, *row)
+    await store.record_deployed(conn, handlers.deployed_event(deployment_id, name, row[0], WORKSPACE, uuid.uuid4(),
+                                                              "p"))
+
+
+@pytest.mark.parametrize("ends", ["committed", "rolled back"])
+async def test_a_failed_records_outcome_is_read_once_its_transaction_ended(stack, ends):
+    async with service_schema(stack, "deployercrash", Path("services/deployer/migrations")) as pool:
+        async with pool.acquire() as conn, conn.transaction():
+            pipeline_id, old_id, old_version, _ = await store.create_pipeline_version(
+                conn, WORKSPACE, "p", uuid.uuid4(), {"steps": [], "n": 1})
+            _, new_id, new_version, _ = await store.create_pipeline_version(
+                conn, WORKSPACE, "p", uuid.uuid4(), {"steps": [], "n": 2})
+            first = activation(pipeline_id, old_id, old_version, "a", 1)
+            deployment_id = await store.activate_deployment(conn, None, *first)
+            await store.record_deployed(conn, handlers.deployed_event(deployment_id, f"a-{deployment_id}",
+                                                                      pipeline_id, WORKSPACE, old_version, "p"))
+        deps = handlers.DeployerDeps(pool=pool, broker=None, backend=None, membership=lambda token: None,
+                                     public_url="http://x", timeout=5)
+        name = f"b-{deployment_id}"
+        redeploy = activation(pipeline_id, new_id, new_version, "b", 2)
+        error = ConnectionResetError("the answer to COMMIT was lost")
+        # what serves (a-N, the old version) is not the new activation
+        assert not await handlers._recorded(deps, pipeline_id, deployment_id, name, redeploy, error)
+        assert await handlers._recorded(deps, pipeline_id, deployment_id, f"a-{deployment_id}", first, error)
+
+        # the record's transaction, still running on the server when the deployer reads the row again
+        conn = await pool.acquire()
+        try:
+            transaction = conn.transaction()
+            await transaction.start()
+            await record(conn, redeploy, deployment_id, name)
+            reading = asyncio.create_task(handlers._recorded(deps, pipeline_id, deployment_id, name, redeploy, error))
+            await asyncio.sleep(0.5)
+            assert not reading.done()  # it waits for the pipeline's advisory lock, which the record holds
+            await (transaction.commit() if ends == "committed" else transaction.rollback())
+        finally:
+            await pool.release(conn)
+        assert await asyncio.wait_for(reading, 30) is (ends == "committed")
+        # and read with nothing running: the same answer (jsonb's text of the config and spec equals what was written)
+        assert await handlers._recorded(deps, pipeline_id, deployment_id, name, redeploy, error) is (
+            ends == "committed")
