@@ -138,3 +138,34 @@ def test_a_redeploy_whose_record_raises_asks_the_row_again_and_says_when_it_cann
         assert made.backend.untracked() == []
 
     asyncio.run(scenario(crash))
+
+
+def test_a_served_deployment_whose_restore_fails_keeps_owing_its_event_until_a_restore_serves(world):  # noqa: F811
+    """A deployment whose replicas served but whose deployed event was never written (the row says so: `served`),
+    then a restart whose restore fails: nothing serves, and the event stays owed, not written and not named serving
+    (announce_serving); the undeploy or the next deploy would write it (test_deployer_events). Pinned here: a later
+    restart whose restore serves writes it, once, and the start after that names the deployment serving."""
+
+    async def scenario(made) -> None:
+        await _deployed_as(made, "a")
+        made.store.events.clear()
+        made.store.deployments[5].update(deployed_pending=True, served=True, announced=False)
+        made.backend.sets.clear(), made.backend.started.clear()  # the restart: its replicas died with it
+        made.backend.hold = True
+        restore = await handlers.restore_deployments(made.deps)
+        await _until(lambda: made.backend.waiting, "the restore starts the replicas")
+        made.backend.waiting.pop()[1].set_exception(RuntimeError("the model did not load"))
+        await restore._task
+        row = made.store.deployments[5]
+        assert "a-5" in made.deps.failed_restores and made.store.events == [] and made.store.serving == []
+        assert row["active"] and row["deployed_pending"] and row["served"]
+        made.backend.hold = False
+        await (await handlers.restore_deployments(made.deps))._task  # the next restart: it serves
+        assert [(s, e.deployment_id, e.name) for s, e in made.store.events] == [
+            (subjects.EVENT_PIPELINE_DEPLOYED, 5, "a-5")]
+        assert made.store.serving == [] and not made.store.deployments[5]["deployed_pending"]
+        made.backend.sets.clear()
+        await (await handlers.restore_deployments(made.deps))._task  # another: named, nothing written again
+        assert [e.name for e in made.store.serving] == ["a-5"] and len(made.store.events) == 1
+
+    asyncio.run(scenario(world))
