@@ -788,9 +788,16 @@ async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, 
         # A row owing it that never served as far as anything can tell (the deployer died while its replicas loaded,
         # or before the event's commit, and the restore failed): no deployed event for it (store.deactivate)
         serving = deps.backend.sets.get(name)
-        await store.deactivate(deps.pool, deployment_id, PipelineUndeployed(
-            deployment_id=deployment_id, name=name, pipeline_id=pipeline_id, workspace_id=pipeline["workspace_id"]),
-            _deployed_event_of(row), serving=serving is not None and serving.ready)
+        try:
+            await store.deactivate(deps.pool, deployment_id, PipelineUndeployed(
+                deployment_id=deployment_id, name=name, pipeline_id=pipeline_id,
+                workspace_id=pipeline["workspace_id"]), _deployed_event_of(row),
+                serving=serving is not None and serving.ready)
+        except Exception as exc:
+            # a commit that took effect but whose answer was lost left the row inactive: its replicas stop, as after
+            # one that answered. Before, they ran on (until a retried undeploy or a restart) with no active row
+            if not await _deactivated(deps, deployment_id, name, exc):
+                raise
         deps.owed.forget(deployment_id)  # its owed deployed event, if any, was written with the undeployed
         deps.failed_restores.pop(name, None)
         await deps.backend.stop(name)
@@ -798,6 +805,26 @@ async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, 
         lock.release()
         deps.events_committed()
     return {}
+
+
+async def _deactivated(deps: DeployerDeps, deployment_id: int, name: str, error: Exception) -> bool:
+    """Whether the deployment is inactive after an undeploy's deactivation raised `error` (store.deactivate: its
+    commit may have taken effect, its answer lost): the row read again once no transaction changes it
+    (store.deployment_active: one the server still runs ends first), up to len(RECORD_CHECK_DELAYS) times while the
+    database does not answer (then False: the error stands, and a retried undeploy finishes it)."""
+    for delay in RECORD_CHECK_DELAYS:
+        await asyncio.sleep(delay)
+        try:
+            async with deps.pool.acquire() as conn, conn.transaction():
+                active = await store.deployment_active(conn, deployment_id)
+        except Exception as exc:
+            log.warning("deployment %s: its undeploy raised (%s) and its row could not be read (%s)", name, error, exc)
+            continue
+        if not active:
+            log.warning("deployment %s: its undeploy raised (%s) but was committed: its replicas stop", name, error)
+            return True
+        return False
+    return False
 
 
 async def external_url(deps: DeployerDeps, principal: Principal, token: str | None, workspace_id: int,

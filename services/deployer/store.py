@@ -175,6 +175,12 @@ async def deployment(pool: asyncpg.Pool, deployment_id: int) -> asyncpg.Record |
         " JOIN pipeline_versions v ON v.id = d.pipeline_version_id WHERE d.id = $1", deployment_id)
 
 
+async def deployment_active(conn: asyncpg.Connection, deployment_id: int) -> bool | None:
+    """Whether the deployment is active (None: no such row), read once no transaction that changes the row runs (FOR
+    SHARE waits for one: a deactivation whose client is gone may still be committing), in the caller's transaction."""
+    return await conn.fetchval("SELECT active FROM deployments WHERE id = $1 FOR SHARE", deployment_id)
+
+
 async def active_deployments(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     return await pool.fetch(
         "SELECT d.*, p.name AS pipeline_name, p.workspace_id, v.version AS pipeline_version"

@@ -81,3 +81,30 @@ async def test_a_failed_records_outcome_is_read_once_its_transaction_ended(stack
         # and read with nothing running: the same answer (jsonb's text of the config and spec equals what was written)
         assert await handlers._recorded(deps, pipeline_id, deployment_id, name, redeploy, error) is (
             ends == "committed")
+
+
+@pytest.mark.parametrize("ends", ["committed", "rolled back"])
+async def test_a_failed_undeploys_outcome_is_read_once_its_transaction_ended(stack, ends):
+    """handlers._deactivated: the row's `active` read FOR SHARE waits for a deactivation the server still runs."""
+    async with service_schema(stack, "deployercrash", Path("services/deployer/migrations")) as pool:
+        async with pool.acquire() as conn, conn.transaction():
+            pipeline_id, version_id, version, _ = await store.create_pipeline_version(
+                conn, WORKSPACE, "p", uuid.uuid4(), {"steps": []})
+            deployment_id = await store.activate_deployment(conn, None, *activation(pipeline_id, version_id, version,
+                                                                                    "a", 1))
+        deps = handlers.DeployerDeps(pool=pool, broker=None, backend=None, membership=lambda token: None,
+                                     public_url="http://x", timeout=5)
+        error = ConnectionResetError("the answer to COMMIT was lost")
+        assert not await handlers._deactivated(deps, deployment_id, "a-1", error)
+        conn = await pool.acquire()
+        try:
+            transaction = conn.transaction()
+            await transaction.start()
+            await conn.execute("UPDATE deployments SET active = false WHERE id = $1", deployment_id)
+            reading = asyncio.create_task(handlers._deactivated(deps, deployment_id, "a-1", error))
+            await asyncio.sleep(0.5)
+            assert not reading.done()  # FOR SHARE waits for the deactivation's row lock
+            await (transaction.commit() if ends == "committed" else transaction.rollback())
+        finally:
+            await pool.release(conn)
+        assert await asyncio.wait_for(reading, 30) is (ends == "committed")

@@ -169,3 +169,43 @@ def test_a_served_deployment_whose_restore_fails_keeps_owing_its_event_until_a_r
         assert [e.name for e in made.store.serving] == ["a-5"] and len(made.store.events) == 1
 
     asyncio.run(scenario(world))
+
+
+@pytest.mark.parametrize("commit", ["lost", "refused"])
+def test_an_undeploy_whose_deactivation_raises_stops_the_replicas_when_it_was_committed(world, monkeypatch,  # noqa: F811
+                                                                                        commit):
+    """An undeploy whose deactivation's commit took effect but whose answer was lost ("lost"): the row is inactive,
+    so its replicas stop and the undeploy answers, as after a commit that answered. Before, the error was answered
+    and the replicas ran on with no active row (status Stopped, the gateway routing nothing to them) until a retried
+    undeploy or a restart. "refused" (nothing committed): the error, the deployment active and serving, as before."""
+    monkeypatch.setattr(handlers, "RECORD_CHECK_DELAYS", (0.0, 0.01), raising=False)  # the old code: none
+
+    async def scenario(made) -> None:
+        await _deployed_as(made, "a")
+        serving = made.backend.sets["a-5"]
+        deactivate = made.store.deactivate
+
+        async def raising(pool, deployment_id, *args, **kwargs):
+            made.store.deactivate = deactivate
+            if commit == "lost":
+                await deactivate(pool, deployment_id, *args, **kwargs)
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
+        async def deployment_active(conn, deployment_id):
+            row = made.store.deployments.get(deployment_id)
+            return None if row is None else row["active"]
+
+        made.store.deactivate, made.store.deployment_active = raising, deployment_active
+        if commit == "lost":
+            assert await handlers.undeploy(made.deps, ALICE, "t", PIPELINE, 5) == {}
+            assert made.backend.sets == {} and serving.stopping
+            assert [s for s, _ in made.store.events] == [subjects.EVENT_PIPELINE_DEPLOYED,
+                                                         subjects.EVENT_PIPELINE_UNDEPLOYED]
+        else:
+            with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError):
+                await handlers.undeploy(made.deps, ALICE, "t", PIPELINE, 5)
+            assert made.backend.sets == {"a-5": serving} and not serving.stopping
+            assert made.store.deployments[5]["active"]
+        assert made.backend.untracked() == []
+
+    asyncio.run(scenario(world))
