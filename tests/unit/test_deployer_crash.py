@@ -2,9 +2,9 @@
 deployment that serves records its new row once the new replicas answer (`record`, LocalBackend.start's `serving`
 step), and the backend stops the new set when that step raises. A commit that took effect but whose answer was lost
 (the connection dropped after COMMIT, a command timeout) raised all the same: the new replicas were stopped while
-the row named them (their version, a renamed deployment's new name) and the outbox held their deployed event. Same
-in-memory world as test_deployer_locks.py, with a pool whose transactions can lose their commit's answer or be
-refused."""
+the row named them (their version, a renamed deployment's new name) and the outbox held their deployed event; an
+undeploy's likewise left the replicas running with the row inactive. Same in-memory world as the other deployer
+tests (tests/unit/deployer_world.py), with a pool whose transactions can lose their commit's answer or be refused."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from services.deployer import handlers
 from shared import subjects
 from shared.errors import Unavailable
 from shared.messages.deployer import DeployPipeline
-from tests.unit.test_deployer_locks import ALICE, PIPELINE, VERSION, _deployed_as, _until, world  # noqa: F401
+from tests.unit.deployer_world import ALICE, PIPELINE, VERSION, _deployed_as, _until, world  # noqa: F401
 
 NEW = VERSION + 1
 
