@@ -118,6 +118,11 @@ class HourFold(Sweeper):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
+    def quiet_pool(self) -> asyncpg.Pool:
+        # its folds come 30-60 s apart and nobody wakes them: each closes the connection it opened (the start's fold,
+        # 30-60 s after the start, held one for 30 s more)
+        return self.pool
+
     async def sweep(self) -> int:
         if not HourFold.pending:
             return 0

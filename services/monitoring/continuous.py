@@ -19,7 +19,8 @@ How it runs (docs/monitoring.md, "Continuous training and deployment"):
   in the transaction that writes its model_swapped, and one left open by a process that died is delivered again
   (resume_deliveries).
 - **Starting the run** happens off the review path: the trigger only inserts the training `starting`; the
-  TrainingStarter (one background task per service process, woken by the trigger, sweeping the table) waits until
+  TrainingStarter (one background task per service process, woken by the trigger, looking at the table again when
+  its next training is due, at most sweeps.IDLE_WAIT later) waits until
   the feedback loop has written the reviews that triggered it into a project version (at most EXPORT_WAIT after the
   trigger), claims it with a conditional UPDATE (`run_claimed_at`: one process wins, so no run starts twice) and
   creates the run. A trigger
@@ -64,11 +65,10 @@ import asyncpg
 from faststream.nats import NatsRouter
 from pydantic import BaseModel
 
-from services.monitoring import challenge_pairs, handlers, ml_backend, sequential
+from services.monitoring import challenge_pairs, handlers, ml_backend, sequential, sweeps
 from services.monitoring import feedback_store as fs
 from shared import outbox, subjects
 from shared.authz import Principal, require_user
-from shared.background import Sweeper
 from shared.bus import CallContext, command, publish_event, request
 from shared.consumers import DeliveryPolicy, durable_subscriber, json_model
 from shared.errors import (
@@ -138,7 +138,8 @@ STALE_SWAP = 300.0  # seconds after which a decided challenge whose swap did not
 RESUME_CONCURRENCY = 4  # deployments whose unfinished deliveries / swaps one sweep resumes at once
 MAX_RESUMES = 6  # a swap or delivery taken up again this many times (30 min) is failed at the next (migration 022)
 EXPORT_WAIT = 30.0  # seconds a training waits for the feedback loop to write the reviews that triggered it
-STARTER_SWEEP = 2.0  # seconds between the training starter's sweeps when no trigger wakes it
+STARTER_SWEEP = 2.0  # the training starter's soonest look: its first after the start, after a failed sweep, or when
+# a training is due that its look did not take (with none due it waits for the next, at most sweeps.IDLE_WAIT)
 EXPORT_POLL = 0.25  # seconds between the starter's looks while a training waits for the feedback loop
 RESUME_START = 60.0  # seconds after its claim a training whose run_once went unanswered is asked for again
 
@@ -631,12 +632,15 @@ async def _fail_unstarted(conn: Any, deployment_id: int | None) -> int:
         " $2)", deployment_id, NO_MODEL_GRACE)
 
 
-class TrainingStarter(Sweeper):
+class TrainingStarter(sweeps.QuietSweeper):
     """Creates the runs of the trainings the trigger opened (`starting`, unclaimed), off the review path: each once
-    the feedback loop has written the reviews that triggered it (or EXPORT_WAIT after the trigger)."""
+    the feedback loop has written the reviews that triggered it (or EXPORT_WAIT after the trigger). Woken by the
+    trigger of its process; otherwise it looks when the next training is due (a claim's resume), at most
+    sweeps.IDLE_WAIT apart (it looked every STARTER_SWEEP, which kept a PostgreSQL backend open for good)."""
 
     task_name = "training-starter"
     every, log, failure = STARTER_SWEEP, log, "training starter sweep failed (retried on the next sweep)"
+    _due = sweeps.IDLE_WAIT  # the wait until the next training is due, as the last look found it
 
     def __init__(self, deps: ContinuousDeps) -> None:
         self.deps = deps
@@ -644,11 +648,17 @@ class TrainingStarter(Sweeper):
     def wake_event(self) -> asyncio.Event:
         return self.deps.wake_starter
 
-    def next_wait(self, waiting: bool | None) -> float:
-        return EXPORT_POLL if waiting else STARTER_SWEEP  # a training waits for the feedback loop: look again soon
+    def quiet_pool(self) -> asyncpg.Pool:
+        return self.deps.base.pool
 
-    async def sweep(self) -> bool:
-        """Start every training that may start now; whether one still waits for the feedback loop."""
+    def next_wait(self, waiting: bool | None) -> float:
+        if waiting is None:  # a failed sweep
+            return STARTER_SWEEP
+        return EXPORT_POLL if waiting else self._due  # a training waits for the feedback loop: look again soon
+
+    async def look(self) -> bool:
+        """Start every training that may start now; whether one still waits for the feedback loop (and when the
+        next one is due, for next_wait)."""
         pool = self.deps.base.pool
         async with pool.acquire() as conn, conn.transaction():
             failed = await _fail_unstarted(conn, None)
@@ -676,7 +686,20 @@ class TrainingStarter(Sweeper):
                 # start_training's to log (asked for again RESUME_START after the claim)
                 log.exception("continuous training %s of deployment %s could not be started (not claimed); tried"
                               " again at the next sweep", row["id"], row["deployment_id"])
+        self._due = await self.next_due()
         return waiting
+
+    async def next_due(self) -> float:
+        """The wait until the next training this starter has to act on is due: an unclaimed one now (its claim failed,
+        or one another process opened since this look), a claimed one whose run was not recorded at its resume
+        (RESUME_START after its claim), one claimed before migration 016 at its failure (NO_MODEL_GRACE); at least
+        STARTER_SWEEP, at most sweeps.IDLE_WAIT (none: what another process opens wakes that process's starter)."""
+        due = await self.deps.base.pool.fetchval(
+            "SELECT extract(epoch FROM min(CASE WHEN run_claimed_at IS NULL THEN now() WHEN run_task_id IS NULL THEN"
+            " run_claimed_at + make_interval(secs => $1) ELSE run_claimed_at + make_interval(secs => $2) END) -"
+            " now())::float8 FROM trainings WHERE state = 'starting' AND task_id IS NULL", NO_MODEL_GRACE,
+            RESUME_START)
+        return sweeps.until(due, STARTER_SWEEP)
 
     async def resume(self) -> None:
         """Ask again for the runs of trainings whose run_once went unanswered (a timeout, or the process stopped
@@ -1541,11 +1564,12 @@ async def resume_swaps(deps: ContinuousDeps) -> None:
     await asyncio.gather(*(resume_one(row["deployment_id"]) for row in rows))
 
 
-class DeliveryResumer(Sweeper):
+class DeliveryResumer(sweeps.QuietSweeper):
     """Delivers again the continuous deployments a process left unfinished (resume_deliveries), in a loop of its own:
     a delivery is a deploy the process waits up to deploy_wait (305 s) for, which in the training starter's sweep
     held back every training start of this process meanwhile. Swaps again the challenges' unfinished swaps too
-    (resume_swaps)."""
+    (resume_swaps). Nobody wakes it: each look (every 30 s) closes the connection it opened (quiet_pool), where the
+    pool's own 30 s idle time kept it open for good."""
 
     task_name = "delivery-resumer"
     every, log, failure = STALE_SWAP / 10, log, "continuous deployment resume sweep failed (retried on the next sweep)"
@@ -1553,7 +1577,10 @@ class DeliveryResumer(Sweeper):
     def __init__(self, deps: ContinuousDeps) -> None:
         self.deps = deps
 
-    async def sweep(self) -> None:
+    def quiet_pool(self) -> asyncpg.Pool:
+        return self.deps.base.pool
+
+    async def look(self) -> None:
         try:
             await resume_deliveries(self.deps)
         finally:  # a failed delivery sweep does not hold the swaps back

@@ -6,18 +6,19 @@ Reviews: one per prediction. A later review of the same prediction replaces the 
 monitoring's outbox in the review's transaction and sent from there (a wake-up only: whoever counts reviews reads the
 table; kept through a bus outage or a crash after the commit, it still wakes continuous training at once).
 
-The feedback loop is driven by tables, never by the event alone: `feedback_exports` records, per attached dataset,
-which review revision is already in the dataset and which project version recorded it. The exporter (one task per
-service process, woken by each review and sweeping every EXPORT_SWEEP seconds) takes a Postgres advisory lock per
-(deployment, dataset), writes each pending review's image as the file `<prediction_id>.png|.jpg` with its ground truth
-as labels (`datasets.add_file` replaces a file by name, so writing it again changes nothing), records it, then asks for
-a project version (`versions.create` answers the last version unchanged when nothing changed), and records that. A
-crash anywhere repeats only idempotent steps: nothing acknowledged is lost and nothing lands twice. Batching: a round
-writes every pending review (at most EXPORT_BATCH) and then makes one version, so a burst of reviews makes one
-version, a lone review one version of its own. The writes use a short-lived token scoped to the deployment's
-workspace with the rights of the user who set the loop up (`auth.token.issue_task`), so a loop stops writing when
-its owner leaves the workspace: auth's refusal of the owner's token suspends the loop (inactive, `suspended_reason`
-in check_feedback_loop_status, logged once; migration 020) until it is set up or turned on again."""
+The feedback loop is driven by tables, never by the event alone: `feedback_exports` records, per attached dataset, which
+review revision is already in the dataset and which project version recorded it. The exporter (one task per service
+process, woken by each review, otherwise looking when a pair's back-off ends, at most sweeps.IDLE_WAIT apart) takes a
+Postgres advisory lock per (deployment, dataset), writes each pending review's image as the file
+`<prediction_id>.png|.jpg` with its ground truth as labels (`datasets.add_file` replaces a file by name, so writing it
+again changes nothing), records it, then asks for a project version (`versions.create` answers the last version
+unchanged when nothing changed), and records that. A crash anywhere repeats only idempotent steps: nothing acknowledged
+is lost and nothing lands twice. Batching: a round writes every pending review (at most EXPORT_BATCH) and then makes one
+version, so a burst of reviews makes one version, a lone review one version of its own. The writes use a short-lived
+token scoped to the deployment's workspace with the rights of the user who set the loop up (`auth.token.issue_task`), so
+a loop stops writing when its owner leaves the workspace: auth's refusal of the owner's token suspends the loop
+(inactive, `suspended_reason` in check_feedback_loop_status, logged once; migration 020) until it is set up or turned on
+again."""
 
 from __future__ import annotations
 
@@ -33,10 +34,9 @@ from faststream.nats import NatsRouter
 from pydantic import ValidationError
 
 from services.monitoring import feedback_store as fs
-from services.monitoring import handlers, predictions
+from services.monitoring import handlers, predictions, sweeps
 from shared import images, outbox, paging, subjects
 from shared.authz import Principal, require_user
-from shared.background import Sweeper
 from shared.bus import CallContext, command, request
 from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError, Unauthorized, validation_detail
 from shared.messages.lineage import (
@@ -79,7 +79,8 @@ from shared.staging import staged_key_for
 log = logging.getLogger("railyard.monitoring.feedback")
 
 EXPORT_SWEEP = 2.0
-"""Seconds between the exporter's sweeps when no review wakes it."""
+"""The exporter's soonest look: its first after the start, after a failed sweep, while another process holds one of its
+pairs' locks (a pair's first back-off too). With nothing to write it waits sweeps.IDLE_WAIT (it looked every 2 s)."""
 EXPORT_BATCH = 100
 """At most this many reviews go into one project version."""
 TOKEN_TTL = 900
@@ -427,8 +428,10 @@ def file_name(review: dict[str, Any]) -> str:
     return f"{review['prediction_id']}.{'jpg' if review['content_type'] == 'image/jpeg' else 'png'}"
 
 
-class Exporter(Sweeper):
-    """Writes reviews into the attached datasets, one (deployment, dataset) at a time under an advisory lock."""
+class Exporter(sweeps.QuietSweeper):
+    """Writes reviews into the attached datasets, one (deployment, dataset) at a time under an advisory lock. Woken by
+    the commands of its process that make work (a review, a loop set up, attached or turned on); otherwise it looks
+    when a pair's back-off ends, soon while another process holds a pair, at most sweeps.IDLE_WAIT apart."""
 
     task_name = "feedback-exporter"
     every, log, failure = EXPORT_SWEEP, log, "feedback exporter sweep failed (retried on the next sweep)"
@@ -440,15 +443,31 @@ class Exporter(Sweeper):
     def wake_event(self) -> asyncio.Event:
         return self.deps.wake
 
-    async def sweep(self) -> None:
+    def quiet_pool(self) -> Any:
+        return self.deps.monitoring.pool
+
+    def next_wait(self, due: float | None) -> float:
+        return EXPORT_SWEEP if due is None else due  # None: a failed sweep
+
+    async def look(self) -> float:
+        """One round of every active pair not backing off; the wait until the next look (sweeps.IDLE_WAIT when
+        nothing is left to write)."""
         now = time.monotonic()
+        due = sweeps.IDLE_WAIT
         refused: set[int] = set()  # loops suspended in this sweep: their other datasets are not tried
         for pair in await fs.active_loop_datasets(self.deps.monitoring.pool):
             key = (pair["deployment_id"], pair["dataset_id"])
-            if self._retry_at.get(key, (0.0, 0.0))[0] > now or key[0] in refused:
+            retry_at = self._retry_at.get(key, (0.0, 0.0))[0]
+            if retry_at > now:
+                due = min(due, retry_at - now)
+                continue
+            if key[0] in refused:
                 continue
             try:
-                await self.export(pair)
+                if not await self.export(pair):
+                    # another process is on it: its round may have read the reviews before this process's committed
+                    # (which woke this exporter), and nothing else looks for them before IDLE_WAIT
+                    due = min(due, EXPORT_SWEEP)
                 self._retry_at.pop(key, None)
             except handlers.OwnerRefused as exc:
                 # the loop's owner left the workspace or was deactivated: suspended (logged once), not retried for
@@ -463,6 +482,7 @@ class Exporter(Sweeper):
                     log.warning("feedback loop of deployment %s: its owner %s's token was refused (%s), but"
                                 " suspending it failed (%s: %s): tried again on the next sweep", key[0],
                                 pair["owner_id"], exc.msg, type(failure).__name__, str(failure)[:200])
+                    due = min(due, EXPORT_SWEEP)
                     continue
                 if suspended:
                     log.warning("feedback loop of deployment %s is suspended: its owner %s's token was refused (%s)",
@@ -470,6 +490,7 @@ class Exporter(Sweeper):
             except Exception as exc:
                 backoff = min(MAX_BACKOFF, max(EXPORT_SWEEP, self._retry_at.get(key, (0.0, 0.0))[1] * 2))
                 self._retry_at[key] = (time.monotonic() + backoff, backoff)
+                due = min(due, backoff)
                 message = exc.msg if isinstance(exc, RailyardError) else f"{type(exc).__name__}: {str(exc)[:200]}"
                 log.warning("feedback loop of deployment %s could not write to dataset %s: %s", *key, message)
                 try:
@@ -477,9 +498,11 @@ class Exporter(Sweeper):
                 except Exception as failure:  # this pair's alone: the others go on
                     log.warning("feedback loop of deployment %s: its error for dataset %s was not recorded (%s)",
                                 *key, type(failure).__name__)
+        return due
 
-    async def export(self, pair: dict[str, Any]) -> None:
-        """One round for a (deployment, dataset): write pending reviews, then make the version."""
+    async def export(self, pair: dict[str, Any]) -> bool:
+        """One round for a (deployment, dataset): write pending reviews, then make the version; False when another
+        process holds the pair (it is on it)."""
         pool = self.deps.monitoring.pool
         deployment_id, dataset_id = pair["deployment_id"], pair["dataset_id"]
         async with pool.acquire() as lock_conn:
@@ -487,13 +510,14 @@ class Exporter(Sweeper):
                 "SELECT pg_try_advisory_lock(hashtextextended('monitoring.feedback:' || $1::int || ':' || $2::int,"
                 " 0))", deployment_id, dataset_id)
             if not locked:
-                return  # another replica is on it
+                return False  # another replica is on it
             try:
                 await self._export_locked(pair)
             finally:
                 await lock_conn.execute(
                     "SELECT pg_advisory_unlock(hashtextextended('monitoring.feedback:' || $1::int || ':' || $2::int,"
                     " 0))", deployment_id, dataset_id)
+        return True
 
     async def _export_locked(self, pair: dict[str, Any]) -> None:
         deps, m = self.deps, self.deps.monitoring

@@ -26,12 +26,11 @@ from typing import Any
 
 from faststream.nats import NatsRouter
 
-from services.monitoring import aggregates, stats, stats_columns
+from services.monitoring import aggregates, stats, stats_columns, sweeps
 from services.monitoring import feedback_store as fs
 from services.monitoring.feedback import FeedbackDeps, _dataset, _view, dataset_files
 from shared import subjects
 from shared.authz import Principal
-from shared.background import Sweeper
 from shared.bus import CallContext, command
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.images import image_features
@@ -49,7 +48,9 @@ from shared.objectstore import BUCKET_DATASETS, content_key
 log = logging.getLogger("railyard.monitoring.reference")
 
 REFERENCE_SWEEP = 2.0
-"""Seconds between looks for references left `computing` (by a stopped process) when nothing wakes the task."""
+"""The reference computer's soonest look: its first after the start, after a failed sweep, while another process holds
+a computing reference's lock. With none computing it waits sweeps.IDLE_WAIT for one a stopped process left (it looked
+every 2 s); set_training_data wakes it."""
 PROGRESS_EVERY = 10
 MAX_REFERENCE_IMAGES = 20_000
 MAX_STATS_ROWS = 200_000
@@ -260,8 +261,9 @@ def _features_of(data: bytes) -> dict[str, float] | None:
         return None
 
 
-class ReferenceComputer(Sweeper):
-    """Computes references left `computing` (new ones, and those a stopped process left)."""
+class ReferenceComputer(sweeps.QuietSweeper):
+    """Computes references left `computing` (new ones, woken by set_training_data, and those a stopped process left,
+    found within sweeps.IDLE_WAIT)."""
 
     task_name = "training-reference"
     every, log, failure = REFERENCE_SWEEP, log, "training reference sweep failed (retried on the next sweep)"
@@ -272,21 +274,34 @@ class ReferenceComputer(Sweeper):
     def wake_event(self) -> asyncio.Event:
         return self.deps.wake_reference
 
-    async def sweep(self) -> None:
-        for deployment_id, attempt in await fs.computing_references(self.deps.monitoring.pool):
-            await self.compute(deployment_id, attempt)
+    def quiet_pool(self) -> Any:
+        return self.deps.monitoring.pool
 
-    async def compute(self, deployment_id: int, attempt: int) -> None:
+    def next_wait(self, due: float | None) -> float:
+        return REFERENCE_SWEEP if due is None else due  # None: a failed sweep
+
+    async def look(self) -> float:
+        """Compute every reference left computing; the wait until the next look."""
+        due = sweeps.IDLE_WAIT
+        for deployment_id, attempt in await fs.computing_references(self.deps.monitoring.pool):
+            if not await self.compute(deployment_id, attempt):
+                # another process computes it, perhaps an attempt a newer set_training_data here superseded (which
+                # woke this computer): nothing else looks for the new attempt before IDLE_WAIT
+                due = REFERENCE_SWEEP
+        return due
+
+    async def compute(self, deployment_id: int, attempt: int) -> bool:
+        """Compute the reference under its advisory lock; False when another process holds it."""
         pool = self.deps.monitoring.pool
         async with pool.acquire() as lock_conn:
             if not await lock_conn.fetchval(
                     "SELECT pg_try_advisory_lock(hashtextextended('monitoring.reference:' || $1::int, 0))",
                     deployment_id):
-                return
+                return False
             try:
                 row = await fs.reference_row(pool, deployment_id, reference=False, files=True)
                 if row is None or row["status"] != "computing" or row["attempt"] != attempt:
-                    return
+                    return True
                 try:
                     reference, error = await self._reference(deployment_id, attempt, row["files"]), None
                 except Exception as exc:
@@ -296,6 +311,7 @@ class ReferenceComputer(Sweeper):
                 await lock_conn.execute(
                     "SELECT pg_advisory_unlock(hashtextextended('monitoring.reference:' || $1::int, 0))",
                     deployment_id)
+        return True
 
     async def _reference(self, deployment_id: int, attempt: int, files: list[dict[str, Any]]) -> dict[str, Any]:
         features, labels, skipped = [], [], []

@@ -35,6 +35,7 @@ from tests.image_models import (
 from tests.integration.bus_events import announced
 from tests.integration.conftest import inference_token, make_account, post, query, undeploy_all
 from tests.integration.conftest import sdk_client as sdk
+from tests.stack import service_process, wait_serving
 
 pytestmark = pytest.mark.integration
 
@@ -203,7 +204,7 @@ async def client_refused(stack, subject: str, body: dict) -> bool:
         await nc.close()
 
 
-def test_reviews_feedback_loop_reference_and_stats(stack, owner, deployed, bob):
+def test_reviews_feedback_loop_reference_and_stats(stack, owner, deployed, bob, tmp_path):
     digits, lineage = deployed["digits"], deployed["lineage"]
     name = digits.name
     # predictions through the prediction routes: four by the model, two made elsewhere (one an hour ago)
@@ -318,6 +319,9 @@ def test_reviews_feedback_loop_reference_and_stats(stack, owner, deployed, bob):
     versions = len(lineage.list_versions(deployed["project"]["id"]))
     query(stack, "UPDATE monitoring.feedback_exports SET version_id = NULL WHERE prediction_id = $1::uuid", ids[1])
     query(stack, "DELETE FROM monitoring.feedback_exports WHERE prediction_id = $1::uuid", ids[2])
+    # a restarted process's exporter looks at once; this one, with nothing left to write, waits its minute
+    # (sweeps.IDLE_WAIT): turning the loop on again wakes it, as any command that makes work does
+    assert digits.toggle_feedback_loop(True)["active"] is True
     wait_for(lambda: digits.list_feedback_loop_datasets()[0]["exported_reviews"] == 5
              and digits.list_feedback_loop_datasets()[0]["pending_reviews"] == 0, what="the repeated round")
     assert len(lineage.list_versions(deployed["project"]["id"])) == versions
@@ -384,11 +388,15 @@ def test_reviews_feedback_loop_reference_and_stats(stack, owner, deployed, bob):
     assert drift["predictions"] == 6 and drift["drifting"] == sum(score(pid) > 3 for pid in ids)
     assert set(drift["features"]) == set(names)
     check_training_baseline_assay(stack, owner, bob, deployed, images, predicted)
-    # a reference left `computing` (as by a process stopped mid-way) is picked up and finished
+    # a reference left `computing` (as by a process stopped mid-way) is picked up and finished: by the first look of a
+    # process that starts (a running one looks for such a reference once a minute, sweeps.IDLE_WAIT)
     query(stack, "UPDATE monitoring.training_references SET status = 'computing', images_done = 0, reference = NULL"
                  " WHERE deployment_id = $1", digits.id)
     assert digits.check_training_data_metrics_status() == "computing"
-    assert digits.wait_for_training_data(30)["status"] == "ready"
+    log = tmp_path / "monitoring-2.log"
+    with service_process(stack, "monitoring", log) as restarted:
+        wait_serving(restarted, log, "a second monitoring process")
+        assert digits.wait_for_training_data(30)["status"] == "ready"
     assert digits.disable_training_data_reference()["status"] == "disabled"
     assert call(stack, owner.token, "get_stats", {"deployment": name, "service": "PREDICTIONS_OUTLYING_SCORE"}
                 ).status_code == 409

@@ -33,6 +33,9 @@ class Conn:
                      "reason": "the service stopped before the training run was created"}]
         return []  # no training waits to start, nor to be asked for again (resume) or delivered again
 
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return None  # the look for the next training due (TrainingStarter.next_due): none
+
     async def execute(self, query: str, *args: Any) -> str:
         if "INSERT INTO outbox" in query:
             self.steps.append("training_finished written")
