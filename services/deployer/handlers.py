@@ -614,7 +614,12 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
                 # dropped after COMMIT, a command timeout) left the row naming the new set, which must serve then.
                 # Raising stopped it (LocalBackend.start) while the row, and the outbox's deployed event, named it
                 if not await _recorded(deps, pipeline["id"], deployment_id, name, row, exc):
-                    raise
+                    # not committed: nothing changed, and the database failed, not the replicas. Raised as it was,
+                    # a command timeout (TimeoutError) read as the replicas' and was a 400 "failed to start", any
+                    # other error a 500 "internal error"
+                    raise Unavailable(f"the redeploy of pipeline {pipeline['id']} as {name!r} was not recorded: the"
+                                      f" database failed ({type(exc).__name__}); nothing changed, {old} still serves"
+                                      " the previous version. Deploy again once the database answers") from exc
             deps.owed.forget(deployment_id)  # the replaced activation's owed event was written with it
 
         try:

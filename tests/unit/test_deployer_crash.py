@@ -34,6 +34,8 @@ class CommitPool:
         self.store = store
         self.fail_next: str | None = None
         self.failed: list[str] = []  # the transactions failed so far, as fail_next said
+        self.error: Exception = asyncpg.exceptions.ConnectionDoesNotExistError(
+            "connection was closed in the middle of operation")  # what a failed transaction raises
 
     @contextlib.asynccontextmanager
     async def acquire(self):
@@ -50,7 +52,7 @@ class CommitPool:
             self.store.deployments.clear(), self.store.deployments.update(deployments)
             self.store.events[:] = events
         if fail is not None:
-            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+            raise self.error
 
 
 @pytest.fixture
@@ -96,13 +98,37 @@ def test_a_redeploy_whose_record_raises_keeps_the_replicas_its_commit_names(cras
             assert [(s, e.name, e.pipeline_version) for s, e in made.store.events] == [
                 (subjects.EVENT_PIPELINE_DEPLOYED, f"{deploy_id}-5", str(made.store.versions[NEW]["version"]))]
         else:
-            with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError):
+            with pytest.raises(Unavailable, match="nothing changed"):
                 await redeploy
             row = made.store.deployments[5]
             assert (row["pipeline_version_id"], row["deploy_id"], row["active"], row["deployed_pending"]) == (
                 VERSION, "a", True, False)
             assert made.backend.sets == {"a-5": old} and not old.stopping and new.stopping
             assert made.store.events == []
+        assert made.backend.untracked() == []
+
+    asyncio.run(scenario(crash))
+
+
+@pytest.mark.parametrize("error", ["timeout", "connection"])
+def test_a_redeploy_whose_record_was_not_committed_is_a_503_saying_nothing_changed(crash, error):
+    """The record raised and the row read again is not the new activation: the database failed, not the replicas,
+    and nothing changed. A 503 (Unavailable) saying so, naming the set that still serves; before, a command timeout
+    (TimeoutError, as the pool's command_timeout raises it) was taken for the replicas' own and answered a 400
+    InvalidRequest "the deployment failed to start: " (a bad request: not to be retried), and a dropped connection
+    a 500 "internal error"."""
+
+    async def scenario(made) -> None:
+        made.deps.pool.error = TimeoutError() if error == "timeout" else \
+            asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        redeploy, old, new = await _redeploying(made, "b", "refused")
+        with pytest.raises(Unavailable) as failed:
+            await redeploy
+        assert failed.value.status == 503 and failed.value.code == "unavailable"
+        assert "was not recorded" in failed.value.msg and "nothing changed, a-5 still serves" in failed.value.msg
+        assert ("TimeoutError" if error == "timeout" else "ConnectionDoesNotExistError") in failed.value.msg
+        assert made.backend.sets == {"a-5": old} and new.stopping and not old.stopping
+        assert made.store.deployments[5]["pipeline_version_id"] == VERSION and made.store.events == []
         assert made.backend.untracked() == []
 
     asyncio.run(scenario(crash))
