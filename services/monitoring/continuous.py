@@ -1541,6 +1541,38 @@ async def resume_deliveries(deps: ContinuousDeps) -> None:
             "its delivery did not finish (the service stopped, or its deploy went unanswered) and a newer training of"
             " the deployment was delivered since: not delivered again"
             + (f"; serving the newer one again failed: {failed}" if failed else ""))
+    await look_again_at_given_up(deps)
+
+
+GIVEN_UP_REASON = "% failed: its delivery did not finish after %"
+"""SQL LIKE: the reason of a delivery its last resume failed (_resume_delivery's give_up, `<policy> failed: ...`)."""
+
+
+async def look_again_at_given_up(deps: ContinuousDeps) -> None:
+    """Look once more, STALE_SWAP after it was failed, at each delivery its last resume gave up on (past MAX_RESUMES)
+    that no newer delivery followed: its last deploy, unanswered, may have landed after that look (the deployer
+    serves it late, only over the version it was made from). Serving it, it is recorded as delivered after all
+    (_delivered overrules the failure), with its model_swapped, and DEPLOY_AUTO's running challenge superseded,
+    DEPLOY_SHADOW's challenge opened; not serving, it stays failed and nothing is deployed. Before, it stayed failed
+    while its version served, and under DEPLOY_AUTO the old challenge stayed running with no shadow left to pair.
+    Claimed by delivery_resumes (MAX_RESUMES + 2): one process looks, once."""
+    rows = await deps.base.pool.fetch(
+        "UPDATE trainings t SET delivery_resumes = delivery_resumes + 1 WHERE state = 'done' AND outcome = 'failed' AND"
+        " delivering_since IS NULL AND delivered_at IS NULL AND delivery_resumes = $1 AND reason LIKE $2 AND updated_at"
+        f" < now() - make_interval(secs => $3) AND NOT {NEWER_DELIVERED} RETURNING *", MAX_RESUMES + 1,
+        GIVEN_UP_REASON, STALE_SWAP)
+    for training in rows:
+        policy = training["reason"].partition(" failed: ")[0]
+        if policy not in ("DEPLOY_AUTO", "DEPLOY_SHADOW") or training["model_version"] is None:
+            continue
+        try:
+            async with deps.lock(training["deployment_id"]):
+                # give_up: nothing deployed; its version serving is recorded, else the failure's write matches
+                # nothing (its claim, delivering_since, is gone) and the training stays as it was
+                await _deliver(deps, training, policy, give_up=training["reason"].partition(" failed: ")[2])
+        except Exception:
+            log.exception("continuous deployment of training %s (deployment %s): looking again at its given-up"
+                          " delivery failed; not looked at again", training["id"], training["deployment_id"])
 
 
 async def resume_swaps(deps: ContinuousDeps) -> None:

@@ -1,0 +1,93 @@
+"""A continuous-deployment delivery its last resume gave up on (past MAX_RESUMES, migration 022) whose last deploy
+lands later still is recorded as delivered at the resume sweep STALE_SWAP after the failure
+(services/monitoring/continuous.py look_again_at_given_up; docs/monitoring.md). Before, it stayed failed while its
+version served, and under DEPLOY_AUTO the old challenge stayed running with no shadow left to pair.
+
+Runs the service's functions on a monitoring schema of this test's, the deployer stood in (test_monitoring_swap_race's
+Deployer, with its deploy precondition)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from services.monitoring import continuous
+from tests.integration.conftest import service_schema
+from tests.integration.test_continuous_swap_once import (
+    CHALLENGER,
+    CHAMPION,
+    DEPLOYMENT,
+    MONITORING_MIGRATIONS,
+    continuous_deployment,
+)
+from tests.integration.test_monitoring_swap_race import NEWEST, Deployer, done, swapped_events
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+async def monitoring_schema(stack):
+    async with service_schema(stack, "monitoring_given_up", MONITORING_MIGRATIONS) as pool:
+        yield pool
+
+
+@pytest.mark.parametrize("policy", ["DEPLOY_AUTO", "DEPLOY_SHADOW"])
+@pytest.mark.parametrize("lands", [True, False], ids=["lands_after_the_give_up", "never"])
+async def test_a_given_up_delivery_whose_deploy_lands_later_is_recorded_delivered(monitoring_schema, monkeypatch,
+                                                                                  lands, policy):
+    """A delivery (v3) whose deploys all went unanswered is failed by its last resume; then its last deploy lands
+    (or never does). The resume sweep STALE_SWAP after the failure looks once more: v3 serving, the training is
+    recorded delivered (DEPLOY_AUTO: v3 alone, the old challenge superseded; DEPLOY_SHADOW: v3 the shadow, its
+    challenge opened in the old one's place), told once; not serving, nothing changes. Nothing is deployed."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, policy)
+    older, training_id, challenge_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await done(pool, older, CHALLENGER, "shadow", 600, False)
+    await pool.execute(
+        "INSERT INTO challenges (id, deployment_id, workspace_id, training_id, champion, challenger, alpha,"
+        " min_sample, state) VALUES ($1, $2, 1, $3, $4, $5, 0.05, 10, 'running')", challenge_id, DEPLOYMENT, older,
+        json.dumps(CHAMPION), json.dumps(CHALLENGER))
+    await done(pool, training_id, NEWEST, "deployed" if policy == "DEPLOY_AUTO" else "shadow", 100, True)
+    deployer = Deployer(Deployer.model(CHAMPION, CHALLENGER))
+    deployer.install(monkeypatch)
+    deployer.unanswered = 100
+    deps = Deployer.process(pool)
+    for _ in range(continuous.MAX_RESUMES + 1):  # every resume's deploy unanswered, then the last look: given up
+        await pool.execute("UPDATE trainings SET delivering_since = now() - make_interval(secs => $2) WHERE id = $1"
+                           " AND delivering_since IS NOT NULL", training_id, continuous.STALE_SWAP + 10)
+        await continuous.resume_deliveries(deps)
+    row = await pool.fetchrow("SELECT outcome, reason FROM trainings WHERE id = $1", training_id)
+    assert row["outcome"] == "failed" and "did not finish after" in row["reason"], dict(row)
+    deploys = list(deployer.deploys)
+
+    await continuous.resume_deliveries(deps)  # too soon after the give-up: not looked at again yet
+    assert (await pool.fetchval("SELECT outcome FROM trainings WHERE id = $1", training_id)) == "failed"
+    if lands:
+        deployer.serving = 2  # the last unanswered deploy (v3) lands after the give-up's look
+    await pool.execute("UPDATE trainings SET updated_at = now() - make_interval(secs => $2) WHERE id = $1",
+                       training_id, continuous.STALE_SWAP + 10)
+    for _ in range(2):  # looked at once
+        await continuous.resume_deliveries(deps)
+
+    assert deployer.deploys == deploys  # nothing deployed by the look
+    row = await pool.fetchrow("SELECT outcome, reason, delivered_at, delivering_since FROM trainings WHERE id = $1",
+                              training_id)
+    challenge = await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id)
+    assert row["delivering_since"] is None
+    if lands:
+        auto = policy == "DEPLOY_AUTO"
+        assert deployer.serves() == (("v3", None) if auto else ("v1", "v3"))
+        assert (row["outcome"], row["reason"]) == ("deployed" if auto else "shadow", None), dict(row)  # was failed
+        assert row["delivered_at"] is not None
+        assert challenge == "superseded"  # was running, its challenger no longer served
+        assert [e["action"] for e in await swapped_events(pool)] == ["deployed" if auto else "shadow_set"]
+        opened = await pool.fetchval("SELECT count(*) FROM challenges WHERE training_id = $1 AND state = 'running'",
+                                     training_id)
+        assert opened == (0 if auto else 1)
+    else:
+        assert deployer.serves() == ("v1", "v2")
+        assert row["outcome"] == "failed" and "did not finish after" in row["reason"], dict(row)
+        assert challenge == "running"  # its champion and challenger still serve
+        assert await swapped_events(pool) == []
