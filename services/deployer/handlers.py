@@ -670,6 +670,10 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
 
 RECORD_CHECK_DELAYS = (0.0, 1.0, 3.0)
 """Waits before each look at what the failed record of a redeploy committed (_recorded): three looks over ~4 s."""
+RECORD_CHECK_TIMEOUT = 5.0
+"""Seconds one such look may take (a connection, the pipeline's lock, the read): with none, a database that does not
+answer held the deploy (and the pipeline's lock) for the pool's timeouts, a connection's 60 s and a command's 30 s,
+at each look, not the ~4 s the looks were meant to take (a look that gives up counts as one not answered)."""
 
 
 def _as_json(value: Any) -> Any:
@@ -691,7 +695,7 @@ async def _recorded(deps: DeployerDeps, pipeline_id: int, deployment_id: int, na
     for delay in RECORD_CHECK_DELAYS:
         await asyncio.sleep(delay)
         try:
-            async with deps.pool.acquire() as conn, conn.transaction():
+            async with asyncio.timeout(RECORD_CHECK_TIMEOUT), deps.pool.acquire() as conn, conn.transaction():
                 now = await store.pipeline_deployment(conn, pipeline_id)
         except Exception as exc:
             log.warning("deployment %s: the record of its redeploy raised (%s) and its row could not be read (%s)",
@@ -820,7 +824,7 @@ async def _deactivated(deps: DeployerDeps, deployment_id: int, name: str, error:
     for delay in RECORD_CHECK_DELAYS:
         await asyncio.sleep(delay)
         try:
-            async with deps.pool.acquire() as conn, conn.transaction():
+            async with asyncio.timeout(RECORD_CHECK_TIMEOUT), deps.pool.acquire() as conn, conn.transaction():
                 active = await store.deployment_active(conn, deployment_id)
         except Exception as exc:
             log.warning("deployment %s: its undeploy raised (%s) and its row could not be read (%s)", name, error, exc)

@@ -235,3 +235,47 @@ def test_an_undeploy_whose_deactivation_raises_stops_the_replicas_when_it_was_co
         assert made.backend.untracked() == []
 
     asyncio.run(scenario(world))
+
+
+@pytest.mark.parametrize("command", ["redeploy", "undeploy"])
+def test_a_look_at_a_failed_commit_that_never_answers_is_given_up(crash, monkeypatch, command):
+    """The row's re-read after a failed record (redeploy) or deactivation (undeploy) hangs (a database that takes the
+    connection and never answers, or a lock held by a transaction it never ends): each look gives up after
+    RECORD_CHECK_TIMEOUT and counts as one not answered, so the command answers within the looks' bound (the redeploy
+    a 503, the undeploy its error) and the pipeline's lock is let go. Before, a look waited for as long as the pool's
+    own timeouts (a connection's 60 s, a command's 30 s: for ever in this world), holding the pipeline's lock."""
+    monkeypatch.setattr(handlers, "RECORD_CHECK_TIMEOUT", 0.05, raising=False)  # the old code: none
+    looks: list[int] = []
+
+    async def never(conn, key):  # every look after the failed commit
+        looks.append(key)
+        await asyncio.Event().wait()
+
+    async def scenario(made) -> None:
+        if command == "redeploy":
+            pipeline_deployment = made.store.pipeline_deployment
+
+            async def hanging(conn, pipeline_id):
+                if made.deps.pool.failed:
+                    await never(conn, pipeline_id)
+                return await pipeline_deployment(conn, pipeline_id)
+
+            made.store.pipeline_deployment = hanging
+            redeploy, old, new = await _redeploying(made, "b", "lost")
+            with pytest.raises(Unavailable, match="not known whether"):
+                await asyncio.wait_for(redeploy, 10)
+            assert made.backend.sets == {"a-5": old} and new.stopping
+        else:
+            await _deployed_as(made, "a")
+
+            async def refused(pool, deployment_id, *args, **kwargs):
+                raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
+            made.store.deactivate, made.store.deployment_active = refused, never
+            with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError):
+                await asyncio.wait_for(handlers.undeploy(made.deps, ALICE, "t", PIPELINE, 5), 10)
+            assert "a-5" in made.backend.sets and made.store.deployments[5]["active"]
+        assert len(looks) == len(handlers.RECORD_CHECK_DELAYS)
+        assert not made.deps.pipeline_lock(PIPELINE).locked()
+
+    asyncio.run(scenario(crash))
