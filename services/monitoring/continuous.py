@@ -1594,6 +1594,29 @@ async def resume_swaps(deps: ContinuousDeps) -> None:
                               " %.0f s", deployment_id, STALE_SWAP)
 
     await asyncio.gather(*(resume_one(row["deployment_id"]) for row in rows))
+    await look_again_at_given_up_swaps(deps)
+
+
+async def look_again_at_given_up_swaps(deps: ContinuousDeps) -> None:
+    """As look_again_at_given_up for a challenge's swap its last resume gave up on (failed, swap_resumes MAX_RESUMES
+    + 1): once, STALE_SWAP after (decided_at, set by that resume's claim), _apply_decision looks again without
+    deploying: the decided version alone serving (its last deploy landed after the give-up's look), the swap is
+    recorded (promoted / rolled back, with its model_swapped) over the failure; otherwise nothing changes (the
+    failure's write needs the challenge still decided). Claimed by swap_resumes reaching MAX_RESUMES + 2."""
+    rows = await deps.base.pool.fetch(
+        "UPDATE challenges SET swap_resumes = swap_resumes + 1 WHERE state = 'failed' AND swap_refused IS NULL AND"
+        " swap_resumes = $1 AND reason LIKE '% decided, but its swap did not finish after %' AND decided_at < now() -"
+        " make_interval(secs => $2) RETURNING *", MAX_RESUMES + 1, STALE_SWAP)
+    for row in rows:
+        evidence = _evidence(row)
+        state = "promoting" if evidence.decision == sequential.Decision.PROMOTE else "rolling_back"
+        try:
+            async with deps.lock(row["deployment_id"]):
+                await _apply_decision(deps, row, state, evidence, resumed=True,
+                                      give_up=row["reason"].partition(" decided, but ")[2])
+        except Exception:
+            log.exception("challenge %s of deployment %s: looking again at its given-up swap failed; not looked at"
+                          " again", row["id"], row["deployment_id"])
 
 
 class DeliveryResumer(sweeps.QuietSweeper):

@@ -1,7 +1,8 @@
-"""A continuous-deployment delivery its last resume gave up on (past MAX_RESUMES, migration 022) whose last deploy
-lands later still is recorded as delivered at the resume sweep STALE_SWAP after the failure
-(services/monitoring/continuous.py look_again_at_given_up; docs/monitoring.md). Before, it stayed failed while its
-version served, and under DEPLOY_AUTO the old challenge stayed running with no shadow left to pair.
+"""A continuous-deployment delivery, or a challenge's swap, its last resume gave up on (past MAX_RESUMES, migration
+022) whose last deploy lands later still is recorded as delivered / swapped at the resume sweep STALE_SWAP after the
+failure (services/monitoring/continuous.py look_again_at_given_up, look_again_at_given_up_swaps; docs/monitoring.md).
+Before, it stayed failed while its version served, and under DEPLOY_AUTO the old challenge stayed running with no
+shadow left to pair.
 
 Runs the service's functions on a monitoring schema of this test's, the deployer stood in (test_monitoring_swap_race's
 Deployer, with its deploy precondition)."""
@@ -22,7 +23,7 @@ from tests.integration.test_continuous_swap_once import (
     MONITORING_MIGRATIONS,
     continuous_deployment,
 )
-from tests.integration.test_monitoring_swap_race import NEWEST, Deployer, done, swapped_events
+from tests.integration.test_monitoring_swap_race import NEWEST, Deployer, decided, done, evidence, swapped_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -90,4 +91,45 @@ async def test_a_given_up_delivery_whose_deploy_lands_later_is_recorded_delivere
         assert deployer.serves() == ("v1", "v2")
         assert row["outcome"] == "failed" and "did not finish after" in row["reason"], dict(row)
         assert challenge == "running"  # its champion and challenger still serve
+        assert await swapped_events(pool) == []
+
+
+@pytest.mark.parametrize("lands", [True, False], ids=["lands_after_the_give_up", "never"])
+async def test_a_given_up_swap_whose_deploy_lands_later_is_recorded_promoted(monitoring_schema, monkeypatch, lands):
+    """A promotion whose swap's deploys all went unanswered is failed by its last resume; then its last deploy (v2
+    alone) lands, or never does. The resume sweep STALE_SWAP later looks once more: v2 alone serving, the challenge
+    is promoted after all, told once; not serving, it stays failed. Nothing is deployed."""
+    pool = monitoring_schema
+    challenge_id = await decided(pool)
+    deployer = Deployer(Deployer.model(CHAMPION, CHALLENGER))
+    deployer.install(monkeypatch)
+    deployer.unanswered = 100
+    deps = Deployer.process(pool)
+    await continuous._apply_decision(deps, await pool.fetchrow("SELECT * FROM challenges WHERE id = $1",
+                                                                challenge_id), "promoting", evidence())
+    for _ in range(continuous.MAX_RESUMES + 1):
+        await pool.execute("UPDATE challenges SET decided_at = now() - make_interval(secs => $2) WHERE id = $1",
+                           challenge_id, continuous.STALE_SWAP + 10)
+        await continuous.resume_swap(deps, DEPLOYMENT)
+    assert (await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id)) == "failed"
+    deploys = list(deployer.deploys)
+
+    await continuous.resume_swaps(deps)  # too soon after the give-up
+    assert (await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id)) == "failed"
+    if lands:
+        deployer.serving = 2  # the last unanswered deploy (v2 alone) lands after the give-up's look
+    await pool.execute("UPDATE challenges SET decided_at = now() - make_interval(secs => $2) WHERE id = $1",
+                       challenge_id, continuous.STALE_SWAP + 10)
+    for _ in range(2):  # looked at once
+        await continuous.resume_swaps(deps)
+
+    assert deployer.deploys == deploys  # nothing deployed by the look
+    row = await pool.fetchrow("SELECT state, reason FROM challenges WHERE id = $1", challenge_id)
+    if lands:
+        assert deployer.serves() == ("v2", None)
+        assert row["state"] == "promoted", dict(row)  # was failed while v2 served alone
+        assert [e["action"] for e in await swapped_events(pool)] == ["promoted"]
+    else:
+        assert deployer.serves() == ("v1", "v2")
+        assert row["state"] == "failed" and "did not finish after" in row["reason"], dict(row)
         assert await swapped_events(pool) == []
