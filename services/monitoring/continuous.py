@@ -1612,7 +1612,7 @@ async def look_again_at_given_up_swaps(deps: ContinuousDeps) -> None:
         state = "promoting" if evidence.decision == sequential.Decision.PROMOTE else "rolling_back"
         try:
             async with deps.lock(row["deployment_id"]):
-                await _apply_decision(deps, row, state, evidence, resumed=True,
+                await _apply_decision(deps, row, state, evidence, resumed=True, looked_again=True,
                                       give_up=row["reason"].partition(" decided, but ")[2])
         except Exception:
             log.exception("challenge %s of deployment %s: looking again at its given-up swap failed; not looked at"
@@ -1719,7 +1719,8 @@ async def evaluate_challenge(deps: ContinuousDeps, deployment_id: int) -> sequen
 
 
 async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state: str,
-                          evidence: sequential.Evidence, *, resumed: bool = False, give_up: str | None = None) -> None:
+                          evidence: sequential.Evidence, *, resumed: bool = False, give_up: str | None = None,
+                          looked_again: bool = False) -> None:
     """Serve what the decision says (promote: the challenger alone; roll back: the champion alone) and record it with
     its model_swapped. As a delivery (_deliver): a newer training of the deployment delivered while this swap's
     deploy ran may have been served before this deploy ended, and the decided version would then serve in its
@@ -1732,7 +1733,10 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
     it decided too, for resume_swap. Auth refusing the owner fails it and suspends continuous deployment, keeping
     the refused decision (`swap_refused`) for a set-up or re-activation to redo (redo_refused_swap). `give_up`
     (resume_swap's last resume, past MAX_RESUMES): nothing is deployed; the decided version alone serving already
-    (its last deploy landed late) is recorded as the swap done, else the challenge is failed with that reason."""
+    (its last deploy landed late) is recorded as the swap done, else the challenge is failed with that reason.
+    `looked_again` (look_again_at_given_up_swaps, the challenge failed by that give-up): only the decided version
+    alone serving changes it (recorded as the swap done); anything else leaves it failed as it was, neither closed
+    superseded nor the newest training served again."""
     pool = deps.base.pool
     deployment_id = challenge["deployment_id"]
     champion, challenger = _json(challenge["champion"]), _json(challenge["challenger"])
@@ -1744,7 +1748,8 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
     async with pool.acquire() as conn:  # overtaken already (a resumed or redone swap): the decided version is not
         newest = await _swap_overtaken(conn, challenge)  # served over the newer one, even for a moment
     if newest is not None:
-        await _close_overtaken_swap(deps, challenge, state, evidence, newest, served, resumed)
+        if not looked_again:  # a given-up swap overtaken since stays failed (its give-up's reason), nothing served
+            await _close_overtaken_swap(deps, challenge, state, evidence, newest, served, resumed)
         return
     try:
         version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], served, None,
@@ -1753,6 +1758,8 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
         # overtaken: the deployment serves something else since the decision (a person's deploy, a newer delivery)
         # and the deployer refused the swap's deploy, or the swap saw it first: nothing deployed, nothing to undo
         log.info("challenge %s of deployment %s: its swap is not made: %s", challenge["id"], deployment_id, exc.msg)
+        if looked_again:  # failed by its give-up, which said so: not closed again as superseded minutes later
+            return
         await pool.execute(
             "UPDATE challenges SET state = 'superseded', reason = $3, swap_refused = NULL WHERE id = $1 AND"
             " state IN ($2, 'failed')", challenge["id"], state,
@@ -1797,7 +1804,8 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
                     action="promoted" if state == "promoting" else "rolled_back", model_version=_ref(served),
                     shadow_model_version=None, pipeline_version=version, reason=summary))
     if newest is not None:
-        await _close_overtaken_swap(deps, challenge, state, evidence, newest, served, resumed)
+        if not looked_again:
+            await _close_overtaken_swap(deps, challenge, state, evidence, newest, served, resumed)
         return
     if not swapped:
         log.info("challenge %s of deployment %s: its swap was recorded by another process first", challenge["id"],

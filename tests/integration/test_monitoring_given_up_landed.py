@@ -94,11 +94,15 @@ async def test_a_given_up_delivery_whose_deploy_lands_later_is_recorded_delivere
         assert await swapped_events(pool) == []
 
 
-@pytest.mark.parametrize("lands", [True, False], ids=["lands_after_the_give_up", "never"])
-async def test_a_given_up_swap_whose_deploy_lands_later_is_recorded_promoted(monitoring_schema, monkeypatch, lands):
+@pytest.mark.parametrize("since", ["lands_after_the_give_up", "never", "a_person_s_deploy", "a_newer_delivery"])
+async def test_a_given_up_swap_whose_deploy_lands_later_is_recorded_promoted(monitoring_schema, monkeypatch, since):
     """A promotion whose swap's deploys all went unanswered is failed by its last resume; then its last deploy (v2
-    alone) lands, or never does. The resume sweep STALE_SWAP later looks once more: v2 alone serving, the challenge
-    is promoted after all, told once; not serving, it stays failed. Nothing is deployed."""
+    alone) lands, or never does, or something else serves since (a person's deploy of v5; a newer training's
+    delivery, recorded: v1 shadowed by v3). The resume sweep STALE_SWAP later looks once more: v2 alone serving, the
+    challenge is promoted after all, told once; anything else leaves it failed with its give-up's reason. Nothing
+    is deployed. Before (fce651b), the look closed it 'superseded' when something else served (the swap's
+    ServingChanged), or when a newer delivery was recorded, with a reason saying that newer one was served again
+    after its swap, minutes after its failure had been recorded."""
     pool = monitoring_schema
     challenge_id = await decided(pool)
     deployer = Deployer(Deployer.model(CHAMPION, CHALLENGER))
@@ -112,24 +116,32 @@ async def test_a_given_up_swap_whose_deploy_lands_later_is_recorded_promoted(mon
                            challenge_id, continuous.STALE_SWAP + 10)
         await continuous.resume_swap(deps, DEPLOYMENT)
     assert (await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id)) == "failed"
-    deploys = list(deployer.deploys)
 
     await continuous.resume_swaps(deps)  # too soon after the give-up
-    assert (await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id)) == "failed"
-    if lands:
+    given_up = await pool.fetchrow("SELECT state, reason FROM challenges WHERE id = $1", challenge_id)
+    assert given_up["state"] == "failed"
+    serving = {"lands_after_the_give_up": ("v2", None), "never": ("v1", "v2"), "a_person_s_deploy": ("v5", None),
+               "a_newer_delivery": ("v1", "v3")}[since]
+    if since == "lands_after_the_give_up":
         deployer.serving = 2  # the last unanswered deploy (v2 alone) lands after the give-up's look
+    elif since == "a_person_s_deploy":
+        deployer.person_deploys(Deployer.model({"name": "digits", "version": "v5", "sha": "e"}))
+    elif since == "a_newer_delivery":
+        await done(pool, uuid.uuid4(), NEWEST, "shadow", 0, False)  # recorded (delivered_at)
+        deployer.person_deploys(Deployer.model(CHAMPION, NEWEST))  # what that delivery served
+    deploys = list(deployer.deploys)
     await pool.execute("UPDATE challenges SET decided_at = now() - make_interval(secs => $2) WHERE id = $1",
                        challenge_id, continuous.STALE_SWAP + 10)
     for _ in range(2):  # looked at once
         await continuous.resume_swaps(deps)
 
     assert deployer.deploys == deploys  # nothing deployed by the look
+    assert deployer.serves() == serving
     row = await pool.fetchrow("SELECT state, reason FROM challenges WHERE id = $1", challenge_id)
-    if lands:
-        assert deployer.serves() == ("v2", None)
+    if since == "lands_after_the_give_up":
         assert row["state"] == "promoted", dict(row)  # was failed while v2 served alone
         assert [e["action"] for e in await swapped_events(pool)] == ["promoted"]
-    else:
-        assert deployer.serves() == ("v1", "v2")
-        assert row["state"] == "failed" and "did not finish after" in row["reason"], dict(row)
+    else:  # was 'superseded' for a person's deploy or a newer delivery
+        assert dict(row) == dict(given_up), dict(row)
+        assert "did not finish after" in row["reason"]
         assert await swapped_events(pool) == []
