@@ -1416,7 +1416,9 @@ async def _still_due(conn: Any, training: asyncpg.Record, *, claim: bool = True)
         log.info("continuous deployment of training %s: another delivery took it over or recorded it", training["id"])
         return False
     if row["newer"]:
-        if row["claimed"]:
+        # closed only while a delivery of it is under way (its claim): a failed one looked at again
+        # (look_again_at_given_up) or a recorded one served again (`again`) keeps its outcome's reason
+        if row["claimed"] and training["delivering_since"] is not None:
             await conn.execute("UPDATE trainings SET delivering_since = NULL, reason = 'a newer training of the"
                                " deployment was delivered during its delivery: not delivered' WHERE id = $1",
                                training["id"])

@@ -145,3 +145,46 @@ async def test_a_given_up_swap_whose_deploy_lands_later_is_recorded_promoted(mon
         assert dict(row) == dict(given_up), dict(row)
         assert "did not finish after" in row["reason"]
         assert await swapped_events(pool) == []
+
+
+async def test_a_newer_delivery_during_the_look_at_a_given_up_one_leaves_its_failure_as_it_was(monitoring_schema,
+                                                                                               monkeypatch):
+    """A delivery (v3) given up by its last resume is looked at once more; another process delivers a newer training
+    (v4) between that look's claim and its check (_still_due): the look stops there, and the given-up training keeps
+    its outcome and reason. Before, the check closed it as a delivery under way ('a newer training of the deployment
+    was delivered during its delivery: not delivered'), over the give-up's reason, which says the deployer may still
+    serve its last deploy."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, "DEPLOY_AUTO")
+    training_id = uuid.uuid4()
+    await done(pool, training_id, NEWEST, "deployed", 100, True)
+    deployer = Deployer(Deployer.model(CHAMPION))
+    deployer.install(monkeypatch)
+    deployer.unanswered = 100
+    deps = Deployer.process(pool)
+    for _ in range(continuous.MAX_RESUMES + 1):
+        await pool.execute("UPDATE trainings SET delivering_since = now() - make_interval(secs => $2) WHERE id = $1"
+                           " AND delivering_since IS NOT NULL", training_id, continuous.STALE_SWAP + 10)
+        await continuous.resume_deliveries(deps)
+    given_up = await pool.fetchrow("SELECT outcome, reason, delivering_since, delivered_at FROM trainings WHERE id ="
+                                   " $1", training_id)
+    assert given_up["outcome"] == "failed" and "did not finish after" in given_up["reason"], dict(given_up)
+    await pool.execute("UPDATE trainings SET updated_at = now() - make_interval(secs => $2) WHERE id = $1",
+                       training_id, continuous.STALE_SWAP + 10)
+    looked = continuous.act_as
+
+    async def newer_delivered_meanwhile(*args):  # the look's first step after its claim
+        monkeypatch.setattr(continuous, "act_as", looked)
+        await done(pool, uuid.uuid4(), {"name": "digits", "version": "v4", "sha": "d"}, "deployed", 0, True)
+        return await looked(*args)
+
+    monkeypatch.setattr(continuous, "act_as", newer_delivered_meanwhile)
+    deploys = list(deployer.deploys)
+    await continuous.look_again_at_given_up(deps)
+
+    assert continuous.act_as is looked  # the look was made (claimed)
+    assert deployer.deploys == deploys
+    row = await pool.fetchrow("SELECT outcome, reason, delivering_since, delivered_at FROM trainings WHERE id = $1",
+                              training_id)
+    assert dict(row) == dict(given_up), dict(row)  # was reason 'a newer training ... during its delivery: not ...'
+    assert await swapped_events(pool) == []
