@@ -34,8 +34,8 @@ MIGRATIONS = Path("services/deployer/migrations")
 async def test_deployments_of_before_migration_006_are_announced_and_owed_as_their_events_were_written(
         stack, monkeypatch):
     migrations = load_migrations(MIGRATIONS)
-    assert [(m.version, m.name) for m in migrations if m.version >= 6] == [
-        (6, "deployments_announced"), (7, "deployments_served")]
+    later = [(m.version, m.name) for m in migrations if m.version >= 6]  # 006/007 under test, then what came after
+    assert later[:2] == [(6, "deployments_announced"), (7, "deployments_served")]
     monkeypatch.setattr(conftest, "load_migrations", lambda directory: [m for m in migrations if m.version < 6])
     async with service_schema(stack, "deployerannounced", MIGRATIONS) as pool:
         for name, active in (("served", True), ("owing", True), ("undeployed", False)):
@@ -45,7 +45,7 @@ async def test_deployments_of_before_migration_006_are_announced_and_owed_as_the
         await pool.execute("UPDATE deployments SET deployed_pending = false WHERE deploy_id <> 'owing'")
         schema = await pool.fetchval("SELECT current_schema()")
         monkeypatch.undo()
-        assert await migrate(stack.settings().postgres, schema, migrations) == [6, 7]  # the upgrade
+        assert await migrate(stack.settings().postgres, schema, migrations) == [v for v, _ in later]  # the upgrade
         rows = {row["deploy_id"]: row for row in await pool.fetch(
             "SELECT d.*, p.workspace_id, v.version AS pipeline_version FROM deployments d"
             " JOIN pipelines p ON p.id = d.pipeline_id JOIN pipeline_versions v ON v.id = d.pipeline_version_id")}
