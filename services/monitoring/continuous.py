@@ -1382,19 +1382,27 @@ async def _deliver_again(deps: ContinuousDeps, newest: asyncpg.Record, older: as
 async def _delivery_failed(pool: asyncpg.Pool, training: asyncpg.Record, policy: str, exc: RailyardError,
                            owner_id: Any) -> None:
     """A delivery failed (a Railyard error: the owner's token, the deployer, the registry); the owner's token
-    refused suspends continuous deployment too (_suspend_deployment)."""
-    log.warning("continuous deployment of training %s failed: %s", training["id"], exc.msg)
+    refused suspends continuous deployment too (_suspend_deployment). Logged at WARNING only when recorded: the one
+    more look at a given-up delivery (look_again_at_given_up) finding its version still not serving writes nothing
+    (its claim is gone) and said so again at WARNING, minutes after the give-up's own."""
     # only while this delivery's claim holds (delivering_since as it set or found it): a slow delivery that
     # fails after another delivery of it (resume_deliveries, or the first one while a resumed one was slow)
     # served and recorded it must not fail the delivered training, nor the challenge that one opened
     async with pool.acquire() as conn, conn.transaction():
         if isinstance(exc, OwnerRefused):
             await _suspend_deployment(conn, training["deployment_id"], owner_id, exc)
-        if await conn.fetchval("UPDATE trainings SET outcome = 'failed', reason = $2, updated_at = now(),"
-                               " delivering_since = NULL WHERE id = $1 AND delivering_since = $3 RETURNING true",
-                               training["id"], f"{policy} failed: {exc.msg}", training["delivering_since"]):
+        recorded = await conn.fetchval(
+            "UPDATE trainings SET outcome = 'failed', reason = $2, updated_at = now(), delivering_since = NULL WHERE"
+            " id = $1 AND delivering_since = $3 RETURNING true", training["id"], f"{policy} failed: {exc.msg}",
+            training["delivering_since"])
+        if recorded:
             await conn.execute("UPDATE challenges SET state = 'failed', reason = $2, decided_at = now() WHERE"
                                " training_id = $1 AND state = 'running'", training["id"], exc.msg)
+    if recorded:
+        log.warning("continuous deployment of training %s failed: %s", training["id"], exc.msg)
+    else:
+        log.info("continuous deployment of training %s: %s; nothing recorded (not claimed by this delivery: recorded,"
+                 " failed or taken over by another, or a given-up delivery looked at again)", training["id"], exc.msg)
 
 
 NEWER_DELIVERED = (

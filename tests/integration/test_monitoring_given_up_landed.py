@@ -37,11 +37,13 @@ async def monitoring_schema(stack):
 @pytest.mark.parametrize("policy", ["DEPLOY_AUTO", "DEPLOY_SHADOW"])
 @pytest.mark.parametrize("lands", [True, False], ids=["lands_after_the_give_up", "never"])
 async def test_a_given_up_delivery_whose_deploy_lands_later_is_recorded_delivered(monitoring_schema, monkeypatch,
-                                                                                  lands, policy):
+                                                                                  caplog, lands, policy):
     """A delivery (v3) whose deploys all went unanswered is failed by its last resume; then its last deploy lands
     (or never does). The resume sweep STALE_SWAP after the failure looks once more: v3 serving, the training is
     recorded delivered (DEPLOY_AUTO: v3 alone, the old challenge superseded; DEPLOY_SHADOW: v3 the shadow, its
-    challenge opened in the old one's place), told once; not serving, nothing changes. Nothing is deployed."""
+    challenge opened in the old one's place), told once; not serving, nothing changes, and the look does not log
+    the failure at WARNING again (the give-up did: before, _delivery_failed logged it whether or not it wrote it).
+    Nothing is deployed."""
     pool = monitoring_schema
     await continuous_deployment(pool, policy)
     older, training_id, challenge_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
@@ -69,8 +71,13 @@ async def test_a_given_up_delivery_whose_deploy_lands_later_is_recorded_delivere
         deployer.serving = 2  # the last unanswered deploy (v3) lands after the give-up's look
     await pool.execute("UPDATE trainings SET updated_at = now() - make_interval(secs => $2) WHERE id = $1",
                        training_id, continuous.STALE_SWAP + 10)
-    for _ in range(2):  # looked at once
-        await continuous.resume_deliveries(deps)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="railyard.monitoring.continuous"):
+        for _ in range(2):  # looked at once
+            await continuous.resume_deliveries(deps)
+    failure_logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"
+                      and f"training {training_id} failed" in r.getMessage()]
+    assert failure_logged == []  # the give-up logged it; the look wrote nothing
 
     assert deployer.deploys == deploys  # nothing deployed by the look
     row = await pool.fetchrow("SELECT outcome, reason, delivered_at, delivering_since FROM trainings WHERE id = $1",
