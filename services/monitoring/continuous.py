@@ -17,7 +17,9 @@ How it runs (docs/monitoring.md, "Continuous training and deployment"):
   outbox in the transaction of the change they tell of and sent by shared/outbox.py's Outbox (started by `start`).
   A continuous deployment's swap is the deployer's change: the training's delivery (`delivering_since`) is closed
   in the transaction that writes its model_swapped, and one left open by a process that died is delivered again
-  (resume_deliveries).
+  (resume_deliveries). A deploy that lands after its command went unanswered (even after the resumes gave up) is
+  recorded from the deployer's events.pipeline.deployed naming the pipeline version it carried (sent_deploys,
+  written before the command: on_pipeline_deployed).
 - **Starting the run** happens off the review path: the trigger only inserts the training `starting`; the
   TrainingStarter (one background task per service process, woken by the trigger, looking at the table again when
   its next training is due, at most sweeps.IDLE_WAIT later) waits until
@@ -89,6 +91,7 @@ from shared.messages.deployer import (
     DeployPipeline,
     GetPipeline,
     PipelineCreated,
+    PipelineDeployed,
     PipelineRecord,
     ResolveDeployment,
 )
@@ -154,6 +157,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
 }
 """Monitoring's own events: each written to the service's `outbox` table (migration 014) in the transaction of the
 change it tells of, and published from there by shared/outbox.py's Outbox (in order per deployment)."""
+DEPLOYED_DURABLE = "monitoring-continuous-deployed"
+"""Monitoring's durable consumer of the deployer's events.pipeline.deployed (on_pipeline_deployed)."""
 MAX_RUN_ALERTS = 100  # the newest alerts of an ASSAY_ALERT training given to its run (task_args()["assay_alerts"])
 
 
@@ -1042,13 +1047,16 @@ def _serving(definition: dict[str, Any], champion: dict[str, Any], challenger: d
 async def _serve(deps: ContinuousDeps, owner_id: Any, workspace_id: int, deployment: str, champion: dict[str, Any],
                  challenger: dict[str, Any] | None, purpose: str,
                  found: tuple[str, handlers.DeploymentView] | None = None,
-                 expect: tuple[dict[str, Any], dict[str, Any]] | None = None, give_up: str | None = None) -> str:
+                 expect: tuple[dict[str, Any], dict[str, Any]] | None = None, give_up: str | None = None,
+                 sent: Callable[[str], Awaitable[None]] | None = None) -> str:
     """Deploy a new pipeline version serving champion (shadowed by challenger) in place, as the owner; the
     pipeline version it serves. `found`: the owner's token and the deployment as the caller just looked them up
     (_deliver), used instead of looking them up again. `expect`: the (champion, challenger) pair the caller means to
     replace (a challenge's swap): ServingChanged when the deployment serves anything else (and not already what this
     would serve), before anything is deployed. `give_up`: nothing is deployed; its version serving already is
-    this serving done, else GivenUp(give_up).
+    this serving done, else GivenUp(give_up). `sent`: called with the pipeline version the deploy carries before
+    pipelines/deploy is sent (_sent_deploy: the deployer's events.pipeline.deployed naming it is this deploy landed,
+    on_pipeline_deployed).
 
     The deploy is made only if the pipeline version looked at still serves when the deployer gets to it
     (pipelines/deploy's `only_if_serving`, checked under the deployer's pipeline lock): a deploy that waited behind
@@ -1077,6 +1085,8 @@ async def _serve(deps: ContinuousDeps, owner_id: Any, workspace_id: int, deploym
     created = await request(base.broker, subjects.DEPLOYER_PIPELINES_CREATE, CreatePipeline(
         pipeline_id=view.route.pipeline_name, workspace_id=workspace_id, definition=definition),
         token=token, timeout=base.timeout, reply_model=PipelineCreated)
+    if sent is not None:
+        await sent(created.pipeline_variant_version)
     try:
         await request(base.broker, subjects.DEPLOYER_PIPELINES_DEPLOY, DeployPipeline(
             deploy_id=view.deploy_id, pipeline_version_pk_id=created.pipeline_variant_pk_id,
@@ -1210,7 +1220,8 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
                 if not await _still_due(conn, training, claim=not again):
                     return True
             version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], new, None,
-                                   f"monitoring-deploy-{deployment_id}", found=(token, view), give_up=give_up)
+                                   f"monitoring-deploy-{deployment_id}", found=(token, view), give_up=give_up,
+                                   sent=_sent_deploy(pool, deployment_id, training_id=training["id"]))
             # the serving is the deployer's; the training's delivery ends with its event, once (a resumed delivery
             # of it may finish too: the first to clear delivering_since writes it). The running challenge ends
             # (the version served has no shadow) with that record, not before the deploy: a deploy refused
@@ -1219,13 +1230,7 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
             async with pool.acquire() as conn, conn.transaction():
                 newest = await _overtaken(conn, training)
                 if newest is None and await _delivered(conn, training["id"], policy):
-                    await conn.execute("UPDATE challenges SET state = 'superseded', decided_at = now(), reason = 'a"
-                                       " newer model version was deployed (DEPLOY_AUTO)' WHERE deployment_id = $1 AND"
-                                       " state = 'running'", deployment_id)
-                    await _event(conn, subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
-                        deployment_id=deployment_id, workspace_id=cd["workspace_id"], action="deployed",
-                        model_version=_ref(new), shadow_model_version=None, pipeline_version=version,
-                        reason=f"continuous deployment (DEPLOY_AUTO) of training {training['id']}"))
+                    await _deployed_auto(conn, training, cd, new, version)
             deps.events_committed()
             if newest is not None:
                 await _deliver_again(deps, newest, training, new)
@@ -1237,7 +1242,8 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
             if not await _still_due(conn, training, claim=False):
                 return True
         version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], champion_dict, new,
-                               f"monitoring-deploy-{deployment_id}", found=(token, view), give_up=give_up)
+                               f"monitoring-deploy-{deployment_id}", found=(token, view), give_up=give_up,
+                               sent=_sent_deploy(pool, deployment_id, training_id=training["id"], champion=champion))
         # the challenge opens once the challenger serves (pairs are matched on both versions anyway), once
         async with pool.acquire() as conn, conn.transaction():
             newest = await _overtaken(conn, training)
@@ -1302,6 +1308,34 @@ async def _delivery_refused(deps: ContinuousDeps, training: asyncpg.Record, poli
     log.warning("continuous deployment of training %s: its deploy was refused again (%s): delivered again in %.0f s",
                 training["id"], exc.msg, STALE_SWAP)
     return False
+
+
+async def _deployed_auto(conn: Any, training: asyncpg.Record, cd: asyncpg.Record, new: dict[str, Any],
+                         version: str) -> None:
+    """DEPLOY_AUTO's record, in the caller's transaction once _delivered ended the delivery: the running challenge
+    superseded (the version served has no shadow) and the training's model_swapped written."""
+    await conn.execute("UPDATE challenges SET state = 'superseded', decided_at = now(), reason = 'a newer model"
+                       " version was deployed (DEPLOY_AUTO)' WHERE deployment_id = $1 AND state = 'running'",
+                       training["deployment_id"])
+    await _event(conn, subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
+        deployment_id=training["deployment_id"], workspace_id=cd["workspace_id"], action="deployed",
+        model_version=_ref(new), shadow_model_version=None, pipeline_version=version,
+        reason=f"continuous deployment (DEPLOY_AUTO) of training {training['id']}"))
+
+
+def _sent_deploy(pool: asyncpg.Pool, deployment_id: int, *, training_id: uuid.UUID | None = None,
+                 challenge_id: uuid.UUID | None = None,
+                 champion: ModelVersionRef | None = None) -> Callable[[str], Awaitable[None]]:
+    """_serve's `sent` for a delivery (`training_id`; DEPLOY_SHADOW's `champion`, what its challenge compares) or a
+    challenge's swap (`challenge_id`): the pipeline version its deploy carries, written before the deploy is sent
+    (migration 024), so its events.pipeline.deployed, however late, is known as this deploy's."""
+    async def sent(version: str) -> None:
+        await pool.execute(
+            "INSERT INTO sent_deploys (pipeline_version, deployment_id, training_id, challenge_id, champion) VALUES"
+            " ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING", version, deployment_id, training_id, challenge_id,
+            json.dumps(champion.model_dump()) if champion is not None else None)
+
+    return sent
 
 
 async def _open_challenge(conn: Any, training: asyncpg.Record, cd: asyncpg.Record, champion: ModelVersionRef,
@@ -1629,6 +1663,93 @@ async def look_again_at_given_up_swaps(deps: ContinuousDeps) -> None:
                           " again", row["id"], row["deployment_id"])
 
 
+async def on_pipeline_deployed(deps: ContinuousDeps, event: PipelineDeployed) -> int:
+    """The deployer's events.pipeline.deployed (a durable consumer of monitoring's): a deploy continuous deployment
+    sent (sent_deploys, written before the deploy command: migration 024) landed. Recorded as it would have been had
+    the command answered in time, whenever the event comes: after the command went unanswered (the delivery still
+    claimed, the challenge still decided: recorded before the resume STALE_SWAP later), after the last resume gave up
+    and after the one more look at it (failed: recorded over the failure, as that look does). Nothing is deployed
+    and the deployer is not asked anything. Each record is a conditional write (the delivery's _delivered, the
+    swap's _swapped: whichever of this, the command's own answer, a resume or another monitoring process comes
+    first writes it and its model_swapped), so a redelivered event, or one handled by two processes, records
+    once. Left as they are: a deploy monitoring did not send (no row names the version), a delivery or swap a newer
+    delivered training overtook (a delivery still claimed is resume_deliveries' to close, serving the newest again;
+    a failed one stays failed), one closed otherwise (superseded, not delivered). How many it recorded."""
+    pool = deps.base.pool
+    recorded = 0
+    for sent in await pool.fetch("SELECT * FROM sent_deploys WHERE deployment_id = $1 AND pipeline_version = $2",
+                                 event.deployment_id, event.pipeline_version):
+        if sent["training_id"] is not None:
+            landed = await _delivery_landed(deps, sent, event)
+        else:
+            landed = await _swap_landed(deps, sent, event)
+        recorded += landed
+    if recorded:
+        deps.events_committed()
+    return recorded
+
+
+async def _delivery_landed(deps: ContinuousDeps, sent: asyncpg.Record, event: PipelineDeployed) -> bool:
+    """on_pipeline_deployed for a training's delivery: recorded delivered (DEPLOY_AUTO's running challenge
+    superseded, DEPLOY_SHADOW's challenge opened, its model_swapped) while it is claimed or failed, not overtaken."""
+    pool = deps.base.pool
+    training = await pool.fetchrow("SELECT * FROM trainings WHERE id = $1", sent["training_id"])
+    if (training is None or training["workspace_id"] != event.workspace_id or training["state"] != "done"
+            or training["delivered_at"] is not None or training["model_version"] is None):
+        return False
+    if training["delivering_since"] is not None:
+        policy = "DEPLOY_AUTO" if training["outcome"] == "deployed" else "DEPLOY_SHADOW"
+    elif training["outcome"] == "failed":
+        policy = (training["reason"] or "").partition(" failed: ")[0]
+    else:  # closed unrecorded (a newer training delivered during it): not put back
+        return False
+    if policy not in ("DEPLOY_AUTO", "DEPLOY_SHADOW") or (policy == "DEPLOY_SHADOW" and sent["champion"] is None):
+        return False
+    cd = await pool.fetchrow("SELECT * FROM continuous_deployment WHERE deployment_id = $1", training["deployment_id"])
+    if cd is None:
+        return False
+    new = _json(training["model_version"])
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT 1 FROM trainings WHERE id = $1 FOR UPDATE", training["id"])
+        if await newest_delivered(conn, training["deployment_id"], newer_than=training) is not None:
+            return False
+        if not await _delivered(conn, training["id"], policy):
+            return False
+        if policy == "DEPLOY_AUTO":
+            await _deployed_auto(conn, training, cd, new, event.pipeline_version)
+        else:
+            await _open_challenge(conn, training, cd, ModelVersionRef(**_json(sent["champion"])), new,
+                                  event.pipeline_version)
+    log.info("continuous deployment of training %s (deployment %s): its deploy (pipeline version %s) landed: recorded"
+             " delivered from the deployer's event", training["id"], training["deployment_id"], event.pipeline_version)
+    return True
+
+
+async def _swap_landed(deps: ContinuousDeps, sent: asyncpg.Record, event: PipelineDeployed) -> bool:
+    """on_pipeline_deployed for a challenge's swap: recorded promoted / rolled back (its model_swapped) while the
+    challenge is decided, or failed (not a refusal kept for a redo), and no newer delivered training overtook it."""
+    pool = deps.base.pool
+    challenge = await pool.fetchrow("SELECT * FROM challenges WHERE id = $1", sent["challenge_id"])
+    if challenge is None or challenge["workspace_id"] != event.workspace_id or challenge["evidence"] is None:
+        return False
+    evidence = _evidence(challenge)
+    decided = {sequential.Decision.PROMOTE: "promoting", sequential.Decision.ROLL_BACK: "rolling_back"}.get(
+        evidence.decision)
+    if decided is None or not (challenge["state"] == decided
+                               or (challenge["state"] == "failed" and challenge["swap_refused"] is None)):
+        return False
+    served = _json(challenge["challenger"] if decided == "promoting" else challenge["champion"])
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT 1 FROM challenges WHERE id = $1 FOR UPDATE", challenge["id"])
+        if await _swap_overtaken(conn, challenge, say=False) is not None:
+            return False
+        if not await _swapped(conn, challenge, decided, served, event.pipeline_version, _summary(evidence)):
+            return False
+    log.info("challenge %s of deployment %s: its swap's deploy (pipeline version %s) landed: recorded from the"
+             " deployer's event", challenge["id"], challenge["deployment_id"], event.pipeline_version)
+    return True
+
+
 class DeliveryResumer(sweeps.QuietSweeper):
     """Delivers again the continuous deployments a process left unfinished (resume_deliveries), in a loop of its own:
     a delivery is a deploy the process waits up to deploy_wait (305 s) for, which in the training starter's sweep
@@ -1752,9 +1873,7 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
     champion, challenger = _json(challenge["champion"]), _json(challenge["challenger"])
     cd = await pool.fetchrow("SELECT * FROM continuous_deployment WHERE deployment_id = $1", deployment_id)
     served = challenger if state == "promoting" else champion
-    summary = (f"{evidence.decision.value}: challenger {evidence.n01} vs champion {evidence.n10} wins over"
-               f" {evidence.pairs} reviewed pairs, log evidence {evidence.log_evidence:.2f} >= log(1/alpha)"
-               f" {evidence.threshold:.2f} (alpha {evidence.alpha}, minimum sample {evidence.min_sample})")
+    summary = _summary(evidence)
     async with pool.acquire() as conn:  # overtaken already (a resumed or redone swap): the decided version is not
         newest = await _swap_overtaken(conn, challenge)  # served over the newer one, even for a moment
     if newest is not None:
@@ -1763,7 +1882,8 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
         return
     try:
         version = await _serve(deps, cd["owner_id"], cd["workspace_id"], cd["deployment"], served, None,
-                               f"monitoring-deploy-{deployment_id}", expect=(champion, challenger), give_up=give_up)
+                               f"monitoring-deploy-{deployment_id}", expect=(champion, challenger), give_up=give_up,
+                               sent=_sent_deploy(pool, deployment_id, challenge_id=challenge["id"]))
     except ServingChanged as exc:
         # overtaken: the deployment serves something else since the decision (a person's deploy, a newer delivery)
         # and the deployer refused the swap's deploy, or the swap saw it first: nothing deployed, nothing to undo
@@ -1804,15 +1924,7 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
             # once: a decided swap still under way after STALE_SWAP (a deploy may take deploy_wait, 305 s) is
             # resumed by another process too, and both get here; the first records it and writes the event (a
             # failure of the other's swap recorded meanwhile is superseded: this one served)
-            swapped = await conn.fetchval(
-                "UPDATE challenges SET state = $2, reason = $3, swap_refused = NULL WHERE id = $1 AND state IN ($4,"
-                " 'failed') RETURNING 1", challenge["id"], "promoted" if state == "promoting" else "rolled_back",
-                summary, state)
-            if swapped:
-                await _event(conn, subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
-                    deployment_id=deployment_id, workspace_id=challenge["workspace_id"],
-                    action="promoted" if state == "promoting" else "rolled_back", model_version=_ref(served),
-                    shadow_model_version=None, pipeline_version=version, reason=summary))
+            swapped = await _swapped(conn, challenge, state, served, version, summary)
     if newest is not None:
         if not looked_again:
             await _close_overtaken_swap(deps, challenge, state, evidence, newest, served, resumed)
@@ -1823,6 +1935,29 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
         return
     deps.events_committed()
     log.info("challenge %s of deployment %s: %s", challenge["id"], deployment_id, summary)
+
+
+def _summary(evidence: sequential.Evidence) -> str:
+    """A decided swap's reason: the sequential test's numbers."""
+    return (f"{evidence.decision.value}: challenger {evidence.n01} vs champion {evidence.n10} wins over"
+            f" {evidence.pairs} reviewed pairs, log evidence {evidence.log_evidence:.2f} >= log(1/alpha)"
+            f" {evidence.threshold:.2f} (alpha {evidence.alpha}, minimum sample {evidence.min_sample})")
+
+
+async def _swapped(conn: Any, challenge: asyncpg.Record, state: str, served: dict[str, Any], version: str,
+                   summary: str) -> bool:
+    """A swap's record, in the caller's transaction: the challenge promoted / rolled back with its model_swapped,
+    once (only while still decided, or failed: whichever swap of it records first writes it); whether this did."""
+    swapped = await conn.fetchval(
+        "UPDATE challenges SET state = $2, reason = $3, swap_refused = NULL WHERE id = $1 AND state IN ($4,"
+        " 'failed') RETURNING 1", challenge["id"], "promoted" if state == "promoting" else "rolled_back", summary,
+        state)
+    if swapped:
+        await _event(conn, subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
+            deployment_id=challenge["deployment_id"], workspace_id=challenge["workspace_id"],
+            action="promoted" if state == "promoting" else "rolled_back", model_version=_ref(served),
+            shadow_model_version=None, pipeline_version=version, reason=summary))
+    return bool(swapped)
 
 
 async def _close_overtaken_swap(deps: ContinuousDeps, challenge: asyncpg.Record, state: str,
@@ -1841,7 +1976,7 @@ async def _close_overtaken_swap(deps: ContinuousDeps, challenge: asyncpg.Record,
             + (f"; serving it again failed: {failed}" if failed else ""))
 
 
-async def _swap_overtaken(conn: Any, challenge: asyncpg.Record) -> asyncpg.Record | None:
+async def _swap_overtaken(conn: Any, challenge: asyncpg.Record, *, say: bool = True) -> asyncpg.Record | None:
     """The newest training of the challenge's deployment delivered after the challenge's own training (the one whose
     delivery opened it), or None: its delivery is newer than this decision's swap, which must not serve over it. A
     challenge without its training (none is opened so) is compared by its start.
@@ -1858,7 +1993,7 @@ async def _swap_overtaken(conn: Any, challenge: asyncpg.Record) -> asyncpg.Recor
     if training is None:
         training = {"id": uuid.UUID(int=0), "created_at": challenge["started_at"]}
     newest = await newest_delivered(conn, challenge["deployment_id"], newer_than=training, recorded=True)
-    if newest is not None:
+    if newest is not None and say:
         log.warning("challenge %s (deployment %s): training %s, newer, was delivered during its swap: serving it"
                     " again after it", challenge["id"], challenge["deployment_id"], newest["id"])
     return newest
@@ -2161,4 +2296,9 @@ def register(router: NatsRouter, runtime: Any) -> None:
               "A training run failed.", title="TaskRunFailed")
     async def on_failed(event: TaskRunEvent, message: Any) -> None:
         await on_run_ended(deps(), event, succeeded=False)
+
+    @consumer(subjects.EVENT_PIPELINE_DEPLOYED, DEPLOYED_DURABLE, PipelineDeployed,
+              "A deploy continuous deployment sent landed (however late): its delivery or swap recorded.")
+    async def on_deployed(event: PipelineDeployed, message: Any) -> None:
+        await on_pipeline_deployed(deps(), event)
 
