@@ -91,13 +91,16 @@ browser:
 ## PYTHONDONTWRITEBYTECODE is emptied (a caller's setting would make every service, engine replica and `railyard`
 ## the suite starts compile Railyard's sources again, and pytest rewrite every test module again; docs/testing.md).
 ## In CI (CI=true, or .ci/run) RAILYARD_TEST_REQUIRE_BROWSER=1: no browser fails the UI tests instead of skipping them.
+## Every run leaves its junit report in TEST_JUNIT, from which `python -m tests.file_seconds build/test-run.xml`
+## refreshes the order the files are handed out in (tests/file_seconds.py).
 TEST_WORKERS ?= 2
+TEST_JUNIT ?= build/test-run.xml
 RAILYARD_TEST_REQUIRE_BROWSER ?= $(if $(filter true,$(CI)),1,)
 test: venv $(MLFLOW_STAMP) browser
 	PYTHONDONTWRITEBYTECODE= RAILYARD_TEST_REQUIRE_BROWSER=$(RAILYARD_TEST_REQUIRE_BROWSER) \
 		RAILYARD_TEST_MLFLOW=$(CURDIR)/$(MLFLOW_VENV)/bin/mlflow $(BIN)/python -m pytest -q -rs \
 		-p no:cacheprovider \
-		-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
+		-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 --junitxml=$(TEST_JUNIT)
 
 ## Label Studio 1.23.2 driving an ML backend served by railyard-ml (minutes of install and first start: own target).
 test-labelstudio: venv $(LS_STAMP)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from collections import defaultdict
 
 import pytest
 
@@ -46,7 +48,41 @@ _share_httpx_default_ssl_context()
 def pytest_collection_modifyitems(config, items) -> None:
     """The slowest files first (tests/file_seconds.py says why); a file's own tests keep their order."""
     seconds = file_seconds.load()
-    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::", 1)[0], 0.0))
+    unlisted = file_seconds.unlisted_estimate(seconds)
+    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::", 1)[0],
+                                             unlisted(item.nodeid.split("::", 1)[0])))
+
+
+# Under pytest-xdist, the controller's account of each worker (`make test`'s last lines): the seconds its tests took
+# and when it went down after the session's start (its stack's stop included). Two workers finishing far apart say
+# that the files were handed out badly (tests/file_seconds.json stale); seconds of tests far below the run's length
+# say that a worker waited (collection, its stack's start).
+_session_started = time.monotonic()
+_worker_busy: dict[str, float] = defaultdict(float)
+_worker_down: dict[str, float] = {}
+
+
+def pytest_sessionstart(session) -> None:
+    global _session_started
+    _session_started = time.monotonic()
+
+
+def pytest_runtest_logreport(report) -> None:
+    node = getattr(report, "node", None)  # set by xdist on the controller's copy of a worker's report
+    if node is not None:
+        _worker_busy[node.gateway.id] += report.duration
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    _worker_down[node.gateway.id] = time.monotonic() - _session_started
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _worker_down:
+        terminalreporter.write_line("workers: " + "; ".join(
+            f"{worker} ran tests for {_worker_busy.get(worker, 0.0):.0f} s and was done {done:.0f} s after the start"
+            for worker, done in sorted(_worker_down.items())))
 
 
 @pytest.fixture(scope="session")
