@@ -42,10 +42,19 @@ STABLE_AFTER = 10.0  # a child that ran this long is restarted at once if it die
 FIRST_BACKOFF = 0.2
 
 
-def _die_with_parent(sig: int = signal.SIGTERM, slice_us: int = 0) -> None:
-    """Ask the kernel to send this child `sig` (its stop signal: SIGINT, a fast shutdown, for PostgreSQL) if the
-    supervisor dies (Linux only); `slice_us`: the scheduler slice it and its threads ask for (shared/sched_hint.py)."""
+def _die_with_parent(sig: int = signal.SIGTERM, slice_us: int = 0, parent: int | None = None) -> None:
+    """In a child between fork and exec: ask the kernel to send it `sig` (its stop signal: SIGINT, a fast shutdown,
+    for PostgreSQL) if the supervisor (`parent`, its pid) dies (Linux only); `slice_us`: the scheduler slice it and
+    its threads ask for (shared/sched_hint.py). `sig`'s default action first: until the exec the child has the
+    supervisor's handler (up()'s request_stop), which took the signal and only set a flag in the child's copy; and
+    the supervisor may have died before the child asked, when the kernel sends nothing (the child reparented
+    already): then it exits. Before, a server or service forked in either window ran on with no supervisor (the
+    deployer's replicas had the same gap: services/deployer/backend.py)."""
+    with contextlib.suppress(ValueError):  # not the main thread (a test's): its handler, if any, stays until the exec
+        signal.signal(sig, signal.SIG_DFL)
     sched_hint.parent_death_signal(sig)  # libc found at import: no dlopen between fork and exec
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
     if slice_us:
         sched_hint.request_path_slice(slice_us)
 
@@ -83,7 +92,7 @@ class Child:
             user=self.user,
             cwd=self.cwd,
             start_new_session=True,  # a signal to the supervisor's group is the supervisor's to pass on, in order
-            preexec_fn=functools.partial(_die_with_parent, self.stop_signal, self.slice_us),
+            preexec_fn=functools.partial(_die_with_parent, self.stop_signal, self.slice_us, os.getpid()),
         )
         self.started_at = time.monotonic()
         self.restart_at = None
