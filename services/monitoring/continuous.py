@@ -196,6 +196,12 @@ class ContinuousDeps:
         """Serializes this process's background work on one deployment (the database serializes processes)."""
         return self.locks.setdefault(deployment_id, asyncio.Lock())
 
+    def busy(self) -> list[int]:
+        """The deployments whose lock is held now (a delivery or a swap of this process under way, up to deploy_wait,
+        305 s): the resume sweep leaves them unclaimed and comes back at its next look (DeliveryResumer), instead of
+        waiting for them with every deployment after them."""
+        return [deployment_id for deployment_id, lock in self.locks.items() if lock.locked()]
+
 
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
@@ -1524,9 +1530,13 @@ async def resume_deliveries(deps: ContinuousDeps) -> None:
     training of the deployment is served again if the older version is what serves (_deliver's `displaced`)."""
     # claimed again (not closed yet: a process dying before it has served the newest again leaves it to this sweep,
     # STALE_SWAP later), then closed once that is tried, whatever its outcome (a failure is in the reason)
+    # a deployment whose lock is held (this process delivering or swapping it now) is not claimed: the next sweep's
+    # (STALE_SWAP / 10 later) takes it, or another process's
+    busy = deps.busy()
     superseded = await deps.base.pool.fetch(
         "UPDATE trainings t SET delivering_since = now() WHERE delivering_since < now() - make_interval(secs => $1)"
-        f" AND {NEWER_DELIVERED} RETURNING id, deployment_id, model_version, delivering_since", STALE_SWAP)
+        f" AND {NEWER_DELIVERED} AND deployment_id <> ALL($2::integer[]) RETURNING id, deployment_id, model_version,"
+        " delivering_since", STALE_SWAP, busy)
     for training in superseded:
         log.warning("continuous deployment of training %s (deployment %s) did not finish, and a newer training was"
                     " delivered since: not delivered again", training["id"], training["deployment_id"])
@@ -1544,6 +1554,8 @@ async def resume_deliveries(deps: ContinuousDeps) -> None:
 
     async def resume_deployment(deployment_id: int) -> None:
         async with limit:
+            if deps.lock(deployment_id).locked():  # under way here now: claimed at a later sweep, not waited for
+                return
             try:
                 rows = await deps.base.pool.fetch(
                     "UPDATE trainings SET delivering_since = now(), delivery_resumes = delivery_resumes + 1 WHERE"
@@ -1599,12 +1611,14 @@ async def look_again_at_given_up(deps: ContinuousDeps) -> None:
     (_delivered overrules the failure), with its model_swapped, and DEPLOY_AUTO's running challenge superseded,
     DEPLOY_SHADOW's challenge opened; not serving, it stays failed and nothing is deployed. Before, it stayed failed
     while its version served, and under DEPLOY_AUTO the old challenge stayed running with no shadow left to pair.
-    Claimed by delivery_resumes (MAX_RESUMES + 2): one process looks, once."""
+    Claimed by delivery_resumes (MAX_RESUMES + 2): one process looks, once. Not one whose deployment this process is
+    delivering or swapping now (its lock held): left unclaimed for the next sweep, not waited for (ContinuousDeps.busy).
+    """
     rows = await deps.base.pool.fetch(
         "UPDATE trainings t SET delivery_resumes = delivery_resumes + 1 WHERE state = 'done' AND outcome = 'failed' AND"
         " delivering_since IS NULL AND delivered_at IS NULL AND delivery_resumes = $1 AND reason LIKE $2 AND updated_at"
-        f" < now() - make_interval(secs => $3) AND NOT {NEWER_DELIVERED} RETURNING *", MAX_RESUMES + 1,
-        GIVEN_UP_REASON, STALE_SWAP)
+        f" < now() - make_interval(secs => $3) AND NOT {NEWER_DELIVERED} AND deployment_id <> ALL($4::integer[])"
+        " RETURNING *", MAX_RESUMES + 1, GIVEN_UP_REASON, STALE_SWAP, deps.busy())
     for training in rows:
         policy = training["reason"].partition(" failed: ")[0]
         if policy not in ("DEPLOY_AUTO", "DEPLOY_SHADOW") or training["model_version"] is None:
@@ -1631,6 +1645,8 @@ async def resume_swaps(deps: ContinuousDeps) -> None:
 
     async def resume_one(deployment_id: int) -> None:
         async with limit:
+            if deps.lock(deployment_id).locked():  # under way here now: swapped again at a later sweep
+                return
             try:
                 await resume_swap(deps, deployment_id)
             except Exception:
@@ -1646,11 +1662,13 @@ async def look_again_at_given_up_swaps(deps: ContinuousDeps) -> None:
     + 1): once, STALE_SWAP after (decided_at, set by that resume's claim), _apply_decision looks again without
     deploying: the decided version alone serving (its last deploy landed after the give-up's look), the swap is
     recorded (promoted / rolled back, with its model_swapped) over the failure; otherwise nothing changes (the
-    failure's write needs the challenge still decided). Claimed by swap_resumes reaching MAX_RESUMES + 2."""
+    failure's write needs the challenge still decided). Claimed by swap_resumes reaching MAX_RESUMES + 2; not while
+    this process holds the deployment's lock (left for the next sweep, as look_again_at_given_up)."""
     rows = await deps.base.pool.fetch(
         "UPDATE challenges SET swap_resumes = swap_resumes + 1 WHERE state = 'failed' AND swap_refused IS NULL AND"
         " swap_resumes = $1 AND reason LIKE '% decided, but its swap did not finish after %' AND decided_at < now() -"
-        " make_interval(secs => $2) RETURNING *", MAX_RESUMES + 1, STALE_SWAP)
+        " make_interval(secs => $2) AND deployment_id <> ALL($3::integer[]) RETURNING *", MAX_RESUMES + 1, STALE_SWAP,
+        deps.busy())
     for row in rows:
         evidence = _evidence(row)
         state = "promoting" if evidence.decision == sequential.Decision.PROMOTE else "rolling_back"

@@ -9,6 +9,7 @@ Deployer, with its deploy precondition)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -195,3 +196,40 @@ async def test_a_newer_delivery_during_the_look_at_a_given_up_one_leaves_its_fai
                               training_id)
     assert dict(row) == dict(given_up), dict(row)  # was reason 'a newer training ... during its delivery: not ...'
     assert await swapped_events(pool) == []
+
+
+@pytest.mark.parametrize("what", ["delivery", "swap"])
+async def test_the_resume_sweep_leaves_a_deployment_under_way_here_for_its_next_look(monitoring_schema, monkeypatch,
+                                                                                     what):
+    """While this process delivers or swaps on the deployment (its in-process lock held: a deploy waited for up to
+    deploy_wait, 305 s), the resume sweep neither waits for it nor claims its stale delivery / decided swap: each
+    resume, the give-up and the one more look after it are left unclaimed and made at the next sweep once the lock
+    is free. Before, the sweep claimed them and waited on the lock, holding every deployment after them (and the
+    swaps' sweep, and the next sweep) back behind that deploy: with the lock held, the sweep did not end in 10 s."""
+    pool = monitoring_schema
+    deployer = Deployer(Deployer.model(CHAMPION, CHALLENGER))
+    deployer.install(monkeypatch)
+    deployer.unanswered = 100
+    deps = Deployer.process(pool)
+    if what == "delivery":
+        await continuous_deployment(pool, "DEPLOY_AUTO")
+        row_id = uuid.uuid4()
+        await done(pool, row_id, NEWEST, "deployed", 100, True)
+        table, stale, count, sweep = "trainings", ("delivering_since", "updated_at"), "delivery_resumes", \
+            continuous.resume_deliveries
+    else:
+        row_id = await decided(pool)
+        table, stale, count, sweep = "challenges", ("decided_at",), "swap_resumes", continuous.resume_swaps
+
+    for taken in range(continuous.MAX_RESUMES + 2):  # the resumes, the give-up, then the one more look
+        for column in stale:
+            await pool.execute(f"UPDATE {table} SET {column} = now() - make_interval(secs => $2) WHERE id = $1 AND"
+                               f" {column} IS NOT NULL", row_id, continuous.STALE_SWAP + 10)
+        async with deps.lock(DEPLOYMENT):  # a delivery or swap of this process under way on the deployment
+            await asyncio.wait_for(sweep(deps), 10)
+            assert await pool.fetchval(f"SELECT {count} FROM {table} WHERE id = $1", row_id) == taken  # not claimed
+        await sweep(deps)  # the next sweep, the lock free
+        assert await pool.fetchval(f"SELECT {count} FROM {table} WHERE id = $1", row_id) == taken + 1
+    state = await pool.fetchval(f"SELECT {'outcome' if what == 'delivery' else 'state'} FROM {table} WHERE id = $1",
+                                row_id)
+    assert state == "failed"  # given up, looked at once more: nothing ever served
