@@ -10,7 +10,7 @@ import math
 import re
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -557,13 +557,13 @@ async def _start_deployment(deps: DeployerDeps, pipeline, version, deploy_id: st
                        steps=steps, engine_config=config)
     row = (pipeline["id"], version["id"], deploy_id, config, spec.model_dump(mode="json"))
     try:
-        return await _activate(deps, pipeline, version, deploy_id, config, spec, row, only_if_serving)
+        return await _activate(deps, pipeline, version, deploy_id, config, spec, row, uuid.uuid4(), only_if_serving)
     finally:
         deps.events_committed()  # its events.pipeline.deployed, when the replicas serve (committed by _activate)
 
 
 async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, config: dict[str, Any], spec: ReplicaSpec,
-                    row: tuple[Any, ...], only_if_serving: int | None = None) -> Deployed:
+                    row: tuple[Any, ...], activation: uuid.UUID, only_if_serving: int | None = None) -> Deployed:
     """_start_deployment's work, under the pipeline's lock. events.pipeline.deployed goes to the outbox once the
     replicas serve, in the transaction that records it: a redeploy of a deployment that serves writes its new row
     then (`record`); otherwise the row was made active before the replicas started (so the deployment shows as
@@ -572,7 +572,10 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
 
     `only_if_serving` (a version's pk id) is checked first, under the lock and in the first transaction, before
     anything is activated or started: a deploy that waited for the lock behind another deploy of the pipeline is
-    refused (409 serving_changed, nothing changed) when that one changed what serves (_check_serving)."""
+    refused (409 serving_changed, nothing changed) when that one changed what serves (_check_serving).
+
+    `activation` names this deploy's activation in the row (store.activate_deployment): what a commit that raised
+    did is read from it (_recorded)."""
 
     def deployed(deployment_id: int, name: str) -> PipelineDeployed:
         return deployed_event(deployment_id, name, pipeline["id"], pipeline["workspace_id"], version["version"],
@@ -590,7 +593,8 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
                 _check_serving(pipeline, before, old, serving, only_if_serving)
             if not serving:  # a deployed event owed by the activation replaced, if it served (owed_before)
                 await owed_before(conn, before, pipeline, serving=False)
-            deployment_id = before["id"] if serving else await store.activate_deployment(conn, before, *row)
+            deployment_id = before["id"] if serving else await store.activate_deployment(conn, before, *row,
+                                                                                         activation=activation)
         if not serving:  # a new activation: the replaced one's owed event was written above, or is not owed
             deps.owed.forget(deployment_id)
         name = f"{deploy_id}-{deployment_id}"
@@ -607,13 +611,13 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
                     existing = await store.pipeline_deployment(conn, pipeline["id"])
                     # the old set serves: a deployed event its row still owes (its write failed) is written first
                     await owed_before(conn, existing, pipeline, serving=True)
-                    await store.activate_deployment(conn, existing, *row)
+                    await store.activate_deployment(conn, existing, *row, activation=activation)
                     await store.record_deployed(conn, deployed(deployment_id, name))
             except Exception as exc:
                 # what was committed decides: a commit that took effect but whose answer was lost (the connection
                 # dropped after COMMIT, a command timeout) left the row naming the new set, which must serve then.
                 # Raising stopped it (LocalBackend.start) while the row, and the outbox's deployed event, named it
-                if not await _recorded(deps, pipeline["id"], deployment_id, name, row, exc):
+                if not await _recorded(deps, pipeline["id"], deployment_id, name, activation, exc):
                     # not committed: nothing changed, and the database failed, not the replicas. Raised as it was,
                     # a command timeout (TimeoutError) read as the replicas' and was a 400 "failed to start", any
                     # other error a 500 "internal error"
@@ -676,44 +680,50 @@ answer held the deploy (and the pipeline's lock) for the pool's timeouts, a conn
 at each look, not the ~4 s the looks were meant to take (a look that gives up counts as one not answered)."""
 
 
-def _as_json(value: Any) -> Any:
-    """A jsonb column as the pool returns it (text), or the value written to it, as plain JSON values."""
-    return json.loads(value if isinstance(value, str) else json.dumps(value))
+_UNANSWERED = object()  # _look_again: no look answered
 
 
-async def _recorded(deps: DeployerDeps, pipeline_id: int, deployment_id: int, name: str, row: tuple[Any, ...],
-                    error: Exception) -> bool:
-    """Whether the transaction of a redeploy's `record` that raised `error` was committed all the same: the pipeline's
-    deployment read again under the pipeline's advisory lock (store.pipeline_deployment), which that transaction
-    held, so one the database still runs (its client gone) is over before the row is read. Committed: the row is the
-    new activation (`row`, activate_deployment's arguments: version, deploy_id, engine config, spec) and owes no
-    deployed event (record_deployed cleared it). A redeploy identical to what served, whose row owed nothing, reads
-    as committed either way: the row tells what serves then too. Read again (RECORD_CHECK_DELAYS) while the database
-    does not answer; never answered: Unavailable, the outcome unknown (the new set is stopped, as for a record that
-    failed, and the old one keeps serving)."""
-    _, version_id, deploy_id, config, spec = row
+async def _look_again(deps: DeployerDeps, name: str, what: str, error: Exception,
+                      read: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
+    """What `read` answers, in a transaction of its own, after the commit of `what` (of the deployment `name`) raised
+    `error`: asked again (RECORD_CHECK_DELAYS) while the database does not answer, each look given up after
+    RECORD_CHECK_TIMEOUT (it counts as one not answered); _UNANSWERED when none answered. The looks of a redeploy's
+    record (_recorded) and an undeploy's deactivation (_deactivated)."""
     for delay in RECORD_CHECK_DELAYS:
         await asyncio.sleep(delay)
         try:
             async with asyncio.timeout(RECORD_CHECK_TIMEOUT), deps.pool.acquire() as conn, conn.transaction():
-                now = await store.pipeline_deployment(conn, pipeline_id)
+                return await read(conn)
         except Exception as exc:
-            log.warning("deployment %s: the record of its redeploy raised (%s) and its row could not be read (%s)",
-                        name, error, exc)
-            continue
-        committed = now is not None and now["id"] == deployment_id and now["active"] and \
-            not now["deployed_pending"] and (now["pipeline_version_id"], now["deploy_id"]) == (version_id, deploy_id) \
-            and _as_json(now["engine_config"]) == _as_json(config) and _as_json(now["spec"]) == _as_json(spec)
-        if committed:
-            log.warning("deployment %s: the record of its redeploy raised (%s) but was committed: its new replicas"
-                        " serve", name, error)
-        return committed
-    log.error("deployment %s: the record of its redeploy raised (%s) and the database never answered whether it was"
-              " committed; the new replicas are stopped, the row may name them", name, error)
-    raise Unavailable(f"the redeploy of pipeline {pipeline_id} as {name!r} could not be confirmed: its replicas "
-                      "served, but the database did not answer, and it is not known whether the new version was "
-                      "recorded; its replicas were stopped and the previous ones keep serving. Look at the pipeline "
-                      "(pipelines/get) once the database answers, and deploy again") from error
+            log.warning("deployment %s: %s raised (%s) and its row could not be read (%s)", name, what, error, exc)
+    return _UNANSWERED
+
+
+async def _recorded(deps: DeployerDeps, pipeline_id: int, deployment_id: int, name: str, activation: uuid.UUID,
+                    error: Exception) -> bool:
+    """Whether the transaction of a redeploy's `record` that raised `error` was committed all the same: the pipeline's
+    deployment read again under the pipeline's advisory lock (store.pipeline_deployment), which that transaction
+    held, so one the database still runs (its client gone) is over before the row is read. Committed: the row holds
+    the redeploy's `activation` (store.activate_deployment) and owes no deployed event (record_deployed cleared it).
+    Before, the row's version, deploy_id, config and spec were compared with the redeploy's: one identical to what
+    served read as committed when it was refused, so its new replicas served and its deployed event was never
+    written. Never answered (_look_again): Unavailable, the outcome unknown (the new set is stopped, as for a record
+    that failed, and the old one keeps serving)."""
+    now = await _look_again(deps, name, "the record of its redeploy", error,
+                            lambda conn: store.pipeline_deployment(conn, pipeline_id))
+    if now is _UNANSWERED:
+        log.error("deployment %s: the record of its redeploy raised (%s) and the database never answered whether it"
+                  " was committed; the new replicas are stopped, the row may name them", name, error)
+        raise Unavailable(f"the redeploy of pipeline {pipeline_id} as {name!r} could not be confirmed: its replicas "
+                          "served, but the database did not answer, and it is not known whether the new version was "
+                          "recorded; its replicas were stopped and the previous ones keep serving. Look at the "
+                          "pipeline (pipelines/get) once the database answers, and deploy again") from error
+    committed = now is not None and now["id"] == deployment_id and now["active"] and \
+        not now["deployed_pending"] and now["activation"] == activation
+    if committed:
+        log.warning("deployment %s: the record of its redeploy raised (%s) but was committed: its new replicas serve",
+                    name, error)
+    return committed
 
 
 def _check_serving(pipeline, before: dict[str, Any] | None, name: str | None, serving: bool, wanted: int) -> None:
@@ -819,21 +829,14 @@ async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, 
 async def _deactivated(deps: DeployerDeps, deployment_id: int, name: str, error: Exception) -> bool:
     """Whether the deployment is inactive after an undeploy's deactivation raised `error` (store.deactivate: its
     commit may have taken effect, its answer lost): the row read again once no transaction changes it
-    (store.deployment_active: one the server still runs ends first), up to len(RECORD_CHECK_DELAYS) times while the
-    database does not answer (then False: the error stands, and a retried undeploy finishes it)."""
-    for delay in RECORD_CHECK_DELAYS:
-        await asyncio.sleep(delay)
-        try:
-            async with asyncio.timeout(RECORD_CHECK_TIMEOUT), deps.pool.acquire() as conn, conn.transaction():
-                active = await store.deployment_active(conn, deployment_id)
-        except Exception as exc:
-            log.warning("deployment %s: its undeploy raised (%s) and its row could not be read (%s)", name, error, exc)
-            continue
-        if not active:
-            log.warning("deployment %s: its undeploy raised (%s) but was committed: its replicas stop", name, error)
-            return True
+    (store.deployment_active: one the server still runs ends first; _look_again). False when it is active or no look
+    answered."""
+    active = await _look_again(deps, name, "its undeploy", error,
+                               lambda conn: store.deployment_active(conn, deployment_id))
+    if active is _UNANSWERED or active:
         return False
-    return False
+    log.warning("deployment %s: its undeploy raised (%s) but was committed: its replicas stop", name, error)
+    return True
 
 
 async def external_url(deps: DeployerDeps, principal: Principal, token: str | None, workspace_id: int,

@@ -193,7 +193,7 @@ async def pipeline_deployment(conn: asyncpg.Connection, pipeline_id: int) -> dic
     advisory lock held until the transaction ends."""
     await xact_lock(conn, PIPELINE_LOCK, int(pipeline_id))
     row = await conn.fetchrow(
-        "SELECT id, pipeline_version_id, deploy_id, engine_config, spec, active, deployed_pending, served"
+        "SELECT id, pipeline_version_id, deploy_id, engine_config, spec, active, deployed_pending, served, activation"
         " FROM deployments"
         " WHERE pipeline_id = $1 ORDER BY active DESC, id DESC LIMIT 1", pipeline_id)
     return None if row is None else dict(row)
@@ -201,25 +201,28 @@ async def pipeline_deployment(conn: asyncpg.Connection, pipeline_id: int) -> dic
 
 async def activate_deployment(conn: asyncpg.Connection, existing: dict[str, Any] | None, pipeline_id: int,
                               version_id: int, deploy_id: str, engine_config: dict[str, Any],
-                              spec: dict[str, Any]) -> int:
+                              spec: dict[str, Any], *, activation: uuid.UUID | None = None) -> int:
     """Deploy (or redeploy) the pipeline; its deployment id. `existing` is the pipeline's deployment as
     pipeline_deployment read it in this transaction (its lock held), None before the first deploy: a redeploy
     keeps that row's id, so its inference URL stays the same. Its events.pipeline.deployed is owed from here
     (`deployed_pending`) until `record_deployed` writes it, and nothing of it served yet (`served`). A deployed event
-    the row still owed for its previous activation is the caller's to write first (handlers.owed_before)."""
+    the row still owed for its previous activation is the caller's to write first (handlers.owed_before).
+    `activation` (a new UUID when not given) names this activation in the row (migration 009): what a commit that
+    raised did is read from it (handlers._recorded)."""
+    activation = activation or uuid.uuid4()
     if existing is not None:
         await conn.execute(
             "UPDATE deployments SET pipeline_version_id = $2, deploy_id = $3, engine_config = $4::jsonb,"
-            " spec = $5::jsonb, active = true, deployed_pending = true, served = false, updated_at = now()"
-            " WHERE id = $1",
-            existing["id"], version_id, deploy_id, json.dumps(engine_config), json.dumps(spec))
+            " spec = $5::jsonb, active = true, deployed_pending = true, served = false, activation = $6,"
+            " updated_at = now() WHERE id = $1",
+            existing["id"], version_id, deploy_id, json.dumps(engine_config), json.dumps(spec), activation)
         await conn.execute("UPDATE deployments SET active = false WHERE pipeline_id = $1 AND id <> $2",
                            pipeline_id, existing["id"])
         return existing["id"]
     return await conn.fetchval(
-        "INSERT INTO deployments (pipeline_id, pipeline_version_id, deploy_id, engine_config, spec, deployed_pending)"
-        " VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, true) RETURNING id",
-        pipeline_id, version_id, deploy_id, json.dumps(engine_config), json.dumps(spec))
+        "INSERT INTO deployments (pipeline_id, pipeline_version_id, deploy_id, engine_config, spec, deployed_pending,"
+        " activation) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, true, $6) RETURNING id",
+        pipeline_id, version_id, deploy_id, json.dumps(engine_config), json.dumps(spec), activation)
 
 
 async def record_deployed(conn: asyncpg.Connection, event: PipelineDeployed, *, if_pending: bool = False) -> bool:

@@ -1,7 +1,7 @@
 """What a redeploy's failed record committed, read against PostgreSQL (services/deployer/handlers.py _recorded; the
-in-memory world's version: tests/unit/test_deployer_crash.py): the row read again is compared with the activation
-as jsonb gives it back (its own spacing, key order and numbers), and the read waits for a record transaction that
-the server still runs (its client gone), under the pipeline's advisory lock, so it tells how that one ended.
+in-memory world's version: tests/unit/test_deployer_crash.py): the row read again is the redeploy's own activation
+(migration 009) or not, and the read waits for a record transaction that the server still runs (its client gone),
+under the pipeline's advisory lock, so it tells how that one ended. Likewise an undeploy's failed deactivation.
 
 Runs the deployer's handlers in the test's process on a schema of the test's own (conftest.service_schema)."""
 
@@ -36,10 +36,11 @@ def activation(pipeline_id: int, version_id: int, version: uuid.UUID, deploy_id:
     return pipeline_id, version_id, deploy_id, config, spec.model_dump(mode="json")
 
 
-async def record(conn, row: tuple, deployment_id: int, name: str) -> None:
-    """handlers._activate's record(): the new activation and its deployed event, in the caller's transaction."""
+async def record(conn, row: tuple, deployment_id: int, name: str, made: uuid.UUID) -> None:
+    """handlers._activate's record(): the new activation `made` and its deployed event, in the caller's
+    transaction."""
     existing = await store.pipeline_deployment(conn, row[0])
-    await store.activate_deployment(conn, existing, *row)
+    await store.activate_deployment(conn, existing, *row, activation=made)
     await store.record_deployed(conn, handlers.deployed_event(deployment_id, name, row[0], WORKSPACE, uuid.uuid4(),
                                                               "p"))
 
@@ -52,34 +53,37 @@ async def test_a_failed_records_outcome_is_read_once_its_transaction_ended(stack
                 conn, WORKSPACE, "p", uuid.uuid4(), {"steps": [], "n": 1})
             _, new_id, new_version, _ = await store.create_pipeline_version(
                 conn, WORKSPACE, "p", uuid.uuid4(), {"steps": [], "n": 2})
-            first = activation(pipeline_id, old_id, old_version, "a", 1)
-            deployment_id = await store.activate_deployment(conn, None, *first)
+            first, first_made = activation(pipeline_id, old_id, old_version, "a", 1), uuid.uuid4()
+            deployment_id = await store.activate_deployment(conn, None, *first, activation=first_made)
             await store.record_deployed(conn, handlers.deployed_event(deployment_id, f"a-{deployment_id}",
                                                                       pipeline_id, WORKSPACE, old_version, "p"))
         deps = handlers.DeployerDeps(pool=pool, broker=None, backend=None, membership=lambda token: None,
                                      public_url="http://x", timeout=5)
         name = f"b-{deployment_id}"
-        redeploy = activation(pipeline_id, new_id, new_version, "b", 2)
+        redeploy, made = activation(pipeline_id, new_id, new_version, "b", 2), uuid.uuid4()
         error = ConnectionResetError("the answer to COMMIT was lost")
-        # what serves (a-N, the old version) is not the new activation
-        assert not await handlers._recorded(deps, pipeline_id, deployment_id, name, redeploy, error)
-        assert await handlers._recorded(deps, pipeline_id, deployment_id, f"a-{deployment_id}", first, error)
+        # what serves (a-N, the old version) is not the new activation; nor is it a redeploy identical to it (same
+        # version, deploy_id, config and spec), whose record was refused: that one's activation is its own
+        assert not await handlers._recorded(deps, pipeline_id, deployment_id, name, made, error)
+        assert await handlers._recorded(deps, pipeline_id, deployment_id, f"a-{deployment_id}", first_made, error)
+        assert not await handlers._recorded(deps, pipeline_id, deployment_id, f"a-{deployment_id}", uuid.uuid4(),
+                                            error)
 
         # the record's transaction, still running on the server when the deployer reads the row again
         conn = await pool.acquire()
         try:
             transaction = conn.transaction()
             await transaction.start()
-            await record(conn, redeploy, deployment_id, name)
-            reading = asyncio.create_task(handlers._recorded(deps, pipeline_id, deployment_id, name, redeploy, error))
+            await record(conn, redeploy, deployment_id, name, made)
+            reading = asyncio.create_task(handlers._recorded(deps, pipeline_id, deployment_id, name, made, error))
             await asyncio.sleep(0.5)
             assert not reading.done()  # it waits for the pipeline's advisory lock, which the record holds
             await (transaction.commit() if ends == "committed" else transaction.rollback())
         finally:
             await pool.release(conn)
         assert await asyncio.wait_for(reading, 30) is (ends == "committed")
-        # and read with nothing running: the same answer (jsonb's text of the config and spec equals what was written)
-        assert await handlers._recorded(deps, pipeline_id, deployment_id, name, redeploy, error) is (
+        # and read with nothing running: the same answer
+        assert await handlers._recorded(deps, pipeline_id, deployment_id, name, made, error) is (
             ends == "committed")
 
 

@@ -85,12 +85,13 @@ async def make_pipeline(pool, name: str, versions: int, deployed: int | None = N
                 conn, WORKSPACE, name, uuid.uuid4(), definition(index, size))
             ids.append(version_id)
         if deployed is not None:
-            # the row a deploy would reuse (store.pipeline_deployment's, read here with the columns every schema
-            # since 002 has: test_deployer_announced_migration makes rows on a schema migrated to 005)
-            existing = await conn.fetchrow("SELECT id FROM deployments WHERE pipeline_id = $1"
-                                           " ORDER BY active DESC, id DESC LIMIT 1", pipeline_id)
-            deployment_id = await store.activate_deployment(conn, existing, pipeline_id, ids[deployed - 1], name,
-                                                            {"replica_count": 1}, {"steps": []})
+            # the row a first deploy's activation writes (store.activate_deployment), in the columns every schema
+            # since 004 has: test_deployer_announced_migration makes rows on a schema migrated to 005, before the
+            # activation's own columns (009's `activation`)
+            deployment_id = await conn.fetchval(
+                "INSERT INTO deployments (pipeline_id, pipeline_version_id, deploy_id, engine_config, spec,"
+                " deployed_pending) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, true) RETURNING id",
+                pipeline_id, ids[deployed - 1], name, json.dumps({"replica_count": 1}), json.dumps({"steps": []}))
             if not active:
                 await conn.execute("UPDATE deployments SET active = false WHERE id = $1", deployment_id)
 

@@ -105,15 +105,17 @@ class MemoryStore:
     async def pipeline_deployment(self, conn, pipeline_id):
         row = next(iter(self.deployments.values()), None)
         return {key: row[key] for key in ("id", "pipeline_version_id", "deploy_id", "engine_config", "spec",
-                                          "active", "deployed_pending", "served")} if row else None
+                                          "active", "deployed_pending", "served", "activation")} if row else None
 
-    async def activate_deployment(self, conn, existing, pipeline_id, version_id, deploy_id, engine_config, spec):
+    async def activate_deployment(self, conn, existing, pipeline_id, version_id, deploy_id, engine_config, spec, *,
+                                  activation=None):
         row = self.deployments[existing["id"]] if existing is not None else None
         if row is None:
             row = self.deployments[5] = {"id": 5, "pipeline_id": pipeline_id, "pipeline_name": "p",
                                          "workspace_id": WORKSPACE, "pipeline_version": "v", "announced": False}
         row.update(pipeline_version_id=version_id, deploy_id=deploy_id, active=True, deployed_pending=True,
-                   served=False, engine_config=json.dumps(engine_config), spec=json.dumps(spec))
+                   served=False, engine_config=json.dumps(engine_config), spec=json.dumps(spec),
+                   activation=activation or uuid.uuid4())
         return row["id"]
 
 

@@ -279,3 +279,37 @@ def test_a_look_at_a_failed_commit_that_never_answers_is_given_up(crash, monkeyp
         assert not made.deps.pipeline_lock(PIPELINE).locked()
 
     asyncio.run(scenario(crash))
+
+
+@pytest.mark.parametrize("commit", ["lost", "refused"])
+def test_a_redeploy_identical_to_what_serves_is_read_by_its_own_activation(crash, commit):
+    """A redeploy identical to what serves (same version, deploy_id, config and spec), whose record raises: the row
+    read again looks the same whether its commit took effect or not, and the redeploy's own activation (the row's
+    `activation`, migration 009) tells. "refused": a 503 saying nothing changed, the old set serving, no event.
+    Before, it read as committed: the new set served, the deploy answered, and its deployed event (rolled back with
+    the record) was never written. "lost": it serves, its event written once (by the commit)."""
+
+    async def scenario(made) -> None:
+        await _deployed_as(made, "a")
+        old, before = made.backend.sets["a-5"], made.store.deployments[5]["activation"]
+        made.store.events.clear()
+        redeploy = asyncio.create_task(handlers.deploy(made.deps, ALICE, "t", DeployPipeline(
+            deploy_id="a", pipeline_version_pk_id=VERSION, pipeline_id=PIPELINE)))
+        await _until(lambda: made.backend.waiting, "the redeploy starts its replicas")
+        new, answer = made.backend.waiting.pop()
+        made.deps.pool.fail_next = commit
+        answer.set_result(None)
+        if commit == "refused":
+            with pytest.raises(Unavailable, match="nothing changed, a-5 still serves"):
+                await redeploy
+            row = made.store.deployments[5]  # the rows as they were put back
+            assert made.backend.sets == {"a-5": old} and new.stopping and not old.stopping
+            assert made.store.events == [] and row["activation"] == before
+        else:
+            assert (await redeploy).id == 5
+            row = made.store.deployments[5]
+            assert made.backend.sets == {"a-5": new} and old.stopping and row["activation"] != before
+            assert [(s, e.name) for s, e in made.store.events] == [(subjects.EVENT_PIPELINE_DEPLOYED, "a-5")]
+        assert made.backend.untracked() == []
+
+    asyncio.run(scenario(crash))
