@@ -81,6 +81,8 @@ class DeployerDeps:
     failed_restores: dict[str, str] = field(default_factory=dict)
     # deployments serving whose deployed event's write failed: written again in the background (OwedDeployed)
     owed: OwedDeployed = field(default_factory=lambda: OwedDeployed())
+    # failed first deploys whose clean-up the database did not take: their rows made inactive in the background
+    deactivations: Deactivations = field(default_factory=lambda: Deactivations())
 
     def pipeline_lock(self, pipeline_id: int) -> PipelineLock:
         """One deploy or undeploy of a pipeline at a time in this process. Commands are handled several at once
@@ -575,7 +577,7 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
     refused (409 serving_changed, nothing changed) when that one changed what serves (_check_serving).
 
     `activation` names this deploy's activation in the row (store.activate_deployment): what a commit that raised
-    did is read from it (_recorded)."""
+    did is read from it (_recorded), and a late clean-up touches only it (Deactivations)."""
 
     def deployed(deployment_id: int, name: str) -> PipelineDeployed:
         return deployed_event(deployment_id, name, pipeline["id"], pipeline["workspace_id"], version["version"],
@@ -648,14 +650,24 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
             # (owed_before: lineage was told, so the undeployed follows); this activation never served
             # (store.deactivate, no `owed`)
             was_active = before is not None and before["active"]
-            await store.deactivate(deps.pool, deployment_id, PipelineUndeployed(
-                deployment_id=deployment_id, name=old, pipeline_id=pipeline["id"],
-                workspace_id=pipeline["workspace_id"]) if was_active else None)
+            undeployed = PipelineUndeployed(deployment_id=deployment_id, name=old, pipeline_id=pipeline["id"],
+                                            workspace_id=pipeline["workspace_id"]) if was_active else None
+            later = ""
+            try:
+                await store.deactivate(deps.pool, deployment_id, undeployed, activation=activation)
+            except Exception as cleanup:
+                # the database did not take it: the row stays active with nothing running ("Starting") until it
+                # does, in the background. Before, the error ended the deploy (a 500) and the row stayed so until a
+                # deploy, an undeploy or a restart's restore (which started it again)
+                log.warning("deployment %s failed to start and could not be made inactive (%s): retried in the"
+                            " background", name, cleanup)
+                deps.deactivations.owe(deps, deployment_id, name, undeployed, activation)
+                later = "; it is made inactive once the database answers"
             if renamed is not None:
                 await deps.backend.stop(renamed)
             if not started:
                 raise
-            raise InvalidRequest(f"the deployment failed to start: {exc}") from None
+            raise InvalidRequest(f"the deployment failed to start: {exc}{later}") from None
         if not serving:  # the row says active since before the start: the event alone, now that the replicas serve
             # (the row owes it until this commits: a deployer dying before has the restore write it, `_restart`)
             event = deployed(deployment_id, name)
@@ -989,6 +1001,62 @@ class OwedDeployed:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.tasks.clear()
+
+
+DEACTIVATION_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0) + (30.0,) * 19
+"""Waits before each background deactivation of a failed first deploy's row (Deactivations): about 10 minutes in all,
+a PostgreSQL restart or failover included."""
+
+
+class Deactivations:
+    """Rows of first deploys (or of deployments that were not serving) whose replicas failed to start and whose
+    clean-up (store.deactivate) the database did not take: active with nothing running, shown "Starting" for ever.
+    Each is made inactive in the background, a bounded number of times (DEACTIVATION_RETRY_DELAYS), only while the row
+    still holds the failed deploy's activation (store.deactivate's `activation`), so a deploy or undeploy of the
+    pipeline meanwhile is left as it is (no pipeline lock needed). Past the last try, or when the deployer stops
+    first, the row stays active: an undeploy ends it, and the next start's restore starts its replicas again (as for
+    a deployer that died while a first deploy's replicas loaded). docs/deployment.md."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task] = set()
+        self.stopped = False
+
+    def owe(self, deps: DeployerDeps, deployment_id: int, name: str, event: PipelineUndeployed | None,
+            activation: uuid.UUID) -> None:
+        if self.stopped:
+            log.warning("deployment %s: left active with nothing running (stopping)", name)
+            return
+        task = asyncio.create_task(self._deactivate(deps, deployment_id, name, event, activation),
+                                   name=f"deployer.deactivation.{deployment_id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    @staticmethod
+    async def _deactivate(deps: DeployerDeps, deployment_id: int, name: str, event: PipelineUndeployed | None,
+                          activation: uuid.UUID) -> None:
+        for attempt, delay in enumerate(DEACTIVATION_RETRY_DELAYS, 1):
+            await asyncio.sleep(delay)
+            try:
+                async with asyncio.timeout(RECORD_CHECK_TIMEOUT):
+                    changed = await store.deactivate(deps.pool, deployment_id, event, activation=activation)
+            except Exception as exc:
+                log.warning("deployment %s: still not made inactive (attempt %d of %d): %s", name, attempt,
+                            len(DEACTIVATION_RETRY_DELAYS), exc)
+                continue
+            log.info("deployment %s: %s", name, "made inactive, its replicas having failed to start" if changed else
+                     "deployed or undeployed since its replicas failed to start: left as it is")
+            if changed and event is not None:
+                deps.events_committed()
+            return
+        log.error("deployment %s: its replicas failed to start and it could not be made inactive; undeploy it",
+                  name)
+
+    async def stop(self) -> None:
+        tasks = list(self.tasks)
+        self.stopped = True
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class DeploymentRestore(BackgroundTask):

@@ -264,7 +264,8 @@ async def mark_served(conn: asyncpg.Connection, deployment_id: int) -> None:
 
 
 async def deactivate(pool: asyncpg.Pool, deployment_id: int, event: PipelineUndeployed | None = None,
-                     owed: PipelineDeployed | None = None, *, serving: bool = False) -> bool:
+                     owed: PipelineDeployed | None = None, *, serving: bool = False,
+                     activation: uuid.UUID | None = None) -> bool:
     """Make the deployment inactive; whether it was active. With `event`, its events.pipeline.undeployed goes to the
     outbox in the same transaction, when it was active and its readers were told it was deployed (`announced`,
     migration 006): an undeploy of an inactive one changes nothing, and one never told of (its deployer died while a
@@ -275,13 +276,15 @@ async def deactivate(pool: asyncpg.Pool, deployment_id: int, event: PipelineUnde
     restarted since, its restore failing). Otherwise nothing tells that it ever served (the deployer that started it
     died while its replicas loaded, or before the event's commit, and the restore after it failed), so no deployed
     event: before 334ec66 the owed one was written whenever the row owed it, for a deployment that never served. The
-    row owes nothing afterwards either way."""
+    row owes nothing afterwards either way. With `activation`, only while the row still holds that activation
+    (migration 009: a failed first deploy's late clean-up leaves a later deploy of the row as it is)."""
     async with pool.acquire() as conn, conn.transaction():
         was = await conn.fetchrow(
             "UPDATE deployments d SET active = false, deployed_pending = false, announced = false, served = false,"
             " updated_at = now() FROM (SELECT id, deployed_pending, announced, served FROM deployments"
-            " WHERE id = $1 AND active FOR UPDATE) was"
-            " WHERE d.id = was.id RETURNING was.deployed_pending, was.announced, was.served", deployment_id)
+            " WHERE id = $1 AND active AND ($2::uuid IS NULL OR activation = $2) FOR UPDATE) was"
+            " WHERE d.id = was.id RETURNING was.deployed_pending, was.announced, was.served", deployment_id,
+            activation)
         changed = was is not None
         if changed and event is not None:
             told = was["announced"]

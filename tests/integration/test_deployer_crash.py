@@ -1,7 +1,8 @@
 """What a redeploy's failed record committed, read against PostgreSQL (services/deployer/handlers.py _recorded; the
 in-memory world's version: tests/unit/test_deployer_crash.py): the row read again is the redeploy's own activation
 (migration 009) or not, and the read waits for a record transaction that the server still runs (its client gone),
-under the pipeline's advisory lock, so it tells how that one ended. Likewise an undeploy's failed deactivation.
+under the pipeline's advisory lock, so it tells how that one ended. Likewise an undeploy's failed deactivation; a
+failed first deploy's late clean-up deactivates only its own activation.
 
 Runs the deployer's handlers in the test's process on a schema of the test's own (conftest.service_schema)."""
 
@@ -112,3 +113,21 @@ async def test_a_failed_undeploys_outcome_is_read_once_its_transaction_ended(sta
         finally:
             await pool.release(conn)
         assert await asyncio.wait_for(reading, 30) is (ends == "committed")
+
+
+async def test_a_late_clean_up_deactivates_only_its_own_activation(stack):
+    """store.deactivate with `activation` (a failed first deploy's clean-up made late, handlers.Deactivations): the
+    row is made inactive only while it holds that activation; a later deploy's is left as it is."""
+    async with service_schema(stack, "deployercrash", Path("services/deployer/migrations")) as pool:
+        async with pool.acquire() as conn, conn.transaction():
+            pipeline_id, version_id, version, _ = await store.create_pipeline_version(
+                conn, WORKSPACE, "p", uuid.uuid4(), {"steps": []})
+            failed, later = uuid.uuid4(), uuid.uuid4()
+            deployment_id = await store.activate_deployment(
+                conn, None, *activation(pipeline_id, version_id, version, "a", 1), activation=failed)
+            await store.activate_deployment(conn, await store.pipeline_deployment(conn, pipeline_id),
+                                            *activation(pipeline_id, version_id, version, "b", 1), activation=later)
+        assert not await store.deactivate(pool, deployment_id, activation=failed)
+        assert (await store.deployment(pool, deployment_id))["active"]
+        assert await store.deactivate(pool, deployment_id, activation=later)
+        assert not (await store.deployment(pool, deployment_id))["active"]

@@ -72,8 +72,10 @@ class MemoryStore:
     async def active_deployments(self, pool):
         return [dict(row) for row in self.deployments.values() if row["active"]]
 
-    async def deactivate(self, pool, deployment_id, event=None, owed=None, *, serving=False):
+    async def deactivate(self, pool, deployment_id, event=None, owed=None, *, serving=False, activation=None):
         row = self.deployments[deployment_id]
+        if activation is not None and row.get("activation") != activation:
+            return False
         was, pending, told, served = row["active"], row.get("deployed_pending"), row.get("announced"), row.get("served")
         if was:
             row.update(active=False, deployed_pending=False, announced=False, served=False)

@@ -19,9 +19,9 @@ import pytest
 
 from services.deployer import handlers
 from shared import subjects
-from shared.errors import Unavailable
+from shared.errors import InvalidRequest, Unavailable
 from shared.messages.deployer import DeployPipeline
-from tests.unit.deployer_world import ALICE, PIPELINE, VERSION, _deployed_as, _until, world  # noqa: F401
+from tests.unit.deployer_world import ALICE, PIPELINE, VERSION, _deploy, _deployed_as, _until, world  # noqa: F401
 
 NEW = VERSION + 1
 
@@ -313,3 +313,49 @@ def test_a_redeploy_identical_to_what_serves_is_read_by_its_own_activation(crash
         assert made.backend.untracked() == []
 
     asyncio.run(scenario(crash))
+
+
+@pytest.mark.parametrize("meanwhile", ["nothing", "a_deploy", "an_undeploy"])
+def test_a_failed_first_deploys_clean_up_the_database_refused_is_made_later(world, monkeypatch, meanwhile):  # noqa: F811
+    """A first deploy whose replicas fail to start, and whose clean-up (store.deactivate) the database refuses: the
+    deploy is the 400 of its replicas, saying the row is made inactive once the database answers, and the row is, in
+    the background (Deactivations). Before, the database's error was the answer (a 500) and the row stayed active
+    with nothing running ("Starting") until a deploy, an undeploy or a restart. A deploy that serves or an undeploy
+    made meanwhile is left as it is: the clean-up touches only the failed deploy's activation."""
+    monkeypatch.setattr(handlers, "DEACTIVATION_RETRY_DELAYS", (0.0, 0.01, 0.01, 0.01), raising=False)
+
+    async def scenario(made) -> None:
+        deactivate, tries = made.store.deactivate, []
+        gate = asyncio.Event()  # the database answers again
+
+        async def away_until_the_gate(pool, deployment_id, *args, **kwargs):
+            if not gate.is_set():
+                tries.append(deployment_id)
+                raise ConnectionRefusedError("the database is away")
+            return await deactivate(pool, deployment_id, *args, **kwargs)
+
+        made.store.deactivate = away_until_the_gate
+        first = _deploy(made, "a")
+        await _until(lambda: made.backend.waiting, "the deploy starts its replicas")
+        made.backend.waiting.pop()[1].set_exception(RuntimeError("the model did not load"))
+        with pytest.raises(InvalidRequest, match="the model did not load; it is made inactive once the database"):
+            await first
+        assert made.store.deployments[5]["active"] and made.backend.sets == {}
+        await _until(lambda: len(tries) >= 2, "the clean-up is tried again")
+        if meanwhile == "a_deploy":
+            gate.set()  # the database is back: a deploy (that serves) may run before the clean-up's next try
+            await _deployed_as(made, "b")
+        elif meanwhile == "an_undeploy":
+            gate.set()
+            await handlers.undeploy(made.deps, ALICE, "t", PIPELINE, 5)
+        else:
+            gate.set()
+        await asyncio.wait_for(asyncio.gather(*made.deps.deactivations.tasks), 5)
+        row = made.store.deployments[5]
+        assert row["active"] is (meanwhile == "a_deploy")
+        assert list(made.backend.sets) == (["b-5"] if meanwhile == "a_deploy" else [])
+        assert [s for s, _ in made.store.events] == (
+            [subjects.EVENT_PIPELINE_DEPLOYED] if meanwhile == "a_deploy" else [])
+        assert made.backend.untracked() == []
+
+    asyncio.run(scenario(world))
