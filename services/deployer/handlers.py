@@ -795,40 +795,56 @@ async def deployment_status(deps: DeployerDeps, principal: Principal, token: str
     return DeploymentStatus(status=status, details=details, engines=engines, engine_lbs=lbs, sidekicks=[])
 
 
+UNDEPLOY_ANSWERS_WITHIN = 0.8
+"""Of the request timeout: an undeploy's work before its replicas' stop (the pipeline's read, the wait for its lock,
+the deactivation and the looks at a failed one) ends within it, or the undeploy is a 503. The gateway waits the request
+timeout and the stop timeout for an undeploy (services/gateway/http.py replicas_stop): a database that did not answer
+held it for the pool's own timeouts (60 s to connect, 30 s a command) and the ~19 s of the looks, and the caller got
+a 504 while the undeploy went on."""
+DATABASE_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                   asyncpg.exceptions.OperatorInterventionError)
+"""What a database that fails raises (TimeoutError, a command timeout, is an OSError): a 503, not a 500."""
+
+
 async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, pipeline_id: int,
                    deployment_id: int) -> dict:
-    pipeline = await _pipeline_for(deps, principal, token, pipeline_id)
-    lock = deps.pipeline_lock(pipeline["id"])
-    # a deploy holds the lock until its replicas serve (up to a minute), far past the caller's request timeout:
-    # rather than being done later, after the caller got a 504, the undeploy is refused, and changes nothing
+    lock: PipelineLock | None = None
     try:
-        await asyncio.wait_for(lock.acquire(), deps.timeout * UNDEPLOY_LOCK_WAIT)
-    except TimeoutError:
-        raise Conflict(f"a deploy of pipeline {pipeline_id} is in progress: retry the undeploy when it finishes",
-                       code="deploy_in_progress") from None
+        async with asyncio.timeout(deps.timeout * UNDEPLOY_ANSWERS_WITHIN) as within:
+            pipeline = await _pipeline_for(deps, principal, token, pipeline_id)
+            # a deploy holds the lock until its replicas serve (up to a minute), far past the caller's request
+            # timeout: rather than being done later, after the caller got a 504, the undeploy is refused, and changes
+            # nothing
+            waited = deps.pipeline_lock(pipeline["id"])  # held here: the deps keep a lock only while it is used
+            try:
+                await asyncio.wait_for(waited.acquire(), deps.timeout * UNDEPLOY_LOCK_WAIT)
+            except TimeoutError:
+                if within.expired():
+                    raise
+                raise Conflict(f"a deploy of pipeline {pipeline_id} is in progress: retry the undeploy when it "
+                               "finishes", code="deploy_in_progress") from None
+            lock = waited
+            name = await _undeploy_row(deps, pipeline, deployment_id)
+    except (TimeoutError, *DATABASE_ERRORS) as exc:
+        if lock is not None:
+            lock.release()
+            deps.events_committed()
+        if within.expired():
+            raise Unavailable(f"the undeploy of deployment {deployment_id} of pipeline {pipeline_id} could not be "
+                              "made: the database (or the membership check) did not answer within "
+                              f"{deps.timeout * UNDEPLOY_ANSWERS_WITHIN:g} s; the deployment serves as before unless "
+                              "its deactivation was recorded meanwhile. "
+                              "Undeploy again once the database answers (an undeploy of a deployment already "
+                              "inactive stops what runs of it)") from None
+        raise Unavailable(f"the undeploy of deployment {deployment_id} of pipeline {pipeline_id} was not made: the "
+                          f"database failed ({type(exc).__name__}); the deployment serves as before. Undeploy again "
+                          "once the database answers") from exc
+    except BaseException:
+        if lock is not None:
+            lock.release()
+            deps.events_committed()
+        raise
     try:
-        # the row inside the lock: a redeploy that ran while this waited may have renamed the deployment (a new
-        # deploy_id), and the name read before it would stop replicas that no longer exist, leaving the new ones
-        row = await store.deployment(deps.pool, deployment_id)
-        if row is None or row["pipeline_id"] != pipeline["id"]:
-            raise NotFound(f"deployment {deployment_id} of pipeline {pipeline_id} not found")
-        name = f"{row['deploy_id']}-{row['id']}"
-        # inactive and its events.pipeline.undeployed in one transaction (none when it was inactive already, or
-        # never told deployed); preceded by its events.pipeline.deployed if the row still owes it and its replicas
-        # serve, or served (`served`: the write of the event failed, and the restore after a restart failed since).
-        # A row owing it that never served as far as anything can tell (the deployer died while its replicas loaded,
-        # or before the event's commit, and the restore failed): no deployed event for it (store.deactivate)
-        serving = deps.backend.sets.get(name)
-        try:
-            await store.deactivate(deps.pool, deployment_id, PipelineUndeployed(
-                deployment_id=deployment_id, name=name, pipeline_id=pipeline_id,
-                workspace_id=pipeline["workspace_id"]), _deployed_event_of(row),
-                serving=serving is not None and serving.ready)
-        except Exception as exc:
-            # a commit that took effect but whose answer was lost left the row inactive: its replicas stop, as after
-            # one that answered. Before, they ran on (until a retried undeploy or a restart) with no active row
-            if not await _deactivated(deps, deployment_id, name, exc):
-                raise
         deps.owed.forget(deployment_id)  # its owed deployed event, if any, was written with the undeployed
         deps.failed_restores.pop(name, None)
         await deps.backend.stop(name)
@@ -836,6 +852,34 @@ async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, 
         lock.release()
         deps.events_committed()
     return {}
+
+
+async def _undeploy_row(deps: DeployerDeps, pipeline, deployment_id: int) -> str:
+    """undeploy's change of the row, under the pipeline's lock: the deployment inactive (its events with it); its
+    name. Raises the deactivation's error when it was not committed (or no look could tell)."""
+    # the row inside the lock: a redeploy that ran while this waited may have renamed the deployment (a new
+    # deploy_id), and the name read before it would stop replicas that no longer exist, leaving the new ones
+    row = await store.deployment(deps.pool, deployment_id)
+    if row is None or row["pipeline_id"] != pipeline["id"]:
+        raise NotFound(f"deployment {deployment_id} of pipeline {pipeline['id']} not found")
+    name = f"{row['deploy_id']}-{row['id']}"
+    # inactive and its events.pipeline.undeployed in one transaction (none when it was inactive already, or
+    # never told deployed); preceded by its events.pipeline.deployed if the row still owes it and its replicas
+    # serve, or served (`served`: the write of the event failed, and the restore after a restart failed since).
+    # A row owing it that never served as far as anything can tell (the deployer died while its replicas loaded,
+    # or before the event's commit, and the restore failed): no deployed event for it (store.deactivate)
+    serving = deps.backend.sets.get(name)
+    try:
+        await store.deactivate(deps.pool, deployment_id, PipelineUndeployed(
+            deployment_id=deployment_id, name=name, pipeline_id=pipeline["id"],
+            workspace_id=pipeline["workspace_id"]), _deployed_event_of(row),
+            serving=serving is not None and serving.ready)
+    except Exception as exc:
+        # a commit that took effect but whose answer was lost left the row inactive: its replicas stop, as after
+        # one that answered. Before, they ran on (until a retried undeploy or a restart) with no active row
+        if not await _deactivated(deps, deployment_id, name, exc):
+            raise
+    return name
 
 
 async def _deactivated(deps: DeployerDeps, deployment_id: int, name: str, error: Exception) -> bool:

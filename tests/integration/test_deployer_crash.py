@@ -2,7 +2,8 @@
 in-memory world's version: tests/unit/test_deployer_crash.py): the row read again is the redeploy's own activation
 (migration 009) or not, and the read waits for a record transaction that the server still runs (its client gone),
 under the pipeline's advisory lock, so it tells how that one ended. Likewise an undeploy's failed deactivation; a
-failed first deploy's late clean-up deactivates only its own activation.
+failed first deploy's late clean-up deactivates only its own activation; an undeploy whose row's lock is held (the
+database not answering it) is a 503 within the request timeout.
 
 Runs the deployer's handlers in the test's process on a schema of the test's own (conftest.service_schema)."""
 
@@ -11,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from services.deployer import handlers, store
+from shared.errors import Unavailable
 from shared.messages.engine import ReplicaDeployment, ReplicaSpec, ReplicaStep
 from tests.integration.conftest import service_schema
+from tests.unit.deployer_world import ALICE
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -131,3 +135,43 @@ async def test_a_late_clean_up_deactivates_only_its_own_activation(stack):
         assert (await store.deployment(pool, deployment_id))["active"]
         assert await store.deactivate(pool, deployment_id, activation=later)
         assert not (await store.deployment(pool, deployment_id))["active"]
+
+
+async def test_an_undeploy_whose_row_is_locked_is_a_503_within_the_request_timeout(stack):
+    """The deployment's row locked by a transaction the database does not end (a database that does not answer the
+    undeploy's deactivation): the undeploy is a 503 unavailable within the request timeout (the gateway waits that and
+    the stop timeout), the pipeline's lock let go; once the lock is gone, an undeploy goes through. Before, it waited
+    for the pool's command timeout (30 s) and the looks after it: a 504 from the gateway, then a 500."""
+    async with service_schema(stack, "deployercrash", Path("services/deployer/migrations")) as pool:
+        async with pool.acquire() as conn, conn.transaction():
+            pipeline_id, version_id, version, _ = await store.create_pipeline_version(
+                conn, WORKSPACE, "p", uuid.uuid4(), {"steps": []})
+            deployment_id = await store.activate_deployment(
+                conn, None, *activation(pipeline_id, version_id, version, "a", 1))
+        stopped: list[str] = []
+
+        async def member(user_id, workspace_id):
+            return "owner"
+
+        async def stop(name):
+            stopped.append(name)
+
+        deps = handlers.DeployerDeps(pool=pool, broker=None, backend=SimpleNamespace(sets={}, stop=stop),
+                                     membership=lambda token: member, public_url="http://x", timeout=1.0)
+        holder = await pool.acquire()
+        try:
+            transaction = holder.transaction()
+            await transaction.start()
+            await holder.execute("SELECT 1 FROM deployments WHERE id = $1 FOR UPDATE", deployment_id)
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(Unavailable, match="did not answer within") as unavailable:
+                await asyncio.wait_for(handlers.undeploy(deps, ALICE, "t", pipeline_id, deployment_id), 20)
+            took = asyncio.get_running_loop().time() - started
+            assert unavailable.value.status == 503 and took < deps.timeout + 1.0, took  # + 1 s: a loaded machine
+            assert not deps.pipeline_lock(pipeline_id).locked() and stopped == []
+            await transaction.rollback()
+        finally:
+            await pool.release(holder)
+        assert (await store.deployment(pool, deployment_id))["active"]
+        assert await handlers.undeploy(deps, ALICE, "t", pipeline_id, deployment_id) == {}
+        assert stopped == [f"a-{deployment_id}"] and not (await store.deployment(pool, deployment_id))["active"]

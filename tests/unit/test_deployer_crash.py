@@ -203,7 +203,8 @@ def test_an_undeploy_whose_deactivation_raises_stops_the_replicas_when_it_was_co
     """An undeploy whose deactivation's commit took effect but whose answer was lost ("lost"): the row is inactive,
     so its replicas stop and the undeploy answers, as after a commit that answered. Before, the error was answered
     and the replicas ran on with no active row (status Stopped, the gateway routing nothing to them) until a retried
-    undeploy or a restart. "refused" (nothing committed): the error, the deployment active and serving, as before."""
+    undeploy or a restart. "refused" (nothing committed): a 503 saying nothing changed (before, the error as it was:
+    a 500), the deployment active and serving."""
     monkeypatch.setattr(handlers, "RECORD_CHECK_DELAYS", (0.0, 0.01), raising=False)  # the old code: none
 
     async def scenario(made) -> None:
@@ -228,7 +229,7 @@ def test_an_undeploy_whose_deactivation_raises_stops_the_replicas_when_it_was_co
             assert [s for s, _ in made.store.events] == [subjects.EVENT_PIPELINE_DEPLOYED,
                                                          subjects.EVENT_PIPELINE_UNDEPLOYED]
         else:
-            with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError):
+            with pytest.raises(Unavailable, match="ConnectionDoesNotExistError.*serves as before"):
                 await handlers.undeploy(made.deps, ALICE, "t", PIPELINE, 5)
             assert made.backend.sets == {"a-5": serving} and not serving.stopping
             assert made.store.deployments[5]["active"]
@@ -242,7 +243,7 @@ def test_a_look_at_a_failed_commit_that_never_answers_is_given_up(crash, monkeyp
     """The row's re-read after a failed record (redeploy) or deactivation (undeploy) hangs (a database that takes the
     connection and never answers, or a lock held by a transaction it never ends): each look gives up after
     RECORD_CHECK_TIMEOUT and counts as one not answered, so the command answers within the looks' bound (the redeploy
-    a 503, the undeploy its error) and the pipeline's lock is let go. Before, a look waited for as long as the pool's
+    a 503, the undeploy one too) and the pipeline's lock is let go. Before, a look waited for as long as the pool's
     own timeouts (a connection's 60 s, a command's 30 s: for ever in this world), holding the pipeline's lock."""
     monkeypatch.setattr(handlers, "RECORD_CHECK_TIMEOUT", 0.05, raising=False)  # the old code: none
     looks: list[int] = []
@@ -272,7 +273,7 @@ def test_a_look_at_a_failed_commit_that_never_answers_is_given_up(crash, monkeyp
                 raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
 
             made.store.deactivate, made.store.deployment_active = refused, never
-            with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError):
+            with pytest.raises(Unavailable, match="was not made"):
                 await asyncio.wait_for(handlers.undeploy(made.deps, ALICE, "t", PIPELINE, 5), 10)
             assert "a-5" in made.backend.sets and made.store.deployments[5]["active"]
         assert len(looks) == len(handlers.RECORD_CHECK_DELAYS)
@@ -357,5 +358,61 @@ def test_a_failed_first_deploys_clean_up_the_database_refused_is_made_later(worl
         assert [s for s, _ in made.store.events] == (
             [subjects.EVENT_PIPELINE_DEPLOYED] if meanwhile == "a_deploy" else [])
         assert made.backend.untracked() == []
+
+    asyncio.run(scenario(world))
+
+
+@pytest.mark.parametrize("database", ["hangs", "refuses"])
+def test_an_undeploy_while_the_database_is_away_is_a_503_within_the_request_timeout(world, database):  # noqa: F811
+    """An undeploy while PostgreSQL does not answer (the connection taken and never answered, or a row lock held by a
+    transaction it never ends) or refuses connections: a 503 unavailable (retryable) within the request timeout, the
+    pipeline's lock let go, the deployment serving as before. The gateway waits the request timeout and the stop
+    timeout for an undeploy: before, the undeploy waited for the pool's own timeouts (for ever in this world: a
+    504 from the gateway), and a refused connection was a 500 internal error."""
+
+    async def scenario(made) -> None:
+        await _deployed_as(made, "a")
+        serving = made.backend.sets["a-5"]
+        made.deps.timeout = 0.5
+
+        async def away(pool, pipeline_id):
+            if database == "refuses":
+                raise ConnectionRefusedError("the database is away")
+            await asyncio.Event().wait()
+
+        made.store.pipeline = away
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(Unavailable) as unavailable:
+            await asyncio.wait_for(handlers.undeploy(made.deps, ALICE, "t", PIPELINE, 5), 10)
+        assert asyncio.get_running_loop().time() - started < made.deps.timeout
+        assert unavailable.value.status == 503 and unavailable.value.code == "unavailable"
+        assert ("did not answer within 0.4 s" if database == "hangs" else "ConnectionRefusedError") in \
+            unavailable.value.msg
+        assert made.backend.sets == {"a-5": serving} and not serving.stopping
+        assert made.store.deployments[5]["active"] and not made.deps.pipeline_lock(PIPELINE).locked()
+
+    asyncio.run(scenario(world))
+
+
+def test_an_undeploy_whose_deactivation_hangs_answers_within_the_request_timeout(world):  # noqa: F811
+    """The database answers the reads, then the deactivation hangs (the row's lock held): the undeploy is a 503 within
+    the request timeout, the lock let go; a retried undeploy, the database back, stops the replicas."""
+
+    async def scenario(made) -> None:
+        await _deployed_as(made, "a")
+        serving = made.backend.sets["a-5"]
+        made.deps.timeout = 0.5
+        deactivate = made.store.deactivate
+
+        async def hanging(pool, deployment_id, *args, **kwargs):
+            made.store.deactivate = deactivate
+            await asyncio.Event().wait()
+
+        made.store.deactivate = hanging
+        with pytest.raises(Unavailable, match="did not answer within"):
+            await asyncio.wait_for(handlers.undeploy(made.deps, ALICE, "t", PIPELINE, 5), 10)
+        assert made.backend.sets == {"a-5": serving} and not made.deps.pipeline_lock(PIPELINE).locked()
+        assert await handlers.undeploy(made.deps, ALICE, "t", PIPELINE, 5) == {}
+        assert made.backend.sets == {} and serving.stopping and not made.store.deployments[5]["active"]
 
     asyncio.run(scenario(world))
