@@ -817,13 +817,18 @@ async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, 
             # nothing
             waited = deps.pipeline_lock(pipeline["id"])  # held here: the deps keep a lock only while it is used
             try:
-                await asyncio.wait_for(waited.acquire(), deps.timeout * UNDEPLOY_LOCK_WAIT)
+                # awaited in this task, not asyncio.wait_for's: on Python 3.11 wait_for runs the acquire as a task
+                # of its own and, cancelled (by `within`, the deployer's stop) after that task took the lock,
+                # returns the lock and drops the cancellation, so the undeploy went on past its bound. Cancelled
+                # here, asyncio.Lock passes the lock on; taken, `lock` is set in the same step
+                async with asyncio.timeout(deps.timeout * UNDEPLOY_LOCK_WAIT):
+                    await waited.acquire()
+                    lock = waited
             except TimeoutError:
                 if within.expired():
                     raise
                 raise Conflict(f"a deploy of pipeline {pipeline_id} is in progress: retry the undeploy when it "
                                "finishes", code="deploy_in_progress") from None
-            lock = waited
             name = await _undeploy_row(deps, pipeline, deployment_id)
     except (TimeoutError, *DATABASE_ERRORS) as exc:
         if lock is not None:

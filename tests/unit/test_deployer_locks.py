@@ -211,3 +211,39 @@ def test_the_deployers_stop_cancels_and_awaits_the_restore_and_stops_its_replica
         assert world.backend.untracked() == []
 
     asyncio.run(scenario(world))
+
+
+@pytest.mark.parametrize("order", ["handed_over_then_cancelled", "cancelled_then_handed_over"])
+def test_an_undeploy_cancelled_as_the_lock_is_handed_to_it_does_nothing_and_leaves_the_lock_free(world, order):
+    """The undeploy waits for the pipeline's lock; the lock is handed to it and, in the same step of the loop, it is
+    cancelled (what its answer's bound, UNDEPLOY_ANSWERS_WITHIN, or the deployer's stop does). It waited with
+    asyncio.wait_for(lock.acquire()), which on Python 3.11 runs the acquire as a task of its own and, cancelled after
+    that task took the lock, returns the lock instead of the cancellation: the undeploy went on, past its bound, and
+    made the undeploy its caller had given up on (handed_over_then_cancelled: deactivated, replicas stopped, {}
+    answered). Now the acquire is awaited in the undeploy's own task under asyncio.timeout: cancelled, it ends
+    cancelled having changed nothing, and the lock is free (asyncio.Lock passes it on), never held by nobody."""
+
+    async def scenario(world) -> None:
+        await _deployed_as(world, "a")
+        serving = world.backend.sets["a-5"]
+        lock = world.deps.pipeline_lock(PIPELINE)
+        await lock.acquire()  # a deploy of the pipeline holds it
+        undeploy = asyncio.create_task(handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5))
+        await _until(lambda: _lock_waiters(world.deps) == 1, "the undeploy waits for the lock")
+        if order == "handed_over_then_cancelled":
+            lock.release()
+            undeploy.cancel()
+        else:
+            undeploy.cancel()
+            lock.release()
+        with pytest.raises(asyncio.CancelledError):
+            await undeploy
+        assert not lock.locked() and lock.waiting == 0
+        assert world.store.deployments[5]["active"] and world.backend.sets == {"a-5": serving}
+        assert not serving.stopping
+        # nobody holds the lock: the next undeploy takes it at once and goes through
+        assert await asyncio.wait_for(handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5), 2) == {}
+        assert not world.store.deployments[5]["active"] and world.backend.sets == {} and serving.stopping
+        assert not lock.locked() and lock.waiting == 0 and world.backend.untracked() == []
+
+    asyncio.run(scenario(world))
