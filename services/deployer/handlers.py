@@ -12,7 +12,7 @@ import uuid
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -693,19 +693,65 @@ at each look, not the ~4 s the looks were meant to take (a look that gives up co
 
 
 _UNANSWERED = object()  # _look_again: no look answered
+_T = TypeVar("_T")
+
+
+class _NotAnswered(TimeoutError):
+    """_answered_within's: the work did not answer within its bound (a TimeoutError of the work's own, a command
+    timeout, is raised as it is)."""
+
+
+_LEFT: set[asyncio.Task] = set()  # work _answered_within gave up on, cancelled, ending in the background
+
+
+async def _answered_within(seconds: float, work: Awaitable[_T]) -> _T:
+    """What `work` answers within `seconds`, else _NotAnswered: the work is cancelled and left to end in the
+    background, not waited for. asyncio.timeout cancels its block and waits for it to end: a query cancelled on a
+    connection whose server stopped answering (stopped, a network partition) ends only once the server answers
+    asyncpg's cancel request and the connection's reset (the transaction's ROLLBACK, the pool's release: no timeout
+    of their own), so a caller bounded that way waited as long as the server was away. The work left holds its
+    connection (and whatever its transaction locked on the server) until then, as it did. A cancellation of the
+    caller cancels the work, not waited for either."""
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=max(seconds, 0.0))
+    except BaseException:
+        _leave(task)
+        raise
+    if not done:
+        _leave(task)
+        raise _NotAnswered(f"no answer within {seconds:.3g} s")
+    return task.result()
+
+
+def _leave(task: asyncio.Task) -> None:
+    task.cancel()
+    _LEFT.add(task)
+    task.add_done_callback(_left_ended)
+
+
+def _left_ended(task: asyncio.Task) -> None:
+    _LEFT.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.info("database work given up on ended with %r", task.exception())
+
+
+async def _in_transaction(deps: DeployerDeps, read: Callable[[asyncpg.Connection], Awaitable[_T]]) -> _T:
+    async with deps.pool.acquire() as conn, conn.transaction():
+        return await read(conn)
 
 
 async def _look_again(deps: DeployerDeps, name: str, what: str, error: Exception,
                       read: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
     """What `read` answers, in a transaction of its own, after the commit of `what` (of the deployment `name`) raised
     `error`: asked again (RECORD_CHECK_DELAYS) while the database does not answer, each look given up after
-    RECORD_CHECK_TIMEOUT (it counts as one not answered); _UNANSWERED when none answered. The looks of a redeploy's
+    RECORD_CHECK_TIMEOUT (it counts as one not answered; _answered_within: a server that stopped answering held a
+    look under asyncio.timeout until it answered again); _UNANSWERED when none answered. The looks of a redeploy's
     record (_recorded) and an undeploy's deactivation (_deactivated)."""
     for delay in RECORD_CHECK_DELAYS:
         await asyncio.sleep(delay)
         try:
-            async with asyncio.timeout(RECORD_CHECK_TIMEOUT), deps.pool.acquire() as conn, conn.transaction():
-                return await read(conn)
+            return await _answered_within(RECORD_CHECK_TIMEOUT, _in_transaction(deps, read))
         except Exception as exc:
             log.warning("deployment %s: %s raised (%s) and its row could not be read (%s)", name, what, error, exc)
     return _UNANSWERED
@@ -808,33 +854,36 @@ DATABASE_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceEr
 
 async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, pipeline_id: int,
                    deployment_id: int) -> dict:
+    loop = asyncio.get_running_loop()
+    # the database's work under _answered_within, not asyncio.timeout: a server that stopped answering held the
+    # cancelled work (and the undeploy) until it answered again
+    deadline = loop.time() + deps.timeout * UNDEPLOY_ANSWERS_WITHIN
     lock: PipelineLock | None = None
     try:
-        async with asyncio.timeout(deps.timeout * UNDEPLOY_ANSWERS_WITHIN) as within:
-            pipeline = await _pipeline_for(deps, principal, token, pipeline_id)
-            # a deploy holds the lock until its replicas serve (up to a minute), far past the caller's request
-            # timeout: rather than being done later, after the caller got a 504, the undeploy is refused, and changes
-            # nothing
-            waited = deps.pipeline_lock(pipeline["id"])  # held here: the deps keep a lock only while it is used
-            try:
-                # awaited in this task, not asyncio.wait_for's: on Python 3.11 wait_for runs the acquire as a task
-                # of its own and, cancelled (by `within`, the deployer's stop) after that task took the lock,
-                # returns the lock and drops the cancellation, so the undeploy went on past its bound. Cancelled
-                # here, asyncio.Lock passes the lock on; taken, `lock` is set in the same step
-                async with asyncio.timeout(deps.timeout * UNDEPLOY_LOCK_WAIT):
-                    await waited.acquire()
-                    lock = waited
-            except TimeoutError:
-                if within.expired():
-                    raise
-                raise Conflict(f"a deploy of pipeline {pipeline_id} is in progress: retry the undeploy when it "
-                               "finishes", code="deploy_in_progress") from None
-            name = await _undeploy_row(deps, pipeline, deployment_id)
+        pipeline = await _answered_within(deadline - loop.time(), _pipeline_for(deps, principal, token, pipeline_id))
+        # a deploy holds the lock until its replicas serve (up to a minute), far past the caller's request timeout:
+        # rather than being done later, after the caller got a 504, the undeploy is refused, and changes nothing
+        waited = deps.pipeline_lock(pipeline["id"])  # held here: the deps keep a lock only while it is used
+        waits_until = min(deadline, loop.time() + deps.timeout * UNDEPLOY_LOCK_WAIT)
+        try:
+            # awaited in this task, not asyncio.wait_for's: on Python 3.11 wait_for runs the acquire as a task of
+            # its own and, cancelled (the deployer's stop) after that task took the lock, returns the lock and drops
+            # the cancellation, so the undeploy went on past its bound. Cancelled here, asyncio.Lock passes the lock
+            # on; taken, `lock` is set in the same step
+            async with asyncio.timeout_at(waits_until):
+                await waited.acquire()
+                lock = waited
+        except TimeoutError:
+            if waits_until >= deadline:
+                raise _NotAnswered("the pipeline's lock") from None
+            raise Conflict(f"a deploy of pipeline {pipeline_id} is in progress: retry the undeploy when it "
+                           "finishes", code="deploy_in_progress") from None
+        name = await _answered_within(deadline - loop.time(), _undeploy_row(deps, pipeline, deployment_id))
     except (TimeoutError, *DATABASE_ERRORS) as exc:
         if lock is not None:
             lock.release()
             deps.events_committed()
-        if within.expired():
+        if isinstance(exc, _NotAnswered):
             raise Unavailable(f"the undeploy of deployment {deployment_id} of pipeline {pipeline_id} could not be "
                               "made: the database (or the membership check) did not answer within "
                               f"{deps.timeout * UNDEPLOY_ANSWERS_WITHIN:g} s; the deployment serves as before unless "

@@ -10,13 +10,17 @@ Runs the deployer's handlers in the test's process on a schema of the test's own
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from services.deployer import handlers, store
+from shared.db import create_pool
 from shared.errors import Unavailable
 from shared.messages.engine import ReplicaDeployment, ReplicaSpec, ReplicaStep
 from tests.integration.conftest import service_schema
@@ -175,3 +179,135 @@ async def test_an_undeploy_whose_row_is_locked_is_a_503_within_the_request_timeo
         assert (await store.deployment(pool, deployment_id))["active"]
         assert await handlers.undeploy(deps, ALICE, "t", pipeline_id, deployment_id) == {}
         assert stopped == [f"a-{deployment_id}"] and not (await store.deployment(pool, deployment_id))["active"]
+
+
+class FreezingProxy:
+    """A TCP proxy to the stack's PostgreSQL that stops passing bytes either way while `frozen`: a server that took the
+    connection and stopped answering (stopped, a network partition), the cancel requests asyncpg sends it included."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.thawed = asyncio.Event()
+        self.thawed.set()
+        self.writers: list[asyncio.StreamWriter] = []
+
+    def freeze(self) -> None:
+        self.thawed.clear()
+
+    def thaw(self) -> None:
+        self.thawed.set()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            while data := await reader.read(65536):
+                await self.thawed.wait()
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        self.writers += [writer, up_writer]
+        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[int]:
+        server = await asyncio.start_server(self._connected, "127.0.0.1", 0)
+        try:
+            yield server.sockets[0].getsockname()[1]
+        finally:
+            self.thaw()
+            server.close()
+            for writer in self.writers:
+                writer.close()
+
+
+@contextlib.asynccontextmanager
+async def frozen_later(stack, pool) -> AsyncIterator[tuple[FreezingProxy, object]]:
+    """A FreezingProxy and a pool through it on `pool`'s schema, one connection of it open (taken and answered before
+    the server stops answering)."""
+    settings = stack.settings().postgres
+    parts = urlsplit(settings.dsn)
+    proxy = FreezingProxy(parts.hostname, parts.port)
+    async with proxy.serving() as port:
+        userinfo = parts.netloc.rpartition("@")[0]
+        dsn = urlunsplit(parts._replace(netloc=f"{userinfo}@127.0.0.1:{port}"))
+        proxied = await create_pool(settings.model_copy(update={"dsn": dsn}), await pool.fetchval(
+            "SELECT current_schema()"))
+        try:
+            assert await proxied.fetchval("SELECT 1") == 1
+            yield proxy, proxied
+        finally:
+            proxy.thaw()
+            for _ in range(300):  # the work given up on ends once the server answers its cancel request
+                if not getattr(handlers, "_LEFT", ()):  # (none before)
+                    break
+                await asyncio.sleep(0.1)
+            assert not getattr(handlers, "_LEFT", ()), handlers._LEFT
+            await asyncio.wait_for(proxied.close(), 30)
+
+
+async def test_an_undeploy_while_the_database_stopped_answering_is_a_503_within_the_request_timeout(stack):
+    """The database took the connection, then stopped answering (the proxy passes nothing, asyncpg's cancel request
+    included): the undeploy is a 503 within the request timeout, nothing stopped, the lock let go; once the database
+    answers, an undeploy goes through. Before, the bound (asyncio.timeout) cancelled the query and then waited for the
+    cancelled query's end, which asyncpg holds until the server answers its cancel request and the connection's reset
+    (the pool's release has no timeout of its own): the undeploy answered only when the database did."""
+    async with service_schema(stack, "deployercrash", Path("services/deployer/migrations")) as pool:
+        async with pool.acquire() as conn, conn.transaction():
+            pipeline_id, version_id, version, _ = await store.create_pipeline_version(
+                conn, WORKSPACE, "p", uuid.uuid4(), {"steps": []})
+            deployment_id = await store.activate_deployment(
+                conn, None, *activation(pipeline_id, version_id, version, "a", 1))
+        stopped: list[str] = []
+
+        async def member(user_id, workspace_id):
+            return "owner"
+
+        async def stop(name):
+            stopped.append(name)
+
+        async with frozen_later(stack, pool) as (proxy, proxied):
+            deps = handlers.DeployerDeps(pool=proxied, broker=None, backend=SimpleNamespace(sets={}, stop=stop),
+                                         membership=lambda token: member, public_url="http://x", timeout=1.0)
+            proxy.freeze()
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(Unavailable, match="did not answer within") as unavailable:
+                await asyncio.wait_for(handlers.undeploy(deps, ALICE, "t", pipeline_id, deployment_id), 10)
+            took = asyncio.get_running_loop().time() - started
+            assert unavailable.value.status == 503 and took < deps.timeout + 1.0, took  # + 1 s: a loaded machine
+            assert not deps.pipeline_lock(pipeline_id).locked() and stopped == []
+            proxy.thaw()
+            assert await asyncio.wait_for(handlers.undeploy(deps, ALICE, "t", pipeline_id, deployment_id), 20) == {}
+        assert stopped == [f"a-{deployment_id}"] and not (await store.deployment(pool, deployment_id))["active"]
+
+
+async def test_a_look_at_a_failed_commit_gives_up_on_a_database_that_stopped_answering(stack, monkeypatch):
+    """_look_again (a failed record's or deactivation's re-read): each look is given up after RECORD_CHECK_TIMEOUT
+    when the server stopped answering, so the looks end within their bound. Before, asyncio.timeout cancelled the
+    look, then waited as long as the server did not answer the cancel (see above): a redeploy's _recorded held the
+    deploy, and the pipeline's lock, that long."""
+    monkeypatch.setattr(handlers, "RECORD_CHECK_DELAYS", (0.0, 0.1))
+    monkeypatch.setattr(handlers, "RECORD_CHECK_TIMEOUT", 0.5)
+    async with service_schema(stack, "deployercrash", Path("services/deployer/migrations")) as pool:
+        async with pool.acquire() as conn, conn.transaction():
+            pipeline_id, version_id, version, _ = await store.create_pipeline_version(
+                conn, WORKSPACE, "p", uuid.uuid4(), {"steps": []})
+            made = uuid.uuid4()
+            deployment_id = await store.activate_deployment(
+                conn, None, *activation(pipeline_id, version_id, version, "a", 1), activation=made)
+        async with frozen_later(stack, pool) as (proxy, proxied):
+            deps = handlers.DeployerDeps(pool=proxied, broker=None, backend=None, membership=lambda token: None,
+                                         public_url="http://x", timeout=5)
+            error = ConnectionResetError("the answer to COMMIT was lost")
+            proxy.freeze()
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(Unavailable, match="not known whether"):
+                await asyncio.wait_for(handlers._recorded(deps, pipeline_id, deployment_id, "a-1", made, error), 10)
+            assert not await asyncio.wait_for(handlers._deactivated(deps, deployment_id, "a-1", error), 10)
+            took = asyncio.get_running_loop().time() - started
+            assert took < 2 * (0.1 + 2 * 0.5) + 1.0, took  # two looks each, + 1 s: a loaded machine
+            proxy.thaw()
+            assert await asyncio.wait_for(handlers._recorded(deps, pipeline_id, deployment_id, "a-1", made, error),
+                                          10) is False  # owes its deployed event: not a committed record
+            assert await asyncio.wait_for(handlers._deactivated(deps, deployment_id, "a-1", error), 10) is False
