@@ -38,9 +38,11 @@ class BackgroundTask:
 class Sweeper(BackgroundTask):
     """A loop that waits `every` seconds (less when `wake_event()` is set), then runs `sweep()`; a sweep that fails
     is logged with `failure` and the next one tries again. `next_wait(result)` may shorten the following wait
-    (result is None after a failed sweep). With `quiet_pool()` a PostgreSQL pool, a sweep nobody woke after a wait
-    of QUIET_WAIT or more closes the connections it opened when it ends (shared.db.background_pass): a loop that
-    looks every minute holds no backend between its looks."""
+    (result is None after a failed sweep). With `quiet_pool()` a PostgreSQL pool, the first sweep, and a sweep
+    nobody woke after a wait of QUIET_WAIT or more, close the connections they opened when they end
+    (shared.db.background_pass): a loop that looks every minute holds no backend between its looks, and the first
+    look, just after the service's start (what a stopped process left), does not keep its connection 30 s past the
+    start's own close of idle ones."""
 
     every = 60.0
     failure = "sweep failed (retried on the next sweep)"
@@ -64,6 +66,7 @@ class Sweeper(BackgroundTask):
         # otherwise sweep at the same moments and hold one PostgreSQL connection each (a backend of ~15-20 MiB
         # of RSS) where one, taken in turn, serves them all (docs/performance.md, "Memory").
         wait = self.every * (0.5 + random.random() / 2)  # noqa: S311 - a phase, not a secret
+        first = True
         while True:
             wake = self.wake_event()
             woken = False
@@ -76,7 +79,8 @@ class Sweeper(BackgroundTask):
                 except TimeoutError:
                     pass
                 wake.clear()
-            pool = self.quiet_pool() if not woken and wait >= QUIET_WAIT else None
+            pool = self.quiet_pool() if first or (not woken and wait >= QUIET_WAIT) else None
+            first = False
             try:
                 if pool is None:
                     result = await self.sweep()

@@ -71,6 +71,7 @@ from services.monitoring import challenge_pairs, handlers, ml_backend, sequentia
 from services.monitoring import feedback_store as fs
 from shared import outbox, subjects
 from shared.authz import Principal, require_user
+from shared.background import Sweeper
 from shared.bus import CallContext, command, publish_event, request
 from shared.consumers import DeliveryPolicy, durable_subscriber, json_model
 from shared.errors import (
@@ -643,7 +644,7 @@ async def _fail_unstarted(conn: Any, deployment_id: int | None) -> int:
         " $2)", deployment_id, NO_MODEL_GRACE)
 
 
-class TrainingStarter(sweeps.QuietSweeper):
+class TrainingStarter(Sweeper):
     """Creates the runs of the trainings the trigger opened (`starting`, unclaimed), off the review path: each once
     the feedback loop has written the reviews that triggered it (or EXPORT_WAIT after the trigger). Woken by the
     trigger of its process; otherwise it looks when the next training is due (a claim's resume), at most
@@ -667,7 +668,7 @@ class TrainingStarter(sweeps.QuietSweeper):
             return STARTER_SWEEP
         return EXPORT_POLL if waiting else self._due  # a training waits for the feedback loop: look again soon
 
-    async def look(self) -> bool:
+    async def sweep(self) -> bool:
         """Start every training that may start now; whether one still waits for the feedback loop (and when the
         next one is due, for next_wait)."""
         pool = self.deps.base.pool
@@ -1768,7 +1769,7 @@ async def _swap_landed(deps: ContinuousDeps, sent: asyncpg.Record, event: Pipeli
     return True
 
 
-class DeliveryResumer(sweeps.QuietSweeper):
+class DeliveryResumer(Sweeper):
     """Delivers again the continuous deployments a process left unfinished (resume_deliveries), in a loop of its own:
     a delivery is a deploy the process waits up to deploy_wait (305 s) for, which in the training starter's sweep
     held back every training start of this process meanwhile. Swaps again the challenges' unfinished swaps too
@@ -1784,7 +1785,7 @@ class DeliveryResumer(sweeps.QuietSweeper):
     def quiet_pool(self) -> asyncpg.Pool:
         return self.deps.base.pool
 
-    async def look(self) -> None:
+    async def sweep(self) -> None:
         try:
             await resume_deliveries(self.deps)
         finally:  # a failed delivery sweep does not hold the swaps back

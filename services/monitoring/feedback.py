@@ -37,6 +37,7 @@ from services.monitoring import feedback_store as fs
 from services.monitoring import handlers, predictions, sweeps
 from shared import images, outbox, paging, subjects
 from shared.authz import Principal, require_user
+from shared.background import Sweeper
 from shared.bus import CallContext, command, request
 from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError, Unauthorized, validation_detail
 from shared.messages.lineage import (
@@ -428,7 +429,7 @@ def file_name(review: dict[str, Any]) -> str:
     return f"{review['prediction_id']}.{'jpg' if review['content_type'] == 'image/jpeg' else 'png'}"
 
 
-class Exporter(sweeps.QuietSweeper):
+class Exporter(Sweeper):
     """Writes reviews into the attached datasets, one (deployment, dataset) at a time under an advisory lock. Woken by
     the commands of its process that make work (a review, a loop set up, attached or turned on); otherwise it looks
     when a pair's back-off ends, soon while another process holds a pair, at most sweeps.IDLE_WAIT apart."""
@@ -449,7 +450,7 @@ class Exporter(sweeps.QuietSweeper):
     def next_wait(self, due: float | None) -> float:
         return EXPORT_SWEEP if due is None else due  # None: a failed sweep
 
-    async def look(self) -> float:
+    async def sweep(self) -> float:
         """One round of every active pair not backing off; the wait until the next look (sweeps.IDLE_WAIT when
         nothing is left to write)."""
         now = time.monotonic()

@@ -31,6 +31,7 @@ from services.monitoring import feedback_store as fs
 from services.monitoring.feedback import FeedbackDeps, _dataset, _view, dataset_files
 from shared import subjects
 from shared.authz import Principal
+from shared.background import Sweeper
 from shared.bus import CallContext, command
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.images import image_features
@@ -261,7 +262,7 @@ def _features_of(data: bytes) -> dict[str, float] | None:
         return None
 
 
-class ReferenceComputer(sweeps.QuietSweeper):
+class ReferenceComputer(Sweeper):
     """Computes references left `computing` (new ones, woken by set_training_data, and those a stopped process left,
     found within sweeps.IDLE_WAIT)."""
 
@@ -280,7 +281,7 @@ class ReferenceComputer(sweeps.QuietSweeper):
     def next_wait(self, due: float | None) -> float:
         return REFERENCE_SWEEP if due is None else due  # None: a failed sweep
 
-    async def look(self) -> float:
+    async def sweep(self) -> float:
         """Compute every reference left computing; the wait until the next look."""
         due = sweeps.IDLE_WAIT
         for deployment_id, attempt in await fs.computing_references(self.deps.monitoring.pool):

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from services.monitoring import continuous, feedback, reference, sweeps
+from shared.background import Sweeper
 from shared.messages.assays import AssayThresholdCrossed
 from tests.integration.conftest import service_schema
 from tests.integration.test_continuous_swap_once import DEPLOYMENT, MONITORING_MIGRATIONS, process
@@ -29,7 +30,7 @@ async def monitoring_schema(stack):
         yield pool
 
 
-def sweeper_of(kind: str, pool) -> sweeps.QuietSweeper:
+def sweeper_of(kind: str, pool) -> Sweeper:
     if kind == "starter":
         return continuous.TrainingStarter(process(pool))
     if kind == "resumer":
@@ -43,7 +44,7 @@ class Looks:
     pool's open connections at that moment (`sizes`, with a pool): read there, not once the test runs again, when the
     next look (0.2 s later with `every` 0.2, not a quiet one) may have opened one on a loaded machine."""
 
-    def __init__(self, sweeper: sweeps.QuietSweeper, pool=None) -> None:
+    def __init__(self, sweeper: Sweeper, pool=None) -> None:
         self.waits: list[float] = []
         self.sizes: list[int] = []
         self.looked = asyncio.Event()
