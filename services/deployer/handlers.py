@@ -893,6 +893,15 @@ async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, 
         raise Unavailable(f"the undeploy of deployment {deployment_id} of pipeline {pipeline_id} was not made: the "
                           f"database failed ({type(exc).__name__}); the deployment serves as before. Undeploy again "
                           "once the database answers") from exc
+    except _DeactivationUnknown as exc:
+        # its commit may have taken effect (its answer lost): "was not made" said what nobody knew
+        lock.release()
+        deps.events_committed()
+        error = exc.__cause__
+        raise Unavailable(f"the undeploy of deployment {deployment_id} of pipeline {pipeline_id} could not be "
+                          f"confirmed: its deactivation raised ({type(error).__name__}) and the database did not "
+                          "answer whether it was recorded; its replicas still run. Undeploy again once the database "
+                          "answers (an undeploy of a deployment already inactive stops what runs of it)") from error
     except BaseException:
         if lock is not None:
             lock.release()
@@ -910,7 +919,7 @@ async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, 
 
 async def _undeploy_row(deps: DeployerDeps, pipeline, deployment_id: int) -> str:
     """undeploy's change of the row, under the pipeline's lock: the deployment inactive (its events with it); its
-    name. Raises the deactivation's error when it was not committed (or no look could tell)."""
+    name. Raises the deactivation's error when it was not committed, _DeactivationUnknown when no look could tell."""
     # the row inside the lock: a redeploy that ran while this waited may have renamed the deployment (a new
     # deploy_id), and the name read before it would stop replicas that no longer exist, leaving the new ones
     row = await store.deployment(deps.pool, deployment_id)
@@ -931,19 +940,27 @@ async def _undeploy_row(deps: DeployerDeps, pipeline, deployment_id: int) -> str
     except Exception as exc:
         # a commit that took effect but whose answer was lost left the row inactive: its replicas stop, as after
         # one that answered. Before, they ran on (until a retried undeploy or a restart) with no active row
-        if not await _deactivated(deps, deployment_id, name, exc):
+        inactive = await _deactivated(deps, deployment_id, name, exc)
+        if inactive is None:
+            raise _DeactivationUnknown(exc) from exc
+        if not inactive:
             raise
     return name
 
 
-async def _deactivated(deps: DeployerDeps, deployment_id: int, name: str, error: Exception) -> bool:
+class _DeactivationUnknown(Exception):
+    """An undeploy's deactivation raised and no look at the row answered: whether it was committed is not known."""
+
+
+async def _deactivated(deps: DeployerDeps, deployment_id: int, name: str, error: Exception) -> bool | None:
     """Whether the deployment is inactive after an undeploy's deactivation raised `error` (store.deactivate: its
     commit may have taken effect, its answer lost): the row read again once no transaction changes it
-    (store.deployment_active: one the server still runs ends first; _look_again). False when it is active or no look
-    answered."""
+    (store.deployment_active: one the server still runs ends first; _look_again). None when no look answered."""
     active = await _look_again(deps, name, "its undeploy", error,
                                lambda conn: store.deployment_active(conn, deployment_id))
-    if active is _UNANSWERED or active:
+    if active is _UNANSWERED:
+        return None
+    if active:
         return False
     log.warning("deployment %s: its undeploy raised (%s) but was committed: its replicas stop", name, error)
     return True

@@ -273,13 +273,52 @@ def test_a_look_at_a_failed_commit_that_never_answers_is_given_up(crash, monkeyp
                 raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
 
             made.store.deactivate, made.store.deployment_active = refused, never
-            with pytest.raises(Unavailable, match="was not made"):
+            with pytest.raises(Unavailable, match="did not answer whether it was recorded"):
                 await asyncio.wait_for(handlers.undeploy(made.deps, ALICE, "t", PIPELINE, 5), 10)
             assert "a-5" in made.backend.sets and made.store.deployments[5]["active"]
         assert len(looks) == len(handlers.RECORD_CHECK_DELAYS)
         assert not made.deps.pipeline_lock(PIPELINE).locked()
 
     asyncio.run(scenario(crash))
+
+
+@pytest.mark.parametrize("commit", ["lost", "refused"])
+def test_an_undeploy_whose_deactivation_raised_and_no_look_answered_does_not_say_it_was_not_made(world, monkeypatch,  # noqa: F811
+                                                                                                commit):
+    """The deactivation raised (its answer lost: "lost" committed it, "refused" did not) and no look at the row
+    answered: the 503 says it is not known whether the deactivation was recorded, and that the replicas still run.
+    Before, it said the undeploy "was not made" and the deployment "serves as before" whichever it was, while the row
+    of a "lost" one was inactive. A retried undeploy, the database back, stops the replicas either way."""
+    monkeypatch.setattr(handlers, "RECORD_CHECK_DELAYS", (0.0, 0.01), raising=False)
+
+    async def scenario(made) -> None:
+        await _deployed_as(made, "a")
+        serving = made.backend.sets["a-5"]
+        deactivate = made.store.deactivate
+
+        async def raising(pool, deployment_id, *args, **kwargs):
+            made.store.deactivate = deactivate
+            if commit == "lost":
+                await deactivate(pool, deployment_id, *args, **kwargs)
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
+        async def unanswered(conn, deployment_id):
+            raise ConnectionRefusedError("the database is away")
+
+        made.store.deactivate, made.store.deployment_active = raising, unanswered
+        with pytest.raises(Unavailable) as unavailable:
+            await handlers.undeploy(made.deps, ALICE, "t", PIPELINE, 5)
+        message = unavailable.value.msg
+        assert unavailable.value.status == 503 and "did not answer whether it was recorded" in message, message
+        assert "ConnectionDoesNotExistError" in message and "its replicas still run" in message
+        assert "was not made" not in message and "serves as before" not in message
+        assert made.store.deployments[5]["active"] is (commit == "refused")
+        assert made.backend.sets == {"a-5": serving} and not made.deps.pipeline_lock(PIPELINE).locked()
+        assert await handlers.undeploy(made.deps, ALICE, "t", PIPELINE, 5) == {}
+        assert made.backend.sets == {} and serving.stopping and not made.store.deployments[5]["active"]
+        assert made.backend.untracked() == []
+
+    asyncio.run(scenario(world))
 
 
 @pytest.mark.parametrize("commit", ["lost", "refused"])
