@@ -848,8 +848,12 @@ timeout and the stop timeout for an undeploy (services/gateway/http.py replicas_
 held it for the pool's own timeouts (60 s to connect, 30 s a command) and the ~19 s of the looks, and the caller got
 a 504 while the undeploy went on."""
 DATABASE_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                   asyncpg.exceptions.OperatorInterventionError)
-"""What a database that fails raises (TimeoutError, a command timeout, is an OSError): a 503, not a 500."""
+                   asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError,
+                   asyncpg.exceptions.ReadOnlySQLTransactionError)
+"""What a database that fails raises (TimeoutError, a command timeout, is an OSError): a 503, not a 500. With its
+resources out (class 53: too many connections, its disk full, out of memory) and a server that takes no writes (a
+standby after a failover: read-only transactions) too, which were 500s. Logged, as a 500 is: asyncpg's InterfaceError
+is also what a misuse of a connection raises (a bug), which the 503 alone would hide."""
 
 
 async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, pipeline_id: int,
@@ -883,6 +887,7 @@ async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, 
         if lock is not None:
             lock.release()
             deps.events_committed()
+        log.warning("undeploy of deployment %s of pipeline %s: 503 (%r)", deployment_id, pipeline_id, exc)
         if isinstance(exc, _NotAnswered):
             raise Unavailable(f"the undeploy of deployment {deployment_id} of pipeline {pipeline_id} could not be "
                               "made: the database (or the membership check) did not answer within "

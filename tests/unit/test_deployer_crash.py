@@ -321,6 +321,44 @@ def test_an_undeploy_whose_deactivation_raised_and_no_look_answered_does_not_say
     asyncio.run(scenario(world))
 
 
+@pytest.mark.parametrize("refusal", ["too_many_connections", "read_only", "disk_full"])
+def test_an_undeploy_the_database_cannot_take_is_a_503_that_changes_nothing(world, monkeypatch, caplog,  # noqa: F811
+                                                                            refusal):
+    """A database with no connection left (53300), a standby after a failover (a read-only transaction refuses the
+    deactivation, 25006) or a full disk (53100): a 503 unavailable naming the error, logged, nothing changed. Before,
+    only connection, interface and operator-intervention errors were a 503; these were the 500 'internal error' of a
+    bug."""
+    monkeypatch.setattr(handlers, "RECORD_CHECK_DELAYS", (0.0,), raising=False)
+    error = {"too_many_connections": asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"),
+             "read_only": asyncpg.exceptions.ReadOnlySQLTransactionError(
+                 "cannot execute UPDATE in a read-only transaction"),
+             "disk_full": asyncpg.exceptions.DiskFullError("could not extend file: No space left on device")}[refusal]
+
+    async def scenario(made) -> None:
+        await _deployed_as(made, "a")
+        serving = made.backend.sets["a-5"]
+
+        async def refused(*args, **kwargs):
+            raise error
+
+        async def deployment_active(conn, deployment_id):  # the looks read: a standby answers them
+            return made.store.deployments[deployment_id]["active"]
+
+        if refusal == "too_many_connections":
+            made.store.pipeline = refused
+        else:
+            made.store.deactivate, made.store.deployment_active = refused, deployment_active
+        with pytest.raises(Unavailable) as unavailable:
+            await handlers.undeploy(made.deps, ALICE, "t", PIPELINE, 5)
+        assert unavailable.value.status == 503 and type(error).__name__ in unavailable.value.msg
+        assert "was not made" in unavailable.value.msg
+        assert made.store.deployments[5]["active"] and made.backend.sets == {"a-5": serving}
+        assert not made.deps.pipeline_lock(PIPELINE).locked()
+        assert any(type(error).__name__ in record.getMessage() for record in caplog.records)
+
+    asyncio.run(scenario(world))
+
+
 @pytest.mark.parametrize("commit", ["lost", "refused"])
 def test_a_redeploy_identical_to_what_serves_is_read_by_its_own_activation(crash, commit):
     """A redeploy identical to what serves (same version, deploy_id, config and spec), whose record raises: the row
