@@ -180,6 +180,7 @@ class Replica:
         self.steps: list[Step] = []
         self.shadow_queue: asyncio.Queue = asyncio.Queue(maxsize=10_000)
         self.shadow_current: tuple[InferenceRecord, list] | None = None
+        self.shadows_stopped = False  # set by drain_shadows: the shadow worker takes no other record
         self.stop = asyncio.Event()
         self.cache_dir = settings.stack.data_dir.expanduser().resolve() / "engine-cache"
         self.work_dir = settings.stack.data_dir.expanduser().resolve() / "engine-work" / self.name
@@ -394,7 +395,7 @@ class Replica:
     async def run_shadows(self) -> None:
         """Challengers run after the champion answered, one request at a time (handlers.run_challengers, as on
         the inline path); a failing or slow challenger only loses its own columns in that request's record."""
-        while True:
+        while not self.shadows_stopped:
             record, shadows = self.shadow_current = await self.shadow_queue.get()
             await handlers.run_challengers(shadows, record.shadows, self.name)
             self.shadow_current = None
@@ -409,6 +410,11 @@ class Replica:
         except TimeoutError:
             log.warning("stopping: %d records of %s are logged without their challengers", self.shadow_queue.qsize()
                         + (self.shadow_current is not None), self.name)
+        # the worker takes no other record even when the cancel does not reach it: a challenger whose thread ends as
+        # the cancel comes makes Python 3.11's wait_for (run_challengers) return its result, not raise (bpo-42130),
+        # and the worker went on through the queue, this wait with it, until the deployer killed the replica (20 s)
+        # with every record not yet published
+        self.shadows_stopped = True
         worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await worker
