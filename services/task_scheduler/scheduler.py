@@ -357,11 +357,16 @@ class Scheduler:
             cpu_seconds=deps.settings.run_cpu_seconds, disk_bytes=deps.settings.run_disk_mb << 20,
             disk_files=deps.settings.run_disk_files)
         seq = 0
+        refused = False
 
         async def sink(lines: list[Any]) -> None:
-            nonlocal seq
-            await store.append_logs(deps.pool, row["id"], seq, lines)
+            nonlocal seq, refused
+            stored = await store.append_logs(deps.pool, row["id"], seq, lines)
             seq += len(lines)
+            if stored < len(lines) and not refused:  # its run ended (declared lost) more than LATE_LINES ago
+                refused = True
+                log.info("run %s ended more than %.0f s ago (declared lost while this process was away): its later"
+                         " lines are not stored", row["id"], store.LATE_LINES)
 
         writer = runner.LogWriter(sink=sink, max_bytes=deps.settings.max_log_bytes)
         try:

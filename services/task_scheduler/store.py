@@ -327,11 +327,31 @@ async def runs_of(pool: asyncpg.Pool, task_id: uuid.UUID, status: str | None, li
         *(after or (None, None)), limit)
 
 
+LATE_LINES = 1.0
+"""Seconds after a run ended (`finished_at`) during which lines of it are still stored. Its own supervisor writes its
+last lines before it records the end; only a supervisor whose run was declared lost meanwhile (fail_lost_runs: it was
+paused, or cut off from PostgreSQL, past SUPERVISOR_LOST_AFTER) writes after it, and goes on while its process runs.
+Lines stored later than this would reach nobody as part of the run: `railyard tasks logs --follow` and the UI's
+follower stop once two reads a second apart of a failed run bring no new line (at least 1 s after they saw it end),
+and a finished run's log is complete for every other reader (its last page answers no `next_cursor`). So a log is
+final LATE_LINES after its run's end: lines arriving later are refused (docs/orchestrations.md, "Logs")."""
+
+
 async def append_logs(pool: asyncpg.Pool, run_id: uuid.UUID, first_seq: int,
-                      lines: list[tuple[datetime, str, bool, str]]) -> None:
-    await pool.executemany(
-        "INSERT INTO run_logs (run_id, seq, at, stream, partial, line) VALUES ($1, $2, $3, $4, $5, $6)",
-        [(run_id, first_seq + i, at, stream, partial, line) for i, (at, stream, partial, line) in enumerate(lines)])
+                      lines: list[tuple[datetime, str, bool, str]]) -> int:
+    """Store the run's `lines` from sequence number `first_seq` on; how many were stored: all of them while the run is
+    queued or running or ended at most LATE_LINES ago, none once it ended before (checked in the same statement)."""
+    if not lines:
+        return 0
+    ats, streams, partials, texts = (list(column) for column in zip(*lines, strict=True))
+    return await pool.fetchval(
+        "WITH added AS (INSERT INTO run_logs (run_id, seq, at, stream, partial, line)"
+        " SELECT $1, $2 + l.i::integer - 1, l.at, l.stream, l.partial, l.line"
+        " FROM unnest($3::timestamptz[], $4::text[], $5::boolean[], $6::text[]) WITH ORDINALITY"
+        " AS l(at, stream, partial, line, i)"
+        " WHERE EXISTS (SELECT 1 FROM runs WHERE id = $1 AND (status IN ('queued', 'running')"
+        " OR finished_at > now() - make_interval(secs => $7))) RETURNING 1)"
+        " SELECT count(*)::integer FROM added", run_id, first_seq, ats, streams, partials, texts, LATE_LINES)
 
 
 async def logs_from(pool: asyncpg.Pool, run_id: uuid.UUID, first_seq: int, limit: int | None) -> list[asyncpg.Record]:

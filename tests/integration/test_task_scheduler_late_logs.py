@@ -1,0 +1,87 @@
+"""A task run's log is final LATE_LINES after the run ended (services/task_scheduler/store.py append_logs;
+docs/orchestrations.md, "Logs"). A supervisor whose run was declared lost while it was paused wakes and goes on
+writing its process's lines: stored just after the loss (a follower that saw the run fail still reads them), refused
+once the run ended longer ago than that, when every follower has stopped and every reader takes the log as complete.
+Before, append_logs stored a run's lines whatever its status, for as long as the woken process ran.
+
+On the task scheduler's migrations in a schema of this test's on the stack's PostgreSQL; the loss is fail_lost_runs'
+own."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from services.task_scheduler import store
+from tests.integration.conftest import service_schema
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "task_scheduler" / "migrations"
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+async def scheduler_schema(stack):
+    async with service_schema(stack, "task_scheduler_late_logs", MIGRATIONS) as pool:
+        yield pool
+
+
+async def a_run(pool, status: str = "running") -> uuid.UUID:
+    """A run of a run-once task of its own, supervised by 'supervisor-a' (its heartbeat a minute old)."""
+    orch_id, task_id, run_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await pool.execute("INSERT INTO orchestrations (id, workspace_id, sha, file_name, entrypoint, packaging_id,"
+                       " owner_id, status) VALUES ($1, 1, 'sha', 'o.zip', 'main.py', $2, 'owner', 'ready')", orch_id,
+                       uuid.uuid4())
+    await pool.execute("INSERT INTO tasks (id, workspace_id, orch_id, orch_sha, owner_id, args, timeout_seconds) VALUES"
+                       " ($1, 1, $2, 'sha', 'owner', $3, 60)", task_id, orch_id, json.dumps({}))
+    await pool.execute("INSERT INTO runs (id, task_id, workspace_id, status, supervisor, heartbeat_at, started_at)"
+                       " VALUES ($1, $2, 1, $3, 'supervisor-a', now() - interval '1 minute', now() - interval '2"
+                       " minutes')", run_id, task_id, status)
+    return run_id
+
+
+def lines(*texts: str) -> list[tuple[datetime, str, bool, str]]:
+    return [(datetime.now(UTC), "stdout", False, text) for text in texts]
+
+
+async def stored(pool, run_id: uuid.UUID) -> list[str]:
+    return [row["line"] for row in await store.logs(pool, run_id, None)]
+
+
+async def test_a_lost_run_s_supervisor_writing_after_its_end_is_stored_only_just_after_it(scheduler_schema):
+    pool = scheduler_schema
+    run_id = await a_run(pool)
+    assert await store.append_logs(pool, run_id, 0, lines("one", "two")) == 2  # while it runs
+    async with pool.acquire() as conn:
+        lost = await store.fail_lost_runs(conn, 30.0)  # its supervisor paused: declared lost, failed
+    assert [row["id"] for row in lost] == [run_id]
+
+    # the supervisor wakes at once: its last batch is stored (a follower that saw the failure reads it)
+    assert await store.append_logs(pool, run_id, 2, lines("three")) == 1
+    # ... and much later (its process still running): refused, nothing stored
+    await pool.execute("UPDATE runs SET finished_at = now() - make_interval(secs => $2) WHERE id = $1", run_id,
+                       store.LATE_LINES + 1)
+    assert await store.append_logs(pool, run_id, 3, lines("four", "five")) == 0  # was stored
+    assert await stored(pool, run_id) == ["one", "two", "three"]
+    assert await pool.fetchval("SELECT status FROM runs WHERE id = $1", run_id) == "failure"
+
+
+@pytest.mark.parametrize("status", ["queued", "running", "success", "failure"])
+async def test_lines_are_stored_until_the_run_ended_late_lines_ago(scheduler_schema, status):
+    """Whatever the end: a run not ended takes its lines; one ended (success or failure) longer than LATE_LINES ago
+    takes none, one ended just now takes them."""
+    pool = scheduler_schema
+    run_id = await a_run(pool, status)
+    ended = status in ("success", "failure")
+    if ended:
+        await pool.execute("UPDATE runs SET finished_at = now() WHERE id = $1", run_id)
+    assert await store.append_logs(pool, run_id, 0, lines("a")) == 1
+    if ended:
+        await pool.execute("UPDATE runs SET finished_at = now() - make_interval(secs => $2) WHERE id = $1", run_id,
+                           store.LATE_LINES + 1)
+    assert await store.append_logs(pool, run_id, 1, lines("b")) == (0 if ended else 1)
+    assert await stored(pool, run_id) == (["a"] if ended else ["a", "b"])
+    assert await store.append_logs(pool, run_id, 2, []) == 0
