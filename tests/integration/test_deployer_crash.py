@@ -20,10 +20,13 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from services.deployer import handlers, store
-from shared.db import create_pool
+from shared.db import create_pool, load_migrations, migrate
 from shared.errors import Unavailable
 from shared.messages.engine import ReplicaDeployment, ReplicaSpec, ReplicaStep
+from tests.integration import conftest
 from tests.integration.conftest import service_schema
+from tests.integration.test_deployer_list_queries import WORKSPACE as LISTED
+from tests.integration.test_deployer_list_queries import make_pipeline
 from tests.unit.deployer_world import ALICE
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -311,3 +314,37 @@ async def test_a_look_at_a_failed_commit_gives_up_on_a_database_that_stopped_ans
             assert await asyncio.wait_for(handlers._recorded(deps, pipeline_id, deployment_id, "a-1", made, error),
                                           10) is False  # owes its deployed event: not a committed record
             assert await asyncio.wait_for(handlers._deactivated(deps, deployment_id, "a-1", error), 10) is False
+
+
+async def test_a_deployment_activated_before_migration_009_is_not_taken_for_a_later_activation(stack, monkeypatch):
+    """Migration 009 on a database with a deployment that serves (activated by the deployer before it: `activation`
+    NULL). After the upgrade, a redeploy whose record was refused (the row as it was) does not read as committed, a
+    failed first deploy's late clean-up (store.deactivate with an activation) leaves the row as it is, a redeploy's
+    record that was committed reads as committed, and an undeploy (no activation) deactivates it."""
+    migrations = load_migrations(Path("services/deployer/migrations"))
+    monkeypatch.setattr(conftest, "load_migrations", lambda directory: [m for m in migrations if m.version < 9])
+    async with service_schema(stack, "deployer009", Path("services/deployer/migrations")) as pool:
+        await make_pipeline(pool, "old", 1, deployed=1)
+        await pool.execute("UPDATE deployments SET deployed_pending = false")  # it served, its event written
+        schema = await pool.fetchval("SELECT current_schema()")
+        monkeypatch.undo()
+        assert await migrate(stack.settings().postgres, schema, migrations) == [
+            m.version for m in migrations if m.version >= 9]  # the upgrade
+        row = await pool.fetchrow("SELECT id, pipeline_id, pipeline_version_id, activation FROM deployments")
+        assert row["activation"] is None
+        deps = handlers.DeployerDeps(pool=pool, broker=None, backend=None, membership=lambda token: None,
+                                     public_url="http://x", timeout=5)
+        name, error = f"old-{row['id']}", ConnectionResetError("the answer to COMMIT was lost")
+        assert not await handlers._recorded(deps, row["pipeline_id"], row["id"], name, uuid.uuid4(), error)
+        assert not await store.deactivate(pool, row["id"], activation=uuid.uuid4())
+        assert (await store.deployment(pool, row["id"]))["active"]
+        made = uuid.uuid4()
+        async with pool.acquire() as conn, conn.transaction():
+            existing = await store.pipeline_deployment(conn, row["pipeline_id"])
+            await store.activate_deployment(conn, existing, row["pipeline_id"], row["pipeline_version_id"], "old",
+                                            {"replica_count": 1}, {"steps": []}, activation=made)
+            await store.record_deployed(conn, handlers.deployed_event(row["id"], name, row["pipeline_id"], LISTED,
+                                                                      uuid.uuid4(), "old"))
+        assert await handlers._recorded(deps, row["pipeline_id"], row["id"], name, made, error)
+        assert await store.deactivate(pool, row["id"])
+        assert not (await store.deployment(pool, row["id"]))["active"]
