@@ -21,8 +21,10 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -35,7 +37,8 @@ from bench.peers.harness import ccfraud_stack, cmdline, descendants, rss_mib
 
 TICK = os.sysconf("SC_CLK_TCK")
 SPY_DIR = Path(__file__).resolve().parent.parent / "build" / "spy"
-PY_SPY = os.environ.get("PY_SPY", "py-spy")  # --spy: sampled stacks to build/spy/<role>-<form>.txt
+# --spy: sampled stacks to build/spy/<role>-<form>.txt; py-spy from PATH, else the venv's (beside this interpreter)
+PY_SPY = os.environ.get("PY_SPY") or shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
 
 
 def _role(pid: int) -> str:

@@ -94,6 +94,15 @@ if b"services.gateway" in _CMDLINE and os.environ.get("RAILYARD_BENCH_METER"):
         _wrap(coalesce, "to_ipc_stream", "Arrow IPC write (to the engine)")
         _wrap(coalesce, "from_ipc", "Arrow IPC read (the answer)")
         _wrap(httptools_impl.HttpToolsProtocol, "data_received", "uvicorn feeding httptools")
+        _wrap_async(httptools_impl.RequestResponseCycle, "send", "uvicorn send (the answer's head and body)")
+        _wrap(inference, "_read_body", "records / Arrow body read into a table")
+        _wrap(inference, "to_ipc_stream", "Arrow answer write (stream)")
+        _wrap(inference, "to_ipc_file", "Arrow answer write (file)")
+        _wrap_async(inference.RouteCache, "reach", "route and membership")
+        _wrap_async(inference.RouteCache, "ask", "ask (all of the engine hop on the request's task)")
+        import nats.protocol.parser as nats_parser
+
+        _wrap_async(nats_parser.Parser, "parse", "nats-py parser (answers read)")
 
     threading.Thread(target=_patch, daemon=True).start()
 

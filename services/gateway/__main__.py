@@ -8,6 +8,12 @@ import os
 # it; an operator's own value wins. The log store and the engine's replicas run the same.
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
+from shared.heap import keep_heap  # noqa: E402
+
+# a request's blocks from the heap the last one used, not faulted in again: a 1,000-row records request's ~200 page
+# faults in the gateway -> ~0 (shared/heap.py, docs/performance.md item 62)
+keep_heap()
+
 from shared.lean_imports import decline_unused  # noqa: E402
 
 decline_unused(serves_http=True)  # first: before anything imports nats or faststream (shared/lean_imports.py)

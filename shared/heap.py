@@ -1,0 +1,37 @@
+"""A process's glibc heap kept for its next large blocks instead of given back after each use.
+
+glibc serves a block from the heap once a block of its size was freed (its dynamic mmap threshold), but gives the
+heap's free top back to the system (`brk`) whenever it exceeds twice the largest block freed so far: the gateway,
+which takes and frees a few MB for every 1,000-row records request (the 570 KB body, simdjson's document, the
+echo's print, the 830 KB answer; four connections four times that), had them faulted in again every request, ~150-200
+minor page faults (~1 ms of first touch a MiB on this VM, docs/performance.md items 34 and 62). `keep_heap` serves
+blocks up to `mmap_threshold` from the heap and keeps up to `trim_threshold` of its free top: the process may hold
+that much more RSS after a burst (none before its first large block, so the idle stack's figure does not move).
+An operator's own `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` or `GLIBC_TUNABLES` malloc settings win; not
+glibc (musl): nothing to do. The engine's replicas do not call it: their page faults are not the heap's trim (item
+63), and their memory right after a load is a target of its own (items 30-31, 37)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Mapping
+
+M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 8 << 20
+TRIM_THRESHOLD = 32 << 20
+
+
+def keep_heap(environ: Mapping[str, str] = os.environ, mmap_threshold: int = MMAP_THRESHOLD,
+              trim_threshold: int = TRIM_THRESHOLD) -> bool:
+    """Set the thresholds (see the module docstring); True when they were set."""
+    if any(name in environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")) or \
+            "malloc" in environ.get("GLIBC_TUNABLES", ""):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
