@@ -140,6 +140,14 @@ def undeploy_all(stack, account: Account) -> None:
                  {"pipeline_id": pipeline["id"], "deployment_id": pipeline["deployment"]["id"]})
 
 
+@pytest.fixture(scope="session")
+def ui_chromium():
+    """The test process's headless Chromium, which each UI module takes fresh (tests/integration/ui_browser.py)."""
+    from tests.integration import ui_browser
+
+    yield from ui_browser.chromium()
+
+
 @pytest.fixture
 def alice(stack, admin) -> Account:
     account = make_account(stack, admin, "alice")

@@ -6,6 +6,7 @@ whole module without a browser, and so skipped their API tests too (tests/unit/t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -31,7 +32,7 @@ if MISSING is None and not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRI
                "chromium-driver; `make test` installs them when run as root)")
 
 if MISSING is None:
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import TimeoutException, WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
@@ -43,27 +44,75 @@ def require_browser() -> None:
         pytest.fail(f"{MISSING}; RAILYARD_TEST_REQUIRE_BROWSER=1 makes that a failure, not a skip", pytrace=False)
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """One headless Chromium for the module; without one, the test is skipped (failed with REQUIRE_BROWSER)."""
+class Chromium:
+    """The test process's one headless Chromium (tests/integration/conftest.py's `ui_chromium`): ten files each
+    launched and quit their own, 1.5-2 s a module at load 11 (a launch 5.3 s at load 18, 12.6 s the first time)."""
+
+    def __init__(self) -> None:
+        self.profile = tempfile.mkdtemp(prefix="railyard-ui-chromium-")
+        self.driver = None
+
+    def launch(self):
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--window-size=1280,900", f"--user-data-dir={self.profile}"):
+            options.add_argument(flag)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        self.driver = webdriver.Chrome(options=options,
+                                       service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+        self.driver.set_page_load_timeout(WAIT)
+        return self.driver
+
+    def fresh(self, origin: str):
+        """The browser as a module's own new one would be: a new tab (sessionStorage is a tab's), no cookies, no
+        cached responses, nothing stored for `origin` (the stack's: local storage, IndexedDB, caches). Launched
+        again if an earlier module left it unusable."""
+        if self.driver is None:
+            return self.launch()
+        try:
+            old = self.driver.current_window_handle
+            self.driver.switch_to.new_window("tab")
+            new = self.driver.current_window_handle
+            self.driver.switch_to.window(old)
+            self.driver.close()
+            self.driver.switch_to.window(new)
+            self.driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
+            self.driver.execute_cdp_cmd("Network.clearBrowserCache", {})
+            self.driver.execute_cdp_cmd("Storage.clearDataForOrigin", {"origin": origin, "storageTypes": "all"})
+            self.driver.get_log("browser")  # an earlier module's console messages are not this one's
+        except WebDriverException:
+            self.quit()
+            self.profile = tempfile.mkdtemp(prefix="railyard-ui-chromium-")
+            return self.launch()
+        return self.driver
+
+    def quit(self) -> None:
+        if self.driver is not None:
+            with contextlib.suppress(WebDriverException):
+                self.driver.quit()
+            self.driver = None
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+def chromium():
+    """For conftest's session fixture: the process's Chromium (launched by the first module that takes `browser`);
+    without a browser, the test taking it is skipped (failed with REQUIRE_BROWSER)."""
     if MISSING and not REQUIRE_BROWSER:
         pytest.skip(MISSING)
     require_browser()
-    profile = tempfile.mkdtemp(prefix="railyard-ui-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1280,900", f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(WAIT)
+    shared = Chromium()
     try:
-        yield driver
+        yield shared
     finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+        shared.quit()
+
+
+@pytest.fixture(scope="module")
+def browser(ui_chromium, stack):
+    """A headless Chromium for the module: the test process's one, fresh for each module (Chromium.fresh)."""
+    return ui_chromium.fresh(stack.base_url)
 
 
 def shown(driver) -> str:
