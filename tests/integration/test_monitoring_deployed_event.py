@@ -25,6 +25,7 @@ from shared import subjects
 from shared.messages.deployer import PipelineDeployed
 from tests.integration.bus_events import stream_events
 from tests.integration.conftest import service_schema
+from tests.integration.test_continuous_drift import second_monitoring
 from tests.integration.test_continuous_swap_once import (
     CHALLENGER,
     CHAMPION,
@@ -179,12 +180,12 @@ async def consumer_handled(stack, seq: int, within: float = 30.0) -> None:
         await nc.close()
 
 
-async def test_the_running_service_records_a_given_up_delivery_from_the_deployer_s_event(stack):
+async def test_the_running_service_records_a_given_up_delivery_from_the_deployer_s_event(stack, tmp_path):
     """On the real stack: a DEPLOY_AUTO delivery failed by its give-up (and its one more look), the pipeline version
     its last deploy carried in sent_deploys, as the service leaves them, in the service's own schema. The deployer's
-    events.pipeline.deployed naming that version, put on EVENTS three times (no Nats-Msg-Id: copies the consumer is
-    handed as a redelivery), and one naming a version monitoring did not send, reach the running monitoring
-    service's durable consumer: the delivery is recorded deployed once, its model_swapped published once."""
+    events.pipeline.deployed naming that version, put on EVENTS eight times at once (no Nats-Msg-Id: copies the
+    consumer is handed as redeliveries) while a second monitoring process shares the durable consumer, and one naming
+    a version monitoring did not send: the delivery is recorded deployed once, its model_swapped published once."""
     deployment_id = random.randint(10**8, 2 * 10**8)  # a deployment of this test's alone
     workspace_id = random.randint(10**8, 2 * 10**8)
     training_id, version = uuid.uuid4(), str(uuid.uuid4())
@@ -206,15 +207,19 @@ async def test_the_running_service_records_a_given_up_delivery_from_the_deployer
         nc = await nats_client.connect(stack.settings().nats.url)
         try:
             js = nc.jetstream()
-            sequences = []
-            for event in (deployed(str(uuid.uuid4()), workspace_id, deployment_id),  # not monitoring's deploy
-                          *(deployed(version, workspace_id, deployment_id) for _ in range(3))):
+
+            async def send(event: PipelineDeployed) -> int:
                 ack = await js.publish(subjects.EVENT_PIPELINE_DEPLOYED, event.model_dump_json().encode(),
                                        stream=subjects.EVENTS_STREAM)
-                sequences.append(ack.seq)
+                return ack.seq
+
+            with second_monitoring(stack, tmp_path):  # both processes pull from the durable
+                sequences = [await send(deployed(str(uuid.uuid4()), workspace_id, deployment_id))]  # not monitoring's
+                sequences += await asyncio.gather(*(send(deployed(version, workspace_id, deployment_id))
+                                                    for _ in range(8)))
+                await consumer_handled(stack, max(sequences))
         finally:
             await nc.close()
-        await consumer_handled(stack, max(sequences))
 
         row = await conn.fetchrow("SELECT outcome, reason, delivered_at FROM monitoring.trainings WHERE id = $1",
                                   training_id)
