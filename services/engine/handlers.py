@@ -64,12 +64,15 @@ async def run_challengers(shadows: list, outputs: dict[str, pa.Table], deploymen
     """Run the challengers of one request, one after the other, each output going into `outputs` as soon as it is
     there (a run cancelled half-way keeps those done): the elapsed ns by challenger name. A failing or slow
     (SHADOW_TIMEOUT) challenger is logged and left out. Both paths use it: before the answer (inline, below) and
-    after it (the replica's shadow queue)."""
+    after it (the replica's shadow queue). A cancel always ends it: bounded by asyncio.timeout, not wait_for, which on
+    Python 3.11 returns the thread's result instead of raising CancelledError when the thread ends as the cancel
+    comes (bpo-42130), and the next challengers ran (up to SHADOW_TIMEOUT each) in a stopping replica."""
     elapsed: dict[str, int] = {}
     for name, runtime, shadow_input in shadows:
         started = time.perf_counter_ns()
         try:
-            outputs[name] = await asyncio.wait_for(asyncio.to_thread(runtime.predict, shadow_input), SHADOW_TIMEOUT)
+            async with asyncio.timeout(SHADOW_TIMEOUT):
+                outputs[name] = await asyncio.to_thread(runtime.predict, shadow_input)
             elapsed[name] = time.perf_counter_ns() - started
         except Exception as exc:
             log.warning("challenger %s of %s failed: %s", name, deployment, exc)

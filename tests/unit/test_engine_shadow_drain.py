@@ -57,3 +57,47 @@ def test_a_stop_the_finishing_challenger_swallows_still_logs_every_record_once(t
     assert sorted(record.at_ms for record in logged) == list(range(QUEUED))  # each once, none lost
     with_challenger = [record.at_ms for record in logged if record.shadows]
     assert 1 <= len(with_challenger) < 10 and with_challenger == list(range(len(with_challenger)))
+
+
+class Named:
+    """A challenger that says when it ran."""
+
+    def __init__(self, name: str, ran: list[str]) -> None:
+        self.name, self.ran = name, ran
+
+    def predict(self, table: pa.Table) -> pa.Table:
+        self.ran.append(self.name)
+        return table
+
+
+def test_a_cancel_that_comes_as_a_challengers_thread_ends_ends_the_run(monkeypatch):
+    """handlers.run_challengers itself: the first challenger's thread hands its result to the loop in the step the
+    stop's cancel comes in. On Python 3.11 asyncio.wait_for returned that result instead of raising CancelledError
+    (bpo-42130): the cancel was lost and the next challenger ran (up to SHADOW_TIMEOUT each, in a stopping replica or
+    a cancelled request); under asyncio.timeout the cancel ends the run."""
+    table = pa.table({"x": pa.array([1.0])})
+    ran: list[str] = []
+
+    async def scenario() -> asyncio.Task:
+        loop = asyncio.get_running_loop()
+        cancels: list[asyncio.Task] = []
+
+        async def thread_done_as_the_cancel_comes(func, *args):
+            result = func(*args)
+            answered = loop.create_future()
+            loop.call_soon(answered.set_result, result)  # the thread's result, handed back to the loop ...
+            if not cancels:  # ... and, once, the stop's cancel in the same step
+                cancels.append(run)
+                loop.call_soon(run.cancel)
+            return await answered
+
+        monkeypatch.setattr(handlers.asyncio, "to_thread", thread_done_as_the_cancel_comes)
+        outputs: dict[str, pa.Table] = {}
+        run = asyncio.create_task(handlers.run_challengers(
+            [("first", Named("first", ran), table), ("second", Named("second", ran), table)], outputs, "d"))
+        await asyncio.wait({run}, timeout=3.0)
+        return run
+
+    run = asyncio.run(scenario())
+    assert run.done() and run.cancelled(), f"the cancel was lost: challengers {ran} ran"
+    assert ran == ["first"]
