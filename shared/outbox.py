@@ -247,7 +247,10 @@ class Outbox:
                 log.exception("the %s outbox failed a round", self.what)
             wait = self.retry if failed or self.retry_soon else max(self.retry, IDLE)
             try:
-                await asyncio.wait_for(self.woken.wait(), wait)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns when the loop is woken in the step
+                # `stop`'s cancel comes (bpo-42130), and the cancel was lost: the loop went on, the stop waited for it
+                async with asyncio.timeout(wait):
+                    await self.woken.wait()
                 quiet = False
             except TimeoutError:
                 quiet = wait >= IDLE

@@ -50,6 +50,41 @@ def test_stop_cancels_the_loop_and_sends_what_is_unsent(monkeypatch):
     assert rows.rows == {}
 
 
+def test_a_stop_that_comes_as_the_loop_is_woken_still_ends_it(monkeypatch):
+    """A commit wakes the loop and the service's stop comes in the same step of the event loop (its last command
+    answered, then the stop; or `_round_later`'s timer firing then). The loop waited with asyncio.wait_for, which on
+    Python 3.11 returns when its wait ends as the cancel comes (bpo-42130): the cancel was lost, the loop went on
+    (next round in IDLE, 60 s) and the stop waited for it until the service was killed."""
+    monkeypatch.setattr(outbox_module, "IDLE", 60.0)
+    rows = ReadRows()
+    sent: list[str] = []
+
+    async def publish(subject: str, event: Any) -> None:
+        sent.append(event.action)
+
+    async def scenario() -> asyncio.Task:
+        box = Outbox(Pool(), publish, event_types=store.EVENT_TYPES, order_field=store.ORDER_FIELDS,
+                     what="registry events", retry=0.05, rows=rows)
+        task = asyncio.create_task(box.run())
+        await rows.read.wait()  # its round at start read an empty table
+        for _ in range(100):  # a few steps of the loop: until it waits for its next round
+            if box.woken._waiters:
+                break
+            await asyncio.sleep(0)
+        assert box.woken._waiters, "the loop does not wait for a wake-up"
+        rows.add("created")
+        box.wake()  # committed: the loop is woken ...
+        stopping = asyncio.create_task(box.stop(task))  # ... and the stop cancels it in the same step
+        await asyncio.wait({stopping}, timeout=3.0)
+        assert stopping.done(), f"the stop still waits for the sending loop after 3 s (sent: {sent})"
+        return task
+
+    task = asyncio.run(scenario())
+    assert task.cancelled()
+    assert sent == ["created"]
+    assert rows.rows == {}
+
+
 def test_stop_gives_up_on_a_bus_that_does_not_answer(monkeypatch):
     rows = SharedRows()
     rows.add("created")
