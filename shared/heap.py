@@ -7,7 +7,7 @@ echo's print, the 830 KB answer; four connections four times that), had them fau
 minor page faults (~1 ms of first touch a MiB on this VM, docs/performance.md items 34 and 62). `keep_heap` serves
 blocks up to `mmap_threshold` from the heap and keeps up to `trim_threshold` of its free top: the process may hold
 that much more RSS after a burst (none before its first large block, so the idle stack's figure does not move).
-An operator's own `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` or `GLIBC_TUNABLES` malloc settings win; not
+An operator's own thresholds (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` or their `GLIBC_TUNABLES`) win; not
 glibc (musl): nothing to do. The engine's replicas do not call it: their page faults are not the heap's trim (item
 63), and their memory right after a load is a target of its own (items 30-31, 37)."""
 
@@ -23,11 +23,21 @@ MMAP_THRESHOLD = 8 << 20
 TRIM_THRESHOLD = 32 << 20
 
 
+# an operator's thresholds: glibc's environment variables and their tunables
+THRESHOLD_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+THRESHOLD_TUNABLES = ("glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold")
+
+
+def tunables(environ: Mapping[str, str]) -> set[str]:
+    """The names GLIBC_TUNABLES sets: `name=value` pairs separated by colons."""
+    return {item.split("=", 1)[0].strip() for item in environ.get("GLIBC_TUNABLES", "").split(":") if "=" in item}
+
+
 def keep_heap(environ: Mapping[str, str] = os.environ, mmap_threshold: int = MMAP_THRESHOLD,
               trim_threshold: int = TRIM_THRESHOLD) -> bool:
-    """Set the thresholds (see the module docstring); True when they were set."""
-    if any(name in environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")) or \
-            "malloc" in environ.get("GLIBC_TUNABLES", ""):
+    """Set the thresholds (see the module docstring); True when they were set. An operator's own threshold (either)
+    leaves both to glibc and to them; other malloc settings (glibc.malloc.arena_max, tcache_count, ...) do not."""
+    if any(name in environ for name in THRESHOLD_VARIABLES) or tunables(environ) & set(THRESHOLD_TUNABLES):
         return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt

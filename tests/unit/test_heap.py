@@ -3,6 +3,7 @@ taken again is not faulted in again each time, as glibc's dynamic thresholds had
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 import sys
@@ -56,3 +57,19 @@ def test_an_operators_own_settings_win() -> None:
     assert not keep_heap({"MALLOC_TRIM_THRESHOLD_": "1048576"})
     assert not keep_heap({"MALLOC_MMAP_THRESHOLD_": "131072"})
     assert not keep_heap({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1048576"})
+    assert not keep_heap({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=131072"})
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's mallopt")
+@pytest.mark.parametrize("environ", [
+    {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},  # a container's usual setting, as MALLOC_ARENA_MAX=2 is
+    {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0:glibc.malloc.hugetlb=1", "MALLOC_ARENA_MAX": "2"},
+    {"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F:glibc.mem.tagging=0"},
+], ids=["arena_max", "tcache_hugetlb_and_arena_variable", "not_malloc"])
+def test_an_operators_other_malloc_settings_leave_the_thresholds_to_keep_heap(environ: dict[str, str]) -> None:
+    # in a process of its own: keep_heap sets the thresholds of the process it runs in
+    done = subprocess.run([sys.executable, "-c", "import json, sys; from shared.heap import keep_heap; "
+                           "print(keep_heap(json.loads(sys.argv[1])))", json.dumps(environ)],
+                          capture_output=True, text=True, timeout=60, check=True, env={"PYTHONPATH": str(ROOT)},
+                          cwd=ROOT)
+    assert done.stdout.split()[-1] == "True"
