@@ -363,10 +363,15 @@ class Ingestor:
                 delay = min(delay * 2, 5.0)
 
     async def stores_answer(self) -> bool:
-        """Whether PostgreSQL and object storage answer now (a failing batch is then the batch's fault)."""
+        """Whether PostgreSQL and object storage answer now (a failing batch is then the batch's fault). Bounded with
+        asyncio.timeout, not wait_for: on Python 3.11 wait_for gives the probe's answer (an error: the stores away)
+        instead of CancelledError when it comes in the step the stop's cancel does (bpo-42130), and the retry loop
+        went on while the stores were away, the stop waiting for it until the service was killed."""
         try:
-            await asyncio.wait_for(self.deps.pool.fetchval("SELECT 1"), 5.0)
-            await asyncio.wait_for(self.deps.objects.put_bytes(BUCKET_LOGS, QUARANTINE_PREFIX + "probe", b""), 5.0)
+            async with asyncio.timeout(5.0):
+                await self.deps.pool.fetchval("SELECT 1")
+            async with asyncio.timeout(5.0):
+                await self.deps.objects.put_bytes(BUCKET_LOGS, QUARANTINE_PREFIX + "probe", b"")
             return True
         except Exception:
             return False
