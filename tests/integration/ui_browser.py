@@ -32,6 +32,7 @@ if MISSING is None and not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRI
                "chromium-driver; `make test` installs them when run as root)")
 
 if MISSING is None:
+    import urllib3
     from selenium.common.exceptions import TimeoutException, WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -72,25 +73,30 @@ class Chromium:
         if self.driver is None:
             return self.launch()
         try:
-            old = self.driver.current_window_handle
-            self.driver.switch_to.new_window("tab")
-            new = self.driver.current_window_handle
-            self.driver.switch_to.window(old)
-            self.driver.close()
-            self.driver.switch_to.window(new)
+            self.one_blank_tab()
             self.driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
             self.driver.execute_cdp_cmd("Network.clearBrowserCache", {})
             self.driver.execute_cdp_cmd("Storage.clearDataForOrigin", {"origin": origin, "storageTypes": "all"})
             self.driver.get_log("browser")  # an earlier module's console messages are not this one's
-        except WebDriverException:
+        except (WebDriverException, urllib3.exceptions.HTTPError, OSError):  # a chromedriver gone: urllib3's errors
             self.quit()
             self.profile = tempfile.mkdtemp(prefix="railyard-ui-chromium-")
             return self.launch()
         return self.driver
 
+    def one_blank_tab(self) -> None:
+        """A new tab, every other closed: the module's own and any window it opened, whose pages stop."""
+        self.driver.switch_to.new_window("tab")
+        new = self.driver.current_window_handle
+        for handle in self.driver.window_handles:
+            if handle != new:
+                self.driver.switch_to.window(handle)
+                self.driver.close()
+        self.driver.switch_to.window(new)
+
     def quit(self) -> None:
         if self.driver is not None:
-            with contextlib.suppress(WebDriverException):
+            with contextlib.suppress(WebDriverException, urllib3.exceptions.HTTPError, OSError):
                 self.driver.quit()
             self.driver = None
         shutil.rmtree(self.profile, ignore_errors=True)
