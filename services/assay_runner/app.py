@@ -159,26 +159,32 @@ async def start(runtime: Runtime) -> None:
                          pipeline_of=pipeline_of, log_page=log_page, outbox=events,
                          reference_feature=reference_feature, log_progress=log_progress)
 
-    async def scheduler() -> None:
-        wait, first = settings.assays.tick, True
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(deps.scheduled.wait(), wait)
-            # the start's pass, and one after a long wait not asked for, close the connection they opened (shared/db.py)
-            quiet = (first or wait >= handlers.SCHEDULER_IDLE) and not deps.scheduled.is_set()
-            first = False
-            deps.scheduled.clear()
-            try:
-                async with background_pass(runtime.db) if quiet else contextlib.nullcontext():
-                    await handlers.run_due(deps)
-                    next_run = await store.next_due(runtime.db)
-                wait = handlers.scheduler_wait(next_run, datetime.now(UTC), settings.assays)
-            except Exception:
-                wait = settings.assays.tick
-                log.exception("the assay scheduler failed a pass")
+    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed,
+                          scheduler=asyncio.create_task(run_scheduler(deps)), outbox=asyncio.create_task(events.run()))
 
-    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, scheduler=asyncio.create_task(scheduler()),
-                          outbox=asyncio.create_task(events.run()))
+
+async def run_scheduler(deps: handlers.Deps) -> None:
+    """The scheduler's loop: a pass when woken (`deps.scheduled`: an assay created or changed here) or when the next
+    window is due (handlers.scheduler_wait); `stop` cancels it."""
+    wait, first = deps.settings.tick, True
+    while True:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns when the loop is woken in the step the stop's
+        # cancel comes (bpo-42130); the cancel was lost, the loop went on and the stop waited for it until a kill
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await deps.scheduled.wait()
+        # the start's pass, and one after a long wait not asked for, close the connection they opened (shared/db.py)
+        quiet = (first or wait >= handlers.SCHEDULER_IDLE) and not deps.scheduled.is_set()
+        first = False
+        deps.scheduled.clear()
+        try:
+            async with background_pass(deps.pool) if quiet else contextlib.nullcontext():
+                await handlers.run_due(deps)
+                next_run = await store.next_due(deps.pool)
+            wait = handlers.scheduler_wait(next_run, datetime.now(UTC), deps.settings)
+        except Exception:
+            wait = deps.settings.tick
+            log.exception("the assay scheduler failed a pass")
 
 
 async def stop(runtime: Runtime) -> None:
