@@ -2,7 +2,8 @@
 
 A pass of the loop:
 
-1. fails runs whose supervisor stopped beating (a killed or crashed process): `failure`, with the reason;
+1. fails runs whose supervisor stopped beating (a killed or crashed process; not its own, which it beats even
+   after a pause): `failure`, with the reason;
 2. turns due schedule points into runs. A task's row is locked (`FOR UPDATE SKIP LOCKED`) while its `next_fire`
    moves past now, and the run is inserted with `ON CONFLICT (task_id, scheduled_for) DO NOTHING` in the same
    transaction: a point makes exactly one run, whichever process sees it, across kills and restarts. When
@@ -220,7 +221,11 @@ class Scheduler:
     # --- 1. lost runs -------------------------------------------------------------------------------------------
 
     async def fail_lost(self, conn: asyncpg.Connection) -> None:
-        for row in await store.fail_lost_runs(conn, self.deps.settings.supervisor_lost_after):
+        # not this process's own runs, whose beats (the pass's step 4) may be older than supervisor_lost_after when it
+        # was paused (SIGSTOP, a suspended VM, a loop held up): it failed them as lost on waking, its live supervisors
+        # could no longer record their end, and their last lines were refused (store.LATE_LINES)
+        for row in await store.fail_lost_runs(conn, self.deps.settings.supervisor_lost_after, self.identity,
+                                              list(self.runs)):
             log.warning("run %s lost its supervisor %s: marked failed", row["id"], row["supervisor"])
             self.events_committed()
 

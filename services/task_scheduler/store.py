@@ -254,13 +254,18 @@ async def finish_run(pool: asyncpg.Pool, run_id: uuid.UUID, supervisor: str, sta
     return done is not None
 
 
-async def fail_lost_runs(conn: asyncpg.Connection, lost_after: float) -> list[asyncpg.Record]:
-    """Running runs whose supervisor stopped beating: failed, with the reason."""
+async def fail_lost_runs(conn: asyncpg.Connection, lost_after: float, supervisor: str | None = None,
+                         alive: list[uuid.UUID] | None = None) -> list[asyncpg.Record]:
+    """Running runs whose supervisor stopped beating: failed, with the reason. Not those of `supervisor` (the caller's
+    own identity) among `alive`, the runs it supervises right now: the process looking is that supervisor, alive,
+    though its beats may be older than `lost_after` (it was paused, its loop held up); it beats them next."""
     async with conn.transaction():
         rows = await conn.fetch(
             "UPDATE runs SET status = 'failure', reason = 'the task scheduler process supervising the run died (no "
             "heartbeat for ' || $1::text || ' s)', finished_at = now(), updated_at = now() "
-            "WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => $1) RETURNING *", lost_after)
+            "WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => $1) "
+            "AND NOT (supervisor IS NOT DISTINCT FROM $2 AND id = ANY($3::uuid[])) RETURNING *", lost_after,
+            supervisor, alive or [])
         if rows:
             await notify_work(conn)  # their places are free
         for run in rows:

@@ -1,0 +1,135 @@
+"""A task-scheduler process that was paused is alive: it does not take its own runs as lost (scheduler.py). A run
+declared lost is failed with "the task scheduler process supervising the run died", and since a run's log is final
+store.LATE_LINES after its end (docs/orchestrations.md, "Logs") its supervisor's later lines, the run's last words (a
+failed orchestration's traceback), are refused: so a healthy run must not be declared lost by the process
+supervising it.
+
+Real PostgreSQL (a schema of this file's), the service's loop, SQL and stop; only the run is a stand-in (it waits for
+`gate`, writes its last line through store.append_logs as the runner's sink does, and ends)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from services.task_scheduler import runner, store
+from services.task_scheduler.handlers import Deps
+from services.task_scheduler.scheduler import Scheduler
+from shared.settings import TaskSettings
+from tests.integration.conftest import service_schema
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "task_scheduler" / "migrations"
+WORKSPACE = 8
+LOST_AFTER = 3.0
+LAST_WORDS = "Traceback (most recent call last): the run's last line"
+
+
+class StandIn(Scheduler):
+    """Runs end when `gate` is set (or, killed, `after_kill` seconds later: a process taking its SIGTERM's time),
+    writing their last line first, as the runner's final flush does before finish_run."""
+
+    gate: asyncio.Event
+    after_kill: float
+    beaten: asyncio.Event
+
+    async def heartbeat(self, conn: asyncpg.Connection) -> None:
+        await super().heartbeat(conn)
+        self.beaten.set()
+
+    async def _run(self, row: asyncpg.Record) -> runner.RunOutcome:
+        kill = self.kills[row["id"]]
+        done = await asyncio.wait({asyncio.ensure_future(self.gate.wait()), asyncio.ensure_future(kill.wait())},
+                                  return_when=asyncio.FIRST_COMPLETED)
+        for waiter in done[1]:
+            waiter.cancel()
+        if kill.is_set():
+            await asyncio.sleep(self.after_kill)  # the process's own end after its SIGTERM, not a synchronization
+        await store.append_logs(self.deps.pool, row["id"], 0, [(datetime.now(UTC), "stderr", False, LAST_WORDS)])
+        if kill.is_set():
+            return runner.RunOutcome("failure", -15, runner.KILLED)
+        return runner.RunOutcome("failure", 1, "main.py exited with status 1")
+
+
+@pytest.fixture
+async def database(stack):
+    async with service_schema(stack, "task_scheduler_paused", MIGRATIONS) as pool:
+        orch_id = uuid.uuid4()
+        await store.insert_orchestration(pool, id=orch_id, workspace_id=WORKSPACE, sha="0" * 64, name=None,
+                                         file_name="o.zip", entrypoint="main.py", requirements_sha=None,
+                                         owner_id="u", status="ready", reason=None)
+        yield pool, orch_id
+
+
+def scheduler(pool: asyncpg.Pool, tmp_path: Path, name: str, after_kill: float = 0.0) -> StandIn:
+    settings = TaskSettings(tick=60, heartbeat_interval=1.0, supervisor_lost_after=LOST_AFTER)
+
+    async def publish(subject: str, event: object) -> None:
+        pass
+
+    async def mint(*_: object) -> str:
+        return "unused"
+
+    deps = Deps(pool=pool, objects=None, settings=settings, work_root=tmp_path / name,
+                membership=lambda token: None, publish=publish)
+    made = StandIn(deps=deps, mint=mint, gateway_url="http://127.0.0.1:1", identity=name)
+    made.gate, made.after_kill, made.beaten = asyncio.Event(), after_kill, asyncio.Event()
+    made.start()
+    return made
+
+
+async def a_run(pool: asyncpg.Pool, orch_id: uuid.UUID) -> uuid.UUID:
+    task_id = uuid.uuid4()
+    async with pool.acquire() as conn, conn.transaction():
+        await store.insert_task(conn, id=task_id, workspace_id=WORKSPACE, orch_id=orch_id, orch_sha="0" * 64,
+                                name=None, owner_id="u", args={}, timeout_seconds=60, schedule=None,
+                                missed_run_policy=None, next_fire=None)
+        run_id = await store.queue_once(conn, task_id, WORKSPACE)
+    return run_id
+
+
+async def status_of(pool: asyncpg.Pool, run_id: uuid.UUID, until: set[str], within: float = 30.0) -> asyncpg.Record:
+    deadline = time.monotonic() + within
+    while True:
+        row = await pool.fetchrow("SELECT status, reason, supervisor FROM runs WHERE id = $1", run_id)
+        if row["status"] in until:
+            return row
+        assert time.monotonic() < deadline, f"run {run_id} still {row['status']} after {within} s"
+        await asyncio.sleep(0.05)
+
+
+async def last_lines(pool: asyncpg.Pool, run_id: uuid.UUID) -> list[str]:
+    return [row["line"] for row in await store.logs(pool, run_id, None)]
+
+
+async def test_a_process_woken_from_a_pause_does_not_fail_its_own_runs_as_lost(database, tmp_path):
+    """The process is paused (SIGSTOP, a suspended VM, a blocked loop) for longer than supervisor_lost_after: when it
+    wakes, its loop's next pass looked for lost runs before it beat its own, took its own run, whose supervisor is
+    this very process and alive, as lost and failed it; the run's last line, written more than LATE_LINES later, was
+    refused. Now a pass does not take its own live runs as lost (their beat follows in the same pass)."""
+    pool, orch_id = database
+    sched = scheduler(pool, tmp_path, "paused")
+    try:
+        run_id = await a_run(pool, orch_id)
+        await status_of(pool, run_id, {"running"})
+        sched.beaten.clear()
+        await asyncio.wait_for(sched.beaten.wait(), 30)  # a pass is past its beat: the next one starts with fail_lost
+        time.sleep(LOST_AFTER + 1.5)  # noqa: ASYNC251 - the pause itself: the whole process stops, its loop too
+        sched.beaten.clear()
+        await asyncio.wait_for(sched.beaten.wait(), 30)  # the pass after the pause, whole
+        await asyncio.sleep(store.LATE_LINES + 0.5)  # a run's last line comes after its log would be final
+        sched.gate.set()
+        row = await status_of(pool, run_id, {"success", "failure"})
+        assert (row["status"], row["reason"]) == ("failure", "main.py exited with status 1"), dict(row)
+        assert await last_lines(pool, run_id) == [LAST_WORDS]
+    finally:
+        sched.gate.set()
+        await sched.stop()
+
