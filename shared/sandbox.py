@@ -634,7 +634,11 @@ async def run(spec: SandboxSpec, *, input: bytes | None = None, settings: Settin
                           settings=settings)
     timed_out = False
     try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(input), spec.limits.wall_seconds)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the output when the process ends in the step
+        # a cancel comes (bpo-42130), and the cancel was lost (a registry stop's cancelled conversion went on to its
+        # next sandboxed step, the stop waiting for it)
+        async with asyncio.timeout(spec.limits.wall_seconds):
+            stdout, stderr = await process.communicate(input)
     except TimeoutError:
         timed_out = True
         with contextlib.suppress(ProcessLookupError):
