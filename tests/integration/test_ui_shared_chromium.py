@@ -8,8 +8,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import psutil
 import pytest
@@ -17,6 +20,8 @@ import pytest
 from tests.integration import ui_browser
 
 pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class _Page(BaseHTTPRequestHandler):
@@ -88,3 +93,85 @@ def test_a_browser_whose_driver_died_is_launched_again(chromium, origin):
             with contextlib.suppress(psutil.Error):
                 process.kill()
 
+
+CHILD_CONFTEST = '''
+import threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+
+import pytest
+
+from tests.integration.conftest import ui_chromium  # noqa: F401 - the suite's own session Chromium
+
+TICKS = []
+
+
+class Page(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/tick":
+            TICKS.append(time.monotonic())
+        body = b"<!doctype html><script>setInterval(() => fetch('/tick'), 50)</script><p>a page that polls"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="session")
+def stack():  # a stand-in: the stack's origin, a page of it that keeps polling it (as the UI's timers do)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield SimpleNamespace(base_url=f"http://127.0.0.1:{server.server_address[1]}", ticks=TICKS)
+    server.shutdown()
+'''
+
+CHILD_UI_MODULE = '''
+import time
+
+from tests.integration.ui_browser import browser  # noqa: F401
+
+
+def test_a_ui_module_leaves_its_page_open(browser, stack):
+    browser.get(stack.base_url + "/")
+    deadline = time.monotonic() + 30
+    while len(stack.ticks) < 3:
+        assert time.monotonic() < deadline, "the page never polled"
+        time.sleep(0.05)
+'''
+
+CHILD_LATER_MODULE = '''
+import time
+
+
+def test_nothing_of_the_ui_module_runs_on_in_a_later_file(stack):
+    time.sleep(0.3)  # a poll the page sent as the module ended has landed
+    before = len(stack.ticks)
+    time.sleep(1.0)  # the page polled every 50 ms: ~20 polls in this window if it still ran
+    assert len(stack.ticks) == before, f"{len(stack.ticks) - before} polls of the UI module's page in 1 s"
+'''
+
+
+def test_a_ui_modules_pages_stop_when_it_ends(tmp_path):
+    """The next file (a UI one or not) runs with none of the UI module's pages open: each module quit its own browser
+    before, the shared one's tab stayed on the module's last page until the next UI module, or the end of the
+    session, its timers running against the stack (the UI's token refresh, a followed run's log reads every 1.5 s).
+    Two modules in a child pytest with the suite's `browser` and `ui_chromium`, a stand-in stack's page polling it
+    every 50 ms: before, it polled on through the later module (~20 polls in 1 s)."""
+    if ui_browser.MISSING and not ui_browser.REQUIRE_BROWSER:
+        pytest.skip(ui_browser.MISSING)
+    ui_browser.require_browser()
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "conftest.py").write_text(CHILD_CONFTEST)
+    (tmp_path / "test_a_ui.py").write_text(CHILD_UI_MODULE)
+    (tmp_path / "test_b_later.py").write_text(CHILD_LATER_MODULE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                           "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path),
+                           str(tmp_path / "test_a_ui.py"), str(tmp_path / "test_b_later.py")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0 and "2 passed" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
