@@ -124,7 +124,11 @@ async def check_health(runtime: Runtime) -> HealthReport:
 
 async def _probe(name: str, probe: Awaitable[None]) -> DependencyStatus:
     try:
-        await asyncio.wait_for(probe, 3)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the probe's answer instead of raising
+        # CancelledError when it comes in the step a cancel does (bpo-42130); the probe files' loop (a pod's
+        # readiness, keep_probe_files) went on after the stop's cancel, and the stop waited for it until a kill
+        async with asyncio.timeout(3):
+            await probe
     except Exception as exc:  # a health check reports failures, it never raises them
         return DependencyStatus(name=name, ok=False, detail=type(exc).__name__)
     return DependencyStatus(name=name, ok=True)

@@ -59,3 +59,32 @@ def test_the_probe_folder_is_off_unless_set(monkeypatch):
     assert Settings().probe_dir is None
     monkeypatch.setenv("RAILYARD_PROBE_DIR", "/var/lib/railyard/probes")
     assert str(Settings().probe_dir) == "/var/lib/railyard/probes"
+
+
+@pytest.mark.asyncio
+async def test_a_stop_that_comes_as_a_dependency_answers_ends_the_probe_files(tmp_path):
+    """A service's readiness is its health check (shared/service.py `_probe` of each dependency); the stop cancels the
+    probe files' loop and waits for it. The probe was bounded with asyncio.wait_for, which on Python 3.11 returns the
+    dependency's answer instead of raising CancelledError when it comes in the step the cancel does (bpo-42130): the
+    loop went on for good and the service's stop with it, until the pod was killed."""
+    from shared.service import _probe
+
+    loop = asyncio.get_running_loop()
+    cancelled: list[bool] = []
+
+    async def answers_as_the_stop_comes() -> None:
+        answered = loop.create_future()
+        loop.call_soon(answered.set_result, None)  # PostgreSQL's answer, back on the loop ...
+        if not cancelled:
+            cancelled.append(True)
+            loop.call_soon(task.cancel)  # ... in the step the stop cancels the loop
+        await answered
+
+    async def healthy() -> bool:
+        return (await _probe("postgres", answers_as_the_stop_comes())).ok
+
+    task = asyncio.create_task(keep_probe_files(tmp_path, healthy, interval=0.01))
+    await asyncio.wait({task}, timeout=3.0)
+    assert task.done(), "the probe files' loop goes on after the stop's cancel"
+    assert task.cancelled()
+    assert not (tmp_path / READY).exists()
