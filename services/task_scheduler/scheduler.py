@@ -148,11 +148,32 @@ class Scheduler:
         for event in self.kills.values():
             event.set()
         if self.runs:
-            await asyncio.wait(list(self.runs.values()), timeout=15)
+            await self._runs_ended(15)
         if self.installing is not None:
             self.installing.cancel()
         if self._outbox_task is not None:  # the stopped runs' events: sent now if the bus takes them, else at a start
             await self.outbox.stop(self._outbox_task)
+
+    async def _runs_ended(self, within: float) -> None:
+        """Wait up to `within` seconds for the runs being stopped to end (a run's process may take its SIGTERM's 5 s,
+        its output's last reads up to 10 s more), beating them meanwhile: the loop that beats them has stopped, and
+        another process would take them as lost after supervisor_lost_after and fail them, this stop's own record
+        then not written and the runs' last lines refused (store.LATE_LINES). A beat that fails (PostgreSQL away)
+        only leaves them to that."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        supervising = list(self.runs.values())  # each ends after its finish_run (out of self.runs before it)
+        while (left := deadline - loop.time()) > 0:
+            _, pending = await asyncio.wait(supervising, timeout=min(left, self.deps.settings.heartbeat_interval / 2))
+            if not pending:
+                return
+            if not self.runs:  # recording their ends
+                continue
+            try:
+                await asyncio.wait_for(store.beat_runs(self.deps.pool, list(self.runs), self.identity),
+                                       max(deadline - loop.time(), 0.1))
+            except Exception as exc:  # noqa: BLE001 - the stop goes on; a run not beaten may be taken as lost
+                log.warning("stopping: could not beat the runs still ending: %s", exc)
 
     async def _forever(self) -> None:
         settings = self.deps.settings

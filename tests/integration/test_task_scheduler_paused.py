@@ -1,8 +1,9 @@
-"""A task-scheduler process that was paused is alive: it does not take its own runs as lost (scheduler.py). A run
-declared lost is failed with "the task scheduler process supervising the run died", and since a run's log is final
-store.LATE_LINES after its end (docs/orchestrations.md, "Logs") its supervisor's later lines, the run's last words (a
-failed orchestration's traceback), are refused: so a healthy run must not be declared lost by the process
-supervising it.
+"""A task-scheduler process that was paused, or that is stopping, is alive: it does not take its own runs as lost,
+and beats them while its stop waits for them, so that no other process does (scheduler.py). A run declared lost is
+failed with "the task scheduler process supervising the run died", and since a run's log is final store.LATE_LINES
+after its end (docs/orchestrations.md, "Logs") its supervisor's later lines, the run's last words (a failed
+orchestration's traceback), are refused: so a healthy run must not be declared lost by the process supervising it,
+nor by another one while its own process stops it.
 
 Real PostgreSQL (a schema of this file's), the service's loop, SQL and stop; only the run is a stand-in (it waits for
 `gate`, writes its last line through store.append_logs as the runner's sink does, and ends)."""
@@ -133,3 +134,27 @@ async def test_a_process_woken_from_a_pause_does_not_fail_its_own_runs_as_lost(d
         sched.gate.set()
         await sched.stop()
 
+async def test_a_stopping_process_beats_its_runs_until_they_ended(database, tmp_path):
+    """A process stopping (a restart, a scale-down) kills its runs and waits for them (up to 15 s): a run's process
+    may take its SIGTERM's 5 s and its output's last reads. Its loop, the one that beat them, stopped first, so
+    another process took them as lost supervisor_lost_after later and failed them ("the task scheduler process
+    supervising the run died"): the stop's own record was not written and the run's last lines, written later than
+    LATE_LINES after that, were refused. Now the stop beats them while it waits."""
+    pool, orch_id = database
+    stopping = scheduler(pool, tmp_path, "stopping", after_kill=LOST_AFTER + store.LATE_LINES + 1.5)
+    other = None
+    try:
+        run_id = await a_run(pool, orch_id)
+        await status_of(pool, run_id, {"running"})
+        other = scheduler(pool, tmp_path, "other")  # started after the run is taken: it looks for lost runs
+        await stopping.stop()
+        row = await status_of(pool, run_id, {"success", "failure"})
+        assert (row["status"], row["reason"]) == ("failure", "stopped: its task scheduler process shut down"), \
+            dict(row)
+        assert await last_lines(pool, run_id) == [LAST_WORDS]
+    finally:
+        stopping.gate.set()
+        if not stopping._stop.is_set():
+            await stopping.stop()
+        if other is not None:
+            await other.stop()
