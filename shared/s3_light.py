@@ -144,10 +144,15 @@ async def _attempt(settings: S3Settings, method: str, path: str, body: bytes | m
 
 async def _close(writer: asyncio.StreamWriter) -> None:
     """Close the connection and wait until it is closed (the socket released), at most CLOSE_TIMEOUT: a peer that
-    stopped reading, or a TLS close that is not answered, gets the connection aborted instead."""
+    stopped reading, or a TLS close that is not answered, gets the connection aborted instead. Bounded with
+    asyncio.timeout, not wait_for: on Python 3.11 wait_for returns instead of raising CancelledError when the close
+    ends in the step a cancel comes (bpo-42130), and every request closes here: the cancel of its caller was lost
+    (the log store's stop, cancelling a flush's PUT or its probe of the stores while they fail, then waited for a
+    retry loop that went on)."""
     writer.close()
     try:
-        await asyncio.wait_for(writer.wait_closed(), CLOSE_TIMEOUT)
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await writer.wait_closed()
     except (OSError, TimeoutError, ssl.SSLError):  # the answer is read already: how the close ends changes nothing
         writer.transport.abort()
 

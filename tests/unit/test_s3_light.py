@@ -177,6 +177,32 @@ async def test_the_connection_is_closed_when_the_call_returns(monkeypatch) -> No
     assert len(sockets) == 2 and all(sock.fileno() == -1 for sock in sockets)
 
 
+async def test_a_cancel_that_comes_as_the_connection_closes_is_not_lost() -> None:
+    """Every request ends in `_close` (its `finally`). Its wait for the close was asyncio.wait_for, which on Python
+    3.11 returns instead of raising CancelledError when the close ends in the step a cancel comes (bpo-42130): the
+    request then answered (or raised its error) to a caller that had been cancelled, which went on (the log store's
+    stop waited for a retry loop while the stores failed)."""
+    loop = asyncio.get_running_loop()
+    aborted: list[bool] = []
+
+    class Closing:
+        transport = type("Transport", (), {"abort": lambda self: aborted.append(True)})()
+
+        def close(self) -> None:
+            pass
+
+        async def wait_closed(self) -> None:
+            closed = loop.create_future()
+            loop.call_soon(closed.set_result, None)  # the socket closed, back on the loop ...
+            loop.call_soon(closing.cancel)  # ... in the step the caller is cancelled
+            await closed
+
+    closing = asyncio.create_task(s3_light._close(Closing()))
+    await asyncio.wait({closing}, timeout=3.0)
+    assert closing.done() and closing.cancelled(), "the cancel was lost: the close returned"
+    assert not aborted
+
+
 async def test_an_object_put_signs_as_the_sdk_and_sends_the_bytes_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     """put_object (MinioObjectStore.put_bytes up to 64 MiB: log segments): the key quoted as the SDK quotes it, the
     request signed as the SDK signs it, the body as given; the payload's SHA-256 in the signature unless the bytes
