@@ -76,11 +76,15 @@ def test_what_a_module_left_in_the_browser_is_gone_for_the_next(chromium, origin
 
 
 def test_a_browser_whose_driver_died_is_launched_again(chromium, origin):
-    """A module that leaves the browser unusable costs that module only: the next module's fresh() launches it again.
-    Before, a chromedriver that had died (killed, out of memory) raised urllib3's MaxRetryError, not a
-    WebDriverException, out of fresh(): every later UI module of the worker errored in its set-up."""
+    """A module that leaves the browser unusable costs that module only: the next module's fresh() launches it again,
+    and the Chromium of the driver that died is stopped. Before, a chromedriver that had died (killed, out of memory)
+    raised urllib3's MaxRetryError, not a WebDriverException, out of fresh(): every later UI module of the worker
+    errored in its set-up; and its Chromium (the chromedriver's child: nobody quits it) ran on with its pages until
+    the machine stopped, a browser's memory and CPU on a 2-core CI."""
     driver = chromium.fresh(origin)
-    orphans = psutil.Process(driver.service.process.pid).children(recursive=True)  # its Chromium, left running
+    driver.get(origin + "/")
+    orphans = psutil.Process(driver.service.process.pid).children(recursive=True)  # its Chromium
+    assert orphans
     try:
         os.kill(driver.service.process.pid, signal.SIGKILL)
         driver.service.process.wait(10)
@@ -88,6 +92,8 @@ def test_a_browser_whose_driver_died_is_launched_again(chromium, origin):
         again = chromium.fresh(origin)
         again.get(origin + "/")
         assert again.execute_script("return document.title") == "origin"
+        gone, running = psutil.wait_procs(orphans, timeout=10)
+        assert not running, f"the dead driver's Chromium runs on: {[p.cmdline()[:2] for p in running]}"
     finally:
         for process in orphans:
             with contextlib.suppress(psutil.Error):

@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 
+import psutil
 import pytest
 
 from tests.integration.conftest import PASSWORD
@@ -52,6 +53,7 @@ class Chromium:
     def __init__(self) -> None:
         self.profile = tempfile.mkdtemp(prefix="railyard-ui-chromium-")
         self.driver = None
+        self.browsers: list[psutil.Process] = []  # the chromedriver's Chromium, stopped by quit() if it is left
 
     def launch(self):
         options = webdriver.ChromeOptions()
@@ -63,6 +65,8 @@ class Chromium:
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         self.driver = webdriver.Chrome(options=options,
                                        service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+        with contextlib.suppress(psutil.Error):
+            self.browsers = psutil.Process(self.driver.service.process.pid).children()
         self.driver.set_page_load_timeout(WAIT)
         return self.driver
 
@@ -107,6 +111,13 @@ class Chromium:
             with contextlib.suppress(WebDriverException, urllib3.exceptions.HTTPError, OSError):
                 self.driver.quit()
             self.driver = None
+        # a chromedriver that died left its Chromium running (no one else quits it): it and what it started
+        for browser in self.browsers:
+            with contextlib.suppress(psutil.Error):
+                for process in [*browser.children(recursive=True), browser]:
+                    with contextlib.suppress(psutil.Error):
+                        process.kill()
+        self.browsers = []
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
