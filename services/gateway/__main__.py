@@ -11,7 +11,8 @@ os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 from shared.heap import keep_heap  # noqa: E402
 
 # a request's blocks from the heap the last one used, not faulted in again: a 1,000-row records request's ~200 page
-# faults in the gateway -> ~0 (shared/heap.py, docs/performance.md item 62)
+# faults in the gateway -> ~0 (shared/heap.py, docs/performance.md items 62, 66). Before any thread starts: its
+# threads share the one arena, so what the heap keeps is bounded for the process
 keep_heap()
 
 from shared.lean_imports import decline_unused  # noqa: E402

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.heap import keep_heap
+from shared.heap import TRIM_THRESHOLD, keep_heap
 
 ROOT = Path(__file__).resolve().parents[2]
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
@@ -48,6 +48,49 @@ def test_freed_blocks_are_taken_again_without_faulting_them_in() -> None:
     # the default gives the 4.5 MB back every round: 40 rounds of ~1,150 pages; kept: the first round's only
     assert default > 20 * 1000
     assert kept < 5 * 1000
+
+
+# six threads at once (the gateway's executor's, an upload's parts each) take, touch and free 5 MiB blocks
+THREADS = textwrap.dedent("""
+    import ctypes, json, sys, threading
+    from shared.heap import keep_heap
+    assert ctypes.CDLL(None, use_errno=True).prctl(41, 1, 0, 0, 0) == 0, "PR_SET_THP_DISABLE"
+    assert keep_heap(json.loads(sys.argv[1]))
+    def anonymous_mib():
+        for line in open("/proc/self/status"):
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) >> 10
+    together = threading.Barrier(6)
+    def transfer():
+        together.wait()
+        for _ in range(10):
+            part = b"p" * (5 << 20)
+            copy = bytes(bytearray(part))
+            del part, copy
+    before = anonymous_mib()
+    threads = [threading.Thread(target=transfer) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print(anonymous_mib() - before)
+""")
+
+
+def _threads_kept_mib(environ: dict[str, str]) -> int:
+    done = subprocess.run([sys.executable, "-c", THREADS, json.dumps(environ)], capture_output=True, text=True,
+                          timeout=60, check=True, env={"PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    return int(done.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's mallopt")
+def test_what_threads_freed_is_kept_up_to_the_trim_threshold_for_the_whole_process() -> None:
+    # an arena a thread, each keeping up to 32 MiB, kept +90 MiB; one arena for all: under one trim threshold
+    # (0-30 MiB in 80 runs, by how the threads' blocks interleave), a 5 MiB block's margin or so above it
+    bound = (TRIM_THRESHOLD >> 20) + 16
+    assert _threads_kept_mib({}) <= bound
+    # an operator's arena limit wins (here as if MALLOC_ARENA_MAX were glibc's default, 8 a core): an arena a thread
+    assert _threads_kept_mib({"MALLOC_ARENA_MAX": "16"}) > bound
 
 
 def test_an_operators_own_settings_win() -> None:
