@@ -113,3 +113,15 @@ def test_an_operators_other_malloc_settings_leave_the_thresholds_to_keep_heap(en
                           capture_output=True, text=True, timeout=60, check=True, env={"PYTHONPATH": str(ROOT)},
                           cwd=ROOT)
     assert done.stdout.split()[-1] == "True"
+
+
+@pytest.mark.parametrize("libc", ["none", "without_mallopt"])
+def test_a_libc_without_mallopt_is_left_as_it_is(monkeypatch: pytest.MonkeyPatch, libc: str) -> None:
+    # macOS (no libc.so.6 to load) and musl (no mallopt): False, nothing raised, the gateway starts as before
+    def load(name: str) -> object:
+        if libc == "none":
+            raise OSError(f"{name}: cannot open shared object file")
+        return object()
+
+    monkeypatch.setattr("shared.heap.ctypes.CDLL", load)
+    assert keep_heap({}) is False
