@@ -220,7 +220,10 @@ class LocalBackend:
             with contextlib.suppress(ProcessLookupError):
                 replica.process.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(replica.process.wait(), self.stop_timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns when the replica exits in the step a
+            # cancel of the stop comes (bpo-42130), and the caller went on as if never cancelled
+            async with asyncio.timeout(self.stop_timeout):
+                await replica.process.wait()
         except TimeoutError:
             log.warning("engine replica %s did not stop within %g s; killed", replica.replica_id, self.stop_timeout)
             with contextlib.suppress(ProcessLookupError):
