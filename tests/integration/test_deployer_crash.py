@@ -174,7 +174,8 @@ async def test_an_undeploy_whose_row_is_locked_is_a_503_within_the_request_timeo
             with pytest.raises(Unavailable, match="did not answer within") as unavailable:
                 await asyncio.wait_for(handlers.undeploy(deps, ALICE, "t", pipeline_id, deployment_id), 20)
             took = asyncio.get_running_loop().time() - started
-            assert unavailable.value.status == 503 and took < deps.timeout + 1.0, took  # + 1 s: a loaded machine
+            # the bound is 0.8 s; + 3 s: a loaded machine (before: the pool's command timeout, 30 s, or never)
+            assert unavailable.value.status == 503 and took < deps.timeout + 3.0, took
             assert not deps.pipeline_lock(pipeline_id).locked() and stopped == []
             await transaction.rollback()
         finally:
@@ -278,7 +279,8 @@ async def test_an_undeploy_while_the_database_stopped_answering_is_a_503_within_
             with pytest.raises(Unavailable, match="did not answer within") as unavailable:
                 await asyncio.wait_for(handlers.undeploy(deps, ALICE, "t", pipeline_id, deployment_id), 10)
             took = asyncio.get_running_loop().time() - started
-            assert unavailable.value.status == 503 and took < deps.timeout + 1.0, took  # + 1 s: a loaded machine
+            # the bound is 0.8 s; + 3 s: a loaded machine (before: the pool's command timeout, 30 s, or never)
+            assert unavailable.value.status == 503 and took < deps.timeout + 3.0, took
             assert not deps.pipeline_lock(pipeline_id).locked() and stopped == []
             proxy.thaw()
             assert await asyncio.wait_for(handlers.undeploy(deps, ALICE, "t", pipeline_id, deployment_id), 20) == {}
@@ -309,7 +311,7 @@ async def test_a_look_at_a_failed_commit_gives_up_on_a_database_that_stopped_ans
                 await asyncio.wait_for(handlers._recorded(deps, pipeline_id, deployment_id, "a-1", made, error), 10)
             assert not await asyncio.wait_for(handlers._deactivated(deps, deployment_id, "a-1", error), 10)
             took = asyncio.get_running_loop().time() - started
-            assert took < 2 * (0.1 + 2 * 0.5) + 1.0, took  # two looks each, + 1 s: a loaded machine
+            assert took < 2 * (0.1 + 2 * 0.5) + 4.0, took  # two looks each, + 4 s: a loaded machine (before: never)
             proxy.thaw()
             assert await asyncio.wait_for(handlers._recorded(deps, pipeline_id, deployment_id, "a-1", made, error),
                                           10) is False  # owes its deployed event: not a committed record
