@@ -54,12 +54,13 @@ How it runs (docs/monitoring.md, "Continuous training and deployment"):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,6 +174,7 @@ class ContinuousDeps:
     max_task_timeout: int  # the task scheduler's own limit (settings.tasks.max_timeout): a run's timeout above it
     # would be refused only when the training starts, in the background, so setup refuses it at once
     locks: dict[int, asyncio.Lock] = field(default_factory=dict)
+    deploying: dict[int, int] = field(default_factory=dict)  # deployment id -> its deploys under way here (busy)
     wake_starter: asyncio.Event = field(default_factory=asyncio.Event)
     # deployments whose assay alerts this process found not deployed (and said so once at INFO), until deployed again
     undeployed: set[int] = field(default_factory=set)
@@ -197,11 +199,25 @@ class ContinuousDeps:
         """Serializes this process's background work on one deployment (the database serializes processes)."""
         return self.locks.setdefault(deployment_id, asyncio.Lock())
 
+    @contextlib.contextmanager
+    def deploying_to(self, deployment_id: int) -> Iterator[None]:
+        """A deploy of this process to the deployment under way (_serve: a delivery's or a swap's, under its lock)."""
+        self.deploying[deployment_id] = self.deploying.get(deployment_id, 0) + 1
+        try:
+            yield
+        finally:
+            self.deploying[deployment_id] -= 1
+            if not self.deploying[deployment_id]:
+                del self.deploying[deployment_id]
+
     def busy(self) -> list[int]:
-        """The deployments whose lock is held now (a delivery or a swap of this process under way, up to deploy_wait,
-        305 s): the resume sweep leaves them unclaimed and comes back at its next look (DeliveryResumer), instead of
-        waiting for them with every deployment after them."""
-        return [deployment_id for deployment_id, lock in self.locks.items() if lock.locked()]
+        """The deployments this process is deploying to now (a delivery or a swap under way, holding their lock while
+        it waits up to deploy_wait, 305 s, for the deploy): the resume sweep leaves them unclaimed and comes back at
+        its next look (DeliveryResumer), instead of waiting for them with every deployment after them. Not every
+        deployment whose lock is held: its other holders (a review's trigger check and sequential test, a training's
+        advance) hold it for a transaction or two, and a sweep that skipped a deployment whenever one did left one
+        with a steady flow of reviews unresumed sweep after sweep (it waits for them, as for any lock)."""
+        return list(self.deploying)
 
 
 def _json(value: Any) -> Any:
@@ -1079,37 +1095,40 @@ async def _serve(deps: ContinuousDeps, owner_id: Any, workspace_id: int, deploym
         # by its name now (a redeploy under another deploy_id renamed it); not deployed: _deployment's 404 tells it
         view = await handlers._deployment(base, principal, token, await deployed_name(deps, token, deployment)
                                           or deployment)
-    definition = _serving(view.definition, champion, challenger)
-    if definition == view.definition:
-        return view.route.pipeline_version
-    if expect is not None and not _serves_challenge(view.definition, *expect):
-        served = handlers.current_model(view.definition)
-        raise ServingChanged(f"the deployment serves {served.version if served else 'no model'}"
-                             f"{' shadowed' if handlers._current_shadow(view.definition) else ''} since, not the"
-                             " challenge's champion with its challenger as shadow")
-    if give_up is not None:
-        raise GivenUp(give_up)
-    created = await request(base.broker, subjects.DEPLOYER_PIPELINES_CREATE, CreatePipeline(
-        pipeline_id=view.route.pipeline_name, workspace_id=workspace_id, definition=definition),
-        token=token, timeout=base.timeout, reply_model=PipelineCreated)
-    if sent is not None:
-        await sent(created.pipeline_variant_version)
-    try:
-        await request(base.broker, subjects.DEPLOYER_PIPELINES_DEPLOY, DeployPipeline(
-            deploy_id=view.deploy_id, pipeline_version_pk_id=created.pipeline_variant_pk_id,
-            pipeline_id=view.pipeline_id, engine_config=view.engine_config, only_if_serving=view.version_pk_id),
-            token=token, timeout=base.deploy_timeout, reply_model=Deployed)
-    except UpstreamTimeout as exc:
-        raise DeployUnanswered(exc.msg) from exc
-    except Conflict as exc:
-        if exc.code != SERVING_CHANGED:
-            raise
-        record = await request(base.broker, subjects.DEPLOYER_PIPELINES_GET, GetPipeline(
-            pipeline_id=view.pipeline_id), token=token, timeout=base.timeout, reply_model=PipelineRecord)
-        if record.deployment and record.deployment["pipeline_version_pk_id"] == created.pipeline_variant_pk_id:
-            return created.pipeline_variant_version
-        raise ServingChanged(exc.msg) from exc
-    return created.pipeline_variant_version
+    # the sweep leaves this deployment to its next look meanwhile (ContinuousDeps.busy): a deploy is waited for up to
+    # deploy_wait (305 s)
+    with deps.deploying_to(view.route.deployment_id):
+        definition = _serving(view.definition, champion, challenger)
+        if definition == view.definition:
+            return view.route.pipeline_version
+        if expect is not None and not _serves_challenge(view.definition, *expect):
+            served = handlers.current_model(view.definition)
+            raise ServingChanged(f"the deployment serves {served.version if served else 'no model'}"
+                                 f"{' shadowed' if handlers._current_shadow(view.definition) else ''} since, not the"
+                                 " challenge's champion with its challenger as shadow")
+        if give_up is not None:
+            raise GivenUp(give_up)
+        created = await request(base.broker, subjects.DEPLOYER_PIPELINES_CREATE, CreatePipeline(
+            pipeline_id=view.route.pipeline_name, workspace_id=workspace_id, definition=definition),
+            token=token, timeout=base.timeout, reply_model=PipelineCreated)
+        if sent is not None:
+            await sent(created.pipeline_variant_version)
+        try:
+            await request(base.broker, subjects.DEPLOYER_PIPELINES_DEPLOY, DeployPipeline(
+                deploy_id=view.deploy_id, pipeline_version_pk_id=created.pipeline_variant_pk_id,
+                pipeline_id=view.pipeline_id, engine_config=view.engine_config, only_if_serving=view.version_pk_id),
+                token=token, timeout=base.deploy_timeout, reply_model=Deployed)
+        except UpstreamTimeout as exc:
+            raise DeployUnanswered(exc.msg) from exc
+        except Conflict as exc:
+            if exc.code != SERVING_CHANGED:
+                raise
+            record = await request(base.broker, subjects.DEPLOYER_PIPELINES_GET, GetPipeline(
+                pipeline_id=view.pipeline_id), token=token, timeout=base.timeout, reply_model=PipelineRecord)
+            if record.deployment and record.deployment["pipeline_version_pk_id"] == created.pipeline_variant_pk_id:
+                return created.pipeline_variant_version
+            raise ServingChanged(exc.msg) from exc
+        return created.pipeline_variant_version
 
 
 SERVING_CHANGED = "serving_changed"
@@ -1555,7 +1574,7 @@ async def resume_deliveries(deps: ContinuousDeps) -> None:
 
     async def resume_deployment(deployment_id: int) -> None:
         async with limit:
-            if deps.lock(deployment_id).locked():  # under way here now: claimed at a later sweep, not waited for
+            if deployment_id in deps.busy():  # a deploy under way here now: claimed at a later sweep, not waited for
                 return
             try:
                 rows = await deps.base.pool.fetch(
@@ -1646,7 +1665,7 @@ async def resume_swaps(deps: ContinuousDeps) -> None:
 
     async def resume_one(deployment_id: int) -> None:
         async with limit:
-            if deps.lock(deployment_id).locked():  # under way here now: swapped again at a later sweep
+            if deployment_id in deps.busy():  # a deploy under way here now: swapped again at a later sweep
                 return
             try:
                 await resume_swap(deps, deployment_id)

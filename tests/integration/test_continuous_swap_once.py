@@ -670,7 +670,8 @@ async def test_a_delivery_looks_the_owner_and_the_deployment_up_once(monitoring_
     async def deployment(base, principal, token, name):
         looked_up.append("deployment")
         return SimpleNamespace(definition={"steps": [{"ModelInference": {"models": [CHAMPION]}}]},
-                               route=SimpleNamespace(pipeline_name="p", pipeline_version="3"), deploy_id="d",
+                               route=SimpleNamespace(pipeline_name="p", pipeline_version="3",
+                                                     deployment_id=DEPLOYMENT), deploy_id="d",
                                pipeline_id=5, engine_config=None, version_pk_id=9)
 
     async def request(broker, subject, cmd, **kwargs):

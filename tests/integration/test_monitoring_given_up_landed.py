@@ -10,12 +10,15 @@ Deployer, with its deploy precondition)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 
 import pytest
 
 from services.monitoring import continuous
+from shared import subjects
+from shared.errors import UpstreamTimeout
 from tests.integration.conftest import service_schema
 from tests.integration.test_continuous_swap_once import (
     CHALLENGER,
@@ -198,6 +201,41 @@ async def test_a_newer_delivery_during_the_look_at_a_given_up_one_leaves_its_fai
     assert await swapped_events(pool) == []
 
 
+@contextlib.asynccontextmanager
+async def deploy_under_way(deps: continuous.ContinuousDeps, monkeypatch):
+    """A delivery or swap of this process under way on the deployment: its lock held and its _serve (the real one)
+    waiting for the deployer's answer to its deploy, held until the block ends (then unanswered)."""
+    held, release = asyncio.Event(), asyncio.Event()
+    answer = continuous.request
+
+    async def request(broker, subject, cmd, **kwargs):
+        if subject == subjects.DEPLOYER_PIPELINES_DEPLOY and not held.is_set():
+            held.set()
+            await release.wait()
+            raise UpstreamTimeout("deployer did not answer within 305s")
+        return await answer(broker, subject, cmd, **kwargs)
+
+    monkeypatch.setattr(continuous, "request", request)
+    async with deps.lock(DEPLOYMENT):
+        serving = asyncio.create_task(continuous._serve(deps, uuid.uuid4(), 1, f"d-{DEPLOYMENT}",
+                                                        {**CHAMPION, "version": "9"}, None, "a delivery under way"))
+        await asyncio.wait_for(held.wait(), 10)
+        try:
+            yield
+        finally:
+            release.set()
+            with pytest.raises(continuous.DeployUnanswered):
+                await serving
+            monkeypatch.setattr(continuous, "request", answer)
+
+
+def resumed(what: str) -> tuple[str, tuple[str, ...], str, object]:
+    """The table, its stale columns, its resume count and the sweep, for a delivery or a swap."""
+    if what == "delivery":
+        return "trainings", ("delivering_since", "updated_at"), "delivery_resumes", continuous.resume_deliveries
+    return "challenges", ("decided_at",), "swap_resumes", continuous.resume_swaps
+
+
 @pytest.mark.parametrize("what", ["delivery", "swap"])
 async def test_the_resume_sweep_leaves_a_deployment_under_way_here_for_its_next_look(monitoring_schema, monkeypatch,
                                                                                      what):
@@ -215,17 +253,15 @@ async def test_the_resume_sweep_leaves_a_deployment_under_way_here_for_its_next_
         await continuous_deployment(pool, "DEPLOY_AUTO")
         row_id = uuid.uuid4()
         await done(pool, row_id, NEWEST, "deployed", 100, True)
-        table, stale, count, sweep = "trainings", ("delivering_since", "updated_at"), "delivery_resumes", \
-            continuous.resume_deliveries
     else:
         row_id = await decided(pool)
-        table, stale, count, sweep = "challenges", ("decided_at",), "swap_resumes", continuous.resume_swaps
+    table, stale, count, sweep = resumed(what)
 
     for taken in range(continuous.MAX_RESUMES + 2):  # the resumes, the give-up, then the one more look
         for column in stale:
             await pool.execute(f"UPDATE {table} SET {column} = now() - make_interval(secs => $2) WHERE id = $1 AND"
                                f" {column} IS NOT NULL", row_id, continuous.STALE_SWAP + 10)
-        async with deps.lock(DEPLOYMENT):  # a delivery or swap of this process under way on the deployment
+        async with deploy_under_way(deps, monkeypatch):  # a delivery or swap of this process under way on it
             await asyncio.wait_for(sweep(deps), 10)
             assert await pool.fetchval(f"SELECT {count} FROM {table} WHERE id = $1", row_id) == taken  # not claimed
         await sweep(deps)  # the next sweep, the lock free
@@ -233,3 +269,42 @@ async def test_the_resume_sweep_leaves_a_deployment_under_way_here_for_its_next_
     state = await pool.fetchval(f"SELECT {'outcome' if what == 'delivery' else 'state'} FROM {table} WHERE id = $1",
                                 row_id)
     assert state == "failed"  # given up, looked at once more: nothing ever served
+
+
+@pytest.mark.parametrize("what", ["delivery", "swap"])
+async def test_the_resume_sweep_waits_for_a_lock_held_without_a_deploy(monitoring_schema, monkeypatch, what):
+    """The deployment's lock held by something short (a review's trigger check or sequential test, a training's
+    advance: a transaction or two) is no deploy under way: the sweep waits for it and resumes the stale delivery /
+    decided swap at this look. Before (303d780's busy(): every deployment whose lock was held at that moment), it
+    was skipped for the next sweep, 30 s later, and a deployment whose reviews kept coming, its lock held most of the
+    time, was skipped sweep after sweep."""
+    pool = monitoring_schema
+    deployer = Deployer(Deployer.model(CHAMPION, CHALLENGER))
+    deployer.install(monkeypatch)
+    deployer.unanswered = 100
+    deps = Deployer.process(pool)
+    if what == "delivery":
+        await continuous_deployment(pool, "DEPLOY_AUTO")
+        row_id = uuid.uuid4()
+        await done(pool, row_id, NEWEST, "deployed", 100, True)
+    else:
+        row_id = await decided(pool)
+    table, stale, count, sweep = resumed(what)
+    for column in stale:
+        await pool.execute(f"UPDATE {table} SET {column} = now() - make_interval(secs => $2) WHERE id = $1 AND"
+                           f" {column} IS NOT NULL", row_id, continuous.STALE_SWAP + 10)
+
+    taken, release = asyncio.Event(), asyncio.Event()
+
+    async def trigger_check() -> None:  # a review's: the lock for a moment, no deploy
+        async with deps.lock(DEPLOYMENT):
+            taken.set()
+            await release.wait()
+
+    holder = asyncio.create_task(trigger_check())
+    await taken.wait()
+    sweeping = asyncio.create_task(sweep(deps))
+    await asyncio.sleep(0.2)  # the sweep got to the deployment and waits for its lock (not a synchronization)
+    release.set()
+    await asyncio.wait_for(asyncio.gather(holder, sweeping), 30)
+    assert await pool.fetchval(f"SELECT {count} FROM {table} WHERE id = $1", row_id) == 1  # was 0: left for later

@@ -150,7 +150,8 @@ async def test_only_the_deploy_going_unanswered_is_an_unknown_outcome(monkeypatc
     caller leaves its delivery open / its challenge decided, docs/monitoring.md); pipelines/create timing out is a
     plain UpstreamTimeout (nothing can be served by it: a failure as before)."""
     view = SimpleNamespace(definition={"steps": [{"ModelInference": {"models": [CHAMPION]}}]},
-                           route=SimpleNamespace(pipeline_name="p", pipeline_version="1"), deploy_id="d",
+                           route=SimpleNamespace(pipeline_name="p", pipeline_version="1", deployment_id=1),
+                           deploy_id="d",
                            pipeline_id=1, engine_config=None, version_pk_id=3)
     deps = continuous_deps(broker=None, timeout=5.0, deploy_timeout=305.0)
     for timing_out in (subjects.DEPLOYER_PIPELINES_DEPLOY, subjects.DEPLOYER_PIPELINES_CREATE):
