@@ -1711,8 +1711,9 @@ async def on_pipeline_deployed(deps: ContinuousDeps, event: PipelineDeployed) ->
     swap's _swapped: whichever of this, the command's own answer, a resume or another monitoring process comes
     first writes it and its model_swapped), so a redelivered event, or one handled by two processes, records
     once. Left as they are: a deploy monitoring did not send (no row names the version), a delivery or swap a newer
-    delivered training overtook (a delivery still claimed is resume_deliveries' to close, serving the newest again;
-    a failed one stays failed), one closed otherwise (superseded, not delivered). How many it recorded."""
+    training overtook, its delivery recorded (a delivery still claimed is resume_deliveries' to close, serving the
+    newest again; a failed one stays failed), one closed otherwise (superseded, not delivered). How many it
+    recorded."""
     pool = deps.base.pool
     recorded = 0
     for sent in await pool.fetch("SELECT * FROM sent_deploys WHERE deployment_id = $1 AND pipeline_version = $2",
@@ -1749,7 +1750,11 @@ async def _delivery_landed(deps: ContinuousDeps, sent: asyncpg.Record, event: Pi
     new = _json(training["model_version"])
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT 1 FROM trainings WHERE id = $1 FOR UPDATE", training["id"])
-        if await newest_delivered(conn, training["deployment_id"], newer_than=training) is not None:
+        # overtaken: a newer training whose delivery was recorded. Not one still being delivered: its deploy may be
+        # refused (this version serves now, not the one it looked at) or fail, and this event, acknowledged, was
+        # this delivery's last word (it stayed failed while its version served); recorded now, the newer one's own
+        # record comes after it, as its deploy does
+        if await newest_delivered(conn, training["deployment_id"], newer_than=training, recorded=True) is not None:
             return False
         if not await _delivered(conn, training["id"], policy):
             return False

@@ -236,3 +236,35 @@ async def test_the_running_service_records_a_given_up_delivery_from_the_deployer
         await conn.execute("DELETE FROM monitoring.trainings WHERE deployment_id = $1", deployment_id)
         await conn.execute("DELETE FROM monitoring.continuous_deployment WHERE deployment_id = $1", deployment_id)
         await conn.close()
+
+
+@pytest.mark.parametrize("newer", ["under_way", "recorded"])
+async def test_a_given_up_delivery_s_event_during_a_newer_delivery_is_recorded_unless_that_one_was(monitoring_schema,
+                                                                                                  newer):
+    """Training 1's delivery (version '7') was given up; its deploy lands after all, and its event comes while
+    training 2, newer, is being delivered (claimed, its deploy under way, nothing recorded yet): training 1's version
+    served, so it is recorded delivered now (training 2, when its own deploy lands, is recorded after it; refused,
+    version '7' is what serves and training 1's record says so). Before, any newer training being delivered
+    counted as overtaking it, the event was acknowledged unused, and training 1 stayed failed while its version
+    served, for good if training 2's delivery then did not land. A newer training already recorded delivered
+    overtook it: left failed, nothing told."""
+    pool = monitoring_schema
+    await continuous_deployment(pool, "DEPLOY_AUTO")
+    given_up, later = uuid.uuid4(), uuid.uuid4()
+    await done(pool, given_up, NEWEST, "deployed", 600, False)
+    await pool.execute("UPDATE trainings SET outcome = 'failed', delivered_at = NULL, reason = 'DEPLOY_AUTO failed:"
+                       " its delivery did not finish after 4 tries' WHERE id = $1", given_up)
+    await pool.execute("INSERT INTO sent_deploys (pipeline_version, deployment_id, training_id) VALUES ('7', $1, $2)",
+                       DEPLOYMENT, given_up)
+    await done(pool, later, {**NEWEST, "version": "v4"}, "deployed", 100, newer == "under_way")
+    deps = Deployer.process(pool)
+
+    recorded = await continuous.on_pipeline_deployed(deps, deployed("7"))
+    row = await pool.fetchrow("SELECT outcome, delivered_at FROM trainings WHERE id = $1", given_up)
+    events = [(e["action"], e["pipeline_version"]) for e in await swapped_events(pool)]
+    if newer == "under_way":
+        assert (recorded, row["outcome"], row["delivered_at"] is not None) == (1, "deployed", True), dict(row)
+        assert events == [("deployed", "7")]
+    else:
+        assert (recorded, row["outcome"], row["delivered_at"]) == (0, "failed", None), dict(row)
+        assert events == []
