@@ -274,10 +274,10 @@ async def test_the_resume_sweep_leaves_a_deployment_under_way_here_for_its_next_
 @pytest.mark.parametrize("what", ["delivery", "swap"])
 async def test_the_resume_sweep_waits_for_a_lock_held_without_a_deploy(monitoring_schema, monkeypatch, what):
     """The deployment's lock held by something short (a review's trigger check or sequential test, a training's
-    advance: a transaction or two) is no deploy under way: the sweep waits for it and resumes the stale delivery /
-    decided swap at this look. Before (303d780's busy(): every deployment whose lock was held at that moment), it
-    was skipped for the next sweep, 30 s later, and a deployment whose reviews kept coming, its lock held most of the
-    time, was skipped sweep after sweep."""
+    advance: a transaction or two; 2 s here) is no deploy under way: the sweep waits for it and resumes the stale
+    delivery / decided swap at this look. Before (303d780's busy(): every deployment whose lock was held at that
+    moment), it was skipped for the next sweep, 30 s later, and a deployment whose reviews kept coming, its lock held
+    most of the time, was skipped sweep after sweep."""
     pool = monitoring_schema
     deployer = Deployer(Deployer.model(CHAMPION, CHALLENGER))
     deployer.install(monkeypatch)
@@ -304,7 +304,7 @@ async def test_the_resume_sweep_waits_for_a_lock_held_without_a_deploy(monitorin
     holder = asyncio.create_task(trigger_check())
     await taken.wait()
     sweeping = asyncio.create_task(sweep(deps))
-    await asyncio.sleep(0.2)  # the sweep got to the deployment and waits for its lock (not a synchronization)
+    await asyncio.wait({sweeping}, timeout=2)  # it waits for the lock (303d780's skipped it and ended at once)
     release.set()
     await asyncio.wait_for(asyncio.gather(holder, sweeping), 30)
     assert await pool.fetchval(f"SELECT {count} FROM {table} WHERE id = $1", row_id) == 1  # was 0: left for later
