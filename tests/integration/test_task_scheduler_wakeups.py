@@ -149,7 +149,11 @@ async def test_sleeping_schedulers_are_woken_for_each_kind_of_work(database, tmp
         assert max(sum(b <= moment < e for _, b, e in spans) for _, moment, _ in spans) == 2, spans
         # schedule points: each fired once, on time, by whichever scheduler took it
         every = await new_task(pool, orch, 0.05, schedule="* * * * * */1")
-        await asyncio.sleep(6)
+        # until three points have fired (it was a 6-s sleep); within seconds, the fallback poll a minute away
+        fired_by = time.monotonic() + 2 + WAKE
+        while len({r["scheduled_for"] for r in await store.runs_of(pool, every, None, None)}) < 3:
+            assert time.monotonic() < fired_by, await store.runs_of(pool, every, None, None)
+            await asyncio.sleep(0.05)
         await store.kill_task(pool, every)
         points = Counter(r["scheduled_for"] for r in await store.runs_of(pool, every, None, None))
         assert all(n == 1 for n in points.values()) and len(points) >= 3, points
