@@ -344,19 +344,25 @@ final LATE_LINES after its run's end: lines arriving later are refused (docs/orc
 
 async def append_logs(pool: asyncpg.Pool, run_id: uuid.UUID, first_seq: int,
                       lines: list[tuple[datetime, str, bool, str]]) -> int:
-    """Store the run's `lines` from sequence number `first_seq` on; how many were stored: all of them while the run is
-    queued or running or ended at most LATE_LINES ago, none once it ended before (checked in the same statement)."""
+    """Store the run's `lines` from sequence number `first_seq` on; how many are stored: all of them while the run is
+    queued or running or ended at most LATE_LINES ago, none once it ended before (checked in the same statement).
+    Idempotent: a line whose sequence number is stored already is skipped and counted as stored, so the runner's retry
+    of a batch whose INSERT committed but whose answer was lost (the connection dropped) stores nothing twice; before,
+    that retry failed on the primary key and the batch's lines (and, the numbering stuck, every later one) were lost."""
     if not lines:
         return 0
     ats, streams, partials, texts = (list(column) for column in zip(*lines, strict=True))
+    # `earlier` reads the statement's snapshot: the lines stored before it, not the ones it adds
     return await pool.fetchval(
         "WITH added AS (INSERT INTO run_logs (run_id, seq, at, stream, partial, line)"
         " SELECT $1, $2 + l.i::integer - 1, l.at, l.stream, l.partial, l.line"
         " FROM unnest($3::timestamptz[], $4::text[], $5::boolean[], $6::text[]) WITH ORDINALITY"
         " AS l(at, stream, partial, line, i)"
         " WHERE EXISTS (SELECT 1 FROM runs WHERE id = $1 AND (status IN ('queued', 'running')"
-        " OR finished_at > now() - make_interval(secs => $7))) RETURNING 1)"
-        " SELECT count(*)::integer FROM added", run_id, first_seq, ats, streams, partials, texts, LATE_LINES)
+        " OR finished_at > now() - make_interval(secs => $7))) ON CONFLICT (run_id, seq) DO NOTHING RETURNING 1),"
+        " earlier AS (SELECT 1 FROM run_logs WHERE run_id = $1 AND seq >= $2 AND seq < $2 + cardinality($6::text[]))"
+        " SELECT ((SELECT count(*) FROM added) + (SELECT count(*) FROM earlier))::integer", run_id, first_seq, ats,
+        streams, partials, texts, LATE_LINES)
 
 
 async def logs_from(pool: asyncpg.Pool, run_id: uuid.UUID, first_seq: int, limit: int | None) -> list[asyncpg.Record]:

@@ -88,3 +88,19 @@ async def test_lines_are_stored_until_the_run_ended_late_lines_ago(scheduler_sch
     assert await store.append_logs(pool, run_id, 1, lines("b")) == (0 if ended else 1)
     assert await stored(pool, run_id) == (["a"] if ended else ["a", "b"])
     assert await store.append_logs(pool, run_id, 2, []) == 0
+
+
+async def test_a_batch_written_again_under_the_same_numbers_is_stored_once(scheduler_schema):
+    """The runner retries a batch whose INSERT may have committed (its answer lost with the connection): the lines
+    already stored are skipped and counted as stored, the new ones added. Before, the retry failed on the primary
+    key (UniqueViolationError) and the batch was dropped, and every later one with it (the numbering stuck)."""
+    pool = scheduler_schema
+    run_id = await a_run(pool)
+    assert await store.append_logs(pool, run_id, 0, lines("one", "two")) == 2
+    assert await store.append_logs(pool, run_id, 0, lines("one", "two")) == 2  # the same batch again
+    assert await store.append_logs(pool, run_id, 0, lines("one", "two", "three")) == 3  # with the lines since
+    assert await stored(pool, run_id) == ["one", "two", "three"]
+    await pool.execute("UPDATE runs SET status = 'failure', finished_at = now() - make_interval(secs => $2)"
+                       " WHERE id = $1", run_id, store.LATE_LINES + 1)
+    assert await store.append_logs(pool, run_id, 2, lines("three", "four")) == 1  # late: only what was stored
+    assert await stored(pool, run_id) == ["one", "two", "three"]
