@@ -4,7 +4,8 @@ The run's process starts through shared/sandbox.py with exactly the environment 
 directory (the zip is unpacked there, inside the sandbox), the network to the gateway only, and CPU, memory and
 wall-time limits. stdout and stderr are read in chunks and cut into lines (a line longer than MAX_LINE is stored
 in pieces tagged P, as the CRI log format does; whole lines are tagged F); lines are written to PostgreSQL in
-small batches as they come, so `get_logs_for_run` reads a run while it is going.
+small batches as they come, so `get_logs_for_run` reads a run while it is going. A write failing on a transient
+database error is retried with backoff (tenacity), its lines kept in order under the same sequence numbers.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+import asyncpg
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
 from shared.pg_text import no_nul
 from shared.sandbox import (
@@ -42,7 +46,17 @@ MAX_LINE = 16 * 1024
 KILLED = "killed (task/kill)"
 FLUSH_SECONDS = 0.2
 FLUSH_WAIT = 30.0  # seconds the end of a run waits for a log flush under way
+FLUSH_TRIES = 5  # attempts of a periodic flush; lines it could not write wait for the next one
+FINAL_FLUSH_SECONDS = 30.0  # how long the end of a run retries writing its last lines before it drops them
+FLUSH_BACKOFF = 0.1  # the first wait between two attempts, doubled each time up to FLUSH_BACKOFF_MAX
+FLUSH_BACKOFF_MAX = 2.0
+PUMP_WAIT = 10.0  # seconds the end of a run waits for the rest of its output (a child may hold the pipes open)
 CHUNK = 64 * 1024
+
+# Errors a retry may get past: the connection lost or refused, the server restarting or out of connections, a
+# timeout. Not a data error (a line PostgreSQL refuses stays refused): that batch is dropped with a WARNING.
+TRANSIENT = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
+             asyncpg.exceptions.InsufficientResourcesError, asyncpg.exceptions.TransactionRollbackError)
 
 # Runs inside the sandbox, in the run's working directory: unpack the orchestration, run its entrypoint as
 # __main__ with its own folder first on sys.path. argv: zip path, entrypoint path inside the zip.
@@ -113,10 +127,33 @@ class LogWriter:
             line, partial, stream = f"[railyard: log cut at {self.max_bytes} bytes]", False, "stderr"
         self.pending.append((datetime.now(UTC), stream, partial, line))
 
-    async def flush(self) -> None:
-        if self.pending:
-            batch, self.pending = self.pending, []
-            await self.sink(batch)
+    async def flush(self, *, final: bool = False) -> None:
+        """Write the pending lines. A TRANSIENT error is retried with exponential backoff, FLUSH_TRIES attempts (the
+        final flush: for FINAL_FLUSH_SECONDS); a batch still not written, or whose flush was cancelled, goes back in
+        front of `pending` and the error is raised: the next flush writes it with the lines since, in order. The sink
+        numbers a batch's lines only once they are written (scheduler.py), so every attempt writes them under the
+        same sequence numbers, and an attempt whose INSERT committed but whose answer was lost is not stored twice
+        (store.append_logs skips lines already stored). Any other error drops the batch (a retry cannot fix it):
+        LinesDropped."""
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        try:
+            async for attempt in AsyncRetrying(
+                    stop=stop_after_delay(FINAL_FLUSH_SECONDS) if final else stop_after_attempt(FLUSH_TRIES),
+                    wait=wait_exponential(multiplier=FLUSH_BACKOFF, max=FLUSH_BACKOFF_MAX),
+                    retry=retry_if_exception_type(TRANSIENT), reraise=True):
+                with attempt:
+                    await self.sink(batch)
+        except (*TRANSIENT, asyncio.CancelledError):
+            self.pending[:0] = batch
+            raise
+        except Exception as exc:
+            raise LinesDropped(f"{len(batch)} log lines dropped: {type(exc).__name__}: {exc}") from exc
+
+
+class LinesDropped(Exception):
+    """A batch of log lines the database refused for a reason a retry cannot fix (not TRANSIENT)."""
 
 
 async def _pump(reader: asyncio.StreamReader, stream: str, writer: LogWriter) -> None:
@@ -176,7 +213,13 @@ async def execute(plan: RunPlan, writer: LogWriter, kill: asyncio.Event) -> RunO
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop_flushing.wait(), FLUSH_SECONDS)
             if not stop_flushing.is_set():
-                await writer.flush()
+                try:
+                    await writer.flush()
+                except TRANSIENT as exc:  # its lines stay pending: the next flush (or the final one) writes them
+                    log.warning("run %s: writing its log lines failed (%s: %s), tried again at the next flush",
+                                plan.run_id, type(exc).__name__, exc)
+                except LinesDropped as exc:  # the next lines are written still
+                    log.warning("run %s: %s", plan.run_id, exc)
 
     flushing = asyncio.create_task(flusher())
     waited = asyncio.create_task(process.wait())
@@ -195,7 +238,11 @@ async def execute(plan: RunPlan, writer: LogWriter, kill: asyncio.Event) -> RunO
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await waited
-        await asyncio.wait_for(asyncio.gather(*pumps, return_exceptions=True), 10)
+        try:
+            await asyncio.wait_for(asyncio.gather(*pumps, return_exceptions=True), PUMP_WAIT)
+        except TimeoutError:  # was raised out of execute: no final flush, and the run "could not be started"
+            log.warning("run %s: its output was still open %.0f s after its process ended; the rest is not read",
+                        plan.run_id, PUMP_WAIT)
     finally:
         killed.cancel()
         stop_flushing.set()
@@ -206,10 +253,18 @@ async def execute(plan: RunPlan, writer: LogWriter, kill: asyncio.Event) -> RunO
                 process.kill()
         await asyncio.wait({flushing}, timeout=FLUSH_WAIT)  # the flush under way, if any, ends
         if not flushing.done():
-            flushing.cancel()
-        elif not flushing.cancelled() and flushing.exception() is not None:
-            log.warning("run %s: writing its log lines failed: %s", plan.run_id, flushing.exception())
-    await writer.flush()
+            flushing.cancel()  # its batch goes back to `pending`, for the final flush
+            await asyncio.wait({flushing})
+        # whatever happened above: the last lines (a failed run's traceback) are written, retried for a while; a
+        # failure to write them is logged, never the run's outcome (it was "could not be started" though it ran)
+        try:
+            async with asyncio.timeout(2 * FINAL_FLUSH_SECONDS):  # an attempt that hangs is bounded too
+                await writer.flush(final=True)
+        except LinesDropped as exc:
+            log.warning("run %s: %s", plan.run_id, exc)
+        except TRANSIENT as exc:
+            log.warning("run %s: its last %d log lines are lost: writing them failed for %.0f s or more (%s: %s)",
+                        plan.run_id, len(writer.pending), FINAL_FLUSH_SECONDS, type(exc).__name__, exc)
     code = process.returncode
     said = stderr_excerpt("\n".join(writer.stderr_tail).encode())
     if failure := setup_failure(process, said):  # the launcher's verdict; status 125 and its words are main.py's too
