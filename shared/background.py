@@ -74,7 +74,10 @@ class Sweeper(BackgroundTask):
                 await asyncio.sleep(wait)
             else:
                 try:
-                    await asyncio.wait_for(wake.wait(), timeout=wait)
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns when the event is set in the
+                    # step `stop`'s cancel comes (bpo-42130), and the cancel was lost: the loop went on, stop waited
+                    async with asyncio.timeout(wait):
+                        await wake.wait()
                     woken = True
                 except TimeoutError:
                     pass
