@@ -50,7 +50,7 @@ def _die_with_parent(sig: int = signal.SIGTERM, slice_us: int = 0, parent: int |
     the supervisor may have died before the child asked, when the kernel sends nothing (the child reparented
     already): then it exits. Before, a server or service forked in either window ran on with no supervisor (the
     deployer's replicas had the same gap: services/deployer/backend.py)."""
-    with contextlib.suppress(ValueError):  # not the main thread (a test's): its handler, if any, stays until the exec
+    with contextlib.suppress(ValueError):  # defensive: in the forked child the forking thread is its main thread
         signal.signal(sig, signal.SIG_DFL)
     sched_hint.parent_death_signal(sig)  # libc found at import: no dlopen between fork and exec
     if parent is not None and os.getppid() != parent:
