@@ -163,7 +163,8 @@ async def start(runtime: Runtime) -> None:
     deployments = Deployments(runtime.db)
     await deployments.start(ingest_nc.jetstream())
     runtime.extras.update(deployments=deployments)
-    ingestor = handlers.Ingestor(deps, ingest_nc.jetstream(), events_committed=outbox.wake, deployments=deployments)
+    ingestor = handlers.Ingestor(deps, ingest_nc.jetstream(), events_committed=outbox.wake, deployments=deployments,
+                                 nc=ingest_nc)
     await ingestor.start()
 
     async def query(msg: Any, token: str | None) -> tuple[bytes, dict[str, str]]:

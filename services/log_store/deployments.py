@@ -38,6 +38,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -106,6 +107,9 @@ class Deployments:
         self.owed: set[Any] = set()
         self.task: asyncio.Task | None = None
         self.running = True
+        # told each deployment whose announcement was recorded (handlers.Ingestor.announced: its held batches are
+        # asked back at once)
+        self.on_recorded: Callable[[str], None] = lambda name: None
 
     async def lookup(self, names: list[str]) -> dict[str, Owner]:
         """Whose each named deployment known is (a name not in the answer is not known yet). Raises when PostgreSQL
@@ -150,6 +154,7 @@ class Deployments:
             event.name, event.deployment_id, event.workspace_id, event.pipeline_id, event.pipeline_name)
         self.recorded += 1
         self.cache.pop(event.name, None)  # cached without its pipeline's name, say
+        self.on_recorded(event.name)
 
     async def start(self, js: Any) -> None:
         self.js = js

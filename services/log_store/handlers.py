@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import asyncpg
 import nats.errors
@@ -108,7 +108,8 @@ TRANSIT_PREFIXES = ("inference/", "fields/")  # in BUCKET_TABLES: see _purge
 FETCH_BYTES = 8 * 1024 * 1024
 LOG_SUBJECT_PREFIX = "logs.inference."
 # a batch whose deployment the deployer has not announced (deployments.py) comes back this many seconds later, twice
-# that after its second delivery, and so on up to UNKNOWN_RETRY_MAX: ~65 redeliveries in UNKNOWN_WAIT, not 1,800
+# that after its second delivery, and so on up to UNKNOWN_RETRY_MAX: ~65 redeliveries in UNKNOWN_WAIT, not 1,800.
+# Once this process records the announcement, its held batches are asked back at once (`Ingestor.wake_held`)
 UNKNOWN_RETRY = 2.0
 UNKNOWN_RETRY_MAX = 60.0
 UNKNOWN_BACKOFF = DeliveryPolicy(backoff=UNKNOWN_RETRY, backoff_max=UNKNOWN_RETRY_MAX)
@@ -127,6 +128,7 @@ HOLD_STALE = 300.0  # seconds after which a held batch not seen again is forgott
 # announced before EVENTS' age cap at an upgrade, or a subject no deployment has)
 UNKNOWN_WAIT = 3600.0
 UNKNOWN_LOG_EVERY = 60.0  # seconds between two log lines about one deployment's batches waiting
+ANNOUNCED_MAX = 4096  # announcements noted between two turns of the loop at most; past it every held batch is woken
 
 
 @dataclass
@@ -139,6 +141,16 @@ class Batch:
     requests: dict[str, tuple[int, int]] = field(default_factory=dict)  # rows of requests to store once
     ref: SegmentRef | None = None
     deployment: str | None = None  # the header's (checked against the subject and the deployer's announcement)
+
+
+class Held(NamedTuple):
+    """A batch left unacknowledged for its deployment's announcement: when it was last held (monotonic), its bytes,
+    the deployment its subject names and the reply subject of its last delivery (to ask it back by)."""
+
+    at: float
+    size: int
+    deployment: str
+    reply: str | None
 
 
 @dataclass
@@ -258,15 +270,21 @@ class Ingestor:
     """The consumer loop (one task); `flush` is the unit that is durable before it is acknowledged."""
 
     def __init__(self, deps: Deps, js: Any, events_committed: Callable[[], None] = lambda: None,
-                 deployments: Deployments | None = None) -> None:
+                 deployments: Deployments | None = None, nc: Any = None) -> None:
         self.deps = deps
         self.js = js
+        self.nc = nc if nc is not None else getattr(js, "_nc", None)  # the connection held batches are asked back by
         # whose each deployment is (the deployer's announcements): a batch is taken only when its header agrees
         self.deployments = deployments
         self.waiting: dict[str, float] = {}  # deployment not announced yet -> when its batches waiting were logged
         self.held = 0  # batches left unacknowledged because their deployment was not announced yet
-        # stream sequence of each batch held now -> when (monotonic) it was last held, its bytes
-        self.holding: dict[int, tuple[float, int]] = {}
+        # stream sequence of each batch held now -> when it was held, its bytes, deployment, reply subject
+        self.holding: dict[int, Held] = {}
+        # deployments this process recorded an announcement of since the loop last looked (`announced`); None: more
+        # than ANNOUNCED_MAX, every held batch is asked back
+        self.announced_names: set[str] | None = set()
+        if deployments is not None:
+            deployments.on_recorded = self.announced
         self.holding_bytes = 0
         self.pruned = 0.0
         # a quarantine's event is put in the outbox with its row (store.quarantine); called after that commit: the
@@ -304,6 +322,8 @@ class Ingestor:
         size = 0
         opened = 0.0
         while self.running:
+            if self.announced_names is None or self.announced_names:
+                await self.wake_held(pending)
             wait = settings.flush_interval if not pending else max(0.01, opened + settings.flush_interval
                                                                     - time.monotonic())
             try:
@@ -326,6 +346,42 @@ class Ingestor:
                             or len(pending) >= 20_000):
                 await self.flush_with_retry(pending)
                 pending, size = [], 0
+
+    def announced(self, name: str) -> None:
+        """The deployer's announcement of deployment `name` was recorded (Deployments.record): the batches of it held
+        here are asked back at the loop's next turn (`wake_held`), not at their nak's delay (up to a minute)."""
+        if self.announced_names is not None:
+            self.announced_names.add(name)
+            if len(self.announced_names) > ANNOUNCED_MAX:
+                self.announced_names = None
+
+    async def wake_held(self, fetched: list[Any]) -> int:
+        """Ask the server to deliver again, now, the held batches of the deployments announced since the last look
+        (all of them after more than ANNOUNCED_MAX announcements). A plain NAK of a message the consumer still has
+        pending puts it on the server's redelivery queue at once (nats-server's processNak), where the nak that held
+        it set a delay. Called by the loop between two flushes, never from the announcements' task: a flush that
+        looked a deployment up before its announcement was recorded and holds its batch after would otherwise set
+        the delay again after the wake-up (lost, the batch back up to a minute later). A batch fetched again and
+        not flushed yet (`fetched`) is left alone: its flush finds the announcement. The redelivered batches are
+        checked as any batch is; one delivered twice (its delay ran out as well) is a known batch id the second
+        time, acknowledged and skipped. The number of batches asked back."""
+        names, self.announced_names = self.announced_names, set()
+        if self.nc is None or not self.holding:
+            return 0
+        again = {_stream_seq(msg) for msg in fetched}
+        woken = 0
+        for seq, held in list(self.holding.items()):
+            if seq in again or held.reply is None or (names is not None and held.deployment not in names):
+                continue
+            try:
+                await self.nc.publish(held.reply, b"-NAK")
+            except Exception as exc:  # it comes back at its nak's delay instead
+                log.warning("asking held inference log batches back failed (they come back later): %s", exc)
+                break
+            woken += 1
+        if woken:
+            log.info("%d held inference log batches asked back: their deployments were announced", woken)
+        return woken
 
     async def flush_with_retry(self, msgs: list[Any], probe: bool = False) -> None:
         """Store the messages, retrying a few times. A group that still fails is stored one message at a time,
@@ -518,7 +574,7 @@ class Ingestor:
             seq = _stream_seq(batch.msg)
             holding = self.holding.pop(seq, None)
             if holding is not None:
-                self.holding_bytes -= holding[1]
+                self.holding_bytes -= holding.size
             if batch.deployment != subject or "\x00" in subject:
                 await self.quarantine(batch.msg, f"its subject names deployment {subject[:200]!r}, its Railyard-Log "
                                       f"header deployment {str(batch.deployment)[:200]!r}")
@@ -536,7 +592,7 @@ class Ingestor:
                                           "would stop the log store's consumer)")
                     continue
                 size = len(batch.msg.data or b"")
-                self.holding[seq] = (time.monotonic(), size)
+                self.holding[seq] = Held(time.monotonic(), size, subject, getattr(batch.msg, "reply", None))
                 self.holding_bytes += size
                 held.add(id(batch.msg))
                 self.held += 1
@@ -573,8 +629,8 @@ class Ingestor:
         now = time.monotonic()
         if not room() and now - self.pruned >= 10.0:
             self.pruned = now
-            self.holding = {seq: held for seq, held in self.holding.items() if now - held[0] < HOLD_STALE}
-            self.holding_bytes = sum(size for _, size in self.holding.values())
+            self.holding = {seq: held for seq, held in self.holding.items() if now - held.at < HOLD_STALE}
+            self.holding_bytes = sum(held.size for held in self.holding.values())
         return room()
 
 

@@ -152,6 +152,53 @@ def test_a_batch_of_a_deployment_not_announced_yet_waits_and_is_stored_once_it_i
     assert _values(all_rows(stack, alice, pipeline, order="Asc")) == [0.0, 1.0, 2.0]  # each once
 
 
+def test_batches_held_for_a_late_announcement_are_stored_as_soon_as_it_lands(stack, alice):
+    """A held batch comes back at its nak's delay, which doubles at each return (2, 4, 8, 16 s ... at most 60): held
+    16 s, its next return is ~14 s away. Once the announcement lands the log store asks its held batches back at once
+    (a plain NAK: the server delivers them again now): they are stored within a few seconds, each once, and a batch of
+    another deployment still not announced stays held (neither stored nor quarantined). On the old code they waited
+    for their delay to run out (stored ~14 s after the announcement)."""
+    pipeline, other = f"later-{uuid.uuid4().hex[:6]}", f"never-{uuid.uuid4().hex[:6]}"
+    for name in (pipeline, other):
+        _create_once(stack, alice, name)
+    deployment, unannounced = fake_deployment(alice.workspace_id, pipeline), fake_deployment(alice.workspace_id, other)
+    now = int(time.time() * 1000)
+
+    async def publish() -> list[str]:
+        nc = await nats_client.connect(stack.settings().nats.url)
+        try:
+            header = log_header(alice.workspace_id, pipeline, deployment, "v")
+            batches = [await _send(nc, deployment, header, _table([float(i)], now + i)) for i in range(3)]
+            return batches + [await _send(nc, unannounced, log_header(alice.workspace_id, other, unannounced, "v"),
+                                          _table([9.0], now))]
+        finally:
+            await nc.close()
+
+    batches = asyncio.run(publish())
+    # the scenario, not a wait for something: held this long, each batch was back at ~2, ~6 and ~14 s and will be
+    # next at ~30 s
+    time.sleep(16.0)
+    assert all_rows(stack, alice, pipeline) == []
+
+    async def announce_it() -> None:
+        nc = await nats_client.connect(stack.settings().nats.url)
+        try:
+            await announce(nc, alice.workspace_id, deployment)
+        finally:
+            await nc.close()
+
+    announced = time.monotonic()
+    asyncio.run(announce_it())
+    rows = wait_rows(stack, alice, pipeline, 3, timeout=30, order="Asc")
+    took = time.monotonic() - announced
+    assert took < 6.0, f"the held batches were stored {took:.1f} s after their deployment's announcement"
+    assert _values(rows) == [0.0, 1.0, 2.0]
+    time.sleep(1.0)  # a second copy (the delayed return as well) would show by now
+    assert _values(all_rows(stack, alice, pipeline, order="Asc")) == [0.0, 1.0, 2.0]  # each once
+    assert all_rows(stack, alice, other) == []  # the other deployment's batch is still held, not stored
+    assert asyncio.run(_quarantine_reasons(stack, batches)) == {}  # nor quarantined
+
+
 def _create_once(stack, account, name: str) -> None:
     from tests.integration.conftest import post
 

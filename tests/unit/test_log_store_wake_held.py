@@ -1,0 +1,85 @@
+"""A batch held for its deployment's announcement (services/log_store/handlers.py, `Ingestor.check_owners`) is asked
+back as soon as this process records the announcement (`Ingestor.announced`, then `wake_held` at the loop's next
+turn: a plain NAK to its last delivery's reply subject, which makes the server deliver it again now). Before, it came
+back when its nak's delay ran out, up to a minute later. The real server's side is
+tests/integration/test_log_owners.py::test_batches_held_for_a_late_announcement_are_stored_as_soon_as_it_lands."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+from services.log_store.handlers import Batch, Ingestor
+from shared.settings import LogSettings
+
+
+class Nc:
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        self.published.append((subject, data))
+
+
+class Msg:
+    def __init__(self, deployment: str, seq: int) -> None:
+        self.subject = f"logs.inference.{deployment}"
+        self.reply = f"$JS.ACK.INFERENCE_LOGS.log-store.1.{seq}.{seq}.0.0"
+        self.data = b"x" * 10
+        self.headers: dict[str, str] = {}
+        self.metadata = SimpleNamespace(sequence=SimpleNamespace(stream=seq), num_delivered=1,
+                                        timestamp=datetime.now(UTC))
+        self.delays: list[float] = []
+
+    async def nak(self, delay: float) -> None:
+        self.delays.append(delay)
+
+
+class Deployments:
+    """Nothing announced; the announcement of `late` is recorded while the flush looks it up (the announcements'
+    task runs between the lookup's query and its answer)."""
+
+    caught_up = 0.0
+
+    def __init__(self, late: str) -> None:
+        self.late = late
+        self.on_recorded = lambda name: None
+
+    async def lookup(self, names: list[str]) -> dict:
+        if self.late in names:
+            self.on_recorded(self.late)
+        return {}
+
+
+def _batch(msg: Msg, deployment: str) -> Batch:
+    return Batch(msg, f"batch-{msg.metadata.sequence.stream}", 1, "p", None, deployment=deployment)
+
+
+def test_a_batch_held_by_a_flush_that_looked_it_up_before_its_announcement_was_recorded_is_asked_back():
+    async def scenario() -> None:
+        nc, deployments = Nc(), Deployments("dep-late")
+        ingestor = Ingestor(SimpleNamespace(settings=LogSettings()), js=None, deployments=deployments, nc=nc)
+        late, other = Msg("dep-late", 7), Msg("dep-other", 8)
+        kept, held = await ingestor.check_owners([_batch(late, "dep-late"), _batch(other, "dep-other")])
+        assert kept == [] and held == {id(late), id(other)}
+        assert late.delays and other.delays  # held with a delay, as before
+        assert await ingestor.wake_held([]) == 1
+        assert nc.published == [(late.reply, b"-NAK")]  # the announced deployment's batch only
+        assert await ingestor.wake_held([]) == 0  # once per announcement
+
+    asyncio.run(scenario())
+
+
+def test_a_held_batch_fetched_again_before_the_wake_up_is_left_to_its_flush():
+    async def scenario() -> None:
+        nc, deployments = Nc(), Deployments("none")
+        ingestor = Ingestor(SimpleNamespace(settings=LogSettings()), js=None, deployments=deployments, nc=nc)
+        first, second = Msg("dep-a", 3), Msg("dep-a", 4)
+        await ingestor.check_owners([_batch(first, "dep-a"), _batch(second, "dep-a")])
+        deployments.on_recorded("dep-a")
+        again = Msg("dep-a", 3)  # its delay ran out: fetched, its flush will find the announcement
+        assert await ingestor.wake_held([again]) == 1
+        assert nc.published == [(second.reply, b"-NAK")]
+
+    asyncio.run(scenario())
