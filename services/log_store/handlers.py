@@ -128,6 +128,7 @@ HOLD_STALE = 300.0  # seconds after which a held batch not seen again is forgott
 # announced before EVENTS' age cap at an upgrade, or a subject no deployment has)
 UNKNOWN_WAIT = 3600.0
 UNKNOWN_LOG_EVERY = 60.0  # seconds between two log lines about one deployment's batches waiting
+STOP_WAIT = 5.0  # seconds a stop waits for the flush under way before it cancels the loop
 ANNOUNCED_MAX = 4096  # announcements noted between two turns of the loop at most; past it every held batch is woken
 
 
@@ -302,13 +303,27 @@ class Ingestor:
         self.task = asyncio.create_task(self.run())
 
     async def stop(self) -> None:
-        """Let a flush under way finish (its messages are then acknowledged), then stop fetching."""
+        """Let a flush under way finish (its messages are then acknowledged), then stop fetching; after STOP_WAIT the
+        loop is cancelled (what it had not acknowledged is redelivered). A cancel of stop() itself cancels the loop and
+        is raised: before, `except CancelledError: pass` took it for the loop's and stop() returned normally. Bounded
+        with asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the loop's result instead of raising
+        when the loop ends in the step the cancel comes (bpo-42130); asyncio.wait raises nothing of the loop's, so
+        a CancelledError here is stop()'s own."""
         self.running = False
-        if self.task is not None:
-            try:
-                await asyncio.wait_for(self.task, 5.0)
-            except (TimeoutError, asyncio.CancelledError):
-                pass
+        task = self.task
+        if task is None:
+            return
+        try:
+            async with asyncio.timeout(STOP_WAIT):
+                await asyncio.wait({task})
+        except TimeoutError:
+            task.cancel()
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("the inference log consumer had stopped on an error", exc_info=error)
 
     async def run(self) -> None:
         ready = getattr(self.deployments, "ready", None)
