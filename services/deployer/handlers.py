@@ -81,7 +81,8 @@ class DeployerDeps:
     failed_restores: dict[str, str] = field(default_factory=dict)
     # deployments serving whose deployed event's write failed: written again in the background (OwedDeployed)
     owed: OwedDeployed = field(default_factory=lambda: OwedDeployed())
-    # failed first deploys whose clean-up the database did not take: their rows made inactive in the background
+    # failed first deploys whose clean-up the database did not take, and deploys whose activation's commit did not
+    # answer: their rows made inactive in the background
     deactivations: Deactivations = field(default_factory=lambda: Deactivations())
 
     def pipeline_lock(self, pipeline_id: int) -> PipelineLock:
@@ -178,11 +179,13 @@ async def _owe(deps: DeployerDeps, pipeline_id: int, event: PipelineDeployed) ->
     """The deployment serves but the write of its deployed event failed: the row says it served (store.mark_served,
     its own commit; if that fails too the background write marks it) and the event is written in the background
     (OwedDeployed). Under the pipeline's lock."""
-    try:
-        async with deps.pool.acquire() as conn:
-            await store.mark_served(conn, event.deployment_id)
+    async def mark(conn: asyncpg.Connection) -> None:
+        await store.mark_served(conn, event.deployment_id)
+
+    try:  # bounded as a deploy's steps (_deploy_step): a deploy waits for it
+        await _answered_within(deps.timeout * DEPLOY_STEP_ANSWERS_WITHIN, _in_transaction(deps, mark))
     except Exception as exc:
-        log.warning("deployment %s: not marked as served yet (%s)", event.name, exc)
+        log.warning("deployment %s: not marked as served yet (%r)", event.name, exc)
     deps.owed.owe(deps, pipeline_id, event)
 
 
@@ -307,18 +310,24 @@ async def copy_pipeline(deps: DeployerDeps, principal: Principal, token: str | N
     created = await _create_version(deps, principal, cmd.workspace_id, cmd.name, definition, new_name=True)
     deployment = None
     if plan is not None:
-        pipeline = await store.pipeline(deps.pool, created.pipeline_pk_id)
-        version = await store.version(deps.pool, created.pipeline_variant_pk_id)
         try:
+            pipeline, version = await _deploy_step(deps, created.pipeline_pk_id, _rows_of(deps, created))
             deployed = await _start_deployment(deps, pipeline, version, cmd.deploy, *plan)
-        except InvalidRequest as exc:
+        except (InvalidRequest, Unavailable) as exc:
             # replicas that fail to start cannot be checked before: as with pipelines/deploy, the (new) version
-            # stays and nothing runs; the copy is kept, and the answer says where to deploy it again
-            raise InvalidRequest(f"{exc} (the copy was created: pipeline {created.pipeline_pk_id}, version "
-                                 f"{created.pipeline_variant_pk_id}; deploy it with pipelines/deploy)") from None
+            # stays and nothing runs; the copy is kept, and the answer says where to deploy it again. Likewise a
+            # database that failed the deploy (a 503, retryable)
+            raise type(exc)(f"{exc} (the copy was created: pipeline {created.pipeline_pk_id}, version "
+                            f"{created.pipeline_variant_pk_id}; deploy it with pipelines/deploy)", code=exc.code
+                            ) from None
         deployment = {"id": deployed.id, "name": f"{cmd.deploy}-{deployed.id}"}
     return PipelineCopied(pipeline_pk_id=created.pipeline_pk_id, pipeline_variant_pk_id=created.pipeline_variant_pk_id,
                           pipeline_version=cmd.pipeline_version, deployment=deployment)
+
+
+async def _rows_of(deps: DeployerDeps, created: PipelineCreated) -> tuple[Any, Any]:
+    return (await store.pipeline(deps.pool, created.pipeline_pk_id),
+            await store.version(deps.pool, created.pipeline_variant_pk_id))
 
 
 async def list_pipelines(deps: DeployerDeps, principal: Principal, token: str | None, workspace_id: int,
@@ -535,11 +544,15 @@ async def _plan_deployment(deps: DeployerDeps, token: str | None, workspace_id: 
 
 
 async def deploy(deps: DeployerDeps, principal: Principal, token: str | None, cmd: DeployPipeline) -> Deployed:
-    pipeline = await _pipeline_for(deps, principal, token, cmd.pipeline_id)
-    _check_name(cmd.deploy_id, "deploy_id")
-    version = await store.version(deps.pool, cmd.pipeline_version_pk_id)
-    if version is None or version["pipeline_id"] != pipeline["id"]:
-        raise NotFound(f"version {cmd.pipeline_version_pk_id} of pipeline {pipeline['id']} not found")
+    async def read() -> tuple[Any, Any]:
+        pipeline = await _pipeline_for(deps, principal, token, cmd.pipeline_id)
+        _check_name(cmd.deploy_id, "deploy_id")
+        version = await store.version(deps.pool, cmd.pipeline_version_pk_id)
+        if version is None or version["pipeline_id"] != pipeline["id"]:
+            raise NotFound(f"version {cmd.pipeline_version_pk_id} of pipeline {pipeline['id']} not found")
+        return pipeline, version
+
+    pipeline, version = await _deploy_step(deps, cmd.pipeline_id, read())
     config, steps = await _plan_deployment(deps, token, pipeline["workspace_id"], json.loads(version["definition"]),
                                            cmd.deploy_id, cmd.engine_config, cmd.models, cmd.model_ids,
                                            cmd.model_configs)
@@ -577,26 +590,51 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
     refused (409 serving_changed, nothing changed) when that one changed what serves (_check_serving).
 
     `activation` names this deploy's activation in the row (store.activate_deployment): what a commit that raised
-    did is read from it (_recorded), and a late clean-up touches only it (Deactivations)."""
+    did is read from it (_recorded), and a late clean-up touches only it (Deactivations).
+
+    Each database step is bounded (DEPLOY_STEP_ANSWERS_WITHIN): the first transaction is a 503 (its activation, if
+    its commit may have taken effect, made inactive in the background: no replica of it runs), a redeploy's record a
+    503 (_recorded), a failed start's clean-up and the deployed event's write go to the background."""
 
     def deployed(deployment_id: int, name: str) -> PipelineDeployed:
         return deployed_event(deployment_id, name, pipeline["id"], pipeline["workspace_id"], version["version"],
                               pipeline["name"])
 
     async with deps.pipeline_lock(pipeline["id"]):
-        async with deps.pool.acquire() as conn, conn.transaction():
-            before = await store.pipeline_deployment(conn, pipeline["id"])
-            old = f"{before['deploy_id']}-{before['id']}" if before is not None else None
-            # a deployment that serves keeps its row, which tells what serves (version, schemas, name), until the
-            # new set serves too (`record`): written at once, pipelines/get and the gateway's routes showed the new
-            # version while only the old replicas answered, and a failed redeploy's for a moment after it
-            serving = before is not None and before["active"] and old in deps.backend.sets
-            if only_if_serving is not None:  # raised before any write: the transaction changes nothing
-                _check_serving(pipeline, before, old, serving, only_if_serving)
-            if not serving:  # a deployed event owed by the activation replaced, if it served (owed_before)
-                await owed_before(conn, before, pipeline, serving=False)
-            deployment_id = before["id"] if serving else await store.activate_deployment(conn, before, *row,
-                                                                                         activation=activation)
+        seen: dict[str, Any] = {}  # what the first transaction read, should it not answer
+
+        async def first() -> tuple[dict[str, Any] | None, str | None, bool, int]:
+            async with deps.pool.acquire() as conn, conn.transaction():
+                before = seen["before"] = await store.pipeline_deployment(conn, pipeline["id"])
+                old = f"{before['deploy_id']}-{before['id']}" if before is not None else None
+                # a deployment that serves keeps its row, which tells what serves (version, schemas, name), until the
+                # new set serves too (`record`): written at once, pipelines/get and the gateway's routes showed the
+                # new version while only the old replicas answered, and a failed redeploy's for a moment after it
+                serving = before is not None and before["active"] and old in deps.backend.sets
+                if only_if_serving is not None:  # raised before any write: the transaction changes nothing
+                    _check_serving(pipeline, before, old, serving, only_if_serving)
+                seen["writes"] = not serving
+                if not serving:  # a deployed event owed by the activation replaced, if it served (owed_before)
+                    await owed_before(conn, before, pipeline, serving=False)
+                deployment_id = before["id"] if serving else await store.activate_deployment(
+                    conn, before, *row, activation=activation)
+            return before, old, serving, deployment_id
+
+        try:
+            before, old, serving, deployment_id = await _deploy_step(deps, pipeline["id"], first(),
+                                                                     lambda: seen.get("writes", False))
+        except Unavailable:
+            if seen.get("writes"):
+                # its commit may have taken effect (its answer lost, or cut short by the bound): the row would
+                # then be active for replicas never started ("Starting"), so it is made inactive once the database
+                # answers, only while it holds this activation (a first deploy's id is not known: the row is found
+                # by its activation), as after a failed start
+                before = seen["before"]
+                deps.deactivations.owe(
+                    deps, before["id"] if before else None, f"{deploy_id}-{before['id']}" if before else
+                    f"{deploy_id}-? (a first deploy of pipeline {pipeline['id']})", _undeployed_of(pipeline, before),
+                    activation, pipeline["id"])
+            raise
         if not serving:  # a new activation: the replaced one's owed event was written above, or is not owed
             deps.owed.forget(deployment_id)
         name = f"{deploy_id}-{deployment_id}"
@@ -607,14 +645,16 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
             deps.failed_restores.pop(failed, None)
         spec.deployment.id, spec.deployment.name = deployment_id, name
 
+        async def record_in(conn: asyncpg.Connection) -> None:
+            existing = await store.pipeline_deployment(conn, pipeline["id"])
+            # the old set serves: a deployed event its row still owes (its write failed) is written first
+            await owed_before(conn, existing, pipeline, serving=True)
+            await store.activate_deployment(conn, existing, *row, activation=activation)
+            await store.record_deployed(conn, deployed(deployment_id, name))
+
         async def record() -> None:
-            try:
-                async with deps.pool.acquire() as conn, conn.transaction():
-                    existing = await store.pipeline_deployment(conn, pipeline["id"])
-                    # the old set serves: a deployed event its row still owes (its write failed) is written first
-                    await owed_before(conn, existing, pipeline, serving=True)
-                    await store.activate_deployment(conn, existing, *row, activation=activation)
-                    await store.record_deployed(conn, deployed(deployment_id, name))
+            try:  # bounded as the deploy's other steps: a server that stopped answering held it (and the lock)
+                await _answered_within(deps.timeout * DEPLOY_STEP_ANSWERS_WITHIN, _in_transaction(deps, record_in))
             except Exception as exc:
                 # what was committed decides: a commit that took effect but whose answer was lost (the connection
                 # dropped after COMMIT, a command timeout) left the row naming the new set, which must serve then.
@@ -624,8 +664,8 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
                     # a command timeout (TimeoutError) read as the replicas' and was a 400 "failed to start", any
                     # other error a 500 "internal error"
                     raise Unavailable(f"the redeploy of pipeline {pipeline['id']} as {name!r} was not recorded: the"
-                                      f" database failed ({type(exc).__name__}); nothing changed, {old} still serves"
-                                      " the previous version. Deploy again once the database answers") from exc
+                                      f" database {_failure(deps, exc)}; nothing changed, {old} still serves the"
+                                      " previous version. Deploy again once the database answers") from exc
             deps.owed.forget(deployment_id)  # the replaced activation's owed event was written with it
 
         try:
@@ -644,24 +684,19 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
                     raise
                 raise InvalidRequest(f"the deployment failed to start: {exc} (nothing changed: {old} still serves "
                                      "the previous version)") from None
-            # inactive now; a deployment that was active (its restore after a restart had failed: nothing served)
-            # tells so, as an undeploy would, when lineage was told it was deployed (it kept it active otherwise).
-            # The deployed event its previous activation owed was written at the activation if it had served
-            # (owed_before: lineage was told, so the undeployed follows); this activation never served
-            # (store.deactivate, no `owed`)
-            was_active = before is not None and before["active"]
-            undeployed = PipelineUndeployed(deployment_id=deployment_id, name=old, pipeline_id=pipeline["id"],
-                                            workspace_id=pipeline["workspace_id"]) if was_active else None
+            # inactive now, with its undeployed event if it was active (_undeployed_of)
+            undeployed = _undeployed_of(pipeline, before)
             later = ""
-            try:
-                await store.deactivate(deps.pool, deployment_id, undeployed, activation=activation)
+            try:  # bounded: a server that stopped answering held the deploy's answer (and the lock) until it answered
+                await _answered_within(deps.timeout * DEPLOY_STEP_ANSWERS_WITHIN, store.deactivate(
+                    deps.pool, deployment_id, undeployed, activation=activation))
             except Exception as cleanup:
                 # the database did not take it: the row stays active with nothing running ("Starting") until it
                 # does, in the background. Before, the error ended the deploy (a 500) and the row stayed so until a
                 # deploy, an undeploy or a restart's restore (which started it again)
-                log.warning("deployment %s failed to start and could not be made inactive (%s): retried in the"
+                log.warning("deployment %s failed to start and could not be made inactive (%r): retried in the"
                             " background", name, cleanup)
-                deps.deactivations.owe(deps, deployment_id, name, undeployed, activation)
+                deps.deactivations.owe(deps, deployment_id, name, undeployed, activation, pipeline["id"])
                 later = "; it is made inactive once the database answers"
             if renamed is not None:
                 await deps.backend.stop(renamed)
@@ -671,12 +706,13 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
         if not serving:  # the row says active since before the start: the event alone, now that the replicas serve
             # (the row owes it until this commits: a deployer dying before has the restore write it, `_restart`)
             event = deployed(deployment_id, name)
-            try:
-                async with deps.pool.acquire() as conn, conn.transaction():
-                    await store.record_deployed(conn, event)
+            try:  # bounded: a server that stopped answering held the deploy's answer (and the lock) until it answered
+                await _answered_within(deps.timeout * DEPLOY_STEP_ANSWERS_WITHIN, _in_transaction(
+                    deps, lambda conn: store.record_deployed(conn, event)))
             except Exception as exc:  # the replicas serve and the row says so: the deploy did happen, its event is
-                # owed (deployed_pending) and written in the background once the database takes it (OwedDeployed)
-                log.warning("deployment %s serves but its events.pipeline.deployed was not written (%s): retried in"
+                # owed (deployed_pending) and written in the background once the database takes it (OwedDeployed:
+                # only while the row owes it, so a write given up on here that commits late is not written twice)
+                log.warning("deployment %s serves but its events.pipeline.deployed was not written (%r): retried in"
                             " the background", name, exc)
                 await _owe(deps, pipeline["id"], event)
         if renamed is not None:
@@ -690,6 +726,52 @@ RECORD_CHECK_TIMEOUT = 5.0
 """Seconds one such look may take (a connection, the pipeline's lock, the read): with none, a database that does not
 answer held the deploy (and the pipeline's lock) for the pool's timeouts, a connection's 60 s and a command's 30 s,
 at each look, not the ~4 s the looks were meant to take (a look that gives up counts as one not answered)."""
+
+
+DEPLOY_STEP_ANSWERS_WITHIN = 0.8
+"""Of the request timeout: each of a deploy's own database steps (the pipeline's and version's read, the first
+transaction, a redeploy's record, a failed start's clean-up, the deployed event's write and the served mark) answers
+within it (_answered_within), or the deploy is a 503 (or, once its replicas serve, the write is left to the
+background). Before, each waited the pool's own timeouts (60 s to connect, 30 s a command), and a server that took the
+connection and stopped answering held the deploy, and the pipeline's lock, until it answered again: the gateway
+answered 504 after its ~305 s while the deploy went on."""
+
+
+def _failure(deps: DeployerDeps, exc: BaseException) -> str:
+    """How the database failed a deploy's step, for its 503."""
+    if isinstance(exc, _NotAnswered):
+        return f"did not answer within {deps.timeout * DEPLOY_STEP_ANSWERS_WITHIN:g} s"
+    return f"failed ({type(exc).__name__})"
+
+
+async def _deploy_step(deps: DeployerDeps, pipeline_id: int, work: Awaitable[_T],
+                       wrote: Callable[[], bool] = lambda: False) -> _T:
+    """A deploy's database step before anything of it runs: what `work` answers within DEPLOY_STEP_ANSWERS_WITHIN of
+    the request timeout; a database that failed it (DATABASE_ERRORS) or did not answer is a 503 unavailable
+    (retryable) saying nothing of the deploy runs; `wrote()`: the step had begun writing the deploy's activation, so
+    the answer says it may have been recorded. Before, a refused connection was a 500 and a database that did not
+    answer held the deploy for the pool's timeouts, or until it answered again (a server stopped, a partition)."""
+    try:
+        return await _answered_within(deps.timeout * DEPLOY_STEP_ANSWERS_WITHIN, work)
+    except (TimeoutError, *DATABASE_ERRORS) as exc:
+        log.warning("deploy of pipeline %s: 503 (%r)", pipeline_id, exc)
+        maybe = (" (its activation may have been recorded all the same: if so, the deployment is made inactive once"
+                 " the database answers)") if wrote() else ""
+        raise Unavailable(f"the deploy of pipeline {pipeline_id} was not made: the database {_failure(deps, exc)};"
+                          f" nothing of it runs, and what served before serves as before{maybe}. Deploy again once"
+                          " the database answers") from None
+
+
+def _undeployed_of(pipeline, before: dict[str, Any] | None) -> PipelineUndeployed | None:
+    """A deploy whose replicas did not start (or never started) makes the pipeline's deployment inactive: its
+    events.pipeline.undeployed when it was active before (its restore after a restart had failed: nothing served),
+    as an undeploy would tell, when lineage was told it was deployed (store.deactivate; it kept it active otherwise).
+    The deployed event its previous activation owed was written at the activation if it had served (owed_before:
+    lineage was told, so the undeployed follows); this activation never served (store.deactivate, no `owed`)."""
+    if before is None or not before["active"]:
+        return None
+    return PipelineUndeployed(deployment_id=before["id"], name=f"{before['deploy_id']}-{before['id']}",
+                              pipeline_id=pipeline["id"], workspace_id=pipeline["workspace_id"])
 
 
 _UNANSWERED = object()  # _look_again: no look answered
@@ -1130,10 +1212,12 @@ a PostgreSQL restart or failover included."""
 
 class Deactivations:
     """Rows of first deploys (or of deployments that were not serving) whose replicas failed to start and whose
-    clean-up (store.deactivate) the database did not take: active with nothing running, shown "Starting" for ever.
-    Each is made inactive in the background, a bounded number of times (DEACTIVATION_RETRY_DELAYS), only while the row
-    still holds the failed deploy's activation (store.deactivate's `activation`), so a deploy or undeploy of the
-    pipeline meanwhile is left as it is (no pipeline lock needed). Past the last try, or when the deployer stops
+    clean-up (store.deactivate) the database did not take, or whose activation's commit did not answer (it may have
+    been committed, no replica started): active with nothing running, shown "Starting" for ever. Each is made inactive
+    in the background, a bounded number of times (DEACTIVATION_RETRY_DELAYS), only while the row still holds the
+    failed deploy's activation (store.deactivate's `activation`), so a deploy or undeploy of the pipeline meanwhile is
+    left as it is (no in-process lock needed), each try under the pipeline's advisory lock, so a transaction of the
+    deploy the server still runs ends before the row is read. Past the last try, or when the deployer stops
     first, the row stays active: an undeploy ends it, and the next start's restore starts its replicas again (as for
     a deployer that died while a first deploy's replicas loaded). docs/deployment.md."""
 
@@ -1141,32 +1225,37 @@ class Deactivations:
         self.tasks: set[asyncio.Task] = set()
         self.stopped = False
 
-    def owe(self, deps: DeployerDeps, deployment_id: int, name: str, event: PipelineUndeployed | None,
-            activation: uuid.UUID) -> None:
+    def owe(self, deps: DeployerDeps, deployment_id: int | None, name: str, event: PipelineUndeployed | None,
+            activation: uuid.UUID, pipeline_id: int) -> None:
+        """`deployment_id` None: a first deploy whose activation's commit did not answer (its row found by
+        `activation`, if it was committed)."""
         if self.stopped:
             log.warning("deployment %s: left active with nothing running (stopping)", name)
             return
-        task = asyncio.create_task(self._deactivate(deps, deployment_id, name, event, activation),
-                                   name=f"deployer.deactivation.{deployment_id}")
+        task = asyncio.create_task(self._deactivate(deps, deployment_id, name, event, activation, pipeline_id),
+                                   name=f"deployer.deactivation.{activation}")
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     @staticmethod
-    async def _deactivate(deps: DeployerDeps, deployment_id: int, name: str, event: PipelineUndeployed | None,
-                          activation: uuid.UUID) -> None:
+    async def _deactivate(deps: DeployerDeps, deployment_id: int | None, name: str, event: PipelineUndeployed | None,
+                          activation: uuid.UUID, pipeline_id: int) -> None:
         for attempt, delay in enumerate(DEACTIVATION_RETRY_DELAYS, 1):
             await asyncio.sleep(delay)
             try:
                 async with asyncio.timeout(RECORD_CHECK_TIMEOUT):
-                    changed = await store.deactivate(deps.pool, deployment_id, event, activation=activation)
+                    # under the pipeline's advisory lock: the deploy's own transaction, given up on by the deploy
+                    # but still run by the server, ends first
+                    changed = await store.deactivate(deps.pool, deployment_id, event, activation=activation,
+                                                     pipeline_id=pipeline_id)
+                    now = None if changed else await store.activation_of(deps.pool, activation)
             except Exception as exc:
                 log.warning("deployment %s: still not made inactive (attempt %d of %d): %s", name, attempt,
                             len(DEACTIVATION_RETRY_DELAYS), exc)
                 continue
-            log.info("deployment %s: %s", name, "made inactive, its replicas having failed to start" if changed else
-                     "deployed or undeployed since its replicas failed to start: left as it is")
-            if changed and event is not None:
-                deps.events_committed()
+            log.info("deployment %s: %s", name, _deactivation_outcome(changed, now, deployment_id))
+            if (changed and event is not None) or now is not None:  # (the outbox's sweep would send them too)
+                deps.events_committed()  # a try whose answer was lost may have written the undeployed
             return
         log.error("deployment %s: its replicas failed to start and it could not be made inactive; undeploy it",
                   name)
@@ -1177,6 +1266,20 @@ class Deactivations:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _deactivation_outcome(changed: bool, now: Any, deployment_id: int | None) -> str:
+    """What a background deactivation (Deactivations) found: `changed` (it made the row inactive), else `now`, the row
+    that holds the failed deploy's activation (store.activation_of) or None. Before, whatever it found unchanged was
+    logged as "deployed or undeployed since", also when an earlier try's commit had taken effect, its answer lost."""
+    if changed:
+        return "made inactive, its replicas not started"
+    if now is not None:  # inactive: an undeploy keeps the activation, and so does a try of ours
+        return ("already inactive: an earlier try's commit took effect though its answer was lost (or it was "
+                "undeployed since)")
+    if deployment_id is None:
+        return "its activation was never recorded (or a later deploy replaced it): nothing to make inactive"
+    return "deployed again since its replicas failed to start: left as it is"
 
 
 class DeploymentRestore(BackgroundTask):

@@ -263,9 +263,9 @@ async def mark_served(conn: asyncpg.Connection, deployment_id: int) -> None:
                        deployment_id)
 
 
-async def deactivate(pool: asyncpg.Pool, deployment_id: int, event: PipelineUndeployed | None = None,
+async def deactivate(pool: asyncpg.Pool, deployment_id: int | None, event: PipelineUndeployed | None = None,
                      owed: PipelineDeployed | None = None, *, serving: bool = False,
-                     activation: uuid.UUID | None = None) -> bool:
+                     activation: uuid.UUID | None = None, pipeline_id: int | None = None) -> bool:
     """Make the deployment inactive; whether it was active. With `event`, its events.pipeline.undeployed goes to the
     outbox in the same transaction, when it was active and its readers were told it was deployed (`announced`,
     migration 006): an undeploy of an inactive one changes nothing, and one never told of (its deployer died while a
@@ -277,13 +277,20 @@ async def deactivate(pool: asyncpg.Pool, deployment_id: int, event: PipelineUnde
     died while its replicas loaded, or before the event's commit, and the restore after it failed), so no deployed
     event: before 334ec66 the owed one was written whenever the row owed it, for a deployment that never served. The
     row owes nothing afterwards either way. With `activation`, only while the row still holds that activation
-    (migration 009: a failed first deploy's late clean-up leaves a later deploy of the row as it is)."""
+    (migration 009: a failed first deploy's late clean-up leaves a later deploy of the row as it is); the deployment
+    may then be None (the row that holds it: a first deploy whose insert's answer was lost, its id unknown). With
+    `pipeline_id`, under the pipeline's advisory lock: a deploy's transaction the server still runs (its client gone)
+    ends first, so its outcome is what is read (handlers.Deactivations)."""
+    if deployment_id is None and activation is None:
+        raise ValueError("deactivate: a deployment id or an activation")
     async with pool.acquire() as conn, conn.transaction():
+        if pipeline_id is not None:
+            await xact_lock(conn, PIPELINE_LOCK, int(pipeline_id))
         was = await conn.fetchrow(
             "UPDATE deployments d SET active = false, deployed_pending = false, announced = false, served = false,"
             " updated_at = now() FROM (SELECT id, deployed_pending, announced, served FROM deployments"
-            " WHERE id = $1 AND active AND ($2::uuid IS NULL OR activation = $2) FOR UPDATE) was"
-            " WHERE d.id = was.id RETURNING was.deployed_pending, was.announced, was.served", deployment_id,
+            " WHERE ($1::bigint IS NULL OR id = $1) AND active AND ($2::uuid IS NULL OR activation = $2) FOR UPDATE)"
+            " was WHERE d.id = was.id RETURNING was.deployed_pending, was.announced, was.served", deployment_id,
             activation)
         changed = was is not None
         if changed and event is not None:
@@ -294,6 +301,12 @@ async def deactivate(pool: asyncpg.Pool, deployment_id: int, event: PipelineUnde
             if told:
                 await add_event(conn, subjects.EVENT_PIPELINE_UNDEPLOYED, event)
     return changed
+
+
+async def activation_of(pool: asyncpg.Pool, activation: uuid.UUID) -> asyncpg.Record | None:
+    """The deployment row holding `activation` (migration 009): its id and whether it is active; None when none does
+    (a deploy's activation never committed, or replaced by a later deploy's)."""
+    return await pool.fetchrow("SELECT id, active FROM deployments WHERE activation = $1", activation)
 
 
 def told_before(owed: PipelineDeployed, event: Event) -> PipelineDeployed:

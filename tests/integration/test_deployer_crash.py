@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import urlsplit, urlunsplit
@@ -20,8 +20,10 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from services.deployer import handlers, store
+from shared import subjects
 from shared.db import create_pool, load_migrations, migrate
-from shared.errors import Unavailable
+from shared.errors import InvalidRequest, Unavailable
+from shared.messages.deployer import DeployPipeline
 from shared.messages.engine import ReplicaDeployment, ReplicaSpec, ReplicaStep
 from tests.integration import conftest
 from tests.integration.conftest import service_schema
@@ -144,27 +146,60 @@ async def test_a_late_clean_up_deactivates_only_its_own_activation(stack):
         assert not (await store.deployment(pool, deployment_id))["active"]
 
 
+async def an_active_deployment(pool) -> tuple[int, int]:
+    """A pipeline "p" of WORKSPACE with an active deployment "a" (its replicas not started: the undeploy tests' row);
+    (pipeline id, deployment id)."""
+    async with pool.acquire() as conn, conn.transaction():
+        pipeline_id, version_id, version, _ = await store.create_pipeline_version(
+            conn, WORKSPACE, "p", uuid.uuid4(), {"steps": []})
+        return pipeline_id, await store.activate_deployment(
+            conn, None, *activation(pipeline_id, version_id, version, "a", 1))
+
+
+class StandInBackend:
+    """The deployer's backend as the handlers use it (sets, start, stop): a started set serves at once unless
+    `on_start` (called first, with the set's name) raises; a redeploy's `serving` record is awaited before the set is
+    kept, as LocalBackend.start does (its error stops the set)."""
+
+    def __init__(self, on_start: Callable[[str], Awaitable[None]] | None = None) -> None:
+        self.sets: dict[str, SimpleNamespace] = {}
+        self.started: list[str] = []
+        self.stopped: list[str] = []
+        self.on_start = on_start
+
+    async def start(self, name, spec, replicas, bounds, utilization, *, serving=None) -> None:
+        self.started.append(name)
+        if self.on_start is not None:
+            await self.on_start(name)
+        if serving is not None:
+            await serving()
+        self.sets[name] = SimpleNamespace(ready=True)
+
+    async def stop(self, name) -> None:
+        self.stopped.append(name)
+        self.sets.pop(name, None)
+
+
+def deps_over(pool, backend: StandInBackend, timeout: float = 1.0) -> handlers.DeployerDeps:
+    """The handlers' deps over `pool` and `backend`, every caller an owner of the workspace."""
+
+    async def member(user_id, workspace_id):
+        return "owner"
+
+    return handlers.DeployerDeps(pool=pool, broker=None, backend=backend, membership=lambda token: member,
+                                 public_url="http://x", timeout=timeout)
+
+
 async def test_an_undeploy_whose_row_is_locked_is_a_503_within_the_request_timeout(stack):
     """The deployment's row locked by a transaction the database does not end (a database that does not answer the
     undeploy's deactivation): the undeploy is a 503 unavailable within the request timeout (the gateway waits that and
     the stop timeout), the pipeline's lock let go; once the lock is gone, an undeploy goes through. Before, it waited
     for the pool's command timeout (30 s) and the looks after it: a 504 from the gateway, then a 500."""
     async with service_schema(stack, "deployercrash", Path("services/deployer/migrations")) as pool:
-        async with pool.acquire() as conn, conn.transaction():
-            pipeline_id, version_id, version, _ = await store.create_pipeline_version(
-                conn, WORKSPACE, "p", uuid.uuid4(), {"steps": []})
-            deployment_id = await store.activate_deployment(
-                conn, None, *activation(pipeline_id, version_id, version, "a", 1))
-        stopped: list[str] = []
-
-        async def member(user_id, workspace_id):
-            return "owner"
-
-        async def stop(name):
-            stopped.append(name)
-
-        deps = handlers.DeployerDeps(pool=pool, broker=None, backend=SimpleNamespace(sets={}, stop=stop),
-                                     membership=lambda token: member, public_url="http://x", timeout=1.0)
+        pipeline_id, deployment_id = await an_active_deployment(pool)
+        backend = StandInBackend()
+        stopped = backend.stopped
+        deps = deps_over(pool, backend)
         holder = await pool.acquire()
         try:
             transaction = holder.transaction()
@@ -194,6 +229,11 @@ class FreezingProxy:
         self.thawed = asyncio.Event()
         self.thawed.set()
         self.writers: list[asyncio.StreamWriter] = []
+        self.freeze_after: bytes | None = None  # frozen once bytes with these passed to the server (they do)
+
+    def freeze_once_sent(self, marker: bytes) -> None:
+        """Freeze right after the server is sent bytes holding `marker` (a COMMIT: it is committed, unanswered)."""
+        self.freeze_after = marker
 
     def freeze(self) -> None:
         self.thawed.clear()
@@ -201,18 +241,22 @@ class FreezingProxy:
     def thaw(self) -> None:
         self.thawed.set()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, to_server: bool) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await reader.read(65536):
                 await self.thawed.wait()
                 writer.write(data)
+                if to_server and self.freeze_after is not None and self.freeze_after in data:
+                    self.freeze_after = None
+                    self.freeze()  # in the step it was written: its answer is not passed back
                 await writer.drain()
         writer.close()
 
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         self.writers += [writer, up_writer]
-        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+        await asyncio.gather(self._pump(reader, up_writer, to_server=True),
+                             self._pump(up_reader, writer, to_server=False))
 
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[int]:
@@ -258,22 +302,11 @@ async def test_an_undeploy_while_the_database_stopped_answering_is_a_503_within_
     cancelled query's end, which asyncpg holds until the server answers its cancel request and the connection's reset
     (the pool's release has no timeout of its own): the undeploy answered only when the database did."""
     async with service_schema(stack, "deployercrash", Path("services/deployer/migrations")) as pool:
-        async with pool.acquire() as conn, conn.transaction():
-            pipeline_id, version_id, version, _ = await store.create_pipeline_version(
-                conn, WORKSPACE, "p", uuid.uuid4(), {"steps": []})
-            deployment_id = await store.activate_deployment(
-                conn, None, *activation(pipeline_id, version_id, version, "a", 1))
-        stopped: list[str] = []
-
-        async def member(user_id, workspace_id):
-            return "owner"
-
-        async def stop(name):
-            stopped.append(name)
-
+        pipeline_id, deployment_id = await an_active_deployment(pool)
+        backend = StandInBackend()
+        stopped = backend.stopped
         async with frozen_later(stack, pool) as (proxy, proxied):
-            deps = handlers.DeployerDeps(pool=proxied, broker=None, backend=SimpleNamespace(sets={}, stop=stop),
-                                         membership=lambda token: member, public_url="http://x", timeout=1.0)
+            deps = deps_over(proxied, backend)
             proxy.freeze()
             started = asyncio.get_running_loop().time()
             with pytest.raises(Unavailable, match="did not answer within") as unavailable:
@@ -285,6 +318,143 @@ async def test_an_undeploy_while_the_database_stopped_answering_is_a_503_within_
             proxy.thaw()
             assert await asyncio.wait_for(handlers.undeploy(deps, ALICE, "t", pipeline_id, deployment_id), 20) == {}
         assert stopped == [f"a-{deployment_id}"] and not (await store.deployment(pool, deployment_id))["active"]
+
+
+DEFINITION = {"steps": [{"ModelInference": {"models": [{"name": "m"}]}}]}
+
+
+async def resolved(deps, token, workspace_id, name, version, sha, model_id=None) -> dict:
+    """handlers._resolve's stand-in: every model resolves as itself (the registry is not asked)."""
+    return {"model_id": 1, "name": name, "model_version": "v1", "sha": "0" * 64, "runtime": "onnx",
+            "framework": "onnx"}
+
+
+async def answered(work: Awaitable, proxy: FreezingProxy, seconds: float) -> asyncio.Task:
+    """`work`'s task once it ended within `seconds`; else the server answers again (the work given up on) and the
+    test fails: still waiting then (before: until the server answered)."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait((task,), timeout=seconds)
+    if not done:
+        proxy.thaw()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 60)
+        pytest.fail(f"still waiting after {seconds} s for a database that stopped answering")
+    return task
+
+
+async def until(condition: Callable[[], Awaitable[bool]], what: str, seconds: float = 30.0) -> None:
+    for _ in range(int(seconds * 10)):
+        if await condition():
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(f"{what}: not within {seconds} s")
+
+
+@pytest.mark.parametrize("stops", ["before_the_reads", "at_the_activations_commit", "as_the_replicas_start",
+                                   "as_the_replicas_fail", "at_a_redeploys_record"])
+async def test_a_deploy_while_the_database_stopped_answering_answers_within_its_bound(stack, monkeypatch, stops):
+    """A deploy whose database takes the connection, then stops answering (the proxy passes nothing), at each of the
+    deploy's own database steps: the deploy answers within its bound (DEPLOY_STEP_ANSWERS_WITHIN of the request
+    timeout a step; one step, or the record and its looks), and no replica serves that the row does not name nor does
+    a row stay active for replicas not running, once the database answers:
+    - before the reads: a 503, nothing started; once the server answers, the deploy goes through;
+    - at the activation's COMMIT (the server commits it, its answer never comes): a 503 that says it may have been
+      recorded, nothing started; once the server answers, the row (found by its activation: the id never came back)
+      is made inactive in the background (Deactivations);
+    - as the replicas start: they serve and the deploy answers (the row active since before the start); the deployed
+      event, not written, is written once in the background (OwedDeployed);
+    - as the replicas fail: the replicas' 400 saying the row is made inactive once the database answers; it is;
+    - at a redeploy's record: a 503 (not known whether recorded), the new set not kept, the previous one serves and
+      the row still names it once the server answers.
+    Before, each waited until the server answered again (the pool's timeouts, then the cancelled query's clean-up)."""
+    monkeypatch.setattr(handlers, "_resolve", resolved)
+    monkeypatch.setattr(handlers, "DEACTIVATION_RETRY_DELAYS", (0.2,) * 150)
+    monkeypatch.setattr(handlers, "OWED_RETRY_DELAYS", (0.2,) * 150)
+    monkeypatch.setattr(handlers, "RECORD_CHECK_DELAYS", (0.0, 0.1))
+    monkeypatch.setattr(handlers, "RECORD_CHECK_TIMEOUT", 0.5)
+    async with service_schema(stack, "deployercrash", Path("services/deployer/migrations")) as pool:
+        async with pool.acquire() as conn, conn.transaction():
+            pipeline_id, version_id, _, _ = await store.create_pipeline_version(conn, WORKSPACE, "p", uuid.uuid4(),
+                                                                                DEFINITION)
+        armed = asyncio.Event()  # the deploy under test started
+
+        async def on_start(name: str) -> None:
+            if armed.is_set() and stops in ("as_the_replicas_start", "as_the_replicas_fail", "at_a_redeploys_record"):
+                proxy.freeze()
+            if armed.is_set() and stops == "as_the_replicas_fail":
+                raise RuntimeError("the model did not load")
+
+        backend = StandInBackend(on_start)
+
+        def command(deploy_id: str) -> DeployPipeline:
+            return DeployPipeline(deploy_id=deploy_id, pipeline_version_pk_id=version_id, pipeline_id=pipeline_id)
+
+        async def row() -> dict | None:  # read past the proxy
+            found = await pool.fetchrow("SELECT id, deploy_id, active, deployed_pending FROM deployments"
+                                        " WHERE pipeline_id = $1", pipeline_id)
+            return None if found is None else dict(found)
+
+        async with frozen_later(stack, pool) as (proxy, proxied):
+            deps = deps_over(proxied, backend)
+            if stops == "at_a_redeploys_record":
+                first = await handlers.deploy(deps, ALICE, "t", command("a"))
+                assert list(backend.sets) == [f"a-{first.id}"]
+            armed.set()
+            if stops == "before_the_reads":
+                proxy.freeze()
+            elif stops == "at_the_activations_commit":
+                proxy.freeze_once_sent(b"COMMIT")
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            deploying = await answered(handlers.deploy(deps, ALICE, "t", command("b")), proxy, 20)
+            took = loop.time() - started
+            # a step is 0.8 s, the record 0.8 s and its looks 2 x 0.5 s; + 4 s: a loaded machine
+            assert took < 0.8 + 0.8 + 1.1 + 4.0, took
+            if stops == "before_the_reads":
+                with pytest.raises(Unavailable, match="did not answer within 0.8 s; nothing of it runs"):
+                    deploying.result()
+                assert backend.started == []
+                proxy.thaw()
+                deployed = await asyncio.wait_for(handlers.deploy(deps, ALICE, "t", command("b")), 20)
+                assert list(backend.sets) == [f"b-{deployed.id}"] and (await row())["active"]
+            elif stops == "at_the_activations_commit":
+                with pytest.raises(Unavailable, match="may have been recorded all the same"):
+                    deploying.result()
+                assert backend.started == [] and (await row())["active"]  # committed, its answer never came
+                proxy.thaw()
+                await until(lambda: _inactive(row), "the row made inactive in the background")
+            elif stops == "as_the_replicas_start":
+                deployment_id = deploying.result().id
+                assert list(backend.sets) == [f"b-{deployment_id}"] and (await row())["active"]
+                proxy.thaw()
+                await until(lambda: _event_written(row), "the owed deployed event written")
+                assert await pool.fetchval("SELECT count(*) FROM outbox WHERE subject = $1",
+                                           subjects.EVENT_PIPELINE_DEPLOYED) == 1
+            elif stops == "as_the_replicas_fail":
+                with pytest.raises(InvalidRequest, match="made inactive once the database answers"):
+                    deploying.result()
+                assert backend.sets == {}
+                proxy.thaw()
+                await until(lambda: _inactive(row), "the row made inactive in the background")
+            else:
+                with pytest.raises(Unavailable, match="could not be confirmed"):
+                    deploying.result()
+                assert list(backend.sets) == [f"a-{first.id}"]  # the new set was not kept
+                proxy.thaw()
+                assert (await row())["deploy_id"] == "a" and (await row())["active"]
+            assert not deps.pipeline_lock(pipeline_id).locked()
+            await deps.deactivations.stop()
+            await deps.owed.stop()
+
+
+async def _inactive(row: Callable[[], Awaitable[dict | None]]) -> bool:
+    found = await row()
+    return found is not None and not found["active"]
+
+
+async def _event_written(row: Callable[[], Awaitable[dict | None]]) -> bool:
+    found = await row()
+    return found is not None and found["active"] and not found["deployed_pending"]
 
 
 async def test_a_look_at_a_failed_commit_gives_up_on_a_database_that_stopped_answering(stack, monkeypatch):

@@ -72,7 +72,13 @@ class MemoryStore:
     async def active_deployments(self, pool):
         return [dict(row) for row in self.deployments.values() if row["active"]]
 
-    async def deactivate(self, pool, deployment_id, event=None, owed=None, *, serving=False, activation=None):
+    async def deactivate(self, pool, deployment_id, event=None, owed=None, *, serving=False, activation=None,
+                         pipeline_id=None):
+        if deployment_id is None:  # the row holding the activation (a first deploy's whose id was not answered)
+            found = await self.activation_of(pool, activation)
+            if found is None:
+                return False
+            deployment_id = found["id"]
         row = self.deployments[deployment_id]
         if activation is not None and row.get("activation") != activation:
             return False
@@ -86,6 +92,10 @@ class MemoryStore:
             if told:
                 self.events.append(("events.pipeline.undeployed", event))
         return was
+
+    async def activation_of(self, pool, activation):
+        return next(({"id": row["id"], "active": row["active"]} for row in self.deployments.values()
+                     if row.get("activation") == activation), None)
 
     async def latest_version(self, pool, pipeline_id):
         return max((v for v in self.versions.values() if v["pipeline_id"] == pipeline_id), key=lambda v: v["id"])

@@ -197,6 +197,22 @@ def test_a_served_deployment_whose_restore_fails_keeps_owing_its_event_until_a_r
     asyncio.run(scenario(world))
 
 
+def _deactivations_raise(made, *commits: str) -> None:
+    """The next store.deactivate calls, one per `commits`, raise a dropped connection: "lost" after taking effect (the
+    commit's answer lost), "refused" without; the calls after them are the store's own."""
+    deactivate, left = made.store.deactivate, list(commits)
+
+    async def raising(pool, deployment_id, *args, **kwargs):
+        commit = left.pop(0)
+        if not left:
+            made.store.deactivate = deactivate
+        if commit == "lost":
+            await deactivate(pool, deployment_id, *args, **kwargs)
+        raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
+    made.store.deactivate = raising
+
+
 @pytest.mark.parametrize("commit", ["lost", "refused"])
 def test_an_undeploy_whose_deactivation_raises_stops_the_replicas_when_it_was_committed(world, monkeypatch,  # noqa: F811
                                                                                         commit):
@@ -210,19 +226,13 @@ def test_an_undeploy_whose_deactivation_raises_stops_the_replicas_when_it_was_co
     async def scenario(made) -> None:
         await _deployed_as(made, "a")
         serving = made.backend.sets["a-5"]
-        deactivate = made.store.deactivate
-
-        async def raising(pool, deployment_id, *args, **kwargs):
-            made.store.deactivate = deactivate
-            if commit == "lost":
-                await deactivate(pool, deployment_id, *args, **kwargs)
-            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        _deactivations_raise(made, commit)
 
         async def deployment_active(conn, deployment_id):
             row = made.store.deployments.get(deployment_id)
             return None if row is None else row["active"]
 
-        made.store.deactivate, made.store.deployment_active = raising, deployment_active
+        made.store.deployment_active = deployment_active
         if commit == "lost":
             assert await handlers.undeploy(made.deps, ALICE, "t", PIPELINE, 5) == {}
             assert made.backend.sets == {} and serving.stopping
@@ -294,18 +304,12 @@ def test_an_undeploy_whose_deactivation_raised_and_no_look_answered_does_not_say
     async def scenario(made) -> None:
         await _deployed_as(made, "a")
         serving = made.backend.sets["a-5"]
-        deactivate = made.store.deactivate
-
-        async def raising(pool, deployment_id, *args, **kwargs):
-            made.store.deactivate = deactivate
-            if commit == "lost":
-                await deactivate(pool, deployment_id, *args, **kwargs)
-            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        _deactivations_raise(made, commit)
 
         async def unanswered(conn, deployment_id):
             raise ConnectionRefusedError("the database is away")
 
-        made.store.deactivate, made.store.deployment_active = raising, unanswered
+        made.store.deployment_active = unanswered
         with pytest.raises(Unavailable) as unavailable:
             await handlers.undeploy(made.deps, ALICE, "t", PIPELINE, 5)
         message = unavailable.value.msg
@@ -493,5 +497,52 @@ def test_an_undeploy_whose_deactivation_hangs_answers_within_the_request_timeout
         assert made.backend.sets == {"a-5": serving} and not made.deps.pipeline_lock(PIPELINE).locked()
         assert await handlers.undeploy(made.deps, ALICE, "t", PIPELINE, 5) == {}
         assert made.backend.sets == {} and serving.stopping and not made.store.deployments[5]["active"]
+
+    asyncio.run(scenario(world))
+
+
+def test_a_background_deactivation_whose_earlier_try_took_effect_says_so(world, monkeypatch, caplog):  # noqa: F811
+    """A failed first deploy's clean-up refused, then the background deactivation's first try committed with its
+    answer lost: the next try finds the row inactive and logs that an earlier try's commit took effect. Before, it
+    logged "deployed or undeployed since its replicas failed to start: left as it is", of a row nobody touched."""
+    monkeypatch.setattr(handlers, "DEACTIVATION_RETRY_DELAYS", (0.0, 0.01, 0.01, 0.01))
+
+    async def scenario(made) -> None:
+        _deactivations_raise(made, "refused", "lost")
+        first = _deploy(made, "a")
+        await _until(lambda: made.backend.waiting, "the deploy starts its replicas")
+        made.backend.waiting.pop()[1].set_exception(RuntimeError("the model did not load"))
+        with pytest.raises(InvalidRequest, match="made inactive once the database answers"):
+            await first
+        await asyncio.wait_for(asyncio.gather(*made.deps.deactivations.tasks), 5)
+        assert not made.store.deployments[5]["active"] and made.backend.sets == {}
+
+    with caplog.at_level("INFO", logger="railyard.deployer"):
+        asyncio.run(scenario(world))
+    said = [r.getMessage() for r in caplog.records if "deployment a-5: " in r.getMessage()]
+    assert any("already inactive: an earlier try's commit took effect" in m for m in said), said
+    assert not any("deployed or undeployed since" in m for m in said), said
+
+
+@pytest.mark.parametrize("error", [ConnectionRefusedError("the database is away"),
+                                   asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already")],
+                         ids=["refused", "too_many_connections"])
+def test_a_deploy_whose_reads_the_database_fails_is_a_503_that_starts_nothing(world, error):  # noqa: F811
+    """The pipeline's read refused (or no connection left): a 503 unavailable naming the error, nothing started, and
+    the deploy goes through once the database answers. Before, the error as it was: a 500 'internal error'."""
+
+    async def scenario(made) -> None:
+        pipeline = made.store.pipeline
+
+        async def failing(pool, pipeline_id):
+            raise error
+
+        made.store.pipeline = failing
+        with pytest.raises(Unavailable, match=f"the database failed \\({type(error).__name__}\\); nothing of it runs"):
+            await handlers.deploy(made.deps, ALICE, "t", DeployPipeline(deploy_id="a", pipeline_version_pk_id=VERSION,
+                                                                         pipeline_id=PIPELINE))
+        assert made.backend.sets == {} and made.store.deployments == {}
+        made.store.pipeline = pipeline
+        await _deployed_as(made, "a")
 
     asyncio.run(scenario(world))
