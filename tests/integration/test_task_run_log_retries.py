@@ -13,12 +13,10 @@ a schema of this test's on the stack's PostgreSQL; the runs are real sandboxed p
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import uuid
 import zipfile
 from datetime import UTC, datetime
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -27,8 +25,9 @@ from services.task_scheduler import runner, store
 from shared import sandbox
 from shared.settings import Settings
 from tests.integration.conftest import service_schema
+from tests.integration.task_scheduler_setup import MIGRATIONS
+from tests.integration.task_scheduler_setup import a_supervised_run as a_run
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "task_scheduler" / "migrations"
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
@@ -47,18 +46,6 @@ def settings(tmp_path, monkeypatch) -> Settings:
     settings = Settings(stack={"data_dir": data})
     monkeypatch.setattr(sandbox, "_settings", lambda: settings)
     return settings
-
-
-async def a_run(pool) -> uuid.UUID:
-    orch_id, task_id, run_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    await pool.execute("INSERT INTO orchestrations (id, workspace_id, sha, file_name, entrypoint, packaging_id,"
-                       " owner_id, status) VALUES ($1, 1, 'sha', 'o.zip', 'main.py', $2, 'owner', 'ready')", orch_id,
-                       uuid.uuid4())
-    await pool.execute("INSERT INTO tasks (id, workspace_id, orch_id, orch_sha, owner_id, args, timeout_seconds) VALUES"
-                       " ($1, 1, $2, 'sha', 'owner', $3, 60)", task_id, orch_id, json.dumps({}))
-    await pool.execute("INSERT INTO runs (id, task_id, workspace_id, status, supervisor, heartbeat_at, started_at)"
-                       " VALUES ($1, $2, 1, 'running', 'supervisor-a', now(), now())", run_id, task_id)
-    return run_id
 
 
 class Sink:

@@ -9,17 +9,15 @@ own."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from services.task_scheduler import store
 from tests.integration.conftest import service_schema
+from tests.integration.task_scheduler_setup import MIGRATIONS, a_supervised_run
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "task_scheduler" / "migrations"
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
@@ -34,16 +32,7 @@ async def scheduler_schema(stack, monkeypatch):
 
 async def a_run(pool, status: str = "running") -> uuid.UUID:
     """A run of a run-once task of its own, supervised by 'supervisor-a' (its heartbeat a minute old)."""
-    orch_id, task_id, run_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    await pool.execute("INSERT INTO orchestrations (id, workspace_id, sha, file_name, entrypoint, packaging_id,"
-                       " owner_id, status) VALUES ($1, 1, 'sha', 'o.zip', 'main.py', $2, 'owner', 'ready')", orch_id,
-                       uuid.uuid4())
-    await pool.execute("INSERT INTO tasks (id, workspace_id, orch_id, orch_sha, owner_id, args, timeout_seconds) VALUES"
-                       " ($1, 1, $2, 'sha', 'owner', $3, 60)", task_id, orch_id, json.dumps({}))
-    await pool.execute("INSERT INTO runs (id, task_id, workspace_id, status, supervisor, heartbeat_at, started_at)"
-                       " VALUES ($1, $2, 1, $3, 'supervisor-a', now() - interval '1 minute', now() - interval '2"
-                       " minutes')", run_id, task_id, status)
-    return run_id
+    return await a_supervised_run(pool, status, beat_seconds_ago=60, started_seconds_ago=120)
 
 
 def lines(*texts: str) -> list[tuple[datetime, str, bool, str]]:

@@ -19,14 +19,13 @@ import asyncpg
 import pytest
 
 from services.task_scheduler import runner, store
-from services.task_scheduler.handlers import Deps
 from services.task_scheduler.scheduler import Scheduler
 from shared.settings import TaskSettings
 from tests.integration.conftest import service_schema
+from tests.integration.task_scheduler_setup import MIGRATIONS, scheduler_on
 
 pytestmark = pytest.mark.timeout(120)
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "task_scheduler" / "migrations"
 WORKSPACE = 7
 
 # How soon a notification must have woken a scheduler. The fallback poll is a minute away, so anything well under it
@@ -77,16 +76,7 @@ async def database(stack):
 def scheduler(pool: asyncpg.Pool, tmp_path: Path, spans: list, name: str) -> StandInRuns:
     settings = TaskSettings(tick=60, heartbeat_interval=0.5, supervisor_lost_after=2,
                             max_concurrent_runs_per_workspace=2, max_runs_per_process=4)
-
-    async def publish(subject: str, event: object) -> None:
-        pass
-
-    async def mint(*_: object) -> str:
-        return "unused"
-
-    deps = Deps(pool=pool, objects=None, settings=settings, work_root=tmp_path / name,
-                membership=lambda token: None, publish=publish)
-    made = StandInRuns(deps=deps, mint=mint, gateway_url="http://127.0.0.1:1", identity=name)
+    made = scheduler_on(StandInRuns, pool, tmp_path / name, name, settings, start=False)
     made.spans, made.installed, made.install_gate = spans, [], asyncio.Event()
     made.install_gate.set()
     made.start()

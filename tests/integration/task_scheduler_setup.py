@@ -1,0 +1,56 @@
+"""What the task scheduler's integration tests set up alike, on the service's migrations in a schema of the test's own
+(tests.integration.conftest.service_schema): a `Scheduler` (or a stand-in subclass) started on that schema's pool, and
+a run row supervised by a named process. Before, each test file had its own copy of both (duplicates D5, D11)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import TypeVar
+
+import asyncpg
+
+from services.task_scheduler.handlers import Deps
+from services.task_scheduler.scheduler import Scheduler
+from shared.settings import TaskSettings
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "task_scheduler" / "migrations"
+
+S = TypeVar("S", bound=Scheduler)
+
+
+def scheduler_on(kind: type[S], pool: asyncpg.Pool, work_root: Path, name: str, settings: TaskSettings, *,
+                 start: bool = True) -> S:
+    """A `kind` of Scheduler named `name` (its identity, its runs' `supervisor`) on `pool`, its runs' directories under
+    `work_root`, publishing nothing, minting a token no gateway checks; its loop started unless `start` is False."""
+
+    async def publish(subject: str, event: object) -> None:
+        pass
+
+    async def mint(*_: object) -> str:
+        return "unused"
+
+    deps = Deps(pool=pool, objects=None, settings=settings, work_root=work_root, membership=lambda token: None,
+                publish=publish)
+    made = kind(deps=deps, mint=mint, gateway_url="http://127.0.0.1:1", identity=name)
+    if start:
+        made.start()
+    return made
+
+
+async def a_supervised_run(pool: asyncpg.Pool, status: str = "running", *, supervisor: str = "supervisor-a",
+                           beat_seconds_ago: float = 0.0, started_seconds_ago: float = 0.0) -> uuid.UUID:
+    """A run of a run-once task and orchestration of its own (workspace 1), in `status`, supervised by `supervisor`,
+    its heartbeat `beat_seconds_ago` and its start `started_seconds_ago`."""
+    orch_id, task_id, run_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await pool.execute("INSERT INTO orchestrations (id, workspace_id, sha, file_name, entrypoint, packaging_id,"
+                       " owner_id, status) VALUES ($1, 1, 'sha', 'o.zip', 'main.py', $2, 'owner', 'ready')", orch_id,
+                       uuid.uuid4())
+    await pool.execute("INSERT INTO tasks (id, workspace_id, orch_id, orch_sha, owner_id, args, timeout_seconds) VALUES"
+                       " ($1, 1, $2, 'sha', 'owner', $3, 60)", task_id, orch_id, json.dumps({}))
+    await pool.execute("INSERT INTO runs (id, task_id, workspace_id, status, supervisor, heartbeat_at, started_at)"
+                       " VALUES ($1, $2, 1, $3, $4, now() - make_interval(secs => $5),"
+                       " now() - make_interval(secs => $6))", run_id, task_id, status, supervisor, beat_seconds_ago,
+                       started_seconds_ago)
+    return run_id
