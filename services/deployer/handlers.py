@@ -243,15 +243,23 @@ def _check_definition(definition: dict[str, Any]) -> None:
                 raise InvalidRequest(f"{where}.RandomSplit.hash_key must be a column name")
 
 
-async def _pipeline_for(deps: DeployerDeps, principal: Principal, token: str | None, pipeline_id: int):
-    row = await store.pipeline(deps.pool, pipeline_id)
+async def _reachable(deps: DeployerDeps, principal: Principal, token: str | None, row, missing: NotFound, *,
+                     check_member: bool = True):
+    """`row` (a pipeline's or a deployment's, with its workspace_id) if it exists and the caller is a member of its
+    workspace (unless not `check_member`); else `missing`, the one answer for both, so a non-member learns nothing."""
     if row is None:
-        raise NotFound(f"pipeline {pipeline_id} not found")
-    try:
-        await require_member(deps.membership(token), principal, row["workspace_id"])
-    except NotFound:
-        raise NotFound(f"pipeline {pipeline_id} not found") from None
+        raise missing
+    if check_member:
+        try:
+            await require_member(deps.membership(token), principal, row["workspace_id"])
+        except NotFound:
+            raise missing from None
     return row
+
+
+async def _pipeline_for(deps: DeployerDeps, principal: Principal, token: str | None, pipeline_id: int):
+    return await _reachable(deps, principal, token, await store.pipeline(deps.pool, pipeline_id),
+                            NotFound(f"pipeline {pipeline_id} not found"))
 
 
 async def create_pipeline(deps: DeployerDeps, principal: Principal, token: str | None,
@@ -897,14 +905,9 @@ def _deployment_id(name: str) -> int:
 async def _deployment_for(deps: DeployerDeps, principal: Principal, token: str | None, name: str,
                           check_member: bool = True):
     row = await store.deployment(deps.pool, _deployment_id(name))
-    if row is None or f"{row['deploy_id']}-{row['id']}" != name:
-        raise deployment_not_found(name)
-    if check_member:
-        try:
-            await require_member(deps.membership(token), principal, row["workspace_id"])
-        except NotFound:
-            raise NotFound(f"deployment {echo(name)} not found") from None
-    return row
+    if row is not None and f"{row['deploy_id']}-{row['id']}" != name:
+        row = None
+    return await _reachable(deps, principal, token, row, deployment_not_found(name), check_member=check_member)
 
 
 async def deployment_status(deps: DeployerDeps, principal: Principal, token: str | None,
