@@ -11,7 +11,9 @@ A pass of the loop:
    `skip` runs it only if it is at most `missed_run_grace` seconds old. Never several runs for one catch-up;
 3. starts queued runs, oldest first, up to the workspace's concurrent-run limit (counted under a per-workspace
    advisory lock, so the limit holds across processes) and this process's own room;
-4. heartbeats its runs and stops those whose task was killed;
+4. heartbeats its runs and stops those whose task was killed, and those another process declared lost (this one
+   was paused or cut off from PostgreSQL past `supervisor_lost_after`): their process is stopped through the runner
+   and nothing more is recorded for them;
 5. installs one waiting requirements environment at a time (claimed with a heartbeat as well).
 
 Between passes the process sleeps until something can be due, not on a fixed tick: until the earliest of the next
@@ -100,6 +102,9 @@ class Scheduler:
     identity: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
     runs: dict[uuid.UUID, asyncio.Task] = field(default_factory=dict)
     kills: dict[uuid.UUID, asyncio.Event] = field(default_factory=dict)
+    # runs another process declared lost: stopped (their kill event), their lines and end no longer recorded
+    lost: set[uuid.UUID] = field(default_factory=set)
+    ending: set[uuid.UUID] = field(default_factory=set)  # runs whose end is being recorded (store.finish_run)
     installing: asyncio.Task | None = None
     _loop: asyncio.Task | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -162,18 +167,19 @@ class Scheduler:
         only leaves them to that."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
-        supervising = list(self.runs.values())  # each ends after its finish_run (out of self.runs before it)
+        supervising = list(self.runs.values())  # each ends once its end is recorded (in self.runs until then)
         while (left := deadline - loop.time()) > 0:
             _, pending = await asyncio.wait(supervising, timeout=min(left, self.deps.settings.heartbeat_interval / 2))
             if not pending:
                 return
-            if not self.runs:  # recording their ends
-                continue
+            asked = list(self.runs)
             try:
-                await asyncio.wait_for(store.beat_runs(self.deps.pool, list(self.runs), self.identity),
-                                       max(deadline - loop.time(), 0.1))
+                async with asyncio.timeout(max(deadline - loop.time(), 0.1)):
+                    beaten = await store.beat_runs(self.deps.pool, asked, self.identity)
             except Exception as exc:  # noqa: BLE001 - the stop goes on; a run not beaten may be taken as lost
                 log.warning("stopping: could not beat the runs still ending: %s", exc)
+            else:
+                self._taken_over(asked, beaten)
 
     async def _forever(self) -> None:
         settings = self.deps.settings
@@ -290,13 +296,31 @@ class Scheduler:
     # --- 4. heartbeats and kills --------------------------------------------------------------------------------
 
     async def heartbeat(self, conn: asyncpg.Connection) -> None:
-        if not self.runs:
+        asked = list(self.runs)  # those recording their end too: beaten while finish_run waits for the database
+        if not asked:
             return
-        for run_id in await store.beat_runs(conn, list(self.runs), self.identity):
+        beaten = await store.beat_runs(conn, asked, self.identity)
+        self._taken_over(asked, beaten)
+        for run_id, kill_requested in beaten.items():
             event = self.kills.get(run_id)
-            if event is not None and not event.is_set():
+            if kill_requested and event is not None and not event.is_set():
                 log.info("run %s: kill requested", run_id)
                 event.set()
+
+    def _taken_over(self, asked: list[uuid.UUID], beaten: dict[uuid.UUID, bool]) -> None:
+        """Runs beaten for and not beaten: another process declared them lost (this one was paused, or cut off from
+        PostgreSQL, past supervisor_lost_after; the run is failed, its place in the workspace given to another). Their
+        process is stopped through the runner (`kill`: SIGTERM to the sandbox's launcher, which ends its whole pid
+        namespace), their later lines are dropped and their end is not recorded: before, the user's code ran on
+        unsupervised to its end or its timeout, beside whatever took its place. Not a run whose end is being
+        recorded (`ending`, marked before finish_run starts): its row may have been ended by that finish_run."""
+        for run_id in asked:
+            if run_id in beaten or run_id in self.lost or run_id in self.ending or run_id not in self.runs:
+                continue
+            log.warning("run %s is no longer this process's (another process declared it lost): its process is"
+                        " stopped and nothing more is recorded for it", run_id)
+            self.lost.add(run_id)
+            self.kills[run_id].set()
 
     # --- 5. environments ----------------------------------------------------------------------------------------
 
@@ -334,24 +358,36 @@ class Scheduler:
 
     async def _supervise(self, row: asyncpg.Record) -> None:
         run_id = row["id"]
+        # the run stays in self.runs (beaten, stopped by a stop, not taken as lost by this process's own fail_lost)
+        # until its end is recorded: before, it left just before finish_run, and in that window a stop returned
+        # without waiting for the record and a pass after a pause took the run as lost and failed it
         try:
-            outcome = await self._run(row)
-        except RailyardError as exc:  # e.g. the sandbox is unavailable on this host: its message says why
-            log.warning("run %s could not be started: %s", run_id, exc.msg)
-            outcome = runner.RunOutcome("failure", None, f"the run could not be started: {exc.msg}")
-        except Exception as exc:
-            log.exception("run %s could not be started", run_id)
-            outcome = runner.RunOutcome("failure", None, f"the run could not be started: {type(exc).__name__}")
+            try:
+                outcome = await self._run(row)
+            except RailyardError as exc:  # e.g. the sandbox is unavailable on this host: its message says why
+                log.warning("run %s could not be started: %s", run_id, exc.msg)
+                outcome = runner.RunOutcome("failure", None, f"the run could not be started: {exc.msg}")
+            except Exception as exc:
+                log.exception("run %s could not be started", run_id)
+                outcome = runner.RunOutcome("failure", None, f"the run could not be started: {type(exc).__name__}")
+            if run_id in self.lost:  # another process failed it (store.fail_lost_runs' reason stands)
+                log.warning("run %s, declared lost by another process, was stopped: %s%s", run_id, outcome.status,
+                            f" ({outcome.reason})" if outcome.reason else "")
+                return
+            if self._stop.is_set() and outcome.reason == runner.KILLED:
+                outcome = runner.RunOutcome("failure", outcome.exit_code,
+                                            "stopped: its task scheduler process shut down")
+            self.ending.add(run_id)
+            if await store.finish_run(self.deps.pool, run_id, self.identity, outcome.status, outcome.exit_code,
+                                      outcome.reason):
+                self.events_committed()
+            log.info("run %s: %s%s", run_id, outcome.status, f" ({outcome.reason})" if outcome.reason else "")
         finally:
             self.runs.pop(run_id, None)
             self.kills.pop(run_id, None)
+            self.lost.discard(run_id)
+            self.ending.discard(run_id)
             self.wake()  # this process has room again
-        if self._stop.is_set() and outcome.reason == runner.KILLED:
-            outcome = runner.RunOutcome("failure", outcome.exit_code, "stopped: its task scheduler process shut down")
-        if await store.finish_run(self.deps.pool, run_id, self.identity, outcome.status, outcome.exit_code,
-                                  outcome.reason):
-            self.events_committed()
-        log.info("run %s: %s%s", run_id, outcome.status, f" ({outcome.reason})" if outcome.reason else "")
 
     async def _run(self, row: asyncpg.Record) -> runner.RunOutcome:
         deps = self.deps
@@ -387,6 +423,8 @@ class Scheduler:
 
         async def sink(lines: list[Any]) -> None:
             nonlocal seq, refused
+            if row["id"] in self.lost:  # no longer this process's run: its lines are not recorded
+                return
             stored = await store.append_logs(deps.pool, row["id"], seq, lines)
             seq += len(lines)
             if stored < len(lines) and not refused:  # its run ended (declared lost) more than LATE_LINES ago

@@ -229,12 +229,14 @@ async def start_queued(conn: asyncpg.Connection, workspace_id: int, limit: int, 
 
 
 async def beat_runs(pool: asyncpg.Pool | asyncpg.Connection, run_ids: list[uuid.UUID],
-                    supervisor: str) -> list[uuid.UUID]:
-    """Heartbeat this process's runs; the ids among them whose kill was requested."""
+                    supervisor: str) -> dict[uuid.UUID, bool]:
+    """Heartbeat this process's runs: the ids beaten (still running under `supervisor`), each with whether its kill
+    was requested. An id asked for and not answered is no longer this supervisor's: it ended, or another process
+    declared it lost (fail_lost_runs)."""
     rows = await pool.fetch(
         "UPDATE runs SET heartbeat_at = now() WHERE id = ANY($1::uuid[]) AND supervisor = $2 AND status = 'running' "
         "RETURNING id, kill_requested", run_ids, supervisor)
-    return [r["id"] for r in rows if r["kill_requested"]]
+    return {r["id"]: r["kill_requested"] for r in rows}
 
 
 async def finish_run(pool: asyncpg.Pool, run_id: uuid.UUID, supervisor: str, status: str, exit_code: int | None,

@@ -20,14 +20,13 @@ import asyncpg
 import pytest
 
 from services.task_scheduler import runner, store
-from services.task_scheduler.handlers import Deps
 from services.task_scheduler.scheduler import Scheduler
 from shared.settings import TaskSettings
 from tests.integration.conftest import service_schema
+from tests.integration.task_scheduler_setup import MIGRATIONS, scheduler_on
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "task_scheduler" / "migrations"
 WORKSPACE = 8
 LOST_AFTER = 5.0  # seconds; the stop test's run ends LOST_AFTER + 2.5 s after its kill, within the stop's 15 s
 LAST_WORDS = "Traceback (most recent call last): the run's last line"
@@ -71,16 +70,7 @@ async def database(stack):
 
 def scheduler(pool: asyncpg.Pool, tmp_path: Path, name: str, after_kill: float = 0.0) -> StandIn:
     settings = TaskSettings(tick=60, heartbeat_interval=1.0, supervisor_lost_after=LOST_AFTER)
-
-    async def publish(subject: str, event: object) -> None:
-        pass
-
-    async def mint(*_: object) -> str:
-        return "unused"
-
-    deps = Deps(pool=pool, objects=None, settings=settings, work_root=tmp_path / name,
-                membership=lambda token: None, publish=publish)
-    made = StandIn(deps=deps, mint=mint, gateway_url="http://127.0.0.1:1", identity=name)
+    made = scheduler_on(StandIn, pool, tmp_path / name, name, settings, start=False)
     made.gate, made.after_kill, made.beaten = asyncio.Event(), after_kill, asyncio.Event()
     made.start()
     return made
@@ -158,3 +148,82 @@ async def test_a_stopping_process_beats_its_runs_until_they_ended(database, tmp_
             await stopping.stop()
         if other is not None:
             await other.stop()
+
+
+@pytest.fixture
+def held_record(monkeypatch):
+    """store.finish_run held until `release` is set; `recording` is set when a run's end starts being recorded."""
+    recording, release = asyncio.Event(), asyncio.Event()
+    finish_run = store.finish_run
+
+    async def held(*args, **kwargs):
+        recording.set()
+        await release.wait()
+        return await finish_run(*args, **kwargs)
+
+    monkeypatch.setattr(store, "finish_run", held)
+    return recording, release
+
+
+async def test_a_run_recording_its_end_is_not_taken_as_lost_by_its_own_process(database, tmp_path, held_record):
+    """The run ended and its end is being recorded (finish_run waits for the database) when the process's beat is older
+    than supervisor_lost_after (it was paused just then): its own pass looked for lost runs, did not count the run as
+    its own (it left the process's runs just before finish_run) and failed it as lost; finish_run was then refused.
+    Now a run is the process's until its end is recorded."""
+    pool, orch_id = database
+    recording, release = held_record
+    sched = scheduler(pool, tmp_path, "recording")
+    try:
+        run_id = await a_run(pool, orch_id)
+        await status_of(pool, run_id, {"running"})
+        sched.gate.set()
+        await asyncio.wait_for(recording.wait(), 30)
+        async with pool.acquire() as conn, conn.transaction():  # no beat of it in between
+            await conn.execute("UPDATE runs SET heartbeat_at = now() - make_interval(secs => $2) WHERE id = $1",
+                               run_id, LOST_AFTER + 1)
+            await sched.fail_lost(conn)  # the first step of its pass after the pause
+        release.set()
+        row = await status_of(pool, run_id, {"success", "failure"})
+        # was: failed as lost ("the task scheduler process supervising the run died"), finish_run refused
+        assert (row["status"], row["reason"]) == ("failure", "main.py exited with status 1"), dict(row)
+    finally:
+        release.set()
+        sched.gate.set()
+        await sched.stop()
+
+
+async def test_a_stop_waits_for_the_end_of_a_run_being_recorded(database, tmp_path, held_record):
+    """A stop came while a run's end was being recorded: the run was out of the process's runs, so the stop did not
+    wait for it and returned (the process then exits: the run stays `running` until another process fails it as lost,
+    its real end never recorded). Now the stop waits for the record: it releases only once the stop waits for its
+    runs, so on the old code the stop returned first."""
+    pool, orch_id = database
+    recording, release = held_record
+    sched = scheduler(pool, tmp_path, "stopping")
+    runs_ended = sched._runs_ended
+
+    async def waited_for(within: float) -> None:
+        release.set()  # the stop is waiting for the runs: the record may go on
+        await runs_ended(within)
+
+    sched._runs_ended = waited_for
+    try:
+        run_id = await a_run(pool, orch_id)
+        await status_of(pool, run_id, {"running"})
+        sched.gate.set()
+        await asyncio.wait_for(recording.wait(), 30)
+        stopping = asyncio.create_task(sched.stop())
+        released = asyncio.create_task(release.wait())
+        await asyncio.wait({stopping, released}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        returned_first = stopping.done()  # was: True, the run's end still unrecorded
+        released.cancel()
+        release.set()
+        await stopping
+        assert not returned_first
+        row = await pool.fetchrow("SELECT status, reason FROM runs WHERE id = $1", run_id)
+        assert (row["status"], row["reason"]) == ("failure", "main.py exited with status 1"), dict(row)
+    finally:
+        release.set()
+        sched.gate.set()
+        if not sched._stop.is_set():
+            await sched.stop()
