@@ -34,6 +34,7 @@ from tests.image_models import digit_png
 from tests.integration.bus_events import stream_events
 from tests.integration.conftest import make_account, post, undeploy_all
 from tests.integration.conftest import sdk_client as sdk
+from tests.integration.continuous_setups import consumer_caught_up
 from tests.integration.test_assays import config, iso, publish_rows
 from tests.integration.test_logs import wait_rows
 from tests.integration.test_monitoring_loop import wait_for
@@ -136,18 +137,7 @@ async def send_alert(stack, body: dict) -> int:
 
 async def handled(stack, seq: int, within: float = 20.0) -> None:
     """Wait until monitoring's alert consumer has handled (acknowledged) every alert up to stream sequence `seq`."""
-    nc = await nats_client.connect(stack.settings().nats.url)
-    try:
-        js = nc.jetstream()
-        deadline = time.monotonic() + within
-        while True:
-            info = await js.consumer_info(subjects.EVENTS_STREAM, ALERTS_DURABLE)
-            if info.delivered.stream_seq >= seq and not info.num_ack_pending and not info.num_pending:
-                return
-            assert time.monotonic() < deadline, f"monitoring never handled the alert at {seq}: {info}"
-            await asyncio.sleep(0.1)
-    finally:
-        await nc.close()
+    await consumer_caught_up(stack, ALERTS_DURABLE, seq, within, "alert")
 
 
 def drifted_assays(stack, drift) -> tuple[int, int]:

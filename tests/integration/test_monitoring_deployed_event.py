@@ -24,35 +24,32 @@ from services.monitoring import continuous
 from shared import subjects
 from shared.messages.deployer import PipelineDeployed
 from tests.integration.bus_events import stream_events
-from tests.integration.conftest import service_schema
-from tests.integration.test_continuous_drift import second_monitoring
-from tests.integration.test_continuous_swap_once import (
+from tests.integration.continuous_setups import (
     CHALLENGER,
     CHAMPION,
     DEPLOYMENT,
-    MONITORING_MIGRATIONS,
+    NEWEST,
+    Deployer,
+    consumer_caught_up,
     continuous_deployment,
+    done,
+    make_stale,
+    promotion_unanswered,
+    schema_fixture,
+    stand_in_deployer,
+    swapped_events,
 )
-from tests.integration.test_monitoring_swap_race import NEWEST, Deployer, decided, done, evidence, swapped_events
+from tests.integration.test_continuous_drift import second_monitoring
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-
-@pytest.fixture
-async def monitoring_schema(stack):
-    async with service_schema(stack, "monitoring_deployed_event", MONITORING_MIGRATIONS) as pool:
-        yield pool
+monitoring_schema = schema_fixture("monitoring_deployed_event")
 
 
 def deployed(version: str, workspace_id: int = 1, deployment_id: int = DEPLOYMENT) -> PipelineDeployed:
     """The deployer's event for a deploy of the stand-in's pipeline version `version` (its pk id, as text)."""
     return PipelineDeployed(deployment_id=deployment_id, name=f"d-{deployment_id}", pipeline_id=5,
                             workspace_id=workspace_id, pipeline_version=version)
-
-
-async def age(pool, table: str, column: str, row_id: uuid.UUID) -> None:
-    await pool.execute(f"UPDATE {table} SET {column} = now() - make_interval(secs => $2) WHERE id = $1 AND {column}"
-                       " IS NOT NULL", row_id, continuous.STALE_SWAP + 10)
 
 
 @pytest.mark.parametrize("policy", ["DEPLOY_AUTO", "DEPLOY_SHADOW"])
@@ -74,16 +71,13 @@ async def test_a_delivery_s_deploy_landing_late_is_recorded_from_its_event(monit
         " min_sample, state) VALUES ($1, $2, 1, $3, $4, $5, 0.05, 10, 'running')", challenge_id, DEPLOYMENT, older,
         json.dumps(CHAMPION), json.dumps(CHALLENGER))
     await done(pool, training_id, NEWEST, "deployed" if policy == "DEPLOY_AUTO" else "shadow", 100, True)
-    deployer = Deployer(Deployer.model(CHAMPION, CHALLENGER))
-    deployer.install(monkeypatch)
-    deployer.unanswered = 100
-    deps = Deployer.process(pool)
+    deployer, deps = stand_in_deployer(pool, monkeypatch, 100)
     tries = 1 if stage == "unanswered" else continuous.MAX_RESUMES + 1
     for _ in range(tries):
-        await age(pool, "trainings", "delivering_since", training_id)
+        await make_stale(pool, "trainings", "delivering_since", training_id)
         await continuous.resume_deliveries(deps)
     if stage != "unanswered":  # given up, then looked at once more: still not serving
-        await age(pool, "trainings", "updated_at", training_id)
+        await make_stale(pool, "trainings", "updated_at", training_id)
         await continuous.resume_deliveries(deps)
         row = await pool.fetchrow("SELECT outcome, delivery_resumes FROM trainings WHERE id = $1", training_id)
         assert row["outcome"] == "failed" and row["delivery_resumes"] == continuous.MAX_RESUMES + 2, dict(row)
@@ -117,8 +111,8 @@ async def test_a_delivery_s_deploy_landing_late_is_recorded_from_its_event(monit
     assert [(e["action"], e["pipeline_version"]) for e in events] == [("deployed" if auto else "shadow_set", "2")]
 
     for _ in range(2):  # the resume and the look after it find nothing to do: nothing deployed, nothing told
-        await age(pool, "trainings", "delivering_since", training_id)
-        await age(pool, "trainings", "updated_at", training_id)
+        await make_stale(pool, "trainings", "delivering_since", training_id)
+        await make_stale(pool, "trainings", "updated_at", training_id)
         await continuous.resume_deliveries(deps)
     assert deployer.deploys == deploys
     assert len(await swapped_events(pool)) == 1
@@ -131,16 +125,11 @@ async def test_a_swap_s_deploy_landing_late_is_recorded_from_its_event(monitorin
     process: nothing more); the resume after it deploys nothing. A version monitoring did not send changes nothing.
     Before, a swap's deploy landing after the one more look left the challenge failed while v2 served alone."""
     pool = monitoring_schema
-    challenge_id = await decided(pool)
-    deployer = Deployer(Deployer.model(CHAMPION, CHALLENGER))
-    deployer.install(monkeypatch)
-    deployer.unanswered = 100
-    deps = Deployer.process(pool)
-    await continuous._apply_decision(deps, await pool.fetchrow("SELECT * FROM challenges WHERE id = $1",
-                                                                challenge_id), "promoting", evidence())
+    deployer, deps = stand_in_deployer(pool, monkeypatch, 100)
+    challenge_id = await promotion_unanswered(pool, deps)
     if stage != "unanswered":
         for _ in range(continuous.MAX_RESUMES + 2):  # the resumes, the give-up, then the one more look
-            await age(pool, "challenges", "decided_at", challenge_id)
+            await make_stale(pool, "challenges", "decided_at", challenge_id)
             await continuous.resume_swaps(deps)
         row = await pool.fetchrow("SELECT state, swap_resumes FROM challenges WHERE id = $1", challenge_id)
         assert (row["state"], row["swap_resumes"]) == ("failed", continuous.MAX_RESUMES + 2), dict(row)
@@ -159,25 +148,9 @@ async def test_a_swap_s_deploy_landing_late_is_recorded_from_its_event(monitorin
     row = await pool.fetchrow("SELECT state, reason FROM challenges WHERE id = $1", challenge_id)
     assert row["state"] == "promoted" and row["reason"].startswith("promote:"), dict(row)
     assert [(e["action"], e["pipeline_version"]) for e in await swapped_events(pool)] == [("promoted", "2")]
-    await age(pool, "challenges", "decided_at", challenge_id)
+    await make_stale(pool, "challenges", "decided_at", challenge_id)
     await continuous.resume_swaps(deps)
     assert deployer.deploys == deploys and len(await swapped_events(pool)) == 1
-
-
-async def consumer_handled(stack, seq: int, within: float = 30.0) -> None:
-    """Wait until monitoring's deployed-event consumer has acknowledged every event up to stream sequence `seq`."""
-    nc = await nats_client.connect(stack.settings().nats.url)
-    try:
-        js = nc.jetstream()
-        deadline = time.monotonic() + within
-        while True:
-            info = await js.consumer_info(subjects.EVENTS_STREAM, continuous.DEPLOYED_DURABLE)
-            if info.delivered.stream_seq >= seq and not info.num_ack_pending and not info.num_pending:
-                return
-            assert time.monotonic() < deadline, f"monitoring never handled the event at {seq}: {info}"
-            await asyncio.sleep(0.1)
-    finally:
-        await nc.close()
 
 
 async def test_the_running_service_records_a_given_up_delivery_from_the_deployer_s_event(stack, tmp_path):
@@ -217,7 +190,7 @@ async def test_the_running_service_records_a_given_up_delivery_from_the_deployer
                 sequences = [await send(deployed(str(uuid.uuid4()), workspace_id, deployment_id))]  # not monitoring's
                 sequences += await asyncio.gather(*(send(deployed(version, workspace_id, deployment_id))
                                                     for _ in range(8)))
-                await consumer_handled(stack, max(sequences))
+                await consumer_caught_up(stack, continuous.DEPLOYED_DURABLE, max(sequences), 30.0, "event")
         finally:
             await nc.close()
 

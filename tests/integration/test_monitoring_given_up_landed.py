@@ -19,23 +19,25 @@ import pytest
 from services.monitoring import continuous
 from shared import subjects
 from shared.errors import UpstreamTimeout
-from tests.integration.conftest import service_schema
-from tests.integration.test_continuous_swap_once import (
+from tests.integration.continuous_setups import (
     CHALLENGER,
     CHAMPION,
     DEPLOYMENT,
-    MONITORING_MIGRATIONS,
+    NEWEST,
+    Deployer,
     continuous_deployment,
+    done,
+    make_stale,
+    promotion_unanswered,
+    schema_fixture,
+    stale_row,
+    stand_in_deployer,
+    swapped_events,
 )
-from tests.integration.test_monitoring_swap_race import NEWEST, Deployer, decided, done, evidence, swapped_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-
-@pytest.fixture
-async def monitoring_schema(stack):
-    async with service_schema(stack, "monitoring_given_up", MONITORING_MIGRATIONS) as pool:
-        yield pool
+monitoring_schema = schema_fixture("monitoring_given_up")
 
 
 @pytest.mark.parametrize("policy", ["DEPLOY_AUTO", "DEPLOY_SHADOW"])
@@ -57,13 +59,9 @@ async def test_a_given_up_delivery_whose_deploy_lands_later_is_recorded_delivere
         " min_sample, state) VALUES ($1, $2, 1, $3, $4, $5, 0.05, 10, 'running')", challenge_id, DEPLOYMENT, older,
         json.dumps(CHAMPION), json.dumps(CHALLENGER))
     await done(pool, training_id, NEWEST, "deployed" if policy == "DEPLOY_AUTO" else "shadow", 100, True)
-    deployer = Deployer(Deployer.model(CHAMPION, CHALLENGER))
-    deployer.install(monkeypatch)
-    deployer.unanswered = 100
-    deps = Deployer.process(pool)
+    deployer, deps = stand_in_deployer(pool, monkeypatch, 100)
     for _ in range(continuous.MAX_RESUMES + 1):  # every resume's deploy unanswered, then the last look: given up
-        await pool.execute("UPDATE trainings SET delivering_since = now() - make_interval(secs => $2) WHERE id = $1"
-                           " AND delivering_since IS NOT NULL", training_id, continuous.STALE_SWAP + 10)
+        await make_stale(pool, "trainings", "delivering_since", training_id)
         await continuous.resume_deliveries(deps)
     row = await pool.fetchrow("SELECT outcome, reason FROM trainings WHERE id = $1", training_id)
     assert row["outcome"] == "failed" and "did not finish after" in row["reason"], dict(row)
@@ -115,13 +113,8 @@ async def test_a_given_up_swap_whose_deploy_lands_later_is_recorded_promoted(mon
     ServingChanged), or when a newer delivery was recorded, with a reason saying that newer one was served again
     after its swap, minutes after its failure had been recorded."""
     pool = monitoring_schema
-    challenge_id = await decided(pool)
-    deployer = Deployer(Deployer.model(CHAMPION, CHALLENGER))
-    deployer.install(monkeypatch)
-    deployer.unanswered = 100
-    deps = Deployer.process(pool)
-    await continuous._apply_decision(deps, await pool.fetchrow("SELECT * FROM challenges WHERE id = $1",
-                                                                challenge_id), "promoting", evidence())
+    deployer, deps = stand_in_deployer(pool, monkeypatch, 100)
+    challenge_id = await promotion_unanswered(pool, deps)
     for _ in range(continuous.MAX_RESUMES + 1):
         await pool.execute("UPDATE challenges SET decided_at = now() - make_interval(secs => $2) WHERE id = $1",
                            challenge_id, continuous.STALE_SWAP + 10)
@@ -174,8 +167,7 @@ async def test_a_newer_delivery_during_the_look_at_a_given_up_one_leaves_its_fai
     deployer.unanswered = 100
     deps = Deployer.process(pool)
     for _ in range(continuous.MAX_RESUMES + 1):
-        await pool.execute("UPDATE trainings SET delivering_since = now() - make_interval(secs => $2) WHERE id = $1"
-                           " AND delivering_since IS NOT NULL", training_id, continuous.STALE_SWAP + 10)
+        await make_stale(pool, "trainings", "delivering_since", training_id)
         await continuous.resume_deliveries(deps)
     given_up = await pool.fetchrow("SELECT outcome, reason, delivering_since, delivered_at FROM trainings WHERE id ="
                                    " $1", training_id)
@@ -245,22 +237,13 @@ async def test_the_resume_sweep_leaves_a_deployment_under_way_here_for_its_next_
     is free. Before, the sweep claimed them and waited on the lock, holding every deployment after them (and the
     swaps' sweep, and the next sweep) back behind that deploy: with the lock held, the sweep did not end in 10 s."""
     pool = monitoring_schema
-    deployer = Deployer(Deployer.model(CHAMPION, CHALLENGER))
-    deployer.install(monkeypatch)
-    deployer.unanswered = 100
-    deps = Deployer.process(pool)
-    if what == "delivery":
-        await continuous_deployment(pool, "DEPLOY_AUTO")
-        row_id = uuid.uuid4()
-        await done(pool, row_id, NEWEST, "deployed", 100, True)
-    else:
-        row_id = await decided(pool)
+    deployer, deps = stand_in_deployer(pool, monkeypatch, 100)
+    row_id = await stale_row(pool, what)
     table, stale, count, sweep = resumed(what)
 
     for taken in range(continuous.MAX_RESUMES + 2):  # the resumes, the give-up, then the one more look
         for column in stale:
-            await pool.execute(f"UPDATE {table} SET {column} = now() - make_interval(secs => $2) WHERE id = $1 AND"
-                               f" {column} IS NOT NULL", row_id, continuous.STALE_SWAP + 10)
+            await make_stale(pool, table, column, row_id)
         async with deploy_under_way(deps, monkeypatch):  # a delivery or swap of this process under way on it
             await asyncio.wait_for(sweep(deps), 10)
             assert await pool.fetchval(f"SELECT {count} FROM {table} WHERE id = $1", row_id) == taken  # not claimed
@@ -279,20 +262,11 @@ async def test_the_resume_sweep_waits_for_a_lock_held_without_a_deploy(monitorin
     moment), it was skipped for the next sweep, 30 s later, and a deployment whose reviews kept coming, its lock held
     most of the time, was skipped sweep after sweep."""
     pool = monitoring_schema
-    deployer = Deployer(Deployer.model(CHAMPION, CHALLENGER))
-    deployer.install(monkeypatch)
-    deployer.unanswered = 100
-    deps = Deployer.process(pool)
-    if what == "delivery":
-        await continuous_deployment(pool, "DEPLOY_AUTO")
-        row_id = uuid.uuid4()
-        await done(pool, row_id, NEWEST, "deployed", 100, True)
-    else:
-        row_id = await decided(pool)
+    deployer, deps = stand_in_deployer(pool, monkeypatch, 100)
+    row_id = await stale_row(pool, what)
     table, stale, count, sweep = resumed(what)
     for column in stale:
-        await pool.execute(f"UPDATE {table} SET {column} = now() - make_interval(secs => $2) WHERE id = $1 AND"
-                           f" {column} IS NOT NULL", row_id, continuous.STALE_SWAP + 10)
+        await make_stale(pool, table, column, row_id)
 
     taken, release = asyncio.Event(), asyncio.Event()
 

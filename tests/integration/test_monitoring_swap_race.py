@@ -17,45 +17,30 @@ from types import SimpleNamespace
 import pytest
 
 from services.monitoring import continuous
-from shared import subjects
-from shared.errors import Conflict, Unavailable, UpstreamTimeout
+from shared.errors import Unavailable
 from shared.messages.monitoring_continuous import ToggleContinuous
-from tests.integration.conftest import service_schema
-from tests.integration.test_continuous_swap_once import (
+from tests.integration.continuous_setups import (
     CHALLENGER,
     CHAMPION,
     DEPLOYMENT,
-    MONITORING_MIGRATIONS,
+    NEWEST,
+    Deployer,
     continuous_deployment,
-    deliver_with,
+    decided,
+    done,
     evidence,
+    make_stale,
     process,
+    promotion_unanswered,
+    schema_fixture,
+    stand_in_deployer,
+    swapped_events,
 )
+from tests.integration.test_continuous_swap_once import deliver_with
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-NEWEST = {"name": "digits", "version": "v3", "sha": "c"}
-
-
-@pytest.fixture
-async def monitoring_schema(stack):
-    async with service_schema(stack, "monitoring_swap_race", MONITORING_MIGRATIONS) as pool:
-        yield pool
-
-
-async def done(pool, training_id: uuid.UUID, version: dict, outcome: str, created: int, delivering: bool) -> None:
-    """A training of DEPLOYMENT as advance leaves it (created `created` s ago), delivering or delivered (recorded:
-    delivered_at, as _delivered sets it)."""
-    await pool.execute(
-        "INSERT INTO trainings (id, deployment_id, workspace_id, state, outcome, reviews, task_id, model_version,"
-        " model_status, created_at, delivering_since, delivered_at) VALUES ($1, $2, 1, 'done', $3, 1, $4, $5, 'ready',"
-        " now() - make_interval(secs => $6), CASE WHEN $7 THEN now() END, CASE WHEN NOT $7 THEN now() END)",
-        training_id, DEPLOYMENT, outcome, uuid.uuid4(), json.dumps(version), created, delivering)
-
-
-async def swapped_events(pool) -> list[dict]:
-    return [json.loads(r["payload"]) for r in await pool.fetch(
-        "SELECT payload FROM outbox WHERE subject = $1 ORDER BY id", subjects.EVENT_MONITORING_MODEL_SWAPPED)]
+monitoring_schema = schema_fixture("monitoring_swap_race")
 
 
 @pytest.mark.parametrize("policy", ["DEPLOY_AUTO", "DEPLOY_SHADOW"])
@@ -402,100 +387,6 @@ async def test_a_redo_that_cannot_look_at_what_serves_puts_the_refusal_back(moni
     assert await swapped_events(pool) == []
 
 
-class Deployer:
-    """The deployer as _serve sees it (through the real _serve, with the deployer's requests stood in): pipeline
-    versions by pk id, the one serving, and pipelines/deploy's precondition (only_if_serving: refused with 409
-    serving_changed unless that version serves, as services/deployer/handlers.py _check_serving). `on_create` runs
-    when a version is created (after the caller's look, before its deploy): another deploy landing then."""
-
-    def __init__(self, definition: dict) -> None:
-        self.versions = {1: definition}
-        self.serving = 1
-        self.deploys: list[tuple[int, int | None, str]] = []  # (version, only_if_serving, what became of it)
-        self.on_create = lambda: None
-        self.unanswered = 0  # deploys to leave unanswered (UpstreamTimeout), not served
-
-    @staticmethod
-    def model(version: dict, shadow: dict | None = None) -> dict:
-        """A definition serving `version` (shadowed by `shadow`)."""
-        if shadow is not None:
-            return {"steps": [{"ShadowDeploy": {"champion": version, "challengers": [shadow]}}]}
-        return {"steps": [{"ModelInference": {"models": [version]}}]}
-
-    def serves(self) -> tuple[str, str | None]:
-        definition = self.versions[self.serving]
-        model = continuous.handlers.current_model(definition)
-        shadow = continuous.handlers._current_shadow(definition)
-        return model.version, shadow and shadow.version
-
-    def install(self, monkeypatch) -> None:
-        async def act_as(deps, owner_id, workspace_id, purpose):
-            return SimpleNamespace(user_id=str(owner_id)), "token"
-
-        async def deployment(base, principal, token, name):
-            return SimpleNamespace(definition=self.versions[self.serving], deploy_id="d", pipeline_id=5,
-                                   route=SimpleNamespace(name=name, pipeline_name="p", deployment_id=DEPLOYMENT,
-                                                         pipeline_version=str(self.serving)),
-                                   engine_config=None, version_pk_id=self.serving)
-
-        async def request(broker, subject, cmd, **kwargs):
-            if subject == subjects.DEPLOYER_DEPLOYMENTS_RESOLVE:
-                return SimpleNamespace(name=cmd.name)
-            if subject == subjects.REGISTRY_MODELS_RESOLVE:
-                return SimpleNamespace(name=cmd.name, model_version=cmd.version, sha="b")
-            if subject == subjects.DEPLOYER_PIPELINES_CREATE:
-                pk = next((pk for pk, d in self.versions.items() if d == cmd.definition), None)
-                if pk is None:
-                    pk = max(self.versions) + 1
-                    self.versions[pk] = cmd.definition
-                self.on_create()
-                return SimpleNamespace(pipeline_variant_pk_id=pk, pipeline_variant_version=str(pk))
-            if subject == subjects.DEPLOYER_PIPELINES_GET:
-                return SimpleNamespace(deployment={"pipeline_version_pk_id": self.serving})
-            assert subject == subjects.DEPLOYER_PIPELINES_DEPLOY, subject
-            wanted = cmd.pipeline_version_pk_id
-            if self.unanswered:
-                self.unanswered -= 1
-                self.deploys.append((wanted, cmd.only_if_serving, "unanswered"))
-                raise UpstreamTimeout("deployer did not answer within 305s")
-            if cmd.only_if_serving is not None and cmd.only_if_serving != self.serving:
-                self.deploys.append((wanted, cmd.only_if_serving, "refused"))
-                raise Conflict(f"only_if_serving: version {cmd.only_if_serving} does not serve: version"
-                               f" {self.serving} serves now", code="serving_changed")
-            self.deploys.append((wanted, cmd.only_if_serving, "served"))
-            self.serving = wanted
-            return None
-
-        monkeypatch.setattr(continuous, "act_as", act_as)
-        monkeypatch.setattr(continuous, "request", request)
-        monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
-
-    @staticmethod
-    def process(pool) -> continuous.ContinuousDeps:
-        """One monitoring process's deps (test_continuous_swap_once's), with the deploy's timeout _serve waits."""
-        deps = process(pool)
-        deps.base.deploy_timeout = 5.0
-        return deps
-
-    def person_deploys(self, definition: dict) -> None:
-        """A person's deploy (no precondition) of a new version."""
-        pk = max(self.versions) + 1
-        self.versions[pk] = definition
-        self.serving = pk
-
-
-async def decided(pool, policy: str = "DEPLOY_SHADOW", decided_ago: float = 0) -> uuid.UUID:
-    """Continuous deployment under `policy` and a challenge (v1 shadowed by v2) decided: promote."""
-    await continuous_deployment(pool, policy)
-    challenge_id = uuid.uuid4()
-    await pool.execute(
-        "INSERT INTO challenges (id, deployment_id, workspace_id, champion, challenger, alpha, min_sample, state,"
-        " evidence, decided_at) VALUES ($1, $2, 1, $3, $4, 0.05, 10, 'promoting', $5, now() - make_interval(secs =>"
-        " $6))", challenge_id, DEPLOYMENT, json.dumps(CHAMPION), json.dumps(CHALLENGER),
-        json.dumps(evidence().as_dict()), decided_ago)
-    return challenge_id
-
-
 async def test_a_swap_whose_deploy_finds_a_person_s_version_serving_is_refused_and_superseded(monitoring_schema,
                                                                                                monkeypatch):
     """A promotion's swap looks at the deployment (v1 shadowed by v2, pipeline version 1) and creates its version (v2
@@ -543,10 +434,7 @@ async def test_a_resumed_swap_refused_because_its_own_late_deploy_landed_is_reco
     (not closed as overtaken)."""
     pool = monitoring_schema
     challenge_id = await decided(pool)
-    deployer = Deployer(Deployer.model(CHAMPION, CHALLENGER))
-    deployer.install(monkeypatch)
-    deployer.unanswered = 1
-    deps = Deployer.process(pool)
+    deployer, deps = stand_in_deployer(pool, monkeypatch, 1)
     challenge = await pool.fetchrow("SELECT * FROM challenges WHERE id = $1", challenge_id)
     await continuous._apply_decision(deps, challenge, "promoting", evidence())
     assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "promoting"
@@ -605,10 +493,7 @@ async def test_a_swap_whose_deploy_never_answers_is_failed_after_max_resumes(mon
     the challenge was failed while v2 served alone (a record contradicting what serves); now promoted, told once."""
     pool = monitoring_schema
     challenge_id = await decided(pool)
-    deployer = Deployer(Deployer.model(CHAMPION, CHALLENGER))
-    deployer.install(monkeypatch)
-    deployer.unanswered = 100
-    deps = Deployer.process(pool)
+    deployer, deps = stand_in_deployer(pool, monkeypatch, 100)
     challenge = await pool.fetchrow("SELECT * FROM challenges WHERE id = $1", challenge_id)
     await continuous._apply_decision(deps, challenge, "promoting", evidence())
     for attempt in range(continuous.MAX_RESUMES + 2):
@@ -648,8 +533,7 @@ async def test_a_delivery_whose_deploy_never_answers_is_failed_after_max_resumes
     for attempt in range(continuous.MAX_RESUMES + 2):
         if attempt == continuous.MAX_RESUMES and late != "never":
             deployer.serving = 2  # the last unanswered deploy (v3) lands now
-        await pool.execute("UPDATE trainings SET delivering_since = now() - make_interval(secs => $2) WHERE id = $1"
-                           " AND delivering_since IS NOT NULL", training_id, continuous.STALE_SWAP + 10)
+        await make_stale(pool, "trainings", "delivering_since", training_id)
         await continuous.resume_deliveries(Deployer.process(pool))
 
     assert deployer.deploys == [(2, 1, "unanswered")] * continuous.MAX_RESUMES
@@ -673,14 +557,9 @@ async def test_a_last_resume_whose_look_fails_is_failed_with_the_look_s_error(mo
     challenge running (its champion and challenger still serve). Only the never-answered and landed-late cases were
     tested: a look that failed could have left the swap decided, or the delivery claimed, for ever."""
     pool = monitoring_schema
-    deployer = Deployer(Deployer.model(CHAMPION, CHALLENGER))
-    deployer.install(monkeypatch)
-    deployer.unanswered = 100
-    deps = Deployer.process(pool)
+    deployer, deps = stand_in_deployer(pool, monkeypatch, 100)
     if what == "swap":
-        challenge_id = await decided(pool)
-        await continuous._apply_decision(deps, await pool.fetchrow("SELECT * FROM challenges WHERE id = $1",
-                                                                   challenge_id), "promoting", evidence())
+        challenge_id = await promotion_unanswered(pool, deps)
     else:
         await continuous_deployment(pool, "DEPLOY_AUTO")
         older, training_id = uuid.uuid4(), uuid.uuid4()

@@ -5,6 +5,7 @@ round; a bus that does not answer does not hold the stop up (the rows stay, sent
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from services.registry import store
@@ -27,17 +28,28 @@ class ReadRows(SharedRows):
         return found
 
 
-def test_stop_cancels_the_loop_and_sends_what_is_unsent(monkeypatch):
+def registry_outbox(rows: SharedRows, publish: Callable[[str, Any], Awaitable[None]]) -> Outbox:
+    """The registry's outbox on the stand-in table `rows`, sending with `publish`."""
+    return Outbox(Pool(), publish, event_types=store.EVENT_TYPES, order_field=store.ORDER_FIELDS,
+                  what="registry events", retry=0.05, rows=rows)
+
+
+def idle_outbox(monkeypatch) -> tuple[ReadRows, list[str], Outbox]:
+    """An outbox whose loop, after its round at start, waits its IDLE round (60 s): its table, what it sent (the
+    events' actions, in order) and the outbox."""
     monkeypatch.setattr(outbox_module, "IDLE", 60.0)
-    rows = ReadRows()
-    sent: list[str] = []
+    rows, sent = ReadRows(), []
 
     async def publish(subject: str, event: Any) -> None:
         sent.append(event.action)
 
+    return rows, sent, registry_outbox(rows, publish)
+
+
+def test_stop_cancels_the_loop_and_sends_what_is_unsent(monkeypatch):
+    rows, sent, box = idle_outbox(monkeypatch)
+
     async def scenario() -> asyncio.Task:
-        box = Outbox(Pool(), publish, event_types=store.EVENT_TYPES, order_field=store.ORDER_FIELDS,
-                     what="registry events", retry=0.05, rows=rows)
         task = asyncio.create_task(box.run())
         await rows.read.wait()  # its round at start read an empty table: next it waits its IDLE round
         rows.add("created")  # committed, the loop not woken
@@ -55,16 +67,9 @@ def test_a_stop_that_comes_as_the_loop_is_woken_still_ends_it(monkeypatch):
     answered, then the stop; or `_round_later`'s timer firing then). The loop waited with asyncio.wait_for, which on
     Python 3.11 returns when its wait ends as the cancel comes (bpo-42130): the cancel was lost, the loop went on
     (next round in IDLE, 60 s) and the stop waited for it until the service was killed."""
-    monkeypatch.setattr(outbox_module, "IDLE", 60.0)
-    rows = ReadRows()
-    sent: list[str] = []
-
-    async def publish(subject: str, event: Any) -> None:
-        sent.append(event.action)
+    rows, sent, box = idle_outbox(monkeypatch)
 
     async def scenario() -> asyncio.Task:
-        box = Outbox(Pool(), publish, event_types=store.EVENT_TYPES, order_field=store.ORDER_FIELDS,
-                     what="registry events", retry=0.05, rows=rows)
         task = asyncio.create_task(box.run())
         await rows.read.wait()  # its round at start read an empty table
         for _ in range(100):  # a few steps of the loop: until it waits for its next round
@@ -98,8 +103,7 @@ def test_stop_gives_up_on_a_bus_that_does_not_answer(monkeypatch):
         return await wait_for(awaitable, 0.05)
 
     async def scenario() -> asyncio.Task:
-        box = Outbox(Pool(), publish, event_types=store.EVENT_TYPES, order_field=store.ORDER_FIELDS,
-                     what="registry events", retry=0.05, rows=rows)
+        box = registry_outbox(rows, publish)
         task = asyncio.create_task(asyncio.sleep(3600))
         monkeypatch.setattr(outbox_module.asyncio, "wait_for", no_wait)
         await box.stop(task)
