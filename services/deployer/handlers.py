@@ -1256,7 +1256,7 @@ class Deactivations:
                 log.warning("deployment %s: still not made inactive (attempt %d of %d): %s", name, attempt,
                             len(DEACTIVATION_RETRY_DELAYS), exc)
                 continue
-            log.info("deployment %s: %s", name, _deactivation_outcome(changed, now, deployment_id))
+            log.info("deployment %s: %s", name, _deactivation_outcome(changed, now))
             if (changed and event is not None) or now is not None:  # (the outbox's sweep would send them too)
                 deps.events_committed()  # a try whose answer was lost may have written the undeployed
             return
@@ -1271,7 +1271,7 @@ class Deactivations:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _deactivation_outcome(changed: bool, now: Any, deployment_id: int | None) -> str:
+def _deactivation_outcome(changed: bool, now: Any) -> str:
     """What a background deactivation (Deactivations) found: `changed` (it made the row inactive), else `now`, the row
     that holds the failed deploy's activation (store.activation_of) or None. Before, whatever it found unchanged was
     logged as "deployed or undeployed since", also when an earlier try's commit had taken effect, its answer lost."""
@@ -1280,9 +1280,9 @@ def _deactivation_outcome(changed: bool, now: Any, deployment_id: int | None) ->
     if now is not None:  # inactive: an undeploy keeps the activation, and so does a try of ours
         return ("already inactive: an earlier try's commit took effect though its answer was lost (or it was "
                 "undeployed since)")
-    if deployment_id is None:
-        return "its activation was never recorded (or a later deploy replaced it): nothing to make inactive"
-    return "deployed again since its replicas failed to start: left as it is"
+    # the row holds another activation, or none of the pipeline's does: which, the row cannot tell (a deploy whose
+    # activation's commit did not answer may never have been recorded; a later deploy replaces an activation)
+    return "no row holds its activation (deployed again since, or it was never recorded): left as it is"
 
 
 class DeploymentRestore(BackgroundTask):
