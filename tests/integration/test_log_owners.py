@@ -198,6 +198,16 @@ def test_batches_held_for_a_late_announcement_are_stored_as_soon_as_it_lands(sta
     assert all_rows(stack, alice, other) == []  # the other deployment's batch is still held, not stored
     assert asyncio.run(_quarantine_reasons(stack, batches)) == {}  # nor quarantined
 
+    async def announce_the_other() -> None:  # a batch held for the rest of the session would hold the ack floor
+        nc = await nats_client.connect(stack.settings().nats.url)
+        try:
+            await announce(nc, alice.workspace_id, unannounced)
+        finally:
+            await nc.close()
+
+    asyncio.run(announce_the_other())
+    assert _values(wait_rows(stack, alice, other, 1, timeout=30)) == [9.0]
+
 
 def _create_once(stack, account, name: str) -> None:
     from tests.integration.conftest import post
