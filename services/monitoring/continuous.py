@@ -19,7 +19,7 @@ How it runs (docs/monitoring.md, "Continuous training and deployment"):
   in the transaction that writes its model_swapped, and one left open by a process that died is delivered again
   (resume_deliveries). A deploy that lands after its command went unanswered (even after the resumes gave up) is
   recorded from the deployer's events.pipeline.deployed naming the pipeline version it carried (sent_deploys,
-  written before the command: on_pipeline_deployed).
+  written before the command: on_pipeline_deployed; rows deleted once they can no longer matter: prune_sent_deploys).
 - **Starting the run** happens off the review path: the trigger only inserts the training `starting`; the
   TrainingStarter (one background task per service process, woken by the trigger, looking at the table again when
   its next training is due, at most sweeps.IDLE_WAIT later) waits until
@@ -161,6 +161,11 @@ EVENT_TYPES: dict[str, type[Event]] = {
 change it tells of, and published from there by shared/outbox.py's Outbox (in order per deployment)."""
 DEPLOYED_DURABLE = "monitoring-continuous-deployed"
 """Monitoring's durable consumer of the deployer's events.pipeline.deployed (on_pipeline_deployed)."""
+SENT_SETTLED = 3600.0
+"""Seconds a sent_deploys row whose delivery or swap is settled for good (recorded, closed) is kept after its deploy
+was sent (prune_sent_deploys): past the deploy's own wait (deploy_wait, 305 s) and the deployed event's redeliveries
+(nats.consumer_max_deliver 10, the backoff doubling from 2 s up to 300 s: ~14 min)."""
+PRUNE_BATCH = 1000  # sent_deploys rows one resume sweep deletes at most (every 30 s)
 MAX_RUN_ALERTS = 100  # the newest alerts of an ASSAY_ALERT training given to its run (task_args()["assay_alerts"])
 
 
@@ -180,6 +185,10 @@ class ContinuousDeps:
     undeployed: set[int] = field(default_factory=set)
     # work started by a command that outlasts its answer (a refused swap redone: a deploy), kept until it ends
     background: set[asyncio.Task] = field(default_factory=set)
+    # seconds a sent_deploys row whose delivery or swap may still be recorded is kept (prune_sent_deploys): the
+    # EVENTS stream's nats.events_max_age, how long a deployed event naming it can wait for monitoring; None (a stream
+    # keeping events for good, max_age 0): kept as long
+    sent_retention: float | None = 30 * 86400.0
 
     def in_background(self, work: Awaitable[Any], what: str) -> asyncio.Task:
         """Run `work` after the command answered; its failure is logged (what is left undone is resumed by the
@@ -1354,11 +1363,14 @@ def _sent_deploy(pool: asyncpg.Pool, deployment_id: int, *, training_id: uuid.UU
                  champion: ModelVersionRef | None = None) -> Callable[[str], Awaitable[None]]:
     """_serve's `sent` for a delivery (`training_id`; DEPLOY_SHADOW's `champion`, what its challenge compares) or a
     challenge's swap (`challenge_id`): the pipeline version its deploy carries, written before the deploy is sent
-    (migration 024), so its events.pipeline.deployed, however late, is known as this deploy's."""
+    (migration 024), so its events.pipeline.deployed, however late, is known as this deploy's. The same version sent
+    again (a resume: an equal definition makes no new version) moves its `sent_at` to this send: the row's age
+    (prune_sent_deploys) is its last send's."""
     async def sent(version: str) -> None:
         await pool.execute(
             "INSERT INTO sent_deploys (pipeline_version, deployment_id, training_id, challenge_id, champion) VALUES"
-            " ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING", version, deployment_id, training_id, challenge_id,
+            " ($1, $2, $3, $4, $5) ON CONFLICT (deployment_id, pipeline_version, COALESCE(training_id, challenge_id))"
+            " DO UPDATE SET sent_at = now()", version, deployment_id, training_id, challenge_id,
             json.dumps(champion.model_dump()) if champion is not None else None)
 
     return sent
@@ -1812,8 +1824,41 @@ class DeliveryResumer(Sweeper):
     async def sweep(self) -> None:
         try:
             await resume_deliveries(self.deps)
-        finally:  # a failed delivery sweep does not hold the swaps back
-            await resume_swaps(self.deps)
+        finally:  # a failed delivery sweep does not hold the swaps back, nor the prune
+            try:
+                await resume_swaps(self.deps)
+            finally:
+                await prune_sent_deploys(self.deps)
+
+
+SETTLED_DELIVERY = (
+    "t.delivered_at IS NOT NULL OR (t.delivering_since IS NULL AND t.outcome IS DISTINCT FROM 'failed')")
+"""SQL: training `t`'s delivery can no longer be recorded from a deployed event (_delivery_landed): recorded, or closed
+unrecorded (a newer training delivered during it; never put back). Claimed or failed, it may be."""
+SETTLED_SWAP = "c.state NOT IN ('promoting', 'rolling_back', 'failed')"
+"""SQL: challenge `c`'s swap can no longer be recorded from a deployed event (_swap_landed needs it decided, or failed):
+recorded (promoted, rolled back) or closed superseded. A failed one may be (its give-up's late deploy; a refusal
+redone decides it again)."""
+
+
+async def prune_sent_deploys(deps: ContinuousDeps) -> int:
+    """Delete the sent_deploys rows (migration 024) that can no longer matter, at most PRUNE_BATCH a sweep (the
+    DeliveryResumer's, every 30 s); how many. Before, every deploy continuous deployment sent (each delivery, each
+    swap, each resume) kept its row for good. A row is kept while a deployed event naming it may still record its
+    delivery or swap (on_pipeline_deployed): its delivery claimed or failed, its challenge decided or failed. Settled
+    for good (SETTLED_DELIVERY, SETTLED_SWAP: recorded, closed; a training or challenge deleted takes its rows with
+    it), it is deleted SENT_SETTLED after it was sent: the event, redelivered or handled by a second process, is
+    acknowledged unused then as before (each record is conditional), so nothing changes but the table's size. One
+    never settled (a delivery or swap failed for good whose deploy never landed) is deleted after the retention
+    (`sent_retention`: nats.events_max_age, 30 days, how long the EVENTS stream keeps the event that would name it;
+    a stream keeping events for good keeps these rows too): a deploy landing later than that is not recorded (its
+    delivery or swap stays failed). Idempotent; two processes deleting at once delete each row once."""
+    return len(await deps.base.pool.fetch(
+        "DELETE FROM sent_deploys WHERE ctid = ANY(ARRAY(SELECT s.ctid FROM sent_deploys s LEFT JOIN trainings t ON"
+        " t.id = s.training_id LEFT JOIN challenges c ON c.id = s.challenge_id WHERE s.sent_at < now() -"
+        " make_interval(secs => $2::float8) OR (s.sent_at < now() - make_interval(secs => $1) AND ((t.id IS NOT NULL"
+        f" AND ({SETTLED_DELIVERY})) OR (c.id IS NOT NULL AND {SETTLED_SWAP}))) LIMIT $3)) RETURNING 1", SENT_SETTLED,
+        deps.sent_retention, PRUNE_BATCH))
 
 
 # --- promotion by the sequential test ----------------------------------------------------------------------------
@@ -2227,7 +2272,8 @@ def _deps(runtime: Any) -> ContinuousDeps:
     if "continuous" not in extras:
         extras["continuous"] = ContinuousDeps(base=extras["deps"], verify=extras["verifier"].verify,
                                               events_committed=_outbox(runtime).wake,
-                                              max_task_timeout=runtime.settings.tasks.max_timeout)
+                                              max_task_timeout=runtime.settings.tasks.max_timeout,
+                                              sent_retention=runtime.settings.nats.events_max_age or None)
     return extras["continuous"]
 
 

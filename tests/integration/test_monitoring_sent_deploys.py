@@ -1,0 +1,111 @@
+"""The deploys continuous deployment sent (sent_deploys, migration 024; services/monitoring/continuous.py
+prune_sent_deploys, on_pipeline_deployed; docs/monitoring.md "A deploy landing whenever"): a row is deleted once it
+can no longer matter.
+
+Runs the service's functions on a monitoring schema of this test's; nothing is deployed (the deployer's event is
+handed to on_pipeline_deployed as its consumer does)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from services.monitoring import continuous
+from tests.integration.continuous_setups import (
+    DEPLOYMENT,
+    NEWEST,
+    decided,
+    done,
+    process,
+    schema_fixture,
+)
+from tests.integration.test_monitoring_deployed_event import deployed
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+monitoring_schema = schema_fixture("monitoring_sent_deploys")
+
+HOUR_AND_A_BIT = continuous.SENT_SETTLED + 60
+
+
+async def sent(pool, version: str, ago: float, *, training_id: uuid.UUID | None = None,
+               challenge_id: uuid.UUID | None = None) -> None:
+    """A sent_deploys row: `version` sent `ago` seconds ago for the training's delivery or the challenge's swap."""
+    await pool.execute(
+        "INSERT INTO sent_deploys (pipeline_version, deployment_id, training_id, challenge_id, sent_at) VALUES ($1, $2,"
+        " $3, $4, now() - make_interval(secs => $5))", version, DEPLOYMENT, training_id, challenge_id, ago)
+
+
+async def training(pool, how: str) -> uuid.UUID:
+    """A DEPLOY_AUTO training of DEPLOYMENT as the service leaves it: `how` 'recorded' (delivered_at), 'claimed'
+    (its delivery under way), 'closed' (closed unrecorded: a newer one delivered during it), 'given_up' (failed by
+    its last resume, its deploy may still land)."""
+    training_id = uuid.uuid4()
+    await done(pool, training_id, NEWEST, "deployed", 600, how == "claimed")
+    if how == "closed":
+        await pool.execute("UPDATE trainings SET delivered_at = NULL, reason = 'a newer training of the deployment was"
+                           " delivered during its delivery: not delivered' WHERE id = $1", training_id)
+    elif how == "given_up":
+        await pool.execute("UPDATE trainings SET outcome = 'failed', delivered_at = NULL, reason = 'DEPLOY_AUTO failed:"
+                           " its delivery did not finish after 7 tries' WHERE id = $1", training_id)
+    return training_id
+
+
+async def challenge(pool, state: str) -> uuid.UUID:
+    challenge_id = await decided(pool, "DEPLOY_AUTO") if state == "promoting" else uuid.uuid4()
+    if state != "promoting":
+        await pool.execute(
+            "INSERT INTO challenges (id, deployment_id, workspace_id, champion, challenger, alpha, min_sample, state,"
+            " evidence, decided_at) SELECT $1, deployment_id, workspace_id, champion, challenger, alpha, min_sample,"
+            " $2, evidence, decided_at FROM challenges LIMIT 1", challenge_id, state)
+    return challenge_id
+
+
+async def test_a_sent_deploy_is_deleted_once_it_can_no_longer_matter(monitoring_schema, monkeypatch):
+    """The resume sweep (DeliveryResumer) deletes a row SENT_SETTLED (1 h) after it was sent once its delivery or
+    swap is settled for good (recorded, closed, superseded), and any row after the retention (the EVENTS stream's
+    events_max_age); it keeps a settled one sent within the hour and, until the retention, every one whose delivery
+    or swap a late deploy may still record (claimed, given up; decided, failed), whose event then still records it.
+    Two processes pruning at once delete each row once; no retention (events kept for good) keeps them as long.
+    Before, no row was ever deleted."""
+    pool = monitoring_schema
+    owners: dict[str, tuple[float, dict]] = {}  # name: (sent ago, its training or challenge)
+    promoting = await challenge(pool, "promoting")  # continuous deployment (DEPLOY_AUTO) and a decided challenge
+    for how in ("recorded", "claimed", "closed", "given_up"):
+        owners[f"{how} delivery"] = (HOUR_AND_A_BIT, {"training_id": await training(pool, how)})
+    owners["recorded delivery, just sent"] = (10, owners["recorded delivery"][1])
+    owners["given_up delivery past the retention"] = (40 * 86400, {"training_id": await training(pool, "given_up")})
+    for state in ("promoting", "failed", "promoted", "rolled_back", "superseded"):
+        owners[f"{state} swap"] = (HOUR_AND_A_BIT, {
+            "challenge_id": promoting if state == "promoting" else await challenge(pool, state)})
+    versions = {name: str(index) for index, name in enumerate(owners)}  # each its own pipeline version
+    for name, (ago, owner) in owners.items():
+        await sent(pool, versions[name], ago, **owner)
+    deps = process(pool)
+    deps.sent_retention = 30 * 86400.0
+    monkeypatch.setattr(continuous, "PRUNE_BATCH", 3)  # a sweep deletes at most this many: the rest at the next
+
+    await continuous.DeliveryResumer(deps).sweep()
+    assert await pool.fetchval("SELECT count(*) FROM sent_deploys") == len(owners) - 3
+    pruned = await asyncio.gather(*(continuous.prune_sent_deploys(process(pool)) for _ in range(2)))
+    assert sum(pruned) == 3  # the other 3 (two processes at once: each row once)
+    assert await continuous.prune_sent_deploys(deps) == 0
+
+    left = {r["pipeline_version"] for r in await pool.fetch("SELECT pipeline_version FROM sent_deploys")}
+    assert {name for name, version in versions.items() if version in left} == {
+        "claimed delivery", "given_up delivery", "recorded delivery, just sent", "promoting swap", "failed swap"}
+    # what is kept still does its work: the given-up delivery's deploy lands, its event records it
+    given_up = owners["given_up delivery"][1]["training_id"]
+    assert await continuous.on_pipeline_deployed(deps, deployed(versions["given_up delivery"])) == 1
+    assert await pool.fetchval("SELECT outcome FROM trainings WHERE id = $1", given_up) == "deployed"
+    # past the retention: its row gone, a deploy landing that late is not recorded
+    assert await continuous.on_pipeline_deployed(deps, deployed(versions["given_up delivery past the retention"])) == 0
+    assert await continuous.prune_sent_deploys(deps) == 1  # the given-up one's, recorded now: settled
+    # a stream keeping its events for good (events_max_age 0: no retention) keeps such a row as long
+    await sent(pool, "old", 40 * 86400, training_id=await training(pool, "given_up"))
+    forever = process(pool)
+    forever.sent_retention = None
+    assert await continuous.prune_sent_deploys(forever) == 0
+    assert await continuous.prune_sent_deploys(deps) == 1
