@@ -5,7 +5,8 @@ directory (the zip is unpacked there, inside the sandbox), the network to the ga
 wall-time limits. stdout and stderr are read in chunks and cut into lines (a line longer than MAX_LINE is stored
 in pieces tagged P, as the CRI log format does; whole lines are tagged F); lines are written to PostgreSQL in
 small batches as they come, so `get_logs_for_run` reads a run while it is going. A write failing on a transient
-database error is retried with backoff (tenacity), its lines kept in order under the same sequence numbers.
+database error is retried with backoff (tenacity), its lines kept in order under the same sequence numbers; a write
+the database does not answer is given up at FLUSH_ATTEMPT_SECONDS and counts as such an error.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ KILLED = "killed (task/kill)"
 FLUSH_SECONDS = 0.2
 FLUSH_WAIT = 30.0  # seconds the end of a run waits for a log flush under way
 FLUSH_TRIES = 5  # attempts of a periodic flush; lines it could not write wait for the next one
+FLUSH_ATTEMPT_SECONDS = 5.0  # one attempt's bound (a server that stopped answering): TimeoutError, tried again
 FINAL_FLUSH_SECONDS = 30.0  # how long the end of a run retries writing its last lines before it drops them
 FLUSH_BACKOFF = 0.1  # the first wait between two attempts, doubled each time up to FLUSH_BACKOFF_MAX
 FLUSH_BACKOFF_MAX = 2.0
@@ -138,18 +140,60 @@ class LogWriter:
         if not self.pending:
             return
         batch, self.pending = self.pending, []
+        written: list[bool] = []  # an attempt's write stored the batch (the sink numbered it): never put back
         try:
             async for attempt in AsyncRetrying(
                     stop=stop_after_delay(FINAL_FLUSH_SECONDS) if final else stop_after_attempt(FLUSH_TRIES),
                     wait=wait_exponential(multiplier=FLUSH_BACKOFF, max=FLUSH_BACKOFF_MAX),
                     retry=retry_if_exception_type(TRANSIENT), reraise=True):
                 with attempt:
-                    await self.sink(batch)
+                    await self._attempt(batch, written)
         except (*TRANSIENT, asyncio.CancelledError):
-            self.pending[:0] = batch
+            if not written:
+                self.pending[:0] = batch
             raise
         except Exception as exc:
             raise LinesDropped(f"{len(batch)} log lines dropped: {type(exc).__name__}: {exc}") from exc
+
+    async def _attempt(self, batch: list[tuple[datetime, str, bool, str]], written: list[bool]) -> None:
+        """One write of `batch`, given up after FLUSH_ATTEMPT_SECONDS (TimeoutError: TRANSIENT, tried again). Before,
+        an attempt had no bound of its own: one on a connection whose server stopped answering (stopped, a network
+        partition) held the flusher, the retries' stop counting only attempts that ended. The write runs as a task of
+        its own, waited for with asyncio.wait (neither asyncio.wait_for, which on Python 3.11 loses a cancel that
+        comes as the write ends, bpo-42130, nor asyncio.timeout, which waits for the cancelled write to end): at the
+        bound, or when the flush is cancelled, it is cancelled and left to end in the background. A query cancelled
+        on a connection whose server stopped answering ends only once the server answers asyncpg's cancel request
+        and the pool's reset, which have no timeout of their own (services/deployer/handlers.py `_answered_within`
+        found it first). A write left so either stored nothing (the sink numbers a batch only once its write
+        returned, in the write's own task) or stored its lines under the numbers the next attempt writes again,
+        which store.append_logs skips. `written` gets True when the write stored the batch, even in the step the
+        flush was cancelled: that batch must not be written again under new numbers."""
+        write = asyncio.ensure_future(self.sink(batch))
+        try:
+            done, _ = await asyncio.wait({write}, timeout=FLUSH_ATTEMPT_SECONDS)
+        finally:
+            if not write.done():
+                _leave(write)
+            elif not write.cancelled() and write.exception() is None:
+                written.append(True)
+        if not done:
+            raise TimeoutError(f"the database did not answer a log write within {FLUSH_ATTEMPT_SECONDS:.3g} s")
+        write.result()
+
+
+_LEFT: set[asyncio.Task] = set()  # flush attempts given up on, cancelled, ending in the background
+
+
+def _leave(write: asyncio.Task) -> None:
+    write.cancel()
+    _LEFT.add(write)
+    write.add_done_callback(_left_ended)
+
+
+def _left_ended(write: asyncio.Task) -> None:
+    _LEFT.discard(write)
+    if not write.cancelled() and write.exception() is not None:
+        log.debug("a log write given up on ended with %r", write.exception())
 
 
 class LinesDropped(Exception):

@@ -13,20 +13,25 @@ a schema of this test's on the stack's PostgreSQL; the runs are real sandboxed p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+import time
 import uuid
 import zipfile
 from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from services.task_scheduler import runner, store
 from shared import sandbox
+from shared.db import create_pool
 from shared.settings import Settings
 from tests.integration.conftest import service_schema
 from tests.integration.task_scheduler_setup import MIGRATIONS
 from tests.integration.task_scheduler_setup import a_supervised_run as a_run
+from tests.integration.test_deployer_crash import FreezingProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -204,3 +209,54 @@ def plan_of(settings: Settings, main: str) -> runner.RunPlan:
     return runner.RunPlan(run_id="r", workdir=settings.stack.data_dir / "run", zip_path=archive,
                           entrypoint="main.py", python=sys.executable, env_dir=None, env={}, timeout=90,
                           memory_bytes=1 << 30, cpu_seconds=60, disk_bytes=64 << 20)
+
+
+@contextlib.asynccontextmanager
+async def through_a_proxy(stack, pool):
+    """A FreezingProxy (tests/integration/test_deployer_crash.py) and a pool through it on `pool`'s schema."""
+    settings = stack.settings().postgres
+    parts = urlsplit(settings.dsn)
+    proxy = FreezingProxy(parts.hostname, parts.port)
+    async with proxy.serving() as port:
+        dsn = urlunsplit(parts._replace(netloc=f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:{port}"))
+        proxied = await create_pool(settings.model_copy(update={"dsn": dsn}),
+                                    await pool.fetchval("SELECT current_schema()"))
+        try:
+            yield proxy, proxied
+        finally:
+            proxy.thaw()
+            await asyncio.wait_for(proxied.close(), 30)
+
+
+async def test_a_flush_attempt_the_database_does_not_answer_is_given_up_at_its_bound(stack, pool, monkeypatch):
+    """The database took the connection and stopped answering (a TCP proxy passing nothing either way, asyncpg's cancel
+    request included): each attempt is given up after FLUSH_ATTEMPT_SECONDS and the periodic flush ends after its tries
+    with its lines kept for the next one, which writes them once the database answers again. Before, an attempt had no
+    bound of its own: the flush waited as long as the server was away (here: past the pool's 30-s command timeout,
+    whose own cancellation waits for the server too)."""
+    monkeypatch.setattr(runner, "FLUSH_ATTEMPT_SECONDS", 0.5, raising=False)
+    monkeypatch.setattr(runner, "FLUSH_TRIES", 2)
+    run_id = await a_run(pool)
+    async with through_a_proxy(stack, pool) as (proxy, proxied):
+        sink = Sink(proxied, run_id)
+        writer = runner.LogWriter(sink=sink, max_bytes=100_000)
+        writer.add("stdout", False, "one")
+        await writer.flush()  # the connection taken and answered
+        proxy.freeze()
+        writer.add("stdout", False, "two")
+        began = time.monotonic()
+        flushing = asyncio.create_task(writer.flush())
+        await asyncio.wait({flushing}, timeout=15)  # not asyncio.timeout: that would wait for the hung flush
+        took = time.monotonic() - began
+        if not flushing.done():  # was: still waiting for the server
+            proxy.thaw()
+            flushing.cancel()
+            await asyncio.wait({flushing}, timeout=60)
+            pytest.fail(f"the flush still waited for the database after {took:.1f} s")
+        assert isinstance(flushing.exception(), TimeoutError), flushing.exception()
+        assert sink.calls == 1 + 2 and [line for *_, line in writer.pending] == ["two"], (sink.calls, writer.pending)
+        proxy.thaw()
+        writer.add("stdout", False, "three")
+        await writer.flush()
+        assert await stored(pool, run_id) == ["one", "two", "three"]
+        assert sink.seq == 3
