@@ -169,6 +169,16 @@ def _leaf_paths(schema: pa.Schema) -> tuple[str, ...]:
     return tuple(parquet_schema.column(i).path for i in range(len(parquet_schema)))
 
 
+SINK_SLACK = 256 * 1024
+SINK_MAX = 64 * 1024 * 1024
+"""A segment is written into one buffer of its table's Arrow size plus SINK_SLACK (Parquet's own bytes: page
+headers, levels, the footer), allocated at once, instead of a stream that starts small and doubles: each doubling
+copied what was written so far into fresh memory (~4 MiB more copying and the page faults of ~8 MiB of new memory
+a 4 MiB segment; docs/performance.md item 67). Pages never written are never touched. Tables above SINK_MAX, and
+a segment that does not fit (not met: Parquet's output of a log table is below its Arrow size but for the slack),
+go to the growing stream."""
+
+
 def encode_segment(table: pa.Table, row_group_rows: int) -> bytes:
     """`encode_segment_buffer` as `bytes` (the log store's writer)."""
     return encode_segment_buffer(table, row_group_rows).to_pybytes()
@@ -196,10 +206,21 @@ def encode_segment_buffer(table: pa.Table, row_group_rows: int) -> pa.Buffer:
     compression: str | dict[str, str] = "snappy"
     if stored_raw:  # a packed column is one Parquet column whose path is its name
         compression = {path: "none" if path in stored_raw else "snappy" for path in _leaf_paths(table.schema)}
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, row_group_size=row_group_rows, compression=compression, use_dictionary=strings,
-                   write_statistics=[c for c in (TIME, POS) if c in table.column_names])
-    return sink.getvalue()
+    options = {"row_group_size": row_group_rows, "compression": compression, "use_dictionary": strings,
+               "write_statistics": [c for c in (TIME, POS) if c in table.column_names]}
+    room = table.nbytes + SINK_SLACK
+    if room <= SINK_MAX:
+        target = pa.allocate_buffer(room)
+        sink = pa.FixedSizeBufferWriter(target)
+        try:
+            pq.write_table(table, sink, **options)
+        except OSError:  # more than its Arrow size plus the slack ("Write out of bounds"): written again below,
+            pass  # where any other error is raised again
+        else:
+            return target.slice(0, sink.tell())
+    growing = pa.BufferOutputStream()
+    pq.write_table(table, growing, **options)
+    return growing.getvalue()
 
 
 def unwritable(kind: pa.DataType) -> bool:

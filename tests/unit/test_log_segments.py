@@ -88,3 +88,42 @@ def test_a_tensor_snappy_does_not_shrink_is_stored_uncompressed_and_the_rest_com
                          "in.noise": pa.concat_arrays([table.column("in.noise").chunk(0)] * 2)})
     meta = pq.read_metadata(pa.BufferReader(encode_segment(repeated, row_group_rows=8192)))
     assert meta.row_group(0).column(1).compression == "UNCOMPRESSED"
+
+
+def _log_like_table(rows: int) -> pa.Table:
+    rng = np.random.default_rng(3)
+    return pa.table({"time": pa.array(np.arange(rows, dtype=np.int64)), "model": pa.array(["m"] * rows),
+                     "in.tensor": tensor_array(rng.standard_normal((rows, 29)).astype(np.float32)),
+                     "out.y": tensor_array(rng.standard_normal((rows, 1)).astype(np.float32))})
+
+
+def test_a_segment_is_written_into_one_buffer_allocated_at_once(monkeypatch):
+    """The Parquet write goes into one buffer of the table's size (plus slack) allocated before it, not into a
+    stream that starts small and doubles, copying what it holds into new memory each time (docs/performance.md
+    item 67); the bytes are the same."""
+    from shared import log_segments
+
+    table = _log_like_table(5000)
+    expected = encode_segment(table, row_group_rows=2048)
+
+    def no_growing_stream(*args, **kwargs):
+        raise AssertionError("a segment of a 600 KB table went to the growing BufferOutputStream")
+
+    monkeypatch.setattr(pa, "BufferOutputStream", no_growing_stream)
+    buffer = log_segments.encode_segment_buffer(table, row_group_rows=2048)
+    assert buffer.to_pybytes() == expected
+    assert buffer.size == len(expected)
+
+
+def test_a_segment_larger_than_its_buffer_is_written_again_whole(monkeypatch):
+    """A write that does not fit the buffer (Parquet's output above the table's size plus the slack) is not cut
+    short: it is written again into the growing stream, and so is a table above SINK_MAX."""
+    from shared import log_segments
+
+    table = _log_like_table(3000)
+    expected = encode_segment(table, row_group_rows=1024)
+    monkeypatch.setattr(log_segments, "SINK_SLACK", -table.nbytes + 1000)  # room for 1,000 bytes
+    assert log_segments.encode_segment_buffer(table, row_group_rows=1024).to_pybytes() == expected
+    monkeypatch.setattr(log_segments, "SINK_SLACK", 0)
+    monkeypatch.setattr(log_segments, "SINK_MAX", 1000)
+    assert log_segments.encode_segment_buffer(table, row_group_rows=1024).to_pybytes() == expected
