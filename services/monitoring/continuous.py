@@ -1364,8 +1364,8 @@ def _sent_deploy(pool: asyncpg.Pool, deployment_id: int, *, training_id: uuid.UU
     """_serve's `sent` for a delivery (`training_id`; DEPLOY_SHADOW's `champion`, what its challenge compares) or a
     challenge's swap (`challenge_id`): the pipeline version its deploy carries, written before the deploy is sent
     (migration 024), so its events.pipeline.deployed, however late, is known as this deploy's. The same version sent
-    again (a resume: an equal definition makes no new version) moves its `sent_at` to this send: the row's age
-    (prune_sent_deploys) is its last send's."""
+    again (a resume: an equal definition makes no new version) moves its `sent_at` to this send: the order of the
+    commands (on_pipeline_deployed) and the row's age (prune_sent_deploys) are its last send's."""
     async def sent(version: str) -> None:
         await pool.execute(
             "INSERT INTO sent_deploys (pipeline_version, deployment_id, training_id, challenge_id, champion) VALUES"
@@ -1725,11 +1725,24 @@ async def on_pipeline_deployed(deps: ContinuousDeps, event: PipelineDeployed) ->
     once. Left as they are: a deploy monitoring did not send (no row names the version), a delivery or swap a newer
     training overtook, its delivery recorded (a delivery still claimed is resume_deliveries' to close, serving the
     newest again; a failed one stays failed), one closed otherwise (superseded, not delivered). How many it
-    recorded."""
+    recorded.
+
+    A version both a delivery and a swap carried (the deployer makes one pipeline version for an equal definition:
+    DEPLOY_AUTO's new version alone, a swap's decided version alone) was both deploys landing: they are recorded in
+    the order they were sent (sent_at), each as its command's answer would have been, so the newer command's record
+    comes last and what the deployment's history ends with is what was asked last. One whose newer command (sent
+    after it, naming the same version) is recorded already is left as it is: recorded after it, it would tell the
+    older command last, and it is closed as overtaken (_close_older), as a resume would otherwise record it after
+    the newer one since its version serves. Before, the rows came in the table's order, and the older one recorded
+    first could make the newer one overtaken (a swap after the newer training's delivery) or be recorded over it."""
     pool = deps.base.pool
     recorded = 0
-    for sent in await pool.fetch("SELECT * FROM sent_deploys WHERE deployment_id = $1 AND pipeline_version = $2",
-                                 event.deployment_id, event.pipeline_version):
+    for sent in await pool.fetch("SELECT * FROM sent_deploys WHERE deployment_id = $1 AND pipeline_version = $2"
+                                 " ORDER BY sent_at, COALESCE(training_id, challenge_id)", event.deployment_id,
+                                 event.pipeline_version):
+        if await _newer_recorded(pool, sent):
+            await _close_older(pool, sent)
+            continue
         if sent["training_id"] is not None:
             landed = await _delivery_landed(deps, sent, event)
         else:
@@ -1738,6 +1751,36 @@ async def on_pipeline_deployed(deps: ContinuousDeps, event: PipelineDeployed) ->
     if recorded:
         deps.events_committed()
     return recorded
+
+
+async def _newer_recorded(pool: asyncpg.Pool, sent: asyncpg.Record) -> bool:
+    """Whether a delivery or swap that carried the same pipeline version as `sent` and was sent after it is recorded
+    (delivered_at; promoted, rolled back): see on_pipeline_deployed."""
+    return bool(await pool.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM sent_deploys s LEFT JOIN trainings t ON t.id = s.training_id LEFT JOIN"
+        " challenges c ON c.id = s.challenge_id WHERE s.deployment_id = $1 AND s.pipeline_version = $2 AND s.sent_at >"
+        " $3 AND (t.delivered_at IS NOT NULL OR c.state IN ('promoted', 'rolled_back')))", sent["deployment_id"],
+        sent["pipeline_version"], sent["sent_at"]))
+
+
+async def _close_older(pool: asyncpg.Pool, sent: asyncpg.Record) -> None:
+    """An older command whose pipeline version a newer one (a delivery or a swap) carried and recorded first
+    (on_pipeline_deployed): closed unrecorded with the reason, as an overtaken one is, so that its resume does not
+    record it after the newer one (its version serves): a delivery still claimed is closed (a failed one keeps its
+    failure), a swap still decided is superseded (a failed one stays failed, as a given-up swap overtaken does)."""
+    reason = "a newer command that carried the same pipeline version was recorded first"
+    if sent["training_id"] is not None:
+        closed = await pool.fetchval(
+            "UPDATE trainings SET delivering_since = NULL, reason = $2 WHERE id = $1 AND delivering_since IS NOT NULL"
+            " AND delivered_at IS NULL RETURNING id", sent["training_id"], f"{reason}: not delivered")
+    else:
+        closed = await pool.fetchval(
+            "UPDATE challenges SET state = 'superseded', reason = (evidence->>'decision') || $2, swap_refused = NULL"
+            " WHERE id = $1 AND state IN ('promoting', 'rolling_back') RETURNING id", sent["challenge_id"],
+            f" decided, but {reason}: not recorded")
+    log.info("deployment %s: pipeline version %s landed; the deploy of %s %s that carried it is not recorded: %s%s",
+             sent["deployment_id"], sent["pipeline_version"], "training" if sent["training_id"] else "challenge",
+             sent["training_id"] or sent["challenge_id"], reason, " (closed)" if closed else "")
 
 
 async def _delivery_landed(deps: ContinuousDeps, sent: asyncpg.Record, event: PipelineDeployed) -> bool:

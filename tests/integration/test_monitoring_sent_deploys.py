@@ -1,6 +1,7 @@
 """The deploys continuous deployment sent (sent_deploys, migration 024; services/monitoring/continuous.py
 prune_sent_deploys, on_pipeline_deployed; docs/monitoring.md "A deploy landing whenever"): a row is deleted once it
-can no longer matter.
+can no longer matter, and one pipeline version that both a delivery and a swap carried is recorded in the order the
+two commands were sent.
 
 Runs the service's functions on a monitoring schema of this test's; nothing is deployed (the deployer's event is
 handed to on_pipeline_deployed as its consumer does)."""
@@ -14,12 +15,14 @@ import pytest
 
 from services.monitoring import continuous
 from tests.integration.continuous_setups import (
+    CHALLENGER,
     DEPLOYMENT,
     NEWEST,
     decided,
     done,
     process,
     schema_fixture,
+    swapped_events,
 )
 from tests.integration.test_monitoring_deployed_event import deployed
 
@@ -109,3 +112,58 @@ async def test_a_sent_deploy_is_deleted_once_it_can_no_longer_matter(monitoring_
     forever.sent_retention = None
     assert await continuous.prune_sent_deploys(forever) == 0
     assert await continuous.prune_sent_deploys(deps) == 1
+
+
+@pytest.mark.parametrize("case", ["both_land", "the_newer_delivery_recorded_already",
+                                  "the_newer_swap_recorded_already"])
+async def test_one_version_of_a_delivery_and_a_swap_is_recorded_in_the_order_they_were_sent(monitoring_schema, case):
+    """A promotion's swap (v2 alone) and a DEPLOY_AUTO delivery of v2 (alone: the same definition, so the same
+    pipeline version '2'), one sent a minute after the other; the delivery's row lies first in the table and in its
+    index. The event naming '2' records them in the order they were sent, and never the older after the newer.
+
+    both_land: the swap sent first, both unanswered: the swap is recorded, then the delivery (the newer command last;
+    the training newer than the challenge). Before, the delivery came first and made the swap overtaken: left
+    decided, its promotion never told though v2 served alone as it decided.
+    the_newer_delivery_recorded_already: the delivery, sent after the swap (its training older than the challenge),
+    was recorded by its own answer: the swap is not recorded after it but superseded with the reason, and its resume
+    records nothing either. Before, it was recorded promoted, told after the newer delivery.
+    the_newer_swap_recorded_already: the delivery (claimed) sent first, the swap sent after it and recorded: the
+    delivery is closed unrecorded with the reason. Before, it was recorded deployed, told after the newer swap."""
+    pool = monitoring_schema
+    challenge_id = await decided(pool, "DEPLOY_AUTO")
+    training_id = uuid.UUID(int=1)  # the smallest: first in sent_deploys_once's order
+    await done(pool, training_id, CHALLENGER, "deployed", 600 if case == "the_newer_delivery_recorded_already" else 0,
+               case == "the_newer_swap_recorded_already")
+    if case == "both_land":
+        await pool.execute("UPDATE trainings SET outcome = 'failed', delivered_at = NULL, reason = 'DEPLOY_AUTO"
+                           " failed: its delivery did not finish after 7 tries' WHERE id = $1", training_id)
+    if case == "the_newer_swap_recorded_already":
+        await pool.execute("UPDATE challenges SET state = 'promoted' WHERE id = $1", challenge_id)
+        await sent(pool, "2", 60, training_id=training_id)
+        await sent(pool, "2", 0, challenge_id=challenge_id)
+    else:
+        await sent(pool, "2", 0, training_id=training_id)
+        await sent(pool, "2", 60, challenge_id=challenge_id)
+
+    deps = process(pool)
+    recorded = await continuous.on_pipeline_deployed(deps, deployed("2"))
+    challenge = await pool.fetchrow("SELECT state, reason FROM challenges WHERE id = $1", challenge_id)
+    training = await pool.fetchrow("SELECT outcome, reason, delivering_since, delivered_at FROM trainings WHERE id ="
+                                   " $1", training_id)
+    events = [(e["action"], e["model_version"]["version"]) for e in await swapped_events(pool)]
+    if case == "both_land":
+        assert (recorded, challenge["state"], training["outcome"]) == (2, "promoted", "deployed")
+        assert events == [("promoted", "v2"), ("deployed", "v2")]
+    elif case == "the_newer_delivery_recorded_already":
+        assert (recorded, challenge["state"], events) == (0, "superseded", [])
+        assert challenge["reason"] == ("promote decided, but a newer command that carried the same pipeline version was"
+                                       " recorded first: not recorded")
+        await pool.execute("UPDATE challenges SET decided_at = now() - make_interval(secs => $2) WHERE id = $1",
+                           challenge_id, continuous.STALE_SWAP + 10)
+        await continuous.resume_swaps(deps)  # nothing left to resume
+        assert await swapped_events(pool) == []
+    else:
+        assert (recorded, events) == (0, [])
+        assert (training["delivering_since"], training["delivered_at"]) == (None, None), dict(training)
+        assert training["reason"] == ("a newer command that carried the same pipeline version was recorded first: not"
+                                      " delivered")
