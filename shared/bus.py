@@ -433,6 +433,31 @@ def log_store_consumer_config(ack_wait: float = 30.0) -> Any:
                           filter_subject="logs.inference.>")
 
 
+HELD_NOTE = "railyard_held"
+"""Key of the log store consumer's metadata that says which batches it holds for announcements (`held_note`)."""
+HELD_NOTE_BYTES = 16 * 1024
+
+
+def held_note(through: int, held: dict[tuple[int, str], int]) -> dict[str, str] | None:
+    """The log store consumer's metadata while it holds batches unacknowledged for their deployments' announcements
+    (services/log_store/handlers.py, `Ingestor.note_held`): every message of INFERENCE_LOGS up to `through` is
+    acknowledged but the held ones, whose lowest sequence per (workspace, pipeline) their headers name is `held`.
+    The assay runner reads it with the consumer's info (`read_held_note`): a window waits only for batches held
+    for its own pipeline. None when it does not fit HELD_NOTE_BYTES (then nothing is noted)."""
+    body = json.dumps({"through": through, "held": [[w, p, seq] for (w, p), seq in sorted(held.items())]},
+                      separators=(",", ":"))
+    return {HELD_NOTE: body} if len(body) <= HELD_NOTE_BYTES else None
+
+
+def read_held_note(metadata: dict[str, str] | None) -> tuple[int, dict[tuple[int, str], int]]:
+    """`held_note`'s (through, held); (0, {}) when there is no note or it cannot be read."""
+    try:
+        body = json.loads((metadata or {})[HELD_NOTE])
+        return int(body["through"]), {(int(w), str(p)): int(seq) for w, p, seq in body["held"]}
+    except (KeyError, ValueError, TypeError):
+        return 0, {}
+
+
 def missing_stream_settings(current: Any, wanted: Any) -> Any | None:
     """`current` with what it lacks of `wanted` (subjects, an age or byte cap, a duplicate window; limits
     retention becomes interest only while the stream has no limits at all, i.e. it is Railyard's old default);

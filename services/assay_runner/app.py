@@ -151,7 +151,8 @@ async def start(runtime: Runtime) -> None:
         stream = await js.stream_info(subjects.INFERENCE_LOGS_STREAM)
         consumer = await js.consumer_info(subjects.INFERENCE_LOGS_STREAM, subjects.INFERENCE_LOGS_DURABLE)
         return handlers.log_progress(stream.state.last_seq, consumer.ack_floor.stream_seq if consumer.ack_floor else 0,
-                                     consumer.num_pending, consumer.num_ack_pending)
+                                     consumer.num_pending, consumer.num_ack_pending,
+                                     consumer.config.metadata if consumer.config else None)
 
     events = Outbox(runtime.db, publish)  # events of committed changes: sent from the outbox table
     deps = handlers.Deps(pool=runtime.db, settings=settings.assays,

@@ -34,6 +34,7 @@ from services.assay_runner import compute, store
 from services.assay_runner.outbox import Outbox
 from shared import paging, subjects
 from shared.authz import MembershipLookup, Principal, require_member
+from shared.bus import read_held_note
 from shared.errors import InvalidRequest, NotFound
 from shared.lean_imports import lazy_module
 from shared.messages.assays import (
@@ -75,10 +76,22 @@ class LogProgress:
 
     last_seq: int
     stored_seq: int
+    # the log store's note while it holds batches for their deployments' announcements (shared.bus.held_note): every
+    # message up to held_through is stored but the held ones, whose lowest sequence per (workspace, pipeline) is held
+    held_through: int = 0
+    held: dict[tuple[int, str], int] = field(default_factory=dict)
+
+    def stored_for(self, pipeline: tuple[int, str] | None) -> int:
+        """The sequence up to which every message of the (workspace, pipeline) is stored: past the ack floor when
+        the batches holding it back are held for other pipelines only."""
+        if pipeline is None or self.held_through <= self.stored_seq:
+            return self.stored_seq
+        first = self.held.get(pipeline)
+        return max(self.stored_seq, self.held_through if first is None else min(self.held_through, first - 1))
 
 
-def log_progress(last_seq: int, ack_floor: int, num_pending: int | None, num_ack_pending: int | None
-                 ) -> LogProgress:
+def log_progress(last_seq: int, ack_floor: int, num_pending: int | None, num_ack_pending: int | None,
+                 metadata: dict[str, str] | None = None) -> LogProgress:
     """A LogProgress from the stream's last sequence (asked first) and the consumer's info (asked after it).
 
     The ack floor is the highest contiguous acknowledged stream sequence. A consumer with nothing undelivered and
@@ -88,7 +101,8 @@ def log_progress(last_seq: int, ack_floor: int, num_pending: int | None, num_ack
     stored = ack_floor
     if num_pending == 0 and num_ack_pending == 0:
         stored = max(stored, last_seq)
-    return LogProgress(last_seq=last_seq, stored_seq=stored)
+    through, held = read_held_note(metadata)
+    return LogProgress(last_seq=last_seq, stored_seq=stored, held_through=through, held=held)
 
 
 @dataclass
@@ -104,11 +118,13 @@ class LogWatermark:
     through: datetime | None = None
     since: datetime | None = None  # the first moment this process asked (or noted): waits are counted from it
     failing_since: float | None = None
+    progress: LogProgress | None = None  # the last answer (`covers` of one pipeline)
     asking: asyncio.Lock = field(default_factory=asyncio.Lock)  # one question at a time: answers in order
 
     def note(self, now: datetime, progress: LogProgress, keep: float) -> None:
         if self.since is None:
             self.since = now
+        self.progress = progress
         if self.marks and progress.last_seq < self.marks[-1][1]:
             self.marks.clear()  # the stream was deleted and made again: its sequences start over
         if self.marks and now <= self.marks[-1][0]:
@@ -123,9 +139,15 @@ class LogWatermark:
         while self.marks and self.marks[0][0] < now - timedelta(seconds=keep):
             self.marks.popleft()
 
-    def covers(self, moment: datetime) -> bool:
-        """Is every record published by `moment` readable in the log store?"""
-        return self.through is not None and moment <= self.through
+    def covers(self, moment: datetime, pipeline: tuple[int, str] | None = None) -> bool:
+        """Is every record published by `moment` readable in the log store (of the (workspace, pipeline) given:
+        batches the log store holds for other pipelines' announcements are not waited for)?"""
+        if self.through is not None and moment <= self.through:
+            return True
+        if pipeline is None or self.progress is None:
+            return False
+        stored = self.progress.stored_for(pipeline)
+        return any(at >= moment and seq <= stored for at, seq in self.marks)
 
     async def update(self, now: datetime, deps: Deps) -> None:
         """Ask where the log store stands (`now` taken before asking); on failure `through` stays where it was."""
@@ -456,7 +478,8 @@ async def run_interactive(deps: Deps, principal: Principal, token: str | None, c
         window = await _window(deps, token, p, bounds, start, end)
         if window is not None:
             results.append(_result(p, cfg.id, baseline, window, started)
-                           | {"logs_complete": bool(window_ready(deps, end, now, cfg.baseline.Training is None))})
+                           | {"logs_complete": bool(window_ready(deps, end, now, cfg.baseline.Training is None,
+                                                               (cfg.workspace_id, cfg.window.pipeline)))})
         start += timedelta(seconds=p.interval)
     if not windows:  # a window is scored once it has ended: say when the first one does
         raise InvalidRequest(f"no window has ended yet: the first ({cfg.window.width}) runs from {_iso(first)} to "
@@ -540,7 +563,8 @@ async def run_due(deps: Deps) -> int:
     return stored
 
 
-def window_ready(deps: Deps, window_end: datetime, now: datetime, reads_logs: bool = True) -> bool | None:
+def window_ready(deps: Deps, window_end: datetime, now: datetime, reads_logs: bool = True,
+                 pipeline: tuple[int, str] | None = None) -> bool | None:
     """Whether a closed window may be scored now: True when the log store holds every record published until it was
     due (`close_delay` after `window_end`), False when it does not but the window has waited `max_log_wait` (scored
     with what there is), None when it waits. Without `log_progress`, or for a window that reads no logs (a Training
@@ -552,7 +576,7 @@ def window_ready(deps: Deps, window_end: datetime, now: datetime, reads_logs: bo
     due_at = window_end + timedelta(seconds=deps.settings.close_delay)
     if due_at > now:
         return None
-    if not reads_logs or deps.log_progress is None or deps.watermark.covers(due_at):
+    if not reads_logs or deps.log_progress is None or deps.watermark.covers(due_at, pipeline):
         return True
     waiting_since = max(due_at, deps.watermark.since or now)
     return False if (now - waiting_since).total_seconds() >= deps.settings.max_log_wait else None
@@ -571,7 +595,8 @@ async def _run_assay(deps: Deps, row: Any, cfg: AssayConfig, now: datetime, conn
     for _ in range(deps.settings.max_windows):
         if run_until and next_run > run_until:
             break
-        complete = window_ready(deps, next_run, now, reads_logs=cfg.baseline.Training is None)
+        complete = window_ready(deps, next_run, now, reads_logs=cfg.baseline.Training is None,
+                                pipeline=(cfg.workspace_id, cfg.window.pipeline))
         if complete is None:  # not due yet, or the log store has not stored all it could hold: wait, in order
             break
         if not complete:

@@ -40,7 +40,7 @@ from services.log_store.deployments import Deployments
 from services.log_store.segments import POS, SegmentReader, drop_unwritable, empty_page, encode_segment
 from shared import subjects
 from shared.authz import MembershipLookup, Principal, require_admin, require_member
-from shared.bus import log_store_consumer_config
+from shared.bus import held_note, log_store_consumer_config
 from shared.consumers import DeliveryPolicy
 from shared.errors import InvalidRequest, NotFound, echo
 from shared.lean_imports import lazy_module
@@ -128,6 +128,7 @@ HOLD_STALE = 300.0  # seconds after which a held batch not seen again is forgott
 # announced before EVENTS' age cap at an upgrade, or a subject no deployment has)
 UNKNOWN_WAIT = 3600.0
 UNKNOWN_LOG_EVERY = 60.0  # seconds between two log lines about one deployment's batches waiting
+HELD_NOTE_EVERY = 1.0  # seconds between two looks at the consumer while batches are held (`Ingestor.note_held`)
 STOP_WAIT = 5.0  # seconds a stop waits for the flush under way before it cancels the loop
 ANNOUNCED_MAX = 4096  # announcements noted between two turns of the loop at most; past it every held batch is woken
 
@@ -146,12 +147,14 @@ class Batch:
 
 class Held(NamedTuple):
     """A batch left unacknowledged for its deployment's announcement: when it was last held (monotonic), its bytes,
-    the deployment its subject names and the reply subject of its last delivery (to ask it back by)."""
+    the deployment its subject names, the reply subject of its last delivery (to ask it back by) and the workspace
+    and pipeline its header names (`Ingestor.note_held`)."""
 
     at: float
     size: int
     deployment: str
     reply: str | None
+    owner: tuple[int, str]
 
 
 @dataclass
@@ -284,6 +287,8 @@ class Ingestor:
         # deployments this process recorded an announcement of since the loop last looked (`announced`); None: more
         # than ANNOUNCED_MAX, every held batch is asked back
         self.announced_names: set[str] | None = set()
+        self.noted: dict[str, str] | None = None  # the held note last written to the consumer (`note_held`)
+        self.noted_at = 0.0
         if deployments is not None:
             deployments.on_recorded = self.announced
         self.holding_bytes = 0
@@ -339,6 +344,8 @@ class Ingestor:
         while self.running:
             if self.announced_names is None or self.announced_names:
                 await self.wake_held(pending)
+            if self.holding and not pending:
+                await self.note_held()
             wait = settings.flush_interval if not pending else max(0.01, opened + settings.flush_interval
                                                                     - time.monotonic())
             try:
@@ -397,6 +404,41 @@ class Ingestor:
         if woken:
             log.info("%d held inference log batches asked back: their deployments were announced", woken)
         return woken
+
+    async def note_held(self) -> None:
+        """While batches are held, note in the consumer's metadata (shared.bus.held_note) the sequence up to which
+        every other message is acknowledged and the workspace and pipeline each held batch's header names, so that
+        the assay runner, which reads the consumer's ack floor to know the log complete, waits only for batches
+        held for its own window's pipeline (a held batch holds the floor, one number for the whole stream, and so
+        every assay before). Called by the loop with nothing fetched unflushed: when the consumer's unacknowledged
+        messages are exactly as many as this process holds, they are these, and every message it has delivered is
+        acknowledged but them. Otherwise (another log store process's batches in flight, a held batch gone from the
+        stream) nothing is noted: the note written last stays true, and windows wait for the floor. At most every
+        HELD_NOTE_EVERY seconds, written only when it changed."""
+        now = time.monotonic()
+        if now - self.noted_at < HELD_NOTE_EVERY:
+            return
+        self.noted_at = now
+        for seq in [seq for seq, held in self.holding.items() if now - held.at >= HOLD_STALE]:
+            self.holding_bytes -= self.holding.pop(seq).size  # gone from the stream: not counted against it
+        if not self.holding:
+            return
+        try:
+            info = await self.js.consumer_info(subjects.INFERENCE_LOGS_STREAM, subjects.INFERENCE_LOGS_DURABLE)
+            if info.num_ack_pending != len(self.holding) or info.delivered is None:
+                return
+            held: dict[tuple[int, str], int] = {}
+            for seq, batch in self.holding.items():
+                held[batch.owner] = min(seq, held.get(batch.owner, seq))
+            note = held_note(int(info.delivered.stream_seq or 0), held)
+            if note is None or note == self.noted:
+                return
+            config = log_store_consumer_config(self.deps.settings.ack_wait)
+            config.metadata = note
+            await self.js.add_consumer(subjects.INFERENCE_LOGS_STREAM, config=config)
+            self.noted = note
+        except Exception as exc:  # windows wait for the floor meanwhile, as without a note
+            log.warning("noting the held inference log batches in the consumer failed: %s", exc)
 
     async def flush_with_retry(self, msgs: list[Any], probe: bool = False) -> None:
         """Store the messages, retrying a few times. A group that still fails is stored one message at a time,
@@ -607,7 +649,8 @@ class Ingestor:
                                           "would stop the log store's consumer)")
                     continue
                 size = len(batch.msg.data or b"")
-                self.holding[seq] = Held(time.monotonic(), size, subject, getattr(batch.msg, "reply", None))
+                self.holding[seq] = Held(time.monotonic(), size, subject, getattr(batch.msg, "reply", None),
+                                         (batch.workspace_id, batch.pipeline))
                 self.holding_bytes += size
                 held.add(id(batch.msg))
                 self.held += 1
