@@ -138,6 +138,7 @@ async def stop(runtime: Runtime) -> None:
     if deps is not None:
         await deps.owed.stop()  # owed deployed events not written yet stay owed (deployed_pending): the next restore
         await deps.deactivations.stop()  # rows left active by a failed deploy stay so: the next restore starts them
+        await deps.rechecks.stop()  # a recorded redeploy not started again yet: the next restore starts it
     outbox_task, outbox = runtime.extras.get("outbox_task"), runtime.extras.get("outbox")
     if outbox_task is not None:  # what is unsent: now if the bus takes it, else at a start (this or another process)
         await outbox.stop(outbox_task)

@@ -84,6 +84,8 @@ class DeployerDeps:
     # failed first deploys whose clean-up the database did not take, and deploys whose activation's commit did not
     # answer: their rows made inactive in the background
     deactivations: Deactivations = field(default_factory=lambda: Deactivations())
+    # redeploys whose record's outcome nothing could tell: what runs made what the row names, in the background
+    rechecks: RecordRechecks = field(default_factory=lambda: RecordRechecks())
 
     def pipeline_lock(self, pipeline_id: int) -> PipelineLock:
         """One deploy or undeploy of a pipeline at a time in this process. Commands are handled several at once
@@ -667,7 +669,13 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
                 # what was committed decides: a commit that took effect but whose answer was lost (the connection
                 # dropped after COMMIT, a command timeout) left the row naming the new set, which must serve then.
                 # Raising stopped it (LocalBackend.start) while the row, and the outbox's deployed event, named it
-                if not await _recorded(deps, pipeline["id"], deployment_id, name, activation, exc):
+                try:
+                    committed = await _recorded(deps, pipeline["id"], deployment_id, name, activation, exc)
+                except Unavailable:  # no look answered: the new set is stopped (raised), the old one serves, and
+                    # the row may name the new one: once the database answers, what runs is made what the row says
+                    deps.rechecks.owe(deps, pipeline["id"], deployment_id, old, activation)
+                    raise
+                if not committed:
                     # not committed: nothing changed, and the database failed, not the replicas. Raised as it was,
                     # a command timeout (TimeoutError) read as the replicas' and was a 400 "failed to start", any
                     # other error a 500 "internal error"
@@ -864,7 +872,8 @@ async def _recorded(deps: DeployerDeps, pipeline_id: int, deployment_id: int, na
                   " was committed; the new replicas are stopped, the row may name them", name, error)
         raise Unavailable(f"the redeploy of pipeline {pipeline_id} as {name!r} could not be confirmed: its replicas "
                           "served, but the database did not answer, and it is not known whether the new version was "
-                          "recorded; its replicas were stopped and the previous ones keep serving. Look at the "
+                          "recorded; its replicas were stopped and the previous ones keep serving (should it have "
+                          "been recorded, its replicas are started again once the database answers). Look at the "
                           "pipeline (pipelines/get) once the database answers, and deploy again") from error
     committed = now is not None and now["id"] == deployment_id and now["active"] and \
         not now["deployed_pending"] and now["activation"] == activation
@@ -1262,6 +1271,73 @@ class Deactivations:
             return
         log.error("deployment %s: its replicas failed to start and it could not be made inactive; undeploy it",
                   name)
+
+    async def stop(self) -> None:
+        tasks = list(self.tasks)
+        self.stopped = True
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class RecordRechecks:
+    """Redeploys of a serving deployment whose record's outcome no look could tell (_recorded's 503 "could not be
+    confirmed"): their new replicas were stopped and the previous ones serve, while the record may have been committed
+    all the same (its answer lost, or the server committed it after the looks gave up): the row would then name a
+    version, and maybe a name, whose replicas do not run, and the previous ones serve with no row naming them. Once
+    the database answers, the row is read again under the pipeline's lock: if it still holds the redeploy's activation,
+    its replicas are started from the row (as a restore does; under one name the backend swaps them in for the previous
+    set; the previous name, if it was renamed, is stopped once they serve); else the row names what runs (or a deploy
+    or an undeploy since decided it). Tried a bounded number of times (DEACTIVATION_RETRY_DELAYS); the deployer's stop
+    cancels what is left (the next start's restore starts what the row names)."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task] = set()
+        self.stopped = False
+
+    def owe(self, deps: DeployerDeps, pipeline_id: int, deployment_id: int, old: str, activation: uuid.UUID) -> None:
+        if self.stopped:
+            return
+        task = asyncio.create_task(self._recheck(deps, pipeline_id, deployment_id, old, activation),
+                                   name=f"deployer.record_recheck.{activation}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    @staticmethod
+    async def _recheck(deps: DeployerDeps, pipeline_id: int, deployment_id: int, old: str,
+                       activation: uuid.UUID) -> None:
+        for attempt, delay in enumerate(DEACTIVATION_RETRY_DELAYS, 1):
+            await asyncio.sleep(delay)
+            async with deps.pipeline_lock(pipeline_id):
+                try:  # under the pipeline's advisory lock, which the record's transaction held: one the server
+                    # still runs (its client gone) ends before the row is read
+                    row = await _answered_within(RECORD_CHECK_TIMEOUT, _in_transaction(
+                        deps, lambda conn: store.pipeline_deployment(conn, pipeline_id)))
+                except Exception as exc:
+                    log.warning("deployment %s: whether its redeploy was recorded is still not known (attempt %d of"
+                                " %d): %r", old, attempt, len(DEACTIVATION_RETRY_DELAYS), exc)
+                    continue
+                if row is None or row["id"] != deployment_id or not row["active"] or row["activation"] != activation:
+                    log.info("deployment %s: its redeploy was not recorded (or a deploy or undeploy since decided what"
+                             " runs): what runs is what the row names", old)
+                    return
+                name = f"{row['deploy_id']}-{row['id']}"
+                log.warning("deployment %s: its redeploy was recorded after all (as %s): its replicas are started"
+                            " again", old, name)
+                spec = ReplicaSpec.model_validate_json(row["spec"])
+                spec.deployment.id, spec.deployment.name = row["id"], name
+                config = json.loads(row["engine_config"])
+                try:
+                    await deps.backend.start(name, spec, config.get("replica_count", 1), *_autoscale(config))
+                except (RuntimeError, TimeoutError) as exc:
+                    log.error("deployment %s: its recorded redeploy's replicas failed to start again (%s); the"
+                              " previous ones serve: deploy again", name, exc)
+                    return
+                if old != name:
+                    await deps.backend.stop(old)
+                return
+        log.error("deployment %s: whether its redeploy was recorded was never known; look at the pipeline and deploy"
+                  " again", old)
 
     async def stop(self) -> None:
         tasks = list(self.tasks)

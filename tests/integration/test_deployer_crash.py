@@ -351,7 +351,7 @@ async def until(condition: Callable[[], Awaitable[bool]], what: str, seconds: fl
 
 
 @pytest.mark.parametrize("stops", ["before_the_reads", "at_the_activations_commit", "as_the_replicas_start",
-                                   "as_the_replicas_fail", "at_a_redeploys_record"])
+                                   "as_the_replicas_fail", "at_a_redeploys_record", "at_a_redeploys_commit"])
 async def test_a_deploy_while_the_database_stopped_answering_answers_within_its_bound(stack, monkeypatch, stops):
     """A deploy whose database takes the connection, then stops answering (the proxy passes nothing), at each of the
     deploy's own database steps: the deploy answers within its bound (DEPLOY_STEP_ANSWERS_WITHIN of the request
@@ -365,7 +365,10 @@ async def test_a_deploy_while_the_database_stopped_answering_answers_within_its_
       event, not written, is written once in the background (OwedDeployed);
     - as the replicas fail: the replicas' 400 saying the row is made inactive once the database answers; it is;
     - at a redeploy's record: a 503 (not known whether recorded), the new set not kept, the previous one serves and
-      the row still names it once the server answers.
+      the row still names it once the server answers;
+    - at a redeploy's COMMIT (the server commits the record, its answer never comes): the same 503; once the server
+      answers, the row names the redeploy, so its replicas are started again and the previous ones stopped
+      (RecordRechecks).
     Before, each waited until the server answered again (the pool's timeouts, then the cancelled query's clean-up)."""
     monkeypatch.setattr(handlers, "_resolve", resolved)
     monkeypatch.setattr(handlers, "DEACTIVATION_RETRY_DELAYS", (0.2,) * 150)
@@ -377,11 +380,17 @@ async def test_a_deploy_while_the_database_stopped_answering_answers_within_its_
             pipeline_id, version_id, _, _ = await store.create_pipeline_version(conn, WORKSPACE, "p", uuid.uuid4(),
                                                                                 DEFINITION)
         armed = asyncio.Event()  # the deploy under test started
+        once: list[str] = []  # its replicas' start (a restart of them after it is left alone)
 
         async def on_start(name: str) -> None:
-            if armed.is_set() and stops in ("as_the_replicas_start", "as_the_replicas_fail", "at_a_redeploys_record"):
+            if not armed.is_set() or once:
+                return
+            once.append(name)
+            if stops in ("as_the_replicas_start", "as_the_replicas_fail", "at_a_redeploys_record"):
                 proxy.freeze()
-            if armed.is_set() and stops == "as_the_replicas_fail":
+            if stops == "at_a_redeploys_commit":
+                proxy.freeze_once_sent(b"COMMIT")  # the record's, once the new set serves
+            if stops == "as_the_replicas_fail":
                 raise RuntimeError("the model did not load")
 
         backend = StandInBackend(on_start)
@@ -396,7 +405,7 @@ async def test_a_deploy_while_the_database_stopped_answering_answers_within_its_
 
         async with frozen_later(stack, pool) as (proxy, proxied):
             deps = deps_over(proxied, backend)
-            if stops == "at_a_redeploys_record":
+            if stops in ("at_a_redeploys_record", "at_a_redeploys_commit"):
                 first = await handlers.deploy(deps, ALICE, "t", command("a"))
                 assert list(backend.sets) == [f"a-{first.id}"]
             armed.set()
@@ -436,14 +445,30 @@ async def test_a_deploy_while_the_database_stopped_answering_answers_within_its_
                 assert backend.sets == {}
                 proxy.thaw()
                 await until(lambda: _inactive(row), "the row made inactive in the background")
-            else:
+            elif stops == "at_a_redeploys_record":
                 with pytest.raises(Unavailable, match="could not be confirmed"):
                     deploying.result()
                 assert list(backend.sets) == [f"a-{first.id}"]  # the new set was not kept
                 proxy.thaw()
+                await asyncio.wait_for(asyncio.gather(*deps.rechecks.tasks), 30)
                 assert (await row())["deploy_id"] == "a" and (await row())["active"]
+                assert list(backend.sets) == [f"a-{first.id}"]
+            else:
+                with pytest.raises(Unavailable, match="could not be confirmed"):
+                    deploying.result()
+                assert list(backend.sets) == [f"a-{first.id}"]  # the new set was not kept
+                assert (await row())["deploy_id"] == "b"  # committed: the row names it, and nothing of it runs
+                proxy.thaw()
+
+                async def swapped() -> bool:
+                    return list(backend.sets) == [f"b-{first.id}"]
+
+                await until(swapped, "the recorded redeploy's replicas started again")
+                assert f"a-{first.id}" in backend.stopped
+                assert (await row())["deploy_id"] == "b" and (await row())["active"]
             assert not deps.pipeline_lock(pipeline_id).locked()
             await deps.deactivations.stop()
+            await deps.rechecks.stop()
             await deps.owed.stop()
 
 
