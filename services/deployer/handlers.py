@@ -10,7 +10,7 @@ import math
 import re
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -1222,7 +1222,28 @@ DEACTIVATION_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0) + (30.0,) * 19
 a PostgreSQL restart or failover included."""
 
 
-class Deactivations:
+class _Background:
+    """Background repairs the deployer owns (Deactivations, RecordRechecks): their tasks, kept (the event loop keeps
+    only weak references), and cancelled by the deployer's stop; none is started after it."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task] = set()
+        self.stopped = False
+
+    def _start(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def stop(self) -> None:
+        tasks = list(self.tasks)
+        self.stopped = True
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class Deactivations(_Background):
     """Rows of first deploys (or of deployments that were not serving) whose replicas failed to start and whose
     clean-up (store.deactivate) the database did not take, or whose activation's commit did not answer (it may have
     been committed, no replica started): active with nothing running, shown "Starting" for ever. Each is made inactive
@@ -1233,10 +1254,6 @@ class Deactivations:
     first, the row stays active: an undeploy ends it, and the next start's restore starts its replicas again (as for
     a deployer that died while a first deploy's replicas loaded). docs/deployment.md."""
 
-    def __init__(self) -> None:
-        self.tasks: set[asyncio.Task] = set()
-        self.stopped = False
-
     def owe(self, deps: DeployerDeps, deployment_id: int | None, name: str, event: PipelineUndeployed | None,
             activation: uuid.UUID, pipeline_id: int) -> None:
         """`deployment_id` None: a first deploy whose activation's commit did not answer (its row found by
@@ -1244,10 +1261,8 @@ class Deactivations:
         if self.stopped:
             log.warning("deployment %s: left active with nothing running (stopping)", name)
             return
-        task = asyncio.create_task(self._deactivate(deps, deployment_id, name, event, activation, pipeline_id),
-                                   name=f"deployer.deactivation.{activation}")
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self._start(self._deactivate(deps, deployment_id, name, event, activation, pipeline_id),
+                    f"deployer.deactivation.{activation}")
 
     @staticmethod
     async def _deactivate(deps: DeployerDeps, deployment_id: int | None, name: str, event: PipelineUndeployed | None,
@@ -1272,15 +1287,8 @@ class Deactivations:
         log.error("deployment %s: its replicas failed to start and it could not be made inactive; undeploy it",
                   name)
 
-    async def stop(self) -> None:
-        tasks = list(self.tasks)
-        self.stopped = True
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
-
-class RecordRechecks:
+class RecordRechecks(_Background):
     """Redeploys of a serving deployment whose record's outcome no look could tell (_recorded's 503 "could not be
     confirmed"): their new replicas were stopped and the previous ones serve, while the record may have been committed
     all the same (its answer lost, or the server committed it after the looks gave up): the row would then name a
@@ -1291,17 +1299,13 @@ class RecordRechecks:
     or an undeploy since decided it). Tried a bounded number of times (DEACTIVATION_RETRY_DELAYS); the deployer's stop
     cancels what is left (the next start's restore starts what the row names)."""
 
-    def __init__(self) -> None:
-        self.tasks: set[asyncio.Task] = set()
-        self.stopped = False
-
     def owe(self, deps: DeployerDeps, pipeline_id: int, deployment_id: int, old: str, activation: uuid.UUID) -> None:
         if self.stopped:
+            log.warning("deployment %s: whether its redeploy was recorded is left to the next start's restore"
+                        " (stopping)", old)
             return
-        task = asyncio.create_task(self._recheck(deps, pipeline_id, deployment_id, old, activation),
-                                   name=f"deployer.record_recheck.{activation}")
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self._start(self._recheck(deps, pipeline_id, deployment_id, old, activation),
+                    f"deployer.record_recheck.{activation}")
 
     @staticmethod
     async def _recheck(deps: DeployerDeps, pipeline_id: int, deployment_id: int, old: str,
@@ -1338,13 +1342,6 @@ class RecordRechecks:
                 return
         log.error("deployment %s: whether its redeploy was recorded was never known; look at the pipeline and deploy"
                   " again", old)
-
-    async def stop(self) -> None:
-        tasks = list(self.tasks)
-        self.stopped = True
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _deactivation_outcome(changed: bool, now: Any) -> str:
