@@ -1293,7 +1293,7 @@ class RecordRechecks(_Background):
     confirmed"): their new replicas were stopped and the previous ones serve, while the record may have been committed
     all the same (its answer lost, or the server committed it after the looks gave up): the row would then name a
     version, and maybe a name, whose replicas do not run, and the previous ones serve with no row naming them. Once
-    the database answers, the row is read again under the pipeline's lock: if it still holds the redeploy's activation,
+    the database answers, the row is read again (then under the pipeline's lock): if it still holds the activation,
     its replicas are started from the row (as a restore does; under one name the backend swaps them in for the previous
     set; the previous name, if it was renamed, is stopped once they serve); else the row names what runs (or a deploy
     or an undeploy since decided it). Tried a bounded number of times (DEACTIVATION_RETRY_DELAYS); the deployer's stop
@@ -1310,38 +1310,57 @@ class RecordRechecks(_Background):
     @staticmethod
     async def _recheck(deps: DeployerDeps, pipeline_id: int, deployment_id: int, old: str,
                        activation: uuid.UUID) -> None:
+        def recorded(row: dict[str, Any] | None) -> bool:
+            return row is not None and row["id"] == deployment_id and row["active"] and \
+                row["activation"] == activation
+
+        async def read(conn: asyncpg.Connection) -> dict[str, Any] | None:
+            # under the pipeline's advisory lock, which the record's transaction held: one the server still runs (its
+            # client gone) ends before the row is read
+            return await store.pipeline_deployment(conn, pipeline_id)
+
         for attempt, delay in enumerate(DEACTIVATION_RETRY_DELAYS, 1):
             await asyncio.sleep(delay)
-            async with deps.pipeline_lock(pipeline_id):
-                try:  # under the pipeline's advisory lock, which the record's transaction held: one the server
-                    # still runs (its client gone) ends before the row is read
-                    row = await _answered_within(RECORD_CHECK_TIMEOUT, _in_transaction(
-                        deps, lambda conn: store.pipeline_deployment(conn, pipeline_id)))
-                except Exception as exc:
-                    log.warning("deployment %s: whether its redeploy was recorded is still not known (attempt %d of"
-                                " %d): %r", old, attempt, len(DEACTIVATION_RETRY_DELAYS), exc)
-                    continue
-                if row is None or row["id"] != deployment_id or not row["active"] or row["activation"] != activation:
-                    log.info("deployment %s: its redeploy was not recorded (or a deploy or undeploy since decided what"
-                             " runs): what runs is what the row names", old)
-                    return
-                name = f"{row['deploy_id']}-{row['id']}"
-                log.warning("deployment %s: its redeploy was recorded after all (as %s): its replicas are started"
-                            " again", old, name)
-                spec = ReplicaSpec.model_validate_json(row["spec"])
-                spec.deployment.id, spec.deployment.name = row["id"], name
-                config = json.loads(row["engine_config"])
-                try:
-                    await deps.backend.start(name, spec, config.get("replica_count", 1), *_autoscale(config))
-                except (RuntimeError, TimeoutError) as exc:
-                    log.error("deployment %s: its recorded redeploy's replicas failed to start again (%s); the"
-                              " previous ones serve: deploy again", name, exc)
-                    return
-                if old != name:
-                    await deps.backend.stop(old)
-                return
+            try:
+                # first without the pipeline's lock (a deploy or undeploy meanwhile is not held up), on one
+                # connection: a try that a server stopped answering holds waits, cancelled, until it answers, rather
+                # than one more connection left at each try (as Deactivations)
+                async with asyncio.timeout(RECORD_CHECK_TIMEOUT):
+                    row = await _in_transaction(deps, read)
+                if recorded(row):  # again under the lock, as a deploy changes the row and what runs
+                    async with deps.pipeline_lock(pipeline_id):
+                        row = await _answered_within(RECORD_CHECK_TIMEOUT, _in_transaction(deps, read))
+                        if recorded(row):
+                            await RecordRechecks._start_recorded(deps, row, old)
+                            return
+            except Exception as exc:
+                log.warning("deployment %s: whether its redeploy was recorded is still not known (attempt %d of %d):"
+                            " %r", old, attempt, len(DEACTIVATION_RETRY_DELAYS), exc)
+                continue
+            log.info("deployment %s: its redeploy was not recorded (or a deploy or undeploy since decided what runs):"
+                     " what runs is what the row names", old)
+            return
         log.error("deployment %s: whether its redeploy was recorded was never known; look at the pipeline and deploy"
                   " again", old)
+
+    @staticmethod
+    async def _start_recorded(deps: DeployerDeps, row: dict[str, Any], old: str) -> None:
+        """The recorded redeploy's replicas started from its row (under the pipeline's lock), the previous name
+        stopped once they serve if it was renamed; a start that fails leaves the previous ones serving."""
+        name = f"{row['deploy_id']}-{row['id']}"
+        log.warning("deployment %s: its redeploy was recorded after all (as %s): its replicas are started again", old,
+                    name)
+        spec = ReplicaSpec.model_validate_json(row["spec"])
+        spec.deployment.id, spec.deployment.name = row["id"], name
+        config = json.loads(row["engine_config"])
+        try:
+            await deps.backend.start(name, spec, config.get("replica_count", 1), *_autoscale(config))
+        except Exception as exc:
+            log.error("deployment %s: its recorded redeploy's replicas failed to start again (%r); the previous ones"
+                      " serve: deploy again", name, exc)
+            return
+        if old != name:
+            await deps.backend.stop(old)
 
 
 def _deactivation_outcome(changed: bool, now: Any) -> str:
