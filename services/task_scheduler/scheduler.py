@@ -433,6 +433,8 @@ class Scheduler:
                          " lines are not stored", row["id"], store.LATE_LINES)
 
         writer = runner.LogWriter(sink=sink, max_bytes=deps.settings.max_log_bytes)
+        if self.kills[row["id"]].is_set():  # killed, taken over or stopping while it was being set up (its environment
+            return runner.RunOutcome("failure", None, runner.KILLED)  # installed, its token minted): never started
         try:
             return await runner.execute(plan, writer, self.kills[row["id"]])
         finally:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import psutil
 import pytest
 
-from services.task_scheduler import store
+from services.task_scheduler import runner, store
 from services.task_scheduler.scheduler import Scheduler
 from shared import sandbox
 from shared.settings import Settings, TaskSettings
@@ -107,25 +107,49 @@ async def until(what: str, check, within: float = 30.0):
     return found
 
 
-async def test_a_supervisor_whose_run_was_declared_lost_stops_its_process_and_records_nothing_more(
-        database, sandbox_settings, writes, tmp_path):
-    pool, orch_id = database
-    settings = TaskSettings(tick=60, heartbeat_interval=1.0, supervisor_lost_after=5.0)
-    first = scheduler_on(Watched, pool, tmp_path / "first", "first", settings, start=False)
+SETTINGS = TaskSettings(tick=60, heartbeat_interval=1.0, supervisor_lost_after=5.0)
+
+
+def first_scheduler(pool, tmp_path) -> Watched:
+    """The supervisor (not started), its orchestration's zip already on its machine (as if fetched before)."""
+    first = scheduler_on(Watched, pool, tmp_path / "first", "first", SETTINGS, start=False)
     first.learnt = {}
-    archive = first.deps.work_root / "orchestrations" / f"{SHA}.zip"  # as if fetched from object storage before
+    archive = first.deps.work_root / "orchestrations" / f"{SHA}.zip"
     archive.parent.mkdir(parents=True)
     with zipfile.ZipFile(archive, "w") as bundle:
         bundle.writestr("main.py", MAIN)
+    return first
+
+
+async def a_queued_run(pool, orch_id: uuid.UUID) -> uuid.UUID:
+    task_id = uuid.uuid4()
+    async with pool.acquire() as conn, conn.transaction():
+        await store.insert_task(conn, id=task_id, workspace_id=WORKSPACE, orch_id=orch_id, orch_sha=SHA, name=None,
+                                owner_id="u", args={}, timeout_seconds=600, schedule=None, missed_run_policy=None,
+                                next_fire=None)
+        return await store.queue_once(conn, task_id, WORKSPACE)
+
+
+async def taken_over(pool, other: Scheduler, run_id: uuid.UUID) -> dict:
+    """`other`'s lost-run step fails the run, in the transaction that makes its heartbeat a minute old (its
+    supervisor, cut off from PostgreSQL past supervisor_lost_after, did not beat it): the run's row then."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("UPDATE runs SET heartbeat_at = now() - make_interval(secs => 60) WHERE id = $1", run_id)
+        await other.fail_lost(conn)
+    lost = await pool.fetchrow("SELECT status, reason, finished_at, supervisor FROM runs WHERE id = $1", run_id)
+    assert (lost["status"], lost["supervisor"]) == ("failure", "first"), dict(lost)
+    assert "supervising the run died" in lost["reason"], dict(lost)
+    return dict(lost)
+
+
+async def test_a_supervisor_whose_run_was_declared_lost_stops_its_process_and_records_nothing_more(
+        database, sandbox_settings, writes, tmp_path):
+    pool, orch_id = database
+    first = first_scheduler(pool, tmp_path)
     first.start()
-    other = scheduler_on(Scheduler, pool, tmp_path / "other", "other", settings, start=False)  # its steps only
+    other = scheduler_on(Scheduler, pool, tmp_path / "other", "other", SETTINGS, start=False)  # its steps only
     try:
-        task_id = uuid.uuid4()
-        async with pool.acquire() as conn, conn.transaction():
-            await store.insert_task(conn, id=task_id, workspace_id=WORKSPACE, orch_id=orch_id, orch_sha=SHA,
-                                    name=None, owner_id="u", args={}, timeout_seconds=600, schedule=None,
-                                    missed_run_policy=None, next_fire=None)
-            run_id = await store.queue_once(conn, task_id, WORKSPACE)
+        run_id = await a_queued_run(pool, orch_id)
 
         async def ticking() -> bool:
             return any(row["line"].startswith("tick") for row in await store.logs(pool, run_id, None))
@@ -133,14 +157,7 @@ async def test_a_supervisor_whose_run_was_declared_lost_stops_its_process_and_re
         await until("the run writes its lines", ticking, 60)
         assert processes_of(run_id), "the run's process is not found by its TASK_RUN_ID"
 
-        # `first` was cut off from PostgreSQL past supervisor_lost_after: `other` finds the run's heartbeat old
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("UPDATE runs SET heartbeat_at = now() - make_interval(secs => 60) WHERE id = $1",
-                               run_id)
-            await other.fail_lost(conn)
-        lost = await pool.fetchrow("SELECT status, reason, finished_at, supervisor FROM runs WHERE id = $1", run_id)
-        assert (lost["status"], lost["supervisor"]) == ("failure", "first"), dict(lost)
-        assert "supervising the run died" in lost["reason"], dict(lost)
+        lost = await taken_over(pool, other, run_id)
 
         async def stopped() -> bool:  # its supervisor is done with it and its process is gone
             return run_id not in first.runs and not processes_of(run_id)
@@ -149,9 +166,57 @@ async def test_a_supervisor_whose_run_was_declared_lost_stops_its_process_and_re
         await until("the run taken over is stopped by its old supervisor", stopped, 30)
         learnt = first.learnt[run_id]
         after = await pool.fetchrow("SELECT status, reason, finished_at, supervisor FROM runs WHERE id = $1", run_id)
-        assert dict(after) == dict(lost)  # its end is the other process's: nothing recorded over it
+        assert dict(after) == lost  # its end is the other process's: nothing recorded over it
         # nothing written once it learnt (was: its lines went on for LATE_LINES; the last batch, read before the
         # process was stopped, is dropped too)
         assert [write for write in writes if write[0] > learnt] == [], (learnt, writes[-3:])
     finally:
+        await first.stop()
+
+
+async def test_a_run_taken_over_while_it_was_being_set_up_never_starts_its_process(
+        database, sandbox_settings, tmp_path, monkeypatch):
+    """Declared lost while its supervisor still set it up (an environment installing takes minutes; here its token
+    being minted): the process is not started at all. Before, execute started it and stopped it at once (SIGTERM to
+    a sandbox whose code had already begun)."""
+    pool, orch_id = database
+    spawned = []
+    spawn = runner.spawn
+
+    async def noted(spec, **kwargs):
+        spawned.append(spec)
+        return await spawn(spec, **kwargs)
+
+    monkeypatch.setattr(runner, "spawn", noted)
+    minting, minted = asyncio.Event(), asyncio.Event()
+
+    async def mint(*_: object) -> str:
+        minting.set()
+        await minted.wait()
+        return "unused"
+
+    first = first_scheduler(pool, tmp_path)
+    first.mint = mint
+    first.start()
+    other = scheduler_on(Scheduler, pool, tmp_path / "other", "other", SETTINGS, start=False)
+    try:
+        run_id = await a_queued_run(pool, orch_id)
+        await asyncio.wait_for(minting.wait(), 30)
+        lost = await taken_over(pool, other, run_id)
+
+        async def learnt() -> bool:  # at its next heartbeat
+            return run_id in first.learnt
+
+        await until("the supervisor learns the run is not its own", learnt)
+        minted.set()
+
+        async def ended() -> bool:
+            return run_id not in first.runs
+
+        await until("the supervisor is done with the run", ended)
+        assert spawned == []  # was: one sandbox started, then stopped
+        assert dict(await pool.fetchrow("SELECT status, reason, finished_at, supervisor FROM runs WHERE id = $1",
+                                        run_id)) == lost
+    finally:
+        minted.set()
         await first.stop()
