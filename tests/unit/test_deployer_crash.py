@@ -546,3 +546,28 @@ def test_a_deploy_whose_reads_the_database_fails_is_a_503_that_starts_nothing(wo
         await _deployed_as(made, "a")
 
     asyncio.run(scenario(world))
+
+
+@pytest.mark.parametrize("commit", ["lost", "refused"])
+def test_a_first_deploy_whose_activation_raised_is_a_503_and_leaves_no_row_active(crash, monkeypatch, commit):
+    """A first deploy whose activation's transaction raised: "lost", committed with its answer lost (the row active,
+    its id never returned); "refused", nothing committed. A 503 saying the activation may have been recorded, no
+    replica started, and the row, if any, made inactive in the background (found by its activation); a deploy
+    afterwards serves. Before, the error as it was (a 500), and a "lost" one left the row active with nothing running
+    ("Starting") until a deploy, an undeploy or a restart's restore started it."""
+    monkeypatch.setattr(handlers, "DEACTIVATION_RETRY_DELAYS", (0.0, 0.01, 0.01))
+
+    async def scenario(made) -> None:
+        made.deps.pool.fail_next = commit  # the deploy's first transaction
+        with pytest.raises(Unavailable, match="may have been recorded all the same"):
+            await handlers.deploy(made.deps, ALICE, "t", DeployPipeline(deploy_id="a", pipeline_version_pk_id=VERSION,
+                                                                         pipeline_id=PIPELINE))
+        assert made.backend.sets == {} and made.backend.started == []
+        assert list(made.store.deployments) == ([5] if commit == "lost" else [])
+        await asyncio.wait_for(asyncio.gather(*made.deps.deactivations.tasks), 5)
+        assert all(not row["active"] for row in made.store.deployments.values())
+        assert made.store.events == []
+        await _deployed_as(made, "a")
+        assert list(made.backend.sets) == ["a-5"] and made.store.deployments[5]["active"]
+
+    asyncio.run(scenario(crash))
