@@ -173,6 +173,8 @@ class Scheduler:
             if not pending:
                 return
             asked = list(self.runs)
+            if not asked:
+                continue
             try:
                 async with asyncio.timeout(max(deadline - loop.time(), 0.1)):
                     beaten = await store.beat_runs(self.deps.pool, asked, self.identity)
