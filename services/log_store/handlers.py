@@ -128,6 +128,7 @@ HOLD_STALE = 300.0  # seconds after which a held batch not seen again is forgott
 # announced before EVENTS' age cap at an upgrade, or a subject no deployment has)
 UNKNOWN_WAIT = 3600.0
 UNKNOWN_LOG_EVERY = 60.0  # seconds between two log lines about one deployment's batches waiting
+HELD_FRESH = 2 * UNKNOWN_RETRY_MAX  # seconds a held batch not seen again still counts as held (`note_held`)
 HELD_NOTE_EVERY = 1.0  # seconds between two looks at the consumer while batches are held (`Ingestor.note_held`)
 STOP_WAIT = 5.0  # seconds a stop waits for the flush under way before it cancels the loop
 ANNOUNCED_MAX = 4096  # announcements noted between two turns of the loop at most; past it every held batch is woken
@@ -419,16 +420,18 @@ class Ingestor:
         if now - self.noted_at < HELD_NOTE_EVERY:
             return
         self.noted_at = now
-        for seq in [seq for seq, held in self.holding.items() if now - held.at >= HOLD_STALE]:
-            self.holding_bytes -= self.holding.pop(seq).size  # gone from the stream: not counted against it
-        if not self.holding:
+        # a held batch comes back at least every UNKNOWN_RETRY_MAX: one not seen for twice that has left the stream
+        # (its age or size cap) and must not stand for another's message in the count below. Counting too few
+        # errs the safe way: no note
+        fresh = {seq: held for seq, held in self.holding.items() if now - held.at < HELD_FRESH}
+        if not fresh:
             return
         try:
             info = await self.js.consumer_info(subjects.INFERENCE_LOGS_STREAM, subjects.INFERENCE_LOGS_DURABLE)
-            if info.num_ack_pending != len(self.holding) or info.delivered is None:
+            if info.num_ack_pending != len(fresh) or info.delivered is None:
                 return
             held: dict[tuple[int, str], int] = {}
-            for seq, batch in self.holding.items():
+            for seq, batch in fresh.items():
                 held[batch.owner] = min(seq, held.get(batch.owner, seq))
             note = held_note(int(info.delivered.stream_seq or 0), held)
             if note is None or note == self.noted:

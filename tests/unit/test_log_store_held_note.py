@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 from services.assay_runner import handlers as assays
-from services.log_store.handlers import HOLD_STALE, Held, Ingestor
+from services.log_store.handlers import HELD_FRESH, Held, Ingestor
 from shared.bus import held_note
 from shared.settings import LogSettings
 
@@ -62,8 +62,8 @@ def _holding(ingestor: Ingestor) -> None:
     now = time.monotonic()
     ingestor.holding = {7: Held(now, 10, "dep-p", None, (1, "p")), 9: Held(now, 10, "dep-p", None, (1, "p")),
                         8: Held(now, 10, "dep-q", None, (2, "q")),
-                        # not seen for HOLD_STALE: gone from the stream, not counted (nor noted)
-                        3: Held(now - HOLD_STALE - 1, 10, "dep-r", None, (3, "r"))}
+                        # not seen for HELD_FRESH: gone from the stream, not counted (nor noted)
+                        3: Held(now - HELD_FRESH - 1, 10, "dep-r", None, (3, "r"))}
 
 
 def test_the_log_store_notes_its_held_batches_when_they_are_all_its_consumer_has_unacknowledged():
