@@ -1891,7 +1891,11 @@ async def prune_sent_deploys(deps: ContinuousDeps) -> int:
     delivery or swap (on_pipeline_deployed): its delivery claimed or failed, its challenge decided or failed. Settled
     for good (SETTLED_DELIVERY, SETTLED_SWAP: recorded, closed; a training or challenge deleted takes its rows with
     it), it is deleted SENT_SETTLED after it was sent: the event, redelivered or handled by a second process, is
-    acknowledged unused then as before (each record is conditional), so nothing changes but the table's size. One
+    acknowledged unused then as before (each record is conditional), so nothing changes but the table's size. Not
+    while an older row of its deployment and pipeline version is left: a recorded newer row is what keeps that older
+    one from being recorded after it (_newer_recorded), and an older one may wait for the retention (given up);
+    before, the newer row went an hour after its send and any later event naming the version (a dead letter
+    replayed, the same definition deployed again) recorded the older command over it. One
     never settled (a delivery or swap failed for good whose deploy never landed) is deleted after the retention
     (`sent_retention`: nats.events_max_age, 30 days, how long the EVENTS stream keeps the event that would name it;
     a stream keeping events for good keeps these rows too): a deploy landing later than that is not recorded (its
@@ -1900,8 +1904,9 @@ async def prune_sent_deploys(deps: ContinuousDeps) -> int:
         "DELETE FROM sent_deploys WHERE ctid = ANY(ARRAY(SELECT s.ctid FROM sent_deploys s LEFT JOIN trainings t ON"
         " t.id = s.training_id LEFT JOIN challenges c ON c.id = s.challenge_id WHERE s.sent_at < now() -"
         " make_interval(secs => $2::float8) OR (s.sent_at < now() - make_interval(secs => $1) AND ((t.id IS NOT NULL"
-        f" AND ({SETTLED_DELIVERY})) OR (c.id IS NOT NULL AND {SETTLED_SWAP}))) LIMIT $3)) RETURNING 1", SENT_SETTLED,
-        deps.sent_retention, PRUNE_BATCH))
+        f" AND ({SETTLED_DELIVERY})) OR (c.id IS NOT NULL AND {SETTLED_SWAP})) AND NOT EXISTS (SELECT 1 FROM"
+        " sent_deploys o WHERE o.deployment_id = s.deployment_id AND o.pipeline_version = s.pipeline_version AND"
+        " o.sent_at < s.sent_at)) LIMIT $3)) RETURNING 1", SENT_SETTLED, deps.sent_retention, PRUNE_BATCH))
 
 
 # --- promotion by the sequential test ----------------------------------------------------------------------------

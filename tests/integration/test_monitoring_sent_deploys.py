@@ -167,3 +167,48 @@ async def test_one_version_of_a_delivery_and_a_swap_is_recorded_in_the_order_the
         assert (training["delivering_since"], training["delivered_at"]) == (None, None), dict(training)
         assert training["reason"] == ("a newer command that carried the same pipeline version was recorded first: not"
                                       " delivered")
+
+
+@pytest.mark.parametrize("older", ["swap", "delivery"])
+async def test_a_recorded_row_is_kept_while_an_older_one_of_its_version_may_still_be_recorded(monitoring_schema,
+                                                                                           older):
+    """One pipeline version ('2') carried by a swap and a DEPLOY_AUTO delivery, both sent more than SENT_SETTLED
+    ago: the older one given up (failed, its late deploy may still record it: kept for the retention), the newer
+    one recorded (settled). The newer row is what keeps the older from being recorded after it
+    (on_pipeline_deployed's _newer_recorded), so the prune keeps it as long as the older row: an event naming '2'
+    after the prune (a dead letter replayed, the same definition deployed again, hours later) still records
+    nothing, and once the older row is gone (the retention) the newer one goes at the next prune. Before, the
+    newer row was deleted an hour after its send and that event recorded the older command over the newer one
+    (the swap promoted after the newer delivery, or the delivery deployed after the newer swap)."""
+    pool = monitoring_schema
+    challenge_id = await decided(pool, "DEPLOY_AUTO")
+    training_id = uuid.uuid4()
+    # the delivery's training older than the challenge: only the rows' order tells which command is the newer one
+    await done(pool, training_id, CHALLENGER, "deployed", 600, older == "delivery")
+    if older == "swap":  # its last resume gave up; the delivery sent after it was recorded by its own answer
+        await pool.execute("UPDATE challenges SET state = 'failed', reason = 'promote decided, but its swap did not"
+                           " finish after 7 tries' WHERE id = $1", challenge_id)
+        await sent(pool, "2", HOUR_AND_A_BIT + 60, challenge_id=challenge_id)
+        await sent(pool, "2", HOUR_AND_A_BIT, training_id=training_id)
+    else:  # the delivery given up; the swap sent after it recorded (promoted)
+        await pool.execute("UPDATE trainings SET outcome = 'failed', delivering_since = NULL, reason = 'DEPLOY_AUTO"
+                           " failed: its delivery did not finish after 7 tries' WHERE id = $1", training_id)
+        await pool.execute("UPDATE challenges SET state = 'promoted' WHERE id = $1", challenge_id)
+        await sent(pool, "2", HOUR_AND_A_BIT + 60, training_id=training_id)
+        await sent(pool, "2", HOUR_AND_A_BIT, challenge_id=challenge_id)
+    deps = process(pool)
+    deps.sent_retention = 30 * 86400.0
+
+    assert await continuous.prune_sent_deploys(deps) == 0  # both kept: the older may be recorded, the newer guards it
+    assert await continuous.on_pipeline_deployed(deps, deployed("2")) == 0
+    assert await swapped_events(pool) == []
+    if older == "swap":
+        assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "failed"
+    else:
+        assert await pool.fetchval("SELECT outcome FROM trainings WHERE id = $1", training_id) == "failed"
+    # the older one's retention passed: its row goes, then the newer one's (settled, nothing older left to guard)
+    await pool.execute("UPDATE sent_deploys SET sent_at = now() - interval '31 days' WHERE COALESCE(training_id,"
+                       " challenge_id) = $1", challenge_id if older == "swap" else training_id)
+    assert await continuous.prune_sent_deploys(deps) == 1
+    assert await continuous.prune_sent_deploys(deps) == 1
+    assert await pool.fetchval("SELECT count(*) FROM sent_deploys") == 0
