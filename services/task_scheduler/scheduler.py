@@ -435,8 +435,10 @@ class Scheduler:
                          " lines are not stored", row["id"], store.LATE_LINES)
 
         writer = runner.LogWriter(sink=sink, max_bytes=deps.settings.max_log_bytes)
-        if self.kills[row["id"]].is_set():  # killed, taken over or stopping while it was being set up (its environment
-            return runner.RunOutcome("failure", None, runner.KILLED)  # installed, its token minted): never started
+        # killed, taken over or stopping while it was being set up (its environment installed, its token minted):
+        # never started
+        if self.kills[row["id"]].is_set():
+            return runner.RunOutcome("failure", None, runner.KILLED)
         try:
             return await runner.execute(plan, writer, self.kills[row["id"]])
         finally:
