@@ -1,6 +1,7 @@
 """What the task scheduler's integration tests set up alike, on the service's migrations in a schema of the test's own
-(tests.integration.conftest.service_schema): a `Scheduler` (or a stand-in subclass) started on that schema's pool, and
-a run row supervised by a named process. Before, each test file had its own copy of both (duplicates D5, D11)."""
+(tests.integration.conftest.service_schema): a `Scheduler` (or a stand-in subclass) started on that schema's pool, a
+run row supervised by a named process, and the sandbox's settings for real runs. Before, each test file had its own
+copy (duplicates D5, D11)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
+import pytest
 
 from services.task_scheduler.handlers import Deps
 from services.task_scheduler.scheduler import Scheduler
-from shared.settings import TaskSettings
+from shared import sandbox
+from shared.settings import Settings, TaskSettings
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "task_scheduler" / "migrations"
 
@@ -54,3 +57,13 @@ async def a_supervised_run(pool: asyncpg.Pool, status: str = "running", *, super
                        " now() - make_interval(secs => $6))", run_id, task_id, status, supervisor, beat_seconds_ago,
                        started_seconds_ago)
     return run_id
+
+
+def sandbox_settings_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings whose stack data directory is a fresh folder under `tmp_path`, made the sandbox's (shared/sandbox.py
+    reads them for the launcher and the gateway relay): real sandboxed runs in a test's own process."""
+    data = tmp_path / "data"
+    data.mkdir()
+    settings = Settings(stack={"data_dir": data})
+    monkeypatch.setattr(sandbox, "_settings", lambda: settings)
+    return settings

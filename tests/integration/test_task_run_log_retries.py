@@ -25,11 +25,10 @@ import asyncpg
 import pytest
 
 from services.task_scheduler import runner, store
-from shared import sandbox
 from shared.db import create_pool
 from shared.settings import Settings
 from tests.integration.conftest import service_schema
-from tests.integration.task_scheduler_setup import MIGRATIONS
+from tests.integration.task_scheduler_setup import MIGRATIONS, sandbox_settings_in
 from tests.integration.task_scheduler_setup import a_supervised_run as a_run
 from tests.integration.test_deployer_crash import FreezingProxy
 
@@ -46,11 +45,7 @@ async def pool(stack, monkeypatch):
 
 @pytest.fixture
 def settings(tmp_path, monkeypatch) -> Settings:
-    data = tmp_path / "data"
-    data.mkdir()
-    settings = Settings(stack={"data_dir": data})
-    monkeypatch.setattr(sandbox, "_settings", lambda: settings)
-    return settings
+    return sandbox_settings_in(tmp_path, monkeypatch)
 
 
 class Sink:

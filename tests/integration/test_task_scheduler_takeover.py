@@ -22,10 +22,9 @@ import pytest
 
 from services.task_scheduler import runner, store
 from services.task_scheduler.scheduler import Scheduler
-from shared import sandbox
 from shared.settings import Settings, TaskSettings
 from tests.integration.conftest import service_schema
-from tests.integration.task_scheduler_setup import MIGRATIONS, scheduler_on
+from tests.integration.task_scheduler_setup import MIGRATIONS, sandbox_settings_in, scheduler_on
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -49,11 +48,7 @@ class Watched(Scheduler):
 
 @pytest.fixture
 def sandbox_settings(tmp_path, monkeypatch) -> Settings:
-    data = tmp_path / "data"
-    data.mkdir()
-    settings = Settings(stack={"data_dir": data})
-    monkeypatch.setattr(sandbox, "_settings", lambda: settings)
-    return settings
+    return sandbox_settings_in(tmp_path, monkeypatch)
 
 
 @pytest.fixture
