@@ -436,8 +436,11 @@ class Ingestor:
             note = held_note(int(info.delivered.stream_seq or 0), held)
             if note is None or note == self.noted:
                 return
-            config = log_store_consumer_config(self.deps.settings.ack_wait)
-            config.metadata = note
+            # the consumer's own settings as they are (an operator's pause, a limit tuned), only the note changed; the
+            # server's `_nats.` keys are its own to write
+            config = info.config
+            config.metadata = {key: value for key, value in (config.metadata or {}).items()
+                               if not key.startswith("_nats.")} | note
             await self.js.add_consumer(subjects.INFERENCE_LOGS_STREAM, config=config)
             self.noted = note
         except Exception as exc:  # windows wait for the floor meanwhile, as without a note

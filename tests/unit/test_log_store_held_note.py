@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 from services.assay_runner import handlers as assays
 from services.log_store.handlers import HELD_FRESH, Held, Ingestor
-from shared.bus import held_note
+from shared.bus import held_note, log_store_consumer_config
 from shared.settings import LogSettings
 
 
@@ -48,7 +48,10 @@ def test_a_held_batch_of_the_window_s_pipeline_below_the_mark_holds_it_above_doe
 
 class Js:
     def __init__(self, unacknowledged: int, delivered: int) -> None:
-        self.info = SimpleNamespace(num_ack_pending=unacknowledged, delivered=SimpleNamespace(stream_seq=delivered))
+        config = log_store_consumer_config()
+        config.max_ack_pending, config.metadata = 1234, {"_nats.ver": "2.15.1", "operator": "kept"}
+        self.info = SimpleNamespace(num_ack_pending=unacknowledged, delivered=SimpleNamespace(stream_seq=delivered),
+                                    config=config)
         self.configs: list = []
 
     async def consumer_info(self, stream: str, durable: str):
@@ -72,8 +75,8 @@ def test_the_log_store_notes_its_held_batches_when_they_are_all_its_consumer_has
         ingestor = Ingestor(SimpleNamespace(settings=LogSettings()), js=js)
         _holding(ingestor)
         await ingestor.note_held()
-        assert [c.metadata for c in js.configs] == [held_note(40, {(1, "p"): 7, (2, "q"): 8})]
-        assert js.configs[0].durable_name == "log-store" and js.configs[0].filter_subject == "logs.inference.>"
+        assert [c.metadata for c in js.configs] == [{"operator": "kept"} | held_note(40, {(1, "p"): 7, (2, "q"): 8})]
+        assert js.configs[0].durable_name == "log-store" and js.configs[0].max_ack_pending == 1234  # as they were
         ingestor.noted_at = 0.0
         await ingestor.note_held()  # unchanged: not written again
         assert len(js.configs) == 1
