@@ -283,7 +283,7 @@ class Ingestor:
         self.deployments = deployments
         self.waiting: dict[str, float] = {}  # deployment not announced yet -> when its batches waiting were logged
         self.held = 0  # batches left unacknowledged because their deployment was not announced yet
-        # stream sequence of each batch held now -> when it was held, its bytes, deployment, reply subject
+        # stream sequence of each batch held now -> when it was held, its bytes, deployment, reply subject, owner
         self.holding: dict[int, Held] = {}
         # deployments this process recorded an announcement of since the loop last looked (`announced`); None: more
         # than ANNOUNCED_MAX, every held batch is asked back
