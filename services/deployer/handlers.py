@@ -1295,9 +1295,12 @@ class RecordRechecks(_Background):
     version, and maybe a name, whose replicas do not run, and the previous ones serve with no row naming them. Once
     the database answers, the row is read again (then under the pipeline's lock): if it still holds the activation,
     its replicas are started from the row (as a restore does; under one name the backend swaps them in for the previous
-    set; the previous name, if it was renamed, is stopped once they serve); else the row names what runs (or a deploy
-    or an undeploy since decided it). Tried a bounded number of times (DEACTIVATION_RETRY_DELAYS); the deployer's stop
-    cancels what is left (the next start's restore starts what the row names)."""
+    set; the previous name, if it was renamed, is stopped once they serve; not started twice when a restore since
+    started them); else the row names what runs (or a deploy or an undeploy since decided it), but for the previous
+    set if it still runs with the row no longer naming it active: a deploy or an undeploy since went by the row's name
+    (the redeploy's, its record committed) and left it running, which is stopped. Tried a bounded number of times
+    (DEACTIVATION_RETRY_DELAYS); the deployer's stop cancels what is left (the next start's restore starts what the row
+    names)."""
 
     def owe(self, deps: DeployerDeps, pipeline_id: int, deployment_id: int, old: str, activation: uuid.UUID) -> None:
         if self.stopped:
@@ -1314,6 +1317,13 @@ class RecordRechecks(_Background):
             return row is not None and row["id"] == deployment_id and row["active"] and \
                 row["activation"] == activation
 
+        def left_running(row: dict[str, Any] | None) -> bool:
+            # the previous set runs while the row does not name it active: a deploy or an undeploy since went by the
+            # row's name, the redeploy's when its record was committed (the deploy started it and left `old`, the
+            # undeploy stopped it, which did not run, and left `old`)
+            return old in deps.backend.sets and (row is None or not row["active"] or
+                                                 f"{row['deploy_id']}-{row['id']}" != old)
+
         async def read(conn: asyncpg.Connection) -> dict[str, Any] | None:
             # under the pipeline's advisory lock, which the record's transaction held: one the server still runs (its
             # client gone) ends before the row is read
@@ -1327,11 +1337,15 @@ class RecordRechecks(_Background):
                 # than one more connection left at each try (as Deactivations)
                 async with asyncio.timeout(RECORD_CHECK_TIMEOUT):
                     row = await _in_transaction(deps, read)
-                if recorded(row):  # again under the lock, as a deploy changes the row and what runs
+                if recorded(row) or left_running(row):  # again under the lock, as a deploy changes the row and
+                    # what runs
                     async with deps.pipeline_lock(pipeline_id):
                         row = await _answered_within(RECORD_CHECK_TIMEOUT, _in_transaction(deps, read))
                         if recorded(row):
                             await RecordRechecks._start_recorded(deps, row, old)
+                            return
+                        if left_running(row):
+                            await RecordRechecks._stop_left(deps, row, old)
                             return
             except Exception as exc:
                 log.warning("deployment %s: whether its redeploy was recorded is still not known (attempt %d of %d):"
@@ -1348,19 +1362,35 @@ class RecordRechecks(_Background):
         """The recorded redeploy's replicas started from its row (under the pipeline's lock), the previous name
         stopped once they serve if it was renamed; a start that fails leaves the previous ones serving."""
         name = f"{row['deploy_id']}-{row['id']}"
-        log.warning("deployment %s: its redeploy was recorded after all (as %s): its replicas are started again", old,
-                    name)
-        spec = ReplicaSpec.model_validate_json(row["spec"])
-        spec.deployment.id, spec.deployment.name = row["id"], name
-        config = json.loads(row["engine_config"])
-        try:
-            await deps.backend.start(name, spec, config.get("replica_count", 1), *_autoscale(config))
-        except Exception as exc:
-            log.error("deployment %s: its recorded redeploy's replicas failed to start again (%r); the previous ones"
-                      " serve: deploy again", name, exc)
-            return
+        if name != old and name in deps.backend.sets:
+            # a restore since (the deployer's start, waiting for this pipeline behind the redeploy) started them from
+            # the row: started again here, they were swapped for a second set of the same replicas
+            log.warning("deployment %s: its redeploy was recorded after all (as %s), whose replicas run", old, name)
+        else:
+            log.warning("deployment %s: its redeploy was recorded after all (as %s): its replicas are started again",
+                        old, name)
+            spec = ReplicaSpec.model_validate_json(row["spec"])
+            spec.deployment.id, spec.deployment.name = row["id"], name
+            config = json.loads(row["engine_config"])
+            try:
+                await deps.backend.start(name, spec, config.get("replica_count", 1), *_autoscale(config))
+            except Exception as exc:
+                log.error("deployment %s: its recorded redeploy's replicas failed to start again (%r); the previous"
+                          " ones serve: deploy again", name, exc)
+                return
         if old != name:
+            await RecordRechecks._stop_left(deps, row, old)
+
+    @staticmethod
+    async def _stop_left(deps: DeployerDeps, row: dict[str, Any] | None, old: str) -> None:
+        """The previous set `old` stopped, no row naming it active (under the pipeline's lock). Logged, not raised:
+        raised, the recheck tried again and started the recorded replicas a second time."""
+        now = "inactive" if row is None or not row["active"] else f"{row['deploy_id']}-{row['id']}"
+        log.warning("deployment %s: stopped, its row names %s", old, now)
+        try:
             await deps.backend.stop(old)
+        except Exception as exc:
+            log.error("deployment %s: its replicas, which no row names, could not be stopped (%r)", old, exc)
 
 
 def _deactivation_outcome(changed: bool, now: Any) -> str:

@@ -571,3 +571,50 @@ def test_a_first_deploy_whose_activation_raised_is_a_503_and_leaves_no_row_activ
         assert list(made.backend.sets) == ["a-5"] and made.store.deployments[5]["active"]
 
     asyncio.run(scenario(crash))
+
+
+@pytest.mark.parametrize("meanwhile", ["an_undeploy", "a_deploy", "a_restore"])
+def test_a_recheck_of_a_record_no_look_confirmed_leaves_running_only_what_the_row_names(crash, monkeypatch,
+                                                                                        meanwhile):
+    """A redeploy of a-5 as b-5 whose record was committed, its answer lost, and no look could tell (a 503; a-5 kept
+    serving, the row naming b-5); then, before the background recheck (RecordRechecks) reads the row: an undeploy (it
+    stops b-5, the row's name, which does not run), a deploy of b again (it starts b-5, and a-5 is no name of the
+    row's) or a restore (it starts b-5 from the row). Once the recheck reads the row, a-5 is stopped and b-5 started
+    once. Before, a-5 ran on with no row naming it after the undeploy and the deploy (the recheck saw the row not
+    holding the redeploy's activation and changed nothing), and after the restore b-5 was started a second time."""
+    monkeypatch.setattr(handlers, "DEACTIVATION_RETRY_DELAYS", (0.0,))
+    released = asyncio.Event()
+
+    async def scenario(made) -> None:
+        pipeline_deployment, looks = made.store.pipeline_deployment, []
+
+        async def away(conn, pipeline_id):
+            if made.deps.pool.failed and len(looks) < 3:  # the record's looks: none answered
+                looks.append(pipeline_id)
+                raise ConnectionRefusedError("the database is away")
+            if asyncio.current_task().get_name().startswith("deployer.record_recheck"):  # the recheck's first read
+                await released.wait()
+            return await pipeline_deployment(conn, pipeline_id)
+
+        made.store.pipeline_deployment = away
+        redeploy, old, new = await _redeploying(made, "b", "lost")
+        with pytest.raises(Unavailable, match="not known whether"):
+            await redeploy
+        assert made.backend.sets == {"a-5": old} and made.store.deployments[5]["deploy_id"] == "b"
+        made.backend.hold = False
+        if meanwhile == "an_undeploy":
+            assert await handlers.undeploy(made.deps, ALICE, "t", PIPELINE, 5) == {}
+            assert not made.store.deployments[5]["active"]
+        elif meanwhile == "a_deploy":
+            await handlers.deploy(made.deps, ALICE, "t", DeployPipeline(deploy_id="b", pipeline_version_pk_id=NEW,
+                                                                         pipeline_id=PIPELINE))
+        else:
+            await handlers._restart(made.deps, PIPELINE, 5, asyncio.Semaphore(1))
+        assert "a-5" in made.backend.sets  # what the row names was decided without it
+        released.set()
+        await asyncio.wait_for(asyncio.gather(*made.deps.rechecks.tasks), 5)
+        assert sorted(made.backend.sets) == ([] if meanwhile == "an_undeploy" else ["b-5"]) and old.stopping
+        assert [s.name for s in made.backend.started].count("b-5") == (1 if meanwhile == "an_undeploy" else 2)
+        assert made.backend.untracked() == []
+
+    asyncio.run(scenario(crash))
