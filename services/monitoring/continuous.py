@@ -1767,17 +1767,26 @@ async def _close_older(pool: asyncpg.Pool, sent: asyncpg.Record) -> None:
     """An older command whose pipeline version a newer one (a delivery or a swap) carried and recorded first
     (on_pipeline_deployed): closed unrecorded with the reason, as an overtaken one is, so that its resume does not
     record it after the newer one (its version serves): a delivery still claimed is closed (a failed one keeps its
-    failure), a swap still decided is superseded (a failed one stays failed, as a given-up swap overtaken does)."""
+    failure), a swap still decided is superseded (a failed one stays failed, as a given-up swap overtaken does). A
+    failed one given up by its last resume has its one more look (look_again_at_given_up, _swaps) taken as made:
+    that look records it when its version serves, which it does by the newer command's deploy (before, the look
+    STALE_SWAP after the give-up recorded it after the newer one all the same)."""
     reason = "a newer command that carried the same pipeline version was recorded first"
     if sent["training_id"] is not None:
         closed = await pool.fetchval(
             "UPDATE trainings SET delivering_since = NULL, reason = $2 WHERE id = $1 AND delivering_since IS NOT NULL"
             " AND delivered_at IS NULL RETURNING id", sent["training_id"], f"{reason}: not delivered")
+        await pool.execute(
+            "UPDATE trainings SET delivery_resumes = $2 WHERE id = $1 AND outcome = 'failed' AND delivering_since IS"
+            " NULL AND delivered_at IS NULL AND delivery_resumes = $2 - 1", sent["training_id"], MAX_RESUMES + 2)
     else:
         closed = await pool.fetchval(
             "UPDATE challenges SET state = 'superseded', reason = (evidence->>'decision') || $2, swap_refused = NULL"
             " WHERE id = $1 AND state IN ('promoting', 'rolling_back') RETURNING id", sent["challenge_id"],
             f" decided, but {reason}: not recorded")
+        await pool.execute(
+            "UPDATE challenges SET swap_resumes = $2 WHERE id = $1 AND state = 'failed' AND swap_refused IS NULL AND"
+            " swap_resumes = $2 - 1", sent["challenge_id"], MAX_RESUMES + 2)
     log.info("deployment %s: pipeline version %s landed; the deploy of %s %s that carried it is not recorded: %s%s",
              sent["deployment_id"], sent["pipeline_version"], "training" if sent["training_id"] else "challenge",
              sent["training_id"] or sent["challenge_id"], reason, " (closed)" if closed else "")

@@ -20,8 +20,10 @@ from tests.integration.continuous_setups import (
     NEWEST,
     decided,
     done,
+    make_stale,
     process,
     schema_fixture,
+    stand_in_deployer,
     swapped_events,
 )
 from tests.integration.test_monitoring_deployed_event import deployed
@@ -212,3 +214,46 @@ async def test_a_recorded_row_is_kept_while_an_older_one_of_its_version_may_stil
     assert await continuous.prune_sent_deploys(deps) == 1
     assert await continuous.prune_sent_deploys(deps) == 1
     assert await pool.fetchval("SELECT count(*) FROM sent_deploys") == 0
+
+
+@pytest.mark.parametrize("older", ["swap", "delivery"])
+async def test_a_given_up_command_whose_newer_one_was_recorded_first_is_not_recorded_by_its_one_more_look(
+        monitoring_schema, monkeypatch, older):
+    """As the_newer_*_recorded_already above, the older command given up by its last resume (failed, its one more look
+    due STALE_SWAP later): the event naming '2' leaves it failed, and its one more look (look_again_at_given_up_swaps
+    / look_again_at_given_up), finding v2 (the challenger alone) serving, does not record it either: '2' serves
+    because the newer command's deploy landed, and that one is recorded. Before, the event left the failure, the
+    look then recorded the older command after the newer one (promoted after the newer delivery, or deployed after
+    the newer swap), which the event's handling had just declined to do."""
+    pool = monitoring_schema
+    deployer, deps = stand_in_deployer(pool, monkeypatch)
+    challenge_id = await decided(pool, "DEPLOY_AUTO")
+    training_id = uuid.uuid4()
+    await done(pool, training_id, CHALLENGER, "deployed", 600, older == "delivery")  # older than the challenge
+    if older == "swap":  # given up by its last resume; the delivery sent after it recorded by its own answer
+        await pool.execute(
+            "UPDATE challenges SET state = 'failed', swap_resumes = $2, reason = 'promote decided, but its swap did not"
+            " finish after 6 tries, 300 s apart: given up' WHERE id = $1", challenge_id, continuous.MAX_RESUMES + 1)
+        await make_stale(pool, "challenges", "decided_at", challenge_id)
+        await sent(pool, "2", 60, challenge_id=challenge_id)
+        await sent(pool, "2", 0, training_id=training_id)
+    else:  # the delivery given up by its last resume; the swap sent after it recorded (promoted)
+        await pool.execute(
+            "UPDATE trainings SET outcome = 'failed', delivering_since = NULL, delivery_resumes = $2, reason ="
+            " 'DEPLOY_AUTO failed: its delivery did not finish after 6 tries, 300 s apart: given up' WHERE id = $1",
+            training_id, continuous.MAX_RESUMES + 1)
+        await make_stale(pool, "trainings", "updated_at", training_id)
+        await pool.execute("UPDATE challenges SET state = 'promoted' WHERE id = $1", challenge_id)
+        await sent(pool, "2", 60, training_id=training_id)
+        await sent(pool, "2", 0, challenge_id=challenge_id)
+    deployer.person_deploys(continuous._serving(deployer.versions[1], CHALLENGER, None))  # v2 alone serves
+
+    assert await continuous.on_pipeline_deployed(deps, deployed("2")) == 0
+    await continuous.resume_swaps(deps)  # the one more look at a given-up swap
+    await continuous.resume_deliveries(deps)  # and at a given-up delivery
+    assert await swapped_events(pool) == []
+    if older == "swap":
+        assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "failed"
+    else:
+        assert await pool.fetchval("SELECT outcome FROM trainings WHERE id = $1", training_id) == "failed"
+    assert deployer.deploys == []  # nothing deployed either
