@@ -562,7 +562,9 @@ async def deploy(deps: DeployerDeps, principal: Principal, token: str | None, cm
             raise NotFound(f"version {cmd.pipeline_version_pk_id} of pipeline {pipeline['id']} not found")
         return pipeline, version
 
-    pipeline, version = await _deploy_step(deps, cmd.pipeline_id, read())
+    # the membership check in the bound too: a slow auth read as a database that did not answer
+    pipeline, version = await _deploy_step(deps, cmd.pipeline_id, read(),
+                                           asked="the database (or the membership check)")
     config, steps = await _plan_deployment(deps, token, pipeline["workspace_id"], json.loads(version["definition"]),
                                            cmd.deploy_id, cmd.engine_config, cmd.models, cmd.model_ids,
                                            cmd.model_configs)
@@ -761,19 +763,23 @@ def _failure(deps: DeployerDeps, exc: BaseException) -> str:
 
 
 async def _deploy_step(deps: DeployerDeps, pipeline_id: int, work: Awaitable[_T],
-                       wrote: Callable[[], bool] = lambda: False) -> _T:
+                       wrote: Callable[[], bool] = lambda: False, asked: str = "the database") -> _T:
     """A deploy's database step before anything of it runs: what `work` answers within DEPLOY_STEP_ANSWERS_WITHIN of
     the request timeout; a database that failed it (DATABASE_ERRORS) or did not answer is a 503 unavailable
     (retryable) saying nothing of the deploy runs; `wrote()`: the step had begun writing the deploy's activation, so
-    the answer says it may have been recorded. Before, a refused connection was a 500 and a database that did not
-    answer held the deploy for the pool's timeouts, or until it answered again (a server stopped, a partition)."""
+    the answer says it may have been recorded; `asked`: what the answer names as not answering (the read's
+    membership check, a request to auth of up to the request timeout, is bounded with it). Before, a refused
+    connection was a 500 and a database that did not answer held the deploy for the pool's timeouts, or until it
+    answered again (a server stopped, a partition)."""
     try:
         return await _answered_within(deps.timeout * DEPLOY_STEP_ANSWERS_WITHIN, work)
     except (TimeoutError, *DATABASE_ERRORS) as exc:
         log.warning("deploy of pipeline %s: 503 (%r)", pipeline_id, exc)
         maybe = (" (its activation may have been recorded all the same: if so, the deployment is made inactive once"
                  " the database answers)") if wrote() else ""
-        raise Unavailable(f"the deploy of pipeline {pipeline_id} was not made: the database {_failure(deps, exc)};"
+        failure = _failure(deps, exc)
+        raise Unavailable(f"the deploy of pipeline {pipeline_id} was not made: "
+                          f"{asked if isinstance(exc, _NotAnswered) else 'the database'} {failure};"
                           f" nothing of it runs, and what served before serves as before{maybe}. Deploy again once"
                           " the database answers") from None
 

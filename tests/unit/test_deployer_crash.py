@@ -618,3 +618,23 @@ def test_a_recheck_of_a_record_no_look_confirmed_leaves_running_only_what_the_ro
         assert made.backend.untracked() == []
 
     asyncio.run(scenario(crash))
+
+
+def test_a_deploy_whose_membership_check_does_not_answer_is_a_503_that_says_so(world):  # noqa: F811
+    """The pipeline's read answers but the membership check (a request to auth, up to the request timeout) does not
+    within the read's bound: the 503 names the membership check too, as the undeploy's does, not the database alone
+    (an operator looked at a PostgreSQL that was fine). Nothing started."""
+
+    async def scenario(made) -> None:
+        made.deps.timeout = 0.1
+
+        async def silent(user_id, workspace_id):
+            await asyncio.Event().wait()
+
+        made.deps.membership = lambda token: silent
+        with pytest.raises(Unavailable, match="the database \\(or the membership check\\) did not answer within"):
+            await handlers.deploy(made.deps, ALICE, "t", DeployPipeline(deploy_id="a", pipeline_version_pk_id=VERSION,
+                                                                         pipeline_id=PIPELINE))
+        assert made.backend.sets == {} and made.store.deployments == {}
+
+    asyncio.run(scenario(world))
