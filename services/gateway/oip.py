@@ -123,6 +123,10 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
     """An OIP inference request (JSON, or JSON + binary tensors) as its JSON part and an Arrow table."""
     try:
         split = int(header_length) if header_length else len(body)
+    except ValueError:
+        raise InvalidRequest(f"{HEADER_LENGTH} is {header_length[:40]!r}, not a whole number of bytes: the length "
+                             "of the JSON part of the body") from None
+    try:
         if not 0 <= split <= len(body):
             raise InvalidRequest(f"{HEADER_LENGTH} is {split}, outside the body's {len(body)} bytes")
         fast = split == len(body) > FAST_BODY  # below it orjson's own path is quicker (set-up)

@@ -122,6 +122,19 @@ def test_binary_tensor_data_must_match_what_the_inputs_declare(size, blob, messa
     assert oip.parse_request(body, split)[1].column("x").to_pylist() == [1.5]
 
 
+@pytest.mark.parametrize("header", ["abc", "12.5", "0x10", ""])
+def test_a_header_length_that_is_not_a_number_is_named_not_called_bad_json(header):
+    """The binary extension's Inference-Header-Content-Length: "abc" read as "the request is not valid JSON" before,
+    sending the user to a body that was fine. (An empty header means no split, as when it is absent.)"""
+    body, _ = _binary(4, np.float32([1.5]).tobytes())
+    header_only = orjson.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.5]}]})
+    if not header:
+        assert oip.parse_request(header_only, header)[1].column("x").to_pylist() == [1.5]
+        return
+    with pytest.raises(InvalidRequest, match=f"Inference-Header-Content-Length is '{header}', not a whole number"):
+        oip.parse_request(body, header)
+
+
 def test_malformed_output_parameters_are_ignored_not_a_server_error():
     outputs = pa.table({"y": pa.array([1.0, 2.0], pa.float32())})
     for request in ({"parameters": [1]}, {"outputs": "y"}, {"outputs": [{"name": "y", "parameters": [1]}]},
