@@ -118,7 +118,8 @@ async def test_a_sent_deploy_is_deleted_once_it_can_no_longer_matter(monitoring_
 
 @pytest.mark.parametrize("case", ["both_land", "the_newer_delivery_recorded_already",
                                   "the_newer_swap_recorded_already"])
-async def test_one_version_of_a_delivery_and_a_swap_is_recorded_in_the_order_they_were_sent(monitoring_schema, case):
+async def test_one_version_of_a_delivery_and_a_swap_is_recorded_in_the_order_they_were_sent(monitoring_schema,
+                                                                                           monkeypatch, case):
     """A promotion's swap (v2 alone) and a DEPLOY_AUTO delivery of v2 (alone: the same definition, so the same
     pipeline version '2'), one sent a minute after the other; the delivery's row lies first in the table and in its
     index. The event naming '2' records them in the order they were sent, and never the older after the newer.
@@ -147,7 +148,10 @@ async def test_one_version_of_a_delivery_and_a_swap_is_recorded_in_the_order_the
         await sent(pool, "2", 0, training_id=training_id)
         await sent(pool, "2", 60, challenge_id=challenge_id)
 
-    deps = process(pool)
+    # the deployer stood in, v2 (the challenger alone) serving: a resume of the swap would find its version serving
+    # and record it (without it, the resume below failed on the missing deployer and could not record anything)
+    deployer, deps = stand_in_deployer(pool, monkeypatch)
+    deployer.person_deploys(continuous._serving(deployer.versions[1], CHALLENGER, None))
     recorded = await continuous.on_pipeline_deployed(deps, deployed("2"))
     challenge = await pool.fetchrow("SELECT state, reason FROM challenges WHERE id = $1", challenge_id)
     training = await pool.fetchrow("SELECT outcome, reason, delivering_since, delivered_at FROM trainings WHERE id ="
@@ -163,7 +167,7 @@ async def test_one_version_of_a_delivery_and_a_swap_is_recorded_in_the_order_the
         await pool.execute("UPDATE challenges SET decided_at = now() - make_interval(secs => $2) WHERE id = $1",
                            challenge_id, continuous.STALE_SWAP + 10)
         await continuous.resume_swaps(deps)  # nothing left to resume
-        assert await swapped_events(pool) == []
+        assert await swapped_events(pool) == [] and deployer.deploys == []
     else:
         assert (recorded, events) == (0, [])
         assert (training["delivering_since"], training["delivered_at"]) == (None, None), dict(training)
