@@ -163,8 +163,11 @@ DEPLOYED_DURABLE = "monitoring-continuous-deployed"
 """Monitoring's durable consumer of the deployer's events.pipeline.deployed (on_pipeline_deployed)."""
 SENT_SETTLED = 3600.0
 """Seconds a sent_deploys row whose delivery or swap is settled for good (recorded, closed) is kept after its deploy
-was sent (prune_sent_deploys): past the deploy's own wait (deploy_wait, 305 s) and the deployed event's redeliveries
-(nats.consumer_max_deliver 10, the backoff doubling from 2 s up to 300 s: ~14 min)."""
+was sent (prune_sent_deploys): past the deploy's own wait (deploy_wait, 305 s) and, at the default settings, the
+deployed event's redeliveries (nats.consumer_max_deliver 10, waits of 2 s doubling up to 300 s: 810 s). A margin, not
+a bound its event keeps (a deploy may land after the wait; those settings may be raised; a dead letter may be
+replayed any time): a settled row's own event records nothing whenever it comes (each record is conditional), and a
+recorded row that still matters, guarding an older row of its version (_newer_recorded), is kept as long as that one."""
 PRUNE_BATCH = 1000  # sent_deploys rows one resume sweep deletes at most (every 30 s)
 MAX_RUN_ALERTS = 100  # the newest alerts of an ASSAY_ALERT training given to its run (task_args()["assay_alerts"])
 
