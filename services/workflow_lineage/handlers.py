@@ -411,7 +411,8 @@ async def add_file(deps: Deps, principal: Principal, token: str | None, cmd: Add
 
     async def use(local: Path, sha: str, size: int) -> DatasetFile:
         if row["kind"] == "tabular":
-            raise InvalidRequest(f"dataset {cmd.dataset_id} is tabular: it takes rows (datasets/put_rows), not files")
+            raise InvalidRequest(f"dataset {cmd.dataset_id} is tabular: it takes rows (datasets/upload_rows), "
+                                 "not files")
         if size == 0:
             raise InvalidRequest("the uploaded file is empty")
         if row["kind"] == "images":

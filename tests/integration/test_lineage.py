@@ -404,6 +404,8 @@ def test_bad_input_is_4xx_and_stores_nothing(stack, alice):
     assert rows_of_images.status_code == 400 and "is an images dataset: it has files" in rows_of_images.json()["msg"]
     file_to_table = upload_file(stack, alice, table, "a.png", png((1, 1, 1)))
     assert file_to_table.status_code == 400
+    # the HTTP route that takes rows, not the bus subject behind it (datasets/put_rows is no route)
+    assert "takes rows (datasets/upload_rows), not files" in file_to_table.json()["msg"]
     wrong_schema = upload_rows(stack, alice, table, json.dumps([{"other": 1}]).encode(), "application/json")
     assert wrong_schema.status_code == 400 and "schema" in wrong_schema.json()["msg"]
     assert upload_rows(stack, alice, table, b"\x00garbage", ARROW_FILE).status_code == 400
