@@ -220,7 +220,8 @@ async def through_a_proxy(stack, pool):
             yield proxy, proxied
         finally:
             proxy.thaw()
-            await asyncio.wait_for(proxied.close(), 30)
+            async with asyncio.timeout(30):
+                await proxied.close()
 
 
 async def test_a_flush_attempt_the_database_does_not_answer_is_given_up_at_its_bound(stack, pool, monkeypatch):

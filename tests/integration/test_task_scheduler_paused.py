@@ -111,10 +111,12 @@ async def test_a_process_woken_from_a_pause_does_not_fail_its_own_runs_as_lost(d
         run_id = await a_run(pool, orch_id)
         await status_of(pool, run_id, {"running"})
         sched.beaten.clear()
-        await asyncio.wait_for(sched.beaten.wait(), 30)  # a pass is past its beat: the next one starts with fail_lost
+        async with asyncio.timeout(30):  # a pass is past its beat: the next one starts with fail_lost
+            await sched.beaten.wait()
         time.sleep(LOST_AFTER + 1.5)  # noqa: ASYNC251 - the pause itself: the whole process stops, its loop too
         sched.beaten.clear()
-        await asyncio.wait_for(sched.beaten.wait(), 30)  # the pass after the pause, whole
+        async with asyncio.timeout(30):  # the pass after the pause, whole
+            await sched.beaten.wait()
         await asyncio.sleep(store.LATE_LINES + 0.5)  # a run's last line comes after its log would be final
         sched.gate.set()
         row = await status_of(pool, run_id, {"success", "failure"})
@@ -177,7 +179,8 @@ async def test_a_run_recording_its_end_is_not_taken_as_lost_by_its_own_process(d
         run_id = await a_run(pool, orch_id)
         await status_of(pool, run_id, {"running"})
         sched.gate.set()
-        await asyncio.wait_for(recording.wait(), 30)
+        async with asyncio.timeout(30):
+            await recording.wait()
         async with pool.acquire() as conn, conn.transaction():  # no beat of it in between
             await conn.execute("UPDATE runs SET heartbeat_at = now() - make_interval(secs => $2) WHERE id = $1",
                                run_id, LOST_AFTER + 1)
@@ -211,7 +214,8 @@ async def test_a_stop_waits_for_the_end_of_a_run_being_recorded(database, tmp_pa
         run_id = await a_run(pool, orch_id)
         await status_of(pool, run_id, {"running"})
         sched.gate.set()
-        await asyncio.wait_for(recording.wait(), 30)
+        async with asyncio.timeout(30):
+            await recording.wait()
         stopping = asyncio.create_task(sched.stop())
         released = asyncio.create_task(release.wait())
         await asyncio.wait({stopping, released}, timeout=30, return_when=asyncio.FIRST_COMPLETED)

@@ -196,7 +196,8 @@ async def test_a_run_taken_over_while_it_was_being_set_up_never_starts_its_proce
     other = scheduler_on(Scheduler, pool, tmp_path / "other", "other", SETTINGS, start=False)
     try:
         run_id = await a_queued_run(pool, orch_id)
-        await asyncio.wait_for(minting.wait(), 30)
+        async with asyncio.timeout(30):
+            await minting.wait()
         lost = await taken_over(pool, other, run_id)
 
         async def learnt() -> bool:  # at its next heartbeat
