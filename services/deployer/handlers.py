@@ -1258,7 +1258,14 @@ class Deactivations(_Background):
     left as it is (no in-process lock needed), each try under the pipeline's advisory lock, so a transaction of the
     deploy the server still runs ends before the row is read. Past the last try, or when the deployer stops
     first, the row stays active: an undeploy ends it, and the next start's restore starts its replicas again (as for
-    a deployer that died while a first deploy's replicas loaded). docs/deployment.md."""
+    a deployer that died while a first deploy's replicas loaded). Until then this start's restore leaves it alone
+    (`pending`). docs/deployment.md."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # activations being made inactive: the restore (_restart) starts no replicas for a row holding one. Started,
+        # they ran on once the row was made inactive under them (a deploy during the start's restore)
+        self.pending: set[uuid.UUID] = set()
 
     def owe(self, deps: DeployerDeps, deployment_id: int | None, name: str, event: PipelineUndeployed | None,
             activation: uuid.UUID, pipeline_id: int) -> None:
@@ -1267,12 +1274,20 @@ class Deactivations(_Background):
         if self.stopped:
             log.warning("deployment %s: left active with nothing running (stopping)", name)
             return
+        self.pending.add(activation)
         self._start(self._deactivate(deps, deployment_id, name, event, activation, pipeline_id),
                     f"deployer.deactivation.{activation}")
 
+    async def _deactivate(self, deps: DeployerDeps, deployment_id: int | None, name: str,
+                          event: PipelineUndeployed | None, activation: uuid.UUID, pipeline_id: int) -> None:
+        try:
+            await self._tries(deps, deployment_id, name, event, activation, pipeline_id)
+        finally:
+            self.pending.discard(activation)
+
     @staticmethod
-    async def _deactivate(deps: DeployerDeps, deployment_id: int | None, name: str, event: PipelineUndeployed | None,
-                          activation: uuid.UUID, pipeline_id: int) -> None:
+    async def _tries(deps: DeployerDeps, deployment_id: int | None, name: str, event: PipelineUndeployed | None,
+                     activation: uuid.UUID, pipeline_id: int) -> None:
         for attempt, delay in enumerate(DEACTIVATION_RETRY_DELAYS, 1):
             await asyncio.sleep(delay)
             try:
@@ -1484,6 +1499,12 @@ async def _restart(deps: DeployerDeps, pipeline_id: int, deployment_id: int, gat
             return
         name = f"{row['deploy_id']}-{row['id']}"
         if name in deps.backend.sets:  # a deploy while this waited started it
+            return
+        if row.get("activation") in deps.deactivations.pending:
+            # a deploy while this waited answered that this activation is made inactive (its commit's answer lost, or
+            # its replicas failed to start and the clean-up did not take): started here, they ran on under a row
+            # Deactivations then made inactive, named by no active row
+            log.info("deployment %s: not restored, being made inactive (its deploy failed)", name)
             return
         deps.failed_restores.pop(name, None)
         try:

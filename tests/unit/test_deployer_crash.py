@@ -638,3 +638,39 @@ def test_a_deploy_whose_membership_check_does_not_answer_is_a_503_that_says_so(w
         assert made.backend.sets == {} and made.store.deployments == {}
 
     asyncio.run(scenario(world))
+
+
+def test_a_restore_does_not_start_a_row_a_failed_deploy_is_making_inactive(crash, monkeypatch):
+    """Deployment 5 active as a-5 with nothing running (its restore after the deployer's start has not run yet); a
+    deploy of b meanwhile has its activation's commit answer lost (a 503 saying it may have been recorded, the row
+    made inactive in the background). The restore, reaching the pipeline before that deactivation's try, leaves the
+    row alone: once it is inactive, nothing runs. Before, the restore started b-5 from the row (it named it: the
+    commit took effect) and the deactivation then made the row inactive under it, b-5 running with no active row."""
+    monkeypatch.setattr(handlers, "DEACTIVATION_RETRY_DELAYS", (0.0,))
+    released = asyncio.Event()
+
+    async def scenario(made) -> None:
+        await _deployed_as(made, "a")
+        await made.backend.stop("a-5")  # as after a start: active, its restore still to come
+        deactivate = made.store.deactivate
+
+        async def later(*args, **kwargs):  # the background deactivation's try, once the restore ran
+            await released.wait()
+            return await deactivate(*args, **kwargs)
+
+        made.store.deactivate = later
+        made.deps.pool.fail_next = "lost"  # the deploy's first transaction
+        with pytest.raises(Unavailable, match="may have been recorded all the same"):
+            await handlers.deploy(made.deps, ALICE, "t", DeployPipeline(deploy_id="b", pipeline_version_pk_id=VERSION,
+                                                                         pipeline_id=PIPELINE))
+        assert made.store.deployments[5]["deploy_id"] == "b" and made.store.deployments[5]["active"]
+        made.backend.hold = False
+        await handlers._restart(made.deps, PIPELINE, 5, asyncio.Semaphore(1))
+        released.set()
+        await asyncio.wait_for(asyncio.gather(*made.deps.deactivations.tasks), 5)
+        assert not made.store.deployments[5]["active"]
+        assert made.backend.sets == {} and made.backend.untracked() == []
+        await _deployed_as(made, "b")  # a deploy afterwards serves
+        assert list(made.backend.sets) == ["b-5"] and made.store.deployments[5]["active"]
+
+    asyncio.run(scenario(crash))
