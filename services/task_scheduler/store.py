@@ -355,7 +355,7 @@ async def append_logs(pool: asyncpg.Pool, run_id: uuid.UUID, first_seq: int,
         return 0
     ats, streams, partials, texts = (list(column) for column in zip(*lines, strict=True))
     # `earlier` reads the statement's snapshot: the lines stored before it, not the ones it adds
-    return await pool.fetchval(
+    stored = await pool.fetchval(
         "WITH added AS (INSERT INTO run_logs (run_id, seq, at, stream, partial, line)"
         " SELECT $1, $2 + l.i::integer - 1, l.at, l.stream, l.partial, l.line"
         " FROM unnest($3::timestamptz[], $4::text[], $5::boolean[], $6::text[]) WITH ORDINALITY"
@@ -365,6 +365,14 @@ async def append_logs(pool: asyncpg.Pool, run_id: uuid.UUID, first_seq: int,
         " earlier AS (SELECT 1 FROM run_logs WHERE run_id = $1 AND seq >= $2 AND seq < $2 + cardinality($6::text[]))"
         " SELECT ((SELECT count(*) FROM added) + (SELECT count(*) FROM earlier))::integer", run_id, first_seq, ats,
         streams, partials, texts, LATE_LINES)
+    if stored < len(lines):
+        # not all: refused (the run ended LATE_LINES ago), or written meanwhile by another write of the same lines (a
+        # flush attempt given up on, left to end: runner.LogWriter._attempt) that committed after this statement
+        # began; it waited for those rows and skipped them, and its snapshot saw them in neither count (it answered 0,
+        # and the supervisor logged its run's lines refused). Counted again in a snapshot of their own
+        stored = await pool.fetchval("SELECT count(*)::integer FROM run_logs WHERE run_id = $1 AND seq >= $2"
+                                     " AND seq < $2 + $3::integer", run_id, first_seq, len(lines))
+    return stored
 
 
 async def logs_from(pool: asyncpg.Pool, run_id: uuid.UUID, first_seq: int, limit: int | None) -> list[asyncpg.Record]:

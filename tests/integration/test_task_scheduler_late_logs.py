@@ -9,6 +9,8 @@ own."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -93,3 +95,25 @@ async def test_a_batch_written_again_under_the_same_numbers_is_stored_once(sched
                        " WHERE id = $1", run_id, store.LATE_LINES + 1)
     assert await store.append_logs(pool, run_id, 2, lines("three", "four")) == 1  # late: only what was stored
     assert await stored(pool, run_id) == ["one", "two", "three"]
+
+
+async def test_a_batch_a_left_write_commits_while_it_is_written_again_is_counted_stored(scheduler_schema):
+    """A flush attempt given up on is left to end in the background (runner.LogWriter._attempt) while the next attempt
+    writes the same batch under the same numbers. That one's INSERT waits for the left write's rows and skips them
+    once it commits; those rows, committed after its statement began, were in neither of its counts (its snapshot's):
+    it answered 0 stored, so the supervisor logged that the run had ended more than LATE_LINES ago and its lines were
+    refused (for a running run whose lines were all stored), and never logged a real refusal afterwards."""
+    pool = scheduler_schema
+    run_id = await a_run(pool)
+    async with pool.acquire() as left:
+        async with left.transaction():  # the left write, its INSERT done, its commit not yet
+            assert await store.append_logs(left, run_id, 0, lines("one", "two")) == 2
+            again = asyncio.create_task(store.append_logs(pool, run_id, 0, lines("one", "two")))
+            deadline = time.monotonic() + 30
+            while not await pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                                          left.get_server_pid()):  # until the write again waits for the left one
+                assert not again.done(), again.result()
+                assert time.monotonic() < deadline, "the write again never waited for the left one's rows"
+                await asyncio.sleep(0.05)
+    assert await again == 2  # was 0
+    assert await stored(pool, run_id) == ["one", "two"]
