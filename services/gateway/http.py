@@ -304,7 +304,7 @@ def create_app(runtime: Runtime) -> FastAPI:
                 code=_opt(form, "code"), code_verifier=_opt(form, "code_verifier"),
                 redirect_uri=_opt(form, "redirect_uri"))
             if not cmd.grant_type:
-                raise InvalidRequest("grant_type is required")
+                raise InvalidRequest(_missing_grant_type(request.headers.get("content-type", "")))
             issued = await handlers.issue_token(runtime.broker, cmd, timeout)
         except RailyardError as exc:
             return error_response(exc, "oauth")
@@ -466,6 +466,17 @@ def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable) -> Calla
 def _opt(form: Any, name: str) -> str | None:
     value = form.get(name)
     return str(value) if value not in (None, "") else None
+
+
+def _missing_grant_type(content_type: str) -> str:
+    """What a token request without grant_type is told: a JSON body (requests' `json=`) is read as no form at all,
+    so it says where the fields go rather than that the grant_type it did send is missing."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return "grant_type is required"
+    return (f"grant_type is required, as a form field: the token endpoint reads an application/x-www-form-urlencoded "
+            f"body (OAuth 2.0), not {media or 'a body without a Content-Type'} (e.g. requests.post(url, data=...), "
+            "curl -d grant_type=password)")
 
 
 def _client_credentials(request: Request, form: Any) -> tuple[str, str]:

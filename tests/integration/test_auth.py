@@ -100,6 +100,19 @@ def test_bad_token_requests(stack, data, auth, status, error):
     assert response.json()["error"] == error and response.json()["error_description"]
 
 
+def test_a_json_token_request_is_told_the_endpoint_reads_a_form(stack):
+    """A script posting its fields as JSON (requests' json=) sent grant_type and was told "grant_type is required";
+    now the answer says the fields go in a form body. Nothing is issued either way."""
+    secrets = stack.secrets()
+    fields = {"grant_type": "password", "username": secrets["admin_username"], "password": secrets["admin_password"]}
+    response = _past_the_limit(lambda: httpx.post(f"{stack.base_url}{TOKEN_PATH}", json=fields, timeout=30,
+                                                  auth=(secrets["client_id"], secrets["client_secret"])))
+    assert response.status_code == 400 and response.json()["error"] == "invalid_request", response.text
+    assert "application/x-www-form-urlencoded body" in response.json()["error_description"]
+    assert "not application/json" in response.json()["error_description"]
+    assert "access_token" not in response.json()
+
+
 def test_no_client_authentication_is_401(stack):
     response = _past_the_limit(lambda: httpx.post(f"{stack.base_url}{TOKEN_PATH}",
                                                   data={"grant_type": "client_credentials"}))
