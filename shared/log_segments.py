@@ -174,7 +174,7 @@ SINK_MAX = 64 * 1024 * 1024
 """A segment is written into one buffer of its table's Arrow size plus SINK_SLACK (Parquet's own bytes: page
 headers, levels, the footer), allocated at once, instead of a stream that starts small and doubles: each doubling
 copied what was written so far into fresh memory (~4 MiB more copying and the page faults of ~8 MiB of new memory
-a 4 MiB segment; docs/performance.md item 67). Pages never written are never touched. Tables above SINK_MAX, and
+a 4 MiB segment; docs/performance.md item 68). Pages never written are never touched. Tables above SINK_MAX, and
 a segment that does not fit (not met: Parquet's output of a log table is below its Arrow size but for the slack),
 go to the growing stream."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from services.log_store.segments import TENSOR, encode_segment, unpack_schema, unpack_tensors
 from shared.arrow_codec import tensor_array
@@ -100,7 +101,7 @@ def _log_like_table(rows: int) -> pa.Table:
 def test_a_segment_is_written_into_one_buffer_allocated_at_once(monkeypatch):
     """The Parquet write goes into one buffer of the table's size (plus slack) allocated before it, not into a
     stream that starts small and doubles, copying what it holds into new memory each time (docs/performance.md
-    item 67); the bytes are the same."""
+    item 68); the bytes are the same."""
     from shared import log_segments
 
     table = _log_like_table(5000)
@@ -115,6 +116,19 @@ def test_a_segment_is_written_into_one_buffer_allocated_at_once(monkeypatch):
     assert buffer.size == len(expected)
 
 
+def _growing_streams(monkeypatch) -> list[int]:
+    """Counts the growing streams made from here on (one an entry)."""
+    made: list[int] = []
+    real = pa.BufferOutputStream
+
+    def counted(*args, **kwargs):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pa, "BufferOutputStream", counted)
+    return made
+
+
 def test_a_segment_larger_than_its_buffer_is_written_again_whole(monkeypatch):
     """A write that does not fit the buffer (Parquet's output above the table's size plus the slack) is not cut
     short: it is written again into the growing stream, and so is a table above SINK_MAX."""
@@ -122,8 +136,31 @@ def test_a_segment_larger_than_its_buffer_is_written_again_whole(monkeypatch):
 
     table = _log_like_table(3000)
     expected = encode_segment(table, row_group_rows=1024)
+    growing = _growing_streams(monkeypatch)
     monkeypatch.setattr(log_segments, "SINK_SLACK", -table.nbytes + 1000)  # room for 1,000 bytes
     assert log_segments.encode_segment_buffer(table, row_group_rows=1024).to_pybytes() == expected
+    assert len(growing) == 1
     monkeypatch.setattr(log_segments, "SINK_SLACK", 0)
     monkeypatch.setattr(log_segments, "SINK_MAX", 1000)
+
+    def allocated_at_once(size, *args, **kwargs):
+        raise AssertionError(f"{size:,} bytes allocated at once for a table above SINK_MAX")
+
+    monkeypatch.setattr(pa, "allocate_buffer", allocated_at_once)
     assert log_segments.encode_segment_buffer(table, row_group_rows=1024).to_pybytes() == expected
+    assert len(growing) == 2
+
+
+@pytest.mark.parametrize("spare", [-1, 0], ids=["one_byte_short", "its_size"])
+def test_a_buffer_one_byte_short_of_the_segment_is_not_used_and_one_of_its_size_is(monkeypatch, spare):
+    """At the buffer's edge: one byte short of the segment's Parquet (the footer's closing magic out of bounds),
+    the write fails and goes again to the growing stream, whole; with exactly its size, the one buffer holds it."""
+    from shared import log_segments
+
+    table = _log_like_table(3000)
+    expected = encode_segment(table, row_group_rows=1024)
+    growing = _growing_streams(monkeypatch)
+    monkeypatch.setattr(log_segments, "SINK_SLACK", len(expected) - table.nbytes + spare)
+    buffer = log_segments.encode_segment_buffer(table, row_group_rows=1024)
+    assert (buffer.size, buffer.to_pybytes() == expected) == (len(expected), True)
+    assert len(growing) == (1 if spare < 0 else 0)
