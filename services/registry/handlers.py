@@ -402,6 +402,23 @@ async def get_model_config(deps: RegistryDeps, principal: Principal, token: str 
     return ModelConfig(model_config=json.loads(row["model_config"]) if row["model_config"] else None)
 
 
+async def _unresolved(deps: RegistryDeps, cmd: ResolveModel, version: uuid.UUID | None) -> str:
+    """Why no version matched, as far as the caller's workspace shows it: a model and version that exist with
+    another sha were answered "not found in the workspace" before, which sent the user looking for a model that is
+    there (a definition copied with a stale or mistyped sha)."""
+    named = repr(cmd.name) if cmd.name is not None else f"id {cmd.model_id}"
+    if cmd.sha is not None:
+        other = await store.find_version(deps.pool, cmd.workspace_id, cmd.name, version, None, cmd.model_id)
+        if other is not None:
+            found = (f"model {named} version {other['model_version']} has sha {other['sha']}, not {cmd.sha!r}"
+                     if version is not None else f"no version of model {named} has sha {cmd.sha!r}")
+            return f"{found}: give the version's sha as models/list_versions lists it, or leave sha out"
+    if version is not None and await store.find_version(deps.pool, cmd.workspace_id, cmd.name, None, None,
+                                                         cmd.model_id) is not None:
+        return f"model {named} has no version {version} in the workspace (models/list_versions lists its versions)"
+    return f"model {named} (version {cmd.version or 'latest'}) not found in the workspace"
+
+
 async def resolve_model(deps: RegistryDeps, principal: Principal, token: str | None,
                         cmd: ResolveModel) -> ResolvedModel:
     if cmd.name is None and cmd.model_id is None:
@@ -412,9 +429,8 @@ async def resolve_model(deps: RegistryDeps, principal: Principal, token: str | N
     except ValueError:
         raise InvalidRequest(f"version must be a model version UUID, got {cmd.version!r}") from None
     row = await store.find_version(deps.pool, cmd.workspace_id, cmd.name, version, cmd.sha, cmd.model_id)
-    named = repr(cmd.name) if cmd.name is not None else f"id {cmd.model_id}"
     if row is None:
-        raise NotFound(f"model {named} (version {cmd.version or 'latest'}) not found in the workspace")
+        raise NotFound(await _unresolved(deps, cmd, version))
     if row["status"] != "ready":
         raise InvalidRequest(f"model {row['name']!r} version {row['model_version']} is {row['status']}"
                              + (f": {row['error']}" if row["error"] else ""))
