@@ -1267,7 +1267,13 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
             # go on serving under it
             async with pool.acquire() as conn, conn.transaction():
                 newest = await _overtaken(conn, training)
-                if newest is None and await _delivered(conn, training["id"], policy):
+                # the version it sent carried by a newer command (a swap) recorded already: closed, not recorded
+                # after that one (on_pipeline_deployed's rule, for a resume or a look finding it serving)
+                older = None if newest is not None else await _older_than_recorded(
+                    conn, deployment_id, version, training_id=training["id"])
+                if older is not None:
+                    await _close_older(conn, older)
+                elif newest is None and await _delivered(conn, training["id"], policy):
                     await _deployed_auto(conn, training, cd, new, version)
             deps.events_committed()
             if newest is not None:
@@ -1756,9 +1762,9 @@ async def on_pipeline_deployed(deps: ContinuousDeps, event: PipelineDeployed) ->
     return recorded
 
 
-async def _newer_recorded(pool: asyncpg.Pool, sent: asyncpg.Record) -> bool:
+async def _newer_recorded(pool: Any, sent: asyncpg.Record) -> bool:
     """Whether a delivery or swap that carried the same pipeline version as `sent` and was sent after it is recorded
-    (delivered_at; promoted, rolled back): see on_pipeline_deployed."""
+    (delivered_at; promoted, rolled back): see on_pipeline_deployed. `pool` a pool or a connection."""
     return bool(await pool.fetchval(
         "SELECT EXISTS (SELECT 1 FROM sent_deploys s LEFT JOIN trainings t ON t.id = s.training_id LEFT JOIN"
         " challenges c ON c.id = s.challenge_id WHERE s.deployment_id = $1 AND s.pipeline_version = $2 AND s.sent_at >"
@@ -1766,7 +1772,21 @@ async def _newer_recorded(pool: asyncpg.Pool, sent: asyncpg.Record) -> bool:
         sent["pipeline_version"], sent["sent_at"]))
 
 
-async def _close_older(pool: asyncpg.Pool, sent: asyncpg.Record) -> None:
+async def _older_than_recorded(conn: Any, deployment_id: int, version: str, *, training_id: uuid.UUID | None = None,
+                               challenge_id: uuid.UUID | None = None) -> asyncpg.Record | None:
+    """In the transaction that would record a delivery (`training_id`) or swap (`challenge_id`) serving pipeline
+    version `version`: its own sent_deploys row when a newer command that carried that version is recorded already
+    (_newer_recorded: recorded now, it would be told after that one), else None. None too when it never sent that
+    version (it found it serving at its first look: asked now, it is the newer one). Before, only the deployed
+    event's handling looked (on_pipeline_deployed): a resume or a one more look finding the version serving (the
+    newer command's deploy) recorded the older command after the newer one."""
+    own = await conn.fetchrow(
+        "SELECT * FROM sent_deploys WHERE deployment_id = $1 AND pipeline_version = $2 AND COALESCE(training_id,"
+        " challenge_id) = $3", deployment_id, version, training_id or challenge_id)
+    return own if own is not None and await _newer_recorded(conn, own) else None
+
+
+async def _close_older(pool: Any, sent: asyncpg.Record) -> None:
     """An older command whose pipeline version a newer one (a delivery or a swap) carried and recorded first
     (on_pipeline_deployed): closed unrecorded with the reason, as an overtaken one is, so that its resume does not
     record it after the newer one (its version serves): a delivery still claimed is closed (a failed one keeps its
@@ -2067,15 +2087,23 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
     async with pool.acquire() as conn, conn.transaction():  # the swap's record and its event, or neither
         await conn.execute("SELECT 1 FROM challenges WHERE id = $1 FOR UPDATE", challenge["id"])
         newest = await _swap_overtaken(conn, challenge)
-        swapped = None
+        swapped = older = None
         if newest is None:
-            # once: a decided swap still under way after STALE_SWAP (a deploy may take deploy_wait, 305 s) is
-            # resumed by another process too, and both get here; the first records it and writes the event (a
-            # failure of the other's swap recorded meanwhile is superseded: this one served)
-            swapped = await _swapped(conn, challenge, state, served, version, summary)
+            # the version it sent (a resume, a look: found serving) carried by a newer command recorded already:
+            # closed as on_pipeline_deployed closes it, not recorded after that one
+            older = await _older_than_recorded(conn, deployment_id, version, challenge_id=challenge["id"])
+            if older is not None:
+                await _close_older(conn, older)
+            else:
+                # once: a decided swap still under way after STALE_SWAP (a deploy may take deploy_wait, 305 s) is
+                # resumed by another process too, and both get here; the first records it and writes the event (a
+                # failure of the other's swap recorded meanwhile is superseded: this one served)
+                swapped = await _swapped(conn, challenge, state, served, version, summary)
     if newest is not None:
         if not looked_again:
             await _close_overtaken_swap(deps, challenge, state, evidence, newest, served, resumed)
+        return
+    if older is not None:
         return
     if not swapped:
         log.info("challenge %s of deployment %s: its swap was recorded by another process first", challenge["id"],

@@ -20,6 +20,7 @@ from tests.integration.continuous_setups import (
     NEWEST,
     decided,
     done,
+    evidence,
     make_stale,
     process,
     schema_fixture,
@@ -261,3 +262,48 @@ async def test_a_given_up_command_whose_newer_one_was_recorded_first_is_not_reco
     else:
         assert await pool.fetchval("SELECT outcome FROM trainings WHERE id = $1", training_id) == "failed"
     assert deployer.deploys == []  # nothing deployed either
+
+
+@pytest.mark.parametrize("older", ["swap", "delivery"])
+async def test_an_older_command_resumed_after_its_newer_one_was_recorded_is_not_recorded(monitoring_schema,
+                                                                                        monkeypatch, older):
+    """The older command's first deploy of v2 (the challenger alone) unanswered; the newer command (sent after it,
+    the same version) recorded by its own answer, v2 serving; then, before any event, the older one's resume
+    (STALE_SWAP later) looks, finds v2 serving and would record it as its swap or delivery done. It is closed as
+    on_pipeline_deployed closes it (the swap superseded, the delivery closed unrecorded, with the reason), not
+    recorded after the newer one. Before, only the event's handling checked for the newer record: the resume
+    recorded the older command last (promoted after the newer delivery, deployed after the newer swap)."""
+    pool = monitoring_schema
+    deployer, deps = stand_in_deployer(pool, monkeypatch, 1)
+    challenge_id = await decided(pool, "DEPLOY_AUTO")
+    training_id = uuid.uuid4()
+    if older == "swap":
+        await continuous._apply_decision(deps, await pool.fetchrow("SELECT * FROM challenges WHERE id = $1",
+                                                                    challenge_id), "promoting", evidence())
+        # the delivery (its training older than the challenge) sent after it and recorded: v2 serves
+        await done(pool, training_id, CHALLENGER, "deployed", 600, False)
+        await sent(pool, "2", 0, training_id=training_id)
+        await make_stale(pool, "challenges", "decided_at", challenge_id)
+    else:
+        await done(pool, training_id, CHALLENGER, "deployed", 600, True)
+        assert not await continuous._deliver(deps, await pool.fetchrow("SELECT * FROM trainings WHERE id = $1",
+                                                                       training_id), "DEPLOY_AUTO")
+        await pool.execute("UPDATE challenges SET state = 'promoted' WHERE id = $1", challenge_id)
+        await sent(pool, "2", 0, challenge_id=challenge_id)
+        await make_stale(pool, "trainings", "delivering_since", training_id)
+    assert deployer.deploys == [(2, 1, "unanswered")]
+    deployer.serving = 2  # the newer command's deploy landed
+
+    await continuous.resume_swaps(deps)
+    await continuous.resume_deliveries(deps)
+    assert await swapped_events(pool) == []
+    assert deployer.deploys == [(2, 1, "unanswered")]  # nothing deployed: v2 serves
+    reason = "a newer command that carried the same pipeline version was recorded first"
+    if older == "swap":
+        row = await pool.fetchrow("SELECT state, reason FROM challenges WHERE id = $1", challenge_id)
+        assert (row["state"], row["reason"]) == ("superseded", f"promote decided, but {reason}: not recorded")
+    else:
+        row = await pool.fetchrow("SELECT delivering_since, delivered_at, reason FROM trainings WHERE id = $1",
+                                  training_id)
+        assert (row["delivering_since"], row["delivered_at"], row["reason"]) == (None, None,
+                                                                                f"{reason}: not delivered")
