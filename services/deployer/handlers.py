@@ -1348,7 +1348,13 @@ class RecordRechecks(_Background):
         async def read(conn: asyncpg.Connection) -> dict[str, Any] | None:
             # under the pipeline's advisory lock, which the record's transaction held: one the server still runs (its
             # client gone) ends before the row is read
-            return await store.pipeline_deployment(conn, pipeline_id)
+            row = await store.pipeline_deployment(conn, pipeline_id)
+            if row is not None:
+                # and its active flag under the row's lock: an undeploy's deactivation (which takes no advisory lock)
+                # given up on by the undeploy (its 503) but still run by the server ends first. Read without, the row
+                # read active, the recheck started its replicas and the deactivation then committed under them
+                row["active"] = bool(await store.deployment_active(conn, row["id"]))
+            return row
 
         for attempt, delay in enumerate(DEACTIVATION_RETRY_DELAYS, 1):
             await asyncio.sleep(delay)

@@ -472,6 +472,45 @@ async def test_a_deploy_while_the_database_stopped_answering_answers_within_its_
             await deps.owed.stop()
 
 
+async def test_a_record_recheck_waits_for_an_undeploy_the_server_still_runs(stack, monkeypatch):
+    """A redeploy of a-N as b-N whose record was committed though no look could tell (a 503: a-N serves, the row names
+    b-N, a recheck owed), then an undeploy whose deactivation the server still runs, its client gone (its 503 said it
+    may be recorded): the recheck (RecordRechecks) reads the row once that deactivation ended, so it starts nothing
+    under a row made inactive, and stops a-N, which no active row names. Before, it read the row active past the
+    deactivation's row lock (it takes no advisory lock), started b-N and stopped a-N; the deactivation then committed:
+    b-N ran with no active row."""
+    monkeypatch.setattr(handlers, "DEACTIVATION_RETRY_DELAYS", (0.0,))
+    async with service_schema(stack, "deployercrash", Path("services/deployer/migrations")) as pool:
+        pipeline_id, deployment_id = await an_active_deployment(pool)
+        version_id = await pool.fetchval("SELECT pipeline_version_id FROM deployments WHERE id = $1", deployment_id)
+        made, old, name = uuid.uuid4(), f"a-{deployment_id}", f"b-{deployment_id}"
+        async with pool.acquire() as conn, conn.transaction():
+            await record(conn, activation(pipeline_id, version_id, uuid.uuid4(), "b", 1), deployment_id, name, made)
+        backend = StandInBackend()
+        backend.sets[old] = SimpleNamespace(ready=True)  # the previous set serves
+        deps = deps_over(pool, backend)
+        holder = await pool.acquire()
+        try:
+            transaction = holder.transaction()
+            await transaction.start()
+            # the undeploy's deactivation, run by the server and not committed yet
+            await holder.execute("UPDATE deployments SET active = false WHERE id = $1", deployment_id)
+            deps.rechecks.owe(deps, pipeline_id, deployment_id, old, made)
+            holder_pid = holder.get_server_pid()
+            for _ in range(100):  # until the recheck waits for the row (or, not waiting, ended)
+                if all(task.done() for task in deps.rechecks.tasks) or await pool.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", holder_pid):
+                    break
+                await asyncio.sleep(0.1)
+            await transaction.commit()
+        finally:
+            await pool.release(holder)
+        await asyncio.wait_for(asyncio.gather(*deps.rechecks.tasks), 20)
+        assert name not in backend.started, "the recheck started replicas under a row made inactive"
+        assert backend.sets == {} and backend.stopped == [old]
+        assert not (await store.deployment(pool, deployment_id))["active"]
+
+
 async def _inactive(row: Callable[[], Awaitable[dict | None]]) -> bool:
     found = await row()
     return found is not None and not found["active"]

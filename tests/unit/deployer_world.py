@@ -69,6 +69,10 @@ class MemoryStore:
         row = self.deployments.get(deployment_id)
         return None if row is None else dict(row)
 
+    async def deployment_active(self, conn, deployment_id):
+        row = self.deployments.get(deployment_id)
+        return None if row is None else row["active"]
+
     async def active_deployments(self, pool):
         return [dict(row) for row in self.deployments.values() if row["active"]]
 
