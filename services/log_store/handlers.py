@@ -148,14 +148,16 @@ class Batch:
 
 class Held(NamedTuple):
     """A batch left unacknowledged for its deployment's announcement: when it was last held (monotonic), its bytes,
-    the deployment its subject names, the reply subject of its last delivery (to ask it back by) and the workspace
-    and pipeline its header names (`Ingestor.note_held`)."""
+    the deployment its subject names, the reply subject of its last delivery (to ask it back by), the workspace
+    and pipeline its header names and the consumer sequence of that delivery (`Ingestor.note_held`; None: unknown,
+    and then nothing is noted)."""
 
     at: float
     size: int
     deployment: str
     reply: str | None
     owner: tuple[int, str]
+    delivery: int | None = None
 
 
 @dataclass
@@ -290,6 +292,10 @@ class Ingestor:
         self.announced_names: set[str] | None = set()
         self.noted: dict[str, str] | None = None  # the held note last written to the consumer (`note_held`)
         self.noted_at = 0.0
+        # the consumer sequences of the latest unbroken run of deliveries this process received (`saw`): from the first
+        # (None: broken, a delivery of unknown sequence) to the last. A gap is a delivery to another process
+        self.deliveries_from: int | None = None
+        self.last_delivery = 0
         if deployments is not None:
             deployments.on_recorded = self.announced
         self.holding_bytes = 0
@@ -358,6 +364,7 @@ class Ingestor:
                 await asyncio.sleep(0.5)
                 continue
             if msgs:
+                self.saw(msgs)
                 # at most ~8 MiB per fetch: the server cuts off a client that falls far behind its socket
                 average = sum(len(m.data) for m in msgs) / len(msgs)
                 self.fetch_batch = max(1, min(1024, int(FETCH_BYTES // max(average, 1))))
@@ -369,6 +376,18 @@ class Ingestor:
                             or len(pending) >= 20_000):
                 await self.flush_with_retry(pending)
                 pending, size = [], 0
+
+    def saw(self, msgs: list[Any]) -> None:
+        """Deliveries this process received, in the order the server sent them: the run of consumer sequences with no
+        gap (`deliveries_from`..`last_delivery`) goes on, or starts again after one (`note_held`)."""
+        for msg in msgs:
+            delivery = _consumer_seq(msg)
+            if delivery is None:
+                self.deliveries_from, self.last_delivery = None, 0
+            elif delivery != self.last_delivery + 1 or self.deliveries_from is None:
+                self.deliveries_from, self.last_delivery = delivery, delivery
+            else:
+                self.last_delivery = delivery
 
     def announced(self, name: str) -> None:
         """The deployer's announcement of deployment `name` was recorded (Deployments.record): the batches of it held
@@ -411,24 +430,33 @@ class Ingestor:
         every other message is acknowledged and the workspace and pipeline each held batch's header names, so that
         the assay runner, which reads the consumer's ack floor to know the log complete, waits only for batches
         held for its own window's pipeline (a held batch holds the floor, one number for the whole stream, and so
-        every assay before). Called by the loop with nothing fetched unflushed: when the consumer's unacknowledged
-        messages are exactly as many as this process holds, they are these, and every message it has delivered is
-        acknowledged but them. Otherwise (another log store process's batches in flight, a held batch gone from the
-        stream) nothing is noted: the note written last stays true, and windows wait for the floor. At most every
-        HELD_NOTE_EVERY seconds, written only when it changed."""
+        every assay before). Called by the loop with nothing fetched unflushed. Written only when the consumer's
+        unacknowledged messages are these held batches and nothing else, which the count alone does not say (a held
+        batch stored by another process after a redelivery, or gone from the stream, while as many others are in
+        flight elsewhere, counts the same): so also when every delivery the consumer made since the held batches'
+        were made was to this process (their consumer sequences and the ones after up to the consumer's last run
+        on with no gap: no other process got one of them back, nor has anything of those in flight) and none lies
+        below the stream's first sequence (gone at its age cap). Otherwise nothing is noted: the note written
+        last stays true, and windows wait for the floor. At most every HELD_NOTE_EVERY seconds, written only when it
+        changed."""
         now = time.monotonic()
         if now - self.noted_at < HELD_NOTE_EVERY:
             return
         self.noted_at = now
-        # a held batch comes back at least every UNKNOWN_RETRY_MAX: one not seen for twice that has left the stream
-        # (its age or size cap) and must not stand for another's message in the count below. Counting too few
-        # errs the safe way: no note
+        # a held batch comes back at least every UNKNOWN_RETRY_MAX: one not seen for twice that was stored by another
+        # process or has left the stream; an older one still unacknowledged makes the counts differ (no note)
         fresh = {seq: held for seq, held in self.holding.items() if now - held.at < HELD_FRESH}
-        if not fresh:
+        if not fresh or self.deliveries_from is None or any(
+                held.delivery is None or held.delivery < self.deliveries_from for held in fresh.values()):
             return
         try:
             info = await self.js.consumer_info(subjects.INFERENCE_LOGS_STREAM, subjects.INFERENCE_LOGS_DURABLE)
-            if info.num_ack_pending != len(fresh) or info.delivered is None:
+            if info.num_ack_pending != len(fresh) or info.delivered is None \
+                    or info.delivered.consumer_seq != self.last_delivery:
+                return
+            # asked after the consumer: a held batch gone at the age cap before its count was taken lies below it
+            stream = await self.js.stream_info(subjects.INFERENCE_LOGS_STREAM)
+            if min(fresh) < int(stream.state.first_seq or 0):
                 return
             held: dict[tuple[int, str], int] = {}
             for seq, batch in fresh.items():
@@ -656,7 +684,7 @@ class Ingestor:
                     continue
                 size = len(batch.msg.data or b"")
                 self.holding[seq] = Held(time.monotonic(), size, subject, getattr(batch.msg, "reply", None),
-                                         (batch.workspace_id, batch.pipeline))
+                                         (batch.workspace_id, batch.pipeline), _consumer_seq(batch.msg))
                 self.holding_bytes += size
                 held.add(id(batch.msg))
                 self.held += 1
@@ -704,6 +732,15 @@ def _stream_seq(msg: Any) -> int:
         return int(msg.metadata.sequence.stream)
     except (AttributeError, TypeError, ValueError):
         return id(msg)
+
+
+def _consumer_seq(msg: Any) -> int | None:
+    """The consumer sequence of the message's delivery (each delivery, a redelivery too, has its own); None when
+    unknown."""
+    try:
+        return int(msg.metadata.sequence.consumer)
+    except (AttributeError, TypeError, ValueError):
+        return None
 
 
 def _retry_delay(msg: Any) -> float:
