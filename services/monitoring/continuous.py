@@ -1897,13 +1897,20 @@ class DeliveryResumer(Sweeper):
         return self.deps.base.pool
 
     async def sweep(self) -> None:
-        try:
-            await resume_deliveries(self.deps)
-        finally:  # a failed delivery sweep does not hold the swaps back, nor the prune
+        # a failed delivery sweep does not hold the swaps back, nor the prune: each runs, the first failure is raised
+        # at the end (a later one logged here). Not after a cancel (the service stopping): chained by `finally`, a
+        # stop during the deliveries' resumes ran the swaps' (deploys waited for up to deploy_wait, 305 s) and the
+        # prune before the stop could end
+        failure: Exception | None = None
+        for step in (resume_deliveries, resume_swaps, prune_sent_deploys):
             try:
-                await resume_swaps(self.deps)
-            finally:
-                await prune_sent_deploys(self.deps)
+                await step(self.deps)
+            except Exception as exc:
+                if failure is not None:
+                    log.exception(self.failure)
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
 
 SETTLED_DELIVERY = (
