@@ -360,6 +360,69 @@ def reversed_rows(table: pa.Table) -> pa.Table:
     return table.take(pa.Array.from_buffers(pa.int64(), len(indices), [None, pa.py_buffer(indices)]))
 
 
+def concat_pages(tables: list[pa.Table]) -> pa.Table:
+    """Pages of one read (the log store's, docs/logs.md: a page never mixes schemas, the next one may have
+    another) as one table. Types Arrow promotes by itself (int and float, a null column, a column a page lacks,
+    tensors of other sizes) are promoted; a column whose types it cannot (a float tensor against a bool one: a
+    request a model took as another type) is cast to a type holding them all: numbers (booleans, integers, floats)
+    as floats, tensors as lists of that, text as strings, and anything else as its values' JSON text. Before, one
+    such row made every read of the pipeline's logs fail."""
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    seen: dict[str, list[Any]] = {}
+    for table in tables:
+        for field in table.schema:
+            kinds = seen.setdefault(field.name, [])
+            if field.type not in kinds and not pa.types.is_null(field.type):
+                kinds.append(field.type)
+    targets: dict[str, Any] = {}
+    for name, kinds in seen.items():
+        if len(kinds) < 2:
+            continue
+        try:
+            pa.unify_schemas([pa.schema([pa.field(name, kind)]) for kind in kinds], promote_options="permissive")
+        except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            targets[name] = _common_type(kinds)
+    cast = []
+    for table in tables:
+        for name, target in targets.items():
+            index = table.schema.get_field_index(name)
+            if index >= 0:
+                table = table.set_column(index, name, _cast_column(table.column(index), target))
+        cast.append(table)
+    return pa.concat_tables(cast, promote_options="permissive")
+
+
+def _common_type(kinds: list[Any]) -> Any:
+    """A type every one of `kinds` casts to without losing a value, or None (then: JSON text)."""
+    types = pa.types
+    if all(types.is_boolean(k) or types.is_integer(k) or types.is_floating(k) for k in kinds):
+        floats = [k for k in kinds if types.is_floating(k)]
+        if floats and not any(types.is_integer(k) for k in kinds):
+            return max(floats, key=lambda k: k.bit_width)  # a bool is exact in any float
+        return pa.float64()
+    if all(types.is_list(k) or types.is_large_list(k) or types.is_fixed_size_list(k) for k in kinds):
+        inner = _common_type(list({k.value_type: None for k in kinds if not types.is_null(k.value_type)}) or
+                             [pa.null()])
+        if inner is None:
+            return None
+        sizes = {k.list_size if types.is_fixed_size_list(k) else None for k in kinds}
+        return pa.list_(inner, sizes.pop()) if len(sizes) == 1 and None not in sizes else pa.list_(inner)
+    if all(types.is_string(k) or types.is_large_string(k) or
+           (types.is_dictionary(k) and types.is_string(k.value_type)) for k in kinds):
+        return pa.string()
+    return None
+
+
+def _cast_column(column: pa.ChunkedArray, target: Any) -> pa.ChunkedArray:
+    if target is not None:
+        return column.cast(target, safe=False)  # chosen to hold every value (an int64 above 2**53 rounds)
+    texts = [None if value is None else json.dumps(value, default=str) for value in column.to_pylist()]
+    return pa.chunked_array([pa.array(texts, pa.string())], pa.string())
+
+
 def records_to_table(records: list[dict[str, Any]]) -> pa.Table:
     """Row objects as an Arrow table."""
     try:

@@ -365,7 +365,9 @@ class Pipeline(Resource):
         """The newest `limit` logged inferences (all of them with `limit=None`) between `start` and `end`,
         oldest first, as a DataFrame (or an Arrow table with `arrow=True`); pages through the server's cursor.
         Columns are `time` (UTC datetimes in a DataFrame, epoch milliseconds in Arrow), `in.<input>`,
-        `out.<output>`, `metadata.*` (and shadow/A-B columns)."""
+        `out.<output>`, `metadata.*` (and shadow/A-B columns). Rows logged with another type of a column (a new
+        pipeline version, a bool tensor a float model took) join the others: numbers as floats, tensors as lists
+        of them, anything else as JSON text."""
         if limit is not None and limit < 1:
             raise InvalidInput("limit must be at least 1 (or None for every row)")
         body: dict[str, Any] = {"pipeline_id": self.name, "workspace_id": self.workspace_id, "order": "Desc"}
@@ -393,7 +395,7 @@ class Pipeline(Resource):
         if not tables:  # (pa.nulls and reversed_rows: pa.array would import pandas, for `railyard pipelines logs`)
             table = pa.table({"time": pa.nulls(0, pa.int64())})
         else:
-            table = data.reversed_rows(pa.concat_tables(tables, promote_options="permissive"))  # pages newest first
+            table = data.reversed_rows(data.concat_pages(tables))  # pages newest first
         return table if arrow else data.to_frame(table)
 
     # --- assays -----------------------------------------------------------------------------------------
