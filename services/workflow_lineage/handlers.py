@@ -530,10 +530,18 @@ def file_path(path: str) -> str:
 
 
 def folder_path(folder: str) -> str:
-    """A normalized folder: absolute and ending with '/'."""
+    """A normalized folder: absolute and ending with '/' (given with or without it). Refused in a folder's words:
+    file_path's "name a file (no trailing '/')" told a user listing folder 'models' to drop a slash they had
+    not written."""
     if folder in ("", "/"):
         return "/"
-    return file_path(folder.rstrip("/")) + "/"
+    if not folder.startswith("/") or len(folder) > MAX_PATH or "\x00" in folder:
+        raise InvalidRequest(f"folder {folder!r} must start with '/' (e.g. '/models/run1', '/' for the top), hold no"
+                             f" NUL character and be at most {MAX_PATH} characters")
+    inner = folder.rstrip("/")
+    if not inner or any(p in ("", ".", "..") for p in inner.split("/")[1:]):
+        raise InvalidRequest(f"folder {folder!r} has an empty, '.' or '..' segment")
+    return inner + "/"
 
 
 async def put_workspace_file(deps: Deps, principal: Principal, token: str | None,

@@ -71,6 +71,18 @@ def test_folder_paths():
     assert folder_path("/models/") == "/models/"
     with pytest.raises(InvalidRequest):
         folder_path("/models/../x")
+    assert folder_path("/models//") == "/models/"
+
+
+@pytest.mark.parametrize(("folder", "said"), [
+    ("models", "folder 'models' must start with '/'"), ("/a\x00", "must start with '/'"),
+    ("//", "folder '//' has an empty, '.' or '..' segment"), ("/a//b/", "has an empty, '.' or '..' segment"),
+])
+def test_a_refused_folder_is_told_in_a_folders_words(folder, said):
+    """files/list's folder 'models' was told "name a file (no trailing '/')", a slash it had not written."""
+    with pytest.raises(InvalidRequest) as refused:
+        folder_path(folder)
+    assert said in str(refused.value) and "name a file" not in str(refused.value)
 
 
 ROW = {"id": 7, "number": 3, "title": "After labeling", "description": None,
