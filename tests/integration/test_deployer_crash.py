@@ -15,18 +15,18 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from services.deployer import handlers, store
 from shared import subjects
-from shared.db import create_pool, load_migrations, migrate
+from shared.db import load_migrations, migrate
 from shared.errors import InvalidRequest, Unavailable
 from shared.messages.deployer import DeployPipeline
 from shared.messages.engine import ReplicaDeployment, ReplicaSpec, ReplicaStep
 from tests.integration import conftest
 from tests.integration.conftest import service_schema
+from tests.integration.pg_proxy import FreezingProxy, through_a_proxy
 from tests.integration.test_deployer_list_queries import WORKSPACE as LISTED
 from tests.integration.test_deployer_list_queries import make_pipeline
 from tests.unit.deployer_world import ALICE
@@ -220,68 +220,11 @@ async def test_an_undeploy_whose_row_is_locked_is_a_503_within_the_request_timeo
         assert stopped == [f"a-{deployment_id}"] and not (await store.deployment(pool, deployment_id))["active"]
 
 
-class FreezingProxy:
-    """A TCP proxy to the stack's PostgreSQL that stops passing bytes either way while `frozen`: a server that took the
-    connection and stopped answering (stopped, a network partition), the cancel requests asyncpg sends it included."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.upstream = (host, port)
-        self.thawed = asyncio.Event()
-        self.thawed.set()
-        self.writers: list[asyncio.StreamWriter] = []
-        self.freeze_after: bytes | None = None  # frozen once bytes with these passed to the server (they do)
-
-    def freeze_once_sent(self, marker: bytes) -> None:
-        """Freeze right after the server is sent bytes holding `marker` (a COMMIT: it is committed, unanswered)."""
-        self.freeze_after = marker
-
-    def freeze(self) -> None:
-        self.thawed.clear()
-
-    def thaw(self) -> None:
-        self.thawed.set()
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, to_server: bool) -> None:
-        with contextlib.suppress(OSError, asyncio.CancelledError):
-            while data := await reader.read(65536):
-                await self.thawed.wait()
-                writer.write(data)
-                if to_server and self.freeze_after is not None and self.freeze_after in data:
-                    self.freeze_after = None
-                    self.freeze()  # in the step it was written: its answer is not passed back
-                await writer.drain()
-        writer.close()
-
-    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        self.writers += [writer, up_writer]
-        await asyncio.gather(self._pump(reader, up_writer, to_server=True),
-                             self._pump(up_reader, writer, to_server=False))
-
-    @contextlib.asynccontextmanager
-    async def serving(self) -> AsyncIterator[int]:
-        server = await asyncio.start_server(self._connected, "127.0.0.1", 0)
-        try:
-            yield server.sockets[0].getsockname()[1]
-        finally:
-            self.thaw()
-            server.close()
-            for writer in self.writers:
-                writer.close()
-
-
 @contextlib.asynccontextmanager
 async def frozen_later(stack, pool) -> AsyncIterator[tuple[FreezingProxy, object]]:
     """A FreezingProxy and a pool through it on `pool`'s schema, one connection of it open (taken and answered before
-    the server stops answering)."""
-    settings = stack.settings().postgres
-    parts = urlsplit(settings.dsn)
-    proxy = FreezingProxy(parts.hostname, parts.port)
-    async with proxy.serving() as port:
-        userinfo = parts.netloc.rpartition("@")[0]
-        dsn = urlunsplit(parts._replace(netloc=f"{userinfo}@127.0.0.1:{port}"))
-        proxied = await create_pool(settings.model_copy(update={"dsn": dsn}), await pool.fetchval(
-            "SELECT current_schema()"))
+    the server stops answering); the deployer's work given up on ended once the server answers again."""
+    async with through_a_proxy(stack, pool) as (proxy, proxied):
         try:
             assert await proxied.fetchval("SELECT 1") == 1
             yield proxy, proxied
@@ -292,7 +235,6 @@ async def frozen_later(stack, pool) -> AsyncIterator[tuple[FreezingProxy, object
                     break
                 await asyncio.sleep(0.1)
             assert not getattr(handlers, "_LEFT", ()), handlers._LEFT
-            await asyncio.wait_for(proxied.close(), 30)
 
 
 async def test_an_undeploy_while_the_database_stopped_answering_is_a_503_within_the_request_timeout(stack):
