@@ -671,8 +671,36 @@ def _matches(row: Any, flt: VersionFilter) -> bool:
     return False
 
 
+def _check_filter(flt: VersionFilter) -> None:
+    """A filter whose value can never be the field's (number = "abc", title = 5) matched nothing and answered an
+    empty list, as if the project had no such version; checked before any row (a project without versions too)."""
+    values = flt.value if flt.operator == "in" and isinstance(flt.value, list) else [flt.value]
+    if flt.operator == "in" and not isinstance(flt.value, list):
+        raise InvalidRequest("the 'in' operator needs a list value")
+    if flt.operator == "contains":
+        return
+    for value in values:
+        if flt.field in ("id", "number") and (not isinstance(value, int) or isinstance(value, bool)):
+            raise InvalidRequest(f"filter on {flt.field} needs an integer, got {value!r}")
+        if flt.field in ("title", "description", "created_by") and not isinstance(value, str) and \
+                not (value is None and flt.operator in ("=", "!=", "in")):
+            raise InvalidRequest(f"filter on {flt.field} needs a string, got {value!r}")
+        if flt.field == "created_at" and not _iso_time(value):
+            raise InvalidRequest(f"filter on created_at needs an ISO 8601 time, got {value!r}")
+
+
+def _iso_time(value: Any) -> bool:
+    from datetime import datetime
+    try:
+        return isinstance(value, str) and datetime.fromisoformat(value.replace("Z", "+00:00")) is not None
+    except ValueError:
+        return False
+
+
 async def list_versions(deps: Deps, principal: Principal, token: str | None,
                         cmd: ListProjectVersions) -> ProjectVersions:
+    for flt in cmd.filters:
+        _check_filter(flt)
     await _project(deps, principal, token, cmd.project_id)
     rows = await store.versions_of(deps.pool, cmd.project_id)
     return ProjectVersions(versions=[_version_info(r) for r in rows if all(_matches(r, f) for f in cmd.filters)])

@@ -410,6 +410,14 @@ def test_bad_input_is_4xx_and_stores_nothing(stack, alice):
     assert wrong_schema.status_code == 400 and "schema" in wrong_schema.json()["msg"]
     assert upload_rows(stack, alice, table, b"\x00garbage", ARROW_FILE).status_code == 400
     assert upload_rows(stack, alice, table, b"[]", "application/json", mode="sideways").status_code == 400
+    # a filter whose value can never be the field's was an empty list (200), as if no version matched
+    for flt, said in (({"field": "number", "operator": "=", "value": "abc"}, "filter on number needs an integer"),
+                      ({"field": "id", "operator": "in", "value": [1, "2"]}, "filter on id needs an integer"),
+                      ({"field": "title", "operator": "=", "value": 5}, "filter on title needs a string"),
+                      ({"field": "created_at", "operator": "=", "value": 5}, "needs an ISO 8601 time")):
+        refused = post(stack, "projects/list_versions", alice.token,
+                       {"project_id": made["project"]["id"], "filters": [flt]})
+        assert refused.status_code == 400 and said in refused.json()["msg"], (flt, refused.text)
     after = ok(post(stack, "projects/get", alice.token, {"project_id": made["project"]["id"]}))["content_sha256"]
     assert after == before
 

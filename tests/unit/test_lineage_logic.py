@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.workflow_lineage import manifest
-from services.workflow_lineage.handlers import _matches, file_path, folder_path
+from services.workflow_lineage.handlers import _check_filter, _matches, file_path, folder_path
 from shared.errors import InvalidRequest
 from shared.messages.lineage import (
     GetWorkflowGraph,
@@ -95,7 +95,24 @@ ROW = {"id": 7, "number": 3, "title": "After labeling", "description": None,
     ("created_at", "<", "2026-01-03T00:00:00Z", True), ("created_at", ">", "2026-01-03T00:00:00+00:00", False),
 ])
 def test_version_filters(field, operator, value, expected):
+    _check_filter(VersionFilter(field=field, operator=operator, value=value))  # every filter here is a good one
     assert _matches(ROW, VersionFilter(field=field, operator=operator, value=value)) is expected
+
+
+@pytest.mark.parametrize(("field", "operator", "value"), [
+    ("description", "=", None), ("description", "in", ["a", None]), ("title", "contains", 5), ("created_by", "=", "u1"),
+])
+def test_filters_of_the_fields_type_are_taken(field, operator, value):
+    _check_filter(VersionFilter(field=field, operator=operator, value=value))
+
+
+@pytest.mark.parametrize(("field", "operator", "value"), [
+    ("number", "=", "3"), ("number", ">", True), ("id", "in", [1, None]), ("title", "<", None),
+    ("created_at", ">", 20260101), ("created_at", "=", "yesterday"), ("number", "in", 3),
+])
+def test_filters_no_value_of_the_field_could_match_are_refused(field, operator, value):
+    with pytest.raises(InvalidRequest):
+        _check_filter(VersionFilter(field=field, operator=operator, value=value))
 
 
 def test_version_filters_refuse_bad_values():
