@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 ENV_PREFIX = "RAILYARD_"
 ENV_NESTED_DELIMITER = "__"
 COMMAND_DRAIN_TIMEOUT = 15.0  # seconds a stopping service drains the bus commands it took (shared/service.py)
+TASK_STOP_TIMEOUT = 20.0  # seconds a task scheduler's stop takes at most (services/task_scheduler/scheduler.py)
 
 
 class NatsSettings(BaseModel):

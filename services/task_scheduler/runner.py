@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
@@ -43,6 +44,8 @@ from shared.sandbox import (
 
 log = logging.getLogger("railyard.task_scheduler.runner")
 
+T = TypeVar("T")
+
 MAX_LINE = 16 * 1024
 KILLED = "killed (task/kill)"
 FLUSH_SECONDS = 0.2
@@ -53,6 +56,7 @@ FINAL_FLUSH_SECONDS = 30.0  # how long the end of a run retries writing its last
 FLUSH_BACKOFF = 0.1  # the first wait between two attempts, doubled each time up to FLUSH_BACKOFF_MAX
 FLUSH_BACKOFF_MAX = 2.0
 PUMP_WAIT = 10.0  # seconds the end of a run waits for the rest of its output (a child may hold the pipes open)
+TERM_GRACE = 5.0  # seconds a stopped run's process (a kill, its timeout, a stop) has after its SIGTERM before SIGKILL
 CHUNK = 64 * 1024
 
 # Errors a retry may get past: the connection lost or refused, the server restarting or out of connections, a
@@ -181,7 +185,24 @@ class LogWriter:
         write.result()
 
 
-_LEFT: set[asyncio.Task] = set()  # flush attempts given up on, cancelled, ending in the background
+_LEFT: set[asyncio.Task] = set()  # flush attempts (and `bounded` steps) given up on, ending in the background
+
+
+async def bounded(step: Awaitable[T], seconds: float, what: str) -> T:
+    """`step` run as a task of its own and waited for at most `seconds` with asyncio.wait, for the reasons
+    LogWriter._attempt says (neither asyncio.wait_for nor asyncio.timeout): past it, or when the caller is cancelled,
+    it is cancelled and left to end in the background (a query on a connection whose server stopped answering ends
+    only once the server answers asyncpg's cancel request), and TimeoutError names `what`. Its result otherwise, or
+    its exception."""
+    task = asyncio.ensure_future(step)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=max(seconds, 0.0))
+    finally:
+        if not task.done():
+            _leave(task)
+    if not done:
+        raise TimeoutError(f"{what}: no answer within {seconds:.3g} s")
+    return task.result()
 
 
 def _leave(write: asyncio.Task) -> None:
@@ -277,7 +298,7 @@ async def execute(plan: RunPlan, writer: LogWriter, kill: asyncio.Event) -> RunO
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)  # the launcher kills the whole sandbox
             try:
-                await asyncio.wait_for(asyncio.shield(waited), 5)
+                await asyncio.wait_for(asyncio.shield(waited), TERM_GRACE)
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()

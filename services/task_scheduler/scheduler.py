@@ -48,6 +48,7 @@ from services.task_scheduler.fetch_orchestration import download_verified
 from services.task_scheduler.handlers import Deps
 from shared.errors import RailyardError
 from shared.outbox import Outbox
+from shared.settings import TASK_STOP_TIMEOUT
 
 log = logging.getLogger("railyard.task_scheduler.scheduler")
 
@@ -59,6 +60,11 @@ DUE_SLACK = 0.02
 # the shortest sleep after a pass: a point still due right after one is another process's at that moment (a task
 # row it holds, SKIP LOCKED) or past a batch, and is looked at again this soon, not in a spin
 MIN_SLEEP = 0.1
+# A stop takes at most TASK_STOP_TIMEOUT (20 s; the embedded stack gives the service that plus the services' grace,
+# shared/embedded/stack.py): the loop's last pass, its connection's release and the outbox's last send each at most
+# STOP_STEP, the runs the rest (at least 14 s: a run's process may take runner.TERM_GRACE after its SIGTERM, then its
+# last lines and its end are written)
+STOP_STEP = 2.0
 
 
 def sleep_for(to_next_due: float | None, tick: float, own_beat_in: float | None) -> float:
@@ -144,20 +150,39 @@ class Scheduler:
                 await asyncio.to_thread(runner.cleanup, folder / str(run_id))
 
     async def stop(self) -> None:
-        """Stop scheduling; runs in progress are stopped and recorded as failed (a restart would find them lost)."""
+        """Stop scheduling; runs in progress are stopped and recorded as failed (a restart would find them lost).
+        Within TASK_STOP_TIMEOUT, PostgreSQL answering or not: each step that waits for it is bounded (runner.bounded)
+        and what is left unrecorded is the lost-run step's (a run failed as its supervisor's, an event sent at a
+        start). Before, the stop waited 15 s for its runs alone, and for the loop's pass, the connection's release,
+        the beats and the outbox as long as the server took, while the embedded stack killed it after 5 s: a run
+        whose process ignored its SIGTERM was left 'running' with no record of the stop."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TASK_STOP_TIMEOUT
         self._stop.set()
         self._wake.set()
         if self._loop is not None:
-            await self._loop
-        await self._drop_connection()
+            await self._stop_step(self._loop, "the scheduler's last pass")
+        conn = self._conn
+        if not await self._stop_step(self._drop_connection(), "releasing the scheduler's connection"):
+            conn.terminate()  # the server drops its LISTEN with it
         for event in self.kills.values():
             event.set()
         if self.runs:
-            await self._runs_ended(15)
+            await self._runs_ended(deadline - STOP_STEP - loop.time())
         if self.installing is not None:
             self.installing.cancel()
         if self._outbox_task is not None:  # the stopped runs' events: sent now if the bus takes them, else at a start
-            await self.outbox.stop(self._outbox_task)
+            await self._stop_step(self.outbox.stop(self._outbox_task), "the outbox's last send")
+
+    @staticmethod
+    async def _stop_step(step: Awaitable[Any], what: str) -> bool:
+        """A step of a stop, at most STOP_STEP; False when it was left (cancelled, ending in the background)."""
+        try:
+            await runner.bounded(step, STOP_STEP, what)
+        except TimeoutError as exc:
+            log.warning("stopping: %s", exc)
+            return False
+        return True
 
     async def _runs_ended(self, within: float) -> None:
         """Wait up to `within` seconds for the runs being stopped to end (a run's process may take its SIGTERM's 5 s,
@@ -168,6 +193,7 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         supervising = list(self.runs.values())  # each ends once its end is recorded (in self.runs until then)
+        pending = set(supervising)
         while (left := deadline - loop.time()) > 0:
             _, pending = await asyncio.wait(supervising, timeout=min(left, self.deps.settings.heartbeat_interval / 2))
             if not pending:
@@ -175,13 +201,16 @@ class Scheduler:
             asked = list(self.runs)
             if not asked:
                 continue
-            try:
-                async with asyncio.timeout(max(deadline - loop.time(), 0.1)):
-                    beaten = await store.beat_runs(self.deps.pool, asked, self.identity)
+            try:  # bounded by the stop's deadline even on a server that stopped answering (runner.bounded)
+                beaten = await runner.bounded(store.beat_runs(self.deps.pool, asked, self.identity),
+                                              deadline - loop.time(), "beating the runs still ending")
             except Exception as exc:  # noqa: BLE001 - the stop goes on; a run not beaten may be taken as lost
                 log.warning("stopping: could not beat the runs still ending: %s", exc)
             else:
                 self._taken_over(asked, beaten)
+        if pending:
+            log.warning("stopping: %d run(s) still ending after %.0f s, left to the lost-run step: %s", len(pending),
+                        within, ", ".join(str(run_id) for run_id in self.runs))
 
     async def _forever(self) -> None:
         settings = self.deps.settings

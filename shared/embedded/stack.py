@@ -36,7 +36,7 @@ from typing import IO
 from shared import __version__, sched_hint, subjects
 from shared.embedded import servers
 from shared.embedded.servers import Secrets, ServerSpec, StackError
-from shared.settings import COMMAND_DRAIN_TIMEOUT, Settings
+from shared.settings import COMMAND_DRAIN_TIMEOUT, TASK_STOP_TIMEOUT, Settings
 
 STABLE_AFTER = 10.0  # a child that ran this long is restarted at once if it dies
 FIRST_BACKOFF = 0.2
@@ -382,10 +382,15 @@ class EmbeddedStack:
         """Seconds service `name` has to stop before its process group is killed. The deployer's stop hook drains
         its engine replicas (every set at once, each replica killed past `deployer.stop_timeout`) and they publish the
         log rows they hold, after its command drain (up to COMMAND_DRAIN_TIMEOUT while a deploy waits for its
-        replicas), so its grace is the two together, at least the services' own grace more than the timeout; every
-        other service has the services' grace."""
+        replicas), so its grace is the two together, at least the services' own grace more than the timeout. The task
+        scheduler's stop stops its runs and records their end within TASK_STOP_TIMEOUT (services/task_scheduler/
+        scheduler.py), which its grace adds to the services' (before: the services' 5 s, and a run whose process
+        ignored its SIGTERM had its scheduler killed before the stop was recorded). Every other service has the
+        services' grace."""
         if name == "deployer":
             return self.settings.deployer.stop_timeout + max(self.cfg.stop_grace, COMMAND_DRAIN_TIMEOUT)
+        if name == "task_scheduler":
+            return TASK_STOP_TIMEOUT + self.cfg.stop_grace
         return self.cfg.stop_grace
 
     def check_stop(self) -> None:
