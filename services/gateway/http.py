@@ -445,7 +445,7 @@ def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable) -> Calla
             command = route.model.model_validate(payload)
         except ValidationError as exc:
             raise InvalidRequest(validation_message(exc.errors())) from None
-        refuse_booleans_as_numbers(payload, command)
+        json_body.refuse_booleans_as_numbers(payload, command)
         if route.encoded:
             return Response(await request_encoded(runtime.broker, route.subject, command, token=bearer_token(request),
                                                   timeout=route.wait(runtime.settings), reply_model=route.reply),
@@ -462,29 +462,6 @@ def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable) -> Calla
 
     endpoint.__name__ = route.subject.replace(".", "_")
     return endpoint
-
-
-def refuse_booleans_as_numbers(payload: Any, validated: Any, place: str = "") -> None:
-    """A JSON true or false where the command has a number: pydantic (lax) reads them as 1 and 0, so
-    `{"workspace_id": true}` listed workspace 1's models and `{"id": false}` asked for model 0. A 400 naming the
-    field, as for any other wrong type. Walks the body beside what it validated into (nested models and lists of
-    them); a field of type Any or bool keeps the boolean itself and is left alone."""
-    if isinstance(payload, dict) and isinstance(validated, BaseModel):
-        fields = type(validated).model_fields
-        for key, value in payload.items():
-            if key in fields:
-                _refuse_boolean_at(value, getattr(validated, key, None), f"{place}.{key}" if place else key)
-    elif isinstance(payload, list) and isinstance(validated, list) and len(payload) == len(validated):
-        for index, (value, kept) in enumerate(zip(payload, validated, strict=True)):
-            _refuse_boolean_at(value, kept, f"{place}.{index}")
-
-
-def _refuse_boolean_at(value: Any, kept: Any, place: str) -> None:
-    if isinstance(value, bool):
-        if type(kept) in (int, float):
-            raise InvalidRequest(f"{place}: Input should be a valid number, not {str(value).lower()}")
-    elif isinstance(value, (dict, list)):
-        refuse_booleans_as_numbers(value, kept, place)
 
 
 def _opt(form: Any, name: str) -> str | None:

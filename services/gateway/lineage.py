@@ -235,6 +235,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 def _validated(model: Any, body: dict[str, Any]) -> Any:
     try:
-        return model.model_validate(body)
+        command = model.model_validate(body)
     except ValidationError as exc:
         raise InvalidRequest(validation_message(exc.errors())) from None
+    json_body.refuse_booleans_as_numbers(body, command)
+    return command

@@ -1,4 +1,4 @@
-"""A JSON true/false where a command has a number is a 400 naming the field (services/gateway/http.py
+"""A JSON true/false where a command has a number is a 400 naming the field (services/gateway/json_body.py
 refuse_booleans_as_numbers), not read as 1 or 0: `{"workspace_id": true}` was workspace 1 (its models for a member,
 "workspace 1 not found" for anyone else). Unit cases: tests/unit/test_gateway_boolean_numbers.py."""
 
@@ -15,6 +15,7 @@ def test_booleans_for_numbers_are_refused_over_http(stack, alice):
     for path, body, said in (
             ("models/list", {"workspace_id": True}, "workspace_id: Input should be a valid number, not true"),
             ("models/get", {"id": False}, "id: Input should be a valid number, not false"),
+            ("datasets/get_rows", {"dataset_id": True}, "dataset_id: Input should be a valid number, not true"),
             ("assays/create", {"name": "a", "pipeline_id": 1, "pipeline_name": "p", "iopath": "output y 0",
                                "alert_threshold": 0.25,
                                "workspace_id": alice.workspace_id, "summarizer": {"num_bins": True},

@@ -1,5 +1,5 @@
 """The gateway's JSON command routes refuse a JSON true/false where the command has a number
-(services/gateway/http.py refuse_booleans_as_numbers): pydantic's lax mode reads them as 1 and 0, so
+(services/gateway/json_body.py refuse_booleans_as_numbers): pydantic's lax mode reads them as 1 and 0, so
 `{"workspace_id": true}` listed workspace 1's models. Fields that are booleans or free-form (Any) keep theirs."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from services.gateway.http import refuse_booleans_as_numbers
+from services.gateway.json_body import refuse_booleans_as_numbers
 from shared.errors import InvalidRequest
 from shared.messages.assays import SetAssayActive
 
