@@ -42,6 +42,7 @@ from typing import Any
 
 import asyncpg
 from croniter import croniter
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from services.task_scheduler import packaging, runner, store
 from services.task_scheduler.fetch_orchestration import download_verified
@@ -65,6 +66,8 @@ MIN_SLEEP = 0.1
 # STOP_STEP, the runs the rest (at least 14 s: a run's process may take runner.TERM_GRACE after its SIGTERM, then its
 # last lines and its end are written)
 STOP_STEP = 2.0
+END_ATTEMPT_SECONDS = 5.0  # one attempt at recording a run's end (a server that stopped answering): tried again
+END_RECORD_SECONDS = 30.0  # how long a run's end record is retried before it is left to the lost-run step
 
 
 def sleep_for(to_next_due: float | None, tick: float, own_beat_in: float | None) -> float:
@@ -409,8 +412,15 @@ class Scheduler:
                 outcome = runner.RunOutcome("failure", outcome.exit_code,
                                             "stopped: its task scheduler process shut down")
             self.ending.add(run_id)
-            if await store.finish_run(self.deps.pool, run_id, self.identity, outcome.status, outcome.exit_code,
-                                      outcome.reason):
+            try:
+                recorded = await self._record_end(run_id, outcome)
+            except Exception as exc:  # noqa: BLE001 - never raised out of the task, whose exception nobody reads
+                log.warning("run %s: its end (%s%s) could not be recorded (%s: %s): it stays 'running' until a"
+                            " scheduler's lost-run step fails it, %.0f s after its last heartbeat", run_id,
+                            outcome.status, f", {outcome.reason}" if outcome.reason else "", type(exc).__name__, exc,
+                            self.deps.settings.supervisor_lost_after)
+                return
+            if recorded:
                 self.events_committed()
             log.info("run %s: %s%s", run_id, outcome.status, f" ({outcome.reason})" if outcome.reason else "")
         finally:
@@ -419,6 +429,22 @@ class Scheduler:
             self.lost.discard(run_id)
             self.ending.discard(run_id)
             self.wake()  # this process has room again
+
+    async def _record_end(self, run_id: uuid.UUID, outcome: runner.RunOutcome) -> bool:
+        """store.finish_run, retried on a transient error (runner.TRANSIENT) with backoff for END_RECORD_SECONDS, each
+        attempt given up at END_ATTEMPT_SECONDS (runner.bounded); the run is beaten meanwhile (it is in self.runs).
+        An attempt whose commit was applied but whose answer was lost makes the next one find the run ended (False):
+        nothing is recorded twice. Before, one failure (PostgreSQL restarting at the run's end) raised out of the
+        run's task, never read, and the run was left to the lost-run step at once."""
+        async def attempt() -> bool:
+            return await runner.bounded(store.finish_run(self.deps.pool, run_id, self.identity, outcome.status,
+                                                   outcome.exit_code, outcome.reason),
+                                  END_ATTEMPT_SECONDS, "recording a run's end")
+
+        return await AsyncRetrying(
+            stop=stop_after_delay(END_RECORD_SECONDS),
+            wait=wait_exponential(multiplier=runner.FLUSH_BACKOFF, max=runner.FLUSH_BACKOFF_MAX),
+            retry=retry_if_exception_type(runner.TRANSIENT), reraise=True)(attempt)
 
     async def _run(self, row: asyncpg.Record) -> runner.RunOutcome:
         deps = self.deps
