@@ -407,8 +407,11 @@ def create_app(runtime: Runtime) -> FastAPI:
         body = {"file_name": upload.filename or str(metadata.get("name", "model")), **metadata, "staged_key": staged}
         try:
             command = reg.UploadModel.model_validate(body)
-        except ValidationError as exc:
+            json_body.refuse_booleans_as_numbers(metadata, command, "metadata")
+        except (ValidationError, InvalidRequest) as exc:
             await objects.delete(BUCKET_ARTIFACTS, staged)
+            if isinstance(exc, InvalidRequest):
+                raise
             raise InvalidRequest(validation_message(exc.errors(), "metadata")) from None
         try:
             return await handlers.forward(runtime.broker, subjects.REGISTRY_MODELS_UPLOAD, command,

@@ -4,6 +4,9 @@ refuse_booleans_as_numbers), not read as 1 or 0: `{"workspace_id": true}` was wo
 
 from __future__ import annotations
 
+import json
+
+import httpx
 import pytest
 
 from tests.integration.conftest import post
@@ -27,6 +30,17 @@ def test_booleans_for_numbers_are_refused_over_http(stack, alice):
         refused = post(stack, path, alice.token, body)
         assert refused.status_code == 400, (path, refused.text)
         assert refused.json() == {"code": "invalid_request", "msg": said}
+    # multipart uploads' JSON metadata (a model, an orchestration zip)
+    for path, name in (("models/upload_and_convert", "m.onnx"), ("orchestration/upload", "o.zip")):
+        metadata = {"name": "boolean", "workspace_id": True, "visibility": "private",
+                    "conversion": {"framework": "onnx", "python_version": "3.8", "requirements": []}}
+        if path == "orchestration/upload":
+            metadata = {"workspace_id": True, "name": "boolean"}
+        refused = httpx.post(f"{stack.api}/{path}", headers={"Authorization": f"Bearer {alice.token}"}, timeout=60,
+                             files={"metadata": (None, json.dumps(metadata), "application/json"),
+                                    "file": (name, b"whatever", "application/octet-stream")})
+        assert refused.status_code == 400, (path, refused.text)
+        assert refused.json()["msg"] == "metadata.workspace_id: Input should be a valid number, not true"
     # a boolean field keeps its boolean: this reaches the service (no such assay)
     assert post(stack, "assays/set_active", alice.token, {"id": 987654, "active": False}).status_code == 404
     listed = post(stack, "models/list", alice.token, {"workspace_id": alice.workspace_id})
