@@ -121,7 +121,8 @@ async def start(runtime: Runtime) -> None:
                     what="pipeline events", rows=store)
     deps = handlers.DeployerDeps(pool=runtime.db, broker=broker, backend=backend,
                                  membership=lambda token: bus_membership(broker, token, timeout),
-                                 public_url=public_url.rstrip("/"), timeout=timeout, events_committed=outbox.wake)
+                                 public_url=public_url.rstrip("/"), timeout=timeout, events_committed=outbox.wake,
+                                 lock_wait=handlers.deploy_lock_wait(settings))
     outbox_task = asyncio.create_task(outbox.run())
     runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, outbox=outbox, outbox_task=outbox_task)
     runtime.extras["restore"] = await handlers.restore_deployments(deps)

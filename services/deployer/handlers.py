@@ -4,13 +4,14 @@ deployments and their engine replicas."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import re
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -52,6 +53,7 @@ from shared.messages.deployer import (
 )
 from shared.messages.engine import ReplicaDeployment, ReplicaSpec, ReplicaStep
 from shared.messages.registry import ResolvedModel, ResolveModel
+from shared.settings import Settings, deploy_wait
 
 RESTORE_CONCURRENCY = 2
 DEPLOYMENT_FAILED = "deployment_failed"  # the 503's code for a deployment whose restore failed
@@ -86,6 +88,8 @@ class DeployerDeps:
     deactivations: Deactivations = field(default_factory=lambda: Deactivations())
     # redeploys whose record's outcome nothing could tell: what runs made what the row names, in the background
     rechecks: RecordRechecks = field(default_factory=lambda: RecordRechecks())
+    # seconds a deploy waits for the pipeline's lock (_deploy_lock): app.py's from the settings (deploy_lock_wait)
+    lock_wait: float = field(default_factory=lambda: deploy_lock_wait(Settings()))
 
     def pipeline_lock(self, pipeline_id: int) -> PipelineLock:
         """One deploy or undeploy of a pipeline at a time in this process. Commands are handled several at once
@@ -269,8 +273,15 @@ async def create_pipeline(deps: DeployerDeps, principal: Principal, token: str |
     require_user(principal)
     _check_name(cmd.pipeline_id, "pipeline name")
     _check_definition(cmd.definition)
-    await require_member(deps.membership(token), principal, cmd.workspace_id)
-    return await _create_version(deps, principal, cmd.workspace_id, cmd.pipeline_id, cmd.definition)
+
+    async def create() -> PipelineCreated:
+        await require_member(deps.membership(token), principal, cmd.workspace_id)
+        return await _create_version(deps, principal, cmd.workspace_id, cmd.pipeline_id, cmd.definition)
+
+    # a write: given up on, its commit may still take effect; created again, the same definition makes no new version
+    return await _answered_in_time(deps, f"pipelines/create of {cmd.pipeline_id!r}", create(), maybe=(
+        " (the version may have been created all the same: creating it again is safe, a definition the same as the"
+        " pipeline's latest version's makes no new version)"))
 
 
 async def _create_version(deps: DeployerDeps, principal: Principal, workspace_id: int, name: str,
@@ -344,6 +355,12 @@ async def list_pipelines(deps: DeployerDeps, principal: Principal, token: str | 
                          limit: int | None = None, cursor: str | None = None) -> Pipelines:
     """A workspace's pipelines, oldest first: all of them, or a page (shared/paging.py; the cursor is the last id)."""
     after = paging.after(cursor, "pipelines/list")
+    return await _answered_in_time(deps, f"pipelines/list of workspace {workspace_id}", _list_pipelines(
+        deps, principal, token, workspace_id, after, limit))
+
+
+async def _list_pipelines(deps: DeployerDeps, principal: Principal, token: str | None, workspace_id: int,
+                          after: int | None, limit: int | None) -> Pipelines:
     await require_member(deps.membership(token), principal, workspace_id)
     # a page reads its own rows (and one more: whether another page follows), not the whole list each time
     rows = await store.pipelines_in(deps.pool, workspace_id, after, None if limit is None else limit + 1)
@@ -383,7 +400,11 @@ async def list_pipelines(deps: DeployerDeps, principal: Principal, token: str | 
 async def get_pipeline(deps: DeployerDeps, principal: Principal, token: str | None, pipeline_id: int,
                        versions_cursor: str | None = None) -> PipelineRecord:
     before = paging.after(versions_cursor, "pipelines/get (versions_cursor)")
-    return await _pipeline_record(deps, await _pipeline_for(deps, principal, token, pipeline_id), before)
+
+    async def read() -> PipelineRecord:
+        return await _pipeline_record(deps, await _pipeline_for(deps, principal, token, pipeline_id), before)
+
+    return await _answered_in_time(deps, f"pipelines/get of pipeline {pipeline_id}", read())
 
 
 LIST_READ_AHEAD = 128
@@ -612,7 +633,7 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
         return deployed_event(deployment_id, name, pipeline["id"], pipeline["workspace_id"], version["version"],
                               pipeline["name"])
 
-    async with deps.pipeline_lock(pipeline["id"]):
+    async with _deploy_lock(deps, pipeline["id"]):
         seen: dict[str, Any] = {}  # what the first transaction read, should it not answer
 
         async def first() -> tuple[dict[str, Any] | None, str | None, bool, int]:
@@ -755,6 +776,41 @@ connection and stopped answering held the deploy, and the pipeline's lock, until
 answered 504 after its ~305 s while the deploy went on."""
 
 
+DEPLOY_IN_PROGRESS = "deploy_in_progress"  # the 409's code for a deploy or undeploy held up by another of its pipeline
+
+
+def deploy_lock_wait(settings: Settings) -> float:
+    """Seconds a deploy waits for the pipeline's lock while another deploy (or an undeploy, the start's restore of its
+    deployment, a record recheck) holds it (_deploy_lock): what its caller's wait (shared.settings.deploy_wait) leaves
+    after the deploy's own work: its reads and model lookups before (the request timeout), its database steps once it
+    has the lock (three of DEPLOY_STEP_ANSWERS_WITHIN) and its replicas' start (deployer.ready_timeout); at least the
+    undeploy's wait (UNDEPLOY_LOCK_WAIT). 228 s with the defaults (305 - 5 - 12 - 60)."""
+    request = settings.nats.request_timeout
+    own = request + 3 * DEPLOY_STEP_ANSWERS_WITHIN * request + settings.deployer.ready_timeout
+    return max(deploy_wait(settings) - own, UNDEPLOY_LOCK_WAIT * request)
+
+
+@contextlib.asynccontextmanager
+async def _deploy_lock(deps: DeployerDeps, pipeline_id: int) -> AsyncIterator[None]:
+    """The pipeline's lock for a deploy, waited for at most deps.lock_wait, else a 409 deploy_in_progress that changes
+    nothing. Before, a deploy behind another one of the pipeline (whose replicas take up to deployer.ready_timeout to
+    serve, each) waited as long as that took: two or more of them queued, its caller got a 504 after its wait while
+    the deploy went on, and deployed later over whatever the caller did next."""
+    lock = deps.pipeline_lock(pipeline_id)
+    try:
+        # awaited in this task (as undeploy's): cancelled, asyncio.Lock passes the lock on
+        async with asyncio.timeout(deps.lock_wait):
+            await lock.acquire()
+    except TimeoutError:
+        raise Conflict(f"another deploy or undeploy of pipeline {pipeline_id} (or its restore after a deployer "
+                       f"restart) is under way and did not end within {deps.lock_wait:g} s; nothing of this deploy "
+                       "was made: deploy again when it finishes", code=DEPLOY_IN_PROGRESS) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _failure(deps: DeployerDeps, exc: BaseException) -> str:
     """How the database failed a deploy's step, for its 503."""
     if isinstance(exc, _NotAnswered):
@@ -782,6 +838,32 @@ async def _deploy_step(deps: DeployerDeps, pipeline_id: int, work: Awaitable[_T]
                           f"{asked if isinstance(exc, _NotAnswered) else 'the database'} {failure};"
                           f" nothing of it runs, and what served before serves as before{maybe}. Deploy again once"
                           " the database answers") from None
+
+
+READ_ANSWERS_WITHIN = 0.8
+"""Of the request timeout: the work of pipelines/create, pipelines/get, pipelines/list, status/get_deployment,
+admin/get_pipeline_external_url and the route of a deployment (deployments/resolve: the gateway's, monitoring's and
+lineage's) answers within it, its membership check and its database reads (and create's write), or the command is a
+503 unavailable (_answered_in_time). Their callers wait the request timeout (the gateway's Route.wait; the resolve's
+requests): before, a database that took the connection and stopped answering held each for the pool's own timeouts
+(60 s to connect, 30 s a command) or until it answered again, the caller got a 504 (a timeout) after the request
+timeout while the deployer went on, and the lost answer could not tell a slow database from a lost deployer."""
+
+
+async def _answered_in_time(deps: DeployerDeps, what: str, work: Awaitable[_T], *, maybe: str = "") -> _T:
+    """What `work` (a command's reads, `what` names it) answers within READ_ANSWERS_WITHIN of the request timeout;
+    else, or when the database failed it (DATABASE_ERRORS), a 503 unavailable that says which (the work given up on
+    is cancelled and left to end, _answered_within). A read changes nothing; `maybe`: what a write given up on may
+    have done all the same."""
+    try:
+        return await _answered_within(deps.timeout * READ_ANSWERS_WITHIN, work)
+    except (TimeoutError, *DATABASE_ERRORS) as exc:
+        log.warning("%s: 503 (%r)", what, exc)
+        failure = (f"the database (or the membership check) did not answer within "
+                   f"{deps.timeout * READ_ANSWERS_WITHIN:g} s" if isinstance(exc, _NotAnswered) else
+                   f"the database failed ({type(exc).__name__})")
+        raise Unavailable(f"{what} was not answered: {failure}{maybe}. Ask again once the database answers"
+                          ) from None
 
 
 def _undeployed_of(pipeline, before: dict[str, Any] | None) -> PipelineUndeployed | None:
@@ -927,7 +1009,8 @@ async def _deployment_for(deps: DeployerDeps, principal: Principal, token: str |
 
 async def deployment_status(deps: DeployerDeps, principal: Principal, token: str | None,
                             name: str) -> DeploymentStatus:
-    row = await _deployment_for(deps, principal, token, name)
+    row = await _answered_in_time(deps, f"status/get_deployment of {echo(name)}",
+                                  _deployment_for(deps, principal, token, name))
     if not row["active"]:
         return DeploymentStatus(status="Stopped", details=[], engines=[], engine_lbs=[], sidekicks=[])
     failure = _restore_failure(deps, name)
@@ -981,7 +1064,7 @@ async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, 
             if waits_until >= deadline:
                 raise _NotAnswered("the pipeline's lock") from None
             raise Conflict(f"a deploy of pipeline {pipeline_id} is in progress: retry the undeploy when it "
-                           "finishes", code="deploy_in_progress") from None
+                           "finishes", code=DEPLOY_IN_PROGRESS) from None
         name = await _answered_within(deadline - loop.time(), _undeploy_row(deps, pipeline, deployment_id))
     except (TimeoutError, *DATABASE_ERRORS) as exc:
         if lock is not None:
@@ -1073,11 +1156,14 @@ async def _deactivated(deps: DeployerDeps, deployment_id: int, name: str, error:
 
 async def external_url(deps: DeployerDeps, principal: Principal, token: str | None, workspace_id: int,
                        pipeline_name: str) -> ExternalUrl:
-    await require_member(deps.membership(token), principal, workspace_id)
-    pipeline = await store.pipeline_by_name(deps.pool, workspace_id, pipeline_name)
-    if pipeline is None:
-        raise NotFound(f"pipeline {echo(pipeline_name)} not found")
-    active = await store.active_deployment(deps.pool, pipeline["id"])
+    async def read() -> Any:
+        await require_member(deps.membership(token), principal, workspace_id)
+        pipeline = await store.pipeline_by_name(deps.pool, workspace_id, pipeline_name)
+        if pipeline is None:
+            raise NotFound(f"pipeline {echo(pipeline_name)} not found")
+        return await store.active_deployment(deps.pool, pipeline["id"])
+
+    active = await _answered_in_time(deps, f"admin/get_pipeline_external_url of {echo(pipeline_name)}", read())
     if active is None:
         raise NotFound(f"pipeline {echo(pipeline_name)} is not deployed")
     return ExternalUrl(url=f"{deps.public_url}/v1/api/pipelines/infer/{active['deploy_id']}-{active['id']}/"
@@ -1088,9 +1174,13 @@ async def resolve_deployment(deps: DeployerDeps, principal: Principal, token: st
                              name: str) -> DeploymentRoute:
     """For the gateway: where a deployment's inferences go. Members (user tokens) and the workspace's own
     inference tokens only; anyone else gets the answer a deployment that does not exist gets."""
-    row = await _deployment_for(deps, principal, token, name, check_member=False)
-    await require_inference_access(deps.membership(token), principal, row["workspace_id"],
-                                   deployment_not_found(name))
+    async def read() -> Any:
+        row = await _deployment_for(deps, principal, token, name, check_member=False)
+        await require_inference_access(deps.membership(token), principal, row["workspace_id"],
+                                       deployment_not_found(name))
+        return row
+
+    row = await _answered_in_time(deps, f"the route of deployment {echo(name)}", read())
     if not row["active"]:
         raise NotFound(f"deployment {echo(name)} is not deployed")
     failure = _restore_failure(deps, name)

@@ -1,0 +1,93 @@
+"""What the deployer's commands wait for, bounded under what their callers wait: a read's (and pipelines/create's)
+membership check and database reads (handlers.READ_ANSWERS_WITHIN, a 503; the integration test
+test_deployer_read_bounds.py freezes PostgreSQL itself), and a deploy's wait for its pipeline's lock while another
+deploy of it runs (DeployerDeps.lock_wait, a 409 deploy_in_progress)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.deployer import handlers
+from shared.errors import Conflict, Unavailable
+from shared.messages.deployer import CreatePipeline, DeployPipeline
+from shared.settings import DeployerSettings, NatsSettings, Settings
+from tests.unit.deployer_world import ALICE, PIPELINE, VERSION, WORKSPACE, _deploy, _deployed_as, _until, make_world
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    return make_world(tmp_path, monkeypatch)
+
+
+ROUTES = ["get", "list", "status", "resolve", "external_url", "create"]
+
+
+def _read(deps, route: str):
+    return {
+        "get": lambda: handlers.get_pipeline(deps, ALICE, "t", PIPELINE),
+        "list": lambda: handlers.list_pipelines(deps, ALICE, "t", WORKSPACE),
+        "status": lambda: handlers.deployment_status(deps, ALICE, "t", "a-5"),
+        "resolve": lambda: handlers.resolve_deployment(deps, ALICE, "t", "a-5"),
+        "external_url": lambda: handlers.external_url(deps, ALICE, "t", WORKSPACE, "p"),
+        "create": lambda: handlers.create_pipeline(deps, ALICE, "t", CreatePipeline(
+            workspace_id=WORKSPACE, pipeline_id="q", definition={"steps": []})),
+    }[route]()
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_a_read_whose_membership_check_does_not_answer_is_a_503_within_its_bound(world, route):
+    """The membership check (a request to auth, up to the request timeout, the caller's whole wait) does not answer:
+    the command is a 503 that names it, within READ_ANSWERS_WITHIN of the request timeout. Before, it waited the
+    check's own timeout, as long as the gateway waits: the caller got a 504."""
+
+    async def scenario(world) -> None:
+        await _deployed_as(world, "a")
+        world.deps.timeout = 0.1
+
+        async def silent(user_id, workspace_id):
+            await asyncio.Event().wait()
+
+        world.deps.membership = lambda token: silent
+        with pytest.raises(Unavailable, match=r"the database \(or the membership check\) did not answer within "
+                                              r"0\.08 s") as unavailable:
+            await asyncio.wait_for(_read(world.deps, route), 2)
+        assert unavailable.value.code == "unavailable" and unavailable.value.status == 503
+        assert list(world.store.pipelines) == [PIPELINE]  # create: nothing created
+
+    asyncio.run(scenario(world))
+
+
+def test_a_deploy_behind_another_deploy_of_its_pipeline_past_its_lock_wait_is_a_409_that_changes_nothing(world):
+    """A redeploy holds the pipeline's lock while its replicas load (up to deployer.ready_timeout); a second deploy
+    waits for it at most DeployerDeps.lock_wait, then is a 409 deploy_in_progress that changes nothing (the first
+    goes on and serves). Before, it waited as long as the first took, past its caller's wait (a 504), and deployed
+    later anyway."""
+
+    async def scenario(world) -> None:
+        await _deployed_as(world, "a")
+        world.deps.lock_wait = 0.1
+        redeploy = _deploy(world, "b")
+        await _until(lambda: world.backend.waiting, "the redeploy starts its replicas")
+        with pytest.raises(Conflict) as refused:
+            await asyncio.wait_for(handlers.deploy(world.deps, ALICE, "t", DeployPipeline(
+                deploy_id="c", pipeline_version_pk_id=VERSION, pipeline_id=PIPELINE)), 2)
+        assert refused.value.code == "deploy_in_progress" and refused.value.status == 409
+        assert "did not end within 0.1 s" in refused.value.msg and "deploy again when it finishes" in refused.value.msg
+        assert world.deps.pipeline_lock(PIPELINE).waiting == 0
+        world.backend.waiting.pop()[1].set_result(None)
+        await redeploy
+        assert list(world.backend.sets) == ["b-5"] and world.store.deployments[5]["deploy_id"] == "b"
+        assert not world.deps.pipeline_lock(PIPELINE).locked()
+
+    asyncio.run(scenario(world))
+
+
+def test_a_deploys_lock_wait_is_what_its_callers_wait_leaves_after_its_own_work():
+    """deploy_lock_wait: the caller's wait (shared.settings.deploy_wait, 305 s with the defaults) less the request
+    timeout (reads, model lookups), three bounded database steps and the replicas' ready_timeout; never below the
+    undeploy's half request timeout (a ready_timeout that leaves nothing)."""
+    assert handlers.deploy_lock_wait(Settings()) == pytest.approx(305 - 5 - 3 * 0.8 * 5 - 60)
+    long = Settings(deployer=DeployerSettings(ready_timeout=600.0), nats=NatsSettings(request_timeout=4.0))
+    assert handlers.deploy_lock_wait(long) == pytest.approx(2.0)
