@@ -413,15 +413,17 @@ class Scheduler:
                                             "stopped: its task scheduler process shut down")
             self.ending.add(run_id)
             try:
-                recorded = await self._record_end(run_id, outcome)
+                await self._record_end(run_id, outcome)  # False: the run was ended already (below)
             except Exception as exc:  # noqa: BLE001 - never raised out of the task, whose exception nobody reads
                 log.warning("run %s: its end (%s%s) could not be recorded (%s: %s): it stays 'running' until a"
                             " scheduler's lost-run step fails it, %.0f s after its last heartbeat", run_id,
                             outcome.status, f", {outcome.reason}" if outcome.reason else "", type(exc).__name__, exc,
                             self.deps.settings.supervisor_lost_after)
                 return
-            if recorded:
-                self.events_committed()
+            # woken even when this record found the run ended: an earlier attempt whose answer was lost (or that was
+            # left past END_ATTEMPT_SECONDS) may have committed the run's end and its event; before, that event waited
+            # for the outbox's IDLE round (a minute)
+            self.events_committed()
             log.info("run %s: %s%s", run_id, outcome.status, f" ({outcome.reason})" if outcome.reason else "")
         finally:
             self.runs.pop(run_id, None)

@@ -20,6 +20,7 @@ import pytest
 
 from services.task_scheduler import runner, scheduler, store
 from services.task_scheduler.scheduler import Scheduler
+from shared.outbox import Outbox
 from shared.settings import TaskSettings
 from tests.integration.conftest import service_schema
 from tests.integration.pg_proxy import through_a_proxy
@@ -111,3 +112,32 @@ async def test_a_run_end_the_database_does_not_answer_is_left_to_the_lost_run_st
             await other.fail_lost(conn)
         recorded, reason = await status(pool, run_id)
         assert recorded == "failure" and "supervising the run died" in reason, reason
+
+
+async def test_an_end_whose_answer_was_lost_has_its_event_sent_now(pool, tmp_path, monkeypatch):
+    """The first finish_run commits the run's end and its outbox row, and its answer is lost (the connection reset
+    after the COMMIT): the retry finds the run ended (False). The outbox is woken all the same; before, only a True
+    record woke it, and the event committed by the first attempt waited for the outbox's IDLE round (a minute)."""
+    finish_run = store.finish_run
+    answers: list[bool] = []
+
+    async def answer_lost(*args):
+        recorded = await finish_run(*args)
+        answers.append(recorded)
+        if len(answers) == 1:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return recorded
+
+    monkeypatch.setattr(store, "finish_run", answer_lost)
+    supervisor = scheduler_on(Ended, pool, tmp_path, NAME, SETTINGS, start=False)
+    supervisor.outbox = Outbox(pool, supervisor.deps.publish, event_types=store.EVENT_TYPES, order_field="run_id",
+                               what="task run events", rows=store)  # its loop not running: `woken` is what it reads
+    run_id = await a_supervised_run(pool, supervisor=NAME)
+    task = supervise(supervisor, run_id)
+    await asyncio.wait({task}, timeout=30)
+    assert task.done() and task.exception() is None
+    assert answers == [True, False]  # the retry found the run ended: nothing recorded twice
+    assert await status(pool, run_id) == ("success", None)
+    events = await pool.fetchval("SELECT count(*) FROM outbox WHERE payload->>'run_id' = $1", str(run_id))
+    assert events == 1
+    assert supervisor.outbox.woken.is_set(), "the committed run-ended event was left for the outbox's IDLE round"
