@@ -1326,10 +1326,11 @@ class _Background:
         self.tasks: set[asyncio.Task] = set()
         self.stopped = False
 
-    def _start(self, work: Coroutine[Any, Any, None], name: str) -> None:
+    def _start(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task:
         task = asyncio.create_task(work, name=name)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
     async def stop(self) -> None:
         tasks = list(self.tasks)
@@ -1413,16 +1414,32 @@ class RecordRechecks(_Background):
     (DEACTIVATION_RETRY_DELAYS); the deployer's stop cancels what is left (the next start's restore starts what the row
     names)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        # the rechecks under way, in the order they were owed: each redeploy's activation -> its previous set (`old`)
+        self.pending: dict[uuid.UUID, str] = {}
+
     def owe(self, deps: DeployerDeps, pipeline_id: int, deployment_id: int, old: str, activation: uuid.UUID) -> None:
         if self.stopped:
             log.warning("deployment %s: whether its redeploy was recorded is left to the next start's restore"
                         " (stopping)", old)
             return
-        self._start(self._recheck(deps, pipeline_id, deployment_id, old, activation),
-                    f"deployer.record_recheck.{activation}")
+        self.pending[activation] = old
+        task = self._start(self._recheck(deps, pipeline_id, deployment_id, old, activation),
+                           f"deployer.record_recheck.{activation}")
+        task.add_done_callback(lambda _: self.pending.pop(activation, None))
 
-    @staticmethod
-    async def _recheck(deps: DeployerDeps, pipeline_id: int, deployment_id: int, old: str,
+    def _left_to_a_later_one(self, old: str, activation: uuid.UUID) -> bool:
+        """Whether a recheck owed after this one (`activation`'s) has the same previous set `old`: a redeploy of `old`
+        again, while this one's recheck had not decided, whose record no look could tell either. That one decides what
+        of `old` runs (it stops it once its own replicas serve, or leaves it serving when they do not start or its
+        database never answers): stopped here because the row names the later redeploy, `old` left the row active with
+        nothing running until that recheck started its replicas, and for good if it never did."""
+        owed = list(self.pending.items())
+        mine = next((index for index, (made, _) in enumerate(owed) if made == activation), len(owed))
+        return any(previous == old for _, previous in owed[mine + 1:])
+
+    async def _recheck(self, deps: DeployerDeps, pipeline_id: int, deployment_id: int, old: str,
                        activation: uuid.UUID) -> None:
         def recorded(row: dict[str, Any] | None) -> bool:
             return row is not None and row["id"] == deployment_id and row["active"] and \
@@ -1462,6 +1479,9 @@ class RecordRechecks(_Background):
                             await RecordRechecks._start_recorded(deps, row, old)
                             return
                         if left_running(row):
+                            if self._left_to_a_later_one(old, activation):
+                                log.info("deployment %s: left to the recheck of a later redeploy of it", old)
+                                return
                             await RecordRechecks._stop_left(deps, row, old)
                             return
             except Exception as exc:

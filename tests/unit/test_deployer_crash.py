@@ -674,3 +674,56 @@ def test_a_restore_does_not_start_a_row_a_failed_deploy_is_making_inactive(crash
         assert list(made.backend.sets) == ["b-5"] and made.store.deployments[5]["active"]
 
     asyncio.run(scenario(crash))
+
+
+def test_a_recheck_leaves_the_previous_set_to_a_later_rechecks_of_the_same_set(crash, monkeypatch):
+    """Two redeploys of a-5 whose records no look could tell (two 503s, a-5 serving through both): b's was refused,
+    c's committed (the row names c-5, nothing of it runs). b's recheck (RecordRechecks) reads the row first: not its
+    activation, and a-5 runs while the row names c-5; but c's recheck, still to read, decides about a-5 (it starts c-5,
+    then stops a-5). b's leaves a-5 serving; c's then swaps it for c-5. Before, b's stopped a-5 at once: the row active
+    with nothing running until c's recheck started c-5, and for good if that start failed or its database never
+    answered (c's would have left a-5 serving)."""
+    monkeypatch.setattr(handlers, "DEACTIVATION_RETRY_DELAYS", (0.0,))
+    gates: dict[str, asyncio.Event] = {}
+
+    async def scenario(made) -> None:
+        pipeline_deployment, unanswered = made.store.pipeline_deployment, [1, 2, 3]
+
+        async def away(conn, pipeline_id):
+            if made.deps.pool.failed and unanswered:  # a redeploy's record failed: none of its looks answered
+                unanswered.pop()
+                raise ConnectionRefusedError("the database is away")
+            task = asyncio.current_task().get_name()
+            if task.startswith("deployer.record_recheck"):  # each recheck's reads wait for the test
+                await gates.setdefault(task, asyncio.Event()).wait()
+            return await pipeline_deployment(conn, pipeline_id)
+
+        made.store.pipeline_deployment = away
+        redeploy, old, new = await _redeploying(made, "b", "refused")
+        with pytest.raises(Unavailable, match="not known whether"):
+            await redeploy
+        assert made.backend.sets == {"a-5": old} and made.store.deployments[5]["deploy_id"] == "a"
+        newer = asyncio.create_task(handlers.deploy(made.deps, ALICE, "t", DeployPipeline(
+            deploy_id="c", pipeline_version_pk_id=NEW, pipeline_id=PIPELINE)))
+        await _until(lambda: made.backend.waiting, "the second redeploy starts its replicas")
+        c_set, answer = made.backend.waiting.pop()
+        made.deps.pool.failed.clear()
+        unanswered[:] = [1, 2, 3]
+        made.deps.pool.fail_next = "lost"
+        answer.set_result(None)
+        with pytest.raises(Unavailable, match="not known whether"):
+            await newer
+        assert made.backend.sets == {"a-5": old} and made.store.deployments[5]["deploy_id"] == "c"
+        await _until(lambda: len(gates) == 2, "both rechecks read the row")
+        first, second = sorted(made.deps.rechecks.tasks, key=lambda t: list(gates).index(t.get_name()))
+        gates[first.get_name()].set()
+        await asyncio.wait_for(first, 5)
+        assert made.backend.sets == {"a-5": old} and not old.stopping  # left to c's recheck
+        made.backend.hold = False
+        gates[second.get_name()].set()
+        await asyncio.wait_for(second, 5)
+        assert list(made.backend.sets) == ["c-5"] and old.stopping
+        assert [s.name for s in made.backend.started].count("c-5") == 2  # the redeploy's, the recheck's
+        assert made.backend.untracked() == []
+
+    asyncio.run(scenario(crash))
