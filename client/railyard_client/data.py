@@ -364,9 +364,10 @@ def concat_pages(tables: list[pa.Table]) -> pa.Table:
     """Pages of one read (the log store's, docs/logs.md: a page never mixes schemas, the next one may have
     another) as one table. Types Arrow promotes by itself (int and float, a null column, a column a page lacks,
     tensors of other sizes) are promoted; a column whose types it cannot (a float tensor against a bool one: a
-    request a model took as another type) is cast to a type holding them all: numbers (booleans, integers, floats)
-    as floats, tensors as lists of that, text as strings, and anything else as its values' JSON text. Before, one
-    such row made every read of the pipeline's logs fail."""
+    request a model took as another type) is cast to a type holding them all: booleans with integers as 64-bit
+    integers (exact: as floats an id beyond 2**53 read back another number), numbers with a float among them as
+    floats, tensors as lists of that, text as strings, and anything else as its values' JSON text. Before, one such
+    row made every read of the pipeline's logs fail."""
     try:
         return pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -400,7 +401,16 @@ def _common_type(kinds: list[Any]) -> Any:
     types = pa.types
     if all(types.is_boolean(k) or types.is_integer(k) or types.is_floating(k) for k in kinds):
         floats = [k for k in kinds if types.is_floating(k)]
-        if floats and not any(types.is_integer(k) for k in kinds):
+        integers = [k for k in kinds if types.is_integer(k)]
+        if not floats and not integers:
+            return pa.bool_()  # booleans stay booleans (lists of them of other kinds)
+        if not floats:  # booleans and integers: exact as 64-bit integers (a float64 is not beyond 2**53)
+            if all(types.is_unsigned_integer(k) for k in integers):
+                return pa.uint64()
+            if pa.uint64() not in integers:
+                return pa.int64()
+            return pa.float64()  # a uint64 with a signed integer: no integer type holds both
+        if not integers:
             return max(floats, key=lambda k: k.bit_width)  # a bool is exact in any float
         return pa.float64()
     if all(types.is_list(k) or types.is_large_list(k) or types.is_fixed_size_list(k) for k in kinds):
@@ -418,7 +428,7 @@ def _common_type(kinds: list[Any]) -> Any:
 
 def _cast_column(column: pa.ChunkedArray, target: Any) -> pa.ChunkedArray:
     if target is not None:
-        return column.cast(target, safe=False)  # chosen to hold every value (an int64 above 2**53 rounds)
+        return column.cast(target, safe=False)  # chosen to hold every value (an int64 and a float: above 2**53 rounds)
     texts = [None if value is None else json.dumps(value, default=str) for value in column.to_pylist()]
     return pa.chunked_array([pa.array(texts, pa.string())], pa.string())
 

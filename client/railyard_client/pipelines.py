@@ -366,8 +366,8 @@ class Pipeline(Resource):
         oldest first, as a DataFrame (or an Arrow table with `arrow=True`); pages through the server's cursor.
         Columns are `time` (UTC datetimes in a DataFrame, epoch milliseconds in Arrow), `in.<input>`,
         `out.<output>`, `metadata.*` (and shadow/A-B columns). Rows logged with another type of a column (a new
-        pipeline version, a bool tensor a float model took) join the others: numbers as floats, tensors as lists
-        of them, anything else as JSON text."""
+        pipeline version, a bool tensor a float model took) join the others: booleans with integers as integers,
+        numbers with floats among them as floats, tensors as lists of them, anything else as JSON text."""
         if limit is not None and limit < 1:
             raise InvalidInput("limit must be at least 1 (or None for every row)")
         body: dict[str, Any] = {"pipeline_id": self.name, "workspace_id": self.workspace_id, "order": "Desc"}

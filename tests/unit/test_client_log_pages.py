@@ -63,3 +63,19 @@ def test_what_has_no_common_type_is_kept_as_json_text_and_promotable_columns_as_
     assert joined.schema.field("n").type == pa.float64() and joined.column("n").to_pylist() == [1.0, 2.5]
     same = data.concat_pages([FLOATS, FLOATS])
     assert same.schema == FLOATS.schema and same.num_rows == 2
+
+
+def test_booleans_joined_with_integers_keep_every_integer_exact():
+    """A bool page against an int64 one was cast to float64 (safe=False): an id beyond 2**53 read back as another
+    number, with no error. 64-bit integers hold both: True reads 1, the id as it was logged."""
+    big = 2**53 + 1
+    ids = pa.table({"time": [2], "in.ids": pa.array([[big, 3]], pa.list_(pa.int64(), 2)),
+                    "n": pa.array([big], pa.int64())})
+    flags = pa.table({"time": [1], "in.ids": pa.array([[True, None]], pa.list_(pa.bool_(), 2)),
+                      "n": pa.array([False], pa.bool_())})
+    joined = data.concat_pages([ids, flags])
+    assert joined.schema.field("in.ids").type == pa.list_(pa.int64(), 2)
+    assert joined.column("in.ids").to_pylist() == [[big, 3], [1, None]]
+    assert joined.schema.field("n").type == pa.int64() and joined.column("n").to_pylist() == [big, 0]
+    unsigned = data.concat_pages([pa.table({"n": pa.array([2**64 - 1], pa.uint64())}), pa.table({"n": [True]})])
+    assert unsigned.column("n").to_pylist() == [2**64 - 1, 1]
