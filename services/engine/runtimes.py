@@ -69,6 +69,12 @@ def _column_to_tensor(name: str, column: pa.ChunkedArray | pa.Array, dims: list,
         raise InvalidRequest(f"column {name!r}: strings where the model expects numbers")
     if values.null_count:
         raise InvalidRequest(f"column {name!r}: null values")
+    # a boolean tensor for a numeric input is refused, as onnxruntime, Triton and MLServer refuse it: numpy's cast
+    # would feed true/false as 1/0 and log a bool tensor the model never took. Integers for a float input are cast
+    # (JSON has one number type); a bool input takes booleans only (below). Once per column, not per value.
+    if pa.types.is_boolean(values.type) and dtype is not np.bool_:
+        raise InvalidRequest(f"column {name!r}: booleans (true/false) where the model expects "
+                             f"{np.dtype(dtype).name} numbers; send numbers (1.0 and 0.0 if that is what you mean)")
     flat = values.to_numpy(zero_copy_only=False)
     expected = [d if isinstance(d, int) and d > 0 else None for d in dims[1:]]
     if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape, strict=False)):
