@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from croniter import croniter
@@ -52,6 +52,8 @@ from shared.outbox import Outbox
 from shared.settings import TASK_STOP_TIMEOUT
 
 log = logging.getLogger("railyard.task_scheduler.scheduler")
+
+T = TypeVar("T")
 
 FIRE_BATCH = 50
 # seconds before trying again a workspace whose queue another process is starting (its advisory lock was held)
@@ -369,22 +371,35 @@ class Scheduler:
         sha = env["requirements_sha"]
         log.info("installing requirements %s", sha[:12])
 
+        # a beat the database refused (or did not answer) is tried again at the next: before, the first failure ended
+        # the beating, an exception nobody read, and another process could claim the install mid-way
         async def beat() -> None:
             while True:
                 await asyncio.sleep(deps.settings.heartbeat_interval)
-                await store.beat_env(deps.pool, sha, self.identity)
+                try:
+                    await runner.bounded(store.beat_env(deps.pool, sha, self.identity),
+                                         deps.settings.heartbeat_interval, "beating an environment's install")
+                except Exception as exc:  # noqa: BLE001 - beaten again next time; unbeaten, another may claim it
+                    log.warning("requirements %s: could not beat the install: %s: %s", sha[:12], type(exc).__name__,
+                                exc)
 
         beating = asyncio.create_task(beat())
         try:
-            ok, reason = await packaging.install_env(deps.work_root, sha, env["requirements"], deps.settings)
-        except Exception as exc:
-            log.exception("installing requirements %s failed", sha[:12])
-            ok, reason = False, f"the installer could not run: {type(exc).__name__}: {exc}"[:1500]
+            try:
+                ok, reason = await packaging.install_env(deps.work_root, sha, env["requirements"], deps.settings)
+            except Exception as exc:
+                log.exception("installing requirements %s failed", sha[:12])
+                ok, reason = False, f"the installer could not run: {type(exc).__name__}: {exc}"[:1500]
+            # retried as a run's end is, beaten meanwhile (finish_env applied twice changes nothing). Before, one
+            # failure raised out of this task, whose exception nobody reads, the environment left 'installing'
+            await self._retried(lambda: store.finish_env(deps.pool, sha, ok, reason), "recording an install's end")
+        except Exception as exc:  # noqa: BLE001 - never raised out of the task
+            log.warning("requirements %s: the install's end (%s) could not be recorded (%s: %s): installed again once"
+                        " a scheduler claims them, %.0f s after this one's last beat", sha[:12],
+                        "ready" if ok else "failed", type(exc).__name__, exc, deps.settings.supervisor_lost_after)
+            return
         finally:
             beating.cancel()
-        try:
-            await store.finish_env(deps.pool, sha, ok, reason)
-        finally:
             self.wake()  # the installer is free: another environment may wait
         log.info("requirements %s: %s", sha[:12], "ready" if ok else f"failed: {reason}")
 
@@ -438,10 +453,16 @@ class Scheduler:
         An attempt whose commit was applied but whose answer was lost makes the next one find the run ended (False):
         nothing is recorded twice. Before, one failure (PostgreSQL restarting at the run's end) raised out of the
         run's task, never read, and the run was left to the lost-run step at once."""
-        async def attempt() -> bool:
-            return await runner.bounded(store.finish_run(self.deps.pool, run_id, self.identity, outcome.status,
-                                                   outcome.exit_code, outcome.reason),
-                                  END_ATTEMPT_SECONDS, "recording a run's end")
+        return await self._retried(lambda: store.finish_run(self.deps.pool, run_id, self.identity, outcome.status,
+                                                            outcome.exit_code, outcome.reason),
+                                   "recording a run's end")
+
+    @staticmethod
+    async def _retried(step: Callable[[], Awaitable[T]], what: str) -> T:
+        """`step()` retried on a transient error (runner.TRANSIENT) with backoff for END_RECORD_SECONDS, each attempt
+        given up at END_ATTEMPT_SECONDS (runner.bounded, its TimeoutError naming `what`); the last error raised."""
+        async def attempt() -> T:  # an `async def`: tenacity awaits what a coroutine function returns
+            return await runner.bounded(step(), END_ATTEMPT_SECONDS, what)
 
         return await AsyncRetrying(
             stop=stop_after_delay(END_RECORD_SECONDS),
