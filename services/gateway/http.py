@@ -385,6 +385,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             errors = exc.errors() if isinstance(exc, ValidationError) else []
             raise InvalidRequest(validation_message(errors) if errors else
                                  "the body must be JSON: {\"workspace_id\", \"name\", \"version\"?}") from None
+        json_body.refuse_booleans_as_numbers(body, command)  # {"workspace_id": true} is not workspace 1
         resolved = reg.ResolvedModel.model_validate(await handlers.forward(
             runtime.broker, subjects.REGISTRY_MODELS_RESOLVE, command, bearer_token(request), timeout))
         key = content_key(resolved.sha)

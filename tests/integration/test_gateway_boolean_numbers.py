@@ -19,6 +19,9 @@ def test_booleans_for_numbers_are_refused_over_http(stack, alice):
             ("models/list", {"workspace_id": True}, "workspace_id: Input should be a valid number, not true"),
             ("models/get", {"id": False}, "id: Input should be a valid number, not false"),
             ("datasets/get_rows", {"dataset_id": True}, "dataset_id: Input should be a valid number, not true"),
+            # validates its own body too (it answers the artifact's bytes): was workspace 1's model
+            ("models/download", {"workspace_id": True, "name": "m"},
+             "workspace_id: Input should be a valid number, not true"),
             ("assays/create", {"name": "a", "pipeline_id": 1, "pipeline_name": "p", "iopath": "output y 0",
                                "alert_threshold": 0.25,
                                "workspace_id": alice.workspace_id, "summarizer": {"num_bins": True},
