@@ -12,6 +12,9 @@ from pydantic import BaseModel
 from services.gateway.json_body import refuse_booleans_as_numbers
 from shared.errors import InvalidRequest
 from shared.messages.assays import SetAssayActive
+from shared.messages.deployer import NewPipeline
+from shared.messages.lineage import EvaluateDetections
+from shared.messages.tasks import RunTaskOnce
 
 
 class Inner(BaseModel):
@@ -27,6 +30,8 @@ class Outer(BaseModel):
     items: list[Inner] = []
     ids: list[int] = []
     settings: dict[str, Any] = {}
+    by_name: dict[str, Inner] = {}
+    scores: dict[str, float] = {}
 
 
 @pytest.mark.parametrize(("body", "place"), [
@@ -35,6 +40,8 @@ class Outer(BaseModel):
     ({"inner": {"weight": True}}, "inner.weight: "),
     ({"items": [{"bins": 3}, {"bins": True}]}, "items.1.bins: "),
     ({"ids": [1, True]}, "ids.1: "),
+    ({"by_name": {"a": {"bins": 1}, "b": {"weight": False}}}, "by_name.b.weight: "),
+    ({"scores": {"x": 0.5, "y": True}}, "scores.y: "),
 ])
 def test_a_boolean_where_a_number_is_is_refused(body, place):
     validated = Outer.model_validate(body)  # what pydantic alone makes of it: no error, a 1 or a 0
@@ -45,6 +52,7 @@ def test_a_boolean_where_a_number_is_is_refused(body, place):
 
 @pytest.mark.parametrize("body", [
     {"workspace_id": 2, "active": True}, {"inner": {"free": True, "bins": 7}}, {"settings": {"x": True}},
+    {"settings": {"deep": [{"on": True}, [False, 1]], "n": 2}}, {"by_name": {"a": {"free": {"k": True}}}},
     {"items": [{"bins": 1}], "ids": [1, 2]}, {"unknown": True},
 ])
 def test_booleans_where_the_command_takes_them_and_numbers_pass(body):
@@ -56,3 +64,24 @@ def test_a_real_command():
         refuse_booleans_as_numbers({"id": True, "active": False}, SetAssayActive.model_validate({"id": True,
                                                                                                 "active": False}))
     refuse_booleans_as_numbers({"id": 1, "active": False}, SetAssayActive.model_validate({"id": 1, "active": False}))
+
+
+def test_real_commands_with_dicts_of_models_and_free_form_objects():
+    """A detection's score or box inside candidates' `detections` (a dict of lists of models) was not walked: true
+    scored as 1.0. Free-form objects (a definition, a task's json arguments) keep their booleans at any depth."""
+    detections = {"workspace_id": 1, "name": "r", "dataset_id": 2, "candidates": [{"name": "m", "detections": {
+        "a.png": [{"bbox": [0, 0, 4, 4], "category": "cat", "score": 0.5}],
+        "b.png": [{"bbox": [0, 0, 4, 4], "category": "cat", "score": True}]}}]}
+    with pytest.raises(InvalidRequest, match=r"^candidates\.0\.detections\.b\.png\.0\.score: "):
+        refuse_booleans_as_numbers(detections, EvaluateDetections.model_validate(detections))
+    detections["candidates"][0]["detections"]["b.png"][0].update(score=1, bbox=[False, 0, 4, 4])
+    with pytest.raises(InvalidRequest, match=r"\.bbox\.0: "):
+        refuse_booleans_as_numbers(detections, EvaluateDetections.model_validate(detections))
+    pipeline = {"pipeline_id": "p", "workspace_id": 1,
+                "definition": {"steps": [{"ModelInference": {"models": [{"name": "m", "batch": True}]}}],
+                               "flags": [True, False, 3], "nested": {"on": False, "n": 1}}}
+    refuse_booleans_as_numbers(pipeline, NewPipeline.model_validate(pipeline))
+    run = {"orch_id": "0b7c3a0e-4d6f-4f43-9d1a-1f2b3c4d5e6f", "workspace_id": 1, "json": {"dry_run": True, "n": [1]}}
+    refuse_booleans_as_numbers(run, RunTaskOnce.model_validate(run))
+    with pytest.raises(InvalidRequest, match="^timeout: "):
+        refuse_booleans_as_numbers({**run, "timeout": True}, RunTaskOnce.model_validate({**run, "timeout": True}))
