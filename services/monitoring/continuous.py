@@ -1133,6 +1133,8 @@ async def _serve(deps: ContinuousDeps, owner_id: Any, workspace_id: int, deploym
         except UpstreamTimeout as exc:
             raise DeployUnanswered(exc.msg) from exc
         except Conflict as exc:
+            if exc.code == DEPLOY_IN_PROGRESS:  # nothing made: done later, as an unanswered deploy is
+                raise DeployHeldUp(exc.msg) from exc
             if exc.code != SERVING_CHANGED:
                 raise
             record = await request(base.broker, subjects.DEPLOYER_PIPELINES_GET, GetPipeline(
@@ -1145,6 +1147,10 @@ async def _serve(deps: ContinuousDeps, owner_id: Any, workspace_id: int, deploym
 
 SERVING_CHANGED = "serving_changed"
 """The deployer's 409 code for a deploy whose `only_if_serving` no longer serves (services/deployer/handlers.py)."""
+DEPLOY_IN_PROGRESS = "deploy_in_progress"
+"""The deployer's 409 code for a deploy that waited for another deploy of its pipeline (a person's, another
+process's delivery or swap) longer than its lock wait (services/deployer/handlers.py deploy_lock_wait): nothing
+made (DeployHeldUp)."""
 
 
 class ServingChanged(Conflict):
@@ -1179,6 +1185,14 @@ class DeployUnanswered(UpstreamTimeout):
     still serving is served again (the same pipeline version: whichever of the two deploys comes second is refused
     and finds its version serving); anything else is what _serve's refusal (ServingChanged) or the newer delivery's
     check handles."""
+
+
+class DeployHeldUp(DeployUnanswered):
+    """The deployer refused a deploy of _serve's with 409 deploy_in_progress: it waited behind another deploy of
+    the pipeline past its lock wait and nothing of it was made. Handled as a DeployUnanswered (it is one: before the
+    deployer bounded that wait, the same deploy went unanswered within deploy_wait): the delivery left claimed, the
+    challenge decided, for the resume STALE_SWAP later, which looks at what serves then (the other deploy landed
+    or not). Before, the 409 was raised as it was and failed the delivery or the swap."""
 
 
 async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, *, again: bool = False,

@@ -70,6 +70,7 @@ class Deployer:
         self.deploys: list[tuple[int, int | None, str]] = []  # (version, only_if_serving, what became of it)
         self.on_create = lambda: None
         self.unanswered = 0  # deploys to leave unanswered (UpstreamTimeout), not served
+        self.held_up = 0  # deploys refused with 409 deploy_in_progress (behind another deploy past its lock wait)
 
     @staticmethod
     def model(version: dict, shadow: dict | None = None) -> dict:
@@ -110,6 +111,12 @@ class Deployer:
                 return SimpleNamespace(deployment={"pipeline_version_pk_id": self.serving})
             assert subject == subjects.DEPLOYER_PIPELINES_DEPLOY, subject
             wanted = cmd.pipeline_version_pk_id
+            if self.held_up:  # the deployer's lock wait (handlers.deploy_lock_wait) ran out: nothing made
+                self.held_up -= 1
+                self.deploys.append((wanted, cmd.only_if_serving, "held_up"))
+                raise Conflict("another deploy or undeploy of pipeline 5 is under way and did not end within 228 s;"
+                               " nothing of this deploy was made: deploy again when it finishes",
+                               code="deploy_in_progress")
             if self.unanswered:
                 self.unanswered -= 1
                 self.deploys.append((wanted, cmd.only_if_serving, "unanswered"))
