@@ -640,12 +640,8 @@ def _matches(row: Any, flt: VersionFilter) -> bool:
     target = flt.value
     if flt.field == "created_by":
         value = str(value)
-    if flt.field == "created_at" and isinstance(target, str):
-        from datetime import datetime
-        try:
-            target = datetime.fromisoformat(target.replace("Z", "+00:00"))
-        except ValueError:
-            raise InvalidRequest(f"filter on created_at needs an ISO 8601 time, got {target!r}") from None
+    if flt.field == "created_at" and flt.operator != "contains":
+        target = [_filter_time(t) for t in target] if isinstance(target, list) else _filter_time(target)
     try:
         match flt.operator:
             case "=":
@@ -685,16 +681,23 @@ def _check_filter(flt: VersionFilter) -> None:
         if flt.field in ("title", "description", "created_by") and not isinstance(value, str) and \
                 not (value is None and flt.operator in ("=", "!=", "in")):
             raise InvalidRequest(f"filter on {flt.field} needs a string, got {value!r}")
-        if flt.field == "created_at" and not _iso_time(value):
-            raise InvalidRequest(f"filter on created_at needs an ISO 8601 time, got {value!r}")
+        if flt.field == "created_at":
+            _filter_time(value)
 
 
-def _iso_time(value: Any) -> bool:
-    from datetime import datetime
+def _filter_time(value: Any) -> Any:
+    """A created_at filter's value as a UTC-aware time (the column's timestamptz): ISO 8601, a time without an offset
+    ('2026-01-03', '2026-01-03T12:00') read as UTC, as the log routes read one. Compared as they were written, an
+    `in` list's strings never equalled a time and a naive time matched nothing or could not be compared."""
+    from datetime import UTC, datetime
     try:
-        return isinstance(value, str) and datetime.fromisoformat(value.replace("Z", "+00:00")) is not None
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00")) if isinstance(value, str) else None
     except ValueError:
-        return False
+        parsed = None
+    if parsed is None:
+        raise InvalidRequest(f"filter on created_at needs an ISO 8601 time (e.g. '2026-01-03T12:00:00Z'), got "
+                             f"{value!r}")
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 async def list_versions(deps: Deps, principal: Principal, token: str | None,

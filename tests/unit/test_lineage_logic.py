@@ -124,6 +124,19 @@ def test_version_filters_refuse_bad_values():
         _matches(ROW, VersionFilter(field="number", operator="<", value="three"))
 
 
+@pytest.mark.parametrize(("operator", "value", "expected"), [
+    ("in", ["2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"], True), ("in", ["2026-01-02T01:00:00+01:00"], True),
+    ("in", ["2026-01-03T00:00:00Z"], False), ("=", "2026-01-02T00:00:00", True), ("=", "2026-01-02", True),
+    ("<", "2026-01-03", True), (">=", "2026-01-02T00:00", True), ("!=", "2026-01-02", False),
+])
+def test_created_at_filters_compare_times_an_in_list_and_times_without_an_offset_as_utc(operator, value, expected):
+    """Passed by _check_filter, an `in` list of times was compared as strings (never equal to the row's time: []),
+    and a time without an offset matched nothing (=) or was "cannot be compared" (<) on a timestamptz."""
+    flt = VersionFilter(field="created_at", operator=operator, value=value)
+    _check_filter(flt)
+    assert _matches(ROW, flt) is expected
+
+
 def test_workflow_settings_follow_the_seed():
     ok = WorkflowSettings(title="Train", icon="memory", icon_color="#2196F3", icon_bg_color="#fff",
                           url="/projects/1", url_title="open")
