@@ -1366,15 +1366,10 @@ class Deactivations(_Background):
             log.warning("deployment %s: left active with nothing running (stopping)", name)
             return
         self.pending.add(activation)
-        self._start(self._deactivate(deps, deployment_id, name, event, activation, pipeline_id),
-                    f"deployer.deactivation.{activation}")
-
-    async def _deactivate(self, deps: DeployerDeps, deployment_id: int | None, name: str,
-                          event: PipelineUndeployed | None, activation: uuid.UUID, pipeline_id: int) -> None:
-        try:
-            await self._tries(deps, deployment_id, name, event, activation, pipeline_id)
-        finally:
-            self.pending.discard(activation)
+        task = self._start(self._tries(deps, deployment_id, name, event, activation, pipeline_id),
+                           f"deployer.deactivation.{activation}")
+        # when the task ends, however: a task cancelled before it first ran (the deployer's stop) runs no finally
+        task.add_done_callback(lambda _: self.pending.discard(activation))
 
     @staticmethod
     async def _tries(deps: DeployerDeps, deployment_id: int | None, name: str, event: PipelineUndeployed | None,

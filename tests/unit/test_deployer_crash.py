@@ -727,3 +727,20 @@ def test_a_recheck_leaves_the_previous_set_to_a_later_rechecks_of_the_same_set(c
         assert made.backend.untracked() == []
 
     asyncio.run(scenario(crash))
+
+
+def test_a_deactivation_cancelled_before_it_ran_leaves_no_pending_entry():
+    """The deployer's stop cancels a deactivation owed a moment before, whose task had not run yet: its activation
+    leaves `pending` all the same (a done callback). Before, the discard was in the coroutine's finally, which a task
+    cancelled before its first step never runs: the entry stayed (and this process's restore would go on leaving the
+    row alone)."""
+
+    async def scenario() -> None:
+        deactivations = handlers.Deactivations()
+        activation = uuid.uuid4()
+        deactivations.owe(SimpleNamespace(), 5, "a-5", None, activation, PIPELINE)
+        assert deactivations.pending == {activation}
+        await deactivations.stop()  # in the same step: the task never ran
+        assert deactivations.pending == set() and not deactivations.tasks
+
+    asyncio.run(scenario())
