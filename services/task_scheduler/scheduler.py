@@ -68,6 +68,7 @@ MIN_SLEEP = 0.1
 # STOP_STEP, the runs the rest (at least 14 s: a run's process may take runner.TERM_GRACE after its SIGTERM, then its
 # last lines and its end are written)
 STOP_STEP = 2.0
+DROP_SECONDS = 5.0  # the loop's connection released (its LISTEN dropped) within this, else terminated
 END_ATTEMPT_SECONDS = 5.0  # one attempt at recording a run's end (a server that stopped answering): tried again
 END_RECORD_SECONDS = 30.0  # how long a run's end record is retried before it is left to the lost-run step
 
@@ -269,13 +270,21 @@ class Scheduler:
         return conn
 
     async def _drop_connection(self) -> None:
+        """The loop's connection back to the pool, its LISTEN dropped, within DROP_SECONDS (runner.bounded), else
+        terminated (the server drops the LISTEN with it; a terminated connection's holder returns to the pool).
+        Before, the UNLISTEN had no bound and the release asyncio.wait_for's (bpo-42130): on a server that stopped
+        answering, a pass's failure held the loop for as long as the server took."""
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        try:  # a broken connection is closed by the pool's release
+
+        async def release() -> None:  # a broken connection is closed by the pool's release
             if not conn.is_closed():
                 await conn.remove_listener(store.WORK_CHANNEL, self.wake)
-            await asyncio.wait_for(self.deps.pool.release(conn), 5)
+            await self.deps.pool.release(conn)
+
+        try:
+            await runner.bounded(release(), DROP_SECONDS, "releasing the scheduler's connection")
         except Exception as exc:  # noqa: BLE001 - the connection is gone either way
             log.debug("releasing the scheduler's connection: %s", exc)
             with contextlib.suppress(Exception):

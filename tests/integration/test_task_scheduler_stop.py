@@ -160,3 +160,34 @@ async def test_a_stop_through_a_database_that_does_not_answer_ends_within_its_bo
             await asyncio.wait({supervising}, timeout=30)
             assert supervising.done() and supervising.exception() is None
         assert (await pool.fetchval("SELECT status FROM runs WHERE id = $1", run_id)) == "failure"
+
+
+async def test_the_loop_connection_dropped_on_a_database_that_does_not_answer_is_terminated(stack, tmp_path,
+                                                                                        monkeypatch):
+    """Scheduler._drop_connection (a pass's failure, a stop) on a server that stopped answering: its UNLISTEN and
+    release given up at DROP_SECONDS and the connection terminated. Before, the UNLISTEN had no bound (then the pool's
+    30-s command timeout, whose cancel waits for the server too): the loop was held as long as the server was away."""
+    monkeypatch.setattr(scheduler, "DROP_SECONDS", 1.0)
+    async with service_schema(stack, "task_scheduler_stop", MIGRATIONS) as pool:
+        async with through_a_proxy(stack, pool) as (proxy, proxied):
+            supervisor = scheduler_on(Scheduler, proxied, tmp_path, "dropping", TaskSettings(tick=60))
+            try:
+                async def listening() -> bool:
+                    return supervisor.passes > 0 and supervisor._conn is not None
+                await until("the scheduler's first pass", listening)
+                conn = supervisor._conn._con  # the pool's proxy of it is detached once it is back in the pool
+                proxy.freeze()
+                began = time.monotonic()
+                dropping = asyncio.create_task(supervisor._drop_connection())
+                await asyncio.wait({dropping}, timeout=15)  # not asyncio.timeout: it would wait for a hung drop
+                took = time.monotonic() - began
+                proxy.thaw()
+                if not dropping.done():  # was: the UNLISTEN still waited for the server
+                    await asyncio.wait({dropping}, timeout=60)
+                    pytest.fail(f"dropping the connection still waited for the database after {took:.1f} s")
+                assert dropping.exception() is None, dropping.exception()
+                assert took < 1.0 + 2.0, took
+                assert conn.is_closed() and supervisor._conn is None
+            finally:
+                proxy.thaw()
+                await supervisor.stop()
