@@ -372,7 +372,9 @@ class StackSettings(BaseModel):
     restart_backoff_max: float = Field(5.0, description="Longest wait before restarting a crashed service.")
     stop_grace: float = Field(5.0, gt=0, description="Seconds a service has, on `railyard down`, SIGTERM or Ctrl-C, to "
                               "finish what it took before it is killed (then the servers stop, each with its own "
-                              "grace); the deployer has deployer.stop_timeout more, for its engine replicas to drain.")
+                              "grace); the deployer has deployer.stop_timeout more, for its engine replicas to drain, "
+                              "and the task scheduler TASK_STOP_TIMEOUT (20 s) more, to stop its runs and record "
+                              "their end.")
 
 
 class Settings(BaseSettings):
