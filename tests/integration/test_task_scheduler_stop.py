@@ -155,7 +155,9 @@ async def test_a_stop_through_a_database_that_does_not_answer_ends_within_its_bo
                 await asyncio.wait({stopping}, timeout=60)
                 pytest.fail(f"the stop still waited for the database after {took:.1f} s")
             assert stopping.exception() is None, stopping.exception()
-            assert took < 6.0 + 1.0, took
+            # its bound (6 s) and the event loop's lateness at each of its bounded steps on a loaded machine (it took
+            # 6.0 s on an idle one): before, more than 30 s
+            assert took < 6.0 + 3.0, took
             # the end record, retried in the background, lands once the database answers (or the lost-run step's)
             await asyncio.wait({supervising}, timeout=30)
             assert supervising.done() and supervising.exception() is None
