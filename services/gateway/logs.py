@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from services.gateway import json_body
 from services.gateway.inference import ARROW_FILE, ARROW_STREAM
 from services.gateway.openapi_body import request_schema
 from shared import subjects
@@ -40,6 +41,10 @@ def add_log_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token) ->
             raise InvalidRequest(f"request body is not valid JSON ({exc})") from None
         if not isinstance(body, dict):
             raise InvalidRequest("request body must be a JSON object")
+        try:  # {"workspace_id": true} is not workspace 1 (pydantic's lax mode reads it so, the log store's too)
+            json_body.refuse_booleans_as_numbers(body, GetLogs.model_validate(body))
+        except ValidationError:
+            pass  # the log store refuses it, in its own words
         nc = runtime.broker.config.connection_state.connection
         # the body as it came (checked above): re-encoding it failed on deep nesting (500); the log store validates
         reply = await raw_request(nc, subjects.LOG_STORE_QUERY, raw if raw.strip() else b"{}",
@@ -70,6 +75,7 @@ def add_log_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token) ->
             cmd = ListQuarantinedLogs.model_validate_json(raw if raw.strip() else b"{}")
         except ValidationError as exc:
             raise InvalidRequest(validation_message(exc.errors())) from None
+        json_body.refuse_booleans_as_numbers(orjson.loads(raw) if raw.strip() else {}, cmd)  # validated: JSON
         listed = await bus_request(runtime.broker, subjects.LOG_STORE_QUARANTINE_LIST, cmd,
                                    token=bearer_token(request), timeout=QUERY_TIMEOUT, reply_model=QuarantinedLogs)
         return Response(listed.model_dump_json(), media_type="application/json")

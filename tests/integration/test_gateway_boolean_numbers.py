@@ -22,6 +22,10 @@ def test_booleans_for_numbers_are_refused_over_http(stack, alice):
             # validates its own body too (it answers the artifact's bytes): was workspace 1's model
             ("models/download", {"workspace_id": True, "name": "m"},
              "workspace_id: Input should be a valid number, not true"),
+            # the log routes read their own bodies (get_logs forwards it as it came)
+            ("pipelines/get_logs", {"pipeline_id": "p", "workspace_id": True},
+             "workspace_id: Input should be a valid number, not true"),
+            ("pipelines/list_quarantined_logs", {"limit": True}, "limit: Input should be a valid number, not true"),
             ("assays/create", {"name": "a", "pipeline_id": 1, "pipeline_name": "p", "iopath": "output y 0",
                                "alert_threshold": 0.25,
                                "workspace_id": alice.workspace_id, "summarizer": {"num_bins": True},
