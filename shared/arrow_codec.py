@@ -455,7 +455,7 @@ def float_narrowing(schema: pa.Schema) -> dict[str, pa.DataType]:
 
 
 def _narrowed_type(kind: pa.DataType, to: pa.DataType) -> pa.DataType | None:
-    if pa.types.is_float64(kind):
+    if pa.types.is_float64(kind) or pa.types.is_integer(kind):
         return to
     if pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind):
         inner = _narrowed_type(kind.value_type, to)
@@ -468,9 +468,10 @@ def _narrowed_type(kind: pa.DataType, to: pa.DataType) -> pa.DataType | None:
 
 
 def narrow(table: pa.Table, columns: dict[str, pa.DataType]) -> pa.Table:
-    """The table with its float64 columns (scalars or tensors) in `columns` cast to the narrower float type the
-    models take; the same rounding as numpy's cast in column_to_tensor (a value beyond the type's range becomes
-    inf there as here, and the model check refuses it alike). Anything else is left as it is."""
+    """The table with its float64 or integer columns (scalars or tensors) in `columns` cast to the narrower float
+    type the models take; the same rounding as numpy's cast in column_to_tensor (a value beyond the type's range
+    becomes inf there as here, and the model check refuses it alike; an integer past 2**24 is rounded to the nearest
+    float32, as the model got it before, not refused). Anything else (booleans, strings) is left as it is."""
     for name, to in columns.items():
         index = table.schema.get_field_index(name)
         if index < 0:
@@ -480,7 +481,7 @@ def narrow(table: pa.Table, columns: dict[str, pa.DataType]) -> pa.Table:
         if kind is None:
             continue
         try:
-            column = table.column(index).cast(kind)
+            column = table.column(index).cast(kind, safe=False)  # safe: Arrow refuses an int it cannot hold exactly
         except pa.ArrowException:
             continue
         table = table.set_column(index, pa.field(name, kind, field.nullable, field.metadata), column)

@@ -97,8 +97,11 @@ def narrowing(runtimes: list, keep: frozenset[str] = frozenset()) -> dict[str, p
     of the step (ONNX, all of them: a challenger or an A/B arm included) takes as the same narrower float type.
     A JSON request's numbers arrive as float64 (the records typing rules) and each model call cast them anyway;
     cast once when the request arrives, the bus, the model call and the inference log carry what the models
-    consume, at half the bytes (docs/logs.md, "Types"). Columns in `keep` stay as sent: an A/B split's hash key,
-    whose value as sent picks the arm (0.11 narrowed prints as 0.10999999940395355 and would move the request)."""
+    consume, at half the bytes (docs/logs.md, "Types"). An integer column for such an input (JSON integers, an
+    Arrow int64 column, an OIP INT64 tensor) is cast the same way (arrow_codec.narrow), so the log holds one tensor
+    type whether a client wrote 1 or 1.0, not int64 pages among float32 ones. Columns in `keep` stay as sent: an
+    A/B split's hash key, whose value as sent picks the arm (0.11 narrowed prints as 0.10999999940395355 and
+    would move the request)."""
     if not runtimes or not all(isinstance(r, OnnxRuntime) for r in runtimes):
         return {}
     taken: dict[str, set] = {}
