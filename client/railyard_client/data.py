@@ -366,8 +366,9 @@ def concat_pages(tables: list[pa.Table]) -> pa.Table:
     tensors of other sizes) are promoted; a column whose types it cannot (a float tensor against a bool one: a
     request a model took as another type) is cast to a type holding them all: booleans with integers as 64-bit
     integers (exact: as floats an id beyond 2**53 read back another number), numbers with a float among them as
-    floats, tensors as lists of that, text as strings, and anything else as its values' JSON text. Before, one such
-    row made every read of the pipeline's logs fail."""
+    floats, tensors as lists of that, text as strings, and anything else as its values' JSON text; so is a column
+    Arrow promotes but cannot cast (a uint64 above 2**63 - 1 into its int64: floats). Before, one such row made
+    every read of the pipeline's logs fail."""
     try:
         return pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -383,8 +384,12 @@ def concat_pages(tables: list[pa.Table]) -> pa.Table:
         if len(kinds) < 2:
             continue
         try:
-            pa.unify_schemas([pa.schema([pa.field(name, kind)]) for kind in kinds], promote_options="permissive")
+            unified = pa.unify_schemas([pa.schema([pa.field(name, kind)]) for kind in kinds],
+                                       promote_options="permissive").field(name).type
         except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            targets[name] = _common_type(kinds)
+            continue
+        if not _casts_exactly(tables, name, unified):  # Arrow's own: a uint64 above 2**63 - 1 fails its int64
             targets[name] = _common_type(kinds)
     cast = []
     for table in tables:
@@ -394,6 +399,18 @@ def concat_pages(tables: list[pa.Table]) -> pa.Table:
                 table = table.set_column(index, name, _cast_column(table.column(index), target))
         cast.append(table)
     return pa.concat_tables(cast, promote_options="permissive")
+
+
+def _casts_exactly(tables: list[pa.Table], name: str, target: Any) -> bool:
+    """Whether every page's column `name` casts to `target` (Arrow's promotion of its types) with no value lost."""
+    for table in tables:
+        index = table.schema.get_field_index(name)
+        if index >= 0 and table.schema.field(index).type != target:
+            try:
+                table.column(index).cast(target)
+            except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                return False
+    return True
 
 
 def _common_type(kinds: list[Any]) -> Any:

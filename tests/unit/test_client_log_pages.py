@@ -79,3 +79,17 @@ def test_booleans_joined_with_integers_keep_every_integer_exact():
     assert joined.schema.field("n").type == pa.int64() and joined.column("n").to_pylist() == [big, 0]
     unsigned = data.concat_pages([pa.table({"n": pa.array([2**64 - 1], pa.uint64())}), pa.table({"n": [True]})])
     assert unsigned.column("n").to_pylist() == [2**64 - 1, 1]
+
+
+def test_a_uint64_beyond_int64_against_signed_integers_does_not_fail_the_read():
+    """Arrow promotes uint64 with int64 to int64, and its concat then failed (ArrowInvalid: not in range) on a
+    uint64 above 2**63 - 1: every read of the logs failed, the very thing concat_pages is for. Now floats; when every
+    value fits, Arrow's int64 as before."""
+    beyond = pa.table({"time": [2], "n": pa.array([2**64 - 1], pa.uint64()),
+                       "t": pa.array([[2**63]], pa.list_(pa.uint64()))})
+    signed = pa.table({"time": [1], "n": pa.array([-1], pa.int64()), "t": pa.array([[-1]], pa.list_(pa.int64()))})
+    joined = data.concat_pages([beyond, signed])
+    assert joined.column("n").to_pylist() == [float(2**64 - 1), -1.0]
+    assert joined.column("t").to_pylist() == [[float(2**63)], [-1.0]]
+    fits = data.concat_pages([pa.table({"n": pa.array([5], pa.uint64())}), pa.table({"n": pa.array([-1])})])
+    assert fits.schema.field("n").type == pa.int64() and fits.column("n").to_pylist() == [5, -1]
