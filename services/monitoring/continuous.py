@@ -1195,6 +1195,13 @@ class DeployHeldUp(DeployUnanswered):
     or not). Before, the 409 was raised as it was and failed the delivery or the swap."""
 
 
+def _not_done(exc: DeployUnanswered) -> str:
+    """What became of a deploy of _serve's that is not done yet, for the log."""
+    if isinstance(exc, DeployHeldUp):
+        return "was held up behind another deploy of the pipeline: nothing of it made"
+    return "went unanswered in time: it may still be served"
+
+
 async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, *, again: bool = False,
                    displaced: dict[str, Any] | None = None, alone: bool = False, refused: bool = False,
                    give_up: str | None = None) -> bool:
@@ -1324,8 +1331,8 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
         if again:
             raise
         # the deploy went unanswered: it may still be served; left claimed for resume_deliveries
-        log.warning("continuous deployment of training %s: no answer in time (%s): it may still be served; looked at"
-                    " again in %.0f s (resume_deliveries)", training["id"], exc.msg, STALE_SWAP)
+        log.warning("continuous deployment of training %s: %s (%s); looked at again in %.0f s (resume_deliveries)",
+                    training["id"], _not_done(exc), exc.msg, STALE_SWAP)
         return False
     except RailyardError as exc:
         if again:
@@ -2086,8 +2093,8 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
             f" ({exc.msg})")
         return
     except DeployUnanswered as exc:
-        log.warning("challenge %s: the swap's deploy went unanswered (%s): it may still be served; swapped again"
-                    " %.0f s after the decision (resume_swap)", challenge["id"], exc.msg, STALE_SWAP)
+        log.warning("challenge %s: the swap's deploy %s (%s); swapped again %.0f s after the decision (resume_swap)",
+                    challenge["id"], _not_done(exc), exc.msg, STALE_SWAP)
         return
     except RailyardError as exc:
         log.warning("challenge %s: the swap failed: %s", challenge["id"], exc.msg)

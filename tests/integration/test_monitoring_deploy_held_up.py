@@ -28,7 +28,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 monitoring_schema = schema_fixture("monitoring_deploy_held_up")
 
 
-async def test_a_swap_whose_deploy_was_held_up_is_made_at_its_resume(monitoring_schema, monkeypatch):
+def held_up_logged(caplog) -> bool:
+    """The WARNING says the deploy was held up, nothing made (not 'it may still be served', an unanswered one's)."""
+    return any(r.levelname == "WARNING" and "held up behind another deploy of the pipeline: nothing of it made" in
+               r.getMessage() and "may still be served" not in r.getMessage() for r in caplog.records)
+
+
+async def test_a_swap_whose_deploy_was_held_up_is_made_at_its_resume(monitoring_schema, monkeypatch, caplog):
     """A promotion's swap (v2 alone) refused with deploy_in_progress: the challenge stays decided (was failed, 'the
     swap failed: another deploy ... under way'), then its resume makes it: promoted, told once."""
     pool = monitoring_schema
@@ -39,6 +45,7 @@ async def test_a_swap_whose_deploy_was_held_up_is_made_at_its_resume(monitoring_
     assert (row["state"], row["reason"]) == ("promoting", None), dict(row)
     assert deployer.deploys == [(2, 1, "held_up")] and deployer.serves() == ("v1", "v2")
     assert await swapped_events(pool) == []
+    assert held_up_logged(caplog)
 
     await pool.execute("UPDATE challenges SET decided_at = now() - make_interval(secs => $2) WHERE id = $1",
                        challenge_id, continuous.STALE_SWAP + 10)
@@ -48,7 +55,7 @@ async def test_a_swap_whose_deploy_was_held_up_is_made_at_its_resume(monitoring_
     assert [e["action"] for e in await swapped_events(pool)] == ["promoted"]
 
 
-async def test_a_delivery_whose_deploy_was_held_up_is_made_at_its_resume(monitoring_schema, monkeypatch):
+async def test_a_delivery_whose_deploy_was_held_up_is_made_at_its_resume(monitoring_schema, monkeypatch, caplog):
     """A DEPLOY_AUTO delivery (v3) refused with deploy_in_progress stays claimed (was failed: 'DEPLOY_AUTO failed:
     another deploy ... under way'), then the next resume serves it: delivered, told once."""
     pool = monitoring_schema
@@ -61,6 +68,7 @@ async def test_a_delivery_whose_deploy_was_held_up_is_made_at_its_resume(monitor
                               training_id)
     assert (row["outcome"], row["reason"], row["delivered_at"]) == ("deployed", None, None), dict(row)
     assert row["delivering_since"] is not None  # still claimed: the resume's to make
+    assert held_up_logged(caplog)
     assert deployer.deploys == [(2, 1, "held_up")] and deployer.serves() == ("v1", "v2")
 
     await make_stale(pool, "trainings", "delivering_since", training_id)
