@@ -1132,6 +1132,8 @@ async def _serve(deps: ContinuousDeps, owner_id: Any, workspace_id: int, deploym
                 token=token, timeout=base.deploy_timeout, reply_model=Deployed)
         except UpstreamTimeout as exc:
             raise DeployUnanswered(exc.msg) from exc
+        except Unavailable as exc:  # the deployer's database failed the deploy, or the deployer is away: later
+            raise DeployUnavailable(exc.msg) from exc
         except Conflict as exc:
             if exc.code == DEPLOY_IN_PROGRESS:  # nothing made: done later, as an unanswered deploy is
                 raise DeployHeldUp(exc.msg) from exc
@@ -1195,10 +1197,21 @@ class DeployHeldUp(DeployUnanswered):
     or not). Before, the 409 was raised as it was and failed the delivery or the swap."""
 
 
+class DeployUnavailable(DeployUnanswered):
+    """The deployer answered a deploy of _serve's 503 unavailable: its database failed or did not answer one of the
+    deploy's steps (services/deployer/handlers.py _deploy_step: nothing of it runs; or a redeploy's record it could not
+    confirm, which it rechecks in the background once the database answers: RecordRechecks), or no deployer listens.
+    Handled as a DeployUnanswered, the outcome left to the resume STALE_SWAP later: before the deployer bounded its
+    database steps, a database that did not answer left the same deploy unanswered (resumed); since, the 503 failed the
+    delivery or the swap for good, though it says to deploy again once the database answers."""
+
+
 def _not_done(exc: DeployUnanswered) -> str:
     """What became of a deploy of _serve's that is not done yet, for the log."""
     if isinstance(exc, DeployHeldUp):
         return "was held up behind another deploy of the pipeline: nothing of it made"
+    if isinstance(exc, DeployUnavailable):
+        return "was refused 503 for now (the deployer's database, or the deployer, away)"
     return "went unanswered in time: it may still be served"
 
 

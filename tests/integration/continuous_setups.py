@@ -17,7 +17,7 @@ import pytest
 
 from services.monitoring import continuous
 from shared import subjects
-from shared.errors import Conflict, UpstreamTimeout
+from shared.errors import Conflict, Unavailable, UpstreamTimeout
 from tests.integration.conftest import service_schema
 from tests.integration.test_continuous_swap_once import (
     CHALLENGER,
@@ -71,6 +71,7 @@ class Deployer:
         self.on_create = lambda: None
         self.unanswered = 0  # deploys to leave unanswered (UpstreamTimeout), not served
         self.held_up = 0  # deploys refused with 409 deploy_in_progress (behind another deploy past its lock wait)
+        self.unavailable = 0  # deploys refused with 503 unavailable (the deployer's database failed or did not answer)
 
     @staticmethod
     def model(version: dict, shadow: dict | None = None) -> dict:
@@ -117,6 +118,12 @@ class Deployer:
                 raise Conflict("another deploy or undeploy of pipeline 5 is under way and did not end within 228 s;"
                                " nothing of this deploy was made: deploy again when it finishes",
                                code="deploy_in_progress")
+            if self.unavailable:  # handlers._deploy_step's 503: nothing of it made
+                self.unavailable -= 1
+                self.deploys.append((wanted, cmd.only_if_serving, "unavailable"))
+                raise Unavailable("the deploy of pipeline 5 was not made: the database did not answer within 4 s;"
+                                  " nothing of it runs, and what served before serves as before. Deploy again once"
+                                  " the database answers")
             if self.unanswered:
                 self.unanswered -= 1
                 self.deploys.append((wanted, cmd.only_if_serving, "unanswered"))
