@@ -575,6 +575,10 @@ async def _plan_deployment(deps: DeployerDeps, token: str | None, workspace_id: 
 
 
 async def deploy(deps: DeployerDeps, principal: Principal, token: str | None, cmd: DeployPipeline) -> Deployed:
+    # the pipeline's lock waited for until what its caller waits leaves (deploy_lock_wait: the request timeout for
+    # the reads and lookups below, then lock_wait), not lock_wait after lookups that took longer (_deploy_lock)
+    lock_by = asyncio.get_running_loop().time() + deps.timeout + deps.lock_wait
+
     async def read() -> tuple[Any, Any]:
         pipeline = await _pipeline_for(deps, principal, token, cmd.pipeline_id)
         _check_name(cmd.deploy_id, "deploy_id")
@@ -590,28 +594,32 @@ async def deploy(deps: DeployerDeps, principal: Principal, token: str | None, cm
                                            cmd.deploy_id, cmd.engine_config, cmd.models, cmd.model_ids,
                                            cmd.model_configs)
     return await _start_deployment(deps, pipeline, version, cmd.deploy_id, config, steps,
-                                   only_if_serving=cmd.only_if_serving)
+                                   only_if_serving=cmd.only_if_serving, lock_by=lock_by)
 
 
 async def _start_deployment(deps: DeployerDeps, pipeline, version, deploy_id: str, config: dict[str, Any],
-                            steps: list[ReplicaStep], *, only_if_serving: int | None = None) -> Deployed:
+                            steps: list[ReplicaStep], *, only_if_serving: int | None = None,
+                            lock_by: float | None = None) -> Deployed:
     """Activates the deployment of a (planned) version and starts its replicas. Replicas that fail to start are a
     400 with their reason that changes nothing: a redeploy of a deployment that serves leaves it serving as before
     (version, deploy_id, config, active); otherwise the deployment is inactive and nothing runs. `only_if_serving`:
-    the precondition of DeployPipeline's field (_activate checks it)."""
+    the precondition of DeployPipeline's field (_activate checks it). `lock_by`: the loop time until which the
+    pipeline's lock is waited for (_deploy_lock)."""
     spec = ReplicaSpec(deployment=ReplicaDeployment(pipeline=pipeline["name"],
                                                     pipeline_version=str(version["version"]),
                                                     workspace_id=pipeline["workspace_id"]),
                        steps=steps, engine_config=config)
     row = (pipeline["id"], version["id"], deploy_id, config, spec.model_dump(mode="json"))
     try:
-        return await _activate(deps, pipeline, version, deploy_id, config, spec, row, uuid.uuid4(), only_if_serving)
+        return await _activate(deps, pipeline, version, deploy_id, config, spec, row, uuid.uuid4(), only_if_serving,
+                               lock_by)
     finally:
         deps.events_committed()  # its events.pipeline.deployed, when the replicas serve (committed by _activate)
 
 
 async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, config: dict[str, Any], spec: ReplicaSpec,
-                    row: tuple[Any, ...], activation: uuid.UUID, only_if_serving: int | None = None) -> Deployed:
+                    row: tuple[Any, ...], activation: uuid.UUID, only_if_serving: int | None = None,
+                    lock_by: float | None = None) -> Deployed:
     """_start_deployment's work, under the pipeline's lock. events.pipeline.deployed goes to the outbox once the
     replicas serve, in the transaction that records it: a redeploy of a deployment that serves writes its new row
     then (`record`); otherwise the row was made active before the replicas started (so the deployment shows as
@@ -633,7 +641,7 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
         return deployed_event(deployment_id, name, pipeline["id"], pipeline["workspace_id"], version["version"],
                               pipeline["name"])
 
-    async with _deploy_lock(deps, pipeline["id"]):
+    async with _deploy_lock(deps, pipeline["id"], lock_by):
         seen: dict[str, Any] = {}  # what the first transaction read, should it not answer
 
         async def first() -> tuple[dict[str, Any] | None, str | None, bool, int]:
@@ -791,20 +799,26 @@ def deploy_lock_wait(settings: Settings) -> float:
 
 
 @contextlib.asynccontextmanager
-async def _deploy_lock(deps: DeployerDeps, pipeline_id: int) -> AsyncIterator[None]:
-    """The pipeline's lock for a deploy, waited for at most deps.lock_wait, else a 409 deploy_in_progress that changes
-    nothing. Before, a deploy behind another one of the pipeline (whose replicas take up to deployer.ready_timeout to
-    serve, each) waited as long as that took: two or more of them queued, its caller got a 504 after its wait while
-    the deploy went on, and deployed later over whatever the caller did next."""
+async def _deploy_lock(deps: DeployerDeps, pipeline_id: int, by: float | None = None) -> AsyncIterator[None]:
+    """The pipeline's lock for a deploy, waited for at most deps.lock_wait and not past the loop time `by` (what its
+    caller's wait leaves: pipelines/deploy's reads and model lookups took the rest, deploy), else a 409
+    deploy_in_progress that changes nothing. Before, a deploy behind another one of the pipeline (whose replicas take
+    up to deployer.ready_timeout to serve, each) waited as long as that took: two or more of them queued, its caller
+    got a 504 after its wait while the deploy went on, and deployed later over whatever the caller did next; and a
+    deploy whose lookups took longer than the request timeout (a model each, a slow registry) still waited lock_wait
+    after them, past its caller's wait."""
     lock = deps.pipeline_lock(pipeline_id)
+    wait = deps.lock_wait if by is None else max(min(deps.lock_wait, by - asyncio.get_running_loop().time()), 0.0)
     try:
-        # awaited in this task (as undeploy's): cancelled, asyncio.Lock passes the lock on
-        async with asyncio.timeout(deps.lock_wait):
+        # awaited in this task (as undeploy's): cancelled, asyncio.Lock passes the lock on. A free lock is taken at
+        # once, whatever `wait` (acquire does not yield)
+        async with asyncio.timeout(wait):
             await lock.acquire()
     except TimeoutError:
+        shortened = " (what its caller waits left after its model lookups)" if wait < deps.lock_wait else ""
         raise Conflict(f"another deploy or undeploy of pipeline {pipeline_id} (or its restore after a deployer "
-                       f"restart) is under way and did not end within {deps.lock_wait:g} s; nothing of this deploy "
-                       "was made: deploy again when it finishes", code=DEPLOY_IN_PROGRESS) from None
+                       f"restart) is under way and did not end within {round(wait, 1):g} s{shortened}; nothing of this"
+                       " deploy was made: deploy again when it finishes", code=DEPLOY_IN_PROGRESS) from None
     try:
         yield
     finally:

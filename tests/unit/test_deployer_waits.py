@@ -91,3 +91,38 @@ def test_a_deploys_lock_wait_is_what_its_callers_wait_leaves_after_its_own_work(
     assert handlers.deploy_lock_wait(Settings()) == pytest.approx(305 - 5 - 3 * 0.8 * 5 - 60)
     long = Settings(deployer=DeployerSettings(ready_timeout=600.0), nats=NatsSettings(request_timeout=4.0))
     assert handlers.deploy_lock_wait(long) == pytest.approx(2.0)
+
+
+def test_a_deploy_whose_lookups_took_long_waits_for_the_lock_only_what_its_callers_wait_leaves(world, monkeypatch):
+    """deploy_lock_wait counts the deploy's reads and model lookups as the request timeout: lookups that took longer
+    (a model each, a slow registry) come out of the lock's wait, so the 409 comes by the request timeout plus
+    lock_wait after the command's start (2.1 s here), not lock_wait after the lookups (3.5 s: before, the caller's
+    wait ran out first, a 504, and the deploy went on)."""
+
+    async def scenario(world) -> None:
+        await _deployed_as(world, "a")
+        redeploy = _deploy(world, "b")
+        await _until(lambda: world.backend.waiting, "the redeploy starts its replicas")
+        world.deps.timeout, world.deps.lock_wait = 0.1, 2.0
+        resolve = handlers._resolve
+
+        async def slow_registry(*args, **kwargs):
+            await asyncio.sleep(1.5)
+            return await resolve(*args, **kwargs)
+
+        monkeypatch.setattr(handlers, "_resolve", slow_registry)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(Conflict) as refused:
+            await asyncio.wait_for(handlers.deploy(world.deps, ALICE, "t", DeployPipeline(
+                deploy_id="c", pipeline_version_pk_id=VERSION, pipeline_id=PIPELINE)), 10)
+        took = loop.time() - started
+        assert refused.value.code == "deploy_in_progress"
+        assert 2.0 <= took < 3.0, took  # + 0.9 s: a loaded machine
+        assert "what its caller waits left after its model lookups" in refused.value.msg, refused.value.msg
+        assert world.deps.pipeline_lock(PIPELINE).waiting == 0
+        world.backend.waiting.pop()[1].set_result(None)
+        await redeploy
+        assert list(world.backend.sets) == ["b-5"]
+
+    asyncio.run(scenario(world))
