@@ -23,9 +23,11 @@ from shared.logrecords import InferenceRecord
 from tests.models import ccfraud_onnx, sample_rows
 from tests.unit.test_engine_batching import Msg, Pipeline, _run
 
-# two rows of 29 integers, with some a float32 cannot hold exactly (past 2**24): the model gets numpy's rounding
+# two rows of 29 integers, with some a float32 cannot hold exactly (past 2**24): the model gets numpy's rounding.
+# 2**60 + 2**36 + 1 is rounded up (2**60 + 2**37) by a direct cast, down (2**60) by one through float64 (its +1 is
+# lost there, leaving a tie to even): so a cast of the lane or of Arrow that went through float64 would differ
 INTS = np.arange(2 * 29, dtype=np.int64).reshape(2, 29) - 20
-INTS[0, 3], INTS[1, 5], INTS[1, 6] = 2**24 + 1, 2**53 + 3, -(2**40) - 7
+INTS[0, 3], INTS[1, 5], INTS[1, 6], INTS[0, 7] = 2**24 + 1, 2**53 + 3, -(2**40) - 7, 2**60 + 2**36 + 1
 FLOAT32_TENSOR = pa.list_(pa.field("item", pa.float32()), 29)
 
 
@@ -79,8 +81,9 @@ def test_booleans_and_strings_are_left_to_the_models_check():
 def test_the_general_path_logs_an_integer_request_as_the_float_one(pipeline):
     ints = asyncio.run(handlers.infer(pipeline, to_ipc_stream(pa.table({"tensor": tensor_array(INTS)})), {}, 0,
                                       1 << 20))
+    # the float client's numbers: the float32 values (a float64 of 2**60 + 2**36 + 1 is already another number)
     floats = asyncio.run(handlers.infer(pipeline, to_ipc_stream(pa.table({"tensor": tensor_array(
-        INTS.astype(np.float64))})), {}, 0, 1 << 20))
+        INTS.astype(np.float32).astype(np.float64))})), {}, 0, 1 << 20))
     assert ints.output is not None and ints.body == floats.body
     assert ints.table.schema.field("tensor").type == FLOAT32_TENSOR  # the log record's `in.tensor`
     assert ints.table.equals(floats.table)
