@@ -200,7 +200,8 @@ class Replica:
             for model in step["models"]:
                 path = await fetch_artifact(store, model["sha"], cache)
                 if model["runtime"] == "onnx":  # data, not code: served in this process
-                    runtime = OnnxRuntime(path, threads=threads)
+                    # the first step's inputs are the request's; a later step's, what earlier steps made
+                    runtime = OnnxRuntime(path, threads=threads, refuse_booleans=not self.steps)
                     await asyncio.to_thread(runtime.load)
                 elif model["runtime"] in ("python", "custom"):
                     runtime = SandboxedRuntime(model["runtime"], path, self.work_dir /

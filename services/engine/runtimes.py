@@ -52,16 +52,19 @@ def tensor_parts(name: str, array: pa.Array) -> tuple[pa.Array, list[int]]:
     return values, shape
 
 
-def column_to_tensor(name: str, column: pa.ChunkedArray | pa.Array, dims: list, dtype) -> np.ndarray:
+def column_to_tensor(name: str, column: pa.ChunkedArray | pa.Array, dims: list, dtype,
+                     refuse_booleans: bool = True) -> np.ndarray:
     """An Arrow column of (nested) lists or scalars as an [N, ...] numpy array of the model's dtype, or
-    InvalidRequest naming the column."""
+    InvalidRequest naming the column. `refuse_booleans`: booleans for a numeric input are refused (a request's);
+    else cast to 1/0 (what an earlier step of the pipeline made: OnnxRuntime.refuse_booleans)."""
     try:
-        return _column_to_tensor(name, column, dims, dtype)
+        return _column_to_tensor(name, column, dims, dtype, refuse_booleans)
     except (pa.ArrowException, ValueError, TypeError):  # a union (no numpy form, no concatenation), a time of day
         raise InvalidRequest(f"column {name!r}: {column.type} values are not a tensor a model takes") from None
 
 
-def _column_to_tensor(name: str, column: pa.ChunkedArray | pa.Array, dims: list, dtype) -> np.ndarray:
+def _column_to_tensor(name: str, column: pa.ChunkedArray | pa.Array, dims: list, dtype,
+                      refuse_booleans: bool = True) -> np.ndarray:
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     rows = len(array)
     values, shape = tensor_parts(name, array)
@@ -72,7 +75,7 @@ def _column_to_tensor(name: str, column: pa.ChunkedArray | pa.Array, dims: list,
     # a boolean tensor for a numeric input is refused, as onnxruntime, Triton and MLServer refuse it: numpy's cast
     # would feed true/false as 1/0 and log a bool tensor the model never took. Integers for a float input are cast
     # (JSON has one number type); a bool input takes booleans only (below). Once per column, not per value.
-    if pa.types.is_boolean(values.type) and dtype is not np.bool_:
+    if refuse_booleans and pa.types.is_boolean(values.type) and dtype is not np.bool_:
         raise InvalidRequest(f"column {name!r}: booleans (true/false) where the model expects "
                              f"{np.dtype(dtype).name} numbers; send numbers (1.0 and 0.0 if that is what you mean)")
     flat = values.to_numpy(zero_copy_only=False)
@@ -119,9 +122,13 @@ def narrowing(runtimes: list, keep: frozenset[str] = frozenset()) -> dict[str, p
 class OnnxRuntime:
     """An ONNX model in an onnxruntime session."""
 
-    def __init__(self, path: Path, threads: int = 1) -> None:
+    def __init__(self, path: Path, threads: int = 1, refuse_booleans: bool = True) -> None:
         self.path = path
         self.threads = threads
+        # booleans for a numeric input refused: what a request sends to the first step. A later step's input is what
+        # the pipeline's own steps made (an ONNX model's bool output, a Python step's `x > 0` column): cast to 1/0,
+        # as before the refusal (84b44e2), which answered every request of such a pipeline "send numbers"
+        self.refuse_booleans = refuse_booleans
         self.session = None
         self.ready = False
 
@@ -150,7 +157,7 @@ class OnnxRuntime:
         for name, dims, dtype in self.inputs:
             if dtype is None:
                 raise InvalidRequest(f"input {name!r} has a type the engine does not feed")
-            tensor = column_to_tensor(name, batch.column(name), dims, dtype)
+            tensor = column_to_tensor(name, batch.column(name), dims, dtype, self.refuse_booleans)
             if tensor.dtype.kind == "f" and not np.isfinite(tensor).all():
                 raise InvalidRequest(f"column {name!r}: NaN or infinite values")
             feeds[name] = tensor
