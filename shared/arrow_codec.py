@@ -454,8 +454,16 @@ def float_narrowing(schema: pa.Schema) -> dict[str, pa.DataType]:
     return found
 
 
+def narrows(kind: pa.DataType, to: pa.DataType) -> bool:
+    """Whether a column of scalar type `kind` is cast to the model's float type `to` on arrival: float64, and an
+    integer at least as wide as `to` (int64, int32 for float32). A narrower integer (uint8 pixels, an int16) stays as
+    sent: the cast would widen it (a uint8 image 4x the bytes on the bus and in the log), and the model's own cast
+    of it is exact. The fast lane (services/engine/fast_lane.py) follows the same rule."""
+    return pa.types.is_float64(kind) or (pa.types.is_integer(kind) and kind.bit_width >= to.bit_width)
+
+
 def _narrowed_type(kind: pa.DataType, to: pa.DataType) -> pa.DataType | None:
-    if pa.types.is_float64(kind) or pa.types.is_integer(kind):
+    if narrows(kind, to):
         return to
     if pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind):
         inner = _narrowed_type(kind.value_type, to)
@@ -469,9 +477,10 @@ def _narrowed_type(kind: pa.DataType, to: pa.DataType) -> pa.DataType | None:
 
 def narrow(table: pa.Table, columns: dict[str, pa.DataType]) -> pa.Table:
     """The table with its float64 or integer columns (scalars or tensors) in `columns` cast to the narrower float
-    type the models take; the same rounding as numpy's cast in column_to_tensor (a value beyond the type's range
-    becomes inf there as here, and the model check refuses it alike; an integer past 2**24 is rounded to the nearest
-    float32, as the model got it before, not refused). Anything else (booleans, strings) is left as it is."""
+    type the models take (`narrows`: not an integer narrower than it); the same rounding as numpy's cast in
+    column_to_tensor (a value beyond the type's range becomes inf there as here, and the model check refuses it
+    alike; an integer past 2**24 is rounded to the nearest float32, as the model got it before, not refused).
+    Anything else (booleans, strings) is left as it is."""
     for name, to in columns.items():
         index = table.schema.get_field_index(name)
         if index < 0:

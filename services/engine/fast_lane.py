@@ -43,6 +43,7 @@ from shared.arrow_codec import (
     CONTINUATION,
     batch_stream,
     narrow,
+    narrows,
     read_batch,
     schema_message,
     tensor_array,
@@ -187,10 +188,10 @@ class FastLane:
             if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
                 return None
             cast = None
-            if (pa.types.is_float64(kind) or pa.types.is_integer(kind)) and name in self.narrowing:
-                cast = self.narrowing[name].to_pandas_dtype()  # integers too, as arrow_codec.narrow casts them
+            if name in self.narrowing and narrows(kind, self.narrowing[name]):
+                cast = self.narrowing[name].to_pandas_dtype()  # float64, integers as wide: as arrow_codec.narrow
             if np.dtype(cast if cast is not None else kind.to_pandas_dtype()) != np.dtype(dtype):
-                return None  # the model casts it (int -> float64, float32 -> float64): the general path
+                return None  # the model casts it (uint8 -> float32, float32 -> float64): the general path
             columns.append(_Column(index, name, size, cast, float(np.finfo(cast).max) if cast is not None else np.inf))
         return _Plan(tuple(sorted(columns, key=lambda c: c.index)), narrow(schema.empty_table(), self.narrowing).schema)
 

@@ -220,11 +220,12 @@ class Replica:
         self.narrowing = first_step_narrowing(self.steps)
 
     def narrow(self, table: pa.Table) -> pa.Table:
-        """A request's table with its float64 columns in the types the first step's models all take (arrow_codec.
-        narrow): what the model call, the answer's bus message and the inference log then carry. The gateway
-        narrows a plain ONNX pipeline's requests itself, for the version its route names (NARROWED_FOR): a
-        replica of another version refuses them (`stale_route`, a model swap under way) and the gateway resends
-        them as they were sent."""
+        """A request's table with its float64 and integer columns (not an integer narrower than the type: a uint8
+        image stays as sent) in the float types the first step's models all take (arrow_codec.narrow; a model's
+        int64 input is not narrowed, runtimes.narrowing): what the model call, the answer's bus message and the
+        inference log then carry. The gateway narrows a plain ONNX pipeline's requests itself, for the version its
+        route names (NARROWED_FOR): a replica of another version refuses them (`stale_route`, a model swap under
+        way) and the gateway resends them as they were sent."""
         metadata = table.schema.metadata
         if metadata and NARROWED_FOR in metadata:
             if metadata[NARROWED_FOR].decode(errors="replace") != str(self.spec["deployment"]["pipeline_version"]):

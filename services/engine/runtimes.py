@@ -102,7 +102,8 @@ def narrowing(runtimes: list, keep: frozenset[str] = frozenset()) -> dict[str, p
     cast once when the request arrives, the bus, the model call and the inference log carry what the models
     consume, at half the bytes (docs/logs.md, "Types"). An integer column for such an input (JSON integers, an
     Arrow int64 column, an OIP INT64 tensor) is cast the same way (arrow_codec.narrow), so the log holds one tensor
-    type whether a client wrote 1 or 1.0, not int64 pages among float32 ones. Columns in `keep` stay as sent: an
+    type whether a client wrote 1 or 1.0, not int64 pages among float32 ones; an integer narrower than the float
+    type (uint8 pixels) stays as sent (arrow_codec.narrows). Columns in `keep` stay as sent: an
     A/B split's hash key, whose value as sent picks the arm (0.11 narrowed prints as 0.10999999940395355 and
     would move the request)."""
     if not runtimes or not all(isinstance(r, OnnxRuntime) for r in runtimes):

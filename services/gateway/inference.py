@@ -72,7 +72,7 @@ OIP_HEADER_LENGTH = "Inference-Header-Content-Length"  # services/gateway/oip.py
 ARROW_FILE = "application/vnd.apache.arrow.file"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 JSON_RECORDS = "application/json; format=pandas-records"
-NARROW_MIN_ROWS = 64  # the gateway narrows a JSON request's float64 columns from this many rows (RouteCache.narrowed)
+NARROW_MIN_ROWS = 64  # the gateway narrows a request's float64/int columns from this many rows (RouteCache.narrowed)
 ROUTE_TTL = 2.0
 ROUTE_MAX_AGE = 20.0  # seconds a running deployment's route is used while it is refreshed in the background
 MEMBER_TTL = 30.0
@@ -166,9 +166,11 @@ class RouteCache:
             raise
 
     def narrowed(self, route: DeploymentRoute, table: pa.Table) -> pa.Table:
-        """The request's float64 columns cast to the float32 (or float16) the route's model takes (a JSON body's
-        numbers are float64; the model casts them anyway), marked with the pipeline version it was typed for, or the
-        table itself. The bus and the engine then carry half the bytes; the answer's echo stays the request as
+        """The request's float64 and integer columns cast to the float32 (or float16) the route's model takes (a
+        JSON body's numbers are float64 or int64; the model casts them anyway), marked with the pipeline version it
+        was typed for, or the table itself. Only the columns the model takes as float32/float16 (an int64 input
+        keeps its integers), and never an integer narrower than that type (arrow_codec.narrows: a uint8 image would
+        grow 4x). The bus and the engine then carry half the bytes; the answer's echo stays the request as
         sent (docs/logs.md, "Types")."""
         if not route.input_schema or table.num_rows < NARROW_MIN_ROWS:
             return table  # a small table's bytes hardly matter, the cast's ~15 us do: the replica narrows it

@@ -48,8 +48,8 @@ INT_TABLES = {
     "records JSON integers": lambda: records_json_to_table(json.dumps([{"tensor": r} for r in INTS.tolist()]).encode()),
     "Arrow int64 tensor": lambda: pa.table({"tensor": tensor_array(INTS)}),
     "Arrow int32 tensor": lambda: pa.table({"tensor": tensor_array((INTS % 1000).astype(np.int32))}),
-    "Arrow uint8 list": lambda: pa.table({"tensor": pa.array((INTS % 200).astype(np.uint8).tolist(),
-                                                             pa.list_(pa.uint8()))}),
+    "Arrow uint32 list": lambda: pa.table({"tensor": pa.array((INTS % 2**32).astype(np.uint32).tolist(),
+                                                              pa.list_(pa.uint32()))}),
     "OIP datatype INT64": lambda: _oip_table(INTS),
 }
 
@@ -122,3 +122,40 @@ def test_the_fast_lane_answers_an_integer_request_and_records_float32(pipeline, 
     assert record.inputs.equals(general.table) and record.outputs.equals(general.output)
     again = lane.answer(data, time.perf_counter_ns())  # its known head: read at the offsets
     assert again.body == fast.body and again.record(0, None).inputs.equals(general.table)
+
+
+NARROWER = {  # integers narrower than the model's float type: the cast would widen them
+    "uint8 pixels for float32": (np.uint8, pa.float32()),
+    "int16 for float32": (np.int16, pa.float32()),
+    "int8 for float16": (np.int8, pa.float16()),
+}
+
+
+@pytest.mark.parametrize(("dtype", "to"), NARROWER.values(), ids=NARROWER.keys())
+def test_an_integer_column_narrower_than_the_models_float_stays_as_sent(dtype, to):
+    """A uint8 image for a float32 input is not cast on arrival nor by the gateway: 4x its bytes on the bus (a
+    request that fitted the bus went through object storage) and in the log, for values the model's own cast takes
+    exactly. Integers as wide as the float type still are (the test above)."""
+    from services.gateway.inference import NARROW_MIN_ROWS, RouteCache
+    from tests.unit.test_engine_narrowing import _route
+
+    values = (np.arange(NARROW_MIN_ROWS * 3) % 100).astype(dtype).reshape(NARROW_MIN_ROWS, 3)
+    table = pa.table({"tensor": tensor_array(values), "scalar": pa.array(values[:, 0])})
+    assert narrow(table, {"tensor": to, "scalar": to}) is table
+    model = pa.schema([pa.field("tensor", pa.list_(to, 3)), pa.field("scalar", to)])
+    assert RouteCache().narrowed(_route(model), table) is table  # sent on the bus as it came, unmarked
+    wide = pa.table({"tensor": tensor_array(values.astype(np.int32 if to == pa.float32() else np.int16))})
+    assert narrow(wide, {"tensor": to}).schema.field("tensor").type.value_type == to  # as wide: cast
+
+
+def test_the_engine_leaves_a_uint8_request_as_sent_and_answers_it_as_the_float_one(pipeline):
+    pixels = (np.arange(2 * 29) % 256).astype(np.uint8).reshape(2, 29)
+    data = to_ipc_stream(pa.table({"tensor": tensor_array(pixels)}))
+    lane = FastLane(pipeline.steps[0].runtimes[0], narrowing(pipeline.steps[0].runtimes), {"name": "m", "sha": "abc"},
+                    "v1", 1 << 20)
+    assert lane.answer(data, time.perf_counter_ns()) is None  # not the model's type: the general path casts it
+    general = asyncio.run(handlers.infer(pipeline, data, {}, 0, 1 << 20))
+    floats = asyncio.run(handlers.infer(pipeline, to_ipc_stream(pa.table({"tensor": tensor_array(
+        pixels.astype(np.float32))})), {}, 0, 1 << 20))
+    assert general.output is not None and general.body == floats.body
+    assert general.table.schema.field("tensor").type.value_type == pa.uint8()  # the log: a byte a value, exact
