@@ -35,6 +35,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -296,7 +297,7 @@ def main() -> None:
         label, _, env = spec.partition("=")
         variants.append((label, dict(item.split("=", 1) for item in env.split())))
     stages = args.stages.split(",")
-    port_file = Path(f"/tmp/bench-log-split-{os.getpid()}.port")
+    port_file = Path(tempfile.gettempdir()) / f"bench-log-split-{os.getpid()}.port"
     port_file.unlink(missing_ok=True)
     server = subprocess.Popen([sys.executable, "-m", "bench.log_split", "--sink", str(port_file)])
     try:
