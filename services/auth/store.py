@@ -199,11 +199,19 @@ LISTED_COLUMNS = "u.id, u.username, u.email, u.enabled, u.temporary_password, u.
 """What a user's record in users/query is made of (handlers._user_record): no password hash."""
 
 
-def _user_filters(ids: list[uuid.UUID] | None, workspace_id: int | None, co_members_of: uuid.UUID | None,
+async def _workspaces_of(pool: asyncpg.Pool, user_id: uuid.UUID | None) -> list[int] | None:
+    """The workspaces `user_id` is a member of (None for None): _user_filters' co-member filter names them as values."""
+    if user_id is None:
+        return None
+    return await pool.fetchval(
+        "SELECT coalesce(array_agg(workspace_id), '{}') FROM workspace_members WHERE user_id = $1", user_id)
+
+
+def _user_filters(ids: list[uuid.UUID] | None, workspace_id: int | None, co_workspaces: list[int] | None,
                   after: tuple[datetime, uuid.UUID] | None, args: list[Any]) -> str:
     """The WHERE of list_users and users_answer_size (its parameters appended to `args`): only the filters asked for,
     each as `u.id IN (...)`, which PostgreSQL joins from the small side (a workspace's members, the caller's
-    co-members) or probes by index a row at a time (a page)."""
+    co-members: the members of `co_workspaces`) or probes by index a row at a time (a page)."""
     where: list[str] = []
 
     def arg(value: Any) -> str:
@@ -212,14 +220,23 @@ def _user_filters(ids: list[uuid.UUID] | None, workspace_id: int | None, co_memb
 
     if ids is not None:
         where.append(f"u.id = ANY({arg(ids)}::uuid[])")
+    # Workspace ids are written in the query (integers), not parameters: a prepared statement's generic plan, which
+    # the server may keep for a connection after 5 runs, knows no parameter's value, and beside one large workspace
+    # estimated a small one's members as many: a walk of every user in order (docs/performance.md item 71).
     if workspace_id is not None:
-        where.append(f"u.id IN (SELECT m.user_id FROM workspace_members m WHERE m.workspace_id = {arg(workspace_id)})")
-    if co_members_of is not None:
-        # no `UNION ALL SELECT <the caller>`: the planner cannot probe an Append holding a constant by index, so for a
+        where.append(f"u.id IN (SELECT m.user_id FROM workspace_members m WHERE m.workspace_id = {int(workspace_id)})")
+    if co_workspaces is not None:
+        # the caller's workspaces as values, not a join of workspace_members with itself: the planner estimates such a
+        # join from the whole column's statistics, so beside one large workspace every caller's co-members were
+        # estimated as nearly its size, and a user of a small workspace had every user read (a hash join over all
+        # users; for a page, users in order until the few matched: item 71). Values are each estimated from that
+        # workspace's own statistics.
+        # No `UNION ALL SELECT <the caller>`: the planner cannot probe an Append holding a constant by index, so for a
         # page (a cursor: its estimate is one row) it hashed the whole set and scanned it again for every user it
-        # read (a join filter, not a hash look-up): 1.3-4.3 s for a page of a 13,000-member workspace
-        where.append(f"u.id IN (SELECT b.user_id FROM workspace_members a JOIN workspace_members b"
-                     f" ON b.workspace_id = a.workspace_id WHERE a.user_id = {arg(co_members_of)})")
+        # read (1.3-4.3 s a page of 13,000 members, item 56)
+        listed = ",".join(str(int(w)) for w in sorted(co_workspaces))
+        where.append(f"u.id IN (SELECT m.user_id FROM workspace_members m"
+                     f" WHERE m.workspace_id = ANY('{{{listed}}}'::bigint[]))")
     if after is not None:
         where.append(f"(u.created_at, u.id) > ({arg(after[0])}::timestamptz, {arg(after[1])}::uuid)")
     return " WHERE " + " AND ".join(where) if where else ""
@@ -236,9 +253,11 @@ async def list_users(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspa
     Only the filters asked for are in the query (_user_filters). As `($n IS NULL OR EXISTS (...))` they could not
     be joined: every user was read and each filtered by a hashed subplan, and with users (created_at, id)
     (migration 015) the planner did that in index order for a page: a user's users/query on 200,000 users read all
-    of them, 200-640 ms, where this reads the caller's few: 0.2-7 ms (docs/performance.md item 55)."""
+    of them, 200-640 ms, where this reads the caller's few: 0.2-7 ms (docs/performance.md item 55). The caller's
+    workspaces are read first (_workspaces_of), so the query names them as values the planner estimates each from its
+    own statistics (item 71)."""
     args: list[Any] = []
-    where = _user_filters(ids, workspace_id, co_members_of, after, args)
+    where = _user_filters(ids, workspace_id, await _workspaces_of(pool, co_members_of), after, args)
     args.append(limit)
     return await pool.fetch(
         f"SELECT {LISTED_COLUMNS} FROM users u{where} ORDER BY u.created_at, u.id LIMIT ${len(args)}::bigint", *args)
@@ -251,9 +270,10 @@ async def users_answer_size(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, 
     answers the rest), and the UTF-8 bytes of their usernames and emails together: what an answer's size is made of,
     counted in PostgreSQL without reading the rows out."""
     args: list[Any] = []
+    where = _user_filters(ids, workspace_id, await _workspaces_of(pool, co_members_of), after, args)
     row = await pool.fetchrow(
         "SELECT count(*) AS users, coalesce(sum(octet_length(u.username) + coalesce(octet_length(u.email), 0)), 0)"
-        f" AS text_bytes FROM users u{_user_filters(ids, workspace_id, co_members_of, after, args)}", *args)
+        f" AS text_bytes FROM users u{where}", *args)
     return row["users"], row["text_bytes"]
 
 
