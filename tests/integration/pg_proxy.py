@@ -78,4 +78,5 @@ async def through_a_proxy(stack, pool) -> AsyncIterator[tuple[FreezingProxy, obj
             yield proxy, proxied
         finally:
             proxy.thaw()
-            await asyncio.wait_for(proxied.close(), 30)
+            async with asyncio.timeout(30):
+                await proxied.close()

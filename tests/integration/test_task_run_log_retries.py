@@ -13,24 +13,21 @@ a schema of this test's on the stack's PostgreSQL; the runs are real sandboxed p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import time
 import uuid
 import zipfile
 from datetime import UTC, datetime
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from services.task_scheduler import runner, store
-from shared.db import create_pool
 from shared.settings import Settings
 from tests.integration.conftest import service_schema
+from tests.integration.pg_proxy import through_a_proxy
 from tests.integration.task_scheduler_setup import MIGRATIONS, sandbox_settings_in
 from tests.integration.task_scheduler_setup import a_supervised_run as a_run
-from tests.integration.test_deployer_crash import FreezingProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -204,24 +201,6 @@ def plan_of(settings: Settings, main: str) -> runner.RunPlan:
     return runner.RunPlan(run_id="r", workdir=settings.stack.data_dir / "run", zip_path=archive,
                           entrypoint="main.py", python=sys.executable, env_dir=None, env={}, timeout=90,
                           memory_bytes=1 << 30, cpu_seconds=60, disk_bytes=64 << 20)
-
-
-@contextlib.asynccontextmanager
-async def through_a_proxy(stack, pool):
-    """A FreezingProxy (tests/integration/test_deployer_crash.py) and a pool through it on `pool`'s schema."""
-    settings = stack.settings().postgres
-    parts = urlsplit(settings.dsn)
-    proxy = FreezingProxy(parts.hostname, parts.port)
-    async with proxy.serving() as port:
-        dsn = urlunsplit(parts._replace(netloc=f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:{port}"))
-        proxied = await create_pool(settings.model_copy(update={"dsn": dsn}),
-                                    await pool.fetchval("SELECT current_schema()"))
-        try:
-            yield proxy, proxied
-        finally:
-            proxy.thaw()
-            async with asyncio.timeout(30):
-                await proxied.close()
 
 
 async def test_a_flush_attempt_the_database_does_not_answer_is_given_up_at_its_bound(stack, pool, monkeypatch):
