@@ -8,16 +8,22 @@ changed after it was applied stops the start-up: edit by adding a new file, neve
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 
 from shared.settings import PostgresSettings
+
+log = logging.getLogger("railyard.db")
+_T = TypeVar("_T")
 
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MIGRATION_RE = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
@@ -199,3 +205,40 @@ async def xact_lock(conn: asyncpg.Connection, space: str, *key: object) -> None:
     hash of `lock_text(space, *key)`): a key space of its own per kind of thing, as every service shares the
     database (a bare pg_advisory_xact_lock(id) made pipeline 7 and workspace 7 wait on each other)."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))", lock_text(space, *key))
+
+
+LEFT: set[asyncio.Task] = set()
+"""Database work `within` gave up on (or `leave` was given): cancelled, ending in the background."""
+
+
+async def within(seconds: float, work: Awaitable[_T], gave_up: Callable[[], BaseException]) -> _T:
+    """What `work` answers within `seconds`; else `gave_up()` is raised and the work is cancelled and left to end in
+    the background, not waited for (also when the caller is cancelled). Neither asyncio.wait_for (on Python 3.11 it
+    loses a cancel that comes as the work ends, bpo-42130) nor asyncio.timeout, which waits for its cancelled block
+    to end: a query cancelled on a connection whose server stopped answering (stopped, a network partition) ends
+    only once the server answers asyncpg's cancel request and the connection's reset (the transaction's ROLLBACK,
+    the pool's release: no timeout of their own), so a caller bounded that way waited as long as the server was
+    away. The work left holds its connection (and whatever its transaction locked on the server) until then. The
+    deployer's request-path steps and the task scheduler's log writes, end records and stop steps use it."""
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=max(seconds, 0.0))
+    finally:
+        if not task.done():
+            leave(task)
+    if not done:
+        raise gave_up()
+    return task.result()
+
+
+def leave(task: asyncio.Task) -> None:
+    """`task` cancelled and kept (LEFT) until it ends; an error it ends with is logged, not left unretrieved."""
+    task.cancel()
+    LEFT.add(task)
+    task.add_done_callback(_left_ended)
+
+
+def _left_ended(task: asyncio.Task) -> None:
+    LEFT.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.info("database work given up on ended with %r", task.exception())

@@ -20,7 +20,7 @@ import asyncpg
 from services.deployer import store
 from services.deployer.backend import LocalBackend
 from services.engine.logpolicy import check_batching, check_log_policy
-from shared import paging, subjects
+from shared import db, paging, subjects
 from shared.authz import (
     MembershipLookup,
     Principal,
@@ -901,39 +901,11 @@ class _NotAnswered(TimeoutError):
     timeout, is raised as it is)."""
 
 
-_LEFT: set[asyncio.Task] = set()  # work _answered_within gave up on, cancelled, ending in the background
-
-
 async def _answered_within(seconds: float, work: Awaitable[_T]) -> _T:
     """What `work` answers within `seconds`, else _NotAnswered: the work is cancelled and left to end in the
-    background, not waited for. asyncio.timeout cancels its block and waits for it to end: a query cancelled on a
-    connection whose server stopped answering (stopped, a network partition) ends only once the server answers
-    asyncpg's cancel request and the connection's reset (the transaction's ROLLBACK, the pool's release: no timeout
-    of their own), so a caller bounded that way waited as long as the server was away. The work left holds its
-    connection (and whatever its transaction locked on the server) until then, as it did. A cancellation of the
-    caller cancels the work, not waited for either."""
-    task = asyncio.ensure_future(work)
-    try:
-        done, _ = await asyncio.wait((task,), timeout=max(seconds, 0.0))
-    except BaseException:
-        _leave(task)
-        raise
-    if not done:
-        _leave(task)
-        raise _NotAnswered(f"no answer within {seconds:.3g} s")
-    return task.result()
-
-
-def _leave(task: asyncio.Task) -> None:
-    task.cancel()
-    _LEFT.add(task)
-    task.add_done_callback(_left_ended)
-
-
-def _left_ended(task: asyncio.Task) -> None:
-    _LEFT.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        log.info("database work given up on ended with %r", task.exception())
+    background, not waited for (shared.db.within says why: asyncio.timeout would wait for a query cancelled on a
+    server that stopped answering)."""
+    return await db.within(seconds, work, lambda: _NotAnswered(f"no answer within {seconds:.3g} s"))
 
 
 async def _in_transaction(deps: DeployerDeps, read: Callable[[asyncpg.Connection], Awaitable[_T]]) -> _T:

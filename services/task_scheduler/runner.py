@@ -29,6 +29,7 @@ from typing import TypeVar
 import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
+from shared import db
 from shared.pg_text import no_nul
 from shared.sandbox import (
     Limits,
@@ -177,7 +178,7 @@ class LogWriter:
             done, _ = await asyncio.wait({write}, timeout=FLUSH_ATTEMPT_SECONDS)
         finally:
             if not write.done():
-                _leave(write)
+                db.leave(write)
             elif not write.cancelled() and write.exception() is None:
                 written.append(True)
         if not done:
@@ -185,36 +186,11 @@ class LogWriter:
         write.result()
 
 
-_LEFT: set[asyncio.Task] = set()  # flush attempts (and `bounded` steps) given up on, ending in the background
-
-
 async def bounded(step: Awaitable[T], seconds: float, what: str) -> T:
-    """`step` run as a task of its own and waited for at most `seconds` with asyncio.wait, for the reasons
-    LogWriter._attempt says (neither asyncio.wait_for nor asyncio.timeout): past it, or when the caller is cancelled,
-    it is cancelled and left to end in the background (a query on a connection whose server stopped answering ends
-    only once the server answers asyncpg's cancel request), and TimeoutError names `what`. Its result otherwise, or
-    its exception."""
-    task = asyncio.ensure_future(step)
-    try:
-        done, _ = await asyncio.wait({task}, timeout=max(seconds, 0.0))
-    finally:
-        if not task.done():
-            _leave(task)
-    if not done:
-        raise TimeoutError(f"{what}: no answer within {seconds:.3g} s")
-    return task.result()
-
-
-def _leave(write: asyncio.Task) -> None:
-    write.cancel()
-    _LEFT.add(write)
-    write.add_done_callback(_left_ended)
-
-
-def _left_ended(write: asyncio.Task) -> None:
-    _LEFT.discard(write)
-    if not write.cancelled() and write.exception() is not None:
-        log.debug("a log write given up on ended with %r", write.exception())
+    """`step` waited for at most `seconds` (shared.db.within: past it, or when the caller is cancelled, it is
+    cancelled and left to end in the background, for the reasons LogWriter._attempt says), TimeoutError naming
+    `what`. Its result otherwise, or its exception."""
+    return await db.within(seconds, step, lambda: TimeoutError(f"{what}: no answer within {seconds:.3g} s"))
 
 
 class LinesDropped(Exception):

@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from services.task_scheduler import runner
+from shared import db
 
 
 async def test_an_attempt_that_hangs_is_given_up_cancelled_and_its_batch_kept(monkeypatch):
@@ -27,14 +28,14 @@ async def test_an_attempt_that_hangs_is_given_up_cancelled_and_its_batch_kept(mo
         async with asyncio.timeout(5):  # the sink is cancellable: a missing bound fails here, it does not hang
             await writer.flush()
     assert [line for *_, line in writer.pending] == ["one"]
-    # this test's own writes only: _LEFT is the process's, and a write another test left (its loop closed before the
+    # this test's own writes only: db.LEFT is the process's, and a write another test left (its loop closed before the
     # write ended) stays in it
     for _ in range(10):  # the cancelled writes' last step, then their done callbacks
-        if not runner._LEFT & set(hung):
+        if not db.LEFT & set(hung):
             break
         await asyncio.sleep(0)
     assert len(hung) == 2 and all(task.cancelled() for task in hung)
-    assert not runner._LEFT & set(hung)
+    assert not db.LEFT & set(hung)
 
 
 async def test_a_batch_written_in_the_step_its_flush_is_cancelled_is_not_put_back():
