@@ -85,8 +85,25 @@ async def choose(deps: Deps, cmd: DatasetChoice) -> dict[str, Any]:
             "card": ("project_version", str(version["id"]), None)}
 
 
+def _class(value: Any) -> str:
+    """A label or a predicted class as the string classes are compared by: an integral float is its integer, so a
+    label column of floats (3.0) and a model answering integers (3) name the same class."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _predicted(column: pa.ChunkedArray, class_names: list[str] | None) -> list[str]:
     values = column.to_pylist()
+    if values and isinstance(values[0], list) and all(len(np.ravel(v)) == 1 for v in values):
+        # one value a row ([N, 1]): not scores (the argmax of one score is always 0) but the class itself
+        flat = [np.asarray(v).ravel().tolist()[0] for v in values]
+        odd = [v for v in flat if not (isinstance(v, int | str) or (isinstance(v, float) and v.is_integer()))]
+        if odd:
+            raise InvalidRequest(f"the output column holds one value a row, and {odd[0]!r} is no class: the argmax of"
+                                 " a single score is always 0, so a one-score output cannot be scored; answer the"
+                                 " class (its id or name), or one score per class")
+        return [_class(v) for v in flat]
     if values and isinstance(values[0], list):
         scores = np.asarray([np.ravel(v) for v in values], dtype=np.float64)
         indices = scores.argmax(axis=1)
@@ -96,7 +113,7 @@ def _predicted(column: pa.ChunkedArray, class_names: list[str] | None) -> list[s
                                      " scores")
             return [class_names[i] for i in indices]
         return [str(i) for i in indices]
-    return [str(v) for v in values]
+    return [_class(v) for v in values]
 
 
 async def run_classification(deps: Deps, infer: Infer, resolve: Resolve, principal: Principal, token: str | None,
@@ -137,10 +154,26 @@ async def classification_rows(deps: Deps, chosen: dict[str, Any], label_column: 
     return table
 
 
+def _check_class_names(truth: list[str], class_names: list[str] | None, label_column: str) -> None:
+    """`class_names` name the output's score positions, so the labels must be those names: labels that are none of
+    them (class ids 0, 1, ... with names given) would score every prediction wrong, a report of accuracy 0 that
+    says nothing of the model."""
+    if not class_names or not truth or set(truth) & set(class_names):
+        return
+    labels = list(dict.fromkeys(truth))
+    raise InvalidRequest(
+        f"no value of {label_column!r} ({', '.join(map(repr, labels[:5]))}{', ...' if len(labels) > 5 else ''}) is"
+        f" one of class_names ({', '.join(map(repr, class_names[:5]))}{', ...' if len(class_names) > 5 else ''}):"
+        " class_names name the output's scores in order, and the labels are compared with those names; store the"
+        " class names in the label column, or leave class_names out to compare the labels with the index of the"
+        " highest score")
+
+
 async def classification_candidates(infer: Infer, routes: list[dict[str, Any]], table: pa.Table,
                                     cmd: Any) -> list[BenchmarkCandidate]:
     """Each deployment's predictions on the rows (minus `label_column`), scored, with the engine's speed."""
-    truth = [str(v) for v in table.column(cmd.label_column).to_pylist()]
+    truth = [_class(v) for v in table.column(cmd.label_column).to_pylist()]
+    _check_class_names(truth, cmd.class_names, cmd.label_column)
     inputs = table.drop_columns([cmd.label_column])
     candidates = []
     for route in routes:

@@ -1,0 +1,73 @@
+"""How a classification benchmark reads classes (services/workflow_lineage/benchmark_runs.py), with the engine
+replaced by a function answering fixed outputs: the cases where a report used to come back stored and wrong
+(accuracy 0 of a model that is right) now either score what the model answered or refuse, naming why."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from services.workflow_lineage.benchmark_runs import classification_candidates
+from shared.arrow_codec import from_ipc, tensor_array, to_ipc_stream
+from shared.errors import InvalidRequest
+from shared.messages.lineage import RunClassificationBenchmark
+
+ROUTE = {"name": "clf-1", "workspace_id": 1}
+
+
+def engine(output: pa.Array, column: str = "out"):
+    """An engine answering `output`'s rows for the rows it is sent (in order)."""
+    sent = {"rows": 0}
+
+    async def infer(name: str, data: bytes) -> tuple[dict[str, str], bytes]:
+        rows = from_ipc(data).num_rows
+        answer = pa.table({column: output.slice(sent["rows"], rows)})
+        sent["rows"] += rows
+        return {}, to_ipc_stream(answer)
+
+    return infer
+
+
+def command(**fields) -> RunClassificationBenchmark:
+    return RunClassificationBenchmark(workspace_id=1, name="r", dataset_id=1, label_column="label",
+                                      output_column="out", deployments=["clf-1"], batch_size=2, **fields)
+
+
+def rows(labels: pa.Array) -> pa.Table:
+    return pa.table({"x": pa.array(np.arange(len(labels), dtype=np.float32)), "label": labels})
+
+
+async def accuracy(table: pa.Table, output: pa.Array, **fields) -> float:
+    [candidate] = await classification_candidates(engine(output), [ROUTE], table, command(**fields))
+    return candidate.metrics["accuracy"]
+
+
+async def test_class_ids_with_class_names_are_refused_not_scored_zero():
+    # labels 0/1/2 and class_names naming the score positions: every prediction would be a name, no label is one
+    scores = tensor_array(np.eye(3, dtype=np.float32)[[0, 1, 2, 1]])
+    with pytest.raises(InvalidRequest) as refused:
+        await accuracy(rows(pa.array([0, 1, 2, 1])), scores, class_names=["cat", "dog", "bird"])
+    message = refused.value.msg
+    assert "'label'" in message and "'cat'" in message and "leave class_names out" in message
+    # the same scores with the names in the label column, or without class_names: scored right
+    assert await accuracy(rows(pa.array(["cat", "dog", "bird", "dog"])), scores,
+                          class_names=["cat", "dog", "bird"]) == 1.0
+    assert await accuracy(rows(pa.array([0, 1, 2, 1])), scores) == 1.0
+
+
+async def test_float_labels_and_integer_classes_name_the_same_class():
+    # a label column of floats (pandas reads a column with a gap as float64) against a model answering int64
+    assert await accuracy(rows(pa.array([0.0, 1.0, 2.0, 1.0])), pa.array([0, 1, 2, 1], pa.int64())) == 1.0
+    assert await accuracy(rows(pa.array([0, 1, 2, 1])), pa.array([0.0, 1.0, 2.0, 2.0])) == 0.75
+
+
+async def test_a_one_value_a_row_output_is_the_class_not_a_score():
+    # an [N, 1] class id (a keras argmax kept 2-D): its "argmax" was always 0
+    ids = tensor_array(np.array([[0], [1], [2], [1]], dtype=np.int64))
+    assert await accuracy(rows(pa.array([0, 1, 2, 1])), ids) == 1.0
+    # one probability a row is no class: refused, rather than every row read as class 0
+    probability = tensor_array(np.array([[0.2], [0.9], [0.7], [0.1]], dtype=np.float32))
+    with pytest.raises(InvalidRequest) as refused:
+        await accuracy(rows(pa.array([0, 1, 1, 0])), probability)
+    assert "one value a row" in refused.value.msg and "one score per class" in refused.value.msg
