@@ -455,11 +455,12 @@ def float_narrowing(schema: pa.Schema) -> dict[str, pa.DataType]:
 
 
 def narrows(kind: pa.DataType, to: pa.DataType) -> bool:
-    """Whether a column of scalar type `kind` is cast to the model's float type `to` on arrival: float64, and an
-    integer at least as wide as `to` (int64, int32 for float32). A narrower integer (uint8 pixels, an int16) stays as
-    sent: the cast would widen it (a uint8 image 4x the bytes on the bus and in the log), and the model's own cast
-    of it is exact. The fast lane (services/engine/fast_lane.py) follows the same rule."""
-    return pa.types.is_float64(kind) or (pa.types.is_integer(kind) and kind.bit_width >= to.bit_width)
+    """Whether a column of scalar type `kind` is cast to the model's float type `to` on arrival: float64 (not for a
+    float64 input: nothing to cast), and an integer at least as wide as `to` (int64, int32 for float32; int64 for
+    float64). A narrower integer (uint8 pixels, an int16) stays as sent: the cast would widen it (a uint8 image 4x
+    the bytes on the bus and in the log), and the model's own cast of it is exact. The fast lane
+    (services/engine/fast_lane.py) follows the same rule."""
+    return kind != to and (pa.types.is_float64(kind) or (pa.types.is_integer(kind) and kind.bit_width >= to.bit_width))
 
 
 def _narrowed_type(kind: pa.DataType, to: pa.DataType) -> pa.DataType | None:

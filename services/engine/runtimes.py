@@ -92,18 +92,19 @@ def _column_to_tensor(name: str, column: pa.ChunkedArray | pa.Array, dims: list,
     return tensor.astype(dtype, copy=False)
 
 
-NARROW = (np.float32, np.float16)
+NARROW = (np.float32, np.float16, np.float64)
 
 
 def narrowing(runtimes: list, keep: frozenset[str] = frozenset()) -> dict[str, pa.DataType]:
-    """The float64 columns a step's models take narrower, as {column: float32 or float16}: a column every model
-    of the step (ONNX, all of them: a challenger or an A/B arm included) takes as the same narrower float type.
+    """The columns a step's models take as a float type, as {column: float32, float16 or float64}: a column every
+    model of the step (ONNX, all of them: a challenger or an A/B arm included) takes as the same float type.
     A JSON request's numbers arrive as float64 (the records typing rules) and each model call cast them anyway;
     cast once when the request arrives, the bus, the model call and the inference log carry what the models
     consume, at half the bytes (docs/logs.md, "Types"). An integer column for such an input (JSON integers, an
     Arrow int64 column, an OIP INT64 tensor) is cast the same way (arrow_codec.narrow), so the log holds one tensor
-    type whether a client wrote 1 or 1.0, not int64 pages among float32 ones; an integer narrower than the float
-    type (uint8 pixels) stays as sent (arrow_codec.narrows). Columns in `keep` stay as sent: an
+    type whether a client wrote 1 or 1.0, not int64 pages among float32 (or float64) ones; a float64 column for a
+    float64 input is left as it is, and an integer narrower than the float type (uint8 pixels, an int32 for
+    float64) stays as sent (arrow_codec.narrows). Columns in `keep` stay as sent: an
     A/B split's hash key, whose value as sent picks the arm (0.11 narrowed prints as 0.10999999940395355 and
     would move the request)."""
     if not runtimes or not all(isinstance(r, OnnxRuntime) for r in runtimes):

@@ -43,7 +43,7 @@ def test_a_column_every_model_takes_as_float32_is_narrowed(tmp_path, ccfraud):
 def test_models_that_disagree_or_take_other_columns_or_run_code_narrow_nothing(tmp_path, ccfraud):
     doubles = _runtime(tmp_path, "doubles.onnx", _identity_onnx("tensor", TensorProto.DOUBLE))
     other = _runtime(tmp_path, "other.onnx", _identity_onnx("features", TensorProto.FLOAT))
-    assert narrowing([doubles]) == {}  # the model takes float64: nothing to cast
+    assert narrowing([doubles]) == {"tensor": pa.float64()}  # integers cast to it (a float64 column is left alone)
     assert narrowing([ccfraud, doubles]) == {}  # a shadow taking float64 must get the request's own values
     assert narrowing([ccfraud, other]) == {}  # an arm that does not take `tensor` at all
     assert narrowing([object()]) == {}  # a Python step or BYOP: no declared types
@@ -75,6 +75,22 @@ def test_narrow_casts_float64_and_integer_scalars_and_tensors_and_leaves_the_res
     assert np.isinf(flat[2])
     assert out.column("ragged").to_pylist() == pa.array([[0.1, 0.2], [0.3]], pa.list_(pa.float32())).to_pylist()
     assert narrow(table, {}) is table
+
+
+def test_for_a_float64_input_integers_are_cast_and_float64_columns_are_left_as_they_are():
+    table = pa.table({
+        "tensor": tensor_array(np.array([[0.1, 2.5], [3.0, -0.25]])),
+        "ints": pa.array([1, 2**53 + 1]),
+        "small": pa.array([1, 2], pa.int32()),  # narrower than float64: the model's own cast is exact
+        "single": pa.array([0.5, 1.5], pa.float32()),  # a narrower float: as sent, as before
+    })
+    out = narrow(table, {name: pa.float64() for name in table.column_names})
+    assert out.schema.field("ints").type == pa.float64()
+    assert out.column("ints").to_pylist() == [1.0, float(2**53)]  # numpy's rounding, as the model's cast
+    assert [out.schema.field(n).type for n in ("small", "single")] == [pa.int32(), pa.float32()]
+    assert out.column("tensor").equals(table.column("tensor"))
+    untouched = table.select(["tensor"])
+    assert narrow(untouched, {"tensor": pa.float64()}) is untouched  # no cast, no new table, per request
 
 
 def _route(input_schema: pa.Schema | None, version: str = "v1"):
