@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 from typing import Any
+from urllib.parse import quote
 
 import pyarrow.parquet as pq
 from fastapi import Depends, FastAPI, Request
@@ -195,7 +196,7 @@ def add_lineage_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token
         cmd = _validated(lin.DatasetFileQuery, await _json_body(request)).model_copy(update={"labels": False})
         info = lin.DatasetFile.model_validate(await handlers.forward(  # the hash only: any labels' size downloads
             runtime.broker, subjects.LINEAGE_DATASETS_GET_FILE, cmd, bearer_token(request), timeout))
-        return await _stream(runtime, info.sha256, info.content_type)
+        return await _stream(runtime, info.sha256, info.content_type, info.name)
 
     @app.post("/v1/api/files/upload", tags=["files"], response_model=lin.WorkspaceFile)
     async def upload_workspace_file(request: Request, principal: Principal = Depends(user_caller)) -> Any:
@@ -212,14 +213,22 @@ def add_lineage_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token
         cmd = _validated(lin.WorkspaceFileRef, await _json_body(request))
         info = lin.WorkspaceFile.model_validate(await handlers.forward(
             runtime.broker, subjects.LINEAGE_FILES_GET, cmd, bearer_token(request), timeout))
-        return await _stream(runtime, info.sha256, "application/octet-stream")
+        return await _stream(runtime, info.sha256, "application/octet-stream", info.path.rsplit("/", 1)[-1])
 
 
-async def _stream(runtime: Runtime, sha256: str, media_type: str) -> StreamingResponse:
+def attachment(name: str) -> str:
+    """A Content-Disposition naming the file (`curl -OJ`, a browser's save): RFC 6266's `filename*` in UTF-8 and an
+    ASCII `filename` for clients that read only that one."""
+    ascii_name = "".join(c if " " <= c < "\x7f" and c not in '"\\' else "_" for c in name) or "download"
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+async def _stream(runtime: Runtime, sha256: str, media_type: str, name: str) -> StreamingResponse:
     key = content_key(sha256)
     if not await runtime.objects.exists(BUCKET_DATASETS, key):
         raise NotFound("the file's content is missing from storage")
-    return StreamingResponse(runtime.objects.get_stream(BUCKET_DATASETS, key), media_type=media_type)
+    return StreamingResponse(runtime.objects.get_stream(BUCKET_DATASETS, key), media_type=media_type,
+                             headers={"Content-Disposition": attachment(name)})
 
 
 async def _json_body(request: Request) -> dict[str, Any]:

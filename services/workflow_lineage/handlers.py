@@ -413,8 +413,12 @@ async def add_file(deps: Deps, principal: Principal, token: str | None, cmd: Add
         if row["kind"] == "tabular":
             raise InvalidRequest(f"dataset {cmd.dataset_id} is tabular: it takes rows (datasets/upload_rows), "
                                  "not files")
-        if size == 0:
-            raise InvalidRequest("the uploaded file is empty")
+        if cmd.name in (".", ".."):  # a folder's name wherever the file is written out (the CLI's --download)
+            raise InvalidRequest(f"a dataset file cannot be named {cmd.name!r}: give the file a name (name=...)")
+        # an empty file is a file (a YOLO label file of an image without objects, a marker): refused only where an
+        # image is wanted, as before for all kinds (workspace files took empty files already)
+        if size == 0 and row["kind"] == "images":
+            raise InvalidRequest("the uploaded file is empty: an images dataset takes images")
         if row["kind"] == "images":
             content_type = await asyncio.to_thread(_image_type, local)
         else:

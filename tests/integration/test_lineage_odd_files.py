@@ -1,0 +1,93 @@
+"""Odd files in datasets, through the gateway: an empty file in a files dataset (a YOLO label file of an image
+without objects) is a file like any other, an empty image is not; `.` and `..` are no file names (the CLI's
+`files --download` refused a whole dataset holding one); downloads name their file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+
+import httpx
+import pytest
+
+from tests.integration.conftest import post
+from tests.integration.test_lineage import ok, upload_file, upload_workspace_file
+
+pytestmark = pytest.mark.integration
+
+
+def project_with(stack, account, *kinds: str) -> tuple[dict, list[dict]]:
+    project = ok(post(stack, "projects/create", account.token, {
+        "workspace_id": account.workspace_id, "name": f"odd-{uuid.uuid4().hex[:6]}"}))
+    return project, [ok(post(stack, "datasets/create", account.token, {
+        "project_id": project["id"], "name": kind, "kind": kind})) for kind in kinds]
+
+
+def names(stack, account, dataset_id: int) -> list[str]:
+    listed = ok(post(stack, "datasets/list_files", account.token, {"dataset_id": dataset_id}))
+    return [f["name"] for f in listed["files"]]
+
+
+def test_an_empty_file_is_a_file_and_an_empty_image_is_refused(stack, alice):
+    project, (files, images) = project_with(stack, alice, "files", "images")
+    stored = ok(upload_file(stack, alice, files["id"], "img7.txt", b""))  # was 400 "the uploaded file is empty"
+    assert stored["size"] == 0 and stored["sha256"] == hashlib.sha256(b"").hexdigest()
+    download = post(stack, "datasets/download_file", alice.token, {"dataset_id": files["id"], "name": "img7.txt"})
+    assert download.status_code == 200 and download.content == b""
+    version = ok(post(stack, "projects/create_version", alice.token, {"project_id": project["id"]}))
+    assert ok(post(stack, "projects/verify_version", alice.token, {"version_id": version["id"]}))["ok"] is True
+    saved = post(stack, "datasets/download_file", alice.token, {"dataset_id": files["id"], "name": "img7.txt",
+                                                                 "version_id": version["id"]})
+    assert saved.status_code == 200 and saved.content == b""
+
+    refused = upload_file(stack, alice, images["id"], "blank.png", b"")
+    assert refused.status_code == 400 and refused.json() == {
+        "code": "invalid_request", "msg": "the uploaded file is empty: an images dataset takes images"}
+    assert names(stack, alice, images["id"]) == []
+
+
+def test_dot_names_are_refused_so_every_dataset_downloads(stack, alice, tmp_path, monkeypatch):
+    _, (files,) = project_with(stack, alice, "files")
+    ok(upload_file(stack, alice, files["id"], "a.txt", b"a"))
+    for name in (".", ".."):
+        refused = upload_file(stack, alice, files["id"], name, b"x")
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["code"] == "invalid_request" and repr(name) in refused.json()["msg"]
+    assert names(stack, alice, files["id"]) == ["a.txt"]
+
+    # the CLI downloads the dataset (it refused all of it when one file was named '..')
+    from railyard_client.cli import main
+
+    from tests.integration.conftest import PASSWORD
+
+    for key in [k for k in os.environ if k.startswith("RAILYARD_CLIENT")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("RAILYARD_CLIENT_URL", stack.base_url)
+    monkeypatch.setenv("RAILYARD_CLIENT_USERNAME", alice.email)
+    monkeypatch.setenv("RAILYARD_CLIENT_PASSWORD", PASSWORD)
+    monkeypatch.setenv("RAILYARD_CLIENT_SECRET", stack.secrets()["client_secret"])
+    monkeypatch.setenv("RAILYARD_CLIENT_WORKSPACE", str(alice.workspace_id))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    assert main(["datasets", "files", str(files["id"]), "--download", str(tmp_path / "out"), "--json"]) == 0
+    assert (tmp_path / "out" / "a.txt").read_bytes() == b"a"
+
+
+def test_downloads_name_their_file(stack, alice):
+    _, (files,) = project_with(stack, alice, "files")
+    ok(upload_file(stack, alice, files["id"], 'r\u00e9sum\u00e9 "v2".pdf', b"%PDF-1.4"))
+    download = post(stack, "datasets/download_file", alice.token,
+                    {"dataset_id": files["id"], "name": 'r\u00e9sum\u00e9 "v2".pdf'})
+    assert download.status_code == 200 and download.headers["content-type"] == "application/pdf"
+    assert download.headers["content-disposition"] == (
+        "attachment; filename=\"r_sum_ _v2_.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20%22v2%22.pdf")
+
+    ok(upload_workspace_file(stack, alice, alice.workspace_id, "/runs/1/best.onnx", b"onnx"))
+    download = httpx.post(f"{stack.api}/files/download", json={"workspace_id": alice.workspace_id,
+                                                               "path": "/runs/1/best.onnx"},
+                          headers={"Authorization": f"Bearer {alice.token}"}, timeout=30)
+    assert download.status_code == 200 and download.content == b"onnx"
+    assert download.headers["content-disposition"] == "attachment; filename=\"best.onnx\"; filename*=UTF-8''best.onnx"
+    assert json.loads(post(stack, "files/get_info", alice.token, {
+        "workspace_id": alice.workspace_id, "path": "/runs/1/best.onnx"}).text)["size"] == 4
