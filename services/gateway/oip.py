@@ -119,6 +119,30 @@ def _read_json_fast(body: bytes) -> dict[str, Any] | None:
         return None
 
 
+# the engine's phrasings (services/engine/runtimes.py, replica.py) that name a request's tensors as the records and
+# Arrow routes see them, columns, and the Open Inference Protocol's word for them
+_ENGINE_PREFIXES = (("column ", "input "), ("the A/B split hashes column ", "the A/B split hashes input "))
+_ENGINE_LISTS = (("the model takes columns [", "the model takes inputs ["),
+                 ("missing columns [", "missing inputs ["), ("unexpected columns [", "unexpected inputs ["))
+
+
+def in_oip_words(exc: RailyardError) -> RailyardError:
+    """The engine's error, said in OIP's words (an input, not a column), its class, code and status unchanged: the
+    engine serves every route alike and names a request's tensors columns, as the records and Arrow routes do."""
+    msg = exc.msg
+    for engine, oip in _ENGINE_PREFIXES:
+        if msg.startswith(engine):
+            msg = oip + msg[len(engine):]
+            break
+    else:
+        if msg.startswith(_ENGINE_LISTS[0][0]):
+            for engine, oip in _ENGINE_LISTS:
+                msg = msg.replace(engine, oip, 1)
+    if msg != exc.msg:
+        exc.msg, exc.args = msg, (msg,)
+    return exc
+
+
 def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], pa.Table]:
     """An OIP inference request (JSON, or JSON + binary tensors) as its JSON part and an Arrow table."""
     try:
@@ -319,7 +343,10 @@ def add_oip_routes(app: FastAPI, runtime, caller, cache, ask_engine) -> None:
             route = await route_for(model, request, principal)
             parsed, table = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
             reply = await ask_engine(runtime, model, to_ipc_stream(table))
-            raise_for_error_header(reply.headers)
+            try:
+                raise_for_error_header(reply.headers)
+            except RailyardError as exc:
+                raise in_oip_words(exc) from None
             body, response_headers = encode_response(parsed, model, route.pipeline_version, from_ipc(reply.data))
         except RailyardError as exc:
             return oip_error(exc)

@@ -1,0 +1,67 @@
+"""The Open Inference Protocol route's errors name a request's tensors as OIP does, inputs, where the engine (which
+serves every route alike) says columns, as the records and Arrow routes keep saying; the typed code stays
+`invalid_request`. Through the real gateway and an engine replica serving ccfraud (input `tensor` float[N,29])."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+
+from services.gateway.oip import HEADER_LENGTH
+from tests.integration.test_pipelines import deployed  # noqa: F401 - the fixture is reused
+
+pytestmark = pytest.mark.integration
+
+
+def _oip(stack, alice, model: str, body: bytes, extra: dict | None = None) -> httpx.Response:
+    return httpx.post(f"{stack.base_url}/v2/models/{model}/infer", content=body, timeout=60,
+                      headers={"Authorization": f"Bearer {alice.token}", "Content-Type": "application/json",
+                               **(extra or {})})
+
+
+def _tensor(name: str, shape: list[int], datatype: str, data: list) -> bytes:
+    return json.dumps({"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}).encode()
+
+
+def _binary(bad: float) -> tuple[bytes, dict]:
+    values = np.zeros((1, 29), np.float32)
+    values[0, 4] = bad
+    header = json.dumps({"inputs": [{"name": "tensor", "shape": [1, 29], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": values.nbytes}}]}).encode()
+    return header + values.tobytes(), {HEADER_LENGTH: str(len(header))}
+
+
+CASES = {
+    "wrong shape": (lambda: (_tensor("tensor", [2, 3], "FP32", [0.0] * 6), {}),
+                    "input 'tensor': the model expects tensors of shape 29, got 3"),
+    "unknown input": (lambda: (_tensor("features", [1, 29], "FP32", [0.0] * 29), {}),
+                      "the model takes inputs ['tensor']: missing inputs ['tensor']; unexpected inputs ['features']"),
+    "booleans": (lambda: (_tensor("tensor", [1, 29], "BOOL", [True] * 29), {}),
+                 "input 'tensor': booleans (true/false) where the model expects float32 numbers"),
+    "NaN in binary data": (lambda: _binary(np.nan), "input 'tensor': NaN or infinite values"),
+    "infinity in binary data": (lambda: _binary(np.inf), "input 'tensor': NaN or infinite values"),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_oip_errors_name_inputs_with_the_typed_code(stack, alice, deployed, case):  # noqa: F811
+    make, wanted = case
+    body, extra = make()
+    response = _oip(stack, alice, deployed["name"], body, extra)
+    assert response.status_code == 400, response.text
+    answer = response.json()
+    assert answer["code"] == "invalid_request"
+    assert answer["error"].startswith(wanted) and answer["msg"] == answer["error"], answer
+    assert "column" not in answer["error"]
+
+
+def test_the_records_route_keeps_naming_columns(stack, alice, deployed):  # noqa: F811
+    response = httpx.post(deployed["url"], content=json.dumps([{"tensor": [0.0, 1.0, 2.0]}]), timeout=60,
+                          headers={"Authorization": f"Bearer {alice.token}", "Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json() == {"code": "invalid_request",
+                               "msg": "column 'tensor': the model expects tensors of shape 29, got 3"}
+
