@@ -31,6 +31,17 @@ class ContinuousTrainingTrigger(str, Enum):
     ASSAY_ALERT = "ASSAY_ALERT"
 
 
+def _member(kind: type[Enum], value: Any, what: str) -> Any:
+    """`kind(value)`, or InvalidInput naming the values there are (the enum's own ValueError, "'X' is not a valid
+    ContinuousDeploymentPolicy", was no error of the SDK's and said neither what `what` takes nor that case
+    matters)."""
+    try:
+        return kind(value)
+    except ValueError:
+        taken = ", ".join(member.value for member in kind)  # type: ignore[attr-defined]
+        raise InvalidInput(f"{what} {value!r} is not one of {taken}") from None
+
+
 def _id_of(thing: Any, what: str) -> Any:
     """An id from an id, a dict with `id`, or an object with an `id` attribute."""
     if isinstance(thing, dict) and "id" in thing:
@@ -66,7 +77,7 @@ class DeploymentContinuous:
         `project` is a lineage project (id or dict); `dataset_version` is attached as `train`. `model_version` is
         deprecated in the seed and ignored."""
         del model_version
-        trigger = ContinuousTrainingTrigger(trigger) if trigger is not None else None
+        trigger = _member(ContinuousTrainingTrigger, trigger, "trigger") if trigger is not None else None
         if threshold is None and trigger != ContinuousTrainingTrigger.ASSAY_ALERT:
             raise InvalidInput("threshold (the number of reviewed predictions that starts a training) is required")
         body: dict[str, Any] = {"project_id": _id_of(project, "project")}
@@ -104,7 +115,8 @@ class DeploymentContinuous:
         """What a trained model version does: DEPLOY_MANUAL (waits for you), DEPLOY_SHADOW (runs as the shadow
         challenger; the sequential test at error rate `alpha`, after `min_sample` reviewed pairs, promotes or rolls
         it back), DEPLOY_AUTO (served at once)."""
-        return self._continuous("setup_continuous_deployment", policy=ContinuousDeploymentPolicy(policy).value,
+        policy = _member(ContinuousDeploymentPolicy, policy, "policy")
+        return self._continuous("setup_continuous_deployment", policy=policy.value,
                                 alpha=alpha, min_sample=min_sample)
 
     def toggle_continuous_deployment(self, active: bool) -> dict[str, Any]:

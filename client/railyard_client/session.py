@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -47,6 +48,7 @@ from railyard_client.errors import (
     AuthenticationError,
     ConfigurationError,
     ConnectionFailed,
+    InvalidInput,
     RailyardError,
     error_from_answer,
 )
@@ -258,6 +260,25 @@ def repeated_cursor(route: str, cursor: Any, seen: set[str]) -> None:
     seen.add(str(cursor))
 
 
+def non_finite(value: Any, path: str = "") -> str | None:
+    """Where in a JSON body a NaN or infinity is (`baseline.Static.values[3]`), None when there is none: JSON has no
+    form for them, and httpx's encoder refused such a body with a bare ValueError ("Out of range float values are not
+    JSON compliant") that named neither the field nor the SDK's error family."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path or "the body")
+    if isinstance(value, dict):
+        items: Any = ((f"{path}.{key}" if path else str(key), item) for key, item in value.items())
+    elif isinstance(value, list | tuple):
+        items = ((f"{path}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    for where, item in items:
+        found = non_finite(item, where)
+        if found is not None:
+            return found
+    return None
+
+
 class Session:
     """One authenticated connection to a gateway: tokens (refreshed when needed) and typed-error HTTP calls."""
 
@@ -415,6 +436,12 @@ class Session:
             headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {self.token}"}
             try:
                 response = self.http.request(method, path, headers=headers, **kwargs)
+            except ValueError:
+                where = non_finite(kwargs.get("json"))
+                if where is None:
+                    raise
+                raise InvalidInput(f"{where} is NaN or infinite, which JSON cannot carry: leave the value out or give "
+                                   "a finite number") from None
             except httpx.TimeoutException:
                 raise ConnectionFailed(f"{self.url} did not answer {path} in time") from None
             except httpx.HTTPError as exc:
