@@ -75,6 +75,7 @@ from shared.authz import Principal, require_user
 from shared.background import Sweeper
 from shared.bus import CallContext, command, publish_event, request
 from shared.consumers import DeliveryPolicy, durable_subscriber, json_model
+from shared.db import xact_lock
 from shared.errors import (
     Conflict,
     InvalidRequest,
@@ -169,6 +170,14 @@ a bound its event keeps (a deploy may land after the wait; those settings may be
 replayed any time): a settled row's own event records nothing whenever it comes (each record is conditional), and a
 recorded row that still matters, guarding an older row of its version (_newer_recorded), is kept as long as that one."""
 PRUNE_BATCH = 1000  # sent_deploys rows one resume sweep deletes at most (every 30 s)
+RECORD_LOCK = "monitoring.continuous_record"
+"""The advisory lock (shared.db.xact_lock, keyed by the deployment id) every transaction recording a delivery or a
+swap takes first (_record_lock), so that its check for a newer command recorded already (_newer_recorded,
+_older_than_recorded) and its record are one step for every other record path, in any process: the deployed event's
+(on_pipeline_deployed), a delivery's own answer, resume or one more look (_deliver, both policies), a swap's
+(_apply_decision). Before, the check ran in READ COMMITTED before the record with no lock the newer command's own
+record path took: a newer command committing its record in between (another process, or a second connection of this
+one) was recorded first, and the older command's record, committed after it, told it last."""
 MAX_RUN_ALERTS = 100  # the newest alerts of an ASSAY_ALERT training given to its run (task_args()["assay_alerts"])
 
 
@@ -1300,6 +1309,7 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
             # (ServingChanged), failed or unanswered serves nothing, and the challenge's champion and challenger
             # go on serving under it
             async with pool.acquire() as conn, conn.transaction():
+                await _record_lock(conn, deployment_id)
                 newest = await _overtaken(conn, training)
                 # the version it sent carried by a newer command (a swap) recorded already: closed, not recorded
                 # after that one (on_pipeline_deployed's rule, for a resume or a look finding it serving)
@@ -1324,8 +1334,18 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
                                sent=_sent_deploy(pool, deployment_id, training_id=training["id"], champion=champion))
         # the challenge opens once the challenger serves (pairs are matched on both versions anyway), once
         async with pool.acquire() as conn, conn.transaction():
+            await _record_lock(conn, deployment_id)
             newest = await _overtaken(conn, training)
+            # the rule of every record path (DEPLOY_AUTO's above): the version it sent carried by a newer command
+            # recorded already closes it. No such command is made today (a shadow delivery's definition, what serves
+            # shadowed by the training's own model version, equals no swap's, a model alone, nor another training's
+            # delivery's): checked all the same, so that one that comes (a new policy, a retraining registering the
+            # same version) is not recorded over it (before, this path had no check)
             if newest is None:
+                older = await _older_than_recorded(conn, deployment_id, version, training_id=training["id"])
+                if older is not None:
+                    await _close_older(conn, older)
+                    return True
                 if not await _delivered(conn, training["id"], policy):
                     return True
                 await _open_challenge(conn, training, cd, champion, new, version)
@@ -1777,23 +1797,35 @@ async def on_pipeline_deployed(deps: ContinuousDeps, event: PipelineDeployed) ->
     after it, naming the same version) is recorded already is left as it is: recorded after it, it would tell the
     older command last, and it is closed as overtaken (_close_older), as a resume would otherwise record it after
     the newer one since its version serves. Before, the rows came in the table's order, and the older one recorded
-    first could make the newer one overtaken (a swap after the newer training's delivery) or be recorded over it."""
+    first could make the newer one overtaken (a swap after the newer training's delivery) or be recorded over it.
+    Each row's check and record are one transaction under the deployment's RECORD_LOCK, which every record path
+    takes: a newer command's own record (its answer, a resume, another process's event) comes wholly before the
+    check, which then sees it, or wholly after the record."""
     pool = deps.base.pool
     recorded = 0
     for sent in await pool.fetch("SELECT * FROM sent_deploys WHERE deployment_id = $1 AND pipeline_version = $2"
                                  " ORDER BY sent_at, COALESCE(training_id, challenge_id)", event.deployment_id,
                                  event.pipeline_version):
-        if await _newer_recorded(pool, sent):
-            await _close_older(pool, sent)
-            continue
-        if sent["training_id"] is not None:
-            landed = await _delivery_landed(deps, sent, event)
-        else:
-            landed = await _swap_landed(deps, sent, event)
+        async with pool.acquire() as conn, conn.transaction():
+            await _record_lock(conn, sent["deployment_id"])
+            if await _newer_recorded(conn, sent):
+                await _close_older(conn, sent)
+                continue
+            if sent["training_id"] is not None:
+                landed = await _delivery_landed(conn, sent, event)
+            else:
+                landed = await _swap_landed(conn, sent, event)
         recorded += landed
     if recorded:
         deps.events_committed()
     return recorded
+
+
+async def _record_lock(conn: Any, deployment_id: int) -> None:
+    """RECORD_LOCK of the deployment, until the caller's transaction ends: the first statement of every transaction
+    that records a delivery or a swap (before any row lock it takes, so no two such transactions wait on each other
+    in the other order)."""
+    await xact_lock(conn, RECORD_LOCK, deployment_id)
 
 
 async def _newer_recorded(pool: Any, sent: asyncpg.Record) -> bool:
@@ -1849,11 +1881,11 @@ async def _close_older(pool: Any, sent: asyncpg.Record) -> None:
              sent["training_id"] or sent["challenge_id"], reason, " (closed)" if closed else "")
 
 
-async def _delivery_landed(deps: ContinuousDeps, sent: asyncpg.Record, event: PipelineDeployed) -> bool:
-    """on_pipeline_deployed for a training's delivery: recorded delivered (DEPLOY_AUTO's running challenge
-    superseded, DEPLOY_SHADOW's challenge opened, its model_swapped) while it is claimed or failed, not overtaken."""
-    pool = deps.base.pool
-    training = await pool.fetchrow("SELECT * FROM trainings WHERE id = $1", sent["training_id"])
+async def _delivery_landed(conn: Any, sent: asyncpg.Record, event: PipelineDeployed) -> bool:
+    """on_pipeline_deployed for a training's delivery, in its transaction: recorded delivered (DEPLOY_AUTO's running
+    challenge superseded, DEPLOY_SHADOW's challenge opened, its model_swapped) while it is claimed or failed, not
+    overtaken."""
+    training = await conn.fetchrow("SELECT * FROM trainings WHERE id = $1", sent["training_id"])
     if (training is None or training["workspace_id"] != event.workspace_id or training["state"] != "done"
             or training["delivered_at"] is not None or training["model_version"] is None):
         return False
@@ -1865,35 +1897,34 @@ async def _delivery_landed(deps: ContinuousDeps, sent: asyncpg.Record, event: Pi
         return False
     if policy not in ("DEPLOY_AUTO", "DEPLOY_SHADOW") or (policy == "DEPLOY_SHADOW" and sent["champion"] is None):
         return False
-    cd = await pool.fetchrow("SELECT * FROM continuous_deployment WHERE deployment_id = $1", training["deployment_id"])
+    cd = await conn.fetchrow("SELECT * FROM continuous_deployment WHERE deployment_id = $1", training["deployment_id"])
     if cd is None:
         return False
     new = _json(training["model_version"])
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT 1 FROM trainings WHERE id = $1 FOR UPDATE", training["id"])
-        # overtaken: a newer training whose delivery was recorded. Not one still being delivered: its deploy may be
-        # refused (this version serves now, not the one it looked at) or fail, and this event, acknowledged, was
-        # this delivery's last word (it stayed failed while its version served); recorded now, the newer one's own
-        # record comes after it, as its deploy does
-        if await newest_delivered(conn, training["deployment_id"], newer_than=training, recorded=True) is not None:
-            return False
-        if not await _delivered(conn, training["id"], policy):
-            return False
-        if policy == "DEPLOY_AUTO":
-            await _deployed_auto(conn, training, cd, new, event.pipeline_version)
-        else:
-            await _open_challenge(conn, training, cd, ModelVersionRef(**_json(sent["champion"])), new,
-                                  event.pipeline_version)
+    await conn.execute("SELECT 1 FROM trainings WHERE id = $1 FOR UPDATE", training["id"])
+    # overtaken: a newer training whose delivery was recorded. Not one still being delivered: its deploy may be
+    # refused (this version serves now, not the one it looked at) or fail, and this event, acknowledged, was
+    # this delivery's last word (it stayed failed while its version served); recorded now, the newer one's own
+    # record comes after it, as its deploy does
+    if await newest_delivered(conn, training["deployment_id"], newer_than=training, recorded=True) is not None:
+        return False
+    if not await _delivered(conn, training["id"], policy):
+        return False
+    if policy == "DEPLOY_AUTO":
+        await _deployed_auto(conn, training, cd, new, event.pipeline_version)
+    else:
+        await _open_challenge(conn, training, cd, ModelVersionRef(**_json(sent["champion"])), new,
+                              event.pipeline_version)
     log.info("continuous deployment of training %s (deployment %s): its deploy (pipeline version %s) landed: recorded"
              " delivered from the deployer's event", training["id"], training["deployment_id"], event.pipeline_version)
     return True
 
 
-async def _swap_landed(deps: ContinuousDeps, sent: asyncpg.Record, event: PipelineDeployed) -> bool:
-    """on_pipeline_deployed for a challenge's swap: recorded promoted / rolled back (its model_swapped) while the
-    challenge is decided, or failed (not a refusal kept for a redo), and no newer delivered training overtook it."""
-    pool = deps.base.pool
-    challenge = await pool.fetchrow("SELECT * FROM challenges WHERE id = $1", sent["challenge_id"])
+async def _swap_landed(conn: Any, sent: asyncpg.Record, event: PipelineDeployed) -> bool:
+    """on_pipeline_deployed for a challenge's swap, in its transaction: recorded promoted / rolled back (its
+    model_swapped) while the challenge is decided, or failed (not a refusal kept for a redo), and no newer delivered
+    training overtook it."""
+    challenge = await conn.fetchrow("SELECT * FROM challenges WHERE id = $1", sent["challenge_id"])
     if challenge is None or challenge["workspace_id"] != event.workspace_id or challenge["evidence"] is None:
         return False
     evidence = _evidence(challenge)
@@ -1903,12 +1934,11 @@ async def _swap_landed(deps: ContinuousDeps, sent: asyncpg.Record, event: Pipeli
                                or (challenge["state"] == "failed" and challenge["swap_refused"] is None)):
         return False
     served = _json(challenge["challenger"] if decided == "promoting" else challenge["champion"])
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT 1 FROM challenges WHERE id = $1 FOR UPDATE", challenge["id"])
-        if await _swap_overtaken(conn, challenge, say=False) is not None:
-            return False
-        if not await _swapped(conn, challenge, decided, served, event.pipeline_version, _summary(evidence)):
-            return False
+    await conn.execute("SELECT 1 FROM challenges WHERE id = $1 FOR UPDATE", challenge["id"])
+    if await _swap_overtaken(conn, challenge, say=False) is not None:
+        return False
+    if not await _swapped(conn, challenge, decided, served, event.pipeline_version, _summary(evidence)):
+        return False
     log.info("challenge %s of deployment %s: its swap's deploy (pipeline version %s) landed: recorded from the"
              " deployer's event", challenge["id"], challenge["deployment_id"], event.pipeline_version)
     return True
@@ -1973,13 +2003,18 @@ async def prune_sent_deploys(deps: ContinuousDeps) -> int:
     (`sent_retention`: nats.events_max_age, 30 days, how long the EVENTS stream keeps the event that would name it;
     a stream keeping events for good keeps these rows too): a deploy landing later than that is not recorded (its
     delivery or swap stays failed). Idempotent; two processes deleting at once delete each row once."""
-    return len(await deps.base.pool.fetch(
-        "DELETE FROM sent_deploys WHERE ctid = ANY(ARRAY(SELECT s.ctid FROM sent_deploys s LEFT JOIN trainings t ON"
-        " t.id = s.training_id LEFT JOIN challenges c ON c.id = s.challenge_id WHERE s.sent_at < now() -"
-        " make_interval(secs => $2::float8) OR (s.sent_at < now() - make_interval(secs => $1) AND ((t.id IS NOT NULL"
-        f" AND ({SETTLED_DELIVERY})) OR (c.id IS NOT NULL AND {SETTLED_SWAP})) AND NOT EXISTS (SELECT 1 FROM"
-        " sent_deploys o WHERE o.deployment_id = s.deployment_id AND o.pipeline_version = s.pipeline_version AND"
-        " o.sent_at < s.sent_at)) LIMIT $3)) RETURNING 1", SENT_SETTLED, deps.sent_retention, PRUNE_BATCH))
+    return len(await deps.base.pool.fetch(f"DELETE FROM sent_deploys WHERE ctid = ANY(ARRAY({PRUNABLE})) RETURNING 1",
+                                          SENT_SETTLED, deps.sent_retention, PRUNE_BATCH))
+
+
+PRUNABLE = (
+    "SELECT s.ctid FROM sent_deploys s LEFT JOIN trainings t ON t.id = s.training_id LEFT JOIN challenges c ON c.id ="
+    " s.challenge_id WHERE s.sent_at < now() - make_interval(secs => $2::float8) OR (s.sent_at < now() -"
+    f" make_interval(secs => $1) AND ((t.id IS NOT NULL AND ({SETTLED_DELIVERY})) OR (c.id IS NOT NULL AND"
+    f" {SETTLED_SWAP})) AND NOT EXISTS (SELECT 1 FROM sent_deploys o WHERE o.deployment_id = s.deployment_id AND"
+    " o.pipeline_version = s.pipeline_version AND o.sent_at < s.sent_at)) LIMIT $3")
+"""SQL: the sent_deploys rows prune_sent_deploys deletes ($1 SENT_SETTLED, $2 the retention, $3 PRUNE_BATCH); both of
+its sent_at bounds are read from the index on sent_at (migration 025), not from every row of the table."""
 
 
 # --- promotion by the sequential test ----------------------------------------------------------------------------
@@ -2126,6 +2161,7 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
                                state if isinstance(exc, OwnerRefused) else None)
         return
     async with pool.acquire() as conn, conn.transaction():  # the swap's record and its event, or neither
+        await _record_lock(conn, deployment_id)
         await conn.execute("SELECT 1 FROM challenges WHERE id = $1 FOR UPDATE", challenge["id"])
         newest = await _swap_overtaken(conn, challenge)
         swapped = older = None
