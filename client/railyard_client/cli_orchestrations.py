@@ -186,7 +186,8 @@ def runs(task_id: str, status: str, limit: int | None, workspace: str | None, as
 
 @tasks_app.command("logs")
 @click.argument("run_id", type=RUN_ID)
-@click.option("--lines", "-n", type=int, help="Only the last N lines.")
+@click.option("--lines", "-n", type=click.IntRange(min=1), help="Only the last N lines (with --follow: the last N"
+              " written so far, then every new one, as tail -n N -f).")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run has finished (one that"
               " failed: until two reads a second apart bring none, as a run marked lost may write after its end).")
 @click.option("--task", "task_id", type=TASK_ID,
@@ -213,9 +214,12 @@ def logs(run_id: str, lines: int | None, follow: bool, task_id: str | None, work
         return
     cursor = None  # the lines not printed yet start there: each poll reads only those (it read every line before)
     printed = quiet = settles = 0  # printed: of the lines from `cursor` on, those printed (a failed run read again)
+    skip_to_last = lines  # -n N -f: of what the first read finds, only its last N lines (it printed every line)
     while True:
         answer = checked(orchestrations.run_logs_from(run_id, cursor))
         fresh = answer["logs"][printed:]
+        if skip_to_last is not None:
+            fresh, skip_to_last = fresh[-skip_to_last:], None
         for line in fresh:
             click.echo(line)
         following, ended = answer.get("next_cursor"), answer.get("status") in FINISHED
