@@ -68,7 +68,15 @@ PAGES.benchmarks = async function benchmarks() {
 
   const chosen = reports.filter(r => B.chosen.has(String(r.id)));
   if (!chosen.length) { out.push(el('p', {class: 'muted'}, 'Pick at least one report.')); return out; }
-  const compared = await api('benchmarks/compare', {report_ids: chosen.map(r => r.id)});
+  let compared;
+  try {
+    compared = await api('benchmarks/compare', {report_ids: chosen.map(r => r.id)});
+  } catch (e) {
+    // a choice compare refuses (reports of two tasks, more than it takes): said under the picker, which stays, so
+    // the choice can be changed (the whole page was replaced by the error, and came back so while the choice lasted)
+    out.push(el('p', {class: 'error', id: 'compare-error', role: 'alert'}, `Cannot compare these reports: ${e.message}`));
+    return out;
+  }
   const reportName = Object.fromEntries(reports.map(r => [r.id, r.name]));
   const names = compared.candidates.map(c => `${reportName[c.report_id]}: ${c.name} (report ${c.report_id})`);
   const bars = (id, title, metrics, axis) => chartFigure(id, title, {
