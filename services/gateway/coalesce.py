@@ -8,6 +8,15 @@ request with nothing else on its way to the deployment goes at once, as before: 
 a shared request fails (one request's bad rows fail the whole table), each of its requests is sent again alone,
 so the error reaches only the request that caused it. The engine logs the shared table's rows as one record:
 every row is still logged once.
+
+Requests travel together when their schemas are equal and carry the same schema metadata: a shared table carries
+one metadata (the first table's), and the engine reads one key of it, the pipeline version a table was typed for
+(`railyard.narrowed_for`, RouteCache.narrowed), so a table typed for an older version never rides in an unmarked
+one past the replica's `stale_route` check. `pa.Schema ==` ignores metadata; its hash does not, which kept such
+tables apart but for a hash collision; the key says it (`_key`). Field metadata, which `==` and the hash both ignore,
+does not part requests: nothing reads it (the fast lane leaves such a table to the general path, the model call
+takes values, the log's columns are built without it, the answer's `in` is each request's own table), and neither
+do dictionary columns' different dictionaries (one type; each chunk is decoded with its own).
 """
 
 from __future__ import annotations
@@ -22,6 +31,12 @@ from shared.arrow_codec import from_ipc, to_ipc_stream
 from shared.bus import raise_for_error_header
 
 MAX_ROWS = 4096
+
+
+def _key(schema: pa.Schema) -> tuple:
+    """Which requests may share a table: an equal schema with the same schema metadata (the module docstring)."""
+    metadata = schema.metadata
+    return schema, tuple(sorted(metadata.items())) if metadata else None
 
 
 @dataclass
@@ -64,9 +79,9 @@ class Coalescer:
 
     def _go(self, deployment: str) -> None:
         queue = self.queues.pop(deployment, [])
-        groups: dict[pa.Schema, list[Waiting]] = {}
+        groups: dict[tuple, list[Waiting]] = {}
         for waiting in queue:
-            groups.setdefault(waiting.table.schema, []).append(waiting)
+            groups.setdefault(_key(waiting.table.schema), []).append(waiting)
         for group in groups.values():
             chunk: list[Waiting] = []
             rows = 0
