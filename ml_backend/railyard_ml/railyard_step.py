@@ -41,7 +41,7 @@ class LabelStudioBackendInference(Inference):
         return {StepModel}
 
     def _predict(self, input_data):
-        predictions, scores, versions = self.model.predict_json(list(input_data["task"]))
+        predictions, scores, versions = self.model.predict_input(input_data)
         return {"prediction": np.array(predictions, dtype=object), "score": np.array(scores, dtype=np.float64),
                 "model_version": np.array(versions, dtype=object)}
 
@@ -189,11 +189,24 @@ class StepModel:
             _constructing.reset(token)
         return cls(model, project_id)
 
+    def predict_input(self, input_data: dict[str, Any]) -> tuple[list[str], list[float], list[str]]:
+        """The step's input columns (the engine's dict of arrays) to predictions: the column `task` is the tasks.
+        (Packages made before 2026-12-05 call predict_json with the column, and met a KeyError without it.)"""
+        if "task" not in input_data:
+            raise ValueError(f"the input needs a column 'task' holding Label Studio tasks as JSON text, e.g. "
+                             f"[{{\"task\": \"{{\\\"data\\\": {{\\\"text\\\": \\\"great\\\"}}}}\"}}]; "
+                             f"got {', '.join(map(repr, input_data)) or 'no column'}")
+        return self.predict_json(list(input_data["task"]))
+
     def predict_json(self, rows: list[Any]) -> tuple[list[str], list[float], list[str]]:
         """Rows of tasks (JSON text or objects; a bare `data` object is wrapped) to predictions as JSON."""
         tasks = []
         for index, row in enumerate(rows):
-            task = json.loads(row) if isinstance(row, str | bytes) else row
+            try:
+                task = json.loads(row) if isinstance(row, str | bytes) else row
+            except ValueError as exc:  # the request's fault, said as such (a JSONDecodeError deep in json was all)
+                raise ValueError(f"row {index}: 'task' is not JSON ({exc}): send a Label Studio task (or its data) "
+                                 "as JSON text") from None
             if not isinstance(task, dict):
                 raise ValueError(f"row {index}: 'task' must be a JSON object (a Label Studio task or its data)")
             tasks.append(task if "data" in task else {"id": index, "data": task})
