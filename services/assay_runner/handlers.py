@@ -355,11 +355,34 @@ async def _window(deps: Deps, token: str | None, p: Plan, bounds: np.ndarray, st
 
 # ---- routes ----
 
+def closed_windows(p: Plan, first_start: datetime, until: datetime) -> int:
+    """How many of the windows [first_start + k·interval, + width) have ended by `until`."""
+    span = (until - first_start).total_seconds() - p.width
+    return 0 if span < 0 else int(span // p.interval) + 1
+
+
+def refuse_a_long_backlog(p: Plan, first_start: datetime, max_windows: int) -> None:
+    """A scheduled assay starts with every window already closed (from window.start to now, or to run_until): more
+    than `max_windows` (what one run_interactive may score) is refused. The scheduler scores them all, in order and
+    `max_windows` a pass, one log store read each, before the assay's first new window: a start a month back with 1-s
+    windows was 2.6 million reads, about five hours of catching up (150 windows a second measured) with every new
+    window held behind them; ten years back, decades."""
+    now = datetime.now(UTC)
+    until = min(now, _utc(p.config.run_until)) if p.config.run_until else now
+    closed = closed_windows(p, first_start, until)
+    if closed > max_windows:
+        raise InvalidRequest(
+            f"window.start {_iso(first_start)} leaves {closed} windows of {p.config.window.width} already closed, more "
+            f"than the {max_windows} a scheduled assay may start with (it scores every one before its first new "
+            "window): give a later window.start or a wider window.width or window.interval")
+
+
 async def create(deps: Deps, principal: Principal, token: str | None, cfg: AssayConfig) -> AssayCreated:
     p = plan(cfg)
+    first_start = _utc(cfg.window.start) if cfg.window.start else datetime.now(UTC)
+    refuse_a_long_backlog(p, first_start, deps.settings.max_windows)
     await _check_pipeline(deps, principal, token, cfg)
     baseline, bounds, _ = await _baseline(deps, token, p)
-    first_start = _utc(cfg.window.start) if cfg.window.start else datetime.now(UTC)
     stored = cfg.model_dump(mode="json")
     stored["baseline"] = {kind: spec for kind, spec in stored["baseline"].items() if spec is not None}
     async with deps.pool.acquire() as conn, conn.transaction():  # the assay and its event, or neither
