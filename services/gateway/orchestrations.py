@@ -30,7 +30,7 @@ JSON_ROUTE_SPECS: list[tuple[Any, ...]] = [
     ("/task/run_once", subjects.TASKS_RUN_ONCE, t.RunTaskOnce, t.TaskCreated,
      "Run an orchestration once (json: the run's task_args(); timeout in seconds)."),
     ("/task/run_scheduled", subjects.TASKS_RUN_SCHEDULED, t.RunTaskScheduled, t.TaskCreated,
-     "Run an orchestration on a cron schedule (minute hour day-of-month month day-of-week) until killed."),
+     "Run an orchestration on a cron schedule (minute hour day-of-month month day-of-week, in UTC) until killed."),
     ("/task/get_by_id", subjects.TASKS_GET, t.GetTask, t.TaskRecord, "Get a task with its last runs."),
     ("/task/get_tasks_by_orch_sha", subjects.TASKS_BY_ORCH_SHA, t.GetTasksByOrchSha, t.TaskIds,
      "The ids of the tasks of an orchestration sha."),
@@ -56,6 +56,11 @@ def add_orchestration_routes(app: FastAPI, runtime: Runtime, user_caller: Any, b
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > settings.tasks.max_zip_bytes + 1024 * 1024:
             raise PayloadTooLarge(f"the orchestration zip is larger than {settings.tasks.max_zip_bytes} bytes")
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "multipart/form-data":  # its form was empty: the answer named a missing 'metadata' part
+            sent = kind or "a body without a Content-Type"
+            raise InvalidRequest("orchestration/upload takes multipart/form-data (a 'file' part with the zip and a "
+                                 f"'metadata' part with {{\"workspace_id\": ...}}), not {sent}")
         form = await request.form(max_files=2, max_fields=10)  # the seed sends metadata as a file part too
         raw = form.get("metadata")
         if raw is None:
