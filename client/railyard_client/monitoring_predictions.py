@@ -15,7 +15,7 @@ from typing import Any
 
 from railyard_client.errors import InvalidInput
 from railyard_client.monitoring import _model_version_ref
-from railyard_client.session import Session
+from railyard_client.session import Session, refuse_non_finite
 
 SUPPORTED_CONTENT_TYPES = ("image/png", "image/jpeg")
 # above this, the image goes as a multipart file part (staged in object storage by the server) rather than base64
@@ -99,6 +99,7 @@ class DeploymentPredictions:
         """POST the image with `body`: base64 in the JSON body when small, else as a multipart file part."""
         if len(raw_image) <= INLINE_IMAGE_BYTES:
             return self._session.post(route, {**body, "image": base64.b64encode(raw_image).decode()})
+        refuse_non_finite(body)  # json.dumps writes NaN, which the gateway refuses as "not valid JSON"
         files = {"image": (filename or "image", bytes(raw_image), content_type or "application/octet-stream"),
                  "metadata": (None, json.dumps(body), "application/json")}
         return self._session.send("POST", f"/v1/api/{route}", files=files, timeout=self._session.wait_for(route)).json()

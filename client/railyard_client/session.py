@@ -279,6 +279,14 @@ def non_finite(value: Any, path: str = "") -> str | None:
     return None
 
 
+def refuse_non_finite(body: Any) -> None:
+    """InvalidInput naming where a NaN or infinity is in a JSON body (`non_finite`); nothing when there is none."""
+    where = non_finite(body)
+    if where is not None:
+        raise InvalidInput(f"{where} is NaN or infinite, which JSON cannot carry: leave the value out or give a "
+                           "finite number")
+
+
 class Session:
     """One authenticated connection to a gateway: tokens (refreshed when needed) and typed-error HTTP calls."""
 
@@ -437,11 +445,8 @@ class Session:
             try:
                 response = self.http.request(method, path, headers=headers, **kwargs)
             except ValueError:
-                where = non_finite(kwargs.get("json"))
-                if where is None:
-                    raise
-                raise InvalidInput(f"{where} is NaN or infinite, which JSON cannot carry: leave the value out or give "
-                                   "a finite number") from None
+                refuse_non_finite(kwargs.get("json"))
+                raise
             except httpx.TimeoutException:
                 raise ConnectionFailed(f"{self.url} did not answer {path} in time") from None
             except httpx.HTTPError as exc:

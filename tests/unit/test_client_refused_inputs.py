@@ -78,3 +78,20 @@ def test_finite_bodies_are_sent_as_before(session):
 def test_non_finite_finds_the_first_one_or_none():
     assert non_finite({"a": [1, {"b": (2.0, math.nan)}]}) == "a[1].b[1]"
     assert non_finite({"a": [1, 2.5, "x", None, True]}) is None
+
+
+def test_a_large_image_s_metadata_is_checked_too(session):
+    """An image above INLINE_IMAGE_BYTES goes as multipart, its metadata written by json.dumps, which writes NaN: the
+    gateway answered "the 'metadata' part is not valid JSON". Now the same InvalidInput as a JSON body's."""
+    from railyard_client import monitoring_predictions
+
+    made, sent = session
+    deployment = Deployment(made, {"name": "cam-1", "pipeline_id": 1}, None)
+    image = b"\x89PNG\r\n\x1a\n" + bytes(monitoring_predictions.INLINE_IMAGE_BYTES)
+    with pytest.raises(InvalidInput, match="^latency is NaN or infinite"):
+        deployment.monitor_bytes(image, "image/png", "a.png", latency=math.nan, height=1, width=1,
+                                 prediction={"detection_classes": [0]})
+    assert sent == []
+    deployment.monitor_bytes(image, "image/png", "a.png", latency=0.5, height=1, width=1,
+                             prediction={"detection_classes": [0]})
+    assert len(sent) == 1 and sent[0].headers["content-type"].startswith("multipart/form-data")
