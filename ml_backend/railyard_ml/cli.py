@@ -104,10 +104,24 @@ def load_model_class(folder: Path) -> type[LabelStudioMLBase]:
     config_file = folder / CONFIG
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder} is not a backend folder (no {CONFIG}): make one with `railyard-ml init`")
-    config = json.loads(config_file.read_text())
+    # a config edited by hand: said with the file and how to remake it (was a JSONDecodeError or KeyError traceback,
+    # or "module 'model' has no attribute 'Nope'")
+    remake = f"make it again with `railyard-ml init {folder} --script <script>[:Class] --force`"
+    try:
+        config = json.loads(config_file.read_text())
+    except (ValueError, OSError) as exc:
+        raise FileNotFoundError(f"{config_file} is not JSON ({exc}): {remake}") from None
+    if not (isinstance(config, dict) and isinstance(config.get("script"), str)
+            and isinstance(config.get("model_class"), str)):
+        raise FileNotFoundError(f"{config_file} must name the \"script\" and its \"model_class\": {remake}")
+    if not (folder / config["script"]).is_file():
+        raise FileNotFoundError(f"{config_file} names the script {config['script']!r}, which is not in {folder}")
     sys.path.insert(0, str(folder.resolve()))
     module = importlib.import_module(Path(config["script"]).stem)
-    model_class = getattr(module, config["model_class"])
+    model_class = getattr(module, config["model_class"], None)
+    if model_class is None:
+        raise AttributeError(f"{config['script']} has no {config['model_class']!r} (the model_class {config_file} "
+                             f"names): {remake}")
     if not (isinstance(model_class, type) and issubclass(model_class, LabelStudioMLBase)):
         raise TypeError(f"{config['model_class']} does not extend railyard_ml.LabelStudioMLBase: "
                         "change its import to `from railyard_ml import LabelStudioMLBase`")

@@ -149,6 +149,29 @@ def test_init_and_start_refuse_with_a_reason(tmp_path):
     assert json.loads((tmp_path / "x" / "railyard-ml.json").read_text())["model_class"] == "A"
 
 
+def test_a_hand_edited_folder_config_is_named_with_how_to_remake_it(tmp_path):
+    """railyard-ml.json broken by hand: start and deploy name the file and the fix (a JSONDecodeError or KeyError
+    traceback before, or "module 'ls2_style_backend' has no attribute 'Nope'")."""
+    folder = tmp_path / "b"
+    assert run("init", str(folder), "--script", str(HERE / "ls2_style_backend.py")).returncode == 0
+    config = folder / "railyard-ml.json"
+    cases = [  # (railyard-ml.json, the reason said, whether `init --force` is the fix said)
+        ('{"script": "ls2_style_backend.py"', f"{config} is not JSON (Expecting", True),
+        ('["ls2_style_backend.py"]', f'{config} must name the "script" and its "model_class"', True),
+        ('{"script": "ls2_style_backend.py"}', f'{config} must name the "script" and its "model_class"', True),
+        ('{"script": "gone.py", "model_class": "X"}', f"{config} names the script 'gone.py', which is not in", False),
+        ('{"script": "ls2_style_backend.py", "model_class": "Nope"}',
+         f"ls2_style_backend.py has no 'Nope' (the model_class {config} names)", True),
+    ]
+    for text, reason, remade in cases:
+        config.write_text(text)
+        for args in (("start", str(folder), "--port", str(free_port())), ("deploy", "railyard", str(folder))):
+            answer = run(*args)
+            assert answer.returncode == 2 and reason in answer.stderr, (text, args, answer.stderr[-600:])
+            assert "Traceback" not in answer.stderr and "\u256d" not in answer.stderr  # no (rich) traceback
+            assert (f"railyard-ml init {folder} --script" in answer.stderr) == remade, answer.stderr
+
+
 def test_deploy_railyard_refuses_with_a_reason(tmp_path):
     folder = tmp_path / "b"
     assert run("init", str(folder), "--script", str(HERE / "ls2_style_backend.py")).returncode == 0
