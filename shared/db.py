@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import logging
 import re
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +123,7 @@ async def create_pool(settings: PostgresSettings, schema: str) -> asyncpg.Pool:
         max_inactive_connection_lifetime=settings.pool_idle_seconds,
         server_settings=_server_settings(schema),
         command_timeout=30,
+        setup=_note_held,  # the connections work begun by `begin` takes, for `leave` to cut
     )
 
 
@@ -210,6 +213,36 @@ async def xact_lock(conn: asyncpg.Connection, space: str, *key: object) -> None:
 LEFT: set[asyncio.Task] = set()
 """Database work `within` gave up on (or `leave` was given): cancelled, ending in the background."""
 
+CUT_AFTER = 1.0
+"""Seconds work left (`leave`) has to end after its cancel before the pool connections it holds are terminated."""
+
+POOL_CLOSE_SECONDS = 2.0
+"""Seconds `close_pool` waits for a pool's connections to be let go and closed before it terminates them."""
+
+_HOLDING: contextvars.ContextVar[list | None] = contextvars.ContextVar("railyard_db_holding", default=None)
+_HELD_BY: weakref.WeakKeyDictionary[asyncio.Future, list] = weakref.WeakKeyDictionary()
+
+
+async def _note_held(conn: asyncpg.Connection) -> None:
+    """The pools' `setup` (create_pool), called by each acquire in the acquiring task's context: a connection taken
+    by work begun with `begin` (or by a task that work started) is noted on that work."""
+    held = _HOLDING.get()
+    if held is not None:
+        held.append(conn)
+
+
+def begin(work: Awaitable[_T]) -> asyncio.Future[_T]:
+    """`work` as a task of its own whose connections of create_pool's pools are noted, for `leave` to cut if it
+    outlives its cancel (a future, not a coroutine, is only wrapped: nothing noted)."""
+    if not asyncio.iscoroutine(work):
+        return asyncio.ensure_future(work)
+    held: list = []
+    context = contextvars.copy_context()
+    context.run(_HOLDING.set, held)
+    task = asyncio.get_running_loop().create_task(work, context=context)
+    _HELD_BY[task] = held
+    return task
+
 
 async def within(seconds: float, work: Awaitable[_T], gave_up: Callable[[], BaseException]) -> _T:
     """What `work` answers within `seconds`; else `gave_up()` is raised and the work is cancelled and left to end in
@@ -218,9 +251,10 @@ async def within(seconds: float, work: Awaitable[_T], gave_up: Callable[[], Base
     to end: a query cancelled on a connection whose server stopped answering (stopped, a network partition) ends
     only once the server answers asyncpg's cancel request and the connection's reset (the transaction's ROLLBACK,
     the pool's release: no timeout of their own), so a caller bounded that way waited as long as the server was
-    away. The work left holds its connection (and whatever its transaction locked on the server) until then. The
-    deployer's request-path steps and the task scheduler's log writes, end records and stop steps use it."""
-    task = asyncio.ensure_future(work)
+    away. The work left holds its connection (and whatever its transaction locked on the server) until it ends, at
+    most CUT_AFTER (`leave`). The deployer's request-path steps and the task scheduler's log writes, end records,
+    beats and stop steps use it."""
+    task = begin(work)
     try:
         done, _ = await asyncio.wait((task,), timeout=max(seconds, 0.0))
     finally:
@@ -231,14 +265,62 @@ async def within(seconds: float, work: Awaitable[_T], gave_up: Callable[[], Base
     return task.result()
 
 
-def leave(task: asyncio.Task) -> None:
-    """`task` cancelled and kept (LEFT) until it ends; an error it ends with is logged, not left unretrieved."""
+def leave(task: asyncio.Future) -> None:
+    """`task` cancelled and kept (LEFT) until it ends; an error it ends with is logged, not left unretrieved. Begun by
+    `begin`, the pool connections it still holds CUT_AFTER seconds after the cancel are terminated (`_cut`)."""
     task.cancel()
     LEFT.add(task)
     task.add_done_callback(_left_ended)
+    held = _HELD_BY.get(task)
+    if held is not None:
+        asyncio.get_running_loop().call_later(CUT_AFTER, _cut, task, held)
 
 
-def _left_ended(task: asyncio.Task) -> None:
+def _cut(task: asyncio.Future, held: list) -> None:
+    """Terminate the connections work left still holds CUT_AFTER after its cancel (its server did not answer the
+    cancel request). asyncpg bounds that wait by the pool's command timeout (30 s), the connection held meanwhile:
+    work given up on while the server stopped answering (stopped, the connections' network path gone) held the
+    pool's few connections (postgres.pool_max) for that long, and every query of the process waited for one. A server
+    that answers acknowledges a cancel in milliseconds, which stops the query there (a terminated client's query runs
+    on to its end on the server): that is tried first. The server rolls back a transaction whose client is gone; a
+    COMMIT it was sent stands or not as it had it, as when the work was left."""
+    if task.done():
+        return
+    cut = 0
+    for conn in held:
+        con = getattr(conn, "_con", None)  # None once released: asyncpg detaches a pool connection's proxy then
+        if con is not None and not con.is_closed():
+            con.terminate()  # its holder returns to the pool at once
+            cut += 1
+    if cut:
+        log.info("database work given up on still held %d connection(s) %.3g s after its cancel: terminated", cut,
+                 CUT_AFTER)
+
+
+def _left_ended(task: asyncio.Future) -> None:
     LEFT.discard(task)
     if not task.cancelled() and task.exception() is not None:
         log.info("database work given up on ended with %r", task.exception())
+
+
+async def close_pool(pool: asyncpg.Pool, seconds: float = POOL_CLOSE_SECONDS) -> None:
+    """pool.close() (every connection let go, then closed), within `seconds`; past them the pool is terminated and
+    what it cut is logged. A server that answers lets a pool close in milliseconds; one that stopped answering held the
+    close of each connection for the command timeout (30 s: asyncpg waits for the server to drop a connection it asked
+    to end) and of each connection work still held, so a service's stop waited until the embedded stack killed it.
+    Nothing acknowledged is cut: a service closes its pool after its commands are answered and its consumers stopped
+    (shared/service.py); what still holds a connection then is work given up on (its caller told it was not done) or
+    a background step whose transaction the server rolls back, as it would on the kill."""
+    closing = asyncio.ensure_future(pool.close())
+    done, _ = await asyncio.wait((closing,), timeout=seconds)
+    if done:
+        return closing.result()
+    holders = list(getattr(pool, "_holders", ()))  # asyncpg keeps no public list of them
+    held = sum(1 for holder in holders if getattr(holder, "_in_use", None) is not None)
+    open_ = sum(1 for holder in holders if holder._con is not None and not holder._con.is_closed())
+    closing.cancel()  # asyncpg's close terminates the pool when cancelled (a synchronous abort of each connection)
+    await asyncio.wait((closing,), timeout=seconds)
+    log.warning("closing the database pool: its connections were not let go within %.3g s (the server did not"
+                " answer): %d open connection(s) terminated, %d of them held by work (%d given-up database work(s)"
+                " still ending); a transaction open on them is rolled back by the server", seconds, open_, held,
+                len(LEFT))

@@ -10,7 +10,8 @@ it uses object storage, start/stop hooks). `main(spec)` then:
    (`staged_bucket`), runs the start hook;
 5. serves until SIGTERM or SIGINT, then drains the command subscriptions (every command taken is
    answered), stops the staged-upload sweep, runs the stop hook, stops the event consumers (in-flight
-   work finishes and is acknowledged) and closes connections.
+   work finishes and is acknowledged) and closes connections (the database pool's within
+   shared.db.POOL_CLOSE_SECONDS: past them a server that stopped answering has them terminated).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from shared.bus import (
 )
 from shared.bus_workers import command_workers, drain_commands
 from shared.collector import settle_garbage_collector
-from shared.db import close_idle, create_pool, load_migrations, migrate, ping
+from shared.db import close_idle, close_pool, create_pool, load_migrations, migrate, ping
 from shared.errors import RailyardError, Unavailable
 from shared.messages import CheckHealth, DependencyStatus, HealthReport, ServiceStarted
 from shared.objectstore import ALL_BUCKETS, MinioObjectStore, ObjectStore
@@ -224,8 +225,8 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
         if spec.on_stop is not None:
             await spec.on_stop(runtime)
         await broker.stop()
-        if runtime.db is not None:
-            await runtime.db.close()
+        if runtime.db is not None:  # bounded: a server that stopped answering held it until the stack's kill
+            await close_pool(runtime.db)
     log.info("%s stopped", spec.name)
 
 

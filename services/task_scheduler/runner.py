@@ -173,7 +173,7 @@ class LogWriter:
         returned, in the write's own task) or stored its lines under the numbers the next attempt writes again,
         which store.append_logs skips. `written` gets True when the write stored the batch, even in the step the
         flush was cancelled: that batch must not be written again under new numbers."""
-        write = asyncio.ensure_future(self.sink(batch))
+        write = db.begin(self.sink(batch))  # its connection cut if left and the server does not answer
         try:
             done, _ = await asyncio.wait({write}, timeout=FLUSH_ATTEMPT_SECONDS)
         finally:

@@ -1,0 +1,126 @@
+"""Database work given up on (shared.db.within, the deployer's request-path steps and the task scheduler's log writes,
+beats and end records) gives its pool connection back within CUT_AFTER of its cancel when the server does not answer
+the cancel: the connection is terminated (shared.db._cut). Before, asyncpg held it until the cancel was answered or
+the pool's command timeout (30 s) passed: the connections' network path gone (a partition; a server that restarted
+behind the same address while the old connections hang), work given up on held the pool's five connections
+(postgres.pool_max) for 30 s while new connections would have worked, and every query of the process waited for one.
+A server that answers is sent the cancel first (it stops the query there; a terminated client's query runs on)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from shared import db
+from tests.integration.conftest import service_schema
+from tests.integration.pg_proxy import FreezingProxy
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+NO_MIGRATIONS = Path("/nonexistent")  # a schema of its own, no tables
+
+
+class Partition(FreezingProxy):
+    """A proxy to the stack's PostgreSQL whose connections open at `cut()` stop passing bytes either way (their
+    network path gone), while connections opened after pass: each connection is a FreezingProxy's of its own."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(host, port)
+        self.links: list[FreezingProxy] = []
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        link = FreezingProxy(*self.upstream)
+        link.writers = self.writers  # closed with the proxy's
+        self.links.append(link)
+        await link._connected(reader, writer)
+
+    def cut(self) -> None:
+        for link in self.links:
+            link.freeze()
+
+    def thaw(self) -> None:
+        super().thaw()
+        for link in self.links:
+            link.thaw()
+
+
+@contextlib.asynccontextmanager
+async def partitioned(stack, pool) -> AsyncIterator[tuple[Partition, asyncpg.Pool]]:
+    settings = stack.settings().postgres
+    parts = urlsplit(settings.dsn)
+    proxy = Partition(parts.hostname, parts.port)
+    async with proxy.serving() as port:
+        dsn = urlunsplit(parts._replace(netloc=f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:{port}"))
+        proxied = await db.create_pool(settings.model_copy(update={"dsn": dsn}),
+                                       await pool.fetchval("SELECT current_schema()"))
+        try:
+            yield proxy, proxied
+        finally:
+            proxy.thaw()
+            await db.close_pool(proxied, 30)
+
+
+async def sleeping(pool: asyncpg.Pool, query: str) -> int:
+    return await pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'", query)
+
+
+async def until(what: str, check, within: float = 30.0):
+    deadline = time.monotonic() + within
+    while not (found := await check()):
+        assert time.monotonic() < deadline, f"{what}: not within {within} s"
+        await asyncio.sleep(0.05)
+    return found
+
+
+def gave_up() -> TimeoutError:
+    return TimeoutError("no answer")
+
+
+async def test_work_given_up_on_a_partitioned_connection_frees_the_pool_within_cut_after(stack, caplog):
+    async with service_schema(stack, "dbleft", NO_MIGRATIONS) as pool, partitioned(stack, pool) as (proxy, proxied):
+        size = proxied.get_max_size()
+        query = f"SELECT pg_sleep(60) -- {uuid.uuid4().hex}"
+        works = [asyncio.create_task(db.within(3.0, proxied.execute(query), gave_up)) for _ in range(size)]
+        await until("every connection's query", lambda: _all(pool, query, size))
+        proxy.cut()  # the pool's connections hang; new ones pass
+        with caplog.at_level(logging.INFO, logger="railyard.db"):
+            for work in works:
+                with pytest.raises(TimeoutError):
+                    await work
+            began = time.monotonic()
+            answer = asyncio.create_task(proxied.fetchval("SELECT 1"))
+            await asyncio.wait({answer}, timeout=15)  # not asyncio.timeout: that would wait for a hung acquire
+            took = time.monotonic() - began
+        assert answer.done() and answer.result() == 1, f"no connection of the pool free after {took:.1f} s"
+        # before: 30 s (asyncpg's wait for the cancels' answers, bounded by the command timeout)
+        assert took < db.CUT_AFTER + 3.0, took
+        assert any("terminated" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+async def _all(pool: asyncpg.Pool, query: str, count: int) -> bool:
+    return await sleeping(pool, query) == count
+
+
+async def test_work_given_up_on_a_server_that_answers_is_cancelled_not_cut(stack, caplog):
+    """The cancel is answered: the query stops on the server, the connection goes back to the pool, nothing cut."""
+    async with service_schema(stack, "dbleft", NO_MIGRATIONS) as pool, partitioned(stack, pool) as (proxy, proxied):
+        query = f"SELECT pg_sleep(60) -- {uuid.uuid4().hex}"
+        assert await proxied.fetchval("SELECT 1") == 1
+        conn = next(holder._con for holder in proxied._holders if holder._con is not None)
+        with caplog.at_level(logging.INFO, logger="railyard.db"):
+            with pytest.raises(TimeoutError):
+                await db.within(0.5, proxied.execute(query), gave_up)
+            await until("the query cancelled on the server", lambda: _all(pool, query, 0), within=10)
+            await asyncio.sleep(db.CUT_AFTER + 0.5)  # past the cut's time: nothing was cut
+        assert not conn.is_closed()  # the same connection, back in the pool
+        assert not [r for r in caplog.records if "terminated" in r.getMessage()]
+        assert proxied.get_idle_size() == proxied.get_size() == 1
