@@ -381,16 +381,27 @@ class Scheduler:
         log.info("installing requirements %s", sha[:12])
 
         # a beat the database refused (or did not answer) is tried again at the next: before, the first failure ended
-        # the beating, an exception nobody read, and another process could claim the install mid-way
+        # the beating, an exception nobody read, and another process could claim the install mid-way. A beat has until
+        # the install could be claimed (supervisor_lost_after after the last beat that landed), at least
+        # heartbeat_interval: before, it was given up at heartbeat_interval, so a database merely slower than that (a
+        # beat waiting on a lock, a busy server) logged a WARNING at every beat and had every beat cancelled, the
+        # install then claimed by another process though this one was alive and the database answering
         async def beat() -> None:
+            loop = asyncio.get_running_loop()
+            landed = loop.time()  # the claim (store.claim_env) beat it
             while True:
                 await asyncio.sleep(deps.settings.heartbeat_interval)
+                began = loop.time()
+                bound = max(landed + deps.settings.supervisor_lost_after - began, deps.settings.heartbeat_interval)
                 try:
-                    await runner.bounded(store.beat_env(deps.pool, sha, self.identity),
-                                         deps.settings.heartbeat_interval, "beating an environment's install")
+                    await runner.bounded(store.beat_env(deps.pool, sha, self.identity), bound,
+                                         "beating an environment's install")
                 except Exception as exc:  # noqa: BLE001 - beaten again next time; unbeaten, another may claim it
-                    log.warning("requirements %s: could not beat the install: %s: %s", sha[:12], type(exc).__name__,
-                                exc)
+                    log.warning("requirements %s: could not beat the install (%s: %s): another scheduler may claim it"
+                                " %.0f s after its last beat", sha[:12], type(exc).__name__, exc,
+                                deps.settings.supervisor_lost_after)
+                else:
+                    landed = began
 
         beating = asyncio.create_task(beat())
         try:

@@ -1,0 +1,70 @@
+"""An environment's install is beaten through a database slower than heartbeat_interval (services/task_scheduler/
+scheduler.py, Scheduler._install_one): a beat waits for its answer up to the install's claim running out
+(supervisor_lost_after after the last beat that landed), lands, and logs nothing. Before, each beat was given up at
+heartbeat_interval: a beat waiting on the env's row lock (as here; or a busy server) logged a WARNING at every beat
+and was cancelled, and a database that stayed that slow let another process claim the install of a live one.
+
+A real Scheduler's loop claims the environment on a schema of the test's own; the installer itself stands in (it
+waits for the test)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from services.task_scheduler import packaging
+from services.task_scheduler.scheduler import Scheduler
+from shared.settings import TaskSettings
+from tests.integration.conftest import service_schema
+from tests.integration.task_scheduler_setup import MIGRATIONS, scheduler_on
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+SHA = "4" * 64
+HEARTBEAT = 0.3
+LOCKED = 5 * HEARTBEAT  # the env's row held this long by another transaction: every beat meanwhile waits for it
+
+
+async def test_an_install_is_beaten_through_a_database_slower_than_the_heartbeat_without_warnings(
+        stack, tmp_path, monkeypatch, caplog):
+    installing, installed = asyncio.Event(), asyncio.Event()
+
+    async def install_env(*_: object) -> tuple[bool, str | None]:
+        installing.set()
+        await installed.wait()
+        return True, None
+
+    monkeypatch.setattr(packaging, "install_env", install_env)
+    async with service_schema(stack, "task_env_beat", MIGRATIONS) as pool:
+        await pool.execute("INSERT INTO envs (requirements_sha, requirements, status) VALUES ($1, 'x==1', "
+                           "'installing')", SHA)
+        with caplog.at_level(logging.WARNING, logger="railyard.task_scheduler.scheduler"):
+            installer = scheduler_on(Scheduler, pool, tmp_path, "installer",
+                                     TaskSettings(tick=60, heartbeat_interval=HEARTBEAT, supervisor_lost_after=10))
+            try:
+                async with asyncio.timeout(30):
+                    await installing.wait()
+                async with pool.acquire() as conn, conn.transaction():
+                    await conn.execute("SELECT 1 FROM envs WHERE requirements_sha = $1 FOR UPDATE", SHA)
+                    await asyncio.sleep(LOCKED)
+                    released = await conn.fetchval("SELECT clock_timestamp()")
+                deadline = time.monotonic() + 10
+                # a beat that waited for the lock lands once it is let go
+                while (await pool.fetchval("SELECT heartbeat_at FROM envs WHERE requirements_sha = $1",
+                                           SHA)) < released:
+                    assert time.monotonic() < deadline, "no beat landed after the lock was let go"
+                    await asyncio.sleep(0.05)
+                warned = [r.getMessage() for r in caplog.records if "could not beat the install" in r.getMessage()]
+                assert warned == []  # before: one WARNING per beat while the lock was held
+                installed.set()
+                assert installer.installing is not None
+                await asyncio.wait({installer.installing}, timeout=30)
+                assert installer.installing.done() and installer.installing.exception() is None
+                row = await pool.fetchrow("SELECT status, worker FROM envs WHERE requirements_sha = $1", SHA)
+                assert (row["status"], row["worker"]) == ("ready", "installer")
+            finally:
+                installed.set()
+                await installer.stop()
