@@ -72,6 +72,36 @@ def next_version(version: str | None) -> str:
     return f"{version}-1"
 
 
+def cached_download(url: str, folder: str | Path, host: str | None, token: str | None) -> str:
+    """`url` (a data: URI, http(s), or a path on Label Studio's `host`) downloaded once into `folder`, named by
+    its hash; the Label Studio `token` is only sent to `host`."""
+    parsed = urlparse(url)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = Path(parsed.path).suffix if parsed.scheme != "data" else ""
+    target = folder / (hashlib.sha256(url.encode()).hexdigest()[:32] + suffix)
+    if target.exists():
+        return str(target)
+    if parsed.scheme == "data":
+        header, _, payload = url.partition(",")
+        content = base64.b64decode(payload) if header.endswith(";base64") else unquote(payload).encode()
+    else:
+        import httpx  # only backends that download pay for it
+
+        host = (host or "").rstrip("/")
+        full = url if parsed.scheme in ("http", "https") else f"{host}/{url.lstrip('/')}"
+        headers = {}
+        if token and host and full.startswith(host + "/"):
+            headers["Authorization"] = f"Token {token}"
+        answer = httpx.get(full, headers=headers, timeout=60, follow_redirects=True)
+        answer.raise_for_status()
+        content = answer.content
+    with tempfile.NamedTemporaryFile(dir=folder, delete=False) as partial:
+        partial.write(content)
+    os.replace(partial.name, target)
+    return str(target)
+
+
 class LabelStudioMLBase:
     """Base class of a Label Studio ML backend model: override `predict` (and `fit` to train on annotations)."""
 
@@ -216,31 +246,8 @@ class LabelStudioMLBase:
             return url
         if project_dir and parsed.scheme == "" and os.path.exists(os.path.join(project_dir, url)):
             return os.path.join(project_dir, url)
-        folder = Path(self.model_dir) / "downloads"
-        folder.mkdir(parents=True, exist_ok=True)
-        suffix = Path(parsed.path).suffix if parsed.scheme != "data" else ""
-        target = folder / (hashlib.sha256(url.encode()).hexdigest()[:32] + suffix)
-        if target.exists():
-            return str(target)
-        if parsed.scheme == "data":
-            header, _, payload = url.partition(",")
-            content = base64.b64decode(payload) if header.endswith(";base64") else unquote(payload).encode()
-        else:
-            import httpx  # only backends that download pay for it
-
-            host = (ls_host or self.hostname or "").rstrip("/")
-            full = url if parsed.scheme in ("http", "https") else f"{host}/{url.lstrip('/')}"
-            headers = {}
-            token = ls_access_token or self.access_token
-            if token and host and full.startswith(host + "/"):
-                headers["Authorization"] = f"Token {token}"
-            answer = httpx.get(full, headers=headers, timeout=60, follow_redirects=True)
-            answer.raise_for_status()
-            content = answer.content
-        with tempfile.NamedTemporaryFile(dir=folder, delete=False) as partial:
-            partial.write(content)
-        os.replace(partial.name, target)
-        return str(target)
+        return cached_download(url, Path(self.model_dir) / "downloads", ls_host or self.hostname,
+                               ls_access_token or self.access_token)
 
     def preload_task_data(self, task: dict, value: Any = None, read_file: bool = True) -> Any:
         """Replace URLs in a task's data by their content (or local path when `read_file` is False)."""

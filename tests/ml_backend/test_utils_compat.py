@@ -1,0 +1,95 @@
+"""label_studio_ml.utils names that backends import, under railyard_ml.utils: docs/ml-backend.md says replacing
+`label_studio_ml` by `railyard_ml` in the imports is the whole change, but 1.0.x's image examples import
+get_image_local_path / get_image_size (and 2.x's match_labels, InMemoryLRUDictCache), which were missing: the
+backend failed at import. A 1.0.x-style image backend written as those examples are, served through init_app."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import sys
+
+import httpx
+from railyard_ml.api import init_app
+
+from tests.ml_backend.conftest import serve
+
+SCRIPT = '''
+from railyard_ml.model import LabelStudioMLBase
+from railyard_ml.utils import (InMemoryLRUDictCache, get_choice, get_image_local_path, get_image_size,
+                               get_single_tag_keys, is_skipped, match_labels)
+
+
+class SizeClassifier(LabelStudioMLBase):
+    """1.0.x style: the image's width decides; the label by match_labels, the loaded sizes kept in an LRU."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.from_name, self.to_name, self.value, self.classes = get_single_tag_keys(
+            self.parsed_label_config, "Choices", "Image")
+        self.sizes = InMemoryLRUDictCache(2)
+
+    def predict(self, tasks, **kwargs):
+        predictions = []
+        for task in tasks:
+            path = get_image_local_path(task["data"][self.value])
+            width, height = get_image_size(path)
+            self.sizes.put(path, (width, height))
+            [label] = match_labels("wide" if width > height else "tall", self.classes)
+            predictions.append({"result": [{"from_name": self.from_name, "to_name": self.to_name,
+                                            "type": "choices", "value": {"choices": [label]}}],
+                                "score": 1.0, "size": [width, height]})
+        return predictions
+'''
+
+CONFIG = ('<View><Image name="image" value="$image"/><Choices name="shape" toName="image">'
+          '<Choice value="Wide"/><Choice value="Tall"/></Choices></View>')
+
+
+def picture(width: int, height: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 10, 10)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_1x_image_backend_importing_label_studio_ml_utils_runs(tmp_path, monkeypatch):
+    script = tmp_path / "size_classifier.py"
+    script.write_text(SCRIPT)
+    spec = importlib.util.spec_from_file_location("size_classifier", script)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "size_classifier", module)
+    spec.loader.exec_module(module)  # ImportError before: get_image_local_path, get_image_size, ...
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
+
+    folder = tmp_path / "media"
+    folder.mkdir()
+    (folder / "wide.png").write_bytes(picture(30, 10))
+    tall = "data:image/png;base64," + base64.b64encode(picture(10, 30)).decode()
+    tasks = [{"id": 1, "data": {"image": f"/data/local-files/?d={folder}/wide.png"}},  # Label Studio's local files
+             {"id": 2, "data": {"image": tall}},  # downloaded once into $MODEL_DIR/downloads
+             {"id": 3, "data": {"image": f"/data/wide.png?d={folder}"}}]  # 1.0.x's local files URL
+    with serve(init_app(module.SizeClassifier, model_dir=tmp_path / "models")) as url:
+        answer = httpx.post(f"{url}/predict", json={"tasks": tasks, "project": "1.1700000000",
+                                                    "label_config": CONFIG}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [r["result"][0]["value"]["choices"] for r in results] == [["Wide"], ["Tall"], ["Wide"]]
+    assert [r["size"] for r in results] == [[30, 10], [10, 30], [30, 10]]
+    assert list((tmp_path / "models" / "downloads").iterdir())  # the data: URI's file
+
+
+def test_the_other_helpers_answer_as_label_studio_mls():
+    from railyard_ml.utils import InMemoryLRUDictCache, is_preload_needed, is_valid_url, match_labels
+
+    assert match_labels("Positve\nnegative", ["Positive", "Negative"]) == ["Positive", "Negative"]
+    assert is_valid_url("https://ls.example/data/upload/1/a.png") and not is_valid_url("/data/upload/1/a.png")
+    assert is_preload_needed("upload/1/a.png") and is_preload_needed("s3://bucket/a.png")
+    assert not is_preload_needed("just some text")
+    cache = InMemoryLRUDictCache(2)
+    for key in "abc":
+        cache.put(key, key.upper())
+    assert "a" not in cache and cache.get("b") == "B" and cache.get("a") is None
