@@ -57,6 +57,9 @@ async def _target(conn: Any, direction: str, card: str, cmd: Any) -> tuple[tuple
         other = cmd.input_task_id if direction == "input" else cmd.output_task_id
         if other is None:
             raise InvalidRequest(f"{direction}_task_id is required")
+        if other == cmd.task_id:  # an arrow from a run to itself says nothing of where its data came from
+            raise InvalidRequest(f"{direction}_task_id {other!r} is the task run the link is made for (task_id, or"
+                                 " the calling task's): a task run is not its own " + direction)
         return ("task_run", other, None, {}), True
     if card == "job":
         if cmd.url is not None and (problem := m.relative_url_problem(cmd.url)):
