@@ -313,13 +313,24 @@ async def _baseline(deps: Deps, token: str | None, p: Plan) -> tuple[dict[str, A
         values = await deps.read_field(token, cfg.workspace_id, fixed.pipeline, fixed.model, p.column, p.index,
                                        _ms(start), _ms(end))
         if len(values) == 0:
-            raise InvalidRequest(f"the baseline (pipeline {fixed.pipeline!r}, {_iso(start)} to {_iso(end)}) has no "
-                                 f"logged values of {cfg.iopath!r}")
+            raise InvalidRequest(f"the baseline (pipeline {fixed.pipeline!r}{_answered_by(fixed.model)}, {_iso(start)} "
+                                 f"to {_iso(end)}) has no logged values of {cfg.iopath!r}")
     if not np.isfinite(values).all():
         raise InvalidRequest("the baseline has NaN or infinite values")
     bounds = compute.boundaries(values, p.summarizer)
     quantile_names = p.summarizer.get("provided_edges") is None and p.summarizer.get("bin_mode") == "Quantile"
     return compute.summarize(values, bounds, p.summarizer, quantile_names, start, end), bounds, end
+
+
+def _answered_by(model: str | None) -> str:
+    """The model filter of a Fixed baseline or a window, in a message about logs found empty: only the rows that model
+    answered count (a model name the pipeline never ran, or misspelt, finds none), which the message left unsaid."""
+    return f", only rows model {model!r} answered" if model else ""
+
+
+def _ordered(start: datetime | None, end: datetime | None) -> None:
+    if start is not None and end is not None and _utc(end) < _utc(start):
+        raise InvalidRequest(f"end {_iso(end)} is before start {_iso(start)}")
 
 
 def _result(p: Plan, assay_id: int | None, baseline: dict[str, Any], window: dict[str, Any], started: float,
@@ -510,7 +521,7 @@ async def run_interactive(deps: Deps, principal: Principal, token: str | None, c
                              "window.start or a narrower window.width")
     if not results:
         raise InvalidRequest(f"no window from {_iso(first)} until {_iso(limit)} has logged values of "
-                             f"{cfg.iopath!r} (pipeline {cfg.window.pipeline!r})")
+                             f"{cfg.iopath!r} (pipeline {cfg.window.pipeline!r}{_answered_by(cfg.window.model)})")
     return AssayResults(results=results)
 
 
@@ -520,6 +531,7 @@ async def get_baseline(deps: Deps, principal: Principal, token: str | None, cmd:
     await require_member(deps.membership(token), principal, cmd.workspace_id)
     if (cmd.start is None) != (cmd.end is None):
         raise InvalidRequest("start and end go together: give both or neither")
+    _ordered(cmd.start, cmd.end)  # the log store's own words named its fields: "start_time is after end_time"
     body: dict[str, Any] = {"pipeline_id": cmd.pipeline_name, "workspace_id": cmd.workspace_id,
                             "page_size": cmd.limit or 1000}
     if cmd.start is not None:
@@ -533,6 +545,7 @@ async def get_baseline(deps: Deps, principal: Principal, token: str | None, cmd:
 
 
 async def get_results(deps: Deps, principal: Principal, token: str | None, cmd: GetAssayResults) -> AssayResults:
+    _ordered(cmd.start, cmd.end)  # answered [] before: no result is both after start and before end
     row = await _assay(deps, principal, token, cmd.assay_id)
     if cmd.pipeline_id is not None and cmd.pipeline_id != row["pipeline_id"]:
         raise NotFound(f"assay {cmd.assay_id} not found in pipeline {cmd.pipeline_id}")
