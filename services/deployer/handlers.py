@@ -31,7 +31,7 @@ from shared.authz import (
 )
 from shared.background import BackgroundTask
 from shared.bus import request
-from shared.errors import Conflict, InvalidRequest, NotFound, Unavailable, echo
+from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError, Unavailable, echo
 from shared.messages.base import INT64
 from shared.messages.deployer import (
     CopyPipeline,
@@ -90,6 +90,9 @@ class DeployerDeps:
     rechecks: RecordRechecks = field(default_factory=lambda: RecordRechecks())
     # seconds a deploy waits for the pipeline's lock (_deploy_lock): app.py's from the settings (deploy_lock_wait)
     lock_wait: float = field(default_factory=lambda: deploy_lock_wait(Settings()))
+    # seconds a deploy answers within, counted from its command's start (deploy_answers_within): app.py's from the
+    # settings
+    deploy_within: float = field(default_factory=lambda: deploy_answers_within(Settings()))
 
     def pipeline_lock(self, pipeline_id: int) -> PipelineLock:
         """One deploy or undeploy of a pipeline at a time in this process. Commands are handled several at once
@@ -279,9 +282,32 @@ async def create_pipeline(deps: DeployerDeps, principal: Principal, token: str |
         return await _create_version(deps, principal, cmd.workspace_id, cmd.pipeline_id, cmd.definition)
 
     # a write: given up on, its commit may still take effect; created again, the same definition makes no new version
-    return await _answered_in_time(deps, f"pipelines/create of {cmd.pipeline_id!r}", create(), maybe=(
+    return await _created_in_time(deps, f"pipelines/create of {cmd.pipeline_id!r}", create(), maybe=(
         " (the version may have been created all the same: creating it again is safe, a definition the same as the"
         " pipeline's latest version's makes no new version)"))
+
+
+async def _created_in_time(deps: DeployerDeps, what: str, work: Awaitable[_T], *, maybe: str) -> _T:
+    """_answered_in_time of a command that creates a pipeline version (pipelines/create, pipelines/copy): given up on,
+    its transaction is left to end (shared.db.within), and when it ends the outbox is woken (events_committed): its
+    commit may have landed with the version's events.pipeline.version_created, which otherwise waited for the
+    outbox's idle round (60 s; _create_version's own wake is never reached by the cancelled work)."""
+    left = False
+
+    async def woken_if_left() -> _T:
+        try:
+            return await work
+        finally:  # also cancelled (given up on): run once its transaction ended, committed or not
+            if left:
+                deps.events_committed()
+
+    try:
+        return await _answered_in_time(deps, what, woken_if_left(), maybe=maybe)
+    except Unavailable:
+        # given up on (the work is cancelled, and runs on, in a later step of the loop) or failed (it ended: its
+        # finally ran before this)
+        left = True
+        raise
 
 
 async def _create_version(deps: DeployerDeps, principal: Principal, workspace_id: int, name: str,
@@ -306,18 +332,25 @@ async def _create_version(deps: DeployerDeps, principal: Principal, workspace_id
 
 async def copy_pipeline(deps: DeployerDeps, principal: Principal, token: str | None,
                         cmd: CopyPipeline) -> PipelineCopied:
-    # the target workspace first: a non-member learns nothing of its pipeline names (409 vs 404)
-    await require_member(deps.membership(token), principal, cmd.workspace_id)
-    source = await _pipeline_for(deps, principal, token, cmd.source_pipeline)
-    if cmd.pipeline_version:
+    async def read() -> Any:
+        # the target workspace first: a non-member learns nothing of its pipeline names (409 vs 404)
+        await require_member(deps.membership(token), principal, cmd.workspace_id)
+        source = await _pipeline_for(deps, principal, token, cmd.source_pipeline)
+        if not cmd.pipeline_version:
+            return await store.latest_version(deps.pool, source["id"])
         try:
-            version = await store.version_by_uuid(deps.pool, source["id"], uuid.UUID(cmd.pipeline_version))
+            wanted = uuid.UUID(cmd.pipeline_version)
         except ValueError:
             raise InvalidRequest("pipeline_version must be a version UUID") from None
-        if version is None:
+        found = await store.version_by_uuid(deps.pool, source["id"], wanted)
+        if found is None:
             raise NotFound(f"version {cmd.pipeline_version} of pipeline {source['id']} not found")
-    else:
-        version = await store.latest_version(deps.pool, source["id"])
+        return found
+
+    # bounded as pipelines/get's reads and pipelines/create's write (READ_ANSWERS_WITHIN, a 503): before, a database
+    # that stopped answering held the copy until it answered again, its caller's 504 long gone
+    what = f"pipelines/copy of pipeline {cmd.source_pipeline} as {cmd.name!r}"
+    version = await _answered_in_time(deps, what, read())
     definition = json.loads(version["definition"]) if version else {}
     _check_name(cmd.name, "pipeline name")
     _check_definition(definition)
@@ -328,7 +361,10 @@ async def copy_pipeline(deps: DeployerDeps, principal: Principal, token: str | N
         plan = await _plan_deployment(deps, token, cmd.workspace_id, definition, cmd.deploy, cmd.engine_config, None)
     # the name check and the create in one transaction under the name's lock: two copies to one name, or a copy
     # and a pipelines/create of it, at once, both passed the check (copies were one at a time for this)
-    created = await _create_version(deps, principal, cmd.workspace_id, cmd.name, definition, new_name=True)
+    created = await _created_in_time(deps, what, _create_version(
+        deps, principal, cmd.workspace_id, cmd.name, definition, new_name=True), maybe=(
+        " (the copy may have been created all the same: look for it with pipelines/list before copying again, which"
+        " would be a 409 if it was)"))
     deployment = None
     if plan is not None:
         try:
@@ -576,8 +612,10 @@ async def _plan_deployment(deps: DeployerDeps, token: str | None, workspace_id: 
 
 async def deploy(deps: DeployerDeps, principal: Principal, token: str | None, cmd: DeployPipeline) -> Deployed:
     # the pipeline's lock waited for until what its caller waits leaves (deploy_lock_wait: the request timeout for
-    # the reads and lookups below, then lock_wait), not lock_wait after lookups that took longer (_deploy_lock)
-    lock_by = asyncio.get_running_loop().time() + deps.timeout + deps.lock_wait
+    # the reads and lookups below, then lock_wait), not lock_wait after lookups that took longer (_deploy_lock); the
+    # whole deploy ends by what its caller waits (deploy_answers_within), counted from here too (_activate)
+    started = asyncio.get_running_loop().time()
+    lock_by = started + deps.timeout + deps.lock_wait
 
     async def read() -> tuple[Any, Any]:
         pipeline = await _pipeline_for(deps, principal, token, cmd.pipeline_id)
@@ -594,17 +632,18 @@ async def deploy(deps: DeployerDeps, principal: Principal, token: str | None, cm
                                            cmd.deploy_id, cmd.engine_config, cmd.models, cmd.model_ids,
                                            cmd.model_configs)
     return await _start_deployment(deps, pipeline, version, cmd.deploy_id, config, steps,
-                                   only_if_serving=cmd.only_if_serving, lock_by=lock_by)
+                                   only_if_serving=cmd.only_if_serving, lock_by=lock_by,
+                                   by=started + deps.deploy_within)
 
 
 async def _start_deployment(deps: DeployerDeps, pipeline, version, deploy_id: str, config: dict[str, Any],
                             steps: list[ReplicaStep], *, only_if_serving: int | None = None,
-                            lock_by: float | None = None) -> Deployed:
+                            lock_by: float | None = None, by: float | None = None) -> Deployed:
     """Activates the deployment of a (planned) version and starts its replicas. Replicas that fail to start are a
     400 with their reason that changes nothing: a redeploy of a deployment that serves leaves it serving as before
     (version, deploy_id, config, active); otherwise the deployment is inactive and nothing runs. `only_if_serving`:
     the precondition of DeployPipeline's field (_activate checks it). `lock_by`: the loop time until which the
-    pipeline's lock is waited for (_deploy_lock)."""
+    pipeline's lock is waited for (_deploy_lock); `by`: the loop time by which the deploy answers (_activate)."""
     spec = ReplicaSpec(deployment=ReplicaDeployment(pipeline=pipeline["name"],
                                                     pipeline_version=str(version["version"]),
                                                     workspace_id=pipeline["workspace_id"]),
@@ -612,14 +651,14 @@ async def _start_deployment(deps: DeployerDeps, pipeline, version, deploy_id: st
     row = (pipeline["id"], version["id"], deploy_id, config, spec.model_dump(mode="json"))
     try:
         return await _activate(deps, pipeline, version, deploy_id, config, spec, row, uuid.uuid4(), only_if_serving,
-                               lock_by)
+                               lock_by, by)
     finally:
         deps.events_committed()  # its events.pipeline.deployed, when the replicas serve (committed by _activate)
 
 
 async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, config: dict[str, Any], spec: ReplicaSpec,
                     row: tuple[Any, ...], activation: uuid.UUID, only_if_serving: int | None = None,
-                    lock_by: float | None = None) -> Deployed:
+                    lock_by: float | None = None, by: float | None = None) -> Deployed:
     """_start_deployment's work, under the pipeline's lock. events.pipeline.deployed goes to the outbox once the
     replicas serve, in the transaction that records it: a redeploy of a deployment that serves writes its new row
     then (`record`); otherwise the row was made active before the replicas started (so the deployment shows as
@@ -635,13 +674,26 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
 
     Each database step is bounded (DEPLOY_STEP_ANSWERS_WITHIN): the first transaction is a 503 (its activation, if
     its commit may have taken effect, made inactive in the background: no replica of it runs), a redeploy's record a
-    503 (_recorded), a failed start's clean-up and the deployed event's write go to the background."""
+    503 (_recorded), a failed start's clean-up and the deployed event's write go to the background.
+
+    `by` (pipelines/deploy's: its command's start + deploy_answers_within) bounds the whole deploy, not only each of
+    its steps: with the pipeline's lock, a deploy that has less left than its first step, the least its replicas need
+    to start and what follows their start (_after_start) is a 503 deploy_out_of_time that changes nothing; else its
+    replicas have what is left after their start's share (at most deployer.ready_timeout), and replicas that do not
+    serve within that are the same 503, undone as replicas that failed to start are. Before, only each step was
+    bounded: the lock wait, the replicas' ready_timeout, the record, its looks and the previous set's stop added up
+    past the caller's wait (with ready_timeout above ~295 s at once), and the caller's 504 came while the deploy
+    went on."""
 
     def deployed(deployment_id: int, name: str) -> PipelineDeployed:
         return deployed_event(deployment_id, name, pipeline["id"], pipeline["workspace_id"], version["version"],
                               pipeline["name"])
 
     async with _deploy_lock(deps, pipeline["id"], lock_by):
+        loop = asyncio.get_running_loop()
+        if by is not None:  # nothing written yet: refused now if its replicas could not get the least they need
+            _check_time_left(deps, pipeline["id"], by - loop.time() - deps.timeout * DEPLOY_STEP_ANSWERS_WITHIN -
+                             _after_start(deps.timeout, deps.backend.stop_timeout, serving=True))
         seen: dict[str, Any] = {}  # what the first transaction read, should it not answer
 
         async def first() -> tuple[dict[str, Any] | None, str | None, bool, int]:
@@ -706,6 +758,14 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
                     # the row may name the new one: once the database answers, what runs is made what the row says
                     deps.rechecks.owe(deps, pipeline["id"], deployment_id, old, activation)
                     raise
+                if not committed and not isinstance(exc, DATABASE_FAILURES):
+                    # the deployer's own error (a bug), not the database's: a 500 internal error, logged with its
+                    # traceback. Before, any error was "the database failed (KeyError)", a 503 to retry
+                    log.error("the redeploy of pipeline %s as %s was not recorded: internal error", pipeline["id"],
+                              name, exc_info=exc)
+                    raise RailyardError(f"the redeploy of pipeline {pipeline['id']} as {name!r} was not recorded: "
+                                        f"the deployer failed (internal error, {type(exc).__name__}); nothing "
+                                        f"changed, {old} still serves the previous version") from exc
                 if not committed:
                     # not committed: nothing changed, and the database failed, not the replicas. Raised as it was,
                     # a command timeout (TimeoutError) read as the replicas' and was a 400 "failed to start", any
@@ -715,20 +775,30 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
                                       " previous version. Deploy again once the database answers") from exc
             deps.owed.forget(deployment_id)  # the replaced activation's owed event was written with it
 
+        # what the caller's wait leaves for the replicas to serve, after what follows their start
+        ready_within = None if by is None else min(
+            deps.backend.ready_timeout,
+            by - loop.time() - _after_start(deps.timeout, deps.backend.stop_timeout, serving=serving))
         try:
             await deps.backend.start(name, spec, config["replica_count"], *_autoscale(config),
-                                     serving=record if serving else None)
+                                     serving=record if serving else None, ready_within=ready_within)
         except Exception as exc:
             # RuntimeError, TimeoutError: the replicas failed to start (400). Another error (an OSError writing the
             # spec or spawning a replica: ENOSPC, EMFILE) is the deployer's own and raised as it is, after the same
             # undoing: before, it left the row of a first deploy active and owing its event with nothing running
             # ("Starting" until a restart's restore started it, for a deploy that had answered an error)
             started = isinstance(exc, (RuntimeError, TimeoutError))
+            # not the replicas' fault: they had less than their ready_timeout, what the caller's wait left them
+            out_of_time = isinstance(exc, TimeoutError) and ready_within is not None and \
+                ready_within < deps.backend.ready_timeout
             if serving:
                 # the previous set still serves (the backend swaps only once the new one is ready) and the row still
                 # says so: the deployment stays what it was (docs/inference.md)
                 if not started:
                     raise
+                if out_of_time:
+                    raise _out_of_time(deps, pipeline["id"], ready_within, f"nothing changed: {old} still serves the "
+                                       "previous version") from None
                 raise InvalidRequest(f"the deployment failed to start: {exc} (nothing changed: {old} still serves "
                                      "the previous version)") from None
             # inactive now, with its undeployed event if it was active (_undeployed_of)
@@ -749,6 +819,9 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
                 await deps.backend.stop(renamed)
             if not started:
                 raise
+            if out_of_time:
+                raise _out_of_time(deps, pipeline["id"], ready_within, "nothing of it runs"
+                                   f"{later or ': the deployment is inactive'}") from None
             raise InvalidRequest(f"the deployment failed to start: {exc}{later}") from None
         if not serving:  # the row says active since before the start: the event alone, now that the replicas serve
             # (the row owes it until this commits: a deployer dying before has the restore write it, `_restart`)
@@ -767,12 +840,26 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
     return Deployed(id=deployment_id)
 
 
-RECORD_CHECK_DELAYS = (0.0, 1.0, 3.0)
-"""Waits before each look at what the failed record of a redeploy committed (_recorded): three looks over ~4 s."""
-RECORD_CHECK_TIMEOUT = 5.0
-"""Seconds one such look may take (a connection, the pipeline's lock, the read): with none, a database that does not
-answer held the deploy (and the pipeline's lock) for the pool's timeouts, a connection's 60 s and a command's 30 s,
-at each look, not the ~4 s the looks were meant to take (a look that gives up counts as one not answered)."""
+RECORD_CHECK_DELAYS = (0.0, 0.2, 0.6)
+"""Of the request timeout: waits before each look at what the failed record of a redeploy (or deactivation of an
+undeploy) committed (_look_again): three looks over ~0.8 of it (~4 s at the default 5 s)."""
+RECORD_CHECK_ANSWERS_WITHIN = 1.0
+"""Of the request timeout: how long one such look may take (a connection, the pipeline's lock, the read), and one try
+of the background deactivation and record recheck: with none, a database that does not answer held the deploy (and
+the pipeline's lock) for the pool's timeouts, a connection's 60 s and a command's 30 s, at each look, not the ~4 s the
+looks were meant to take (a look that gives up counts as one not answered). The looks take at most
+record_looks_take() in all: 3.8 of the request timeout (19 s at the default 5 s). Before, 5 s and (0, 1, 3) s
+whatever the request timeout: a deployer with a 1 s request timeout (whose callers wait that) still looked for 19 s."""
+
+
+def record_check_within(deps: DeployerDeps) -> float:
+    """Seconds one look at a failed record may take (RECORD_CHECK_ANSWERS_WITHIN of the request timeout)."""
+    return deps.timeout * RECORD_CHECK_ANSWERS_WITHIN
+
+
+def record_looks_take(timeout: float) -> float:
+    """Seconds the looks at a failed record take at most (_look_again), with the request timeout `timeout`."""
+    return timeout * (sum(RECORD_CHECK_DELAYS) + len(RECORD_CHECK_DELAYS) * RECORD_CHECK_ANSWERS_WITHIN)
 
 
 DEPLOY_STEP_ANSWERS_WITHIN = 0.8
@@ -785,17 +872,61 @@ answered 504 after its ~305 s while the deploy went on."""
 
 
 DEPLOY_IN_PROGRESS = "deploy_in_progress"  # the 409's code for a deploy or undeploy held up by another of its pipeline
+DEPLOY_OUT_OF_TIME = "deploy_out_of_time"  # the 503's code for a deploy that ran out of what its caller waits
+DEPLOY_ANSWER_MARGIN = 0.2
+"""Of the request timeout: what a deploy leaves of its caller's wait for its answer's way back
+(deploy_answers_within)."""
+
+
+def deploy_answers_within(settings: Settings) -> float:
+    """Seconds a deploy answers within, counted from its command's start (_activate's `by`): its caller's wait
+    (shared.settings.deploy_wait) less DEPLOY_ANSWER_MARGIN of the request timeout. 304 s with the defaults."""
+    return deploy_wait(settings) - DEPLOY_ANSWER_MARGIN * settings.nats.request_timeout
+
+
+def _after_start(timeout: float, stop_timeout: float, *, serving: bool) -> float:
+    """Seconds a deploy may still take once its replicas serve or fail to, with the request timeout `timeout` and
+    the backend's stop_timeout: a redeploy of a serving deployment records its new row (DEPLOY_STEP_ANSWERS_WITHIN),
+    looks at a failed record (record_looks_take) and stops the previous set, or its own new one (stop_timeout);
+    another deploy writes its deployed event and the served mark, or stops its replicas that failed and makes the row
+    inactive (the longer: the stop and two steps)."""
+    step = DEPLOY_STEP_ANSWERS_WITHIN * timeout
+    return step + stop_timeout + (record_looks_take(timeout) if serving else step)
 
 
 def deploy_lock_wait(settings: Settings) -> float:
     """Seconds a deploy waits for the pipeline's lock while another deploy (or an undeploy, the start's restore of its
-    deployment, a record recheck) holds it (_deploy_lock): what its caller's wait (shared.settings.deploy_wait) leaves
-    after the deploy's own work: its reads and model lookups before (the request timeout), its database steps once it
-    has the lock (three of DEPLOY_STEP_ANSWERS_WITHIN) and its replicas' start (deployer.ready_timeout); at least the
-    undeploy's wait (UNDEPLOY_LOCK_WAIT). 228 s with the defaults (305 - 5 - 12 - 60)."""
+    deployment, a record recheck) holds it (_deploy_lock): what its caller's wait (deploy_answers_within) leaves after
+    the deploy's own work: its reads and model lookups before (the request timeout), its first database step once it
+    has the lock (DEPLOY_STEP_ANSWERS_WITHIN), its replicas' start (deployer.ready_timeout) and what follows it
+    (_after_start of a redeploy: its record, the looks at a failed one, a set's stop); at least the undeploy's wait
+    (UNDEPLOY_LOCK_WAIT). 192 s with the defaults (304 - 5 - 4 - 60 - 4 - 19 - 20). Before, 228 s: the looks and
+    the stop were not counted, and a redeploy that waited it all answered past its caller's wait."""
     request = settings.nats.request_timeout
-    own = request + 3 * DEPLOY_STEP_ANSWERS_WITHIN * request + settings.deployer.ready_timeout
-    return max(deploy_wait(settings) - own, UNDEPLOY_LOCK_WAIT * request)
+    own = request + DEPLOY_STEP_ANSWERS_WITHIN * request + settings.deployer.ready_timeout + \
+        _after_start(request, settings.deployer.stop_timeout, serving=True)
+    return max(deploy_answers_within(settings) - own, UNDEPLOY_LOCK_WAIT * request)
+
+
+def _check_time_left(deps: DeployerDeps, pipeline_id: int, left: float) -> None:
+    """A deploy whose replicas would have `left` seconds to serve (what its caller's wait leaves them, _activate) is
+    refused, nothing of it made, when that is less than the least a start takes: the request timeout, or
+    deployer.ready_timeout if shorter."""
+    if left < min(deps.timeout, deps.backend.ready_timeout):
+        raise _out_of_time(deps, pipeline_id, max(left, 0.0), "nothing of it was made")
+
+
+def _out_of_time(deps: DeployerDeps, pipeline_id: int, left: float, outcome: str) -> Unavailable:
+    """The 503 deploy_out_of_time of a deploy whose replicas had (or would have had) `left` seconds to serve, less
+    than their ready_timeout: what its caller's wait left after its lookups, its wait for the pipeline's lock and
+    its steps; `outcome`: what of it runs."""
+    log.warning("deploy of pipeline %s: 503 %s (%.3g s left for its replicas)", pipeline_id, DEPLOY_OUT_OF_TIME, left)
+    return Unavailable(
+        f"the deploy of pipeline {pipeline_id} ran out of time: what its caller waits ({deps.deploy_within:g} s from "
+        f"its start) left its replicas {left:.3g} s to serve after its model lookups, its wait for another deploy of "
+        f"the pipeline and its database steps, less than deployer.ready_timeout ({deps.backend.ready_timeout:g} s); "
+        f"{outcome}. Deploy again (once another deploy of the pipeline ended), or lower deployer.ready_timeout",
+        code=DEPLOY_OUT_OF_TIME)
 
 
 @contextlib.asynccontextmanager
@@ -917,13 +1048,13 @@ async def _look_again(deps: DeployerDeps, name: str, what: str, error: Exception
                       read: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
     """What `read` answers, in a transaction of its own, after the commit of `what` (of the deployment `name`) raised
     `error`: asked again (RECORD_CHECK_DELAYS) while the database does not answer, each look given up after
-    RECORD_CHECK_TIMEOUT (it counts as one not answered; _answered_within: a server that stopped answering held a
+    record_check_within (it counts as one not answered; _answered_within: a server that stopped answering held a
     look under asyncio.timeout until it answered again); _UNANSWERED when none answered. The looks of a redeploy's
     record (_recorded) and an undeploy's deactivation (_deactivated)."""
     for delay in RECORD_CHECK_DELAYS:
-        await asyncio.sleep(delay)
+        await asyncio.sleep(delay * deps.timeout)
         try:
-            return await _answered_within(RECORD_CHECK_TIMEOUT, _in_transaction(deps, read))
+            return await _answered_within(record_check_within(deps), _in_transaction(deps, read))
         except Exception as exc:
             log.warning("deployment %s: %s raised (%s) and its row could not be read (%s)", name, what, error, exc)
     return _UNANSWERED
@@ -1023,6 +1154,10 @@ DATABASE_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceEr
 resources out (class 53: too many connections, its disk full, out of memory) and a server that takes no writes (a
 standby after a failover: read-only transactions) too, which were 500s. Logged, as a 500 is: asyncpg's InterfaceError
 is also what a misuse of a connection raises (a bug), which the 503 alone would hide."""
+DATABASE_FAILURES = (*DATABASE_ERRORS, asyncpg.PostgresError)
+"""What a database step's error is when the database failed or refused it (DATABASE_ERRORS, or any error the server
+answered: a serialization failure, a constraint): a redeploy's record failing so is a 503 "the database failed";
+another error is the deployer's own, a 500 internal error logged with its traceback."""
 
 
 async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, pipeline_id: int,
@@ -1363,7 +1498,7 @@ class Deactivations(_Background):
         for attempt, delay in enumerate(DEACTIVATION_RETRY_DELAYS, 1):
             await asyncio.sleep(delay)
             try:
-                async with asyncio.timeout(RECORD_CHECK_TIMEOUT):
+                async with asyncio.timeout(record_check_within(deps)):
                     # under the pipeline's advisory lock: the deploy's own transaction, given up on by the deploy
                     # but still run by the server, ends first
                     changed = await store.deactivate(deps.pool, deployment_id, event, activation=activation,
@@ -1450,12 +1585,12 @@ class RecordRechecks(_Background):
                 # first without the pipeline's lock (a deploy or undeploy meanwhile is not held up), on one
                 # connection: a try that a server stopped answering holds waits, cancelled, until it answers, rather
                 # than one more connection left at each try (as Deactivations)
-                async with asyncio.timeout(RECORD_CHECK_TIMEOUT):
+                async with asyncio.timeout(record_check_within(deps)):
                     row = await _in_transaction(deps, read)
                 if recorded(row) or left_running(row):  # again under the lock, as a deploy changes the row and
                     # what runs
                     async with deps.pipeline_lock(pipeline_id):
-                        row = await _answered_within(RECORD_CHECK_TIMEOUT, _in_transaction(deps, read))
+                        row = await _answered_within(record_check_within(deps), _in_transaction(deps, read))
                         if recorded(row):
                             await RecordRechecks._start_recorded(deps, row, old)
                             return
@@ -1586,49 +1721,80 @@ async def announce_serving(deps: DeployerDeps, rows: list[Any]) -> None:
     deps.events_committed()
 
 
+RESTORE_READ_DELAYS = (0.0, *DEACTIVATION_RETRY_DELAYS)
+"""Waits before each try of a deployment's restore whose row the database did not give (_restart): ~10 minutes in
+all, the pipeline's lock let go between tries."""
+
+
+class _RowUnread(Exception):
+    """_restart_once: the deployment's row was not read (the database failed or did not answer)."""
+
+
 async def _restart(deps: DeployerDeps, pipeline_id: int, deployment_id: int, gate: asyncio.Semaphore) -> None:
-    async with gate, deps.pipeline_lock(pipeline_id):
-        # under the pipeline's lock, as deploy and undeploy: a deploy of the same name during the restore had its
-        # live set removed from the backend by the restore's failure cleanup, its replicas running untracked. The
-        # row again, inside the lock: a deploy or undeploy that ran while this waited decides what runs now.
-        row = await store.deployment(deps.pool, deployment_id)
-        if row is None or not row["active"]:
-            return
-        name = f"{row['deploy_id']}-{row['id']}"
-        if name in deps.backend.sets:  # a deploy while this waited started it
-            return
-        if row.get("activation") in deps.deactivations.pending:
-            # a deploy while this waited answered that this activation is made inactive (its commit's answer lost, or
-            # its replicas failed to start and the clean-up did not take): started here, they ran on under a row
-            # Deactivations then made inactive, named by no active row
-            log.info("deployment %s: not restored, being made inactive (its deploy failed)", name)
-            return
-        deps.failed_restores.pop(name, None)
+    """A deployment's restore (DeploymentRestore), tried again while its row cannot be read (RESTORE_READ_DELAYS),
+    neither the pipeline's lock nor the restore's gate held in between. Raises once no try read it."""
+    for attempt, delay in enumerate(RESTORE_READ_DELAYS, 1):
+        await asyncio.sleep(delay)
         try:
-            spec = ReplicaSpec.model_validate_json(row["spec"])
-            spec.deployment.id, spec.deployment.name = row["id"], name
-            config = json.loads(row["engine_config"])
-            await deps.backend.start(name, spec, config.get("replica_count", 1), *_autoscale(config))
-        except (RuntimeError, TimeoutError) as exc:
-            # the deployment stays active (a later restart tries again) but says it failed, rather than "Starting"
-            # forever with nothing running (docs/inference.md)
-            deps.failed_restores[name] = str(exc) or "its engine replicas did not start"
-            log.error("could not restore deployment %s: %s", name, exc)
-            return  # nothing serves: an owed deployed event stays owed (deployed_pending) for a restore that serves
-        except Exception:
-            deps.failed_restores[name] = "the deployer could not start its replicas (see the deployer's log)"
-            raise
-        if row["deployed_pending"]:  # the deployer that started it died before its deployed event's commit
-            event = _deployed_event_of(row)
-            try:
-                async with deps.pool.acquire() as conn, conn.transaction():
-                    told = await store.record_deployed(conn, event, if_pending=True)
-            except Exception as exc:  # the replicas serve: as for a deploy, the event is written in the background
-                # (OwedDeployed). Before, the error ended the restart and the event waited for the next one.
-                log.warning("deployment %s restored but its owed events.pipeline.deployed was not written (%s):"
-                            " retried in the background", name, exc)
-                await _owe(deps, pipeline_id, event)
-                return
-            if told:
-                log.info("deployment %s restored: its events.pipeline.deployed, not written before, is sent now", name)
-                deps.events_committed()
+            async with gate, deps.pipeline_lock(pipeline_id):
+                await _restart_once(deps, pipeline_id, deployment_id)
+            return
+        except _RowUnread as exc:
+            log.warning("deployment %s: not restored yet, its row was not read (attempt %d of %d): %r",
+                        deployment_id, attempt, len(RESTORE_READ_DELAYS), exc.__cause__)
+    raise Unavailable(f"deployment {deployment_id}: its row was never read; it is restored at the next start, or by "
+                      "a deploy of its pipeline")
+
+
+async def _restart_once(deps: DeployerDeps, pipeline_id: int, deployment_id: int) -> None:
+    """_restart's try, under the pipeline's lock: the row's read is bounded (READ_ANSWERS_WITHIN of the request
+    timeout, else _RowUnread), as is the owed deployed event's write (DEPLOY_STEP_ANSWERS_WITHIN, else written in the
+    background). Before, both waited as long as a database that stopped answering did, the pipeline's lock held: every
+    deploy of the pipeline a 409 deploy_in_progress after its lock wait, every undeploy after its own."""
+    # under the pipeline's lock, as deploy and undeploy: a deploy of the same name during the restore had its
+    # live set removed from the backend by the restore's failure cleanup, its replicas running untracked. The
+    # row again, inside the lock: a deploy or undeploy that ran while this waited decides what runs now.
+    try:
+        row = await _answered_within(deps.timeout * READ_ANSWERS_WITHIN, store.deployment(deps.pool, deployment_id))
+    except (TimeoutError, *DATABASE_ERRORS) as exc:
+        raise _RowUnread() from exc
+    if row is None or not row["active"]:
+        return
+    name = f"{row['deploy_id']}-{row['id']}"
+    if name in deps.backend.sets:  # a deploy while this waited started it
+        return
+    if row.get("activation") in deps.deactivations.pending:
+        # a deploy while this waited answered that this activation is made inactive (its commit's answer lost, or
+        # its replicas failed to start and the clean-up did not take): started here, they ran on under a row
+        # Deactivations then made inactive, named by no active row
+        log.info("deployment %s: not restored, being made inactive (its deploy failed)", name)
+        return
+    deps.failed_restores.pop(name, None)
+    try:
+        spec = ReplicaSpec.model_validate_json(row["spec"])
+        spec.deployment.id, spec.deployment.name = row["id"], name
+        config = json.loads(row["engine_config"])
+        await deps.backend.start(name, spec, config.get("replica_count", 1), *_autoscale(config))
+    except (RuntimeError, TimeoutError) as exc:
+        # the deployment stays active (a later restart tries again) but says it failed, rather than "Starting"
+        # forever with nothing running (docs/inference.md)
+        deps.failed_restores[name] = str(exc) or "its engine replicas did not start"
+        log.error("could not restore deployment %s: %s", name, exc)
+        return  # nothing serves: an owed deployed event stays owed (deployed_pending) for a restore that serves
+    except Exception:
+        deps.failed_restores[name] = "the deployer could not start its replicas (see the deployer's log)"
+        raise
+    if row["deployed_pending"]:  # the deployer that started it died before its deployed event's commit
+        event = _deployed_event_of(row)
+        try:
+            told = await _answered_within(deps.timeout * DEPLOY_STEP_ANSWERS_WITHIN, _in_transaction(
+                deps, lambda conn: store.record_deployed(conn, event, if_pending=True)))
+        except Exception as exc:  # the replicas serve: as for a deploy, the event is written in the background
+            # (OwedDeployed). Before, the error ended the restart and the event waited for the next one.
+            log.warning("deployment %s restored but its owed events.pipeline.deployed was not written (%s):"
+                        " retried in the background", name, exc)
+            await _owe(deps, pipeline_id, event)
+            return
+        if told:
+            log.info("deployment %s restored: its events.pipeline.deployed, not written before, is sent now", name)
+            deps.events_committed()

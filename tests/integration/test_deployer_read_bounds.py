@@ -2,7 +2,7 @@
 FreezingProxy passing nothing either way): each is a 503 unavailable within its bound (handlers.READ_ANSWERS_WITHIN of
 the request timeout, which is what its callers wait), and answers once the database does. Before, each waited the
 pool's own timeouts (a command's 30 s, its cancellation waiting for the server too) or until the server answered: the
-gateway answered 504 after the request timeout while the deployer went on."""
+gateway answered 504 after the request timeout while the deployer went on (pipelines/copy's reads until session 26)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from services.deployer import handlers
 from shared.errors import Unavailable
-from shared.messages.deployer import CreatePipeline
+from shared.messages.deployer import CopyPipeline, CreatePipeline
 from tests.integration.conftest import service_schema
 from tests.integration.test_deployer_crash import (
     WORKSPACE,
@@ -42,10 +42,12 @@ def reads(deps, pipeline_id: int, name: str) -> dict:
         "external_url": lambda: handlers.external_url(deps, ALICE, "t", WORKSPACE, "p"),
         "create": lambda: handlers.create_pipeline(deps, ALICE, "t", CreatePipeline(
             workspace_id=WORKSPACE, pipeline_id="q", definition={"steps": []})),
+        "copy": lambda: handlers.copy_pipeline(deps, ALICE, "t", CopyPipeline(
+            name="c", workspace_id=WORKSPACE, source_pipeline=pipeline_id)),
     }
 
 
-@pytest.mark.parametrize("route", ["get", "list", "status", "resolve", "external_url", "create"])
+@pytest.mark.parametrize("route", ["get", "list", "status", "resolve", "external_url", "create", "copy"])
 async def test_a_read_while_the_database_stopped_answering_is_a_503_within_its_bound(stack, route):
     async with service_schema(stack, "deployerreads", Path("services/deployer/migrations")) as pool:
         pipeline_id, deployment_id = await an_active_deployment(pool)
