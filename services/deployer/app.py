@@ -122,7 +122,8 @@ async def start(runtime: Runtime) -> None:
     deps = handlers.DeployerDeps(pool=runtime.db, broker=broker, backend=backend,
                                  membership=lambda token: bus_membership(broker, token, timeout),
                                  public_url=public_url.rstrip("/"), timeout=timeout, events_committed=outbox.wake,
-                                 lock_wait=handlers.deploy_lock_wait(settings))
+                                 lock_wait=handlers.deploy_lock_wait(settings),
+                                 deploy_within=handlers.deploy_answers_within(settings))
     outbox_task = asyncio.create_task(outbox.run())
     runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, outbox=outbox, outbox_task=outbox_task)
     runtime.extras["restore"] = await handlers.restore_deployments(deps)

@@ -138,10 +138,13 @@ class LocalBackend:
 
     async def start(self, name: str, spec: ReplicaSpec, replicas: int,
                     autoscale: tuple[int, int] | None = None, cpu_target: float = 50.0,
-                    serving: Callable[[], Awaitable[None]] | None = None) -> ReplicaSet:
+                    serving: Callable[[], Awaitable[None]] | None = None,
+                    ready_within: float | None = None) -> ReplicaSet:
         """Start a replica set for `name`; returns once every replica answers (or raises TimeoutError). `serving` is
         awaited once they answer, before they replace the running set (a redeploy records its new version then, not
-        while the old set still serves alone); when it raises, the new set is stopped and the running one kept."""
+        while the old set still serves alone); when it raises, the new set is stopped and the running one kept.
+        `ready_within`: seconds the replicas have to answer when less than ready_timeout (what a deploy's caller
+        waits left them: handlers._activate), else TimeoutError as past ready_timeout."""
         folder = self.work_dir / name
         folder.mkdir(parents=True, exist_ok=True)
         spec_path = folder / f"spec-{uuid.uuid4().hex[:8]}.json"
@@ -153,7 +156,8 @@ class LocalBackend:
         if previous is None:  # a first deploy shows its replicas while they start
             self.sets[name] = replica_set
         try:
-            await self._wait_ready(replica_set)
+            async with asyncio.timeout(ready_within):
+                await self._wait_ready(replica_set)
             replica_set.ready = True
             if serving is not None:
                 await serving()

@@ -167,7 +167,9 @@ class StandInBackend:
         self.stopped: list[str] = []
         self.on_start = on_start
 
-    async def start(self, name, spec, replicas, bounds, utilization, *, serving=None) -> None:
+    ready_timeout, stop_timeout = 60.0, 20.0  # settings.deployer's defaults (a deploy's time left counts them)
+
+    async def start(self, name, spec, replicas, bounds, utilization, *, serving=None, ready_within=None) -> None:
         self.started.append(name)
         if self.on_start is not None:
             await self.on_start(name)
@@ -316,8 +318,8 @@ async def test_a_deploy_while_the_database_stopped_answering_answers_within_its_
     monkeypatch.setattr(handlers, "_resolve", resolved)
     monkeypatch.setattr(handlers, "DEACTIVATION_RETRY_DELAYS", (0.2,) * 150)
     monkeypatch.setattr(handlers, "OWED_RETRY_DELAYS", (0.2,) * 150)
-    monkeypatch.setattr(handlers, "RECORD_CHECK_DELAYS", (0.0, 0.1))
-    monkeypatch.setattr(handlers, "RECORD_CHECK_TIMEOUT", 0.5)
+    monkeypatch.setattr(handlers, "RECORD_CHECK_DELAYS", (0.0, 0.1))  # of deps_over's 1 s request timeout
+    monkeypatch.setattr(handlers, "RECORD_CHECK_ANSWERS_WITHIN", 0.5)
     async with service_schema(stack, "deployercrash", Path("services/deployer/migrations")) as pool:
         async with pool.acquire() as conn, conn.transaction():
             pipeline_id, version_id, _, _ = await store.create_pipeline_version(conn, WORKSPACE, "p", uuid.uuid4(),
@@ -465,12 +467,12 @@ async def _event_written(row: Callable[[], Awaitable[dict | None]]) -> bool:
 
 
 async def test_a_look_at_a_failed_commit_gives_up_on_a_database_that_stopped_answering(stack, monkeypatch):
-    """_look_again (a failed record's or deactivation's re-read): each look is given up after RECORD_CHECK_TIMEOUT
+    """_look_again (a failed record's or deactivation's re-read): each look is given up after record_check_within
     when the server stopped answering, so the looks end within their bound. Before, asyncio.timeout cancelled the
     look, then waited as long as the server did not answer the cancel (see above): a redeploy's _recorded held the
     deploy, and the pipeline's lock, that long."""
-    monkeypatch.setattr(handlers, "RECORD_CHECK_DELAYS", (0.0, 0.1))
-    monkeypatch.setattr(handlers, "RECORD_CHECK_TIMEOUT", 0.5)
+    monkeypatch.setattr(handlers, "RECORD_CHECK_DELAYS", (0.0, 0.02))  # of the 5 s request timeout: 0.1 s
+    monkeypatch.setattr(handlers, "RECORD_CHECK_ANSWERS_WITHIN", 0.1)  # 0.5 s
     async with service_schema(stack, "deployercrash", Path("services/deployer/migrations")) as pool:
         async with pool.acquire() as conn, conn.transaction():
             pipeline_id, version_id, version, _ = await store.create_pipeline_version(

@@ -19,7 +19,7 @@ import pytest
 
 from services.deployer import handlers
 from shared import subjects
-from shared.errors import InvalidRequest, Unavailable
+from shared.errors import InvalidRequest, RailyardError, Unavailable
 from shared.messages.deployer import DeployPipeline
 from tests.unit.deployer_world import ALICE, PIPELINE, VERSION, _deploy, _deployed_as, _until, world  # noqa: F401
 
@@ -58,7 +58,7 @@ class CommitPool:
 @pytest.fixture
 def crash(world, monkeypatch):  # noqa: F811 - the fixture
     world.deps.pool = CommitPool(world.store)
-    monkeypatch.setattr(handlers, "RECORD_CHECK_DELAYS", (0.0, 0.01, 0.01), raising=False)  # the old code: none
+    monkeypatch.setattr(handlers, "RECORD_CHECK_DELAYS", (0.0, 0.002, 0.002))  # of the 5 s request timeout: 10 ms
     return world
 
 
@@ -221,7 +221,7 @@ def test_an_undeploy_whose_deactivation_raises_stops_the_replicas_when_it_was_co
     and the replicas ran on with no active row (status Stopped, the gateway routing nothing to them) until a retried
     undeploy or a restart. "refused" (nothing committed): a 503 saying nothing changed (before, the error as it was:
     a 500), the deployment active and serving."""
-    monkeypatch.setattr(handlers, "RECORD_CHECK_DELAYS", (0.0, 0.01), raising=False)  # the old code: none
+    monkeypatch.setattr(handlers, "RECORD_CHECK_DELAYS", (0.0, 0.002))  # of the 5 s request timeout: 10 ms
 
     async def scenario(made) -> None:
         await _deployed_as(made, "a")
@@ -252,10 +252,10 @@ def test_an_undeploy_whose_deactivation_raises_stops_the_replicas_when_it_was_co
 def test_a_look_at_a_failed_commit_that_never_answers_is_given_up(crash, monkeypatch, command):
     """The row's re-read after a failed record (redeploy) or deactivation (undeploy) hangs (a database that takes the
     connection and never answers, or a lock held by a transaction it never ends): each look gives up after
-    RECORD_CHECK_TIMEOUT and counts as one not answered, so the command answers within the looks' bound (the redeploy
+    record_check_within and counts as one not answered, so the command answers within the looks' bound (the redeploy
     a 503, the undeploy one too) and the pipeline's lock is let go. Before, a look waited for as long as the pool's
     own timeouts (a connection's 60 s, a command's 30 s: for ever in this world), holding the pipeline's lock."""
-    monkeypatch.setattr(handlers, "RECORD_CHECK_TIMEOUT", 0.05, raising=False)  # the old code: none
+    monkeypatch.setattr(handlers, "RECORD_CHECK_ANSWERS_WITHIN", 0.01)  # of the 5 s request timeout: 50 ms
     looks: list[int] = []
 
     async def never(conn, key):  # every look after the failed commit
@@ -299,7 +299,7 @@ def test_an_undeploy_whose_deactivation_raised_and_no_look_answered_does_not_say
     answered: the 503 says it is not known whether the deactivation was recorded, and that the replicas still run.
     Before, it said the undeploy "was not made" and the deployment "serves as before" whichever it was, while the row
     of a "lost" one was inactive. A retried undeploy, the database back, stops the replicas either way."""
-    monkeypatch.setattr(handlers, "RECORD_CHECK_DELAYS", (0.0, 0.01), raising=False)
+    monkeypatch.setattr(handlers, "RECORD_CHECK_DELAYS", (0.0, 0.002))
 
     async def scenario(made) -> None:
         await _deployed_as(made, "a")
@@ -332,7 +332,7 @@ def test_an_undeploy_the_database_cannot_take_is_a_503_that_changes_nothing(worl
     deactivation, 25006) or a full disk (53100): a 503 unavailable naming the error, logged, nothing changed. Before,
     only connection, interface and operator-intervention errors were a 503; these were the 500 'internal error' of a
     bug."""
-    monkeypatch.setattr(handlers, "RECORD_CHECK_DELAYS", (0.0,), raising=False)
+    monkeypatch.setattr(handlers, "RECORD_CHECK_DELAYS", (0.0,))
     error = {"too_many_connections": asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"),
              "read_only": asyncpg.exceptions.ReadOnlySQLTransactionError(
                  "cannot execute UPDATE in a read-only transaction"),
@@ -744,3 +744,55 @@ def test_a_deactivation_cancelled_before_it_ran_leaves_no_pending_entry():
         assert deactivations.pending == set() and not deactivations.tasks
 
     asyncio.run(scenario())
+
+
+def test_the_looks_at_a_failed_record_are_bounded_by_the_request_timeout(world, monkeypatch):  # noqa: F811
+    """The looks at a redeploy's record that raised (RECORD_CHECK_DELAYS, RECORD_CHECK_ANSWERS_WITHIN) are fractions
+    of the request timeout: with a 0.1 s one (what the deploy's callers then wait), three looks that never answer end
+    within 0.38 s. Before, they were 5 s each, 1 and 3 s apart, whatever the request timeout: 19 s."""
+    world.deps.pool = CommitPool(world.store)
+    looks: list[int] = []
+    pipeline_deployment = world.store.pipeline_deployment
+
+    async def hanging(conn, pipeline_id):
+        if world.deps.pool.failed:  # every look after the failed commit
+            looks.append(pipeline_id)
+            await asyncio.Event().wait()
+        return await pipeline_deployment(conn, pipeline_id)
+
+    async def scenario(made) -> None:
+        made.store.pipeline_deployment = hanging
+        redeploy, old, new = await _redeploying(made, "b", "lost")
+        made.deps.timeout = 0.1  # before the record runs (the task has not run since its replicas answered)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(Unavailable, match="not known whether"):
+            await asyncio.wait_for(redeploy, 10)
+        took = loop.time() - started
+        assert len(looks) == len(handlers.RECORD_CHECK_DELAYS) == 3
+        assert took < 0.1 * (0.8 + 3 * 1.0) + 1.5, took  # + 1.5 s: a loaded machine (before: 19 s)
+        assert made.backend.sets == {"a-5": old} and new.stopping
+
+    asyncio.run(scenario(world))
+
+
+def test_a_redeploys_record_failing_with_the_deployers_own_error_is_a_500_not_the_databases(crash, caplog):
+    """The record of a redeploy raises an error that is not the database's (a bug: a KeyError), nothing committed: a
+    500 internal error (typed) that says nothing changed, logged with its traceback; the previous set serves as
+    before. Before, the catch-all called any error "the database failed (KeyError)": a 503 telling the user to retry
+    once the database answers, which it did all along, and no traceback to find the bug by."""
+
+    async def scenario(made) -> None:
+        made.deps.pool.error = KeyError("engine_config")
+        redeploy, old, new = await _redeploying(made, "b", "refused")
+        with pytest.raises(RailyardError) as failed:
+            await asyncio.wait_for(redeploy, 10)
+        assert type(failed.value) is RailyardError and (failed.value.status, failed.value.code) == (500, "internal")
+        assert "internal error" in failed.value.msg and "database" not in failed.value.msg, failed.value.msg
+        assert "a-5 still serves the previous version" in failed.value.msg
+        assert made.backend.sets == {"a-5": old} and not old.stopping and new.stopping
+        assert made.store.deployments[5]["deploy_id"] == "a"
+        assert any(record.exc_info and record.exc_info[0] is KeyError for record in caplog.records
+                   if record.name == "railyard.deployer")
+
+    asyncio.run(scenario(crash))

@@ -85,10 +85,15 @@ def test_a_deploy_behind_another_deploy_of_its_pipeline_past_its_lock_wait_is_a_
 
 
 def test_a_deploys_lock_wait_is_what_its_callers_wait_leaves_after_its_own_work():
-    """deploy_lock_wait: the caller's wait (shared.settings.deploy_wait, 305 s with the defaults) less the request
-    timeout (reads, model lookups), three bounded database steps and the replicas' ready_timeout; never below the
-    undeploy's half request timeout (a ready_timeout that leaves nothing)."""
-    assert handlers.deploy_lock_wait(Settings()) == pytest.approx(305 - 5 - 3 * 0.8 * 5 - 60)
+    """deploy_lock_wait: what a deploy answers within (deploy_answers_within: the caller's wait, shared.settings
+    .deploy_wait, less the answer's way back) less the request timeout (reads, model lookups), its first database step,
+    the replicas' ready_timeout and what may follow their start; never below the undeploy's half request timeout (a
+    ready_timeout that leaves nothing)."""
+    # 304: what a deploy answers within (its caller's 305 s less 0.2 of the request timeout for the answer's way
+    # back); 5: its reads and lookups; 4: its first step; 60: its replicas' start; 4 + 19 + 20: a redeploy's record,
+    # the looks at a failed one (3.8 of the request timeout) and a set's stop (deployer.stop_timeout)
+    assert handlers.deploy_lock_wait(Settings()) == pytest.approx(304 - 5 - 4 - 60 - 4 - 19 - 20)
+    assert handlers.deploy_answers_within(Settings()) == pytest.approx(304)
     long = Settings(deployer=DeployerSettings(ready_timeout=600.0), nats=NatsSettings(request_timeout=4.0))
     assert handlers.deploy_lock_wait(long) == pytest.approx(2.0)
 
@@ -124,5 +129,74 @@ def test_a_deploy_whose_lookups_took_long_waits_for_the_lock_only_what_its_calle
         world.backend.waiting.pop()[1].set_result(None)
         await redeploy
         assert list(world.backend.sets) == ["b-5"]
+
+    asyncio.run(scenario(world))
+
+
+def _short_clock(world, deploy_within: float) -> None:
+    """A deploy answers within `deploy_within` s of its start, its steps bounded by a 0.1 s request timeout and its
+    sets' stop by 0.5 s (the world's stops are at once): what follows its replicas' start (handlers._after_start)
+    takes at most 0.66 s for a first deploy, 0.96 s for a redeploy."""
+    world.deps.timeout, world.deps.deploy_within, world.backend.stop_timeout = 0.1, deploy_within, 0.5
+
+
+@pytest.mark.parametrize("deploy", ["first", "redeploy"])
+def test_a_deploy_whose_replicas_do_not_serve_within_what_its_caller_waits_is_a_503_that_leaves_nothing(world, deploy):
+    """The whole deploy is bounded, not only each step: its replicas have what its caller's wait leaves after what
+    follows their start (less than deployer.ready_timeout, 60 s here), and replicas that did not serve by then are a
+    503 deploy_out_of_time, undone as replicas that failed: a first deploy's row made inactive and nothing running, a
+    redeploy's previous set serving under its row as it was. Before, they had their whole ready_timeout after the lock
+    wait and every step, and the deploy answered past its caller's wait (never, in this world: its replicas never
+    answer)."""
+
+    async def scenario(world) -> None:
+        if deploy == "redeploy":
+            await _deployed_as(world, "a")
+            old = world.backend.sets["a-5"]
+        _short_clock(world, 2.5)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(Unavailable) as late:
+            await asyncio.wait_for(handlers.deploy(world.deps, ALICE, "t", DeployPipeline(
+                deploy_id="b", pipeline_version_pk_id=VERSION, pipeline_id=PIPELINE)), 10)
+        took = loop.time() - started
+        assert late.value.code == "deploy_out_of_time" and late.value.status == 503
+        assert "ran out of time" in late.value.msg and "Deploy again" in late.value.msg, late.value.msg
+        # its replicas had 2.5 - 0.96 (or 0.66) s: it answers by then, well within 2.5 s; + 1 s: a loaded machine
+        assert took < 2.5 + 1.0, took
+        row = world.store.deployments[5]
+        if deploy == "redeploy":
+            assert "a-5 still serves" in late.value.msg
+            assert world.backend.sets == {"a-5": old} and not old.stopping
+            assert (row["deploy_id"], row["active"]) == ("a", True)
+        else:
+            assert "nothing of it runs: the deployment is inactive" in late.value.msg
+            assert world.backend.sets == {} and not row["active"]
+        assert world.backend.untracked() == [] and not world.deps.pipeline_lock(PIPELINE).locked()
+
+    asyncio.run(scenario(world))
+
+
+def test_a_deploy_left_too_little_by_its_lookups_is_a_503_before_anything_of_it_is_made(world, monkeypatch):
+    """A deploy whose model lookups took what its caller waits, all but less than its first step, the least its
+    replicas need and what follows their start, is refused with the pipeline's lock in hand, before its first write:
+    a 503 deploy_out_of_time, nothing started, no row. Before, it went on, its replicas given their whole
+    ready_timeout: it answered past its caller's wait (never, in this world)."""
+
+    async def scenario(world) -> None:
+        _short_clock(world, 1.5)
+        resolve = handlers._resolve
+
+        async def slow_registry(*args, **kwargs):
+            await asyncio.sleep(1.0)
+            return await resolve(*args, **kwargs)
+
+        monkeypatch.setattr(handlers, "_resolve", slow_registry)
+        with pytest.raises(Unavailable) as late:
+            await asyncio.wait_for(handlers.deploy(world.deps, ALICE, "t", DeployPipeline(
+                deploy_id="b", pipeline_version_pk_id=VERSION, pipeline_id=PIPELINE)), 10)
+        assert late.value.code == "deploy_out_of_time" and "nothing of it was made" in late.value.msg
+        assert world.backend.started == [] and world.store.deployments == {}
+        assert not world.deps.pipeline_lock(PIPELINE).locked()
 
     asyncio.run(scenario(world))
