@@ -15,7 +15,7 @@ from services.gateway import handlers
 from services.gateway.openapi_body import request_schema
 from shared import subjects
 from shared.authz import Principal
-from shared.errors import InvalidRequest, NotFound, validation_detail
+from shared.errors import InvalidRequest, NotFound, validation_message
 from shared.messages import monitoring as mon
 from shared.messages import monitoring_feedback as fb
 from shared.objectstore import BUCKET_MONITORING
@@ -62,13 +62,18 @@ def add_feedback_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_toke
     async def get_prediction_image(request: Request, principal: Principal = Depends(user_caller)) -> Any:
         """A prediction's image bytes ({"deployment": ..., "prediction_id": ...}), as image/png or image/jpeg."""
         raw = await request.body()
+        takes = "get_prediction_image takes {deployment, prediction_id}"
         try:
             body = orjson.loads(raw) if raw.strip() else {}
+        except ValueError:
+            raise InvalidRequest(f"{takes}: the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise InvalidRequest(f"{takes}: the request body must be a JSON object")
+        try:
             cmd = fb.PredictionImageQuery.model_validate(body)
-        except (ValueError, UnicodeDecodeError, ValidationError) as exc:
-            detail = validation_detail(exc.errors()[0]) if isinstance(exc, ValidationError) and exc.errors() \
-                else "request body must be a JSON object"
-            raise InvalidRequest(f"get_prediction_image takes {{deployment, prediction_id}}: {detail}") from None
+        except ValidationError as exc:
+            # with the field's name: "Field required" alone did not say which of the two was missing
+            raise InvalidRequest(f"{takes}: {validation_message(exc.errors())}") from None
         found = fb.PredictionImage.model_validate(await handlers.forward(
             runtime.broker, subjects.MONITORING_PREDICTION_IMAGE, cmd, bearer_token(request), timeout))
         key = f"images/{found.image_sha256}"
