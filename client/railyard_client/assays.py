@@ -23,10 +23,14 @@ def assay_config(name: str, pipeline: Pipeline, iopath: str, *, baseline_start: 
                  width: str = "24 hours", interval: str | None = None, start: datetime | str | None = None,
                  metric: str = "PSI", num_bins: int = 5, bin_mode: str = "Quantile", alert_threshold: float = 0.25,
                  warning_threshold: float | None = None, model: str | None = None,
-                 active: bool = True, training_reference: Any = None) -> dict[str, Any]:
+                 active: bool = True, training_reference: Any = None, run_until: datetime | str | None = None,
+                 aggregation: str = "Density", provided_edges: list[float] | None = None,
+                 bin_weights: list[float] | None = None) -> dict[str, Any]:
     """The seed's assay body from keyword arguments. `training_reference` (a seed-003 deployment or its name) makes
     the deployment's training-data reference the baseline; `iopath` then names an image feature
-    (`"input brightness_mean"`) of the deployment's predictions."""
+    (`"input brightness_mean"`) of the deployment's predictions. `run_until`: the last window ends by then (a
+    scheduled assay then deactivates itself); `aggregation` Density, Cumulative or Edges; `provided_edges`: bin
+    boundaries instead of `bin_mode`'s; `bin_weights`: one per bin, outlier bins included (docs/assays.md)."""
     if training_reference is not None:
         baseline: dict[str, Any] = {"Training": {"deployment": getattr(training_reference, "name",
                                                                        training_reference)}}
@@ -39,12 +43,14 @@ def assay_config(name: str, pipeline: Pipeline, iopath: str, *, baseline_start: 
         raise InvalidInput("an assay needs baseline_start and baseline_end, or "
                              "baseline_values")
     window = {"pipeline": pipeline.name, "model": model, "width": width, "interval": interval, "start": _time(start)}
-    return {"name": name, "pipeline_id": pipeline.id, "pipeline_name": pipeline.name, "workspace_id":
+    summarizer = {"type": "UnivariateContinuous", "bin_mode": bin_mode, "aggregation": aggregation, "metric": metric,
+                  "num_bins": num_bins, "provided_edges": provided_edges, "bin_weights": bin_weights}
+    body = {"name": name, "pipeline_id": pipeline.id, "pipeline_name": pipeline.name, "workspace_id":
             pipeline.workspace_id, "active": active, "iopath": iopath, "baseline": baseline,
             "window": {k: v for k, v in window.items() if v is not None},
-            "summarizer": {"type": "UnivariateContinuous", "bin_mode": bin_mode, "aggregation": "Density",
-                           "metric": metric, "num_bins": num_bins},
+            "summarizer": {k: v for k, v in summarizer.items() if v is not None},
             "warning_threshold": warning_threshold, "alert_threshold": alert_threshold}
+    return body | ({"run_until": _time(run_until)} if run_until is not None else {})
 
 
 class Assay(Resource):

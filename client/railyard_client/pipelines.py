@@ -422,18 +422,22 @@ class Pipeline(Resource):
                   width: str = "24 hours", interval: str | None = None, start: datetime | str | None = None,
                   metric: str = "PSI", num_bins: int = 5, bin_mode: str = "Quantile", alert_threshold: float = 0.25,
                   warning_threshold: float | None = None, model: str | None = None,
-                  training_reference: Any = None) -> list[dict[str, Any]]:
+                  training_reference: Any = None, run_until: datetime | str | None = None,
+                  aggregation: str = "Density", provided_edges: list[float] | None = None,
+                  bin_weights: list[float] | None = None) -> list[dict[str, Any]]:
         """Score windows of a logged field against a baseline now (`assays/run_interactive`), without storing
         an assay. The baseline is the logs between `baseline_start` and `baseline_end`, or `baseline_values`, or
         the training-data reference of `training_reference` (a seed-003 deployment or its name: `iopath` then
         names an image feature of its predictions, e.g. `"input brightness_mean"`). Each result's `logs_complete`
         says whether the log store had stored every record of its window (False for a window that closed moments
-        ago, whose rows may still be on their way)."""
+        ago, whose rows may still be on their way). `run_until` ends the windows scored (default: now);
+        `aggregation`, `provided_edges` and `bin_weights` are the summarizer's (docs/assays.md)."""
         if self.id is None:
             self.refresh()
         body = assay_config(name, self, iopath, baseline_start=baseline_start, baseline_end=baseline_end,
                             baseline_values=baseline_values, width=width, interval=interval, start=start,
                             metric=metric, num_bins=num_bins, bin_mode=bin_mode, alert_threshold=alert_threshold,
                             warning_threshold=warning_threshold, model=model,
-                            training_reference=training_reference)
+                            training_reference=training_reference, run_until=run_until, aggregation=aggregation,
+                            provided_edges=provided_edges, bin_weights=bin_weights)
         return self._session.post("assays/run_interactive", body)
