@@ -5,7 +5,9 @@ copy (duplicates D5, D11)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import TypeVar
@@ -67,3 +69,12 @@ def sandbox_settings_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Sett
     settings = Settings(stack={"data_dir": data})
     monkeypatch.setattr(sandbox, "_settings", lambda: settings)
     return settings
+
+
+async def until(what: str, check, within: float = 60.0):
+    """What `check()` answers once it is true, asked every 50 ms; an AssertionError naming `what` after `within` s."""
+    deadline = time.monotonic() + within
+    while not (found := await check()):
+        assert time.monotonic() < deadline, f"{what}: not within {within} s"
+        await asyncio.sleep(0.05)
+    return found

@@ -23,6 +23,7 @@ import pytest
 from shared import db
 from tests.integration.conftest import service_schema
 from tests.integration.pg_proxy import FreezingProxy
+from tests.integration.task_scheduler_setup import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -71,14 +72,6 @@ async def partitioned(stack, pool) -> AsyncIterator[tuple[Partition, asyncpg.Poo
 
 async def sleeping(pool: asyncpg.Pool, query: str) -> int:
     return await pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'", query)
-
-
-async def until(what: str, check, within: float = 30.0):
-    deadline = time.monotonic() + within
-    while not (found := await check()):
-        assert time.monotonic() < deadline, f"{what}: not within {within} s"
-        await asyncio.sleep(0.05)
-    return found
 
 
 def gave_up() -> TimeoutError:

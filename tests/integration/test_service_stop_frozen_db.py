@@ -29,17 +29,9 @@ from shared import db, subjects
 from shared.service import Runtime, ServiceSpec, serve
 from shared.settings import NatsSettings, Settings, TaskSettings
 from tests.integration.pg_proxy import FreezingProxy
-from tests.integration.task_scheduler_setup import MIGRATIONS, a_supervised_run, scheduler_on
+from tests.integration.task_scheduler_setup import MIGRATIONS, a_supervised_run, scheduler_on, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-
-
-async def until(what: str, check, within: float = 60.0):
-    deadline = time.monotonic() + within
-    while not (found := await check()):
-        assert time.monotonic() < deadline, f"{what}: not within {within} s"
-        await asyncio.sleep(0.05)
-    return found
 
 
 @contextlib.asynccontextmanager

@@ -29,7 +29,7 @@ from shared.embedded.stack import Child, EmbeddedStack
 from shared.settings import TASK_STOP_TIMEOUT, Settings, StackSettings, TaskSettings
 from tests.integration.conftest import service_schema
 from tests.integration.pg_proxy import through_a_proxy
-from tests.integration.task_scheduler_setup import MIGRATIONS, a_supervised_run, scheduler_on
+from tests.integration.task_scheduler_setup import MIGRATIONS, a_supervised_run, scheduler_on, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -68,14 +68,6 @@ async def main(postgres, schema, work_root):
 
 asyncio.run(main(*sys.argv[1:]))
 """
-
-
-async def until(what: str, check, within: float = 60.0):
-    deadline = time.monotonic() + within
-    while not (found := await check()):
-        assert time.monotonic() < deadline, f"{what}: not within {within} s"
-        await asyncio.sleep(0.05)
-    return found
 
 
 async def test_a_stack_stop_records_a_run_whose_process_ignores_its_sigterm_as_stopped(stack, tmp_path):

@@ -12,7 +12,6 @@ the transaction that makes the first one's heartbeat old (so no beat of it comes
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 import zipfile
 from datetime import UTC, datetime
@@ -24,7 +23,7 @@ from services.task_scheduler import runner, store
 from services.task_scheduler.scheduler import Scheduler
 from shared.settings import Settings, TaskSettings
 from tests.integration.conftest import service_schema
-from tests.integration.task_scheduler_setup import MIGRATIONS, sandbox_settings_in, scheduler_on
+from tests.integration.task_scheduler_setup import MIGRATIONS, sandbox_settings_in, scheduler_on, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -91,14 +90,6 @@ def processes_of(run_id: uuid.UUID) -> list[psutil.Process]:
                 found.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-    return found
-
-
-async def until(what: str, check, within: float = 30.0):
-    deadline = time.monotonic() + within
-    while not (found := await check()):
-        assert time.monotonic() < deadline, f"{what}: not within {within} s"
-        await asyncio.sleep(0.05)
     return found
 
 
