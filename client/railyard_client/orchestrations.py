@@ -64,6 +64,9 @@ class Orchestrations:
         once packaging is done and raises `OrchestrationFailed` with the installer's reason if it failed."""
         if isinstance(source, (str, Path)):
             path = Path(source)
+            if path.is_dir():  # "no such file" said the folder was not there
+                raise InvalidInput(f"{path} is a folder: upload a zip of it, main.py at its root (cd {path} && zip -r "
+                                   f"../{path.name or 'orchestration'}.zip .)")
             if not path.is_file():
                 raise InvalidInput(f"no such file: {path}")
             handle: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed below

@@ -95,3 +95,17 @@ def test_a_large_image_s_metadata_is_checked_too(session):
     deployment.monitor_bytes(image, "image/png", "a.png", latency=0.5, height=1, width=1,
                              prediction={"detection_classes": [0]})
     assert len(sent) == 1 and sent[0].headers["content-type"].startswith("multipart/form-data")
+
+
+def test_an_orchestration_folder_is_refused_saying_to_zip_it(tmp_path):
+    """`Orchestrations.upload("orch")` of the folder holding main.py said "no such file: orch"."""
+    from railyard_client.orchestrations import Orchestrations
+
+    (tmp_path / "orch").mkdir()
+    orchestrations = Orchestrations(type("C", (), {"_session": NothingSent()})(), 1)
+    with pytest.raises(InvalidInput) as caught:
+        orchestrations.upload(tmp_path / "orch")
+    assert str(caught.value) == (f"{tmp_path / 'orch'} is a folder: upload a zip of it, main.py at its root "
+                                 f"(cd {tmp_path / 'orch'} && zip -r ../orch.zip .)")
+    with pytest.raises(InvalidInput, match="^no such file: "):
+        orchestrations.upload(tmp_path / "missing.zip")
