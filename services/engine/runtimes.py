@@ -79,13 +79,14 @@ def _column_to_tensor(name: str, column: pa.ChunkedArray | pa.Array, dims: list,
         raise InvalidRequest(f"column {name!r}: booleans (true/false) where the model expects "
                              f"{np.dtype(dtype).name} numbers; send numbers (1.0 and 0.0 if that is what you mean)")
     flat = values.to_numpy(zero_copy_only=False)
+    if flat.dtype.kind not in "biuf":  # before the shape: a struct, map or list view is no scalar of a wrong shape
+        raise InvalidRequest(f"column {name!r}: {str(values.type)[:200]} values are not a tensor a model takes; send "
+                             "numbers, or lists (fixed-size lists) of them")
     expected = [d if isinstance(d, int) and d > 0 else None for d in dims[1:]]
     if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape, strict=False)):
         want = "x".join(str(e) if e else "?" for e in expected) or "a scalar"
         got = "x".join(str(s) for s in shape) or "a scalar"
         raise InvalidRequest(f"column {name!r}: the model expects tensors of shape {want}, got {got}")
-    if flat.dtype.kind not in "biuf":
-        raise InvalidRequest(f"column {name!r}: not numeric")
     tensor = flat.reshape([rows, *shape])
     if dtype is np.bool_ and tensor.dtype != np.bool_:
         raise InvalidRequest(f"column {name!r}: the model expects booleans")
