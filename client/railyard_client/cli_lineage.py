@@ -17,6 +17,15 @@ from railyard_client.errors import InvalidInput
 from railyard_client.lineage import Lineage
 
 ROW_SUFFIXES = {".parquet", ".pq", ".arrow", ".feather", ".ipc", ".arrows", ".json", ".jsonl", ".ndjson"}
+CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}  # rows too, for a tabular dataset (what `read --out x.csv` writes)
+
+
+def _csv_rows(path: Path) -> pa.Table:
+    """A CSV (or TSV) file's rows, column types inferred by pyarrow (a header line names the columns)."""
+    try:
+        return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=CSV_SUFFIXES[path.suffix.lower()]))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InvalidInput(f"{path} is not a readable {path.suffix[1:]} file: {exc}") from None
 
 
 class _WithoutPandas:
@@ -124,19 +133,28 @@ def list_datasets(project_id: int, workspace: str | None, as_json: bool) -> None
 @json_option
 def upload(dataset_id: int, files: tuple[Path, ...], labels: str | None, replace: bool, progress: bool | None,
            workspace: str | None, as_json: bool) -> None:
-    """Upload FILES to dataset DATASET_ID: rows files (.parquet, .arrow, .json) into a tabular dataset, any other
-    file (images into an images dataset) as a file."""
+    """Upload FILES to dataset DATASET_ID: rows files (.parquet, .arrow, .json, .csv) into a tabular dataset, any
+    file (images into an images dataset) as a file into the others."""
     lineage = _lineage(workspace)
     try:
         parsed = json.loads(labels) if labels else None
     except ValueError:
         raise InvalidInput("--labels must be JSON") from None
-    results = []
     for path in files:
         if not path.is_file():
             raise InvalidInput(f"no such file: {path}")
-        if path.suffix.lower() in ROW_SUFFIXES and lineage._post("datasets/get", {"dataset_id": dataset_id})[
-                "kind"] == "tabular":
+    tabular = lineage._post("datasets/get", {"dataset_id": dataset_id})["kind"] == "tabular"
+    if tabular:  # every file is rows, checked before any is sent (a CSV was sent as a file, and refused)
+        for path in files:
+            if path.suffix.lower() not in ROW_SUFFIXES | CSV_SUFFIXES.keys():
+                raise InvalidInput(f"{path} is not a rows file: a tabular dataset takes rows from .parquet, "
+                                   ".arrow/.feather, .json/.jsonl or .csv/.tsv files (images and other files go "
+                                   "to an images or files dataset)")
+    results = []
+    for path in files:
+        if tabular and path.suffix.lower() in CSV_SUFFIXES:
+            results.append(lineage.upload_rows(dataset_id, _csv_rows(path), replace=replace))
+        elif tabular:
             with _pandas_declined():
                 table, _ = read_table(path)
                 results.append(lineage.upload_rows(dataset_id, table, replace=replace))

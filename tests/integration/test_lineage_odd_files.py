@@ -58,18 +58,7 @@ def test_dot_names_are_refused_so_every_dataset_downloads(stack, alice, tmp_path
     assert names(stack, alice, files["id"]) == ["a.txt"]
 
     # the CLI downloads the dataset (it refused all of it when one file was named '..')
-    from railyard_client.cli import main
-
-    from tests.integration.conftest import PASSWORD
-
-    for key in [k for k in os.environ if k.startswith("RAILYARD_CLIENT")]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("RAILYARD_CLIENT_URL", stack.base_url)
-    monkeypatch.setenv("RAILYARD_CLIENT_USERNAME", alice.email)
-    monkeypatch.setenv("RAILYARD_CLIENT_PASSWORD", PASSWORD)
-    monkeypatch.setenv("RAILYARD_CLIENT_SECRET", stack.secrets()["client_secret"])
-    monkeypatch.setenv("RAILYARD_CLIENT_WORKSPACE", str(alice.workspace_id))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    main = cli_as(stack, alice, tmp_path, monkeypatch)
     assert main(["datasets", "files", str(files["id"]), "--download", str(tmp_path / "out"), "--json"]) == 0
     assert (tmp_path / "out" / "a.txt").read_bytes() == b"a"
 
@@ -91,3 +80,39 @@ def test_downloads_name_their_file(stack, alice):
     assert download.headers["content-disposition"] == "attachment; filename=\"best.onnx\"; filename*=UTF-8''best.onnx"
     assert json.loads(post(stack, "files/get_info", alice.token, {
         "workspace_id": alice.workspace_id, "path": "/runs/1/best.onnx"}).text)["size"] == 4
+
+
+def cli_as(stack, account, tmp_path, monkeypatch):
+    from railyard_client.cli import main
+
+    from tests.integration.conftest import PASSWORD
+
+    for key in [k for k in os.environ if k.startswith("RAILYARD_CLIENT")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("RAILYARD_CLIENT_URL", stack.base_url)
+    monkeypatch.setenv("RAILYARD_CLIENT_USERNAME", account.email)
+    monkeypatch.setenv("RAILYARD_CLIENT_PASSWORD", PASSWORD)
+    monkeypatch.setenv("RAILYARD_CLIENT_SECRET", stack.secrets()["client_secret"])
+    monkeypatch.setenv("RAILYARD_CLIENT_WORKSPACE", str(account.workspace_id))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    return main
+
+
+def test_the_cli_uploads_a_csv_as_rows_and_refuses_other_files_for_a_tabular_dataset(stack, alice, tmp_path,
+                                                                                    monkeypatch, capsys):
+    _, (table,) = project_with(stack, alice, "tabular")
+    main = cli_as(stack, alice, tmp_path, monkeypatch)
+    rows = tmp_path / "rows.csv"
+    rows.write_text("x,label\n1.5,cat\n2.5,dog\n")
+    picture = tmp_path / "cat.png"
+    picture.write_bytes(b"\x89PNG not really")
+    capsys.readouterr()
+    # a .png among the files: refused before anything is sent (it was sent as a file: 400 "takes rows ... not files")
+    assert main(["datasets", "upload", str(table["id"]), str(rows), str(picture), "--json"]) != 0
+    assert f"{picture} is not a rows file: a tabular dataset takes rows from" in capsys.readouterr().err
+    assert ok(post(stack, "datasets/get", alice.token, {"dataset_id": table["id"]}))["row_count"] == 0
+    # the CSV alone: its rows (it was sent as a file and refused the same way)
+    assert main(["datasets", "upload", str(table["id"]), str(rows), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["row_count"] == 2
+    read = post(stack, "datasets/get_rows", alice.token, {"dataset_id": table["id"]})
+    assert read.json() == [{"x": 1.5, "label": "cat"}, {"x": 2.5, "label": "dog"}]
