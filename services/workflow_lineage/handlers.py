@@ -754,7 +754,9 @@ async def restore_version(deps: Deps, principal: Principal, token: str | None,
         row = await store.insert_project(conn, project["workspace_id"], name, project["description"],
                                          uuid.UUID(principal.user_id), version["id"])
         if row is None:
-            raise Conflict(f"workspace {project['workspace_id']} already has a project named {name!r}; give a name")
+            # the name given, or the default one a restore before took: either way another name is the way out
+            raise Conflict(f"workspace {project['workspace_id']} already has a project named {name!r}; "
+                           + ("give another name" if cmd.name else "give the restored project a name (name)"))
         for dataset in restored["datasets"]:
             dataset_id = await store.insert_dataset(conn, row["id"], dataset["name"], dataset["kind"])
             if dataset["rows"]:
