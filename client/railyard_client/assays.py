@@ -12,6 +12,10 @@ if TYPE_CHECKING:
     from railyard_client.pipelines import Pipeline
 
 
+RESULTS_PAGE = 200
+"""Results an `Assay.results` request asks for: at 100 bins a result is ~20 KB of JSON, and a bus reply holds 8 MiB."""
+
+
 def _time(moment: datetime | str | None) -> str | None:
     if moment is None or isinstance(moment, str):
         return moment
@@ -68,12 +72,23 @@ class Assay(Resource):
 
     def results(self, start: datetime | str | None = None, end: datetime | str | None = None,
                 limit: int | None = None) -> list[dict[str, Any]]:
-        """The scored windows (score, status, bins) between `start` and `end`, newest first. A window whose
-        `logs_complete` is False was scored after the assay runner stopped waiting for the log store
-        (`max_log_wait`, 600 s): records logged before it was due may be missing from its score; see
-        `incomplete_logs`."""
-        body = {"assay_id": self.id, "start": _time(start), "end": _time(end), "limit": limit}
-        return self._session.post("assays/get_results", {k: v for k, v in body.items() if v is not None})
+        """The scored windows (score, status, bins) between `start` and `end` (window starts, `end` excluded),
+        newest first: all of them, or the newest `limit`. Read RESULTS_PAGE at a time, each page ending before the
+        previous page's oldest window; the server answers at most 1000 a request, and without a limit that was all
+        this returned, silently. A window whose `logs_complete` is False was scored after the assay runner stopped
+        waiting for the log store (`max_log_wait`, 600 s): records logged before it was due may be missing from its
+        score; see `incomplete_logs`."""
+        found: list[dict[str, Any]] = []
+        until = _time(end)
+        while limit is None or len(found) < limit:
+            asked = RESULTS_PAGE if limit is None else min(RESULTS_PAGE, limit - len(found))
+            body = {"assay_id": self.id, "start": _time(start), "end": until, "limit": asked}
+            page = self._session.post("assays/get_results", {k: v for k, v in body.items() if v is not None})
+            found += page
+            if len(page) < asked:
+                break
+            until = page[-1]["window_start"]  # a window is unique per assay: the next page is the older ones
+        return found
 
     @staticmethod
     def incomplete_logs(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
