@@ -348,11 +348,12 @@ class Inference:
     async def run_oip(self, principal: Principal, token: str, model: str, header_length: str | None,
                       body: bytes) -> tuple[bytes, dict[str, str]]:
         """(answer body, headers) for one Open Inference Protocol inference (services/gateway/oip.py)."""
-        from services.gateway.oip import encode_response, in_oip_words, parse_request
+        from services.gateway.oip import check_outputs, encode_response, in_oip_words, parse_request
 
         runtime = self.runtime
         route = await self.cache.reach(runtime, principal, token, model)
         parsed, table = parse_request(body, header_length)
+        check_outputs(parsed, route)
         try:
             _, outputs = await self.cache.ask(runtime, route, token, table)
         except RailyardError as exc:  # the engine's words are the records route's (columns): OIP's are inputs

@@ -5,6 +5,7 @@ data extension, so `tritonclient[http]` works unchanged. A model is addressed by
 from __future__ import annotations
 
 import base64
+import functools
 import math
 from typing import Any
 
@@ -237,7 +238,35 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
     if offset != len(binary):
         raise InvalidRequest(f"the body holds {len(binary) - offset} bytes of binary data no input's "
                              "binary_data_size accounts for")
+    wanted = request.get("outputs")
+    if wanted is not None and (not isinstance(wanted, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted)):
+        raise InvalidRequest("`outputs` must be a list of the outputs to answer, each an object with a name (a "
+                             "string)")
     return request, pa.Table.from_arrays(columns, names=names)
+
+
+@functools.lru_cache(maxsize=256)
+def _output_names(output_schema: str) -> frozenset[str]:
+    """A route's output names, from its base64 Arrow schema (decoded once per schema)."""
+    return frozenset(pa.ipc.read_schema(pa.py_buffer(base64.b64decode(output_schema))).names)
+
+
+def check_outputs(request: dict[str, Any], route: Any) -> None:
+    """The outputs a request asks for by name are the model's (as Triton, which refuses an unexpected output),
+    checked before the model runs, so a misspelt name is a 400 that changes nothing rather than an answer without
+    that output and a logged inference. Known for a pipeline of plain ONNX steps (`batchable`: the last step's one
+    model gives every output); for others (Python steps, BYOP, A/B arms, which may answer other outputs) an unknown
+    name is left out of the answer, as before."""
+    wanted = request.get("outputs")
+    if not wanted or not route.batchable or not route.output_schema:
+        return
+    names = _output_names(route.output_schema)
+    for entry in wanted:
+        if entry["name"] not in names:
+            given = entry["name"]
+            shown = repr(given[:64]) + (f" ({len(given)} characters)" if len(given) > 64 else "")
+            raise InvalidRequest(f"output {shown} is not an output of the model; its outputs are {sorted(names)}")
 
 
 def encode_response(request: dict[str, Any], model: str, version: str, outputs: pa.Table) -> tuple[bytes, dict]:
@@ -342,6 +371,7 @@ def add_oip_routes(app: FastAPI, runtime, caller, cache, ask_engine) -> None:
         try:
             route = await route_for(model, request, principal)
             parsed, table = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
+            check_outputs(parsed, route)
             reply = await ask_engine(runtime, model, to_ipc_stream(table))
             try:
                 raise_for_error_header(reply.headers)

@@ -1,6 +1,7 @@
 """The Open Inference Protocol route's errors name a request's tensors as OIP does, inputs, where the engine (which
 serves every route alike) says columns, as the records and Arrow routes keep saying; the typed code stays
-`invalid_request`. Through the real gateway and an engine replica serving ccfraud (input `tensor` float[N,29])."""
+`invalid_request`. A requested output the model lacks is a 400 naming it, before the model runs (it was left out of
+the answer). Through the real gateway and an engine replica serving ccfraud (input `tensor` float[N,29])."""
 
 from __future__ import annotations
 
@@ -65,3 +66,27 @@ def test_the_records_route_keeps_naming_columns(stack, alice, deployed):  # noqa
     assert response.json() == {"code": "invalid_request",
                                "msg": "column 'tensor': the model expects tensors of shape 29, got 3"}
 
+
+
+def _with_outputs(outputs) -> bytes:
+    return json.dumps({"inputs": [{"name": "tensor", "shape": [1, 29], "datatype": "FP32", "data": [0.5] * 29}],
+                       "outputs": outputs}).encode()
+
+
+OUTPUTS = {
+    "an output the model lacks": ([{"name": "dense_2"}],
+                                  "output 'dense_2' is not an output of the model; its outputs are ['dense_1']"),
+    "outputs not a list": ({"name": "dense_1"}, "`outputs` must be a list of the outputs to answer"),
+    "an output without a name": ([{"name": "dense_1"}, {"binary_data": True}],
+                                 "`outputs` must be a list of the outputs to answer"),
+}
+
+
+@pytest.mark.parametrize("case", OUTPUTS.values(), ids=OUTPUTS.keys())
+def test_requested_outputs_the_model_lacks_are_a_typed_400(stack, alice, deployed, case):  # noqa: F811
+    outputs, wanted = case
+    response = _oip(stack, alice, deployed["name"], _with_outputs(outputs))
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "invalid_request" and response.json()["error"].startswith(wanted), response.text
+    asked = _oip(stack, alice, deployed["name"], _with_outputs([{"name": "dense_1"}]))  # the model's own: answered
+    assert asked.status_code == 200 and [o["name"] for o in asked.json()["outputs"]] == ["dense_1"], asked.text

@@ -35,3 +35,40 @@ def test_other_errors_keep_their_class_and_code():
     assert isinstance(stale, Conflict) and stale.code == "stale_route" and stale.msg.startswith("input 'x'")
     down = Unavailable("deployment 'a-1' has no running engine; retry shortly")
     assert in_oip_words(down) is down and down.msg == "deployment 'a-1' has no running engine; retry shortly"
+
+
+def _route(batchable: bool, names: list[str] | None):
+    import base64
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    schema = None if names is None else base64.b64encode(
+        pa.schema([pa.field(n, pa.float32()) for n in names]).serialize().to_pybytes()).decode()
+    return SimpleNamespace(batchable=batchable, output_schema=schema)
+
+
+def test_requested_outputs_are_checked_where_the_route_knows_every_output():
+    from services.gateway.oip import check_outputs
+
+    asked = {"outputs": [{"name": "y"}, {"name": "z" * 100}]}
+    with pytest.raises(InvalidRequest, match=r"output 'z{64}' \(100 characters\) is not an output of the model; its "
+                                             r"outputs are \['y'\]"):
+        check_outputs(asked, _route(True, ["y"]))
+    check_outputs({"outputs": [{"name": "y"}]}, _route(True, ["y", "w"]))
+    check_outputs({}, _route(True, ["y"]))  # no outputs named: all of them
+    check_outputs(asked, _route(False, ["y"]))  # an A/B arm or a Python step may answer others: not checked
+    check_outputs(asked, _route(True, None))
+
+
+@pytest.mark.parametrize("outputs", [{"name": "y"}, ["y"], [{"name": 5}], [None], "y"], ids=range(5))
+def test_outputs_must_be_a_list_of_named_objects(outputs):
+    import json
+
+    from services.gateway.oip import parse_request
+
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}],
+                       "outputs": outputs}).encode()
+    with pytest.raises(InvalidRequest, match="`outputs` must be a list of the outputs to answer"):
+        parse_request(body, None)
+    parse_request(body.replace(json.dumps(outputs).encode(), b'[{"name": "y", "parameters": {}}]'), None)
