@@ -96,14 +96,23 @@ def _class(value: Any) -> str:
 def _predicted(column: pa.ChunkedArray, class_names: list[str] | None) -> list[str]:
     values = column.to_pylist()
     if values and isinstance(values[0], list) and all(len(np.ravel(v)) == 1 for v in values):
-        # one value a row ([N, 1]): not scores (the argmax of one score is always 0) but the class itself
+        # one value a row ([N, 1]): not scores to take the argmax of (always 0: every row was class 0), but the
+        # class itself, or a binary classifier's probability of class 1 (a sigmoid's: class 1 from 0.5)
         flat = [np.asarray(v).ravel().tolist()[0] for v in values]
-        odd = [v for v in flat if not (isinstance(v, int | str) or (isinstance(v, float) and v.is_integer()))]
-        if odd:
-            raise InvalidRequest(f"the output column holds one value a row, and {odd[0]!r} is no class: the argmax of"
-                                 " a single score is always 0, so a one-score output cannot be scored; answer the"
-                                 " class (its id or name), or one score per class")
-        return [_class(v) for v in flat]
+        fractional = [v for v in flat if isinstance(v, float) and not v.is_integer()]
+        if not fractional:
+            return [_class(v) for v in flat]
+        if not all(isinstance(v, int | float) and 0.0 <= v <= 1.0 for v in flat):
+            odd = next(v for v in flat if not (isinstance(v, int | float) and 0.0 <= v <= 1.0))
+            raise InvalidRequest(f"the output column holds one value a row, read as the class when whole and as a"
+                                 f" binary classifier's probability of class 1 when fractions in [0, 1]; {odd!r}"
+                                 " beside fractions is neither: answer the class, a probability, or one score per"
+                                 " class")
+        if class_names is not None and len(class_names) != 2:
+            raise InvalidRequest(f"class_names has {len(class_names)} names; a probability a row is a binary"
+                                 " classifier's: name its two classes (class 0, class 1)")
+        names = class_names or ["0", "1"]
+        return [names[1] if v >= 0.5 else names[0] for v in flat]
     if values and isinstance(values[0], list):
         scores = np.asarray([np.ravel(v) for v in values], dtype=np.float64)
         indices = scores.argmax(axis=1)

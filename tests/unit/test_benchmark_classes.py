@@ -62,12 +62,19 @@ async def test_float_labels_and_integer_classes_name_the_same_class():
     assert await accuracy(rows(pa.array([0, 1, 2, 1])), pa.array([0.0, 1.0, 2.0, 2.0])) == 0.75
 
 
-async def test_a_one_value_a_row_output_is_the_class_not_a_score():
+async def test_a_one_value_a_row_output_is_the_class_or_a_probability_not_a_score():
     # an [N, 1] class id (a keras argmax kept 2-D): its "argmax" was always 0
     ids = tensor_array(np.array([[0], [1], [2], [1]], dtype=np.int64))
     assert await accuracy(rows(pa.array([0, 1, 2, 1])), ids) == 1.0
-    # one probability a row is no class: refused, rather than every row read as class 0
+    # a binary classifier's sigmoid: the probability of class 1 (every row was class 0, accuracy the share of 0s)
     probability = tensor_array(np.array([[0.2], [0.9], [0.7], [0.1]], dtype=np.float32))
+    assert await accuracy(rows(pa.array([0, 1, 1, 0])), probability) == 1.0
+    assert await accuracy(rows(pa.array(["ok", "fraud", "fraud", "ok"])), probability,
+                          class_names=["ok", "fraud"]) == 1.0
+    with pytest.raises(InvalidRequest, match="class_names has 3 names; a probability a row is a binary"):
+        await accuracy(rows(pa.array(["a", "b", "c", "a"])), probability, class_names=["a", "b", "c"])
+    # a fraction beside a value no probability can be (a logit): said, not guessed
+    logits = tensor_array(np.array([[-1.5], [2.25], [0.5], [-0.25]], dtype=np.float32))
     with pytest.raises(InvalidRequest) as refused:
-        await accuracy(rows(pa.array([0, 1, 1, 0])), probability)
-    assert "one value a row" in refused.value.msg and "one score per class" in refused.value.msg
+        await accuracy(rows(pa.array([0, 1, 1, 0])), logits)
+    assert "one value a row" in refused.value.msg and "-1.5 beside fractions is neither" in refused.value.msg
