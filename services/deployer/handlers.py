@@ -880,8 +880,26 @@ DEPLOY_ANSWER_MARGIN = 0.2
 
 def deploy_answers_within(settings: Settings) -> float:
     """Seconds a deploy answers within, counted from its command's start (_activate's `by`): its caller's wait
-    (shared.settings.deploy_wait) less DEPLOY_ANSWER_MARGIN of the request timeout. 304 s with the defaults."""
-    return deploy_wait(settings) - DEPLOY_ANSWER_MARGIN * settings.nats.request_timeout
+    (shared.settings.deploy_wait) less DEPLOY_ANSWER_MARGIN of the request timeout, 304 s with the defaults; never
+    less than what the deploy's own steps may take (_deploy_takes), so one that nothing held up gives its replicas
+    their whole deployer.ready_timeout. deploy_wait counts the lookups, ready_timeout and the request timeout, not
+    what follows the replicas' start (4.6 of the request timeout and stop_timeout): where ready_timeout or the request
+    timeout outgrows worker_timeout, that is longer (a 60 s request timeout: 464 s, its caller's wait 360 s), and a
+    deploy then overruns its caller's wait only in that worst case (a record the database failed and a slow drain).
+    Before (review r1), the worst case came out of the replicas' time: with a 60 s request timeout, or ready_timeout
+    and worker_timeout 30 s, every deploy was a 503 deploy_out_of_time; on the test stack's settings (worker_timeout
+    45 s) a redeploy's replicas had 26 s of their 60."""
+    request = settings.nats.request_timeout
+    return max(deploy_wait(settings) - DEPLOY_ANSWER_MARGIN * request, _deploy_takes(settings))
+
+
+def _deploy_takes(settings: Settings) -> float:
+    """Seconds a deploy that no other deploy of its pipeline holds up takes at most by its own bounds: its reads and
+    model lookups (the request timeout), its first database step (DEPLOY_STEP_ANSWERS_WITHIN), its replicas' start
+    (deployer.ready_timeout) and what follows it (_after_start of a redeploy). 112 s with the defaults."""
+    request = settings.nats.request_timeout
+    return request + DEPLOY_STEP_ANSWERS_WITHIN * request + settings.deployer.ready_timeout + \
+        _after_start(request, settings.deployer.stop_timeout, serving=True)
 
 
 def _after_start(timeout: float, stop_timeout: float, *, serving: bool) -> float:
@@ -899,13 +917,11 @@ def deploy_lock_wait(settings: Settings) -> float:
     deployment, a record recheck) holds it (_deploy_lock): what its caller's wait (deploy_answers_within) leaves after
     the deploy's own work: its reads and model lookups before (the request timeout), its first database step once it
     has the lock (DEPLOY_STEP_ANSWERS_WITHIN), its replicas' start (deployer.ready_timeout) and what follows it
-    (_after_start of a redeploy: its record, the looks at a failed one, a set's stop); at least the undeploy's wait
-    (UNDEPLOY_LOCK_WAIT). 192 s with the defaults (304 - 5 - 4 - 60 - 4 - 19 - 20). Before, 228 s: the looks and
-    the stop were not counted, and a redeploy that waited it all answered past its caller's wait."""
-    request = settings.nats.request_timeout
-    own = request + DEPLOY_STEP_ANSWERS_WITHIN * request + settings.deployer.ready_timeout + \
-        _after_start(request, settings.deployer.stop_timeout, serving=True)
-    return max(deploy_answers_within(settings) - own, UNDEPLOY_LOCK_WAIT * request)
+    (_after_start of a redeploy: its record, the looks at a failed one, a set's stop: _deploy_takes); at least the
+    undeploy's wait (UNDEPLOY_LOCK_WAIT). 192 s with the defaults (304 - 5 - 4 - 60 - 4 - 19 - 20). Before, 228 s:
+    the looks and the stop were not counted, and a redeploy that waited it all answered past its caller's wait."""
+    return max(deploy_answers_within(settings) - _deploy_takes(settings),
+               UNDEPLOY_LOCK_WAIT * settings.nats.request_timeout)
 
 
 def _check_time_left(deps: DeployerDeps, pipeline_id: int, left: float) -> None:

@@ -12,7 +12,7 @@ import pytest
 from services.deployer import handlers
 from shared.errors import Conflict, Unavailable
 from shared.messages.deployer import CreatePipeline, DeployPipeline
-from shared.settings import DeployerSettings, NatsSettings, Settings
+from shared.settings import DeployerSettings, NatsSettings, RegistrySettings, Settings
 from tests.unit.deployer_world import ALICE, PIPELINE, VERSION, WORKSPACE, _deploy, _deployed_as, _until, make_world
 
 
@@ -200,3 +200,54 @@ def test_a_deploy_left_too_little_by_its_lookups_is_a_503_before_anything_of_it_
         assert not world.deps.pipeline_lock(PIPELINE).locked()
 
     asyncio.run(scenario(world))
+
+
+# A request timeout of 60 s (the rest default): the deployer's own steps after its replicas' start (a redeploy's
+# record, 3.8 of it in looks, a set's stop: 296 s) outgrow what its caller waits (348 s); a short worker_timeout with
+# a short ready_timeout (ready_timeout dominating deploy_wait, 40 s); the test stack's (tests/stack.py: a 45 s
+# worker_timeout, so deploy_wait is ready_timeout's 70 s)
+SHORT_CALLER_WAITS = {
+    "request_timeout_60": Settings(nats=NatsSettings(request_timeout=60.0)),
+    "ready_30_worker_30": Settings(deployer=DeployerSettings(ready_timeout=30.0),
+                                   registry=RegistrySettings(worker_timeout=30.0)),
+    "test_stack": Settings(registry=RegistrySettings(worker_timeout=45.0)),
+}
+
+
+@pytest.mark.parametrize("deploy", ["first", "redeploy"])
+@pytest.mark.parametrize("settings", list(SHORT_CALLER_WAITS))
+def test_a_deploy_nothing_holds_up_has_its_replicas_whole_ready_timeout(tmp_path, monkeypatch, settings, deploy):
+    """A deploy that waited for no other deploy of its pipeline, its lookups quick, gives its replicas their whole
+    deployer.ready_timeout, whatever the settings: what it answers within (deploy_answers_within) is at least what
+    its own steps take (_deploy_takes), even where its caller's wait (shared.settings.deploy_wait, which does not
+    count what follows the replicas' start) is shorter. Before (5d54c8b), the worst case of what follows their start
+    came out of their time: with a 60 s request timeout every deploy was a 503 deploy_out_of_time before anything of
+    it was made, likewise with ready_timeout 30 s and worker_timeout 30 s; on the test stack's settings a redeploy's
+    replicas had 26 s of their 60."""
+    chosen = SHORT_CALLER_WAITS[settings]
+    world = make_world(tmp_path, monkeypatch)
+    world.deps.timeout = chosen.nats.request_timeout
+    world.deps.deploy_within = handlers.deploy_answers_within(chosen)
+    world.deps.lock_wait = handlers.deploy_lock_wait(chosen)
+    world.backend.ready_timeout = chosen.deployer.ready_timeout
+    world.backend.stop_timeout = chosen.deployer.stop_timeout
+    given: list[float | None] = []
+    start = world.backend.start
+
+    async def start_noting(*args, ready_within=None, **kwargs):
+        given.append(ready_within)
+        return await start(*args, ready_within=ready_within, **kwargs)
+
+    world.backend.start = start_noting
+
+    async def scenario() -> None:
+        if deploy == "redeploy":
+            await _deployed_as(world, "a")
+            given.clear()
+        world.backend.hold = False
+        deployed = await asyncio.wait_for(handlers.deploy(world.deps, ALICE, "t", DeployPipeline(
+            deploy_id="b", pipeline_version_pk_id=VERSION, pipeline_id=PIPELINE)), 10)
+        assert deployed.id == 5 and list(world.backend.sets) == ["b-5"]
+        assert given == [pytest.approx(chosen.deployer.ready_timeout)], given
+
+    asyncio.run(scenario())
