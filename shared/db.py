@@ -317,7 +317,9 @@ async def close_pool(pool: asyncpg.Pool, seconds: float = POOL_CLOSE_SECONDS) ->
         return closing.result()
     holders = list(getattr(pool, "_holders", ()))  # asyncpg keeps no public list of them
     held = sum(1 for holder in holders if getattr(holder, "_in_use", None) is not None)
-    open_ = sum(1 for holder in holders if holder._con is not None and not holder._con.is_closed())
+    # not is_closed(): asyncpg marks a connection it is closing closed at once, and the close of an idle one (waiting
+    # for the server to drop it) is what a frozen server holds; a holder lets its connection go once it is closed
+    open_ = sum(1 for holder in holders if holder._con is not None)
     closing.cancel()  # asyncpg's close terminates the pool when cancelled (a synchronous abort of each connection)
     await asyncio.wait((closing,), timeout=seconds)
     log.warning("closing the database pool: its connections were not let go within %.3g s (the server did not"

@@ -117,3 +117,16 @@ async def test_work_given_up_on_a_server_that_answers_is_cancelled_not_cut(stack
         assert not conn.is_closed()  # the same connection, back in the pool
         assert not [r for r in caplog.records if "terminated" in r.getMessage()]
         assert proxied.get_idle_size() == proxied.get_size() == 1
+
+
+async def test_a_pool_closed_through_a_server_that_stopped_answering_counts_its_idle_connections(stack, caplog):
+    """close_pool's WARNING counts the connections it terminated, idle ones included: asyncpg's close of an idle one
+    (Pool.close's second phase, waiting for the server to drop it) marks it closed at once, and the count read
+    is_closed(), so a pool whose only connections were idle was said to have '0 open connection(s) terminated'."""
+    async with service_schema(stack, "dbleft", NO_MIGRATIONS) as pool, partitioned(stack, pool) as (proxy, proxied):
+        assert await proxied.fetchval("SELECT 1") == 1  # one connection, then idle
+        proxy.cut()
+        with caplog.at_level(logging.WARNING, logger="railyard.db"):
+            await db.close_pool(proxied, 1.0)
+        said = [r.getMessage() for r in caplog.records if "closing the database pool" in r.getMessage()]
+        assert len(said) == 1 and "1 open connection(s) terminated, 0 of them held by work" in said[0], said
