@@ -291,22 +291,28 @@ async def _created_in_time(deps: DeployerDeps, what: str, work: Awaitable[_T], *
     """_answered_in_time of a command that creates a pipeline version (pipelines/create, pipelines/copy): given up on,
     its transaction is left to end (shared.db.within), and when it ends the outbox is woken (events_committed): its
     commit may have landed with the version's events.pipeline.version_created, which otherwise waited for the
-    outbox's idle round (60 s; _create_version's own wake is never reached by the cancelled work)."""
-    left = False
+    outbox's idle round (60 s; _create_version's own wake is never reached by the cancelled work). Work that failed
+    (a connection lost once its COMMIT was sent: a 503 too) may have committed as well: the outbox is woken at once.
+    Before (review r1), only work given up on woke it: the failed one had ended, its `finally` run, before the
+    command knew to ask."""
+    left = ended = False
 
     async def woken_if_left() -> _T:
+        nonlocal ended
         try:
             return await work
         finally:  # also cancelled (given up on): run once its transaction ended, committed or not
+            ended = True
             if left:
                 deps.events_committed()
 
     try:
         return await _answered_in_time(deps, what, woken_if_left(), maybe=maybe)
     except Unavailable:
-        # given up on (the work is cancelled, and runs on, in a later step of the loop) or failed (it ended: its
-        # finally ran before this)
-        left = True
+        if ended:  # failed: its finally ran before this
+            deps.events_committed()
+        else:  # given up on: the work is cancelled, and runs on, in a later step of the loop
+            left = True
         raise
 
 

@@ -83,3 +83,39 @@ async def test_a_create_given_up_on_at_its_commit_wakes_the_outbox_when_the_comm
         assert await store.pipeline_by_name(pool, WORKSPACE, "q") is not None
         assert await pool.fetchval("SELECT count(*) FROM outbox WHERE subject = $1",
                                    subjects.EVENT_PIPELINE_VERSION_CREATED) == 1
+
+
+async def test_a_create_whose_connection_is_lost_at_its_commit_wakes_the_outbox(stack):
+    """pipelines/create whose COMMIT reached the server, then its connection was lost (the proxy closes both ends):
+    the work ends with the connection's error within its bound, a 503 saying the version may have been created all
+    the same, and the outbox is woken (events_committed) at once for the version's events.pipeline.version_created,
+    committed all the same. Before (ef44f28), only work given up on (still running at the bound) woke it: work that
+    ended with an error had run its wake's `finally` before the command knew to ask for it, and the event waited for
+    the outbox's idle round (60 s)."""
+    async with service_schema(stack, "deployercreatelost", Path("services/deployer/migrations")) as pool:
+        async with frozen_later(stack, pool) as (proxy, proxied):
+            deps = deps_over(proxied, StandInBackend(), timeout=5.0)  # the create's bound: 4 s
+            woken = asyncio.Event()
+            deps.events_committed = woken.set
+            proxy.freeze_once_sent(b"COMMIT")
+
+            async def cut_once_committed() -> None:
+                for _ in range(1000):  # frozen in the step the COMMIT was sent
+                    if not proxy.thawed.is_set():
+                        break
+                    await asyncio.sleep(0.01)
+                for writer in proxy.writers:
+                    writer.close()
+
+            cut = asyncio.create_task(cut_once_committed())
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(Unavailable, match=r"failed \(.*creating it again is safe"):
+                await asyncio.wait_for(handlers.create_pipeline(deps, ALICE, "t", CreatePipeline(
+                    workspace_id=WORKSPACE, pipeline_id="q", definition={"steps": []})), 10)
+            # ended with the lost connection's error, not given up at the 4 s bound
+            assert asyncio.get_running_loop().time() - started < 4.0
+            await cut
+            assert woken.is_set()  # at once (before: never, but by the outbox's idle round)
+        assert await store.pipeline_by_name(pool, WORKSPACE, "q") is not None
+        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE subject = $1",
+                                   subjects.EVENT_PIPELINE_VERSION_CREATED) == 1
