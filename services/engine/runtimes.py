@@ -55,8 +55,10 @@ def tensor_parts(name: str, array: pa.Array) -> tuple[pa.Array, list[int]]:
 def column_to_tensor(name: str, column: pa.ChunkedArray | pa.Array, dims: list, dtype,
                      refuse_booleans: bool = True) -> np.ndarray:
     """An Arrow column of (nested) lists or scalars as an [N, ...] numpy array of the model's dtype, or
-    InvalidRequest naming the column. `refuse_booleans`: booleans for a numeric input are refused (a request's);
-    else cast to 1/0 (what an earlier step of the pipeline made: OnnxRuntime.refuse_booleans)."""
+    InvalidRequest naming the column. `refuse_booleans`: the request's values (the first step's): booleans for a
+    numeric input are refused, and values an integer input cannot hold exactly (_check_integers); else (what an
+    earlier step of the pipeline made: OnnxRuntime.refuse_booleans) booleans are cast to 1/0 and numbers by numpy's
+    cast, as before."""
     try:
         return _column_to_tensor(name, column, dims, dtype, refuse_booleans)
     except (pa.ArrowException, ValueError, TypeError):  # a union (no numpy form, no concatenation), a time of day
@@ -90,7 +92,37 @@ def _column_to_tensor(name: str, column: pa.ChunkedArray | pa.Array, dims: list,
     tensor = flat.reshape([rows, *shape])
     if dtype is np.bool_ and tensor.dtype != np.bool_:
         raise InvalidRequest(f"column {name!r}: the model expects booleans")
+    target = np.dtype(dtype)
+    if refuse_booleans and target.kind in "iu" and tensor.dtype != target and tensor.size \
+            and not np.can_cast(tensor.dtype, target):  # the request's values (a later step's: cast, as before)
+        _check_integers(name, tensor, target)
     return tensor.astype(dtype, copy=False)
+
+
+def _check_integers(name: str, tensor: np.ndarray, target: np.dtype) -> None:
+    """Values for an integer model input that its type cannot hold exactly are refused, not cast: numpy's cast
+    made 1.5 a 1, NaN and 1e300 -2**63, and wrapped an integer past the type's range (2**40 for int32 is 0), so the
+    model got a value the client never sent. Only when the column's type is not safely cast (floats, wider or
+    unsigned-to-signed integers): an int64 column for an int64 input costs nothing."""
+    info = np.iinfo(target)
+    if tensor.dtype.kind == "f":
+        if not np.isfinite(tensor).all():
+            raise InvalidRequest(f"column {name!r}: NaN or infinite values where the model expects {target.name} "
+                                 "integers")
+        fractions = tensor != np.trunc(tensor)
+        if fractions.any():
+            example = float(tensor[fractions].flat[0])
+            raise InvalidRequest(f"column {name!r}: a number with a fraction ({example!r}) where the model expects "
+                                 f"{target.name} integers; send whole numbers")
+        low, high = float(tensor.min()), float(tensor.max())
+        outside = low < float(info.min) or high >= float(info.max) + 1  # info.max + 1 and info.min: powers of two
+    else:
+        low, high = int(tensor.min()), int(tensor.max())
+        outside = low < info.min or high > info.max
+    if outside:
+        value = low if low < info.min else high
+        raise InvalidRequest(f"column {name!r}: a value ({value!r}) outside the range of {target.name} the model "
+                             f"expects ({info.min} to {info.max})")
 
 
 NARROW = (np.float32, np.float16, np.float64)
