@@ -18,7 +18,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -219,24 +219,29 @@ CUT_AFTER = 1.0
 POOL_CLOSE_SECONDS = 2.0
 """Seconds `close_pool` waits for a pool's connections to be let go and closed before it terminates them."""
 
-_HOLDING: contextvars.ContextVar[list | None] = contextvars.ContextVar("railyard_db_holding", default=None)
-_HELD_BY: weakref.WeakKeyDictionary[asyncio.Future, list] = weakref.WeakKeyDictionary()
+_Held = list[tuple[Any, "asyncio.Task[Any] | None"]]  # (a pool connection's proxy, the task that took it)
+_HOLDING: contextvars.ContextVar[_Held | None] = contextvars.ContextVar("railyard_db_holding", default=None)
+_HELD_BY: weakref.WeakKeyDictionary[asyncio.Future, _Held] = weakref.WeakKeyDictionary()
 
 
 async def _note_held(conn: asyncpg.Connection) -> None:
     """The pools' `setup` (create_pool), called by each acquire in the acquiring task's context: a connection taken
-    by work begun with `begin` (or by a task that work started) is noted on that work."""
+    by work begun with `begin` (or by a task that work started: it inherits the context) is noted on that work, with
+    the task that took it (`_cut` cuts only what was cancelled with the work). Those let go are dropped then: a task
+    the work started that runs on (a loop) would otherwise add every connection it ever took."""
     held = _HOLDING.get()
     if held is not None:
-        held.append(conn)
+        held[:] = [entry for entry in held if getattr(entry[0], "_con", None) is not None]
+        held.append((conn, asyncio.current_task()))
 
 
 def begin(work: Awaitable[_T]) -> asyncio.Future[_T]:
     """`work` as a task of its own whose connections of create_pool's pools are noted, for `leave` to cut if it
-    outlives its cancel (a future, not a coroutine, is only wrapped: nothing noted)."""
+    outlives its cancel (a future, not a coroutine, is only wrapped: nothing noted). Those of tasks it starts are
+    noted too, and cut only if the work's cancel reached them (a task it awaits; not one it left to run on)."""
     if not asyncio.iscoroutine(work):
         return asyncio.ensure_future(work)
-    held: list = []
+    held: _Held = []
     context = contextvars.copy_context()
     context.run(_HOLDING.set, held)
     task = asyncio.get_running_loop().create_task(work, context=context)
@@ -276,7 +281,7 @@ def leave(task: asyncio.Future) -> None:
         asyncio.get_running_loop().call_later(CUT_AFTER, _cut, task, held)
 
 
-def _cut(task: asyncio.Future, held: list) -> None:
+def _cut(task: asyncio.Future, held: _Held) -> None:
     """Terminate the connections work left still holds CUT_AFTER after its cancel (its server did not answer the
     cancel request). asyncpg bounds that wait by the pool's command timeout (30 s), the connection held meanwhile:
     work given up on while the server stopped answering (stopped, the connections' network path gone) held the
@@ -287,7 +292,12 @@ def _cut(task: asyncio.Future, held: list) -> None:
     if task.done():
         return
     cut = 0
-    for conn in held:
+    for conn, taker in held:
+        if taker is not task and (taker is None or not taker.cancelling()):
+            # a task the work started and does not wait for (a task of its own, which the work's cancel did not
+            # cancel): not given up on, its query not cut. Before, any task started in the work's context had its
+            # connection cut with the work's, one the server answered included
+            continue
         con = getattr(conn, "_con", None)  # None once released: asyncpg detaches a pool connection's proxy then
         if con is not None and not con.is_closed():
             con.terminate()  # its holder returns to the pool at once

@@ -130,3 +130,57 @@ async def test_a_pool_closed_through_a_server_that_stopped_answering_counts_its_
             await db.close_pool(proxied, 1.0)
         said = [r.getMessage() for r in caplog.records if "closing the database pool" in r.getMessage()]
         assert len(said) == 1 and "1 open connection(s) terminated, 0 of them held by work" in said[0], said
+
+
+async def test_a_task_the_left_work_started_and_does_not_wait_for_keeps_its_connection(stack):
+    """A task started inside work `begin` runs (a task of its own, which the work's cancel does not cancel: the
+    pattern of shared/authz.py's shared reads) inherits the work's context, so its connections were noted on the work
+    too: left and still ending at CUT_AFTER (its own connection hung), the work had that task's query cut as well, on
+    a connection the server answered (ConnectionDoesNotExistError). Only what was cancelled with the work is cut."""
+    async with service_schema(stack, "dbleft", NO_MIGRATIONS) as pool, partitioned(stack, pool) as (proxy, proxied):
+        cut, own = asyncio.Event(), []
+
+        async def work() -> None:
+            async with proxied.acquire() as conn:
+                await conn.execute("SELECT 1")  # its connection, on a link the partition stops
+                await cut.wait()
+                own.append(asyncio.ensure_future(proxied.fetchval("SELECT pg_sleep($1::float8)::text || 'done'",
+                                                                  db.CUT_AFTER + 1.5)))  # a new connection: passes
+                await conn.execute("SELECT 1")  # hangs: its link is cut
+
+        before = set(db.LEFT)
+        left = asyncio.create_task(db.within(1.0, work(), gave_up))
+        await until("the work's connection", lambda: _holding(proxied), within=30)
+        proxy.cut()
+        cut.set()
+        with pytest.raises(TimeoutError):
+            await left
+        await asyncio.wait(own, timeout=15)
+        assert own[0].done() and own[0].exception() is None, own[0]  # before: ConnectionDoesNotExistError
+        assert own[0].result() == "done"
+        await until("the left work's own connection cut", lambda: _none_left(before), within=10)
+
+
+async def _holding(pool: asyncpg.Pool) -> bool:
+    return pool.get_size() == 1 and pool.get_idle_size() == 0
+
+
+async def _none_left(before: set) -> bool:
+    return not db.LEFT - before
+
+
+async def test_a_task_the_work_started_that_runs_on_does_not_pile_up_its_connections(stack):
+    """What a work begun by `begin` notes holds only connections still held: a task it started that runs on (a loop)
+    shares its context, and every connection that task took was added to the work's list, kept as long as the task
+    ran (a leak in a long-lived loop started in such work)."""
+    async with service_schema(stack, "dbleft", NO_MIGRATIONS) as pool:
+        async def runs_on() -> None:
+            for _ in range(20):
+                assert await pool.fetchval("SELECT 1") == 1
+
+        async def work() -> asyncio.Task:
+            return asyncio.ensure_future(runs_on())
+
+        begun = db.begin(work())
+        await (await begun)
+        assert len(db._HELD_BY[begun]) <= 1  # before: 20
