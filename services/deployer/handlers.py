@@ -1697,8 +1697,8 @@ class DeploymentRestore(BackgroundTask):
     async def _run(self) -> None:
         gate = asyncio.Semaphore(RESTORE_CONCURRENCY)
         # gather owns the restarts: cancelling this task (stop()) cancels each, and their replicas are stopped
-        outcomes = await asyncio.gather(*(_restart(self.deps, row["pipeline_id"], row["id"], gate)
-                                          for row in self.rows), return_exceptions=True)
+        outcomes = await asyncio.gather(*(_restart(self.deps, row["pipeline_id"], row["id"], gate,
+                                                   _restored_as(row)) for row in self.rows), return_exceptions=True)
         for row, outcome in zip(self.rows, outcomes, strict=True):
             if isinstance(outcome, Exception):
                 log.error("could not restore deployment %s", row["id"], exc_info=outcome)
@@ -1752,9 +1752,18 @@ class _RowUnread(Exception):
     """_restart_once: the deployment's row was not read (the database failed or did not answer)."""
 
 
-async def _restart(deps: DeployerDeps, pipeline_id: int, deployment_id: int, gate: asyncio.Semaphore) -> None:
+def _restored_as(row: Any) -> str | None:
+    """The name of a deployment the restore was asked for, as its row read at the start said (None if unknown)."""
+    return f"{row['deploy_id']}-{row['id']}" if row.get("deploy_id") else None
+
+
+async def _restart(deps: DeployerDeps, pipeline_id: int, deployment_id: int, gate: asyncio.Semaphore,
+                   name: str | None = None) -> None:
     """A deployment's restore (DeploymentRestore), tried again while its row cannot be read (RESTORE_READ_DELAYS),
-    neither the pipeline's lock nor the restore's gate held in between. Raises once no try read it."""
+    neither the pipeline's lock nor the restore's gate held in between. Raises once no try read it, the deployment
+    `name` (as the start read it) then marked as failed to restore: its status is Error saying to redeploy it
+    (_restore_failure), as for replicas that failed to start, until a deploy or an undeploy. Before (review r1), it
+    said "Starting" with nothing left to start it."""
     for attempt, delay in enumerate(RESTORE_READ_DELAYS, 1):
         await asyncio.sleep(delay)
         try:
@@ -1764,6 +1773,8 @@ async def _restart(deps: DeployerDeps, pipeline_id: int, deployment_id: int, gat
         except _RowUnread as exc:
             log.warning("deployment %s: not restored yet, its row was not read (attempt %d of %d): %r",
                         deployment_id, attempt, len(RESTORE_READ_DELAYS), exc.__cause__)
+    if name is not None:  # a deploy under this name meanwhile runs its set (_restore_failure) and forgets this
+        deps.failed_restores.setdefault(name, "the database did not give its row while the deployer restored it")
     raise Unavailable(f"deployment {deployment_id}: its row was never read; it is restored at the next start, or by "
                       "a deploy of its pipeline")
 

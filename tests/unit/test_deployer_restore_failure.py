@@ -70,3 +70,40 @@ def test_a_later_restart_tries_the_restore_again(world):  # noqa: F811 - the fix
         assert (await handlers.deployment_status(world.deps, ALICE, "t", "a-5")).status != "Error"
 
     asyncio.run(scenario(world))
+
+
+def test_a_restore_that_never_read_its_row_says_so_once_the_database_answers(world, monkeypatch):  # noqa: F811
+    """The restore after a restart read its rows (store.active_deployments), then the database stopped giving a
+    deployment's row through every try of its restore (RESTORE_READ_DELAYS): once the database answers again, the
+    deployment's status is Error saying its restore failed and to redeploy it (inference: 503 deployment_failed),
+    not "Starting" with nothing left to start it. Before, the given-up restore was logged only: the row active,
+    nothing running, its status Starting until a deploy, an undeploy or a restart."""
+    monkeypatch.setattr(handlers, "RESTORE_READ_DELAYS", (0.0, 0.01, 0.01))
+
+    async def scenario(world) -> None:
+        await _deployed_as(world, "a")
+        world.backend.sets.clear(), world.backend.started.clear()  # the deployer restarted
+        row_of = world.store.deployment
+        tries: list[int] = []
+
+        async def refused(pool, deployment_id):
+            tries.append(deployment_id)
+            raise ConnectionRefusedError("the database is away")
+
+        world.store.deployment = refused
+        restore = await handlers.restore_deployments(world.deps)
+        await restore._task  # every try refused: the restore gives up (logged)
+        assert tries == [5, 5, 5] and world.backend.started == []
+        world.store.deployment = row_of  # the database answers again
+        status = await handlers.deployment_status(world.deps, ALICE, "t", "a-5")
+        assert status.status == "Error", status
+        assert "failed to restore" in status.details[0] and "its row" in status.details[0], status.details
+        with pytest.raises(Unavailable) as refused_route:
+            await handlers.resolve_deployment(world.deps, ALICE, "t", "a-5")
+        assert refused_route.value.code == handlers.DEPLOYMENT_FAILED
+        # a redeploy mends it
+        world.backend.hold = False
+        await _deploy(world, "a")
+        assert list(world.backend.sets) == ["a-5"] and world.deps.failed_restores == {}
+
+    asyncio.run(scenario(world))
