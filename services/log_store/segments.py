@@ -1,5 +1,6 @@
 """Parquet segments in object storage: writing one, and reading a range of its rows without downloading
-the whole object (the footer is cached per segment; row groups are fetched with ranged GETs)."""
+the whole object (the footer is cached per segment; row groups are fetched with ranged GETs, and the row groups a
+page of a large segment read are kept for the pages after it)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ SMALL_OBJECT = 4 * 1024 * 1024  # segments up to this size are fetched whole and
 TAIL_PREFETCH = 64 * 1024
 COALESCE_GAP = 64 * 1024  # byte ranges closer than this are fetched as one
 PARALLEL_GETS = 8
+GROUP_CACHE_BYTES = 64 * 1024 * 1024  # decoded row groups of large segments kept for the next pages
+GROUP_CACHE_SHARE = 4  # a row group above 1/4 of that is read for its page and not kept
+
+GroupKey = tuple[str, int, tuple[str, ...] | None]  # (object key, row group, columns read; None: all of them)
 
 
 def _coalesce(ranges: list[tuple[int, int]], gap: int) -> list[tuple[int, int]]:
@@ -123,9 +128,14 @@ def range_file(objects: MinioObjectStore, key: str, size: int, prefetch_tail: bo
 class SegmentReader:
     """Reads rows of segments; thread-safe (called from worker threads)."""
 
-    def __init__(self, objects: MinioObjectStore, cache_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, objects: MinioObjectStore, cache_bytes: int = 256 * 1024 * 1024,
+                 group_cache_bytes: int = GROUP_CACHE_BYTES) -> None:
         self.objects = objects
         self.cache_bytes = cache_bytes
+        self.group_cache_bytes = group_cache_bytes
+        # a segment's object is never rewritten (a new one gets a new key), so its key names its row groups' bytes
+        self.groups: OrderedDict[GroupKey, pa.Table] = OrderedDict()
+        self.groups_bytes = 0
         self.lock = threading.Lock()
         self.footers: OrderedDict[str, pq.FileMetaData] = OrderedDict()
         self.small: OrderedDict[str, bytes] = OrderedDict()
@@ -148,6 +158,8 @@ class SegmentReader:
             data = self.small.pop(key, None)
             if data is not None:
                 self.small_bytes -= len(data)
+            for entry in [k for k in self.groups if k[0] == key]:
+                self.groups_bytes -= self.groups.pop(entry).nbytes
 
     def _keep_small(self, key: str, data: bytes) -> None:
         with self.lock:
@@ -239,9 +251,49 @@ class SegmentReader:
         if not groups:
             empty = unpack_schema(parquet.schema_arrow).empty_table()
             return empty.select(columns) if columns else empty
-        table = unpack_tensors(parquet.read_row_groups(groups, columns=columns))
+        if size <= SMALL_OBJECT:  # the whole object is in memory already
+            table = unpack_tensors(parquet.read_row_groups(groups, columns=columns))
+        else:
+            table = pa.concat_tables(self._row_groups(parquet, key, groups, columns))
         first = int(starts[groups[0]])
         return table.slice(lo - first, hi - lo)
+
+    def _cached_group(self, key: str, group: int, columns: list[str] | None) -> pa.Table | None:
+        """A kept row group holding `columns` (a read of more columns of it serves a read of fewer)."""
+        wanted = tuple(columns) if columns else None
+        with self.lock:
+            for (k, g, kept), table in self.groups.items():
+                if k != key or g != group or not (kept is None or (wanted is not None and set(wanted) <= set(kept))):
+                    continue
+                self.groups.move_to_end((k, g, kept))
+                return table if wanted is None or kept == wanted else table.select(list(wanted))
+        return None
+
+    def _row_groups(self, parquet: pq.ParquetFile, key: str, groups: list[int],
+                    columns: list[str] | None) -> list[pa.Table]:
+        """Row groups of a large segment, each read once while kept: a client following the cursor with pages
+        smaller than a row group (8,192 rows) read the same group again, by a ranged GET, for every page."""
+        out = []
+        for g in groups:
+            table = self._cached_group(key, g, columns)
+            if table is None:  # one read per group: a kept group holds its own buffers, not a slice of others'
+                table = unpack_tensors(parquet.read_row_groups([g], columns=columns))
+                self._keep_group((key, g, tuple(columns) if columns else None), table)
+            out.append(table)
+        return out
+
+    def _keep_group(self, entry: GroupKey, table: pa.Table) -> None:
+        size = table.nbytes
+        if size > self.group_cache_bytes // GROUP_CACHE_SHARE:
+            return
+        with self.lock:
+            if entry in self.groups:
+                return
+            self.groups[entry] = table
+            self.groups_bytes += size
+            while self.groups_bytes > self.group_cache_bytes and self.groups:
+                _, dropped = self.groups.popitem(last=False)
+                self.groups_bytes -= dropped.nbytes
 
     def read_columns(self, key: str, size: int, columns: list[str], groups: list[int] | None = None) -> pa.Table:
         """Some columns of (some row groups of) a segment. For a large segment the byte ranges of exactly those

@@ -164,3 +164,60 @@ def test_a_buffer_one_byte_short_of_the_segment_is_not_used_and_one_of_its_size_
     buffer = log_segments.encode_segment_buffer(table, row_group_rows=1024)
     assert (buffer.size, buffer.to_pybytes() == expected) == (len(expected), True)
     assert len(growing) == (1 if spare < 0 else 0)
+
+
+class _CountingStore:
+    def __init__(self, objects: dict[str, bytes]) -> None:
+        self.objects, self.gets = objects, 0
+
+    def read_range_sync(self, bucket: str, key: str, offset: int, length: int) -> bytes:
+        self.gets += 1
+        return self.objects[key][offset:offset + length]
+
+
+def _large_segment(rows: int) -> bytes:
+    """A segment above SMALL_OBJECT (random float32: nothing compresses), in row groups of 1,000 rows."""
+    from services.log_store.segments import SMALL_OBJECT
+
+    rng = np.random.default_rng(3)
+    table = pa.table({"time": pa.array(np.arange(rows, dtype=np.int64)),
+                      "in.tensor": tensor_array(rng.random((rows, 64), dtype=np.float32))})
+    data = encode_segment(table, row_group_rows=1000)
+    assert len(data) > SMALL_OBJECT
+    return data
+
+
+def test_row_groups_of_a_large_segment_are_kept_for_the_next_pages_within_the_bound():
+    from services.log_store.segments import SegmentReader
+
+    data = _large_segment(20_000)
+    store = _CountingStore({"k": data})
+    group_bytes = 1000 * (8 + 256)
+    reader = SegmentReader(store, group_cache_bytes=int(group_bytes * 4.5))  # type: ignore[arg-type]
+    expected = np.arange(20_000)
+    for lo in range(0, 3000, 100):  # 30 pages in 3 row groups: each group fetched once (and the footer)
+        page = reader.read("k", len(data), lo, lo + 100, None)
+        assert page.column("time").to_pylist() == list(expected[lo:lo + 100])
+    assert store.gets == 1 + 3
+    assert reader.read("k", len(data), 0, 10, ["time"]).column_names == ["time"]  # fewer columns: served kept
+    assert store.gets == 4
+    for lo in range(3000, 20_000, 1000):  # 17 more groups: the oldest are dropped, the bytes stay bounded
+        reader.read("k", len(data), lo, lo + 1000, None)
+        assert reader.groups_bytes <= reader.group_cache_bytes
+    assert len(reader.groups) == 4
+    store.gets = 0
+    reader.read("k", len(data), 0, 100, None)  # dropped: fetched again
+    assert store.gets == 1
+    reader.forget("k")
+    assert not reader.groups and reader.groups_bytes == 0
+
+
+def test_a_row_group_above_a_quarter_of_the_bound_is_read_for_its_page_and_not_kept():
+    from services.log_store.segments import SegmentReader
+
+    data = _large_segment(20_000)
+    store = _CountingStore({"k": data})
+    reader = SegmentReader(store, group_cache_bytes=1000 * 264 * 3)  # type: ignore[arg-type]
+    reader.read("k", len(data), 0, 100, None)
+    reader.read("k", len(data), 100, 200, None)
+    assert store.gets == 1 + 2 and not reader.groups
