@@ -381,18 +381,22 @@ class Scheduler:
         log.info("installing requirements %s", sha[:12])
 
         # a beat the database refused (or did not answer) is tried again at the next: before, the first failure ended
-        # the beating, an exception nobody read, and another process could claim the install mid-way. A beat has until
-        # the install could be claimed (supervisor_lost_after after the last beat that landed), at least
-        # heartbeat_interval: before, it was given up at heartbeat_interval, so a database merely slower than that (a
-        # beat waiting on a lock, a busy server) logged a WARNING at every beat and had every beat cancelled, the
-        # install then claimed by another process though this one was alive and the database answering
+        # the beating, an exception nobody read, and another process could claim the install mid-way. A beat has half
+        # the time left until the install could be claimed (supervisor_lost_after after the last beat that landed), at
+        # least heartbeat_interval: before, it was given up at heartbeat_interval, so a database merely slower than
+        # that (a beat waiting on a lock, a busy server) logged a WARNING at every beat and had every beat cancelled,
+        # the install then claimed by another process though this one was alive and the database answering. The other
+        # half is the next beat's: a beat hung on a connection that stopped answering (its network path gone, new
+        # connections pass; shared.db cuts it) is given up in time for the next to land on another. With all the time
+        # left (December 2026, briefly) the hung one was given up once the claim could be taken
         async def beat() -> None:
             loop = asyncio.get_running_loop()
             landed = loop.time()  # the claim (store.claim_env) beat it
             while True:
                 await asyncio.sleep(deps.settings.heartbeat_interval)
                 began = loop.time()
-                bound = max(landed + deps.settings.supervisor_lost_after - began, deps.settings.heartbeat_interval)
+                bound = max((landed + deps.settings.supervisor_lost_after - began) / 2,
+                            deps.settings.heartbeat_interval)
                 try:
                     await runner.bounded(store.beat_env(deps.pool, sha, self.identity), bound,
                                          "beating an environment's install")

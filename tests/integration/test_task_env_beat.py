@@ -1,6 +1,6 @@
 """An environment's install is beaten through a database slower than heartbeat_interval (services/task_scheduler/
-scheduler.py, Scheduler._install_one): a beat waits for its answer up to the install's claim running out
-(supervisor_lost_after after the last beat that landed), lands, and logs nothing. Before, each beat was given up at
+scheduler.py, Scheduler._install_one): a beat waits for its answer up to half the time left until the install's
+claim runs out (supervisor_lost_after after the last beat that landed), lands, and logs nothing. Before, each beat was given up at
 heartbeat_interval: a beat waiting on the env's row lock (as here; or a busy server) logged a WARNING at every beat
 and was cancelled, and a database that stayed that slow let another process claim the install of a live one.
 
@@ -15,11 +15,11 @@ import time
 
 import pytest
 
-from services.task_scheduler import packaging
+from services.task_scheduler import packaging, store
 from services.task_scheduler.scheduler import Scheduler
 from shared.settings import TaskSettings
 from tests.integration.conftest import service_schema
-from tests.integration.task_scheduler_setup import MIGRATIONS, scheduler_on
+from tests.integration.task_scheduler_setup import MIGRATIONS, scheduler_on, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -68,3 +68,51 @@ async def test_an_install_is_beaten_through_a_database_slower_than_the_heartbeat
             finally:
                 installed.set()
                 await installer.stop()
+
+
+async def test_a_beat_that_never_answers_leaves_time_for_the_next_before_the_claim_runs_out(
+        stack, tmp_path, monkeypatch):
+    """A beat on a connection that stopped answering (its network path gone while new connections pass: the case
+    shared.db's CUT_AFTER frees the pool for) is given up with time left for the next beat, on another connection, to
+    land before the install could be claimed (supervisor_lost_after after the last beat). Before, the one beat had
+    until that moment itself: given up when the claim could already be taken, the next beat a heartbeat later, so a
+    live installer lost its claim to one hung connection where the 2-s bound before that had another beat land."""
+    installing, installed = asyncio.Event(), asyncio.Event()
+    beats = 0
+    beat_env = store.beat_env
+
+    async def install_env(*_: object) -> tuple[bool, str | None]:
+        installing.set()
+        await installed.wait()
+        return True, None
+
+    async def first_beat_hangs(*args: object) -> None:
+        nonlocal beats
+        beats += 1
+        if beats == 1:
+            await asyncio.Event().wait()  # never answered (cancelled at its bound)
+        await beat_env(*args)
+
+    monkeypatch.setattr(packaging, "install_env", install_env)
+    monkeypatch.setattr(store, "beat_env", first_beat_hangs)
+    lost_after = 10 * HEARTBEAT
+    async with service_schema(stack, "task_env_beat", MIGRATIONS) as pool:
+        await pool.execute("INSERT INTO envs (requirements_sha, requirements, status) VALUES ($1, 'x==1', "
+                           "'installing')", SHA)
+        installer = scheduler_on(Scheduler, pool, tmp_path, "installer",
+                                 TaskSettings(tick=60, heartbeat_interval=HEARTBEAT, supervisor_lost_after=lost_after))
+        try:
+            async with asyncio.timeout(30):
+                await installing.wait()
+            claimed = await pool.fetchval("SELECT heartbeat_at FROM envs WHERE requirements_sha = $1", SHA)
+
+            async def beaten() -> object:
+                at = await pool.fetchval("SELECT heartbeat_at FROM envs WHERE requirements_sha = $1", SHA)
+                return at if at > claimed else None
+
+            landed = await until("a beat after the hung one", beaten, within=30)
+            # before: lost_after + a heartbeat (the hung beat given up at lost_after, the next one a heartbeat later)
+            assert (landed - claimed).total_seconds() < lost_after, (landed - claimed, beats)
+        finally:
+            installed.set()
+            await installer.stop()
