@@ -93,26 +93,15 @@ def _class(value: Any) -> str:
     return str(value)
 
 
-def _predicted(column: pa.ChunkedArray, class_names: list[str] | None) -> list[str]:
-    values = column.to_pylist()
+def _listed(labels: list[str]) -> str:
+    return f"{', '.join(map(repr, labels[:5]))}{', ...' if len(labels) > 5 else ''}"
+
+
+def _predicted(values: list[Any], class_names: list[str] | None, truth: list[str], label_column: str) -> list[str]:
+    """The classes a deployment answered (`values`: the output column's rows over the whole run, so every batch is
+    read alike), as the strings compared with `truth`. What cannot be read without guessing is a 400."""
     if values and isinstance(values[0], list) and all(len(np.ravel(v)) == 1 for v in values):
-        # one value a row ([N, 1]): not scores to take the argmax of (always 0: every row was class 0), but the
-        # class itself, or a binary classifier's probability of class 1 (a sigmoid's: class 1 from 0.5)
-        flat = [np.asarray(v).ravel().tolist()[0] for v in values]
-        fractional = [v for v in flat if isinstance(v, float) and not v.is_integer()]
-        if not fractional:
-            return [_class(v) for v in flat]
-        if not all(isinstance(v, int | float) and 0.0 <= v <= 1.0 for v in flat):
-            odd = next(v for v in flat if not (isinstance(v, int | float) and 0.0 <= v <= 1.0))
-            raise InvalidRequest(f"the output column holds one value a row, read as the class when whole and as a"
-                                 f" binary classifier's probability of class 1 when fractions in [0, 1]; {odd!r}"
-                                 " beside fractions is neither: answer the class, a probability, or one score per"
-                                 " class")
-        if class_names is not None and len(class_names) != 2:
-            raise InvalidRequest(f"class_names has {len(class_names)} names; a probability a row is a binary"
-                                 " classifier's: name its two classes (class 0, class 1)")
-        names = class_names or ["0", "1"]
-        return [names[1] if v >= 0.5 else names[0] for v in flat]
+        return _one_value([np.asarray(v).ravel().tolist()[0] for v in values], class_names, truth, label_column)
     if values and isinstance(values[0], list):
         scores = np.asarray([np.ravel(v) for v in values], dtype=np.float64)
         indices = scores.argmax(axis=1)
@@ -121,8 +110,60 @@ def _predicted(column: pa.ChunkedArray, class_names: list[str] | None) -> list[s
                 raise InvalidRequest(f"class_names has {len(class_names)} names, the output has {scores.shape[1]}"
                                      " scores")
             return [class_names[i] for i in indices]
+        positions = [str(i) for i in range(scores.shape[1])]
+        if truth and not set(truth) & set(positions):  # 'no'/'yes' labels against positions '0', '1': accuracy 0
+            labels = list(dict.fromkeys(truth))
+            raise InvalidRequest(f"no value of {label_column!r} ({_listed(labels)}) is a score position (0 to"
+                                 f" {scores.shape[1] - 1}): without class_names the class is the index of the highest"
+                                 " score; give class_names naming the scores in order")
         return [str(i) for i in indices]
-    return [_class(v) for v in values]
+    predicted = [_class(v) for v in values]
+    if class_names and predicted and not set(predicted) & set(class_names):
+        # class ids (0, 1, ...) answered where the labels are class_names' names (checked before): accuracy 0
+        raise InvalidRequest(f"the output column answers ({_listed(list(dict.fromkeys(predicted)))}), none of"
+                             f" class_names ({_listed(class_names)}): a model answering one class a row is compared"
+                             " as it answers; leave class_names out and store the classes it answers in"
+                             f" {label_column!r}, or answer one score per class")
+    return predicted
+
+
+def _one_value(flat: list[Any], class_names: list[str] | None, truth: list[str], label_column: str) -> list[str]:
+    """One value a row ([N, 1]): not scores to take the argmax of (always 0: every row was class 0), but the class
+    (its position in class_names when they are given, as a score's), or a binary classifier's probability of class 1
+    (a sigmoid's: class 1 from 0.5) when any value is a fraction; decided over the whole run, as a saturated sigmoid
+    answers exactly 1.0 or 0.0 and a batch of only those read as class ids is no name of class_names."""
+    if not any(isinstance(v, float) and not v.is_integer() for v in flat):
+        if class_names is None:
+            return [_class(v) for v in flat]
+        named = []
+        for v in flat:
+            if not isinstance(v, int | float):  # a class name (or a missing answer): compared as it is
+                named.append(_class(v))
+                continue
+            if not 0 <= v < len(class_names):
+                raise InvalidRequest(f"the output column holds one class a row, and {_class(v)} is no position of"
+                                     f" class_names (0 to {len(class_names) - 1}): with class_names, a class id names"
+                                     " class_names[id]")
+            named.append(class_names[int(v)])
+        return named
+    if not all(isinstance(v, int | float) and 0.0 <= v <= 1.0 for v in flat):
+        odd = next(v for v in flat if not (isinstance(v, int | float) and 0.0 <= v <= 1.0))
+        raise InvalidRequest(f"the output column holds one value a row, read as the class when whole and as a"
+                             f" binary classifier's probability of class 1 when fractions in [0, 1]; {odd!r}"
+                             " beside fractions is neither: answer the class, a probability, or one score per"
+                             " class")
+    if class_names is not None and len(class_names) != 2:
+        raise InvalidRequest(f"class_names has {len(class_names)} names; a probability a row is a binary"
+                             " classifier's: name its two classes (class 0, class 1)")
+    names = class_names or ["0", "1"]
+    others = [label for label in dict.fromkeys(truth) if label not in names]
+    if others:  # not a binary classifier's data as named: a regression's [0, 1] output, 'no'/'yes' without names
+        raise InvalidRequest(f"the output column holds one probability a row (a binary classifier's, class 1 from"
+                             f" 0.5), but {label_column!r} holds {_listed(others)}, not only {names[0]!r} and"
+                             f" {names[1]!r}: "
+                             + ("name the two classes with class_names (class 0 first), " if class_names is None
+                                else "") + "or answer the class or one score per class")
+    return [names[1] if v >= 0.5 else names[0] for v in flat]
 
 
 async def run_classification(deps: Deps, infer: Infer, resolve: Resolve, principal: Principal, token: str | None,
@@ -171,8 +212,7 @@ def _check_class_names(truth: list[str], class_names: list[str] | None, label_co
         return
     labels = list(dict.fromkeys(truth))
     raise InvalidRequest(
-        f"no value of {label_column!r} ({', '.join(map(repr, labels[:5]))}{', ...' if len(labels) > 5 else ''}) is"
-        f" one of class_names ({', '.join(map(repr, class_names[:5]))}{', ...' if len(class_names) > 5 else ''}):"
+        f"no value of {label_column!r} ({_listed(labels)}) is one of class_names ({_listed(class_names)}):"
         " class_names name the output's scores in order, and the labels are compared with those names; store the"
         " class names in the label column, or leave class_names out to compare the labels with the index of the"
         " highest score")
@@ -186,7 +226,7 @@ async def classification_candidates(infer: Infer, routes: list[dict[str, Any]], 
     inputs = table.drop_columns([cmd.label_column])
     candidates = []
     for route in routes:
-        predicted: list[str] = []
+        answered: list[Any] = []  # the output column's rows, read once all are in (every batch alike)
         latencies, last_model = [], None
         started = time.perf_counter()
         for offset in range(0, inputs.num_rows, cmd.batch_size):
@@ -198,10 +238,11 @@ async def classification_candidates(infer: Infer, routes: list[dict[str, Any]], 
             if cmd.output_column not in output.column_names:
                 raise InvalidRequest(f"deployment {route['name']!r} answers no column {cmd.output_column!r}"
                                      f" (columns: {', '.join(output.column_names)})")
-            predicted.extend(_predicted(output.column(cmd.output_column), cmd.class_names))
+            answered.extend(output.column(cmd.output_column).to_pylist())
             meta = json.loads(headers.get(META_HEADER) or "{}") if headers else {}
             last_model = meta.get("last_model") or last_model
         wall = time.perf_counter() - started
+        predicted = _predicted(answered, cmd.class_names, truth, cmd.label_column)
         metrics = await asyncio.to_thread(evaluation.classification_metrics, truth, predicted)
         candidates.append(BenchmarkCandidate(
             name=route["name"], deployment=route["name"], pipeline_version=route.get("pipeline_version"),

@@ -78,3 +78,47 @@ async def test_a_one_value_a_row_output_is_the_class_or_a_probability_not_a_scor
     with pytest.raises(InvalidRequest) as refused:
         await accuracy(rows(pa.array([0, 1, 1, 0])), logits)
     assert "one value a row" in refused.value.msg and "-1.5 beside fractions is neither" in refused.value.msg
+
+
+async def test_a_probability_output_is_read_the_same_in_every_batch():
+    # a sigmoid saturates to exactly 1.0 / 0.0 in float32: a batch holding only such rows (here the second of two,
+    # batch_size 2) was read as class ids '1' / '0', no name of class_names, so those rows were scored wrong
+    probability = tensor_array(np.array([[0.2], [0.9], [1.0], [0.0]], dtype=np.float32))
+    assert await accuracy(rows(pa.array(["ok", "fraud", "fraud", "ok"])), probability,
+                          class_names=["ok", "fraud"]) == 1.0
+    assert await accuracy(rows(pa.array([0, 1, 1, 0])), probability) == 1.0
+
+
+async def test_one_class_id_a_row_with_class_names_names_the_class():
+    # an [N, 1] class id (a keras argmax kept 2-D) with class_names and the names in the label column: the ids were
+    # compared with the names, accuracy 0
+    ids = tensor_array(np.array([[0], [1], [2], [1]], dtype=np.int64))
+    assert await accuracy(rows(pa.array(["cat", "dog", "bird", "dog"])), ids,
+                          class_names=["cat", "dog", "bird"]) == 1.0
+    with pytest.raises(InvalidRequest, match="3 is no position of class_names"):
+        await accuracy(rows(pa.array(["cat", "dog", "bird", "dog"])),
+                       tensor_array(np.array([[0], [1], [3], [1]], dtype=np.int64)), class_names=["cat", "dog", "bird"])
+
+
+async def test_a_probability_reading_needs_binary_labels():
+    probability = tensor_array(np.array([[0.2], [0.9], [0.7], [0.1]], dtype=np.float32))
+    # a regression-like output in [0, 1] over a 3-class label column: read as a binary classifier's, it scored
+    with pytest.raises(InvalidRequest, match=r"holds '2', not only '0' and '1'"):
+        await accuracy(rows(pa.array([0, 1, 2, 0])), probability)
+    # labels 'no' / 'yes' without class_names: every prediction was '0' or '1', accuracy 0
+    with pytest.raises(InvalidRequest, match=r"holds 'no', 'yes', not only '0' and '1'.*class_names"):
+        await accuracy(rows(pa.array(["no", "yes", "yes", "no"])), probability)
+    assert await accuracy(rows(pa.array(["no", "yes", "yes", "no"])), probability, class_names=["no", "yes"]) == 1.0
+
+
+async def test_labels_that_no_prediction_can_name_are_refused():
+    scores = tensor_array(np.eye(2, dtype=np.float32)[[0, 1, 1, 0]])
+    # scores without class_names are compared by position ('0', '1'): labels 'no' / 'yes' scored accuracy 0
+    with pytest.raises(InvalidRequest, match=r"no value of 'label' \('no', 'yes'\) is a score position"):
+        await accuracy(rows(pa.array(["no", "yes", "yes", "no"])), scores)
+    # a model answering class ids, one a row (a scalar column), with class_names and names as labels: accuracy 0
+    with pytest.raises(InvalidRequest, match=r"answers \('0', '1'\), none of class_names"):
+        await accuracy(rows(pa.array(["no", "yes", "yes", "no"])), pa.array([0, 1, 1, 0], pa.int64()),
+                       class_names=["no", "yes"])
+    # a model that is just wrong still gets its report
+    assert await accuracy(rows(pa.array([0, 1, 1, 0])), tensor_array(np.eye(2, dtype=np.float32)[[1, 0, 0, 1]])) == 0.0
