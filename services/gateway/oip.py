@@ -156,8 +156,8 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
             raise InvalidRequest(f"{HEADER_LENGTH} is {split}, outside the body's {len(body)} bytes")
         fast = split == len(body) > FAST_BODY  # below it orjson's own path is quicker (set-up)
         request = (_read_json_fast(body) if fast else None) or orjson.loads(body[:split])
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("the request is not valid JSON") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # the reader's reason: where, and what (1e400: "infinity")
+        raise InvalidRequest(f"the request is not valid JSON: {str(exc)[:200]}") from None
     binary = memoryview(body)[split:]
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise InvalidRequest("the request needs a non-empty `inputs` list")
