@@ -99,7 +99,8 @@ class Assay(Resource):
         return [r for r in results if r.get("logs_complete") is False]
 
     def set_active(self, active: bool) -> Assay:
-        """Pause (False) or resume (True) the scheduled scoring."""
+        """Pause (False) or resume (True) the scheduled scoring. Resumed after a long pause, it scores at most the
+        newest 1000 windows it owes (`MAX_WINDOWS`); older ones are not scored (docs/assays.md, Scheduling)."""
         self._session.post("assays/set_active", {"id": self.id, "active": active})
         self._record["active"] = active
         return self

@@ -467,9 +467,39 @@ async def _assay(deps: Deps, principal: Principal, token: str | None, assay_id: 
     return row
 
 
+def resumed_next_run(next_run: datetime, interval_seconds: float, run_until: datetime | None, now: datetime,
+                     max_windows: int) -> tuple[datetime, int]:
+    """(next_run, windows skipped) of an assay turned on again: the windows it owes end at next_run, next_run +
+    interval, ... up to now (or run_until); of more than `max_windows` only the newest `max_windows` are scored (the
+    schedule starts at the first of them), as `create` refuses a start with more closed windows. Without the bound a
+    1-second assay paused for a day scored its 86,400 windows, a log store read each, before its first new one."""
+    until = min(now, run_until) if run_until else now
+    if until < next_run:
+        return next_run, 0
+    interval = timedelta(seconds=interval_seconds)
+    owed = (until - next_run) // interval + 1
+    skipped = max(0, owed - max_windows)
+    return next_run + skipped * interval, skipped
+
+
 async def set_active(deps: Deps, principal: Principal, token: str | None, cmd: SetAssayActive) -> AssayActive:
+    """Turn an assay on or off; one turned on again scores at most the newest `max_windows` windows it owes
+    (`resumed_next_run`): the older ones are not scored (logged at INFO)."""
     await _assay(deps, principal, token, cmd.id)
-    await store.set_active(deps.pool, cmd.id, cmd.active)
+    skipped: list[tuple[int, float]] = []  # (windows not scored, interval) of a resume
+
+    def resume(row: Any) -> datetime:
+        moved, count = resumed_next_run(row["next_run"], row["interval_seconds"], row["run_until"], datetime.now(UTC),
+                                        deps.settings.max_windows)
+        skipped.append((count, row["interval_seconds"]))
+        return moved
+
+    moved = await store.set_active(deps.pool, cmd.id, cmd.active, resume=resume if cmd.active else None)
+    if moved is not None and skipped[0][0]:
+        (paused_at, first), (count, interval) = moved, skipped[0]
+        log.info("assay %s turned on again owing more than %d windows: the %d windows ending %s to %s are not scored; "
+                 "its results go on from the window ending %s", cmd.id, deps.settings.max_windows, count,
+                 _iso(paused_at), _iso(first - timedelta(seconds=interval)), _iso(first))
     deps.scheduled.set()
     return AssayActive(id=cmd.id, active=cmd.active)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -46,8 +46,24 @@ def _bigint(value: int | None) -> int | None:
     return None if value is None else min(value, 2**63 - 1)
 
 
-async def set_active(pool: asyncpg.Pool, assay_id: int, active: bool) -> None:
-    await pool.execute("UPDATE assays SET active = $2, updated_at = now() WHERE id = $1", assay_id, active)
+async def set_active(pool: asyncpg.Pool, assay_id: int, active: bool,
+                     resume: Callable[[asyncpg.Record], datetime] | None = None) -> tuple[datetime, datetime] | None:
+    """Turn the assay on or off. With `resume`, an assay turned on from off starts its schedule at `resume(row)` (its
+    row read under a row lock, in the transaction that turns it on: `next_run`, `interval_seconds`, `run_until`)
+    instead of where it paused: answers (next_run paused at, next_run now) then, else None."""
+    if not active or resume is None:
+        await pool.execute("UPDATE assays SET active = $2, updated_at = now() WHERE id = $1", assay_id, active)
+        return None
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow("SELECT active, next_run, interval_seconds, run_until FROM assays WHERE id = $1 "
+                                  "FOR UPDATE", assay_id)
+        if row is None or row["active"]:  # gone meanwhile, or already on: nothing paused
+            await conn.execute("UPDATE assays SET updated_at = now() WHERE id = $1", assay_id)
+            return None
+        moved = resume(row)
+        await conn.execute("UPDATE assays SET active = true, next_run = $2, updated_at = now() WHERE id = $1",
+                           assay_id, moved)
+    return row["next_run"], moved
 
 
 async def next_due(pool: asyncpg.Pool) -> datetime | None:

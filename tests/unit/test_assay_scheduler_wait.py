@@ -39,7 +39,7 @@ def test_activating_an_assay_wakes_the_scheduler(monkeypatch):
     async def found(deps, principal, token, assay_id) -> dict[str, Any]:
         return {"id": assay_id}
 
-    async def set_active(pool, assay_id, active) -> None:
+    async def set_active(pool, assay_id, active, resume=None) -> None:
         return None
 
     monkeypatch.setattr(handlers, "_assay", found)
