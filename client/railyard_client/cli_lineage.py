@@ -20,12 +20,27 @@ ROW_SUFFIXES = {".parquet", ".pq", ".arrow", ".feather", ".ipc", ".arrows", ".js
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}  # rows too, for a tabular dataset (what `read --out x.csv` writes)
 
 
-def _csv_rows(path: Path) -> pa.Table:
-    """A CSV (or TSV) file's rows, column types inferred by pyarrow (a header line names the columns)."""
+def _csv_rows(path: Path, schema: pa.Schema | None = None) -> pa.Table:
+    """A CSV (or TSV) file's rows (a header line names the columns): typed as `schema` (the dataset's, when rows
+    are appended to it) says, other columns' types inferred by pyarrow. CSV carries no types: inferred, a float
+    column `read --out x.csv` wrote as `1` came back int64 and a quoted `"01"` as the integer 1, so appending the
+    export to its own dataset was refused (another schema), or its values changed."""
+    types = {field.name: field.type for field in schema} if schema is not None else None
     try:
-        return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=CSV_SUFFIXES[path.suffix.lower()]))
-    except (pa.ArrowInvalid, OSError) as exc:
+        table = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=CSV_SUFFIXES[path.suffix.lower()]),
+                               convert_options=pacsv.ConvertOptions(column_types=types))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
         raise InvalidInput(f"{path} is not a readable {path.suffix[1:]} file: {exc}") from None
+    if not table.num_rows and schema is None:  # its columns would be stored as nulls, refusing every later append
+        raise InvalidInput(f"{path} has a header line and no rows: nothing to upload, and no types for the columns")
+    return table
+
+
+def _rows_schema(lineage: Lineage, dataset: dict) -> pa.Schema | None:
+    """The schema of a tabular dataset's stored rows (its Parquet footer, of the whole file read), None without."""
+    if dataset.get("rows_sha256") is None:
+        return None
+    return pq.read_schema(pa.BufferReader(lineage.read_parquet(dataset["id"])))
 
 
 class _WithoutPandas:
@@ -143,7 +158,8 @@ def upload(dataset_id: int, files: tuple[Path, ...], labels: str | None, replace
     for path in files:
         if not path.is_file():
             raise InvalidInput(f"no such file: {path}")
-    tabular = lineage._post("datasets/get", {"dataset_id": dataset_id})["kind"] == "tabular"
+    dataset = lineage._post("datasets/get", {"dataset_id": dataset_id})
+    tabular = dataset["kind"] == "tabular"
     if tabular:  # every file is rows, checked before any is sent (a CSV was sent as a file, and refused)
         for path in files:
             if path.suffix.lower() not in ROW_SUFFIXES | CSV_SUFFIXES.keys():
@@ -151,13 +167,22 @@ def upload(dataset_id: int, files: tuple[Path, ...], labels: str | None, replace
                                    ".arrow/.feather, .json/.jsonl or .csv/.tsv files (images and other files go "
                                    "to an images or files dataset)")
     results = []
+    # rows appended to stored rows must have their schema: a CSV is read with it (fetched once, when needed)
+    schema: pa.Schema | None = None
+    schema_known = replace
     for path in files:
-        if tabular and path.suffix.lower() in CSV_SUFFIXES:
-            results.append(lineage.upload_rows(dataset_id, _csv_rows(path), replace=replace))
-        elif tabular:
-            with _pandas_declined():
-                table, _ = read_table(path)
-                results.append(lineage.upload_rows(dataset_id, table, replace=replace))
+        if tabular:
+            if path.suffix.lower() in CSV_SUFFIXES:
+                if not schema_known:
+                    schema, schema_known = _rows_schema(lineage, dataset), True
+                table = _csv_rows(path, schema)
+            else:
+                with _pandas_declined():
+                    table, _ = read_table(path)
+            # --replace replaces the rows with all the files: the first replaces, the others append to it (each
+            # replaced the one before, leaving the last file's rows)
+            results.append(lineage.upload_rows(dataset_id, table, replace=replace and not results))
+            schema, schema_known = (table.schema if schema is None else schema), True
         else:
             results.append(lineage.upload_file(dataset_id, path, labels=parsed, progress=progress))
     _show(results, None, as_json, results)

@@ -116,3 +116,47 @@ def test_the_cli_uploads_a_csv_as_rows_and_refuses_other_files_for_a_tabular_dat
     assert json.loads(capsys.readouterr().out)[0]["row_count"] == 2
     read = post(stack, "datasets/get_rows", alice.token, {"dataset_id": table["id"]})
     assert read.json() == [{"x": 1.5, "label": "cat"}, {"x": 2.5, "label": "dog"}]
+
+
+def test_a_csv_the_cli_wrote_appends_with_the_dataset_s_types(stack, alice, tmp_path, monkeypatch, capsys):
+    # `datasets read --out x.csv` writes 1.0 as '1' and quotes '01': read back by inference they were int64 columns,
+    # and the append was refused ('appended rows must have the dataset's schema'), or '01' would have become 1
+    _, (table,) = project_with(stack, alice, "tabular")
+    main = cli_as(stack, alice, tmp_path, monkeypatch)
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps([{"x": 1.5, "zip": "01234", "n": 3}, {"x": 2.0, "zip": "99", "n": 4}]))
+    assert main(["datasets", "upload", str(table["id"]), str(first), "--json"]) == 0
+    exported = tmp_path / "rows.csv"
+    assert main(["datasets", "read", str(table["id"]), "--out", str(exported)]) == 0
+    capsys.readouterr()
+    assert main(["datasets", "upload", str(table["id"]), str(exported), "--json"]) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)[0]["row_count"] == 4
+    rows = post(stack, "datasets/get_rows", alice.token, {"dataset_id": table["id"]}).json()
+    assert rows[2:] == rows[:2] == [{"x": 1.5, "zip": "01234", "n": 3}, {"x": 2.0, "zip": "99", "n": 4}]
+
+    # a value the dataset's column cannot hold is said naming the file, nothing sent
+    bad = tmp_path / "bad.csv"
+    bad.write_text("x,zip,n\nabc,1,2\n")
+    assert main(["datasets", "upload", str(table["id"]), str(bad), "--json"]) != 0
+    assert f"{bad} is not a readable csv file" in capsys.readouterr().err
+    # a header line alone: no rows, and no types to give a new dataset's columns (they were stored as nulls)
+    _, (empty,) = project_with(stack, alice, "tabular")
+    header = tmp_path / "header.csv"
+    header.write_text("x,zip,n\n")
+    assert main(["datasets", "upload", str(empty["id"]), str(header), "--json"]) != 0
+    assert f"{header} has a header line and no rows" in capsys.readouterr().err
+    assert ok(post(stack, "datasets/get", alice.token, {"dataset_id": empty["id"]}))["rows_sha256"] is None
+
+
+def test_replace_with_several_files_keeps_them_all(stack, alice, tmp_path, monkeypatch, capsys):
+    # --replace replaced the rows with each file in turn: of 'a.csv b.csv' only b's rows were left
+    _, (table,) = project_with(stack, alice, "tabular")
+    main = cli_as(stack, alice, tmp_path, monkeypatch)
+    old, a, b = tmp_path / "old.csv", tmp_path / "a.csv", tmp_path / "b.csv"
+    old.write_text("x\n0.5\n")
+    a.write_text("x\n1.5\n")
+    b.write_text("x\n2.5\n")
+    assert main(["datasets", "upload", str(table["id"]), str(old), "--json"]) == 0
+    assert main(["datasets", "upload", str(table["id"]), str(a), str(b), "--replace", "--json"]) == 0
+    assert post(stack, "datasets/get_rows", alice.token, {"dataset_id": table["id"]}).json() == [{"x": 1.5},
+                                                                                                  {"x": 2.5}]
