@@ -147,7 +147,7 @@ def run(orchestration_id: str, raw_args: str | None, name: str | None, timeout: 
 def schedule(orchestration_id: str, cron: str, raw_args: str | None, name: str | None, timeout: int | None,
              missed: str | None, task_id: uuid.UUID | None, workspace: str | None, as_json: bool) -> None:
     """Run ORCHESTRATION_ID on CRON (minute hour day-of-month month day-of-week, in UTC; a sixth field, last, is
-    seconds) until killed: '0 6 * * 1-5' is 06:00 UTC on weekdays."""
+    seconds; or @hourly, @daily, @weekly, @monthly, @yearly) until killed: '0 6 * * 1-5' is 06:00 UTC on weekdays."""
     task = _orchestrations(workspace).run_scheduled(orchestration_id, cron, _args(raw_args), name=name,
                                                     timeout=timeout, missed_run_policy=missed,
                                                     task_id=None if task_id is None else str(task_id))

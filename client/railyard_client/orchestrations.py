@@ -143,7 +143,7 @@ class Orchestrations:
                       name: str | None = None, timeout: int | None = None,
                       missed_run_policy: str | None = None, task_id: str | None = None) -> dict[str, Any]:
         """Run an orchestration on a cron schedule (minute hour day-of-month month day-of-week, in UTC; a sixth
-        field, last, is seconds) until killed;
+        field, last, is seconds; or a macro: @hourly, @daily, @weekly, @monthly, @yearly) until killed;
         `missed_run_policy` is `fire_once` (the default) or `skip`; `task_id` as in `run_once` (the same again
         makes no second task). Returns `{"id": task}`."""
         body: dict[str, Any] = {"orch_id": str(orchestration_id), "workspace_id": self.workspace_id,

@@ -142,14 +142,28 @@ async def list_orchestrations(deps: Deps, principal: Principal, token: str | Non
 
 # --- tasks -------------------------------------------------------------------------------------------------------
 
+CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+"""The macros a Kubernetes CronJob takes for a whole schedule (croniter reads them: '@hourly' is '0 * * * *')."""
+
+
 def check_schedule(schedule: str) -> str:
     """A 5-field cron expression (minute hour day-of-month month day-of-week, as Kubernetes CronJobs read it), or
-    6 fields whose last is seconds (Railyard); InvalidRequest otherwise."""
+    6 fields whose last is seconds (Railyard), or one of CRON_MACROS; InvalidRequest otherwise. Times are UTC: a
+    CRON_TZ=/TZ= prefix (which Kubernetes refuses in a CronJob's schedule too) is refused saying so."""
     fields = schedule.split()
+    if fields and fields[0].upper().startswith(("CRON_TZ=", "TZ=")):
+        raise InvalidRequest(f"schedule {schedule!r}: time zones are not supported ({fields[0].split('=')[0]}=): "
+                             "schedules are UTC; give the times in UTC, without the prefix", code="invalid_schedule")
+    if len(fields) == 1 and fields[0].startswith("@"):
+        if fields[0].lower() not in CRON_MACROS:
+            raise InvalidRequest(f"schedule {schedule!r} is not a cron macro Railyard reads: "
+                                 f"{', '.join(CRON_MACROS)}, or 5 fields (e.g. '*/5 * * * *')",
+                                 code="invalid_schedule")
+        return fields[0].lower()
     if len(fields) not in (5, 6):
-        raise InvalidRequest(f"schedule {schedule!r} has {len(fields)} fields; cron needs 5: minute hour "
-                             "day-of-month month day-of-week (e.g. '*/5 * * * *'), or 6 with seconds last",
-                             code="invalid_schedule")
+        raise InvalidRequest(f"schedule {schedule!r} has {len(fields)} field{'' if len(fields) == 1 else 's'}; "
+                             "cron needs 5: minute hour day-of-month month day-of-week (e.g. '*/5 * * * *'), or 6 "
+                             "with seconds last, or a macro such as '@hourly'", code="invalid_schedule")
     if not croniter.is_valid(" ".join(fields)):
         raise InvalidRequest(f"schedule {schedule!r} is not a valid cron expression (minute hour day-of-month "
                              "month day-of-week)", code="invalid_schedule")

@@ -100,6 +100,44 @@ def test_a_schedule_no_date_matches_is_refused(schedule):
     assert handlers.check_schedule("0 0 29 2 *")  # every leap year fires
 
 
+# the macros a Kubernetes CronJob takes (docs/orchestrations.md): refused before as "has 1 fields; cron needs 5"
+@pytest.mark.parametrize(("macro", "expected"), [
+    ("@hourly", datetime(2026, 12, 1, 5, 0, tzinfo=UTC)), ("@daily", datetime(2026, 12, 2, tzinfo=UTC)),
+    ("@midnight", datetime(2026, 12, 2, tzinfo=UTC)), ("@weekly", datetime(2026, 12, 6, tzinfo=UTC)),  # a Sunday
+    ("@monthly", datetime(2027, 1, 1, tzinfo=UTC)), ("@yearly", datetime(2027, 1, 1, tzinfo=UTC)),
+    ("@annually", datetime(2027, 1, 1, tzinfo=UTC)), (" @Hourly ", datetime(2026, 12, 1, 5, 0, tzinfo=UTC))])
+def test_kubernetes_cron_macros_are_taken(macro, expected):
+    from datetime import timedelta
+
+    from services.task_scheduler.scheduler import due_point
+
+    after = datetime(2026, 12, 1, 4, 30, 15, tzinfo=UTC)
+    stored = handlers.check_schedule(macro)
+    assert stored == macro.strip().lower()
+    assert handlers.next_point(stored, after) == expected
+    # the scheduler's reading of the stored schedule: the point is due, the next one follows
+    point, following, missed = due_point(stored, expected, expected + timedelta(seconds=1), "fire_once",
+                                         timedelta(seconds=30))
+    assert point == expected and following > expected and missed == 0
+
+
+@pytest.mark.parametrize("schedule", ["CRON_TZ=Europe/Paris 0 6 * * *", "TZ=UTC 0 6 * * *",
+                                      "cron_tz=Asia/Tokyo @daily"])
+def test_a_time_zone_prefix_is_refused_saying_schedules_are_utc(schedule):
+    with pytest.raises(InvalidRequest, match="time zones are not supported .*: schedules are UTC") as caught:
+        handlers.check_schedule(schedule)
+    assert caught.value.code == "invalid_schedule"
+
+
+def test_other_at_words_and_one_field_are_refused_naming_the_macros():
+    for schedule in ("@reboot", "@every", "@"):
+        with pytest.raises(InvalidRequest, match="not a cron macro Railyard reads: @yearly, @annually") as caught:
+            handlers.check_schedule(schedule)
+        assert caught.value.code == "invalid_schedule"
+    with pytest.raises(InvalidRequest, match="has 1 field; cron needs 5"):
+        handlers.check_schedule("hourly")
+
+
 def test_schedule_field_order_is_standard_cron():
     # minute hour day-of-month month day-of-week: "30 6 * * *" is 06:30 every day
     after = datetime(2026, 12, 1, 4, 0, tzinfo=UTC)
