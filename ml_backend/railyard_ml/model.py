@@ -89,6 +89,11 @@ def cached_download(url: str, folder: str | Path, host: str | None, token: str |
         import httpx  # only backends that download pay for it
 
         host = (host or "").rstrip("/")
+        if parsed.scheme not in ("http", "https") and urlparse(host).scheme not in ("http", "https"):
+            # label_studio_ml's answer (httpx's was "missing an 'http://' or 'https://' protocol"); a host without
+            # one is Docker's HOSTNAME, a container's id
+            raise FileNotFoundError(f"can't resolve {url!r}: a path on Label Studio's host, whose URL is not known"
+                                    f" ({host!r}): set LABEL_STUDIO_HOSTNAME (or LABEL_STUDIO_URL), or give hostname")
         full = url if parsed.scheme in ("http", "https") else f"{host}/{url.lstrip('/')}"
         headers = {}
         if token and host and full.startswith(host + "/"):

@@ -14,8 +14,9 @@ DATA_UNDEFINED_NAME = "$undefined$"
 
 
 def get_env(name: str, default: str | None = None, is_bool: bool = False):  # noqa: ANN201
-    """`name` from the environment, also looked up with the LABEL_STUDIO_ prefix."""
-    for key in (name, f"LABEL_STUDIO_{name}"):
+    """`name` from the environment, first with the LABEL_STUDIO_ (then HEARTEX_) prefix, as label_studio_ml looks:
+    Docker sets HOSTNAME to the container's id, which was read before LABEL_STUDIO_HOSTNAME."""
+    for key in (f"LABEL_STUDIO_{name}", f"HEARTEX_{name}", name):
         value = os.environ.get(key)
         if value is not None:
             return value.lower() in ("1", "true", "yes", "y", "on") if is_bool else value

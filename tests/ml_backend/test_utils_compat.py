@@ -10,6 +10,9 @@ import importlib.util
 import sys
 
 import httpx
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
 from railyard_ml.api import init_app
 
 from tests.ml_backend.conftest import serve
@@ -93,3 +96,31 @@ def test_the_other_helpers_answer_as_label_studio_mls():
     for key in "abc":
         cache.put(key, key.upper())
     assert "a" not in cache and cache.get("b") == "B" and cache.get("a") is None
+
+
+def test_label_studio_s_host_is_found_as_label_studio_ml_finds_it(tmp_path, monkeypatch):
+    # Docker sets HOSTNAME to the container's id in every container: get_env('HOSTNAME') read it before
+    # LABEL_STUDIO_HOSTNAME (label_studio_ml reads LABEL_STUDIO_ first), so an upload's URL went to '<id>/data/...'
+    from railyard_ml.utils import get_env, get_local_path
+
+    seen = []
+    app = FastAPI()
+
+    @app.get("/data/upload/1/a.png")
+    async def upload(request: Request) -> Response:
+        seen.append(request.headers.get("authorization"))
+        return Response(picture(4, 2), media_type="image/png")
+
+    monkeypatch.setenv("HOSTNAME", "3f2a9c1b7d0e")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "t0k")
+    with serve(app) as url:
+        monkeypatch.setenv("LABEL_STUDIO_HOSTNAME", url)
+        assert get_env("HOSTNAME") == url
+        path = get_local_path("/data/upload/1/a.png", cache_dir=str(tmp_path / "cache"))
+    assert open(path, "rb").read() == picture(4, 2) and seen == ["Token t0k"]
+
+    # no Label Studio URL known (only Docker's HOSTNAME): label_studio_ml's FileNotFoundError, not httpx's
+    # 'Request URL is missing an http:// or https:// protocol'
+    monkeypatch.delenv("LABEL_STUDIO_HOSTNAME")
+    with pytest.raises(FileNotFoundError, match=r"/data/upload/1/b\.png.*LABEL_STUDIO_HOSTNAME"):
+        get_local_path("/data/upload/1/b.png", cache_dir=str(tmp_path / "cache"))
