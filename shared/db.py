@@ -315,9 +315,11 @@ def _left_ended(task: asyncio.Future) -> None:
 
 async def close_pool(pool: asyncpg.Pool, seconds: float = POOL_CLOSE_SECONDS) -> None:
     """pool.close() (every connection let go, then closed), within `seconds`; past them the pool is terminated and
-    what it cut is logged. A server that answers lets a pool close in milliseconds; one that stopped answering held the
-    close of each connection for the command timeout (30 s: asyncpg waits for the server to drop a connection it asked
-    to end) and of each connection work still held, so a service's stop waited until the embedded stack killed it.
+    what it cut is logged. A server that answers lets a pool close in milliseconds once the work holding a connection
+    lets it go (work still under way at the bound is cut as well, as the kill would); one that stopped answering held
+    the close of each connection for the command timeout (30 s: asyncpg waits for the server to drop a connection it
+    asked to end) and of each connection work still held, so a service's stop waited until the embedded stack killed
+    it.
     Nothing acknowledged is cut: a service closes its pool after its commands are answered and its consumers stopped
     (shared/service.py); what still holds a connection then is work given up on (its caller told it was not done) or
     a background step whose transaction the server rolls back, as it would on the kill."""
@@ -332,7 +334,12 @@ async def close_pool(pool: asyncpg.Pool, seconds: float = POOL_CLOSE_SECONDS) ->
     open_ = sum(1 for holder in holders if holder._con is not None)
     closing.cancel()  # asyncpg's close terminates the pool when cancelled (a synchronous abort of each connection)
     await asyncio.wait((closing,), timeout=seconds)
-    log.warning("closing the database pool: its connections were not let go within %.3g s (the server did not"
-                " answer): %d open connection(s) terminated, %d of them held by work (%d given-up database work(s)"
-                " still ending); a transaction open on them is rolled back by the server", seconds, open_, held,
-                len(LEFT))
+    # what held the close: work (under way, or waiting for a server that stopped answering: a healthy server's work
+    # past the bound is cut too) or, none held, the server not answering the close of idle ones. Before, it said the
+    # server did not answer whatever held it
+    why = ("work still held connections: under way, or waiting for a server that stopped answering" if held else
+           "the server did not answer")
+    log.warning("closing the database pool: its connections were not let go within %.3g s (%s): %d open"
+                " connection(s) terminated, %d of them held by work (%d given-up database work(s) still ending); the"
+                " server rolls back a transaction open on them (a statement under way outside one may still run to"
+                " its end)", seconds, why, open_, held, len(LEFT))

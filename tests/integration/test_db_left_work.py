@@ -184,3 +184,20 @@ async def test_a_task_the_work_started_that_runs_on_does_not_pile_up_its_connect
         begun = db.begin(work())
         await (await begun)
         assert len(db._HELD_BY[begun]) <= 1  # before: 20
+
+
+async def test_a_pool_closed_while_work_runs_on_a_server_that_answers_does_not_blame_the_server(stack, caplog):
+    """close_pool's bound cuts work still under way on a server that answers too (it holds its connection past the
+    bound); its WARNING said '(the server did not answer)' whatever held the close, sending one looking at a healthy
+    server. Now it says work held them when it did."""
+    async with service_schema(stack, "dbleft", NO_MIGRATIONS) as pool, partitioned(stack, pool) as (_, proxied):
+        query = f"SELECT pg_sleep(3) -- {uuid.uuid4().hex}"
+        running = asyncio.create_task(proxied.execute(query))
+        await until("the work's query", lambda: _all(pool, query, 1), within=30)
+        with caplog.at_level(logging.WARNING, logger="railyard.db"):
+            await db.close_pool(proxied, 0.5)
+        await asyncio.wait({running}, timeout=10)
+        assert running.done() and isinstance(running.exception(), asyncpg.PostgresConnectionError), running
+        said = [r.getMessage() for r in caplog.records if "closing the database pool" in r.getMessage()]
+        assert len(said) == 1 and "did not answer" not in said[0], said
+        assert "1 open connection(s) terminated, 1 of them held by work" in said[0], said

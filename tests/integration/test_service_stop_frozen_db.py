@@ -3,8 +3,8 @@ pool is closed within shared.db.POOL_CLOSE_SECONDS (close_pool), what it cut log
 (its runs' beats and end records included) within TASK_STOP_TIMEOUT and that. Before, the pool's close had no bound:
 asyncpg waits for each connection a task still held and for the server to drop each connection it closes, both bounded
 only by the pool's command timeout (30 s), so a stop waited until the embedded stack killed the process (the task
-scheduler's 25 s). And a server that answers loses nothing to the bound: work still writing when the pool closes ends
-and its row is there.
+scheduler's 25 s). And a server that answers loses nothing within the bound: work still writing when the pool closes
+ends and its row is there (work past the bound is cut whatever the server: test_db_left_work.py).
 
 The services are `serve` itself, in this process, with specs of the test's own (a router with no commands, a schema of
 their own on the stack's PostgreSQL reached through a FreezingProxy, the stack's NATS as the operator)."""
@@ -130,8 +130,8 @@ async def test_a_stop_through_a_database_that_does_not_answer_closes_the_pool_wi
 
 
 async def test_a_stop_waits_for_a_write_under_way_on_a_database_that_answers(stack, tmp_path, monkeypatch, caplog):
-    """The bound cuts nothing a server that answers finishes: a write under way when the pool closes (here 1 s of it
-    left) commits and the close says nothing (nothing acknowledged is lost; a frozen server alone reaches the cut)."""
+    """The bound cuts nothing a server that answers finishes within it: a write under way when the pool closes (1 s of
+    it left) commits and the close says nothing (nothing acknowledged is lost)."""
     async with served(stack, monkeypatch, "stopwrite", a_table(tmp_path)) as (proxy, runtime, stop, serving):
         writing = asyncio.create_task(runtime.db.execute("SELECT pg_sleep(1); INSERT INTO rows VALUES (1)"))
         await asyncio.sleep(0)  # its connection taken before the stop
