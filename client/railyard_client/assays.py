@@ -78,6 +78,8 @@ class Assay(Resource):
         this returned, silently. A window whose `logs_complete` is False was scored after the assay runner stopped
         waiting for the log store (`max_log_wait`, 600 s): records logged before it was due may be missing from its
         score; see `incomplete_logs`."""
+        if limit is not None and limit < 1:  # the loop below asked nothing and answered [] (the route: a 400)
+            raise InvalidInput(f"limit must be at least 1, not {limit}: leave it out for every result")
         found: list[dict[str, Any]] = []
         until = _time(end)
         while limit is None or len(found) < limit:

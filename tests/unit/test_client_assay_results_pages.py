@@ -9,8 +9,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from railyard_client import assays
 from railyard_client.assays import Assay
+from railyard_client.errors import InvalidInput
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 WINDOWS = [(T0 + timedelta(minutes=n)).isoformat().replace("+00:00", "Z") for n in range(2500)]
@@ -52,3 +54,13 @@ def test_a_limit_and_a_range_are_kept():
     found = Assay(Server(), {"id": 5}).results(start=WINDOWS[100], end=WINDOWS[1400])
     assert starts(found) == WINDOWS[100:1400][::-1]
     assert Assay(Server(), {"id": 5}).results(start=WINDOWS[-1], end=WINDOWS[0]) == []
+
+
+def test_a_limit_below_one_is_refused_not_answered_empty():
+    """Paging made `limit=0` (or negative) ask nothing and answer [] (`railyard assays results --limit 0` printed an
+    empty table, exit 0); the route refuses such a limit with a 400, as the SDK did by sending it."""
+    for limit in (0, -5):
+        server = Server()
+        with pytest.raises(InvalidInput, match=f"limit must be at least 1, not {limit}"):
+            Assay(server, {"id": 5}).results(limit=limit)
+        assert server.asked == []
