@@ -699,11 +699,8 @@ async def query_users(deps: AuthDeps, principal: Principal, cmd: QueryUsers) -> 
         # the caller is a member (admins too), so every member shares a workspace with them: no co-member filter
         await require_member(_membership(deps.pool), principal, workspace_id)
     elif not principal.admin:
-        me = uuid.UUID(principal.user_id)
-        if await store.in_any_workspace(deps.pool, me):
-            co_members_of = me  # themself among them
-        else:  # in no workspace: themself only
-            ids = [me] if ids is None else [i for i in ids if i == me]
+        # themself among them; only themself when in no workspace, read with the users (store.list_users)
+        co_members_of = uuid.UUID(principal.user_id)
     if cmd.limit is None:
         rows = await _whole_list(deps, ids, workspace_id, co_members_of, after)
     else:

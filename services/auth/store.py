@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -199,19 +201,32 @@ LISTED_COLUMNS = "u.id, u.username, u.email, u.enabled, u.temporary_password, u.
 """What a user's record in users/query is made of (handlers._user_record): no password hash."""
 
 
-async def _workspaces_of(pool: asyncpg.Pool, user_id: uuid.UUID | None) -> list[int] | None:
-    """The workspaces `user_id` is a member of (None for None): _user_filters' co-member filter names them as values."""
+async def _workspaces_of(conn: asyncpg.Connection, user_id: uuid.UUID | None) -> list[int] | None:
+    """The workspaces `user_id` is a member of (None for None): _user_filters' co-member filter names them."""
     if user_id is None:
         return None
-    return await pool.fetchval(
+    return await conn.fetchval(
         "SELECT coalesce(array_agg(workspace_id), '{}') FROM workspace_members WHERE user_id = $1", user_id)
 
 
-def _user_filters(ids: list[uuid.UUID] | None, workspace_id: int | None, co_workspaces: list[int] | None,
-                  after: tuple[datetime, uuid.UUID] | None, args: list[Any]) -> str:
+@contextlib.asynccontextmanager
+async def _users_read(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A connection in a read-only REPEATABLE READ transaction, so the caller's workspaces and the users read after
+    them are of one moment, planning each statement for its own parameters' values (plan_cache_mode): the text is
+    one for every workspace set (one prepared statement a connection), and a generic plan, which the server may keep
+    for a prepared statement after 5 runs and which knows no parameter's value, never runs (docs/performance.md item
+    71: beside one large workspace it read every user)."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        yield conn
+
+
+def _user_filters(ids: list[uuid.UUID] | None, workspace_id: int | None, co_members_of: uuid.UUID | None,
+                  co_workspaces: list[int] | None, after: tuple[datetime, uuid.UUID] | None, args: list[Any]) -> str:
     """The WHERE of list_users and users_answer_size (its parameters appended to `args`): only the filters asked for,
     each as `u.id IN (...)`, which PostgreSQL joins from the small side (a workspace's members, the caller's
-    co-members: the members of `co_workspaces`) or probes by index a row at a time (a page)."""
+    co-members: the members of `co_workspaces`) or probes by index a row at a time (a page). A caller in no
+    workspace (`co_workspaces` empty) is their own only co-member."""
     where: list[str] = []
 
     def arg(value: Any) -> str:
@@ -220,12 +235,12 @@ def _user_filters(ids: list[uuid.UUID] | None, workspace_id: int | None, co_work
 
     if ids is not None:
         where.append(f"u.id = ANY({arg(ids)}::uuid[])")
-    # Workspace ids are written in the query (integers), not parameters: a prepared statement's generic plan, which
-    # the server may keep for a connection after 5 runs, knows no parameter's value, and beside one large workspace
-    # estimated a small one's members as many: a walk of every user in order (docs/performance.md item 71).
+    # Workspace ids are parameters planned for their values (_users_read's plan_cache_mode), so each is estimated from
+    # its own statistics (docs/performance.md item 71) and the text does not change with them.
     if workspace_id is not None:
-        where.append(f"u.id IN (SELECT m.user_id FROM workspace_members m WHERE m.workspace_id = {int(workspace_id)})")
-    if co_workspaces is not None:
+        where.append(f"u.id IN (SELECT m.user_id FROM workspace_members m WHERE m.workspace_id = {arg(workspace_id)}"
+                     "::bigint)")
+    if co_workspaces:
         # the caller's workspaces as values, not a join of workspace_members with itself: the planner estimates such a
         # join from the whole column's statistics, so beside one large workspace every caller's co-members were
         # estimated as nearly its size, and a user of a small workspace had every user read (a hash join over all
@@ -234,9 +249,10 @@ def _user_filters(ids: list[uuid.UUID] | None, workspace_id: int | None, co_work
         # No `UNION ALL SELECT <the caller>`: the planner cannot probe an Append holding a constant by index, so for a
         # page (a cursor: its estimate is one row) it hashed the whole set and scanned it again for every user it
         # read (1.3-4.3 s a page of 13,000 members, item 56)
-        listed = ",".join(str(int(w)) for w in sorted(co_workspaces))
         where.append(f"u.id IN (SELECT m.user_id FROM workspace_members m"
-                     f" WHERE m.workspace_id = ANY('{{{listed}}}'::bigint[]))")
+                     f" WHERE m.workspace_id = ANY({arg(sorted(co_workspaces))}::bigint[]))")
+    elif co_workspaces is not None:  # in no workspace: themself only
+        where.append(f"u.id = {arg(co_members_of)}::uuid")
     if after is not None:
         where.append(f"(u.created_at, u.id) > ({arg(after[0])}::timestamptz, {arg(after[1])}::uuid)")
     return " WHERE " + " AND ".join(where) if where else ""
@@ -246,21 +262,23 @@ async def list_users(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspa
                      co_members_of: uuid.UUID | None, after: tuple[datetime, uuid.UUID] | None = None,
                      limit: int | None = None) -> list[asyncpg.Record]:
     """Users (LISTED_COLUMNS) filtered by ids and/or workspace, oldest first (created_at, id); `co_members_of` limits
-    to users sharing a workspace with that user (the user among them when in any workspace: the caller checks
-    the one in none, handlers.query_users); those after `after` (a page's cursor: created_at, id), `limit` at most
-    (None: all).
+    to users sharing a workspace with that user (themself among them; only themself when in no workspace); those
+    after `after` (a page's cursor: created_at, id), `limit` at most (None: all).
 
     Only the filters asked for are in the query (_user_filters). As `($n IS NULL OR EXISTS (...))` they could not
     be joined: every user was read and each filtered by a hashed subplan, and with users (created_at, id)
     (migration 015) the planner did that in index order for a page: a user's users/query on 200,000 users read all
     of them, 200-640 ms, where this reads the caller's few: 0.2-7 ms (docs/performance.md item 55). The caller's
-    workspaces are read first (_workspaces_of), so the query names them as values the planner estimates each from its
-    own statistics (item 71)."""
-    args: list[Any] = []
-    where = _user_filters(ids, workspace_id, await _workspaces_of(pool, co_members_of), after, args)
-    args.append(limit)
-    return await pool.fetch(
-        f"SELECT {LISTED_COLUMNS} FROM users u{where} ORDER BY u.created_at, u.id LIMIT ${len(args)}::bigint", *args)
+    workspaces are read first (_workspaces_of), in the same snapshot as the users (_users_read), and passed as an
+    array the planner estimates each from its own statistics (item 71)."""
+    async with _users_read(pool) as conn:
+        args: list[Any] = []
+        where = _user_filters(ids, workspace_id, co_members_of, await _workspaces_of(conn, co_members_of), after,
+                              args)
+        args.append(limit)
+        return await conn.fetch(
+            f"SELECT {LISTED_COLUMNS} FROM users u{where} ORDER BY u.created_at, u.id LIMIT ${len(args)}::bigint",
+            *args)
 
 
 async def users_answer_size(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspace_id: int | None,
@@ -269,16 +287,14 @@ async def users_answer_size(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, 
     """How many users list_users would answer whole with these filters (those after `after`: a cursor without limit
     answers the rest), and the UTF-8 bytes of their usernames and emails together: what an answer's size is made of,
     counted in PostgreSQL without reading the rows out."""
-    args: list[Any] = []
-    where = _user_filters(ids, workspace_id, await _workspaces_of(pool, co_members_of), after, args)
-    row = await pool.fetchrow(
-        "SELECT count(*) AS users, coalesce(sum(octet_length(u.username) + coalesce(octet_length(u.email), 0)), 0)"
-        f" AS text_bytes FROM users u{where}", *args)
+    async with _users_read(pool) as conn:
+        args: list[Any] = []
+        where = _user_filters(ids, workspace_id, co_members_of, await _workspaces_of(conn, co_members_of), after,
+                              args)
+        row = await conn.fetchrow(
+            "SELECT count(*) AS users, coalesce(sum(octet_length(u.username) + coalesce(octet_length(u.email), 0)),"
+            f" 0) AS text_bytes FROM users u{where}", *args)
     return row["users"], row["text_bytes"]
-
-
-async def in_any_workspace(pool: asyncpg.Pool, user_id: uuid.UUID) -> bool:
-    return await pool.fetchval("SELECT EXISTS (SELECT 1 FROM workspace_members WHERE user_id = $1)", user_id)
 
 
 async def revocations(pool: asyncpg.Pool) -> dict[str, float]:

@@ -11,6 +11,7 @@ a workspace's members were read by the primary key (workspace_id, user_id) and s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -123,11 +124,22 @@ async def test_inference_clients_page_through_http_and_the_sdk(stack, alice, mon
 
 
 class Recorder:
-    """A pool that records the query a store function sends (and answers no rows); a value it reads first (fetchval:
-    the caller's workspaces) is read from `conn`."""
+    """A pool (and the connection it lends) that records the query a store function sends (and answers no rows) and
+    the settings it makes for it; a value it reads first (fetchval: the caller's workspaces) is read from `conn`."""
 
     def __init__(self, conn: asyncpg.Connection | None = None) -> None:
-        self.conn = conn
+        self.conn, self.settings = conn, []
+
+    @contextlib.asynccontextmanager
+    async def acquire(self):
+        yield self
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, **options):
+        yield
+
+    async def execute(self, sql: str, *args):
+        self.settings.append(sql)
 
     async def fetchval(self, sql: str, *args):
         return await self.conn.fetchval(sql, *args)
@@ -224,16 +236,22 @@ async def test_a_users_query_reads_the_users_it_answers(stack, alice, asked):
                                    co_members_of=me if asked.get("visible") else None, limit=asked.get("limit"))
             answered = await conn.fetch(recorder.sql, *recorder.args)
             custom = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + recorder.sql, *recorder.args)
-            # the plan a prepared statement may keep for a connection after 5 runs, made without its parameters' values
-            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            # the plan of the store's prepared statement after 5 runs (when the server may keep a generic one, made
+            # without its parameters' values), with the settings the store makes for it: planned for its values
+            for setting in recorder.settings:
+                await conn.execute(setting)
             await conn.execute("PREPARE listing AS " + recorder.sql)
-            values = ", ".join("NULL" if a is None else f"'{a}'" for a in recorder.args)
-            generic = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE listing({values})")
+            values = ", ".join("NULL" if a is None else "'{" + ",".join(map(str, a)) + "}'" if isinstance(a, list)
+                               else f"'{a}'" for a in recorder.args)
+            for _ in range(6):
+                await conn.execute(f"EXECUTE listing({values})")
+            sixth = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE listing({values})")
             await conn.execute("DEALLOCATE listing")
     finally:
         await conn.close()
+    assert recorder.settings == ["SET LOCAL plan_cache_mode = force_custom_plan"]
     assert {r["id"] for r in answered} <= members and len(answered) == min(len(members), asked.get("limit", 10**6))
-    for plan in (custom, generic):
+    for plan in (custom, sixth):
         plan = json.loads(plan) if isinstance(plan, str) else plan
         assert rows_read(plan[0]["Plan"], "users") <= 2 * len(members), json.dumps(plan)
 
@@ -247,17 +265,39 @@ class Explaining:
     def __getattr__(self, name: str):
         return getattr(self.pool, name)
 
-    async def fetch(self, sql: str, *args):
+    @contextlib.asynccontextmanager
+    async def acquire(self):
+        async with self.pool.acquire() as conn:
+            yield _ExplainingConnection(self, conn)
+
+    async def fetch(self, sql: str, *args, conn=None):
+        conn = conn or self.pool
         if " FROM users u" in sql:
             self.fetched += 1
-            plan = await self.pool.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args)
+            plan = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args)
             self.plans.append((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"])
-        return await self.pool.fetch(sql, *args)
+        return await conn.fetch(sql, *args)
 
-    async def fetchrow(self, sql: str, *args):
+    async def fetchrow(self, sql: str, *args, conn=None):
         if "count(*)" in sql and " FROM users u" in sql:  # store.users_answer_size
             self.counted += 1
-        return await self.pool.fetchrow(sql, *args)
+        return await (conn or self.pool).fetchrow(sql, *args)
+
+
+class _ExplainingConnection:
+    """A connection an Explaining pool lent: its users queries go through the pool's account."""
+
+    def __init__(self, owner: Explaining, conn: asyncpg.Connection) -> None:
+        self.owner, self.conn = owner, conn
+
+    def __getattr__(self, name: str):
+        return getattr(self.conn, name)
+
+    async def fetch(self, sql: str, *args):
+        return await self.owner.fetch(sql, *args, conn=self.conn)
+
+    async def fetchrow(self, sql: str, *args):
+        return await self.owner.fetchrow(sql, *args, conn=self.conn)
 
 
 def rows_handled(node: dict) -> float:
