@@ -238,7 +238,8 @@ async def _note_held(conn: asyncpg.Connection) -> None:
 def begin(work: Awaitable[_T]) -> asyncio.Future[_T]:
     """`work` as a task of its own whose connections of create_pool's pools are noted, for `leave` to cut if it
     outlives its cancel (a future, not a coroutine, is only wrapped: nothing noted). Those of tasks it starts are
-    noted too, and cut only if the work's cancel reached them (a task it awaits; not one it left to run on)."""
+    noted too, and cut only if the work's cancel reached them (a task it awaits, or through gather, wait_for or a
+    TaskGroup; not one it left to run on, shielded, or waits for with asyncio.wait, which cancels nothing)."""
     if not asyncio.iscoroutine(work):
         return asyncio.ensure_future(work)
     held: _Held = []
