@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -93,15 +94,21 @@ def _class(value: Any) -> str:
     return str(value)
 
 
-def _listed(labels: list[str]) -> str:
-    return f"{', '.join(map(repr, labels[:5]))}{', ...' if len(labels) > 5 else ''}"
+def _listed(values: Iterable[str]) -> str:
+    """The first five of `values` for a message, '...' when there are more."""
+    first = list(itertools.islice(values, 6))
+    return ", ".join(map(repr, first[:5])) + (", ..." if len(first) > 5 else "")
 
 
-def _predicted(values: list[Any], class_names: list[str] | None, truth: list[str], label_column: str) -> list[str]:
-    """The classes a deployment answered (`values`: the output column's rows over the whole run, so every batch is
-    read alike), as the strings compared with `truth`. What cannot be read without guessing is a 400."""
+def _predicted(values: list[Any], class_names: list[str] | None, labels: dict[str, None], label_column: str,
+               one: list[Any]) -> list[str | None]:
+    """A call's answers (the output column's rows) as the class strings compared with `truth`, the call's scores
+    read and let go (a large run's scores are never all held). One value a row goes to `one`, None in its place:
+    how it reads is decided over the whole run (`_classes`), so that every call is read alike. `labels`: the label
+    column's values, each once."""
     if values and isinstance(values[0], list) and all(len(np.ravel(v)) == 1 for v in values):
-        return _one_value([np.asarray(v).ravel().tolist()[0] for v in values], class_names, truth, label_column)
+        one.extend(np.asarray(v).ravel().tolist()[0] for v in values)
+        return [None] * len(values)
     if values and isinstance(values[0], list):
         scores = np.asarray([np.ravel(v) for v in values], dtype=np.float64)
         indices = scores.argmax(axis=1)
@@ -110,21 +117,30 @@ def _predicted(values: list[Any], class_names: list[str] | None, truth: list[str
                 raise InvalidRequest(f"class_names has {len(class_names)} names, the output has {scores.shape[1]}"
                                      " scores")
             return [class_names[i] for i in indices]
-        positions = [str(i) for i in range(scores.shape[1])]
-        if truth and not set(truth) & set(positions):  # 'no'/'yes' labels against positions '0', '1': accuracy 0
-            labels = list(dict.fromkeys(truth))
+        if labels and not any(str(i) in labels for i in range(scores.shape[1])):
+            # 'no'/'yes' labels against positions '0', '1': a report of accuracy 0
             raise InvalidRequest(f"no value of {label_column!r} ({_listed(labels)}) is a score position (0 to"
                                  f" {scores.shape[1] - 1}): without class_names the class is the index of the highest"
                                  " score; give class_names naming the scores in order")
         return [str(i) for i in indices]
-    predicted = [_class(v) for v in values]
-    if class_names and predicted and not set(predicted) & set(class_names):
+    return [_class(v) for v in values]
+
+
+def _classes(predicted: list[str | None], one: list[Any], class_names: list[str] | None, truth: list[str],
+             label_column: str) -> list[str]:
+    """The run's classes: `predicted` with its one-value rows (None) read from `one`, together. What cannot be read
+    without guessing is a 400."""
+    if one:
+        read = iter(_one_value(one, class_names, truth, label_column))
+        predicted = [next(read) if p is None else p for p in predicted]
+    classes = [p for p in predicted if p is not None]  # (all are, once `one` is read)
+    if class_names and classes and not set(classes) & set(class_names):
         # class ids (0, 1, ...) answered where the labels are class_names' names (checked before): accuracy 0
-        raise InvalidRequest(f"the output column answers ({_listed(list(dict.fromkeys(predicted)))}), none of"
+        raise InvalidRequest(f"the output column answers ({_listed(list(dict.fromkeys(classes)))}), none of"
                              f" class_names ({_listed(class_names)}): a model answering one class a row is compared"
                              " as it answers; leave class_names out and store the classes it answers in"
                              f" {label_column!r}, or answer one score per class")
-    return predicted
+    return classes
 
 
 def _one_value(flat: list[Any], class_names: list[str] | None, truth: list[str], label_column: str) -> list[str]:
@@ -223,10 +239,12 @@ async def classification_candidates(infer: Infer, routes: list[dict[str, Any]], 
     """Each deployment's predictions on the rows (minus `label_column`), scored, with the engine's speed."""
     truth = [_class(v) for v in table.column(cmd.label_column).to_pylist()]
     _check_class_names(truth, cmd.class_names, cmd.label_column)
+    labels = dict.fromkeys(truth)  # each once, in order
     inputs = table.drop_columns([cmd.label_column])
     candidates = []
     for route in routes:
-        answered: list[Any] = []  # the output column's rows, read once all are in (every batch alike)
+        predicted: list[str | None] = []
+        one: list[Any] = []  # one value a row: read once all are in (every call alike)
         latencies, last_model = [], None
         started = time.perf_counter()
         for offset in range(0, inputs.num_rows, cmd.batch_size):
@@ -238,12 +256,13 @@ async def classification_candidates(infer: Infer, routes: list[dict[str, Any]], 
             if cmd.output_column not in output.column_names:
                 raise InvalidRequest(f"deployment {route['name']!r} answers no column {cmd.output_column!r}"
                                      f" (columns: {', '.join(output.column_names)})")
-            answered.extend(output.column(cmd.output_column).to_pylist())
+            predicted.extend(_predicted(output.column(cmd.output_column).to_pylist(), cmd.class_names, labels,
+                                        cmd.label_column, one))
             meta = json.loads(headers.get(META_HEADER) or "{}") if headers else {}
             last_model = meta.get("last_model") or last_model
         wall = time.perf_counter() - started
-        predicted = _predicted(answered, cmd.class_names, truth, cmd.label_column)
-        metrics = await asyncio.to_thread(evaluation.classification_metrics, truth, predicted)
+        classes = _classes(predicted, one, cmd.class_names, truth, cmd.label_column)
+        metrics = await asyncio.to_thread(evaluation.classification_metrics, truth, classes)
         candidates.append(BenchmarkCandidate(
             name=route["name"], deployment=route["name"], pipeline_version=route.get("pipeline_version"),
             model=last_model, model_version=route.get("model_version"), metrics=metrics,
