@@ -9,30 +9,39 @@ logged, the answer's `datalake_file` is then null)."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared import subjects
 from shared.authz import Principal
 from shared.bus import request
 from shared.errors import InvalidRequest, NotFound
+from shared.lean_imports import lazy_module
 from shared.messages.base import INT64
-from shared.messages.lineage import AddDatasetFile, DatasetInfo, DatasetRef, ListProjects, Projects, a_dataset_of_kind
 from shared.objectstore import BUCKET_DATASETS
 from shared.staging import staged_key
 
+if TYPE_CHECKING:
+    from shared.messages import lineage
+else:
+    # the lineage service's models (~40 ms of a start, ~2 MiB of RSS; shared/messages/__init__.py) built by the first
+    # command that uses them, not when the service starts (its restart is ~70 % imports)
+    lineage = lazy_module("shared.messages.lineage")
 
-async def resolve(broker: Any, token: str | None, timeout: float, workspace_id: int, target: str) -> DatasetInfo:
+
+async def resolve(broker: Any, token: str | None, timeout: float, workspace_id: int,
+                  target: str) -> lineage.DatasetInfo:
     """The images dataset `target` names (its id, or its name when one dataset of the workspace has it), seen with
     the caller's rights."""
     if target.isascii() and target.isdigit() and int(target) <= INT64[1]:  # else a name (int('²') fails)
-        info = await request(broker, subjects.LINEAGE_DATASETS_GET, DatasetRef(dataset_id=int(target)), token=token,
-                             timeout=timeout, reply_model=DatasetInfo)
+        info = await request(broker, subjects.LINEAGE_DATASETS_GET, lineage.DatasetRef(dataset_id=int(target)),
+                             token=token, timeout=timeout, reply_model=lineage.DatasetInfo)
         if info.workspace_id != workspace_id:
             raise InvalidRequest(f"dataset {target} is in another workspace than the deployment: give a dataset of "
                                  f"workspace {workspace_id}")
     else:
-        projects = await request(broker, subjects.LINEAGE_PROJECTS_LIST, ListProjects(workspace_id=workspace_id),
-                                 token=token, timeout=timeout, reply_model=Projects)
+        projects = await request(broker, subjects.LINEAGE_PROJECTS_LIST,
+                                 lineage.ListProjects(workspace_id=workspace_id), token=token, timeout=timeout,
+                                 reply_model=lineage.Projects)
         found = [dataset for project in projects.projects for dataset in project.datasets if dataset.name == target]
         if not found:
             raise NotFound(f"no dataset named {target!r} in workspace {workspace_id}: create an images dataset or give "
@@ -42,8 +51,8 @@ async def resolve(broker: Any, token: str | None, timeout: float, workspace_id: 
                                  "dataset's id instead")
         info = found[0]
     if info.kind != "images":
-        raise InvalidRequest(f"dataset {info.name!r} is {a_dataset_of_kind(info.kind)}: target_datalake takes an"
-                             " images dataset")
+        raise InvalidRequest(f"dataset {info.name!r} is {lineage.a_dataset_of_kind(info.kind)}: target_datalake"
+                             " takes an images dataset")
     return info
 
 
@@ -67,15 +76,15 @@ def file_labels(prediction_id: uuid.UUID, kind: str, origin: str, prediction: di
     return written
 
 
-async def write(broker: Any, objects: Any, token: str | None, timeout: float, dataset: DatasetInfo, name: str,
-                data: bytes, content_type: str, labels: dict[str, Any], owner: Principal) -> str:
+async def write(broker: Any, objects: Any, token: str | None, timeout: float, dataset: lineage.DatasetInfo,
+                name: str, data: bytes, content_type: str, labels: dict[str, Any], owner: Principal) -> str:
     """Add the image to the dataset (staged in object storage, which the lineage service takes over); its name.
     `owner`: the principal `token` verified as (the lineage service takes a staged upload from its stager's user and
     token scope only)."""
     staged = staged_key(owner)
     await objects.put_bytes(BUCKET_DATASETS, staged, data, content_type=content_type)
     try:
-        await request(broker, subjects.LINEAGE_DATASETS_ADD_FILE, AddDatasetFile(
+        await request(broker, subjects.LINEAGE_DATASETS_ADD_FILE, lineage.AddDatasetFile(
             dataset_id=dataset.id, name=name, staged_key=staged, labels=labels), token=token, timeout=timeout)
     except Exception:
         await objects.delete(BUCKET_DATASETS, staged)

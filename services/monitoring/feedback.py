@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from faststream.nats import NatsRouter
 from pydantic import ValidationError
@@ -40,19 +40,7 @@ from shared.authz import Principal, require_user
 from shared.background import Sweeper
 from shared.bus import CallContext, command, request
 from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError, Unauthorized, validation_detail
-from shared.messages.lineage import (
-    AddDatasetFile,
-    CreateProjectVersion,
-    DatasetFile,
-    DatasetFiles,
-    DatasetFilesQuery,
-    DatasetInfo,
-    DatasetRef,
-    ProjectVersionInfo,
-    SavedDatasetInfo,
-    SavedDatasetQuery,
-    a_dataset_of_kind,
-)
+from shared.lean_imports import lazy_module
 from shared.messages.monitoring import DeploymentQuery
 from shared.messages.monitoring_feedback import (
     DatasetVersionRef,
@@ -76,6 +64,13 @@ from shared.messages.monitoring_predictions import PredictionFormat
 from shared.messages.tasks import IssueTaskToken, TaskTokenIssued
 from shared.objectstore import BUCKET_DATASETS, BUCKET_MONITORING, ObjectStore
 from shared.staging import staged_key_for
+
+if TYPE_CHECKING:
+    from shared.messages import lineage
+else:
+    # the lineage service's models (~40 ms of a start, ~2 MiB of RSS; shared/messages/__init__.py) built by the first
+    # command that uses them, not when the service starts (its restart is ~70 % imports)
+    lineage = lazy_module("shared.messages.lineage")
 
 log = logging.getLogger("railyard.monitoring.feedback")
 
@@ -270,19 +265,19 @@ async def _dataset(deps: FeedbackDeps, token: str | None, view: handlers.Deploym
     version. A version that is another project's (so also another workspace's), or that was saved before the
     dataset existed, is not found (404), as the lineage service answers. `dataset_files` reads the files."""
     m = deps.monitoring
-    info = await request(m.broker, subjects.LINEAGE_DATASETS_GET, DatasetRef(dataset_id=ref.dataset_id),
-                         token=token, timeout=m.timeout, reply_model=DatasetInfo)
+    info = await request(m.broker, subjects.LINEAGE_DATASETS_GET, lineage.DatasetRef(dataset_id=ref.dataset_id),
+                         token=token, timeout=m.timeout, reply_model=lineage.DatasetInfo)
     if info.workspace_id != view.route.workspace_id:
         raise InvalidRequest(f"dataset {ref.dataset_id} is in another workspace than deployment "
                              f"{view.route.name!r}: attach a dataset of workspace {view.route.workspace_id}")
     if info.kind != "images":
-        raise InvalidRequest(f"dataset {ref.dataset_id} is {a_dataset_of_kind(info.kind)}: the feedback loop and the"
-                             " training reference take images datasets")
+        raise InvalidRequest(f"dataset {ref.dataset_id} is {lineage.a_dataset_of_kind(info.kind)}: the feedback loop"
+                             " and the training reference take images datasets")
     file_count = info.file_count
     if ref.version_id is not None:
-        file_count = (await request(m.broker, subjects.LINEAGE_DATASETS_SAVED, SavedDatasetQuery(
+        file_count = (await request(m.broker, subjects.LINEAGE_DATASETS_SAVED, lineage.SavedDatasetQuery(
             dataset_id=info.id, version_id=ref.version_id), token=token, timeout=m.timeout,
-            reply_model=SavedDatasetInfo)).file_count
+            reply_model=lineage.SavedDatasetInfo)).file_count
     return {"id": info.id, "project_id": info.project_id, "name": info.name, "file_count": file_count}
 
 
@@ -292,17 +287,17 @@ half the bus payload limit, so labels of any size fit)."""
 
 
 async def dataset_files(deps: FeedbackDeps, token: str | None, dataset_id: int, version_id: int | None,
-                        max_files: int) -> list[DatasetFile]:
+                        max_files: int) -> list[lineage.DatasetFile]:
     """A dataset's files (as the version saved them, or now), read page by page with the caller's rights: one
     answer would pass the bus payload limit for a large dataset or large labels. InvalidRequest as soon as there
     are more than `max_files` (the dataset grew since its count was read)."""
     m = deps.monitoring
-    files: list[DatasetFile] = []
+    files: list[lineage.DatasetFile] = []
     cursor = None
     while True:
-        page = await request(m.broker, subjects.LINEAGE_DATASETS_LIST_FILES, DatasetFilesQuery(
+        page = await request(m.broker, subjects.LINEAGE_DATASETS_LIST_FILES, lineage.DatasetFilesQuery(
             dataset_id=dataset_id, version_id=version_id, limit=FILES_PAGE, cursor=cursor), token=token,
-            timeout=m.timeout, reply_model=DatasetFiles)
+            timeout=m.timeout, reply_model=lineage.DatasetFiles)
         files.extend(page.files)
         if len(files) > max_files:
             raise InvalidRequest(f"dataset {dataset_id} has more than {max_files} files: at most {max_files} are "
@@ -531,16 +526,16 @@ class Exporter(Sweeper):
             # the token acts for the owner in the pair's workspace only: lineage takes it with that scope
             staged = staged_key_for(str(pair["owner_id"]), pair["workspace_id"])
             await deps.objects.put_bytes(BUCKET_DATASETS, staged, data, content_type=review["content_type"])
-            await request(m.broker, subjects.LINEAGE_DATASETS_ADD_FILE, AddDatasetFile(
+            await request(m.broker, subjects.LINEAGE_DATASETS_ADD_FILE, lineage.AddDatasetFile(
                 dataset_id=dataset_id, name=file_name(review), staged_key=staged, labels=file_labels(review)),
                 token=token, timeout=m.timeout)
             await fs.mark_written(m.pool, deployment_id, dataset_id, review["prediction_id"], review["revision"])
         if await fs.unversioned(m.pool, deployment_id, dataset_id):
             count = await fs.unversioned(m.pool, deployment_id, dataset_id)
-            version = await request(m.broker, subjects.LINEAGE_VERSIONS_CREATE, CreateProjectVersion(
+            version = await request(m.broker, subjects.LINEAGE_VERSIONS_CREATE, lineage.CreateProjectVersion(
                 project_id=pair["project_id"], version_title=f"feedback loop of deployment {deployment_id}",
                 version_description=f"{count} reviewed prediction(s) written to dataset {dataset_id}"),
-                token=token, timeout=m.timeout, reply_model=ProjectVersionInfo)
+                token=token, timeout=m.timeout, reply_model=lineage.ProjectVersionInfo)
             async with m.pool.acquire() as conn, conn.transaction():
                 await fs.mark_versioned(conn, deployment_id, dataset_id, version.id, version.number)
             log.info("feedback loop of deployment %s: %d review(s) in dataset %s, project version %s", deployment_id,
