@@ -92,13 +92,13 @@ async def test_an_older_command_s_event_racing_the_newer_command_s_own_record_is
         try:
             await holder.execute(*row_lock)
             event = asyncio.create_task(continuous.on_pipeline_deployed(event_process, deployed("2")))
-            event_pid = await blocked_by(pool, holder.get_server_pid(), 10.0, "the event's record")
+            event_pid = await blocked_by(pool, holder.get_server_pid(), 30.0, "the event's record")
             newer = asyncio.create_task(newer_record)
             # the newer command's record: done at once (no lock shared with the event's), or waiting for the event's
-            await blocked_by(pool, event_pid, 10.0, "the newer command's record", given_up=newer.done)
+            await blocked_by(pool, event_pid, 30.0, "the newer command's record", given_up=newer.done)
         finally:
             await transaction.rollback()
-        recorded, _ = await asyncio.wait_for(asyncio.gather(event, newer), 20.0)
+        recorded, _ = await asyncio.wait_for(asyncio.gather(event, newer), 60.0)
 
     assert recorded == 1
     assert deployer.deploys == [(2, 1, "served")]  # the newer command's deploy of '2'
