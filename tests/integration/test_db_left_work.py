@@ -138,18 +138,23 @@ async def test_a_task_the_left_work_started_and_does_not_wait_for_keeps_its_conn
     too: left and still ending at CUT_AFTER (its own connection hung), the work had that task's query cut as well, on
     a connection the server answered (ConnectionDoesNotExistError). Only what was cancelled with the work is cut."""
     async with service_schema(stack, "dbleft", NO_MIGRATIONS) as pool, partitioned(stack, pool) as (proxy, proxied):
-        cut, own = asyncio.Event(), []
+        cut, taken, own = asyncio.Event(), asyncio.Event(), []
+
+        async def its_own() -> str:  # on a new connection (the partition passes it), taken before the work hangs
+            async with proxied.acquire() as conn:
+                taken.set()
+                return await conn.fetchval("SELECT pg_sleep($1::float8)::text || 'done'", db.CUT_AFTER + 4)
 
         async def work() -> None:
             async with proxied.acquire() as conn:
                 await conn.execute("SELECT 1")  # its connection, on a link the partition stops
                 await cut.wait()
-                own.append(asyncio.ensure_future(proxied.fetchval("SELECT pg_sleep($1::float8)::text || 'done'",
-                                                                  db.CUT_AFTER + 1.5)))  # a new connection: passes
+                own.append(asyncio.ensure_future(its_own()))
+                await taken.wait()
                 await conn.execute("SELECT 1")  # hangs: its link is cut
 
         before = set(db.LEFT)
-        left = asyncio.create_task(db.within(1.0, work(), gave_up))
+        left = asyncio.create_task(db.within(3.0, work(), gave_up))  # the cut at 4 s, in its own query's 5 s
         await until("the work's connection", lambda: _holding(proxied), within=30)
         proxy.cut()
         cut.set()
