@@ -1,8 +1,9 @@
 """An environment's install is beaten through a database slower than heartbeat_interval (services/task_scheduler/
 scheduler.py, Scheduler._install_one): a beat waits for its answer up to half the time left until the install's
-claim runs out (supervisor_lost_after after the last beat that landed), lands, and logs nothing. Before, each beat was given up at
-heartbeat_interval: a beat waiting on the env's row lock (as here; or a busy server) logged a WARNING at every beat
-and was cancelled, and a database that stayed that slow let another process claim the install of a live one.
+claim runs out (supervisor_lost_after after the last beat that landed), lands, and logs nothing. Before, each beat
+was given up at heartbeat_interval: a beat waiting on the env's row lock (as here; or a busy server) logged a WARNING
+at every beat and was cancelled, and a database that stayed that slow let another process claim the install of a
+live one. And a beat that never answers leaves the next one time to land before the claim runs out.
 
 A real Scheduler's loop claims the environment on a schema of the test's own; the installer itself stands in (it
 waits for the test)."""
