@@ -100,15 +100,22 @@ def _listed(values: Iterable[str]) -> str:
     return ", ".join(map(repr, first[:5])) + (", ..." if len(first) > 5 else "")
 
 
+ONE, SCALAR = 0, 1  # placeholders in a run's predictions: a value of an [N, 1] output, a number of a scalar one
+
+
 def _predicted(values: list[Any], class_names: list[str] | None, labels: dict[str, None], label_column: str,
-               one: list[Any]) -> list[str | None]:
+               deferred: tuple[list[Any], list[Any]]) -> list[str | int]:
     """A call's answers (the output column's rows) as the class strings compared with `truth`, the call's scores
-    read and let go (a large run's scores are never all held). One value a row goes to `one`, None in its place:
-    how it reads is decided over the whole run (`_classes`), so that every call is read alike. `labels`: the label
-    column's values, each once."""
+    read and let go (a large run's scores are never all held). One number a row ([N, 1], or a scalar column of
+    numbers) goes to `deferred` (ONE, SCALAR), the placeholder in its place: whether it is a class or a probability
+    is decided over the whole run (`_classes`), so that every call is read alike. `labels`: the label column's
+    values, each once."""
     if values and isinstance(values[0], list) and all(len(np.ravel(v)) == 1 for v in values):
-        one.extend(np.asarray(v).ravel().tolist()[0] for v in values)
-        return [None] * len(values)
+        deferred[ONE].extend(np.asarray(v).ravel().tolist()[0] for v in values)
+        return [ONE] * len(values)
+    if values and all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in values):
+        deferred[SCALAR].extend(values)
+        return [SCALAR] * len(values)
     if values and isinstance(values[0], list):
         scores = np.asarray([np.ravel(v) for v in values], dtype=np.float64)
         indices = scores.argmax(axis=1)
@@ -126,14 +133,15 @@ def _predicted(values: list[Any], class_names: list[str] | None, labels: dict[st
     return [_class(v) for v in values]
 
 
-def _classes(predicted: list[str | None], one: list[Any], class_names: list[str] | None, truth: list[str],
-             label_column: str) -> list[str]:
-    """The run's classes: `predicted` with its one-value rows (None) read from `one`, together. What cannot be read
-    without guessing is a 400."""
-    if one:
-        read = iter(_one_value(one, class_names, truth, label_column))
-        predicted = [next(read) if p is None else p for p in predicted]
-    classes = [p for p in predicted if p is not None]  # (all are, once `one` is read)
+def _classes(predicted: list[str | int], deferred: tuple[list[Any], list[Any]], class_names: list[str] | None,
+              truth: list[str], label_column: str) -> list[str]:
+    """The run's classes: `predicted` with its placeholders read from `deferred`, each kind's together. What
+    cannot be read without guessing is a 400."""
+    if deferred[ONE] or deferred[SCALAR]:
+        read = [iter(_one_value(deferred[kind], class_names, truth, label_column, positions=kind == ONE))
+                if deferred[kind] else iter(()) for kind in (ONE, SCALAR)]
+        predicted = [next(read[p]) if isinstance(p, int) else p for p in predicted]
+    classes = [p for p in predicted if isinstance(p, str)]  # (all are, once `deferred` is read)
     if class_names and classes and not set(classes) & set(class_names):
         # class ids (0, 1, ...) answered where the labels are class_names' names (checked before): accuracy 0
         raise InvalidRequest(f"the output column answers ({_listed(list(dict.fromkeys(classes)))}), none of"
@@ -143,13 +151,16 @@ def _classes(predicted: list[str | None], one: list[Any], class_names: list[str]
     return classes
 
 
-def _one_value(flat: list[Any], class_names: list[str] | None, truth: list[str], label_column: str) -> list[str]:
-    """One value a row ([N, 1]): not scores to take the argmax of (always 0: every row was class 0), but the class
-    (its position in class_names when they are given, as a score's), or a binary classifier's probability of class 1
-    (a sigmoid's: class 1 from 0.5) when any value is a fraction; decided over the whole run, as a saturated sigmoid
-    answers exactly 1.0 or 0.0 and a batch of only those read as class ids is no name of class_names."""
+def _one_value(flat: list[Any], class_names: list[str] | None, truth: list[str], label_column: str,
+               positions: bool) -> list[str]:
+    """One value a row ([N, 1], or a scalar column's numbers): not scores to take the argmax of (always 0: every row
+    was class 0), but the class (of an [N, 1] output, `positions`, its position in class_names when they are given,
+    as a score's; a scalar column's is compared as answered, a label output's class), or a binary classifier's
+    probability of class 1 (a sigmoid's: class 1 from 0.5) when any value is a fraction; decided over the whole run,
+    as a saturated sigmoid answers exactly 1.0 or 0.0 and a batch of only those read as class ids is no name of
+    class_names."""
     if not any(isinstance(v, float) and not v.is_integer() for v in flat):
-        if class_names is None:
+        if class_names is None or not positions:
             return [_class(v) for v in flat]
         named = []
         for v in flat:
@@ -243,8 +254,8 @@ async def classification_candidates(infer: Infer, routes: list[dict[str, Any]], 
     inputs = table.drop_columns([cmd.label_column])
     candidates = []
     for route in routes:
-        predicted: list[str | None] = []
-        one: list[Any] = []  # one value a row: read once all are in (every call alike)
+        predicted: list[str | int] = []
+        deferred: tuple[list[Any], list[Any]] = ([], [])  # one number a row: read once all are in (every call alike)
         latencies, last_model = [], None
         started = time.perf_counter()
         for offset in range(0, inputs.num_rows, cmd.batch_size):
@@ -257,11 +268,11 @@ async def classification_candidates(infer: Infer, routes: list[dict[str, Any]], 
                 raise InvalidRequest(f"deployment {route['name']!r} answers no column {cmd.output_column!r}"
                                      f" (columns: {', '.join(output.column_names)})")
             predicted.extend(_predicted(output.column(cmd.output_column).to_pylist(), cmd.class_names, labels,
-                                        cmd.label_column, one))
+                                        cmd.label_column, deferred))
             meta = json.loads(headers.get(META_HEADER) or "{}") if headers else {}
             last_model = meta.get("last_model") or last_model
         wall = time.perf_counter() - started
-        classes = _classes(predicted, one, cmd.class_names, truth, cmd.label_column)
+        classes = _classes(predicted, deferred, cmd.class_names, truth, cmd.label_column)
         metrics = await asyncio.to_thread(evaluation.classification_metrics, truth, classes)
         candidates.append(BenchmarkCandidate(
             name=route["name"], deployment=route["name"], pipeline_version=route.get("pipeline_version"),

@@ -122,3 +122,18 @@ async def test_labels_that_no_prediction_can_name_are_refused():
                        class_names=["no", "yes"])
     # a model that is just wrong still gets its report
     assert await accuracy(rows(pa.array([0, 1, 1, 0])), tensor_array(np.eye(2, dtype=np.float32)[[1, 0, 0, 1]])) == 0.0
+
+
+async def test_a_scalar_probability_column_is_read_as_the_one_value_a_row_one():
+    # a sigmoid squeezed to [N] (a scalar column): each fraction was a class of its own ('0.2'), never a label, so
+    # the report was the share of rows answered exactly 1.0 or 0.0 (here 0.5)
+    probability = pa.array([0.2, 0.9, 1.0, 0.0], pa.float32())
+    assert await accuracy(rows(pa.array([0, 1, 1, 0])), probability) == 1.0
+    assert await accuracy(rows(pa.array(["ok", "fraud", "fraud", "ok"])), probability,
+                          class_names=["ok", "fraud"]) == 1.0
+    # a regression's values: no class and no probability, said
+    with pytest.raises(InvalidRequest, match="1.75 beside fractions is neither"):
+        await accuracy(rows(pa.array([0, 1, 1, 0])), pa.array([0.25, 1.75, 1.0, 0.0]))
+    # whole numbers stay the classes answered (a label output), strings too
+    assert await accuracy(rows(pa.array([3, 5, 7, 5])), pa.array([3.0, 5.0, 7.0, 7.0])) == 0.75
+    assert await accuracy(rows(pa.array(["a", "b", "a", "b"])), pa.array(["a", "b", "b", "b"])) == 0.75
