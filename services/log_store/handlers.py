@@ -109,7 +109,8 @@ FETCH_BYTES = 8 * 1024 * 1024
 LOG_SUBJECT_PREFIX = "logs.inference."
 # a batch whose deployment the deployer has not announced (deployments.py) comes back this many seconds later, twice
 # that after its second delivery, and so on up to UNKNOWN_RETRY_MAX: ~65 redeliveries in UNKNOWN_WAIT, not 1,800.
-# Once this process records the announcement, its held batches are asked back at once (`Ingestor.wake_held`)
+# Once this process records the announcement, its held batches are asked back at once (`Ingestor.wake_held`); once
+# another log-store process recorded it, at the next look in PostgreSQL (`Ingestor.look_up_held`)
 UNKNOWN_RETRY = 2.0
 UNKNOWN_RETRY_MAX = 60.0
 UNKNOWN_BACKOFF = DeliveryPolicy(backoff=UNKNOWN_RETRY, backoff_max=UNKNOWN_RETRY_MAX)
@@ -132,6 +133,8 @@ HELD_FRESH = 2 * UNKNOWN_RETRY_MAX  # seconds a held batch not seen again still 
 HELD_NOTE_EVERY = 1.0  # seconds between two looks at the consumer while batches are held (`Ingestor.note_held`)
 STOP_WAIT = 5.0  # seconds a stop waits for the flush under way before it cancels the loop
 ANNOUNCED_MAX = 4096  # announcements noted between two turns of the loop at most; past it every held batch is woken
+# seconds between two looks in PostgreSQL, while batches are held, for announcements another log-store process recorded
+HELD_LOOKUP_EVERY = 1.0
 
 
 @dataclass
@@ -292,6 +295,8 @@ class Ingestor:
         self.announced_names: set[str] | None = set()
         self.noted: dict[str, str] | None = None  # the held note last written to the consumer (`note_held`)
         self.noted_at = 0.0
+        self.looked_up_at = 0.0  # when `look_up_held` last asked PostgreSQL
+        self.lookup_failed = False
         # the consumer sequences of the latest unbroken run of deliveries this process received (`saw`): from the first
         # (None: broken, a delivery of unknown sequence) to the last. A gap is a delivery to another process
         self.deliveries_from: int | None = None
@@ -349,6 +354,8 @@ class Ingestor:
         size = 0
         opened = 0.0
         while self.running:
+            if self.holding:
+                await self.look_up_held()
             if self.announced_names is None or self.announced_names:
                 await self.wake_held(pending)
             if self.holding and not pending:
@@ -397,6 +404,31 @@ class Ingestor:
             if len(self.announced_names) > ANNOUNCED_MAX:
                 self.announced_names = None
 
+    async def look_up_held(self) -> None:
+        """Note as announced the deployments of batches held here whose announcement another log-store process
+        recorded. The announcements consumer gives each announcement to one process (during a rolling update two
+        run), and only that one hears of it (`announced`); every process reads the `deployments` table, so each asks
+        it, at most every HELD_LOOKUP_EVERY while it holds batches not asked back yet, for those batches' deployments
+        (one indexed query; a deployment this process knows is answered from its cache). Before, another process's
+        held batches came back at their nak's delay, up to a minute later."""
+        now = time.monotonic()
+        if self.deployments is None or now - self.looked_up_at < HELD_LOOKUP_EVERY:
+            return
+        self.looked_up_at = now
+        names = sorted({held.deployment for held in self.holding.values() if held.reply is not None})
+        if not names:
+            return
+        try:
+            found = await self.deployments.lookup(names)
+        except Exception as exc:  # PostgreSQL away: they come back at their nak's delay, or at the next look
+            if not self.lookup_failed:
+                log.warning("looking up the deployments of held inference log batches failed: %s", exc)
+            self.lookup_failed = True
+            return
+        self.lookup_failed = False
+        for name in found:
+            self.announced(name)
+
     async def wake_held(self, fetched: list[Any]) -> int:
         """Ask the server to deliver again, now, the held batches of the deployments announced since the last look
         (all of them after more than ANNOUNCED_MAX announcements). A plain NAK of a message the consumer still has
@@ -420,6 +452,9 @@ class Ingestor:
             except Exception as exc:  # it comes back at its nak's delay instead
                 log.warning("asking held inference log batches back failed (they come back later): %s", exc)
                 break
+            # asked back once: if another process takes it, this entry no longer names a delivery to ask back
+            # (`look_up_held` would find its deployment, and ask it back, at every look until it is forgotten)
+            self.holding[seq] = held._replace(reply=None)
             woken += 1
         if woken:
             log.info("%d held inference log batches asked back: their deployments were announced", woken)

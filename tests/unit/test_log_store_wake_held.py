@@ -83,3 +83,57 @@ def test_a_held_batch_fetched_again_before_the_wake_up_is_left_to_its_flush():
         assert nc.published == [(second.reply, b"-NAK")]
 
     asyncio.run(scenario())
+
+
+class Table:
+    """The deployments table: what any log-store process recorded (`known`), asked by lookup; on_recorded is never
+    called here (another process read the announcement)."""
+
+    caught_up = 0.0
+
+    def __init__(self) -> None:
+        self.known: dict[str, object] = {}
+        self.asked: list[list[str]] = []
+        self.on_recorded = lambda name: None
+
+    async def lookup(self, names: list[str]) -> dict:
+        self.asked.append(list(names))
+        return {name: self.known[name] for name in names if name in self.known}
+
+
+def test_a_held_batch_is_asked_back_once_another_process_recorded_its_announcement(monkeypatch):
+    """Another log-store process read the announcement (on_recorded is not called here); the next look in
+    PostgreSQL (`look_up_held`, at most every HELD_LOOKUP_EVERY while batches are held) finds it, and the batch is
+    asked back once. On the old code nothing looked: it came back at its nak's delay."""
+    from services.log_store import handlers
+
+    clock = [100.0]
+    monkeypatch.setattr(handlers.time, "monotonic", lambda: clock[0])
+
+    async def scenario() -> None:
+        nc, table = Nc(), Table()
+        ingestor = Ingestor(SimpleNamespace(settings=LogSettings()), js=None, deployments=table, nc=nc)
+        late, other = Msg("dep-late", 7), Msg("dep-other", 8)
+        await ingestor.check_owners([_batch(late, "dep-late"), _batch(other, "dep-other")])
+        table.asked.clear()
+        await ingestor.look_up_held()
+        assert table.asked == [["dep-late", "dep-other"]] and await ingestor.wake_held([]) == 0
+        table.known["dep-late"] = object()  # recorded by the other process
+        await ingestor.look_up_held()  # within HELD_LOOKUP_EVERY of the last look: not asked
+        assert len(table.asked) == 1
+        clock[0] += handlers.HELD_LOOKUP_EVERY
+        await ingestor.look_up_held()
+        assert await ingestor.wake_held([]) == 1 and nc.published == [(late.reply, b"-NAK")]
+        clock[0] += handlers.HELD_LOOKUP_EVERY
+        await ingestor.look_up_held()  # asked back already: only the other deployment is looked up
+        assert table.asked[-1] == ["dep-other"] and await ingestor.wake_held([]) == 0
+        clock[0] += handlers.HELD_LOOKUP_EVERY
+        table.known["dep-other"] = object()
+        late_again = Msg("dep-late", 7)  # came back to another process, or here at its delay: held anew here
+        del table.known["dep-late"]
+        await ingestor.check_owners([_batch(late_again, "dep-late")])
+        table.known["dep-late"] = object()
+        await ingestor.look_up_held()
+        assert await ingestor.wake_held([]) == 2
+
+    asyncio.run(scenario())
