@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import types
 from pathlib import Path
 from typing import Protocol
 
@@ -212,23 +213,54 @@ class OnnxRuntime:
 RESOURCE_LIMIT = "resource_limit"  # the code of a user's error that was a sandbox limit (its worker is replaced)
 
 
+USERS_MESSAGE_CHARS = 200  # of the user's exception text in a request's error (the stderr excerpt follows it)
+
+
 def users_code_failed(what: str, exc: BaseException) -> InvalidRequest:
     """The error a request gets when the user's code raised: a sentence written by Railyard naming the exception
-    type; the traceback goes to the worker's stderr, of which the replica adds a bounded excerpt."""
+    type, then what the exception says (the tenant's own code's words, on one line, at most USERS_MESSAGE_CHARS
+    characters: a step refusing its input says why, not only "it raised ValueError"); the traceback goes to the
+    worker's stderr, of which the replica adds a bounded excerpt."""
     import errno
 
-    traceback.print_exception(exc, file=sys.stderr)
+    traceback.print_exception(type(exc), exc, _users_frames(exc.__traceback__), file=sys.stderr)
     sys.stderr.flush()
     if isinstance(exc, MemoryError):
         return InvalidRequest(f"{what}: it exceeded its memory limit", code=RESOURCE_LIMIT)
     # a refused fork raises BlockingIOError (EAGAIN); a refused thread, Python's RuntimeError with these words
     if (isinstance(exc, OSError) and exc.errno == errno.EAGAIN) or (
-            isinstance(exc, RuntimeError) and str(exc) == "can't start new thread"):
+            isinstance(exc, RuntimeError) and exc.args == ("can't start new thread",)):  # no user's __str__ run
         return InvalidRequest(f"{what}: it exceeded its process limit (a fork or thread failed)",
                               code=RESOURCE_LIMIT)
     if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
         return InvalidRequest(f"{what}: it exceeded its file size limit", code=RESOURCE_LIMIT)
-    return InvalidRequest(f"{what}: it raised {type(exc).__name__}")
+    said = _users_words(exc)
+    return InvalidRequest(f"{what}: it raised {type(exc).__name__}" + (f": {said}" if said else ""))
+
+
+PLATFORM_CODE = str(Path(__file__).resolve().parents[1]) + os.sep  # services/: these runtimes, the compat `mac`
+
+
+def _users_frames(frames: types.TracebackType | None) -> types.TracebackType | None:
+    """A traceback from the user's first frame on: the frames of the platform that called their code (this
+    module, services/engine/compat's `mac`, the import machinery loading a script) are internals a client's error
+    must not show (the replica puts the traceback's end in it: sandboxed._with_excerpt)."""
+    while frames is not None and frames.tb_frame.f_code.co_filename.startswith((PLATFORM_CODE, "<frozen importlib")):
+        frames = frames.tb_next
+    return frames
+
+
+def _users_words(exc: BaseException) -> str:
+    """str(exc) on one line, cut to USERS_MESSAGE_CHARS; "" when it says nothing or its __str__ raises (the
+    user's class)."""
+    try:
+        raw = str(exc)
+    except Exception:  # noqa: BLE001 - the user's __str__: whatever it raises, the type is still named
+        return ""
+    text = " ".join(raw[:4 * USERS_MESSAGE_CHARS].split())  # the head only: a text of megabytes is not split
+    if len(text) <= USERS_MESSAGE_CHARS and len(raw) <= 4 * USERS_MESSAGE_CHARS:
+        return text
+    return f"{text[:USERS_MESSAGE_CHARS]}... ({len(raw)} characters)"
 
 
 class PythonStepRuntime:
