@@ -119,6 +119,13 @@ class RouteCache:
         self._refresh_if_due(runtime, name, token)
         return route
 
+    async def fresh(self, runtime: Runtime, principal: Principal, token: str, name: str) -> DeploymentRoute:
+        """The deployer's route now, not the cache's (which may be ROUTE_MAX_AGE old, from before a model swap), for
+        a caller who may infer on it: asked only where the cached one refused a request (OIP outputs)."""
+        route = await self._resolve(runtime, name, token)
+        await self.authorize(runtime, principal, token, route)
+        return route
+
     async def route(self, runtime: Runtime, name: str, token: str) -> DeploymentRoute:
         """The cached route (running, younger than ROUTE_MAX_AGE) or a fresh one. Not yet authorized (`reach`)."""
         cached = self.routes.get(name)
@@ -353,7 +360,11 @@ class Inference:
         runtime = self.runtime
         route = await self.cache.reach(runtime, principal, token, model)
         parsed, table = parse_request(body, header_length)
-        check_outputs(parsed, route)
+        try:
+            check_outputs(parsed, route)
+        except InvalidRequest:  # the cached route may predate a model swap: its outputs are the old model's
+            route = await self.cache.fresh(runtime, principal, token, model)
+            check_outputs(parsed, route)
         try:
             _, outputs = await self.cache.ask(runtime, route, token, table)
         except RailyardError as exc:  # the engine's words are the records route's (columns): OIP's are inputs

@@ -371,7 +371,12 @@ def add_oip_routes(app: FastAPI, runtime, caller, cache, ask_engine) -> None:
         try:
             route = await route_for(model, request, principal)
             parsed, table = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
-            check_outputs(parsed, route)
+            try:
+                check_outputs(parsed, route)
+            except InvalidRequest:  # the cached route may predate a model swap (Inference.run_oip)
+                token = request.headers["authorization"].partition(" ")[2].strip()
+                route = await cache.fresh(runtime, principal, token, model)
+                check_outputs(parsed, route)
             reply = await ask_engine(runtime, model, to_ipc_stream(table))
             try:
                 raise_for_error_header(reply.headers)
