@@ -1142,8 +1142,9 @@ async def _serve(deps: ContinuousDeps, owner_id: Any, workspace_id: int, deploym
                 token=token, timeout=base.deploy_timeout, reply_model=Deployed)
         except UpstreamTimeout as exc:
             raise DeployUnanswered(exc.msg) from exc
-        except Unavailable as exc:  # the deployer's database failed the deploy, or the deployer is away: later
-            raise DeployUnavailable(exc.msg) from exc
+        except Unavailable as exc:  # the deployer's database failed the deploy, the deployer is away, or the
+            # replicas could not be ready within the wait (deploy_out_of_time): later
+            raise DeployUnavailable(exc.msg, exc.code) from exc
         except Conflict as exc:
             if exc.code == DEPLOY_IN_PROGRESS:  # nothing made: done later, as an unanswered deploy is
                 raise DeployHeldUp(exc.msg) from exc
@@ -1208,20 +1209,26 @@ class DeployHeldUp(DeployUnanswered):
 
 
 class DeployUnavailable(DeployUnanswered):
-    """The deployer answered a deploy of _serve's 503 unavailable: its database failed or did not answer one of the
-    deploy's steps (services/deployer/handlers.py _deploy_step: nothing of it runs; or a redeploy's record it could not
-    confirm, which it rechecks in the background once the database answers: RecordRechecks), or no deployer listens.
+    """The deployer answered a deploy of _serve's 503 (its code kept as `deployer_code`): `unavailable`, its database
+    failed or did not answer one of the deploy's steps (services/deployer/handlers.py _deploy_step: nothing of it
+    runs; or a redeploy's record it could not confirm, which it rechecks in the background once the database answers:
+    RecordRechecks), or no deployer listens; `deploy_out_of_time`, what the caller waits left the deploy's replicas
+    less than their ready_timeout to serve (handlers._out_of_time: nothing of it made, or its replicas undone).
     Handled as a DeployUnanswered, the outcome left to the resume STALE_SWAP later: before the deployer bounded its
     database steps, a database that did not answer left the same deploy unanswered (resumed); since, the 503 failed the
     delivery or the swap for good, though it says to deploy again once the database answers."""
+
+    def __init__(self, msg: str, deployer_code: str) -> None:
+        super().__init__(msg)
+        self.deployer_code = deployer_code
 
 
 def _not_done(exc: DeployUnanswered) -> str:
     """What became of a deploy of _serve's that is not done yet, for the log."""
     if isinstance(exc, DeployHeldUp):
         return "was held up behind another deploy of the pipeline: nothing of it made"
-    if isinstance(exc, DeployUnavailable):
-        return "was refused 503 for now (the deployer's database, or the deployer, away)"
+    if isinstance(exc, DeployUnavailable):  # the deployer's message, which says why, follows in the log
+        return f"was refused 503 {exc.deployer_code} for now"
     return "went unanswered in time: it may still be served"
 
 

@@ -72,6 +72,7 @@ class Deployer:
         self.unanswered = 0  # deploys to leave unanswered (UpstreamTimeout), not served
         self.held_up = 0  # deploys refused with 409 deploy_in_progress (behind another deploy past its lock wait)
         self.unavailable = 0  # deploys refused with 503 unavailable (the deployer's database failed or did not answer)
+        self.out_of_time = 0  # deploys refused with 503 deploy_out_of_time (replicas could not be ready in the wait)
 
     @staticmethod
     def model(version: dict, shadow: dict | None = None) -> dict:
@@ -124,6 +125,15 @@ class Deployer:
                 raise Unavailable("the deploy of pipeline 5 was not made: the database did not answer within 4 s;"
                                   " nothing of it runs, and what served before serves as before. Deploy again once"
                                   " the database answers")
+            if self.out_of_time:  # handlers._out_of_time's 503: nothing of it made
+                self.out_of_time -= 1
+                self.deploys.append((wanted, cmd.only_if_serving, "out_of_time"))
+                raise Unavailable("the deploy of pipeline 5 ran out of time: what its caller waits (5 s from its"
+                                  " start) left its replicas 0.5 s to serve after its model lookups, its wait for"
+                                  " another deploy of the pipeline and its database steps, less than"
+                                  " deployer.ready_timeout (60 s); nothing of it was made. Deploy again (once another"
+                                  " deploy of the pipeline ended), or lower deployer.ready_timeout",
+                                  code="deploy_out_of_time")
             if self.unanswered:
                 self.unanswered -= 1
                 self.deploys.append((wanted, cmd.only_if_serving, "unanswered"))

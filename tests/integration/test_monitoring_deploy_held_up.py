@@ -8,10 +8,12 @@ the delivery / the swap for good; before the deployer bounded that wait (56a6ff5
 A deploy the deployer answers 503 unavailable (its database failed or did not answer the deploy's steps, 33bf5e5:
 nothing of it runs, or a redeploy's record it could not confirm, rechecked in the background; or the deployer is not
 running) is not done yet either (DeployUnavailable): before, it failed the delivery / the swap for good, where a
-database that did not answer used to leave the deploy unanswered and resumed.
+database that did not answer used to leave the deploy unanswered and resumed. So is a 503 deploy_out_of_time (the
+deploy's replicas could not be ready within what its caller waits, nothing of it made), whose WARNING names that code
+and the deployer's message (it blamed the deployer's database for every 503).
 
 Runs the service's functions on a monitoring schema of this test's, the deployer stood in (continuous_setups'
-Deployer, which refuses its first `held_up` or `unavailable` deploys so)."""
+Deployer, which refuses its first `held_up`, `unavailable` or `out_of_time` deploys so)."""
 
 from __future__ import annotations
 
@@ -35,7 +37,10 @@ monitoring_schema = schema_fixture("monitoring_deploy_held_up")
 
 NOT_DONE = {  # how the deployer refuses the first deploy -> what the WARNING says became of it (continuous._not_done)
     "held_up": "held up behind another deploy of the pipeline: nothing of it made",
-    "unavailable": "was refused 503 for now",
+    "unavailable": "was refused 503 unavailable for now",
+    # its replicas could not be ready in the time the caller waits: the WARNING names that code and the deployer's
+    # message, not the database (it said "the deployer's database, or the deployer, away" for every 503)
+    "out_of_time": "was refused 503 deploy_out_of_time for now (the deploy of pipeline 5 ran out of time",
 }
 
 
