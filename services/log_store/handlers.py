@@ -408,14 +408,18 @@ class Ingestor:
         """Note as announced the deployments of batches held here whose announcement another log-store process
         recorded. The announcements consumer gives each announcement to one process (during a rolling update two
         run), and only that one hears of it (`announced`); every process reads the `deployments` table, so each asks
-        it, at most every HELD_LOOKUP_EVERY while it holds batches not asked back yet, for those batches' deployments
-        (one indexed query; a deployment this process knows is answered from its cache). Before, another process's
-        held batches came back at their nak's delay, up to a minute later."""
+        it, at most every HELD_LOOKUP_EVERY while it holds batches not asked back yet and seen within HELD_FRESH, for
+        those batches' deployments (one indexed query; a deployment this process knows is answered from its cache).
+        Before, another process's held batches came back at their nak's delay, up to a minute later."""
         now = time.monotonic()
         if self.deployments is None or now - self.looked_up_at < HELD_LOOKUP_EVERY:
             return
         self.looked_up_at = now
-        names = sorted({held.deployment for held in self.holding.values() if held.reply is not None})
+        # only batches seen here within HELD_FRESH (one held here comes back at least every UNKNOWN_RETRY_MAX): an
+        # entry whose batch went to another process or left the stream stays until the hold is full (`may_hold`),
+        # and its deployment, never announced, was asked of PostgreSQL every second for as long as the process ran
+        names = sorted({held.deployment for held in self.holding.values()
+                        if held.reply is not None and now - held.at < HELD_FRESH})
         if not names:
             return
         try:

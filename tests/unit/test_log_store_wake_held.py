@@ -137,3 +137,37 @@ def test_a_held_batch_is_asked_back_once_another_process_recorded_its_announceme
         assert await ingestor.wake_held([]) == 2
 
     asyncio.run(scenario())
+
+
+def test_a_held_batch_not_seen_again_here_is_not_looked_up_every_second_for_ever(monkeypatch):
+    """A held batch that never comes back to this process (stored or quarantined by another log-store process, gone
+    from the stream at its caps) keeps its entry until the hold is full (`may_hold` prunes only then). Its deployment
+    was asked of PostgreSQL at every look (every HELD_LOOKUP_EVERY) for as long as the process ran when it is never
+    announced; now only batches seen within HELD_FRESH are looked up (one held here comes back at least every
+    UNKNOWN_RETRY_MAX), so the looks stop. A batch seen again is looked up again."""
+    from services.log_store import handlers
+
+    clock = [100.0]
+    monkeypatch.setattr(handlers.time, "monotonic", lambda: clock[0])
+
+    async def scenario() -> None:
+        nc, table = Nc(), Table()
+        ingestor = Ingestor(SimpleNamespace(settings=LogSettings()), js=None, deployments=table, nc=nc)
+        gone = Msg("dep-never", 5)
+        await ingestor.check_owners([_batch(gone, "dep-never")])
+        table.asked.clear()
+        clock[0] += handlers.HELD_FRESH - 1
+        await ingestor.look_up_held()
+        assert table.asked == [["dep-never"]]  # still expected back here
+        clock[0] += 1
+        await ingestor.look_up_held()
+        clock[0] += 3600
+        await ingestor.look_up_held()
+        assert table.asked == [["dep-never"]]  # not seen for HELD_FRESH: not asked again
+        await ingestor.check_owners([_batch(Msg("dep-never", 5), "dep-never")])  # back here: held anew
+        table.asked.clear()
+        clock[0] += handlers.HELD_LOOKUP_EVERY
+        await ingestor.look_up_held()
+        assert table.asked == [["dep-never"]]
+
+    asyncio.run(scenario())
