@@ -260,7 +260,7 @@ class SegmentReader:
 
     def _cached_group(self, key: str, group: int, columns: list[str] | None) -> pa.Table | None:
         """A kept row group holding `columns` (a read of more columns of it serves a read of fewer)."""
-        wanted = tuple(columns) if columns else None
+        wanted = None if columns is None else tuple(columns)  # [] (no column) is not None (every column)
         with self.lock:
             for (k, g, kept), table in self.groups.items():
                 if k != key or g != group or not (kept is None or (wanted is not None and set(wanted) <= set(kept))):
@@ -278,7 +278,7 @@ class SegmentReader:
             table = self._cached_group(key, g, columns)
             if table is None:  # one read per group: a kept group holds its own buffers, not a slice of others'
                 table = unpack_tensors(parquet.read_row_groups([g], columns=columns))
-                self._keep_group((key, g, tuple(columns) if columns else None), table)
+                self._keep_group((key, g, None if columns is None else tuple(columns)), table)
             out.append(table)
         return out
 

@@ -221,3 +221,17 @@ def test_a_row_group_above_a_quarter_of_the_bound_is_read_for_its_page_and_not_k
     reader.read("k", len(data), 0, 100, None)
     reader.read("k", len(data), 100, 200, None)
     assert store.gets == 1 + 2 and not reader.groups
+
+
+def test_a_kept_read_of_no_column_does_not_answer_a_read_of_every_column():
+    """columns=[] (no column: the rows' count) and None (every column) are two reads: the group read for [] was kept
+    as if it held every column, and the next read of every column was answered with no column."""
+    from services.log_store.segments import SegmentReader
+
+    data = _large_segment(20_000)
+    reader = SegmentReader(_CountingStore({"k": data}))  # type: ignore[arg-type]
+    counted = reader.read("k", len(data), 0, 100, [])
+    assert (counted.num_columns, counted.num_rows) == (0, 100)
+    page = reader.read("k", len(data), 0, 100, None)
+    assert page.column_names == ["time", "in.tensor"] and page.column("time").to_pylist() == list(range(100))
+    assert reader.read("k", len(data), 0, 100, []).num_columns == 0
