@@ -62,7 +62,7 @@ function openResource(card) {
   const target = resourceOf(card);
   if (!target) return;
   if (target.prepare) target.prepare();
-  openAt(target.page, target.id);
+  openAt(target.page, target.id, target.label);
 }
 
 function cardElements(graph) {
