@@ -121,8 +121,11 @@ class RouteCache:
 
     async def fresh(self, runtime: Runtime, principal: Principal, token: str, name: str) -> DeploymentRoute:
         """The deployer's route now, not the cache's (which may be ROUTE_MAX_AGE old, from before a model swap), for
-        a caller who may infer on it: asked only where the cached one refused a request (OIP outputs)."""
-        route = await self._resolve(runtime, name, token)
+        a caller who may infer on it: asked only where the cached one refused a request (OIP outputs). It joins a
+        resolve under way (the refresh `reach` started, or another refusal's): requests refused at once cost the
+        deployer, which asks every replica, one resolve, as a request for a deployment not running does."""
+        task = self.refreshing.get(name) or self._start_refresh(runtime, name, token)
+        route = await asyncio.shield(task)  # shared: one caller's cancel does not end it for the others
         await self.authorize(runtime, principal, token, route)
         return route
 
@@ -137,9 +140,13 @@ class RouteCache:
         cached = self.routes.get(name)
         if cached and cached[1].status == "Running" and time.monotonic() - cached[0] >= ROUTE_TTL \
                 and name not in self.refreshing:
-            task = asyncio.create_task(self._resolve(runtime, name, token))
-            self.refreshing[name] = task
-            task.add_done_callback(lambda done: self._refreshed(name, done))
+            self._start_refresh(runtime, name, token)
+
+    def _start_refresh(self, runtime: Runtime, name: str, token: str) -> asyncio.Task:
+        task = asyncio.create_task(self._resolve(runtime, name, token))
+        self.refreshing[name] = task
+        task.add_done_callback(lambda done: self._refreshed(name, done))
+        return task
 
     async def ask(self, runtime: Runtime, route: DeploymentRoute, token: str, table: pa.Table
                   ) -> tuple[dict[str, str], pa.Table]:

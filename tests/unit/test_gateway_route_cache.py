@@ -81,3 +81,21 @@ async def test_a_fresh_route_is_not_refreshed_and_an_uncached_one_is_resolved_in
     with pytest.raises(NotFound):  # a fresh cached route still answers an outsider as not found
         await cache.reach(RUNTIME, _principal("mallory"), "outsider-token", "d")
     assert resolved == ["member-token"] and "d" in cache.routes
+
+
+async def test_refused_requests_at_once_ask_for_the_route_again_once(resolved):
+    """RouteCache.fresh (an OIP output the cached route lacks, services/gateway/oip.check_outputs): the route a
+    model swap made is resolved, and requests refused at once share one resolve with the refresh under way."""
+    cache = RouteCache()
+    older = ROUTE.model_copy(update={"pipeline_version": "v0"})
+    cache.routes["d"] = (time.monotonic() - ROUTE_TTL - 1, older)  # cached before a swap
+    member = _principal("alice")
+    assert await cache.reach(RUNTIME, member, "member-token", "d") == older  # served; its refresh started
+    routes = await asyncio.gather(*(cache.fresh(RUNTIME, member, "member-token", "d") for _ in range(5)))
+    assert routes == [ROUTE] * 5 and resolved == ["member-token"]  # the refresh under way, joined
+    await _settle(cache)
+    cache.routes["d"] = (time.monotonic(), older)  # a swap within ROUTE_TTL of the last resolve: asked all the same
+    routes = await asyncio.gather(*(cache.fresh(RUNTIME, member, "member-token", "d") for _ in range(5)))
+    assert routes == [ROUTE] * 5 and resolved == ["member-token"] * 2 and cache.routes["d"][1] == ROUTE
+    await _settle(cache)
+    assert not cache.refreshing
