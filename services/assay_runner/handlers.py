@@ -258,8 +258,9 @@ async def _training(deps: Deps, token: str | None, p: Plan, start_ms: int | None
     assert training is not None and deps.reference_feature is not None
     body: dict[str, Any] = {"workspace_id": cfg.workspace_id, "feature": p.column.removeprefix("in."),
                             "start_ms": start_ms, "end_ms": end_ms}
-    if token is not None:
+    if token is not None:  # the pipeline checked by the monitoring service first (its 400 before a 409 not ready)
         body["deployment"] = training.deployment
+        body["pipeline_name"] = cfg.pipeline_name
     else:
         body["deployment_id"] = training.deployment_id
     answer = await deps.reference_feature(token, body)

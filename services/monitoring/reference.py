@@ -32,10 +32,10 @@ from services.monitoring.feedback import FeedbackDeps, _dataset, _view, dataset_
 from shared import subjects
 from shared.authz import Principal
 from shared.background import Sweeper
-from shared.bus import CallContext, command
-from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.bus import CallContext, command, request
+from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError
 from shared.images import image_features
-from shared.messages.monitoring import DeploymentQuery
+from shared.messages.monitoring import DeploymentQuery, ModelVersionRef
 from shared.messages.monitoring_feedback import (
     DeploymentStats,
     GetStats,
@@ -44,6 +44,7 @@ from shared.messages.monitoring_feedback import (
     SetTrainingData,
     TrainingDataStatus,
 )
+from shared.messages.registry import ResolvedModel, ResolveModel
 from shared.objectstore import BUCKET_DATASETS, content_key
 
 log = logging.getLogger("railyard.monitoring.reference")
@@ -146,7 +147,40 @@ async def predictions_data(pool: Any, deployment_id: int, **filters: Any) -> tup
 
 
 async def get_stats(deps: FeedbackDeps, principal: Principal, token: str | None, cmd: GetStats) -> DeploymentStats:
-    """One ServiceMetrics value over the predictions (and reviews) the filters keep."""
+    """One ServiceMetrics value over the predictions (and reviews) the filters keep. A `model_version` that keeps no
+    prediction is looked up in the registry (_known_model): one the workspace does not have is a 404 naming it, as
+    set_model answers, not an answer of 0 predictions."""
+    answer, workspace_id = await _stats(deps, principal, token, cmd)
+    if answer.predictions == 0 and cmd.model_version is not None:
+        await _known_model(deps, token, workspace_id, cmd.model_version)
+    return answer
+
+
+async def _known_model(deps: FeedbackDeps, token: str | None, workspace_id: int, model: ModelVersionRef) -> None:
+    """NotFound when the registry has no model version `model` names in the deployment's workspace `workspace_id`
+    (the registry's message: the model, or its version, not found). Asked only when the filter kept no prediction: a
+    version deleted from the registry whose predictions are kept still filters them. Any other answer (a version
+    not ready, a version that is no UUID, which may still name a sha, the registry not answering) leaves the 0."""
+    m = deps.monitoring
+    version = model.version
+    try:
+        uuid.UUID(version or "")
+    except ValueError:  # the filter also matches a sha given as the version
+        version = None
+    try:
+        await request(m.broker, subjects.REGISTRY_MODELS_RESOLVE, ResolveModel(
+            workspace_id=workspace_id, name=model.name, version=version, sha=model.sha or (
+                model.version if model.version is not None and version is None else None)),
+            token=token, timeout=m.timeout, reply_model=ResolvedModel)
+    except NotFound:
+        raise  # the registry's words (the model, or its version or sha, not found), as set_model answers
+    except RailyardError:
+        return
+
+
+async def _stats(deps: FeedbackDeps, principal: Principal, token: str | None,
+                 cmd: GetStats) -> tuple[DeploymentStats, int]:
+    """get_stats' answer and the deployment's workspace."""
     service = stats.check_service(cmd.service)
     start = _time(cmd.from_timestamp, "from_timestamp") if cmd.from_timestamp is not None else None
     end = _time(cmd.to_timestamp, "to_timestamp") if cmd.to_timestamp is not None else None
@@ -157,6 +191,7 @@ async def get_stats(deps: FeedbackDeps, principal: Principal, token: str | None,
         start = max(start, recent) if start else recent
     includes, excludes = _ids(cmd.includes, "includes"), _ids(cmd.excludes, "excludes")
     view = await _view(deps, principal, token, cmd.deployment)
+    workspace_id = view.route.workspace_id
     pool = deps.monitoring.pool
     model = cmd.model_version
     if service in aggregates.AGGREGATED and includes is None and excludes is None:
@@ -166,13 +201,14 @@ async def get_stats(deps: FeedbackDeps, principal: Principal, token: str | None,
         kept = await fs.reference_row(pool, view.route.deployment_id)
         reference = kept["reference"] if kept and kept["status"] == "ready" else None
         return DeploymentStats(deployment=view.route.name, service=service, predictions=total,
-                               stats=aggregates.compute(service, total, counts, reference))
+                               stats=aggregates.compute(service, total, counts, reference)), workspace_id
     if service == "PREDICTIONS_DATA":
         total, result = await predictions_data(
             pool, view.route.deployment_id, model_name=model.name if model else None,
             model_version=(model.version or model.sha) if model else None, start=start, end=end, includes=includes,
             excludes=excludes, tags=cmd.tags)
-        return DeploymentStats(deployment=view.route.name, service=service, predictions=total, stats=result)
+        return DeploymentStats(deployment=view.route.name, service=service, predictions=total,
+                               stats=result), workspace_id
     # what follows reads up to MAX_STATS_ROWS predictions into memory: a few at once (monitoring.stats_at_once)
     async with deps.monitoring.stats_slots:
         if service in stats_columns.COLUMNAR:
@@ -182,7 +218,8 @@ async def get_stats(deps: FeedbackDeps, principal: Principal, token: str | None,
                 kept["reference"] if kept and kept["status"] == "ready" else None, max_rows=MAX_STATS_ROWS,
                 model_name=model.name if model else None, model_version=(model.version or model.sha) if model else None,
                 start=start, end=end, includes=includes, excludes=excludes, tags=cmd.tags)
-            return DeploymentStats(deployment=view.route.name, service=service, predictions=total, stats=result)
+            return DeploymentStats(deployment=view.route.name, service=service, predictions=total,
+                               stats=result), workspace_id
         rows = await fs.stats_rows(pool, view.route.deployment_id, model_name=model.name if model else None,
                                    model_version=(model.version or model.sha) if model else None, start=start,
                                    end=end, includes=includes, excludes=excludes, tags=cmd.tags,
@@ -193,7 +230,8 @@ async def get_stats(deps: FeedbackDeps, principal: Principal, token: str | None,
         kept = await fs.reference_row(pool, view.route.deployment_id)
         reference = kept["reference"] if kept and kept["status"] == "ready" else None
         result = await asyncio.to_thread(stats.compute, service, rows, reference)
-        return DeploymentStats(deployment=view.route.name, service=service, predictions=len(rows), stats=result)
+        return DeploymentStats(deployment=view.route.name, service=service, predictions=len(rows),
+                               stats=result), workspace_id
 
 
 # --- the background computation --------------------------------------------------------------------------
@@ -218,6 +256,11 @@ async def reference_feature(deps: FeedbackDeps, principal: Principal | None, tok
         deployment_id, workspace_id, pipeline_name = (view.route.deployment_id, view.route.workspace_id,
                                                       view.route.pipeline_name)
         name = view.route.name
+        if cmd.pipeline_name is not None and pipeline_name != cmd.pipeline_name:
+            # the definite answer first: before, a reference not ready yet answered 409 (wait for it), and only once
+            # it was ready this 400 came (from the assay runner)
+            raise InvalidRequest(f"deployment {name!r} serves pipeline {pipeline_name!r}, not {cmd.pipeline_name!r}:"
+                                 " an assay on a training reference belongs to its pipeline")
     else:
         if cmd.deployment_id is None:
             raise InvalidRequest("deployment_id is needed without a token")

@@ -213,11 +213,13 @@ class ReferenceFeatureQuery(Command):
     """The assay runner asking for one image feature of a deployment's training-data reference and, with
     `start_ms`/`end_ms`, that feature's values in the deployment's predictions of the window. With a token the
     deployment is named by `deployment` and resolved with the caller's rights; without one (the assay scheduler,
-    trusted on the bus) by `deployment_id`, which must be of `workspace_id`."""
+    trusted on the bus) by `deployment_id`, which must be of `workspace_id`. `pipeline_name` (with a token): the
+    assay's pipeline; a deployment serving another pipeline is a 400 before its reference's readiness is looked at."""
 
     workspace_id: int
     feature: str = Field(min_length=1, max_length=100)
     deployment: str | None = Field(None, max_length=200)
+    pipeline_name: str | None = Field(None, max_length=255)  # an assay's (MAX_ASSAY_NAME)
     deployment_id: int | None = Field(None, ge=INT32[0], le=INT32[1])
     start_ms: int | None = Field(None, ge=MIN_EPOCH_MS, le=MAX_EPOCH_MS)
     end_ms: int | None = Field(None, ge=MIN_EPOCH_MS, le=MAX_EPOCH_MS)

@@ -348,8 +348,10 @@ def test_reviews_feedback_loop_reference_and_stats(stack, owner, deployed, bob, 
     assert digits.get_stats("PREDICTIONS_DATA", to_timestamp=time.time() - 1800)["predictions"] == 1
     assert digits.get_stats("PREDICTIONS_DATA", includes=ids[:3], excludes=[ids[0]])["predictions"] == 2
     assert digits.get_stats("PREDICTIONS_DATA", model_version="digits")["predictions"] == 6
-    assert digits.get_stats("PREDICTIONS_DATA", model_version={"name": "digits", "version": str(uuid.uuid4())}
-                            )["predictions"] == 0
+    unknown = {"name": "digits", "version": str(uuid.uuid4())}  # not the workspace's: 404 naming it, not 0
+    refused = call(stack, owner.token, "get_stats", {"deployment": name, "service": "PREDICTIONS_DATA",
+                                                     "model_version": unknown})
+    assert refused.status_code == 404 and unknown["version"] in refused.json()["msg"], refused.text
     labels = digits.get_stats(ServiceMetrics.AGGREGATED_LABEL_DISTRIBUTION)["stats"]["predicted"]["counts"]
     assert labels == dict(Counter(str(top(p["prediction"])) for p in predicted))
 
