@@ -238,14 +238,15 @@ def users_code_failed(what: str, exc: BaseException) -> InvalidRequest:
     return InvalidRequest(f"{what}: it raised {type(exc).__name__}" + (f": {said}" if said else ""))
 
 
-PLATFORM_CODE = str(Path(__file__).resolve().parents[1]) + os.sep  # services/: these runtimes, the compat `mac`
+# services/: these runtimes, the compat `mac`; as imported (a frame's file) and resolved (a symlinked checkout)
+PLATFORM_CODE = tuple({str(Path(__file__).parents[1]) + os.sep, str(Path(__file__).resolve().parents[1]) + os.sep})
 
 
 def _users_frames(frames: types.TracebackType | None) -> types.TracebackType | None:
     """A traceback from the user's first frame on: the frames of the platform that called their code (this
     module, services/engine/compat's `mac`, the import machinery loading a script) are internals a client's error
     must not show (the replica puts the traceback's end in it: sandboxed._with_excerpt)."""
-    while frames is not None and frames.tb_frame.f_code.co_filename.startswith((PLATFORM_CODE, "<frozen importlib")):
+    while frames is not None and frames.tb_frame.f_code.co_filename.startswith((*PLATFORM_CODE, "<frozen importlib")):
         frames = frames.tb_next
     return frames
 

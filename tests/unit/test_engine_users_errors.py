@@ -54,3 +54,26 @@ def test_the_traceback_starts_at_the_users_code(tmp_path, capsys):
     assert failed.value.msg.startswith("the Python step failed to load: it raised SyntaxError: ")
     written = capsys.readouterr().err
     assert "SyntaxError" in written and "runtimes.py" not in written, written
+
+
+def test_the_platforms_frames_are_left_out_of_a_symlinked_checkout_too(tmp_path):
+    """A frame's file is the path the module was imported by: through a symlink to the checkout (a deploy's
+    /app -> release folder) it is not the resolved path of runtimes.py."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    link = tmp_path / "checkout"
+    link.symlink_to(Path(__file__).resolve().parents[2], target_is_directory=True)
+    script = tmp_path / "step.py"
+    script.write_text("def wallaroo_json(data):\n    raise ValueError('refused')\n")
+    run = subprocess.run([sys.executable, "-c", (
+        f"import sys; sys.path.insert(0, {str(link)!r}); import pyarrow as pa; "
+        "from services.engine import runtimes; print(runtimes.__file__); "
+        f"step = runtimes.PythonStepRuntime(__import__('pathlib').Path({str(script)!r})); step.load()\n"
+        "try: step.predict(pa.table({'x': [1]}))\nexcept Exception as exc: print(exc)")],
+        capture_output=True, text=True, timeout=60, check=True)
+    imported, said = run.stdout.splitlines()
+    assert imported == str(link / "services" / "engine" / "runtimes.py")  # through the link
+    assert said == "the Python step failed: it raised ValueError: refused", run
+    assert "runtimes.py" not in run.stderr and "in wallaroo_json" in run.stderr, run.stderr
