@@ -1859,11 +1859,20 @@ async def on_pipeline_deployed(deps: ContinuousDeps, event: PipelineDeployed) ->
     check, which then sees it, or wholly after the record."""
     pool = deps.base.pool
     recorded = 0
-    for sent in await pool.fetch("SELECT * FROM sent_deploys WHERE deployment_id = $1 AND pipeline_version = $2"
-                                 " ORDER BY sent_at, COALESCE(training_id, challenge_id)", event.deployment_id,
-                                 event.pipeline_version):
+    for row in await pool.fetch("SELECT * FROM sent_deploys WHERE deployment_id = $1 AND pipeline_version = $2"
+                                " ORDER BY sent_at, COALESCE(training_id, challenge_id)", event.deployment_id,
+                                event.pipeline_version):
         async with pool.acquire() as conn, conn.transaction():
-            await _record_lock(conn, sent["deployment_id"])
+            await _record_lock(conn, row["deployment_id"])
+            # read again under the lock: its command may have sent this version again since the read above (a
+            # resume: sent_at moved to that send, it is the newer command now), or the row was pruned. Before, the
+            # stale sent_at closed a command sent last as overtaken by one sent before its new send
+            sent = await conn.fetchrow(
+                "SELECT * FROM sent_deploys WHERE deployment_id = $1 AND pipeline_version = $2 AND"
+                " COALESCE(training_id, challenge_id) = $3", row["deployment_id"], row["pipeline_version"],
+                row["training_id"] or row["challenge_id"])
+            if sent is None:
+                continue
             if await _newer_recorded(conn, sent):
                 await _close_older(conn, sent)
                 continue

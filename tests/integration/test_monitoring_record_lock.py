@@ -16,6 +16,7 @@ import uuid
 import pytest
 
 from services.monitoring import continuous
+from shared.db import xact_lock
 from tests.integration.continuous_setups import (
     CHALLENGER,
     CHAMPION,
@@ -156,3 +157,36 @@ async def test_the_prune_reads_the_rows_old_enough_from_the_sent_at_index(monito
                                                     30 * 86400.0, continuous.PRUNE_BATCH))
     assert "sent_deploys_sent_at" in plan and "Seq Scan on sent_deploys s" not in plan, plan
     assert await continuous.prune_sent_deploys(Deployer.process(pool)) == 5  # the retention's (its swap is decided)
+
+
+async def test_an_event_s_row_sent_again_while_its_record_waited_for_the_lock_is_read_again(monitoring_schema):
+    """The deployed event of '2' reads its sent_deploys rows, then waits for RECORD_LOCK (another record under way):
+    a delivery's row (sent '2' a minute ago) and a promotion's (sent '2' 30 s ago, recorded). Meanwhile the delivery
+    sends '2' again (a resume: its row's sent_at moves to now), so it is the command sent last. Its record reads the
+    row again under the lock: recorded (deployed, told after the promotion). Before, the row read before the lock
+    (sent a minute ago) made the promotion look newer and recorded: the delivery was closed 'a newer command ... was
+    recorded first', though it was sent after it and its deploy is what landed."""
+    pool = monitoring_schema
+    challenge_id = await decided(pool, "DEPLOY_AUTO")
+    await pool.execute("UPDATE challenges SET state = 'promoted' WHERE id = $1", challenge_id)
+    training_id = uuid.uuid4()
+    await done(pool, training_id, CHALLENGER, "deployed", 600, True)
+    await sent(pool, "2", 60, training_id=training_id)
+    await sent(pool, "2", 30, challenge_id=challenge_id)
+
+    async with pool.acquire() as holder:
+        transaction = holder.transaction()
+        await transaction.start()
+        try:
+            await xact_lock(holder, continuous.RECORD_LOCK, DEPLOYMENT)
+            event = asyncio.create_task(continuous.on_pipeline_deployed(Deployer.process(pool), deployed("2")))
+            await blocked_by(pool, holder.get_server_pid(), 30.0, "the event's record")
+            await pool.execute("UPDATE sent_deploys SET sent_at = now() WHERE training_id = $1", training_id)
+        finally:
+            await transaction.rollback()
+    assert await asyncio.wait_for(event, 60.0) == 1
+
+    row = await pool.fetchrow("SELECT delivering_since, delivered_at, reason FROM trainings WHERE id = $1", training_id)
+    assert row["delivered_at"] is not None and row["delivering_since"] is None, dict(row)
+    assert [(e["action"], e["model_version"]["version"]) for e in await swapped_events(pool)] == [
+        ("deployed", CHALLENGER["version"])]
