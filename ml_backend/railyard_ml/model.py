@@ -72,9 +72,11 @@ def next_version(version: str | None) -> str:
     return f"{version}-1"
 
 
-def cached_download(url: str, folder: str | Path, host: str | None, token: str | None) -> str:
+def cached_download(url: str, folder: str | Path, host: str | None, token: str | None,
+                    host_env: str = "LABEL_STUDIO_URL") -> str:
     """`url` (a data: URI, http(s), or a path on Label Studio's `host`) downloaded once into `folder`, named by
-    its hash; the Label Studio `token` is only sent to `host`."""
+    its hash; the Label Studio `token` is only sent to `host`. `host_env`: the variable the caller reads `host` from,
+    named when no host is known (a backend's LABEL_STUDIO_URL; railyard_ml.utils' LABEL_STUDIO_HOSTNAME)."""
     parsed = urlparse(url)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -93,7 +95,7 @@ def cached_download(url: str, folder: str | Path, host: str | None, token: str |
             # label_studio_ml's answer (httpx's was "missing an 'http://' or 'https://' protocol"); a host without
             # one is Docker's HOSTNAME, a container's id
             raise FileNotFoundError(f"can't resolve {url!r}: a path on Label Studio's host, whose URL is not known"
-                                    f" ({host!r}): set LABEL_STUDIO_HOSTNAME (or LABEL_STUDIO_URL), or give hostname")
+                                    f" ({host!r}): set {host_env}, or give hostname")
         full = url if parsed.scheme in ("http", "https") else f"{host}/{url.lstrip('/')}"
         headers = {}
         if token and host and full.startswith(host + "/"):

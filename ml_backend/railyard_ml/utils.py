@@ -90,7 +90,8 @@ def get_local_path(url: str, cache_dir: str | None = None, project_dir: str | No
 
     folder = cache_dir or os.path.join(os.environ.get("MODEL_DIR") or tempfile.gettempdir(), "downloads")
     return cached_download(url, folder, hostname or get_env("HOSTNAME"),
-                           access_token or get_env("ACCESS_TOKEN") or get_env("API_KEY"))
+                           access_token or get_env("ACCESS_TOKEN") or get_env("API_KEY"),
+                           host_env="LABEL_STUDIO_HOSTNAME")
 
 
 def get_image_local_path(url: str, image_cache_dir: str | None = None, project_dir: str | None = None,

@@ -124,3 +124,17 @@ def test_label_studio_s_host_is_found_as_label_studio_ml_finds_it(tmp_path, monk
     monkeypatch.delenv("LABEL_STUDIO_HOSTNAME")
     with pytest.raises(FileNotFoundError, match=r"/data/upload/1/b\.png.*LABEL_STUDIO_HOSTNAME"):
         get_local_path("/data/upload/1/b.png", cache_dir=str(tmp_path / "cache"))
+
+
+def test_a_backends_own_get_local_path_names_the_variable_it_reads_the_host_from(tmp_path, monkeypatch):
+    # a backend instance reads Label Studio's URL from LABEL_STUDIO_URL (or LABEL_STUDIO_HOST), railyard_ml.utils'
+    # get_local_path from LABEL_STUDIO_HOSTNAME (label_studio_ml 1.0.x's): the one message named
+    # LABEL_STUDIO_HOSTNAME first to both, a variable this path never reads
+    from railyard_ml.model import LabelStudioMLBase
+
+    for name in ("LABEL_STUDIO_URL", "LABEL_STUDIO_HOST", "LABEL_STUDIO_HOSTNAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"/data/upload/1/b\.png") as refused:
+        LabelStudioMLBase().get_local_path("/data/upload/1/b.png")
+    assert "set LABEL_STUDIO_URL" in str(refused.value) and "LABEL_STUDIO_HOSTNAME" not in str(refused.value)
