@@ -11,7 +11,8 @@ it uses object storage, start/stop hooks). `main(spec)` then:
 5. serves until SIGTERM or SIGINT, then drains the command subscriptions (every command taken is
    answered), stops the staged-upload sweep, runs the stop hook, stops the event consumers (in-flight
    work finishes and is acknowledged) and closes connections (the database pool's within
-   shared.db.POOL_CLOSE_SECONDS: past them a server that stopped answering has them terminated).
+   shared.db.POOL_CLOSE_SECONDS: past them they are terminated, whether work still held them or the server
+   stopped answering).
 """
 
 from __future__ import annotations
