@@ -247,7 +247,8 @@ class AssaySettings(BaseModel):
 
     tick: float = Field(1.0, description="Seconds between checks for windows that have closed.")
     max_windows: int = Field(1000, description="Most windows one run_interactive request, or one catch-up pass "
-                             "of a scheduled assay, computes.")
+                             "of a scheduled assay, computes; the most closed windows a scheduled assay may start "
+                             "with (assays/create), and the newest an assay turned on again scores (set_active).")
     close_delay: float = Field(1.0, description="Seconds after a window closes before it is due: the time an "
                                "engine has to publish its records to INFERENCE_LOGS (a record's time is when the "
                                "replica received the request: the request's own time counts, and the engine gathers "
