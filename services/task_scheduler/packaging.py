@@ -16,6 +16,7 @@ service into a wheelhouse the sandboxed pip reads. See docs/orchestrations.md fo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -278,5 +279,10 @@ async def _download(requirements: Path, wheelhouse: Path, settings: TaskSettings
         process.kill()
         await process.wait()
         return False, f"timed out after {settings.install_timeout:g} s"
+    except BaseException:  # cancelled (the install stopped: its claim taken over, a stop): before, pip ran on
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise
     await asyncio.to_thread(_readable_by_all, wheelhouse)
     return process.returncode == 0, _tail(output.decode(errors="replace"))

@@ -14,7 +14,8 @@ A pass of the loop:
 4. heartbeats its runs and stops those whose task was killed, and those another process declared lost (this one
    was paused or cut off from PostgreSQL past `supervisor_lost_after`): their process is stopped through the runner
    and nothing more is recorded for them;
-5. installs one waiting requirements environment at a time (claimed with a heartbeat as well).
+5. installs one waiting requirements environment at a time (claimed with a heartbeat as well; an install whose
+   claim another process took is stopped, and only the claimant records its end).
 
 Between passes the process sleeps until something can be due, not on a fixed tick: until the earliest of the next
 schedule point, the oldest heartbeat's deadline (a run's or an installation's: its process may die without a word)
@@ -390,6 +391,7 @@ class Scheduler:
         # connections pass; shared.db cuts it) is given up in time for the next to land on another. With all the time
         # left (December 2026, briefly) the hung one was given up once the claim could be taken
         async def beat() -> None:
+            """Beats until the claim is found lost (returns then): another process claimed the install."""
             loop = asyncio.get_running_loop()
             landed = loop.time()  # the claim (store.claim_env) beat it
             while True:
@@ -398,25 +400,45 @@ class Scheduler:
                 bound = max((landed + deps.settings.supervisor_lost_after - began) / 2,
                             deps.settings.heartbeat_interval)
                 try:
-                    await runner.bounded(store.beat_env(deps.pool, sha, self.identity), bound,
-                                         "beating an environment's install")
+                    held = await runner.bounded(store.beat_env(deps.pool, sha, self.identity), bound,
+                                                "beating an environment's install")
                 except Exception as exc:  # noqa: BLE001 - beaten again next time; unbeaten, another may claim it
                     log.warning("requirements %s: could not beat the install (%s: %s): another scheduler may claim it"
                                 " %.0f s after its last beat", sha[:12], type(exc).__name__, exc,
                                 deps.settings.supervisor_lost_after)
-                else:
-                    landed = began
+                    continue
+                if not held:
+                    return
+                landed = began
 
+        # The install (users' requirements, pip in the sandbox) stops when a beat finds the claim taken over (this
+        # process's beats came later than supervisor_lost_after: paused, cut off, a database that did not answer):
+        # cancelled, which kills its sandbox (shared.sandbox.run) or its download (packaging._download), and its end
+        # is not recorded; the new claimant installs and records its own (its file lock waits for this one's end on
+        # one machine). Before, this one went on installing beside the new claimant and recorded its end over the
+        # claimant's. An end found lost when recorded (the install ended before a beat saw the claim go) is dropped by
+        # store.finish_env itself, and logged here.
         beating = asyncio.create_task(beat())
+        install = asyncio.create_task(packaging.install_env(deps.work_root, sha, env["requirements"], deps.settings))
+        ok, reason = False, None
         try:
+            await asyncio.wait({install, beating}, return_when=asyncio.FIRST_COMPLETED)
+            if not install.done():
+                await self._ended(install)
+                log.warning("requirements %s: another scheduler claimed the install (this one's beats were over %.0f s"
+                            " apart): its install was stopped and its end is that scheduler's to record", sha[:12],
+                            deps.settings.supervisor_lost_after)
+                return
             try:
-                ok, reason = await packaging.install_env(deps.work_root, sha, env["requirements"], deps.settings)
+                ok, reason = install.result()
             except Exception as exc:
                 log.exception("installing requirements %s failed", sha[:12])
                 ok, reason = False, f"the installer could not run: {type(exc).__name__}: {exc}"[:1500]
-            # retried as a run's end is, beaten meanwhile (finish_env applied twice changes nothing). Before, one
-            # failure raised out of this task, whose exception nobody reads, the environment left 'installing'
-            await self._retried(lambda: store.finish_env(deps.pool, sha, ok, reason), "recording an install's end")
+            # retried as a run's end is, beaten meanwhile (an attempt whose answer was lost makes the next find the end
+            # there: nothing is recorded twice). Before, one failure raised out of this task, whose exception nobody
+            # reads, the environment left 'installing'
+            recorded = await self._retried(lambda: store.finish_env(deps.pool, sha, self.identity, ok, reason),
+                                           "recording an install's end")
         except Exception as exc:  # noqa: BLE001 - never raised out of the task
             log.warning("requirements %s: the install's end (%s) could not be recorded (%s: %s): installed again once"
                         " a scheduler claims them, %.0f s after this one's last beat", sha[:12],
@@ -424,8 +446,25 @@ class Scheduler:
             return
         finally:
             beating.cancel()
-            self.wake()  # the installer is free: another environment may wait
+            try:
+                await self._ended(install)  # this task cancelled (a stop): the install with it, its sandbox killed
+            finally:
+                self.wake()  # the installer is free: another environment may wait
+        if not recorded:
+            log.warning("requirements %s: the install ended (%s) after another scheduler claimed it (this one's beats"
+                        " were over %.0f s apart): its end was dropped, that scheduler records its own", sha[:12],
+                        "ready" if ok else f"failed: {reason}", deps.settings.supervisor_lost_after)
+            return
         log.info("requirements %s: %s", sha[:12], "ready" if ok else f"failed: {reason}")
+
+    @staticmethod
+    async def _ended(install: asyncio.Task) -> None:
+        """`install` cancelled if still under way, and waited for: its sandbox is killed and waited for by
+        shared.sandbox.run (each of its steps ends at a cancel). Its outcome is not raised here (nor left unread)."""
+        install.cancel()
+        await asyncio.wait({install})
+        if not install.cancelled():
+            install.exception()
 
     # --- a run ---------------------------------------------------------------------------------------------------
 

@@ -80,21 +80,36 @@ async def claim_env(pool: asyncpg.Pool | asyncpg.Connection, worker: str, lost_a
         "RETURNING *", worker, lost_after)
 
 
-async def beat_env(pool: asyncpg.Pool, requirements_sha: str, worker: str) -> None:
-    await pool.execute("UPDATE envs SET heartbeat_at = now() WHERE requirements_sha = $1 AND worker = $2",
-                       requirements_sha, worker)
+async def beat_env(pool: asyncpg.Pool, requirements_sha: str, worker: str) -> bool:
+    """Beat an install's claim; whether `worker` still holds it. False: another process claimed the install (this
+    one's beats came too late: `supervisor_lost_after`) and may have ended it; the caller stops its install."""
+    return bool(await pool.fetchval(
+        "UPDATE envs SET heartbeat_at = now() WHERE requirements_sha = $1 AND worker = $2 AND status = 'installing' "
+        "AND heartbeat_at IS NOT NULL RETURNING true", requirements_sha, worker))
 
 
-async def finish_env(pool: asyncpg.Pool, requirements_sha: str, ok: bool, reason: str | None) -> None:
-    """The environment is ready (or failed): so are the orchestrations waiting on it. The reason quotes the
-    installer's output (a package's build may print anything): kept without NULs (shared/pg_text.py)."""
+async def finish_env(pool: asyncpg.Pool, requirements_sha: str, worker: str, ok: bool, reason: str | None) -> bool:
+    """The environment is ready (or failed): so are the orchestrations waiting on it; only if `worker` still holds
+    the install's claim (False, nothing written: another process claimed it and records its own end). Before, any
+    installer's end was written: one whose claim was taken over recorded it over the new claimant's (`ready` while
+    that one was still installing, `failed` over its `ready`). True as well when this worker's end is there already
+    (an earlier attempt whose answer was lost: nothing is written twice). `heartbeat_at IS NOT NULL`: a failed
+    environment set to be tried again (handlers.upload_orchestration) is nobody's until claimed, though its `worker`
+    is still the last one's. The reason quotes the installer's output (a package's build may print anything): kept
+    without NULs (shared/pg_text.py)."""
     status = "ready" if ok else "failed"
     reason = None if reason is None else no_nul(reason)
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("UPDATE envs SET status = $2, reason = $3, updated_at = now() WHERE requirements_sha = $1",
-                           requirements_sha, status, reason)
+        done = await conn.fetchval(
+            "UPDATE envs SET status = $3, reason = $4, updated_at = now() WHERE requirements_sha = $1 AND worker = $2 "
+            "AND status = 'installing' AND heartbeat_at IS NOT NULL RETURNING true", requirements_sha, worker, status,
+            reason)
+        if not done:
+            row = await conn.fetchrow("SELECT status, worker FROM envs WHERE requirements_sha = $1", requirements_sha)
+            return row is not None and (row["worker"], row["status"]) == (worker, status)
         await conn.execute("UPDATE orchestrations SET status = $2, reason = $3, updated_at = now() "
                            "WHERE requirements_sha = $1 AND status = 'packaging'", requirements_sha, status, reason)
+    return True
 
 
 async def env_status(pool: asyncpg.Pool, requirements_sha: str) -> asyncpg.Record | None:

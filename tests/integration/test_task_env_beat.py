@@ -87,12 +87,12 @@ async def test_a_beat_that_never_answers_leaves_time_for_the_next_before_the_cla
         await installed.wait()
         return True, None
 
-    async def first_beat_hangs(*args: object) -> None:
+    async def first_beat_hangs(*args: object) -> bool:
         nonlocal beats
         beats += 1
         if beats == 1:
             await asyncio.Event().wait()  # never answered (cancelled at its bound)
-        await beat_env(*args)
+        return await beat_env(*args)
 
     monkeypatch.setattr(packaging, "install_env", install_env)
     monkeypatch.setattr(store, "beat_env", first_beat_hangs)

@@ -75,7 +75,8 @@ async def test_a_reason_quoting_output_with_a_nul_is_stored_without_it(stack):
                                     owner_id="u", args={}, timeout_seconds=60, schedule=None,
                                     missed_run_policy=None, next_fire=None)
             run_id = await store.queue_once(conn, task_id, 7)
-        await store.finish_env(pool, sha, False, "installing the requirements failed:\nbuild said a\x00b")
+        assert (await store.claim_env(pool, "me", 60))["requirements_sha"] == sha
+        assert await store.finish_env(pool, sha, "me", False, "installing the requirements failed:\nbuild said a\x00b")
         assert await pool.fetchval("SELECT reason FROM envs") == "installing the requirements failed:\nbuild said ab"
         assert tuple(await pool.fetchrow("SELECT status, reason FROM orchestrations")) == (
             "failed", "installing the requirements failed:\nbuild said ab")

@@ -46,7 +46,7 @@ class StandInRuns(Scheduler):
         self.installed.append(env["requirements_sha"])
         await self.install_gate.wait()
         try:
-            await store.finish_env(self.deps.pool, env["requirements_sha"], True, None)
+            await store.finish_env(self.deps.pool, env["requirements_sha"], self.identity, True, None)
         finally:
             self.wake()
 

@@ -49,10 +49,11 @@ def installed(monkeypatch):
 async def test_an_install_end_refused_at_first_is_recorded_by_a_retry(tmp_path, monkeypatch, installed):
     refusals, recorded = [REFUSED, REFUSED], []
 
-    async def finish_env(pool, sha, ok, reason):
+    async def finish_env(pool, sha, worker, ok, reason):
         if refusals:
             raise refusals.pop(0)
         recorded.append((sha, ok, reason))
+        return True
 
     monkeypatch.setattr(store, "finish_env", finish_env)
     installer = a_scheduler(tmp_path)
@@ -88,13 +89,15 @@ async def test_a_refused_beat_does_not_end_the_install_beating(tmp_path, monkeyp
         if len(beats) == 1:
             raise REFUSED
         beaten_twice.set()
+        return True
 
     async def install_env(*_: object) -> tuple[bool, str | None]:  # a long install, beaten while it runs
         await asyncio.wait({asyncio.ensure_future(beaten_twice.wait())}, timeout=10)
         return beaten_twice.is_set(), None
 
-    async def finish_env(pool, sha, ok, reason):
+    async def finish_env(pool, sha, worker, ok, reason):
         ended.append(ok)
+        return True
 
     ended: list[bool] = []
     monkeypatch.setattr(store, "beat_env", beat_env)
