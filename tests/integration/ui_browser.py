@@ -34,7 +34,7 @@ if MISSING is None and not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRI
 
 if MISSING is None:
     import urllib3
-    from selenium.common.exceptions import TimeoutException, WebDriverException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException, WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
@@ -196,6 +196,16 @@ def sign_in(driver, stack, email: str, password: str) -> None:
     driver.find_element(By.ID, "password").send_keys(Keys.ENTER)  # submits the form from the keyboard
 
 
+def pick_workspace(driver, workspace_id: int) -> None:
+    """Pick the workspace in the header's select, again if the page was refilling its options meanwhile
+    (loadWorkspaces' replaceChildren: an option found before is stale; seen in a fresh-clone CI under load)."""
+    def picked(d) -> bool:
+        Select(d.find_element(By.ID, "workspace")).select_by_value(str(workspace_id))
+        return d.find_element(By.ID, "workspace").get_attribute("value") == str(workspace_id)
+
+    WebDriverWait(driver, WAIT, ignored_exceptions=(StaleElementReferenceException,)).until(picked)
+
+
 def sign_in_to(driver, stack, account, *, keep: bool = False) -> None:
     """Signs the account in (out of any session an earlier test left in this tab) and picks its workspace.
 
@@ -218,6 +228,6 @@ def sign_in_to(driver, stack, account, *, keep: bool = False) -> None:
         sign_in(driver, stack, account.email, PASSWORD)
     wait_text(driver, "#who", account.email)
     open_page(driver, "workspaces")
-    Select(driver.find_element(By.ID, "workspace")).select_by_value(str(account.workspace_id))
+    pick_workspace(driver, account.workspace_id)
     if keep:
         open_page(driver, "workspaces")
