@@ -576,8 +576,10 @@ def records_json_to_table(body: bytes) -> pa.Table:
     except (orjson.JSONDecodeError, UnicodeDecodeError):
         try:  # Python's json also reads NaN and Infinity (json.dumps writes them): the model check names them
             parsed = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested past Python's stack
-            raise InvalidRequest("body is not valid JSON") from None
+        except RecursionError:  # nested past Python's stack
+            raise InvalidRequest("body is not valid JSON: nested too deeply") from None
+        except (ValueError, UnicodeDecodeError) as exc:  # the reader's reason and place, as OIP's route says them
+            raise InvalidRequest(f"body is not valid JSON: {str(exc)[:200]}") from None
     try:
         return records_to_table(parsed, numbers_only=not (b"true" in body or b"false" in body or b"null" in body))
     except UnicodeEncodeError:  # json.loads let a lone UTF-16 surrogate ("\ud800") through; Arrow cannot hold it

@@ -65,8 +65,8 @@ def add_feedback_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_toke
         takes = "get_prediction_image takes {deployment, prediction_id}"
         try:
             body = orjson.loads(raw) if raw.strip() else {}
-        except ValueError:
-            raise InvalidRequest(f"{takes}: the request body is not valid JSON") from None
+        except ValueError as exc:  # with the reader's reason and place, as the other routes say it
+            raise InvalidRequest(f"{takes}: the request body is not valid JSON: {str(exc)[:200]}") from None
         if not isinstance(body, dict):
             raise InvalidRequest(f"{takes}: the request body must be a JSON object")
         try:

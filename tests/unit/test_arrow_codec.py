@@ -59,6 +59,17 @@ def test_malformed_json_is_invalid_request(body):
         records_json_to_table(body)
 
 
+@pytest.mark.parametrize(("body", "reason"), [
+    (b'[{"a": 1,}]', r"not valid JSON: Expecting property name enclosed in double quotes: line 1 column 10"),
+    (b"[" * 5000, "not valid JSON: nested too deeply"),
+    (b'[{"a": \xff}]', "not valid JSON: 'utf-8' codec can't decode byte 0xff"),
+])
+def test_malformed_json_is_refused_with_the_reader_s_reason(body, reason):
+    # "body is not valid JSON" and nothing more did not say where (the OIP route says it since 3a22f8c)
+    with pytest.raises(InvalidRequest, match=reason):
+        records_json_to_table(body)
+
+
 @pytest.mark.parametrize("encode", [to_ipc_file, to_ipc_stream])
 def test_ipc_round_trip_file_and_stream(encode):
     table = records_to_table([{"tensor": [1.0, 2.0], "label": "a"}, {"tensor": [3.0, 4.0], "label": "b"}])

@@ -43,7 +43,8 @@ def client(monkeypatch):
     ({"content": b""}, "deployment: Field required; prediction_id: Field required"),
     ({"json": {"deployment": "d", "prediction_id": "x"}}, "prediction_id: Input should be a valid UUID"),
     ({"json": [1]}, "the request body must be a JSON object"),
-    ({"content": b"{nope"}, "the request body is not valid JSON"),
+    ({"content": b"{nope"},
+     "the request body is not valid JSON: unexpected character, expected a string key: line 1 column 2"),
 ], ids=["no-prediction", "no-deployment", "empty-object", "no-body", "bad-uuid", "array", "not-json"])
 def test_a_bad_body_is_a_400_naming_the_field(client, sent, said):
     refused = client.post("/v1/api/deployments/get_prediction_image", **sent)
