@@ -579,15 +579,12 @@ async def information(pool: asyncpg.Pool, deployment_id: int) -> ContinuousInfor
 # --- the trigger and the training run ----------------------------------------------------------------------------
 
 async def check_trigger(deps: ContinuousDeps, deployment_id: int,
-                        alert: tuple[uuid.UUID, AssayThresholdCrossed] | None = None, *,
-                        in_process_lock: bool = True) -> uuid.UUID | None:
+                        alert: tuple[uuid.UUID, AssayThresholdCrossed] | None = None) -> uuid.UUID | None:
     """Open one training when the threshold is reached (computed from the tables); the training's id, or None. Its
     run is created off this path, by a TrainingStarter. `alert`: an assay alert (its event_id and event) to count
     first, in the same transaction, when this deployment's active continuous training is ASSAY_ALERT on that
-    workspace's pipeline (a redelivered event_id counts once). `in_process_lock` False: not waiting for the
-    deployment's in-process lock (held by a deploy under way, up to deploy_wait): the row lock on its
-    continuous_training row is what makes the check once (every process's check takes it)."""
-    checked = await _check_trigger(deps, deployment_id, alert, in_process_lock)
+    workspace's pipeline (a redelivered event_id counts once)."""
+    checked = await _check_trigger(deps, deployment_id, alert)
     if checked.ended:  # once committed: the outbox sends their training_finished
         deps.events_committed()
     if checked.opened is not None:
@@ -605,10 +602,9 @@ class _Checked:
 
 
 async def _check_trigger(deps: ContinuousDeps, deployment_id: int,
-                         alert: tuple[uuid.UUID, AssayThresholdCrossed] | None, in_process_lock: bool = True
-                         ) -> _Checked:
+                         alert: tuple[uuid.UUID, AssayThresholdCrossed] | None) -> _Checked:
     pool = deps.base.pool
-    async with deps.lock(deployment_id) if in_process_lock else contextlib.nullcontext():
+    async with deps.lock(deployment_id):
         async with pool.acquire() as conn, conn.transaction():
             ct = await conn.fetchrow("SELECT * FROM continuous_training WHERE deployment_id = $1 FOR UPDATE",
                                      deployment_id)
@@ -686,12 +682,10 @@ async def recheck_after(deps: ContinuousDeps, deployment_ids: Any) -> None:
     """Trainings of these deployments ended (done or failed; committed): each one's trigger is checked again at
     once, so that what counted while its training was open (reviews, assay alerts: they count towards the next one)
     opens the next training now, not at the deployment's next review or alert, which a quiet pipeline may never
-    send. One deployment's failure is logged, not the caller's. A deployment this process is deploying to now
-    (ContinuousDeps.busy: its lock held up to deploy_wait) is checked without waiting for that lock: the training
-    starter, which calls this, is not held up behind a deploy."""
+    send. One deployment's failure is logged, not the caller's."""
     for deployment_id in sorted(set(deployment_ids)):
         try:
-            opened = await check_trigger(deps, deployment_id, in_process_lock=deployment_id not in deps.busy())
+            opened = await check_trigger(deps, deployment_id)
         except Exception:
             log.exception("deployment %s: checking its continuous-training trigger after its training ended failed"
                           " (checked again at its next review, alert or toggle)", deployment_id)

@@ -9,7 +9,6 @@ Runs the service's functions on a monitoring schema of this test's on the stack'
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 
@@ -85,28 +84,6 @@ async def test_a_run_that_registered_no_model_is_failed_on_time_and_the_alerts_o
     assert (opened["state"], opened["trigger"], opened["alerts"]) == ("starting", "ASSAY_ALERT", 2)
     assert started == [opened["id"]]
     assert await pool.fetchval("SELECT alerts_at_last_training FROM continuous_training") == 2
-
-
-async def test_the_starter_does_not_wait_behind_a_deploy_under_way_on_the_deployment(monitoring_schema, monkeypatch):
-    """The deployment's in-process lock is held by a deploy of this process under way (a delivery or a swap waits up
-    to deploy_wait, 305 s, holding it): the starter's check of the trigger after the no-model failure does not wait
-    for it (the row lock on continuous_training makes the check once), so the sweep, and every other deployment's
-    training start, is not held up behind that deploy."""
-    pool = monitoring_schema
-    deps = process(pool)
-    training_id = await alerted_training(pool, "succeeded", task_id=uuid.uuid4())
-    await pool.execute("UPDATE trainings SET updated_at = now() - make_interval(secs => $2) WHERE id = $1",
-                       training_id, continuous.NO_MODEL_GRACE + 5)
-
-    async def start_training(deps, training_id, late=False):
-        return True
-
-    monkeypatch.setattr(continuous, "start_training", start_training)
-    async with deps.lock(DEPLOYMENT):
-        with deps.deploying_to(DEPLOYMENT):
-            await asyncio.wait_for(continuous.TrainingStarter(deps).sweep(), 30)
-    opened = await next_training(pool, training_id)
-    assert opened is not None and (opened["state"], opened["alerts"]) == ("starting", 2), opened
 
 
 @pytest.mark.parametrize("end", ["run_failed", "done", "model_failed"])
