@@ -63,7 +63,7 @@ def label_studio(tmp_path_factory):
     process = start(
         [str(Path(LS_PYTHON).parent / "label-studio"), "start", "--no-browser", "--internal-host", "127.0.0.1",
          "--port", str(port), "--host", url, "--data-dir", str(folder / "data"),
-         "--username", "admin@example.com", "--password", secrets.token_urlsafe(12), "--user-token", token,
+         "--username", "admin@example.com", "--password", secrets.token_hex(12), "--user-token", token,
          "--enable-legacy-api-token"],
         folder / "label-studio.log",
         # a backend on loopback is refused unless these are off (Label Studio's SSRF guards)
@@ -88,7 +88,7 @@ def backend(tmp_path_factory):
     cli = str(Path(sys.executable).parent / "railyard-ml")
     script = REPO / "examples" / "ml_backend" / "text_classifier" / "text_classifier.py"
     subprocess.run([cli, "init", str(folder), "--script", str(script)], check=True, timeout=120)
-    port, user, password = free_port(), "label-studio", secrets.token_urlsafe(12)
+    port, user, password = free_port(), "label-studio", secrets.token_hex(12)  # hex: no leading "-" (an option)
     url = f"http://127.0.0.1:{port}"
     process = start([cli, "start", str(folder), "--port", str(port), "--basic-auth-user", user,
                      "--basic-auth-pass", password], folder.parent / "backend.log")
