@@ -83,10 +83,10 @@ def _pid_of(stack, name: str) -> int:
 
 
 BACK_WITHIN = 60.0
-"""Seconds a killed service has to serve again. How fast it comes back is a speed, measured by the benches, not
-asserted here: 0.6-2 s on a quiet machine, but over 5 s (the bound this test had until session 27) at load 10 and
-more, where a Python service's start alone takes seconds. This bound catches a service that never comes back (a
-back-off loop, a start that hangs), an order of magnitude above the loaded figure."""
+"""Seconds a killed service has to serve again. How fast it comes back is a speed, for the benches, not asserted
+here: at load ~15 (2026-12-05) 2.1-3.9 s for most services but 6.2 s for the gateway, 9.6 s for auth and 10.0 s for
+the deployer, past the 5 s this test asserted until then. This bound catches a service that never comes back (a
+back-off loop, a start that hangs), six times the slowest loaded figure."""
 
 
 def _restart_lines(stack, service: str, since: int) -> list[str]:
