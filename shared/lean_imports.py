@@ -16,6 +16,15 @@ installed do not load them (docs/performance.md, "memory": every process of the 
   every engine replica (and the log store) once it wrote a segment (docs/performance.md item 31). `pyarrow.fs`
   handles their absence (the filesystem is then not offered), as for a pyarrow built without them.
 
+One package is not declined but has its `__init__` deferred (`DEFERRED_INIT`):
+- `unittest`: FastStream imports `unittest.mock` in every process that imports `faststream.nats` (its test broker is
+  imported with the package, and every subscriber and publisher keeps a call recorder holding a `MagicMock`, used
+  only under `TestNatsBroker`). `unittest.mock` itself needs only `unittest.util`, but importing it runs the
+  package's `__init__`, which imports the test runner: `unittest.case`, `loader`, `result`, `suite`, `main`,
+  `runner`, `signals` and `difflib`, ~11 ms of import and ~1 MiB of RSS in every service (docs/performance.md
+  item 72). Here the package's submodules import as usual (the real `unittest.mock`, so FastStream's mocks are the
+  real ones), and its `__init__` runs the first time anything else is read from it (`unittest.TestCase`).
+
 `decline_unused()` must run before anything imports nats, faststream or pyarrow: first thing in a process's entry
 module. Importing a declined package then raises ModuleNotFoundError, exactly as when it is not installed, the
 case those libraries handle.
@@ -26,9 +35,11 @@ from __future__ import annotations
 import importlib
 import sys
 import types
-from importlib.machinery import ModuleSpec
+from importlib.abc import Loader
+from importlib.machinery import ModuleSpec, PathFinder
 
 REMOTE_FILESYSTEMS = ("pyarrow._s3fs", "pyarrow._gcsfs", "pyarrow._azurefs", "pyarrow._hdfs")
+DEFERRED_INIT = ("unittest",)
 
 
 class _Declined:
@@ -44,11 +55,56 @@ class _Declined:
         return None
 
 
+class _DeferredPackage(types.ModuleType):
+    """A package whose submodules import as usual and whose `__init__` runs when another attribute is first read."""
+
+    def __getattr__(self, attr: str) -> object:
+        if attr.startswith("__") and attr != "__all__":  # what the import system sets, or asks before it sets it
+            raise AttributeError(attr)
+        submodule = f"{self.__name__}.{attr}"
+        if PathFinder.find_spec(submodule, self.__path__) is not None:
+            return importlib.import_module(submodule)  # what `from unittest import mock` asks for
+        loader = self.__spec__.loader.deferred  # type: ignore[union-attr]
+        self.__spec__.loader = self.__loader__ = loader  # type: ignore[union-attr]
+        self.__class__ = types.ModuleType  # a plain package from now on
+        loader.exec_module(self)
+        return getattr(self, attr)
+
+
+class _DeferredInitLoader(Loader):
+    def __init__(self, deferred: Loader) -> None:
+        self.deferred = deferred
+
+    def create_module(self, spec: ModuleSpec) -> types.ModuleType:
+        return _DeferredPackage(spec.name)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        """Nothing yet: the real loader runs the package's `__init__` at the first read of what it defines."""
+
+
+class _DeferInit:
+    """A meta path finder that gives some packages a deferred `__init__` (_DeferredPackage)."""
+
+    def __init__(self, names: frozenset[str]) -> None:
+        self.names = names
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> ModuleSpec | None:
+        if fullname not in self.names:
+            return None
+        spec = PathFinder.find_spec(fullname)
+        if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+            return spec
+        spec.loader = _DeferredInitLoader(spec.loader)
+        return spec
+
+
 def decline_unused(serves_http: bool = False) -> None:
-    """Keep this process from importing the packages above (uvicorn stays importable when `serves_http`)."""
+    """Keep this process from importing the packages above (uvicorn stays importable when `serves_http`) and defer
+    `unittest`'s `__init__`."""
     names = {"pandas", "aiohttp", *REMOTE_FILESYSTEMS} | (set() if serves_http else {"uvicorn"})
     if not any(isinstance(finder, _Declined) for finder in sys.meta_path):
         sys.meta_path.insert(0, _Declined(frozenset(names - set(sys.modules))))
+        sys.meta_path.insert(0, _DeferInit(frozenset(set(DEFERRED_INIT) - set(sys.modules))))
 
 
 class LazyModule(types.ModuleType):

@@ -87,3 +87,37 @@ def test_a_lazy_module_is_imported_by_its_first_attribute_read():
         print(compute.np.median(values))
     """)
     assert out == "2.0"
+
+
+def test_unittest_init_is_deferred_and_faststream_test_broker_still_works():
+    """FastStream imports unittest.mock with faststream.nats (its test broker, every subscriber's call recorder): a
+    service process gets the real unittest.mock without unittest's test runner (case, loader, main, difflib), which
+    the first read of anything else from the package still imports."""
+    out = run("""
+        from shared.lean_imports import decline_unused
+        decline_unused()
+        import asyncio, sys
+        from faststream.nats import NatsBroker, TestNatsBroker
+        broker = NatsBroker()
+
+        @broker.subscriber("in")
+        async def handle(body: dict) -> None:
+            pass
+
+        runner = sorted(m for m in ("unittest.case", "unittest.loader", "unittest.main", "difflib") if m in sys.modules)
+
+        async def under_test():
+            async with TestNatsBroker(broker, connect_only=False) as test_broker:
+                await test_broker.publish({"x": 1}, "in")
+                handle.mock.assert_called_once_with({"x": 1})
+                await handle.assert_called_once_with({"x": 1})
+                from unittest.mock import MagicMock
+                return isinstance(handle.mock, MagicMock)
+
+        assert asyncio.run(under_test())  # FastStream's own mocks, real ones
+        import unittest
+        assert issubclass(unittest.TestCase, object)
+        assert type(unittest) is type(sys) and "unittest.case" in sys.modules and len(unittest.__all__) > 10
+        print(runner)
+    """)
+    assert out == "[]"
