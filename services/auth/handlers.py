@@ -41,6 +41,7 @@ from shared.authz import (
     KIND_INFERENCE,
     KIND_USER,
     Principal,
+    out_of_scope,
     require_admin,
     require_member,
     require_unscoped,
@@ -666,8 +667,8 @@ BYTES_PER_USER = _bytes_per_user()
 
 
 async def _refuse_a_whole_answer_too_large(deps: AuthDeps, ids: list[uuid.UUID] | None, workspace_id: int | None,
-                                           co_members_of: uuid.UUID | None,
-                                           after: tuple[datetime, uuid.UUID] | None) -> None:
+                                           co_members_of: uuid.UUID | None, after: tuple[datetime, uuid.UUID] | None,
+                                           member: uuid.UUID | None = None) -> None:
     """A users/query without `limit` longer than a page (_whole_list) whose answer cannot fit a bus reply: 422
     reply_too_large before the rest of its users is read out, counted in PostgreSQL (store.users_answer_size). Built,
     13,000 users with long emails (10 MiB) kept auth busy for seconds (1.3 s idle) after the gateway's wait had ended,
@@ -679,7 +680,7 @@ async def _refuse_a_whole_answer_too_large(deps: AuthDeps, ids: list[uuid.UUID] 
     if limit is None:
         return
     users, text_bytes = await store.users_answer_size(deps.pool, ids=ids, workspace_id=workspace_id,
-                                                      co_members_of=co_members_of, after=after)
+                                                      co_members_of=co_members_of, after=after, member=member)
     least = users * BYTES_PER_USER + text_bytes
     if least > limit:
         raise ReplyTooLarge(f"the answer would be at least {byte_size(least)} ({users} users), above the "
@@ -694,24 +695,31 @@ async def query_users(deps: AuthDeps, principal: Principal, cmd: QueryUsers) -> 
     ids = [_uuid(u, "user_ids") for u in cmd.user_ids] if cmd.user_ids is not None else None
     # a task run's token sees the users of its own workspace, not everyone its user shares a workspace with
     workspace_id = cmd.workspace_id if cmd.workspace_id is not None else scoped_workspace(principal)
-    co_members_of = None
+    co_members_of = member = None
     if workspace_id is not None:
-        # the caller is a member (admins too), so every member shares a workspace with them: no co-member filter
-        await require_member(_membership(deps.pool), principal, workspace_id)
+        # the caller is a member (admins too), so every member shares a workspace with them: no co-member filter.
+        # Checked in the snapshot the users are read in (store.list_users' `member`): checked before in a statement
+        # of its own (require_member), a caller removed between the two was listed the workspace's users
+        if out_of_scope(principal, workspace_id):
+            raise NotFound(f"workspace {workspace_id} not found")
+        member = uuid.UUID(principal.user_id)
     elif not principal.admin:
         # themself among them; only themself when in no workspace, read with the users (store.list_users)
         co_members_of = uuid.UUID(principal.user_id)
-    if cmd.limit is None:
-        rows = await _whole_list(deps, ids, workspace_id, co_members_of, after)
-    else:
-        rows = await store.list_users(deps.pool, ids=ids, workspace_id=workspace_id, co_members_of=co_members_of,
-                                      after=after, limit=cmd.limit + 1)
+    try:
+        if cmd.limit is None:
+            rows = await _whole_list(deps, ids, workspace_id, co_members_of, after, member)
+        else:
+            rows = await store.list_users(deps.pool, ids=ids, workspace_id=workspace_id, co_members_of=co_members_of,
+                                          after=after, limit=cmd.limit + 1, member=member)
+    except store.NotMember:  # as require_member says it: a workspace the caller is not in does not exist
+        raise NotFound(f"workspace {workspace_id} not found") from None
     return await users_answer(rows, cmd.limit, principal)
 
 
 async def _whole_list(deps: AuthDeps, ids: list[uuid.UUID] | None, workspace_id: int | None,
-                      co_members_of: uuid.UUID | None,
-                      after: tuple[datetime, uuid.UUID] | None) -> list[asyncpg.Record]:
+                      co_members_of: uuid.UUID | None, after: tuple[datetime, uuid.UUID] | None,
+                      member: uuid.UUID | None = None) -> list[asyncpg.Record]:
     """The users of a users/query without `limit`. The first MAX_PAGE + 1 are read first: a list no longer than a page
     (what anyone may read with `limit`) is those rows, with no COUNT before them (an extra query for every whole list
     that fits, most of them: docs/performance.md item 57), and one that does not fit once encoded is refused by
@@ -720,12 +728,12 @@ async def _whole_list(deps: AuthDeps, ids: list[uuid.UUID] | None, workspace_id:
     would be of another moment, so users joining a workspace together between the two reads could be one listed and
     the other not (the first rows read twice: ~1.2 ms more for 5000 users, bench/users_page.py --whole 5000)."""
     rows = await store.list_users(deps.pool, ids=ids, workspace_id=workspace_id, co_members_of=co_members_of,
-                                  after=after, limit=paging.MAX_PAGE + 1)
+                                  after=after, limit=paging.MAX_PAGE + 1, member=member)
     if len(rows) <= paging.MAX_PAGE:
         return rows
-    await _refuse_a_whole_answer_too_large(deps, ids, workspace_id, co_members_of, after)
+    await _refuse_a_whole_answer_too_large(deps, ids, workspace_id, co_members_of, after, member)
     return await store.list_users(deps.pool, ids=ids, workspace_id=workspace_id, co_members_of=co_members_of,
-                                  after=after)
+                                  after=after, member=member)
 
 
 async def invite_user(deps: AuthDeps, principal: Principal, cmd: InviteUser) -> UserInvited:

@@ -201,6 +201,16 @@ LISTED_COLUMNS = "u.id, u.username, u.email, u.enabled, u.temporary_password, u.
 """What a user's record in users/query is made of (handlers._user_record): no password hash."""
 
 
+class NotMember(Exception):
+    """A users/query of a workspace its caller is not a member of in the snapshot its users are read in."""
+
+
+async def _require_member(conn: asyncpg.Connection, member: uuid.UUID | None, workspace_id: int | None) -> None:
+    """NotMember unless `member` (None: nobody to check) is a member of `workspace_id` in the transaction's snapshot."""
+    if member is not None and workspace_id is not None and await role_in(conn, member, workspace_id) is None:
+        raise NotMember(workspace_id)
+
+
 async def _workspaces_of(conn: asyncpg.Connection, user_id: uuid.UUID | None) -> list[int] | None:
     """The workspaces `user_id` is a member of (None for None): _user_filters' co-member filter names them."""
     if user_id is None:
@@ -260,7 +270,7 @@ def _user_filters(ids: list[uuid.UUID] | None, workspace_id: int | None, co_memb
 
 async def list_users(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspace_id: int | None,
                      co_members_of: uuid.UUID | None, after: tuple[datetime, uuid.UUID] | None = None,
-                     limit: int | None = None) -> list[asyncpg.Record]:
+                     limit: int | None = None, member: uuid.UUID | None = None) -> list[asyncpg.Record]:
     """Users (LISTED_COLUMNS) filtered by ids and/or workspace, oldest first (created_at, id); `co_members_of` limits
     to users sharing a workspace with that user (themself among them; only themself when in no workspace); those
     after `after` (a page's cursor: created_at, id), `limit` at most (None: all).
@@ -270,8 +280,11 @@ async def list_users(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspa
     (migration 015) the planner did that in index order for a page: a user's users/query on 200,000 users read all
     of them, 200-640 ms, where this reads the caller's few: 0.2-7 ms (docs/performance.md item 55). The caller's
     workspaces are read first (_workspaces_of), in the same snapshot as the users (_users_read), and passed as an
-    array the planner estimates each from its own statistics (item 71)."""
+    array the planner estimates each from its own statistics (item 71). With `member`, NotMember unless that user is a
+    member of `workspace_id`, checked in the same snapshot (a check of its own before, a caller removed between the
+    two was listed the workspace's users)."""
     async with _users_read(pool) as conn:
+        await _require_member(conn, member, workspace_id)
         args: list[Any] = []
         where = _user_filters(ids, workspace_id, co_members_of, await _workspaces_of(conn, co_members_of), after,
                               args)
@@ -282,12 +295,13 @@ async def list_users(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspa
 
 
 async def users_answer_size(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspace_id: int | None,
-                            co_members_of: uuid.UUID | None,
-                            after: tuple[datetime, uuid.UUID] | None = None) -> tuple[int, int]:
+                            co_members_of: uuid.UUID | None, after: tuple[datetime, uuid.UUID] | None = None,
+                            member: uuid.UUID | None = None) -> tuple[int, int]:
     """How many users list_users would answer whole with these filters (those after `after`: a cursor without limit
     answers the rest), and the UTF-8 bytes of their usernames and emails together: what an answer's size is made of,
-    counted in PostgreSQL without reading the rows out."""
+    counted in PostgreSQL without reading the rows out. `member` as list_users'."""
     async with _users_read(pool) as conn:
+        await _require_member(conn, member, workspace_id)
         args: list[Any] = []
         where = _user_filters(ids, workspace_id, co_members_of, await _workspaces_of(conn, co_members_of), after,
                               args)

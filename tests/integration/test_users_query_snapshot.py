@@ -17,21 +17,22 @@ from tests.integration.test_auth_list_pages import Recorder, query_users
 pytestmark = pytest.mark.integration
 
 WORKSPACES_READ = "coalesce(array_agg(workspace_id), '{}') FROM workspace_members WHERE user_id"
+MEMBERSHIP_READ = "SELECT m.user_type FROM workspace_members m JOIN workspaces w"
 
 
 class Interleaving:
-    """auth's pool, running `then` (once) right after a users query has read the caller's workspaces, and recording
-    the text of every statement sent."""
+    """auth's pool, running `then` (once) right after a users query has read the caller's workspaces (or another
+    statement containing `after`), and recording the text of every statement sent."""
 
-    def __init__(self, pool: asyncpg.Pool, then) -> None:
-        self.pool, self.then, self.texts = pool, then, []
+    def __init__(self, pool: asyncpg.Pool, then, after: str = WORKSPACES_READ) -> None:
+        self.pool, self.then, self.texts, self.after = pool, then, [], after
 
     def __getattr__(self, name: str):
         return getattr(self.pool, name)
 
     async def _after(self, sql: str, value):
         self.texts.append(sql)
-        if WORKSPACES_READ in sql and self.then is not None:
+        if self.after in sql and self.then is not None:
             then, self.then = self.then, None
             await then()
         return value
@@ -107,6 +108,44 @@ async def test_a_users_query_lists_co_members_of_one_moment(stack, alice, limit)
         after = await query_users(handlers.AuthDeps(pool=pool, settings=stack.settings().auth, keys={}), alice,
                                   QueryUsers(limit=limit))
         assert str(dave) not in after.users and str(carol) not in after.users
+    finally:
+        await pool.close()
+        await conn.close()
+
+
+@pytest.mark.parametrize("limit", [None, 1000], ids=["whole", "a page"])
+async def test_a_users_query_of_a_workspace_checks_membership_in_the_snapshot_it_lists_in(stack, alice, limit):
+    """alice lists the users of a workspace she shares with dave; right after her membership in it was read, she is
+    removed from it and carol joins it (one transaction). The answer is of one moment: the members of the moment she
+    was one (dave, herself), not carol's workspace listed to someone no longer in it. Before, the membership check
+    (require_member) and the users were two statements with no shared snapshot: the users read after the change
+    listed carol, and not alice, to alice. Her next query is a 404."""
+    from shared.errors import NotFound
+
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    pool = await create_pool(stack.settings().postgres, "auth")
+    try:
+        me = uuid.UUID(alice.user_id)
+        dave, carol = await _user(conn, "dave"), await _user(conn, "carol")
+        shared = await _workspace(conn, [dave, me])
+
+        async def removed_and_carol_joins() -> None:
+            async with conn.transaction():
+                await conn.execute("DELETE FROM auth.workspace_members WHERE workspace_id = $1 AND user_id = $2",
+                                   shared, me)
+                await conn.execute("INSERT INTO auth.workspace_members (workspace_id, user_id, user_type)"
+                                   " VALUES ($1, $2, 'COLLABORATOR')", shared, carol)
+
+        interleaving = Interleaving(pool, removed_and_carol_joins, after=MEMBERSHIP_READ)
+        deps = handlers.AuthDeps(pool=interleaving, settings=stack.settings().auth, keys={},
+                                 reply_limit=lambda: 8 * 1024**2)
+        answer = await query_users(deps, alice, QueryUsers(workspace_id=shared, limit=limit))
+        assert interleaving.then is None  # the change was made between the membership read and the users
+        assert str(carol) not in answer.users, "carol listed to alice, removed from the workspace before the list"
+        assert set(answer.users) == {str(dave), alice.user_id}
+        with pytest.raises(NotFound, match=f"workspace {shared} not found"):
+            await query_users(handlers.AuthDeps(pool=pool, settings=stack.settings().auth, keys={}), alice,
+                              QueryUsers(workspace_id=shared, limit=limit))
     finally:
         await pool.close()
         await conn.close()
