@@ -93,6 +93,10 @@ def test_onnx_upload_and_reads_as_in_the_seed(stack, alice):
     assert version["sha"] == __import__("hashlib").sha256(ccfraud_onnx()).hexdigest()
     assert version["models_pk_id"] == model_id and version["model_id"] == name and version["status"] == "ready"
     assert uuid.UUID(version["model_version"]) and version["file_name"] == name and version["image_path"] is None
+    # the seed's row (MLOps API guide, "List model versions") and Railyard's three additions; no upload-answer field
+    # such as `created` (projects/list_versions of workflow lineage carries one)
+    assert set(version) == {"sha", "models_pk_id", "model_version", "owner_id", "model_id", "id", "file_name",
+                            "image_path", "status"} | {"framework", "runtime", "error"}, sorted(version)
     assert api(stack, alice, "models/get_config_by_id", {"model_id": model_id}).json() == {"model_config": None}
     full = api(stack, alice, "models/get", {"id": model_id}).json()
     assert full["id"] == model_id and [v["model_version"] for v in full["models"]] == [version["model_version"]]
