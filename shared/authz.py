@@ -404,7 +404,11 @@ class VerifierFeed:
         self._task: asyncio.Task | None = None
         self._subscriptions: list[Any] = []
 
-    async def start(self, nats_client: Any) -> None:
+    async def start(self, nats_client: Any,
+                    on_membership_changed: Callable[[str, int], None] | None = None) -> None:
+        """Subscribe to the revocation events and read the list. `on_membership_changed(user_id, workspace_id)`:
+        a verifier that caches memberships (the gateway's inference path) drops the user's in that workspace, so a
+        removed member is refused at once rather than when the cached entry expires."""
         from shared import subjects
         from shared.dead_letters import ignoring_replays
 
@@ -431,6 +435,16 @@ class VerifierFeed:
             except RailyardError as exc:
                 log.warning("could not refetch signing keys: %s", exc.msg)
 
+        async def on_member_changed(msg: Any) -> None:
+            try:
+                event = json.loads(msg.data)
+                user_id, workspace_id = str(event["user_id"]), int(event["workspace_id"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring a malformed %s event", subjects.EVENT_WORKSPACE_MEMBERSHIP_CHANGED)
+                return
+            if on_membership_changed is not None:
+                on_membership_changed(user_id, workspace_id)
+
         # a dead letter's replay (railyard dead-letters) comes on these subjects too, for one durable consumer: the
         # original was applied here when it was published
         self._subscriptions = [
@@ -438,6 +452,9 @@ class VerifierFeed:
             await nats_client.subscribe(subjects.EVENT_SIGNING_KEY_ROTATED, cb=ignoring_replays(on_key_rotated)),
             await nats_client.subscribe(subjects.EVENT_TOKENS_REVOKED, cb=ignoring_replays(on_tokens_revoked)),
         ]
+        if on_membership_changed is not None:
+            self._subscriptions.append(await nats_client.subscribe(
+                subjects.EVENT_WORKSPACE_MEMBERSHIP_CHANGED, cb=ignoring_replays(on_member_changed)))
         await self._poll_once()
         self._task = asyncio.create_task(self._poll_forever())
 

@@ -70,7 +70,15 @@ async def start_http(runtime: Runtime) -> None:
     settings = runtime.settings.gateway
     _check_port_free(settings.host, settings.port)
     verifier, feed = bus_verifier(runtime.broker, runtime.settings.auth, runtime.settings.nats.request_timeout)
-    await feed.start(runtime.broker.config.connection_state.connection)
+
+    def forget_membership(user_id: str, workspace_id: int) -> None:
+        # the inference path caches a member's right to infer (MEMBER_TTL): a removed member must lose it now, not
+        # up to 30 s later while the deployment's route stays warm (tests/integration/test_tenant_removed_member.py)
+        inference = runtime.extras.get("inference")
+        if inference is not None:
+            inference.cache.members.pop((user_id, workspace_id), None)
+
+    await feed.start(runtime.broker.config.connection_state.connection, on_membership_changed=forget_membership)
     runtime.extras.update(verifier=verifier, verifier_feed=feed)
     ensure_descriptors(settings.max_connections)
     server = _Server(http_config(create_app(runtime), settings))

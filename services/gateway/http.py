@@ -326,6 +326,7 @@ def create_app(runtime: Runtime) -> FastAPI:
                  response_model=route.reply, status_code=route.status, openapi_extra=body)(endpoint)
 
     inference = Inference(runtime)
+    runtime.extras["inference"] = inference  # its membership cache is dropped on a membership change (app.py)
     add_inference_routes(app, runtime, caller, inference)
     add_log_routes(app, runtime, user_caller, bearer_token)
     add_orchestration_routes(app, runtime, user_caller, bearer_token)
