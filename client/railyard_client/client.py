@@ -15,6 +15,17 @@ from railyard_client.session import ENV_WORKSPACE, Session
 from railyard_client.workspaces import User, Workspace
 
 
+class ClientAuth:
+    """`Client.auth`: where the API guide's scripts take their Authorization header from."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def auth_header(self) -> dict[str, str]:
+        """`{"Authorization": "Bearer ..."}` with a valid token (refreshed when about to expire)."""
+        return self._client.auth_header()
+
+
 class Client:
     """A signed-in connection to one Railyard server.
 
@@ -62,6 +73,12 @@ class Client:
     def auth_header(self) -> dict[str, str]:
         """`{"Authorization": "Bearer ..."}` for requests/httpx scripts written against the HTTP API."""
         return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def auth(self) -> ClientAuth:
+        """The header as the API guide's scripts ask for it: `headers = client.auth.auth_header()` (seed 001 writes
+        `wl.auth.auth_header()` before every request), the same as `auth_header()`."""
+        return ClientAuth(self)
 
     def request(self, route: str, body: dict[str, Any] | None = None) -> Any:
         """POST any `/v1/api/<route>` with a JSON body and return the answer's JSON (typed errors)."""
