@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,6 +43,16 @@ def _source(source: str | Path | bytes | IO[bytes], name: str | None) -> tuple[I
         return io.BytesIO(bytes(source)), name, len(source), False
     size = os.fstat(source.fileno()).st_size if hasattr(source, "fileno") else 0
     return source, name or os.path.basename(str(getattr(source, "name", "file"))), size, False
+
+
+def _ref(value: Any, key: str = "id") -> Any:
+    """The id (or a file's path) of what seed 000 takes as "ID or Info": a number, or the record this SDK handed out
+    for it (`create_project`, `project`, `create_dataset`, `datasets`, `put_file` answer dicts), passed as it is."""
+    if isinstance(value, Mapping):
+        if key not in value:
+            raise InvalidInput(f"a record without {key!r} where an id or its record was expected: {sorted(value)}")
+        return value[key]
+    return value
 
 
 class Lineage:
@@ -177,21 +187,25 @@ class Lineage:
 
     # --- project versions ------------------------------------------------------------------------------
 
-    def create_version(self, project_id: int, version_title: str | None = None,
+    def create_version(self, project_id: int | Mapping[str, Any], version_title: str | None = None,
                        version_description: str | None = None) -> dict[str, Any]:
-        """Save the project's state; unchanged since the last version, that version comes back (`created` false)."""
-        return self._post("projects/create_version", {"project_id": project_id, "version_title": version_title,
+        """Save the project's state (a project id or the project's record); unchanged since the last version, that
+        version comes back (`created` false)."""
+        return self._post("projects/create_version", {"project_id": _ref(project_id), "version_title": version_title,
                                                       "version_description": version_description})
 
-    def list_versions(self, project_id: int, filters: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    def list_versions(self, project_id: int | Mapping[str, Any], filters: list[dict[str, Any]] | None = None
+                      ) -> list[dict[str, Any]]:
         """A project's versions; filters like `{"field": "number", "operator": ">", "value": 2}`."""
-        return self._post("projects/list_versions", {"project_id": project_id, "filters": filters or []})["versions"]
+        body = {"project_id": _ref(project_id), "filters": filters or []}
+        return self._post("projects/list_versions", body)["versions"]
 
-    def restore_version(self, project_id: int, version_id: int | None = None, version_num: int | None = None, *,
-                        skip_missed_entities: bool = False, name: str | None = None) -> dict[str, Any]:
+    def restore_version(self, project_id: int | Mapping[str, Any], version_id: int | None = None,
+                        version_num: int | None = None, *, skip_missed_entities: bool = False,
+                        name: str | None = None) -> dict[str, Any]:
         """Recreate a version (by id or number) as a new project; `skip_missed_entities` leaves out lost objects."""
         return self._post("projects/restore_version", {
-            "project_id": project_id, "version_id": version_id, "version_num": version_num,
+            "project_id": _ref(project_id), "version_id": version_id, "version_num": version_num,
             "skip_missed_entities": skip_missed_entities, "name": name})
 
     # --- the workflow graph (seed 000) -----------------------------------------------------------------
@@ -201,42 +215,44 @@ class Lineage:
         return self._post(f"workflow/{method}", {"workspace_id": self.workspace_id, "task_id": task_id,
                                                  "meta": meta, **body})
 
-    def add_input_project(self, project_id: int, version_id: int | None = None, version_num: int | None = None, *,
+    def add_input_project(self, project_id: int | Mapping[str, Any], version_id: int | None = None,
+                          version_num: int | None = None, *,
                           task_id: str | None = None, meta: dict[str, Any] | None = None,
                           evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
         """A project (or one of its versions) is an input of the task run (default: this task run). With
         `evaluation` ({dataset_name, label_column, output_column} or {dataset_name, image}), the version's dataset
         is the run's evaluation set: each model version the run outputs is benchmarked on it once deployed."""
-        return self._link("add_input_project", task_id, meta, project_id=project_id, version_id=version_id,
+        return self._link("add_input_project", task_id, meta, project_id=_ref(project_id), version_id=version_id,
                           version_num=version_num, **({"evaluation": evaluation} if evaluation else {}))
 
-    def add_output_project(self, project_id: int, version_id: int | None = None, version_num: int | None = None, *,
+    def add_output_project(self, project_id: int | Mapping[str, Any], version_id: int | None = None,
+                           version_num: int | None = None, *,
                            task_id: str | None = None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
         """A project (or a version) is an output of the task run."""
-        return self._link("add_output_project", task_id, meta, project_id=project_id, version_id=version_id,
+        return self._link("add_output_project", task_id, meta, project_id=_ref(project_id), version_id=version_id,
                           version_num=version_num)
 
-    def add_input_dataset(self, dataset_id: int, *, task_id: str | None = None,
+    def add_input_dataset(self, dataset_id: int | Mapping[str, Any], *, task_id: str | None = None,
                           meta: dict[str, Any] | None = None, evaluation: dict[str, Any] | None = None
                           ) -> dict[str, Any]:
         """A dataset is an input of the task run (with `evaluation`: its evaluation set, as add_input_project)."""
-        return self._link("add_input_dataset", task_id, meta, dataset_id=dataset_id,
+        return self._link("add_input_dataset", task_id, meta, dataset_id=_ref(dataset_id),
                           **({"evaluation": evaluation} if evaluation else {}))
 
-    def add_output_dataset(self, dataset_id: int, *, task_id: str | None = None,
+    def add_output_dataset(self, dataset_id: int | Mapping[str, Any], *, task_id: str | None = None,
                            meta: dict[str, Any] | None = None) -> dict[str, Any]:
         """A dataset is an output of the task run."""
-        return self._link("add_output_dataset", task_id, meta, dataset_id=dataset_id)
+        return self._link("add_output_dataset", task_id, meta, dataset_id=_ref(dataset_id))
 
-    def add_input_file(self, path: str, model_weight: bool = False, *, task_id: str | None = None,
+    def add_input_file(self, path: str | Mapping[str, Any], model_weight: bool = False, *, task_id: str | None = None,
                        meta: dict[str, Any] | None = None) -> dict[str, Any]:
         """A workspace file is an input of the task run (`model_weight` marks model weights)."""
-        return self._link("add_input_file", task_id, meta, path=path, model_weight=model_weight)
+        return self._link("add_input_file", task_id, meta, path=_ref(path, "path"), model_weight=model_weight)
 
-    def add_output_file(self, path: str, model_weight: bool = False, *, task_id: str | None = None,
+    def add_output_file(self, path: str | Mapping[str, Any], model_weight: bool = False, *, task_id: str | None = None,
                         meta: dict[str, Any] | None = None) -> dict[str, Any]:
         """A workspace file is an output of the task run."""
-        return self._link("add_output_file", task_id, meta, path=path, model_weight=model_weight)
+        return self._link("add_output_file", task_id, meta, path=_ref(path, "path"), model_weight=model_weight)
 
     def add_input_folder(self, path: str, *, task_id: str | None = None,
                          meta: dict[str, Any] | None = None) -> dict[str, Any]:
