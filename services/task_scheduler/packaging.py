@@ -39,6 +39,7 @@ RATIO_CHECKED_ABOVE = 1024 * 1024  # small members compress freely (a file of sp
 READY_MARKER = ".railyard-env-ready"
 ENTRYPOINT = "main.py"
 REQUIREMENTS = "requirements.txt"
+LOCK_POLL = 0.2  # seconds between tries of an environment's file lock another process holds (_lock)
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ async def install_env(root: Path, sha: str, requirements: str, settings: TaskSet
         return True, None
     env.parent.mkdir(parents=True, exist_ok=True)
     lock_path = env.parent / f"{sha}.lock"
-    lock = await asyncio.to_thread(_lock, lock_path)
+    lock = await _lock(lock_path)
     try:
         if (env / READY_MARKER).exists():
             return True, None
@@ -238,10 +239,22 @@ def _readable_by_all(folder: Path) -> None:
         item.chmod(0o644)
 
 
-def _lock(path: Path):
-    handle = open(path, "a")  # noqa: SIM115 - held until the install ends
-    fcntl.flock(handle, fcntl.LOCK_EX)
-    return handle
+async def _lock(path: Path):
+    """The file lock of an environment's install, held until the handle is closed: tried every LOCK_POLL seconds
+    (another process on this machine installs the environment meanwhile). Before, a thread waited in a blocking
+    flock: a cancel (the claim taken over, a stop) left it waiting until the other install ended, the lock then
+    taken and dropped by nobody's, and a process's exit (asyncio's shutdown of its default executor) waited for it."""
+    handle = await asyncio.to_thread(open, path, "a")  # held until the install ends
+    try:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return handle
+            except BlockingIOError:
+                await asyncio.sleep(LOCK_POLL)
+    except BaseException:
+        handle.close()
+        raise
 
 
 async def _pip(env: Path, scratch: Path, wheelhouse: Path | None, settings: TaskSettings) -> tuple[bool, str]:

@@ -1,0 +1,76 @@
+"""An install waiting for its environment's file lock (services/task_scheduler/packaging.py, _lock: another process on
+the machine installs the same requirements) leaves nothing behind when it is cancelled (its claim taken over, the
+service's stop). Before, a thread of the default executor waited in a blocking flock: the cancel ended the await
+only, the thread waited on until the other install let the lock go (then took it, dropped by nobody's), and a
+process's exit (asyncio's shutdown of the default executor) waited for that thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import sys
+import threading
+
+import pytest
+
+from services.task_scheduler import packaging
+from shared.settings import TaskSettings
+
+SHA = "6" * 64
+
+
+@contextlib.contextmanager
+def another_install(root):
+    """The environment's file lock held as another process's install holds it (an open file of its own: flock
+    excludes it from the installer's, in this process too)."""
+    lock_path = packaging.env_dir(root, SHA).parent / f"{SHA}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+
+
+def waiting_in_packaging() -> list[str]:
+    """The threads (other than this one) whose stack is in packaging.py now."""
+    here = threading.get_ident()
+    found = []
+    for ident, frame in sys._current_frames().items():
+        while frame is not None and ident != here:
+            if frame.f_code.co_filename == packaging.__file__:
+                found.append(f"{ident}: {frame.f_code.co_name}")
+                break
+            frame = frame.f_back
+    return found
+
+
+async def test_an_install_cancelled_while_another_holds_the_lock_leaves_no_thread_waiting(tmp_path):
+    with another_install(tmp_path):
+        install = asyncio.create_task(packaging.install_env(tmp_path, SHA, "x==1\n", TaskSettings()))
+        await asyncio.sleep(packaging.LOCK_POLL * 2)  # tried the lock, waiting for it
+        assert not install.done()
+        install.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await install
+        await asyncio.sleep(0.2)  # the old thread stays in flock: time enough to see it
+        assert waiting_in_packaging() == []  # was: ['<id>: _lock'], a thread in flock until the lock was let go
+
+
+async def test_an_install_waits_for_the_lock_and_takes_it_once_let_go(tmp_path, monkeypatch):
+    installed: list[str] = []
+
+    async def pip(env, scratch, wheelhouse, settings):
+        installed.append((scratch / packaging.REQUIREMENTS).read_text())
+        env.mkdir(parents=True, exist_ok=True)
+        return True, ""
+
+    monkeypatch.setattr(packaging, "_pip", pip)
+    with another_install(tmp_path):
+        install = asyncio.create_task(packaging.install_env(tmp_path, SHA, "x==1\n", TaskSettings()))
+        await asyncio.sleep(packaging.LOCK_POLL * 2)
+        assert not install.done() and installed == []
+    async with asyncio.timeout(10):
+        assert await install == (True, None)
+    assert installed == ["x==1\n"]
+    with another_install(tmp_path):  # let go at the install's end (else BlockingIOError)
+        pass
