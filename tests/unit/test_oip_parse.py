@@ -163,33 +163,34 @@ def test_string_outputs_are_bytes_tensors_in_json_and_in_the_binary_extension():
     assert np.frombuffer(blob[label["parameters"]["binary_data_size"]:], "<f4").tolist() == [0.5, 0.25]
 
 
-def test_a_body_of_very_many_inputs_or_columns_is_refused_quickly():
+def test_a_body_of_very_many_inputs_or_columns_is_refused_by_count_before_any_per_input_work():
     """Checking a repeated input name scanned a list (20k inputs took 2.5 s on the gateway's loop) and an Arrow
     body's repeated column names were counted per column (150k columns, 6 s, before authorization): now a set and
-    a Counter, and more than MAX_COLUMNS inputs or columns in any format is a 400 by count."""
-    import time
-
+    a Counter, and more than MAX_COLUMNS inputs or columns in any format is a 400 by count, said before any input or
+    column is looked at (every one of them is malformed here too, so a per-input check that ran first would say
+    something else). Speed is not asserted here (wall-clock bounds of 2 s and 1.5 s failed under the shared machine's
+    load, s26): measured 2026-12-05 (best of 5, load 1.8) the refusals take 46 ms (OIP), 1.5 ms (records) and 29 ms
+    (Arrow, its reader's), and 10,000 distinct inputs parse in 145-200 ms."""
     from services.gateway.inference import _read_body
     from shared.arrow_codec import MAX_COLUMNS, to_ipc_stream
 
     many = MAX_COLUMNS + 1
-    oip_body = orjson.dumps({"inputs": [{"name": f"i{n}", "shape": [1], "datatype": "FP32", "data": [1.0]}
-                                        for n in range(many)]})
-    records_body = orjson.dumps([{f"c{n}": 1.0 for n in range(many)}])
+    # an unsupported datatype in each input, repeated names: the per-input checks would name input 'i'
+    oip_body = orjson.dumps({"inputs": [{"name": "i", "shape": [1], "datatype": "NOPE", "data": [1.0]}] * many})
+    # rows of other keys: the per-row check would say record 1 has different columns
+    records_body = orjson.dumps([{f"c{n}": 1.0 for n in range(many)}, {"other": 1.0}])
+    # repeated names: the Counter would name columns ['a'] as given more than once
     arrow_body = to_ipc_stream(pa.Table.from_arrays([pa.array([1.0])] * many, names=["a"] * many))
-    for read in (lambda: oip.parse_request(oip_body, None),
+    for read in (lambda: oip.parse_request(oip_body, None), lambda: _general(oip_body),
                  lambda: _read_body("application/json", records_body, 64 << 20),
                  lambda: _read_body("application/vnd.apache.arrow.stream", arrow_body, 64 << 20)):
-        started = time.perf_counter()
-        with pytest.raises(InvalidRequest, match=f"at most {MAX_COLUMNS}"):
+        with pytest.raises(InvalidRequest, match=f"^the body has {many} (inputs|columns); at most {MAX_COLUMNS}"):
             read()
-        assert time.perf_counter() - started < 2.0
-    # just under the cap, distinct names parse in well under a second
+    # just under the cap, distinct names are read, each its own column
     fewer = orjson.dumps({"inputs": [{"name": f"i{n}", "shape": [1], "datatype": "FP32", "data": [1.0]}
                                      for n in range(MAX_COLUMNS)]})
-    started = time.perf_counter()
-    assert oip.parse_request(fewer, None)[1].num_columns == MAX_COLUMNS
-    assert time.perf_counter() - started < 1.5
+    table = oip.parse_request(fewer, None)[1]
+    assert table.num_columns == MAX_COLUMNS and table.column_names[-1] == f"i{MAX_COLUMNS - 1}"
 
 
 def test_brackets_are_counted_up_to_one_past_the_limit():
