@@ -1,14 +1,23 @@
-"""Concurrent requests the gateway types for a pipeline version its route still names while another version
-serves (a model swap under way): a JSON request from NARROW_MIN_ROWS rows is cast to the old model's float32 and
-marked with its version (RouteCache.narrowed), an Arrow float32 request of the same schema is not marked. The
-coalescer must not let a marked table ride in an unmarked one (a shared table carries one metadata): the new
-version's replica refuses the marked ones (`stale_route`) and the gateway resends them as sent, so every answer is
-the new float64 model's on the request's own values, never on values rounded for the old model. Through the real
-gateway and engine replicas (docs/inference.md, "The engine")."""
+"""A model swap under concurrent load, end to end: requests the gateway types for the pipeline version its cached
+route still names (a JSON request from NARROW_MIN_ROWS rows is cast to the old model's float32 and marked with its
+version, RouteCache.narrowed) reach a replica of the new version, which refuses them (`stale_route`); the gateway
+resends them as they were sent, so every answer, to JSON or to an Arrow float32 request, is the new float64 model's
+on the request's own values, never on values rounded for the old model. Through the real gateway and engine
+replicas (docs/inference.md, "The engine").
+
+What it cannot catch: the coalescer letting a marked table ride in an unmarked one (a shared table carries the first
+request's schema metadata, so marked rows behind an unmarked first request would pass the stale check). Two requests
+share a table only when they reach the gateway -> engine hop in the same turn of the gateway's event loop while
+another message to the deployment is on its way, and a marked one exists only in the stale window (from the first
+request after the swap until the route's background refresh answers: one round trip); a client outside the
+gateway's process can neither widen that window nor see which requests shared a table. In session 26 this test
+passed with the coalescer's key made metadata-blind; tests/unit/test_gateway_coalesce_metadata.py, which drives the
+coalescer itself, fails with it, and is the test of that rule."""
 
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -17,7 +26,7 @@ import pyarrow as pa
 import pytest
 from onnx import TensorProto, helper
 
-from services.gateway.inference import NARROW_MIN_ROWS
+from services.gateway.inference import NARROW_MIN_ROWS, ROUTE_MAX_AGE
 from shared.arrow_codec import tensor_array, to_ipc_stream
 from tests.integration.conftest import post
 from tests.integration.test_pipelines import _deploy_definition, _upload_bytes
@@ -52,7 +61,11 @@ def test_requests_typed_for_a_replaced_version_are_answered_on_their_own_values(
     try:
         first = httpx.post(url, content=records, headers={**auth, "Content-Type": "application/json"}, timeout=60)
         assert first.status_code == 200, first.text  # the gateway's route: version 1, float32 (it narrows)
+        typed = time.monotonic()
         _deploy_definition(stack, alice, NAME, {"steps": [{"ModelInference": {"models": [{"name": "swapto"}]}}]})
+        if time.monotonic() - typed > ROUTE_MAX_AGE - 2:
+            # the gateway would wait for a fresh route: no request typed for version 1, nothing here is tested
+            pytest.skip(f"the swap took {time.monotonic() - typed:.0f} s, past the cached route's {ROUTE_MAX_AGE:g} s")
 
         def send(index: int) -> tuple[int, httpx.Response]:
             if index % 2:
