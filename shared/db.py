@@ -15,7 +15,7 @@ import hashlib
 import logging
 import re
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -235,13 +235,19 @@ async def _note_held(conn: asyncpg.Connection) -> None:
         held.append((conn, asyncio.current_task()))
 
 
-def begin(work: Awaitable[_T]) -> asyncio.Future[_T]:
+def begin(work: Coroutine[Any, Any, _T] | asyncio.Future[_T]) -> asyncio.Future[_T]:
     """`work` as a task of its own whose connections of create_pool's pools are noted, for `leave` to cut if it
-    outlives its cancel (a future, not a coroutine, is only wrapped: nothing noted). Those of tasks it starts are
-    noted too, and cut only if the work's cancel reached them (a task it awaits, or through gather, wait_for or a
-    TaskGroup; not one it left to run on, shielded, or waits for with asyncio.wait, which cancels nothing)."""
+    outlives its cancel. Those of tasks it starts are noted too, and cut only if the work's cancel reached them (a
+    task it awaits, or through gather, wait_for or a TaskGroup; not one it left to run on, shielded, or waits for with
+    asyncio.wait, which cancels nothing). `work` is a coroutine, or a task `begin` made (itself returned): any other
+    future is a TypeError. Before, one was only wrapped, nothing of it noted: its connections were never cut and work
+    given up on held them as asyncpg does (the command timeout, 30 s), as Scheduler.stop's left loop did; a future
+    runs in a context of its own, which `begin` cannot note, so it is refused rather than bounded in name only."""
     if not asyncio.iscoroutine(work):
-        return asyncio.ensure_future(work)
+        if isinstance(work, asyncio.Future) and work in _HELD_BY:
+            return work
+        raise TypeError(f"shared.db.begin takes a coroutine or a task begun by it, not {type(work).__name__}: the"
+                        " connections of other work cannot be noted, nor cut once it is given up on")
     held: _Held = []
     context = contextvars.copy_context()
     context.run(_HOLDING.set, held)
@@ -250,7 +256,8 @@ def begin(work: Awaitable[_T]) -> asyncio.Future[_T]:
     return task
 
 
-async def within(seconds: float, work: Awaitable[_T], gave_up: Callable[[], BaseException]) -> _T:
+async def within(seconds: float, work: Coroutine[Any, Any, _T] | asyncio.Future[_T],
+                 gave_up: Callable[[], BaseException]) -> _T:
     """What `work` answers within `seconds`; else `gave_up()` is raised and the work is cancelled and left to end in
     the background, not waited for (also when the caller is cancelled). Neither asyncio.wait_for (on Python 3.11 it
     loses a cancel that comes as the work ends, bpo-42130) nor asyncio.timeout, which waits for its cancelled block
@@ -259,7 +266,7 @@ async def within(seconds: float, work: Awaitable[_T], gave_up: Callable[[], Base
     the pool's release: no timeout of their own), so a caller bounded that way waited as long as the server was
     away. The work left holds its connection (and whatever its transaction locked on the server) until it ends, at
     most CUT_AFTER (`leave`). The deployer's request-path steps and the task scheduler's log writes, end records,
-    beats and stop steps use it."""
+    beats and stop steps use it. `work` is what `begin` takes (a coroutine, or a task it made)."""
     task = begin(work)
     try:
         done, _ = await asyncio.wait((task,), timeout=max(seconds, 0.0))
@@ -300,7 +307,11 @@ def _cut(task: asyncio.Future, held: _Held) -> None:
             # connection cut with the work's, one the server answered included
             continue
         con = getattr(conn, "_con", None)  # None once released: asyncpg detaches a pool connection's proxy then
-        if con is not None and not con.is_closed():
+        if con is not None and not getattr(con, "_aborted", False):
+            # not is_closed(): that is True at once for a connection asyncpg is closing, and a release closes one
+            # (past the pool's max_queries, or expired: Pool.expire_connections) waiting for the server to drop it,
+            # its holder held meanwhile, up to the command timeout (30 s) on a server that stopped answering. Before,
+            # such a connection was skipped. A terminate completes the close's waits (asyncpg's abort)
             con.terminate()  # its holder returns to the pool at once
             cut += 1
     if cut:

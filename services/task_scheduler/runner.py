@@ -20,11 +20,11 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
@@ -186,10 +186,10 @@ class LogWriter:
         write.result()
 
 
-async def bounded(step: Awaitable[T], seconds: float, what: str) -> T:
-    """`step` waited for at most `seconds` (shared.db.within: past it, or when the caller is cancelled, it is
-    cancelled and left to end in the background, for the reasons LogWriter._attempt says), TimeoutError naming
-    `what`. Its result otherwise, or its exception."""
+async def bounded(step: Coroutine[Any, Any, T] | asyncio.Future[T], seconds: float, what: str) -> T:
+    """`step` (a coroutine, or a task shared.db.begin made) waited for at most `seconds` (shared.db.within: past it,
+    or when the caller is cancelled, it is cancelled and left to end in the background, for the reasons
+    LogWriter._attempt says), TimeoutError naming `what`. Its result otherwise, or its exception."""
     return await db.within(seconds, step, lambda: TimeoutError(f"{what}: no answer within {seconds:.3g} s"))
 
 

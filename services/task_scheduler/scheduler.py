@@ -48,6 +48,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from services.task_scheduler import packaging, runner, store
 from services.task_scheduler.fetch_orchestration import download_verified
 from services.task_scheduler.handlers import Deps
+from shared import db
 from shared.errors import RailyardError
 from shared.outbox import Outbox
 from shared.settings import TASK_STOP_TIMEOUT
@@ -72,6 +73,7 @@ STOP_STEP = 2.0
 DROP_SECONDS = 5.0  # the loop's connection released (its LISTEN dropped) within this, else terminated
 END_ATTEMPT_SECONDS = 5.0  # one attempt at recording a run's end (a server that stopped answering): tried again
 END_RECORD_SECONDS = 30.0  # how long a run's end record is retried before it is left to the lost-run step
+BEATS_UNDER_WAY = 2  # an install's beats sent and not answered yet, at most (Scheduler._install_one)
 
 
 def sleep_for(to_next_due: float | None, tick: float, own_beat_in: float | None) -> float:
@@ -119,7 +121,7 @@ class Scheduler:
     lost: set[uuid.UUID] = field(default_factory=set)
     ending: set[uuid.UUID] = field(default_factory=set)  # runs whose end is being recorded (store.finish_run)
     installing: asyncio.Task | None = None
-    _loop: asyncio.Task | None = None
+    _loop: asyncio.Future | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _conn: Any = None  # the loop's own connection (LISTENing on store.WORK_CHANNEL), one of the pool's
@@ -137,7 +139,7 @@ class Scheduler:
             self.outbox = Outbox(self.deps.pool, self.deps.publish, event_types=store.EVENT_TYPES,
                                  order_field="run_id", what="task run events", rows=store)
         self._outbox_task = asyncio.create_task(self.outbox.run())
-        self._loop = asyncio.create_task(self._forever())
+        self._loop = db.begin(self._forever())  # left by a stop, its connections cut as other left work's are
 
     def events_committed(self) -> None:
         if self.outbox is not None:
@@ -382,34 +384,53 @@ class Scheduler:
         log.info("installing requirements %s", sha[:12])
 
         # a beat the database refused (or did not answer) is tried again at the next: before, the first failure ended
-        # the beating, an exception nobody read, and another process could claim the install mid-way. A beat has half
-        # the time left until the install could be claimed (supervisor_lost_after after the last beat that landed), at
-        # least heartbeat_interval: before, it was given up at heartbeat_interval, so a database merely slower than
-        # that (a beat waiting on a lock, a busy server) logged a WARNING at every beat and had every beat cancelled,
-        # the install then claimed by another process though this one was alive and the database answering. The other
-        # half is the next beat's: a beat hung on a connection that stopped answering (its network path gone, new
-        # connections pass; shared.db cuts it) is given up in time for the next to land on another. With all the time
-        # left (December 2026, briefly) the hung one was given up once the claim could be taken
+        # the beating, an exception nobody read, and another process could claim the install mid-way. A beat is sent
+        # every heartbeat_interval after the last one answered; one not answered within half the time left until the
+        # install could be claimed (supervisor_lost_after after the last beat that landed, counted from its sending),
+        # at least heartbeat_interval, has the next sent beside it, and either's answer counts: a beat hung on a
+        # connection that stopped answering (its network path gone, new connections pass) does not keep the next from
+        # landing in time on another. A beat is not cancelled for being slow (at most BEATS_UNDER_WAY under way, none
+        # sent meanwhile; one older than supervisor_lost_after is given up, shared.db cutting its connection): a
+        # database answering every beat in s seconds keeps the claim while heartbeat_interval + s stays under
+        # supervisor_lost_after. Before, a beat was cancelled at that bound, so a database answering every beat in over
+        # (supervisor_lost_after - heartbeat_interval) / 3 (2.7 s with the defaults) had all of them cancelled, and
+        # another scheduler claimed the install of a live one
         async def beat() -> None:
             """Beats until the claim is found lost (returns then): another process claimed the install."""
             loop = asyncio.get_running_loop()
+            lost_after, interval = deps.settings.supervisor_lost_after, deps.settings.heartbeat_interval
             landed = loop.time()  # the claim (store.claim_env) beat it
-            while True:
-                await asyncio.sleep(deps.settings.heartbeat_interval)
-                began = loop.time()
-                bound = max((landed + deps.settings.supervisor_lost_after - began) / 2,
-                            deps.settings.heartbeat_interval)
-                try:
-                    held = await runner.bounded(store.beat_env(deps.pool, sha, self.identity), bound,
-                                                "beating an environment's install")
-                except Exception as exc:  # noqa: BLE001 - beaten again next time; unbeaten, another may claim it
-                    log.warning("requirements %s: could not beat the install (%s: %s): another scheduler may claim it"
-                                " %.0f s after its last beat", sha[:12], type(exc).__name__, exc,
-                                deps.settings.supervisor_lost_after)
-                    continue
-                if not held:
-                    return
-                landed = began
+            under_way: dict[asyncio.Future[bool], float] = {}  # beats sent, not answered yet: when each was sent
+            try:
+                while True:
+                    await asyncio.sleep(interval)
+                    for old in [b for b, at in under_way.items() if loop.time() - at > lost_after]:
+                        del under_way[old]
+                        db.leave(old)  # its answer could no longer keep the claim
+                    began, sent = loop.time(), None
+                    if len(under_way) < BEATS_UNDER_WAY:
+                        sent = db.begin(store.beat_env(deps.pool, sha, self.identity))
+                        under_way[sent] = began
+                    bound = max((landed + lost_after - began) / 2, interval)
+                    await asyncio.wait(under_way, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
+                    for answered in [b for b in under_way if b.done()]:
+                        at = under_way.pop(answered)
+                        try:
+                            held = answered.result()
+                        except Exception as exc:  # noqa: BLE001 - beaten again next time; unbeaten, another may claim
+                            log.warning("requirements %s: could not beat the install (%s: %s): another scheduler may"
+                                        " claim it %.0f s after its last beat", sha[:12], type(exc).__name__, exc,
+                                        lost_after)
+                            continue
+                        if not held:
+                            return
+                        landed = max(landed, at)
+                    if sent is not None and sent in under_way:
+                        log.info("requirements %s: a beat of the install was not answered within %.3g s: the next is"
+                                 " sent beside it", sha[:12], bound)
+            finally:
+                for left in under_way:
+                    db.leave(left)
 
         # The install (users' requirements, pip in the sandbox) stops when a beat finds the claim taken over (this
         # process's beats came later than supervisor_lost_after: paused, cut off, a database that did not answer):
@@ -437,8 +458,14 @@ class Scheduler:
             # retried as a run's end is, beaten meanwhile (an attempt whose answer was lost makes the next find the end
             # there: nothing is recorded twice). Before, one failure raised out of this task, whose exception nobody
             # reads, the environment left 'installing'
-            recorded = await self._retried(lambda: store.finish_env(deps.pool, sha, self.identity, ok, reason),
-                                           "recording an install's end")
+            attempts = 0
+
+            def finish() -> Awaitable[store.EnvEnd]:
+                nonlocal attempts
+                attempts += 1
+                return store.finish_env(deps.pool, sha, self.identity, ok, reason)
+
+            recorded = await self._retried(finish, "recording an install's end")
         except Exception as exc:  # noqa: BLE001 - never raised out of the task
             log.warning("requirements %s: the install's end (%s) could not be recorded (%s: %s): installed again once"
                         " a scheduler claims them, %.0f s after this one's last beat", sha[:12],
@@ -451,11 +478,28 @@ class Scheduler:
             finally:
                 self.wake()  # the installer is free: another environment may wait
         if not recorded:
-            log.warning("requirements %s: the install ended (%s) after another scheduler claimed it (this one's beats"
-                        " were over %.0f s apart): its end was dropped, that scheduler records its own", sha[:12],
-                        "ready" if ok else f"failed: {reason}", deps.settings.supervisor_lost_after)
+            log.warning("requirements %s: the install ended (%s): %s", sha[:12], "ready" if ok else f"failed: {reason}",
+                        self._not_recorded(recorded, attempts))
             return
         log.info("requirements %s: %s", sha[:12], "ready" if ok else f"failed: {reason}")
+
+    def _not_recorded(self, found: store.EnvEnd, attempts: int) -> str:
+        """Why store.finish_env wrote nothing (`found`: what it found), after `attempts` attempts. Only this process's
+        installer claims while it installs, a claim sets the worker, and only an upload sets a failed environment to be
+        installed again (its worker kept): a retry that finds this worker's name on an environment no longer ended
+        this way follows an earlier attempt that recorded the end. Before, every such end was said to be dropped
+        after another scheduler's claim, also when an earlier attempt (its answer lost) had recorded it."""
+        now = "gone" if found.status is None else f"{found.status}, claimed by {found.worker or 'nobody'}"
+        took = (f"another scheduler claimed the install (this one's beats were over "
+                f"{self.deps.settings.supervisor_lost_after:.0f} s apart)")
+        if attempts <= 1:
+            return f"its end was dropped: {took}, and records its own (the environment now: {now})"
+        if found.worker == self.identity:
+            return (f"recorded by an earlier attempt whose answer was lost; the environment has been set to be"
+                    f" installed again since (an upload of its requirements; now: {now})")
+        return (f"not written by this attempt (the environment now: {now}): either {took} before it was recorded,"
+                f" its end dropped, or an earlier attempt, whose answer was lost, recorded it and the environment was"
+                f" set to be installed again since and claimed")
 
     @staticmethod
     async def _ended(install: asyncio.Task) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -88,9 +89,23 @@ async def beat_env(pool: asyncpg.Pool, requirements_sha: str, worker: str) -> bo
         "AND heartbeat_at IS NOT NULL RETURNING true", requirements_sha, worker))
 
 
-async def finish_env(pool: asyncpg.Pool, requirements_sha: str, worker: str, ok: bool, reason: str | None) -> bool:
+@dataclass(frozen=True)
+class EnvEnd:
+    """finish_env's answer, true when the end is recorded (written now, or there already); else what it found: the
+    environment's status and claimant (`worker`) then, None if it is gone."""
+
+    recorded: bool
+    status: str | None = None
+    worker: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.recorded
+
+
+async def finish_env(pool: asyncpg.Pool, requirements_sha: str, worker: str, ok: bool, reason: str | None) -> EnvEnd:
     """The environment is ready (or failed): so are the orchestrations waiting on it; only if `worker` still holds
-    the install's claim (False, nothing written: another process claimed it and records its own end). Before, any
+    the install's claim (false, nothing written, with what it found: another process claimed it and records its own
+    end, or, for a retry, an earlier attempt recorded it and the environment was set to be installed again). Before, any
     installer's end was written: one whose claim was taken over recorded it over the new claimant's (`ready` while
     that one was still installing, `failed` over its `ready`). True as well when this worker's end is there already
     (an earlier attempt whose answer was lost: nothing is written twice). `heartbeat_at IS NOT NULL`: a failed
@@ -106,10 +121,12 @@ async def finish_env(pool: asyncpg.Pool, requirements_sha: str, worker: str, ok:
             reason)
         if not done:
             row = await conn.fetchrow("SELECT status, worker FROM envs WHERE requirements_sha = $1", requirements_sha)
-            return row is not None and (row["worker"], row["status"]) == (worker, status)
+            if row is None:
+                return EnvEnd(False)
+            return EnvEnd((row["worker"], row["status"]) == (worker, status), row["status"], row["worker"])
         await conn.execute("UPDATE orchestrations SET status = $2, reason = $3, updated_at = now() "
                            "WHERE requirements_sha = $1 AND status = 'packaging'", requirements_sha, status, reason)
-    return True
+    return EnvEnd(True, status, worker)
 
 
 async def env_status(pool: asyncpg.Pool, requirements_sha: str) -> asyncpg.Record | None:

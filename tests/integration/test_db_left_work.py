@@ -55,8 +55,8 @@ class Partition(FreezingProxy):
 
 
 @contextlib.asynccontextmanager
-async def partitioned(stack, pool) -> AsyncIterator[tuple[Partition, asyncpg.Pool]]:
-    settings = stack.settings().postgres
+async def partitioned(stack, pool, **settings_of_its_own) -> AsyncIterator[tuple[Partition, asyncpg.Pool]]:
+    settings = stack.settings().postgres.model_copy(update=settings_of_its_own)
     parts = urlsplit(settings.dsn)
     proxy = Partition(parts.hostname, parts.port)
     async with proxy.serving() as port:
@@ -206,3 +206,35 @@ async def test_a_pool_closed_while_work_runs_on_a_server_that_answers_does_not_b
         said = [r.getMessage() for r in caplog.records if "closing the database pool" in r.getMessage()]
         assert len(said) == 1 and "did not answer" not in said[0], said
         assert "1 open connection(s) terminated, 1 of them held by work" in said[0], said
+
+
+async def test_work_given_up_on_while_its_release_closes_the_connection_is_cut_too(stack, caplog):
+    """Work given up on whose connection asyncpg closes as it is let go (expired: Pool.expire_connections; or past
+    the pool's max_queries) on a server that stopped answering: the close waits for the server to drop the
+    connection, up to the command timeout (30 s), the connection held meanwhile; is_closed() is True at once, and the
+    cut skipped it. Now it is terminated at CUT_AFTER as well: here the pool's one connection is free again."""
+    async with service_schema(stack, "dbleft", NO_MIGRATIONS) as pool, \
+            partitioned(stack, pool, pool_max=1) as (proxy, proxied):
+        taken = asyncio.Event()
+
+        async def work() -> None:
+            async with proxied.acquire() as conn:
+                await conn.execute("SELECT 1")  # its connection, on a link the partition stops
+                taken.set()
+                await asyncio.Event().wait()  # until it is given up on: then let go, and closed
+
+        with caplog.at_level(logging.INFO, logger="railyard.db"):
+            left = asyncio.create_task(db.within(2.0, work(), gave_up))
+            async with asyncio.timeout(30):
+                await taken.wait()
+            await proxied.expire_connections()  # its release closes it
+            proxy.cut()
+            with pytest.raises(TimeoutError):
+                await left
+            began = time.monotonic()
+            answer = asyncio.create_task(proxied.fetchval("SELECT 1"))  # a new connection: the partition passes it
+            await asyncio.wait({answer}, timeout=15)
+            took = time.monotonic() - began
+        assert answer.done() and answer.result() == 1, f"the pool's connection not free after {took:.1f} s"
+        assert took < db.CUT_AFTER + 3.0, took  # before: 30 s (the close's wait, the command timeout)
+        assert any("terminated" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]

@@ -11,15 +11,20 @@ waits for the test)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from services.task_scheduler import packaging, store
 from services.task_scheduler.scheduler import Scheduler
+from shared import db
 from shared.settings import TaskSettings
 from tests.integration.conftest import service_schema
+from tests.integration.pg_proxy import FreezingProxy
 from tests.integration.task_scheduler_setup import MIGRATIONS, scheduler_on, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -115,5 +120,90 @@ async def test_a_beat_that_never_answers_leaves_time_for_the_next_before_the_cla
             # before: lost_after + a heartbeat (the hung beat given up at lost_after, the next one a heartbeat later)
             assert (landed - claimed).total_seconds() < lost_after, (landed - claimed, beats)
         finally:
+            installed.set()
+            await installer.stop()
+
+
+class SlowProxy(FreezingProxy):
+    """A proxy to the stack's PostgreSQL whose bytes to the server wait `delay` seconds each time (a slow network or
+    server: every query, and each step of opening a connection, answered that much later)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(host, port)
+        self.delay = 0.0
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, to_server: bool) -> None:
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            while data := await reader.read(65536):
+                if to_server and self.delay:
+                    await asyncio.sleep(self.delay)
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def slowed(stack, pool) -> AsyncIterator[tuple[SlowProxy, object]]:
+    settings = stack.settings().postgres
+    parts = urlsplit(settings.dsn)
+    proxy = SlowProxy(parts.hostname, parts.port)
+    async with proxy.serving() as port:
+        dsn = urlunsplit(parts._replace(netloc=f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:{port}"))
+        proxied = await db.create_pool(settings.model_copy(update={"dsn": dsn}),
+                                       await pool.fetchval("SELECT current_schema()"))
+        try:
+            yield proxy, proxied
+        finally:
+            proxy.delay = 0.0
+            await db.close_pool(proxied, 10)
+
+
+async def test_an_install_beaten_through_a_database_answering_each_beat_in_seconds_keeps_its_claim(
+        stack, tmp_path, monkeypatch):
+    """A database that answers each of the installer's beats in a few seconds (here ~2, measured: each message to
+    it waits `slow`; a beat on a new connection more), well within supervisor_lost_after: the beats land, another
+    scheduler cannot claim the install, and the install's end is recorded. Before, a beat was cancelled at half the
+    time left until the claim could be taken: one answered in over (supervisor_lost_after - heartbeat_interval) / 3
+    (1.8 s here, 2.7 s with the defaults) had every later beat cancelled, and another scheduler claimed the install
+    of a live installer (its install then stopped)."""
+    slow, lost_after = 1.0, 6.0
+    installing, installed = asyncio.Event(), asyncio.Event()
+
+    async def install_env(*_: object) -> tuple[bool, str | None]:
+        installing.set()
+        await installed.wait()
+        return True, None
+
+    monkeypatch.setattr(packaging, "install_env", install_env)
+    async with service_schema(stack, "task_env_beat", MIGRATIONS) as pool, slowed(stack, pool) as (proxy, proxied):
+        await pool.execute("INSERT INTO envs (requirements_sha, requirements, status) VALUES ($1, 'x==1', "
+                           "'installing')", SHA)
+        await proxied.fetchval("SELECT 1")  # an open connection, as a beat finds one
+        proxy.delay = slow
+        took = time.monotonic()
+        await proxied.fetchval("SELECT 1")  # a query through it: its statement and the connection's reset
+        took = time.monotonic() - took
+        assert 2 * slow < took < lost_after - 1, took  # > 1.8 s, the old bound; well within supervisor_lost_after
+        proxy.delay = 0.0
+        installer = scheduler_on(Scheduler, proxied, tmp_path, "installer",
+                                 TaskSettings(tick=60, heartbeat_interval=0.5, supervisor_lost_after=lost_after))
+        try:
+            async with asyncio.timeout(30):
+                await installing.wait()
+            proxy.delay = slow
+            ends = time.monotonic() + 3 * lost_after
+            while time.monotonic() < ends:  # another scheduler's install step, as it looks (store.claim_env)
+                claimed = await store.claim_env(pool, "other", lost_after)
+                assert claimed is None, f"another scheduler claimed the live install (a query took {took:.1f} s)"
+                assert not installer.installing.done()
+                await asyncio.sleep(0.2)
+            proxy.delay = 0.0
+            installed.set()
+            await asyncio.wait({installer.installing}, timeout=30)
+            assert installer.installing.done() and installer.installing.exception() is None
+            row = await pool.fetchrow("SELECT status, worker FROM envs WHERE requirements_sha = $1", SHA)
+            assert (row["status"], row["worker"]) == ("ready", "installer")
+        finally:
+            proxy.delay = 0.0
             installed.set()
             await installer.stop()

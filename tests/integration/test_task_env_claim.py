@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from services.task_scheduler import packaging, store
+from services.task_scheduler import packaging, runner, store
 from services.task_scheduler.scheduler import Scheduler
 from shared.settings import TaskSettings
 from tests.integration.conftest import service_schema
@@ -181,3 +181,56 @@ async def test_an_install_end_is_recorded_once_and_by_its_claimant_only(database
     assert not await store.finish_env(pool, SHA, "first", True, None)
     assert await states(pool, orch_id) == ("ready", "other", "ready")
     assert not await store.beat_env(pool, SHA, "other")  # ended: no longer an install to beat
+
+
+@pytest.mark.parametrize("then_claimed", [False, True], ids=["set-to-install-again", "and-claimed-by-another"])
+async def test_a_retried_end_an_earlier_attempt_recorded_is_not_said_dropped(
+        database, tmp_path, monkeypatch, caplog, then_claimed):
+    """An install's end recorded by an attempt whose answer was lost (ConnectionResetError after its commit), the
+    failed environment then set to be installed again by an upload (handlers.upload_orchestration: installing,
+    nobody's heartbeat, its worker kept) and maybe claimed by another scheduler before the retry: the retry writes
+    nothing, and its WARNING says what happened. Before, it said the end was dropped after another scheduler claimed
+    the install, though the end had been recorded (and, not claimed, no other scheduler was involved)."""
+    pool, orch_id = database
+    monkeypatch.setattr(runner, "FLUSH_BACKOFF", 0.01)  # the retry at once
+    finish_env = store.finish_env
+    attempts: list[store.EnvEnd] = []
+
+    async def install_env(*_: object) -> tuple[bool, str | None]:
+        return False, "installing the requirements failed:\nfirst's"
+
+    async def answer_lost_once(pool, sha, worker, ok, reason):
+        attempts.append(await finish_env(pool, sha, worker, ok, reason))
+        if len(attempts) == 1:
+            await pool.execute("UPDATE envs SET status = 'installing', heartbeat_at = NULL, reason = NULL "
+                               "WHERE requirements_sha = $1 AND status = 'failed'", sha)
+            if then_claimed:
+                assert (await store.claim_env(pool, "other", 60))["requirements_sha"] == SHA
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return attempts[-1]
+
+    monkeypatch.setattr(packaging, "install_env", install_env)
+    monkeypatch.setattr(store, "finish_env", answer_lost_once)
+    caplog.set_level(logging.WARNING, logger="railyard.task_scheduler.scheduler")
+    first = scheduler_on(Scheduler, pool, tmp_path / "first", "first", SETTINGS)
+    try:
+        def warned() -> list[str]:
+            return [r.getMessage() for r in caplog.records if SHA[:12] in r.getMessage() and "ended" in r.getMessage()]
+
+        async def retried() -> list[str]:
+            return warned()
+
+        said = await until("the retry's WARNING", retried, 30)
+        assert len(said) == 1, said
+        # the first attempt recorded the end, the retry found it set to be installed again (the first scheduler's
+        # loop may claim it then, not claimed by the other, and install it again: a third, recorded)
+        assert [bool(a) for a in attempts[:2]] == [True, False], attempts
+        if then_claimed:
+            assert await states(pool, orch_id) == ("installing", "other", "failed")
+        assert "dropped" not in said[0] or "either" in said[0], said  # was: 'its end was dropped' and nothing else
+        if then_claimed:  # the retry cannot tell whether the other's claim came before or after the record
+            assert "not written by this attempt" in said[0] and "installing, claimed by other" in said[0], said
+        else:
+            assert "recorded by an earlier attempt" in said[0] and "set to be installed again" in said[0], said
+    finally:
+        await first.stop()
