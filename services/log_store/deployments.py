@@ -28,6 +28,12 @@ An announcement that is not one (not JSON, a field missing) is kept in the log s
 announcement whose recording failed is owed (it comes again) until recorded, or until EVENTS no longer has it (its
 retention took it meanwhile): then nothing would bring it again, and waiting for it kept the consumer from ever being
 caught up.
+
+Recording an announcement also sends `NOTIFY` on `CHANNEL` (the deployment's name), committed with the row: a log-store
+process holding batches LISTENs on it (`listen`, on a pool connection held only while it holds batches) and asks those
+of the deployment back at once, whichever process read the announcement (a rolling update runs two). A notification
+lost (the connection dropped) is made up for by the holder's own looks in the table (handlers.Ingestor.look_up_held,
+backing off), which start over whenever listening (re)starts.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ import asyncpg
 import nats.errors
 from pydantic import ValidationError
 
-from shared import subjects
+from shared import db, subjects
 from shared.consumers import describe, record_dead_letter
 from shared.dead_letters import REPLAY_FOR_HEADER
 from shared.messages.deployer import PipelineDeployed
@@ -61,6 +67,9 @@ DURABLE = "log-store-announcements"
 PREVIOUS_DURABLE = "log-store-deployments"
 CACHE_SIZE = 4096
 SUBJECTS = (subjects.EVENT_PIPELINE_DEPLOYED, subjects.EVENT_PIPELINE_SERVING)
+CHANNEL = "log_store_deployment_recorded"  # NOTIFY'd with a deployment's name as its announcement is recorded
+LISTEN_WAIT = 5.0  # seconds starting or ending the LISTEN may take (a server that stopped answering), then given up
+LISTEN_RETRY = 5.0  # seconds after a failed start of the LISTEN before the next try
 
 
 class Owner(NamedTuple):
@@ -110,6 +119,8 @@ class Deployments:
         # told each deployment whose announcement was recorded (handlers.Ingestor.announced: its held batches are
         # asked back at once)
         self.on_recorded: Callable[[str], None] = lambda name: None
+        self.listener: asyncpg.Connection | None = None  # LISTENing on CHANNEL (`listen`)
+        self.listen_failed_at: float | None = None
 
     async def lookup(self, names: list[str]) -> dict[str, Owner]:
         """Whose each named deployment known is (a name not in the answer is not known yet). Raises when PostgreSQL
@@ -147,14 +158,74 @@ class Deployments:
     async def record(self, event: PipelineDeployed) -> None:
         """A deployment announced: kept (the first announcement of a name stands; later ones say the same), its
         pipeline's name filled in by a later one when an older deployer's left it out (migration 010)."""
+        # one statement: the NOTIFY (CHANNEL, for the log-store processes holding its batches) goes out at its commit,
+        # so a listener that hears it finds the row
         await self.pool.execute(
-            "INSERT INTO deployments (name, deployment_id, workspace_id, pipeline_id, pipeline_name)"
+            "WITH kept AS (INSERT INTO deployments (name, deployment_id, workspace_id, pipeline_id, pipeline_name)"
             " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE SET pipeline_name = EXCLUDED.pipeline_name"
-            " WHERE deployments.pipeline_name IS NULL AND EXCLUDED.pipeline_name IS NOT NULL",
-            event.name, event.deployment_id, event.workspace_id, event.pipeline_id, event.pipeline_name)
+            " WHERE deployments.pipeline_name IS NULL AND EXCLUDED.pipeline_name IS NOT NULL)"
+            " SELECT pg_notify($6, $1)",
+            event.name, event.deployment_id, event.workspace_id, event.pipeline_id, event.pipeline_name, CHANNEL)
         self.recorded += 1
         self.cache.pop(event.name, None)  # cached without its pipeline's name, say
         self.on_recorded(event.name)
+
+    async def listen(self, wanted: bool) -> bool:
+        """While `wanted` (the caller holds batches for announcements), a pool connection LISTENs on CHANNEL and tells
+        `on_recorded` each deployment any log-store process records; not wanted, it goes back to the pool. A closed
+        one is replaced; a failed start is tried again LISTEN_RETRY later. True when listening began now: what was
+        recorded before was not heard, the caller looks it up."""
+        conn = self.listener
+        if conn is not None and (not wanted or _closed(conn)):
+            await self.unlisten()
+            conn = None
+        if not wanted or conn is not None:
+            return False
+        now = time.monotonic()
+        if self.listen_failed_at is not None and now - self.listen_failed_at < LISTEN_RETRY:
+            return False
+        try:
+            self.listener = await db.within(LISTEN_WAIT, self._listening(),
+                                            lambda: TimeoutError(f"no answer within {LISTEN_WAIT:.3g} s"))
+        except Exception as exc:  # the looks in the table go on meanwhile (handlers.Ingestor.look_up_held)
+            if self.listen_failed_at is None:
+                log.warning("listening for recorded deployments failed (held batches are looked up instead): %s",
+                            exc)
+            self.listen_failed_at = now
+            return False
+        self.listen_failed_at = None
+        return True
+
+    async def _listening(self) -> asyncpg.Connection:
+        conn = await self.pool.acquire()
+        try:
+            await conn.add_listener(CHANNEL, self._heard)
+        except BaseException:
+            await self.pool.release(conn)
+            raise
+        return conn
+
+    def _heard(self, conn: Any, pid: int, channel: str, name: str) -> None:
+        self.on_recorded(name)
+
+    async def unlisten(self) -> None:
+        """The LISTEN's connection back to the pool within LISTEN_WAIT, else terminated (the server drops the LISTEN
+        with it)."""
+        conn, self.listener = self.listener, None
+        if conn is None:
+            return
+
+        async def release() -> None:
+            if not _closed(conn):
+                await conn.remove_listener(CHANNEL, self._heard)
+            await self.pool.release(conn)
+
+        try:
+            await db.within(LISTEN_WAIT, release(), lambda: TimeoutError("releasing the LISTEN's connection"))
+        except Exception as exc:  # noqa: BLE001 - the connection is gone either way
+            log.debug("releasing the LISTEN's connection: %s", exc)
+            with contextlib.suppress(Exception):
+                conn.terminate()
 
     async def start(self, js: Any) -> None:
         self.js = js
@@ -170,6 +241,7 @@ class Deployments:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
+        await self.unlisten()
 
     async def run(self) -> None:
         while self.running:
@@ -251,6 +323,14 @@ class Deployments:
             await msg.term()
         except Exception as exc:  # redelivered: its row is there, so it is terminated then
             log.warning("terminating a malformed deployment announcement failed: %s", exc)
+        return True
+
+
+def _closed(conn: Any) -> bool:
+    """Whether a pool connection is closed (the server or the network dropped it), or terminated (then released)."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:  # released back to the pool: terminated
         return True
 
 

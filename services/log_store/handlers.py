@@ -110,7 +110,8 @@ LOG_SUBJECT_PREFIX = "logs.inference."
 # a batch whose deployment the deployer has not announced (deployments.py) comes back this many seconds later, twice
 # that after its second delivery, and so on up to UNKNOWN_RETRY_MAX: ~65 redeliveries in UNKNOWN_WAIT, not 1,800.
 # Once this process records the announcement, its held batches are asked back at once (`Ingestor.wake_held`); once
-# another log-store process recorded it, at the next look in PostgreSQL (`Ingestor.look_up_held`)
+# another log-store process recorded it, when its NOTIFY is heard (deployments.CHANNEL) or at the next look in
+# PostgreSQL (`Ingestor.look_up_held`)
 UNKNOWN_RETRY = 2.0
 UNKNOWN_RETRY_MAX = 60.0
 UNKNOWN_BACKOFF = DeliveryPolicy(backoff=UNKNOWN_RETRY, backoff_max=UNKNOWN_RETRY_MAX)
@@ -135,6 +136,12 @@ STOP_WAIT = 5.0  # seconds a stop waits for the flush under way before it cancel
 ANNOUNCED_MAX = 4096  # announcements noted between two turns of the loop at most; past it every held batch is woken
 # seconds between two looks in PostgreSQL, while batches are held, for announcements another log-store process recorded
 HELD_LOOKUP_EVERY = 1.0
+# ... a deployment not found is looked up again HELD_LOOKUP_EVERY later, twice that after the next miss, and so on up
+# to HELD_LOOKUP_MAX (its NOTIFY, deployments.CHANNEL, is what brings an announcement promptly; these looks make up
+# for one lost): ~125 looks at one never announced in its UNKNOWN_WAIT, not 3,600
+HELD_LOOKUP_MAX = 30.0
+HELD_LOOKUP_BACKOFF = DeliveryPolicy(backoff=HELD_LOOKUP_EVERY, backoff_max=HELD_LOOKUP_MAX)
+HOLD_PRUNE_EVERY = 10.0  # seconds between two sweeps of held entries not seen for HOLD_STALE
 
 
 @dataclass
@@ -296,6 +303,9 @@ class Ingestor:
         self.noted: dict[str, str] | None = None  # the held note last written to the consumer (`note_held`)
         self.noted_at = 0.0
         self.looked_up_at = 0.0  # when `look_up_held` last asked PostgreSQL
+        # deployment of batches held here -> (looks in PostgreSQL that did not find it, when it is looked up next)
+        self.lookup_plan: dict[str, tuple[int, float]] = {}
+        self.listening = False  # LISTENing for recorded deployments is wanted (`listen`)
         self.lookup_failed = False
         # the consumer sequences of the latest unbroken run of deliveries this process received (`saw`): from the first
         # (None: broken, a delivery of unknown sequence) to the last. A gap is a delivery to another process
@@ -354,7 +364,10 @@ class Ingestor:
         size = 0
         opened = 0.0
         while self.running:
+            if self.holding or self.listening:
+                await self.listen()
             if self.holding:
+                self.prune_held()
                 await self.look_up_held()
             if self.announced_names is None or self.announced_names:
                 await self.wake_held(pending)
@@ -404,22 +417,36 @@ class Ingestor:
             if len(self.announced_names) > ANNOUNCED_MAX:
                 self.announced_names = None
 
+    async def listen(self) -> None:
+        """While batches are held here, LISTEN for the deployments any log-store process records
+        (Deployments.listen): each one heard is `announced`, its held batches asked back at the loop's next turn.
+        When listening (re)starts, every held deployment is looked up at the next look (`look_up_held`): what was
+        recorded before was not heard."""
+        wanted = bool(self.holding)
+        if await self.deployments.listen(wanted):
+            self.lookup_plan.clear()
+        self.listening = wanted
+
     async def look_up_held(self) -> None:
         """Note as announced the deployments of batches held here whose announcement another log-store process
-        recorded. The announcements consumer gives each announcement to one process (during a rolling update two
-        run), and only that one hears of it (`announced`); every process reads the `deployments` table, so each asks
-        it, at most every HELD_LOOKUP_EVERY while it holds batches not asked back yet and seen within HELD_FRESH, for
-        those batches' deployments (one indexed query; a deployment this process knows is answered from its cache).
-        Before, another process's held batches came back at their nak's delay, up to a minute later."""
+        recorded, in case its NOTIFY was not heard (`listen`: not listening yet, the connection dropped). The
+        announcements consumer gives each announcement to one process (during a rolling update two run), and only
+        that one hears of it (`announced`); every process reads the `deployments` table, so each asks it, at most
+        every HELD_LOOKUP_EVERY while it holds batches not asked back yet and seen within HELD_FRESH, for those
+        batches' deployments that are due (one indexed query; a deployment this process knows is answered from its
+        cache). A deployment not found is due again after HELD_LOOKUP_EVERY, then twice that, up to HELD_LOOKUP_MAX:
+        before, one never announced was asked of PostgreSQL every second until its batches were quarantined (an
+        hour)."""
         now = time.monotonic()
         if self.deployments is None or now - self.looked_up_at < HELD_LOOKUP_EVERY:
             return
         self.looked_up_at = now
         # only batches seen here within HELD_FRESH (one held here comes back at least every UNKNOWN_RETRY_MAX): an
-        # entry whose batch went to another process or left the stream stays until the hold is full (`may_hold`),
-        # and its deployment, never announced, was asked of PostgreSQL every second for as long as the process ran
-        names = sorted({held.deployment for held in self.holding.values()
-                        if held.reply is not None and now - held.at < HELD_FRESH})
+        # entry whose batch went to another process or left the stream is not looked up until `prune_held` drops it
+        held = {held.deployment for held in self.holding.values()
+                if held.reply is not None and now - held.at < HELD_FRESH}
+        self.lookup_plan = {name: plan for name, plan in self.lookup_plan.items() if name in held}
+        names = sorted(name for name in held if self.lookup_plan.setdefault(name, (0, now))[1] <= now)
         if not names:
             return
         try:
@@ -430,8 +457,13 @@ class Ingestor:
             self.lookup_failed = True
             return
         self.lookup_failed = False
-        for name in found:
-            self.announced(name)
+        for name in names:
+            if name in found:
+                self.lookup_plan.pop(name, None)
+                self.announced(name)
+            else:
+                misses = self.lookup_plan[name][0] + 1
+                self.lookup_plan[name] = (misses, now + HELD_LOOKUP_BACKOFF.delay(misses))
 
     async def wake_held(self, fetched: list[Any]) -> int:
         """Ask the server to deliver again, now, the held batches of the deployments announced since the last look
@@ -456,13 +488,31 @@ class Ingestor:
             except Exception as exc:  # it comes back at its nak's delay instead
                 log.warning("asking held inference log batches back failed (they come back later): %s", exc)
                 break
-            # asked back once: if another process takes it, this entry no longer names a delivery to ask back
-            # (`look_up_held` would find its deployment, and ask it back, at every look until it is forgotten)
-            self.holding[seq] = held._replace(reply=None)
+            # released: no longer held here (it comes back here and is taken, or held anew; or another process
+            # takes it). Before, its entry stayed, asked back no more, until the hold was full (`may_hold`)
+            self.release_held(seq)
             woken += 1
         if woken:
             log.info("%d held inference log batches asked back: their deployments were announced", woken)
         return woken
+
+    def release_held(self, seq: int) -> Held | None:
+        """The entry of a batch held here dropped (taken, asked back, quarantined); it, or None if none."""
+        held = self.holding.pop(seq, None)
+        if held is not None:
+            self.holding_bytes -= held.size
+        return held
+
+    def prune_held(self) -> None:
+        """Drop the entries of batches not seen here for HOLD_STALE (taken by another process, gone from the stream
+        at its caps; one held here comes back at least every UNKNOWN_RETRY_MAX): at most every HOLD_PRUNE_EVERY
+        seconds. Before, only a full hold dropped them (`may_hold`)."""
+        now = time.monotonic()
+        if now - self.pruned < HOLD_PRUNE_EVERY:
+            return
+        self.pruned = now
+        self.holding = {seq: held for seq, held in self.holding.items() if now - held.at < HOLD_STALE}
+        self.holding_bytes = sum(held.size for held in self.holding.values())
 
     async def note_held(self) -> None:
         """While batches are held, note in the consumer's metadata (shared.bus.held_note) the sequence up to which
@@ -565,6 +615,7 @@ class Ingestor:
     async def quarantine(self, msg: Any, reason: str) -> None:
         """Keep a message that cannot be stored in object storage with its reason, tell admins, acknowledge it."""
         deps = self.deps
+        self.release_held(_stream_seq(msg))  # held before (unreadable now, say): held here no more, whatever follows
         headers = dict(msg.headers or {})
         batch_id = message_batch_id(msg)
         if await store.committed_batches(deps.pool, [batch_id]):
@@ -702,9 +753,7 @@ class Ingestor:
         for batch in batches:
             subject = subject_deployment(batch.msg.subject)
             seq = _stream_seq(batch.msg)
-            holding = self.holding.pop(seq, None)
-            if holding is not None:
-                self.holding_bytes -= holding.size
+            holding = self.release_held(seq)
             if batch.deployment != subject or "\x00" in subject:
                 await self.quarantine(batch.msg, f"its subject names deployment {subject[:200]!r}, its Railyard-Log "
                                       f"header deployment {str(batch.deployment)[:200]!r}")
@@ -757,11 +806,8 @@ class Ingestor:
         def room() -> bool:
             return len(self.holding) < HOLD_MAX and self.holding_bytes < max_bytes
 
-        now = time.monotonic()
-        if not room() and now - self.pruned >= 10.0:
-            self.pruned = now
-            self.holding = {seq: held for seq, held in self.holding.items() if now - held.at < HOLD_STALE}
-            self.holding_bytes = sum(held.size for held in self.holding.values())
+        if not room():
+            self.prune_held()
         return room()
 
 

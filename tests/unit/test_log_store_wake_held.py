@@ -125,6 +125,9 @@ def test_a_held_batch_is_asked_back_once_another_process_recorded_its_announceme
         await ingestor.look_up_held()
         assert await ingestor.wake_held([]) == 1 and nc.published == [(late.reply, b"-NAK")]
         clock[0] += handlers.HELD_LOOKUP_EVERY
+        await ingestor.look_up_held()  # the other, not found twice, is due 2 s after the last look
+        assert len(table.asked) == 2
+        clock[0] += handlers.HELD_LOOKUP_EVERY
         await ingestor.look_up_held()  # asked back already: only the other deployment is looked up
         assert table.asked[-1] == ["dep-other"] and await ingestor.wake_held([]) == 0
         clock[0] += handlers.HELD_LOOKUP_EVERY
@@ -133,8 +136,11 @@ def test_a_held_batch_is_asked_back_once_another_process_recorded_its_announceme
         del table.known["dep-late"]
         await ingestor.check_owners([_batch(late_again, "dep-late")])
         table.known["dep-late"] = object()
+        await ingestor.look_up_held()  # held anew: looked up at once; the other waits for its turn (4 s)
+        assert table.asked[-1] == ["dep-late"] and await ingestor.wake_held([]) == 1
+        clock[0] += 3 * handlers.HELD_LOOKUP_EVERY
         await ingestor.look_up_held()
-        assert await ingestor.wake_held([]) == 2
+        assert table.asked[-1] == ["dep-other"] and await ingestor.wake_held([]) == 1
 
     asyncio.run(scenario())
 
