@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import functools
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -123,22 +124,37 @@ def _read_json_fast(body: bytes) -> dict[str, Any] | None:
 # the engine's phrasings (services/engine/runtimes.py, replica.py) that name a request's tensors as the records and
 # Arrow routes see them, columns, and the Open Inference Protocol's word for them
 _ENGINE_PREFIXES = (("column ", "input "), ("the A/B split hashes column ", "the A/B split hashes input "))
-_ENGINE_LISTS = (("the model takes columns [", "the model takes inputs ["),
-                 ("missing columns [", "missing inputs ["), ("unexpected columns [", "unexpected inputs ["))
+# runtimes.check_columns: "the model takes columns [..]: missing columns [..]; unexpected columns [..]", each list a
+# Python repr of names (a name may hold any character, the phrases and brackets too: the lists are read whole, by the
+# quoting repr gives them, so a name is never rewritten)
+_NAME = r"""(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")"""
+_NAMES = rf"\[(?:{_NAME}(?:, {_NAME})*)?\]"
+_ENGINE_LISTS = re.compile(rf"the model takes columns (?P<takes>{_NAMES}): (?:missing columns (?P<missing>{_NAMES}))?"
+                           rf"(?P<both>; )?(?:unexpected columns (?P<unexpected>{_NAMES}))?", re.DOTALL)
+
+
+def _lists_in_oip_words(msg: str) -> str:
+    found = _ENGINE_LISTS.fullmatch(msg)
+    if found is None or not (found["missing"] or found["unexpected"]) or \
+            bool(found["both"]) != bool(found["missing"] and found["unexpected"]):
+        return msg  # not the engine's phrasing as check_columns writes it: said as it came
+    parts = [f"missing inputs {found['missing']}" if found["missing"] else "",
+             f"unexpected inputs {found['unexpected']}" if found["unexpected"] else ""]
+    return f"the model takes inputs {found['takes']}: " + "; ".join(p for p in parts if p)
 
 
 def in_oip_words(exc: RailyardError) -> RailyardError:
     """The engine's error, said in OIP's words (an input, not a column), its class, code and status unchanged: the
-    engine serves every route alike and names a request's tensors columns, as the records and Arrow routes do."""
+    engine serves every route alike and names a request's tensors columns, as the records and Arrow routes do. Only
+    the engine's own words change: a name in the message (a model's input, a request's column) stays as given."""
     msg = exc.msg
     for engine, oip in _ENGINE_PREFIXES:
         if msg.startswith(engine):
             msg = oip + msg[len(engine):]
             break
     else:
-        if msg.startswith(_ENGINE_LISTS[0][0]):
-            for engine, oip in _ENGINE_LISTS:
-                msg = msg.replace(engine, oip, 1)
+        if msg.startswith("the model takes columns ["):
+            msg = _lists_in_oip_words(msg)
     if msg != exc.msg:
         exc.msg, exc.args = msg, (msg,)
     return exc

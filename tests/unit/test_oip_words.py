@@ -30,6 +30,49 @@ def test_the_engines_phrasings_become_oips_and_nothing_else_changes(engine):
     assert error.msg == SAID[engine] and str(error) == SAID[engine]
 
 
+def _engine_says(model_takes: list[str], request_has: list[str]) -> str:
+    """The engine's own message for a request's columns against a model's inputs (runtimes.check_columns)."""
+    import pyarrow as pa
+
+    from services.engine.runtimes import OnnxRuntime
+
+    runtime = OnnxRuntime.__new__(OnnxRuntime)
+    runtime.inputs = [(name, [None, 1], None) for name in model_takes]
+    table = pa.Table.from_arrays([pa.array([1.0])] * len(request_has), names=request_has)
+    with pytest.raises(InvalidRequest) as refused:
+        runtime.check_columns(table)
+    return refused.value.msg
+
+
+NAMED_LIKE_THE_PHRASES = {  # (the model's inputs, the request's columns): names holding the words the engine says
+    "a column named like the missing phrase": (["tensor"], ["tensor", "missing columns ["]),
+    "an input named like the unexpected phrase": (["unexpected columns [", "x"], ["x", "y"]),
+    "quotes, brackets and separators": (["a"], ["a", "it's]: missing columns [", 'say "unexpected columns [x"]; ']),
+    "a column named like the whole message": (["t"], ["the model takes columns ['t']: missing columns ['t']"]),
+    "escapes": (["t\\n"], ["t\n", "\\'"]),
+}
+
+
+@pytest.mark.parametrize("names", NAMED_LIKE_THE_PHRASES.values(), ids=NAMED_LIKE_THE_PHRASES.keys())
+def test_names_in_the_message_are_never_rewritten(names):
+    """in_oip_words replaced the phrases wherever they first occurred: a request's column (or a model's input) named
+    `missing columns [` was answered as `missing inputs [`, a name the caller never sent. Now the lists are read
+    whole and only the engine's words change."""
+    model_takes, request_has = names
+    engine = _engine_says(model_takes, request_has)
+    said = in_oip_words(InvalidRequest(engine)).msg
+    missing = sorted(set(model_takes) - set(request_has))
+    unexpected = sorted(set(request_has) - set(model_takes))
+    parts = [f"missing inputs {missing}" if missing else "", f"unexpected inputs {unexpected}" if unexpected else ""]
+    assert said == f"the model takes inputs {sorted(model_takes)}: " + "; ".join(p for p in parts if p), engine
+
+
+def test_a_list_message_not_in_the_engines_form_is_left_as_it_came():
+    for odd in ("the model takes columns ['a'", "the model takes columns ['a']: nothing missing",
+                "the model takes columns ['a']: missing columns ['b'] unexpected columns ['c']"):
+        assert in_oip_words(InvalidRequest(odd)).msg == odd
+
+
 def test_other_errors_keep_their_class_and_code():
     stale = in_oip_words(Conflict("column 'x' typed for another version", code="stale_route"))
     assert isinstance(stale, Conflict) and stale.code == "stale_route" and stale.msg.startswith("input 'x'")
