@@ -177,6 +177,10 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
     binary = memoryview(body)[split:]
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise InvalidRequest("the request needs a non-empty `inputs` list")
+    if request.get("id") is not None and not isinstance(request["id"], str):
+        # OIP's `id` is a string, echoed in the answer; MLServer and KServe (pydantic `Optional[str]`) refuse any
+        # other type too. Before, 5 or {} was echoed as given, which a client typed to the protocol cannot read
+        raise InvalidRequest(f"`id` must be a string (it is echoed in the answer); got {_json_type(request['id'])}")
     check_column_count(len(request["inputs"]), "inputs")
     columns, names, seen, offset, rows = [], [], set(), 0, None
     for tensor in request["inputs"]:
@@ -262,6 +266,15 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
     return request, pa.Table.from_arrays(columns, names=names)
 
 
+def _json_type(value: Any) -> str:
+    """A parsed JSON value's type as JSON names it."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "an array" if isinstance(value, list) else "an object" if isinstance(value, dict) else "a string"
+
+
 @functools.lru_cache(maxsize=256)
 def _output_names(output_schema: str) -> frozenset[str]:
     """A route's output names, from its base64 Arrow schema (decoded once per schema)."""
@@ -320,7 +333,7 @@ def encode_response(request: dict[str, Any], model: str, version: str, outputs: 
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         described.append(entry)
-    header = orjson.dumps({"model_name": model, "model_version": version, "id": request.get("id", ""),
+    header = orjson.dumps({"model_name": model, "model_version": version, "id": request.get("id") or "",
                            "outputs": described}, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return header, {"Content-Type": "application/json"}

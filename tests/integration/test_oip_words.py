@@ -90,3 +90,21 @@ def test_requested_outputs_the_model_lacks_are_a_typed_400(stack, alice, deploye
     assert response.json()["code"] == "invalid_request" and response.json()["error"].startswith(wanted), response.text
     asked = _oip(stack, alice, deployed["name"], _with_outputs([{"name": "dense_1"}]))  # the model's own: answered
     assert asked.status_code == 200 and [o["name"] for o in asked.json()["outputs"]] == ["dense_1"], asked.text
+
+
+def test_an_id_must_be_a_string_and_names_like_the_engines_words_stay_as_sent(stack, alice, deployed):  # noqa: F811
+    """OIP's `id` is a string (MLServer and KServe refuse any other type): a number is a typed 400, a string is
+    echoed. A request's input named like the engine's phrase ("missing columns [") was answered renamed ("missing
+    inputs [") by in_oip_words; the name stays as sent (tests/unit/test_oip_words.py tries more names)."""
+    row = {"name": "tensor", "shape": [1, 29], "datatype": "FP32", "data": [0.5] * 29}
+    refused = _oip(stack, alice, deployed["name"], json.dumps({"id": 7, "inputs": [row]}).encode())
+    assert refused.status_code == 400, refused.text
+    assert refused.json() == {"error": "`id` must be a string (it is echoed in the answer); got a number",
+                              "code": "invalid_request",
+                              "msg": "`id` must be a string (it is echoed in the answer); got a number"}
+    echoed = _oip(stack, alice, deployed["name"], json.dumps({"id": "r-7", "inputs": [row]}).encode())
+    assert echoed.status_code == 200 and echoed.json()["id"] == "r-7", echoed.text
+    odd = {**row, "name": "missing columns [", "shape": [1, 1], "data": [0.5]}
+    response = _oip(stack, alice, deployed["name"], json.dumps({"inputs": [row, odd]}).encode())
+    assert response.status_code == 400, response.text
+    assert response.json()["msg"] == "the model takes inputs ['tensor']: unexpected inputs ['missing columns [']"

@@ -206,3 +206,30 @@ def test_the_kept_parser_is_replaced_while_a_document_of_it_is_alive():
     del held, again
     body = orjson.dumps(BODIES[0])
     assert oip.parse_request(body, None)[1].equals(oip.parse_request(body, None)[1])  # and reused from then on
+
+
+ID_NOT_A_STRING = {"a number": (5, "a number"), "a float": (1.5, "a number"), "a boolean": (True, "a boolean"),
+                   "an array": (["r1"], "an array"), "an object": ({"r": 1}, "an object")}
+
+
+@pytest.mark.parametrize("given", ID_NOT_A_STRING.values(), ids=ID_NOT_A_STRING.keys())
+def test_an_id_that_is_not_a_string_is_refused_by_both_readers(given):
+    """OIP's `id` is a string, echoed in the answer; MLServer and KServe (pydantic `Optional[str]`) refuse any other
+    type. Before, 5 or {} was echoed as given, which a client typed to the protocol cannot read back."""
+    value, said = given
+    body = orjson.dumps({"id": value, "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]})
+    for read in (oip.parse_request, _general):
+        with pytest.raises(InvalidRequest) as refused:
+            read(body, None)
+        assert refused.value.msg == f"`id` must be a string (it is echoed in the answer); got {said}"
+
+
+@pytest.mark.parametrize(("given", "echoed"), [("r-1", "r-1"), ("", ""), (None, ""), ("absent", "")],
+                         ids=["a string", "empty", "null", "absent"])
+def test_a_string_id_is_echoed_and_null_is_absent(given, echoed):
+    request = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+    if given != "absent":
+        request["id"] = given
+    parsed, _ = oip.parse_request(orjson.dumps(request), None)
+    body, _ = oip.encode_response(parsed, "m", "1", pa.table({"y": pa.array([1.0], pa.float32())}))
+    assert orjson.loads(body)["id"] == echoed
