@@ -20,7 +20,7 @@ class Message(BaseModel):
     # A model's validator and serializer are built at its first use, not when its module is imported: a process
     # imports every model of the modules it touches (auth 152, the lineage service 121) and uses a few of them.
     # 20-55 ms of CPU less at each service's start and 0.2-1.5 MiB less RSS; a message type's first use in a process
-    # pays its build once, 0.15-0.9 ms (docs/performance.md item 73). tests/unit/test_message_imports.py builds
+    # pays its build once, 0.15-0.9 ms (docs/performance.md item 72). tests/unit/test_message_imports.py builds
     # every model, so a model that cannot be built still fails a test, not a service's first request.
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
