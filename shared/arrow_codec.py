@@ -499,6 +499,9 @@ def narrow(table: pa.Table, columns: dict[str, pa.DataType]) -> pa.Table:
 
 
 MAX_COLUMNS = 10_000
+# an inference request of no rows, in every format (records `[]`, an Arrow table of 0 rows, an OIP batch of 0): a 400
+# before the bus, nothing run or logged (docs/inference.md, "Inference API")
+NO_ROWS = "the request holds no rows; send at least one"
 
 
 def check_column_count(count: int, what: str = "columns") -> None:
@@ -580,6 +583,8 @@ def records_json_to_table(body: bytes) -> pa.Table:
             raise InvalidRequest("body is not valid JSON: nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as exc:  # the reader's reason and place, as OIP's route says them
             raise InvalidRequest(f"body is not valid JSON: {str(exc)[:200]}") from None
+    if isinstance(parsed, list) and not parsed:  # a request's (a Python step's empty answer: records_to_table's words)
+        raise InvalidRequest(f"{NO_ROWS} (an empty list of records)")
     try:
         return records_to_table(parsed, numbers_only=not (b"true" in body or b"false" in body or b"null" in body))
     except UnicodeEncodeError:  # json.loads let a lone UTF-16 surrogate ("\ud800") through; Arrow cannot hold it

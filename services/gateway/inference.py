@@ -33,6 +33,7 @@ from services.gateway.records_parse import read_records
 from shared import subjects
 from shared.arrow_codec import (
     NARROWED_FOR,
+    NO_ROWS,
     STALE_ROUTE,
     check_column_count,
     column_values,
@@ -231,6 +232,8 @@ def _read_body(content_type: str, body: bytes, max_bytes: int) -> pa.Table:
         if len(set(names)) != len(names):
             twice = sorted(name for name, times in Counter(names).items() if times > 1)
             raise InvalidRequest(f"the Arrow body names columns {twice} more than once")
+        if not table.num_rows:  # as records `[]` and an OIP batch of 0 (it was sent to the engine and answered empty)
+            raise InvalidRequest(f"{NO_ROWS} (an Arrow table of 0 rows)")
         return table
     if kind in ("application/json", ""):
         return read_records(body)

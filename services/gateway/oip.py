@@ -19,7 +19,15 @@ from fastapi.responses import JSONResponse, Response
 from services.gateway.errors import error_response
 from services.gateway.json_fast import count_brackets as _brackets
 from services.gateway.json_fast import parse as _parse
-from shared.arrow_codec import check_column_count, flat_array, flat_values, from_ipc, tensor_array, to_ipc_stream
+from shared.arrow_codec import (
+    NO_ROWS,
+    check_column_count,
+    flat_array,
+    flat_values,
+    from_ipc,
+    tensor_array,
+    to_ipc_stream,
+)
 from shared.authz import Principal
 from shared.bus import raise_for_error_header
 from shared.errors import InvalidRequest, RailyardError
@@ -197,8 +205,8 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
             raise InvalidRequest(f"input {name!r}: datatype {datatype} is not supported")
         if not shape or len(shape) > MAX_DIMS or not all(type(d) is int and d >= 0 for d in shape) or \
                 0 in shape[1:]:
-            raise InvalidRequest(f"input {name!r}: shape must be a list of at most {MAX_DIMS} integers, the batch "
-                                 "dimension first (0 or more) and the others positive")
+            raise InvalidRequest(f"input {name!r}: shape must be a list of at most {MAX_DIMS} positive integers, "
+                                 "the batch dimension first")
         if math.prod(shape[1:]) >= 2**31:  # Arrow's list sizes are int32 (and numpy's shapes must fit its sizes)
             raise InvalidRequest(f"input {name!r}: shape {shape} puts 2^31 values or more in one row")
         dtype = LITTLE_ENDIAN[datatype]
@@ -255,6 +263,8 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
         matrix = array.reshape(shape)
         columns.append(tensor_array(matrix) if matrix.ndim > 1 else flat_array(matrix))
         names.append(name)
+    if not rows:  # one rule for every format (records `[]`, an Arrow table of 0 rows): shared.arrow_codec.NO_ROWS
+        raise InvalidRequest(f"{NO_ROWS} (the inputs' batch dimension is 0)")
     if offset != len(binary):
         raise InvalidRequest(f"the body holds {len(binary) - offset} bytes of binary data no input's "
                              "binary_data_size accounts for")
