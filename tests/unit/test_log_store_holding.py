@@ -201,3 +201,68 @@ def test_entries_not_seen_for_hold_stale_go_without_the_hold_being_full(monkeypa
         assert set(ingestor.holding) == {4} and ingestor.holding_bytes == 10
 
     asyncio.run(scenario())
+
+
+class Conn:
+    def __init__(self) -> None:
+        self.listeners: list[tuple[str, object]] = []
+        self.closed = False
+
+    async def add_listener(self, channel: str, callback) -> None:
+        self.listeners.append((channel, callback))
+
+    async def remove_listener(self, channel: str, callback) -> None:
+        self.listeners.remove((channel, callback))
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+
+class Pool:
+    """Lends Conn; the first `failures` acquires fail (PostgreSQL away)."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.lent, self.released = failures, [], []
+
+    async def acquire(self) -> Conn:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("the database is away")
+        self.lent.append(Conn())
+        return self.lent[-1]
+
+    async def release(self, conn: Conn) -> None:
+        self.released.append(conn)
+
+
+def test_a_listen_that_cannot_start_is_tried_again_later_and_a_closed_one_replaced(caplog):
+    """Deployments.listen: a failed start is logged once and tried again LISTEN_RETRY later (not at every turn of the
+    loop); a connection found closed is given back and replaced, which says listening began again (the caller looks
+    its held deployments up: what was recorded meanwhile was not heard); not wanted, it goes back to the pool."""
+    from services.log_store import deployments
+
+    async def scenario() -> None:
+        pool = Pool(failures=2)
+        known = deployments.Deployments(pool)  # type: ignore[arg-type]
+        heard: list[str] = []
+        known.on_recorded = heard.append
+        assert not await known.listen(True) and pool.failures == 1
+        assert not await known.listen(True) and pool.failures == 1  # within LISTEN_RETRY: not tried
+        known.listen_failed_at -= deployments.LISTEN_RETRY
+        assert not await known.listen(True) and pool.failures == 0
+        known.listen_failed_at -= deployments.LISTEN_RETRY
+        assert await known.listen(True)
+        first = pool.lent[-1]
+        channel, callback = first.listeners[0]
+        assert channel == deployments.CHANNEL
+        callback(first, 1, channel, "dep-a")
+        assert heard == ["dep-a"]
+        assert not await known.listen(True)  # listening already
+        first.closed = True
+        assert await known.listen(True) and known.listener is pool.lent[-1] is not first
+        assert pool.released == [first]
+        assert not await known.listen(False) and known.listener is None and pool.released[-1] is pool.lent[-1]
+        assert pool.lent[-1].listeners == []
+
+    asyncio.run(scenario())
+    assert sum("listening for recorded deployments failed" in r.getMessage() for r in caplog.records) == 1
