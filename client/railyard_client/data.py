@@ -57,6 +57,34 @@ def dataframe_to_table(frame: pd.DataFrame) -> pa.Table:
         raise InvalidInput(f"the DataFrame cannot become an Arrow table: {exc}") from None
 
 
+def tensor_lists(table: pa.Table) -> pa.Table:
+    """Numeric list columns whose rows all hold the same number of values (tensors; nested too) as fixed-size lists,
+    as the inference API's pandas-records reader makes the same rows (`shared/arrow_codec.tensor_array`). A
+    pipeline version's inference log then has one schema whether its rows came as DataFrames from the SDK or as
+    JSON records: a list and a fixed-size list are two log schemas, and a log page ends at each change
+    (`x-iteration-status: SchemaChange`), so a script reading the logs once got only the rows down to the change."""
+    columns = [_tensor_list(column.combine_chunks()) for column in table.columns]
+    if all(column.type == field.type for column, field in zip(columns, table.schema, strict=True)):
+        return table
+    return pa.Table.from_arrays(columns, names=table.column_names)
+
+
+def _tensor_list(array: pa.Array) -> pa.Array:
+    kind = array.type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or array.null_count or not len(array):
+        return array
+    leaf = kind.value_type
+    while pa.types.is_list(leaf) or pa.types.is_large_list(leaf):
+        leaf = leaf.value_type
+    if not (pa.types.is_integer(leaf) or pa.types.is_floating(leaf)):
+        return array  # the API's reader makes numeric tensors only (strings and booleans stay lists)
+    lengths = array.value_lengths().to_numpy()
+    size = int(lengths[0])
+    if size == 0 or (lengths != size).any():
+        return array  # ragged (the API explains it) or empty lists: as they are
+    return pa.FixedSizeListArray.from_arrays(_tensor_list(array.flatten()), size)
+
+
 def read_table(path: str | Path) -> tuple[pa.Table, str]:
     """A file of rows as an Arrow table, with its kind: `arrow` (IPC file or stream), `parquet` or `json`
     (pandas-records: a list of row objects, or one object per line)."""

@@ -70,7 +70,7 @@ def infer_at(session: Session, deployment: str, pipeline: str, data_in: InferInp
         table, kind = data.read_table(data_in)
         as_frame = kind == "json"
     elif as_frame:
-        table = data.dataframe_to_table(data_in)
+        table = data.tensor_lists(data.dataframe_to_table(data_in))
     elif isinstance(data_in, pa.RecordBatch):
         table = pa.Table.from_batches([data_in])
     elif isinstance(data_in, pa.Table):
@@ -346,7 +346,9 @@ class Pipeline(Resource):
         """Run rows through the deployed pipeline. A DataFrame gives a DataFrame; an Arrow table (or record
         batch) an Arrow table; a path to a .arrow/.feather or .parquet file an Arrow table, to a .json file a
         DataFrame; a list of row objects (pandas-records) the seed's JSON records. Result columns are `time`,
-        `in.<input>`, `out.<output>`, `check_failures` (and `metadata` for JSON)."""
+        `in.<input>`, `out.<output>`, `check_failures` (and `metadata` for JSON). A DataFrame's numeric tensor
+        columns go as fixed-size lists, as the API's JSON reader makes the same rows, so its rows are logged with
+        theirs in one schema (a log page ends where the schema changes); an Arrow table goes as it is."""
         return infer_at(self._session, self.deployment().name, self.name, data_in, timeout=timeout)
 
     def infer_v2(self, inputs: dict[str, Any] | pd.DataFrame, *, timeout: float = 60.0) -> dict[str, np.ndarray]:
