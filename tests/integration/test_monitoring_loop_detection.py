@@ -128,10 +128,16 @@ def predict_and_review(loop, count: int, shadowed: tuple[str, str] | None = None
 def challenger_after_training(loop, white_above: float) -> dict:
     """Set up a training of `white_above`, cross its threshold of 3 reviews, wait for its challenger to shadow."""
     deployment = loop["deployment"]
-    deployment.setup_continuous_training(loop["project"], loop["train"], threshold=3,
-                                         experiment_parameters={"white_above": white_above},
-                                         orchestration=loop["orchestration"])
-    predict_and_review(loop, 3)
+    before = continuous(deployment)["last_training"]
+    info = deployment.setup_continuous_training(loop["project"], loop["train"], threshold=3,
+                                                experiment_parameters={"white_above": white_above},
+                                                orchestration=loop["orchestration"])
+    last = info["last_training"]
+    # setting up again keeps the last training's count: after the first challenge's reviews the set-up opens the
+    # training at once, and reviews made while it is open would open another at its end (continuous.recheck_after)
+    if last is None or (before is not None and last["id"] == before["id"]) or \
+            last["state"] not in ("starting", "running", "succeeded"):
+        predict_and_review(loop, 3)
     state = wait_for(lambda: (s := continuous(deployment))["challenge"] and s["challenge"]["state"] == "running"
                      and s["last_training"] and s["last_training"]["outcome"] == "shadow" and s, 180,
                      "the shadow challenger")
