@@ -7,7 +7,8 @@ How it runs (docs/monitoring.md, "Continuous training and deployment"):
   were reviewed than at the last training (`reviews_at_last_training`) and no training is open, a `trainings` row is
   inserted and the baseline moved in the same transaction. A restart loses nothing (the next review, or the next
   toggle, recounts) and two wake-ups never start two trainings (the row lock, and a unique index allowing one open
-  training per deployment).
+  training per deployment). A training that ends (done or failed) checks the trigger again at once (recheck_after):
+  what counted while it was open opens the next one then, not at the next review or alert.
 - **ASSAY_ALERT** (the other trigger): `events.assay.alert` (never a warning) of an assay on the deployment's pipeline
   (`continuous_training.pipeline_id`, in the deployment's workspace), raised since it was set up or turned on, is
   recorded under the same row lock, keyed by
@@ -578,12 +579,15 @@ async def information(pool: asyncpg.Pool, deployment_id: int) -> ContinuousInfor
 # --- the trigger and the training run ----------------------------------------------------------------------------
 
 async def check_trigger(deps: ContinuousDeps, deployment_id: int,
-                        alert: tuple[uuid.UUID, AssayThresholdCrossed] | None = None) -> uuid.UUID | None:
+                        alert: tuple[uuid.UUID, AssayThresholdCrossed] | None = None, *,
+                        in_process_lock: bool = True) -> uuid.UUID | None:
     """Open one training when the threshold is reached (computed from the tables); the training's id, or None. Its
     run is created off this path, by a TrainingStarter. `alert`: an assay alert (its event_id and event) to count
     first, in the same transaction, when this deployment's active continuous training is ASSAY_ALERT on that
-    workspace's pipeline (a redelivered event_id counts once)."""
-    checked = await _check_trigger(deps, deployment_id, alert)
+    workspace's pipeline (a redelivered event_id counts once). `in_process_lock` False: not waiting for the
+    deployment's in-process lock (held by a deploy under way, up to deploy_wait): the row lock on its
+    continuous_training row is what makes the check once (every process's check takes it)."""
+    checked = await _check_trigger(deps, deployment_id, alert, in_process_lock)
     if checked.ended:  # once committed: the outbox sends their training_finished
         deps.events_committed()
     if checked.opened is not None:
@@ -601,9 +605,10 @@ class _Checked:
 
 
 async def _check_trigger(deps: ContinuousDeps, deployment_id: int,
-                         alert: tuple[uuid.UUID, AssayThresholdCrossed] | None) -> _Checked:
+                         alert: tuple[uuid.UUID, AssayThresholdCrossed] | None, in_process_lock: bool = True
+                         ) -> _Checked:
     pool = deps.base.pool
-    async with deps.lock(deployment_id):
+    async with deps.lock(deployment_id) if in_process_lock else contextlib.nullcontext():
         async with pool.acquire() as conn, conn.transaction():
             ct = await conn.fetchrow("SELECT * FROM continuous_training WHERE deployment_id = $1 FOR UPDATE",
                                      deployment_id)
@@ -621,15 +626,12 @@ async def _check_trigger(deps: ContinuousDeps, deployment_id: int,
                     " score, window_start, window_end) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
                     " ON CONFLICT (deployment_id, event_id) DO NOTHING", deployment_id, event_id, event.assay_id,
                     event.name, event.iopath, event.score, event.window_start, event.window_end)
-            # a run that succeeded but whose model version never arrived does not block training forever
-            ended = await _fail_trainings(
-                conn, "UPDATE trainings SET state = 'failed', outcome = 'failed', updated_at = now(), reason = 'the"
-                " run succeeded but registered no model version (upload one with the run''s token)' WHERE"
-                " deployment_id = $1 AND state = 'succeeded' AND model_version IS NULL AND"
-                " updated_at < now() - make_interval(secs => $2)", deployment_id, NO_MODEL_GRACE)
+            # a run that succeeded but whose model version never arrived does not block training forever (the
+            # starter fails it on time too: TrainingStarter.sweep)
+            ended = len(await _fail_modelless(conn, deployment_id))
             # nor does one claimed by a starter whose run was never recorded (its process stopped in between); an
             # unclaimed one is still started by a starter (TrainingStarter)
-            ended += await _fail_unstarted(conn, deployment_id)
+            ended += len(await _fail_unstarted(conn, deployment_id))
             # the trigger's own count decides; the other one is read only when a training opens (a review's check
             # of a REVIEWS trigger does not count alerts)
             if ct["trigger"] == "ASSAY_ALERT":
@@ -660,21 +662,50 @@ async def _check_trigger(deps: ContinuousDeps, deployment_id: int,
     return _Checked(opened=training_id, ended=ended)
 
 
-async def _fail_trainings(conn: Any, update: str, *args: Any) -> int:
+async def _fail_trainings(conn: Any, update: str, *args: Any) -> list[asyncpg.Record]:
     """Run an `UPDATE trainings ... ` that fails trainings, in the caller's transaction, with each failed training's
-    training_finished (status failed, its reason); how many it failed (the caller wakes the outbox after its
+    training_finished (status failed, its reason); the trainings it failed (the caller wakes the outbox after its
     commit)."""
     rows = await conn.fetch(update + " RETURNING *", *args)
     for row in rows:
         await _event(conn, subjects.EVENT_MONITORING_TRAINING_FINISHED, _finished(row))
-    return len(rows)
+    return rows
 
 
-async def _fail_unstarted(conn: Any, deployment_id: int | None) -> int:
+async def _fail_modelless(conn: Any, deployment_id: int | None) -> list[asyncpg.Record]:
+    """Fail trainings whose run succeeded more than NO_MODEL_GRACE ago without its model version having arrived (None:
+    of every deployment), in the caller's transaction; the trainings failed."""
+    return await _fail_trainings(
+        conn, "UPDATE trainings SET state = 'failed', outcome = 'failed', updated_at = now(), reason = 'the run"
+        " succeeded but registered no model version (upload one with the run''s token)' WHERE ($1::int IS NULL OR"
+        " deployment_id = $1) AND state = 'succeeded' AND model_version IS NULL AND updated_at < now() -"
+        " make_interval(secs => $2)", deployment_id, NO_MODEL_GRACE)
+
+
+async def recheck_after(deps: ContinuousDeps, deployment_ids: Any) -> None:
+    """Trainings of these deployments ended (done or failed; committed): each one's trigger is checked again at
+    once, so that what counted while its training was open (reviews, assay alerts: they count towards the next one)
+    opens the next training now, not at the deployment's next review or alert, which a quiet pipeline may never
+    send. One deployment's failure is logged, not the caller's. A deployment this process is deploying to now
+    (ContinuousDeps.busy: its lock held up to deploy_wait) is checked without waiting for that lock: the training
+    starter, which calls this, is not held up behind a deploy."""
+    for deployment_id in sorted(set(deployment_ids)):
+        try:
+            opened = await check_trigger(deps, deployment_id, in_process_lock=deployment_id not in deps.busy())
+        except Exception:
+            log.exception("deployment %s: checking its continuous-training trigger after its training ended failed"
+                          " (checked again at its next review, alert or toggle)", deployment_id)
+            continue
+        if opened is not None:
+            log.info("deployment %s: its training ended with the trigger's threshold reached meanwhile: continuous"
+                     " training %s opened", deployment_id, opened)
+
+
+async def _fail_unstarted(conn: Any, deployment_id: int | None) -> list[asyncpg.Record]:
     """Fail trainings claimed by a starter more than NO_MODEL_GRACE ago, without a chosen task id (claimed before
     migration 016), whose run was never recorded (None: of every deployment): the claim says a run may exist and
-    its task's id is unknown, so none is started again. How many (in the caller's transaction). A claim with its
-    task id is asked for again instead (TrainingStarter.resume)."""
+    its task's id is unknown, so none is started again. The trainings failed (in the caller's transaction). A claim
+    with its task id is asked for again instead (TrainingStarter.resume)."""
     return await _fail_trainings(
         conn, "UPDATE trainings SET state = 'failed', outcome = 'failed', updated_at = now(), reason = 'the service"
         " stopped before the training run was created' WHERE ($1::int IS NULL OR deployment_id = $1) AND state ="
@@ -711,9 +742,13 @@ class TrainingStarter(Sweeper):
         next one is due, for next_wait)."""
         pool = self.deps.base.pool
         async with pool.acquire() as conn, conn.transaction():
-            failed = await _fail_unstarted(conn, None)
+            # a succeeded run whose model version did not come within NO_MODEL_GRACE is failed on time here (before,
+            # only the deployment's next trigger check failed it, and its training stayed open until then)
+            failed = [*await _fail_unstarted(conn, None), *await _fail_modelless(conn, None)]
         if failed:  # once committed: woken before, the outbox could read the table first and wait its IDLE round
             self.deps.events_committed()
+            # what counted while they were open opens the next training now (started below, in this sweep)
+            await recheck_after(self.deps, (row["deployment_id"] for row in failed))
         await self.resume()
         waiting = False
         rows = await pool.fetch(
@@ -742,13 +777,15 @@ class TrainingStarter(Sweeper):
     async def next_due(self) -> float:
         """The wait until the next training this starter has to act on is due: an unclaimed one now (its claim failed,
         or one another process opened since this look), a claimed one whose run was not recorded at its resume
-        (RESUME_START after its claim), one claimed before migration 016 at its failure (NO_MODEL_GRACE); at least
+        (RESUME_START after its claim), one claimed before migration 016 at its failure (NO_MODEL_GRACE), a succeeded
+        run still without its model version at its failure (NO_MODEL_GRACE after its success); at least
         STARTER_SWEEP, at most sweeps.IDLE_WAIT (none: what another process opens wakes that process's starter)."""
         due = await self.deps.base.pool.fetchval(
-            "SELECT extract(epoch FROM min(CASE WHEN run_claimed_at IS NULL THEN now() WHEN run_task_id IS NULL THEN"
-            " run_claimed_at + make_interval(secs => $1) ELSE run_claimed_at + make_interval(secs => $2) END) -"
-            " now())::float8 FROM trainings WHERE state = 'starting' AND task_id IS NULL", NO_MODEL_GRACE,
-            RESUME_START)
+            "SELECT extract(epoch FROM least((SELECT min(CASE WHEN run_claimed_at IS NULL THEN now() WHEN run_task_id"
+            " IS NULL THEN run_claimed_at + make_interval(secs => $1) ELSE run_claimed_at + make_interval(secs => $2)"
+            " END) FROM trainings WHERE state = 'starting' AND task_id IS NULL), (SELECT min(updated_at) +"
+            " make_interval(secs => $1) FROM trainings WHERE state = 'succeeded' AND model_version IS NULL)) -"
+            " now())::float8", NO_MODEL_GRACE, RESUME_START)
         return sweeps.until(due, STARTER_SWEEP)
 
     async def resume(self) -> None:
@@ -900,11 +937,13 @@ async def _start_run(deps: ContinuousDeps, ct: asyncpg.Record, datasets: list[as
             # unless its run was recorded meanwhile: run_once created it but answered too late, and the run's end
             # event (on_run_ended, which finds it by the task's name) has moved the training on already; and only
             # while this attempt's claim holds (a resume claimed it again: that attempt decides)
-            await _fail_trainings(conn, "UPDATE trainings SET state = 'failed', outcome = 'failed', reason = $2,"
-                                  " updated_at = now() WHERE id = $1 AND state = 'starting' AND task_id IS NULL AND"
-                                  " run_claimed_at = $3", training_id, f"could not start: {exc.msg}",
-                                  training["run_claimed_at"])
+            failed = await _fail_trainings(
+                conn, "UPDATE trainings SET state = 'failed', outcome = 'failed', reason = $2, updated_at = now()"
+                " WHERE id = $1 AND state = 'starting' AND task_id IS NULL AND run_claimed_at = $3", training_id,
+                f"could not start: {exc.msg}", training["run_claimed_at"])
         deps.events_committed()
+        if failed:
+            await recheck_after(deps, [ct["deployment_id"]])
         return
     # a run that ended at once may have been recorded already (on_run_ended finds it by the task's name); a resume
     # that claimed the training again meanwhile records it itself (the claim fences this late answer)
@@ -982,9 +1021,11 @@ async def on_run_ended(deps: ContinuousDeps, event: TaskRunEvent, succeeded: boo
     if row is None:
         return
     if succeeded:
-        await pool.execute(
+        modelless = await pool.fetchval(
             "UPDATE trainings SET state = 'succeeded', run_id = $2, updated_at = now() WHERE id = $1 AND"
-            " state = 'running'", row["id"], event.run_id)
+            " state = 'running' RETURNING model_version IS NULL", row["id"], event.run_id)
+        if modelless:  # its model version's deadline (NO_MODEL_GRACE) is the starter's to keep: it looks again
+            deps.wake_starter.set()
     else:
         async with pool.acquire() as conn, conn.transaction():  # the failure and its event, or neither
             failed = await conn.fetchrow(
@@ -995,6 +1036,7 @@ async def on_run_ended(deps: ContinuousDeps, event: TaskRunEvent, succeeded: boo
                 await _event(conn, subjects.EVENT_MONITORING_TRAINING_FINISHED, _finished(failed))
         if failed is not None:
             deps.events_committed()
+            await recheck_after(deps, [row["deployment_id"]])
         return
     await advance(deps, row["deployment_id"], row["id"])
 
@@ -1030,7 +1072,18 @@ async def on_model_finished(deps: ContinuousDeps, event: ModelVersionFinished) -
 
 async def advance(deps: ContinuousDeps, deployment_id: int, training_id: uuid.UUID) -> None:
     """A training whose run succeeded and whose model version is ready is done: the policy decides what its model
-    version does (once: the state moves under a row lock)."""
+    version does (once: the state moves under a row lock). Then, ended (done or failed), the trigger is checked
+    again (recheck_after), outside the deployment's lock, also when its delivery raised."""
+    ended: list[bool] = []
+    try:
+        await _advance(deps, deployment_id, training_id, ended)
+    finally:
+        if ended:
+            await recheck_after(deps, [deployment_id])
+
+
+async def _advance(deps: ContinuousDeps, deployment_id: int, training_id: uuid.UUID, ended: list[bool]) -> None:
+    """advance's step under the deployment's lock; `ended` gets True once the training's end is committed."""
     pool = deps.base.pool
     async with deps.lock(deployment_id):
         async with pool.acquire() as conn, conn.transaction():
@@ -1057,6 +1110,7 @@ async def advance(deps: ContinuousDeps, deployment_id: int, training_id: uuid.UU
                     outcome)
             await _event(conn, subjects.EVENT_MONITORING_TRAINING_FINISHED, _finished(done))
         deps.events_committed()
+        ended.append(True)
         if done["state"] == "done" and policy in ("DEPLOY_SHADOW", "DEPLOY_AUTO"):
             await _deliver(deps, done, policy)
 

@@ -27,11 +27,16 @@ class Conn:
         self.steps.append("commit")
 
     async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
-        if query.startswith("UPDATE trainings SET state = 'failed'"):  # one claimed long ago, its run never recorded
+        # one claimed long ago, its run never recorded (_fail_unstarted); no succeeded run waits for its model
+        # version (_fail_modelless, the same sweep since e53d6b9)
+        if query.startswith("UPDATE trainings SET state = 'failed'") and "stopped before the training run" in query:
             return [{"id": uuid.uuid4(), "deployment_id": 7, "workspace_id": 1, "state": "failed",
                      "outcome": "failed", "run_id": None, "model_version": None,
                      "reason": "the service stopped before the training run was created"}]
         return []  # no training waits to start, nor to be asked for again (resume) or delivered again
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        return None  # the trigger checked again after the failure (recheck_after): continuous training set up no more
 
     async def fetchval(self, query: str, *args: Any) -> Any:
         return None  # the look for the next training due (TrainingStarter.next_due): none
@@ -54,4 +59,5 @@ def test_the_sweep_wakes_the_outbox_after_its_failures_commit():
     deps = ContinuousDeps(base=SimpleNamespace(pool=pool), verify=None,
                           events_committed=lambda: steps.append("outbox woken"), max_task_timeout=3600)
     asyncio.run(TrainingStarter(deps).sweep())
-    assert steps == ["training_finished written", "commit", "outbox woken"]
+    # then the trigger's check after the training ended (recheck_after), its own transaction
+    assert steps == ["training_finished written", "commit", "outbox woken", "commit"]
