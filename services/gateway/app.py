@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 
 import uvicorn
@@ -66,19 +67,24 @@ def http_config(app, settings: GatewaySettings) -> uvicorn.Config:  # noqa: ANN0
     )
 
 
+def forget_membership(runtime: Runtime, user_id: str, workspace_id: int) -> None:
+    """`events.workspace.membership_changed` heard: the inference path caches a member's right to infer (MEMBER_TTL,
+    30 s), and a removed member must lose it now, not while the deployment's route stays warm
+    (tests/integration/test_tenant_removed_member.py). The user's entry in that workspace is dropped, and a check
+    under way is not cached: it may have been read before the change's commit and be answered after the event
+    (tests/unit/test_tenant_membership_race.py)."""
+    inference = runtime.extras.get("inference")  # None until create_app: nothing is cached yet then
+    if inference is not None:
+        inference.cache.members.pop((user_id, workspace_id), None)
+        inference.cache.membership_changes += 1
+
+
 async def start_http(runtime: Runtime) -> None:
     settings = runtime.settings.gateway
     _check_port_free(settings.host, settings.port)
     verifier, feed = bus_verifier(runtime.broker, runtime.settings.auth, runtime.settings.nats.request_timeout)
-
-    def forget_membership(user_id: str, workspace_id: int) -> None:
-        # the inference path caches a member's right to infer (MEMBER_TTL): a removed member must lose it now, not
-        # up to 30 s later while the deployment's route stays warm (tests/integration/test_tenant_removed_member.py)
-        inference = runtime.extras.get("inference")
-        if inference is not None:
-            inference.cache.members.pop((user_id, workspace_id), None)
-
-    await feed.start(runtime.broker.config.connection_state.connection, on_membership_changed=forget_membership)
+    await feed.start(runtime.broker.config.connection_state.connection,
+                     on_membership_changed=functools.partial(forget_membership, runtime))
     runtime.extras.update(verifier=verifier, verifier_feed=feed)
     ensure_descriptors(settings.max_connections)
     server = _Server(http_config(create_app(runtime), settings))

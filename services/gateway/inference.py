@@ -99,6 +99,7 @@ class RouteCache:
     def __init__(self) -> None:
         self.routes: dict[str, tuple[float, DeploymentRoute]] = {}
         self.members: dict[tuple[str, int], float] = {}
+        self.membership_changes = 0  # heard by gateway/app.py forget_membership: a check under way is not kept
         self.refreshing: dict[str, asyncio.Task] = {}
         self.coalescer: Coalescer | None = None
 
@@ -217,9 +218,10 @@ class RouteCache:
         if user and not out_of_scope(principal, route.workspace_id) and \
                 time.monotonic() - self.members.get(key, 0.0) < MEMBER_TTL:
             return
+        changes = self.membership_changes
         await require_inference_access(bus_membership(runtime.broker, token, runtime.settings.nats.request_timeout),
                                        principal, route.workspace_id, deployment_not_found(route.name))
-        if user:
+        if user and changes == self.membership_changes:  # read before a change heard meanwhile: maybe stale
             self.members[key] = time.monotonic()
 
 
