@@ -50,6 +50,7 @@ from shared.messages.lineage import (
     Projects,
     ProjectVersionCreated,
     ProjectVersionInfo,
+    ProjectVersionRecord,
     ProjectVersions,
     PutDatasetRows,
     PutWorkspaceFile,
@@ -610,11 +611,15 @@ async def delete_workspace_file(deps: Deps, principal: Principal, token: str | N
 # --- project versions ------------------------------------------------------------------------------------
 
 
+def _version_record(row: Any) -> dict[str, Any]:
+    return {"id": row["id"], "project_id": row["project_id"], "workspace_id": row["workspace_id"],
+            "number": row["number"], "title": row["title"], "description": row["description"],
+            "manifest_sha256": row["manifest_sha256"], "created_by": str(row["created_by"]),
+            "created_at": row["created_at"]}
+
+
 def _version_info(row: Any, created: bool = True) -> ProjectVersionInfo:
-    return ProjectVersionInfo(id=row["id"], project_id=row["project_id"], workspace_id=row["workspace_id"],
-                              number=row["number"], title=row["title"], description=row["description"],
-                              manifest_sha256=row["manifest_sha256"], created_by=str(row["created_by"]),
-                              created_at=row["created_at"], created=created)
+    return ProjectVersionInfo(**_version_record(row), created=created)
 
 
 async def create_version(deps: Deps, principal: Principal, token: str | None,
@@ -710,7 +715,9 @@ async def list_versions(deps: Deps, principal: Principal, token: str | None,
         _check_filter(flt)
     await _project(deps, principal, token, cmd.project_id)
     rows = await store.versions_of(deps.pool, cmd.project_id)
-    return ProjectVersions(versions=[_version_info(r) for r in rows if all(_matches(r, f) for f in cmd.filters)])
+    # rows without create_version's `created`: a listed version was created by no call of the lister's
+    return ProjectVersions(versions=[ProjectVersionRecord(**_version_record(r)) for r in rows
+                                     if all(_matches(r, f) for f in cmd.filters)])
 
 
 async def _version_of(deps: Deps, project_id: int, version_id: int | None, number: int | None) -> asyncpg.Record:

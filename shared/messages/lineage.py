@@ -275,8 +275,9 @@ class CreateProjectVersion(Command):
     version_description: str | None = Field(None, max_length=2000)
 
 
-class ProjectVersionInfo(Message):
-    """An immutable project version: its manifest is verifiable by `manifest_sha256`."""
+class ProjectVersionRecord(Message):
+    """An immutable project version: its manifest is verifiable by `manifest_sha256`. A row of
+    projects/list_versions."""
 
     id: int
     project_id: int
@@ -287,6 +288,12 @@ class ProjectVersionInfo(Message):
     manifest_sha256: str
     created_by: str
     created_at: datetime
+
+
+class ProjectVersionInfo(ProjectVersionRecord):
+    """projects/create_version's answer: the version, and whether this call created it. Only that answer says it: a
+    listed row (ProjectVersionRecord) carried `created: true` before 2026-12-05, whoever created it and whenever."""
+
     created: bool = Field(True, description="False when an identical existing version was returned.")
 
 
@@ -304,7 +311,7 @@ class ListProjectVersions(Command):
 
 
 class ProjectVersions(Message):
-    versions: list[ProjectVersionInfo]
+    versions: list[ProjectVersionRecord]
 
 
 class RestoreProjectVersion(Command):
