@@ -401,9 +401,26 @@ class Scheduler:
             lost_after, interval = deps.settings.supervisor_lost_after, deps.settings.heartbeat_interval
             landed = loop.time()  # the claim (store.claim_env) beat it
             under_way: dict[asyncio.Future[bool], float] = {}  # beats sent, not answered yet: when each was sent
+
+            def lost(answered: asyncio.Future[bool]) -> bool:
+                """An answered beat read (and no longer under way): True when it found the claim taken."""
+                nonlocal landed
+                at = under_way.pop(answered)
+                try:
+                    held = answered.result()
+                except Exception as exc:  # noqa: BLE001 - beaten again next time; unbeaten, another may claim it
+                    log.warning("requirements %s: could not beat the install (%s: %s): another scheduler may claim it"
+                                " %.0f s after its last beat", sha[:12], type(exc).__name__, exc, lost_after)
+                    return False
+                landed = max(landed, at) if held else landed
+                return not held
+
             try:
                 while True:
                     await asyncio.sleep(interval)
+                    # answered meanwhile: read, no longer under way (else they kept the next from being sent)
+                    if any([lost(answered) for answered in [b for b in under_way if b.done()]]):
+                        return
                     for old in [b for b, at in under_way.items() if loop.time() - at > lost_after]:
                         del under_way[old]
                         db.leave(old)  # its answer could no longer keep the claim
@@ -412,22 +429,22 @@ class Scheduler:
                         sent = db.begin(store.beat_env(deps.pool, sha, self.identity))
                         under_way[sent] = began
                     bound = max((landed + lost_after - began) / 2, interval)
-                    await asyncio.wait(under_way, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
-                    for answered in [b for b in under_way if b.done()]:
-                        at = under_way.pop(answered)
-                        try:
-                            held = answered.result()
-                        except Exception as exc:  # noqa: BLE001 - beaten again next time; unbeaten, another may claim
-                            log.warning("requirements %s: could not beat the install (%s: %s): another scheduler may"
-                                        " claim it %.0f s after its last beat", sha[:12], type(exc).__name__, exc,
-                                        lost_after)
-                            continue
-                        if not held:
+                    # the beat sent now waited for up to its bound (or, none sent, the first answer), the answers of
+                    # older ones read as they come. Before (review r5), the wait ended at any beat's answer: an older
+                    # one answering just after this one was sent ended its wait at once, and from then on each beat's
+                    # answer was read at the next beat only (a beat already answered ends a wait at once), every beat
+                    # logged as not answered within its bound however fast the database answered
+                    while under_way and (sent is None or sent in under_way):
+                        done, _ = await asyncio.wait(under_way, timeout=max(began + bound - loop.time(), 0.0),
+                                                     return_when=asyncio.FIRST_COMPLETED)
+                        if any([lost(answered) for answered in done]):  # a list: every answer read (and popped)
                             return
-                        landed = max(landed, at)
+                        if not done or sent is None:
+                            break
                     if sent is not None and sent in under_way:
-                        log.info("requirements %s: a beat of the install was not answered within %.3g s: the next is"
-                                 " sent beside it", sha[:12], bound)
+                        log.info("requirements %s: a beat of the install was not answered within %.3g s: %s", sha[:12],
+                                 bound, "the next is sent beside it" if len(under_way) < BEATS_UNDER_WAY else
+                                 f"{BEATS_UNDER_WAY} under way, the next is sent once either is answered or given up")
             finally:
                 for left in under_way:
                     db.leave(left)
