@@ -412,13 +412,49 @@ class Settings(BaseSettings):
     stack: StackSettings = StackSettings()
 
 
+DEPLOY_STEPS_TAKE = 6.6
+"""Of the request timeout: what a deploy may take by the deployer's own bounds beside its replicas' start
+(deployer.ready_timeout) and one set's stop (deployer.stop_timeout), its answer's way back included
+(services/deployer/handlers.py: its reads and model lookups 1, its first database step 0.8, a redeploy's record 0.8,
+the looks at a failed record 3.8, the answer's margin 0.2; tests/unit/test_deployer_waits.py holds the two equal)."""
+DEPLOY_HOLDS_LOCK = 5.4
+"""Of the request timeout: how long another deploy of the pipeline may hold its lock beside its replicas' start and
+a set's stop (its first database step 0.8, its record 0.8, the looks at a failed one 3.8): a deploy's caller waits
+for one such deploy ahead of it (deploy_wait)."""
+
+
 def deploy_wait(settings: Settings) -> float:
     """Seconds a caller of the deployer's pipelines/deploy waits for its answer (the gateway's route, monitoring's
-    model swaps): its models resolved (the request timeout; as long as a model check, registry.worker_timeout, on
-    the routes that may wait for one) or its new replicas serving (deployer.ready_timeout after those lookups),
-    whichever is longer, plus the bus's request timeout. 305 s with the defaults."""
+    model swaps), the longer of two: its model lookups (as long as a model check, registry.worker_timeout, on the
+    routes that may wait for one) and the bus's request timeout; or what the deployer lets the deploy take
+    (DEPLOY_STEPS_TAKE of the request timeout, its replicas' deployer.ready_timeout and a set's
+    deployer.stop_timeout) after another deploy of its pipeline held the lock as long as it may (DEPLOY_HOLDS_LOCK,
+    ready_timeout and stop_timeout again): 220 s with the defaults, where the first is 305 s. Before, the second was
+    twice the request timeout and ready_timeout only: where worker_timeout was below ~108 s (the test stack's 45 s:
+    a 70 s wait) a caller gave up (a 504) on a deploy the deployer still answered, and carried out, up to 112 s
+    after its start, and a deploy behind another one of its pipeline waited for the lock half the request timeout
+    only (deployer's deploy_lock_wait: what the caller's wait left, at its floor), a 409 deploy_in_progress when the
+    other's replicas took longer than 2.5 s to serve."""
     request = settings.nats.request_timeout
-    return request + max(settings.registry.worker_timeout, request + settings.deployer.ready_timeout)
+    start_and_stop = settings.deployer.ready_timeout + settings.deployer.stop_timeout
+    own = DEPLOY_STEPS_TAKE * request + start_and_stop
+    ahead = DEPLOY_HOLDS_LOCK * request + start_and_stop
+    return max(request + settings.registry.worker_timeout, own + ahead)
+
+
+COPY_STEPS_TAKE = 1.6
+"""Of the request timeout: what a pipelines/copy with `deploy` may take beside a deploy's own (deploy_wait): the
+copy's create and its new rows' read (services/deployer/handlers.py's copy_pipeline, 0.8 each; its read of the
+source is a deploy's read)."""
+
+
+def copy_wait(settings: Settings) -> float:
+    """Seconds a caller of the deployer's pipelines/copy waits for its answer (the gateway's route): a deploy's
+    (deploy_wait) and COPY_STEPS_TAKE of the request timeout, 313 s with the defaults; the deployer answers a copy with
+    `deploy` within it. Before, its caller waited the request timeout twice and deployer.ready_timeout (70 s), and a
+    copy whose lookups or steps took longer, or whose replicas took all their ready_timeout, was a 504 while it went
+    on."""
+    return deploy_wait(settings) + COPY_STEPS_TAKE * settings.nats.request_timeout
 
 
 def env_names(model: type[BaseModel] = Settings, prefix: str = ENV_PREFIX) -> set[str]:

@@ -113,19 +113,20 @@ ENV_CREDENTIALS = "RAILYARD_CLIENT_CREDENTIALS"
 
 # Seconds the gateway may take to answer the deployer's long commands with its default settings
 # (services/gateway/http.py, Route.wait; docs/inference.md "How long the gateway waits"): a deploy 5 + 300 s
-# (shared.settings.deploy_wait: the longer of a model check and 5 + 60 s for its replicas), a copy
-# with `deploy` 5 + 60 + 5 s (its replicas' ready timeout), an undeploy 5 + 20 s (their stop timeout), a deployment's
-# set_model, set_shadow_model and delete 5 + 305 s (the monitoring service's own deploy or undeploy, which it waits
-# deploy_wait for, and one request timeout for its lookups); plus a margin, so that the gateway's own answer (a 400
-# with the reason, or its 504) comes back before the client gives up. With the client's 60 s for these too, a slow
-# deploy was a ConnectionFailed while the platform carried on deploying. The gateway's other long-running routes
-# (a deployment's predict, predict_bytes, monitor, monitor_bytes and get_stats, an upload from a registry, an
-# interactive assay run, the benchmarks and collect_objects) wait 5 + 300 s (registry.worker_timeout): the client
-# gave up on them at 60 s too. Every other route waits Client(timeout); a larger Client(timeout) wins here too.
+# (shared.settings.deploy_wait: the longer of a model check and the deployer's own bound of a deploy), a copy with
+# `deploy` 305 + 8 s (shared.settings.copy_wait: a deploy's and the copy's own steps), an undeploy 5 + 20 s (their stop
+# timeout), a deployment's set_model, set_shadow_model and delete 5 + 305 s (the monitoring service's own deploy or
+# undeploy, which it waits deploy_wait for, and one request timeout for its lookups); plus a margin, so that the
+# gateway's own answer (a 400 with the reason, or its 504) comes back before the client gives up. With the client's 60 s
+# for these too, a slow deploy was a ConnectionFailed while the platform carried on deploying (a copy with `deploy`
+# gave up at 80 s, where the gateway may take 313 s). The gateway's other long-running routes (a deployment's
+# predict, predict_bytes, monitor, monitor_bytes and get_stats, an upload from a registry, an interactive assay run, the
+# benchmarks and collect_objects) wait 5 + 300 s (registry.worker_timeout): the client gave up on them at 60 s too.
+# Every other route waits Client(timeout); a larger Client(timeout) wins here too.
 _LONG_RUNNING = ("deployments/predict", "deployments/predict_bytes", "deployments/monitor", "deployments/monitor_bytes",
                  "deployments/get_stats", "models/upload_from_registry", "assays/run_interactive",
                  "benchmarks/run_classification", "benchmarks/evaluate_detections", "maintenance/collect_objects")
-ROUTE_TIMEOUTS = {"pipelines/deploy": 315.0, "pipelines/copy": 80.0, "pipelines/undeploy": 35.0,
+ROUTE_TIMEOUTS = {"pipelines/deploy": 315.0, "pipelines/copy": 323.0, "pipelines/undeploy": 35.0,
                   "deployments/set_model": 320.0, "deployments/set_shadow_model": 320.0, "deployments/delete": 320.0,
                   **dict.fromkeys(_LONG_RUNNING, 315.0)}
 

@@ -53,7 +53,7 @@ from shared.messages.deployer import (
 )
 from shared.messages.engine import ReplicaDeployment, ReplicaSpec, ReplicaStep
 from shared.messages.registry import ResolvedModel, ResolveModel
-from shared.settings import Settings, deploy_wait
+from shared.settings import COPY_STEPS_TAKE, Settings, deploy_wait
 
 RESTORE_CONCURRENCY = 2
 DEPLOYMENT_FAILED = "deployment_failed"  # the 503's code for a deployment whose restore failed
@@ -338,6 +338,14 @@ async def _create_version(deps: DeployerDeps, principal: Principal, workspace_id
 
 async def copy_pipeline(deps: DeployerDeps, principal: Principal, token: str | None,
                         cmd: CopyPipeline) -> PipelineCopied:
+    # with `deploy`, the whole copy ends by what its caller waits (shared.settings.copy_wait: a deploy's wait and
+    # COPY_STEPS_TAKE of the request timeout for the copy's create and its rows' read), counted from here, as a
+    # deploy's (deploy): before, its deploy was bounded by each step only, and its caller (the gateway's 70 s: the
+    # request timeout twice and ready_timeout) got a 504 while it went on, its replicas given their whole
+    # ready_timeout after the copy's read, lookups, create and first step
+    started = asyncio.get_running_loop().time()
+    extra = COPY_STEPS_TAKE * deps.timeout
+
     async def read() -> Any:
         # the target workspace first: a non-member learns nothing of its pipeline names (409 vs 404)
         await require_member(deps.membership(token), principal, cmd.workspace_id)
@@ -375,11 +383,14 @@ async def copy_pipeline(deps: DeployerDeps, principal: Principal, token: str | N
     if plan is not None:
         try:
             pipeline, version = await _deploy_step(deps, created.pipeline_pk_id, _rows_of(deps, created))
-            deployed = await _start_deployment(deps, pipeline, version, cmd.deploy, *plan)
-        except (InvalidRequest, Unavailable) as exc:
+            deployed = await _start_deployment(deps, pipeline, version, cmd.deploy, *plan,
+                                               lock_by=started + deps.timeout + extra + deps.lock_wait,
+                                               by=started + deps.deploy_within + extra)
+        except (InvalidRequest, Unavailable, Conflict) as exc:
             # replicas that fail to start cannot be checked before: as with pipelines/deploy, the (new) version
             # stays and nothing runs; the copy is kept, and the answer says where to deploy it again. Likewise a
-            # database that failed the deploy (a 503, retryable)
+            # database that failed the deploy (a 503, retryable), a deploy out of time (503 deploy_out_of_time) and
+            # another deploy of the new pipeline under way (409 deploy_in_progress)
             raise type(exc)(f"{exc} (the copy was created: pipeline {created.pipeline_pk_id}, version "
                             f"{created.pipeline_variant_pk_id}; deploy it with pipelines/deploy)", code=exc.code
                             ) from None
@@ -888,13 +899,17 @@ def deploy_answers_within(settings: Settings) -> float:
     """Seconds a deploy answers within, counted from its command's start (_activate's `by`): its caller's wait
     (shared.settings.deploy_wait) less DEPLOY_ANSWER_MARGIN of the request timeout, 304 s with the defaults; never
     less than what the deploy's own steps may take (_deploy_takes), so one that nothing held up gives its replicas
-    their whole deployer.ready_timeout. deploy_wait counts the lookups, ready_timeout and the request timeout, not
-    what follows the replicas' start (4.6 of the request timeout and stop_timeout): where ready_timeout or the request
-    timeout outgrows worker_timeout, that is longer (a 60 s request timeout: 464 s, its caller's wait 360 s), and a
-    deploy then overruns its caller's wait only in that worst case (a record the database failed and a slow drain).
-    Before (review r1), the worst case came out of the replicas' time: with a 60 s request timeout, or ready_timeout
-    and worker_timeout 30 s, every deploy was a 503 deploy_out_of_time; on the test stack's settings (worker_timeout
-    45 s) a redeploy's replicas had 26 s of their 60."""
+    their whole deployer.ready_timeout. deploy_wait counts those steps (shared.settings.DEPLOY_STEPS_TAKE) and
+    another deploy of the pipeline ahead of it (DEPLOY_HOLDS_LOCK), so the floor is the caller's wait less the margin
+    at the most: a deploy's worst case (a record the database failed, a slow drain) is answered before its caller
+    gives up, and one behind another deploy of its pipeline waits for the lock as long as that one may hold it
+    (deploy_lock_wait). Before, deploy_wait did not count what follows the replicas' start (4.6 of the request
+    timeout and stop_timeout), nor a deploy ahead: where worker_timeout was below ~108 s (the test stack's 45 s: a
+    70 s wait, the floor 112 s) a deploy could answer past its caller's wait, and one behind another waited 2.5 s for
+    the lock (the test stack's), then a 409 deploy_in_progress. Before that (review r1), the
+    worst case came out of the replicas' time: with a 60 s request timeout, or ready_timeout and worker_timeout 30 s,
+    every deploy was a 503 deploy_out_of_time; on the test stack's settings a redeploy's replicas had 26 s of
+    their 60."""
     request = settings.nats.request_timeout
     return max(deploy_wait(settings) - DEPLOY_ANSWER_MARGIN * request, _deploy_takes(settings))
 
@@ -924,8 +939,10 @@ def deploy_lock_wait(settings: Settings) -> float:
     the deploy's own work: its reads and model lookups before (the request timeout), its first database step once it
     has the lock (DEPLOY_STEP_ANSWERS_WITHIN), its replicas' start (deployer.ready_timeout) and what follows it
     (_after_start of a redeploy: its record, the looks at a failed one, a set's stop: _deploy_takes); at least the
-    undeploy's wait (UNDEPLOY_LOCK_WAIT). 192 s with the defaults (304 - 5 - 4 - 60 - 4 - 19 - 20). Before, 228 s:
-    the looks and the stop were not counted, and a redeploy that waited it all answered past its caller's wait."""
+    undeploy's wait (UNDEPLOY_LOCK_WAIT). 192 s with the defaults (304 - 5 - 4 - 60 - 4 - 19 - 20); never less than
+    another deploy may hold the lock (its first step, ready_timeout, _after_start of a redeploy: 107 s with the
+    defaults), as shared.settings.deploy_wait counts one. Before, 228 s: the looks and the stop were not counted,
+    and a redeploy that waited it all answered past its caller's wait."""
     return max(deploy_answers_within(settings) - _deploy_takes(settings),
                UNDEPLOY_LOCK_WAIT * settings.nats.request_timeout)
 

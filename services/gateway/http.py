@@ -49,7 +49,7 @@ from shared.messages import logs as logm
 from shared.messages import registry as reg
 from shared.objectstore import BUCKET_ARTIFACTS, content_key
 from shared.service import Runtime
-from shared.settings import deploy_wait
+from shared.settings import copy_wait, deploy_wait
 from shared.staging import staged_key
 
 log = logging.getLogger("railyard.gateway")
@@ -87,10 +87,12 @@ class Route:
         return settings.nats.request_timeout + max(more, self.waits(settings) if self.waits else 0.0)
 
 
-def replicas_start(settings: Any) -> float:
-    """A copy with `deploy` answers once the copy's replicas serve (deployer.ready_timeout), after it resolved its
-    models (a request each): it got a 504 after the request timeout while the deploy carried on."""
-    return settings.deployer.ready_timeout + settings.nats.request_timeout
+def copy_answers(settings: Any) -> float:
+    """A copy with `deploy` answers once the copy's replicas serve, or by the deployer's bound of the whole copy:
+    shared.settings.copy_wait (this is the part beyond the request timeout Route.wait adds). It got a 504 after the
+    request timeout while the deploy carried on, then after ready_timeout and two request timeouts while a copy whose
+    steps took longer went on."""
+    return copy_wait(settings) - settings.nats.request_timeout
 
 
 def deploy_answers(settings: Any) -> float:
@@ -161,7 +163,7 @@ JSON_ROUTES: list[Route] = [spec if isinstance(spec, Route) else R(*spec) for sp
     ("/pipelines/create", subjects.DEPLOYER_PIPELINES_CREATE, dep.NewPipeline, dep.PipelineCreated,
      "Create a pipeline (a changed definition makes a new version)."),
     Route("/pipelines/copy", subjects.DEPLOYER_PIPELINES_COPY, dep.CopyPipeline, dep.PipelineCopied,
-          "Copy a pipeline.", waits=replicas_start),
+          "Copy a pipeline.", waits=copy_answers),
     ("/pipelines/list", subjects.DEPLOYER_PIPELINES_LIST, dep.ListPipelines, dep.Pipelines,
      "List a workspace's pipelines with versions and deployment."),
     ("/pipelines/get", subjects.DEPLOYER_PIPELINES_GET, dep.GetPipeline, dep.PipelineRecord,

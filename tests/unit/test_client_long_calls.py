@@ -55,7 +55,7 @@ def test_deploy_copy_and_undeploy_wait_past_the_clients_timeout_and_other_calls_
         assert session.post(route, {"pipeline_id": 1}) == {"id": 5}, route
     with pytest.raises(ConnectionFailed, match="did not answer"):
         session.post("pipelines/list", {"workspace_id": 1})
-    assert sent == [("/v1/api/pipelines/deploy", 315.0), ("/v1/api/pipelines/copy", 80.0),
+    assert sent == [("/v1/api/pipelines/deploy", 315.0), ("/v1/api/pipelines/copy", 323.0),
                     ("/v1/api/pipelines/undeploy", 35.0), ("/v1/api/deployments/set_model", 320.0),
                     ("/v1/api/deployments/set_shadow_model", 320.0), ("/v1/api/deployments/delete", 320.0),
                     ("/v1/api/pipelines/list", SLOW / 3)]

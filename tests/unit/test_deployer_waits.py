@@ -10,9 +10,21 @@ import asyncio
 import pytest
 
 from services.deployer import handlers
+from services.gateway.http import JSON_ROUTES
+from shared import subjects
 from shared.errors import Conflict, Unavailable
-from shared.messages.deployer import CreatePipeline, DeployPipeline
-from shared.settings import DeployerSettings, NatsSettings, RegistrySettings, Settings
+from shared.messages.deployer import CopyPipeline, CreatePipeline, DeployPipeline
+from shared.settings import (
+    COPY_STEPS_TAKE,
+    DEPLOY_HOLDS_LOCK,
+    DEPLOY_STEPS_TAKE,
+    DeployerSettings,
+    NatsSettings,
+    RegistrySettings,
+    Settings,
+    copy_wait,
+    deploy_wait,
+)
 from tests.unit.deployer_world import ALICE, PIPELINE, VERSION, WORKSPACE, _deploy, _deployed_as, _until, make_world
 
 
@@ -94,8 +106,11 @@ def test_a_deploys_lock_wait_is_what_its_callers_wait_leaves_after_its_own_work(
     # the looks at a failed one (3.8 of the request timeout) and a set's stop (deployer.stop_timeout)
     assert handlers.deploy_lock_wait(Settings()) == pytest.approx(304 - 5 - 4 - 60 - 4 - 19 - 20)
     assert handlers.deploy_answers_within(Settings()) == pytest.approx(304)
+    # a ready_timeout above the model check's: the caller waits for one deploy of the pipeline ahead (its first step,
+    # its replicas' 600 s, its record, looks and stop: 3.2 + 600 + 3.2 + 15.2 + 20 s), which the lock wait covers.
+    # Before, 2 s (the undeploy's floor): the caller's wait counted no deploy ahead, a 409 for any deploy behind one
     long = Settings(deployer=DeployerSettings(ready_timeout=600.0), nats=NatsSettings(request_timeout=4.0))
-    assert handlers.deploy_lock_wait(long) == pytest.approx(2.0)
+    assert handlers.deploy_lock_wait(long) == pytest.approx(3.2 + 600 + 3.2 + 15.2 + 20)
 
 
 def test_a_deploy_whose_lookups_took_long_waits_for_the_lock_only_what_its_callers_wait_leaves(world, monkeypatch):
@@ -177,6 +192,32 @@ def test_a_deploy_whose_replicas_do_not_serve_within_what_its_caller_waits_is_a_
     asyncio.run(scenario(world))
 
 
+def test_a_copy_whose_replicas_do_not_serve_within_what_its_caller_waits_is_a_503_that_keeps_the_copy(world):
+    """A copy with `deploy` is bounded as a whole as a deploy is, from its command's start: its deploy's bound
+    (deploy_within) and COPY_STEPS_TAKE of the request timeout for the copy's own steps (2.66 s here). Its replicas
+    that did not serve by then are a 503 deploy_out_of_time: the copy is kept and named, its deployment inactive,
+    nothing running. Before, its deploy had no `by`: its replicas had their whole ready_timeout (60 s here) after the
+    copy's steps, and its caller (the gateway's 70 s) got a 504 while it went on."""
+
+    async def scenario(world) -> None:
+        _short_clock(world, 2.5)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(Unavailable) as late:
+            await asyncio.wait_for(handlers.copy_pipeline(world.deps, ALICE, "t", CopyPipeline(
+                name="copied", workspace_id=WORKSPACE, source_pipeline=PIPELINE, deploy="c")), 10)
+        took = loop.time() - started
+        assert late.value.code == "deploy_out_of_time" and late.value.status == 503
+        assert "ran out of time" in late.value.msg and "the copy was created: pipeline 2" in late.value.msg, \
+            late.value.msg
+        assert took < 2.5 + COPY_STEPS_TAKE * 0.1 + 1.0, took  # + 1 s: a loaded machine
+        assert world.store.pipelines[2]["name"] == "copied"
+        assert not world.store.deployments[5]["active"] and world.backend.sets == {}
+        assert world.backend.untracked() == [] and not world.deps.pipeline_lock(2).locked()
+
+    asyncio.run(scenario(world))
+
+
 def test_a_deploy_left_too_little_by_its_lookups_is_a_503_before_anything_of_it_is_made(world, monkeypatch):
     """A deploy whose model lookups took what its caller waits, all but less than its first step, the least its
     replicas need and what follows their start, is refused with the pipeline's lock in hand, before its first write:
@@ -203,9 +244,10 @@ def test_a_deploy_left_too_little_by_its_lookups_is_a_503_before_anything_of_it_
 
 
 # A request timeout of 60 s (the rest default): the deployer's own steps after its replicas' start (a redeploy's
-# record, 3.8 of it in looks, a set's stop: 296 s) outgrow what its caller waits (348 s); a short worker_timeout with
-# a short ready_timeout (ready_timeout dominating deploy_wait, 40 s); the test stack's (tests/stack.py: a 45 s
-# worker_timeout, so deploy_wait is ready_timeout's 70 s)
+# record, 3.8 of it in looks, a set's stop: 296 s) outgrew what its caller waited (360 s, before deploy_wait counted
+# them); a short worker_timeout with a short ready_timeout (ready_timeout dominated deploy_wait, 40 s); the test
+# stack's (tests/stack.py: a 45 s worker_timeout, so deploy_wait was ready_timeout's 70 s, now a deploy's own 113 s
+# after one ahead of it, 220 s)
 SHORT_CALLER_WAITS = {
     "request_timeout_60": Settings(nats=NatsSettings(request_timeout=60.0)),
     "ready_30_worker_30": Settings(deployer=DeployerSettings(ready_timeout=30.0),
@@ -219,11 +261,10 @@ SHORT_CALLER_WAITS = {
 def test_a_deploy_nothing_holds_up_has_its_replicas_whole_ready_timeout(tmp_path, monkeypatch, settings, deploy):
     """A deploy that waited for no other deploy of its pipeline, its lookups quick, gives its replicas their whole
     deployer.ready_timeout, whatever the settings: what it answers within (deploy_answers_within) is at least what
-    its own steps take (_deploy_takes), even where its caller's wait (shared.settings.deploy_wait, which does not
-    count what follows the replicas' start) is shorter. Before (5d54c8b), the worst case of what follows their start
-    came out of their time: with a 60 s request timeout every deploy was a 503 deploy_out_of_time before anything of
-    it was made, likewise with ready_timeout 30 s and worker_timeout 30 s; on the test stack's settings a redeploy's
-    replicas had 26 s of their 60."""
+    its own steps take (_deploy_takes), which its caller's wait (shared.settings.deploy_wait) counts. Before
+    (5d54c8b), the worst case of what follows their start came out of their time: with a 60 s request timeout every
+    deploy was a 503 deploy_out_of_time before anything of it was made, likewise with ready_timeout 30 s and
+    worker_timeout 30 s; on the test stack's settings a redeploy's replicas had 26 s of their 60."""
     chosen = SHORT_CALLER_WAITS[settings]
     world = make_world(tmp_path, monkeypatch)
     world.deps.timeout = chosen.nats.request_timeout
@@ -251,3 +292,61 @@ def test_a_deploy_nothing_holds_up_has_its_replicas_whole_ready_timeout(tmp_path
         assert given == [pytest.approx(chosen.deployer.ready_timeout)], given
 
     asyncio.run(scenario())
+
+
+CALLERS_SETTINGS = {**SHORT_CALLER_WAITS, "defaults": Settings(),
+                    "ready_600": Settings(deployer=DeployerSettings(ready_timeout=600.0)),
+                    "request_1_stop_60": Settings(nats=NatsSettings(request_timeout=1.0),
+                                                  deployer=DeployerSettings(stop_timeout=60.0)),
+                    "worker_900": Settings(registry=RegistrySettings(worker_timeout=900.0))}
+
+
+@pytest.mark.parametrize("settings", list(CALLERS_SETTINGS))
+def test_a_deploys_caller_waits_for_all_the_deployer_may_take(settings):
+    """What a deploy answers within (deploy_answers_within, from its command's start), its answer's way back
+    (DEPLOY_ANSWER_MARGIN) added, is within what its caller waits (shared.settings.deploy_wait: the gateway's route
+    and monitoring's model swaps): a deploy's worst case (its lookups, its first step, its replicas' whole
+    ready_timeout, a failed record's looks, a set's stop) is answered before its caller gives up, whatever the
+    settings. Before, deploy_wait counted the lookups and ready_timeout only: with the test stack's 45 s
+    worker_timeout the gateway waited 70 s (a 504) for a deploy the deployer answered, and carried out, up to 112 s
+    after its start; with a 60 s request timeout 360 s for 464 s, with ready_timeout 600 s 610 s for 652 s."""
+    chosen = CALLERS_SETTINGS[settings]
+    request = chosen.nats.request_timeout
+    answered = handlers.deploy_answers_within(chosen) + handlers.DEPLOY_ANSWER_MARGIN * request
+    assert answered <= deploy_wait(chosen) + 1e-9, (answered, deploy_wait(chosen))
+    # shared.settings counts the deployer's own steps (it cannot import them) as DEPLOY_STEPS_TAKE of the request
+    # timeout: the two sums are one
+    own = DEPLOY_STEPS_TAKE * request + chosen.deployer.ready_timeout + chosen.deployer.stop_timeout
+    assert handlers._deploy_takes(chosen) + handlers.DEPLOY_ANSWER_MARGIN * request == pytest.approx(own)
+
+
+@pytest.mark.parametrize("settings", list(CALLERS_SETTINGS))
+def test_a_deploy_behind_another_of_its_pipeline_waits_as_long_as_that_one_may_hold_the_lock(settings):
+    """A deploy sent with another deploy of its pipeline under way waits for the pipeline's lock (deploy_lock_wait)
+    at least as long as that one may hold it (its first database step, its replicas' ready_timeout, what follows their
+    start), whatever the settings: its caller's wait (deploy_wait) counts one deploy ahead (DEPLOY_HOLDS_LOCK). Before,
+    on the test stack's settings and wherever ready_timeout or the request timeout outgrew worker_timeout, what the
+    caller's wait left was nothing, the lock wait its floor (half the request timeout, 2.5 s): two deploys of one
+    pipeline sent together were a 409 deploy_in_progress for the second once the first's replicas took longer than
+    that (tests/integration/test_deploy_lifecycle.py's two deploys at once, under load)."""
+    chosen = CALLERS_SETTINGS[settings]
+    request, stop = chosen.nats.request_timeout, chosen.deployer.stop_timeout
+    holds = handlers.DEPLOY_STEP_ANSWERS_WITHIN * request + chosen.deployer.ready_timeout + \
+        handlers._after_start(request, stop, serving=True)
+    assert handlers.deploy_lock_wait(chosen) >= holds - 1e-9, (handlers.deploy_lock_wait(chosen), holds)
+    assert holds == pytest.approx(DEPLOY_HOLDS_LOCK * request + chosen.deployer.ready_timeout + stop)
+
+
+@pytest.mark.parametrize("settings", list(CALLERS_SETTINGS))
+def test_a_copys_caller_waits_for_all_the_deployer_may_take(settings):
+    """A copy with `deploy` answers within its deploy's bound and COPY_STEPS_TAKE of the request timeout from its
+    command's start (copy_pipeline's `by`): its caller (shared.settings.copy_wait, the gateway's route) waits that and
+    the answer's way back. Before, the gateway waited the request timeout twice and ready_timeout (70 s by default,
+    for a copy the deployer may answer 312 s after its start)."""
+    chosen = CALLERS_SETTINGS[settings]
+    request = chosen.nats.request_timeout
+    answered = handlers.deploy_answers_within(chosen) + COPY_STEPS_TAKE * request + \
+        handlers.DEPLOY_ANSWER_MARGIN * request
+    assert answered <= copy_wait(chosen) + 1e-9, (answered, copy_wait(chosen))
+    gateway = {route.subject: route for route in JSON_ROUTES}[subjects.DEPLOYER_PIPELINES_COPY].wait(chosen)
+    assert gateway == pytest.approx(copy_wait(chosen))
