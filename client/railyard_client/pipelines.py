@@ -69,6 +69,8 @@ def infer_at(session: Session, deployment: str, pipeline: str, data_in: InferInp
     if isinstance(data_in, (str, Path)):
         table, kind = data.read_table(data_in)
         as_frame = kind == "json"
+        if as_frame:  # JSON records, sent as Arrow: typed as the API's JSON reader types them
+            table = data.tensor_lists(table)
     elif as_frame:
         table = data.tensor_lists(data.dataframe_to_table(data_in))
     elif isinstance(data_in, pa.RecordBatch):
@@ -347,8 +349,8 @@ class Pipeline(Resource):
         batch) an Arrow table; a path to a .arrow/.feather or .parquet file an Arrow table, to a .json file a
         DataFrame; a list of row objects (pandas-records) the seed's JSON records. Result columns are `time`,
         `in.<input>`, `out.<output>`, `check_failures` (and `metadata` for JSON). A DataFrame's numeric tensor
-        columns go as fixed-size lists, as the API's JSON reader makes the same rows, so its rows are logged with
-        theirs in one schema (a log page ends where the schema changes); an Arrow table goes as it is."""
+        columns (and a .json file's) go as fixed-size lists, as the API's JSON reader makes the same rows, so they
+        are logged with its rows in one schema (a log page ends where the schema changes); Arrow goes as it is."""
         return infer_at(self._session, self.deployment().name, self.name, data_in, timeout=timeout)
 
     def infer_v2(self, inputs: dict[str, Any] | pd.DataFrame, *, timeout: float = 60.0) -> dict[str, np.ndarray]:

@@ -6,6 +6,7 @@ change, so the guide's single read got the rows down to the first change with `S
 
 from __future__ import annotations
 
+import json
 import time
 
 import pandas as pd
@@ -17,7 +18,7 @@ from tests.integration.conftest import sdk_client
 from tests.models import ccfraud_onnx
 
 
-def test_sdk_and_json_inferences_read_back_in_one_log_page(stack, alice):
+def test_sdk_and_json_inferences_read_back_in_one_log_page(stack, alice, tmp_path):
     wl = sdk_client(stack, alice)
     workspace = wl.current_workspace()
     version = workspace.upload_model("ccfraud", ccfraud_onnx())
@@ -29,17 +30,19 @@ def test_sdk_and_json_inferences_read_back_in_one_log_page(stack, alice):
     headers["Content-Type"] = "application/json; format=pandas-records"
     assert requests.post(url, json=[{"tensor": [0.2] * 29}], headers=headers, timeout=60).status_code == 200
     pipeline.infer(pd.DataFrame({"tensor": [[0.3] * 29, [0.4] * 29]}))
+    (tmp_path / "rows.json").write_text(json.dumps([{"tensor": [0.5] * 29}]))
+    pipeline.infer(str(tmp_path / "rows.json"))  # a .json file: its records, sent as Arrow
 
     deadline = time.monotonic() + 30  # the log store writes after the answer
     while True:
         response = requests.post(f"{stack.base_url}/v1/api/pipelines/get_logs", headers=wl.auth.auth_header(),
                                  json={"pipeline_id": "mixed", "workspace_id": workspace.id}, timeout=60)
         rows = pd.DataFrame.from_records(response.json())
-        if len(rows) == 4 or response.headers["x-iteration-status"] != "All" or time.monotonic() > deadline:
+        if len(rows) == 5 or response.headers["x-iteration-status"] != "All" or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert response.headers["x-iteration-status"] == "All" and "x-iteration-cursor" not in response.headers
-    assert sorted(round(row["tensor"][0], 1) for row in rows["in"]) == [0.1, 0.2, 0.3, 0.4]
+    assert sorted(round(row["tensor"][0], 1) for row in rows["in"]) == [0.1, 0.2, 0.3, 0.4, 0.5]
     pipeline.undeploy()
     wl.close()
 
