@@ -506,7 +506,11 @@ class Scheduler:
         installed again (its worker kept): a retry that finds this worker's name on an environment no longer ended
         this way follows an earlier attempt that recorded the end. Before, every such end was said to be dropped
         after another scheduler's claim, also when an earlier attempt (its answer lost) had recorded it."""
-        now = "gone" if found.status is None else f"{found.status}, claimed by {found.worker or 'nobody'}"
+        # set to be installed again (an upload), the environment is nobody's until claimed though its worker is kept:
+        # before (review r5), such a retry's WARNING said it was claimed by this very scheduler
+        now = ("gone" if found.status is None else f"{found.status}, claimed by {found.worker}" if found.claimed
+               and found.worker else f"{found.status}, claimed by nobody" + (f" (last by {found.worker})"
+                                                                              if found.worker else ""))
         took = (f"another scheduler claimed the install (this one's beats were over "
                 f"{self.deps.settings.supervisor_lost_after:.0f} s apart)")
         if attempts <= 1:

@@ -97,6 +97,7 @@ class EnvEnd:
     recorded: bool
     status: str | None = None
     worker: str | None = None
+    claimed: bool = True  # heartbeat_at set; an environment set to be installed again is nobody's until claimed
 
     def __bool__(self) -> bool:
         return self.recorded
@@ -120,10 +121,12 @@ async def finish_env(pool: asyncpg.Pool, requirements_sha: str, worker: str, ok:
             "AND status = 'installing' AND heartbeat_at IS NOT NULL RETURNING true", requirements_sha, worker, status,
             reason)
         if not done:
-            row = await conn.fetchrow("SELECT status, worker FROM envs WHERE requirements_sha = $1", requirements_sha)
+            row = await conn.fetchrow("SELECT status, worker, heartbeat_at IS NOT NULL AS claimed FROM envs "
+                                      "WHERE requirements_sha = $1", requirements_sha)
             if row is None:
                 return EnvEnd(False)
-            return EnvEnd((row["worker"], row["status"]) == (worker, status), row["status"], row["worker"])
+            return EnvEnd((row["worker"], row["status"]) == (worker, status), row["status"], row["worker"],
+                          row["claimed"])
         await conn.execute("UPDATE orchestrations SET status = $2, reason = $3, updated_at = now() "
                            "WHERE requirements_sha = $1 AND status = 'packaging'", requirements_sha, status, reason)
     return EnvEnd(True, status, worker)

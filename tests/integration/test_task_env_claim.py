@@ -232,5 +232,7 @@ async def test_a_retried_end_an_earlier_attempt_recorded_is_not_said_dropped(
             assert "not written by this attempt" in said[0] and "installing, claimed by other" in said[0], said
         else:
             assert "recorded by an earlier attempt" in said[0] and "set to be installed again" in said[0], said
+            # nobody's claim until a scheduler claims it (was: 'installing, claimed by first', this very one)
+            assert "installing, claimed by nobody (last by first)" in said[0], said
     finally:
         await first.stop()
