@@ -586,6 +586,9 @@ def records_json_to_table(body: bytes) -> pa.Table:
     if isinstance(parsed, list) and not parsed:  # a request's (a Python step's empty answer: records_to_table's words)
         raise InvalidRequest(f"{NO_ROWS} (an empty list of records)")
     try:
-        return records_to_table(parsed, numbers_only=not (b"true" in body or b"false" in body or b"null" in body))
+        table = records_to_table(parsed, numbers_only=not (b"true" in body or b"false" in body or b"null" in body))
     except UnicodeEncodeError:  # json.loads let a lone UTF-16 surrogate ("\ud800") through; Arrow cannot hold it
         raise InvalidRequest("body is not valid JSON: a string holds a lone UTF-16 surrogate") from None
+    if not table.num_rows:  # `{}`, `[{}, ...]`: records of no keys make no columns, so no rows (sent on as 0 rows)
+        raise InvalidRequest(f"{NO_ROWS} (records of no columns)")
+    return table

@@ -104,8 +104,8 @@ def read_records_fast(body: bytes) -> pa.Table | None:
             return None
         columns = list(rows[0].keys())
         width = len(columns)
-        if width > MAX_COLUMNS:
-            return None  # the general path refuses it by name
+        if not width or width > MAX_COLUMNS:
+            return None  # records of no keys (no rows) or too many: the general path refuses them by name
         if len(set(columns)) != width or not all(len(row) == width for row in rows):
             return None  # a repeated key, or rows with other keys: the general path says which
         arrays, tensors = [], 0

@@ -12,7 +12,8 @@ import pytest
 
 from services.gateway import oip
 from services.gateway.inference import ARROW_FILE, ARROW_STREAM, _read_body
-from shared.arrow_codec import NO_ROWS, tensor_array, to_ipc_file, to_ipc_stream
+from services.gateway.records_parse import FAST_BODY
+from shared.arrow_codec import NO_ROWS, records_json_to_table, tensor_array, to_ipc_file, to_ipc_stream
 from shared.errors import InvalidRequest
 
 EMPTY = pa.table({"tensor": tensor_array(np.zeros((0, 29), np.float32))})
@@ -30,6 +31,13 @@ BODIES = {
         {"name": "b", "shape": [0, 2, 2], "datatype": "FP64", "data": [[], []]}]}), None), "batch dimension is 0"),
     "OIP binary batch of 0": (lambda: oip.parse_request(BINARY_HEADER, str(len(BINARY_HEADER))),
                               "batch dimension is 0"),
+    # records of no keys name no columns, so they make no rows (a table of 0 rows and 0 columns was sent on)
+    "records {}": (lambda: _read_body("application/json", b"{}", 1 << 20), "records of no columns"),
+    "records [{}]": (lambda: _read_body("application/json", b"[{}]", 1 << 20), "records of no columns"),
+    "records [{}, {}]": (lambda: _read_body("application/json", b"[{}, {}]", 1 << 20), "records of no columns"),
+    "records of no columns, read by the fast reader": (
+        lambda: _read_body("application/json", b"[" + b",".join([b"{}"] * (FAST_BODY // 2)) + b"]", 1 << 20),
+        "records of no columns"),
 }
 
 
@@ -49,6 +57,12 @@ def test_one_row_in_each_format_is_read():
     assert _read_body(ARROW_FILE, to_ipc_file(one), 1 << 20).num_rows == 1
     body = orjson.dumps({"inputs": [{"name": "tensor", "shape": [1, 29], "datatype": "FP32", "data": [0.0] * 29}]})
     assert oip.parse_request(body, None)[1].num_rows == 1
+
+
+def test_records_of_no_columns_are_refused_in_a_dataset_body_too():
+    """records_json_to_table also reads the lineage put_rows body: `{}` staged a table of no rows and no columns."""
+    with pytest.raises(InvalidRequest, match=f"^{NO_ROWS} \\(records of no columns\\)$"):
+        records_json_to_table(b"{}")
 
 
 def test_a_records_body_that_is_not_a_list_keeps_its_own_message():
