@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import nats
 from faststream.nats import NatsRouter
 from pydantic import ValidationError
 
 from services.log_store import handlers, store
-from services.log_store.deployments import Deployments
+from services.log_store.deployments import LISTEN_WAIT, Deployments
 from services.log_store.segments import SegmentReader
 from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
@@ -160,7 +162,10 @@ async def start(runtime: Runtime) -> None:
     outbox_task = asyncio.create_task(outbox.run())
     runtime.extras.update(outbox=outbox, outbox_task=outbox_task)
     # whose each deployment is, from the deployer's events.pipeline.deployed: ingestion checks each batch's header
-    deployments = Deployments(runtime.db)
+    # the LISTEN for deployments other log-store processes record (held batches) has a connection of its own, not
+    # one of the pool's (Deployments.listen)
+    deployments = Deployments(runtime.db, connect=partial(asyncpg.connect, settings.postgres.dsn,
+                                                          timeout=LISTEN_WAIT, command_timeout=LISTEN_WAIT))
     await deployments.start(ingest_nc.jetstream())
     runtime.extras.update(deployments=deployments)
     ingestor = handlers.Ingestor(deps, ingest_nc.jetstream(), events_committed=outbox.wake, deployments=deployments,

@@ -30,10 +30,11 @@ retention took it meanwhile): then nothing would bring it again, and waiting for
 caught up.
 
 Recording an announcement also sends `NOTIFY` on `CHANNEL` (the deployment's name), committed with the row: a log-store
-process holding batches LISTENs on it (`listen`, on a pool connection held only while it holds batches) and asks those
-of the deployment back at once, whichever process read the announcement (a rolling update runs two). A notification
-lost (the connection dropped) is made up for by the holder's own looks in the table (handlers.Ingestor.look_up_held,
-backing off), which start over whenever listening (re)starts.
+process holding batches LISTENs on it (`listen`, on a connection of its own, open only while it holds batches: not one
+of the pool's, whose few connections ingestion and reads need; with `postgres.pool_max` 1 a pool connection held for
+the LISTEN stopped ingestion for good) and asks those of the deployment back at once, whichever process read the
+announcement (a rolling update runs two). A notification lost (the connection dropped) is made up for by the holder's
+own looks in the table (handlers.Ingestor.look_up_held, backing off), which start over whenever listening (re)starts.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -101,8 +102,12 @@ def announced(data: bytes) -> PipelineDeployed:
 class Deployments:
     """The deployments the deployer announced (`lookup`), and the consumer that reads its announcements (`run`)."""
 
-    def __init__(self, pool: asyncpg.Pool, cache_size: int = CACHE_SIZE) -> None:
+    def __init__(self, pool: asyncpg.Pool, cache_size: int = CACHE_SIZE,
+                 connect: Callable[[], Awaitable[asyncpg.Connection]] | None = None) -> None:
         self.pool = pool
+        # opens the LISTEN's connection (`listen`), outside the pool; None: nothing is listened for (the held batches'
+        # looks in the table alone, handlers.Ingestor.look_up_held)
+        self.connect = connect
         self.cache_size = cache_size
         self.cache: OrderedDict[str, Owner] = OrderedDict()
         self.lookups = 0  # asked of PostgreSQL (names not in the cache)
@@ -171,15 +176,17 @@ class Deployments:
         self.on_recorded(event.name)
 
     async def listen(self, wanted: bool) -> bool:
-        """While `wanted` (the caller holds batches for announcements), a pool connection LISTENs on CHANNEL and tells
-        `on_recorded` each deployment any log-store process records; not wanted, it goes back to the pool. A closed
-        one is replaced; a failed start is tried again LISTEN_RETRY later. True when listening began now: what was
-        recorded before was not heard, the caller looks it up."""
+        """While `wanted` (the caller holds batches for announcements), a connection of its own (`connect`) LISTENs on
+        CHANNEL and tells `on_recorded` each deployment any log-store process records; not wanted, it is closed. A
+        closed one is replaced; a failed start is tried again LISTEN_RETRY later. True when listening began now: what
+        was recorded before was not heard, the caller looks it up. Not the pool's: held for as long as batches wait
+        (up to an hour), it left ingestion, reads and the announcements' recording one connection fewer, and none
+        with `postgres.pool_max` 1 (every flush waited for ever, the held batches with it)."""
         conn = self.listener
         if conn is not None and (not wanted or _closed(conn)):
             await self.unlisten()
             conn = None
-        if not wanted or conn is not None:
+        if not wanted or conn is not None or self.connect is None:
             return False
         now = time.monotonic()
         if self.listen_failed_at is not None and now - self.listen_failed_at < LISTEN_RETRY:
@@ -197,11 +204,12 @@ class Deployments:
         return True
 
     async def _listening(self) -> asyncpg.Connection:
-        conn = await self.pool.acquire()
+        assert self.connect is not None
+        conn = await self.connect()
         try:
             await conn.add_listener(CHANNEL, self._heard)
         except BaseException:
-            await self.pool.release(conn)
+            conn.terminate()
             raise
         return conn
 
@@ -209,21 +217,14 @@ class Deployments:
         self.on_recorded(name)
 
     async def unlisten(self) -> None:
-        """The LISTEN's connection back to the pool within LISTEN_WAIT, else terminated (the server drops the LISTEN
-        with it)."""
+        """The LISTEN's connection closed within LISTEN_WAIT, else terminated (the server drops the LISTEN with it)."""
         conn, self.listener = self.listener, None
         if conn is None:
             return
-
-        async def release() -> None:
-            if not _closed(conn):
-                await conn.remove_listener(CHANNEL, self._heard)
-            await self.pool.release(conn)
-
         try:
-            await db.within(LISTEN_WAIT, release(), lambda: TimeoutError("releasing the LISTEN's connection"))
+            await db.within(LISTEN_WAIT, conn.close(), lambda: TimeoutError("closing the LISTEN's connection"))
         except Exception as exc:  # noqa: BLE001 - the connection is gone either way
-            log.debug("releasing the LISTEN's connection: %s", exc)
+            log.debug("closing the LISTEN's connection: %s", exc)
             with contextlib.suppress(Exception):
                 conn.terminate()
 
@@ -327,10 +328,10 @@ class Deployments:
 
 
 def _closed(conn: Any) -> bool:
-    """Whether a pool connection is closed (the server or the network dropped it), or terminated (then released)."""
+    """Whether the LISTEN's connection is closed (the server or the network dropped it)."""
     try:
         return conn.is_closed()
-    except asyncpg.InterfaceError:  # released back to the pool: terminated
+    except asyncpg.InterfaceError:
         return True
 
 

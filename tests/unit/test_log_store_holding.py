@@ -211,58 +211,64 @@ class Conn:
     async def add_listener(self, channel: str, callback) -> None:
         self.listeners.append((channel, callback))
 
-    async def remove_listener(self, channel: str, callback) -> None:
-        self.listeners.remove((channel, callback))
-
     def is_closed(self) -> bool:
         return self.closed
 
+    async def close(self) -> None:
+        self.closed = True
 
-class Pool:
-    """Lends Conn; the first `failures` acquires fail (PostgreSQL away)."""
+    def terminate(self) -> None:
+        self.closed = True
+
+
+class Opener:
+    """Opens Conn (Deployments' `connect`); the first `failures` fail (PostgreSQL away)."""
 
     def __init__(self, failures: int) -> None:
-        self.failures, self.lent, self.released = failures, [], []
+        self.failures, self.opened = failures, []
 
-    async def acquire(self) -> Conn:
+    async def __call__(self) -> Conn:
         if self.failures:
             self.failures -= 1
             raise OSError("the database is away")
-        self.lent.append(Conn())
-        return self.lent[-1]
+        self.opened.append(Conn())
+        return self.opened[-1]
 
-    async def release(self, conn: Conn) -> None:
-        self.released.append(conn)
+
+class NoPool:
+    """The LISTEN takes none of the pool's connections."""
+
+    async def acquire(self):
+        raise AssertionError("the LISTEN took a connection of the pool")
 
 
 def test_a_listen_that_cannot_start_is_tried_again_later_and_a_closed_one_replaced(caplog):
     """Deployments.listen: a failed start is logged once and tried again LISTEN_RETRY later (not at every turn of the
-    loop); a connection found closed is given back and replaced, which says listening began again (the caller looks
-    its held deployments up: what was recorded meanwhile was not heard); not wanted, it goes back to the pool."""
+    loop); a connection found closed is replaced, which says listening began again (the caller looks its held
+    deployments up: what was recorded meanwhile was not heard); not wanted, it is closed. Never a pool connection."""
     from services.log_store import deployments
 
     async def scenario() -> None:
-        pool = Pool(failures=2)
-        known = deployments.Deployments(pool)  # type: ignore[arg-type]
+        opener = Opener(failures=2)
+        known = deployments.Deployments(NoPool(), connect=opener)  # type: ignore[arg-type]
         heard: list[str] = []
         known.on_recorded = heard.append
-        assert not await known.listen(True) and pool.failures == 1
-        assert not await known.listen(True) and pool.failures == 1  # within LISTEN_RETRY: not tried
+        assert not await known.listen(True) and opener.failures == 1
+        assert not await known.listen(True) and opener.failures == 1  # within LISTEN_RETRY: not tried
         known.listen_failed_at -= deployments.LISTEN_RETRY
-        assert not await known.listen(True) and pool.failures == 0
+        assert not await known.listen(True) and opener.failures == 0
         known.listen_failed_at -= deployments.LISTEN_RETRY
         assert await known.listen(True)
-        first = pool.lent[-1]
+        first = opener.opened[-1]
         channel, callback = first.listeners[0]
         assert channel == deployments.CHANNEL
         callback(first, 1, channel, "dep-a")
         assert heard == ["dep-a"]
         assert not await known.listen(True)  # listening already
         first.closed = True
-        assert await known.listen(True) and known.listener is pool.lent[-1] is not first
-        assert pool.released == [first]
-        assert not await known.listen(False) and known.listener is None and pool.released[-1] is pool.lent[-1]
-        assert pool.lent[-1].listeners == []
+        assert await known.listen(True) and known.listener is opener.opened[-1] is not first
+        assert not await known.listen(False) and known.listener is None and opener.opened[-1].closed
+        assert len(opener.opened) == 2
 
     asyncio.run(scenario())
     assert sum("listening for recorded deployments failed" in r.getMessage() for r in caplog.records) == 1
