@@ -58,31 +58,41 @@ def dataframe_to_table(frame: pd.DataFrame) -> pa.Table:
 
 
 def tensor_lists(table: pa.Table) -> pa.Table:
-    """Numeric list columns whose rows all hold the same number of values (tensors; nested too) as fixed-size lists,
-    as the inference API's pandas-records reader makes the same rows (`shared/arrow_codec.tensor_array`). A
-    pipeline version's inference log then has one schema whether its rows came as DataFrames from the SDK or as
-    JSON records: a list and a fixed-size list are two log schemas, and a log page ends at each change
-    (`x-iteration-status: SchemaChange`), so a script reading the logs once got only the rows down to the change."""
-    columns = [_tensor_list(column.combine_chunks()) for column in table.columns]
-    if all(column.type == field.type for column, field in zip(columns, table.schema, strict=True)):
-        return table
-    return pa.Table.from_arrays(columns, names=table.column_names)
+    """List columns whose rows all hold the same number of numbers, booleans or strings (tensors; nested too, at
+    every level or not at all) as fixed-size lists, as the inference API's pandas-records reader makes the same rows
+    (`shared/arrow_codec._column_array`). A pipeline version's inference log then has one schema whether its rows
+    came as DataFrames from the SDK or as JSON records: a list and a fixed-size list are two log schemas, and a log
+    page ends at each change (`x-iteration-status: SchemaChange`), so a script reading the logs once got only the
+    rows down to the change. Chunk by chunk over the same value buffers: nothing of the frame is copied."""
+    for index, field in enumerate(table.schema):
+        column = table.column(index)
+        chunks = [_tensor_list(chunk) for chunk in column.chunks]
+        kinds = {chunk.type for chunk in chunks}
+        if len(kinds) == 1 and field.type not in kinds:  # every chunk the same tensor (a column of no chunks: none)
+            kind = kinds.pop()
+            table = table.set_column(index, field.with_type(kind), pa.chunked_array(chunks, kind))
+    return table
 
 
 def _tensor_list(array: pa.Array) -> pa.Array:
+    """A list array of rectangular tensors as nested fixed-size lists, or the array as it is."""
     kind = array.type
     if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or array.null_count or not len(array):
         return array
     leaf = kind.value_type
     while pa.types.is_list(leaf) or pa.types.is_large_list(leaf):
         leaf = leaf.value_type
-    if not (pa.types.is_integer(leaf) or pa.types.is_floating(leaf)):
-        return array  # the API's reader makes numeric tensors only (strings and booleans stay lists)
+    if not (pa.types.is_integer(leaf) or pa.types.is_floating(leaf) or pa.types.is_boolean(leaf)
+            or pa.types.is_string(leaf) or pa.types.is_large_string(leaf)):
+        return array  # what the API's reader makes no tensor of (it refuses them)
     lengths = array.value_lengths().to_numpy()
     size = int(lengths[0])
     if size == 0 or (lengths != size).any():
         return array  # ragged (the API explains it) or empty lists: as they are
-    return pa.FixedSizeListArray.from_arrays(_tensor_list(array.flatten()), size)
+    values = _tensor_list(array.flatten())  # the values under the array's slice, not copied
+    if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+        return array  # ragged, empty or missing rows further down: the whole column as it is
+    return pa.FixedSizeListArray.from_arrays(values, size)
 
 
 def read_table(path: str | Path) -> tuple[pa.Table, str]:

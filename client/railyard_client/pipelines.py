@@ -348,9 +348,10 @@ class Pipeline(Resource):
         """Run rows through the deployed pipeline. A DataFrame gives a DataFrame; an Arrow table (or record
         batch) an Arrow table; a path to a .arrow/.feather or .parquet file an Arrow table, to a .json file a
         DataFrame; a list of row objects (pandas-records) the seed's JSON records. Result columns are `time`,
-        `in.<input>`, `out.<output>`, `check_failures` (and `metadata` for JSON). A DataFrame's numeric tensor
-        columns (and a .json file's) go as fixed-size lists, as the API's JSON reader makes the same rows, so they
-        are logged with its rows in one schema (a log page ends where the schema changes); Arrow goes as it is."""
+        `in.<input>`, `out.<output>`, `check_failures` (and `metadata` for JSON). A DataFrame's tensor columns
+        (numbers, booleans or strings; and a .json file's) go as fixed-size lists, as the API's JSON reader makes
+        the same rows, so they are logged with its rows in one schema (a log page ends where the schema changes);
+        Arrow goes as it is."""
         return infer_at(self._session, self.deployment().name, self.name, data_in, timeout=timeout)
 
     def infer_v2(self, inputs: dict[str, Any] | pd.DataFrame, *, timeout: float = 60.0) -> dict[str, np.ndarray]:
