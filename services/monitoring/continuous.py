@@ -1042,7 +1042,10 @@ async def on_run_ended(deps: ContinuousDeps, event: TaskRunEvent, succeeded: boo
 
 
 async def on_model_uploaded(deps: ContinuousDeps, event: ModelUploaded) -> None:
-    """A model version was registered with a task run's token: if that task is a training's, it is its output."""
+    """A model version was registered with a task run's token: if that task is a training's, it is its output. Also
+    before the training recorded its run (`starting`: run_once's answer late or lost, the run under way): its task
+    is the one the training chose at its claim (`run_task_id`). Before, such an upload found no training and was
+    dropped, and the run's success left the training without a model version, failed NO_MODEL_GRACE later."""
     task_id = event.task_id
     if not task_id:
         return
@@ -1054,18 +1057,21 @@ async def on_model_uploaded(deps: ContinuousDeps, event: ModelUploaded) -> None:
     model = {"name": event.name, "version": str(event.model_version),
              "sha": event.sha256 if event.status == "ready" else None}
     row = await deps.base.pool.fetchrow(
-        "UPDATE trainings SET model_version = $2, model_status = $3, updated_at = now() WHERE task_id = $1 AND"
-        " model_version IS NULL AND workspace_id = $4 RETURNING id, deployment_id", task_uuid, json.dumps(model),
+        "UPDATE trainings SET model_version = $2, model_status = $3, updated_at = now() WHERE (task_id = $1 OR"
+        " (state = 'starting' AND task_id IS NULL AND run_task_id = $1)) AND model_version IS NULL AND workspace_id"
+        " = $4 RETURNING id, deployment_id", task_uuid, json.dumps(model),
         event.status, event.workspace_id)
     if row is not None:
         await advance(deps, row["deployment_id"], row["id"])
 
 
 async def on_model_finished(deps: ContinuousDeps, event: ModelVersionFinished) -> None:
-    """A conversion ended: a training waiting for that model version moves on."""
+    """A conversion ended: a training waiting for that model version moves on (also one whose run is not recorded
+    yet, `starting`: its upload found it by the task id it chose, on_model_uploaded; its run's end moves it on)."""
     row = await deps.base.pool.fetchrow(
         "UPDATE trainings SET model_status = $2, updated_at = now() WHERE model_version->>'version' = $1 AND"
-        " state IN ('running', 'succeeded') RETURNING id, deployment_id", str(event.model_version), event.status)
+        " state IN ('starting', 'running', 'succeeded') RETURNING id, deployment_id", str(event.model_version),
+        event.status)
     if row is not None:
         await advance(deps, row["deployment_id"], row["id"])
 
