@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import numbers
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -45,14 +46,28 @@ def _source(source: str | Path | bytes | IO[bytes], name: str | None) -> tuple[I
     return source, name or os.path.basename(str(getattr(source, "name", "file"))), size, False
 
 
-def _ref(value: Any, key: str = "id") -> Any:
-    """The id (or a file's path) of what seed 000 takes as "ID or Info": a number, or the record this SDK handed out
-    for it (`create_project`, `project`, `create_dataset`, `datasets`, `put_file` answer dicts), passed as it is."""
+def _ref(value: Any, key: str = "id", what: str = "project") -> Any:
+    """The id (or a file's path) of what seed 000 takes as "ID or Info": a number (a numpy integer too), or the
+    record this SDK handed out for it (`create_project`, `project`, `create_dataset`, `datasets`, `put_file` answer
+    dicts). A string or float goes as it is (the server answers its 400); what the body cannot carry or would read
+    as another id (True is 1) is refused before sending."""
     if isinstance(value, Mapping):
         if key not in value:
             raise InvalidInput(f"a record without {key!r} where an id or its record was expected: {sorted(value)}")
-        return value[key]
-    return value
+        value = value[key]
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, str, float)):
+        raise InvalidInput(f"{what}: expected {'a path' if key == 'path' else 'an id'} or the record this SDK "
+                           f"handed out, not {type(value).__name__}")
+    return int(value) if isinstance(value, numbers.Integral) else value
+
+
+def _named(seed: str, value: Any, earlier: str, earlier_value: Any) -> Any:
+    """The argument given under seed 000's name (`seed`) or the SDK's earlier one, not both, not neither."""
+    if value is not None and earlier_value is not None:
+        raise InvalidInput(f"give {seed}= or {earlier}= (the same argument), not both")
+    if value is None and earlier_value is None:
+        raise InvalidInput(f"{seed} is required ({earlier}= is taken too)")
+    return earlier_value if value is None else value
 
 
 class Lineage:
@@ -187,25 +202,30 @@ class Lineage:
 
     # --- project versions ------------------------------------------------------------------------------
 
-    def create_version(self, project_id: int | Mapping[str, Any], version_title: str | None = None,
-                       version_description: str | None = None) -> dict[str, Any]:
-        """Save the project's state (a project id or the project's record); unchanged since the last version, that
-        version comes back (`created` false)."""
-        return self._post("projects/create_version", {"project_id": _ref(project_id), "version_title": version_title,
+    def create_version(self, project_info: int | Mapping[str, Any] | None = None, version_title: str | None = None,
+                       version_description: str | None = None, *,
+                       project_id: int | Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Save the project's state (`project_info`, seed 000's name, or `project_id`: a project id or the
+        project's record); unchanged since the last version, that version comes back (`created` false)."""
+        project = _ref(_named("project_info", project_info, "project_id", project_id), what="project_info")
+        return self._post("projects/create_version", {"project_id": project, "version_title": version_title,
                                                       "version_description": version_description})
 
     def list_versions(self, project_id: int | Mapping[str, Any], filters: list[dict[str, Any]] | None = None
                       ) -> list[dict[str, Any]]:
         """A project's versions; filters like `{"field": "number", "operator": ">", "value": 2}`."""
-        body = {"project_id": _ref(project_id), "filters": filters or []}
+        body = {"project_id": _ref(project_id, what="project_id"), "filters": filters or []}
         return self._post("projects/list_versions", body)["versions"]
 
-    def restore_version(self, project_id: int | Mapping[str, Any], version_id: int | None = None,
+    def restore_version(self, project_info: int | Mapping[str, Any] | None = None, version_id: int | None = None,
                         version_num: int | None = None, *, skip_missed_entities: bool = False,
-                        name: str | None = None) -> dict[str, Any]:
-        """Recreate a version (by id or number) as a new project; `skip_missed_entities` leaves out lost objects."""
+                        name: str | None = None, project_id: int | Mapping[str, Any] | None = None
+                        ) -> dict[str, Any]:
+        """Recreate a version (by id or number) of the project (`project_info`, seed 000's name, or `project_id`)
+        as a new project; `skip_missed_entities` leaves out lost objects."""
+        project = _ref(_named("project_info", project_info, "project_id", project_id), what="project_info")
         return self._post("projects/restore_version", {
-            "project_id": _ref(project_id), "version_id": version_id, "version_num": version_num,
+            "project_id": project, "version_id": version_id, "version_num": version_num,
             "skip_missed_entities": skip_missed_entities, "name": name})
 
     # --- the workflow graph (seed 000) -----------------------------------------------------------------
@@ -215,44 +235,58 @@ class Lineage:
         return self._post(f"workflow/{method}", {"workspace_id": self.workspace_id, "task_id": task_id,
                                                  "meta": meta, **body})
 
-    def add_input_project(self, project_id: int | Mapping[str, Any], version_id: int | None = None,
+    def add_input_project(self, project: int | Mapping[str, Any] | None = None, version_id: int | None = None,
                           version_num: int | None = None, *,
                           task_id: str | None = None, meta: dict[str, Any] | None = None,
-                          evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A project (or one of its versions) is an input of the task run (default: this task run). With
-        `evaluation` ({dataset_name, label_column, output_column} or {dataset_name, image}), the version's dataset
-        is the run's evaluation set: each model version the run outputs is benchmarked on it once deployed."""
-        return self._link("add_input_project", task_id, meta, project_id=_ref(project_id), version_id=version_id,
+                          evaluation: dict[str, Any] | None = None,
+                          project_id: int | Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """A project (`project`, seed 000's name, or `project_id`: its id or record), or one of its versions, is an
+        input of the task run (default: this task run). With `evaluation` ({dataset_name, label_column,
+        output_column} or {dataset_name, image}), the version's dataset is the run's evaluation set: each model
+        version the run outputs is benchmarked on it once deployed."""
+        project = _ref(_named("project", project, "project_id", project_id))
+        return self._link("add_input_project", task_id, meta, project_id=project, version_id=version_id,
                           version_num=version_num, **({"evaluation": evaluation} if evaluation else {}))
 
-    def add_output_project(self, project_id: int | Mapping[str, Any], version_id: int | None = None,
+    def add_output_project(self, project: int | Mapping[str, Any] | None = None, version_id: int | None = None,
                            version_num: int | None = None, *,
-                           task_id: str | None = None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A project (or a version) is an output of the task run."""
-        return self._link("add_output_project", task_id, meta, project_id=_ref(project_id), version_id=version_id,
+                           task_id: str | None = None, meta: dict[str, Any] | None = None,
+                           project_id: int | Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """A project (`project` or `project_id`, as add_input_project), or a version, is an output of the task run."""
+        project = _ref(_named("project", project, "project_id", project_id))
+        return self._link("add_output_project", task_id, meta, project_id=project, version_id=version_id,
                           version_num=version_num)
 
-    def add_input_dataset(self, dataset_id: int | Mapping[str, Any], *, task_id: str | None = None,
-                          meta: dict[str, Any] | None = None, evaluation: dict[str, Any] | None = None
-                          ) -> dict[str, Any]:
-        """A dataset is an input of the task run (with `evaluation`: its evaluation set, as add_input_project)."""
-        return self._link("add_input_dataset", task_id, meta, dataset_id=_ref(dataset_id),
+    def add_input_dataset(self, dataset: int | Mapping[str, Any] | None = None, *, task_id: str | None = None,
+                          meta: dict[str, Any] | None = None, evaluation: dict[str, Any] | None = None,
+                          dataset_id: int | Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """A dataset (`dataset`, seed 000's name, or `dataset_id`: its id or record) is an input of the task run
+        (with `evaluation`: its evaluation set, as add_input_project)."""
+        dataset = _ref(_named("dataset", dataset, "dataset_id", dataset_id), what="dataset")
+        return self._link("add_input_dataset", task_id, meta, dataset_id=dataset,
                           **({"evaluation": evaluation} if evaluation else {}))
 
-    def add_output_dataset(self, dataset_id: int | Mapping[str, Any], *, task_id: str | None = None,
-                           meta: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A dataset is an output of the task run."""
-        return self._link("add_output_dataset", task_id, meta, dataset_id=_ref(dataset_id))
+    def add_output_dataset(self, dataset: int | Mapping[str, Any] | None = None, *, task_id: str | None = None,
+                           meta: dict[str, Any] | None = None,
+                           dataset_id: int | Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """A dataset (`dataset` or `dataset_id`, as add_input_dataset) is an output of the task run."""
+        dataset = _ref(_named("dataset", dataset, "dataset_id", dataset_id), what="dataset")
+        return self._link("add_output_dataset", task_id, meta, dataset_id=dataset)
 
-    def add_input_file(self, path: str | Mapping[str, Any], model_weight: bool = False, *, task_id: str | None = None,
-                       meta: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A workspace file is an input of the task run (`model_weight` marks model weights)."""
-        return self._link("add_input_file", task_id, meta, path=_ref(path, "path"), model_weight=model_weight)
+    def add_input_file(self, file: str | Mapping[str, Any] | None = None, model_weight: bool = False, *,
+                       task_id: str | None = None, meta: dict[str, Any] | None = None,
+                       path: str | Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """A workspace file (`file`, seed 000's name, or `path`: its path or record) is an input of the task run
+        (`model_weight` marks model weights)."""
+        file = _ref(_named("file", file, "path", path), "path", what="file")
+        return self._link("add_input_file", task_id, meta, path=file, model_weight=model_weight)
 
-    def add_output_file(self, path: str | Mapping[str, Any], model_weight: bool = False, *, task_id: str | None = None,
-                        meta: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A workspace file is an output of the task run."""
-        return self._link("add_output_file", task_id, meta, path=_ref(path, "path"), model_weight=model_weight)
+    def add_output_file(self, file: str | Mapping[str, Any] | None = None, model_weight: bool = False, *,
+                        task_id: str | None = None, meta: dict[str, Any] | None = None,
+                        path: str | Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """A workspace file (`file` or `path`, as add_input_file) is an output of the task run."""
+        file = _ref(_named("file", file, "path", path), "path", what="file")
+        return self._link("add_output_file", task_id, meta, path=file, model_weight=model_weight)
 
     def add_input_folder(self, path: str, *, task_id: str | None = None,
                          meta: dict[str, Any] | None = None) -> dict[str, Any]:

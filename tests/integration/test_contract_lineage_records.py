@@ -20,17 +20,17 @@ def test_the_records_the_sdk_hands_out_stand_for_their_ids(stack, alice):
     images = lineage.create_dataset(project["id"], "images", kind="images")
     weights = lineage.put_file("/runs/run-1/best.onnx", b"weights")
 
-    version = lineage.create_version(project, "labeled")
+    version = lineage.create_version(project_info=project, version_title="labeled")  # seed 000's names
     assert version["project_id"] == project["id"] and version["number"] == 1
     assert [v["id"] for v in lineage.list_versions(project)] == [version["id"]]
 
     linked = lineage.add_input_project(project, version_id=version["id"], task_id="run-1")
     assert linked["node"]["kind"] == "project_version" and linked["main_node"]["kind"] == "task_run"
-    assert lineage.add_input_dataset(images, task_id="run-1")["node"]["data"]["project_id"] == project["id"]
-    assert lineage.add_output_file(weights, model_weight=True, task_id="run-1")["node"]["ref"] == weights["path"]
-    assert lineage.add_output_project(project, task_id="run-1")["node"]["kind"] == "project"
+    assert lineage.add_input_dataset(dataset=images, task_id="run-1")["node"]["data"]["project_id"] == project["id"]
+    assert lineage.add_output_file(file=weights, model_weight=True, task_id="run-1")["node"]["ref"] == weights["path"]
+    assert lineage.add_output_project(project=project, task_id="run-1")["node"]["kind"] == "project"
 
-    restored = lineage.restore_version(project, version_num=1, name="cats-again")
+    restored = lineage.restore_version(project_info=project, version_num=1, name="cats-again")
     assert restored["project"]["restored_from_version"] == version["id"]
 
     drawn = lineage.graph("task_run", "run-1", depth=1)
