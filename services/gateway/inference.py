@@ -348,8 +348,9 @@ class Inference:
         route = await self.cache.reach(runtime, principal, token, deployment)
         if route.pipeline_name != pipeline:
             raise NotFound(f"deployment {deployment!r} does not serve pipeline {pipeline!r}")
-        if route.status != "Running":
-            raise Unavailable(f"deployment {deployment!r} is {route.status.lower()}; retry shortly")
+        # a route said "Starting" is sent all the same (as OIP's is): the deployer says it when no replica answered
+        # its status probe within 0.5 s, which a busy replica does right after a swap under load, and this refusal
+        # was a 503 while it served; with no replica serving, `ask` answers the deployer's 503 (no responders)
         at_ms = int(time.time() * 1000)
         headers, outputs = await self.cache.ask(runtime, route, token, table)
         meta = headers.get(META_HEADER, "{}")

@@ -1,0 +1,83 @@
+"""A route the deployer calls starting does not refuse a request the engine can answer (services/gateway/inference.py,
+Inference.run). The deployer's resolve says "Starting" when no replica answers its status probe within 0.5 s
+(services/deployer/backend.py, replica_state), which a busy replica right after a model swap does under load: the
+records and Arrow route then answered 503 "deployment ... is starting; retry shortly" while the replica served
+(tests/integration/test_infer_coalesced_versions.py, once in 14 runs at load ~19). The request is sent as the Open
+Inference Protocol's already was; a deployment with no replica serving still gets its 503 from the deployer's word,
+once the engine's queue has no responder."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import orjson
+import pytest
+
+import services.gateway.inference as inference
+from services.gateway.inference import EngineReply, Inference
+from shared.arrow_codec import to_ipc_stream
+from shared.authz import Principal
+from shared.errors import Unavailable
+from shared.messages.deployer import DeploymentRoute
+from shared.table_transport import META_HEADER
+
+STARTING = DeploymentRoute(deployment_id=1, name="d", pipeline_name="p", workspace_id=1, status="Starting",
+                           pipeline_version="v2", input_schema=None, batchable=False)
+RUNTIME = SimpleNamespace(broker=None, settings=SimpleNamespace(nats=SimpleNamespace(request_timeout=1.0),
+                                                                gateway=SimpleNamespace(max_body_bytes=1 << 20)))
+ALICE = Principal(subject="alice", kind="user", admin=False, client_id="c", username="alice", issued_at=0.0)
+
+
+@pytest.fixture
+def deployer(monkeypatch) -> list[str]:
+    """The deployer answers every resolve "Starting"; alice is a member of workspace 1. Returns the names resolved."""
+    resolved: list[str] = []
+
+    async def request(broker, subject, message, *, token, timeout, reply_model):
+        resolved.append(message.name)
+        await asyncio.sleep(0)
+        return STARTING
+
+    def bus_membership(broker, token, timeout):
+        async def lookup(user_id: str, workspace_id: int):
+            return {"role": "member"}
+        return lookup
+
+    monkeypatch.setattr(inference, "request", request)
+    monkeypatch.setattr(inference, "bus_membership", bus_membership)
+    return resolved
+
+
+def _engine(monkeypatch, answer) -> list[bytes]:
+    sent: list[bytes] = []
+
+    async def ask_engine(runtime, deployment: str, payload: bytes) -> EngineReply:
+        sent.append(payload)
+        return await answer(payload)
+
+    monkeypatch.setattr(inference, "_ask_engine", ask_engine)
+    return sent
+
+
+async def test_a_route_said_starting_is_sent_and_answered_by_a_serving_replica(deployer, monkeypatch):
+    import pyarrow as pa
+
+    async def serving(payload: bytes) -> EngineReply:
+        return EngineReply({META_HEADER: "{}"}, to_ipc_stream(pa.table({"y": pa.array([2.0])})))
+
+    sent = _engine(monkeypatch, serving)
+    body, media, _ = await Inference(RUNTIME).run(ALICE, "t", "d", "p", "application/json", "",
+                                                  orjson.dumps([{"x": 1.0}]))
+    assert sent and media == "application/json"
+    assert [row["out"] for row in orjson.loads(body)] == [{"y": 2.0}]
+
+
+async def test_with_no_replica_serving_the_deployers_word_is_the_503(deployer, monkeypatch):
+    async def no_responders(payload: bytes) -> EngineReply:
+        raise Unavailable("deployment 'd' has no running engine; retry shortly")
+
+    sent = _engine(monkeypatch, no_responders)
+    with pytest.raises(Unavailable, match="^deployment 'd' is starting; retry shortly$"):
+        await Inference(RUNTIME).run(ALICE, "t", "d", "p", "application/json", "", orjson.dumps([{"x": 1.0}]))
+    assert len(sent) == 1 and deployer == ["d", "d"]  # the route, then the deployer asked again after the engine
