@@ -71,3 +71,9 @@ def test_no_rows_is_the_same_400_in_every_format_and_a_row_is_answered(stack, al
         answer = response.json()  # the /v1 routes answer JSON records (no Accept asked for Arrow)
         answered = answer["outputs"][0]["shape"][0] if kind.startswith("OIP") else len(answer)
         assert answered == 1, (kind, answer)
+    # records of no keys name no columns, so they make no rows (they were sent on: the model said 'missing columns')
+    for keyless in (b"{}", b"[{}]", b"[{}, {}]"):
+        response = httpx.post(deployed["url"], content=keyless, timeout=60,
+                              headers={**auth, "Content-Type": "application/json"})
+        assert response.status_code == 400, (keyless, response.text)
+        assert response.json()["msg"] == f"{NO_ROWS} (records of no columns)", (keyless, response.text)
