@@ -23,7 +23,9 @@ One package is not declined but has its `__init__` deferred (`DEFERRED_INIT`):
   package's `__init__`, which imports the test runner: `unittest.case`, `loader`, `result`, `suite`, `main`,
   `runner`, `signals` and `difflib`, ~11 ms of import and ~1 MiB of RSS in every service (docs/performance.md
   item 72). Here the package's submodules import as usual (the real `unittest.mock`, so FastStream's mocks are the
-  real ones), and its `__init__` runs the first time anything else is read from it (`unittest.TestCase`).
+  real ones), and its `__init__` runs the first time anything else is read from it (`unittest.TestCase`), or a
+  submodule's name that the `__init__` binds to something else (`unittest.main` is TestProgram, not the submodule
+  `unittest.main`). Another thread reading the package while its `__init__` runs waits for it to end.
 
 `decline_unused()` must run before anything imports nats, faststream or pyarrow: first thing in a process's entry
 module. Importing a declined package then raises ModuleNotFoundError, exactly as when it is not installed, the
@@ -34,12 +36,14 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 import types
 from importlib.abc import Loader
 from importlib.machinery import ModuleSpec, PathFinder
 
 REMOTE_FILESYSTEMS = ("pyarrow._s3fs", "pyarrow._gcsfs", "pyarrow._azurefs", "pyarrow._hdfs")
-DEFERRED_INIT = ("unittest",)
+# each package, with the names of its submodules that its __init__ binds to something else (read, they run it)
+DEFERRED_INIT = {"unittest": frozenset({"main"})}
 
 
 class _Declined:
@@ -61,25 +65,47 @@ class _DeferredPackage(types.ModuleType):
     def __getattr__(self, attr: str) -> object:
         if attr.startswith("__") and attr != "__all__":  # what the import system sets, or asks before it sets it
             raise AttributeError(attr)
+        loader = self.__spec__.loader  # type: ignore[union-attr]
+        if not isinstance(loader, _DeferredInitLoader):  # the __init__ ran meanwhile (another thread)
+            return getattr(self, attr)
         submodule = f"{self.__name__}.{attr}"
-        if PathFinder.find_spec(submodule, self.__path__) is not None:
+        if attr not in loader.rebound and PathFinder.find_spec(submodule, self.__path__) is not None:
             return importlib.import_module(submodule)  # what `from unittest import mock` asks for
-        loader = self.__spec__.loader.deferred  # type: ignore[union-attr]
-        self.__spec__.loader = self.__loader__ = loader  # type: ignore[union-attr]
-        self.__class__ = types.ModuleType  # a plain package from now on
-        loader.exec_module(self)
+        if not loader.run_init(self):  # this thread is running the __init__: a name it has not bound yet
+            raise AttributeError(f"partially initialized module {self.__name__!r} has no attribute {attr!r}")
         return getattr(self, attr)
 
 
 class _DeferredInitLoader(Loader):
-    def __init__(self, deferred: Loader) -> None:
+    def __init__(self, deferred: Loader, rebound: frozenset[str]) -> None:
         self.deferred = deferred
+        self.rebound = rebound  # submodule names the __init__ binds to something else (unittest.main: TestProgram)
+        self.lock = threading.RLock()
+        self.running = False
 
     def create_module(self, spec: ModuleSpec) -> types.ModuleType:
         return _DeferredPackage(spec.name)
 
     def exec_module(self, module: types.ModuleType) -> None:
         """Nothing yet: the real loader runs the package's `__init__` at the first read of what it defines."""
+
+    def run_init(self, module: types.ModuleType) -> bool:
+        """Run the package's `__init__` once; another thread's read waits for it to end (False: the caller is the
+        thread running it, reading a name it has not bound yet). The module stays a _DeferredPackage until the
+        `__init__` has run, so a name it has not bound yet sends every other thread here."""
+        with self.lock:
+            if self.running:
+                return False
+            if module.__spec__.loader is not self:  # type: ignore[union-attr]
+                return True
+            self.running = True
+            try:
+                self.deferred.exec_module(module)  # type: ignore[attr-defined]
+            finally:
+                self.running = False
+            module.__class__ = types.ModuleType  # a plain package from now on (before the loader: see __getattr__)
+            module.__spec__.loader = module.__loader__ = self.deferred  # type: ignore[union-attr]
+            return True
 
 
 class _DeferInit:
@@ -94,7 +120,7 @@ class _DeferInit:
         spec = PathFinder.find_spec(fullname)
         if spec is None or spec.loader is None or spec.submodule_search_locations is None:
             return spec
-        spec.loader = _DeferredInitLoader(spec.loader)
+        spec.loader = _DeferredInitLoader(spec.loader, DEFERRED_INIT[fullname])
         return spec
 
 

@@ -121,3 +121,76 @@ def test_unittest_init_is_deferred_and_faststream_test_broker_still_works():
         print(runner)
     """)
     assert out == "[]"
+
+
+def test_a_deferred_unittest_gives_every_name_what_the_package_binds():
+    """`unittest.main` is TestProgram, not the submodule of that name (read before anything else ran the
+    `__init__`), and every other public name and submodule the `__init__` binds reads as in a plain interpreter."""
+    describe = """
+        import sys, types, unittest
+        def describe(name):
+            try:
+                value = getattr(unittest, name)
+            except AttributeError:
+                return name + ": -"
+            if isinstance(value, types.ModuleType):
+                return f"{name}: {value.__name__}"
+            kind = getattr(value, "__qualname__", None) or "a " + type(value).__qualname__  # defaultTestLoader
+            return f"{name}: {getattr(value, '__module__', '?')}.{kind}"
+        names = ["main", "case", "loader", "result", "runner", "signals", "suite", "util", "mock",
+                 "TestCase", "IsolatedAsyncioTestCase", "TestProgram"]
+    """
+    plain = run(describe + """
+        import unittest.mock
+        print([describe(name) for name in names + sorted(unittest.__all__)])
+    """)
+    deferred = run("""
+        from shared.lean_imports import decline_unused
+        decline_unused()
+        import faststream.nats  # imports unittest.mock
+    """ + describe + """
+        from unittest import main
+        first = describe("main")  # the first read of a name that is also a submodule's
+        print([first] + [describe(name) for name in names[1:] + sorted(unittest.__all__)])
+        assert main is unittest.TestProgram, main
+    """)
+    assert "'main: unittest.main.TestProgram'" in plain and "'mock: unittest.mock'" in plain
+    assert deferred == plain
+
+
+def test_a_second_thread_reading_unittest_while_its_init_runs_waits_for_it():
+    """One thread's first read runs unittest's `__init__` (held here just before its last import, signals); another
+    thread's read of a name that import binds waits for the `__init__` to end instead of raising AttributeError."""
+    out = run("""
+        from shared.lean_imports import decline_unused
+        decline_unused()
+        import sys, threading
+        import unittest.mock
+        import unittest
+        inside, read = threading.Event(), threading.Event()
+
+        class HoldSignals:
+            def find_spec(self, fullname, path=None, target=None):
+                if fullname == "unittest.signals" and threading.current_thread() is threading.main_thread():
+                    inside.set()
+                    read.wait(3.0)  # the other thread reads now; on a waiting read this bound lets the init go on
+                return None
+
+        sys.meta_path.insert(0, HoldSignals())
+        seen = []
+
+        def reader():
+            inside.wait(60)
+            try:
+                seen.append(unittest.installHandler.__qualname__)
+            except AttributeError as exc:
+                seen.append(repr(exc))
+            read.set()
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        unittest.TestCase
+        thread.join(60)
+        print(seen, unittest.installHandler.__qualname__)
+    """)
+    assert out == "['installHandler'] installHandler"
