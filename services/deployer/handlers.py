@@ -287,7 +287,7 @@ async def create_pipeline(deps: DeployerDeps, principal: Principal, token: str |
         " pipeline's latest version's makes no new version)"))
 
 
-async def _created_in_time(deps: DeployerDeps, what: str, work: Awaitable[_T], *, maybe: str) -> _T:
+async def _created_in_time(deps: DeployerDeps, what: str, work: Coroutine[Any, Any, _T], *, maybe: str) -> _T:
     """_answered_in_time of a command that creates a pipeline version (pipelines/create, pipelines/copy): given up on,
     its transaction is left to end (shared.db.within), and when it ends the outbox is woken (events_committed): its
     commit may have landed with the version's events.pipeline.version_created, which otherwise waited for the
@@ -1002,7 +1002,7 @@ def _failure(deps: DeployerDeps, exc: BaseException) -> str:
     return f"failed ({type(exc).__name__})"
 
 
-async def _deploy_step(deps: DeployerDeps, pipeline_id: int, work: Awaitable[_T],
+async def _deploy_step(deps: DeployerDeps, pipeline_id: int, work: Coroutine[Any, Any, _T],
                        wrote: Callable[[], bool] = lambda: False, asked: str = "the database") -> _T:
     """A deploy's database step before anything of it runs: what `work` answers within DEPLOY_STEP_ANSWERS_WITHIN of
     the request timeout; a database that failed it (DATABASE_ERRORS) or did not answer is a 503 unavailable
@@ -1034,7 +1034,8 @@ requests): before, a database that took the connection and stopped answering hel
 timeout while the deployer went on, and the lost answer could not tell a slow database from a lost deployer."""
 
 
-async def _answered_in_time(deps: DeployerDeps, what: str, work: Awaitable[_T], *, maybe: str = "") -> _T:
+async def _answered_in_time(deps: DeployerDeps, what: str, work: Coroutine[Any, Any, _T], *,
+                           maybe: str = "") -> _T:
     """What `work` (a command's reads, `what` names it) answers within READ_ANSWERS_WITHIN of the request timeout;
     else, or when the database failed it (DATABASE_ERRORS), a 503 unavailable that says which (the work given up on
     is cancelled and left to end, _answered_within). A read changes nothing; `maybe`: what a write given up on may
@@ -1071,10 +1072,12 @@ class _NotAnswered(TimeoutError):
     timeout, is raised as it is)."""
 
 
-async def _answered_within(seconds: float, work: Awaitable[_T]) -> _T:
+async def _answered_within(seconds: float, work: Coroutine[Any, Any, _T]) -> _T:
     """What `work` answers within `seconds`, else _NotAnswered: the work is cancelled and left to end in the
     background, not waited for (shared.db.within says why: asyncio.timeout would wait for a query cancelled on a
-    server that stopped answering)."""
+    server that stopped answering). `work` is a coroutine (as for _deploy_step, _answered_in_time and
+    _created_in_time), what shared.db.begin notes the connections of: any Awaitable was declared, while db.within
+    refuses every future but a task begin made (a TypeError), so a caller the annotation let pass failed at once."""
     return await db.within(seconds, work, lambda: _NotAnswered(f"no answer within {seconds:.3g} s"))
 
 

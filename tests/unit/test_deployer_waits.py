@@ -6,12 +6,15 @@ deploy of it runs (DeployerDeps.lock_wait, a 409 deploy_in_progress)."""
 from __future__ import annotations
 
 import asyncio
+import typing
+from collections.abc import Coroutine
+from typing import Any
 
 import pytest
 
 from services.deployer import handlers
 from services.gateway.http import JSON_ROUTES
-from shared import subjects
+from shared import db, subjects
 from shared.errors import Conflict, Unavailable
 from shared.messages.deployer import CopyPipeline, CreatePipeline, DeployPipeline
 from shared.settings import (
@@ -350,3 +353,39 @@ def test_a_copys_caller_waits_for_all_the_deployer_may_take(settings):
     assert answered <= copy_wait(chosen) + 1e-9, (answered, copy_wait(chosen))
     gateway = {route.subject: route for route in JSON_ROUTES}[subjects.DEPLOYER_PIPELINES_COPY].wait(chosen)
     assert gateway == pytest.approx(copy_wait(chosen))
+
+
+def test_a_copy_whose_deploy_waits_past_its_lock_wait_is_a_409_that_names_the_copy(world):
+    """A copy with `deploy` whose new pipeline's lock another deploy holds (one sent for it as soon as its id was
+    listed) past the lock wait: a 409 deploy_in_progress that names the copy, kept, as its 503s do (copy_pipeline
+    catches Conflict since 6e10fc1; that branch had no test). Before 6e10fc1 the 409 went out with the deploy's
+    words only, and a caller retrying the copy met a 409 for its name taken without being told the copy existed."""
+
+    async def scenario(world) -> None:
+        world.deps.lock_wait = 0.2
+        lock = world.deps.pipeline_lock(2)  # the copy's pipeline (the world's next id), held by "another deploy"
+        await lock.acquire()
+        try:
+            with pytest.raises(Conflict) as held:
+                await asyncio.wait_for(handlers.copy_pipeline(world.deps, ALICE, "t", CopyPipeline(
+                    name="copied", workspace_id=WORKSPACE, source_pipeline=PIPELINE, deploy="c")), 10)
+        finally:
+            lock.release()
+        assert held.value.code == handlers.DEPLOY_IN_PROGRESS and held.value.status == 409
+        assert "did not end within" in held.value.msg and "the copy was created: pipeline 2" in held.value.msg, \
+            held.value.msg
+        assert world.store.pipelines[2]["name"] == "copied" and world.backend.sets == {}
+        assert not any(row["pipeline_id"] == 2 for row in world.store.deployments.values())  # nothing of it made
+
+    asyncio.run(scenario(world))
+
+
+@pytest.mark.parametrize("step", ["_answered_within", "_deploy_step", "_answered_in_time", "_created_in_time"])
+def test_the_deployers_bounded_steps_take_only_what_shared_db_within_takes(step):
+    """The deployer's bounded steps hand `work` to shared.db.within, which takes a coroutine or a task shared.db.begin
+    made, and refuses any other awaitable (a TypeError: its connections could not be noted, nor cut once given up
+    on). They declared any Awaitable (h5's finding, session 27), so a future or an awaitable object passed the
+    annotation and failed at run time; they now declare the coroutine every caller passes."""
+    hints = typing.get_type_hints(getattr(handlers, step))
+    assert hints["work"] == Coroutine[Any, Any, handlers._T], hints["work"]
+    assert Coroutine[Any, Any, db._T] in typing.get_args(typing.get_type_hints(db.within)["work"])
