@@ -44,7 +44,9 @@ class Client:
         """Connect and sign in; see the module `railyard_client.session` for where each value comes from.
         `timeout`: seconds a call may wait for its answer (None: no limit; an `httpx.Timeout` is taken as well); a
         deploy, a copy, an undeploy and a deployment's set_model, set_shadow_model and delete wait as long as the
-        gateway may take on them (up to 315 s for a deploy, 320 s for a model swap) when that is longer.
+        gateway may take on them at its default settings (315 s for a deploy, 323 s for a copy, 320 s for a model
+        swap) when that is longer; with deployer.ready_timeout above ~107 s the gateway waits longer (a deploy
+        behind another of its pipeline may take that): give the client a larger `timeout`.
         Raises ConfigurationError when nothing says where or who, AuthenticationError on wrong credentials."""
         self._session = Session(url, username=username, password=password, client_id=client_id,
                                 client_secret=client_secret, token=token, credentials_file=credentials_file,
