@@ -617,10 +617,12 @@ def _user_json(row: asyncpg.Record, manage: bool) -> bytes:
     """A user's record in users/query's answer as _user_record's UserRecord encodes it (the same keys in the same order,
     the same values: tests/unit/test_auth_users_answer.py compares them), encoded from the row at once: a model per
     user, dumped and encoded again with the reply, was most of a 1000-user page's time (docs/performance.md item 57).
-    `manage`: the viewer is an administrator."""
+    `manage`: the viewer is an administrator. A user without an email (the first admin) has no `email` key, and no
+    user has `firstName`/`lastName` (none is stored), as seed 001's admin row shows them absent, not null."""
+    email = {"email": row["email"]} if row["email"] is not None else {}
     return orjson.dumps({
-        "id": str(row["id"]), "username": row["username"], "email": row["email"], "emailVerified": False,
-        "enabled": row["enabled"], "firstName": None, "lastName": None,
+        "id": str(row["id"]), "username": row["username"], **email, "emailVerified": False,
+        "enabled": row["enabled"],
         "createdTimestamp": int(row["created_at"].timestamp() * 1000), "notBefore": 0,
         "requiredActions": ["UPDATE_PASSWORD"] if row["temporary_password"] else [], "disableableCredentialTypes": [],
         "access": {"manageGroupMembership": manage, "impersonate": False, "view": True, "manage": manage,
@@ -651,12 +653,13 @@ def _membership(pool: asyncpg.Pool):
     return lookup
 
 
-def _bytes_per_user() -> int:
+def _bytes_per_user(email: str | None = None) -> int:
     """The fewest JSON bytes a user takes in users/query's answer besides its username's and email's own: its
-    `"<id>":{...}` entry and comma with both strings empty and every other value at its shortest (a timestamp of one
-    digit, booleans true), from the record itself, so a field added to UserRecord counts."""
-    row = {"id": uuid.UUID(int=0), "username": "", "email": "", "enabled": True, "created_at": datetime.fromtimestamp(
-        0, UTC), "temporary_password": False}
+    `"<id>":{...}` entry and comma with an empty username, `email` (None: none, and no key, the least; "": what an
+    email's key adds) and every other value at its shortest (a timestamp of one digit, booleans true), from the
+    record itself, so a field added to UserRecord counts."""
+    row = {"id": uuid.UUID(int=0), "username": "", "email": email, "enabled": True,
+           "created_at": datetime.fromtimestamp(0, UTC), "temporary_password": False}
     viewer = Principal(subject=str(uuid.UUID(int=0)), kind=KIND_USER, admin=True, client_id="", username=None,
                        issued_at=0.0)
     record = _user_record(row, viewer)
@@ -664,6 +667,7 @@ def _bytes_per_user() -> int:
 
 
 BYTES_PER_USER = _bytes_per_user()
+EMAIL_KEY_BYTES = _bytes_per_user("") - BYTES_PER_USER  # what an email adds besides its own bytes: its key
 
 
 async def _refuse_a_whole_answer_too_large(deps: AuthDeps, ids: list[uuid.UUID] | None, workspace_id: int | None,
@@ -680,7 +684,8 @@ async def _refuse_a_whole_answer_too_large(deps: AuthDeps, ids: list[uuid.UUID] 
     if limit is None:
         return
     users, text_bytes = await store.users_answer_size(deps.pool, ids=ids, workspace_id=workspace_id,
-                                                      co_members_of=co_members_of, after=after, member=member)
+                                                      co_members_of=co_members_of, after=after, member=member,
+                                                      per_email=EMAIL_KEY_BYTES)
     least = users * BYTES_PER_USER + text_bytes
     if least > limit:
         raise ReplyTooLarge(f"the answer would be at least {byte_size(least)} ({users} users), above the "

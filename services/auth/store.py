@@ -296,18 +296,20 @@ async def list_users(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspa
 
 async def users_answer_size(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspace_id: int | None,
                             co_members_of: uuid.UUID | None, after: tuple[datetime, uuid.UUID] | None = None,
-                            member: uuid.UUID | None = None) -> tuple[int, int]:
+                            member: uuid.UUID | None = None, per_email: int = 0) -> tuple[int, int]:
     """How many users list_users would answer whole with these filters (those after `after`: a cursor without limit
-    answers the rest), and the UTF-8 bytes of their usernames and emails together: what an answer's size is made of,
-    counted in PostgreSQL without reading the rows out. `member` as list_users'."""
+    answers the rest), and the UTF-8 bytes of their usernames and emails together, `per_email` more for each user
+    with an email (its key: a user without one has none): what an answer's size is made of, counted in PostgreSQL
+    without reading the rows out. `member` as list_users'."""
     async with _users_read(pool) as conn:
         await _require_member(conn, member, workspace_id)
         args: list[Any] = []
         where = _user_filters(ids, workspace_id, co_members_of, await _workspaces_of(conn, co_members_of), after,
                               args)
+        args.append(per_email)
         row = await conn.fetchrow(
-            "SELECT count(*) AS users, coalesce(sum(octet_length(u.username) + coalesce(octet_length(u.email), 0)),"
-            f" 0) AS text_bytes FROM users u{where}", *args)
+            "SELECT count(*) AS users, coalesce(sum(octet_length(u.username)"
+            f" + coalesce(octet_length(u.email) + ${len(args)}::int, 0)), 0) AS text_bytes FROM users u{where}", *args)
     return row["users"], row["text_bytes"]
 
 

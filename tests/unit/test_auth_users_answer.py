@@ -80,10 +80,13 @@ def test_a_page_is_cut_where_the_models_page_was(monkeypatch):
 
 
 def test_every_field_of_a_user_record_is_encoded():
-    """A field added to UserRecord must be added to handlers._user_json too (its bytes would differ anyway)."""
+    """A field added to UserRecord must be added to handlers._user_json too (its bytes would differ anyway); but for
+    firstName and lastName, which no user has (left out, as Keycloak leaves an absent attribute out)."""
     import orjson
 
-    assert list(orjson.loads(handlers._user_json(rows()[0], False))) == list(UserRecord.model_fields)
+    with_email = next(row for row in rows() if row["email"])
+    assert list(orjson.loads(handlers._user_json(with_email, False))) == [
+        name for name in UserRecord.model_fields if name not in ("firstName", "lastName")]
 
 
 @pytest.fixture
