@@ -10,7 +10,7 @@ from faststream.nats import NatsRouter
 
 from services.registry import handlers, store
 from services.registry.connections import ConnectionService
-from services.registry.registries import RegistryService, _registry_id
+from services.registry.registries import EITHER, RegistryService, _registry_id
 from shared import paging, subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import CallContext, command, publish_event
@@ -175,7 +175,8 @@ def build_router(runtime: Runtime) -> NatsRouter:
     @command(router, subjects.REGISTRY_REGISTRIES_GET, service=NAME)
     async def get_registry(cmd: GetRegistry, ctx: CallContext) -> RegistryRecord:
         """A registry's details, token included."""
-        return await registries().get(await caller(ctx), ctx.token, _registry_id(cmd.registry_id, cmd.id))
+        return await registries().get(await caller(ctx), ctx.token,
+                                      _registry_id(cmd.registry_id, cmd.id, names=EITHER))
 
     @command(router, subjects.REGISTRY_REGISTRIES_LIST, service=NAME,
              too_large_hint=paging.too_large_hint("models/list_registries", True))

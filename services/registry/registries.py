@@ -43,10 +43,17 @@ from shared.urlcheck import OutboundRules
 MASK = "********"
 
 
-def _registry_id(*candidates: str | None) -> uuid.UUID:
+EITHER = "id (or registry_id)"
+"""What a command taking the registry's id as `id` or `registry_id` (AttachRegistry, GetRegistry, ListRegistryModels)
+names when neither is given: the seed's attach/remove examples send `id`, its get_registry `registry_id`, and the
+gateway forwards both keys (null when not sent), so the service cannot tell which one a body used. It said
+"registry_id is required" to a body of the seed's `{'id': None, 'workspace_id': 1}`, a field the body never had."""
+
+
+def _registry_id(*candidates: str | None, names: str = "registry_id") -> uuid.UUID:
     value = next((c for c in candidates if c), None)
     if value is None:
-        raise InvalidRequest("registry_id is required")
+        raise InvalidRequest(f"{names} is required: the registry's id (a UUID, as models/list_registries lists it)")
     try:
         return uuid.UUID(value)
     except ValueError:
@@ -114,7 +121,7 @@ class RegistryService:
     async def attach(self, principal: Principal, token: str | None, cmd: AttachRegistry) -> RegistryAttachment:
         await require_member(self.deps.membership(token), principal, cmd.workspace_id)
         require_unscoped(principal, "attach registries to workspaces")
-        row = await self._visible(principal, token, _registry_id(cmd.registry_id, cmd.id))
+        row = await self._visible(principal, token, _registry_id(cmd.registry_id, cmd.id, names=EITHER))
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("INSERT INTO registry_workspaces (registry_id, workspace_id) VALUES ($1, $2)"
                                " ON CONFLICT DO NOTHING", row["id"], cmd.workspace_id)
@@ -125,7 +132,7 @@ class RegistryService:
     async def detach(self, principal: Principal, token: str | None, cmd: AttachRegistry) -> RegistryAttachment:
         await require_member(self.deps.membership(token), principal, cmd.workspace_id)
         require_unscoped(principal, "remove registries from workspaces")
-        row = await self._visible(principal, token, _registry_id(cmd.registry_id, cmd.id))
+        row = await self._visible(principal, token, _registry_id(cmd.registry_id, cmd.id, names=EITHER))
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("DELETE FROM registry_workspaces WHERE registry_id = $1 AND workspace_id = $2",
                                row["id"], cmd.workspace_id)
@@ -151,7 +158,7 @@ class RegistryService:
         return RegistryList(registries=registries, next_cursor=next_cursor)
 
     async def list_models(self, principal: Principal, token: str | None, cmd: ListRegistryModels) -> RegistryModels:
-        row = await self._visible(principal, token, _registry_id(cmd.registry_id, cmd.id))
+        row = await self._visible(principal, token, _registry_id(cmd.registry_id, cmd.id, names=EITHER))
         return RegistryModels(**await self._mlflow(row, principal).search_models(cmd.page_token, cmd.max_results))
 
     async def list_artifacts(self, principal: Principal, token: str | None,
