@@ -518,9 +518,10 @@ async def run_baseline(deps: Deps, principal: Principal, token: str | None, cfg:
 
 async def run_interactive(deps: Deps, principal: Principal, token: str | None, cfg: AssayConfig) -> AssayResults:
     """Every window from the window start (default: the end of a Fixed baseline) until now or run_until, each
-    scored against the baseline; windows without logged values are left out (400 if all are). Nothing waits for
-    the log store: each result says whether it had every record (`logs_complete`, as a scheduled one; false for a
-    window that closed less than `close_delay` ago or whose records the log store has not all stored yet)."""
+    scored against the baseline; windows without logged values are left out (400 if all are; no results when no
+    window has ended yet). Nothing waits for the log store: each result says whether it had every record
+    (`logs_complete`, as a scheduled one; false for a window that closed less than `close_delay` ago or whose records
+    the log store has not all stored yet)."""
     p = plan(cfg)
     await _check_pipeline(deps, principal, token, cfg)
     baseline, bounds, baseline_end = await _baseline(deps, token, p)
@@ -546,10 +547,11 @@ async def run_interactive(deps: Deps, principal: Principal, token: str | None, c
                            | {"logs_complete": bool(window_ready(deps, end, now, cfg.baseline.Training is None,
                                                                (cfg.workspace_id, cfg.window.pipeline)))})
         start += timedelta(seconds=p.interval)
-    if not windows:  # a window is scored once it has ended: say when the first one does
-        raise InvalidRequest(f"no window has ended yet: the first ({cfg.window.width}) runs from {_iso(first)} to "
-                             f"{_iso(first + timedelta(seconds=p.width))}, after {_iso(limit)}; give an earlier "
-                             "window.start or a narrower window.width")
+    if not windows:  # a window is scored once it has ended: none has, so there are no results yet (seed 001:
+        # "returns all of the results for this assay at this time", a list), as get_results of a new assay answers;
+        # it was a 400 "no window has ended yet", which the seed's own example (window.start None, the baseline
+        # ending now) met
+        return AssayResults(results=[])
     if not results:
         raise InvalidRequest(f"no window from {_iso(first)} until {_iso(limit)} has logged values of "
                              f"{cfg.iopath!r} (pipeline {cfg.window.pipeline!r}{_answered_by(cfg.window.model)})")

@@ -180,8 +180,6 @@ def test_bad_assays_are_400_with_the_reason(stack, alice, drifted):
         ({"window": {**good["window"], "width": "3 fortnights"}}, "duration"),
         ({"window": {**good["window"], "start": "2001-01-01T00:00:00Z", "width": "1 hours"},
           "run_until": "2001-01-01T05:00:00Z"}, "no window", ("assays/run_interactive",)),
-        ({"window": {**good["window"], "start": iso(int(time.time() * 1000)), "width": "1 hours"}},
-         "no window has ended yet: the first (1 hours) runs from", ("assays/run_interactive",)),
         ({"baseline": {}}, "exactly one"),
     ]
     for change, words, *routes in cases:
@@ -189,6 +187,11 @@ def test_bad_assays_are_400_with_the_reason(stack, alice, drifted):
             response = post(stack, route, alice.token, {**good, **change})
             assert response.status_code == 400, (route, change, response.text)
             assert words in response.json()["msg"], (route, change, response.json())
+    # no window ended yet (it starts now): not a bad request, no results at this time (seed 001's example, whose
+    # windows start where its baseline ends; a 400 "no window has ended yet" before session 27)
+    not_yet = post(stack, "assays/run_interactive", alice.token,
+                   {**good, "window": {**good["window"], "start": iso(int(time.time() * 1000)), "width": "1 hours"}})
+    assert not_yet.status_code == 200 and not_yet.json() == [], not_yet.text
     listed = post(stack, "assays/list", alice.token, {"pipeline_id": drifted["pipeline"]["pipeline_pk_id"]}).json()
     assert listed == []  # nothing was created by the bad requests
 
