@@ -39,9 +39,10 @@ How it runs (docs/monitoring.md, "Continuous training and deployment"):
   deployment's owner suspends continuous deployment likewise (migration 020).
 - **Its output.** The run registers a model version with the SDK, with its run token; the registry's
   `events.model.uploaded` carries the uploader's task (`task_id`), which names the training. A converting upload
-  waits for `events.model.version_finished`. Once the run has succeeded and its model version is ready, the
-  training is done: `events.monitoring.training_finished` carries `outputs: [{kind: model_version, ref}]`, which
-  the lineage service draws as an arrow from the run's card to the model version's.
+  waits for `events.model.version_finished`, or finds its conversion ended already (finished_conversions: the two
+  events are read by separate consumers, in either order). Once the run has succeeded and its model version is
+  ready, the training is done: `events.monitoring.training_finished` carries `outputs: [{kind: model_version,
+  ref}]`, which the lineage service draws as an arrow from the run's card to the model version's.
 - **The policy** (`continuous_deployment`): DEPLOY_MANUAL (or no active policy) leaves the version pending for a
   person (retrieve_information shows it); DEPLOY_SHADOW sets it as the shadow challenger (the set_shadow_model path)
   and opens a challenge; DEPLOY_AUTO serves it (the set_model path).
@@ -127,6 +128,7 @@ from shared.messages.tasks import (
     TaskRunEvent,
     TaskTokenIssued,
 )
+from shared.settings import Settings, deploy_wait
 
 if TYPE_CHECKING:
     from shared.messages import lineage
@@ -141,14 +143,34 @@ NAME = "monitoring"
 TOKEN_TTL = 900
 NO_MODEL_GRACE = 60.0  # seconds a succeeded run may take for its model upload event to arrive before it is failed
 OPEN_TRAININGS = ("starting", "running", "succeeded")
-STALE_SWAP = 300.0  # seconds after which a decided challenge whose swap did not finish is swapped again
+STALE_MARGIN = 8
+"""Request timeouts a stalled delivery or swap waits beyond its deploy's own wait (deploy_wait) before it counts as
+stale (stale_swap): what a delivery or swap asks for between its claim and its deploy (the owner's token, the
+deployment, its pipeline, the model version, the new pipeline version), with room for the database."""
+
+
+def stale_swap(settings: Settings) -> float:
+    """Seconds after which a delivery or a decided challenge whose swap did not finish is taken up again (by any
+    process: resume_deliveries, resume_swap): past what the first process may still be doing, its deploy's wait
+    (deploy_wait of these settings) and the requests before it (STALE_MARGIN request timeouts): 345 s with the
+    defaults, 1340 s with deployer.ready_timeout 600. Before, a fixed 300 s, below deploy_wait (305 s at the
+    defaults): another process could take up a delivery or swap whose deploy was still under way."""
+    return deploy_wait(settings) + STALE_MARGIN * settings.nats.request_timeout
+
+
+STALE_SWAP = 345.0
+"""stale_swap at the default settings: ContinuousDeps.stale_swap's default (the service sets its settings')."""
 RESUME_CONCURRENCY = 4  # deployments whose unfinished deliveries / swaps one sweep resumes at once
-MAX_RESUMES = 6  # a swap or delivery taken up again this many times (30 min) is failed at the next (migration 022)
+MAX_RESUMES = 6  # a swap or delivery taken up again this many times (~35 min) is failed at the next (migration 022)
 EXPORT_WAIT = 30.0  # seconds a training waits for the feedback loop to write the reviews that triggered it
 STARTER_SWEEP = 2.0  # the training starter's soonest look: its first after the start, after a failed sweep, or when
 # a training is due that its look did not take (with none due it waits for the next, at most sweeps.IDLE_WAIT)
 EXPORT_POLL = 0.25  # seconds between the starter's looks while a training waits for the feedback loop
 RESUME_START = 60.0  # seconds after its claim a training whose run_once went unanswered is asked for again
+CONVERSION_LOCK = "monitoring.continuous_conversion"
+"""The advisory lock (shared.db.xact_lock, keyed by the model version) on_model_uploaded (of a converting version) and
+on_model_finished take first: the upload's look for a conversion that ended already and the finished event's look for
+a training with the version are one step each, so the one that comes second sees what the first wrote."""
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -202,6 +224,8 @@ class ContinuousDeps:
     # EVENTS stream's nats.events_max_age, how long a deployed event naming it can wait for monitoring; None (a stream
     # keeping events for good, max_age 0): kept as long
     sent_retention: float | None = 30 * 86400.0
+    # seconds after which a delivery or swap that did not finish is taken up again: stale_swap of the settings in use
+    stale_swap: float = STALE_SWAP
 
     def in_background(self, work: Awaitable[Any], what: str) -> asyncio.Task:
         """Run `work` after the command answered; its failure is logged (what is left undone is resumed by the
@@ -674,12 +698,16 @@ async def _fail_trainings(conn: Any, update: str, *args: Any) -> list[asyncpg.Re
 
 async def _fail_modelless(conn: Any, deployment_id: int | None) -> list[asyncpg.Record]:
     """Fail trainings whose run succeeded more than NO_MODEL_GRACE ago without its model version having arrived (None:
-    of every deployment), in the caller's transaction; the trainings failed."""
+    of every deployment), in the caller's transaction; the trainings failed. The reason says what the next run has
+    to do: a version uploaded after the failure is written on the failed training and delivers nothing (before, the
+    reason advised such an upload: 'upload one with the run's token')."""
     return await _fail_trainings(
-        conn, "UPDATE trainings SET state = 'failed', outcome = 'failed', updated_at = now(), reason = 'the run"
-        " succeeded but registered no model version (upload one with the run''s token)' WHERE ($1::int IS NULL OR"
-        " deployment_id = $1) AND state = 'succeeded' AND model_version IS NULL AND updated_at < now() -"
-        " make_interval(secs => $2)", deployment_id, NO_MODEL_GRACE)
+        conn, "UPDATE trainings SET state = 'failed', outcome = 'failed', updated_at = now(), reason = $3 WHERE"
+        " ($1::int IS NULL OR deployment_id = $1) AND state = 'succeeded' AND model_version IS NULL AND updated_at <"
+        " now() - make_interval(secs => $2)", deployment_id, NO_MODEL_GRACE,
+        f"the run succeeded but registered no model version within {NO_MODEL_GRACE:.0f} s of its end (the training"
+        " run has to upload its model version with its run's token before it ends; one uploaded later delivers"
+        " nothing)")
 
 
 async def recheck_after(deps: ContinuousDeps, deployment_ids: Any) -> None:
@@ -1056,22 +1084,40 @@ async def on_model_uploaded(deps: ContinuousDeps, event: ModelUploaded) -> None:
     # a converted upload's served sha is the converted file's: resolved when it is delivered
     model = {"name": event.name, "version": str(event.model_version),
              "sha": event.sha256 if event.status == "ready" else None}
-    row = await deps.base.pool.fetchrow(
-        "UPDATE trainings SET model_version = $2, model_status = $3, updated_at = now() WHERE (task_id = $1 OR"
-        " (state = 'starting' AND task_id IS NULL AND run_task_id = $1)) AND model_version IS NULL AND workspace_id"
-        " = $4 RETURNING id, deployment_id", task_uuid, json.dumps(model),
-        event.status, event.workspace_id)
+    status = event.status
+    async with deps.base.pool.acquire() as conn, conn.transaction():
+        if status == "converting":
+            # its conversion may have ended already, its version_finished handled first (another consumer) and
+            # kept (on_model_finished): the training then does not wait for it. Before, it did, open for good
+            await xact_lock(conn, CONVERSION_LOCK, str(event.model_version))
+            status = await conn.fetchval("DELETE FROM finished_conversions WHERE model_version = $1 RETURNING"
+                                         " status", event.model_version) or status
+        row = await conn.fetchrow(
+            "UPDATE trainings SET model_version = $2, model_status = $3, updated_at = now() WHERE (task_id = $1 OR"
+            " (state = 'starting' AND task_id IS NULL AND run_task_id = $1)) AND model_version IS NULL AND"
+            " workspace_id = $4 RETURNING id, deployment_id", task_uuid, json.dumps(model), status,
+            event.workspace_id)
     if row is not None:
         await advance(deps, row["deployment_id"], row["id"])
 
 
 async def on_model_finished(deps: ContinuousDeps, event: ModelVersionFinished) -> None:
     """A conversion ended: a training waiting for that model version moves on (also one whose run is not recorded
-    yet, `starting`: its upload found it by the task id it chose, on_model_uploaded; its run's end moves it on)."""
-    row = await deps.base.pool.fetchrow(
-        "UPDATE trainings SET model_status = $2, updated_at = now() WHERE model_version->>'version' = $1 AND"
-        " state IN ('starting', 'running', 'succeeded') RETURNING id, deployment_id", str(event.model_version),
-        event.status)
+    yet, `starting`: its upload found it by the task id it chose, on_model_uploaded; its run's end moves it on).
+    No training has that version yet: its status is kept (finished_conversions, migration 026) for the upload's
+    event, which another consumer reads and may handle after this one (a backlog after a restart, a conversion
+    faster than that consumer): on_model_uploaded takes it. Before, that upload recorded the version `converting`
+    on a training whose conversion had ended: it stayed open for good, and no later training of its deployment
+    opened. Both hold the version's CONVERSION_LOCK, so one of them sees what the other wrote."""
+    async with deps.base.pool.acquire() as conn, conn.transaction():
+        await xact_lock(conn, CONVERSION_LOCK, str(event.model_version))
+        row = await conn.fetchrow(
+            "UPDATE trainings SET model_status = $2, updated_at = now() WHERE model_version->>'version' = $1 AND"
+            " state IN ('starting', 'running', 'succeeded') RETURNING id, deployment_id", str(event.model_version),
+            event.status)
+        if row is None:
+            await conn.execute("INSERT INTO finished_conversions (model_version, status) VALUES ($1, $2) ON CONFLICT"
+                               " DO NOTHING", event.model_version, event.status)
     if row is not None:
         await advance(deps, row["deployment_id"], row["id"])
 
@@ -1433,7 +1479,7 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
             raise
         # the deploy went unanswered: it may still be served; left claimed for resume_deliveries
         log.warning("continuous deployment of training %s: %s (%s); looked at again in %.0f s (resume_deliveries)",
-                    training["id"], _not_done(exc), exc.msg, STALE_SWAP)
+                    training["id"], _not_done(exc), exc.msg, deps.stale_swap)
         return False
     except RailyardError as exc:
         if again:
@@ -1472,7 +1518,7 @@ async def _delivery_refused(deps: ContinuousDeps, training: asyncpg.Record, poli
                  " what serves now", training["id"], exc.msg)
         return await _deliver(deps, training, policy, refused=True)
     log.warning("continuous deployment of training %s: its deploy was refused again (%s): delivered again in %.0f s",
-                training["id"], exc.msg, STALE_SWAP)
+                training["id"], exc.msg, deps.stale_swap)
     return False
 
 
@@ -1570,11 +1616,11 @@ async def _deliver_again(deps: ContinuousDeps, newest: asyncpg.Record, older: as
                        again=True, displaced=displaced)
     except RailyardError as exc:
         log.warning("continuous deployment of training %s: serving the newer training %s again failed (%s): tried"
-                    " again in %.0f s", older["id"], newest["id"], exc.msg, STALE_SWAP)
+                    " again in %.0f s", older["id"], newest["id"], exc.msg, deps.stale_swap)
         return
     except Exception:
         log.exception("continuous deployment of training %s: serving the newer training %s again failed"
-                      " unexpectedly: tried again in %.0f s", older["id"], newest["id"], STALE_SWAP)
+                      " unexpectedly: tried again in %.0f s", older["id"], newest["id"], deps.stale_swap)
         return
     await deps.base.pool.execute(
         "UPDATE trainings SET delivering_since = NULL, reason = 'a newer training of the deployment was delivered"
@@ -1661,7 +1707,7 @@ async def _resume_delivery(deps: ContinuousDeps, training: asyncpg.Record) -> No
         log.error("continuous deployment of training %s (deployment %s) did not finish after %d tries: failed"
                   " unless its version serves now", training["id"], training["deployment_id"],
                   training["delivery_resumes"])
-        give_up = (f"its delivery did not finish after {training['delivery_resumes']} tries, {STALE_SWAP:.0f} s"
+        give_up = (f"its delivery did not finish after {training['delivery_resumes']} tries, {deps.stale_swap:.0f} s"
                    " apart (its deploy unanswered, or the service stopping mid-delivery): given up; the deployer"
                    " may still serve its last deploy, made only over the version it was made from")
     else:
@@ -1674,13 +1720,13 @@ async def _resume_delivery(deps: ContinuousDeps, training: asyncpg.Record) -> No
         # _deliver records Railyard errors itself; anything else is this delivery's alone (claimed now, it is
         # tried again STALE_SWAP later): the others claimed with it are delivered now, not one sweep later
         log.exception("continuous deployment of training %s (deployment %s) failed unexpectedly; delivered again"
-                      " in %.0f s", training["id"], training["deployment_id"], STALE_SWAP)
+                      " in %.0f s", training["id"], training["deployment_id"], deps.stale_swap)
         if give_up is not None:  # the last resume's look failed: failed all the same, not looked at for ever
             try:
                 await _delivery_failed(deps.base.pool, training, policy, RailyardError(give_up), None)
             except Exception:
                 log.exception("continuous deployment of training %s: recording its failure failed; tried again"
-                              " in %.0f s", training["id"], STALE_SWAP)
+                              " in %.0f s", training["id"], deps.stale_swap)
 
 
 async def resume_deliveries(deps: ContinuousDeps) -> None:
@@ -1699,13 +1745,13 @@ async def resume_deliveries(deps: ContinuousDeps) -> None:
     superseded = await deps.base.pool.fetch(
         "UPDATE trainings t SET delivering_since = now() WHERE delivering_since < now() - make_interval(secs => $1)"
         f" AND {NEWER_DELIVERED} AND deployment_id <> ALL($2::integer[]) RETURNING id, deployment_id, model_version,"
-        " delivering_since", STALE_SWAP, busy)
+        " delivering_since", deps.stale_swap, busy)
     for training in superseded:
         log.warning("continuous deployment of training %s (deployment %s) did not finish, and a newer training was"
                     " delivered since: not delivered again", training["id"], training["deployment_id"])
     stale = await deps.base.pool.fetch(
         "SELECT deployment_id FROM trainings WHERE delivering_since < now() - make_interval(secs => $1) GROUP BY"
-        " deployment_id ORDER BY min(created_at)", STALE_SWAP)
+        " deployment_id ORDER BY min(created_at)", deps.stale_swap)
     # up to RESUME_CONCURRENCY deployments at once (before, one deployment's deploy answered slowly, up to
     # deploy_wait, 305 s, held back every other deployment's resume behind it), a deployment's own one after the
     # other, oldest first (they share its lock anyway). Each deployment's are claimed when its turn comes, not at
@@ -1723,7 +1769,7 @@ async def resume_deliveries(deps: ContinuousDeps) -> None:
                 rows = await deps.base.pool.fetch(
                     "UPDATE trainings SET delivering_since = now(), delivery_resumes = delivery_resumes + 1 WHERE"
                     " deployment_id = $2 AND delivering_since < now() - make_interval(secs => $1) RETURNING *",
-                    STALE_SWAP, deployment_id)
+                    deps.stale_swap, deployment_id)
             except Exception:
                 log.exception("continuous deployment of deployment %s: claiming its unfinished deliveries failed;"
                               " tried again at the next sweep", deployment_id)
@@ -1781,7 +1827,7 @@ async def look_again_at_given_up(deps: ContinuousDeps) -> None:
         "UPDATE trainings t SET delivery_resumes = delivery_resumes + 1 WHERE state = 'done' AND outcome = 'failed' AND"
         " delivering_since IS NULL AND delivered_at IS NULL AND delivery_resumes = $1 AND reason LIKE $2 AND updated_at"
         f" < now() - make_interval(secs => $3) AND NOT {NEWER_DELIVERED} AND deployment_id <> ALL($4::integer[])"
-        " RETURNING *", MAX_RESUMES + 1, GIVEN_UP_REASON, STALE_SWAP, deps.busy())
+        " RETURNING *", MAX_RESUMES + 1, GIVEN_UP_REASON, deps.stale_swap, deps.busy())
     for training in rows:
         policy = training["reason"].partition(" failed: ")[0]
         if policy not in ("DEPLOY_AUTO", "DEPLOY_SHADOW") or training["model_version"] is None:
@@ -1803,7 +1849,7 @@ async def resume_swaps(deps: ContinuousDeps) -> None:
     its decided version possibly serving (a late deploy) with no model_swapped. One deployment's failure is its own."""
     rows = await deps.base.pool.fetch(
         "SELECT DISTINCT deployment_id FROM challenges WHERE state IN ('promoting', 'rolling_back') AND decided_at <"
-        " now() - make_interval(secs => $1) ORDER BY deployment_id", STALE_SWAP)
+        " now() - make_interval(secs => $1) ORDER BY deployment_id", deps.stale_swap)
     limit = asyncio.Semaphore(RESUME_CONCURRENCY)  # as resume_deliveries: a slow deploy does not hold back others
 
     async def resume_one(deployment_id: int) -> None:
@@ -1814,7 +1860,7 @@ async def resume_swaps(deps: ContinuousDeps) -> None:
                 await resume_swap(deps, deployment_id)
             except Exception:
                 log.exception("the unfinished swap of deployment %s's challenge failed unexpectedly; tried again in"
-                              " %.0f s", deployment_id, STALE_SWAP)
+                              " %.0f s", deployment_id, deps.stale_swap)
 
     await asyncio.gather(*(resume_one(row["deployment_id"]) for row in rows))
     await look_again_at_given_up_swaps(deps)
@@ -1830,8 +1876,8 @@ async def look_again_at_given_up_swaps(deps: ContinuousDeps) -> None:
     rows = await deps.base.pool.fetch(
         "UPDATE challenges SET swap_resumes = swap_resumes + 1 WHERE state = 'failed' AND swap_refused IS NULL AND"
         " swap_resumes = $1 AND reason LIKE '% decided, but its swap did not finish after %' AND decided_at < now() -"
-        " make_interval(secs => $2) AND deployment_id <> ALL($3::integer[]) RETURNING *", MAX_RESUMES + 1, STALE_SWAP,
-        deps.busy())
+        " make_interval(secs => $2) AND deployment_id <> ALL($3::integer[]) RETURNING *", MAX_RESUMES + 1,
+        deps.stale_swap, deps.busy())
     for row in rows:
         evidence = _evidence(row)
         state = "promoting" if evidence.decision == sequential.Decision.PROMOTE else "rolling_back"
@@ -2029,7 +2075,8 @@ class DeliveryResumer(Sweeper):
     pool's own 30 s idle time kept it open for good."""
 
     task_name = "delivery-resumer"
-    every, log, failure = STALE_SWAP / 10, log, "continuous deployment resume sweep failed (retried on the next sweep)"
+    # a stalled delivery or swap is taken up at the first look after its deps.stale_swap (345 s at the defaults)
+    every, log, failure = 30.0, log, "continuous deployment resume sweep failed (retried on the next sweep)"
 
     def __init__(self, deps: ContinuousDeps) -> None:
         self.deps = deps
@@ -2043,7 +2090,7 @@ class DeliveryResumer(Sweeper):
         # stop during the deliveries' resumes ran the swaps' (deploys waited for up to deploy_wait, 305 s) and the
         # prune before the stop could end
         failure: Exception | None = None
-        for step in (resume_deliveries, resume_swaps, prune_sent_deploys):
+        for step in (resume_deliveries, resume_swaps, prune_sent_deploys, prune_finished_conversions):
             try:
                 await step(self.deps)
             except Exception as exc:
@@ -2082,6 +2129,19 @@ async def prune_sent_deploys(deps: ContinuousDeps) -> int:
     delivery or swap stays failed). Idempotent; two processes deleting at once delete each row once."""
     return len(await deps.base.pool.fetch(f"DELETE FROM sent_deploys WHERE ctid = ANY(ARRAY({PRUNABLE})) RETURNING 1",
                                           SENT_SETTLED, deps.sent_retention, PRUNE_BATCH))
+
+
+async def prune_finished_conversions(deps: ContinuousDeps) -> int:
+    """Delete the finished_conversions rows (migration 026) older than the events' retention (`sent_retention`:
+    nats.events_max_age, how long the EVENTS stream keeps an upload event that would take one; None: kept as long),
+    at most PRUNE_BATCH a sweep (the DeliveryResumer's); how many. Most are never taken: every conversion of a
+    version no training waits for writes one."""
+    if deps.sent_retention is None:
+        return 0
+    return len(await deps.base.pool.fetch(
+        "DELETE FROM finished_conversions WHERE model_version = ANY(ARRAY(SELECT model_version FROM"
+        " finished_conversions WHERE finished_at < now() - make_interval(secs => $1::float8) LIMIT $2)) RETURNING 1",
+        deps.sent_retention, PRUNE_BATCH))
 
 
 PRUNABLE = (
@@ -2219,7 +2279,7 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
         return
     except DeployUnanswered as exc:
         log.warning("challenge %s: the swap's deploy %s (%s); swapped again %.0f s after the decision (resume_swap)",
-                    challenge["id"], _not_done(exc), exc.msg, STALE_SWAP)
+                    challenge["id"], _not_done(exc), exc.msg, deps.stale_swap)
         return
     except RailyardError as exc:
         log.warning("challenge %s: the swap failed: %s", challenge["id"], exc.msg)
@@ -2355,7 +2415,7 @@ async def resume_swap(deps: ContinuousDeps, deployment_id: int) -> None:
         row = await deps.base.pool.fetchrow(
             "UPDATE challenges SET decided_at = now(), swap_resumes = swap_resumes + 1 WHERE deployment_id = $1 AND"
             " state IN ('promoting', 'rolling_back') AND decided_at < now() - make_interval(secs => $2) RETURNING *",
-            deployment_id, STALE_SWAP)
+            deployment_id, deps.stale_swap)
         if row is None:
             return
         if row["swap_resumes"] <= MAX_RESUMES:
@@ -2365,9 +2425,9 @@ async def resume_swap(deps: ContinuousDeps, deployment_id: int) -> None:
         # landed late) is recorded as the swap done, not failed while it serves
         log.error("challenge %s of deployment %s: its swap did not finish after %d tries: failed unless its version"
                   " serves now", row["id"], deployment_id, row["swap_resumes"])
-        give_up = (f"its swap did not finish after {row['swap_resumes']} tries, {STALE_SWAP:.0f} s apart (its deploy"
-                   " unanswered, or the service stopping mid-swap): given up; the deployer may still serve its last"
-                   " deploy, made only over the version it was made from")
+        give_up = (f"its swap did not finish after {row['swap_resumes']} tries, {deps.stale_swap:.0f} s apart (its"
+                   " deploy unanswered, or the service stopping mid-swap): given up; the deployer may still serve its"
+                   " last deploy, made only over the version it was made from")
         try:
             await _apply_decision(deps, row, row["state"], _evidence(row), resumed=True, give_up=give_up)
         except Exception:  # the look failed unexpectedly: failed all the same, not looked at for ever
@@ -2515,7 +2575,8 @@ def _deps(runtime: Any) -> ContinuousDeps:
         extras["continuous"] = ContinuousDeps(base=extras["deps"], verify=extras["verifier"].verify,
                                               events_committed=_outbox(runtime).wake,
                                               max_task_timeout=runtime.settings.tasks.max_timeout,
-                                              sent_retention=runtime.settings.nats.events_max_age or None)
+                                              sent_retention=runtime.settings.nats.events_max_age or None,
+                                              stale_swap=stale_swap(runtime.settings))
     return extras["continuous"]
 
 

@@ -1,8 +1,8 @@
-"""The continuous-deployment resume sweep (services/monitoring/continuous.py DeliveryResumer.sweep): its three steps
-(resume_deliveries, resume_swaps, prune_sent_deploys) each run whatever the one before it raised, a failure raised
-at the end (the Sweeper logs it); a cancel (the service stopping: BackgroundTask.stop) ends the sweep there.
-Before, the steps were chained by `finally`: a stop during the deliveries' resumes ran the swaps' resumes, whose
-deploys are waited for up to deploy_wait (305 s), and the prune, while the service stopped."""
+"""The continuous-deployment resume sweep (services/monitoring/continuous.py DeliveryResumer.sweep): its four steps
+(resume_deliveries, resume_swaps, prune_sent_deploys, prune_finished_conversions) each run whatever the one before it
+raised, a failure raised at the end (the Sweeper logs it); a cancel (the service stopping: BackgroundTask.stop) ends
+the sweep there. Before, the steps were chained by `finally`: a stop during the deliveries' resumes ran the swaps'
+resumes, whose deploys are waited for up to deploy_wait (305 s), and the prune, while the service stopped."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from services.monitoring import continuous
 
 
 def steps(monkeypatch, fail: tuple[str, ...] = (), hang: str | None = None) -> tuple[list[str], asyncio.Event]:
-    """The three steps stood in: what ran, in order; `fail` raise, `hang` waits for ever (after setting the event)."""
+    """The four steps stood in: what ran, in order; `fail` raise, `hang` waits for ever (after setting the event)."""
     ran: list[str] = []
     hanging = asyncio.Event()
 
@@ -28,7 +28,7 @@ def steps(monkeypatch, fail: tuple[str, ...] = (), hang: str | None = None) -> t
                 raise RuntimeError(f"{name} failed")
         return run
 
-    for name in ("resume_deliveries", "resume_swaps", "prune_sent_deploys"):
+    for name in ("resume_deliveries", "resume_swaps", "prune_sent_deploys", "prune_finished_conversions"):
         monkeypatch.setattr(continuous, name, step(name))
     return ran, hanging
 
@@ -52,4 +52,4 @@ def test_a_failed_step_does_not_hold_the_next_ones_back(monkeypatch, fail):
     ran, _ = steps(monkeypatch, fail=fail)
     with pytest.raises(RuntimeError, match="failed"):
         asyncio.run(continuous.DeliveryResumer(None).sweep())
-    assert ran == ["resume_deliveries", "resume_swaps", "prune_sent_deploys"]
+    assert ran == ["resume_deliveries", "resume_swaps", "prune_sent_deploys", "prune_finished_conversions"]
