@@ -16,6 +16,7 @@ Runs the service's functions on a monitoring schema of this test's on the stack'
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -131,3 +132,35 @@ async def test_the_modelless_failure_does_not_advise_an_upload_that_changes_noth
         sha256="c" * 64, task_id=str(task_id)))
     row = await pool.fetchrow("SELECT state, outcome FROM trainings WHERE id = $1", training_id)
     assert (row["state"], row["outcome"]) == ("failed", "failed"), dict(row)
+
+
+async def test_a_conversion_finishing_while_its_upload_is_being_recorded_is_not_lost(monitoring_schema):
+    """The two handlers at once: the upload has looked for a kept status (none) and waits to write the training (a
+    row lock held here), when the finished event comes. Without the version's lock (CONVERSION_LOCK) the finished
+    event found no training with the version (the upload not committed), kept its status for nobody and the upload
+    then wrote 'converting': the training open for good. With it, the finished event waits for the upload's commit
+    and finds the training."""
+    pool = monitoring_schema
+    deps = process(pool)
+    training_id, task_id = await running_training(pool)
+    await run_ended(deps, training_id, task_id)
+    version = uuid.uuid4()
+    async with pool.acquire() as holder:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("SELECT 1 FROM trainings WHERE id = $1 FOR UPDATE", training_id)
+        upload = asyncio.create_task(continuous.on_model_uploaded(deps, uploaded(version, task_id)))
+        for _ in range(200):  # bounded: until the upload's UPDATE waits for the row lock held here
+            if await pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query"
+                                   " LIKE 'UPDATE trainings SET model_version%'"):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the upload's UPDATE never waited for the row lock")
+        finished = asyncio.create_task(continuous.on_model_finished(deps, ModelVersionFinished(
+            workspace_id=1, model_id=3, model_version=version, status="ready")))
+        await asyncio.wait({finished}, timeout=1.0)  # without the version's lock it ends here, keeping its status
+        await tx.commit()
+    await asyncio.wait_for(asyncio.gather(upload, finished), 30)
+    row = await pool.fetchrow("SELECT state, model_status FROM trainings WHERE id = $1", training_id)
+    assert (row["state"], row["model_status"]) == ("done", "ready"), dict(row)
