@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -496,6 +497,69 @@ def narrow(table: pa.Table, columns: dict[str, pa.DataType]) -> pa.Table:
             continue
         table = table.set_column(index, pa.field(name, kind, field.nullable, field.metadata), column)
     return table
+
+
+def _fixed_size(array: pa.Array, to: pa.DataType | None) -> pa.Array | None:
+    """A (nested) list array whose rows hold the same number of items at every level as fixed-size lists over the
+    same values buffer, or None when a level is ragged, holds a null list or empty lists only. A fixed-size level
+    is kept; the leaf values are cast to `to` as `narrow` casts them (one cast of the flat values, not of the
+    lists: ~10 instead of ~17 us for 1,000 x 29), else returned as they are."""
+    kind = array.type
+    if pa.types.is_fixed_size_list(kind):
+        if array.null_count:
+            return None
+        inner = _fixed_size(flat_values(array), to)
+        if inner is None:
+            return None
+        return pa.FixedSizeListArray.from_arrays(inner, kind.list_size) if inner.type != kind.value_type else array
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)):
+        if to is not None and narrows(kind, to):
+            try:
+                return array.cast(to, safe=False)
+            except pa.ArrowException:  # as narrow: left as sent
+                return array
+        return array
+    rows = len(array)
+    if array.null_count or not rows:
+        return None
+    offsets = array.offsets.to_numpy()  # this slice's rows + 1
+    first = int(offsets[0])
+    size = (int(offsets[-1]) - first) // rows
+    if not size or (offsets[1:] - offsets[:-1] != size).any():
+        return None
+    inner = _fixed_size(array.values.slice(first, rows * size), to)
+    return None if inner is None else pa.FixedSizeListArray.from_arrays(inner, size)
+
+
+def fixed_shapes(table: pa.Table, columns: Iterable[str], narrowing: dict[str, pa.DataType] | None = None) -> pa.Table:
+    """The table with its list (or large list) columns in `columns` whose tensors all have one shape as the
+    fixed-size lists the pandas-records reader makes of the same rows (tensor_array), over the same buffers (no
+    copy): a model input then has one type in the log whether the client sent JSON, OIP or an Arrow table of
+    `list<double>` (pa.table of Python lists, pandas' object columns), and a log page does not end at every change
+    of request format. A ragged column, or one holding a null tensor, is left as sent: the model check names it.
+    A column converted here is also narrowed to its type in `narrowing` (`narrow`'s rule, done on the flat values;
+    `narrow` then leaves it)."""
+    for name in columns:
+        index = table.schema.get_field_index(name)
+        if index < 0:
+            continue
+        field = table.schema.field(index)
+        if not (pa.types.is_list(field.type) or pa.types.is_large_list(field.type) or
+                (pa.types.is_fixed_size_list(field.type) and not _all_fixed(field.type))):
+            continue
+        to = narrowing.get(name) if narrowing else None
+        chunks = [_fixed_size(chunk, to) for chunk in table.column(index).chunks if len(chunk)]
+        if not chunks or any(c is None or c.type != chunks[0].type for c in chunks):
+            continue
+        table = table.set_column(index, pa.field(name, chunks[0].type, field.nullable, field.metadata),
+                                 pa.chunked_array(chunks, chunks[0].type))
+    return table
+
+
+def _all_fixed(kind: pa.DataType) -> bool:
+    while pa.types.is_fixed_size_list(kind):
+        kind = kind.value_type
+    return not (pa.types.is_list(kind) or pa.types.is_large_list(kind))
 
 
 MAX_COLUMNS = 10_000

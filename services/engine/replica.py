@@ -43,10 +43,10 @@ from services.engine.batching import RequestBatcher, batching_config, can_batch 
 from services.engine.fast_lane import FastLane, LaneAnswer  # noqa: E402
 from services.engine.logbatcher import LogBatcher  # noqa: E402
 from services.engine.logpolicy import LogPolicy  # noqa: E402
-from services.engine.runtimes import OnnxRuntime, narrowing  # noqa: E402
+from services.engine.runtimes import OnnxRuntime, narrowing, tensor_inputs  # noqa: E402
 from services.engine.sandboxed import SandboxedRuntime  # noqa: E402
 from shared import subjects  # noqa: E402
-from shared.arrow_codec import NARROWED_FOR, STALE_ROUTE, narrow  # noqa: E402
+from shared.arrow_codec import NARROWED_FOR, STALE_ROUTE, fixed_shapes, narrow  # noqa: E402
 from shared.collector import settle_garbage_collector  # noqa: E402
 from shared.errors import Conflict, InvalidRequest, RailyardError  # noqa: E402
 from shared.logrecords import InferenceRecord  # noqa: E402
@@ -143,6 +143,15 @@ def first_step_narrowing(steps: list[Step]) -> dict[str, pa.DataType]:
     return narrowing(first.runtimes, frozenset([first.hash_key] if first.hash_key else []))
 
 
+def first_step_tensors(steps: list[Step]) -> frozenset[str]:
+    """The request's columns made fixed-size lists on arrival when they are lists of one shape: the first step's
+    models' tensor inputs, but for an A/B split's hash key (runtimes.tensor_inputs)."""
+    if not steps:
+        return frozenset()
+    first = steps[0]
+    return tensor_inputs(first.runtimes, frozenset([first.hash_key] if first.hash_key else []))
+
+
 def _sha256_of(path: Path) -> str | None:
     if not path.exists():
         return None
@@ -188,6 +197,7 @@ class Replica:
         self.log_policy = LogPolicy.from_config(spec.get("engine_config", {}))
         self.served = 0  # requests answered
         self.narrowing: dict[str, pa.DataType] = {}
+        self.tensors: frozenset[str] = frozenset()  # list columns made fixed-size on arrival (first_step_tensors)
         self.ns_per_row: float | None = None  # the pipeline's learnt run time per row (handlers.runs_inline)
         self.recent_ns_per_row: collections.deque[float] = collections.deque(maxlen=LEARN_RUNS)
 
@@ -218,6 +228,7 @@ class Replica:
             if isinstance(failure, BaseException):
                 raise failure
         self.narrowing = first_step_narrowing(self.steps)
+        self.tensors = first_step_tensors(self.steps)
 
     def narrow(self, table: pa.Table) -> pa.Table:
         """A request's table with its float64 and integer columns (not an integer narrower than the type: a uint8
@@ -225,13 +236,17 @@ class Replica:
         int64 input is not narrowed, runtimes.narrowing): what the model call, the answer's bus message and the
         inference log then carry. The gateway narrows a plain ONNX pipeline's requests itself, for the version its
         route names (NARROWED_FOR): a replica of another version refuses them (`stale_route`, a model swap under
-        way) and the gateway resends them as they were sent."""
+        way) and the gateway resends them as they were sent. A list column of one shape for a tensor input becomes
+        fixed-size lists over the same buffers (arrow_codec.fixed_shapes), the type a JSON or OIP request of the
+        same rows has: the log keeps one schema per input (a page ends at each schema change)."""
         metadata = table.schema.metadata
         if metadata and NARROWED_FOR in metadata:
             if metadata[NARROWED_FOR].decode(errors="replace") != str(self.spec["deployment"]["pipeline_version"]):
                 raise Conflict("the request was typed for another version of this pipeline; resend it",
                                code=STALE_ROUTE)
             table = table.replace_schema_metadata({k: v for k, v in metadata.items() if k != NARROWED_FOR} or None)
+        if self.tensors:
+            table = fixed_shapes(table, self.tensors, self.narrowing)
         return narrow(table, self.narrowing) if self.narrowing else table
 
     def run(self, table: pa.Table) -> tuple[pa.Table, list[int], dict[str, Any] | None, list]:

@@ -155,6 +155,21 @@ def narrowing(runtimes: list, keep: frozenset[str] = frozenset()) -> dict[str, p
     return found
 
 
+def tensor_inputs(runtimes: list, keep: frozenset[str] = frozenset()) -> frozenset[str]:
+    """The columns every model of a step (ONNX, all of them) takes as a tensor (an input of rank 2 or more): a list
+    column of one shape for them becomes fixed-size lists on arrival (arrow_codec.fixed_shapes), the type the
+    pandas-records reader makes of the same rows, so the log holds one type per input whatever the request's
+    format (an Arrow table of Python lists is `list<double>`). The model takes either type alike (tensor_parts).
+    Columns in `keep` (an A/B split's hash key) stay as sent, as in `narrowing`."""
+    if not runtimes or not all(isinstance(r, OnnxRuntime) for r in runtimes):
+        return frozenset()
+    found = None
+    for runtime in runtimes:
+        names = {name for name, dims, _ in runtime.inputs if len(dims) >= 2}
+        found = names if found is None else found & names
+    return frozenset(found - keep)
+
+
 class OnnxRuntime:
     """An ONNX model in an onnxruntime session."""
 

@@ -158,7 +158,8 @@ def test_the_replica_refuses_a_table_typed_for_another_version_and_strips_the_ma
     from shared.arrow_codec import NARROWED_FOR, STALE_ROUTE
     from shared.errors import Conflict
 
-    replica = SimpleNamespace(spec={"deployment": {"pipeline_version": "v2"}}, narrowing={"tensor": pa.float32()})
+    replica = SimpleNamespace(spec={"deployment": {"pipeline_version": "v2"}}, narrowing={"tensor": pa.float32()},
+                              tensors=frozenset())
     marked = pa.table({"tensor": tensor_array(np.array([[0.5, 1.5]], np.float32))}).replace_schema_metadata(
         {NARROWED_FOR: b"v1", b"other": b"kept"})
     with pytest.raises(Conflict) as refused:
