@@ -21,7 +21,14 @@ from pydantic import ValidationError
 from services.gateway import handlers, json_body
 from services.gateway.openapi_body import request_schema
 from shared import subjects
-from shared.arrow_codec import from_ipc, records_json_to_table, table_to_records, to_ipc_file, to_ipc_stream
+from shared.arrow_codec import (
+    NO_ROWS,
+    from_ipc,
+    records_json_to_table,
+    table_to_records,
+    to_ipc_file,
+    to_ipc_stream,
+)
 from shared.authz import Principal
 from shared.errors import InvalidRequest, NotFound, RailyardError, validation_message
 from shared.messages import lineage as lin
@@ -135,7 +142,9 @@ def add_lineage_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token
         if kind in (ARROW_FILE, ARROW_STREAM):
             # every buffer checked (the staged rows are read again later), and no compression bomb (413); from_ipc
             # says what is wrong with a body in an InvalidRequest of its own
-            from_ipc(body, max_decoded_bytes=runtime.settings.gateway.max_body_bytes, validate=True)
+            if not from_ipc(body, max_decoded_bytes=runtime.settings.gateway.max_body_bytes, validate=True).num_rows:
+                # as records `[]` and `{}` (records_json_to_table): nothing staged, nothing put
+                raise InvalidRequest(f"{NO_ROWS} (an Arrow table of 0 rows)")
             data = body
         elif kind in ("application/json", ""):
             data = to_ipc_stream(records_json_to_table(body))
