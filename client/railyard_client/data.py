@@ -22,6 +22,8 @@ OIP_DATATYPES = {"float32": "FP32", "float64": "FP64", "float16": "FP16", "int64
                  "int16": "INT16", "int8": "INT8", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32",
                  "uint64": "UINT64", "bool": "BOOL"}
 NUMPY_DTYPES = {v: k for k, v in OIP_DATATYPES.items()}
+# the API's words for a request of no rows (a 400 in every format: docs/inference.md), said before sending
+NO_ROWS = "the request holds no rows; send at least one"
 
 
 def to_ipc_file(table: pa.Table) -> bytes:
@@ -50,11 +52,30 @@ def to_frame(table: pa.Table) -> pd.DataFrame:
 
 
 def dataframe_to_table(frame: pd.DataFrame) -> pa.Table:
-    """A DataFrame as an Arrow table; cells holding lists or numpy arrays become list (tensor) columns."""
+    """A DataFrame as an Arrow table; cells holding lists or numpy arrays become list (tensor) columns. A frame of
+    no rows is InvalidInput (the API refuses a request or an upload of no rows)."""
+    if not len(frame):
+        raise InvalidInput(f"{NO_ROWS} (a DataFrame of 0 rows)")
     try:
         return pa.Table.from_pandas(frame, preserve_index=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise InvalidInput(f"the DataFrame cannot become an Arrow table: {exc}") from None
+
+
+def refuse_no_rows(table: pa.Table, what: str = "an Arrow table") -> pa.Table:
+    """The table, or InvalidInput in the API's words when it holds no rows (sent, it is the API's 400)."""
+    if not table.num_rows:
+        raise InvalidInput(f"{NO_ROWS} ({what} of 0 rows)")
+    return table
+
+
+def refuse_no_records(rows: list[Any], where: str = "the input") -> None:
+    """InvalidInput in the API's words for records of no rows: `[]`, or records of no keys (`{}`, `[{}]`), which
+    make no columns and so no rows."""
+    if not rows:
+        raise InvalidInput(f"{where}: {NO_ROWS} (an empty list of records)")
+    if all(isinstance(row, dict) and not row for row in rows):
+        raise InvalidInput(f"{where}: {NO_ROWS} (records of no columns)")
 
 
 def tensor_lists(table: pa.Table) -> pa.Table:
@@ -97,25 +118,33 @@ def _tensor_list(array: pa.Array) -> pa.Array:
 
 def read_table(path: str | Path) -> tuple[pa.Table, str]:
     """A file of rows as an Arrow table, with its kind: `arrow` (IPC file or stream), `parquet` or `json`
-    (pandas-records: a list of row objects, or one object per line)."""
+    (pandas-records: a list of row objects, or one object per line). A file of no rows is InvalidInput (the API
+    refuses a request or an upload of no rows)."""
     path = Path(path)
     if not path.is_file():
         raise InvalidInput(f"no such file: {path}")
     suffix = path.suffix.lower()
     try:
         if suffix in PARQUET_SUFFIXES:  # one file: ParquetFile, as pq.read_table's dataset layer imports pandas
-            return pq.ParquetFile(path).read(), "parquet"
+            return _with_rows(pq.ParquetFile(path).read(), path, "a Parquet file"), "parquet"
         if suffix in ARROW_SUFFIXES:
-            return from_ipc(path.read_bytes()), "arrow"
+            return _with_rows(from_ipc(path.read_bytes()), path, "an Arrow table"), "arrow"
         if suffix in JSON_SUFFIXES:
             raw = path.read_bytes()
             rows = parse_json_records(raw)
+            refuse_no_records(rows, str(path))
             if _SURROGATE_ESCAPE.search(_json_text(raw)):  # Arrow cannot hold one either (UnicodeEncodeError)
                 _refuse_lone_surrogates(rows, str(path))
             return records_to_table(rows), "json"
     except (pa.ArrowInvalid, OSError) as exc:
         raise InvalidInput(f"{path} is not a readable {suffix[1:]} file: {exc}") from None
     raise InvalidInput(f"{path}: unknown file type {suffix or '(none)'}; use .json, .arrow/.feather or .parquet")
+
+
+def _with_rows(table: pa.Table, path: Path, what: str) -> pa.Table:
+    if not table.num_rows:
+        raise InvalidInput(f"{path}: {NO_ROWS} ({what} of 0 rows)")
+    return table
 
 
 class _PastInt64(InvalidInput):
@@ -376,8 +405,9 @@ def check_records(rows: list[dict[str, Any]], where: str = "the input") -> None:
     """The rules the inference API reads pandas-records rows by (`shared/arrow_codec.records_to_table`), checked
     before anything is sent, with the record that breaks one: every record has record 0's columns; a column
     holds numbers, booleans or strings (no nulls, one type), as scalars in every record or as tensors (nested
-    lists) of one shape. What the values mean to the model (its inputs' names, types, shapes) only the server
-    knows. Pure Python: no pyarrow, no pandas."""
+    lists) of one shape; records of no keys (`{}`, `[{}]`) are no rows. What the values mean to the model (its
+    inputs' names, types, shapes) only the server knows. Pure Python: no pyarrow, no pandas."""
+    refuse_no_records(rows, where)
     columns = rows[0].keys()
     for index, row in enumerate(rows):
         if row.keys() != columns:

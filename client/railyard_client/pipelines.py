@@ -56,6 +56,7 @@ def infer_at(session: Session, deployment: str, pipeline: str, data_in: InferInp
     as_frame = is_dataframe(data_in)  # without importing pandas: a JSON or Arrow caller never needs it
     if isinstance(data_in, (list, dict)):  # first: the JSON path needs no pyarrow (`pa.` below imports it)
         rows = [data_in] if isinstance(data_in, dict) else data_in
+        data.refuse_no_records(rows)  # [], {}, [{}]: the API's no-rows 400, said before sending
         # written as httpx's json= would, but with NaN and Infinity, which the API reads (a model that takes
         # them, e.g. for missing values, gets them; one that does not answers its 400): httpx refuses them
         # (allow_nan=False), which ended `railyard infer` with "unexpected ValueError" after signing in
@@ -80,6 +81,7 @@ def infer_at(session: Session, deployment: str, pipeline: str, data_in: InferInp
     else:
         raise InvalidInput(f"cannot infer from {type(data_in).__name__}: give a DataFrame, an Arrow table, a file "
                            "path or a list of row objects")
+    data.refuse_no_rows(table)  # a table of 0 rows: the API's no-rows 400, said before sending
     response = _send_retrying(session, path, {"content": data.to_ipc_file(table), "headers": {
         "Content-Type": data.ARROW_FILE, "Accept": data.ARROW_FILE}}, timeout)
     result = data.from_ipc(response.content)
@@ -351,7 +353,9 @@ class Pipeline(Resource):
         `in.<input>`, `out.<output>`, `check_failures` (and `metadata` for JSON). A DataFrame's tensor columns
         (numbers, booleans or strings; and a .json file's) go as fixed-size lists, as the API's JSON reader makes
         the same rows, so they are logged with its rows in one schema (a log page ends where the schema changes);
-        Arrow goes as it is."""
+        Arrow goes as it is (the engine makes a list column of one shape fixed-size too). Rows of none (`[]`,
+        `{}`, `[{}]`, a DataFrame, table or file of 0 rows) are InvalidInput before anything is sent (the API's
+        no-rows 400)."""
         return infer_at(self._session, self.deployment().name, self.name, data_in, timeout=timeout)
 
     def infer_v2(self, inputs: dict[str, Any] | pd.DataFrame, *, timeout: float = 60.0) -> dict[str, np.ndarray]:
