@@ -161,7 +161,7 @@ def stale_swap(settings: Settings) -> float:
 STALE_SWAP = 345.0
 """stale_swap at the default settings: ContinuousDeps.stale_swap's default (the service sets its settings')."""
 RESUME_CONCURRENCY = 4  # deployments whose unfinished deliveries / swaps one sweep resumes at once
-MAX_RESUMES = 6  # a swap or delivery taken up again this many times (~35 min) is failed at the next (migration 022)
+MAX_RESUMES = 6  # a swap or delivery taken up again this many times (~40 min) is failed at the next (migration 022)
 EXPORT_WAIT = 30.0  # seconds a training waits for the feedback loop to write the reviews that triggered it
 STARTER_SWEEP = 2.0  # the training starter's soonest look: its first after the start, after a failed sweep, or when
 # a training is due that its look did not take (with none due it waits for the next, at most sweeps.IDLE_WAIT)

@@ -48,7 +48,7 @@ def test_a_removed_member_is_refused_inference_at_once_while_the_deployment_is_b
         removed = time.monotonic()
         # the event reaches the gateway right after the commit; on a loaded machine allow a few seconds
         while (answer := infer(url, bob.token, ROWS)).status_code == 200:
-            assert time.monotonic() - removed < 8, "a removed member still infers 8 s after the removal"
+            assert time.monotonic() - removed < 15, "still infers 15 s after the removal (old TTL: 30 s)"
             time.sleep(0.2)
         assert answer.status_code == 404 and answer.json()["code"] == "not_found", answer.text
         # and stays refused while the owner's traffic keeps the route warm (the old cache answered 200 for 30 s)
