@@ -26,14 +26,20 @@ browser = ui.browser  # test_ui.py's headless Chromium (skipped as test_ui.py is
 
 MEMBERS = 13000  # with ~215-character emails: users/query of them asked whole passes 8 MiB
 
-# records each users/query request the page sends (its JSON body); the test sets LIST_PAGE itself
+# records each users/query request the page sends (its JSON body), and each API request's path, status and time (ms)
+# as the page saw them (what a failure shows); the test sets LIST_PAGE itself
 RECORD_QUERIES = """
 window.usersAsked = [];
+window.apiTimes = [];
 if (!window.usersFetch) {
   window.usersFetch = window.fetch;
   window.fetch = function (url, init) {
     if (String(url).endsWith('/v1/api/users/query')) window.usersAsked.push(JSON.parse(init.body));
-    return window.usersFetch.apply(this, arguments);
+    const path = String(url).split('/v1/api/')[1], start = performance.now();
+    const answer = window.usersFetch.apply(this, arguments);
+    const took = (status) => window.apiTimes.push([path, status, Math.round(performance.now() - start)]);
+    if (path) answer.then((r) => took(r.status), () => took(0));  // 0: no answer
+    return answer;
   };
 }
 """
@@ -112,6 +118,13 @@ async def test_the_members_box_shows_members_past_a_reply(stack, admin, browser)
         await conn.execute("INSERT INTO auth.workspace_members (workspace_id, user_id, user_type)"
                            " SELECT $1, unnest($2::uuid[]), 'COLLABORATOR'", account.workspace_id,
                            [r["id"] for r in made])
+        # as test_auth_list_pages' page-plan test does: the planner sees the members. Queried within a second of
+        # its one INSERT (before autovacuum's ANALYZE), beside statistics that know only other large workspaces,
+        # the workspace was estimated at 1 member and the cursor's users at 1 row, and each page after the first
+        # rescanned the members for every user it read: 0.3 s the second page to 2.5 s the 13th at load 1
+        # (docs/performance.md item 74), past the gateway's 5 s under a CI's load. That state is item 74's open
+        # question, not this test's
+        await conn.execute("ANALYZE auth.users; ANALYZE auth.workspace_members")
         order = await conn.fetch("SELECT m.user_id, u.email FROM auth.workspace_members m JOIN auth.users u"
                                  " ON u.id = m.user_id WHERE m.workspace_id = $1 ORDER BY m.added_at, m.user_id",
                                  account.workspace_id)
@@ -128,7 +141,8 @@ async def test_the_members_box_shows_members_past_a_reply(stack, admin, browser)
     ui.wait_for(browser, "return document.querySelector('#members caption') !== null || "
                 "document.querySelector('#error').textContent !== ''", what="the Members box or an error")
     error = browser.find_element(ui.By.ID, "error").text
-    assert not error, error  # was the 422 (a 504 under load) of users/query asked whole
+    # was the 422 (a 504 under load) of users/query asked whole; each request's path, status and ms as the page saw it
+    assert not error, (error, browser.execute_script("return window.apiTimes"))
     caption = browser.find_element(ui.By.CSS_SELECTOR, "#members caption").get_attribute("textContent")
     assert caption == f"{len(expected)} member(s)", caption
     rows = browser.execute_script(ROWS)
