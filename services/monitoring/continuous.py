@@ -2620,33 +2620,39 @@ def register(router: NatsRouter, runtime: Any) -> None:
     @command(router, subjects.MONITORING_CT_SETUP, service=NAME)
     async def setup_continuous_training(cmd: SetupContinuousTraining, ctx: CallContext) -> ContinuousInformation:
         """Set up (or replace) continuous training: a run every `threshold` reviews (or assay alerts)."""
-        return await setup_training(deps(), await caller(ctx), ctx.token, cmd)
+        who = await caller(ctx)  # the token first: nothing is touched for a caller without one
+        return await setup_training(deps(), who, ctx.token, cmd)
 
     @command(router, subjects.MONITORING_CT_ATTACH, service=NAME)
     async def attach_ct_dataset(cmd: ContinuousTrainingDataset, ctx: CallContext) -> ContinuousInformation:
         """Attach a dataset version to continuous training under an alias."""
-        return await attach_dataset(deps(), await caller(ctx), ctx.token, cmd)
+        who = await caller(ctx)  # the token first: nothing is touched for a caller without one
+        return await attach_dataset(deps(), who, ctx.token, cmd)
 
     @command(router, subjects.MONITORING_CT_DETACH, service=NAME)
     async def detach_ct_dataset(cmd: DetachContinuousTrainingDataset, ctx: CallContext) -> ContinuousInformation:
         """Detach a dataset version from continuous training."""
-        return await detach_dataset(deps(), await caller(ctx), ctx.token, cmd)
+        who = await caller(ctx)  # the token first: nothing is touched for a caller without one
+        return await detach_dataset(deps(), who, ctx.token, cmd)
 
     @command(router, subjects.MONITORING_CT_TOGGLE, service=NAME)
     async def toggle_continuous_training(cmd: ToggleContinuous, ctx: CallContext) -> ContinuousInformation:
         """Activate or deactivate continuous training."""
-        return await toggle_training(deps(), await caller(ctx), ctx.token, cmd)
+        who = await caller(ctx)  # the token first: nothing is touched for a caller without one
+        return await toggle_training(deps(), who, ctx.token, cmd)
 
     @command(router, subjects.MONITORING_CD_SETUP, service=NAME)
     async def setup_continuous_deployment(cmd: SetupContinuousDeployment,
                                           ctx: CallContext) -> ContinuousInformation:
         """Set the continuous deployment policy."""
-        return await setup_deployment(deps(), await caller(ctx), ctx.token, cmd)
+        who = await caller(ctx)  # the token first: nothing is touched for a caller without one
+        return await setup_deployment(deps(), who, ctx.token, cmd)
 
     @command(router, subjects.MONITORING_CD_TOGGLE, service=NAME)
     async def toggle_continuous_deployment(cmd: ToggleContinuous, ctx: CallContext) -> ContinuousInformation:
         """Activate or deactivate continuous deployment."""
-        return await toggle_deployment(deps(), await caller(ctx), ctx.token, cmd)
+        who = await caller(ctx)  # the token first: nothing is touched for a caller without one
+        return await toggle_deployment(deps(), who, ctx.token, cmd)
 
     policy = DeliveryPolicy.from_settings(runtime.settings.nats)
 
