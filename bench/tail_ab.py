@@ -3,8 +3,8 @@
     python -m bench.tail_ab --tree s8start=build/s8start [--tree head=.] [--rounds 6] [--count 1500]
                             [--forms records,Arrow,OIP v2] [--env [label:]RAILYARD_...=value]
 
-Each tree runs its own embedded stack (`railyard up` with that tree first on PYTHONPATH and as the working
-directory, the same venv), ccfraud deployed on each; then `rounds` rounds, each running `count` sequential batch-1
+Each tree runs its own embedded stack (`railyard up` from that tree as the working directory, with a Python of
+its own: see tree_python), ccfraud deployed on each; then `rounds` rounds, each running `count` sequential batch-1
 requests on one connection against every stack in turn (the order reversed every other round), so the machine's
 other work weighs on both alike. Prints p50, p99 and p99/p50 per tree and form, pooled and per round, and writes
 the samples (start on CLOCK_MONOTONIC, latency) to build/tail/ab.json for bench/tail_trace.py's describe.
@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -32,14 +34,53 @@ from bench.tail_trace import OUT, autogroup, describe, fine_role, quiet_group, s
 from tests.models import ccfraud_onnx
 from tests.stack import REPO, RunningStack, stack_env
 
+VENVS = Path("/tmp/railyard-tailab-venvs")
+# the editable installs of the repository's own packages (.venv's finders map them to /work/main): a tree's venv
+# puts these folders of the tree on sys.path instead
+OWN_PACKAGES = (".", "client", "ml_backend")
+
+
+def tree_python(tree: Path) -> str:
+    """A Python that imports `tree`'s code in every process it starts, the sandboxed engine worker included.
+
+    .venv's editable install maps `services` and `shared` to the repository through a finder its .pth installs;
+    PYTHONPATH alone does not reach the sandbox (it gets a fixed environment, and sees only the paths on the
+    engine's sys.path, so an old tree's worker found the finder's /work/main hidden: "No module named services").
+    So each other tree gets a venv of its own (made once, kept under VENVS by the tree's path): no packages of its
+    own, one .pth naming the tree's folders first and then .venv's site-packages as a plain folder (its .pth files,
+    the editable finders among them, are not run), and .venv's console binaries (nats-server, weed) beside its
+    python, where shared.embedded looks for them. Every child runs `sys.executable -m ...`, so all of them, and the
+    sandbox (code_paths mounts the folders on sys.path), import the tree's code."""
+    tree = tree.resolve()
+    if tree == REPO.resolve():
+        return sys.executable
+    site = Path(sysconfig.get_path("purelib"))
+    venv = VENVS / hashlib.sha1(str(tree).encode()).hexdigest()[:12]
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        target = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                     check=True, capture_output=True, text=True).stdout.strip())
+        lines = [str(tree / name) for name in OWN_PACKAGES if (tree / name).is_dir()] + [str(site)]
+        (target / "00-railyard-tree.pth").write_text("\n".join(lines) + "\n")
+        for binary in Path(sys.executable).parent.iterdir():
+            if binary.is_file() and binary.read_bytes()[:4] == b"\x7fELF" and not binary.name.startswith("python"):
+                (venv / "bin" / binary.name).symlink_to(binary.resolve())
+    found = subprocess.run([str(python), "-c", "import services, shared; print(services.__path__[0])"], cwd="/",
+                           check=True, capture_output=True, text=True).stdout.strip()
+    if Path(found).resolve() != (tree / "services").resolve():
+        raise SystemExit(f"{python} imports services from {found}, not {tree}")
+    return str(python)
+
 
 def start(tree: Path, settings: dict[str, str], folder: Path) -> RunningStack:
     """`railyard up` from `tree`'s code on fresh ports."""
     data = folder / "data"
-    env = stack_env(data) | settings | {"PYTHONPATH": str(tree)}
+    env = stack_env(data) | settings
+    env.pop("PYTHONPATH", None)
     output = folder / "up.log"
     with open(output, "ab") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "shared.cli", "up"], cwd=tree, env=env, stdout=handle,
+        process = subprocess.Popen([tree_python(tree), "-m", "shared.cli", "up"], cwd=tree, env=env, stdout=handle,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     return RunningStack(process=process, data_dir=data, env=env, output=output)
 
