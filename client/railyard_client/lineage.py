@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from railyard_client._lazy import pa, pd, pq
-from railyard_client.data import ARROW_FILE, dataframe_to_table, from_ipc, to_ipc_file
+from railyard_client.data import ARROW_FILE, dataframe_to_table, from_ipc, refuse_no_rows, to_ipc_file
 from railyard_client.errors import InvalidInput
 from railyard_client.progress import ProgressReader, upload_bar, wanted
 
@@ -126,9 +126,14 @@ class Lineage:
         """Delete a dataset."""
         self._post("datasets/delete", {"dataset_id": dataset_id})
 
-    def upload_rows(self, dataset_id: int, rows: pd.DataFrame | pa.Table, *, replace: bool = False) -> dict[str, Any]:
-        """Append rows (a DataFrame or Arrow table) to a tabular dataset, or replace them with `replace=True`."""
-        table = rows if isinstance(rows, pa.Table) else dataframe_to_table(rows)
+    def upload_rows(self, dataset_id: int, rows: pd.DataFrame | pa.Table | pa.RecordBatch, *,
+                    replace: bool = False) -> dict[str, Any]:
+        """Append rows (a DataFrame, Arrow table or record batch) to a tabular dataset, or replace them with
+        `replace=True`. Rows of none are InvalidInput before anything is sent (the API's no-rows 400)."""
+        if isinstance(rows, pa.RecordBatch):
+            rows = pa.Table.from_batches([rows])
+        # a table of 0 rows was sent and answered the API's 400; a DataFrame's is refused by dataframe_to_table
+        table = refuse_no_rows(rows) if isinstance(rows, pa.Table) else dataframe_to_table(rows)
         response = self._session.send(
             "POST", "/v1/api/datasets/upload_rows", params={"dataset_id": dataset_id,
                                                            "mode": "replace" if replace else "append"},

@@ -88,3 +88,38 @@ def test_records_of_differing_keys_keep_their_own_message_and_rows_are_still_sen
     assert infer_at(session, "d", "p", [{"x": 1.0}]) == [{"out": {"y": 1.0}}]
     assert infer_at(session, "d", "p", pa.table({"x": [1.0]})).num_rows == 1
     assert len(session.sent) == 2
+
+
+class _Uploads:
+    """A session for Lineage: records what would be sent and answers the dataset's info."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict]] = []
+
+    def send(self, method: str, path: str, **kwargs):
+        self.sent.append((path, kwargs))
+        return type("R", (), {"json": lambda self: {"id": 7, "rows": 1}})()
+
+
+@pytest.mark.parametrize("rows, detail", [
+    (EMPTY, "an Arrow table of 0 rows"),
+    (pa.RecordBatch.from_pylist([], EMPTY.schema), "an Arrow table of 0 rows"),
+    (pd.DataFrame({"x": pd.Series([], dtype=float)}), "a DataFrame of 0 rows"),
+], ids=["table", "batch", "dataframe"])
+def test_upload_rows_refuses_no_rows_before_sending(rows, detail):
+    """Lineage.upload_rows sent a 0-row Arrow table (answered the gateway's no-rows 400 after the upload went) and
+    could not take a record batch; a DataFrame of none was already refused. `datasets upload` reads files with
+    read_table, which refuses them first (test_files_of_no_rows_are_refused_naming_the_file)."""
+    from railyard_client.lineage import Lineage
+
+    session = _Uploads()
+    lineage = Lineage(type("Client", (), {"_session": session})(), 3)
+    with pytest.raises(InvalidInput) as refused:
+        lineage.upload_rows(7, rows)
+    assert str(refused.value) == f"{NO_ROWS} ({detail})"
+    assert session.sent == []
+    one = pa.table({"x": [1.0]})
+    assert lineage.upload_rows(7, one) == {"id": 7, "rows": 1}
+    assert lineage.upload_rows(7, one.to_batches()[0], replace=True) == {"id": 7, "rows": 1}
+    assert [(path, kwargs["params"]["mode"]) for path, kwargs in session.sent] == [
+        ("/v1/api/datasets/upload_rows", "append"), ("/v1/api/datasets/upload_rows", "replace")]
