@@ -131,7 +131,7 @@ def read_table(path: str | Path) -> tuple[pa.Table, str]:
             return _with_rows(from_ipc(path.read_bytes()), path, "an Arrow table"), "arrow"
         if suffix in JSON_SUFFIXES:
             raw = path.read_bytes()
-            rows = parse_json_records(raw)
+            rows = parse_json_records(raw, str(path))
             refuse_no_records(rows, str(path))
             if _SURROGATE_ESCAPE.search(_json_text(raw)):  # Arrow cannot hold one either (UnicodeEncodeError)
                 _refuse_lone_surrogates(rows, str(path))
@@ -210,8 +210,10 @@ def parse_json_records(raw: bytes, source: str = "the input") -> list[dict[str, 
         kind = "Parquet" if raw[:4] == b"PAR1" else "an Arrow IPC file"
         raise InvalidInput(f"{source} is {kind}, not JSON: give it its own suffix (.parquet / .arrow) or --format")
     text = _json_text(raw, source)
+    if not text:  # an empty file or stdin: no rows (it said "found nothing")
+        raise InvalidInput(f"{source}: {NO_ROWS} (it is empty)")
     try:
-        value = json.loads(text) if text else None
+        value = json.loads(text)
     except ValueError as whole:
         if text.startswith("[") or "\n" not in text:  # one JSON document: its own error
             raise InvalidInput(f"{source} is not JSON: {whole}") from None
@@ -224,10 +226,10 @@ def parse_json_records(raw: bytes, source: str = "the input") -> list[dict[str, 
                     raise InvalidInput(f"{source} is neither JSON nor JSON lines: line {number}: {exc}") from None
     if isinstance(value, dict):
         value = [value]
-    if not isinstance(value, list) or not value or not all(isinstance(row, dict) for row in value):
-        if not value:
-            found = "nothing"
-        elif isinstance(value, list):
+    if value == []:  # the API's no-rows words, as for `{}` and `[{}]` (it said "a non-empty list ..., found nothing")
+        raise InvalidInput(f"{source}: {NO_ROWS} (an empty list of records)")
+    if not isinstance(value, list) or not all(isinstance(row, dict) for row in value):
+        if isinstance(value, list):
             found = f"a list holding a {_json_kind(next(row for row in value if not isinstance(row, dict)))}"
         else:
             found = f"a {_json_kind(value)}"

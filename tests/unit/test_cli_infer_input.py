@@ -124,7 +124,12 @@ def test_a_missing_or_unreadable_file_is_refused_by_name(tmp_path: Path):
 @pytest.mark.parametrize("text, message", [
     ('[{"tensor": [1.0, 2.0]},\n {"tensor": [3.0', "rows.json is not JSON: Expecting"),
     ('{"tensor": [1.0]}\n{"tensor": [2.0]\n', "rows.json is neither JSON nor JSON lines: line 2:"),
-    ("", "rows.json: expected pandas-records JSON: a non-empty list of row objects, found nothing"),
+    # no rows: the API's no-rows words (shared.arrow_codec.NO_ROWS); they were "expected pandas-records JSON: a
+    # non-empty list of row objects, found nothing"
+    ("", "rows.json: the request holds no rows; send at least one (it is empty)"),
+    ("[]", "rows.json: the request holds no rows; send at least one (an empty list of records)"),
+    (" [ ]\n", "rows.json: the request holds no rows; send at least one (an empty list of records)"),
+    ("null", "found a null"),
     ("[1, 2]", "found a list holding a number"),
     ('"rows"', "found a string"),
     ('[{"tensor": [1.0, 2.0]}, {"tensor": [3.0]}]', "column 'tensor': record 1's tensor has shape [1], record 0's"
@@ -162,6 +167,8 @@ def test_a_table_file_named_json_is_named_for_what_it_is(tmp_path: Path):
 def test_stdin_rows_are_checked_alike(tmp_path: Path):
     err = refused(tmp_path, "infer", "fraud", stdin='[{"tensor": [1.0, 2.0]}, {"tensor": [3.0]}]')
     assert "stdin: column 'tensor': record 1's tensor has shape [1]" in err
+    err = refused(tmp_path, "infer", "fraud", stdin="[]\n")
+    assert err == "railyard: error: stdin: the request holds no rows; send at least one (an empty list of records)"
     assert "stdin is not JSON" in refused(tmp_path, "infer", "fraud", "--format", "json", stdin="[{")
 
 
