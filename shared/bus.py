@@ -29,7 +29,7 @@ from faststream.nats import NatsBroker, NatsResponse, NatsRouter
 from faststream.nats.annotations import Client, NatsMessage
 from pydantic import BaseModel, ValidationError
 
-from shared import subjects
+from shared import sealed, subjects
 from shared.bus_workers import default_command_workers
 from shared.data_errors import refused_request_value
 from shared.errors import (
@@ -259,13 +259,25 @@ def command(router: NatsRouter | NatsBroker, subject: str, *, service: str, max_
 
         async def subscriber(body: Any, message: NatsMessage, nc: Client) -> NatsResponse:
             headers = dict(message.headers or {})
+            reply_to = message.raw_message.reply
+            try:
+                # before the handler (so before its token check): a reply to the shared `client` inbox is sealed
+                # with the caller's key, and a request without one is refused having done nothing (shared/sealed.py)
+                key = sealed.reply_key(headers, reply_to)
+            except RailyardError as exc:
+                return NatsResponse(pydantic_core.to_json(reply_error(exc)), headers=JSON_HEADERS)
+            headers.pop(sealed.REPLY_KEY_HEADER, None)  # the handler never sees the caller's key
             auth = headers.get(TOKEN_HEADER) or headers.get(TOKEN_HEADER.title())
             token = auth[7:] if auth and auth.lower().startswith("bearer ") else auth
             ctx = CallContext(subject=message.raw_message.subject, token=token, headers=headers)
             reply = await run_command(handler, model, body, ctx)
-            # the server's payload limit, learnt when connecting (reply_limit: None when it is not an int)
+            # the server's payload limit, learnt when connecting (reply_limit: None when it is not an int); a sealed
+            # reply's few dozen bytes more than its plain JSON fit REPLY_HEADROOM
             encoded = encode_reply(reply, getattr(nc, "max_payload", None), ctx.subject, too_large_hint)
-            return NatsResponse(encoded, headers=JSON_HEADERS)
+            if key is None:
+                return NatsResponse(encoded, headers=JSON_HEADERS)
+            sealed_body, marker = sealed.seal(key, reply_to, encoded, JSON_HEADERS)
+            return NatsResponse(sealed_body, headers=marker)
 
         subscriber.__name__ = handler.__name__
         subscriber.__doc__ = handler.__doc__

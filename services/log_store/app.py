@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from services.log_store import handlers, store
 from services.log_store.deployments import LISTEN_WAIT, Deployments
 from services.log_store.segments import SegmentReader
-from shared import subjects
+from shared import sealed, subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import (
     CallContext,
@@ -106,12 +106,20 @@ def reply_size(body: bytes, headers: dict[str, str]) -> int:
 def _raw_responder(nc: Any, work: Callable[[Any, str | None], Awaitable[tuple[bytes, dict[str, str]]]],
                    too_large_hint: str) -> Callable:
     """A raw subscription callback: the caller's bearer token from the headers, `work`'s body and headers as
-    the reply, or a typed error in the `Railyard-Error` header (Arrow bodies are not wrapped in JSON). A reply above
-    the connection's max_payload is the typed 422 reply_too_large naming the sizes and `too_large_hint` (what to ask
-    instead): NATS refuses to publish it, and the caller waited for its timeout (504)."""
+    the reply, or a typed error in the `Railyard-Error` header (Arrow bodies are not wrapped in JSON); sealed with the
+    caller's reply key, and refused without one when the reply goes to the shared `client` inbox (shared/sealed.py).
+    A reply above the connection's max_payload is the typed 422 reply_too_large naming the sizes and
+    `too_large_hint` (what to ask instead): NATS refuses to publish it, and the caller waited for its timeout (504)."""
 
     async def respond(msg: Any) -> None:
         headers = msg.headers or {}
+        try:
+            # before `work` (so before its token check): a reply to the shared `client` inbox is sealed with the
+            # caller's key, a request without one refused having done nothing (shared/sealed.py)
+            key = sealed.reply_key(headers, msg.reply)
+        except RailyardError as exc:
+            await nc.publish(msg.reply, b"", headers=error_headers(exc))
+            return
         auth = headers.get("authorization") or headers.get("Authorization") or ""
         token = auth[7:] if auth.lower().startswith("bearer ") else (auth or None)
         try:
@@ -121,11 +129,13 @@ def _raw_responder(nc: Any, work: Callable[[Any, str | None], Awaitable[tuple[by
         except Exception:
             log.exception("%s failed", msg.subject)
             body, out = b"", error_headers(RailyardError("internal error"))
-        if (size := reply_size(body, out)) > nc.max_payload:
+        sent, sent_headers = sealed.seal_reply(key, msg.reply, body, out)
+        if (size := reply_size(sent, sent_headers or {})) > nc.max_payload:
             log.warning("the reply to %s is %d bytes, above the bus limit (%d): answered reply_too_large",
                         msg.subject, size, nc.max_payload)
-            body, out = b"", error_headers(reply_too_large(size, nc.max_payload, too_large_hint))
-        await nc.publish(msg.reply, body, headers=out)
+            sent, sent_headers = sealed.seal_reply(
+                key, msg.reply, b"", error_headers(reply_too_large(size, nc.max_payload, too_large_hint)))
+        await nc.publish(msg.reply, sent, headers=sent_headers)
 
     return respond
 
