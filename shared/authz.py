@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -388,6 +389,26 @@ def bus_verifier(broker: Any, settings: AuthSettings, timeout: float) -> tuple[T
     return verifier, VerifierFeed(verifier, revocations, settings.revocation_poll_interval)
 
 
+def _event_moment(value: Any) -> float:
+    """An event's `revoked_before` (epoch seconds): a finite number, else ValueError (a malformed event). JSON's
+    1e999 reads as infinity, which refused the subject's every token for good, and a NaN (`max` keeps it) dropped
+    the subject's earlier revocation."""
+    if isinstance(value, bool):
+        raise TypeError("a boolean is no moment")
+    moment = float(value)
+    if not math.isfinite(moment):
+        raise ValueError(f"revoked_before is not a finite number: {value!r}")
+    return moment
+
+
+def _event_id(value: Any) -> int:
+    """An event's integer id (`workspace_id`): an int or its digits, else TypeError/ValueError (a malformed event).
+    `int()` of the float JSON reads 1e999 as raised OverflowError, which no handler caught, and 7.5 became 7."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"not an integer id: {value!r}")
+    return int(value)
+
+
 class VerifierFeed:
     """Keeps a verifier current: `events.user.deactivated` and `events.auth.tokens_revoked` apply at once,
     `events.auth.signing_key_rotated` refetches the keys, and the full revocation list is re-read every
@@ -415,7 +436,7 @@ class VerifierFeed:
         async def on_deactivated(msg: Any) -> None:
             try:
                 event = json.loads(msg.data)
-                self._verifier.revoke(str(event["user_id"]), float(event["revoked_before"]))
+                self._verifier.revoke(str(event["user_id"]), _event_moment(event["revoked_before"]))
             except (ValueError, KeyError, TypeError):
                 log.warning("ignoring a malformed %s event", subjects.EVENT_USER_DEACTIVATED)
 
@@ -423,9 +444,9 @@ class VerifierFeed:
             try:
                 event = json.loads(msg.data)
                 if event.get("session"):  # one session of the subject, every token of it
-                    self._verifier.revoke_session(str(event["session"]), float(event["revoked_before"]))
+                    self._verifier.revoke_session(str(event["session"]), _event_moment(event["revoked_before"]))
                 else:
-                    self._verifier.revoke(str(event["subject"]), float(event["revoked_before"]))
+                    self._verifier.revoke(str(event["subject"]), _event_moment(event["revoked_before"]))
             except (ValueError, KeyError, TypeError):
                 log.warning("ignoring a malformed %s event", subjects.EVENT_TOKENS_REVOKED)
 
@@ -438,7 +459,7 @@ class VerifierFeed:
         async def on_member_changed(msg: Any) -> None:
             try:
                 event = json.loads(msg.data)
-                user_id, workspace_id = str(event["user_id"]), int(event["workspace_id"])
+                user_id, workspace_id = str(event["user_id"]), _event_id(event["workspace_id"])
             except (ValueError, KeyError, TypeError):
                 log.warning("ignoring a malformed %s event", subjects.EVENT_WORKSPACE_MEMBERSHIP_CHANGED)
                 return
