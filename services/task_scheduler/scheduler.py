@@ -129,6 +129,7 @@ class Scheduler:
     # a run's events.task_run.* are written to the outbox with its status (store.add_run_event) and sent from there
     outbox: Outbox | None = None
     _outbox_task: asyncio.Task | None = None
+    _stopping: asyncio.Task | None = None  # the one stop (Scheduler.stop): a second call waits for it
 
     def wake(self, *_: object) -> None:
         """Run a pass now (a notification came, or this process freed room)."""
@@ -164,7 +165,18 @@ class Scheduler:
         and what is left unrecorded is the lost-run step's (a run failed as its supervisor's, an event sent at a
         start). Before, the stop waited 15 s for its runs alone, and for the loop's pass, the connection's release,
         the beats and the outbox as long as the server took, while the embedded stack killed it after 5 s: a run
-        whose process ignored its SIGTERM was left 'running' with no record of the stop."""
+        whose process ignored its SIGTERM was left 'running' with no record of the stop.
+
+        Idempotent: a second call (at once or later) waits for the first and returns, raising nothing. Before, it
+        did the steps again, and awaited a loop the first had given up on (cancelled): its CancelledError came out
+        of the second stop."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop_once())
+            await self._stopping  # the first caller: its outcome (and a cancel of it cancels the stop, as before)
+            return
+        await asyncio.wait({self._stopping})  # the first's outcome is the first caller's; a cancel here leaves it
+
+    async def _stop_once(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + TASK_STOP_TIMEOUT
         self._stop.set()
