@@ -29,6 +29,17 @@ from shared.messages.engine import ReplicaSpec
 log = logging.getLogger("railyard.deployer.backend")
 MEASURE_EVERY = 2.0
 SCALE_UP_AFTER = 3.0
+STATUS_PROBE_WAIT = 0.5  # seconds a replica has to answer a status probe
+SILENT_KEPT_FOR = 10.0
+SILENT_KEPT_PROBES = 3
+"""A replica that answered its status probe before keeps its last answer (Running) while its probes go unanswered
+(time out: busy), until they have for SILENT_KEPT_FOR seconds and SILENT_KEPT_PROBES probes in a row: then it is
+`Starting` again with the reason. The probe is answered on the replica's event loop, beside its requests (its own
+subscription, not queued behind them), which a replica short of CPU answers late: 30 ms median, 280 ms at most
+under batch-1000 load at load 8 (session 28), past 0.5 s at load ~19 (docs/inference.md); the deployment then said
+`Starting` while it served (its route was resolved again on every request, OIP's model ready said no).
+A replica never answered yet is Starting (it loads its models); one with no status subscriber (it unsubscribes when
+it drains) is not kept."""
 
 
 def _die_with_parent(slice_us: int = 0, parent: int | None = None) -> None:
@@ -84,6 +95,9 @@ class Replica:
     restarts: int = 0
     last_exit: int | None = None
     usage: psutil.Process | None = None  # kept so cpu_percent measures since the previous call
+    answered: dict[str, Any] | None = None  # its last answer to a status probe
+    silent_since: float | None = None  # when the first of its unanswered probes in a row was sent
+    silent_probes: int = 0  # its status probes unanswered in a row
 
     def cpu_percent(self) -> float:
         if self.usage is None:
@@ -176,7 +190,7 @@ class LocalBackend:
     async def _wait_ready(self, replica_set: ReplicaSet) -> None:
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
-            states = [await self.replica_state(replica_set, r) for r in replica_set.replicas]
+            states = await self._states(replica_set)
             if all(s["status"] == "Running" for s in states):
                 return
             failed = [s for s in states if s["status"] == "Error"]
@@ -193,10 +207,33 @@ class LocalBackend:
             return base | {"status": "Error", "reason": reason or f"exited with {replica.process.returncode}"}
         try:
             answer = json.loads(await self.request(
-                subjects.engine_replica_status(replica_set.name, replica.replica_id), b"{}", 0.5))
-        except Exception:  # not answering yet: still loading models
+                subjects.engine_replica_status(replica_set.name, replica.replica_id), b"{}", STATUS_PROBE_WAIT))
+        except TimeoutError:  # no answer in time: loading its models, or busy (SILENT_KEPT_FOR)
+            return base | self._silent(replica)
+        except Exception:  # no responders (not subscribed yet, or draining), the bus down, a reply not JSON
             return base | {"status": "Starting"}
+        replica.answered, replica.silent_since, replica.silent_probes = answer, None, 0
         return base | answer
+
+    @staticmethod
+    def _silent(replica: Replica) -> dict[str, Any]:
+        """What a replica whose status probe timed out is: its last answer for a while when it answered before."""
+        now = time.monotonic()
+        if replica.answered is None:
+            return {"status": "Starting"}
+        if replica.silent_since is None:
+            replica.silent_since = now - STATUS_PROBE_WAIT
+        replica.silent_probes += 1
+        silent = now - replica.silent_since
+        if silent < SILENT_KEPT_FOR or replica.silent_probes < SILENT_KEPT_PROBES:
+            return replica.answered
+        return {"status": "Starting", "reason": f"it answered no status probe for {silent:.0f} s "
+                                                f"({replica.silent_probes} in a row): busy or hung"}
+
+    async def _states(self, replica_set: ReplicaSet) -> list[dict[str, Any]]:
+        """Every replica's state, probed at once: one after another, each replica that did not answer added its
+        STATUS_PROBE_WAIT to every status and route read."""
+        return list(await asyncio.gather(*(self.replica_state(replica_set, r) for r in list(replica_set.replicas))))
 
     def _last_log_line(self, replica_set: ReplicaSet, replica: Replica) -> str | None:
         path = self.work_dir / replica_set.name / f"replica-{replica.replica_id}.log"
@@ -238,7 +275,7 @@ class LocalBackend:
         replica_set = self.sets.get(name)
         if replica_set is None:
             return []
-        return [await self.replica_state(replica_set, r) for r in replica_set.replicas]
+        return await self._states(replica_set)
 
     def start_supervising(self) -> None:
         self._supervisor = asyncio.create_task(self._supervise())
