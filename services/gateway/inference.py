@@ -176,7 +176,12 @@ class RouteCache:
             raise_for_error_header(reply.headers)
             return dict(reply.headers or {}), from_ipc(reply.data)
         except Unavailable:
-            route = await self._resolve(runtime, name, token)  # NotFound when it is gone
+            # a Running route may be the cache's (up to ROUTE_MAX_AGE old): what the deployer says now (NotFound
+            # when it is gone). Any other was resolved for this very request (`route` resolves a route not Running
+            # every time), so it is the deployer's word already: asked again, a request to a starting deployment
+            # cost two resolves, each probing every replica
+            if route.status == "Running":
+                route = await self._resolve(runtime, name, token)
             if route.status != "Running":
                 raise Unavailable(f"deployment {name!r} is {route.status.lower()}; retry shortly") from None
             raise
@@ -349,8 +354,9 @@ class Inference:
         if route.pipeline_name != pipeline:
             raise NotFound(f"deployment {deployment!r} does not serve pipeline {pipeline!r}")
         # a route said "Starting" is sent all the same (as OIP's is): the deployer says it when no replica answered
-        # its status probe within 0.5 s, which a busy replica does right after a swap under load, and this refusal
-        # was a 503 while it served; with no replica serving, `ask` answers the deployer's 503 (no responders)
+        # its status probe (one that answered before, busy, keeps Running for a while: deployer/backend.py
+        # SILENT_KEPT_FOR), and this refusal was a 503 while a replica served; with no replica serving, `ask`
+        # answers the 503 of this route's word (no responders)
         at_ms = int(time.time() * 1000)
         headers, outputs = await self.cache.ask(runtime, route, token, table)
         meta = headers.get(META_HEADER, "{}")

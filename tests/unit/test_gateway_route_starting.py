@@ -4,7 +4,7 @@ Inference.run). The deployer's resolve says "Starting" when no replica answers i
 records and Arrow route then answered 503 "deployment ... is starting; retry shortly" while the replica served
 (tests/integration/test_infer_coalesced_versions.py, once in 14 runs at load ~19). The request is sent as the Open
 Inference Protocol's already was; a deployment with no replica serving still gets its 503 from the deployer's word,
-once the engine's queue has no responder."""
+once the engine's queue has no responder: the word of the request's own resolve, not a second one."""
 
 from __future__ import annotations
 
@@ -80,4 +80,21 @@ async def test_with_no_replica_serving_the_deployers_word_is_the_503(deployer, m
     sent = _engine(monkeypatch, no_responders)
     with pytest.raises(Unavailable, match="^deployment 'd' is starting; retry shortly$"):
         await Inference(RUNTIME).run(ALICE, "t", "d", "p", "application/json", "", orjson.dumps([{"x": 1.0}]))
-    assert len(sent) == 1 and deployer == ["d", "d"]  # the route, then the deployer asked again after the engine
+    # one resolve: the route not Running was asked for this request, so it is the deployer's word already (before
+    # 2026-12-05 the deployer was asked again once the engine had no responder: two resolves a request)
+    assert len(sent) == 1 and deployer == ["d"]
+
+
+async def test_a_cached_running_route_with_no_replica_asks_the_deployer_once(deployer, monkeypatch):
+    """A Running route may be the cache's, from before the replicas went: the deployer's word now is the answer."""
+    import time
+
+    async def no_responders(payload: bytes) -> EngineReply:
+        raise Unavailable("deployment 'd' has no running engine; retry shortly")
+
+    sent = _engine(monkeypatch, no_responders)
+    served = Inference(RUNTIME)
+    served.cache.routes["d"] = (time.monotonic(), STARTING.model_copy(update={"status": "Running"}))
+    with pytest.raises(Unavailable, match="^deployment 'd' is starting; retry shortly$"):
+        await served.run(ALICE, "t", "d", "p", "application/json", "", orjson.dumps([{"x": 1.0}]))
+    assert len(sent) == 1 and deployer == ["d"]  # the cached route, then the deployer asked after the engine
