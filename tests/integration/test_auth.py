@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from shared.client import RailyardClient
+from shared.sealed import sealed_request
 from tests.integration.conftest import PASSWORD, client_for, inference_client, post
 from tests.integration.pkce import error_code, ui_tab, ui_tokens
 
@@ -278,9 +279,10 @@ async def test_signing_key_rotation_keeps_old_tokens_valid(stack, admin):
     old_kid = jwt.get_unverified_header(old_token)["kid"]
     nc = await nats.connect(stack.nats_url("client"), inbox_prefix="_INBOX.client")  # the bus front door
     try:
-        denied = Reply.model_validate_json((await nc.request(subjects.AUTH_KEYS_ROTATE, b"{}", timeout=10)).data)
+        denied = Reply.model_validate_json((await sealed_request(nc, subjects.AUTH_KEYS_ROTATE, b"{}",
+                                                                 timeout=10)).data)
         assert not denied.ok and denied.status == 401
-        reply = Reply.model_validate_json((await nc.request(
+        reply = Reply.model_validate_json((await sealed_request(nc,
             subjects.AUTH_KEYS_ROTATE, b"{}", timeout=10, headers={"authorization": f"Bearer {old_token}"})).data)
     finally:
         await nc.close()

@@ -18,6 +18,7 @@ import pytest
 
 from shared import bus_identities, subjects
 from shared.messages import Reply
+from shared.sealed import sealed_request
 
 pytestmark = pytest.mark.integration
 
@@ -47,12 +48,12 @@ async def test_the_client_identity_reaches_token_checked_commands_only(stack, al
     nc = await _connect(stack, "client", errors)
     try:
         # the front door works: a token-checked command and its reply
-        reply = Reply.model_validate_json((await nc.request(
+        reply = Reply.model_validate_json((await sealed_request(nc,
             subjects.AUTH_WORKSPACES_LIST_USERS, json.dumps({"workspace_id": alice.workspace_id}).encode(),
             timeout=10, headers={"authorization": f"Bearer {alice.token}"})).data)
         assert reply.ok, reply
         # ... on another service too (the client's list names every token-checked command one by one)
-        projects = Reply.model_validate_json((await nc.request(
+        projects = Reply.model_validate_json((await sealed_request(nc,
             subjects.LINEAGE_PROJECTS_LIST, json.dumps({"workspace_id": alice.workspace_id}).encode(),
             timeout=10, headers={"authorization": f"Bearer {alice.token}"})).data)
         assert projects.ok and "projects" in projects.data, projects

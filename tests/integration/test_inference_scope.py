@@ -13,6 +13,7 @@ import asyncpg
 import httpx
 import pytest
 
+from shared.sealed import sealed_request
 from tests.integration.conftest import (
     Account,
     client_credentials,
@@ -77,8 +78,9 @@ async def test_resolving_a_foreign_deployment_on_the_bus_is_not_found(stack, bob
     nc = await nats.connect(stack.nats_url("client"), inbox_prefix="_INBOX.client")
     try:
         for token in _credentials_of(stack, bob).values():
-            reply = await nc.request("deployer.deployments.resolve", json.dumps({"name": deployed["name"]}).encode(),
-                                     headers={"authorization": f"Bearer {token}"}, timeout=10)
+            reply = await sealed_request(nc, "deployer.deployments.resolve",
+                                         json.dumps({"name": deployed["name"]}).encode(),
+                                         headers={"authorization": f"Bearer {token}"}, timeout=10)
             answer = json.loads(reply.data)
             assert not answer["ok"] and answer["status"] == 404, answer
             assert answer["error"]["msg"] == f"deployment {deployed['name']!r} not found"

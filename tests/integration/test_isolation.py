@@ -15,6 +15,7 @@ import httpx
 import pytest
 import requests
 
+from shared.sealed import sealed_request
 from tests.integration.conftest import PASSWORD, Account, inference_token, post
 from tests.models import ccfraud_onnx
 
@@ -230,7 +231,7 @@ async def test_the_bus_front_door_applies_the_same_rules(stack, alice, bob):
     try:
         async def ask(subject: str, body: bytes, token: str | None) -> Reply:
             headers = {"authorization": f"Bearer {token}"} if token else None
-            return Reply.model_validate_json((await nc.request(subject, body, timeout=5, headers=headers)).data)
+            return Reply.model_validate_json((await sealed_request(nc, subject, body, timeout=5, headers=headers)).data)
 
         payload = f'{{"workspace_id": {alice.workspace_id}}}'.encode()
         no_token = await ask(subjects.AUTH_WORKSPACES_LIST_USERS, payload, None)
@@ -394,8 +395,8 @@ async def test_a_task_runs_token_on_the_bus_front_door(stack, alice):
     nc = await nats.connect(stack.nats_url("client"), inbox_prefix="_INBOX.client")
     try:
         async def ask(subject: str, body: dict) -> Reply:
-            message = await nc.request(subject, json.dumps(body).encode(), timeout=5,
-                                       headers={"authorization": f"Bearer {token}"})
+            message = await sealed_request(nc, subject, json.dumps(body).encode(), timeout=5,
+                                           headers={"authorization": f"Bearer {token}"})
             return Reply.model_validate_json(message.data)
 
         listed = await ask(subjects.AUTH_WORKSPACES_LIST, {})

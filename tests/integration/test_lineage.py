@@ -27,6 +27,7 @@ from PIL import Image
 
 from shared.arrow_codec import from_ipc, to_ipc_file
 from shared.objectstore import BUCKET_DATASETS, MinioObjectStore, content_key
+from shared.sealed import sealed_request
 from tests.integration.conftest import Account, post
 from tests.models import ccfraud_onnx
 
@@ -468,8 +469,8 @@ async def test_a_staged_upload_is_consumed_by_its_uploader_only(stack, alice, bo
 
     async def put(account: Account) -> dict:
         command = {"workspace_id": account.workspace_id, "path": "/staged/a.bin", "staged_key": key}
-        reply = await nc.request("workflow_lineage.files.put", json.dumps(command).encode(),
-                                 headers={"authorization": f"Bearer {account.token}"}, timeout=30)
+        reply = await sealed_request(nc, "workflow_lineage.files.put", json.dumps(command).encode(),
+                                     headers={"authorization": f"Bearer {account.token}"}, timeout=30)
         return json.loads(reply.data)
 
     try:

@@ -24,6 +24,7 @@ from railyard_client import Lineage, Orchestrations, ServiceMetrics
 from shared import subjects
 from shared.images import image_features
 from shared.messages.monitoring_feedback import SERVICE_METRICS
+from shared.sealed import sealed_request
 from tests.image_models import (
     detector_image_config,
     detector_onnx,
@@ -75,8 +76,8 @@ async def bus_statuses(stack, subject: str, body: dict, tokens: list[str | None]
         out = []
         for token in tokens:
             headers = {"authorization": f"Bearer {token}"} if token else None
-            reply = Reply.model_validate_json((await nc.request(subject, json.dumps(body).encode(), timeout=10,
-                                                                headers=headers)).data)
+            reply = Reply.model_validate_json((await sealed_request(nc, subject, json.dumps(body).encode(), timeout=10,
+                                                                    headers=headers)).data)
             out.append(reply.status)
         return out
     finally:

@@ -21,6 +21,7 @@ from PIL import Image
 
 from shared import subjects
 from shared.objectstore import BUCKET_MONITORING, MinioObjectStore
+from shared.sealed import sealed_request
 from tests.image_models import (
     detector_image_config,
     detector_onnx,
@@ -353,8 +354,8 @@ def bus_predict(stack, token: str, body: dict) -> dict:
     async def run() -> dict:
         nc = await nats.connect(stack.nats_url("client"), inbox_prefix="_INBOX.client")
         try:
-            reply = await nc.request(subjects.MONITORING_PREDICT, json.dumps(body).encode(),
-                                     headers={"authorization": f"Bearer {token}"}, timeout=30)
+            reply = await sealed_request(nc, subjects.MONITORING_PREDICT, json.dumps(body).encode(),
+                                         headers={"authorization": f"Bearer {token}"}, timeout=30)
             return json.loads(reply.data)
         finally:
             await nc.close()

@@ -24,6 +24,7 @@ import pytest
 import requests
 
 from shared.objectstore import BUCKET_ORCHESTRATIONS, MinioObjectStore
+from shared.sealed import sealed_request
 from tests.integration.conftest import Account, make_account, post, query
 from tests.integration.test_pipelines import create_pipeline, upload_model
 from tests.stack import wait_serving
@@ -405,8 +406,8 @@ async def test_a_staged_zip_is_consumed_by_its_uploader_only(stack, alice, bob):
 
     async def upload_staged(account: Account, workspace_id: int) -> dict:
         command = {"workspace_id": workspace_id, "name": "staged", "file_name": "o.zip", "staged_key": key}
-        reply = await nc.request("task_scheduler.orchestrations.upload", json.dumps(command).encode(),
-                                 headers={"authorization": f"Bearer {account.token}"}, timeout=60)
+        reply = await sealed_request(nc, "task_scheduler.orchestrations.upload", json.dumps(command).encode(),
+                                     headers={"authorization": f"Bearer {account.token}"}, timeout=60)
         return json.loads(reply.data)
 
     try:

@@ -18,6 +18,7 @@ import urllib3
 from minio import Minio
 
 from shared.objectstore import content_key
+from shared.sealed import sealed_request
 from tests.integration.conftest import Account
 from tests.models import (
     ccfraud_onnx,
@@ -300,8 +301,8 @@ async def test_a_staged_model_is_consumed_by_its_uploader_only(stack, alice, bob
     async def register(account: Account, workspace_id: int, staged_key: str = key) -> dict:
         command = {"workspace_id": workspace_id, "name": "staged", "file_name": "m.onnx", "staged_key": staged_key,
                    "conversion": {"framework": "onnx"}}
-        reply = await nc.request("registry.models.upload", json.dumps(command).encode(),
-                                 headers={"authorization": f"Bearer {account.token}"}, timeout=60)
+        reply = await sealed_request(nc, "registry.models.upload", json.dumps(command).encode(),
+                                     headers={"authorization": f"Bearer {account.token}"}, timeout=60)
         return json.loads(reply.data)
 
     try:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from shared.messages.base import MAX_JSON_OBJECT
+from shared.sealed import sealed_request
 from tests.integration.conftest import Account, post, sdk_client
 from tests.integration.test_assays import config, iso
 
@@ -278,8 +279,8 @@ async def test_the_deployers_bus_subjects_bound_definitions_and_engine_configs(s
         async def ask(subject: str, body: dict) -> Reply:
             import json
 
-            return Reply.model_validate_json((await nc.request(subject, json.dumps(body).encode(), timeout=30,
-                                                               headers=headers)).data)
+            return Reply.model_validate_json((await sealed_request(nc, subject, json.dumps(body).encode(), timeout=30,
+                                                                   headers=headers)).data)
 
         created = await ask(subjects.DEPLOYER_PIPELINES_CREATE, {
             "pipeline_id": "busdefinition", "workspace_id": alice.workspace_id,

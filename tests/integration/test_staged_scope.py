@@ -13,6 +13,7 @@ import pytest
 from shared import subjects
 from shared.messages import Reply
 from shared.objectstore import BUCKET_ARTIFACTS, BUCKET_DATASETS, BUCKET_ORCHESTRATIONS, MinioObjectStore, content_key
+from shared.sealed import sealed_request
 from shared.staging import staged_key_for
 from tests.integration.test_isolation import second_workspace, task_token
 
@@ -41,8 +42,8 @@ async def test_a_run_and_a_session_cannot_take_each_others_staged_uploads(stack,
             for staged, token in ((staged_key_for(alice.user_id), run_token),
                                   (staged_key_for(alice.user_id, run_workspace), alice.token)):
                 await objects.put_bytes(bucket, staged, b"not yours")
-                message = await nc.request(subject, json.dumps({**command(run_workspace), "staged_key": staged})
-                                           .encode(), timeout=10, headers={"authorization": f"Bearer {token}"})
+                message = await sealed_request(nc, subject, json.dumps({**command(run_workspace), "staged_key": staged})
+                                               .encode(), timeout=10, headers={"authorization": f"Bearer {token}"})
                 reply = Reply.model_validate_json(message.data)
                 assert not reply.ok and reply.status == 403 and reply.error.code == "out_of_scope", (subject, reply)
                 assert await objects.exists(bucket, staged), (subject, "the refused upload was deleted")

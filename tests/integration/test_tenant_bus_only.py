@@ -11,6 +11,7 @@ import pytest
 
 from shared import subjects
 from shared.messages import Reply
+from shared.sealed import sealed_request
 from tests.integration.test_lineage import make_project, ok
 from tests.integration.test_pipelines import upload_model
 
@@ -35,8 +36,8 @@ async def test_bus_only_commands_keep_another_workspaces_things_out_of_reach(sta
     nc = await nats.connect(stack.nats_url("client"), inbox_prefix="_INBOX.client")  # the front door identity
     try:
         async def ask(subject: str, body: dict, token: str) -> Reply:
-            message = await nc.request(subject, json.dumps(body).encode(), timeout=10,
-                                       headers={"authorization": f"Bearer {token}"})
+            message = await sealed_request(nc, subject, json.dumps(body).encode(), timeout=10,
+                                           headers={"authorization": f"Bearer {token}"})
             return Reply.model_validate_json(message.data)
 
         for subject, body in asks.items():
