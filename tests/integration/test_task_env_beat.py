@@ -180,10 +180,16 @@ async def test_an_install_beaten_through_a_database_answering_each_beat_in_secon
                            "'installing')", SHA)
         await proxied.fetchval("SELECT 1")  # an open connection, as a beat finds one
         proxy.delay = slow
-        took = time.monotonic()
-        await proxied.fetchval("SELECT 1")  # a query through it: its statement and the connection's reset
-        took = time.monotonic() - took
-        assert 2 * slow < took < lost_after - 1, took  # > 1.8 s, the old bound; well within supervisor_lost_after
+        # a query through it (its statement and the connection's reset) takes > 1.8 s, the old bound, and well
+        # within supervisor_lost_after: measured up to 5 times, as one measurement of a machine that stalls > 5 s
+        # failed the premise, not the code (the proxy's delay makes every one > 2 * slow; none within: a failure)
+        tries: list[float] = []
+        while len(tries) < 5 and not (tries and 2 * slow < tries[-1] < lost_after - 1):
+            started = time.monotonic()
+            await proxied.fetchval("SELECT 1")
+            tries.append(time.monotonic() - started)
+        took = tries[-1]
+        assert 2 * slow < took < lost_after - 1, tries
         proxy.delay = 0.0
         installer = scheduler_on(Scheduler, proxied, tmp_path, "installer",
                                  TaskSettings(tick=60, heartbeat_interval=0.5, supervisor_lost_after=lost_after))
