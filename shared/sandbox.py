@@ -121,6 +121,10 @@ class SandboxSpec:
     readonly_paths: tuple[Path, ...] = ()  # extra paths visible read-only (e.g. the artifact to convert)
     limits: Limits = Limits()
     network: Network = Network.NONE
+    # GATEWAY_ONLY: whose traffic this is (a task run's owner). On a loopback gateway the relay connects from a
+    # 127.0.0.0/8 address of this key's own, so the gateway's per-source counts (connections, token requests,
+    # failed sign-ins) are the tenant's, not 127.0.0.1's, which the host's own clients use ("" = one per sandbox)
+    source_key: str = ""
 
 
 @dataclass
@@ -397,13 +401,57 @@ def quota_gaps(fdinfo: str = "/proc/self/fdinfo/{fd}", machine: str | None = Non
     return tuple(gaps)
 
 
-async def _gateway_relay(settings: Settings) -> tuple[asyncio.AbstractServer, Path]:
+# Connections one sandbox may have open through its gateway relay at once; more are answered 503 and closed. Every
+# relay of a host (a Kubernetes pod: every run of one scheduler process, `tasks.max_runs_per_process`, 4) reaches the
+# gateway from one address, and the gateway keeps `gateway.max_connections_per_source` (256) per address: without a
+# cap one run held all 256 and the gateway refused every other run there, and on a loopback gateway every client of
+# the host too (until 2026-12-05; tests/integration/test_sandbox_gateway_relay.py).
+RELAY_CONNECTIONS = 32
+RELAY_REFUSED_BODY = b"too many connections from this sandbox to the gateway (32 at most)\n"
+RELAY_REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                 b"content-length: " + str(len(RELAY_REFUSED_BODY)).encode() + b"\r\nconnection: close\r\n"
+                 b"retry-after: 1\r\n\r\n" + RELAY_REFUSED_BODY)
+
+
+def relay_source(host: str, key: str, trusted_proxies: list[str]) -> str | None:
+    """The address a relay connects to a loopback IPv4 gateway from: 127.a.b.c from a digest of `key` (a task run's
+    owner), never in 127.0.0.0/16 (127.0.0.1, and what tests and operators use) nor in a trusted proxy's range (a
+    sandbox could write its own X-Forwarded-For there). None (the system's choice) for a gateway that is not on
+    IPv4 loopback, or when every candidate is trusted. The gateway then counts a tenant's runs on their own: one
+    run's connections, token requests and failed sign-ins (the lock of `admin` from 127.0.0.1 included) reach no
+    other tenant and no client of the host."""
+    import hashlib
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address("127.0.0.1" if host == "localhost" else host)
+    except ValueError:
+        return None
+    if address.version != 4 or not address.is_loopback:
+        return None
+    trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_proxies]
+    for attempt in range(64):
+        digest = hashlib.sha256(f"{attempt}:{key}".encode()).digest()
+        if digest[0] == 0:
+            continue
+        candidate = ipaddress.IPv4Address(bytes((127,)) + digest[:3])
+        if not any(candidate in net for net in trusted):
+            return str(candidate)
+    return None
+
+
+async def _gateway_relay(settings: Settings, source_key: str = "") -> tuple[asyncio.AbstractServer, Path]:
     """Network.GATEWAY_ONLY, host side: a unix socket (in a folder the sandbox sees read-only) whose every
-    connection is relayed to the gateway's host:port and nowhere else."""
+    connection is relayed to the gateway's host:port and nowhere else, at most RELAY_CONNECTIONS at once, from
+    `relay_source`'s address when the gateway is on loopback."""
+    import secrets
     import tempfile
 
     host = settings.gateway.host if settings.gateway.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     port = settings.gateway.port
+    source = relay_source(host, source_key or secrets.token_hex(16), settings.gateway.trusted_proxies)
+    local_addr = (source, 0) if source else None
+    open_now = 0
     folder = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="railyard-gateway-"))
     await asyncio.to_thread(folder.chmod, 0o755)  # the sandbox's user must reach the socket
     path = folder / "gateway.sock"
@@ -419,16 +467,26 @@ async def _gateway_relay(settings: Settings) -> tuple[asyncio.AbstractServer, Pa
             pass
 
     async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(host, port)
-        except OSError:
+        nonlocal open_now
+        if open_now >= RELAY_CONNECTIONS:  # answered and closed at once: nothing of it is held here
+            with contextlib.suppress(OSError):
+                writer.write(RELAY_REFUSED)
             writer.close()
             return
+        open_now += 1
         try:
-            await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+            try:
+                upstream_reader, upstream_writer = await asyncio.open_connection(host, port, local_addr=local_addr)
+            except OSError:
+                writer.close()
+                return
+            try:
+                await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+            finally:
+                writer.close()
+                upstream_writer.close()
         finally:
-            writer.close()
-            upstream_writer.close()
+            open_now -= 1
 
     server = await asyncio.start_unix_server(relay, path=str(path))
     for listening in server.sockets:  # code in the sandbox can connect to it directly: refuse descriptors on it
@@ -478,7 +536,7 @@ async def spawn(spec: SandboxSpec, *, stdin=asyncio.subprocess.PIPE, stdout=asyn
     await asyncio.to_thread(_prepare_workdir, spec.workdir, config)
     relay = None
     if spec.network is Network.GATEWAY_ONLY and config["mechanism"] != "off":
-        relay = await _gateway_relay(settings)
+        relay = await _gateway_relay(settings, spec.source_key)
         config["readonly"].append(str(relay[1]))
         config["gateway"] = {"socket": str(relay[1] / "gateway.sock"), "port": settings.gateway.port}
     verdict, config["verdict_fd"] = os.pipe()  # the launcher's verdict (quota, setup), out of the tenant's reach

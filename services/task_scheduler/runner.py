@@ -233,6 +233,7 @@ def sandbox_spec(plan: RunPlan) -> SandboxSpec:
                       open_files=1024, file_size_bytes=1 << 30, wall_seconds=plan.timeout,
                       disk_bytes=plan.disk_bytes, disk_files=plan.disk_files),
         network=Network.GATEWAY_ONLY,
+        source_key=plan.env.get("ORCH_OWNER_ID", ""),  # the gateway counts an owner's runs as one source
     )
 
 

@@ -1,0 +1,157 @@
+"""A task run's way to the gateway (Network.GATEWAY_ONLY: the sandbox's 127.0.0.1:<gateway port> relayed by a unix
+socket to the gateway, shared/sandbox.py `_gateway_relay`) is the tenant's own: at most RELAY_CONNECTIONS open at
+once, and, on a loopback gateway, from an address of the run owner's own rather than 127.0.0.1.
+
+Before (until 2026-12-05) every relay connected from 127.0.0.1, the address the host's own clients use, and the
+gateway counts connections (256), token requests and failed sign-ins per source address: one tenant's run that held
+300 connections made the gateway answer `503 too many connections` to every other run and every local client (the
+admin's CLI and UI included) for as long as it liked, and one that failed `admin`'s password ten times locked the
+admin's sign-in from the host for 15 minutes. Real sandboxes; a local server stands for the gateway in the first
+two tests, the third runs a real orchestration against a real stack."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import sys
+import textwrap
+
+import httpx
+import pytest
+
+from shared import sandbox
+from shared.sandbox import RELAY_CONNECTIONS, Limits, SandboxSpec, relay_source
+from shared.settings import Settings
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    data = tmp_path / "data"
+    data.mkdir()
+    return Settings(stack={"data_dir": data})
+
+
+def at(settings: Settings, port: int, **gateway) -> Settings:
+    return Settings(stack={"data_dir": settings.stack.data_dir}, gateway={"host": "127.0.0.1", "port": port, **gateway})
+
+
+async def run_with_gateway(settings: Settings, code: str, keys: list[str], **gateway) -> tuple[list, list[str], int]:
+    """Runs `code` in one GATEWAY_ONLY sandbox per source key, one after another, against a server on 127.0.0.1
+    that holds every connection open without answering: (results, the peer address of every connection it saw,
+    the most it held at once)."""
+    peers: list[str] = []
+    held = 0
+    most = 0
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal held, most
+        peers.append(writer.get_extra_info("peername")[0])
+        held += 1
+        most = max(most, held)
+        try:
+            while await reader.read(65536):
+                pass
+        finally:
+            held -= 1
+            writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    results = []
+    try:
+        for number, key in enumerate(keys):
+            results.append(await sandbox.run(SandboxSpec(
+                argv=[sys.executable, "-c", textwrap.dedent(code.replace("PORT", str(port)))],
+                workdir=settings.stack.data_dir / "work" / f"relay-{number}", network=sandbox.Network.GATEWAY_ONLY,
+                source_key=key, limits=Limits(wall_seconds=60, open_files=1024)),
+                settings=at(settings, port, **gateway)))
+    finally:
+        server.close()
+    return results, peers, most
+
+
+def test_a_sandbox_holds_at_most_its_share_of_connections_to_the_gateway(settings):
+    """300 connections opened and held (more than the gateway's 256 per source): the gateway sees RELAY_CONNECTIONS
+    of them at most, and every other is answered 503 by the relay and closed; the ones let through still work."""
+    code = """
+        import socket, time
+        held = [socket.create_connection(("127.0.0.1", PORT), timeout=10) for _ in range(300)]
+        time.sleep(1)
+        refused = 0
+        for sock in held:
+            sock.settimeout(0.05)
+            try:
+                answer = sock.recv(200)
+            except (TimeoutError, socket.timeout):
+                continue
+            except ConnectionResetError:
+                answer = b"reset"
+            refused += answer.startswith(b"HTTP/1.1 503") and b"too many connections from this sandbox" in answer
+        print("refused", refused, flush=True)
+    """
+    results, peers, most = asyncio.run(run_with_gateway(settings, code, ["owner-a"]))
+    assert results[0].returncode == 0, results[0].stderr_tail
+    assert most == RELAY_CONNECTIONS, most
+    assert results[0].stdout == f"refused {300 - RELAY_CONNECTIONS}\n".encode(), results[0].stderr_tail
+
+
+def test_a_run_reaches_a_loopback_gateway_from_its_owners_own_address(settings):
+    """Two runs of one owner come from one address, another owner's from another, none from 127.0.0.0/16 (the
+    host's clients) nor from a trusted proxy's range (where a run could write its own X-Forwarded-For)."""
+    code = """
+        import socket
+        socket.create_connection(("127.0.0.1", PORT), timeout=10).close()
+        print("ok", flush=True)
+    """
+    trusted = relay_source("127.0.0.1", "owner-b", []) + "/32"
+    results, peers, _ = asyncio.run(run_with_gateway(settings, code, ["owner-a", "owner-a", "owner-b"],
+                                                     trusted_proxies=trusted))
+    assert [r.stdout for r in results] == [b"ok\n"] * 3, [r.stderr_tail for r in results]
+    assert len(peers) == 3 and peers[0] == peers[1] != peers[2], peers
+    for peer in peers:
+        address = ipaddress.ip_address(peer)
+        assert address.is_loopback and address not in ipaddress.ip_network("127.0.0.0/16"), peer
+    assert peers[2] != trusted.split("/")[0], (peers, trusted)
+
+
+def test_relay_source_only_on_ipv4_loopback():
+    assert relay_source("10.1.2.3", "owner", []) is None and relay_source("::1", "owner", []) is None
+    assert relay_source("gateway.railyard.svc", "owner", []) is None
+    assert relay_source("localhost", "owner", []) == relay_source("127.0.0.1", "owner", [])
+    assert relay_source("127.0.0.1", "owner", ["127.0.0.0/8"]) is None  # every candidate trusted: the system's choice
+
+
+@pytest.mark.integration
+def test_a_runs_failed_sign_ins_do_not_lock_the_user_out_of_the_host(stack, alice, bob):
+    """bob's run fails alice's password past the lockout (the test stack locks after 5 failures from one address);
+    alice then signs in from the host (127.0.0.1) at once. Before, the run's guesses came from 127.0.0.1 too and
+    alice was locked out there (`account_locked`) for 15 minutes."""
+    from tests.integration.conftest import PASSWORD, TOKEN_PATH
+    from tests.integration.test_orchestrations import ready_orchestration, run_once, wait_run
+
+    secrets = stack.secrets()
+    main = f"""
+import json, os, urllib.error, urllib.parse, urllib.request
+codes = []
+for guess in range(7):
+    form = urllib.parse.urlencode({{"grant_type": "password", "username": {alice.email!r},
+                                   "password": "wrong%d" % guess, "client_id": {secrets["client_id"]!r},
+                                   "client_secret": {secrets["client_secret"]!r}}})
+    try:
+        urllib.request.urlopen(os.environ["RAILYARD_CLIENT_URL"] + {TOKEN_PATH!r}, form.encode(), timeout=60)
+        codes.append(200)
+    except urllib.error.HTTPError as error:
+        codes.append(json.loads(error.read()).get("error"))
+print("codes", codes, flush=True)
+"""
+    orch = ready_orchestration(stack, bob, {"main.py": main})
+    task = run_once(stack, bob, orch)
+    run = wait_run(stack, bob, task, {"success", "failure"}, timeout=180)
+    assert run["status"] == "success", run
+    logs = httpx.post(f"{stack.api}/task/get_logs_for_run", json={"id": run["run_id"]},
+                      headers={"Authorization": f"Bearer {bob.token}"}, timeout=30).text
+    assert "account_locked" in logs, logs  # the guesses were counted and locked alice out at the run's address
+    response = httpx.post(f"{stack.base_url}{TOKEN_PATH}", data={
+        "grant_type": "password", "username": alice.email, "password": PASSWORD,
+        "client_id": secrets["client_id"], "client_secret": secrets["client_secret"]}, timeout=30)
+    assert response.status_code == 200, response.text
