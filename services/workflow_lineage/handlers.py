@@ -357,6 +357,67 @@ def _parquet(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
+def _type_text(t: Any) -> str:
+    """A column type as a user reads it: list<double>, fixed_size_list<double>[29] (no child field names)."""
+    import pyarrow as pa
+
+    if pa.types.is_fixed_size_list(t):
+        return f"fixed_size_list<{_type_text(t.value_type)}>[{t.list_size}]"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return f"{'large_' if pa.types.is_large_list(t) else ''}list<{_type_text(t.value_type)}>"
+    return str(t)
+
+
+def _list_like(t: Any) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def conform_appended(schema: Any, table: Any) -> Any:
+    """The appended rows as the dataset's schema holds them, or a 400 naming each difference.
+
+    The same columns in another order are put in the dataset's order, and a list column in another list layout
+    of the same values (pandas-records JSON makes `fixed_size_list<double>[29]` of the rows a DataFrame sends as
+    `list<double>`, the SDK's and CLI's form) is cast to the dataset's; a fixed-size list takes only lists of its
+    size. Anything else (a missing or extra column, another value type) is refused, naming the columns and both
+    types, not the schemas' metadata."""
+    import pyarrow as pa
+
+    names, sent = list(schema.names), list(table.schema.names)
+    if sent != names:
+        missing = [n for n in names if n not in sent]
+        extra = [n for n in sent if n not in names]
+        if missing or extra or len(set(sent)) != len(sent):
+            parts = ([f"missing {', '.join(map(repr, missing))}"] if missing else []) + \
+                    ([f"unexpected {', '.join(map(repr, extra))}"] if extra else [])
+            raise InvalidRequest("appended rows must have the dataset's schema "
+                                 f"({', '.join(f'{n}: {_type_text(schema.field(n).type)}' for n in names)}): "
+                                 + ("; ".join(parts) or "a column is named twice"))
+        table = table.select(names)
+    columns, wrong = [], []
+    for want in schema:
+        column = table.column(want.name)
+        if not column.type.equals(want.type):
+            if _list_like(column.type) and _list_like(want.type) and column.type.value_type.equals(
+                    want.type.value_type):
+                try:
+                    column = column.cast(want.type)
+                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                    wrong.append(f"{want.name!r} holds lists of other lengths than the dataset's "
+                                 f"{_type_text(want.type)}")
+                    continue
+            else:
+                wrong.append(f"{want.name!r} is {_type_text(column.type)}, the dataset's is "
+                             f"{_type_text(want.type)}")
+                continue
+        columns.append(column)
+    if wrong:
+        raise InvalidRequest("appended rows must have the dataset's schema: " + "; ".join(wrong)
+                             + " (send the values as the dataset holds them, or replace the rows: mode=replace)")
+    return pa.Table.from_arrays(columns, schema=schema.remove_metadata()) if columns else table
+
+
 async def put_rows(deps: Deps, principal: Principal, token: str | None, cmd: PutDatasetRows) -> DatasetInfo:
     """Append to or replace a tabular dataset's rows; the result is stored as Parquet under its hash."""
     row = await _dataset(deps, principal, token, cmd.dataset_id)
@@ -377,10 +438,7 @@ async def put_rows(deps: Deps, principal: Principal, token: str | None, cmd: Put
         if cmd.mode == "append" and row["rows_sha256"]:
             existing = pq.read_table(io.BytesIO(await deps.objects.get_bytes(
                 BUCKET_DATASETS, content_key(row["rows_sha256"]))))
-            if not existing.schema.equals(table.schema):
-                raise InvalidRequest(f"appended rows must have the dataset's schema: {existing.schema.to_string()}"
-                                     .replace("\n", "; "))
-            table = pa.concat_tables([existing, table])
+            table = pa.concat_tables([existing, conform_appended(existing.schema, table)])
         data = await asyncio.to_thread(_parquet, table)
         hold = await store.hold_object(deps.pool, hashlib.sha256(data).hexdigest())  # before it may find the object
         stored = await deps.objects.put_content_addressed(BUCKET_DATASETS, io.BytesIO(data))

@@ -1,0 +1,80 @@
+"""datasets/upload_rows append takes the rows a user has in any of the documented forms (journey, session 28).
+
+The same rows sent as pandas-records JSON (a `fixed_size_list<double>[29]` column, shared/arrow_codec) and by the
+SDK or CLI (a DataFrame's `list<double>`) were two schemas: whichever came first, an append in the other form was a
+400 whose message printed the dataset's schema with its pandas metadata and named no difference. Columns sent in
+another order were refused the same way. Now a list column of another layout of the same values is cast to the
+dataset's, columns are put in its order, and a refusal names the column and both types, changing nothing."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from shared.arrow_codec import to_ipc_file
+from tests.integration.conftest import post
+from tests.integration.test_lineage import ARROW_FILE, ok, upload_rows
+
+pytestmark = pytest.mark.integration
+JSON = "application/json"
+
+
+def _dataset(stack, account) -> int:
+    project = ok(post(stack, "projects/create", account.token, {
+        "workspace_id": account.workspace_id, "name": f"layouts-{uuid.uuid4().hex[:6]}"}))
+    return ok(post(stack, "datasets/create", account.token,
+                   {"project_id": project["id"], "name": "rows", "kind": "tabular"}))["id"]
+
+
+def _records(rows: list[dict]) -> bytes:
+    return json.dumps(rows).encode()
+
+
+def _dataframe(frame: pd.DataFrame) -> bytes:
+    return to_ipc_file(pa.Table.from_pandas(frame, preserve_index=False))  # what Lineage.upload_rows sends
+
+
+def _rows(stack, account, dataset: int) -> list[dict]:
+    return post(stack, "datasets/get_rows", account.token, {"dataset_id": dataset}).json()
+
+
+def test_records_append_to_dataframe_rows_and_the_other_way(stack, alice):
+    first = _dataset(stack, alice)  # the SDK's DataFrame first, records appended
+    ok(upload_rows(stack, alice, first, _dataframe(pd.DataFrame({"tensor": [[0.1] * 29], "label": [0]})),
+                   ARROW_FILE))
+    added = ok(upload_rows(stack, alice, first, _records([{"tensor": [0.5] * 29, "label": 1}]), JSON))
+    assert added["row_count"] == 2
+    second = _dataset(stack, alice)  # records first, the DataFrame appended with its columns in another order
+    ok(upload_rows(stack, alice, second, _records([{"tensor": [0.1] * 29, "label": 0}]), JSON))
+    added = ok(upload_rows(stack, alice, second,
+                           _dataframe(pd.DataFrame({"label": [1], "tensor": [[0.5] * 29]})), ARROW_FILE))
+    assert added["row_count"] == 2
+    for dataset in (first, second):
+        rows = _rows(stack, alice, dataset)
+        assert [r["label"] for r in rows] == [0, 1]
+        assert [r["tensor"] for r in rows] == [[0.1] * 29, [0.5] * 29]
+
+
+def test_a_refused_append_names_the_difference_and_changes_nothing(stack, alice):
+    dataset = _dataset(stack, alice)
+    before = ok(upload_rows(stack, alice, dataset, _records([{"tensor": [0.1] * 29, "label": 0}]), JSON))
+    for body, words in [
+        (_records([{"tensor": [0.1] * 29}]), "missing 'label'"),
+        (_records([{"tensor": [0.1] * 29, "label": 1, "extra": 2}]), "unexpected 'extra'"),
+        (_records([{"tensor": [0.1] * 28, "label": 1}]),
+         "'tensor' holds lists of other lengths than the dataset's fixed_size_list<double>[29]"),
+        (_records([{"tensor": "x", "label": 1}]), "'tensor' is string, the dataset's is fixed_size_list<double>[29]"),
+        (_records([{"tensor": [0.1] * 29, "label": 1.5}]), "'label' is double, the dataset's is int64"),
+    ]:
+        refused = upload_rows(stack, alice, dataset, body, JSON)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["code"] == "invalid_request"
+        message = refused.json()["msg"]
+        assert message.startswith("appended rows must have the dataset's schema") and words in message, message
+        assert "pandas" not in message, message  # the stored schema's metadata is no help to the sender
+    after = ok(post(stack, "datasets/get", alice.token, {"dataset_id": dataset}))
+    assert (after["row_count"], after["rows_sha256"]) == (1, before["rows_sha256"])
