@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -40,17 +41,21 @@ class Client:
     def __init__(self, url: str | None = None, *, username: str | None = None, password: str | None = None,
                  client_id: str | None = None, client_secret: str | None = None, token: str | None = None,
                  workspace: str | int | None = None, credentials_file: str | Path | None = None,
-                 timeout: float | None = 60.0) -> None:
+                 timeout: float | None = 60.0, route_timeouts: Mapping[str, float] | None = None) -> None:
         """Connect and sign in; see the module `railyard_client.session` for where each value comes from.
         `timeout`: seconds a call may wait for its answer (None: no limit; an `httpx.Timeout` is taken as well); a
         deploy, a copy, an undeploy and a deployment's set_model, set_shadow_model and delete wait as long as the
         gateway may take on them at its default settings (315 s for a deploy, 323 s for a copy, 320 s for a model
         swap) when that is longer; with deployer.ready_timeout above ~107 s the gateway waits longer (a deploy
-        behind another of its pipeline may take that): give the client a larger `timeout`.
-        Raises ConfigurationError when nothing says where or who, AuthenticationError on wrong credentials."""
+        behind another of its pipeline may take that): give the client a larger `timeout`, or those routes their
+        own waits with `route_timeouts` (seconds by route, e.g. `{"pipelines/deploy": 900}`; or the variable
+        `RAILYARD_CLIENT_ROUTE_TIMEOUTS=pipelines/deploy=900,pipelines/copy=910`, which the argument's routes
+        override): a route named there waits that long or `timeout`, whichever is longer.
+        Raises ConfigurationError when nothing says where or who, or a route's wait is not a positive number of
+        seconds; AuthenticationError on wrong credentials."""
         self._session = Session(url, username=username, password=password, client_id=client_id,
                                 client_secret=client_secret, token=token, credentials_file=credentials_file,
-                                timeout=timeout)
+                                timeout=timeout, route_timeouts=route_timeouts)
         self._workspace_ref = workspace if workspace is not None else (
             os.environ.get(ENV_WORKSPACE) or self._session.saved_workspace)
         self._workspace: Workspace | None = None

@@ -10,6 +10,12 @@ Credentials are looked up in this order (the first that gives a URL and a way to
 3. the credentials file `railyard login` writes (`RAILYARD_CLIENT_CREDENTIALS`, default
    `$XDG_CONFIG_HOME/railyard/credentials.json`, i.e. `~/.config/railyard/credentials.json`, mode 0600).
 
+How long a call waits: `Client(timeout)` (60 s), and for the gateway's long commands (a deploy, a copy, an undeploy,
+a model swap, a deployment's predict, ...) as long as the gateway may take on them at its default settings
+(`ROUTE_TIMEOUTS`), each of which `Client(route_timeouts={"pipelines/deploy": 900})` or the variable
+`RAILYARD_CLIENT_ROUTE_TIMEOUTS` (`pipelines/deploy=900,pipelines/copy=910`; the argument's routes win) replaces, for
+a server whose gateway waits longer; the CLI reads the variable too.
+
 With only a client id and secret (an inference client of a workspace), the client signs in with the
 client_credentials grant: its tokens may run inferences on that workspace's deployments (`Client.infer`).
 
@@ -40,7 +46,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +116,7 @@ ENV_CLIENT_SECRET = "RAILYARD_CLIENT_SECRET"
 ENV_TOKEN = "RAILYARD_CLIENT_TOKEN"
 ENV_WORKSPACE = "RAILYARD_CLIENT_WORKSPACE"
 ENV_CREDENTIALS = "RAILYARD_CLIENT_CREDENTIALS"
+ENV_ROUTE_TIMEOUTS = "RAILYARD_CLIENT_ROUTE_TIMEOUTS"
 
 # Seconds the gateway may take to answer the deployer's long commands with its default settings
 # (services/gateway/http.py, Route.wait; docs/inference.md "How long the gateway waits"): a deploy 5 + 300 s
@@ -122,13 +129,55 @@ ENV_CREDENTIALS = "RAILYARD_CLIENT_CREDENTIALS"
 # gave up at 80 s, where the gateway may take 313 s). The gateway's other long-running routes (a deployment's
 # predict, predict_bytes, monitor, monitor_bytes and get_stats, an upload from a registry, an interactive assay run, the
 # benchmarks and collect_objects) wait 5 + 300 s (registry.worker_timeout): the client gave up on them at 60 s too.
-# Every other route waits Client(timeout); a larger Client(timeout) wins here too.
+# Every other route waits Client(timeout); a larger Client(timeout) wins here too. A server whose gateway waits longer
+# (a larger deployer.ready_timeout or registry.worker_timeout) is met with Client(route_timeouts=) or
+# RAILYARD_CLIENT_ROUTE_TIMEOUTS (`read_route_timeouts`), which replace these per route.
 _LONG_RUNNING = ("deployments/predict", "deployments/predict_bytes", "deployments/monitor", "deployments/monitor_bytes",
                  "deployments/get_stats", "models/upload_from_registry", "assays/run_interactive",
                  "benchmarks/run_classification", "benchmarks/evaluate_detections", "maintenance/collect_objects")
 ROUTE_TIMEOUTS = {"pipelines/deploy": 315.0, "pipelines/copy": 323.0, "pipelines/undeploy": 35.0,
                   "deployments/set_model": 320.0, "deployments/set_shadow_model": 320.0, "deployments/delete": 320.0,
                   **dict.fromkeys(_LONG_RUNNING, 315.0)}
+
+
+def read_route_timeouts(given: Mapping[str, float] | None = None,
+                        env: Mapping[str, str] | None = None) -> dict[str, float]:
+    """The seconds each route waits at least (`Session.wait_for`): ROUTE_TIMEOUTS, with the routes of
+    RAILYARD_CLIENT_ROUTE_TIMEOUTS (`route=seconds` pairs, comma-separated: `pipelines/deploy=900,pipelines/copy=910`)
+    replaced, then those of `given` (Client(route_timeouts=)). Any POST route of the API may be named (without
+    `/v1/api/`); a value that is not a positive number of seconds is a ConfigurationError naming it."""
+    env = os.environ if env is None else env
+    waits = dict(ROUTE_TIMEOUTS)
+    raw = (env.get(ENV_ROUTE_TIMEOUTS) or "").strip()
+    for pair in filter(None, (part.strip() for part in raw.split(","))):
+        route, equals, seconds = pair.partition("=")
+        if not equals:
+            raise ConfigurationError(f"{ENV_ROUTE_TIMEOUTS}: {pair!r} is not route=seconds (e.g. "
+                                     "pipelines/deploy=900,pipelines/copy=910)")
+        name = _route_name(route, ENV_ROUTE_TIMEOUTS)
+        waits[name] = _seconds(seconds.strip(), f"{ENV_ROUTE_TIMEOUTS}: {name}")
+    for route, seconds in (given or {}).items():
+        waits[_route_name(route, "route_timeouts")] = _seconds(seconds, f"route_timeouts[{route!r}]")
+    return waits
+
+
+def _route_name(route: Any, where: str) -> str:
+    name = route.strip().strip("/") if isinstance(route, str) else ""
+    if name.startswith("v1/api/"):
+        name = name[len("v1/api/"):]
+    if not name:
+        raise ConfigurationError(f"{where}: {route!r} is not a route name (e.g. pipelines/deploy)")
+    return name
+
+
+def _seconds(value: Any, where: str) -> float:
+    try:
+        seconds = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigurationError(f"{where}: {value!r} is not a positive number of seconds")
+    return seconds
 
 
 def credentials_path() -> Path:
@@ -293,8 +342,10 @@ class Session:
 
     def __init__(self, url: str | None = None, *, username: str | None = None, password: str | None = None,
                  client_id: str | None = None, client_secret: str | None = None, token: str | None = None,
-                 credentials_file: str | Path | None = None, timeout: float | httpx.Timeout | None = 60.0) -> None:
+                 credentials_file: str | Path | None = None, timeout: float | httpx.Timeout | None = 60.0,
+                 route_timeouts: Mapping[str, float] | None = None) -> None:
         env = os.environ
+        self.route_timeouts = read_route_timeouts(route_timeouts, env)  # refused before anything is sent
         self.credentials_file = Path(credentials_file).expanduser() if credentials_file else credentials_path()
         saved = self.saved = read_credentials(self.credentials_file)
         url = url or env.get(ENV_URL) or saved.get("url")
@@ -492,8 +543,9 @@ class Session:
 
     def wait_for(self, route: str) -> Any:
         """The timeout of a POST to `route`: Client(timeout) as given (seconds, None for no limit, or an
-        httpx.Timeout), with the read wait raised to ROUTE_TIMEOUTS' for the gateway's long commands."""
-        least = ROUTE_TIMEOUTS.get(route)
+        httpx.Timeout), with the read wait raised to the route's for the gateway's long commands (ROUTE_TIMEOUTS', or
+        the user's: `read_route_timeouts`)."""
+        least = self.route_timeouts.get(route)
         if least is None or self.timeout is None:
             return self.timeout
         if isinstance(self.timeout, httpx.Timeout):

@@ -130,3 +130,46 @@ def test_no_timeout_and_an_httpx_timeout_are_taken_as_before(tmp_path):
     assert (deploy.connect, deploy.read, deploy.write) == (2.0, ROUTE_TIMEOUTS["pipelines/deploy"], 7.0)
     assert Session("http://h:1", token="t", timeout=5.0,
                    credentials_file=tmp_path / "none.json").wait_for("pipelines/undeploy") == 35.0
+
+
+def test_a_user_sets_route_timeouts_by_argument_or_variable(gateway, tmp_path, monkeypatch):
+    """ROUTE_TIMEOUTS were fixed at the gateway's defaults: a server whose gateway waits longer (a larger
+    deployer.ready_timeout) had its clients give up first unless every call got the larger Client(timeout). Now
+    Client(route_timeouts=) and RAILYARD_CLIENT_ROUTE_TIMEOUTS replace a route's wait (the argument's routes over the
+    variable's, both over the defaults), another route included; a wait that is no positive number of seconds is a
+    ConfigurationError before anything is sent."""
+    from railyard_client import Client
+    from railyard_client.errors import ConfigurationError
+    from railyard_client.session import ENV_ROUTE_TIMEOUTS
+
+    monkeypatch.setenv(ENV_ROUTE_TIMEOUTS, " pipelines/deploy=900 , /v1/api/pipelines/list=2.5,")
+    client = Client(gateway, token="t", credentials_file=tmp_path / "none.json", timeout=SLOW / 3,
+                    route_timeouts={"pipelines/copy": 910, "/pipelines/list/": 3})
+    session = client._session
+    sent: list[tuple[str, float]] = []
+    session.http.event_hooks["request"].append(
+        lambda request: sent.append((request.url.path, request.extensions["timeout"]["read"])))
+    assert session.post("pipelines/list", {"workspace_id": 1}) == {"id": 5}  # past timeout: its own wait
+    session.post("pipelines/deploy", {})
+    session.post("pipelines/copy", {})
+    session.post("pipelines/undeploy", {})
+    assert sent == [("/v1/api/pipelines/list", 3.0), ("/v1/api/pipelines/deploy", 900.0),
+                    ("/v1/api/pipelines/copy", 910.0),
+                    ("/v1/api/pipelines/undeploy", ROUTE_TIMEOUTS["pipelines/undeploy"])]
+    assert ROUTE_TIMEOUTS["pipelines/deploy"] == 315.0  # the defaults are not changed for other clients
+    assert Session(gateway, token="t", credentials_file=tmp_path / "none.json",
+                   timeout=1000.0).wait_for("pipelines/deploy") == 1000.0  # a larger timeout still wins
+
+    for variable, message in [("pipelines/deploy", "is not route=seconds"), ("pipelines/deploy=0", "positive"),
+                              ("pipelines/deploy=nan", "positive"), ("pipelines/deploy=ten", "positive"),
+                              ("=5", "is not a route name")]:
+        monkeypatch.setenv(ENV_ROUTE_TIMEOUTS, variable)
+        with pytest.raises(ConfigurationError, match=message) as refused:
+            Session(gateway, token="t", credentials_file=tmp_path / "none.json")
+        assert ENV_ROUTE_TIMEOUTS in str(refused.value)
+    monkeypatch.delenv(ENV_ROUTE_TIMEOUTS)
+    for given in ({"pipelines/deploy": -1}, {"pipelines/deploy": float("inf")}, {"pipelines/deploy": True},
+                  {"pipelines/deploy": "x"}, {7: 10}):
+        with pytest.raises(ConfigurationError, match="route_timeouts"):
+            Client(gateway, token="t", credentials_file=tmp_path / "none.json", route_timeouts=given)
+    assert sent[4:] == []  # nothing sent by the refused ones
