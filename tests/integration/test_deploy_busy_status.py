@@ -1,0 +1,182 @@
+"""A deployment's status while its replica is too busy to answer the deployer's status probe, and the route of a
+deployment with no replica serving, on the real stack (docs/deployment.md, "Replica status"; docs/inference.md).
+
+The probe is answered on the replica's event loop, beside its requests; a replica short of CPU answers it late, past
+the probe's 0.5 s on a loaded machine. A replica held by SIGSTOP is that replica, made certain: alive, subscribed, and
+answering nothing. Before 2026-12-05 its first unanswered probe made the deployment `Starting` (status, the gateway's
+route resolved again for every request, OIP's model ready); now it keeps its last answer until its probes went
+unanswered for backend.SILENT_KEPT_FOR seconds (and SILENT_KEPT_PROBES in a row), then is `Starting` with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import nats
+import psutil
+import pytest
+import requests
+
+from bench import loadgen
+from services.deployer.backend import SILENT_KEPT_FOR
+from shared import subjects
+from tests.integration.conftest import Account, post
+from tests.models import ccfraud_onnx, sample_rows
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+RECORDS = "application/json; format=pandas-records"
+ONE_ROW = json.dumps([{"tensor": sample_rows(1)[0].tolist()}])
+
+
+def _deployed(stack, account: Account, pipeline: str) -> tuple[str, str, dict]:
+    """(deployment name, inference URL, pipelines/deploy body) of `pipeline`: one ccfraud step, one replica."""
+    uploaded = requests.post(f"{stack.api}/models/upload_stream", files={"file": (pipeline, ccfraud_onnx())},
+                             data={"name": pipeline, "workspace_id": account.workspace_id},
+                             headers={"Authorization": f"Bearer {account.token}"}, timeout=60)
+    assert uploaded.status_code == 200, uploaded.text
+    version = post(stack, "pipelines/create", account.token, {
+        "pipeline_id": pipeline, "workspace_id": account.workspace_id,
+        "definition": {"steps": [{"ModelInference": {"models": [{"name": pipeline}]}}]}})
+    assert version.status_code == 200, version.text
+    body = {"deploy_id": pipeline, "pipeline_id": version.json()["pipeline_pk_id"],
+            "pipeline_version_pk_id": version.json()["pipeline_variant_pk_id"]}
+    deployed = post(stack, "pipelines/deploy", account.token, body)
+    assert deployed.status_code == 200, deployed.text
+    url = post(stack, "admin/get_pipeline_external_url", account.token,
+               {"workspace_id": account.workspace_id, "pipeline_name": pipeline}).json()["url"]
+    return f"{pipeline}-{deployed.json()['id']}", url, body
+
+
+def _status(stack, account: Account, name: str) -> dict:
+    response = post(stack, "status/get_deployment", account.token, {"name": name})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _infer(url: str, token: str) -> requests.Response:
+    return requests.post(url, data=ONE_ROW, timeout=60,
+                         headers={"Authorization": f"Bearer {token}", "Content-Type": RECORDS})
+
+
+def _replica_pids(stack, name: str) -> set[int]:
+    """The live engine replica processes of deployment `name` (their spec files are under deployments/<name>/)."""
+    folder = (stack.data_dir / "deployments" / name).resolve()
+    found = set()
+    for process in psutil.process_iter(["cmdline", "status"]):
+        cmdline = process.info["cmdline"] or []
+        if "services.engine.replica" in cmdline and process.info["status"] != psutil.STATUS_ZOMBIE and \
+                Path(cmdline[cmdline.index("services.engine.replica") + 1]).parent == folder:
+            found.add(process.pid)
+    return found
+
+
+def _until(check, what: str, within: float = 60.0):
+    deadline = time.monotonic() + within
+    while not (found := check()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+    return found
+
+
+def test_a_busy_replica_keeps_its_deployment_running(stack, alice):
+    name, url, _ = _deployed(stack, alice, "busystatus")
+    assert _status(stack, alice, name)["status"] == "Running"
+    [pid] = _replica_pids(stack, name)
+
+    # serving a saturating load (bounded: 3 s, loopback) while the status is read: Running throughout
+    request = loadgen.build_request(url, ONE_ROW.encode(), {"Authorization": f"Bearer {alice.token}",
+                                                             "Content-Type": RECORDS})
+
+    async def loaded() -> list[str]:
+        load = asyncio.create_task(loadgen.concurrent(url, request, 8, 3.0, max_requests=20_000))
+        seen = []
+        while not load.done():
+            seen.append((await asyncio.to_thread(_status, stack, alice, name))["status"])
+        assert await load > 0
+        return seen
+
+    seen = asyncio.run(loaded())
+    assert seen and set(seen) == {"Running"}, seen
+
+    # answering nothing at all (held): its probes time out, and it is kept Running until SILENT_KEPT_FOR
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        held_at = time.monotonic()
+        kept = []
+        while time.monotonic() - held_at < SILENT_KEPT_FOR / 2:
+            status = _status(stack, alice, name)
+            if time.monotonic() - held_at < SILENT_KEPT_FOR:  # answered within the bound (the probes came later)
+                kept.append(status)
+        assert len(kept) >= 3, kept  # each waited out a probe of 0.5 s
+        assert all(s["status"] == "Running" and s["engines"][0]["status"] == "Running" for s in kept), kept
+        assert kept[-1]["engines"][0]["model_statuses"]["models"][0]["name"] == "busystatus", kept[-1]
+        # silent past the bound: Starting, and the status says why
+        starting = _until(lambda: (s := _status(stack, alice, name))["status"] == "Starting" and s,
+                          "still Running long after its probes stopped being answered")
+        assert "answered no status probe" in " ".join(starting["details"]), starting
+        assert starting["engines"][0]["pid"] == pid  # the same replica, not replaced: it is alive
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    _until(lambda: _status(stack, alice, name)["status"] == "Running", "not Running once it answers again")
+    assert _infer(url, alice.token).status_code == 200
+    assert _replica_pids(stack, name) == {pid}
+
+
+def test_an_inference_on_a_starting_deployment_resolves_its_route_once(stack, alice):
+    """No replica serving (the one replica killed, its replacement held before it subscribes): the gateway's route
+    says Starting, and each request to it is resolved once (it was twice: the route, then again once the engine's
+    queue had no responder), answered 503 'starting' with Retry-After."""
+    name, url, _ = _deployed(stack, alice, "startingroute")
+    assert _infer(url, alice.token).status_code == 200  # the gateway caches its route, Running
+    [killed] = _replica_pids(stack, name)
+    os.kill(killed, signal.SIGKILL)
+    held = None
+    try:
+        deadline = time.monotonic() + 60
+        while held is None:  # the supervisor's replacement, held while it imports (long before it subscribes)
+            assert time.monotonic() < deadline, "the killed replica was not replaced"
+            fresh = _replica_pids(stack, name) - {killed}
+            if fresh:
+                held = fresh.pop()
+                os.kill(held, signal.SIGSTOP)
+        engines = _status(stack, alice, name)["engines"]
+        assert [e["status"] for e in engines] == ["Starting"], engines  # it never answered: not subscribed
+
+        first = _infer(url, alice.token)  # the cached Running route: no responder, the deployer asked, Starting
+        assert first.status_code == 503, first.text
+        time.sleep(1.0)  # a background refresh of the route that request may have started ends
+
+        async def resolves_of_one_request() -> tuple[requests.Response, int]:
+            nc = await nats.connect(stack.nats_url("ops"))
+            try:
+                seen = []
+
+                async def count(msg) -> None:
+                    seen.append(msg.data)
+
+                subscription = await nc.subscribe(subjects.DEPLOYER_DEPLOYMENTS_RESOLVE, cb=count)
+                await nc.flush()
+                answer = await asyncio.to_thread(_infer, url, alice.token)
+                await nc.flush()
+                await asyncio.sleep(0.5)  # a resolve's copy still on its way here
+                await subscription.unsubscribe()
+                return answer, sum(name.encode() in data for data in seen)
+            finally:
+                await nc.close()
+
+        answer, resolves = asyncio.run(resolves_of_one_request())
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["msg"] == f"deployment {name!r} is starting; retry shortly", answer.text
+        assert answer.headers.get("Retry-After") == "1", answer.headers
+        assert resolves == 1, resolves
+    finally:
+        if held is not None:
+            os.kill(held, signal.SIGCONT)
+    _until(lambda: _status(stack, alice, name)["status"] == "Running", "the replacement never served")
+    _until(lambda: _infer(url, alice.token).status_code == 200, "the gateway did not send to the replacement")
