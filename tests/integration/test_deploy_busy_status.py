@@ -1,5 +1,6 @@
 """A deployment's status while its replica is too busy to answer the deployer's status probe, and the route of a
-deployment with no replica serving, on the real stack (docs/deployment.md, "Replica status"; docs/inference.md).
+deployment with no replica serving, on the real stack (docs/deployment.md, "Replica status: busy is not starting";
+docs/inference.md, "Deployments").
 
 The probe is answered on the replica's event loop, beside its requests; a replica short of CPU answers it late, past
 the probe's 0.5 s on a loaded machine. A replica held by SIGSTOP is that replica, made certain: alive, subscribed, and
