@@ -3,6 +3,7 @@ the inference and log APIs (Arrow IPC, pandas-records JSON, Open Inference Proto
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import re
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from railyard_client._lazy import np, pa, pd, pq
-from railyard_client.errors import InvalidInput
+from railyard_client.errors import InvalidInput, InvalidRequest
 
 ARROW_FILE = "application/vnd.apache.arrow.file"
 RECORDS = "application/json; format=pandas-records"
@@ -616,3 +617,88 @@ def oip_outputs(answer: dict[str, Any]) -> dict[str, np.ndarray]:
     """The outputs of an Open Inference Protocol v2 answer as numpy arrays of their shapes."""
     return {out["name"]: np.asarray(out["data"], dtype=NUMPY_DTYPES.get(out["datatype"], "float64"))
             .reshape(out["shape"]) for out in answer.get("outputs", [])}
+
+
+# the API's refusals of a column holding nulls or NaN/infinity (services/engine/runtimes.py: column_to_tensor,
+# tensor_parts, OnnxRuntime.predict, _check_integers), which name the column only
+_MISSING = re.compile(r"""column ('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"): """
+                      r"(null values|null tensor|NaN or infinite values)")
+SHOWN_ROWS = 5  # rows named in an explained refusal; the count says how many more
+
+
+def explain_missing(refused: InvalidRequest, table: pa.Table, index: Any = None) -> InvalidRequest:
+    """The API's 400 for a column holding nulls or NaN ("column 'tensor': null values"), with which rows of the rows
+    sent hold them and what to do; `index` the DataFrame's index they came from (its labels named too). A DataFrame's
+    NaN (and None) is pandas' missing value, which pyarrow's conversion sends as an Arrow null, so a frame with NaN
+    got "null values", naming neither the rows nor NaN. `refused` itself when the message is not one of those, or
+    names a column the rows sent do not hold (an earlier step's output) or hold nothing missing in."""
+    found = _MISSING.search(refused.message)
+    if found is None:
+        return refused
+    try:
+        name = ast.literal_eval(found.group(1))
+    except (ValueError, SyntaxError):
+        return refused
+    if name not in table.column_names:
+        return refused
+    nan = found.group(2).startswith("NaN")
+    column = table.column(name)
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    rows, nested = _rows_missing(array, nan)
+    if not len(rows):
+        return refused
+    shown = [int(row) for row in rows[:SHOWN_ROWS]]
+    words = ", ".join(map(str, shown[:-1])) + (" and " if len(shown) > 1 else "") + str(shown[-1])
+    where = f"row{'s' if len(rows) > 1 else ''} {words}"
+    if index is not None:
+        labels = [_plain(index[row]) for row in shown]
+        where += f" (index {', '.join(map(str, labels))})"
+    if len(rows) > SHOWN_ROWS:
+        where += f" and {len(rows) - SHOWN_ROWS} more"
+    what = "NaN or infinity" if nan else (
+        "a missing value (NaN or None, which pyarrow sends as null)" if index is not None else "a null")
+    inside = " inside the tensor" if nested else ""
+    them, those_rows = ("it", "that row") if len(rows) == 1 else ("them", "those rows")
+    if index is not None and not nested:
+        todo = f"fill {them} (frame.fillna(...)) or drop {those_rows} (frame.dropna())"
+    elif index is not None:
+        todo = (f"replace {them} in the tensors (e.g. numpy.nan_to_num) or drop {those_rows} "
+                f"(frame.drop(index=[{', '.join(map(repr, labels))}{', ...' if len(rows) > SHOWN_ROWS else ''}]))")
+    else:
+        todo = f"replace {them} or leave {those_rows} out (the model takes no missing values)"
+    message = (f"{refused.message}: {where} of column {name!r} hold{'s' if len(rows) == 1 else ''} {what}{inside};"
+               f" {todo}, then infer again")
+    return type(refused)(refused.status, refused.code, message)
+
+
+def _plain(label: Any) -> Any:
+    """An index label as Python has it (numpy's 11, not np.int64(11), in what a user copies)."""
+    return label.item() if isinstance(label, np.generic) else label
+
+
+def _rows_missing(array: pa.Array, nan: bool) -> tuple[np.ndarray, bool]:
+    """The positions of the rows of `array` holding a null (`nan`: a NaN or infinity) at any depth of their (nested
+    list) tensors, in order, and whether any was below the top level."""
+    import pyarrow.compute as pc
+
+    owners = np.arange(len(array))  # the row each value of this level belongs to
+    found = np.zeros(len(array), dtype=bool)
+    nested = False
+    depth = 0
+    while True:
+        if nan and pa.types.is_floating(array.type):
+            values = array.to_numpy(zero_copy_only=False)
+            hit = ~np.isfinite(values) & ~array.is_null().to_numpy(zero_copy_only=False)
+        elif nan:
+            hit = np.zeros(len(array), dtype=bool)
+        else:
+            hit = array.is_null().to_numpy(zero_copy_only=False)
+        if hit.any():
+            found[owners[hit]] = True
+            nested = nested or depth > 0
+        if not (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)
+                or pa.types.is_fixed_size_list(array.type)):
+            return np.flatnonzero(found), nested
+        owners = owners[pc.list_parent_indices(array).to_numpy(zero_copy_only=False)]
+        array = array.flatten()
+        depth += 1

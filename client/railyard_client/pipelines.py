@@ -11,7 +11,7 @@ from typing import Any
 from railyard_client import data
 from railyard_client._lazy import is_dataframe, np, pa, pd
 from railyard_client.assays import Assay, assay_config
-from railyard_client.errors import DeploymentFailed, InvalidInput, NotFound, Unavailable, WaitTimeout
+from railyard_client.errors import DeploymentFailed, InvalidInput, InvalidRequest, NotFound, Unavailable, WaitTimeout
 from railyard_client.models import Model, ModelVersion
 from railyard_client.monitoring import DeploymentManagement
 from railyard_client.monitoring_continuous import DeploymentContinuous
@@ -82,8 +82,14 @@ def infer_at(session: Session, deployment: str, pipeline: str, data_in: InferInp
         raise InvalidInput(f"cannot infer from {type(data_in).__name__}: give a DataFrame, an Arrow table, a file "
                            "path or a list of row objects")
     data.refuse_no_rows(table)  # a table of 0 rows: the API's no-rows 400, said before sending
-    response = _send_retrying(session, path, {"content": data.to_ipc_file(table), "headers": {
-        "Content-Type": data.ARROW_FILE, "Accept": data.ARROW_FILE}}, timeout)
+    try:
+        response = _send_retrying(session, path, {"content": data.to_ipc_file(table), "headers": {
+            "Content-Type": data.ARROW_FILE, "Accept": data.ARROW_FILE}}, timeout)
+    except InvalidRequest as exc:
+        explained = data.explain_missing(exc, table, data_in.index if as_frame else None)
+        if explained is exc:
+            raise
+        raise explained from None
     result = data.from_ipc(response.content)
     return data.to_frame(result) if as_frame else result
 
@@ -355,7 +361,9 @@ class Pipeline(Resource):
         the same rows, so they are logged with its rows in one schema (a log page ends where the schema changes);
         Arrow goes as it is (the engine makes a list column of one shape fixed-size too). Rows of none (`[]`,
         `{}`, `[{}]`, a DataFrame, table or file of 0 rows) are InvalidInput before anything is sent (the API's
-        no-rows 400)."""
+        no-rows 400). A DataFrame's NaN and None go as Arrow nulls (pyarrow's conversion): a model that takes no
+        missing values answers its 400 ("column 'x': null values"), to which the SDK adds the rows (and index labels)
+        that hold them and what to do."""
         return infer_at(self._session, self.deployment().name, self.name, data_in, timeout=timeout)
 
     def infer_v2(self, inputs: dict[str, Any] | pd.DataFrame, *, timeout: float = 60.0) -> dict[str, np.ndarray]:

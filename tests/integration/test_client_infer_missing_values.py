@@ -1,0 +1,48 @@
+"""A DataFrame holding NaN (pandas' missing value) sent to a model that takes no missing values: pyarrow's
+conversion (pa.Table.from_pandas) carries each NaN as an Arrow null, and the API refused the rows with "column
+'tensor': null values" (a NaN nobody sent as null, no row, nothing to do). The SDK now adds to the API's 400 which
+rows of the column hold them and what to do (client/railyard_client/pipelines.py, _explain_missing); what the API
+refuses is unchanged (a Python step, which gets the rows as a DataFrame, takes them)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+from railyard_client.errors import InvalidInput, InvalidRequest
+
+from tests.integration.conftest import sdk_client
+from tests.models import ccfraud_onnx
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_apis_refusal_of_missing_values_names_the_rows_and_what_to_do(stack, alice):
+    client = sdk_client(stack, alice)
+    try:
+        workspace = client.current_workspace()
+        version = workspace.upload_model("ccfraud", ccfraud_onnx())
+        pipeline = workspace.build_pipeline("holes").add_model_step(version).deploy()
+        good = [0.1] * 29
+        frame = pd.DataFrame({"tensor": [good, good[:5] + [math.nan] + good[6:], good, good[:-1] + [math.nan]]},
+                             index=[10, 11, 12, 13])
+        with pytest.raises(InvalidRequest) as refused:
+            pipeline.infer(frame)
+        message = str(refused.value)
+        assert not isinstance(refused.value, InvalidInput)  # the API's refusal (sent), not the SDK's own
+        assert refused.value.status == 400 and refused.value.code == "invalid_request", message
+        assert "column 'tensor': null values" in message, message  # the API's words, kept
+        assert "rows 1 and 3 (index 11, 13)" in message, message
+        assert "inside the tensor" in message and "frame.drop(index=[11, 13])" in message, message
+        # an Arrow table holding NaN (a value, not a null): the API's NaN refusal, its rows named
+        table = pa.table({"tensor": pa.array([good, good[:-1] + [math.inf]], pa.list_(pa.float64(), 29))})
+        with pytest.raises(InvalidRequest) as refused:
+            pipeline.infer(table)
+        message = str(refused.value)
+        assert "column 'tensor': NaN or infinite values" in message and "row 1" in message, message
+        assert len(pipeline.infer(frame.iloc[[0, 2]])) == 2  # the other rows are taken
+        pipeline.undeploy()
+    finally:
+        client.close()
