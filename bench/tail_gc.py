@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -108,16 +109,19 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="railyard-gc-"))
     folder.chmod(0o777)
     env = [*args.env, f"PYTHONPATH={SITE}", f"RAILYARD_BENCH_GC={folder}"]
-    with quiet_group(args.shares) if args.shares else contextlib.nullcontext():
-        with ccfraud_stack("railyard-tailgc-", env) as (_, deployer):
-            targets = deployer.targets(deployer.deploy("tail-0", ["ccfraud"], json.loads(args.config)))
-            samples: dict[str, list[tuple[float, float]]] = {form: [] for form in args.forms.split(",")}
-            for form in samples:
-                uvloop.run(timed(targets[form].url, targets[form].one, 300))
-            for _ in range(args.rounds):
+    try:
+        with quiet_group(args.shares) if args.shares else contextlib.nullcontext():
+            with ccfraud_stack("railyard-tailgc-", env) as (_, deployer):
+                targets = deployer.targets(deployer.deploy("tail-0", ["ccfraud"], json.loads(args.config)))
+                samples: dict[str, list[tuple[float, float]]] = {form: [] for form in args.forms.split(",")}
                 for form in samples:
-                    samples[form] += uvloop.run(timed(targets[form].url, targets[form].one, args.count))
-            collections = read_collections(folder)
+                    uvloop.run(timed(targets[form].url, targets[form].one, 300))
+                for _ in range(args.rounds):
+                    for form in samples:
+                        samples[form] += uvloop.run(timed(targets[form].url, targets[form].one, args.count))
+                collections = read_collections(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     print(f"processes traced: {sorted(collections)}")
     for form, run in samples.items():
         report(form, run, collections)
