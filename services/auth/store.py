@@ -212,7 +212,7 @@ async def _require_member(conn: asyncpg.Connection, member: uuid.UUID | None, wo
 
 
 async def _workspaces_of(conn: asyncpg.Connection, user_id: uuid.UUID | None) -> list[int] | None:
-    """The workspaces `user_id` is a member of (None for None): _user_filters' co-member filter names them."""
+    """The workspaces `user_id` is a member of (None for None): _users_source's co-member filter names them."""
     if user_id is None:
         return None
     return await conn.fetchval(
@@ -225,47 +225,89 @@ async def _users_read(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
     them are of one moment, planning each statement for its own parameters' values (plan_cache_mode): the text is
     one for every workspace set (one prepared statement a connection), and a generic plan, which the server may keep
     for a prepared statement after 5 runs and which knows no parameter's value, never runs (docs/performance.md item
-    71: beside one large workspace it read every user)."""
+    71: beside one large workspace it read every user). No bitmap scans: every range these statements read is wanted
+    in its index's order (_users_source), and a bitmap scan reads a range whole to sort it; a caller's workspaces,
+    estimated from the column's average (a parameter of a LATERAL), were each read whole that way for a first page
+    (item 74)."""
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL enable_bitmapscan = off")
         yield conn
 
 
-def _user_filters(ids: list[uuid.UUID] | None, workspace_id: int | None, co_members_of: uuid.UUID | None,
-                  co_workspaces: list[int] | None, after: tuple[datetime, uuid.UUID] | None, args: list[Any]) -> str:
-    """The WHERE of list_users and users_answer_size (its parameters appended to `args`): only the filters asked for,
-    each as `u.id IN (...)`, which PostgreSQL joins from the small side (a workspace's members, the caller's
-    co-members: the members of `co_workspaces`) or probes by index a row at a time (a page). A caller in no
-    workspace (`co_workspaces` empty) is their own only co-member."""
+_USER_OF_M = f"CROSS JOIN LATERAL (SELECT {LISTED_COLUMNS} FROM users u WHERE u.id = m.user_id OFFSET 0) u"
+"""The user of a member `m` by primary key: as a join the planner may instead hash every user when it estimates more
+members than a page (the caller's workspaces' ranges, estimated from the column's average: item 71's whole read)."""
+
+
+def _users_source(ids: list[uuid.UUID] | None, workspace_id: int | None, co_members_of: uuid.UUID | None,
+                  co_workspaces: list[int] | None, after: tuple[datetime, uuid.UUID] | None, limit: int | None,
+                  args: list[Any]) -> tuple[str, str]:
+    """The FROM and WHERE of list_users and users_answer_size (its parameters appended to `args`), and the columns
+    their order (created_at, id) is read in: only the filters asked for. The rows are driven from one index range
+    chosen here, not by the planner from the statistics, and every other filter is a probe of the row read, so no
+    plan reads more than the driving range and a look-up per row whatever the statistics say (docs/performance.md
+    item 74: a workspace filled since the last ANALYZE, estimated at one member, had every page after the first
+    rescan its members for each user read, 0.3-2.5 s a page of 13,000):
+    - ids: those users by primary key (at most as many as asked);
+    - a workspace: its members in the users' order (workspace_members_users_order, migration 016), each user by
+      primary key; a page is the members after the cursor, `limit` at most;
+    - the caller's co-members (the members of `co_workspaces`, the caller's workspaces read first, themself among
+      them): each workspace's members after the cursor in that order, `limit` at most of each, merged and deduplicated
+      (a user in two of them once); a caller in no workspace (`co_workspaces` empty) is their own only co-member;
+    - none: users_created (migration 015) from the cursor.
+    A member's user is read by primary key (_USER_OF_M) and a probe is `EXISTS (... OFFSET 0)`: the OFFSET keeps
+    PostgreSQL from making either a join the planner orders from its estimates (one from stale statistics was the
+    quadratic plan); each stays a look-up per row. Parameters are planned for their values (_users_read's
+    plan_cache_mode), and the text does not change with the workspaces (one prepared statement a connection,
+    item 71)."""
     where: list[str] = []
 
     def arg(value: Any) -> str:
         args.append(value)
         return f"${len(args)}"
 
-    if ids is not None:
-        where.append(f"u.id = ANY({arg(ids)}::uuid[])")
-    # Workspace ids are parameters planned for their values (_users_read's plan_cache_mode), so each is estimated from
-    # its own statistics (docs/performance.md item 71) and the text does not change with them.
-    if workspace_id is not None:
-        where.append(f"u.id IN (SELECT m.user_id FROM workspace_members m WHERE m.workspace_id = {arg(workspace_id)}"
-                     "::bigint)")
-    if co_workspaces:
-        # the caller's workspaces as values, not a join of workspace_members with itself: the planner estimates such a
-        # join from the whole column's statistics, so beside one large workspace every caller's co-members were
-        # estimated as nearly its size, and a user of a small workspace had every user read (a hash join over all
-        # users; for a page, users in order until the few matched: item 71). Values are each estimated from that
-        # workspace's own statistics.
-        # No `UNION ALL SELECT <the caller>`: the planner cannot probe an Append holding a constant by index, so for a
-        # page (a cursor: its estimate is one row) it hashed the whole set and scanned it again for every user it
-        # read (1.3-4.3 s a page of 13,000 members, item 56)
-        where.append(f"u.id IN (SELECT m.user_id FROM workspace_members m"
-                     f" WHERE m.workspace_id = ANY({arg(sorted(co_workspaces))}::bigint[]))")
-    elif co_workspaces is not None:  # in no workspace: themself only
-        where.append(f"u.id = {arg(co_members_of)}::uuid")
-    if after is not None:
-        where.append(f"(u.created_at, u.id) > ({arg(after[0])}::timestamptz, {arg(after[1])}::uuid)")
-    return " WHERE " + " AND ".join(where) if where else ""
+    def cursor(created_at: str, id_: str) -> None:
+        if after is not None:
+            where.append(f"({created_at}, {id_}) > ({arg(after[0])}::timestamptz, {arg(after[1])}::uuid)")
+
+    def member_of(workspaces: str) -> str:
+        return (f"EXISTS (SELECT FROM workspace_members p WHERE p.workspace_id {workspaces} AND p.user_id = u.id"
+                " OFFSET 0)")
+
+    def co_members() -> None:
+        if co_workspaces:
+            where.append(member_of(f"= ANY({arg(sorted(co_workspaces))}::bigint[])"))
+        elif co_workspaces is not None:  # in no workspace: themself only
+            where.append(f"u.id = {arg(co_members_of)}::uuid")
+
+    order = "u.created_at, u.id"
+    if ids is not None or (workspace_id is None and not co_workspaces):
+        source = "users u"
+        if ids is not None:
+            where.append(f"u.id = ANY({arg(ids)}::uuid[])")
+        if workspace_id is not None:
+            where.append(member_of(f"= {arg(workspace_id)}::bigint"))
+        co_members()
+        cursor("u.created_at", "u.id")
+    elif workspace_id is not None:
+        source = f"workspace_members m {_USER_OF_M}"
+        order = "m.user_created_at, m.user_id"
+        where.append(f"m.workspace_id = {arg(workspace_id)}::bigint")
+        cursor("m.user_created_at", "m.user_id")
+        co_members()
+    else:
+        # each of the caller's workspaces a range of its own (LATERAL), at most `limit` (NULL: all) each
+        workspaces = arg(sorted(co_workspaces))
+        after_term = ""
+        if after is not None:
+            after_term = (f" AND (k.user_created_at, k.user_id) > ({arg(after[0])}::timestamptz,"
+                          f" {arg(after[1])}::uuid)")
+        source = ("(SELECT DISTINCT r.user_created_at, r.user_id"
+                  f" FROM unnest({workspaces}::bigint[]) w (id) CROSS JOIN LATERAL (SELECT k.user_created_at, k.user_id"
+                  f" FROM workspace_members k WHERE k.workspace_id = w.id{after_term}"
+                  f" ORDER BY k.user_created_at, k.user_id LIMIT {arg(limit)}::bigint) r) m {_USER_OF_M}")
+        order = "m.user_created_at, m.user_id"
+    return source + (" WHERE " + " AND ".join(where) if where else ""), order
 
 
 async def list_users(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspace_id: int | None,
@@ -275,23 +317,22 @@ async def list_users(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspa
     to users sharing a workspace with that user (themself among them; only themself when in no workspace); those
     after `after` (a page's cursor: created_at, id), `limit` at most (None: all).
 
-    Only the filters asked for are in the query (_user_filters). As `($n IS NULL OR EXISTS (...))` they could not
+    Only the filters asked for are in the query (_users_source). As `($n IS NULL OR EXISTS (...))` they could not
     be joined: every user was read and each filtered by a hashed subplan, and with users (created_at, id)
     (migration 015) the planner did that in index order for a page: a user's users/query on 200,000 users read all
-    of them, 200-640 ms, where this reads the caller's few: 0.2-7 ms (docs/performance.md item 55). The caller's
-    workspaces are read first (_workspaces_of), in the same snapshot as the users (_users_read), and passed as an
-    array the planner estimates each from its own statistics (item 71). With `member`, NotMember unless that user is a
-    member of `workspace_id`, checked in the same snapshot (a check of its own before, a caller removed between the
-    two was listed the workspace's users)."""
+    of them, 200-640 ms, where this reads the caller's few: 0.2-7 ms (docs/performance.md item 55); a page is now an
+    index range whatever the statistics (item 74). The caller's workspaces are read first (_workspaces_of), in the
+    same snapshot as the users (_users_read), and passed as an array (item 71). With `member`, NotMember unless that
+    user is a member of `workspace_id`, checked in the same snapshot (a check of its own before, a caller removed
+    between the two was listed the workspace's users)."""
     async with _users_read(pool) as conn:
         await _require_member(conn, member, workspace_id)
         args: list[Any] = []
-        where = _user_filters(ids, workspace_id, co_members_of, await _workspaces_of(conn, co_members_of), after,
-                              args)
+        source, order = _users_source(ids, workspace_id, co_members_of, await _workspaces_of(conn, co_members_of),
+                                      after, limit, args)
         args.append(limit)
         return await conn.fetch(
-            f"SELECT {LISTED_COLUMNS} FROM users u{where} ORDER BY u.created_at, u.id LIMIT ${len(args)}::bigint",
-            *args)
+            f"SELECT {LISTED_COLUMNS} FROM {source} ORDER BY {order} LIMIT ${len(args)}::bigint", *args)
 
 
 async def users_answer_size(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, workspace_id: int | None,
@@ -304,12 +345,12 @@ async def users_answer_size(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, 
     async with _users_read(pool) as conn:
         await _require_member(conn, member, workspace_id)
         args: list[Any] = []
-        where = _user_filters(ids, workspace_id, co_members_of, await _workspaces_of(conn, co_members_of), after,
-                              args)
+        source, _ = _users_source(ids, workspace_id, co_members_of, await _workspaces_of(conn, co_members_of), after,
+                                  None, args)
         args.append(per_email)
         row = await conn.fetchrow(
             "SELECT count(*) AS users, coalesce(sum(octet_length(u.username)"
-            f" + coalesce(octet_length(u.email) + ${len(args)}::int, 0)), 0) AS text_bytes FROM users u{where}", *args)
+            f" + coalesce(octet_length(u.email) + ${len(args)}::int, 0)), 0) AS text_bytes FROM {source}", *args)
     return row["users"], row["text_bytes"]
 
 

@@ -249,7 +249,7 @@ async def test_a_users_query_reads_the_users_it_answers(stack, alice, asked):
             await conn.execute("DEALLOCATE listing")
     finally:
         await conn.close()
-    assert recorder.settings == ["SET LOCAL plan_cache_mode = force_custom_plan"]
+    assert recorder.settings == ["SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL enable_bitmapscan = off"]
     assert {r["id"] for r in answered} <= members and len(answered) == min(len(members), asked.get("limit", 10**6))
     for plan in (custom, sixth):
         plan = json.loads(plan) if isinstance(plan, str) else plan
