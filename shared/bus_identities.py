@@ -34,6 +34,7 @@ ENGINE = "engine"
 CLIENT = "client"
 BOOTSTRAP = "bootstrap"
 OPS = "ops"
+REPLY_INBOXES = "_INBOX.>"  # where services answer: the callers' inboxes (inbox_prefix), never another subject
 
 
 @cache
@@ -64,12 +65,18 @@ def permissions(identity: str) -> dict[str, Any]:
     spec, common = document["services"][identity], document["every_service"]
     # the gateway forwards outside callers' requests: it gets the same token-checked commands as `client`
     front_door = document["clients"][CLIENT]["publish"] if spec.get("front_door") else []
+    # it answers the requests it receives on their callers' inboxes (every identity's is `_INBOX.<identity>`), and
+    # nowhere else: NATS's `allow_responses` lets a responder publish to whatever reply subject a request names, so
+    # with it anyone who may send one command (the `client` identity) had every service publish its answer on any
+    # subject of their choosing, the JetStream API, `events.>` and `logs.inference.>` (captured by the streams) and
+    # other services' commands included (tests/integration/test_bus_reply_subjects.py)
     return {
-        "publish": {"allow": [*common["publish"], *jetstream_api(identity), *spec.get("publish", []), *front_door],
+        "publish": {"allow": [*common["publish"], *jetstream_api(identity), *spec.get("publish", []), *front_door,
+                              REPLY_INBOXES],
                     "deny": list(spec.get("publish_deny", []))},
         "subscribe": {"allow": [f"{identity}.>", f"{inbox_prefix(identity)}.>", *common["subscribe"],
                                 *spec.get("subscribe", [])]},
-        "allow_responses": True,  # answer the requests it receives, on whatever inbox they name
+        "allow_responses": False,
     }
 
 

@@ -1,0 +1,51 @@
+"""A service answers a request on its caller's inbox and nowhere else (shared/bus_identities.py: services may publish
+`_INBOX.>`, no `allow_responses`). With NATS's `allow_responses` a responder may publish to whatever reply subject a
+request names, so until 2026-12-05 anyone holding the `client` identity, which may publish the token-checked commands
+only, had any service publish its answer (an error about the missing token is enough) wherever they chose: on
+`logs.inference.>` and `events.>` (kept by the INFERENCE_LOGS and EVENTS streams, whose consumers then read it, and
+whose byte limits refuse new messages once full), on another service's command subject, on the JetStream API. Real
+NATS with the stack's rendered permissions; the `ops` identity listens on every such subject."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+import pytest
+
+from shared import subjects
+
+pytestmark = pytest.mark.integration
+
+# none in the publish list of the services answering below (registry, auth, deployer): a service may still publish
+# its own subjects, so an answer sent to one of those (the registry's on `events.model.x`) is refused by the command
+# subscriber's own check of the reply subject, not by NATS (shared/bus.py)
+TARGETS = ("logs.inference.audit-reply", "events.assay.audit_reply", subjects.AUTH_USERS_INVITE,
+           subjects.AUTH_TOKEN_ISSUE_TASK, "$JS.API.CONSUMER.INFO.EVENTS.audit-reply", "$JS.API.STREAM.PURGE.EVENTS")
+
+
+async def test_a_command_answers_on_its_callers_inbox_only(stack):
+    ops = await nats.connect(stack.nats_url("ops"))
+    client = await nats.connect(stack.nats_url("client"), inbox_prefix="_INBOX.client")
+    seen: list[str] = []
+
+    async def heard(message) -> None:
+        seen.append(message.subject)
+
+    try:
+        for target in TARGETS:
+            await ops.subscribe(target, cb=heard)
+        await ops.flush()
+        for command in (subjects.REGISTRY_MODELS_LIST, subjects.AUTH_USERS_QUERY, subjects.DEPLOYER_PIPELINES_LIST):
+            for target in TARGETS:
+                await client.publish(command, b"{}", reply=target)
+            await client.flush()
+            # the same command on the caller's own inbox is answered (a refusal: no token), so the services got the
+            # requests above and had their answers to give
+            answer = await client.request(command, b"{}", timeout=10)
+            assert answer.data, command
+        await asyncio.sleep(1.0)  # what a service published elsewhere would have reached ops by now
+        assert seen == [], seen
+    finally:
+        await client.close()
+        await ops.close()
