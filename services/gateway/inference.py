@@ -175,13 +175,16 @@ class RouteCache:
             reply = await _ask_engine(runtime, name, to_ipc_stream(table))
             raise_for_error_header(reply.headers)
             return dict(reply.headers or {}), from_ipc(reply.data)
-        except Unavailable:
+        except Unavailable as exc:
             # a Running route may be the cache's (up to ROUTE_MAX_AGE old): what the deployer says now (NotFound
             # when it is gone). Any other was resolved for this very request (`route` resolves a route not Running
             # every time), so it is the deployer's word already: asked again, a request to a starting deployment
-            # cost two resolves, each probing every replica
+            # cost two resolves, each probing every replica. Its word answers a request no replica took; a
+            # replica's own 503 (or the bus down) keeps its words
             if route.status == "Running":
                 route = await self._resolve(runtime, name, token)
+            elif not isinstance(exc, NoEngine):
+                raise
             if route.status != "Running":
                 raise Unavailable(f"deployment {name!r} is {route.status.lower()}; retry shortly") from None
             raise
@@ -267,6 +270,11 @@ def _row_objects(columns: dict[str, list[Any]], rows: int) -> list[dict[str, Any
     return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
 
+class NoEngine(Unavailable):
+    """No replica took the request (no responders on the deployment's queue): the deployer's word on the deployment
+    is the answer (RouteCache.ask)."""
+
+
 @dataclass
 class EngineReply:
     """An engine's answer with its table bytes fetched (from object storage when they were too large)."""
@@ -296,7 +304,7 @@ async def _ask_engine(runtime: Runtime, deployment: str, payload: bytes) -> Engi
                                                 {**headers, ATTEMPT: "2"} if attempt else headers)
                 break
             except nats.errors.NoRespondersError:
-                raise Unavailable(f"deployment {deployment!r} has no running engine; retry shortly") from None
+                raise NoEngine(f"deployment {deployment!r} has no running engine; retry shortly") from None
             except BUS_DOWN:  # a 503 as in shared.bus.request, not a 500 with a stack trace for every inference
                 # of the outage
                 raise Unavailable("the gateway's connection to the bus is down; retry shortly") from None

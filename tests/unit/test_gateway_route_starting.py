@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 import services.gateway.inference as inference
-from services.gateway.inference import EngineReply, Inference
+from services.gateway.inference import EngineReply, Inference, NoEngine
 from shared.arrow_codec import to_ipc_stream
 from shared.authz import Principal
 from shared.errors import Unavailable
@@ -75,7 +75,7 @@ async def test_a_route_said_starting_is_sent_and_answered_by_a_serving_replica(d
 
 async def test_with_no_replica_serving_the_deployers_word_is_the_503(deployer, monkeypatch):
     async def no_responders(payload: bytes) -> EngineReply:
-        raise Unavailable("deployment 'd' has no running engine; retry shortly")
+        raise NoEngine("deployment 'd' has no running engine; retry shortly")  # as _ask_engine
 
     sent = _engine(monkeypatch, no_responders)
     with pytest.raises(Unavailable, match="^deployment 'd' is starting; retry shortly$"):
@@ -90,7 +90,7 @@ async def test_a_cached_running_route_with_no_replica_asks_the_deployer_once(dep
     import time
 
     async def no_responders(payload: bytes) -> EngineReply:
-        raise Unavailable("deployment 'd' has no running engine; retry shortly")
+        raise NoEngine("deployment 'd' has no running engine; retry shortly")  # as _ask_engine
 
     sent = _engine(monkeypatch, no_responders)
     served = Inference(RUNTIME)
@@ -98,3 +98,14 @@ async def test_a_cached_running_route_with_no_replica_asks_the_deployer_once(dep
     with pytest.raises(Unavailable, match="^deployment 'd' is starting; retry shortly$"):
         await served.run(ALICE, "t", "d", "p", "application/json", "", orjson.dumps([{"x": 1.0}]))
     assert len(sent) == 1 and deployer == ["d"]  # the cached route, then the deployer asked after the engine
+
+
+async def test_a_replicas_own_503_on_a_starting_route_keeps_its_words(deployer, monkeypatch):
+    """A replica took the request and answered 503 itself: its words, not the deployer's "starting"."""
+    async def replica_unavailable(payload: bytes) -> EngineReply:
+        raise Unavailable("the sandbox cannot start a worker now")
+
+    _engine(monkeypatch, replica_unavailable)
+    with pytest.raises(Unavailable, match="^the sandbox cannot start a worker now$"):
+        await Inference(RUNTIME).run(ALICE, "t", "d", "p", "application/json", "", orjson.dumps([{"x": 1.0}]))
+    assert deployer == ["d"]
