@@ -88,6 +88,14 @@ def nats_url(tmp_path: Path):
         yield url
 
 
+async def _until(condition, wait: float = 30.0) -> None:
+    """Until `condition()` (the eavesdropper's copies arrive on its own connection's task), at most `wait` s."""
+    for _ in range(int(wait / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+
+
 async def _eavesdrop(nc, seen: list) -> None:
     async def keep(msg) -> None:
         seen.append(msg)
@@ -116,13 +124,12 @@ async def test_commands_seal_replies_to_the_client_inbox_and_refuse_them_without
         await broker.config.connection_state.connection.flush()  # the SUB is at the server before the first request
         await _eavesdrop(eavesdropper, seen)
         opened = await sealed.sealed_request(caller, "auth.secret.get", b"{}", headers={"authorization": "Bearer t"},
-                                             timeout=5)
+                                             timeout=30)
         assert Reply.model_validate_json(opened.data).data == {"email": "secret-alice@example.com"}
         assert calls[-1].token == "t" and sealed.REPLY_KEY_HEADER not in calls[-1].headers  # the key stays out
-        refused = await sealed.sealed_request(caller, "auth.secret.get", b'{"name": "refuse"}', timeout=5)
+        refused = await sealed.sealed_request(caller, "auth.secret.get", b'{"name": "refuse"}', timeout=30)
         assert Reply.model_validate_json(refused.data).error.msg == "secret-refusal of alice"
-        await eavesdropper.flush()
-        await asyncio.sleep(0.1)
+        await _until(lambda: len(seen) >= 2)
         assert len(seen) == 2
         for msg in seen:  # what every other client connection sees: ciphertext
             assert b"secret" not in msg.data and "secret" not in json.dumps(msg.headers)
@@ -132,13 +139,13 @@ async def test_commands_seal_replies_to_the_client_inbox_and_refuse_them_without
         # without a key, or with a malformed one: refused, and the handler did not run
         before = len(calls)
         for headers, code in ((None, "reply_key_required"), ({sealed.REPLY_KEY_HEADER: "not-a-key"}, "bad_reply_key")):
-            reply = Reply.model_validate_json((await caller.request("auth.secret.get", b"{}", timeout=5,
+            reply = Reply.model_validate_json((await caller.request("auth.secret.get", b"{}", timeout=30,
                                                                     headers=headers)).data)
             assert (reply.ok, reply.status, reply.error.code) == (False, 400, code)
             assert sealed.REPLY_KEY_HEADER in reply.error.msg
         assert len(calls) == before
         # a service's own inbox: no key, nothing sealed
-        plain = await service_caller.request("auth.secret.get", b"{}", timeout=5)
+        plain = await service_caller.request("auth.secret.get", b"{}", timeout=30)
         assert not sealed.is_sealed(plain.headers) and Reply.model_validate_json(plain.data).ok
         assert len(calls) == before + 1
     finally:
@@ -164,22 +171,21 @@ async def test_the_log_store_responder_seals_and_refuses_the_same_way(nats_url: 
         await service.subscribe("log_store.logs.query", cb=_raw_responder(service, work, "ask for less"))
         await service.flush()
         await _eavesdrop(eavesdropper, seen)
-        opened = await sealed.sealed_request(caller, "log_store.logs.query", b"{}", timeout=5,
+        opened = await sealed.sealed_request(caller, "log_store.logs.query", b"{}", timeout=30,
                                              headers={"authorization": "Bearer t"})
         assert (opened.data, opened.headers) == (b"ARROW secret-rows", {"x-page": '{"cursor": "secret-cursor"}'})
-        refused = await sealed.sealed_request(caller, "log_store.logs.query", b"refuse", timeout=5)
+        refused = await sealed.sealed_request(caller, "log_store.logs.query", b"refuse", timeout=30)
         assert json.loads(refused.headers[ERROR_HEADER])["msg"] == "secret-refusal"
-        await eavesdropper.flush()
-        await asyncio.sleep(0.1)
+        await _until(lambda: len(seen) >= 2)
         assert len(seen) == 2 and calls == ["t", None]
         for msg in seen:
             assert b"secret" not in msg.data and "secret" not in json.dumps(msg.headers)
         for headers, code in ((None, "reply_key_required"), ({sealed.REPLY_KEY_HEADER: "x" * 44}, "bad_reply_key")):
-            reply = await caller.request("log_store.logs.query", b"{}", timeout=5, headers=headers)
+            reply = await caller.request("log_store.logs.query", b"{}", timeout=30, headers=headers)
             error = json.loads(reply.headers[ERROR_HEADER])
             assert (error["status"], error["code"]) == (400, code) and reply.data == b""
         assert calls == ["t", None]  # work never ran for them
-        plain = await service.request("log_store.logs.query", b"{}", timeout=5)  # its own inbox: as before
+        plain = await service.request("log_store.logs.query", b"{}", timeout=30)  # its own inbox: as before
         assert plain.data == b"ARROW secret-rows" and not sealed.is_sealed(plain.headers)
     finally:
         for nc in (service, caller, eavesdropper):
@@ -197,7 +203,7 @@ async def test_the_caller_refuses_an_ok_reply_that_was_not_sealed(nats_url: str)
         await service.subscribe("auth.old.get", cb=old_version)
         await service.flush()
         with pytest.raises(Unavailable, match="without sealing its reply"):
-            await sealed.sealed_request(caller, "auth.old.get", b"{}", timeout=5)
+            await sealed.sealed_request(caller, "auth.old.get", b"{}", timeout=30)
     finally:
         for nc in (service, caller):
             await nc.close()
