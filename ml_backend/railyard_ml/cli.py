@@ -159,7 +159,7 @@ def serve(folder: Path, host: str, port: int, basic_auth_user: str | None, basic
 def start(
     folder: Annotated[Path, typer.Argument(help="a folder made by `railyard-ml init`")],
     host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 to serve other machines)")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", "-p")] = 9090,
+    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535, help="TCP port, 1-65535")] = 9090,
     basic_auth_user: Annotated[str | None, typer.Option(envvar="ML_SERVER_BASIC_AUTH_USER")] = None,
     basic_auth_pass: Annotated[str | None, typer.Option(envvar="ML_SERVER_BASIC_AUTH_PASS")] = None,
     model_dir: Annotated[Path | None, typer.Option(envvar="MODEL_DIR", help="where the model's state is kept")] = None,
@@ -190,6 +190,7 @@ def deploy_railyard(
 ) -> None:
     """Deploy the backend's model to Railyard as a pipeline (a bring-your-own-predict step; see docs/ml-backend.md):
     its predictions are then served, logged and watched by Railyard. `fit` stays where the backend runs."""
+    from railyard_ml.errors import InvalidLabelConfig
     from railyard_ml.railyard_step import check_label_config, package
 
     try:
@@ -198,6 +199,8 @@ def deploy_railyard(
         archive, shipped = package(folder, project, config_text, model_dir)
         if config_text is not None:  # one Label Studio never gave this backend: can its model use it?
             check_label_config(archive, config_text)
+    except InvalidLabelConfig as exc:  # not XML, or a DOCTYPE: it was a traceback (exit 1)
+        fail(f"{label_config}: {exc}" if label_config else str(exc))
     except (FileNotFoundError, TypeError, ImportError, AttributeError, ValueError) as exc:
         fail(str(exc))
     try:
@@ -216,11 +219,24 @@ def deploy_railyard(
                f"{shipped['model_version'] or '-'}) as pipeline {name}: {deployed.url()}")
 
 
+def port_number(text: str) -> int:
+    """A TCP port, 1-65535: a larger number was passed on to the socket, which listened on it modulo 65536 (99999
+    served on 34463 while uvicorn's line said 99999), and PORT=abc ended in a ValueError's traceback."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number: ports are 1-65535")
+    return port
+
+
 def main_for_folder(folder: str) -> int:
     """`python _wsgi.py [--host --port ...]` in a backend folder."""
     parser = argparse.ArgumentParser(description="Serve this ML backend")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("-p", "--port", type=int, default=int(os.getenv("PORT", "9090")))
+    parser.add_argument("-p", "--port", type=port_number, default=os.getenv("PORT", "9090"),
+                        help="TCP port, 1-65535 (default: PORT, else 9090)")
     parser.add_argument("--basic-auth-user", default=os.getenv("ML_SERVER_BASIC_AUTH_USER"))
     parser.add_argument("--basic-auth-pass", default=os.getenv("ML_SERVER_BASIC_AUTH_PASS"))
     parser.add_argument("--model-dir", default=os.getenv("MODEL_DIR"))

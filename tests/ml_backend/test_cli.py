@@ -200,3 +200,32 @@ def test_deploy_railyard_refuses_with_a_reason(tmp_path):
     answer = run("deploy", "railyard", str(majority), "--label-config", str(config), *sign_in)
     assert answer.returncode == 2 and "cannot be built with this labeling config (IndexError" in answer.stderr, \
         answer.stderr
+
+
+def test_a_port_out_of_range_or_a_broken_config_file_is_refused_with_a_reason(tmp_path):
+    """journey, session 28: `start --port 99999` (and the folder's `_wsgi.py --port 99999`) listened on 34463
+    (the port modulo 65536) while uvicorn's line said 99999, `PORT=abc python _wsgi.py` ended in a ValueError's
+    traceback, and `deploy railyard --label-config` of a file that is not XML (or holds a DOCTYPE) ended in an
+    InvalidLabelConfig traceback with exit 1. Each now exits 2 at once, naming the problem."""
+    folder = tmp_path / "b"
+    assert run("init", str(folder), "--script", str(HERE / "ls2_style_backend.py")).returncode == 0
+    wsgi = [sys.executable, str(folder / "_wsgi.py")]
+    for command, extra_env, reason in [
+        ([CLI, "start", str(folder), "--port", "99999"], {}, "65535"),
+        ([CLI, "start", str(folder), "--port", "0"], {}, "greater than or equal to 1"),
+        ([*wsgi, "--port", "99999"], {}, "99999 is not a port number: ports are 1-65535"),
+        (wsgi, {"PORT": "abc"}, "'abc' is not a port number (1-65535)"),
+    ]:
+        answer = subprocess.run(command, capture_output=True, text=True, timeout=60, env={**user_env(), **extra_env})
+        said = " ".join(answer.stderr.replace("│", " ").split())  # typer's box wraps its lines
+        assert answer.returncode == 2 and reason in said, (command, answer.stderr)
+        assert "Traceback" not in answer.stderr, answer.stderr
+    sign_in = ("--url", f"http://127.0.0.1:{free_port()}", "--username", "u", "--password", "p", "--client-id", "c",
+               "--client-secret", "s")
+    config = tmp_path / "config.xml"
+    for text, reason in [("<View", "the labeling config is not valid XML"),
+                         ('<!DOCTYPE x [<!ENTITY a "b">]><View/>', "the labeling config may not contain a DOCTYPE")]:
+        config.write_text(text)
+        answer = run("deploy", "railyard", str(folder), "--label-config", str(config), *sign_in)
+        assert answer.returncode == 2 and f"{config}: {reason}" in answer.stderr, answer.stderr
+        assert "Traceback" not in answer.stderr and "could not deploy" not in answer.stderr, answer.stderr
