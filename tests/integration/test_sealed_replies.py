@@ -84,9 +84,10 @@ async def test_an_eavesdropper_on_the_client_inbox_sees_ciphertext_only(stack, a
         table = from_ipc(page.data)
         assert table.num_rows == 3 and "out.dense_1" in table.column_names
         assert json.loads(page.headers[PAGE_HEADER])["status"] == "All"
-        await caller.flush()
-        await eavesdropper.flush()
-        await asyncio.sleep(0.3)
+        for _ in range(1500):  # the eavesdropper's copies, on its own connection: at most 30 s
+            if len(overheard) >= 5:
+                break
+            await asyncio.sleep(0.02)
     finally:
         await caller.close()
         await eavesdropper.close()
