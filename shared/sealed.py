@@ -16,7 +16,8 @@ send no key and pay nothing. A request with a key is sealed whatever its inbox.
 
 One implementation for every handler a `client` may reach: `shared.bus.command` (the typed commands) and the log
 store's raw query (services/log_store/app.py) use `reply_key` and `seal_reply`; callers use `sealed_request`.
-No FastStream here: engine-side processes import this module without it."""
+No FastStream here: engine-side processes import this module without it; `cryptography` (~6 MiB) is imported with
+the first reply sealed or opened, not at start (docs/performance.md: services load it when they first need it)."""
 
 from __future__ import annotations
 
@@ -28,9 +29,6 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shared.bus_identities import CLIENT, inbox_prefix
 from shared.errors import InvalidRequest, RailyardError, Unavailable
@@ -104,6 +102,8 @@ def _ad(reply_subject: str) -> bytes:
 def seal(key: bytes, reply_subject: str, body: bytes,
          headers: Mapping[str, str] | None) -> tuple[bytes, dict[str, str]]:
     """The sealed reply (ciphertext body, marker header) of `body` and `headers` for `reply_subject`."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     nonce = os.urandom(NONCE_BYTES)
     head = json.dumps(dict(headers or {}), separators=(",", ":")).encode()
     sealed = AESGCM(key).encrypt(nonce, b"".join((_HEAD.pack(len(head)), head, body)), _ad(reply_subject))
@@ -126,6 +126,9 @@ def unseal(key: bytes, reply_subject: str, body: bytes,
            headers: Mapping[str, str] | None) -> tuple[bytes, dict[str, str]]:
     """The body and headers a sealed reply carries; UnsealError when it does not open with `key` for
     `reply_subject` (altered on the way, sealed for another inbox or with another key) or is not a sealed reply."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     marker = _header(headers, SEALED_HEADER) or ""
     version, _, nonce_text = marker.partition(".")
     try:

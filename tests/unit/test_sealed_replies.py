@@ -207,3 +207,14 @@ async def test_the_caller_refuses_an_ok_reply_that_was_not_sealed(nats_url: str)
     finally:
         for nc in (service, caller):
             await nc.close()
+
+
+def test_a_service_loads_cryptography_with_its_first_sealed_reply_not_at_start() -> None:
+    """shared.bus imports shared.sealed; services load cryptography (~6 MiB) when they first need it
+    (docs/performance.md), so importing the bus must not."""
+    import subprocess
+    import sys
+
+    code = ("import sys, shared.bus, shared.sealed as s; assert 'cryptography' not in sys.modules; "
+            "s.seal(s.new_key(), 'x', b'', None); assert 'cryptography' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
