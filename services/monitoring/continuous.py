@@ -342,7 +342,7 @@ async def deployed_name(deps: ContinuousDeps, token: str, name: str) -> str | No
 # --- the user-facing commands ------------------------------------------------------------------------------------
 
 async def _check_dataset(deps: ContinuousDeps, token: str | None, workspace_id: int,
-                         ref: DatasetVersionRef) -> None:
+                         ref: DatasetVersionRef) -> lineage.DatasetInfo:
     dataset = await request(deps.base.broker, subjects.LINEAGE_DATASETS_GET,
                             lineage.DatasetRef(dataset_id=ref.dataset_id), token=token, timeout=deps.base.timeout,
                             reply_model=lineage.DatasetInfo)
@@ -353,6 +353,17 @@ async def _check_dataset(deps: ContinuousDeps, token: str | None, workspace_id: 
         await request(deps.base.broker, subjects.LINEAGE_DATASETS_SAVED, lineage.SavedDatasetQuery(
             dataset_id=ref.dataset_id, version_id=ref.version_id), token=token, timeout=deps.base.timeout,
             reply_model=lineage.SavedDatasetInfo)
+    return dataset
+
+
+def _backend_reads(dataset: lineage.DatasetInfo) -> None:
+    """An ML backend's training run reads reviewed predictions, which the feedback loop writes as files of images
+    datasets (railyard_ml.continuous_training.reviewed_files): any other kind would fail every run it starts."""
+    if dataset.kind != "images":
+        raise InvalidRequest(f"dataset {dataset.id} is {lineage.a_dataset_of_kind(dataset.kind)}: continuous training "
+                             "through the deployment's ML backend trains its fit on reviewed predictions, which the "
+                             "feedback loop writes to images datasets; give the feedback loop's images dataset "
+                             "(or orchestration_id, a recipe of your own that reads other data)")
 
 
 async def _review_count(conn: Any, deployment_id: int) -> int:
@@ -394,10 +405,13 @@ async def setup_training(deps: ContinuousDeps, principal: Principal, token: str 
     kind = "orchestration"
     if cmd.orchestration_id is None:
         # no recipe given: only a deployment served by an ML backend trains without one (through its fit)
-        if current is None or current.name != model_name or not await ml_backend.is_backend(
-                base, token, workspace_id, current):
+        if current is None or not await ml_backend.is_backend(base, token, workspace_id, current):
             raise InvalidRequest("give orchestration_id (the training recipe): the deployment's model is not an ML "
                                  "backend deployed with `railyard-ml deploy railyard`, whose fit could train it")
+        if current.name != model_name:  # the backend's fit trains the model it serves, under that model's name
+            raise InvalidRequest(f"model_name {model_name!r} is not the model of the deployment's ML backend "
+                                 f"({current.name!r}), whose fit trains the model it serves: leave model_name out, "
+                                 "or give orchestration_id (a recipe of your own registering that model)")
         kind = "ml_backend"
     project = await request(base.broker, subjects.LINEAGE_PROJECTS_GET, lineage.ProjectRef(project_id=cmd.project_id),
                             token=token, timeout=base.timeout, reply_model=lineage.ProjectInfo)
@@ -413,7 +427,9 @@ async def setup_training(deps: ContinuousDeps, principal: Principal, token: str 
         if not found:
             raise NotFound(f"orchestration {orchestration_id} not found in the deployment's workspace")
     if cmd.dataset_version is not None:
-        await _check_dataset(deps, token, workspace_id, cmd.dataset_version)
+        dataset = await _check_dataset(deps, token, workspace_id, cmd.dataset_version)
+        if kind == "ml_backend":
+            _backend_reads(dataset)
     if orchestration_id is None:  # every check passed: register the built-in recipe (once per workspace)
         orchestration_id = await ml_backend.builtin_orchestration(base, token, workspace_id, principal)
     deployment_id = view.route.deployment_id
@@ -458,9 +474,11 @@ async def attach_dataset(deps: ContinuousDeps, principal: Principal, token: str 
     """attach_dataset_version_to_continuous_training: an alias names one dataset version (attaching an alias or a
     dataset again replaces it)."""
     view = await handlers._deployment(deps.base, principal, token, cmd.deployment)
-    await _check_dataset(deps, token, view.route.workspace_id, cmd.dataset_version)
+    dataset = await _check_dataset(deps, token, view.route.workspace_id, cmd.dataset_version)
     async with deps.base.pool.acquire() as conn, conn.transaction():
-        await _configured(conn, view.route.deployment_id, "continuous_training", "continuous training")
+        ct = await _configured(conn, view.route.deployment_id, "continuous_training", "continuous training")
+        if ct["kind"] == "ml_backend":
+            _backend_reads(dataset)
         await _attach(conn, view.route.deployment_id, cmd.alias, cmd.dataset_version)
     return await information(deps.base.pool, view.route.deployment_id)
 

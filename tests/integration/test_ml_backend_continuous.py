@@ -78,11 +78,29 @@ def test_reviews_retrain_the_backend_through_its_fit_into_a_new_model_version(st
     refused = post(stack, "deployments/setup_continuous_training", owner.token, {
         "deployment": deployment.name, "project_id": project["id"], "threshold": 2, "scan_config": {"c": [1, 2]}})
     assert refused.status_code == 400 and refused.json()["code"] == "scan_config_unsupported", refused.text
+    # the backend's fit reads reviews from images datasets and trains the model it serves (journey, session 28: a
+    # tabular dataset was stored, its every run to fail; another model_name was told the model is no backend)
+    rows = lineage.create_dataset(project["id"], "rows", kind="tabular")
+    for extra, words in [
+        ({"dataset_version": {"dataset_id": rows["id"]}},
+         f"dataset {rows['id']} is a tabular dataset: continuous training through the deployment's ML backend"),
+        ({"model_name": "other"}, "model_name 'other' is not the model of the deployment's ML backend ('colours')"),
+    ]:
+        refused = post(stack, "deployments/setup_continuous_training", owner.token, {
+            "deployment": deployment.name, "project_id": project["id"], "threshold": 2, "experiment_parameters": {},
+            **extra})
+        assert refused.status_code == 400 and refused.json()["code"] == "invalid_request", refused.text
+        assert words in refused.json()["msg"], refused.text
     assert deployment.retrieve_information()["continuous"]["training"] is None
 
     info = deployment.setup_continuous_training(project, train, threshold=2,
                                                 experiment_parameters={"note": "from reviews"})["training"]
     assert info["kind"] == "ml_backend" and info["model_name"] == "colours"
+    refused = post(stack, "deployments/attach_dataset_version_to_continuous_training", owner.token, {
+        "deployment": deployment.name, "alias": "eval", "dataset_version": {"dataset_id": rows["id"]}})
+    assert refused.status_code == 400 and "is a tabular dataset" in refused.json()["msg"], refused.text
+    assert deployment.retrieve_information()["continuous"]["training"]["datasets"] == {
+        "train": {"dataset_id": train["id"], "version_id": None}}
     builtin = [o for o in Orchestrations(client, owner.workspace_id).list() if o["id"] == info["orchestration_id"]]
     assert [o["name"] for o in builtin] == ["railyard-ml continuous training"]
 
