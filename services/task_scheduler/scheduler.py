@@ -9,8 +9,9 @@ A pass of the loop:
    transaction: a point makes exactly one run, whichever process sees it, across kills and restarts. When
    several points passed while no scheduler ran, only the latest is considered: `fire_once` runs it (late),
    `skip` runs it only if it is at most `missed_run_grace` seconds old. Never several runs for one catch-up;
-3. starts queued runs, oldest first, up to the workspace's concurrent-run limit (counted under a per-workspace
-   advisory lock, so the limit holds across processes) and this process's own room;
+3. starts queued runs, a workspace's oldest first, up to the workspace's concurrent-run limit (counted under a
+   per-workspace advisory lock, so the limit holds across processes) and this process's own room, one run per
+   waiting workspace in turn, the workspace with the fewest running first (then the longest wait);
 4. heartbeats its runs and stops those whose task was killed, and those another process declared lost (this one
    was paused or cut off from PostgreSQL past `supervisor_lost_after`): their process is stopped through the runner
    and nothing more is recorded for them;
@@ -338,20 +339,27 @@ class Scheduler:
         that process may lack the room this one has)."""
         settings = self.deps.settings
         busy = False
-        for workspace_id in await store.workspaces_waiting(conn):
-            room = settings.max_runs_per_process - len(self.runs)
-            if room <= 0:
+        # Rounds: each offers every waiting workspace one run, fairest first (store.workspaces_waiting), and the next
+        # reads the order again with the runs just started counted; until this process is full or a round starts
+        # nothing. Before, a workspace was given all the room it could take, in ascending id, and a process's places
+        # went to the lowest-id workspace with a backlog for as long as it lasted
+        while True:
+            started_any = False
+            for workspace_id in await store.workspaces_waiting(conn):
+                if settings.max_runs_per_process - len(self.runs) <= 0:
+                    return busy
+                started = await store.start_queued(conn, workspace_id, settings.max_concurrent_runs_per_workspace,
+                                                   1, self.identity)
+                if started is None:
+                    busy = True
+                    continue
+                for row in started:
+                    started_any = True
+                    self.events_committed()
+                    self.kills[row["id"]] = asyncio.Event()
+                    self.runs[row["id"]] = asyncio.create_task(self._supervise(row))
+            if not started_any:
                 return busy
-            started = await store.start_queued(conn, workspace_id, settings.max_concurrent_runs_per_workspace,
-                                               room, self.identity)
-            if started is None:
-                busy = True
-                continue
-            for row in started:
-                self.events_committed()
-                self.kills[row["id"]] = asyncio.Event()
-                self.runs[row["id"]] = asyncio.create_task(self._supervise(row))
-        return busy
 
     # --- 4. heartbeats and kills --------------------------------------------------------------------------------
 

@@ -236,7 +236,17 @@ async def queue_once(conn: asyncpg.Connection, task_id: uuid.UUID, workspace_id:
 # --- runs --------------------------------------------------------------------------------------------------------
 
 async def workspaces_waiting(conn: asyncpg.Connection) -> list[int]:
-    rows = await conn.fetch("SELECT DISTINCT workspace_id FROM runs WHERE status = 'queued'")
+    """The workspaces with queued runs, fairest first: fewest runs running now (in every process), then the oldest
+    queued run (the longest wait), then the id. The starting step (scheduler.start_queued) offers each a run in turn
+    in this order, so freed places go round the workspaces waiting. Before, `SELECT DISTINCT` answered them in
+    ascending id (its sort), and every place freed went to the lowest-id workspace with a backlog: two old workspaces
+    with queued long runs held every place of a process, and newer workspaces' runs waited as long as those backlogs
+    lasted (audit, session 28)."""
+    rows = await conn.fetch(
+        "SELECT w.workspace_id FROM (SELECT workspace_id, min(created_at) AS oldest FROM runs WHERE status = 'queued'"
+        " GROUP BY workspace_id) w CROSS JOIN LATERAL (SELECT count(*) AS running FROM runs r"
+        " WHERE r.workspace_id = w.workspace_id AND r.status = 'running') r"
+        " ORDER BY r.running, w.oldest, w.workspace_id")
     return [r["workspace_id"] for r in rows]
 
 

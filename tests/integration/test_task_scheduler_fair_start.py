@@ -1,0 +1,118 @@
+"""The places of a full task-scheduler process go round the workspaces waiting (services/task_scheduler/store.py,
+workspaces_waiting; scheduler.py, Scheduler.start_queued): a newer workspace's queued run starts before an older
+workspace's second, though the older one's backlog is older and its id lower. Before, the workspaces were offered in
+ascending id (`SELECT DISTINCT`'s sort) and each given all the room it could take: the lowest-id workspace with a
+backlog took every place freed, and a newer workspace's run waited until that backlog was gone (audit, session 28).
+
+The service's own Scheduler, its runs held until the test lets each end (its `_run` stood in for), on the task
+scheduler's migrations in a schema of this test's on the stack's PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+
+from services.task_scheduler import runner
+from services.task_scheduler.scheduler import Scheduler
+from shared.settings import TaskSettings
+from tests.integration.conftest import service_schema
+from tests.integration.task_scheduler_setup import MIGRATIONS, scheduler_on, until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+OLD, NEW = 7, 8  # the old workspace has the lower id, as an older one does
+
+
+class Held(Scheduler):
+    """The service's Scheduler whose runs go on until the test ends them."""
+
+    release: dict[uuid.UUID, asyncio.Event]
+
+    async def _run(self, row) -> runner.RunOutcome:
+        await self.release.setdefault(row["id"], asyncio.Event()).wait()
+        return runner.RunOutcome("success", 0, None)
+
+
+@pytest.fixture
+async def pool(stack):
+    async with service_schema(stack, "task_fair_start", MIGRATIONS) as pool:
+        yield pool
+
+
+async def queue(pool, workspace_id: int, runs: int, queued_seconds_ago: float) -> list[uuid.UUID]:
+    """`runs` queued runs of a task of `workspace_id`, queued that long ago (a second apart, in order)."""
+    orch_id, task_id = uuid.uuid4(), uuid.uuid4()
+    await pool.execute("INSERT INTO orchestrations (id, workspace_id, sha, file_name, entrypoint, packaging_id,"
+                       " owner_id, status) VALUES ($1, $2, 'sha', 'o.zip', 'main.py', $3, 'owner', 'ready')", orch_id,
+                       workspace_id, uuid.uuid4())
+    await pool.execute("INSERT INTO tasks (id, workspace_id, orch_id, orch_sha, owner_id, args, timeout_seconds) VALUES"
+                       " ($1, $2, $3, 'sha', 'owner', $4, 60)", task_id, workspace_id, orch_id, json.dumps({}))
+    ids = [uuid.uuid4() for _ in range(runs)]
+    for n, run_id in enumerate(ids):
+        await pool.execute("INSERT INTO runs (id, task_id, workspace_id, status, created_at) VALUES ($1, $2, $3,"
+                           " 'queued', now() - make_interval(secs => $4))", run_id, task_id, workspace_id,
+                           queued_seconds_ago - n)
+    return ids
+
+
+async def test_a_full_process_gives_a_freed_place_to_the_workspace_with_fewer_running(pool, tmp_path):
+    settings = TaskSettings(tick=60, max_runs_per_process=4, max_concurrent_runs_per_workspace=10)
+    process = scheduler_on(Held, pool, tmp_path, "fair", settings, start=False)
+    process.release = {}
+    started: list[uuid.UUID] = []
+
+    async def start() -> None:
+        async with pool.acquire() as conn:
+            await process.start_queued(conn)
+        started.extend(run_id for run_id in process.runs if run_id not in started)
+
+    async def end(run_id: uuid.UUID) -> None:
+        process.release.setdefault(run_id, asyncio.Event()).set()
+
+        async def ended() -> bool:
+            return run_id not in process.runs and await pool.fetchval(
+                "SELECT status = 'success' FROM runs WHERE id = $1", run_id)
+
+        await until(f"run {run_id} recorded as ended", ended, within=30)
+
+    try:
+        old = await queue(pool, OLD, 6, queued_seconds_ago=600)  # a long backlog, queued long ago
+        await start()
+        assert started == old[:4], started  # the process is full of the old workspace's runs
+        new = await queue(pool, NEW, 2, queued_seconds_ago=1)  # then a newer workspace queues two
+        for ending in old[:3]:  # places are freed one at a time
+            await end(ending)
+            await start()
+            assert len(process.runs) == 4
+        # each went to the workspace with fewer running: the new one's two (the old had 3, then 2 running), then the
+        # old one's fifth (1 running against 2); was: old[4], old[5], then nothing left of the old's backlog to start
+        assert started[4:] == [new[0], new[1], old[4]], started[4:]
+        counts = dict(await pool.fetch("SELECT workspace_id, count(*) FROM runs WHERE status = 'running'"
+                                       " GROUP BY workspace_id"))
+        assert counts == {OLD: 2, NEW: 2}, counts
+    finally:
+        for run_id in list(process.runs):
+            process.release.setdefault(run_id, asyncio.Event()).set()
+        if process.runs:
+            await asyncio.wait(list(process.runs.values()), timeout=30)
+
+
+async def test_an_empty_process_fills_round_the_workspaces(pool, tmp_path):
+    """Places free at once (an empty process) are dealt one per workspace in turn, not all to the first workspace."""
+    settings = TaskSettings(tick=60, max_runs_per_process=4, max_concurrent_runs_per_workspace=10)
+    process = scheduler_on(Held, pool, tmp_path, "fill", settings, start=False)
+    process.release = {}
+    old = await queue(pool, OLD, 6, queued_seconds_ago=600)
+    new = await queue(pool, NEW, 2, queued_seconds_ago=10)
+    try:
+        async with pool.acquire() as conn:
+            await process.start_queued(conn)
+        assert list(process.runs) == [old[0], new[0], old[1], new[1]], list(process.runs)  # was: old[:4]
+    finally:
+        for run_id in list(process.runs):
+            process.release.setdefault(run_id, asyncio.Event()).set()
+        if process.runs:
+            await asyncio.wait(list(process.runs.values()), timeout=30)
