@@ -2,6 +2,7 @@
 item 57), and the queries of an administrator's whole list that fits a reply.
 
     .venv/bin/python -m bench.users_page [--dsn postgresql://...] [--users 1000] [--rounds 8] [--calls 30]
+    .venv/bin/python -m bench.users_page --stale 13000 [--rounds 2]
 
 A (the code before item 57, put together from the functions that are still there): auth made a UserRecord a user
 (handlers._user_record), paging.page encoded each to size the page, Users(...) then reply_ok dumped them again and
@@ -16,6 +17,14 @@ Then the whole list of an administrator (no `limit`, no filter) that fits, of a 
 by default): A the COUNT (store.users_answer_size, the early 422 check) then the list read; B handlers._whole_list (one
 read of at most MAX_PAGE + 1 rows, no COUNT for a list no longer than a page).
 
+With --stale N (docs/performance.md item 74), the walk of a workspace filled since the tables were last analyzed: two
+analyzed workspaces of N members and 5,000 other users, then autovacuum off on auth's tables (to hold the state) and a
+new workspace of its owner and N users made in one statement (one created_at, ~215-character emails, as the UI's
+13,000-member test makes them); its pages of 1000 walked with the cursor through store.list_users, as users/query
+reads them: by workspace (`workspace_id`, the owner a member) and as the owner's co-members; each page's ms, then the
+same after an ANALYZE. Run from an old tree (`git archive <rev> | tar -x -C /tmp/x`, this file copied in) for its
+figures: the store and the migrations are read from the working directory.
+
 On scratch schemas (auth's migrations) of the given PostgreSQL, dropped afterwards; without --dsn, of a scratch
 pgserver PostgreSQL in a temporary directory (its Unix socket), removed afterwards."""
 
@@ -24,6 +33,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import statistics
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -132,8 +143,82 @@ async def scratch(dsn: str, users: int) -> AsyncIterator[asyncpg.Pool]:
         await admin.close()
 
 
+async def _made(conn: asyncpg.Connection, count: int, workspace: int | None) -> list[uuid.UUID]:
+    """`count` users in one statement (one created_at), members of `workspace` when given."""
+    tag = uuid.uuid4().hex[:8]
+    made = [r["id"] for r in await conn.fetch(
+        "INSERT INTO users (id, username, email, password_hash) SELECT gen_random_uuid(), $1 || g || $2, $1 || g || $2,"
+        " 'x' FROM generate_series(1, $3) g RETURNING id", f"member-{tag}-{'x' * 180}-", "@example.com", count)]
+    if workspace is not None:
+        await conn.execute("INSERT INTO workspace_members (workspace_id, user_id, user_type)"
+                           " SELECT $1, unnest($2::uuid[]), 'COLLABORATOR'", workspace, made)
+    return made
+
+
+async def _walk(pool: asyncpg.Pool, owner: uuid.UUID, workspace: int | None) -> tuple[list[float], int]:
+    """Every page of 1000 of the workspace's users (or, `workspace` None, of the owner's co-members) as users/query
+    reads them: each page's ms, and the users read."""
+    pages, after, read = [], None, 0
+    while True:
+        started = time.perf_counter()
+        rows = await store.list_users(pool, ids=None, workspace_id=workspace,
+                                      co_members_of=None if workspace else owner, after=after, limit=1001,
+                                      member=owner if workspace else None)
+        pages.append((time.perf_counter() - started) * 1000)
+        read += min(len(rows), 1000)
+        if len(rows) <= 1000:
+            return pages, read
+        after = (rows[999]["created_at"], rows[999]["id"])
+
+
+async def stale(dsn: str, members: int, rounds: int) -> None:
+    schema = f"bench_auth_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        conn = await asyncpg.connect(dsn, server_settings=_server_settings(schema))
+        await apply_migrations(conn, schema, load_migrations(Path("services/auth/migrations")))
+        someone = (await _made(conn, 1, None))[0]
+        for n in range(2):
+            big = await conn.fetchval("INSERT INTO workspaces (name, created_by) VALUES ($1, $2) RETURNING id",
+                                      f"big-{n}", someone)
+            await _made(conn, members, big)
+        await _made(conn, 5000, None)
+        await conn.execute("ANALYZE users; ANALYZE workspace_members; ANALYZE workspaces")
+        for table in ("users", "workspace_members", "workspaces"):
+            await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
+        owner = (await _made(conn, 1, None))[0]
+        workspace = await conn.fetchval("INSERT INTO workspaces (name, created_by) VALUES ('new', $1) RETURNING id",
+                                        owner)
+        await conn.execute("INSERT INTO workspace_members (workspace_id, user_id, user_type) VALUES ($1, $2, 'OWNER')",
+                           workspace, owner)
+        await _made(conn, members, workspace)
+        pool = await asyncpg.create_pool(dsn, server_settings=_server_settings(schema), min_size=1, max_size=1)
+        try:
+            for state in ("stale", "analyzed"):
+                if state == "analyzed":
+                    await conn.execute("ANALYZE users; ANALYZE workspace_members")
+                for round_ in range(rounds):
+                    for name, asked in (("workspace", workspace), ("co-members", None)):
+                        pages, read = await _walk(pool, owner, asked)
+                        assert read == members + 1, (read, members)
+                        print(f"{state} round {round_} {name}: {len(pages)} pages, {sum(pages):.0f} ms, median"
+                              f" {statistics.median(pages):.1f}, max {max(pages):.1f}; each"
+                              f" {' '.join(f'{p:.1f}' for p in pages)}; load {load(2)}", flush=True)
+        finally:
+            await pool.close()
+        await conn.close()
+    finally:
+        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.close()
+
+
 async def run(dsn: str, args: argparse.Namespace) -> None:
     print(f"start {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, load {load(2)}", flush=True)
+    if args.stale:
+        await stale(dsn, args.stale, args.rounds)
+        print(f"end {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, load {load(2)}", flush=True)
+        return
     async with scratch(dsn, args.users + 1) as pool:
         await page(pool, args.users, args.rounds, args.calls)
     for users in args.whole:
@@ -149,6 +234,7 @@ async def main() -> None:
     parser.add_argument("--whole", type=int, nargs="*", default=[50, 1000], help="an admin's whole lists to read")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--calls", type=int, default=30)
+    parser.add_argument("--stale", type=int, metavar="N", help="walk a new N-member workspace, stale then analyzed")
     args = parser.parse_args()
     with postgres(args.dsn, "bench_users_pg_") as dsn:
         await run(dsn, args)

@@ -1,5 +1,5 @@
 """users/query of a user (the users they share a workspace with) reads the caller's workspaces and the users in one
-snapshot, with one query text whatever the workspaces (services/auth/store.py: _users_read, _user_filters)."""
+snapshot, with one query text whatever the workspaces (services/auth/store.py: _users_read, _users_source)."""
 
 from __future__ import annotations
 
