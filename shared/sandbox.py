@@ -450,6 +450,17 @@ async def _gateway_relay(settings: Settings, source_key: str = "") -> tuple[asyn
     host = settings.gateway.host if settings.gateway.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     port = settings.gateway.port
     source = relay_source(host, source_key or secrets.token_hex(16), settings.gateway.trusted_proxies)
+    if source is not None:
+        # the whole 127.0.0.0/8 is the loopback's on Linux (the kernel's `local 127.0.0.0/8 dev lo` route, in this
+        # service's own network namespace: nothing to set up), unless lo was given 127.0.0.1/32 alone: then every
+        # relayed connection failed and the run could not reach the gateway at all; the system's choice instead
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.bind((source, 0))
+        except OSError as exc:
+            log.warning("cannot connect to the gateway from %s (%s): this run's relay connects from the system's "
+                        "choice of address, which the host's own clients share", source, exc)
+            source = None
     local_addr = (source, 0) if source else None
     open_now = 0
     folder = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="railyard-gateway-"))

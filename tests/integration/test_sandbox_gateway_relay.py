@@ -114,6 +114,21 @@ def test_a_run_reaches_a_loopback_gateway_from_its_owners_own_address(settings):
     assert peers[2] != trusted.split("/")[0], (peers, trusted)
 
 
+def test_a_run_reaches_the_gateway_when_its_owners_address_cannot_be_bound(settings, monkeypatch):
+    """A host whose loopback holds 127.0.0.1/32 alone cannot bind 127.a.b.c (192.0.2.1, on no interface of this
+    host, stands for it): the relay connects from the system's choice and the run still reaches the gateway. Before,
+    each of the run's connections failed to bind and was closed unrelayed."""
+    monkeypatch.setattr(sandbox, "relay_source", lambda *args: "192.0.2.1")
+    code = """
+        import socket
+        socket.create_connection(("127.0.0.1", PORT), timeout=10).close()
+        print("ok", flush=True)
+    """
+    results, peers, _ = asyncio.run(run_with_gateway(settings, code, ["owner-a"]))
+    assert results[0].stdout == b"ok\n", results[0].stderr_tail
+    assert peers == ["127.0.0.1"], peers
+
+
 def test_relay_source_only_on_ipv4_loopback():
     assert relay_source("10.1.2.3", "owner", []) is None and relay_source("::1", "owner", []) is None
     assert relay_source("gateway.railyard.svc", "owner", []) is None
