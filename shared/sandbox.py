@@ -432,8 +432,8 @@ def relay_source(host: str, key: str, trusted_proxies: list[str]) -> str | None:
     trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_proxies]
     for attempt in range(64):
         digest = hashlib.sha256(f"{attempt}:{key}".encode()).digest()
-        if digest[0] == 0:
-            continue
+        if digest[0] == 0 or digest[:3] == b"\xff\xff\xff":  # 127.255.255.255, the broadcast: bound, Linux
+            continue  # connects from 127.0.0.1 all the same
         candidate = ipaddress.IPv4Address(bytes((127,)) + digest[:3])
         if not any(candidate in net for net in trusted):
             return str(candidate)

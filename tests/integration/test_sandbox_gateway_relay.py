@@ -136,6 +136,24 @@ def test_relay_source_only_on_ipv4_loopback():
     assert relay_source("127.0.0.1", "owner", ["127.0.0.0/8"]) is None  # every candidate trusted: the system's choice
 
 
+def test_relay_source_skips_the_loopback_broadcast(monkeypatch):
+    """127.255.255.255 binds, but Linux then connects from 127.0.0.1: an owner whose digest gave it would have shared
+    the host's address again. The next attempt's address is taken instead."""
+    import hashlib
+
+    real = hashlib.sha256
+
+    class Broadcast:
+        def digest(self) -> bytes:
+            return b"\xff" * 32
+
+    def sha256(data: bytes):
+        return Broadcast() if data.startswith(b"0:") else real(data)  # the first attempt gives 127.255.255.255
+
+    monkeypatch.setattr(hashlib, "sha256", sha256)
+    assert relay_source("127.0.0.1", "owner", []) == str(ipaddress.IPv4Address(b"\x7f" + real(b"1:owner").digest()[:3]))
+
+
 @pytest.mark.integration
 def test_a_runs_failed_sign_ins_do_not_lock_the_user_out_of_the_host(stack, alice, bob):
     """bob's run fails alice's password past the lockout (the test stack locks after 5 failures from one address);
