@@ -474,7 +474,7 @@ class InferenceFastPath:
 def add_inference_routes(app: FastAPI, runtime: Runtime, caller, inference: Inference) -> None:
     from services.gateway.oip import add_oip_routes
 
-    add_oip_routes(app, runtime, caller, inference.cache, _ask_engine)
+    add_oip_routes(app, runtime, caller, inference)
 
     @app.post("/v1/api/pipelines/infer/{deployment}/{pipeline}", tags=["inference"])
     async def infer(deployment: str, pipeline: str, request_: Request,

@@ -24,12 +24,9 @@ from shared.arrow_codec import (
     check_column_count,
     flat_array,
     flat_values,
-    from_ipc,
     tensor_array,
-    to_ipc_stream,
 )
 from shared.authz import Principal
-from shared.bus import raise_for_error_header
 from shared.errors import InvalidRequest, RailyardError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -370,7 +367,11 @@ def _to_numpy(column: pa.ChunkedArray) -> np.ndarray:
     return array.to_numpy(zero_copy_only=False).reshape(shape)
 
 
-def add_oip_routes(app: FastAPI, runtime, caller, cache, ask_engine) -> None:
+def add_oip_routes(app: FastAPI, runtime, caller, inference) -> None:
+    """The protocol's routes. `inference` is the gateway's services.gateway.inference.Inference: its route cache,
+    and its run_oip for an inference, which the raw ASGI fast path in front of the application serves too."""
+    cache = inference.cache
+
     async def route_for(model: str, request: Request, principal: Principal):
         token = request.headers["authorization"].partition(" ")[2].strip()
         return await cache.reach(runtime, principal, token, model)
@@ -407,21 +408,15 @@ def add_oip_routes(app: FastAPI, runtime, caller, cache, ask_engine) -> None:
 
     @app.post("/v2/models/{model}/infer", tags=["open inference protocol"])
     async def oip_infer(model: str, request: Request, principal: Principal = Depends(caller)) -> Response:
+        """Run an inference: JSON, or JSON and binary tensors (the binary data extension)."""
+        # served by the fast path in front of the application; this route documents it and answers as it does, by
+        # Inference.run_oip (a copy of it here sent to the engine's queue without the route's word: no replica
+        # serving was 503 'has no running engine' where the fast path said 'starting' from the deployer, or 404
+        # once undeployed; no coalescing, no stale-route resend)
+        token = request.headers["authorization"].partition(" ")[2].strip()
         try:
-            route = await route_for(model, request, principal)
-            parsed, table = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
-            try:
-                check_outputs(parsed, route)
-            except InvalidRequest:  # the cached route may predate a model swap (Inference.run_oip)
-                token = request.headers["authorization"].partition(" ")[2].strip()
-                route = await cache.fresh(runtime, principal, token, model)
-                check_outputs(parsed, route)
-            reply = await ask_engine(runtime, model, to_ipc_stream(table))
-            try:
-                raise_for_error_header(reply.headers)
-            except RailyardError as exc:
-                raise in_oip_words(exc) from None
-            body, response_headers = encode_response(parsed, model, route.pipeline_version, from_ipc(reply.data))
+            body, response_headers = await inference.run_oip(principal, token, model,
+                                                             request.headers.get(HEADER_LENGTH), await request.body())
         except RailyardError as exc:
             return oip_error(exc)
         return Response(body, headers=response_headers)

@@ -109,3 +109,25 @@ async def test_a_replicas_own_503_on_a_starting_route_keeps_its_words(deployer, 
     with pytest.raises(Unavailable, match="^the sandbox cannot start a worker now$"):
         await Inference(RUNTIME).run(ALICE, "t", "d", "p", "application/json", "", orjson.dumps([{"x": 1.0}]))
     assert deployer == ["d"]
+
+
+async def test_the_documented_oip_route_answers_as_the_fast_path(deployer, monkeypatch):
+    """`POST /v2/models/{model}/infer` of the application itself (the fast path in front serves it in the gateway;
+    this route documents it) is Inference.run_oip: no replica serving is the deployer's 'starting' in OIP's shape.
+    Its own copy said 'has no running engine' without asking the deployer (before 2026-12-05)."""
+    import httpx
+    from fastapi import FastAPI
+
+    async def no_responders(payload: bytes) -> EngineReply:
+        raise NoEngine("deployment 'd' has no running engine; retry shortly")  # as _ask_engine
+
+    sent = _engine(monkeypatch, no_responders)
+    app = FastAPI()
+    inference.add_inference_routes(app, RUNTIME, lambda: ALICE, Inference(RUNTIME))
+    body = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+        answer = await client.post("/v2/models/d/infer", json=body, headers={"Authorization": "Bearer t"})
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"] == "deployment 'd' is starting; retry shortly", answer.text  # OIP's shape
+    assert answer.headers.get("Retry-After") == "1", answer.headers
+    assert len(sent) == 1 and deployer == ["d"]
