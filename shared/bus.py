@@ -6,6 +6,8 @@ FastStream subscriber in the service's queue group which always answers with a `
 input becomes `invalid_request`, a `RailyardError` keeps its code, anything else is logged and
 answered as a bare `internal` error; a reply that would not fit the bus's payload limit is answered
 `reply_too_large` (422) at once, where publishing it would fail and leave the caller waiting for its timeout.
+It answers on its caller's inbox only: a request naming another reply subject is not run and not answered
+(`answers_elsewhere`, shared/raw_bus.py), and replies to the shared `client` inbox are sealed (shared/sealed.py).
 `request()` is the other half: it sends a command, waits, and returns the reply's data or raises the error the
 service raised.
 """
@@ -25,6 +27,7 @@ from urllib.parse import urlparse
 
 import nats.errors
 import pydantic_core
+from faststream.exceptions import SkipMessage
 from faststream.nats import NatsBroker, NatsResponse, NatsRouter
 from faststream.nats.annotations import Client, NatsMessage
 from pydantic import BaseModel, ValidationError
@@ -45,7 +48,13 @@ from shared.errors import (
 )
 from shared.faststream_logs import PULL_TIMEOUT_RETRIES
 from shared.messages.base import Event, Message, Reply
-from shared.raw_bus import ERROR_HEADER, connect_options, error_headers  # noqa: F401 - defined there for FastStream-free processes
+from shared.raw_bus import (  # noqa: F401 - defined there for FastStream-free processes
+    ERROR_HEADER,
+    answers_elsewhere,
+    connect_options,
+    error_headers,
+    log_refused_reply,
+)
 from shared.settings import COMMAND_DRAIN_TIMEOUT, Settings
 
 log = logging.getLogger("railyard.bus")
@@ -251,22 +260,33 @@ def command(router: NatsRouter | NatsBroker, subject: str, *, service: str, max_
     """Register `handler(cmd, ctx)` as the service's queue-group subscriber for a command subject; `max_workers`
     commands at once (None: the process's `nats.command_workers`, shared/bus_workers.py; 1: each handled before
     the next is read, for a handler that must see one at a time, which says why). `too_large_hint` tells a caller
-    whose answer is above the bus limit how to ask for less (`encode_reply`)."""
+    whose answer is above the bus limit how to ask for less (`encode_reply`). Before the handler: a request whose
+    reply subject is not an inbox is dropped (`answers_elsewhere`: not run, nothing published, a rate-limited
+    warning), one to the shared `client` inbox without a reply key refused (shared/sealed.py)."""
 
     def decorate(handler: Callable[[Any, CallContext], Awaitable[Any]]):
         model = _command_model(handler)
         workers = default_command_workers() if max_workers is None else max_workers
 
         async def subscriber(body: Any, message: NatsMessage, nc: Client) -> NatsResponse:
-            headers = dict(message.headers or {})
             reply_to = message.raw_message.reply
+            if answers_elsewhere(reply_to):
+                # a reply subject that is no caller's inbox (`events.model.x`): the bus would let this service's
+                # answer out on any subject it may publish itself, so nothing is run and nothing answered.
+                # FastStream publishes whatever a subscriber returns to the reply subject; a HandlerException
+                # ends the message with no answer (its acknowledgement middleware takes it; a core message has
+                # no ack to send)
+                log_refused_reply(log, message.raw_message.subject, reply_to)
+                raise SkipMessage
+            headers = dict(message.headers or {})
             try:
                 # before the handler (so before its token check): a reply to the shared `client` inbox is sealed
                 # with the caller's key, and a request without one is refused having done nothing (shared/sealed.py)
                 key = sealed.reply_key(headers, reply_to)
             except RailyardError as exc:
                 return NatsResponse(pydantic_core.to_json(reply_error(exc)), headers=JSON_HEADERS)
-            headers.pop(sealed.REPLY_KEY_HEADER, None)  # the handler never sees the caller's key
+            for name in (sealed.REPLY_KEY_HEADER, sealed.REPLY_KEY_HEADER.lower()):
+                headers.pop(name, None)  # the handler never sees the caller's key (reply_key reads either spelling)
             auth = headers.get(TOKEN_HEADER) or headers.get(TOKEN_HEADER.title())
             token = auth[7:] if auth and auth.lower().startswith("bearer ") else auth
             ctx = CallContext(subject=message.raw_message.subject, token=token, headers=headers)

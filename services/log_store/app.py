@@ -22,9 +22,11 @@ from shared import sealed, subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import (
     CallContext,
+    answers_elsewhere,
     command,
     connect_options,
     error_headers,
+    log_refused_reply,
     publish_event,
     reply_too_large,
 )
@@ -107,11 +109,18 @@ def _raw_responder(nc: Any, work: Callable[[Any, str | None], Awaitable[tuple[by
                    too_large_hint: str) -> Callable:
     """A raw subscription callback: the caller's bearer token from the headers, `work`'s body and headers as
     the reply, or a typed error in the `Railyard-Error` header (Arrow bodies are not wrapped in JSON); sealed with the
-    caller's reply key, and refused without one when the reply goes to the shared `client` inbox (shared/sealed.py).
+    caller's reply key, and refused without one when the reply goes to the shared `client` inbox (shared/sealed.py);
+    a request with no reply subject, or one that is not a caller's inbox, is not run and not answered.
     A reply above the connection's max_payload is the typed 422 reply_too_large naming the sizes and
     `too_large_hint` (what to ask instead): NATS refuses to publish it, and the caller waited for its timeout (504)."""
 
     async def respond(msg: Any) -> None:
+        if not msg.reply or answers_elsewhere(msg.reply):
+            # nobody to answer, or a reply subject that is no caller's inbox (`events.logs.x`, which this service
+            # may publish itself): not run, nothing published (shared/raw_bus.py)
+            if msg.reply:
+                log_refused_reply(log, msg.subject, msg.reply)
+            return
         headers = msg.headers or {}
         try:
             # before `work` (so before its token check): a reply to the shared `client` inbox is sealed with the
@@ -120,6 +129,8 @@ def _raw_responder(nc: Any, work: Callable[[Any, str | None], Awaitable[tuple[by
         except RailyardError as exc:
             await nc.publish(msg.reply, b"", headers=error_headers(exc))
             return
+        for name in (sealed.REPLY_KEY_HEADER, sealed.REPLY_KEY_HEADER.lower()):
+            headers.pop(name, None)  # `work` never sees the caller's key
         auth = headers.get("authorization") or headers.get("Authorization") or ""
         token = auth[7:] if auth.lower().startswith("bearer ") else (auth or None)
         try:
