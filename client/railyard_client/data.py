@@ -644,7 +644,10 @@ def explain_missing(refused: InvalidRequest, table: pa.Table, index: Any = None)
     nan = found.group(2).startswith("NaN")
     column = table.column(name)
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    rows, nested = _rows_missing(array, nan)
+    found_rows = _rows_missing(array, nan)
+    if found_rows is None:  # values this pyarrow does not flatten as it counts them: the API's words alone
+        return refused
+    rows, nested = found_rows
     if not len(rows):
         return refused
     shown = [int(row) for row in rows[:SHOWN_ROWS]]
@@ -660,7 +663,10 @@ def explain_missing(refused: InvalidRequest, table: pa.Table, index: Any = None)
     inside = " inside the tensor" if nested else ""
     them, those_rows = ("it", "that row") if len(rows) == 1 else ("them", "those rows")
     if index is not None and not nested:
-        todo = f"fill {them} (frame.fillna(...)) or drop {those_rows} (frame.dropna())"
+        todo = f"fill {them} (frame.fillna(...)) or drop {those_rows} (frame.dropna(subset=[{name!r}]))"
+    elif index is not None and not index.is_unique:  # drop(index=) would drop every row of a label, clean ones too
+        todo = (f"replace {them} in the tensors (e.g. numpy.nan_to_num) or drop {those_rows} by position (the index"
+                f" repeats labels: frame.iloc[[i for i in range(len(frame)) if i not in {{{_positions(rows)}}}]])")
     elif index is not None:
         todo = (f"replace {them} in the tensors (e.g. numpy.nan_to_num) or drop {those_rows} "
                 f"(frame.drop(index=[{', '.join(map(repr, labels))}{', ...' if len(rows) > SHOWN_ROWS else ''}]))")
@@ -671,14 +677,26 @@ def explain_missing(refused: InvalidRequest, table: pa.Table, index: Any = None)
     return type(refused)(refused.status, refused.code, message)
 
 
+def _positions(rows: np.ndarray) -> str:
+    """Row positions as a Python set's items, the first SHOWN_ROWS, `...` for more."""
+    return ", ".join(map(str, map(int, rows[:SHOWN_ROWS]))) + (", ..." if len(rows) > SHOWN_ROWS else "")
+
+
 def _plain(label: Any) -> Any:
-    """An index label as Python has it (numpy's 11, not np.int64(11), in what a user copies)."""
+    """An index label as Python has it (numpy's 11, not np.int64(11), in what a user copies; a MultiIndex's tuple
+    of them too)."""
+    if isinstance(label, tuple):
+        return tuple(map(_plain, label))
     return label.item() if isinstance(label, np.generic) else label
 
 
-def _rows_missing(array: pa.Array, nan: bool) -> tuple[np.ndarray, bool]:
+def _rows_missing(array: pa.Array, nan: bool) -> tuple[np.ndarray, bool] | None:
     """The positions of the rows of `array` holding a null (`nan`: a NaN or infinity) at any depth of their (nested
-    list) tensors, in order, and whether any was below the top level."""
+    list) tensors, in order, and whether any was below the top level; None when a level's values cannot be told
+    apart by row. Each value's row comes from its list's length (0 for a null list), as `flatten` leaves out the
+    values behind a null list: `list_parent_indices` counts those, which for a null list backed by values
+    (`ListArray.from_arrays(..., mask=)`, a compute kernel's output) put the rows out of step (an IndexError
+    instead of the API's 400)."""
     import pyarrow.compute as pc
 
     owners = np.arange(len(array))  # the row each value of this level belongs to
@@ -699,6 +717,9 @@ def _rows_missing(array: pa.Array, nan: bool) -> tuple[np.ndarray, bool]:
         if not (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)
                 or pa.types.is_fixed_size_list(array.type)):
             return np.flatnonzero(found), nested
-        owners = owners[pc.list_parent_indices(array).to_numpy(zero_copy_only=False)]
+        lengths = pc.list_value_length(array).fill_null(0).to_numpy(zero_copy_only=False)
         array = array.flatten()
+        if len(array) != lengths.sum():  # a pyarrow whose flatten keeps a null fixed-size list's values
+            return None
+        owners = np.repeat(owners, lengths)
         depth += 1

@@ -86,7 +86,8 @@ def infer_at(session: Session, deployment: str, pipeline: str, data_in: InferInp
         response = _send_retrying(session, path, {"content": data.to_ipc_file(table), "headers": {
             "Content-Type": data.ARROW_FILE, "Accept": data.ARROW_FILE}}, timeout)
     except InvalidRequest as exc:
-        explained = data.explain_missing(exc, table, data_in.index if as_frame else None)
+        # a DataFrame's index labels; a JSON file's rows (as_frame too) have none: str.index is a method
+        explained = data.explain_missing(exc, table, data_in.index if is_dataframe(data_in) else None)
         if explained is exc:
             raise
         raise explained from None

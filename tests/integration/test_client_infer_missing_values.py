@@ -1,7 +1,7 @@
 """A DataFrame holding NaN (pandas' missing value) sent to a model that takes no missing values: pyarrow's
 conversion (pa.Table.from_pandas) carries each NaN as an Arrow null, and the API refused the rows with "column
 'tensor': null values" (a NaN nobody sent as null, no row, nothing to do). The SDK now adds to the API's 400 which
-rows of the column hold them and what to do (client/railyard_client/pipelines.py, _explain_missing); what the API
+rows of the column hold them and what to do (railyard_client.data.explain_missing, called by infer_at); what the API
 refuses is unchanged (a Python step, which gets the rows as a DataFrame, takes them)."""
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ def test_a_dataframes_scalar_nan_says_fillna_or_dropna_and_counts_past_five():
     message = refused(_Refusing("x", [-1]), frame).message
     assert message.startswith("column 'x': null values: rows 1, 3, 5, 7 and 9 (index r1, r3, r5, r7, r9) and 5 more"
                               " of column 'x' hold a missing value"), message
-    assert "frame.fillna(...)" in message and "frame.dropna()" in message, message
+    assert "frame.fillna(...)" in message and "frame.dropna(subset=['x'])" in message, message
     assert "inside" not in message
 
 
@@ -90,3 +90,40 @@ def test_other_refusals_and_columns_the_rows_do_not_hold_are_left_as_the_api_sai
     quoted = InvalidRequest(400, "invalid_request", """column "it's": null values""")
     explained = data.explain_missing(quoted, pa.table({"it's": [1.0, None]}))
     assert explained.message.startswith("""column "it's": null values: row 1 of column "it's" holds""")
+
+
+def test_a_json_files_rows_are_named_without_an_index(tmp_path):
+    """A file path's JSON rows go as a table too (as_frame: their answer is records), but the path is no DataFrame:
+    its `.index` (str.index, a method) was taken for the labels, and the API's 400 became a TypeError (a Path's an
+    AttributeError)."""
+    rows = tmp_path / "rows.json"
+    rows.write_text('[{"tensor": [0.5, 0.5, 0.5, 0.5]}, {"tensor": [0.5, NaN, 0.5, 0.5]}]')
+    for given in (str(rows), rows):
+        message = refused(_Refusing("tensor", [-1, 4]), given).message
+        assert message.startswith("column 'tensor': NaN or infinite values: row 1 of column 'tensor' holds NaN or"
+                                  " infinity inside the tensor; replace it or leave that row out"), message
+        assert "index" not in message
+
+
+def test_a_null_list_backed_by_values_keeps_the_rows_in_step():
+    """A null list whose offsets span values (ListArray.from_arrays(mask=), a compute kernel's output): flatten
+    leaves those values out, list_parent_indices counted them, and the explanation raised IndexError instead of the
+    API's 400."""
+    values = pa.array([0.5] * 4 + [0.5] * 4 + [0.5, 0.5, math.nan, 0.5], pa.float64())
+    tensor = pa.ListArray.from_arrays(pa.array([0, 4, 8, 12], pa.int32()), values, mask=pa.array([False, True, False]))
+    message = refused(_Refusing("tensor", [-1, 4]), pa.table({"tensor": tensor})).message
+    assert "null tensor: row 1 of column 'tensor' holds a null" in message, message
+    assert data.explain_missing(InvalidRequest(400, "invalid_request", "column 'tensor': NaN or infinite values"),
+                                pa.table({"tensor": tensor})).message.endswith(
+        "row 2 of column 'tensor' holds NaN or infinity inside the tensor; replace it or leave that row out (the model"
+        " takes no missing values), then infer again")
+
+
+def test_repeated_index_labels_are_dropped_by_position():
+    """frame.drop(index=[11]) drops every row labelled 11: with labels repeated, the rows are named by position."""
+    frame = pd.DataFrame({"tensor": [GOOD, GOOD[:2] + [math.nan, 0.5], GOOD]}, index=[11, 11, 12])
+    message = refused(_Refusing("tensor", [-1, 4]), frame).message
+    assert "row 1 (index 11) of column 'tensor' holds a missing value" in message, message
+    assert "frame.drop(" not in message and "if i not in {1}" in message, message
+    kept = frame.iloc[[i for i in range(len(frame)) if i not in {1}]]
+    assert len(kept) == 2 and not kept["tensor"].map(lambda t: any(map(math.isnan, t))).any()
